@@ -3,7 +3,8 @@ a handler that fails before anything took the request gets the request a 500 (RF
 §21.5.1) from the endpoint; a call that ends leaving its caller's INVITE unanswered gets it a
 500 from the call manager; a TU's response after the final one (TransactionStateError) leaves
 no endpoint entry behind; a request whose CSeq method is not its Request-Line's is answered
-400 with a CSeq that cannot end another transaction (§8.1.1.7, §17.1.3)."""
+400 with a CSeq that cannot end another transaction (§8.1.1.7, §17.1.3); merged requests
+(§8.2.2.2) and internal errors are exposed as metrics."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from gateway.core.sip.parser import parse_message_untrusted
 from gateway.core.sip.serializer import serialize_message
 from gateway.core.sip.transaction import ServerTransaction, TransactionStateError
 from gateway.core.transport.flows import Flow
-from gateway.testing.sip_agent import AutoAnswer
+from gateway.testing.sip_agent import SDP, AutoAnswer
 from tests.component.calls.b2bua_env import (
     ALICE_DID,
     GW,
@@ -36,6 +37,7 @@ from tests.component.calls.fuzz_checks import (
     leftovers,
     table_sizes,
 )
+from tests.component.calls.metrics_scrape import metrics_env, scrape
 
 WINDOW = 64 * T1 + 1.0
 SECRET = "the-text-of-the-failure"
@@ -248,3 +250,30 @@ async def test_every_method_mismatch_is_answered_with_the_request_lines_method(
     assert [(a.status, str(a.cseq.number), a.cseq.method) for a in answers] == [
         (400, "7", answered)
     ]
+
+
+async def test_merged_requests_are_exposed_as_a_metric(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """A new INVITE with the Call-ID, From tag and CSeq of one being served, on another branch
+    (a forking proxy's second path): 482, counted in voipgw_sip_requests_merged_total."""
+    env, address = await metrics_env(nursery, tmp_path, voipgw_seed)
+    samples = await scrape(address)
+    assert samples["voipgw_sip_requests_merged_total"] == 0
+    assert samples["voipgw_sip_internal_errors_total"] == 0
+    invite = env.trunk.new_request(
+        "INVITE", env.did_uri(ALICE_DID), body=env.trunk.offer_sdp(), content_type=SDP
+    )
+    first = "SIP/2.0/UDP 127.0.0.2:5060;branch=z9hG4bKpath1;rport"
+    second = "SIP/2.0/UDP 127.0.0.2:5060;branch=z9hG4bKpath2;rport"
+    await env.trunk.socket.sendto(
+        serialize_message(invite.with_headers(invite.headers.prepend("Via", first))), GW
+    )
+    await trio.sleep(0.2)
+    await env.trunk.socket.sendto(
+        serialize_message(invite.with_headers(invite.headers.prepend("Via", second))), GW
+    )
+    await trio.sleep(1.0)
+    samples = await scrape(address)
+    assert samples["voipgw_sip_requests_merged_total"] == 1
+    assert samples["voipgw_sip_internal_errors_total"] == 0
