@@ -16,6 +16,7 @@ import pytest
 import trio
 
 from gateway.core.calls.call import Call
+from gateway.core.calls.manager import CallManager
 from gateway.core.endpoint import SipEndpoint
 from gateway.core.sip.message import Request, make_response
 from gateway.core.sip.parser import parse_message_untrusted
@@ -79,6 +80,65 @@ async def test_a_handler_failing_before_anything_took_the_request_gets_it_a_500(
     await trio.sleep(WINDOW)
     assert table_sizes(env) == before, leftovers(env)
     assert env.gateway.endpoint.transactions.sizes()["sip_merged_request_index"] == 0
+
+
+async def test_an_invite_whose_call_layer_fails_before_making_a_call_gets_500(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """CallManager.invite raising before any call task has the INVITE (here: identifying the
+    caller): an INVITE server transaction has no timer in Proceeding, so without the
+    endpoint's 500 it, and the caller, would wait for ever."""
+    caplog.set_level(logging.INFO)
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    await trio.sleep(WINDOW)
+    before = table_sizes(env)
+
+    def broken(self: CallManager, invite: Request, flow: Flow) -> Any:
+        raise RuntimeError(SECRET)
+
+    monkeypatch.setattr(CallManager, "identify_caller", broken)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    final = await call.final(timeout=WINDOW)
+    assert final.status == 500
+    assert SECRET not in final.reason and final.headers.get("Reason") is None
+    assert env.calls == 0
+    errors = error_records(caplog)
+    assert len(errors) == 1 and "internal error" in errors[0], errors
+    await trio.sleep(2 * WINDOW)
+    assert table_sizes(env) == before, leftovers(env)
+
+
+async def test_a_call_registered_but_never_started_is_forgotten_and_its_invite_gets_500(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """CallManager.invite failing after it registered the call but before its task started
+    (a tap deciding at the call's start raising): nothing of the call stays, and the endpoint
+    answers the INVITE, which no call task will."""
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    await trio.sleep(WINDOW)
+    before = table_sizes(env)
+    manager = env.gateway.calls
+    assert manager is not None
+
+    def broken(self: CallManager, call: Call, invite: Request, caller: Any) -> None:
+        raise RuntimeError(SECRET)
+
+    monkeypatch.setattr(manager, "_start_taps", [("broken", object())])
+    monkeypatch.setattr(CallManager, "_tap_from_start", broken)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    assert (await call.final(timeout=WINDOW)).status == 500
+    assert env.calls == 0 and manager.lookup_entries == 0
+    await trio.sleep(2 * WINDOW)
+    assert table_sizes(env) == before, leftovers(env)
 
 
 async def test_a_call_ending_with_its_callers_invite_unanswered_answers_it_500(
