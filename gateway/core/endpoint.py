@@ -51,17 +51,21 @@ from gateway.core.sip.transaction import (
     SendResponse,
     ServerTransaction,
     Transaction,
+    TransactionKey,
     TransactionLimitReached,
+    TransactionStateError,
     TransactionTable,
     TransactionTerminated,
     TransactionTimeout,
     TransactionTimers,
+    TransactionUnanswered,
     TransportFailed,
     UnmatchedResponse,
 )
 from gateway.core.sip.uri import SipUri
 from gateway.core.sip.via import (
     Hop,
+    has_rfc3261_branch,
     make_via,
     new_branch,
     response_target,
@@ -945,7 +949,15 @@ class SipEndpoint:
         if isinstance(output, RequestReceived):
             assert arrival is not None
             self._server_flows[output.transaction] = arrival
-            await self._dispatch(output.transaction, output.request, arrival)
+            try:
+                await self._dispatch(output.transaction, output.request, arrival)
+            except Exception:
+                # Nobody took the request (a layer that raises has not: each hands it over as
+                # its last step, _dispatch). Answered here, or its transaction, which has no
+                # timer in Trying or Proceeding, and its entries would wait for the table's
+                # bound (non-INVITE) or for ever (INVITE) while the client retransmits.
+                await self.answer_internal_error(output.transaction, output.request)
+                raise  # logged and counted by _act, as every other internal error
         elif isinstance(output, SendResponse):
             flow = self._server_flows.get(output.transaction)
             if flow is None and arrival is not None:
@@ -990,16 +1002,50 @@ class SipEndpoint:
         elif isinstance(output, TransactionTimeout | TransportFailed):
             self._fail_client(output)
         elif isinstance(output, TransactionTerminated):
-            self._server_flows.pop(output.transaction, None)
-            client = self._client_requests.pop(output.transaction, None)
-            if client is not None:
-                client._close()
-                call_id = client._call_id
-                if call_id is not None and self._invites.get(call_id) is client:
-                    del self._invites[call_id]
+            self._forget(output.transaction)
+        elif isinstance(output, TransactionUnanswered):
+            # The table gave up on a request no TU answered (a bug): counted and logged as the
+            # other internal errors (with no traceback: nothing raised).
+            self.statistics.internal_errors += 1
+            request = output.transaction.request
+            log.error(
+                "internal error: %s %s was never answered; its transaction is dropped",
+                output.transaction.method,
+                request.call_id if request is not None else "",
+            )
         elif isinstance(output, UnmatchedResponse):
             self.statistics.dropped_unmatched_responses += 1
             log.debug("dropping unmatched response %d", output.response.status)
+
+    def _forget(self, transaction: Transaction) -> None:
+        """Drop the endpoint's entries for a transaction the table has forgotten (it
+        terminated, or a TU's misuse ended it: TransactionStateError)."""
+        self._server_flows.pop(transaction, None)
+        client = self._client_requests.pop(transaction, None)
+        if client is not None:
+            client._close()
+            call_id = client._call_id
+            if call_id is not None and self._invites.get(call_id) is client:
+                del self._invites[call_id]
+
+    async def answer_internal_error(self, transaction: ServerTransaction, request: Request) -> bool:
+        """Answer ``request`` 500 (RFC 3261 §21.5.1) when the code handling it failed before
+        anyone took it, or when its owner (a call) has gone without a final response: else
+        its sender retransmits until its Timer F or B, and the transaction and its entries
+        stay. A bare status line: no Reason, no text of the failure (which may name what it
+        failed on). Nothing when it has a final response, or has ended, already. True when
+        the 500 went to the transaction."""
+        if transaction.final_status is not None or transaction.terminated:
+            return False
+        try:
+            await self.respond(transaction, self._response(request, 500))
+        except Exception:
+            # A failure of its own (the request's state does not allow one after all) must
+            # not hide the first: logged, and the table's bound (non-INVITE) ends it.
+            self.statistics.internal_errors += 1
+            log_exception(log, "internal error answering %s with 500", request.method)
+            return False
+        return True
 
     def _fail_client(self, output: TransactionTimeout | TransportFailed) -> None:
         client = self._client_requests.get(output.transaction)
@@ -1087,11 +1133,19 @@ class SipEndpoint:
                     calls.invite(txn, request, flow)
                     data = self.handling_bytes
                     if data is not None and self.sip_taps:
-                        self._copy_to_call(
-                            request, data, flow.transport, flow.remote, flow.local, True
-                        )
+                        self._copy_invite_to_call(request, data, flow)
                 return
         await self.respond(txn, self.respond_locally(request, flow))
+
+    def _copy_invite_to_call(self, request: Request, data: bytes, flow: Flow) -> None:
+        """A new call's INVITE for its taps, once the call has it: a failure here is no
+        failure of _dispatch (whose exceptions mean nobody took the request, and get a 500
+        from the endpoint: the call answers this one)."""
+        try:
+            self._copy_to_call(request, data, flow.transport, flow.remote, flow.local, True)
+        except Exception:
+            self.statistics.internal_errors += 1
+            log_exception(log, "internal error copying an INVITE to its call's taps")
 
     def _refuse_draining(self, request: Request) -> Response:
         """A new request outside any dialog while the gateway drains (Gateway.drain): 503, as a
@@ -1132,10 +1186,19 @@ class SipEndpoint:
         return None
 
     async def respond(self, transaction: ServerTransaction, response: Response) -> None:
-        """Send ``response`` through its server transaction (it retransmits as needed)."""
-        await self._act(
-            self.transactions.send_response(transaction, response, now=trio.current_time())
-        )
+        """Send ``response`` through its server transaction (it retransmits as needed).
+
+        Raises :class:`TransactionStateError` when the transaction does not allow it (a
+        response after the final one): the table has forgotten the transaction then, without
+        a TransactionTerminated, and so does the endpoint here."""
+        try:
+            outputs = self.transactions.send_response(
+                transaction, response, now=trio.current_time()
+            )
+        except TransactionStateError:
+            self._forget(transaction)
+            raise
+        await self._act(outputs)
 
     # -- client side --------------------------------------------------------------------------
 
@@ -1459,8 +1522,23 @@ class SipEndpoint:
                 "dropping malformed request from %s (no Via to answer): %s", source, err.reason
             )
             return
-        log.info("rejecting malformed request from %s with %d: %s", source, err.status, err.reason)
         top = grammar.parse_via_untrusted(headers.get("Via") or "")
+        cseq = _cseq_of_request_line(data, headers.get("CSeq"))
+        if cseq and self._serving(cseq, top):
+            # A server transaction of ours has the branch, sent-by and method the answer would
+            # carry (§17.2.3): this is a damaged copy of its request, or a forgery of one, and
+            # an answer would end its client's transaction while we still serve it. None is
+            # safe: dropped (counted as malformed above).
+            log.info(
+                "dropping malformed request from %s (an answer would end a transaction we "
+                "serve): %s",
+                source,
+                err.reason,
+            )
+            return
+        if cseq:
+            headers = headers.set("CSeq", cseq)
+        log.info("rejecting malformed request from %s with %d: %s", source, err.status, err.reason)
         headers = headers.set(
             "Via", str(stamp_received(top, _hop(flow))), *headers.get_all("Via")[1:]
         )
@@ -1475,6 +1553,16 @@ class SipEndpoint:
             log.info("not answering it: a %d would not fit a UDP datagram", err.status)
             return
         await self.send_response(response, flow)
+
+    def _serving(self, cseq: str, top: Via) -> bool:
+        """Whether a server transaction of ours has the branch and sent-by of ``top`` and the
+        method of ``cseq`` (RFC 3261 §17.2.3): an answer with them would reach its client."""
+        branch = top.branch
+        if branch is None or not has_rfc3261_branch(top):
+            return False
+        method = cseq.rpartition(" ")[2]
+        key = TransactionKey(method=method, branch=branch.lower(), sent_by=top.sent_by().lower())
+        return self.transactions.has_server_transaction_key(key)
 
     def respond_locally(self, request: Request, flow: Flow) -> Response:
         """The gateway's own answer to a request no call handles (the transaction sends it)."""
@@ -1678,6 +1766,33 @@ def _shared_hop(transport: str, host: str, port: int) -> Hop:
     """One Hop per peer address, shared: every transaction keeps its peer for up to 64*T1, and
     a trunk or phone sends many (Hop is frozen)."""
     return Hop(transport, host, port)
+
+
+def _cseq_of_request_line(data: bytes, cseq: str | None) -> str:
+    """The CSeq for our answer to a request the parser rejected, whose salvaged CSeq is
+    ``cseq``: "" when none was salvaged, its number with the Request-Line's method when the
+    two methods differ, else ``cseq`` as it is (its method is the Request-Line's, or the
+    Request-Line's cannot be read: the CSeq is then the best account of the sender's
+    transaction).
+
+    A client matches a response to its transaction by the top Via's branch and the CSeq method
+    (RFC 3261 §17.1.3). A request whose CSeq method is not its Request-Line's (§8.1.1.7,
+    §20.16: they MUST match; RFC 4475 §3.1.2.17) answered with its CSeq copied, as §8.2.6.2
+    has it, would match the sender's transaction of that other method and branch: a CANCEL
+    carrying ``CSeq: 1 INVITE`` and its INVITE's branch, forged from the caller's address,
+    would end the caller's INVITE with our 400. Its own transaction is the Request-Line
+    method's, so the 400 carries that: it matches no transaction of another method."""
+    if cseq is None:
+        return ""
+    try:
+        parsed = grammar.parse_cseq_untrusted(cseq)
+    except SipError:  # salvage_request_headers keeps a CSeq only when it parses
+        return cseq
+    line = data.lstrip(b"\r\n").split(b"\r\n", 1)[0]
+    method = line.split(b" ", 1)[0].decode("ascii", "replace")
+    if not grammar.is_token(method) or parsed.method == method:
+        return cseq
+    return f"{parsed.number} {method}"
 
 
 def _reason_phrase(reason: str) -> str:

@@ -887,6 +887,11 @@ class SipCounts:
     dropped_queue_full: int
     # Late INVITEs to an emergency number served all the same (gateway/core/endpoint.py).
     emergency_overload_passes: int = 0
+    # New requests answered 482 as merged (RFC 3261 §8.2.2.2: one request that reached us
+    # along two paths), and internal errors (bugs) of the SIP endpoint: a request whose handler
+    # failed (answered 500), one no handler ever answered, a failed output (endpoint.py).
+    merged_requests: int = 0
+    internal_errors: int = 0
     # UDP requests whose answer would not fit a datagram: refused with 513, or dropped when not
     # even that fits (gateway/core/endpoint.py).
     rejected_too_large: int = 0

@@ -335,6 +335,8 @@ class StatusView:
             auth_blocked=registration.refused_blocked if registration is not None else 0,
             dropped_queue_full=self._gateway.statistics.dropped_queue_full,
             emergency_overload_passes=endpoint.emergency_overload_passes,
+            merged_requests=self._gateway.endpoint.transactions.merged_requests,
+            internal_errors=endpoint.internal_errors,
             nat_keepalive_contacts=(
                 sum(len(found) for found in keepalive.by_aor.values())
                 if (keepalive := self._gateway.nat_keepalive) is not None

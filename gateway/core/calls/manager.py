@@ -160,6 +160,21 @@ class CallManager:
             await call.run()
         except Exception:
             log_exception(log, "call %s: failed while ending; other calls go on", call.id)
+        # The caller's INVITE is the call's to answer, and Call.run does on every way out; a
+        # failure while it ended (its abort failing too) may have left it without a final
+        # response. The call is gone, so nobody else will answer: 500 now (RFC 3261 §21.5.1),
+        # or the caller waits for ever (an INVITE server transaction has no timer in
+        # Proceeding, §17.2.1) and the transaction and its entries stay.
+        transaction, invite = call.a.transaction, call.a.invite
+        if (
+            transaction is not None
+            and invite is not None
+            and transaction.final_status is None
+            and not transaction.terminated
+        ):
+            self.endpoint.statistics.internal_errors += 1
+            log.error("internal error: call %s ended with its caller's INVITE unanswered", call.id)
+            await self.endpoint.answer_internal_error(transaction, invite)
 
     async def _beat(self, interval: float) -> None:
         """This node's heartbeat for the cluster's call limits (CallLimits.beat): a node not
@@ -259,11 +274,19 @@ class CallManager:
         self._by_dialog[key] = (call, Side.A)
         self._keys_of[call] = (transaction, [key])
         if self._start_taps:
-            # Kept for a tap that decides once the call is routed (it gets this INVITE first).
-            data = self.endpoint.handling_bytes
-            if data is not None:
-                call.invite_copy = (data, flow.transport, flow.remote, flow.local, time.time())
-            self._tap_from_start(call, request, caller)
+            try:
+                # Kept for a tap that decides once the call is routed (it gets this INVITE
+                # first).
+                data = self.endpoint.handling_bytes
+                if data is not None:
+                    call.invite_copy = (data, flow.transport, flow.remote, flow.local, time.time())
+                self._tap_from_start(call, request, caller)
+            except BaseException:
+                # No call task will run: the endpoint answers the INVITE (a layer that raises
+                # has not taken the request), and nothing of the call may stay.
+                self.forget(call)
+                raise
+        # Last: once the call's task is started, the call owns the transaction.
         self._nursery.start_soon(self._run_call, call, name=f"call {request.call_id}")
 
     def _refuse_sips_over_clear(

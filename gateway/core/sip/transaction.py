@@ -43,6 +43,18 @@ in Given up, a state of ours (the RFC destroys the transaction), for Timer M: a 
 all still goes up to be ACKed and BYEd by the TU (§13.2.2.4, §15), and a non-2xx is ACKed here
 (§17.1.1.3), or the callee re-sends it until its Timer H.
 
+A non-INVITE server transaction's Trying and Proceeding have no timer either: a TU that never
+answers (a bug) would keep it, and its table entries, for ever. The table bounds them
+(:attr:`TransactionTimers.unanswered`, three times 64*T1: the client gave up at its Timer F,
+64*T1, and a TU relaying the request waits at most its own client transaction's 64*T1, twice
+after a challenge): past it, it feeds the transaction Input.UNANSWERED, which reports
+:class:`TransactionUnanswered` and ends it; a response the TU passes down later is discarded.
+The bound is kept by the table, in the order the requests came, not as a timer of the machine:
+nearly every request is answered at once, and a timer would leave a superseded entry in the
+timer heap, holding its transaction, for three times 64*T1. An INVITE server transaction gets
+no such bound: a call may ring for as long as provisional responses come (§13.3.1.1), and its
+owner, the call, answers it on every way out (calls/manager.py).
+
 Everything is sans-IO: methods take ``now`` and return lists of outputs - messages to send
 (:class:`SendRequest`, :class:`SendResponse`) and events for the TU - and
 ``get_timer()``/``handle_timer(now=)`` expose the clock (aioquic's shape). Matching messages to
@@ -51,6 +63,7 @@ transactions (§17.1.3, §17.2.3, with the RFC 2543 fallback) is :class:`Transac
 
 from __future__ import annotations
 
+import collections
 import enum
 import functools
 import hashlib
@@ -91,6 +104,7 @@ __all__ = [
     "TransactionTerminated",
     "TransactionTimeout",
     "TransactionTimers",
+    "TransactionUnanswered",
     "TransportFailed",
     "UnmatchedResponse",
     "build_ack",
@@ -128,6 +142,12 @@ class TransactionTimers:
         """64*T1: Timers B, F, H, J (unreliable), L and M."""
         return 64 * self.t1
 
+    @property
+    def unanswered(self) -> float:
+        """3*64*T1: how long a non-INVITE server transaction may wait for the TU's final
+        response before the table gives up on it (a TU bug; see the module docstring)."""
+        return 3 * self.timeout
+
 
 class TransactionStateError(LocalSipError):
     """An input the transaction's state table does not allow; the transaction is now Terminated.
@@ -135,7 +155,13 @@ class TransactionStateError(LocalSipError):
     Network events are always allowed, so this is raised only for TU misuse: a response passed
     down after the final one (other than the RFC's allowed cases), a timer input that is not
     running, or any input to a Terminated transaction.
+
+    :class:`TransactionTable` forgets the transaction before raising this, and no
+    :class:`TransactionTerminated` follows (the call returns no outputs): a TU keeping entries
+    of its own per transaction drops them where it catches this (``transaction`` names it).
     """
+
+    transaction: Transaction | None = None
 
 
 class TransactionLimitReached(RemoteSipError):
@@ -208,6 +234,9 @@ class Input(enum.Enum):
     # RFC 3261 §9.1: 64*T1 after the TU CANCELled a Proceeding INVITE, the transaction is
     # considered cancelled and destroyed if no final response came. (Not the proxy's Timer C.)
     TIMER_CANCEL = "64*T1 after CANCEL"
+    # Ours, from the table: a non-INVITE server transaction the TU has not answered finally
+    # for TransactionTimers.unanswered (a bug in the TU), ended so that nothing is kept for ever.
+    UNANSWERED = "no final response from the TU in time"
 
 
 _MESSAGE_INPUTS = frozenset(
@@ -248,6 +277,7 @@ class Effect(enum.Enum):
     PASS_ACK = "ACK to TU"  # RFC 6026 (server Accepted)
     REPORT_TIMEOUT = "timeout to TU"
     REPORT_TRANSPORT_ERROR = "transport error to TU"
+    REPORT_UNANSWERED = "unanswered request reported"
 
 
 _Table = Mapping[tuple[State, Input], tuple[State, tuple[Effect, ...]]]
@@ -348,9 +378,11 @@ _SERVER_INVITE: _Table = {
     (S.ACCEPTED, I.TRANSPORT_ERROR): (S.ACCEPTED, (E.REPORT_TRANSPORT_ERROR,)),
 }
 
-# RFC 3261 §17.2.2 figure 8.
+# RFC 3261 §17.2.2 figure 8, and the table's bound on a TU that never answers (UNANSWERED).
 _SERVER_NON_INVITE: _Table = {
     (S.TRYING, I.REQUEST): (S.TRYING, ()),  # retransmissions are discarded in Trying
+    (S.TRYING, I.UNANSWERED): (S.TERMINATED, (E.REPORT_UNANSWERED,)),
+    (S.PROCEEDING, I.UNANSWERED): (S.TERMINATED, (E.REPORT_UNANSWERED,)),
     (S.TRYING, I.SEND_1XX): (S.PROCEEDING, (E.SEND_RESPONSE,)),
     (S.TRYING, I.SEND_2XX): (S.COMPLETED, (E.SEND_RESPONSE,)),
     (S.TRYING, I.SEND_3XX_6XX): (S.COMPLETED, (E.SEND_RESPONSE,)),
@@ -437,6 +469,15 @@ class TransportFailed:
 
 
 @attrs.frozen
+class TransactionUnanswered:
+    """The TU did not answer a non-INVITE request finally within
+    :attr:`TransactionTimers.unanswered` (a bug in the TU): the transaction ends now
+    (:class:`TransactionTerminated` follows), and a response passed down later is discarded."""
+
+    transaction: ServerTransaction
+
+
+@attrs.frozen
 class TransactionTerminated:
     """The transaction reached Terminated; forget it."""
 
@@ -464,6 +505,7 @@ Output = (
     | TransactionTimeout
     | TransportFailed
     | TransactionTerminated
+    | TransactionUnanswered
     | UnmatchedResponse
 )
 
@@ -925,7 +967,7 @@ class ClientNonInviteTransaction(ClientTransaction):
 class ServerTransaction(Transaction):
     """The server side: passes the request up, sends the TU's responses (RFC 3261 §17.2)."""
 
-    __slots__ = ("_final_to_tag", "_last_response", "final_status", "merge_key")
+    __slots__ = ("_final_to_tag", "_last_response", "final_status", "merge_key", "unanswered")
 
     def __init__(
         self,
@@ -943,6 +985,8 @@ class ServerTransaction(Transaction):
         self._final_to_tag: str | None = None  # RFC 2543 ACK matching only (_ack_matches)
         # Its entry in the table's merged-request index (RFC 3261 §8.2.2.2), removed with it.
         self.merge_key: MergeKey | None = None
+        # Ended by Input.UNANSWERED: the TU never answered (ServerNonInviteTransaction).
+        self.unanswered = False
 
     @classmethod
     def start(
@@ -981,6 +1025,10 @@ class ServerTransaction(Transaction):
         """The TU's response to the request (built with ``message.make_response``)."""
         if response.cseq.method != self.method:
             raise LocalSipError("response CSeq method differs from the transaction's request")
+        if self.unanswered:
+            # Given up on (Input.UNANSWERED), long after its client's Timer F: an answer now
+            # reaches nobody, and the TU that comes with it at last has no misuse to hear of.
+            return []
         return self.process_input(_sent(response.status), now=now, message=response)
 
     def _make_key(self) -> TransactionKey:
@@ -1017,6 +1065,9 @@ class ServerTransaction(Transaction):
             self._back_off(Input.TIMER_G, interval, now)
         elif effect is Effect.PASS_ACK:
             out.append(AckReceived(self, _request(message)))
+        elif effect is Effect.REPORT_UNANSWERED:
+            self.unanswered = True
+            out.append(TransactionUnanswered(self))
         else:
             super()._apply(effect, event, message, now, out)
 
@@ -1159,6 +1210,13 @@ class TransactionTable:
         self._client: dict[TransactionKey, ClientTransaction] = {}
         self._server: dict[TransactionKey, ServerTransaction] = {}
         self._merging: dict[MergeKey, ServerTransaction] = {}  # RFC 3261 §8.2.2.2
+        # Non-INVITE server transactions without a final response yet, oldest first, and when
+        # each is given up (TransactionTimers.unanswered after its request: one delay for all,
+        # so the order of arrival is the order of the deadlines). Ordered: first item, insertion
+        # and removal anywhere are O(1).
+        self._unanswered: collections.OrderedDict[ServerTransaction, float] = (
+            collections.OrderedDict()
+        )
         self.merged_requests = 0  # merged requests answered 482, since start
         # (deadline, tie-breaker, transaction); entries not matching _scheduled are stale.
         self._heap: list[tuple[float, int, Transaction]] = []
@@ -1176,6 +1234,7 @@ class TransactionTable:
             "sip_client_transactions": len(self._client),
             "sip_server_transactions": len(self._server),
             "sip_merged_request_index": len(self._merging),
+            "sip_unanswered_requests": len(self._unanswered),
             "sip_transaction_timers": len(self._scheduled),
             "sip_transaction_timer_heap": len(self._heap),
         }
@@ -1212,7 +1271,10 @@ class TransactionTable:
         self, transaction: ServerTransaction, response: Response, *, now: float
     ) -> list[Output]:
         """Pass the TU's response to ``transaction``."""
-        return self._run(transaction, lambda: transaction.send_response(response, now=now))
+        outputs = self._run(transaction, lambda: transaction.send_response(response, now=now))
+        if transaction.final_status is not None and self._unanswered:
+            self._unanswered.pop(transaction, None)  # answered: no longer bounded
+        return outputs
 
     def transport_error(self, transaction: Transaction, *, now: float) -> list[Output]:
         """The transport could not send a message of ``transaction``."""
@@ -1237,6 +1299,11 @@ class TransactionTable:
     def has_server_transaction(self, request: Request) -> bool:
         """Whether a server transaction already serves ``request`` (it is a retransmission)."""
         return server_key(request) in self._server
+
+    def has_server_transaction_key(self, key: TransactionKey) -> bool:
+        """Whether a server transaction with ``key`` is alive (a request too malformed to
+        parse can be looked up by the fields salvaged from it)."""
+        return key in self._server
 
     def receive_request(
         self, request: Request, *, source: Hop, now: float, beyond_limit: int = 0
@@ -1283,12 +1350,22 @@ class TransactionTable:
         if merge is not None:
             new.merge_key = merge
             self._merging[merge] = new
+        if isinstance(new, ServerNonInviteTransaction):
+            self._unanswered[new] = now + self.timers.unanswered
         return self._after(new, outputs)
 
     # -- timers --
 
     def get_timer(self) -> float | None:
         """The earliest deadline of any transaction, or None."""
+        deadline = self._heap_timer()
+        if self._unanswered:
+            bound = next(iter(self._unanswered.values()))
+            if deadline is None or bound < deadline:
+                return bound
+        return deadline
+
+    def _heap_timer(self) -> float | None:
         while self._heap:
             deadline, _, txn = self._heap[0]
             if self._scheduled.get(txn) == deadline and self._owns(txn):
@@ -1297,12 +1374,22 @@ class TransactionTable:
         return None
 
     def handle_timer(self, *, now: float) -> list[Output]:
-        """Fire every transaction timer due at ``now``."""
+        """Fire every transaction timer due at ``now``, then give up on every non-INVITE
+        request the TU has left unanswered for :attr:`TransactionTimers.unanswered`."""
         outputs: list[Output] = []
-        while (deadline := self.get_timer()) is not None and deadline <= now:
+        while (deadline := self._heap_timer()) is not None and deadline <= now:
             _, _, txn = heapq.heappop(self._heap)
             del self._scheduled[txn]
             outputs += self._run(txn, functools.partial(txn.handle_timer, now=now))
+        unanswered = self._unanswered
+        while unanswered:
+            txn, bound = next(iter(unanswered.items()))
+            if bound > now:
+                break
+            del unanswered[txn]
+            outputs += self._run(
+                txn, functools.partial(txn.process_input, Input.UNANSWERED, now=now)
+            )
         return outputs
 
     # -- bookkeeping --
@@ -1310,8 +1397,9 @@ class TransactionTable:
     def _run(self, txn: Transaction, call: Callable[[], list[Output]]) -> list[Output]:
         try:
             outputs = call()
-        except TransactionStateError:
-            self._forget(txn)  # the TU's misuse ended it
+        except TransactionStateError as err:
+            err.transaction = txn
+            self._forget(txn)  # the TU's misuse ended it; the TU drops its own entries
             raise
         return self._after(txn, outputs)
 
@@ -1343,6 +1431,8 @@ class TransactionTable:
             merge = txn.merge_key
             if merge is not None and self._merging.get(merge) is txn:
                 del self._merging[merge]
+            if self._unanswered:
+                self._unanswered.pop(txn, None)  # a transport error, the TU's misuse
 
 
 def _merged_tag(key: TransactionKey) -> str:

@@ -300,6 +300,20 @@ def _sip(out: Exposition, status: GatewayStatus) -> None:
     )
     out.sample(sip.emergency_overload_passes)
     out.family(
+        "voipgw_sip_requests_merged_total",
+        "counter",
+        "New requests answered 482 Loop Detected as merged (RFC 3261 section 8.2.2.2): a request "
+        "that reached the gateway a second time along another path.",
+    )
+    out.sample(sip.merged_requests)
+    out.family(
+        "voipgw_sip_internal_errors_total",
+        "counter",
+        "Internal errors (bugs) of the SIP endpoint, each logged with its traceback: a request "
+        "whose handler failed (answered 500), one never answered, a message not sent.",
+    )
+    out.sample(sip.internal_errors)
+    out.family(
         "voipgw_sip_inbound_dropped_total",
         "counter",
         "SIP messages dropped because the inbound queue was full.",

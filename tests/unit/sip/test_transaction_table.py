@@ -26,6 +26,7 @@ from gateway.core.sip.transaction import (
     TransactionTable,
     TransactionTerminated,
     TransactionTimeout,
+    TransactionUnanswered,
     UnmatchedResponse,
     build_ack,
     client_key,
@@ -358,6 +359,65 @@ def test_tu_misuse_through_the_table_drops_the_transaction() -> None:
     assert table.get_timer() is None
     # The next retransmission is a new transaction (the TU asked for it by misbehaving).
     assert new_server_txn(table.receive_request(invite, source=SOURCE, now=0.3)) is not txn
+
+
+def test_tu_misuse_names_the_transaction_it_ended() -> None:
+    # The table forgets it without TransactionTerminated: the TU drops its own entries.
+    table = TransactionTable()
+    options = request("OPTIONS")
+    txn = new_server_txn(table.receive_request(options, source=SOURCE, now=0.0))
+    table.send_response(txn, make_response(options, 200, to_tag="t"), now=0.1)
+    with pytest.raises(TransactionStateError) as raised:
+        table.send_response(txn, make_response(options, 180, to_tag="t"), now=0.2)
+    assert raised.value.transaction is txn
+    assert table.sizes()["sip_server_transactions"] == 0
+    assert table.sizes()["sip_merged_request_index"] == 0
+
+
+@pytest.mark.parametrize("provisional", [False, True])
+def test_a_non_invite_request_the_tu_never_answers_is_given_up(provisional: bool) -> None:
+    # Trying and Proceeding have no RFC timer: a TU that never answers (a bug) would keep the
+    # transaction and its merged-request entry for ever. 3*64*T1 after the request it ends.
+    table = TransactionTable()
+    options = request("OPTIONS")
+    txn = new_server_txn(table.receive_request(options, source=SOURCE, now=0.0))
+    assert table.get_timer() == table.timers.unanswered == 3 * 64 * table.timers.t1
+    assert table.sizes()["sip_unanswered_requests"] == 1
+    assert table.sizes()["sip_transaction_timer_heap"] == 0  # kept apart: nothing superseded
+    if provisional:
+        table.send_response(txn, make_response(options, 183, to_tag="t"), now=1.0)
+        assert txn.state is State.PROCEEDING
+        assert table.get_timer() == table.timers.unanswered  # not restarted by a 1xx
+    assert table.handle_timer(now=table.timers.unanswered - 0.1) == []
+    out = table.handle_timer(now=table.timers.unanswered)
+    assert out == [TransactionUnanswered(txn), TransactionTerminated(txn)]
+    assert table.sizes() == dict.fromkeys(table.sizes(), 0)
+    # The TU answering at last is no misuse it must hear of: the answer is discarded.
+    late = make_response(options, 200, to_tag="t")
+    assert table.send_response(txn, late, now=table.timers.unanswered + 1) == []
+    # A retransmission now is a new request, as after any end of the transaction.
+    again = table.receive_request(options, source=SOURCE, now=table.timers.unanswered + 2)
+    assert new_server_txn(again) is not txn
+
+
+def test_an_answered_non_invite_request_is_never_given_up() -> None:
+    table = TransactionTable()
+    options = request("OPTIONS")
+    txn = new_server_txn(table.receive_request(options, source=SOURCE, now=0.0))
+    table.send_response(txn, make_response(options, 200, to_tag="t"), now=1.0)
+    assert txn.running_timers == {Input.TIMER_J}
+    assert table.sizes()["sip_unanswered_requests"] == 0
+    out = table.handle_timer(now=1.0 + 64 * table.timers.t1)
+    assert out == [TransactionTerminated(txn)]
+
+
+def test_an_invite_server_transaction_has_no_such_bound() -> None:
+    # A call may ring as long as provisional responses come (RFC 3261 §13.3.1.1): its owner,
+    # the call, answers it on every way out, not a timer.
+    table = TransactionTable()
+    invite = request()
+    txn = new_server_txn(table.receive_request(invite, source=SOURCE, now=0.0))
+    assert txn.state is State.PROCEEDING and table.get_timer() is None
 
 
 def test_server_transaction_limit() -> None:
