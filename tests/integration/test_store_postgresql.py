@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -1460,6 +1461,48 @@ def test_migrate_store_waits_for_another_nodes_build_of_the_index_then_finishes(
     built_here = "building the index call_records_kept_by concurrently" in stderr.text()
     assert built_here == (other_build == "failed")
     assert postgres_cluster.password not in stderr.text() + out
+
+
+def test_migrate_store_interrupted_mid_wait_exits_130_and_says_the_wait_once(
+    open_node: Callable[..., PostgresStore],
+    postgres_cluster: Cluster,
+    postgres_database: str,
+    tmp_path: Path,
+) -> None:
+    """``voipgw migrate-store && systemctl start voipgw``: a Ctrl-C during its wait for another
+    node's build exited 0 (the CLI's SIGINT handler), and the script started the node on a
+    database not ready. It exits 130, as the shell does for a command SIGINT ended. Its output
+    said "another node builds the index" twice (the build's INFO line, then the wait's)."""
+    import psycopg
+
+    config = schema_5_config(open_node, postgres_cluster, postgres_database, tmp_path)
+    with psycopg.connect(postgres_cluster.admin_dsn(postgres_database), autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (pg_module._INDEX_LOCK,))
+        migrate = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "migrate-store", "--config", str(config)],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert migrate.stderr is not None
+            stderr = Lines(migrate.stderr)
+            waiting = "waiting up to 600 s for another node's build of the index"
+            wait_until(lambda: stderr.has(waiting) or migrate.poll() is not None, timeout=60)
+            assert migrate.poll() is None, stderr.text()  # waiting
+            migrate.send_signal(signal.SIGINT)
+            migrate.wait(60)
+        finally:
+            if migrate.poll() is None:
+                migrate.kill()
+                migrate.wait()
+    assert migrate.returncode == 130, stderr.text()
+    text = stderr.text()
+    assert "voipgw: migrate-store: interrupted" in text
+    assert text.count("another node builds the index") == 1, text
+    assert "Traceback" not in text
+    assert index_state(postgres_cluster, postgres_database) == []  # not built by it
 
 
 def test_migrate_store_that_waited_its_bound_for_another_build_says_what_it_waited_for(

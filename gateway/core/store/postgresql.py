@@ -26,7 +26,11 @@ round trip. Theory of operation:
   slow query is cancelled and rolled back), TCP keepalives and ``tcp_user_timeout`` bound a
   wait on a server that vanished from the network, and a lost connection is not reopened on the
   caller's thread: the call fails at once with :class:`StoreUnavailable` (a REGISTER is answered
-  503, as for a busy SQLite store) and the background thread reconnects. The CLI, which has no
+  503, as for a busy SQLite store) and the background thread reconnects. A server that stops
+  answering while its kernel still acknowledges (a stopped process, a stalled pooler or proxy)
+  enforces no statement_timeout and is seen by no keepalive: a watchdog thread
+  (:class:`_Watchdog`) cuts a connection whose wait for an answer passes statement_timeout +
+  :data:`WATCHDOG_MARGIN`, the store's and the listener's alike. The CLI, which has no
   thread, connects when it is called. :meth:`PostgresStore.close` takes at most
   :data:`CLOSE_WAIT` in all, the server answering or not: it waits that long for an index
   build it cancels (libpq's cancel request, before libpq 17, is a blocking connect), the
@@ -925,6 +929,7 @@ class PostgresStore:
         """What :meth:`build_retention_index` found building the index in another session (and
         waited for, if told to), when it returned False for that reason; else None."""
         self._builder_lock = threading.Lock()
+        self._told_built_elsewhere = False  # "another node builds the index" said
         self.listener_failures = FailureLog(
             log,
             f"store listener (PostgreSQL {server.description})",
@@ -1878,7 +1883,11 @@ class PostgresStore:
                 db.execute("SET statement_timeout = 0")
             row = db.execute("SELECT pg_try_advisory_lock(%s)", (_INDEX_LOCK,)).fetchone()
             if row is None or not row[0]:
-                log.info("%s: another node builds the index %s", where, RETENTION_INDEX)
+                # Once per store: migrate-store tries at the store's opening and again at its
+                # build, and the line said twice read as two nodes building.
+                if not self._told_built_elsewhere:
+                    self._told_built_elsewhere = True
+                    log.info("%s: another node builds the index %s", where, RETENTION_INDEX)
                 self.retention_index_left_to = (
                     f"another node's build of the index {RETENTION_INDEX} (it holds the"
                     " build's advisory lock)"
