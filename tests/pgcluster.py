@@ -14,10 +14,17 @@ import contextlib
 import os
 import pwd
 import secrets
+import select
+import selectors
 import shutil
+import socket
 import subprocess
 import tempfile
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from tests.port_blocks import port_block
 
@@ -179,3 +186,110 @@ class Cluster:
             where += f" AND application_name = '{application_name}'"
         rows = self.admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {where}")
         return len(rows)
+
+
+class StallingProxy:
+    """A TCP proxy to the cluster that can stop answering as a server out of reach does, for
+    the node's connections only (the cluster goes on serving the test's own). Forwarding, it
+    copies bytes both ways; :meth:`stall` stops it reading anything, while its kernel still
+    acknowledges what the node sends and answers its keepalives (as for a server process
+    stopped, or a proxy or firewall that holds connections open without forwarding): neither
+    keepalives nor tcp_user_timeout end a wait, only statement_timeout would, and that is the
+    server's. A connection opened while stalled is accepted and never forwarded (libpq's
+    connect then waits for connect_timeout). :meth:`cut` closes the connections there are
+    (each end sees the other gone), as a restart of the server would. :meth:`resume` forwards
+    again, as a server that answers again does (what it held unread is forwarded; the
+    connections accepted while stalled are closed: libpq's connect fails and is retried)."""
+
+    def __init__(self, target_port: int) -> None:
+        self._target = target_port
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        self._pairs: dict[socket.socket, socket.socket] = {}
+        self.held: list[socket.socket] = []  # accepted while stalled, never forwarded
+        self._stall = threading.Event()
+        self._stalled = threading.Event()  # its thread reads nothing any more
+        self._resume = threading.Event()
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stalling proxy", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        selector = selectors.DefaultSelector()
+        selector.register(self._server, selectors.EVENT_READ)
+        while not self._closing.is_set():
+            if self._stall.is_set() and not self._stalled.is_set():
+                for sock in self._pairs:
+                    selector.unregister(sock)
+                self._stalled.set()
+            if self._resume.is_set():
+                for sock in self._pairs:
+                    selector.register(sock, selectors.EVENT_READ)
+                for sock in self.held:
+                    sock.close()
+                self.held.clear()
+                self._stall.clear()
+                self._stalled.clear()
+                self._resume.clear()
+            for key, _ in selector.select(0.05):
+                sock = cast(socket.socket, key.fileobj)
+                if sock is self._server:
+                    client, _ = self._server.accept()
+                    if self._stalled.is_set():
+                        self.held.append(client)
+                        continue
+                    upstream = socket.create_connection(("127.0.0.1", self._target))
+                    self._pairs[client], self._pairs[upstream] = upstream, client
+                    selector.register(client, selectors.EVENT_READ)
+                    selector.register(upstream, selectors.EVENT_READ)
+                    continue
+                if self._stalled.is_set() or sock not in self._pairs:
+                    continue  # not read any more, or closed with its peer in this round
+                try:
+                    data = sock.recv(65536)
+                except OSError:
+                    data = b""
+                peer = self._pairs[sock]
+                if data:
+                    peer.sendall(data)
+                    continue
+                for end in (sock, peer):
+                    selector.unregister(end)
+                    self._pairs.pop(end, None)
+                    end.close()
+        selector.close()
+
+    def stall(self) -> None:
+        self._stall.set()
+        _wait_until(self._stalled.is_set)
+
+    def resume(self) -> None:
+        """Forward again (see the class)."""
+        assert self._stalled.is_set()
+        self._resume.set()
+        _wait_until(lambda: not self._resume.is_set())
+
+    def unanswered(self) -> bool:
+        """Whether the node sent something the stalled proxy has not read (a statement)."""
+        readable, _, _ = select.select(list(self._pairs), [], [], 0)
+        return bool(readable)
+
+    def cut(self) -> None:
+        """Close every forwarded connection (only while stalled: the thread reads none)."""
+        assert self._stalled.is_set()
+        for sock in list(self._pairs):
+            sock.close()
+        self._pairs.clear()
+
+    def close(self) -> None:
+        self._closing.set()
+        self._thread.join(5)
+        for sock in [*self._pairs, *self.held, self._server]:
+            sock.close()
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "not within the deadline"
+        time.sleep(0.005)

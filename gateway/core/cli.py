@@ -24,6 +24,10 @@ from gateway.core.store.errors import StoreError
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+"""A one-shot command stopped by SIGINT (Ctrl-C) before it was done: 128 + SIGINT, the
+shell's status for a command a SIGINT ended, so ``voipgw migrate-store && start`` does not go
+on. ``run`` is stopped by SIGINT as by SIGTERM, and that stop is its success: 0."""
 MIGRATE_WAIT = 600.0
 """Seconds ``voipgw migrate-store`` waits for another session's build of the retention index by
 default: a node that started first builds it in minutes on tens of millions of records, and an
@@ -136,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
         "1 it is not: the database could not be reached, a migration failed or was refused "
         "(a newer schema, a privilege missing), or the index is not built (another session's "
         "build still going after --wait, a build that failed, a role that may not build it); "
-        "2 a usage or configuration error. Progress goes to standard error.",
+        "2 a usage or configuration error; 130 interrupted (SIGINT, Ctrl-C), its --wait "
+        "included. Progress goes to standard error.",
     )
     migrate.add_argument("--config", metavar="FILE", help="TOML configuration file")
     migrate.add_argument("--state-dir", metavar="DIR", help="state directory (default: as run)")
@@ -1202,7 +1207,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"voipgw: store: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
     except KeyboardInterrupt:
-        return EXIT_OK
+        if args.command == "run":
+            return EXIT_OK  # a stop asked for (before its signal handling was set up)
+        print(f"voipgw: {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except OSError as exc:
         print(f"voipgw: {exc}", file=sys.stderr)
         return EXIT_RUNTIME

@@ -27,6 +27,7 @@ from gateway.core.auth.digest import (
     UnknownUser,
 )
 from gateway.core.auth.failures import FailureCounter, FailurePolicy
+from gateway.core.failure_log import FailureLog
 from gateway.core.interfaces import Listener
 from gateway.core.registrar import Registrar, RegistrarPolicy
 from gateway.core.sip.errors import RemoteSipError
@@ -84,6 +85,15 @@ class RegistrationService:
         """Failed attempts (a wrong password or an unknown user), since the start."""
         self._blocked_logged_at = -math.inf
         self._blocked_since_log = 0
+        self.store_failures = FailureLog(
+            log,
+            "registrations: the store",
+            "requests",
+            f"answered 503 with Retry-After: {STORE_BUSY_RETRY_AFTER}",
+        )
+        """Requests the store failed (busy, out of reach, not answering): one WARNING when it
+        starts, a summary every 300 s while it goes on, one INFO at the next REGISTER it takes,
+        not a line per REGISTER: every phone of the node retries, hundreds a minute."""
         self.registrar = Registrar(store, RegistrarPolicy(local_domains=domains), new_tag=new_tag)
         self._new_tag = new_tag
 
@@ -192,6 +202,8 @@ class RegistrationService:
             )
         except StoreBusy as exc:
             return self._store_busy(request, exc)
+        if self.store_failures.failing:
+            self.store_failures.answered(now=self.clock())
         if (
             self.on_registered is not None
             and result.aor is not None
@@ -212,7 +224,7 @@ class RegistrationService:
         # Another process holds the store's write lock, or the database is out of reach:
         # nothing changed; ask the phone to come back (RFC 3261 §21.5.4) rather than stall
         # every call waiting for it.
-        log.warning("%s refused with 503: %s", request.method, exc)
+        self.store_failures.failed(f"{request.method} refused with 503: {exc}", now=self.clock())
         return make_response(
             request,
             503,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -538,3 +540,42 @@ def test_registrations_lists_each_binding_with_where_it_came_from(tmp_path: Path
         ("bob", False, None)
     ]
     assert 590 <= only_bob[0]["expires_in"] <= 600
+
+
+def reading_stdin(pid: int) -> bool:
+    """Whether process ``pid`` is blocked in read(2) on its standard input (Linux: the
+    syscall number and first argument /proc shows; read is 0 on x86-64, 63 on arm64)."""
+    try:
+        fields = Path(f"/proc/{pid}/syscall").read_text().split()
+    except OSError:
+        return False
+    return len(fields) > 1 and fields[0] in ("0", "63") and fields[1] == "0x0"
+
+
+def test_a_one_shot_command_interrupted_exits_130(tmp_path: Path) -> None:
+    """A one-shot command stopped by SIGINT (Ctrl-C) exited 0, as if it had done its work: a
+    script's ``voipgw ... && next`` went on. It exits 130, the shell's status for a command
+    SIGINT ended, and says so (``voipgw run``, whose SIGINT is its ordinary stop, keeps 0)."""
+    if not Path("/proc/self/syscall").exists():
+        pytest.skip("needs /proc/PID/syscall to see the command waiting")
+    command = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "metrics-password"],
+        cwd=Path(__file__).parents[2],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60.0
+        while not reading_stdin(command.pid):  # waiting for the password
+            assert command.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        command.send_signal(signal.SIGINT)
+        _, err = command.communicate(timeout=60)
+    finally:
+        if command.poll() is None:
+            command.kill()
+            command.wait()
+    assert command.returncode == 130, err
+    assert err == "voipgw: metrics-password: interrupted\n"

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from pgcluster import Cluster
+from pgcluster import Cluster, StallingProxy
 
 from gateway.core.sip.message import Request, Response, make_response
 from gateway.core.sip.serializer import serialize_message
@@ -25,12 +25,14 @@ from tests.integration.node_phones import (
     ACCOUNTS,
     ack_for,
     address_of,
+    busy,
     digest,
     final_response,
     port_of,
     receive,
     register_status,
     request,
+    rung,
     udp_socket,
 )
 from tests.interop.harness import GatewayProcess
@@ -277,3 +279,87 @@ def test_a_watcher_on_node_b_sees_a_registration_through_node_a(
             assert final.headers.get("Subscription-State") == "terminated;reason=deactivated"
             assert stopped.result(timeout=10) == 0
     assert "binding(s) for" not in node_b.log_text()  # B took no REGISTER
+
+
+@pytest.fixture
+def stalling_proxy(postgres_cluster: Cluster) -> Iterator[StallingProxy]:
+    proxy = StallingProxy(postgres_cluster.port)
+    yield proxy
+    proxy.close()
+
+
+def test_a_node_whose_database_stops_answering_keeps_serving_and_catches_up_once_it_answers(
+    tmp_path: Path,
+    postgres_cluster: Cluster,
+    postgres_database: str,
+    stalling_proxy: StallingProxy,
+) -> None:
+    """A database that stops answering while its kernel still acknowledges (a postgres process
+    stopped, a pooler or proxy that stalls: the proxy here) held the node's event loop in its
+    next statement until it answered again: no REGISTER, no OPTIONS, no call was served. The
+    store's watchdog cuts the connection past statement_timeout + 1 s (1.5 s): a REGISTER gets
+    503, an OPTIONS its 200, a call's record waits in memory, and once the database answers
+    the node reconnects, registers again and writes the record."""
+    store = postgres_cluster.store_table(postgres_database, tmp_path)
+    store["dsn"] = store["dsn"].replace(
+        f"port={postgres_cluster.port}", f"port={stalling_proxy.port}"
+    )
+    settings = {"store": store, "gateway": {"log_level": "debug"}}
+    accounts = {name: ACCOUNTS[name] for name in ("alice", "bob")}
+    node = GatewayProcess(
+        tmp_path / "node", accounts=accounts, settings=settings, digest_algorithms=("MD5",)
+    )
+    with node, udp_socket() as phone, udp_socket() as caller, udp_socket() as prober:
+        # A generous bound that only proves no hang (the watchdog's is 1.5 s).
+        for sock in (phone, caller, prober):
+            sock.settimeout(10 * 1.5)
+        assert register_status(node, phone, 1) == 200
+        # bob calls alice; her phone rings, and the call's record is written.
+        target = f"sip:alice@127.0.0.1:{node.port}"
+        sdp = simple_sdp("127.0.0.1", 40000)
+        caller.sendto(request("INVITE", target, caller, "bob", 1, body=sdp), address_of(node))
+        challenge = final_response(caller)
+        assert challenge.status == 407
+        caller.sendto(ack_for(challenge, target), address_of(node))
+        auth = digest(challenge.headers.get_all("Proxy-Authenticate")[0], "bob", "INVITE", target)
+        caller.sendto(
+            request("INVITE", target, caller, "bob", 2, f"Proxy-Authorization: {auth}", body=sdp),
+            address_of(node),
+        )
+        invite, source = rung(phone)
+
+        def records() -> list[tuple[object, ...]]:
+            return postgres_cluster.admin("SELECT end_reason FROM call_records", postgres_database)
+
+        deadline = time.monotonic() + 10.0
+        while records() != [(None,)]:
+            assert time.monotonic() < deadline, records()
+            time.sleep(0.05)
+
+        stalling_proxy.stall()
+        # The call ends while the database does not answer: its record's save waits for it.
+        busy(phone, invite, source)
+        ended = final_response(caller)
+        assert ended.status == 486
+        caller.sendto(ack_for(ended, target), address_of(node))
+        assert register_status(node, phone, 3) == 503
+        prober.sendto(
+            request("OPTIONS", f"sip:127.0.0.1:{node.port}", prober, "probe", 1),
+            address_of(node),
+        )
+        assert final_response(prober).status == 200
+
+        stalling_proxy.resume()
+        deadline = time.monotonic() + 30.0
+        cseq = 5
+        while (status := register_status(node, phone, cseq)) != 200:
+            assert status == 503 and time.monotonic() < deadline, status
+            cseq += 2
+            time.sleep(0.1)
+        while records() == [(None,)]:
+            assert time.monotonic() < deadline, records()
+            time.sleep(0.05)
+        assert records() != [(None,)] and len(records()) == 1
+    log = node.log_text()
+    assert "(statement_timeout + 1 s): connection cut" in log
+    assert postgres_cluster.password not in log

@@ -6,19 +6,17 @@ from __future__ import annotations
 
 import logging
 import re
-import select
-import selectors
-import socket
+import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, cast
+from typing import IO
 
 import pytest
-from pgcluster import Cluster
+from pgcluster import Cluster, StallingProxy
 
 from gateway.core.auth.algorithms import DigestAlgorithm
 from gateway.core.store import postgresql as pg_module
@@ -862,88 +860,6 @@ def test_a_node_whose_role_does_not_own_call_records_says_retention_waits_for_th
     assert node.expire_call_records(10.0, most=10) == 1  # no restart needed
 
 
-class StallingProxy:
-    """A TCP proxy to the cluster that can stop answering as a server out of reach does, for
-    the node's connections only (the cluster goes on serving the test's own). Forwarding, it
-    copies bytes both ways; :meth:`stall` stops it reading anything, while its kernel still
-    acknowledges what the node sends and answers its keepalives (as for a server process
-    stopped, or a proxy or firewall that holds connections open without forwarding): neither
-    keepalives nor tcp_user_timeout end a wait, only statement_timeout would, and that is the
-    server's. A connection opened while stalled is accepted and never forwarded (libpq's
-    connect then waits for connect_timeout). :meth:`cut` closes the connections there are
-    (each end sees the other gone), as a restart of the server would."""
-
-    def __init__(self, target_port: int) -> None:
-        self._target = target_port
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self.port = self._server.getsockname()[1]
-        self._pairs: dict[socket.socket, socket.socket] = {}
-        self.held: list[socket.socket] = []  # accepted while stalled, never forwarded
-        self._stall = threading.Event()
-        self._stalled = threading.Event()  # its thread reads nothing any more
-        self._closing = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="stalling proxy", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        selector = selectors.DefaultSelector()
-        selector.register(self._server, selectors.EVENT_READ)
-        while not self._closing.is_set():
-            if self._stall.is_set() and not self._stalled.is_set():
-                for sock in self._pairs:
-                    selector.unregister(sock)
-                self._stalled.set()
-            for key, _ in selector.select(0.05):
-                sock = cast(socket.socket, key.fileobj)
-                if sock is self._server:
-                    client, _ = self._server.accept()
-                    if self._stalled.is_set():
-                        self.held.append(client)
-                        continue
-                    upstream = socket.create_connection(("127.0.0.1", self._target))
-                    self._pairs[client], self._pairs[upstream] = upstream, client
-                    selector.register(client, selectors.EVENT_READ)
-                    selector.register(upstream, selectors.EVENT_READ)
-                    continue
-                if self._stalled.is_set() or sock not in self._pairs:
-                    continue  # not read any more, or closed with its peer in this round
-                try:
-                    data = sock.recv(65536)
-                except OSError:
-                    data = b""
-                peer = self._pairs[sock]
-                if data:
-                    peer.sendall(data)
-                    continue
-                for end in (sock, peer):
-                    selector.unregister(end)
-                    self._pairs.pop(end, None)
-                    end.close()
-        selector.close()
-
-    def stall(self) -> None:
-        self._stall.set()
-        wait_until(self._stalled.is_set)
-
-    def unanswered(self) -> bool:
-        """Whether the node sent something the stalled proxy has not read (a statement)."""
-        readable, _, _ = select.select(list(self._pairs), [], [], 0)
-        return bool(readable)
-
-    def cut(self) -> None:
-        """Close every forwarded connection (only while stalled: the thread reads none)."""
-        assert self._stalled.is_set()
-        for sock in list(self._pairs):
-            sock.close()
-        self._pairs.clear()
-
-    def close(self) -> None:
-        self._closing.set()
-        self._thread.join(5)
-        for sock in [*self._pairs, *self.held, self._server]:
-            sock.close()
-
-
 @pytest.fixture
 def stalling_proxy(postgres_cluster: Cluster) -> Iterator[StallingProxy]:
     proxy = StallingProxy(postgres_cluster.port)
@@ -1067,6 +983,70 @@ def test_a_gateway_stopping_while_the_database_stops_answering_says_which_record
     assert any("holds not removed" in line for line in warnings)
     assert node._db is None
     assert postgres_cluster.password not in caplog.text
+
+
+def test_a_statement_a_server_that_stopped_answering_holds_fails_within_the_watchdog_s_bound(
+    open_node: Callable[..., PostgresStore],
+    postgres_cluster: Cluster,
+    postgres_database: str,
+    stalling_proxy: StallingProxy,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A server that stops answering while its kernel still acknowledges (a stopped process,
+    a stalled pooler or proxy) held a statement for as long as it did not answer: the
+    gateway's event loop with it. The watchdog cuts the connection past statement_timeout + 1
+    s: the call fails with StoreUnavailable, the call records are kept by the book for its next
+    save, and once the server answers again the store is reconnected and they are written."""
+    from gateway.core.calls.records import CallRecordBook
+
+    node = open_node(
+        dsn=through(stalling_proxy, postgres_cluster, postgres_database),
+        connect_timeout=2,
+        statement_timeout=0.5,
+    )
+    book = CallRecordBook(node)
+    book.started("c1", "sip:alice@example.net", "sip:bob@example.net")
+    book.flush()
+    stalling_proxy.stall()
+    book.started("c2", "sip:carol@example.net", "sip:bob@example.net")
+    caplog.set_level(logging.INFO, logger="gateway")
+    saving = threading.Thread(target=book.flush, daemon=True)
+    saving.start()
+    # Returned: a generous bound, far past the watchdog's (1.5 s), that only proves no hang.
+    wait_until(lambda: not saving.is_alive(), timeout=10 * 1.5)
+    assert book.pending == 1  # c2 kept for the next save
+    assert node._server.watchdog.cuts == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(
+        "no answer within 1.5 s (statement_timeout + 1 s): connection cut" in line
+        for line in warnings
+    ), warnings
+    with pytest.raises(StoreUnavailable):
+        node.accounts_list()  # at once: not connected while the listener reconnects
+    stalling_proxy.resume()
+
+    def saved() -> bool:
+        book.flush()
+        return book.pending == 0
+
+    wait_until(saved, timeout=10 * 2)  # the listener's reconnection: connect_timeout at most
+    rows = postgres_cluster.admin("SELECT call_id FROM call_records ORDER BY 1", postgres_database)
+    assert rows == [("c1",), ("c2",)]
+    assert postgres_cluster.password not in caplog.text
+
+
+def test_the_listener_s_connection_is_watched_as_the_store_s_is(
+    open_node: Callable[..., PostgresStore],
+) -> None:
+    """The listener thread also reopens the store's connection: a LISTEN (or the set_config
+    after a connect) waiting for a server that stopped answering held it, and the store stayed
+    down as long. Its connection's waits are bounded as the store's are."""
+    node = open_node(statement_timeout=0.5)
+    watchdog = node._server.watchdog
+    watched = [db for db in list(watchdog._watched) if not db.closed]
+    assert node._db in watched
+    assert len(watched) == 2  # the store's and the listener's
+    assert all(db.watch_bound == 1.5 for db in watched)
 
 
 # -- the CLI and check-config against PostgreSQL ----------------------------------------------
@@ -1481,6 +1461,48 @@ def test_migrate_store_waits_for_another_nodes_build_of_the_index_then_finishes(
     built_here = "building the index call_records_kept_by concurrently" in stderr.text()
     assert built_here == (other_build == "failed")
     assert postgres_cluster.password not in stderr.text() + out
+
+
+def test_migrate_store_interrupted_mid_wait_exits_130_and_says_the_wait_once(
+    open_node: Callable[..., PostgresStore],
+    postgres_cluster: Cluster,
+    postgres_database: str,
+    tmp_path: Path,
+) -> None:
+    """``voipgw migrate-store && systemctl start voipgw``: a Ctrl-C during its wait for another
+    node's build exited 0 (the CLI's SIGINT handler), and the script started the node on a
+    database not ready. It exits 130, as the shell does for a command SIGINT ended. Its output
+    said "another node builds the index" twice (the build's INFO line, then the wait's)."""
+    import psycopg
+
+    config = schema_5_config(open_node, postgres_cluster, postgres_database, tmp_path)
+    with psycopg.connect(postgres_cluster.admin_dsn(postgres_database), autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (pg_module._INDEX_LOCK,))
+        migrate = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "migrate-store", "--config", str(config)],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert migrate.stderr is not None
+            stderr = Lines(migrate.stderr)
+            waiting = "waiting up to 600 s for another node's build of the index"
+            wait_until(lambda: stderr.has(waiting) or migrate.poll() is not None, timeout=60)
+            assert migrate.poll() is None, stderr.text()  # waiting
+            migrate.send_signal(signal.SIGINT)
+            migrate.wait(60)
+        finally:
+            if migrate.poll() is None:
+                migrate.kill()
+                migrate.wait()
+    assert migrate.returncode == 130, stderr.text()
+    text = stderr.text()
+    assert "voipgw: migrate-store: interrupted" in text
+    assert text.count("another node builds the index") == 1, text
+    assert "Traceback" not in text
+    assert index_state(postgres_cluster, postgres_database) == []  # not built by it
 
 
 def test_migrate_store_that_waited_its_bound_for_another_build_says_what_it_waited_for(

@@ -26,7 +26,11 @@ round trip. Theory of operation:
   slow query is cancelled and rolled back), TCP keepalives and ``tcp_user_timeout`` bound a
   wait on a server that vanished from the network, and a lost connection is not reopened on the
   caller's thread: the call fails at once with :class:`StoreUnavailable` (a REGISTER is answered
-  503, as for a busy SQLite store) and the background thread reconnects. The CLI, which has no
+  503, as for a busy SQLite store) and the background thread reconnects. A server that stops
+  answering while its kernel still acknowledges (a stopped process, a stalled pooler or proxy)
+  enforces no statement_timeout and is seen by no keepalive: a watchdog thread
+  (:class:`_Watchdog`) cuts a connection whose wait for an answer passes statement_timeout +
+  :data:`WATCHDOG_MARGIN`, the store's and the listener's alike. The CLI, which has no
   thread, connects when it is called. :meth:`PostgresStore.close` takes at most
   :data:`CLOSE_WAIT` in all, the server answering or not: it waits that long for an index
   build it cancels (libpq's cancel request, before libpq 17, is a blocking connect), the
@@ -83,6 +87,7 @@ import secrets
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, cast
@@ -149,6 +154,13 @@ the server answers takes milliseconds)."""
 CLOSE_WAIT = CANCEL_WAIT
 """Longest :meth:`PostgresStore.close` takes in all: the index build's cancel, the listener
 thread and a statement another thread has in progress share this one bound."""
+
+WATCHDOG_MARGIN = 1.0
+"""Seconds past ``statement_timeout`` a wait for the server's answer (a statement, a BEGIN or
+COMMIT, the listener's LISTEN) may last before the store's watchdog cuts its connection: the
+server cancels a statement at ``statement_timeout`` and answers at once, so a wait this much
+longer is a server (or a pooler or proxy on the way) that stopped answering while its kernel
+still acknowledges (see :class:`_Watchdog`)."""
 
 MIGRATION_STATEMENT_TIMEOUT = "60s"
 """Migrations run at start-up, before anything is relayed, and may wait for another node's."""
@@ -557,6 +569,108 @@ def _import_psycopg() -> Any:
     return psycopg
 
 
+class _Watchdog:
+    """Bounds every wait of a watched connection for the server's answer: past its bound
+    (``statement_timeout`` + :data:`WATCHDOG_MARGIN`) the connection's socket is shut down
+    (:func:`_abort`), so the wait ends at once with the connection lost, the call fails with
+    :class:`StoreUnavailable` and the listener thread reconnects when the server answers.
+
+    Why: ``statement_timeout`` is the server's own, and TCP keepalives and ``tcp_user_timeout``
+    end a wait only on a host that stopped acknowledging. A server process stopped (SIGSTOP, a
+    paused VM), a pooler that stalls or a proxy that holds the connection without forwarding
+    leaves the kernel acknowledging: the wait lasted until the server answered again, and the
+    store is called from the gateway's event loop, so every call on the node froze with it.
+
+    One thread per store, started with the first watched connection. The hot path is two
+    attribute writes and a clock read per wait (:class:`_WatchedConnection` stamps when it
+    began): no lock, no wake-up. The thread sleeps until the earliest bound of a wait in
+    progress, or one bound when none is (a wait that begins meanwhile ends its bound later
+    than that), so an idle store wakes it once every few seconds."""
+
+    def __init__(self, description: str, bound: float) -> None:
+        self._description = description
+        self.bound = bound
+        self._lock = threading.Lock()  # the set: connections are added from several threads
+        self._watched: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self.cuts = 0
+        """Connections cut for a wait past its bound (read by the tests)."""
+
+    def watch(self, connection: Any, bound: float | None = None) -> None:
+        """Watch ``connection`` (a :class:`_WatchedConnection`) until it is collected."""
+        connection.watch_bound = self.bound if bound is None else bound
+        with self._lock:
+            self._watched.add(connection)
+            if self._thread is None and not self._stopping.is_set():
+                self._thread = threading.Thread(
+                    target=self._run, name="postgresql store watchdog", daemon=True
+                )
+                self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread (not waited for: it ends at its next look, at once)."""
+        self._stopping.set()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                now = time.monotonic()
+                wake = now + self.bound
+                with self._lock:
+                    watched = list(self._watched)
+                for db in watched:
+                    since, bound = db.watch_since, db.watch_bound
+                    if since is None or bound is None:
+                        continue
+                    if now - since >= bound:
+                        self._cut(db, since, bound)
+                    else:
+                        wake = min(wake, since + bound)
+                del watched  # a connection dropped meanwhile is collected
+                if self._stopping.wait(max(0.0, wake - time.monotonic())):
+                    return
+        except Exception:
+            # A bug: waits are bounded only by the server again (as before the watchdog).
+            log_exception(log, "store watchdog thread failed: waits for the server unbounded")
+
+    def _cut(self, db: Any, since: float, bound: float) -> None:
+        # Only if that same wait is still in progress once the descriptor is duplicated: a
+        # wait that ended meanwhile may have had its connection closed, and the number reused.
+        if not _abort(db, unless=lambda: db.watch_since != since):
+            return
+        self.cuts += 1
+        db.watch_cut = True
+        log.debug("PostgreSQL %s: no answer within %g s: connection cut", self._description, bound)
+
+
+_connection_classes: dict[int, Any] = {}
+
+
+def _watched_connection(pg: Any) -> Any:
+    """psycopg's Connection, stamping when each wait for the server begins (for
+    :class:`_Watchdog`). ``Connection.wait`` is where psycopg waits for every answer: a
+    statement's, a transaction's BEGIN and COMMIT, a notification's (psycopg 3.2 to 3.3)."""
+    found = _connection_classes.get(id(pg))
+    if found is not None:
+        return found
+
+    class _WatchedConnection(pg.Connection):  # type: ignore[misc]
+        watch_since: float | None = None  # monotonic: when the wait in progress began
+        watch_bound: float | None = None  # None: not watched
+        watch_cut = False  # the watchdog cut it
+
+        def wait(self, *args: Any, **kwargs: Any) -> Any:
+            self.watch_since = time.monotonic()
+            try:
+                return super().wait(*args, **kwargs)
+            finally:
+                self.watch_since = None
+
+    _connection_classes[id(pg)] = _WatchedConnection
+    return _WatchedConnection
+
+
 def check_dsn(dsn: str) -> None:
     """Raise :class:`InvalidValue` unless libpq can parse ``dsn`` (it is not connected to)."""
     _Server(dsn, None, DEFAULT_CONNECT_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT)
@@ -592,12 +706,14 @@ class _Server:
         params.setdefault("application_name", "voipgw")
         self._params = params
         self.statement_timeout = statement_timeout
+        self._connection_class = _watched_connection(pg)
         shown = [
             f"{key}={params[key]}"
             for key in ("host", "hostaddr", "port", "dbname", "user")
             if params.get(key)
         ]
         self.description = " ".join(shown) or "(libpq defaults)"
+        self.watchdog = _Watchdog(self.description, statement_timeout + WATCHDOG_MARGIN)
 
     def scrub(self, text: str) -> str:
         """``text`` with the password replaced (libpq does not quote it, but a DSN might)."""
@@ -614,22 +730,31 @@ class _Server:
     def connect(self, *, listener: bool = False, purpose: str = "") -> psycopg.Connection[Any]:
         """A new autocommit connection with ``statement_timeout`` set. Raises
         :class:`StoreUnavailable` (message without the password). ``purpose`` (or
-        ``listener``) is added to its application_name (pg_stat_activity shows it)."""
+        ``listener``) is added to its application_name (pg_stat_activity shows it). Its waits
+        for the server are bounded by the watchdog, but an index build's (minutes)."""
         pg = _import_psycopg()
         params = dict(self._params)
         if listener:
             purpose = "listener"
+        watched = True
         if purpose:
             params["application_name"] = f"{params['application_name']} {purpose}"[:63]
             if purpose == "index build":
                 # A build sends one statement and waits minutes for its answer.
                 params.pop("tcp_user_timeout", None)
+                watched = False
         try:
-            connection: psycopg.Connection[Any] = pg.connect(autocommit=True, **params)
+            # The connection itself is bounded by connect_timeout (psycopg's, the whole
+            # handshake); the watchdog bounds what follows, this set_config included.
+            connection: psycopg.Connection[Any] = self._connection_class.connect(
+                autocommit=True, **params
+            )
         except pg.Error as exc:
             raise StoreUnavailable(
                 f"PostgreSQL {self.description}: cannot connect: {self.say(exc)}"
             ) from None
+        if watched:
+            self.watchdog.watch(connection)
         try:
             connection.execute(
                 "SELECT set_config('statement_timeout', %s, false)",
@@ -804,6 +929,7 @@ class PostgresStore:
         """What :meth:`build_retention_index` found building the index in another session (and
         waited for, if told to), when it returned False for that reason; else None."""
         self._builder_lock = threading.Lock()
+        self._told_built_elsewhere = False  # "another node builds the index" said
         self.listener_failures = FailureLog(
             log,
             f"store listener (PostgreSQL {server.description})",
@@ -902,6 +1028,7 @@ class PostgresStore:
         What was not waited for is said in one WARNING."""
         deadline = time.monotonic() + CLOSE_WAIT
         self._stopping.set()
+        self._server.watchdog.stop()  # close() bounds its own waits
         self._stop_index_build(deadline)
         not_waited: list[str] = []
         if self._thread is not None:
@@ -1048,6 +1175,12 @@ class PostgresStore:
             )
         if isinstance(exc, errors.SerializationFailure | errors.DeadlockDetected):
             return StoreBusy(f"{where}: {message}; nothing was written")
+        if getattr(db, "watch_cut", False):
+            message = (
+                f"no answer within {self._server.watchdog.bound:g} s (statement_timeout"
+                f" + {WATCHDOG_MARGIN:g} s): connection cut (the server, or a pooler or proxy"
+                " on the way, stopped answering?)"
+            )
         if db.broken or db.closed:
             self._drop_connection(db)
             log.warning("%s: connection lost: %s", where, message)
@@ -1750,7 +1883,11 @@ class PostgresStore:
                 db.execute("SET statement_timeout = 0")
             row = db.execute("SELECT pg_try_advisory_lock(%s)", (_INDEX_LOCK,)).fetchone()
             if row is None or not row[0]:
-                log.info("%s: another node builds the index %s", where, RETENTION_INDEX)
+                # Once per store: migrate-store tries at the store's opening and again at its
+                # build, and the line said twice read as two nodes building.
+                if not self._told_built_elsewhere:
+                    self._told_built_elsewhere = True
+                    log.info("%s: another node builds the index %s", where, RETENTION_INDEX)
                 self.retention_index_left_to = (
                     f"another node's build of the index {RETENTION_INDEX} (it holds the"
                     " build's advisory lock)"
@@ -1940,16 +2077,23 @@ class PostgresStore:
 # -- helpers ---------------------------------------------------------------------------------
 
 
+def _seconds(interval: str) -> float:
+    """Seconds of a PostgreSQL interval written in seconds (``"60s"``)."""
+    return float(interval.removesuffix("s"))
+
+
 def _left(deadline: float) -> float:
     """Seconds until ``deadline`` (monotonic), not below 0."""
     return max(0.0, deadline - time.monotonic())
 
 
-def _abort(db: psycopg.Connection[Any]) -> bool:
+def _abort(db: psycopg.Connection[Any], unless: Callable[[], bool] | None = None) -> bool:
     """Shut the socket of ``db`` down, which another thread is using (a statement waiting for
     a server that does not answer): its wait ends at once, libpq finding the connection lost.
     Only the socket is touched (a dup of its descriptor), never libpq's connection, which is
-    not safe to use from two threads. False when it has no socket any more."""
+    not safe to use from two threads. False when it has no socket any more, or when
+    ``unless()`` is true once the descriptor is duplicated (the dup then names the socket as
+    it was when ``unless`` was asked: the watchdog's wait ended meanwhile)."""
     try:
         fd = db.pgconn.socket
     except Exception:  # closed meanwhile: the statement ended and its thread dropped it
@@ -1957,6 +2101,9 @@ def _abort(db: psycopg.Connection[Any]) -> bool:
     try:
         sock = socket.socket(fileno=os.dup(fd))
     except OSError:
+        return False
+    if unless is not None and unless():
+        sock.close()
         return False
     try:
         sock.shutdown(socket.SHUT_RDWR)
@@ -1988,6 +2135,10 @@ def _migrate(
             raise newer_schema(where, current, latest)
         if current == latest:
             return
+        if getattr(db, "watch_bound", None) is not None:
+            # A migration's statements run under MIGRATION_STATEMENT_TIMEOUT: watched to match.
+            bound = _seconds(MIGRATION_STATEMENT_TIMEOUT) + WATCHDOG_MARGIN
+            db.watch_bound = bound  # type: ignore[attr-defined]
         for version, statements in migrations:
             with db.transaction():
                 db.execute(f"SET LOCAL statement_timeout = '{MIGRATION_STATEMENT_TIMEOUT}'")
@@ -2020,6 +2171,9 @@ def _migrate(
         raise SchemaError(
             migration_failed(where, current, latest, version, message, remedy)
         ) from None
+    finally:
+        if getattr(db, "watch_bound", None) is not None:
+            db.watch_bound = server.watchdog.bound  # type: ignore[attr-defined]
     if found and found < latest:
         # A rolling upgrade: nodes of the older voipgw still running go on, but refuse this
         # database at their next start (newer_schema says so to them).
