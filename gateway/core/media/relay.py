@@ -256,6 +256,11 @@ class Transforms:
     rtcp_out: Transform | None = None
 
 
+NO_TRANSFORMS = Transforms()
+"""Every packet passes unchanged (plain RTP both ways): one shared instance (frozen), not a new
+one per direction and key change (eight per plain call)."""
+
+
 RtcpObserver = Callable[[bytes], None]
 """Takes each RTCP datagram of a direction, as plain RTCP (after ``rtcp_in``, e.g. SRTCP
 unprotect; before ``rtcp_out``), to read it (call quality,
@@ -696,7 +701,7 @@ class DirectionControl:
         self._endpoints = endpoints
         self._on_change = on_change
         self._blocked = False
-        self._transforms = Transforms()
+        self._transforms = NO_TRANSFORMS
         self._taps: tuple[Tap, ...] = ()
         self._rtcp_observer: RtcpObserver | None = None
         self._payload_types: dict[int, int] = {}
