@@ -836,13 +836,8 @@ class CallBase:
         CANCEL bounds it to 64*T1 (transaction.py). First INVITEs of B legs are
         _drain_b_legs' business."""
         for client in self._forwarded:
-            txn = client.transaction
-            if not isinstance(txn, ClientInviteTransaction) or txn.state is not State.PROCEEDING:
-                continue
-            if txn.cancelled:  # a re-INVITE that timed out (_reinvite_timed_out)
-                continue
-            request = txn.request
-            if request is None or request.to.tag is None:
+            request = reinvite_to_cancel(client)
+            if request is None:
                 continue
             flow = client.flow
             try:
@@ -854,6 +849,10 @@ class CallBase:
                     "call %s: cannot CANCEL a re-INVITE: %s", self.id, transport_error_text(exc)
                 )
 
+    def _b_legs_pending(self) -> bool:
+        """A B leg without a final response to its INVITE: :meth:`_drain_b_legs` waits for it."""
+        return any(leg.final is None and leg.invite is not None for leg in self.b_legs)
+
     async def _drain_b_legs(self) -> None:
         """After the end: keep handling B responses so a 2xx crossing our CANCEL is ACKed and
         BYEd (RFC 3261 §9.1 race) until every B leg has a final response."""
@@ -862,7 +861,7 @@ class CallBase:
         for leg in self.b_legs:
             if leg.final is None and leg.invite is not None:
                 await self._cancel_b(leg)
-        while any(leg.final is None and leg.invite is not None for leg in self.b_legs):
+        while self._b_legs_pending():
             event = await self._next_event()
             if isinstance(event, ResponseEvent) and isinstance(event.tag, BLeg):
                 leg, response = event.tag, event.response
@@ -934,6 +933,20 @@ class CallBase:
                     continue  # its ACK arrived while the send waited (ack_received)
             interval = min(interval * 2, self.config.sip.t2)
             self._retransmit_at[side] = (now + interval, interval, response, give_up)
+
+
+def reinvite_to_cancel(client: ClientRequest) -> Request | None:
+    """The re-INVITE of ours that ``client`` still waits for a final response to, and that
+    :meth:`CallBase._cancel_pending_reinvites` CANCELs at the call's end; None for any other."""
+    txn = client.transaction
+    if not isinstance(txn, ClientInviteTransaction) or txn.state is not State.PROCEEDING:
+        return None
+    if txn.cancelled:  # a re-INVITE that timed out (_reinvite_timed_out)
+        return None
+    request = txn.request
+    if request is None or request.to.tag is None:
+        return None
+    return request
 
 
 def first_final_or_late_2xx(final: Response | None, response: Response) -> bool:

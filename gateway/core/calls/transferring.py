@@ -823,6 +823,10 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
             await self._hang_up("the transfer target hung up as it answered")
         await self._end_transfer(487, "Request Terminated")  # its offer was not made yet
 
+    def _transfer_leftovers(self) -> bool:
+        """Whether :meth:`_bye_transfer_leftovers` has a leg to BYE or a transfer to drop."""
+        return bool(self._departed) or self._transfer is not None
+
     async def _bye_transfer_leftovers(self) -> None:
         """The call has ended: BYE a departed transferor that has not hung up, and a target
         that answered a transfer that did not complete."""

@@ -23,7 +23,13 @@ from __future__ import annotations
 import attrs
 
 from gateway.core.interfaces import SrtpKeys
-from gateway.core.media.relay import MediaStream, StreamSide, Transform, Transforms
+from gateway.core.media.relay import (
+    NO_TRANSFORMS,
+    MediaStream,
+    StreamSide,
+    Transform,
+    Transforms,
+)
 from gateway.core.media.remote_relay import RemoteSide, RemoteStream
 from gateway.core.media.security import LegSecurity
 from gateway.core.media.session import MediaSession
@@ -80,6 +86,19 @@ class StreamKeys:
         )
 
 
+def _transforms(
+    rtp_in: Transform | None,
+    rtcp_in: Transform | None,
+    rtp_out: Transform | None,
+    rtcp_out: Transform | None,
+) -> Transforms:
+    """A direction's transforms; the shared :data:`NO_TRANSFORMS` for plain RTP both ways (the
+    usual call: six key applications per call, each a new frozen attrs instance otherwise)."""
+    if rtp_in is None and rtcp_in is None and rtp_out is None and rtcp_out is None:
+        return NO_TRANSFORMS
+    return Transforms(rtp_in=rtp_in, rtp_out=rtp_out, rtcp_in=rtcp_in, rtcp_out=rtcp_out)
+
+
 class StreamSrtp:
     """The SRTP sessions of one relay stream, kept while the keys stay the same.
 
@@ -104,17 +123,11 @@ class StreamSrtp:
             stream.a_to_b.blocked = True
             stream.b_to_a.blocked = True
             raise
-        stream.a_to_b.transforms = Transforms(
-            rtp_in=a.unprotect_rtp if a else None,
-            rtcp_in=a_rtcp[0],
-            rtp_out=b.protect_rtp if b else None,
-            rtcp_out=b_rtcp[1],
+        stream.a_to_b.transforms = _transforms(
+            a.unprotect_rtp if a else None, a_rtcp[0], b.protect_rtp if b else None, b_rtcp[1]
         )
-        stream.b_to_a.transforms = Transforms(
-            rtp_in=b.unprotect_rtp if b else None,
-            rtcp_in=b_rtcp[0],
-            rtp_out=a.protect_rtp if a else None,
-            rtcp_out=a_rtcp[1],
+        stream.b_to_a.transforms = _transforms(
+            b.unprotect_rtp if b else None, b_rtcp[0], a.protect_rtp if a else None, a_rtcp[1]
         )
         stream.a_to_b.blocked = keys.blocked
         stream.b_to_a.blocked = keys.blocked

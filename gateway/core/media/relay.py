@@ -256,6 +256,11 @@ class Transforms:
     rtcp_out: Transform | None = None
 
 
+NO_TRANSFORMS = Transforms()
+"""Every packet passes unchanged (plain RTP both ways): one shared instance (frozen), not a new
+one per direction and key change (eight per plain call)."""
+
+
 RtcpObserver = Callable[[bytes], None]
 """Takes each RTCP datagram of a direction, as plain RTCP (after ``rtcp_in``, e.g. SRTCP
 unprotect; before ``rtcp_out``), to read it (call quality,
@@ -696,7 +701,7 @@ class DirectionControl:
         self._endpoints = endpoints
         self._on_change = on_change
         self._blocked = False
-        self._transforms = Transforms()
+        self._transforms = NO_TRANSFORMS
         self._taps: tuple[Tap, ...] = ()
         self._rtcp_observer: RtcpObserver | None = None
         self._payload_types: dict[int, int] = {}
@@ -818,6 +823,26 @@ class DirectionControl:
         """Stop calling ``tap``; removing a tap that is not attached is harmless."""
         self._taps = tuple(t for t in self._taps if t is not tap)
         self._on_change()
+
+    def totals(self) -> tuple[int, int, int]:
+        """``statistics()``'s ``packets``, ``rtp_bytes + rtcp_bytes`` and ``dropped``, without
+        building the statistics: the media session's summary and its close read only these,
+        three times per call (a property test holds them equal)."""
+        rtp_ep, rtcp_ep = self._endpoints
+        packets = octets = dropped = 0
+        for route in (rtp_ep.rtp, rtp_ep.rtcp, rtcp_ep.rtp, rtcp_ep.rtcp):
+            packets += route.packets
+            octets += route.bytes
+            dropped += route.dropped_transform + route.dropped_send_error
+            dropped += route.dropped_no_destination
+        for endpoint in (rtp_ep, rtcp_ep):
+            dropped += endpoint.dropped_unlatched_source + endpoint.dropped_blocked
+            dropped += endpoint.dropped_malformed
+        if self._dtmf is not None or self._dtmf_taken_before:
+            # Event packets taken for SIP INFO are no loss (as in statistics()). RED packets
+            # that do not parse move from dropped_transform to dropped_malformed: no change.
+            dropped -= self._dtmf_taken_before + (self._dtmf.taken if self._dtmf else 0)
+        return packets, octets, dropped
 
     def statistics(self) -> DirectionStatistics:
         # The direction's two sockets (RTP, RTCP), each with an RTP and an RTCP route. Added

@@ -113,6 +113,11 @@ class RelayDirection(Protocol):
 
     def statistics(self) -> DirectionStatistics: ...
 
+    def totals(self) -> tuple[int, int, int]:
+        """``statistics()``'s ``packets``, ``rtp_bytes + rtcp_bytes`` and ``dropped``: what the
+        media session's summary reads, without building the statistics."""
+        ...
+
 
 class RelayStream(Protocol):
     """One relayed media stream (:class:`gateway.core.media.relay.MediaStream`)."""

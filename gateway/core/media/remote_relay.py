@@ -500,6 +500,10 @@ class RemoteDirection:
         """The counters the worker last pushed (at most about a second old)."""
         return self._counts
 
+    def totals(self) -> tuple[int, int, int]:
+        counts = self._counts
+        return counts.packets, counts.rtp_bytes + counts.rtcp_bytes, counts.dropped
+
 
 @attrs.define(eq=False, init=False)
 class RemoteStream:

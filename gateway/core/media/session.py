@@ -1345,8 +1345,7 @@ def _side(stream: RelayStream, side: Side) -> RelaySide:
 def _direction_statistics(stream: RelayStream) -> list[tuple[str, tuple[int, int, int]]]:
     found = []
     for name, control in (("a_to_b", stream.a_to_b), ("b_to_a", stream.b_to_a)):
-        stats = control.statistics()
-        found.append((name, (stats.packets, stats.rtp_bytes + stats.rtcp_bytes, stats.dropped)))
+        found.append((name, control.totals()))
     return found
 
 
