@@ -18,8 +18,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_peer
+from tests.port_blocks import port_block_text
 
 SCENARIOS = Path(__file__).parent / "scenarios"
+
+# The relay's ports: this process's own (tests/port_blocks.py), not the gateway's default range,
+# which another test run's gateway may bind as well (tests/media_range_guard.py).
+MEDIA_PORTS = port_block_text(20)
 
 
 def _free_port_pair() -> int:
@@ -63,6 +68,7 @@ def gateway_process(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         # sipp 3.6 answers only the first challenge and knows only MD5 (docs/configuration.md)
         'digest_algorithms = ["MD5", "SHA-256"]\n'
         f'[sip]\nlisten = ["udp:127.0.0.1:{port}", "tcp:127.0.0.1:{port}"]\n'
+        f'[media]\nports = "{MEDIA_PORTS}"\n'
     )
     subprocess.run(
         [
