@@ -88,11 +88,12 @@ def overlaps_default_media(ports: range) -> bool:
     return ports.start < GATEWAY_DEFAULT_MEDIA.stop and GATEWAY_DEFAULT_MEDIA.start < ports.stop
 
 
-def port_block(count: int) -> range:
+def port_block(count: int, *, even: bool = True) -> range:
     """``count`` consecutive ports of this process alone; the first is even (RTP on an even
-    port, RTCP on the next, RFC 3550 §11)."""
+    port, RTCP on the next, RFC 3550 §11) unless ``even`` is false (a single port for a peer's
+    SIP or TLS listener: no port is skipped)."""
     global _free
-    start = _free.start + _free.start % 2
+    start = _free.start + (_free.start % 2 if even else 0)
     if start + count > _free.stop:
         _free = _claim(-(-count // UNIT))
         start = _free.start

@@ -137,7 +137,7 @@ def test_a_gateway_process_listens_on_a_locked_port_below_the_ephemeral_range(
     connection's by then. A block port is locked for this process and never the kernel's."""
     gateway = GatewayProcess(tmp_path)
     assert gateway.port not in _ephemeral()
-    assert gateway.port // UNIT in port_blocks._lent  # other test runs step over its unit
+    assert any(gateway.port in block for block in port_blocks.held())  # no other run's
     low, high = gateway.media_ports
     assert not low <= gateway.port <= high  # and it is not one of its media ports
     assert gateway.port != GatewayProcess(tmp_path / "second").port
@@ -148,3 +148,20 @@ def test_a_postgresql_cluster_listens_on_a_port_of_this_process_block() -> None:
     port = pgcluster.free_port()
     assert port < 32768  # never the kernel's (port_blocks claims only below its range)
     assert any(port in block for block in port_blocks.held()), port
+
+
+def test_a_peer_s_single_port_is_one_of_this_process_locked_units(fresh_allocator: None) -> None:
+    """free_port and free_port_pair: the ports sipp, baresip's control, stunnel, openssl
+    s_server or dnsmasq listen on, bound seconds after they are chosen. Never a port-0 probe's
+    (in the ephemeral range, where any process's outgoing connection may take it meanwhile), but
+    one of a unit this process holds: no other test, and no other test run, is given it."""
+    got = [ports.free_port("udp"), ports.free_port("tcp"), ports.free_port_pair()]
+    got += [ports.free_port("tcp") for _ in range(UNIT)]  # more than a unit's worth
+    assert len(set(got)) == len(got)
+    for port in got:
+        assert port not in _ephemeral()
+        assert port not in port_blocks.GATEWAY_DEFAULT_MEDIA
+        assert any(port in block for block in port_blocks.held()), port
+    # A block handed out next steps over them.
+    block = ports.free_port_block(UNIT)
+    assert not set(range(block, block + UNIT)) & set(got)
