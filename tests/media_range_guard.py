@@ -78,6 +78,8 @@ def command_media_range(args: Sequence[str], cwd: object = None) -> PortRange | 
     """The media range a ``gateway run`` with ``args`` (in ``cwd``) binds from; None when it
     refuses to start for another reason first (a config that does not parse: the test is about
     that)."""
+    if "--help" in args or "-h" in args:
+        return None  # prints its usage and starts nothing
     given = _option(args, "--media-ports")
     config = _option(args, "--config")
     try:

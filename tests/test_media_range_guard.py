@@ -128,6 +128,7 @@ def test_a_gateway_process_on_the_default_media_range_fails_the_test(tmp_path: P
         ([".venv/bin/voipgw", "run", "--listen", "udp:127.0.0.1:0"], None, True),
         (["-m", "gateway", "run", "--config", "gw.toml"], "[media\n", False),  # refused anyway
         (["-m", "gateway", "check-config", "gw.toml"], "", False),  # starts nothing
+        (["-m", "gateway", "run", "--help"], None, False),  # nor does this
     ],
 )
 def test_the_media_range_of_a_gateway_command(
