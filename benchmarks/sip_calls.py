@@ -361,6 +361,23 @@ def sipp_command(
     ]
 
 
+def register_phone(
+    sipp: list[str], *, target: str, account: str, password: str, rundir: Path
+) -> None:
+    """One REGISTER of ``account`` to ``target`` with digest authentication: ``sipp``, a command
+    line for register.xml and one call, from the port the phone's UAS answers on afterwards (the
+    gateway reaches a registered contact over the flow its REGISTER came from). Also soak.py's."""
+    register = subprocess.run(
+        [*sipp, target, "-s", account, "-au", account, "-ap", password],
+        cwd=rundir,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    if register.returncode != 0:
+        raise RuntimeError(f"REGISTER of {account} failed ({register.returncode}), see {rundir}")
+
+
 # -- the systems under test -------------------------------------------------------------------
 
 
@@ -424,32 +441,21 @@ class System:
         # registered contact over the flow its REGISTER came from).
         rundir = self.workdir / "register"
         rundir.mkdir()
-        register = subprocess.run(
-            [
-                *sipp_command(
-                    "register.xml",
-                    local_ip=LOOPBACK,
-                    port=self.sip.of("voipgw").phone,
-                    media_port=self.sip.of("voipgw").uas_media,
-                    calls=1,
-                    timeout=10,
-                    rundir=rundir,
-                ),
-                f"{LOOPBACK}:{self.sip.b2bua}",
-                "-s",
-                ACCOUNT,
-                "-au",
-                ACCOUNT,
-                "-ap",
-                PASSWORD,
-            ],
-            cwd=rundir,
-            capture_output=True,
-            timeout=30,
-            check=False,
+        register_phone(
+            sipp_command(
+                "register.xml",
+                local_ip=LOOPBACK,
+                port=self.sip.of("voipgw").phone,
+                media_port=self.sip.of("voipgw").uas_media,
+                calls=1,
+                timeout=10,
+                rundir=rundir,
+            ),
+            target=f"{LOOPBACK}:{self.sip.b2bua}",
+            account=ACCOUNT,
+            password=PASSWORD,
+            rundir=rundir,
         )
-        if register.returncode != 0:
-            raise RuntimeError(f"REGISTER failed ({register.returncode}), see {rundir}")
 
     def _start_sippy(self) -> None:
         require_free(self.sip.sippy)

@@ -66,6 +66,7 @@ import attrs
 from gateway_config import LOOPBACK, TRUNK_IP, gateway_config
 from sip_calls import (
     REPO_ROOT,
+    register_phone,
     require_free,
     rss_kib,
     sipp_base,
@@ -322,31 +323,20 @@ class Soak:
             rundir = self.workdir / f"uas-{name}"
             rundir.mkdir()
             if account is not None:  # the phone registers from the port its UAS answers on
-                register = subprocess.run(
-                    [
-                        *sipp(
-                            "register.xml",
-                            local_ip=LOOPBACK,
-                            port=port,
-                            media_port=media,
-                            rundir=rundir,
-                            extra=["-m", "1", "-timeout", "10s", "-timeout_error"],
-                        ),
-                        target,
-                        "-s",
-                        account,
-                        "-au",
-                        account,
-                        "-ap",
-                        PASSWORD,
-                    ],
-                    cwd=rundir,
-                    capture_output=True,
-                    timeout=30,
-                    check=False,
+                register_phone(
+                    sipp(
+                        "register.xml",
+                        local_ip=LOOPBACK,
+                        port=port,
+                        media_port=media,
+                        rundir=rundir,
+                        extra=["-m", "1", "-timeout", "10s", "-timeout_error"],
+                    ),
+                    target=target,
+                    account=account,
+                    password=PASSWORD,
+                    rundir=rundir,
                 )
-                if register.returncode != 0:
-                    raise RuntimeError(f"REGISTER of {account} failed, see {rundir}")
             self.processes.append(
                 self.spawn(
                     sipp(

@@ -33,7 +33,8 @@ settings.register_profile(
 settings.register_profile("explore", parent=settings.get_profile("voipgw"), derandomize=False)
 settings.load_profile("voipgw")
 
-pytest_plugins = ["gateway.testing.fixtures"]
+# media_range_guard: no test's gateway binds the default [media] ports (its docstring).
+pytest_plugins = ["gateway.testing.fixtures", "tests.media_range_guard"]
 
 # Debian package that provides each peer binary (../shared/peers.md).
 PEER_PACKAGES = {

@@ -11,6 +11,10 @@ file in /tmp/voipgw-test-ports until it exits (the kernel drops the locks howeve
 that a probe could bind (UDP and TCP): a second pytest run on the machine, another developer's or
 an agent's, claims other units, and a program outside the tests that holds a port is stepped
 over. Within a process, blocks are handed out in order, so two test modules never share a port.
+
+The gateway's default ``[media] ports`` (30000-30999) are never handed out: a gateway whose config
+names no range (a developer's on this machine; a test's fails the test, tests/media_range_guard.py)
+binds them call by call, long after a probe found them free.
 """
 
 from __future__ import annotations
@@ -25,6 +29,10 @@ UNIT = 100
 LOW = 10_000
 # /tmp itself, not tempfile.gettempdir(): TMPDIR may differ between two users' runs.
 LOCK_DIR = Path("/tmp/voipgw-test-ports")
+# The gateway's default [media] ports (gateway/core/config.py, MediaSection.ports), left out of
+# every block here and in tests/interop/harness/ports.py; tests/test_media_range_guard.py fails
+# when the default moves away from this range.
+GATEWAY_DEFAULT_MEDIA = range(30000, 31000)
 
 _held: dict[int, int] = {}  # unit -> its lock file's descriptor, open until the process exits
 # Units locked for tests/interop/harness/ports.py's blocks: unit -> [lock file's descriptor,
@@ -75,11 +83,17 @@ def _bindable(port: int) -> bool:
     return True
 
 
-def port_block(count: int) -> range:
+def overlaps_default_media(ports: range) -> bool:
+    """Whether ``ports`` meets :data:`GATEWAY_DEFAULT_MEDIA`."""
+    return ports.start < GATEWAY_DEFAULT_MEDIA.stop and GATEWAY_DEFAULT_MEDIA.start < ports.stop
+
+
+def port_block(count: int, *, even: bool = True) -> range:
     """``count`` consecutive ports of this process alone; the first is even (RTP on an even
-    port, RTCP on the next, RFC 3550 §11)."""
+    port, RTCP on the next, RFC 3550 §11) unless ``even`` is false (a single port for a peer's
+    SIP or TLS listener: no port is skipped)."""
     global _free
-    start = _free.start + _free.start % 2
+    start = _free.start + (_free.start % 2 if even else 0)
     if start + count > _free.stop:
         _free = _claim(-(-count // UNIT))
         start = _free.start
@@ -93,6 +107,9 @@ def _claim(units: int) -> range:
     global _next_unit
     first = _next_unit
     while (first + units) * UNIT <= _ephemeral_low():
+        if overlaps_default_media(range(first * UNIT, (first + units) * UNIT)):
+            first += 1
+            continue
         fds: list[int] = []
         for unit in range(first, first + units):
             fd = _lock(unit)

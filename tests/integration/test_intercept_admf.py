@@ -27,9 +27,15 @@ import pytest
 from gateway.plugins.taps.intercept import pdu
 from tests.integration.voipgw_process import voipgw_running
 from tests.interop.harness.pki import Issued, TestCa, TestPki
+from tests.interop.harness.ports import free_port
+from tests.port_blocks import port_block_text
 from tests.unit.taps.x1_structure import XSI, check
 from tests.unit.taps.x1_structure import C as COMMON
 from tests.unit.taps.x1_structure import X as NS
+
+# The relay's ports: this process's own (tests/port_blocks.py), not the gateway's default range,
+# which another test run's gateway may bind as well (tests/media_range_guard.py).
+MEDIA_PORTS = port_block_text(20)
 
 XID = uuid.UUID("11111111-2222-4333-8444-555555555555")
 DID = uuid.UUID("aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee")
@@ -120,13 +126,6 @@ def admf(pki: tuple[TestCa, Issued, Issued]) -> Iterator[tuple[Admf, int]]:
         thread.join(timeout=10)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 def answer_keepalives(listener: socket.socket, stop: threading.Event) -> None:
     """A mediation function: takes connections one after the other, reads their PDUs and
     acknowledges keepalives (TS 103 221-2 types 3/4), until ``stop``."""
@@ -202,11 +201,12 @@ def test_a_destination_that_cannot_be_reached_is_reported_and_so_is_its_recovery
 ) -> None:
     ca, gateway, _ = pki
     reports, admf_port = admf
-    mdf_port = free_port()
+    mdf_port = free_port("tcp")  # bound below, once the gateway has found it unreachable
     config = tmp_path / "voipgw.toml"
     config.write_text(
         f'[gateway]\nstate_dir = "{tmp_path / "state"}"\nlog_level = "info"\n'
         '[sip]\nlisten = ["udp:127.0.0.1:0"]\n'
+        f'[media]\nports = "{MEDIA_PORTS}"\n'
         '[plugins]\nenable = ["udp", "intercept"]\n'
         "[plugins.intercept]\n"
         'x1_listen = "127.0.0.1:0"\n'

@@ -19,6 +19,11 @@ from gateway.core.plugins import load_plugins
 from gateway.core.sip.message import Response
 from gateway.core.sip.parser import parse_message_untrusted
 from gateway.core.store.sqlite import DB_FILENAME, SqliteStore
+from tests.port_blocks import port_block_text
+
+# The relay's ports: this process's own (tests/port_blocks.py), not the gateway's default range,
+# which another test run's gateway may bind as well (tests/media_range_guard.py).
+MEDIA_PORTS = port_block_text(20)
 
 REALM = "voipgw.local"
 
@@ -86,7 +91,11 @@ def state_with_alice(tmp_path: Path) -> Path:
 
 async def run_gateway(state: Path, body) -> None:  # type: ignore[no-untyped-def]
     config = from_mapping(
-        {"gateway": {"state_dir": str(state)}, "sip": {"listen": ["udp:127.0.0.1:0"]}}
+        {
+            "gateway": {"state_dir": str(state)},
+            "sip": {"listen": ["udp:127.0.0.1:0"]},
+            "media": {"ports": MEDIA_PORTS},
+        }
     )
     gw = Gateway(config, load_plugins(config), ids=SeededIds(7))
     async with trio.open_nursery() as nursery:

@@ -23,6 +23,7 @@ from gateway.core.store import postgresql as pg_module
 from gateway.core.store.errors import SchemaError, StoreBusy, StoreError, StoreUnavailable
 from gateway.core.store.interface import Binding, BindingFlow, CallRecord, StoredPublication
 from gateway.core.store.postgresql import MIGRATIONS, PostgresStore
+from tests.port_blocks import port_block_text
 
 PASSWORD = "s3cret-Pa55word"
 REALM = "voipgw.local"
@@ -1101,6 +1102,8 @@ def test_cli_says_when_the_database_cannot_be_reached(tmp_path: Path) -> None:
     config.write_text(
         f'[store]\nbackend = "postgresql"\n'
         f'dsn = "host=127.0.0.1 port={port} dbname=x user=x password=hunter2-db"\n'
+        # Not the default range, which another test run's gateway may bind (media_range_guard).
+        f'[media]\nports = "{port_block_text(20)}"\n'
     )
     result = voipgw("accounts", "list", "--config", str(config))
     assert result.returncode == 1

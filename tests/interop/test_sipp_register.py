@@ -18,23 +18,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_peer
+from tests.interop.harness.ports import free_port_pair
+from tests.port_blocks import port_block_text
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 
-
-def _free_port_pair() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 (SIP listens on both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return int(port)
-    raise RuntimeError("no free UDP+TCP port on 127.0.0.1")
+# The relay's ports: this process's own (tests/port_blocks.py), not the gateway's default range,
+# which another test run's gateway may bind as well (tests/media_range_guard.py).
+MEDIA_PORTS = port_block_text(20)
 
 
 def _options_ok(port: int) -> bool:
@@ -55,7 +46,7 @@ def _options_ok(port: int) -> bool:
 
 @pytest.fixture
 def gateway_process(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    port = _free_port_pair()
+    port = free_port_pair()
     state = tmp_path / "state"
     config = tmp_path / "voipgw.toml"
     config.write_text(
@@ -63,6 +54,7 @@ def gateway_process(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         # sipp 3.6 answers only the first challenge and knows only MD5 (docs/configuration.md)
         'digest_algorithms = ["MD5", "SHA-256"]\n'
         f'[sip]\nlisten = ["udp:127.0.0.1:{port}", "tcp:127.0.0.1:{port}"]\n'
+        f'[media]\nports = "{MEDIA_PORTS}"\n'
     )
     subprocess.run(
         [
@@ -119,7 +111,7 @@ def sipp(port: int, scenario: str, transport: str, tmp_path: Path, *extra: str) 
             "-i",
             "127.0.0.1",
             "-p",
-            str(_free_port_pair()),
+            str(free_port_pair()),
             "-m",
             "1",
             "-nostdin",

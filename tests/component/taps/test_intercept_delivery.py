@@ -21,6 +21,7 @@ from gateway.plugins.taps.intercept.tasks import Destination, Provisioning
 from tests.component.taps.admf_reports import DID, pki, provision, x1  # noqa: F401 (pki)
 from tests.component.taps.mediation import Mediation
 from tests.interop.harness.pki import Issued, TestCa, TestPki
+from tests.port_blocks import port_block
 
 XID = uuid.UUID("11111111-2222-4333-8444-555555555555")
 
@@ -51,19 +52,17 @@ def link_to(
     )
 
 
-async def free_port(nursery: trio.Nursery) -> int:
-    """A port nobody listens on now (a mediation function started and stopped)."""
-    mediation = Mediation()
-    port: int = await nursery.start(mediation.serve)
-    mediation.stop()
-    await trio.sleep(0)
-    return port
+def free_port() -> int:
+    """A port nobody listens on now, where a mediation function comes up later: one of this
+    process's (tests/port_blocks.py), which no other test or test run is given meanwhile (a
+    port-0 listener's, closed, could be anyone's outgoing connection's by then)."""
+    return port_block(1, even=False)[0]
 
 
 async def test_pdus_queued_while_the_mediation_function_is_down_arrive_in_order_once_it_is_up(
     nursery: trio.Nursery, autojump_clock: trio.abc.Clock
 ) -> None:
-    port = await free_port(nursery)
+    port = free_port()
     link = link_to(port)
     nursery.start_soon(link.run)
     for n in range(5):
@@ -84,7 +83,7 @@ async def test_pdus_queued_while_the_mediation_function_is_down_arrive_in_order_
 async def test_a_full_queue_drops_and_counts_and_never_waits(
     nursery: trio.Nursery, autojump_clock: trio.abc.Clock
 ) -> None:
-    port = await free_port(nursery)
+    port = free_port()
     link = link_to(port, queue=10)
     nursery.start_soon(link.run)
     for n in range(25):
@@ -229,7 +228,7 @@ async def test_an_address_no_socket_takes_fails_that_link_only(
 async def test_a_links_fault_says_why_delivery_fails_until_it_works_again(
     nursery: trio.Nursery, autojump_clock: trio.abc.Clock
 ) -> None:
-    port = await free_port(nursery)
+    port = free_port()
     link = link_to(port, queue=10)
     changes: list[str | None] = []
     link.on_fault = lambda link: changes.append(link.fault)
@@ -277,7 +276,7 @@ async def test_a_destination_that_stays_down_is_logged_once_summarized_and_once_
     nursery: trio.Nursery, autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="gateway.plugins.taps.intercept")
-    port = await free_port(nursery)
+    port = free_port()
     link = link_to(port, queue=10)
     link.wall_clock = lambda: 1.8e9 + trio.current_time()
     nursery.start_soon(link.run)
@@ -405,7 +404,7 @@ async def test_the_links_of_a_tap_log_on_the_taps_wall_clock(
         config, provisioning=Provisioning(None), wall_clock=lambda: 2e9 + trio.current_time()
     )
     await nursery.start(tap.run)
-    x1(tap, *provision(await free_port(nursery)))  # a destination nobody listens on
+    x1(tap, *provision(free_port()))  # a destination nobody listens on
     started = trio.current_time()
     await trio.sleep(400)
     link = tap.links[DID]

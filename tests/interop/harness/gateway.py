@@ -26,6 +26,7 @@ from types import TracebackType
 from tests.interop.harness.ports import (
     LOOPBACK,
     free_port_block,
+    free_port_pair,
     release_port_block,
 )
 from tests.interop.harness.processes import start_process, stop_process, tail
@@ -123,12 +124,11 @@ class GatewayProcess:
         self.workdir = workdir
         self.env = dict(env or {})
         self.accounts = dict(accounts or {})
-        # Not a port-0 probe's port (free_port_pair): it lies in the ephemeral range, where any
-        # process's outgoing connection or port-0 bind may take it while the accounts are added
-        # and the interpreter starts (seconds on a loaded machine: the compiled-relay test runs
-        # two test processes beside the suite). A block port is locked against other test runs
-        # and below that range. Kept after stop(): a second gateway may take over the port.
-        self.port = free_port_block(1, "both", align=1) if port is None else port
+        # Bound seconds from now (the accounts added, the interpreter started; more on a loaded
+        # machine: the compiled-relay test runs two test processes beside the suite), so a port
+        # of this process's locked units (ports.py), never a port-0 probe's. Kept after stop():
+        # a second gateway may take over the port.
+        self.port = free_port_pair() if port is None else port
         media_low = free_port_block(media_port_count)
         #: Inclusive range of the relay's media ports, for captures and assertions.
         self.media_ports = (media_low, media_low + media_port_count - 1)

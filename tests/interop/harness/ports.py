@@ -1,12 +1,14 @@
 """Ports on 127.0.0.1 for interop tests, and waiting until a peer listens on one.
 
-Every peer the harness starts (the gateway, sipp, baresip, dumpcap) needs ports chosen by the test,
-because none of them can report a port picked by the kernel. A port is "free" when a probe could
-bind it a moment ago; another process may take it before the peer binds it, so each port is handed
-out once per test session, and blocks are taken below the kernel's ephemeral range, where the
-kernel never picks ports for other programs' outgoing sockets, and outside the blocks that test
-processes (another run's included) hold through tests/port_blocks.py. A block's units are locked
-there too (``lend``) until it is released, so a concurrent run's allocator steps over them.
+Every peer the harness starts (the gateway, sipp, baresip, linphonec, stunnel, openssl s_server,
+dnsmasq, dumpcap) needs ports chosen by the test, because none of them can report a port picked
+by the kernel. A port is "free" when a probe could bind it a moment ago; another process may take
+it before the peer binds it, seconds later. So no port handed out here is a port-0 probe's (in
+the kernel's ephemeral range, where any process's outgoing connection or port-0 bind may take it
+meanwhile), and each is locked against every other test process, another run's included, through
+tests/port_blocks.py: a single port (``free_port``, ``free_port_pair``) from the units this process
+holds there, a block (``free_port_block``) from units locked (``lend``) until it is released, so a
+concurrent run's allocator steps over them. Within the process, each port is handed out once.
 """
 
 from __future__ import annotations
@@ -18,7 +20,15 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from tests.port_blocks import UNIT, claimed, give_back, lend
+from tests.port_blocks import (
+    GATEWAY_DEFAULT_MEDIA,
+    UNIT,
+    claimed,
+    give_back,
+    lend,
+    overlaps_default_media,
+    port_block,
+)
 
 #: Interop tests bind and send to the loopback address only, never a routable one.
 LOOPBACK = "127.0.0.1"
@@ -53,16 +63,19 @@ def _bindable(port: int, kind: Kind) -> bool:
 
 
 def free_port(kind: Kind = "udp") -> int:
-    """A port on 127.0.0.1 free for ``kind`` ("udp", "tcp" or "both") and not handed out before."""
-    first = socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, first) as sock:
-            sock.bind((LOOPBACK, 0))
-            port = int(sock.getsockname()[1])
-        if port not in _handed_out and _bindable(port, kind):
-            _handed_out.add(port)
+    """A port on 127.0.0.1 free for ``kind`` ("udp", "tcp" or "both") and not handed out before,
+    for a peer that binds it later (a listener's port on its command line or in its config).
+
+    From this process's units of tests/port_blocks.py (``port_block``), which no other test
+    process is given while this one runs, below the kernel's ephemeral range; never given back
+    (a stopped peer's successor may take its port over). Checked bindable now as well: a program
+    outside the tests may have bound it since its unit was claimed.
+    """
+    for _ in range(UNIT):
+        port = port_block(1, even=False)[0]
+        if _bindable(port, kind):
             return port
-    raise RuntimeError(f"no free {kind} port on {LOOPBACK}")
+    raise RuntimeError(f"no free {kind} port on {LOOPBACK} in {UNIT} tries")
 
 
 def free_port_pair() -> int:
@@ -135,6 +148,9 @@ def _first_conflict(ports: range, kind: Kind) -> int | None:
     for port in reversed(ports):
         if port in _handed_out:
             return port + 1
+    if overlaps_default_media(ports):
+        # A gateway whose config names no media range binds these (tests/port_blocks.py).
+        return GATEWAY_DEFAULT_MEDIA.stop
     for unit_start in range(ports.start - ports.start % UNIT, ports.stop, UNIT):
         # Another test process's block (tests/port_blocks.py), or ours.
         if claimed(range(unit_start, unit_start + UNIT)):

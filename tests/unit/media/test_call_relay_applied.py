@@ -9,6 +9,7 @@ import trio.testing
 from gateway.core.config import PortRange
 from gateway.core.media.remote_relay import APPLIED_WAIT, CallRelay, WorkerPool
 from gateway.core.media.worker_protocol import Message, Ping, Pong
+from tests.port_blocks import port_block_text
 
 
 class _StuckChannel:
@@ -22,7 +23,8 @@ class _StuckChannel:
 
 
 async def test_a_ping_given_up_on_is_forgotten(autojump_clock: trio.testing.MockClock) -> None:
-    pool = WorkerPool("127.0.0.1", PortRange.parse("30000-30009"), 1)
+    # Never started: no port is bound, but a range of this process all the same.
+    pool = WorkerPool("127.0.0.1", PortRange.parse(port_block_text(10)), 1)
     slot = pool._workers[0]
     channel = _StuckChannel()
     slot.channel = channel  # type: ignore[assignment]
