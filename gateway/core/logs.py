@@ -127,15 +127,19 @@ def transport_error_text(exc: BaseException) -> str:
     the core or the operating system wrote:
 
     - the exception's own text when the core raised it (:func:`raised_in_plugin_code`: every
-      frame the core's or a library's, e.g. ``no tcp listener``), or when the operator asked
+      frame the core's or a library's, e.g. ``transport 'ws' is not enabled``; a built-in
+      transport's own text is a plugin's like any other), or when the operator asked
       for plugin exception texts (``[gateway] log_plugin_exception_text``);
     - an OSError's errno name and the operating system's own text for it (``os.strerror``,
       never the exception's ``strerror``, which anybody may set): ``ECONNREFUSED (Connection
       refused)``; a resolver error's ``EAI_*`` name; an :class:`ssl.SSLError`'s OpenSSL
-      reason code (``CERTIFICATE_VERIFY_FAILED``);
+      reason code (``CERTIFICATE_VERIFY_FAILED``), and for a certificate refused, OpenSSL's
+      words for its X.509 verify code (``(hostname mismatch)``, ``(certificate has expired)``);
     - otherwise its type's name, followed by what its direct cause (``raise ... from``) gives
       by the rules above when that is an OSError: trio's ``BrokenResourceError
-      (ECONNRESET (Connection reset by peer))``."""
+      (ECONNRESET (Connection reset by peer))``, or those of the OSErrors of a group it was
+      raised from: trio's "all attempts to connect" ``OSError (ECONNREFUSED (Connection
+      refused))``."""
     try:
         if _show_plugin_text or not raised_in_plugin_code(exc):
             return _safe_str(exc)
@@ -148,6 +152,16 @@ def transport_error_text(exc: BaseException) -> str:
             known = _os_error_text(cause)
             if known is not None:
                 return f"{name} ({known})"
+        elif isinstance(cause, BaseExceptionGroup):
+            # trio.open_tcp_stream's "all attempts to connect to ... failed" (no errno) is
+            # raised from a group of each address's OSError: theirs say why (refused...).
+            found: list[str] = []
+            for member in cause.exceptions:
+                known = _os_error_text(member)
+                if known is not None and known not in found:
+                    found.append(known)
+            if found:
+                return f"{name} ({'; '.join(found[:_MAX_CAUSES])})"
         return name
     except Exception:  # pragma: no cover - a property of a plugin's exception that raises
         return type(exc).__qualname__
@@ -155,6 +169,28 @@ def transport_error_text(exc: BaseException) -> str:
 
 _SSL_REASON = re.compile(r"[A-Z0-9_]{1,80}")
 _RESOLVER_ERRORS = {getattr(socket, name): name for name in dir(socket) if name.startswith("EAI_")}
+_MAX_CAUSES = 4  # distinct reasons of a group shown (one per address family, in practice)
+# X509_V_ERR_* codes (OpenSSL's x509_vfy.h) and X509_verify_cert_error_string's text for each:
+# the ones a peer's or an ADMF's certificate meets in practice.
+_X509_VERIFY_ERRORS = {
+    2: "unable to get issuer certificate",
+    3: "unable to get certificate CRL",
+    7: "certificate signature failure",
+    9: "certificate is not yet valid",
+    10: "certificate has expired",
+    12: "CRL has expired",
+    18: "self-signed certificate",
+    19: "self-signed certificate in certificate chain",
+    20: "unable to get local issuer certificate",
+    21: "unable to verify the first certificate",
+    22: "certificate chain too long",
+    23: "certificate revoked",
+    26: "unsuitable certificate purpose",
+    27: "certificate not trusted",
+    28: "certificate rejected",
+    62: "hostname mismatch",
+    64: "IP address mismatch",
+}
 
 
 def _os_error_text(exc: BaseException) -> str | None:
@@ -165,6 +201,15 @@ def _os_error_text(exc: BaseException) -> str | None:
         # OpenSSL's (set by the ssl module only; an SSLError a plugin made has none).
         reason = getattr(exc, "reason", None)
         if isinstance(reason, str) and _SSL_REASON.fullmatch(reason):
+            # Why a certificate was refused (expired, a host name it does not cover, an
+            # issuer we do not trust) is what the operator must act on: by its X.509 verify
+            # code, in OpenSSL's words from a fixed table (the exception's verify_message,
+            # which anybody may set, is not shown).
+            code = getattr(exc, "verify_code", None)
+            if isinstance(exc, ssl.SSLCertVerificationError) and type(code) is int:
+                verify = _X509_VERIFY_ERRORS.get(code)
+                if verify is not None:
+                    return f"SSLError {reason} ({verify})"
             return f"SSLError {reason}"
         return None
     if not isinstance(exc, OSError):

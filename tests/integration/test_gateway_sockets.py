@@ -6,12 +6,14 @@ import socket
 import time
 from collections.abc import AsyncIterator
 
+import attrs
 import pytest
 import trio
 
 from gateway.core.config import from_mapping
 from gateway.core.gateway import Gateway
 from gateway.core.ids import SeededIds
+from gateway.core.logs import transport_error_text
 from gateway.core.plugins import load_plugins
 from gateway.core.sip.message import Response
 from gateway.core.sip.parser import parse_message_untrusted
@@ -202,3 +204,28 @@ async def test_a_receive_buffer_capped_by_the_kernel_is_reported(
     warnings = [r.getMessage() for r in caplog.records if "net.core.rmem_max" in r.getMessage()]
     assert len(warnings) == 1
     assert "not the 1073741824 of [plugins.udp] receive_buffer" in warnings[0]
+
+
+async def test_a_connection_that_cannot_be_made_says_why_in_the_log_line(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a call's line and end reason say of a TCP (or TLS) peer it cannot reach: the
+    # operating system's reason, not a bare "OSError" (transport_error_text).
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    with pytest.raises(OSError) as refused:
+        await gateway.endpoint.flow_to("tcp", ("127.0.0.1", port))
+    assert transport_error_text(refused.value) == "OSError (ECONNREFUSED (Connection refused))"
+
+    async def no_answer(*args: object, **kwargs: object) -> trio.SocketStream:
+        await trio.sleep_forever()
+        raise AssertionError
+
+    tcp = gateway.plugins.transports.get("tcp")
+    monkeypatch.setattr(tcp, "config", attrs.evolve(tcp.config, connect_timeout=0.05))
+    monkeypatch.setattr(trio, "open_tcp_stream", no_answer)
+    with pytest.raises(OSError) as timed_out:
+        await gateway.endpoint.flow_to("tcp", ("127.0.0.1", port))
+    assert transport_error_text(timed_out.value) == "ETIMEDOUT (Connection timed out)"
