@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import attrs
 import pytest
@@ -209,15 +210,24 @@ async def test_a_receive_buffer_capped_by_the_kernel_is_reported(
 async def test_a_connection_that_cannot_be_made_says_why_in_the_log_line(
     gateway: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # What a call's line and end reason say of a TCP (or TLS) peer it cannot reach: the
-    # operating system's reason, not a bare "OSError" (transport_error_text).
+    # What a call's line and end reason say (transport_error_text) of a peer the built-in
+    # transports cannot reach, caught where the core catches it: their own words and the
+    # operating system's reason, not a bare "OSError".
+    namespace: dict[str, Any] = {"__name__": "gateway.core.example_caller"}
+    exec(compile(CORE_CALLER, "<gateway.core.example_caller>", "exec"), namespace)
+    reach = namespace["reach"]
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))
     port = closed.getsockname()[1]
     closed.close()
-    with pytest.raises(OSError) as refused:
-        await gateway.endpoint.flow_to("tcp", ("127.0.0.1", port))
-    assert transport_error_text(refused.value) == "OSError (ECONNREFUSED (Connection refused))"
+    refused = await reach(gateway.endpoint, "tcp", ("127.0.0.1", port))
+    assert transport_error_text(refused) == (
+        f"all attempts to connect to 127.0.0.1:{port} failed (ECONNREFUSED (Connection refused))"
+    )
+    unlistened = await reach(gateway.endpoint, "tls", ("127.0.0.1", port))  # no tls listener
+    assert transport_error_text(unlistened) == (
+        "no tls listener is running to own outbound connections"
+    )
 
     async def no_answer(*args: object, **kwargs: object) -> trio.SocketStream:
         await trio.sleep_forever()
@@ -226,6 +236,17 @@ async def test_a_connection_that_cannot_be_made_says_why_in_the_log_line(
     tcp = gateway.plugins.transports.get("tcp")
     monkeypatch.setattr(tcp, "config", attrs.evolve(tcp.config, connect_timeout=0.05))
     monkeypatch.setattr(trio, "open_tcp_stream", no_answer)
-    with pytest.raises(OSError) as timed_out:
-        await gateway.endpoint.flow_to("tcp", ("127.0.0.1", port))
-    assert transport_error_text(timed_out.value) == "ETIMEDOUT (Connection timed out)"
+    timed_out = await reach(gateway.endpoint, "tcp", ("127.0.0.1", port))
+    assert (
+        transport_error_text(timed_out) == f"tcp: no connection to 127.0.0.1:{port} within 0.05 s"
+    )
+
+
+CORE_CALLER = """
+async def reach(endpoint, transport, address):
+    try:
+        await endpoint.flow_to(transport, address)
+    except OSError as exc:
+        return exc
+    raise AssertionError("reached")
+"""

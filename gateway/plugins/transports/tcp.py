@@ -10,7 +10,6 @@ The TLS transport reuses this module's connection handling with a TLS stream.
 
 from __future__ import annotations
 
-import errno
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -234,12 +233,10 @@ class StreamTransport:
                     await stream.aclose()
                     raise
         except trio.TooSlowError:
-            # Callers handle unreachable peers as OSError (the endpoint answers 408/503). With
-            # its errno: the core's lines show that, not a transport's text (plugin_hooks.md).
-            raise TimeoutError(
-                errno.ETIMEDOUT,
+            # Callers handle unreachable peers as OSError (the endpoint answers 408/503).
+            raise OSError(
                 f"{self.name}: no connection to {format_address(remote)} within "
-                f"{self.config.connect_timeout:g} s",
+                f"{self.config.connect_timeout:g} s"
             ) from None
         local: Address = stream.socket.getsockname()[:2]
         # The connection's reader lives in the listener's nursery, not in the caller's task, so

@@ -185,6 +185,50 @@ def test_the_cores_own_transport_errors_keep_their_words() -> None:
     assert transport_error_text(CORE["no_listener"]()) == "no tcp listener"
 
 
+BUILT_IN = module(
+    "gateway.plugins.transports.example",
+    """
+    import errno
+
+    def no_listener():
+        raise OSError("no tcp listener is running to own outbound connections")
+
+    def all_attempts_failed():
+        group = ExceptionGroup("", [ConnectionRefusedError(errno.ECONNREFUSED, "refused")])
+        raise OSError("all attempts to connect to 192.0.2.1:5060 failed") from group
+
+    def through(function, *args):
+        return function(*args)
+    """,
+)
+CALLER = module(
+    "gateway.core.example_caller",
+    """
+    def caught(function, *args):
+        try:
+            function(*args)
+        except OSError as exc:
+            return exc
+        raise AssertionError("did not raise")
+    """,
+)
+
+
+def test_a_built_in_transports_own_text_is_shown_a_third_partys_through_it_is_not() -> None:
+    # The built-in transports (gateway/plugins/transports) are the project's code: what they
+    # raise names an address, a listener or a timeout, and the operator needs it. A frame of a
+    # third-party transport on the way (one subclassing a built-in) makes it plugin text.
+    caught = CALLER["caught"]
+    assert transport_error_text(caught(BUILT_IN["no_listener"])) == (
+        "no tcp listener is running to own outbound connections"
+    )
+    assert transport_error_text(caught(BUILT_IN["all_attempts_failed"])) == (
+        "all attempts to connect to 192.0.2.1:5060 failed (ECONNREFUSED (Connection refused))"
+    )
+    through = caught(BUILT_IN["through"], TRANSPORT["no_errno"], SECRET)
+    assert transport_error_text(through) == "OSError"
+
+
 def test_the_operator_may_show_the_transports_text(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(logs, "_show_plugin_text", True)
     assert SECRET in transport_error_text(raised(TRANSPORT["no_errno"], SECRET))
