@@ -22,8 +22,8 @@ The rendering goes in the record's ``exc_text``, with no ``exc_info``: every
 exception's own text from the record.
 
 A line that names a transport's exception in its message (``cannot send ACK: %s``) goes through
-:func:`transport_error_text`, by the same rule: the core's own text, else what the operating
-system says of the errno, else the type.
+:func:`transport_error_text`, by the same rule with the built-in transports counted as the
+core: their own text, else what the operating system says of the errno, else the type.
 """
 
 from __future__ import annotations
@@ -51,6 +51,10 @@ _LIBRARIES = frozenset(sys.stdlib_module_names) | {
     "exceptiongroup",
 }
 _CORE = "gateway.core"
+# Whose texts transport_error_text shows: the core's and the built-in transports' (their
+# OSErrors name an address, a timeout, a missing listener: written here, reviewed as the
+# core's), never a third-party transport's.
+_TRANSPORT_TEXT = (_CORE, "gateway.plugins.transports")
 
 WITHHELD = "<text withheld: raised in plugin code>"
 """What stands for the text of a plugin code's exception."""
@@ -73,14 +77,19 @@ def raised_in_plugin_code(exc: BaseException) -> bool:
     """Whether ``exc``'s traceback passed through a frame that is neither the core's nor a
     library's the core calls (see the module's docstring): then its text may be anybody's. So
     is the text of an exception never raised (no traceback: made and chained by anyone)."""
+    return _raised_outside(exc, (_CORE,))
+
+
+def _raised_outside(exc: BaseException, ours: tuple[str, ...]) -> bool:
+    """Whether ``exc``'s traceback passed through a frame neither of a package of ``ours`` nor
+    of a library (or it has none)."""
     tb = exc.__traceback__
     if tb is None:
         return True
     while tb is not None:
         module = tb.tb_frame.f_globals.get("__name__")
         if not isinstance(module, str) or not (
-            module == _CORE
-            or module.startswith(_CORE + ".")
+            any(module == package or module.startswith(package + ".") for package in ours)
             or module.partition(".")[0] in _LIBRARIES
         ):
             return True
@@ -124,21 +133,33 @@ def transport_error_text(exc: BaseException) -> str:
     BrokenResourceError or ClosedResourceError...), as text for a log line or a call's end
     reason (``cannot send ACK: %s``). A transport is a plugin, and a third-party one may raise
     any text, a password or key it had in hand included, so the text shown is one nobody but
-    the core or the operating system wrote:
+    the core, the built-in transports or the operating system wrote:
 
-    - the exception's own text when the core raised it (:func:`raised_in_plugin_code`: every
-      frame the core's or a library's, e.g. ``no tcp listener``), or when the operator asked
-      for plugin exception texts (``[gateway] log_plugin_exception_text``);
+    - the exception's own text when the core or a built-in transport raised it (every frame
+      the core's, ``gateway.plugins.transports``' or a library's, as for
+      :func:`raised_in_plugin_code`: ``transport 'ws' is not enabled``, ``no tls listener is
+      running to own outbound connections``, ``tcp: no connection to 192.0.2.1:5060 within 10
+      s``; a third-party transport's frame on the way, one subclassing a built-in, makes it
+      plugin text), or when the operator asked for plugin exception texts (``[gateway]
+      log_plugin_exception_text``); trio's ``all attempts to connect to ... failed`` followed
+      by the reasons of the group it was raised from (below);
     - an OSError's errno name and the operating system's own text for it (``os.strerror``,
       never the exception's ``strerror``, which anybody may set): ``ECONNREFUSED (Connection
       refused)``; a resolver error's ``EAI_*`` name; an :class:`ssl.SSLError`'s OpenSSL
-      reason code (``CERTIFICATE_VERIFY_FAILED``);
+      reason code (``CERTIFICATE_VERIFY_FAILED``), and for a certificate refused, OpenSSL's
+      words for its X.509 verify code (``(hostname mismatch)``, ``(certificate has expired)``);
     - otherwise its type's name, followed by what its direct cause (``raise ... from``) gives
       by the rules above when that is an OSError: trio's ``BrokenResourceError
-      (ECONNRESET (Connection reset by peer))``."""
+      (ECONNRESET (Connection reset by peer))``, or those of the OSErrors of a group it was
+      raised from: trio's "all attempts to connect" ``OSError (ECONNREFUSED (Connection
+      refused))``."""
     try:
-        if _show_plugin_text or not raised_in_plugin_code(exc):
-            return _safe_str(exc)
+        # trio.open_tcp_stream's "all attempts to connect to ... failed" (no errno) is raised
+        # from a group of each address's OSError: theirs say why (refused, unreachable).
+        why = _group_reasons(exc)
+        if _show_plugin_text or not _raised_outside(exc, _TRANSPORT_TEXT):
+            text = _safe_str(exc)
+            return f"{text} ({why})" if why else text
         known = _os_error_text(exc)
         if known is not None:
             return known
@@ -148,13 +169,49 @@ def transport_error_text(exc: BaseException) -> str:
             known = _os_error_text(cause)
             if known is not None:
                 return f"{name} ({known})"
-        return name
+        return f"{name} ({why})" if why else name
     except Exception:  # pragma: no cover - a property of a plugin's exception that raises
         return type(exc).__qualname__
 
 
+def _group_reasons(exc: BaseException) -> str:
+    """What the operating system says of the OSErrors of the group ``exc`` was raised from
+    (distinct, in order), or ""."""
+    cause = exc.__cause__
+    if not isinstance(cause, BaseExceptionGroup):
+        return ""
+    found: list[str] = []
+    for member in cause.exceptions:
+        known = _os_error_text(member)
+        if known is not None and known not in found:
+            found.append(known)
+    return "; ".join(found[:_MAX_CAUSES])
+
+
 _SSL_REASON = re.compile(r"[A-Z0-9_]{1,80}")
 _RESOLVER_ERRORS = {getattr(socket, name): name for name in dir(socket) if name.startswith("EAI_")}
+_MAX_CAUSES = 4  # distinct reasons of a group shown (one per address family, in practice)
+# X509_V_ERR_* codes (OpenSSL's x509_vfy.h) and X509_verify_cert_error_string's text for each:
+# the ones a peer's or an ADMF's certificate meets in practice.
+_X509_VERIFY_ERRORS = {
+    2: "unable to get issuer certificate",
+    3: "unable to get certificate CRL",
+    7: "certificate signature failure",
+    9: "certificate is not yet valid",
+    10: "certificate has expired",
+    12: "CRL has expired",
+    18: "self-signed certificate",
+    19: "self-signed certificate in certificate chain",
+    20: "unable to get local issuer certificate",
+    21: "unable to verify the first certificate",
+    22: "certificate chain too long",
+    23: "certificate revoked",
+    26: "unsuitable certificate purpose",
+    27: "certificate not trusted",
+    28: "certificate rejected",
+    62: "hostname mismatch",
+    64: "IP address mismatch",
+}
 
 
 def _os_error_text(exc: BaseException) -> str | None:
@@ -165,6 +222,15 @@ def _os_error_text(exc: BaseException) -> str | None:
         # OpenSSL's (set by the ssl module only; an SSLError a plugin made has none).
         reason = getattr(exc, "reason", None)
         if isinstance(reason, str) and _SSL_REASON.fullmatch(reason):
+            # Why a certificate was refused (expired, a host name it does not cover, an
+            # issuer we do not trust) is what the operator must act on: by its X.509 verify
+            # code, in OpenSSL's words from a fixed table (the exception's verify_message,
+            # which anybody may set, is not shown).
+            code = getattr(exc, "verify_code", None)
+            if isinstance(exc, ssl.SSLCertVerificationError) and type(code) is int:
+                verify = _X509_VERIFY_ERRORS.get(code)
+                if verify is not None:
+                    return f"SSLError {reason} ({verify})"
             return f"SSLError {reason}"
         return None
     if not isinstance(exc, OSError):

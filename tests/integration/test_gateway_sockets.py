@@ -5,13 +5,16 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
+import attrs
 import pytest
 import trio
 
 from gateway.core.config import from_mapping
 from gateway.core.gateway import Gateway
 from gateway.core.ids import SeededIds
+from gateway.core.logs import transport_error_text
 from gateway.core.plugins import load_plugins
 from gateway.core.sip.message import Response
 from gateway.core.sip.parser import parse_message_untrusted
@@ -209,3 +212,48 @@ async def test_a_receive_buffer_capped_by_the_kernel_is_reported(
     warnings = [r.getMessage() for r in caplog.records if "net.core.rmem_max" in r.getMessage()]
     assert len(warnings) == 1
     assert "not the 1073741824 of [plugins.udp] receive_buffer" in warnings[0]
+
+
+async def test_a_connection_that_cannot_be_made_says_why_in_the_log_line(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a call's line and end reason say (transport_error_text) of a peer the built-in
+    # transports cannot reach, caught where the core catches it: their own words and the
+    # operating system's reason, not a bare "OSError".
+    namespace: dict[str, Any] = {"__name__": "gateway.core.example_caller"}
+    exec(compile(CORE_CALLER, "<gateway.core.example_caller>", "exec"), namespace)
+    reach = namespace["reach"]
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    refused = await reach(gateway.endpoint, "tcp", ("127.0.0.1", port))
+    assert transport_error_text(refused) == (
+        f"all attempts to connect to 127.0.0.1:{port} failed (ECONNREFUSED (Connection refused))"
+    )
+    unlistened = await reach(gateway.endpoint, "tls", ("127.0.0.1", port))  # no tls listener
+    assert transport_error_text(unlistened) == (
+        "no tls listener is running to own outbound connections"
+    )
+
+    async def no_answer(*args: object, **kwargs: object) -> trio.SocketStream:
+        await trio.sleep_forever()
+        raise AssertionError
+
+    tcp = gateway.plugins.transports.get("tcp")
+    monkeypatch.setattr(tcp, "config", attrs.evolve(tcp.config, connect_timeout=0.05))
+    monkeypatch.setattr(trio, "open_tcp_stream", no_answer)
+    timed_out = await reach(gateway.endpoint, "tcp", ("127.0.0.1", port))
+    assert (
+        transport_error_text(timed_out) == f"tcp: no connection to 127.0.0.1:{port} within 0.05 s"
+    )
+
+
+CORE_CALLER = """
+async def reach(endpoint, transport, address):
+    try:
+        await endpoint.flow_to(transport, address)
+    except OSError as exc:
+        return exc
+    raise AssertionError("reached")
+"""

@@ -28,7 +28,7 @@ import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -195,11 +195,12 @@ def mediation(workdir: Path, pki: Pki, *, tls: bool) -> Iterator[tuple[int, Path
     log = workdir / "mdf.log"
     # s_server writes what it receives to stdout and sends its stdin to the client (so does
     # socat's STDIO), and stops at EOF on stdin: a pipe kept open.
+    errors = log.open("wb")
     process = subprocess.Popen(
         command,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        stderr=log.open("wb"),
+        stderr=errors,
         start_new_session=True,
     )
     answering = threading.Thread(target=answer_keepalives, args=(process, received), daemon=True)
@@ -210,6 +211,13 @@ def mediation(workdir: Path, pki: Pki, *, tls: bool) -> Iterator[tuple[int, Path
     finally:
         stop_process(process, timeout=2.0)  # type: ignore[arg-type]
         answering.join(timeout=5)
+        # Ours to close (the process has exited, the thread read its output to the end).
+        errors.close()
+        assert process.stdin is not None and process.stdout is not None
+        with suppress(OSError):  # an acknowledgement it could not take
+            process.stdin.close()
+        if not answering.is_alive():
+            process.stdout.close()
 
 
 def answer_keepalives(process: subprocess.Popen[bytes], received: Path) -> None:

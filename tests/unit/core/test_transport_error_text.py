@@ -26,6 +26,7 @@ import gateway.core
 import gateway.plugins
 from gateway.core import logs
 from gateway.core.logs import transport_error_text
+from tests.interop.harness.pki import TestPki
 
 SECRET = "hunter2-sip-password"
 
@@ -58,6 +59,9 @@ TRANSPORT = module(
         except OSError as exc:
             raise trio.BrokenResourceError(secret) from exc
 
+    def broken_by(cause):
+        raise trio.BrokenResourceError("by the plugin") from cause
+
     def closed(secret):
         raise trio.ClosedResourceError(secret)
 
@@ -66,6 +70,17 @@ TRANSPORT = module(
 
     def resolver(secret):
         raise socket.gaierror(socket.EAI_NONAME, secret)
+
+    def all_attempts_failed(secret):
+        # What trio.open_tcp_stream raises, reached through a transport's open_flow: no errno
+        # of its own, raised from the group of each address's error.
+        group = ExceptionGroup(secret, [
+            ConnectionRefusedError(errno.ECONNREFUSED, secret),
+            ConnectionRefusedError(errno.ECONNREFUSED, secret),
+            OSError(errno.ENETUNREACH, secret),
+            OSError(secret),
+        ])
+        raise OSError(f"all attempts to connect to {secret} failed") from group
     """,
 )
 
@@ -99,6 +114,10 @@ def raised(function: Any, *args: object) -> BaseException:
         ("closed", "trio.ClosedResourceError"),
         ("made_ssl_error", "ssl.SSLError"),
         ("resolver", "EAI_NONAME (name resolution failed)"),
+        (
+            "all_attempts_failed",
+            "OSError (ECONNREFUSED (Connection refused); ENETUNREACH (Network is unreachable))",
+        ),
     ],
 )
 def test_a_transports_exception_shows_what_the_system_says_never_its_text(
@@ -120,9 +139,94 @@ def test_an_openssl_error_shows_openssls_reason_code() -> None:
     assert text.startswith("SSLError ") and text[9:].replace("_", "").isalnum(), text
 
 
+def test_a_refused_certificate_says_why(tmp_path: Path) -> None:
+    # A peer's certificate for another host: OpenSSL's verify code says so (the operator must
+    # tell a host name mismatch from an expired or untrusted certificate), in OpenSSL's words.
+    pki = TestPki(tmp_path)
+    ca = pki.ca("Example CA")
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(ca.issue("peer", hosts=["peer.example.test"]).combined)
+    client = ssl.create_default_context(cafile=str(ca.certificate))
+    exc = handshake_failure(client, server, "other.example.test")
+    assert isinstance(exc, ssl.SSLCertVerificationError)
+    wrapped = raised(TRANSPORT["broken_by"], exc)
+    assert transport_error_text(wrapped) == (
+        "trio.BrokenResourceError (SSLError CERTIFICATE_VERIFY_FAILED (hostname mismatch))"
+    )
+    untrusted = ssl.create_default_context()  # the system's CAs: not ours
+    exc = handshake_failure(untrusted, server, "peer.example.test")
+    assert transport_error_text(raised(TRANSPORT["broken_by"], exc)) == (
+        "trio.BrokenResourceError "
+        "(SSLError CERTIFICATE_VERIFY_FAILED (unable to get local issuer certificate))"
+    )
+
+
+def handshake_failure(
+    client: ssl.SSLContext, server: ssl.SSLContext, hostname: str
+) -> BaseException:
+    """What the client's handshake raises, over memory BIOs."""
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    ours = client.wrap_bio(to_client, to_server, server_hostname=hostname)
+    theirs = server.wrap_bio(to_server, to_client, server_side=True)
+    for _ in range(10):
+        for side in (ours, theirs):
+            try:
+                side.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLError as exc:
+                if side is ours:
+                    return exc
+    raise AssertionError("the handshake did not fail")
+
+
 def test_the_cores_own_transport_errors_keep_their_words() -> None:
     # Caught in the core, as the core's own lines catch it: no plugin frame on its way.
     assert transport_error_text(CORE["no_listener"]()) == "no tcp listener"
+
+
+BUILT_IN = module(
+    "gateway.plugins.transports.example",
+    """
+    import errno
+
+    def no_listener():
+        raise OSError("no tcp listener is running to own outbound connections")
+
+    def all_attempts_failed():
+        group = ExceptionGroup("", [ConnectionRefusedError(errno.ECONNREFUSED, "refused")])
+        raise OSError("all attempts to connect to 192.0.2.1:5060 failed") from group
+
+    def through(function, *args):
+        return function(*args)
+    """,
+)
+CALLER = module(
+    "gateway.core.example_caller",
+    """
+    def caught(function, *args):
+        try:
+            function(*args)
+        except OSError as exc:
+            return exc
+        raise AssertionError("did not raise")
+    """,
+)
+
+
+def test_a_built_in_transports_own_text_is_shown_a_third_partys_through_it_is_not() -> None:
+    # The built-in transports (gateway/plugins/transports) are the project's code: what they
+    # raise names an address, a listener or a timeout, and the operator needs it. A frame of a
+    # third-party transport on the way (one subclassing a built-in) makes it plugin text.
+    caught = CALLER["caught"]
+    assert transport_error_text(caught(BUILT_IN["no_listener"])) == (
+        "no tcp listener is running to own outbound connections"
+    )
+    assert transport_error_text(caught(BUILT_IN["all_attempts_failed"])) == (
+        "all attempts to connect to 192.0.2.1:5060 failed (ECONNREFUSED (Connection refused))"
+    )
+    through = caught(BUILT_IN["through"], TRANSPORT["no_errno"], SECRET)
+    assert transport_error_text(through) == "OSError"
 
 
 def test_the_operator_may_show_the_transports_text(monkeypatch: pytest.MonkeyPatch) -> None:
