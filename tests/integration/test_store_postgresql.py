@@ -1049,6 +1049,25 @@ def test_the_listener_s_connection_is_watched_as_the_store_s_is(
     assert all(db.watch_bound == 1.5 for db in watched)
 
 
+def test_a_store_that_fails_to_open_leaves_no_watchdog_thread(
+    open_node: Callable[..., PostgresStore], postgres_cluster: Cluster, postgres_database: str
+) -> None:
+    """A store refused at its opening (a newer schema, a migration failing, the server gone
+    after the connect) left its watchdog thread running for the life of the process, waking
+    every 1.5 s: one more per failed attempt. It is stopped with the refusal."""
+    open_node(listen=False)
+    postgres_cluster.admin("INSERT INTO schema_version VALUES (99, 0)", postgres_database)
+
+    def watchdogs() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name == "postgresql store watchdog"}
+
+    before = watchdogs()
+    with pytest.raises(SchemaError, match="newer voipgw"):
+        open_node()
+    # A generous bound: a stopped watchdog ends at once.
+    wait_until(lambda: not watchdogs() - before, timeout=10)
+
+
 # -- the CLI and check-config against PostgreSQL ----------------------------------------------
 
 

@@ -983,11 +983,17 @@ class PostgresStore:
             raise ValueError("statement_timeout must be positive")
         _check_migrations(migrations)
         server = _Server(dsn, password, connect_timeout, statement_timeout)
-        connection = server.connect()
+        try:
+            connection = server.connect()
+        except BaseException:
+            server.watchdog.stop()  # started with the connection (its set_config failed)
+            raise
         try:
             _migrate(connection, server, migrations, clock)
         except BaseException:
             connection.close()
+            # No store will close it: left running, it woke every bound for the process's life.
+            server.watchdog.stop()
             raise
         store = cls(server, connection, clock, listen=listen, node=node)
         if len(migrations) >= 6:
