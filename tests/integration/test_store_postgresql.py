@@ -1050,6 +1050,58 @@ def test_the_listener_s_connection_is_watched_as_the_store_s_is(
     assert all(db.watch_bound == 1.5 for db in watched)
 
 
+def test_a_psycopg_whose_waits_the_watchdog_cannot_see_is_said_at_the_store_s_opening(
+    open_node: Callable[..., PostgresStore],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The watchdog sees a wait through psycopg's ``Connection.wait``, which psycopg does not
+    document: a psycopg whose statements wait elsewhere left every wait unwatched without a
+    word, and the node's event loop held by a server that stops answering, as before the
+    watchdog. The opening's first statement shows it: one WARNING says so."""
+    import psycopg
+
+    class Unstamped(pg_module._watched_connection(psycopg)):  # type: ignore[misc]
+        wait = psycopg.Connection.wait  # as if psycopg's statements did not wait in wait()
+
+    monkeypatch.setitem(pg_module._connection_classes, id(psycopg), Unstamped)
+    caplog.set_level(logging.WARNING, logger="gateway")
+    node = open_node(statement_timeout=0.5)
+    node.accounts_list()
+    warnings = [r.getMessage() for r in caplog.records if "watchdog" in r.getMessage()]
+    assert len(warnings) == 1, warnings  # the store's connection and the listener's: once
+    assert "waits for the server are not watched" in warnings[0]
+    assert f"psycopg {psycopg.__version__}" in warnings[0]
+
+
+def test_the_watched_psycopg_says_nothing_of_the_watchdog(
+    open_node: Callable[..., PostgresStore], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="gateway")
+    node = open_node(statement_timeout=0.5)
+    node.accounts_list()
+    assert "watchdog" not in caplog.text
+
+
+def test_a_store_that_fails_to_open_leaves_no_watchdog_thread(
+    open_node: Callable[..., PostgresStore], postgres_cluster: Cluster, postgres_database: str
+) -> None:
+    """A store refused at its opening (a newer schema, a migration failing, the server gone
+    after the connect) left its watchdog thread running for the life of the process, waking
+    every 1.5 s: one more per failed attempt. It is stopped with the refusal."""
+    open_node(listen=False)
+    postgres_cluster.admin("INSERT INTO schema_version VALUES (99, 0)", postgres_database)
+
+    def watchdogs() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name == "postgresql store watchdog"}
+
+    before = watchdogs()
+    with pytest.raises(SchemaError, match="newer voipgw"):
+        open_node()
+    # A generous bound: a stopped watchdog ends at once.
+    wait_until(lambda: not watchdogs() - before, timeout=10)
+
+
 # -- the CLI and check-config against PostgreSQL ----------------------------------------------
 
 

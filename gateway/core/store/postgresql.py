@@ -82,6 +82,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import secrets
 import socket
@@ -594,6 +595,7 @@ class _Watchdog:
         self._watched: weakref.WeakSet[Any] = weakref.WeakSet()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._told_unseen = False  # "waits for the server are not watched" said
         self.cuts = 0
         """Connections cut for a wait past its bound (read by the tests)."""
 
@@ -611,6 +613,22 @@ class _Watchdog:
     def stop(self) -> None:
         """Stop the thread (not waited for: it ends at its next look, at once)."""
         self._stopping.set()
+
+    def unseen(self, version: str) -> None:
+        """Say, once, that a watched connection's statement did not wait in
+        ``Connection.wait`` (:func:`_watched_connection`): this psycopg waits elsewhere, so no
+        wait is bounded, and a server that stops answering holds the event loop again."""
+        if self._told_unseen:
+            return
+        self._told_unseen = True
+        log.warning(
+            "PostgreSQL %s: the store's watchdog cannot work, waits for the server are not"
+            " watched: psycopg %s does not wait in Connection.wait, so a server that stops"
+            " answering (a stopped process, a stalled pooler or proxy) holds the store's calls"
+            " until it answers; use psycopg 3.2 or 3.3",
+            self._description,
+            version,
+        )
 
     def _run(self) -> None:
         try:
@@ -755,6 +773,9 @@ class _Server:
             ) from None
         if watched:
             self.watchdog.watch(connection)
+            # Connection.wait is not documented: a psycopg whose statements wait elsewhere
+            # leaves this stamp (never due: the watchdog skips it), and is said, not silent.
+            connection.watch_since = math.inf  # type: ignore[attr-defined]
         try:
             connection.execute(
                 "SELECT set_config('statement_timeout', %s, false)",
@@ -763,6 +784,9 @@ class _Server:
         except pg.Error as exc:
             connection.close()
             raise StoreUnavailable(f"PostgreSQL {self.description}: {self.say(exc)}") from None
+        if watched and connection.watch_since == math.inf:  # type: ignore[attr-defined]
+            connection.watch_since = None  # type: ignore[attr-defined]
+            self.watchdog.unseen(getattr(pg, "__version__", "?"))
         return connection
 
 
@@ -983,11 +1007,17 @@ class PostgresStore:
             raise ValueError("statement_timeout must be positive")
         _check_migrations(migrations)
         server = _Server(dsn, password, connect_timeout, statement_timeout)
-        connection = server.connect()
+        try:
+            connection = server.connect()
+        except BaseException:
+            server.watchdog.stop()  # started with the connection (its set_config failed)
+            raise
         try:
             _migrate(connection, server, migrations, clock)
         except BaseException:
             connection.close()
+            # No store will close it: left running, it woke every bound for the process's life.
+            server.watchdog.stop()
             raise
         store = cls(server, connection, clock, listen=listen, node=node)
         if len(migrations) >= 6:
