@@ -610,11 +610,28 @@ def cmd_metrics_password(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _open_store(args: argparse.Namespace) -> tuple[Any, GatewayConfig]:
-    """The store ``[store]`` names (SQLite in the state directory, or PostgreSQL)."""
+class NoStore(Exception):
+    """A command that reads the gateway's store found none where it looked."""
+
+
+def _open_store(args: argparse.Namespace, *, create: bool = False) -> tuple[Any, GatewayConfig]:
+    """The store ``[store]`` names (SQLite in the state directory, or PostgreSQL). A SQLite
+    store that does not exist yet is created only when ``create`` (``accounts add``,
+    ``migrate-store``): a command that reads it, run from another directory than ``voipgw
+    run`` (the default state directory is relative), would otherwise create an empty one there
+    and answer "no live calls" while the gateway has calls."""
     from gateway.core.store.backends import open_store
+    from gateway.core.store.sqlite import DB_FILENAME
 
     config = _load_config(args.config)
+    if not create and config.store.backend == "sqlite":
+        directory = Path(args.state_dir or config.gateway.state_dir)
+        if not (directory / DB_FILENAME).exists():
+            seen = "" if directory.is_absolute() else f" (seen from {Path.cwd()})"
+            raise NoStore(
+                f"no voipgw store in {directory}{seen}: run this in the directory `voipgw run` "
+                "was started in, or give it the same --state-dir or --config"
+            )
     return open_store(config, gateway=False, state_dir=args.state_dir), config
 
 
@@ -935,9 +952,9 @@ def describe_transfer(transfer: dict[str, Any]) -> str:
 
 
 def cmd_accounts(args: argparse.Namespace) -> int:
-    from gateway.core.store.errors import StoreError
+    from gateway.core.store.errors import AccountExists, StoreError
 
-    store, config = _open_store(args)
+    store, config = _open_store(args, create=args.accounts_command == "add")
     try:
         action = args.accounts_command
         policy = getattr(args, "media_policy", None)
@@ -998,6 +1015,13 @@ def cmd_accounts(args: argparse.Namespace) -> int:
                 return EXIT_USAGE
             store.accounts_set(args.name, **fields)
             print(f"updated {args.name}: {', '.join(sorted(fields))}")
+    except AccountExists as exc:
+        print(
+            f"voipgw: accounts add: {exc}; `voipgw accounts set {args.name} --password PW` "
+            "changes its password",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     except StoreError as exc:
         print(f"voipgw: accounts {args.accounts_command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -1013,7 +1037,7 @@ def cmd_migrate_store(args: argparse.Namespace) -> int:
     # did not build it ("another node builds the index"), the message the error below points
     # to: the other commands' default (WARNING and up, Python's last-resort handler) drops them.
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    store, _ = _open_store(args)  # opening it migrates
+    store, _ = _open_store(args, create=True)  # opening it migrates
     try:
         print(f"store: schema version {store.schema_version()}")
         if isinstance(store, PostgresStore):
@@ -1206,6 +1230,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreError as exc:  # the store could not be opened (a database down, a newer schema)
         print(f"voipgw: store: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
+    except NoStore as exc:
+        print(f"voipgw: {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         if args.command == "run":
             return EXIT_OK  # a stop asked for (before its signal handling was set up)

@@ -579,3 +579,56 @@ def test_a_one_shot_command_interrupted_exits_130(tmp_path: Path) -> None:
             command.wait()
     assert command.returncode == 130, err
     assert err == "voipgw: metrics-password: interrupted\n"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["calls"],
+        ["calls", "--recent", "5"],
+        ["registrations"],
+        ["route", "bob"],
+        ["accounts", "list"],
+    ],
+)
+def test_a_command_reading_the_store_where_there_is_none_says_so_and_creates_nothing(
+    command: list[str], tmp_path: Path
+) -> None:
+    # Run from another directory than `voipgw run` (./voipgw-state is relative), `voipgw calls`
+    # created an empty store there and answered "no live calls" while the gateway had calls.
+    state = tmp_path / "voipgw-state"
+    result = voipgw(*command, "--state-dir", str(state))
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"voipgw: {command[0]}: no voipgw store in {state}: run this in the directory "
+        "`voipgw run` was started in, or give it the same --state-dir or --config\n"
+    )
+    assert result.stdout == ""
+    assert not state.exists()
+
+
+def test_a_relative_state_directory_is_said_with_where_it_was_looked_for(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "calls"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+    )
+    assert result.returncode == 2
+    assert f"no voipgw store in voipgw-state (seen from {tmp_path})" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_accounts_add_of_an_existing_name_says_how_to_change_its_password(tmp_path: Path) -> None:
+    state = str(tmp_path / "state")
+    assert (
+        voipgw("accounts", "add", "alice", "--password", "a", "--state-dir", state).returncode == 0
+    )
+    again = voipgw("accounts", "add", "alice", "--password", "b", "--state-dir", state)
+    assert again.returncode == 2
+    assert again.stderr == (
+        "voipgw: accounts add: account 'alice' already exists; "
+        "`voipgw accounts set alice --password PW` changes its password\n"
+    )
