@@ -349,6 +349,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     plugins = _load_plugins(config, args)
+    for warning in config_mod.listener_warnings(config):
+        log.warning("configuration: %s", warning)
     gateway = Gateway(config, plugins)
     _tune_garbage_collector(config.gateway.gc_thresholds)
     try:
@@ -421,7 +423,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     gateway = Gateway(config, plugins)
     gateway.check()
-    for warning in config_mod.did_warnings(config):
+    for warning in (*config_mod.listener_warnings(config), *config_mod.did_warnings(config)):
         print(f"{args.file}: warning: {warning}", file=sys.stderr)
     if args.intercept:
         # Only on request: the interception's certificates are not in the metrics or the

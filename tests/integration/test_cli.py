@@ -632,3 +632,25 @@ def test_accounts_add_of_an_existing_name_says_how_to_change_its_password(tmp_pa
         "voipgw: accounts add: account 'alice' already exists; "
         "`voipgw accounts set alice --password PW` changes its password\n"
     )
+
+
+def test_check_config_warns_of_a_gateway_no_phone_can_reach(tmp_path: Path) -> None:
+    # enable replaces the default list: a newcomer adding "metrics" alone had a gateway that
+    # said "voipgw ready: " and listened for SIP nowhere.
+    path = tmp_path / "voipgw.toml"
+    path.write_text('[plugins]\nenable = ["metrics", "dtls"]\n')
+    result = voipgw("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (
+        f"{path}: warning: no SIP listener: [plugins] enable names no SIP transport (udp, tcp, "
+        "tls, ws, wss), so no phone or trunk can reach the gateway; enable replaces the default "
+        'list, so keep the transports beside what you add: enable = ["udp", "tcp", "tls", '
+        '"sdes", "dtls", "metrics"]\n'
+    )
+    path.write_text("[sip]\nlisten = []\n")
+    empty = voipgw("check-config", str(path))
+    assert empty.stderr == (
+        f"{path}: warning: [sip] listen is empty: no phone or trunk can reach the gateway\n"
+    )
+    path.write_text('[plugins]\nenable = ["udp", "metrics"]\n')
+    assert voipgw("check-config", str(path)).stderr == ""
