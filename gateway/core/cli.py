@@ -645,7 +645,7 @@ def describe_quality(figures: dict[str, Any]) -> str:
     if figures.get("fraction_lost") is not None:
         lost = f"{figures['fraction_lost'] * 100:.1f} % lost"
         if figures.get("lost") is not None:
-            lost += f" ({figures['lost']} packets in all)"
+            lost += f" ({figures['lost']} packets lost in all)"
         worst = figures.get("worst_fraction_lost")
         if worst is not None and worst > figures["fraction_lost"]:
             lost += f", worst {worst * 100:.1f} %"
