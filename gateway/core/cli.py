@@ -16,6 +16,7 @@ from typing import Any
 
 from gateway import __version__
 from gateway.core import config as config_mod
+from gateway.core.calls.protection import describe_leg
 from gateway.core.config import ConfigError, GatewayConfig, TrunkAddress
 from gateway.core.logs import log_exception, show_plugin_exception_text
 from gateway.core.plugins import PluginError, Plugins, discover, load_plugins
@@ -349,6 +350,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     plugins = _load_plugins(config, args)
+    for warning in config_mod.listener_warnings(config):
+        log.warning("configuration: %s", warning)
     gateway = Gateway(config, plugins)
     _tune_garbage_collector(config.gateway.gc_thresholds)
     try:
@@ -421,7 +424,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     gateway = Gateway(config, plugins)
     gateway.check()
-    for warning in config_mod.did_warnings(config):
+    for warning in (*config_mod.listener_warnings(config), *config_mod.did_warnings(config)):
         print(f"{args.file}: warning: {warning}", file=sys.stderr)
     if args.intercept:
         # Only on request: the interception's certificates are not in the metrics or the
@@ -610,78 +613,29 @@ def cmd_metrics_password(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _open_store(args: argparse.Namespace) -> tuple[Any, GatewayConfig]:
-    """The store ``[store]`` names (SQLite in the state directory, or PostgreSQL)."""
+class NoStore(Exception):
+    """A command that reads the gateway's store found none where it looked."""
+
+
+def _open_store(args: argparse.Namespace, *, create: bool = False) -> tuple[Any, GatewayConfig]:
+    """The store ``[store]`` names (SQLite in the state directory, or PostgreSQL). A SQLite
+    store that does not exist yet is created only when ``create`` (``accounts add``,
+    ``migrate-store``): a command that reads it, run from another directory than ``voipgw
+    run`` (the default state directory is relative), would otherwise create an empty one there
+    and answer "no live calls" while the gateway has calls."""
     from gateway.core.store.backends import open_store
+    from gateway.core.store.sqlite import DB_FILENAME
 
     config = _load_config(args.config)
-    return open_store(config, gateway=False, state_dir=args.state_dir), config
-
-
-# Key continuity with a ZRTP phone (RFC 6189 §4.3, §4.9), in words.
-_ZRTP_CACHE_WORDS = {
-    "new": "; first ZRTP call with this phone",
-    "match": "; key continuity with its earlier calls (ZRTP cache matched)",
-    "mismatch": (
-        "; ZRTP CACHE MISMATCH: the secret kept from this phone's earlier calls did not "
-        "match: a possible man in the middle, or the phone lost its cache; have the user "
-        "compare the SAS"
-    ),
-}
-
-
-def describe_leg(leg: dict[str, Any]) -> str:
-    """One line, in plain words, of how a leg is protected."""
-    signalling = str(leg.get("signalling", "?")).upper()
-    if leg.get("signalling_secure"):
-        cert = leg.get("peer_certificate") or {}
-        who = " (peer certificate verified)" if cert.get("verified") else ""
-        signalling = f"{signalling}{who}"
-    streams = leg.get("streams") or []
-    media = []
-    for stream in streams:
-        if stream.get("media") == "t38":
-            refused = stream.get("refused")
-            media.append(
-                f"fax (T.38) refused: {refused}" if refused else "fax (T.38 UDPTL), NOT encrypted"
+    if not create and config.store.backend == "sqlite":
+        directory = Path(args.state_dir or config.gateway.state_dir)
+        if not (directory / DB_FILENAME).exists():
+            seen = "" if directory.is_absolute() else f" (seen from {Path.cwd()})"
+            raise NoStore(
+                f"no voipgw store in {directory}{seen}: run this in the directory `voipgw run` "
+                "was started in, or give it the same --state-dir or --config"
             )
-        elif stream.get("encrypted"):
-            words = f"SRTP {stream.get('suite')} keyed by {stream.get('key_exchange')}"
-            if "rtcp_port_keyed" in stream:
-                words += (
-                    " (RTCP on its own port, keyed by its own handshake)"
-                    if stream["rtcp_port_keyed"]
-                    else " (RTCP on its own port, not keyed yet: RTCP dropped)"
-                )
-            if stream.get("zrtp_sas"):
-                # RFC 6189 §10: the gateway is the phone's ZRTP peer; the SAS proves that link.
-                words += (
-                    f" (ZRTP SAS {stream['zrtp_sas']!r}: the phone shows it for its link to "
-                    "this gateway, not to the other party)"
-                )
-                words += _ZRTP_CACHE_WORDS.get(str(stream.get("zrtp_cache")), "")
-            if stream.get("mikey_mode"):
-                # The MIKEY mode says what protected the keys: TLS, a pre-shared key, DH.
-                words += f" ({stream['mikey_mode']})"
-            media.append(words)
-        else:
-            media.append("RTP, not encrypted")
-    line = f"signalling {signalling}; media " + (", ".join(media) or "none")
-    if leg.get("fax_t38") and not any(s.get("media") == "t38" for s in streams):
-        # The call went back to audio after a fax: its fax was still not encrypted.
-        line += "; its fax (T.38) was passed through NOT encrypted"
-    if leg.get("ice"):
-        # ICE-lite towards a WebRTC peer: the ufrags tell its checks apart (never the pwd).
-        line += f"; ICE-lite (our ufrag {leg.get('ice_ufrag')}, peer's {leg.get('ice_peer_ufrag')})"
-    if leg.get("device"):
-        line = f"device {leg['device']}; {line}"
-    srtp = leg.get("srtp") or {}
-    if srtp.get("auth_failures") or srtp.get("replays"):
-        line += (
-            f" ({srtp.get('auth_failures', 0)} packets failed SRTP authentication, "
-            f"{srtp.get('replays', 0)} replays dropped)"
-        )
-    return line
+    return open_store(config, gateway=False, state_dir=args.state_dir), config
 
 
 def describe_quality(figures: dict[str, Any]) -> str:
@@ -691,7 +645,7 @@ def describe_quality(figures: dict[str, Any]) -> str:
     if figures.get("fraction_lost") is not None:
         lost = f"{figures['fraction_lost'] * 100:.1f} % lost"
         if figures.get("lost") is not None:
-            lost += f" ({figures['lost']} packets in all)"
+            lost += f" ({figures['lost']} packets lost in all)"
         worst = figures.get("worst_fraction_lost")
         if worst is not None and worst > figures["fraction_lost"]:
             lost += f", worst {worst * 100:.1f} %"
@@ -935,9 +889,9 @@ def describe_transfer(transfer: dict[str, Any]) -> str:
 
 
 def cmd_accounts(args: argparse.Namespace) -> int:
-    from gateway.core.store.errors import StoreError
+    from gateway.core.store.errors import AccountExists, StoreError
 
-    store, config = _open_store(args)
+    store, config = _open_store(args, create=args.accounts_command == "add")
     try:
         action = args.accounts_command
         policy = getattr(args, "media_policy", None)
@@ -998,6 +952,13 @@ def cmd_accounts(args: argparse.Namespace) -> int:
                 return EXIT_USAGE
             store.accounts_set(args.name, **fields)
             print(f"updated {args.name}: {', '.join(sorted(fields))}")
+    except AccountExists as exc:
+        print(
+            f"voipgw: accounts add: {exc}; `voipgw accounts set {args.name} --password PW` "
+            "changes its password",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     except StoreError as exc:
         print(f"voipgw: accounts {args.accounts_command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -1013,7 +974,7 @@ def cmd_migrate_store(args: argparse.Namespace) -> int:
     # did not build it ("another node builds the index"), the message the error below points
     # to: the other commands' default (WARNING and up, Python's last-resort handler) drops them.
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    store, _ = _open_store(args)  # opening it migrates
+    store, _ = _open_store(args, create=True)  # opening it migrates
     try:
         print(f"store: schema version {store.schema_version()}")
         if isinstance(store, PostgresStore):
@@ -1206,6 +1167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreError as exc:  # the store could not be opened (a database down, a newer schema)
         print(f"voipgw: store: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
+    except NoStore as exc:
+        print(f"voipgw: {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         if args.command == "run":
             return EXIT_OK  # a stop asked for (before its signal handling was set up)

@@ -1235,6 +1235,23 @@ def _validate_trunk(trunk: TrunkConfig, file: str, table: str) -> None:
         raise fail("caller_id", "expected a number: an optional + and 1 to 32 digits, * or #")
 
 
+def listener_warnings(config: GatewayConfig) -> list[str]:
+    """A gateway with no SIP listener runs, but no phone or trunk can reach it: what a
+    newcomer gets by enabling one plugin (``enable = ["metrics"]``), since ``[plugins] enable``
+    replaces the default list instead of adding to it."""
+    if config.listen:
+        return []
+    if config.sip.listen is not None:
+        return ["[sip] listen is empty: no phone or trunk can reach the gateway"]
+    names = dict.fromkeys((*DEFAULT_PLUGINS, *config.plugins.enable))
+    suggested = ", ".join(f'"{name}"' for name in names)
+    return [
+        "no SIP listener: [plugins] enable names no SIP transport (udp, tcp, tls, ws, wss), so "
+        "no phone or trunk can reach the gateway; enable replaces the default list, so keep "
+        f"the transports beside what you add: enable = [{suggested}]"
+    ]
+
+
 def did_warnings(config: GatewayConfig) -> list[str]:
     """One number, by the numbering plans, that different trunks deliver to different
     accounts: allowed (each trunk's calls find their own), but which account "the number" is

@@ -8,6 +8,7 @@ own failures (ARCHITECTURE.md, STYLE.md habit 6).
 
 from __future__ import annotations
 
+import errno
 import inspect
 import logging
 import random
@@ -857,7 +858,12 @@ class Gateway:
             self._counting_shared = True
         for spec in self.config.listen_specs:
             transport = self.transport_for(spec)
-            listener: Listener = await nursery.start(transport.serve, spec, self)
+            try:
+                listener: Listener = await nursery.start(transport.serve, spec, self)
+            except OSError as exc:
+                # run_until_signal prints it as the one line saying why the gateway stops:
+                # which listener, and, for a port taken, how to listen elsewhere.
+                raise listen_error(spec, exc) from None
             self.listeners.append(listener)
         domains = local_domains(self.listeners, self.config.gateway.domains)
         sip = self.config.sip
@@ -1190,6 +1196,19 @@ def run_until_signal(gateway: Gateway) -> int:
     finally:
         signal.signal(signal.SIGHUP, previous)
     return 0
+
+
+def listen_error(spec: ListenSpec, exc: OSError) -> OSError:
+    """``exc``, raised opening the SIP listener ``spec``, as an operator reads it: the
+    listener, the system's reason and, for an address in use (another voipgw, or another SIP
+    server, on the default 5060), what to change."""
+    text = f"cannot listen on {spec}: {exc.strerror or exc}"
+    if exc.errno == errno.EADDRINUSE:
+        text += (
+            " (another program listens there: stop it, or give voipgw other ports with "
+            "--listen or [sip] listen)"
+        )
+    return OSError(exc.errno, text)
 
 
 def _dns_status(status: TrunkDnsStatus, now: float, wall: float) -> dict[str, object]:

@@ -579,3 +579,78 @@ def test_a_one_shot_command_interrupted_exits_130(tmp_path: Path) -> None:
             command.wait()
     assert command.returncode == 130, err
     assert err == "voipgw: metrics-password: interrupted\n"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["calls"],
+        ["calls", "--recent", "5"],
+        ["registrations"],
+        ["route", "bob"],
+        ["accounts", "list"],
+    ],
+)
+def test_a_command_reading_the_store_where_there_is_none_says_so_and_creates_nothing(
+    command: list[str], tmp_path: Path
+) -> None:
+    # Run from another directory than `voipgw run` (./voipgw-state is relative), `voipgw calls`
+    # created an empty store there and answered "no live calls" while the gateway had calls.
+    state = tmp_path / "voipgw-state"
+    result = voipgw(*command, "--state-dir", str(state))
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"voipgw: {command[0]}: no voipgw store in {state}: run this in the directory "
+        "`voipgw run` was started in, or give it the same --state-dir or --config\n"
+    )
+    assert result.stdout == ""
+    assert not state.exists()
+
+
+def test_a_relative_state_directory_is_said_with_where_it_was_looked_for(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "calls"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+    )
+    assert result.returncode == 2
+    assert f"no voipgw store in voipgw-state (seen from {tmp_path})" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_accounts_add_of_an_existing_name_says_how_to_change_its_password(tmp_path: Path) -> None:
+    state = str(tmp_path / "state")
+    assert (
+        voipgw("accounts", "add", "alice", "--password", "a", "--state-dir", state).returncode == 0
+    )
+    again = voipgw("accounts", "add", "alice", "--password", "b", "--state-dir", state)
+    assert again.returncode == 2
+    assert again.stderr == (
+        "voipgw: accounts add: account 'alice' already exists; "
+        "`voipgw accounts set alice --password PW` changes its password\n"
+    )
+
+
+def test_check_config_warns_of_a_gateway_no_phone_can_reach(tmp_path: Path) -> None:
+    # enable replaces the default list: a newcomer adding "metrics" alone had a gateway that
+    # said "voipgw ready: " and listened for SIP nowhere.
+    path = tmp_path / "voipgw.toml"
+    path.write_text('[plugins]\nenable = ["metrics", "dtls"]\n')
+    result = voipgw("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (
+        f"{path}: warning: no SIP listener: [plugins] enable names no SIP transport (udp, tcp, "
+        "tls, ws, wss), so no phone or trunk can reach the gateway; enable replaces the default "
+        'list, so keep the transports beside what you add: enable = ["udp", "tcp", "tls", '
+        '"sdes", "dtls", "metrics"]\n'
+    )
+    path.write_text("[sip]\nlisten = []\n")
+    empty = voipgw("check-config", str(path))
+    assert empty.stderr == (
+        f"{path}: warning: [sip] listen is empty: no phone or trunk can reach the gateway\n"
+    )
+    path.write_text('[plugins]\nenable = ["udp", "metrics"]\n')
+    assert voipgw("check-config", str(path)).stderr == ""

@@ -144,8 +144,8 @@ async def test_voipgw_calls_shows_a_worker_relayed_calls_quality_now(
     assert len(lines) == 2, text
     caller_line, callee_line = lines
     assert caller_line.startswith(
-        "caller leg quality now (what it received): 0.8 % lost (5 packets in all), jitter 12 ms, "
-        "RTT "
+        "caller leg quality now (what it received): 0.8 % lost (5 packets lost in all), "
+        "jitter 12 ms, RTT "
     )
     assert " MOS 4.3; last report " in caller_line and caller_line.endswith(" s ago")
     assert "STALE" not in caller_line

@@ -47,7 +47,13 @@ def test_a_sip_port_in_use_is_one_line_and_exit_1(taken_port: int, tmp_path: Pat
         f'[sip]\nlisten = ["tcp:127.0.0.1:{taken_port}"]\n[plugins]\nenable = ["tcp"]\n', tmp_path
     )
     assert result.returncode == 1
-    assert "cannot run: [Errno 98] Address already in use" in result.stderr
+    # Which listener, and what to do: a newcomer's first `voipgw run` meets another SIP server
+    # on 5060.
+    assert (
+        f"cannot run: [Errno 98] cannot listen on tcp:127.0.0.1:{taken_port}: Address already "
+        "in use (another program listens there: stop it, or give voipgw other ports with "
+        "--listen or [sip] listen)"
+    ) in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -118,7 +118,7 @@ def test_baresips_rtcp_reports_reach_homer_and_the_call_record(tmp_path: Path) -
         "callee leg quality now (what it received)",
     ], live.stdout
     # Both phones' report blocks were read before the command ran: fresh figures, not stale.
-    assert all("0.0 % lost (0 packets in all), jitter " in line for line in now), now
+    assert all("0.0 % lost (0 packets lost in all), jitter " in line for line in now), now
     fresh = re.compile(r"MOS 4\.\d.*; last report \d s ago$")
     assert all(fresh.search(line) for line in now), now
     words = [line.strip() for line in out.splitlines() if "quality (what it received)" in line]

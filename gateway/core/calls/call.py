@@ -144,6 +144,7 @@ from gateway.core.calls.forwarding import CallForwarding
 from gateway.core.calls.leg import BLeg, Side
 from gateway.core.calls.location import carries_location
 from gateway.core.calls.picked_up import CallPickedUp
+from gateway.core.calls.protection import describe_leg
 from gateway.core.calls.routing import TrunkHopTarget
 from gateway.core.calls.rtcp_capture import RtcpToCaptures
 from gateway.core.calls.targets import without_other_hops
@@ -230,6 +231,7 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
                 self.keying.block_all()
             # Recorded before the streams close, so the record keeps their final counters.
             self.manager.event(self, "ended", self.end_reason)
+            self._log_protection()
             if self.taps is not None:
                 self.taps.close()
             if self.keying is not None:
@@ -259,6 +261,23 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
             or self._transfer_leftovers()
             or self._b_legs_pending()
         )
+
+    def _log_protection(self) -> None:
+        """How each leg of an answered call was protected, in the words of ``voipgw calls``,
+        once, as it ends (the line before "call ... ended"): keys from a handshake on the
+        media path (DTLS-SRTP, ZRTP) and a ZRTP SAS come after the answer, so only the end
+        knows them all. An operator reading the log alone sees a call that went out or came in
+        unencrypted. Never a key (protection.py)."""
+        if self.b is None or not self.a.answered or not log.isEnabledFor(logging.INFO):
+            return
+        record = self.security_record()
+        legs = [
+            f"{name}: {describe_leg(leg)}"
+            for name, leg in (("caller leg", record.get("a")), ("callee leg", record.get("b")))
+            if isinstance(leg, dict)
+        ]
+        if legs:
+            log.info("call %s protection: %s", self.id, "; ".join(legs))
 
     async def _answer_handled(
         self, status: int = 500, reason: str = "Server Internal Error"

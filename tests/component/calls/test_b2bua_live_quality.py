@@ -94,7 +94,7 @@ async def test_a_live_calls_quality_now_and_its_age(
         assert callee["packets"] == 250 and callee["mos"] is None
         assert callee["last_report_age"] is None and 0.5 <= callee["last_rtcp_age"] < 1
         words = describe_live_quality(caller)
-        assert words.startswith("0.8 % lost (5 packets in all), jitter 12 ms, RTT ")
+        assert words.startswith("0.8 % lost (5 packets lost in all), jitter 12 ms, RTT ")
         assert words.endswith("MOS 4.3; last report 0 s ago")
         assert describe_live_quality(callee).startswith(
             "no reports in its RTCP, its phone sent 250 packets; last RTCP "

@@ -130,7 +130,7 @@ async def test_rtcp_reports_reach_the_record_metrics_and_homer(
     assert callee_leg["packets"] == 250
     assert callee_leg["mos"] is None  # its SR had no report blocks
     words = describe_quality(caller_leg)
-    assert words.startswith("0.8 % lost (5 packets in all), jitter 12 ms, RTT ")
+    assert words.startswith("0.8 % lost (5 packets lost in all), jitter 12 ms, RTT ")
     assert "MOS 4.3" in words and "1 malformed RTCP packets" in words
 
     # HEP: the SR and the RR as type 5, each with its leg's Call-ID; SIP as type 1.

@@ -122,7 +122,7 @@ def test_voipgw_calls_words_a_legs_figures():
     quality.observe("a", receiver_report(0xA, 1, 41, 96, 0, 0), 8000)
     figures = quality.record()["a"]
     assert describe_quality(figures) == (
-        "0.4 % lost (41 packets in all), jitter 12 ms (worst 50 ms), MOS 4.4 (worst 4.3)"
+        "0.4 % lost (41 packets lost in all), jitter 12 ms (worst 50 ms), MOS 4.4 (worst 4.3)"
     )
     assert describe_quality({"rtcp_packets": 1, "packets": 9, "rtcp_malformed": 2}) == (
         "no reports in its RTCP, its phone sent 9 packets, 2 malformed RTCP packets"
@@ -156,7 +156,7 @@ def test_voipgw_calls_words_a_live_legs_age_and_staleness():
     figures = {"fraction_lost": 0.004, "lost": 12, "jitter_ms": 12.0, "rtt_ms": 48.0, "mos": 4.2}
     fresh = {**figures, "last_report_age": 3.4, "last_rtcp_age": 3.4}
     assert describe_live_quality(fresh) == (
-        "0.4 % lost (12 packets in all), jitter 12 ms, RTT 48 ms, MOS 4.2; last report 3 s ago"
+        "0.4 % lost (12 packets lost in all), jitter 12 ms, RTT 48 ms, MOS 4.2; last report 3 s ago"
     )
     # Up to five reporting intervals (RFC 3550 §6.3.5) is not stale yet; past them it is.
     edge = {**figures, "last_report_age": STALE_AFTER, "last_rtcp_age": STALE_AFTER}

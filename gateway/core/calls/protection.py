@@ -1,0 +1,74 @@
+"""How each leg of a call is protected, in plain words: the line ``voipgw calls`` shows per leg
+and the gateway logs when an answered call ends, from the leg's security record
+(:meth:`gateway.core.calls.media_keys.CallMediaKeys.security_record`, ARCHITECTURE.md "Security
+state is data"). Never a key: suites, key exchanges, the ZRTP SAS (which the phone shows its
+user) and ICE ufrags (never the pwd)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Key continuity with a ZRTP phone (RFC 6189 §4.3, §4.9), in words.
+_ZRTP_CACHE_WORDS = {
+    "new": "; first ZRTP call with this phone",
+    "match": "; key continuity with its earlier calls (ZRTP cache matched)",
+    "mismatch": (
+        "; ZRTP CACHE MISMATCH: the secret kept from this phone's earlier calls did not "
+        "match: a possible man in the middle, or the phone lost its cache; have the user "
+        "compare the SAS"
+    ),
+}
+
+
+def describe_leg(leg: dict[str, Any]) -> str:
+    """One line, in plain words, of how a leg is protected."""
+    signalling = str(leg.get("signalling", "?")).upper()
+    if leg.get("signalling_secure"):
+        cert = leg.get("peer_certificate") or {}
+        who = " (peer certificate verified)" if cert.get("verified") else ""
+        signalling = f"{signalling}{who}"
+    streams = leg.get("streams") or []
+    media = []
+    for stream in streams:
+        if stream.get("media") == "t38":
+            refused = stream.get("refused")
+            media.append(
+                f"fax (T.38) refused: {refused}" if refused else "fax (T.38 UDPTL), NOT encrypted"
+            )
+        elif stream.get("encrypted"):
+            words = f"SRTP {stream.get('suite')} keyed by {stream.get('key_exchange')}"
+            if "rtcp_port_keyed" in stream:
+                words += (
+                    " (RTCP on its own port, keyed by its own handshake)"
+                    if stream["rtcp_port_keyed"]
+                    else " (RTCP on its own port, not keyed yet: RTCP dropped)"
+                )
+            if stream.get("zrtp_sas"):
+                # RFC 6189 §10: the gateway is the phone's ZRTP peer; the SAS proves that link.
+                words += (
+                    f" (ZRTP SAS {stream['zrtp_sas']!r}: the phone shows it for its link to "
+                    "this gateway, not to the other party)"
+                )
+                words += _ZRTP_CACHE_WORDS.get(str(stream.get("zrtp_cache")), "")
+            if stream.get("mikey_mode"):
+                # The MIKEY mode says what protected the keys: TLS, a pre-shared key, DH.
+                words += f" ({stream['mikey_mode']})"
+            media.append(words)
+        else:
+            media.append("RTP, not encrypted")
+    line = f"signalling {signalling}; media " + (", ".join(media) or "none")
+    if leg.get("fax_t38") and not any(s.get("media") == "t38" for s in streams):
+        # The call went back to audio after a fax: its fax was still not encrypted.
+        line += "; its fax (T.38) was passed through NOT encrypted"
+    if leg.get("ice"):
+        # ICE-lite towards a WebRTC peer: the ufrags tell its checks apart (never the pwd).
+        line += f"; ICE-lite (our ufrag {leg.get('ice_ufrag')}, peer's {leg.get('ice_peer_ufrag')})"
+    if leg.get("device"):
+        line = f"device {leg['device']}; {line}"
+    srtp = leg.get("srtp") or {}
+    if srtp.get("auth_failures") or srtp.get("replays"):
+        line += (
+            f" ({srtp.get('auth_failures', 0)} packets failed SRTP authentication, "
+            f"{srtp.get('replays', 0)} replays dropped)"
+        )
+    return line
