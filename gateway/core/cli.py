@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 the schema is at this voipgw's version and the index is built; "
         "1 it is not: the database could not be reached, a migration failed or was refused "
         "(a newer schema, a privilege missing), or the index is not built (another session's "
-        "build still going after --wait, a build that failed, a role that may not build it); "
+        "build still going after --wait, a build that failed, a role that may not build it, "
+        "the command interrupted); "
         "2 a usage or configuration error. Progress goes to standard error.",
     )
     migrate.add_argument("--config", metavar="FILE", help="TOML configuration file")
@@ -1012,7 +1013,20 @@ def cmd_migrate_store(args: argparse.Namespace) -> int:
     try:
         print(f"store: schema version {store.schema_version()}")
         if isinstance(store, PostgresStore):
-            if not store.build_retention_index(wait=args.wait):
+            try:
+                built = store.build_retention_index(wait=args.wait)
+            except KeyboardInterrupt:
+                # Not main()'s exit 0 for Ctrl-C: 0 says the index is built, and a shell
+                # script goes on after a child that exits 0 on SIGINT (`migrate-store &&
+                # systemctl start voipgw`). A build of ours cut short leaves an invalid index,
+                # which the next build drops.
+                print(
+                    f"voipgw: migrate-store: interrupted: the index {RETENTION_INDEX} is not"
+                    " built; call records are not deleted until it is",
+                    file=sys.stderr,
+                )
+                return EXIT_RUNTIME
+            if not built:
                 other = store.retention_index_left_to
                 if other is not None:
                     waited = f"waited {args.wait:g} s for" if args.wait else "not waited for"

@@ -8,6 +8,7 @@ import logging
 import re
 import select
 import selectors
+import signal
 import socket
 import subprocess
 import sys
@@ -1481,6 +1482,47 @@ def test_migrate_store_waits_for_another_nodes_build_of_the_index_then_finishes(
     built_here = "building the index call_records_kept_by concurrently" in stderr.text()
     assert built_here == (other_build == "failed")
     assert postgres_cluster.password not in stderr.text() + out
+
+
+def test_migrate_store_interrupted_while_it_waits_exits_1(
+    open_node: Callable[..., PostgresStore],
+    postgres_cluster: Cluster,
+    postgres_database: str,
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C during ``--wait`` (up to 600 s by default, long enough that an operator
+    interrupts it): exit status 0 says the index is built (the --help epilog), and an upgrade
+    script's ``migrate-store && systemctl start voipgw`` goes on after a child that exits 0 on
+    SIGINT (the shell takes the interrupt as handled). It exits 1, saying so."""
+    import psycopg
+
+    config = schema_5_config(open_node, postgres_cluster, postgres_database, tmp_path)
+    with psycopg.connect(postgres_cluster.admin_dsn(postgres_database), autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (pg_module._INDEX_LOCK,))
+        migrate = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "migrate-store", "--config", str(config)],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert migrate.stderr is not None
+            stderr = Lines(migrate.stderr)
+            wait_until(
+                lambda: stderr.has("waiting up to 600 s") or migrate.poll() is not None,
+                timeout=60,
+            )
+            assert migrate.poll() is None, stderr.text()
+            migrate.send_signal(signal.SIGINT)
+            migrate.wait(60)
+        finally:
+            if migrate.poll() is None:
+                migrate.kill()
+                migrate.wait()
+    assert migrate.returncode == 1, stderr.text()
+    assert "interrupted" in stderr.text() and "Traceback" not in stderr.text()
+    assert index_state(postgres_cluster, postgres_database) == []
 
 
 def test_migrate_store_that_waited_its_bound_for_another_build_says_what_it_waited_for(
