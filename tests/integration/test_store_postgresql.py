@@ -1555,6 +1555,7 @@ def test_migrate_store_interrupted_mid_wait_exits_130_and_says_the_wait_once(
     assert migrate.returncode == 130, stderr.text()
     text = stderr.text()
     assert "voipgw: migrate-store: interrupted" in text
+    assert "interrupted: the index call_records_kept_by is not built" in text
     assert text.count("another node builds the index") == 1, text
     assert "Traceback" not in text
     assert index_state(postgres_cluster, postgres_database) == []  # not built by it

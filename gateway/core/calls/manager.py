@@ -264,7 +264,15 @@ class CallManager:
                 refusal = make_response(request, status, reason)
                 self._nursery.start_soon(self.endpoint.respond, transaction, refusal)
                 return
-        call = Call(self, transaction, request, flow, caller)
+        try:
+            call = Call(self, transaction, request, flow, caller)
+        except BaseException:
+            # Counted above, held by the transaction: no call will release it, and the
+            # endpoint answers this INVITE 500. Given back, or the trunk or account has one
+            # call fewer (and the cluster's count one more) until the gateway restarts.
+            if counted is not None:
+                self.limits.release(transaction)
+            raise
         call.psap_callback = psap_callback
         if counted is not None:
             self.limits.hand_over(transaction, call)

@@ -17,7 +17,8 @@ all within its ``response_timeout`` is left (our 408, :data:`NO_RESPONSE`) whate
 failover statuses say. A MESSAGE the trunk never got (a transport error) or never answered
 (that 408) marks a probed trunk down as a call's INVITE does (its last DNS target only). A
 non-INVITE cannot be cancelled (RFC 3261 §9.1): the other contacts' answers are awaited and
-dropped.
+dropped. The whole relay has 64*T1, the sender's own wait (Timer F): then the sender gets 408
+and the attempts under way are given up (:meth:`Messages._answered`).
 
 Size (RFC 3428 §7): the page-mode body is at most :data:`MAX_BODY`, and a request we would have
 to send over UDP must stay under the path limit the endpoint keeps (``UDP_SIZE_LIMIT``, RFC 3261
@@ -216,12 +217,30 @@ class Messages:
         self, transaction: ServerTransaction, request: Request, work: Awaitable[Response]
     ) -> None:
         """Run ``work`` and answer with what it returns; a bug is a 500, never the gateway's
-        end (STYLE.md habit 6)."""
-        try:
-            response = await work
-        except Exception:
-            log_exception(log, "internal error relaying %s %s", request.method, request.call_id)
-            response = make_response(request, 500, "Server Internal Error")
+        end (STYLE.md habit 6).
+
+        At most 64*T1, the sender's own wait (Timer F, RFC 3261 §17.1.2.2), then 408 (§16.7
+        step 6 gives a proxy the same answer), the attempts still under way cancelled (their
+        client transactions end by their own timers): one target after another, each silent
+        for its Timer F (a trunk without ``response_timeout``, the default), could go on for
+        minutes, long after any answer could reach the sender, and past the endpoint's bound
+        on a request nothing answers (TransactionTimers.unanswered), which takes a relay still
+        working for a lost request and counts it an internal error. Kamailio's tm bounds a
+        non-INVITE transaction so (``max_noninv_lifetime``)."""
+        response: Response | None = None
+        with trio.move_on_after(self.endpoint.transactions.timers.timeout):
+            try:
+                response = await work
+            except Exception:
+                log_exception(log, "internal error relaying %s %s", request.method, request.call_id)
+                response = make_response(request, 500, "Server Internal Error")
+        if response is None:
+            log.info(
+                "%s %s: no final answer within the sender's 64*T1: 408",
+                request.method,
+                request.call_id,
+            )
+            response = make_response(request, 408, "Request Timeout")
         if response.to.tag is None:  # RFC 3261 §8.2.6.2: a final response carries our tag
             to = response.to.with_tag(self.gateway.ids.new_tag())
             response = response.with_headers(response.headers.set("To", str(to)))

@@ -337,3 +337,31 @@ async def test_merged_requests_are_exposed_as_a_metric(
     samples = await scrape(address)
     assert samples["voipgw_sip_requests_merged_total"] == 1
     assert samples["voipgw_sip_internal_errors_total"] == 0
+
+
+async def test_an_invite_whose_call_cannot_be_made_gives_back_its_call_limit_count(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """CallManager.invite counts the INVITE against its trunk's limits before the call exists
+    (held by its transaction, handed over to the call): a failure making the Call gets the
+    INVITE its 500 from the endpoint, and must give the count back, or the trunk has one
+    channel fewer until the gateway restarts."""
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    await trio.sleep(WINDOW)
+    manager = env.gateway.calls
+    assert manager is not None
+    limits_before = manager.limits.sizes()
+    assert not manager.limits.in_progress
+
+    def broken(self: Call, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError(SECRET)
+
+    monkeypatch.setattr(Call, "__init__", broken)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    assert (await call.final(timeout=WINDOW)).status == 500
+    assert not manager.limits.in_progress
+    assert manager.limits.sizes() == limits_before

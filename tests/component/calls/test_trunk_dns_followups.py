@@ -47,6 +47,7 @@ from tests.component.calls.sips_phones import ALICE_TLS, assert_sips_not_allowed
 
 NAME = "sip.carrier.example"
 DEAD: Address = ("127.0.0.6", 5060)  # a target nothing answers at
+SILENT: Address = ("127.0.0.8", 5060)  # another
 FIRST: Address = ("127.0.0.5", 5060)  # a first target that answers (503, 500)
 BACKUP: Address = ("127.0.0.7", 5060)  # another trunk serving the same numbers
 TLS_TARGET: Address = ("127.0.0.6", 5061)  # the carrier's target over TLS
@@ -392,6 +393,34 @@ async def test_a_message_leaves_a_silent_target_after_the_response_timeout(
     assert await alice_messages(env) == 202
     assert 2.0 <= trio.current_time() - started < 3.0
     assert sent_to(env, DEAD, b"MESSAGE") and len(second) == 1
+
+
+async def test_a_message_tried_on_silent_targets_past_its_senders_timeout_is_no_internal_error(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A carrier whose every target is silent, without ``response_timeout`` (the default):
+    each attempt waits out its Timer F (64*T1), and with the default failover statuses the
+    MESSAGE goes on to the next target and the next trunk, past the sender's own Timer F. The
+    relay is working, not lost: no internal error (the endpoint's bound on requests nothing
+    answers, TransactionUnanswered, is for bugs), and the sender's transaction is answered and
+    ends as any other."""
+    caplog.set_level(logging.INFO)
+    env = await start(
+        nursery, tmp_path, voipgw_seed, resolver_for("srv", DEAD, SILENT), voicemail=False,
+        with_backup=True, carrier={"response_timeout": 0.0},
+    )  # fmt: skip
+    endpoint = env.gateway.endpoint
+    errors = endpoint.statistics.internal_errors
+    await alice_messages(env)  # the sender's own Timer F, or an answer
+    await trio.sleep(4 * 64 * 0.5)  # every attempt over, and what the gateway keeps after
+    assert sent_to(env, DEAD, b"MESSAGE")
+    assert endpoint.statistics.internal_errors == errors
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert endpoint.transactions.sizes()["sip_unanswered_requests"] == 0
 
 
 # -- what an operator sees -----------------------------------------------------------------------
