@@ -208,5 +208,14 @@ def warning_header(text: str | None) -> str:
 
 
 def quoted(text: str) -> str:
-    cleaned = " ".join(text.replace("\\", "").replace('"', "'").split())
+    """``text`` made fit for a quoted-string of ours (a Warning's text, a Reason's text=):
+    RFC 3261 §25.1's qdtext has no control characters, backslash or DQUOTE unescaped, so a
+    text carrying a peer's or a transport's words (a NUL, an ESC) cannot make our header one
+    the next hop refuses; at most 300 characters."""
+    cleaned = " ".join(
+        "".join(" " if ord(char) < 0x20 or ord(char) == 0x7F else char for char in text)
+        .replace("\\", "")
+        .replace('"', "'")
+        .split()
+    )
     return cleaned if len(cleaned) <= 300 else cleaned[:297] + "..."
