@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from gateway.plugins.taps.intercept import InterceptConfig, Interception, pdu
 from gateway.plugins.taps.intercept.delivery import STATES, DeliveryLink
@@ -505,3 +506,41 @@ async def test_a_closed_link_whose_mediation_function_never_answers_ends(
     with trio.fail_after(10):
         await link.run()
     assert link.connections == 1 and link.sent == 0 and link.dropped == 3
+
+
+async def test_a_pdu_whose_write_the_connection_failed_is_counted_dropped_not_sent(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    # TCP has no per-PDU acknowledgement: a PDU taken off the queue and then not written (the
+    # connection broke under it) is lost. It was counted sent before its write.
+    link = link_to(9, keepalive=2.0)
+    ours, theirs = trio.testing.memory_stream_pair()
+    connects = 0
+
+    async def connect(host: str, port: int) -> trio.abc.Stream:
+        nonlocal connects
+        connects += 1
+        if connects > 1:
+            await trio.sleep_forever()  # one connection is all this test needs
+        return ours
+
+    link._connect = connect  # type: ignore[method-assign]
+    nursery.start_soon(link.run)
+    reader = pdu.PduReader(max_payload_length=0)
+    keepalives: list[pdu.Pdu] = []
+    while not keepalives:
+        keepalives += reader.feed(bytes(await theirs.receive_some(4096)))
+    assert keepalives[0].pdu_type == pdu.KEEPALIVE
+    ack = pdu.keepalive(keepalives[0].sequence or 0, version=5, acknowledgement=True)
+    await theirs.send_all(ack)
+    while link.state != "connected":
+        await trio.sleep(0.1)
+
+    async def broken(data: bytes) -> None:
+        raise trio.BrokenResourceError("connection reset")  # the next write breaks
+
+    ours.send_stream.send_all = broken  # type: ignore[method-assign]
+    link.send(pdu.encode_pdu(pdu.Pdu(pdu.X3, pdu.FORMAT_RTP, 2, XID, 1, (), b"rtp")))
+    while link.state == "connected":
+        await trio.sleep(0.1)
+    assert (link.sent, link.dropped) == (0, 1)

@@ -355,10 +355,17 @@ class DeliveryLink:
             if idle.cancelled_caught:
                 if self._awaiting_ack is not None:
                     raise PduError(_NO_ACKNOWLEDGEMENT)
-                data = self._next_keepalive()
+                await self._send_within(stream, lock, self._next_keepalive())
             else:
+                try:
+                    await self._send_within(stream, lock, data)
+                except BaseException:
+                    # Taken off the queue and not (wholly) written: the connection's failure
+                    # (or the link's end) loses it. TCP has no per-PDU acknowledgement, so a
+                    # PDU is counted sent once written, and this one dropped.
+                    self.dropped += 1
+                    raise
                 self.sent += 1
-            await self._send_within(stream, lock, data)
             if self._overflow and self._receive.statistics().current_buffer_used == 0:
                 # The backlog is written: PDUs flow again, with a gap the sequence numbers show
                 # (a connection not confirmed yet keeps its fault until it is: _confirmed()).
