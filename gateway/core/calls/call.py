@@ -230,8 +230,12 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
             if self.keying is not None:
                 self.keying.block_all()
             # Recorded before the streams close, so the record keeps their final counters.
-            self.manager.event(self, "ended", self.end_reason)
-            self._log_protection()
+            # One security record (it reads every stream's counters) for the call record and
+            # the protection line; none for a digest challenge nobody logs or records.
+            wanted = self.caller is not None or self._protection_logged()
+            security = self.security_record() if wanted else None
+            self.manager.event(self, "ended", self.end_reason, security=security)
+            self._log_protection(security)
             if self.taps is not None:
                 self.taps.close()
             if self.keying is not None:
@@ -262,15 +266,17 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
             or self._b_legs_pending()
         )
 
-    def _log_protection(self) -> None:
+    def _protection_logged(self) -> bool:
+        return self.b is not None and self.a.answered and log.isEnabledFor(logging.INFO)
+
+    def _log_protection(self, record: dict[str, object] | None) -> None:
         """How each leg of an answered call was protected, in the words of ``voipgw calls``,
         once, as it ends (the line before "call ... ended"): keys from a handshake on the
         media path (DTLS-SRTP, ZRTP) and a ZRTP SAS come after the answer, so only the end
         knows them all. An operator reading the log alone sees a call that went out or came in
         unencrypted. Never a key (protection.py)."""
-        if self.b is None or not self.a.answered or not log.isEnabledFor(logging.INFO):
+        if record is None or not self._protection_logged():
             return
-        record = self.security_record()
         legs = [
             f"{name}: {describe_leg(leg)}"
             for name, leg in (("caller leg", record.get("a")), ("callee leg", record.get("b")))

@@ -11,7 +11,7 @@ import collections
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import attrs
@@ -702,8 +702,18 @@ class CallManager:
     def new_media_session(self, on_lost: Callable[[str], None] | None = None) -> MediaSession:
         return self.gateway.new_media_session(on_lost)
 
-    def event(self, call: Call, kind: str, reason: str | None) -> None:
-        self._record(call, kind, reason)
+    def event(
+        self,
+        call: Call,
+        kind: str,
+        reason: str | None,
+        *,
+        security: Mapping[str, object] | None = None,
+    ) -> None:
+        """A call's ``kind`` ("started", "answered", "ended") for its record, dialog watchers
+        and statistics; ``security``: its security record at its end, if the call made it
+        already (else made here when the record needs it)."""
+        self._record(call, kind, reason, security)
         watching = self.dialog_events
         if watching is not None and watching.watched:  # nobody watched: a truth test per event
             try:
@@ -1010,7 +1020,9 @@ class CallManager:
         if self.records is not None and call.caller is not None:
             self.records.security_changed(call.record_id)
 
-    def _record(self, call: Call, kind: str, reason: str | None) -> None:
+    def _record(
+        self, call: Call, kind: str, reason: str | None, security: Mapping[str, object] | None
+    ) -> None:
         """Keep the call detail record (saved in batches by :attr:`records`)."""
         records = self.records
         if records is None or call.caller is None:
@@ -1022,7 +1034,9 @@ class CallManager:
         elif kind == "answered":
             records.answered(call.record_id, call)
         elif kind == "ended":
-            records.ended(call.record_id, reason or "normal clearing", call.security_record())
+            if security is None:
+                security = call.security_record()
+            records.ended(call.record_id, reason or "normal clearing", security)
 
 
 async def _run_sink(name: str, sink: TapSink) -> None:
