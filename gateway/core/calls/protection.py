@@ -59,8 +59,8 @@ def describe_leg(leg: dict[str, Any]) -> str:
             # failed: the stream stays blocked both ways (keying.py StreamKeys.of_legs, a peer
             # that asked for SRTP never gets cleartext), so nothing went unencrypted.
             media.append(
-                f"SRTP by {stream['key_exchange']} never keyed: its media was dropped, "
-                "none passed unencrypted"
+                f"SRTP by {stream['key_exchange']} not keyed (its handshake unfinished or "
+                "failed): its media dropped, none unencrypted"
             )
         else:
             media.append("RTP, not encrypted")

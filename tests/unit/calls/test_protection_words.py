@@ -24,8 +24,8 @@ def test_a_stream_whose_handshake_never_keyed_it_is_not_called_unencrypted() -> 
         line = describe_leg(leg(record))
         assert "not encrypted" not in line
         assert line == (
-            f"signalling UDP; media SRTP by {exchange} never keyed: its media was dropped, "
-            "none passed unencrypted"
+            f"signalling UDP; media SRTP by {exchange} not keyed (its handshake unfinished or "
+            "failed): its media dropped, none unencrypted"
         )
 
 
