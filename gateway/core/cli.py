@@ -350,7 +350,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     plugins = _load_plugins(config, args)
-    for warning in config_mod.listener_warnings(config):
+    for warning in config_mod.listener_warnings(config, plugins.transports.names()):
         log.warning("configuration: %s", warning)
     gateway = Gateway(config, plugins)
     _tune_garbage_collector(config.gateway.gc_thresholds)
@@ -424,7 +424,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     gateway = Gateway(config, plugins)
     gateway.check()
-    for warning in (*config_mod.listener_warnings(config), *config_mod.did_warnings(config)):
+    listeners = config_mod.listener_warnings(config, plugins.transports.names())
+    for warning in (*listeners, *config_mod.did_warnings(config)):
         print(f"{args.file}: warning: {warning}", file=sys.stderr)
     if args.intercept:
         # Only on request: the interception's certificates are not in the metrics or the

@@ -28,7 +28,7 @@ import re
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -1235,14 +1235,24 @@ def _validate_trunk(trunk: TrunkConfig, file: str, table: str) -> None:
         raise fail("caller_id", "expected a number: an optional + and 1 to 32 digits, * or #")
 
 
-def listener_warnings(config: GatewayConfig) -> list[str]:
+def listener_warnings(config: GatewayConfig, transports: Sequence[str] = ()) -> list[str]:
     """A gateway with no SIP listener runs, but no phone or trunk can reach it: what a
     newcomer gets by enabling one plugin (``enable = ["metrics"]``), since ``[plugins] enable``
-    replaces the default list instead of adding to it."""
+    replaces the default list instead of adding to it. ``transports``: the names the enabled
+    plugins registered transports under; a third-party one has no default listener
+    (DEFAULT_LISTEN), only what ``[sip] listen`` names."""
     if config.listen:
         return []
     if config.sip.listen is not None:
         return ["[sip] listen is empty: no phone or trunk can reach the gateway"]
+    built_in = {text.partition(":")[0] for text in DEFAULT_LISTEN}
+    others = [name for name in transports if name not in built_in]
+    if others:
+        return [
+            f"no SIP listener: transport {', '.join(others)} (a plugin's) has no default "
+            "listener and [sip] listen names none, so no phone or trunk can reach the gateway: "
+            f'name one, e.g. [sip] listen = ["{others[0]}:127.0.0.1:PORT"]'
+        ]
     names = dict.fromkeys((*DEFAULT_PLUGINS, *config.plugins.enable))
     suggested = ", ".join(f'"{name}"' for name in names)
     return [

@@ -1200,6 +1200,12 @@ class SipEndpoint:
             raise
         await self._act(outputs)
 
+    async def give_up(self, transaction: ServerTransaction) -> None:
+        """End a non-INVITE ``transaction`` without a final response: its client's Timer F
+        ran out before the TU had one, and RFC 4320 §4.2 forbids the 408 (it could only
+        arrive after the client gave up). Neither answered nor a bug: counted nowhere."""
+        await self._act(self.transactions.give_up(transaction, now=trio.current_time()))
+
     # -- client side --------------------------------------------------------------------------
 
     async def send_request(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import inspect
 import logging
+import os
 import random
 import signal
 import threading
@@ -68,7 +69,7 @@ from gateway.core.interfaces import (
     Transport,
     TransportLimits,
 )
-from gateway.core.logs import log_exception
+from gateway.core.logs import log_exception, transport_error_text
 from gateway.core.media import relay as relay_module
 from gateway.core.media import srtp as srtp_module
 from gateway.core.media.policy import all_policies
@@ -1201,8 +1202,11 @@ def run_until_signal(gateway: Gateway) -> int:
 def listen_error(spec: ListenSpec, exc: OSError) -> OSError:
     """``exc``, raised opening the SIP listener ``spec``, as an operator reads it: the
     listener, the system's reason and, for an address in use (another voipgw, or another SIP
-    server, on the default 5060), what to change."""
-    text = f"cannot listen on {spec}: {exc.strerror or exc}"
+    server, on the default 5060), what to change. The reason is the operating system's text
+    for the errno (``os.strerror``), never the exception's ``strerror``, which a third-party
+    transport may set to anything it had in hand (logs.transport_error_text's rule)."""
+    reason = os.strerror(exc.errno) if exc.errno else transport_error_text(exc)
+    text = f"cannot listen on {spec}: {reason}"
     if exc.errno == errno.EADDRINUSE:
         text += (
             " (another program listens there: stop it, or give voipgw other ports with "

@@ -17,8 +17,9 @@ all within its ``response_timeout`` is left (our 408, :data:`NO_RESPONSE`) whate
 failover statuses say. A MESSAGE the trunk never got (a transport error) or never answered
 (that 408) marks a probed trunk down as a call's INVITE does (its last DNS target only). A
 non-INVITE cannot be cancelled (RFC 3261 §9.1): the other contacts' answers are awaited and
-dropped. The whole relay has 64*T1, the sender's own wait (Timer F): then the sender gets 408
-and the attempts under way are given up (:meth:`Messages._answered`).
+dropped. The whole relay has 64*T1, the sender's own wait (Timer F): then the attempts under way
+are given up and the sender gets no final response (RFC 4320 §4.2: no 408 to a non-INVITE, which
+could only arrive after the sender's Timer F; :meth:`Messages._answered`).
 
 Size (RFC 3428 §7): the page-mode body is at most :data:`MAX_BODY`, and a request we would have
 to send over UDP must stay under the path limit the endpoint keeps (``UDP_SIZE_LIMIT``, RFC 3261
@@ -219,9 +220,11 @@ class Messages:
         """Run ``work`` and answer with what it returns; a bug is a 500, never the gateway's
         end (STYLE.md habit 6).
 
-        At most 64*T1, the sender's own wait (Timer F, RFC 3261 §17.1.2.2), then 408 (§16.7
-        step 6 gives a proxy the same answer), the attempts still under way cancelled (their
-        client transactions end by their own timers): one target after another, each silent
+        At most 64*T1, the sender's own wait (Timer F, RFC 3261 §17.1.2.2), then no final
+        response at all (RFC 4320 §4.2, which updates §16.7 step 6: no 408 to a non-INVITE;
+        it could only reach the sender after its Timer F), the server transaction ended
+        (:meth:`Endpoint.give_up`) and the attempts still under way cancelled (their client
+        transactions end by their own timers): one target after another, each silent
         for its Timer F (a trunk without ``response_timeout``, the default), could go on for
         minutes, long after any answer could reach the sender, and past the endpoint's bound
         on a request nothing answers (TransactionTimers.unanswered), which takes a relay still
@@ -236,11 +239,12 @@ class Messages:
                 response = make_response(request, 500, "Server Internal Error")
         if response is None:
             log.info(
-                "%s %s: no final answer within the sender's 64*T1: 408",
+                "%s %s: no final answer within the sender's 64*T1: given up, none sent",
                 request.method,
                 request.call_id,
             )
-            response = make_response(request, 408, "Request Timeout")
+            await self.endpoint.give_up(transaction)
+            return
         if response.to.tag is None:  # RFC 3261 §8.2.6.2: a final response carries our tag
             to = response.to.with_tag(self.gateway.ids.new_tag())
             response = response.with_headers(response.headers.set("To", str(to)))

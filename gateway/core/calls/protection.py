@@ -54,6 +54,14 @@ def describe_leg(leg: dict[str, Any]) -> str:
                 # The MIKEY mode says what protected the keys: TLS, a pre-shared key, DH.
                 words += f" ({stream['mikey_mode']})"
             media.append(words)
+        elif stream.get("key_exchange") not in (None, "none"):
+            # Keys agreed on the media path (DTLS-SRTP, ZRTP) that never came, a handshake that
+            # failed: the stream stays blocked both ways (keying.py StreamKeys.of_legs, a peer
+            # that asked for SRTP never gets cleartext), so nothing went unencrypted.
+            media.append(
+                f"SRTP by {stream['key_exchange']} not keyed (its handshake unfinished or "
+                "failed): its media dropped, none unencrypted"
+            )
         else:
             media.append("RTP, not encrypted")
     line = f"signalling {signalling}; media " + (", ".join(media) or "none")

@@ -237,6 +237,10 @@ class Input(enum.Enum):
     # Ours, from the table: a non-INVITE server transaction the TU has not answered finally
     # for TransactionTimers.unanswered (a bug in the TU), ended so that nothing is kept for ever.
     UNANSWERED = "no final response from the TU in time"
+    # Ours, from the TU: it gives a non-INVITE request up without a final response, the
+    # client's Timer F having run out (RFC 4320 §4.2: no 408 for a non-INVITE; an element that
+    # cannot respond before the transaction expires sends no final response at all).
+    GIVEN_UP = "given up by the TU without a final response"
 
 
 _MESSAGE_INPUTS = frozenset(
@@ -278,6 +282,7 @@ class Effect(enum.Enum):
     REPORT_TIMEOUT = "timeout to TU"
     REPORT_TRANSPORT_ERROR = "transport error to TU"
     REPORT_UNANSWERED = "unanswered request reported"
+    GIVE_UP = "no final response will be sent"
 
 
 _Table = Mapping[tuple[State, Input], tuple[State, tuple[Effect, ...]]]
@@ -383,6 +388,8 @@ _SERVER_NON_INVITE: _Table = {
     (S.TRYING, I.REQUEST): (S.TRYING, ()),  # retransmissions are discarded in Trying
     (S.TRYING, I.UNANSWERED): (S.TERMINATED, (E.REPORT_UNANSWERED,)),
     (S.PROCEEDING, I.UNANSWERED): (S.TERMINATED, (E.REPORT_UNANSWERED,)),
+    (S.TRYING, I.GIVEN_UP): (S.TERMINATED, (E.GIVE_UP,)),
+    (S.PROCEEDING, I.GIVEN_UP): (S.TERMINATED, (E.GIVE_UP,)),
     (S.TRYING, I.SEND_1XX): (S.PROCEEDING, (E.SEND_RESPONSE,)),
     (S.TRYING, I.SEND_2XX): (S.COMPLETED, (E.SEND_RESPONSE,)),
     (S.TRYING, I.SEND_3XX_6XX): (S.COMPLETED, (E.SEND_RESPONSE,)),
@@ -1068,6 +1075,8 @@ class ServerTransaction(Transaction):
         elif effect is Effect.REPORT_UNANSWERED:
             self.unanswered = True
             out.append(TransactionUnanswered(self))
+        elif effect is Effect.GIVE_UP:
+            self.unanswered = True  # a response passed down later is discarded as above
         else:
             super()._apply(effect, event, message, now, out)
 
@@ -1275,6 +1284,15 @@ class TransactionTable:
         if transaction.final_status is not None and self._unanswered:
             self._unanswered.pop(transaction, None)  # answered: no longer bounded
         return outputs
+
+    def give_up(self, transaction: ServerTransaction, *, now: float) -> list[Output]:
+        """The TU gives a non-INVITE request up without a final response (Input.GIVEN_UP:
+        its client's Timer F ran out, RFC 4320 §4.2): the transaction ends now, reported as
+        terminated only, not as unanswered (nothing is wrong with the TU)."""
+        self._unanswered.pop(transaction, None)
+        return self._run(
+            transaction, functools.partial(transaction.process_input, Input.GIVEN_UP, now=now)
+        )
 
     def transport_error(self, transaction: Transaction, *, now: float) -> list[Output]:
         """The transport could not send a message of ``transaction``."""

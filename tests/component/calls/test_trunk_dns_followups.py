@@ -421,6 +421,10 @@ async def test_a_message_tried_on_silent_targets_past_its_senders_timeout_is_no_
     assert endpoint.statistics.internal_errors == errors
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
     assert endpoint.transactions.sizes()["sip_unanswered_requests"] == 0
+    # RFC 4320 §4.2: no 408 to a non-INVITE (it would reach the sender after its Timer F);
+    # the relay gave up.
+    assert [d for d in env.network.capture if d.data.startswith(b"SIP/2.0 408")] == []
+    assert "given up, none sent" in caplog.text
 
 
 # -- what an operator sees -----------------------------------------------------------------------

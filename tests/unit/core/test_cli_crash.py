@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -14,7 +15,10 @@ from gateway.core import cli
 from gateway.core import gateway as gateway_mod
 from gateway.core.config import ConfigError
 from gateway.core.logs import WITHHELD
+from gateway.core.plugins import Registry
 
+# What cmd_run reads of the plugins before the Gateway: the transports they registered.
+NO_PLUGINS = SimpleNamespace(transports=Registry("transport"))
 SECRET = "c2VjcmV0IGtleSBtYXRlcmlhbA=="  # stands for a key in a plugin's exception
 
 
@@ -33,7 +37,7 @@ def test_an_unhandled_exception_is_logged_without_plugin_text(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     caplog.set_level(logging.ERROR)
-    monkeypatch.setattr(cli, "load_plugins", lambda config: None)
+    monkeypatch.setattr(cli, "load_plugins", lambda config: NO_PLUGINS)
     monkeypatch.setattr(cli, "_tune_garbage_collector", lambda thresholds: None)
     monkeypatch.setattr(gateway_mod, "Gateway", lambda config, plugins: None)
     monkeypatch.setattr(gateway_mod, "run_until_signal", lambda gateway: _plugin_raises())
@@ -51,7 +55,7 @@ def test_a_configuration_error_still_reaches_the_cli_line(
     def mistaken(gateway: object) -> int:
         raise ConfigError("voipgw.toml", "store", "node", "taken by another node")
 
-    monkeypatch.setattr(cli, "load_plugins", lambda config: None)
+    monkeypatch.setattr(cli, "load_plugins", lambda config: NO_PLUGINS)
     monkeypatch.setattr(cli, "_tune_garbage_collector", lambda thresholds: None)
     monkeypatch.setattr(gateway_mod, "Gateway", lambda config, plugins: None)
     monkeypatch.setattr(gateway_mod, "run_until_signal", mistaken)
@@ -69,7 +73,7 @@ def test_other_commands_log_an_unhandled_exception_the_same_way(
     caplog.set_level(logging.ERROR)
     config = tmp_path / "voipgw.toml"
     config.write_text("")
-    monkeypatch.setattr(cli, "load_plugins", lambda config: None)
+    monkeypatch.setattr(cli, "load_plugins", lambda config: NO_PLUGINS)
     monkeypatch.setattr(gateway_mod, "Gateway", lambda config, plugins: _plugin_raises())
     assert cli.main(["check-config", str(config)]) == cli.EXIT_RUNTIME
     assert SECRET not in caplog.text and SECRET not in "".join(capsys.readouterr())

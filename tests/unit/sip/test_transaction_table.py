@@ -400,6 +400,25 @@ def test_a_non_invite_request_the_tu_never_answers_is_given_up(provisional: bool
     assert new_server_txn(again) is not txn
 
 
+@pytest.mark.parametrize("provisional", [False, True])
+def test_a_non_invite_request_the_tu_gives_up_ends_with_no_response_and_no_report(
+    provisional: bool,
+) -> None:
+    # RFC 4320 §4.2: a TU past its client's Timer F sends no final response (no 408) at all;
+    # the transaction ends then, and no unanswered request (a TU bug) is reported later.
+    table = TransactionTable()
+    message = request("MESSAGE")
+    txn = new_server_txn(table.receive_request(message, source=SOURCE, now=0.0))
+    if provisional:
+        table.send_response(txn, make_response(message, 183, to_tag="t"), now=1.0)
+    now = 64 * table.timers.t1
+    assert table.give_up(txn, now=now) == [TransactionTerminated(txn)]
+    assert table.sizes() == dict.fromkeys(table.sizes(), 0)
+    assert table.handle_timer(now=table.timers.unanswered) == []
+    late = make_response(message, 200, to_tag="t")
+    assert table.send_response(txn, late, now=now + 1) == []  # discarded, never sent
+
+
 def test_an_answered_non_invite_request_is_never_given_up() -> None:
     table = TransactionTable()
     options = request("OPTIONS")
