@@ -1103,6 +1103,25 @@ def cmd_registrations(args: argparse.Namespace) -> int:
 
 
 def cmd_route(args: argparse.Namespace) -> int:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="voipgw-route-") as scratch:
+        try:
+            store, config = _open_store(args)
+        except NoStore as exc:
+            # A routing check of a config before its gateway ever ran (a config-CI script):
+            # the config's trunks and numbering decide alone, said so, and nothing is created
+            # where the store was looked for.
+            print(
+                f"voipgw: route: {exc}; routed with no accounts or registrations",
+                file=sys.stderr,
+            )
+            args.state_dir = scratch
+            store, config = _open_store(args, create=True)
+        return _route(args, store, config)
+
+
+def _route(args: argparse.Namespace, store: Any, config: GatewayConfig) -> int:
     from urllib.parse import quote
 
     from gateway.core.calls.routing import GatewayDirectory, route_call
@@ -1111,7 +1130,6 @@ def cmd_route(args: argparse.Namespace) -> int:
     from gateway.core.sip.message import Request
     from gateway.core.transport.flows import FlowTable
 
-    store, config = _open_store(args)
     try:
         plugins = _load_plugins(config, args)
         if args.from_trunk is not None:

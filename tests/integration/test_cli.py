@@ -587,7 +587,6 @@ def test_a_one_shot_command_interrupted_exits_130(tmp_path: Path) -> None:
         ["calls"],
         ["calls", "--recent", "5"],
         ["registrations"],
-        ["route", "bob"],
         ["accounts", "list"],
     ],
 )
@@ -604,6 +603,27 @@ def test_a_command_reading_the_store_where_there_is_none_says_so_and_creates_not
         "`voipgw run` was started in, or give it the same --state-dir or --config\n"
     )
     assert result.stdout == ""
+    assert not state.exists()
+
+
+def test_route_where_there_is_no_store_routes_by_the_config_alone_and_says_so(
+    tmp_path: Path,
+) -> None:
+    # `voipgw route` checks a config's routing before its gateway ever ran (a config-CI
+    # script): with no store it routes with no accounts, says so, and creates nothing.
+    state = tmp_path / "voipgw-state"
+    config = tmp_path / "voipgw.toml"
+    config.write_text(
+        '[[trunks]]\nname = "carrier"\naddress = "udp:192.0.2.10:5060"\nprefixes = ["+1"]\n'
+    )
+    result = voipgw("route", "+15551234567", "--config", str(config), "--state-dir", str(state))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (
+        f"voipgw: route: no voipgw store in {state}: run this in the directory `voipgw run` was "
+        "started in, or give it the same --state-dir or --config; routed with no accounts or "
+        "registrations\n"
+    )
+    assert "  trunk carrier: " in result.stdout
     assert not state.exists()
 
 
