@@ -1535,6 +1535,13 @@ def test_migrate_store_waits_for_another_nodes_build_of_the_index_then_finishes(
     assert postgres_cluster.password not in stderr.text() + out
 
 
+def interruptible() -> None:
+    """SIGINT as a terminal's foreground command has it: a test run started in the background
+    by a script, or under nohup, ignores it, the command inherits that (Python then installs
+    no KeyboardInterrupt handler) and the test's SIGINT did nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_migrate_store_interrupted_mid_wait_exits_130_and_says_the_wait_once(
     open_node: Callable[..., PostgresStore],
     postgres_cluster: Cluster,
@@ -1556,6 +1563,7 @@ def test_migrate_store_interrupted_mid_wait_exits_130_and_says_the_wait_once(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=interruptible,
         )
         try:
             assert migrate.stderr is not None
