@@ -565,6 +565,9 @@ def test_a_one_shot_command_interrupted_exits_130(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # SIGINT as a terminal's foreground command has it: a test run started in the
+        # background by a script, or under nohup, ignores it, and the command would too.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 60.0

@@ -992,13 +992,30 @@ def test_a_statement_a_server_that_stopped_answering_holds_fails_within_the_watc
     postgres_database: str,
     stalling_proxy: StallingProxy,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A server that stops answering while its kernel still acknowledges (a stopped process,
     a stalled pooler or proxy) held a statement for as long as it did not answer: the
     gateway's event loop with it. The watchdog cuts the connection past statement_timeout + 1
     s: the call fails with StoreUnavailable, the call records are kept by the book for its next
-    save, and once the server answers again the store is reconnected and they are written."""
+    save, and once the server answers again the store is reconnected and they are written.
+
+    The watchdog thread is held back after its cut until the call has failed, as a loaded
+    machine may hold it (the shutdown gives up the GIL and the woken thread runs on): it
+    marked the connection cut only then, and the call's error and WARNING said "server closed
+    the connection unexpectedly" instead of why."""
     from gateway.core.calls.records import CallRecordBook
+
+    saving: threading.Thread | None = None
+    abort = pg_module._abort
+
+    def abort_then_wait_for_the_call(db: object, **options: object) -> bool:
+        aborted = abort(db, **options)  # type: ignore[arg-type]
+        if aborted and saving is not None:
+            saving.join(10)
+        return aborted
+
+    monkeypatch.setattr(pg_module, "_abort", abort_then_wait_for_the_call)
 
     node = open_node(
         dsn=through(stalling_proxy, postgres_cluster, postgres_database),
@@ -1518,6 +1535,13 @@ def test_migrate_store_waits_for_another_nodes_build_of_the_index_then_finishes(
     assert postgres_cluster.password not in stderr.text() + out
 
 
+def interruptible() -> None:
+    """SIGINT as a terminal's foreground command has it: a test run started in the background
+    by a script, or under nohup, ignores it, the command inherits that (Python then installs
+    no KeyboardInterrupt handler) and the test's SIGINT did nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_migrate_store_interrupted_mid_wait_exits_130_and_says_the_wait_once(
     open_node: Callable[..., PostgresStore],
     postgres_cluster: Cluster,
@@ -1539,6 +1563,7 @@ def test_migrate_store_interrupted_mid_wait_exits_130_and_says_the_wait_once(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=interruptible,
         )
         try:
             assert migrate.stderr is not None

@@ -655,11 +655,18 @@ class _Watchdog:
     def _cut(self, db: Any, since: float, bound: float) -> None:
         # Only if that same wait is still in progress once the descriptor is duplicated: a
         # wait that ended meanwhile may have had its connection closed, and the number reused.
-        if not _abort(db, unless=lambda: db.watch_since != since):
-            return
+        if _abort(db, unless=lambda: db.watch_since != since, first=lambda: self._mark(db)):
+            log.debug(
+                "PostgreSQL %s: no answer within %g s: connection cut", self._description, bound
+            )
+
+    def _mark(self, db: Any) -> None:
+        # Before the shutdown, not after: the waiting thread wakes at the shutdown and reads
+        # watch_cut as it makes its error, while this thread may not run again for a while
+        # (the shutdown and close give up the GIL): marked after, its error and WARNING said
+        # only "server closed the connection unexpectedly", and cuts could still read 0.
         self.cuts += 1
         db.watch_cut = True
-        log.debug("PostgreSQL %s: no answer within %g s: connection cut", self._description, bound)
 
 
 _connection_classes: dict[int, Any] = {}
@@ -2117,13 +2124,18 @@ def _left(deadline: float) -> float:
     return max(0.0, deadline - time.monotonic())
 
 
-def _abort(db: psycopg.Connection[Any], unless: Callable[[], bool] | None = None) -> bool:
+def _abort(
+    db: psycopg.Connection[Any],
+    unless: Callable[[], bool] | None = None,
+    first: Callable[[], None] | None = None,
+) -> bool:
     """Shut the socket of ``db`` down, which another thread is using (a statement waiting for
     a server that does not answer): its wait ends at once, libpq finding the connection lost.
     Only the socket is touched (a dup of its descriptor), never libpq's connection, which is
     not safe to use from two threads. False when it has no socket any more, or when
     ``unless()`` is true once the descriptor is duplicated (the dup then names the socket as
-    it was when ``unless`` was asked: the watchdog's wait ended meanwhile)."""
+    it was when ``unless`` was asked: the watchdog's wait ended meanwhile). ``first()`` is
+    called just before the shutdown: what the woken thread is to find must be there already."""
     try:
         fd = db.pgconn.socket
     except Exception:  # closed meanwhile: the statement ended and its thread dropped it
@@ -2135,6 +2147,8 @@ def _abort(db: psycopg.Connection[Any], unless: Callable[[], bool] | None = None
     if unless is not None and unless():
         sock.close()
         return False
+    if first is not None:
+        first()
     try:
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:
