@@ -98,16 +98,35 @@ def media_policy_help(policies: Mapping[str, MediaPolicy], *, default: str | Non
     return f"the account's media security policy{said}, one of:{listed}"
 
 
-class _HelpWithPolicies(argparse.Action):
-    """``-h``/``--help`` of ``accounts add`` and ``accounts set``: lists the media policies the
-    configuration accepts (the built-in ones and those its enabled plugins register, the same
-    list :func:`_check_media_policy` checks a name against), read from ``--config`` when that
-    came before ``--help`` and else from the embedded defaults. A configuration that cannot be
-    read leaves the built-in ones, said as such."""
+def listen_help(transports: Iterable[tuple[str, Any]]) -> str:
+    """``--listen``'s help: each transport name the plugins registered (what a listener may
+    name, :meth:`Gateway.transport_for`), with what it is."""
+    listed = name_list(
+        (
+            name,
+            f"{'connections' if transport.reliable else 'datagrams'}, "
+            f"{'encrypted (TLS)' if transport.secure else 'not encrypted'}",
+        )
+        for name, transport in transports
+    )
+    return (
+        "SIP listener, e.g. udp:127.0.0.1:5060 (repeatable; replaces [sip] listen); TRANSPORT "
+        f"is one of the enabled transports:{listed}"
+    )
+
+
+class _ConfigHelp(argparse.Action):
+    """``-h``/``--help`` of the commands whose options take names the configuration decides:
+    ``accounts add`` and ``accounts set`` (``--media-policy``: the built-in policies and those
+    the enabled plugins register, the list :func:`_check_media_policy` checks a name against)
+    and ``run`` (``--listen``: the enabled transport plugins, the list a listener is checked
+    against). The configuration is ``--config``'s when that came before ``--help``, else the
+    embedded defaults; one that cannot be read leaves the embedded defaults' names, said as
+    such."""
 
     HELP = (
-        "show this help message and exit (after --config FILE: with the media policies of "
-        "that configuration's plugins)"
+        "show this help message and exit (after --config FILE: with the names that "
+        "configuration's plugins provide)"
     )
 
     def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
@@ -123,15 +142,19 @@ class _HelpWithPolicies(argparse.Action):
         option_string: str | None = None,
     ) -> None:
         path = getattr(namespace, "config", None)
+        note = ""
         try:
-            policies = _media_policies(_load_config(path))
-            note = ""
+            plugins = _load_plugins(_load_config(path), None)
         except (ConfigError, PluginError, OSError) as exc:
-            policies, note = dict(BUILTIN_POLICIES), f"\n(only the built-in ones: {exc})"
+            plugins = _load_plugins(config_mod.embedded_defaults(), None)
+            note = f"\n(the embedded defaults' names: {exc})"
         for action in parser._actions:
             if "--media-policy" in action.option_strings:
                 default = action.default if isinstance(action.default, str) else None
+                policies = all_policies(plugins.media_policies.items())
                 action.help = media_policy_help(policies, default=default) + note
+            elif "--listen" in action.option_strings:
+                action.help = listen_help(plugins.transports.items()) + note
         parser.print_help()
         parser.exit()
 
@@ -148,18 +171,21 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run",
         formatter_class=_ListFormatter,
+        add_help=False,
         help="run the gateway",
         description="Run the gateway. With no --config it runs on the embedded defaults: SIP on "
         "127.0.0.1:5060 over UDP and TCP and 5061 over TLS, media on 127.0.0.1 ports "
         "30000-30999, state in ./voipgw-state. SIGINT or SIGTERM stops it; SIGHUP reloads "
         "the TLS certificates, keys and CA files (not the config file), calls going on.",
     )
+    run.add_argument("-h", "--help", action=_ConfigHelp, help=_ConfigHelp.HELP)
     run.add_argument("--config", metavar="FILE", help="TOML configuration file")
     run.add_argument(
         "--listen",
         metavar="TRANSPORT:HOST:PORT",
         action="append",
-        help="SIP listener, e.g. udp:127.0.0.1:5060 (repeatable; replaces [sip] listen)",
+        help="SIP listener, e.g. udp:127.0.0.1:5060 (repeatable; replaces [sip] listen); "
+        "TRANSPORT: an enabled transport plugin's name (--help lists them)",
     )
     run.add_argument(
         "--state-dir", metavar="DIR", help="state directory (replaces [gateway] state_dir)"
@@ -324,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
         formatter_class=_ListFormatter,
     )
-    add.add_argument("-h", "--help", action=_HelpWithPolicies, help=_HelpWithPolicies.HELP)
+    add.add_argument("-h", "--help", action=_ConfigHelp, help=_ConfigHelp.HELP)
     add.add_argument("name", metavar="NAME")
     add.add_argument("--password", metavar="PW", required=True)
     add.add_argument("--display-name", metavar="TEXT")
@@ -354,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
         formatter_class=_ListFormatter,
     )
-    set_.add_argument("-h", "--help", action=_HelpWithPolicies, help=_HelpWithPolicies.HELP)
+    set_.add_argument("-h", "--help", action=_ConfigHelp, help=_ConfigHelp.HELP)
     set_.add_argument("name", metavar="NAME")
     set_.add_argument("--password", metavar="PW")
     set_.add_argument("--display-name", metavar="TEXT")

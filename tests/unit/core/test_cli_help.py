@@ -23,7 +23,9 @@ def help_of(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
 
 def listed(help_text: str, option: str) -> list[str]:
     """The names listed (``- NAME: words``, one a line) under ``option`` in a help text."""
-    start = help_text.index(f"  {option} ")
+    found = re.search(rf"^  {re.escape(option)}(?= |$)", help_text, re.MULTILINE)
+    assert found is not None, help_text
+    start = found.start()
     block = []
     for line in help_text[start:].splitlines()[1:]:
         if re.match(r"  -", line):  # the next option
@@ -64,13 +66,33 @@ def test_media_policy_help_after_config_lists_what_its_plugins_register(
     assert names == accepted(from_toml(path))
 
 
-def test_media_policy_help_with_an_unreadable_config_lists_the_built_in_ones_and_says_why(
+def test_media_policy_help_with_an_unreadable_config_lists_the_defaults_and_says_why(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     missing = tmp_path / "missing.toml"
     text = help_of(capsys, "accounts", "set", "--config", str(missing), "--help")
     assert listed(text, "--media-policy NAME") == accepted(embedded_defaults())
-    assert "(only the built-in ones:" in text and "missing.toml" in text
+    assert "(the embedded defaults' names:" in text and "missing.toml" in text
+
+
+@pytest.mark.parametrize("enable", [None, ["udp", "tls", "ws", "wss"]])
+def test_listen_help_lists_exactly_the_transports_a_listener_may_name(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    enable: list[str] | None,
+) -> None:
+    monkeypatch.setenv("COLUMNS", "60")
+    if enable is None:
+        config, argv = embedded_defaults(), ["run"]
+    else:
+        path = tmp_path / "gw.toml"
+        path.write_text(f"[plugins]\nenable = {enable!r}\n".replace("'", '"'))
+        config, argv = from_toml(path), ["run", "--config", str(path), "--help"]
+    names = listed(help_of(capsys, *argv), "--listen TRANSPORT:HOST:PORT")
+    # What Gateway.transport_for checks a listener's transport against.
+    assert names == load_plugins(config).transports.names()
+    assert names == (["udp", "tcp", "tls"] if enable is None else enable)
 
 
 def test_log_level_help_lists_exactly_the_levels_the_config_takes(
