@@ -28,15 +28,18 @@ from gateway.core.ids import SeededIds
 from gateway.core.plugins import load_plugins
 from gateway.core.sip.message import Request, make_response
 from gateway.core.store.sqlite import SqliteStore
-from tests.integration.tls.test_sips_sockets import (
+from tests.integration.tls.tls_peers import (
+    LOOPBACK,
     PASSWORDS,
     REALM,
     TlsPeer,
     ack_for,
     authorized,
+    client_context,
+    connect,
     request,
+    tls_port,
 )
-from tests.integration.tls.tls_peers import LOOPBACK, client_context, connect, tls_port
 from tests.interop.harness.pki import TestPki
 from tests.port_blocks import port_block_text
 
