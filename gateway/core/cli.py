@@ -9,8 +9,9 @@ import argparse
 import gc
 import logging
 import sys
+import textwrap
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,9 @@ from gateway import __version__
 from gateway.core import config as config_mod
 from gateway.core.calls.protection import describe_leg
 from gateway.core.config import ConfigError, GatewayConfig, TrunkAddress
+from gateway.core.interfaces import MediaPolicy
 from gateway.core.logs import log_exception, show_plugin_exception_text
+from gateway.core.media.policy import BUILTIN_POLICIES, DEFAULT_POLICY, all_policies
 from gateway.core.plugins import PluginError, Plugins, discover, load_plugins
 from gateway.core.store.errors import StoreError
 
@@ -33,6 +36,14 @@ MIGRATE_WAIT = 600.0
 """Seconds ``voipgw migrate-store`` waits for another session's build of the retention index by
 default: a node that started first builds it in minutes on tens of millions of records, and an
 upgrade script's next step (starting this node) should not fail for that."""
+LOG_LEVEL_WORDS = {
+    "debug": "everything, with the details a fault is found by (verbose: not for production)",
+    "info": "what the gateway does (start-up, calls, peers coming and going), and what follows",
+    "warning": "what is wrong but goes on (a failing peer, a refused handshake), and errors",
+    "error": "only what fails",
+}
+"""``--log-level``'s words for each of :data:`config.LOG_LEVELS` (a test checks it says each
+one and no other)."""
 MAX_CALLS_HELP = (
     "calls in progress from or to the account at once (0: no limit); past it a call from it "
     "gets 403, a call to it 486"
@@ -56,6 +67,98 @@ class _Parser(argparse.ArgumentParser):
     """argparse exits 2 on usage errors already; keep the message on stderr and that code."""
 
 
+class _ListFormatter(argparse.HelpFormatter):
+    """Help texts wrapped as argparse does, except that a line break in one is kept: a list of
+    names, one per line, each with its words (``--media-policy``, ``--log-level``). Hyphens do
+    not break a line: ``best-effort`` is a name to type whole."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return [
+            wrapped
+            for line in text.splitlines()
+            for wrapped in textwrap.wrap(
+                " ".join(line.split()),
+                width,
+                subsequent_indent="    " if line.startswith("- ") else "",
+                break_on_hyphens=False,
+            )
+        ]
+
+
+def name_list(items: Iterable[tuple[str, str]]) -> str:
+    """Names and their words as :class:`_ListFormatter` shows them: one per line."""
+    return "".join(f"\n- {name}: {words}" for name, words in items)
+
+
+def media_policy_help(policies: Mapping[str, MediaPolicy], *, default: str | None) -> str:
+    """``--media-policy``'s help: each name ``policies`` holds (what the option accepts) with
+    its description."""
+    said = f" (default: {default})" if default is not None else ""
+    listed = name_list((name, policy.description) for name, policy in policies.items())
+    return f"the account's media security policy{said}, one of:{listed}"
+
+
+def listen_help(transports: Iterable[tuple[str, Any]]) -> str:
+    """``--listen``'s help: each transport name the plugins registered (what a listener may
+    name, :meth:`Gateway.transport_for`), with what it is."""
+    listed = name_list(
+        (
+            name,
+            f"{'connections' if transport.reliable else 'datagrams'}, "
+            f"{'encrypted (TLS)' if transport.secure else 'not encrypted'}",
+        )
+        for name, transport in transports
+    )
+    return (
+        "SIP listener, e.g. udp:127.0.0.1:5060 (repeatable; replaces [sip] listen); TRANSPORT "
+        f"is one of the enabled transports:{listed}"
+    )
+
+
+class _ConfigHelp(argparse.Action):
+    """``-h``/``--help`` of the commands whose options take names the configuration decides:
+    ``accounts add`` and ``accounts set`` (``--media-policy``: the built-in policies and those
+    the enabled plugins register, the list :func:`_check_media_policy` checks a name against)
+    and ``run`` (``--listen``: the enabled transport plugins, the list a listener is checked
+    against). The configuration is ``--config``'s when that came before ``--help``, else the
+    embedded defaults; one that cannot be read leaves the embedded defaults' names, said as
+    such."""
+
+    HELP = (
+        "show this help message and exit (after --config FILE: with the names that "
+        "configuration's plugins provide)"
+    )
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(
+            option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, help=help
+        )
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        path = getattr(namespace, "config", None)
+        note = ""
+        try:
+            plugins = _load_plugins(_load_config(path), None)
+        except (ConfigError, PluginError, OSError) as exc:
+            plugins = _load_plugins(config_mod.embedded_defaults(), None)
+            note = f"\n(the embedded defaults' names: {exc})"
+        for action in parser._actions:
+            if "--media-policy" in action.option_strings:
+                default = action.default if isinstance(action.default, str) else None
+                policies = all_policies(plugins.media_policies.items())
+                action.help = media_policy_help(policies, default=default) + note
+            elif "--listen" in action.option_strings:
+                action.help = listen_help(plugins.transports.items()) + note
+        parser.print_help()
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="voipgw",
@@ -67,18 +170,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser(
         "run",
+        formatter_class=_ListFormatter,
+        add_help=False,
         help="run the gateway",
         description="Run the gateway. With no --config it runs on the embedded defaults: SIP on "
         "127.0.0.1:5060 over UDP and TCP and 5061 over TLS, media on 127.0.0.1 ports "
         "30000-30999, state in ./voipgw-state. SIGINT or SIGTERM stops it; SIGHUP reloads "
         "the TLS certificates, keys and CA files (not the config file), calls going on.",
     )
+    run.add_argument("-h", "--help", action=_ConfigHelp, help=_ConfigHelp.HELP)
     run.add_argument("--config", metavar="FILE", help="TOML configuration file")
     run.add_argument(
         "--listen",
         metavar="TRANSPORT:HOST:PORT",
         action="append",
-        help="SIP listener, e.g. udp:127.0.0.1:5060 (repeatable; replaces [sip] listen)",
+        help="SIP listener, e.g. udp:127.0.0.1:5060 (repeatable; replaces [sip] listen); "
+        "TRANSPORT: an enabled transport plugin's name (--help lists them)",
     )
     run.add_argument(
         "--state-dir", metavar="DIR", help="state directory (replaces [gateway] state_dir)"
@@ -86,7 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--media-address", metavar="IP", help="media relay address ([media] address)")
     run.add_argument("--media-ports", metavar="LOW-HIGH", help="media port range ([media] ports)")
     run.add_argument(
-        "--log-level", choices=["debug", "info", "warning", "error"], help="([gateway] log_level)"
+        "--log-level",
+        choices=config_mod.LOG_LEVELS,  # what [gateway] log_level takes
+        metavar="LEVEL",
+        help="the least severe messages logged (default: [gateway] log_level, info unless set), "
+        "one of:" + name_list((level, LOG_LEVEL_WORDS[level]) for level in config_mod.LOG_LEVELS),
     )
     _plugin_text_option(run)
 
@@ -232,11 +343,23 @@ def build_parser() -> argparse.ArgumentParser:
             "--state-dir", metavar="DIR", help="state directory (default: as voipgw run)"
         )
 
-    add = acc_sub.add_parser("add", help="add an account", description="Add an account.")
+    add = acc_sub.add_parser(
+        "add",
+        help="add an account",
+        description="Add an account.",
+        add_help=False,
+        formatter_class=_ListFormatter,
+    )
+    add.add_argument("-h", "--help", action=_ConfigHelp, help=_ConfigHelp.HELP)
     add.add_argument("name", metavar="NAME")
     add.add_argument("--password", metavar="PW", required=True)
     add.add_argument("--display-name", metavar="TEXT")
-    add.add_argument("--media-policy", metavar="NAME", default="best-effort")
+    add.add_argument(
+        "--media-policy",
+        metavar="NAME",
+        default=DEFAULT_POLICY,
+        help=media_policy_help(BUILTIN_POLICIES, default=DEFAULT_POLICY),
+    )
     add.add_argument("--max-calls", metavar="N", type=int, default=0, help=MAX_CALLS_HELP)
     add.add_argument("--realm", metavar="REALM", help="digest realm (default: [gateway] realm)")
     state_options(add)
@@ -251,12 +374,19 @@ def build_parser() -> argparse.ArgumentParser:
     state_options(remove)
 
     set_ = acc_sub.add_parser(
-        "set", help="change an account", description="Change fields of an account."
+        "set",
+        help="change an account",
+        description="Change fields of an account.",
+        add_help=False,
+        formatter_class=_ListFormatter,
     )
+    set_.add_argument("-h", "--help", action=_ConfigHelp, help=_ConfigHelp.HELP)
     set_.add_argument("name", metavar="NAME")
     set_.add_argument("--password", metavar="PW")
     set_.add_argument("--display-name", metavar="TEXT")
-    set_.add_argument("--media-policy", metavar="NAME")
+    set_.add_argument(
+        "--media-policy", metavar="NAME", help=media_policy_help(BUILTIN_POLICIES, default=None)
+    )
     set_.add_argument("--max-calls", metavar="N", type=int, help=MAX_CALLS_HELP)
     enabled = set_.add_mutually_exclusive_group()
     enabled.add_argument("--enable", dest="enabled", action="store_true", default=None)
@@ -1015,13 +1145,16 @@ def cmd_migrate_store(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _media_policies(config: GatewayConfig) -> dict[str, MediaPolicy]:
+    """The media policies ``config`` accepts: the built-in ones and those its enabled plugins
+    register (what ``--media-policy`` takes, and what its help lists)."""
+    return all_policies(_load_plugins(config, None).media_policies.items())
+
+
 def _check_media_policy(name: str, config: GatewayConfig) -> None:
     """A policy name must be built in or registered by an enabled plugin: a typo would leave
     the account on a policy nobody knows (the gateway then refuses cleartext on its legs)."""
-    from gateway.core.media.policy import all_policies
-
-    plugins = _load_plugins(config, None)
-    known = all_policies(plugins.media_policies.items())
+    known = _media_policies(config)
     if name not in known:
         raise ConfigError(
             "--media-policy",

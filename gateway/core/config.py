@@ -236,13 +236,18 @@ class PortRange:
         return f"{self.low}-{self.high}"
 
 
+LogLevel = Literal["debug", "info", "warning", "error"]
+"""``[gateway] log_level`` and ``voipgw run --log-level``: the one list both take."""
+LOG_LEVELS: tuple[str, ...] = typing.get_args(LogLevel)
+
+
 @attrs.frozen
 class GatewaySection:
     state_dir: str = "./voipgw-state"
     realm: str = "voipgw.local"
     domains: tuple[str, ...] = ()
     digest_algorithms: tuple[Literal["SHA-256", "SHA-512-256", "MD5"], ...] = ("SHA-256", "MD5")
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: LogLevel = "info"
     # Whether logged tracebacks show the text of exceptions raised in plugin code (it may hold
     # keys: gateway/core/logs.py); for debugging a plugin only. Read at start-up.
     log_plugin_exception_text: bool = False

@@ -85,6 +85,7 @@ COMPILED_RUN_HALVES = (
         "tests/integration/test_call_limits_nodes.py",
         "tests/integration/test_postgresql_nodes.py",
         "tests/integration/test_websocket_sockets.py",
+        "tests/integration/tls/test_tls_call_protection.py",
     ),
 )
 COMPILED_RUN = tuple(entry for half in COMPILED_RUN_HALVES for entry in half)

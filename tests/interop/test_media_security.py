@@ -256,14 +256,19 @@ def test_voipgw_calls_says_how_each_leg_of_an_sdes_to_rtp_call_is_protected(
 
     assert "[live]" in live, live
     legs = _leg_lines(live)
+    # A phone registered over TLS without a client certificate: digest only (the leg says so,
+    # keeping "signalling TLS" first for those who grep it).
     assert legs["caller leg"] == (
-        "signalling TLS; media SRTP AES_CM_128_HMAC_SHA1_80 keyed by sdes"
+        "signalling TLS (phone not authenticated by certificate); "
+        "media SRTP AES_CM_128_HMAC_SHA1_80 keyed by sdes"
     ), live
     assert legs["callee leg"] == "signalling UDP; media RTP, not encrypted", live
     # The same record, as data.
     (record,) = live_json
     caller, callee = record["security"]["a"], record["security"]["b"]
     assert caller["signalling"] == "tls" and caller["signalling_secure"] is True
+    assert caller["tls"] == {"opened_by": "peer", "server_name": None}
+    assert caller["peer_certificate"] is None and caller["peer_kind"] == "account"
     assert caller["streams"] == [
         {
             "encrypted": True,
@@ -324,8 +329,9 @@ def test_linphone_aes256_cm_to_baresip_aead_gcm_carries_audio_both_ways(tmp_path
                 bob.wait_ended()
 
     legs = _leg_lines(live)
-    assert legs["caller leg"] == "signalling TLS; media SRTP AES_256_CM_HMAC_SHA1_80 keyed by sdes"
-    assert legs["callee leg"] == "signalling TLS; media SRTP AEAD_AES_256_GCM keyed by sdes"
+    bare = "signalling TLS (phone not authenticated by certificate); media SRTP"
+    assert legs["caller leg"] == f"{bare} AES_256_CM_HMAC_SHA1_80 keyed by sdes"
+    assert legs["callee leg"] == f"{bare} AEAD_AES_256_GCM keyed by sdes"
     # Each phone saw only its own leg's suite: linphone offered AES-256-CM alone, carol was
     # offered the gateway's list (GCM first) and answered AEAD_AES_256_GCM.
     (offer,) = carol.sip_messages("INVITE ")

@@ -187,6 +187,17 @@ class CallMediaKeys(CallBase):
             entry["peer"] = (
                 f"{leg.transport}:{leg.address[0]}:{leg.address[1]}" if leg.address else None
             )
+            # Who the leg is with (an account's phone, a trunk), and for TLS who opened the
+            # connection: the peer's certificate is a client certificate on one it opened, the
+            # server's, checked against a name, on one we opened (protection.py says which).
+            entry["peer_kind"] = leg.peer_kind or None
+            entry["peer_name"] = leg.peer_name
+            if leg.flow is not None and leg.flow.secure:
+                server_name = certificate.server_name if certificate is not None else None
+                entry["tls"] = {
+                    "opened_by": "peer" if server_name is None else "gateway",
+                    "server_name": server_name,
+                }
             target = leg.target if isinstance(leg, BLeg) else None
             if isinstance(target, TrunkHopTarget):
                 # A trunk named by DNS: its name, and which of its targets took the call.

@@ -20,13 +20,48 @@ _ZRTP_CACHE_WORDS = {
 }
 
 
+# Who a leg is with, by the record's "peer_kind" (the Leg's), as the words say it.
+_PEER_WORDS = {"account": "phone", "trunk": "trunk"}
+
+
+def describe_signalling(leg: dict[str, Any]) -> str:
+    """How a leg's signalling is protected, after the word "signalling": the transport and, for
+    TLS, who was authenticated by a certificate. The transport comes first, so that "signalling
+    TLS" stays the start of every TLS leg's line (operators grep it).
+
+    A connection the peer opened (a phone registered over TLS): its client certificate verified
+    against the CAs (mutual TLS, or one offered in server-only mode), presented but not
+    verified, or none: the phone then is not authenticated by a certificate, only by what SIP
+    asks of it (digest), over a TLS connection that authenticated the gateway alone. A
+    connection the gateway opened (to a trunk): whether the trunk's certificate was verified,
+    chain and name (RFC 5922 §4: the name it had to carry, said). A record stored before the
+    ``tls`` field (session 32) does not say who opened the connection: said as it was then."""
+    signalling = str(leg.get("signalling", "?")).upper()
+    if not leg.get("signalling_secure"):
+        return signalling
+    cert = leg.get("peer_certificate") or {}
+    tls = leg.get("tls")
+    if not isinstance(tls, dict):
+        return f"{signalling} (peer certificate verified)" if cert.get("verified") else signalling
+    who = _PEER_WORDS.get(str(leg.get("peer_kind")), "peer")
+    if tls.get("opened_by") == "gateway":
+        name = tls.get("server_name")
+        to = f"{who} {leg['peer_name']}" if leg.get("peer_name") else who
+        if cert.get("verified"):
+            return f"{signalling} to {to}, certificate verified for {name}"
+        # Only with verification off (mode "encryption-only", verify_peers = false): otherwise
+        # such a handshake fails.
+        return f"{signalling} to {to}, certificate NOT verified for {name} (encrypted only)"
+    if not cert:
+        return f"{signalling} ({who} not authenticated by certificate)"
+    if cert.get("verified"):
+        return f"{signalling}, {who}'s certificate verified"
+    return f"{signalling}, {who}'s certificate presented but NOT verified against our CAs"
+
+
 def describe_leg(leg: dict[str, Any]) -> str:
     """One line, in plain words, of how a leg is protected."""
-    signalling = str(leg.get("signalling", "?")).upper()
-    if leg.get("signalling_secure"):
-        cert = leg.get("peer_certificate") or {}
-        who = " (peer certificate verified)" if cert.get("verified") else ""
-        signalling = f"{signalling}{who}"
+    signalling = describe_signalling(leg)
     streams = leg.get("streams") or []
     media = []
     for stream in streams:

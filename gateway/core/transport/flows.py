@@ -44,13 +44,19 @@ class FlowKey:
 
 @attrs.frozen
 class PeerCertificate:
-    """What TLS learned about the peer (filled by the tls transport, read by policy and reports)."""
+    """What TLS learned about the peer (filled by the tls transport, read by policy and reports).
+
+    ``verified``: the chain verified against the configured CAs and, on a connection the gateway
+    opened, the certificate names ``server_name``. ``server_name``: on a connection the gateway
+    opened (to a trunk, RFC 5922 §4), the name the certificate had to carry; None on one the peer
+    opened, where the certificate is the peer's client certificate (a phone's)."""
 
     sha256_fingerprint: str
     subject: str
     issuer: str
     verified: bool
     subject_alt_names: tuple[str, ...] = ()
+    server_name: str | None = None
 
 
 @attrs.define(eq=False)

@@ -66,12 +66,15 @@ def fingerprint(certificate: x509.Certificate) -> str:
     return fingerprint_sha256(certificate.public_bytes(serialization.Encoding.DER))
 
 
-def peer_identity(certificate: x509.Certificate, *, verified: bool) -> PeerCertificate:
+def peer_identity(
+    certificate: x509.Certificate, *, verified: bool, server_name: str | None = None
+) -> PeerCertificate:
     """What a flow records about the peer's end-entity certificate.
 
     ``subject`` and ``issuer`` are RFC 4514 strings and ``subject_alt_names`` the bare
     subjectAltName values (DNS names, IP addresses, URIs, e-mail addresses), all as received:
-    untrusted unless ``verified`` (the chain verified against the configured CAs).
+    untrusted unless ``verified`` (the chain verified against the configured CAs, and on an
+    outbound connection the certificate names ``server_name``, the name it had to carry).
     """
     return PeerCertificate(
         sha256_fingerprint=fingerprint(certificate),
@@ -79,6 +82,7 @@ def peer_identity(certificate: x509.Certificate, *, verified: bool) -> PeerCerti
         issuer=certificate.issuer.rfc4514_string(),
         verified=verified,
         subject_alt_names=alt_name_values(certificate),
+        server_name=server_name,
     )
 
 

@@ -1896,7 +1896,7 @@ class TlsTransport(StreamTransport):
                     if not name_ok and self.tls.verifies(mode):
                         named = ", ".join(names_in(peer)) or "nothing"
                         reason = f"certificate does not name {name} (it names {named})"
-                identity = peer_identity(peer, verified=verified)
+                identity = peer_identity(peer, verified=verified, server_name=name)
                 revocation_id = CertificateId.of(peer)
             except ValueError as exc:  # OpenSSL took it, cryptography cannot read it
                 reason = f"unreadable certificate ({exc})"

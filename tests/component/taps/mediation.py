@@ -1,5 +1,5 @@
 """A mediation function for tests: takes X2/X3 PDUs over TCP or TLS on 127.0.0.1 and keeps them,
-acknowledging keepalives unless told not to."""
+acknowledging keepalives unless told not to (or that long after they came: ``ack_delay``)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ class Mediation:
     received: list[pdu.Pdu] = attrs.field(factory=list)
     connections: int = 0
     acknowledge: bool = True
+    ack_delay: float = 0.0
     ssl_context: ssl.SSLContext | None = None
     peer_certificates: list[dict[str, object]] = attrs.field(factory=list)
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
@@ -64,6 +65,7 @@ class Mediation:
                     self.received.append(item)
                     if item.pdu_type == pdu.KEEPALIVE and self.acknowledge:
                         assert item.sequence is not None
+                        await trio.sleep(self.ack_delay)
                         await stream.send_all(
                             pdu.keepalive(item.sequence, version=item.version, acknowledgement=True)
                         )

@@ -403,7 +403,8 @@ async def test_a_first_connection_the_mediation_function_never_answers_is_never_
     assert "not confirmed yet (the mediation function has not answered a keepalive" in (
         delivery_faults(tap)
     )
-    assert "<neStatus>Faults</neStatus>" in x1(tap, message("GetNEStatusRequest", ""))
+    # Nothing has failed yet: the element is not faulty (GetNEStatus and the reports agree).
+    assert ne_status(tap) == "<neStatus>OK</neStatus><listOfFaults/>"
     assert admf.of(DESTINATION) == [] and admf.of(TASK) == []  # nothing to report yet
     assert link.state == "confirming"
     await until(lambda: admf.of(DESTINATION) == ["NonTerminatingFault"], 60)
@@ -413,3 +414,66 @@ async def test_a_first_connection_the_mediation_function_never_answers_is_never_
     assert trio.current_time() < 120  # within a keepalive interval of its connection
     assert delivery_status(tap) == "deliveryFault"
     await until(lambda: admf.of(TASK) == ["NonTerminatingFault"])
+    # Its confirmation failed (the keepalive's deadline): now the element is faulty.
+    assert ne_status(tap).startswith("<neStatus>Faults</neStatus>")
+    assert "no mediation function is reachable" in ne_status(tap)
+
+
+def ne_status(tap: Interception) -> str:
+    answer = x1(tap, message("GetNEStatusRequest", ""))
+    start = answer.index("<neStatusDetails>") + len("<neStatusDetails>")
+    return answer[start : answer.index("</neStatusDetails>")]
+
+
+async def test_get_ne_status_at_start_up_is_ok_while_the_destinations_are_being_confirmed(
+    nursery: trio.Nursery,
+    autojump_clock: trio.abc.Clock,
+    tmp_path: Path,
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
+) -> None:
+    # A restart with a destination stored whose mediation function answers the first keepalive
+    # late (a slow MDF, a long round trip): an ADMF polling GetNEStatus meanwhile must not read
+    # Faults, as no destination has failed; the destination itself says it is not confirmed.
+    admf = FakeAdmf(admf_context(pki))
+    await nursery.start(admf.serve)
+    mediation = Mediation()
+    port = await nursery.start(mediation.serve)
+    ca, gateway, _ = pki
+    config = InterceptConfig(
+        x1_listen="127.0.0.1:0",
+        x1_certificate=str(gateway.certificate),
+        x1_private_key=str(gateway.key),
+        x1_ca=str(ca.certificate),
+        ne_identifier="gw-test",
+        delivery_tls=False,
+        keepalive_interval=60.0,
+        report_url=f"https://127.0.0.1:{admf.port}/X1",
+        report_admf_identifier="admf-1",
+        state_dir=str(tmp_path / "state"),  # kept in tasks.sqlite
+    )
+    first = Interception(config)
+    with trio.CancelScope() as running:
+        async with trio.open_nursery() as inner:
+            await inner.start(first.run)
+            x1(first, *provision(port))
+            await until(lambda: first.links[DID].state == "connected")
+            running.cancel()
+    first.provisioning.close()
+
+    mediation.ack_delay = 40.0
+    tap = Interception(config)
+    await nursery.start(tap.run)
+    link = tap.links[DID]  # restored from the store
+    assert link.state in ("connecting", "confirming")
+    assert ne_status(tap) == "<neStatus>OK</neStatus><listOfFaults/>"
+    await until(lambda: link.state == "confirming")
+    await trio.sleep(30)  # its acknowledgement is 40 s away
+    assert link.state == "confirming"
+    assert delivery_status(tap) == "deliveryFault"
+    assert "not confirmed yet" in delivery_faults(tap)
+    assert ne_status(tap) == "<neStatus>OK</neStatus><listOfFaults/>"
+    await until(lambda: link.state == "connected", 30)
+    assert ne_status(tap) == "<neStatus>OK</neStatus><listOfFaults/>"
+    assert delivery_status(tap) == "activeAndWorking"
+    assert admf.of(DESTINATION) == [] and admf.of(TASK) == []  # never faulty: nothing reported
+    tap.provisioning.close()

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import trio
 
-from gateway.core.auth.client import authorize
 from gateway.core.config import from_mapping
 from gateway.core.gateway import Gateway
 from gateway.core.ids import SeededIds
@@ -28,11 +27,16 @@ from gateway.core.sip.message import Request, Response, make_response
 from gateway.core.sip.parser import parse_message_untrusted
 from gateway.core.sip.serializer import serialize_message
 from gateway.core.store.sqlite import SqliteStore
+from tests.integration.tls.tls_peers import (
+    LOOPBACK,
+    PASSWORDS,
+    REALM,
+    TlsPeer,
+    ack_for,
+    authorized,
+    request,
+)
 from tests.port_blocks import port_block_text
-
-LOOPBACK = "127.0.0.1"
-REALM = "voipgw.local"
-PASSWORDS = {"alice": "wonderland-42", "bob": "builder-42"}
 
 
 @asynccontextmanager
@@ -57,101 +61,6 @@ async def running_gateway(tmp_path: Path) -> AsyncIterator[tuple[int, int]]:
         ports = {listener.transport: listener.address[1] for listener in gateway.listeners}
         yield ports["udp"], ports["tls"]
         nursery.cancel_scope.cancel()
-
-
-def request(
-    method: str, uri: str, user: str, transport: str, contact: str, cseq: int, call_id: str
-) -> Request:
-    text = (
-        f"{method} {uri} SIP/2.0\r\n"
-        f"Via: SIP/2.0/{transport} {LOOPBACK}:5999;branch=z9hG4bK{call_id}{cseq};rport\r\n"
-        "Max-Forwards: 70\r\n"
-        f"From: <sip:{user}@{LOOPBACK}>;tag={user}1\r\n"
-        f"To: <{uri if method != 'REGISTER' else f'sip:{user}@{uri[4:]}'}>\r\n"
-        f"Call-ID: {call_id}\r\n"
-        f"CSeq: {cseq} {method}\r\n"
-        f"Contact: <{contact}>\r\n"
-        "Content-Length: 0\r\n\r\n"
-    )
-    parsed = parse_message_untrusted(text.encode())
-    assert isinstance(parsed, Request)
-    return parsed
-
-
-def authorized(sent: Request, challenge: Response, user: str) -> Request:
-    again = sent.with_headers(
-        sent.headers.set("CSeq", f"{sent.cseq.number + 1} {sent.method}").set(
-            "Via", f"SIP/2.0/TLS {LOOPBACK}:5999;branch=z9hG4bK{sent.call_id}x;rport"
-        )
-    )
-    answered = authorize(again, challenge, username=user, password=PASSWORDS[user], cnonce="c0")
-    assert answered is not None
-    return answered
-
-
-class TlsPeer:
-    """A SIP peer on one TLS connection: sends messages, reads them one by one."""
-
-    def __init__(self, stream: trio.SSLStream[trio.SocketStream]) -> None:
-        self.stream = stream
-        self.buffer = b""
-
-    async def send(self, message: Request | Response) -> None:
-        await self.stream.send_all(serialize_message(message))
-
-    async def next_message(self) -> Request | Response:
-        with trio.fail_after(5):
-            while True:
-                end = self.buffer.find(b"\r\n\r\n")
-                if end != -1:
-                    head = self.buffer[:end].decode()
-                    length = next(
-                        (
-                            int(line.split(":", 1)[1])
-                            for line in head.split("\r\n")
-                            if line.lower().startswith(("content-length:", "l:"))
-                        ),
-                        0,
-                    )
-                    total = end + 4 + length
-                    if len(self.buffer) >= total:
-                        data, self.buffer = self.buffer[:total], self.buffer[total:]
-                        return parse_message_untrusted(data)
-                self.buffer += await self.stream.receive_some(65536)
-
-    async def final(self) -> Response:
-        while True:
-            message = await self.next_message()
-            if isinstance(message, Response) and message.status >= 200:
-                return message
-
-    async def exchange(self, sent: Request, user: str) -> Response:
-        """Send ``sent``; answer one challenge; the final response."""
-        await self.send(sent)
-        final = await self.final()
-        if final.status in (401, 407):
-            if sent.method == "INVITE":
-                await self.send(ack_for(sent, final))
-            await self.send(authorized(sent, final, user))
-            final = await self.final()
-        return final
-
-
-def ack_for(invite: Request, final: Response) -> Request:
-    """The ACK of a non-2xx final response (RFC 3261 §17.1.1.3)."""
-    text = (
-        f"ACK {invite.uri} SIP/2.0\r\n"
-        f"Via: {invite.headers.get('Via')}\r\n"
-        "Max-Forwards: 70\r\n"
-        f"From: {invite.headers.get('From')}\r\n"
-        f"To: {final.headers.get('To')}\r\n"
-        f"Call-ID: {invite.call_id}\r\n"
-        f"CSeq: {invite.cseq.number} ACK\r\n"
-        "Content-Length: 0\r\n\r\n"
-    )
-    parsed = parse_message_untrusted(text.encode())
-    assert isinstance(parsed, Request)
-    return parsed
 
 
 def warning_380(final: Response) -> bool:

@@ -100,6 +100,7 @@ async def test_server_only_records_an_unverified_self_signed_client_certificate(
             assert flow.peer_certificate.sha256_fingerprint == pki.rogue.fingerprint
             assert flow.peer_certificate.subject == "CN=rogue"
             assert flow.peer_certificate.verified is False
+            assert flow.peer_certificate.server_name is None  # the phone opened it
 
 
 async def test_server_only_marks_a_client_certificate_from_a_configured_ca_verified(
@@ -117,6 +118,7 @@ async def test_server_only_marks_a_client_certificate_from_a_configured_ca_verif
             assert certificate.subject == "CN=0004f2aabbcc"
             assert certificate.issuer == "CN=Phone Vendor Factory CA"
             assert certificate.subject_alt_names == ("0004f2aabbcc.phones.example",)
+            assert certificate.server_name is None  # a client certificate
 
 
 async def test_encryption_only_accepts_any_client(tmp_path: Path, pki: Pki) -> None:
@@ -237,6 +239,7 @@ async def test_trunk_with_a_certificate_for_its_address_is_verified_and_reused(
             assert flow.peer_certificate is not None
             assert flow.peer_certificate.verified
             assert flow.peer_certificate.sha256_fingerprint == pki.trunk.fingerprint
+            assert flow.peer_certificate.server_name == "127.0.0.1"  # what it had to name
             again = await tls_transport(gateway).open_flow(remote, gateway)
             assert again is flow
             assert trunk.handshakes == 1
@@ -272,6 +275,7 @@ async def test_trunk_name_from_peers_is_checked_and_sent_as_sni(tmp_path: Path, 
         async with running_gateway(tmp_path / "state", tls) as gateway:
             flow = await tls_transport(gateway).open_flow((LOOPBACK, trunk.port), gateway)
             assert flow.peer_certificate is not None and flow.peer_certificate.verified
+            assert flow.peer_certificate.server_name == "trunk.example"
             assert trunk.server_names == ["trunk.example"]
             with pytest.raises(TlsHandshakeError, match=r"does not name trunk\.example"):
                 await tls_transport(gateway).open_flow((LOOPBACK, wrong.port), gateway)
@@ -295,6 +299,7 @@ async def test_trunk_with_an_untrusted_certificate_is_refused_unless_encryption_
             assert flow.secure
             assert flow.peer_certificate is not None
             assert flow.peer_certificate.verified is False
+            assert flow.peer_certificate.server_name == "127.0.0.1"  # not verified for it
 
 
 async def test_mutual_trunk_gets_our_certificate(tmp_path: Path, pki: Pki) -> None:

@@ -32,3 +32,94 @@ def test_a_stream_whose_handshake_never_keyed_it_is_not_called_unencrypted() -> 
 def test_a_stream_without_a_key_exchange_is_plain_rtp() -> None:
     record = {"key_exchange": "none", "suite": None, "encrypted": False, "keys_held_by": None}
     assert describe_leg(leg(record)) == "signalling UDP; media RTP, not encrypted"
+
+
+# --- What a TLS leg's signalling says of who was authenticated (describe_signalling) ----------
+
+
+def tls_leg(
+    *,
+    opened_by: str | None,
+    certificate: dict[str, object] | None,
+    kind: str | None = "account",
+    name: str | None = "alice",
+    server_name: str | None = None,
+) -> dict[str, object]:
+    """A TLS leg's record as CallMediaKeys.security_record makes it (media_keys.py);
+    ``opened_by`` None: a record stored before the ``tls`` field."""
+    record: dict[str, object] = {
+        "policy": "sdes",
+        "signalling": "tls",
+        "signalling_secure": True,
+        "streams": [],
+        "peer_certificate": certificate,
+    }
+    if opened_by is not None:
+        record["tls"] = {"opened_by": opened_by, "server_name": server_name}
+        record["peer_kind"] = kind
+        record["peer_name"] = name
+    return record
+
+
+VERIFIED = {"subject": "CN=x", "issuer": "CN=ca", "verified": True, "sha256": "ab"}
+UNVERIFIED = {**VERIFIED, "verified": False}
+
+
+def test_a_phone_without_a_client_certificate_is_said_not_authenticated_by_one() -> None:
+    line = describe_leg(tls_leg(opened_by="peer", certificate=None))
+    assert line == "signalling TLS (phone not authenticated by certificate); media none"
+
+
+def test_a_phones_verified_client_certificate_is_said_verified() -> None:
+    line = describe_leg(tls_leg(opened_by="peer", certificate=VERIFIED))
+    assert line == "signalling TLS, phone's certificate verified; media none"
+
+
+def test_a_phones_unverified_client_certificate_is_said_not_verified() -> None:
+    line = describe_leg(tls_leg(opened_by="peer", certificate=UNVERIFIED))
+    assert line == (
+        "signalling TLS, phone's certificate presented but NOT verified against our CAs; media none"
+    )
+
+
+def test_a_trunk_that_connected_to_us_is_called_a_trunk() -> None:
+    line = describe_leg(tls_leg(opened_by="peer", certificate=None, kind="trunk", name="c"))
+    assert line.startswith("signalling TLS (trunk not authenticated by certificate);")
+    unknown = describe_leg(tls_leg(opened_by="peer", certificate=None, kind=None, name=None))
+    assert unknown.startswith("signalling TLS (peer not authenticated by certificate);")
+
+
+def test_a_connection_we_opened_to_a_trunk_says_whether_its_certificate_names_it() -> None:
+    verified = tls_leg(
+        opened_by="gateway",
+        certificate=VERIFIED,
+        kind="trunk",
+        name="carrier",
+        server_name="sip.carrier.example",
+    )
+    assert describe_leg(verified) == (
+        "signalling TLS to trunk carrier, certificate verified for sip.carrier.example; media none"
+    )
+    lax = {**verified, "peer_certificate": UNVERIFIED}
+    assert describe_leg(lax) == (
+        "signalling TLS to trunk carrier, certificate NOT verified for sip.carrier.example "
+        "(encrypted only); media none"
+    )
+
+
+def test_every_tls_line_begins_with_the_words_operators_grep() -> None:
+    for opened_by in ("peer", "gateway"):
+        for certificate in (None, VERIFIED, UNVERIFIED):
+            record = tls_leg(opened_by=opened_by, certificate=certificate, server_name="x")
+            assert describe_leg(record).startswith("signalling TLS")
+
+
+def test_a_record_stored_before_the_tls_field_reads_as_it_did() -> None:
+    # Records in the store from before session 32: no "tls", "peer_kind" or "peer_name".
+    assert describe_leg(tls_leg(opened_by=None, certificate=VERIFIED)) == (
+        "signalling TLS (peer certificate verified); media none"
+    )
+    assert describe_leg(tls_leg(opened_by=None, certificate=None)) == ("signalling TLS; media none")
+    assert describe_leg(tls_leg(opened_by=None, certificate=UNVERIFIED)) == (
+        "signalling TLS; media none"
+    )

@@ -388,7 +388,7 @@ class Interception:
             wall_clock=wall_clock,
             destination_fault=self.destination_fault,
             task_fault=self.task_fault,
-            ne_fault=self.ne_fault,
+            ne_fault=self.ne_fault,  # a link still confirming is no fault of the element
         )
         self.reports: Reporter | None = None
         if self.contexts.report is not None:  # None: no report_url
@@ -410,7 +410,7 @@ class Interception:
                 task_faults=lambda: {
                     xid: self.task_fault(xid, reporting=True) for xid in self.provisioning.tasks
                 },
-                ne_fault=lambda: self.ne_fault(reporting=True),
+                ne_fault=self.ne_fault,
                 wall_clock=wall_clock,
             )
         self._link_generation = -1
@@ -741,12 +741,19 @@ class Interception:
             f"{did}: {fault}" for did, fault in zip(task.dids, faults, strict=True)
         )
 
-    def ne_fault(self, *, reporting: bool = False) -> str | None:
-        """The element delivers nothing at all: every destination a task uses is faulty."""
+    def ne_fault(self) -> str | None:
+        """The element delivers nothing at all: every destination a task uses is faulty.
+
+        A destination whose first connection is still being confirmed (delivery.py, "Health":
+        one keepalive round trip, at most ``keepalive_interval`` or the connection timeout)
+        counts as no fault here, for GetNEStatus as for the reports: right after a start every
+        link is confirming, and an ADMF polling then must not read a fault that is not one. The
+        XSD's ``NeStatus`` has only ``OK`` and ``Faults``, and ``listOfFaults`` holds only
+        ``unresolvedFault`` entries, so no "starting" can be said: ``OK`` (nothing has failed)
+        until a destination fails its confirmation or its deadline; the destinations' own
+        status (GetDestinationDetails) says ``deliveryFault``, "not confirmed yet", meanwhile."""
         used = {did for task in self.provisioning.tasks.values() for did in task.dids}
-        if not used or any(
-            self.destination_fault(did, reporting=reporting) is None for did in used
-        ):
+        if not used or any(self.destination_fault(did, reporting=True) is None for did in used):
             return None
         return f"no mediation function is reachable: all {len(used)} destination(s) in use fail"
 
