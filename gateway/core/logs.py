@@ -174,6 +174,23 @@ def startup_error_text(exc: BaseException) -> str:
     return _error_text(exc, _BUILT_IN_TEXT)
 
 
+def system_error_text(exc: BaseException) -> str:
+    """``exc``, a socket's, TLS's or resolver's exception met by a built-in plugin's own client
+    (a certificate, OCSP answer, CRL or ADMF report it fetches), in the words the operating
+    system and OpenSSL have for it and nobody else's, whoever raised it: the rendering
+    :func:`transport_error_text` gives a third-party transport's exception (``ECONNREFUSED
+    (Connection refused)``, ``SSLError CERTIFICATE_VERIFY_FAILED (certificate has expired)``,
+    ``EAI_NONAME (name resolution failed)``, ``trio.BrokenResourceError (ECONNRESET
+    (Connection reset by peer))``, trio's "all attempts to connect" as ``OSError
+    (ECONNREFUSED (Connection refused))``, else the type). The line says what failed, where,
+    in its own words; this says why. Never the exception's text: a library's may name a URL,
+    and a URL may hold a password."""
+    try:
+        return _system_text(exc, _group_reasons(exc))
+    except Exception:  # pragma: no cover - a property of an exception that raises
+        return type(exc).__qualname__
+
+
 def _error_text(exc: BaseException, ours: tuple[str, ...]) -> str:
     """:func:`transport_error_text`'s rule, with the text shown of exceptions whose frames are
     all of the packages ``ours`` or libraries."""
