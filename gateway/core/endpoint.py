@@ -35,7 +35,7 @@ from gateway.core.sip.dialog import SIPS_NOT_ALLOWED, Dialog, contact_must_be_si
 from gateway.core.sip.errors import LocalSipError, RemoteSipError, SipError
 from gateway.core.sip.events import ALLOW_EVENTS
 from gateway.core.sip.headers import NameAddr, Via
-from gateway.core.sip.message import Headers, Request, Response, make_response
+from gateway.core.sip.message import Headers, Request, Response, default_reason, make_response
 from gateway.core.sip.overload import QueueDelayLimit
 from gateway.core.sip.parser import parse_message_untrusted, salvage_request_headers
 from gateway.core.sip.scanners import UserAgentFilter
@@ -1190,11 +1190,29 @@ class SipEndpoint:
 
         Raises :class:`TransactionStateError` when the transaction does not allow it (a
         response after the final one): the table has forgotten the transaction then, without
-        a TransactionTerminated, and so does the endpoint here."""
+        a TransactionTerminated, and so does the endpoint here.
+
+        RFC 4320 §4.2: a transaction-stateful element MUST NOT send 408 to a non-INVITE
+        request. Whoever made it (a relayed request's other side answered 408, or its client
+        transaction timed out: RFC 3261 §8.1.3.1's 408 of ours), a 408 for a non-INVITE
+        becomes, while its sender still waits (its Timer F, 64*T1, runs from when the request
+        came), ``504 Server Time-out`` (RFC 3261 §21.5.5: no timely response from a server
+        accessed on the request's behalf), and after that nothing at all: the transaction is
+        given up (:meth:`give_up`), as the RFC says of an element that cannot respond before
+        the transaction expires."""
+        now = trio.current_time()
+        if response.status == 408 and transaction.method != "INVITE":
+            arrived = self.transactions.received_at(transaction)
+            method, call_id = transaction.method, response.headers.get("Call-ID")
+            if arrived is not None and now - arrived >= self.transactions.timers.timeout:
+                log.info("%s %s: 408 after the sender's 64*T1: none sent", method, call_id)
+                await self.give_up(transaction)
+                return
+            log.debug("%s %s: 408 answered as 504 (RFC 4320 §4.2)", method, call_id)
+            reason = default_reason(504)
+            response = Response(504, reason, response.headers, response.body, response.version)
         try:
-            outputs = self.transactions.send_response(
-                transaction, response, now=trio.current_time()
-            )
+            outputs = self.transactions.send_response(transaction, response, now=now)
         except TransactionStateError:
             self._forget(transaction)
             raise

@@ -69,7 +69,7 @@ from gateway.core.interfaces import (
     Transport,
     TransportLimits,
 )
-from gateway.core.logs import log_exception, transport_error_text
+from gateway.core.logs import log_exception, startup_error_text, transport_error_text
 from gateway.core.media import relay as relay_module
 from gateway.core.media import srtp as srtp_module
 from gateway.core.media.policy import all_policies
@@ -1192,7 +1192,10 @@ def run_until_signal(gateway: Gateway) -> int:
                 if isinstance(error, ConfigError):
                     raise error from None
         for error in errors:
-            log.error("cannot run: %s", error)
+            # A plugin's OSError may carry any text it had in hand: a third-party plugin's
+            # only as the errno's name and the system's words (logs.startup_error_text).
+            text = startup_error_text(error) if isinstance(error, OSError) else str(error)
+            log.error("cannot run: %s", text)
         return 1
     finally:
         signal.signal(signal.SIGHUP, previous)

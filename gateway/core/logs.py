@@ -23,7 +23,9 @@ exception's own text from the record.
 
 A line that names a transport's exception in its message (``cannot send ACK: %s``) goes through
 :func:`transport_error_text`, by the same rule with the built-in transports counted as the
-core: their own text, else what the operating system says of the errno, else the type.
+core: their own text, else what the operating system says of the errno, else the type. The line
+a failed start ends with (``cannot run: %s``) goes through :func:`startup_error_text`, the same
+with every built-in plugin counted as the core.
 """
 
 from __future__ import annotations
@@ -55,6 +57,10 @@ _CORE = "gateway.core"
 # OSErrors name an address, a timeout, a missing listener: written here, reviewed as the
 # core's), never a third-party transport's.
 _TRANSPORT_TEXT = (_CORE, "gateway.plugins.transports")
+# Whose texts startup_error_text shows: the core's and every built-in plugin's (a listener's
+# "metrics: cannot listen on 127.0.0.1:9464: ...", a certificate file ssl could not read: written
+# for the operator and reviewed with the core), never a third-party plugin's.
+_BUILT_IN_TEXT = (_CORE, "gateway.plugins")
 
 WITHHELD = "<text withheld: raised in plugin code>"
 """What stands for the text of a plugin code's exception."""
@@ -153,25 +159,66 @@ def transport_error_text(exc: BaseException) -> str:
       (ECONNRESET (Connection reset by peer))``, or those of the OSErrors of a group it was
       raised from: trio's "all attempts to connect" ``OSError (ECONNREFUSED (Connection
       refused))``."""
+    return _error_text(exc, _TRANSPORT_TEXT)
+
+
+def startup_error_text(exc: BaseException) -> str:
+    """``exc``, an OSError that stopped the gateway's start (``cannot run: %s``: a port in
+    use, an address not ours, a file a plugin could not open), as text for that line. By
+    :func:`transport_error_text`'s rule with every built-in plugin counted as the core: the
+    text of the core's and the built-in plugins' own exceptions (``[Errno 98] cannot listen
+    on tcp:127.0.0.1:5060: Address already in use (another program listens there: ...)``,
+    ``metrics: cannot listen on ...``), and of the standard library's they let through; a
+    third-party plugin's (a frame of its code on the way) only as the errno name and the
+    operating system's text for it (``EADDRINUSE (Address already in use)``), else its type."""
+    return _error_text(exc, _BUILT_IN_TEXT)
+
+
+def system_error_text(exc: BaseException) -> str:
+    """``exc``, a socket's, TLS's or resolver's exception met by a built-in plugin's own client
+    (a certificate, OCSP answer, CRL or ADMF report it fetches), in the words the operating
+    system and OpenSSL have for it and nobody else's, whoever raised it: the rendering
+    :func:`transport_error_text` gives a third-party transport's exception (``ECONNREFUSED
+    (Connection refused)``, ``SSLError CERTIFICATE_VERIFY_FAILED (certificate has expired)``,
+    ``EAI_NONAME (name resolution failed)``, ``trio.BrokenResourceError (ECONNRESET
+    (Connection reset by peer))``, trio's "all attempts to connect" as ``OSError
+    (ECONNREFUSED (Connection refused))``, else the type). The line says what failed, where,
+    in its own words; this says why. Never the exception's text: a library's may name a URL,
+    and a URL may hold a password."""
+    try:
+        return _system_text(exc, _group_reasons(exc))
+    except Exception:  # pragma: no cover - a property of an exception that raises
+        return type(exc).__qualname__
+
+
+def _error_text(exc: BaseException, ours: tuple[str, ...]) -> str:
+    """:func:`transport_error_text`'s rule, with the text shown of exceptions whose frames are
+    all of the packages ``ours`` or libraries."""
     try:
         # trio.open_tcp_stream's "all attempts to connect to ... failed" (no errno) is raised
         # from a group of each address's OSError: theirs say why (refused, unreachable).
         why = _group_reasons(exc)
-        if _show_plugin_text or not _raised_outside(exc, _TRANSPORT_TEXT):
+        if _show_plugin_text or not _raised_outside(exc, ours):
             text = _safe_str(exc)
             return f"{text} ({why})" if why else text
-        known = _os_error_text(exc)
-        if known is not None:
-            return known
-        name = _type_name(exc)
-        cause = exc.__cause__
-        if isinstance(cause, OSError):
-            known = _os_error_text(cause)
-            if known is not None:
-                return f"{name} ({known})"
-        return f"{name} ({why})" if why else name
+        return _system_text(exc, why)
     except Exception:  # pragma: no cover - a property of a plugin's exception that raises
         return type(exc).__qualname__
+
+
+def _system_text(exc: BaseException, why: str) -> str:
+    """What the system says of ``exc`` (``why``: of the group it was raised from), else its
+    type with what the system says of its direct cause."""
+    known = _os_error_text(exc)
+    if known is not None:
+        return known
+    name = _type_name(exc)
+    cause = exc.__cause__
+    if isinstance(cause, OSError):
+        known = _os_error_text(cause)
+        if known is not None:
+            return f"{name} ({known})"
+    return f"{name} ({why})" if why else name
 
 
 def _group_reasons(exc: BaseException) -> str:

@@ -1,25 +1,29 @@
 """Out-of-dialog MESSAGE (RFC 3428) and unsolicited message-summary NOTIFY, relayed B2BUA-style.
 
-Theory of operation. A MESSAGE is routed exactly like an INVITE: the caller is identified as for
-a call (a trunk by source address, else an account by its digest credentials: 407, RFC 3261
-§22.3), then the routing hook and :func:`~gateway.core.calls.routing.default_route` decide
-(accounts to accounts, accounts to trunks by number, trunks' DIDs to accounts; never trunk to
-trunk). Each target gets a new request of ours (new Call-ID and From tag, the caller presented
-as a call would present it, the body and Content-Type unchanged). An account's registered
-contacts get it in parallel, through the flow or Path of their registration, and the first 2xx
-goes back to the sender (RFC 3428 §7 allows 200 and 202); when none accepts, the best failure
-does (:func:`~gateway.core.calls.targets.best_failure`), after the route's alternates were tried
-one at a time on a ``[sip] failover_statuses`` failure, as a call tries them: a trunk named by
-DNS has one alternate per cached target (RFC 3263 §4.3), the next after a 503, no response or a
-transport error, the next trunk after any other failure
-(:func:`~gateway.core.calls.routing.alternates_after`), and a trunk that gives no response at
-all within its ``response_timeout`` is left (our 408, :data:`NO_RESPONSE`) whatever the
-failover statuses say. A MESSAGE the trunk never got (a transport error) or never answered
-(that 408) marks a probed trunk down as a call's INVITE does (its last DNS target only). A
-non-INVITE cannot be cancelled (RFC 3261 §9.1): the other contacts' answers are awaited and
-dropped. The whole relay has 64*T1, the sender's own wait (Timer F): then the attempts under way
-are given up and the sender gets no final response (RFC 4320 §4.2: no 408 to a non-INVITE, which
-could only arrive after the sender's Timer F; :meth:`Messages._answered`).
+Theory of operation. A MESSAGE is routed exactly like an INVITE: the caller is identified as for a
+call (a trunk by source address, else an account by its digest credentials: 407, RFC 3261 §22.3),
+then the routing hook and :func:`~gateway.core.calls.routing.default_route` decide (accounts to
+accounts, accounts to trunks by number, trunks' DIDs to accounts; never trunk to trunk). Each target
+gets a new request of ours (new Call-ID and From tag, the caller presented as a call would present
+it, the body and Content-Type unchanged). An account's registered contacts get it in parallel,
+through the flow or Path of their registration, and the first 2xx goes back to the sender (RFC 3428
+§7 allows 200 and 202); when none accepts, the best failure does
+(:func:`~gateway.core.calls.targets.best_failure`), after the route's alternates were tried one at a
+time on a ``[sip] failover_statuses`` failure, as a call tries them: a trunk named by DNS has one
+alternate per cached target (RFC 3263 §4.3), the next after a 503, no response or a transport error,
+the next trunk after any other failure (:func:`~gateway.core.calls.routing.alternates_after`), and a
+trunk that gives no response at all within its ``response_timeout`` is left (our 408,
+:data:`NO_RESPONSE`) whatever the failover statuses say. That 408 is the relay's own mark (RFC 3261
+§8.1.3.1: a timeout is treated as 408), never the sender's answer: RFC 4320 §4.2 forbids a 408 to a
+non-INVITE, so when every target was left so, the sender, still within its Timer F, gets ``504
+Server Time-out`` (RFC 3261 §21.5.5: no timely response from a server we accessed for it), and any
+other failure is chosen over a timeout (``best_failure(non_invite=True)``). A MESSAGE the trunk
+never got (a transport error) or never answered (that 408) marks a probed trunk down as a call's
+INVITE does (its last DNS target only). A non-INVITE cannot be cancelled (RFC 3261 §9.1): the other
+contacts' answers are awaited and dropped. The whole relay has 64*T1, the sender's own wait (Timer
+F): then the attempts under way are given up and the sender gets no final response (RFC 4320 §4.2:
+no 408 to a non-INVITE, which could only arrive after the sender's Timer F;
+:meth:`Messages._answered`).
 
 Size (RFC 3428 §7): the page-mode body is at most :data:`MAX_BODY`, and a request we would have
 to send over UDP must stay under the path limit the endpoint keeps (``UDP_SIZE_LIMIT``, RFC 3261
@@ -92,7 +96,8 @@ is for short messages; a session, MSRP, carries the rest)."""
 MAX_NOTIFY_BODY = 4_096
 """The largest message-summary body relayed (RFC 3842 §5: a few lines of counts)."""
 NO_RESPONSE = "Request Timeout (no response from the trunk)"
-"""The reason of our 408 when a trunk's ``response_timeout`` passed without any response."""
+"""The reason of our 408 when a trunk's ``response_timeout`` passed without any response (the
+relay's mark for failover and trunk health; the sender gets 504, :func:`best_answer`)."""
 # What our Via adds to a request, counted when judging whether it fits a UDP datagram.
 _VIA_ALLOWANCE = 100
 
@@ -135,7 +140,9 @@ async def send_and_wait(
     told why), a timeout in a 408 (RFC 3261 §8.1.3.1). ``give_up_after`` (a trunk's
     ``response_timeout``; 0: never): a transaction without any response at all, not even a
     1xx, by then ends in our 408 :data:`NO_RESPONSE` (its later responses are dropped), so
-    that the next target is tried before the sender's own transaction runs out."""
+    that the next target is tried before the sender's own transaction runs out. These 408s
+    are for the caller to rank (:func:`best_answer`), never to pass on to a non-INVITE's
+    sender (RFC 4320 §4.2)."""
     answered_challenge = False
     while True:
         try:
@@ -539,11 +546,13 @@ def _fails_over(final: Response, failover: Sequence[int]) -> bool:
 
 def best_answer(finals: Sequence[Response]) -> tuple[int, str]:
     """The failure to answer a sender whose request no target accepted: 513 when it fitted
-    none of them, else the best failure among those it was sent to (as for a call)."""
+    none of them, else the best failure among those it was sent to (as for a call), never a
+    408 (RFC 4320 §4.2): 504 when every target was left for want of a response
+    (:data:`~gateway.core.calls.targets.NO_TIMELY_RESPONSE`)."""
     sent = [final for final in finals if final.status != 513]
     if finals and not sent:
         return 513, "Message Too Large (for UDP to the target)"
-    return best_failure(sent)
+    return best_failure(sent, non_invite=True)
 
 
 def _path_routes(target: RouteTarget) -> list[tuple[str, str]]:

@@ -74,6 +74,7 @@ from gateway.core.calls.routing import (
     destination_for,
     trunk_uri,
 )
+from gateway.core.calls.targets import NO_TIMELY_RESPONSE
 from gateway.core.interfaces import RouteTarget
 from gateway.core.logs import log_exception, transport_error_text
 from gateway.core.sip.dialog import (
@@ -624,11 +625,16 @@ class Subscriptions:
     def _relayed_failure(self, request: Request, final: Response, tag: str) -> Response:
         """The phone's answer for the trunk's failure: the same status and reason (a
         challenge is ours to answer: 503), with Min-Expires or Allow-Events where they say
-        what to do next (RFC 6665 §4.1.2.1)."""
+        what to do next (RFC 6665 §4.1.2.1). A 408 (the trunk's, or ours for no response:
+        ``response_timeout``, Timer F) is never a SUBSCRIBE's answer (RFC 4320 §4.2: no 408
+        to a non-INVITE): 504 (targets.NO_TIMELY_RESPONSE)."""
         if final.status in (401, 407):
             return make_response(
                 request, 503, "Service Unavailable (trunk asked us to authenticate)", to_tag=tag
             )
+        if final.status == 408:
+            status, reason = NO_TIMELY_RESPONSE
+            return make_response(request, status, reason, to_tag=tag)
         kept = [
             (name, value)
             for name in ("Min-Expires", "Allow-Events", "Retry-After")
@@ -675,6 +681,12 @@ class Subscriptions:
             )
         if final.status in (408, 481):
             self._end(subscription, f"trunk answered {final.status} to a refresh")
+            if final.status == 408:
+                # Ended here: 481 tells the phone so (RFC 6665 §4.1.2.2: after any other
+                # failure it would hold the subscription valid), and no 408 to a non-INVITE
+                # (RFC 4320 §4.2).
+                reason = "Call/Transaction Does Not Exist (the trunk did not answer the refresh)"
+                return make_response(request, 481, reason)
         else:
             subscription.state.handle(Input.REFRESH_REFUSED, now=now)
         return self._relayed_failure(request, final, subscription.phone_tag)
@@ -766,8 +778,9 @@ class Subscriptions:
             )
         elif final.status in (408, 481):
             # RFC 6665 §4.2.2: a NOTIFY that fails so ends the subscription; the trunk, told
-            # the same status, removes its side.
+            # 481 (never 408 to a non-INVITE, RFC 4320 §4.2), removes its side.
             self._end(subscription, f"the phone answered NOTIFY with {final.status}")
+            return make_response(request, 481)
         return make_response(request, final.status, final.reason)
 
     def _trunk_dialog_for(self, subscription: Subscription, notify: Request) -> Dialog:

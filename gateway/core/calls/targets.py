@@ -513,10 +513,26 @@ def without_other_hops(alternates: list[RouteTarget], leg: BLeg) -> list[RouteTa
     return alternates_after(alternates, leg.target, 408 if leg.given_up is not None else final)
 
 
-def best_failure(finals: Sequence[Response]) -> tuple[int, str]:
+NO_TIMELY_RESPONSE = (504, "Server Time-out (no response in time)")
+"""A non-INVITE's answer when every target was left for want of a response (RFC 4320 §4.2:
+never 408; RFC 3261 §21.5.5: no timely response from a server we accessed for it)."""
+
+
+def best_failure(finals: Sequence[Response], *, non_invite: bool = False) -> tuple[int, str]:
     """The final response to give A when every B leg failed (RFC 3261 §16.7 step 6, simplified
     for a B2BUA): a 6xx wins; else the lowest 4xx, preferring 486/480 which callers act on;
-    else 503. Authentication challenges from a trunk are our problem, not the caller's: 503."""
+    else 503. Authentication challenges from a trunk are our problem, not the caller's: 503.
+
+    ``non_invite`` (a relayed MESSAGE or NOTIFY): a 408, a target's or our own for no
+    response (a trunk's ``response_timeout``, Timer F), says only that the target did not
+    answer in time and is never the answer (RFC 4320 §4.2: no 408 to a non-INVITE): any other
+    failure is chosen over it, and when every target timed out the answer is
+    :data:`NO_TIMELY_RESPONSE`."""
+    if non_invite and finals:
+        answered = [r for r in finals if r.status != 408]
+        if not answered:
+            return NO_TIMELY_RESPONSE
+        finals = answered
     if not finals:
         return 480, "Temporarily Unavailable"
     for response in finals:

@@ -1285,6 +1285,12 @@ class TransactionTable:
             self._unanswered.pop(transaction, None)  # answered: no longer bounded
         return outputs
 
+    def received_at(self, transaction: ServerTransaction) -> float | None:
+        """When the request of ``transaction``, a non-INVITE the TU has not answered finally
+        yet, arrived; None for any other (an INVITE, one answered or ended)."""
+        bound = self._unanswered.get(transaction)
+        return None if bound is None else bound - self.timers.unanswered
+
     def give_up(self, transaction: ServerTransaction, *, now: float) -> list[Output]:
         """The TU gives a non-INVITE request up without a final response (Input.GIVEN_UP:
         its client's Timer F ran out, RFC 4320 §4.2): the transaction ends now, reported as

@@ -19,6 +19,7 @@ import attrs
 import h11
 import trio
 
+from gateway.core.logs import system_error_text
 from gateway.core.transport.flows import format_host_port
 
 MAX_BODY = 65536
@@ -73,17 +74,21 @@ def https_fetcher(
         host = parts.hostname
         port = parts.port or 443
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        # The server by host and port only: the URL may hold a password (redact_password's
+        # concern); why, in the system's and OpenSSL's words, never the exception's text.
+        where = format_host_port(host, port)
         try:
             stream = await trio.open_ssl_over_tcp_stream(
                 host, port, ssl_context=ssl_context, https_compatible=True
             )
         except (OSError, trio.BrokenResourceError) as exc:
-            raise FetchError(f"cannot connect: {exc}") from None
+            raise FetchError(f"cannot connect to {where}: {system_error_text(exc)}") from None
         async with stream:
             try:
                 return await _get(stream, host, port, target, user_agent, max_body, accept)
             except (OSError, trio.BrokenResourceError, ssl.SSLError) as exc:
-                raise FetchError(f"connection failed: {exc}") from None
+                why = system_error_text(exc)  # a TLS handshake's too: the first send makes it
+                raise FetchError(f"connection to {where} failed: {why}") from None
             except h11.ProtocolError as exc:
                 raise FetchError(f"bad HTTP answer: {exc}") from None
 

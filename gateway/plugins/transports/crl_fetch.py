@@ -41,7 +41,7 @@ from cryptography import x509
 from gateway.core.logs import log_exception
 from gateway.core.sip.uri import redact_password
 from gateway.plugins.transports.certificates import CertificateError
-from gateway.plugins.transports.ocsp import OcspError, http_get, parse_http_url
+from gateway.plugins.transports.ocsp import OcspError, failure_text, http_get, parse_http_url
 from gateway.plugins.transports.revocation import LoadedCrl, check_crl_untrusted
 
 log = logging.getLogger(__name__)
@@ -367,7 +367,7 @@ class CrlFetcher:
             with trio.move_on_after(FETCH_TIMEOUT) as scope:
                 data = await self._get(url)
             if scope.cancelled_caught:
-                raise OcspError(f"no answer from {url} within {FETCH_TIMEOUT:g} s")
+                raise OcspError(f"no answer from {redact_password(url)} within {FETCH_TIMEOUT:g} s")
             cas = self._cas()
             # Parsing and verifying a CRL of some MiB takes tens of ms: not on the event loop,
             # where every call's signalling and media wait meanwhile.
@@ -395,7 +395,7 @@ class CrlFetcher:
                 log_exception(
                     log, "tls: fetching the CRL at %s failed unexpectedly", redact_password(url)
                 )
-            self._failed(source, str(exc) or type(exc).__name__)
+            self._failed(source, failure_text(exc))
             return
         if self._sources.get(url) is not source:
             return  # forgotten by a reload while it was fetched: its CA is no longer ours

@@ -42,7 +42,8 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
 
 from gateway.core.failure_log import SUMMARY_INTERVAL, FailureLog
-from gateway.core.logs import log_exception
+from gateway.core.interfaces import ReloadError
+from gateway.core.logs import log_exception, system_error_text
 from gateway.core.sip.uri import redact_password
 
 log = logging.getLogger(__name__)
@@ -432,7 +433,22 @@ async def _http_exchange(
                 if total is None:
                     total = _expected_total(received, peer)
     except (OSError, trio.BrokenResourceError) as exc:
-        raise OcspError(f"no connection to {peer} {url} ({exc})") from None
+        # Why in the system's words only (logs.system_error_text): a socket error's own text
+        # is nobody's to show; the URL without any password (none passes parse_http_url).
+        why = system_error_text(exc)
+        raise OcspError(f"no connection to {peer} {redact_password(url)} ({why})") from None
+
+
+def failure_text(exc: BaseException) -> str:
+    """Why a fetch (an OCSP query, a CRL) failed, for its log line and verdict: our own
+    errors' words (OcspError, a CRL's CertificateError), a socket's or TLS's exception in the
+    system's words only (logs.system_error_text: an injected fetcher's OSError too), else the
+    text of what a parser raised on the server's bytes, or its type."""
+    if isinstance(exc, ReloadError):  # a CRL's CertificateError (an OSError): our words
+        return str(exc)
+    if isinstance(exc, OSError | trio.BrokenResourceError | trio.ClosedResourceError):
+        return system_error_text(exc)
+    return str(exc) or type(exc).__name__
 
 
 #: An HTTP response header longer than this is not one of a responder or CRL server.
@@ -585,7 +601,8 @@ class OcspChecker:
             with trio.move_on_after(self.timeout) as scope:
                 data = await self._fetch(target.url, request)
             if scope.cancelled_caught:
-                raise OcspError(f"no answer from {target.url} within {self.timeout:g} s")
+                shown = redact_password(target.url)
+                raise OcspError(f"no answer from {shown} within {self.timeout:g} s")
             now = self.wall_clock()
             answer = certificate_status_untrusted(
                 data, certificate=target.certificate, issuer=target.issuer, now=now
@@ -598,7 +615,7 @@ class OcspChecker:
                     log, "OCSP query to %s failed unexpectedly", redact_password(target.url)
                 )
             self.queries["failed"] += 1
-            reason = str(exc) or type(exc).__name__
+            reason = failure_text(exc)
             self._responder_failed(target.url, reason)
             return _Cached(self.wall_clock() + FAILURE_CACHE, None, reason)
         self.queries[answer.status] += 1
@@ -790,10 +807,10 @@ class OwnStaple:
                 raise OcspError(f"the responder says {answer.status}")
         except Exception as exc:  # the responder's bytes: anything is a failed fetch
             self.failed += 1
-            reason = "no answer" if isinstance(exc, trio.TooSlowError) else str(exc)
+            reason = "no answer" if isinstance(exc, trio.TooSlowError) else failure_text(exc)
             self.outage.failed(
-                f"no OCSP answer about our certificate from {target.url} "
-                f"({reason or type(exc).__name__})",
+                f"no OCSP answer about our certificate from {redact_password(target.url)} "
+                f"({reason})",
                 now=self.wall_clock(),
             )
             # A still-current answer stays stapled (current() stops at its nextUpdate).

@@ -85,6 +85,41 @@ async def test_a_reinvite_answered_481_ends_the_call(
     await eventually(lambda: env.calls == 0)
 
 
+async def test_an_update_whose_relayed_offer_times_out_never_gets_408(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """An UPDATE with an offer goes to the other leg as a re-INVITE; its 408 (that leg's, or
+    our Timer B's after 64*T1) is not the UPDATE's answer (RFC 4320 §4.2: no 408 to a
+    non-INVITE): 504 while the requester still waits, nothing after its Timer F. The call
+    ends as for a re-INVITE (§14.1)."""
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    call, _ = await answered_call(env)
+
+    async def timed_out(received: Received) -> None:
+        await env.alice.respond(received, 408)
+
+    alice_answers_reinvites(env, timed_out)
+    offer = env.trunk.offer_sdp(direction="sendonly")
+    update = await call.request("UPDATE", body=offer, content_type=SDP)
+    assert (await update.final(timeout=5)).status == 504
+    await env.trunk.next_request("BYE", timeout=5)
+    await eventually(lambda: env.calls == 0)
+
+    call, _ = await answered_call(env)
+
+    async def never_answer(received: Received) -> None:
+        pass
+
+    alice_answers_reinvites(env, never_answer)
+    update = await call.request("UPDATE", body=offer, content_type=SDP)
+    await env.trunk.next_request("BYE", timeout=LIMIT + 5)  # the call ended at 64*T1
+    await trio.sleep(LIMIT)
+    assert [s for s in update.statuses if s >= 200 and s != 408] == []  # given up: none
+    assert not any(
+        d.data.startswith(b"SIP/2.0 408") and b" UPDATE\r\n" in d.data for d in env.network.capture
+    )
+
+
 async def test_a_cancelled_reinvite_is_cancelled_on_the_other_leg_and_the_call_goes_on(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:

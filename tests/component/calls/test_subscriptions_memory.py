@@ -136,6 +136,49 @@ async def test_phone_481_to_notify_ends_the_subscription(
     assert subscriptions(env) == 0
 
 
+async def test_phone_408_to_notify_ends_it_and_the_trunk_gets_481_not_408(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # RFC 6665 §4.2.2: the subscription ends; the trunk is told so by 481, never a 408 to its
+    # NOTIFY (RFC 4320 §4.2).
+    env = await start(nursery, tmp_path, voipgw_seed)
+    voicemail = Voicemail(env.trunk)
+    await subscribed(env, voicemail)
+
+    async def timed_out(received: Received) -> bool:
+        await env.alice.respond(received, 408)
+        return True
+
+    env.alice.in_dialog = timed_out
+    assert (await voicemail.notify()).status == 481
+    assert subscriptions(env) == 0
+
+
+async def test_a_refresh_the_trunk_answers_408_ends_it_and_the_phone_gets_481(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # Ended at the gateway: 481 says so (after any other failure the phone would hold the
+    # subscription valid, RFC 6665 §4.1.2.2), and no 408 to the phone's SUBSCRIBE.
+    env = await start(nursery, tmp_path, voipgw_seed)
+    voicemail = Voicemail(env.trunk)
+    dialog = await subscribed(env, voicemail)
+
+    async def timed_out(received: Received) -> bool:
+        await env.trunk.respond(received, 408)
+        return True
+
+    env.trunk.in_dialog = timed_out
+    refresh = dialog.create_request(
+        "SUBSCRIBE",
+        via=env.alice.new_via(),
+        contact=env.alice.contact,
+        extra=[("Event", "message-summary"), ("Expires", "900")],
+    )
+    answer = await (await env.alice.send(refresh, GW)).final()
+    assert answer.status == 481
+    assert subscriptions(env) == 0
+
+
 async def test_refusals_bad_input_and_unknown_subscriptions(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:

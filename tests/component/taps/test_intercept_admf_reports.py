@@ -238,6 +238,9 @@ async def test_an_admf_unreachable_for_minutes_is_logged_once_summarized_and_onc
     first, summary = (r.getMessage() for r in lines)
     assert first.startswith(
         f"intercept: the ADMF at {where} is failing: cannot report a ReportNEIssue: "
+        # Why in the system's words only (logs.system_error_text), never the socket error's
+        # text: trio's "all attempts to connect to ... failed" names no errno.
+        "OSError (ECONNREFUSED (Connection refused)); "
     ), first
     # What happens to the reports meanwhile.
     assert "reports are not queued: the state of each destination, task and the element" in first
@@ -321,7 +324,9 @@ async def test_an_admf_whose_certificate_our_ca_did_not_issue_gets_no_report(
     autojump_clock: trio.abc.Clock,
     tmp_path: Path,
     pki: tuple[TestCa, Issued, Issued],  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.WARNING, logger=REPORTS_LOG)
     ca, _, _ = pki
     impostor = TestPki(tmp_path / "other").ca("Other CA").issue("admf-1")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=ca.certificate)
@@ -333,6 +338,12 @@ async def test_an_admf_whose_certificate_our_ca_did_not_issue_gets_no_report(
     await trio.sleep(20)
     assert tap.reports.attempts >= 3  # refused at our end of the handshake, tried again
     assert admf.reports == [] and tap.reports.sent == 0
+    # OpenSSL's reason and verify text, not the exception's.
+    (line,) = [r.getMessage() for r in caplog.records if r.name == REPORTS_LOG]
+    assert (
+        "is failing: cannot report a ReportNEIssue: trio.BrokenResourceError (SSLError "
+        "CERTIFICATE_VERIFY_FAILED (unable to get local issuer certificate)); "
+    ) in line, line
 
 
 async def test_a_restart_is_reported_with_what_the_store_restored(

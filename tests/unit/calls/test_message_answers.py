@@ -37,6 +37,17 @@ def test_513_only_when_the_message_fitted_no_target() -> None:
     assert best_answer([])[0] == 480
 
 
+def test_no_408_to_a_message_sender() -> None:
+    # RFC 4320 §4.2: a timeout (a target's 408, or ours) is never the answer; any other
+    # failure wins over it (408 is not the lowest 4xx here), timeouts alone give 504.
+    assert best_answer([_final(408), _final(408)]) == (504, "Server Time-out (no response in time)")
+    assert best_answer([_final(408), _final(415)])[0] == 415
+    assert best_answer([_final(408), _final(503)])[0] == 503
+    assert best_answer([_final(408), _final(401)])[0] == 503  # a challenge is our trouble
+    assert best_answer([_final(408), _final(603)])[0] == 603
+    assert best_answer([_final(513), _final(408)])[0] == 504
+
+
 def test_account_number_on_trunk() -> None:
     plan = NumberingPlan(country_code="49", area_code="30")
     trunk = TrunkConfig(

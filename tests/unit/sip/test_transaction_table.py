@@ -419,6 +419,20 @@ def test_a_non_invite_request_the_tu_gives_up_ends_with_no_response_and_no_repor
     assert table.send_response(txn, late, now=now + 1) == []  # discarded, never sent
 
 
+def test_when_an_unanswered_non_invite_request_arrived() -> None:
+    # The endpoint's RFC 4320 §4.2 rule measures the sender's Timer F from here.
+    table = TransactionTable()
+    message = request("MESSAGE")
+    txn = new_server_txn(table.receive_request(message, source=SOURCE, now=7.25))
+    assert table.received_at(txn) == 7.25
+    table.send_response(txn, make_response(message, 100), now=8.0)
+    assert table.received_at(txn) == 7.25  # a 1xx is no final answer
+    table.send_response(txn, make_response(message, 200, to_tag="t"), now=9.0)
+    assert table.received_at(txn) is None
+    invite = new_server_txn(table.receive_request(request(), source=SOURCE, now=1.0))
+    assert table.received_at(invite) is None
+
+
 def test_an_answered_non_invite_request_is_never_given_up() -> None:
     table = TransactionTable()
     options = request("OPTIONS")

@@ -72,7 +72,7 @@ from collections.abc import Callable
 import trio
 
 from gateway.core.failure_log import FailureLog
-from gateway.core.logs import log_exception
+from gateway.core.logs import log_exception, system_error_text
 from gateway.core.transport.flows import format_host_port
 from gateway.plugins.taps.intercept.pdu import (
     KEEPALIVE,
@@ -213,7 +213,7 @@ class DeliveryLink:
                 # do not trust, an address no socket takes), this link fails and tries again;
                 # the X1 server and the other links go on (each link its own boundary).
                 self.state = "notConnected"
-                why = str(exc) or type(exc).__name__
+                why = _why(exc, f"no connection within {CONNECT_TIMEOUT:g} s")
                 self._set_fault(f"cannot connect to {format_host_port(host, port)}: {why}")
                 self.failures.failed(f"cannot connect: {why}", now=self.wall_clock())
                 if self._closed:
@@ -253,7 +253,7 @@ class DeliveryLink:
                 trio.TooSlowError,
                 PduError,
             ) as exc:
-                why = f"connection lost: {str(exc) or type(exc).__name__}"
+                why = f"connection lost: {_why(exc, 'the mediation function reads nothing')}"
                 self._set_fault(why)
             except Exception:
                 log_exception(log, "intercept: destination %s failed", self.destination.did)
@@ -442,3 +442,14 @@ _NO_ACKNOWLEDGEMENT = "no keepalive acknowledgement"
 
 class _EndOfQueue(Exception):
     """The link was closed: its queue has ended."""
+
+
+def _why(exc: BaseException, too_slow: str) -> str:
+    """Why a link failed, for its fault (the ADMF reads it) and the log: a socket's or TLS's
+    exception in the system's and OpenSSL's words only (logs.system_error_text), never its own
+    text; a time-out as ``too_slow``; our own errors' words (a PDU refused) as they are."""
+    if isinstance(exc, trio.TooSlowError):
+        return too_slow
+    if isinstance(exc, OSError | trio.BrokenResourceError | trio.ClosedResourceError):
+        return system_error_text(exc)
+    return str(exc) or type(exc).__name__

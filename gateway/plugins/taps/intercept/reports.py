@@ -70,7 +70,7 @@ import h11
 import trio
 
 from gateway.core.failure_log import FailureLog
-from gateway.core.logs import log_exception
+from gateway.core.logs import log_exception, system_error_text
 from gateway.core.sip.uri import redact_password
 from gateway.core.transport.flows import format_host_port
 from gateway.plugins.taps.intercept.x1 import (
@@ -382,7 +382,13 @@ class Reporter:
                 # Whatever the ADMF or the network did (refused, TLS, a timeout, an answer that
                 # is not X1), or a bug here: this try failed, the next one comes after the
                 # backoff, and interception goes on (STYLE.md habit 6).
-                if isinstance(exc, _EXPECTED):
+                if isinstance(exc, trio.TooSlowError):
+                    why = f"no answer within {REQUEST_TIMEOUT:g} s"
+                elif isinstance(exc, OSError | trio.BrokenResourceError):
+                    # Refused, unreachable, a TLS certificate refused: in the system's and
+                    # OpenSSL's words only, never the socket error's own text.
+                    why = system_error_text(exc)
+                elif isinstance(exc, _EXPECTED):
                     why = str(exc) or type(exc).__name__
                 else:
                     log_exception(log, "intercept: a report to the ADMF failed")
@@ -492,7 +498,8 @@ class Reporter:
 
 
 class _HttpStatus(Exception):
-    """The ADMF answered the POST with another status than 200 (tried again)."""
+    """The ADMF answered the POST with another status than 200, or closed the connection
+    before answering (tried again)."""
 
 
 _EXPECTED = (
@@ -540,4 +547,4 @@ async def _exchange(stream: trio.abc.Stream, endpoint: Endpoint, body: bytes) ->
         elif isinstance(event, h11.EndOfMessage):
             return status, bytes(answer)
         elif isinstance(event, h11.ConnectionClosed):
-            raise trio.BrokenResourceError("the ADMF closed the connection before answering")
+            raise _HttpStatus("the ADMF closed the connection before answering")
