@@ -22,7 +22,7 @@ import trio
 
 from gateway.core.auth.client import authorize
 from gateway.core.calls.limits import CallRate
-from gateway.core.interfaces import OutboundMessage, RtcpCapture, SipCapture
+from gateway.core.interfaces import LegInfo, OutboundMessage, RtcpCapture, SipCapture
 from gateway.core.logs import log_exception, transport_error_text
 from gateway.core.media.session import ORIGIN_USERNAME
 from gateway.core.sdp.body import SDP, sdp_of
@@ -583,6 +583,10 @@ class SipEndpoint:
         """Capture agents that take calls' RTCP reports too (``rtcp_report``: HEP type 5)."""
         self.handling_bytes: bytes | None = None
         """The bytes of the request being handled (a new call's INVITE, while it is made)."""
+        self.leg_of: Callable[[Request | Response, Flow], LegInfo | None] | None = None
+        """The call leg a message we send goes to, for ``gateway_outbound_message``
+        (``OutboundMessage.leg``); set by the call manager, asked only while a plugin implements
+        that hook."""
         self.sip_taps: dict[tuple[str, str | None], tuple[CallTaps, str]] = {}
         """(Call-ID, tag) -> the call's taps that want its SIP (an interception) and the leg
         ("a", "b") of that dialog: each message in and out is copied to them (empty: no cost).
@@ -1706,7 +1710,8 @@ class SipEndpoint:
         hook = self.gateway.plugins.implemented("gateway_outbound_message")
         if hook is None:
             return message
-        outbound = OutboundMessage(message=message, flow=flow)
+        leg = self.leg_of(message, flow) if self.leg_of is not None else None
+        outbound = OutboundMessage(message=message, flow=flow, leg=leg)
         hook(outbound=outbound)
         return outbound.message
 

@@ -588,11 +588,18 @@ class OutboundStamp:
 
     def __init__(self) -> None:
         self.legs: list[tuple[str, str]] = []
+        self.sent_to: dict[str, tuple[str, str] | None] = {}
 
     @hookimpl
     def gateway_outbound_message(self, outbound: OutboundMessage) -> None:
         message = outbound.message
         assert isinstance(message, Request | Response)
+        if isinstance(message, Request):
+            what = message.method
+        else:
+            what = f"{message.status} {message.cseq.method}"
+        leg = outbound.leg
+        self.sent_to.setdefault(what, None if leg is None else (leg.side, leg.kind))
         outbound.message = message.with_headers(message.headers.add("X-Stamped", "yes"))
 
     @hookimpl
@@ -609,6 +616,12 @@ async def test_outbound_message_and_policy_hooks_run_when_a_plugin_implements_th
     assert leg_b.invite.headers.get("X-Stamped") == "yes"  # a request the gateway sent
     assert (await call.final()).headers.get("X-Stamped") == "yes"  # and a response
     assert sorted(stamp.legs) == [("a", "trunk"), ("b", "account")]
+    # The hook is told which leg each message goes to: our INVITE to alice's phone, our 180
+    # and 200 to the calling trunk; a 100 Trying, before our tag, belongs to no leg yet.
+    assert stamp.sent_to["INVITE"] == ("b", "account")
+    assert stamp.sent_to["180 INVITE"] == ("a", "trunk")
+    assert stamp.sent_to["200 INVITE"] == ("a", "trunk")
+    assert stamp.sent_to["100 INVITE"] is None
     assert (await call.bye()).status == 200
     await eventually(lambda: env.calls == 0)
 
