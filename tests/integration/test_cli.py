@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.example_plugin import install_example_plugin
+from tests.example_plugin import CALLS_EXAMPLE, install_example_plugin
 
 
 def voipgw(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -202,6 +202,44 @@ def test_installed_plugin_is_listed_and_enabling_runs_its_hooks(tmp_path: Path) 
 
     checked = voipgw("check-config", str(config), env=env)
     assert checked.returncode == 0, checked.stderr
+
+
+def test_the_calls_example_installs_loads_checks_its_table_and_passes_its_own_tests(
+    tmp_path: Path,
+) -> None:
+    """plugin_examples/voipgw-example-calls (a media tap and a routing decision), installed
+    with pip as an operator does: listed with what it registers, its table checked, and its
+    own tests run against the installed copy."""
+    target = tmp_path / "site"
+    install_example_plugin(target, CALLS_EXAMPLE)
+    env = {"PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")])}
+    config = tmp_path / "with-plugin.toml"
+    config.write_text(
+        '[plugins]\nenable = ["udp", "tcp", "example-calls"]\n'
+        '[plugins.example-calls]\nshort_codes = ["*1=reception"]\n'
+    )
+    enabled = voipgw("plugins", "--config", str(config), env=env)
+    assert enabled.returncode == 0, enabled.stderr
+    line = next(ln for ln in enabled.stdout.splitlines() if ln.startswith("example-calls"))
+    assert "enabled" in line and "voipgw-example-calls 0.1.0" in line
+    assert "media_taps: example-calls" in line and "gateway_route_call" in line
+    assert voipgw("check-config", str(config), env=env).returncode == 0
+
+    config.write_text(config.read_text().replace("*1=reception", "*1"))
+    refused = voipgw("check-config", str(config), env=env)
+    assert refused.returncode == 2
+    assert "short_codes: '*1' is not CODE=ACCOUNT" in refused.stderr
+
+    own = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(CALLS_EXAMPLE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, **env},
+    )
+    assert own.returncode == 0, own.stdout + own.stderr
+    assert "4 passed" in own.stdout
 
 
 def test_accounts_add_list_set_remove_without_storing_the_password(tmp_path: Path) -> None:
