@@ -199,6 +199,9 @@ def test_installed_plugin_is_listed_and_enabling_runs_its_hooks(tmp_path: Path) 
     assert "enabled" in line
     assert "device_profiles: acme-t1, acme-t9" in line
     assert "gateway_identify_device" in line
+    # Its distribution's name is longer than the built-ins': the columns stay aligned.
+    header = enabled.stdout.splitlines()[0]
+    assert line.index("device_profiles") == header.index("REGISTERS")
 
     checked = voipgw("check-config", str(config), env=env)
     assert checked.returncode == 0, checked.stderr
