@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.example_plugin import CALLS_EXAMPLE, install_example_plugin
+from tests.example_plugin import CALLS_EXAMPLE, EXAMPLE, install_example_plugin
 
 
 def voipgw(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -205,6 +205,7 @@ def test_installed_plugin_is_listed_and_enabling_runs_its_hooks(tmp_path: Path) 
 
     checked = voipgw("check-config", str(config), env=env)
     assert checked.returncode == 0, checked.stderr
+    assert "5 passed" in own_tests(EXAMPLE, tmp_path, env)
 
 
 def test_the_calls_example_installs_loads_checks_its_table_and_passes_its_own_tests(
@@ -233,16 +234,21 @@ def test_the_calls_example_installs_loads_checks_its_table_and_passes_its_own_te
     assert refused.returncode == 2
     assert "short_codes: '*1' is not CODE=ACCOUNT" in refused.stderr
 
+    assert "4 passed" in own_tests(CALLS_EXAMPLE, tmp_path, env)
+
+
+def own_tests(example: Path, workdir: Path, env: dict[str, str]) -> str:
+    """Run an example plugin's own tests against its installed copy; pytest's output."""
     own = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(CALLS_EXAMPLE)],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(example / "tests")],
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=tmp_path,
+        cwd=workdir,
         env={**os.environ, **env},
     )
     assert own.returncode == 0, own.stdout + own.stderr
-    assert "4 passed" in own.stdout
+    return own.stdout
 
 
 def test_accounts_add_list_set_remove_without_storing_the_password(tmp_path: Path) -> None:
