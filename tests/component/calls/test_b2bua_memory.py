@@ -47,6 +47,7 @@ from tests.component.calls.b2bua_env import (
     sent,
     start_b2bua,
 )
+from tests.component.calls.b2bua_scenarios import ALICE2, second_phone
 
 # -- basic calls --------------------------------------------------------------------------------
 
@@ -624,6 +625,48 @@ async def test_outbound_message_and_policy_hooks_run_when_a_plugin_implements_th
     assert stamp.sent_to["100 INVITE"] is None
     assert (await call.bye()).status == 200
     await eventually(lambda: env.calls == 0)
+
+
+class OutboundLegs:
+    """Notes the leg each request the gateway sends goes to, with the address it goes to."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, object, tuple[str, str, str | None] | None]] = []
+
+    @hookimpl
+    def gateway_outbound_message(self, outbound: OutboundMessage) -> None:
+        message, leg, flow = outbound.message, outbound.leg, outbound.flow
+        if isinstance(message, Request) and flow is not None:
+            where = None if leg is None else (leg.side, leg.kind, leg.name)
+            self.requests.append((message.method, flow.remote, where))
+
+
+async def test_outbound_message_hooks_are_told_the_leg_of_each_forked_phone(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # Both of alice's phones are rung, each on a B leg of its own: each INVITE, and the CANCEL
+    # of the phone that did not answer, is alice's B leg (a device plugin finds the phone's
+    # profile there); the caller's BYE is answered, and ours to the phone is its B leg too.
+    legs = OutboundLegs()
+    env = await start_b2bua(
+        nursery, tmp_path, voipgw_seed, alice_auto=None, plugins=[("legs", legs)]
+    )
+    phone2 = await second_phone(env, nursery, voipgw_seed)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg1 = await env.alice.next_call(timeout=1)
+    leg2 = await phone2.next_call(timeout=1)
+    await leg2.answer()
+    assert (await call.final()).status == 200
+    await env.alice.next_request("CANCEL", timeout=1)
+    assert (await call.bye()).status == 200
+    await phone2.next_request("BYE", timeout=1)
+    await eventually(lambda: env.calls == 0)
+    alice_b = ("b", "account", "alice")
+    assert ("INVITE", ALICE, alice_b) in legs.requests
+    assert ("INVITE", ALICE2, alice_b) in legs.requests
+    assert ("CANCEL", ALICE, alice_b) in legs.requests
+    assert ("BYE", ALICE2, alice_b) in legs.requests
+    assert leg1.answered == 487
 
 
 async def test_a_2xx_to_a_reinvite_that_comes_after_the_call_ended_is_still_acked(
