@@ -82,6 +82,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
+class OutboundHookError(Exception):
+    """A ``gateway_outbound_message`` hook raised: the message it was given is not sent. Its
+    text (ours) names the hook and the message; the plugin's exception is its cause, whose text
+    the log withholds by the usual rule (docs/architecture.md "Logged exceptions")."""
+
+
 ALLOWED_METHODS = (
     "INVITE",
     "ACK",
@@ -1712,7 +1719,18 @@ class SipEndpoint:
             return message
         leg = self.leg_of(message, flow) if self.leg_of is not None else None
         outbound = OutboundMessage(message=message, flow=flow, leg=leg)
-        hook(outbound=outbound)
+        try:
+            hook(outbound=outbound)
+        except Exception as exc:
+            # pluggy does not say whose hook it was; the traceback's frames do.
+            what = (
+                message.method
+                if isinstance(message, Request)
+                else f"{message.status} to {message.cseq.method}"
+            )
+            raise OutboundHookError(
+                f"a gateway_outbound_message hook raised on {what} for {flow.key}: not sent"
+            ) from exc
         return outbound.message
 
     async def _response_flow(self, response: Response, arrival: Flow) -> Flow:

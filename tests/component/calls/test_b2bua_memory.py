@@ -669,6 +669,39 @@ async def test_outbound_message_hooks_are_told_the_leg_of_each_forked_phone(
     assert leg1.answered == 487
 
 
+class BrokenOn180:
+    """A plugin whose outbound hook has a bug that shows on 180 responses."""
+
+    @hookimpl
+    def gateway_outbound_message(self, outbound: OutboundMessage) -> None:
+        if isinstance(outbound.message, Response) and outbound.message.status == 180:
+            raise IndexError("the plugin's own words")
+
+
+async def test_an_outbound_hook_that_raises_is_named_and_its_message_not_sent(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, plugins=[("broken", BrokenOn180())])
+    call, _ = await answered_call(env)
+    assert call.exchange is not None
+    assert [r.status for r in call.exchange.responses if r.status == 180] == []  # not sent
+    (record,) = [r for r in caplog.records if r.exc_text and "IndexError" in r.exc_text]
+    assert record.getMessage() == "internal error acting on SendResponse"
+    # The line says which hook and which message, and that it was not sent; the plugin's
+    # exception text stays withheld (docs/architecture.md "Logged exceptions").
+    assert "OutboundHookError: a gateway_outbound_message hook raised on 180 to INVITE for " in (
+        record.exc_text
+    )
+    assert ": not sent" in record.exc_text
+    assert "the plugin's own words" not in record.exc_text
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+
+
 async def test_a_2xx_to_a_reinvite_that_comes_after_the_call_ended_is_still_acked(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
