@@ -1,5 +1,5 @@
-"""The example device plugin (plugin_examples/voipgw-example-devices) installed the way an
-operator installs a plugin, with pip, into a directory of its own rather than the test
+"""The example plugins (plugin_examples/voipgw-example-devices, voipgw-example-calls) installed
+the way an operator installs a plugin, with pip, into a directory of its own rather than the test
 environment: a gateway or CLI run with that directory on PYTHONPATH finds its entry point."""
 
 from __future__ import annotations
@@ -9,11 +9,13 @@ import sys
 from pathlib import Path
 
 EXAMPLE = Path(__file__).parents[1] / "plugin_examples" / "voipgw-example-devices"
+CALLS_EXAMPLE = EXAMPLE.parent / "voipgw-example-calls"
 
 
-def install_example_plugin(target: Path) -> None:
-    """pip-install the example into ``target`` (no dependencies, no network: the build backend
-    comes from the test environment). Raises AssertionError with pip's output when it fails."""
+def install_example_plugin(target: Path, example: Path = EXAMPLE) -> None:
+    """pip-install ``example`` (the device example by default) into ``target`` (no dependencies,
+    no network: the build backend comes from the test environment). Raises AssertionError with
+    pip's output when it fails."""
     install = subprocess.run(
         [
             sys.executable,
@@ -25,7 +27,7 @@ def install_example_plugin(target: Path) -> None:
             "--no-build-isolation",
             "--target",
             str(target),
-            str(EXAMPLE),
+            str(example),
         ],
         capture_output=True,
         text=True,

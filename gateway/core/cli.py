@@ -520,10 +520,12 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     enabled = set(config.plugins.enable)
     loaded = _load_plugins(config, args, installed=installed) if enabled else None
     width = max((len(n) for n in installed), default=4)
-    print(f"{'NAME':<{width}}  {'STATE':<8}  DISTRIBUTION          REGISTERS")
+    # A third-party distribution's name is often longer than the built-ins': keep the columns.
+    dists = {name: f"{p.distribution} {p.version}" for name, p in installed.items()}
+    dist_width = max([20, *(len(d) for d in dists.values())])
+    print(f"{'NAME':<{width}}  {'STATE':<8}  {'DISTRIBUTION':<{dist_width}}  REGISTERS")
     for name in sorted(installed):
-        plugin = installed[name]
-        dist = f"{plugin.distribution} {plugin.version}"
+        dist = dists[name]
         if loaded is not None and name in enabled:
             parts = [
                 f"{kind}: {', '.join(items)}" for kind, items in loaded.registered_by(name).items()
@@ -540,7 +542,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         else:
             registers = "(not loaded: disabled)"
             state = "disabled"
-        print(f"{name:<{width}}  {state:<8}  {dist:<20}  {registers}")
+        print(f"{name:<{width}}  {state:<8}  {dist:<{dist_width}}  {registers}")
     unknown = sorted(enabled - set(installed))
     for name in unknown:
         print(f"{name:<{width}}  MISSING   (enabled in config but not installed)")

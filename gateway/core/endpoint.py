@@ -22,7 +22,7 @@ import trio
 
 from gateway.core.auth.client import authorize
 from gateway.core.calls.limits import CallRate
-from gateway.core.interfaces import OutboundMessage, RtcpCapture, SipCapture
+from gateway.core.interfaces import LegInfo, OutboundMessage, RtcpCapture, SipCapture
 from gateway.core.logs import log_exception, transport_error_text
 from gateway.core.media.session import ORIGIN_USERNAME
 from gateway.core.sdp.body import SDP, sdp_of
@@ -81,6 +81,13 @@ if TYPE_CHECKING:
     from gateway.core.media.taps import CallTaps
 
 log = logging.getLogger(__name__)
+
+
+class OutboundHookError(Exception):
+    """A ``gateway_outbound_message`` hook raised: the message it was given is not sent. Its
+    text (ours) names the hook and the message; the plugin's exception is its cause, whose text
+    the log withholds by the usual rule (docs/architecture.md "Logged exceptions")."""
+
 
 ALLOWED_METHODS = (
     "INVITE",
@@ -583,6 +590,10 @@ class SipEndpoint:
         """Capture agents that take calls' RTCP reports too (``rtcp_report``: HEP type 5)."""
         self.handling_bytes: bytes | None = None
         """The bytes of the request being handled (a new call's INVITE, while it is made)."""
+        self.leg_of: Callable[[Request | Response, Flow], LegInfo | None] | None = None
+        """The call leg a message we send goes to, for ``gateway_outbound_message``
+        (``OutboundMessage.leg``); set by the call manager, asked only while a plugin implements
+        that hook."""
         self.sip_taps: dict[tuple[str, str | None], tuple[CallTaps, str]] = {}
         """(Call-ID, tag) -> the call's taps that want its SIP (an interception) and the leg
         ("a", "b") of that dialog: each message in and out is copied to them (empty: no cost).
@@ -1724,8 +1735,20 @@ class SipEndpoint:
         hook = self.gateway.plugins.implemented("gateway_outbound_message")
         if hook is None:
             return message
-        outbound = OutboundMessage(message=message, flow=flow)
-        hook(outbound=outbound)
+        leg = self.leg_of(message, flow) if self.leg_of is not None else None
+        outbound = OutboundMessage(message=message, flow=flow, leg=leg)
+        try:
+            hook(outbound=outbound)
+        except Exception as exc:
+            # pluggy does not say whose hook it was; the traceback's frames do.
+            what = (
+                message.method
+                if isinstance(message, Request)
+                else f"{message.status} to {message.cseq.method}"
+            )
+            raise OutboundHookError(
+                f"a gateway_outbound_message hook raised on {what} for {flow.key}: not sent"
+            ) from exc
         return outbound.message
 
     async def _response_flow(self, response: Response, arrival: Flow) -> Flow:

@@ -275,6 +275,10 @@ def _load_entry_point(plugin: DiscoveredPlugin) -> object:
     raise PluginError(f"entry point {plugin.name!r} vanished while loading")
 
 
+# Every hook's name: a plugin's function of one of these names is meant as its implementation.
+HOOK_NAMES = tuple(sorted(name for name in vars(hookspecs) if name.startswith("gateway_")))
+
+
 def _register(pm: pluggy.PluginManager, obj: object, name: str) -> None:
     try:
         pm.register(obj, name=name)
@@ -282,6 +286,20 @@ def _register(pm: pluggy.PluginManager, obj: object, name: str) -> None:
         raise PluginError(f"plugin {name!r}: {exc}") from exc
     except ValueError as exc:
         raise PluginError(f"plugin {name!r} could not be registered: {exc}") from exc
+    # pluggy passes over a function without the @hookimpl mark: the plugin would load and never
+    # be called, and nothing would say why. Fail as for a misspelled hook (check_pending).
+    unmarked = [
+        hook
+        for hook in HOOK_NAMES
+        if callable(getattr(obj, hook, None)) and pm.parse_hookimpl_opts(obj, hook) is None
+    ]
+    if unmarked:
+        pm.unregister(obj)
+        raise PluginError(
+            f"plugin {name!r}: {', '.join(unmarked)} not marked as a hook implementation, so "
+            "it would never be called: decorate it with @hookimpl "
+            "(from gateway.core.hookspecs import hookimpl)"
+        )
 
 
 def _plugin_configs(pm: pluggy.PluginManager, config: GatewayConfig) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.example_plugin import install_example_plugin
+from tests.example_plugin import CALLS_EXAMPLE, EXAMPLE, install_example_plugin
 
 
 def voipgw(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -199,9 +199,56 @@ def test_installed_plugin_is_listed_and_enabling_runs_its_hooks(tmp_path: Path) 
     assert "enabled" in line
     assert "device_profiles: acme-t1, acme-t9" in line
     assert "gateway_identify_device" in line
+    # Its distribution's name is longer than the built-ins': the columns stay aligned.
+    header = enabled.stdout.splitlines()[0]
+    assert line.index("device_profiles") == header.index("REGISTERS")
 
     checked = voipgw("check-config", str(config), env=env)
     assert checked.returncode == 0, checked.stderr
+    assert "5 passed" in own_tests(EXAMPLE, tmp_path, env)
+
+
+def test_the_calls_example_installs_loads_checks_its_table_and_passes_its_own_tests(
+    tmp_path: Path,
+) -> None:
+    """plugin_examples/voipgw-example-calls (a media tap and a routing decision), installed
+    with pip as an operator does: listed with what it registers, its table checked, and its
+    own tests run against the installed copy."""
+    target = tmp_path / "site"
+    install_example_plugin(target, CALLS_EXAMPLE)
+    env = {"PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")])}
+    config = tmp_path / "with-plugin.toml"
+    config.write_text(
+        '[plugins]\nenable = ["udp", "tcp", "example-calls"]\n'
+        '[plugins.example-calls]\nshort_codes = ["*1=reception"]\n'
+    )
+    enabled = voipgw("plugins", "--config", str(config), env=env)
+    assert enabled.returncode == 0, enabled.stderr
+    line = next(ln for ln in enabled.stdout.splitlines() if ln.startswith("example-calls"))
+    assert "enabled" in line and "voipgw-example-calls 0.1.0" in line
+    assert "media_taps: example-calls" in line and "gateway_route_call" in line
+    assert voipgw("check-config", str(config), env=env).returncode == 0
+
+    config.write_text(config.read_text().replace("*1=reception", "*1"))
+    refused = voipgw("check-config", str(config), env=env)
+    assert refused.returncode == 2
+    assert "short_codes: '*1' is not CODE=ACCOUNT" in refused.stderr
+
+    assert "4 passed" in own_tests(CALLS_EXAMPLE, tmp_path, env)
+
+
+def own_tests(example: Path, workdir: Path, env: dict[str, str]) -> str:
+    """Run an example plugin's own tests against its installed copy; pytest's output."""
+    own = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(example / "tests")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=workdir,
+        env={**os.environ, **env},
+    )
+    assert own.returncode == 0, own.stdout + own.stderr
+    return own.stdout
 
 
 def test_accounts_add_list_set_remove_without_storing_the_password(tmp_path: Path) -> None:

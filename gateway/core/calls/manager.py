@@ -115,6 +115,8 @@ class CallManager:
         # What each call put in the two maps, so forgetting a call costs its own entries, not a
         # scan of every live call's (ten thousand calls, hundreds ending per second).
         self._keys_of: dict[Call, tuple[ServerTransaction, list[DialogKey]]] = {}
+        # gateway_outbound_message hooks see the leg of the call each message goes to.
+        self.endpoint.leg_of = self.leg_of
         self.dialog_events: DialogEvents | None = None
         """The dialog (BLF) notifier, told of call events while it watches any account."""
         self.pickup_enabled = any(group.pickup for group in gateway.config.dialog_watch_groups)
@@ -592,6 +594,33 @@ class CallManager:
         """The call and side whose dialog has ``call_id`` and our ``local_tag`` (the dialog a
         Replaces names, RFC 3891 §3)."""
         return self._by_dialog.get((call_id, local_tag))
+
+    def leg_of(self, message: Request | Response, flow: Flow) -> LegInfo | None:
+        """The leg a message we send belongs to (``OutboundMessage.leg``): found by its Call-ID
+        and our tag in the dialog (a request's From tag, a response's To tag), among that
+        side's legs the one ``flow`` reaches where the call forked. None outside calls (a
+        REGISTER's 401, OPTIONS, a 100 Trying without our tag yet) and where it is not known."""
+        tag = message.from_.tag if isinstance(message, Request) else message.to.tag
+        found = self._by_dialog.get((message.call_id, tag)) if tag is not None else None
+        if found is None:
+            return None
+        call, side = found
+        infos = {
+            id(leg): leg
+            for leg in (call.a, *call.b_legs, *([call.b] if call.b is not None else []))
+            if leg.side is side and leg.security is not None and leg.security.leg is not None
+        }
+        if len(infos) > 1:  # forked B legs share our From tag: the one on this flow
+            infos = {
+                key: leg
+                for key, leg in infos.items()
+                if leg.flow is flow or leg.address == flow.remote
+            }
+        if len(infos) != 1:
+            return None
+        (leg,) = infos.values()
+        assert leg.security is not None
+        return leg.security.leg
 
     def _limit_of(self, key: Key) -> Limit:
         kind, name = key

@@ -47,6 +47,7 @@ from tests.component.calls.b2bua_env import (
     sent,
     start_b2bua,
 )
+from tests.component.calls.b2bua_scenarios import ALICE2, second_phone
 
 # -- basic calls --------------------------------------------------------------------------------
 
@@ -588,11 +589,18 @@ class OutboundStamp:
 
     def __init__(self) -> None:
         self.legs: list[tuple[str, str]] = []
+        self.sent_to: dict[str, tuple[str, str] | None] = {}
 
     @hookimpl
     def gateway_outbound_message(self, outbound: OutboundMessage) -> None:
         message = outbound.message
         assert isinstance(message, Request | Response)
+        if isinstance(message, Request):
+            what = message.method
+        else:
+            what = f"{message.status} {message.cseq.method}"
+        leg = outbound.leg
+        self.sent_to.setdefault(what, None if leg is None else (leg.side, leg.kind))
         outbound.message = message.with_headers(message.headers.add("X-Stamped", "yes"))
 
     @hookimpl
@@ -609,6 +617,87 @@ async def test_outbound_message_and_policy_hooks_run_when_a_plugin_implements_th
     assert leg_b.invite.headers.get("X-Stamped") == "yes"  # a request the gateway sent
     assert (await call.final()).headers.get("X-Stamped") == "yes"  # and a response
     assert sorted(stamp.legs) == [("a", "trunk"), ("b", "account")]
+    # The hook is told which leg each message goes to: our INVITE to alice's phone, our 180
+    # and 200 to the calling trunk; a 100 Trying, before our tag, belongs to no leg yet.
+    assert stamp.sent_to["INVITE"] == ("b", "account")
+    assert stamp.sent_to["180 INVITE"] == ("a", "trunk")
+    assert stamp.sent_to["200 INVITE"] == ("a", "trunk")
+    assert stamp.sent_to["100 INVITE"] is None
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+
+
+class OutboundLegs:
+    """Notes the leg each request the gateway sends goes to, with the address it goes to."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, object, tuple[str, str, str | None] | None]] = []
+
+    @hookimpl
+    def gateway_outbound_message(self, outbound: OutboundMessage) -> None:
+        message, leg, flow = outbound.message, outbound.leg, outbound.flow
+        if isinstance(message, Request) and flow is not None:
+            where = None if leg is None else (leg.side, leg.kind, leg.name)
+            self.requests.append((message.method, flow.remote, where))
+
+
+async def test_outbound_message_hooks_are_told_the_leg_of_each_forked_phone(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # Both of alice's phones are rung, each on a B leg of its own: each INVITE, and the CANCEL
+    # of the phone that did not answer, is alice's B leg (a device plugin finds the phone's
+    # profile there); the caller's BYE is answered, and ours to the phone is its B leg too.
+    legs = OutboundLegs()
+    env = await start_b2bua(
+        nursery, tmp_path, voipgw_seed, alice_auto=None, plugins=[("legs", legs)]
+    )
+    phone2 = await second_phone(env, nursery, voipgw_seed)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg1 = await env.alice.next_call(timeout=1)
+    leg2 = await phone2.next_call(timeout=1)
+    await leg2.answer()
+    assert (await call.final()).status == 200
+    await env.alice.next_request("CANCEL", timeout=1)
+    assert (await call.bye()).status == 200
+    await phone2.next_request("BYE", timeout=1)
+    await eventually(lambda: env.calls == 0)
+    alice_b = ("b", "account", "alice")
+    assert ("INVITE", ALICE, alice_b) in legs.requests
+    assert ("INVITE", ALICE2, alice_b) in legs.requests
+    assert ("CANCEL", ALICE, alice_b) in legs.requests
+    assert ("BYE", ALICE2, alice_b) in legs.requests
+    assert leg1.answered == 487
+
+
+class BrokenOn180:
+    """A plugin whose outbound hook has a bug that shows on 180 responses."""
+
+    @hookimpl
+    def gateway_outbound_message(self, outbound: OutboundMessage) -> None:
+        if isinstance(outbound.message, Response) and outbound.message.status == 180:
+            raise IndexError("the plugin's own words")
+
+
+async def test_an_outbound_hook_that_raises_is_named_and_its_message_not_sent(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, plugins=[("broken", BrokenOn180())])
+    call, _ = await answered_call(env)
+    assert call.exchange is not None
+    assert [r.status for r in call.exchange.responses if r.status == 180] == []  # not sent
+    (record,) = [r for r in caplog.records if r.exc_text and "IndexError" in r.exc_text]
+    assert record.getMessage() == "internal error acting on SendResponse"
+    # The line says which hook and which message, and that it was not sent; the plugin's
+    # exception text stays withheld (docs/architecture.md "Logged exceptions").
+    assert "OutboundHookError: a gateway_outbound_message hook raised on 180 to INVITE for " in (
+        record.exc_text
+    )
+    assert ": not sent" in record.exc_text
+    assert "the plugin's own words" not in record.exc_text
     assert (await call.bye()).status == 200
     await eventually(lambda: env.calls == 0)
 

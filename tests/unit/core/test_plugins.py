@@ -67,6 +67,23 @@ def test_misspelled_hookimpl_fails_loudly() -> None:
         load_plugins(config_enabling("typo"), extra=[("typo", typo)], installed={})
 
 
+def test_a_hook_without_its_hookimpl_mark_fails_loudly() -> None:
+    # pluggy passes over an unmarked function: the plugin would load and never be called.
+    def register(registry):  # type: ignore[no-untyped-def]
+        registry.add("phone", DeviceProfile(name="phone"))
+
+    forgot = types.SimpleNamespace(
+        gateway_register_device_profiles=register,
+        gateway_call_event=hookimpl(lambda event: None),
+        gateway_helper=lambda: None,  # not a hook's name: none of the core's business
+    )
+    with pytest.raises(PluginError) as info:
+        load_plugins(config_enabling("forgot"), extra=[("forgot", forgot)], installed={})
+    message = str(info.value)
+    assert "plugin 'forgot': gateway_register_device_profiles not marked" in message
+    assert "@hookimpl" in message and "gateway_call_event" not in message
+
+
 def test_unknown_hook_argument_fails_loudly() -> None:
     bad = make_plugin(gateway_register_transports=lambda registry, nonsense: None)
     with pytest.raises(PluginError, match="bad"):

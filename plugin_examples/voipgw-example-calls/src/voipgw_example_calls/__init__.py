@@ -1,0 +1,123 @@
+"""Example voipgw plugin: a call log written by a media tap, and short codes routed to accounts.
+
+Shows a tap (a sink per answered call, whose ``run`` task writes the file off the event loop)
+and a decision hook that needs the plugin's configuration: decision hooks get no ``config``, so
+the registration hook, which runs once at start-up before any call, keeps what they need.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import attrs
+import trio
+
+from gateway.core.hookspecs import hookimpl
+from gateway.core.interfaces import Caller, Directory, MediaTap, RouteDecision, TappedCall
+from gateway.core.plugins import PluginError, Registry
+from gateway.core.sip.message import Request
+
+
+@attrs.frozen
+class ExampleCallsConfig:
+    """``[plugins.example-calls]``."""
+
+    # The call log; relative to state_dir. A field named state_dir gets the gateway's
+    # [gateway] state_dir when the table leaves it out.
+    log_file: str = "calls.log"
+    state_dir: str = "."
+    # Short codes an account may dial, each "CODE=ACCOUNT": "*1=reception" rings reception's
+    # registered phones.
+    short_codes: tuple[str, ...] = ()
+
+
+@attrs.define(eq=False)
+class CallLogSink:
+    """One answered call: counts its packets, and writes its line once the call ended."""
+
+    call: TappedCall
+    path: str
+    packets: dict[str, int] = attrs.field(factory=lambda: {"a_to_b": 0, "b_to_a": 0})
+    _ended: trio.Event = attrs.field(factory=trio.Event)
+
+    def packet(self, stream_id: str, direction: str, rtp: bytes, *, now: float) -> None:
+        # Called for every packet the relay forwards: count, never block.
+        self.packets[direction] = self.packets.get(direction, 0) + 1
+
+    def close(self) -> None:
+        self._ended.set()
+
+    async def run(self) -> None:
+        try:
+            await self._ended.wait()
+        finally:
+            # Also when the gateway stops (this task is cancelled then): shielded, and in a
+            # worker thread, as a file write must not hold up the event loop.
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self._write)
+
+    def line(self) -> str:
+        call = self.call
+        return (
+            f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {call.call_id}"
+            f" from {call.caller_kind}:{call.caller_name or '-'} ({call.from_uri})"
+            f" to {call.callee_kind}:{call.callee_name or '-'}"
+            f" answered_by {call.answered_by or '-'}"
+            f" packets {self.packets['a_to_b']}/{self.packets['b_to_a']}\n"
+        )
+
+    def _write(self) -> None:
+        with open(self.path, "a", encoding="utf-8") as log_file:
+            log_file.write(self.line())
+
+
+@attrs.define(eq=False)
+class CallLog:
+    """The media tap: every answered call gets a sink."""
+
+    path: str
+    name: str = "example-calls"
+
+    def sink_for_call(self, call: TappedCall) -> CallLogSink:
+        return CallLogSink(call, self.path)
+
+
+# What gateway_route_call needs of the configuration, kept by the registration hook below.
+SHORT_CODES: dict[str, str] = {}
+
+
+@hookimpl
+def gateway_plugin_config() -> type:
+    return ExampleCallsConfig
+
+
+@hookimpl
+def gateway_register_media_taps(registry: Registry[MediaTap], config: ExampleCallsConfig) -> None:
+    codes: dict[str, str] = {}
+    for entry in config.short_codes:
+        code, _, account = entry.partition("=")
+        if not code or not account:
+            # PluginError's text is shown to the operator: say what to change.
+            raise PluginError(f"[plugins.example-calls] short_codes: {entry!r} is not CODE=ACCOUNT")
+        codes[code] = account
+    SHORT_CODES.clear()
+    SHORT_CODES.update(codes)
+    registry.add("example-calls", CallLog(os.path.join(config.state_dir, config.log_file)))
+
+
+@hookimpl
+def gateway_route_call(
+    request: Request, caller: Caller, directory: Directory
+) -> RouteDecision | None:
+    """A short code dialled by one of our accounts rings the account it names."""
+    if caller.kind != "account":
+        return None
+    user = getattr(request.uri, "user", None)
+    account = SHORT_CODES.get(user or "")
+    if account is None:
+        return None  # not ours: the next plugin's, or the core's routing
+    contacts = tuple(directory.contacts(account))
+    if not contacts:
+        return RouteDecision.reject(480, "Temporarily Unavailable")
+    return RouteDecision(targets=contacts)

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+import voipgw_example_calls as plugin
+
+from gateway.core.config import from_mapping
+from gateway.core.interfaces import Caller, RouteTarget, TappedCall
+from gateway.core.plugins import PluginError, load_plugins
+from gateway.core.sip.message import Headers, Request
+from gateway.core.sip.uri import SipUri
+
+
+def _load(table: dict[str, object]):  # type: ignore[no-untyped-def]
+    config = from_mapping({"plugins": {"enable": ["example-calls"], "example-calls": table}})
+    # Registered as an object rather than through its entry point, so the test needs no install.
+    return load_plugins(config, extra=[("example-calls", plugin)], installed={})
+
+
+class Phones:
+    """A Directory with one registered phone for reception and none for anybody else."""
+
+    def contacts(self, account: str) -> list[RouteTarget]:
+        if account == "reception":
+            return [RouteTarget(uri="sip:reception@192.0.2.7:5060", account="reception")]
+        return []
+
+
+def _invite(user: str) -> Request:
+    return Request("INVITE", SipUri("sip", "gw.example", user=user), Headers.of([]))
+
+
+ALICE = Caller(kind="account", name="alice")
+
+
+def test_the_tap_is_registered_with_its_file_in_the_state_directory(tmp_path: Path) -> None:
+    plugins = _load({"state_dir": str(tmp_path)})
+    tap = plugins.media_taps.get("example-calls")
+    assert isinstance(tap, plugin.CallLog)
+    assert tap.path == str(tmp_path / "calls.log")
+
+
+def test_a_short_code_rings_the_account_it_names() -> None:
+    plugins = _load({"short_codes": ["*1=reception", "*2=nobody"]})
+    route = plugins.hook.gateway_route_call
+    decision = route(request=_invite("*1"), caller=ALICE, directory=Phones())
+    assert [target.uri for target in decision.targets] == ["sip:reception@192.0.2.7:5060"]
+    refused = route(request=_invite("*2"), caller=ALICE, directory=Phones())
+    assert refused.reject_status == 480
+    # Other numbers, and short codes from a trunk, are left to the core's routing.
+    assert route(request=_invite("bob"), caller=ALICE, directory=Phones()) is None
+    trunk = Caller(kind="trunk", name="carrier")
+    assert route(request=_invite("*1"), caller=trunk, directory=Phones()) is None
+
+
+def test_a_short_code_without_an_account_is_refused_at_start_up() -> None:
+    with pytest.raises(PluginError, match=r"short_codes: '\*1' is not CODE=ACCOUNT"):
+        _load({"short_codes": ["*1"]})
+
+
+def test_the_sink_writes_one_line_when_the_call_ends(tmp_path: Path) -> None:
+    path = tmp_path / "calls.log"
+    call = TappedCall(
+        call_id="c1",
+        from_uri="sip:alice@gw.example",
+        to_uri="sip:*1@gw.example",
+        caller_kind="account",
+        caller_name="alice",
+        callee_kind="account",
+        callee_name="reception",
+    )
+
+    async def main() -> None:
+        sink = plugin.CallLog(str(path)).sink_for_call(call)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sink.run)
+            for _ in range(3):
+                sink.packet("0", "a_to_b", b"\x80" * 12, now=0.0)
+            sink.packet("0", "b_to_a", b"\x80" * 12, now=0.0)
+            await trio.sleep(0)
+            assert not path.exists()  # nothing until the call ends
+            sink.close()
+
+    trio.run(main)
+    (line,) = path.read_text().splitlines()
+    assert " c1 from account:alice (sip:alice@gw.example) to account:reception " in line
+    assert line.endswith(" packets 3/1")
