@@ -74,8 +74,9 @@ def free_port() -> int:
     (tests/port_blocks.py), locked against other test runs and below the kernel's ephemeral
     range. The server binds it after initdb, seconds later (far more on a loaded machine); a
     port-0 probe's port lies in the ephemeral range, where any process's port-0 bind or outgoing
-    connection could take it meanwhile and fail the cluster's start."""
-    return port_block(1)[0]
+    connection could take it meanwhile and fail the cluster's start. One port of the unit the
+    process holds, the next one (no even start: that skipped a port at every other call)."""
+    return port_block(1, even=False)[0]
 
 
 class Cluster:
