@@ -6,6 +6,16 @@ the ``postgres`` user the package creates; as anyone else, as that user. It list
 on a port of this process's block (:func:`free_port`; password authentication, as a gateway node
 would connect) and on a Unix socket in its own directory (trust, for the tests' administrative
 connection). Durability is switched off: the cluster is deleted at the end of the session.
+
+The server outlives the process that started it: ``pg_ctl start`` daemonizes it (a session of
+its own, not our child), so a pytest killed before its session ends (SIGKILL, ``timeout -s
+KILL``, a cancelled CI job) never stops it, and it held its port and directory for hours. Each
+cluster therefore has a watcher from the moment its directory exists: a small process in a
+session of its own (a signal to pytest's process group spares it) that blocks reading a pipe
+whose write end only this process holds. Any end of this process closes that end (the kernel
+closes a dead process's descriptors), and on EOF the watcher stops the server (``pg_ctl stop -m
+immediate``) and deletes the directory. ``PR_SET_PDEATHSIG`` cannot do it: it reaches only a
+direct child, and is cleared when runuser changes to the ``postgres`` user.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ import selectors
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -32,6 +43,17 @@ SUPERUSER = "postgres"
 STORE_USER = "voipgw"
 # Settings for speed only: nothing in a test cluster needs to survive a crash.
 FAST = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+# The watcher (module docstring): argv is the cluster's directory, its data directory and the
+# command that stops its server. os.read returns b"" at EOF only: nothing ever writes the pipe.
+WATCHER = """
+import os, shutil, subprocess, sys
+root, data, stop = sys.argv[1], sys.argv[2], sys.argv[3:]
+while os.read(0, 64):
+    pass
+if os.path.exists(os.path.join(data, "postmaster.pid")):
+    subprocess.run(stop, cwd=root, stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+shutil.rmtree(root, ignore_errors=True)
+"""
 
 
 def postgres_bindir() -> Path | None:
@@ -52,8 +74,9 @@ def free_port() -> int:
     (tests/port_blocks.py), locked against other test runs and below the kernel's ephemeral
     range. The server binds it after initdb, seconds later (far more on a loaded machine); a
     port-0 probe's port lies in the ephemeral range, where any process's port-0 bind or outgoing
-    connection could take it meanwhile and fail the cluster's start."""
-    return port_block(1)[0]
+    connection could take it meanwhile and fail the cluster's start. One port of the unit the
+    process holds, the next one (no even start: that skipped a port at every other call)."""
+    return port_block(1, even=False)[0]
 
 
 class Cluster:
@@ -77,6 +100,33 @@ class Cluster:
         if self._as_user:
             shutil.chown(self.socket_dir, SUPERUSER, SUPERUSER)
         self._databases = 0
+        self._watcher, self._alive = self._watch()
+
+    def _stop_command(self, mode: str) -> list[str]:
+        return [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop"]
+
+    def _watch(self) -> tuple[subprocess.Popen[bytes], int]:
+        """The watcher (module docstring) and the write end of its pipe, which no child of
+        this process inherits (os.pipe's descriptors are not inheritable)."""
+        read_end, write_end = os.pipe()
+        try:
+            watcher = subprocess.Popen(
+                [
+                    *(sys.executable, "-I", "-c", WATCHER, str(self.root), str(self.data)),
+                    *(*self._as_user, *self._stop_command("immediate")),
+                ],
+                stdin=read_end,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                cwd="/",
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(write_end)
+            raise
+        finally:
+            os.close(read_end)
+        return watcher, write_end
 
     def _run(self, *command: str | Path) -> None:
         subprocess.run(
@@ -128,12 +178,20 @@ class Cluster:
         )
 
     def stop(self) -> None:
-        self._run(self.bindir / "pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
+        self._run(*self._stop_command("fast"))
 
     def destroy(self) -> None:
         with contextlib.suppress(subprocess.CalledProcessError):  # not running
             self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+        if self._alive >= 0:
+            os.close(self._alive)  # the watcher finds nothing left to do, and exits
+            self._alive = -1
+            try:
+                self._watcher.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self._watcher.kill()
+                self._watcher.wait()
 
     def admin_dsn(self, dbname: str = "postgres") -> str:
         return f"host={self.socket_dir} port={self.port} user={SUPERUSER} dbname={dbname}"

@@ -55,10 +55,13 @@ import subprocess
 import sys
 import sysconfig
 import time
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
 import pytest
+
+from tests.interop.harness.processes import die_with_parent
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -131,6 +134,9 @@ def _start(command: list[str], cwd: Path, output: BinaryIO) -> subprocess.Popen[
         stdout=output,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # killed with what it started, if it must be
+        # Out of reach of a signal to this run's group: a SIGINT if this process dies first,
+        # on which its pytest tears its fixtures down (as _stop's).
+        preexec_fn=partial(die_with_parent, signal.SIGINT),
     )
 
 

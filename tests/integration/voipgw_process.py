@@ -17,6 +17,8 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from tests.interop.harness.processes import die_with_parent
+
 
 @contextlib.contextmanager
 def voipgw_running(
@@ -36,6 +38,7 @@ def voipgw_running(
             stdout=subprocess.DEVNULL,
             stderr=stderr,
             start_new_session=new_session,
+            preexec_fn=die_with_parent,  # in a session of its own, no group signal reaches it
         )
     try:
         deadline = time.monotonic() + timeout

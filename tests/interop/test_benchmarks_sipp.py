@@ -27,9 +27,11 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 from tests.conftest import require_peer
+from tests.interop.harness.processes import die_with_parent
 from tests.port_blocks import port_block, port_block_text
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,6 +72,9 @@ def _start(command: list[str], output: Path) -> subprocess.Popen[bytes]:
             stdout=sink,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # stopped with whatever it started, if it must be
+            # Out of reach of a signal to this run's group: told to stop (its finally stops its
+            # gateway, sipps and stunnel) if this process dies first.
+            preexec_fn=partial(die_with_parent, signal.SIGINT),
         )
 
 

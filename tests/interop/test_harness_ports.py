@@ -168,3 +168,23 @@ def test_a_peer_s_single_port_is_one_of_this_process_locked_units(fresh_allocato
     # A block handed out next steps over them.
     block = ports.free_port_block(UNIT)
     assert not set(range(block, block + UNIT)) & set(got)
+
+
+def test_single_ports_are_handed_out_one_by_one_from_one_unit(
+    fresh_allocator: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A unit (UNIT ports, locked against other test processes) serves UNIT single ports of
+    any helper before another unit is claimed: none is skipped (pgcluster.free_port skipped to
+    an even port, one port in two) and none takes a unit of its own."""
+    held: dict[int, int] = {}
+    monkeypatch.setattr(port_blocks, "_held", held)
+    monkeypatch.setattr(port_blocks, "_free", range(0))
+    try:
+        got = [pgcluster.free_port() for _ in range(UNIT // 2)]
+        got += [ports.free_port("tcp") for _ in range(UNIT // 2)]
+        assert len(held) == 1, sorted(held)
+        (unit,) = port_blocks.held()
+        assert sorted(got) == list(unit)
+    finally:
+        for fd in held.values():
+            os.close(fd)

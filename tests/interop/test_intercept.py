@@ -46,7 +46,7 @@ from tests.interop.harness import (
     tone_wav,
     wait_listening,
 )
-from tests.interop.harness.processes import stop_process
+from tests.interop.harness.processes import die_with_parent, stop_process
 from tests.interop.harness.tls_gateway import TlsGatewayProcess
 from tests.unit.taps.x1_structure import check
 
@@ -202,6 +202,7 @@ def mediation(workdir: Path, pki: Pki, *, tls: bool) -> Iterator[tuple[int, Path
         stdout=subprocess.PIPE,
         stderr=errors,
         start_new_session=True,
+        preexec_fn=die_with_parent,  # a session of its own: no group signal reaches it
     )
     answering = threading.Thread(target=answer_keepalives, args=(process, received), daemon=True)
     answering.start()

@@ -120,10 +120,7 @@ class CallPickedUp(CallAnswer):
             await self._picked_up_offering(event, picker, timer, moving_to, ringing)
             return
         try:
-            sdp, _ = read_body(request.content_type, request.body)
-            if not sdp:
-                raise SdpError("an INVITE picking up a call needs an SDP offer")
-            offer = picker.security.take_offer(parse_sdp_untrusted(sdp))
+            offer = self._pickers_offer(picker, request)
             # On a browser's leg our offer would have had a=rtcp-mux whatever the caller's
             # said: the picker's leg muxes on its own, the caller's stays as it is.
             offered_here = picker.security.as_offered_here(offer_b)
@@ -142,22 +139,7 @@ class CallPickedUp(CallAnswer):
             # What the picker's leg was told: later offers on it keep its numbers and o= line.
             self.media.sent_elsewhere(Side.B.value, plain_to_picker)
         except (SdpError, UnsupportedBody, PortsExhausted) as err:
-            # The picker's bad SDP (488), or no media ports left (503: the node is full, RFC
-            # 3261 §21.5.4, as for a caller's INVITE and a late-offer pickup): refused, and
-            # the call rings on. Neither is a bug to end the call for (_pickup_failed).
-            reason = err.reason if isinstance(err, SdpError) else "no free media ports"
-            log.info("call %s: pickup by %s refused: %s", self.id, name, reason)
-            if moving_to is not None:
-                self.manager.limits.release_one(self, moving_to)
-            status, phrase = (
-                (503, "Service Unavailable")
-                if isinstance(err, PortsExhausted)
-                else (488, "Not Acceptable Here")
-            )
-            refusal = make_response(
-                request, status, phrase, extra=[("Warning", warning_header(reason))]
-            )
-            await self._answer_pickup(event, refusal)
+            await self._refuse_picker(event, picker, err, moving_to)
             return
         except Exception as exc:
             await self._pickup_failed(event, exc)
@@ -232,27 +214,12 @@ class CallPickedUp(CallAnswer):
         assert picker.security is not None
         request = event.request
         try:
-            sdp, _ = read_body(request.content_type, request.body)
-            if not sdp:
-                raise SdpError("an INVITE picking up a call needs an SDP offer")
-            offer = picker.security.take_offer(parse_sdp_untrusted(sdp))
+            offer = self._pickers_offer(picker, request)
             offer_a = self.a.security.make_offer(
                 self.media.offer_from(Side.B.value, offer, dtmf_info=picker.security.dtmf_info)
             )
         except (SdpError, UnsupportedBody, PortsExhausted) as err:
-            reason = err.reason if isinstance(err, SdpError) else "no free media ports"
-            log.info("call %s: pickup by %s refused: %s", self.id, picker.peer_name, reason)
-            if moving_to is not None:
-                self.manager.limits.release_one(self, moving_to)
-            status, phrase = (
-                (503, "Service Unavailable")
-                if isinstance(err, PortsExhausted)
-                else (488, "Not Acceptable Here")
-            )
-            refusal = make_response(
-                request, status, phrase, extra=[("Warning", warning_header(reason))]
-            )
-            await self._answer_pickup(event, refusal)
+            await self._refuse_picker(event, picker, err, moving_to)
             return
         except Exception as exc:
             await self._pickup_failed(event, exc)
@@ -266,6 +233,39 @@ class CallPickedUp(CallAnswer):
         self._pickup_waiting = (event, timer)
         self.a.session_timer = self._started(self._a_timer)
         await self._offer_in_2xx_to_a(offer_a)
+
+    def _pickers_offer(self, picker: BLeg, request: Request) -> SessionDescription:
+        """The offer in the picker's INVITE, through its leg's key exchange; SdpError (or
+        UnsupportedBody) when it has none we can take."""
+        assert picker.security is not None
+        sdp, _ = read_body(request.content_type, request.body)
+        if not sdp:
+            raise SdpError("an INVITE picking up a call needs an SDP offer")
+        return picker.security.take_offer(parse_sdp_untrusted(sdp))
+
+    async def _refuse_picker(
+        self,
+        event: PickUpEvent,
+        picker: BLeg,
+        err: SdpError | PortsExhausted,
+        moving_to: tuple[str, str] | None,
+    ) -> None:
+        """The picker's bad SDP (488), or no media ports left (503: the node is full, RFC
+        3261 §21.5.4, as for a caller's INVITE): refused, the account it was to count against
+        freed, and the call rings on. Neither is a bug to end the call for (_pickup_failed)."""
+        reason = err.reason if isinstance(err, SdpError) else "no free media ports"
+        log.info("call %s: pickup by %s refused: %s", self.id, picker.peer_name, reason)
+        if moving_to is not None:
+            self.manager.limits.release_one(self, moving_to)
+        status, phrase = (
+            (503, "Service Unavailable")
+            if isinstance(err, PortsExhausted)
+            else (488, "Not Acceptable Here")
+        )
+        refusal = make_response(
+            event.request, status, phrase, extra=[("Warning", warning_header(reason))]
+        )
+        await self._answer_pickup(event, refusal)
 
     async def _answer_picker(self, ack: Request) -> None:
         """A's ACK brought the answer to the picker's offer (:meth:`_picked_up_offering`): the

@@ -5,17 +5,23 @@ from __future__ import annotations
 
 import logging
 import random
+from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
 
 from gateway.core.sip.errors import SipParseError
 from gateway.core.sip.message import Request, Response
 from gateway.core.sip.parser import parse_message_untrusted, salvage_request_headers
 from gateway.testing.network import Address
+from gateway.testing.sip_agent import Call
 from tests.component.calls.b2bua_env import (
     GW,
     T1,
     B2bua,
+    eventually,
+    start_b2bua,
 )
 from tests.unit.fuzz.mutator import mutate as mutate_bytes
 
@@ -224,3 +230,30 @@ def error_records(caplog: pytest.LogCaptureFixture) -> list[str]:
         for r in caplog.records
         if r.levelno >= logging.ERROR and r.name.startswith("gateway")
     ]
+
+
+async def settled_b2bua(
+    nursery: trio.Nursery, tmp_path: Path, seed: int, **options: Any
+) -> tuple[B2bua, dict[str, int]]:
+    """``start_b2bua(...)`` once its registration's transactions are over, and its
+    :func:`table_sizes` then: what :func:`tables_back` compares with at the test's end."""
+    env = await start_b2bua(nursery, tmp_path, seed, **options)
+    await trio.sleep(WINDOW)
+    return env, table_sizes(env)
+
+
+async def tables_back(env: B2bua, before: dict[str, int]) -> None:
+    """Once every timer of what the test did has run (two windows: a relayed transaction's
+    and the gateway's own), the tables are as they were (:func:`settled_b2bua`); a failure names
+    the transactions left."""
+    await trio.sleep(2 * WINDOW)
+    assert table_sizes(env) == before, leftovers(env)
+
+
+async def goes_on(env: B2bua, bystander: Call) -> None:
+    """An answered call another call's failure must spare: an OPTIONS in it, a re-INVITE and
+    its BYE are answered 200, and the gateway has no call left."""
+    assert (await (await bystander.request("OPTIONS")).final()).status == 200
+    assert (await bystander.reinvite(env.trunk.offer_sdp())).status == 200
+    assert (await bystander.bye()).status == 200
+    await eventually(lambda: env.calls == 0)

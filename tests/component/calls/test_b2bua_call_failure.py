@@ -19,22 +19,20 @@ from gateway.testing.sip_agent import SDP
 from tests.component.calls.b2bua_env import (
     ALICE,
     GW,
-    T1,
     TRUNK,
     answered_call,
     eventually,
-    start_b2bua,
 )
 from tests.component.calls.fuzz_checks import (
     DTMF_RELAY,
+    WINDOW,
     _byes_to,
     _responses_to,
     error_records,
-    leftovers,
-    table_sizes,
+    goes_on,
+    settled_b2bua,
+    tables_back,
 )
-
-WINDOW = 64 * T1 + 1.0
 
 
 @pytest.mark.parametrize(
@@ -52,9 +50,7 @@ async def test_a_request_in_hand_when_the_call_fails_gets_500_and_both_legs_bye(
     handler: str,
 ) -> None:
     caplog.set_level(logging.INFO)
-    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
-    await trio.sleep(WINDOW)  # the registration's transactions are over
-    before = table_sizes(env)
+    env, before = await settled_b2bua(nursery, tmp_path, voipgw_seed)
     bystander, _ = await answered_call(env)
     call, leg_b = await answered_call(env)
     real = getattr(Call, handler)
@@ -85,14 +81,9 @@ async def test_a_request_in_hand_when_the_call_fails_gets_500_and_both_legs_bye(
     assert _byes_to(env, ALICE, leg_b.call_id, start) >= 1
     errors = error_records(caplog)
     assert len(errors) == 1 and "failed" in errors[0], errors
-    # The other call goes on.
     monkeypatch.setattr(Call, handler, real)
-    assert (await (await bystander.request("OPTIONS")).final()).status == 200
-    assert (await bystander.reinvite(env.trunk.offer_sdp())).status == 200
-    assert (await bystander.bye()).status == 200
-    await eventually(lambda: env.calls == 0)
-    await trio.sleep(2 * WINDOW)
-    assert table_sizes(env) == before, leftovers(env)
+    await goes_on(env, bystander)
+    await tables_back(env, before)
 
 
 async def test_a_request_in_hand_when_forwarding_it_fails_on_the_network_gets_503(
@@ -108,9 +99,7 @@ async def test_a_request_in_hand_when_forwarding_it_fails_on_the_network_gets_50
     transport failure is reported to a client (RFC 3261 §8.1.3.1), not nothing until the
     trunk's Timer F; the call's record says why, and another call goes on."""
     caplog.set_level(logging.INFO)
-    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
-    await trio.sleep(WINDOW)  # the registration's transactions are over
-    before = table_sizes(env)
+    env, before = await settled_b2bua(nursery, tmp_path, voipgw_seed)
     bystander, _ = await answered_call(env)
     call, leg_b = await answered_call(env)
     real = Call._send_in_dialog
@@ -146,14 +135,9 @@ async def test_a_request_in_hand_when_forwarding_it_fails_on_the_network_gets_50
     ), warned
     assert "alice closed" not in caplog.text
     assert error_records(caplog) == []
-    # The other call goes on.
     monkeypatch.setattr(Call, "_send_in_dialog", real)
-    assert (await (await bystander.request("OPTIONS")).final()).status == 200
-    assert (await bystander.reinvite(env.trunk.offer_sdp())).status == 200
-    assert (await bystander.bye()).status == 200
-    await eventually(lambda: env.calls == 0)
-    await trio.sleep(2 * WINDOW)
-    assert table_sizes(env) == before, leftovers(env)
+    await goes_on(env, bystander)
+    await tables_back(env, before)
 
 
 async def test_a_call_failing_while_it_ends_itself_ends_no_other_call(
@@ -167,8 +151,7 @@ async def test_a_call_failing_while_it_ends_itself_ends_no_other_call(
     """A failure that escapes Call.run (here: its abort cannot send, after a network error in
     hand) ends that call only: the manager's nursery, and every other call in it, goes on."""
     caplog.set_level(logging.INFO)
-    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
-    await trio.sleep(WINDOW)
+    env, _ = await settled_b2bua(nursery, tmp_path, voipgw_seed)
     bystander, _ = await answered_call(env)
     call, _ = await answered_call(env)
     real_send, real_abort = Call._send_in_dialog, Call._abort
@@ -192,10 +175,6 @@ async def test_a_call_failing_while_it_ends_itself_ends_no_other_call(
     await env.trunk.socket.sendto(serialize_message(request), GW)
     await eventually(lambda: env.calls == 1)  # that call is gone, its record written
     assert any("failed while ending" in r.getMessage() for r in caplog.records)
-    # The bystander and the gateway go on.
-    assert (await (await bystander.request("OPTIONS")).final()).status == 200
-    assert (await bystander.reinvite(env.trunk.offer_sdp())).status == 200
-    assert (await bystander.bye()).status == 200
-    await eventually(lambda: env.calls == 0)
+    await goes_on(env, bystander)  # and the gateway:
     another, _ = await answered_call(env)
     assert (await another.bye()).status == 200

@@ -27,20 +27,21 @@ from gateway.testing.sip_agent import SDP, AutoAnswer
 from tests.component.calls.b2bua_env import (
     ALICE_DID,
     GW,
-    T1,
     TRUNK,
     eventually,
     start_b2bua,
 )
 from tests.component.calls.fuzz_checks import (
+    WINDOW,
     _responses_to,
     error_records,
     leftovers,
+    settled_b2bua,
     table_sizes,
+    tables_back,
 )
 from tests.component.calls.metrics_scrape import metrics_env, scrape
 
-WINDOW = 64 * T1 + 1.0
 SECRET = "the-text-of-the-failure"
 
 
@@ -53,9 +54,7 @@ async def test_a_handler_failing_before_anything_took_the_request_gets_it_a_500(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     caplog.set_level(logging.INFO)
-    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
-    await trio.sleep(WINDOW)  # the registration's transactions are over
-    before = table_sizes(env)
+    env, before = await settled_b2bua(nursery, tmp_path, voipgw_seed)
     errors_before = env.gateway.endpoint.statistics.internal_errors
     real = SipEndpoint.respond_locally
 
@@ -94,9 +93,7 @@ async def test_an_invite_whose_call_layer_fails_before_making_a_call_gets_500(
     caller): an INVITE server transaction has no timer in Proceeding, so without the
     endpoint's 500 it, and the caller, would wait for ever."""
     caplog.set_level(logging.INFO)
-    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
-    await trio.sleep(WINDOW)
-    before = table_sizes(env)
+    env, before = await settled_b2bua(nursery, tmp_path, voipgw_seed)
 
     def broken(self: CallManager, invite: Request, flow: Flow) -> Any:
         raise RuntimeError(SECRET)
@@ -109,8 +106,7 @@ async def test_an_invite_whose_call_layer_fails_before_making_a_call_gets_500(
     assert env.calls == 0
     errors = error_records(caplog)
     assert len(errors) == 1 and "internal error" in errors[0], errors
-    await trio.sleep(2 * WINDOW)
-    assert table_sizes(env) == before, leftovers(env)
+    await tables_back(env, before)
 
 
 async def test_a_call_registered_but_never_started_is_forgotten_and_its_invite_gets_500(
@@ -123,9 +119,7 @@ async def test_a_call_registered_but_never_started_is_forgotten_and_its_invite_g
     """CallManager.invite failing after it registered the call but before its task started
     (a tap deciding at the call's start raising): nothing of the call stays, and the endpoint
     answers the INVITE, which no call task will."""
-    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
-    await trio.sleep(WINDOW)
-    before = table_sizes(env)
+    env, before = await settled_b2bua(nursery, tmp_path, voipgw_seed)
     manager = env.gateway.calls
     assert manager is not None
 
@@ -137,8 +131,7 @@ async def test_a_call_registered_but_never_started_is_forgotten_and_its_invite_g
     call = await env.trunk.invite(env.did_uri(ALICE_DID))
     assert (await call.final(timeout=WINDOW)).status == 500
     assert env.calls == 0 and manager.lookup_entries == 0
-    await trio.sleep(2 * WINDOW)
-    assert table_sizes(env) == before, leftovers(env)
+    await tables_back(env, before)
 
 
 async def test_a_call_ending_with_its_callers_invite_unanswered_answers_it_500(
@@ -153,9 +146,7 @@ async def test_a_call_ending_with_its_callers_invite_unanswered_answers_it_500(
     answer A): the call manager answers the caller's INVITE 500 once the call is gone; the
     other calls and the tables are as before."""
     caplog.set_level(logging.INFO)
-    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
-    await trio.sleep(WINDOW)
-    before = table_sizes(env)
+    env, before = await settled_b2bua(nursery, tmp_path, voipgw_seed)
     errors_before = env.gateway.endpoint.statistics.internal_errors
 
     async def setup_fails(self: Call) -> None:
@@ -172,8 +163,7 @@ async def test_a_call_ending_with_its_callers_invite_unanswered_answers_it_500(
     assert SECRET not in final.reason
     assert env.gateway.endpoint.statistics.internal_errors == errors_before + 1
     await eventually(lambda: env.calls == 0)
-    await trio.sleep(2 * WINDOW)
-    assert table_sizes(env) == before, leftovers(env)
+    await tables_back(env, before)
 
 
 async def test_a_response_after_the_final_one_leaves_no_endpoint_entry(
@@ -186,8 +176,7 @@ async def test_a_response_after_the_final_one_leaves_no_endpoint_entry(
     """A TU that answers again after its final response gets TransactionStateError: the
     table forgets the transaction without TransactionTerminated, and the endpoint drops its
     flow entry for it there, rather than keep it for good."""
-    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
-    await trio.sleep(WINDOW)
+    env, _ = await settled_b2bua(nursery, tmp_path, voipgw_seed)
     endpoint = env.gateway.endpoint
     before = endpoint.sizes()
     raised: list[TransactionStateError] = []
@@ -350,8 +339,7 @@ async def test_an_invite_whose_call_cannot_be_made_gives_back_its_call_limit_cou
     (held by its transaction, handed over to the call): a failure making the Call gets the
     INVITE its 500 from the endpoint, and must give the count back, or the trunk has one
     channel fewer until the gateway restarts."""
-    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
-    await trio.sleep(WINDOW)
+    env, _ = await settled_b2bua(nursery, tmp_path, voipgw_seed)
     manager = env.gateway.calls
     assert manager is not None
     limits_before = manager.limits.sizes()

@@ -32,7 +32,7 @@ from urllib.parse import urlencode
 
 from tests.conftest import require_peer
 from tests.interop.harness.ports import LOOPBACK
-from tests.interop.harness.processes import _die_with_parent, tail
+from tests.interop.harness.processes import die_with_parent, tail
 
 #: The softphone page and its script.
 PAGE_DIR = Path(__file__).parents[1] / "browser"
@@ -188,7 +188,7 @@ class Chromium:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: stop() reaches every child
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
 
     def stop(self) -> None:

@@ -47,7 +47,7 @@ import attrs
 
 from tests.conftest import require_peer
 from tests.interop.harness.ports import LOOPBACK, free_port_block, release_port_block
-from tests.interop.harness.processes import _die_with_parent, stop_process, tail
+from tests.interop.harness.processes import die_with_parent, stop_process, tail
 
 # Cursor and bracketed-paste escapes readline writes to the terminal.
 _ESCAPES = re.compile(rb"\x1b\[[?0-9;]*[A-Za-z]")
@@ -231,7 +231,7 @@ class Linphone:
                 stderr=slave,
                 cwd=self.dir,
                 env={**os.environ, "HOME": str(self.home), "TERM": "dumb"},
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
                 start_new_session=True,  # its own session: the pty's signals reach it alone
             )
         finally:

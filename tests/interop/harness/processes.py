@@ -17,10 +17,22 @@ from pathlib import Path
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec. Linux only, which is where the peers run.
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """A ``preexec_fn``: the kernel sends the child ``sig`` when the thread that started it
+    dies, however it dies (prctl PR_SET_PDEATHSIG; Linux only, which is where the peers run).
+
+    Every child started in a session of its own needs it: a signal to the test run's process
+    group (``timeout``, a cancelled CI job) does not reach it, and a pytest killed alone leaves
+    every child running. ``functools.partial(die_with_parent, signal.SIGINT)`` for a child that
+    stops what it started itself on Ctrl-C (a benchmark script, a pytest); SIGINT is then set to
+    its default first, as a terminal's foreground command has it (a run started in the
+    background ignores it, and the child would inherit that).
+    """
+    # Runs in the child between fork and exec.
+    if sig == signal.SIGINT:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
 
 def start_process(
@@ -41,7 +53,7 @@ def start_process(
             stderr=subprocess.STDOUT if stdout is None else log_file,
             cwd=cwd,
             env={**os.environ, **(env or {})},
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
 
 

@@ -1,0 +1,45 @@
+"""A process a test starts in a session of its own dies with the test run.
+
+A signal to the run's process group (``timeout``, a cancelled CI job) does not reach such a
+child, and a pytest killed alone (SIGKILL) leaves every child running: an MDF, a gateway or a
+benchmark script that ran on for hours holding its ports. Each gets a parent-death signal
+(tests/interop/harness/processes.py ``die_with_parent``). The PostgreSQL server, which pg_ctl
+daemonizes, has a watcher instead (tests/pgcluster.py)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).parent
+# Children meant to outlive the test process: the cluster's watcher acts once it is gone.
+OUTLIVE = {"tests/pgcluster.py"}
+
+
+def _own_session_starts(path: Path) -> list[ast.Call]:
+    calls = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not isinstance(node, ast.Call):
+            continue
+        for keyword in node.keywords:
+            value = keyword.value
+            never = isinstance(value, ast.Constant) and not value.value
+            if keyword.arg == "start_new_session" and not never:
+                calls.append(node)
+    return calls
+
+
+def test_every_child_in_a_session_of_its_own_dies_with_the_test_process() -> None:
+    starts = {path: _own_session_starts(path) for path in sorted(ROOT.rglob("*.py"))}
+    assert sum(map(len, starts.values())) >= 5, "the scan found none: tests/ moved?"
+    offences = [
+        f"{path.relative_to(ROOT.parent)}:{call.lineno}"
+        for path, calls in starts.items()
+        for call in calls
+        if str(path.relative_to(ROOT.parent)) not in OUTLIVE
+        and not any(
+            keyword.arg == "preexec_fn" and "die_with_parent" in ast.unparse(keyword.value)
+            for keyword in call.keywords
+        )
+    ]
+    assert offences == [], "give it preexec_fn=die_with_parent:\n" + "\n".join(offences)
