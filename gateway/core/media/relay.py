@@ -567,6 +567,14 @@ class StreamSide:
         remote_rtp = _remote_address(self._family, rtp)
         remote_rtcp = _remote_address(self._family, rtcp)
         if remote_rtp != self._remote_rtp or remote_rtcp != self._remote_rtcp:
+            # The peer's own addresses: its RTP one and its RTCP one, given by a=rtcp or else
+            # implied at RTP port + 1 (RFC 3605 §2.1). A phone whose RTCP came before its SDP
+            # (a callee's first RTCP, sent as its stream starts while it rings or with its 200:
+            # baresip does) latched the RTCP socket from that implied address: it is the new
+            # peer itself, not a previous one to keep out (its RTCP was refused for 3 s).
+            implied_rtcp = remote_rtcp
+            if implied_rtcp is None and remote_rtp is not None:
+                implied_rtcp = (remote_rtp[0], remote_rtp[1] + 1)
             for ep in (self._rtp, self._rtcp):
                 if ep.ice is not None:
                     continue  # ICE selects the source, not SDP (a check moves it)
@@ -574,7 +582,7 @@ class StreamSide:
                 # old one may not take the socket back while it keeps sending. Each change
                 # decides afresh: going back to an earlier peer frees it at once.
                 ep.previous_source = None
-                if remote_rtp is not None and ep.source not in (None, remote_rtp, remote_rtcp):
+                if remote_rtp is not None and ep.source not in (None, remote_rtp, implied_rtcp):
                     ep.previous_source = ep.source
                     ep.previous_until = ep.last_received + PREVIOUS_SOURCE_QUARANTINE
                 _unlatch(ep)
