@@ -136,7 +136,14 @@ class CallHandshakes:
             self.dropped += 1
 
     def poke(self) -> None:
-        """The legs' SDP changed: look at the streams again (new negotiations, new streams)."""
+        """The legs' SDP changed: look at the streams again (new negotiations, new streams).
+
+        The sockets of the streams' handshakes take their datagrams from now on, before the
+        task's next round: a callee may begin its handshake as soon as it has our offer
+        (baresip does as it rings), and its first datagram, read by the relay before the
+        round, was dropped as malformed (the handshake then waited for its retransmission,
+        1 s, and the call's media with it). Call this before the SDP goes out."""
+        self._hook_streams()
         # A full queue wakes the task anyway.
         with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
             self._send.send_nowait(None)
@@ -204,6 +211,14 @@ class CallHandshakes:
                     keys_changed |= self._events(side, index, stream, negotiation, rtcp)
         if keys_changed:
             self._on_keys()
+
+    def _hook_streams(self) -> None:
+        for side, streams in self._streams().items():
+            for index, stream in streams.items():
+                for rtcp, _ in self._negotiations(stream):
+                    self._hook(side, index, rtcp)
+                if stream.rtcp_negotiation is None:
+                    self._before_rtcp_handshake(side, index, stream, None)
 
     def _feed(self, negotiation: KeyNegotiation, packet: bytes, now: float) -> None:
         # RFC 7983: each engine claims its range of first bytes (DTLS 20..63, ZRTP 16..19).
