@@ -75,6 +75,13 @@ def end_outcome(reason: str | None, *, answered: bool) -> str:
     return "rejected"
 
 
+_DROP_KEYS = tuple(
+    (f"dropped_{reason}", f"a_to_b_dropped_{reason}", f"b_to_a_dropped_{reason}")
+    for reason in DROP_REASONS
+)
+"""Per reason: MediaTotals' field, and the media summary's key of each direction."""
+
+
 @attrs.define
 class MediaTotals:
     """Running sums of calls' media counters, added to in place (no allocation per call)."""
@@ -114,12 +121,10 @@ class MediaTotals:
             dropped = int(stats["a_to_b_dropped"] or 0) + int(stats["b_to_a_dropped"] or 0)
             self.dropped += dropped
             if dropped:  # why, as the summary says it (only the reasons that dropped any)
-                for reason in DROP_REASONS:
-                    count = stats.get(f"a_to_b_dropped_{reason}", 0) or 0
-                    count += stats.get(f"b_to_a_dropped_{reason}", 0) or 0
+                for name, a_to_b, b_to_a in _DROP_KEYS:
+                    count = int(stats.get(a_to_b) or 0) + int(stats.get(b_to_a) or 0)
                     if count:
-                        name = f"dropped_{reason}"
-                        setattr(self, name, getattr(self, name) + int(count))
+                        setattr(self, name, getattr(self, name) + count)
             if "a_to_b_udptl_packets" in stats:  # a call that had fax (T.38): not RTP
                 self.udptl_packets += int(stats["a_to_b_udptl_packets"] or 0)
                 self.udptl_packets += int(stats["b_to_a_udptl_packets"] or 0)

@@ -434,9 +434,9 @@ class MediaSession:
             # Why (relay.DROP_REASONS): "a_to_b_dropped_blocked" ..., the reasons that
             # dropped something only; they add up to the direction's "..._dropped".
             for name, reasons in self._dropped_by_reason().items():
-                for reason, count in zip(DROP_REASONS, reasons, strict=True):
+                for key, count in zip(_DROP_KEYS[name], reasons, strict=True):
                     if count:
-                        summary[f"{name}_dropped_{reason}"] = count
+                        summary[key] = count
         if self._faxed:
             summary.update(self._udptl_statistics())
         if self._transcoded_last is not None:  # a call that transcoded G.711: each way
@@ -448,7 +448,8 @@ class MediaSession:
     def _dropped_by_reason(self) -> dict[str, list[int]]:
         """Each direction's drops by reason (relay.DROP_REASONS order), closed streams
         included."""
-        found = {name: list(reasons) for name, reasons in self._totals.dropped_by_reason.items()}
+        closed = self._totals.dropped_by_reason
+        found = {"a_to_b": list(closed["a_to_b"]), "b_to_a": list(closed["b_to_a"])}
         for stream in self.streams:
             _add_drop_reasons(found, stream)
         return found
@@ -1367,6 +1368,13 @@ def _direction_statistics(stream: RelayStream) -> list[tuple[str, tuple[int, int
     for name, control in (("a_to_b", stream.a_to_b), ("b_to_a", stream.b_to_a)):
         found.append((name, control.totals()))
     return found
+
+
+_DROP_KEYS = {
+    name: tuple(f"{name}_dropped_{reason}" for reason in DROP_REASONS)
+    for name in ("a_to_b", "b_to_a")
+}
+"""The summary's keys of each direction's drops by reason, in DROP_REASONS order."""
 
 
 def _add_drop_reasons(found: dict[str, list[int]], stream: RelayStream) -> None:
