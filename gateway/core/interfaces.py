@@ -831,6 +831,9 @@ class MediaCounts:
     transcoded_packets: int = 0
     """RTP packets whose G.711 law was converted (``[media] g711_transcoding``), both
     directions; also in ``packets``."""
+    dropped_by_reason: tuple[tuple[str, int], ...] = ()
+    """``dropped`` split by reason: (reason, packets) for each of
+    :data:`gateway.core.media.relay.DROP_REASONS`, in that order (docs/metrics.md)."""
 
 
 @attrs.frozen

@@ -34,6 +34,7 @@ from gateway.core.interfaces import (
     TrunkCounts,
 )
 from gateway.core.ip import ip_facts, ip_literal
+from gateway.core.media.relay import DROP_REASONS
 from gateway.core.sip.uri import redact_password
 
 if TYPE_CHECKING:
@@ -74,6 +75,13 @@ def end_outcome(reason: str | None, *, answered: bool) -> str:
     return "rejected"
 
 
+_DROP_KEYS = tuple(
+    (f"dropped_{reason}", f"a_to_b_dropped_{reason}", f"b_to_a_dropped_{reason}")
+    for reason in DROP_REASONS
+)
+"""Per reason: MediaTotals' field, and the media summary's key of each direction."""
+
+
 @attrs.define
 class MediaTotals:
     """Running sums of calls' media counters, added to in place (no allocation per call)."""
@@ -88,6 +96,18 @@ class MediaTotals:
     udptl_packets: int = 0
     udptl_bytes: int = 0
     transcoded_packets: int = 0
+    # ``dropped`` by reason (gateway.core.media.relay.DROP_REASONS): ints, not a list, so that
+    # attrs.evolve makes a copy that adding to leaves the original alone.
+    dropped_unlatched_source: int = 0
+    dropped_blocked: int = 0
+    dropped_srtp_refused: int = 0
+    dropped_malformed: int = 0
+    dropped_no_destination: int = 0
+    dropped_send_failed: int = 0
+
+    def dropped_by_reason(self) -> tuple[tuple[str, int], ...]:
+        """``dropped`` split by reason, in DROP_REASONS order."""
+        return tuple((reason, getattr(self, f"dropped_{reason}")) for reason in DROP_REASONS)
 
     def add_call(self, call: Call) -> int:
         """Add ``call``'s counters so far (closed streams and replaced SRTP sessions
@@ -98,7 +118,13 @@ class MediaTotals:
             streams = int(stats["streams"] or 0)
             self.packets += int(stats["a_to_b_packets"] or 0) + int(stats["b_to_a_packets"] or 0)
             self.bytes += int(stats["a_to_b_bytes"] or 0) + int(stats["b_to_a_bytes"] or 0)
-            self.dropped += int(stats["a_to_b_dropped"] or 0) + int(stats["b_to_a_dropped"] or 0)
+            dropped = int(stats["a_to_b_dropped"] or 0) + int(stats["b_to_a_dropped"] or 0)
+            self.dropped += dropped
+            if dropped:  # why, as the summary says it (only the reasons that dropped any)
+                for name, a_to_b, b_to_a in _DROP_KEYS:
+                    count = int(stats.get(a_to_b) or 0) + int(stats.get(b_to_a) or 0)
+                    if count:
+                        setattr(self, name, getattr(self, name) + count)
             if "a_to_b_udptl_packets" in stats:  # a call that had fax (T.38): not RTP
                 self.udptl_packets += int(stats["a_to_b_udptl_packets"] or 0)
                 self.udptl_packets += int(stats["b_to_a_udptl_packets"] or 0)
@@ -123,6 +149,12 @@ class MediaTotals:
         self.packets += sign * other.packets
         self.bytes += sign * other.bytes
         self.dropped += sign * other.dropped
+        self.dropped_unlatched_source += sign * other.dropped_unlatched_source
+        self.dropped_blocked += sign * other.dropped_blocked
+        self.dropped_srtp_refused += sign * other.dropped_srtp_refused
+        self.dropped_malformed += sign * other.dropped_malformed
+        self.dropped_no_destination += sign * other.dropped_no_destination
+        self.dropped_send_failed += sign * other.dropped_send_failed
         self.srtp_auth_failures += sign * other.srtp_auth_failures
         self.srtp_replays += sign * other.srtp_replays
         self.rtcp_reports += sign * other.rtcp_reports
@@ -310,6 +342,7 @@ class StatusView:
             packets=totals.packets,
             bytes=totals.bytes,
             dropped=totals.dropped,
+            dropped_by_reason=totals.dropped_by_reason(),
             srtp_auth_failures=totals.srtp_auth_failures,
             srtp_replays=totals.srtp_replays,
             rtcp_reports=totals.rtcp_reports,

@@ -202,6 +202,10 @@ class CallTargets(CallLocationUpdates, CallMediaKeys):
             request = identity.signed(cast("Call", self), trunk, request)  # RFC 8224 §4.1: Identity
         if self.location is not None:
             request = self._with_location(leg, request, self.location)
+        # A callee answering DTLS-SRTP active may begin its handshakes as soon as it has our
+        # offer (RFC 5763 §5; baresip does as it rings): their sockets take its datagrams
+        # from now on, not from the handshake task's first round after the INVITE went.
+        self._drive_handshakes()
         await self._send_b_invite(leg, request)
         return None
 

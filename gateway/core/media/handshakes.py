@@ -19,7 +19,14 @@ datagrams and time (RFC 5764 §5.1.2 and RFC 6189 §5: both share the 5-tuple of
 - a leg without rtcp-mux runs a second handshake on its RTCP port (RFC 5764 §4.1): the stream's
   negotiation gives it (``rtcp_component()``), its datagrams go in and out of the RTCP socket,
   its ``KeysReady`` sets the stream's SRTCP keys (RTCP is dropped until then) and its failure
-  ends the call like the RTP port's;
+  ends the call like the RTP port's. A leg we offered to has no such handshake before its
+  answer (our role is not known yet), but a callee that answers ``a=setup:active`` starts both
+  ports' handshakes as it answers, or as it rings (baresip), and its ClientHellos may come
+  before its answer (RFC 5763 §5). So the RTCP socket of a leg that may need one takes such
+  datagrams from the start: up to :data:`EARLY_RTCP_DATAGRAMS` are held and handed to the
+  RTCP port's handshake once it exists (the RTP port's engine holds its own, until the answer).
+  Dropped, the ClientHello waited for its retransmission (1 s, RFC 6347 §4.2.4.1), and SRTCP
+  was dropped both ways until then;
 - which streams are driven is read afresh from each leg's
   :meth:`~gateway.core.media.security.LegSecurity.media_path_streams` on every round, so a
   re-INVITE's new negotiation is picked up; the call calls :meth:`poke` after SDP changes.
@@ -56,6 +63,11 @@ INTERNAL_ERROR_REASON = "internal error in the media-path key exchange"
 
 QUEUE = 64
 """Datagrams waiting for the task; more are dropped (a handshake flight is a few datagrams)."""
+
+EARLY_RTCP_DATAGRAMS = 16
+"""Datagrams held per stream and leg that came on its RTCP port before that port's handshake
+exists (the answer we wait for decides our role); more are dropped and counted (``dropped``).
+As many as the DTLS engine holds on the RTP port (its ``MAX_EARLY_DATAGRAMS``)."""
 
 _Item = tuple[str, int, bool, bytes] | None
 """(side, stream index, on the RTCP port, datagram), or None: look again."""
@@ -104,8 +116,11 @@ class CallHandshakes:
         """The RTCP component last driven per (side, stream) and the keys it agreed: a
         re-INVITE's new StreamSecurity gets the same component (the association goes on) and
         its keys, whose KeysReady the earlier StreamSecurity took."""
+        self._early_rtcp: dict[tuple[str, int], list[bytes]] = {}
+        """Datagrams that came on a leg's RTCP port before its handshake there existed."""
         self.dropped = 0
-        """Datagrams dropped because the queue was full."""
+        """Datagrams dropped because the queue was full, or beyond
+        :data:`EARLY_RTCP_DATAGRAMS` before the RTCP port's handshake existed."""
         self.unclaimed = 0
         """Datagrams no negotiation of their stream and port claimed (RFC 7983 demux)."""
 
@@ -121,7 +136,14 @@ class CallHandshakes:
             self.dropped += 1
 
     def poke(self) -> None:
-        """The legs' SDP changed: look at the streams again (new negotiations, new streams)."""
+        """The legs' SDP changed: look at the streams again (new negotiations, new streams).
+
+        The sockets of the streams' handshakes take their datagrams from now on, before the
+        task's next round: a callee may begin its handshake as soon as it has our offer
+        (baresip does as it rings), and its first datagram, read by the relay before the
+        round, was dropped as malformed (the handshake then waited for its retransmission,
+        1 s, and the call's media with it). Call this before the SDP goes out."""
+        self._hook_streams()
         # A full queue wakes the task anyway.
         with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
             self._send.send_nowait(None)
@@ -164,19 +186,18 @@ class CallHandshakes:
         for side, streams in self._streams().items():
             for index, stream in streams.items():
                 keys_changed |= self._attach_rtcp(side, index, stream)
+                if stream.rtcp_negotiation is None:
+                    self._before_rtcp_handshake(side, index, stream, item)
                 for rtcp, negotiation in self._negotiations(stream):
                     self._hook(side, index, rtcp)
                     timer = negotiation.get_timer()
                     if timer is not None and timer <= now:
                         negotiation.handle_timer(now=now)
+                    if rtcp:
+                        for packet in self._early_rtcp.pop((side, index), ()):
+                            self._feed(negotiation, packet, now)
                     if item is not None and item[:3] == (side, index, rtcp):
-                        packet = item[3]
-                        # RFC 7983: each engine claims its range of first bytes (DTLS 20..63,
-                        # ZRTP 16..19).
-                        if negotiation.claims_packet(packet[0], packet):
-                            negotiation.receive_packet(packet, now=now)
-                        else:
-                            self.unclaimed += 1
+                        self._feed(negotiation, item[3], now)
                     relay_side = self._side(side, index)
                     for packet in negotiation.packets_to_send(now=now):
                         if relay_side is None or not relay_side.send(packet, rtcp=rtcp):
@@ -190,6 +211,44 @@ class CallHandshakes:
                     keys_changed |= self._events(side, index, stream, negotiation, rtcp)
         if keys_changed:
             self._on_keys()
+
+    def _hook_streams(self) -> None:
+        for side, streams in self._streams().items():
+            for index, stream in streams.items():
+                for rtcp, _ in self._negotiations(stream):
+                    self._hook(side, index, rtcp)
+                if stream.rtcp_negotiation is None:
+                    self._before_rtcp_handshake(side, index, stream, None)
+
+    def _feed(self, negotiation: KeyNegotiation, packet: bytes, now: float) -> None:
+        # RFC 7983: each engine claims its range of first bytes (DTLS 20..63, ZRTP 16..19).
+        if negotiation.claims_packet(packet[0], packet):
+            negotiation.receive_packet(packet, now=now)
+        else:
+            self.unclaimed += 1
+
+    def _before_rtcp_handshake(
+        self, side: str, index: int, stream: StreamSecurity, item: _Item
+    ) -> None:
+        """A stream whose leg has no RTCP port handshake (yet): while one may come (a
+        negotiation that keys a separate RTCP port, on a leg not known to mux), its RTCP socket
+        takes key-exchange datagrams and this holds them (module docstring); a leg that muxes
+        needs none, and what was held goes."""
+        relay_side = self._side(side, index)
+        if relay_side is None or relay_side.rtcp_mux:
+            self._early_rtcp.pop((side, index), None)
+            if item is not None and item[:3] == (side, index, True):
+                self.unclaimed += 1  # on the RTCP port of a leg that muxes: nobody's
+            return
+        if not isinstance(stream.negotiation, HasRtcpComponent):
+            return
+        self._hook(side, index, True)
+        if item is not None and item[:3] == (side, index, True):
+            held = self._early_rtcp.setdefault((side, index), [])
+            if len(held) < EARLY_RTCP_DATAGRAMS:
+                held.append(item[3])
+            else:
+                self.dropped += 1
 
     @staticmethod
     def _negotiations(stream: StreamSecurity) -> list[tuple[bool, KeyNegotiation]]:

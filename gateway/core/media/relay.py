@@ -89,7 +89,9 @@ address (direction ``a_to_b``), and the reverse.
   shown as having had RTP. The RTCP socket relays nothing then. The mode is decided at setup:
   an opaque socket is kept in a table of its own, looked up only where the RTP table has no
   endpoint, so RTP pays nothing.
-- Every drop is counted per direction and reason; :meth:`DirectionControl.statistics`.
+- Every drop is counted per direction and reason (:data:`DROP_REASONS`), where it happens, on
+  the drop's own branch: the forwarding path counts nothing more for it.
+  :meth:`DirectionControl.statistics`, :meth:`DirectionControl.dropped_by_reason`.
 - Reading RTCP (call quality, :mod:`~gateway.core.media.quality`): a direction's
   :attr:`DirectionControl.rtcp_observer` gets each of its RTCP datagrams, plain (after SRTCP
   unprotect), and the datagram is forwarded unchanged. The observer rides on the RTCP route's
@@ -268,6 +270,22 @@ unprotect; before ``rtcp_out``), to read it (call quality,
 observer does. Runs in the relay's loop, RTCP only (RTP never reaches it): must not block."""
 
 
+DROP_REASONS = (
+    "unlatched_source",
+    "blocked",
+    "srtp_refused",
+    "malformed",
+    "no_destination",
+    "send_failed",
+)
+"""Why the relay drops a packet, in the order of :meth:`DirectionControl.dropped_by_reason`:
+``dropped_unlatched_source``, ``dropped_blocked``, ``dropped_transform`` (SRTP/SRTCP refused
+it, or another transform did), ``dropped_malformed``, ``dropped_no_destination`` and
+``dropped_send_error`` of :class:`DirectionStatistics`. The names are the ``reason`` label of
+``voipgw_media_dropped_packets_by_reason_total`` (docs/metrics.md says what each means and
+what to do about it)."""
+
+
 @attrs.frozen
 class DirectionStatistics:
     """Counters of one direction of a stream since it was opened."""
@@ -325,6 +343,18 @@ class DirectionStatistics:
             + self.dropped_malformed
             + self.dropped_send_error
             + self.dropped_no_destination
+        )
+
+    @property
+    def dropped_by_reason(self) -> tuple[int, int, int, int, int, int]:
+        """``dropped`` split as :data:`DROP_REASONS` names its parts."""
+        return (
+            self.dropped_unlatched_source,
+            self.dropped_blocked,
+            self.dropped_transform,
+            self.dropped_malformed,
+            self.dropped_no_destination,
+            self.dropped_send_error,
         )
 
 
@@ -567,6 +597,14 @@ class StreamSide:
         remote_rtp = _remote_address(self._family, rtp)
         remote_rtcp = _remote_address(self._family, rtcp)
         if remote_rtp != self._remote_rtp or remote_rtcp != self._remote_rtcp:
+            # The peer's own addresses: its RTP one and its RTCP one, given by a=rtcp or else
+            # implied at RTP port + 1 (RFC 3605 §2.1). A phone whose RTCP came before its SDP
+            # (a callee's first RTCP, sent as its stream starts while it rings or with its 200:
+            # baresip does) latched the RTCP socket from that implied address: it is the new
+            # peer itself, not a previous one to keep out (its RTCP was refused for 3 s).
+            implied_rtcp = remote_rtcp
+            if implied_rtcp is None and remote_rtp is not None:
+                implied_rtcp = (remote_rtp[0], remote_rtp[1] + 1)
             for ep in (self._rtp, self._rtcp):
                 if ep.ice is not None:
                     continue  # ICE selects the source, not SDP (a check moves it)
@@ -574,7 +612,7 @@ class StreamSide:
                 # old one may not take the socket back while it keeps sending. Each change
                 # decides afresh: going back to an earlier peer frees it at once.
                 ep.previous_source = None
-                if remote_rtp is not None and ep.source not in (None, remote_rtp, remote_rtcp):
+                if remote_rtp is not None and ep.source not in (None, remote_rtp, implied_rtcp):
                     ep.previous_source = ep.source
                     ep.previous_until = ep.last_received + PREVIOUS_SOURCE_QUARANTINE
                 _unlatch(ep)
@@ -843,6 +881,32 @@ class DirectionControl:
             # that do not parse move from dropped_transform to dropped_malformed: no change.
             dropped -= self._dtmf_taken_before + (self._dtmf.taken if self._dtmf else 0)
         return packets, octets, dropped
+
+    def dropped_by_reason(self) -> tuple[int, int, int, int, int, int]:
+        """``statistics().dropped_by_reason`` (see :data:`DROP_REASONS`) without building the
+        statistics: the media session's summary reads it with :meth:`totals`, for the call
+        record and the metrics. Read from the counters the drops already keep: nothing is
+        added to the per-packet path (a property test holds it equal to the statistics)."""
+        rtp_ep, rtcp_ep = self._endpoints
+        routes = (rtp_ep.rtp, rtp_ep.rtcp, rtcp_ep.rtp, rtcp_ep.rtcp)
+        transform = no_destination = send_failed = 0
+        for route in routes:
+            transform += route.dropped_transform
+            no_destination += route.dropped_no_destination
+            send_failed += route.dropped_send_error
+        red_malformed = self._red_malformed.value
+        transform -= red_malformed
+        if self._dtmf is not None or self._dtmf_taken_before:
+            # Event packets taken for SIP INFO are no loss (as in statistics()).
+            transform -= self._dtmf_taken_before + (self._dtmf.taken if self._dtmf else 0)
+        return (
+            rtp_ep.dropped_unlatched_source + rtcp_ep.dropped_unlatched_source,
+            rtp_ep.dropped_blocked + rtcp_ep.dropped_blocked,
+            transform,
+            rtp_ep.dropped_malformed + rtcp_ep.dropped_malformed + red_malformed,
+            no_destination,
+            send_failed,
+        )
 
     def statistics(self) -> DirectionStatistics:
         # The direction's two sockets (RTP, RTCP), each with an RTP and an RTCP route. Added

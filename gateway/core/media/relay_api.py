@@ -118,6 +118,11 @@ class RelayDirection(Protocol):
         media session's summary reads, without building the statistics."""
         ...
 
+    def dropped_by_reason(self) -> tuple[int, int, int, int, int, int]:
+        """``statistics().dropped_by_reason``: the drops by reason, in the order of
+        :data:`gateway.core.media.relay.DROP_REASONS`, without building the statistics."""
+        ...
+
 
 class RelayStream(Protocol):
     """One relayed media stream (:class:`gateway.core.media.relay.MediaStream`)."""

@@ -504,6 +504,10 @@ class RemoteDirection:
         counts = self._counts
         return counts.packets, counts.rtp_bytes + counts.rtcp_bytes, counts.dropped
 
+    def dropped_by_reason(self) -> tuple[int, int, int, int, int, int]:
+        """The drops by reason the worker last pushed (its counters travel whole, ``Stats``)."""
+        return self._counts.dropped_by_reason
+
 
 @attrs.define(eq=False, init=False)
 class RemoteStream:

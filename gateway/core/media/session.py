@@ -79,7 +79,7 @@ from gateway.core.ip import ip_facts
 from gateway.core.media.dtmf import Digit, EventDetector
 from gateway.core.media.errors import LocalMediaError
 from gateway.core.media.quality import CallQuality
-from gateway.core.media.relay import DtmfInterworking
+from gateway.core.media.relay import DROP_REASONS, DtmfInterworking
 from gateway.core.media.relay_api import Relay, RelaySide, RelayStream
 from gateway.core.media.t38 import is_udptl_t38, t38_problem_untrusted
 from gateway.core.media.transcoding import (
@@ -253,6 +253,10 @@ class _Totals:
     packets: dict[str, int] = attrs.Factory(lambda: {"a_to_b": 0, "b_to_a": 0})
     bytes: dict[str, int] = attrs.Factory(lambda: {"a_to_b": 0, "b_to_a": 0})
     dropped: dict[str, int] = attrs.Factory(lambda: {"a_to_b": 0, "b_to_a": 0})
+    # The same drops per reason (relay.DROP_REASONS order), per direction.
+    dropped_by_reason: dict[str, list[int]] = attrs.Factory(
+        lambda: {"a_to_b": [0] * len(DROP_REASONS), "b_to_a": [0] * len(DROP_REASONS)}
+    )
     last_activity: float | None = None
     # T.38 UDPTL datagrams and bytes per direction ("a_to_b_udptl_packets" ...), made when the
     # first stream of a call that had fax closes: calls without fax never have one.
@@ -426,6 +430,13 @@ class MediaSession:
             "b_to_a_dropped": dropped["b_to_a"],
             "last_activity": self.last_activity,
         }
+        if dropped["a_to_b"] or dropped["b_to_a"]:
+            # Why (relay.DROP_REASONS): "a_to_b_dropped_blocked" ..., the reasons that
+            # dropped something only; they add up to the direction's "..._dropped".
+            for name, reasons in self._dropped_by_reason().items():
+                for key, count in zip(_DROP_KEYS[name], reasons, strict=True):
+                    if count:
+                        summary[key] = count
         if self._faxed:
             summary.update(self._udptl_statistics())
         if self._transcoded_last is not None:  # a call that transcoded G.711: each way
@@ -433,6 +444,15 @@ class MediaSession:
             summary["a_to_b_transcoded_packets"] = counts["a_to_b"]
             summary["b_to_a_transcoded_packets"] = counts["b_to_a"]
         return summary
+
+    def _dropped_by_reason(self) -> dict[str, list[int]]:
+        """Each direction's drops by reason (relay.DROP_REASONS order), closed streams
+        included."""
+        closed = self._totals.dropped_by_reason
+        found = {"a_to_b": list(closed["a_to_b"]), "b_to_a": list(closed["b_to_a"])}
+        for stream in self.streams:
+            _add_drop_reasons(found, stream)
+        return found
 
     def _udptl_statistics(self) -> dict[str, int]:
         """The T.38 UDPTL datagrams and bytes each direction forwarded, closed streams
@@ -1278,6 +1298,7 @@ class MediaSession:
             totals.packets[name] += counters[0]
             totals.bytes[name] += counters[1]
             totals.dropped[name] += counters[2]
+        _add_drop_reasons(totals.dropped_by_reason, stream)
         if self._faxed:
             if totals.udptl is None:
                 totals.udptl = dict.fromkeys(_UDPTL_KEYS, 0)
@@ -1347,6 +1368,21 @@ def _direction_statistics(stream: RelayStream) -> list[tuple[str, tuple[int, int
     for name, control in (("a_to_b", stream.a_to_b), ("b_to_a", stream.b_to_a)):
         found.append((name, control.totals()))
     return found
+
+
+_DROP_KEYS = {
+    name: tuple(f"{name}_dropped_{reason}" for reason in DROP_REASONS)
+    for name in ("a_to_b", "b_to_a")
+}
+"""The summary's keys of each direction's drops by reason, in DROP_REASONS order."""
+
+
+def _add_drop_reasons(found: dict[str, list[int]], stream: RelayStream) -> None:
+    """Add ``stream``'s drops by reason to ``found`` (per direction, relay.DROP_REASONS order)."""
+    for name, control in (("a_to_b", stream.a_to_b), ("b_to_a", stream.b_to_a)):
+        counts = found[name]
+        for i, count in enumerate(control.dropped_by_reason()):
+            counts[i] += count
 
 
 _UDPTL_KEYS = (

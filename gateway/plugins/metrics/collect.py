@@ -410,6 +410,14 @@ def _media(out: Exposition, media: MediaCounts) -> None:
     )
     out.sample(media.dropped)
     out.family(
+        "voipgw_media_dropped_packets_by_reason_total",
+        "counter",
+        "The media packets dropped above, by reason: unlatched_source, blocked (no answer or "
+        "no keys yet), srtp_refused, malformed, no_destination, send_failed.",
+    )
+    for reason, count in media.dropped_by_reason:
+        out.sample(count, [("reason", reason)])
+    out.family(
         "voipgw_srtp_auth_failures_total",
         "counter",
         "SRTP and SRTCP packets whose authentication tag did not verify (RFC 3711 3.3.2).",

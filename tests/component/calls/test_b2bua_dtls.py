@@ -253,6 +253,41 @@ async def test_a_callee_whose_policy_is_dtls_is_offered_dtls_and_keyed_by_its_ha
     assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
 
 
+async def test_a_callees_rtcp_port_client_hello_before_its_answer_is_not_lost(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # A callee answering a=setup:active (the DTLS client) without rtcp-mux starts both ports'
+    # handshakes before its answer reaches us (baresip does as it rings). The RTP port's
+    # ClientHello waits in the engine for the answer; the RTCP port's has no handshake to go to
+    # until then (our role is not known). It was dropped as malformed: the callee resent it a
+    # second later (RFC 6347 §4.2.4.1) and SRTCP was dropped both ways in between.
+    env = await with_dtls(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    assert env.gateway.store is not None
+    env.gateway.store.accounts_set("alice", media_policy="dtls")
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    offer = parse_sdp_untrusted(leg_b.invite.body)
+    offered = offer.media[0]
+    assert not offered.rtcp_mux
+    negotiation = DtlsKeyExchange(identity=lambda: PHONE_ID).answer(
+        pairs(offer, offered), suites=[], secure_signalling=False
+    )
+    assert negotiation is not None and negotiation.dtls_role == "client"
+    phone, rtcp_phone = await phones(nursery, negotiation, PHONE_PORT, offered.port)
+    await eventually(lambda: rtcp_phone.negotiation.statistics().datagrams_sent >= 1)  # type: ignore[attr-defined]
+    await trio.sleep(0.2)  # the ClientHellos reached the gateway; the answer comes later
+    await leg_b.answer(200, sdp=dtls_sdp(negotiation, rtcp_mux=False))
+    assert (await call.final()).status == 200
+    await assert_b_leg_keyed(env, phone, rtcp_phone)
+    for engine in (phone.negotiation, rtcp_phone.negotiation):
+        assert engine.statistics().retransmissions == 0  # type: ignore[attr-defined]
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert gateway_call.media is not None
+    (stream,) = gateway_call.media.streams
+    assert stream.b_to_a.statistics().dropped_malformed == 0
+
+
 async def test_of_two_forked_dtls_callees_the_one_that_answers_is_keyed(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:

@@ -27,6 +27,7 @@ import gateway.plugins.keyexchange.sdes as sdes_plugin
 import gateway.plugins.metrics as metrics_plugin
 from gateway.core.gateway import HOUSEKEEPING_INTERVAL
 from gateway.core.ids import SeededIds
+from gateway.core.media.relay import DROP_REASONS
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.store.errors import StoreBusy, StoreError, StoreIndexing
 from gateway.plugins.metrics.server import (
@@ -51,6 +52,16 @@ from tests.component.calls.scanner_requests import request as scanner_request
 from tests.port_blocks import port_bases
 
 CALLER_PORT, CALLEE_PORT = port_bases(2)  # this process's own ports (tests/port_blocks.py)
+
+
+NO_DROPS = dict.fromkeys(DROP_REASONS, 0)
+
+
+def _drops_by_reason(samples: dict[str, float]) -> dict[str, float]:
+    prefix = 'voipgw_media_dropped_packets_by_reason_total{reason="'
+    return {
+        key[len(prefix) : -2]: value for key, value in samples.items() if key.startswith(prefix)
+    }
 
 
 async def test_scrapes_follow_a_call_from_start_to_end_and_keep_its_media(
@@ -90,6 +101,8 @@ async def test_scrapes_follow_a_call_from_start_to_end_and_keep_its_media(
         assert during["voipgw_media_relayed_packets_total"] == 20
         assert during["voipgw_media_relayed_bytes_total"] == 20 * (12 + 160)
         assert during["voipgw_media_dropped_packets_total"] == 1
+        # Why, by reason: every reason has its series, the runt is the one malformed packet.
+        assert _drops_by_reason(during) == {**NO_DROPS, "malformed": 1}
         # Answered after about 3 s: in the 5 s bucket, not the 2 s one.
         assert during['voipgw_call_setup_seconds_bucket{le="2.0"}'] == 0
         assert during['voipgw_call_setup_seconds_bucket{le="5.0"}'] == 1
@@ -109,6 +122,7 @@ async def test_scrapes_follow_a_call_from_start_to_end_and_keep_its_media(
     assert after["voipgw_media_relayed_packets_total"] == 20
     assert after["voipgw_media_relayed_bytes_total"] == 20 * (12 + 160)
     assert after["voipgw_media_dropped_packets_total"] == 1
+    assert _drops_by_reason(after) == {**NO_DROPS, "malformed": 1}
     assert (
         after["voipgw_sip_messages_received_total"] > before["voipgw_sip_messages_received_total"]
     )

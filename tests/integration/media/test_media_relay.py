@@ -511,6 +511,36 @@ async def test_rtcp_to_an_explicit_a_rtcp_address(
     )
 
 
+async def test_rtcp_that_came_before_the_sdp_from_its_implied_address_is_not_kept_out(
+    start_relay: StartRelay, make_phone: Callable[[], PlainPhone]
+):
+    # A callee's RTCP arrives before its answer reaches us (baresip sends an RTCP packet as its
+    # stream starts, while it rings): it latches side B's RTCP socket, and is dropped (the
+    # direction waits for the answer). Its answer then gives bob's RTP address, with RTCP
+    # implied at RTP port + 1 (RFC 3605 §2.1): the latched source is bob himself, never a
+    # previous peer for the quarantine. Before, his RTCP was refused for 3 s after the answer.
+    clock = FakeClock()
+    relay = await start_relay(clock=clock)
+    alice, bob = make_phone(), make_phone()
+    with relay.open_stream() as stream:
+        stream.a.set_remote(alice.rtp_address)
+        stream.b_to_a.blocked = True  # no answer yet
+        await bob.send(empty_receiver_report(1), stream.b.ports.rtcp_port, from_rtcp=True)
+        await until(lambda: stream.b_to_a.statistics().dropped_blocked == 1)
+        assert stream.b.rtcp_source == bob.rtcp_address
+
+        clock.now = 0.5
+        stream.b.set_remote(bob.rtp_address)  # the answer
+        stream.b_to_a.blocked = False
+        await bob.send(empty_receiver_report(2), stream.b.ports.rtcp_port, from_rtcp=True)
+        assert await alice.receive(on_rtcp=True) == (
+            empty_receiver_report(2),
+            (ADDRESS, stream.a.ports.rtcp_port),
+        )
+        assert stream.b_to_a.statistics().dropped_unlatched_source == 0
+        assert stream.b.rtcp_source == bob.rtcp_address
+
+
 async def test_rtcp_between_sides_without_mux(
     connected: MediaStream, alice: PlainPhone, bob: PlainPhone
 ):

@@ -239,3 +239,41 @@ async def test_early_media_from_one_fork_then_the_answer_of_another(
     assert (await alice.receive())[0] == rtp(4, ssrc=2)  # the marker comes first
     await alice.send_rtp(rtp(5))
     assert await bob.receive() == (rtp(5), (ADDRESS, bob.remote_rtp))
+
+
+async def test_the_summary_says_why_each_direction_dropped_and_keeps_it_once_closed(
+    session: MediaSession, make_phone: Callable[..., Phone]
+):
+    # The call record's media summary ("a_to_b_dropped" ...) and the metrics by reason read
+    # these: each reason that dropped something, per direction, adding up to the drops.
+    alice, bob = make_phone(), make_phone()
+    to_b = session.offer_to_b(alice.sdp())
+    bob.learn(to_b)
+    stream = session.stream_at(0)
+    assert stream is not None
+    alice.remote_rtp = stream.a.ports.rtp_port  # early: she has no answer to read it from
+    await alice.send_rtp(rtp(1))  # bob's address unknown yet: nowhere to go
+    await until(lambda: stream.a_to_b.statistics().dropped_no_destination == 1)
+    to_a = session.answer_from_b(bob.sdp())
+    alice.learn(to_a)
+    session.settle()
+    await alice.send_rtp(rtp(2))
+    assert (await bob.receive())[0] == rtp(2)  # alice latched
+    await alice.send_rtp(b"\x80\x00\x00")  # not even an RTP header
+    await until(lambda: stream.a_to_b.statistics().dropped_malformed == 1)
+    stream.b_to_a.blocked = True  # as keying does while keys are missing
+    await bob.send_rtp(rtp(4, ssrc=7))
+    await until(lambda: stream.b_to_a.statistics().dropped_blocked == 1)
+
+    expected = {
+        "a_to_b_dropped": 2,
+        "a_to_b_dropped_no_destination": 1,
+        "a_to_b_dropped_malformed": 1,
+        "b_to_a_dropped": 1,
+        "b_to_a_dropped_blocked": 1,
+    }
+    stats = session.statistics()
+    assert {key: value for key, value in stats.items() if "_dropped" in key} == expected
+    session.close()  # the closed stream's drops stay in the call's summary
+    stats = session.statistics()
+    assert {key: value for key, value in stats.items() if "_dropped" in key} == expected

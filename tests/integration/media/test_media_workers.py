@@ -107,6 +107,9 @@ async def test_each_worker_relays_rtp_and_pushes_its_counters(pool: WorkerPool) 
     await connected(pool, s0, a0, b0, blocked=True)
     await a0.send(rtp(0), s0.a.ports.rtp_port)
     await eventually(lambda: s0.a_to_b.statistics().dropped_blocked == 1, "blocked at first")
+    # The reason travels with the worker's counters (for the call record and the metrics).
+    assert s0.a_to_b.dropped_by_reason() == (0, 1, 0, 0, 0, 0)
+    assert s0.a_to_b.totals()[2] == 1
     await connected(pool, s0, a0, b0)
     await connected(pool, s1, a1, b1)
     for sequence in range(1, 4):

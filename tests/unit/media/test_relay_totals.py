@@ -1,5 +1,6 @@
 """A direction's totals (``DirectionControl.totals``, read by the media session's summary and
-close) are what its full statistics add up to, whatever its counters hold."""
+close) and its drops by reason (``DirectionControl.dropped_by_reason``, for the call record and
+the metrics) are what its full statistics say, whatever its counters hold."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from gateway.core.config import PortRange
 from gateway.core.media.ports import PortAllocator
-from gateway.core.media.relay import DirectionControl, MediaRelay, MediaStream
+from gateway.core.media.relay import DROP_REASONS, DirectionControl, MediaRelay, MediaStream
 from tests.port_blocks import port_block_text
 
 ROUTE_COUNTERS = (
@@ -74,6 +75,18 @@ def test_totals_are_the_statistics_sums(
     control._dtmf_taken_before = dtmf_taken_before
     control._red_malformed.value = red_malformed
     assert control.totals() == _as_statistics_say(control)
+    by_reason = control.dropped_by_reason()
+    stats = control.statistics()
+    assert by_reason == stats.dropped_by_reason
+    assert sum(by_reason) == stats.dropped
+    assert len(by_reason) == len(DROP_REASONS)
+    named = dict(zip(DROP_REASONS, by_reason, strict=True))
+    assert named["unlatched_source"] == stats.dropped_unlatched_source
+    assert named["blocked"] == stats.dropped_blocked
+    assert named["srtp_refused"] == stats.dropped_transform
+    assert named["malformed"] == stats.dropped_malformed
+    assert named["no_destination"] == stats.dropped_no_destination
+    assert named["send_failed"] == stats.dropped_send_error
 
 
 def test_totals_of_a_new_stream_are_zero(stream: MediaStream) -> None:
@@ -87,3 +100,4 @@ def test_totals_of_a_new_stream_are_zero(stream: MediaStream) -> None:
             for name in ENDPOINT_COUNTERS:
                 setattr(endpoint, name, 0)
         assert control.totals() == (0, 0, 0) == _as_statistics_say(control)
+        assert control.dropped_by_reason() == (0,) * len(DROP_REASONS)

@@ -231,3 +231,43 @@ def test_a_listen_that_is_not_address_and_port_is_refused(listen: str) -> None:
 def test_a_path_must_be_absolute_and_plain(path: str) -> None:
     with pytest.raises(ValueError, match="path: expected an absolute path"):
         MetricsConfig(path=path)
+
+
+def test_drops_are_summed_by_reason_and_add_up_to_the_total() -> None:
+    """A call record's ``*_dropped_<reason>`` figures (only the reasons that dropped any) go to
+    their reason's total, both directions summed; the reasons add up to ``dropped``, and a
+    sum taken away (a walked call that ended meanwhile) takes its reasons away too."""
+    media = dict.fromkeys(("a_to_b_packets", "b_to_a_packets", "a_to_b_bytes", "b_to_a_bytes"), 0)
+    clean = {**media, "streams": 1, "a_to_b_dropped": 0, "b_to_a_dropped": 0}
+    dropping = {
+        **media,
+        "streams": 1,
+        "a_to_b_dropped": 3,
+        "a_to_b_dropped_srtp_refused": 1,
+        "a_to_b_dropped_blocked": 2,
+        "b_to_a_dropped": 21,
+        "b_to_a_dropped_blocked": 2,
+        "b_to_a_dropped_unlatched_source": 3,
+        "b_to_a_dropped_malformed": 4,
+        "b_to_a_dropped_no_destination": 5,
+        "b_to_a_dropped_send_failed": 7,
+    }
+    totals = MediaTotals()
+    for figures in (clean, dropping):
+        session = SimpleNamespace(statistics=lambda f=figures: f, quality=None)
+        totals.add_call(SimpleNamespace(media=session, keying=None))  # type: ignore[arg-type]
+    by_reason = totals.dropped_by_reason()
+    assert by_reason == (
+        ("unlatched_source", 3),
+        ("blocked", 4),
+        ("srtp_refused", 1),
+        ("malformed", 4),
+        ("no_destination", 5),
+        ("send_failed", 7),
+    )
+    assert sum(count for _, count in by_reason) == totals.dropped == 24
+    copy = MediaTotals()
+    copy.add(totals)
+    copy.add(totals, -1)
+    assert copy.dropped_by_reason() == tuple((reason, 0) for reason, _ in by_reason)
+    assert totals.dropped_by_reason() == by_reason  # the sum added is left alone
