@@ -287,11 +287,15 @@ def _register(pm: pluggy.PluginManager, obj: object, name: str) -> None:
     except ValueError as exc:
         raise PluginError(f"plugin {name!r} could not be registered: {exc}") from exc
     # pluggy passes over a function without the @hookimpl mark: the plugin would load and never
-    # be called, and nothing would say why. Fail as for a misspelled hook (check_pending).
+    # be called, and nothing would say why. Fail as for a misspelled hook (check_pending). The
+    # specification itself is no attempt at an implementation: a plugin that imported it
+    # (``from gateway.core.hookspecs import *`` for hookimpl: that module has no __all__).
     unmarked = [
         hook
         for hook in HOOK_NAMES
-        if callable(getattr(obj, hook, None)) and pm.parse_hookimpl_opts(obj, hook) is None
+        if callable(found := getattr(obj, hook, None))
+        and found is not getattr(hookspecs, hook)
+        and pm.parse_hookimpl_opts(obj, hook) is None
     ]
     if unmarked:
         pm.unregister(obj)

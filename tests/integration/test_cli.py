@@ -180,7 +180,9 @@ def test_installed_plugin_is_listed_and_enabling_runs_its_hooks(tmp_path: Path) 
     if shutil.which("pip") is None and not (Path(sys.executable).parent / "pip").exists():
         pytest.fail("pip is needed to install the example plugin")
     target = tmp_path / "site"
+    before = source_files(EXAMPLE)
     install_example_plugin(target)
+    assert source_files(EXAMPLE) == before  # built from a copy: nothing written beside it
     env = {"PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")])}
 
     disabled = voipgw("plugins", env=env)
@@ -215,7 +217,9 @@ def test_the_calls_example_installs_loads_checks_its_table_and_passes_its_own_te
     with pip as an operator does: listed with what it registers, its table checked, and its
     own tests run against the installed copy."""
     target = tmp_path / "site"
+    before = source_files(CALLS_EXAMPLE)
     install_example_plugin(target, CALLS_EXAMPLE)
+    assert source_files(CALLS_EXAMPLE) == before
     env = {"PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")])}
     config = tmp_path / "with-plugin.toml"
     config.write_text(
@@ -235,6 +239,16 @@ def test_the_calls_example_installs_loads_checks_its_table_and_passes_its_own_te
     assert "short_codes: '*1' is not CODE=ACCOUNT" in refused.stderr
 
     assert "4 passed" in own_tests(CALLS_EXAMPLE, tmp_path, env)
+
+
+def source_files(example: Path) -> dict[str, tuple[int, int]]:
+    """Each file under an example's directory (bytecode aside) with its modification time and
+    size: what a build in the source tree (setuptools' build/ and *.egg-info) would change."""
+    return {
+        str(path.relative_to(example)): (path.stat().st_mtime_ns, path.stat().st_size)
+        for path in example.rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    }
 
 
 def own_tests(example: Path, workdir: Path, env: dict[str, str]) -> str:

@@ -20,7 +20,7 @@ import trio
 from gateway.core.auth.digest import Authenticated, AuthKind
 from gateway.core.calls.call import Call
 from gateway.core.calls.events import CancelEvent, PickUpEvent, RequestEvent
-from gateway.core.calls.leg import BLeg, Side
+from gateway.core.calls.leg import ALeg, BLeg, Leg, Side
 from gateway.core.calls.limits import NO_LIMIT, CallLimits, Key, Limit
 from gateway.core.calls.outbound import OutboundSessions
 from gateway.core.calls.pickup import (
@@ -599,17 +599,25 @@ class CallManager:
         """The leg a message we send belongs to (``OutboundMessage.leg``): found by its Call-ID
         and our tag in the dialog (a request's From tag, a response's To tag), among that
         side's legs the one ``flow`` reaches where the call forked. None outside calls (a
-        REGISTER's 401, OPTIONS, a 100 Trying without our tag yet) and where it is not known."""
+        REGISTER's 401, OPTIONS, a 100 Trying without our tag yet) and where it is not known.
+
+        A transfer keeps the side's key with more than one party behind it: the target's leg,
+        once it took the transferor's place, is the side's leg (an A leg made of it: the same
+        party, counted once) and the transferor's dialog is still ours to finish (its NOTIFYs,
+        the answer to its BYE). A leg of another dialog than the message's (its Call-ID) is
+        not the one the message goes to."""
         tag = message.from_.tag if isinstance(message, Request) else message.to.tag
         found = self._by_dialog.get((message.call_id, tag)) if tag is not None else None
         if found is None:
             return None
         call, side = found
-        infos = {
-            id(leg): leg
-            for leg in (call.a, *call.b_legs, *([call.b] if call.b is not None else []))
-            if leg.side is side and leg.security is not None and leg.security.leg is not None
-        }
+        infos: dict[int, Leg] = {}
+        for leg in (call.a, *call.b_legs, *([call.b] if call.b is not None else [])):
+            if leg.side is not side or leg.security is None or leg.security.leg is None:
+                continue
+            call_id = _call_id_of(leg)
+            if call_id is None or call_id == message.call_id:
+                infos[id(leg.security.leg)] = leg
         if len(infos) > 1:  # forked B legs share our From tag: the one on this flow
             infos = {
                 key: leg
@@ -1066,6 +1074,14 @@ class CallManager:
             if security is None:
                 security = call.security_record()
             records.ended(call.record_id, reason or "normal clearing", security)
+
+
+def _call_id_of(leg: Leg) -> str | None:
+    """The Call-ID of ``leg``'s dialog, or of the INVITE that makes it; None before either."""
+    if leg.dialog is not None:
+        return leg.dialog.id.call_id
+    invite = leg.invite if isinstance(leg, ALeg | BLeg) else None
+    return None if invite is None else invite.call_id
 
 
 async def _run_sink(name: str, sink: TapSink) -> None:

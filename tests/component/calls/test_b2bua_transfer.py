@@ -15,9 +15,11 @@ import pytest
 import trio
 
 from gateway.core.hookspecs import hookimpl
-from gateway.core.interfaces import CallEvent
+from gateway.core.interfaces import CallEvent, OutboundMessage
+from gateway.core.sip.message import Request
 from gateway.testing.sip_agent import AutoAnswer, Call, sdp_connection
 from tests.component.calls.b2bua_env import (
+    ALICE,
     ALICE_DID,
     B2bua,
     answered_call,
@@ -27,6 +29,7 @@ from tests.component.calls.b2bua_env import (
     start_b2bua,
 )
 from tests.component.calls.transfer_calls import (
+    BOB,
     BOB_URI,
     alice_calls,
     bob_phone,
@@ -138,6 +141,45 @@ async def test_a_blind_transfer_by_the_caller_puts_the_callee_through_to_the_tar
     bye = await bob.next_request("BYE")
     assert bye.request.call_id == bob_leg.call_id
     await eventually(lambda: env.calls == 0)
+
+
+class OutboundLegs:
+    """Notes the leg gateway_outbound_message is told each request goes to."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, object, tuple[str, str, str | None] | None]] = []
+
+    @hookimpl
+    def gateway_outbound_message(self, outbound: OutboundMessage) -> None:
+        message, leg = outbound.message, outbound.leg
+        if isinstance(message, Request):
+            where = None if leg is None else (leg.side, leg.kind, leg.name)
+            self.requests.append((message.method, outbound.flow.remote, where))
+
+
+async def test_outbound_message_hooks_are_told_the_leg_across_a_transfer_by_the_caller(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # bob takes alice's place on side A: what we send bob after that (our ACK, the BYE) is
+    # bob's leg, though his leg is kept twice then (the A leg it became, and the transfer's B
+    # leg); what we send alice, the transferor, is never said to be bob's.
+    legs = OutboundLegs()
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, plugins=[("legs", legs)])
+    bob = await bob_phone(env, nursery, voipgw_seed)
+    call = await alice_calls(env, "sip:+15550123@127.0.0.1:5060")
+    trunk_leg = await env.trunk.next_call()
+    assert await refer(call, BOB_URI) == 202
+    await bob.next_request("ACK")
+    await eventually_notify(env.alice, "SIP/2.0 200 OK")
+    assert (await call.bye()).status == 200
+    assert (await trunk_leg.bye()).status == 200
+    await bob.next_request("BYE")
+    await eventually(lambda: env.calls == 0)
+    bob_a, alice_a = ("a", "account", "bob"), ("a", "account", "alice")
+    to_bob = [(method, where) for method, remote, where in legs.requests if remote == BOB]
+    assert to_bob == [("INVITE", bob_a), ("ACK", bob_a), ("BYE", bob_a)]
+    to_alice = {where for method, remote, where in legs.requests if remote == ALICE}
+    assert alice_a in to_alice and to_alice <= {alice_a, None}
 
 
 async def test_a_busy_target_fails_the_transfer_and_the_call_goes_on(

@@ -84,6 +84,17 @@ def test_a_hook_without_its_hookimpl_mark_fails_loudly() -> None:
     assert "@hookimpl" in message and "gateway_call_event" not in message
 
 
+def test_the_hook_specifications_imported_by_a_plugin_are_not_unmarked_hooks() -> None:
+    # ``from gateway.core.hookspecs import *`` (for hookimpl; the module has no __all__) puts
+    # every specification in the plugin's namespace: not implementations, as pluggy knows.
+    plugin = types.ModuleType("star")
+    exec("from gateway.core.hookspecs import *", plugin.__dict__)
+    plugin.gateway_call_event = hookimpl(lambda event: None)
+    plugins = load_plugins(config_enabling("star"), extra=[("star", plugin)], installed={})
+    assert plugins.implemented("gateway_call_event") is not None
+    assert plugins.implemented("gateway_route_call") is None
+
+
 def test_unknown_hook_argument_fails_loudly() -> None:
     bad = make_plugin(gateway_register_transports=lambda registry, nonsense: None)
     with pytest.raises(PluginError, match="bad"):
