@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import math
 import re
 import tomllib
 import types
@@ -778,6 +779,10 @@ def _convert(value: Any, tp: Any, fail: typing.Callable[[str], Exception]) -> An
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        others = [arg for arg in args if arg is not type(None)]
+        if len(others) == 1:
+            # ``str | None``: the one type's own message says what is wrong with the value.
+            return _convert(value, others[0], fail)
         for arg in args:
             if arg is type(None):
                 continue
@@ -819,10 +824,18 @@ def _convert(value: Any, tp: Any, fail: typing.Callable[[str], Exception]) -> An
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise fail(f"expected a number, got {value!r}")
+        if not math.isfinite(value):
+            # TOML has nan and inf; no key means either (a NaN timeout passes every range
+            # check written "x <= 0" and then fails the first timer that reads it).
+            raise fail(f"expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
             raise fail(f"expected a string, got {value!r}")
+        if "\x00" in value:
+            # No name, path, address or URI holds one; a path with one made os.stat() raise a
+            # bare "embedded null byte" that named no key.
+            raise fail("expected text without NUL characters")
         return value
     if tp is Any:
         return value
@@ -858,6 +871,13 @@ def structure(cls: type[T], table: Mapping[str, Any], *, file: str, table_name: 
     try:
         return cls(**values)
     except (TypeError, ValueError) as exc:
+        # A class's own checks (__attrs_post_init__: a plugin's table, [dns], [numbering])
+        # start their message with the key they find wrong: name it as the key, as the type
+        # checks above do, so that every error reads "[TABLE] KEY: ...".
+        key, sep, message = str(exc).partition(": ")
+        # "a, b, c: ..." names keys checked together (the intercept plugin's report_* files).
+        if sep and all(name in fields for name in key.split(", ")):
+            raise ConfigError(file, table_name, key, message) from None
         raise ConfigError(file, table_name, None, str(exc)) from None
 
 
@@ -916,6 +936,10 @@ def _validate(config: GatewayConfig, file: str) -> None:
             raise ConfigError(
                 file, "sip", "drop_user_agents", 'expected non-empty strings ("" matches all)'
             )
+    for key in ("t1", "t2", "t4"):
+        if getattr(config.sip, key) <= 0:
+            # The transaction layer refused it later with a bare ValueError (a traceback).
+            raise ConfigError(file, "sip", key, "expected a positive number of seconds")
     if not MIN_MESSAGE_SIZE <= config.sip.max_message_size <= MAX_MESSAGE_SIZE:
         # A size of 0 or less made every WebSocket connection fail at its first message.
         raise ConfigError(
@@ -1344,7 +1368,11 @@ def from_mapping(data: Mapping[str, Any], *, file: str = "<embedded defaults>") 
             if exc.key is not None or key not in table:
                 raise
             raise ConfigError(file, name, key, message) from None
-    plugins_table = dict(data.get("plugins", {}))
+    plugins_table = data.get("plugins", {})
+    if not isinstance(plugins_table, dict):
+        # `plugins = [...]` for `[plugins] enable = [...]`: dict() of it raised a bare
+        # TypeError or ValueError, a traceback instead of this line.
+        raise ConfigError(file, "plugins", None, "expected a table: [plugins] enable = [...]")
     plugin_tables = {k: v for k, v in plugins_table.items() if isinstance(v, dict)}
     plain = {k: v for k, v in plugins_table.items() if not isinstance(v, dict)}
     values["plugins"] = structure(PluginsSection, plain, file=file, table_name="plugins")
@@ -1368,8 +1396,14 @@ def from_toml(path: str | Path) -> GatewayConfig:
         raise ConfigError(file, "", None, f"cannot read: {exc.strerror}") from None
     try:
         data = tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(file, "", None, "not UTF-8 text") from None
+    except UnicodeDecodeError as exc:
+        # Where, as tomllib says where a syntax error is: an editor finds the line.
+        line = raw.count(b"\n", 0, exc.start) + 1
+        # Characters, as tomllib counts them: what precedes the bad byte on its line decoded.
+        column = len(raw[raw.rfind(b"\n", 0, exc.start) + 1 : exc.start].decode()) + 1
+        raise ConfigError(
+            file, "", None, f"not UTF-8 text (at line {line}, column {column})"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(file, "", None, f"not valid TOML: {exc}") from None
     return from_mapping(data, file=file)
