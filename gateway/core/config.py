@@ -79,11 +79,25 @@ class ConfigError(Exception):
         where = f"{file}: [{table}]" if table else file
         if key is not None:
             where += f" {key}"
-        super().__init__(f"{where}: {message}")
+        # One line, whatever the file held: a value echoed with a CR or LF in it (a path a
+        # plugin could not open) split the error, and could forge lines of a log.
+        super().__init__(_one_line(f"{where}: {message}"))
         self.file = file
         self.table = table
         self.key = key
         self.message = message
+
+
+def _is_decimal(text: str) -> bool:
+    # str.isdigit() is true of "\u0663" (ARABIC-INDIC DIGIT THREE), which int() reads as 3, and
+    # of "\u00b2" (SUPERSCRIPT TWO), which int() refuses with a bare "invalid literal".
+    return text.isascii() and text.isdigit()
+
+
+def _one_line(text: str) -> str:
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @attrs.frozen
@@ -113,7 +127,7 @@ class ListenSpec:
             ipaddress.ip_address(host)
         except ValueError:
             raise ValueError(f"listen address must be an IP address, got {host!r}") from None
-        if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        if not _is_decimal(port_text) or not 0 <= int(port_text) <= 65535:
             raise ValueError(f"port must be 0-65535, got {port_text!r}")
         return cls(transport.lower(), host, int(port_text))
 
@@ -162,7 +176,7 @@ class TrunkAddress:
             return cls("", text.lower().rstrip("."), None, True)
         if (
             sep
-            and rest.isdigit()
+            and _is_decimal(rest)
             and any(c.isalpha() for c in transport)
             and _is_host_name(transport.lower().rstrip("."))
         ):
@@ -184,7 +198,7 @@ class TrunkAddress:
                 )
             port: int | None = None
             if colon:
-                if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+                if not _is_decimal(port_text) or not 1 <= int(port_text) <= 65535:
                     raise ValueError(f"a trunk needs a port 1-65535, got {text!r}")
                 port = int(port_text)
             return cls(transport.lower(), name, port, True)
@@ -222,7 +236,7 @@ class PortRange:
     @classmethod
     def parse(cls, text: str) -> PortRange:
         low, sep, high = text.partition("-")
-        if not sep or not low.isdigit() or not high.isdigit():
+        if not sep or not _is_decimal(low) or not _is_decimal(high):
             raise ValueError(f"expected LOW-HIGH, got {text!r}")
         lo, hi = int(low), int(high)
         if not 1024 <= lo < hi <= 65535:
@@ -636,7 +650,7 @@ def dns_server(text: str) -> tuple[str, int]:
         ipaddress.ip_address(host)
     except ValueError:
         raise ValueError(f"expected an IP address (and :PORT), got {text!r}") from None
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    if not _is_decimal(port_text) or not 1 <= int(port_text) <= 65535:
         raise ValueError(f"expected a port 1-65535, got {text!r}")
     return host, int(port_text)
 
@@ -936,6 +950,23 @@ def _validate(config: GatewayConfig, file: str) -> None:
             raise ConfigError(
                 file, "sip", "drop_user_agents", 'expected non-empty strings ("" matches all)'
             )
+    seen: set[tuple[str, str, int]] = set()
+    for spec in config.listen_specs:
+        # Two listeners on one port: the second bind failed at start-up, after the first.
+        where = (spec.transport, str(ipaddress.ip_address(spec.host)), spec.port)
+        if spec.port and where in seen:
+            raise ConfigError(file, "sip", "listen", f"lists {spec} more than once")
+        seen.add(where)
+    # Both go into every message as they are: a CR or LF would end the header there (and what
+    # follows be read as headers of its own), a '"' or '\\' would end the realm's quoted-string
+    # (RFC 3261 §25.1 quoted-string, §20.35 Server: TEXT-UTF8 without control characters).
+    if not config.sip.user_agent.strip() or not config.sip.user_agent.isprintable():
+        raise ConfigError(
+            file, "sip", "user_agent", "expected printable text (no control characters)"
+        )
+    realm = config.gateway.realm
+    if not realm.strip() or not realm.isprintable() or '"' in realm or "\\" in realm:
+        raise ConfigError(file, "gateway", "realm", 'expected printable text without " or \\')
     for key in ("t1", "t2", "t4"):
         if getattr(config.sip, key) <= 0:
             # The transaction layer refused it later with a bare ValueError (a traceback).

@@ -146,3 +146,71 @@ def test_a_certificate_file_that_is_not_there_is_a_config_error(
             load_plugins(cfg.from_toml(path))
         assert (caught.value.table, caught.value.key) == (f"plugins.{plugin}", key)
         assert caught.value.message.startswith(said)
+
+
+@pytest.mark.parametrize(
+    ("table", "line", "key", "said"),
+    [
+        # str.isdigit() took ARABIC-INDIC digits: "udp:127.0.0.1:\u0663" listened on port 3.
+        ("sip", 'listen = ["udp:127.0.0.1:\\u0663"]', "listen", "port must be 0-65535"),
+        (
+            "media",
+            'ports = "\\u0663\\u0663\\u0663\\u0663\\u0663-40000"',
+            "ports",
+            "expected LOW-HIGH",
+        ),
+        ("dns", 'servers = ["127.0.0.1:\\u0665\\u0663"]', "servers", "expected a port 1-65535"),
+        # SUPERSCRIPT TWO: int()'s bare "invalid literal for int() with base 10".
+        ("sip", 'listen = ["udp:127.0.0.1:\\u00b2"]', "listen", "port must be 0-65535"),
+    ],
+)
+def test_ports_are_ascii_digits(tmp_path: Path, table: str, line: str, key: str, said: str) -> None:
+    path = write(tmp_path, f'[plugins]\nenable = ["udp"]\n[{table}]\n{line}\n')
+    with pytest.raises(ConfigError) as caught:
+        cfg.from_toml(path)
+    assert (caught.value.table, caught.value.key) == (table, key)
+    assert caught.value.message.startswith(said)
+
+
+def test_a_listener_listed_twice_is_refused(tmp_path: Path) -> None:
+    # Was accepted: the second bind failed at start-up, with the first listener already up.
+    path = write(
+        tmp_path,
+        '[plugins]\nenable = ["udp"]\n[sip]\nlisten = ["udp:[::1]:5060", "udp:[0:0::1]:5060"]\n',
+    )
+    with pytest.raises(ConfigError) as caught:
+        cfg.from_toml(path)
+    assert str(caught.value) == f"{path}: [sip] listen: lists udp:[0:0::1]:5060 more than once"
+    # Port 0 (the system chooses) twice is two listeners.
+    twice_any = (
+        '[plugins]\nenable = ["udp"]\n[sip]\nlisten = ["udp:127.0.0.1:0", "udp:127.0.0.1:0"]\n'
+    )
+    assert len(cfg.from_toml(write(tmp_path, twice_any)).listen_specs) == 2
+
+
+@pytest.mark.parametrize(
+    ("table", "line", "key"),
+    [
+        # Was accepted: a CR LF in user_agent wrote a header of its own into every message.
+        ("sip", 'user_agent = "voipgw\\r\\nX-Injected: 1"', "user_agent"),
+        ("sip", 'user_agent = ""', "user_agent"),
+        # A '"' ended the realm's quoted-string in every challenge (RFC 3261 §25.1).
+        ("gateway", 'realm = "a\\"b"', "realm"),
+        ("gateway", 'realm = "a\\\\"', "realm"),
+        ("gateway", 'realm = "a\\tb"', "realm"),
+    ],
+)
+def test_header_text_is_printable(tmp_path: Path, table: str, line: str, key: str) -> None:
+    path = write(tmp_path, f"[{table}]\n{line}\n")
+    with pytest.raises(ConfigError) as caught:
+        cfg.from_toml(path)
+    assert (caught.value.table, caught.value.key) == (table, key)
+    fine = write(tmp_path, '[sip]\nuser_agent = "voipgw/1.0 (Linux; ünï)"\n')
+    assert cfg.from_toml(fine).sip.user_agent == "voipgw/1.0 (Linux; ünï)"
+
+
+def test_an_error_is_one_line_whatever_the_value_held(tmp_path: Path) -> None:
+    # Was: "[plugins.intercept] delivery_private_key: no such file: a<CR><LF>X-Injected: 1",
+    # an error of two lines (and a forged second line in a log).
+    error = ConfigError("gw.toml", "plugins.intercept", "x1_ca", "no such file: a\r\nX: 1\tü")
+    assert str(error) == "gw.toml: [plugins.intercept] x1_ca: no such file: a\\r\\nX: 1\\tü"

@@ -579,7 +579,10 @@ STRINGS = (
     "http://",
     "\u0663",
     "\u00b2",
+    "udp:127.0.0.1:\u0663",  # ARABIC-INDIC DIGIT THREE: isdigit() is true of it
     "a\x00b",
+    "a\r\nX-Injected: 1",
+    'a"b',
     "x" * 300,
 )
 
@@ -667,6 +670,8 @@ def mutations(files: Files, count: int) -> list[Mutation]:
         elif kind == "list-item":
             value = table[key]
             item = rng.choice((*STRINGS, *NUMBERS, *WRONG_TYPES))
+            if isinstance(value, list) and value and rng.random() < 0.2:
+                item = rng.choice(value)  # an entry listed twice
             table[key] = [*value, item] if isinstance(value, list) else [item]
             what = f"{key} = {_value(table[key])}"
         elif kind == "unknown":
