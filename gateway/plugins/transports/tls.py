@@ -64,6 +64,7 @@ import datetime
 import ipaddress
 import logging
 import operator
+import os
 import time
 import types
 from collections.abc import Callable, Mapping, Sequence
@@ -284,7 +285,8 @@ class TlsConfig:
                 continue
             if not path.strip():
                 raise ValueError(f"{key}: expected the path of a PEM file, got {path!r}")
-            if not Path(path).is_file():
+            # os.path.isfile: False for a name too long too (Path.is_file raises OSError then).
+            if not os.path.isfile(path):
                 raise ValueError(f"{key}: {path} does not exist or is not a file")
 
     def _check_crl_fetch(self) -> None:

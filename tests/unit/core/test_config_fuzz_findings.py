@@ -214,3 +214,33 @@ def test_an_error_is_one_line_whatever_the_value_held(tmp_path: Path) -> None:
     # an error of two lines (and a forged second line in a log).
     error = ConfigError("gw.toml", "plugins.intercept", "x1_ca", "no such file: a\r\nX: 1\tü")
     assert str(error) == "gw.toml: [plugins.intercept] x1_ca: no such file: a\\r\\nX: 1\\tü"
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "lines"),
+    [
+        ("plugins.tls", "certificate", 'certificate = "LONG"\nprivate_key = "LONG"\n'),
+        (
+            "plugins.intercept",
+            "x1_certificate",
+            'x1_certificate = "LONG"\nx1_private_key = "LONG"\nx1_ca = "LONG"\n'
+            "delivery_tls = false\n",
+        ),
+        ("plugins.mikey", "psk_file", 'psk_file = "LONG"\n'),
+    ],
+)
+def test_a_path_too_long_is_a_config_error(
+    tmp_path: Path, table: str, key: str, lines: str
+) -> None:
+    # Was: a bare OSError "[Errno 36] File name too long" (Path.is_file raises it on Python
+    # 3.11), and for psk_file "[plugins.mikey]: psk_file PATH: ..." naming no key.
+    plugin = table.partition(".")[2]
+    text = f'[plugins]\nenable = ["udp", "{plugin}"]\n[{table}]\n' + lines
+    with pytest.raises(ConfigError) as caught:
+        check(write(tmp_path, text.replace("LONG", "x" * 300)))
+    assert (caught.value.table, caught.value.key) == (table, key)
+
+
+def test_a_state_dir_too_long_does_not_stop_check_config(tmp_path: Path) -> None:
+    # Was: Path.exists() raising OSError "[Errno 36] File name too long" out of check().
+    check(write(tmp_path, f'[plugins]\nenable = ["udp"]\n[gateway]\nstate_dir = "{"x" * 300}"\n'))

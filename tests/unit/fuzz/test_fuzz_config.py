@@ -26,6 +26,7 @@ import random
 import re
 import subprocess
 import sys
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -724,8 +725,11 @@ def mutations(files: Files, count: int) -> list[Mutation]:
                 lines.insert(index + 1, broken)
                 index += 1
                 what = f"{broken!r} after line {index}"
-                if broken == lines[index - 1] and b"=" not in broken and b"[" not in broken:
-                    continue  # an empty or comment line repeated is still valid TOML
+                try:
+                    tomllib.loads(b"\n".join(lines).decode())
+                    continue  # a line repeated may still be TOML (another [[trunks]])
+                except tomllib.TOMLDecodeError:
+                    pass
             # An array left open is found where the next line fails to continue it.
             late = b"[1," in lines[index]
             out.append(
