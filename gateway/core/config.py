@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import math
 import re
 import tomllib
 import types
@@ -78,11 +79,25 @@ class ConfigError(Exception):
         where = f"{file}: [{table}]" if table else file
         if key is not None:
             where += f" {key}"
-        super().__init__(f"{where}: {message}")
+        # One line, whatever the file held: a value echoed with a CR or LF in it (a path a
+        # plugin could not open) split the error, and could forge lines of a log.
+        super().__init__(_one_line(f"{where}: {message}"))
         self.file = file
         self.table = table
         self.key = key
         self.message = message
+
+
+def _is_decimal(text: str) -> bool:
+    # str.isdigit() is true of "\u0663" (ARABIC-INDIC DIGIT THREE), which int() reads as 3, and
+    # of "\u00b2" (SUPERSCRIPT TWO), which int() refuses with a bare "invalid literal".
+    return text.isascii() and text.isdigit()
+
+
+def _one_line(text: str) -> str:
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @attrs.frozen
@@ -112,7 +127,7 @@ class ListenSpec:
             ipaddress.ip_address(host)
         except ValueError:
             raise ValueError(f"listen address must be an IP address, got {host!r}") from None
-        if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        if not _is_decimal(port_text) or not 0 <= int(port_text) <= 65535:
             raise ValueError(f"port must be 0-65535, got {port_text!r}")
         return cls(transport.lower(), host, int(port_text))
 
@@ -161,7 +176,7 @@ class TrunkAddress:
             return cls("", text.lower().rstrip("."), None, True)
         if (
             sep
-            and rest.isdigit()
+            and _is_decimal(rest)
             and any(c.isalpha() for c in transport)
             and _is_host_name(transport.lower().rstrip("."))
         ):
@@ -183,7 +198,7 @@ class TrunkAddress:
                 )
             port: int | None = None
             if colon:
-                if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+                if not _is_decimal(port_text) or not 1 <= int(port_text) <= 65535:
                     raise ValueError(f"a trunk needs a port 1-65535, got {text!r}")
                 port = int(port_text)
             return cls(transport.lower(), name, port, True)
@@ -221,7 +236,7 @@ class PortRange:
     @classmethod
     def parse(cls, text: str) -> PortRange:
         low, sep, high = text.partition("-")
-        if not sep or not low.isdigit() or not high.isdigit():
+        if not sep or not _is_decimal(low) or not _is_decimal(high):
             raise ValueError(f"expected LOW-HIGH, got {text!r}")
         lo, hi = int(low), int(high)
         if not 1024 <= lo < hi <= 65535:
@@ -640,7 +655,7 @@ def dns_server(text: str) -> tuple[str, int]:
         ipaddress.ip_address(host)
     except ValueError:
         raise ValueError(f"expected an IP address (and :PORT), got {text!r}") from None
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    if not _is_decimal(port_text) or not 1 <= int(port_text) <= 65535:
         raise ValueError(f"expected a port 1-65535, got {text!r}")
     return host, int(port_text)
 
@@ -783,6 +798,10 @@ def _convert(value: Any, tp: Any, fail: typing.Callable[[str], Exception]) -> An
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        others = [arg for arg in args if arg is not type(None)]
+        if len(others) == 1:
+            # ``str | None``: the one type's own message says what is wrong with the value.
+            return _convert(value, others[0], fail)
         for arg in args:
             if arg is type(None):
                 continue
@@ -824,10 +843,18 @@ def _convert(value: Any, tp: Any, fail: typing.Callable[[str], Exception]) -> An
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise fail(f"expected a number, got {value!r}")
+        if not math.isfinite(value):
+            # TOML has nan and inf; no key means either (a NaN timeout passes every range
+            # check written "x <= 0" and then fails the first timer that reads it).
+            raise fail(f"expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
             raise fail(f"expected a string, got {value!r}")
+        if "\x00" in value:
+            # No name, path, address or URI holds one; a path with one made os.stat() raise a
+            # bare "embedded null byte" that named no key.
+            raise fail("expected text without NUL characters")
         return value
     if tp is Any:
         return value
@@ -863,6 +890,13 @@ def structure(cls: type[T], table: Mapping[str, Any], *, file: str, table_name: 
     try:
         return cls(**values)
     except (TypeError, ValueError) as exc:
+        # A class's own checks (__attrs_post_init__: a plugin's table, [dns], [numbering])
+        # start their message with the key they find wrong: name it as the key, as the type
+        # checks above do, so that every error reads "[TABLE] KEY: ...".
+        key, sep, message = str(exc).partition(": ")
+        # "a, b, c: ..." names keys checked together (the intercept plugin's report_* files).
+        if sep and all(name in fields for name in key.split(", ")):
+            raise ConfigError(file, table_name, key, message) from None
         raise ConfigError(file, table_name, None, str(exc)) from None
 
 
@@ -921,6 +955,27 @@ def _validate(config: GatewayConfig, file: str) -> None:
             raise ConfigError(
                 file, "sip", "drop_user_agents", 'expected non-empty strings ("" matches all)'
             )
+    seen: set[tuple[str, str, int]] = set()
+    for spec in config.listen_specs:
+        # Two listeners on one port: the second bind failed at start-up, after the first.
+        where = (spec.transport, str(ipaddress.ip_address(spec.host)), spec.port)
+        if spec.port and where in seen:
+            raise ConfigError(file, "sip", "listen", f"lists {spec} more than once")
+        seen.add(where)
+    # Both go into every message as they are: a CR or LF would end the header there (and what
+    # follows be read as headers of its own), a '"' or '\\' would end the realm's quoted-string
+    # (RFC 3261 §25.1 quoted-string, §20.35 Server: TEXT-UTF8 without control characters).
+    if not config.sip.user_agent.strip() or not config.sip.user_agent.isprintable():
+        raise ConfigError(
+            file, "sip", "user_agent", "expected printable text (no control characters)"
+        )
+    realm = config.gateway.realm
+    if not realm.strip() or not realm.isprintable() or '"' in realm or "\\" in realm:
+        raise ConfigError(file, "gateway", "realm", 'expected printable text without " or \\')
+    for key in ("t1", "t2", "t4"):
+        if getattr(config.sip, key) <= 0:
+            # The transaction layer refused it later with a bare ValueError (a traceback).
+            raise ConfigError(file, "sip", key, "expected a positive number of seconds")
     if not MIN_MESSAGE_SIZE <= config.sip.max_message_size <= MAX_MESSAGE_SIZE:
         # A size of 0 or less made every WebSocket connection fail at its first message.
         raise ConfigError(
@@ -1349,7 +1404,11 @@ def from_mapping(data: Mapping[str, Any], *, file: str = "<embedded defaults>") 
             if exc.key is not None or key not in table:
                 raise
             raise ConfigError(file, name, key, message) from None
-    plugins_table = dict(data.get("plugins", {}))
+    plugins_table = data.get("plugins", {})
+    if not isinstance(plugins_table, dict):
+        # `plugins = [...]` for `[plugins] enable = [...]`: dict() of it raised a bare
+        # TypeError or ValueError, a traceback instead of this line.
+        raise ConfigError(file, "plugins", None, "expected a table: [plugins] enable = [...]")
     plugin_tables = {k: v for k, v in plugins_table.items() if isinstance(v, dict)}
     plain = {k: v for k, v in plugins_table.items() if not isinstance(v, dict)}
     values["plugins"] = structure(PluginsSection, plain, file=file, table_name="plugins")
@@ -1373,8 +1432,14 @@ def from_toml(path: str | Path) -> GatewayConfig:
         raise ConfigError(file, "", None, f"cannot read: {exc.strerror}") from None
     try:
         data = tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(file, "", None, "not UTF-8 text") from None
+    except UnicodeDecodeError as exc:
+        # Where, as tomllib says where a syntax error is: an editor finds the line.
+        line = raw.count(b"\n", 0, exc.start) + 1
+        # Characters, as tomllib counts them: what precedes the bad byte on its line decoded.
+        column = len(raw[raw.rfind(b"\n", 0, exc.start) + 1 : exc.start].decode()) + 1
+        raise ConfigError(
+            file, "", None, f"not UTF-8 text (at line {line}, column {column})"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(file, "", None, f"not valid TOML: {exc}") from None
     return from_mapping(data, file=file)

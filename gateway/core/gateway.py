@@ -393,7 +393,8 @@ class Gateway:
                 )
         check_store(self.config)
         state_dir = Path(self.config.gateway.state_dir)
-        if state_dir.exists() and not state_dir.is_dir():
+        # os.path: False for a name too long (Path.exists raised OSError, a bare error).
+        if os.path.exists(state_dir) and not os.path.isdir(state_dir):
             raise ConfigError(
                 self.config.source, "gateway", "state_dir", f"{state_dir} is not a directory"
             )

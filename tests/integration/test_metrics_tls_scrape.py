@@ -176,7 +176,7 @@ def test_check_config_names_the_key_that_does_not_match_without_its_bytes(
     result = voipgw("check-config", str(config))
     assert result.returncode == 2
     assert (
-        f"configuration error: {config}: [plugins.metrics]: tls_private_key: {other.key}: "
+        f"configuration error: {config}: [plugins.metrics] tls_private_key: {other.key}: "
         f"not the private key of {pki.server.certificate} (key values mismatch)"
     ) in result.stderr
     assert "PRIVATE KEY" not in result.stderr and "Traceback" not in result.stderr
@@ -186,7 +186,7 @@ def test_check_config_names_the_user_whose_hash_is_not_one(tmp_path: Path, pki: 
     config = write_config(tmp_path, pki, "plain-text-password")
     result = voipgw("check-config", str(config))
     assert result.returncode == 2
-    assert "[plugins.metrics]: basic_auth_users: user 'prometheus': expected scrypt$" in (
+    assert "[plugins.metrics] basic_auth_users: user 'prometheus': expected scrypt$" in (
         result.stderr
     )
     assert "plain-text-password" not in result.stderr

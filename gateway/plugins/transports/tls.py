@@ -64,6 +64,7 @@ import datetime
 import ipaddress
 import logging
 import operator
+import os
 import time
 import types
 from collections.abc import Callable, Mapping, Sequence
@@ -271,6 +272,22 @@ class TlsConfig:
             self._check_crl_files()
         self._check_ocsp()
         self._check_crl_fetch()
+        self._check_paths()
+
+    def _check_paths(self) -> None:
+        # A file that is not there is this table's key's fault: said here, as a config error
+        # naming the key, rather than by the transport at registration (a plugin error that
+        # named neither the table nor the key, and for "" the directory ".").
+        named = [("certificate", self.certificate), ("private_key", self.private_key)]
+        named += [("ca_bundles", bundle) for bundle in self.ca_bundles]
+        for key, path in named:
+            if path is None:
+                continue
+            if not path.strip():
+                raise ValueError(f"{key}: expected the path of a PEM file, got {path!r}")
+            # os.path.isfile: False for a name too long too (Path.is_file raises OSError then).
+            if not os.path.isfile(path):
+                raise ValueError(f"{key}: {path} does not exist or is not a file")
 
     def _check_crl_fetch(self) -> None:
         # Nothing is fetched here: check-config only checks the URLs' spelling.

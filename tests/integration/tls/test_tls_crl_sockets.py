@@ -286,6 +286,6 @@ def test_check_config_names_file_table_and_key_of_a_crl_no_bundle_ca_signed(
     )
     assert main(["check-config", str(config)]) == EXIT_USAGE
     assert capsys.readouterr().err == (
-        f"voipgw: configuration error: {config}: [plugins.tls]: crl_files: {crl}: the CRL of "
+        f"voipgw: configuration error: {config}: [plugins.tls] crl_files: {crl}: the CRL of "
         "CN=Second Vendor CA is not signed by a CA certificate in ca_bundles\n"
     )

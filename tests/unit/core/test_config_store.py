@@ -55,8 +55,16 @@ def test_the_dsn_is_not_in_the_config_repr() -> None:
         ({"statement_timeout": 0}, "statement_timeout", "more than 0"),
         ({"statement_timeout": 60}, "statement_timeout", "at most 10"),
         ({"call_record_days": -1}, "call_record_days", "at least 0"),
-        ({"call_record_days": float("nan")}, "call_record_days", "at least 0"),
-        ({"call_record_days": float("inf")}, "call_record_days", "at most 36500"),
+        (
+            {"call_record_days": float("nan")},
+            "call_record_days",
+            "expected a finite number, got nan",
+        ),
+        (
+            {"call_record_days": float("inf")},
+            "call_record_days",
+            "expected a finite number, got inf",
+        ),
         ({"call_record_days": "90d"}, "call_record_days", "expected a number"),
         ({"colour": "blue"}, "colour", "unknown key"),
         ({"max_cps_scope": "cluster"}, "max_cps_scope", 'needs backend = "postgresql"'),

@@ -134,7 +134,9 @@ def test_a_malformed_psk_file_is_refused_without_quoting_keys(
 
 
 def test_a_missing_psk_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"psk_file .*nope\.toml: cannot read it"):
+    with pytest.raises(
+        ConfigError, match=r"\[plugins.mikey\] psk_file: .*nope\.toml: cannot read it"
+    ):
         load(psk_file=str(tmp_path / "nope.toml"))
 
 

@@ -94,7 +94,7 @@ def test_plain_tcp_delivery_needs_no_delivery_credentials(credentials: dict[str,
 
 
 def test_enabling_it_without_a_table_is_an_error_that_says_so() -> None:
-    with pytest.raises(ConfigError, match=r"\[plugins.intercept\]: x1_certificate: required"):
+    with pytest.raises(ConfigError, match=r"\[plugins.intercept\] x1_certificate: required"):
         load_plugins(
             from_mapping({"plugins": {"enable": ["intercept"]}}),
             extra=[("intercept", intercept_plugin)],

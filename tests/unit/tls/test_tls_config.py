@@ -45,9 +45,9 @@ def test_defaults() -> None:
     ("table", "message"),
     [
         ({"mode": "both"}, "[plugins.tls] mode: expected one of 'encryption-only'"),
-        ({"mode": "mutual"}, "[plugins.tls]: ca_bundles: mutual mode"),
-        ({"certificate": "a.crt"}, "[plugins.tls]: private_key: certificate and private_key"),
-        ({"private_key": "a.key"}, "[plugins.tls]: certificate: certificate and private_key"),
+        ({"mode": "mutual"}, "[plugins.tls] ca_bundles: mutual mode"),
+        ({"certificate": "a.crt"}, "[plugins.tls] private_key: certificate and private_key"),
+        ({"private_key": "a.key"}, "[plugins.tls] certificate: certificate and private_key"),
         ({"handshake_timeout": 0}, "handshake_timeout: expected a positive number"),
         ({"idle_timeout": -1}, "idle_timeout: expected a positive number"),
         ({"max_connections_per_source": 0}, "max_connections_per_source: expected 1 or more"),
@@ -67,10 +67,11 @@ def test_invalid_tables_name_the_key(table: dict[str, Any], message: str) -> Non
     assert message in str(caught.value)
 
 
-def test_modes_per_listener_and_per_trunk() -> None:
+def test_modes_per_listener_and_per_trunk(tmp_path: Path) -> None:
+    bundle = TestPki(tmp_path).ca("CA").certificate
     config = TlsConfig(
         mode="server-only",
-        ca_bundles=("ca.pem",),
+        ca_bundles=(str(bundle),),
         listener_modes={"127.0.0.1:5062": "mutual", "[::1]:5061": "encryption-only"},
         peer_modes={"192.0.2.10:5061": "encryption-only"},
         peers={"192.0.2.20:5061": "sip.carrier.example"},
@@ -94,8 +95,13 @@ def test_configured_certificate_files_are_checked_at_start_up(tmp_path: Path) ->
     ca = pki.ca("CA")
     one = ca.issue("one")
     two = ca.issue("two")
-    with pytest.raises(PluginError, match=r"does not exist"):
+    # A file that is not there is the table's mistake: a config error naming the key.
+    with pytest.raises(ConfigError, match=r"\[plugins.tls\] certificate: .*missing.crt does not"):
         load({"certificate": str(tmp_path / "missing.crt"), "private_key": str(one.key)})
+    with pytest.raises(ConfigError, match=r"\[plugins.tls\] private_key: expected the path of"):
+        load({"certificate": str(one.certificate), "private_key": ""})
+    with pytest.raises(ConfigError, match=r"\[plugins.tls\] ca_bundles: .*nothere.pem does not"):
+        load({"mode": "mutual", "ca_bundles": [str(tmp_path / "nothere.pem")]})
     with pytest.raises(PluginError, match=r"two\.key: not the private key of .*one\.crt"):
         load({"certificate": str(one.certificate), "private_key": str(two.key)})
     with pytest.raises(PluginError, match=r"one\.key: not a usable certificate chain"):

@@ -54,7 +54,7 @@ def config_error(tls: dict[str, Any]) -> str:
     with pytest.raises(ConfigError) as caught:
         load(tls)
     message = str(caught.value)
-    assert message.startswith("gw.toml: [plugins.tls]: crl_files: ")
+    assert message.startswith("gw.toml: [plugins.tls] crl_files: ")
     return message
 
 

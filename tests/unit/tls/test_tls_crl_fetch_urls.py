@@ -104,7 +104,7 @@ def test_bad_fetch_settings_are_config_errors_naming_the_key(
 ) -> None:
     with pytest.raises(ConfigError) as caught:
         load(tls)
-    assert str(caught.value).startswith(f"gw.toml: [plugins.tls]: {message}")
+    assert str(caught.value).startswith(f"gw.toml: [plugins.tls] {message}")
 
 
 def test_the_transport_fetches_nothing_before_it_serves(vendor: TestCa) -> None:

@@ -342,25 +342,25 @@ def test_ocsp_is_off_by_default_and_the_keys_load(vendor: TestCa) -> None:
     ("table", "with_ca", "message"),
     [
         ({"ocsp": "strict"}, True, "[plugins.tls] ocsp: expected one of 'off'"),
-        ({"ocsp": "soft-fail"}, False, "[plugins.tls]: ca_bundles: an OCSP request names"),
-        ({"ocsp_timeout": 0}, True, "[plugins.tls]: ocsp_timeout: expected a number of seconds"),
-        ({"ocsp_timeout": 120}, True, "[plugins.tls]: ocsp_timeout: expected a number of"),
+        ({"ocsp": "soft-fail"}, False, "[plugins.tls] ca_bundles: an OCSP request names"),
+        ({"ocsp_timeout": 0}, True, "[plugins.tls] ocsp_timeout: expected a number of seconds"),
+        ({"ocsp_timeout": 120}, True, "[plugins.tls] ocsp_timeout: expected a number of"),
         ({"ocsp_responder": "http://x.example/"}, True, "ocsp_responder: set ocsp to"),
         ({"ocsp_stapling": "yes"}, True, "[plugins.tls] ocsp_stapling"),
         (
             {"ocsp": "soft-fail", "ocsp_timeout": 10.0},
             True,
-            "[plugins.tls]: ocsp_timeout: must be below connect_timeout (10 s)",
+            "[plugins.tls] ocsp_timeout: must be below connect_timeout (10 s)",
         ),
         (
             {"ocsp": "hard-fail", "ocsp_timeout": 5.0, "connect_timeout": 4.0},
             True,
-            "[plugins.tls]: ocsp_timeout: must be below connect_timeout (4 s)",
+            "[plugins.tls] ocsp_timeout: must be below connect_timeout (4 s)",
         ),
         (
             {"ocsp": "soft-fail", "ocsp_responder": "https://x.example/"},
             True,
-            "[plugins.tls]: ocsp_responder: expected an http:// URL",
+            "[plugins.tls] ocsp_responder: expected an http:// URL",
         ),
     ],
 )

@@ -63,7 +63,7 @@ def test_invalid_tables_name_the_key(name: str, table: dict[str, Any], message: 
 
 
 def test_wss_certificate_needs_its_key() -> None:
-    with pytest.raises(ConfigError, match=r"\[plugins.wss\]: private_key: certificate and"):
+    with pytest.raises(ConfigError, match=r"\[plugins.wss\] private_key: certificate and"):
         load("wss", {"certificate": "a.crt"})
 
 

@@ -253,7 +253,9 @@ class MikeyConfig:
             try:
                 self.psk_store()
             except PskError as exc:
-                raise ValueError(str(exc)) from None
+                # "psk_file PATH: why" named no key: structure() reads the key before ": ".
+                reason = str(exc).removeprefix("psk_file ")
+                raise ValueError(f"psk_file: {reason}") from None
 
     def psk_store(self) -> PskStore:
         """The pre-shared keys (an empty store without ``psk_file``). Raises

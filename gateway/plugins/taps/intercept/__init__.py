@@ -60,6 +60,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
+import os
 import re
 import ssl
 import time
@@ -264,7 +265,8 @@ class InterceptConfig:
         keys: dict[str, list[str]] = {}  # by file: the keys naming it
         for certificate, private_key, ca, load in groups:
             for key in (certificate, private_key, ca):
-                if not Path(self._file(key)).is_file():
+                # os.path.isfile: False for a name too long (Path.is_file raised OSError).
+                if not os.path.isfile(self._file(key)):
                     raise ValueError(f"{key}: no such file: {self._file(key)}")
             try:
                 built[certificate] = load()
