@@ -455,7 +455,7 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
         self._attempt = list(self.b_legs)
         self._refusals = refusals
         self._drive_handshakes()  # a B leg answering DTLS may shake hands before its answer
-        if all(leg.finished for leg in self.b_legs):
+        if all([leg.finished for leg in self.b_legs]):  # a list: no generator to close
             # Nothing rings: the targets could not be sent to (a 503 of ours), their media
             # policies refused the offer or making it failed; the alternates may still take
             # the call.

@@ -490,7 +490,9 @@ class LegSecurity:
     ) -> None:
         """An offer whose only streams the policy refused (T.38 alone) is refused as a whole
         (488): the call keeps the media it had (RFC 3261 §14.2) instead of losing it all."""
-        if any(m.port != 0 for m in before) and not any(m.port != 0 for m in after):
+        # Lists, not generators: any() stopping early leaves a generator that Python 3.11
+        # closes by raising GeneratorExit in it, twice per offer and answer of every call.
+        if any([m.port != 0 for m in before]) and not any([m.port != 0 for m in after]):
             raise MediaSecurityRefused(
                 f"policy {self.policy.name} requires encrypted media; T.38 fax (UDPTL) is "
                 "never encrypted by the gateway"

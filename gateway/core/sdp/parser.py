@@ -92,7 +92,7 @@ def parse_sdp_untrusted(
         raw = data
     if len(raw) > max_size:
         raise SdpError(f"SDP larger than {max_size} bytes")
-    if b"\x00" in raw:
+    if 0 in raw:  # the byte value: ``b"\x00" in raw`` builds and discards a TypeError first
         raise SdpError("NUL byte in SDP")
     # RFC 8866 §5: text is UTF-8, but i=/s= may use another a=charset; undecodable bytes are
     # carried through as surrogates so that relaying them gives the same bytes back.

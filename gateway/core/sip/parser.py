@@ -158,9 +158,7 @@ def _parse(data: bytes, *, max_size: int, max_headers: int, max_line: int) -> Re
         raise SipParseError("no empty line after the header fields")
     rest = data[end + 4 :]
     head = data[start:end]
-    lines = _decode_lines(head, max_line)
-    # A line starting with SP or HTAB continues the field before it (RFC 3261 §7.3.1).
-    folded = b"\r\n " in head or b"\r\n\t" in head
+    lines, folded = _decode_lines(head, max_line)
     first = lines[0]
     if first[:4].upper() == "SIP/":
         status, reason = parse_status_line_untrusted(first)
@@ -187,7 +185,8 @@ def _parse(data: bytes, *, max_size: int, max_headers: int, max_line: int) -> Re
 _REASON_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
 
 
-def _decode_lines(head: bytes, max_line: int) -> list[str]:
+def _decode_lines(head: bytes, max_line: int) -> tuple[list[str], bool]:
+    """The header section's lines, and whether a line continues the one before it (folded)."""
     crlfs = head.count(b"\r\n")
     if head.count(b"\r") != crlfs or head.count(b"\n") != crlfs:
         # Every CR and LF is part of a CRLF line end, or one of them stands alone.
@@ -199,7 +198,10 @@ def _decode_lines(head: bytes, max_line: int) -> list[str]:
     except UnicodeDecodeError:
         # RFC 3261 §7.3.1 / §25.1: header text is UTF-8 (TEXT-UTF8).
         raise SipParseError("header section is not valid UTF-8") from None
-    return text.split("\r\n")
+    # A line starting with SP or HTAB continues the field before it (RFC 3261 §7.3.1). Looked
+    # for in the text: on the bytes, ``in`` first reads its operand as a byte value and builds
+    # and discards a TypeError, and ``head.find`` costs a method look-up.
+    return text.split("\r\n"), "\r\n " in text or "\r\n\t" in text
 
 
 def _headers(lines: list[str], max_headers: int, folded: bool) -> Headers:
