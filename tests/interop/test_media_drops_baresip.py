@@ -19,19 +19,31 @@ the resend, and media or SRTCP with it) and no ``unlatched_source`` (bob's RTCP,
 his answer from the address his answer implies, was refused as a previous peer's for 3 s). The
 call record (``voipgw calls --json``) and the Prometheus exposition (read by Prometheus' own
 parser) say the same.
+
+With media workers (``[media] workers = 2``) the caller's handshake, ours to start (we answer
+``a=setup:active``, RFC 5763 §5), must not start before our 200 reaches her: baresip ignores a
+ClientHello before it has our answer's fingerprint, and the handshake waited for the resend (1 s,
+RFC 6347 §4.2.4.1) while our 200 waited for the workers' ``MediaSession.applied()``: bob's first
+second, about 50 packets, was dropped as ``blocked``. A capture shows the order: our first
+ClientHello to alice after our 200 to her; and bob's ``blocked`` drops stay the few before his
+answer, far fewer than that second's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from gateway.core.media.relay import DROP_REASONS
+from tests.conftest import require_peer
 from tests.integration.prometheus_scrape import curl, parser, value
 from tests.interop.harness import Baresip, GatewayProcess, tone_wav
+from tests.interop.harness.capture import Capture, udp_filter
 
 pytestmark = pytest.mark.interop
 
@@ -40,6 +52,9 @@ READY = r"metrics: Prometheus exposition on http://127\.0\.0\.1:(\d+)/metrics"
 TOTAL = "voipgw_media_dropped_packets"
 FAMILY = "voipgw_media_dropped_packets_by_reason"
 AUDIO_SECONDS = 1.0
+RESEND_PACKETS = 25
+"""Half the 20-ms packets of the second a ClientHello resent after 1 s costs (RFC 6347
+§4.2.4.1): bob's ``blocked`` drops before his answer are a few, with the resend about 50."""
 
 
 def _scrape(port: int) -> dict[str, object]:
@@ -54,21 +69,42 @@ def _by_reason(found: dict[str, object]) -> dict[str, float]:
     }
 
 
+def _to_caller(pcap: Path, gw: GatewayProcess, alice: Baresip) -> list[str]:
+    """What the gateway sent alice, in capture order: ``"200"`` for our 200 to her INVITE,
+    ``"ClientHello"`` for each ClientHello to her media ports (RFC 6347 §4.2: type 1)."""
+    low, high = alice.rtp_ports
+    display = (
+        f'(sip.Status-Code == 200 and sip.CSeq.method == "INVITE" and udp.dstport == '
+        f"{alice.sip_port}) or (dtls.handshake.type == 1 and udp.dstport >= {low} and "
+        f"udp.dstport <= {high})"
+    )
+    args = [require_peer("tshark"), "-n", "-r", str(pcap), "-d", f"udp.port=={gw.port},sip"]
+    args += ["-Y", display, "-T", "fields", "-e", "sip.Status-Code", "-e", "dtls.handshake.type"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    return ["200" if line.split("\t")[0] else "ClientHello" for line in result.stdout.splitlines()]
+
+
 @pytest.mark.parametrize(
-    ("mediaenc", "policy", "start_reasons"),
-    [(None, None, {"blocked"}), ("dtls_srtp", "dtls", {"blocked", "srtp_refused"})],
-    ids=["plain", "dtls"],
+    ("mediaenc", "policy", "start_reasons", "workers"),
+    [
+        (None, None, {"blocked"}, 0),
+        ("dtls_srtp", "dtls", {"blocked", "srtp_refused"}, 0),
+        ("dtls_srtp", "dtls", {"blocked", "srtp_refused"}, 2),
+    ],
+    ids=["plain", "dtls", "dtls-media-workers"],
 )
 def test_a_call_between_two_phones_drops_only_what_comes_before_answer_and_keys(
-    tmp_path: Path, mediaenc: str | None, policy: str | None, start_reasons: set[str]
+    tmp_path: Path, mediaenc: str | None, policy: str | None, start_reasons: set[str], workers: int
 ) -> None:
     plugins = ["udp", "tcp", "metrics"] + (["dtls"] if policy else [])
+    media = {"media": {"workers": workers}} if workers else {}
     with (
         GatewayProcess(
             tmp_path / "gw",
             accounts=PASSWORDS,
             digest_algorithms=("MD5",),  # baresip 1.0.0 fails on SHA-256 challenges
-            settings={"plugins": {"enable": plugins}},
+            settings={"plugins": {"enable": plugins}, **media},
             extra_toml='[plugins.metrics]\nlisten = "127.0.0.1:0"\n',
         ) as gw,
         Baresip(
@@ -77,7 +113,11 @@ def test_a_call_between_two_phones_drops_only_what_comes_before_answer_and_keys(
         Baresip(
             tmp_path, "bob", source=tone_wav(tmp_path / "bob.wav", 440.0), mediaenc=mediaenc
         ) as bob,
+        contextlib.ExitStack() as stack,
     ):
+        pcap = tmp_path / "caller.pcap"
+        if workers:
+            stack.enter_context(Capture(pcap, udp_filter(alice.sip_port, alice.rtp_ports)))
         metrics_port = int(gw.wait_for_log(READY)[1])
         for phone in (alice, bob):
             if policy:
@@ -98,6 +138,8 @@ def test_a_call_between_two_phones_drops_only_what_comes_before_answer_and_keys(
         gw.wait_for_log(rf"call {re.escape(call['id'])} ended: BYE from A leg")
         found = _scrape(metrics_port)
         (record,) = json.loads(gw.cli("calls", "--recent", "1", "--json").stdout)
+        stack.close()  # the capture has every packet sent so far
+        sent_to_alice = _to_caller(pcap, gw, alice) if workers else []
 
     assert {reason for reason, count in during.items() if count} <= start_reasons, during
     media = record["security"]["media"]
@@ -113,6 +155,11 @@ def test_a_call_between_two_phones_drops_only_what_comes_before_answer_and_keys(
         # alice sends once she has our 200; bob's media before his answer came, nothing else.
         assert media["a_to_b_dropped"] == 0, media
         assert {reason for reason, count in reasons["b_to_a"].items() if count} <= {"blocked"}
+    if workers:
+        # Our 200 (her answer, our fingerprint) reaches alice before our first ClientHello:
+        # none was ignored, no handshake waited a second for the resend, nor bob's media.
+        assert sent_to_alice[:1] == ["200"] and "ClientHello" in sent_to_alice, sent_to_alice
+        assert reasons["b_to_a"]["blocked"] < RESEND_PACKETS, media
     # The metrics say what the record says: the total as before, the reasons adding up to it.
     total = value(found, TOTAL, f"{TOTAL}_total")
     assert total == media["a_to_b_dropped"] + media["b_to_a_dropped"]

@@ -430,6 +430,10 @@ class CallBase:
     async def _respond_a(self, response: Response) -> None:
         assert self.a.transaction is not None
         await self.endpoint.respond(self.a.transaction, response)
+        if response.body and self.handshakes is not None:
+            # Our SDP answer (a 183's, a 200's) went to A: A's handshakes may start now, never
+            # ahead of it (CallAnswer._answer_via holds them; docs/architecture.md).
+            self.handshakes.release(Side.A.value)
 
     async def _reject_a(
         self,

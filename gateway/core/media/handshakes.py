@@ -27,6 +27,14 @@ datagrams and time (RFC 5764 §5.1.2 and RFC 6189 §5: both share the 5-tuple of
   RTCP port's handshake once it exists (the RTP port's engine holds its own, until the answer).
   Dropped, the ClientHello waited for its retransmission (1 s, RFC 6347 §4.2.4.1), and SRTCP
   was dropped both ways until then;
+- a side can be held (:meth:`CallHandshakes.hold`, :meth:`CallHandshakes.release`): while
+  our SDP answer to that leg is not sent yet, its handshakes neither start nor send (the DTLS
+  client's ClientHello, its timers) and datagrams from its peer are kept (up to
+  :data:`HELD_DATAGRAMS` per port) until the release. The answer carries our fingerprint, which
+  the peer needs to check our certificate (RFC 5763 §5): a phone given our ClientHello before
+  our 200 ignores it (baresip does) and the handshake waits for its retransmission, 1 s (RFC
+  6347 §4.2.4.1), the call's media with it. With media workers the 200 waits for the workers'
+  ``MediaSession.applied()`` round trip, during which this task ran first;
 - which streams are driven is read afresh from each leg's
   :meth:`~gateway.core.media.security.LegSecurity.media_path_streams` on every round, so a
   re-INVITE's new negotiation is picked up; the call calls :meth:`poke` after SDP changes.
@@ -68,6 +76,10 @@ EARLY_RTCP_DATAGRAMS = 16
 """Datagrams held per stream and leg that came on its RTCP port before that port's handshake
 exists (the answer we wait for decides our role); more are dropped and counted (``dropped``).
 As many as the DTLS engine holds on the RTP port (its ``MAX_EARLY_DATAGRAMS``)."""
+
+HELD_DATAGRAMS = EARLY_RTCP_DATAGRAMS
+"""Datagrams kept per side, stream and port while that side is held (:meth:`CallHandshakes.hold`);
+more are dropped and counted (``dropped``)."""
 
 _Item = tuple[str, int, bool, bytes] | None
 """(side, stream index, on the RTCP port, datagram), or None: look again."""
@@ -118,9 +130,14 @@ class CallHandshakes:
         its keys, whose KeysReady the earlier StreamSecurity took."""
         self._early_rtcp: dict[tuple[str, int], list[bytes]] = {}
         """Datagrams that came on a leg's RTCP port before its handshake there existed."""
+        self._held: set[str] = set()
+        """Sides whose handshakes wait for our SDP answer to be sent (:meth:`hold`)."""
+        self._held_datagrams: dict[tuple[str, int, bool], list[bytes]] = {}
+        """Datagrams from a held side's peer, per (side, stream, RTCP port), fed at release."""
         self.dropped = 0
         """Datagrams dropped because the queue was full, or beyond
-        :data:`EARLY_RTCP_DATAGRAMS` before the RTCP port's handshake existed."""
+        :data:`EARLY_RTCP_DATAGRAMS` before the RTCP port's handshake existed, or beyond
+        :data:`HELD_DATAGRAMS` while their side was held."""
         self.unclaimed = 0
         """Datagrams no negotiation of their stream and port claimed (RFC 7983 demux)."""
 
@@ -147,6 +164,23 @@ class CallHandshakes:
         # A full queue wakes the task anyway.
         with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
             self._send.send_nowait(None)
+
+    def hold(self, side: str) -> None:
+        """Our SDP answer to leg ``side`` is made but not sent yet: its handshakes wait (no
+        ClientHello, no timer) until :meth:`release`, and what its peer sends is kept. Call it
+        before the next checkpoint after the answer was made (the task runs at any)."""
+        self._held.add(side)
+
+    @property
+    def held_datagrams(self) -> int:
+        """Datagrams from held sides' peers kept for their release (:meth:`hold`)."""
+        return sum(len(kept) for kept in self._held_datagrams.values())
+
+    def release(self, side: str) -> None:
+        """Our answer went to leg ``side``: its handshakes start (and take what was kept)."""
+        if side in self._held:
+            self._held.discard(side)
+            self.poke()
 
     # -- the task -------------------------------------------------------------------------------
 
@@ -188,8 +222,13 @@ class CallHandshakes:
                 keys_changed |= self._attach_rtcp(side, index, stream)
                 if stream.rtcp_negotiation is None:
                     self._before_rtcp_handshake(side, index, stream, item)
+                if side in self._held:
+                    self._keep_while_held(side, index, stream, item)
+                    continue
                 for rtcp, negotiation in self._negotiations(stream):
                     self._hook(side, index, rtcp)
+                    for packet in self._held_datagrams.pop((side, index, rtcp), ()):
+                        self._feed(negotiation, packet, now)
                     timer = negotiation.get_timer()
                     if timer is not None and timer <= now:
                         negotiation.handle_timer(now=now)
@@ -219,6 +258,18 @@ class CallHandshakes:
                     self._hook(side, index, rtcp)
                 if stream.rtcp_negotiation is None:
                     self._before_rtcp_handshake(side, index, stream, None)
+
+    def _keep_while_held(self, side: str, index: int, stream: StreamSecurity, item: _Item) -> None:
+        """A held side's stream (:meth:`hold`): its sockets take key-exchange datagrams, kept
+        for the release; its negotiations are not driven."""
+        for rtcp, _ in self._negotiations(stream):
+            self._hook(side, index, rtcp)
+            if item is not None and item[:3] == (side, index, rtcp):
+                held = self._held_datagrams.setdefault((side, index, rtcp), [])
+                if len(held) < HELD_DATAGRAMS:
+                    held.append(item[3])
+                else:
+                    self.dropped += 1
 
     def _feed(self, negotiation: KeyNegotiation, packet: bytes, now: float) -> None:
         # RFC 7983: each engine claims its range of first bytes (DTLS 20..63, ZRTP 16..19).
@@ -317,7 +368,9 @@ class CallHandshakes:
 
     def _next_timer(self, now: float) -> float:
         deadline = math.inf
-        for streams in self._streams().values():
+        for side, streams in self._streams().items():
+            if side in self._held:
+                continue  # nothing of a held side is due before its release
             for stream in streams.values():
                 for _, negotiation in self._negotiations(stream):
                     timer = negotiation.get_timer()

@@ -52,17 +52,21 @@ def exchange(identity: object) -> DtlsKeyExchange:
 
 
 def dtls_offer(
-    negotiation: DtlsNegotiation, *, fingerprint: str | None = None, rtcp_mux: bool = True
+    negotiation: DtlsNegotiation,
+    *,
+    fingerprint: str | None = None,
+    rtcp_mux: bool = True,
+    setup: str | None = None,
 ) -> bytes:
     """The phone's offer: a=fingerprint at session level (RFC 8122 §5 allows it), the rest in
-    the m= section; ``fingerprint`` replaces the true one."""
+    the m= section; ``fingerprint`` replaces the true one, ``setup`` the phone's actpass."""
     ours = dict(negotiation.local_sdp_attributes())
     mux = "a=rtcp-mux\r\n" if rtcp_mux else ""
     return (
         f"v=0\r\no=- 1 1 IN IP4 {ADDRESS}\r\ns=-\r\nc=IN IP4 {ADDRESS}\r\nt=0 0\r\n"
         f"a=fingerprint:{fingerprint or ours['fingerprint']}\r\n"
         f"m=audio {A_PHONE} UDP/TLS/RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\n{mux}"
-        f"a=setup:{ours['setup']}\r\na=tls-id:{ours['tls-id']}\r\n"
+        f"a=setup:{setup or ours['setup']}\r\na=tls-id:{ours['tls-id']}\r\n"
     ).encode()
 
 
@@ -107,7 +111,12 @@ class Call:
 
 
 def set_up(
-    relay: MediaRelay, phone: DtlsNegotiation, offer: bytes, *, rtcp_mux: bool = True
+    relay: MediaRelay,
+    phone: DtlsNegotiation,
+    offer: bytes,
+    *,
+    rtcp_mux: bool = True,
+    our_setup: str = "active",
 ) -> Call:
     session = MediaSession(relay, media_address=ADDRESS)
     a = LegSecurity(
@@ -137,7 +146,7 @@ def set_up(
     session.settle()
     media = answer_a.media[0]
     assert media.proto == "UDP/TLS/RTP/SAVP"
-    assert media.attributes.get("setup") == "active"  # we answer actpass as the client
+    assert media.attributes.get("setup") == our_setup  # actpass: we answer as the client
     phone.remote_sdp_attributes([(x[0], x[1]) for x in media.attributes])
     keying = CallKeying(session)
     keying.apply(a, b)
@@ -250,6 +259,51 @@ async def test_dtls_leg_relays_media_after_the_handshake_and_nothing_before(
             assert record["key_exchange"] == "dtls"
             assert record["dtls_role"] == "client"
             assert record["peer_certificate_sha256"] == PHONE_ID.sha256_hex()
+            assert call.failures == []
+            nursery.cancel_scope.cancel()
+        call.keying.close()
+        call.session.close()
+
+
+async def test_a_held_leg_sends_nothing_and_keeps_its_peers_client_hello_until_released(
+    relay: MediaRelay,
+) -> None:
+    """The call holds a leg's handshakes while our answer to it is not sent (CallHandshakes.hold:
+    the answer carries the fingerprint the peer checks us with, RFC 5763 §5). A phone that
+    offered ``active`` is the DTLS client: its ClientHello, come before the release, is kept
+    (not lost to its 1 s resend, RFC 6347 §4.2.4.1) and answered once released."""
+    phone_negotiation = exchange(PHONE_ID).offer(suites=[], secure_signalling=False)
+    offer = dtls_offer(phone_negotiation, setup="active")
+    call = set_up(relay, phone_negotiation, offer, our_setup="passive")
+    a_sock = udp_socket()
+    with a_sock:
+        await a_sock.bind((ADDRESS, A_PHONE))
+        gateway = (ADDRESS, call.a_port)
+        async with trio.open_nursery() as nursery:
+            handshakes = call.handshakes()
+            handshakes.hold("a")
+            nursery.start_soon(handshakes.run)
+            handshakes.poke()
+            for datagram in phone_negotiation.packets_to_send(now=trio.current_time()):
+                await a_sock.sendto(datagram, gateway)  # the phone's ClientHello
+            await until(lambda: handshakes.held_datagrams == 1)
+            assert await receive(a_sock, 0.1) is None  # nothing from a held leg
+            negotiation = call.a.media_path_streams()[0].negotiation
+            assert isinstance(negotiation, DtlsNegotiation)
+            assert negotiation.statistics().datagrams_received == 0
+            handshakes.release("a")
+            # The kept ClientHello is answered (ServerHello ... ServerHelloDone), not resent.
+            with trio.fail_after(5):
+                reply, _ = await a_sock.recvfrom(2048)
+            assert handshakes.held_datagrams == 0 and handshakes.dropped == 0
+            assert negotiation.statistics().datagrams_received == 1
+            phone_negotiation.receive_packet(reply, now=trio.current_time())
+            phone = Phone(phone_negotiation, a_sock, gateway)
+            nursery.start_soon(phone.run)
+            with trio.fail_after(10):
+                await call.keyed.wait()
+            assert phone.keys is not None and phone.failure is None
+            assert call.a.record()["streams"][0]["dtls_role"] == "server"
             assert call.failures == []
             nursery.cancel_scope.cancel()
         call.keying.close()
