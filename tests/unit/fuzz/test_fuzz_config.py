@@ -857,6 +857,8 @@ def judge(mutation: Mutation, path: Path, run: Callable[[Path], None]) -> str | 
         return None
     except Exception as exc:
         return f"raised {type(exc).__name__} instead of ConfigError: {exc}"
+    if mutation.kind == "trunk-ref":
+        return "accepted a trunk name no [[trunks]] table has"
     return None
 
 
