@@ -1342,6 +1342,51 @@ def did_warnings(config: GatewayConfig) -> list[str]:
     ]
 
 
+# A plugin configuration key whose values name ``[[trunks]]`` tables (stir_shaken
+# ``sign_trunks``, the recorder's ``trunks``): its attrs field carries this metadata, and
+# :func:`unknown_trunk_names` looks each name up. A misspelt name is otherwise silent: the key
+# does nothing for that trunk (its calls go unsigned, unrecorded) and nobody is told. Keys that
+# name accounts are not checked: accounts live in the store and change while the gateway runs.
+NAMES_TRUNKS: Mapping[str, str] = types.MappingProxyType({"voipgw.names": "trunks"})
+KNOWN_LISTED = 10  # an error lists the trunks there are up to this many
+
+
+def unknown_trunk_names(
+    config: GatewayConfig, plugin_configs: Mapping[str, Any]
+) -> list[ConfigError]:
+    """One error per name that a plugin key marked :data:`NAMES_TRUNKS` lists but no
+    ``[[trunks]]`` table has (a disabled trunk is known: it is configured). Errors to
+    ``voipgw check-config`` (exit 2), warnings to ``voipgw run`` (an upgraded gateway whose file
+    carried such a name keeps carrying calls): the callers decide."""
+    known = [trunk.name for trunk in config.trunks]
+    if not known:
+        listed = "none (no [[trunks]] table)"
+    elif len(known) <= KNOWN_LISTED:
+        listed = ", ".join(sorted(known))
+    else:
+        listed = f"{len(known)} trunks"
+    errors = []
+    for plugin, value in plugin_configs.items():
+        if value is None or not attrs.has(type(value)):
+            continue
+        for field in attrs.fields(type(value)):
+            if field.metadata.get("voipgw.names") != "trunks":
+                continue
+            names = getattr(value, field.name)
+            for name in [names] if isinstance(names, str) else names:
+                if name not in known:
+                    errors.append(
+                        ConfigError(
+                            config.source,
+                            f"plugins.{plugin}",
+                            field.name,
+                            f"unknown trunk {name!r}: no [[trunks]] table has that name, so "
+                            f"this key does nothing for it; known: {listed}",
+                        )
+                    )
+    return errors
+
+
 def _validate_trunk_plan(numbering: NumberingPlan, trunk: TrunkConfig, file: str) -> None:
     """The trunk's own numbering keys, on top of ``[numbering]``, must make a plan: the
     error names the trunk's key (``NumberingPlan`` starts its messages with the key)."""

@@ -55,6 +55,7 @@ from gateway.core.config import (
     ListenSpec,
     TrunkAddress,
     did_warnings,
+    unknown_trunk_names,
 )
 from gateway.core.control import socket_path
 from gateway.core.control_server import serve_control
@@ -229,6 +230,9 @@ class Gateway:
         self.plugins = plugins
         # Warnings of media taps about this node among others (check): tap name -> lines.
         self.node_warnings: dict[str, list[str]] = {}
+        # Plugin keys naming trunks that no [[trunks]] table has (check): errors to
+        # check-config, warnings at start-up (config.unknown_trunk_names).
+        self.name_errors: list[ConfigError] = []
         self.ids = ids or RandomIds()
         self.flows = FlowTable()
         self.limits = TransportLimits(
@@ -330,6 +334,7 @@ class Gateway:
             except ValueError as exc:
                 key, _, message = str(exc).partition(": ")
                 raise ConfigError(self.config.source, f"plugins.{name}", key, message) from None
+        self.name_errors = unknown_trunk_names(self.config, self.plugins.configs)
         self.node_warnings = {}
         for name, tap in self.plugins.media_taps.items():
             # A tap whose settings should differ between the nodes of a cluster (intercept:
@@ -766,6 +771,10 @@ class Gateway:
         self.check()
         for warning in did_warnings(self.config):
             log.warning("configuration: %s", warning)
+        for error in self.name_errors:
+            # A warning, not a refusal: a gateway upgraded with such a name in its file keeps
+            # carrying calls (`voipgw check-config` refuses the file).
+            log.warning("configuration: %s", error)
         for name, tap in self.plugins.media_taps.items():
             for warning in self.node_warnings.get(name, []):
                 # On the tap's own logger: an interception's settings stay out of the core's.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -13,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.example_plugin import CALLS_EXAMPLE, EXAMPLE, install_example_plugin
+from tests.integration.voipgw_process import voipgw_running
+from tests.port_blocks import port_block_text
 
 
 def voipgw(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -164,6 +167,44 @@ def test_check_config_warns_of_one_did_reaching_two_accounts_through_two_trunks(
     assert result.stderr.splitlines() == [
         f"{path}: warning: DID +4930123456 reaches alice through trunk a and bob through trunk b"
     ]
+
+
+def test_check_config_refuses_a_trunk_name_no_trunk_has_and_run_warns_of_it(
+    tmp_path: Path,
+) -> None:
+    """A misspelt trunk in a plugin's list recorded (or signed, verified) nothing, silently.
+    check-config names file, table, key, the name and the trunks there are, and exits 2;
+    `voipgw run` says it as a WARNING and starts (an upgraded gateway keeps carrying calls),
+    and a SIGHUP (certificates, not the file) leaves it running."""
+    path = tmp_path / "recorder.toml"
+    state = tmp_path / "state"
+    head = (
+        f'[gateway]\nstate_dir = "{state}"\n[sip]\nlisten = ["udp:127.0.0.1:0"]\n'
+        f'[media]\nports = "{port_block_text(10)}"\n'
+        '[plugins]\nenable = ["udp", "recorder"]\n[plugins.recorder]\n'
+    )
+    trunk = '[[trunks]]\nname = "carrier"\naddress = "udp:192.0.2.10:5060"\n'
+    path.write_text(head + 'trunks = ["carier"]\n' + trunk)
+    result = voipgw("check-config", str(path))
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"voipgw: configuration error: {path}: [plugins.recorder] trunks: unknown trunk "
+        "'carier': no [[trunks]] table has that name, so this key does nothing for it; "
+        "known: carrier\n"
+    )
+    log = tmp_path / "run.log"
+    warned = re.compile(r"WARNING gateway\.core\.gateway: configuration: .*unknown trunk 'carier'")
+    ready = re.compile(r"voipgw ready: udp:127\.0\.0\.1:\d+")
+    with voipgw_running(path, log, [warned, ready]) as (process, _):
+        process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while "reloading certificates" not in log.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+    assert log.read_text().count("unknown trunk") == 1
+    path.write_text(head + 'trunks = ["carrier"]\n' + trunk)
+    result = voipgw("check-config", str(path))
+    assert result.returncode == 0, result.stderr
 
 
 def test_check_config_bad_key_names_file_table_key(tmp_path: Path) -> None:

@@ -58,6 +58,7 @@ import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from gateway.core.config import NAMES_TRUNKS
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import IdentityOutcome, TrunkCall
 from gateway.core.sip.uri import redact_password
@@ -145,12 +146,12 @@ class StirShakenConfig:
 
     certificate_url: str = ""
     private_key: str = ""
-    sign_trunks: tuple[str, ...] = ()
+    sign_trunks: tuple[str, ...] = attrs.field(default=(), metadata=NAMES_TRUNKS)
     account_attestation: Mapping[str, str] = attrs.field(
         factory=dict, converter=_read_only, hash=False
     )
     sign_transit: bool = False
-    verify_trunks: tuple[str, ...] = ()
+    verify_trunks: tuple[str, ...] = attrs.field(default=(), metadata=NAMES_TRUNKS)
     trust_anchors: str = ""
     fetch_ca_file: str = ""
     certificate_hosts: tuple[str, ...] = attrs.field(default=(), converter=_host_names)

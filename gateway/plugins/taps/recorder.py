@@ -57,6 +57,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import attrs
 
+from gateway.core.config import NAMES_TRUNKS
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import TappedCall, TappedMedia
 from gateway.plugins.taps.g722 import G722Decoder
@@ -606,7 +607,7 @@ class RecorderConfig:
     directory: str = ""
     all_calls: bool = False
     accounts: tuple[str, ...] = ()
-    trunks: tuple[str, ...] = ()
+    trunks: tuple[str, ...] = attrs.field(default=(), metadata=NAMES_TRUNKS)
     format: str = "wav"
     queue: int = 2000
     min_free_mb: int = 1024

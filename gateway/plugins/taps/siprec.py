@@ -124,6 +124,7 @@ from xml.sax.saxutils import escape, quoteattr
 import attrs
 import trio
 
+from gateway.core.config import NAMES_TRUNKS
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import (
     OutboundSession,
@@ -1557,7 +1558,7 @@ class SiprecConfig:
     fallbacks: tuple[str, ...] = ()
     all_calls: bool = False
     accounts: tuple[str, ...] = ()
-    trunks: tuple[str, ...] = ()
+    trunks: tuple[str, ...] = attrs.field(default=(), metadata=NAMES_TRUNKS)
     media_address: str = "127.0.0.1"
     queue: int = 2000
     bye_timeout: float = 5.0

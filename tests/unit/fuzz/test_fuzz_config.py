@@ -5,14 +5,17 @@ every core table and every built-in plugin's table (:func:`test_the_seed_sets_ev
 fails when a key is documented that the seed does not set). Each mutation changes one thing of
 it: a key given the wrong type, a number out of range (negative, 0, huge, NaN and inf), an empty
 string or list, an unknown or misspelt key, a missing required key, a trunk or group named twice,
-an address or port that is none, a path that does not exist; or the file's bytes: invalid TOML,
-bytes that are not UTF-8.
+an address or port that is none, a path that does not exist, a trunk that a plugin key names
+(``sign_trunks``, a recorder's ``trunks``) misspelt there or renamed in its ``[[trunks]]`` table; or
+the file's bytes: invalid TOML, bytes that are not UTF-8.
 
 Each mutated file goes through what ``voipgw check-config`` runs (the file, the plugins' tables,
 the gateway's own checks, no socket): it is accepted, or it raises :class:`ConfigError` naming the
 file, the table and the key mutated (and the line, for a file that is not TOML). Anything else
-(another exception, an error naming another key or none) is a bug. A sample of them goes through
-``python -m gateway check-config`` too: exit status 2 and one line, never a traceback.
+(another exception, an error naming another key or none) is a bug. A trunk name no ``[[trunks]]``
+table has is an error of check-config (``Gateway.name_errors``; ``voipgw run`` only warns of it). A
+sample of them goes through ``python -m gateway check-config`` too: exit status 2 and one line,
+never a traceback.
 
 Seeded and deterministic (``VOIPGW_FUZZ_SEED``); ``VOIPGW_FUZZ_EXAMPLES`` sets the number of
 mutations (docs/testing.md).
@@ -20,6 +23,7 @@ mutations (docs/testing.md).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -510,7 +514,23 @@ def check_config(path: Path) -> None:
     """What ``voipgw check-config`` runs (cli.cmd_check_config), without its printing."""
     config = from_toml(path)
     plugins = load_plugins(config)
-    Gateway(config, plugins).check()
+    gateway = Gateway(config, plugins)
+    gateway.check()
+    if gateway.name_errors:
+        raise gateway.name_errors[0]
+
+
+@functools.cache
+def trunk_name_keys(files: Files) -> tuple[tuple[str, str], ...]:
+    """(plugin, key) of every plugin key whose values name trunks (marked ``NAMES_TRUNKS``)."""
+    path = files.root / "seed-for-trunk-keys.toml"
+    path.write_text(to_toml(seed_config(files)))
+    return tuple(
+        (plugin, field.name)
+        for plugin, value in sorted(load_plugins(from_toml(path)).configs.items())
+        for field in attrs.fields(type(value))
+        if field.metadata.get("voipgw.names") == "trunks"
+    )
 
 
 # -- mutations -----------------------------------------------------------------------------------
@@ -652,6 +672,7 @@ def mutations(files: Files, count: int) -> list[Mutation]:
                 "table-type",
                 "bad-utf8",
                 "bad-toml",
+                "trunk-ref",
             )
         )
         expect_key: str | None = key
@@ -694,6 +715,19 @@ def mutations(files: Files, count: int) -> list[Mutation]:
             section = "trunks" if entries is data["trunks"] else "dialog_watch_groups"
             table_name, expect_key, what = f"{section}.{name}", "name", f"{name} twice"
             also = frozenset({"voicemail", "dids"})  # the copy repeats those too
+        elif kind == "trunk-ref":
+            trunk = data["trunks"][0]
+            spelt = _misspell(rng, trunk["name"])
+            if rng.random() < 0.5:
+                # A plugin key names a trunk that is not there: the error names that key.
+                plugin, key = rng.choice(trunk_name_keys(files))
+                data["plugins"][plugin][key] = [*data["plugins"][plugin][key], spelt]
+                table_name, expect_key = f"plugins.{plugin}", key
+                what = f"{key} = {_value(data['plugins'][plugin][key])}"
+            else:
+                # The trunk renamed: the keys that named it name nothing (judge()).
+                trunk["name"] = spelt
+                table_name, expect_key, what = f"trunks.{spelt}", "name", f"name = {spelt!r}"
         elif kind == "table-type":
             top = rng.choice(sorted(data))
             data[top] = rng.choice(("fuzz", 3, [1, 2], {"x": 1}, [{"x": 1}]))
@@ -782,6 +816,14 @@ def judge(mutation: Mutation, path: Path, run: Callable[[Path], None]) -> str | 
             return f"a ConfigError of several lines: {text!r}"
         if exc.file != str(path) or not text.startswith(str(path)):
             return f"names the wrong file: {text}"
+        if (
+            mutation.table.startswith("trunks.")
+            and mutation.key == "name"
+            and exc.table.startswith("plugins.")
+            and exc.message.startswith("unknown trunk ")
+        ):
+            # A trunk renamed: a plugin key that named it (sign_trunks ...) names nothing now.
+            return None
         if mutation.line is not None:
             late = 3 if mutation.late else 1  # an open array is found where it fails to go on
             lines = set(range(mutation.line, mutation.line + late))
@@ -815,6 +857,8 @@ def judge(mutation: Mutation, path: Path, run: Callable[[Path], None]) -> str | 
         return None
     except Exception as exc:
         return f"raised {type(exc).__name__} instead of ConfigError: {exc}"
+    if mutation.kind == "trunk-ref":
+        return "accepted a trunk name no [[trunks]] table has"
     return None
 
 
@@ -869,6 +913,19 @@ def test_the_seed_sets_every_key_of_every_table(files: Files, tmp_path: Path) ->
         assert fields <= written, f"[{table}] {sorted(fields - written)}: not set by seed_config()"
 
 
+def test_the_seed_names_trunks_in_every_key_that_names_trunks(files: Files) -> None:
+    """The trunk-ref mutations reach every such key: they are marked, and the seed sets them."""
+    assert trunk_name_keys(files) == (
+        ("recorder", "trunks"),
+        ("siprec", "trunks"),
+        ("stir_shaken", "sign_trunks"),
+        ("stir_shaken", "verify_trunks"),
+    )
+    seed = seed_config(files)
+    for plugin, key in trunk_name_keys(files):
+        assert seed["plugins"][plugin][key], (plugin, key)
+
+
 def test_the_seed_is_valid(files: Files, tmp_path: Path) -> None:
     path = tmp_path / "voipgw.toml"
     path.write_text(to_toml(seed_config(files)))
@@ -889,8 +946,9 @@ def test_mutated_configs_are_accepted_or_name_file_table_and_key(
 
 
 def test_check_config_says_a_sample_of_them_in_one_line(files: Files, tmp_path: Path) -> None:
-    """``voipgw check-config`` as an operator runs it: a refused file is one line on stderr and
-    exit status 2 (docs/configuration.md), an accepted one "OK"; never a traceback."""
+    """``voipgw check-config`` as an operator runs it: a refused file is one line on stderr
+    (one per unknown trunk name) and exit status 2 (docs/configuration.md), an accepted one
+    "OK"; never a traceback."""
     rng = random.Random(f"config-fuzz-cli:{base_seed()}")
     pool = mutations(files, examples(DEFAULT_MUTATIONS))
     # Mostly mistakes no file gets past (so that the refusal is what is looked at), one other.
@@ -913,5 +971,8 @@ def test_check_config_says_a_sample_of_them_in_one_line(files: Files, tmp_path: 
         assert run.returncode == 2, (mutation.description, run.returncode, run.stderr)
         assert run.stdout == ""
         lines = run.stderr.splitlines()
-        assert len(lines) == 1, (mutation.description, run.stderr)
-        assert lines[0].startswith(f"voipgw: configuration error: {path}: "), lines[0]
+        if mutation.kind != "trunk-ref":
+            assert len(lines) == 1, (mutation.description, run.stderr)
+        # A trunk renamed: one line per key that named it (check-config says every one).
+        for line in lines:
+            assert line.startswith(f"voipgw: configuration error: {path}: "), line
