@@ -128,8 +128,12 @@ class CallMediaKeys(CallBase):
 
     def _handshake_legs(self) -> dict[str, LegSecurity | None]:
         b_leg = self.b or self._keyed_b
-        if b_leg is None and len(self.b_legs) == 1:
-            b_leg = self.b_legs[0]  # our offer's answerer may start the handshake early
+        if b_leg is None:
+            # Our offer's answerer may start the handshake early: the one leg still ringing.
+            # Legs that finished (a 302, a trunk's failure before its failover) stay in b_legs.
+            ringing = [leg for leg in self.b_legs if not leg.finished]
+            if len(ringing) == 1:
+                b_leg = ringing[0]
         return {"a": self.a.security, "b": b_leg.security if b_leg is not None else None}
 
     def _handshake_keys(self) -> None:

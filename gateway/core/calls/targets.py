@@ -202,10 +202,6 @@ class CallTargets(CallLocationUpdates, CallMediaKeys):
             request = identity.signed(cast("Call", self), trunk, request)  # RFC 8224 §4.1: Identity
         if self.location is not None:
             request = self._with_location(leg, request, self.location)
-        # A callee answering DTLS-SRTP active may begin its handshakes as soon as it has our
-        # offer (RFC 5763 §5; baresip does as it rings): their sockets take its datagrams
-        # from now on, not from the handshake task's first round after the INVITE went.
-        self._drive_handshakes()
         await self._send_b_invite(leg, request)
         return None
 
@@ -257,6 +253,12 @@ class CallTargets(CallLocationUpdates, CallMediaKeys):
     async def _send_b_invite(self, leg: BLeg, request: Request) -> None:
         """Send our INVITE to ``leg``; its responses come into this call's events."""
         self.b_legs.append(leg)
+        # A callee answering DTLS-SRTP active may begin its handshakes as soon as it has our
+        # offer (RFC 5763 §5; baresip does as it rings): their sockets take its datagrams
+        # from now on, not from the handshake task's first round after the INVITE went. Once
+        # the leg is among b_legs: before, the task did not see it (a failover's, a redirect's
+        # or a forward's callee was not hooked before its answer).
+        self._drive_handshakes()
         from_tag = request.from_.tag
         assert from_tag is not None
         self.manager.register_leg(cast("Call", self), leg.side, request.call_id, from_tag)

@@ -612,7 +612,10 @@ class StreamSide:
                 # old one may not take the socket back while it keeps sending. Each change
                 # decides afresh: going back to an earlier peer frees it at once.
                 ep.previous_source = None
-                if remote_rtp is not None and ep.source not in (None, remote_rtp, implied_rtcp):
+                # The latched source as recvfrom gave it: on IPv6 (host, port, flowinfo,
+                # scope_id), compared by its (host, port) with the SDP's.
+                source = ep.source[:2] if ep.source is not None else None
+                if remote_rtp is not None and source not in (None, remote_rtp, implied_rtcp):
                     ep.previous_source = ep.source
                     ep.previous_until = ep.last_received + PREVIOUS_SOURCE_QUARANTINE
                 _unlatch(ep)

@@ -51,6 +51,7 @@ from tests.component.calls.dtls_phone import (
     dtls_sdp,
     wrong_fingerprint,
 )
+from tests.component.calls.redirect_phones import start_bob
 
 ALICE2: Address = ("127.0.0.5", 5060)  # alice's second phone
 
@@ -277,6 +278,91 @@ async def test_a_callees_rtcp_port_client_hello_before_its_answer_is_not_lost(
     await eventually(lambda: rtcp_phone.negotiation.statistics().datagrams_sent >= 1)  # type: ignore[attr-defined]
     await trio.sleep(0.2)  # the ClientHellos reached the gateway; the answer comes later
     await leg_b.answer(200, sdp=dtls_sdp(negotiation, rtcp_mux=False))
+    assert (await call.final()).status == 200
+    await assert_b_leg_keyed(env, phone, rtcp_phone)
+    for engine in (phone.negotiation, rtcp_phone.negotiation):
+        assert engine.statistics().retransmissions == 0  # type: ignore[attr-defined]
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert gateway_call.media is not None
+    (stream,) = gateway_call.media.streams
+    assert stream.b_to_a.statistics().dropped_malformed == 0
+
+
+async def test_a_redirected_callees_rtcp_port_client_hello_before_its_answer_is_not_lost(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # As above, for the callee a 302 sends the call to: the first leg (alice's, finished by its
+    # 302) stays among the call's B legs, and the handshake sockets of the one now ringing were
+    # hooked only while a single B leg had ever been called: its early RTCP ClientHello was
+    # dropped as malformed, as before the fix above (the same holds for a trunk's failover).
+    env = await with_dtls(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    assert env.gateway.store is not None
+    env.gateway.store.accounts_set("bob", media_policy="dtls")
+    bob = await start_bob(env, nursery, voipgw_seed)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_a = await env.alice.next_call()
+    assert leg_a.incoming is not None
+    await env.alice.respond(leg_a.incoming, 302, extra=[("Contact", "<sip:bob@127.0.0.1>")])
+    leg_b = await bob.next_call()
+    offer = parse_sdp_untrusted(leg_b.invite.body)
+    offered = offer.media[0]
+    assert not offered.rtcp_mux
+    negotiation = DtlsKeyExchange(identity=lambda: PHONE_ID).answer(
+        pairs(offer, offered), suites=[], secure_signalling=False
+    )
+    assert negotiation is not None and negotiation.dtls_role == "client"
+    phone, rtcp_phone = await phones(nursery, negotiation, PHONE_PORT, offered.port)
+    await eventually(lambda: rtcp_phone.negotiation.statistics().datagrams_sent >= 1)  # type: ignore[attr-defined]
+    await trio.sleep(0.2)  # the ClientHellos reached the gateway; the answer comes later
+    await leg_b.answer(200, sdp=dtls_sdp(negotiation, rtcp_mux=False))
+    assert (await call.final()).status == 200
+    await assert_b_leg_keyed(env, phone, rtcp_phone)
+    for engine in (phone.negotiation, rtcp_phone.negotiation):
+        assert engine.statistics().retransmissions == 0  # type: ignore[attr-defined]
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert gateway_call.media is not None
+    (stream,) = gateway_call.media.streams
+    assert stream.b_to_a.statistics().dropped_malformed == 0
+
+
+async def test_the_last_ringing_forks_rtcp_port_client_hello_before_its_answer_is_not_lost(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # Two forks ring; one declines (486). The other is now the only leg our offer may be
+    # answered by: its early RTCP ClientHello is held as a lone callee's is (above), not dropped
+    # as malformed because its sockets were hooked only while a single B leg had been called.
+    env = await with_dtls(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    assert env.gateway.store is not None
+    env.gateway.store.accounts_set("alice", media_policy="dtls")
+    alice2 = SipAgent(
+        env.network,
+        ALICE2,
+        ids=SeededIds(voipgw_seed + 3),
+        user="alice",
+        password=ALICE_PASSWORD,
+        proxy=GW,
+        auto=None,
+        media_port=30010,
+    )
+    await nursery.start(alice2.serve)
+    assert (await alice2.register()).status == 200
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg1 = await env.alice.next_call()
+    leg2 = await alice2.next_call()
+    await leg2.answer(486)
+    await trio.sleep(0.1)  # the 486 reached the gateway
+    offer = parse_sdp_untrusted(leg1.invite.body)
+    offered = offer.media[0]
+    negotiation = DtlsKeyExchange(identity=lambda: PHONE_ID).answer(
+        pairs(offer, offered), suites=[], secure_signalling=False
+    )
+    assert negotiation is not None and negotiation.dtls_role == "client"
+    phone, rtcp_phone = await phones(nursery, negotiation, PHONE_PORT, offered.port)
+    await eventually(lambda: rtcp_phone.negotiation.statistics().datagrams_sent >= 1)  # type: ignore[attr-defined]
+    await trio.sleep(0.2)  # the ClientHellos reached the gateway; the answer comes later
+    await leg1.answer(200, sdp=dtls_sdp(negotiation, rtcp_mux=False))
     assert (await call.final()).status == 200
     await assert_b_leg_keyed(env, phone, rtcp_phone)
     for engine in (phone.negotiation, rtcp_phone.negotiation):

@@ -959,3 +959,45 @@ async def test_exhausted_range_raises_503_and_keeps_nothing(start_relay: StartRe
     assert relay.statistics().streams == 1
     first.close()
     assert relay.allocator.in_use == 0
+
+
+async def test_on_ipv6_the_peer_whose_media_came_before_its_sdp_is_not_kept_out(
+    start_relay: StartRelay,
+):
+    # As above, on an IPv6 relay: a socket latches the 4-tuple recvfrom gives, (host, port,
+    # flowinfo, scope_id), which never equalled the SDP's (host, port): the callee itself was
+    # taken for a previous peer, and its RTP and RTCP were refused for 3 s after its answer.
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    clock = FakeClock()
+    relay = MediaRelay(PortAllocator("::1", RELAY_PORTS), clock=clock)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(relay.serve)
+        alice_rtp = trio.socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        bob_rtp = trio.socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        bob_rtcp = trio.socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        with alice_rtp, bob_rtp, bob_rtcp, relay.open_stream() as stream:
+            await alice_rtp.bind(("::1", 0))
+            await bob_rtp.bind(("::1", 0))
+            bob_port = bob_rtp.getsockname()[1]
+            try:
+                await bob_rtcp.bind(("::1", bob_port + 1))
+            except OSError:
+                pytest.skip("RTP port + 1 taken")
+            stream.a.set_remote(("::1", alice_rtp.getsockname()[1]))
+            stream.b_to_a.blocked = True  # no answer yet
+            await bob_rtp.sendto(rtp(1), ("::1", stream.b.ports.rtp_port))
+            await bob_rtcp.sendto(empty_receiver_report(1), ("::1", stream.b.ports.rtcp_port))
+            await until(lambda: stream.b_to_a.statistics().dropped_blocked == 2)
+
+            clock.now = 0.5
+            stream.b.set_remote(("::1", bob_port))  # the answer
+            stream.b_to_a.blocked = False
+            await bob_rtp.sendto(rtp(2), ("::1", stream.b.ports.rtp_port))
+            await bob_rtcp.sendto(empty_receiver_report(2), ("::1", stream.b.ports.rtcp_port))
+            with trio.fail_after(TIMEOUT):
+                data, _ = await alice_rtp.recvfrom(2048)
+            assert data == rtp(2)
+            assert stream.b_to_a.statistics().dropped_unlatched_source == 0
+        relay.close()
+        nursery.cancel_scope.cancel()
