@@ -17,6 +17,11 @@ from pathlib import Path
 _PR_SET_PDEATHSIG = 1
 
 
+# Looked up once, in the parent: dlopen in the child between fork and exec takes the dynamic
+# loader's lock, which another thread of the parent may have held at the fork (a deadlock).
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+
 def die_with_parent(sig: int = signal.SIGKILL) -> None:
     """A ``preexec_fn``: the kernel sends the child ``sig`` when the thread that started it
     dies, however it dies (prctl PR_SET_PDEATHSIG; Linux only, which is where the peers run).
@@ -31,8 +36,7 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
     # Runs in the child between fork and exec.
     if sig == signal.SIGINT:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    _prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
 
 def start_process(
