@@ -302,6 +302,9 @@ async def test_a_held_leg_sends_nothing_and_keeps_its_peers_client_hello_until_r
             nursery.start_soon(phone.run)
             with trio.fail_after(10):
                 await call.keyed.wait()
+                # The phone is the client: it is keyed by our Finished, after we were by its.
+                while phone.keys is None and phone.failure is None:
+                    await trio.sleep(0.01)
             assert phone.keys is not None and phone.failure is None
             assert call.a.record()["streams"][0]["dtls_role"] == "server"
             assert call.failures == []
