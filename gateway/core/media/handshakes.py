@@ -132,6 +132,8 @@ class CallHandshakes:
         """Datagrams that came on a leg's RTCP port before its handshake there existed."""
         self._held: set[str] = set()
         """Sides whose handshakes wait for our SDP answer to be sent (:meth:`hold`)."""
+        self._released: set[str] = set()
+        """Sides our answer already went to: their peer has our fingerprint, no hold again."""
         self._held_datagrams: dict[tuple[str, int, bool], list[bytes]] = {}
         """Datagrams from a held side's peer, per (side, stream, RTCP port), fed at release."""
         self.dropped = 0
@@ -168,8 +170,14 @@ class CallHandshakes:
     def hold(self, side: str) -> None:
         """Our SDP answer to leg ``side`` is made but not sent yet: its handshakes wait (no
         ClientHello, no timer) until :meth:`release`, and what its peer sends is kept. Call it
-        before the next checkpoint after the answer was made (the task runs at any)."""
-        self._held.add(side)
+        before the next checkpoint after the answer was made (the task runs at any).
+
+        Only until the first release: a later answer to the same side (our 200 after a 183 with
+        SDP, RFC 3262 §5: the same answer) carries the fingerprint the peer already has, and
+        holding again would pause a handshake under way until the 200 goes (with 100rel, until
+        the 183's PRACK)."""
+        if side not in self._released:
+            self._held.add(side)
 
     @property
     def held_datagrams(self) -> int:
@@ -178,6 +186,7 @@ class CallHandshakes:
 
     def release(self, side: str) -> None:
         """Our answer went to leg ``side``: its handshakes start (and take what was kept)."""
+        self._released.add(side)
         if side in self._held:
             self._held.discard(side)
             self.poke()

@@ -297,6 +297,9 @@ async def test_a_held_leg_sends_nothing_and_keeps_its_peers_client_hello_until_r
                 reply, _ = await a_sock.recvfrom(2048)
             assert handshakes.held_datagrams == 0 and handshakes.dropped == 0
             assert negotiation.statistics().datagrams_received == 1
+            # A second answer to A (our 200 after a 183 with SDP) does not hold it again: the
+            # handshake under way goes on (held, it would wait for a release and never key).
+            handshakes.hold("a")
             phone_negotiation.receive_packet(reply, now=trio.current_time())
             phone = Phone(phone_negotiation, a_sock, gateway)
             nursery.start_soon(phone.run)
