@@ -32,7 +32,7 @@ from gateway.plugins.keyexchange.dtls_srtp import (
     DtlsNegotiation,
 )
 from gateway.testing.network import Address
-from gateway.testing.sip_agent import SipAgent
+from gateway.testing.sip_agent import Call, SipAgent
 from tests.component.calls.b2bua_env import (
     ALICE_DID,
     ALICE_PASSWORD,
@@ -106,6 +106,35 @@ async def assert_b_leg_keyed(env: B2bua, phone: Phone, rtcp_phone: Phone) -> Non
     await eventually(lambda: security.rtcp_keys(0) is not None)
     assert security.keys(0) == mirrored(phone.keys)
     assert security.rtcp_keys(0) == mirrored(rtcp_phone.keys)
+
+
+async def answer_after_its_early_client_hellos(
+    env: B2bua, nursery: trio.Nursery, call: Call, leg: Call, *, rtcp_mux_checked: bool = True
+) -> None:
+    """The callee ``leg`` (the DTLS client, without rtcp-mux) starts both ports' handshakes
+    before it answers 200: neither ClientHello is lost (no retransmission, nothing dropped as
+    malformed) and both ports are keyed once it answered."""
+    offer = parse_sdp_untrusted(leg.invite.body)
+    offered = offer.media[0]
+    if rtcp_mux_checked:
+        assert not offered.rtcp_mux
+    negotiation = DtlsKeyExchange(identity=lambda: PHONE_ID).answer(
+        pairs(offer, offered), suites=[], secure_signalling=False
+    )
+    assert negotiation is not None and negotiation.dtls_role == "client"
+    phone, rtcp_phone = await phones(nursery, negotiation, PHONE_PORT, offered.port)
+    await eventually(lambda: rtcp_phone.negotiation.statistics().datagrams_sent >= 1)  # type: ignore[attr-defined]
+    await trio.sleep(0.2)  # the ClientHellos reached the gateway; the answer comes later
+    await leg.answer(200, sdp=dtls_sdp(negotiation, rtcp_mux=False))
+    assert (await call.final()).status == 200
+    await assert_b_leg_keyed(env, phone, rtcp_phone)
+    for engine in (phone.negotiation, rtcp_phone.negotiation):
+        assert engine.statistics().retransmissions == 0  # type: ignore[attr-defined]
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert gateway_call.media is not None
+    (stream,) = gateway_call.media.streams
+    assert stream.b_to_a.statistics().dropped_malformed == 0
 
 
 def assert_ended_with(reason: str, byes: Sequence[object]) -> None:
@@ -267,26 +296,7 @@ async def test_a_callees_rtcp_port_client_hello_before_its_answer_is_not_lost(
     env.gateway.store.accounts_set("alice", media_policy="dtls")
     call = await env.trunk.invite(env.did_uri(ALICE_DID))
     leg_b = await env.alice.next_call()
-    offer = parse_sdp_untrusted(leg_b.invite.body)
-    offered = offer.media[0]
-    assert not offered.rtcp_mux
-    negotiation = DtlsKeyExchange(identity=lambda: PHONE_ID).answer(
-        pairs(offer, offered), suites=[], secure_signalling=False
-    )
-    assert negotiation is not None and negotiation.dtls_role == "client"
-    phone, rtcp_phone = await phones(nursery, negotiation, PHONE_PORT, offered.port)
-    await eventually(lambda: rtcp_phone.negotiation.statistics().datagrams_sent >= 1)  # type: ignore[attr-defined]
-    await trio.sleep(0.2)  # the ClientHellos reached the gateway; the answer comes later
-    await leg_b.answer(200, sdp=dtls_sdp(negotiation, rtcp_mux=False))
-    assert (await call.final()).status == 200
-    await assert_b_leg_keyed(env, phone, rtcp_phone)
-    for engine in (phone.negotiation, rtcp_phone.negotiation):
-        assert engine.statistics().retransmissions == 0  # type: ignore[attr-defined]
-    assert env.gateway.calls is not None
-    (gateway_call,) = env.gateway.calls.calls
-    assert gateway_call.media is not None
-    (stream,) = gateway_call.media.streams
-    assert stream.b_to_a.statistics().dropped_malformed == 0
+    await answer_after_its_early_client_hellos(env, nursery, call, leg_b)
 
 
 async def test_a_redirected_callees_rtcp_port_client_hello_before_its_answer_is_not_lost(
@@ -305,26 +315,7 @@ async def test_a_redirected_callees_rtcp_port_client_hello_before_its_answer_is_
     assert leg_a.incoming is not None
     await env.alice.respond(leg_a.incoming, 302, extra=[("Contact", "<sip:bob@127.0.0.1>")])
     leg_b = await bob.next_call()
-    offer = parse_sdp_untrusted(leg_b.invite.body)
-    offered = offer.media[0]
-    assert not offered.rtcp_mux
-    negotiation = DtlsKeyExchange(identity=lambda: PHONE_ID).answer(
-        pairs(offer, offered), suites=[], secure_signalling=False
-    )
-    assert negotiation is not None and negotiation.dtls_role == "client"
-    phone, rtcp_phone = await phones(nursery, negotiation, PHONE_PORT, offered.port)
-    await eventually(lambda: rtcp_phone.negotiation.statistics().datagrams_sent >= 1)  # type: ignore[attr-defined]
-    await trio.sleep(0.2)  # the ClientHellos reached the gateway; the answer comes later
-    await leg_b.answer(200, sdp=dtls_sdp(negotiation, rtcp_mux=False))
-    assert (await call.final()).status == 200
-    await assert_b_leg_keyed(env, phone, rtcp_phone)
-    for engine in (phone.negotiation, rtcp_phone.negotiation):
-        assert engine.statistics().retransmissions == 0  # type: ignore[attr-defined]
-    assert env.gateway.calls is not None
-    (gateway_call,) = env.gateway.calls.calls
-    assert gateway_call.media is not None
-    (stream,) = gateway_call.media.streams
-    assert stream.b_to_a.statistics().dropped_malformed == 0
+    await answer_after_its_early_client_hellos(env, nursery, call, leg_b)
 
 
 async def test_the_last_ringing_forks_rtcp_port_client_hello_before_its_answer_is_not_lost(
@@ -353,25 +344,7 @@ async def test_the_last_ringing_forks_rtcp_port_client_hello_before_its_answer_i
     leg2 = await alice2.next_call()
     await leg2.answer(486)
     await trio.sleep(0.1)  # the 486 reached the gateway
-    offer = parse_sdp_untrusted(leg1.invite.body)
-    offered = offer.media[0]
-    negotiation = DtlsKeyExchange(identity=lambda: PHONE_ID).answer(
-        pairs(offer, offered), suites=[], secure_signalling=False
-    )
-    assert negotiation is not None and negotiation.dtls_role == "client"
-    phone, rtcp_phone = await phones(nursery, negotiation, PHONE_PORT, offered.port)
-    await eventually(lambda: rtcp_phone.negotiation.statistics().datagrams_sent >= 1)  # type: ignore[attr-defined]
-    await trio.sleep(0.2)  # the ClientHellos reached the gateway; the answer comes later
-    await leg1.answer(200, sdp=dtls_sdp(negotiation, rtcp_mux=False))
-    assert (await call.final()).status == 200
-    await assert_b_leg_keyed(env, phone, rtcp_phone)
-    for engine in (phone.negotiation, rtcp_phone.negotiation):
-        assert engine.statistics().retransmissions == 0  # type: ignore[attr-defined]
-    assert env.gateway.calls is not None
-    (gateway_call,) = env.gateway.calls.calls
-    assert gateway_call.media is not None
-    (stream,) = gateway_call.media.streams
-    assert stream.b_to_a.statistics().dropped_malformed == 0
+    await answer_after_its_early_client_hellos(env, nursery, call, leg1, rtcp_mux_checked=False)
 
 
 async def test_of_two_forked_dtls_callees_the_one_that_answers_is_keyed(
