@@ -1,8 +1,9 @@
 """A relayed re-INVITE that the other leg does not complete (RFC 3261 §14.1): no final response
 within 64*T1 ends the call (CANCEL to the silent leg, 504 to the requester, BYE to both), and so
-does a 408 or 481 from that leg (RFC 5057 §5.1; test_b2bua_dialog_lost.py for the rest); a slow but complete answer does not. A re-INVITE its requester
-CANCELs is CANCELled on the other leg, and its 487 keeps the call (§9.2). Signalling on the
-in-memory network, virtual time (T1 = 0.5 s: 64*T1 = 32 s)."""
+does a 408 or 481 from that leg (RFC 5057 §5.1; test_b2bua_dialog_lost.py for the rest); a slow
+but complete answer does not. A re-INVITE its requester CANCELs is CANCELled on the other leg,
+and its 487 keeps the call (§9.2). Signalling on the in-memory network, virtual time (T1 = 0.5 s:
+64*T1 = 32 s)."""
 
 from __future__ import annotations
 
