@@ -3,12 +3,13 @@
 A re-INVITE is relayed with its SDP rewritten through both legs' security (hold/resume), one at
 a time (491 while one is pending, RFC 3261 §14.1); one without SDP is relayed as a late offer
 (§14.1, §13.2.1: its 2xx's offer goes to the requester, whose ACK brings the answer). A relayed
-re-INVITE that the other leg answers 408 or 481, or leaves without a final response for 64*T1,
-ends the call (§14.1). An UPDATE (RFC 3311) is a session refresh answered on its own leg
-(RFC 4028 §10), relayed as a re-INVITE when it carries an offer (that re-INVITE's 408, the
-leg's or our Timer B's, reaches the UPDATE's requester as 504, or not at all past its Timer F:
-RFC 4320 §4.2, SipEndpoint.respond), and turned into an UPDATE of ours when it brings only a
-new location (RFC 6442). INFO, OPTIONS, MESSAGE and NOTIFY are
+re-INVITE or request whose answer ends the other leg's session (RFC 5057 §5.1: 481, 408, 404
+...), or a re-INVITE left without a final response for 64*T1, ends the call (§14.1,
+``CallBase._session_lost``); 491, 488 or 500 keep it. An UPDATE (RFC 3311) is a session
+refresh answered on its own leg (RFC 4028 §10), relayed as a re-INVITE when it carries an offer
+(that re-INVITE's 408, the leg's or our Timer B's, reaches the UPDATE's requester as 504, or
+not at all past its Timer F: RFC 4320 §4.2, SipEndpoint.respond), and turned into an UPDATE of
+ours when it brings only a new location (RFC 6442). INFO, OPTIONS, MESSAGE and NOTIFY are
 relayed as they are; anything else gets 501.
 """
 
