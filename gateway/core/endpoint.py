@@ -202,6 +202,9 @@ class CallLayer(Protocol):
     def in_dialog(self, transaction: ServerTransaction, request: Request, flow: Flow) -> bool:
         """A request with a To tag; False when no dialog matches (the endpoint answers 481)."""
 
+    def knows_dialog(self, request: Request) -> bool:
+        """Whether a request with a To tag is in a dialog of a call (not handed over)."""
+
     def cancel(self, invite: ServerTransaction, request: Request) -> None:
         """A CANCEL matched an INVITE server transaction (the CANCEL is answered 200 already)."""
 
@@ -226,6 +229,9 @@ class SubscriptionLayer(Protocol):
 
     def in_dialog(self, transaction: ServerTransaction, request: Request, flow: Flow) -> bool:
         """A request with a To tag no call took; False when no subscription has it either."""
+
+    def knows_dialog(self, request: Request) -> bool:
+        """Whether a request with a To tag is in a subscription's dialog (not handed over)."""
 
 
 class PublishLayer(Protocol):
@@ -1102,6 +1108,19 @@ class SipEndpoint:
             await self.respond(txn, self._refuse_sips_over_clear(request, flow))
             return
         calls = self.calls
+        if (
+            calls is not None
+            and request.method == "OPTIONS"
+            and request.to.tag is not None
+            and not calls.knows_dialog(request)
+            and not (self.subscriptions is not None and self.subscriptions.knows_dialog(request))
+        ):
+            # RFC 3261 §12.2.2: an OPTIONS in a dialog we do not know (a call that ended, a
+            # restart) is 481, as any other request there. Carriers' SBCs send these to learn
+            # whether a call is still up: a 200 would keep a dead call billed. One in a dialog
+            # we know is ours to answer, as outside any (respond_locally).
+            await self.respond(txn, self._response(request, 481))
+            return
         if calls is not None and request.method not in ("REGISTER", "OPTIONS"):
             if request.method == "CANCEL":
                 # Before the dialog check: a CANCEL of a re-INVITE carries the dialog's To tag

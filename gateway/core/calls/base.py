@@ -65,6 +65,7 @@ from gateway.core.sip.message import Request, Response, cancel_for, make_respons
 from gateway.core.sip.session_timer import UasAnswer
 from gateway.core.sip.transaction import ClientInviteTransaction, ServerTransaction, State
 from gateway.core.sip.uri import SipUri
+from gateway.core.sip.usages import dialog_lost, ends_session
 from gateway.core.transport.flows import TLS_TRANSPORTS, Address, Flow
 
 if TYPE_CHECKING:
@@ -807,6 +808,38 @@ class CallBase:
         if self.b is not None:
             await self._bye(self.b, reason, cause=cause)
         raise CallEnded(reason)
+
+    def _lost_answer(self, request: Request, side: Side, response: Response) -> Response:
+        """Our answer to ``request``, relayed to ``side``'s leg, when that leg's ``response``
+        ends the session (``ends_session``; :meth:`_session_lost` follows). Not the leg's
+        status itself, which would end the requester's own dialog too (RFC 5057 §5.1: a 481,
+        a 408, a 404 ...): our BYE ends it, saying why, and would meet a dialog already gone.
+        A timeout (408, the leg's or our Timer F's) is 504 (RFC 3261 §21.5.5; RFC 4320 §4.2:
+        never 408 to a non-INVITE), anything else 500; a Warning names the leg's answer."""
+        status = 504 if response.status == 408 else 500
+        leg = side.value.upper()
+        warning = warning_header(f"the {leg} leg answered {response.status} {response.reason}")
+        return make_response(request, status, extra=[("Warning", warning)])
+
+    async def _session_lost(
+        self, side: Side, method: str, response: Response, *, what: str | None = None
+    ) -> None:
+        """End the call if ``response`` of ``side``'s leg to our in-dialog ``method`` ended
+        that leg's session (RFC 5057 §5.1, ``gateway.core.sip.usages``: 481, 408 or no answer,
+        480, 404 ...; RFC 3261 §12.2.1.2). The side still up gets a BYE saying why (RFC 3326);
+        the answering leg gets one too unless it holds no dialog any more (481, a broken
+        target or route: the BYE would only fail the same way). Any other failure (491, 488,
+        500, 501 ...) ends nothing: the call goes on. ``what`` names the request in the
+        stated reason (the log's "ended" line, the call record)."""
+        if not ends_session(method, response.status):
+            return
+        leg = self._leg(side)
+        what = what or f"{method} to the {side.value.upper()} leg"
+        reason = f"{what} answered {response.status} {response.reason}"
+        if dialog_lost(method, response.status) and leg.dialog is not None:
+            leg.dialog.terminate()  # no BYE into a dialog the peer no longer has
+            reason += ": its dialog is gone"
+        await self._hang_up(reason, cause=response.status)
 
     async def _end_by_gateway(self, event: EndCallEvent) -> None:
         """End the call (its media gone, the gateway stopping): BYE on both legs with

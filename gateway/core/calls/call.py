@@ -17,15 +17,18 @@ every event in that one task keeps the call a plain sequential state machine, wi
    does not hold the call and its ports until the caller gives up;
    the first 2xx wins: it is ACKed (§13.2.2.4), the other B legs are CANCELled, and A gets its
    200 with the rewritten answer; a 2xx from any other leg is ACKed and BYEd. When every B leg has
-   failed, A gets the best final response (§16.7 step 6). CANCEL from A cancels every B leg and
-   answers 487; a 2xx crossing our CANCEL is ACKed and BYEd (the CANCEL/200 race);
+   failed, A gets the best final response (§16.7 step 6, targets.best_failure). CANCEL from A
+   cancels every B leg and answers 487; a 2xx crossing our CANCEL is ACKed and BYEd (the
+   CANCEL/200 race);
 3. established: BYE from either side ends the call (BYE to the other side); re-INVITE is relayed
    with its SDP rewritten (hold/resume), one at a time (491 while one is pending, §14.1); other
    in-dialog requests are relayed; the media inactivity timer ends the call with a stated reason
    (``[media] hold_timeout`` instead of ``inactivity_timeout`` while no stream is sendrecv).
-   A relayed re-INVITE that the other leg answers 408 or 481, or leaves without a final response
-   for 64*T1 (its INVITE transaction has no timer once a provisional came), ends the call: §14.1
-   says a UAC terminates the dialog then, and the requester, answered 408, would do the same.
+   A relayed re-INVITE that the other leg leaves without a final response for 64*T1 (its INVITE
+   transaction has no timer once a provisional came) ends the call (§14.1), and so does any
+   in-dialog request whose answer says the leg's session is gone (RFC 5057 §5.1, sip/usages.py:
+   481, 408 or none, 404 ...): the requester gets 500 or 504 and a BYE saying why, the leg that
+   lost its dialog no BYE (docs/architecture.md "In-dialog failures: what ends a call").
 
 A late offer (an INVITE without SDP, §13.2.1, as PBXs and carriers send with "delayed offer")
 turns the exchange around: the B legs get INVITEs without SDP, the winning 2xx brings the offer,
@@ -163,6 +166,7 @@ from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.message import Request, Response, default_reason, make_response
 from gateway.core.sip.session_timer import IntervalTooSmall, allows_update
 from gateway.core.sip.transaction import State, TransactionStateError
+from gateway.core.sip.usages import ends_session
 
 # Requests relayed as they are inside an established call; anything else gets 501.
 RELAYED_IN_DIALOG = frozenset({"INFO", "OPTIONS", "MESSAGE", "NOTIFY"})
@@ -890,6 +894,12 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
         if tag.purpose == "relay" and tag.relayed is not None:
             self._relaying.discard(tag)
             transaction, request = tag.relayed
+            if ends_session(request.method, response.status):
+                # RFC 5057 §5.1: the other leg's session is gone (481, 408 or no answer ...):
+                # the requester is answered, then the call ends (BYE, _session_lost).
+                answer = self._lost_answer(request, tag.side, response)
+                await self.endpoint.respond(transaction, answer)
+                await self._session_lost(tag.side, request.method, response)
             await self.endpoint.respond(
                 transaction,
                 make_response(

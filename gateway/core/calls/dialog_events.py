@@ -471,6 +471,10 @@ class DialogEvents:
 
     # -- requests in a subscription's dialog ------------------------------------------------------
 
+    def knows_dialog(self, key: tuple[str, str]) -> bool:
+        """Whether (Call-ID, our tag) ``key`` is the dialog of one of our dialog subscriptions."""
+        return key in self._by_dialog
+
     def in_dialog(self, transaction: ServerTransaction, request: Request, flow: Flow) -> bool:
         """A request with a To tag; False when it is in none of our dialog subscriptions."""
         watch = self._by_dialog.get((request.call_id, request.to.tag or ""))

@@ -171,6 +171,12 @@ class CallDtmfInfo(CallLocationUpdates):
                 response.status,
                 response.reason,
             )
+            if self.state == "answered":
+                # RFC 5057 §5.1: an INFO travels in the invite usage; a 481 or 408 (or no
+                # answer) to it says the leg's session is gone. (In an early dialog the
+                # INVITE's own answer decides.)
+                what = f"DTMF INFO to the {tag.side.value.upper()} leg"
+                await self._session_lost(tag.side, "INFO", response, what=what)
         if work.infos:
             await self._send_dtmf_info(work)
 

@@ -553,6 +553,13 @@ class CallManager:
         call.post(RequestEvent(side, transaction, request, flow))
         return True
 
+    def knows_dialog(self, request: Request) -> bool:
+        """Whether ``request`` (with a To tag) is in a dialog of a call or of a plugin's
+        session, without handing it to them: an OPTIONS in a dialog is answered by the
+        endpoint, 481 when this says no (RFC 3261 §12.2.2)."""
+        key = (request.call_id, request.to.tag or "")
+        return key in self._by_dialog or self.outbound.knows_dialog(key)
+
     def cancel(self, invite: ServerTransaction, request: Request) -> None:
         call = self._by_invite.get(invite)
         if call is None:

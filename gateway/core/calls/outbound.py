@@ -759,6 +759,10 @@ class OutboundSessions:
             log.info("session %s: answered after its owner gave up; ended (BYE)", session.call_id)
             await session.close()
 
+    def knows_dialog(self, key: tuple[str, str]) -> bool:
+        """Whether (Call-ID, our tag) ``key`` is the dialog of one of our sessions."""
+        return key in self._by_dialog
+
     def in_dialog(self, transaction: ServerTransaction, request: Request, flow: Flow) -> bool:
         """Answer a far end's request in one of our sessions (through ``transaction``); False
         when it is not one. A 2xx to its re-INVITE is re-sent over ``flow``, when that is UDP,

@@ -3,12 +3,13 @@
 A re-INVITE is relayed with its SDP rewritten through both legs' security (hold/resume), one at
 a time (491 while one is pending, RFC 3261 §14.1); one without SDP is relayed as a late offer
 (§14.1, §13.2.1: its 2xx's offer goes to the requester, whose ACK brings the answer). A relayed
-re-INVITE that the other leg answers 408 or 481, or leaves without a final response for 64*T1,
-ends the call (§14.1). An UPDATE (RFC 3311) is a session refresh answered on its own leg
-(RFC 4028 §10), relayed as a re-INVITE when it carries an offer (that re-INVITE's 408, the
-leg's or our Timer B's, reaches the UPDATE's requester as 504, or not at all past its Timer F:
-RFC 4320 §4.2, SipEndpoint.respond), and turned into an UPDATE of ours when it brings only a
-new location (RFC 6442). INFO, OPTIONS, MESSAGE and NOTIFY are
+re-INVITE or request whose answer ends the other leg's session (RFC 5057 §5.1: 481, 408, 404
+...), or a re-INVITE left without a final response for 64*T1, ends the call (§14.1,
+``CallBase._session_lost``); 491, 488 or 500 keep it. An UPDATE (RFC 3311) is a session
+refresh answered on its own leg (RFC 4028 §10), relayed as a re-INVITE when it carries an offer
+(that re-INVITE's 408, the leg's or our Timer B's, reaches the UPDATE's requester as 504, or
+not at all past its Timer F: RFC 4320 §4.2, SipEndpoint.respond), and turned into an UPDATE of
+ours when it brings only a new location (RFC 6442). INFO, OPTIONS, MESSAGE and NOTIFY are
 relayed as they are; anything else gets 501.
 """
 
@@ -41,6 +42,7 @@ from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sdp.serializer import serialize_sdp
 from gateway.core.sip.message import Request, Response, cancel_for, make_response
 from gateway.core.sip.transaction import ServerTransaction, State
+from gateway.core.sip.usages import ends_session
 
 
 class CallReinvites(CallLocationUpdates, CallMediaKeys):
@@ -164,8 +166,8 @@ class CallReinvites(CallLocationUpdates, CallMediaKeys):
 
     async def _reinvite_timed_out(self) -> None:
         """64*T1 and no final response to the re-INVITE we relayed: CANCEL it if a provisional
-        came (RFC 3261 §9.1; without one its Timer B ends it as 408), answer the requester 408
-        and end the call (§14.1)."""
+        came (RFC 3261 §9.1; without one its Timer B ends it as 408), answer the requester 504
+        and end the call (§14.1), BYE on both legs."""
         sent, pending = self._reinvite_sent, self._pending_reinvite
         self._reinvite_sent, self._pending_reinvite = None, None
         self._reinvite_deadline = math.inf
@@ -175,8 +177,12 @@ class CallReinvites(CallLocationUpdates, CallMediaKeys):
         self.media.abandon_offer()
         await self._cancel_relayed(sent)
         _, transaction, request = pending
-        await self.endpoint.respond(transaction, make_response(request, 408))
         seconds = 64 * self.config.sip.t1
+        # 504, not 408 (_lost_answer): our BYE, not the requester, ends its side (RFC 5057
+        # §5.1 would have it end its dialog on a 408, crossing that BYE).
+        warning = f"the {sent.side.value.upper()} leg gave no final response in {seconds:g} s"
+        timeout = make_response(request, 504, extra=[("Warning", warning_header(warning))])
+        await self.endpoint.respond(transaction, timeout)
         await self._hang_up(
             f"re-INVITE to the {sent.side.value.upper()} leg got no final response in {seconds:g} s"
         )
@@ -299,15 +305,17 @@ class CallReinvites(CallLocationUpdates, CallMediaKeys):
             await self.endpoint.respond(transaction, ok)
         else:
             self.media.abandon_offer()
+            if ends_session("INVITE", response.status):
+                # RFC 3261 §14.1, RFC 5057 §5.1: the leg's session is gone (481, 404 ...) or
+                # it did not answer (408, also our own on Timer B): the call ends, the
+                # requester answered without ending its dialog by itself (_lost_answer) and
+                # then BYEd (_session_lost).
+                refused = self._lost_answer(request, answered_side, response)
+                await self.endpoint.respond(transaction, refused)
+                what = f"re-INVITE to the {answered_side.value.upper()} leg"
+                await self._session_lost(answered_side, "INVITE", response, what=what)
             refused = make_response(request, response.status, response.reason, extra=errors)
             await self.endpoint.respond(transaction, refused)
-            if response.status in (408, 481):
-                # RFC 3261 §14.1: the dialog is gone (481) or the leg did not answer (408, also
-                # our own on Timer B); the requester, answered the same, ends its side too.
-                await self._hang_up(
-                    f"re-INVITE to the {answered_side.value.upper()} leg answered "
-                    f"{response.status} {response.reason}"
-                )
 
     async def _resend_reinvite_ack(self, side: Side, response: Response) -> None:
         """A 2xx to a re-INVITE of ours on ``side``'s leg that we ACKed already: our ACK was

@@ -33,6 +33,7 @@ from gateway.core.sip.session_timer import (
     request_headers,
     supports_timer,
 )
+from gateway.core.sip.usages import ends_session
 
 
 class CallSessionTimers(CallBase):
@@ -154,10 +155,11 @@ class CallSessionTimers(CallBase):
 
     async def _refresh_answered(self, tag: InDialogRequest, response: Response) -> None:
         """The answer to our refreshing UPDATE (RFC 4028 §7.2-§7.4, §10): a 2xx sets the leg's
-        new timer; a 422 has us ask again for its Min-SE at once; 408 or 481 (no answer, or the
-        dialog is gone at the device) ends the call. Any other answer (501 from a device that
-        listed UPDATE after all, 491, 500) still shows the device is there: the timer restarts,
-        so a call is never ended for a refresh the device merely declined."""
+        new timer; a 422 has us ask again for its Min-SE at once; an answer that ends the
+        session (RFC 5057 §5.1: 408 or no answer, 481 the dialog gone at the device, 404 ...)
+        ends the call. Any other answer (501 from a device that listed UPDATE after all, 491,
+        500) still shows the device is there: the timer restarts, so a call is never ended for
+        a refresh the device merely declined."""
         leg = self._leg(tag.side)
         timer = leg.session_timer
         if timer is None or not timer.refreshing:
@@ -170,11 +172,10 @@ class CallSessionTimers(CallBase):
             timer.asked = min_se
             timer.refreshing = False
             timer.refresh_at = now
-        elif response.status in (408, 481):
-            await self._hang_up(
-                f"session refresh of the {tag.side.value.upper()} leg answered "
-                f"{response.status} {response.reason}"
-            )
+        elif ends_session("UPDATE", response.status):
+            # RFC 5057 §5.1: 408 or no answer, 481, 404 ...: the leg's session is gone.
+            what = f"session refresh of the {tag.side.value.upper()} leg"
+            await self._session_lost(tag.side, "UPDATE", response, what=what)
         else:
             log.info(
                 "call %s: session refresh of the %s leg answered %d %s; the device is there",

@@ -243,6 +243,15 @@ class Subscriptions:
             return
         self._nursery.start_soon(self._guarded, transaction, request, self._new(request, flow))
 
+    def knows_dialog(self, request: Request) -> bool:
+        """Whether ``request`` (with a To tag) is in one of our subscriptions' dialogs, without
+        handing it to them (an OPTIONS in a dialog, which the endpoint answers)."""
+        key = (request.call_id, request.to.tag or "")
+        if key in self._by_phone or key in self._by_trunk:
+            return True
+        dialogs = self.gateway.dialog_events
+        return dialogs is not None and dialogs.knows_dialog(key)
+
     def in_dialog(self, transaction: ServerTransaction, request: Request, flow: Flow) -> bool:
         """A request with a To tag; False when it is in none of our subscriptions."""
         key = (request.call_id, request.to.tag or "")

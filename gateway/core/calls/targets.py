@@ -524,10 +524,42 @@ NO_TIMELY_RESPONSE = (504, "Server Time-out (no response in time)")
 never 408; RFC 3261 §21.5.5: no timely response from a server we accessed for it)."""
 
 
+# The ranking of the callee failures the caller may get (best_failure; docs/architecture.md
+# "The caller's answer when every callee failed"), best first, after any 6xx: RFC 3261 §16.7 step
+# 6 prefers, within the lowest class, the responses that help the caller resubmit: of its
+# list (401, 407, 415, 420, 484) only 484 is about what the caller sent (the number; a 415,
+# 420 or challenge answers our INVITE to the callee, its body, Require and credentials ours),
+# so 484 first; then the callee's own state that phones show (busy, away, no such user,
+# refused); then any other 4xx, lowest first; a 408 last of all the 4xx: it says only that
+# nobody answered in time, where a 488 or 487 from another fork says what happened.
+PREFERRED_4XX = (484, 486, 480, 404, 403)
+
+
+def failure_rank(status: int) -> tuple[int, int]:
+    """Where a callee's final ``status`` ranks as the caller's answer (lower is better): 6xx,
+    then the 4xx of :data:`PREFERRED_4XX` in that order, other 4xx by number, 408, then the
+    rest (401/407, 3xx, 5xx), which :func:`best_failure` turns into 503 or 480."""
+    # Kamailio's tm (t_pick_branch) ranks 6xx, 3xx, 4xx (401, 407, 415, 420, 484 first, then
+    # by number: a 408 before a 488), 5xx; FreeSWITCH takes the first failed leg's cause. A
+    # B2BUA's 401/407/415/420 are its own business, and a timeout the least informative.
+    if 600 <= status < 700:
+        return (0, 0)
+    if status in PREFERRED_4XX:
+        return (1, PREFERRED_4XX.index(status))
+    if 400 <= status < 500 and status not in (401, 407, 408):
+        return (2, status)
+    if status == 408:
+        return (3, 0)
+    return (4, status)
+
+
 def best_failure(finals: Sequence[Response], *, non_invite: bool = False) -> tuple[int, str]:
-    """The final response to give A when every B leg failed (RFC 3261 §16.7 step 6, simplified
-    for a B2BUA): a 6xx wins; else the lowest 4xx, preferring 486/480 which callers act on;
-    else 503. Authentication challenges from a trunk are our problem, not the caller's: 503.
+    """The final response to give A when every B leg failed (RFC 3261 §16.7 step 6, for a
+    B2BUA; :func:`failure_rank`): a 6xx wins (the first); else the best-ranked 4xx, a 408
+    (the lowest class, §16.7 step 6) only when no other 4xx came; else 503. Authentication
+    challenges from a trunk are our problem, not the caller's (they ask for our credentials,
+    so §16.7's aggregation of the challenges into one 401/407 does not apply): 503. A
+    redirection not followed: 480.
 
     ``non_invite`` (a relayed MESSAGE or NOTIFY): a 408, a target's or our own for no
     response (a trunk's ``response_timeout``, Timer F), says only that the target did not
@@ -541,24 +573,15 @@ def best_failure(finals: Sequence[Response], *, non_invite: bool = False) -> tup
         finals = answered
     if not finals:
         return 480, "Temporarily Unavailable"
-    for response in finals:
-        if 600 <= response.status < 700:
-            return response.status, response.reason
-    client_errors = [r for r in finals if 400 <= r.status < 500 and r.status not in (401, 407)]
-    for preferred in (486, 480, 404, 403):
-        for response in client_errors:
-            if response.status == preferred:
-                return response.status, response.reason
-    if client_errors:
-        best = min(client_errors, key=lambda r: r.status)
+    best = min(finals, key=lambda r: failure_rank(r.status))  # (the first of equals)
+    if all(r.status == 408 for r in finals):
+        return 408, "Request Timeout"
+    if failure_rank(best.status)[0] <= 3:
         return best.status, best.reason
     for response in finals:
         if response.status in (401, 407):
             return 503, "Service Unavailable (trunk asked us to authenticate)"
-    timeouts = [r for r in finals if r.status == 408]
-    if timeouts and len(timeouts) == len(finals):
-        return 408, "Request Timeout"
-    if all(300 <= r.status < 400 for r in finals if r.status not in (401, 407, 408)):
+    if all(300 <= r.status < 400 for r in finals):
         # A redirection not followed (380, a trunk's without follow_redirects, one refused:
         # redirect.py): the callee is elsewhere, which is no server trouble of ours; 503
         # would send a carrier caller to its next route for a callee that will not answer.

@@ -1110,7 +1110,11 @@ class ServerInviteTransaction(ServerTransaction):
         Timer A retransmissions."""
         txn, outputs = super().start(request, peer=peer, now=now, timers=timers, key=key)
         if send_trying:
-            outputs += txn.send_response(trying(request), now=now)
+            # Before the request goes up: a TU that answers at once (a 481 for a re-INVITE of
+            # no dialog, a 420, a 503 while draining) would otherwise have its final response
+            # go out ahead of the 100, which then followed it (no 1xx after the final: §17.2.1,
+            # Completed sends only the final response again).
+            outputs = txn.send_response(trying(request), now=now) + outputs
         return txn, outputs
 
     def _entry_timers(self, state: State) -> list[tuple[Input, float]]:

@@ -61,6 +61,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from gateway.core.config import NAMES_TRUNKS
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import IdentityOutcome, TrunkCall
+from gateway.core.logs import system_error_text
 from gateway.core.sip.uri import redact_password
 from gateway.plugins.stir_shaken.certificates import (
     MAX_CRL_FILE,
@@ -222,7 +223,10 @@ class StirShakenConfig:
         try:
             return ssl.create_default_context(cafile=self.fetch_ca_file or None)
         except (OSError, ssl.SSLError) as exc:
-            raise ValueError(f"fetch_ca_file: cannot use {self.fetch_ca_file}: {exc}") from None
+            # In the system's and OpenSSL's words (ENOENT, SSLError NO_CERTIFICATE_OR_CRL_FOUND),
+            # not Python's text, which names the file again.
+            why = system_error_text(exc)
+            raise ValueError(f"fetch_ca_file: cannot use {self.fetch_ca_file}: {why}") from None
 
 
 class StirShaken:

@@ -89,8 +89,11 @@ def https_fetcher(
             except (OSError, trio.BrokenResourceError, ssl.SSLError) as exc:
                 why = system_error_text(exc)  # a TLS handshake's too: the first send makes it
                 raise FetchError(f"connection to {where} failed: {why}") from None
-            except h11.ProtocolError as exc:
-                raise FetchError(f"bad HTTP answer: {exc}") from None
+            except h11.ProtocolError:
+                # In our words: h11's text quotes the server's bytes (an illegal status line).
+                raise FetchError(
+                    f"bad HTTP answer (not HTTP/1.1, or headers over {MAX_HEADERS} bytes)"
+                ) from None
 
     return fetch
 

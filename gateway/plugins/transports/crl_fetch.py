@@ -218,11 +218,14 @@ class CrlFetcher:
             try:
                 crl = check_crl_untrusted(path.read_bytes(), source.url, self._cas())
             except (OSError, CertificateError) as exc:
+                # A file's error in the system's words (ENOENT, EACCES), not Python's text
+                # with the path again; a CRL refused (CertificateError) in ours.
+                why = failure_text(exc)
                 log.warning(
                     "tls: the saved CRL %s of %s is not used: %s",
                     path,
                     redact_password(source.url),
-                    exc,
+                    why,
                 )
                 continue
             source.crl = crl
@@ -272,7 +275,8 @@ class CrlFetcher:
             except FileNotFoundError:
                 continue
             except OSError as exc:
-                log.warning("tls: cannot remove the saved CRL file %s: %s", each, exc)
+                why = failure_text(exc)
+                log.warning("tls: cannot remove the saved CRL file %s: %s", each, why)
                 continue
             removed.append(each.name)
         if removed:
@@ -314,7 +318,8 @@ class CrlFetcher:
             _write_durably(path.with_suffix(".url"), (crl.path + "\n").encode("ascii"))
             _write_durably(path, crl.der_bytes())  # as fetched (DER), not encoded again
         except OSError as exc:
-            log.warning("tls: cannot save the CRL of %s to %s: %s", crl.path, path, exc)
+            why = failure_text(exc)
+            log.warning("tls: cannot save the CRL of %s to %s: %s", crl.path, path, why)
 
     async def run(self) -> None:
         """Forever: sleep until the earliest fetch is due (or a URL is added, or a fetch ends),

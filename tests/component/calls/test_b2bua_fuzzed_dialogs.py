@@ -489,7 +489,7 @@ async def test_a_peer_that_ignores_the_cancel_of_a_reinvite_leaves_no_transactio
 ) -> None:
     # What the campaign found: alice answered the gateway's copy of the trunk's re-INVITE with
     # 183 and nothing more, and answered its CANCEL 200 but never sent the 487. The call ended
-    # (408 to the trunk, BYE to both) but the INVITE client transaction towards alice stayed in
+    # (504 to the trunk, BYE to both) but the INVITE client transaction towards alice stayed in
     # Proceeding for ever (RFC 3261 §9.1 destroys it 64*T1 after the CANCEL).
     caplog.set_level(logging.INFO)
     env = await start_b2bua(nursery, tmp_path, voipgw_seed)
@@ -504,7 +504,7 @@ async def test_a_peer_that_ignores_the_cancel_of_a_reinvite_leaves_no_transactio
         return True
 
     env.alice.in_dialog = only_183
-    assert (await call.reinvite(env.trunk.offer_sdp(), timeout=2 * WINDOW)).status == 408
+    assert (await call.reinvite(env.trunk.offer_sdp(), timeout=2 * WINDOW)).status == 504
     await env.alice.next_request("CANCEL")  # the gateway CANCELled its re-INVITE
     await eventually(lambda: env.calls == 0)
     await trio.sleep(3 * WINDOW)

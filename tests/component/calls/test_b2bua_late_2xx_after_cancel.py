@@ -50,7 +50,8 @@ async def test_a_2xx_to_a_cancelled_reinvite_after_the_give_up_is_acked(
         return True
 
     env.alice.in_dialog = only_183
-    assert (await call.reinvite(env.trunk.offer_sdp(), timeout=2 * GIVE_UP)).status == 408
+    # 504, not 408: our BYE ends the trunk's side (RFC 5057 §5.1; reinvites.py).
+    assert (await call.reinvite(env.trunk.offer_sdp(), timeout=2 * GIVE_UP)).status == 504
     await env.alice.next_request("CANCEL")
     await eventually(lambda: env.calls == 0)
     await trio.sleep(GIVE_UP)

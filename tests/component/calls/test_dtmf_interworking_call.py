@@ -15,7 +15,7 @@ import trio
 
 from gateway.core.media.dtmf import event_payload, parse_event_untrusted
 from gateway.core.sdp.parser import parse_sdp_untrusted
-from gateway.testing.sip_agent import AutoAnswer, Call, simple_sdp
+from gateway.testing.sip_agent import AutoAnswer, Call, Received, simple_sdp
 from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, start_b2bua
 from tests.component.calls.dtls_phone import bind
 from tests.component.calls.dtmf_calls import audio, b2bua_call, fields, rtp, telephone_events
@@ -259,3 +259,44 @@ async def test_digits_the_carrier_sends_inside_red_become_info(
     record = b2bua_call(env).security_record()["dtmf"]
     assert record["digits_to_info"] == 1
     assert record["packets"]["taken"] == 5
+
+
+async def test_a_dtmf_info_answered_481_ends_the_call(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """RFC 5057 §5.1: the INFO travels in the invite usage; alice's 481 says her dialog is gone.
+    The call ends: the carrier gets a BYE saying why, alice none (she has no dialog)."""
+    env = await start(nursery, tmp_path, voipgw_seed)
+    incoming, leg_b, answer = await call_to_alice(env, alice_formats=("0",))
+
+    async def lost(received: Received) -> bool:
+        if received.request.method != "INFO":
+            return False
+        await env.alice.respond(received, 481)
+        return True
+
+    env.alice.in_dialog = lost
+    to_carrier = parse_sdp_untrusted(answer).media[0].port
+    trunk_sock = await bind(TRUNK_PORT)
+    with trunk_sock:
+        trunk_to = ("127.0.0.1", to_carrier)
+        ts = 320
+        start_packet = event_payload(5, end=False, duration=0)
+        await trunk_sock.sendto(
+            rtp(2, 101, TRUNK_SSRC, start_packet, marker=True, timestamp=ts), trunk_to
+        )
+        for n in range(3):
+            end = event_payload(5, end=True, duration=1600)
+            await trunk_sock.sendto(rtp(3 + n, 101, TRUNK_SSRC, end, timestamp=ts), trunk_to)
+        bye = await env.trunk.next_request("BYE", timeout=5)
+    assert bye.request.call_id == incoming.call_id
+    assert "cause=481" in (bye.request.headers.get("Reason") or "")
+    await eventually(lambda: env.calls == 0)
+    store = env.gateway.store
+    await eventually(lambda: [r.ended_at for r in store.call_records_recent()] != [None])
+    [record] = store.call_records_recent()
+    assert record.end_reason == (
+        "DTMF INFO to the B leg answered 481 Call/Transaction Does Not Exist: its dialog is gone"
+    )
+    assert env.alice.requests("BYE") == []
+    assert leg_b.dialog is not None

@@ -720,3 +720,27 @@ async def test_a_learned_url_forgotten_by_a_reload_during_its_fetch_is_not_used(
     assert transport.loaded_crls() == ()
     assert transport.crl_fetcher.urls() == ()
     assert not (state / "tls" / "crls").exists() or saved_names(state) == []
+
+
+async def test_a_saved_crl_that_cannot_be_written_or_read_is_said_in_the_systems_words(
+    vendor: TestCa,
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A file's error as ENOENT or EACCES says it; Python's text ("[Errno 13] Permission
+    # denied: '/var/lib/...'") named the path a second time, in its own words.
+    def denied(path: Path, data: bytes) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(crl_fetch, "_write_durably", denied)
+    server = FakeCrlServer(vendor, tmp_path)
+    state = tmp_path / "state"
+    transport = transport_for(vendor, server, state)
+    assert transport.crl_fetcher is not None
+    with caplog.at_level(logging.WARNING, logger="gateway"):
+        await transport.crl_fetcher.refresh(URL)
+    [line] = [r.getMessage() for r in caplog.records if "cannot save the CRL" in r.getMessage()]
+    assert line.endswith(": EACCES (Permission denied)"), line
+    assert "Errno" not in line

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import errno
 import ssl
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
 from gateway.core.logs import system_error_text
+from gateway.plugins.stir_shaken import StirShakenConfig
 from gateway.plugins.stir_shaken.fetch import FetchError, https_fetcher
 from gateway.plugins.taps.intercept import delivery
 from gateway.plugins.transports import ocsp
@@ -151,3 +153,48 @@ def test_an_intercept_link_says_why_in_the_systems_words() -> None:
     assert delivery._why(delivery.PduError("no keepalive acknowledgement"), "slow") == (
         "no keepalive acknowledgement"
     )
+
+
+class _Answering(_Stream):
+    """A TLS stream whose server answers bytes that are not HTTP, with a secret in them."""
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        pass
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return f"SSH-2.0-{SECRET}\r\n\r\n".encode()
+
+
+async def test_a_certificate_server_whose_answer_is_not_http(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def connected(*args: Any, **kwargs: Any) -> _Stream:
+        return _Answering()
+
+    monkeypatch.setattr(trio, "open_ssl_over_tcp_stream", connected)
+    fetch = https_fetcher(ssl.create_default_context())
+    with pytest.raises(FetchError) as raised:
+        await fetch("https://certs.example.net/sp.pem")
+    # Our words, not h11's ("illegal status line: bytearray(b'SSH-2.0-...')"): its text
+    # quotes the server's bytes.
+    assert str(raised.value) == "bad HTTP answer (not HTTP/1.1, or headers over 16384 bytes)"
+
+
+def test_a_fetch_ca_file_that_cannot_be_used_is_said_in_the_systems_words(
+    tmp_path: Path,
+) -> None:
+    missing = tmp_path / "no-such-ca.pem"
+    with pytest.raises(ValueError) as raised:
+        StirShakenConfig(fetch_ca_file=str(missing)).fetch_context()
+    assert str(raised.value) == (
+        f"fetch_ca_file: cannot use {missing}: ENOENT (No such file or directory)"
+    )
+    not_pem = tmp_path / "not-a-ca.pem"
+    not_pem.write_text("not a certificate\n")
+    with pytest.raises(ValueError) as raised:
+        StirShakenConfig(fetch_ca_file=str(not_pem)).fetch_context()
+    assert str(raised.value).endswith(": SSLError NO_CERTIFICATE_OR_CRL_FOUND")
+
+
+def test_an_mdf_that_closes_its_delivery_connection_is_said_so() -> None:
+    assert delivery._why(delivery._ClosedByMdf(), "slow") == "the MDF closed the connection"

@@ -264,9 +264,6 @@ FILE_OPERATIONS = {
     ("gateway/plugins/keyexchange/zrtp/cache.py", "lookup"),
     ("gateway/plugins/keyexchange/zrtp/cache.py", "store"),
     ("gateway/plugins/taps/recorder.py", "run"),
-    ("gateway/plugins/transports/crl_fetch.py", "load_saved"),
-    ("gateway/plugins/transports/crl_fetch.py", "_remove_saved"),
-    ("gateway/plugins/transports/crl_fetch.py", "_save"),
 }
 
 

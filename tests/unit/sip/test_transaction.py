@@ -268,8 +268,11 @@ def test_non_invite_on_reliable_transport() -> None:
 def test_invite_server_passes_request_up_and_sends_100() -> None:
     invite = request()
     txn, out = ServerInviteTransaction.start(invite, peer=UDP_PEER, now=0.0)
-    assert out[0] == RequestReceived(txn, invite)
+    # The 100 first: a TU answering at once (a 481, a 420) must not have its final response
+    # go out before it (RFC 3261 §17.2.1: no 1xx after the final).
+    assert out[1] == RequestReceived(txn, invite)
     [trying_] = sent_responses(out)
+    assert out[0] == SendResponse(txn, trying_)
     assert trying_.status == 100
     assert trying_.to.tag is None
     assert trying_.headers.get_all("Via") == invite.headers.get_all("Via")

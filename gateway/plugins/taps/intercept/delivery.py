@@ -410,7 +410,7 @@ class DeliveryLink:
             while True:
                 data = await stream.receive_some(4096)
                 if not data:
-                    raise trio.BrokenResourceError("the mediation function closed the connection")
+                    raise _ClosedByMdf
                 for pdu in reader.feed(bytes(data)):
                     if pdu.pdu_type == KEEPALIVE_ACK and pdu.sequence == self._awaiting_ack:
                         self._awaiting_ack = None
@@ -444,12 +444,19 @@ class _EndOfQueue(Exception):
     """The link was closed: its queue has ended."""
 
 
+class _ClosedByMdf(trio.BrokenResourceError):
+    """The mediation function closed the connection (its end of the stream came): a broken
+    connection whose reason is no socket's error, said in its own words (:func:`_why`)."""
+
+
 def _why(exc: BaseException, too_slow: str) -> str:
     """Why a link failed, for its fault (the ADMF reads it) and the log: a socket's or TLS's
     exception in the system's and OpenSSL's words only (logs.system_error_text), never its own
     text; a time-out as ``too_slow``; our own errors' words (a PDU refused) as they are."""
     if isinstance(exc, trio.TooSlowError):
         return too_slow
+    if isinstance(exc, _ClosedByMdf):
+        return "the MDF closed the connection"  # (no errno: system_error_text says only the type)
     if isinstance(exc, OSError | trio.BrokenResourceError | trio.ClosedResourceError):
         return system_error_text(exc)
     return str(exc) or type(exc).__name__

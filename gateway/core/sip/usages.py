@@ -1,0 +1,82 @@
+"""What a failure response to a request inside a dialog ends (RFC 5057 §5.1, §5.2). Sans-IO.
+
+Theory of operation. A dialog carries one or more usages: the invite usage (the session, with
+the requests that travel in it: re-INVITE, UPDATE, INFO, PRACK, BYE, in-dialog MESSAGE and
+OPTIONS) and a subscription usage per SUBSCRIBE or REFER (its NOTIFYs). RFC 3261 §12.2.1.2 had
+a 481 or 408 end the whole dialog; RFC 5057 §5.1 refines that, response by response, into
+three outcomes, kept here as one table:
+
+- ``TRANSACTION``: the request failed, nothing else (400, 401/407, 403, 406, 412-415, 420-429,
+  486-488, 491, 493, 494, 5xx but 502, 3xx, 6xx but 604). Re-INVITE glare (491) and a refused
+  offer (488, 500) are here: the session goes on as it was (§14.1).
+- ``USAGE``: the usage the request belongs to is over, other usages of the dialog are not:
+  481 (the peer lost it), 408 and a transaction timeout (§5.2: "the same effect as a real
+  transaction timeout"), 480, and 405 or 489 to the request that holds a usage (INVITE,
+  SUBSCRIBE, NOTIFY; 489 to SUBSCRIBE and NOTIFY only).
+- ``DIALOG``: the dialog and every usage of it are over, its remote target or route set being
+  broken: 404, 410, 416, 482, 484 (not to a REFER: a PBX answers 484 to a Refer-To it cannot
+  dial), 485, 502, 604.
+
+483 is left a ``TRANSACTION`` failure: §5.1 has the agent retry with a larger Max-Forwards
+before it ends anything.
+
+Which usage a request belongs to (:func:`usage_of`): NOTIFY, SUBSCRIBE and REFER a
+subscription's (RFC 6665, RFC 3515 §2.4.4), everything else the invite usage. A B2BUA's call is
+the invite usage of each leg's dialog, so :func:`ends_session` is what ends a call; and
+:func:`dialog_lost` tells whether the peer that answered has no dialog left to send a BYE in
+(481, or the whole dialog broken), the BYE then going only to the call's other side.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Effect(enum.Enum):
+    """What a final response to a request inside a dialog ends (RFC 5057 §5.1)."""
+
+    TRANSACTION = "transaction"
+    USAGE = "usage"
+    DIALOG = "dialog"
+
+
+# RFC 5057 §5.1: the responses that destroy the dialog and all of its usages.
+DIALOG_ENDING = frozenset({404, 410, 416, 482, 484, 485, 502, 604})
+# ... that end the usage the request belongs to, whatever its method.
+USAGE_ENDING = frozenset({408, 480, 481})
+# ... that end it only when the request is the one that holds the usage.
+USAGE_ENDING_FOR = {
+    405: frozenset({"INVITE", "SUBSCRIBE", "NOTIFY"}),
+    489: frozenset({"SUBSCRIBE", "NOTIFY"}),
+}
+SUBSCRIPTION_METHODS = frozenset({"SUBSCRIBE", "NOTIFY", "REFER"})
+
+
+def response_effect(method: str, status: int) -> Effect:
+    """What a final ``status`` to an in-dialog ``method`` request ends (the module's table). A
+    transaction timeout counts as 408 (RFC 3261 §8.1.3.1, RFC 5057 §5.2)."""
+    if status < 400:
+        return Effect.TRANSACTION
+    if status in DIALOG_ENDING and not (status == 484 and method == "REFER"):
+        return Effect.DIALOG
+    if status in USAGE_ENDING or method in USAGE_ENDING_FOR.get(status, ()):
+        return Effect.USAGE
+    return Effect.TRANSACTION
+
+
+def usage_of(method: str) -> str:
+    """The usage an in-dialog request belongs to: "subscription" or "invite"."""
+    return "subscription" if method in SUBSCRIPTION_METHODS else "invite"
+
+
+def ends_session(method: str, status: int) -> bool:
+    """Whether ``status`` to ``method`` ends the invite usage, the session a call is."""
+    effect = response_effect(method, status)
+    return effect is Effect.DIALOG or (effect is Effect.USAGE and usage_of(method) == "invite")
+
+
+def dialog_lost(method: str, status: int) -> bool:
+    """Whether the peer that answered ``status`` holds no dialog a BYE could end: it said so
+    (481), or the dialog's target or route is broken (``DIALOG``). A 408, a timeout or a 480
+    leave a peer that may still be there: it gets the BYE (RFC 3261 §15)."""
+    return status == 481 or response_effect(method, status) is Effect.DIALOG

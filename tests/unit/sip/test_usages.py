@@ -1,0 +1,70 @@
+"""RFC 5057 §5.1's table of what a failure response inside a dialog ends (gateway.core.sip.usages),
+every (method, status) pair a B2BUA meets checked against it."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.core.sip.usages import Effect, dialog_lost, ends_session, response_effect, usage_of
+
+METHODS = ("INVITE", "UPDATE", "INFO", "MESSAGE", "OPTIONS", "BYE", "PRACK", "NOTIFY", "REFER")
+
+
+@pytest.mark.parametrize("status", [404, 410, 416, 482, 485, 502, 604])
+@pytest.mark.parametrize("method", METHODS)
+def test_a_broken_target_or_route_ends_the_whole_dialog(method: str, status: int) -> None:
+    assert response_effect(method, status) is Effect.DIALOG
+    assert ends_session(method, status)
+    assert dialog_lost(method, status)
+
+
+def test_484_ends_the_dialog_except_to_a_refer() -> None:
+    assert response_effect("INFO", 484) is Effect.DIALOG
+    assert response_effect("REFER", 484) is Effect.TRANSACTION  # a Refer-To a PBX cannot dial
+
+
+@pytest.mark.parametrize("status", [408, 480, 481])
+@pytest.mark.parametrize("method", METHODS)
+def test_481_408_and_480_end_the_usage_of_the_request(method: str, status: int) -> None:
+    assert response_effect(method, status) is Effect.USAGE
+    # ... which is the call's own for every request but a subscription's.
+    assert ends_session(method, status) is (method not in ("NOTIFY", "REFER"))
+    assert dialog_lost(method, status) is (status == 481)  # 408, 480: the peer may be there
+
+
+@pytest.mark.parametrize(
+    ("method", "status", "effect"),
+    [
+        ("INVITE", 405, Effect.USAGE),
+        ("NOTIFY", 405, Effect.USAGE),
+        ("SUBSCRIBE", 405, Effect.USAGE),
+        ("INFO", 405, Effect.TRANSACTION),
+        ("NOTIFY", 489, Effect.USAGE),
+        ("SUBSCRIBE", 489, Effect.USAGE),
+        ("INFO", 489, Effect.TRANSACTION),
+    ],
+)
+def test_405_and_489_end_only_the_usage_their_request_holds(
+    method: str, status: int, effect: Effect
+) -> None:
+    assert response_effect(method, status) is effect
+
+
+TRANSACTION_ONLY = (
+    *(200, 202, 300, 302, 400, 401, 403, 406, 407, 413, 415, 420, 422, 423, 428, 483, 486, 487),
+    *(488, 491, 493, 494, 500, 501, 503, 504, 505, 513, 580, 600, 603, 606, 699),
+)
+
+
+@pytest.mark.parametrize("status", TRANSACTION_ONLY)
+@pytest.mark.parametrize("method", METHODS)
+def test_everything_else_fails_only_the_transaction(method: str, status: int) -> None:
+    """Re-INVITE glare (491) and a refused offer (488, 500) keep the session (RFC 3261 §14.1)."""
+    assert response_effect(method, status) is Effect.TRANSACTION
+    assert not ends_session(method, status)
+    assert not dialog_lost(method, status)
+
+
+def test_subscription_requests_belong_to_their_subscription() -> None:
+    assert [usage_of(m) for m in ("NOTIFY", "SUBSCRIBE", "REFER")] == ["subscription"] * 3
+    assert {usage_of(m) for m in ("INVITE", "UPDATE", "INFO", "MESSAGE", "BYE")} == {"invite"}
