@@ -51,6 +51,16 @@ def gateway_plugin_config() -> type | None:
 
 
 @hookspec
+def gateway_configure(config: Any) -> None:
+    """Receive this plugin's structured ``[plugins.NAME]`` table (the instance of the class
+    ``gateway_plugin_config`` returned, or None) once at start-up, after every table is
+    structured and before any ``gateway_register_*`` hook: where a plugin keeps the settings its
+    decision and adjusting hooks need, as those get no ``config`` (docs/plugin_hooks.md,
+    "Settings in decision hooks"). Raise ``PluginError`` or ``ConfigError`` with a message for
+    the operator to refuse a setting; it stops start-up as a registration hook's would."""
+
+
+@hookspec
 def gateway_register_transports(registry: Registry[Any], config: Any) -> None:
     """Add signalling transports (objects satisfying ``interfaces.Transport``) with
     ``registry.add(transport.name, transport)``. ``config`` is this plugin's own structured

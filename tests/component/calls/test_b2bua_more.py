@@ -440,6 +440,20 @@ async def test_a_failing_route_call_hook_ends_only_that_call_with_500(
     failures = [r for r in caplog.records if r.exc_text is not None]
     assert len(failures) == 1
     assert f"RuntimeError: {WITHHELD}" in caplog.text and "router bug" not in caplog.text
+    # pluggy's hook call does not say whose hook raised: the core does, in the traceback's last
+    # line and in the call's record.
+    assert (
+        "PluginHookError: plugin 'failing-router' raised RuntimeError in gateway_route_call"
+        in caplog.text
+    )
+    records = env.gateway.calls.records if env.gateway.calls is not None else None
+    assert records is not None
+    records.flush()
+    assert env.gateway.store is not None
+    (record,) = env.gateway.store.call_records_recent()
+    assert record.end_reason == (
+        "internal error: plugin 'failing-router' raised RuntimeError in gateway_route_call"
+    )
 
     # The gateway keeps serving: the next call goes through.
     call, leg_b = await answered_call(env)
