@@ -22,6 +22,11 @@ What a profile changes, on that device's legs only (``narrowed_for_device`` and 
 - ``suites`` narrows the SRTP suites to those it accepts (a phone that refuses AEAD or 256-bit
   suites). Narrowing never adds cleartext: a leg whose policy forbids it and whose device takes
   none of what is left is refused with the reason, as any leg that cannot get keys.
+- ``codecs`` keeps only the audio codecs the model decodes, in its order of preference, in
+  the offers we send it and in its own offers before the other leg sees them (so our answers
+  to it hold only those too): a phone offered G.722 or Opus it cannot decode answers wrongly
+  or plays noise. An offer left with no audio codec is refused with 488 and the reason
+  (``LegSecurity``, gateway/core/media/security.py).
 - ``dtmf = "info"`` declares a model that sends DTMF only as SIP INFO (as a trunk's ``dtmf``
   does): its offers without telephone-event get one towards the other leg, and the digits are
   interworked (docs/architecture.md "DTMF interworking"); ``LegSecurity.dtmf_info``.
@@ -181,6 +186,14 @@ def check_profiles(
         if profile.dtmf not in DTMF_MODES:
             raise PluginError(
                 f"{where}: dtmf: {profile.dtmf!r} is not one of {', '.join(DTMF_MODES)}"
+            )
+        if profile.codecs is not None and (
+            not profile.codecs
+            or not all(isinstance(codec, str) and codec.strip() for codec in profile.codecs)
+        ):
+            raise PluginError(
+                f"{where}: codecs: {profile.codecs!r} must name at least one codec by its "
+                "rtpmap encoding name (None: no limit)"
             )
         for suite in profile.suites or ():
             if suite not in SUITES:

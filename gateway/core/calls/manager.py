@@ -734,6 +734,7 @@ class CallManager:
             leg=leg,  # for key exchanges keyed per account or trunk (mikey's PSK modes)
             failures=None if self.statistics is None else self.statistics.key_exchange_failures,
             dtmf_info=dtmf_info,
+            codecs=device.codecs if device is not None else None,
         )
 
     def new_media_session(self, on_lost: Callable[[str], None] | None = None) -> MediaSession:
