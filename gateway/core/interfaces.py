@@ -742,6 +742,21 @@ class OutboundMessage:
     leg: LegInfo | None = None
 
 
+@attrs.define(eq=False)
+class InboundMessage:
+    """A message just received, parsed and found well-formed, before the core acts on it.
+    ``gateway_inbound_message`` hooks may replace ``message`` within the rules of
+    gateway/core/inbound.py (not its Via, Call-ID, CSeq, tags, method, Request-URI or status
+    class). ``leg``: the call leg it came from (our tag in its dialog), None for a message
+    outside a call and for a new call's INVITE; ``device``: the leg's phone profile, else for a
+    request the registered profile its User-Agent matches, else None."""
+
+    message: object  # gateway.core.sip.message.Request | Response
+    flow: Flow
+    leg: LegInfo | None = None
+    device: DeviceProfile | None = None
+
+
 @attrs.frozen
 class CallEvent:
     """Something that happened to a call, for observers (CDR writers, metrics, taps)."""

@@ -595,18 +595,23 @@ class CallManager:
         Replaces names, RFC 3891 §3)."""
         return self._by_dialog.get((call_id, local_tag))
 
-    def leg_of(self, message: Request | Response, flow: Flow) -> LegInfo | None:
-        """The leg a message we send belongs to (``OutboundMessage.leg``): found by its Call-ID
-        and our tag in the dialog (a request's From tag, a response's To tag), among that
-        side's legs the one ``flow`` reaches where the call forked. None outside calls (a
-        REGISTER's 401, OPTIONS, a 100 Trying without our tag yet) and where it is not known.
+    def leg_of(
+        self, message: Request | Response, flow: Flow, *, inbound: bool = False
+    ) -> LegInfo | None:
+        """The leg a message we send belongs to (``OutboundMessage.leg``), or with ``inbound``
+        the leg a message we received came from (``InboundMessage.leg``): found by its Call-ID
+        and our tag in the dialog (a request's From tag, a response's To tag; the other way
+        round for one we received), among that side's legs the one ``flow`` reaches where the
+        call forked. None outside calls (a REGISTER's 401, OPTIONS, a 100 Trying without our
+        tag yet, a new call's INVITE) and where it is not known.
 
         A transfer keeps the side's key with more than one party behind it: the target's leg,
         once it took the transferor's place, is the side's leg (an A leg made of it: the same
         party, counted once) and the transferor's dialog is still ours to finish (its NOTIFYs,
         the answer to its BYE). A leg of another dialog than the message's (its Call-ID) is
         not the one the message goes to."""
-        tag = message.from_.tag if isinstance(message, Request) else message.to.tag
+        ours_in_from = isinstance(message, Request) is not inbound
+        tag = message.from_.tag if ours_in_from else message.to.tag
         found = self._by_dialog.get((message.call_id, tag)) if tag is not None else None
         if found is None:
             return None
