@@ -5,9 +5,9 @@ PCMU and telephone-event, a BYE whose Reason lacks its protocol) calling alice's
 phone is sipp too, registered as "sipp-interop".
 
 - ``DeviceProfile.codecs``: the example plugin (plugin_examples/voipgw-example-devices) with
-  the model "sipp-interop" and ``codecs = ["PCMA", "PCMU", "telephone-event"]``: the INVITE
-  alice's phone gets offers those only, in that order (not the carrier's), and the call is set
-  up and torn down as usual;
+  the model "sipp-interop" and ``codecs = ["PCMU", "PCMA", "telephone-event"]``: the INVITE
+  alice's phone gets offers those only, in that order (not the carrier's, which put PCMA
+  first), and the call is set up and torn down as usual;
 - ``gateway_inbound_message``: a plugin of the test's (installed beside it) that knows the
   carrier by its User-Agent (its profile, ``inbound.device``) gives its BYE's Reason the
   Q.850 protocol; the BYE alice's phone gets carries the fixed Reason, which the core passed
@@ -79,7 +79,7 @@ CONFIG = textwrap.dedent(
 
     [plugins.example-devices]
     models = ["sipp-interop"]
-    codecs = ["PCMA", "PCMU", "telephone-event"]
+    codecs = ["PCMU", "PCMA", "telephone-event"]
 
     """
 )
@@ -109,9 +109,9 @@ def test_a_phones_codecs_and_a_carriers_reason_are_fixed_by_plugins(
         (bye,) = seen.received("BYE ")
         listed = gw.cli("plugins").stdout
 
-    # The profile's codecs, in its order; the carrier offered G.722 first.
+    # The profile's codecs, in its order; the carrier offered G.722, PCMA, PCMU.
     media = re.search(r"^m=audio \d+ RTP/AVP ([\d ]+)$", invite, re.MULTILINE)
-    assert media is not None and media[1].split() == ["8", "0", "101"], invite
+    assert media is not None and media[1].split() == ["0", "8", "101"], invite
     assert "G722" not in invite and "a=fmtp:101 0-16" in invite
     # The carrier's Reason as the quirks plugin fixed it, passed on to alice's phone.
     reasons = re.findall(r"^Reason:\s*(.*)$", bye, re.MULTILINE | re.IGNORECASE)
