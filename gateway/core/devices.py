@@ -40,7 +40,6 @@ profile or identification hook is registered, and not at all when none is.
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -49,7 +48,7 @@ from gateway.core.interfaces import DeviceProfile, MediaPolicy
 from gateway.core.logs import log_exception
 from gateway.core.media.policy import ALL_KEY_EXCHANGES
 from gateway.core.media.srtp import SUITES
-from gateway.core.plugins import PluginError
+from gateway.core.plugins import PluginError, raising_plugin
 from gateway.core.sip.message import Request
 from gateway.core.transport.flows import Flow
 
@@ -97,8 +96,11 @@ class DeviceIdentifier:
         if self._hook is not None:
             try:
                 answer = self._hook(request=request, flow=flow)
-            except Exception:
-                self._log_hook_error("gateway_identify_device failed", failure=sys.exc_info()[1])
+            except Exception as exc:
+                # pluggy does not say whose implementation raised: its traceback does.
+                plugin = raising_plugin(self._hook, exc)
+                who = f"plugin {plugin!r}: " if plugin is not None else ""
+                self._log_hook_error(f"{who}gateway_identify_device failed", failure=exc)
                 answer = None
             if isinstance(answer, DeviceProfile):
                 return answer

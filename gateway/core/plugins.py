@@ -70,10 +70,13 @@ class PluginHookError(PluginError):
 def raising_plugin(caller: Any, exc: BaseException) -> str | None:
     """The name of the plugin whose implementation of ``caller`` (a pluggy hook caller) raised
     ``exc``: the first frame of its traceback that is one of the implementations (pluggy's
-    own call says nobody). None when no frame is (an exception pluggy raised itself)."""
+    own call says nobody). None when no frame is (an exception pluggy raised itself), or when
+    ``caller`` is no hook caller (a plain function standing in for one)."""
+    impls = getattr(caller, "get_hookimpls", None)
+    if impls is None:
+        return None
     codes: dict[object, str] = {
-        getattr(impl.function, "__code__", None): impl.plugin_name
-        for impl in caller.get_hookimpls()
+        getattr(impl.function, "__code__", None): impl.plugin_name for impl in impls()
     }
     tb = exc.__traceback__
     while tb is not None:

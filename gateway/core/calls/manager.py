@@ -58,6 +58,7 @@ from gateway.core.media.policy import (
 )
 from gateway.core.media.security import LegSecurity
 from gateway.core.media.taps import CallTaps, copy_sip, tapped_media
+from gateway.core.plugins import PluginHookError, raising_plugin
 from gateway.core.sip.dialog import SIPS_NOT_ALLOWED
 from gateway.core.sip.errors import SipError
 from gateway.core.sip.grammar import parse_name_addr_untrusted, split_list_untrusted
@@ -721,7 +722,14 @@ class CallManager:
             configured_policy=configured,
         )
         hook = gateway.plugins.implemented("gateway_media_security_policy")
-        answer = hook(leg=leg) if hook is not None else None
+        answer = None
+        if hook is not None:
+            try:
+                answer = hook(leg=leg)
+            except Exception as exc:
+                # Ends the call, as any plugin's bug on its path; named (pluggy does not).
+                plugin = raising_plugin(hook, exc)
+                raise PluginHookError(plugin, "gateway_media_security_policy", exc) from exc
         try:
             policy = resolve(configured, gateway.media_policies, hook_answer=answer)
         except UnknownPolicy as exc:

@@ -18,7 +18,7 @@ import trio
 from gateway.core.calls import records
 from gateway.core.hookspecs import hookimpl
 from gateway.core.ids import SeededIds
-from gateway.core.interfaces import Caller, Directory, RouteDecision
+from gateway.core.interfaces import Caller, Directory, LegInfo, RouteDecision
 from gateway.core.logs import WITHHELD
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sip.dialog import DialogState
@@ -398,6 +398,35 @@ async def test_media_ports_are_released_after_normal_rejected_and_cancelled_call
 
 
 # -- 6. a failing routing plugin -----------------------------------------------------------------
+
+
+class FailingPolicy:
+    """A plugin whose gateway_media_security_policy hook raises."""
+
+    @hookimpl
+    def gateway_media_security_policy(self, leg: LegInfo) -> None:
+        raise LookupError("policy table")
+
+
+async def test_a_failing_media_policy_hook_ends_the_call_naming_the_plugin(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    env = await start_b2bua(
+        nursery, tmp_path, voipgw_seed, plugins=[("failing-policy", FailingPolicy())]
+    )
+    with caplog.at_level(logging.ERROR, logger="gateway.core.calls"):
+        call = await env.trunk.invite(env.did_uri(ALICE_DID))
+        assert (await call.final()).status == 500
+        await eventually(lambda: env.calls == 0)
+    assert (
+        "PluginHookError: plugin 'failing-policy' raised LookupError in "
+        "gateway_media_security_policy" in caplog.text
+    )
+    assert "policy table" not in caplog.text
 
 
 class RouterFailingOnce:
