@@ -86,7 +86,12 @@ from gateway.core.media.ice import LegIce
 from gateway.core.media.t38 import is_udptl_t38
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import MediaDescription, SessionDescription
-from gateway.core.sdp.offer_answer import offered_formats, only_codecs, rejected_media
+from gateway.core.sdp.offer_answer import (
+    AUXILIARY_FORMATS,
+    offered_formats,
+    only_codecs,
+    rejected_media,
+)
 
 log = logging.getLogger(__name__)
 
@@ -500,9 +505,11 @@ class LegSecurity:
         if any([m.port != 0 for m in sdp.media]) and not any([m.port != 0 for m in media_out]):
             device = self.leg.device if self.leg is not None else None
             whose = f"device profile {device.name!r}" if device is not None else "the device"
-            offered = ", ".join(dict.fromkeys(lost)) or "none named"
+            # The audio codecs, not telephone-event or CN, which alone play nothing.
+            audio = [name for name in lost if name.upper() not in AUXILIARY_FORMATS]
+            offered = ", ".join(dict.fromkeys(audio)) or "none"
             raise CodecsRefused(
-                f"{whose} takes none of the codecs offered ({offered}); "
+                f"{whose} takes none of the audio codecs offered ({offered}); "
                 f"it takes {', '.join(self.codecs)}"
             )
         return sdp.with_media(media_out)

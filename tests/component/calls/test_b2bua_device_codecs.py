@@ -118,10 +118,19 @@ async def test_an_offer_with_none_of_the_phones_codecs_is_refused_with_the_reaso
     final = await call.final()
     assert final.status == 488
     warning = final.headers.get("Warning") or ""
-    assert "device profile 'acme-t1' takes none of the codecs offered (G722" in warning
+    assert "device profile 'acme-t1' takes none of the audio codecs offered (G722);" in warning
     assert "it takes PCMA, PCMU, telephone-event" in warning
     assert env.alice.requests("INVITE") == []  # never rung
     await eventually(lambda: env.calls == 0)
+    records = env.gateway.calls.records if env.gateway.calls is not None else None
+    assert records is not None and env.gateway.store is not None
+    records.flush()
+    (record,) = env.gateway.store.call_records_recent()
+    # The callee's leg refused the offer (as a policy would): the caller's SDP was not bad.
+    assert record.end_reason == (
+        "488 Not Acceptable Here (device profile 'acme-t1' takes none of the audio codecs "
+        "offered (G722); it takes PCMA, PCMU, telephone-event)"
+    )
 
     # From the phone: opus alone.
     call = await env.alice.invite(
@@ -131,7 +140,7 @@ async def test_an_offer_with_none_of_the_phones_codecs_is_refused_with_the_reaso
     await call.authenticate()
     final = await call.final()
     assert final.status == 488
-    assert "takes none of the codecs offered (opus)" in (final.headers.get("Warning") or "")
+    assert "takes none of the audio codecs offered (opus)" in (final.headers.get("Warning") or "")
     assert env.trunk.requests("INVITE") == []
     await eventually(lambda: env.calls == 0)
 
