@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from gateway import __version__
 from gateway.core import config as config_mod
 from gateway.core.calls.protection import describe_leg
@@ -22,7 +24,7 @@ from gateway.core.config import ConfigError, GatewayConfig, TrunkAddress
 from gateway.core.interfaces import MediaPolicy
 from gateway.core.logs import log_exception, show_plugin_exception_text
 from gateway.core.media.policy import BUILTIN_POLICIES, DEFAULT_POLICY, all_policies
-from gateway.core.plugins import PluginError, Plugins, discover, load_plugins
+from gateway.core.plugins import DiscoveredPlugin, PluginError, Plugins, discover, load_plugins
 from gateway.core.store.errors import StoreError
 
 EXIT_OK = 0
@@ -518,7 +520,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     config = _load_config(args.config)
     installed = discover()
     enabled = set(config.plugins.enable)
-    loaded = _load_plugins(config, args, installed=installed) if enabled else None
+    loaded, failed = _load_plugins_listing(config, args, installed) if enabled else (None, {})
     width = max((len(n) for n in installed), default=4)
     # A third-party distribution's name is often longer than the built-ins': keep the columns.
     dists = {name: f"{p.distribution} {p.version}" for name, p in installed.items()}
@@ -526,14 +528,18 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     print(f"{'NAME':<{width}}  {'STATE':<8}  {'DISTRIBUTION':<{dist_width}}  REGISTERS")
     for name in sorted(installed):
         dist = dists[name]
-        if loaded is not None and name in enabled:
+        if name in failed:
+            registers = "(not loaded: see the plugin error below)"
+            state = "FAILED"
+        elif loaded is not None and name in enabled:
             parts = [
                 f"{kind}: {', '.join(items)}" for kind, items in loaded.registered_by(name).items()
             ]
             hooks = [
                 h
                 for h in loaded.hooks_implemented_by(name)
-                if not h.startswith("gateway_register_") and h != "gateway_plugin_config"
+                if not h.startswith("gateway_register_")
+                and h not in ("gateway_plugin_config", "gateway_configure")
             ]
             if hooks:
                 parts.append("hooks: " + ", ".join(hooks))
@@ -546,7 +552,36 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     unknown = sorted(enabled - set(installed))
     for name in unknown:
         print(f"{name:<{width}}  MISSING   (enabled in config but not installed)")
-    return EXIT_OK
+    for message in failed.values():
+        # The line `voipgw run` and `check-config` stop on: neither runs with this config.
+        print(f"voipgw: plugin error: {message}", file=sys.stderr)
+    return EXIT_USAGE if failed else EXIT_OK
+
+
+def _load_plugins_listing(
+    config: GatewayConfig, args: argparse.Namespace, installed: Mapping[str, DiscoveredPlugin]
+) -> tuple[Plugins, dict[str, str]]:
+    """The enabled plugins for ``voipgw plugins``: those that load, and the error of each that
+    does not (by name). ``voipgw run`` stops on the first such error (docs/plugin_hooks.md);
+    the listing goes on without that plugin (and its ``[plugins.NAME]`` table) to show the
+    others, and says the error as ``run`` would. An error no single plugin is at fault for
+    (two registering one name) is raised as ``run`` raises it."""
+    failed: dict[str, str] = {}
+    while True:
+        try:
+            return _load_plugins(config, args, installed=installed), failed
+        except PluginError as exc:
+            name = exc.plugin
+            if name is None or name in failed or name not in config.plugins.enable:
+                raise
+            failed[name] = str(exc)
+            config = attrs.evolve(
+                config,
+                plugins=attrs.evolve(
+                    config.plugins, enable=tuple(n for n in config.plugins.enable if n != name)
+                ),
+                plugin_tables={k: v for k, v in config.plugin_tables.items() if k != name},
+            )
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -22,6 +22,11 @@ What a profile changes, on that device's legs only (``narrowed_for_device`` and 
 - ``suites`` narrows the SRTP suites to those it accepts (a phone that refuses AEAD or 256-bit
   suites). Narrowing never adds cleartext: a leg whose policy forbids it and whose device takes
   none of what is left is refused with the reason, as any leg that cannot get keys.
+- ``codecs`` keeps only the audio codecs the model decodes, in its order of preference, in
+  the offers we send it and in its own offers before the other leg sees them (so our answers
+  to it hold only those too): a phone offered G.722 or Opus it cannot decode answers wrongly
+  or plays noise. An offer left with no audio codec is refused with 488 and the reason
+  (``LegSecurity``, gateway/core/media/security.py).
 - ``dtmf = "info"`` declares a model that sends DTMF only as SIP INFO (as a trunk's ``dtmf``
   does): its offers without telephone-event get one towards the other leg, and the digits are
   interworked (docs/architecture.md "DTMF interworking"); ``LegSecurity.dtmf_info``.
@@ -35,7 +40,6 @@ profile or identification hook is registered, and not at all when none is.
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -44,7 +48,7 @@ from gateway.core.interfaces import DeviceProfile, MediaPolicy
 from gateway.core.logs import log_exception
 from gateway.core.media.policy import ALL_KEY_EXCHANGES
 from gateway.core.media.srtp import SUITES
-from gateway.core.plugins import PluginError
+from gateway.core.plugins import PluginError, raising_plugin
 from gateway.core.sip.message import Request
 from gateway.core.transport.flows import Flow
 
@@ -92,8 +96,11 @@ class DeviceIdentifier:
         if self._hook is not None:
             try:
                 answer = self._hook(request=request, flow=flow)
-            except Exception:
-                self._log_hook_error("gateway_identify_device failed", failure=sys.exc_info()[1])
+            except Exception as exc:
+                # pluggy does not say whose implementation raised: its traceback does.
+                plugin = raising_plugin(self._hook, exc)
+                who = f"plugin {plugin!r}: " if plugin is not None else ""
+                self._log_hook_error(f"{who}gateway_identify_device failed", failure=exc)
                 answer = None
             if isinstance(answer, DeviceProfile):
                 return answer
@@ -181,6 +188,14 @@ def check_profiles(
         if profile.dtmf not in DTMF_MODES:
             raise PluginError(
                 f"{where}: dtmf: {profile.dtmf!r} is not one of {', '.join(DTMF_MODES)}"
+            )
+        if profile.codecs is not None and (
+            not profile.codecs
+            or not all(isinstance(codec, str) and codec.strip() for codec in profile.codecs)
+        ):
+            raise PluginError(
+                f"{where}: codecs: {profile.codecs!r} must name at least one codec by its "
+                "rtpmap encoding name (None: no limit)"
             )
         for suite in profile.suites or ():
             if suite not in SUITES:

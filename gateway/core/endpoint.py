@@ -22,7 +22,14 @@ import trio
 
 from gateway.core.auth.client import authorize
 from gateway.core.calls.limits import CallRate
-from gateway.core.interfaces import LegInfo, OutboundMessage, RtcpCapture, SipCapture
+from gateway.core.inbound import InboundHooks, inbound_hooks
+from gateway.core.interfaces import (
+    DeviceProfile,
+    LegInfo,
+    OutboundMessage,
+    RtcpCapture,
+    SipCapture,
+)
 from gateway.core.logs import log_exception, transport_error_text
 from gateway.core.media.session import ORIGIN_USERNAME
 from gateway.core.sdp.body import SDP, sdp_of
@@ -81,6 +88,14 @@ if TYPE_CHECKING:
     from gateway.core.media.taps import CallTaps
 
 log = logging.getLogger(__name__)
+
+
+class LegOf(Protocol):
+    """The call manager's ``leg_of``: the leg a message goes to, or comes from."""
+
+    def __call__(
+        self, message: Request | Response, flow: Flow, *, inbound: bool = False
+    ) -> LegInfo | None: ...
 
 
 class OutboundHookError(Exception):
@@ -548,6 +563,14 @@ class SipEndpoint:
         self._refused_since_log = 0
         self._too_large_logged_at = -math.inf
         self._too_large_since_log = (0, 0)  # (answered 513, dropped)
+        self.inbound_hooks = inbound_hooks(
+            gateway.plugins.pm,
+            max_size=sip.max_message_size,
+            max_headers=sip.max_headers,
+            clock=time.monotonic,
+        )
+        """The ``gateway_inbound_message`` implementations (gateway/core/inbound.py); None
+        while no plugin has one, and then a message costs one test of that None."""
         self.user_agents = UserAgentFilter(sip.drop_user_agents) if sip.drop_user_agents else None
         """Scanners' User-Agents, whose requests are dropped (None: drop none)."""
         self._scanner_logged_at = -math.inf
@@ -596,10 +619,11 @@ class SipEndpoint:
         """Capture agents that take calls' RTCP reports too (``rtcp_report``: HEP type 5)."""
         self.handling_bytes: bytes | None = None
         """The bytes of the request being handled (a new call's INVITE, while it is made)."""
-        self.leg_of: Callable[[Request | Response, Flow], LegInfo | None] | None = None
-        """The call leg a message we send goes to, for ``gateway_outbound_message``
-        (``OutboundMessage.leg``); set by the call manager, asked only while a plugin implements
-        that hook."""
+        self.leg_of: LegOf | None = None
+        """The call leg a message we send goes to (``inbound=True``: comes from), for
+        ``gateway_outbound_message`` (``OutboundMessage.leg``) and ``gateway_inbound_message``
+        (``InboundMessage.leg``); set by the call manager, asked only while a plugin implements
+        one of those hooks."""
         self.sip_taps: dict[tuple[str, str | None], tuple[CallTaps, str]] = {}
         """(Call-ID, tag) -> the call's taps that want its SIP (an interception) and the leg
         ("a", "b") of that dialog: each message in and out is copied to them (empty: no cost).
@@ -752,6 +776,11 @@ class SipEndpoint:
         if isinstance(message, Response):
             if self.sip_taps:  # before what it causes (the ACK of a non-2xx final response)
                 self._copy_to_call(message, data, flow.transport, flow.remote, flow.local, True)
+            hooks = self.inbound_hooks
+            if hooks is not None:
+                fixed = self._inbound(hooks, message, flow)
+                assert isinstance(fixed, Response)  # the hooks keep a response a response
+                message = fixed
             await self._act(self.transactions.receive_response(message, now=now))
             return
         user_agents = self.user_agents
@@ -782,6 +811,13 @@ class SipEndpoint:
         ):
             await self._refuse_overloaded(request, flow, waited, now)
             return
+        hooks = self.inbound_hooks
+        if hooks is not None:
+            # After the checks above, which must stay cheap, and before the transaction layer:
+            # gateway/core/inbound.py.
+            fixed = self._inbound(hooks, request, flow)
+            assert isinstance(fixed, Request)  # the hooks keep a request a request
+            request = fixed
         try:
             outputs = self.transactions.receive_request(request, source=hop, now=now)
         except TransactionLimitReached as err:
@@ -804,6 +840,19 @@ class SipEndpoint:
             await self._act(outputs, flow)
         finally:
             self.handling_bytes = None
+
+    def _inbound(
+        self, hooks: InboundHooks, message: Request | Response, flow: Flow
+    ) -> Request | Response:
+        """``message`` as the ``gateway_inbound_message`` hooks leave it, with the leg it came
+        from and its device when known."""
+        leg = self.leg_of(message, flow, inbound=True) if self.leg_of is not None else None
+        device: DeviceProfile | None = None
+        if leg is not None:
+            device = leg.device
+        elif isinstance(message, Request):
+            device = self.gateway.devices.of_user_agent(message.headers.get("User-Agent"))
+        return hooks.apply(message, flow, leg=leg, device=device)
 
     def _emergency_passes_limit(self, request: Request, flow: Flow, now: float) -> bool:
         """Whether a request past ``MAX_SERVER_TRANSACTIONS`` is served all the same, within

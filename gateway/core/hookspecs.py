@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         CallEvent,
         DeviceProfile,
         Directory,
+        InboundMessage,
         LegInfo,
         MediaPolicy,
         OutboundMessage,
@@ -48,6 +49,16 @@ def gateway_plugin_config() -> type | None:
     plugin's hooks as ``config``. Errors name the file, the table and the key. Return None (or do
     not implement the hook) for a plugin without settings.
     """
+
+
+@hookspec
+def gateway_configure(config: Any) -> None:
+    """Receive this plugin's structured ``[plugins.NAME]`` table (the instance of the class
+    ``gateway_plugin_config`` returned, or None) once at start-up, after every table is
+    structured and before any ``gateway_register_*`` hook: where a plugin keeps the settings its
+    decision and adjusting hooks need, as those get no ``config`` (docs/plugin_hooks.md,
+    "Settings in decision hooks"). Raise ``PluginError`` or ``ConfigError`` with a message for
+    the operator to refuse a setting; it stops start-up as a registration hook's would."""
 
 
 @hookspec
@@ -130,6 +141,17 @@ def gateway_media_security_policy(leg: LegInfo) -> MediaPolicy | str | None:
 def gateway_outbound_message(outbound: OutboundMessage) -> None:
     """Adjust a SIP message just before it is sent (device quirks, header hygiene) by replacing
     ``outbound.message``. Runs for every message: keep it cheap."""
+
+
+@hookspec
+def gateway_inbound_message(inbound: InboundMessage) -> None:
+    """Fix up a SIP message just received (device and carrier quirks) by replacing
+    ``inbound.message``, before the core acts on it. Only well-formed messages are handed over;
+    Via, Call-ID, CSeq, the From and To tags, a request's method and Request-URI and a
+    response's status class must stay as they are (RFC 3261 §17 and §12 match transactions and
+    dialogs by them), and the replacement must parse. A change that breaks a rule, or a hook
+    that raises, is logged naming the plugin and dropped: the message goes on as it was. Runs
+    for every message while any plugin implements it: keep it cheap."""
 
 
 @hookspec

@@ -540,8 +540,13 @@ class DeviceProfile:
     names) the model takes; None: no limit. ``dtmf``: ``"info"`` for a model that sends and
     expects DTMF only as SIP INFO (its offers without telephone-event get one towards the other
     leg, and the digits are interworked: docs/architecture.md "DTMF interworking"), else
-    ``"rfc4733"`` (as its SDP negotiates). ``notes`` is for people (``voipgw plugins`` lists
-    profiles)."""
+    ``"rfc4733"`` (as its SDP negotiates). ``codecs``: the audio codecs the model decodes, by
+    rtpmap encoding name in its order of preference (``("G722", "PCMU", "PCMA",
+    "telephone-event")``); offers sent to it keep only these, in that order, and its own offers
+    are narrowed to them before the other leg sees them, so the answers it gets hold only these;
+    telephone-event and CN are kept only when listed; an offer left with no audio codec is
+    refused (488); video and T.38 lines are left alone; None: no limit. ``notes`` is for people
+    (``voipgw plugins`` lists profiles)."""
 
     name: str
     user_agent_prefixes: tuple[str, ...] = ()
@@ -550,6 +555,7 @@ class DeviceProfile:
     key_exchanges: tuple[str, ...] | None = None
     suites: tuple[str, ...] | None = None
     dtmf: DtmfMode = "rfc4733"
+    codecs: tuple[str, ...] | None = None
 
     def matches(self, user_agent: str) -> bool:
         return any(user_agent.startswith(prefix) for prefix in self.user_agent_prefixes)
@@ -734,6 +740,21 @@ class OutboundMessage:
     message: object  # gateway.core.sip.message.Request | Response
     flow: Flow | None
     leg: LegInfo | None = None
+
+
+@attrs.define(eq=False)
+class InboundMessage:
+    """A message just received, parsed and found well-formed, before the core acts on it.
+    ``gateway_inbound_message`` hooks may replace ``message`` within the rules of
+    gateway/core/inbound.py (not its Via, Call-ID, CSeq, tags, method, Request-URI or status
+    class). ``leg``: the call leg it came from (our tag in its dialog), None for a message
+    outside a call and for a new call's INVITE; ``device``: the leg's phone profile, else for a
+    request the registered profile its User-Agent matches, else None."""
+
+    message: object  # gateway.core.sip.message.Request | Response
+    flow: Flow
+    leg: LegInfo | None = None
+    device: DeviceProfile | None = None
 
 
 @attrs.frozen

@@ -43,7 +43,48 @@ REGISTRY_HOOKS: dict[str, str] = {
 class PluginError(Exception):
     """A plugin could not be loaded or misbehaved at start-up. The message says which and why:
     for an exception the plugin raised, its type and file and line, not its text unless the
-    operator asked for plugin exception texts (:func:`failure`)."""
+    operator asked for plugin exception texts (:func:`failure`). ``plugin``: the enabled name
+    of the plugin at fault, where one is (``voipgw plugins`` lists the others without it)."""
+
+    def __init__(self, message: str, *, plugin: str | None = None) -> None:
+        super().__init__(message)
+        self.plugin = plugin
+
+
+class DuplicateName(PluginError):
+    """Two plugins registered one name: neither alone is at fault (the message names both)."""
+
+
+class PluginHookError(PluginError):
+    """A plugin's hook raised while the gateway ran (``gateway_route_call``): its text (ours)
+    names the plugin, the exception's type and the hook; the plugin's exception is its cause,
+    whose text the log withholds by the usual rule (docs/architecture.md "Logged
+    exceptions")."""
+
+    def __init__(self, plugin: str | None, hook: str, exc: BaseException) -> None:
+        self.hook = hook
+        who = f"plugin {plugin!r}" if plugin is not None else "a plugin"
+        super().__init__(f"{who} raised {type(exc).__name__} in {hook}", plugin=plugin)
+
+
+def raising_plugin(caller: Any, exc: BaseException) -> str | None:
+    """The name of the plugin whose implementation of ``caller`` (a pluggy hook caller) raised
+    ``exc``: the first frame of its traceback that is one of the implementations (pluggy's
+    own call says nobody). None when no frame is (an exception pluggy raised itself), or when
+    ``caller`` is no hook caller (a plain function standing in for one)."""
+    impls = getattr(caller, "get_hookimpls", None)
+    if impls is None:
+        return None
+    codes: dict[object, str] = {
+        getattr(impl.function, "__code__", None): impl.plugin_name for impl in impls()
+    }
+    tb = exc.__traceback__
+    while tb is not None:
+        name = codes.get(tb.tb_frame.f_code)
+        if name is not None:
+            return name
+        tb = tb.tb_next
+    return None
 
 
 SHOW_TEXT_HINT = (
@@ -102,7 +143,7 @@ class Registry(Generic[T]):
 
     def add(self, name: str, item: T) -> None:
         if name in self._items:
-            raise PluginError(
+            raise DuplicateName(
                 f"{self.kind} {name!r} is registered by both plugin {self._owners[name]!r} "
                 f"and plugin {self._current_plugin!r}"
             )
@@ -172,6 +213,25 @@ class Plugins:
         registry: Registry[Any] = getattr(self, attribute)
         return registry
 
+    def run_configure(self) -> None:
+        """Call every ``gateway_configure`` hook once, oldest registration first (built-ins
+        first), with the plugin's own structured table: the settings its decision hooks keep."""
+        for impl in self.pm.hook.gateway_configure.get_hookimpls():
+            available = {"config": self.configs.get(impl.plugin_name)}
+            try:
+                impl.function(**{arg: available[arg] for arg in impl.argnames})
+            except PluginError as exc:
+                if exc.plugin is None:
+                    exc.plugin = impl.plugin_name  # its text is the plugin's, for the operator
+                raise
+            except ConfigError:
+                raise
+            except Exception as exc:
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r} failed in gateway_configure: {failure(exc)}",
+                    plugin=impl.plugin_name,
+                ) from exc
+
     def run_registrations(self) -> None:
         """Call every ``gateway_register_*`` hook once per plugin, telling each registry who is
         registering so duplicates and ``voipgw plugins`` can name the plugin."""
@@ -184,11 +244,14 @@ class Plugins:
                 available = {"registry": registry, "config": self.configs.get(impl.plugin_name)}
                 try:
                     impl.function(**{arg: available[arg] for arg in impl.argnames})
-                except PluginError:
+                except PluginError as exc:
+                    if exc.plugin is None and not isinstance(exc, DuplicateName):
+                        exc.plugin = impl.plugin_name  # the plugin's own, for the operator
                     raise
                 except Exception as exc:
                     raise PluginError(
-                        f"plugin {impl.plugin_name!r} failed in {hook_name}: {failure(exc)}"
+                        f"plugin {impl.plugin_name!r} failed in {hook_name}: {failure(exc)}",
+                        plugin=impl.plugin_name,
                     ) from exc
                 finally:
                     registry._current_plugin = "<core>"
@@ -251,7 +314,8 @@ def load_plugins(
         except Exception as exc:
             raise PluginError(
                 f"plugin {name!r} ({plugin.value} from {plugin.distribution} {plugin.version}) "
-                f"failed to import: {failure(exc)}"
+                f"failed to import: {failure(exc)}",
+                plugin=name,
             ) from exc
         _register(pm, obj, name)
     for name, obj in extra:
@@ -261,9 +325,10 @@ def load_plugins(
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
         name = pm.get_name(exc.plugin) or repr(exc.plugin)
-        raise PluginError(f"plugin {name!r}: {exc}") from exc
+        raise PluginError(f"plugin {name!r}: {exc}", plugin=name) from exc
     configs = _plugin_configs(pm, config)
     plugins = Plugins(pm, configs)
+    plugins.run_configure()
     plugins.run_registrations()
     return plugins
 
@@ -283,9 +348,9 @@ def _register(pm: pluggy.PluginManager, obj: object, name: str) -> None:
     try:
         pm.register(obj, name=name)
     except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin {name!r}: {exc}") from exc
+        raise PluginError(f"plugin {name!r}: {exc}", plugin=name) from exc
     except ValueError as exc:
-        raise PluginError(f"plugin {name!r} could not be registered: {exc}") from exc
+        raise PluginError(f"plugin {name!r} could not be registered: {exc}", plugin=name) from exc
     # pluggy passes over a function without the @hookimpl mark: the plugin would load and never
     # be called, and nothing would say why. Fail as for a misspelled hook (check_pending). The
     # specification itself is no attempt at an implementation: a plugin that imported it
@@ -302,7 +367,8 @@ def _register(pm: pluggy.PluginManager, obj: object, name: str) -> None:
         raise PluginError(
             f"plugin {name!r}: {', '.join(unmarked)} not marked as a hook implementation, so "
             "it would never be called: decorate it with @hookimpl "
-            "(from gateway.core.hookspecs import hookimpl)"
+            "(from gateway.core.hookspecs import hookimpl)",
+            plugin=name,
         )
 
 
@@ -315,12 +381,14 @@ def _plugin_configs(pm: pluggy.PluginManager, config: GatewayConfig) -> dict[str
             cls = impl.function()
         except Exception as exc:
             raise PluginError(
-                f"plugin {name!r} failed in gateway_plugin_config: {failure(exc)}"
+                f"plugin {name!r} failed in gateway_plugin_config: {failure(exc)}", plugin=name
             ) from exc
         if cls is None:
             continue
         if not isinstance(cls, type) or not attrs.has(cls):
-            raise PluginError(f"plugin {name!r}: gateway_plugin_config must return an attrs class")
+            raise PluginError(
+                f"plugin {name!r}: gateway_plugin_config must return an attrs class", plugin=name
+            )
         declared.add(name)
         table = dict(config.plugin_tables.get(name, {}))
         if "state_dir" in attrs.fields_dict(cls) and "state_dir" not in table:

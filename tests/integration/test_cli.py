@@ -248,7 +248,7 @@ def test_installed_plugin_is_listed_and_enabling_runs_its_hooks(tmp_path: Path) 
 
     checked = voipgw("check-config", str(config), env=env)
     assert checked.returncode == 0, checked.stderr
-    assert "5 passed" in own_tests(EXAMPLE, tmp_path, env)
+    assert "6 passed" in own_tests(EXAMPLE, tmp_path, env)
 
 
 def test_the_calls_example_installs_loads_checks_its_table_and_passes_its_own_tests(
@@ -279,7 +279,7 @@ def test_the_calls_example_installs_loads_checks_its_table_and_passes_its_own_te
     assert refused.returncode == 2
     assert "short_codes: '*1' is not CODE=ACCOUNT" in refused.stderr
 
-    assert "4 passed" in own_tests(CALLS_EXAMPLE, tmp_path, env)
+    assert "5 passed" in own_tests(CALLS_EXAMPLE, tmp_path, env)
 
 
 def source_files(example: Path) -> dict[str, tuple[int, int]]:

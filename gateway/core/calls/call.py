@@ -156,6 +156,7 @@ from gateway.core.logs import log_exception, transport_error_text
 from gateway.core.media.dtmf import is_dtmf_info
 from gateway.core.media.errors import PortsExhausted
 from gateway.core.media.keying import CallKeying
+from gateway.core.plugins import PluginHookError
 from gateway.core.sdp.body import UnsupportedBody, read_body
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import SessionDescription
@@ -212,7 +213,9 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
                 except Exception as exc:
                     # A bug in the core or a plugin: end this call only (STYLE.md habit 6).
                     log_exception(log, "call %s failed", self.id)
-                    self.end_reason = f"internal error: {type(exc).__name__}"
+                    # A plugin's hook that raised is named (PluginHookError's text is ours).
+                    what = str(exc) if isinstance(exc, PluginHookError) else type(exc).__name__
+                    self.end_reason = f"internal error: {what}"
                     with trio.CancelScope(shield=True), trio.move_on_after(2):
                         await self._answer_handled()
                         await self._abort(500, "Server Internal Error")

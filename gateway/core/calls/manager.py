@@ -58,6 +58,7 @@ from gateway.core.media.policy import (
 )
 from gateway.core.media.security import LegSecurity
 from gateway.core.media.taps import CallTaps, copy_sip, tapped_media
+from gateway.core.plugins import PluginHookError, raising_plugin
 from gateway.core.sip.dialog import SIPS_NOT_ALLOWED
 from gateway.core.sip.errors import SipError
 from gateway.core.sip.grammar import parse_name_addr_untrusted, split_list_untrusted
@@ -602,18 +603,23 @@ class CallManager:
         Replaces names, RFC 3891 §3)."""
         return self._by_dialog.get((call_id, local_tag))
 
-    def leg_of(self, message: Request | Response, flow: Flow) -> LegInfo | None:
-        """The leg a message we send belongs to (``OutboundMessage.leg``): found by its Call-ID
-        and our tag in the dialog (a request's From tag, a response's To tag), among that
-        side's legs the one ``flow`` reaches where the call forked. None outside calls (a
-        REGISTER's 401, OPTIONS, a 100 Trying without our tag yet) and where it is not known.
+    def leg_of(
+        self, message: Request | Response, flow: Flow, *, inbound: bool = False
+    ) -> LegInfo | None:
+        """The leg a message we send belongs to (``OutboundMessage.leg``), or with ``inbound``
+        the leg a message we received came from (``InboundMessage.leg``): found by its Call-ID
+        and our tag in the dialog (a request's From tag, a response's To tag; the other way
+        round for one we received), among that side's legs the one ``flow`` reaches where the
+        call forked. None outside calls (a REGISTER's 401, OPTIONS, a 100 Trying without our
+        tag yet, a new call's INVITE) and where it is not known.
 
         A transfer keeps the side's key with more than one party behind it: the target's leg,
         once it took the transferor's place, is the side's leg (an A leg made of it: the same
         party, counted once) and the transferor's dialog is still ours to finish (its NOTIFYs,
         the answer to its BYE). A leg of another dialog than the message's (its Call-ID) is
         not the one the message goes to."""
-        tag = message.from_.tag if isinstance(message, Request) else message.to.tag
+        ours_in_from = isinstance(message, Request) is not inbound
+        tag = message.from_.tag if ours_in_from else message.to.tag
         found = self._by_dialog.get((message.call_id, tag)) if tag is not None else None
         if found is None:
             return None
@@ -723,7 +729,14 @@ class CallManager:
             configured_policy=configured,
         )
         hook = gateway.plugins.implemented("gateway_media_security_policy")
-        answer = hook(leg=leg) if hook is not None else None
+        answer = None
+        if hook is not None:
+            try:
+                answer = hook(leg=leg)
+            except Exception as exc:
+                # Ends the call, as any plugin's bug on its path; named (pluggy does not).
+                plugin = raising_plugin(hook, exc)
+                raise PluginHookError(plugin, "gateway_media_security_policy", exc) from exc
         try:
             policy = resolve(configured, gateway.media_policies, hook_answer=answer)
         except UnknownPolicy as exc:
@@ -741,6 +754,7 @@ class CallManager:
             leg=leg,  # for key exchanges keyed per account or trunk (mikey's PSK modes)
             failures=None if self.statistics is None else self.statistics.key_exchange_failures,
             dtmf_info=dtmf_info,
+            codecs=device.codecs if device is not None else None,
         )
 
     def new_media_session(self, on_lost: Callable[[str], None] | None = None) -> MediaSession:

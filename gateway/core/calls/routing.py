@@ -52,6 +52,7 @@ from gateway.core.calls.trunk_dns import TrunkHop, TrunkTargets
 from gateway.core.config import DEFAULT_ROUTE_PREFIXES, IPNetwork, TrunkConfig, trunk_numbering
 from gateway.core.interfaces import Caller, RouteDecision, RouteTarget
 from gateway.core.ip import ip_literal
+from gateway.core.plugins import PluginHookError, raising_plugin
 from gateway.core.registrar import RegistrarPolicy
 from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.grammar import parse_name_addr_untrusted, parse_uri_untrusted
@@ -769,9 +770,15 @@ def route_call(
     hook: Any, request: Request, caller: Caller, directory: GatewayDirectory
 ) -> RouteDecision:
     """Ask the ``gateway_route_call`` hook (``hook`` is the plugin manager's ``pm.hook``), then
-    :func:`default_route`. A plugin's exception propagates (it ends the call); a plugin answer
-    that is not a usable :class:`RouteDecision` raises :class:`RoutingError`."""
-    decision = hook.gateway_route_call(request=request, caller=caller, directory=directory)
+    :func:`default_route`. A plugin's exception ends the call: raised as
+    :class:`~gateway.core.plugins.PluginHookError`, which names the plugin (pluggy's hook call
+    does not); a plugin answer that is not a usable :class:`RouteDecision` raises
+    :class:`RoutingError`."""
+    try:
+        decision = hook.gateway_route_call(request=request, caller=caller, directory=directory)
+    except Exception as exc:
+        plugin = raising_plugin(hook.gateway_route_call, exc)
+        raise PluginHookError(plugin, "gateway_route_call", exc) from exc
     if decision is None:
         return default_route(request, caller, directory)
     if not isinstance(decision, RouteDecision):

@@ -43,7 +43,7 @@ from gateway.core.calls.routing import (
 )
 from gateway.core.interfaces import RouteTarget
 from gateway.core.logs import transport_error_text
-from gateway.core.media.security import MediaSecurityRefused
+from gateway.core.media.security import CodecsRefused, MediaSecurityRefused
 from gateway.core.sdp.model import SessionDescription
 from gateway.core.sdp.serializer import serialize_sdp
 from gateway.core.sip.dialog import SIPS_NOT_ALLOWED, is_sips
@@ -170,7 +170,9 @@ class CallTargets(CallLocationUpdates, CallMediaKeys):
         if offer is not None:
             try:
                 offer = leg.security.make_offer(offer)
-            except MediaSecurityRefused as err:
+            except (MediaSecurityRefused, CodecsRefused) as err:
+                # This target's own leg refuses the offer (its policy, its phone's codecs):
+                # not a fault of the caller's SDP, and the other targets ring on.
                 log.info(
                     "call %s: not calling %s: %s",
                     self.id,

@@ -86,7 +86,12 @@ from gateway.core.media.ice import LegIce
 from gateway.core.media.t38 import is_udptl_t38
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import MediaDescription, SessionDescription
-from gateway.core.sdp.offer_answer import rejected_media
+from gateway.core.sdp.offer_answer import (
+    AUXILIARY_FORMATS,
+    offered_formats,
+    only_codecs,
+    rejected_media,
+)
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +131,11 @@ _KEY_ATTRIBUTES = frozenset({"crypto", "fingerprint", "setup", "tls-id", "zrtp-h
 
 class MediaSecurityRefused(SdpError):
     """The leg's media-security policy refuses this SDP (488 with the reason as Warning)."""
+
+
+class CodecsRefused(SdpError):
+    """None of an offer's audio codecs is one the leg's device profile takes
+    (``DeviceProfile.codecs``): 488 with the reason as Warning (RFC 3261 §21.4.26)."""
 
 
 class KeyExchangeFailed(Exception):
@@ -210,8 +220,13 @@ class LegSecurity:
         failures: collections.Counter[str] | None = None,
         ice: bool = True,
         dtmf_info: bool = False,
+        codecs: tuple[str, ...] | None = None,
     ) -> None:
         self.side = side
+        self.codecs = codecs
+        """The audio codecs the leg's phone takes, by encoding name in its order of
+        preference (``DeviceProfile.codecs``); None: any. Offers to it and from it keep only
+        these (:meth:`_device_codecs`), so our answers to it hold only these too."""
         self.dtmf_info = dtmf_info
         """The leg's peer sends DTMF only as SIP INFO (its trunk's ``dtmf``, its
         device profile's): its offers go to the other leg with telephone-event added
@@ -263,6 +278,8 @@ class LegSecurity:
         """Start answering negotiations for the peer's offer; the offer as the session must see
         it (plain profile, no keys). Raises :class:`MediaSecurityRefused`, or
         :class:`KeyExchangeFailed` (a plugin's bug)."""
+        if self.codecs is not None:
+            offer = self._device_codecs(offer, reorder=False)
         streams: list[StreamSecurity] = []
         media_out: list[MediaDescription] = []
         session_attributes = _pairs(offer.attributes)
@@ -386,7 +403,10 @@ class LegSecurity:
     def make_offer(self, offer: SessionDescription) -> SessionDescription:
         """Our offer on this leg (from the session's plain offer). Raises
         :class:`MediaSecurityRefused` when the policy needs encryption this leg cannot get,
-        :class:`KeyExchangeFailed` for a plugin's bug."""
+        :class:`KeyExchangeFailed` for a plugin's bug, :class:`CodecsRefused` when the leg's
+        phone takes none of its codecs."""
+        if self.codecs is not None:
+            offer = self._device_codecs(offer, reorder=True)
         streams: list[StreamSecurity] = []
         media_out: list[MediaDescription] = []
         for index, offered in enumerate(offer.media):
@@ -463,6 +483,36 @@ class LegSecurity:
         self._offered = streams
         self._answer_pending = False
         return self.ice.add_to_offer(offer.with_media(media_out))
+
+    def _device_codecs(self, sdp: SessionDescription, *, reorder: bool) -> SessionDescription:
+        """``sdp`` with only the audio codecs of :attr:`codecs` (``only_codecs``): ours to the
+        phone in its order of preference, the phone's own in its order. An audio line left with
+        none goes at port 0 (RFC 3264 §6, §8.2); an offer left with no line at all is refused
+        (:class:`CodecsRefused`): a phone offered what it cannot decode would answer it
+        wrongly or play noise, and one whose offer we narrowed to nothing gets 488, the
+        status RFC 3261 §21.4.26 has for it."""
+        assert self.codecs is not None
+        media_out: list[MediaDescription] = []
+        lost: list[str] = []
+        for media in sdp.media:
+            kept = only_codecs(media, self.codecs, reorder=reorder)
+            if kept is None:
+                lost += [r.encoding for r in offered_formats(media)]
+                kept = rejected_media(media)
+            media_out.append(kept)
+        if not lost:
+            return sdp.with_media(media_out)
+        if any([m.port != 0 for m in sdp.media]) and not any([m.port != 0 for m in media_out]):
+            device = self.leg.device if self.leg is not None else None
+            whose = f"device profile {device.name!r}" if device is not None else "the device"
+            # The audio codecs, not telephone-event or CN, which alone play nothing.
+            audio = [name for name in lost if name.upper() not in AUXILIARY_FORMATS]
+            offered = ", ".join(dict.fromkeys(audio)) or "none"
+            raise CodecsRefused(
+                f"{whose} takes none of the audio codecs offered ({offered}); "
+                f"it takes {', '.join(self.codecs)}"
+            )
+        return sdp.with_media(media_out)
 
     def _fax_checked(
         self, index: int, media: MediaDescription, stream: StreamSecurity, what: str

@@ -154,6 +154,53 @@ def _codecs_by_format(media: MediaDescription) -> dict[int, RtpMap | None]:
     return {pt: rtpmaps.get(pt) or STATIC_PAYLOAD_TYPES.get(pt) for pt in media.payload_types}
 
 
+# Formats that carry no audio of their own: RFC 4733 events and RFC 3389 comfort noise (with
+# RFC 2198 redundancy, which wraps another format). An audio line left with only these has
+# nothing a phone could play (only_codecs).
+AUXILIARY_FORMATS = frozenset({"TELEPHONE-EVENT", "CN", "RED"})
+
+
+def only_codecs(
+    media: MediaDescription, codecs: Sequence[str], *, reorder: bool
+) -> MediaDescription | None:
+    """``media`` (an audio RTP line) with only the formats whose encoding name is one of
+    ``codecs`` (case-insensitive), their a=rtpmap, a=fmtp and a=rtcp-fb lines with them;
+    ``reorder``: in the order of ``codecs`` (our offer: RFC 3264 §5.1, the formats are in order
+    of preference), else in the line's own (a peer's offer: its preference is its own).
+    telephone-event and CN are formats like any other: kept only when ``codecs`` names them.
+    None when no format is left but those of :data:`AUXILIARY_FORMATS` (nothing to play). Any
+    other line (video, T.38, rejected) is returned as it is. A format without a known codec (a
+    dynamic number without a=rtpmap) names none of ``codecs`` and goes."""
+    if media.media != "audio" or media.is_rejected or not media.is_rtp:
+        return media
+    rank = {name.upper(): order for order, name in enumerate(codecs)}
+    kept: list[tuple[int, int, int]] = []  # (rank, position, payload type)
+    playable = False
+    for position, (pt, rtpmap) in enumerate(_codecs_by_format(media).items()):
+        if rtpmap is None:
+            continue
+        name = rtpmap.encoding.upper()
+        if name in rank:
+            kept.append((rank[name] if reorder else 0, position, pt))
+            playable = playable or name not in AUXILIARY_FORMATS
+    if not playable:
+        return None
+    if len(kept) == len(media.formats) and not reorder:
+        return media
+    kept.sort()
+    numbers = {str(pt) for _, _, pt in kept}
+
+    def other_format(attribute: Attribute) -> bool:
+        if attribute.name not in ("rtpmap", "fmtp", "rtcp-fb"):
+            return False
+        fmt = (attribute.value or "").split(" ", 1)[0]
+        return fmt != "*" and fmt not in numbers
+
+    return media.with_formats(str(pt) for _, _, pt in kept).with_attributes(
+        media.attributes.remove_if(other_format)
+    )
+
+
 def intersect_codecs(
     offered: MediaDescription, local_caps: Sequence[Codec], *, prefer: Preference = "offerer"
 ) -> tuple[NegotiatedFormat, ...]:

@@ -15,8 +15,9 @@ from gateway.core.sip.uri import SipUri
 
 def _load(table: dict[str, object]):  # type: ignore[no-untyped-def]
     config = from_mapping({"plugins": {"enable": ["example-calls"], "example-calls": table}})
-    # Registered as an object rather than through its entry point, so the test needs no install.
-    return load_plugins(config, extra=[("example-calls", plugin)], installed={})
+    # Registered as an object rather than through its entry point, so the test needs no install;
+    # a fresh instance per gateway, as each keeps its own settings.
+    return load_plugins(config, extra=[("example-calls", plugin.ExampleCalls())], installed={})
 
 
 class Phones:
@@ -53,6 +54,23 @@ def test_a_short_code_rings_the_account_it_names() -> None:
     assert route(request=_invite("bob"), caller=ALICE, directory=Phones()) is None
     trunk = Caller(kind="trunk", name="carrier")
     assert route(request=_invite("*1"), caller=trunk, directory=Phones()) is None
+
+
+def test_each_gateway_keeps_its_own_settings() -> None:
+    # The settings live on the plugin object gateway_configure was given, not in the module:
+    # two gateways in one process (tests, an embedding) route by their own tables.
+    first = _load({"short_codes": ["*1=reception"]})
+    second = _load({"short_codes": ["*1=nobody"]})
+    decision = first.hook.gateway_route_call(
+        request=_invite("*1"), caller=ALICE, directory=Phones()
+    )
+    assert decision.targets[0].account == "reception"
+    refused = second.hook.gateway_route_call(
+        request=_invite("*1"), caller=ALICE, directory=Phones()
+    )
+    assert refused.reject_status == 480
+    # The object the entry point names is the one `voipgw run` uses.
+    assert isinstance(plugin.plugin, plugin.ExampleCalls)
 
 
 def test_a_short_code_without_an_account_is_refused_at_start_up() -> None:

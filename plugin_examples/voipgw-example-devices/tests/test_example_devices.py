@@ -3,7 +3,7 @@ from __future__ import annotations
 import voipgw_example_devices as plugin
 
 from gateway.core.config import ConfigError, from_mapping
-from gateway.core.interfaces import DeviceProfile, LegInfo, OutboundMessage
+from gateway.core.interfaces import DeviceProfile, InboundMessage
 from gateway.core.plugins import load_plugins
 from gateway.core.sip.message import Headers, Request
 from gateway.core.sip.uri import SipUri
@@ -46,43 +46,40 @@ def test_bad_config_names_table_and_key() -> None:
         raise AssertionError("a string where a list belongs must be refused")
 
 
-OFFER = (
-    b"v=0\r\no=voipgw 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"
-    b"m=audio 30000 RTP/AVP 9 0 8 18 101\r\na=rtpmap:9 G722/8000\r\na=rtpmap:18 G729/8000\r\n"
-    b"a=fmtp:18 annexb=no\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n"
-)
-
-
-def _invite_to(device: str) -> OutboundMessage:
-    invite = Request("INVITE", SipUri("sip", "192.0.2.9", user="alice"), Headers.of([]))
-    invite = invite.with_body(OFFER, "application/sdp")
-    leg = LegInfo(
-        call_id="c1",
-        side="b",
-        kind="account",
-        name="alice",
-        secure_signalling=True,
-        device=DeviceProfile(name=device),
-    )
-    return OutboundMessage(message=invite, flow=None, leg=leg)
-
-
-def test_only_the_codecs_the_model_takes_are_offered_to_it() -> None:
+def test_the_profiles_carry_the_codecs_the_model_decodes() -> None:
     plugins = _load({"codecs": ["PCMU", "PCMA", "telephone-event"]})
-    outbound = _invite_to("acme-t1")
-    plugins.hook.gateway_outbound_message(outbound=outbound)
-    body = outbound.message.body.decode()
-    assert "m=audio 30000 RTP/AVP 0 8 101\r\n" in body
-    assert "G722" not in body and "G729" not in body and "annexb" not in body
-    assert "a=rtpmap:101 telephone-event/8000" in body and "a=fmtp:101 0-16" in body
-
-    other = _invite_to("yealink-t4")  # another plugin's phone: left alone
-    plugins.hook.gateway_outbound_message(outbound=other)
-    assert other.message.body == OFFER
+    profile = plugins.device_profiles.get("acme-t1")
+    assert profile is not None and profile.codecs == ("PCMU", "PCMA", "telephone-event")
+    unlimited = _load({}).device_profiles.get("acme-t1")
+    assert unlimited is not None and unlimited.codecs is None
 
 
-def test_without_codecs_the_sdp_is_left_alone() -> None:
+RPID = '"Reception" <sip:200@pbx.example>;party=calling;screen=yes;privacy=off'
+
+
+def _from_phone(device: str | None) -> InboundMessage:
+    invite = Request(
+        "INVITE",
+        SipUri("sip", "192.0.2.9", user="100"),
+        Headers.of([("User-Agent", "Acme-T1 2.0"), ("Remote-Party-ID", RPID)]),
+    )
+    profile = DeviceProfile(name=device) if device is not None else None
+    return InboundMessage(message=invite, flow=None, device=profile)  # type: ignore[arg-type]
+
+
+def test_an_acme_phones_remote_party_id_becomes_p_asserted_identity() -> None:
     plugins = _load({})
-    outbound = _invite_to("acme-t1")
-    plugins.hook.gateway_outbound_message(outbound=outbound)
-    assert outbound.message.body == OFFER
+    inbound = _from_phone("acme-t1")
+    plugins.hook.gateway_inbound_message(inbound=inbound)
+    headers = inbound.message.headers
+    assert headers.get("P-Asserted-Identity") == '"Reception" <sip:200@pbx.example>'
+    assert headers.get("Remote-Party-ID") is None
+
+
+def test_other_devices_messages_are_left_alone() -> None:
+    plugins = _load({})
+    for device in ("yealink-t4", None):
+        inbound = _from_phone(device)
+        before = inbound.message
+        plugins.hook.gateway_inbound_message(inbound=inbound)
+        assert inbound.message is before

@@ -18,7 +18,7 @@ import trio
 from gateway.core.calls import records
 from gateway.core.hookspecs import hookimpl
 from gateway.core.ids import SeededIds
-from gateway.core.interfaces import Caller, Directory, RouteDecision
+from gateway.core.interfaces import Caller, Directory, LegInfo, RouteDecision
 from gateway.core.logs import WITHHELD
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sip.dialog import DialogState
@@ -400,6 +400,35 @@ async def test_media_ports_are_released_after_normal_rejected_and_cancelled_call
 # -- 6. a failing routing plugin -----------------------------------------------------------------
 
 
+class FailingPolicy:
+    """A plugin whose gateway_media_security_policy hook raises."""
+
+    @hookimpl
+    def gateway_media_security_policy(self, leg: LegInfo) -> None:
+        raise LookupError("policy table")
+
+
+async def test_a_failing_media_policy_hook_ends_the_call_naming_the_plugin(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    env = await start_b2bua(
+        nursery, tmp_path, voipgw_seed, plugins=[("failing-policy", FailingPolicy())]
+    )
+    with caplog.at_level(logging.ERROR, logger="gateway.core.calls"):
+        call = await env.trunk.invite(env.did_uri(ALICE_DID))
+        assert (await call.final()).status == 500
+        await eventually(lambda: env.calls == 0)
+    assert (
+        "PluginHookError: plugin 'failing-policy' raised LookupError in "
+        "gateway_media_security_policy" in caplog.text
+    )
+    assert "policy table" not in caplog.text
+
+
 class RouterFailingOnce:
     """A plugin whose gateway_route_call hook raises for the first call and defers afterwards."""
 
@@ -440,6 +469,20 @@ async def test_a_failing_route_call_hook_ends_only_that_call_with_500(
     failures = [r for r in caplog.records if r.exc_text is not None]
     assert len(failures) == 1
     assert f"RuntimeError: {WITHHELD}" in caplog.text and "router bug" not in caplog.text
+    # pluggy's hook call does not say whose hook raised: the core does, in the traceback's last
+    # line and in the call's record.
+    assert (
+        "PluginHookError: plugin 'failing-router' raised RuntimeError in gateway_route_call"
+        in caplog.text
+    )
+    records = env.gateway.calls.records if env.gateway.calls is not None else None
+    assert records is not None
+    records.flush()
+    assert env.gateway.store is not None
+    (record,) = env.gateway.store.call_records_recent()
+    assert record.end_reason == (
+        "internal error: plugin 'failing-router' raised RuntimeError in gateway_route_call"
+    )
 
     # The gateway keeps serving: the next call goes through.
     call, leg_b = await answered_call(env)

@@ -4,6 +4,7 @@ default routing and its answers, the gateway_route_call hook, and where targets 
 from __future__ import annotations
 
 import logging
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from gateway.core.calls.routing import (
 from gateway.core.config import TrunkConfig
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import Caller, Directory, RouteDecision, RouteTarget
-from gateway.core.plugins import new_plugin_manager
+from gateway.core.plugins import PluginHookError, new_plugin_manager
 from gateway.core.sip.grammar import parse_uri_untrusted
 from gateway.core.sip.message import Request
 from gateway.core.store.interface import Binding, BindingFlow
@@ -605,14 +606,46 @@ def test_unusable_plugin_answers_raise(directory: GatewayDirectory, answer: obje
     assert "gateway_route_call" in str(info.value)
 
 
-def test_a_plugin_exception_propagates(directory: GatewayDirectory) -> None:
-    class Broken:
-        @hookimpl
-        def gateway_route_call(self) -> None:
-            raise KeyError("boom")
+def _lookup(table: dict[str, str], key: str) -> str:
+    return table[key]  # a frame below the hook's own: still the plugin's
 
-    with pytest.raises(KeyError):
-        route_call(hook_with(Broken()), invite("sip:alice@x"), ACCOUNT, directory)
+
+class Broken:
+    @hookimpl
+    def gateway_route_call(self) -> None:
+        _lookup({}, "boom")
+
+
+class Deferring:
+    @hookimpl
+    def gateway_route_call(self) -> None:
+        return None
+
+
+def test_a_plugin_exception_ends_the_call_naming_the_plugin(directory: GatewayDirectory) -> None:
+    pm = new_plugin_manager()
+    pm.register(Deferring(), name="first-router")
+    pm.register(Broken(), name="acme-router")
+    pm.register(Deferring(), name="last-router")  # asked first, defers to acme-router
+    with pytest.raises(PluginHookError) as info:
+        route_call(pm.hook, invite("sip:alice@x"), ACCOUNT, directory)
+    assert str(info.value) == "plugin 'acme-router' raised KeyError in gateway_route_call"
+    assert info.value.plugin == "acme-router" and info.value.hook == "gateway_route_call"
+    assert isinstance(info.value.__cause__, KeyError)  # its traceback: the plugin's frames
+
+
+def test_a_module_plugins_exception_is_named_too(directory: GatewayDirectory) -> None:
+    module = types.ModuleType("acme_router")
+
+    @hookimpl
+    def gateway_route_call(request: Request) -> None:
+        raise ValueError("nope")
+
+    module.gateway_route_call = gateway_route_call  # type: ignore[attr-defined]
+    pm = new_plugin_manager()
+    pm.register(module, name="acme-module")
+    with pytest.raises(PluginHookError, match="plugin 'acme-module' raised ValueError"):
+        route_call(pm.hook, invite("sip:alice@x"), ACCOUNT, directory)
 
 
 # -- where targets go -------------------------------------------------------------------------

@@ -171,3 +171,51 @@ def test_the_cores_errors_written_for_the_operator_keep_their_text(site: Path) -
         with pytest.raises(PluginError) as failed:
             load_plugins(from_mapping({"plugins": {"enable": [name]}}))
         assert str(failed.value).endswith("/etc/voipgw/ca.key holds no PEM")
+
+
+def test_voipgw_plugins_lists_the_others_and_says_the_error_as_run_does(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `voipgw run` and `check-config` stop on the plugin (docs/plugin_hooks.md); `voipgw
+    # plugins` says the same line and exit status, and still lists what the others register.
+    install(site, "leaky_cli", LEAKS_AT_IMPORT)
+    install(
+        site,
+        "leaky_config",
+        """\
+        from gateway.core.hookspecs import hookimpl
+
+        @hookimpl
+        def gateway_plugin_config():
+            raise RuntimeError("no")
+        """,
+    )
+    config = site / "voipgw.toml"
+    config.write_text(
+        '[plugins]\nenable = ["udp", "leaky_cli", "leaky_config"]\n'
+        "[plugins.leaky_config]\nkey = 1\n"  # its table goes with it
+    )
+    assert cli.main(["plugins", "--config", str(config)]) == cli.EXIT_USAGE
+    out, err = capsys.readouterr()
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert rows["udp"].split()[1] == "enabled" and "transports: udp" in rows["udp"]
+    for name in ("leaky_cli", "leaky_config"):
+        assert rows[name].split()[1:4] == ["FAILED", name, "1.0"]
+        assert "(not loaded: see the plugin error below)" in rows[name]
+    assert rows["tcp"].split()[1] == "disabled"
+    lines = err.splitlines()
+    assert lines[0] == (
+        "voipgw: plugin error: plugin 'leaky_cli' (leaky_cli from leaky_cli 1.0) failed to "
+        f"import: ValueError at {site / 'leaky_cli.py'}:3: {WITHHELD} {SHOW_TEXT_HINT}"
+    )
+    assert lines[1].startswith(
+        "voipgw: plugin error: plugin 'leaky_config' failed in gateway_plugin_config: "
+        "RuntimeError at "
+    )
+    assert len(lines) == 2 and SECRET not in out + err
+    # What `run` and `check-config` say of it: the same line, and they stop there.
+    config.write_text('[plugins]\nenable = ["udp", "leaky_cli"]\n')
+    assert cli.main(["check-config", str(config)]) == cli.EXIT_USAGE
+    assert capsys.readouterr().err == err.splitlines(keepends=True)[0]
+    assert cli.main(["run", "--config", str(config), "--state-dir", str(site)]) == cli.EXIT_USAGE
+    assert capsys.readouterr().err == err.splitlines(keepends=True)[0]

@@ -162,6 +162,68 @@ def test_exception_in_a_registration_hook_names_the_plugin() -> None:
         load_plugins(config_enabling("boomer"), extra=[("boomer", plugin)], installed={})
 
 
+def test_gateway_configure_gets_the_table_before_any_registration() -> None:
+    # The supported way for decision hooks to read settings (docs/plugin_hooks.md, "Settings
+    # in decision hooks"): an object keeps what gateway_configure gave it.
+    @attrs.frozen
+    class Settings:
+        prefix: str
+
+    order: list[str] = []
+
+    class Router:
+        def __init__(self) -> None:
+            self.settings: Settings | None = None
+
+        @hookimpl
+        def gateway_plugin_config(self) -> type:
+            return Settings
+
+        @hookimpl
+        def gateway_configure(self, config: Settings) -> None:
+            order.append("configure")
+            self.settings = config
+
+        @hookimpl
+        def gateway_register_transports(self, registry: object) -> None:
+            order.append("register")
+            assert self.settings is not None  # already there
+
+    bare = make_plugin(gateway_configure=lambda config: order.append(f"bare {config}"))
+    router = Router()
+    load_plugins(
+        config_enabling("bare", "router", tables={"router": {"prefix": "+49"}}),
+        extra=[("bare", bare), ("router", router)],
+        installed={},
+    )
+    assert router.settings == Settings(prefix="+49")
+    # Oldest first, as registrations; a plugin without a table gets None.
+    assert order == ["bare None", "configure", "register"]
+
+
+def test_gateway_configure_errors_name_the_plugin_or_keep_the_operators_text() -> None:
+    def explode(config):  # type: ignore[no-untyped-def]
+        raise RuntimeError("boom")
+
+    def refuse(config):  # type: ignore[no-untyped-def]
+        raise PluginError("[plugins.picky] codes: '*' is not CODE=ACCOUNT")
+
+    with pytest.raises(PluginError, match="'boomer' failed in gateway_configure: RuntimeError"):
+        load_plugins(
+            config_enabling("boomer"),
+            extra=[("boomer", make_plugin(gateway_configure=explode))],
+            installed={},
+        )
+    with pytest.raises(PluginError) as info:
+        load_plugins(
+            config_enabling("picky"),
+            extra=[("picky", make_plugin(gateway_configure=refuse))],
+            installed={},
+        )
+    assert str(info.value) == "[plugins.picky] codes: '*' is not CODE=ACCOUNT"
+    assert info.value.plugin == "picky"  # `voipgw plugins` lists the others without it
+
+
 def test_firstresult_decision_hook_later_plugin_wins() -> None:
     first = make_plugin(gateway_identify_device=lambda request: DeviceProfile(name="first"))
     second = make_plugin(gateway_identify_device=lambda request: DeviceProfile(name="second"))

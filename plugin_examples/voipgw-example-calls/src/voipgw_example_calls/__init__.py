@@ -1,8 +1,11 @@
 """Example voipgw plugin: a call log written by a media tap, and short codes routed to accounts.
 
 Shows a tap (a sink per answered call, whose ``run`` task writes the file off the event loop)
-and a decision hook that needs the plugin's configuration: decision hooks get no ``config``, so
-the registration hook, which runs once at start-up before any call, keeps what they need.
+and a decision hook that needs the plugin's configuration. Decision hooks get no ``config``:
+the plugin is an object (its entry point names ``plugin``, an instance of
+:class:`ExampleCalls`), whose ``gateway_configure`` hook, called once at start-up before any
+registration and any call, keeps the settings on the instance for ``gateway_route_call``
+(docs/plugin_hooks.md, "Settings in decision hooks").
 """
 
 from __future__ import annotations
@@ -83,41 +86,52 @@ class CallLog:
         return CallLogSink(call, self.path)
 
 
-# What gateway_route_call needs of the configuration, kept by the registration hook below.
-SHORT_CODES: dict[str, str] = {}
+class ExampleCalls:
+    """The plugin: one instance per gateway (the entry point's ``plugin`` for ``voipgw run``;
+    a test makes its own), holding the settings its decision hook needs."""
+
+    def __init__(self) -> None:
+        self.short_codes: dict[str, str] = {}
+
+    @hookimpl
+    def gateway_plugin_config(self) -> type:
+        return ExampleCallsConfig
+
+    @hookimpl
+    def gateway_configure(self, config: ExampleCallsConfig) -> None:
+        codes: dict[str, str] = {}
+        for entry in config.short_codes:
+            code, _, account = entry.partition("=")
+            if not code or not account:
+                # PluginError's text is shown to the operator: say what to change.
+                raise PluginError(
+                    f"[plugins.example-calls] short_codes: {entry!r} is not CODE=ACCOUNT"
+                )
+            codes[code] = account
+        self.short_codes = codes
+
+    @hookimpl
+    def gateway_register_media_taps(
+        self, registry: Registry[MediaTap], config: ExampleCallsConfig
+    ) -> None:
+        registry.add("example-calls", CallLog(os.path.join(config.state_dir, config.log_file)))
+
+    @hookimpl
+    def gateway_route_call(
+        self, request: Request, caller: Caller, directory: Directory
+    ) -> RouteDecision | None:
+        """A short code dialled by one of our accounts rings the account it names."""
+        if caller.kind != "account":
+            return None
+        user = getattr(request.uri, "user", None)
+        account = self.short_codes.get(user or "")
+        if account is None:
+            return None  # not ours: the next plugin's, or the core's routing
+        contacts = tuple(directory.contacts(account))
+        if not contacts:
+            return RouteDecision.reject(480, "Temporarily Unavailable")
+        return RouteDecision(targets=contacts)
 
 
-@hookimpl
-def gateway_plugin_config() -> type:
-    return ExampleCallsConfig
-
-
-@hookimpl
-def gateway_register_media_taps(registry: Registry[MediaTap], config: ExampleCallsConfig) -> None:
-    codes: dict[str, str] = {}
-    for entry in config.short_codes:
-        code, _, account = entry.partition("=")
-        if not code or not account:
-            # PluginError's text is shown to the operator: say what to change.
-            raise PluginError(f"[plugins.example-calls] short_codes: {entry!r} is not CODE=ACCOUNT")
-        codes[code] = account
-    SHORT_CODES.clear()
-    SHORT_CODES.update(codes)
-    registry.add("example-calls", CallLog(os.path.join(config.state_dir, config.log_file)))
-
-
-@hookimpl
-def gateway_route_call(
-    request: Request, caller: Caller, directory: Directory
-) -> RouteDecision | None:
-    """A short code dialled by one of our accounts rings the account it names."""
-    if caller.kind != "account":
-        return None
-    user = getattr(request.uri, "user", None)
-    account = SHORT_CODES.get(user or "")
-    if account is None:
-        return None  # not ours: the next plugin's, or the core's routing
-    contacts = tuple(directory.contacts(account))
-    if not contacts:
-        return RouteDecision.reject(480, "Temporarily Unavailable")
-    return RouteDecision(targets=contacts)
+# What the entry point names ("voipgw_example_calls:plugin", pyproject.toml).
+plugin = ExampleCalls()

@@ -1,8 +1,10 @@
 """Example voipgw plugin: device profiles for the fictional Acme phone range.
 
-Shows the kinds of hook a device plugin usually needs: a config table, a registration hook, a
-decision hook, and an adjusting hook for what a profile cannot say (the codecs a model takes).
-Everything here is synchronous and quick: hooks run on the gateway's event loop.
+Shows the kinds of hook a device plugin usually needs: a config table, a registration hook
+(profiles, with the codecs a model decodes), a decision hook, and an inbound fix-up for a
+firmware quirk a profile cannot say (Acme phones send ``Remote-Party-ID`` where the core reads
+``P-Asserted-Identity``). Everything here is synchronous and quick: hooks run on the gateway's
+event loop.
 """
 
 from __future__ import annotations
@@ -12,13 +14,9 @@ from typing import Literal
 import attrs
 
 from gateway.core.hookspecs import hookimpl
-from gateway.core.interfaces import CallEvent, DeviceProfile, OutboundMessage
+from gateway.core.interfaces import CallEvent, DeviceProfile, InboundMessage
 from gateway.core.plugins import Registry
-from gateway.core.sdp.errors import SdpError
-from gateway.core.sdp.model import MediaDescription
-from gateway.core.sdp.parser import parse_sdp_untrusted
-from gateway.core.sdp.serializer import serialize_sdp
-from gateway.core.sip.message import Request, Response
+from gateway.core.sip.message import Request
 from gateway.core.transport.flows import Flow
 
 
@@ -35,18 +33,17 @@ class ExampleDevicesConfig:
     # INFO only: the gateway then offers telephone-event to the other leg on its behalf and
     # converts the digits both ways, docs/architecture.md "DTMF interworking").
     dtmf: Literal["rfc4733", "info"] = "rfc4733"
-    # The audio codecs the firmware takes, by rtpmap encoding name (["PCMU", "PCMA",
-    # "telephone-event"] for a G.711-only model); None: any. A profile has no codec list, so the
-    # gateway_outbound_message hook below removes the others from the SDP sent to these phones.
+    # The audio codecs the firmware decodes, by rtpmap encoding name in its order of preference
+    # (["PCMU", "PCMA", "telephone-event"] for a G.711-only model); None: any. The profile's
+    # codecs: the gateway offers these phones nothing else and narrows their own offers to them.
     codecs: tuple[str, ...] | None = None
 
 
 # Call events seen by this plugin, by kind (a real plugin would export metrics).
 EVENTS_SEEN: dict[str, int] = {}
 
-# What gateway_outbound_message needs of the configuration: adjusting and decision hooks get no
-# ``config``, so the registration hook keeps it here (profile name -> codecs it takes).
-CODECS: dict[str, frozenset[str]] = {}
+# The names of this plugin's profiles, for gateway_inbound_message.
+ACME = "acme-"
 
 
 @hookimpl
@@ -58,10 +55,7 @@ def gateway_plugin_config() -> type:
 def gateway_register_device_profiles(
     registry: Registry[DeviceProfile], config: ExampleDevicesConfig
 ) -> None:
-    CODECS.clear()
     for model in config.models:
-        if config.codecs is not None:
-            CODECS[model.lower()] = frozenset(codec.upper() for codec in config.codecs)
         registry.add(
             model.lower(),
             DeviceProfile(
@@ -70,6 +64,7 @@ def gateway_register_device_profiles(
                 media_policy=config.media_policy,
                 key_exchanges=config.key_exchanges,
                 dtmf=config.dtmf,
+                codecs=config.codecs,
                 notes="example profile",
             ),
         )
@@ -89,37 +84,18 @@ def gateway_call_event(event: CallEvent) -> None:
 
 
 @hookimpl
-def gateway_outbound_message(outbound: OutboundMessage) -> None:
-    """Keep only the codecs the model takes in the SDP the gateway sends to one of its phones
-    (our offer in the INVITE to it; our answers hold only what its own offer had)."""
-    leg, message = outbound.leg, outbound.message
-    if not CODECS or leg is None or leg.device is None:
-        return  # cheap: this runs for every message the gateway sends
-    codecs = CODECS.get(leg.device.name)
-    if codecs is None or not isinstance(message, Request | Response) or not message.body:
+def gateway_inbound_message(inbound: InboundMessage) -> None:
+    """Acme firmware sends the caller's identity as ``Remote-Party-ID`` (an expired draft);
+    the core, and the trunks our calls go on to, read ``P-Asserted-Identity`` (RFC 3325 §9.1).
+    Runs for every message the gateway receives: return at once for what is not ours."""
+    device, message = inbound.device, inbound.message
+    if device is None or not device.name.startswith(ACME) or not isinstance(message, Request):
         return
-    if (message.content_type or "").lower() != "application/sdp":
+    headers = message.headers
+    rpid = headers.get("Remote-Party-ID")
+    if rpid is None or headers.get("P-Asserted-Identity") is not None:
         return
-    try:
-        sdp = parse_sdp_untrusted(message.body)
-        media = tuple(_only(section, codecs) for section in sdp.media)
-    except SdpError:
-        return
-    outbound.message = message.with_body(serialize_sdp(attrs.evolve(sdp, media=media)))
-
-
-def _only(section: MediaDescription, codecs: frozenset[str]) -> MediaDescription:
-    """An audio section with only ``codecs`` among its formats, and their rtpmap and fmtp."""
-    if section.media != "audio" or section.is_rejected or not section.is_rtp:
-        return section
-    kept = [
-        str(pt)
-        for pt in section.payload_types
-        if (rtpmap := section.rtpmap(pt)) is not None and rtpmap.encoding.upper() in codecs
-    ]
-    if not kept:
-        return section  # none left: the phone refuses the call (488), as it would have
-    attributes = section.attributes.remove_if(
-        lambda a: a.name in ("rtpmap", "fmtp") and (a.value or "").split(" ", 1)[0] not in kept
-    )
-    return section.with_formats(kept).with_attributes(attributes)
+    # The name-addr without the draft's parameters (party, screen, privacy).
+    identity = rpid.split(">", 1)[0] + ">" if ">" in rpid else rpid.split(";", 1)[0]
+    headers = headers.remove("Remote-Party-ID").add("P-Asserted-Identity", identity)
+    inbound.message = message.with_headers(headers)
