@@ -197,9 +197,7 @@ def test_answer_prefers_the_policy_order_over_the_offer_order(
     offer: list[tuple[int, str]], policy: list[str], tag: int
 ) -> None:
     ke, _ = exchange(2)
-    b = ke.answer(
-        [line(t, suite, t) for t, suite in offer], suites=policy, secure_signalling=True
-    )
+    b = ke.answer([line(t, suite, t) for t, suite in offer], suites=policy, secure_signalling=True)
     assert b is not None
     answer = parse_crypto_untrusted(crypto_values(b.local_sdp_attributes())[0])
     assert answer.tag == tag
