@@ -37,7 +37,7 @@ __all__ = ["ReplayCache", "ReplayJournal"]
 
 class ReplayJournal(Protocol):
     """Where a :class:`ReplayCache` keeps what it saw across restarts (one ``scope`` per
-    cache). Implementations log their own failures and never raise."""
+    cache). Implementations log their own failures; only :meth:`load` raises (``OSError``)."""
 
     def load(self, scope: str, *, since: float) -> tuple[list[tuple[bytes, float, bool]], float]:
         """The digests with T at or after ``since`` as (digest, T, ours), and the floor.

@@ -47,7 +47,7 @@ class ReplayStore:
                 "SELECT digest, t, own FROM seen WHERE scope = ? AND t >= ?", (scope, since)
             ).fetchall()
             floor = db.execute("SELECT floor FROM floors WHERE scope = ?", (scope,)).fetchone()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             log.error(
                 "MIKEY replay journal %s not read (%s): psk and dh-hmac messages stamped "
                 "before now plus the clock skew are refused as possible replays",
@@ -55,9 +55,6 @@ class ReplayStore:
                 exc,
             )
             raise OSError(str(exc)) from None
-        except OSError as exc:
-            log.error("MIKEY replay journal %s not read (%s)", self.path, exc)
-            raise
         entries = [(bytes(digest), float(t), bool(own)) for digest, t, own in rows]
         return entries, float(floor[0]) if floor is not None else float("-inf")
 
