@@ -361,6 +361,61 @@ def test_linphone_aes256_cm_to_baresip_aead_gcm_carries_audio_both_ways(tmp_path
     _assert_rekeyed(carol_to_gw, "AEAD_AES_256_GCM", gw_to_bob, "AES_256_CM_HMAC_SHA1_80")
 
 
+def test_linphone_listing_the_32_bit_tag_first_is_answered_with_its_80_bit_line(
+    tmp_path: Path,
+) -> None:
+    """RFC 4568 §7.1.1: the answerer picks among acceptable lines. linphone offers
+    AES_CM_128_HMAC_SHA1_32 as tag 1 and _80 as tag 2; the gateway answers tag 2 (the leg
+    policy's order, strongest first) and linphone takes that answer: audio both ways."""
+    with _gateway(tmp_path / "gw", {"bob": PASSWORDS["bob"], "carol": PASSWORDS["carol"]}) as gw:
+        for name in ("bob", "carol"):
+            gw.cli("accounts", "set", name, "--media-policy", "sdes")
+        account = LinphoneAccount(
+            f"sip:{LOOPBACK}:{gw.tls_port};transport=tls",
+            f"sip:bob@{LOOPBACK}",
+            PASSWORDS["bob"],
+        )
+        with (
+            Linphone(
+                tmp_path,
+                "bob",
+                account=account,
+                source=tone_wav(tmp_path / "bob.wav", TONES["bob"]),
+                media_encryption="srtp",
+                srtp_suites=("AES_CM_128_HMAC_SHA1_32", "AES_CM_128_HMAC_SHA1_80"),
+            ) as bob,
+            _baresip(tmp_path, "carol", "srtp-mand") as carol,
+        ):
+            bob.wait_registered()
+            carol.register_over_tls(
+                LOOPBACK, gw.tls_port, PASSWORDS[carol.name], mediaenc="srtp-mand"
+            )
+            bob.call(_tls_uri(gw, "carol"))
+            carol.wait_established()
+            bob.wait_connected()
+            carol.wait_audio(AUDIO_SECONDS)
+            bob.wait_audio(AUDIO_SECONDS)
+            live = gw.cli_until(lambda out: '"b"' in out, "calls", "--json")
+            bob.terminate()
+            carol.wait_closed()
+            bob.wait_ended()
+
+    bob_log = bob.log_path.read_text(errors="replace")
+    # linphone's offer lists the 32-bit tag first; the gateway's answer is its tag 2 alone.
+    assert re.search(r"a=crypto:1 AES_CM_128_HMAC_SHA1_32 inline:", bob_log)
+    assert re.search(r"a=crypto:2 AES_CM_128_HMAC_SHA1_80 inline:", bob_log)
+    assert "Negotiated media encryption is LinphoneMediaEncryptionSRTP" in bob_log
+    (record,) = json.loads(live)
+    (stream,) = record["security"]["a"]["streams"]
+    assert stream["suite"] == "AES_CM_128_HMAC_SHA1_80"
+    assert stream["sdes_answer_choice"] == (
+        "tag 2 AES_CM_128_HMAC_SHA1_80, first in the leg's policy order, over the offer's "
+        "first acceptable line, tag 1 AES_CM_128_HMAC_SHA1_32"
+    )
+    _assert_tone(analyse_tone(carol.received_audio()), TONES["bob"])
+    _assert_tone(analyse_tone(bob.received_audio()), TONES["carol"], share=0.85)
+
+
 # --- 3. SDES keys over UDP signalling ---------------------------------------------------------
 
 

@@ -71,7 +71,9 @@ address (direction ``a_to_b``), and the reverse.
   handshake task, which gives each datagram to the negotiation that claims its range). A side's
   RTP socket has one, and its RTCP socket too when the leg does not mux RTCP (RFC 5764 §4.1
   keys SRTCP from a handshake of its own). Answers leave with :meth:`StreamSide.send`. Only that
-  branch costs anything.
+  branch costs anything. A DTLS alert in clear (epoch 0: nothing authenticates it) from a
+  source that is neither the latched one nor the leg's SDP address is dropped and latches
+  nothing: one forged datagram must not end the handshake (RFC 6347 §4.1.2.7).
 - ICE (RFC 8445, the gateway as a lite agent: :mod:`~gateway.core.media.ice`): a side whose
   leg does ICE has an ICE handler on its sockets (:meth:`StreamSide.set_ice_handler`). STUN
   (first octet 0..3) goes to it from any source, since checks come from every candidate of the
@@ -502,6 +504,43 @@ class _Endpoint:
         self.dropped_blocked = 0
         self.receive_errors = 0
         self.tap_errors = 0
+
+
+_DTLS_ALERT = 21  # RFC 6347 §4.1: ContentType alert
+_DTLS_RECORD_HEADER = 13  # type (1), version (2), epoch (2), sequence number (6), length (2)
+
+
+def _has_plaintext_alert(packet: bytes) -> bool:
+    """Whether the datagram holds a DTLS alert record of epoch 0 (sent before any key: nothing
+    authenticates it). Several records may share a datagram (RFC 6347 §4.1.1); read up to the
+    first that does not fit."""
+    offset = 0
+    end = len(packet)
+    while offset + _DTLS_RECORD_HEADER <= end:
+        if packet[offset] == _DTLS_ALERT and packet[offset + 3] == 0 and packet[offset + 4] == 0:
+            return True
+        offset += _DTLS_RECORD_HEADER + (packet[offset + 11] << 8 | packet[offset + 12])
+    return False
+
+
+def _from_sdp_address(ep: _Endpoint, source: Address) -> bool:
+    """Whether ``source`` is the address the SDP of ``ep``'s leg gave for this socket's
+    traffic (RTP, or RTCP: a=rtcp or the RTP port + 1, RFC 3605 §2.1)."""
+    stream = ep.stream
+    if stream is None:
+        return False
+    for side in (stream.a, stream.b):
+        remote = side._remote_rtp
+        if remote is None:
+            continue
+        if side._rtp is ep:
+            return source[:2] == remote
+        if side._rtcp is ep:
+            rtcp = side._remote_rtcp
+            if rtcp is None:
+                rtcp = (remote[0], remote[1] + 1)
+            return source[:2] == rtcp or (side._rtcp_mux and source[:2] == remote)
+    return False
 
 
 def _unlatch(ep: _Endpoint) -> None:
@@ -2205,8 +2244,16 @@ class MediaRelay:
         if ep.non_rtp is None:  # an ICE socket without a key exchange: nothing takes it
             ep.dropped_malformed += 1
             return
-        if source != ep.source and not self._latch(ep, source, now):
-            return
+        if source != ep.source:
+            if _has_plaintext_alert(packet) and not _from_sdp_address(ep, source):
+                # An unauthenticated DTLS alert (epoch 0, RFC 6347 §4.1.2.7 lets such records
+                # be discarded) from anyone but the latched peer or its SDP address would end
+                # the handshake, and latch the socket to its sender: dropped. The peer's own
+                # alert comes from one of those two, so a genuine refusal still ends at once.
+                ep.dropped_unlatched_source += 1
+                return
+            if not self._latch(ep, source, now):
+                return
         handler = ep.non_rtp
         if handler is None:  # the latch's rebuild cannot clear it, but stay safe
             return

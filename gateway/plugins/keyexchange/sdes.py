@@ -19,10 +19,15 @@ core through ``interfaces.KeyNegotiation``. :class:`SdesKeyExchange` (the regist
   ``remote_sdp_attributes()``; once it is checked, ``KeysReady`` is queued. An answer that
   repeats the key we offered (a peer that copies the offer) is refused: both directions would
   share one key, and our own packets sent back to us would authenticate.
-- ``answer()``: the first offered line whose suite the policy allows and whose parameters we
-  support is accepted; the others are skipped, as RFC 4568 §7.1.2 asks, never failing the whole
-  offer. ``KeysReady`` is queued at once. When no line is acceptable the negotiation fails with
-  ``NegotiationFailed(reason, 488)``; the reason lists why each line was skipped.
+- ``answer()``: among the offered lines whose suite the policy allows and whose parameters we
+  support, the one whose suite comes first in the leg's policy order (strongest first by
+  default) is accepted; RFC 4568 §7.1.1 leaves the choice among acceptable lines to the
+  answerer, and an offer listing AES_CM_128_HMAC_SHA1_32 before _80 (or before AEAD_AES_128_GCM)
+  must not get the 32-bit tag only because it came first. ``answer_suite = "offer-order"``
+  restores the first acceptable line. The others are skipped, as RFC 4568 §7.1.2 asks, never
+  failing the whole offer. ``KeysReady`` is queued at once. When no line is acceptable the
+  negotiation fails with ``NegotiationFailed(reason, 488)``; the reason lists why each line was
+  skipped.
 - re-INVITE/UPDATE (RFC 4568 §7.1.4): ``offer(previous=...)`` and ``answer(..., previous=...)``
   keep the keys in force when nothing changed: a re-offer repeats the tag, suite and our key of the
   line in force; an answer to a re-offer whose accepted line has the same suite and the same peer
@@ -39,11 +44,22 @@ signalling (RFC 4568 §8.1). Deciding what a leg without TLS gets instead is the
 a negotiation created with ``secure_signalling=False`` fails at once and never makes or accepts a
 key, so a mistake upstream cannot put a key on the wire in clear.
 
-Not supported (lines carrying them are skipped, RFC 4568 §7.1.2): MKI and several master keys per
-line (§6.1), a key derivation rate other than 0 (§6.3.1), UNENCRYPTED_SRTP, UNENCRYPTED_SRTCP and
-UNAUTHENTICATED_SRTP (§6.3.2, §6.3.3), FEC_KEY (§6.3.5) and session parameters we do not know
-(§6.3.7). FEC_ORDER (§6.3.4) is accepted and has no effect (we send no FEC); WSH (§6.3.6) is a
-hint and is accepted (our replay window is the core's, at least 64).
+Key lifetimes (RFC 4568 §6.1, RFC 3711 §9.2): the lifetime binds the key's *sender*, who must
+re-key before it runs out. The gateway never re-keys an SDES stream on its own, nor counts
+packets per key, so a received key is only accepted when its lifetime is at least
+:data:`MIN_LIFETIME` (2^31 packets: 497 days of 50-packet/s audio, 24 days at 1,000 packets/s,
+past any call's session timer and inactivity limits); a shorter one would have to be re-keyed
+within a call (2^20 packets, the RFC's example, is 5.8 hours of audio) and the line is skipped,
+the reason saying so. Our own keys carry no lifetime (the SRTP default, 2^48), which libsrtp
+enforces itself (it refuses to protect past its hard limit). The accepted peer lifetime is in
+the leg's record (``sdes_peer_key_lifetime``).
+
+Not supported (lines carrying them are skipped, RFC 4568 §7.1.2): key lifetimes below
+:data:`MIN_LIFETIME` (above), MKI and several master keys per line (§6.1), a key derivation rate
+other than 0 (§6.3.1), UNENCRYPTED_SRTP, UNENCRYPTED_SRTCP and UNAUTHENTICATED_SRTP (§6.3.2,
+§6.3.3), FEC_KEY (§6.3.5) and session parameters we do not know (§6.3.7). FEC_ORDER (§6.3.4) is
+accepted and has no effect (we send no FEC); WSH (§6.3.6) is a hint and is accepted (our replay
+window is the core's, at least 64).
 
 Untrusted input is bounded (STYLE.md habit 5): see the ``MAX_*`` constants and the keyword
 arguments of :func:`parse_crypto_untrusted`. Errors are :class:`SdesError` (an ``SdpError``:
@@ -90,11 +106,13 @@ __all__ = [
     "MAX_KEY_PARAMS",
     "MAX_LIFETIME",
     "MAX_SESSION_PARAMS",
+    "MIN_LIFETIME",
     "TLS_REQUIRED_REASON",
     "CryptoAttribute",
     "KeyParam",
     "LocalSdesError",
     "Mki",
+    "SdesConfig",
     "SdesError",
     "SdesKeyExchange",
     "SdesNegotiation",
@@ -118,6 +136,12 @@ MAX_SESSION_PARAMS = 16
 """Most session parameters in one line."""
 MAX_LIFETIME = 1 << 48
 """Largest key lifetime in packets: SRTP's limit per master key (RFC 3711 §9.2)."""
+MIN_LIFETIME = 1 << 31
+"""Shortest key lifetime in packets accepted from a peer (module docstring): SRTCP's own limit
+per master key (RFC 3711 §9.2), what FreeSWITCH writes when it writes one."""
+ANSWER_SUITE_CHOICES = ("policy-order", "offer-order")
+"""How an answer picks among acceptable offered lines: the leg's policy order (default), or the
+first acceptable line of the offer (what the gateway did before session 33)."""
 
 _MAX_KEY_CHARS = 128  # base64 of the longest key-salt (46 octets) is 64 characters
 _MAX_MKI_LENGTH = 128  # RFC 4568 §6.1: MKI length 1..128 octets
@@ -479,6 +503,11 @@ class SdesNegotiation:
     _keys: SrtpKeys | None = None
     _failure: NegotiationFailed | None = None
     _events: deque[KeyNegotiationEvent] = attrs.Factory(deque)
+    _peer_lifetime: int | None = None
+    """The lifetime the peer stated for its key in force (None: the SRTP default, 2^48)."""
+    _choice: str | None = None
+    """How our answer's line was chosen, when the policy order took another than the offer's
+    first acceptable line (for the record)."""
 
     def __repr__(self) -> str:
         suite = self._keys.suite if self._keys is not None else None
@@ -505,6 +534,18 @@ class SdesNegotiation:
     @property
     def failure(self) -> NegotiationFailed | None:
         return self._failure
+
+    def security_record(self) -> dict[str, str | None]:
+        """For the leg's security record: the lifetime the peer gave its key, when it gave one
+        (the default is 2^48), and why our answer took another line than the offer's first
+        acceptable one."""
+        lifetime = self._peer_lifetime if self._keys is not None else None
+        return {
+            "sdes_peer_key_lifetime": (
+                f"{_lifetime_text(lifetime)} packets" if lifetime is not None else None
+            ),
+            "sdes_answer_choice": self._choice if self._keys is not None else None,
+        }
 
     # -- interfaces.KeyNegotiation --------------------------------------------------------------
 
@@ -555,10 +596,13 @@ class SdesNegotiation:
             # alike: every SRTP packet we send would then authenticate when sent back to us
             # (a reflection, RFC 3711 §9.1), so such an answer is refused.
             self._fail_and_raise(
-                f"the answer's a=crypto tag {answer.tag} repeats the key we offered "
-                "(each side must send its own key, RFC 4568 §5.1.2)"
+                f"the peer's answer copied the key of our offer's a=crypto tag {answer.tag} "
+                "instead of sending a key of its own: each side must send its own key (RFC 4568 "
+                "§5.1.2), and one key both ways would let our own SRTP sent back to us "
+                "authenticate (RFC 3711 §9.1); a peer bug, refused"
             )
         self._line_in_force = offered
+        self._peer_lifetime = answer.keys[0].lifetime
         self._establish(
             SrtpKeys(
                 offered.suite,
@@ -626,6 +670,14 @@ def _unsupported_params(line: CryptoAttribute) -> str | None:
         return "several master keys are not supported"
     if line.keys[0].mki is not None:
         return "MKI is not supported"
+    lifetime = line.keys[0].lifetime
+    if lifetime is not None and lifetime < MIN_LIFETIME:
+        # RFC 4568 §6.1: the sender must re-key when the lifetime runs out; we never ask it to
+        # (no re-INVITE of our own for it) and libsrtp does not count a peer's key against it.
+        return (
+            f"key lifetime {_lifetime_text(lifetime)} packets is below the 2^31 the gateway "
+            "needs (it does not re-key SDES before a lifetime runs out)"
+        )
     if line.kdr not in (None, 0):  # §6.3.1; libsrtp 2 derives session keys once
         return "a key derivation rate other than 0 is not supported"
     for flag in ("unencrypted_srtp", "unencrypted_srtcp", "unauthenticated_srtp"):
@@ -636,6 +688,11 @@ def _unsupported_params(line: CryptoAttribute) -> str | None:
     if line.extensions:  # §6.3.7: a parameter not understood makes the line unacceptable
         return "an unknown session parameter is not supported"
     return None
+
+
+def _lifetime_text(lifetime: int) -> str:
+    power = lifetime.bit_length() - 1
+    return f"2^{power}" if lifetime == 1 << power else str(lifetime)
 
 
 def _unacceptable(line: CryptoAttribute, allowed: Sequence[str]) -> str | None:
@@ -677,7 +734,9 @@ class SdesKeyExchange:
 
     ``suites`` are the leg's policy's suites in its order; those ``srtp.SUPPORTED_SUITES`` lacks
     are left out, and an empty sequence means :data:`DEFAULT_SUITES`. ``random_bytes`` must be a
-    CSPRNG; ``max_crypto_lines`` bounds the a=crypto lines read from one offer.
+    CSPRNG; ``max_crypto_lines`` bounds the a=crypto lines read from one offer;
+    ``answer_suite`` (:data:`ANSWER_SUITE_CHOICES`) says which acceptable offered line an answer
+    takes: the one first in the policy's order, or the offer's first.
     """
 
     name = "sdes"
@@ -690,12 +749,19 @@ class SdesKeyExchange:
         *,
         random_bytes: RandomBytes = os.urandom,
         max_crypto_lines: int = MAX_CRYPTO_LINES,
+        answer_suite: str = "policy-order",
     ) -> None:
+        if answer_suite not in ANSWER_SUITE_CHOICES:
+            raise ValueError(f"answer_suite: expected one of {', '.join(ANSWER_SUITE_CHOICES)}")
         self._random_bytes = random_bytes
         self.max_crypto_lines = max_crypto_lines
+        self.answer_suite = answer_suite
 
     def __repr__(self) -> str:
-        return f"<SdesKeyExchange max_crypto_lines={self.max_crypto_lines}>"
+        return (
+            f"<SdesKeyExchange max_crypto_lines={self.max_crypto_lines} "
+            f"answer_suite={self.answer_suite}>"
+        )
 
     def offer(
         self,
@@ -741,13 +807,14 @@ class SdesKeyExchange:
         """Our answer to the peer's offer of one stream (its media section's attributes), or None
         when the offer has no a=crypto line (SDES does not apply).
 
-        Accepts the first line that is well formed, has an allowed suite and parameters we
-        support (RFC 4568 §7.1.2: skip the others), answering with the same tag and suite and a
-        fresh key of ours, and queues ``KeysReady``. With ``previous`` (the stream's negotiation
-        before this re-offer) whose keys are in force: if the accepted line has the same suite
-        and the same peer key, our key is kept too and no event is queued (§7.1.4). The result
-        has failed (``NegotiationFailed``, 488, no key made) without TLS or when no line is
-        acceptable."""
+        Accepts, among the lines that are well formed and have an allowed suite and parameters we
+        support (RFC 4568 §7.1.2: skip the others), the one whose suite comes first in the policy's
+        order (``answer_suite = "offer-order"``: the first of them), answering with the same tag
+        and suite and a fresh key of ours, and queues ``KeysReady``. With ``previous`` (the
+        stream's negotiation before this re-offer) whose keys are in force: if the accepted line
+        has the same suite and the same peer key, our key is kept too and no event is queued
+        (§7.1.4). The result has failed (``NegotiationFailed``, 488, no key made) without TLS or
+        when no line is acceptable."""
         values = crypto_values(remote_attributes)
         if not values:
             return None
@@ -758,7 +825,9 @@ class SdesKeyExchange:
         if len(values) > self.max_crypto_lines:
             negotiation._fail(f"the offer has more than {self.max_crypto_lines} a=crypto lines")
             return negotiation
-        chosen, reasons = _choose(values, _allowed_suites(suites))
+        chosen, first, reasons = _choose(
+            values, _allowed_suites(suites), by_policy=self.answer_suite == "policy-order"
+        )
         if chosen is None:
             negotiation._fail("no acceptable a=crypto line: " + _summary(reasons))
             return negotiation
@@ -775,16 +844,28 @@ class SdesKeyExchange:
         ours = CryptoAttribute(tag=chosen.tag, suite=chosen.suite, keys=(KeyParam(local_key),))
         negotiation._local_lines = (ours,)
         negotiation._line_in_force = ours
+        negotiation._peer_lifetime = chosen.keys[0].lifetime
+        if first is not None and first is not chosen:
+            # RFC 4568 §7.1.1: the answerer chooses among acceptable lines; say it did.
+            negotiation._choice = (
+                f"tag {chosen.tag} {chosen.suite}, first in the leg's policy order, over the "
+                f"offer's first acceptable line, tag {first.tag} {first.suite}"
+            )
         negotiation._establish(SrtpKeys(chosen.suite, local_key=local_key, remote_key=remote_key))
         return negotiation
 
 
 def _choose(
-    values: Sequence[str], allowed: Sequence[str]
-) -> tuple[CryptoAttribute | None, list[str]]:
-    """The first acceptable offered line, and why each line before it was skipped."""
+    values: Sequence[str], allowed: Sequence[str], *, by_policy: bool
+) -> tuple[CryptoAttribute | None, CryptoAttribute | None, list[str]]:
+    """The offered line to accept, the first acceptable one, and why each line skipped was.
+
+    ``by_policy``: the acceptable line whose suite comes first in ``allowed`` (the offer's order
+    between lines of one suite), else the first acceptable line. Every line is read either way
+    (at most ``max_crypto_lines``), so the reasons cover the whole offer when none is taken."""
     reasons: list[str] = []
     tags: set[int] = set()
+    acceptable: list[CryptoAttribute] = []
     for number, value in enumerate(values, start=1):
         try:
             line = parse_crypto_untrusted(value)
@@ -799,8 +880,14 @@ def _choose(
         if problem is not None:
             reasons.append(f"tag {line.tag}: {problem}")
             continue
-        return line, reasons
-    return None, reasons
+        if not by_policy:
+            return line, line, reasons
+        acceptable.append(line)
+    if not acceptable:
+        return None, None, reasons
+    rank = {suite: index for index, suite in enumerate(allowed)}
+    chosen = min(acceptable, key=lambda line: rank[line.suite])  # min keeps the first of ties
+    return chosen, acceptable[0], reasons
 
 
 def _in_force(previous: KeyNegotiation | None) -> tuple[SrtpKeys, CryptoAttribute] | None:
@@ -816,14 +903,37 @@ def _in_force(previous: KeyNegotiation | None) -> tuple[SrtpKeys, CryptoAttribut
 # Plugin registration (entry point ``sdes`` in the group ``voipgw.plugins``)
 
 
+@attrs.frozen
+class SdesConfig:
+    """``[plugins.sdes]``. See docs/configuration.md."""
+
+    answer_suite: str = "policy-order"
+
+    def __attrs_post_init__(self) -> None:
+        # structure() reports a ValueError as a config error of this table; say which key.
+        if self.answer_suite not in ANSWER_SUITE_CHOICES:
+            raise ValueError(
+                f"answer_suite: expected one of {', '.join(map(repr, ANSWER_SUITE_CHOICES))}"
+            )
+
+
 @hookimpl
-def gateway_register_key_exchanges(registry: Registry[Any], config: None) -> None:
+def gateway_plugin_config() -> type:
+    return SdesConfig
+
+
+@hookimpl
+def gateway_register_key_exchanges(registry: Registry[Any], config: SdesConfig | None) -> None:
     """Register the ``sdes`` key exchange, with the operating system's CSPRNG for keys."""
-    registry.add(SdesKeyExchange.name, SdesKeyExchange(random_bytes=os.urandom))
+    config = config if config is not None else SdesConfig()
+    registry.add(
+        SdesKeyExchange.name,
+        SdesKeyExchange(random_bytes=os.urandom, answer_suite=config.answer_suite),
+    )
 
 
 @hookimpl
-def gateway_register_media_policies(registry: Registry[Any], config: None) -> None:
+def gateway_register_media_policies(registry: Registry[Any], config: SdesConfig | None) -> None:
     """Nothing: the built-in policies (``sdes``, ``best-effort`` ...) belong to the core."""
 
 

@@ -280,11 +280,12 @@ async def test_an_sdes_re_offer_of_two_suites_is_answered_with_one_and_the_copie
     for media in ours.media:
         (crypto,) = media.attributes.values("crypto")  # one line per m= line
         line = parse_crypto_untrusted(crypto)
-        assert (line.tag, line.suite) == (1, "AES_CM_128_HMAC_SHA1_32")
+        # Our srtp_suites order (_80 first) picks the line, not the SRS's (RFC 4568 §7.1.1).
+        assert (line.tag, line.suite) == (2, "AES_CM_128_HMAC_SHA1_80")
         policy = pylibsrtp.Policy(
             key=line.keys[0].key_salt,
             ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND,
-            srtp_profile=pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_32,
+            srtp_profile=pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80,
         )
         checkers.append(pylibsrtp.Session(policy))
     assert srs_key not in answer.body.decode()

@@ -316,6 +316,78 @@ async def test_a_held_leg_sends_nothing_and_keeps_its_peers_client_hello_until_r
         call.session.close()
 
 
+# A fatal handshake_failure alert in clear (RFC 6347 §4.1: type 21, DTLS 1.2, epoch 0, seq 0,
+# length 2; RFC 5246 §7.2: level 2, description 40): anyone can send it, nothing authenticates it.
+PLAINTEXT_ALERT = bytes([21, 0xFE, 0xFD, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 40])
+# The same behind a handshake record of garbage in one datagram (RFC 6347 §4.1.1).
+ALERT_BEHIND_GARBAGE = (
+    bytes([22, 0xFE, 0xFD, 0, 0, 0, 0, 0, 0, 0, 1, 0, 3, 9, 9, 9]) + PLAINTEXT_ALERT
+)
+
+
+async def test_a_forged_plaintext_alert_from_another_port_does_not_end_our_handshake(
+    relay: MediaRelay,
+) -> None:
+    """We are the DTLS client (the phone offered actpass). Before the phone answers our
+    ClientHello, nothing latched its socket yet: alerts in clear from another port of the
+    host (an attacker who knows our media port) are dropped, latch nothing, and the handshake
+    with the phone completes (RFC 6347 §4.1.2.7: such records may be discarded)."""
+    phone_negotiation = exchange(PHONE_ID).offer(suites=[], secure_signalling=False)
+    call = set_up(relay, phone_negotiation, dtls_offer(phone_negotiation))
+    a_sock, forger = udp_socket(), udp_socket()
+    with a_sock, forger:
+        await a_sock.bind((ADDRESS, A_PHONE))
+        await forger.bind((ADDRESS, 0))
+        phone = Phone(phone_negotiation, a_sock, (ADDRESS, call.a_port), proceed=trio.Event())
+        stream = call.session.streams[0]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call.handshakes().run)
+            nursery.start_soon(phone.run)
+            with trio.fail_after(5):
+                await phone.first_dtls.wait()  # our ClientHello is out, the phone holds its reply
+            for forged in (PLAINTEXT_ALERT, ALERT_BEHIND_GARBAGE):
+                await forger.sendto(forged, (ADDRESS, call.a_port))
+            await until(lambda: stream.a_to_b.statistics().dropped_unlatched_source == 2)
+            assert stream.a.rtp_source is None  # the forger latched nothing
+            assert phone.proceed is not None
+            phone.proceed.set()
+            with trio.fail_after(10):
+                await call.keyed.wait()
+            assert call.failures == [] and phone.failure is None
+            assert stream.a.rtp_source == (ADDRESS, A_PHONE)
+            nursery.cancel_scope.cancel()
+        call.keying.close()
+        call.session.close()
+
+
+async def test_the_peers_own_plaintext_alert_still_ends_the_handshake_at_once(
+    relay: MediaRelay,
+) -> None:
+    """The same alert from the phone's SDP address (the phone refusing our ClientHello before
+    it sent anything, so nothing is latched) is the phone's: the call fails at once with the
+    reason, not after the 20 s handshake timeout."""
+    phone_negotiation = exchange(PHONE_ID).offer(suites=[], secure_signalling=False)
+    call = set_up(relay, phone_negotiation, dtls_offer(phone_negotiation))
+    a_sock = udp_socket()
+    with a_sock:
+        await a_sock.bind((ADDRESS, A_PHONE))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call.handshakes().run)
+            with trio.fail_after(5):
+                client_hello, _ = await a_sock.recvfrom(2048)
+            assert client_hello[0] == 22  # a handshake record
+            assert call.session.streams[0].a.rtp_source is None
+            await a_sock.sendto(PLAINTEXT_ALERT, (ADDRESS, call.a_port))
+            with trio.fail_after(5):  # the handshake timeout is 20 s
+                await call.failed.wait()
+            (failure,) = call.failures
+            assert failure.startswith("a: ") and "timed out" not in failure
+            assert call.a.keys(0) is None and not call.keyed.is_set()
+            nursery.cancel_scope.cancel()
+        call.keying.close()
+        call.session.close()
+
+
 async def test_wrong_fingerprint_fails_the_call_and_no_media_flows(relay: MediaRelay) -> None:
     phone_negotiation = exchange(PHONE_ID).offer(suites=[], secure_signalling=False)
     # The SDP names another certificate than the one the phone presents.

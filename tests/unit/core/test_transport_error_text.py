@@ -261,6 +261,8 @@ TRANSPORT_ERRORS = {
 # Handlers of a plugin's own file operations (the operating system's text about a file the
 # operator named, which the line names too), not of a transport: (module, function).
 FILE_OPERATIONS = {
+    ("gateway/plugins/keyexchange/mikey/replay_store.py", "load"),
+    ("gateway/plugins/keyexchange/mikey/replay_store.py", "_write"),
     ("gateway/plugins/keyexchange/zrtp/cache.py", "lookup"),
     ("gateway/plugins/keyexchange/zrtp/cache.py", "store"),
     ("gateway/plugins/taps/recorder.py", "run"),

@@ -291,6 +291,7 @@ def seed_config(f: Files) -> dict[str, Any]:
                 "profiles": ["SRTP_AEAD_AES_128_GCM", "SRTP_AES128_CM_SHA1_80"],
                 "mtu": 1200,
             },
+            "sdes": {"answer_suite": "offer-order"},
             "zrtp": {
                 "state_dir": state,
                 "key_agreements": ["X255", "DH3k"],
@@ -302,6 +303,7 @@ def seed_config(f: Files) -> dict[str, Any]:
                 "disclosure": False,
             },
             "mikey": {
+                "state_dir": state,
                 "offer_modes": ["psk", "null"],
                 "accept_modes": ["null", "psk", "dh-hmac"],
                 "psk_file": str(f.psk),

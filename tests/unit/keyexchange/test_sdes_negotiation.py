@@ -151,24 +151,70 @@ def test_a_bad_random_source_is_our_bug() -> None:
 # -- answering ----------------------------------------------------------------------------------
 
 
-def test_answer_takes_the_first_allowed_suite_with_the_same_tag_and_its_own_key() -> None:
+def test_answer_takes_the_policys_first_suite_with_the_same_tag_and_its_own_key() -> None:
     ke, random = exchange(2)
     offer = [line(1, GCM256, 1), line(2, CM256_80, 2), line(3, CM128_80, 3)]
     b = ke.answer(offer, suites=[CM128_80, CM256_80], secure_signalling=True)
     assert b is not None
     (value,) = crypto_values(b.local_sdp_attributes())
     answer = parse_crypto_untrusted(value)
-    assert (answer.tag, answer.suite) == (2, CM256_80)  # offer order wins, not ours
-    assert random.calls == [46]
+    assert (answer.tag, answer.suite) == (3, CM128_80)  # the policy's order wins (RFC 4568 §7.1.1)
+    assert random.calls == [30]
     keys = keys_of(b)
     assert keys == SrtpKeys(
-        CM256_80,
+        CM128_80,
         local_key=answer.keys[0].key_salt,
-        remote_key=base64.b64decode(key_b64(CM256_80, 2)),
+        remote_key=base64.b64decode(key_b64(CM128_80, 3)),
     )
     assert keys.local_key != keys.remote_key
     assert b.role == "answerer" and b.state == "established" and b.keys == keys
-    assert b.suite == CM256_80
+    assert b.suite == CM128_80
+    assert b.security_record() == {
+        "sdes_peer_key_lifetime": None,
+        "sdes_answer_choice": (
+            f"tag 3 {CM128_80}, first in the leg's policy order, over the offer's first "
+            f"acceptable line, tag 2 {CM256_80}"
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    ("offer", "policy", "tag"),
+    [
+        # A phone listing the 32-bit tag first gets the 80-bit one it offers too.
+        ([(1, CM128_32), (2, CM128_80)], [], 2),
+        ([(1, CM128_32), (2, GCM128), (3, CM128_80)], [], 2),
+        ([(1, CM128_32), (2, CM128_80), (3, GCM256)], [], 3),
+        # Two lines of one suite: the offer's order between them.
+        ([(1, CM128_32), (2, CM128_80), (3, CM128_80)], [], 2),
+        # The operator's policy order decides, whatever "strongest" would be.
+        ([(1, GCM256), (2, CM128_80)], [CM128_80, GCM256], 2),
+        # Only one acceptable line: it, and no choice worth recording.
+        ([(1, CM128_32)], [], 1),
+    ],
+)
+def test_answer_prefers_the_policy_order_over_the_offer_order(
+    offer: list[tuple[int, str]], policy: list[str], tag: int
+) -> None:
+    ke, _ = exchange(2)
+    b = ke.answer([line(t, suite, t) for t, suite in offer], suites=policy, secure_signalling=True)
+    assert b is not None
+    answer = parse_crypto_untrusted(crypto_values(b.local_sdp_attributes())[0])
+    assert answer.tag == tag
+    suite = dict(offer)[tag]
+    assert keys_of(b).remote_key == base64.b64decode(key_b64(suite, tag))
+    assert (b.security_record()["sdes_answer_choice"] is None) == (tag == offer[0][0])
+
+
+def test_offer_order_choice_takes_the_first_acceptable_line() -> None:
+    ke = SdesKeyExchange(random_bytes=CountingRandom(2), answer_suite="offer-order")
+    offer = [line(1, CM128_32, 1), line(2, GCM256, 2), line(3, CM128_80, 3)]
+    b = ke.answer(offer, suites=[], secure_signalling=True)
+    assert b is not None
+    assert parse_crypto_untrusted(crypto_values(b.local_sdp_attributes())[0]).tag == 1
+    assert b.security_record()["sdes_answer_choice"] is None
+    with pytest.raises(ValueError, match="answer_suite"):
+        SdesKeyExchange(answer_suite="strongest")
 
 
 def test_answer_skips_lines_it_cannot_use_and_takes_the_next() -> None:
@@ -186,7 +232,7 @@ def test_answer_skips_lines_it_cannot_use_and_takes_the_next() -> None:
         line(10, CM128_80, 10, " X-NEW-THING"),
         line(11, CM128_80, 11, f" FEC_KEY=inline:{SDES_KEY_80}"),
         line(12, GCM128, 12),  # not allowed on this leg
-        line(13, CM128_80, 13, "|2^20 KDR=0 WSH=256 FEC_ORDER=FEC_SRTP"),  # all usable
+        line(13, CM128_80, 13, "|2^31 KDR=0 WSH=256 FEC_ORDER=FEC_SRTP"),  # all usable
         line(14, CM128_80, 14),
     ]
     b = ke.answer(offer, suites=[CM128_80], secure_signalling=True)
@@ -211,6 +257,16 @@ def test_answer_skips_lines_it_cannot_use_and_takes_the_next() -> None:
         (line(1, CM128_80, 1, " UNAUTHENTICATED_SRTP"), "UNAUTHENTICATED_SRTP is not supported"),
         (line(1, CM128_80, 1, f" FEC_KEY=inline:{SDES_KEY_80}"), "FEC_KEY is not supported"),
         (line(1, CM128_80, 1, " X-NEW-THING"), "an unknown session parameter is not supported"),
+        (
+            line(1, CM128_80, 1, "|2^20"),
+            "key lifetime 2^20 packets is below the 2^31 the gateway needs "
+            "(it does not re-key SDES before a lifetime runs out)",
+        ),
+        (
+            line(1, CM128_80, 1, "|2147483647"),
+            "key lifetime 2147483647 packets is below the 2^31 the gateway needs "
+            "(it does not re-key SDES before a lifetime runs out)",
+        ),
         (line(1, GCM128, 1), f"crypto-suite {GCM128} is not allowed on this leg"),
         (
             ("crypto", f"1 AES_CM_128_NULL_AUTH inline:{SDES_KEY_80}"),
@@ -230,10 +286,52 @@ def test_each_unusable_line_is_skipped_for_its_reason(
     assert failure_of(alone).reason == f"no acceptable a=crypto line: tag 1: {why}"
 
 
-def test_answer_with_lifetime_is_accepted() -> None:
+@pytest.mark.parametrize(
+    ("tail", "recorded"),
+    [("|2^31", "2^31 packets"), ("|2^48", "2^48 packets"), ("|3000000000", "3000000000 packets")],
+)
+def test_answer_with_a_long_enough_lifetime_is_accepted_and_recorded(
+    tail: str, recorded: str
+) -> None:
+    # RFC 4568 §6.1: lifetimes of 2^31 packets and more outlast any call (MIN_LIFETIME).
     ke, _ = exchange(2)
-    b = ke.answer([line(1, CM128_80, 1, "|2^31")], suites=[CM128_80], secure_signalling=True)
+    b = ke.answer([line(1, CM128_80, 1, tail)], suites=[CM128_80], secure_signalling=True)
     assert b is not None and b.state == "established"
+    assert b.security_record() == {
+        "sdes_peer_key_lifetime": recorded,
+        "sdes_answer_choice": None,
+    }
+
+
+def test_a_short_lifetime_loses_to_a_line_without_one() -> None:
+    # A phone offering the same suite twice, one key with a short lifetime: the other line.
+    ke, _ = exchange(2)
+    offer = [line(1, CM128_80, 1, "|2^20"), line(2, CM128_80, 2)]
+    b = ke.answer(offer, suites=[], secure_signalling=True)
+    assert b is not None
+    assert parse_crypto_untrusted(crypto_values(b.local_sdp_attributes())[0]).tag == 2
+    assert b.security_record()["sdes_peer_key_lifetime"] is None
+
+
+@pytest.mark.parametrize(("tail", "refused"), [("|2^20", True), ("|2^31", False), ("", False)])
+def test_an_answer_with_a_short_lifetime_is_refused(tail: str, refused: bool) -> None:
+    ke, _ = exchange(1)
+    a = ke.offer(suites=[CM128_80], secure_signalling=True)
+    answer = [line(1, CM128_80, 9, tail)]
+    if not refused:
+        a.remote_sdp_attributes(answer)
+        assert a.state == "established"
+        lifetime = a.security_record()["sdes_peer_key_lifetime"]
+        assert lifetime == ("2^31 packets" if tail else None)
+        return
+    with pytest.raises(SdesError) as info:
+        a.remote_sdp_attributes(answer)
+    reason = (
+        "the answer's a=crypto: key lifetime 2^20 packets is below the 2^31 the gateway needs "
+        "(it does not re-key SDES before a lifetime runs out)"
+    )
+    assert info.value.reason == reason
+    assert failure_of(a) == NegotiationFailed(reason, 488)
 
 
 def test_nothing_acceptable_fails_488_saying_why_for_each_line() -> None:
@@ -622,8 +720,10 @@ def test_an_answer_that_echoes_our_key_is_refused(suite: str) -> None:
     with pytest.raises(SdesError) as info:
         a.remote_sdp_attributes([("crypto", echoed)])
     reason = (
-        f"the answer's a=crypto tag {tag} repeats the key we offered "
-        "(each side must send its own key, RFC 4568 §5.1.2)"
+        f"the peer's answer copied the key of our offer's a=crypto tag {tag} instead of "
+        "sending a key of its own: each side must send its own key (RFC 4568 §5.1.2), and one "
+        "key both ways would let our own SRTP sent back to us authenticate (RFC 3711 §9.1); "
+        "a peer bug, refused"
     )
     assert info.value.reason == reason and info.value.sip_status == 488
     assert failure_of(a) == NegotiationFailed(reason, 488)

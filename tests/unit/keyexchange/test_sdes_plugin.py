@@ -31,12 +31,21 @@ def test_registers_the_sdes_key_exchange_and_no_policy() -> None:
     assert exchange.name == "sdes" and exchange.media_path is False
     assert plugins.registered_by("sdes") == {"key_exchanges": ["sdes"]}
     assert len(plugins.media_policies) == 0
-    assert plugins.configs.get("sdes") is None
+    assert plugins.configs.get("sdes") == sdes.SdesConfig()
+    assert exchange.answer_suite == "policy-order"
 
 
-def test_a_table_for_sdes_is_refused_because_it_takes_no_settings() -> None:
+def test_the_sdes_table_takes_answer_suite_and_nothing_else() -> None:
+    config = from_mapping(
+        {"plugins": {"enable": ["sdes"], "sdes": {"answer_suite": "offer-order"}}}
+    )
+    exchange = load_plugins(config, extra=[("sdes", sdes)], installed={}).key_exchanges.get("sdes")
+    assert exchange.answer_suite == "offer-order"
     config = from_mapping({"plugins": {"enable": ["sdes"], "sdes": {"x": 1}}})
-    with pytest.raises(ConfigError, match="takes no configuration table"):
+    with pytest.raises(ConfigError, match="x: unknown key; known keys: answer_suite"):
+        load_plugins(config, extra=[("sdes", sdes)], installed={})
+    config = from_mapping({"plugins": {"enable": ["sdes"], "sdes": {"answer_suite": "best"}}})
+    with pytest.raises(ConfigError, match="answer_suite: expected one of"):
         load_plugins(config, extra=[("sdes", sdes)], installed={})
 
 

@@ -376,7 +376,11 @@ def test_the_suite_follows_the_ciphers_and_auth_tags(
     [
         ((CM128_32,), CM128_32),
         ((CM256_80,), CM256_80),
-        (("AEAD_AES_256_GCM", CM256_32, CM128_32), CM128_32),  # our cipher order: AES1 first
+        # The policy's order decides, as for SDES and DTLS-SRTP (not our AES1-first order).
+        (("AEAD_AES_256_GCM", CM256_32, CM128_32), CM256_32),
+        ((CM128_32, CM128_80), CM128_32),
+        ((CM128_80, CM256_80), CM128_80),
+        ((CM256_80, CM128_80), CM256_80),
     ],
 )
 def test_the_leg_policy_narrows_the_suite(suites: tuple[str, ...], expected: str) -> None:

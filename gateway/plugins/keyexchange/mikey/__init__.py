@@ -25,6 +25,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -47,7 +48,10 @@ from gateway.plugins.keyexchange.mikey.payloads import (
 )
 from gateway.plugins.keyexchange.mikey.policy import POLICY_STYLES
 from gateway.plugins.keyexchange.mikey.psk import PskError, PskStore
-from gateway.plugins.keyexchange.mikey.replay import ReplayCache
+from gateway.plugins.keyexchange.mikey.replay import ReplayCache, ReplayJournal
+from gateway.plugins.keyexchange.mikey.replay_store import DIRECTORY as REPLAY_DIRECTORY
+from gateway.plugins.keyexchange.mikey.replay_store import FILE as REPLAY_FILE
+from gateway.plugins.keyexchange.mikey.replay_store import ReplayStore
 
 if TYPE_CHECKING:
     from gateway.core.interfaces import KeyExchange, KeyNegotiation, LegInfo
@@ -63,7 +67,9 @@ DH_GROUPS = {"OAKLEY5": 0, "OAKLEY1": 1, "OAKLEY2": 2}
 class MikeyKeyExchange:
     """The ``mikey`` key exchange (``interfaces.KeyExchange``): one :class:`MikeyNegotiation`
     per stream and leg. ``clock`` is the wall clock (Unix seconds: MIKEY's T is NTP-UTC);
-    ``random_bytes`` a CSPRNG; ``psks`` the pre-shared keys (psk and dh-hmac modes)."""
+    ``random_bytes`` a CSPRNG; ``psks`` the pre-shared keys (psk and dh-hmac modes). The replay
+    caches (one per account or trunk, and ``replay`` for legs nobody named) keep what they see
+    in ``replay``'s journal, when it has one, under a scope per account or trunk."""
 
     name = "mikey"
     media_path = False
@@ -106,7 +112,12 @@ class MikeyKeyExchange:
         key = (leg.kind, leg.name)
         cache = self._replays.get(key)
         if cache is None:
-            cache = ReplayCache(max_skew=self.replay.max_skew, max_entries=self.replay.max_entries)
+            cache = ReplayCache(
+                max_skew=self.replay.max_skew,
+                max_entries=self.replay.max_entries,
+                journal=self.replay.journal,
+                scope=f"{leg.kind}:{leg.name}",
+            )
             self._replays[key] = cache
         return cache
 
@@ -228,6 +239,7 @@ class MikeyConfig:
     style: str = "standard"
     max_clock_skew: float = 120.0
     replay_cache_size: int = 10_000
+    state_dir: str = "./voipgw-state"
 
     def __attrs_post_init__(self) -> None:
         # structure() reports a ValueError as a config error of this table; say which key.
@@ -262,6 +274,11 @@ class MikeyConfig:
         :class:`~gateway.plugins.keyexchange.mikey.psk.PskError`."""
         return PskStore.from_file(self.psk_file) if self.psk_file else PskStore({})
 
+    def replay_journal(self) -> ReplayJournal:
+        """The replay caches' journal, ``<state_dir>/mikey/replay.sqlite`` (opened at first
+        use): a restart does not reopen the replay window (RFC 3830 §5.4)."""
+        return ReplayStore(Path(self.state_dir) / REPLAY_DIRECTORY / REPLAY_FILE)
+
     def settings(self) -> MikeySettings:
         return MikeySettings(
             offer_modes=self.offer_modes,
@@ -288,7 +305,11 @@ def gateway_register_key_exchanges(registry: Registry[Any], config: MikeyConfig 
         psks=config.psk_store(),
         clock=time.time,
         random_bytes=os.urandom,
-        replay=ReplayCache(max_skew=config.max_clock_skew, max_entries=config.replay_cache_size),
+        replay=ReplayCache(
+            max_skew=config.max_clock_skew,
+            max_entries=config.replay_cache_size,
+            journal=config.replay_journal(),
+        ),
     )
     registry.add(MikeyKeyExchange.name, exchange)
 

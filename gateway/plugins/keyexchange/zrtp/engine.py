@@ -351,6 +351,7 @@ class ZrtpNegotiation:
             a for a in settings.auth_tags if _suites_of(self._ciphers, (a,), allowed)
         )
         self._allowed_suites = allowed
+        self._policy_order = tuple(suites)
         self._h0 = _random(random_bytes, 32)
         self._h1 = sha256(self._h0)
         self._h2 = sha256(self._h1)
@@ -744,9 +745,27 @@ class ZrtpNegotiation:
         self._send_retransmitted(commit, now)
 
     def _choose_srtp(self, peer: p.Hello) -> tuple[str, str]:
-        """Cipher and auth tag (§4.1.2): ours in our order among the peer's (with the mandatory
-        ones each Hello implies), making an SRTP suite the leg's policy allows."""
+        """Cipher and auth tag (§4.1.2: the initiator's choice among both Hellos' lists, with
+        the mandatory ones each implies). When the leg's policy lists suites, the pair whose
+        SRTP suite comes first in the policy's order, as SDES answers and DTLS-SRTP serves;
+        otherwise ours in our configured order (AES1 before AES3: with X25519 or DH3k, both
+        about 128-bit strong, AES-256 adds nothing, RFC 6189 §5.1.3 pairs AES3 with EC38;
+        HS80 before HS32 whatever the peer lists first)."""
         # Our Hello implies the mandatory algorithms as well (§5.2): they are ours to choose too.
+        ciphers = _with_mandatory(self._ciphers, "ciphers")
+        peer_ciphers = _with_mandatory(peer.ciphers, "ciphers")
+        tags = _with_mandatory(self._auth_tags, "auth_tags")
+        peer_tags = _with_mandatory(peer.auth_tags, "auth_tags")
+        by_suite = {
+            SRTP_SUITES[(c, a)]: (c, a)
+            for c in ciphers
+            if c in peer_ciphers
+            for a in tags
+            if a in peer_tags and (c, a) in SRTP_SUITES
+        }
+        for suite in self._policy_order:
+            if suite in by_suite:
+                return by_suite[suite]
         cipher = _first_common(
             _with_mandatory(self._ciphers, "ciphers"), _with_mandatory(peer.ciphers, "ciphers")
         )

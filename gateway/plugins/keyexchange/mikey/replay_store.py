@@ -1,0 +1,114 @@
+"""The MIKEY replay journal on disk: what :class:`~gateway.plugins.keyexchange.mikey.replay.
+ReplayCache` saw, kept across restarts (RFC 3830 §5.4).
+
+One SQLite file, ``<state_dir>/mikey/replay.sqlite`` (mode 0600), as the other stores: a row per
+accepted psk or dh-hmac message (the SHA-256 digest of the message, never the message, and its
+T), per authenticated message we sent, and per cache scope its floor. Rows leave once their T is
+older than the clock skew, so the file holds at most a window's worth of messages.
+
+Writes go through at once (a message accepted and not yet written would be a replay the next
+process takes). A write that fails is logged and the cache goes on in memory: the call is not
+failed for it; a read that fails at start raises ``OSError`` to the cache, which then refuses
+every message that could be a replay for a while (see the cache's docstring).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DIRECTORY", "FILE", "ReplayStore"]
+
+DIRECTORY = "mikey"
+FILE = "replay.sqlite"
+
+
+class ReplayStore:
+    """A :class:`~gateway.plugins.keyexchange.mikey.replay.ReplayJournal` in the SQLite file at
+    ``path`` (":memory:" for tests), opened at its first use."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+        self._warned = False
+
+    def __repr__(self) -> str:
+        return f"<ReplayStore {self.path}>"
+
+    def load(self, scope: str, *, since: float) -> tuple[list[tuple[bytes, float, bool]], float]:
+        try:
+            db = self._open()
+            rows = db.execute(
+                "SELECT digest, t, own FROM seen WHERE scope = ? AND t >= ?", (scope, since)
+            ).fetchall()
+            floor = db.execute("SELECT floor FROM floors WHERE scope = ?", (scope,)).fetchone()
+        except (sqlite3.Error, OSError) as exc:
+            log.error(
+                "MIKEY replay journal %s not read (%s): psk and dh-hmac messages stamped "
+                "before now plus the clock skew are refused as possible replays",
+                self.path,
+                exc,
+            )
+            raise OSError(str(exc)) from None
+        entries = [(bytes(digest), float(t), bool(own)) for digest, t, own in rows]
+        return entries, float(floor[0]) if floor is not None else float("-inf")
+
+    def record(self, scope: str, digest: bytes, timestamp: float, *, own: bool) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO seen (scope, digest, t, own) VALUES (?, ?, ?, ?)",
+            (scope, digest, timestamp, int(own)),
+        )
+
+    def raise_floor(self, scope: str, floor: float) -> None:
+        self._write(
+            "INSERT INTO floors (scope, floor) VALUES (?, ?) "
+            "ON CONFLICT (scope) DO UPDATE SET floor = max(floor, excluded.floor)",
+            (scope, floor),
+        )
+
+    def forget_before(self, scope: str, timestamp: float) -> None:
+        self._write("DELETE FROM seen WHERE scope = ? AND t < ?", (scope, timestamp))
+
+    def close(self) -> None:
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
+
+    def _write(self, statement: str, parameters: tuple[object, ...]) -> None:
+        try:
+            db = self._open()
+            with db:
+                db.execute(statement, parameters)
+        except (sqlite3.Error, OSError) as exc:
+            # The cache in memory still refuses replays until this process stops.
+            if not self._warned:
+                log.warning(
+                    "MIKEY replay journal %s not written (%s): replays are refused until a "
+                    "restart only (logged once)",
+                    self.path,
+                    exc,
+                )
+            self._warned = True
+
+    def _open(self) -> sqlite3.Connection:
+        if self._db is not None:
+            return self._db
+        if isinstance(self.path, Path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+        db = sqlite3.connect(str(self.path), timeout=1.0)
+        with db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS seen (scope TEXT NOT NULL, digest BLOB NOT NULL, "
+                "t REAL NOT NULL, own INTEGER NOT NULL, PRIMARY KEY (scope, digest, own))"
+            )
+            db.execute("CREATE INDEX IF NOT EXISTS seen_t ON seen (scope, t)")
+            db.execute("CREATE TABLE IF NOT EXISTS floors (scope TEXT PRIMARY KEY, floor REAL)")
+        self._db = db
+        return db

@@ -1,0 +1,131 @@
+"""The MIKEY replay cache across restarts (RFC 3830 §5.4): what one process saw is refused by
+the next one inside the clock-skew window, through the SQLite journal in ``<state_dir>/mikey``.
+Each "restart" is a new cache (or key exchange) on a new store over the same file."""
+
+from __future__ import annotations
+
+import logging
+import stat
+from pathlib import Path
+
+import pytest
+
+from gateway.core.interfaces import KeysReady, NegotiationFailed
+from gateway.plugins.keyexchange.mikey import MikeyConfig, MikeyKeyExchange
+from gateway.plugins.keyexchange.mikey.replay import ReplayCache
+from gateway.plugins.keyexchange.mikey.replay_store import ReplayStore
+from tests.unit.keyexchange.mikey_exchanges import ALICE, CARRIER, NOW, Clock, events, exchange
+
+REPLAY = "it is a replay of an earlier message"
+
+
+def cache(path: Path, *, scope: str = "", max_entries: int = 8) -> ReplayCache:
+    return ReplayCache(
+        max_skew=120, max_entries=max_entries, journal=ReplayStore(path), scope=scope
+    )
+
+
+def test_a_message_seen_before_a_restart_is_refused_after_it(tmp_path: Path) -> None:
+    path = tmp_path / "mikey" / "replay.sqlite"
+    before = cache(path)
+    assert before.check(b"m1", NOW, now=NOW) is None
+    after = cache(path)  # a new process: nothing in memory
+    assert after.check(b"m1", NOW, now=NOW + 5) == REPLAY
+    assert after.check(b"m2", NOW + 5, now=NOW + 5) is None
+    # Private, as the other stores: digests only, yet nobody else's business.
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_without_a_journal_a_restart_forgets(tmp_path: Path) -> None:
+    # What the journal changes: the in-memory cache alone takes the replay after a restart.
+    ReplayCache(max_skew=120).check(b"m1", NOW, now=NOW)
+    assert ReplayCache(max_skew=120).check(b"m1", NOW, now=NOW + 5) is None
+
+
+def test_a_peer_clock_ahead_of_ours_cannot_replay_across_a_restart(tmp_path: Path) -> None:
+    # A T up to the skew in the future was taken before the restart; after it that T is still
+    # ahead of our clock, so no "refuse what predates our start" floor would have caught it.
+    path = tmp_path / "replay.sqlite"
+    assert cache(path).check(b"ahead", NOW + 100, now=NOW) is None
+    assert cache(path).check(b"ahead", NOW + 100, now=NOW + 1) == REPLAY
+
+
+def test_our_own_messages_stay_refused_as_reflections_after_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "replay.sqlite"
+    cache(path).remember_own(b"ours", NOW, now=NOW)
+    assert cache(path).check(b"ours", NOW, now=NOW + 1) == REPLAY
+
+
+def test_the_floor_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "replay.sqlite"
+    full = cache(path, max_entries=1)
+    assert full.check(b"a", NOW, now=NOW) is None
+    assert full.check(b"b", NOW + 1, now=NOW + 1) is None  # evicts "a": the floor is NOW
+    restarted = cache(path, max_entries=1)
+    assert restarted.check(b"older", NOW - 1, now=NOW + 2) == REPLAY
+    assert restarted.check(b"b", NOW + 1, now=NOW + 2) == REPLAY
+    assert restarted.check(b"c", NOW + 2, now=NOW + 2) is None
+
+
+def test_entries_leave_the_journal_with_the_window_and_scopes_are_apart(tmp_path: Path) -> None:
+    path = tmp_path / "replay.sqlite"
+    alice = cache(path, scope="account:alice")
+    assert alice.check(b"m", NOW, now=NOW) is None
+    # Another account's cache never sees alice's messages, before or after a restart.
+    assert cache(path, scope="trunk:carrier").check(b"m", NOW, now=NOW) is None
+    later = NOW + 200
+    assert alice.check(b"n", later, now=later) is None  # expires "m", in memory and on disk
+    rows = ReplayStore(path).load("account:alice", since=0.0)[0]
+    assert [t for _, t, _ in rows] == [later]
+
+
+def test_an_unreadable_journal_refuses_what_could_be_a_replay(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "replay.sqlite"
+    path.write_bytes(b"not a database" * 100)
+    broken = cache(path)
+    with caplog.at_level(logging.ERROR):
+        assert broken.check(b"m", NOW, now=NOW) == REPLAY
+    assert "not read" in caplog.text
+    assert broken.check(b"m2", NOW + 120, now=NOW + 1) == REPLAY  # up to now + skew
+    assert broken.check(b"m3", NOW + 241, now=NOW + 241) is None  # then as usual
+
+
+def test_a_journal_that_cannot_be_written_leaves_the_cache_working(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    unwritable = cache(blocker / "replay.sqlite")  # its directory cannot be made
+    with caplog.at_level(logging.WARNING):
+        # The read fails too (no file, no directory): the floor refuses the window...
+        assert unwritable.check(b"m", NOW, now=NOW) == REPLAY
+        # ...and later messages are checked in memory, the failed writes logged once.
+        assert unwritable.check(b"m2", NOW + 300, now=NOW + 300) is None
+        assert unwritable.check(b"m2", NOW + 300, now=NOW + 301) == REPLAY
+    assert caplog.text.count("not written") == 1
+
+
+def test_a_psk_offer_answered_before_a_restart_is_refused_after_it(tmp_path: Path) -> None:
+    # End to end through the plugin's own wiring: MikeyConfig's journal under state_dir.
+    config = MikeyConfig(state_dir=str(tmp_path))
+    offer = exchange(1, offer_modes=("psk",)).offer(suites=[], secure_signalling=False, leg=ALICE)
+    attributes = offer.local_sdp_attributes()
+
+    def gateway(now: float) -> MikeyKeyExchange:
+        return exchange(
+            2,
+            clock=Clock(now),
+            replay=ReplayCache(max_skew=120, journal=config.replay_journal()),
+        )
+
+    first = gateway(NOW).answer(attributes, suites=[], secure_signalling=False, leg=CARRIER)
+    assert first is not None and isinstance(first.next_event(), KeysReady)
+    assert (tmp_path / "mikey" / "replay.sqlite").exists()
+    again = gateway(NOW + 30).answer(attributes, suites=[], secure_signalling=False, leg=CARRIER)
+    assert again is not None
+    assert events(again) == [NegotiationFailed(f"MIKEY message refused: {REPLAY}", 488)]
+    # The same message from another account's leg is checked in that account's scope.
+    other = gateway(NOW + 30).answer(attributes, suites=[], secure_signalling=False, leg=ALICE)
+    assert other is not None and isinstance(other.next_event(), KeysReady)
