@@ -45,21 +45,22 @@ a negotiation created with ``secure_signalling=False`` fails at once and never m
 key, so a mistake upstream cannot put a key on the wire in clear.
 
 Key lifetimes (RFC 4568 §6.1, RFC 3711 §9.2): the lifetime binds the key's *sender*, who must
-re-key before it runs out. The gateway never re-keys an SDES stream on its own, nor counts
-packets per key, so a received key is only accepted when its lifetime is at least
-:data:`MIN_LIFETIME` (2^31 packets: 497 days of 50-packet/s audio, 24 days at 1,000 packets/s,
-past any call's session timer and inactivity limits); a shorter one would have to be re-keyed
-within a call (2^20 packets, the RFC's example, is 5.8 hours of audio) and the line is skipped,
-the reason saying so. Our own keys carry no lifetime (the SRTP default, 2^48), which libsrtp
-enforces itself (it refuses to protect past its hard limit). The accepted peer lifetime is in
-the leg's record (``sdes_peer_key_lifetime``).
+re-key (a new offer) before it runs out; a receiver that goes on accepting the key gives nothing
+away (the key's cryptographic limit, 2^48 packets, libsrtp enforces itself). So by default every
+lifetime the RFC allows (1..2^48) is accepted, as rtpengine does: phones that write short ones
+exist (Grandstream's made rtpengine drop its check, rtpengine issue #57), and refusing them would
+turn their calls into 488s for no gain. The stated lifetime is in the leg's record
+(``sdes_peer_key_lifetime``). An operator who wants keys that outlast any call without a re-key
+sets ``min_peer_key_lifetime`` (e.g. 2^31, SRTCP's own limit): shorter lines are then skipped,
+the reason saying so. The gateway never re-keys an SDES stream on its own nor counts packets per
+key. Our own keys carry no lifetime (the SRTP default, 2^48).
 
 Not supported (lines carrying them are skipped, RFC 4568 §7.1.2): key lifetimes below
-:data:`MIN_LIFETIME` (above), MKI and several master keys per line (§6.1), a key derivation rate
-other than 0 (§6.3.1), UNENCRYPTED_SRTP, UNENCRYPTED_SRTCP and UNAUTHENTICATED_SRTP (§6.3.2,
-§6.3.3), FEC_KEY (§6.3.5) and session parameters we do not know (§6.3.7). FEC_ORDER (§6.3.4) is
-accepted and has no effect (we send no FEC); WSH (§6.3.6) is a hint and is accepted (our replay
-window is the core's, at least 64).
+``min_peer_key_lifetime`` when one is set (above), MKI and several master keys per line (§6.1),
+a key derivation rate other than 0 (§6.3.1), UNENCRYPTED_SRTP, UNENCRYPTED_SRTCP and
+UNAUTHENTICATED_SRTP (§6.3.2, §6.3.3), FEC_KEY (§6.3.5) and session parameters we do not know
+(§6.3.7). FEC_ORDER (§6.3.4) is accepted and has no effect (we send no FEC); WSH (§6.3.6) is a
+hint and is accepted (our replay window is the core's, at least 64).
 
 Untrusted input is bounded (STYLE.md habit 5): see the ``MAX_*`` constants and the keyword
 arguments of :func:`parse_crypto_untrusted`. Errors are :class:`SdesError` (an ``SdpError``:
@@ -106,7 +107,6 @@ __all__ = [
     "MAX_KEY_PARAMS",
     "MAX_LIFETIME",
     "MAX_SESSION_PARAMS",
-    "MIN_LIFETIME",
     "TLS_REQUIRED_REASON",
     "CryptoAttribute",
     "KeyParam",
@@ -136,9 +136,6 @@ MAX_SESSION_PARAMS = 16
 """Most session parameters in one line."""
 MAX_LIFETIME = 1 << 48
 """Largest key lifetime in packets: SRTP's limit per master key (RFC 3711 §9.2)."""
-MIN_LIFETIME = 1 << 31
-"""Shortest key lifetime in packets accepted from a peer (module docstring): SRTCP's own limit
-per master key (RFC 3711 §9.2), what FreeSWITCH writes when it writes one."""
 ANSWER_SUITE_CHOICES = ("policy-order", "offer-order")
 """How an answer picks among acceptable offered lines: the leg's policy order (default), or the
 first acceptable line of the offer (what the gateway did before session 33)."""
@@ -505,6 +502,8 @@ class SdesNegotiation:
     _events: deque[KeyNegotiationEvent] = attrs.Factory(deque)
     _peer_lifetime: int | None = None
     """The lifetime the peer stated for its key in force (None: the SRTP default, 2^48)."""
+    _min_peer_lifetime: int = 1
+    """Shortest lifetime accepted from the peer (``[plugins.sdes] min_peer_key_lifetime``)."""
     _choice: str | None = None
     """How our answer's line was chosen, when the policy order took another than the offer's
     first acceptable line (for the record)."""
@@ -587,7 +586,7 @@ class SdesNegotiation:
             self._fail_and_raise(
                 f"the answer's a=crypto tag {answer.tag} changes the crypto-suite (RFC 4568 §5.1.2)"
             )
-        problem = _unsupported_params(answer)
+        problem = _unsupported_params(answer, self._min_peer_lifetime)
         if problem is not None:
             self._fail_and_raise(f"the answer's a=crypto: {problem}")
         if hmac.compare_digest(answer.keys[0].key_salt, offered.keys[0].key_salt):
@@ -663,20 +662,21 @@ class SdesNegotiation:
         return key
 
 
-def _unsupported_params(line: CryptoAttribute) -> str | None:
-    """Why we cannot use ``line``'s key parameters or session parameters, or None."""
+def _unsupported_params(line: CryptoAttribute, min_lifetime: int) -> str | None:
+    """Why we cannot use ``line``'s key parameters or session parameters, or None.
+    ``min_lifetime``: the shortest key lifetime accepted (1: any)."""
     # RFC 4568 §6.1: several master keys need MKIs; libsrtp sessions here use neither.
     if len(line.keys) > 1:
         return "several master keys are not supported"
     if line.keys[0].mki is not None:
         return "MKI is not supported"
     lifetime = line.keys[0].lifetime
-    if lifetime is not None and lifetime < MIN_LIFETIME:
-        # RFC 4568 §6.1: the sender must re-key when the lifetime runs out; we never ask it to
-        # (no re-INVITE of our own for it) and libsrtp does not count a peer's key against it.
+    if lifetime is not None and lifetime < min_lifetime:
+        # RFC 4568 §6.1: the sender must re-key when the lifetime runs out; the operator asked
+        # for keys that outlast a call without one (we never re-key SDES on our own).
         return (
-            f"key lifetime {_lifetime_text(lifetime)} packets is below the 2^31 the gateway "
-            "needs (it does not re-key SDES before a lifetime runs out)"
+            f"key lifetime {_lifetime_text(lifetime)} packets is below the "
+            f"{_lifetime_text(min_lifetime)} set by [plugins.sdes] min_peer_key_lifetime"
         )
     if line.kdr not in (None, 0):  # §6.3.1; libsrtp 2 derives session keys once
         return "a key derivation rate other than 0 is not supported"
@@ -695,7 +695,7 @@ def _lifetime_text(lifetime: int) -> str:
     return f"2^{power}" if lifetime == 1 << power else str(lifetime)
 
 
-def _unacceptable(line: CryptoAttribute, allowed: Sequence[str]) -> str | None:
+def _unacceptable(line: CryptoAttribute, allowed: Sequence[str], min_lifetime: int) -> str | None:
     """Why an offered line cannot be accepted on this leg, or None."""
     if line.suite not in SUITES:
         if line.suite.upper() in _KNOWN_SUITE_NAMES:
@@ -705,7 +705,7 @@ def _unacceptable(line: CryptoAttribute, allowed: Sequence[str]) -> str | None:
         return f"crypto-suite {line.suite} is not available in this build"
     if line.suite not in allowed:
         return f"crypto-suite {line.suite} is not allowed on this leg"
-    return _unsupported_params(line)
+    return _unsupported_params(line, min_lifetime)
 
 
 def _allowed_suites(suites: Sequence[str]) -> tuple[str, ...]:
@@ -736,7 +736,9 @@ class SdesKeyExchange:
     are left out, and an empty sequence means :data:`DEFAULT_SUITES`. ``random_bytes`` must be a
     CSPRNG; ``max_crypto_lines`` bounds the a=crypto lines read from one offer;
     ``answer_suite`` (:data:`ANSWER_SUITE_CHOICES`) says which acceptable offered line an answer
-    takes: the one first in the policy's order, or the offer's first.
+    takes: the one first in the policy's order, or the offer's first;
+    ``min_peer_key_lifetime`` is the shortest key lifetime (RFC 4568 §6.1) accepted from a peer,
+    1 for any.
     """
 
     name = "sdes"
@@ -750,12 +752,16 @@ class SdesKeyExchange:
         random_bytes: RandomBytes = os.urandom,
         max_crypto_lines: int = MAX_CRYPTO_LINES,
         answer_suite: str = "policy-order",
+        min_peer_key_lifetime: int = 1,
     ) -> None:
         if answer_suite not in ANSWER_SUITE_CHOICES:
             raise ValueError(f"answer_suite: expected one of {', '.join(ANSWER_SUITE_CHOICES)}")
+        if not 1 <= min_peer_key_lifetime <= MAX_LIFETIME:
+            raise ValueError("min_peer_key_lifetime: expected 1..2^48 packets")
         self._random_bytes = random_bytes
         self.max_crypto_lines = max_crypto_lines
         self.answer_suite = answer_suite
+        self.min_peer_key_lifetime = min_peer_key_lifetime
 
     def __repr__(self) -> str:
         return (
@@ -777,7 +783,12 @@ class SdesKeyExchange:
         same tag, suite and key, so an unchanged answer keeps the SRTP context. ``rekey=True``
         (lifetime reached, new SSRC) makes a fresh offer. Fails at once (no key made) without
         TLS or without a suite to offer."""
-        negotiation = SdesNegotiation("offerer", self._random_bytes, _State.OFFERED)
+        negotiation = SdesNegotiation(
+            "offerer",
+            self._random_bytes,
+            _State.OFFERED,
+            min_peer_lifetime=self.min_peer_key_lifetime,
+        )
         if not secure_signalling:
             negotiation._fail(TLS_REQUIRED_REASON)
             return negotiation
@@ -818,7 +829,12 @@ class SdesKeyExchange:
         values = crypto_values(remote_attributes)
         if not values:
             return None
-        negotiation = SdesNegotiation("answerer", self._random_bytes, _State.OFFERED)
+        negotiation = SdesNegotiation(
+            "answerer",
+            self._random_bytes,
+            _State.OFFERED,
+            min_peer_lifetime=self.min_peer_key_lifetime,
+        )
         if not secure_signalling:
             negotiation._fail(TLS_REQUIRED_REASON)
             return negotiation
@@ -826,7 +842,10 @@ class SdesKeyExchange:
             negotiation._fail(f"the offer has more than {self.max_crypto_lines} a=crypto lines")
             return negotiation
         chosen, first, reasons = _choose(
-            values, _allowed_suites(suites), by_policy=self.answer_suite == "policy-order"
+            values,
+            _allowed_suites(suites),
+            by_policy=self.answer_suite == "policy-order",
+            min_lifetime=self.min_peer_key_lifetime,
         )
         if chosen is None:
             negotiation._fail("no acceptable a=crypto line: " + _summary(reasons))
@@ -856,7 +875,7 @@ class SdesKeyExchange:
 
 
 def _choose(
-    values: Sequence[str], allowed: Sequence[str], *, by_policy: bool
+    values: Sequence[str], allowed: Sequence[str], *, by_policy: bool, min_lifetime: int
 ) -> tuple[CryptoAttribute | None, CryptoAttribute | None, list[str]]:
     """The offered line to accept, the first acceptable one, and why each line skipped was.
 
@@ -876,7 +895,7 @@ def _choose(
             reasons.append(f"tag {line.tag}: the tag is repeated")
             continue
         tags.add(line.tag)
-        problem = _unacceptable(line, allowed)
+        problem = _unacceptable(line, allowed, min_lifetime)
         if problem is not None:
             reasons.append(f"tag {line.tag}: {problem}")
             continue
@@ -908,12 +927,20 @@ class SdesConfig:
     """``[plugins.sdes]``. See docs/configuration.md."""
 
     answer_suite: str = "policy-order"
+    min_peer_key_lifetime: int = 1
 
     def __attrs_post_init__(self) -> None:
         # structure() reports a ValueError as a config error of this table; say which key.
         if self.answer_suite not in ANSWER_SUITE_CHOICES:
             raise ValueError(
                 f"answer_suite: expected one of {', '.join(map(repr, ANSWER_SUITE_CHOICES))}"
+            )
+        if isinstance(self.min_peer_key_lifetime, bool) or not (
+            1 <= self.min_peer_key_lifetime <= MAX_LIFETIME
+        ):
+            raise ValueError(
+                "min_peer_key_lifetime: expected a number of packets from 1 to 2^48 "
+                "(281474976710656); 2147483648 is 2^31"
             )
 
 
@@ -928,7 +955,11 @@ def gateway_register_key_exchanges(registry: Registry[Any], config: SdesConfig |
     config = config if config is not None else SdesConfig()
     registry.add(
         SdesKeyExchange.name,
-        SdesKeyExchange(random_bytes=os.urandom, answer_suite=config.answer_suite),
+        SdesKeyExchange(
+            random_bytes=os.urandom,
+            answer_suite=config.answer_suite,
+            min_peer_key_lifetime=config.min_peer_key_lifetime,
+        ),
     )
 
 

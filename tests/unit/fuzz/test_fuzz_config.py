@@ -291,7 +291,7 @@ def seed_config(f: Files) -> dict[str, Any]:
                 "profiles": ["SRTP_AEAD_AES_128_GCM", "SRTP_AES128_CM_SHA1_80"],
                 "mtu": 1200,
             },
-            "sdes": {"answer_suite": "offer-order"},
+            "sdes": {"answer_suite": "offer-order", "min_peer_key_lifetime": 2147483648},
             "zrtp": {
                 "state_dir": state,
                 "key_agreements": ["X255", "DH3k"],

@@ -257,16 +257,6 @@ def test_answer_skips_lines_it_cannot_use_and_takes_the_next() -> None:
         (line(1, CM128_80, 1, " UNAUTHENTICATED_SRTP"), "UNAUTHENTICATED_SRTP is not supported"),
         (line(1, CM128_80, 1, f" FEC_KEY=inline:{SDES_KEY_80}"), "FEC_KEY is not supported"),
         (line(1, CM128_80, 1, " X-NEW-THING"), "an unknown session parameter is not supported"),
-        (
-            line(1, CM128_80, 1, "|2^20"),
-            "key lifetime 2^20 packets is below the 2^31 the gateway needs "
-            "(it does not re-key SDES before a lifetime runs out)",
-        ),
-        (
-            line(1, CM128_80, 1, "|2147483647"),
-            "key lifetime 2147483647 packets is below the 2^31 the gateway needs "
-            "(it does not re-key SDES before a lifetime runs out)",
-        ),
         (line(1, GCM128, 1), f"crypto-suite {GCM128} is not allowed on this leg"),
         (
             ("crypto", f"1 AES_CM_128_NULL_AUTH inline:{SDES_KEY_80}"),
@@ -288,34 +278,72 @@ def test_each_unusable_line_is_skipped_for_its_reason(
 
 @pytest.mark.parametrize(
     ("tail", "recorded"),
-    [("|2^31", "2^31 packets"), ("|2^48", "2^48 packets"), ("|3000000000", "3000000000 packets")],
+    [
+        ("|2^20", "2^20 packets"),  # the RFC's own example; phones write such (rtpengine #57)
+        ("|1000", "1000 packets"),
+        ("|2^31", "2^31 packets"),
+        ("|2^48", "2^48 packets"),
+        ("|3000000000", "3000000000 packets"),
+    ],
 )
-def test_answer_with_a_long_enough_lifetime_is_accepted_and_recorded(
+def test_any_lifetime_the_rfc_allows_is_accepted_and_recorded_by_default(
     tail: str, recorded: str
 ) -> None:
-    # RFC 4568 §6.1: lifetimes of 2^31 packets and more outlast any call (MIN_LIFETIME).
+    # RFC 4568 §6.1: the lifetime binds the key's sender (it must re-key); accepting the key for
+    # longer gives nothing away, and refusing turns such phones' calls into 488s.
     ke, _ = exchange(2)
+    assert ke.min_peer_key_lifetime == 1
     b = ke.answer([line(1, CM128_80, 1, tail)], suites=[CM128_80], secure_signalling=True)
     assert b is not None and b.state == "established"
     assert b.security_record() == {
         "sdes_peer_key_lifetime": recorded,
         "sdes_answer_choice": None,
     }
+    a = ke.offer(suites=[CM128_80], secure_signalling=True)
+    a.remote_sdp_attributes([line(1, CM128_80, 9, tail)])
+    assert a.state == "established"
+    assert a.security_record()["sdes_peer_key_lifetime"] == recorded
 
 
-def test_a_short_lifetime_loses_to_a_line_without_one() -> None:
-    # A phone offering the same suite twice, one key with a short lifetime: the other line.
-    ke, _ = exchange(2)
-    offer = [line(1, CM128_80, 1, "|2^20"), line(2, CM128_80, 2)]
-    b = ke.answer(offer, suites=[], secure_signalling=True)
+def strict_exchange() -> SdesKeyExchange:
+    return SdesKeyExchange(random_bytes=CountingRandom(2), min_peer_key_lifetime=1 << 31)
+
+
+@pytest.mark.parametrize(
+    ("tail", "why"),
+    [
+        (
+            "|2^20",
+            "key lifetime 2^20 packets is below the 2^31 set by [plugins.sdes] "
+            "min_peer_key_lifetime",
+        ),
+        (
+            "|2147483647",
+            "key lifetime 2147483647 packets is below the 2^31 set by [plugins.sdes] "
+            "min_peer_key_lifetime",
+        ),
+    ],
+)
+def test_a_configured_minimum_lifetime_skips_shorter_offered_lines(tail: str, why: str) -> None:
+    ke = strict_exchange()
+    b = ke.answer(
+        [line(1, CM128_80, 1, tail), line(2, CM128_80, 2)],
+        suites=[CM128_80],
+        secure_signalling=True,
+    )
     assert b is not None
     assert parse_crypto_untrusted(crypto_values(b.local_sdp_attributes())[0]).tag == 2
     assert b.security_record()["sdes_peer_key_lifetime"] is None
+    alone = ke.answer([line(1, CM128_80, 1, tail)], suites=[CM128_80], secure_signalling=True)
+    assert alone is not None
+    assert failure_of(alone).reason == f"no acceptable a=crypto line: tag 1: {why}"
+    kept = ke.answer([line(1, CM128_80, 1, "|2^31")], suites=[CM128_80], secure_signalling=True)
+    assert kept is not None and kept.state == "established"
 
 
 @pytest.mark.parametrize(("tail", "refused"), [("|2^20", True), ("|2^31", False), ("", False)])
-def test_an_answer_with_a_short_lifetime_is_refused(tail: str, refused: bool) -> None:
-    ke, _ = exchange(1)
+def test_a_configured_minimum_lifetime_refuses_a_shorter_answer(tail: str, refused: bool) -> None:
+    ke = strict_exchange()
     a = ke.offer(suites=[CM128_80], secure_signalling=True)
     answer = [line(1, CM128_80, 9, tail)]
     if not refused:
@@ -327,8 +355,8 @@ def test_an_answer_with_a_short_lifetime_is_refused(tail: str, refused: bool) ->
     with pytest.raises(SdesError) as info:
         a.remote_sdp_attributes(answer)
     reason = (
-        "the answer's a=crypto: key lifetime 2^20 packets is below the 2^31 the gateway needs "
-        "(it does not re-key SDES before a lifetime runs out)"
+        "the answer's a=crypto: key lifetime 2^20 packets is below the 2^31 set by "
+        "[plugins.sdes] min_peer_key_lifetime"
     )
     assert info.value.reason == reason
     assert failure_of(a) == NegotiationFailed(reason, 488)

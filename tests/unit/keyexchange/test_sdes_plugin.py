@@ -33,6 +33,7 @@ def test_registers_the_sdes_key_exchange_and_no_policy() -> None:
     assert len(plugins.media_policies) == 0
     assert plugins.configs.get("sdes") == sdes.SdesConfig()
     assert exchange.answer_suite == "policy-order"
+    assert exchange.min_peer_key_lifetime == 1  # any lifetime RFC 4568 allows
 
 
 def test_the_sdes_table_takes_answer_suite_and_nothing_else() -> None:
@@ -47,6 +48,18 @@ def test_the_sdes_table_takes_answer_suite_and_nothing_else() -> None:
     config = from_mapping({"plugins": {"enable": ["sdes"], "sdes": {"answer_suite": "best"}}})
     with pytest.raises(ConfigError, match="answer_suite: expected one of"):
         load_plugins(config, extra=[("sdes", sdes)], installed={})
+
+
+def test_the_sdes_table_takes_a_minimum_peer_key_lifetime() -> None:
+    table = {"min_peer_key_lifetime": 2147483648}
+    config = from_mapping({"plugins": {"enable": ["sdes"], "sdes": table}})
+    exchange = load_plugins(config, extra=[("sdes", sdes)], installed={}).key_exchanges.get("sdes")
+    assert exchange.min_peer_key_lifetime == 1 << 31
+    for bad in (0, -1, (1 << 48) + 1, True):
+        table = {"min_peer_key_lifetime": bad}
+        config = from_mapping({"plugins": {"enable": ["sdes"], "sdes": table}})
+        with pytest.raises(ConfigError, match="min_peer_key_lifetime: expected"):
+            load_plugins(config, extra=[("sdes", sdes)], installed={})
 
 
 def test_the_registered_exchange_draws_keys_from_the_os() -> None:
