@@ -436,15 +436,15 @@ def ne_status(tap: Interception) -> str:
     return answer[start : answer.index("</neStatusDetails>")]
 
 
-async def test_get_ne_status_at_start_up_is_ok_while_the_destinations_are_being_confirmed(
+async def restarted_with_a_slow_mediation_function(
     nursery: trio.Nursery,
-    autojump_clock: trio.abc.Clock,
     tmp_path: Path,
     pki: tuple[TestCa, Issued, Issued],  # noqa: F811
-) -> None:
-    # A restart with a destination stored whose mediation function answers the first keepalive
-    # late (a slow MDF, a long round trip): an ADMF polling GetNEStatus meanwhile must not read
-    # Faults, as no destination has failed; the destination itself says it is not confirmed.
+    ack_delay: float = 40.0,
+) -> tuple[FakeAdmf, Mediation, Interception]:
+    """A tap provisioned with one task and its destination, stopped and started again from its
+    store (a restart), whose mediation function answers the first keepalive ``ack_delay``
+    seconds late: the link stays confirming meanwhile (the keepalive interval is 60 s)."""
     admf = FakeAdmf(admf_context(pki))
     await nursery.start(admf.serve)
     mediation = Mediation()
@@ -471,9 +471,22 @@ async def test_get_ne_status_at_start_up_is_ok_while_the_destinations_are_being_
             running.cancel()
     first.provisioning.close()
 
-    mediation.ack_delay = 40.0
+    mediation.ack_delay = ack_delay
     tap = Interception(config)
     await nursery.start(tap.run)
+    return admf, mediation, tap
+
+
+async def test_get_ne_status_at_start_up_is_ok_while_the_destinations_are_being_confirmed(
+    nursery: trio.Nursery,
+    autojump_clock: trio.abc.Clock,
+    tmp_path: Path,
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
+) -> None:
+    # A restart with a destination stored whose mediation function answers the first keepalive
+    # late (a slow MDF, a long round trip): an ADMF polling GetNEStatus meanwhile must not read
+    # Faults, as no destination has failed; the destination itself says it is not confirmed.
+    admf, mediation, tap = await restarted_with_a_slow_mediation_function(nursery, tmp_path, pki)
     link = tap.links[DID]  # restored from the store
     assert link.state in ("connecting", "confirming")
     assert ne_status(tap) == "<neStatus>OK</neStatus><listOfFaults/>"
@@ -487,4 +500,50 @@ async def test_get_ne_status_at_start_up_is_ok_while_the_destinations_are_being_
     assert ne_status(tap) == "<neStatus>OK</neStatus><listOfFaults/>"
     assert delivery_status(tap) == "activeAndWorking"
     assert admf.of(DESTINATION) == [] and admf.of(TASK) == []  # never faulty: nothing reported
+    tap.provisioning.close()
+
+
+def task_status(tap: Interception, kind: str = "GetTaskDetailsRequest") -> str:
+    """The task's ``taskStatus`` in the answer to ``kind`` (one naming the task, or one of the
+    GetAll* requests that list every task)."""
+    body = f"<xId>{XID}</xId>" if kind == "GetTaskDetailsRequest" else ""
+    answer = x1(tap, message(kind, body))
+    assert f"<xId>{XID}</xId>" in answer, answer  # the task is listed
+    start = answer.index("<taskStatus>") + len("<taskStatus>")
+    return answer[start : answer.index("</taskStatus>", start)]
+
+
+async def test_get_task_details_at_start_up_lists_the_task_without_a_fault_while_confirming(
+    nursery: trio.Nursery,
+    autojump_clock: trio.abc.Clock,
+    tmp_path: Path,
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
+) -> None:
+    # An ADMF auditing the element right after its restart (docs/lawful_intercept.md: the
+    # start-up report invites it) asks for the tasks while their destinations are still being
+    # confirmed: nothing has failed, so the tasks carry no fault, as GetNEStatus says OK (the
+    # destination's own status says "not confirmed yet"). A fault comes once the confirmation
+    # fails, the moment the reports say so too.
+    admf, _, tap = await restarted_with_a_slow_mediation_function(
+        nursery, tmp_path, pki, ack_delay=1000.0
+    )
+    link = tap.links[DID]
+    assert link.state in ("connecting", "confirming")
+    no_fault = "<provisioningStatus>complete</provisioningStatus><listOfFaults/>"
+    kinds = ("GetTaskDetailsRequest", "GetAllTaskDetailsRequest", "GetAllDetailsRequest")
+    for kind in kinds:
+        assert task_status(tap, kind) == no_fault
+    await until(lambda: link.state == "confirming")
+    await trio.sleep(30)
+    assert link.state == "confirming"
+    assert "not confirmed yet" in delivery_faults(tap)
+    for kind in kinds:
+        assert task_status(tap, kind) == no_fault
+    # The keepalive's deadline passes unanswered: now the task has a fault, as reported.
+    await until(lambda: admf.of(TASK) == ["NonTerminatingFault"], 120)
+    for kind in kinds:
+        status = task_status(tap, kind)
+        assert "<unresolvedFault>" in status
+        assert "no destination of the task is delivering" in status
+        assert "no keepalive acknowledgement" in status
     tap.provisioning.close()
