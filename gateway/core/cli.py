@@ -18,7 +18,7 @@ from typing import Any
 
 from gateway import __version__
 from gateway.core import config as config_mod
-from gateway.core.calls.protection import describe_leg
+from gateway.core.calls.protection import describe_auth, describe_leg
 from gateway.core.config import ConfigError, GatewayConfig, TrunkAddress
 from gateway.core.interfaces import MediaPolicy
 from gateway.core.logs import log_exception, show_plugin_exception_text
@@ -940,6 +940,11 @@ def cmd_calls(args: argparse.Namespace) -> int:
             if leg:
                 name = "caller leg" if label == "a" else "callee leg"
                 print(f"  {name}: {describe_leg(leg)}")
+        for label in ("a", "b"):
+            auth = describe_auth(security.get(label) or {})
+            if auth is not None:  # a leg whose party sent us its INVITE (a caller, a picker)
+                name = "caller" if label == "a" else "callee (picked up)"
+                print(f"  {name} authenticated: {auth}")
         now = live_of(record)
         if now is not None:
             for label, figures in now.items():
