@@ -38,7 +38,9 @@ MIGRATE_WAIT = 600.0
 default: a node that started first builds it in minutes on tens of millions of records, and an
 upgrade script's next step (starting this node) should not fail for that."""
 LOG_LEVEL_WORDS = {
-    "debug": "everything, with the details a fault is found by (verbose: not for production)",
+    "debug": "everything, with the details a fault is found by: each SIP message received and "
+    "sent (its first line, Call-ID and CSeq), TLS handshakes, connections closing (verbose: "
+    "not for production)",
     "info": "what the gateway does (start-up, calls, peers coming and going), and what follows",
     "warning": "what is wrong but goes on (a failing peer, a refused handshake), and errors",
     "error": "only what fails",
