@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.voipgw_process import voipgw_running
-from tests.port_blocks import port_block_text
+from tests.port_blocks import PortLease
 
 LISTENING = re.compile(r"listening on udp:127\.0\.0\.1:(\d+)")
 READY = re.compile(r"voipgw ready: ")
@@ -51,14 +51,18 @@ def options(port: int, call_id: str) -> bytes:
     ],
 )
 def test_the_log_level_is_the_command_lines_else_the_files_and_debug_traces_sip(
-    tmp_path: Path, in_file: str | None, on_command_line: str | None, debug: bool
+    tmp_path: Path,
+    in_file: str | None,
+    on_command_line: str | None,
+    debug: bool,
+    port_lease: PortLease,
 ) -> None:
     config = tmp_path / "voipgw.toml"
     level = f'log_level = "{in_file}"\n' if in_file else ""
     config.write_text(
         f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n{level}'
         '[sip]\nlisten = ["udp:127.0.0.1:0"]\n'
-        f'[media]\nports = "{port_block_text(10)}"\n[plugins]\nenable = ["udp"]\n'
+        f'[media]\nports = "{port_lease.text(10)}"\n[plugins]\nenable = ["udp"]\n'
     )
     log = tmp_path / "run.log"
     args = ("--log-level", on_command_line) if on_command_line else ()
