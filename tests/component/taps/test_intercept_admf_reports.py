@@ -441,7 +441,7 @@ async def restarted_with_a_slow_mediation_function(
     tmp_path: Path,
     pki: tuple[TestCa, Issued, Issued],  # noqa: F811
     ack_delay: float = 40.0,
-) -> tuple[FakeAdmf, Mediation, Interception]:
+) -> tuple[FakeAdmf, Interception]:
     """A tap provisioned with one task and its destination, stopped and started again from its
     store (a restart), whose mediation function answers the first keepalive ``ack_delay``
     seconds late: the link stays confirming meanwhile (the keepalive interval is 60 s)."""
@@ -474,7 +474,7 @@ async def restarted_with_a_slow_mediation_function(
     mediation.ack_delay = ack_delay
     tap = Interception(config)
     await nursery.start(tap.run)
-    return admf, mediation, tap
+    return admf, tap
 
 
 async def test_get_ne_status_at_start_up_is_ok_while_the_destinations_are_being_confirmed(
@@ -486,7 +486,7 @@ async def test_get_ne_status_at_start_up_is_ok_while_the_destinations_are_being_
     # A restart with a destination stored whose mediation function answers the first keepalive
     # late (a slow MDF, a long round trip): an ADMF polling GetNEStatus meanwhile must not read
     # Faults, as no destination has failed; the destination itself says it is not confirmed.
-    admf, mediation, tap = await restarted_with_a_slow_mediation_function(nursery, tmp_path, pki)
+    admf, tap = await restarted_with_a_slow_mediation_function(nursery, tmp_path, pki)
     link = tap.links[DID]  # restored from the store
     assert link.state in ("connecting", "confirming")
     assert ne_status(tap) == "<neStatus>OK</neStatus><listOfFaults/>"
@@ -524,7 +524,7 @@ async def test_get_task_details_at_start_up_lists_the_task_without_a_fault_while
     # confirmed: nothing has failed, so the tasks carry no fault, as GetNEStatus says OK (the
     # destination's own status says "not confirmed yet"). A fault comes once the confirmation
     # fails, the moment the reports say so too.
-    admf, _, tap = await restarted_with_a_slow_mediation_function(
+    admf, tap = await restarted_with_a_slow_mediation_function(
         nursery, tmp_path, pki, ack_delay=1000.0
     )
     link = tap.links[DID]
