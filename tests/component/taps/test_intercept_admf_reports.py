@@ -49,6 +49,32 @@ def delivery_status(tap: Interception) -> str:
     return answer[start : answer.index("<", start)]
 
 
+def tap_config(
+    tmp_path: Path,
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
+    admf_port: int,
+    **table: Any,
+) -> InterceptConfig:
+    """The tap's table: X1 on a free port with the PKI's certificates, plain TCP to mediation
+    functions, reports to the fake ADMF at ``admf_port``, state in ``tmp_path``; ``table``
+    replaces any of these."""
+    ca, gateway, _ = pki
+    return InterceptConfig(
+        **{
+            "x1_listen": "127.0.0.1:0",
+            "x1_certificate": str(gateway.certificate),
+            "x1_private_key": str(gateway.key),
+            "x1_ca": str(ca.certificate),
+            "ne_identifier": "gw-test",
+            "delivery_tls": False,
+            "report_url": f"https://127.0.0.1:{admf_port}/X1",
+            "report_admf_identifier": "admf-1",
+            "state_dir": str(tmp_path / "state"),
+            **table,
+        }
+    )
+
+
 async def start_tap(
     nursery: trio.Nursery,
     tmp_path: Path,
@@ -57,22 +83,7 @@ async def start_tap(
     wall_clock: Callable[[], float] | None = None,
     **table: Any,
 ) -> Interception:
-    ca, gateway, _ = pki
-    config = InterceptConfig(
-        **{
-            "x1_listen": "127.0.0.1:0",
-            "x1_certificate": str(gateway.certificate),
-            "x1_private_key": str(gateway.key),
-            "x1_ca": str(ca.certificate),
-            "ne_identifier": "gw-test",
-            "delivery_tls": False,
-            "keepalive_interval": 600.0,
-            "report_url": f"https://127.0.0.1:{admf_port}/X1",
-            "report_admf_identifier": "admf-1",
-            "state_dir": str(tmp_path / "state"),
-            **table,  # replaces any of these
-        }
-    )
+    config = tap_config(tmp_path, pki, admf_port, **{"keepalive_interval": 600.0, **table})
     if wall_clock is None:
         tap = Interception(config, provisioning=Provisioning(None))
     else:
@@ -356,18 +367,7 @@ async def test_a_restart_is_reported_with_what_the_store_restored(
     await nursery.start(admf.serve)
     mediation = Mediation()
     port = await nursery.start(mediation.serve)
-    ca, gateway, _ = pki
-    config = InterceptConfig(
-        x1_listen="127.0.0.1:0",
-        x1_certificate=str(gateway.certificate),
-        x1_private_key=str(gateway.key),
-        x1_ca=str(ca.certificate),
-        ne_identifier="gw-test",
-        delivery_tls=False,
-        report_url=f"https://127.0.0.1:{admf.port}/X1",
-        report_admf_identifier="admf-1",
-        state_dir=str(tmp_path / "state"),  # kept in tasks.sqlite
-    )
+    config = tap_config(tmp_path, pki, admf.port)  # its state kept in tasks.sqlite
     for _ in range(2):  # the first run is provisioned, the second restores it
         tap = Interception(config)
         reports = tap.reports
@@ -449,19 +449,8 @@ async def restarted_with_a_slow_mediation_function(
     await nursery.start(admf.serve)
     mediation = Mediation()
     port = await nursery.start(mediation.serve)
-    ca, gateway, _ = pki
-    config = InterceptConfig(
-        x1_listen="127.0.0.1:0",
-        x1_certificate=str(gateway.certificate),
-        x1_private_key=str(gateway.key),
-        x1_ca=str(ca.certificate),
-        ne_identifier="gw-test",
-        delivery_tls=False,
-        keepalive_interval=60.0,
-        report_url=f"https://127.0.0.1:{admf.port}/X1",
-        report_admf_identifier="admf-1",
-        state_dir=str(tmp_path / "state"),  # kept in tasks.sqlite
-    )
+    # Its state kept in tasks.sqlite, for the restart.
+    config = tap_config(tmp_path, pki, admf.port, keepalive_interval=60.0)
     first = Interception(config)
     with trio.CancelScope() as running:
         async with trio.open_nursery() as inner:
