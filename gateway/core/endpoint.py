@@ -579,6 +579,10 @@ class SipEndpoint:
         self.subscriptions: SubscriptionLayer | None = None
         self.messages: MessageLayer | None = None
         self.presence: PublishLayer | None = None
+        # A DEBUG line per SIP message in and out (_trace): asked of logging once, as the level
+        # is set before the gateway starts and never changes while it runs (voipgw run), so
+        # each message costs an attribute read, not a logger look-up.
+        self.trace_messages = log.isEnabledFor(logging.DEBUG)
         """Set while ``[presence] allow`` is not "none"; PUBLISH is 405 otherwise, as before."""
         self.captures: tuple[SipCapture, ...] = tuple(
             capture for _, capture in gateway.plugins.sip_captures.items()
@@ -741,7 +745,7 @@ class SipEndpoint:
         """One message from ``flow``, which waited ``waited`` seconds since it arrived."""
         if self.captures:
             self._capture(data, flow.transport, flow.remote, flow.local)
-        if log.isEnabledFor(logging.DEBUG):  # before parsing: an unparsable one is traced too
+        if self.trace_messages:  # before parsing: an unparsable one is traced too
             log.debug("SIP in %s: %s", flow.key, _trace(data))
         config = self.gateway.config.sip
         try:
@@ -1698,7 +1702,7 @@ class SipEndpoint:
         await flow.send(data)
         if self.captures:
             self._capture(data, flow.transport, flow.local, flow.remote)
-        if log.isEnabledFor(logging.DEBUG):
+        if self.trace_messages:
             log.debug("SIP out %s: %s", flow.key, _trace(data))
 
     def _capture(self, data: bytes, transport: str, source: Address, destination: Address) -> None:

@@ -434,19 +434,15 @@ class CallManager:
         trunk = self.trunk_for_source(source)
         if trunk is not None:
             device = devices.of_request(invite, flow) if devices.active else None
-            auth = CallerAuth("source", source=source)
+            auth = _source_auth(source)
             return Caller(kind="trunk", name=trunk, flow=flow, device=device, auth=auth)
         outcome = self.authenticate(invite, flow, AuthKind.PROXY)
         if isinstance(outcome, Response):
             return outcome
         device = devices.of_request(invite, flow) if devices.active else None
         # How it authenticated, for the call record (fraud investigations): never a secret.
-        auth = CallerAuth(
-            "digest",
-            realm=outcome.realm,
-            algorithm=outcome.algorithm.value,
-            qop=outcome.qop,
-            device_certificate=outcome.device_certificate,
+        auth = _digest_auth(
+            outcome.realm, outcome.algorithm.value, outcome.qop, outcome.device_certificate
         )
         return Caller(kind="account", name=outcome.username, flow=flow, device=device, auth=auth)
 
@@ -1140,3 +1136,19 @@ def _asserted_uris(invite: Request) -> tuple[str, ...]:
         except SipError:
             continue
     return tuple(uris)
+
+
+# How callers authenticated (the call record's "auth"): a few distinct values (realms,
+# algorithms, trunk addresses) made once each, not per call.
+@functools.lru_cache(maxsize=256)
+def _digest_auth(
+    realm: str, algorithm: str, qop: str | None, device_certificate: bool
+) -> CallerAuth:
+    return CallerAuth(
+        "digest", realm=realm, algorithm=algorithm, qop=qop, device_certificate=device_certificate
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _source_auth(source: str) -> CallerAuth:
+    return CallerAuth("source", source=source)
