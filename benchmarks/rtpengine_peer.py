@@ -41,6 +41,7 @@ import time
 from collections.abc import Iterator
 
 import attrs
+from bench_children import die_with_parent
 from bench_ports import media_ports
 
 ADDRESS = "127.0.0.1"
@@ -245,7 +246,11 @@ class Rtpengine:
         ]  # fmt: skip
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)
         self._process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=self._log,
+            preexec_fn=die_with_parent,  # bench_children.py
         )
         client = NgClient((ADDRESS, self.ng_port), timeout=0.1)
         deadline = time.monotonic() + 10.0

@@ -93,6 +93,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+from bench_children import die_with_parent
 from bench_ports import media_ports_text
 from gateway_config import LOOPBACK, TRUNK_IP, gateway_config
 
@@ -434,6 +435,7 @@ class System:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,  # stop() ends whatever a --gateway-prefix forked
+                preexec_fn=die_with_parent,  # no group signal reaches it (bench_children.py)
             )
         # Under a --gateway-prefix such as valgrind, start-up takes minutes, not a second.
         wait_udp_port(self.sip.b2bua, self.process, timeout=300.0 if prefix else 20.0)
@@ -491,6 +493,7 @@ class System:
                 # receives (voipgw, at its default info, logs a line per call).
                 env={**os.environ, "SIPLOG_LVL": "WARN"},
                 start_new_session=True,
+                preexec_fn=die_with_parent,
             )
         wait_udp_port(self.sip.sippy, self.process)
 
@@ -659,7 +662,12 @@ def run_step(system: System, mode: str, rate: float, args: argparse.Namespace) -
     )
     with open(uas_dir / "screen.log", "wb") as screen:
         uas = subprocess.Popen(
-            uas_cmd, cwd=uas_dir, stdin=subprocess.DEVNULL, stdout=screen, stderr=screen
+            uas_cmd,
+            cwd=uas_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=screen,
+            stderr=screen,
+            preexec_fn=die_with_parent,
         )
     uac: subprocess.Popen[bytes] | None = None
     try:
@@ -678,7 +686,12 @@ def run_step(system: System, mode: str, rate: float, args: argparse.Namespace) -
         started = time.monotonic()
         with open(uac_dir / "screen.log", "wb") as screen:
             uac = subprocess.Popen(
-                uac_cmd, cwd=uac_dir, stdin=subprocess.DEVNULL, stdout=screen, stderr=screen
+                uac_cmd,
+                cwd=uac_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=screen,
+                stderr=screen,
+                preexec_fn=die_with_parent,
             )
         uac_rc, uac_cpu = wait_child(uac, timeout + 5, sample_rss)
         window = time.monotonic() - started

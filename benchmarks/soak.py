@@ -63,6 +63,7 @@ import urllib.request
 from pathlib import Path
 
 import attrs
+from bench_children import die_with_parent
 from gateway_config import LOOPBACK, TRUNK_IP, gateway_config
 from sip_calls import (
     REPO_ROOT,
@@ -312,6 +313,7 @@ class Soak:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
+                preexec_fn=die_with_parent,  # no group signal reaches it (bench_children.py)
             )
         # Tracing every allocation from the first import slows the start-up several times.
         wait_udp_port(self.ports.gateway, self.gateway, 120.0 if self.args.tracemalloc else 20.0)
@@ -389,7 +391,12 @@ verifyChain = no
         screen = open(rundir / "screen.log", "wb")  # noqa: SIM115 (closed with the process)
         try:
             return subprocess.Popen(
-                command, cwd=rundir, stdin=subprocess.DEVNULL, stdout=screen, stderr=screen
+                command,
+                cwd=rundir,
+                stdin=subprocess.DEVNULL,
+                stdout=screen,
+                stderr=screen,
+                preexec_fn=die_with_parent,
             )
         finally:
             screen.close()

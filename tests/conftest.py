@@ -23,6 +23,8 @@ import pgcluster
 import pytest
 from hypothesis import HealthCheck, settings
 
+from tests.port_blocks import PortLease
+
 settings.register_profile(
     "voipgw",
     derandomize=True,
@@ -77,6 +79,16 @@ def missing(message: str) -> NoReturn:
     if os.environ.get("VOIPGW_REQUIRE_PEERS") == "1":
         pytest.fail(message + "; VOIPGW_REQUIRE_PEERS=1 requires every peer")
     pytest.skip(message)
+
+
+@pytest.fixture
+def port_lease() -> Iterator[PortLease]:
+    """Port blocks for this test alone (``port_lease.text(20)`` for a ``[media] ports``), given
+    back at its teardown, after every fixture it uses (a gateway it started is stopped by then),
+    for the next test of this process (tests/port_blocks.py: a long run claims no new units)."""
+    lease = PortLease()
+    yield lease
+    lease.release()
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,15 @@ whose write end only this process holds. Any end of this process closes that end
 closes a dead process's descriptors), and on EOF the watcher stops the server (``pg_ctl stop -m
 immediate``) and deletes the directory. ``PR_SET_PDEATHSIG`` cannot do it: it reaches only a
 direct child, and is cleared when runuser changes to the ``postgres`` user.
+
+A ``postmaster.pid`` is believed only while the process it names runs in the cluster's data
+directory (the postmaster's working directory: :func:`postmaster_of`). A server killed outright
+(SIGKILL, the OOM killer) leaves the file behind, and its pid goes to another process in time: on
+a machine where several test runs (helpers, developers) each run clusters as ``postgres``,
+possibly another run's server or backend. ``pg_ctl stop`` would signal that process, and a
+``pg_ctl start`` in the reused directory (a test that stops and starts its cluster) refuses to
+start beside it. So the watcher stops nothing for a stale file, :meth:`Cluster.stop` stops
+nothing for one, and :meth:`Cluster.start` deletes one first.
 """
 
 from __future__ import annotations
@@ -50,10 +59,30 @@ import os, shutil, subprocess, sys
 root, data, stop = sys.argv[1], sys.argv[2], sys.argv[3:]
 while os.read(0, 64):
     pass
-if os.path.exists(os.path.join(data, "postmaster.pid")):
+try:  # the server of this directory only: a stale file's pid may be anyone's (postmaster_of)
+    with open(os.path.join(data, "postmaster.pid")) as lock:
+        pid = int(lock.readline())
+    ours = os.readlink(f"/proc/{pid}/cwd") == os.path.realpath(data)
+except (OSError, ValueError):
+    ours = False
+if ours:
     subprocess.run(stop, cwd=root, stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
 shutil.rmtree(root, ignore_errors=True)
 """
+
+
+def postmaster_of(data: Path) -> int | None:
+    """The pid of the server running in the data directory ``data``, or None: the pid its
+    ``postmaster.pid`` names, if that process's working directory is ``data`` (the postmaster
+    changes to its data directory at start). A file left by a killed server names a pid that
+    is gone or now another process's (module docstring)."""
+    try:
+        with (data / "postmaster.pid").open() as lock:
+            pid = int(lock.readline())
+        running_in = os.readlink(f"/proc/{pid}/cwd")
+    except (OSError, ValueError):
+        return None
+    return pid if running_in == os.path.realpath(data) else None
 
 
 def postgres_bindir() -> Path | None:
@@ -161,7 +190,14 @@ class Cluster:
         password_file.unlink()
 
     def start(self) -> None:
-        """Start and wait until it accepts connections (``pg_ctl -w`` polls for that)."""
+        """Start and wait until it accepts connections (``pg_ctl -w`` polls for that). A
+        ``postmaster.pid`` left by a server of this directory killed outright is deleted first
+        (module docstring): postgres would refuse to start if its pid were another's now;
+        so is its socket's lock file, in this cluster's own socket directory."""
+        if postmaster_of(self.data) is None:
+            (self.data / "postmaster.pid").unlink(missing_ok=True)
+            for stale in self.socket_dir.glob(".s.PGSQL.*"):
+                stale.unlink(missing_ok=True)
         options = f"-h 127.0.0.1 -p {self.port} -k {self.socket_dir} {FAST}"
         self._run(
             self.bindir / "pg_ctl",
@@ -178,6 +214,10 @@ class Cluster:
         )
 
     def stop(self) -> None:
+        """Stop the server of this directory; nothing when none runs (a stale
+        ``postmaster.pid`` names someone else's process: pg_ctl would signal it)."""
+        if postmaster_of(self.data) is None:
+            return
         self._run(*self._stop_command("fast"))
 
     def destroy(self) -> None:

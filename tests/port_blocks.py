@@ -12,6 +12,13 @@ that a probe could bind (UDP and TCP): a second pytest run on the machine, anoth
 an agent's, claims other units, and a program outside the tests that holds a port is stepped
 over. Within a process, blocks are handed out in order, so two test modules never share a port.
 
+Blocks taken at import (module constants) are held until the process exits: a whole collection
+takes about 54 units, the same for a run of any length. A block a test takes while it runs
+(a gateway's ``[media] ports`` written into its config) is leased instead (:class:`PortLease`,
+the ``port_lease`` fixture of tests/conftest.py): given back when the test ends, its processes
+stopped, and handed out again to the next test of this process, so that a long run (a test
+repeated, a loop hunting a flaky failure) does not claim unit after unit until none is left.
+
 The gateway's default ``[media] ports`` (30000-30999) are never handed out: a gateway whose config
 names no range (a developer's on this machine; a test's fails the test, tests/media_range_guard.py)
 binds them call by call, long after a probe found them free.
@@ -40,6 +47,8 @@ _held: dict[int, int] = {}  # unit -> its lock file's descriptor, open until the
 _lent: dict[int, list[int]] = {}
 _next_unit = LOW // UNIT  # the first unit not yet tried
 _free = range(0)  # the rest of the units claimed last, not yet handed out
+# Blocks given back (PortLease.release): still this process's units, handed out again first.
+_returned: list[range] = []
 
 
 def _ephemeral_low() -> int:
@@ -93,6 +102,13 @@ def port_block(count: int, *, even: bool = True) -> range:
     port, RTCP on the next, RFC 3550 §11) unless ``even`` is false (a single port for a peer's
     SIP or TLS listener: no port is skipped)."""
     global _free
+    for index, returned in enumerate(_returned):
+        start = returned.start + (returned.start % 2 if even else 0)
+        if start + count <= returned.stop:
+            block = range(start, start + count)
+            rest = [range(returned.start, start), range(block.stop, returned.stop)]
+            _returned[index : index + 1] = [part for part in rest if part]
+            return block
     start = _free.start + (_free.start % 2 if even else 0)
     if start + count > _free.stop:
         _free = _claim(-(-count // UNIT))
@@ -197,3 +213,39 @@ def give_back(ports: range) -> None:
         if entry[1] <= 0:
             os.close(entry[0])
             del _lent[port // UNIT]
+
+
+def _give_back_block(block: range) -> None:
+    """``block`` for :func:`port_block` to hand out again, merged with its neighbours."""
+    merged = sorted([*_returned, block], key=lambda r: r.start)
+    _returned.clear()
+    for part in merged:
+        if _returned and _returned[-1].stop == part.start:
+            _returned[-1] = range(_returned[-1].start, part.stop)
+        else:
+            _returned.append(part)
+
+
+class PortLease:
+    """Blocks one test takes while it runs (:func:`port_block`, :func:`port_block_text`), given
+    back by :meth:`release` once its processes have stopped (the ``port_lease`` fixture does
+    it at the test's teardown): the next test of this process gets them again instead of new
+    units. Never for a block kept beyond the test (a module constant, a cached port)."""
+
+    def __init__(self) -> None:
+        self.blocks: list[range] = []
+
+    def block(self, count: int, *, even: bool = True) -> range:
+        block = port_block(count, even=even)
+        self.blocks.append(block)
+        return block
+
+    def text(self, count: int) -> str:
+        """A leased block as a ``[media] ports`` value, "LOW-HIGH"."""
+        block = self.block(count)
+        return f"{block.start}-{block.stop - 1}"
+
+    def release(self) -> None:
+        for block in self.blocks:
+            _give_back_block(block)
+        self.blocks.clear()

@@ -43,3 +43,29 @@ def test_every_child_in_a_session_of_its_own_dies_with_the_test_process() -> Non
         )
     ]
     assert offences == [], "give it preexec_fn=die_with_parent:\n" + "\n".join(offences)
+
+
+def _popens(path: Path) -> list[ast.Call]:
+    return [
+        node
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.Call) and ast.unparse(node.func).endswith("Popen")
+    ]
+
+
+def test_every_process_a_benchmark_starts_dies_with_the_benchmark() -> None:
+    # A benchmark killed alone left its gateways (in sessions of their own), sipp, stunnel and
+    # rtpengine running, holding ports and a core (benchmarks/bench_children.py).
+    benchmarks = ROOT.parent / "benchmarks"
+    starts = {path: _popens(path) for path in sorted(benchmarks.glob("*.py"))}
+    assert sum(map(len, starts.values())) >= 5, "the scan found none: benchmarks/ moved?"
+    offences = [
+        f"{path.relative_to(ROOT.parent)}:{call.lineno}"
+        for path, calls in starts.items()
+        for call in calls
+        if not any(
+            keyword.arg == "preexec_fn" and "die_with_parent" in ast.unparse(keyword.value)
+            for keyword in call.keywords
+        )
+    ]
+    assert offences == [], "give it preexec_fn=die_with_parent:\n" + "\n".join(offences)

@@ -6,6 +6,7 @@ Exit codes (issue #2): 0 ok, 2 usage or configuration error, 1 runtime failure.
 from __future__ import annotations
 
 import argparse
+import contextvars
 import gc
 import logging
 import sys
@@ -19,7 +20,7 @@ import attrs
 
 from gateway import __version__
 from gateway.core import config as config_mod
-from gateway.core.calls.protection import describe_leg
+from gateway.core.calls.protection import describe_auth, describe_leg
 from gateway.core.config import ConfigError, GatewayConfig, TrunkAddress
 from gateway.core.interfaces import MediaPolicy
 from gateway.core.logs import log_exception, show_plugin_exception_text
@@ -39,7 +40,9 @@ MIGRATE_WAIT = 600.0
 default: a node that started first builds it in minutes on tens of millions of records, and an
 upgrade script's next step (starting this node) should not fail for that."""
 LOG_LEVEL_WORDS = {
-    "debug": "everything, with the details a fault is found by (verbose: not for production)",
+    "debug": "everything, with the details a fault is found by: each SIP message received and "
+    "sent (its first line, Call-ID and CSeq), TLS handshakes, connections closing (verbose: "
+    "not for production)",
     "info": "what the gateway does (start-up, calls, peers coming and going), and what follows",
     "warning": "what is wrong but goes on (a failing peer, a refused handshake), and errors",
     "error": "only what fails",
@@ -122,13 +125,14 @@ class _ConfigHelp(argparse.Action):
     ``accounts add`` and ``accounts set`` (``--media-policy``: the built-in policies and those
     the enabled plugins register, the list :func:`_check_media_policy` checks a name against)
     and ``run`` (``--listen``: the enabled transport plugins, the list a listener is checked
-    against). The configuration is ``--config``'s when that came before ``--help``, else the
-    embedded defaults; one that cannot be read leaves the embedded defaults' names, said as
-    such."""
+    against). The configuration is ``--config``'s wherever it is on the command line (the
+    last one, as argparse takes it; argparse stops at ``--help``, so one after it is looked
+    for in the arguments :func:`main` was given), else the embedded defaults; one that cannot
+    be read leaves the embedded defaults' names, said as such."""
 
     HELP = (
-        "show this help message and exit (after --config FILE: with the names that "
-        "configuration's plugins provide)"
+        "show this help message and exit (with --config FILE, before or after it: with the "
+        "names that configuration's plugins provide)"
     )
 
     def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
@@ -143,7 +147,7 @@ class _ConfigHelp(argparse.Action):
         values: object,
         option_string: str | None = None,
     ) -> None:
-        path = getattr(namespace, "config", None)
+        path = _config_in(parser, _ARGV.get()) or getattr(namespace, "config", None)
         note = ""
         try:
             plugins = _load_plugins(_load_config(path), None)
@@ -159,6 +163,34 @@ class _ConfigHelp(argparse.Action):
                 action.help = listen_help(plugins.transports.items()) + note
         parser.print_help()
         parser.exit()
+
+
+_ARGV: contextvars.ContextVar[Sequence[str]] = contextvars.ContextVar("argv", default=())
+"""The arguments :func:`main` parses, for :class:`_ConfigHelp` (argparse hands an action
+only its own values)."""
+
+
+def _config_in(parser: argparse.ArgumentParser, argv: Sequence[str]) -> str | None:
+    """The last ``--config`` value in ``argv`` as ``parser`` reads it: ``--config FILE``,
+    ``--config=FILE`` or an abbreviation argparse takes (``--conf``, when no other option of
+    ``parser`` starts so); none after ``--`` (positional arguments from there)."""
+    path = None
+    index = 0
+    while index < len(argv):
+        token = argv[index]
+        if token == "--":
+            break
+        name, equals, value = token.partition("=")
+        if name.startswith("--") and len(name) > 2 and "--config".startswith(name):
+            options = [o for o in parser._option_string_actions if o.startswith(name)]
+            if options == ["--config"]:
+                if equals:
+                    path = value
+                elif index + 1 < len(argv):
+                    path = argv[index + 1]
+                    index += 1
+        index += 1
+    return path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -945,6 +977,11 @@ def cmd_calls(args: argparse.Namespace) -> int:
             if leg:
                 name = "caller leg" if label == "a" else "callee leg"
                 print(f"  {name}: {describe_leg(leg)}")
+        for label in ("a", "b"):
+            auth = describe_auth(security.get(label) or {})
+            if auth is not None:  # a leg whose party sent us its INVITE (a caller, a picker)
+                name = "caller" if label == "a" else "callee (picked up)"
+                print(f"  {name} authenticated: {auth}")
         now = live_of(record)
         if now is not None:
             for label, figures in now.items():
@@ -1363,7 +1400,11 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    token = _ARGV.set(sys.argv[1:] if argv is None else list(argv))
+    try:
+        args = parser.parse_args(argv)
+    finally:
+        _ARGV.reset(token)
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:

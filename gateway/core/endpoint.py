@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol, cast
@@ -69,7 +70,7 @@ from gateway.core.sip.transaction import (
     TransportFailed,
     UnmatchedResponse,
 )
-from gateway.core.sip.uri import SipUri
+from gateway.core.sip.uri import SipUri, redact_password
 from gateway.core.sip.via import (
     Hop,
     has_rfc3261_branch,
@@ -88,6 +89,12 @@ if TYPE_CHECKING:
     from gateway.core.media.taps import CallTaps
 
 log = logging.getLogger(__name__)
+
+# What `log_level = "debug"` shows of each SIP message received and sent (_trace): its first
+# line, Call-ID and CSeq, bounded; never another header (Authorization holds a digest answer).
+_TRACE_CALL_ID = re.compile(rb"\r\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]{0,100})", re.IGNORECASE)
+_TRACE_CSEQ = re.compile(rb"\r\ncseq[ \t]*:[ \t]*([^\r\n]{0,60})", re.IGNORECASE)
+_TRACE_LINE = 200
 
 
 class LegOf(Protocol):
@@ -601,6 +608,10 @@ class SipEndpoint:
         self.subscriptions: SubscriptionLayer | None = None
         self.messages: MessageLayer | None = None
         self.presence: PublishLayer | None = None
+        # A DEBUG line per SIP message in and out (_trace): asked of logging once, as the level
+        # is set before the gateway starts and never changes while it runs (voipgw run), so
+        # each message costs an attribute read, not a logger look-up.
+        self.trace_messages = log.isEnabledFor(logging.DEBUG)
         """Set while ``[presence] allow`` is not "none"; PUBLISH is 405 otherwise, as before."""
         self.captures: tuple[SipCapture, ...] = tuple(
             capture for _, capture in gateway.plugins.sip_captures.items()
@@ -764,6 +775,8 @@ class SipEndpoint:
         """One message from ``flow``, which waited ``waited`` seconds since it arrived."""
         if self.captures:
             self._capture(data, flow.transport, flow.remote, flow.local)
+        if self.trace_messages:  # before parsing: an unparsable one is traced too
+            log.debug("SIP in %s: %s", flow.key, _trace(data))
         config = self.gateway.config.sip
         try:
             message = parse_message_untrusted(
@@ -1757,6 +1770,8 @@ class SipEndpoint:
         await flow.send(data)
         if self.captures:
             self._capture(data, flow.transport, flow.local, flow.remote)
+        if self.trace_messages:
+            log.debug("SIP out %s: %s", flow.key, _trace(data))
 
     def _capture(self, data: bytes, transport: str, source: Address, destination: Address) -> None:
         """A copy for each capture agent; one that fails (a plugin bug) never fails SIP."""
@@ -1920,3 +1935,29 @@ def _unsupported_extensions(headers: Headers, supported: tuple[str, ...]) -> lis
     for value in headers.get_all("Require"):
         required.extend(part.strip() for part in value.split(",") if part.strip())
     return [ext for ext in required if ext not in supported]
+
+
+def _trace(data: bytes) -> str:
+    """A SIP message in one DEBUG line: its first line, Call-ID, CSeq and size, e.g. ``INVITE
+    sip:bob@example.com SIP/2.0 (Call-ID a84b4c76e66710, CSeq 1 INVITE, 812 bytes)``. Only
+    these: no other header is shown (``Authorization`` holds a digest answer, ``Identity`` a
+    signature), and no body (SDES keys); a password in the Request-URI is withheld. Bounded,
+    and anything unprintable shown as ``?``, as the bytes are the network's (a line of the log
+    must stay one line)."""
+    end = data.find(b"\r\n\r\n")
+    head = data if end < 0 else data[: end + 2]
+    first = head.split(b"\r\n", 1)[0][:_TRACE_LINE]
+    call_id = _TRACE_CALL_ID.search(head)
+    cseq = _TRACE_CSEQ.search(head)
+    parts = [
+        f"Call-ID {_printable(call_id.group(1)) if call_id else '(none)'}",
+        f"CSeq {_printable(cseq.group(1)) if cseq else '(none)'}",
+        f"{len(data)} bytes",
+    ]
+    # RFC 3261 §19.1.1: a Request-URI may carry "user:password@" (NOT RECOMMENDED, but sent).
+    return f"{redact_password(_printable(first))} ({', '.join(parts)})"
+
+
+def _printable(raw: bytes) -> str:
+    text = raw.decode("utf-8", "replace").strip()
+    return "".join(c if c.isprintable() else "?" for c in text)

@@ -580,14 +580,45 @@ class Interworking(Protocol):
 
 
 @attrs.frozen
+class CallerAuth:
+    """How the sender of a new request proved who it is, for the call record (``auth``, per
+    leg): ``method`` ``"digest"``: an account's digest credentials (RFC 3261 §22.2), with the
+    ``realm``, ``algorithm`` and ``qop`` its answer used, and whether the account is bound to
+    device certificates of which the connection presented one (``device_certificate``);
+    ``"source"``: a trunk accepted by the address it sent from (``auth_by_source``), ``source``.
+    Never a secret: no HA1, password, nonce or digest response."""
+
+    method: str  # "digest" | "source"
+    realm: str | None = None
+    algorithm: str | None = None
+    qop: str | None = None
+    device_certificate: bool = False
+    source: str | None = None
+
+    def record(self) -> dict[str, object]:
+        """The call record's ``auth`` of a leg (docs/media_security.md)."""
+        if self.method == "source":
+            return {"method": "source", "source": self.source}
+        return {
+            "method": self.method,
+            "realm": self.realm,
+            "algorithm": self.algorithm,
+            "qop": self.qop,
+            "device_certificate": self.device_certificate,
+        }
+
+
+@attrs.frozen
 class Caller:
     """Who sent a new request: an authenticated account, a trunk matched by source or
-    credentials, or nobody yet (``kind="unknown"``)."""
+    credentials, or nobody yet (``kind="unknown"``). ``auth``: how it proved it (None for a
+    caller the core made up, a transferor placing a call through us)."""
 
     kind: str  # "account" | "trunk" | "unknown"
     name: str | None
     flow: Flow | None = attrs.field(default=None, eq=False)
     device: DeviceProfile | None = None
+    auth: CallerAuth | None = None
 
 
 @attrs.frozen

@@ -16,6 +16,8 @@ import os
 import time
 from collections.abc import Callable
 
+import attrs
+
 from gateway.core.auth.algorithms import DigestAlgorithm
 from gateway.core.auth.device_binding import check_device
 from gateway.core.auth.digest import (
@@ -151,6 +153,8 @@ class RegistrationService:
                     subject,
                 )
                 return self._reply(request, 403, f"Forbidden ({refused.reason})")
+            if account.certificate_matches:  # check_device matched one of them
+                return attrs.evolve(outcome, device_certificate=True)
             return outcome
         if isinstance(outcome, BadCredentials | UnknownUser):
             self.failed += 1

@@ -38,7 +38,7 @@ from tests.integration.prometheus_scrape import curl, parser, value
 from tests.integration.voipgw_process import voipgw_running
 from tests.interop.harness.pki import Issued, TestCa, TestPki
 from tests.interop.harness.ws_client import WsSipClient
-from tests.port_blocks import port_block_text
+from tests.port_blocks import PortLease
 
 ORIGIN = "https://phone.example"
 READY = re.compile(
@@ -113,7 +113,7 @@ def files(tmp_path: Path, certificates: dict[str, Issued]) -> Files:
 
 
 @pytest.fixture
-def running(tmp_path: Path, files: Files) -> Iterator[Running]:
+def running(tmp_path: Path, files: Files, port_lease: PortLease) -> Iterator[Running]:
     state = tmp_path / "state"
     store = SqliteStore.open(state)
     store.accounts_add("alice", "wonderland", "voipgw.local")
@@ -123,7 +123,7 @@ def running(tmp_path: Path, files: Files) -> Iterator[Running]:
         f'[gateway]\nstate_dir = "{state}"\ndigest_algorithms = ["MD5"]\ndrain_timeout = 5\n'
         '[sip]\nlisten = ["udp:127.0.0.1:0", "tls:127.0.0.1:0", "wss:127.0.0.1:0"]\n'
         '[media]\naddress = "127.0.0.1"\n'
-        f'ports = "{port_block_text(20)}"\n'
+        f'ports = "{port_lease.text(20)}"\n'
         '[plugins]\nenable = ["udp", "tls", "wss", "metrics"]\n'
         f'[plugins.tls]\ncertificate = "{files.sip_certificate}"\n'
         f'private_key = "{files.sip_key}"\n'
@@ -297,7 +297,7 @@ def test_sighup_reloads_every_certificate_and_keeps_connections_and_a_bad_one_ou
 
 
 def test_a_hangup_sent_to_the_whole_process_group_reloads_and_ends_no_media_worker(
-    tmp_path: Path, files: Files, ca: TestCa, certificates: dict[str, Issued]
+    tmp_path: Path, files: Files, ca: TestCa, certificates: dict[str, Issued], port_lease: PortLease
 ) -> None:
     """``kill -HUP -PGID`` (or a terminal's hangup) reaches the media worker processes too:
     the SIP process reloads, the workers (which hold no certificate) ignore it and relay on."""
@@ -306,7 +306,7 @@ def test_a_hangup_sent_to_the_whole_process_group_reloads_and_ends_no_media_work
         f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n'
         '[sip]\nlisten = ["udp:127.0.0.1:0", "tls:127.0.0.1:0"]\n'
         '[media]\naddress = "127.0.0.1"\n'
-        f'ports = "{port_block_text(20)}"\nworkers = 2\n'
+        f'ports = "{port_lease.text(20)}"\nworkers = 2\n'
         '[plugins]\nenable = ["udp", "tls"]\n'
         f'[plugins.tls]\ncertificate = "{files.sip_certificate}"\n'
         f'private_key = "{files.sip_key}"\n'

@@ -15,7 +15,7 @@ import pytest
 
 from tests.example_plugin import CALLS_EXAMPLE, EXAMPLE, install_example_plugin
 from tests.integration.voipgw_process import voipgw_running
-from tests.port_blocks import port_block_text
+from tests.port_blocks import PortLease
 
 
 def voipgw(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -171,6 +171,7 @@ def test_check_config_warns_of_one_did_reaching_two_accounts_through_two_trunks(
 
 def test_check_config_refuses_a_trunk_name_no_trunk_has_and_run_warns_of_it(
     tmp_path: Path,
+    port_lease: PortLease,
 ) -> None:
     """A misspelt trunk in a plugin's list recorded (or signed, verified) nothing, silently.
     check-config names file, table, key, the name and the trunks there are, and exits 2;
@@ -180,7 +181,7 @@ def test_check_config_refuses_a_trunk_name_no_trunk_has_and_run_warns_of_it(
     state = tmp_path / "state"
     head = (
         f'[gateway]\nstate_dir = "{state}"\n[sip]\nlisten = ["udp:127.0.0.1:0"]\n'
-        f'[media]\nports = "{port_block_text(10)}"\n'
+        f'[media]\nports = "{port_lease.text(10)}"\n'
         '[plugins]\nenable = ["udp", "recorder"]\n[plugins.recorder]\n'
     )
     trunk = '[[trunks]]\nname = "carrier"\naddress = "udp:192.0.2.10:5060"\n'

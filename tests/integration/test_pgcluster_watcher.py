@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from pgcluster import Cluster
+from pgcluster import Cluster, postmaster_of
 
 ROOT = Path(__file__).parents[2]
 # The other process makes and starts a cluster as the session fixture does, says where it is
@@ -67,3 +67,67 @@ def test_a_cluster_ends_when_the_process_that_started_it_is_killed(
         other.stdout.close()
         assert other.stdin is not None
         other.stdin.close()
+
+
+def _runs_in(data: Path) -> bool:
+    """Whether any process still runs in ``data`` (a postmaster or one of its backends)."""
+    target = os.path.realpath(data)
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and os.readlink(entry / "cwd") == target:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _kill_server(cluster: Cluster) -> None:
+    """The server killed outright, as the OOM killer does: its postmaster.pid stays."""
+    pid = postmaster_of(cluster.data)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    # Gone, reaped too (a zombie's pid is taken yet), and its backends after it.
+    while Path(f"/proc/{pid}").exists() or _runs_in(cluster.data):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)  # polls; asserts nothing on time
+    assert (cluster.data / "postmaster.pid").exists()
+
+
+def _stale_file_naming(cluster: Cluster, pid: int) -> None:
+    lock = cluster.data / "postmaster.pid"
+    lines = lock.read_text().splitlines()
+    lock.write_text("\n".join([str(pid), *lines[1:]]) + "\n")
+
+
+def test_a_stale_postmaster_pid_naming_another_process_is_never_signalled(
+    postgres_cluster: Cluster,  # skips (or fails in CI) where PostgreSQL is not installed
+) -> None:
+    # A killed server's pid went to another process of the same user: on a machine shared by
+    # several test runs, another run's server or backend. pg_ctl would signal it.
+    user = "postgres" if os.getuid() == 0 else None
+    bystander = subprocess.Popen(["sleep", "120"], user=user)
+    cluster = Cluster(postgres_cluster.bindir)
+    try:
+        cluster.initdb()
+        cluster.start()
+        _kill_server(cluster)
+        _stale_file_naming(cluster, bystander.pid)
+        assert postmaster_of(cluster.data) is None
+        cluster.stop()  # nothing runs here: nothing is signalled
+        assert bystander.poll() is None
+        cluster.start()  # the reused directory starts, the stale file notwithstanding
+        assert postmaster_of(cluster.data) not in (None, bystander.pid)
+        assert cluster.admin("SELECT 1") == [(1,)]
+        # The watcher, once the process that made the cluster is gone, with a stale file.
+        _kill_server(cluster)
+        _stale_file_naming(cluster, bystander.pid)
+        os.close(cluster._alive)
+        cluster._alive = -1
+        assert cluster._watcher.wait(60) == 0
+        assert bystander.poll() is None
+        assert not cluster.root.exists()  # the directory is deleted all the same
+    finally:
+        bystander.kill()
+        bystander.wait()
+        cluster.destroy()

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.port_blocks import claimed, held, port_bases, port_block, port_block_text
+from tests.port_blocks import PortLease, claimed, held, port_bases, port_block, port_block_text
 
 ROOT = Path(__file__).parents[2]
 # The other process takes a block and holds it (its locks) until told to exit on stdin.
@@ -55,3 +55,26 @@ def test_another_process_gets_ports_of_its_own() -> None:
     finally:
         other.communicate("", timeout=10)
     assert other.returncode == 0
+
+
+def test_a_leased_block_is_handed_out_again_once_given_back_and_a_long_run_claims_no_unit() -> None:
+    lease = PortLease()
+    first, text = lease.block(20), lease.text(4)
+    units = held()
+    lease.release()
+    again = PortLease()
+    assert again.block(20) == first and again.text(4) == text  # the same ports, no new ones
+    again.release()
+    # A long run: ten thousand tests each leasing a gateway's media ports (200,000 ports: more
+    # than every unit below the ephemeral range) claim no unit beyond those.
+    for _ in range(10_000):
+        each = PortLease()
+        each.text(20)
+        each.release()
+    assert held() == units
+    # A block taken for good (a module's constant) is never handed out again.
+    kept = port_block(20)
+    lease = PortLease()
+    assert not set(lease.block(20)) & set(kept)
+    lease.release()
+    assert claimed(first) and claimed(kept)  # still this process's units

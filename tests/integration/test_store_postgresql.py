@@ -23,7 +23,7 @@ from gateway.core.store import postgresql as pg_module
 from gateway.core.store.errors import SchemaError, StoreBusy, StoreError, StoreUnavailable
 from gateway.core.store.interface import Binding, BindingFlow, CallRecord, StoredPublication
 from gateway.core.store.postgresql import MIGRATIONS, PostgresStore
-from tests.port_blocks import port_block_text
+from tests.port_blocks import PortLease
 
 PASSWORD = "s3cret-Pa55word"
 REALM = "voipgw.local"
@@ -1165,14 +1165,16 @@ def test_cli_and_check_config_use_the_configured_database(
     assert f"{config}: [store] password_file" in refused.stderr and "chmod 600" in refused.stderr
 
 
-def test_cli_says_when_the_database_cannot_be_reached(tmp_path: Path) -> None:
+def test_cli_says_when_the_database_cannot_be_reached(
+    tmp_path: Path, port_lease: PortLease
+) -> None:
     config = tmp_path / "voipgw.toml"
     port = __import__("pgcluster").free_port()  # nothing listens there
     config.write_text(
         f'[store]\nbackend = "postgresql"\n'
         f'dsn = "host=127.0.0.1 port={port} dbname=x user=x password=hunter2-db"\n'
         # Not the default range, which another test run's gateway may bind (media_range_guard).
-        f'[media]\nports = "{port_block_text(20)}"\n'
+        f'[media]\nports = "{port_lease.text(20)}"\n'
     )
     result = voipgw("accounts", "list", "--config", str(config))
     assert result.returncode == 1

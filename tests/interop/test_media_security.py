@@ -281,6 +281,13 @@ def test_voipgw_calls_says_how_each_leg_of_an_sdes_to_rtp_call_is_protected(
     assert callee["streams"] == [
         {"encrypted": False, "key_exchange": "none", "keys_held_by": None, "suite": None}
     ]
+    # How alice proved who she is (baresip 1.0 answers MD5 only), and that the trunk, called by
+    # us, proved nothing: in the record and in the words.
+    assert caller["auth"]["method"] == "digest" and caller["auth"]["algorithm"] == "MD5"
+    assert caller["auth"]["device_certificate"] is False and callee["auth"] is None
+    assert re.search(
+        r"^  caller authenticated: account alice by digest \(realm \S+, MD5", live, re.M
+    )
     # Over, it is no longer live, and the record of the ended call still says the same.
     assert after.strip() == "no live calls"
     assert "ended (" in recent, recent

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.interop.harness import LOOPBACK, GatewayProcess, SippUas
-from tests.interop.sipp_calls import ACCOUNTS, inbound_trunk, register, trunk_call
+from tests.interop.harness import SippUas
 from tests.interop.siprec_invites import invites_received
+from tests.interop.siprec_sipp import recorded_call, recording_gateway
 
 pytestmark = pytest.mark.interop
 
@@ -27,24 +27,14 @@ def test_after_the_srs_answers_481_a_new_recording_session_takes_the_call(
     tmp_path: Path,
 ) -> None:
     with SippUas("calls/uas_siprec_srs_restarting.xml", workdir=tmp_path / "srs", calls=2) as srs:
-        extra = inbound_trunk() + (
-            "[plugins.siprec]\n"
-            f'srs = "sip:srs@{srs.address}"\n'
-            'trunks = ["pbx"]\n'
-            f'media_address = "{LOOPBACK}"\n'
-        )
-        with GatewayProcess(
-            tmp_path / "gw",
-            accounts=ACCOUNTS,
-            settings={"plugins": {"enable": ["udp", "tcp", "siprec"]}},
-            extra_toml=extra,
-        ) as gw:
-            alice = SippUas("calls/uas_answer_reinvite.xml", workdir=tmp_path / "alice")
-            register(gw, tmp_path, "udp", alice.port)
-            with alice:
-                caller = trunk_call("calls/uac_hold_resume.xml", gw, tmp_path, call_duration_ms=500)
-                caller.check()
-                alice.wait(timeout=10).check()
+        with recording_gateway(tmp_path, srs) as gw:
+            recorded_call(
+                gw,
+                tmp_path,
+                alice="calls/uas_answer_reinvite.xml",
+                caller="calls/uac_hold_resume.xml",
+                call_duration_ms=500,
+            )
             gw.wait_for_log(r"SIPREC: call \S+: \d+ packets, \d+ sent to the SRS")
             log = gw.log_text()
         answered = srs.wait(timeout=10)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.interop.harness import LOOPBACK, GatewayProcess, SippUas
-from tests.interop.sipp_calls import ACCOUNTS, inbound_trunk, register, trunk_call
+from tests.interop.harness import SippUas
+from tests.interop.siprec_sipp import recorded_call, recording_gateway
 
 pytestmark = pytest.mark.interop
 
@@ -27,24 +27,10 @@ def test_an_srs_moving_the_recording_and_asking_for_a_snapshot_is_followed(
     tmp_path: Path,
 ) -> None:
     with SippUas("calls/uas_siprec_srs_moving.xml", workdir=tmp_path / "srs") as srs:
-        extra = inbound_trunk() + (
-            "[plugins.siprec]\n"
-            f'srs = "sip:srs@{srs.address}"\n'
-            'trunks = ["pbx"]\n'
-            f'media_address = "{LOOPBACK}"\n'
-        )
-        with GatewayProcess(
-            tmp_path / "gw",
-            accounts=ACCOUNTS,
-            settings={"plugins": {"enable": ["udp", "tcp", "siprec"]}},
-            extra_toml=extra,
-        ) as gw:
-            alice = SippUas("uas_answer.xml", workdir=tmp_path / "alice")
-            register(gw, tmp_path, "udp", alice.port)
-            with alice:
-                caller = trunk_call("uac_call.xml", gw, tmp_path, call_duration_ms=2000)
-                caller.check()
-                alice.wait(timeout=10).check()
+        with recording_gateway(tmp_path, srs) as gw:
+            recorded_call(
+                gw, tmp_path, alice="uas_answer.xml", caller="uac_call.xml", call_duration_ms=2000
+            )
             gw.wait_for_log(r"SIPREC: call \S+: the SRS's new offer taken, 2 of 2 streams")
             gw.wait_for_log(r"SIPREC: call \S+: the SRS asked for a metadata snapshot")
             gw.wait_for_log(r"SIPREC: call \S+: \d+ packets, \d+ sent to the SRS")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.interop.harness import LOOPBACK, GatewayProcess, SippUas
-from tests.interop.sipp_calls import ACCOUNTS, inbound_trunk, register, trunk_call
+from tests.interop.harness import SippUas
+from tests.interop.siprec_sipp import recorded_call, recording_gateway
 
 pytestmark = pytest.mark.interop
 
@@ -25,25 +25,10 @@ def test_the_srs_refreshing_the_recording_session_is_answered_with_the_timer(
     tmp_path: Path,
 ) -> None:
     with SippUas("calls/uas_siprec_srs_timer.xml", workdir=tmp_path / "srs") as srs:
-        extra = inbound_trunk() + (
-            "[plugins.siprec]\n"
-            f'srs = "sip:srs@{srs.address}"\n'
-            'trunks = ["pbx"]\n'
-            f'media_address = "{LOOPBACK}"\n'
-            "session_expires = 90\n"
-        )
-        with GatewayProcess(
-            tmp_path / "gw",
-            accounts=ACCOUNTS,
-            settings={"plugins": {"enable": ["udp", "tcp", "siprec"]}},
-            extra_toml=extra,
-        ) as gw:
-            alice = SippUas("uas_answer.xml", workdir=tmp_path / "alice")
-            register(gw, tmp_path, "udp", alice.port)
-            with alice:
-                caller = trunk_call("uac_call.xml", gw, tmp_path, call_duration_ms=300)
-                caller.check()
-                alice.wait(timeout=10).check()
+        with recording_gateway(tmp_path, srs, "session_expires = 90\n") as gw:
+            recorded_call(
+                gw, tmp_path, alice="uas_answer.xml", caller="uac_call.xml", call_duration_ms=300
+            )
             gw.wait_for_log(r"SIPREC: call \S+: \d+ packets, \d+ sent to the SRS")
         answered = srs.wait(timeout=10)
     answered.check()  # its checks passed: the INVITE's timer, the UPDATE's 200 with its own

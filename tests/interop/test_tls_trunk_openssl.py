@@ -29,26 +29,30 @@ from gateway.plugins.transports.tls import (
 )
 from tests.interop.harness.openssl import SServer
 from tests.interop.harness.pki import TestPki
-from tests.port_blocks import port_block_text
+from tests.port_blocks import PortLease
 
 pytestmark = pytest.mark.interop
 
 
 @asynccontextmanager
 async def gateway_with(state: Path, tls: Mapping[str, Any]) -> AsyncIterator[Gateway]:
+    lease = PortLease()  # its media ports, given back once it has stopped
     config = from_mapping(
         {
             "gateway": {"state_dir": str(state)},
             "sip": {"listen": ["tls:127.0.0.1:0"]},
-            "media": {"ports": port_block_text(20)},
+            "media": {"ports": lease.text(20)},
             "plugins": {"enable": ["tls"], "tls": dict(tls)},
         }
     )
-    gateway = Gateway(config, load_plugins(config), ids=SeededIds(5))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(gateway.serve)
-        yield gateway
-        nursery.cancel_scope.cancel()
+    try:
+        gateway = Gateway(config, load_plugins(config), ids=SeededIds(5))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(gateway.serve)
+            yield gateway
+            nursery.cancel_scope.cancel()
+    finally:
+        lease.release()
 
 
 async def open_to(gateway: Gateway, server: SServer) -> Flow:

@@ -107,6 +107,9 @@ class Authenticated:
     realm: str
     algorithm: DigestAlgorithm
     qop: str | None
+    device_certificate: bool = False
+    """Set by the registrar (registration.py), not here: the account is bound to device
+    certificates and the connection presented one of them, a second factor beside the digest."""
 
 
 @attrs.frozen

@@ -145,6 +145,7 @@ class CallBase:
             local_tag=gateway.ids.new_tag(),
             peer_kind=caller.kind,
             peer_name=caller.name,
+            auth=caller.auth,
             shown_as=_shown_caller(invite, caller),
             private=wants_privacy(invite),
         )

@@ -13,7 +13,7 @@ import math
 
 import attrs
 
-from gateway.core.interfaces import RouteTarget
+from gateway.core.interfaces import CallerAuth, RouteTarget
 from gateway.core.media.security import LegSecurity
 from gateway.core.sdp.model import SessionDescription
 from gateway.core.sip.dialog import Dialog
@@ -52,6 +52,9 @@ class Leg:
     # credentials answer a trunk's challenges, and whether the leg may transfer (REFER).
     peer_kind: str = ""
     peer_name: str | None = None
+    # How the party authenticated to us, for a leg whose INVITE it sent (the caller's, a
+    # picker's); None on a leg we called: it proved nothing to us (the call record's "auth").
+    auth: CallerAuth | None = None
     # How this party is shown to the others it talks to through us (a number or an account
     # name), and whether it asked for its identity to be withheld (RFC 3323): what a transfer
     # target sees calling when this party is transferred to it.

@@ -37,6 +37,7 @@ from gateway.core.calls.routing import called_user, dial_string
 from gateway.core.devices import narrowed_for_device
 from gateway.core.interfaces import (
     Caller,
+    CallerAuth,
     CallerIdentity,
     CallEvent,
     DeviceProfile,
@@ -430,15 +431,21 @@ class CallManager:
         """Who calls: a trunk recognised by its source address, else an account by its digest
         credentials; else the 407 challenge (or 403) to answer the INVITE with."""
         devices = self.gateway.devices
-        trunk = self.trunk_for_source(flow.remote[0])
+        source = flow.remote[0]
+        trunk = self.trunk_for_source(source)
         if trunk is not None:
             device = devices.of_request(invite, flow) if devices.active else None
-            return Caller(kind="trunk", name=trunk, flow=flow, device=device)
+            auth = _source_auth(source)
+            return Caller(kind="trunk", name=trunk, flow=flow, device=device, auth=auth)
         outcome = self.authenticate(invite, flow, AuthKind.PROXY)
         if isinstance(outcome, Response):
             return outcome
         device = devices.of_request(invite, flow) if devices.active else None
-        return Caller(kind="account", name=outcome.username, flow=flow, device=device)
+        # How it authenticated, for the call record (fraud investigations): never a secret.
+        auth = _digest_auth(
+            outcome.realm, outcome.algorithm.value, outcome.qop, outcome.device_certificate
+        )
+        return Caller(kind="account", name=outcome.username, flow=flow, device=device, auth=auth)
 
     def calls_emergency_number(self, invite: Request) -> bool:
         """Whether ``invite``'s Request-URI dials one of ``[numbering] emergency_numbers``,
@@ -1150,3 +1157,19 @@ def _asserted_uris(invite: Request) -> tuple[str, ...]:
         except SipError:
             continue
     return tuple(uris)
+
+
+# How callers authenticated (the call record's "auth"): a few distinct values (realms,
+# algorithms, trunk addresses) made once each, not per call.
+@functools.lru_cache(maxsize=256)
+def _digest_auth(
+    realm: str, algorithm: str, qop: str | None, device_certificate: bool
+) -> CallerAuth:
+    return CallerAuth(
+        "digest", realm=realm, algorithm=algorithm, qop=qop, device_certificate=device_certificate
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _source_auth(source: str) -> CallerAuth:
+    return CallerAuth("source", source=source)

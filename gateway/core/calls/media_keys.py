@@ -203,6 +203,8 @@ class CallMediaKeys(CallBase):
             # server's, checked against a name, on one we opened (protection.py says which).
             entry["peer_kind"] = leg.peer_kind or None
             entry["peer_name"] = leg.peer_name
+            # How it proved who it is (null: a leg we called): never a secret (CallerAuth).
+            entry["auth"] = leg.auth.record() if leg.auth is not None else None
             if leg.flow is not None and leg.flow.secure:
                 server_name = certificate.server_name if certificate is not None else None
                 entry["tls"] = {

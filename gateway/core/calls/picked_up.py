@@ -79,6 +79,7 @@ class CallPickedUp(CallAnswer):
             ),
             peer_kind="account",
             peer_name=name,
+            auth=event.caller.auth,  # its own INVITE's credentials
             shown_as=name or "anonymous",
             private=wants_privacy(request),
         )

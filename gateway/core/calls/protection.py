@@ -59,6 +59,28 @@ def describe_signalling(leg: dict[str, Any]) -> str:
     return f"{signalling}, {who}'s certificate presented but NOT verified against our CAs"
 
 
+def describe_auth(leg: dict[str, Any]) -> str | None:
+    """How the party of a leg that sent us its INVITE proved who it is (the record's ``auth``,
+    interfaces.CallerAuth), after "authenticated:"; None for a leg we called and for records
+    stored before the field. Never a secret: the record holds none."""
+    auth = leg.get("auth")
+    if not isinstance(auth, dict):
+        return None
+    name = leg.get("peer_name")
+    if auth.get("method") == "source":
+        who = f"trunk {name}" if name else "a trunk"
+        return f"{who} by its source address {auth.get('source')} (no credentials asked)"
+    if auth.get("method") == "digest":
+        details = [f"realm {auth.get('realm')}", str(auth.get("algorithm"))]
+        if auth.get("qop"):
+            details.append(f"qop {auth['qop']}")
+        words = f"account {name} by digest ({', '.join(details)})"
+        if auth.get("device_certificate"):
+            words += " and by its bound device certificate"
+        return words
+    return str(auth.get("method"))
+
+
 def describe_leg(leg: dict[str, Any]) -> str:
     """One line, in plain words, of how a leg is protected."""
     signalling = describe_signalling(leg)

@@ -49,6 +49,32 @@ def delivery_status(tap: Interception) -> str:
     return answer[start : answer.index("<", start)]
 
 
+def tap_config(
+    tmp_path: Path,
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
+    admf_port: int,
+    **table: Any,
+) -> InterceptConfig:
+    """The tap's table: X1 on a free port with the PKI's certificates, plain TCP to mediation
+    functions, reports to the fake ADMF at ``admf_port``, state in ``tmp_path``; ``table``
+    replaces any of these."""
+    ca, gateway, _ = pki
+    return InterceptConfig(
+        **{
+            "x1_listen": "127.0.0.1:0",
+            "x1_certificate": str(gateway.certificate),
+            "x1_private_key": str(gateway.key),
+            "x1_ca": str(ca.certificate),
+            "ne_identifier": "gw-test",
+            "delivery_tls": False,
+            "report_url": f"https://127.0.0.1:{admf_port}/X1",
+            "report_admf_identifier": "admf-1",
+            "state_dir": str(tmp_path / "state"),
+            **table,
+        }
+    )
+
+
 async def start_tap(
     nursery: trio.Nursery,
     tmp_path: Path,
@@ -57,22 +83,7 @@ async def start_tap(
     wall_clock: Callable[[], float] | None = None,
     **table: Any,
 ) -> Interception:
-    ca, gateway, _ = pki
-    config = InterceptConfig(
-        **{
-            "x1_listen": "127.0.0.1:0",
-            "x1_certificate": str(gateway.certificate),
-            "x1_private_key": str(gateway.key),
-            "x1_ca": str(ca.certificate),
-            "ne_identifier": "gw-test",
-            "delivery_tls": False,
-            "keepalive_interval": 600.0,
-            "report_url": f"https://127.0.0.1:{admf_port}/X1",
-            "report_admf_identifier": "admf-1",
-            "state_dir": str(tmp_path / "state"),
-            **table,  # replaces any of these
-        }
-    )
+    config = tap_config(tmp_path, pki, admf_port, **{"keepalive_interval": 600.0, **table})
     if wall_clock is None:
         tap = Interception(config, provisioning=Provisioning(None))
     else:
@@ -356,18 +367,7 @@ async def test_a_restart_is_reported_with_what_the_store_restored(
     await nursery.start(admf.serve)
     mediation = Mediation()
     port = await nursery.start(mediation.serve)
-    ca, gateway, _ = pki
-    config = InterceptConfig(
-        x1_listen="127.0.0.1:0",
-        x1_certificate=str(gateway.certificate),
-        x1_private_key=str(gateway.key),
-        x1_ca=str(ca.certificate),
-        ne_identifier="gw-test",
-        delivery_tls=False,
-        report_url=f"https://127.0.0.1:{admf.port}/X1",
-        report_admf_identifier="admf-1",
-        state_dir=str(tmp_path / "state"),  # kept in tasks.sqlite
-    )
+    config = tap_config(tmp_path, pki, admf.port)  # its state kept in tasks.sqlite
     for _ in range(2):  # the first run is provisioned, the second restores it
         tap = Interception(config)
         reports = tap.reports
@@ -436,32 +436,21 @@ def ne_status(tap: Interception) -> str:
     return answer[start : answer.index("</neStatusDetails>")]
 
 
-async def test_get_ne_status_at_start_up_is_ok_while_the_destinations_are_being_confirmed(
+async def restarted_with_a_slow_mediation_function(
     nursery: trio.Nursery,
-    autojump_clock: trio.abc.Clock,
     tmp_path: Path,
     pki: tuple[TestCa, Issued, Issued],  # noqa: F811
-) -> None:
-    # A restart with a destination stored whose mediation function answers the first keepalive
-    # late (a slow MDF, a long round trip): an ADMF polling GetNEStatus meanwhile must not read
-    # Faults, as no destination has failed; the destination itself says it is not confirmed.
+    ack_delay: float = 40.0,
+) -> tuple[FakeAdmf, Interception]:
+    """A tap provisioned with one task and its destination, stopped and started again from its
+    store (a restart), whose mediation function answers the first keepalive ``ack_delay``
+    seconds late: the link stays confirming meanwhile (the keepalive interval is 60 s)."""
     admf = FakeAdmf(admf_context(pki))
     await nursery.start(admf.serve)
     mediation = Mediation()
     port = await nursery.start(mediation.serve)
-    ca, gateway, _ = pki
-    config = InterceptConfig(
-        x1_listen="127.0.0.1:0",
-        x1_certificate=str(gateway.certificate),
-        x1_private_key=str(gateway.key),
-        x1_ca=str(ca.certificate),
-        ne_identifier="gw-test",
-        delivery_tls=False,
-        keepalive_interval=60.0,
-        report_url=f"https://127.0.0.1:{admf.port}/X1",
-        report_admf_identifier="admf-1",
-        state_dir=str(tmp_path / "state"),  # kept in tasks.sqlite
-    )
+    # Its state kept in tasks.sqlite, for the restart.
+    config = tap_config(tmp_path, pki, admf.port, keepalive_interval=60.0)
     first = Interception(config)
     with trio.CancelScope() as running:
         async with trio.open_nursery() as inner:
@@ -471,9 +460,22 @@ async def test_get_ne_status_at_start_up_is_ok_while_the_destinations_are_being_
             running.cancel()
     first.provisioning.close()
 
-    mediation.ack_delay = 40.0
+    mediation.ack_delay = ack_delay
     tap = Interception(config)
     await nursery.start(tap.run)
+    return admf, tap
+
+
+async def test_get_ne_status_at_start_up_is_ok_while_the_destinations_are_being_confirmed(
+    nursery: trio.Nursery,
+    autojump_clock: trio.abc.Clock,
+    tmp_path: Path,
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
+) -> None:
+    # A restart with a destination stored whose mediation function answers the first keepalive
+    # late (a slow MDF, a long round trip): an ADMF polling GetNEStatus meanwhile must not read
+    # Faults, as no destination has failed; the destination itself says it is not confirmed.
+    admf, tap = await restarted_with_a_slow_mediation_function(nursery, tmp_path, pki)
     link = tap.links[DID]  # restored from the store
     assert link.state in ("connecting", "confirming")
     assert ne_status(tap) == "<neStatus>OK</neStatus><listOfFaults/>"
@@ -487,4 +489,50 @@ async def test_get_ne_status_at_start_up_is_ok_while_the_destinations_are_being_
     assert ne_status(tap) == "<neStatus>OK</neStatus><listOfFaults/>"
     assert delivery_status(tap) == "activeAndWorking"
     assert admf.of(DESTINATION) == [] and admf.of(TASK) == []  # never faulty: nothing reported
+    tap.provisioning.close()
+
+
+def task_status(tap: Interception, kind: str = "GetTaskDetailsRequest") -> str:
+    """The task's ``taskStatus`` in the answer to ``kind`` (one naming the task, or one of the
+    GetAll* requests that list every task)."""
+    body = f"<xId>{XID}</xId>" if kind == "GetTaskDetailsRequest" else ""
+    answer = x1(tap, message(kind, body))
+    assert f"<xId>{XID}</xId>" in answer, answer  # the task is listed
+    start = answer.index("<taskStatus>") + len("<taskStatus>")
+    return answer[start : answer.index("</taskStatus>", start)]
+
+
+async def test_get_task_details_at_start_up_lists_the_task_without_a_fault_while_confirming(
+    nursery: trio.Nursery,
+    autojump_clock: trio.abc.Clock,
+    tmp_path: Path,
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
+) -> None:
+    # An ADMF auditing the element right after its restart (docs/lawful_intercept.md: the
+    # start-up report invites it) asks for the tasks while their destinations are still being
+    # confirmed: nothing has failed, so the tasks carry no fault, as GetNEStatus says OK (the
+    # destination's own status says "not confirmed yet"). A fault comes once the confirmation
+    # fails, the moment the reports say so too.
+    admf, tap = await restarted_with_a_slow_mediation_function(
+        nursery, tmp_path, pki, ack_delay=1000.0
+    )
+    link = tap.links[DID]
+    assert link.state in ("connecting", "confirming")
+    no_fault = "<provisioningStatus>complete</provisioningStatus><listOfFaults/>"
+    kinds = ("GetTaskDetailsRequest", "GetAllTaskDetailsRequest", "GetAllDetailsRequest")
+    for kind in kinds:
+        assert task_status(tap, kind) == no_fault
+    await until(lambda: link.state == "confirming")
+    await trio.sleep(30)
+    assert link.state == "confirming"
+    assert "not confirmed yet" in delivery_faults(tap)
+    for kind in kinds:
+        assert task_status(tap, kind) == no_fault
+    # The keepalive's deadline passes unanswered: now the task has a fault, as reported.
+    await until(lambda: admf.of(TASK) == ["NonTerminatingFault"], 120)
+    for kind in kinds:
+        status = task_status(tap, kind)
+        assert "<unresolvedFault>" in status
+        assert "no destination of the task is delivering" in status
+        assert "no keepalive acknowledgement" in status
     tap.provisioning.close()

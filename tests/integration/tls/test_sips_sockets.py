@@ -36,7 +36,7 @@ from tests.integration.tls.tls_peers import (
     authorized,
     request,
 )
-from tests.port_blocks import port_block_text
+from tests.port_blocks import PortLease
 
 
 @asynccontextmanager
@@ -47,20 +47,24 @@ async def running_gateway(tmp_path: Path) -> AsyncIterator[tuple[int, int]]:
     for user, password in PASSWORDS.items():
         store.accounts_add(user, password, REALM)
     store.close()
+    lease = PortLease()  # its media ports, given back once it has stopped
     config = from_mapping(
         {
             "gateway": {"state_dir": str(state), "realm": REALM},
             "sip": {"listen": ["udp:127.0.0.1:0", "tls:127.0.0.1:0"]},
-            "media": {"ports": port_block_text(20)},
+            "media": {"ports": lease.text(20)},
             "plugins": {"enable": ["udp", "tcp", "tls"]},
         }
     )
-    gateway = Gateway(config, load_plugins(config), ids=SeededIds(23))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(gateway.serve)
-        ports = {listener.transport: listener.address[1] for listener in gateway.listeners}
-        yield ports["udp"], ports["tls"]
-        nursery.cancel_scope.cancel()
+    try:
+        gateway = Gateway(config, load_plugins(config), ids=SeededIds(23))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(gateway.serve)
+            ports = {listener.transport: listener.address[1] for listener in gateway.listeners}
+            yield ports["udp"], ports["tls"]
+            nursery.cancel_scope.cancel()
+    finally:
+        lease.release()
 
 
 def warning_380(final: Response) -> bool:

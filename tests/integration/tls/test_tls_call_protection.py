@@ -41,7 +41,7 @@ from tests.integration.tls.tls_peers import (
     tls_port,
 )
 from tests.interop.harness.pki import TestPki
-from tests.port_blocks import port_block_text
+from tests.port_blocks import PortLease
 
 SDP = (
     "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
@@ -72,20 +72,24 @@ async def running_gateway(
                 "media_policy": "rtp-only",
             }
         )
+    lease = PortLease()  # its media ports, given back once it has stopped
     config = from_mapping(
         {
             "gateway": {"state_dir": str(state), "realm": REALM},
             "sip": {"listen": ["tls:127.0.0.1:0"]},
-            "media": {"ports": port_block_text(20)},
+            "media": {"ports": lease.text(20)},
             "plugins": {"enable": ["udp", "tcp", "tls"], "tls": tls},
             "trunks": trunks,
         }
     )
-    gateway = Gateway(config, load_plugins(config), ids=SeededIds(32))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(gateway.serve)
-        yield gateway
-        nursery.cancel_scope.cancel()
+    try:
+        gateway = Gateway(config, load_plugins(config), ids=SeededIds(32))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(gateway.serve)
+            yield gateway
+            nursery.cancel_scope.cancel()
+    finally:
+        lease.release()
 
 
 async def test_a_tls_leg_says_whether_its_phone_was_authenticated_by_a_certificate(

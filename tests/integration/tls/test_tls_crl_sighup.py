@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from tests.integration.voipgw_process import voipgw_running
 from tests.interop.harness.pki import Issued, TestCa, TestPki
-from tests.port_blocks import port_block_text
+from tests.port_blocks import PortLease
 
 READY = re.compile(r"voipgw ready: tls:127\.0\.0\.1:(\d+)")
 RELOADED = "reload: tls loaded "
@@ -83,6 +83,7 @@ def large_crl(ca: TestCa, path: Path, revoked: Issued, *, entries: int) -> None:
 
 def test_a_phone_revoked_by_a_crl_file_sighup_put_in_place_is_refused_and_another_connects(
     tmp_path: Path,
+    port_lease: PortLease,
 ) -> None:
     pki = TestPki(tmp_path / "pki")
     vendor = pki.ca("Phone Vendor Factory CA")
@@ -94,7 +95,7 @@ def test_a_phone_revoked_by_a_crl_file_sighup_put_in_place_is_refused_and_anothe
     config.write_text(
         f'[gateway]\nstate_dir = "{state}"\n'
         '[sip]\nlisten = ["tls:127.0.0.1:0"]\n'
-        f'[media]\naddress = "127.0.0.1"\nports = "{port_block_text(20)}"\n'
+        f'[media]\naddress = "127.0.0.1"\nports = "{port_lease.text(20)}"\n'
         '[plugins]\nenable = ["tls"]\n'
         f'[plugins.tls]\ncertificate = "{gateway.certificate}"\n'
         f'private_key = "{gateway.key}"\nmode = "mutual"\n'

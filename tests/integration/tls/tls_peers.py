@@ -29,7 +29,7 @@ from gateway.core.sip.serializer import serialize_message
 from gateway.core.transport.flows import Flow
 from gateway.plugins.transports.tls import TlsTransport
 from tests.interop.harness.pki import Issued
-from tests.port_blocks import port_block_text
+from tests.port_blocks import PortLease
 
 LOOPBACK = "127.0.0.1"
 TLS_LOG = "gateway.plugins.transports.tls"
@@ -39,19 +39,23 @@ PASSWORDS = {"alice": "wonderland-42", "bob": "builder-42"}
 
 @asynccontextmanager
 async def running_gateway(state: Path, tls: Mapping[str, Any]) -> AsyncIterator[Gateway]:
+    lease = PortLease()  # its media ports, given back once it has stopped
     config = from_mapping(
         {
             "gateway": {"state_dir": str(state)},
             "sip": {"listen": ["tls:127.0.0.1:0"]},
-            "media": {"ports": port_block_text(20)},
+            "media": {"ports": lease.text(20)},
             "plugins": {"enable": ["udp", "tcp", "tls"], "tls": dict(tls)},
         }
     )
-    gateway = Gateway(config, load_plugins(config), ids=SeededIds(4))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(gateway.serve)
-        yield gateway
-        nursery.cancel_scope.cancel()
+    try:
+        gateway = Gateway(config, load_plugins(config), ids=SeededIds(4))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(gateway.serve)
+            yield gateway
+            nursery.cancel_scope.cancel()
+    finally:
+        lease.release()
 
 
 def tls_port(gateway: Gateway) -> int:

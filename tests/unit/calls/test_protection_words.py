@@ -3,7 +3,7 @@ ends, gateway/core/calls/protection.py) for a stream whose keys come on the medi
 
 from __future__ import annotations
 
-from gateway.core.calls.protection import describe_leg
+from gateway.core.calls.protection import describe_auth, describe_leg
 
 
 def leg(stream: dict[str, object]) -> dict[str, object]:
@@ -123,3 +123,40 @@ def test_a_record_stored_before_the_tls_field_reads_as_it_did() -> None:
     assert describe_leg(tls_leg(opened_by=None, certificate=UNVERIFIED)) == (
         "signalling TLS; media none"
     )
+
+
+# --- How the party of a leg authenticated (describe_auth, the record's "auth") -----------------
+
+
+def test_a_digest_caller_is_named_with_realm_algorithm_and_qop() -> None:
+    auth = {
+        "method": "digest",
+        "realm": "voipgw.local",
+        "algorithm": "SHA-256",
+        "qop": "auth",
+        "device_certificate": False,
+    }
+    record = {"peer_kind": "account", "peer_name": "alice", "auth": auth}
+    assert (
+        describe_auth(record) == "account alice by digest (realm voipgw.local, SHA-256, qop auth)"
+    )
+    bound = {**record, "auth": {**auth, "qop": None, "device_certificate": True}}
+    assert describe_auth(bound) == (
+        "account alice by digest (realm voipgw.local, SHA-256) and by its bound device certificate"
+    )
+
+
+def test_a_trunk_accepted_by_source_is_named_with_the_address() -> None:
+    record = {
+        "peer_kind": "trunk",
+        "peer_name": "carrier",
+        "auth": {"method": "source", "source": "192.0.2.10"},
+    }
+    assert describe_auth(record) == (
+        "trunk carrier by its source address 192.0.2.10 (no credentials asked)"
+    )
+
+
+def test_a_leg_we_called_and_an_older_record_say_nothing() -> None:
+    assert describe_auth({"peer_kind": "trunk", "peer_name": "carrier", "auth": None}) is None
+    assert describe_auth({"peer_kind": "account", "peer_name": "alice"}) is None

@@ -101,3 +101,49 @@ def test_log_level_help_lists_exactly_the_levels_the_config_takes(
     monkeypatch.setenv("COLUMNS", "60")
     levels = typing.get_args(typing.get_type_hints(GatewaySection)["log_level"])
     assert listed(help_of(capsys, "run"), "--log-level LEVEL") == list(levels)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["accounts", "add", "--help", "--config", "{path}"],
+        ["accounts", "add", "-h", "--config={path}"],
+        ["accounts", "add", "alice", "--help", "--password", "pw", "--config", "{path}"],
+        ["accounts", "set", "--help", "--conf", "{path}"],  # argparse's abbreviation
+        ["accounts", "set", "--config", "{missing}", "--help", "--config", "{path}"],  # the last
+    ],
+)
+def test_media_policy_help_reads_a_config_given_after_help(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, argv: list[str]
+) -> None:
+    # Operators' scripts put flags anywhere: `--config` honoured wherever it is, as argparse
+    # honours it for every other purpose (the last one given wins).
+    path = tmp_path / "gw.toml"
+    path.write_text('[plugins]\nenable = ["udp", "tcp", "tls", "sdes", "dtls", "mikey"]\n')
+    missing = tmp_path / "missing.toml"
+    argv = [arg.format(path=path, missing=missing) for arg in argv]
+    text = help_of(capsys, *argv)
+    assert listed(text, "--media-policy NAME") == accepted(from_toml(path))
+    assert "mikey" in listed(text, "--media-policy NAME")
+    assert "embedded defaults" not in text
+
+
+def test_listen_help_reads_a_config_given_after_help(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text('[plugins]\nenable = ["udp", "tls", "ws", "wss"]\n')
+    names = listed(
+        help_of(capsys, "run", "--help", "--config", str(path)), "--listen TRANSPORT:HOST:PORT"
+    )
+    assert names == ["udp", "tls", "ws", "wss"]
+
+
+def test_a_config_after_help_that_is_the_value_of_another_option_is_not_read(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # `--display-name --config` is argparse's usage error, never a config path; a `--config`
+    # after `--` is a positional argument: neither is read for the help.
+    text = help_of(capsys, "accounts", "add", "--help", "--", "--config", str(tmp_path / "x"))
+    assert listed(text, "--media-policy NAME") == accepted(embedded_defaults())
+    assert "embedded defaults" not in text

@@ -7,7 +7,6 @@ binds its ports on 127.0.0.1 in RANGE; no packet is sent."""
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 
 import pytest
@@ -15,11 +14,13 @@ import pytest
 from gateway.core.config import PortRange
 from gateway.core.media.dtmf import Digit, event_payload
 from gateway.core.media.ports import PortAllocator
-from gateway.core.media.relay import MediaRelay, MediaStream
+from gateway.core.media.relay import MediaRelay
 from gateway.core.media.session import DtmfPlan, MediaSession
 from gateway.core.sdp.model import SessionDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from tests.port_blocks import port_block_text
+from tests.unit.media import session_env
+from tests.unit.media.session_env import stream_of
 
 RANGE = PortRange.parse(port_block_text(100))
 
@@ -45,29 +46,13 @@ CALLEE_WITH_EVENTS = sdp(30000, *WITH_EVENTS, formats="0 101", version=2)
 
 
 def make_session(enabled: bool = True) -> tuple[MediaSession, MediaRelay]:
-    relay = MediaRelay(PortAllocator("127.0.0.1", RANGE), clock=lambda: 0.0)
-    session = MediaSession(
-        relay,
-        media_address="127.0.0.1",
-        session_id_source=itertools.count(1).__next__,
-        dtmf_interworking=enabled,
-    )
-    return session, relay
+    return session_env.make_session(RANGE, dtmf_interworking=enabled)
 
 
 @pytest.fixture
 def session() -> Iterator[MediaSession]:
-    session, relay = make_session()
-    yield session
-    session.close()
-    relay.close()
-    assert relay.allocator.in_use == 0
-
-
-def stream_of(session: MediaSession) -> MediaStream:
-    (stream,) = session.streams
-    assert isinstance(stream, MediaStream)
-    return stream
+    with session_env.closed_after(RANGE, dtmf_interworking=True) as session:
+        yield session
 
 
 def test_an_answer_without_telephone_event_makes_the_interworking(session: MediaSession) -> None:

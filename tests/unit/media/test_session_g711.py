@@ -8,15 +8,13 @@ packet is sent."""
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 
 import pytest
 
 from gateway.core.config import PortRange
 from gateway.core.media.g711 import G711Transcoding, Law
-from gateway.core.media.ports import PortAllocator
-from gateway.core.media.relay import MediaRelay, MediaStream
+from gateway.core.media.relay import MediaRelay
 from gateway.core.media.session import MediaSession
 from gateway.core.media.transcoding import (
     AddedLaw,
@@ -30,6 +28,8 @@ from gateway.core.media.transcoding import (
 from gateway.core.sdp.model import MediaDescription, SessionDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from tests.port_blocks import port_block_text
+from tests.unit.media import session_env
+from tests.unit.media.session_env import stream_of
 
 RANGE = PortRange.parse(port_block_text(100))
 
@@ -60,29 +60,13 @@ CARRIER_BOTH = sdp(30000, "0 8 101", *EVENTS)  # it has PCMU too
 
 
 def make_session(enabled: bool = True) -> tuple[MediaSession, MediaRelay]:
-    relay = MediaRelay(PortAllocator("127.0.0.1", RANGE), clock=lambda: 0.0)
-    session = MediaSession(
-        relay,
-        media_address="127.0.0.1",
-        session_id_source=itertools.count(1).__next__,
-        g711_transcoding=enabled,
-    )
-    return session, relay
+    return session_env.make_session(RANGE, g711_transcoding=enabled)
 
 
 @pytest.fixture
 def session() -> Iterator[MediaSession]:
-    session, relay = make_session()
-    yield session
-    session.close()
-    relay.close()
-    assert relay.allocator.in_use == 0
-
-
-def stream_of(session: MediaSession) -> MediaStream:
-    (stream,) = session.streams
-    assert isinstance(stream, MediaStream)
-    return stream
+    with session_env.closed_after(RANGE, g711_transcoding=True) as session:
+        yield session
 
 
 def transcodings(session: MediaSession) -> tuple[G711Transcoding | None, G711Transcoding | None]:

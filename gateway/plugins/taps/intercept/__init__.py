@@ -389,7 +389,10 @@ class Interception:
             admf_certificates=config.admf_certificates,
             wall_clock=wall_clock,
             destination_fault=self.destination_fault,
-            task_fault=self.task_fault,
+            # A link still confirming its first connection is no fault of a task, as it is no
+            # fault of the element: an ADMF auditing the tasks right after a start must not
+            # read faults that are none (its destinations' own status says "not confirmed").
+            task_fault=lambda xid: self.task_fault(xid, reporting=True),
             ne_fault=self.ne_fault,  # a link still confirming is no fault of the element
         )
         self.reports: Reporter | None = None
