@@ -262,6 +262,9 @@ class CallReinvites(CallLocationUpdates, CallMediaKeys):
                 answer = offering.make_answer(plain)
                 self.media.settle()
                 self._apply_keys(self.b)
+                # A new DTLS association (RFC 8842 §5) starts with our answer: our
+                # ClientHello of it follows our 2xx (RFC 5763 §5); one kept goes on.
+                self._hold_answer(side)
                 # The answer's keys, addresses and payload numbers are in the relay (and its
                 # media workers) before a peer may send under them: the answerer, a cautious
                 # one, once our ACK ends its transaction (RFC 3261 §13.2.2.4), the offerer once
@@ -297,6 +300,7 @@ class CallReinvites(CallLocationUpdates, CallMediaKeys):
             if request.method == "INVITE":  # (a 2xx to UPDATE is its transaction's to resend)
                 self._start_2xx_retransmission(side, ok)  # before sending: see _b_answered
             await self.endpoint.respond(transaction, ok)
+            self._answer_went(side)
         else:
             self.media.abandon_offer()
             refused = make_response(request, response.status, response.reason, extra=errors)
@@ -408,6 +412,7 @@ class CallReinvites(CallLocationUpdates, CallMediaKeys):
             answer = answering.make_answer(plain)
             self.media.settle()
             self._apply_keys(self.b)
+            self._hold_answer(answered_side)  # our ClientHello follows the ACK (RFC 5763 §5)
             # The offering leg may send under the new SDP once our ACK brings it the answer
             # (RFC 3264 §8): the relay (and its media workers) carries that answer first.
             await self.media.applied()
@@ -418,6 +423,7 @@ class CallReinvites(CallLocationUpdates, CallMediaKeys):
             # The offering leg's 2xx is ACKed with an answer refusing its offer (_bye).
             await self._hang_up(failure.reason, cause=failure.status)
         await self._ack_late_reinvite(serialize_sdp(answer))
+        self._answer_went(answered_side)
 
     def _offer_in_progress(self) -> bool:
         return self._pending_reinvite is not None or self._late_reinvite is not None

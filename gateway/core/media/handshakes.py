@@ -149,8 +149,8 @@ class CallHandshakes:
         self._held: set[str] = set()
         """Sides whose handshakes wait for our SDP answer to be sent (:meth:`hold`)."""
         self._released: set[tuple[str, str | None]] = set()
-        """(side, association) our answer already went to: that peer has our fingerprint for
-        it, no hold again (:meth:`hold`); (side, None) once any answer went to the side."""
+        """(side, association) driven unheld or released: that peer has our fingerprint for it
+        (our offer or answer went), no hold again (:meth:`hold`)."""
         self._held_datagrams: dict[tuple[str, int, bool], list[bytes]] = {}
         """Datagrams from a held side's peer, per (side, stream, RTCP port), fed at release."""
         self.dropped = 0
@@ -197,8 +197,9 @@ class CallHandshakes:
         leg's, a re-INVITE's or UPDATE's, the answer in our ACK to a callee that offered in its
         200.
 
-        Only the streams whose association our answer to that side has not yet been sent for
-        (:func:`_association`, RFC 8842 §5): a later answer that keeps it (our 200 after a 183
+        Only the streams whose association (:func:`_association`, RFC 8842 §5) was neither
+        released nor driven unheld (our offer to that peer carried our fingerprint): a later
+        answer that keeps it (our 200 after a 183
         with SDP, RFC 3262 §5; a re-INVITE that keeps the tls-id) carries the fingerprint the
         peer already has, and holding again would pause a handshake under way until that
         answer goes (with 100rel, until the 183's PRACK). A new association (a re-INVITE with a
@@ -281,6 +282,9 @@ class CallHandshakes:
                 if self._is_held(side, stream):
                     self._keep_while_held(side, index, stream, item)
                     continue
+                # Driven: its peer has what it needs (our offer, or our answer, went); a later
+                # hold of this side leaves it alone.
+                self._released.add((side, _association(stream.negotiation)))
                 for rtcp, negotiation in self._negotiations(stream):
                     self._hook(side, index, rtcp)
                     for packet in self._held_datagrams.pop((side, index, rtcp), ()):
