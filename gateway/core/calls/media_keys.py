@@ -113,7 +113,10 @@ class CallMediaKeys(CallBase):
         and tell it when the SDP changed."""
         if self.handshakes is None:
             legs = [self.a.security, *(leg.security for leg in self.b_legs)]
-            if not any(s is not None and s.media_path_streams() for s in legs):
+            if not any(
+                s is not None and (s.media_path_streams() or s.offered_media_path_streams())
+                for s in legs
+            ):
                 return
             assert self.media is not None and self._nursery is not None
             self.handshakes = CallHandshakes(

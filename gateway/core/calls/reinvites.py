@@ -188,7 +188,13 @@ class CallReinvites(CallLocationUpdates, CallMediaKeys):
         other = self._leg(side.other).security
         assert own is not None and other is not None
         plain = self.media.offer_from(side.value, own.take_offer(offer), dtmf_info=own.dtmf_info)
-        return other.make_offer(plain)
+        offer_out = other.make_offer(plain)
+        # Before the offer goes: the sockets of the offer's new DTLS associations and new
+        # streams take their datagrams from now on (CallHandshakes.poke): the requester's if it
+        # offered a=setup:active (it may start as it sends its offer, RFC 5763 §5), the other
+        # leg's if it answers active (it may start before its answer reaches us).
+        self._drive_handshakes()
+        return offer_out
 
     async def _relay_request(self, event: RequestEvent) -> None:
         other = self._leg(event.side.other)

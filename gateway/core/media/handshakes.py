@@ -107,6 +107,13 @@ class NamesAssociation(Protocol):
     def tls_id(self) -> str: ...
 
 
+def _starts_handshake(packet: bytes) -> bool:
+    """A DTLS handshake record of epoch 0 (RFC 6347 §4.1: content type 22, the epoch in octets
+    3 and 4): a ClientHello, or the first flight answering one; never a record of an
+    association whose handshake finished (encrypted, epoch 1 on)."""
+    return len(packet) >= 13 and packet[0] == 22 and packet[3] == 0 and packet[4] == 0
+
+
 def _association(negotiation: KeyNegotiation | None) -> str | None:
     """The association ``negotiation`` belongs to, for :meth:`CallHandshakes.hold`; None for
     an engine that names none (ZRTP): held only until its side's first release."""
@@ -274,6 +281,9 @@ class CallHandshakes:
         keys_changed = False
         self._item_taken = item is None
         all_streams = self._streams()
+        offered = self._offered_new()
+        if item is not None and self._keep_for_offer(item, offered, all_streams):
+            item = None
         for side, streams in all_streams.items():
             for index, stream in streams.items():
                 keys_changed |= self._attach_rtcp(side, index, stream)
@@ -285,10 +295,13 @@ class CallHandshakes:
                 # Driven: its peer has what it needs (our offer, or our answer, went); a later
                 # hold of this side leaves it alone.
                 self._released.add((side, _association(stream.negotiation)))
+                # What is kept for a pending offer's new association is not this one's.
+                kept_for_offer = index in offered.get(side, {})
                 for rtcp, negotiation in self._negotiations(stream):
                     self._hook(side, index, rtcp)
-                    for packet in self._held_datagrams.pop((side, index, rtcp), ()):
-                        self._feed(side, negotiation, packet, now)
+                    if not kept_for_offer:
+                        for packet in self._held_datagrams.pop((side, index, rtcp), ()):
+                            self._feed(side, negotiation, packet, now)
                     timer = negotiation.get_timer()
                     if timer is not None and timer <= now:
                         negotiation.handle_timer(now=now)
@@ -314,9 +327,57 @@ class CallHandshakes:
             # re-INVITE removed, a leg whose negotiation is gone): nobody's. Every drop counts.
             self.unclaimed += 1
             self._drop(item[0], "malformed")
+        for side, streams in offered.items():
+            for index in streams:
+                all_streams.setdefault(side, {}).setdefault(index, streams[index])
         self._forget_gone(all_streams)
         if keys_changed:
             self._on_keys()
+
+    def _offered_new(self) -> dict[str, dict[int, StreamSecurity]]:
+        """The streams of a peer's offer still waiting for our answer whose association is not
+        the one in force at their index (a new tls-id, RFC 8842 §5; or a new stream)."""
+        found: dict[str, dict[int, StreamSecurity]] = {}
+        for side, security in self._legs().items():
+            if security is None:
+                continue
+            offered = security.offered_media_path_streams()
+            if not offered:
+                continue
+            in_force = security.media_path_streams()
+            for index, stream in offered.items():
+                current = in_force.get(index)
+                if current is None or _association(current.negotiation) != _association(
+                    stream.negotiation
+                ):
+                    found.setdefault(side, {})[index] = stream
+        return found
+
+    def _keep_for_offer(
+        self,
+        item: tuple[str, int, bool, bytes],
+        offered: Mapping[str, Mapping[int, StreamSecurity]],
+        streams: Mapping[str, Mapping[int, StreamSecurity]],
+    ) -> bool:
+        """Keep ``item`` for the new association of a peer's offer we have not answered yet
+        (:meth:`_offered_new`): its handshake, begun by a peer that offered ``active`` (RFC
+        5763 §5), is driven once our answer is made and went (:meth:`hold`), and its first
+        ClientHello, fed to the association in force, was lost there (the peer resends it
+        after 1 s, RFC 6347 §4.2.4.1). On a stream that has an association in force only a
+        new handshake's records (epoch 0, RFC 6347 §4.1) are the new one's; the rest (its
+        alerts, a retransmitted Finished) stay with the one in force."""
+        side, index, rtcp, packet = item
+        if index not in offered.get(side, {}):
+            return False
+        if index in streams.get(side, {}) and not _starts_handshake(packet):
+            return False
+        self._item_taken = True
+        held = self._held_datagrams.setdefault((side, index, rtcp), [])
+        if len(held) < HELD_DATAGRAMS:
+            held.append(packet)
+        else:
+            self._drop(side, "blocked")
+        return True
 
     def _drop(self, side: str, reason: str, count: int = 1) -> None:
         """``count`` datagrams from leg ``side``'s peer dropped here: in the call's media
@@ -341,6 +402,12 @@ class CallHandshakes:
                     self._hook(side, index, rtcp)
                 if stream.rtcp_negotiation is None:
                     self._before_rtcp_handshake(side, index, stream, None)
+        for side, streams in self._offered_new().items():
+            for index in streams:
+                self._hook(side, index, False)
+                relay_side = self._side(side, index)
+                if relay_side is not None and not relay_side.rtcp_mux:
+                    self._hook(side, index, True)
 
     def _keep_while_held(self, side: str, index: int, stream: StreamSecurity, item: _Item) -> None:
         """A held side's stream (:meth:`hold`): its sockets take key-exchange datagrams, kept

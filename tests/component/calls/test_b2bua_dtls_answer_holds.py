@@ -28,13 +28,15 @@ import trio
 import gateway.plugins.keyexchange.dtls_srtp as dtls_plugin
 from gateway.core.calls.call import Call as GatewayCall
 from gateway.core.endpoint import SipEndpoint
+from gateway.core.ids import SeededIds
 from gateway.core.media.handshakes import CallHandshakes
 from gateway.core.media.relay_api import RelaySide
 from gateway.core.media.session import MediaSession
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sip.message import Response
 from gateway.plugins.keyexchange.dtls_srtp import DtlsKeyExchange
-from tests.component.calls.b2bua_env import ALICE_DID, eventually, start_b2bua
+from gateway.testing.sip_agent import SipAgent
+from tests.component.calls.b2bua_env import ALICE_DID, GW, eventually, start_b2bua
 from tests.component.calls.dtls_callers import dtls_caller
 from tests.component.calls.dtls_pairs import pairs
 from tests.component.calls.dtls_phone import PHONE_ID, Phone, bind, dtls_sdp
@@ -165,3 +167,115 @@ async def test_our_client_hello_of_a_new_association_follows_our_200_to_the_re_i
     fresh.remote_sdp_attributes(pairs(answer, media))
     await eventually(lambda: phone.keys is not None and phone.keys != first_keys)
     assert_answer_first(noted, "a", after=before)
+
+
+async def test_our_client_hello_to_a_transfers_target_follows_our_ack(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    noted: list[Any],
+) -> None:
+    """alice transfers the trunk's call to bob (policy ``dtls``), called without SDP: his
+    phone offers DTLS-SRTP in its 200 and our answer, ``active``, goes in our ACK to him."""
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, plugins=[("dtls", dtls_plugin)])
+    assert env.gateway.store is not None
+    env.gateway.store.accounts_set("bob", media_policy="dtls")
+    bob = SipAgent(
+        env.network,
+        ("127.0.0.4", 5060),
+        ids=SeededIds(voipgw_seed + 3),
+        user="bob",
+        password="bob-password-1",
+        proxy=GW,
+        auto=None,
+    )
+    await nursery.start(bob.serve)
+    assert (await bob.register()).status == 200
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    assert (await call.final()).status == 200
+    alice_leg = await env.alice.next_call()
+    refer = await alice_leg.request("REFER", extra=[("Refer-To", "<sip:bob@127.0.0.1:5060>")])
+    assert (await refer.final()).status == 202
+    bob_leg = await bob.next_call()
+    negotiation = DtlsKeyExchange(identity=lambda: PHONE_ID).offer(
+        suites=[], secure_signalling=False
+    )
+    sock = await bind()
+    await bob_leg.answer(200, sdp=dtls_sdp(negotiation))
+    ack = (await bob.next_request("ACK")).request
+    answer = parse_sdp_untrusted(ack.body)
+    answered = answer.media[0]
+    assert answered.attributes.get("setup") == "active"
+    negotiation.remote_sdp_attributes(pairs(answer, answered))
+    phone = Phone(negotiation, sock, ("127.0.0.1", answered.port))
+    nursery.start_soon(phone.run)
+    with trio.fail_after(30):
+        await phone.keyed.wait()
+    assert phone.failure is None
+    assert_answer_first(noted, "b")
+
+
+async def test_an_active_re_offerers_new_client_hello_before_our_200_is_kept_for_it(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    noted: list[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The caller re-INVITEs with a new tls-id and ``a=setup:active`` (RFC 8842 §5: a new
+    association; RFC 5763 §5: the offerer is the client) and sends its ClientHello at once,
+    before our 200 (we relay the re-INVITE to alice first). That ClientHello is kept for the
+    new association and answered once our 200 went, not fed to the association in force
+    (where it was lost: a phone resends it 1 s later, RFC 6347 §4.2.4.1; this one, whose loop
+    still waits on its previous association's timer, never does, and is never keyed)."""
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, plugins=[("dtls", dtls_plugin)])
+    caller = await dtls_caller(nursery, env)
+    phone = caller.phone
+    with trio.fail_after(30):
+        await phone.keyed.wait()
+    first_keys = phone.keys
+    await trio.sleep(1)
+    # The phone as the client of a new association: our certificate is the one of our first
+    # answer (its fingerprint), its own tls-id new.
+    client = caller.exchange.answer(
+        [
+            ("fingerprint", caller.answer.attributes.get("fingerprint")),
+            ("setup", "passive"),
+            ("tls-id", "a-new-association-of-the-phone"),
+        ],
+        suites=[],
+        secure_signalling=False,
+    )
+    assert client is not None and client.dtls_role == "client"
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    taken = trio.Event()
+    reoffer = GatewayCall._reoffer
+
+    def noting_reoffer(self: GatewayCall, *args: Any) -> Any:
+        try:
+            return reoffer(self, *args)
+        finally:
+            taken.set()
+
+    monkeypatch.setattr(GatewayCall, "_reoffer", noting_reoffer)
+    reinvite = await caller.call.request(
+        "INVITE", body=dtls_sdp(client), content_type="application/sdp"
+    )
+    # The gateway took the offer and relays it to alice (the ClientHello of a phone that sends
+    # it before its re-INVITE is read cannot be told from the association in force's).
+    await taken.wait()
+    for datagram in client.packets_to_send(now=trio.current_time()):
+        await phone.sock.sendto(datagram, phone.gateway)  # before our 200
+    phone.negotiation, phone.keys = client, None
+    ok = await reinvite.final()
+    assert ok.status == 200
+    media = parse_sdp_untrusted(ok.body).media[0]
+    assert media.attributes.get("setup") == "passive"
+    await eventually(lambda: phone.keys is not None and phone.keys != first_keys)
+    assert client.statistics().retransmissions == 0
+    assert gateway_call.media is not None
+    (stream,) = gateway_call.media.streams
+    assert stream.a_to_b.statistics().dropped == 0

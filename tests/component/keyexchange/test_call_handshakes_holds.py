@@ -111,8 +111,14 @@ class Session:
 class Leg:
     streams: dict[int, StreamSecurity] = attrs.Factory(dict)
 
+    offered: dict[int, StreamSecurity] = attrs.Factory(dict)
+    """A peer's offer waiting for our answer (re-INVITE)."""
+
     def media_path_streams(self) -> dict[int, StreamSecurity]:
         return dict(self.streams)
+
+    def offered_media_path_streams(self) -> dict[int, StreamSecurity]:
+        return dict(self.offered)
 
 
 def dtls_stream(engine: Engine) -> StreamSecurity:
@@ -151,19 +157,18 @@ async def test_a_held_stream_does_not_wake_the_task_for_its_timer(
     waits for a datagram or a release, not for that timer (which would wake it every
     millisecond for as long as our answer takes to go: a busy loop)."""
     engine = Engine()
-    task = await start(nursery, a=Leg({0: dtls_stream(engine)}))
-    # The first round ran unheld: the engine's "due at once" timer was handled. Due again:
-    engine.timer = 0.0
-    task.handshakes.hold("a")
+    task = await start(nursery)
+    task.legs["a"].streams[0] = dtls_stream(engine)  # our answer to A is made ...
+    task.handshakes.hold("a")  # ... and not sent yet
     task.handshakes.poke()
     await settle()
     reads = engine.timer_reads
     await trio.sleep(1.0)  # a second of virtual time waiting for our answer to go
     assert engine.timer_reads - reads < 5, engine.timer_reads - reads
-    assert engine.timers_handled == 1  # never while held
+    assert engine.timers_handled == 0  # never while held
     task.handshakes.release("a")
     await settle()
-    assert engine.timers_handled == 2
+    assert engine.timers_handled == 1
 
 
 async def test_a_held_port_keeps_at_most_held_datagrams_and_counts_the_rest(
@@ -194,7 +199,8 @@ async def test_datagrams_still_kept_when_the_call_ends_are_counted_dropped(
 ) -> None:
     engine = Engine()
     async with trio.open_nursery() as nursery:
-        task = await start(nursery, a=Leg({0: dtls_stream(engine)}))
+        task = await start(nursery)
+        task.legs["a"].streams[0] = dtls_stream(engine)
         task.handshakes.hold("a")
         for _ in range(3):
             task.handshakes.deliver("a", 0, CLIENT_HELLO)
@@ -263,7 +269,8 @@ async def test_a_new_association_is_held_again_until_its_answer_went(
     keeps the tls-id keeps the association, and is not held (a handshake under way would
     pause until the answer goes)."""
     first = Engine(outgoing=[])
-    task = await start(nursery, a=Leg({0: dtls_stream(first)}))
+    task = await start(nursery)
+    task.legs["a"].streams[0] = dtls_stream(first)
     task.handshakes.hold("a")
     task.handshakes.release("a")
     await settle()
@@ -280,3 +287,45 @@ async def test_a_new_association_is_held_again_until_its_answer_went(
         task.handshakes.release("a")
         await settle()
     assert side.sent == [b"\x16second ClientHello"]
+
+
+async def test_an_association_driven_before_is_not_held_by_a_later_answer(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """A leg we offered to (a callee) has our fingerprint from our offer: its association runs
+    unheld, and our answer to its re-INVITE keeping the tls-id (RFC 8842 §5) does not pause it."""
+    engine = Engine(timer=None)
+    task = await start(nursery, b=Leg({0: dtls_stream(engine)}))
+    task.handshakes.hold("b")
+    task.handshakes.deliver("b", 0, CLIENT_HELLO)
+    await settle()
+    assert engine.received == [CLIENT_HELLO]
+    assert task.handshakes.held_datagrams == 0
+
+
+async def test_a_pending_offers_new_association_keeps_its_new_handshake_records(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """The peer re-offers with a new tls-id, our answer not made yet: an epoch-0 handshake
+    record (its ClientHello, RFC 6347 §4.1) is kept for the new association; the one in force
+    keeps its other records (an alert, epoch 1)."""
+    in_force, new = Engine(timer=None, outgoing=[]), Engine(tls_id="association-two-0123456789")
+    task = await start(nursery, a=Leg({0: dtls_stream(in_force)}))
+    task.legs["a"].offered[0] = dtls_stream(new)
+    task.handshakes.poke()
+    alert = b"\x15\xfe\xfd\x00\x01" + b"\x00" * 20
+    task.handshakes.deliver("a", 0, CLIENT_HELLO)
+    task.handshakes.deliver("a", 0, alert)
+    await settle()
+    assert in_force.received == [alert]
+    assert task.handshakes.held_datagrams == 1
+    # Our answer is made (the new association in force) and held, then sent.
+    task.legs["a"].streams[0] = task.legs["a"].offered.pop(0)
+    task.handshakes.hold("a")
+    task.handshakes.poke()
+    await settle()
+    assert new.received == []
+    task.handshakes.release("a")
+    await settle()
+    assert new.received == [CLIENT_HELLO]
+    assert task.session.drops == []
