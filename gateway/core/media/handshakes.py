@@ -565,5 +565,22 @@ class CallHandshakes:
     def _unhook(self) -> None:
         for (side, _, rtcp), stream in self._hooked.items():
             if not stream.closed:
-                (stream.a if side == "a" else stream.b).set_non_rtp_handler(None, rtcp=rtcp)
+                handler = _after_handshakes(self._session, side)
+                (stream.a if side == "a" else stream.b).set_non_rtp_handler(handler, rtcp=rtcp)
         self._hooked.clear()
+
+
+def _after_handshakes(session: MediaSession, side: str) -> Callable[[bytes, Address], None]:
+    """What a socket the call's handshakes took does with what is not RTP once they ended,
+    until the call's streams close: a DTLS record (RFC 7983 §7: 20..63) is the association's
+    own end, the peer's close_notify alert as it hangs up (RFC 5246 §7.2.1), or the last
+    retransmission of a flight: the key exchange's traffic, ended with the call, taken as the
+    engine took such records while the call was up; not media, so neither forwarded nor a
+    drop. Anything else is counted ``malformed``, as on a socket nobody handshakes on
+    (docs/metrics.md)."""
+
+    def handler(packet: bytes, source: Address) -> None:
+        if packet and not 20 <= packet[0] <= 63:
+            session.count_dropped(side, "malformed")
+
+    return handler

@@ -329,3 +329,22 @@ async def test_a_pending_offers_new_association_keeps_its_new_handshake_records(
     await settle()
     assert new.received == [CLIENT_HELLO]
     assert task.session.drops == []
+
+
+async def test_after_the_handshakes_a_dtls_record_is_no_drop_and_anything_else_malformed(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """The call ended its handshakes; its streams close just after. A phone's close_notify as
+    it hangs up (RFC 7983: 20..63 is DTLS) is the key exchange's own end, not malformed media
+    (an operator alerting on ``malformed`` got one per port of every DTLS-SRTP hang-up);
+    anything else there is counted ``malformed``."""
+    async with trio.open_nursery() as nursery:
+        task = await start(nursery, a=Leg({0: dtls_stream(Engine(timer=None))}))
+        nursery.cancel_scope.cancel()
+    handler = task.session.streams[0].a.handlers[False]
+    assert handler is not None
+    close_notify = b"\x15\xfe\xfd\x00\x01" + b"\x00" * 20  # an alert record, epoch 1
+    handler(close_notify, ("127.0.0.1", 4000))
+    assert task.session.drops == []
+    handler(b"\x00\x01stun?", ("127.0.0.1", 4000))
+    assert task.session.drops == [("a", "malformed", 1)]
