@@ -97,16 +97,6 @@ def _no_failure(side: str, reason: str) -> None:
     pass
 
 
-@runtime_checkable
-class NamesAssociation(Protocol):
-    """A media-path negotiation that names its association (the ``dtls`` engine: our
-    ``a=tls-id``, RFC 8842 §4): a re-offer or re-answer that keeps the association keeps the
-    name, a new association (new handshake, new keys) has a new one."""
-
-    @property
-    def tls_id(self) -> str: ...
-
-
 def _starts_handshake(packet: bytes) -> bool:
     """A DTLS handshake record of epoch 0 (RFC 6347 §4.1: content type 22, the epoch in octets
     3 and 4): a ClientHello, or the first flight answering one; never a record of an
@@ -115,9 +105,13 @@ def _starts_handshake(packet: bytes) -> bool:
 
 
 def _association(negotiation: KeyNegotiation | None) -> str | None:
-    """The association ``negotiation`` belongs to, for :meth:`CallHandshakes.hold`; None for
-    an engine that names none (ZRTP): held only until its side's first release."""
-    return negotiation.tls_id if isinstance(negotiation, NamesAssociation) else None
+    """The association ``negotiation`` belongs to, for :meth:`CallHandshakes.hold`: the
+    ``dtls`` engine's ``tls_id`` (our ``a=tls-id``, RFC 8842 §4: kept by a re-offer or
+    re-answer that keeps the association, new for a new one). None for an engine that names
+    none (ZRTP): held only until its side's first release. Read as an attribute, not by
+    isinstance against a runtime-checkable Protocol: this runs per stream and round."""
+    tls_id = getattr(negotiation, "tls_id", None)
+    return tls_id if isinstance(tls_id, str) else None
 
 
 @runtime_checkable
