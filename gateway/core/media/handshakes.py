@@ -317,10 +317,16 @@ class CallHandshakes:
                             )
                     keys_changed |= self._events(side, index, stream, negotiation, rtcp)
         if item is not None and not self._item_taken:
-            # No stream of that side and index drives a handshake on that port (a stream a
-            # re-INVITE removed, a leg whose negotiation is gone): nobody's. Every drop counts.
-            self.unclaimed += 1
-            self._drop(item[0], "malformed")
+            # No stream of that side and index drives a handshake on that port. Every drop
+            # counts: before the side has a leg (two forks ring, and either may answer; the
+            # handshake of the one that does waits for its resend, docs/architecture.md)
+            # like the media of a fork, "blocked"; else (a stream a re-INVITE removed, a leg
+            # whose negotiation is gone) nobody's, "malformed".
+            if self._legs().get(item[0]) is None:
+                self._drop(item[0], "blocked")
+            else:
+                self.unclaimed += 1
+                self._drop(item[0], "malformed")
         for side, streams in offered.items():
             for index in streams:
                 all_streams.setdefault(side, {}).setdefault(index, streams[index])
