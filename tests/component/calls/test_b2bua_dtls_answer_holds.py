@@ -35,11 +35,13 @@ from gateway.core.media.session import MediaSession
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sip.message import Response
 from gateway.plugins.keyexchange.dtls_srtp import DtlsKeyExchange
-from gateway.testing.sip_agent import SipAgent
+from gateway.testing.sip_agent import AutoAnswer, SipAgent
 from tests.component.calls.b2bua_env import ALICE_DID, GW, eventually, start_b2bua
+from tests.component.calls.dialog_event_watch import next_doc, start, watch
 from tests.component.calls.dtls_callers import dtls_caller
 from tests.component.calls.dtls_pairs import pairs
 from tests.component.calls.dtls_phone import PHONE_ID, Phone, bind, dtls_sdp
+from tests.component.calls.pickup_calls import PICKUP, early_dialog, pick_up, replaces_of
 
 WORKER_ROUND_TRIP = 0.002
 """Seconds of virtual time a media worker takes to confirm what the call applied."""
@@ -70,7 +72,9 @@ def noted(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     async def noting_respond(self: SipEndpoint, transaction: Any, response: Response) -> None:
         await respond(self, transaction, response)
         if response.body and b"a=fingerprint" in response.body:
-            seen.append(("sip", "a"))  # (these calls answer only the caller's requests)
+            # bob's picker is the B side; every other request answered here is the caller's.
+            sender = response.headers.get("From") or ""
+            seen.append(("sip", "b" if "sip:bob@" in sender else "a"))
 
     async def noting_ack_b(self: GatewayCall, *args: Any, **kwargs: Any) -> None:
         await ack_b(self, *args, **kwargs)
@@ -279,3 +283,41 @@ async def test_an_active_re_offerers_new_client_hello_before_our_200_is_kept_for
     assert gateway_call.media is not None
     (stream,) = gateway_call.media.streams
     assert stream.a_to_b.statistics().dropped == 0
+
+
+async def test_our_client_hello_to_a_call_picker_follows_our_200_to_it(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    noted: list[Any],
+) -> None:
+    """bob's phone picks up the call ringing at alice (RFC 3891 Replaces) with a DTLS-SRTP
+    offer (actpass): our 200 to the picker answers ``active``, and our ClientHello to it
+    follows that 200."""
+    env, bob = await start(
+        nursery, tmp_path, voipgw_seed, groups=[PICKUP], plugins=[("dtls", dtls_plugin)]
+    )
+    await watch(bob)
+    await next_doc(bob)
+    env.alice.auto = AutoAnswer(ring=True, status=None)  # she lets it ring
+    incoming = await env.trunk.invite(env.did_uri(ALICE_DID))
+    await env.alice.next_call()
+    negotiation = DtlsKeyExchange(identity=lambda: PHONE_ID).offer(
+        suites=[], secure_signalling=False
+    )
+    sock = await bind()
+    picking = await pick_up(bob, replaces_of(await early_dialog(bob)), sdp=dtls_sdp(negotiation))
+    to_picker = await picking.final()
+    assert to_picker.status == 200, to_picker.reason
+    assert (await incoming.final()).status == 200
+    answer = parse_sdp_untrusted(to_picker.body)
+    answered = answer.media[0]
+    assert answered.attributes.get("setup") == "active"
+    negotiation.remote_sdp_attributes(pairs(answer, answered))
+    phone = Phone(negotiation, sock, ("127.0.0.1", answered.port))
+    nursery.start_soon(phone.run)
+    with trio.fail_after(30):
+        await phone.keyed.wait()
+    assert phone.failure is None
+    assert_answer_first(noted, "b")
