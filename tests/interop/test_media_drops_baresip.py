@@ -11,12 +11,13 @@ RTCP may also come before the keys (``blocked``), and an SRTCP packet may cross 
 port's handshake (``srtp_refused``), either way.
 
 What was fixed must not come back, so while the call is up (a scrape of the live call's
-counters, before the hang-up adds a DTLS phone's close_notify alerts, dropped as ``malformed``
-once the call has let its handshakes go) there is no ``malformed`` (a DTLS callee's
+counters, before the hang-up adds a DTLS phone's last RTCP in clear, ``srtp_refused``) there is
+no ``malformed`` (a DTLS callee's
 ClientHellos, sent as it rings, read before the call's handshake task took its sockets or, on
 its RTCP port, with no handshake there before its answer: the handshake waited a second for
 the resend, and media or SRTCP with it) and no ``unlatched_source`` (bob's RTCP, latched before
-his answer from the address his answer implies, was refused as a previous peer's for 3 s). The
+his answer from the address his answer implies, was refused as a previous peer's for 3 s); nor
+after the hang-up (its close_notify alerts are DTLS, RFC 7983 §7, not malformed media). The
 call record (``voipgw calls --json``) and the Prometheus exposition (read by Prometheus' own
 parser) say the same.
 
@@ -151,6 +152,10 @@ def test_a_call_between_two_phones_drops_only_what_comes_before_answer_and_keys(
     }
     for direction in ("a_to_b", "b_to_a"):
         assert sum(reasons[direction].values()) == media[f"{direction}_dropped"], media
+    for direction in ("a_to_b", "b_to_a"):
+        # The hang-up's DTLS close_notify alerts are the key exchange's own end, no malformed
+        # media (RFC 7983 §7), also once the call has let its handshakes go (docs/metrics.md).
+        assert reasons[direction]["malformed"] == 0, media
     if mediaenc is None:
         # alice sends once she has our 200; bob's media before his answer came, nothing else.
         assert media["a_to_b_dropped"] == 0, media

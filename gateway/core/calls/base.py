@@ -165,6 +165,9 @@ class CallBase:
         kept from its arrival to its routing, only while taps decide at the start (lawful
         intercept)."""
         self.handshakes: CallHandshakes | None = None  # started with the first DTLS stream
+        # Sides our answer is made to but not sent yet, when the handshake task does not exist
+        # yet (CallMediaKeys._hold_answer): it holds them from its start.
+        self._answers_unsent: set[str] = set()
         self._keyed_b: BLeg | None = None  # the B leg whose keys are applied
         self.state = "new"
         # The gateway ends the call while it is still being set up (state "new": its task reads
@@ -432,10 +435,25 @@ class CallBase:
     async def _respond_a(self, response: Response) -> None:
         assert self.a.transaction is not None
         await self.endpoint.respond(self.a.transaction, response)
-        if response.body and self.handshakes is not None:
+        if response.body:
             # Our SDP answer (a 183's, a 200's) went to A: A's handshakes may start now, never
             # ahead of it (CallAnswer._answer_via holds them; docs/architecture.md).
-            self.handshakes.release(Side.A.value)
+            self._answer_went(Side.A)
+
+    def _hold_answer(self, side: Side) -> None:
+        """Our SDP answer to ``side`` is made, not sent yet: the handshakes of the associations
+        it starts wait for it (:meth:`CallHandshakes.hold`; docs/architecture.md, "DTLS: our
+        answer before our ClientHello"). Call before the next checkpoint after making it."""
+        if self.handshakes is not None:
+            self.handshakes.hold(side.value)
+        else:
+            self._answers_unsent.add(side.value)
+
+    def _answer_went(self, side: Side) -> None:
+        """Our SDP answer to ``side`` was sent (a response's body, an ACK's)."""
+        self._answers_unsent.discard(side.value)
+        if self.handshakes is not None:
+            self.handshakes.release(side.value)
 
     async def _reject_a(
         self,

@@ -700,6 +700,9 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
         try:
             answer_b = leg.security.make_answer(self._answer_in_ack_of_a(ack))
             self._up_with(leg)
+            # B offered in its 2xx; our answer goes in the ACK: when it makes us active (RFC
+            # 5763 §5), our ClientHello follows the ACK, which carries our fingerprint.
+            self._hold_answer(Side.B)
             # B, the offerer, may send as soon as our ACK brings it the answer: keys first.
             await self.media.applied()
         except Exception as exc:
@@ -709,6 +712,7 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
             # B's 2xx is ACKed with an answer refusing its offer, then BYEd (_bye).
             await self._hang_up(failure.reason, cause=failure.status)
         await self._ack_b(leg, leg.dialog, leg.final, body=serialize_sdp(answer_b))
+        self._answer_went(Side.B)
 
     # -- requests and responses before the answer --------------------------------------------------
 

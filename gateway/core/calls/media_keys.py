@@ -45,13 +45,12 @@ class CallMediaKeys(CallBase):
         )
         answer_a = self.a.security.make_answer(plain)
         self._apply_keys(leg)
-        if self.handshakes is not None:
-            # A's handshake, ours to start when we answered active (RFC 5763 §5), waits until
-            # this answer (our fingerprint) went to A: _respond_a releases it. A ClientHello
-            # ahead of our 200 was ignored by the caller (baresip) and resent 1 s later (RFC
-            # 6347 §4.2.4.1), clipping a second of the call; with media workers it always came
-            # first, while our 200 waited for MediaSession.applied().
-            self.handshakes.hold(Side.A.value)
+        # A's handshake, ours to start when we answered active (RFC 5763 §5), waits until this
+        # answer (our fingerprint) went to A: _respond_a releases it. A ClientHello ahead of
+        # our 200 was ignored by the caller (baresip) and resent 1 s later (RFC 6347
+        # §4.2.4.1), clipping a second of the call; with media workers it always came first,
+        # while our 200 waited for MediaSession.applied().
+        self._hold_answer(Side.A)
         return answer_a
 
     def _answer_failed(self, exc: Exception, what: str, *, ends_call: bool = True) -> AnswerFailure:
@@ -114,7 +113,10 @@ class CallMediaKeys(CallBase):
         and tell it when the SDP changed."""
         if self.handshakes is None:
             legs = [self.a.security, *(leg.security for leg in self.b_legs)]
-            if not any(s is not None and s.media_path_streams() for s in legs):
+            if not any(
+                s is not None and (s.media_path_streams() or s.offered_media_path_streams())
+                for s in legs
+            ):
                 return
             assert self.media is not None and self._nursery is not None
             self.handshakes = CallHandshakes(
@@ -124,6 +126,9 @@ class CallMediaKeys(CallBase):
                 on_failure=self._handshake_failed,
             )
             self._nursery.start_soon(self.handshakes.run)
+            for side in self._answers_unsent:
+                self.handshakes.hold(side)
+            self._answers_unsent.clear()
         self.handshakes.poke()
 
     def _handshake_legs(self) -> dict[str, LegSecurity | None]:

@@ -139,6 +139,10 @@ class CallPickedUp(CallAnswer):
             )
             # What the picker's leg was told: later offers on it keep its numbers and o= line.
             self.media.sent_elsewhere(Side.B.value, plain_to_picker)
+            # Both answers start associations (RFC 5763 §5) whose ClientHellos, ours when we
+            # answered active, must follow them: released as our 200s go.
+            self._hold_answer(Side.B)
+            self._hold_answer(Side.A)
         except (SdpError, UnsupportedBody, PortsExhausted) as err:
             await self._refuse_picker(event, picker, err, moving_to)
             return
@@ -153,6 +157,7 @@ class CallPickedUp(CallAnswer):
             await self._pickup_failed(event, exc)
         self._start_2xx_retransmission(Side.B, ok)  # until its ACK (RFC 3261 §13.3.1.4)
         await self._answer_pickup(event, ok)
+        self._answer_went(Side.B)
         picker.session_timer = self._started(timer)
         self.a.session_timer = self._started(self._a_timer)
         await self._answer_a(
@@ -279,6 +284,7 @@ class CallPickedUp(CallAnswer):
         assert picker.security is not None
         try:
             to_picker = picker.security.make_answer(self._answer_in_ack_of_a(ack))
+            self._hold_answer(Side.B)  # our ClientHello follows our 200 (RFC 5763 §5)
         except Exception as exc:
             failure = self._answer_failed(exc, "answer in A's ACK")
             self._pickup_waiting = None
@@ -297,6 +303,7 @@ class CallPickedUp(CallAnswer):
         await self.media.applied()
         self._start_2xx_retransmission(Side.B, ok)  # until its ACK (RFC 3261 §13.3.1.4)
         await self._answer_pickup(event, ok)
+        self._answer_went(Side.B)
 
     async def _refuse_pickup(self, event: PickUpEvent) -> None:
         """The call is no longer ringing: 486 when the phone it named answered (RFC 3891 §3),

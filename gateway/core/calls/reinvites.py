@@ -194,7 +194,13 @@ class CallReinvites(CallLocationUpdates, CallMediaKeys):
         other = self._leg(side.other).security
         assert own is not None and other is not None
         plain = self.media.offer_from(side.value, own.take_offer(offer), dtmf_info=own.dtmf_info)
-        return other.make_offer(plain)
+        offer_out = other.make_offer(plain)
+        # Before the offer goes: the sockets of the offer's new DTLS associations and new
+        # streams take their datagrams from now on (CallHandshakes.poke): the requester's if it
+        # offered a=setup:active (it may start as it sends its offer, RFC 5763 §5), the other
+        # leg's if it answers active (it may start before its answer reaches us).
+        self._drive_handshakes()
+        return offer_out
 
     async def _relay_request(self, event: RequestEvent) -> None:
         other = self._leg(event.side.other)
@@ -268,6 +274,9 @@ class CallReinvites(CallLocationUpdates, CallMediaKeys):
                 answer = offering.make_answer(plain)
                 self.media.settle()
                 self._apply_keys(self.b)
+                # A new DTLS association (RFC 8842 §5) starts with our answer: our
+                # ClientHello of it follows our 2xx (RFC 5763 §5); one kept goes on.
+                self._hold_answer(side)
                 # The answer's keys, addresses and payload numbers are in the relay (and its
                 # media workers) before a peer may send under them: the answerer, a cautious
                 # one, once our ACK ends its transaction (RFC 3261 §13.2.2.4), the offerer once
@@ -303,6 +312,7 @@ class CallReinvites(CallLocationUpdates, CallMediaKeys):
             if request.method == "INVITE":  # (a 2xx to UPDATE is its transaction's to resend)
                 self._start_2xx_retransmission(side, ok)  # before sending: see _b_answered
             await self.endpoint.respond(transaction, ok)
+            self._answer_went(side)
         else:
             self.media.abandon_offer()
             if ends_session("INVITE", response.status):
@@ -416,6 +426,7 @@ class CallReinvites(CallLocationUpdates, CallMediaKeys):
             answer = answering.make_answer(plain)
             self.media.settle()
             self._apply_keys(self.b)
+            self._hold_answer(answered_side)  # our ClientHello follows the ACK (RFC 5763 §5)
             # The offering leg may send under the new SDP once our ACK brings it the answer
             # (RFC 3264 §8): the relay (and its media workers) carries that answer first.
             await self.media.applied()
@@ -426,6 +437,7 @@ class CallReinvites(CallLocationUpdates, CallMediaKeys):
             # The offering leg's 2xx is ACKed with an answer refusing its offer (_bye).
             await self._hang_up(failure.reason, cause=failure.status)
         await self._ack_late_reinvite(serialize_sdp(answer))
+        self._answer_went(answered_side)
 
     def _offer_in_progress(self) -> bool:
         return self._pending_reinvite is not None or self._late_reinvite is not None

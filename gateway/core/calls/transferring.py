@@ -620,6 +620,9 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
             answer = leg.security.make_answer(plain)
             self.media.settle()
             self._take_over(transfer)
+            # The target's leg offered in its 2xx; our answer goes in our ACK: our ClientHello
+            # follows it (RFC 5763 §5).
+            self._hold_answer(transfer.side)
             # The target, whose 2xx offered, may send once our ACK brings it the answer (RFC
             # 3264 §8), the transferee once we ACK its 2xx: the relay (and its media workers)
             # carries the answer and the target's keys first.
@@ -636,6 +639,7 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
             await self._hang_up(failure.reason, cause=failure.status)
         await self.endpoint.send_ack(ack, flow)
         await self._ack_b(leg, leg.dialog, leg.final, body=serialize_sdp(answer))
+        self._answer_went(transfer.side)
         await self._complete_transfer()
 
     def _take_over(self, transfer: Transfer) -> None:

@@ -97,6 +97,23 @@ def _no_failure(side: str, reason: str) -> None:
     pass
 
 
+def _starts_handshake(packet: bytes) -> bool:
+    """A DTLS handshake record of epoch 0 (RFC 6347 §4.1: content type 22, the epoch in octets
+    3 and 4): a ClientHello, or the first flight answering one; never a record of an
+    association whose handshake finished (encrypted, epoch 1 on)."""
+    return len(packet) >= 13 and packet[0] == 22 and packet[3] == 0 and packet[4] == 0
+
+
+def _association(negotiation: KeyNegotiation | None) -> str | None:
+    """The association ``negotiation`` belongs to, for :meth:`CallHandshakes.hold`: the
+    ``dtls`` engine's ``tls_id`` (our ``a=tls-id``, RFC 8842 §4: kept by a re-offer or
+    re-answer that keeps the association, new for a new one). None for an engine that names
+    none (ZRTP): held only until its side's first release. Read as an attribute, not by
+    isinstance against a runtime-checkable Protocol: this runs per stream and round."""
+    tls_id = getattr(negotiation, "tls_id", None)
+    return tls_id if isinstance(tls_id, str) else None
+
+
 @runtime_checkable
 class HasRtcpComponent(Protocol):
     """A media-path negotiation that keys a separate RTCP port with a handshake of its own (RFC
@@ -132,16 +149,22 @@ class CallHandshakes:
         """Datagrams that came on a leg's RTCP port before its handshake there existed."""
         self._held: set[str] = set()
         """Sides whose handshakes wait for our SDP answer to be sent (:meth:`hold`)."""
-        self._released: set[str] = set()
-        """Sides our answer already went to: their peer has our fingerprint, no hold again."""
+        self._released: set[tuple[str, str | None]] = set()
+        """(side, association) driven unheld or released: that peer has our fingerprint for it
+        (our offer or answer went), no hold again (:meth:`hold`)."""
         self._held_datagrams: dict[tuple[str, int, bool], list[bytes]] = {}
         """Datagrams from a held side's peer, per (side, stream, RTCP port), fed at release."""
         self.dropped = 0
-        """Datagrams dropped because the queue was full, or beyond
-        :data:`EARLY_RTCP_DATAGRAMS` before the RTCP port's handshake existed, or beyond
-        :data:`HELD_DATAGRAMS` while their side was held."""
+        """Datagrams dropped here, each also counted in the media session's drops of its
+        direction by reason (``count_dropped``): ``blocked`` because the queue was full, or
+        beyond :data:`EARLY_RTCP_DATAGRAMS` before the RTCP port's handshake existed, or
+        beyond :data:`HELD_DATAGRAMS` while their side was held, or kept for a stream no
+        longer driven or when the call ended; ``malformed``: those of :attr:`unclaimed`."""
         self.unclaimed = 0
-        """Datagrams no negotiation of their stream and port claimed (RFC 7983 demux)."""
+        """Datagrams no negotiation of their stream and port claimed (RFC 7983 demux), or
+        that came for a stream and port no handshake is driven on."""
+        self._item_taken = True
+        """Whether the round's datagram went somewhere (fed, kept, or counted)."""
 
     # -- from the relay and the call --------------------------------------------------------------
 
@@ -152,7 +175,7 @@ class CallHandshakes:
         try:
             self._send.send_nowait((side, index, rtcp, packet))
         except (trio.WouldBlock, trio.ClosedResourceError):
-            self.dropped += 1
+            self._drop(side, "blocked")
 
     def poke(self) -> None:
         """The legs' SDP changed: look at the streams again (new negotiations, new streams).
@@ -170,14 +193,20 @@ class CallHandshakes:
     def hold(self, side: str) -> None:
         """Our SDP answer to leg ``side`` is made but not sent yet: its handshakes wait (no
         ClientHello, no timer) until :meth:`release`, and what its peer sends is kept. Call it
-        before the next checkpoint after the answer was made (the task runs at any).
+        before the next checkpoint after the answer was made (the task runs at any), for every
+        answer we make: the caller's (a 183's, a 200's), a call picker's, a transfer's new
+        leg's, a re-INVITE's or UPDATE's, the answer in our ACK to a callee that offered in its
+        200.
 
-        Only until the first release: a later answer to the same side (our 200 after a 183 with
-        SDP, RFC 3262 §5: the same answer) carries the fingerprint the peer already has, and
-        holding again would pause a handshake under way until the 200 goes (with 100rel, until
-        the 183's PRACK)."""
-        if side not in self._released:
-            self._held.add(side)
+        Only the streams whose association (:func:`_association`, RFC 8842 §5) was neither
+        released nor driven unheld (our offer to that peer carried our fingerprint): a later
+        answer that keeps it (our 200 after a 183
+        with SDP, RFC 3262 §5; a re-INVITE that keeps the tls-id) carries the fingerprint the
+        peer already has, and holding again would pause a handshake under way until that
+        answer goes (with 100rel, until the 183's PRACK). A new association (a re-INVITE with a
+        new tls-id) starts a new handshake whose ClientHello, ours, must follow our answer as
+        the first one did."""
+        self._held.add(side)
 
     @property
     def held_datagrams(self) -> int:
@@ -186,10 +215,20 @@ class CallHandshakes:
 
     def release(self, side: str) -> None:
         """Our answer went to leg ``side``: its handshakes start (and take what was kept)."""
-        self._released.add(side)
+        self._released.add((side, None))
+        security = self._legs().get(side)
+        if security is not None:
+            for stream in security.media_path_streams().values():
+                self._released.add((side, _association(stream.negotiation)))
         if side in self._held:
             self._held.discard(side)
             self.poke()
+
+    def _is_held(self, side: str, stream: StreamSecurity) -> bool:
+        """Whether ``stream`` of leg ``side`` waits for our answer to go (:meth:`hold`)."""
+        if side not in self._held:
+            return False
+        return (side, _association(stream.negotiation)) not in self._released
 
     # -- the task -------------------------------------------------------------------------------
 
@@ -214,6 +253,14 @@ class CallHandshakes:
                 with trio.move_on_at(deadline):
                     item = await self._receive.receive()
         finally:
+            # What is still kept will never be fed: the call ended before the answer that held
+            # it went (or before the RTCP port's handshake existed). Dropped, so counted.
+            for (side, _, _), kept in self._held_datagrams.items():
+                self._drop(side, "blocked", len(kept))
+            for (side, _), kept in self._early_rtcp.items():
+                self._drop(side, "blocked", len(kept))
+            self._held_datagrams.clear()
+            self._early_rtcp.clear()
             self._unhook()
             self._send.close()
             # legs, on_keys and on_failure are the call's bound methods, and the call holds
@@ -226,26 +273,38 @@ class CallHandshakes:
 
     def _round(self, item: _Item, now: float) -> None:
         keys_changed = False
-        for side, streams in self._streams().items():
+        self._item_taken = item is None
+        all_streams = self._streams()
+        offered = self._offered_new()
+        if item is not None and self._keep_for_offer(item, offered, all_streams):
+            item = None
+        for side, streams in all_streams.items():
             for index, stream in streams.items():
                 keys_changed |= self._attach_rtcp(side, index, stream)
                 if stream.rtcp_negotiation is None:
                     self._before_rtcp_handshake(side, index, stream, item)
-                if side in self._held:
+                if self._is_held(side, stream):
                     self._keep_while_held(side, index, stream, item)
                     continue
+                # Driven: its peer has what it needs (our offer, or our answer, went); a later
+                # hold of this side leaves it alone.
+                self._released.add((side, _association(stream.negotiation)))
+                # What is kept for a pending offer's new association is not this one's.
+                kept_for_offer = index in offered.get(side, {})
                 for rtcp, negotiation in self._negotiations(stream):
                     self._hook(side, index, rtcp)
-                    for packet in self._held_datagrams.pop((side, index, rtcp), ()):
-                        self._feed(negotiation, packet, now)
+                    if not kept_for_offer:
+                        for packet in self._held_datagrams.pop((side, index, rtcp), ()):
+                            self._feed(side, negotiation, packet, now)
                     timer = negotiation.get_timer()
                     if timer is not None and timer <= now:
                         negotiation.handle_timer(now=now)
                     if rtcp:
                         for packet in self._early_rtcp.pop((side, index), ()):
-                            self._feed(negotiation, packet, now)
+                            self._feed(side, negotiation, packet, now)
                     if item is not None and item[:3] == (side, index, rtcp):
-                        self._feed(negotiation, item[3], now)
+                        self._item_taken = True
+                        self._feed(side, negotiation, item[3], now)
                     relay_side = self._side(side, index)
                     for packet in negotiation.packets_to_send(now=now):
                         if relay_side is None or not relay_side.send(packet, rtcp=rtcp):
@@ -257,8 +316,84 @@ class CallHandshakes:
                                 port,
                             )
                     keys_changed |= self._events(side, index, stream, negotiation, rtcp)
+        if item is not None and not self._item_taken:
+            # No stream of that side and index drives a handshake on that port. Every drop
+            # counts: before the side has a leg (two forks ring, and either may answer; the
+            # handshake of the one that does waits for its resend, docs/architecture.md)
+            # like the media of a fork, "blocked"; else (a stream a re-INVITE removed, a leg
+            # whose negotiation is gone) nobody's, "malformed".
+            if self._legs().get(item[0]) is None:
+                self._drop(item[0], "blocked")
+            else:
+                self.unclaimed += 1
+                self._drop(item[0], "malformed")
+        for side, streams in offered.items():
+            for index in streams:
+                all_streams.setdefault(side, {}).setdefault(index, streams[index])
+        self._forget_gone(all_streams)
         if keys_changed:
             self._on_keys()
+
+    def _offered_new(self) -> dict[str, dict[int, StreamSecurity]]:
+        """The streams of a peer's offer still waiting for our answer whose association is not
+        the one in force at their index (a new tls-id, RFC 8842 §5; or a new stream)."""
+        found: dict[str, dict[int, StreamSecurity]] = {}
+        for side, security in self._legs().items():
+            if security is None:
+                continue
+            offered = security.offered_media_path_streams()
+            if not offered:
+                continue
+            in_force = security.media_path_streams()
+            for index, stream in offered.items():
+                current = in_force.get(index)
+                if current is None or _association(current.negotiation) != _association(
+                    stream.negotiation
+                ):
+                    found.setdefault(side, {})[index] = stream
+        return found
+
+    def _keep_for_offer(
+        self,
+        item: tuple[str, int, bool, bytes],
+        offered: Mapping[str, Mapping[int, StreamSecurity]],
+        streams: Mapping[str, Mapping[int, StreamSecurity]],
+    ) -> bool:
+        """Keep ``item`` for the new association of a peer's offer we have not answered yet
+        (:meth:`_offered_new`): its handshake, begun by a peer that offered ``active`` (RFC
+        5763 §5), is driven once our answer is made and went (:meth:`hold`), and its first
+        ClientHello, fed to the association in force, was lost there (the peer resends it
+        after 1 s, RFC 6347 §4.2.4.1). On a stream that has an association in force only a
+        new handshake's records (epoch 0, RFC 6347 §4.1) are the new one's; the rest (its
+        alerts, a retransmitted Finished) stay with the one in force."""
+        side, index, rtcp, packet = item
+        if index not in offered.get(side, {}):
+            return False
+        if index in streams.get(side, {}) and not _starts_handshake(packet):
+            return False
+        self._item_taken = True
+        held = self._held_datagrams.setdefault((side, index, rtcp), [])
+        if len(held) < HELD_DATAGRAMS:
+            held.append(packet)
+        else:
+            self._drop(side, "blocked")
+        return True
+
+    def _drop(self, side: str, reason: str, count: int = 1) -> None:
+        """``count`` datagrams from leg ``side``'s peer dropped here: in the call's media
+        counters under ``reason`` (relay.DROP_REASONS; docs/metrics.md)."""
+        if count:
+            self.dropped += count
+            self._session.count_dropped(side, reason, count)
+
+    def _forget_gone(self, streams: Mapping[str, Mapping[int, StreamSecurity]]) -> None:
+        """Datagrams kept for a stream no longer driven (a re-INVITE removed it, or gave it
+        another key exchange) will never be fed: dropped and counted, not kept until the
+        call ends."""
+        for key in [k for k in self._held_datagrams if k[1] not in streams.get(k[0], {})]:
+            self._drop(key[0], "blocked", len(self._held_datagrams.pop(key)))
+        for side, index in [k for k in self._early_rtcp if k[1] not in streams.get(k[0], {})]:
+            self._drop(side, "blocked", len(self._early_rtcp.pop((side, index))))
 
     def _hook_streams(self) -> None:
         for side, streams in self._streams().items():
@@ -267,6 +402,12 @@ class CallHandshakes:
                     self._hook(side, index, rtcp)
                 if stream.rtcp_negotiation is None:
                     self._before_rtcp_handshake(side, index, stream, None)
+        for side, streams in self._offered_new().items():
+            for index in streams:
+                self._hook(side, index, False)
+                relay_side = self._side(side, index)
+                if relay_side is not None and not relay_side.rtcp_mux:
+                    self._hook(side, index, True)
 
     def _keep_while_held(self, side: str, index: int, stream: StreamSecurity, item: _Item) -> None:
         """A held side's stream (:meth:`hold`): its sockets take key-exchange datagrams, kept
@@ -274,18 +415,20 @@ class CallHandshakes:
         for rtcp, _ in self._negotiations(stream):
             self._hook(side, index, rtcp)
             if item is not None and item[:3] == (side, index, rtcp):
+                self._item_taken = True
                 held = self._held_datagrams.setdefault((side, index, rtcp), [])
                 if len(held) < HELD_DATAGRAMS:
                     held.append(item[3])
                 else:
-                    self.dropped += 1
+                    self._drop(side, "blocked")
 
-    def _feed(self, negotiation: KeyNegotiation, packet: bytes, now: float) -> None:
+    def _feed(self, side: str, negotiation: KeyNegotiation, packet: bytes, now: float) -> None:
         # RFC 7983: each engine claims its range of first bytes (DTLS 20..63, ZRTP 16..19).
         if negotiation.claims_packet(packet[0], packet):
             negotiation.receive_packet(packet, now=now)
         else:
             self.unclaimed += 1
+            self._drop(side, "malformed")
 
     def _before_rtcp_handshake(
         self, side: str, index: int, stream: StreamSecurity, item: _Item
@@ -296,19 +439,23 @@ class CallHandshakes:
         needs none, and what was held goes."""
         relay_side = self._side(side, index)
         if relay_side is None or relay_side.rtcp_mux:
-            self._early_rtcp.pop((side, index), None)
+            # Never fed: the leg muxes (RFC 5761), its RTCP port's handshake will not come.
+            self._drop(side, "blocked", len(self._early_rtcp.pop((side, index), ())))
             if item is not None and item[:3] == (side, index, True):
+                self._item_taken = True
                 self.unclaimed += 1  # on the RTCP port of a leg that muxes: nobody's
+                self._drop(side, "malformed")
             return
         if not isinstance(stream.negotiation, HasRtcpComponent):
             return
         self._hook(side, index, True)
         if item is not None and item[:3] == (side, index, True):
+            self._item_taken = True
             held = self._early_rtcp.setdefault((side, index), [])
             if len(held) < EARLY_RTCP_DATAGRAMS:
                 held.append(item[3])
             else:
-                self.dropped += 1
+                self._drop(side, "blocked")
 
     @staticmethod
     def _negotiations(stream: StreamSecurity) -> list[tuple[bool, KeyNegotiation]]:
@@ -378,9 +525,9 @@ class CallHandshakes:
     def _next_timer(self, now: float) -> float:
         deadline = math.inf
         for side, streams in self._streams().items():
-            if side in self._held:
-                continue  # nothing of a held side is due before its release
             for stream in streams.values():
+                if self._is_held(side, stream):
+                    continue  # nothing of a held stream is due before its release
                 for _, negotiation in self._negotiations(stream):
                     timer = negotiation.get_timer()
                     if timer is not None:
@@ -418,5 +565,22 @@ class CallHandshakes:
     def _unhook(self) -> None:
         for (side, _, rtcp), stream in self._hooked.items():
             if not stream.closed:
-                (stream.a if side == "a" else stream.b).set_non_rtp_handler(None, rtcp=rtcp)
+                handler = _after_handshakes(self._session, side)
+                (stream.a if side == "a" else stream.b).set_non_rtp_handler(handler, rtcp=rtcp)
         self._hooked.clear()
+
+
+def _after_handshakes(session: MediaSession, side: str) -> Callable[[bytes, Address], None]:
+    """What a socket the call's handshakes took does with what is not RTP once they ended,
+    until the call's streams close: a DTLS record (RFC 7983 §7: 20..63) is the association's
+    own end, the peer's close_notify alert as it hangs up (RFC 5246 §7.2.1), or the last
+    retransmission of a flight: the key exchange's traffic, ended with the call, taken as the
+    engine took such records while the call was up; not media, so neither forwarded nor a
+    drop. Anything else is counted ``malformed``, as on a socket nobody handshakes on
+    (docs/metrics.md)."""
+
+    def handler(packet: bytes, source: Address) -> None:
+        if packet and not 20 <= packet[0] <= 63:
+            session.count_dropped(side, "malformed")
+
+    return handler

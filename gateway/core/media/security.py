@@ -752,6 +752,20 @@ class LegSecurity:
             if stream.media_path and stream.negotiation is not None
         }
 
+    def offered_media_path_streams(self) -> dict[int, StreamSecurity]:
+        """While the peer's offer waits for our answer: its streams keyed on the media path, by
+        m= line index (:meth:`media_path_streams` gives them once our answer is made). The
+        call's handshake task hooks their sockets and keeps what a new association's peer sends
+        before our answer (RFC 8842 §5; RFC 5763 §5: an offerer that is ``active`` may start
+        its handshake as it sends its offer)."""
+        if not self._answer_pending:
+            return {}
+        return {
+            index: stream
+            for index, stream in enumerate(self._offered)
+            if stream.media_path and stream.negotiation is not None
+        }
+
     @property
     def requires_encryption(self) -> bool:
         return not self.policy.allow_cleartext

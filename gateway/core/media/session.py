@@ -364,6 +364,17 @@ class MediaSession:
             return self._slots[index]
         return None
 
+    def count_dropped(self, side: str, reason: str, count: int = 1) -> None:
+        """``count`` datagrams from leg ``side``'s peer ("a", "b") dropped outside the relay, by
+        the call's key-exchange task (:mod:`~gateway.core.media.handshakes`: a handshake
+        datagram no stream takes, one kept past its bound or still kept when the call ends):
+        counted with the relay's drops of that direction under ``reason`` (one of
+        relay.DROP_REASONS), so that every drop is in the call's record and in
+        ``voipgw_media_dropped_packets_by_reason_total`` (docs/metrics.md)."""
+        name = "a_to_b" if side == "a" else "b_to_a"
+        self._totals.dropped[name] += count
+        self._totals.dropped_by_reason[name][DROP_REASONS.index(reason)] += count
+
     @property
     def offerer(self) -> Side | None:
         """The side whose offer is in progress (not yet settled or abandoned), or None."""

@@ -856,3 +856,17 @@ def test_repr_names_no_peer_data(session: MediaSession):
     session.offer_to_b(sdp(BARESIP_PLAIN))
     shown = repr(session)
     assert shown == f"<MediaSession {MEDIA_ADDRESS} streams=1 pending_offer=from a>"
+
+
+def test_drops_counted_outside_the_relay_are_in_the_summary_by_reason(
+    session: MediaSession,
+) -> None:
+    """The call's handshake task drops key-exchange datagrams the relay handed it (kept past
+    their bound, still kept when the call ends, nobody's): counted with the relay's drops of
+    the peer's direction, by reason, in the summary the record and the metrics read."""
+    session.count_dropped("a", "blocked", 3)
+    session.count_dropped("b", "malformed")
+    summary = session.statistics()
+    assert summary["a_to_b_dropped"] == 3 and summary["a_to_b_dropped_blocked"] == 3
+    assert summary["b_to_a_dropped"] == 1 and summary["b_to_a_dropped_malformed"] == 1
+    assert "a_to_b_dropped_malformed" not in summary

@@ -1,0 +1,352 @@
+"""The call's handshake task holding a side (``CallHandshakes.hold``/``release``) and counting
+what it drops (docs/architecture.md, "DTLS: our answer before our ClientHello"; docs/metrics.md,
+"Media drops by reason").
+
+Fakes for the engine, the legs and the relay sides, so that each rule is seen alone: a held
+stream's timer does not wake the task (a DTLS engine's timer is "due at once" before it starts:
+the task would spin while our answer waits), at most ``HELD_DATAGRAMS`` are kept per port, a
+new association (RFC 8842 §5: a new tls-id) is held until its answer went while an association
+already answered is not, and every datagram the task does not feed is counted in the media
+session's drops by reason. Virtual time (autojump_clock).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from gateway.core.interfaces import KeyNegotiationEvent
+from gateway.core.media.handshakes import HELD_DATAGRAMS, CallHandshakes
+from gateway.core.media.security import StreamSecurity
+
+CLIENT_HELLO = b"\x16\xfe\xfd" + b"\x00" * 20
+"""A DTLS handshake record's first bytes (RFC 7983: 20..63 is DTLS)."""
+
+
+@attrs.define(eq=False)
+class Engine:
+    """A media-path negotiation: claims DTLS, notes what it was given and when its timer ran."""
+
+    tls_id: str = "association-one-0123456789"
+    timer: float | None = 0.0
+    """What get_timer() says: 0.0 is a DTLS engine's "due at once" before it started."""
+    received: list[bytes] = attrs.Factory(list)
+    timers_handled: int = 0
+    timer_reads: int = 0
+    outgoing: list[bytes] = attrs.Factory(lambda: [b"\x16ours"])
+
+    def local_sdp_attributes(self) -> Sequence[tuple[str, str | None]]:
+        return []
+
+    def remote_sdp_attributes(self, attributes: Iterable[tuple[str, str | None]]) -> None:
+        pass
+
+    def claims_packet(self, first_byte: int, packet: bytes) -> bool:
+        return 20 <= first_byte <= 63
+
+    def receive_packet(self, packet: bytes, *, now: float) -> None:
+        self.received.append(packet)
+
+    def packets_to_send(self, *, now: float) -> list[bytes]:
+        sent, self.outgoing = self.outgoing, []
+        return sent
+
+    def get_timer(self) -> float | None:
+        self.timer_reads += 1
+        return self.timer
+
+    def handle_timer(self, *, now: float) -> None:
+        self.timers_handled += 1
+        self.timer = None
+
+    def next_event(self) -> KeyNegotiationEvent | None:
+        return None
+
+
+@attrs.define(eq=False)
+class Side:
+    """A relay side: its handlers and what it was asked to send."""
+
+    rtcp_mux: bool = True
+    handlers: dict[bool, Any] = attrs.Factory(dict)
+    sent: list[bytes] = attrs.Factory(list)
+
+    def set_non_rtp_handler(self, handler: Any, *, rtcp: bool = False) -> None:
+        self.handlers[rtcp] = handler
+
+    def send(self, packet: bytes, *, rtcp: bool = False) -> bool:
+        self.sent.append(packet)
+        return True
+
+
+@attrs.define(eq=False)
+class Stream:
+    a: Side = attrs.Factory(Side)
+    b: Side = attrs.Factory(Side)
+    closed: bool = False
+
+
+@attrs.define(eq=False)
+class Session:
+    """The media session as the task uses it: streams by index, and the drops it counts."""
+
+    streams: dict[int, Stream] = attrs.Factory(lambda: {0: Stream()})
+    drops: list[tuple[str, str, int]] = attrs.Factory(list)
+
+    def stream_at(self, index: int) -> Stream | None:
+        return self.streams.get(index)
+
+    def count_dropped(self, side: str, reason: str, count: int = 1) -> None:
+        self.drops.append((side, reason, count))
+
+    def dropped(self, reason: str) -> int:
+        return sum(count for _, why, count in self.drops if why == reason)
+
+
+@attrs.define(eq=False)
+class Leg:
+    streams: dict[int, StreamSecurity] = attrs.Factory(dict)
+
+    offered: dict[int, StreamSecurity] = attrs.Factory(dict)
+    """A peer's offer waiting for our answer (re-INVITE)."""
+
+    def media_path_streams(self) -> dict[int, StreamSecurity]:
+        return dict(self.streams)
+
+    def offered_media_path_streams(self) -> dict[int, StreamSecurity]:
+        return dict(self.offered)
+
+
+def dtls_stream(engine: Engine) -> StreamSecurity:
+    return StreamSecurity(negotiation=engine, key_exchange="dtls", media_path=True)  # type: ignore[arg-type]
+
+
+@attrs.define(eq=False)
+class Task:
+    handshakes: CallHandshakes
+    session: Session
+    legs: dict[str, Leg]
+
+
+async def start(nursery: trio.Nursery, **legs: Leg) -> Task:
+    session = Session()
+    found = {"a": legs.get("a", Leg()), "b": legs.get("b", Leg())}
+    handshakes = CallHandshakes(
+        session,  # type: ignore[arg-type]
+        lambda: found,  # type: ignore[arg-type,return-value]
+        on_keys=lambda: None,
+        on_failure=lambda side, reason: None,
+    )
+    nursery.start_soon(handshakes.run)
+    await trio.testing.wait_all_tasks_blocked()
+    return Task(handshakes, session, found)
+
+
+async def settle() -> None:
+    await trio.testing.wait_all_tasks_blocked()
+
+
+async def test_a_held_stream_does_not_wake_the_task_for_its_timer(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """A DTLS engine's timer is due at once until it starts: while its side is held the task
+    waits for a datagram or a release, not for that timer (which would wake it every
+    millisecond for as long as our answer takes to go: a busy loop)."""
+    engine = Engine()
+    task = await start(nursery)
+    task.legs["a"].streams[0] = dtls_stream(engine)  # our answer to A is made ...
+    task.handshakes.hold("a")  # ... and not sent yet
+    task.handshakes.poke()
+    await settle()
+    reads = engine.timer_reads
+    await trio.sleep(1.0)  # a second of virtual time waiting for our answer to go
+    assert engine.timer_reads - reads < 5, engine.timer_reads - reads
+    assert engine.timers_handled == 0  # never while held
+    task.handshakes.release("a")
+    await settle()
+    assert engine.timers_handled == 1
+
+
+async def test_a_held_port_keeps_at_most_held_datagrams_and_counts_the_rest(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    engine = Engine()
+    task = await start(nursery)
+    task.legs["a"].streams[0] = dtls_stream(engine)
+    task.handshakes.hold("a")
+    task.handshakes.poke()
+    await settle()
+    extra = 3
+    for n in range(HELD_DATAGRAMS + extra):
+        task.handshakes.deliver("a", 0, CLIENT_HELLO + bytes([n]))
+        await settle()
+    assert task.handshakes.held_datagrams == HELD_DATAGRAMS
+    assert task.handshakes.dropped == extra
+    assert task.session.drops == [("a", "blocked", 1)] * extra
+    task.handshakes.release("a")
+    await settle()
+    # The kept ones, in the order they came, then nothing more.
+    assert engine.received == [CLIENT_HELLO + bytes([n]) for n in range(HELD_DATAGRAMS)]
+    assert task.handshakes.held_datagrams == 0
+
+
+async def test_datagrams_still_kept_when_the_call_ends_are_counted_dropped(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    engine = Engine()
+    async with trio.open_nursery() as nursery:
+        task = await start(nursery)
+        task.legs["a"].streams[0] = dtls_stream(engine)
+        task.handshakes.hold("a")
+        for _ in range(3):
+            task.handshakes.deliver("a", 0, CLIENT_HELLO)
+        await settle()
+        assert task.handshakes.held_datagrams == 3
+        nursery.cancel_scope.cancel()  # the call ended before our answer to A went
+    assert task.handshakes.held_datagrams == 0
+    assert task.session.drops == [("a", "blocked", 3)]
+    assert task.handshakes.dropped == 3
+
+
+async def test_early_rtcp_of_a_stream_a_reinvite_removed_is_dropped_and_counted(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """A callee's ClientHello on its RTCP port before its answer is kept for that port's
+    handshake; a re-INVITE that removes the stream means it will never be fed: dropped, not
+    kept until the call ends."""
+
+    @attrs.define(eq=False)
+    class NoRtcpYet(Engine):
+        def rtcp_component(self) -> Engine | None:
+            return None  # our role is not known before the answer
+
+    task = await start(nursery)
+    task.session.streams[0].b.rtcp_mux = False
+    task.legs["b"].streams[0] = dtls_stream(NoRtcpYet())
+    task.handshakes.poke()
+    await settle()
+    task.handshakes.deliver("b", 0, CLIENT_HELLO, rtcp=True)
+    await settle()
+    assert task.session.drops == []
+    del task.legs["b"].streams[0]  # the re-INVITE's answer took the stream away
+    task.handshakes.poke()
+    await settle()
+    assert task.session.drops == [("b", "blocked", 1)]
+
+
+async def test_a_datagram_for_no_stream_is_counted(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """A datagram a hooked socket handed on for a stream and port no handshake is driven on is
+    counted: ``malformed`` on a leg that has no such stream (a re-INVITE removed it),
+    ``blocked`` on a side with no leg settled yet (two forks ring: a fork's, as its media)."""
+    task = await start(nursery, a=Leg({0: dtls_stream(Engine())}))
+    task.legs["b"] = None  # type: ignore[assignment]
+    task.handshakes.deliver("a", 1, CLIENT_HELLO)
+    task.handshakes.deliver("b", 0, CLIENT_HELLO)
+    await settle()
+    assert task.session.drops == [("a", "malformed", 1), ("b", "blocked", 1)]
+    assert task.handshakes.unclaimed == 1
+
+
+async def test_a_datagram_no_engine_claims_is_counted_malformed(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    task = await start(nursery, a=Leg({0: dtls_stream(Engine())}))
+    task.handshakes.deliver("a", 0, b"\x10zrtp?")  # RFC 7983: 16..19 is ZRTP, not DTLS
+    await settle()
+    assert task.session.drops == [("a", "malformed", 1)]
+
+
+@pytest.mark.parametrize("new_association", [True, False], ids=["new-tls-id", "same-tls-id"])
+async def test_a_new_association_is_held_again_until_its_answer_went(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock, new_association: bool
+) -> None:
+    """Our first answer to A went (released). A re-INVITE's answer with a new tls-id starts a
+    new handshake (RFC 8842 §5): our ClientHello of it must follow that answer too. One that
+    keeps the tls-id keeps the association, and is not held (a handshake under way would
+    pause until the answer goes)."""
+    first = Engine(outgoing=[])
+    task = await start(nursery)
+    task.legs["a"].streams[0] = dtls_stream(first)
+    task.handshakes.hold("a")
+    task.handshakes.release("a")
+    await settle()
+    side = task.session.streams[0].a
+    assert side.sent == []
+    tls_id = "association-two-0123456789" if new_association else first.tls_id
+    second = Engine(tls_id=tls_id, outgoing=[b"\x16second ClientHello"])
+    task.legs["a"].streams[0] = dtls_stream(second)
+    task.handshakes.hold("a")  # the re-INVITE's 200 is made, not sent yet
+    task.handshakes.poke()
+    await settle()
+    if new_association:
+        assert side.sent == []
+        task.handshakes.release("a")
+        await settle()
+    assert side.sent == [b"\x16second ClientHello"]
+
+
+async def test_an_association_driven_before_is_not_held_by_a_later_answer(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """A leg we offered to (a callee) has our fingerprint from our offer: its association runs
+    unheld, and our answer to its re-INVITE keeping the tls-id (RFC 8842 §5) does not pause it."""
+    engine = Engine(timer=None)
+    task = await start(nursery, b=Leg({0: dtls_stream(engine)}))
+    task.handshakes.hold("b")
+    task.handshakes.deliver("b", 0, CLIENT_HELLO)
+    await settle()
+    assert engine.received == [CLIENT_HELLO]
+    assert task.handshakes.held_datagrams == 0
+
+
+async def test_a_pending_offers_new_association_keeps_its_new_handshake_records(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """The peer re-offers with a new tls-id, our answer not made yet: an epoch-0 handshake
+    record (its ClientHello, RFC 6347 §4.1) is kept for the new association; the one in force
+    keeps its other records (an alert, epoch 1)."""
+    in_force, new = Engine(timer=None, outgoing=[]), Engine(tls_id="association-two-0123456789")
+    task = await start(nursery, a=Leg({0: dtls_stream(in_force)}))
+    task.legs["a"].offered[0] = dtls_stream(new)
+    task.handshakes.poke()
+    alert = b"\x15\xfe\xfd\x00\x01" + b"\x00" * 20
+    task.handshakes.deliver("a", 0, CLIENT_HELLO)
+    task.handshakes.deliver("a", 0, alert)
+    await settle()
+    assert in_force.received == [alert]
+    assert task.handshakes.held_datagrams == 1
+    # Our answer is made (the new association in force) and held, then sent.
+    task.legs["a"].streams[0] = task.legs["a"].offered.pop(0)
+    task.handshakes.hold("a")
+    task.handshakes.poke()
+    await settle()
+    assert new.received == []
+    task.handshakes.release("a")
+    await settle()
+    assert new.received == [CLIENT_HELLO]
+    assert task.session.drops == []
+
+
+async def test_after_the_handshakes_a_dtls_record_is_no_drop_and_anything_else_malformed(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """The call ended its handshakes; its streams close just after. A phone's close_notify as
+    it hangs up (RFC 7983: 20..63 is DTLS) is the key exchange's own end, not malformed media
+    (an operator alerting on ``malformed`` got one per port of every DTLS-SRTP hang-up);
+    anything else there is counted ``malformed``."""
+    async with trio.open_nursery() as nursery:
+        task = await start(nursery, a=Leg({0: dtls_stream(Engine(timer=None))}))
+        nursery.cancel_scope.cancel()
+    handler = task.session.streams[0].a.handlers[False]
+    assert handler is not None
+    close_notify = b"\x15\xfe\xfd\x00\x01" + b"\x00" * 20  # an alert record, epoch 1
+    handler(close_notify, ("127.0.0.1", 4000))
+    assert task.session.drops == []
+    handler(b"\x00\x01stun?", ("127.0.0.1", 4000))
+    assert task.session.drops == [("a", "malformed", 1)]
