@@ -641,6 +641,7 @@ def bounds(files: Files) -> tuple[tuple[str, str, Any], ...]:
         ("media", "address", "0.0.0.0"),
         ("media", "address", "::"),
         ("media", "address", "224.0.0.1"),
+        ("plugins.siprec", "media_address", "0.0.0.0"),
         ("media", "inactivity_timeout", 1e-9),
         ("media", "hold_timeout", 1e-9),
         ("trunks.carrier", "response_timeout", 1e-9),
