@@ -623,10 +623,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     gateway = Gateway(config, plugins)
     gateway.check()
-    if gateway.name_errors:
+    if gateway.check_errors:
         # Every one, not the first: `voipgw run` starts with these as warnings (an upgraded
         # gateway keeps carrying calls); here, before a deployment, they are errors.
-        for error in gateway.name_errors:
+        for error in gateway.check_errors:
             print(f"voipgw: configuration error: {error}", file=sys.stderr)
         return EXIT_USAGE
     listeners = config_mod.listener_warnings(config, plugins.transports.names())

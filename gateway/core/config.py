@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import math
+import os
 import re
 import tomllib
 import types
@@ -36,7 +37,12 @@ from typing import Any, Literal, TypeVar
 import attrs
 
 from gateway.core.calls.location import LocationPolicy
-from gateway.core.calls.numbering import NumberFormat, NumberingPlan, read_number
+from gateway.core.calls.numbering import (
+    NumberFormat,
+    NumberingPlan,
+    read_number,
+    split_phone_context,
+)
 from gateway.core.calls.redirect import DiversionPolicy
 from gateway.core.sip import session_timer
 from gateway.core.sip.errors import RemoteSipError
@@ -404,6 +410,33 @@ MAX_OPTIONS_INTERVAL = 3600.0
 CALLER_ID = re.compile(r"\+?[0-9*#]{1,32}")
 MIN_SESSION_INTERVAL = session_timer.MIN_INTERVAL
 MAX_SESSION_INTERVAL = session_timer.MAX_INTERVAL
+# RFC 3261 §17.1.1.1 timers. T1 is the round-trip estimate (500 ms by default) that Timers A,
+# B, E, F, G, H and J scale with. At least 10 ms: Timers B and F (64*T1) are then 640 ms, still
+# time for a 100 Trying across a LAN; below it every INVITE gives up at once (1e-9: 64 ns). At
+# most 4 s: two geostationary satellite hops round-trip in about 1.2 s, and past 4 s every
+# completed transaction is kept more than four minutes (Timer J, 64*T1: 1e300 kept them for
+# ever, and the memory with them).
+MIN_T1 = 0.01
+MAX_T1 = 4.0
+# T2 caps the retransmit interval of non-INVITE requests and INVITE responses (4 s, §17.1.2.2):
+# not below T1, where the intervals start (they double up to T2; below T1 they would shrink);
+# at most a minute, past Timer F at the default T1 (32 s), where the cap changes nothing (a
+# larger value is milliseconds written for seconds).
+MAX_T2 = 60.0
+# T4, how long a message may stay in the network (5 s, §17.1.2.2): Timers I and K keep a
+# completed transaction that long. A minute is twelve times the default.
+MAX_T4 = 60.0
+# [media] inactivity_timeout and hold_timeout: a silent phone (voice activity detection, RFC 3551
+# §4.1; comfort noise, RFC 3389) still sends RTCP, at least every 5 s, randomised up to 7.5 s
+# (RFC 3550 §6.2): a shorter timeout ends calls that are up. 1e-9 ended every call at once.
+MIN_MEDIA_TIMEOUT = 10.0
+# [sip] ring_timeout (Timer C): under a second no person can answer: every call would end
+# unanswered.
+MIN_RING_TIMEOUT = 1.0
+# [[trunks]] response_timeout: a server transaction sends 100 Trying within 200 ms (RFC 3261
+# §17.2.1) and it needs a round trip to arrive: below half a second every call to the trunk
+# would fail over (or fail) before any answer could come.
+MIN_RESPONSE_TIMEOUT = 0.5
 
 
 @attrs.frozen
@@ -911,11 +944,23 @@ def _validate(config: GatewayConfig, file: str) -> None:
     except ValueError as exc:
         raise ConfigError(file, "media", "ports", str(exc)) from None
     try:
-        ipaddress.ip_address(config.media.address)
+        media_address = ipaddress.ip_address(config.media.address)
     except ValueError:
         raise ConfigError(
             file, "media", "address", f"expected an IP address, got {config.media.address!r}"
         ) from None
+    if media_address.is_unspecified or media_address.is_multicast:
+        # The address goes into every SDP c= line we send (RFC 4566 §5.7): no phone can send
+        # media to 0.0.0.0 or ::, which RFC 3264 §8.4 reads as "on hold", nor answer from a
+        # group address.
+        raise ConfigError(
+            file,
+            "media",
+            "address",
+            "expected the unicast address phones send media to (it goes into SDP c= lines, "
+            f"RFC 4566 §5.7; 0.0.0.0 there means hold, RFC 3264 §8.4), got "
+            f"{config.media.address!r}",
+        )
     thresholds = config.gateway.gc_thresholds
     if len(thresholds) != 3 or thresholds[0] < 1 or min(thresholds) < 0:
         raise ConfigError(
@@ -976,6 +1021,7 @@ def _validate(config: GatewayConfig, file: str) -> None:
         if getattr(config.sip, key) <= 0:
             # The transaction layer refused it later with a bare ValueError (a traceback).
             raise ConfigError(file, "sip", key, "expected a positive number of seconds")
+    _validate_timers(config.sip, file)
     if not MIN_MESSAGE_SIZE <= config.sip.max_message_size <= MAX_MESSAGE_SIZE:
         # A size of 0 or less made every WebSocket connection fail at its first message.
         raise ConfigError(
@@ -1004,8 +1050,14 @@ def _validate(config: GatewayConfig, file: str) -> None:
         raise ConfigError(
             file, "sip", "overload_retry_after", "expected 0 (no Retry-After) or more seconds"
         )
-    if config.sip.ring_timeout <= 0:
-        raise ConfigError(file, "sip", "ring_timeout", "expected a positive number of seconds")
+    if config.sip.ring_timeout < MIN_RING_TIMEOUT:
+        raise ConfigError(
+            file,
+            "sip",
+            "ring_timeout",
+            f"expected a positive number of seconds, at least {MIN_RING_TIMEOUT:g} (no one "
+            f"answers sooner), got {config.sip.ring_timeout:g}",
+        )
     if not 0 <= config.sip.max_redirects <= MAX_REDIRECTS:
         raise ConfigError(
             file, "sip", "max_redirects", f"expected 0 (follow none) to {MAX_REDIRECTS}"
@@ -1045,10 +1097,16 @@ def _validate(config: GatewayConfig, file: str) -> None:
                 f"expected 4xx and 5xx statuses but 401 and 407 (answered with credentials), "
                 f"got {status}",
             )
-    if config.media.inactivity_timeout <= 0:
-        raise ConfigError(file, "media", "inactivity_timeout", "expected a positive number")
-    if config.media.hold_timeout <= 0:
-        raise ConfigError(file, "media", "hold_timeout", "expected a positive number")
+    for key in ("inactivity_timeout", "hold_timeout"):
+        if getattr(config.media, key) < MIN_MEDIA_TIMEOUT:
+            raise ConfigError(
+                file,
+                "media",
+                key,
+                f"expected a positive number of seconds, at least {MIN_MEDIA_TIMEOUT:g} (a "
+                f"silent phone sends RTCP every 5 to 7.5 s, RFC 3550 §6.2), got "
+                f"{getattr(config.media, key):g}",
+            )
     if not 1 <= config.media.workers <= MAX_MEDIA_WORKERS:
         raise ConfigError(
             file, "media", "workers", f"expected an integer from 1 to {MAX_MEDIA_WORKERS}"
@@ -1078,6 +1136,35 @@ def _validate(config: GatewayConfig, file: str) -> None:
                 None,
                 f"table for plugin {name!r}, which is not in [plugins] enable",
             )
+
+
+def _validate_timers(sip: SipSection, file: str) -> None:
+    """RFC 3261 §17.1.1.1 T1, T2 and T4 within the bounds a real network could want
+    (:data:`MIN_T1` ... :data:`MAX_T4`), and T2 not below T1."""
+    if not MIN_T1 <= sip.t1 <= MAX_T1:
+        raise ConfigError(
+            file,
+            "sip",
+            "t1",
+            f"expected seconds from {MIN_T1:g} to {MAX_T1:g} (the round-trip estimate, RFC 3261 "
+            f"§17.1.1.1; Timers B and F are 64*T1), got {sip.t1:g}",
+        )
+    if not sip.t1 <= sip.t2 <= MAX_T2:
+        raise ConfigError(
+            file,
+            "sip",
+            "t2",
+            f"expected seconds from t1 ({sip.t1:g}) to {MAX_T2:g} (the cap of retransmit "
+            f"intervals, which start at T1 and double, RFC 3261 §17.1.2.2), got {sip.t2:g}",
+        )
+    if sip.t4 > MAX_T4:
+        raise ConfigError(
+            file,
+            "sip",
+            "t4",
+            f"expected seconds above 0, at most {MAX_T4:g} (how long a message may stay in "
+            f"the network, RFC 3261 §17.1.2.2), got {sip.t4:g}",
+        )
 
 
 def _validate_store(store: StoreSection, file: str) -> None:
@@ -1269,8 +1356,13 @@ def _validate_trunk(trunk: TrunkConfig, file: str, table: str) -> None:
             f"expected 0 (no probing) or {MIN_OPTIONS_INTERVAL:g} to "
             f"{MAX_OPTIONS_INTERVAL:g} seconds",
         )
-    if trunk.response_timeout < 0:
-        raise fail("response_timeout", "expected 0 (Timer B) or a number of seconds")
+    if trunk.response_timeout != 0 and not trunk.response_timeout >= MIN_RESPONSE_TIMEOUT:
+        raise fail(
+            "response_timeout",
+            f"expected 0 (Timer B) or seconds from {MIN_RESPONSE_TIMEOUT:g} (a 100 Trying "
+            f"comes within 200 ms and a round trip, RFC 3261 §17.2.1), got "
+            f"{trunk.response_timeout:g}",
+        )
     if trunk.register and (trunk.username is None or trunk.password is None):
         raise fail("register", "a registration needs the trunk's username and password")
     if not MIN_REGISTER_EXPIRES <= trunk.register_expires <= MAX_REGISTER_EXPIRES:
@@ -1293,6 +1385,27 @@ def _validate_trunk(trunk: TrunkConfig, file: str, table: str) -> None:
         raise fail("contact_user", "expected letters, digits and -_.!~*'()+ (a SIP user part)")
     if trunk.caller_id is not None and not CALLER_ID.fullmatch(trunk.caller_id):
         raise fail("caller_id", "expected a number: an optional + and 1 to 32 digits, * or #")
+
+
+def directory_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a state directory, or None: it is a directory, or the nearest
+    part of it that exists is one the gateway may create the rest in (``voipgw run`` does,
+    mode 0700, parents too)."""
+    # os.path: False for a name too long (Path.exists raised OSError, a bare error).
+    if os.path.isdir(path):
+        return None
+    if os.path.exists(path):
+        return f"{path} is not a directory"
+    if any(len(os.fsencode(part)) > 255 for part in path.parts):
+        return f"{path} cannot be created: a name in it is longer than 255 bytes"
+    parent = path.absolute().parent
+    while not os.path.exists(parent) and parent != parent.parent:
+        parent = parent.parent
+    if not os.path.isdir(parent):
+        return f"{path} cannot be created: {parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{path} cannot be created: {parent} is not writable by this user"
+    return None
 
 
 def listener_warnings(config: GatewayConfig, transports: Sequence[str] = ()) -> list[str]:
@@ -1342,6 +1455,64 @@ def did_warnings(config: GatewayConfig) -> list[str]:
     ]
 
 
+# A DID as a trunk delivers it: an optional "+" and digits, "*" or "#" once RFC 3966 visual
+# separators and a phone-context are read (calls/numbering.py read_number).
+_DID_NUMBER = re.compile(r"\+?[0-9*#]+")
+
+
+def _is_host_port(text: str) -> bool:
+    # RFC 3261 §25.1 hostport: a host name, an IPv4 address or a bracketed IPv6 reference,
+    # with an optional port; a bare IPv6 address too (as an operator writes it).
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        pass
+    try:
+        uri = parse_uri_untrusted(f"sip:{text}")
+    except RemoteSipError:
+        return False
+    return isinstance(uri, SipUri) and not (uri.user or uri.params or uri.headers)
+
+
+def value_warnings(config: GatewayConfig) -> list[ConfigError]:
+    """One error per value of the core tables that a gateway of an earlier version ran with,
+    but that does nothing or does harm: a ``[gateway] domains`` entry that is no host name or
+    address (no request names it: RFC 3261 §25.1 hostname), a ``[[trunks]] dids`` key that is
+    no number (it presents the account as a caller ID no carrier takes). As
+    :func:`unknown_trunk_names`: errors to ``voipgw check-config`` (exit 2), warnings to
+    ``voipgw run``, which keeps an upgraded gateway carrying calls."""
+    file = config.source
+    errors = []
+    for domain in config.gateway.domains:
+        if not _is_host_port(domain):
+            errors.append(
+                ConfigError(
+                    file,
+                    "gateway",
+                    "domains",
+                    f"expected host names or IP addresses (RFC 3261 §25.1 hostport: letters, "
+                    f"digits, inner hyphens and dots; an optional :PORT), got {domain!r}: no "
+                    "request names it",
+                )
+            )
+    for trunk in config.trunks:
+        for number in trunk.dids:
+            digits, _ = split_phone_context(number)
+            if not _DID_NUMBER.fullmatch(digits):
+                errors.append(
+                    ConfigError(
+                        file,
+                        f"trunks.{trunk.name}",
+                        "dids",
+                        f'expected numbers ("+" and digits, "*" or "#"; separators " -.()" are '
+                        f"read), got {number!r}: calls out through the trunk would present it "
+                        "as their caller ID",
+                    )
+                )
+    return errors
+
+
 # A plugin configuration key whose values name ``[[trunks]]`` tables (stir_shaken
 # ``sign_trunks``, the recorder's ``trunks``): its attrs field carries this metadata, and
 # :func:`unknown_trunk_names` looks each name up. A misspelt name is otherwise silent: the key
@@ -1354,8 +1525,10 @@ KNOWN_LISTED = 10  # an error lists the trunks there are up to this many
 def unknown_trunk_names(
     config: GatewayConfig, plugin_configs: Mapping[str, Any]
 ) -> list[ConfigError]:
-    """One error per name that a plugin key marked :data:`NAMES_TRUNKS` lists but no
-    ``[[trunks]]`` table has (a disabled trunk is known: it is configured). Errors to
+    """One error per name that a plugin key marked :data:`NAMES_TRUNKS` lists, or a plugin
+    config's ``trunk_names()`` says a key's file lists (``{key: names}``: the MIKEY
+    ``psk_file``'s ``[trunks]``), but no ``[[trunks]]`` table has (a disabled trunk is known:
+    it is configured). Errors to
     ``voipgw check-config`` (exit 2), warnings to ``voipgw run`` (an upgraded gateway whose file
     carried such a name keeps carrying calls): the callers decide."""
     known = [trunk.name for trunk in config.trunks]
@@ -1369,21 +1542,31 @@ def unknown_trunk_names(
     for plugin, value in plugin_configs.items():
         if value is None or not attrs.has(type(value)):
             continue
+        named: list[tuple[str, str, str]] = []  # key, name, what the name does not reach
         for field in attrs.fields(type(value)):
-            if field.metadata.get("voipgw.names") != "trunks":
-                continue
-            names = getattr(value, field.name)
-            for name in [names] if isinstance(names, str) else names:
-                if name not in known:
-                    errors.append(
-                        ConfigError(
-                            config.source,
-                            f"plugins.{plugin}",
-                            field.name,
-                            f"unknown trunk {name!r}: no [[trunks]] table has that name, so "
-                            f"this key does nothing for it; known: {listed}",
-                        )
+            if field.metadata.get("voipgw.names") == "trunks":
+                names = getattr(value, field.name)
+                for name in [names] if isinstance(names, str) else names:
+                    named.append((field.name, name, "this key does nothing for it"))
+        # Names in a file a key names (the MIKEY psk_file's [trunks] table): the plugin's
+        # config lists them by key (``trunk_names()``).
+        trunk_names = getattr(value, "trunk_names", None)
+        if callable(trunk_names):
+            for key, names in trunk_names().items():
+                for name in names:
+                    named.append((key, name, "what the file holds for it is never used"))
+        for key, name, unused in named:
+            if name not in known:
+                where = "" if unused.startswith("this key") else " (in the file it names)"
+                errors.append(
+                    ConfigError(
+                        config.source,
+                        f"plugins.{plugin}",
+                        key,
+                        f"unknown trunk {name!r}{where}: no [[trunks]] table has that name, so "
+                        f"{unused}; known: {listed}",
                     )
+                )
     return errors
 
 

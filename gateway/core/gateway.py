@@ -55,7 +55,9 @@ from gateway.core.config import (
     ListenSpec,
     TrunkAddress,
     did_warnings,
+    directory_problem,
     unknown_trunk_names,
+    value_warnings,
 )
 from gateway.core.control import socket_path
 from gateway.core.control_server import serve_control
@@ -233,6 +235,11 @@ class Gateway:
         # Plugin keys naming trunks that no [[trunks]] table has (check): errors to
         # check-config, warnings at start-up (config.unknown_trunk_names).
         self.name_errors: list[ConfigError] = []
+        # Values an earlier version ran with that do nothing or harm (config.value_warnings):
+        # the same, errors to check-config, warnings at run; and a plugin's own, by plugin
+        # (its config's config_warnings()), warned of on the plugin's logger.
+        self.value_errors: list[ConfigError] = []
+        self.plugin_value_errors: dict[str, list[ConfigError]] = {}
         self.ids = ids or RandomIds()
         self.flows = FlowTable()
         self.limits = TransportLimits(
@@ -335,6 +342,17 @@ class Gateway:
                 key, _, message = str(exc).partition(": ")
                 raise ConfigError(self.config.source, f"plugins.{name}", key, message) from None
         self.name_errors = unknown_trunk_names(self.config, self.plugins.configs)
+        self.value_errors = value_warnings(self.config)
+        self.plugin_value_errors = {}
+        for name, value in self.plugins.configs.items():
+            # A plugin's table says its own ("KEY: why", as its checks that refuse a value).
+            config_warnings = getattr(value, "config_warnings", None)
+            for warning in config_warnings() if callable(config_warnings) else ():
+                key, _, message = warning.partition(": ")
+                self.plugin_value_errors.setdefault(name, []).append(
+                    ConfigError(self.config.source, f"plugins.{name}", key, message)
+                )
+        self._check_state_dirs()
         self.node_warnings = {}
         for name, tap in self.plugins.media_taps.items():
             # A tap whose settings should differ between the nodes of a cluster (intercept:
@@ -397,12 +415,27 @@ class Gateway:
                     "(their Via and Contact name our listener on its transport)",
                 )
         check_store(self.config)
-        state_dir = Path(self.config.gateway.state_dir)
-        # os.path: False for a name too long (Path.exists raised OSError, a bare error).
-        if os.path.exists(state_dir) and not os.path.isdir(state_dir):
-            raise ConfigError(
-                self.config.source, "gateway", "state_dir", f"{state_dir} is not a directory"
-            )
+
+    @property
+    def check_errors(self) -> list[ConfigError]:
+        """What :meth:`check` found that ``voipgw check-config`` refuses and ``voipgw run``
+        starts with, as warnings: :attr:`name_errors`, :attr:`value_errors` and
+        :attr:`plugin_value_errors`."""
+        plugins = [error for errors in self.plugin_value_errors.values() for error in errors]
+        return [*self.name_errors, *self.value_errors, *plugins]
+
+    def _check_state_dirs(self) -> None:
+        """``[gateway] state_dir`` and the plugins' ``state_dir`` keys: a directory, or one that
+        ``voipgw run`` can create (it does, mode 0700, with its parents). Otherwise start-up
+        failed at the first file written there, with an error that named no key."""
+        dirs = [("gateway", self.config.gateway.state_dir)]
+        for name, value in self.plugins.configs.items():
+            if value is not None and isinstance(getattr(value, "state_dir", None), str):
+                dirs.append((f"plugins.{name}", value.state_dir))
+        for table, text in dirs:
+            problem = directory_problem(Path(text))
+            if problem is not None:
+                raise ConfigError(self.config.source, table, "state_dir", problem)
 
     def session_target_names(self) -> dict[str, TrunkAddress]:
         """The SIP URIs media taps open sessions to (``MediaTap.sip_targets``) whose host is
@@ -771,10 +804,15 @@ class Gateway:
         self.check()
         for warning in did_warnings(self.config):
             log.warning("configuration: %s", warning)
-        for error in self.name_errors:
+        for error in (*self.name_errors, *self.value_errors):
             # A warning, not a refusal: a gateway upgraded with such a name in its file keeps
             # carrying calls (`voipgw check-config` refuses the file).
             log.warning("configuration: %s", error)
+        for name, errors in self.plugin_value_errors.items():
+            # On the plugin's own logger: an interception's settings stay out of the core's.
+            plugin_log = logging.getLogger(type(self.plugins.configs[name]).__module__)
+            for error in errors:
+                plugin_log.warning("configuration: %s", error)
         for name, tap in self.plugins.media_taps.items():
             for warning in self.node_warnings.get(name, []):
                 # On the tap's own logger: an interception's settings stay out of the core's.

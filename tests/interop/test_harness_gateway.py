@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.interop.harness import GatewayProcess, options_ok, run_sipp_uac
+from tests.interop.harness.gateway import startup_problems
 
 
 @pytest.mark.interop
@@ -68,3 +69,37 @@ def test_a_gateway_that_cannot_start_reports_its_log(tmp_path: Path) -> None:
         pass  # pragma: no cover - never entered
     assert gw.process is not None
     assert gw.process.poll() is not None
+
+
+MISSPELT_TRUNK = (
+    '[plugins]\nenable = ["udp", "tcp", "recorder"]\n'
+    '[plugins.recorder]\ntrunks = ["carier"]\n'
+    '[[trunks]]\nname = "carrier"\naddress = "udp:127.0.0.1:5999"\n'
+)
+
+
+def test_startup_problems_are_the_warning_and_error_lines_not_allowed() -> None:
+    log = (
+        "2026-12-01 07:00:00,001 INFO gateway.core.gateway: listening on udp:127.0.0.1:5060\n"
+        "2026-12-01 07:00:00,002 WARNING gateway.core.gateway: configuration: x: unknown trunk\n"
+        "2026-12-01 07:00:00,003 ERROR gateway.plugins.taps.recorder: cannot write\n"
+        "a continuation line saying WARNING\n"
+    )
+    assert startup_problems(log) == log.splitlines()[1:3]
+    assert startup_problems(log, ["unknown trunk"]) == log.splitlines()[2:3]
+
+
+@pytest.mark.interop
+def test_a_warning_at_start_up_fails_the_test_unless_allowed(tmp_path: Path) -> None:
+    """A harness config naming a trunk no [[trunks]] has: `voipgw run` warns and starts, and
+    the test that wrote it would have passed."""
+    gw = GatewayProcess(tmp_path / "refused", extra_toml=MISSPELT_TRUNK)
+    expected = r"not expect.*\n.* WARNING .*unknown trunk 'carier'"
+    with pytest.raises(RuntimeError, match=expected), gw:
+        pass  # pragma: no cover - never entered
+    assert gw.process is not None and gw.process.poll() is not None
+    allowed = GatewayProcess(
+        tmp_path / "allowed", extra_toml=MISSPELT_TRUNK, allowed_warnings=["unknown trunk 'carier'"]
+    )
+    with allowed:
+        assert options_ok(allowed.port)

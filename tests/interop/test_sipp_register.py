@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_peer
+from tests.interop.harness.gateway import startup_problems
 from tests.interop.harness.ports import free_port_pair
 from tests.port_blocks import port_block_text
 
@@ -88,6 +89,8 @@ def gateway_process(tmp_path: Path) -> Iterator[tuple[int, Path]]:
             assert time.monotonic() < deadline, (
                 "gateway did not answer OPTIONS:\n" + log.read_text()
             )
+        # As GatewayProcess: a warning at start-up is a test config that is wrong.
+        assert startup_problems(log.read_text()) == []
         yield port, log
     finally:
         proc.send_signal(signal.SIGTERM)

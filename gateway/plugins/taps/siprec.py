@@ -112,6 +112,7 @@ addresses are followed, the keys in force kept).
 from __future__ import annotations
 
 import base64
+import ipaddress
 import logging
 import os
 import socket
@@ -1588,11 +1589,19 @@ class SiprecConfig:
             for fallback in self.fallbacks:
                 _check_tls("fallbacks", fallback)
         try:
-            socket.inet_aton(self.media_address)
+            packed = socket.inet_aton(self.media_address)
         except OSError:
             raise ValueError(
                 f"media_address: expected an IPv4 address, not {self.media_address!r}"
             ) from None
+        address = ipaddress.IPv4Address(packed)
+        if address.is_unspecified or address.is_multicast:
+            # It goes into the c= line of our offers to the SRS (RFC 4566 §5.7), as [media]
+            # address into the phones': 0.0.0.0 there means hold (RFC 3264 §8.4).
+            raise ValueError(
+                "media_address: expected the unicast address the SRS reaches us at (it goes "
+                f"into SDP c= lines, RFC 4566 §5.7), not {self.media_address!r}"
+            )
         if not 10 <= self.queue <= 1_000_000:
             raise ValueError("queue: expected 10 to 1000000 packets")
         if self.session_expires != 0 and not (MIN_INTERVAL <= self.session_expires <= MAX_INTERVAL):

@@ -288,6 +288,10 @@ class TlsConfig:
             # os.path.isfile: False for a name too long too (Path.is_file raises OSError then).
             if not os.path.isfile(path):
                 raise ValueError(f"{key}: {path} does not exist or is not a file")
+        if self.certificate is not None and self.private_key is not None:
+            # A file that is there but unusable (not PEM, an encrypted key, the key of another
+            # certificate) failed at registration, a plugin error naming the file, not the key.
+            check_certificate_files(self.certificate, self.private_key)
 
     def _check_crl_fetch(self) -> None:
         # Nothing is fetched here: check-config only checks the URLs' spelling.
@@ -781,25 +785,64 @@ def _new_context(method: int) -> SSL.Context:
     return context
 
 
+class CertificateFileError(CertificateError):
+    """A :class:`CertificateError` of the file of one key of the table: ``key`` is
+    ``certificate`` or ``private_key`` (a config error names it)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def _is_encrypted_key(path: Path) -> bool:
+    # PEM's two ways to say it: PKCS #8 "BEGIN ENCRYPTED PRIVATE KEY" and the legacy
+    # "Proc-Type: 4,ENCRYPTED" header (RFC 1421 §4.6.1.1). OpenSSL would ask for the passphrase
+    # on the terminal (twice), which a gateway started as a service has not.
+    try:
+        head = path.read_bytes()[:4096]
+    except OSError:
+        return False  # said by OpenSSL's own error below
+    return b"ENCRYPTED" in head
+
+
 def _use_certificate(context: SSL.Context, paths: CertificatePaths) -> None:
-    # Errors name the file; OpenSSL's own messages never contain key bytes either.
-    for path in (paths.certificate, paths.private_key):
+    # Errors name the file (and, CertificateFileError, the key of the table); OpenSSL's own
+    # messages never contain key bytes either.
+    for key, path in (("certificate", paths.certificate), ("private_key", paths.private_key)):
         if not path.is_file():
-            raise CertificateError(f"{path} does not exist or is not a file")
+            raise CertificateFileError(key, f"{path} does not exist or is not a file")
     try:
         context.use_certificate_chain_file(str(paths.certificate))
     except SSL.Error as exc:
-        raise CertificateError(
-            f"{paths.certificate}: not a usable certificate chain ({describe_ssl_error(exc)})"
+        raise CertificateFileError(
+            "certificate",
+            f"{paths.certificate}: not a usable certificate chain ({describe_ssl_error(exc)})",
         ) from None
+    if _is_encrypted_key(paths.private_key):
+        raise CertificateFileError(
+            "private_key",
+            f"{paths.private_key}: the key is encrypted; give an unencrypted key file (mode 600)",
+        )
     try:
         context.use_privatekey_file(str(paths.private_key))
         context.check_privatekey()
     except SSL.Error as exc:
-        raise CertificateError(
+        raise CertificateFileError(
+            "private_key",
             f"{paths.private_key}: not the private key of {paths.certificate} "
-            f"({describe_ssl_error(exc)})"
+            f"({describe_ssl_error(exc)})",
         ) from None
+
+
+def check_certificate_files(certificate: str, private_key: str) -> None:
+    """Load the pair as a listener would, for the configuration's checks: ValueError
+    ``"KEY: why"`` (``certificate`` or ``private_key``) when a file exists but cannot be used
+    (not PEM, an encrypted key, a key not the certificate's)."""
+    context = SSL.Context(SSL.TLS_METHOD)
+    try:
+        _use_certificate(context, CertificatePaths(Path(certificate), Path(private_key)))
+    except CertificateFileError as exc:
+        raise ValueError(f"{exc.key}: {exc}") from None
 
 
 def _load_ca_bundles(context: SSL.Context, bundles: tuple[Path, ...], *, name_them: bool) -> None:

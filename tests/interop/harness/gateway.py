@@ -8,6 +8,11 @@ The config file is written from the arguments, accounts are added with ``voipgw 
 readiness is an OPTIONS probe answered 200 (RFC 3261 §11), and the way out is SIGTERM with exit
 code 0 expected (SIGKILL after 10 s). When the body raises, the end of the log is printed so the
 failing test's report shows it.
+
+A WARNING or ERROR line in the log by the time the gateway answers fails the start: a test config
+naming a trunk no ``[[trunks]]`` has, or a value out of its range, starts with a warning
+(``voipgw check-config`` refuses it), and a test would otherwise pass on a config that is wrong.
+A test that provokes one on purpose lists it in ``allowed_warnings`` (regular expressions).
 """
 
 from __future__ import annotations
@@ -33,6 +38,21 @@ from tests.interop.harness.processes import start_process, stop_process, tail
 
 #: The repository root: ``python -m gateway`` runs from here.
 REPO_ROOT = Path(__file__).parents[3]
+
+# The level field of the gateway's log lines ("%(asctime)s %(levelname)s %(name)s: ...").
+_PROBLEM_LINE = re.compile(r"^\S+ \S+ (?:WARNING|ERROR|CRITICAL) ", re.MULTILINE)
+
+
+def startup_problems(log_text: str, allowed: Sequence[str] = ()) -> list[str]:
+    """The WARNING, ERROR and CRITICAL lines of ``log_text`` that no regular expression of
+    ``allowed`` finds (``re.search``)."""
+    patterns = [re.compile(pattern) for pattern in allowed]
+    return [
+        line
+        for line in log_text.splitlines()
+        if _PROBLEM_LINE.match(line) and not any(p.search(line) for p in patterns)
+    ]
+
 
 TomlValue = str | int | float | bool | Sequence[str | int | float | bool]
 
@@ -104,7 +124,9 @@ class GatewayProcess:
     take over from a stopped one, as after a restart: same SIP port, same store of accounts
     and registrations. Its ``accounts`` are then usually empty (they are in the store already).
     ``env`` adds to the gateway process's environment (``PYTHONPATH`` of a plugin installed for
-    the test).
+    the test). ``allowed_warnings``: regular expressions of the WARNING/ERROR lines the test
+    provokes at start-up on purpose; any other such line by the time the gateway answers fails
+    :meth:`start`.
     """
 
     def __init__(
@@ -120,8 +142,10 @@ class GatewayProcess:
         port: int | None = None,
         state_dir: Path | None = None,
         env: Mapping[str, str] | None = None,
+        allowed_warnings: Sequence[str] = (),
     ) -> None:
         self.workdir = workdir
+        self.allowed_warnings = tuple(allowed_warnings)
         self.env = dict(env or {})
         self.accounts = dict(accounts or {})
         # Bound seconds from now (the accounts added, the interpreter started; more on a loaded
@@ -238,6 +262,12 @@ class GatewayProcess:
             if time.monotonic() > deadline:
                 raise RuntimeError("gateway did not answer OPTIONS:\n" + tail(self.log_path))
             time.sleep(0.05)
+        problems = startup_problems(self.log_text(), self.allowed_warnings)
+        if problems:
+            raise RuntimeError(
+                "gateway started with warnings or errors the test does not expect "
+                "(allowed_warnings):\n" + "\n".join(problems)
+            )
 
     def stop(self, timeout: float = 10.0) -> int:
         """SIGTERM, wait ``timeout`` s, SIGKILL; the exit code (also in ``returncode``)."""

@@ -241,6 +241,10 @@ def test_a_path_too_long_is_a_config_error(
     assert (caught.value.table, caught.value.key) == (table, key)
 
 
-def test_a_state_dir_too_long_does_not_stop_check_config(tmp_path: Path) -> None:
-    # Was: Path.exists() raising OSError "[Errno 36] File name too long" out of check().
-    check(write(tmp_path, f'[plugins]\nenable = ["udp"]\n[gateway]\nstate_dir = "{"x" * 300}"\n'))
+def test_a_state_dir_too_long_is_a_config_error_not_a_traceback(tmp_path: Path) -> None:
+    # Was: Path.exists() raising OSError "[Errno 36] File name too long" out of check(); then
+    # accepted, and `voipgw run` failed creating it with an error that named no key.
+    path = write(tmp_path, f'[plugins]\nenable = ["udp"]\n[gateway]\nstate_dir = "{"x" * 300}"\n')
+    with pytest.raises(ConfigError, match="longer than 255 bytes") as caught:
+        check(path)
+    assert (caught.value.table, caught.value.key) == ("gateway", "state_dir")

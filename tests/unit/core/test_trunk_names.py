@@ -143,3 +143,19 @@ def test_run_says_them_as_warnings_and_starts(
             "[[trunks]] table has that name, so this key does nothing for it; known: carrier",
         )
     ]
+
+
+def test_the_mikey_psk_file_trunks_are_checked_against_the_trunks(tmp_path: Path) -> None:
+    """The names of the pre-shared key file's ``[trunks]`` table: a misspelt one's key was
+    never used (the trunk's calls went without it) and nobody was told."""
+    psk = tmp_path / "psk.toml"
+    psk.write_text(f'[accounts]\nalice = "{"11" * 16}"\n[trunks]\ncarrier = "{"22" * 16}"\n')
+    psk.chmod(0o600)
+    table = {"offer_modes": ["psk"], "psk_file": str(psk)}
+    assert checked("mikey", table, [TRUNK], tmp_path).name_errors == []
+    psk.write_text(f'[trunks]\ncarrier = "{"22" * 16}"\ncarier = "{"33" * 16}"\n')
+    assert [str(error) for error in checked("mikey", table, [TRUNK], tmp_path).name_errors] == [
+        "voipgw.toml: [plugins.mikey] psk_file: unknown trunk 'carier' (in the file it names): "
+        "no [[trunks]] table has that name, so what the file holds for it is never used; "
+        "known: carrier"
+    ]

@@ -6,14 +6,17 @@ fails when a key is documented that the seed does not set). Each mutation change
 it: a key given the wrong type, a number out of range (negative, 0, huge, NaN and inf), an empty
 string or list, an unknown or misspelt key, a missing required key, a trunk or group named twice,
 an address or port that is none, a path that does not exist, a trunk that a plugin key names
-(``sign_trunks``, a recorder's ``trunks``) misspelt there or renamed in its ``[[trunks]]`` table; or
-the file's bytes: invalid TOML, bytes that are not UTF-8.
+(``sign_trunks``, a recorder's ``trunks``) misspelt there or renamed in its ``[[trunks]]`` table, a
+value out of the bounds the loader once missed (:func:`bounds`: T1 1e300, media address 0.0.0.0,
+an inactivity timeout of 1e-9 s ...), which must be refused; or the file's bytes: invalid TOML,
+bytes that are not UTF-8.
 
 Each mutated file goes through what ``voipgw check-config`` runs (the file, the plugins' tables,
 the gateway's own checks, no socket): it is accepted, or it raises :class:`ConfigError` naming the
 file, the table and the key mutated (and the line, for a file that is not TOML). Anything else
 (another exception, an error naming another key or none) is a bug. A trunk name no ``[[trunks]]``
-table has is an error of check-config (``Gateway.name_errors``; ``voipgw run`` only warns of it). A
+table has is an error of check-config (``Gateway.name_errors``; ``voipgw run`` only warns of it), as
+are the values of ``Gateway.value_errors``. A
 sample of them goes through ``python -m gateway check-config`` too: exit status 2 and one line,
 never a traceback.
 
@@ -518,8 +521,8 @@ def check_config(path: Path) -> None:
     plugins = load_plugins(config)
     gateway = Gateway(config, plugins)
     gateway.check()
-    if gateway.name_errors:
-        raise gateway.name_errors[0]
+    if gateway.check_errors:
+        raise gateway.check_errors[0]
 
 
 @functools.cache
@@ -557,6 +560,8 @@ class Mutation:
 
 # (table, key) pairs checked against each other: the error may name either.
 RELATED = {
+    ("sip", "t1"): {"t2"},
+    ("sip", "t2"): {"t1"},
     ("sip", "min_se"): {"session_expires"},
     ("sip", "session_expires"): {"min_se"},
     ("dns", "min_ttl"): {"max_ttl"},
@@ -585,6 +590,8 @@ NUMBERS: tuple[Any, ...] = (
     float("inf"),
     float("-inf"),
     1e308,
+    1e300,
+    1e-9,
 )
 STRINGS = (
     "",
@@ -607,7 +614,59 @@ STRINGS = (
     "a\r\nX-Injected: 1",
     'a"b',
     "x" * 300,
+    "0.0.0.0",
+    "::",
 )
+
+
+def bounds(files: Files) -> tuple[tuple[str, str, Any], ...]:
+    """(table, key, value) the loader once accepted though the gateway could not work with it
+    (docs/configuration.md says each bound): each "bound" mutation sets one, and it must be
+    refused naming the table and key (some, values an earlier version ran with, only by
+    check-config: ``Gateway.value_errors``, a warning at run)."""
+    root = files.root / "bounds"
+    if not root.exists():
+        root.mkdir()
+        (root / "not-a-directory").write_text("")
+        psk = root / "psk-unknown-trunk.toml"
+        psk.write_text('[trunks]\ncarier = "' + "00" * 16 + '"\n')
+        psk.chmod(0o600)
+        encrypted = root / "encrypted.key"
+        encrypted.write_text("-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n")
+    return (
+        ("sip", "t1", 1e300),
+        ("sip", "t1", 1e-9),
+        ("sip", "t2", 0.1),  # below t1
+        ("sip", "t2", 1e300),
+        ("sip", "t4", 1e300),
+        ("sip", "ring_timeout", 1e-9),
+        ("media", "address", "0.0.0.0"),
+        ("media", "address", "::"),
+        ("media", "address", "224.0.0.1"),
+        ("plugins.siprec", "media_address", "0.0.0.0"),
+        ("media", "inactivity_timeout", 1e-9),
+        ("media", "hold_timeout", 1e-9),
+        ("trunks.carrier", "response_timeout", 1e-9),
+        ("trunks.carrier", "dids", {"alice": "alice"}),
+        ("gateway", "domains", ["not a host"]),
+        ("gateway", "state_dir", str(root / "not-a-directory" / "state")),
+        ("plugins.dtls", "state_dir", str(root / "not-a-directory" / "state")),
+        ("plugins.intercept", "x1_listen", "127.0.0.1:0"),
+        ("plugins.mikey", "psk_file", str(root / "psk-unknown-trunk.toml")),
+        ("plugins.tls", "certificate", str(files.key)),
+        ("plugins.tls", "private_key", str(files.client_key)),
+        ("plugins.tls", "private_key", str(root / "encrypted.key")),
+        ("plugins.wss", "private_key", str(files.client_key)),
+    )
+
+
+def _bound_table(data: dict[str, Any], name: str) -> dict[str, Any]:
+    head, _, rest = name.partition(".")
+    if head == "trunks":
+        return next(t for t in data["trunks"] if t["name"] == rest)  # type: ignore[no-any-return]
+    if head == "plugins":
+        return data["plugins"][rest]  # type: ignore[no-any-return]
+    return data[head]  # type: ignore[no-any-return]
 
 
 def _leaves(data: dict[str, Any]) -> Iterator[tuple[list[Any], str, str]]:
@@ -675,6 +734,7 @@ def mutations(files: Files, count: int) -> list[Mutation]:
                 "bad-utf8",
                 "bad-toml",
                 "trunk-ref",
+                "bound",
             )
         )
         expect_key: str | None = key
@@ -730,6 +790,11 @@ def mutations(files: Files, count: int) -> list[Mutation]:
                 # The trunk renamed: the keys that named it name nothing (judge()).
                 trunk["name"] = spelt
                 table_name, expect_key, what = f"trunks.{spelt}", "name", f"name = {spelt!r}"
+        elif kind == "bound":
+            table_name, expect_key, value = rng.choice(bounds(files))
+            _bound_table(data, table_name)[expect_key] = value
+            also = frozenset()
+            what = f"{expect_key} = {_value(value)}"
         elif kind == "table-type":
             top = rng.choice(sorted(data))
             data[top] = rng.choice(("fuzz", 3, [1, 2], {"x": 1}, [{"x": 1}]))
@@ -861,6 +926,8 @@ def judge(mutation: Mutation, path: Path, run: Callable[[Path], None]) -> str | 
         return f"raised {type(exc).__name__} instead of ConfigError: {exc}"
     if mutation.kind == "trunk-ref":
         return "accepted a trunk name no [[trunks]] table has"
+    if mutation.kind == "bound":
+        return "accepted a value out of its bounds"
     return None
 
 
@@ -945,6 +1012,23 @@ def test_mutated_configs_are_accepted_or_name_file_table_and_key(
         if problem is not None:
             failures.append(f"{mutation.description}: {problem}")
     assert not failures, f"{len(failures)} bad outcomes:\n" + "\n".join(failures)
+
+
+def test_every_bound_is_refused_naming_its_table_and_key(files: Files, tmp_path: Path) -> None:
+    """Each of :func:`bounds`, not only those the random mutations draw."""
+    failures = []
+    for table, key, value in bounds(files):
+        data = seed_config(files)
+        _bound_table(data, table)[key] = value
+        mutation = Mutation(
+            f"[{table}] {key} = {_value(value)}", "bound", table, key, to_toml(data).encode()
+        )
+        path = tmp_path / "voipgw.toml"
+        path.write_bytes(mutation.text)
+        problem = judge(mutation, path, check_config)
+        if problem is not None:
+            failures.append(f"{mutation.description}: {problem}")
+    assert not failures, "\n".join(failures)
 
 
 def test_check_config_says_a_sample_of_them_in_one_line(files: Files, tmp_path: Path) -> None:

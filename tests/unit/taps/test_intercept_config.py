@@ -192,3 +192,14 @@ def test_a_node_on_a_shared_store_is_warned_on_the_taps_logger_not_refused(
     assert len(said) == 1, said
     assert said[0][0] == "gateway.plugins.taps.intercept"
     assert said[0][1].startswith("[plugins.intercept] ne_identifier: not written")
+
+
+def test_an_x1_port_of_0_is_an_error_for_check_config(credentials: dict[str, object]) -> None:
+    """The system would choose the port at each start: the ADMF, configured with ours, would
+    not know where to connect. ``voipgw run`` warns and starts (the tests bind port 0)."""
+    config = load({**credentials, "x1_listen": "127.0.0.1:0"}).configs["intercept"]  # type: ignore[attr-defined]
+    assert config.config_warnings() == [
+        "x1_listen: expected a port 1-65535 the ADMF is configured with, got '127.0.0.1:0' "
+        "(port 0: the system chooses one at each start)"
+    ]
+    assert load(credentials).configs["intercept"].config_warnings() == []  # type: ignore[attr-defined]

@@ -263,6 +263,15 @@ def test_calls_are_selected_as_configured() -> None:
             {"srs": "sip:srs@192.0.2.50", "all_calls": True, "media_address": "recorder"},
             "media_address",
         ),
+        # It goes into our offers' c= lines: 0.0.0.0 there is hold (RFC 3264 §8.4).
+        (
+            {"srs": "sip:srs@192.0.2.50", "all_calls": True, "media_address": "0.0.0.0"},
+            "media_address: expected the unicast address the SRS reaches us at",
+        ),
+        (
+            {"srs": "sip:srs@192.0.2.50", "all_calls": True, "media_address": "239.1.2.3"},
+            "media_address: expected the unicast address",
+        ),
         ({"srs": "sip:srs@192.0.2.50", "all_calls": True, "queue": 1}, "queue"),
         ({"srs": "sip:srs@192.0.2.50", "all_calls": True, "fallbacks": ["tel:+1"]}, "fallbacks"),
         (

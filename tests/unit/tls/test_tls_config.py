@@ -102,14 +102,19 @@ def test_configured_certificate_files_are_checked_at_start_up(tmp_path: Path) ->
         load({"certificate": str(one.certificate), "private_key": ""})
     with pytest.raises(ConfigError, match=r"\[plugins.tls\] ca_bundles: .*nothere.pem does not"):
         load({"mode": "mutual", "ca_bundles": [str(tmp_path / "nothere.pem")]})
-    with pytest.raises(PluginError, match=r"two\.key: not the private key of .*one\.crt"):
+    # A file that is there but unusable: a config error naming the key too.
+    with pytest.raises(
+        ConfigError, match=r"\[plugins.tls\] private_key: .*two\.key: not the private key of .*one"
+    ):
         load({"certificate": str(one.certificate), "private_key": str(two.key)})
-    with pytest.raises(PluginError, match=r"one\.key: not a usable certificate chain"):
+    with pytest.raises(
+        ConfigError, match=r"\[plugins.tls\] certificate: .*one\.key: not a usable certificate"
+    ):
         load({"certificate": str(one.key), "private_key": str(one.key)})
     with pytest.raises(PluginError, match=r"holds no PEM certificate"):
         load({"mode": "mutual", "ca_bundles": [str(one.key)]})
     # Error messages never carry key material.
-    with pytest.raises(PluginError) as caught:
+    with pytest.raises(ConfigError) as caught:
         load({"certificate": str(one.certificate), "private_key": str(two.key)})
     assert "PRIVATE KEY" not in str(caught.value)
     good = load({"certificate": str(one.certificate), "private_key": str(one.key)})
@@ -151,3 +156,25 @@ def test_a_listener_mode_for_no_tls_listener_is_a_config_error(tmp_path: Path) -
     assert "tls:127.0.0.1:5061" in error.message
     with pytest.raises(ConfigError):
         gateway_with({"127.0.0.1:5060": "encryption-only"}).check()  # the udp listener
+
+
+def test_an_encrypted_private_key_is_a_config_error_not_a_prompt(tmp_path: Path) -> None:
+    """OpenSSL asked for the passphrase on the terminal (twice), which a service has not."""
+    from cryptography.hazmat.primitives import serialization
+
+    one = TestPki(tmp_path).ca("CA").issue("one")
+    key = serialization.load_pem_private_key(one.key.read_bytes(), password=None)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    with pytest.raises(ConfigError) as caught:
+        load({"certificate": str(one.certificate), "private_key": str(encrypted)})
+    assert str(caught.value) == (
+        f"gw.toml: [plugins.tls] private_key: {encrypted}: the key is encrypted; give an "
+        "unencrypted key file (mode 600)"
+    )

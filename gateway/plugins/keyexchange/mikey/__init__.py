@@ -269,6 +269,11 @@ class MikeyConfig:
                 reason = str(exc).removeprefix("psk_file ")
                 raise ValueError(f"psk_file: {reason}") from None
 
+    def trunk_names(self) -> dict[str, tuple[str, ...]]:
+        """The trunks ``psk_file``'s ``[trunks]`` table has keys for, checked against the
+        ``[[trunks]]`` tables (config.unknown_trunk_names): a misspelt one is never used."""
+        return {"psk_file": self.psk_store().names("trunk")}
+
     def psk_store(self) -> PskStore:
         """The pre-shared keys (an empty store without ``psk_file``). Raises
         :class:`~gateway.plugins.keyexchange.mikey.psk.PskError`."""

@@ -44,6 +44,10 @@ class PskStore:
     def __len__(self) -> int:
         return len(self._keys)
 
+    def names(self, kind: str) -> tuple[str, ...]:
+        """The names of kind ``kind`` ("account" or "trunk") that have a key, in file order."""
+        return tuple(name for key_kind, name in self._keys if key_kind == kind)
+
     def key_for(self, kind: str, name: str | None) -> bytes | None:
         """The key of account or trunk ``name``, or None."""
         if name is None:

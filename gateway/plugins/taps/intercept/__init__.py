@@ -144,6 +144,11 @@ def _admf_certificates(mapping: Mapping[str, str]) -> Mapping[str, str]:
     return types.MappingProxyType(subjects)
 
 
+def _refuse_passphrase() -> bytes:
+    # Without it OpenSSL asked for the passphrase on the terminal, which a service has not.
+    raise CertificateError("the key is encrypted; give an unencrypted key file (mode 600)")
+
+
 @attrs.frozen
 class InterceptConfig:
     """``[plugins.intercept]``. See docs/configuration.md."""
@@ -304,6 +309,18 @@ class InterceptConfig:
             ) from None
         return host, port
 
+    def config_warnings(self) -> list[str]:
+        """``"KEY: why"`` for values a gateway runs with that do not do what they should:
+        errors of ``voipgw check-config``, warnings of ``voipgw run`` (Gateway.check)."""
+        if self.x1_address[1] == 0:
+            # The port is the system's choice, another at each start: the ADMF, configured
+            # with ours, would not know where to connect (tests bind port 0 and read the log).
+            return [
+                f"x1_listen: expected a port 1-65535 the ADMF is configured with, got "
+                f"{self.x1_listen!r} (port 0: the system chooses one at each start)"
+            ]
+        return []
+
     def _file(self, key: str) -> str:
         """A certificate, key or CA file; the ``report_*`` ones default to the ``x1_*`` ones
         (the ADMF we serve is the one we report to)."""
@@ -339,13 +356,19 @@ class InterceptConfig:
             ssl.Purpose.SERVER_AUTH, cafile=self._file("report_ca")
         )
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(self._file("report_certificate"), self._file("report_private_key"))
+        context.load_cert_chain(
+            self._file("report_certificate"),
+            self._file("report_private_key"),
+            password=_refuse_passphrase,
+        )
         return context
 
     def x1_ssl_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=self.x1_ca)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(self.x1_certificate, self.x1_private_key)
+        context.load_cert_chain(
+            self.x1_certificate, self.x1_private_key, password=_refuse_passphrase
+        )
         context.verify_mode = ssl.CERT_REQUIRED
         return context
 
@@ -354,7 +377,9 @@ class InterceptConfig:
             return None
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.delivery_ca)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(self.delivery_certificate, self.delivery_private_key)
+        context.load_cert_chain(
+            self.delivery_certificate, self.delivery_private_key, password=_refuse_passphrase
+        )
         return context
 
 

@@ -1,0 +1,220 @@
+"""Values the loader accepted though the gateway could not work with them (the config fuzzer's
+leftovers, docs/configuration.md): refused naming the file, table, key, the value and the range
+allowed, or, for values an earlier version ran with that do nothing or harm (a ``domains``
+entry that is no host, a DID that is no number, an X1 port of 0, a MIKEY key for a trunk no
+``[[trunks]]`` has), errors of ``voipgw check-config`` (exit 2) and warnings of ``voipgw run``
+(``Gateway.value_errors``, as ``name_errors``)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from gateway.core import cli
+from gateway.core import gateway as gateway_mod
+from gateway.core.config import (
+    ConfigError,
+    directory_problem,
+    from_mapping,
+    value_warnings,
+    with_overrides,
+)
+from gateway.core.gateway import Gateway
+from gateway.core.plugins import load_plugins
+
+
+def refused(data: dict[str, Any]) -> ConfigError:
+    with pytest.raises(ConfigError) as caught:
+        from_mapping(data, file="voipgw.toml")
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "value", "words"),
+    [
+        ("sip", "t1", 1e300, "t1: expected seconds from 0.01 to 4 (the round-trip estimate"),
+        ("sip", "t1", 1e-9, "t1: expected seconds from 0.01 to 4"),
+        ("sip", "t2", 0.1, "t2: expected seconds from t1 (0.5) to 60"),
+        ("sip", "t2", 1e300, "t2: expected seconds from t1 (0.5) to 60"),
+        ("sip", "t4", 1e300, "t4: expected seconds above 0, at most 60"),
+        ("sip", "ring_timeout", 1e-9, "ring_timeout: expected a positive number of seconds, at"),
+        ("media", "inactivity_timeout", 1e-9, "inactivity_timeout: expected a positive number"),
+        ("media", "hold_timeout", 9.5, "hold_timeout: expected a positive number of seconds, at"),
+        ("media", "address", "0.0.0.0", "address: expected the unicast address phones send"),
+        ("media", "address", "::", "address: expected the unicast address phones send media"),
+        ("media", "address", "ff02::1", "address: expected the unicast address phones send"),
+    ],
+)
+def test_a_value_out_of_its_bounds_is_refused_with_the_value_and_the_range(
+    table: str, key: str, value: object, words: str
+) -> None:
+    error = refused({table: {key: value}})
+    assert (error.file, error.table, error.key) == ("voipgw.toml", table, key)
+    assert str(error).startswith(f"voipgw.toml: [{table}] {words}"), str(error)
+    shown = f"{value:g}" if isinstance(value, float) else repr(value)
+    assert str(error).endswith(f"got {shown}"), str(error)
+
+
+@pytest.mark.parametrize(
+    "sip",
+    [
+        {"t1": 0.01, "t2": 0.01, "t4": 0.001},
+        {"t1": 4.0, "t2": 60.0, "t4": 60.0},
+        {"t1": 0.02},  # the interop tests' fast retransmissions
+        {"ring_timeout": 1.0},
+    ],
+)
+def test_the_bounds_themselves_are_accepted(sip: dict[str, float]) -> None:
+    config = from_mapping({"sip": sip, "media": {"inactivity_timeout": 10, "hold_timeout": 10}})
+    assert config.sip.t1 == sip.get("t1", 0.5)
+
+
+def test_a_trunk_response_timeout_too_short_for_any_answer_is_refused() -> None:
+    trunk = {"name": "carrier", "address": "udp:192.0.2.10:5060"}
+    error = refused({"trunks": [{**trunk, "response_timeout": 1e-9}]})
+    assert (error.table, error.key) == ("trunks.carrier", "response_timeout")
+    assert "expected 0 (Timer B) or seconds from 0.5" in error.message
+    for fine in (0, 0.5, 4):
+        from_mapping({"trunks": [{**trunk, "response_timeout": fine}]})
+
+
+def test_the_media_address_from_the_command_line_is_checked_too() -> None:
+    with pytest.raises(ConfigError) as caught:
+        with_overrides(from_mapping({}), {"media": {"address": "0.0.0.0"}}, origin="command line")
+    assert str(caught.value).startswith("command line: [media] address: expected the unicast")
+
+
+@pytest.mark.parametrize(
+    "domain", ["localhost", "voip.example.com", "voip.example.com.", "192.0.2.1", "[::1]", "::1"]
+)
+def test_host_names_and_addresses_are_domains(domain: str) -> None:
+    assert value_warnings(from_mapping({"gateway": {"domains": [domain, "x.example:5060"]}})) == []
+
+
+@pytest.mark.parametrize("domain", ["not a host", "sip:example.com", "alice@example.com", "-x.y"])
+def test_a_domain_that_is_no_host_name_is_an_error_for_check_config(domain: str) -> None:
+    config = from_mapping({"gateway": {"domains": ["ok.example", domain]}}, file="voipgw.toml")
+    (error,) = value_warnings(config)
+    assert (error.table, error.key) == ("gateway", "domains")
+    assert error.message.startswith("expected host names or IP addresses (RFC 3261 §25.1")
+    assert f"got {domain!r}: no request names it" in error.message
+
+
+def test_a_did_that_is_no_number_is_an_error_for_check_config() -> None:
+    dids = {"+49 30 123-456": "alice", "*86": "vm", "0301234;phone-context=+49": "bob"}
+    trunk = {"name": "carrier", "address": "udp:192.0.2.10:5060", "dids": dids}
+    assert value_warnings(from_mapping({"trunks": [trunk]})) == []
+    trunk["dids"] = {**dids, "alice": "alice"}
+    (error,) = value_warnings(from_mapping({"trunks": [trunk]}, file="voipgw.toml"))
+    assert str(error).startswith(
+        'voipgw.toml: [trunks.carrier] dids: expected numbers ("+" and digits, "*" or "#";'
+    )
+    assert "got 'alice': calls out through the trunk would present it" in str(error)
+
+
+def test_a_state_dir_that_cannot_be_created_is_said_before_run_fails(tmp_path: Path) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    assert directory_problem(tmp_path) is None
+    assert directory_problem(tmp_path / "new" / "deeper") is None  # run creates it
+    assert directory_problem(a_file) == f"{a_file} is not a directory"
+    assert directory_problem(a_file / "state") == (
+        f"{a_file / 'state'} cannot be created: {a_file} is not a directory"
+    )
+    assert "longer than 255 bytes" in str(directory_problem(tmp_path / ("x" * 256)))
+
+
+def gateway_of(tmp_path: Path, **tables: Any) -> Gateway:
+    data = {
+        "gateway": {"state_dir": str(tmp_path / "state")},
+        "sip": {"listen": ["udp:127.0.0.1:0"]},
+        "plugins": {"enable": ["udp"]},
+    }
+    for name, table in tables.items():
+        data[name] = {**data.get(name, {}), **table}
+    config = from_mapping(data, file=str(tmp_path / "voipgw.toml"))
+    return Gateway(config, load_plugins(config))
+
+
+def test_check_refuses_a_state_dir_that_cannot_be_created(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    built = gateway_of(tmp_path, gateway={"state_dir": str(tmp_path / "file" / "state")})
+    with pytest.raises(ConfigError) as caught:
+        built.check()
+    assert (caught.value.table, caught.value.key) == ("gateway", "state_dir")
+    assert caught.value.message.endswith(
+        f"cannot be created: {tmp_path / 'file'} is not a directory"
+    )
+
+
+def test_run_says_them_as_warnings_and_starts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gateway upgraded with such a value keeps carrying calls: serve() warns and goes on
+    to open its store (where this test stops it)."""
+    built = gateway_of(tmp_path, gateway={"domains": ["pbx_1.local"]})
+
+    class Opened(Exception):
+        pass
+
+    def open_store(*args: object, **kwargs: object) -> None:
+        raise Opened
+
+    monkeypatch.setattr(gateway_mod, "open_store", open_store)
+    caplog.set_level(logging.WARNING)
+    with pytest.raises(Opened):
+        trio.run(built.serve)
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if "pbx_1" in r.getMessage()]
+    assert said == [
+        (
+            logging.WARNING,
+            f"configuration: {tmp_path / 'voipgw.toml'}: [gateway] domains: expected host names "
+            "or IP addresses (RFC 3261 §25.1 hostport: letters, digits, inner hyphens and dots; "
+            "an optional :PORT), got 'pbx_1.local': no request names it",
+        )
+    ]
+
+
+def check_config(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = cli.main(["check-config", str(path)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_check_config_refuses_a_warned_value_with_exit_2_and_one_line_each(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "voipgw.toml"
+    path.write_text(
+        f'[gateway]\nstate_dir = "{tmp_path / "state"}"\ndomains = ["a b", "ok.example"]\n'
+        '[sip]\nlisten = ["udp:127.0.0.1:0"]\n[plugins]\nenable = ["udp"]\n'
+        '[[trunks]]\nname = "carrier"\naddress = "udp:192.0.2.10:5060"\n'
+        'dids = {"alice" = "alice"}\n'
+    )
+    code, out, err = check_config(path, capsys)
+    assert (code, out) == (cli.EXIT_USAGE, "")
+    assert err.splitlines() == [
+        f"voipgw: configuration error: {path}: [gateway] domains: expected host names or IP "
+        "addresses (RFC 3261 §25.1 hostport: letters, digits, inner hyphens and dots; an "
+        "optional :PORT), got 'a b': no request names it",
+        f"voipgw: configuration error: {path}: [trunks.carrier] dids: expected numbers "
+        '("+" and digits, "*" or "#"; separators " -.()" are read), got \'alice\': calls out '
+        "through the trunk would present it as their caller ID",
+    ]
+
+
+def test_check_config_refuses_a_value_out_of_bounds_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "voipgw.toml"
+    path.write_text('[plugins]\nenable = ["udp"]\n[sip]\nt1 = 1e300\n')
+    code, out, err = check_config(path, capsys)
+    assert (code, out) == (cli.EXIT_USAGE, "")
+    assert err == (
+        f"voipgw: configuration error: {path}: [sip] t1: expected seconds from 0.01 to 4 (the "
+        "round-trip estimate, RFC 3261 §17.1.1.1; Timers B and F are 64*T1), got 1e+300\n"
+    )
