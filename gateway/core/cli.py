@@ -23,7 +23,7 @@ from gateway.core import config as config_mod
 from gateway.core.calls.protection import describe_auth, describe_leg
 from gateway.core.config import ConfigError, GatewayConfig, TrunkAddress
 from gateway.core.interfaces import MediaPolicy
-from gateway.core.logs import log_exception, show_plugin_exception_text
+from gateway.core.logs import LineFormatter, log_exception, show_plugin_exception_text
 from gateway.core.media.policy import BUILTIN_POLICIES, DEFAULT_POLICY, all_policies
 from gateway.core.plugins import DiscoveredPlugin, PluginError, Plugins, discover, load_plugins
 from gateway.core.store.errors import StoreError
@@ -509,10 +509,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway.core.gateway import Gateway, run_until_signal
 
     config = _apply_run_overrides(_load_config(args.config), args)
-    logging.basicConfig(
-        level=config.gateway.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(LineFormatter())  # "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=config.gateway.log_level.upper(), handlers=[handler])
     plugins = _load_plugins(config, args)
     for warning in config_mod.listener_warnings(config, plugins.transports.names()):
         log.warning("configuration: %s", warning)

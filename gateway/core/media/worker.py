@@ -49,7 +49,12 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from gateway.core.config import PortRange
-from gateway.core.logs import log_exception, show_plugin_exception_text, transport_error_text
+from gateway.core.logs import (
+    LineFormatter,
+    log_exception,
+    show_plugin_exception_text,
+    transport_error_text,
+)
 from gateway.core.media.errors import LocalMediaError, PortsExhausted
 from gateway.core.media.g711 import G711Transcoding, Law
 from gateway.core.media.ice import IceCredentials, IceLiteResponder
@@ -523,10 +528,10 @@ def main(argv: list[str] | None = None) -> int:
     # SIGHUP asks the SIP process to reload its certificates; sent to the whole process group (a
     # terminal's hangup, kill -HUP -PGID) it must not end a worker and the calls it relays.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s media-worker-{args.index} %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler()
+    # "%(asctime)s %(levelname)s media-worker-N %(name)s: %(message)s"
+    handler.setFormatter(LineFormatter(f"media-worker-{args.index}"))
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     show_plugin_exception_text(args.plugin_exception_text)
 
     async def serve() -> None:

@@ -44,6 +44,12 @@ def _lower(name: str) -> str:
     return key
 
 
+def index_key(name: str) -> str:
+    """The key of a stored (canonical) field name in :meth:`Headers.by_name`: lower case, one
+    shared string per name (for the parser, which builds the index as it reads the fields)."""
+    return _lower(name)
+
+
 def _lookup_key(name: str) -> str:
     key = _LOOKUP_KEYS.get(name)
     if key is None:
@@ -70,6 +76,17 @@ class Headers:
     @classmethod
     def of(cls, pairs: Iterable[tuple[str, str]]) -> Headers:
         return cls(tuple([(canonical_name(n), v) for n, v in pairs]))
+
+    @classmethod
+    def indexed(
+        cls, fields: tuple[tuple[str, str], ...], index: dict[str, str | tuple[str, ...]]
+    ) -> Headers:
+        """Headers with their name index already made: ``index`` must be what :meth:`_values`
+        makes of ``fields`` (the parser builds it in the loop that reads the fields, instead
+        of a second loop over them at the first look-up, which every received message has)."""
+        headers = cls(fields)
+        object.__setattr__(headers, "_index", index)
+        return headers
 
     def _values(self) -> dict[str, str | tuple[str, ...]]:
         index = self._index

@@ -33,7 +33,7 @@ from gateway.core.sip.grammar import (
     split_list_untrusted,
 )
 from gateway.core.sip.headers import LIST_HEADERS, CSeq, canonical_name
-from gateway.core.sip.message import SIP_VERSION, Headers, Request, Response
+from gateway.core.sip.message import SIP_VERSION, Headers, Request, Response, index_key
 from gateway.core.sip.uri import SipUri, TelUri, Uri
 
 __all__ = [
@@ -206,15 +206,17 @@ def _decode_lines(head: bytes, max_line: int) -> tuple[list[str], bool]:
 
 def _headers(lines: list[str], max_headers: int, folded: bool) -> Headers:
     """Unfold (when ``folded``), split into (canonical name, value) entries, split list headers
-    into elements."""
+    into elements. The name index every received message is read through (Headers.by_name) is
+    made in the same loop."""
     fields: list[tuple[str, str]] = []
+    index: dict[str, str | tuple[str, ...]] = {}
     for line in _unfold_lines(lines, strict=True) if folded else lines:
         name, colon, value = line.partition(":")
         # HCOLON = *( SP / HTAB ) ":" SWS
         name = name.rstrip(" \t")
         if not colon:
             raise SipParseError("header line without ':'")
-        cname = _HEADER_NAMES.get(name) or _header_name(name)  # the cache first: ~44 per call
+        cname, key = _HEADER_NAMES.get(name) or _header_name(name)  # the cache first
         value = value.strip(" \t")
         if cname in LIST_HEADERS and "," in value:
             try:
@@ -223,29 +225,44 @@ def _headers(lines: list[str], max_headers: int, folded: bool) -> Headers:
                 detail = _BAD_PREFIX.sub("", err.reason)
                 raise SipParseError(f"bad {cname}: {detail}") from err
             fields.extend([(cname, element) for element in elements])
+            seen = index.get(key)
+            values = (*((seen,) if isinstance(seen, str) else seen or ()), *elements)
+            if values:  # indexed as below: one value as itself, several in a tuple
+                index[key] = values[0] if len(values) == 1 else values
         else:
             fields.append((cname, value))
+            # Indexed as Headers._values does: one value as itself, several in a tuple.
+            seen = index.get(key)
+            if seen is None:
+                index[key] = value
+            elif isinstance(seen, str):
+                index[key] = (seen, value)
+            else:
+                index[key] = (*seen, value)
         if len(fields) > max_headers:
             raise MessageTooLarge("too many header fields")
-    return Headers(tuple(fields))
+    return Headers.indexed(tuple(fields), index)
 
 
-# Header field names seen before -> their canonical form: the same two dozen names arrive in every
-# message. Bounded, so names a peer makes up are checked every time but never pile up.
-_HEADER_NAMES: dict[str, str] = {}
+# Header field names seen before -> their canonical form and its key in the name index: the same
+# two dozen names arrive in every message. Bounded, so names a peer makes up are checked every
+# time but never pile up.
+_HEADER_NAMES: dict[str, tuple[str, str]] = {}
 _HEADER_NAMES_MAX = 512
 
 
-def _header_name(name: str) -> str:
-    """The canonical name of a header field name from the wire; SipParseError unless a token."""
-    cname = _HEADER_NAMES.get(name)
-    if cname is None:
+def _header_name(name: str) -> tuple[str, str]:
+    """The canonical name of a header field name from the wire and its key in the name index;
+    SipParseError unless a token."""
+    names = _HEADER_NAMES.get(name)
+    if names is None:
         if not is_token(name):
             raise SipParseError("invalid header field name")
         cname = canonical_name(name)
+        names = (cname, index_key(cname))
         if len(_HEADER_NAMES) < _HEADER_NAMES_MAX:
-            _HEADER_NAMES[name] = cname
-    return cname
+            _HEADER_NAMES[name] = names
+    return names
 
 
 def _unfold_lines(lines: list[str], *, strict: bool) -> list[str]:

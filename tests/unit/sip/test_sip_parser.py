@@ -16,6 +16,7 @@ from gateway.core.sip.parser import (
 )
 from gateway.core.sip.serializer import serialize_message, serialize_uri
 from gateway.core.sip.uri import SipUri, TelUri
+from tests.unit.sip.rfc4475_messages import MESSAGES
 
 HEADERS = [
     "Via: SIP/2.0/UDP pc33.example.com;branch=z9hG4bK776asdhds",
@@ -276,6 +277,40 @@ def test_an_index_of_single_values_is_not_tracked_by_the_collector() -> None:
     assert msg.headers.get("Call-ID") is not None  # builds the index
     assert msg.headers.count("Via") == 1
     assert not gc.is_tracked(msg.headers._index)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        (),
+        ("Via: SIP/2.0/UDP b;branch=z9hG4bK2, SIP/2.0/TCP c;branch=z9hG4bK3", "v: SIP/2.0/UDP d"),
+        ("Supported: timer, 100rel", "Supported: replaces", "k: path, gruu"),
+        ('Contact: "Bob, Jr" <sip:bob@b>', 'm: <sip:b2@b>, "A, B" <sip:b3@b>;q=0.5'),
+        ("Route: <sip:p1;lr>", "Route: <sip:p2;lr>, <sip:p3;lr>", "X-Made-Up: 1", "x-made-UP: 2"),
+        ("Allow: INVITE, ACK", "Subject: a", " folded, on", "\tthree lines", "Supported:"),
+        ('Warning: 399 h "a, b"', "Reason: SIP;cause=200, Q.850;cause=16"),
+    ],
+)
+def test_the_parsers_name_index_is_the_one_its_fields_make(extra: tuple[str, ...]) -> None:
+    # The parser builds the index as it reads the fields (gateway/core/sip/parser.py
+    # ``_headers``); it must be what Headers makes of the same fields at the first look-up: the
+    # same keys, one value as itself, several as a tuple in their order.
+    msg = parse_message_untrusted(invite(*extra))
+    assert msg.headers._index == Headers(msg.headers.fields).by_name()
+    assert list(msg.headers._index) == list(Headers(msg.headers.fields).by_name())
+
+
+def test_the_parsers_name_index_is_the_one_its_fields_make_for_rfc4475() -> None:
+    parsed = 0
+    for _section, data in MESSAGES.values():
+        try:
+            msg = parse_message_untrusted(data)
+        except SipParseError:
+            continue
+        parsed += 1
+        assert msg.headers._index == Headers(msg.headers.fields).by_name()
+        assert list(msg.headers._index) == list(Headers(msg.headers.fields).by_name())
+    assert parsed > 10
 
 
 def test_empty_list_header_is_kept() -> None:
