@@ -257,6 +257,30 @@ async def test_a_transferor_that_hangs_up_at_once_leaves_the_transfer_to_finish(
     await eventually(lambda: env.calls == 0)
 
 
+async def test_a_request_for_a_transferor_that_left_gets_503_and_the_transfer_goes_on(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """An INFO or MESSAGE from the transferee while the target rings and the transferor has hung
+    up has nowhere to go: 503 (RFC 5057 §5.1: it ends only that transaction). It used to be
+    relayed into the transferor's ended dialog: an internal error ended the call and the
+    transfer with it."""
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    bob = await bob_phone(env, nursery, voipgw_seed, auto=AutoAnswer(delay=3))
+    call, alice_leg = await answered_call(env)
+    assert await refer(alice_leg, BOB_URI, ("Refer-Sub", "false")) == 202
+    assert (await alice_leg.bye()).status == 200  # before bob answers
+    sent = await call.request("INFO", body=b"<x/>", content_type="application/vnd.example+xml")
+    refused = await sent.final(timeout=5)
+    assert refused.status == 503
+    assert "the B leg hung up" in (refused.headers.get("Warning") or "")
+    await bob.next_request("ACK", timeout=10)  # the transfer completes all the same
+    assert not env.trunk.requests("BYE")
+    assert env.calls == 1
+    assert (await call.bye()).status == 200
+    await bob.next_request("BYE")
+    await eventually(lambda: env.calls == 0)
+
+
 async def test_a_failed_transfer_after_the_transferor_left_ends_the_call(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
