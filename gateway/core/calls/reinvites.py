@@ -326,6 +326,7 @@ class CallReinvites(CallLocationUpdates, CallMediaKeys):
                 await self.endpoint.respond(transaction, refused)
                 what = f"re-INVITE to the {answered_side.value.upper()} leg"
                 await self._session_lost(answered_side, "INVITE", response, what=what)
+                return  # a transferor's: the call goes on (_session_lost)
             refused = make_response(request, response.status, response.reason, extra=errors)
             await self.endpoint.respond(transaction, refused)
 
