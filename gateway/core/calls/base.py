@@ -849,13 +849,29 @@ class CallBase:
         the answering leg gets one too unless it holds no dialog any more (481, a broken
         target or route: the BYE would only fail the same way). Any other failure (491, 488,
         500, 501 ...) ends nothing: the call goes on. ``what`` names the request in the
-        stated reason (the log's "ended" line, the call record)."""
+        stated reason (the log's "ended" line, the call record).
+
+        A transferor's session lost while its transfer is under way (RFC 3515: it may drop
+        its dialog after the 202; its BYE may cross our request) ends only its leg, as its
+        BYE would (``Call._in_dialog``): the transfer goes on, and ends the call if it fails.
+        Returns then, which the callers heed."""
         if not ends_session(method, response.status):
             return
         leg = self._leg(side)
         what = what or f"{method} to the {side.value.upper()} leg"
         reason = f"{what} answered {response.status} {response.reason}"
-        if dialog_lost(method, response.status) and leg.dialog is not None:
+        lost = dialog_lost(method, response.status)
+        transfer = self._transfer
+        if transfer is not None and transfer.transferor is leg:
+            if lost and leg.dialog is not None:
+                leg.dialog.terminate()
+            else:
+                await self._bye(leg, reason, cause=response.status)  # a 408: it may be there
+            transfer.transferor_left = True
+            leg.session_timer = None
+            log.info("call %s: %s; the transfer goes on without the transferor", self.id, reason)
+            return
+        if lost and leg.dialog is not None:
             leg.dialog.terminate()  # no BYE into a dialog the peer no longer has
             reason += ": its dialog is gone"
         await self._hang_up(reason, cause=response.status)

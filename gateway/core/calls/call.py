@@ -907,6 +907,7 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
                 answer = self._lost_answer(request, tag.side, response)
                 await self.endpoint.respond(transaction, answer)
                 await self._session_lost(tag.side, request.method, response)
+                return  # a transferor's: the call goes on (_session_lost)
             await self.endpoint.respond(
                 transaction,
                 make_response(

@@ -10,7 +10,8 @@ refresh answered on its own leg (RFC 4028 §10), relayed as a re-INVITE when it 
 (that re-INVITE's 408, the leg's or our Timer B's, reaches the UPDATE's requester as 504, or
 not at all past its Timer F: RFC 4320 §4.2, SipEndpoint.respond), and turned into an UPDATE of
 ours when it brings only a new location (RFC 6442). INFO, OPTIONS, MESSAGE and NOTIFY are
-relayed as they are; anything else gets 501.
+relayed as they are (503 while the other side is a transferor that hung up, its target not in
+yet); anything else gets 501.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import SessionDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sdp.serializer import serialize_sdp
+from gateway.core.sip.dialog import DialogState
 from gateway.core.sip.message import Request, Response, cancel_for, make_response
 from gateway.core.sip.transaction import ServerTransaction, State
 from gateway.core.sip.usages import ends_session
@@ -205,6 +207,16 @@ class CallReinvites(CallLocationUpdates, CallMediaKeys):
     async def _relay_request(self, event: RequestEvent) -> None:
         other = self._leg(event.side.other)
         request = event.request
+        if other.dialog is None or other.dialog.state is DialogState.TERMINATED:
+            # A transferor that hung up after its REFER (transfer.py: the transfer goes on
+            # without it) until the target takes its place: nowhere to send it. 503, which ends
+            # only this transaction (RFC 5057 §5.1), not 481, which would end the requester's
+            # session; the call goes on.
+            leg = other.side.value.upper()
+            warning = warning_header(f"the {leg} leg hung up; a transfer is under way")
+            refusal = make_response(request, 503, extra=[("Warning", warning)])
+            await self.endpoint.respond(event.transaction, refusal)
+            return
         extra = [
             (name, value)
             for name, value in request.headers.fields
@@ -324,6 +336,7 @@ class CallReinvites(CallLocationUpdates, CallMediaKeys):
                 await self.endpoint.respond(transaction, refused)
                 what = f"re-INVITE to the {answered_side.value.upper()} leg"
                 await self._session_lost(answered_side, "INVITE", response, what=what)
+                return  # a transferor's: the call goes on (_session_lost)
             refused = make_response(request, response.status, response.reason, extra=errors)
             await self.endpoint.respond(transaction, refused)
 

@@ -123,10 +123,19 @@ async def _get(
     await stream.send_all(connection.send(request) + connection.send(h11.EndOfMessage()))
     body = bytearray()
     max_age = 0.0
+    closed = False
     while True:
-        event = connection.next_event()
+        try:
+            event = connection.next_event()
+        except h11.RemoteProtocolError:
+            if closed:
+                # h11's complaint once the server closed: the answer was cut short (fewer
+                # bytes than its Content-Length, an unfinished chunk), no malformed HTTP.
+                raise FetchError("connection closed before the end of the answer") from None
+            raise
         if event is h11.NEED_DATA:
             data = await stream.receive_some(16384)
+            closed = not data
             connection.receive_data(bytes(data))
             continue
         if isinstance(event, h11.Response):

@@ -4,8 +4,9 @@ a relayed INFO or MESSAGE answered 481 or 408, or never answered, a re-INVITE an
 end its own dialog (never 408 to a non-INVITE, RFC 4320 §4.2) and gets a BYE saying why, the
 leg that answered gets one unless it holds no dialog any more (481, a broken target), and the
 call record states the reason. Failures that end nothing (488, 491, 501) keep the call, and so
-does a 481 to a NOTIFY, which ends only its subscription. Signalling on the in-memory network,
-virtual time (T1 = 0.5 s: Timer F = 32 s)."""
+does a 481 to a NOTIFY, which ends only its subscription, and a 404, 480 or the like to an INFO
+or MESSAGE, which the session does without (gateway.core.sip.usages). Signalling on the
+in-memory network, virtual time (T1 = 0.5 s: Timer F = 32 s)."""
 
 from __future__ import annotations
 
@@ -133,6 +134,41 @@ async def test_a_relayed_request_failure_that_ends_nothing_keeps_the_call(
     alice_answers(env, "INFO", status)
     sent = await call.request("INFO", body=INFO_BODY[1], content_type=INFO_BODY[0])
     assert (await sent.final(timeout=5)).status == status  # passed on as it is
+    await trio.sleep(5)
+    assert env.calls == 1
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+    assert (await call.bye()).status == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "content_type", "body", "status"),
+    [
+        ("INFO", *INFO_BODY, 404),
+        ("INFO", *INFO_BODY, 480),
+        ("MESSAGE", "text/plain", b"hello", 404),
+        ("MESSAGE", "text/plain", b"hello", 480),
+        ("MESSAGE", "text/plain", b"hello", 502),
+    ],
+)
+async def test_an_optional_request_answered_404_or_480_passes_it_on_and_keeps_the_call(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    method: str,
+    content_type: str,
+    body: bytes,
+    status: int,
+) -> None:
+    """RFC 5057 §5.1 would have a 404 or 502 end the dialog and a 480 the usage, but agents give
+    them to an INFO or MESSAGE for reasons of their own (Asterisk answers an in-dialog MESSAGE
+    404 while its session has no channel): the answer passes on to the requester, whose dialog
+    it is, and the call goes on (gateway.core.sip.usages, OPTIONAL_REQUESTS)."""
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    call, _ = await answered_call(env)
+    alice_answers(env, method, status)
+    sent = await call.request(method, body=body, content_type=content_type)
+    assert (await sent.final(timeout=5)).status == status
     await trio.sleep(5)
     assert env.calls == 1
     assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []

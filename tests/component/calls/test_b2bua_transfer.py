@@ -17,7 +17,7 @@ import trio
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import CallEvent, OutboundMessage
 from gateway.core.sip.message import Request
-from gateway.testing.sip_agent import AutoAnswer, Call, sdp_connection
+from gateway.testing.sip_agent import AutoAnswer, Call, Received, sdp_connection
 from tests.component.calls.b2bua_env import (
     ALICE,
     ALICE_DID,
@@ -251,6 +251,59 @@ async def test_a_transferor_that_hangs_up_at_once_leaves_the_transfer_to_finish(
     assert reinvite.to.tag is not None  # the trunk was re-INVITEd
     assert not env.alice.requests("NOTIFY")  # Refer-Sub: false (RFC 4488)
     assert not env.trunk.requests("BYE")
+    assert env.calls == 1
+    assert (await call.bye()).status == 200
+    await bob.next_request("BYE")
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_a_request_for_a_transferor_that_left_gets_503_and_the_transfer_goes_on(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """An INFO or MESSAGE from the transferee while the target rings and the transferor has hung
+    up has nowhere to go: 503 (RFC 5057 §5.1: it ends only that transaction). It used to be
+    relayed into the transferor's ended dialog: an internal error ended the call and the
+    transfer with it."""
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    bob = await bob_phone(env, nursery, voipgw_seed, auto=AutoAnswer(delay=3))
+    call, alice_leg = await answered_call(env)
+    assert await refer(alice_leg, BOB_URI, ("Refer-Sub", "false")) == 202
+    assert (await alice_leg.bye()).status == 200  # before bob answers
+    sent = await call.request("INFO", body=b"<x/>", content_type="application/vnd.example+xml")
+    refused = await sent.final(timeout=5)
+    assert refused.status == 503
+    assert "the B leg hung up" in (refused.headers.get("Warning") or "")
+    await bob.next_request("ACK", timeout=10)  # the transfer completes all the same
+    assert not env.trunk.requests("BYE")
+    assert env.calls == 1
+    assert (await call.bye()).status == 200
+    await bob.next_request("BYE")
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_a_transferor_whose_dialog_is_gone_leaves_the_transfer_to_finish(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """A transferor that answers 481 after its REFER (its BYE crossed the request, or it dropped
+    the dialog without one) has left, as one that hung up: the transfer goes on. The 481 used
+    to end the call (RFC 5057 §5.1), and the transfer with it, the target ringing."""
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    bob = await bob_phone(env, nursery, voipgw_seed, auto=AutoAnswer(delay=3))
+    call, alice_leg = await answered_call(env)
+    assert await refer(alice_leg, BOB_URI, ("Refer-Sub", "false")) == 202
+
+    async def gone(received: Received) -> bool:
+        if received.request.method != "INFO":
+            return False
+        await env.alice.respond(received, 481)
+        return True
+
+    env.alice.in_dialog = gone
+    sent = await call.request("INFO", body=b"<x/>", content_type="application/vnd.example+xml")
+    assert (await sent.final(timeout=5)).status == 500  # not 481: the trunk's session goes on
+    await bob.next_request("ACK", timeout=10)  # the target answered and took alice's place
+    assert not env.trunk.requests("BYE")
+    assert env.alice.requests("BYE") == []  # she has no dialog for it
     assert env.calls == 1
     assert (await call.bye()).status == 200
     await bob.next_request("BYE")

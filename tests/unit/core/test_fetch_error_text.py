@@ -180,6 +180,31 @@ async def test_a_certificate_server_whose_answer_is_not_http(
     assert str(raised.value) == "bad HTTP answer (not HTTP/1.1, or headers over 16384 bytes)"
 
 
+class _CutShort(_Stream):
+    """A TLS stream whose server closes the connection 5 bytes into a 100-byte answer."""
+
+    def __init__(self) -> None:
+        self.answers = [b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n-----", b""]
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        pass
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return self.answers.pop(0) if self.answers else b""
+
+
+async def test_a_certificate_answer_cut_short_is_said_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def connected(*args: Any, **kwargs: Any) -> _Stream:
+        return _CutShort()
+
+    monkeypatch.setattr(trio, "open_ssl_over_tcp_stream", connected)
+    fetch = https_fetcher(ssl.create_default_context())
+    with pytest.raises(FetchError) as raised:
+        await fetch("https://certs.example.net/sp.pem")
+    # Not "bad HTTP answer (not HTTP/1.1, or headers over ...)": its HTTP was good, it ended.
+    assert str(raised.value) == "connection closed before the end of the answer"
+
+
 def test_a_fetch_ca_file_that_cannot_be_used_is_said_in_the_systems_words(
     tmp_path: Path,
 ) -> None:
