@@ -26,17 +26,19 @@ the invite usage of each leg's dialog, so :func:`ends_session` is what ends a ca
 :func:`dialog_lost` tells whether the peer that answered has no dialog left to send a BYE in
 (481, or the whole dialog broken), the BYE then going only to the call's other side.
 
-:func:`ends_session` applies the whole table to the requests the session is made of (re-INVITE,
-UPDATE, PRACK, BYE), and only 481 and 408 (or no answer) to the optional ones
-(:data:`OPTIONAL_REQUESTS`: INFO, an in-dialog MESSAGE, OPTIONS, NOTIFY), RFC 3261 §12.2.1.2's
-pair: the peer has no dialog, or is not there. Deployed agents give the other statuses to
-those requests for reasons of their own that say nothing about the session: Asterisk's
-res_pjsip_messaging answers an in-dialog MESSAGE 404 whenever its session has no channel; an
-INFO of a package a peer does not take should get 469 or 415 (RFC 6086 §4.2.2), but a 404 or
-480 from an older stack means no more than that. Those answers pass on to the requester, whose
-dialog it is to end if it so reads them; a gateway ending the call for them would cut calls
-that work, for no gain (the session's own requests, a re-INVITE or a refresh, still end it
-when it is broken).
+:func:`ends_session`, what makes the gateway end a call, is narrower than the table: only 481
+and 408 (or no answer) to a request of the invite usage, RFC 3261 §12.2.1.2's pair (the peer
+has no dialog, or is not there; RFC 4028 §10 says the same of a session refresh). RFC 3261
+§14.1, a standard where RFC 5057 is informational, keeps the session as it was after any other
+non-2xx to a re-INVITE, and deployed agents give the table's other statuses for reasons of their
+own that say nothing about the session: Asterisk's res_pjsip_messaging answers an in-dialog
+MESSAGE 404 whenever its session has no channel; an INFO of a package a peer does not take
+should get 469 or 415 (RFC 6086 §4.2.2), but a 404 or 480 from an older stack means no more than
+that; FreeSWITCH ends a call after a failed re-INVITE on 408 and 481 only (a relayed 500 once
+tore down established calls). Those answers pass on to the requester, whose dialog it is to end
+if it so reads them: a gateway ending the call for them would cut calls that work, for no gain.
+The table stays for :func:`dialog_lost` (whether the answering peer still needs a BYE) and for
+anything that must know what a peer has given up.
 """
 
 from __future__ import annotations
@@ -62,9 +64,7 @@ USAGE_ENDING_FOR = {
     489: frozenset({"SUBSCRIBE", "NOTIFY"}),
 }
 SUBSCRIPTION_METHODS = frozenset({"SUBSCRIBE", "NOTIFY", "REFER"})
-# Requests in a dialog that the session does not need (relayed, or our DTMF INFO): only 481
-# and 408 to them end it (ends_session).
-OPTIONAL_REQUESTS = frozenset({"INFO", "MESSAGE", "OPTIONS", "NOTIFY"})
+# RFC 3261 §12.2.1.2: the answers to a request of the session that end it (ends_session).
 SESSION_GONE = frozenset({408, 481})
 
 
@@ -86,13 +86,11 @@ def usage_of(method: str) -> str:
 
 
 def ends_session(method: str, status: int) -> bool:
-    """Whether ``status`` to ``method`` ends the invite usage, the session a call is: the
-    table's word for the session's own requests, only 481 or 408 for an optional one (an
-    INFO, MESSAGE or OPTIONS; never a NOTIFY, a subscription's)."""
-    if method in OPTIONAL_REQUESTS:
-        return status in SESSION_GONE and usage_of(method) == "invite"
-    effect = response_effect(method, status)
-    return effect is Effect.DIALOG or (effect is Effect.USAGE and usage_of(method) == "invite")
+    """Whether ``status`` to ``method`` makes the gateway end the call, the invite usage: 481 or
+    408 (a transaction timeout counts as 408) to a request of that usage (a re-INVITE, UPDATE,
+    PRACK, INFO, MESSAGE or OPTIONS; never a NOTIFY or REFER, a subscription's). The module's
+    docstring says why the table's other endings do not."""
+    return status in SESSION_GONE and usage_of(method) == "invite"
 
 
 def dialog_lost(method: str, status: int) -> bool:

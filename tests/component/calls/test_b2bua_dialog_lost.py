@@ -163,7 +163,7 @@ async def test_an_optional_request_answered_404_or_480_passes_it_on_and_keeps_th
     """RFC 5057 §5.1 would have a 404 or 502 end the dialog and a 480 the usage, but agents give
     them to an INFO or MESSAGE for reasons of their own (Asterisk answers an in-dialog MESSAGE
     404 while its session has no channel): the answer passes on to the requester, whose dialog
-    it is, and the call goes on (gateway.core.sip.usages, OPTIONAL_REQUESTS)."""
+    it is, and the call goes on (gateway.core.sip.usages, ends_session)."""
     env = await start_b2bua(nursery, tmp_path, voipgw_seed)
     call, _ = await answered_call(env)
     alice_answers(env, method, status)
@@ -196,31 +196,55 @@ async def test_a_notify_answered_481_ends_only_its_subscription_not_the_call(
     assert (await call.bye()).status == 200
 
 
-@pytest.mark.parametrize("status", [481, 404])
 async def test_a_reinvite_whose_leg_lost_the_dialog_byes_only_the_requester(
-    nursery: trio.Nursery,
-    tmp_path: Path,
-    autojump_clock: trio.abc.Clock,
-    voipgw_seed: int,
-    status: int,
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
-    """481 (alice lost the dialog) or 404 (its remote target is gone: RFC 5057 §5.1 destroys
-    the dialog): the trunk's re-INVITE gets 500, then the BYE; alice gets none."""
+    """481 (alice lost the dialog): the trunk's re-INVITE gets 500, then the BYE; alice gets
+    none."""
     env = await start_b2bua(nursery, tmp_path, voipgw_seed)
     call, _ = await answered_call(env)
 
     async def gone(received: Received) -> None:
-        await env.alice.respond(received, status)
+        await env.alice.respond(received, 481)
 
     alice_answers_reinvites(env, gone)
     hold = await call.reinvite(env.trunk.offer_sdp(direction="sendonly"))
     assert hold.status == 500
     await env.trunk.next_request("BYE", timeout=5)
     reason = await end_reason(env)
-    assert reason.startswith(f"re-INVITE to the B leg answered {status} ")
+    assert reason.startswith("re-INVITE to the B leg answered 481 ")
     assert reason.endswith(": its dialog is gone")
     await trio.sleep(1)
     assert env.alice.requests("BYE") == []
+
+
+@pytest.mark.parametrize("status", [404, 405, 480, 502])
+async def test_a_reinvite_answered_404_or_480_passes_it_on_and_keeps_the_call(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    status: int,
+) -> None:
+    """RFC 5057 §5.1 would have these end the dialog or the session, but RFC 3261 §14.1 keeps
+    the session after a failed re-INVITE and only 481/408 end it (§12.2.1.2; FreeSWITCH does
+    the same): the answer passes on to the requester, whose dialog it is, and the call goes
+    on."""
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    call, _ = await answered_call(env)
+
+    async def refuse(received: Received) -> None:
+        await env.alice.respond(received, status)
+
+    alice_answers_reinvites(env, refuse)
+    hold = await call.request(
+        "INVITE", body=env.trunk.offer_sdp(direction="sendonly"), content_type=SDP
+    )
+    assert (await hold.final(timeout=5)).status == status
+    await trio.sleep(5)
+    assert env.calls == 1
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+    assert (await call.bye()).status == 200
 
 
 async def test_a_reinvite_refused_488_or_in_glare_keeps_the_call(

@@ -9,15 +9,15 @@ from gateway.core.sip.usages import Effect, dialog_lost, ends_session, response_
 
 METHODS = ("INVITE", "UPDATE", "INFO", "MESSAGE", "OPTIONS", "BYE", "PRACK", "NOTIFY", "REFER")
 OPTIONAL = ("INFO", "MESSAGE", "OPTIONS", "NOTIFY")  # the session does without them
+SESSION = ("INVITE", "UPDATE", "PRACK", "BYE")  # the session's own requests
 
 
 @pytest.mark.parametrize("status", [404, 410, 416, 482, 485, 502, 604])
 @pytest.mark.parametrize("method", METHODS)
 def test_a_broken_target_or_route_ends_the_whole_dialog(method: str, status: int) -> None:
     assert response_effect(method, status) is Effect.DIALOG
-    # ... and the call, unless the request was one the session does without
-    # (test_an_optional_request_ends_the_call_only_on_481_or_408).
-    assert ends_session(method, status) is (method not in OPTIONAL)
+    # ... but the gateway ends no call for it (test_only_481_or_408_ends_the_call).
+    assert not ends_session(method, status)
     assert dialog_lost(method, status)
 
 
@@ -30,9 +30,9 @@ def test_484_ends_the_dialog_except_to_a_refer() -> None:
 @pytest.mark.parametrize("method", METHODS)
 def test_481_408_and_480_end_the_usage_of_the_request(method: str, status: int) -> None:
     assert response_effect(method, status) is Effect.USAGE
-    # ... which is the call's own for every request but a subscription's (a 480 to an optional
-    # request ends no call: test_an_optional_request_ends_the_call_only_on_481_or_408).
-    ends = method not in ("NOTIFY", "REFER") and not (status == 480 and method in OPTIONAL)
+    # ... which is the call's own for every request but a subscription's; a 480 ends no call
+    # (test_only_481_or_408_ends_the_call).
+    ends = method not in ("NOTIFY", "REFER") and status != 480
     assert ends_session(method, status) is ends
     assert dialog_lost(method, status) is (status == 481)  # 408, 480: the peer may be there
 
@@ -76,16 +76,14 @@ def test_subscription_requests_belong_to_their_subscription() -> None:
 
 
 @pytest.mark.parametrize("status", [404, 405, 410, 416, 480, 482, 484, 485, 489, 502, 604])
-@pytest.mark.parametrize("method", OPTIONAL)
-def test_an_optional_request_ends_the_call_only_on_481_or_408(method: str, status: int) -> None:
-    """An INFO, in-dialog MESSAGE or OPTIONS ends the call on RFC 3261 §12.2.1.2's pair only
-    (481: no dialog at the peer; 408 or no answer: no peer), a NOTIFY never (its usage is a
-    subscription). The table's other endings say nothing about the session from a deployed
-    agent (Asterisk answers an in-dialog MESSAGE 404 while its session has no channel): they
-    pass on to the requester, and the call goes on."""
+@pytest.mark.parametrize("method", OPTIONAL + SESSION)
+def test_only_481_or_408_ends_the_call(method: str, status: int) -> None:
+    """A request of the session, a re-INVITE or refresh as much as an INFO, ends the call on RFC
+    3261 §12.2.1.2's pair only (481: no dialog at the peer; 408 or no answer: no peer), a NOTIFY
+    never (its usage is a subscription). The table's other endings pass on to the requester and
+    the call goes on: §14.1 keeps the session after any other failed re-INVITE, and deployed
+    agents answer 404 or 480 for reasons that say nothing about the session (Asterisk answers
+    an in-dialog MESSAGE 404 while its session has no channel)."""
     assert not ends_session(method, status)
     assert ends_session(method, 481) is (method != "NOTIFY")
     assert ends_session(method, 408) is (method != "NOTIFY")
-    # The session's own requests still end it on the table's word.
-    if response_effect("INVITE", status) is not Effect.TRANSACTION:
-        assert ends_session("INVITE", status) and ends_session("UPDATE", status) is (status != 405)
