@@ -844,8 +844,8 @@ class CallBase:
         self, side: Side, method: str, response: Response, *, what: str | None = None
     ) -> None:
         """End the call if ``response`` of ``side``'s leg to our in-dialog ``method`` ended
-        that leg's session (RFC 5057 §5.1, ``gateway.core.sip.usages``: 481, 408 or no answer,
-        480, 404 ...; RFC 3261 §12.2.1.2). The side still up gets a BYE saying why (RFC 3326);
+        that leg's session (``gateway.core.sip.usages.ends_session``: 481, 408 or no answer;
+        RFC 3261 §12.2.1.2). The side still up gets a BYE saying why (RFC 3326);
         the answering leg gets one too unless it holds no dialog any more (481, a broken
         target or route: the BYE would only fail the same way). Any other failure (491, 488,
         500, 501 ...) ends nothing: the call goes on. ``what`` names the request in the

@@ -3,8 +3,8 @@
 A re-INVITE is relayed with its SDP rewritten through both legs' security (hold/resume), one at
 a time (491 while one is pending, RFC 3261 §14.1); one without SDP is relayed as a late offer
 (§14.1, §13.2.1: its 2xx's offer goes to the requester, whose ACK brings the answer). A relayed
-re-INVITE or request whose answer ends the other leg's session (RFC 5057 §5.1: 481, 408, 404
-...), or a re-INVITE left without a final response for 64*T1, ends the call (§14.1,
+re-INVITE or request whose answer ends the other leg's session (RFC 3261 §12.2.1.2: 481 or
+408, sip/usages.py), or a re-INVITE left without a final response for 64*T1, ends the call (§14.1,
 ``CallBase._session_lost``); 491, 488 or 500 keep it. An UPDATE (RFC 3311) is a session
 refresh answered on its own leg (RFC 4028 §10), relayed as a re-INVITE when it carries an offer
 (that re-INVITE's 408, the leg's or our Timer B's, reaches the UPDATE's requester as 504, or
@@ -328,7 +328,7 @@ class CallReinvites(CallLocationUpdates, CallMediaKeys):
         else:
             self.media.abandon_offer()
             if ends_session("INVITE", response.status):
-                # RFC 3261 §14.1, RFC 5057 §5.1: the leg's session is gone (481, 404 ...) or
+                # RFC 3261 §12.2.1.2: the leg's session is gone (481) or
                 # it did not answer (408, also our own on Timer B): the call ends, the
                 # requester answered without ending its dialog by itself (_lost_answer) and
                 # then BYEd (_session_lost).

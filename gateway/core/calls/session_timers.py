@@ -156,8 +156,8 @@ class CallSessionTimers(CallBase):
     async def _refresh_answered(self, tag: InDialogRequest, response: Response) -> None:
         """The answer to our refreshing UPDATE (RFC 4028 §7.2-§7.4, §10): a 2xx sets the leg's
         new timer; a 422 has us ask again for its Min-SE at once; an answer that ends the
-        session (RFC 5057 §5.1: 408 or no answer, 481 the dialog gone at the device, 404 ...)
-        ends the call. Any other answer (501 from a device that listed UPDATE after all, 491,
+        session (RFC 4028 §10: 408 or no answer, 481 the dialog gone at the device) ends the
+        call. Any other answer (404, 480, 501 from a device that listed UPDATE after all, 491,
         500) still shows the device is there: the timer restarts, so a call is never ended for
         a refresh the device merely declined."""
         leg = self._leg(tag.side)
@@ -173,7 +173,7 @@ class CallSessionTimers(CallBase):
             timer.refreshing = False
             timer.refresh_at = now
         elif ends_session("UPDATE", response.status):
-            # RFC 5057 §5.1: 408 or no answer, 481, 404 ...: the leg's session is gone.
+            # RFC 4028 §10: 408 or no answer, 481: the leg's session is gone.
             what = f"session refresh of the {tag.side.value.upper()} leg"
             await self._session_lost(tag.side, "UPDATE", response, what=what)
         else:
