@@ -92,9 +92,14 @@ log = logging.getLogger(__name__)
 
 # What `log_level = "debug"` shows of each SIP message received and sent (_trace): its first
 # line, Call-ID and CSeq, bounded; never another header (Authorization holds a digest answer).
-_TRACE_CALL_ID = re.compile(rb"\r\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]{0,100})", re.IGNORECASE)
-_TRACE_CSEQ = re.compile(rb"\r\ncseq[ \t]*:[ \t]*([^\r\n]{0,60})", re.IGNORECASE)
+# A line ends in CRLF or, from a sender that ignores RFC 3261 §7.5, in LF or CR alone: the trace
+# comes before the parser, and must show no more of such a message.
+_TRACE_CALL_ID = re.compile(rb"\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]{0,100})", re.IGNORECASE)
+_TRACE_CSEQ = re.compile(rb"\ncseq[ \t]*:[ \t]*([^\r\n]{0,60})", re.IGNORECASE)
 _TRACE_LINE = 200
+# How much of the first line the password is looked for in, before it is cut to _TRACE_LINE:
+# a cut before the "@" would leave the password unrecognised (redact_password needs the "@").
+_TRACE_REDACTED = 4096
 
 
 class LegOf(Protocol):
@@ -608,11 +613,11 @@ class SipEndpoint:
         self.subscriptions: SubscriptionLayer | None = None
         self.messages: MessageLayer | None = None
         self.presence: PublishLayer | None = None
+        """Set while ``[presence] allow`` is not "none"; PUBLISH is 405 otherwise, as before."""
         # A DEBUG line per SIP message in and out (_trace): asked of logging once, as the level
         # is set before the gateway starts and never changes while it runs (voipgw run), so
         # each message costs an attribute read, not a logger look-up.
         self.trace_messages = log.isEnabledFor(logging.DEBUG)
-        """Set while ``[presence] allow`` is not "none"; PUBLISH is 405 otherwise, as before."""
         self.captures: tuple[SipCapture, ...] = tuple(
             capture for _, capture in gateway.plugins.sip_captures.items()
         ) + tuple(
@@ -1944,18 +1949,23 @@ def _trace(data: bytes) -> str:
     signature), and no body (SDES keys); a password in the Request-URI is withheld. Bounded,
     and anything unprintable shown as ``?``, as the bytes are the network's (a line of the log
     must stay one line)."""
+    size = len(data)
+    data = data.lstrip(b"\r\n")  # RFC 3261 §7.5: CRLFs before the start line are ignored
     end = data.find(b"\r\n\r\n")
-    head = data if end < 0 else data[: end + 2]
-    first = head.split(b"\r\n", 1)[0][:_TRACE_LINE]
+    if end < 0:
+        end = data.find(b"\n\n")
+    head = data if end < 0 else data[: end + 1]
+    first = head.split(b"\n", 1)[0].split(b"\r", 1)[0][:_TRACE_REDACTED]
     call_id = _TRACE_CALL_ID.search(head)
     cseq = _TRACE_CSEQ.search(head)
     parts = [
         f"Call-ID {_printable(call_id.group(1)) if call_id else '(none)'}",
         f"CSeq {_printable(cseq.group(1)) if cseq else '(none)'}",
-        f"{len(data)} bytes",
+        f"{size} bytes",
     ]
-    # RFC 3261 §19.1.1: a Request-URI may carry "user:password@" (NOT RECOMMENDED, but sent).
-    return f"{redact_password(_printable(first))} ({', '.join(parts)})"
+    # RFC 3261 §19.1.1: a Request-URI may carry "user:password@" (NOT RECOMMENDED, but sent):
+    # withheld before the line is cut, which could fall between the password and its "@".
+    return f"{redact_password(_printable(first))[:_TRACE_LINE]} ({', '.join(parts)})"
 
 
 def _printable(raw: bytes) -> str:
