@@ -544,9 +544,9 @@ class DeviceProfile:
     rtpmap encoding name in its order of preference (``("G722", "PCMU", "PCMA",
     "telephone-event")``); offers sent to it keep only these, in that order, and its own offers
     are narrowed to them before the other leg sees them, so the answers it gets hold only these;
-    telephone-event and CN are kept only when listed; an offer left with no audio codec is
-    refused (488); video and T.38 lines are left alone; None: no limit. ``notes`` is for people
-    (``voipgw plugins`` lists profiles)."""
+    telephone-event and CN are kept only when listed, and at a kept codec's clock rate; an offer
+    left with no audio codec is refused (488); video and T.38 lines are left alone; None: no
+    limit. ``notes`` is for people (``voipgw plugins`` lists profiles)."""
 
     name: str
     user_agent_prefixes: tuple[str, ...] = ()
