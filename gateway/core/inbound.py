@@ -112,6 +112,9 @@ class InboundHooks:
                 why = changed_what_it_may_not(current, changed)
                 if why is None:
                     changed = self._well_formed(changed)
+                    # Again on what the parser made of it: a field the plugin wrote under a
+                    # compact name ("v", "i": RFC 3261 §7.3.3) is a Via or Call-ID only now.
+                    why = changed_what_it_may_not(current, changed)
             except SipError as exc:
                 why = f"made it malformed ({exc})"
             except Exception as exc:

@@ -16,7 +16,7 @@ from gateway.core.inbound import InboundHooks, changed_what_it_may_not, inbound_
 from gateway.core.interfaces import DeviceProfile, InboundMessage
 from gateway.core.logs import WITHHELD, show_plugin_exception_text
 from gateway.core.plugins import new_plugin_manager
-from gateway.core.sip.message import Request, Response
+from gateway.core.sip.message import Headers, Request, Response
 from gateway.core.sip.parser import parse_message_untrusted
 from gateway.core.transport.flows import Flow, FlowKey
 
@@ -237,3 +237,19 @@ def test_an_implementation_without_arguments_is_called_too() -> None:
 
     hooks_of(("counting", Counting())).apply(request(), FLOW, leg=None, device=None)
     assert called == [True]
+
+
+def test_a_field_under_a_compact_name_is_checked_as_what_it_parses_to(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Headers built directly keep the name as written: "v" is no Via to a lookup, but the
+    # parser reads it as one (RFC 3261 §7.3.3). On top, it would take the response elsewhere.
+    def compact_via(m: Any) -> Any:
+        evil = ("v", "SIP/2.0/UDP 192.0.2.66:5060;branch=z9hG4bK-elsewhere")
+        return m.with_headers(Headers((evil, *m.headers.fields)))
+
+    invite = request()
+    with caplog.at_level(logging.ERROR, logger="gateway.core.inbound"):
+        out = hooks_of(("bad", Plugin(compact_via))).apply(invite, FLOW, leg=None, device=None)
+    assert out.headers.get_all("Via") == invite.headers.get_all("Via")
+    assert "changed Via" in caplog.text
