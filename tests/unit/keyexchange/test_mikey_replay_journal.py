@@ -129,3 +129,18 @@ def test_a_psk_offer_answered_before_a_restart_is_refused_after_it(tmp_path: Pat
     # The same message from another account's leg is checked in that account's scope.
     other = gateway(NOW + 30).answer(attributes, suites=[], secure_signalling=False, leg=ALICE)
     assert other is not None and isinstance(other.next_event(), KeysReady)
+
+
+def test_the_journal_commits_without_an_fsync_per_message(tmp_path: Path) -> None:
+    # Each accepted message is a commit in the event loop that relays media: a write-ahead log
+    # with synchronous=NORMAL (1), as the gateway's store, not the rollback journal's fsyncs.
+    path = tmp_path / "mikey" / "replay.sqlite"
+    store = ReplayStore(path)
+    cache_ = ReplayCache(max_skew=120, journal=store)
+    assert cache_.check(b"m1", NOW, now=NOW) is None
+    db = store._db
+    assert db is not None
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 1
+    store.close()
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700

@@ -7,9 +7,11 @@ T), per authenticated message we sent, and per cache scope its floor. Rows leave
 older than the clock skew, so the file holds at most a window's worth of messages.
 
 Writes go through at once (a message accepted and not yet written would be a replay the next
-process takes). A write that fails is logged and the cache goes on in memory: the call is not
-failed for it; a read that fails at start raises ``OSError`` to the cache, which then refuses
-every message that could be a replay for a while (see the cache's docstring).
+process takes), to a write-ahead log with synchronous=NORMAL as the gateway's own store: no
+fsync per message in the event loop, and a commit outlives the process, not a power cut. A
+write that fails is logged and the cache goes on in memory: the call is not failed for it; a
+read that fails at start raises ``OSError`` to the cache, which then refuses every message that
+could be a replay for a while (see the cache's docstring).
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ __all__ = ["DIRECTORY", "FILE", "ReplayStore"]
 
 DIRECTORY = "mikey"
 FILE = "replay.sqlite"
+
+# How long a write waits for another process's lock (a second gateway on the same state_dir,
+# an operator's sqlite3 shell) before it fails and is logged: the event loop waits that long.
+# As the gateway's own store (gateway/core/store/sqlite.py); the cache in memory goes on.
+BUSY_TIMEOUT = 0.05
 
 
 class ReplayStore:
@@ -100,15 +107,28 @@ class ReplayStore:
         if self._db is not None:
             return self._db
         if isinstance(self.path, Path):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
-        db = sqlite3.connect(str(self.path), timeout=1.0)
-        with db:
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS seen (scope TEXT NOT NULL, digest BLOB NOT NULL, "
-                "t REAL NOT NULL, own INTEGER NOT NULL, PRIMARY KEY (scope, digest, own))"
-            )
-            db.execute("CREATE INDEX IF NOT EXISTS seen_t ON seen (scope, t)")
-            db.execute("CREATE TABLE IF NOT EXISTS floors (scope TEXT PRIMARY KEY, floor REAL)")
+        db = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT)
+        try:
+            # Each accepted message is a commit made in the event loop, which relays media too:
+            # in the default rollback journal with synchronous=FULL that is several fsyncs,
+            # milliseconds each (tens on a busy disk). Write-ahead logging with
+            # synchronous=NORMAL (https://sqlite.org/wal.html), as the gateway's own store, makes
+            # a commit a write to the log: it survives the process (what a restart needs) and
+            # may be lost only with the machine.
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            with db:
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS seen (scope TEXT NOT NULL, digest BLOB NOT NULL, "
+                    "t REAL NOT NULL, own INTEGER NOT NULL, PRIMARY KEY (scope, digest, own))"
+                )
+                db.execute("CREATE INDEX IF NOT EXISTS seen_t ON seen (scope, t)")
+                db.execute("CREATE TABLE IF NOT EXISTS floors (scope TEXT PRIMARY KEY, floor REAL)")
+        except BaseException:
+            # Not kept (the next use opens it again): closed now, not whenever it is collected.
+            db.close()
+            raise
         self._db = db
         return db
