@@ -144,3 +144,26 @@ def test_the_journal_commits_without_an_fsync_per_message(tmp_path: Path) -> Non
     assert db.execute("PRAGMA synchronous").fetchone()[0] == 1
     store.close()
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+def test_a_corrupt_journal_is_set_aside_and_the_next_start_reads_a_new_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "mikey" / "replay.sqlite"
+    path.parent.mkdir()
+    path.write_bytes(b"not a database" * 100)
+    store = ReplayStore(path)
+    first = ReplayCache(max_skew=120, journal=store, scope="account:alice")
+    with caplog.at_level(logging.ERROR):
+        assert first.check(b"m", NOW, now=NOW) == REPLAY  # unknown before: the window refused
+    # Another scope's rows went with the old file: its window is refused as well.
+    other = ReplayCache(max_skew=120, journal=store, scope="trunk:carrier")
+    assert other.check(b"x", NOW, now=NOW + 1) == REPLAY
+    later = NOW + 300
+    assert first.check(b"m2", later, now=later) is None  # written to the new journal
+    restarted = cache(path, scope="account:alice")
+    assert restarted.check(b"m2", later, now=later + 1) == REPLAY  # read back
+    assert restarted.check(b"m3", later + 1, now=later + 1) is None  # and no floor any more
+    assert "set aside as replay.sqlite.corrupt-" in caplog.text
+    (aside,) = path.parent.glob("replay.sqlite.corrupt-*")
+    assert aside.read_bytes() == b"not a database" * 100

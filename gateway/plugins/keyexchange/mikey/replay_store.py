@@ -11,7 +11,8 @@ process takes), to a write-ahead log with synchronous=NORMAL as the gateway's ow
 fsync per message in the event loop, and a commit outlives the process, not a power cut. A
 write that fails is logged and the cache goes on in memory: the call is not failed for it; a
 read that fails at start raises ``OSError`` to the cache, which then refuses every message that
-could be a replay for a while (see the cache's docstring).
+could be a replay for a while (see the cache's docstring); a file SQLite finds corrupt is then
+renamed ``replay.sqlite.corrupt-<UTC time>`` and a new journal started, so only this start pays.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -43,11 +45,17 @@ class ReplayStore:
         self.path = path
         self._db: sqlite3.Connection | None = None
         self._warned = False
+        self._lost: str | None = None
+        """Why what this journal held before is unknown (it was corrupt and set aside)."""
 
     def __repr__(self) -> str:
         return f"<ReplayStore {self.path}>"
 
     def load(self, scope: str, *, since: float) -> tuple[list[tuple[bytes, float, bool]], float]:
+        if self._lost is not None:
+            # Another scope's first use found the journal corrupt: this scope's rows went with
+            # it, and the new journal's emptiness says nothing about before this process.
+            raise OSError(self._lost)
         try:
             db = self._open()
             rows = db.execute(
@@ -56,10 +64,11 @@ class ReplayStore:
             floor = db.execute("SELECT floor FROM floors WHERE scope = ?", (scope,)).fetchone()
         except (sqlite3.Error, OSError) as exc:
             log.error(
-                "MIKEY replay journal %s not read (%s): psk and dh-hmac messages stamped "
+                "MIKEY replay journal %s not read (%s)%s: psk and dh-hmac messages stamped "
                 "before now plus the clock skew are refused as possible replays",
                 self.path,
                 exc,
+                self._set_aside(exc),
             )
             raise OSError(str(exc)) from None
         entries = [(bytes(digest), float(t), bool(own)) for digest, t, own in rows]
@@ -86,6 +95,31 @@ class ReplayStore:
             with contextlib.suppress(sqlite3.Error):
                 self._db.close()
             self._db = None
+
+    def _set_aside(self, exc: BaseException) -> str:
+        """A journal SQLite says is corrupt or no database is renamed (with its -wal and -shm)
+        and the next write starts a new one: left in place, it would fail every write and
+        every start after this one, each refusing MIKEY for the window. The text for the log
+        (empty when the file is left where it is)."""
+        code = getattr(exc, "sqlite_errorcode", None)
+        if not isinstance(self.path, Path) or code not in (
+            sqlite3.SQLITE_CORRUPT,
+            sqlite3.SQLITE_NOTADB,
+        ):
+            return ""
+        self.close()
+        aside = self.path.with_name(
+            f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        )
+        try:
+            for suffix in ("-wal", "-shm", ""):  # the database last: a new one has no old log
+                source = self.path.with_name(self.path.name + suffix)
+                if source.exists():
+                    os.replace(source, aside.with_name(aside.name + suffix))
+        except OSError as rename:
+            return f"; not set aside ({rename})"
+        self._lost = f"{self.path} was corrupt, set aside as {aside.name}"
+        return f"; set aside as {aside.name}, a new journal is started"
 
     def _write(self, statement: str, parameters: tuple[object, ...]) -> None:
         try:
