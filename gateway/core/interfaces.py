@@ -747,9 +747,10 @@ class InboundMessage:
     """A message just received, parsed and found well-formed, before the core acts on it.
     ``gateway_inbound_message`` hooks may replace ``message`` within the rules of
     gateway/core/inbound.py (not its Via, Call-ID, CSeq, tags, method, Request-URI or status
-    class). ``leg``: the call leg it came from (our tag in its dialog), None for a message
-    outside a call and for a new call's INVITE; ``device``: the leg's phone profile, else for a
-    request the registered profile its User-Agent matches, else None."""
+    class; a request's Max-Forwards only lower). ``leg``: the call leg it came from (our tag in
+    its dialog), None for a message outside a call and for a new call's INVITE; ``device``: the
+    leg's phone profile, else for a request the registered profile its User-Agent matches, else
+    None."""
 
     message: object  # gateway.core.sip.message.Request | Response
     flow: Flow

@@ -90,6 +90,10 @@ def with_header(message: Any, name: str, value: str) -> Any:
         (lambda m: Request("OPTIONS", m.uri, m.headers), "changed the method"),
         (lambda m: Request(m.method, response().to.uri, m.headers), "Request-URI"),
         (lambda m: response(), "replaced a request with a Response"),
+        # RFC 3261 §16.3 step 2: what stops a loop; a plugin rebuilding a message must not
+        # reset it at every pass.
+        (lambda m: with_header(m, "Max-Forwards", "71"), "raised or removed Max-Forwards"),
+        (lambda m: m.with_headers(m.headers.remove("Max-Forwards")), "Max-Forwards"),
     ],
 )
 def test_what_a_plugin_may_not_change_in_a_request(change: Any, why: str) -> None:
@@ -108,6 +112,7 @@ def test_what_a_plugin_may_change() -> None:
         is None
     )
     assert changed_what_it_may_not(invite, invite.with_body(b"v=0\r\n", "application/sdp")) is None
+    assert changed_what_it_may_not(invite, with_header(invite, "Max-Forwards", "69")) is None
     # A response: another status of the same class, another reason phrase.
     ringing = response()
     busy = Response(486, "Busy Here", ringing.headers)
