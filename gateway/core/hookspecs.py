@@ -149,7 +149,8 @@ def gateway_inbound_message(inbound: InboundMessage) -> None:
     ``inbound.message``, before the core acts on it. Only well-formed messages are handed over;
     Via, Call-ID, CSeq, the From and To tags, a request's method and Request-URI and a
     response's status class must stay as they are (RFC 3261 §17 and §12 match transactions and
-    dialogs by them), and the replacement must parse. A change that breaks a rule, or a hook
+    dialogs by them), a request's Max-Forwards may only go down (§16.3: loops), and the
+    replacement must parse. A change that breaks a rule, or a hook
     that raises, is logged naming the plugin and dropped: the message goes on as it was. Runs
     for every message while any plugin implements it: keep it cheap."""
 

@@ -24,7 +24,11 @@ BYE for no dialog):
   names (§9.2, §17.2.3); where a call goes is ``gateway_route_call``'s decision;
 - a response's status class (1xx, 2xx, 300-699): it drives the client transaction
   (§17.1.1.2) and a 2xx makes a dialog and is ACKed end to end (§13.2.2.4). Another status
-  of the same class (a trunk's 480 for busy made a 486) is allowed.
+  of the same class (a trunk's 480 for busy made a 486) is allowed;
+- a request's ``Max-Forwards`` may be lowered, not raised or removed: it stops a request
+  looping between gateways and proxies (RFC 3261 §8.1.1.6, §16.3 step 2), and our INVITE
+  onwards carries it less one. Not matching, but a plugin that rebuilds a message could
+  otherwise reset it at every pass of a loop.
 
 Everything else may change: other headers, the body (SDP), a response's reason phrase. A
 replaced message is serialized and parsed again as untrusted input (the size and header limits
@@ -112,6 +116,9 @@ class InboundHooks:
                 why = changed_what_it_may_not(current, changed)
                 if why is None:
                     changed = self._well_formed(changed)
+                    # Again on what the parser made of it: a field the plugin wrote under a
+                    # compact name ("v", "i": RFC 3261 §7.3.3) is a Via or Call-ID only now.
+                    why = changed_what_it_may_not(current, changed)
             except SipError as exc:
                 why = f"made it malformed ({exc})"
             except Exception as exc:
@@ -189,6 +196,9 @@ def changed_what_it_may_not(before: Request | Response, after: object) -> str | 
             return "changed the method"
         if after.uri != before.uri:
             return "changed the Request-URI"
+        hops = before.max_forwards
+        if hops is not None and (after.max_forwards is None or after.max_forwards > hops):
+            return "raised or removed Max-Forwards"
     else:
         if not isinstance(after, Response):
             return f"replaced a response with a {type(after).__name__}"

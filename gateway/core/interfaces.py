@@ -544,9 +544,9 @@ class DeviceProfile:
     rtpmap encoding name in its order of preference (``("G722", "PCMU", "PCMA",
     "telephone-event")``); offers sent to it keep only these, in that order, and its own offers
     are narrowed to them before the other leg sees them, so the answers it gets hold only these;
-    telephone-event and CN are kept only when listed; an offer left with no audio codec is
-    refused (488); video and T.38 lines are left alone; None: no limit. ``notes`` is for people
-    (``voipgw plugins`` lists profiles)."""
+    telephone-event and CN are kept only when listed, and at a kept codec's clock rate; an offer
+    left with no audio codec is refused (488); video and T.38 lines are left alone; None: no
+    limit. ``notes`` is for people (``voipgw plugins`` lists profiles)."""
 
     name: str
     user_agent_prefixes: tuple[str, ...] = ()
@@ -778,9 +778,10 @@ class InboundMessage:
     """A message just received, parsed and found well-formed, before the core acts on it.
     ``gateway_inbound_message`` hooks may replace ``message`` within the rules of
     gateway/core/inbound.py (not its Via, Call-ID, CSeq, tags, method, Request-URI or status
-    class). ``leg``: the call leg it came from (our tag in its dialog), None for a message
-    outside a call and for a new call's INVITE; ``device``: the leg's phone profile, else for a
-    request the registered profile its User-Agent matches, else None."""
+    class; a request's Max-Forwards only lower). ``leg``: the call leg it came from (our tag in
+    its dialog), None for a message outside a call and for a new call's INVITE; ``device``: the
+    leg's phone profile, else for a request the registered profile its User-Agent matches, else
+    None."""
 
     message: object  # gateway.core.sip.message.Request | Response
     flow: Flow

@@ -158,6 +158,8 @@ def _codecs_by_format(media: MediaDescription) -> dict[int, RtpMap | None]:
 # RFC 2198 redundancy, which wraps another format). An audio line left with only these has
 # nothing a phone could play (only_codecs).
 AUXILIARY_FORMATS = frozenset({"TELEPHONE-EVENT", "CN", "RED"})
+# Those of them that run on the clock of the codec they go with.
+_CLOCKED_BY_CODEC = frozenset({"TELEPHONE-EVENT", "CN"})
 
 
 def only_codecs(
@@ -167,7 +169,8 @@ def only_codecs(
     ``codecs`` (case-insensitive), their a=rtpmap, a=fmtp and a=rtcp-fb lines with them;
     ``reorder``: in the order of ``codecs`` (our offer: RFC 3264 §5.1, the formats are in order
     of preference), else in the line's own (a peer's offer: its preference is its own).
-    telephone-event and CN are formats like any other: kept only when ``codecs`` names them.
+    telephone-event and CN are kept only when ``codecs`` names them, and only at the clock rate
+    of a codec kept.
     None when no format is left but those of :data:`AUXILIARY_FORMATS` (nothing to play). Any
     other line (video, T.38, rejected) is returned as it is. A format without a known codec (a
     dynamic number without a=rtpmap) names none of ``codecs`` and goes."""
@@ -175,16 +178,27 @@ def only_codecs(
         return media
     rank = {name.upper(): order for order, name in enumerate(codecs)}
     kept: list[tuple[int, int, int]] = []  # (rank, position, payload type)
-    playable = False
+    clocked: list[tuple[int, int, int, int]] = []  # telephone-event and CN, with clock rate
+    rates: set[int] = set()  # the clock rates of the codecs kept
     for position, (pt, rtpmap) in enumerate(_codecs_by_format(media).items()):
         if rtpmap is None:
             continue
         name = rtpmap.encoding.upper()
         if name in rank:
-            kept.append((rank[name] if reorder else 0, position, pt))
-            playable = playable or name not in AUXILIARY_FORMATS
-    if not playable:
+            entry = (rank[name] if reorder else 0, position, pt)
+            if name in _CLOCKED_BY_CODEC:
+                clocked.append((*entry, rtpmap.clock_rate))
+            else:
+                kept.append(entry)
+                if name != "RED":
+                    rates.add(rtpmap.clock_rate)
+    if not rates:
         return None
+    # telephone-event and CN share the RTP clock of the audio they go with (RFC 4733 §2.1,
+    # RFC 3389 §5): one whose rate no kept codec has (telephone-event/48000 left without Opus)
+    # would be taken with the wrong clock, by the phone and by our own DTMF interworking, which
+    # reads the line's first telephone-event.
+    kept += [(order, position, pt) for order, position, pt, rate in clocked if rate in rates]
     if len(kept) == len(media.formats) and not reorder:
         return media
     kept.sort()

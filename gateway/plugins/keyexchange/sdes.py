@@ -23,11 +23,12 @@ core through ``interfaces.KeyNegotiation``. :class:`SdesKeyExchange` (the regist
   support, the one whose suite comes first in the leg's policy order (strongest first by
   default) is accepted; RFC 4568 §7.1.1 leaves the choice among acceptable lines to the
   answerer, and an offer listing AES_CM_128_HMAC_SHA1_32 before _80 (or before AEAD_AES_128_GCM)
-  must not get the 32-bit tag only because it came first. ``answer_suite = "offer-order"``
-  restores the first acceptable line. The others are skipped, as RFC 4568 §7.1.2 asks, never
-  failing the whole offer. ``KeysReady`` is queued at once. When no line is acceptable the
-  negotiation fails with ``NegotiationFailed(reason, 488)``; the reason lists why each line was
-  skipped.
+  must not get the 32-bit tag only because it came first. A re-offer's line with the suite and
+  peer key in force is taken first (§7.1.4: no re-key mid-call). ``answer_suite =
+  "offer-order"`` restores the first acceptable line. The others are skipped, as RFC 4568
+  §7.1.2 asks, never failing the whole offer. ``KeysReady`` is queued at once. When no line is
+  acceptable the negotiation fails with ``NegotiationFailed(reason, 488)``; the reason lists
+  why each line was skipped.
 - re-INVITE/UPDATE (RFC 4568 §7.1.4): ``offer(previous=...)`` and ``answer(..., previous=...)``
   keep the keys in force when nothing changed: a re-offer repeats the tag, suite and our key of the
   line in force; an answer to a re-offer whose accepted line has the same suite and the same peer
@@ -819,8 +820,9 @@ class SdesKeyExchange:
         when the offer has no a=crypto line (SDES does not apply).
 
         Accepts, among the lines that are well formed and have an allowed suite and parameters we
-        support (RFC 4568 §7.1.2: skip the others), the one whose suite comes first in the policy's
-        order (``answer_suite = "offer-order"``: the first of them), answering with the same tag
+        support (RFC 4568 §7.1.2: skip the others), the one with the suite and peer key in force
+        in ``previous``, else the one whose suite comes first in the policy's order
+        (``answer_suite = "offer-order"``: the first of them), answering with the same tag
         and suite and a fresh key of ours, and queues ``KeysReady``. With ``previous`` (the
         stream's negotiation before this re-offer) whose keys are in force: if the accepted line
         has the same suite and the same peer key, our key is kept too and no event is queued
@@ -841,16 +843,17 @@ class SdesKeyExchange:
         if len(values) > self.max_crypto_lines:
             negotiation._fail(f"the offer has more than {self.max_crypto_lines} a=crypto lines")
             return negotiation
+        kept = _in_force(previous)
         chosen, first, reasons = _choose(
             values,
             _allowed_suites(suites),
             by_policy=self.answer_suite == "policy-order",
             min_lifetime=self.min_peer_key_lifetime,
+            in_force=(kept[0].suite, kept[0].remote_key) if kept is not None else None,
         )
         if chosen is None:
             negotiation._fail("no acceptable a=crypto line: " + _summary(reasons))
             return negotiation
-        kept = _in_force(previous)
         remote_key = chosen.keys[0].key_salt
         if kept is not None:
             negotiation._keys = kept[0]
@@ -866,8 +869,13 @@ class SdesKeyExchange:
         negotiation._peer_lifetime = chosen.keys[0].lifetime
         if first is not None and first is not chosen:
             # RFC 4568 §7.1.1: the answerer chooses among acceptable lines; say it did.
+            why = (
+                "the key in force"
+                if kept is not None and kept[0].remote_key == remote_key
+                else "first in the leg's policy order"
+            )
             negotiation._choice = (
-                f"tag {chosen.tag} {chosen.suite}, first in the leg's policy order, over the "
+                f"tag {chosen.tag} {chosen.suite}, {why}, over the "
                 f"offer's first acceptable line, tag {first.tag} {first.suite}"
             )
         negotiation._establish(SrtpKeys(chosen.suite, local_key=local_key, remote_key=remote_key))
@@ -875,13 +883,20 @@ class SdesKeyExchange:
 
 
 def _choose(
-    values: Sequence[str], allowed: Sequence[str], *, by_policy: bool, min_lifetime: int
+    values: Sequence[str],
+    allowed: Sequence[str],
+    *,
+    by_policy: bool,
+    min_lifetime: int,
+    in_force: tuple[str, bytes] | None = None,
 ) -> tuple[CryptoAttribute | None, CryptoAttribute | None, list[str]]:
     """The offered line to accept, the first acceptable one, and why each line skipped was.
 
-    ``by_policy``: the acceptable line whose suite comes first in ``allowed`` (the offer's order
-    between lines of one suite), else the first acceptable line. Every line is read either way
-    (at most ``max_crypto_lines``), so the reasons cover the whole offer when none is taken."""
+    ``by_policy``: the acceptable line with the suite and peer key ``in_force`` (a re-offer
+    keeping them), else the one whose suite comes first in ``allowed`` (the offer's order
+    between lines of one suite); otherwise the first acceptable line. Every line is read
+    either way (at most ``max_crypto_lines``), so the reasons cover the whole offer when none
+    is taken."""
     reasons: list[str] = []
     tags: set[int] = set()
     acceptable: list[CryptoAttribute] = []
@@ -904,6 +919,14 @@ def _choose(
         acceptable.append(line)
     if not acceptable:
         return None, None, reasons
+    if in_force is not None:
+        # A re-offer that still carries the key in force (same suite, same key) keeps it, as
+        # the first-acceptable choice did for a peer listing it first (RFC 4568 §7.1.4): a
+        # stronger line taken instead re-keys mid-call under the same SSRC, and receivers that
+        # start a new key's context at ROC 0 lose the stream after a sequence-number wrap.
+        for line in acceptable:
+            if (line.suite, line.keys[0].key_salt) == in_force:
+                return line, acceptable[0], reasons
     rank = {suite: index for index, suite in enumerate(allowed)}
     chosen = min(acceptable, key=lambda line: rank[line.suite])  # min keeps the first of ties
     return chosen, acceptable[0], reasons

@@ -16,7 +16,7 @@ from gateway.core.inbound import InboundHooks, changed_what_it_may_not, inbound_
 from gateway.core.interfaces import DeviceProfile, InboundMessage
 from gateway.core.logs import WITHHELD, show_plugin_exception_text
 from gateway.core.plugins import new_plugin_manager
-from gateway.core.sip.message import Request, Response
+from gateway.core.sip.message import Headers, Request, Response
 from gateway.core.sip.parser import parse_message_untrusted
 from gateway.core.transport.flows import Flow, FlowKey
 
@@ -90,6 +90,10 @@ def with_header(message: Any, name: str, value: str) -> Any:
         (lambda m: Request("OPTIONS", m.uri, m.headers), "changed the method"),
         (lambda m: Request(m.method, response().to.uri, m.headers), "Request-URI"),
         (lambda m: response(), "replaced a request with a Response"),
+        # RFC 3261 §16.3 step 2: what stops a loop; a plugin rebuilding a message must not
+        # reset it at every pass.
+        (lambda m: with_header(m, "Max-Forwards", "71"), "raised or removed Max-Forwards"),
+        (lambda m: m.with_headers(m.headers.remove("Max-Forwards")), "Max-Forwards"),
     ],
 )
 def test_what_a_plugin_may_not_change_in_a_request(change: Any, why: str) -> None:
@@ -108,6 +112,7 @@ def test_what_a_plugin_may_change() -> None:
         is None
     )
     assert changed_what_it_may_not(invite, invite.with_body(b"v=0\r\n", "application/sdp")) is None
+    assert changed_what_it_may_not(invite, with_header(invite, "Max-Forwards", "69")) is None
     # A response: another status of the same class, another reason phrase.
     ringing = response()
     busy = Response(486, "Busy Here", ringing.headers)
@@ -237,3 +242,19 @@ def test_an_implementation_without_arguments_is_called_too() -> None:
 
     hooks_of(("counting", Counting())).apply(request(), FLOW, leg=None, device=None)
     assert called == [True]
+
+
+def test_a_field_under_a_compact_name_is_checked_as_what_it_parses_to(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Headers built directly keep the name as written: "v" is no Via to a lookup, but the
+    # parser reads it as one (RFC 3261 §7.3.3). On top, it would take the response elsewhere.
+    def compact_via(m: Any) -> Any:
+        evil = ("v", "SIP/2.0/UDP 192.0.2.66:5060;branch=z9hG4bK-elsewhere")
+        return m.with_headers(Headers((evil, *m.headers.fields)))
+
+    invite = request()
+    with caplog.at_level(logging.ERROR, logger="gateway.core.inbound"):
+        out = hooks_of(("bad", Plugin(compact_via))).apply(invite, FLOW, leg=None, device=None)
+    assert out.headers.get_all("Via") == invite.headers.get_all("Via")
+    assert "changed Via" in caplog.text

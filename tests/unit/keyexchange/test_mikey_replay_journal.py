@@ -129,3 +129,41 @@ def test_a_psk_offer_answered_before_a_restart_is_refused_after_it(tmp_path: Pat
     # The same message from another account's leg is checked in that account's scope.
     other = gateway(NOW + 30).answer(attributes, suites=[], secure_signalling=False, leg=ALICE)
     assert other is not None and isinstance(other.next_event(), KeysReady)
+
+
+def test_the_journal_commits_without_an_fsync_per_message(tmp_path: Path) -> None:
+    # Each accepted message is a commit in the event loop that relays media: a write-ahead log
+    # with synchronous=NORMAL (1), as the gateway's store, not the rollback journal's fsyncs.
+    path = tmp_path / "mikey" / "replay.sqlite"
+    store = ReplayStore(path)
+    cache_ = ReplayCache(max_skew=120, journal=store)
+    assert cache_.check(b"m1", NOW, now=NOW) is None
+    db = store._db
+    assert db is not None
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 1
+    store.close()
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+def test_a_corrupt_journal_is_set_aside_and_the_next_start_reads_a_new_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "mikey" / "replay.sqlite"
+    path.parent.mkdir()
+    path.write_bytes(b"not a database" * 100)
+    store = ReplayStore(path)
+    first = ReplayCache(max_skew=120, journal=store, scope="account:alice")
+    with caplog.at_level(logging.ERROR):
+        assert first.check(b"m", NOW, now=NOW) == REPLAY  # unknown before: the window refused
+    # Another scope's rows went with the old file: its window is refused as well.
+    other = ReplayCache(max_skew=120, journal=store, scope="trunk:carrier")
+    assert other.check(b"x", NOW, now=NOW + 1) == REPLAY
+    later = NOW + 300
+    assert first.check(b"m2", later, now=later) is None  # written to the new journal
+    restarted = cache(path, scope="account:alice")
+    assert restarted.check(b"m2", later, now=later + 1) == REPLAY  # read back
+    assert restarted.check(b"m3", later + 1, now=later + 1) is None  # and no floor any more
+    assert "set aside as replay.sqlite.corrupt-" in caplog.text
+    (aside,) = path.parent.glob("replay.sqlite.corrupt-*")
+    assert aside.read_bytes() == b"not a database" * 100

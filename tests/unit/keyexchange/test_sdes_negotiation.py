@@ -608,6 +608,38 @@ def test_reoffer_with_the_same_key_under_a_new_tag_keeps_the_keys() -> None:
     assert crypto_values(again.local_sdp_attributes())[0].startswith("5 AES_CM_128_HMAC_SHA1_80 ")
 
 
+def test_a_peers_reoffer_keeping_its_key_keeps_it_over_a_stronger_line() -> None:
+    # We offered GCM and _80, the phone answered _80 (its policy); its re-offer (hold) repeats
+    # its _80 key first and adds GCM. The policy order ranks GCM first, but taking it would
+    # re-key mid-call under the same SSRC (RFC 4568 §7.1.4): the key in force is kept.
+    a, b, _, _ = established_pair()
+    assert a.keys is not None
+    phone_line = crypto_values(b.local_sdp_attributes())[0].replace("2 ", "1 ", 1)
+    reoffer = [("crypto", phone_line), line(2, GCM256, 60)]
+    a_exchange, a_random = exchange(7)
+    again = a_exchange.answer(
+        reoffer, suites=[GCM256, CM128_80], secure_signalling=True, previous=a
+    )
+    assert again is not None
+    assert events(again) == [] and again.keys == a.keys  # the SRTP context goes on
+    assert a_random.calls == []
+    assert crypto_values(again.local_sdp_attributes())[0].startswith("1 AES_CM_128_HMAC_SHA1_80 ")
+    assert again.security_record()["sdes_answer_choice"] is None
+    # Listed second, it is kept all the same, and the record says why.
+    swapped = a_exchange.answer(
+        [line(2, GCM256, 60), ("crypto", phone_line)],
+        suites=[GCM256, CM128_80],
+        secure_signalling=True,
+        previous=a,
+    )
+    assert swapped is not None and events(swapped) == [] and swapped.keys == a.keys
+    choice = swapped.security_record()["sdes_answer_choice"]
+    assert choice is not None and "the key in force" in choice
+    # A fresh offer (no key in force) still takes the policy's first suite.
+    fresh = a_exchange.answer(reoffer, suites=[GCM256, CM128_80], secure_signalling=True)
+    assert fresh is not None and keys_of(fresh).suite == GCM256
+
+
 def test_reoffer_with_a_new_peer_key_rekeys_both_directions() -> None:
     _, b, b_exchange, b_random = established_pair()
     assert b.keys is not None

@@ -63,3 +63,28 @@ def test_a_line_with_only_what_the_phone_takes_is_returned_as_it_is() -> None:
     audio = lines()[0]
     everything = ("G722", "PCMU", "PCMA", "opus", "telephone-event", "CN")
     assert only_codecs(audio, everything, reorder=False) is audio
+
+
+WIDEBAND = (
+    b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"
+    b"m=audio 30000 RTP/AVP 96 0 102 101 100 13\r\n"
+    b"a=rtpmap:96 opus/48000/2\r\na=rtpmap:102 telephone-event/48000\r\na=fmtp:102 0-16\r\n"
+    b"a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n"
+    b"a=rtpmap:100 CN/48000\r\n"
+)
+
+
+def test_events_and_comfort_noise_keep_only_a_kept_codecs_clock_rate() -> None:
+    # Opus goes, and telephone-event/48000 and CN/48000 with it (RFC 4733 §2.1, RFC 3389 §5):
+    # left first, telephone-event/48000 is the one a phone (and our DTMF interworking) takes.
+    audio = parse_sdp_untrusted(WIDEBAND).media[0]
+    for reorder in (True, False):
+        kept = only_codecs(audio, ("PCMU", "telephone-event", "CN"), reorder=reorder)
+        assert kept is not None
+        assert kept.formats == ("0", "101", "13")
+        assert ("rtpmap", "102 telephone-event/48000") not in attributes(kept)
+        assert ("fmtp", "102 0-16") not in attributes(kept)
+        assert ("rtpmap", "100 CN/48000") not in attributes(kept)
+    both = only_codecs(audio, ("opus", "PCMU", "telephone-event"), reorder=True)
+    assert both is not None
+    assert both.formats == ("96", "0", "102", "101")  # each rate has its codec: both stay

@@ -7,9 +7,12 @@ T), per authenticated message we sent, and per cache scope its floor. Rows leave
 older than the clock skew, so the file holds at most a window's worth of messages.
 
 Writes go through at once (a message accepted and not yet written would be a replay the next
-process takes). A write that fails is logged and the cache goes on in memory: the call is not
-failed for it; a read that fails at start raises ``OSError`` to the cache, which then refuses
-every message that could be a replay for a while (see the cache's docstring).
+process takes), to a write-ahead log with synchronous=NORMAL as the gateway's own store: no
+fsync per message in the event loop, and a commit outlives the process, not a power cut. A
+write that fails is logged and the cache goes on in memory: the call is not failed for it; a
+read that fails at start raises ``OSError`` to the cache, which then refuses every message that
+could be a replay for a while (see the cache's docstring); a file SQLite finds corrupt is then
+renamed ``replay.sqlite.corrupt-<UTC time>`` and a new journal started, so only this start pays.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -26,6 +30,11 @@ __all__ = ["DIRECTORY", "FILE", "ReplayStore"]
 
 DIRECTORY = "mikey"
 FILE = "replay.sqlite"
+
+# How long a write waits for another process's lock (a second gateway on the same state_dir,
+# an operator's sqlite3 shell) before it fails and is logged: the event loop waits that long.
+# As the gateway's own store (gateway/core/store/sqlite.py); the cache in memory goes on.
+BUSY_TIMEOUT = 0.05
 
 
 class ReplayStore:
@@ -36,11 +45,17 @@ class ReplayStore:
         self.path = path
         self._db: sqlite3.Connection | None = None
         self._warned = False
+        self._lost: str | None = None
+        """Why what this journal held before is unknown (it was corrupt and set aside)."""
 
     def __repr__(self) -> str:
         return f"<ReplayStore {self.path}>"
 
     def load(self, scope: str, *, since: float) -> tuple[list[tuple[bytes, float, bool]], float]:
+        if self._lost is not None:
+            # Another scope's first use found the journal corrupt: this scope's rows went with
+            # it, and the new journal's emptiness says nothing about before this process.
+            raise OSError(self._lost)
         try:
             db = self._open()
             rows = db.execute(
@@ -49,10 +64,11 @@ class ReplayStore:
             floor = db.execute("SELECT floor FROM floors WHERE scope = ?", (scope,)).fetchone()
         except (sqlite3.Error, OSError) as exc:
             log.error(
-                "MIKEY replay journal %s not read (%s): psk and dh-hmac messages stamped "
+                "MIKEY replay journal %s not read (%s)%s: psk and dh-hmac messages stamped "
                 "before now plus the clock skew are refused as possible replays",
                 self.path,
                 exc,
+                self._set_aside(exc),
             )
             raise OSError(str(exc)) from None
         entries = [(bytes(digest), float(t), bool(own)) for digest, t, own in rows]
@@ -80,6 +96,31 @@ class ReplayStore:
                 self._db.close()
             self._db = None
 
+    def _set_aside(self, exc: BaseException) -> str:
+        """A journal SQLite says is corrupt or no database is renamed (with its -wal and -shm)
+        and the next write starts a new one: left in place, it would fail every write and
+        every start after this one, each refusing MIKEY for the window. The text for the log
+        (empty when the file is left where it is)."""
+        code = getattr(exc, "sqlite_errorcode", None)
+        if not isinstance(self.path, Path) or code not in (
+            sqlite3.SQLITE_CORRUPT,
+            sqlite3.SQLITE_NOTADB,
+        ):
+            return ""
+        self.close()
+        aside = self.path.with_name(
+            f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        )
+        try:
+            for suffix in ("-wal", "-shm", ""):  # the database last: a new one has no old log
+                source = self.path.with_name(self.path.name + suffix)
+                if source.exists():
+                    os.replace(source, aside.with_name(aside.name + suffix))
+        except OSError as rename:
+            return f"; not set aside ({rename})"
+        self._lost = f"{self.path} was corrupt, set aside as {aside.name}"
+        return f"; set aside as {aside.name}, a new journal is started"
+
     def _write(self, statement: str, parameters: tuple[object, ...]) -> None:
         try:
             db = self._open()
@@ -100,15 +141,28 @@ class ReplayStore:
         if self._db is not None:
             return self._db
         if isinstance(self.path, Path):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
-        db = sqlite3.connect(str(self.path), timeout=1.0)
-        with db:
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS seen (scope TEXT NOT NULL, digest BLOB NOT NULL, "
-                "t REAL NOT NULL, own INTEGER NOT NULL, PRIMARY KEY (scope, digest, own))"
-            )
-            db.execute("CREATE INDEX IF NOT EXISTS seen_t ON seen (scope, t)")
-            db.execute("CREATE TABLE IF NOT EXISTS floors (scope TEXT PRIMARY KEY, floor REAL)")
+        db = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT)
+        try:
+            # Each accepted message is a commit made in the event loop, which relays media too:
+            # in the default rollback journal with synchronous=FULL that is several fsyncs,
+            # milliseconds each (tens on a busy disk). Write-ahead logging with
+            # synchronous=NORMAL (https://sqlite.org/wal.html), as the gateway's own store, makes
+            # a commit a write to the log: it survives the process (what a restart needs) and
+            # may be lost only with the machine.
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            with db:
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS seen (scope TEXT NOT NULL, digest BLOB NOT NULL, "
+                    "t REAL NOT NULL, own INTEGER NOT NULL, PRIMARY KEY (scope, digest, own))"
+                )
+                db.execute("CREATE INDEX IF NOT EXISTS seen_t ON seen (scope, t)")
+                db.execute("CREATE TABLE IF NOT EXISTS floors (scope TEXT PRIMARY KEY, floor REAL)")
+        except BaseException:
+            # Not kept (the next use opens it again): closed now, not whenever it is collected.
+            db.close()
+            raise
         self._db = db
         return db
