@@ -1398,8 +1398,14 @@ def directory_problem(path: Path) -> str | None:
         return f"{path} is not a directory"
     if any(len(os.fsencode(part)) > 255 for part in path.parts):
         return f"{path} cannot be created: a name in it is longer than 255 bytes"
-    parent = path.absolute().parent
+    parent = path.absolute()
     while not os.path.exists(parent) and parent != parent.parent:
+        if os.path.islink(parent):
+            # A link to nothing (a volume not mounted yet): mkdir says "File exists" there.
+            return (
+                f"{path} cannot be created: {parent} is a symbolic link to "
+                f"{os.readlink(parent)}, which does not exist"
+            )
         parent = parent.parent
     if not os.path.isdir(parent):
         return f"{path} cannot be created: {parent} is not a directory"

@@ -103,3 +103,16 @@ def test_a_warning_at_start_up_fails_the_test_unless_allowed(tmp_path: Path) -> 
     )
     with allowed:
         assert options_ok(allowed.port)
+
+
+@pytest.mark.interop
+def test_a_restart_in_the_same_workdir_is_not_failed_by_the_first_runs_warnings(
+    tmp_path: Path,
+) -> None:
+    """The log is appended to: a gateway started again in the same directory (same log, same
+    state) reads only its own start-up, not what peers provoked from the one before."""
+    earlier = "2026-12-01 07:00:00,002 WARNING gateway.core.calls.call: a peer's doing\n"
+    (tmp_path / "gateway.log").write_text(earlier)
+    with GatewayProcess(tmp_path) as gw:
+        assert options_ok(gw.port)
+    assert gw.log_text().startswith(earlier)

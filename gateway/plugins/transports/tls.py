@@ -797,12 +797,14 @@ class CertificateFileError(CertificateError):
 def _is_encrypted_key(path: Path) -> bool:
     # PEM's two ways to say it: PKCS #8 "BEGIN ENCRYPTED PRIVATE KEY" and the legacy
     # "Proc-Type: 4,ENCRYPTED" header (RFC 1421 §4.6.1.1). OpenSSL would ask for the passphrase
-    # on the terminal (twice), which a gateway started as a service has not.
+    # on the terminal (twice), which a gateway started as a service has not. The whole file:
+    # one holding the chain and then the key (HAProxy's layout) has it past the first 4 KiB
+    # with a long chain, where OpenSSL prompted.
     try:
-        head = path.read_bytes()[:4096]
+        data = path.read_bytes()
     except OSError:
         return False  # said by OpenSSL's own error below
-    return b"ENCRYPTED" in head
+    return b"ENCRYPTED" in data
 
 
 def _use_certificate(context: SSL.Context, paths: CertificatePaths) -> None:

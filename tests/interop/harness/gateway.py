@@ -9,9 +9,10 @@ readiness is an OPTIONS probe answered 200 (RFC 3261 §11), and the way out is S
 code 0 expected (SIGKILL after 10 s). When the body raises, the end of the log is printed so the
 failing test's report shows it.
 
-A WARNING or ERROR line in the log by the time the gateway answers fails the start: a test config
-naming a trunk no ``[[trunks]]`` has, or a value out of its range, starts with a warning
-(``voipgw check-config`` refuses it), and a test would otherwise pass on a config that is wrong.
+A WARNING or ERROR line this start wrote to the log by the time the gateway answers fails the
+start: a test config naming a trunk no ``[[trunks]]`` has, or a value out of its range, starts
+with a warning (``voipgw check-config`` refuses it), and a test would otherwise pass on a config
+that is wrong.
 A test that provokes one on purpose lists it in ``allowed_warnings`` (regular expressions).
 """
 
@@ -246,6 +247,8 @@ class GatewayProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self.config_text)
         self.add_accounts(self.accounts)
+        # The log is appended to (a restart in the same directory): this start's lines follow.
+        log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         self.process = start_process(
             [sys.executable, "-m", "gateway", "run", "--config", str(self.config_path)],
             log=self.log_path,
@@ -262,7 +265,8 @@ class GatewayProcess:
             if time.monotonic() > deadline:
                 raise RuntimeError("gateway did not answer OPTIONS:\n" + tail(self.log_path))
             time.sleep(0.05)
-        problems = startup_problems(self.log_text(), self.allowed_warnings)
+        started = self.log_path.read_bytes()[log_start:].decode(errors="replace")
+        problems = startup_problems(started, self.allowed_warnings)
         if problems:
             raise RuntimeError(
                 "gateway started with warnings or errors the test does not expect "

@@ -128,6 +128,20 @@ def test_a_state_dir_that_cannot_be_created_is_said_before_run_fails(tmp_path: P
     assert "longer than 255 bytes" in str(directory_problem(tmp_path / ("x" * 256)))
 
 
+def test_a_state_dir_through_a_link_to_nothing_is_said_before_run_fails(tmp_path: Path) -> None:
+    """/var/lib/voipgw a symbolic link to a volume not mounted yet: run's mkdir stopped it with
+    a bare "[Errno 17] File exists" that named no key."""
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "not-mounted" / "voipgw")
+    for state_dir in (link, link / "state"):
+        with pytest.raises(FileExistsError):
+            state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # what run does
+        assert directory_problem(state_dir) == (
+            f"{state_dir} cannot be created: {link} is a symbolic link to "
+            f"{tmp_path / 'not-mounted' / 'voipgw'}, which does not exist"
+        )
+
+
 def gateway_of(tmp_path: Path, **tables: Any) -> Gateway:
     data = {
         "gateway": {"state_dir": str(tmp_path / "state")},

@@ -178,3 +178,33 @@ def test_an_encrypted_private_key_is_a_config_error_not_a_prompt(tmp_path: Path)
         f"gw.toml: [plugins.tls] private_key: {encrypted}: the key is encrypted; give an "
         "unencrypted key file (mode 600)"
     )
+
+
+def test_an_encrypted_key_after_a_long_chain_in_one_file_is_a_config_error_not_a_prompt(
+    tmp_path: Path,
+) -> None:
+    """``cat fullchain.pem privkey.pem > combined.pem`` (HAProxy's layout), named by both keys:
+    the key starts past the first 4 KiB when the chain is long (RSA intermediates), and OpenSSL
+    asked for its passphrase on the terminal ("Enter PEM pass phrase:"), at start-up and at each
+    SIGHUP, and read it from stdin without one."""
+    from cryptography.hazmat.primitives import serialization
+
+    pki = TestPki(tmp_path)
+    one = pki.ca("CA").issue("one")
+    chain = [one.certificate.read_bytes()]
+    chain += [pki.ca(f"Intermediate {n}", rsa_key=True).certificate.read_bytes() for n in range(4)]
+    key = serialization.load_pem_private_key(one.key.read_bytes(), password=None)
+    encrypted = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.BestAvailableEncryption(b"secret"),
+    )
+    combined = tmp_path / "combined.pem"
+    combined.write_bytes(b"".join(chain) + encrypted)
+    assert combined.read_bytes().index(b"ENCRYPTED") > 4096
+    with pytest.raises(ConfigError) as caught:
+        load({"certificate": str(combined), "private_key": str(combined)})
+    assert str(caught.value) == (
+        f"gw.toml: [plugins.tls] private_key: {combined}: the key is encrypted; give an "
+        "unencrypted key file (mode 600)"
+    )
