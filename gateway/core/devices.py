@@ -40,7 +40,7 @@ profile or identification hook is registered, and not at all when none is.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from gateway.core.config import DTMF_MODES
@@ -48,7 +48,7 @@ from gateway.core.interfaces import DeviceProfile, MediaPolicy
 from gateway.core.logs import log_exception
 from gateway.core.media.policy import ALL_KEY_EXCHANGES
 from gateway.core.media.srtp import SUITES
-from gateway.core.plugins import PluginError, raising_plugin
+from gateway.core.plugins import PluginError
 from gateway.core.sip.message import Request
 from gateway.core.transport.flows import Flow
 
@@ -69,6 +69,8 @@ class DeviceIdentifier:
         identify_hook: Callable[..., Any] | None,
         *,
         clock: Callable[[], float],
+        policies: Mapping[str, MediaPolicy] | None = None,
+        key_exchanges: Iterable[str] = (),
     ) -> None:
         self._prefixes = sorted(
             (
@@ -80,6 +82,24 @@ class DeviceIdentifier:
             key=lambda entry: (-len(entry[0]), entry[1]),
         )
         self._hook = identify_hook
+        # Each implementation with its plugin's name, newest first as pluggy calls them
+        # (firstresult): called one by one so that a profile that fails the checks is put down
+        # to the plugin that returned it (pluggy's call does not say whose answer it is). A
+        # plain function standing in for the hook (tests, `voipgw` commands) has no name.
+        impls = getattr(identify_hook, "get_hookimpls", None)
+        self._impls: tuple[tuple[str | None, Callable[..., Any], tuple[str, ...]], ...] = (
+            tuple(
+                (impl.plugin_name, impl.function, tuple(impl.argnames))
+                for impl in reversed(impls())
+                if not (impl.hookwrapper or getattr(impl, "wrapper", False))
+            )
+            if impls is not None
+            else ((None, identify_hook, ("request", "flow")),)
+            if identify_hook is not None
+            else ()
+        )
+        self._policies = policies
+        self._known_exchanges = set(ALL_KEY_EXCHANGES) | set(key_exchanges)
         self._clock = clock
         self._hook_error_logged_at: float | None = None
 
@@ -93,23 +113,43 @@ class DeviceIdentifier:
         """The profile of the device that sent ``request`` over ``flow``: the plugins' answer,
         else the ``User-Agent`` match; None for a device nobody knows. A plugin that fails or
         answers something else is logged and passed over (a call never fails for it)."""
-        if self._hook is not None:
-            try:
-                answer = self._hook(request=request, flow=flow)
-            except Exception as exc:
-                # pluggy does not say whose implementation raised: its traceback does.
-                plugin = raising_plugin(self._hook, exc)
-                who = f"plugin {plugin!r}: " if plugin is not None else ""
-                self._log_hook_error(f"{who}gateway_identify_device failed", failure=exc)
-                answer = None
-            if isinstance(answer, DeviceProfile):
-                return answer
+        if self._impls:
+            answer = self._hooks_answer(request, flow)
             if answer is not None:
+                return answer
+        return self.of_user_agent(request.headers.get("User-Agent"))
+
+    def _hooks_answer(self, request: Request, flow: Flow) -> DeviceProfile | None:
+        """The first implementation's answer that is not None (firstresult), when it is a
+        profile that passes the checks registered ones pass at start-up
+        (:func:`profile_problem`); else None, logged naming the plugin: a profile made on the
+        spot with ``codecs=()`` would refuse every offer, one naming a policy nobody
+        registered would refuse media."""
+        arguments = {"request": request, "flow": flow}
+        for plugin, function, argnames in self._impls:
+            who = f"plugin {plugin!r}: " if plugin is not None else ""
+            try:
+                answer = function(**{name: arguments[name] for name in argnames})
+            except Exception as exc:
+                self._log_hook_error(f"{who}gateway_identify_device failed", failure=exc)
+                return None
+            if answer is None:
+                continue
+            if not isinstance(answer, DeviceProfile):
                 self._log_hook_error(
-                    f"gateway_identify_device returned {type(answer).__name__}, "
+                    f"{who}gateway_identify_device returned {type(answer).__name__}, "
                     "expected a DeviceProfile or None"
                 )
-        return self.of_user_agent(request.headers.get("User-Agent"))
+                return None
+            problem = profile_problem(answer, self._policies, self._known_exchanges)
+            if problem is not None:
+                self._log_hook_error(
+                    f"{who}gateway_identify_device returned device profile {answer.name!r}: "
+                    f"{problem}; taken as no profile"
+                )
+                return None
+            return answer
+        return None
 
     def of_user_agent(self, user_agent: str | None) -> DeviceProfile | None:
         """The registered profile with the longest prefix of ``user_agent``, or None."""
@@ -174,31 +214,42 @@ def check_profiles(
         where = f"device profile {name!r} (plugin {plugin!r})"
         if not isinstance(profile, DeviceProfile):
             raise PluginError(f"{where} is a {type(profile).__name__}, not a DeviceProfile")
-        if profile.media_policy is not None and profile.media_policy not in policies:
-            known = ", ".join(sorted(policies))
-            raise PluginError(
-                f"{where}: media_policy {profile.media_policy!r} is not registered (known: {known})"
-            )
-        for exchange in profile.key_exchanges or ():
-            if exchange not in known_exchanges:
-                known = ", ".join(sorted(known_exchanges))
-                raise PluginError(
-                    f"{where}: key_exchanges: unknown key exchange {exchange!r} (known: {known})"
-                )
-        if profile.dtmf not in DTMF_MODES:
-            raise PluginError(
-                f"{where}: dtmf: {profile.dtmf!r} is not one of {', '.join(DTMF_MODES)}"
-            )
-        if profile.codecs is not None and (
-            not profile.codecs
-            or not all(isinstance(codec, str) and codec.strip() for codec in profile.codecs)
-        ):
-            raise PluginError(
-                f"{where}: codecs: {profile.codecs!r} must name at least one codec by its "
-                "rtpmap encoding name (None: no limit)"
-            )
-        for suite in profile.suites or ():
-            if suite not in SUITES:
-                raise PluginError(
-                    f"{where}: suites: unknown SRTP suite {suite!r} (known: {', '.join(SUITES)})"
-                )
+        problem = profile_problem(profile, policies, known_exchanges)
+        if problem is not None:
+            raise PluginError(f"{where}: {problem}")
+
+
+def profile_problem(
+    profile: DeviceProfile,
+    policies: Mapping[str, MediaPolicy] | None,
+    known_exchanges: Collection[str],
+) -> str | None:
+    """What is wrong with ``profile`` (the field and why), or None: the rules registered
+    profiles are held to at start-up (:func:`check_profiles`) and a profile the
+    ``gateway_identify_device`` hook returns is held to per INVITE (:class:`DeviceIdentifier`).
+    ``policies`` None: its ``media_policy`` is not looked up (no gateway to ask)."""
+    if (
+        policies is not None
+        and profile.media_policy is not None
+        and profile.media_policy not in policies
+    ):
+        known = ", ".join(sorted(policies))
+        return f"media_policy {profile.media_policy!r} is not registered (known: {known})"
+    for exchange in profile.key_exchanges or ():
+        if exchange not in known_exchanges:
+            known = ", ".join(sorted(known_exchanges))
+            return f"key_exchanges: unknown key exchange {exchange!r} (known: {known})"
+    if profile.dtmf not in DTMF_MODES:
+        return f"dtmf: {profile.dtmf!r} is not one of {', '.join(DTMF_MODES)}"
+    if profile.codecs is not None and (
+        not profile.codecs
+        or not all(isinstance(codec, str) and codec.strip() for codec in profile.codecs)
+    ):
+        return (
+            f"codecs: {profile.codecs!r} must name at least one codec by its "
+            "rtpmap encoding name (None: no limit)"
+        )
+    for suite in profile.suites or ():
+        if suite not in SUITES:
+            return f"suites: unknown SRTP suite {suite!r} (known: {', '.join(SUITES)})"
+    return None

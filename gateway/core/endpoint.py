@@ -33,6 +33,7 @@ from gateway.core.interfaces import (
 )
 from gateway.core.logs import log_exception, transport_error_text
 from gateway.core.media.session import ORIGIN_USERNAME
+from gateway.core.plugins import HookFailures, raising_plugin, who
 from gateway.core.sdp.body import SDP, sdp_of
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.offer_answer import refusing_answer
@@ -112,8 +113,14 @@ class LegOf(Protocol):
 
 class OutboundHookError(Exception):
     """A ``gateway_outbound_message`` hook raised: the message it was given is not sent. Its
-    text (ours) names the hook and the message; the plugin's exception is its cause, whose text
-    the log withholds by the usual rule (docs/architecture.md "Logged exceptions")."""
+    text (ours) names the plugin, the hook and the message; the plugin's exception is its
+    cause, whose text the log withholds by the usual rule (docs/architecture.md "Logged
+    exceptions"). Logged where it is raised, at most once a minute per plugin
+    (:class:`~gateway.core.plugins.HookFailures`): the endpoint's own handler only counts it."""
+
+    def __init__(self, plugin: str | None, text: str) -> None:
+        super().__init__(text)
+        self.plugin = plugin
 
 
 ALLOWED_METHODS = (
@@ -583,6 +590,7 @@ class SipEndpoint:
         )
         """The ``gateway_inbound_message`` implementations (gateway/core/inbound.py); None
         while no plugin has one, and then a message costs one test of that None."""
+        self._outbound_failures = HookFailures(log, time.monotonic)
         self.user_agents = UserAgentFilter(sip.drop_user_agents) if sip.drop_user_agents else None
         """Scanners' User-Agents, whose requests are dropped (None: drop none)."""
         self._scanner_logged_at = -math.inf
@@ -1023,6 +1031,10 @@ class SipEndpoint:
         for output in outputs:
             try:
                 await self._act_one(output, arrival)
+            except OutboundHookError:
+                # A plugin's bug, logged where it was raised, once a minute per plugin: a hook
+                # raising on every message must not flood the log.
+                self.statistics.internal_errors += 1
             except Exception:
                 # One bad output (a bug) must not drop the others: their retransmissions and
                 # TransactionTerminated bookkeeping still have to happen.
@@ -1829,13 +1841,25 @@ class SipEndpoint:
             hook(outbound=outbound)
         except Exception as exc:
             # pluggy does not say whose hook it was; the traceback's frames do.
+            plugin = raising_plugin(hook, exc)
             what = (
                 message.method
                 if isinstance(message, Request)
                 else f"{message.status} to {message.cseq.method}"
             )
+            self._outbound_failures.failed(
+                plugin,
+                exc,
+                "%s: gateway_outbound_message raised %s on %s for %s; not sent%s",
+                who(plugin),
+                type(exc).__name__,
+                what,
+                flow.key,
+            )
             raise OutboundHookError(
-                f"a gateway_outbound_message hook raised on {what} for {flow.key}: not sent"
+                plugin,
+                f"{who(plugin)} raised {type(exc).__name__} in gateway_outbound_message on "
+                f"{what} for {flow.key}: not sent",
             ) from exc
         return outbound.message
 

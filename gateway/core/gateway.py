@@ -305,6 +305,9 @@ class Gateway:
             profiles.items(),
             plugins.implemented("gateway_identify_device"),
             clock=time.monotonic,
+            # A profile the hook makes on the spot is checked as registered ones were above.
+            policies=self.media_policies,
+            key_exchanges=plugins.key_exchanges.names(),
         )
         self.endpoint = SipEndpoint(self)
         # The plugins' objects that hold certificates (tls, wss, metrics), for SIGHUP.

@@ -948,6 +948,9 @@ class SipCounts:
     # failed (answered 500), one no handler ever answered, a failed output (endpoint.py).
     merged_requests: int = 0
     internal_errors: int = 0
+    # gateway_inbound_message changes dropped (a hook that raised or broke a rule, each
+    # plugin's logged at most once a minute: gateway/core/inbound.py).
+    inbound_hook_refused: int = 0
     # UDP requests whose answer would not fit a datagram: refused with 513, or dropped when not
     # even that fits (gateway/core/endpoint.py).
     rejected_too_large: int = 0

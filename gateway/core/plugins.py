@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 import attrs
@@ -18,7 +18,7 @@ import pluggy
 from gateway.core import hookspecs
 from gateway.core.config import ConfigError, GatewayConfig, structure
 from gateway.core.interfaces import ReloadError
-from gateway.core.logs import WITHHELD, describe_exception
+from gateway.core.logs import WITHHELD, describe_exception, log_exception
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,40 @@ def raising_plugin(caller: Any, exc: BaseException) -> str | None:
             return name
         tb = tb.tb_next
     return None
+
+
+class HookFailures:
+    """The log of one hook's failures at run time, at most one line a minute per plugin (the
+    ERROR line with the traceback; the next line says how many went unlogged in between): a
+    hook that raises on every message or call event must not flood the log. As
+    gateway/core/inbound.py's for ``gateway_inbound_message``."""
+
+    INTERVAL = 60.0
+
+    def __init__(self, logger: logging.Logger, clock: Callable[[], float]) -> None:
+        self._log = logger
+        self._clock = clock
+        self._logged_at: dict[str | None, float] = {}
+        self._unlogged: dict[str | None, int] = {}
+
+    def failed(self, plugin: str | None, exc: BaseException, msg: str, *args: object) -> None:
+        """Log ``msg % args`` with ``exc``'s traceback (its text withheld by the usual rule,
+        docs/architecture.md "Logged exceptions") unless ``plugin``'s last such line is less
+        than a minute old. ``msg`` ends with ``%s`` for the count of those left unlogged."""
+        now = self._clock()
+        last = self._logged_at.get(plugin)
+        if last is not None and now - last < self.INTERVAL:
+            self._unlogged[plugin] = self._unlogged.get(plugin, 0) + 1
+            return
+        self._logged_at[plugin] = now
+        unlogged = self._unlogged.pop(plugin, 0)
+        more = f" ({unlogged} more since the last such line)" if unlogged else ""
+        log_exception(self._log, msg, *args, more, exc=exc)
+
+
+def who(plugin: str | None) -> str:
+    """How a log line names a plugin: ``plugin 'NAME'``, or ``a plugin`` when unknown."""
+    return f"plugin {plugin!r}" if plugin is not None else "a plugin"
 
 
 SHOW_TEXT_HINT = (

@@ -370,6 +370,9 @@ class StatusView:
             emergency_overload_passes=endpoint.emergency_overload_passes,
             merged_requests=self._gateway.endpoint.transactions.merged_requests,
             internal_errors=endpoint.internal_errors,
+            inbound_hook_refused=(
+                hooks.refused if (hooks := self._gateway.endpoint.inbound_hooks) is not None else 0
+            ),
             nat_keepalive_contacts=(
                 sum(len(found) for found in keepalive.by_aor.values())
                 if (keepalive := self._gateway.nat_keepalive) is not None

@@ -59,7 +59,7 @@ from gateway.core.media.policy import (
 )
 from gateway.core.media.security import LegSecurity
 from gateway.core.media.taps import CallTaps, copy_sip, tapped_media
-from gateway.core.plugins import PluginHookError, raising_plugin
+from gateway.core.plugins import HookFailures, PluginHookError, raising_plugin, who
 from gateway.core.sip.dialog import SIPS_NOT_ALLOWED
 from gateway.core.sip.errors import SipError
 from gateway.core.sip.grammar import parse_name_addr_untrusted, split_list_untrusted
@@ -112,6 +112,7 @@ class CallManager:
             nursery.start_soon(self._beat, shared.heartbeat_interval)
         self.statistics = gateway.call_statistics
         """Call counters for monitoring services; None (nothing counted) without one."""
+        self._observer_failures = HookFailures(log, time.monotonic)
         self._by_dialog: dict[DialogKey, tuple[Call, Side]] = {}
         self._by_invite: dict[ServerTransaction, Call] = {}
         # What each call put in the two maps, so forgetting a call costs its own entries, not a
@@ -794,8 +795,19 @@ class CallManager:
         event = CallEvent(kind=kind, call_id=call.id, at=trio.current_time(), reason=reason)
         try:
             hook(event=event)
-        except Exception:
-            log_exception(log, "a gateway_call_event observer failed (call %s)", call.id)
+        except Exception as exc:
+            # Named as the decision hooks' failures are (pluggy does not say whose), and at
+            # most once a minute per plugin: an observer failing on every event would flood.
+            plugin = raising_plugin(hook, exc)
+            self._observer_failures.failed(
+                plugin,
+                exc,
+                "%s: gateway_call_event observer raised %s on %s (call %s); the call goes on%s",
+                who(plugin),
+                type(exc).__name__,
+                kind,
+                call.id,
+            )
 
     def _tap_from_start(self, call: Call, invite: Request, caller: Caller) -> None:
         """Ask the taps that decide at a call's start (lawful intercept) for sinks; with any,

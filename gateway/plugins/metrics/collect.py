@@ -314,6 +314,13 @@ def _sip(out: Exposition, status: GatewayStatus) -> None:
     )
     out.sample(sip.internal_errors)
     out.family(
+        "voipgw_sip_inbound_hook_refused_total",
+        "counter",
+        "Changes of gateway_inbound_message hooks dropped (a hook that raised or broke a rule); "
+        "the message went on unchanged. Each plugin's are logged at most once a minute.",
+    )
+    out.sample(sip.inbound_hook_refused)
+    out.family(
         "voipgw_sip_inbound_dropped_total",
         "counter",
         "SIP messages dropped because the inbound queue was full.",

@@ -9,7 +9,9 @@ fixes up what a quirky peer sends before the core acts on it.
   profile), the carrier's BYE with the carrier's (A, the trunk);
 - a plugin that changes what it may not (a BYE's Call-ID) and one that raises on every
   message are logged by name, their changes dropped, and the call goes on as without them;
-- with no implementation the endpoint has no hooks to ask (nothing per message).
+- with no implementation the endpoint has no hooks to ask (nothing per message);
+- the changes dropped are counted in ``voipgw_sip_inbound_hook_refused_total``, 0 and
+  exported all the same while no plugin implements the hook.
 
 Signalling on the in-memory network, media on real 127.0.0.1 ports in virtual time.
 """
@@ -35,6 +37,8 @@ from gateway.core.interfaces import (
 from gateway.core.logs import WITHHELD
 from gateway.core.plugins import Registry
 from gateway.core.sip.message import Request, Response
+from gateway.core.status import CallStatistics, StatusView
+from gateway.plugins.metrics.collect import render
 from tests.component.calls.b2bua_env import ALICE_DID, answered_call, eventually, start_b2bua
 
 CARRIER = DeviceProfile(name="carrier-sbc", user_agent_prefixes=("voipgw-test-agent/+",))
@@ -87,6 +91,17 @@ class CarrierQuirks:
     ) -> RouteDecision | None:
         self.routed.append(request)
         return None
+
+
+def refused_metric(env: Any) -> int:
+    """``voipgw_sip_inbound_hook_refused_total`` as the metrics plugin writes it."""
+    text = render(StatusView(env.gateway, CallStatistics())).decode()
+    (line,) = [
+        line for line in text.splitlines() if line.startswith("voipgw_sip_inbound_hook_refused")
+    ]
+    name, value = line.split()
+    assert name == "voipgw_sip_inbound_hook_refused_total"
+    return int(float(value))
 
 
 class Breaking:
@@ -165,6 +180,7 @@ async def test_changes_a_plugin_may_not_make_and_raising_hooks_never_fail_the_ca
     hooks = env.gateway.endpoint.inbound_hooks
     assert hooks is not None and hooks.refused > 3
     assert env.gateway.endpoint.statistics.internal_errors == 0
+    assert refused_metric(env) == hooks.refused
 
 
 async def test_without_an_implementation_there_is_nothing_to_ask(
@@ -172,6 +188,7 @@ async def test_without_an_implementation_there_is_nothing_to_ask(
 ) -> None:
     env = await start_b2bua(nursery, tmp_path, voipgw_seed)
     assert env.gateway.endpoint.inbound_hooks is None
+    assert refused_metric(env) == 0  # exported all the same
     call, _ = await answered_call(env)
     assert (await call.bye()).status == 200
     await eventually(lambda: env.calls == 0)

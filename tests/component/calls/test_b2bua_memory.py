@@ -577,8 +577,15 @@ async def test_a_failing_call_event_observer_does_not_break_the_call(
         assert (await call.bye()).status == 200
         await eventually(lambda: env.calls == 0)
     assert observer.kinds == ["started", "ringing", "answered", "ended"]
-    failures = [r for r in caplog.records if "gateway_call_event observer failed" in r.message]
-    assert len(failures) == 4
+    # Named as a raising decision hook is, and once a minute per plugin: an observer failing
+    # on every event does not flood the log (docs/plugin_hooks.md).
+    failures = [r for r in caplog.records if "gateway_call_event" in r.getMessage()]
+    assert [r.getMessage() for r in failures] == [
+        f"plugin 'failing-observer': gateway_call_event observer raised RuntimeError on started "
+        f"(call {failures[0].getMessage().split('(call ')[1].split(')')[0]}); the call goes on"
+    ]
+    assert failures[0].exc_text is not None and "RuntimeError" in failures[0].exc_text
+    assert "observer bug" not in failures[0].exc_text
 
 
 class OutboundStamp:
@@ -686,20 +693,23 @@ async def test_an_outbound_hook_that_raises_is_named_and_its_message_not_sent(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     env = await start_b2bua(nursery, tmp_path, voipgw_seed, plugins=[("broken", BrokenOn180())])
-    call, _ = await answered_call(env)
-    assert call.exchange is not None
-    assert [r.status for r in call.exchange.responses if r.status == 180] == []  # not sent
+    for _ in range(2):
+        call, _ = await answered_call(env)
+        assert call.exchange is not None
+        assert [r.status for r in call.exchange.responses if r.status == 180] == []  # not sent
+        assert (await call.bye()).status == 200
+        await eventually(lambda: env.calls == 0)
+    # One line for both 180s (at most one a minute per plugin: a hook raising on every
+    # message must not flood the log), naming the plugin, the hook and the message, and that
+    # it was not sent; the plugin's exception text stays withheld (docs/architecture.md
+    # "Logged exceptions"). Each is counted as an internal error.
     (record,) = [r for r in caplog.records if r.exc_text and "IndexError" in r.exc_text]
-    assert record.getMessage() == "internal error acting on SendResponse"
-    # The line says which hook and which message, and that it was not sent; the plugin's
-    # exception text stays withheld (docs/architecture.md "Logged exceptions").
-    assert "OutboundHookError: a gateway_outbound_message hook raised on 180 to INVITE for " in (
-        record.exc_text
+    assert record.getMessage().startswith(
+        "plugin 'broken': gateway_outbound_message raised IndexError on 180 to INVITE for "
     )
-    assert ": not sent" in record.exc_text
+    assert record.getMessage().endswith("; not sent")
     assert "the plugin's own words" not in record.exc_text
-    assert (await call.bye()).status == 200
-    await eventually(lambda: env.calls == 0)
+    assert env.gateway.endpoint.statistics.internal_errors == 2
 
 
 async def test_a_2xx_to_a_reinvite_that_comes_after_the_call_ended_is_still_acked(

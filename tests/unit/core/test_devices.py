@@ -161,3 +161,49 @@ def test_a_profile_dtmf_mode_must_be_known() -> None:
     with pytest.raises(PluginError, match=r"device profile 'bad' \(plugin 'acme'\): dtmf"):
         bad = DeviceProfile(name="bad", dtmf="inband")  # type: ignore[arg-type]
         check_profiles([("bad", bad, "acme")], BUILTIN_POLICIES, [])
+
+
+def test_a_profile_the_hook_makes_is_checked_as_registered_ones_and_named(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A profile made on the spot with codecs=() would refuse every offer; one naming a policy
+    # nobody registered would refuse media: each is logged naming the plugin and taken as no
+    # profile (the User-Agent match then), as a registered one would have stopped start-up.
+    import pluggy
+
+    from gateway.core.plugins import new_plugin_manager
+
+    hookimpl = pluggy.HookimplMarker("voipgw")
+    answers: list[DeviceProfile] = [
+        DeviceProfile(name="spot", codecs=()),
+        DeviceProfile(name="spot", media_policy="nope"),
+        DeviceProfile(name="spot", codecs=("PCMU",), media_policy="sdes"),
+    ]
+
+    class Spot:
+        @hookimpl
+        def gateway_identify_device(self, request: Request) -> DeviceProfile:
+            return answers.pop(0)
+
+    pm = new_plugin_manager()
+    pm.register(Spot(), name="acme-spot")
+    clock = Clock()
+    devices = DeviceIdentifier(
+        [(YEALINK.name, YEALINK)],
+        pm.hook.gateway_identify_device,
+        clock=clock,
+        policies=BUILTIN_POLICIES,
+    )
+    with caplog.at_level(logging.ERROR, logger="gateway.core.devices"):
+        assert devices.of_request(invite("Yealink"), FLOW) is YEALINK
+        clock.now = 61.0
+        assert devices.of_request(invite("Yealink"), FLOW) is YEALINK
+        good = devices.of_request(invite("Yealink"), FLOW)
+    assert good is not None and good.name == "spot"
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2, messages
+    assert messages[0].startswith(
+        "plugin 'acme-spot': gateway_identify_device returned device profile 'spot': codecs: ()"
+    )
+    assert "media_policy 'nope' is not registered" in messages[1]
+    assert messages[1].startswith("plugin 'acme-spot': ")
