@@ -121,7 +121,12 @@ from gateway.plugins.transports.revocation import (
     load_crl,
     newer,
 )
-from gateway.plugins.transports.tcp import ConnectionInfo, StreamTransport, TcpConfig
+from gateway.plugins.transports.tcp import (
+    ConnectionInfo,
+    StreamTransport,
+    TcpConfig,
+    check_idle_timeout,
+)
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +169,9 @@ TLS13_SUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1
 
 _READ_SIZE = 65536
 _BIO_CHUNK = 65536
+# The least handshake_timeout: a connection not through its handshake by then is closed, so
+# below two round trips and one retransmission (1 s, RFC 6298 §2) no peer ever got through.
+MIN_HANDSHAKE_TIMEOUT = 1.0
 # Longest peer-supplied text (a certificate subject) that goes into one log line.
 _LOG_TEXT_LIMIT = 200
 # Revoked certificates logged at WARNING, once per (peer IP, serial) (and the other "logged
@@ -240,9 +248,18 @@ class TlsConfig:
         if (self.certificate is None) != (self.private_key is None):
             missing = "certificate" if self.certificate is None else "private_key"
             raise ValueError(f"{missing}: certificate and private_key go together")
-        for key in ("handshake_timeout", "idle_timeout", "connect_timeout"):
-            if getattr(self, key) <= 0:
-                raise ValueError(f"{key}: expected a positive number")
+        if not self.handshake_timeout >= MIN_HANDSHAKE_TIMEOUT:
+            raise ValueError(
+                f"handshake_timeout: expected a positive number of seconds, "
+                f"at least {MIN_HANDSHAKE_TIMEOUT:g} (a "
+                f"TLS handshake takes two round trips, RFC 8446 §2, and a lost segment is sent "
+                f"again after 1 s, RFC 6298 §2), got {self.handshake_timeout:g}"
+            )
+        check_idle_timeout(self)
+        if not self.connect_timeout > 0:
+            raise ValueError(
+                f"connect_timeout: expected a positive number, got {self.connect_timeout:g}"
+            )
         if self.max_connections_per_source < 1:
             raise ValueError("max_connections_per_source: expected 1 or more")
         for key in ("listener_modes", "peer_modes"):

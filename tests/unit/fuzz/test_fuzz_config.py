@@ -657,6 +657,23 @@ def bounds(files: Files) -> tuple[tuple[str, str, Any], ...]:
         ("plugins.tls", "private_key", str(files.client_key)),
         ("plugins.tls", "private_key", str(root / "encrypted.key")),
         ("plugins.wss", "private_key", str(files.client_key)),
+        ("plugins.tcp", "idle_timeout", 1e-9),
+        ("plugins.tcp", "connect_timeout", 0),
+        ("plugins.tls", "idle_timeout", 1e-9),
+        ("plugins.tls", "handshake_timeout", 1e-9),
+        ("plugins.ws", "handshake_timeout", 1e-9),
+        ("plugins.ws", "ping_interval", 1e-9),
+        ("plugins.wss", "ping_interval", 1e-9),
+        ("plugins.dtls", "handshake_timeout", 1e-9),
+        ("plugins.zrtp", "handshake_timeout", 1e-9),
+        ("plugins.mikey", "max_clock_skew", 1e-9),
+        ("plugins.siprec", "bye_timeout", 1e-9),
+        ("plugins.siprec", "bye_timeout", -1.0),
+        ("plugins.stir_shaken", "fetch_timeout", 1e-9),
+        ("plugins.stir_shaken", "freshness", 1e-9),
+        ("dns", "timeout", 1e-9),
+        ("store", "statement_timeout", 1e-9),
+        ("store", "statement_timeout", 0.0004),
     )
 
 
