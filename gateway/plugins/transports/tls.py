@@ -305,6 +305,13 @@ class TlsConfig:
             # os.path.isfile: False for a name too long too (Path.is_file raises OSError then).
             if not os.path.isfile(path):
                 raise ValueError(f"{key}: {path} does not exist or is not a file")
+        for bundle in self.ca_bundles:
+            # One that is there but holds no PEM certificate failed at registration, a plugin
+            # error naming the file, not the key.
+            try:
+                load_certificates(Path(bundle))
+            except CertificateError as exc:
+                raise ValueError(f"ca_bundles: {exc}") from None
         if self.certificate is not None and self.private_key is not None:
             # A file that is there but unusable (not PEM, an encrypted key, the key of another
             # certificate) failed at registration, a plugin error naming the file, not the key.
