@@ -35,12 +35,7 @@ from gateway.core.interfaces import TransportHost
 from gateway.core.logs import log_exception, transport_error_text
 from gateway.core.plugins import Registry
 from gateway.core.transport.flows import Address, Flow, FlowKey, format_address
-from gateway.plugins.transports.tcp import (
-    ConnectionInfo,
-    StreamTransport,
-    TcpConfig,
-    check_idle_timeout,
-)
+from gateway.plugins.transports.tcp import ConnectionInfo, StreamTransport, TcpConfig
 from gateway.plugins.transports.websocket import (
     CLOSE_GOING_AWAY,
     Closed,
@@ -70,10 +65,10 @@ def check_origins(origins: tuple[str, ...]) -> None:
 
 
 # The least handshake_timeout and ping_interval of [plugins.ws] and [plugins.wss]: the HTTP
-# upgrade is a round trip after the TCP (and TLS) ones, and a lost segment is sent again after
-# 1 s (RFC 6298 §2); pings more often than each second are a busy loop, not a keepalive (NATs
-# keep a TCP mapping for minutes, RFC 5382 REQ-5).
-MIN_HANDSHAKE_TIMEOUT = 1.0
+# upgrade is a round trip after the TCP (and TLS) ones (as [plugins.tls]'s least); pings more
+# often than each second are a busy loop, not a keepalive (NATs keep a TCP mapping for
+# minutes, RFC 5382 REQ-5).
+MIN_HANDSHAKE_TIMEOUT = 0.5
 MIN_PING_INTERVAL = 1.0
 
 
@@ -94,7 +89,6 @@ def check_limits(config: object) -> None:
             f"at least {MIN_PING_INTERVAL:g} (a keepalive, "
             f"RFC 6455 §5.5.2), got {ping_interval:g}"
         )
-    check_idle_timeout(config)  # as [plugins.tcp]'s (wss's goes into its TlsConfig too)
     for key in ("max_connections", "max_connections_per_source"):
         if getattr(config, key) < 1:
             raise ValueError(f"{key}: expected 1 or more")
