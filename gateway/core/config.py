@@ -369,6 +369,10 @@ class StoreSection:
 # let one write hold the event loop, which relays media, for longer than any phone waits.
 MIN_CONNECT_TIMEOUT = 2
 MAX_STATEMENT_TIMEOUT = 10.0
+# PostgreSQL's statement_timeout is whole milliseconds, and the store rounds to them: less than
+# half of one is 0 ms, which PostgreSQL reads as no timeout at all (its docs, §20.11), so a
+# 1e-9 s meant to be short took the protection away.
+MIN_STATEMENT_TIMEOUT = 0.001
 # A century: a bound that catches a typo (days given in seconds), not a policy.
 MAX_CALL_RECORD_DAYS = 36500.0
 
@@ -641,6 +645,9 @@ class DialogWatchGroup:
 # Transports a trunk named by DNS may use: the ones RFC 3263 §4.1 has SRV services for.
 DNS_TRANSPORTS = frozenset({"udp", "tcp", "tls"})
 MAX_DNS_TARGETS = 16
+# The least [dns] timeout: one resolution is up to three queries in turn, each a round trip; with
+# 1e-9 every trunk named by DNS stayed unresolved, so no call reached it.
+MIN_DNS_TIMEOUT = 0.5
 
 
 @attrs.frozen
@@ -666,8 +673,13 @@ class DnsSection:
                 dns_server(server)
             except ValueError as exc:
                 raise ValueError(f"servers: {exc}") from None
-        if not 0 < self.timeout <= 60:
-            raise ValueError("timeout: expected seconds, more than 0 and at most 60")
+        if not MIN_DNS_TIMEOUT <= self.timeout <= 60:
+            raise ValueError(
+                f"timeout: expected a positive number of seconds, "
+                f"at least {MIN_DNS_TIMEOUT:g} (a resolution is up to "
+                f"three queries in turn, NAPTR, SRV and A/AAAA, RFC 3263 §4) and at most 60, "
+                f"got {self.timeout:g}"
+            )
         if not 1 <= self.min_ttl <= self.max_ttl:
             raise ValueError("min_ttl: expected 1 s or more, and at most max_ttl")
         if self.max_ttl > 86400:
@@ -1208,12 +1220,15 @@ def _validate_store(store: StoreSection, file: str) -> None:
             "connect_timeout",
             f"expected whole seconds, at least {MIN_CONNECT_TIMEOUT} (libpq's least)",
         )
-    if not 0 < store.statement_timeout <= MAX_STATEMENT_TIMEOUT:
+    if not MIN_STATEMENT_TIMEOUT <= store.statement_timeout <= MAX_STATEMENT_TIMEOUT:
         raise ConfigError(
             file,
             "store",
             "statement_timeout",
-            f"expected seconds, more than 0 and at most {MAX_STATEMENT_TIMEOUT}",
+            f"expected a positive number of seconds, "
+            f"at least {MIN_STATEMENT_TIMEOUT:g} (PostgreSQL's unit is the "
+            f"millisecond; 0 ms is no timeout at all) and at most {MAX_STATEMENT_TIMEOUT:g}, "
+            f"got {store.statement_timeout:g}",
         )
     if not 0 <= store.call_record_days <= MAX_CALL_RECORD_DAYS:  # NaN fails too
         raise ConfigError(

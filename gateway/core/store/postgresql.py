@@ -1010,8 +1010,9 @@ class PostgresStore:
             raise ValueError("connect_timeout must be whole seconds")
         if connect_timeout < 2:
             raise ValueError("connect_timeout must be at least 2 s (libpq's least)")
-        if not statement_timeout > 0:
-            raise ValueError("statement_timeout must be positive")
+        if not round(statement_timeout * 1000) >= 1:
+            # Set in whole milliseconds (_Server.connect): 0 ms is no timeout to PostgreSQL.
+            raise ValueError("statement_timeout must be at least 1 ms (0 ms is no timeout)")
         _check_migrations(migrations)
         server = _Server(dsn, password, connect_timeout, statement_timeout)
         try:

@@ -197,6 +197,9 @@ NO_COMMON_PROFILE_REASON = "DTLS handshake agreed no SRTP protection profile (RF
 """The reason when the handshake completed without a use_srtp profile both sides accept."""
 
 DEFAULT_HANDSHAKE_TIMEOUT = 20.0
+# [plugins.dtls] handshake_timeout at least this: a handshake is two round trips of flights, and
+# a lost one is sent again after 1 s (RFC 6347 §4.2.4.1); with 1e-9 every call failed at once.
+MIN_HANDSHAKE_TIMEOUT = 1.0
 """Seconds from the start of the handshake to its failure: 1+2+4+8 s of retransmissions."""
 DEFAULT_MTU = 1200
 """Largest datagram we send (RFC 8261 and WebRTC use 1200 too: it fits every sane path)."""
@@ -1423,8 +1426,13 @@ class DtlsConfig:
         # structure() reports a ValueError as a config error of this table; say which key.
         if self.certificate_max_age_days < 1:
             raise ValueError("certificate_max_age_days: expected 1 or more")
-        if self.handshake_timeout <= 0:
-            raise ValueError("handshake_timeout: expected a positive number")
+        if not self.handshake_timeout >= MIN_HANDSHAKE_TIMEOUT:
+            raise ValueError(
+                f"handshake_timeout: expected a positive number of seconds, "
+                f"at least {MIN_HANDSHAKE_TIMEOUT:g} (the "
+                f"first retransmission is 1 s after a flight, RFC 6347 §4.2.4.1), got "
+                f"{self.handshake_timeout:g}"
+            )
         if not 256 <= self.mtu <= 65507:
             raise ValueError("mtu: expected 256 to 65507 octets")
         if not self.profiles:

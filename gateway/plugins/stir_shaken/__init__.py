@@ -106,6 +106,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_KEY_FILE = 16384
+# The least fetch_timeout and freshness (s): with 1e-9 no certificate was ever fetched and no
+# PASSporT was fresh (its iat is whole seconds, RFC 8225 §5.1.1): every verified call failed.
+MIN_FETCH_TIMEOUT = 1.0
+MIN_FRESHNESS = 1.0
 # Seconds a certificate URL that failed (no answer within fetch_timeout, not fetched, not
 # chaining to the anchors) is not fetched again: its calls are marked failed at once meanwhile.
 FAILED_CERTIFICATE_RETRY = 60.0
@@ -182,9 +186,20 @@ class StirShakenConfig:
         if self.verify_trunks:
             self.anchors()
             self.fetch_context()
-        for key in ("fetch_timeout", "freshness", "certificate_cache"):
-            if not getattr(self, key) > 0:
-                raise ValueError(f"{key}: expected a positive number of seconds")
+        if not self.certificate_cache > 0:
+            raise ValueError("certificate_cache: expected a positive number of seconds")
+        if not self.fetch_timeout >= MIN_FETCH_TIMEOUT:
+            raise ValueError(
+                f"fetch_timeout: expected a positive number of seconds, "
+                f"at least {MIN_FETCH_TIMEOUT:g} (an https "
+                f"fetch is TCP's, TLS's and HTTP's round trips), got {self.fetch_timeout:g}"
+            )
+        if not self.freshness >= MIN_FRESHNESS:
+            raise ValueError(
+                f"freshness: expected a positive number of seconds, "
+                f"at least {MIN_FRESHNESS:g} (iat is whole "
+                f"seconds, RFC 8225 §5.1.1), got {self.freshness:g}"
+            )
 
     def signing_key(self) -> ec.EllipticCurvePrivateKey:
         """``private_key`` loaded; a ValueError names the key and the file, never its bytes."""

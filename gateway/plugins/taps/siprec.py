@@ -173,6 +173,10 @@ MAX_RETRY_AFTER = 60
 # 1xx has no Timer B (RFC 3261 §17.1.1.2), so the wait for a final answer is bounded here, as
 # long as Timer B (64*T1) would have waited without one; then it counts as no answer.
 UPDATE_TIMEOUT = 32.0
+# The least bye_timeout: the BYE (and the final snapshot before it) is a transaction with the SRS,
+# a round trip and its retransmissions at T1 (RFC 3261 §17.1.2.2); with 1e-9 no recording
+# session was ever ended by its BYE, the SRS kept each until its own timers.
+MIN_BYE_TIMEOUT = 0.5
 UPDATE_FAILURE_REASONS = ("refused", "no_answer", "session_gone", "session_reopened")
 """Why an update was given up (``voipgw_recording_update_failures_total``): the SRS refused
 it for good or past the retries, it never answered, or it no longer knew the session (481):
@@ -1604,6 +1608,12 @@ class SiprecConfig:
             )
         if not 10 <= self.queue <= 1_000_000:
             raise ValueError("queue: expected 10 to 1000000 packets")
+        if not self.bye_timeout >= MIN_BYE_TIMEOUT:
+            raise ValueError(
+                f"bye_timeout: expected a positive number of seconds, "
+                f"at least {MIN_BYE_TIMEOUT:g} (a round trip to "
+                f"the SRS and a retransmission, RFC 3261 §17.1.2.2), got {self.bye_timeout:g}"
+            )
         if self.session_expires != 0 and not (MIN_INTERVAL <= self.session_expires <= MAX_INTERVAL):
             # RFC 4028 §4: no session interval below 90 s.
             raise ValueError(

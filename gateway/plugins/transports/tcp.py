@@ -36,6 +36,26 @@ _READ_SIZE = 65536
 _PONG = b"\r\n"  # RFC 5626 §4.4.1: answer a double-CRLF ping with a single CRLF
 
 
+# The least idle_timeout of a SIP connection ([plugins.tcp], [plugins.tls]; ws's is more than its
+# ping_interval, at least 1 s): it must outlive a request's round trip and the 100 Trying that
+# answers it within 200 ms (RFC 3261 §17.2.1); closed after 1e-9 s of quiet, no connection
+# lasted from a request to its answer. What a phone registered over it needs is far longer
+# (RFC 5626 §4.4.1: CRLF pings every 95 to 120 s): docs/configuration.md says so; tests on
+# loopback use this least.
+MIN_IDLE_TIMEOUT = 0.5
+
+
+def check_idle_timeout(config: object) -> None:
+    """``idle_timeout`` of a stream transport's table at least :data:`MIN_IDLE_TIMEOUT`."""
+    idle_timeout = getattr(config, "idle_timeout")  # noqa: B009
+    if not idle_timeout >= MIN_IDLE_TIMEOUT:
+        raise ValueError(
+            f"idle_timeout: expected a positive number of seconds, "
+            f"at least {MIN_IDLE_TIMEOUT:g} (a request's round trip and its 100 Trying, "
+            f"RFC 3261 §17.2.1), got {idle_timeout:g}"
+        )
+
+
 @attrs.frozen
 class TcpConfig:
     """``[plugins.tcp]``."""
@@ -43,6 +63,16 @@ class TcpConfig:
     max_connections_per_source: int = 32
     idle_timeout: float = 300.0
     connect_timeout: float = 10.0
+
+    def __attrs_post_init__(self) -> None:
+        # structure() reports a ValueError as a config error of this table; say which key.
+        if self.max_connections_per_source < 1:
+            raise ValueError("max_connections_per_source: expected 1 or more")
+        check_idle_timeout(self)
+        if not self.connect_timeout > 0:
+            raise ValueError(
+                f"connect_timeout: expected a positive number, got {self.connect_timeout:g}"
+            )
 
 
 @attrs.frozen

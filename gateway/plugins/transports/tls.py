@@ -121,7 +121,12 @@ from gateway.plugins.transports.revocation import (
     load_crl,
     newer,
 )
-from gateway.plugins.transports.tcp import ConnectionInfo, StreamTransport, TcpConfig
+from gateway.plugins.transports.tcp import (
+    ConnectionInfo,
+    StreamTransport,
+    TcpConfig,
+    check_idle_timeout,
+)
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +169,10 @@ TLS13_SUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1
 
 _READ_SIZE = 65536
 _BIO_CHUNK = 65536
+# The least handshake_timeout: a connection not through its handshake by then is closed, and
+# the handshake is two round trips (RFC 8446 §2) and the signatures' time; with 1e-9 no peer
+# ever got through. A lossy path wants more (a lost segment is resent after 1 s, RFC 6298 §2).
+MIN_HANDSHAKE_TIMEOUT = 0.5
 # Longest peer-supplied text (a certificate subject) that goes into one log line.
 _LOG_TEXT_LIMIT = 200
 # Revoked certificates logged at WARNING, once per (peer IP, serial) (and the other "logged
@@ -240,9 +249,17 @@ class TlsConfig:
         if (self.certificate is None) != (self.private_key is None):
             missing = "certificate" if self.certificate is None else "private_key"
             raise ValueError(f"{missing}: certificate and private_key go together")
-        for key in ("handshake_timeout", "idle_timeout", "connect_timeout"):
-            if getattr(self, key) <= 0:
-                raise ValueError(f"{key}: expected a positive number")
+        if not self.handshake_timeout >= MIN_HANDSHAKE_TIMEOUT:
+            raise ValueError(
+                f"handshake_timeout: expected a positive number of seconds, "
+                f"at least {MIN_HANDSHAKE_TIMEOUT:g} (a TLS handshake takes two round trips, "
+                f"RFC 8446 §2), got {self.handshake_timeout:g}"
+            )
+        check_idle_timeout(self)
+        if not self.connect_timeout > 0:
+            raise ValueError(
+                f"connect_timeout: expected a positive number, got {self.connect_timeout:g}"
+            )
         if self.max_connections_per_source < 1:
             raise ValueError("max_connections_per_source: expected 1 or more")
         for key in ("listener_modes", "peer_modes"):
@@ -288,6 +305,13 @@ class TlsConfig:
             # os.path.isfile: False for a name too long too (Path.is_file raises OSError then).
             if not os.path.isfile(path):
                 raise ValueError(f"{key}: {path} does not exist or is not a file")
+        for bundle in self.ca_bundles:
+            # One that is there but holds no PEM certificate failed at registration, a plugin
+            # error naming the file, not the key.
+            try:
+                load_certificates(Path(bundle))
+            except CertificateError as exc:
+                raise ValueError(f"ca_bundles: {exc}") from None
         if self.certificate is not None and self.private_key is not None:
             # A file that is there but unusable (not PEM, an encrypted key, the key of another
             # certificate) failed at registration, a plugin error naming the file, not the key.

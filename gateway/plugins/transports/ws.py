@@ -64,11 +64,31 @@ def check_origins(origins: tuple[str, ...]) -> None:
             )
 
 
+# The least handshake_timeout and ping_interval of [plugins.ws] and [plugins.wss]: the HTTP
+# upgrade is a round trip after the TCP (and TLS) ones (as [plugins.tls]'s least); pings more
+# often than each second are a busy loop, not a keepalive (NATs keep a TCP mapping for
+# minutes, RFC 5382 REQ-5).
+MIN_HANDSHAKE_TIMEOUT = 0.5
+MIN_PING_INTERVAL = 1.0
+
+
 def check_limits(config: object) -> None:
     """The limits of a ``[plugins.ws]`` or ``[plugins.wss]`` table make sense together."""
-    for key in ("handshake_timeout", "ping_interval", "idle_timeout"):
-        if getattr(config, key) <= 0:
-            raise ValueError(f"{key}: expected a positive number")
+    handshake_timeout = getattr(config, "handshake_timeout")  # noqa: B009
+    if not handshake_timeout >= MIN_HANDSHAKE_TIMEOUT:
+        raise ValueError(
+            f"handshake_timeout: expected a positive number of seconds, "
+            f"at least {MIN_HANDSHAKE_TIMEOUT:g} (the "
+            f"HTTP upgrade follows the TCP and TLS handshakes, RFC 6455 §4), got "
+            f"{handshake_timeout:g}"
+        )
+    ping_interval = getattr(config, "ping_interval")  # noqa: B009
+    if not ping_interval >= MIN_PING_INTERVAL:
+        raise ValueError(
+            f"ping_interval: expected a positive number of seconds, "
+            f"at least {MIN_PING_INTERVAL:g} (a keepalive, "
+            f"RFC 6455 §5.5.2), got {ping_interval:g}"
+        )
     for key in ("max_connections", "max_connections_per_source"):
         if getattr(config, key) < 1:
             raise ValueError(f"{key}: expected 1 or more")

@@ -238,3 +238,71 @@ def test_check_config_refuses_a_value_out_of_bounds_with_exit_2(
         f"voipgw: configuration error: {path}: [sip] t1: expected seconds from 0.01 to 4 (the "
         "round-trip estimate, RFC 3261 §17.1.1.1; Timers B and F are 64*T1), got 1e+300\n"
     )
+
+
+# Each plugin table's own (the table as the smallest file that enables it needs it).
+PLUGIN_TABLES: dict[str, dict[str, Any]] = {
+    "siprec": {"srs": "sip:srs@192.0.2.5", "all_calls": True},
+}
+
+
+def plugin_config(plugin: str, table: dict[str, Any]) -> object:
+    config = from_mapping(
+        {"plugins": {"enable": [plugin], plugin: {**PLUGIN_TABLES.get(plugin, {}), **table}}},
+        file="voipgw.toml",
+    )
+    return load_plugins(config).configs[plugin]
+
+
+@pytest.mark.parametrize(
+    ("plugin", "key", "value", "words"),
+    [
+        ("tcp", "idle_timeout", 1e-9, "idle_timeout: expected a positive number of seconds, at "),
+        ("tcp", "idle_timeout", 0.4, "idle_timeout: expected a positive number of seconds, at "),
+        ("tcp", "connect_timeout", 0.0, "connect_timeout: expected a positive number"),
+        ("tls", "idle_timeout", 1e-9, "idle_timeout: expected a positive number of seconds, at "),
+        ("tls", "handshake_timeout", 1e-9, "handshake_timeout: expected a positive number of "),
+        ("ws", "handshake_timeout", 1e-9, "handshake_timeout: expected a positive number of "),
+        ("ws", "ping_interval", 1e-9, "ping_interval: expected a positive number of seconds, "),
+        ("tls", "handshake_timeout", 0.4, "handshake_timeout: expected a positive number of "),
+        ("wss", "ping_interval", 0.5, "ping_interval: expected a positive number of seconds, "),
+        ("wss", "handshake_timeout", 1e-9, "handshake_timeout: expected a positive number of "),
+        ("dtls", "handshake_timeout", 1e-9, "handshake_timeout: expected a positive number of "),
+        ("zrtp", "handshake_timeout", 1e-9, "handshake_timeout: expected a positive number of "),
+        ("mikey", "max_clock_skew", 1e-9, "max_clock_skew: expected a positive number of "),
+        ("siprec", "bye_timeout", 1e-9, "bye_timeout: expected a positive number of seconds, at"),
+        ("siprec", "bye_timeout", -5.0, "bye_timeout: expected a positive number of seconds, at"),
+        ("stir_shaken", "fetch_timeout", 1e-9, "fetch_timeout: expected a positive number of "),
+        ("stir_shaken", "freshness", 1e-9, "freshness: expected a positive number of seconds, "),
+    ],
+)
+def test_a_plugin_duration_that_ends_everything_at_once_is_refused(
+    plugin: str, key: str, value: float, words: str
+) -> None:
+    """1e-9 s passed "a positive number": every connection, handshake, recording session's
+    BYE or certificate fetch then failed at once (or pinged in a busy loop)."""
+    with pytest.raises(ConfigError) as caught:
+        plugin_config(plugin, {key: value})
+    error = caught.value
+    assert (error.file, error.table, error.key) == ("voipgw.toml", f"plugins.{plugin}", key)
+    assert str(error).startswith(f"voipgw.toml: [plugins.{plugin}] {words}"), str(error)
+    assert str(error).endswith(f"got {value:g}"), str(error)
+
+
+@pytest.mark.parametrize(
+    ("plugin", "table"),
+    [
+        ("tcp", {"idle_timeout": 0.5, "connect_timeout": 0.05}),
+        ("tls", {"idle_timeout": 0.5, "handshake_timeout": 0.5}),
+        ("ws", {"handshake_timeout": 0.5, "ping_interval": 1.0, "idle_timeout": 1.5}),
+        ("wss", {"handshake_timeout": 0.5, "ping_interval": 1.0, "idle_timeout": 1.5}),
+        ("dtls", {"handshake_timeout": 1.0}),
+        ("zrtp", {"handshake_timeout": 1.0}),
+        ("mikey", {"max_clock_skew": 1.0}),
+        ("siprec", {"bye_timeout": 0.5}),
+        ("stir_shaken", {"fetch_timeout": 1.0, "freshness": 1.0}),
+    ],
+)
+def test_the_plugin_bounds_themselves_are_accepted(plugin: str, table: dict[str, float]) -> None:
+    config = plugin_config(plugin, table)
+    assert all(getattr(config, key) == value for key, value in table.items())

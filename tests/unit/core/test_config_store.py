@@ -52,7 +52,10 @@ def test_the_dsn_is_not_in_the_config_repr() -> None:
         ({"node": "edge-1"}, "node", 'only used with backend = "postgresql"'),
         ({"connect_timeout": 1}, "connect_timeout", "at least 2"),
         ({"connect_timeout": 2.5}, "connect_timeout", "expected an integer"),
-        ({"statement_timeout": 0}, "statement_timeout", "more than 0"),
+        ({"statement_timeout": 0}, "statement_timeout", "at least 0.001"),
+        # Set in whole milliseconds: 1e-9 s and 0.4 ms are 0 ms, no timeout to PostgreSQL.
+        ({"statement_timeout": 1e-9}, "statement_timeout", "0 ms is no timeout at all"),
+        ({"statement_timeout": 0.0004}, "statement_timeout", "got 0.0004"),
         ({"statement_timeout": 60}, "statement_timeout", "at most 10"),
         ({"call_record_days": -1}, "call_record_days", "at least 0"),
         (
@@ -80,6 +83,16 @@ def test_mistakes_name_file_table_and_key(store: dict[str, Any], key: str, compl
         from_mapping({"store": store}, file="gw.toml")
     assert str(raised.value).startswith(f"gw.toml: [store] {key}: ")
     assert complaint in str(raised.value)
+
+
+@pytest.mark.parametrize("seconds", [1e-9, 0.0004, 0.0])
+def test_the_store_refuses_a_statement_timeout_of_0_ms(seconds: float) -> None:
+    """PostgreSQL is given whole milliseconds, and 0 ms is no timeout at all (its docs,
+    statement_timeout): refused before any connection, whoever opens the store."""
+    from gateway.core.store.postgresql import PostgresStore
+
+    with pytest.raises(ValueError, match="statement_timeout must be at least 1 ms"):
+        PostgresStore.open("host=/nonexistent", statement_timeout=seconds)
 
 
 def test_a_dsn_of_the_wrong_type_is_not_echoed() -> None:

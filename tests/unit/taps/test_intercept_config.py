@@ -77,10 +77,35 @@ def test_a_key_that_does_not_match_its_certificate_is_refused_at_start(
     credentials: dict[str, object], tmp_path: Path
 ) -> None:
     other = TestPki(tmp_path / "other").ca("Other").issue("other")
-    with pytest.raises(
-        ConfigError, match="x1_certificate, x1_private_key, x1_ca: cannot be loaded"
-    ):
+    with pytest.raises(ConfigError) as refused:
         load({**credentials, "x1_private_key": str(other.key)})
+    assert refused.value.key == "x1_private_key"
+    assert f"cannot be loaded with x1_certificate ({other.key}: " in refused.value.message
+
+
+@pytest.mark.parametrize(
+    ("key", "what"),
+    [
+        ("x1_certificate", "a key file"),
+        ("x1_private_key", "a certificate file"),
+        ("x1_ca", "a key file"),
+        ("delivery_certificate", "a key file"),
+        ("delivery_private_key", "a certificate file"),
+        ("delivery_ca", "a key file"),
+    ],
+)
+def test_a_file_that_does_not_load_is_named_by_its_own_key(
+    credentials: dict[str, object], key: str, what: str, tmp_path: Path
+) -> None:
+    """Not the three keys of its group ("x1_certificate, x1_private_key, x1_ca"): the
+    operator is told which file to replace."""
+    other = TestPki(tmp_path / "other").ca("Other").issue("other")
+    wrong = other.key if what == "a key file" else other.certificate
+    with pytest.raises(ConfigError) as refused:
+        load({**credentials, key: str(wrong)})
+    assert refused.value.table == "plugins.intercept"
+    assert refused.value.key == key
+    assert str(wrong) in refused.value.message
 
 
 def test_plain_tcp_delivery_needs_no_delivery_credentials(credentials: dict[str, object]) -> None:
@@ -127,7 +152,7 @@ def test_a_report_key_that_does_not_match_its_certificate_is_refused_at_start(
         "report_private_key": str(other.key),
     }
     with pytest.raises(
-        ConfigError, match="report_certificate, report_private_key, report_ca: cannot be loaded"
+        ConfigError, match="report_private_key: cannot be loaded with report_certificate"
     ):
         load(table)
 

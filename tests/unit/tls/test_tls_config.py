@@ -10,7 +10,7 @@ import pytest
 
 from gateway.core.config import ConfigError, ListenSpec, from_mapping
 from gateway.core.gateway import Gateway
-from gateway.core.plugins import PluginError, load_plugins
+from gateway.core.plugins import load_plugins
 from gateway.plugins.transports.tls import TlsConfig, TlsTransport
 from tests.interop.harness.pki import TestPki
 
@@ -111,8 +111,13 @@ def test_configured_certificate_files_are_checked_at_start_up(tmp_path: Path) ->
         ConfigError, match=r"\[plugins.tls\] certificate: .*one\.key: not a usable certificate"
     ):
         load({"certificate": str(one.key), "private_key": str(one.key)})
-    with pytest.raises(PluginError, match=r"holds no PEM certificate"):
-        load({"mode": "mutual", "ca_bundles": [str(one.key)]})
+    # A CA bundle without a PEM certificate: the key named, not only the file (a plugin error
+    # at registration before), in any mode (server-only verifies trunks against it).
+    for mode in ("mutual", "server-only"):
+        with pytest.raises(
+            ConfigError, match=r"\[plugins.tls\] ca_bundles: .*one\.key holds no PEM certificate"
+        ):
+            load({"mode": mode, "ca_bundles": [str(ca.certificate), str(one.key)]})
     # Error messages never carry key material.
     with pytest.raises(ConfigError) as caught:
         load({"certificate": str(one.certificate), "private_key": str(two.key)})

@@ -62,6 +62,7 @@ __all__ = ["MikeyConfig", "MikeyKeyExchange", "MikeyNegotiation"]
 RandomBytes = Callable[[int], bytes]
 KEMAC_ENCRYPTIONS = {"aes-cm": ENCR_AES_CM_128, "aes-kw": ENCR_AES_KW_128}
 DH_GROUPS = {"OAKLEY5": 0, "OAKLEY1": 1, "OAKLEY2": 2}
+MIN_CLOCK_SKEW = 1.0  # the least max_clock_skew, seconds
 
 
 class MikeyKeyExchange:
@@ -251,8 +252,15 @@ class MikeyConfig:
             raise ValueError(f"dh_group: expected one of {', '.join(DH_GROUPS)}")
         if self.style not in POLICY_STYLES:
             raise ValueError(f"style: expected one of {', '.join(POLICY_STYLES)}")
-        if not (math.isfinite(self.max_clock_skew) and self.max_clock_skew > 0):
-            raise ValueError("max_clock_skew: expected a positive number of seconds")
+        if not (math.isfinite(self.max_clock_skew) and self.max_clock_skew >= MIN_CLOCK_SKEW):
+            # RFC 3830 §5.4: the skew allowed covers clocks apart and the message's transit;
+            # below a second, messages of NTP-synchronised peers were refused (every call).
+            raise ValueError(
+                f"max_clock_skew: expected a positive number of seconds, "
+                f"at least {MIN_CLOCK_SKEW:g} (the message's "
+                f"transit and the peers' clocks apart, RFC 3830 §5.4), got "
+                f"{self.max_clock_skew:g}"
+            )
         if self.replay_cache_size < 1:
             raise ValueError("replay_cache_size: expected a positive number")
         needs_keys = {"psk", "dh-hmac"} & set(self.offer_modes)

@@ -53,6 +53,8 @@ DIRECTORY = "zrtp"
 ZID_FILE = "zid"
 AUTH_TAGS = ("HS80", "HS32")
 SAS_TYPES = ("B32", "B256")
+# handshake_timeout at least this: with 1e-9 every call failed before its first Hello was out.
+MIN_HANDSHAKE_TIMEOUT = 1.0
 
 
 class LocalZrtpError(Exception):
@@ -263,8 +265,16 @@ class ZrtpConfig:
         _names("ciphers", self.ciphers, CIPHER_KEY_BITS)
         _names("auth_tags", self.auth_tags, AUTH_TAGS)
         _names("sas_types", self.sas_types, SAS_TYPES)
-        if not (math.isfinite(self.handshake_timeout) and self.handshake_timeout > 0):
-            raise ValueError("handshake_timeout: expected a positive number")
+        if not (
+            math.isfinite(self.handshake_timeout)
+            and self.handshake_timeout >= MIN_HANDSHAKE_TIMEOUT
+        ):
+            raise ValueError(
+                f"handshake_timeout: expected a positive number of seconds, "
+                f"at least {MIN_HANDSHAKE_TIMEOUT:g} (the "
+                f"exchange is four round trips, Hello to Confirm2, RFC 6189 §4, its messages "
+                f"sent again after 150 ms to 1.2 s, §6), got {self.handshake_timeout:g}"
+            )
 
     def zid_store(self) -> ZidStore:
         return ZidStore(Path(self.state_dir) / DIRECTORY)

@@ -239,7 +239,7 @@ class InterceptConfig:
         """Every TLS context of the plugin, from the files as they are now: X1's server
         context, delivery's and the reports' client contexts; the checks of start-up and of a
         reload alike. A file that cannot be used (missing, unreadable, not PEM, a key that is
-        not its certificate's) raises ValueError naming the keys, the file and the reason
+        not its certificate's) raises ValueError naming the key at fault, the file and the reason
         (never key bytes). A certificate outside its validity period at ``now`` (RFC 5280
         §4.1.2.5: peers refuse it) is in ``Contexts.invalid``: what to do about it is the
         caller's (a reload refuses it, start-up reports it)."""
@@ -273,12 +273,26 @@ class InterceptConfig:
                 # os.path.isfile: False for a name too long (Path.is_file raised OSError).
                 if not os.path.isfile(self._file(key)):
                     raise ValueError(f"{key}: no such file: {self._file(key)}")
+            # One file at a time, so that the error names the key at fault: the certificate,
+            # then the CA file alone; what fails once both load is the private key (not PEM,
+            # encrypted, or not the certificate's).
+            try:
+                leaf = loaded_certificate(Path(self._file(certificate)))
+            except (OSError, CertificateError) as exc:
+                raise ValueError(f"{certificate}: cannot be loaded ({exc})") from None
+            try:
+                ssl.create_default_context(cafile=self._file(ca))
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(
+                    f"{ca}: cannot be loaded ({self._file(ca)}: {exc}; expected PEM CA "
+                    "certificates)"
+                ) from None
             try:
                 built[certificate] = load()
-                leaf = loaded_certificate(Path(self._file(certificate)))
             except (OSError, ssl.SSLError, CertificateError) as exc:
                 raise ValueError(
-                    f"{certificate}, {private_key}, {ca}: cannot be loaded ({exc})"
+                    f"{private_key}: cannot be loaded with {certificate} "
+                    f"({self._file(private_key)}: {exc})"
                 ) from None
             problem = validity_problem(leaf, now=now)
             if problem is not None:
