@@ -1,6 +1,6 @@
 """Device plugins installed the way operators install them (a distribution with an entry point,
 enabled in the config) reacting to real peers' messages: sipp plays a quirky carrier
-(scenarios/uac_call_quirks.xml: User-Agent "quirky-carrier/1.0", an offer of G.722, PCMA,
+(scenarios/calls/uac_call_quirks.xml: User-Agent "quirky-carrier/1.0", an offer of G.722, PCMA,
 PCMU and telephone-event, a BYE whose Reason lacks its protocol) calling alice's DID; alice's
 phone is sipp too, registered as "sipp-interop".
 
@@ -98,7 +98,7 @@ def test_a_phones_codecs_and_a_carriers_reason_are_fixed_by_plugins(
         register(gw, tmp_path, "udp", alice.port)
         with alice:
             run_sipp_uac(
-                "uac_call_quirks.xml",
+                "calls/uac_call_quirks.xml",
                 gw.address,
                 workdir=tmp_path,
                 service=DID,
