@@ -48,7 +48,7 @@ from gateway.core.interfaces import DeviceProfile, MediaPolicy
 from gateway.core.logs import log_exception
 from gateway.core.media.policy import ALL_KEY_EXCHANGES
 from gateway.core.media.srtp import SUITES
-from gateway.core.plugins import PluginError
+from gateway.core.plugins import PluginError, raising_plugin
 from gateway.core.sip.message import Request
 from gateway.core.transport.flows import Flow
 
@@ -86,14 +86,17 @@ class DeviceIdentifier:
         # (firstresult): called one by one so that a profile that fails the checks is put down
         # to the plugin that returned it (pluggy's call does not say whose answer it is). A
         # plain function standing in for the hook (tests, `voipgw` commands) has no name.
+        # A hook wrapper (pluggy's wrapper or hookwrapper) wraps the others' call and may
+        # replace their answer: with one, the hook is called through pluggy as it always was
+        # (its answer checked all the same, a failure named by its traceback).
         impls = getattr(identify_hook, "get_hookimpls", None)
+        found = impls() if impls is not None else []
         self._impls: tuple[tuple[str | None, Callable[..., Any], tuple[str, ...]], ...] = (
             tuple(
-                (impl.plugin_name, impl.function, tuple(impl.argnames))
-                for impl in reversed(impls())
-                if not (impl.hookwrapper or getattr(impl, "wrapper", False))
+                (impl.plugin_name, impl.function, tuple(impl.argnames)) for impl in reversed(found)
             )
             if impls is not None
+            and not any(impl.hookwrapper or getattr(impl, "wrapper", False) for impl in found)
             else ((None, identify_hook, ("request", "flow")),)
             if identify_hook is not None
             else ()
@@ -131,6 +134,8 @@ class DeviceIdentifier:
             try:
                 answer = function(**{name: arguments[name] for name in argnames})
             except Exception as exc:
+                if plugin is None and (named := raising_plugin(self._hook, exc)) is not None:
+                    who = f"plugin {named!r}: "  # called through pluggy: its traceback says
                 self._log_hook_error(f"{who}gateway_identify_device failed", failure=exc)
                 return None
             if answer is None:

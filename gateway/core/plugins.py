@@ -69,22 +69,22 @@ class PluginHookError(PluginError):
 
 def raising_plugin(caller: Any, exc: BaseException) -> str | None:
     """The name of the plugin whose implementation of ``caller`` (a pluggy hook caller) raised
-    ``exc``: the first frame of its traceback that is one of the implementations (pluggy's
-    own call says nobody). None when no frame is (an exception pluggy raised itself), or when
-    ``caller`` is no hook caller (a plain function standing in for one)."""
+    ``exc``: the innermost frame of its traceback that is one of the implementations (pluggy's
+    own call says nobody; a hook wrapper the exception passed through on its way out is an
+    outer frame, not the one that raised). None when no frame is (an exception pluggy raised
+    itself), or when ``caller`` is no hook caller (a plain function standing in for one)."""
     impls = getattr(caller, "get_hookimpls", None)
     if impls is None:
         return None
     codes: dict[object, str] = {
         getattr(impl.function, "__code__", None): impl.plugin_name for impl in impls()
     }
+    found = None
     tb = exc.__traceback__
     while tb is not None:
-        name = codes.get(tb.tb_frame.f_code)
-        if name is not None:
-            return name
+        found = codes.get(tb.tb_frame.f_code, found)
         tb = tb.tb_next
-    return None
+    return found
 
 
 class HookFailures:

@@ -197,10 +197,10 @@ NO_COMMON_PROFILE_REASON = "DTLS handshake agreed no SRTP protection profile (RF
 """The reason when the handshake completed without a use_srtp profile both sides accept."""
 
 DEFAULT_HANDSHAKE_TIMEOUT = 20.0
+"""Seconds from the start of the handshake to its failure: 1+2+4+8 s of retransmissions."""
 # [plugins.dtls] handshake_timeout at least this: a handshake is two round trips of flights, and
 # a lost one is sent again after 1 s (RFC 6347 §4.2.4.1); with 1e-9 every call failed at once.
 MIN_HANDSHAKE_TIMEOUT = 1.0
-"""Seconds from the start of the handshake to its failure: 1+2+4+8 s of retransmissions."""
 DEFAULT_MTU = 1200
 """Largest datagram we send (RFC 8261 and WebRTC use 1200 too: it fits every sane path)."""
 MAX_DATAGRAM_LENGTH = 65535

@@ -207,3 +207,89 @@ def test_a_profile_the_hook_makes_is_checked_as_registered_ones_and_named(
     )
     assert "media_policy 'nope' is not registered" in messages[1]
     assert messages[1].startswith("plugin 'acme-spot': ")
+
+
+def test_a_hook_wrapper_still_wraps_the_identify_hook(caplog: pytest.LogCaptureFixture) -> None:
+    # Before plugins-left the hook was called through pluggy, so a plugin's wrapper (new or
+    # old style) saw each call and could replace the answer; calling the implementations one
+    # by one must not drop it silently. The answer is still checked as a registered profile.
+    import pluggy
+
+    from gateway.core.plugins import new_plugin_manager
+
+    hookimpl = pluggy.HookimplMarker("voipgw")
+    seen: list[str] = []
+    answers = [
+        DeviceProfile(name="spot", codecs=("PCMU",)),
+        DeviceProfile(name="spot", codecs=()),
+    ]
+
+    class Vendor:
+        @hookimpl
+        def gateway_identify_device(self, request: Request) -> DeviceProfile | None:
+            return None
+
+    class Overrides:
+        @hookimpl(wrapper=True)
+        def gateway_identify_device(self, request: Request) -> Any:
+            answer = yield
+            seen.append(request.headers.get("User-Agent") or "")
+            return answers.pop(0) if answer is None else answer
+
+    class Watches:
+        @hookimpl(hookwrapper=True)
+        def gateway_identify_device(self, request: Request) -> Any:
+            yield
+            seen.append("old-style")
+
+    pm = new_plugin_manager()
+    pm.register(Vendor(), name="vendor")
+    pm.register(Overrides(), name="overrides")
+    pm.register(Watches(), name="watches")
+    devices = DeviceIdentifier(
+        [(YEALINK.name, YEALINK)],
+        pm.hook.gateway_identify_device,
+        clock=Clock(),
+        policies=BUILTIN_POLICIES,
+    )
+    with caplog.at_level(logging.ERROR, logger="gateway.core.devices"):
+        first = devices.of_request(invite("Yealink"), FLOW)
+        assert first is not None and first.name == "spot"
+        # A wrapper's answer that breaks a rule is taken as no profile, as any other.
+        assert devices.of_request(invite("Yealink"), FLOW) is YEALINK
+    assert seen == ["Yealink", "old-style", "Yealink", "old-style"]
+    (record,) = caplog.records
+    assert "gateway_identify_device returned device profile 'spot': codecs: ()" in (
+        record.getMessage()
+    )
+
+
+def test_with_a_hook_wrapper_a_failing_implementation_is_still_named(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import pluggy
+
+    from gateway.core.plugins import new_plugin_manager
+
+    hookimpl = pluggy.HookimplMarker("voipgw")
+
+    class Broken:
+        @hookimpl
+        def gateway_identify_device(self, request: Request) -> DeviceProfile | None:
+            raise KeyError("secret-ish")
+
+    class Wraps:
+        @hookimpl(wrapper=True)
+        def gateway_identify_device(self, request: Request) -> Any:
+            return (yield)
+
+    pm = new_plugin_manager()
+    pm.register(Broken(), name="broken")
+    pm.register(Wraps(), name="wraps")
+    devices = DeviceIdentifier(
+        [(YEALINK.name, YEALINK)], pm.hook.gateway_identify_device, clock=Clock()
+    )
+    with caplog.at_level(logging.ERROR, logger="gateway.core.devices"):
+        assert devices.of_request(invite("Yealink"), FLOW) is YEALINK
+    (record,) = caplog.records
+    assert record.getMessage().startswith("plugin 'broken': gateway_identify_device failed")
