@@ -33,8 +33,8 @@ from gateway.core.media.handshakes import CallHandshakes
 from gateway.core.media.relay_api import RelaySide
 from gateway.core.media.session import MediaSession
 from gateway.core.sdp.parser import parse_sdp_untrusted
-from gateway.core.sip.message import Response
-from gateway.plugins.keyexchange.dtls_srtp import DtlsKeyExchange
+from gateway.core.sip.message import Request, Response
+from gateway.plugins.keyexchange.dtls_srtp import DtlsKeyExchange, DtlsNegotiation
 from gateway.testing.sip_agent import AutoAnswer, SipAgent
 from tests.component.calls.b2bua_env import ALICE_DID, GW, eventually, start_b2bua
 from tests.component.calls.dialog_event_watch import next_doc, start, watch
@@ -104,6 +104,27 @@ def assert_answer_first(noted: list[Any], side: str, *, after: int = 0) -> None:
     assert later.index(("sip", side)) < later.index(("dtls", side)), noted
 
 
+async def keyed_by_our_answer_in_the_ack(
+    nursery: trio.Nursery,
+    negotiation: DtlsNegotiation,
+    sock: trio.socket.SocketType,
+    ack: Request,
+    noted: list[Any],
+) -> None:
+    """The phone offered DTLS-SRTP (actpass) in its 200: our answer in ``ack`` is ``active``,
+    the handshake keys the phone, and our ClientHello came after the ACK."""
+    answer = parse_sdp_untrusted(ack.body)
+    answered = answer.media[0]
+    assert answered.attributes.get("setup") == "active"
+    negotiation.remote_sdp_attributes(pairs(answer, answered))
+    phone = Phone(negotiation, sock, ("127.0.0.1", answered.port))
+    nursery.start_soon(phone.run)
+    with trio.fail_after(30):
+        await phone.keyed.wait()
+    assert phone.failure is None
+    assert_answer_first(noted, "b")
+
+
 async def test_our_client_hello_to_a_late_offer_callee_follows_our_ack(
     nursery: trio.Nursery,
     tmp_path: Path,
@@ -127,16 +148,7 @@ async def test_our_client_hello_to_a_late_offer_callee_follows_our_ack(
     await leg_b.answer(200, sdp=dtls_sdp(negotiation))
     assert (await call.final()).status == 200
     ack = (await env.alice.next_request("ACK")).request
-    answer = parse_sdp_untrusted(ack.body)
-    answered = answer.media[0]
-    assert answered.attributes.get("setup") == "active"
-    negotiation.remote_sdp_attributes(pairs(answer, answered))
-    phone = Phone(negotiation, sock, ("127.0.0.1", answered.port))
-    nursery.start_soon(phone.run)
-    with trio.fail_after(30):
-        await phone.keyed.wait()
-    assert phone.failure is None
-    assert_answer_first(noted, "b")
+    await keyed_by_our_answer_in_the_ack(nursery, negotiation, sock, ack, noted)
 
 
 async def test_our_client_hello_of_a_new_association_follows_our_200_to_the_re_invite(
@@ -208,16 +220,7 @@ async def test_our_client_hello_to_a_transfers_target_follows_our_ack(
     sock = await bind()
     await bob_leg.answer(200, sdp=dtls_sdp(negotiation))
     ack = (await bob.next_request("ACK")).request
-    answer = parse_sdp_untrusted(ack.body)
-    answered = answer.media[0]
-    assert answered.attributes.get("setup") == "active"
-    negotiation.remote_sdp_attributes(pairs(answer, answered))
-    phone = Phone(negotiation, sock, ("127.0.0.1", answered.port))
-    nursery.start_soon(phone.run)
-    with trio.fail_after(30):
-        await phone.keyed.wait()
-    assert phone.failure is None
-    assert_answer_first(noted, "b")
+    await keyed_by_our_answer_in_the_ack(nursery, negotiation, sock, ack, noted)
 
 
 async def test_an_active_re_offerers_new_client_hello_before_our_200_is_kept_for_it(
