@@ -88,10 +88,13 @@ def raising_plugin(caller: Any, exc: BaseException) -> str | None:
 
 
 class HookFailures:
-    """The log of one hook's failures at run time, at most one line a minute per plugin (the
-    ERROR line with the traceback; the next line says how many went unlogged in between): a
-    hook that raises on every message or call event must not flood the log. As
-    gateway/core/inbound.py's for ``gateway_inbound_message``."""
+    """The log of one hook's failures at run time, at most one line a minute per plugin (an
+    ERROR line, with the traceback for an exception; the next line says how many went unlogged
+    in between): a hook that raises on every message or call event must not flood the log.
+    The gateway's one such limiter: the raising ``gateway_outbound_message`` hooks
+    (gateway/core/endpoint.py), the failing ``gateway_call_event`` observers
+    (gateway/core/calls/manager.py) and the ``gateway_inbound_message`` changes dropped
+    (gateway/core/inbound.py) each keep one."""
 
     INTERVAL = 60.0
 
@@ -101,10 +104,13 @@ class HookFailures:
         self._logged_at: dict[str | None, float] = {}
         self._unlogged: dict[str | None, int] = {}
 
-    def failed(self, plugin: str | None, exc: BaseException, msg: str, *args: object) -> None:
-        """Log ``msg % args`` with ``exc``'s traceback (its text withheld by the usual rule,
-        docs/architecture.md "Logged exceptions") unless ``plugin``'s last such line is less
-        than a minute old. ``msg`` ends with ``%s`` for the count of those left unlogged."""
+    def failed(
+        self, plugin: str | None, exc: BaseException | None, msg: str, *args: object
+    ) -> None:
+        """Log ``msg % args`` (with ``exc``'s traceback, its text withheld by the usual rule,
+        docs/architecture.md "Logged exceptions"; without one when ``exc`` is None) unless
+        ``plugin``'s last such line is less than a minute old. ``msg`` ends with ``%s`` for
+        the count of those left unlogged."""
         now = self._clock()
         last = self._logged_at.get(plugin)
         if last is not None and now - last < self.INTERVAL:
@@ -113,7 +119,10 @@ class HookFailures:
         self._logged_at[plugin] = now
         unlogged = self._unlogged.pop(plugin, 0)
         more = f" ({unlogged} more since the last such line)" if unlogged else ""
-        log_exception(self._log, msg, *args, more, exc=exc)
+        if exc is None:
+            self._log.error(msg, *args, more)
+        else:
+            log_exception(self._log, msg, *args, more, exc=exc)
 
 
 def who(plugin: str | None) -> str:
