@@ -87,6 +87,30 @@ def raising_plugin(caller: Any, exc: BaseException) -> str | None:
     return found
 
 
+Implementation = tuple[str | None, Callable[..., Any], tuple[str, ...] | None]
+"""One plugin's implementation of a hook: (its plugin's name, its function, the arguments it
+takes); for pluggy's own call of the hook, (None, the hook caller, None: every argument)."""
+
+
+def separate_implementations(caller: Any) -> tuple[Implementation, ...]:
+    """``caller``'s (a pluggy hook caller) implementations, newest-registered first as pluggy
+    orders them, each to be called on its own: one that raises then stops neither the others
+    nor the call, and its failure is put down to its plugin. When a hook wrapper (a generator
+    around the others) implements the hook, only pluggy's own call runs it: then the one entry
+    is ``caller`` itself, named None, its failures named from their traceback
+    (:func:`raising_plugin`). Empty for None (no plugin implements the hook). A plain function
+    standing in for a caller (tests) is that one entry too."""
+    if caller is None:
+        return ()
+    impls = getattr(caller, "get_hookimpls", None)
+    found = impls() if impls is not None else None
+    if found is None or any(impl.hookwrapper or getattr(impl, "wrapper", False) for impl in found):
+        return ((None, caller, None),)
+    return tuple(
+        (impl.plugin_name, impl.function, tuple(impl.argnames)) for impl in reversed(found)
+    )
+
+
 class HookFailures:
     """The log of one hook's failures at run time, at most one line a minute per plugin (an
     ERROR line, with the traceback for an exception; the next line says how many went unlogged

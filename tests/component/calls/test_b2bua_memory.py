@@ -588,6 +588,53 @@ async def test_a_failing_call_event_observer_does_not_break_the_call(
     assert "observer bug" not in failures[0].exc_text
 
 
+class RecordingObserver:
+    """A plugin whose gateway_call_event hook notes every event (a CDR exporter)."""
+
+    def __init__(self) -> None:
+        self.kinds: list[str] = []
+
+    @hookimpl
+    def gateway_call_event(self, event: CallEvent) -> None:
+        self.kinds.append(event.kind)
+
+
+async def test_every_call_event_observer_gets_every_event_whatever_another_raises(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Observers are independent (a CDR exporter, a recording tap): one that raises must not
+    # keep the others from that event. pluggy's own call stops at the first that raises, and
+    # asks the newest-enabled first, so the failing observers here come before the recorders.
+    first, last = RecordingObserver(), RecordingObserver()
+    failing, also_failing = FailingObserver(), FailingObserver()
+    env = await start_b2bua(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        plugins=[
+            ("cdr", first),
+            ("failing-observer", failing),
+            ("tap", last),
+            ("also-failing", also_failing),
+        ],
+    )
+    with caplog.at_level(logging.ERROR, logger="gateway.core.calls.manager"):
+        call, _ = await answered_call(env)
+        assert (await call.bye()).status == 200
+        await eventually(lambda: env.calls == 0)
+    every = ["started", "ringing", "answered", "ended"]
+    assert first.kinds == last.kinds == failing.kinds == also_failing.kinds == every
+    # Each raising observer named (its own once-a-minute line), and nobody else blamed.
+    named = sorted(
+        r.getMessage().split(":")[0] for r in caplog.records if "gateway_call_event" in r.getMessage()
+    )
+    assert named == ["plugin 'also-failing'", "plugin 'failing-observer'"]
+
+
 class OutboundStamp:
     """A plugin that marks every message the gateway sends and notes each leg it is asked about.
 

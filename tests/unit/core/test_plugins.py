@@ -8,7 +8,13 @@ import pytest
 from gateway.core.config import ConfigError, from_mapping
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import DeviceProfile
-from gateway.core.plugins import DiscoveredPlugin, PluginError, discover, load_plugins
+from gateway.core.plugins import (
+    DiscoveredPlugin,
+    PluginError,
+    discover,
+    load_plugins,
+    separate_implementations,
+)
 
 
 def make_plugin(**hooks: object) -> types.SimpleNamespace:
@@ -234,3 +240,35 @@ def test_firstresult_decision_hook_later_plugin_wins() -> None:
     )
     result = plugins.hook.gateway_identify_device(request=None, flow=None)
     assert result.name == "second"
+
+
+def test_separate_implementations_newest_first_or_pluggys_call_with_a_wrapper() -> None:
+    # Observers are called one by one (one that raises stops no other), newest-enabled first as
+    # pluggy asks them; a hook wrapper only runs in pluggy's own call, which is then the one.
+    first = make_plugin(gateway_call_event=lambda event: None)
+    second = make_plugin(gateway_call_event=lambda: None)
+    plugins = load_plugins(
+        config_enabling("first", "second"),
+        extra=[("first", first), ("second", second)],
+        installed={},
+    )
+    caller = plugins.implemented("gateway_call_event")
+    assert [(name, takes) for name, _, takes in separate_implementations(caller)] == [
+        ("second", ()),
+        ("first", ("event",)),
+    ]
+    assert separate_implementations(None) == ()
+
+    def wrapping():  # type: ignore[no-untyped-def]
+        yield
+
+    wrapper = types.SimpleNamespace(
+        gateway_call_event=hookimpl(hookwrapper=True)(wrapping),
+    )
+    wrapped = load_plugins(
+        config_enabling("first", "wrapper"),
+        extra=[("first", first), ("wrapper", wrapper)],
+        installed={},
+    )
+    caller = wrapped.implemented("gateway_call_event")
+    assert separate_implementations(caller) == ((None, caller, None),)
