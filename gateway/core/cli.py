@@ -16,8 +16,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import attrs
-
 from gateway import __version__
 from gateway.core import config as config_mod
 from gateway.core.calls.protection import describe_auth, describe_leg

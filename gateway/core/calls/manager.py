@@ -814,8 +814,7 @@ class CallManager:
                 self._observer_failures.failed(
                     plugin,
                     exc,
-                    "%s: gateway_call_event observer raised %s on %s (call %s); the call goes "
-                    "on%s",
+                    "%s: gateway_call_event observer raised %s on %s (call %s); the call goes on%s",
                     who(plugin),
                     type(exc).__name__,
                     kind,

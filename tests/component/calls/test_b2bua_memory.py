@@ -630,7 +630,9 @@ async def test_every_call_event_observer_gets_every_event_whatever_another_raise
     assert first.kinds == last.kinds == failing.kinds == also_failing.kinds == every
     # Each raising observer named (its own once-a-minute line), and nobody else blamed.
     named = sorted(
-        r.getMessage().split(":")[0] for r in caplog.records if "gateway_call_event" in r.getMessage()
+        r.getMessage().split(":")[0]
+        for r in caplog.records
+        if "gateway_call_event" in r.getMessage()
     )
     assert named == ["plugin 'also-failing'", "plugin 'failing-observer'"]
 

@@ -16,13 +16,13 @@ import trio
 from gateway.core.hookspecs import hookimpl
 from gateway.core.ids import SeededIds
 from gateway.core.interfaces import DeviceProfile
+from gateway.core.media.session import DtmfPlan
 from gateway.core.plugins import Registry
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.testing.sip_agent import AutoAnswer, SipAgent, simple_sdp
-from gateway.core.media.session import DtmfPlan
 from tests.component.calls.b2bua_env import ALICE_DID, GW, eventually
-from tests.component.calls.dtmf_calls import b2bua_call
 from tests.component.calls.dialog_event_watch import next_doc, start, watch
+from tests.component.calls.dtmf_calls import b2bua_call
 from tests.component.calls.pickup_calls import PICKUP, early_dialog, pick_up, replaces_of
 
 PICKER = ("127.0.0.6", 5060)
