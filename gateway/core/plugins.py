@@ -443,8 +443,11 @@ def load_plugins(
             pm.check_pending()
             break
         except pluggy.PluginValidationError as exc:
-            name = pm.get_name(exc.plugin) or repr(exc.plugin)
+            registered = pm.get_name(exc.plugin)
+            name = registered or repr(exc.plugin)
             error = PluginError(f"plugin {name!r}: {exc}", plugin=name)
+            if registered is None:  # nothing to leave out: raised however it is called
+                raise error from exc
             error.__cause__ = exc
             _leave_out(pm, error, failed)
     configs = _plugin_configs(pm, config, failed)

@@ -272,3 +272,36 @@ def test_separate_implementations_newest_first_or_pluggys_call_with_a_wrapper() 
     )
     caller = wrapped.implemented("gateway_call_event")
     assert separate_implementations(caller) == ((None, caller, None),)
+
+
+def test_collecting_failures_leaves_out_each_failing_plugin_and_loads_the_others() -> None:
+    # `voipgw plugins`: a misspelled hook (check_pending), a raising gateway_configure and a
+    # plugin error in a registration hook are each noted by plugin; the others load, once.
+    configured: list[str] = []
+    good = make_plugin(gateway_configure=lambda: configured.append("good"))
+    typo = make_plugin(gateway_register_media_tap=lambda registry: None)
+
+    def refuse():  # type: ignore[no-untyped-def]
+        raise ConfigError("voipgw.toml", "plugins.picky", "codes", "'*' is not CODE=ACCOUNT")
+
+    picky = make_plugin(gateway_configure=refuse)
+    failed: dict[str, str] = {}
+    plugins = load_plugins(
+        config_enabling("typo", "picky", "good"),
+        extra=[("typo", typo), ("picky", picky), ("good", good)],
+        installed={},
+        failed=failed,
+    )
+    assert plugins.names == ["good"]
+    assert configured == ["good"]
+    assert sorted(failed) == ["picky", "typo"]
+    assert "unknown hook 'gateway_register_media_tap'" in failed["typo"]
+    assert failed["picky"] == (
+        "plugin 'picky': voipgw.toml: [plugins.picky] codes: '*' is not CODE=ACCOUNT"
+    )
+    # Without collecting, the same ConfigError stops loading: a ConfigError still, and a
+    # PluginError naming the plugin.
+    with pytest.raises(ConfigError) as info:
+        load_plugins(config_enabling("picky"), extra=[("picky", picky)], installed={})
+    assert isinstance(info.value, PluginError) and info.value.plugin == "picky"
+    assert info.value.table == "plugins.picky" and info.value.key == "codes"
