@@ -16,8 +16,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import attrs
-
 from gateway import __version__
 from gateway.core import config as config_mod
 from gateway.core.calls.protection import describe_auth, describe_leg
@@ -595,24 +593,11 @@ def _load_plugins_listing(
     """The enabled plugins for ``voipgw plugins``: those that load, and the error of each that
     does not (by name). ``voipgw run`` stops on the first such error (docs/plugin_hooks.md);
     the listing goes on without that plugin (and its ``[plugins.NAME]`` table) to show the
-    others, and says the error as ``run`` would. An error no single plugin is at fault for
-    (two registering one name) is raised as ``run`` raises it."""
+    others, and says the error as ``run`` would. Each plugin is loaded once, however many
+    fail. An error no single plugin is at fault for (two registering one name) is raised as
+    ``run`` raises it."""
     failed: dict[str, str] = {}
-    while True:
-        try:
-            return _load_plugins(config, args, installed=installed), failed
-        except PluginError as exc:
-            name = exc.plugin
-            if name is None or name in failed or name not in config.plugins.enable:
-                raise
-            failed[name] = str(exc)
-            config = attrs.evolve(
-                config,
-                plugins=attrs.evolve(
-                    config.plugins, enable=tuple(n for n in config.plugins.enable if n != name)
-                ),
-                plugin_tables={k: v for k, v in config.plugin_tables.items() if k != name},
-            )
+    return _load_plugins(config, args, installed=installed, failed=failed), failed
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

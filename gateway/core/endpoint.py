@@ -111,18 +111,6 @@ class LegOf(Protocol):
     ) -> LegInfo | None: ...
 
 
-class OutboundHookError(Exception):
-    """A ``gateway_outbound_message`` hook raised: the message it was given is not sent. Its
-    text (ours) names the plugin, the hook and the message; the plugin's exception is its
-    cause, whose text the log withholds by the usual rule (docs/architecture.md "Logged
-    exceptions"). Logged where it is raised, at most once a minute per plugin
-    (:class:`~gateway.core.plugins.HookFailures`): the endpoint's own handler only counts it."""
-
-    def __init__(self, plugin: str | None, text: str) -> None:
-        super().__init__(text)
-        self.plugin = plugin
-
-
 ALLOWED_METHODS = (
     "INVITE",
     "ACK",
@@ -1031,10 +1019,6 @@ class SipEndpoint:
         for output in outputs:
             try:
                 await self._act_one(output, arrival)
-            except OutboundHookError:
-                # A plugin's bug, logged where it was raised, once a minute per plugin: a hook
-                # raising on every message must not flood the log.
-                self.statistics.internal_errors += 1
             except Exception:
                 # One bad output (a bug) must not drop the others: their retransmissions and
                 # TransactionTerminated bookkeeping still have to happen.
@@ -1620,6 +1604,8 @@ class SipEndpoint:
         self, message: Request, flow: Flow, transaction: ClientTransaction | None
     ) -> None:
         final = self._outbound(message, flow)
+        if final is None:
+            return  # a raising hook's; as a message lost on the way (transactions re-send)
         if not isinstance(final, Request):
             raise SipError("a gateway_outbound_message hook replaced a request with a non-request")
         try:
@@ -1766,6 +1752,8 @@ class SipEndpoint:
             )
             return
         message = self._outbound(response, flow)
+        if message is None:
+            return  # a raising hook's; as a message lost on the way
         if not isinstance(message, Request | Response):
             raise SipError(
                 "a gateway_outbound_message hook replaced the message with a non-message"
@@ -1831,7 +1819,12 @@ class SipEndpoint:
 
     def _outbound(self, message: Request | Response, flow: Flow) -> object:
         """``message`` as the ``gateway_outbound_message`` hooks leave it (they may replace it);
-        the hook is not called at all when no plugin implements it."""
+        the hook is not called at all when no plugin implements it. None when a hook raised:
+        the message is not sent, which is counted as an internal error and logged naming the
+        plugin, at most once a minute per plugin (:class:`~gateway.core.plugins.HookFailures`:
+        a hook raising on every message must not flood the log). Whoever sends it (a
+        transaction, a call re-sending its 2xx or its ACK) goes on as after a message lost on
+        the way: a plugin's bug fails no call by itself (STYLE.md habit 6)."""
         hook = self.gateway.plugins.implemented("gateway_outbound_message")
         if hook is None:
             return message
@@ -1841,6 +1834,7 @@ class SipEndpoint:
             hook(outbound=outbound)
         except Exception as exc:
             # pluggy does not say whose hook it was; the traceback's frames do.
+            self.statistics.internal_errors += 1
             plugin = raising_plugin(hook, exc)
             what = (
                 message.method
@@ -1856,11 +1850,7 @@ class SipEndpoint:
                 what,
                 flow.key,
             )
-            raise OutboundHookError(
-                plugin,
-                f"{who(plugin)} raised {type(exc).__name__} in gateway_outbound_message on "
-                f"{what} for {flow.key}: not sent",
-            ) from exc
+            return None
         return outbound.message
 
     async def _response_flow(self, response: Response, arrival: Flow) -> Flow:

@@ -50,7 +50,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from gateway.core.interfaces import DeviceProfile, InboundMessage, LegInfo
-from gateway.core.logs import log_exception
+from gateway.core.plugins import HookFailures
 from gateway.core.sip.errors import SipError
 from gateway.core.sip.message import Request, Response
 from gateway.core.sip.parser import parse_message_untrusted
@@ -60,9 +60,6 @@ from gateway.core.transport.flows import Flow
 log = logging.getLogger(__name__)
 
 HOOK = "gateway_inbound_message"
-
-# A plugin whose hook keeps failing is logged once a minute, not once per message.
-_LOG_INTERVAL = 60.0
 
 
 class InboundHooks:
@@ -80,9 +77,8 @@ class InboundHooks:
         self._impls = tuple(impls)
         self._max_size = max_size
         self._max_headers = max_headers
-        self._clock = clock
-        self._logged_at: dict[str, float] = {}
-        self._unlogged: dict[str, int] = {}
+        # A plugin whose hook keeps failing is logged once a minute, not once per message.
+        self._failures = HookFailures(log, clock)
         self.refused = 0
         """Changes dropped (a hook that raised or broke a rule), since the start."""
 
@@ -148,14 +144,6 @@ class InboundHooks:
         exc: BaseException | None,
     ) -> None:
         self.refused += 1
-        now = self._clock()
-        last = self._logged_at.get(plugin)
-        if last is not None and now - last < _LOG_INTERVAL:
-            self._unlogged[plugin] = self._unlogged.get(plugin, 0) + 1
-            return
-        self._logged_at[plugin] = now
-        unlogged = self._unlogged.pop(plugin, 0)
-        more = f" ({unlogged} more since the last such line)" if unlogged else ""
         what = (
             message.method
             if isinstance(message, Request)
@@ -164,17 +152,19 @@ class InboundHooks:
         if exc is not None:
             # The plugin's text is withheld by the usual rule (docs/architecture.md "Logged
             # exceptions"); its name, the hook and the message are ours.
-            log_exception(
-                log,
+            self._failures.failed(
+                plugin,
+                exc,
                 "plugin %r: %s raised on %s from %s; the message goes on unchanged%s",
                 plugin,
                 HOOK,
                 what,
                 flow.key,
-                more,
             )
         else:
-            log.error(
+            self._failures.failed(
+                plugin,
+                None,
                 "plugin %r: %s %s on %s from %s; its change is dropped, the message goes on "
                 "unchanged%s",
                 plugin,
@@ -182,7 +172,6 @@ class InboundHooks:
                 why,
                 what,
                 flow.key,
-                more,
             )
 
 

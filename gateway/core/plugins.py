@@ -67,6 +67,19 @@ class PluginHookError(PluginError):
         super().__init__(f"{who} raised {type(exc).__name__} in {hook}", plugin=plugin)
 
 
+class PluginConfigError(ConfigError, PluginError):
+    """A :class:`ConfigError` a plugin raised in ``gateway_configure`` (a setting it refuses):
+    the same error, still a ConfigError to whoever catches one, its text (the plugin's, for the
+    operator) after the plugin's name, ``plugin 'NAME': FILE: [TABLE] KEY: ...``; and a
+    PluginError whose ``plugin`` is that plugin, so ``voipgw plugins`` lists the others."""
+
+    def __init__(self, plugin: str, error: ConfigError) -> None:
+        Exception.__init__(self, f"plugin {plugin!r}: {error}")
+        self.file, self.table, self.key = error.file, error.table, error.key
+        self.message = error.message
+        self.plugin = plugin
+
+
 def raising_plugin(caller: Any, exc: BaseException) -> str | None:
     """The name of the plugin whose implementation of ``caller`` (a pluggy hook caller) raised
     ``exc``: the innermost frame of its traceback that is one of the implementations (pluggy's
@@ -87,11 +100,38 @@ def raising_plugin(caller: Any, exc: BaseException) -> str | None:
     return found
 
 
+Implementation = tuple[str | None, Callable[..., Any], tuple[str, ...] | None]
+"""One plugin's implementation of a hook: (its plugin's name, its function, the arguments it
+takes); for pluggy's own call of the hook, (None, the hook caller, None: every argument)."""
+
+
+def separate_implementations(caller: Any) -> tuple[Implementation, ...]:
+    """``caller``'s (a pluggy hook caller) implementations, newest-registered first as pluggy
+    orders them, each to be called on its own: one that raises then stops neither the others
+    nor the call, and its failure is put down to its plugin. When a hook wrapper (a generator
+    around the others) implements the hook, only pluggy's own call runs it: then the one entry
+    is ``caller`` itself, named None, its failures named from their traceback
+    (:func:`raising_plugin`). Empty for None (no plugin implements the hook). A plain function
+    standing in for a caller (tests) is that one entry too."""
+    if caller is None:
+        return ()
+    impls = getattr(caller, "get_hookimpls", None)
+    found = impls() if impls is not None else None
+    if found is None or any(impl.hookwrapper or getattr(impl, "wrapper", False) for impl in found):
+        return ((None, caller, None),)
+    return tuple(
+        (impl.plugin_name, impl.function, tuple(impl.argnames)) for impl in reversed(found)
+    )
+
+
 class HookFailures:
-    """The log of one hook's failures at run time, at most one line a minute per plugin (the
-    ERROR line with the traceback; the next line says how many went unlogged in between): a
-    hook that raises on every message or call event must not flood the log. As
-    gateway/core/inbound.py's for ``gateway_inbound_message``."""
+    """The log of one hook's failures at run time, at most one line a minute per plugin (an
+    ERROR line, with the traceback for an exception; the next line says how many went unlogged
+    in between): a hook that raises on every message or call event must not flood the log.
+    The gateway's one such limiter: the raising ``gateway_outbound_message`` hooks
+    (gateway/core/endpoint.py), the failing ``gateway_call_event`` observers
+    (gateway/core/calls/manager.py) and the ``gateway_inbound_message`` changes dropped
+    (gateway/core/inbound.py) each keep one."""
 
     INTERVAL = 60.0
 
@@ -101,10 +141,13 @@ class HookFailures:
         self._logged_at: dict[str | None, float] = {}
         self._unlogged: dict[str | None, int] = {}
 
-    def failed(self, plugin: str | None, exc: BaseException, msg: str, *args: object) -> None:
-        """Log ``msg % args`` with ``exc``'s traceback (its text withheld by the usual rule,
-        docs/architecture.md "Logged exceptions") unless ``plugin``'s last such line is less
-        than a minute old. ``msg`` ends with ``%s`` for the count of those left unlogged."""
+    def failed(
+        self, plugin: str | None, exc: BaseException | None, msg: str, *args: object
+    ) -> None:
+        """Log ``msg % args`` (with ``exc``'s traceback, its text withheld by the usual rule,
+        docs/architecture.md "Logged exceptions"; without one when ``exc`` is None) unless
+        ``plugin``'s last such line is less than a minute old. ``msg`` ends with ``%s`` for
+        the count of those left unlogged."""
         now = self._clock()
         last = self._logged_at.get(plugin)
         if last is not None and now - last < self.INTERVAL:
@@ -113,7 +156,10 @@ class HookFailures:
         self._logged_at[plugin] = now
         unlogged = self._unlogged.pop(plugin, 0)
         more = f" ({unlogged} more since the last such line)" if unlogged else ""
-        log_exception(self._log, msg, *args, more, exc=exc)
+        if exc is None:
+            self._log.error(msg, *args, more)
+        else:
+            log_exception(self._log, msg, *args, more, exc=exc)
 
 
 def who(plugin: str | None) -> str:
@@ -199,6 +245,12 @@ class Registry(Generic[T]):
     def registered_by(self, plugin: str) -> list[str]:
         return [name for name, owner in self._owners.items() if owner == plugin]
 
+    def _forget(self, plugin: str) -> None:
+        """Take out what ``plugin`` registered (a plugin left out of ``voipgw plugins``)."""
+        for name in self.registered_by(plugin):
+            del self._items[name]
+            del self._owners[name]
+
     def __contains__(self, name: object) -> bool:
         return name in self._items
 
@@ -247,9 +299,10 @@ class Plugins:
         registry: Registry[Any] = getattr(self, attribute)
         return registry
 
-    def run_configure(self) -> None:
+    def run_configure(self, failed: dict[str, str] | None = None) -> None:
         """Call every ``gateway_configure`` hook once, oldest registration first (built-ins
-        first), with the plugin's own structured table: the settings its decision hooks keep."""
+        first), with the plugin's own structured table: the settings its decision hooks keep.
+        ``failed``: as :func:`load_plugins`'."""
         for impl in self.pm.hook.gateway_configure.get_hookimpls():
             available = {"config": self.configs.get(impl.plugin_name)}
             try:
@@ -257,18 +310,24 @@ class Plugins:
             except PluginError as exc:
                 if exc.plugin is None:
                     exc.plugin = impl.plugin_name  # its text is the plugin's, for the operator
-                raise
-            except ConfigError:
-                raise
+                self._leave_out(exc, failed)
+            except ConfigError as exc:
+                # Its text is the plugin's, for the operator; which plugin refused is ours.
+                error: PluginError = PluginConfigError(impl.plugin_name, exc)
+                error.__cause__ = exc
+                self._leave_out(error, failed)
             except Exception as exc:
-                raise PluginError(
+                error = PluginError(
                     f"plugin {impl.plugin_name!r} failed in gateway_configure: {failure(exc)}",
                     plugin=impl.plugin_name,
-                ) from exc
+                )
+                error.__cause__ = exc
+                self._leave_out(error, failed)
 
-    def run_registrations(self) -> None:
+    def run_registrations(self, failed: dict[str, str] | None = None) -> None:
         """Call every ``gateway_register_*`` hook once per plugin, telling each registry who is
-        registering so duplicates and ``voipgw plugins`` can name the plugin."""
+        registering so duplicates and ``voipgw plugins`` can name the plugin. ``failed``: as
+        :func:`load_plugins`'."""
         for hook_name, attribute in REGISTRY_HOOKS.items():
             registry = self.registry(attribute)
             caller = getattr(self.pm.hook, hook_name)
@@ -281,14 +340,28 @@ class Plugins:
                 except PluginError as exc:
                     if exc.plugin is None and not isinstance(exc, DuplicateName):
                         exc.plugin = impl.plugin_name  # the plugin's own, for the operator
-                    raise
+                    self._leave_out(exc, failed)
                 except Exception as exc:
-                    raise PluginError(
+                    error = PluginError(
                         f"plugin {impl.plugin_name!r} failed in {hook_name}: {failure(exc)}",
                         plugin=impl.plugin_name,
-                    ) from exc
+                    )
+                    error.__cause__ = exc
+                    self._leave_out(error, failed)
                 finally:
                     registry._current_plugin = "<core>"
+
+    def _leave_out(self, error: PluginError, failed: dict[str, str] | None) -> None:
+        """Raise ``error``; or, collecting ``failed`` (``voipgw plugins``), note it under its
+        plugin and go on without that plugin: unregistered, its table and what it registered
+        forgotten. An error no one plugin is at fault for (two registering one name) is
+        raised all the same."""
+        _leave_out(self.pm, error, failed)
+        name = error.plugin
+        assert name is not None
+        self.configs.pop(name, None)
+        for attribute in REGISTRY_HOOKS.values():
+            self.registry(attribute)._forget(name)
 
     def registered_by(self, plugin: str) -> dict[str, list[str]]:
         """What ``plugin`` registered, by registry attribute (only non-empty ones)."""
@@ -317,6 +390,7 @@ def load_plugins(
     *,
     extra: Sequence[tuple[str, object]] = (),
     installed: Mapping[str, DiscoveredPlugin] | None = None,
+    failed: dict[str, str] | None = None,
 ) -> Plugins:
     """Import the enabled plugins, structure their config tables, run their registrations.
 
@@ -324,6 +398,12 @@ def load_plugins(
     found there is not looked up among the entry points. Raises
     :class:`PluginError` naming an enabled plugin that is not installed (and listing those that
     are) and :class:`ConfigError` for a bad ``[plugins.NAME]`` table.
+
+    ``failed`` (``voipgw plugins``, which lists what loads): a :class:`PluginError` that one
+    enabled plugin is at fault for is put there, its text by the plugin's name, instead of
+    raised, and the others load without that plugin (nor its table); each plugin is imported
+    once. Errors that are not one plugin's (a name two plugins register, a bad table) are
+    raised as without it.
     """
     pm = new_plugin_manager()
     installed = discover() if installed is None else installed
@@ -346,25 +426,47 @@ def load_plugins(
         try:
             obj = _load_entry_point(plugin)
         except Exception as exc:
-            raise PluginError(
+            error = PluginError(
                 f"plugin {name!r} ({plugin.value} from {plugin.distribution} {plugin.version}) "
                 f"failed to import: {failure(exc)}",
                 plugin=name,
-            ) from exc
-        _register(pm, obj, name)
+            )
+            error.__cause__ = exc
+            _leave_out(pm, error, failed)
+            continue
+        _register(pm, obj, name, failed)
     for name, obj in extra:
-        _register(pm, obj, name)
+        _register(pm, obj, name, failed)
     # A hookimpl whose name or arguments match no hookspec is a typo: fail loudly now.
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        name = pm.get_name(exc.plugin) or repr(exc.plugin)
-        raise PluginError(f"plugin {name!r}: {exc}", plugin=name) from exc
-    configs = _plugin_configs(pm, config)
+    while True:
+        try:
+            pm.check_pending()
+            break
+        except pluggy.PluginValidationError as exc:
+            registered = pm.get_name(exc.plugin)
+            name = registered or repr(exc.plugin)
+            error = PluginError(f"plugin {name!r}: {exc}", plugin=name)
+            if registered is None:  # nothing to leave out: raised however it is called
+                raise error from exc
+            error.__cause__ = exc
+            _leave_out(pm, error, failed)
+    configs = _plugin_configs(pm, config, failed)
     plugins = Plugins(pm, configs)
-    plugins.run_configure()
-    plugins.run_registrations()
+    plugins.run_configure(failed)
+    plugins.run_registrations(failed)
     return plugins
+
+
+def _leave_out(pm: pluggy.PluginManager, error: PluginError, failed: dict[str, str] | None) -> None:
+    """Raise ``error``, unless ``failed`` collects errors (:func:`load_plugins`) and ``error``
+    is one registered plugin's: then it is noted under that plugin's name and the plugin
+    unregistered (its hooks are not called again)."""
+    name = error.plugin
+    if failed is None or name is None or isinstance(error, DuplicateName):
+        raise error
+    failed[name] = str(error)
+    if pm.has_plugin(name):
+        pm.unregister(name=name)
 
 
 def _load_entry_point(plugin: DiscoveredPlugin) -> object:
@@ -378,13 +480,20 @@ def _load_entry_point(plugin: DiscoveredPlugin) -> object:
 HOOK_NAMES = tuple(sorted(name for name in vars(hookspecs) if name.startswith("gateway_")))
 
 
-def _register(pm: pluggy.PluginManager, obj: object, name: str) -> None:
+def _register(
+    pm: pluggy.PluginManager, obj: object, name: str, failed: dict[str, str] | None = None
+) -> None:
     try:
         pm.register(obj, name=name)
-    except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin {name!r}: {exc}", plugin=name) from exc
-    except ValueError as exc:
-        raise PluginError(f"plugin {name!r} could not be registered: {exc}", plugin=name) from exc
+    except (pluggy.PluginValidationError, ValueError) as exc:
+        error = (
+            PluginError(f"plugin {name!r}: {exc}", plugin=name)
+            if isinstance(exc, pluggy.PluginValidationError)
+            else PluginError(f"plugin {name!r} could not be registered: {exc}", plugin=name)
+        )
+        error.__cause__ = exc
+        _leave_out(pm, error, failed)
+        return
     # pluggy passes over a function without the @hookimpl mark: the plugin would load and never
     # be called, and nothing would say why. Fail as for a misspelled hook (check_pending). The
     # specification itself is no attempt at an implementation: a plugin that imported it
@@ -397,16 +506,21 @@ def _register(pm: pluggy.PluginManager, obj: object, name: str) -> None:
         and pm.parse_hookimpl_opts(obj, hook) is None
     ]
     if unmarked:
-        pm.unregister(obj)
-        raise PluginError(
-            f"plugin {name!r}: {', '.join(unmarked)} not marked as a hook implementation, so "
-            "it would never be called: decorate it with @hookimpl "
-            "(from gateway.core.hookspecs import hookimpl)",
-            plugin=name,
+        _leave_out(
+            pm,
+            PluginError(
+                f"plugin {name!r}: {', '.join(unmarked)} not marked as a hook implementation, "
+                "so it would never be called: decorate it with @hookimpl "
+                "(from gateway.core.hookspecs import hookimpl)",
+                plugin=name,
+            ),
+            failed,
         )
 
 
-def _plugin_configs(pm: pluggy.PluginManager, config: GatewayConfig) -> dict[str, Any]:
+def _plugin_configs(
+    pm: pluggy.PluginManager, config: GatewayConfig, failed: dict[str, str] | None = None
+) -> dict[str, Any]:
     configs: dict[str, Any] = {}
     declared: set[str] = set()
     for impl in pm.hook.gateway_plugin_config.get_hookimpls():
@@ -414,15 +528,24 @@ def _plugin_configs(pm: pluggy.PluginManager, config: GatewayConfig) -> dict[str
         try:
             cls = impl.function()
         except Exception as exc:
-            raise PluginError(
+            error = PluginError(
                 f"plugin {name!r} failed in gateway_plugin_config: {failure(exc)}", plugin=name
-            ) from exc
+            )
+            error.__cause__ = exc
+            _leave_out(pm, error, failed)
+            continue
         if cls is None:
             continue
         if not isinstance(cls, type) or not attrs.has(cls):
-            raise PluginError(
-                f"plugin {name!r}: gateway_plugin_config must return an attrs class", plugin=name
+            _leave_out(
+                pm,
+                PluginError(
+                    f"plugin {name!r}: gateway_plugin_config must return an attrs class",
+                    plugin=name,
+                ),
+                failed,
             )
+            continue
         declared.add(name)
         table = dict(config.plugin_tables.get(name, {}))
         if "state_dir" in attrs.fields_dict(cls) and "state_dir" not in table:
@@ -431,7 +554,7 @@ def _plugin_configs(pm: pluggy.PluginManager, config: GatewayConfig) -> dict[str
             table["state_dir"] = config.gateway.state_dir
         configs[name] = structure(cls, table, file=config.source, table_name=f"plugins.{name}")
     for name in config.plugin_tables:
-        if name not in declared:
+        if name not in declared and (failed is None or name not in failed):
             raise ConfigError(
                 config.source,
                 f"plugins.{name}",

@@ -59,7 +59,13 @@ from gateway.core.media.policy import (
 )
 from gateway.core.media.security import LegSecurity
 from gateway.core.media.taps import CallTaps, copy_sip, tapped_media
-from gateway.core.plugins import HookFailures, PluginHookError, raising_plugin, who
+from gateway.core.plugins import (
+    HookFailures,
+    PluginHookError,
+    raising_plugin,
+    separate_implementations,
+    who,
+)
 from gateway.core.sip.dialog import SIPS_NOT_ALLOWED
 from gateway.core.sip.errors import SipError
 from gateway.core.sip.grammar import parse_name_addr_untrusted, split_list_untrusted
@@ -113,6 +119,11 @@ class CallManager:
         self.statistics = gateway.call_statistics
         """Call counters for monitoring services; None (nothing counted) without one."""
         self._observer_failures = HookFailures(log, time.monotonic)
+        self._observers = separate_implementations(
+            gateway.plugins.implemented("gateway_call_event")
+        )
+        """The ``gateway_call_event`` observers, each called on its own: independent, one
+        that raises keeps no other from an event (pluggy's call stops at the first)."""
         self._by_dialog: dict[DialogKey, tuple[Call, Side]] = {}
         self._by_invite: dict[ServerTransaction, Call] = {}
         # What each call put in the two maps, so forgetting a call costs its own entries, not a
@@ -789,25 +800,26 @@ class CallManager:
         statistics = self.statistics
         if statistics is not None:
             statistics.event(call, kind, reason, trio.current_time())
-        hook = self.gateway.plugins.implemented("gateway_call_event")
-        if hook is None:
+        if not self._observers:
             return
         event = CallEvent(kind=kind, call_id=call.id, at=trio.current_time(), reason=reason)
-        try:
-            hook(event=event)
-        except Exception as exc:
-            # Named as the decision hooks' failures are (pluggy does not say whose), and at
-            # most once a minute per plugin: an observer failing on every event would flood.
-            plugin = raising_plugin(hook, exc)
-            self._observer_failures.failed(
-                plugin,
-                exc,
-                "%s: gateway_call_event observer raised %s on %s (call %s); the call goes on%s",
-                who(plugin),
-                type(exc).__name__,
-                kind,
-                call.id,
-            )
+        for plugin, observer, takes in self._observers:
+            try:
+                observer(**({"event": event} if takes is None or "event" in takes else {}))
+            except Exception as exc:
+                # Named as the decision hooks' failures are, and at most once a minute per
+                # plugin: an observer failing on every event would flood.
+                if plugin is None:  # through pluggy (a hook wrapper): its traceback says
+                    plugin = raising_plugin(observer, exc)
+                self._observer_failures.failed(
+                    plugin,
+                    exc,
+                    "%s: gateway_call_event observer raised %s on %s (call %s); the call goes on%s",
+                    who(plugin),
+                    type(exc).__name__,
+                    kind,
+                    call.id,
+                )
 
     def _tap_from_start(self, call: Call, invite: Request, caller: Caller) -> None:
         """Ask the taps that decide at a call's start (lawful intercept) for sinks; with any,

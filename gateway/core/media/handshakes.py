@@ -104,14 +104,56 @@ def _starts_handshake(packet: bytes) -> bool:
     return len(packet) >= 13 and packet[0] == 22 and packet[3] == 0 and packet[4] == 0
 
 
-def _association(negotiation: KeyNegotiation | None) -> str | None:
+_NAMES_NONE = object()
+
+
+class _Engine:
+    """The association of an engine that names none (no ``tls_id`` attribute): the engine
+    object itself, by identity (held here, so its id is never another's)."""
+
+    __slots__ = ("negotiation",)
+
+    def __init__(self, negotiation: object) -> None:
+        self.negotiation = negotiation
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Engine) and other.negotiation is self.negotiation
+
+    def __hash__(self) -> int:
+        return id(self.negotiation)
+
+
+_UNNAMED_ENGINES: set[type] = set()
+"""Engine types without ``tls_id`` already said in the log (once per type and process)."""
+
+
+def _association(negotiation: KeyNegotiation | None) -> str | _Engine | None:
     """The association ``negotiation`` belongs to, for :meth:`CallHandshakes.hold`: the
     ``dtls`` engine's ``tls_id`` (our ``a=tls-id``, RFC 8842 §4: kept by a re-offer or
-    re-answer that keeps the association, new for a new one). None for an engine that names
-    none (ZRTP): held only until its side's first release. Read as an attribute, not by
+    re-answer that keeps the association, new for a new one). None for an engine that says
+    it has none (``tls_id = None``: ZRTP, whose Hello needs no fingerprint of ours): held only
+    until its side's first release. An engine without the attribute (a third-party engine
+    written before it was documented) may start a new association at any re-offer, which we
+    cannot tell: the engine object stands for its association, so a new engine is held until
+    our answer goes as the first was (its ClientHello after our fingerprint, RFC 5763 §5), and
+    the same engine is not held again; said once in the log. Read as an attribute, not by
     isinstance against a runtime-checkable Protocol: this runs per stream and round."""
-    tls_id = getattr(negotiation, "tls_id", None)
-    return tls_id if isinstance(tls_id, str) else None
+    tls_id = getattr(negotiation, "tls_id", _NAMES_NONE)
+    if tls_id is None or isinstance(tls_id, str):
+        return tls_id
+    if negotiation is None:
+        return None
+    kind = type(negotiation)
+    if kind not in _UNNAMED_ENGINES:
+        _UNNAMED_ENGINES.add(kind)
+        log.warning(
+            "media-path key exchange engine %s.%s has no tls_id (docs/plugin_hooks.md, "
+            '"Media-path engines"): each new engine object is taken for a new association, '
+            "held until our answer to its peer goes",
+            kind.__module__,
+            kind.__qualname__,
+        )
+    return _Engine(negotiation)
 
 
 @runtime_checkable
@@ -149,7 +191,7 @@ class CallHandshakes:
         """Datagrams that came on a leg's RTCP port before its handshake there existed."""
         self._held: set[str] = set()
         """Sides whose handshakes wait for our SDP answer to be sent (:meth:`hold`)."""
-        self._released: set[tuple[str, str | None]] = set()
+        self._released: set[tuple[str, str | _Engine | None]] = set()
         """(side, association) driven unheld or released: that peer has our fingerprint for it
         (our offer or answer went), no hold again (:meth:`hold`)."""
         self._held_datagrams: dict[tuple[str, int, bool], list[bytes]] = {}

@@ -588,6 +588,55 @@ async def test_a_failing_call_event_observer_does_not_break_the_call(
     assert "observer bug" not in failures[0].exc_text
 
 
+class RecordingObserver:
+    """A plugin whose gateway_call_event hook notes every event (a CDR exporter)."""
+
+    def __init__(self) -> None:
+        self.kinds: list[str] = []
+
+    @hookimpl
+    def gateway_call_event(self, event: CallEvent) -> None:
+        self.kinds.append(event.kind)
+
+
+async def test_every_call_event_observer_gets_every_event_whatever_another_raises(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Observers are independent (a CDR exporter, a recording tap): one that raises must not
+    # keep the others from that event. pluggy's own call stops at the first that raises, and
+    # asks the newest-enabled first, so the failing observers here come before the recorders.
+    first, last = RecordingObserver(), RecordingObserver()
+    failing, also_failing = FailingObserver(), FailingObserver()
+    env = await start_b2bua(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        plugins=[
+            ("cdr", first),
+            ("failing-observer", failing),
+            ("tap", last),
+            ("also-failing", also_failing),
+        ],
+    )
+    with caplog.at_level(logging.ERROR, logger="gateway.core.calls.manager"):
+        call, _ = await answered_call(env)
+        assert (await call.bye()).status == 200
+        await eventually(lambda: env.calls == 0)
+    every = ["started", "ringing", "answered", "ended"]
+    assert first.kinds == last.kinds == failing.kinds == also_failing.kinds == every
+    # Each raising observer named (its own once-a-minute line), and nobody else blamed.
+    named = sorted(
+        r.getMessage().split(":")[0]
+        for r in caplog.records
+        if "gateway_call_event" in r.getMessage()
+    )
+    assert named == ["plugin 'also-failing'", "plugin 'failing-observer'"]
+
+
 class OutboundStamp:
     """A plugin that marks every message the gateway sends and notes each leg it is asked about.
 
@@ -710,6 +759,53 @@ async def test_an_outbound_hook_that_raises_is_named_and_its_message_not_sent(
     assert record.getMessage().endswith("; not sent")
     assert "the plugin's own words" not in record.exc_text
     assert env.gateway.endpoint.statistics.internal_errors == 2
+
+
+class BrokenOnFirstAck:
+    """A plugin whose outbound hook has a bug that shows on the first ACK the gateway sends."""
+
+    def __init__(self) -> None:
+        self.acks = 0
+
+    @hookimpl
+    def gateway_outbound_message(self, outbound: OutboundMessage) -> None:
+        if isinstance(outbound.message, Request) and outbound.message.method == "ACK":
+            self.acks += 1
+            if self.acks == 1:
+                raise IndexError("the plugin's own words")
+
+
+async def test_a_calls_own_ack_stopped_by_a_raising_outbound_hook_is_one_line_counted(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The call sends its ACK to the callee's 2xx itself (RFC 3261 §13.2.2.4), not through a
+    # transaction: a hook raising on it is logged once (naming the plugin) and counted as an
+    # internal error, and the call goes on as after an ACK lost on the way: the callee re-sends
+    # its 2xx (§13.3.1.4) and the call ACKs that again. Before, the failure ended the call
+    # (a second ERROR line, "call ... failed") and was not counted.
+    broken = BrokenOnFirstAck()
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, plugins=[("broken", broken)])
+    with caplog.at_level(logging.WARNING):
+        call = await env.trunk.invite(env.did_uri(ALICE_DID))
+        assert (await call.final()).status == 200
+        leg_b = await env.alice.next_call()
+        ack = await next_within(env.alice, "ACK", 10)
+        assert ack is not None, "the gateway did not ACK alice's re-sent 200"
+        assert broken.acks >= 2
+        assert (await call.bye()).status == 200
+        bye = await env.alice.next_request("BYE")
+        assert bye.request.call_id == leg_b.invite.call_id
+        await eventually(lambda: env.calls == 0)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.getMessage().split(" for ")[0] for r in errors] == [
+        "plugin 'broken': gateway_outbound_message raised IndexError on ACK"
+    ]
+    assert errors[0].getMessage().endswith("; not sent")
+    assert env.gateway.endpoint.statistics.internal_errors == 1
 
 
 async def test_a_2xx_to_a_reinvite_that_comes_after_the_call_ended_is_still_acked(

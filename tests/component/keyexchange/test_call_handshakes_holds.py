@@ -12,6 +12,7 @@ session's drops by reason. Virtual time (autojump_clock).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -20,6 +21,7 @@ import pytest
 import trio
 
 from gateway.core.interfaces import KeyNegotiationEvent
+from gateway.core.media import handshakes
 from gateway.core.media.handshakes import HELD_DATAGRAMS, CallHandshakes
 from gateway.core.media.security import StreamSecurity
 
@@ -350,3 +352,55 @@ async def test_after_the_handshakes_a_dtls_record_is_no_drop_and_anything_else_m
     assert task.session.drops == []
     handler(b"\x00\x01stun?", ("127.0.0.1", 4000))
     assert task.session.drops == [("a", "malformed", 1)]
+
+
+class NoTlsId:
+    """A third-party media-path engine written without ``tls_id`` (the Engine above, without
+    that attribute)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "tls_id":
+            raise AttributeError(name)
+        return getattr(self.engine, name)
+
+
+async def test_an_engine_without_tls_id_is_held_again_when_a_new_engine_answers(
+    nursery: trio.Nursery,
+    autojump_clock: trio.abc.Clock,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An engine that names no association (docs/plugin_hooks.md, "Media-path engines") may
+    start a new one at any re-offer: a new engine object is held until our answer goes, as the
+    first was; the same engine (our 200 after a 183 with the same answer) is not held again;
+    said once in the log, not per call or stream. It was held only until the side's first
+    answer."""
+    monkeypatch.setattr(handshakes, "_UNNAMED_ENGINES", set())  # none said yet
+    first = Engine(outgoing=[])
+    task = await start(nursery)
+    with caplog.at_level(logging.WARNING, logger="gateway.core.media.handshakes"):
+        task.legs["a"].streams[0] = dtls_stream(NoTlsId(first))  # type: ignore[arg-type]
+        task.handshakes.hold("a")
+        task.handshakes.release("a")
+        await settle()
+        side = task.session.streams[0].a
+        first.outgoing = [b"\x16first, still"]
+        task.handshakes.hold("a")  # the 200 after the 183: the same engine, not held
+        task.handshakes.poke()
+        await settle()
+        assert side.sent == [b"\x16first, still"]
+        second = Engine(outgoing=[b"\x16second ClientHello"])
+        task.legs["a"].streams[0] = dtls_stream(NoTlsId(second))  # type: ignore[arg-type]
+        task.handshakes.hold("a")  # a re-INVITE's 200 with a new engine, not sent yet
+        task.handshakes.poke()
+        await settle()
+        assert side.sent == [b"\x16first, still"]
+        task.handshakes.release("a")
+        await settle()
+        assert side.sent == [b"\x16first, still", b"\x16second ClientHello"]
+    warned = [r.getMessage() for r in caplog.records if "has no tls_id" in r.getMessage()]
+    assert len(warned) == 1, warned  # two engines, many rounds: once per engine type
+    assert "test_call_handshakes_holds.NoTlsId has no tls_id" in warned[0]

@@ -219,3 +219,84 @@ def test_voipgw_plugins_lists_the_others_and_says_the_error_as_run_does(
     assert capsys.readouterr().err == err.splitlines(keepends=True)[0]
     assert cli.main(["run", "--config", str(config), "--state-dir", str(site)]) == cli.EXIT_USAGE
     assert capsys.readouterr().err == err.splitlines(keepends=True)[0]
+
+
+def test_voipgw_plugins_loads_each_plugin_once_and_names_a_configure_config_error(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A ConfigError a plugin raises in gateway_configure (a setting it refuses) names the
+    # plugin, and the listing goes on without it; the others' hooks run once, however many
+    # plugins fail (the listing loaded every plugin again after each failing one).
+    calls = site / "calls.txt"
+    install(
+        site,
+        "leaky_counted",
+        f"""\
+        from gateway.core.hookspecs import hookimpl
+
+        @hookimpl
+        def gateway_configure():
+            with open({str(calls)!r}, "a") as out:
+                out.write("configure\\n")
+        """,
+    )
+    install(
+        site,
+        "leaky_refuses",
+        """\
+        from gateway.core.config import ConfigError
+        from gateway.core.hookspecs import hookimpl
+
+        @hookimpl
+        def gateway_configure():
+            raise ConfigError("/etc/voipgw/voipgw.toml", "plugins.leaky_refuses", "codes", "'*'")
+        """,
+    )
+    install(
+        site,
+        "leaky_halfway",
+        """\
+        from gateway.core.hookspecs import hookimpl
+
+        @hookimpl
+        def gateway_register_transports(registry):
+            registry.add("halfway", object())
+
+        @hookimpl
+        def gateway_register_device_profiles(registry):
+            raise RuntimeError("no")
+        """,
+    )
+    config = site / "voipgw.toml"
+    config.write_text(
+        '[plugins]\nenable = ["udp", "leaky_refuses", "leaky_halfway", "leaky_counted"]\n'
+    )
+    assert cli.main(["plugins", "--config", str(config)]) == cli.EXIT_USAGE
+    out, err = capsys.readouterr()
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert rows["udp"].split()[1] == "enabled" and "transports: udp" in rows["udp"]
+    assert rows["leaky_counted"].split()[1] == "enabled"
+    for name in ("leaky_refuses", "leaky_halfway"):
+        assert rows[name].split()[1] == "FAILED"
+    assert calls.read_text() == "configure\n"
+    assert err.splitlines() == [
+        "voipgw: plugin error: plugin 'leaky_refuses': /etc/voipgw/voipgw.toml: "
+        "[plugins.leaky_refuses] codes: '*'",
+        "voipgw: plugin error: plugin 'leaky_halfway' failed in "
+        f"gateway_register_device_profiles: RuntimeError at {site / 'leaky_halfway.py'}:9: "
+        f"{WITHHELD} {SHOW_TEXT_HINT}",
+    ]
+    # What a plugin registered before it failed goes with it.
+    failed: dict[str, str] = {}
+    loaded = load_plugins(
+        from_mapping({"plugins": {"enable": ["udp", "leaky_halfway"]}}), failed=failed
+    )
+    assert list(failed) == ["leaky_halfway"]
+    assert loaded.transports.names() == ["udp"] and loaded.names == ["udp"]
+    # `run` and `check-config` stop on it, a configuration error naming the plugin.
+    config.write_text('[plugins]\nenable = ["udp", "leaky_refuses"]\n')
+    assert cli.main(["check-config", str(config)]) == cli.EXIT_USAGE
+    assert capsys.readouterr().err == (
+        "voipgw: configuration error: plugin 'leaky_refuses': /etc/voipgw/voipgw.toml: "
+        "[plugins.leaky_refuses] codes: '*'\n"
+    )

@@ -8,7 +8,13 @@ import pytest
 from gateway.core.config import ConfigError, from_mapping
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import DeviceProfile
-from gateway.core.plugins import DiscoveredPlugin, PluginError, discover, load_plugins
+from gateway.core.plugins import (
+    DiscoveredPlugin,
+    PluginError,
+    discover,
+    load_plugins,
+    separate_implementations,
+)
 
 
 def make_plugin(**hooks: object) -> types.SimpleNamespace:
@@ -234,3 +240,68 @@ def test_firstresult_decision_hook_later_plugin_wins() -> None:
     )
     result = plugins.hook.gateway_identify_device(request=None, flow=None)
     assert result.name == "second"
+
+
+def test_separate_implementations_newest_first_or_pluggys_call_with_a_wrapper() -> None:
+    # Observers are called one by one (one that raises stops no other), newest-enabled first as
+    # pluggy asks them; a hook wrapper only runs in pluggy's own call, which is then the one.
+    first = make_plugin(gateway_call_event=lambda event: None)
+    second = make_plugin(gateway_call_event=lambda: None)
+    plugins = load_plugins(
+        config_enabling("first", "second"),
+        extra=[("first", first), ("second", second)],
+        installed={},
+    )
+    caller = plugins.implemented("gateway_call_event")
+    assert [(name, takes) for name, _, takes in separate_implementations(caller)] == [
+        ("second", ()),
+        ("first", ("event",)),
+    ]
+    assert separate_implementations(None) == ()
+
+    def wrapping():  # type: ignore[no-untyped-def]
+        yield
+
+    wrapper = types.SimpleNamespace(
+        gateway_call_event=hookimpl(hookwrapper=True)(wrapping),
+    )
+    wrapped = load_plugins(
+        config_enabling("first", "wrapper"),
+        extra=[("first", first), ("wrapper", wrapper)],
+        installed={},
+    )
+    caller = wrapped.implemented("gateway_call_event")
+    assert separate_implementations(caller) == ((None, caller, None),)
+
+
+def test_collecting_failures_leaves_out_each_failing_plugin_and_loads_the_others() -> None:
+    # `voipgw plugins`: a misspelled hook (check_pending), a raising gateway_configure and a
+    # plugin error in a registration hook are each noted by plugin; the others load, once.
+    configured: list[str] = []
+    good = make_plugin(gateway_configure=lambda: configured.append("good"))
+    typo = make_plugin(gateway_register_media_tap=lambda registry: None)
+
+    def refuse():  # type: ignore[no-untyped-def]
+        raise ConfigError("voipgw.toml", "plugins.picky", "codes", "'*' is not CODE=ACCOUNT")
+
+    picky = make_plugin(gateway_configure=refuse)
+    failed: dict[str, str] = {}
+    plugins = load_plugins(
+        config_enabling("typo", "picky", "good"),
+        extra=[("typo", typo), ("picky", picky), ("good", good)],
+        installed={},
+        failed=failed,
+    )
+    assert plugins.names == ["good"]
+    assert configured == ["good"]
+    assert sorted(failed) == ["picky", "typo"]
+    assert "unknown hook 'gateway_register_media_tap'" in failed["typo"]
+    assert failed["picky"] == (
+        "plugin 'picky': voipgw.toml: [plugins.picky] codes: '*' is not CODE=ACCOUNT"
+    )
+    # Without collecting, the same ConfigError stops loading: a ConfigError still, and a
+    # PluginError naming the plugin.
+    with pytest.raises(ConfigError) as info:
+        load_plugins(config_enabling("picky"), extra=[("picky", picky)], installed={})
+    assert isinstance(info.value, PluginError) and info.value.plugin == "picky"
+    assert info.value.table == "plugins.picky" and info.value.key == "codes"

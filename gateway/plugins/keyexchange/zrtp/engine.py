@@ -327,6 +327,10 @@ class _Retransmission:
 class ZrtpNegotiation:
     """One stream's ZRTP exchange on one leg (``interfaces.KeyNegotiation``)."""
 
+    tls_id = None
+    """No DTLS association (gateway/core/media/handshakes.py ``_association``): a side's ZRTP
+    is held only until our first answer to it went (docs/plugin_hooks.md)."""
+
     def __init__(
         self,
         sdp_role: str,
