@@ -350,3 +350,35 @@ async def test_after_the_handshakes_a_dtls_record_is_no_drop_and_anything_else_m
     assert task.session.drops == []
     handler(b"\x00\x01stun?", ("127.0.0.1", 4000))
     assert task.session.drops == [("a", "malformed", 1)]
+
+
+def zrtp_packet(message: bytes) -> bytes:
+    """A ZRTP packet (RFC 6189 §5): 0x10, a flag octet, the sequence number, the magic cookie,
+    the SSRC, then the message (its preamble, length and type block); CRC left out."""
+    return b"\x10\x00\x00\x07ZRTP" + b"\x00\x00\x00\x01" + b"\x50\x5a\x00\x03" + message
+
+
+async def test_after_the_handshakes_a_zrtp_streams_zrtp_packet_is_no_drop(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A ZRTP peer's last packets of an exchange that was over (a Conf2ACK or Confirm2 sent
+    again, RFC 6189 §5.8; a GoClear, §5.14) reaching a ZRTP stream's socket after the call
+    ended its handshakes are the key exchange's own traffic, as a DTLS close_notify is: no
+    drop (they were counted ``malformed``). On a DTLS-SRTP stream a ZRTP packet is nobody's
+    there, as it was while the call was up: ``malformed``; and garbage in ZRTP's first-octet
+    range without the magic cookie is ``malformed`` on the ZRTP stream too."""
+    zrtp = StreamSecurity(negotiation=Engine(timer=None), key_exchange="zrtp", media_path=True)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        task = await start(nursery, a=Leg({0: zrtp}), b=Leg({0: dtls_stream(Engine(timer=None))}))
+        nursery.cancel_scope.cancel()
+    on_zrtp = task.session.streams[0].a.handlers[False]
+    on_dtls = task.session.streams[0].b.handlers[False]
+    conf2ack = zrtp_packet(b"Conf2ACK")
+    go_clear = zrtp_packet(b"GoClear ")
+    on_zrtp(conf2ack, ("127.0.0.1", 4000))
+    on_zrtp(go_clear, ("127.0.0.1", 4000))
+    assert task.session.drops == []
+    on_zrtp(b"\x10\x00\x00\x07XXXX" + b"\x00" * 12, ("127.0.0.1", 4000))
+    assert task.session.drops == [("a", "malformed", 1)]
+    on_dtls(conf2ack, ("127.0.0.1", 4002))
+    assert task.session.drops == [("a", "malformed", 1), ("b", "malformed", 1)]
