@@ -196,6 +196,8 @@ class CallHandshakes:
         """Several forks rang at once on this call (:meth:`_settle_unanswered`)."""
         self._losers: dict[tuple[int, bool], set[Address]] = {}
         """Per port of a forked stream, the sources of the forks that did not answer."""
+        self._losers_of: LegSecurity | None = None
+        """The B leg whose answer made :attr:`_losers` (another B leg forgets them)."""
 
     # -- from the relay and the call --------------------------------------------------------------
 
@@ -486,6 +488,7 @@ class CallHandshakes:
                     self._drop("b", "blocked", len(kept))
                     if self._forked:
                         self._losers.setdefault((index, rtcp), set()).add(source)
+                        self._losers_of = self._legs().get("b")
             if chosen is None:
                 continue
             if rtcp:
@@ -500,6 +503,11 @@ class CallHandshakes:
         dropped (``blocked``, a fork's media), never fed to the answering fork's handshake."""
         side, index, rtcp, _, source = item
         if side != "b" or source is None or source not in self._losers.get((index, rtcp), ()):
+            return False
+        if self._legs().get("b") is not self._losers_of:
+            # Another fork is B now (the one whose 183 gave its answer early failed, and
+            # another answered): the sources that lost to the first may be this one's.
+            self._losers.clear()
             return False
         self._item_taken = True
         self._drop("b", "blocked")

@@ -505,3 +505,31 @@ async def test_at_most_fork_sources_per_port_and_held_datagrams_per_source_are_k
         inner.cancel_scope.cancel()
     kept = FORK_SOURCES - 1 + HELD_DATAGRAMS
     assert task.session.drops[-1] == ("b", "blocked", kept)
+
+
+async def test_the_forks_that_lost_to_an_early_answer_are_fed_when_one_of_them_is_b(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """A fork answered early (a 183 with SDP): the other's sources lost. That fork then failed
+    and the other answered: its datagrams go to its own handshake, not dropped as a loser's."""
+    first, second = Engine(timer=None), Engine(timer=None)
+    forks = [Leg({0: dtls_stream(first)}), Leg({0: dtls_stream(second)})]
+    task = await start(nursery, forks=forks, b=None)  # type: ignore[arg-type]
+    task.handshakes.poke()
+    await settle()
+    handler = task.session.streams[0].b.handlers[False]
+    handler(hello(1), PEER)  # the first fork's
+    handler(hello(2), STRANGER)  # the second fork's
+    await settle()
+    task.legs["b"] = forks[0]  # the first fork's 183 with SDP
+    task.session.addresses[(0, "b", False)] = PEER
+    task.handshakes.poke()
+    await settle()
+    assert first.received == [hello(1)]
+    task.legs["b"] = forks[1]  # it failed; the second fork answered
+    task.session.addresses[(0, "b", False)] = STRANGER
+    task.handshakes.poke()
+    await settle()
+    handler(hello(3), STRANGER)
+    await settle()
+    assert second.received == [hello(3)]
