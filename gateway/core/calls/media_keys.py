@@ -124,6 +124,7 @@ class CallMediaKeys(CallBase):
                 self._handshake_legs,
                 on_keys=self._handshake_keys,
                 on_failure=self._handshake_failed,
+                forks=self._handshake_forks,
             )
             self._nursery.start_soon(self.handshakes.run)
             for side in self._answers_unsent:
@@ -140,6 +141,16 @@ class CallMediaKeys(CallBase):
             if len(ringing) == 1:
                 b_leg = ringing[0]
         return {"a": self.a.security, "b": b_leg.security if b_leg is not None else None}
+
+    def _handshake_forks(self) -> list[LegSecurity]:
+        """While B has no leg for the handshakes (several forks ring, RFC 3261 §16.7): the
+        securities of the ringing forks, whose handshakes' datagrams the task keeps apart by
+        source until one answers (handshakes.py)."""
+        if self.b or self._keyed_b:
+            return []
+        return [
+            leg.security for leg in self.b_legs if not leg.finished and leg.security is not None
+        ]
 
     def _handshake_keys(self) -> None:
         """A handshake gave a stream its keys: re-apply them (unblocks the stream)."""

@@ -35,6 +35,15 @@ datagrams and time (RFC 5764 §5.1.2 and RFC 6189 §5: both share the 5-tuple of
   our 200 ignores it (baresip does) and the handshake waits for its retransmission, 1 s (RFC
   6347 §4.2.4.1), the call's media with it. With media workers the 200 waits for the workers'
   ``MediaSession.applied()`` round trip, during which this task ran first;
+- before a callee's SDP gave its address (our offer waits for its answer), what its side's
+  sockets hand on is kept apart by source (:meth:`CallHandshakes._keep_unanswered`, at most
+  :data:`FORK_SOURCES` sources per port): our one offer may have gone to several forks (RFC
+  3261 §16.7), which share those sockets and may each start a handshake as they ring (RFC 5763
+  §5). At the answer, the datagrams from its address go to its handshake and the others are
+  dropped (:meth:`CallHandshakes._settle_unanswered`): the fingerprint check of the answering
+  fork's handshake would fail on another fork's ClientHello and end the call, and a forged one
+  from a stranger must not take the callee's place either. The relay hands such datagrams on
+  from every source while that side has no address (relay.py, ``_hand_on``);
 - which streams are driven is read afresh from each leg's
   :meth:`~gateway.core.media.security.LegSecurity.media_path_streams` on every round, so a
   re-INVITE's new negotiation is picked up; the call calls :meth:`poke` after SDP changes.
@@ -48,7 +57,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 import trio
@@ -81,8 +90,13 @@ HELD_DATAGRAMS = EARLY_RTCP_DATAGRAMS
 """Datagrams kept per side, stream and port while that side is held (:meth:`CallHandshakes.hold`);
 more are dropped and counted (``dropped``)."""
 
-_Item = tuple[str, int, bool, bytes] | None
-"""(side, stream index, on the RTCP port, datagram), or None: look again."""
+FORK_SOURCES = 4
+"""Sources whose datagrams are kept apart per port of a callee's stream while our offer waits
+for its answer (forks, :meth:`CallHandshakes._keep_unanswered`); datagrams from more are dropped
+and counted (``blocked``). Each keeps at most :data:`HELD_DATAGRAMS`."""
+
+_Item = tuple[str, int, bool, bytes, Address | None] | None
+"""(side, stream index, on the RTCP port, datagram, its source), or None: look again."""
 
 
 def _no_legs() -> Mapping[str, LegSecurity | None]:
@@ -95,6 +109,10 @@ def _nothing() -> None:
 
 def _no_failure(side: str, reason: str) -> None:
     pass
+
+
+def _no_forks() -> Sequence[LegSecurity]:
+    return ()
 
 
 def _starts_handshake(packet: bytes) -> bool:
@@ -176,9 +194,13 @@ class CallHandshakes:
         *,
         on_keys: Callable[[], None],
         on_failure: Callable[[str, str], None],
+        forks: Callable[[], Sequence[LegSecurity]] = _no_forks,
     ) -> None:
         self._session = session
         self._legs = legs
+        self._forks = forks
+        """The securities of the B legs ringing while ``legs()`` gives B none (parallel
+        forks, RFC 3261 §16.7: our one offer went to each)."""
         self._on_keys = on_keys
         self._on_failure = on_failure
         self._send, self._receive = trio.open_memory_channel[_Item](QUEUE)
@@ -207,15 +229,33 @@ class CallHandshakes:
         that came for a stream and port no handshake is driven on."""
         self._item_taken = True
         """Whether the round's datagram went somewhere (fed, kept, or counted)."""
+        self._unanswered: dict[tuple[int, bool], dict[Address, list[bytes]]] = {}
+        """Datagrams from B's side per (stream, RTCP port) and source while B's SDP has given
+        no address yet (:meth:`_keep_unanswered`)."""
+        self._addressed: set[int] = set()
+        """Streams whose B leg's SDP gave an address: nothing kept apart for them any more."""
+        self._forked = False
+        """Several forks rang at once on this call (:meth:`_settle_unanswered`)."""
+        self._losers: dict[tuple[int, bool], set[Address]] = {}
+        """Per port of a forked stream, the sources of the forks that did not answer."""
+        self._losers_of: LegSecurity | None = None
+        """The B leg whose answer made :attr:`_losers` (another B leg forgets them)."""
 
     # -- from the relay and the call --------------------------------------------------------------
 
-    def deliver(self, side: str, index: int, packet: bytes, *, rtcp: bool = False) -> None:
-        """A key-exchange datagram (DTLS, ZRTP) from leg ``side``'s peer on stream ``index``'s
-        RTP port (``rtcp``:
-        its RTCP port); the relay's hook."""
+    def deliver(
+        self,
+        side: str,
+        index: int,
+        packet: bytes,
+        *,
+        rtcp: bool = False,
+        source: Address | None = None,
+    ) -> None:
+        """A key-exchange datagram (DTLS, ZRTP) from leg ``side``'s peer at ``source`` on stream
+        ``index``'s RTP port (``rtcp``: its RTCP port); the relay's hook."""
         try:
-            self._send.send_nowait((side, index, rtcp, packet))
+            self._send.send_nowait((side, index, rtcp, packet, source))
         except (trio.WouldBlock, trio.ClosedResourceError):
             self._drop(side, "blocked")
 
@@ -301,8 +341,11 @@ class CallHandshakes:
                 self._drop(side, "blocked", len(kept))
             for (side, _), kept in self._early_rtcp.items():
                 self._drop(side, "blocked", len(kept))
+            for by_source in self._unanswered.values():
+                self._drop("b", "blocked", sum(len(kept) for kept in by_source.values()))
             self._held_datagrams.clear()
             self._early_rtcp.clear()
+            self._unanswered.clear()
             self._unhook()
             self._send.close()
             # legs, on_keys and on_failure are the call's bound methods, and the call holds
@@ -310,6 +353,7 @@ class CallHandshakes:
             # dialogs, messages, media session, task and nursery (~250 objects), cyclic garbage
             # that only the collector could free (docs/benchmarks.md, session 29).
             self._legs = _no_legs
+            self._forks = _no_forks
             self._on_keys = _nothing
             self._on_failure = _no_failure
 
@@ -318,6 +362,9 @@ class CallHandshakes:
         self._item_taken = item is None
         all_streams = self._streams()
         offered = self._offered_new()
+        self._settle_unanswered(all_streams)
+        if item is not None and (self._keep_unanswered(item) or self._from_loser(item)):
+            item = None
         if item is not None and self._keep_for_offer(item, offered, all_streams):
             item = None
         for side, streams in all_streams.items():
@@ -397,7 +444,7 @@ class CallHandshakes:
 
     def _keep_for_offer(
         self,
-        item: tuple[str, int, bool, bytes],
+        item: tuple[str, int, bool, bytes, Address | None],
         offered: Mapping[str, Mapping[int, StreamSecurity]],
         streams: Mapping[str, Mapping[int, StreamSecurity]],
     ) -> bool:
@@ -408,7 +455,7 @@ class CallHandshakes:
         after 1 s, RFC 6347 §4.2.4.1). On a stream that has an association in force only a
         new handshake's records (epoch 0, RFC 6347 §4.1) are the new one's; the rest (its
         alerts, a retransmitted Finished) stay with the one in force."""
-        side, index, rtcp, packet = item
+        side, index, rtcp, packet, _ = item
         if index not in offered.get(side, {}):
             return False
         if index in streams.get(side, {}) and not _starts_handshake(packet):
@@ -419,6 +466,93 @@ class CallHandshakes:
             held.append(packet)
         else:
             self._drop(side, "blocked")
+        return True
+
+    def _keep_unanswered(self, item: tuple[str, int, bool, bytes, Address | None]) -> bool:
+        """Keep ``item`` apart by its source when it comes from B's side before B's SDP gave an
+        address (RFC 5763 §5: a callee answering ``active`` may start its handshake as it rings,
+        before its answer reaches us). Our offer may have gone to several forks (RFC 3261
+        §16.7), which share B's sockets and each start a handshake of their own, and the fork
+        that answers need not be the first that sent: fed to the answering fork's engine,
+        another fork's ClientHello fails its fingerprint check (RFC 5763 §5) and ends the call;
+        dropped, the answering fork's handshake waits for its retransmission (1 s, then 2 s, 4
+        s... after a long ringing, RFC 6347 §4.2.4.1). Also a forged datagram from a stranger
+        before the answer is kept apart from the callee's own. :meth:`_settle_unanswered`
+        decides once the answer's address is known."""
+        side, index, rtcp, packet, source = item
+        if side != "b" or source is None or index in self._addressed:
+            return False
+        if self._session.peer_address(index, "b") is not None:
+            self._addressed.add(index)
+            return False
+        self._item_taken = True
+        by_source = self._unanswered.setdefault((index, rtcp), {})
+        kept = by_source.get(source)
+        if kept is None:
+            if len(by_source) >= FORK_SOURCES:
+                self._drop("b", "blocked")
+                return True
+            kept = by_source[source] = []
+        if len(kept) < HELD_DATAGRAMS:
+            kept.append(packet)
+        else:
+            self._drop("b", "blocked")
+        return True
+
+    def _settle_unanswered(self, streams: Mapping[str, Mapping[int, StreamSecurity]]) -> None:
+        """B has a leg whose SDP gave its address: of what :meth:`_keep_unanswered` kept for a
+        port, the datagrams from that address (RFC 4961 symmetric RTP: a peer sends from where
+        it receives; RFC 5764 §5.1.2: DTLS on the media's 5-tuple) go to its handshake, in the
+        order they came, as if they had just arrived; the others are dropped and counted
+        ``blocked`` (a fork's media) and, of a forked call, their sources are not fed to that
+        handshake later either (a fork not CANCELled yet resending). With no source from that
+        address (a callee behind a NAT), a lone callee's first source is taken, as the first
+        source latched the socket before; of several forks none is (which fork sent is not
+        known: the wrong one's ClientHello would fail the fingerprint check and end the call),
+        and the answering fork's handshake begins at its retransmission."""
+        if self._legs().get("b") is None:
+            if len(self._forks()) >= 2:
+                self._forked = True
+            return
+        if not self._unanswered or "b" not in streams:
+            return
+        for index, rtcp in list(self._unanswered):
+            address = self._session.peer_address(index, "b", rtcp=rtcp)
+            if address is None:
+                continue  # a lone callee still ringing: its answer decides
+            self._addressed.add(index)
+            by_source = self._unanswered.pop((index, rtcp))
+            chosen = next((s for s in by_source if s[:2] == address), None)
+            if chosen is None and not self._forked:
+                chosen = next(iter(by_source), None)
+            for source, kept in by_source.items():
+                if source != chosen:
+                    self._drop("b", "blocked", len(kept))
+                    if self._forked:
+                        self._losers.setdefault((index, rtcp), set()).add(source)
+                        self._losers_of = self._legs().get("b")
+            if chosen is None:
+                continue
+            if rtcp:
+                early = self._early_rtcp.setdefault(("b", index), [])
+                early[:0] = by_source[chosen]
+            else:
+                held = self._held_datagrams.setdefault(("b", index, False), [])
+                held[:0] = by_source[chosen]
+
+    def _from_loser(self, item: tuple[str, int, bool, bytes, Address | None]) -> bool:
+        """Whether ``item`` comes from a fork that did not answer (:meth:`_settle_unanswered`):
+        dropped (``blocked``, a fork's media), never fed to the answering fork's handshake."""
+        side, index, rtcp, _, source = item
+        if side != "b" or source is None or source not in self._losers.get((index, rtcp), ()):
+            return False
+        if self._legs().get("b") is not self._losers_of:
+            # Another fork is B now (the one whose 183 gave its answer early failed, and
+            # another answered): the sources that lost to the first may be this one's.
+            self._losers.clear()
+            return False
+        self._item_taken = True
+        self._drop("b", "blocked")
         return True
 
     def _drop(self, side: str, reason: str, count: int = 1) -> None:
@@ -438,6 +572,15 @@ class CallHandshakes:
             self._drop(side, "blocked", len(self._early_rtcp.pop((side, index))))
 
     def _hook_streams(self) -> None:
+        if self._legs().get("b") is None:
+            # Several forks ring: B's sockets take their handshakes' datagrams, kept apart by
+            # source until one answers (_keep_unanswered).
+            for security in self._forks():
+                for index in security.media_path_streams():
+                    self._hook("b", index, False)
+                    relay_side = self._side("b", index)
+                    if relay_side is not None and not relay_side.rtcp_mux:
+                        self._hook("b", index, True)
         for side, streams in self._streams().items():
             for index, stream in streams.items():
                 for rtcp, _ in self._negotiations(stream):
@@ -599,30 +742,51 @@ class CallHandshakes:
         relay_side = stream.a if side == "a" else stream.b
 
         def handler(packet: bytes, source: Address) -> None:
-            self.deliver(side, index, packet, rtcp=rtcp)
+            self.deliver(side, index, packet, rtcp=rtcp, source=source)
 
         relay_side.set_non_rtp_handler(handler, rtcp=rtcp)
         self._hooked[(side, index, rtcp)] = stream
 
     def _unhook(self) -> None:
-        for (side, _, rtcp), stream in self._hooked.items():
+        streams = self._streams()
+        for (side, index, rtcp), stream in self._hooked.items():
             if not stream.closed:
-                handler = _after_handshakes(self._session, side)
+                found = streams.get(side, {}).get(index)
+                zrtp = found is not None and found.key_exchange == "zrtp"
+                handler = _after_handshakes(self._session, side, zrtp=zrtp)
                 (stream.a if side == "a" else stream.b).set_non_rtp_handler(handler, rtcp=rtcp)
         self._hooked.clear()
 
 
-def _after_handshakes(session: MediaSession, side: str) -> Callable[[bytes, Address], None]:
+_ZRTP_MAGIC_COOKIE = b"ZRTP"
+"""RFC 6189 §5: octets 4..7 of every ZRTP packet."""
+
+
+def _is_zrtp(packet: bytes) -> bool:
+    """A ZRTP packet: first octet 16..19 (RFC 7983 §7) and the magic cookie (RFC 6189 §5)."""
+    return len(packet) >= 12 and 16 <= packet[0] <= 19 and packet[4:8] == _ZRTP_MAGIC_COOKIE
+
+
+def _after_handshakes(
+    session: MediaSession, side: str, *, zrtp: bool = False
+) -> Callable[[bytes, Address], None]:
     """What a socket the call's handshakes took does with what is not RTP once they ended,
-    until the call's streams close: a DTLS record (RFC 7983 §7: 20..63) is the association's
-    own end, the peer's close_notify alert as it hangs up (RFC 5246 §7.2.1), or the last
-    retransmission of a flight: the key exchange's traffic, ended with the call, taken as the
-    engine took such records while the call was up; not media, so neither forwarded nor a
-    drop. Anything else is counted ``malformed``, as on a socket nobody handshakes on
-    (docs/metrics.md)."""
+    until the call's streams close: the key exchange's own traffic, ended with the call, is
+    not media, so neither forwarded nor a drop. A DTLS record (RFC 7983 §7: 20..63) is the
+    association's own end, the peer's close_notify alert as it hangs up (RFC 5246 §7.2.1), or
+    the last retransmission of a flight; on a ZRTP stream (``zrtp``) a ZRTP packet (16..19 and
+    the magic cookie, RFC 6189 §5) is the peer's last word on an exchange that was over: a
+    Confirm2 or Conf2ACK sent again (§5.8, §6), a GoClear (§5.14, refused with Error 0x100
+    while the call was up) or an Error. While the call was up the engine took (and answered)
+    them; counted ``malformed`` here, every ZRTP hang-up raised an operator's alert on
+    ``malformed`` for nothing. Anything else is counted ``malformed``, as on a socket nobody
+    handshakes on (docs/metrics.md)."""
 
     def handler(packet: bytes, source: Address) -> None:
-        if packet and not 20 <= packet[0] <= 63:
-            session.count_dropped(side, "malformed")
+        if not packet or 20 <= packet[0] <= 63:
+            return
+        if zrtp and _is_zrtp(packet):
+            return
+        session.count_dropped(side, "malformed")
 
     return handler

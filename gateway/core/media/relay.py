@@ -74,6 +74,11 @@ address (direction ``a_to_b``), and the reverse.
   branch costs anything. A DTLS alert in clear (epoch 0: nothing authenticates it) from a
   source that is neither the latched one nor the leg's SDP address is dropped and latches
   nothing: one forged datagram must not end the handshake (RFC 6347 §4.1.2.7).
+  On a side whose leg's SDP never gave an address (a callee our offer waits for: maybe one
+  of several forks, RFC 3261 §16.7, sharing these sockets) a handshake socket's latch is not
+  connected, and datagrams that are not RTP from sources other than the latched one go to the
+  handler with their source, latching nothing: the call's handshake task keeps them apart by
+  source and feeds the answering fork's (handshakes.py). The answer's address unlatches.
 - ICE (RFC 8445, the gateway as a lite agent: :mod:`~gateway.core.media.ice`): a side whose
   leg does ICE has an ICE handler on its sockets (:meth:`StreamSide.set_ice_handler`). STUN
   (first octet 0..3) goes to it from any source, since checks come from every candidate of the
@@ -543,6 +548,17 @@ def _from_sdp_address(ep: _Endpoint, source: Address) -> bool:
     return False
 
 
+def _unaddressed(ep: _Endpoint) -> bool:
+    """Whether ``ep``'s leg has never had an SDP address: a callee our offer waits for, which
+    may be any of several forks (RFC 3261 §16.7: parallel forking gives every branch
+    our one offer, so the forks share this side's sockets) until an answer comes."""
+    stream = ep.stream
+    if stream is None:
+        return False
+    side = stream.a if ep is stream.a._rtp or ep is stream.a._rtcp else stream.b
+    return not side._addressed
+
+
 def _unlatch(ep: _Endpoint) -> None:
     """Forget the latched source; the socket takes datagrams from anyone again."""
     ep.source = None
@@ -614,6 +630,8 @@ class StreamSide:
     _remote_rtp: Address | None = None
     _remote_rtcp: Address | None = None
     _rtcp_mux: bool = False
+    _addressed: bool = False
+    """Whether this leg's SDP ever gave an address (:func:`_unaddressed`)."""
     _held: tuple[tuple[bool, bytes], ...] = ()
     """Key-exchange datagrams (on the RTCP port?, datagram) made for this ICE leg before a
     check selected its address; sent when one does (:meth:`send`). A tuple: mypyc compiles
@@ -660,6 +678,7 @@ class StreamSide:
                 _unlatch(ep)
         self._remote_rtp = remote_rtp
         self._remote_rtcp = remote_rtcp
+        self._addressed = self._addressed or remote_rtp is not None
         self._rtcp_mux = rtcp_mux
         self._on_change()
 
@@ -2252,7 +2271,15 @@ class MediaRelay:
                 # alert comes from one of those two, so a genuine refusal still ends at once.
                 ep.dropped_unlatched_source += 1
                 return
-            if not self._latch(ep, source, now):
+            if ep.source is not None and ep.ice is None and _unaddressed(ep):
+                # Our offer waits for its answer, and each fork it went to (RFC 3261 §16.7) may
+                # start its handshake as it rings (RFC 5763 §5, a=setup:active; baresip does):
+                # they share this socket, and the one that answers may not be the first that
+                # sent. Handed on with its source, latching nothing: the call's handshake
+                # task keeps each source's apart and feeds the answering fork's
+                # (handshakes.py). The latch was not connected either (_latch).
+                pass
+            elif not self._latch(ep, source, now):
                 return
         handler = ep.non_rtp
         if handler is None:  # the latch's rebuild cannot clear it, but stay safe
@@ -2304,7 +2331,10 @@ class MediaRelay:
             return False
         # Never connected here: without re-latching only an unlatched socket gets this far.
         ep.source = source
-        if self._relatch_after is None:
+        if self._relatch_after is None and not (ep.non_rtp is not None and _unaddressed(ep)):
+            # Not a handshake socket still waiting for its leg's answer: connected, the kernel
+            # would refuse the other forks' handshakes (_hand_on); the answer's address
+            # unlatches it and the next packet latches and connects it.
             self._connect(ep, source)
         if ep.stream is not None:
             ep.stream._rebuild()

@@ -364,6 +364,18 @@ class MediaSession:
             return self._slots[index]
         return None
 
+    def peer_address(self, index: int, side: str, *, rtcp: bool = False) -> tuple[str, int] | None:
+        """Where leg ``side``'s SDP ("a", "b") says its peer sends stream ``index``'s media from
+        (RFC 4961 symmetric RTP): its RTP address, or with ``rtcp`` its RTCP one (RFC 3605
+        a=rtcp, else RTP port + 1; RFC 5761 rtcp-mux: the RTP address). None while that leg's
+        SDP has not given one (our offer waits for its answer) or it is on hold (c=0.0.0.0)."""
+        remote = self._remotes.get((index, "a" if side == "a" else "b"))
+        if remote is None or remote.rtp is None:
+            return None
+        if not rtcp or remote.rtcp_mux:
+            return remote.rtp
+        return remote.rtcp or (remote.rtp[0], remote.rtp[1] + 1)
+
     def count_dropped(self, side: str, reason: str, count: int = 1) -> None:
         """``count`` datagrams from leg ``side``'s peer ("a", "b") dropped outside the relay, by
         the call's key-exchange task (:mod:`~gateway.core.media.handshakes`: a handshake

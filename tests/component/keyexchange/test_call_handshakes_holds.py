@@ -22,7 +22,7 @@ import trio
 
 from gateway.core.interfaces import KeyNegotiationEvent
 from gateway.core.media import handshakes
-from gateway.core.media.handshakes import HELD_DATAGRAMS, CallHandshakes
+from gateway.core.media.handshakes import FORK_SOURCES, HELD_DATAGRAMS, CallHandshakes
 from gateway.core.media.security import StreamSecurity
 
 CLIENT_HELLO = b"\x16\xfe\xfd" + b"\x00" * 20
@@ -98,6 +98,11 @@ class Session:
 
     streams: dict[int, Stream] = attrs.Factory(lambda: {0: Stream()})
     drops: list[tuple[str, str, int]] = attrs.Factory(list)
+    addresses: dict[tuple[int, str, bool], tuple[str, int]] = attrs.Factory(dict)
+    """What each leg's SDP gave as its peer's address, per (stream, side, RTCP port)."""
+
+    def peer_address(self, index: int, side: str, *, rtcp: bool = False) -> tuple[str, int] | None:
+        return self.addresses.get((index, side, rtcp))
 
     def stream_at(self, index: int) -> Stream | None:
         return self.streams.get(index)
@@ -134,7 +139,9 @@ class Task:
     legs: dict[str, Leg]
 
 
-async def start(nursery: trio.Nursery, **legs: Leg) -> Task:
+async def start(nursery: trio.Nursery, forks: Sequence[Leg] = (), **legs: Leg) -> Task:
+    """The task over legs ``a`` and ``b`` and, while B has none (set to None), the ringing
+    ``forks``."""
     session = Session()
     found = {"a": legs.get("a", Leg()), "b": legs.get("b", Leg())}
     handshakes = CallHandshakes(
@@ -142,6 +149,7 @@ async def start(nursery: trio.Nursery, **legs: Leg) -> Task:
         lambda: found,  # type: ignore[arg-type,return-value]
         on_keys=lambda: None,
         on_failure=lambda side, reason: None,
+        forks=lambda: forks if found["b"] is None else (),  # type: ignore[arg-type,return-value]
     )
     nursery.start_soon(handshakes.run)
     await trio.testing.wait_all_tasks_blocked()
@@ -404,3 +412,178 @@ async def test_an_engine_without_tls_id_is_held_again_when_a_new_engine_answers(
     warned = [r.getMessage() for r in caplog.records if "has no tls_id" in r.getMessage()]
     assert len(warned) == 1, warned  # two engines, many rounds: once per engine type
     assert "test_call_handshakes_holds.NoTlsId has no tls_id" in warned[0]
+
+
+def zrtp_packet(message: bytes) -> bytes:
+    """A ZRTP packet (RFC 6189 §5): 0x10, a flag octet, the sequence number, the magic cookie,
+    the SSRC, then the message (its preamble, length and type block); CRC left out."""
+    return b"\x10\x00\x00\x07ZRTP" + b"\x00\x00\x00\x01" + b"\x50\x5a\x00\x03" + message
+
+
+async def test_after_the_handshakes_a_zrtp_streams_zrtp_packet_is_no_drop(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A ZRTP peer's last packets of an exchange that was over (a Conf2ACK or Confirm2 sent
+    again, RFC 6189 §5.8; a GoClear, §5.14) reaching a ZRTP stream's socket after the call
+    ended its handshakes are the key exchange's own traffic, as a DTLS close_notify is: no
+    drop (they were counted ``malformed``). On a DTLS-SRTP stream a ZRTP packet is nobody's
+    there, as it was while the call was up: ``malformed``; and garbage in ZRTP's first-octet
+    range without the magic cookie is ``malformed`` on the ZRTP stream too."""
+    zrtp = StreamSecurity(negotiation=Engine(timer=None), key_exchange="zrtp", media_path=True)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        task = await start(nursery, a=Leg({0: zrtp}), b=Leg({0: dtls_stream(Engine(timer=None))}))
+        nursery.cancel_scope.cancel()
+    on_zrtp = task.session.streams[0].a.handlers[False]
+    on_dtls = task.session.streams[0].b.handlers[False]
+    conf2ack = zrtp_packet(b"Conf2ACK")
+    go_clear = zrtp_packet(b"GoClear ")
+    on_zrtp(conf2ack, ("127.0.0.1", 4000))
+    on_zrtp(go_clear, ("127.0.0.1", 4000))
+    assert task.session.drops == []
+    on_zrtp(b"\x10\x00\x00\x07XXXX" + b"\x00" * 12, ("127.0.0.1", 4000))
+    assert task.session.drops == [("a", "malformed", 1)]
+    on_dtls(conf2ack, ("127.0.0.1", 4002))
+    assert task.session.drops == [("a", "malformed", 1), ("b", "malformed", 1)]
+
+
+PEER = ("192.0.2.10", 4000)
+"""A callee's media address, as its answer's SDP gives it."""
+STRANGER = ("198.51.100.7", 5000)
+
+
+def hello(n: int) -> bytes:
+    return CLIENT_HELLO + bytes([n])
+
+
+async def test_before_a_lone_callees_answer_its_sdp_address_wins_over_a_stranger(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """Before our offer's answer no address is known to tell the callee's handshake from a
+    forged one: each source's datagrams are kept apart. The answer's address decides; a
+    stranger's ClientHello, first to come, never reaches the callee's engine (it would have
+    taken its place: the fingerprint check fails and the call ends, RFC 5763 §5)."""
+    engine = Engine(timer=None)
+    task = await start(nursery, b=Leg({0: dtls_stream(engine)}))
+    handler = task.session.streams[0].b.handlers[False]
+    handler(hello(1), STRANGER)
+    handler(hello(2), PEER)
+    handler(hello(3), STRANGER)
+    handler(hello(4), PEER)
+    await settle()
+    assert engine.received == [] and task.session.drops == []
+    task.session.addresses[(0, "b", False)] = PEER  # its answer came
+    task.handshakes.poke()
+    await settle()
+    assert engine.received == [hello(2), hello(4)]
+    assert task.session.drops == [("b", "blocked", 2)]
+    handler(hello(5), STRANGER)  # after the answer: as before, the relay's latch decides
+    await settle()
+    assert engine.received == [hello(2), hello(4), hello(5)]
+
+
+async def test_a_lone_callee_behind_a_nat_keeps_its_first_sources_handshake(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """No source is the answer's address (a NAT rewrote it): a lone callee's first source is
+    fed, as the first source latched the socket before."""
+    engine = Engine(timer=None)
+    task = await start(nursery, b=Leg({0: dtls_stream(engine)}))
+    handler = task.session.streams[0].b.handlers[False]
+    handler(hello(1), STRANGER)
+    handler(hello(2), ("203.0.113.9", 6000))
+    await settle()
+    task.session.addresses[(0, "b", False)] = PEER
+    task.handshakes.poke()
+    await settle()
+    assert engine.received == [hello(1)]
+    assert task.session.drops == [("b", "blocked", 1)]
+
+
+@pytest.mark.parametrize("behind_a_nat", [False, True], ids=["sdp-address", "nat"])
+async def test_forks_datagrams_are_kept_per_source_and_the_answering_forks_fed(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock, behind_a_nat: bool
+) -> None:
+    """Two forks ring and start their handshakes (RFC 3261 §16.7, RFC 5763 §5): B's sockets
+    take both; when one answers, the datagrams from its answer's address go to its engine in
+    the order they came, the other fork's are dropped (``blocked``, a fork's media) and never
+    fed later. Behind a NAT (no source is the answer's address) neither is fed: which fork
+    sent is not known, and the answering fork's handshake begins at its retransmission."""
+    first, second = Engine(timer=None), Engine(timer=None)
+    forks = [Leg({0: dtls_stream(first)}), Leg({0: dtls_stream(second)})]
+    task = await start(nursery, forks=forks, b=None)  # type: ignore[arg-type]
+    task.handshakes.poke()
+    await settle()
+    handler = task.session.streams[0].b.handlers[False]
+    handler(hello(1), STRANGER)  # the first fork's
+    handler(hello(2), PEER)  # the second fork's
+    handler(hello(3), STRANGER)
+    await settle()
+    assert task.session.drops == []
+    task.legs["b"] = forks[1]  # the second fork answered
+    task.session.addresses[(0, "b", False)] = ("10.0.0.2", 4000) if behind_a_nat else PEER
+    task.handshakes.poke()
+    await settle()
+    assert first.received == []
+    if behind_a_nat:
+        assert second.received == []
+        assert task.session.drops == [("b", "blocked", 2), ("b", "blocked", 1)]
+    else:
+        assert second.received == [hello(2)]
+        assert task.session.drops == [("b", "blocked", 2)]
+    task.session.drops.clear()
+    handler(hello(4), STRANGER)  # the first fork resends before its CANCEL reached it
+    await settle()
+    assert hello(4) not in second.received
+    assert task.session.drops == [("b", "blocked", 1)]
+
+
+async def test_at_most_fork_sources_per_port_and_held_datagrams_per_source_are_kept(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """Memory is bounded per port: ``FORK_SOURCES`` sources, ``HELD_DATAGRAMS`` each; the
+    rest is dropped and counted (``blocked``), also what is still kept when the call ends."""
+    forks = [Leg({0: dtls_stream(Engine(timer=None))}) for _ in range(2)]
+    async with trio.open_nursery() as inner:
+        task = await start(inner, forks=forks, b=None)  # type: ignore[arg-type]
+        task.handshakes.poke()
+        await settle()
+        handler = task.session.streams[0].b.handlers[False]
+        for n in range(FORK_SOURCES + 1):
+            handler(hello(n), ("198.51.100.7", 5000 + n))
+            await settle()
+        assert task.session.drops == [("b", "blocked", 1)]
+        for _ in range(HELD_DATAGRAMS + 2):
+            handler(hello(0), ("198.51.100.7", 5000))
+            await settle()
+        assert task.session.drops == [("b", "blocked", 1)] * 4
+        inner.cancel_scope.cancel()
+    kept = FORK_SOURCES - 1 + HELD_DATAGRAMS
+    assert task.session.drops[-1] == ("b", "blocked", kept)
+
+
+async def test_the_forks_that_lost_to_an_early_answer_are_fed_when_one_of_them_is_b(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """A fork answered early (a 183 with SDP): the other's sources lost. That fork then failed
+    and the other answered: its datagrams go to its own handshake, not dropped as a loser's."""
+    first, second = Engine(timer=None), Engine(timer=None)
+    forks = [Leg({0: dtls_stream(first)}), Leg({0: dtls_stream(second)})]
+    task = await start(nursery, forks=forks, b=None)  # type: ignore[arg-type]
+    task.handshakes.poke()
+    await settle()
+    handler = task.session.streams[0].b.handlers[False]
+    handler(hello(1), PEER)  # the first fork's
+    handler(hello(2), STRANGER)  # the second fork's
+    await settle()
+    task.legs["b"] = forks[0]  # the first fork's 183 with SDP
+    task.session.addresses[(0, "b", False)] = PEER
+    task.handshakes.poke()
+    await settle()
+    assert first.received == [hello(1)]
+    task.legs["b"] = forks[1]  # it failed; the second fork answered
+    task.session.addresses[(0, "b", False)] = STRANGER
+    task.handshakes.poke()
+    await settle()
+    handler(hello(3), STRANGER)
+    await settle()
+    assert second.received == [hello(3)]

@@ -814,6 +814,43 @@ async def test_dtls_datagrams_go_to_the_handler_of_the_socket_they_arrive_on(
     assert len(on_rtcp) == 2
 
 
+async def test_a_callees_handshake_socket_takes_every_forks_dtls_until_its_answer(
+    relay: MediaRelay, alice: PlainPhone, bob: PlainPhone, make_phone: Callable[[], PlainPhone]
+):
+    # Our offer went to two forks (RFC 3261 §16.7), which share side B's sockets and each start
+    # a handshake as they ring (RFC 5763 §5). Before an answer gave B an address, the first
+    # source latches the socket but does not connect it, and the other fork's DTLS is handed on
+    # with its source, neither refused nor latching: the call's handshake task keeps them apart
+    # (handshakes.py). The answer's address unlatches; then it latches and connects as always.
+    stream = relay.open_stream()
+    stream.a.set_remote(alice.rtp_address)
+    other = make_phone()
+    taken: list[tuple[bytes, Any]] = []
+    stream.b.set_non_rtp_handler(lambda packet, source: taken.append((packet, source)))
+    hello = b"\x16\xfe\xfd" + bytes(10)
+    port = stream.b.ports.rtp_port
+    await bob.send(hello + b"first", port)
+    await until(lambda: len(taken) == 1)
+    await other.send(hello + b"second", port)
+    await bob.send(rtp(1), port)  # the first fork's media as it rings
+    await other.send(hello + b"again", port)
+    await until(lambda: len(taken) == 3)
+    assert taken == [
+        (hello + b"first", bob.rtp_address),
+        (hello + b"second", other.rtp_address),
+        (hello + b"again", other.rtp_address),
+    ]
+    assert stream.b.rtp_source == bob.rtp_address
+    assert not stream.b._rtp.connected
+    assert stream.b_to_a.statistics().dropped_unlatched_source == 0
+
+    stream.b.set_remote(other.rtp_address)  # the second fork answered
+    await other.send(hello + b"answered", port)
+    await until(lambda: len(taken) == 4)
+    assert stream.b.rtp_source == other.rtp_address and stream.b._rtp.connected
+    await assert_refused_by_the_kernel(hello + b"stranger", port)
+
+
 async def test_short_rtcp_is_accepted_down_to_eight_octets(
     connected: MediaStream, alice: PlainPhone, bob: PlainPhone
 ):

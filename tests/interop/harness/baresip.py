@@ -173,8 +173,8 @@ class Baresip:
             wav.writeframes(bytes(2 * 8000 * seconds))
         return path
 
-    def _account_params(self, mediaenc: str | None) -> str:
-        params = ";answermode=auto"
+    def _account_params(self, mediaenc: str | None, answermode: str = "auto") -> str:
+        params = f";answermode={answermode}"
         if mediaenc is not None:
             params += f";mediaenc={mediaenc}"
         return params
@@ -395,18 +395,20 @@ class Baresip:
         mediaenc: str | None = None,
         params: str = "",
         timeout: float = 10.0,
+        answermode: str = "auto",
     ) -> Event:
         """Add an account that registers (digest ``password``) and make it the one that dials.
 
         ``account_uri`` is the address of record, e.g. ``sip:alice@127.0.0.1:PORT``; baresip
         registers it at that host (``;transport=tcp`` inside the URI selects TCP). ``params``
-        are more account parameters (";outbound=..."). Returns the REGISTER_OK event; raises
+        are more account parameters (";outbound=..."); ``answermode`` "manual" leaves incoming
+        calls ringing until :meth:`accept`. Returns the REGISTER_OK event; raises
         BaresipError on REGISTER_FAIL. baresip 1.0.0 fails on any SHA-256 challenge, so the
         registrar must offer MD5 only.
         """
         aor = account_uri.strip("<>")
         line = f"<{aor}>;auth_pass={password};regint={regint}"
-        self.command("uanew", line + self._account_params(mediaenc) + params)
+        self.command("uanew", line + self._account_params(mediaenc, answermode) + params)
         self.command("uafind", aor)  # the current UA is the one /dial uses
         return self.wait_event(
             "REGISTER_OK",
@@ -440,6 +442,10 @@ class Baresip:
     def dial(self, uri: str) -> None:
         """Call ``uri`` from the current account; see wait_established()."""
         self.command("dial", uri)
+
+    def accept(self) -> None:
+        """Answer the incoming call that rings (an account registered with answermode manual)."""
+        self.command("accept")
 
     def hangup(self) -> None:
         """Hang up the current call (BYE, or CANCEL while it rings)."""

@@ -1,0 +1,127 @@
+"""DTLS-SRTP when a call forks (RFC 3261 §16.7, parallel forking to an account's two phones):
+signalling on the in-memory network, handshakes on real 127.0.0.1 sockets between the gateway's
+relay and in-process phones, in virtual time (docs/media_security.md, "Forked callees").
+
+Both phones answer our offer ``a=setup:active`` (RFC 5763 §5) and start both ports' handshakes
+as they ring, before either answers; they share the gateway's B sockets. Whichever answers, its
+ClientHellos sent while both rang reach its handshake: no retransmission is needed, and the
+other fork's never reach it (its certificate would fail the fingerprint check and end the call).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+import gateway.plugins.keyexchange.dtls_srtp as dtls_plugin
+from gateway.core.ids import SeededIds
+from gateway.core.sdp.parser import parse_sdp_untrusted
+from gateway.plugins.keyexchange.dtls_srtp import DtlsKeyExchange
+from gateway.testing.network import Address
+from gateway.testing.sip_agent import Call, SipAgent
+from tests.component.calls.b2bua_env import (
+    ALICE_DID,
+    ALICE_PASSWORD,
+    GW,
+    B2bua,
+    eventually,
+    start_b2bua,
+)
+from tests.component.calls.dtls_pairs import pairs
+from tests.component.calls.dtls_phone import PHONE_ID, PHONE_PORT, Phone, bind, dtls_sdp
+
+ALICE2: Address = ("127.0.0.5", 5060)  # alice's second phone
+
+
+async def two_ringing_forks(
+    nursery: trio.Nursery, tmp_path: Path, seed: int
+) -> tuple[B2bua, Call, list[Call]]:
+    env = await start_b2bua(
+        nursery, tmp_path, seed, plugins=[("dtls", dtls_plugin)], alice_auto=None
+    )
+    assert env.gateway.store is not None
+    env.gateway.store.accounts_set("alice", media_policy="dtls")
+    alice2 = SipAgent(
+        env.network,
+        ALICE2,
+        ids=SeededIds(seed + 3),
+        user="alice",
+        password=ALICE_PASSWORD,
+        proxy=GW,
+        auto=None,
+        media_port=30010,
+    )
+    await nursery.start(alice2.serve)
+    assert (await alice2.register()).status == 200
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    forks = [await env.alice.next_call(), await alice2.next_call()]
+    for fork in forks:
+        await fork.ring()
+    return env, call, forks
+
+
+async def start_phones(nursery: trio.Nursery, fork: Call, port: int) -> tuple[Phone, Phone, bytes]:
+    """Fork ``fork``'s phone (the DTLS client, no rtcp-mux) on ``port`` and ``port`` + 1, its
+    handshakes begun towards the gateway's B ports; and the answer it will send."""
+    offer = parse_sdp_untrusted(fork.invite.body)
+    offered = offer.media[0]
+    assert not offered.rtcp_mux
+    negotiation = DtlsKeyExchange(identity=lambda: PHONE_ID).answer(
+        pairs(offer, offered), suites=[], secure_signalling=False
+    )
+    assert negotiation is not None and negotiation.dtls_role == "client"
+    rtcp = negotiation.rtcp_component()
+    assert rtcp is not None
+    phone = Phone(negotiation, await bind(port), ("127.0.0.1", offered.port))
+    rtcp_phone = Phone(rtcp, await bind(port + 1), ("127.0.0.1", offered.port + 1))
+    nursery.start_soon(phone.run)
+    nursery.start_soon(rtcp_phone.run)
+    await eventually(lambda: rtcp_phone.negotiation.statistics().datagrams_sent >= 1)  # type: ignore[attr-defined]
+    await trio.sleep(0.2)  # its ClientHellos reached the gateway
+    return phone, rtcp_phone, dtls_sdp(negotiation, port=port, rtcp_mux=False)
+
+
+@pytest.mark.parametrize("answering", [0, 1], ids=["first-to-send-answers", "second-answers"])
+async def test_the_answering_forks_early_client_hellos_key_it_whichever_fork_it_is(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    answering: int,
+) -> None:
+    env, call, forks = await two_ringing_forks(nursery, tmp_path, voipgw_seed)
+    offers = [parse_sdp_untrusted(fork.invite.body) for fork in forks]
+    # Our one offer's media address went to both: the forks share the gateway's B sockets.
+    assert offers[0].media[0].port == offers[1].media[0].port
+    started = [
+        await start_phones(nursery, forks[0], PHONE_PORT),
+        await start_phones(nursery, forks[1], PHONE_PORT + 2),
+    ]
+    phone, rtcp_phone, answer = started[answering]
+    await forks[answering].answer(200, sdp=answer)
+    assert (await call.final()).status == 200
+
+    with trio.fail_after(30):
+        await phone.keyed.wait()
+        await rtcp_phone.keyed.wait()
+    assert phone.failure is None and rtcp_phone.failure is None
+    # The ClientHellos it sent while both rang were its handshake's start: none was lost
+    # (before: the second fork's were refused by the socket the first one's latched, and
+    # neither fork's was kept while both rang; the answering fork waited for its resend, 1 s
+    # or, after a long ringing, many).
+    for engine in (phone.negotiation, rtcp_phone.negotiation):
+        assert engine.statistics().retransmissions == 0  # type: ignore[attr-defined]
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    security = gateway_call.b.security if gateway_call.b is not None else None
+    assert security is not None
+    await eventually(lambda: security.rtcp_keys(0) is not None)
+    assert security.keys(0) is not None
+    # The other fork's datagrams were a fork's media (blocked), never malformed nor fed.
+    assert gateway_call.media is not None
+    (stream,) = gateway_call.media.streams
+    assert stream.b_to_a.statistics().dropped_malformed == 0
+    await trio.sleep(30)
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
