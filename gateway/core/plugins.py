@@ -100,9 +100,15 @@ def raising_plugin(caller: Any, exc: BaseException) -> str | None:
     return found
 
 
-Implementation = tuple[str | None, Callable[..., Any], tuple[str, ...] | None]
+Implementation = tuple[
+    str | None, Callable[..., Any], tuple[str, ...] | None, tuple[str, ...] | None
+]
 """One plugin's implementation of a hook: (its plugin's name, its function, the arguments it
-takes); for pluggy's own call of the hook, (None, the hook caller, None: every argument)."""
+takes by position, those it takes by keyword), to be called as pluggy calls it
+(pluggy/_callers.py): a required argument by position, one with a default by keyword when the
+hook is given it (a decorator that passes ``*args`` on, an ``event=None``, work as under
+pluggy); for pluggy's own call of the hook, (None, the hook caller, None, None: every argument
+by keyword)."""
 
 
 def separate_implementations(caller: Any) -> tuple[Implementation, ...]:
@@ -118,9 +124,10 @@ def separate_implementations(caller: Any) -> tuple[Implementation, ...]:
     impls = getattr(caller, "get_hookimpls", None)
     found = impls() if impls is not None else None
     if found is None or any(impl.hookwrapper or getattr(impl, "wrapper", False) for impl in found):
-        return ((None, caller, None),)
+        return ((None, caller, None, None),)
     return tuple(
-        (impl.plugin_name, impl.function, tuple(impl.argnames)) for impl in reversed(found)
+        (impl.plugin_name, impl.function, tuple(impl.argnames), tuple(impl.kwargnames))
+        for impl in reversed(found)
     )
 
 

@@ -253,9 +253,9 @@ def test_separate_implementations_newest_first_or_pluggys_call_with_a_wrapper() 
         installed={},
     )
     caller = plugins.implemented("gateway_call_event")
-    assert [(name, takes) for name, _, takes in separate_implementations(caller)] == [
-        ("second", ()),
-        ("first", ("event",)),
+    assert [(name, *takes) for name, _, *takes in separate_implementations(caller)] == [
+        ("second", (), ()),
+        ("first", ("event",), ()),
     ]
     assert separate_implementations(None) == ()
 
@@ -271,7 +271,7 @@ def test_separate_implementations_newest_first_or_pluggys_call_with_a_wrapper() 
         installed={},
     )
     caller = wrapped.implemented("gateway_call_event")
-    assert separate_implementations(caller) == ((None, caller, None),)
+    assert separate_implementations(caller) == ((None, caller, None, None),)
 
 
 def test_collecting_failures_leaves_out_each_failing_plugin_and_loads_the_others() -> None:
