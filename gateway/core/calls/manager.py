@@ -806,15 +806,17 @@ class CallManager:
         given = {"event": event}
         for plugin, observer, by_position, by_name in self._observers:
             try:
+                # As pluggy passes them (plugins.Implementation): an observer written for
+                # pluggy's call gets the event as it did.
                 if by_position is None or by_name is None:
                     observer(**given)
-                else:
-                    # As pluggy passes them (plugins.Implementation): an observer written for
-                    # pluggy's call gets the event as it did.
+                elif by_name:
                     observer(
                         *[given[name] for name in by_position],
                         **{name: given[name] for name in by_name if name in given},
                     )
+                else:  # the usual observer, `def gateway_call_event(self, event)`
+                    observer(*[given[name] for name in by_position])
             except Exception as exc:
                 # Named as the decision hooks' failures are, and at most once a minute per
                 # plugin: an observer failing on every event would flood.
