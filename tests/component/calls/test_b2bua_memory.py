@@ -824,6 +824,37 @@ async def test_an_outbound_hook_that_raises_is_named_and_its_message_not_sent(
     assert env.gateway.endpoint.statistics.internal_errors == 2
 
 
+class NoneFor180:
+    """A plugin whose outbound hook replaces every 180 with None (not a message)."""
+
+    @hookimpl
+    def gateway_outbound_message(self, outbound: OutboundMessage) -> None:
+        if isinstance(outbound.message, Response) and outbound.message.status == 180:
+            outbound.message = None
+
+
+async def test_an_outbound_hook_replacing_a_message_with_none_is_a_counted_error(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # None is no message (docs/plugin_hooks.md: replace it with a Request or Response): the
+    # 180 is not sent, as ever, and that is an internal error in the log and the counter, not a
+    # message dropped without a word (None is not how the endpoint says a hook raised).
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, plugins=[("nones", NoneFor180())])
+    with caplog.at_level(logging.ERROR):
+        call, _ = await answered_call(env)
+        assert call.exchange is not None
+        assert [r.status for r in call.exchange.responses if r.status == 180] == []
+        assert (await call.bye()).status == 200
+        await eventually(lambda: env.calls == 0)
+    assert env.gateway.endpoint.statistics.internal_errors == 1
+    (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert record.exc_text is not None and "non-message" in record.exc_text
+
+
 class BrokenOnFirstAck:
     """A plugin whose outbound hook has a bug that shows on the first ACK the gateway sends."""
 
