@@ -581,22 +581,24 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     unknown = sorted(enabled - set(installed))
     for name in unknown:
         print(f"{name:<{width}}  MISSING   (enabled in config but not installed)")
-    for message in failed.values():
-        # The line `voipgw run` and `check-config` stop on: neither runs with this config.
-        print(f"voipgw: plugin error: {message}", file=sys.stderr)
+    for error in failed.values():
+        # The line `voipgw run` and `check-config` stop on (main()): neither runs with this
+        # config. A setting a plugin refuses (PluginConfigError) is a configuration error.
+        kind = "configuration error" if isinstance(error, ConfigError) else "plugin error"
+        print(f"voipgw: {kind}: {error}", file=sys.stderr)
     return EXIT_USAGE if failed else EXIT_OK
 
 
 def _load_plugins_listing(
     config: GatewayConfig, args: argparse.Namespace, installed: Mapping[str, DiscoveredPlugin]
-) -> tuple[Plugins, dict[str, str]]:
+) -> tuple[Plugins, dict[str, PluginError]]:
     """The enabled plugins for ``voipgw plugins``: those that load, and the error of each that
     does not (by name). ``voipgw run`` stops on the first such error (docs/plugin_hooks.md);
     the listing goes on without that plugin (and its ``[plugins.NAME]`` table) to show the
     others, and says the error as ``run`` would. Each plugin is loaded once, however many
     fail. An error no single plugin is at fault for (two registering one name) is raised as
     ``run`` raises it."""
-    failed: dict[str, str] = {}
+    failed: dict[str, PluginError] = {}
     return _load_plugins(config, args, installed=installed, failed=failed), failed
 
 

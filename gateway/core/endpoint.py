@@ -111,6 +111,10 @@ class LegOf(Protocol):
     ) -> LegInfo | None: ...
 
 
+NOT_SENT = object()
+"""What :meth:`SipEndpoint._outbound` returns for a message a raising hook stopped."""
+
+
 ALLOWED_METHODS = (
     "INVITE",
     "ACK",
@@ -1604,7 +1608,7 @@ class SipEndpoint:
         self, message: Request, flow: Flow, transaction: ClientTransaction | None
     ) -> None:
         final = self._outbound(message, flow)
-        if final is None:
+        if final is NOT_SENT:
             return  # a raising hook's; as a message lost on the way (transactions re-send)
         if not isinstance(final, Request):
             raise SipError("a gateway_outbound_message hook replaced a request with a non-request")
@@ -1752,7 +1756,7 @@ class SipEndpoint:
             )
             return
         message = self._outbound(response, flow)
-        if message is None:
+        if message is NOT_SENT:
             return  # a raising hook's; as a message lost on the way
         if not isinstance(message, Request | Response):
             raise SipError(
@@ -1819,10 +1823,12 @@ class SipEndpoint:
 
     def _outbound(self, message: Request | Response, flow: Flow) -> object:
         """``message`` as the ``gateway_outbound_message`` hooks leave it (they may replace it);
-        the hook is not called at all when no plugin implements it. None when a hook raised:
-        the message is not sent, which is counted as an internal error and logged naming the
-        plugin, at most once a minute per plugin (:class:`~gateway.core.plugins.HookFailures`:
-        a hook raising on every message must not flood the log). Whoever sends it (a
+        the hook is not called at all when no plugin implements it. :data:`NOT_SENT` when a
+        hook raised (not None: a hook that sets ``outbound.message = None`` put a non-message
+        there, a SipError as any other): the message is not sent, which is counted as an
+        internal error and logged naming the plugin, at most once a minute per plugin
+        (:class:`~gateway.core.plugins.HookFailures`: a hook raising on every message must not
+        flood the log). Whoever sends it (a
         transaction, a call re-sending its 2xx or its ACK) goes on as after a message lost on
         the way: a plugin's bug fails no call by itself (STYLE.md habit 6)."""
         hook = self.gateway.plugins.implemented("gateway_outbound_message")
@@ -1850,7 +1856,7 @@ class SipEndpoint:
                 what,
                 flow.key,
             )
-            return None
+            return NOT_SENT
         return outbound.message
 
     async def _response_flow(self, response: Response, arrival: Flow) -> Flow:

@@ -100,9 +100,15 @@ def raising_plugin(caller: Any, exc: BaseException) -> str | None:
     return found
 
 
-Implementation = tuple[str | None, Callable[..., Any], tuple[str, ...] | None]
+Implementation = tuple[
+    str | None, Callable[..., Any], tuple[str, ...] | None, tuple[str, ...] | None
+]
 """One plugin's implementation of a hook: (its plugin's name, its function, the arguments it
-takes); for pluggy's own call of the hook, (None, the hook caller, None: every argument)."""
+takes by position, those it takes by keyword), to be called as pluggy calls it
+(pluggy/_callers.py): a required argument by position, one with a default by keyword when the
+hook is given it (a decorator that passes ``*args`` on, an ``event=None``, work as under
+pluggy); for pluggy's own call of the hook, (None, the hook caller, None, None: every argument
+by keyword)."""
 
 
 def separate_implementations(caller: Any) -> tuple[Implementation, ...]:
@@ -118,9 +124,10 @@ def separate_implementations(caller: Any) -> tuple[Implementation, ...]:
     impls = getattr(caller, "get_hookimpls", None)
     found = impls() if impls is not None else None
     if found is None or any(impl.hookwrapper or getattr(impl, "wrapper", False) for impl in found):
-        return ((None, caller, None),)
+        return ((None, caller, None, None),)
     return tuple(
-        (impl.plugin_name, impl.function, tuple(impl.argnames)) for impl in reversed(found)
+        (impl.plugin_name, impl.function, tuple(impl.argnames), tuple(impl.kwargnames))
+        for impl in reversed(found)
     )
 
 
@@ -299,7 +306,7 @@ class Plugins:
         registry: Registry[Any] = getattr(self, attribute)
         return registry
 
-    def run_configure(self, failed: dict[str, str] | None = None) -> None:
+    def run_configure(self, failed: dict[str, PluginError] | None = None) -> None:
         """Call every ``gateway_configure`` hook once, oldest registration first (built-ins
         first), with the plugin's own structured table: the settings its decision hooks keep.
         ``failed``: as :func:`load_plugins`'."""
@@ -324,7 +331,7 @@ class Plugins:
                 error.__cause__ = exc
                 self._leave_out(error, failed)
 
-    def run_registrations(self, failed: dict[str, str] | None = None) -> None:
+    def run_registrations(self, failed: dict[str, PluginError] | None = None) -> None:
         """Call every ``gateway_register_*`` hook once per plugin, telling each registry who is
         registering so duplicates and ``voipgw plugins`` can name the plugin. ``failed``: as
         :func:`load_plugins`'."""
@@ -351,7 +358,7 @@ class Plugins:
                 finally:
                     registry._current_plugin = "<core>"
 
-    def _leave_out(self, error: PluginError, failed: dict[str, str] | None) -> None:
+    def _leave_out(self, error: PluginError, failed: dict[str, PluginError] | None) -> None:
         """Raise ``error``; or, collecting ``failed`` (``voipgw plugins``), note it under its
         plugin and go on without that plugin: unregistered, its table and what it registered
         forgotten. An error no one plugin is at fault for (two registering one name) is
@@ -390,7 +397,7 @@ def load_plugins(
     *,
     extra: Sequence[tuple[str, object]] = (),
     installed: Mapping[str, DiscoveredPlugin] | None = None,
-    failed: dict[str, str] | None = None,
+    failed: dict[str, PluginError] | None = None,
 ) -> Plugins:
     """Import the enabled plugins, structure their config tables, run their registrations.
 
@@ -400,7 +407,7 @@ def load_plugins(
     are) and :class:`ConfigError` for a bad ``[plugins.NAME]`` table.
 
     ``failed`` (``voipgw plugins``, which lists what loads): a :class:`PluginError` that one
-    enabled plugin is at fault for is put there, its text by the plugin's name, instead of
+    enabled plugin is at fault for is put there, by the plugin's name, instead of
     raised, and the others load without that plugin (nor its table); each plugin is imported
     once. Errors that are not one plugin's (a name two plugins register, a bad table) are
     raised as without it.
@@ -457,14 +464,16 @@ def load_plugins(
     return plugins
 
 
-def _leave_out(pm: pluggy.PluginManager, error: PluginError, failed: dict[str, str] | None) -> None:
+def _leave_out(
+    pm: pluggy.PluginManager, error: PluginError, failed: dict[str, PluginError] | None
+) -> None:
     """Raise ``error``, unless ``failed`` collects errors (:func:`load_plugins`) and ``error``
     is one registered plugin's: then it is noted under that plugin's name and the plugin
     unregistered (its hooks are not called again)."""
     name = error.plugin
     if failed is None or name is None or isinstance(error, DuplicateName):
         raise error
-    failed[name] = str(error)
+    failed[name] = error
     if pm.has_plugin(name):
         pm.unregister(name=name)
 
@@ -481,7 +490,7 @@ HOOK_NAMES = tuple(sorted(name for name in vars(hookspecs) if name.startswith("g
 
 
 def _register(
-    pm: pluggy.PluginManager, obj: object, name: str, failed: dict[str, str] | None = None
+    pm: pluggy.PluginManager, obj: object, name: str, failed: dict[str, PluginError] | None = None
 ) -> None:
     try:
         pm.register(obj, name=name)
@@ -519,7 +528,7 @@ def _register(
 
 
 def _plugin_configs(
-    pm: pluggy.PluginManager, config: GatewayConfig, failed: dict[str, str] | None = None
+    pm: pluggy.PluginManager, config: GatewayConfig, failed: dict[str, PluginError] | None = None
 ) -> dict[str, Any]:
     configs: dict[str, Any] = {}
     declared: set[str] = set()

@@ -803,9 +803,20 @@ class CallManager:
         if not self._observers:
             return
         event = CallEvent(kind=kind, call_id=call.id, at=trio.current_time(), reason=reason)
-        for plugin, observer, takes in self._observers:
+        given = {"event": event}
+        for plugin, observer, by_position, by_name in self._observers:
             try:
-                observer(**({"event": event} if takes is None or "event" in takes else {}))
+                # As pluggy passes them (plugins.Implementation): an observer written for
+                # pluggy's call gets the event as it did.
+                if by_position is None or by_name is None:
+                    observer(**given)
+                elif by_name:
+                    observer(
+                        *[given[name] for name in by_position],
+                        **{name: given[name] for name in by_name if name in given},
+                    )
+                else:  # the usual observer, `def gateway_call_event(self, event)`
+                    observer(*[given[name] for name in by_position])
             except Exception as exc:
                 # Named as the decision hooks' failures are, and at most once a minute per
                 # plugin: an observer failing on every event would flood.

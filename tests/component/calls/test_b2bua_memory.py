@@ -10,6 +10,7 @@ helpers live in b2bua_env.py.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 from pathlib import Path
@@ -637,6 +638,68 @@ async def test_every_call_event_observer_gets_every_event_whatever_another_raise
     assert named == ["plugin 'also-failing'", "plugin 'failing-observer'"]
 
 
+def _passing_on(function):  # type: ignore[no-untyped-def]
+    """A decorator as plugins write them (timing, tracing): it passes on what pluggy gives,
+    positionally (pluggy reads the wrapped function's arguments through ``__wrapped__``)."""
+
+    @functools.wraps(function)
+    def passing_on(*args):  # type: ignore[no-untyped-def]
+        return function(*args)
+
+    return passing_on
+
+
+class DefaultedObserver:
+    """An observer whose ``event`` has a default: pluggy passes it as a keyword."""
+
+    def __init__(self) -> None:
+        self.kinds: list[str] = []
+
+    @hookimpl
+    def gateway_call_event(self, event: CallEvent | None = None) -> str:
+        assert event is not None
+        self.kinds.append(event.kind)
+        return "ignored"  # a value, as pluggy collects (and the core ignores)
+
+
+class DecoratedObserver:
+    """An observer behind a decorator that passes its arguments on positionally."""
+
+    def __init__(self) -> None:
+        self.kinds: list[str] = []
+
+    @hookimpl
+    @_passing_on
+    def gateway_call_event(self, event: CallEvent) -> None:
+        self.kinds.append(event.kind)
+
+
+async def test_call_event_observers_get_the_event_as_pluggy_passes_it(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The core calls each observer on its own, with the event as pluggy's call gives it: by
+    # position to a required argument (a decorated observer taking *args), by keyword to one
+    # with a default. Deployed observers written against pluggy keep getting every event.
+    defaulted, decorated = DefaultedObserver(), DecoratedObserver()
+    env = await start_b2bua(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        plugins=[("defaulted", defaulted), ("decorated", decorated)],
+    )
+    with caplog.at_level(logging.ERROR, logger="gateway.core.calls.manager"):
+        call, _ = await answered_call(env)
+        assert (await call.bye()).status == 200
+        await eventually(lambda: env.calls == 0)
+    every = ["started", "ringing", "answered", "ended"]
+    assert defaulted.kinds == decorated.kinds == every
+    assert [r for r in caplog.records if "gateway_call_event" in r.getMessage()] == []
+
+
 class OutboundStamp:
     """A plugin that marks every message the gateway sends and notes each leg it is asked about.
 
@@ -759,6 +822,37 @@ async def test_an_outbound_hook_that_raises_is_named_and_its_message_not_sent(
     assert record.getMessage().endswith("; not sent")
     assert "the plugin's own words" not in record.exc_text
     assert env.gateway.endpoint.statistics.internal_errors == 2
+
+
+class NoneFor180:
+    """A plugin whose outbound hook replaces every 180 with None (not a message)."""
+
+    @hookimpl
+    def gateway_outbound_message(self, outbound: OutboundMessage) -> None:
+        if isinstance(outbound.message, Response) and outbound.message.status == 180:
+            outbound.message = None
+
+
+async def test_an_outbound_hook_replacing_a_message_with_none_is_a_counted_error(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # None is no message (docs/plugin_hooks.md: replace it with a Request or Response): the
+    # 180 is not sent, as ever, and that is an internal error in the log and the counter, not a
+    # message dropped without a word (None is not how the endpoint says a hook raised).
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, plugins=[("nones", NoneFor180())])
+    with caplog.at_level(logging.ERROR):
+        call, _ = await answered_call(env)
+        assert call.exchange is not None
+        assert [r.status for r in call.exchange.responses if r.status == 180] == []
+        assert (await call.bye()).status == 200
+        await eventually(lambda: env.calls == 0)
+    assert env.gateway.endpoint.statistics.internal_errors == 1
+    (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert record.exc_text is not None and "non-message" in record.exc_text
 
 
 class BrokenOnFirstAck:

@@ -280,14 +280,14 @@ def test_voipgw_plugins_loads_each_plugin_once_and_names_a_configure_config_erro
         assert rows[name].split()[1] == "FAILED"
     assert calls.read_text() == "configure\n"
     assert err.splitlines() == [
-        "voipgw: plugin error: plugin 'leaky_refuses': /etc/voipgw/voipgw.toml: "
+        "voipgw: configuration error: plugin 'leaky_refuses': /etc/voipgw/voipgw.toml: "
         "[plugins.leaky_refuses] codes: '*'",
         "voipgw: plugin error: plugin 'leaky_halfway' failed in "
         f"gateway_register_device_profiles: RuntimeError at {site / 'leaky_halfway.py'}:9: "
         f"{WITHHELD} {SHOW_TEXT_HINT}",
     ]
     # What a plugin registered before it failed goes with it.
-    failed: dict[str, str] = {}
+    failed: dict[str, PluginError] = {}
     loaded = load_plugins(
         from_mapping({"plugins": {"enable": ["udp", "leaky_halfway"]}}), failed=failed
     )
@@ -296,7 +296,11 @@ def test_voipgw_plugins_loads_each_plugin_once_and_names_a_configure_config_erro
     # `run` and `check-config` stop on it, a configuration error naming the plugin.
     config.write_text('[plugins]\nenable = ["udp", "leaky_refuses"]\n')
     assert cli.main(["check-config", str(config)]) == cli.EXIT_USAGE
-    assert capsys.readouterr().err == (
+    stopped_on = capsys.readouterr().err
+    assert stopped_on == (
         "voipgw: configuration error: plugin 'leaky_refuses': /etc/voipgw/voipgw.toml: "
         "[plugins.leaky_refuses] codes: '*'\n"
     )
+    # The listing says the line `run` and `check-config` stop on (docs/plugin_hooks.md).
+    assert cli.main(["plugins", "--config", str(config)]) == cli.EXIT_USAGE
+    assert capsys.readouterr().err == stopped_on

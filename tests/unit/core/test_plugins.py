@@ -253,9 +253,9 @@ def test_separate_implementations_newest_first_or_pluggys_call_with_a_wrapper() 
         installed={},
     )
     caller = plugins.implemented("gateway_call_event")
-    assert [(name, takes) for name, _, takes in separate_implementations(caller)] == [
-        ("second", ()),
-        ("first", ("event",)),
+    assert [(name, *takes) for name, _, *takes in separate_implementations(caller)] == [
+        ("second", (), ()),
+        ("first", ("event",), ()),
     ]
     assert separate_implementations(None) == ()
 
@@ -271,7 +271,7 @@ def test_separate_implementations_newest_first_or_pluggys_call_with_a_wrapper() 
         installed={},
     )
     caller = wrapped.implemented("gateway_call_event")
-    assert separate_implementations(caller) == ((None, caller, None),)
+    assert separate_implementations(caller) == ((None, caller, None, None),)
 
 
 def test_collecting_failures_leaves_out_each_failing_plugin_and_loads_the_others() -> None:
@@ -285,7 +285,7 @@ def test_collecting_failures_leaves_out_each_failing_plugin_and_loads_the_others
         raise ConfigError("voipgw.toml", "plugins.picky", "codes", "'*' is not CODE=ACCOUNT")
 
     picky = make_plugin(gateway_configure=refuse)
-    failed: dict[str, str] = {}
+    failed: dict[str, PluginError] = {}
     plugins = load_plugins(
         config_enabling("typo", "picky", "good"),
         extra=[("typo", typo), ("picky", picky), ("good", good)],
@@ -295,8 +295,8 @@ def test_collecting_failures_leaves_out_each_failing_plugin_and_loads_the_others
     assert plugins.names == ["good"]
     assert configured == ["good"]
     assert sorted(failed) == ["picky", "typo"]
-    assert "unknown hook 'gateway_register_media_tap'" in failed["typo"]
-    assert failed["picky"] == (
+    assert "unknown hook 'gateway_register_media_tap'" in str(failed["typo"])
+    assert str(failed["picky"]) == (
         "plugin 'picky': voipgw.toml: [plugins.picky] codes: '*' is not CODE=ACCOUNT"
     )
     # Without collecting, the same ConfigError stops loading: a ConfigError still, and a
