@@ -70,11 +70,13 @@ class PluginHookError(PluginError):
 class PluginConfigError(ConfigError, PluginError):
     """A :class:`ConfigError` a plugin raised in ``gateway_configure`` (a setting it refuses):
     the same error, still a ConfigError to whoever catches one, its text (the plugin's, for the
-    operator) after the plugin's name, ``plugin 'NAME': FILE: [TABLE] KEY: ...``; and a
-    PluginError whose ``plugin`` is that plugin, so ``voipgw plugins`` lists the others."""
+    operator) as every configuration error's, ``FILE: [TABLE] KEY: ...``, the plugin's name
+    after it (operators' scripts match the line's start: it stays what it was before plugins
+    were named); and a PluginError whose ``plugin`` is that plugin, so ``voipgw plugins``
+    lists the others."""
 
     def __init__(self, plugin: str, error: ConfigError) -> None:
-        Exception.__init__(self, f"plugin {plugin!r}: {error}")
+        Exception.__init__(self, f"{error} (plugin {plugin!r})")
         self.file, self.table, self.key = error.file, error.table, error.key
         self.message = error.message
         self.plugin = plugin

@@ -280,8 +280,8 @@ def test_voipgw_plugins_loads_each_plugin_once_and_names_a_configure_config_erro
         assert rows[name].split()[1] == "FAILED"
     assert calls.read_text() == "configure\n"
     assert err.splitlines() == [
-        "voipgw: configuration error: plugin 'leaky_refuses': /etc/voipgw/voipgw.toml: "
-        "[plugins.leaky_refuses] codes: '*'",
+        "voipgw: configuration error: /etc/voipgw/voipgw.toml: "
+        "[plugins.leaky_refuses] codes: '*' (plugin 'leaky_refuses')",
         "voipgw: plugin error: plugin 'leaky_halfway' failed in "
         f"gateway_register_device_profiles: RuntimeError at {site / 'leaky_halfway.py'}:9: "
         f"{WITHHELD} {SHOW_TEXT_HINT}",
@@ -298,8 +298,8 @@ def test_voipgw_plugins_loads_each_plugin_once_and_names_a_configure_config_erro
     assert cli.main(["check-config", str(config)]) == cli.EXIT_USAGE
     stopped_on = capsys.readouterr().err
     assert stopped_on == (
-        "voipgw: configuration error: plugin 'leaky_refuses': /etc/voipgw/voipgw.toml: "
-        "[plugins.leaky_refuses] codes: '*'\n"
+        "voipgw: configuration error: /etc/voipgw/voipgw.toml: "
+        "[plugins.leaky_refuses] codes: '*' (plugin 'leaky_refuses')\n"
     )
     # The listing says the line `run` and `check-config` stop on (docs/plugin_hooks.md).
     assert cli.main(["plugins", "--config", str(config)]) == cli.EXIT_USAGE

@@ -297,7 +297,7 @@ def test_collecting_failures_leaves_out_each_failing_plugin_and_loads_the_others
     assert sorted(failed) == ["picky", "typo"]
     assert "unknown hook 'gateway_register_media_tap'" in str(failed["typo"])
     assert str(failed["picky"]) == (
-        "plugin 'picky': voipgw.toml: [plugins.picky] codes: '*' is not CODE=ACCOUNT"
+        "voipgw.toml: [plugins.picky] codes: '*' is not CODE=ACCOUNT (plugin 'picky')"
     )
     # Without collecting, the same ConfigError stops loading: a ConfigError still, and a
     # PluginError naming the plugin.
