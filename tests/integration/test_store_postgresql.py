@@ -1207,7 +1207,7 @@ def test_cli_says_when_the_database_cannot_be_reached(
     tmp_path: Path, port_lease: PortLease
 ) -> None:
     config = tmp_path / "voipgw.toml"
-    port = __import__("pgcluster").free_port()  # nothing listens there
+    port = __import__("pgcluster").free_port(port_lease)  # nothing listens there
     config.write_text(
         f'[store]\nbackend = "postgresql"\n'
         f'dsn = "host=127.0.0.1 port={port} dbname=x user=x password=hunter2-db"\n'
