@@ -49,6 +49,7 @@ if importlib.util.find_spec("gateway") is None:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from bench_children import run_dying_with_parent
 from bench_ports import media_ports
 from relay_srtp import (
     ADDRESS,
@@ -156,7 +157,11 @@ def run_voipgw(
 ) -> list[tuple[int, int, int, int]]:
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
-    process = ctx.Process(target=voipgw_child, args=(child, steps, trace, ports), daemon=True)
+    process = ctx.Process(
+        target=run_dying_with_parent,  # bench_children.py: not left running if we are killed
+        args=(os.getpid(), voipgw_child, child, steps, trace, ports),
+        daemon=True,
+    )
     process.start()
     try:
         deadline = time.monotonic() + 600

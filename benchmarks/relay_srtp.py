@@ -102,6 +102,7 @@ if importlib.util.find_spec("gateway") is None:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from bench_children import run_dying_with_parent
 from bench_ports import media_ports
 from rtpengine_peer import NgClient, NgError, Rtpengine, Srtp, bridge_call, delete_call, running
 
@@ -441,8 +442,12 @@ class Generators:
         for share in split:
             parent, child = ctx.Pipe()
             process = ctx.Process(
-                target=target,
-                args=(child, share, roles, args.rate, max_packets, *(options or ())),
+                target=run_dying_with_parent,  # no generator spins on after us (bench_children)
+                args=(
+                    os.getpid(),
+                    target,
+                    *(child, share, roles, args.rate, max_packets, *(options or ())),
+                ),
                 daemon=True,
             )
             process.start()

@@ -23,6 +23,7 @@ import pgcluster
 import pytest
 from hypothesis import HealthCheck, settings
 
+from tests import port_blocks
 from tests.port_blocks import PortLease
 
 settings.register_profile(
@@ -89,6 +90,16 @@ def port_lease() -> Iterator[PortLease]:
     lease = PortLease()
     yield lease
     lease.release()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _port_units_back() -> Iterator[None]:
+    """Between two modules, the module's ``ModuleBlock``s are given back and every unit with no
+    port handed out is unlocked for other test runs (tests/port_blocks.py); first set up of the
+    module's fixtures, so last torn down: whatever ran on those ports has stopped by then."""
+    port_blocks.start_module()
+    yield
+    port_blocks.end_module()
 
 
 @pytest.fixture(scope="session")

@@ -46,7 +46,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
-from tests.port_blocks import port_block
+from tests.port_blocks import PortLease
 
 SUPERUSER = "postgres"
 STORE_USER = "voipgw"
@@ -98,14 +98,16 @@ def _version(initdb: Path) -> float:
         return 0.0
 
 
-def free_port() -> int:
+def free_port(lease: PortLease) -> int:
     """A port for a server that binds it only later: from this process's port block
     (tests/port_blocks.py), locked against other test runs and below the kernel's ephemeral
     range. The server binds it after initdb, seconds later (far more on a loaded machine); a
     port-0 probe's port lies in the ephemeral range, where any process's port-0 bind or outgoing
     connection could take it meanwhile and fail the cluster's start. One port of the unit the
-    process holds, the next one (no even start: that skipped a port at every other call)."""
-    return port_block(1, even=False)[0]
+    process holds, the next one (no even start: that skipped a port at every other call),
+    leased: given back with ``lease`` (a cluster's once destroyed), its unit unlocked when
+    nothing else of it is handed out."""
+    return lease.block(1, even=False)[0]
 
 
 class Cluster:
@@ -117,7 +119,8 @@ class Cluster:
         self.root = Path(tempfile.mkdtemp(prefix="voipgw-pg-"))
         self.data = self.root / "data"
         self.socket_dir = self.root / "socket"
-        self.port = free_port()
+        self._ports = PortLease()
+        self.port = free_port(self._ports)
         self.password = secrets.token_urlsafe(18)
         self._as_user: list[str] = []
         if os.getuid() == 0:
@@ -224,6 +227,7 @@ class Cluster:
         with contextlib.suppress(subprocess.CalledProcessError):  # not running
             self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+        self._ports.release()  # stopped: no server binds it any more
         if self._alive >= 0:
             os.close(self._alive)  # the watcher finds nothing left to do, and exits
             self._alive = -1

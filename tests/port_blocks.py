@@ -12,12 +12,18 @@ that a probe could bind (UDP and TCP): a second pytest run on the machine, anoth
 an agent's, claims other units, and a program outside the tests that holds a port is stepped
 over. Within a process, blocks are handed out in order, so two test modules never share a port.
 
-Blocks taken at import (module constants) are held until the process exits: a whole collection
-takes about 54 units, the same for a run of any length. A block a test takes while it runs
-(a gateway's ``[media] ports`` written into its config) is leased instead (:class:`PortLease`,
-the ``port_lease`` fixture of tests/conftest.py): given back when the test ends, its processes
-stopped, and handed out again to the next test of this process, so that a long run (a test
-repeated, a loop hunting a flaky failure) does not claim unit after unit until none is left.
+A block a test takes while it runs (a gateway's ``[media] ports`` written into its config) is
+leased (:class:`PortLease`, the ``port_lease`` fixture of tests/conftest.py): given back when the
+test ends, its processes stopped, and handed out again to the next test of this process, so that
+a long run (a test repeated, a loop hunting a flaky failure) does not claim unit after unit until
+none is left. A module's blocks (its relay's range, its phones' ports) are :class:`ModuleBlock`
+constants, taken when the module's first test asks for them and given back when its last test
+has ended. After each module (tests/conftest.py's ``_port_units_back``), :func:`trim` unlocks
+every unit none of whose ports is handed out, for other runs on the machine to claim: a run holds
+the units of the module it runs, not of every module it collected (blocks taken at import, held
+to the end, were 54 units of a whole collection, a quarter of the region: four runs at once ran
+out). A block taken at import (:func:`port_block` in a module constant) is still held until the
+process exits, as is a single port a peer was given (the interop harness's ``free_port``).
 
 The gateway's default ``[media] ports`` (30000-30999) are never handed out: a gateway whose config
 names no range (a developer's on this machine; a test's fails the test, tests/media_range_guard.py)
@@ -29,9 +35,12 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 LOOPBACK = "127.0.0.1"
+T = TypeVar("T")
 UNIT = 100
 LOW = 10_000
 # /tmp itself, not tempfile.gettempdir(): TMPDIR may differ between two users' runs.
@@ -123,7 +132,8 @@ def _claim(units: int) -> range:
     global _next_unit
     first = _next_unit
     while (first + units) * UNIT <= _ephemeral_low():
-        if overlaps_default_media(range(first * UNIT, (first + units) * UNIT)):
+        mine = any(unit in _held or unit in _lent for unit in range(first, first + units))
+        if mine or overlaps_default_media(range(first * UNIT, (first + units) * UNIT)):
             first += 1
             continue
         fds: list[int] = []
@@ -249,3 +259,106 @@ class PortLease:
         for block in self.blocks:
             _give_back_block(block)
         self.blocks.clear()
+
+
+def trim() -> None:
+    """Unlock every unit of this process none of whose ports is handed out (all given back, or
+    never handed out), for another test process to claim; the next claim looks from the lowest
+    unit again. Called between two modules (tests/conftest.py), when no test runs: a block a
+    test or a module leased is back by then, its processes stopped."""
+    global _free, _next_unit
+    if _free:
+        _give_back_block(_free)
+        _free = range(0)
+    unlocked = [
+        unit
+        for unit in sorted(_held)
+        if any(part.start <= unit * UNIT and (unit + 1) * UNIT <= part.stop for part in _returned)
+    ]
+    for unit in unlocked:
+        os.close(_held.pop(unit))
+        cut = range(unit * UNIT, (unit + 1) * UNIT)
+        parts = []
+        for part in _returned:
+            if cut.start < part.stop and part.start < cut.stop:
+                parts += [range(part.start, cut.start), range(cut.stop, part.stop)]
+            else:
+                parts.append(part)
+        _returned[:] = [part for part in parts if len(part) > 0]
+    _next_unit = LOW // UNIT
+
+
+# ModuleBlocks taken while the current module runs, given back after its last test.
+_module_blocks: list[ModuleBlock[Any]] = []
+_module_running = False
+
+
+class ModuleBlock(Generic[T]):
+    """A test module's block of ``count`` ports (``RELAY_PORTS = ModuleBlock(100)``, a module
+    constant), taken from :func:`port_block` when one of the module's tests first asks for it
+    (:meth:`get`, :meth:`ports`, :meth:`text`, :meth:`first`: in a test or a fixture, never at
+    import) and given back after the module's last test (:func:`end_module`), so that the
+    units of a collected module are claimed only while it runs. ``parse`` makes what
+    :meth:`get` returns of the "LOW-HIGH" text (``PortRange.parse``); without it, the range.
+    A helper module's constant shared by several test modules is taken again by each,
+    possibly other ports."""
+
+    def __init__(
+        self, count: int, *, even: bool = True, parse: Callable[[str], T] | None = None
+    ) -> None:
+        self.count = count
+        self.even = even
+        self._parse = parse
+        self._block: range | None = None
+        self._parsed: T | None = None
+
+    def ports(self) -> range:
+        if self._block is None:
+            if not _module_running:
+                raise RuntimeError(
+                    "a ModuleBlock is taken in a test or a fixture, not at import: it is given"
+                    " back when the module's tests end"
+                )
+            self._block = port_block(self.count, even=self.even)
+            _module_blocks.append(self)
+        return self._block
+
+    def text(self) -> str:
+        """The block as a ``[media] ports`` value, "LOW-HIGH" (``PortRange.parse``)."""
+        block = self.ports()
+        return f"{block.start}-{block.stop - 1}"
+
+    def first(self) -> int:
+        """The first port (even unless ``even`` is false): a phone's RTP port, RTCP the next."""
+        return self.ports().start
+
+    def get(self) -> T:
+        """``parse`` of :meth:`text`, made once while the block is taken."""
+        if self._parse is None:
+            raise TypeError("a ModuleBlock without parse: ports(), text() or first()")
+        if self._parsed is None:
+            self._parsed = self._parse(self.text())
+        return self._parsed
+
+    def give_back(self) -> None:
+        if self._block is not None:
+            _give_back_block(self._block)
+            self._block = None
+            self._parsed = None
+
+
+def start_module() -> None:
+    """A module's tests begin: its ModuleBlocks may be taken."""
+    global _module_running
+    _module_running = True
+
+
+def end_module() -> None:
+    """A module's tests have ended, every fixture of theirs torn down: its ModuleBlocks are
+    given back and the units left with nothing handed out unlocked (:func:`trim`)."""
+    global _module_running
+    _module_running = False
+    for block in _module_blocks:
+        block.give_back()
+    _module_blocks.clear()
+    trim()

@@ -69,3 +69,29 @@ def test_every_process_a_benchmark_starts_dies_with_the_benchmark() -> None:
         )
     ]
     assert offences == [], "give it preexec_fn=die_with_parent:\n" + "\n".join(offences)
+
+
+def _multiprocessing_starts(path: Path) -> list[ast.Call]:
+    return [
+        node
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.Call) and ast.unparse(node.func).endswith(".Process")
+    ]
+
+
+def test_every_multiprocessing_child_of_a_benchmark_dies_with_the_benchmark() -> None:
+    # The relay benchmarks' load generators (spawn) have no preexec_fn: a killed benchmark left
+    # them spinning on a core; their target sets the signal in the child (bench_children.py).
+    benchmarks = ROOT.parent / "benchmarks"
+    starts = {path: _multiprocessing_starts(path) for path in sorted(benchmarks.glob("*.py"))}
+    assert sum(map(len, starts.values())) >= 2, "the scan found none: benchmarks/ moved?"
+    offences = [
+        f"{path.relative_to(ROOT.parent)}:{call.lineno}"
+        for path, calls in starts.items()
+        for call in calls
+        if not any(
+            keyword.arg == "target" and ast.unparse(keyword.value) == "run_dying_with_parent"
+            for keyword in call.keywords
+        )
+    ]
+    assert offences == [], "give it target=run_dying_with_parent:\n" + "\n".join(offences)

@@ -20,11 +20,11 @@ from gateway.core.sip.message import Response
 from gateway.core.sip.parser import parse_message_untrusted
 from gateway.plugins.transports.udp import SO_TIMESTAMPNS, _time_in_socket
 from tests.integration.gateway_options import options, port_of
-from tests.port_blocks import port_block_text
+from tests.port_blocks import ModuleBlock
 
 # The relay's ports: this process's own (tests/port_blocks.py), not the gateway's default range,
 # which another test run's gateway may bind as well (tests/media_range_guard.py).
-MEDIA_PORTS = port_block_text(20)
+MEDIA_PORTS = ModuleBlock(20)
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ async def gateway(tmp_path) -> AsyncIterator[Gateway]:  # type: ignore[no-untype
         {
             "gateway": {"state_dir": str(tmp_path / "state")},
             "sip": {"listen": ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]},
-            "media": {"ports": MEDIA_PORTS},
+            "media": {"ports": MEDIA_PORTS.text()},
         }
     )
     gw = Gateway(config, load_plugins(config), ids=SeededIds(1))
@@ -201,7 +201,7 @@ async def test_a_receive_buffer_capped_by_the_kernel_is_reported(
         {
             "gateway": {"state_dir": str(tmp_path / "state")},
             "sip": {"listen": ["udp:127.0.0.1:0"]},
-            "media": {"ports": MEDIA_PORTS},
+            "media": {"ports": MEDIA_PORTS.text()},
             "plugins": {"udp": {"receive_buffer": 1 << 30}},
         }
     )

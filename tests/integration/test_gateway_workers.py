@@ -25,7 +25,7 @@ from gateway.core.store.sqlite import SqliteStore
 from gateway.testing.memory_transport import memory_plugins
 from gateway.testing.network import Address, MemoryNetwork
 from gateway.testing.sip_agent import AutoAnswer, Call, SipAgent, sdp_connection
-from tests.port_blocks import port_block
+from tests.port_blocks import ModuleBlock
 
 GW: Address = ("127.0.0.1", 5060)
 TRUNK: Address = ("127.0.0.2", 5060)
@@ -33,7 +33,7 @@ ALICE: Address = ("127.0.0.3", 5060)
 REALM = "voipgw.local"
 PASSWORD = "wonderland-42"
 DID = "+4930123456"
-MEDIA_PORTS = port_block(100)  # this process's own ports (tests/port_blocks.py)
+MEDIA_PORTS = ModuleBlock(100)  # this process's own ports (tests/port_blocks.py)
 TIMEOUT = 15.0
 
 
@@ -73,7 +73,7 @@ async def test_a_worker_exit_ends_its_calls_only_and_the_worker_comes_back(
             "sip": {"listen": ["udp:127.0.0.1:5060"], "t1": 0.5},
             "media": {
                 "address": "127.0.0.1",
-                "ports": f"{MEDIA_PORTS.start}-{MEDIA_PORTS.stop - 1}",
+                "ports": MEDIA_PORTS.text(),
                 "workers": 2,
             },
             "plugins": {"enable": []},

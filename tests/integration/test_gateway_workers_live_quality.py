@@ -27,7 +27,7 @@ from tests.component.calls.rtcp_reports import (
     rtcp_port,
     sender_report,
 )
-from tests.port_blocks import port_bases, port_block_text
+from tests.port_blocks import ModuleBlock
 
 GW: Address = ("127.0.0.1", 5060)
 TRUNK: Address = ("127.0.0.2", 5060)
@@ -35,8 +35,9 @@ ALICE: Address = ("127.0.0.3", 5060)
 REALM = "voipgw.local"
 PASSWORD = "wonderland-42"
 DID = "+4930123456"
-MEDIA_PORTS = port_block_text(100)  # this process's own ports (tests/port_blocks.py)
-CALLER_PORT, CALLEE_PORT = port_bases(2)
+MEDIA_PORTS = ModuleBlock(100)  # this process's own ports (tests/port_blocks.py)
+CALLER_PORT = ModuleBlock(10)
+CALLEE_PORT = ModuleBlock(10)
 TIMEOUT = 15.0
 
 
@@ -65,7 +66,7 @@ async def test_voipgw_calls_shows_a_worker_relayed_calls_quality_now(
         {
             "gateway": {"state_dir": str(state), "realm": REALM},
             "sip": {"listen": ["udp:127.0.0.1:5060"], "t1": 0.5},
-            "media": {"address": "127.0.0.1", "ports": MEDIA_PORTS, "workers": 2},
+            "media": {"address": "127.0.0.1", "ports": MEDIA_PORTS.text(), "workers": 2},
             "plugins": {"enable": []},
             "trunks": [
                 {
@@ -105,17 +106,17 @@ async def test_voipgw_calls_shows_a_worker_relayed_calls_quality_now(
         assert (await alice.register()).status == 200
 
         call = await trunk.invite(
-            f"sip:{DID}@127.0.0.1:5060", sdp=simple_sdp("127.0.0.1", CALLER_PORT)
+            f"sip:{DID}@127.0.0.1:5060", sdp=simple_sdp("127.0.0.1", CALLER_PORT.first())
         )
         leg_b = await alice.next_call(timeout=TIMEOUT)
         offered = parse_sdp_untrusted(leg_b.invite.body).media[0]
-        await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))
+        await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT.first()))
         final = await call.final(timeout=TIMEOUT)
         assert final.status == 200
         answered = parse_sdp_untrusted(final.body).media[0]
         assert gateway.calls is not None
         [live_call] = gateway.calls.calls
-        sockets = [await bind(CALLER_PORT + 1), await bind(CALLEE_PORT + 1)]
+        sockets = [await bind(CALLER_PORT.first() + 1), await bind(CALLEE_PORT.first() + 1)]
         caller_rtcp, callee_rtcp = sockets
         # The callee's SR and the caller's RR answering it cross the worker, which copies both
         # to the SIP process (at most one per direction every 0.2 s: one each here).

@@ -26,9 +26,9 @@ from tests.component.calls.t38_scenarios import (
     an_atas_reinvite_to_t38_and_back_to_audio,
     an_intercepted_calls_fax_to_x3,
 )
-from tests.port_blocks import port_block_text
+from tests.port_blocks import ModuleBlock
 
-MEDIA_PORTS = port_block_text(100)  # this process's own ports (tests/port_blocks.py)
+MEDIA_PORTS = ModuleBlock(100)  # this process's own ports (tests/port_blocks.py)
 
 
 @pytest.fixture(autouse=True)
@@ -40,7 +40,9 @@ def media_workers(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
 
     def with_workers(*args: Any, **kwargs: Any) -> Any:
         config = made(*args, **kwargs)
-        return attrs.evolve(config, media=attrs.evolve(config.media, workers=2, ports=MEDIA_PORTS))
+        return attrs.evolve(
+            config, media=attrs.evolve(config.media, workers=2, ports=MEDIA_PORTS.text())
+        )
 
     monkeypatch.setattr(b2bua_env, "gateway_config", with_workers)
     real_start = b2bua_env.start_b2bua

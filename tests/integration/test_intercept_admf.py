@@ -28,14 +28,14 @@ from gateway.plugins.taps.intercept import pdu
 from tests.integration.voipgw_process import voipgw_running
 from tests.interop.harness.pki import Issued, TestCa, TestPki
 from tests.interop.harness.ports import free_port
-from tests.port_blocks import port_block_text
+from tests.port_blocks import ModuleBlock
 from tests.unit.taps.x1_structure import XSI, check
 from tests.unit.taps.x1_structure import C as COMMON
 from tests.unit.taps.x1_structure import X as NS
 
 # The relay's ports: this process's own (tests/port_blocks.py), not the gateway's default range,
 # which another test run's gateway may bind as well (tests/media_range_guard.py).
-MEDIA_PORTS = port_block_text(20)
+MEDIA_PORTS = ModuleBlock(20)
 
 XID = uuid.UUID("11111111-2222-4333-8444-555555555555")
 DID = uuid.UUID("aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee")
@@ -206,7 +206,7 @@ def test_a_destination_that_cannot_be_reached_is_reported_and_so_is_its_recovery
     config.write_text(
         f'[gateway]\nstate_dir = "{tmp_path / "state"}"\nlog_level = "info"\n'
         '[sip]\nlisten = ["udp:127.0.0.1:0"]\n'
-        f'[media]\nports = "{MEDIA_PORTS}"\n'
+        f'[media]\nports = "{MEDIA_PORTS.text()}"\n'
         '[plugins]\nenable = ["udp", "intercept"]\n'
         "[plugins.intercept]\n"
         'x1_listen = "127.0.0.1:0"\n'

@@ -21,19 +21,19 @@ import pytest
 
 from tests.integration.prometheus_scrape import curl, parser, value
 from tests.integration.voipgw_process import voipgw_running
-from tests.port_blocks import port_block_text
+from tests.port_blocks import PortLease
 
 READY = re.compile(r"metrics: Prometheus exposition on http://127\.0\.0\.1:(\d+)/metrics")
 SIP_READY = re.compile(r"voipgw ready: udp:127\.0\.0\.1:(\d+), tcp:127\.0\.0\.1:(\d+)")
 
 
-def write_config(tmp_path: Path, listen: str) -> Path:
+def write_config(tmp_path: Path, listen: str, lease: PortLease) -> Path:
     path = tmp_path / "voipgw.toml"
     path.write_text(
         f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n'
         '[sip]\nlisten = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]\n'
         '[media]\naddress = "127.0.0.1"\n'
-        f'ports = "{port_block_text(20)}"\n'
+        f'ports = "{lease.text(20)}"\n'
         '[plugins]\nenable = ["udp", "tcp", "metrics"]\n'
         f'[plugins.metrics]\nlisten = "{listen}"\n'
         "[[trunks]]\n"
@@ -43,9 +43,9 @@ def write_config(tmp_path: Path, listen: str) -> Path:
 
 
 @pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[tuple[int, int, int]]:
+def gateway(port_lease: PortLease, tmp_path: Path) -> Iterator[tuple[int, int, int]]:
     """A running gateway: (its metrics port, its SIP UDP port, its SIP TCP port)."""
-    config = write_config(tmp_path, "127.0.0.1:0")
+    config = write_config(tmp_path, "127.0.0.1:0", port_lease)
     with voipgw_running(config, tmp_path / "voipgw.log", [READY, SIP_READY]) as (_, found):
         metrics, sip = found
         yield int(metrics[1]), int(sip[1]), int(sip[2])
@@ -149,7 +149,9 @@ def test_open_sip_connections_are_counted_by_transport(gateway: tuple[int, int, 
         time.sleep(0.05)
 
 
-def test_a_metrics_port_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:
+def test_a_metrics_port_in_use_is_one_line_and_exit_1(
+    port_lease: PortLease, tmp_path: Path
+) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -161,7 +163,7 @@ def test_a_metrics_port_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:
                 "gateway",
                 "run",
                 "--config",
-                str(write_config(tmp_path, f"127.0.0.1:{port}")),
+                str(write_config(tmp_path, f"127.0.0.1:{port}", port_lease)),
             ],
             capture_output=True,
             text=True,

@@ -20,7 +20,7 @@ from tests.integration.prometheus_scrape import curl, parser, value
 from tests.integration.voipgw_process import voipgw_running
 from tests.interop.harness.openssl import s_client
 from tests.interop.harness.pki import Issued, TestCa, TestPki
-from tests.port_blocks import port_block_text
+from tests.port_blocks import PortLease
 
 READY = re.compile(r"metrics: Prometheus exposition on https://127\.0\.0\.1:(\d+)/metrics")
 SIP_READY = re.compile("voipgw ready")
@@ -52,13 +52,15 @@ def pki(tmp_path: Path) -> Pki:
     return Pki(ca, ca.issue("gateway", hosts=["127.0.0.1"]), client_ca, client_ca.issue("prom"))
 
 
-def write_config(tmp_path: Path, pki: Pki, password_hash: str, *, key: Path | None = None) -> Path:
+def write_config(
+    tmp_path: Path, pki: Pki, password_hash: str, lease: PortLease, *, key: Path | None = None
+) -> Path:
     path = tmp_path / "voipgw.toml"
     path.write_text(
         f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n'
         '[sip]\nlisten = ["udp:127.0.0.1:0"]\n'
         '[media]\naddress = "127.0.0.1"\n'
-        f'ports = "{port_block_text(20)}"\n'
+        f'ports = "{lease.text(20)}"\n'
         '[plugins]\nenable = ["udp", "metrics"]\n'
         "[plugins.metrics]\n"
         'listen = "127.0.0.1:0"\n'
@@ -79,9 +81,11 @@ def password_hash() -> str:
 
 
 @pytest.fixture
-def gateway(tmp_path: Path, pki: Pki, password_hash: str) -> Iterator[tuple[int, Path]]:
+def gateway(
+    port_lease: PortLease, tmp_path: Path, pki: Pki, password_hash: str
+) -> Iterator[tuple[int, Path]]:
     """A running gateway: (its metrics port, its log file)."""
-    config = write_config(tmp_path, pki, password_hash)
+    config = write_config(tmp_path, pki, password_hash, port_lease)
     checked = voipgw("check-config", str(config))
     assert checked.returncode == 0, checked.stderr
     log = tmp_path / "voipgw.log"
@@ -164,13 +168,14 @@ def test_prometheus_style_scrapes_need_the_ca_a_client_certificate_and_the_passw
 
 
 def test_check_config_names_the_key_that_does_not_match_without_its_bytes(
-    tmp_path: Path, pki: Pki
+    port_lease: PortLease, tmp_path: Path, pki: Pki
 ) -> None:
     other = pki.ca.issue("other")
     config = write_config(
         tmp_path,
         pki,
         voipgw("metrics-password", stdin="x\n").stdout.strip(),
+        port_lease,
         key=other.key,
     )
     result = voipgw("check-config", str(config))
@@ -182,8 +187,10 @@ def test_check_config_names_the_key_that_does_not_match_without_its_bytes(
     assert "PRIVATE KEY" not in result.stderr and "Traceback" not in result.stderr
 
 
-def test_check_config_names_the_user_whose_hash_is_not_one(tmp_path: Path, pki: Pki) -> None:
-    config = write_config(tmp_path, pki, "plain-text-password")
+def test_check_config_names_the_user_whose_hash_is_not_one(
+    port_lease: PortLease, tmp_path: Path, pki: Pki
+) -> None:
+    config = write_config(tmp_path, pki, "plain-text-password", port_lease)
     result = voipgw("check-config", str(config))
     assert result.returncode == 2
     assert "[plugins.metrics] basic_auth_users: user 'prometheus': expected scrypt$" in (

@@ -8,7 +8,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.port_blocks import PortLease, claimed, held, port_bases, port_block, port_block_text
+import pytest
+
+from tests import port_blocks
+from tests.port_blocks import (
+    ModuleBlock,
+    PortLease,
+    claimed,
+    held,
+    port_bases,
+    port_block,
+    port_block_text,
+)
 
 ROOT = Path(__file__).parents[2]
 # The other process takes a block and holds it (its locks) until told to exit on stdin.
@@ -78,3 +89,27 @@ def test_a_leased_block_is_handed_out_again_once_given_back_and_a_long_run_claim
     assert not set(lease.block(20)) & set(kept)
     lease.release()
     assert claimed(first) and claimed(kept)  # still this process's units
+
+
+def test_a_modules_block_is_taken_while_it_runs_and_its_units_unlocked_after_it() -> None:
+    # Taken at import, 54 units of a whole collection were held to the end of the run: four
+    # runs at once claimed every unit. A ModuleBlock is taken by the module's first test that
+    # asks, and its units are unlocked once the module's tests have ended (tests/conftest.py).
+    block = ModuleBlock(250, parse=lambda text: tuple(map(int, text.split("-"))))
+    kept = port_block(20)  # taken for good: its unit stays this process's
+    ports = block.ports()
+    assert block.ports() == ports and block.get() == (ports.start, ports.stop - 1)
+    assert len(ports) == 250 and ports.start % 2 == 0 and claimed(ports)
+    before = held()
+    port_blocks.end_module()  # as between this module and the next
+    try:
+        mine = {port for unit in held() for port in unit}
+        assert not set(ports) & mine  # unlocked: another run may claim them now
+        assert set(kept) <= mine
+        assert len(held()) < len(before)
+        with pytest.raises(RuntimeError, match="not at import"):
+            ModuleBlock(20).ports()  # between modules (at import): refused
+    finally:
+        port_blocks.start_module()
+    again = block.ports()  # a helper's block the next module takes: its own again
+    assert len(again) == 250 and not set(again) & set(kept)

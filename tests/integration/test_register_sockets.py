@@ -19,11 +19,11 @@ from gateway.core.plugins import load_plugins
 from gateway.core.sip.message import Response
 from gateway.core.sip.parser import parse_message_untrusted
 from gateway.core.store.sqlite import DB_FILENAME, SqliteStore
-from tests.port_blocks import port_block_text
+from tests.port_blocks import ModuleBlock
 
 # The relay's ports: this process's own (tests/port_blocks.py), not the gateway's default range,
 # which another test run's gateway may bind as well (tests/media_range_guard.py).
-MEDIA_PORTS = port_block_text(20)
+MEDIA_PORTS = ModuleBlock(20)
 
 REALM = "voipgw.local"
 
@@ -94,7 +94,7 @@ async def run_gateway(state: Path, body) -> None:  # type: ignore[no-untyped-def
         {
             "gateway": {"state_dir": str(state)},
             "sip": {"listen": ["udp:127.0.0.1:0"]},
-            "media": {"ports": MEDIA_PORTS},
+            "media": {"ports": MEDIA_PORTS.text()},
         }
     )
     gw = Gateway(config, load_plugins(config), ids=SeededIds(7))

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from tests.interop.harness.pki import TestPki
-from tests.port_blocks import port_block_text
+from tests.port_blocks import ModuleBlock
 
 # The relay's ports: this process's own (tests/port_blocks.py), not the gateway's default range,
 # which another test run's gateway may bind as well (tests/media_range_guard.py).
-MEDIA_PORTS = port_block_text(20)
+MEDIA_PORTS = ModuleBlock(20)
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def taken_port() -> Iterator[int]:
 def run(config: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "voipgw.toml"
     path.write_text(
-        f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n[media]\nports = "{MEDIA_PORTS}"\n'
+        f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n[media]\nports = "{MEDIA_PORTS.text()}"\n'
         + config
     )
     return subprocess.run(

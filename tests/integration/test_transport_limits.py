@@ -12,16 +12,16 @@ from gateway.core.config import from_mapping
 from gateway.core.gateway import Gateway
 from gateway.core.ids import SeededIds
 from gateway.core.plugins import load_plugins
-from tests.port_blocks import port_block_text
+from tests.port_blocks import PortLease
 
 
 @pytest.fixture
-async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
+async def gateway(port_lease: PortLease, tmp_path: Path) -> AsyncIterator[Gateway]:
     config = from_mapping(
         {
             "gateway": {"state_dir": str(tmp_path / "state")},
             "sip": {"listen": ["tcp:127.0.0.1:0"]},
-            "media": {"ports": port_block_text(20)},
+            "media": {"ports": port_lease.text(20)},
             "plugins": {
                 "enable": ["tcp"],
                 "tcp": {"max_connections_per_source": 2, "idle_timeout": 0.5},

@@ -23,16 +23,16 @@ from gateway.core.sip.message import Response
 from gateway.core.sip.parser import parse_message_untrusted
 from tests.component.calls.udp_requests import request
 from tests.integration.gateway_options import options, port_of
-from tests.port_blocks import port_block_text
+from tests.port_blocks import PortLease
 
 
 @pytest.fixture
-async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
+async def gateway(port_lease: PortLease, tmp_path: Path) -> AsyncIterator[Gateway]:
     config = from_mapping(
         {
             "gateway": {"state_dir": str(tmp_path / "state")},
             "sip": {"listen": ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]},
-            "media": {"ports": port_block_text(20)},
+            "media": {"ports": port_lease.text(20)},
         }
     )
     gw = Gateway(config, load_plugins(config), ids=SeededIds(5))

@@ -32,11 +32,11 @@ from gateway.plugins.transports import ws as ws_plugin
 from gateway.plugins.transports import wss as wss_plugin
 from tests.interop.harness.pki import TestPki
 from tests.interop.harness.ws_client import WsSipClient
-from tests.port_blocks import port_block_text
+from tests.port_blocks import ModuleBlock
 
 # The relay's ports: this process's own (tests/port_blocks.py), not the gateway's default range,
 # which another test run's gateway may bind as well (tests/media_range_guard.py).
-MEDIA_PORTS = port_block_text(20)
+MEDIA_PORTS = ModuleBlock(20)
 
 REALM = "voipgw.local"
 ORIGIN = "https://phone.example"
@@ -76,7 +76,7 @@ async def run_gateway(
                 "digest_algorithms": ["MD5"],
             },
             "sip": {"listen": listen},
-            "media": {"ports": MEDIA_PORTS},
+            "media": {"ports": MEDIA_PORTS.text()},
             "plugins": {"enable": enable, **plugins},
         }
     )

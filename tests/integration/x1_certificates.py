@@ -21,14 +21,14 @@ import pytest
 
 from tests.integration.voipgw_process import voipgw_running
 from tests.interop.harness.pki import Issued, TestCa, TestPki
-from tests.port_blocks import port_block_text
+from tests.port_blocks import ModuleBlock
 from tests.unit.taps.x1_structure import XSI
 from tests.unit.taps.x1_structure import C as COMMON
 from tests.unit.taps.x1_structure import X as NS
 
 # The relay's ports: this process's own (tests/port_blocks.py), not the gateway's default range,
 # which another test run's gateway may bind as well (tests/media_range_guard.py).
-MEDIA_PORTS = port_block_text(20)
+MEDIA_PORTS = ModuleBlock(20)
 
 X1_READY = re.compile(r"intercept: X1 listening on 127\.0\.0\.1:(\d+)")
 METRICS_READY = re.compile(r"metrics: Prometheus exposition on http://127\.0\.0\.1:(\d+)/metrics")
@@ -98,7 +98,7 @@ def gateway(tmp_path: Path, pki: Pki, live: Path, intercept: str = "") -> Iterat
     config.write_text(
         f'[gateway]\nstate_dir = "{tmp_path / "state"}"\nlog_level = "info"\n'
         '[sip]\nlisten = ["udp:127.0.0.1:0", "tls:127.0.0.1:0"]\n'
-        f'[media]\nports = "{MEDIA_PORTS}"\n'
+        f'[media]\nports = "{MEDIA_PORTS.text()}"\n'
         '[plugins]\nenable = ["udp", "tls", "metrics", "intercept"]\n'
         f'[plugins.tls]\ncertificate = "{live / "sip.crt"}"\nprivate_key = "{live / "sip.key"}"\n'
         '[plugins.metrics]\nlisten = "127.0.0.1:0"\n'

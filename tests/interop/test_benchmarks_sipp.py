@@ -32,7 +32,7 @@ from pathlib import Path
 
 from tests.conftest import require_peer
 from tests.interop.harness.processes import die_with_parent
-from tests.port_blocks import port_block, port_block_text
+from tests.port_blocks import PortLease
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCHMARKS = ROOT / "benchmarks"
@@ -92,11 +92,12 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def test_sip_calls_and_soak_run_against_the_gateway_and_print_their_figures(
+    port_lease: PortLease,
     tmp_path: Path,
 ) -> None:
     require_peer("sipp")
     require_peer("stunnel")
-    sip = port_block(100)
+    sip = port_lease.block(100)
     sip_calls_output, soak_output = tmp_path / "sip_calls.txt", tmp_path / "soak.txt"
     runs = []
     try:
@@ -106,7 +107,7 @@ def test_sip_calls_and_soak_run_against_the_gateway_and_print_their_figures(
                     str(BENCHMARKS / "sip_calls.py"),
                     *("--systems", "voipgw", "--modes", "noauth", "--rates", "5"),
                     *("--step-seconds", "2", "--pause", "0", "--clean"),
-                    *("--sip-port-base", str(sip.start), "--media-ports", port_block_text(100)),
+                    *("--sip-port-base", str(sip.start), "--media-ports", port_lease.text(100)),
                 ],
                 sip_calls_output,
             )

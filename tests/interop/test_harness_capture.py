@@ -24,7 +24,7 @@ from tests.interop.harness import (
     udp_flows,
 )
 from tests.interop.harness.capture import PROBE, sip_requests
-from tests.port_blocks import port_block
+from tests.port_blocks import PortLease
 
 LOCAL = "127.0.0.1"
 
@@ -60,13 +60,14 @@ def test_capture_counts_rtp_of_a_sipp_call_both_ways(tmp_path: Path) -> None:
 
 @pytest.mark.interop
 def test_capture_has_every_datagram_sent_right_after_start_and_right_before_stop(
+    port_lease: PortLease,
     tmp_path: Path,
 ) -> None:
     """dumpcap says "Capturing on" before it sees packets, and loses on SIGTERM what the kernel
     has not handed over yet: without the probes of start() and stop(), datagrams sent at once
     after the start and stopped at once went missing in nearly every run. A nested capture sees
     the inner one's probes on the shared probe port, and neither file keeps any."""
-    port = port_block(1)[0]
+    port = port_lease.block(1)[0]
     with (
         socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver,
         socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender,

@@ -17,7 +17,7 @@ import pytest
 
 from tests import port_blocks
 from tests.interop.harness import GatewayProcess, ports
-from tests.port_blocks import UNIT
+from tests.port_blocks import UNIT, PortLease
 
 ROOT = Path(__file__).parents[2]
 
@@ -146,9 +146,11 @@ def test_a_gateway_process_listens_on_a_locked_port_below_the_ephemeral_range(
     assert gateway.port != GatewayProcess(tmp_path / "second").port
 
 
-def test_a_postgresql_cluster_listens_on_a_port_of_this_process_block() -> None:
+def test_a_postgresql_cluster_listens_on_a_port_of_this_process_block(
+    port_lease: PortLease,
+) -> None:
     """Likewise the throwaway PostgreSQL server, which binds its port after initdb."""
-    port = pgcluster.free_port()
+    port = pgcluster.free_port(port_lease)
     assert port < 32768  # never the kernel's (port_blocks claims only below its range)
     assert any(port in block for block in port_blocks.held()), port
 
@@ -179,8 +181,11 @@ def test_single_ports_are_handed_out_one_by_one_from_one_unit(
     held: dict[int, int] = {}
     monkeypatch.setattr(port_blocks, "_held", held)
     monkeypatch.setattr(port_blocks, "_free", range(0))
+    # Never given back: the lease's ports are of the unit locked here only (closed below).
+    monkeypatch.setattr(port_blocks, "_returned", [])
+    lease = PortLease()
     try:
-        got = [pgcluster.free_port() for _ in range(UNIT // 2)]
+        got = [pgcluster.free_port(lease) for _ in range(UNIT // 2)]
         got += [ports.free_port("tcp") for _ in range(UNIT // 2)]
         assert len(held) == 1, sorted(held)
         (unit,) = port_blocks.held()

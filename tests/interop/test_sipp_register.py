@@ -20,13 +20,13 @@ import pytest
 from tests.conftest import require_peer
 from tests.interop.harness.gateway import startup_problems
 from tests.interop.harness.ports import free_port_pair
-from tests.port_blocks import port_block_text
+from tests.port_blocks import ModuleBlock
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 
 # The relay's ports: this process's own (tests/port_blocks.py), not the gateway's default range,
 # which another test run's gateway may bind as well (tests/media_range_guard.py).
-MEDIA_PORTS = port_block_text(20)
+MEDIA_PORTS = ModuleBlock(20)
 
 
 def _options_ok(port: int) -> bool:
@@ -55,7 +55,7 @@ def gateway_process(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         # sipp 3.6 answers only the first challenge and knows only MD5 (docs/configuration.md)
         'digest_algorithms = ["MD5", "SHA-256"]\n'
         f'[sip]\nlisten = ["udp:127.0.0.1:{port}", "tcp:127.0.0.1:{port}"]\n'
-        f'[media]\nports = "{MEDIA_PORTS}"\n'
+        f'[media]\nports = "{MEDIA_PORTS.text()}"\n'
     )
     subprocess.run(
         [

@@ -1879,8 +1879,9 @@ class PostgresStore:
         it may take minutes on tens of millions of records, so no statement_timeout, and the
         node serves meanwhile (retention waits: :meth:`_wait_for_retention_index`).
 
-        One node builds it: the holder of a session advisory lock, which nodes starting
-        together try for (not wait for); the others find it built later. Only the holder looks
+        One node builds it: the holder of a session advisory lock, which a start's bounded
+        build tries for (not waits for) and a node's background build waits for; the others
+        find it built then. Only the holder looks
         at an existing index: an index being built concurrently shows as invalid, so another
         node dropping it would undo a build in progress. An interrupted build (the node stopped
         or killed, the server restarted) leaves an invalid index, which ``IF NOT EXISTS`` would
@@ -1895,7 +1896,11 @@ class PostgresStore:
         the build also waits for every transaction of the database older than it (PostgreSQL
         docs, "Building Indexes Concurrently"), which may be one left open for hours; False
         when it ran out (the invalid index it leaves is dropped by the next build) or another
-        session's build is to be waited for (by the background build), else True.
+        session's build or advisory lock is to be waited for (by the background build), else
+        True. The background build waits for the advisory lock (looked at every
+        :data:`INDEX_BUILD_POLL`) and then looks at the index: built by the holder, it is
+        taken; left invalid or missing (the holder was a start's bounded try, which gives up
+        at statement_timeout), it is built here.
 
         ``deadline`` (:meth:`build_retention_index`, which waits itself, saying so): another
         session's build is not waited for here; :attr:`retention_index_left_to` names it."""
@@ -1930,7 +1935,22 @@ class PostgresStore:
                     f"another node's build of the index {RETENTION_INDEX} (it holds the"
                     " build's advisory lock)"
                 )
-                return True
+                if bounded:
+                    return False  # the background build waits for the holder
+                if deadline is not None:
+                    return True
+                # A node's background build waits for the lock instead of leaving the index
+                # to its holder: that may be no node's background build but a start's bounded
+                # try (another node's, a voipgw command's) or this node's own just closed (its
+                # backend not yet gone), each giving up at statement_timeout while an older
+                # transaction is open, after which no node built the index until a restart.
+                while not self._stopping.wait(INDEX_BUILD_POLL):
+                    row = db.execute("SELECT pg_try_advisory_lock(%s)", (_INDEX_LOCK,)).fetchone()
+                    if row is not None and row[0]:
+                        break
+                else:
+                    return True
+                self.retention_index_left_to = None
             valid = _index_valid(db)
             if valid is True:
                 self._retention_indexed = True

@@ -22,7 +22,7 @@ from gateway.plugins.taps.intercept.tasks import Destination, Provisioning
 from tests.component.taps.admf_reports import DID, pki, provision, x1  # noqa: F401 (pki)
 from tests.component.taps.mediation import Mediation
 from tests.interop.harness.pki import Issued, TestCa, TestPki
-from tests.port_blocks import port_block
+from tests.port_blocks import PortLease
 
 XID = uuid.UUID("11111111-2222-4333-8444-555555555555")
 
@@ -53,17 +53,18 @@ def link_to(
     )
 
 
-def free_port() -> int:
+def free_port(lease: PortLease) -> int:
     """A port nobody listens on now, where a mediation function comes up later: one of this
     process's (tests/port_blocks.py), which no other test or test run is given meanwhile (a
-    port-0 listener's, closed, could be anyone's outgoing connection's by then)."""
-    return port_block(1, even=False)[0]
+    port-0 listener's, closed, could be anyone's outgoing connection's by then), leased: given
+    back when the test ends."""
+    return lease.block(1, even=False)[0]
 
 
 async def test_pdus_queued_while_the_mediation_function_is_down_arrive_in_order_once_it_is_up(
-    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+    port_lease: PortLease, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
 ) -> None:
-    port = free_port()
+    port = free_port(port_lease)
     link = link_to(port)
     nursery.start_soon(link.run)
     for n in range(5):
@@ -82,9 +83,9 @@ async def test_pdus_queued_while_the_mediation_function_is_down_arrive_in_order_
 
 
 async def test_a_full_queue_drops_and_counts_and_never_waits(
-    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+    port_lease: PortLease, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
 ) -> None:
-    port = free_port()
+    port = free_port(port_lease)
     link = link_to(port, queue=10)
     nursery.start_soon(link.run)
     for n in range(25):
@@ -227,9 +228,9 @@ async def test_an_address_no_socket_takes_fails_that_link_only(
 
 
 async def test_a_links_fault_says_why_delivery_fails_until_it_works_again(
-    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+    port_lease: PortLease, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
 ) -> None:
-    port = free_port()
+    port = free_port(port_lease)
     link = link_to(port, queue=10)
     changes: list[str | None] = []
     link.on_fault = lambda link: changes.append(link.fault)
@@ -274,10 +275,13 @@ def delivery_log(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 
 
 async def test_a_destination_that_stays_down_is_logged_once_summarized_and_once_more_when_it_works(
-    nursery: trio.Nursery, autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+    port_lease: PortLease,
+    nursery: trio.Nursery,
+    autojump_clock: trio.abc.Clock,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="gateway.plugins.taps.intercept")
-    port = free_port()
+    port = free_port(port_lease)
     link = link_to(port, queue=10)
     link.wall_clock = lambda: 1.8e9 + trio.current_time()
     nursery.start_soon(link.run)
@@ -382,6 +386,7 @@ async def test_a_mediation_function_that_accepts_but_never_reads_stays_failing_u
 
 
 async def test_the_links_of_a_tap_log_on_the_taps_wall_clock(
+    port_lease: PortLease,
     nursery: trio.Nursery,
     autojump_clock: trio.abc.Clock,
     tmp_path: Path,
@@ -405,7 +410,7 @@ async def test_the_links_of_a_tap_log_on_the_taps_wall_clock(
         config, provisioning=Provisioning(None), wall_clock=lambda: 2e9 + trio.current_time()
     )
     await nursery.start(tap.run)
-    x1(tap, *provision(free_port()))  # a destination nobody listens on
+    x1(tap, *provision(free_port(port_lease)))  # a destination nobody listens on
     started = trio.current_time()
     await trio.sleep(400)
     link = tap.links[DID]

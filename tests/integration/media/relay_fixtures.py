@@ -1,6 +1,7 @@
 """The gateway's side of the media tests: relays, worker pools and the streams wired to the
-phones of phone_sockets.py, made for each test module's own port blocks (tests/port_blocks.py),
-so two modules never share a port:
+phones of phone_sockets.py, made for each test module's own port blocks (tests/port_blocks.py's
+``ModuleBlock``, taken when the module's first test runs, given back after its last), so two
+modules never share a port:
 
 - :func:`relay_fixture`: ``relay``, an in-process relay serving in the test's nursery, checked
   to have freed every port;
@@ -41,8 +42,11 @@ from tests.integration.media.phone_sockets import (
     PlainPhone,
     master_key,
 )
+from tests.port_blocks import ModuleBlock
 
 Fixture = Callable[..., Any]
+# A module's block (tests/port_blocks.py), taken by the fixture when a test of the module runs.
+Ports = ModuleBlock[PortRange]
 
 #: (a_suite, b_suite) for ``pytest.mark.parametrize``: plain RTP (None) or an SRTP suite on
 #: each leg, so a per-packet rewrite is checked before protect and after unprotect.
@@ -60,13 +64,13 @@ GATEWAY_KEY_TO_B = bytes(range(30))
 PHONE_B_KEY = bytes(range(50, 80))
 
 
-def relay_fixture(relay_ports: PortRange) -> Fixture:
+def relay_fixture(relay_ports: Ports) -> Fixture:
     """``relay`` on these ports, serving in the test's nursery; closed after the test, with
     every port back in its allocator (checked)."""
 
     @pytest.fixture
     async def relay(nursery: trio.Nursery) -> AsyncIterator[MediaRelay]:
-        relay = MediaRelay(PortAllocator(ADDRESS, relay_ports))
+        relay = MediaRelay(PortAllocator(ADDRESS, relay_ports.get()))
         await nursery.start(relay.serve)
         yield relay
         relay.close()
@@ -75,9 +79,7 @@ def relay_fixture(relay_ports: PortRange) -> Fixture:
     return relay
 
 
-def in_process_fixtures(
-    relay_ports: PortRange, phone_ports: PortRange
-) -> tuple[Fixture, Fixture, Fixture]:
+def in_process_fixtures(relay_ports: Ports, phone_ports: Ports) -> tuple[Fixture, Fixture, Fixture]:
     """``relay``, ``stream`` and ``phones`` on these ports."""
 
     @pytest.fixture
@@ -87,7 +89,7 @@ def in_process_fixtures(
 
     @pytest.fixture
     def phones() -> Iterator[tuple[Phone, Phone]]:
-        allocator = PortAllocator(ADDRESS, phone_ports)
+        allocator = PortAllocator(ADDRESS, phone_ports.get())
         pairs = [allocator.allocate(), allocator.allocate()]
         yield Phone(pairs[0]), Phone(pairs[1])
         for pair in pairs:
@@ -96,13 +98,13 @@ def in_process_fixtures(
     return relay_fixture(relay_ports), stream, phones
 
 
-def make_phone_fixture(phone_ports: PortRange) -> Fixture:
+def make_phone_fixture(phone_ports: Ports) -> Fixture:
     """``make_phone``: a factory of :class:`~tests.integration.media.phone_sockets.PlainPhone`
     on port pairs of ``phone_ports``, closed after the test."""
 
     @pytest.fixture
     def make_phone() -> Iterator[Callable[[], PlainPhone]]:
-        allocator = PortAllocator(ADDRESS, phone_ports)
+        allocator = PortAllocator(ADDRESS, phone_ports.get())
         pairs: list[PortPair] = []
 
         def make() -> PlainPhone:
@@ -199,13 +201,13 @@ def process_gone(pid: int) -> bool:
         return True
 
 
-def worker_pool_fixture(ports: PortRange) -> Fixture:
+def worker_pool_fixture(ports: Ports) -> Fixture:
     """``pool``: two workers on ``ports``, both running when the test starts, stopped after it
     (checked: the pool knows no process and none is left)."""
 
     @pytest.fixture
     async def pool() -> AsyncIterator[WorkerPool]:
-        pool = WorkerPool(ADDRESS, ports, 2, stats_interval=0.05, restart_delay=0.05)
+        pool = WorkerPool(ADDRESS, ports.get(), 2, stats_interval=0.05, restart_delay=0.05)
         pids: set[int | None] = set()
         async with trio.open_nursery() as nursery:
             await nursery.start(pool.serve)

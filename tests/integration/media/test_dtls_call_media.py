@@ -37,10 +37,11 @@ from tests.integration.media.phone_sockets import (
     until,
 )
 from tests.integration.media.relay_fixtures import relay_fixture
-from tests.port_blocks import port_bases, port_block_text
+from tests.port_blocks import ModuleBlock
 
-RELAY_PORTS = PortRange.parse(port_block_text(100))
-A_PHONE, B_PHONE = port_bases(2)
+RELAY_PORTS = ModuleBlock(100, parse=PortRange.parse)
+A_PHONE = ModuleBlock(10)
+B_PHONE = ModuleBlock(10)
 NOW = datetime.datetime.now(datetime.UTC)
 GATEWAY_ID = generate_identity(now=NOW, max_age=datetime.timedelta(days=30))
 PHONE_ID = generate_identity(now=NOW, max_age=datetime.timedelta(days=30))
@@ -65,7 +66,7 @@ def dtls_offer(
     return (
         f"v=0\r\no=- 1 1 IN IP4 {ADDRESS}\r\ns=-\r\nc=IN IP4 {ADDRESS}\r\nt=0 0\r\n"
         f"a=fingerprint:{fingerprint or ours['fingerprint']}\r\n"
-        f"m=audio {A_PHONE} UDP/TLS/RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\n{mux}"
+        f"m=audio {A_PHONE.first()} UDP/TLS/RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\n{mux}"
         f"a=setup:{setup or ours['setup']}\r\na=tls-id:{ours['tls-id']}\r\n"
     ).encode()
 
@@ -74,7 +75,7 @@ def rtp_answer(*, rtcp_mux: bool = True) -> bytes:
     mux = "a=rtcp-mux\r\n" if rtcp_mux else ""
     return (
         f"v=0\r\no=- 2 1 IN IP4 {ADDRESS}\r\ns=-\r\nc=IN IP4 {ADDRESS}\r\nt=0 0\r\n"
-        f"m=audio {B_PHONE} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n{mux}"
+        f"m=audio {B_PHONE.first()} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n{mux}"
     ).encode()
 
 
@@ -201,8 +202,8 @@ async def test_dtls_leg_relays_media_after_the_handshake_and_nothing_before(
     call = set_up(relay, phone_negotiation, dtls_offer(phone_negotiation))
     a_sock, b_sock = udp_socket(), udp_socket()
     with a_sock, b_sock:
-        await a_sock.bind((ADDRESS, A_PHONE))
-        await b_sock.bind((ADDRESS, B_PHONE))
+        await a_sock.bind((ADDRESS, A_PHONE.first()))
+        await b_sock.bind((ADDRESS, B_PHONE.first()))
         phone = Phone(phone_negotiation, a_sock, (ADDRESS, call.a_port), proceed=trio.Event())
         async with trio.open_nursery() as nursery:
             # Before any handshake: B's RTP reaches nobody, A's RTP neither (waiting for the
@@ -277,7 +278,7 @@ async def test_a_held_leg_sends_nothing_and_keeps_its_peers_client_hello_until_r
     call = set_up(relay, phone_negotiation, offer, our_setup="passive")
     a_sock = udp_socket()
     with a_sock:
-        await a_sock.bind((ADDRESS, A_PHONE))
+        await a_sock.bind((ADDRESS, A_PHONE.first()))
         gateway = (ADDRESS, call.a_port)
         async with trio.open_nursery() as nursery:
             handshakes = call.handshakes()
@@ -336,7 +337,7 @@ async def test_a_forged_plaintext_alert_from_another_port_does_not_end_our_hands
     call = set_up(relay, phone_negotiation, dtls_offer(phone_negotiation))
     a_sock, forger = udp_socket(), udp_socket()
     with a_sock, forger:
-        await a_sock.bind((ADDRESS, A_PHONE))
+        await a_sock.bind((ADDRESS, A_PHONE.first()))
         await forger.bind((ADDRESS, 0))
         phone = Phone(phone_negotiation, a_sock, (ADDRESS, call.a_port), proceed=trio.Event())
         stream = call.session.streams[0]
@@ -354,7 +355,7 @@ async def test_a_forged_plaintext_alert_from_another_port_does_not_end_our_hands
             with trio.fail_after(10):
                 await call.keyed.wait()
             assert call.failures == [] and phone.failure is None
-            assert stream.a.rtp_source == (ADDRESS, A_PHONE)
+            assert stream.a.rtp_source == (ADDRESS, A_PHONE.first())
             nursery.cancel_scope.cancel()
         call.keying.close()
         call.session.close()
@@ -370,7 +371,7 @@ async def test_the_peers_own_plaintext_alert_still_ends_the_handshake_at_once(
     call = set_up(relay, phone_negotiation, dtls_offer(phone_negotiation))
     a_sock = udp_socket()
     with a_sock:
-        await a_sock.bind((ADDRESS, A_PHONE))
+        await a_sock.bind((ADDRESS, A_PHONE.first()))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(call.handshakes().run)
             with trio.fail_after(5):
@@ -395,8 +396,8 @@ async def test_wrong_fingerprint_fails_the_call_and_no_media_flows(relay: MediaR
     call = set_up(relay, phone_negotiation, dtls_offer(phone_negotiation, fingerprint=wrong))
     a_sock, b_sock = udp_socket(), udp_socket()
     with a_sock, b_sock:
-        await a_sock.bind((ADDRESS, A_PHONE))
-        await b_sock.bind((ADDRESS, B_PHONE))
+        await a_sock.bind((ADDRESS, A_PHONE.first()))
+        await b_sock.bind((ADDRESS, B_PHONE.first()))
         phone = Phone(phone_negotiation, a_sock, (ADDRESS, call.a_port))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(call.handshakes().run)
@@ -433,7 +434,11 @@ async def test_separate_rtcp_port_runs_its_own_handshake_and_keys_srtcp(
     sockets = [udp_socket() for _ in range(4)]  # A RTP, A RTCP, B RTP, B RTCP
     a_rtp, a_rtcp, b_rtp, b_rtcp = sockets
     with a_rtp, a_rtcp, b_rtp, b_rtcp:
-        for sock, port in zip(sockets, (A_PHONE, A_PHONE + 1, B_PHONE, B_PHONE + 1), strict=True):
+        for sock, port in zip(
+            sockets,
+            (A_PHONE.first(), A_PHONE.first() + 1, B_PHONE.first(), B_PHONE.first() + 1),
+            strict=True,
+        ):
             await sock.bind((ADDRESS, port))
         gateway_a_rtcp = (ADDRESS, call.a_port + 1)
         gateway_b_rtcp = (ADDRESS, call.b_port + 1)

@@ -19,10 +19,10 @@ from gateway.core.media.dtmf import event_payload
 from gateway.core.media.relay import DtmfInterworking, MediaStream
 from tests.integration.media.phone_sockets import Phone
 from tests.integration.media.relay_fixtures import SUITES, bridge, in_process_fixtures
-from tests.port_blocks import port_block_text
+from tests.port_blocks import ModuleBlock
 
-RELAY_PORTS = PortRange.parse(port_block_text(100))
-PHONE_PORTS = PortRange.parse(port_block_text(100))
+RELAY_PORTS = ModuleBlock(100, parse=PortRange.parse)
+PHONE_PORTS = ModuleBlock(100, parse=PortRange.parse)
 
 
 def rtp(sequence: int, payload_type: int, payload: bytes = b"\xff" * 20, **kw: int) -> bytes:

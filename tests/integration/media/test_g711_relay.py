@@ -19,10 +19,10 @@ from gateway.core.media.g711 import ALAW_TO_ULAW, ULAW_TO_ALAW, G711Transcoding,
 from gateway.core.media.relay import Direction, MediaStream
 from tests.integration.media.phone_sockets import Phone, receiver_report
 from tests.integration.media.relay_fixtures import SUITES, bridge, in_process_fixtures
-from tests.port_blocks import port_block_text
+from tests.port_blocks import ModuleBlock
 
-RELAY_PORTS = PortRange.parse(port_block_text(100))
-PHONE_PORTS = PortRange.parse(port_block_text(100))
+RELAY_PORTS = ModuleBlock(100, parse=PortRange.parse)
+PHONE_PORTS = ModuleBlock(100, parse=PortRange.parse)
 
 SAMPLES = bytes(range(0, 256, 2)) + bytes(range(1, 256, 8))  # 160 octets: 20 ms
 EVENT = b"\x01\x0a\x00\xa0"  # RFC 4733: digit 1, 160 samples

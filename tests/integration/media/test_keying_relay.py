@@ -19,10 +19,11 @@ from gateway.core.media.srtp import SrtpSession
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from tests.integration.media.phone_sockets import ADDRESS, receive, rtp, udp_socket, until
 from tests.integration.media.relay_fixtures import relay_fixture
-from tests.port_blocks import port_bases, port_block_text
+from tests.port_blocks import ModuleBlock
 
-RELAY_PORTS = PortRange.parse(port_block_text(100))
-A_PHONE, B_PHONE = port_bases(2)
+RELAY_PORTS = ModuleBlock(100, parse=PortRange.parse)
+A_PHONE = ModuleBlock(10)
+B_PHONE = ModuleBlock(10)
 
 
 def sdp_for(port: int) -> bytes:
@@ -58,10 +59,10 @@ async def test_srtp_leg_gets_nothing_before_keys_then_only_srtp(relay: MediaRela
     srtp_leg, plain_leg = FakeLeg("sdes"), FakeLeg("best-effort")
     a_phone, b_phone = udp_socket(), udp_socket()
     with a_phone, b_phone:
-        await a_phone.bind((ADDRESS, A_PHONE))
-        await b_phone.bind((ADDRESS, B_PHONE))
-        offer_b = session.offer_from("a", parse_sdp_untrusted(sdp_for(A_PHONE)))
-        answer_a = session.answer_from("b", parse_sdp_untrusted(sdp_for(B_PHONE)))
+        await a_phone.bind((ADDRESS, A_PHONE.first()))
+        await b_phone.bind((ADDRESS, B_PHONE.first()))
+        offer_b = session.offer_from("a", parse_sdp_untrusted(sdp_for(A_PHONE.first())))
+        answer_a = session.answer_from("b", parse_sdp_untrusted(sdp_for(B_PHONE.first())))
         session.settle()
         a_port, b_port = answer_a.media[0].port, offer_b.media[0].port
         keying.apply(srtp_leg, plain_leg)

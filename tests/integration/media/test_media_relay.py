@@ -45,11 +45,11 @@ from tests.integration.media.phone_sockets import (
     until,
 )
 from tests.integration.media.relay_fixtures import make_phone_fixture
-from tests.port_blocks import port_block_text
+from tests.port_blocks import ModuleBlock
 
-RELAY_PORTS = PortRange.parse(port_block_text(400))
-PHONE_PORTS = PortRange.parse(port_block_text(200))
-SMALL_PORTS = PortRange.parse(port_block_text(6))  # three pairs: one stream and a half
+RELAY_PORTS = ModuleBlock(400, parse=PortRange.parse)
+PHONE_PORTS = ModuleBlock(200, parse=PortRange.parse)
+SMALL_PORTS = ModuleBlock(6, parse=PortRange.parse)  # three pairs: one stream and a half
 
 
 class FakeClock:
@@ -127,9 +127,9 @@ async def start_relay(nursery: trio.Nursery) -> AsyncIterator[StartRelay]:
     relays: list[MediaRelay] = []
 
     async def start(
-        *, ports: PortRange = RELAY_PORTS, serving: bool = True, **kwargs: Any
+        *, ports: PortRange | None = None, serving: bool = True, **kwargs: Any
     ) -> MediaRelay:
-        relay = MediaRelay(PortAllocator(ADDRESS, ports), **kwargs)
+        relay = MediaRelay(PortAllocator(ADDRESS, ports or RELAY_PORTS.get()), **kwargs)
         relays.append(relay)
         if serving:
             await nursery.start(relay.serve)
@@ -963,7 +963,7 @@ async def test_a_closed_stream_is_freed_without_the_cyclic_collector(
 
 
 async def test_ending_serve_closes_the_relay_and_releases_every_port() -> None:
-    relay = MediaRelay(PortAllocator(ADDRESS, RELAY_PORTS))
+    relay = MediaRelay(PortAllocator(ADDRESS, RELAY_PORTS.get()))
     async with trio.open_nursery() as nursery:
         await nursery.start(relay.serve)
         streams = [relay.open_stream() for _ in range(3)]
@@ -975,7 +975,7 @@ async def test_ending_serve_closes_the_relay_and_releases_every_port() -> None:
 
 
 async def test_close_while_serving_ends_serve_quietly() -> None:
-    relay = MediaRelay(PortAllocator(ADDRESS, RELAY_PORTS))
+    relay = MediaRelay(PortAllocator(ADDRESS, RELAY_PORTS.get()))
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
             await nursery.start(relay.serve)
@@ -986,7 +986,7 @@ async def test_close_while_serving_ends_serve_quietly() -> None:
 
 
 async def test_exhausted_range_raises_503_and_keeps_nothing(start_relay: StartRelay) -> None:
-    relay = await start_relay(ports=SMALL_PORTS)
+    relay = await start_relay(ports=SMALL_PORTS.get())
     first = relay.open_stream()
     in_use = relay.allocator.in_use
     with pytest.raises(PortsExhausted) as info:
@@ -1007,7 +1007,7 @@ async def test_on_ipv6_the_peer_whose_media_came_before_its_sdp_is_not_kept_out(
     if not socket.has_ipv6:
         pytest.skip("no IPv6")
     clock = FakeClock()
-    relay = MediaRelay(PortAllocator("::1", RELAY_PORTS), clock=clock)
+    relay = MediaRelay(PortAllocator("::1", RELAY_PORTS.get()), clock=clock)
     async with trio.open_nursery() as nursery:
         await nursery.start(relay.serve)
         alice_rtp = trio.socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)

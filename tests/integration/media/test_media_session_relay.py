@@ -32,10 +32,10 @@ from tests.integration.media.phone_sockets import (
     until,
 )
 from tests.integration.media.relay_fixtures import relay_fixture
-from tests.port_blocks import port_block_text
+from tests.port_blocks import ModuleBlock
 
-RELAY_PORTS = PortRange.parse(port_block_text(400))
-PHONE_PORTS = PortRange.parse(port_block_text(200))
+RELAY_PORTS = ModuleBlock(400, parse=PortRange.parse)
+PHONE_PORTS = ModuleBlock(200, parse=PortRange.parse)
 
 
 class Phone:
@@ -101,7 +101,7 @@ def session(relay: MediaRelay) -> Iterator[MediaSession]:
 
 @pytest.fixture
 def make_phone() -> Iterator[Callable[..., Phone]]:
-    allocator = PortAllocator(ADDRESS, PHONE_PORTS)
+    allocator = PortAllocator(ADDRESS, PHONE_PORTS.get())
     pairs: list[PortPair] = []
 
     def make(*, rtcp_mux: bool = False) -> Phone:

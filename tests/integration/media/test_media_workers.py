@@ -48,11 +48,20 @@ from tests.integration.media.relay_fixtures import (
     process_gone,
     worker_pool_fixture,
 )
-from tests.port_blocks import port_block_text
+from tests.port_blocks import ModuleBlock
 
-PORTS = PortRange.parse(port_block_text(40))
-LOW = PORTS.low
-SMALL = PortRange(LOW, LOW + 7)  # 2 pairs per worker: 1 stream each
+PORTS = ModuleBlock(40, parse=PortRange.parse)
+
+
+def range_low() -> int:
+    """The first port of PORTS."""
+    return PORTS.get().low
+
+
+def small() -> PortRange:
+    return PortRange(range_low(), range_low() + 7)  # 2 pairs per worker: 1 stream each
+
+
 ROOT = Path(__file__).parents[3]
 
 
@@ -77,7 +86,10 @@ async def test_streams_go_to_the_least_loaded_worker_with_ports_of_its_slice(
     pool: WorkerPool,
 ) -> None:
     slices = [set(rtp_ports(part)) for part in pool.slices]
-    assert pool.slices == [PortRange(LOW, LOW + 19), PortRange(LOW + 20, LOW + 39)]
+    assert pool.slices == [
+        PortRange(range_low(), range_low() + 19),
+        PortRange(range_low() + 20, range_low() + 39),
+    ]
     streams = [pool.open_stream() for _ in range(4)]
     assert [s.worker for s in streams] == [0, 1, 0, 1]
     for stream in streams:
@@ -485,7 +497,7 @@ async def test_a_killed_worker_ends_its_calls_and_is_restarted(
 
 
 async def test_ports_exhausted_when_no_worker_has_pairs() -> None:
-    pool = WorkerPool(ADDRESS, SMALL, 2)
+    pool = WorkerPool(ADDRESS, small(), 2)
     async with trio.open_nursery() as nursery:
         await nursery.start(pool.serve)
         assert {pool.open_stream().worker, pool.open_stream().worker} == {0, 1}
@@ -495,7 +507,7 @@ async def test_ports_exhausted_when_no_worker_has_pairs() -> None:
 
 
 async def test_shutdown_stops_every_worker() -> None:
-    pool = WorkerPool(ADDRESS, PORTS, 3)
+    pool = WorkerPool(ADDRESS, PORTS.get(), 3)
     async with trio.open_nursery() as nursery:
         await nursery.start(pool.serve)
         pids = pool.worker_pids()
@@ -507,7 +519,7 @@ async def test_shutdown_stops_every_worker() -> None:
 
 
 async def test_a_worker_that_cannot_bind_fails_start_up() -> None:
-    pool = WorkerPool("192.0.2.1", PORTS, 2)  # TEST-NET-1: not an address of this host
+    pool = WorkerPool("192.0.2.1", PORTS.get(), 2)  # TEST-NET-1: not an address of this host
     with pytest.raises(ExceptionGroup) as caught:
         async with trio.open_nursery() as nursery:
             with trio.fail_after(WORKER_TIMEOUT):
@@ -531,7 +543,7 @@ def test_workers_exit_when_the_sip_process_is_killed(tmp_path: Path) -> None:
             from gateway.core.media.remote_relay import WorkerPool
 
             async def main():
-                pool = WorkerPool("127.0.0.1", PortRange({LOW}, {PORTS.high}), 2)
+                pool = WorkerPool("127.0.0.1", PortRange({range_low()}, {PORTS.get().high}), 2)
                 async with trio.open_nursery() as nursery:
                     await nursery.start(pool.serve)
                     print(*pool.worker_pids(), flush=True)
@@ -560,11 +572,11 @@ async def test_ports_held_by_another_process_mean_503_until_they_are_free() -> N
     """A worker that can bind none of its slice still starts (the gateway must not hang); calls
     get PortsExhausted (503) until the ports are free, then the worker binds them."""
     held = []
-    for port in range(SMALL.low, SMALL.high + 1):
+    for port in range(small().low, small().high + 1):
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.bind((ADDRESS, port))
         held.append(sock)
-    pool = WorkerPool(ADDRESS, SMALL, 2, stats_interval=0.05)
+    pool = WorkerPool(ADDRESS, small(), 2, stats_interval=0.05)
     try:
         async with trio.open_nursery() as nursery:
             with trio.fail_after(WORKER_TIMEOUT):

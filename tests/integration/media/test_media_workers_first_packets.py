@@ -47,11 +47,11 @@ from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sdp.serializer import serialize_sdp
 from tests.integration.media.phone_sockets import ADDRESS, Phone, master_key
 from tests.integration.media.relay_fixtures import process_gone
-from tests.port_blocks import port_block_text
+from tests.port_blocks import ModuleBlock
 
-RELAY_PORTS = PortRange.parse(port_block_text(20))
-WORKER_PORTS = PortRange.parse(port_block_text(40))
-PHONE_PORTS = PortRange.parse(port_block_text(20))
+RELAY_PORTS = ModuleBlock(20, parse=PortRange.parse)
+WORKER_PORTS = ModuleBlock(40, parse=PortRange.parse)
+PHONE_PORTS = ModuleBlock(20, parse=PortRange.parse)
 SUITE = "AES_CM_128_HMAC_SHA1_80"
 PROFILE = pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80
 TIMEOUT = 5.0
@@ -85,13 +85,13 @@ def port_in(sent: SessionDescription) -> int:
 @pytest.fixture(params=["in-process", "media-workers"])
 async def relay(request: pytest.FixtureRequest, nursery: trio.Nursery) -> AsyncIterator[Relay]:
     if request.param == "in-process":
-        local = MediaRelay(PortAllocator(ADDRESS, RELAY_PORTS))
+        local = MediaRelay(PortAllocator(ADDRESS, RELAY_PORTS.get()))
         await nursery.start(local.serve)
         yield local
         local.close()
         assert local.allocator.in_use == 0
         return
-    pool = WorkerPool(ADDRESS, WORKER_PORTS, 2, stats_interval=0.05, restart_delay=0.05)
+    pool = WorkerPool(ADDRESS, WORKER_PORTS.get(), 2, stats_interval=0.05, restart_delay=0.05)
     async with trio.open_nursery() as workers:
         await workers.start(pool.serve)
         yield pool.for_call()
@@ -130,7 +130,7 @@ async def first_packets(
 ) -> tuple[list[bytes], list[bytes]]:
     """One call's media from the offer to the first packets (see the module docstring):
     what the caller heard, what the callee heard (plain)."""
-    allocator = PortAllocator(ADDRESS, PHONE_PORTS)
+    allocator = PortAllocator(ADDRESS, PHONE_PORTS.get())
     pairs = [allocator.allocate(), allocator.allocate()]
     caller, callee = Phone(pairs[0]), Phone(pairs[1])
     srtp_state = StreamSrtp()
@@ -202,7 +202,7 @@ async def rekeyed_packets(
     B2BUA runs it: the answer and the callee's new keys applied, :meth:`MediaSession.applied`
     awaited before the ACK; then both phones send at once, the callee under its new keys.
     What the caller heard, what the callee heard (plain, under the new keys)."""
-    allocator = PortAllocator(ADDRESS, PHONE_PORTS)
+    allocator = PortAllocator(ADDRESS, PHONE_PORTS.get())
     pairs = [allocator.allocate(), allocator.allocate()]
     caller, callee = Phone(pairs[0]), Phone(pairs[1])
     srtp_state = StreamSrtp()

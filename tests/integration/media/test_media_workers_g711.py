@@ -23,9 +23,9 @@ from tests.integration.media.relay_fixtures import (
     connected,
     worker_pool_fixture,
 )
-from tests.port_blocks import port_block_text
+from tests.port_blocks import ModuleBlock
 
-PORTS = PortRange.parse(port_block_text(40))
+PORTS = ModuleBlock(40, parse=PortRange.parse)
 SAMPLES = bytes(range(0, 256, 2)) + bytes(range(1, 256, 8))  # 160 octets: 20 ms
 
 

@@ -53,10 +53,10 @@ from tests.integration.media.relay_fixtures import (
     FaxSink,
     worker_pool_fixture,
 )
-from tests.port_blocks import port_block_text
+from tests.port_blocks import ModuleBlock
 
-PORTS = PortRange.parse(port_block_text(40))
-OUTBOX_PORTS = PortRange.parse(port_block_text(20))
+PORTS = ModuleBlock(40, parse=PortRange.parse)
+OUTBOX_PORTS = ModuleBlock(20, parse=PortRange.parse)
 
 
 pool = worker_pool_fixture(PORTS)
@@ -256,7 +256,7 @@ async def test_a_workers_fax_copies_are_dropped_and_counted_when_its_channel_is_
     and counted instead (the relay never waits for the SIP process)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with ours, theirs:
-        worker = Worker(trio.socket.from_stdlib_socket(ours), ADDRESS, OUTBOX_PORTS, 1.0)
+        worker = Worker(trio.socket.from_stdlib_socket(ours), ADDRESS, OUTBOX_PORTS.get(), 1.0)
         try:
             a_port, b_port = worker.ports.refill()[:2]
             for message in (Open(1, a_port, b_port), SetOpaque(1, True), SetTap(1, True)):

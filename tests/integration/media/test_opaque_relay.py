@@ -30,10 +30,10 @@ from tests.integration.media.relay_fixtures import (
     make_phone_fixture,
     relay_fixture,
 )
-from tests.port_blocks import port_block_text
+from tests.port_blocks import ModuleBlock
 
-RELAY_PORTS = PortRange.parse(port_block_text(100))
-PHONE_PORTS = PortRange.parse(port_block_text(100))
+RELAY_PORTS = ModuleBlock(100, parse=PortRange.parse)
+PHONE_PORTS = ModuleBlock(100, parse=PortRange.parse)
 
 
 relay = relay_fixture(RELAY_PORTS)

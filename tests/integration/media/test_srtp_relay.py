@@ -16,10 +16,10 @@ from gateway.core.media.relay import MediaStream
 from gateway.core.media.srtp import SUITES
 from tests.integration.media.phone_sockets import Phone, receiver_report, rtp, until
 from tests.integration.media.relay_fixtures import bridge, in_process_fixtures
-from tests.port_blocks import port_block_text
+from tests.port_blocks import ModuleBlock
 
-RELAY_PORTS = PortRange.parse(port_block_text(100))
-PHONE_PORTS = PortRange.parse(port_block_text(100))
+RELAY_PORTS = ModuleBlock(100, parse=PortRange.parse)
+PHONE_PORTS = ModuleBlock(100, parse=PortRange.parse)
 
 
 relay, stream, phones = in_process_fixtures(RELAY_PORTS, PHONE_PORTS)

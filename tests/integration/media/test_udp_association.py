@@ -18,10 +18,10 @@ import pytest
 from gateway.core.config import PortRange
 from gateway.core.media.ports import PortAllocator, PortPair
 from gateway.core.media.udp_association import dissolve
-from tests.port_blocks import port_block_text
+from tests.port_blocks import ModuleBlock
 
 ADDRESS = "127.0.0.1"
-MEDIA_PORTS = PortRange.parse(port_block_text(100))
+MEDIA_PORTS = ModuleBlock(100, parse=PortRange.parse)
 TIMEOUT = 5.0
 
 MakeSocket = Callable[[], socket.socket]
@@ -30,7 +30,7 @@ MakeSocket = Callable[[], socket.socket]
 @pytest.fixture
 def make_media_socket() -> Iterator[MakeSocket]:
     """A relay's RTP socket: non-blocking, bound to a given port."""
-    allocator = PortAllocator(ADDRESS, MEDIA_PORTS)
+    allocator = PortAllocator(ADDRESS, MEDIA_PORTS.get())
     pairs: list[PortPair] = []
 
     def make() -> socket.socket:

@@ -33,11 +33,11 @@ from tests.integration.tls.tls_peers import (
     trunk_server,
 )
 from tests.interop.harness.pki import TestCa, TestPki
-from tests.port_blocks import port_block_text
+from tests.port_blocks import ModuleBlock
 
 # The relay's ports: this process's own (tests/port_blocks.py), not the gateway's default range,
 # which another test run's gateway may bind as well (tests/media_range_guard.py).
-MEDIA_PORTS = port_block_text(20)
+MEDIA_PORTS = ModuleBlock(20)
 
 DOMAIN = "trunk.example"
 TARGET = "srv-target.example"
@@ -56,7 +56,7 @@ async def gateway_with_named_trunk(
         {
             "gateway": {"state_dir": str(state)},
             "sip": {"listen": ["tls:127.0.0.1:0"]},
-            "media": {"ports": MEDIA_PORTS},
+            "media": {"ports": MEDIA_PORTS.text()},
             "plugins": {
                 "enable": ["udp", "tcp", "tls"],
                 "tls": {"ca_bundles": [str(ca.certificate)], "system_ca_for_trunks": False},

@@ -9,7 +9,7 @@ import trio.testing
 from gateway.core.config import PortRange
 from gateway.core.media.remote_relay import APPLIED_WAIT, CallRelay, WorkerPool
 from gateway.core.media.worker_protocol import Message, Ping, Pong
-from tests.port_blocks import port_block_text
+from tests.port_blocks import PortLease
 
 
 class _StuckChannel:
@@ -22,9 +22,11 @@ class _StuckChannel:
         self.sent.append(message)
 
 
-async def test_a_ping_given_up_on_is_forgotten(autojump_clock: trio.testing.MockClock) -> None:
+async def test_a_ping_given_up_on_is_forgotten(
+    port_lease: PortLease, autojump_clock: trio.testing.MockClock
+) -> None:
     # Never started: no port is bound, but a range of this process all the same.
-    pool = WorkerPool("127.0.0.1", PortRange.parse(port_block_text(10)), 1)
+    pool = WorkerPool("127.0.0.1", PortRange.parse(port_lease.text(10)), 1)
     slot = pool._workers[0]
     channel = _StuckChannel()
     slot.channel = channel  # type: ignore[assignment]

@@ -18,11 +18,15 @@ import pytest
 from gateway.core.config import PortRange
 from gateway.core.media.errors import LocalMediaError, MediaError, PortsExhausted
 from gateway.core.media.ports import PortAllocator, PortPair, rtp_ports
-from tests.port_blocks import port_block_text
+from tests.port_blocks import ModuleBlock
 
 ADDRESS = "127.0.0.1"
-RANGE = PortRange.parse(port_block_text(100))
-LOW = RANGE.low
+RANGE = ModuleBlock(100, parse=PortRange.parse)
+
+
+def range_low() -> int:
+    """The first port of RANGE."""
+    return RANGE.get().low
 
 
 def can_bind(port: int) -> bool:
@@ -55,11 +59,11 @@ def test_rtp_ports_are_even_with_rtcp_inside_the_range() -> None:
 
 
 def test_pair_is_even_rtp_and_next_rtcp_bound_non_blocking() -> None:
-    allocator = PortAllocator(ADDRESS, RANGE)
+    allocator = PortAllocator(ADDRESS, RANGE.get())
     with allocator.allocate() as pair:
         assert pair.rtp_port % 2 == 0
         assert pair.rtcp_port == pair.rtp_port + 1
-        assert RANGE.low <= pair.rtp_port < pair.rtcp_port <= RANGE.high
+        assert RANGE.get().low <= pair.rtp_port < pair.rtcp_port <= RANGE.get().high
         assert pair.rtp_socket.getsockname() == (ADDRESS, pair.rtp_port)
         assert pair.rtcp_socket.getsockname() == (ADDRESS, pair.rtcp_port)
         assert pair.rtp_socket.type == socket.SOCK_DGRAM
@@ -76,7 +80,7 @@ def test_pair_sockets_are_non_blocking_from_creation(monkeypatch: pytest.MonkeyP
         raise AssertionError("setblocking() is one more system call per socket")
 
     monkeypatch.setattr(socket.socket, "setblocking", no_setblocking)
-    allocator = PortAllocator(ADDRESS, RANGE)
+    allocator = PortAllocator(ADDRESS, RANGE.get())
     with allocator.allocate() as pair:
         for sock in (pair.rtp_socket, pair.rtcp_socket):
             assert fcntl.fcntl(sock.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK
@@ -86,14 +90,14 @@ def test_pair_sockets_are_non_blocking_from_creation(monkeypatch: pytest.MonkeyP
 
 
 def test_pairs_are_distinct() -> None:
-    allocator = PortAllocator(ADDRESS, RANGE)
+    allocator = PortAllocator(ADDRESS, RANGE.get())
     with allocator.allocate() as first, allocator.allocate() as second:
         assert first.rtp_port != second.rtp_port
         assert allocator.in_use == 2
 
 
 def test_closing_releases_both_ports_and_the_pair() -> None:
-    allocator = PortAllocator(ADDRESS, RANGE)
+    allocator = PortAllocator(ADDRESS, RANGE.get())
     with allocator.allocate() as pair:
         assert not can_bind(pair.rtp_port)
         assert not can_bind(pair.rtcp_port)
@@ -106,7 +110,7 @@ def test_closing_releases_both_ports_and_the_pair() -> None:
 
 
 def test_closing_twice_releases_once() -> None:
-    allocator = PortAllocator(ADDRESS, PortRange(LOW, LOW + 3))
+    allocator = PortAllocator(ADDRESS, PortRange(range_low(), range_low() + 3))
     pair = allocator.allocate()
     available = allocator.available
     pair.close()
@@ -116,17 +120,17 @@ def test_closing_twice_releases_once() -> None:
 
 
 def test_exhaustion_raises_a_503_error_naming_the_range() -> None:
-    allocator = PortAllocator(ADDRESS, PortRange(LOW + 10, LOW + 17))
+    allocator = PortAllocator(ADDRESS, PortRange(range_low() + 10, range_low() + 17))
     with all_pairs(allocator) as pairs, pytest.raises(PortsExhausted) as info:
         allocator.allocate()
     assert 1 <= len(pairs) <= 4
     assert info.value.sip_status == 503
     assert isinstance(info.value, MediaError)
-    assert f"{LOW + 10}-{LOW + 17}" in str(info.value)
+    assert f"{range_low() + 10}-{range_low() + 17}" in str(info.value)
 
 
 def test_a_freed_pair_is_reused() -> None:
-    allocator = PortAllocator(ADDRESS, PortRange(LOW + 20, LOW + 27))
+    allocator = PortAllocator(ADDRESS, PortRange(range_low() + 20, range_low() + 27))
     with all_pairs(allocator) as pairs:
         freed = pairs.pop(1 if len(pairs) > 1 else 0)
         freed.close()
@@ -136,10 +140,10 @@ def test_a_freed_pair_is_reused() -> None:
 
 
 def test_freed_pairs_are_reused_least_recently_freed_first() -> None:
-    allocator = PortAllocator(ADDRESS, PortRange(LOW + 30, LOW + 37))
+    allocator = PortAllocator(ADDRESS, PortRange(range_low() + 30, range_low() + 37))
     with all_pairs(allocator) as pairs:
         if len(pairs) < 2:
-            pytest.fail(f"another process holds most of {LOW + 30}-{LOW + 37}")
+            pytest.fail(f"another process holds most of {range_low() + 30}-{range_low() + 37}")
         first, second = pairs[0], pairs[1]
         second.close()
         first.close()
@@ -150,10 +154,10 @@ def test_freed_pairs_are_reused_least_recently_freed_first() -> None:
 def _free_block(size: int = 4) -> int:
     """An even port starting ``size`` consecutive ports free right now (other processes on the
     machine may hold any fixed port, the kernel's ephemeral range included)."""
-    for low in range(LOW + 40, RANGE.high - 2, 4):
+    for low in range(range_low() + 40, RANGE.get().high - 2, 4):
         if all(can_bind(port) for port in range(low, low + size)):
             return low
-    pytest.fail(f"no 4 consecutive free UDP ports in {LOW + 40}-{RANGE.high}")
+    pytest.fail(f"no 4 consecutive free UDP ports in {range_low() + 40}-{RANGE.get().high}")
 
 
 def test_a_pair_held_by_another_socket_is_skipped_and_nothing_leaks() -> None:
@@ -173,22 +177,22 @@ def test_a_pair_held_by_another_socket_is_skipped_and_nothing_leaks() -> None:
 
 
 def test_an_address_that_is_not_local_is_a_configuration_error() -> None:
-    allocator = PortAllocator("192.0.2.1", RANGE)  # TEST-NET-1 (RFC 5737): not on this host
+    allocator = PortAllocator("192.0.2.1", RANGE.get())  # TEST-NET-1 (RFC 5737): not on this host
     with pytest.raises(OSError):
         allocator.allocate()
     assert allocator.in_use == 0
-    assert allocator.available == len(rtp_ports(RANGE))
+    assert allocator.available == len(rtp_ports(RANGE.get()))
 
 
 def test_an_address_that_is_not_an_ip_is_refused() -> None:
     with pytest.raises(LocalMediaError, match="not an IP address"):
-        PortAllocator("media.example.com", RANGE)
+        PortAllocator("media.example.com", RANGE.get())
 
 
 def test_ipv6_loopback() -> None:
     if not socket.has_ipv6:
         pytest.fail("this machine has no IPv6 support")
-    allocator = PortAllocator("::1", RANGE)
+    allocator = PortAllocator("::1", RANGE.get())
     try:
         pair = allocator.allocate()
     except OSError as exc:

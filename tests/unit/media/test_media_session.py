@@ -33,7 +33,7 @@ from gateway.core.sdp.model import (
 )
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sdp.serializer import serialize_sdp
-from tests.port_blocks import port_block_text
+from tests.port_blocks import ModuleBlock
 from tests.unit.sdp.sdp_samples import (
     ALL_SAMPLES,
     BARESIP_DTLS,
@@ -53,7 +53,7 @@ from tests.unit.sdp.sdp_samples import (
 
 ADDRESS = "127.0.0.1"
 MEDIA_ADDRESS = "203.0.113.5"
-RANGE = PortRange.parse(port_block_text(200))
+RANGE = ModuleBlock(200, parse=PortRange.parse)
 
 
 class FakeClock:
@@ -97,7 +97,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def relay(clock: FakeClock) -> Iterator[MediaRelay]:
-    relay = MediaRelay(PortAllocator(ADDRESS, RANGE), clock=clock)
+    relay = MediaRelay(PortAllocator(ADDRESS, RANGE.get()), clock=clock)
     yield relay
     relay.close()
     assert relay.allocator.in_use == 0
@@ -769,7 +769,7 @@ def test_new_offer_settles_an_answered_exchange(session: MediaSession, relay: Me
 
 def test_ports_exhausted_leaves_nothing_allocated(clock: FakeClock):
     relay = MediaRelay(
-        PortAllocator(ADDRESS, PortRange(RANGE.high - 9, RANGE.high - 6)), clock=clock
+        PortAllocator(ADDRESS, PortRange(RANGE.get().high - 9, RANGE.get().high - 6)), clock=clock
     )
     try:
         session = MediaSession(relay, media_address=MEDIA_ADDRESS)

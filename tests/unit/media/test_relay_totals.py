@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from gateway.core.config import PortRange
 from gateway.core.media.ports import PortAllocator
 from gateway.core.media.relay import DROP_REASONS, DirectionControl, MediaRelay, MediaStream
-from tests.port_blocks import port_block_text
+from tests.port_blocks import ModuleBlock
 
 ROUTE_COUNTERS = (
     "packets",
@@ -31,11 +31,12 @@ ENDPOINT_COUNTERS = (
     "receive_errors",
 )
 COUNT = st.integers(0, 10**9)
+PORTS = ModuleBlock(4)  # this module's (tests/port_blocks.py), while it runs
 
 
 @pytest.fixture(scope="module")
 def stream() -> Iterator[MediaStream]:
-    relay = MediaRelay(PortAllocator("127.0.0.1", PortRange.parse(port_block_text(4))), clock=float)
+    relay = MediaRelay(PortAllocator("127.0.0.1", PortRange.parse(PORTS.text())), clock=float)
     stream = relay.open_stream()
     yield stream
     relay.close()

@@ -18,11 +18,11 @@ from gateway.core.media.relay import MediaRelay
 from gateway.core.media.session import DtmfPlan, MediaSession, with_telephone_event
 from gateway.core.sdp.model import MediaDescription, SessionDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
-from tests.port_blocks import port_block_text
+from tests.port_blocks import ModuleBlock
 from tests.unit.media import session_env
 from tests.unit.media.session_env import stream_of
 
-RANGE = PortRange.parse(port_block_text(100))
+RANGE = ModuleBlock(100, parse=PortRange.parse)
 
 
 def sdp(port: int, *media_lines: str, formats: str, version: int = 1) -> SessionDescription:
@@ -51,12 +51,12 @@ CALLEE_WITHOUT = sdp(30000, PCMU, formats="0")
 
 
 def make_session(enabled: bool = True) -> tuple[MediaSession, MediaRelay]:
-    return session_env.make_session(RANGE, dtmf_interworking=enabled)
+    return session_env.make_session(RANGE.get(), dtmf_interworking=enabled)
 
 
 @pytest.fixture
 def session() -> Iterator[MediaSession]:
-    with session_env.closed_after(RANGE, dtmf_interworking=True) as session:
+    with session_env.closed_after(RANGE.get(), dtmf_interworking=True) as session:
         yield session
 
 

@@ -18,11 +18,11 @@ from gateway.core.media.relay import MediaRelay
 from gateway.core.media.session import DtmfPlan, MediaSession
 from gateway.core.sdp.model import SessionDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
-from tests.port_blocks import port_block_text
+from tests.port_blocks import ModuleBlock
 from tests.unit.media import session_env
 from tests.unit.media.session_env import stream_of
 
-RANGE = PortRange.parse(port_block_text(100))
+RANGE = ModuleBlock(100, parse=PortRange.parse)
 
 
 def sdp(port: int, *media_lines: str, formats: str, version: int = 1) -> SessionDescription:
@@ -46,12 +46,12 @@ CALLEE_WITH_EVENTS = sdp(30000, *WITH_EVENTS, formats="0 101", version=2)
 
 
 def make_session(enabled: bool = True) -> tuple[MediaSession, MediaRelay]:
-    return session_env.make_session(RANGE, dtmf_interworking=enabled)
+    return session_env.make_session(RANGE.get(), dtmf_interworking=enabled)
 
 
 @pytest.fixture
 def session() -> Iterator[MediaSession]:
-    with session_env.closed_after(RANGE, dtmf_interworking=True) as session:
+    with session_env.closed_after(RANGE.get(), dtmf_interworking=True) as session:
         yield session
 
 
@@ -166,7 +166,7 @@ def test_off_means_relayed_as_it_comes() -> None:
 
 def test_an_event_whose_end_packets_are_lost_ends_on_the_session_timer() -> None:
     now = [10.0]
-    relay = MediaRelay(PortAllocator("127.0.0.1", RANGE), clock=lambda: 0.0)
+    relay = MediaRelay(PortAllocator("127.0.0.1", RANGE.get()), clock=lambda: 0.0)
     session = MediaSession(
         relay, media_address="127.0.0.1", dtmf_interworking=True, clock=lambda: now[0]
     )

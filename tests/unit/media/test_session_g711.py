@@ -27,11 +27,11 @@ from gateway.core.media.transcoding import (
 )
 from gateway.core.sdp.model import MediaDescription, SessionDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
-from tests.port_blocks import port_block_text
+from tests.port_blocks import ModuleBlock
 from tests.unit.media import session_env
 from tests.unit.media.session_env import stream_of
 
-RANGE = PortRange.parse(port_block_text(100))
+RANGE = ModuleBlock(100, parse=PortRange.parse)
 
 EVENTS = ("a=rtpmap:101 telephone-event/8000", "a=fmtp:101 0-16")
 
@@ -60,12 +60,12 @@ CARRIER_BOTH = sdp(30000, "0 8 101", *EVENTS)  # it has PCMU too
 
 
 def make_session(enabled: bool = True) -> tuple[MediaSession, MediaRelay]:
-    return session_env.make_session(RANGE, g711_transcoding=enabled)
+    return session_env.make_session(RANGE.get(), g711_transcoding=enabled)
 
 
 @pytest.fixture
 def session() -> Iterator[MediaSession]:
-    with session_env.closed_after(RANGE, g711_transcoding=True) as session:
+    with session_env.closed_after(RANGE.get(), g711_transcoding=True) as session:
         yield session
 
 

@@ -18,9 +18,9 @@ from gateway.core.media.session import MediaSession
 from gateway.core.sdp.model import SessionDescription
 from gateway.core.sdp.offer_answer import answer_with
 from gateway.core.sdp.parser import parse_sdp_untrusted
-from tests.port_blocks import port_block_text
+from tests.port_blocks import ModuleBlock
 
-RANGE = PortRange.parse(port_block_text(100))
+RANGE = ModuleBlock(100, parse=PortRange.parse)
 
 
 def sdp(port: int, *media_lines: str, formats: str) -> SessionDescription:
@@ -44,7 +44,7 @@ PICKER = sdp(40000, "a=rtpmap:0 PCMU/8000", "a=rtpmap:96 telephone-event/8000", 
 
 @pytest.fixture
 def session() -> Iterator[MediaSession]:
-    relay = MediaRelay(PortAllocator("127.0.0.1", RANGE), clock=lambda: 0.0)
+    relay = MediaRelay(PortAllocator("127.0.0.1", RANGE.get()), clock=lambda: 0.0)
     session = MediaSession(
         relay, media_address="127.0.0.1", session_id_source=itertools.count(1).__next__
     )

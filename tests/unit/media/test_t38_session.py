@@ -25,11 +25,11 @@ from gateway.core.sdp.model import SessionDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sdp.serializer import serialize_sdp
 from gateway.plugins.keyexchange.sdes import SdesKeyExchange
-from tests.port_blocks import port_block_text
+from tests.port_blocks import ModuleBlock
 
 ADDRESS = "127.0.0.1"
 MEDIA_ADDRESS = "203.0.113.5"
-RANGE = PortRange.parse(port_block_text(200))
+RANGE = ModuleBlock(200, parse=PortRange.parse)
 
 AUDIO = "m=audio 20000 RTP/AVP 0\na=rtpmap:0 PCMU/8000\n"
 ANSWER_AUDIO = "m=audio 30000 RTP/AVP 0\na=rtpmap:0 PCMU/8000\n"
@@ -70,7 +70,7 @@ def section(sd: SessionDescription, index: int) -> list[str]:
 
 @pytest.fixture
 def relay() -> Iterator[MediaRelay]:
-    relay = MediaRelay(PortAllocator(ADDRESS, RANGE), clock=lambda: 0.0)
+    relay = MediaRelay(PortAllocator(ADDRESS, RANGE.get()), clock=lambda: 0.0)
     yield relay
     relay.close()
     assert relay.allocator.in_use == 0
