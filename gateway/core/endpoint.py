@@ -665,7 +665,8 @@ class SipEndpoint:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve inbound messages and transaction timers from one task, so the sans-IO
-        transaction table is never touched concurrently. The ACKs and BYEs of sessions nobody
+        transaction table is never touched concurrently (the UDP sockets are read in this task
+        too: gateway/core/transport/inbound.py). The ACKs and BYEs of sessions nobody
         holds, which may have to connect first, run in tasks of a nursery of its own
         (:meth:`_off_task`)."""
         async with trio.open_nursery() as nursery:
@@ -674,6 +675,7 @@ class SipEndpoint:
                 await self._serve(inbound, task_status)
             finally:
                 self._orphan_nursery = None
+                inbound.close()
 
     async def _serve(self, inbound: InboundQueue, task_status: trio.TaskStatus[None]) -> None:
         task_status.started()

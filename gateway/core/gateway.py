@@ -723,6 +723,13 @@ class Gateway:
             return
         self.statistics.delivered += 1
 
+    async def serve_datagrams(self, fd: int, read: Callable[[int], bool]) -> None:
+        self._inbound.add_source(fd, read)
+        try:
+            await trio.sleep_forever()
+        finally:
+            self._inbound.remove_source(fd)
+
     def flow_closed(self, flow: Flow) -> None:
         self.statistics.flows_closed += 1
         self.endpoint.flow_closed(flow)

@@ -64,6 +64,13 @@ class TransportHost(Protocol):
         ``waited``: seconds the message had already waited before the transport read it (in the
         socket's receive buffer, when the transport can tell): overload control counts it."""
 
+    async def serve_datagrams(self, fd: int, read: Callable[[int], bool]) -> None:
+        """Have the SIP endpoint's task read the datagram socket ``fd`` whenever it is
+        readable, until cancelled (then the socket may be closed): ``read(limit)`` reads up to
+        ``limit`` ready datagrams, :meth:`deliver`-ing each, and says True when the socket had
+        no more (``BlockingIOError``), False when it stopped at the limit. It runs in the
+        endpoint's task, so it never blocks (gateway/core/transport/inbound.py)."""
+
     def flow_closed(self, flow: Flow) -> None:
         """Tell the core a connection-oriented flow has ended."""
 

@@ -5,10 +5,13 @@ where replies and later requests go (symmetric response routing, RFC 3581). Outb
 new address use the listener socket of the same address family, so requests leave from the
 address and port peers know us by.
 
-The socket is used directly, non-blocking: a receive waits for readability only when nothing is
-queued, and a send waits only when the kernel's buffer is full. trio's socket methods pass
-through the scheduler twice per datagram (a checkpoint before and after the system call) and
-re-arm epoll for every receive, which at hundreds of calls per second costs more than parsing.
+The socket is used directly, non-blocking, and read by the SIP endpoint's own task
+(``TransportHost.serve_datagrams``): when it is readable and nothing else is queued, the endpoint
+reads up to a turn's worth of datagrams and handles them. A datagram is a message as read, so a
+task per socket only moved each to the endpoint's task, at the price of a second task step and
+a second turn of trio's run loop per datagram (session 34, docs/benchmarks.md); trio's socket
+methods cost more again (a checkpoint before and after each system call, epoll re-armed for
+every receive). A send waits only when the kernel's buffer is full.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import logging
 import socket
 import struct
 import time
+from collections.abc import Callable
 
 import attrs
 import trio
@@ -40,10 +44,6 @@ _RECV_SIZE = 65535
 SO_TIMESTAMPNS = 35
 _TIMESPEC = struct.Struct("@qq")
 _ANCILLARY_SIZE = socket.CMSG_SPACE(_TIMESPEC.size)
-# Datagrams read in one turn of the receive task before it lets the endpoint take them: a turn
-# per datagram cost two task switches each; a backlog past this waits in the socket's receive
-# buffer, not in the gateway's bounded inbound queue.
-DATAGRAMS_PER_TURN = 16
 
 
 @attrs.frozen
@@ -104,44 +104,43 @@ class UdpTransport:
             log.info("listening on udp:%s", format_address(local))
             task_status.started(Listener(self.name, local))
             try:
-                await self._receive_loop(sock, raw, local, host)
+                await host.serve_datagrams(raw.fileno(), self._reader(sock, raw, local, host))
             finally:
                 self._sockets.remove(entry)
 
-    async def _receive_loop(
+    def _reader(
         self, sock: trio.socket.SocketType, raw: socket.socket, local: Address, host: TransportHost
-    ) -> None:
+    ) -> Callable[[int], bool]:
+        """The function the endpoint's task reads this socket with (``serve_datagrams``)."""
         flows = host.flows
+        deliver = host.deliver
         clock = trio.lowlevel.current_clock()
-        read_this_turn = 0
-        now = clock.current_time()
-        while True:
-            if read_this_turn >= DATAGRAMS_PER_TURN:
-                read_this_turn = 0
-                await trio.lowlevel.checkpoint()
-                now = clock.current_time()
-            try:
-                data, ancillary, _flags, remote = raw.recvmsg(_RECV_SIZE, _ANCILLARY_SIZE)
-            except BlockingIOError:
-                read_this_turn = 0
-                await trio.lowlevel.wait_readable(raw)
-                # One reading of the clock per turn: the datagrams of a turn are read within
-                # microseconds of each other.
-                now = clock.current_time()
-                continue
-            except ConnectionResetError:
-                # ICMP port unreachable from an earlier send surfaces here on some systems.
-                read_this_turn += 1
-                continue
-            read_this_turn += 1
-            remote = remote[:2]
-            if data.strip(b"\r\n"):  # else RFC 5626 §3.5.1 keep-alive / stray CRLF: nothing to do
-                flow = flows.get(FlowKey(self.name, local, remote))
+        name = self.name
+
+        def read(limit: int) -> bool:
+            # One reading of the clock per turn: the datagrams of a turn are read within
+            # microseconds of each other.
+            now = clock.current_time()
+            for _ in range(limit):
+                try:
+                    data, ancillary, _flags, remote = raw.recvmsg(_RECV_SIZE, _ANCILLARY_SIZE)
+                except BlockingIOError:
+                    return True
+                except ConnectionResetError:
+                    # ICMP port unreachable from an earlier send surfaces here on some systems.
+                    continue
+                remote = remote[:2]
+                if not data.strip(b"\r\n"):
+                    continue  # RFC 5626 §3.5.1 keep-alive / stray CRLF: nothing to do
+                flow = flows.get(FlowKey(name, local, remote))
                 if flow is None:
                     flow = self._make_flow(sock, raw, local, remote)
                     flows.add(flow)
                 flow.last_activity = now
-                host.deliver(data, flow, waited=_time_in_socket(ancillary))
+                deliver(data, flow, waited=_time_in_socket(ancillary))
+            return False
+
+        return read
 
     def _check_receive_buffer(self, sock: trio.socket.SocketType) -> None:
         # Linux reports twice what it grants (socket(7)); less than asked means rmem_max.
