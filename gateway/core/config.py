@@ -1474,10 +1474,12 @@ def _validate_trunk(trunk: TrunkConfig, file: str, table: str) -> None:
         raise fail("caller_id", "expected a number: an optional + and 1 to 32 digits, * or #")
 
 
-def directory_problem(path: Path) -> str | None:
+def directory_problem(path: Path, *, check_access: bool = True) -> str | None:
     """Why ``path`` cannot be a state directory, or None: it is a directory, or the nearest
     part of it that exists is one the gateway may create the rest in (``voipgw run`` does,
-    mode 0700, parents too)."""
+    mode 0700, parents too). ``check_access=False`` leaves out whether this process's user
+    may write there (:func:`directory_access_problem` says it): what another user, the
+    service's, may do is not this process's to know."""
     # os.path: False for a name too long (Path.exists raised OSError, a bare error).
     if os.path.isdir(path):
         return None
@@ -1496,9 +1498,35 @@ def directory_problem(path: Path) -> str | None:
         parent = parent.parent
     if not os.path.isdir(parent):
         return f"{path} cannot be created: {parent} is not a directory"
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return f"{path} cannot be created: {parent} is not writable by this user"
+    if check_access:
+        return directory_access_problem(path)
     return None
+
+
+def directory_access_problem(path: Path) -> str | None:
+    """Why this process's user may not create the state directory ``path``, or None (it is
+    a directory already, or the nearest part of it that exists is writable by this user).
+    A permission, so the user's: ``voipgw check-config`` run by an operator as themselves
+    sees their own, which is not the service's (it warns); ``voipgw run`` is the service."""
+    if os.path.isdir(path):
+        return None
+    parent = path.absolute()
+    while not os.path.exists(parent) and parent != parent.parent:
+        parent = parent.parent
+    if os.path.isdir(parent) and not os.access(parent, os.W_OK | os.X_OK):
+        return f"{path} cannot be created: {parent} is not writable by this user ({user_name()})"
+    return None
+
+
+def user_name() -> str:
+    """This process's user, as a permission error names it (``alice``, or ``uid 1000``)."""
+    uid = os.geteuid()
+    try:
+        import pwd
+
+        return pwd.getpwuid(uid).pw_name
+    except (ImportError, KeyError):
+        return f"uid {uid}"
 
 
 def listener_warnings(config: GatewayConfig, transports: Sequence[str] = ()) -> list[str]:

@@ -76,7 +76,7 @@ import trio
 from cryptography import x509
 from OpenSSL import SSL, crypto
 
-from gateway.core.config import ListenSpec
+from gateway.core.config import ListenSpec, user_name
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import Listener, LoadedCertificate, ReloadError, TransportHost
 from gateway.core.logs import log_exception
@@ -856,6 +856,17 @@ def _use_certificate(context: SSL.Context, paths: CertificatePaths) -> None:
     for key, path in (("certificate", paths.certificate), ("private_key", paths.private_key)):
         if not path.is_file():
             raise CertificateFileError(key, f"{path} does not exist or is not a file")
+        try:
+            # OpenSSL says an unreadable file is "not the private key of" the certificate
+            # (or no usable chain): the permission is the fault, and the user's who reads.
+            with path.open("rb"):
+                pass
+        except OSError as exc:
+            raise CertificateFileError(
+                key,
+                f"{path} cannot be read by this user ({user_name()}): {exc.strerror}; the "
+                "gateway's user must be able to read it (a key: owner that user, mode 600)",
+            ) from None
     try:
         context.use_certificate_chain_file(str(paths.certificate))
     except SSL.Error as exc:

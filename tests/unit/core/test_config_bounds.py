@@ -15,11 +15,13 @@ import pytest
 import trio
 
 from gateway.core import cli
+from gateway.core import config as config_mod
 from gateway.core import gateway as gateway_mod
 from gateway.core.config import (
     ConfigError,
     directory_problem,
     from_mapping,
+    user_name,
     value_warnings,
     with_overrides,
 )
@@ -456,3 +458,45 @@ def test_every_trunk_bound_error_shows_the_value_it_refused(key: str, value: obj
     assert (error.table, error.key) == ("trunks.carrier", key)
     shown = f"{value:g}" if isinstance(value, float) else str(value)
     assert error.message.endswith(f"got {shown}"), error.message
+
+
+def test_check_config_as_another_user_warns_of_a_state_dir_only_its_permissions_forbid(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator runs check-config as themselves before `systemctl reload`: /var/lib not
+    writable by them says nothing of the service's user, so it is a warning naming the user
+    who ran it, not an error (exit 0); `voipgw run` (the service) still refuses it."""
+    state = tmp_path / "lib" / "voipgw"
+    path = tmp_path / "voipgw.toml"
+    path.write_text(
+        f'[gateway]\nstate_dir = "{state}"\n[sip]\nlisten = ["udp:127.0.0.1:0"]\n'
+        '[plugins]\nenable = ["udp"]\n'
+    )
+    (tmp_path / "lib").mkdir()
+    lib = tmp_path / "lib"
+    real_access = config_mod.os.access
+    monkeypatch.setattr(  # (root may write anywhere: the answer another user gets)
+        config_mod.os, "access", lambda p, mode: False if Path(p) == lib else real_access(p, mode)
+    )
+    code, out, err = check_config(path, capsys)
+    assert code == cli.EXIT_OK, err
+    assert err == (
+        f"voipgw: warning: {path}: [gateway] state_dir: {state} cannot be created: {lib} is "
+        f"not writable by this user ({user_name()}), who runs check-config: the service's user "
+        "may be allowed to; `voipgw run` as a user who is not refuses to start (check it as "
+        "that user: sudo -u USER voipgw check-config FILE)\n"
+    )
+    assert out.endswith("OK (1 plugins: udp)\n")
+    built = gateway_of(tmp_path, gateway={"state_dir": str(state)})
+    with pytest.raises(ConfigError) as caught:
+        built.check()  # as the service: voipgw run
+    assert (caught.value.table, caught.value.key) == ("gateway", "state_dir")
+    assert caught.value.message == (
+        f"{state} cannot be created: {lib} is not writable by this user ({user_name()})"
+    )
+    # What no user could do stays an error of check-config: a file in the path.
+    (tmp_path / "file").write_text("")
+    path.write_text(path.read_text().replace(str(state), str(tmp_path / "file" / "state")))
+    code, out, err = check_config(path, capsys)
+    assert code != cli.EXIT_OK
+    assert "is not a directory" in err
