@@ -608,7 +608,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from gateway.core.gateway import Gateway
 
     gateway = Gateway(config, plugins)
-    gateway.check()
+    # Operators run check-config as themselves before `systemctl reload`: a state_dir only
+    # their own permissions forbid is a warning (the service's user may be allowed), not an
+    # error that would be false.
+    gateway.check(as_service=False)
     if gateway.check_errors:
         # Every one, not the first: `voipgw run` starts with these as warnings (an upgraded
         # gateway keeps carrying calls); here, before a deployment, they are errors.
@@ -618,6 +621,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     listeners = config_mod.listener_warnings(config, plugins.transports.names())
     for warning in (*listeners, *config_mod.did_warnings(config)):
         print(f"{args.file}: warning: {warning}", file=sys.stderr)
+    for error in gateway.access_warnings:
+        print(f"voipgw: warning: {error}", file=sys.stderr)
     if args.intercept:
         # Only on request: the interception's certificates are not in the metrics or the
         # core's log lines either (docs/lawful_intercept.md, "Keeping it covert").

@@ -386,6 +386,16 @@ MAX_DRAIN_TIMEOUT = 86_400.0
 MAX_REDIRECTS = 20
 # A day: a source blocked for longer is better refused by a firewall.
 MAX_AUTH_FAILURE_WINDOW = 86_400.0
+# The least auth_failure_window: a source is blocked while its last auth_max_failures failures
+# lie within the window, and the gateway takes longer than this to read one request (about
+# 14 us to parse an INVITE, more for a digest check): under it no two failures, nor a failure
+# and the next request, ever fell within one window, so the password-guessing limit never
+# blocked anything (1e-9 turned it off without a word).
+MIN_AUTH_FAILURE_WINDOW = 1e-5
+# Under a second the limit still blocks, but lets a guesser auth_max_failures guesses every
+# second (432,000 a day at the default 5): it works as a brake on a flood only, so the loader
+# allows it and check-config says so (value_warnings).
+WARN_AUTH_FAILURE_WINDOW = 1.0
 # A day: a callback later than that is a new call, not the end of an emergency call.
 MAX_PSAP_CALLBACK_WINDOW = 86_400.0
 # [sip] max_message_size bounds: at least an Ethernet frame's worth (below it an ordinary INVITE
@@ -428,7 +438,10 @@ MAX_T1 = 4.0
 # larger value is milliseconds written for seconds).
 MAX_T2 = 60.0
 # T4, how long a message may stay in the network (5 s, §17.1.2.2): Timers I and K keep a
-# completed transaction that long. A minute is twelve times the default.
+# completed transaction that long. A minute is twelve times the default. No floor but above 0:
+# Timers I and K absorb retransmissions only, and on reliable transports they are 0 (§17.1.2.2,
+# §17.2.1), so a tiny T4 ends UDP transactions as TCP ones end: a retransmission arriving
+# after is a stray, dropped, and the exchange has already completed.
 MAX_T4 = 60.0
 # [media] hold_timeout: a held call's phones may send nothing but RTCP, at least every 5 s,
 # randomised up to 7.5 s (RFC 3550 §6.2): a shorter timeout ends every held call that is up.
@@ -645,9 +658,16 @@ class DialogWatchGroup:
 # Transports a trunk named by DNS may use: the ones RFC 3263 §4.1 has SRV services for.
 DNS_TRANSPORTS = frozenset({"udp", "tcp", "tls"})
 MAX_DNS_TARGETS = 16
-# The least [dns] timeout: one resolution is up to three queries in turn, each a round trip; with
-# 1e-9 every trunk named by DNS stayed unresolved, so no call reached it.
-MIN_DNS_TIMEOUT = 0.5
+# The least [dns] timeout: one resolution is a round trip to the resolver per query, two at the
+# least (A and AAAA) and up to NAPTR, SRV and A/AAAA in turn (RFC 3263 §4); with 1e-9 every
+# trunk named by DNS stayed unresolved, so no call reached it. Two queries to a resolver on
+# the loopback took 0.63 ms at the least (dnspython, the 2-vCPU test host): the floor is a
+# power of ten under half that, so a resolver on the host or the LAN is never refused.
+MIN_DNS_TIMEOUT = 1e-4
+# Under half a second a resolver across a WAN, or one query lost and asked again, exceeds the
+# timeout: the loader allows it (a resolver on the LAN answers in milliseconds) and
+# check-config says so (value_warnings).
+WARN_DNS_TIMEOUT = 0.5
 
 
 @attrs.frozen
@@ -676,18 +696,23 @@ class DnsSection:
         if not MIN_DNS_TIMEOUT <= self.timeout <= 60:
             raise ValueError(
                 f"timeout: expected a positive number of seconds, "
-                f"at least {MIN_DNS_TIMEOUT:g} (a resolution is up to "
+                f"at least {MIN_DNS_TIMEOUT:.4f} (a resolution is two to "
                 f"three queries in turn, NAPTR, SRV and A/AAAA, RFC 3263 §4) and at most 60, "
                 f"got {self.timeout:g}"
             )
         if not 1 <= self.min_ttl <= self.max_ttl:
-            raise ValueError("min_ttl: expected 1 s or more, and at most max_ttl")
+            raise ValueError(
+                f"min_ttl: expected 1 s or more, and at most max_ttl ({self.max_ttl:g}), "
+                f"got {self.min_ttl:g}"
+            )
         if self.max_ttl > 86400:
-            raise ValueError("max_ttl: expected at most 86400 s (a day)")
+            raise ValueError(f"max_ttl: expected at most 86400 s (a day), got {self.max_ttl:g}")
         if not 1 <= self.retry_interval <= 3600:
-            raise ValueError("retry_interval: expected 1 to 3600 s")
+            raise ValueError(f"retry_interval: expected 1 to 3600 s, got {self.retry_interval:g}")
         if not 1 <= self.max_targets <= MAX_DNS_TARGETS:
-            raise ValueError(f"max_targets: expected 1 to {MAX_DNS_TARGETS}")
+            raise ValueError(
+                f"max_targets: expected 1 to {MAX_DNS_TARGETS}, got {self.max_targets}"
+            )
 
 
 def dns_server(text: str) -> tuple[str, int]:
@@ -991,25 +1016,33 @@ def _validate(config: GatewayConfig, file: str) -> None:
             file,
             "gateway",
             "drain_timeout",
-            f"expected 0 (stop at once) to {MAX_DRAIN_TIMEOUT:g} seconds",
+            f"expected 0 (stop at once) to {MAX_DRAIN_TIMEOUT:g} seconds, "
+            f"got {config.gateway.drain_timeout:g}",
         )
     if config.gateway.auth_max_failures < 1:
         raise ConfigError(
-            file, "gateway", "auth_max_failures", "expected a positive number of failures"
+            file,
+            "gateway",
+            "auth_max_failures",
+            f"expected a positive number of failures, got {config.gateway.auth_max_failures}",
         )
-    if not 0 < config.gateway.auth_failure_window <= MAX_AUTH_FAILURE_WINDOW:
+    window = config.gateway.auth_failure_window
+    if not MIN_AUTH_FAILURE_WINDOW <= window <= MAX_AUTH_FAILURE_WINDOW:
         raise ConfigError(
             file,
             "gateway",
             "auth_failure_window",
-            f"expected seconds above 0, up to {MAX_AUTH_FAILURE_WINDOW:g}",
+            f"expected seconds from {MIN_AUTH_FAILURE_WINDOW:.5f} (shorter than the gateway takes "
+            f"to read one request: the limit never blocks) to {MAX_AUTH_FAILURE_WINDOW:g}, "
+            f"got {window:g}",
         )
     if not 0 <= config.gateway.psap_callback_window <= MAX_PSAP_CALLBACK_WINDOW:
         raise ConfigError(
             file,
             "gateway",
             "psap_callback_window",
-            f"expected seconds from 0 (no callbacks recognised) to {MAX_PSAP_CALLBACK_WINDOW:g}",
+            f"expected seconds from 0 (no callbacks recognised) to {MAX_PSAP_CALLBACK_WINDOW:g}, "
+            f"got {config.gateway.psap_callback_window:g}",
         )
     for fragment in config.sip.drop_user_agents:
         if not fragment.strip():
@@ -1037,7 +1070,12 @@ def _validate(config: GatewayConfig, file: str) -> None:
     for key in ("t1", "t2", "t4"):
         if getattr(config.sip, key) <= 0:
             # The transaction layer refused it later with a bare ValueError (a traceback).
-            raise ConfigError(file, "sip", key, "expected a positive number of seconds")
+            raise ConfigError(
+                file,
+                "sip",
+                key,
+                f"expected a positive number of seconds, got {getattr(config.sip, key):g}",
+            )
     _validate_timers(config.sip, file)
     if not MIN_MESSAGE_SIZE <= config.sip.max_message_size <= MAX_MESSAGE_SIZE:
         # A size of 0 or less made every WebSocket connection fail at its first message.
@@ -1045,7 +1083,8 @@ def _validate(config: GatewayConfig, file: str) -> None:
             file,
             "sip",
             "max_message_size",
-            f"expected bytes from {MIN_MESSAGE_SIZE} to {MAX_MESSAGE_SIZE}",
+            f"expected bytes from {MIN_MESSAGE_SIZE} to {MAX_MESSAGE_SIZE}, "
+            f"got {config.sip.max_message_size}",
         )
     if not MIN_HEADERS <= config.sip.max_headers <= MAX_HEADERS:
         # 0 or a handful refused every request with 513: the gateway looked up and answered
@@ -1054,18 +1093,23 @@ def _validate(config: GatewayConfig, file: str) -> None:
             file,
             "sip",
             "max_headers",
-            f"expected header fields from {MIN_HEADERS} to {MAX_HEADERS}",
+            f"expected header fields from {MIN_HEADERS} to {MAX_HEADERS}, "
+            f"got {config.sip.max_headers}",
         )
     if not 0 <= config.sip.overload_queue_delay <= MAX_OVERLOAD_QUEUE_DELAY:
         raise ConfigError(
             file,
             "sip",
             "overload_queue_delay",
-            f"expected a number of seconds from 0 (never refuse) to {MAX_OVERLOAD_QUEUE_DELAY}",
+            f"expected a number of seconds from 0 (never refuse) to {MAX_OVERLOAD_QUEUE_DELAY}, "
+            f"got {config.sip.overload_queue_delay:g}",
         )
     if config.sip.overload_retry_after < 0:
         raise ConfigError(
-            file, "sip", "overload_retry_after", "expected 0 (no Retry-After) or more seconds"
+            file,
+            "sip",
+            "overload_retry_after",
+            f"expected 0 (no Retry-After) or more seconds, got {config.sip.overload_retry_after}",
         )
     if config.sip.ring_timeout < MIN_RING_TIMEOUT:
         raise ConfigError(
@@ -1077,14 +1121,18 @@ def _validate(config: GatewayConfig, file: str) -> None:
         )
     if not 0 <= config.sip.max_redirects <= MAX_REDIRECTS:
         raise ConfigError(
-            file, "sip", "max_redirects", f"expected 0 (follow none) to {MAX_REDIRECTS}"
+            file,
+            "sip",
+            "max_redirects",
+            f"expected 0 (follow none) to {MAX_REDIRECTS}, got {config.sip.max_redirects}",
         )
     if not MIN_SESSION_INTERVAL <= config.sip.min_se <= MAX_SESSION_INTERVAL:
         raise ConfigError(
             file,
             "sip",
             "min_se",
-            f"expected seconds from {MIN_SESSION_INTERVAL} (RFC 4028 §5) to {MAX_SESSION_INTERVAL}",
+            f"expected seconds from {MIN_SESSION_INTERVAL} (RFC 4028 §5) to "
+            f"{MAX_SESSION_INTERVAL}, got {config.sip.min_se}",
         )
     if config.sip.session_expires != 0 and not (
         config.sip.min_se <= config.sip.session_expires <= MAX_SESSION_INTERVAL
@@ -1094,7 +1142,7 @@ def _validate(config: GatewayConfig, file: str) -> None:
             "sip",
             "session_expires",
             f"expected 0 (ask for no session timer) or seconds from min_se "
-            f"({config.sip.min_se}) to {MAX_SESSION_INTERVAL}",
+            f"({config.sip.min_se}) to {MAX_SESSION_INTERVAL}, got {config.sip.session_expires}",
         )
     keepalive = config.sip.nat_keepalive_interval
     if keepalive != 0 and not MIN_OPTIONS_INTERVAL <= keepalive <= MAX_OPTIONS_INTERVAL:
@@ -1103,7 +1151,7 @@ def _validate(config: GatewayConfig, file: str) -> None:
             "sip",
             "nat_keepalive_interval",
             f"expected 0 (no keepalives) or {MIN_OPTIONS_INTERVAL:g} to "
-            f"{MAX_OPTIONS_INTERVAL:g} seconds",
+            f"{MAX_OPTIONS_INTERVAL:g} seconds, got {keepalive:g}",
         )
     for status in config.sip.failover_statuses:
         if not 400 <= status <= 599 or status in (401, 407):
@@ -1134,7 +1182,10 @@ def _validate(config: GatewayConfig, file: str) -> None:
         )
     if not 1 <= config.media.workers <= MAX_MEDIA_WORKERS:
         raise ConfigError(
-            file, "media", "workers", f"expected an integer from 1 to {MAX_MEDIA_WORKERS}"
+            file,
+            "media",
+            "workers",
+            f"expected an integer from 1 to {MAX_MEDIA_WORKERS}, got {config.media.workers}",
         )
     # Each worker relays on its own slice of the range: at least two pairs (one stream) each.
     pairs = len(
@@ -1218,7 +1269,8 @@ def _validate_store(store: StoreSection, file: str) -> None:
             file,
             "store",
             "connect_timeout",
-            f"expected whole seconds, at least {MIN_CONNECT_TIMEOUT} (libpq's least)",
+            f"expected whole seconds, at least {MIN_CONNECT_TIMEOUT} (libpq's least), "
+            f"got {store.connect_timeout}",
         )
     if not MIN_STATEMENT_TIMEOUT <= store.statement_timeout <= MAX_STATEMENT_TIMEOUT:
         raise ConfigError(
@@ -1235,7 +1287,8 @@ def _validate_store(store: StoreSection, file: str) -> None:
             file,
             "store",
             "call_record_days",
-            f"expected days, at least 0 (0: kept for ever) and at most {MAX_CALL_RECORD_DAYS:g}",
+            f"expected days, at least 0 (0: kept for ever) and at most {MAX_CALL_RECORD_DAYS:g}, "
+            f"got {store.call_record_days:g}",
         )
 
 
@@ -1373,16 +1426,21 @@ def _validate_trunk(trunk: TrunkConfig, file: str, table: str) -> None:
     if not trunk.media_policy:
         raise fail("media_policy", "expected a policy name")
     if trunk.max_calls < 0:
-        raise fail("max_calls", "expected 0 (no limit) or a number of calls")
+        raise fail(
+            "max_calls", f"expected 0 (no limit) or a number of calls, got {trunk.max_calls}"
+        )
     if not 0 <= trunk.max_cps <= MAX_TRUNK_CPS:
-        raise fail("max_cps", f"expected 0 (no limit) to {MAX_TRUNK_CPS} calls per second")
+        raise fail(
+            "max_cps",
+            f"expected 0 (no limit) to {MAX_TRUNK_CPS} calls per second, got {trunk.max_cps:g}",
+        )
     if trunk.options_interval != 0 and not (
         MIN_OPTIONS_INTERVAL <= trunk.options_interval <= MAX_OPTIONS_INTERVAL
     ):
         raise fail(
             "options_interval",
             f"expected 0 (no probing) or {MIN_OPTIONS_INTERVAL:g} to "
-            f"{MAX_OPTIONS_INTERVAL:g} seconds",
+            f"{MAX_OPTIONS_INTERVAL:g} seconds, got {trunk.options_interval:g}",
         )
     if trunk.response_timeout != 0 and not trunk.response_timeout >= MIN_RESPONSE_TIMEOUT:
         raise fail(
@@ -1396,7 +1454,8 @@ def _validate_trunk(trunk: TrunkConfig, file: str, table: str) -> None:
     if not MIN_REGISTER_EXPIRES <= trunk.register_expires <= MAX_REGISTER_EXPIRES:
         raise fail(
             "register_expires",
-            f"expected {MIN_REGISTER_EXPIRES} to {MAX_REGISTER_EXPIRES} seconds",
+            f"expected {MIN_REGISTER_EXPIRES} to {MAX_REGISTER_EXPIRES} seconds, "
+            f"got {trunk.register_expires}",
         )
     if trunk.register_domain is not None:
         try:
@@ -1415,10 +1474,12 @@ def _validate_trunk(trunk: TrunkConfig, file: str, table: str) -> None:
         raise fail("caller_id", "expected a number: an optional + and 1 to 32 digits, * or #")
 
 
-def directory_problem(path: Path) -> str | None:
+def directory_problem(path: Path, *, check_access: bool = True) -> str | None:
     """Why ``path`` cannot be a state directory, or None: it is a directory, or the nearest
     part of it that exists is one the gateway may create the rest in (``voipgw run`` does,
-    mode 0700, parents too)."""
+    mode 0700, parents too). ``check_access=False`` leaves out whether this process's user
+    may write there (:func:`directory_access_problem` says it): what another user, the
+    service's, may do is not this process's to know."""
     # os.path: False for a name too long (Path.exists raised OSError, a bare error).
     if os.path.isdir(path):
         return None
@@ -1437,9 +1498,35 @@ def directory_problem(path: Path) -> str | None:
         parent = parent.parent
     if not os.path.isdir(parent):
         return f"{path} cannot be created: {parent} is not a directory"
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return f"{path} cannot be created: {parent} is not writable by this user"
+    if check_access:
+        return directory_access_problem(path)
     return None
+
+
+def directory_access_problem(path: Path) -> str | None:
+    """Why this process's user may not create the state directory ``path``, or None (it is
+    a directory already, or the nearest part of it that exists is writable by this user).
+    A permission, so the user's: ``voipgw check-config`` run by an operator as themselves
+    sees their own, which is not the service's (it warns); ``voipgw run`` is the service."""
+    if os.path.isdir(path):
+        return None
+    parent = path.absolute()
+    while not os.path.exists(parent) and parent != parent.parent:
+        parent = parent.parent
+    if os.path.isdir(parent) and not os.access(parent, os.W_OK | os.X_OK):
+        return f"{path} cannot be created: {parent} is not writable by this user ({user_name()})"
+    return None
+
+
+def user_name() -> str:
+    """This process's user, as a permission error names it (``alice``, or ``uid 1000``)."""
+    uid = os.geteuid()
+    try:
+        import pwd
+
+        return pwd.getpwuid(uid).pw_name
+    except (ImportError, KeyError):
+        return f"uid {uid}"
 
 
 def listener_warnings(config: GatewayConfig, transports: Sequence[str] = ()) -> list[str]:
@@ -1513,11 +1600,37 @@ def value_warnings(config: GatewayConfig) -> list[ConfigError]:
     """One error per value of the core tables that a gateway of an earlier version ran with,
     but that does nothing or does harm: a ``[gateway] domains`` entry that is no host name or
     address (no request names it: RFC 3261 §25.1 hostname), a ``[[trunks]] dids`` key that is
-    no number (it presents the account as a caller ID no carrier takes). As
+    no number (it presents the account as a caller ID no carrier takes), a ``[dns] timeout``
+    or ``[gateway] auth_failure_window`` in the band that works on a LAN only, or weakens the
+    password-guessing limit to a brake on floods (docs/configuration.md, "Floors"). As
     :func:`unknown_trunk_names`: errors to ``voipgw check-config`` (exit 2), warnings to
     ``voipgw run``, which keeps an upgraded gateway carrying calls."""
     file = config.source
     errors = []
+    if config.dns.timeout < WARN_DNS_TIMEOUT:
+        errors.append(
+            ConfigError(
+                file,
+                "dns",
+                "timeout",
+                f"{config.dns.timeout:g} s works only with a resolver on the host or the LAN: "
+                f"under {WARN_DNS_TIMEOUT:g} s a resolver across a WAN, or one query lost and "
+                "asked again, leaves the trunk unresolved and its calls with nowhere to go",
+            )
+        )
+    window = config.gateway.auth_failure_window
+    if window < WARN_AUTH_FAILURE_WINDOW:
+        guesses = config.gateway.auth_max_failures / window
+        errors.append(
+            ConfigError(
+                file,
+                "gateway",
+                "auth_failure_window",
+                f"{window:g} s lets a password guesser {guesses:.3g} guesses a second from one "
+                f"address ({guesses * 86400:.3g} a day): the limit brakes a flood only; "
+                f"{WARN_AUTH_FAILURE_WINDOW:g} s or more makes it one against guessing",
+            )
+        )
     for domain in config.gateway.domains:
         if not _is_host_port(domain):
             errors.append(

@@ -55,6 +55,7 @@ from gateway.core.config import (
     ListenSpec,
     TrunkAddress,
     did_warnings,
+    directory_access_problem,
     directory_problem,
     unknown_trunk_names,
     value_warnings,
@@ -240,6 +241,9 @@ class Gateway:
         # (its config's config_warnings()), warned of on the plugin's logger.
         self.value_errors: list[ConfigError] = []
         self.plugin_value_errors: dict[str, list[ConfigError]] = {}
+        # State directories this process's user may not create, found by check(as_service=
+        # False): warnings of check-config, which may run as another user than the service.
+        self.access_warnings: list[ConfigError] = []
         self.ids = ids or RandomIds()
         self.flows = FlowTable()
         self.limits = TransportLimits(
@@ -328,8 +332,10 @@ class Gateway:
             )
         return transport  # type: ignore[no-any-return]
 
-    def check(self) -> None:
-        """Everything ``voipgw check-config`` verifies beyond the file itself."""
+    def check(self, *, as_service: bool = True) -> None:
+        """Everything ``voipgw check-config`` verifies beyond the file itself.
+        ``as_service=False`` (check-config): this process's user may not be the service's, so
+        what only its permissions forbid goes to :attr:`access_warnings`."""
         for spec in self.config.listen_specs:
             self.transport_for(spec)
         for name, transport in self.plugins.transports.items():
@@ -355,7 +361,7 @@ class Gateway:
                 self.plugin_value_errors.setdefault(name, []).append(
                     ConfigError(self.config.source, f"plugins.{name}", key, message)
                 )
-        self._check_state_dirs()
+        self._check_state_dirs(as_service=as_service)
         self.node_warnings = {}
         for name, tap in self.plugins.media_taps.items():
             # A tap whose settings should differ between the nodes of a cluster (intercept:
@@ -427,18 +433,34 @@ class Gateway:
         plugins = [error for errors in self.plugin_value_errors.values() for error in errors]
         return [*self.name_errors, *self.value_errors, *plugins]
 
-    def _check_state_dirs(self) -> None:
+    def _check_state_dirs(self, *, as_service: bool) -> None:
         """``[gateway] state_dir`` and the plugins' ``state_dir`` keys: a directory, or one that
         ``voipgw run`` can create (it does, mode 0700, with its parents). Otherwise start-up
-        failed at the first file written there, with an error that named no key."""
+        failed at the first file written there, with an error that named no key. Not
+        ``as_service`` (``voipgw check-config``, run by an operator as themselves, not as the
+        service's user): a parent this user may not write in is :attr:`access_warnings`, not an
+        error; what the service's user may do is not this process's to know."""
+        self.access_warnings = []
         dirs = [("gateway", self.config.gateway.state_dir)]
         for name, value in self.plugins.configs.items():
             if value is not None and isinstance(getattr(value, "state_dir", None), str):
                 dirs.append((f"plugins.{name}", value.state_dir))
         for table, text in dirs:
-            problem = directory_problem(Path(text))
+            problem = directory_problem(Path(text), check_access=as_service)
             if problem is not None:
                 raise ConfigError(self.config.source, table, "state_dir", problem)
+            access = None if as_service else directory_access_problem(Path(text))
+            if access is not None:
+                self.access_warnings.append(
+                    ConfigError(
+                        self.config.source,
+                        table,
+                        "state_dir",
+                        f"{access}, who runs check-config: the service's user may be allowed "
+                        "to; `voipgw run` as a user who is not refuses to start (check it as "
+                        "that user: sudo -u USER voipgw check-config FILE)",
+                    )
+                )
 
     def session_target_names(self) -> dict[str, TrunkAddress]:
         """The SIP URIs media taps open sessions to (``MediaTap.sip_targets``) whose host is

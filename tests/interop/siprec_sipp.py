@@ -5,7 +5,7 @@ test_siprec_srs_moving_sipp.py, test_siprec_timer.py). The trunk and alice are s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,10 +15,10 @@ from tests.interop.sipp_calls import ACCOUNTS, inbound_trunk, register, trunk_ca
 
 @contextmanager
 def recording_gateway(
-    tmp_path: Path, srs: SippUas, siprec_keys: str = ""
+    tmp_path: Path, srs: SippUas, siprec_keys: str = "", allowed_warnings: Sequence[str] = ()
 ) -> Iterator[GatewayProcess]:
     """A gateway in ``tmp_path/gw`` recording the trunk's calls to ``srs``; ``siprec_keys``:
-    more lines of its ``[plugins.siprec]`` table."""
+    more lines of its ``[plugins.siprec]`` table; ``allowed_warnings`` as GatewayProcess's."""
     extra = inbound_trunk() + (
         "[plugins.siprec]\n"
         f'srs = "sip:srs@{srs.address}"\n'
@@ -31,6 +31,7 @@ def recording_gateway(
         accounts=ACCOUNTS,
         settings={"plugins": {"enable": ["udp", "tcp", "siprec"]}},
         extra_toml=extra,
+        allowed_warnings=allowed_warnings,
     ) as gw:
         yield gw
 

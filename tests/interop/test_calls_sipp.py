@@ -525,7 +525,9 @@ def test_wrong_password_is_challenged_again_and_logged_without_it(tmp_path: Path
     # uac_call_auth.xml cannot end on a second 407 (sipp takes it for a retransmission of the
     # first one and ACKs it with the wrong branch until its timeout); uac_auth_refused.xml
     # accepts it as the final answer to the second INVITE and ACKs it properly.
-    with GatewayProcess(tmp_path, accounts=ACCOUNTS) as gw:
+    # The wrong password's warning is what the test provokes (and reads).
+    allowed = [r"authentication failed for user 'alice'"]
+    with GatewayProcess(tmp_path, accounts=ACCOUNTS, allowed_warnings=allowed) as gw:
         caller = account_call(
             "calls/uac_auth_refused.xml", gw, tmp_path, service="bob", account=(ALICE[0], GUESS)
         )

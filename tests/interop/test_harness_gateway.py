@@ -116,3 +116,33 @@ def test_a_restart_in_the_same_workdir_is_not_failed_by_the_first_runs_warnings(
     with GatewayProcess(tmp_path) as gw:
         assert options_ok(gw.port)
     assert gw.log_text().startswith(earlier)
+
+
+LATE_WARNING = "2026-12-01 07:00:01,000 WARNING gateway.plugins.demo: a worker could not start\n"
+
+
+@pytest.mark.interop
+def test_a_warning_after_the_gateway_answered_fails_the_test_at_its_end(tmp_path: Path) -> None:
+    """What plugin tasks and media workers log after the first OPTIONS answer counts too: the
+    run is checked up to SIGTERM. (The line is appended as the gateway would write it: the
+    log is opened for appending, so it lands among the gateway's own.)"""
+    gw = GatewayProcess(tmp_path / "late")
+    expected = r"does not expect.*\n.*a worker could not start"
+    with pytest.raises(AssertionError, match=expected), gw, gw.log_path.open("a") as log:
+        log.write(LATE_WARNING)
+    assert gw.returncode == 0
+    allowed = GatewayProcess(tmp_path / "allowed", allowed_warnings=["a worker could not start"])
+    with allowed, allowed.log_path.open("a") as log:
+        log.write(LATE_WARNING)
+    assert allowed.run_problems == []
+
+
+def test_the_control_socket_path_of_a_long_tmp_path_is_the_machines_not_the_tests() -> None:
+    line = (
+        "2026-12-01 07:00:00,002 WARNING gateway.core.control_server: control socket not "
+        f"opened: /tmp/{'x' * 120}/state/control.sock is longer than a Unix socket path may "
+        "be (107 octets); `voipgw calls` shows call quality as of each call's last change\n"
+    )
+    assert startup_problems(line) == []
+    other = line.replace("is longer", "was longer")
+    assert startup_problems(other) == other.splitlines()

@@ -93,12 +93,24 @@ def found_extensions(output: str) -> list[str]:
     return re.findall(r"^\| (\S+)\s+\| (?:reqauth|noauth|weird)", output, re.MULTILINE)
 
 
+# What a scanner guessing passwords and extensions makes the gateway log, on purpose here.
+GUESSING = [
+    r"authentication failed for user",
+    r"refused: too many failed authentications",
+]
+
+
 @pytest.fixture
 def gateway(tmp_path: Path) -> Iterator[GatewayProcess]:
     """Scanners answered as any UA (no User-Agent drop), failures limited to 5 in 4 s."""
     require_peer("svwar")
     with GatewayProcess(
-        tmp_path / "gw", accounts=ACCOUNTS, digest_algorithms=MD5, settings={**NO_DROP, **LIMITS}
+        tmp_path / "gw",
+        accounts=ACCOUNTS,
+        digest_algorithms=MD5,
+        settings={**NO_DROP, **LIMITS},
+        # svwar and svcrack guess on purpose: failures, and the block they run into, are logged.
+        allowed_warnings=GUESSING,
     ) as gw:
         yield gw
 
@@ -326,7 +338,12 @@ def test_svcrack_calibration_finds_the_password_without_the_limit(tmp_path: Path
     dictionary.write_text("\n".join([*WRONG_PASSWORDS, ACCOUNTS["1000"]]) + "\n")
     settings = {**NO_DROP, "gateway": {**DOMAIN, "auth_max_failures": 1000}}
     with GatewayProcess(
-        tmp_path / "gw", accounts=ACCOUNTS, digest_algorithms=MD5, settings=settings
+        tmp_path / "gw",
+        accounts=ACCOUNTS,
+        digest_algorithms=MD5,
+        settings=settings,
+        # svwar and svcrack guess on purpose: failures, and the block they run into, are logged.
+        allowed_warnings=GUESSING,
     ) as gw:
         output = sipvicious(
             "svcrack", gw, ["-u", "1000", "-d", str(dictionary), "--maximumtime=10"], timeout=30

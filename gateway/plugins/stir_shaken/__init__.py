@@ -106,10 +106,24 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_KEY_FILE = 16384
-# The least fetch_timeout and freshness (s): with 1e-9 no certificate was ever fetched and no
-# PASSporT was fresh (its iat is whole seconds, RFC 8225 §5.1.1): every verified call failed.
-MIN_FETCH_TIMEOUT = 1.0
-MIN_FRESHNESS = 1.0
+# The least fetch_timeout (s): with 1e-9 no certificate was ever fetched and every verified
+# call failed. A fetch is TCP's, TLS's and HTTP's round trips; a TLS handshake alone took
+# 0.77 ms at the least on the loopback (the 2-vCPU test host): the floor is a power of ten
+# under half that. Under a second an STI-CR across a WAN may not answer in time: allowed (a
+# repository on the LAN answers in milliseconds), said by check-config (config_warnings).
+MIN_FETCH_TIMEOUT = 1e-4
+WARN_FETCH_TIMEOUT = 1.0
+# The least freshness (s): iat is whole seconds (RFC 8225 §5.1.1; signers, ours too, drop the
+# fraction), so |now - iat| is the transit plus up to a second for a signer that truncates, up
+# to half a second for one that rounds. Under half a second a share of every signer's calls
+# (whatever its rounding) fails at random as stale; under a second a share of a truncating
+# signer's: that is allowed and said by check-config (config_warnings).
+MIN_FRESHNESS = 0.5
+WARN_FRESHNESS = 1.0
+# Under a second certificate_cache keeps no certificate from one call to the next: every
+# verified call fetches its signer's certificate again (within fetch_timeout). Allowed (it
+# works), said by check-config.
+WARN_CERTIFICATE_CACHE = 1.0
 # Seconds a certificate URL that failed (no answer within fetch_timeout, not fetched, not
 # chaining to the anchors) is not fetched again: its calls are marked failed at once meanwhile.
 FAILED_CERTIFICATE_RETRY = 60.0
@@ -187,11 +201,14 @@ class StirShakenConfig:
             self.anchors()
             self.fetch_context()
         if not self.certificate_cache > 0:
-            raise ValueError("certificate_cache: expected a positive number of seconds")
+            raise ValueError(
+                f"certificate_cache: expected a positive number of seconds, "
+                f"got {self.certificate_cache:g}"
+            )
         if not self.fetch_timeout >= MIN_FETCH_TIMEOUT:
             raise ValueError(
                 f"fetch_timeout: expected a positive number of seconds, "
-                f"at least {MIN_FETCH_TIMEOUT:g} (an https "
+                f"at least {MIN_FETCH_TIMEOUT:.4f} (an https "
                 f"fetch is TCP's, TLS's and HTTP's round trips), got {self.fetch_timeout:g}"
             )
         if not self.freshness >= MIN_FRESHNESS:
@@ -200,6 +217,32 @@ class StirShakenConfig:
                 f"at least {MIN_FRESHNESS:g} (iat is whole "
                 f"seconds, RFC 8225 §5.1.1), got {self.freshness:g}"
             )
+
+    def config_warnings(self) -> list[str]:
+        """``"KEY: why"`` for values the gateway runs with that fail some calls, or work only
+        where the network is a LAN: errors of ``voipgw check-config``, warnings of ``voipgw
+        run``."""
+        warnings = []
+        if self.fetch_timeout < WARN_FETCH_TIMEOUT:
+            warnings.append(
+                f"fetch_timeout: {self.fetch_timeout:g} s works only with a certificate "
+                f"repository on the host or the LAN: under {WARN_FETCH_TIMEOUT:g} s one across "
+                "a WAN (TCP's, TLS's and HTTP's round trips) fails the verification of its calls"
+            )
+        if self.freshness < WARN_FRESHNESS:
+            warnings.append(
+                f"freshness: {self.freshness:g} s refuses a share of the calls at random as "
+                "stale: iat is whole seconds (RFC 8225 §5.1.1), and a signer that drops the "
+                f"fraction (most do) makes it up to a second old at once; {WARN_FRESHNESS:g} s "
+                "or more"
+            )
+        if self.certificate_cache < WARN_CERTIFICATE_CACHE:
+            warnings.append(
+                f"certificate_cache: {self.certificate_cache:g} s keeps no certificate from one "
+                "call to the next: every verified call fetches its signer's certificate again "
+                "(unless its repository's Cache-Control max-age says longer)"
+            )
+        return warnings
 
     def signing_key(self) -> ec.EllipticCurvePrivateKey:
         """``private_key`` loaded; a ValueError names the key and the file, never its bytes."""

@@ -65,11 +65,27 @@ def check_origins(origins: tuple[str, ...]) -> None:
 
 
 # The least handshake_timeout and ping_interval of [plugins.ws] and [plugins.wss]: the HTTP
-# upgrade is a round trip after the TCP (and TLS) ones (as [plugins.tls]'s least); pings more
-# often than each second are a busy loop, not a keepalive (NATs keep a TCP mapping for
-# minutes, RFC 5382 REQ-5).
-MIN_HANDSHAKE_TIMEOUT = 0.5
+# upgrade is a round trip after the TCP one (as [plugins.tcp]'s least connect_timeout: with
+# 1e-9 no browser ever got through; [plugins.wss] also runs the TLS handshake within it, and
+# [plugins.tls]'s least applies there); pings more often than each second are a busy loop, not
+# a keepalive (NATs keep a TCP mapping for minutes, RFC 5382 REQ-5).
+MIN_HANDSHAKE_TIMEOUT = 1e-5
 MIN_PING_INTERVAL = 1.0
+# Under half a second a browser across a WAN (the TCP, TLS and HTTP round trips) or one lost
+# segment (resent after 1 s, RFC 6298 §2) does not make it: allowed, and said by check-config.
+WARN_HANDSHAKE_TIMEOUT = 0.5
+
+
+def handshake_warnings(config: object) -> list[str]:
+    """``config_warnings`` of a ``[plugins.ws]`` or ``[plugins.wss]`` table."""
+    handshake_timeout = getattr(config, "handshake_timeout")  # noqa: B009
+    if handshake_timeout < WARN_HANDSHAKE_TIMEOUT:
+        return [
+            f"handshake_timeout: {handshake_timeout:g} s works only for browsers on the host or "
+            f"the LAN: under {WARN_HANDSHAKE_TIMEOUT:g} s one across a WAN, or one lost segment "
+            "(resent after 1 s, RFC 6298 §2), fails its connection"
+        ]
+    return []
 
 
 def check_limits(config: object) -> None:
@@ -78,7 +94,7 @@ def check_limits(config: object) -> None:
     if not handshake_timeout >= MIN_HANDSHAKE_TIMEOUT:
         raise ValueError(
             f"handshake_timeout: expected a positive number of seconds, "
-            f"at least {MIN_HANDSHAKE_TIMEOUT:g} (the "
+            f"at least {MIN_HANDSHAKE_TIMEOUT:.5f} (the "
             f"HTTP upgrade follows the TCP and TLS handshakes, RFC 6455 §4), got "
             f"{handshake_timeout:g}"
         )
@@ -126,6 +142,11 @@ class WsConfig:
         # structure() reports a ValueError as a config error of this table; say which key.
         check_origins(self.allowed_origins)
         check_limits(self)
+
+    def config_warnings(self) -> list[str]:
+        """``"KEY: why"`` for values the gateway runs with that fail where the network is
+        not a LAN: errors of ``voipgw check-config``, warnings of ``voipgw run``."""
+        return handshake_warnings(self)
 
     @property
     def websocket(self) -> WebSocketLimits:

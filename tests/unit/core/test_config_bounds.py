@@ -15,11 +15,13 @@ import pytest
 import trio
 
 from gateway.core import cli
+from gateway.core import config as config_mod
 from gateway.core import gateway as gateway_mod
 from gateway.core.config import (
     ConfigError,
     directory_problem,
     from_mapping,
+    user_name,
     value_warnings,
     with_overrides,
 )
@@ -41,6 +43,15 @@ def refused(data: dict[str, Any]) -> ConfigError:
         ("sip", "t2", 0.1, "t2: expected seconds from t1 (0.5) to 60"),
         ("sip", "t2", 1e300, "t2: expected seconds from t1 (0.5) to 60"),
         ("sip", "t4", 1e300, "t4: expected seconds above 0, at most 60"),
+        # Zero or negative timers said "expected a positive number of seconds" without the value.
+        ("sip", "t1", 0.0, "t1: expected a positive number of seconds"),
+        ("sip", "t2", -1.0, "t2: expected a positive number of seconds"),
+        ("sip", "t4", 0.0, "t4: expected a positive number of seconds"),
+        ("sip", "t4", -0.5, "t4: expected a positive number of seconds"),
+        # 1e-9 turned the password-guessing limit off without a word.
+        ("gateway", "auth_failure_window", 1e-9, "auth_failure_window: expected seconds from"),
+        ("gateway", "auth_failure_window", 5e-6, "auth_failure_window: expected seconds from"),
+        ("dns", "timeout", 5e-5, "timeout: expected a positive number of seconds, at least"),
         ("sip", "ring_timeout", 1e-9, "ring_timeout: expected a positive number of seconds, at"),
         ("media", "inactivity_timeout", 1e-9, "inactivity_timeout: expected a positive number"),
         ("media", "inactivity_timeout", 0.9, "inactivity_timeout: expected a positive number"),
@@ -64,6 +75,7 @@ def test_a_value_out_of_its_bounds_is_refused_with_the_value_and_the_range(
     "sip",
     [
         {"t1": 0.01, "t2": 0.01, "t4": 0.001},
+        {"t4": 1e-9},  # Timers I and K as on TCP (0): retransmissions arriving later are strays
         {"t1": 4.0, "t2": 60.0, "t4": 60.0},
         {"t1": 0.02},  # the interop tests' fast retransmissions
         {"ring_timeout": 1.0},
@@ -264,7 +276,20 @@ def plugin_config(plugin: str, table: dict[str, Any]) -> object:
         ("tls", "handshake_timeout", 1e-9, "handshake_timeout: expected a positive number of "),
         ("ws", "handshake_timeout", 1e-9, "handshake_timeout: expected a positive number of "),
         ("ws", "ping_interval", 1e-9, "ping_interval: expected a positive number of seconds, "),
-        ("tls", "handshake_timeout", 0.4, "handshake_timeout: expected a positive number of "),
+        ("tls", "handshake_timeout", 5e-5, "handshake_timeout: expected a positive number of "),
+        ("tcp", "connect_timeout", 1e-9, "connect_timeout: expected a positive number of "),
+        ("tcp", "connect_timeout", 5e-6, "connect_timeout: expected a positive number of "),
+        ("tls", "connect_timeout", 1e-9, "connect_timeout: expected a positive number of "),
+        ("tls", "connect_timeout", 5e-5, "connect_timeout: expected a positive number of "),
+        ("ws", "handshake_timeout", 5e-6, "handshake_timeout: expected a positive number of "),
+        ("wss", "handshake_timeout", 5e-5, "handshake_timeout: expected a positive number of "),
+        ("dtls", "handshake_timeout", 5e-5, "handshake_timeout: expected a positive number of "),
+        ("zrtp", "handshake_timeout", 5e-5, "handshake_timeout: expected a positive number of "),
+        ("mikey", "max_clock_skew", 0.0, "max_clock_skew: expected a positive number of "),
+        ("mikey", "max_clock_skew", 5e-6, "max_clock_skew: expected a positive number of "),
+        ("stir_shaken", "fetch_timeout", 5e-5, "fetch_timeout: expected a positive number of "),
+        ("stir_shaken", "freshness", 0.4, "freshness: expected a positive number of seconds, "),
+        ("stir_shaken", "certificate_cache", 0.0, "certificate_cache: expected a positive "),
         ("wss", "ping_interval", 0.5, "ping_interval: expected a positive number of seconds, "),
         ("wss", "handshake_timeout", 1e-9, "handshake_timeout: expected a positive number of "),
         ("dtls", "handshake_timeout", 1e-9, "handshake_timeout: expected a positive number of "),
@@ -293,16 +318,185 @@ def test_a_plugin_duration_that_ends_everything_at_once_is_refused(
     ("plugin", "table"),
     [
         ("tcp", {"idle_timeout": 0.5, "connect_timeout": 0.05}),
+        ("tcp", {"connect_timeout": 1e-5}),
         ("tls", {"idle_timeout": 0.5, "handshake_timeout": 0.5}),
+        ("tls", {"handshake_timeout": 1e-4, "connect_timeout": 1e-4}),
         ("ws", {"handshake_timeout": 0.5, "ping_interval": 1.0, "idle_timeout": 1.5}),
+        ("ws", {"handshake_timeout": 1e-5}),
         ("wss", {"handshake_timeout": 0.5, "ping_interval": 1.0, "idle_timeout": 1.5}),
+        ("wss", {"handshake_timeout": 1e-4}),
         ("dtls", {"handshake_timeout": 1.0}),
+        ("dtls", {"handshake_timeout": 1e-4}),
         ("zrtp", {"handshake_timeout": 1.0}),
+        ("zrtp", {"handshake_timeout": 1e-4}),
         ("mikey", {"max_clock_skew": 1.0}),
+        ("mikey", {"max_clock_skew": 1e-5}),
         ("siprec", {"bye_timeout": 0.5}),
-        ("stir_shaken", {"fetch_timeout": 1.0, "freshness": 1.0}),
+        ("stir_shaken", {"fetch_timeout": 1.0, "freshness": 1.0, "certificate_cache": 1.0}),
+        ("stir_shaken", {"fetch_timeout": 1e-4, "freshness": 0.5, "certificate_cache": 1e-9}),
     ],
 )
 def test_the_plugin_bounds_themselves_are_accepted(plugin: str, table: dict[str, float]) -> None:
     config = plugin_config(plugin, table)
     assert all(getattr(config, key) == value for key, value in table.items())
+
+
+# Values the loader refused before this version though they work on a LAN or a test bench:
+# allowed now, and said (errors of check-config, warnings of run) with what they cost.
+WARNED_PLUGIN_VALUES = [
+    ("tls", "handshake_timeout", 0.1, "handshake_timeout: 0.1 s works only for peers on the"),
+    ("ws", "handshake_timeout", 0.1, "handshake_timeout: 0.1 s works only for browsers on"),
+    ("wss", "handshake_timeout", 0.1, "handshake_timeout: 0.1 s works only for browsers on"),
+    ("wss", "handshake_timeout", 1e-4, "handshake_timeout: 0.0001 s works only for browsers"),
+    ("dtls", "handshake_timeout", 0.05, "handshake_timeout: 0.05 s works only for peers on"),
+    ("zrtp", "handshake_timeout", 0.5, "handshake_timeout: 0.5 s works only for peers on the"),
+    ("mikey", "max_clock_skew", 0.01, "max_clock_skew: 0.01 s works only for peers on the host"),
+    ("stir_shaken", "fetch_timeout", 0.2, "fetch_timeout: 0.2 s works only with a certificate"),
+    ("stir_shaken", "freshness", 0.5, "freshness: 0.5 s refuses a share of the calls at random"),
+    ("stir_shaken", "certificate_cache", 0.5, "certificate_cache: 0.5 s keeps no certificate"),
+]
+
+
+@pytest.mark.parametrize(("plugin", "key", "value", "words"), WARNED_PLUGIN_VALUES)
+def test_a_plugin_value_that_works_only_on_a_lan_is_allowed_and_said(
+    tmp_path: Path, plugin: str, key: str, value: float, words: str
+) -> None:
+    config = plugin_config(plugin, {key: value})
+    assert getattr(config, key) == value
+    warnings = config.config_warnings()  # type: ignore[attr-defined]
+    assert [w for w in warnings if w.startswith(f"{key}: ")] == [
+        next(w for w in warnings if w.startswith(words))
+    ]
+    # Through the gateway: an error of check-config and a warning of run (check_errors).
+    built = gateway_of(tmp_path, plugins={"enable": ["udp", plugin], plugin: {key: value}})
+    built.check()
+    errors = [e for e in built.check_errors if (e.table, e.key) == (f"plugins.{plugin}", key)]
+    assert len(errors) == 1
+    assert str(errors[0]).startswith(f"{tmp_path / 'voipgw.toml'}: [plugins.{plugin}] {words}")
+    # From the old floor (what the loader refused below before) on, nothing is said.
+    old_floor = 0.5 if plugin in ("tls", "ws", "wss") else 1.0
+    quiet = plugin_config(plugin, {key: old_floor}).config_warnings()  # type: ignore[attr-defined]
+    assert [w for w in quiet if w.startswith(f"{key}: ")] == []
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "value", "words"),
+    [
+        ("dns", "timeout", 0.1, "0.1 s works only with a resolver on the host or the LAN"),
+        ("gateway", "auth_failure_window", 0.5, "0.5 s lets a password guesser 10 guesses a "),
+    ],
+)
+def test_a_core_value_that_works_only_on_a_lan_is_allowed_and_said(
+    table: str, key: str, value: float, words: str
+) -> None:
+    config = from_mapping({table: {key: value}}, file="voipgw.toml")
+    (error,) = value_warnings(config)
+    assert (error.table, error.key) == (table, key)
+    assert error.message.startswith(words), error.message
+    assert value_warnings(from_mapping({table: {key: 1.0}})) == []
+    assert value_warnings(from_mapping({})) == []
+
+
+def test_check_config_refuses_a_value_of_the_lan_band_and_run_would_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "voipgw.toml"
+    path.write_text(
+        f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n[sip]\nlisten = ["udp:127.0.0.1:0"]\n'
+        '[plugins]\nenable = ["udp", "dtls"]\n[plugins.dtls]\nhandshake_timeout = 0.05\n'
+        f'state_dir = "{tmp_path / "state"}"\n'
+    )
+    code, out, err = check_config(path, capsys)
+    assert (code, out) == (cli.EXIT_USAGE, "")
+    assert err.startswith(
+        f"voipgw: configuration error: {path}: [plugins.dtls] handshake_timeout: 0.05 s works "
+        "only for peers on the host or the LAN"
+    )
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "value"),
+    [
+        ("gateway", "drain_timeout", -1.0),
+        ("gateway", "auth_max_failures", 0),
+        ("gateway", "psap_callback_window", -1.0),
+        ("sip", "max_message_size", 10),
+        ("sip", "max_headers", 3),
+        ("sip", "overload_queue_delay", -1.0),
+        ("sip", "overload_retry_after", -1),
+        ("sip", "max_redirects", 99),
+        ("sip", "min_se", 10),
+        ("sip", "session_expires", 30),
+        ("sip", "nat_keepalive_interval", 1.0),
+        ("media", "workers", 0),
+        ("store", "call_record_days", -1.0),
+        ("dns", "min_ttl", 0.5),
+        ("dns", "max_ttl", 1e6),
+        ("dns", "retry_interval", 0.5),
+        ("dns", "max_targets", 0),
+    ],
+)
+def test_every_bound_error_shows_the_value_it_refused(table: str, key: str, value: object) -> None:
+    error = refused({table: {key: value}})
+    assert (error.table, error.key) == (table, key)
+    shown = f"{value:g}" if isinstance(value, float) else str(value)
+    assert error.message.endswith(f"got {shown}"), error.message
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("max_calls", -1),
+        ("max_cps", -1.0),
+        ("options_interval", 1.0),
+        ("register_expires", 10),
+    ],
+)
+def test_every_trunk_bound_error_shows_the_value_it_refused(key: str, value: object) -> None:
+    trunk = {"name": "carrier", "address": "udp:192.0.2.10:5060", key: value}
+    error = refused({"trunks": [trunk]})
+    assert (error.table, error.key) == ("trunks.carrier", key)
+    shown = f"{value:g}" if isinstance(value, float) else str(value)
+    assert error.message.endswith(f"got {shown}"), error.message
+
+
+def test_check_config_as_another_user_warns_of_a_state_dir_only_its_permissions_forbid(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator runs check-config as themselves before `systemctl reload`: /var/lib not
+    writable by them says nothing of the service's user, so it is a warning naming the user
+    who ran it, not an error (exit 0); `voipgw run` (the service) still refuses it."""
+    state = tmp_path / "lib" / "voipgw"
+    path = tmp_path / "voipgw.toml"
+    path.write_text(
+        f'[gateway]\nstate_dir = "{state}"\n[sip]\nlisten = ["udp:127.0.0.1:0"]\n'
+        '[plugins]\nenable = ["udp"]\n'
+    )
+    (tmp_path / "lib").mkdir()
+    lib = tmp_path / "lib"
+    real_access = config_mod.os.access
+    monkeypatch.setattr(  # (root may write anywhere: the answer another user gets)
+        config_mod.os, "access", lambda p, mode: False if Path(p) == lib else real_access(p, mode)
+    )
+    code, out, err = check_config(path, capsys)
+    assert code == cli.EXIT_OK, err
+    assert err == (
+        f"voipgw: warning: {path}: [gateway] state_dir: {state} cannot be created: {lib} is "
+        f"not writable by this user ({user_name()}), who runs check-config: the service's user "
+        "may be allowed to; `voipgw run` as a user who is not refuses to start (check it as "
+        "that user: sudo -u USER voipgw check-config FILE)\n"
+    )
+    assert out.endswith("OK (1 plugins: udp)\n")
+    built = gateway_of(tmp_path, gateway={"state_dir": str(state)})
+    with pytest.raises(ConfigError) as caught:
+        built.check()  # as the service: voipgw run
+    assert (caught.value.table, caught.value.key) == ("gateway", "state_dir")
+    assert caught.value.message == (
+        f"{state} cannot be created: {lib} is not writable by this user ({user_name()})"
+    )
+    # What no user could do stays an error of check-config: a file in the path.
+    (tmp_path / "file").write_text("")
+    path.write_text(path.read_text().replace(str(state), str(tmp_path / "file" / "state")))
+    code, out, err = check_config(path, capsys)
+    assert code != cli.EXIT_OK
+    assert "is not a directory" in err

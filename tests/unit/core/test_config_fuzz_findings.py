@@ -86,7 +86,7 @@ def test_sip_timers_must_be_positive(tmp_path: Path, key: str, value: str) -> No
     with pytest.raises(ConfigError) as caught:
         check(path)
     assert (caught.value.table, caught.value.key) == ("sip", key)
-    assert caught.value.message == "expected a positive number of seconds"
+    assert caught.value.message == f"expected a positive number of seconds, got {float(value):g}"
 
 
 @pytest.mark.parametrize(

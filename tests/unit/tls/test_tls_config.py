@@ -3,12 +3,13 @@ lookups, and start-up errors for unusable certificate files."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.core.config import ConfigError, ListenSpec, from_mapping
+from gateway.core.config import ConfigError, ListenSpec, from_mapping, user_name
 from gateway.core.gateway import Gateway
 from gateway.core.plugins import load_plugins
 from gateway.plugins.transports.tls import TlsConfig, TlsTransport
@@ -213,3 +214,30 @@ def test_an_encrypted_key_after_a_long_chain_in_one_file_is_a_config_error_not_a
         f"gw.toml: [plugins.tls] private_key: {combined}: the key is encrypted; give an "
         "unencrypted key file (mode 600)"
     )
+
+
+def test_an_unreadable_private_key_is_said_to_be_unreadable_not_another_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key file of mode 600 owned by the service's user, read by another user: OpenSSL said
+    "not the private key of" the certificate, which sent the operator after the wrong file."""
+    pki = TestPki(tmp_path)
+    one = pki.ca("CA").issue("one")
+    one.key.chmod(0o000)
+    if os.geteuid() == 0:
+        # root reads any file: the kernel's answer to another user, given to this one.
+        opened = Path.open
+
+        def open_as_another_user(path: Path, *args: Any, **kwargs: Any) -> Any:
+            if path == one.key:
+                raise PermissionError(13, "Permission denied", str(path))
+            return opened(path, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "open", open_as_another_user)
+    with pytest.raises(ConfigError) as caught:
+        load({"certificate": str(one.certificate), "private_key": str(one.key)})
+    assert (caught.value.table, caught.value.key) == ("plugins.tls", "private_key")
+    assert caught.value.message.startswith(
+        f"{one.key} cannot be read by this user ({user_name()}): Permission denied"
+    )
+    assert "not the private key" not in caught.value.message
