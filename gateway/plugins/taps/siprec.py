@@ -1536,8 +1536,16 @@ class SiprecClient:
         self.config = config
         self.update_failures = dict.fromkeys(UPDATE_FAILURE_REASONS, 0)
         """Updates given up, by reason (``MediaTap.update_failures``: the metrics read it)."""
+        # The copies are sendonly (RFC 7866 §8.1.1): the SRS's MKI, if it gives one, marks
+        # packets it never sends us, and OutboundSrtpSession puts no MKI in ours, so our lines
+        # never carry one ("receive-only").
         self._keying = (
-            SdesKeyExchange(random_bytes=random_bytes) if config.media_security == "sdes" else None
+            SdesKeyExchange(
+                random_bytes=random_bytes,
+                mki="receive-only",
+            )
+            if config.media_security == "sdes"
+            else None
         )
 
     @property
