@@ -16,8 +16,10 @@ pylibsrtp names, its own ``Session.protect``/``unprotect`` are measured the same
 what the session's reused buffer saves. SRTCP: one compound-free receiver report per call,
 protect and unprotect.
 
-The rows marked "(python)" run srtp_python's SrtpSender/SrtpReceiver directly for AES-128 and
-AES-256 (which libsrtp does right), to compare the Python path with libsrtp on the same suite.
+The rows marked "(MKI 1:1)" give both directions a 1-octet MKI (RFC 3711 §3.1), which
+srtp.MkiTransform inserts after, or checks and removes before, libsrtp. The rows marked
+"(python)" run srtp_python's SrtpSender/SrtpReceiver directly for AES-128 and AES-256 (which
+libsrtp does right), to compare the Python path with libsrtp on the same suite.
 """
 
 from __future__ import annotations
@@ -84,14 +86,22 @@ def per_packet(
     return best / len(packets) * 1e6
 
 
-def keys(name: str) -> SrtpKeys:
+def keys(name: str, mki: bytes | None = None) -> SrtpKeys:
     length = SUITES[name].key_salt_length
-    return SrtpKeys(name, local_key=bytes(range(length)), remote_key=bytes(range(1, length + 1)))
+    return SrtpKeys(
+        name,
+        local_key=bytes(range(length)),
+        remote_key=bytes(range(1, length + 1)),
+        local_mki=mki,
+        remote_mki=mki,
+    )
 
 
-def peer_keys(name: str) -> SrtpKeys:
-    ours = keys(name)
-    return SrtpKeys(name, local_key=ours.remote_key, remote_key=ours.local_key)
+def peer_keys(name: str, mki: bytes | None = None) -> SrtpKeys:
+    ours = keys(name, mki)
+    return SrtpKeys(
+        name, local_key=ours.remote_key, remote_key=ours.local_key, local_mki=mki, remote_mki=mki
+    )
 
 
 def check(transform: Callable[[bytes], bytes | None], packets: list[bytes]) -> list[bytes]:
@@ -105,19 +115,21 @@ def check(transform: Callable[[bytes], bytes | None], packets: list[bytes]) -> l
     return out
 
 
-def measure_suite(name: str, count: int, repeats: int) -> list[float | None]:
+def measure_suite(
+    name: str, count: int, repeats: int, mki: bytes | None = None
+) -> list[float | None]:
     plain = rtp_packets(count)
-    protected = check(SrtpSession(peer_keys(name)).protect_rtp, plain)
+    protected = check(SrtpSession(peer_keys(name, mki)).protect_rtp, plain)
     reports = receiver_reports(count)
-    protected_reports = check(SrtpSession(peer_keys(name)).protect_rtcp, reports)
+    protected_reports = check(SrtpSession(peer_keys(name, mki)).protect_rtcp, reports)
     row: list[float | None] = [
-        per_packet(lambda: SrtpSession(keys(name)).protect_rtp, plain, repeats),
-        per_packet(lambda: SrtpSession(keys(name)).unprotect_rtp, protected, repeats),
-        per_packet(lambda: SrtpSession(keys(name)).protect_rtcp, reports, repeats),
-        per_packet(lambda: SrtpSession(keys(name)).unprotect_rtcp, protected_reports, repeats),
+        per_packet(lambda: SrtpSession(keys(name, mki)).protect_rtp, plain, repeats),
+        per_packet(lambda: SrtpSession(keys(name, mki)).unprotect_rtp, protected, repeats),
+        per_packet(lambda: SrtpSession(keys(name, mki)).protect_rtcp, reports, repeats),
+        per_packet(lambda: SrtpSession(keys(name, mki)).unprotect_rtcp, protected_reports, repeats),
     ]
     profile = PYLIBSRTP_PROFILES.get(name)
-    if profile is None:
+    if profile is None or mki is not None:
         return [*row, None, None]
 
     def pylibsrtp_session(key: bytes, ssrc_type: int) -> pylibsrtp.Session:
@@ -189,6 +201,9 @@ def main() -> None:
     for name in SUPPORTED_SUITES:
         implementation = "python" if name in PYTHON_SUITES else "libsrtp"
         show(name, implementation, measure_suite(name, count, args.repeats))
+    # RFC 3711 §3.1: a 1-octet MKI both ways (what SBCs send as |1:1), checked and removed.
+    for name in ("AES_CM_128_HMAC_SHA1_80", "AEAD_AES_128_GCM"):
+        show(f"{name} (MKI 1:1)", "libsrtp", measure_suite(name, count, args.repeats, b"\x01"))
     for name in ("AES_CM_128_HMAC_SHA1_80", "AES_256_CM_HMAC_SHA1_80"):
         if name not in PYTHON_SUITES:
             show(f"{name} (python)", "python", measure_python_path(name, count, args.repeats))

@@ -117,14 +117,24 @@ class Transport(Protocol):
 @attrs.frozen(repr=False)
 class SrtpKeys:
     """Master keys for one leg, one per direction. The core builds pylibsrtp contexts from them.
-    ``repr`` never shows key material."""
+    ``repr`` never shows key material.
+
+    ``local_mki``/``remote_mki``: the master key identifier (RFC 3711 §3.1, RFC 4568 §6.1) that
+    every packet protected with that key carries, exactly as many octets as the MKI length, or
+    None when that direction's packets carry no MKI (the usual case; only SDES sets them)."""
 
     suite: str
     local_key: bytes
     remote_key: bytes
+    local_mki: bytes | None = None
+    remote_mki: bytes | None = None
 
     def __repr__(self) -> str:
-        return f"SrtpKeys(suite={self.suite!r}, keys=<redacted>)"
+        mki = ""
+        if self.local_mki is not None or self.remote_mki is not None:
+            lengths = [len(m) if m is not None else 0 for m in (self.local_mki, self.remote_mki)]
+            mki = f", mki_lengths={tuple(lengths)}"
+        return f"SrtpKeys(suite={self.suite!r}, keys=<redacted>{mki})"
 
 
 @attrs.frozen

@@ -50,8 +50,22 @@ above the same way, with two differences: its SRTCP replay window has ``replay_w
 too (the default is libsrtp's 128), and its window is exactly that many packets (libsrtp rounds
 up to a multiple of 32).
 
-Not supported (the SDES plugin must not accept them): MKI, a key derivation rate other than 0
-(libsrtp 2.x derives once), ``UNENCRYPTED_SRTP``/``UNENCRYPTED_SRTCP``/``UNAUTHENTICATED_SRTP``.
+MKI (RFC 3711 §3.1, §3.4; RFC 4568 §6.1): one master key per direction, whose packets may carry
+a master key identifier (``SrtpKeys.local_mki``/``remote_mki``). The MKI is not authenticated
+and sits, for the HMAC-SHA1 suites, just before the tag: after the encrypted payload in SRTP,
+after the E flag and SRTCP index in SRTCP. For the AEAD suites, whose tag is part of the
+ciphertext, it ends the packet (after the SRTCP trailer): libsrtp's layout
+(``srtp_get_session_keys_for_packet`` looks there). With one key per direction the MKI selects
+nothing, so neither libsrtp nor the Python path is told of it: :class:`MkiTransform` wraps a
+direction's two transforms, checks a received MKI against the expected value and takes it out
+before unprotecting (a packet with another MKI, or too short for one, is dropped and counted
+as ``mki_mismatches``), and puts ours in after protecting. Streams without MKI keep their
+transforms untouched (no per-packet cost); a direction with an MKI runs the same libsrtp step in
+the same buffer plus two small slice moves.
+
+Not supported (the SDES plugin must not accept them): several master keys per direction (MKI
+switching), a key derivation rate other than 0 (libsrtp 2.x derives once),
+``UNENCRYPTED_SRTP``/``UNENCRYPTED_SRTCP``/``UNAUTHENTICATED_SRTP``.
 
 Reaching libsrtp, and why pylibsrtp is pinned
 ---------------------------------------------
@@ -131,11 +145,13 @@ _lib: Any = _binding.lib
 
 __all__ = [
     "DEFAULT_REPLAY_WINDOW",
+    "MAX_MKI_LENGTH",
     "MAX_PACKET_LENGTH",
     "PYTHON_SUITES",
     "SUITES",
     "SUPPORTED_SUITES",
     "UNSUPPORTED_SUITES",
+    "MkiTransform",
     "OutboundSrtpSession",
     "SrtpSession",
     "SrtpStatistics",
@@ -169,6 +185,12 @@ class SrtpSuite:
     def key_salt_length(self) -> int:
         """Octets of master key plus master salt: the length of each ``SrtpKeys`` key."""
         return self.master_key_length + self.master_salt_length
+
+    @property
+    def aead(self) -> bool:
+        """True for the AES-GCM suites (RFC 7714): the tag is part of the ciphertext, and an MKI
+        follows it (and the SRTCP trailer) instead of preceding it."""
+        return self.name.startswith("AEAD_")
 
 
 # libsrtp's crypto-policy setters, without their "srtp_crypto_policy_set_" prefix. libsrtp 2.7
@@ -211,6 +233,9 @@ DEFAULT_MAX_SSRCS = 32
 
 MAX_PACKET_LENGTH = 65536
 """Longest packet a session accepts: the relay's receive buffer."""
+
+MAX_MKI_LENGTH = 128
+"""Longest MKI in octets (RFC 4568 §6.1: 1..128; libsrtp's SRTP_MAX_MKI_LEN)."""
 
 # SRTCP adds the E flag and index word, then the tag (and MKI, unused here): libsrtp needs room
 # after the packet (pylibsrtp's SRTP_MAX_SRTCP_TRAILER_LEN: index + 16 tag + 128 MKI).
@@ -288,11 +313,20 @@ class SrtpStatistics:
     other_errors: int
     """Everything else libsrtp refused (e.g. a packet too short for its header or tag, an
     oversized packet) and packets after :meth:`SrtpSession.close`."""
+    mki_mismatches: int = 0
+    """Packets from the leg whose MKI was not the one its key was given with, or that were too
+    short to carry one (only on a key with an MKI, RFC 3711 §3.1)."""
 
     @property
     def dropped(self) -> int:
         """Packets dropped for any reason."""
-        return self.auth_failures + self.replays + self.ssrc_limit + self.other_errors
+        return (
+            self.auth_failures
+            + self.replays
+            + self.ssrc_limit
+            + self.other_errors
+            + self.mki_mismatches
+        )
 
 
 class _Context:
@@ -301,7 +335,16 @@ class _Context:
     ``ctx`` is a libsrtp ``srtp_t`` or, for :data:`PYTHON_SUITES`, an ``SrtpSender`` or
     ``SrtpReceiver`` (which keeps its own SSRC set, so ``ssrcs`` stays empty)."""
 
-    __slots__ = ("auth_failures", "ctx", "other_errors", "passed", "replays", "ssrc_limit", "ssrcs")
+    __slots__ = (
+        "auth_failures",
+        "ctx",
+        "mki_mismatches",
+        "other_errors",
+        "passed",
+        "replays",
+        "ssrc_limit",
+        "ssrcs",
+    )
 
     def __init__(self, ctx: Any) -> None:
         self.ctx: Any = ctx  # None once closed
@@ -311,6 +354,7 @@ class _Context:
         self.replays = 0
         self.ssrc_limit = 0
         self.other_errors = 0
+        self.mki_mismatches = 0
 
 
 def _create_context(suite: SrtpSuite, key_salt: bytes, ssrc_type: int, replay_window: int) -> Any:
@@ -670,6 +714,112 @@ def _process_python(
     return None
 
 
+class MkiTransform:
+    """An :class:`SrtpTransform` of a key whose packets carry an MKI (RFC 3711 §3.1, §3.4).
+
+    ``insert`` False (unprotecting): the packet's MKI, ``tail`` octets before its end (the tag
+    for HMAC-SHA1 suites, 0 for AEAD), must equal ``mki``; it is taken out and the rest goes to
+    ``inner``. Another MKI, or a packet too short for MKI and tail, is dropped and counted as
+    ``mki_mismatches``. ``insert`` True (protecting): ``inner`` protects, then ``mki`` is put
+    ``tail`` octets before the end. A relay ``Transform``, with :meth:`in_buffer` as
+    :class:`SrtpTransform`'s (never fused with the other direction: no ``in_buffer_then``).
+    """
+
+    __slots__ = ("_context", "_inner", "_insert", "_mki", "_tail")
+
+    def __init__(self, inner: SrtpTransform, mki: bytes, tail: int, *, insert: bool) -> None:
+        self._inner = inner
+        self._context = inner._context
+        self._mki = bytes(mki)
+        self._tail = tail
+        self._insert = insert
+
+    def __call__(self, packet: bytes) -> bytes | None:
+        mki, tail = self._mki, self._tail
+        size = len(packet)
+        if self._insert:
+            result = self._inner(packet)
+            if result is None:
+                return None
+            end = len(result) - tail
+            return result[:end] + mki + result[end:]
+        start = size - tail - len(mki)
+        if start < 0 or packet[start : start + len(mki)] != mki:
+            self._context.mki_mismatches += 1
+            return None
+        return self._inner(packet[:start] + packet[size - tail :])
+
+    def in_buffer(self, buffer: bytearray) -> Callable[[int], int] | None:
+        """As :meth:`SrtpTransform.in_buffer`: the MKI is checked and taken out (or put in) in
+        ``buffer`` around the inner step. None when the inner transform cannot work in place."""
+        step = self._inner.in_buffer(buffer)
+        if step is None:
+            return None
+        return _MkiStep(self._context, step, buffer, self._mki, self._tail, self._insert).run
+
+
+class _MkiStep:
+    """:meth:`MkiTransform.in_buffer`'s step: the MKI in and out of the relay's buffer."""
+
+    __slots__ = ("buffer", "context", "insert", "mki", "size", "step", "tail")
+
+    def __init__(
+        self,
+        context: _Context,
+        step: Callable[[int], int],
+        buffer: bytearray,
+        mki: bytes,
+        tail: int,
+        insert: bool,
+    ) -> None:
+        self.context = context
+        self.step = step
+        self.buffer = buffer
+        self.mki = mki
+        self.size = len(mki)
+        self.tail = tail
+        self.insert = insert
+
+    def run(self, size: int) -> int:
+        buffer, tail, length = self.buffer, self.tail, self.size
+        if self.insert:
+            # The inner step's limit leaves TRAILER_ROOM (tag, SRTCP index and a 128-octet MKI)
+            # free after the packet, so the protected packet and the MKI fit.
+            size = self.step(size)
+            if size < 0:
+                return -1
+            end = size - tail
+            buffer[end + length : size + length] = buffer[end:size]
+            buffer[end : end + length] = self.mki
+            return size + length
+        start = size - tail - length
+        if start < 0 or buffer[start : start + length] != self.mki:
+            self.context.mki_mismatches += 1
+            return -1
+        # RFC 3711 §3.1: the MKI is not authenticated; libsrtp sees the packet without it.
+        buffer[start : start + tail] = buffer[start + length : size]
+        return self.step(size - length)
+
+
+def _with_mki(
+    transform: SrtpTransform, mki: bytes | None, tail: int, *, insert: bool
+) -> SrtpTransform | MkiTransform:
+    return transform if mki is None else MkiTransform(transform, mki, tail, insert=insert)
+
+
+def _mki_tails(suite: SrtpSuite) -> tuple[int, int]:
+    """Octets after the MKI in SRTP and in SRTCP: the tag, or nothing for AEAD (RFC 3711 §3.1
+    and §3.4; RFC 7714 puts the tag inside the ciphertext, libsrtp the MKI at the end)."""
+    if suite.aead:
+        return 0, 0
+    return suite.rtp_tag_length, suite.rtcp_tag_length
+
+
+def _check_mki(which: str, mki: bytes | None) -> None:
+    if mki is not None and not 1 <= len(mki) <= MAX_MKI_LENGTH:
+        raise LocalMediaError(f"the {which} MKI must be 1..{MAX_MKI_LENGTH} octets")
+
+
 @attrs.define(eq=False, init=False)
 class SrtpSession:
     """SRTP/SRTCP protection of one media stream on one leg: the four relay transforms.
@@ -691,14 +841,14 @@ class SrtpSession:
     implementation: str
     replay_window: int
     max_ssrcs: int
-    protect_rtp: SrtpTransform = attrs.field(repr=False)
+    protect_rtp: SrtpTransform | MkiTransform = attrs.field(repr=False)
     """RTP -> SRTP with the local key (RFC 3711 §3.3), or None when dropped (counted)."""
-    protect_rtcp: SrtpTransform = attrs.field(repr=False)
+    protect_rtcp: SrtpTransform | MkiTransform = attrs.field(repr=False)
     """RTCP -> SRTCP with the local key (RFC 3711 §3.4), or None when dropped (counted)."""
-    unprotect_rtp: SrtpTransform = attrs.field(repr=False)
+    unprotect_rtp: SrtpTransform | MkiTransform = attrs.field(repr=False)
     """SRTP from the leg -> RTP with the remote key, or None when it fails authentication, is a
     replay, or is otherwise refused (counted by reason)."""
-    unprotect_rtcp: SrtpTransform = attrs.field(repr=False)
+    unprotect_rtcp: SrtpTransform | MkiTransform = attrs.field(repr=False)
     """SRTCP from the leg -> RTCP with the remote key, or None (counted by reason)."""
     _inbound: _Context = attrs.field(repr=False)
     _outbound: _Context = attrs.field(repr=False)
@@ -713,6 +863,8 @@ class SrtpSession:
         suite = _available_suite(keys.suite)
         for which, key in (("local", keys.local_key), ("remote", keys.remote_key)):
             _check_key_length(suite, which, key)
+        _check_mki("local", keys.local_mki)
+        _check_mki("remote", keys.remote_mki)
         if not _MIN_REPLAY_WINDOW <= replay_window <= _MAX_REPLAY_WINDOW:
             raise LocalMediaError(
                 f"replay window {replay_window} is outside "
@@ -743,17 +895,44 @@ class SrtpSession:
                 _create_context(suite, keys.local_key, _lib.ssrc_any_outbound, replay_window)
             )
         inbound, outbound = self._inbound, self._outbound
-        self.protect_rtp = SrtpTransform(
-            outbound, _protect, SrtpSender.protect_rtp, 8, max_ssrcs, use_python=python
+        rtp_tail, rtcp_tail = _mki_tails(suite)
+        local_mki, remote_mki = keys.local_mki, keys.remote_mki
+        self.protect_rtp = _with_mki(
+            SrtpTransform(
+                outbound, _protect, SrtpSender.protect_rtp, 8, max_ssrcs, use_python=python
+            ),
+            local_mki,
+            rtp_tail,
+            insert=True,
         )
-        self.protect_rtcp = SrtpTransform(
-            outbound, _protect_rtcp, SrtpSender.protect_rtcp, 4, max_ssrcs, use_python=python
+        self.protect_rtcp = _with_mki(
+            SrtpTransform(
+                outbound, _protect_rtcp, SrtpSender.protect_rtcp, 4, max_ssrcs, use_python=python
+            ),
+            local_mki,
+            rtcp_tail,
+            insert=True,
         )
-        self.unprotect_rtp = SrtpTransform(
-            inbound, _unprotect, SrtpReceiver.unprotect_rtp, 8, max_ssrcs, use_python=python
+        self.unprotect_rtp = _with_mki(
+            SrtpTransform(
+                inbound, _unprotect, SrtpReceiver.unprotect_rtp, 8, max_ssrcs, use_python=python
+            ),
+            remote_mki,
+            rtp_tail,
+            insert=False,
         )
-        self.unprotect_rtcp = SrtpTransform(
-            inbound, _unprotect_rtcp, SrtpReceiver.unprotect_rtcp, 4, max_ssrcs, use_python=python
+        self.unprotect_rtcp = _with_mki(
+            SrtpTransform(
+                inbound,
+                _unprotect_rtcp,
+                SrtpReceiver.unprotect_rtcp,
+                4,
+                max_ssrcs,
+                use_python=python,
+            ),
+            remote_mki,
+            rtcp_tail,
+            insert=False,
         )
 
     # -- state -----------------------------------------------------------------------------------
@@ -771,6 +950,7 @@ class SrtpSession:
             replays=inbound.replays + outbound.replays,
             ssrc_limit=inbound.ssrc_limit + outbound.ssrc_limit,
             other_errors=inbound.other_errors + outbound.other_errors,
+            mki_mismatches=inbound.mki_mismatches,
         )
 
     def close(self) -> None:

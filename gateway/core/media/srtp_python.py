@@ -49,8 +49,12 @@ forged packets costs the HMAC, nothing more). Bounds: at most ``max_ssrcs`` SSRC
 (an SSRC gets state only once one of its packets passed), packets up to
 :data:`MAX_PACKET_LENGTH` octets.
 
-Not implemented (the SDES plugin refuses them): MKI, key derivation rate other than 0,
-UNENCRYPTED_SRTP, UNENCRYPTED_SRTCP, UNAUTHENTICATED_SRTP; SRTCP packets with E = 0 are dropped.
+An MKI (RFC 3711 §3.1) never reaches this module: :class:`gateway.core.media.srtp.MkiTransform`
+checks and removes it before unprotecting and inserts it after protecting, for both paths.
+
+Not implemented (the SDES plugin refuses them): several master keys per direction, key
+derivation rate other than 0, UNENCRYPTED_SRTP, UNENCRYPTED_SRTCP, UNAUTHENTICATED_SRTP; SRTCP
+packets with E = 0 are dropped.
 
 Keys: the contexts derive the session encryption and authentication keys into bytearrays and
 zero them once ``cryptography``'s AES and HMAC contexts (OpenSSL memory) hold them; the master

@@ -509,11 +509,20 @@ def _get_address(reader: _Reader) -> tuple[str, int]:
 
 
 def _put_keys(value: SrtpKeys) -> bytes:
-    return _put_str(value.suite) + _put_bytes(value.local_key) + _put_bytes(value.remote_key)
+    # An absent MKI (RFC 3711 §3.1) is sent as an empty one: an MKI is 1..128 octets.
+    return (
+        _put_str(value.suite)
+        + _put_bytes(value.local_key)
+        + _put_bytes(value.remote_key)
+        + _put_bytes(value.local_mki or b"")
+        + _put_bytes(value.remote_mki or b"")
+    )
 
 
 def _get_keys(reader: _Reader) -> SrtpKeys:
-    return SrtpKeys(_get_str(reader), _get_bytes(reader), _get_bytes(reader))
+    suite, local, remote = _get_str(reader), _get_bytes(reader), _get_bytes(reader)
+    local_mki, remote_mki = _get_bytes(reader) or None, _get_bytes(reader) or None
+    return SrtpKeys(suite, local, remote, local_mki, remote_mki)
 
 
 def _put_ports(value: tuple[int, ...]) -> bytes:

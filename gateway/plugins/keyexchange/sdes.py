@@ -56,9 +56,25 @@ sets ``min_peer_key_lifetime`` (e.g. 2^31, SRTCP's own limit): shorter lines are
 the reason saying so. The gateway never re-keys an SDES stream on its own nor counts packets per
 key. Our own keys carry no lifetime (the SRTP default, 2^48).
 
+MKI (RFC 4568 §6.1, RFC 3711 §3.1): a line whose one key carries an MKI (``|2^31|1:1``, what
+carrier SBCs and FreeSWITCH with ``rtp_secure_media_mki`` send; asterisk issue 825 shows one) is
+accepted: the MKI describes the packets of the line's author, so it becomes
+``SrtpKeys.remote_mki`` and the core checks it in every packet from the peer and takes it out
+before unprotecting. Whether *our* line carries one is ``[plugins.sdes] mki``:
+
+- ``"mirror"`` (default): toward a peer whose accepted line has an MKI, our answer line (and our
+  re-offers on that stream) carry an MKI of the same length, value 1. A peer that sends MKIs
+  reads them; the telnyx FreeSWITCH fork settled on the same rule ("only offer MKI if the remote
+  MKI exists", made for Microsoft Teams calls). An initial offer never carries one: we do not
+  know yet whether the peer reads MKIs, and many (baresip, Asterisk: issue 825) do not;
+- ``"receive-only"``: our lines never carry an MKI (what rtpengine and upstream FreeSWITCH
+  answer; RFC 4568 lets each direction choose);
+- ``"refuse"``: lines with an MKI are skipped, as before session 34.
+
 Not supported (lines carrying them are skipped, RFC 4568 §7.1.2): key lifetimes below
-``min_peer_key_lifetime`` when one is set (above), MKI and several master keys per line (§6.1),
-a key derivation rate other than 0 (§6.3.1), UNENCRYPTED_SRTP, UNENCRYPTED_SRTCP and
+``min_peer_key_lifetime`` when one is set (above), several master keys in one line (§6.1:
+MKI-selected key switching; the reason says one key with an MKI is fine), an MKI when ``mki =
+"refuse"``, a key derivation rate other than 0 (§6.3.1), UNENCRYPTED_SRTP, UNENCRYPTED_SRTCP and
 UNAUTHENTICATED_SRTP (§6.3.2, §6.3.3), FEC_KEY (§6.3.5) and session parameters we do not know
 (§6.3.7). FEC_ORDER (§6.3.4) is accepted and has no effect (we send no FEC); WSH (§6.3.6) is a
 hint and is accepted (our replay window is the core's, at least 64).
@@ -108,6 +124,7 @@ __all__ = [
     "MAX_KEY_PARAMS",
     "MAX_LIFETIME",
     "MAX_SESSION_PARAMS",
+    "MKI_CHOICES",
     "TLS_REQUIRED_REASON",
     "CryptoAttribute",
     "KeyParam",
@@ -137,6 +154,10 @@ MAX_SESSION_PARAMS = 16
 """Most session parameters in one line."""
 MAX_LIFETIME = 1 << 48
 """Largest key lifetime in packets: SRTP's limit per master key (RFC 3711 §9.2)."""
+MKI_CHOICES = ("mirror", "receive-only", "refuse")
+"""``[plugins.sdes] mki``: whether our lines carry an MKI toward a peer whose line has one, or
+never, or whether lines with an MKI are refused (see the module docstring)."""
+_OUR_MKI_VALUE = 1  # the value our MKI carries (any fits 1..128 octets; FreeSWITCH sends 1)
 ANSWER_SUITE_CHOICES = ("policy-order", "offer-order")
 """How an answer picks among acceptable offered lines: the leg's policy order (default), or the
 first acceptable line of the offer (what the gateway did before session 33)."""
@@ -217,6 +238,10 @@ class Mki:
 
     value: int
     length: int
+
+    def to_bytes(self) -> bytes:
+        """The MKI as carried in packets: ``value`` big-endian in ``length`` octets."""
+        return self.value.to_bytes(self.length, "big")
 
 
 @attrs.frozen
@@ -508,6 +533,8 @@ class SdesNegotiation:
     _choice: str | None = None
     """How our answer's line was chosen, when the policy order took another than the offer's
     first acceptable line (for the record)."""
+    _accept_mki: bool = True
+    """False with ``[plugins.sdes] mki = "refuse"``: a peer key with an MKI is refused."""
 
     def __repr__(self) -> str:
         suite = self._keys.suite if self._keys is not None else None
@@ -587,7 +614,7 @@ class SdesNegotiation:
             self._fail_and_raise(
                 f"the answer's a=crypto tag {answer.tag} changes the crypto-suite (RFC 4568 §5.1.2)"
             )
-        problem = _unsupported_params(answer, self._min_peer_lifetime)
+        problem = _unsupported_params(answer, self._min_peer_lifetime, accept_mki=self._accept_mki)
         if problem is not None:
             self._fail_and_raise(f"the answer's a=crypto: {problem}")
         if hmac.compare_digest(answer.keys[0].key_salt, offered.keys[0].key_salt):
@@ -608,6 +635,8 @@ class SdesNegotiation:
                 offered.suite,
                 local_key=offered.keys[0].key_salt,
                 remote_key=answer.keys[0].key_salt,
+                local_mki=_mki_bytes(offered.keys[0]),
+                remote_mki=_mki_bytes(answer.keys[0]),  # RFC 4568 §6.1: in the peer's packets
             )
         )
 
@@ -652,8 +681,9 @@ class SdesNegotiation:
         self._fail(reason)
         raise SdesError(reason) from None
 
-    def _fresh_line(self, tag: int, suite: str) -> CryptoAttribute:
-        return CryptoAttribute(tag=tag, suite=suite, keys=(KeyParam(self._fresh_key(suite)),))
+    def _fresh_line(self, tag: int, suite: str, mki: Mki | None = None) -> CryptoAttribute:
+        key = KeyParam(self._fresh_key(suite), mki=mki)
+        return CryptoAttribute(tag=tag, suite=suite, keys=(key,))
 
     def _fresh_key(self, suite: str) -> bytes:
         length = SUITES[suite].key_salt_length
@@ -663,14 +693,21 @@ class SdesNegotiation:
         return key
 
 
-def _unsupported_params(line: CryptoAttribute, min_lifetime: int) -> str | None:
+def _unsupported_params(
+    line: CryptoAttribute, min_lifetime: int, *, accept_mki: bool = True
+) -> str | None:
     """Why we cannot use ``line``'s key parameters or session parameters, or None.
-    ``min_lifetime``: the shortest key lifetime accepted (1: any)."""
-    # RFC 4568 §6.1: several master keys need MKIs; libsrtp sessions here use neither.
+    ``min_lifetime``: the shortest key lifetime accepted (1: any); ``accept_mki`` False: a key
+    with an MKI is refused (``mki = "refuse"``)."""
+    # RFC 4568 §6.1: several master keys need MKIs to tell them apart in packets; a session
+    # here has one key per direction, so only a single key (with or without an MKI) is usable.
     if len(line.keys) > 1:
-        return "several master keys are not supported"
-    if line.keys[0].mki is not None:
-        return "MKI is not supported"
+        return (
+            f"{len(line.keys)} master keys in one line are not supported "
+            "(one key, with or without an MKI, is)"
+        )
+    if line.keys[0].mki is not None and not accept_mki:
+        return 'MKI is not supported ([plugins.sdes] mki = "refuse")'
     lifetime = line.keys[0].lifetime
     if lifetime is not None and lifetime < min_lifetime:
         # RFC 4568 §6.1: the sender must re-key when the lifetime runs out; the operator asked
@@ -696,7 +733,9 @@ def _lifetime_text(lifetime: int) -> str:
     return f"2^{power}" if lifetime == 1 << power else str(lifetime)
 
 
-def _unacceptable(line: CryptoAttribute, allowed: Sequence[str], min_lifetime: int) -> str | None:
+def _unacceptable(
+    line: CryptoAttribute, allowed: Sequence[str], min_lifetime: int, *, accept_mki: bool = True
+) -> str | None:
     """Why an offered line cannot be accepted on this leg, or None."""
     if line.suite not in SUITES:
         if line.suite.upper() in _KNOWN_SUITE_NAMES:
@@ -706,7 +745,11 @@ def _unacceptable(line: CryptoAttribute, allowed: Sequence[str], min_lifetime: i
         return f"crypto-suite {line.suite} is not available in this build"
     if line.suite not in allowed:
         return f"crypto-suite {line.suite} is not allowed on this leg"
-    return _unsupported_params(line, min_lifetime)
+    return _unsupported_params(line, min_lifetime, accept_mki=accept_mki)
+
+
+def _mki_bytes(key: KeyParam) -> bytes | None:
+    return key.mki.to_bytes() if key.mki is not None else None
 
 
 def _allowed_suites(suites: Sequence[str]) -> tuple[str, ...]:
@@ -739,7 +782,9 @@ class SdesKeyExchange:
     ``answer_suite`` (:data:`ANSWER_SUITE_CHOICES`) says which acceptable offered line an answer
     takes: the one first in the policy's order, or the offer's first;
     ``min_peer_key_lifetime`` is the shortest key lifetime (RFC 4568 §6.1) accepted from a peer,
-    1 for any.
+    1 for any; ``mki`` (:data:`MKI_CHOICES`) whether our lines carry an MKI toward a peer whose
+    line has one (``"mirror"``), never (``"receive-only"``), or whether lines with an MKI are
+    refused (``"refuse"``).
     """
 
     name = "sdes"
@@ -754,20 +799,40 @@ class SdesKeyExchange:
         max_crypto_lines: int = MAX_CRYPTO_LINES,
         answer_suite: str = "policy-order",
         min_peer_key_lifetime: int = 1,
+        mki: str = "mirror",
     ) -> None:
         if answer_suite not in ANSWER_SUITE_CHOICES:
             raise ValueError(f"answer_suite: expected one of {', '.join(ANSWER_SUITE_CHOICES)}")
+        if mki not in MKI_CHOICES:
+            raise ValueError(f"mki: expected one of {', '.join(MKI_CHOICES)}")
         if not 1 <= min_peer_key_lifetime <= MAX_LIFETIME:
             raise ValueError("min_peer_key_lifetime: expected 1..2^48 packets")
         self._random_bytes = random_bytes
         self.max_crypto_lines = max_crypto_lines
         self.answer_suite = answer_suite
         self.min_peer_key_lifetime = min_peer_key_lifetime
+        self.mki = mki
 
     def __repr__(self) -> str:
         return (
             f"<SdesKeyExchange max_crypto_lines={self.max_crypto_lines} "
-            f"answer_suite={self.answer_suite}>"
+            f"answer_suite={self.answer_suite} mki={self.mki}>"
+        )
+
+    def _our_mki(self, peer_mki: bytes | None) -> Mki | None:
+        """The MKI our line carries toward a peer whose key has ``peer_mki``: one of the same
+        length with ``mki = "mirror"`` (a peer that sends MKIs reads them), else none."""
+        if self.mki != "mirror" or peer_mki is None:
+            return None
+        return Mki(value=_OUR_MKI_VALUE, length=len(peer_mki))
+
+    def _negotiation(self, role: str) -> SdesNegotiation:
+        return SdesNegotiation(
+            role,
+            self._random_bytes,
+            _State.OFFERED,
+            min_peer_lifetime=self.min_peer_key_lifetime,
+            accept_mki=self.mki != "refuse",
         )
 
     def offer(
@@ -783,13 +848,9 @@ class SdesKeyExchange:
         force and whose suite is still allowed, and ``rekey`` False: the line in force again,
         same tag, suite and key, so an unchanged answer keeps the SRTP context. ``rekey=True``
         (lifetime reached, new SSRC) makes a fresh offer. Fails at once (no key made) without
-        TLS or without a suite to offer."""
-        negotiation = SdesNegotiation(
-            "offerer",
-            self._random_bytes,
-            _State.OFFERED,
-            min_peer_lifetime=self.min_peer_key_lifetime,
-        )
+        TLS or without a suite to offer. A fresh re-offer to a peer whose key in force has an MKI
+        carries one on every line with ``mki = "mirror"``; a first offer never does."""
+        negotiation = self._negotiation("offerer")
         if not secure_signalling:
             negotiation._fail(TLS_REQUIRED_REASON)
             return negotiation
@@ -803,8 +864,9 @@ class SdesKeyExchange:
             if not rekey and kept[1].suite in allowed:
                 negotiation._local_lines = (kept[1],)
                 return negotiation
+        mki = self._our_mki(kept[0].remote_mki if kept is not None else None)
         negotiation._local_lines = tuple(
-            negotiation._fresh_line(tag, suite) for tag, suite in enumerate(allowed, start=1)
+            negotiation._fresh_line(tag, suite, mki) for tag, suite in enumerate(allowed, start=1)
         )
         return negotiation
 
@@ -831,12 +893,7 @@ class SdesKeyExchange:
         values = crypto_values(remote_attributes)
         if not values:
             return None
-        negotiation = SdesNegotiation(
-            "answerer",
-            self._random_bytes,
-            _State.OFFERED,
-            min_peer_lifetime=self.min_peer_key_lifetime,
-        )
+        negotiation = self._negotiation("answerer")
         if not secure_signalling:
             negotiation._fail(TLS_REQUIRED_REASON)
             return negotiation
@@ -849,21 +906,37 @@ class SdesKeyExchange:
             _allowed_suites(suites),
             by_policy=self.answer_suite == "policy-order",
             min_lifetime=self.min_peer_key_lifetime,
-            in_force=(kept[0].suite, kept[0].remote_key) if kept is not None else None,
+            in_force=(
+                (kept[0].suite, kept[0].remote_key, kept[0].remote_mki)
+                if kept is not None
+                else None
+            ),
+            accept_mki=self.mki != "refuse",
         )
         if chosen is None:
             negotiation._fail("no acceptable a=crypto line: " + _summary(reasons))
             return negotiation
         remote_key = chosen.keys[0].key_salt
+        remote_mki = _mki_bytes(chosen.keys[0])
+        local_mki = self._our_mki(remote_mki)
         if kept is not None:
             negotiation._keys = kept[0]
-            if kept[0].suite == chosen.suite and kept[0].remote_key == remote_key:
+            # An MKI change with the same key is a change too: new contexts under a key already
+            # used would restart its packet index (RFC 3711 §9.1), so our key is fresh then.
+            if (kept[0].suite, kept[0].remote_key, kept[0].remote_mki) == (
+                chosen.suite,
+                remote_key,
+                remote_mki,
+            ):
                 local_key = kept[0].local_key  # §7.1.4: keys unchanged
+                local_mki = kept[1].keys[0].mki
             else:
                 local_key = negotiation._fresh_key(chosen.suite)
         else:
             local_key = negotiation._fresh_key(chosen.suite)
-        ours = CryptoAttribute(tag=chosen.tag, suite=chosen.suite, keys=(KeyParam(local_key),))
+        ours = CryptoAttribute(
+            tag=chosen.tag, suite=chosen.suite, keys=(KeyParam(local_key, mki=local_mki),)
+        )
         negotiation._local_lines = (ours,)
         negotiation._line_in_force = ours
         negotiation._peer_lifetime = chosen.keys[0].lifetime
@@ -878,7 +951,15 @@ class SdesKeyExchange:
                 f"tag {chosen.tag} {chosen.suite}, {why}, over the "
                 f"offer's first acceptable line, tag {first.tag} {first.suite}"
             )
-        negotiation._establish(SrtpKeys(chosen.suite, local_key=local_key, remote_key=remote_key))
+        negotiation._establish(
+            SrtpKeys(
+                chosen.suite,
+                local_key=local_key,
+                remote_key=remote_key,
+                local_mki=local_mki.to_bytes() if local_mki is not None else None,
+                remote_mki=remote_mki,
+            )
+        )
         return negotiation
 
 
@@ -888,7 +969,8 @@ def _choose(
     *,
     by_policy: bool,
     min_lifetime: int,
-    in_force: tuple[str, bytes] | None = None,
+    in_force: tuple[str, bytes, bytes | None] | None = None,
+    accept_mki: bool = True,
 ) -> tuple[CryptoAttribute | None, CryptoAttribute | None, list[str]]:
     """The offered line to accept, the first acceptable one, and why each line skipped was.
 
@@ -910,7 +992,7 @@ def _choose(
             reasons.append(f"tag {line.tag}: the tag is repeated")
             continue
         tags.add(line.tag)
-        problem = _unacceptable(line, allowed, min_lifetime)
+        problem = _unacceptable(line, allowed, min_lifetime, accept_mki=accept_mki)
         if problem is not None:
             reasons.append(f"tag {line.tag}: {problem}")
             continue
@@ -925,7 +1007,7 @@ def _choose(
         # stronger line taken instead re-keys mid-call under the same SSRC, and receivers that
         # start a new key's context at ROC 0 lose the stream after a sequence-number wrap.
         for line in acceptable:
-            if (line.suite, line.keys[0].key_salt) == in_force:
+            if (line.suite, line.keys[0].key_salt, _mki_bytes(line.keys[0])) == in_force:
                 return line, acceptable[0], reasons
     rank = {suite: index for index, suite in enumerate(allowed)}
     chosen = min(acceptable, key=lambda line: rank[line.suite])  # min keeps the first of ties
@@ -951,6 +1033,7 @@ class SdesConfig:
 
     answer_suite: str = "policy-order"
     min_peer_key_lifetime: int = 1
+    mki: str = "mirror"
 
     def __attrs_post_init__(self) -> None:
         # structure() reports a ValueError as a config error of this table; say which key.
@@ -965,6 +1048,8 @@ class SdesConfig:
                 "min_peer_key_lifetime: expected a number of packets from 1 to 2^48 "
                 "(281474976710656); 2147483648 is 2^31"
             )
+        if self.mki not in MKI_CHOICES:
+            raise ValueError(f"mki: expected one of {', '.join(map(repr, MKI_CHOICES))}")
 
 
 @hookimpl
@@ -982,6 +1067,7 @@ def gateway_register_key_exchanges(registry: Registry[Any], config: SdesConfig |
             random_bytes=os.urandom,
             answer_suite=config.answer_suite,
             min_peer_key_lifetime=config.min_peer_key_lifetime,
+            mki=config.mki,
         ),
     )
 

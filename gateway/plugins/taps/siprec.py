@@ -143,7 +143,11 @@ from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.grammar import parse_uri_untrusted
 from gateway.core.sip.session_timer import MAX_INTERVAL, MIN_INTERVAL
 from gateway.core.sip.uri import SipUri, redact_password
-from gateway.plugins.keyexchange.sdes import SdesKeyExchange, SdesNegotiation
+from gateway.plugins.keyexchange.sdes import (
+    ANSWER_SUITE_CHOICES,
+    SdesKeyExchange,
+    SdesNegotiation,
+)
 from gateway.plugins.taps.queue import CopyQueue
 from gateway.plugins.taps.recorder import rtp_fields
 from gateway.plugins.taps.selection import NOTHING_SELECTED, CallSelection
@@ -622,12 +626,14 @@ def answer_srs_offer(
     by position, as its first answer) keeps that stream's label and our port, its codecs that
     the call has (the copies are the call's packets, never transcoded: same payload types),
     and sends only (``a=sendonly``; ``a=inactive`` where the call holds it or the SRS does not
-    receive it, §6.1); with SDES (``keying``) one a=crypto line, the first of its offer whose
-    suite is in ``suites`` (RFC 4568 §6.1, §7.1.2), our key kept where its suite and key are
-    unchanged (§7.1.4). A line it set to port 0, one that names no stream of ours, and not
-    audio, are declined (port 0, §6). Raises :class:`OfferRefused` (SdpError: a malformed
-    SDP) for an offer that cannot be answered: another transport profile than ours, no codec
-    of the call, no usable crypto line, a c= line that is not IPv4; its text holds no key."""
+    receive it, §6.1); with SDES (``keying``) one a=crypto line, chosen among those whose suite
+    is in ``suites`` by the rule of call legs (RFC 4568 §6.1, §7.1.1, §7.1.2): the one whose
+    suite comes first in ``suites``, or the offer's first with ``keying.answer_suite =
+    "offer-order"``; our key kept where its suite and key are unchanged (§7.1.4). A line it
+    set to port 0, one that names no stream of ours, and not audio, are declined (port 0, §6).
+    Raises :class:`OfferRefused` (SdpError: a malformed SDP) for an offer that cannot be
+    answered: another transport profile than ours, no codec of the call, no usable crypto line,
+    a c= line that is not IPv4; its text holds no key."""
     sdp = parse_sdp_untrusted(offer)
     proto = "RTP/AVP" if keying is None else "RTP/SAVP"
     by_label = {stream.label: stream for stream in streams}
@@ -1536,8 +1542,18 @@ class SiprecClient:
         self.config = config
         self.update_failures = dict.fromkeys(UPDATE_FAILURE_REASONS, 0)
         """Updates given up, by reason (``MediaTap.update_failures``: the metrics read it)."""
+        # The copies are sendonly (RFC 7866 §8.1.1): the SRS's MKI, if it gives one, marks
+        # packets it never sends us, and OutboundSrtpSession puts no MKI in ours, so our lines
+        # never carry one ("receive-only"). An SRS's offer is answered by the rule of call
+        # legs, srtp_suites standing for the leg's policy (answer_suite).
         self._keying = (
-            SdesKeyExchange(random_bytes=random_bytes) if config.media_security == "sdes" else None
+            SdesKeyExchange(
+                random_bytes=random_bytes,
+                answer_suite=config.answer_suite,
+                mki="receive-only",
+            )
+            if config.media_security == "sdes"
+            else None
         )
 
     @property
@@ -1570,6 +1586,7 @@ class SiprecConfig:
     final_metadata: bool = True
     media_security: str = "none"
     srtp_suites: tuple[str, ...] = ("AES_CM_128_HMAC_SHA1_80",)
+    answer_suite: str = "policy-order"
     session_expires: int = 1800
 
     def __attrs_post_init__(self) -> None:
@@ -1588,6 +1605,10 @@ class SiprecConfig:
                 raise ValueError(
                     f"srtp_suites: {suite!r} is not one of {', '.join(SUPPORTED_SUITES)}"
                 )
+        if self.answer_suite not in ANSWER_SUITE_CHOICES:
+            raise ValueError(
+                f"answer_suite: expected one of {', '.join(map(repr, ANSWER_SUITE_CHOICES))}"
+            )
         if self.media_security == "sdes":
             _check_tls("srs", self.srs)
             for fallback in self.fallbacks:

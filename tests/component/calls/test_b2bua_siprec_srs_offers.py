@@ -6,8 +6,9 @@ in virtual time.
   is answered with our labels, ports and sendonly, line for line, and the copies arrive at its
   new ports from then on, none at the old ones;
 - with SDES, its re-offer of two suites per line is answered with one a=crypto line per m= line
-  (RFC 4568 §6.1), the first of its suites our srtp_suites allow, and the copies at the new
-  ports decrypt under the key our answer gave;
+  (RFC 4568 §6.1), by the rule of call legs: the suite first in our srtp_suites, or with
+  ``answer_suite = "offer-order"`` the first of its lines we allow; the copies at the new ports
+  decrypt under the key our answer gave;
 - an offer we cannot answer (no codec of the call; SRTP where we send RTP) gets 488 and the
   copies go on to the old ports; another body gets 415, and a plugin that fails on the request
   a 500 from the core, the recording going on;
@@ -242,14 +243,29 @@ async def test_our_re_invite_waits_for_the_srss_ack_of_our_2xx_to_its_re_invite(
     await call.bye()  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize(
+    ("answer_suite", "chosen"),
+    [
+        (None, (2, "AES_CM_128_HMAC_SHA1_80")),  # the default: our srtp_suites order
+        ("policy-order", (2, "AES_CM_128_HMAC_SHA1_80")),
+        ("offer-order", (1, "AES_CM_128_HMAC_SHA1_32")),  # the SRS's first we allow
+    ],
+)
 async def test_an_sdes_re_offer_of_two_suites_is_answered_with_one_and_the_copies_follow(
-    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    answer_suite: str | None,
+    chosen: tuple[int, str],
 ) -> None:
+    table: dict[str, object] = {} if answer_suite is None else {"answer_suite": answer_suite}
     env, srs = await srtp_env(
         nursery,
         tmp_path,
         voipgw_seed,
         srtp_suites=["AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"],
+        **table,
     )
     call, to_caller, to_callee = await srtp_call(env)
     recording = await srs.next_call()
@@ -280,12 +296,18 @@ async def test_an_sdes_re_offer_of_two_suites_is_answered_with_one_and_the_copie
     for media in ours.media:
         (crypto,) = media.attributes.values("crypto")  # one line per m= line
         line = parse_crypto_untrusted(crypto)
-        # Our srtp_suites order (_80 first) picks the line, not the SRS's (RFC 4568 §7.1.1).
-        assert (line.tag, line.suite) == (2, "AES_CM_128_HMAC_SHA1_80")
+        # Our srtp_suites order (_80 first) picks the line, not the SRS's (RFC 4568 §7.1.1),
+        # unless answer_suite asks for the offer's order, as on call legs.
+        assert (line.tag, line.suite) == chosen
+        profile = (
+            pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80
+            if line.suite.endswith("_80")
+            else pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_32
+        )
         policy = pylibsrtp.Policy(
             key=line.keys[0].key_salt,
             ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND,
-            srtp_profile=pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80,
+            srtp_profile=profile,
         )
         checkers.append(pylibsrtp.Session(policy))
     assert srs_key not in answer.body.decode()

@@ -294,7 +294,11 @@ def seed_config(f: Files) -> dict[str, Any]:
                 "profiles": ["SRTP_AEAD_AES_128_GCM", "SRTP_AES128_CM_SHA1_80"],
                 "mtu": 1200,
             },
-            "sdes": {"answer_suite": "offer-order", "min_peer_key_lifetime": 2147483648},
+            "sdes": {
+                "answer_suite": "offer-order",
+                "min_peer_key_lifetime": 2147483648,
+                "mki": "receive-only",
+            },
             "zrtp": {
                 "state_dir": state,
                 "key_agreements": ["X255", "DH3k"],
@@ -341,6 +345,7 @@ def seed_config(f: Files) -> dict[str, Any]:
                 "final_metadata": True,
                 "media_security": "none",
                 "srtp_suites": ["AES_CM_128_HMAC_SHA1_80"],
+                "answer_suite": "offer-order",
                 "session_expires": 1800,
             },
             "hep": {

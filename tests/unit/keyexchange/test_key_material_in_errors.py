@@ -79,7 +79,7 @@ INLINE = base64.b64encode(KEY).decode("ascii")
 SUITE = "AES_CM_128_HMAC_SHA1_80"
 VALID_LINE = f"1 {SUITE} inline:{INLINE}"
 BAD_LINES = [
-    f"1 {SUITE} inline:{INLINE}|2^20|1:4",  # an MKI
+    f"1 {SUITE} inline:{INLINE}|2^20|1:4;inline:{INLINE}|2:4",  # two keys with MKIs
     f"1 {SUITE} inline:{INLINE}|2^99",
     f"1 {SUITE} inline:{INLINE}|1:4|2^20",
     f"1 {SUITE} inline:{INLINE[:-1]}",

@@ -5,6 +5,7 @@ Each "restart" is a new cache (or key exchange) on a new store over the same fil
 from __future__ import annotations
 
 import logging
+import sqlite3
 import stat
 from pathlib import Path
 
@@ -167,3 +168,80 @@ def test_a_corrupt_journal_is_set_aside_and_the_next_start_reads_a_new_one(
     assert "set aside as replay.sqlite.corrupt-" in caplog.text
     (aside,) = path.parent.glob("replay.sqlite.corrupt-*")
     assert aside.read_bytes() == b"not a database" * 100
+
+
+def rows_by_scope(path: Path) -> dict[str, int]:
+    db = sqlite3.connect(str(path))
+    try:
+        counts = db.execute("SELECT scope, count(*) FROM seen GROUP BY scope").fetchall()
+        return dict(counts)
+    finally:
+        db.close()
+
+
+def floors(path: Path) -> dict[str, float]:
+    db = sqlite3.connect(str(path))
+    try:
+        return dict(db.execute("SELECT scope, floor FROM floors").fetchall())
+    finally:
+        db.close()
+
+
+def test_rows_of_a_scope_no_longer_used_leave_with_the_next_sweep(tmp_path: Path) -> None:
+    """An account that stopped using MIKEY expires nothing, so its own delete never runs: the
+    sweep (every SWEEP_EVERY seconds of T, in place of a scope's delete) takes its rows."""
+    path = tmp_path / "replay.sqlite"
+    store = ReplayStore(path)
+    alice = ReplayCache(max_skew=120, journal=store, scope="account:alice")
+    gone = ReplayCache(max_skew=120, max_entries=1, journal=store, scope="account:gone")
+    assert gone.check(b"g1", NOW, now=NOW) is None
+    assert gone.check(b"g2", NOW + 1, now=NOW + 1) is None  # a floor for "gone"
+    assert alice.check(b"a1", NOW, now=NOW) is None
+    assert rows_by_scope(path) == {"account:alice": 1, "account:gone": 2}
+    assert alice.check(b"a2", NOW + 200, now=NOW + 200) is None  # expires a1: alice's delete
+    assert rows_by_scope(path) == {"account:alice": 1, "account:gone": 2}
+    assert alice.check(b"a3", NOW + 500, now=NOW + 500) is None  # past SWEEP_EVERY: a sweep
+    assert rows_by_scope(path) == {"account:alice": 1}
+    assert floors(path) == {}
+    # What the sweep took was outside the window: "gone" comes back and replays are refused
+    # by the skew check, new messages taken.
+    assert gone.check(b"g3", NOW + 501, now=NOW + 501) is None
+
+
+def test_a_restart_sweeps_what_every_scope_left_behind(tmp_path: Path) -> None:
+    path = tmp_path / "replay.sqlite"
+    for scope in ("account:a", "account:b", "trunk:c"):
+        full = cache(path, scope=scope, max_entries=1)
+        assert full.check(b"x", NOW, now=NOW) is None
+        assert full.check(b"y", NOW + 1, now=NOW + 1) is None
+    assert rows_by_scope(path) == {"account:a": 2, "account:b": 2, "trunk:c": 2}
+    assert floors(path) == {"account:a": NOW, "account:b": NOW, "trunk:c": NOW}
+    # Days later, the first use of any scope reads the journal: everything old goes.
+    later = cache(path, scope="account:new")
+    assert later.check(b"z", NOW + 86_400, now=NOW + 86_400) is None
+    assert rows_by_scope(path) == {"account:new": 1} and floors(path) == {}
+    # Inside the window nothing is swept: a restart still refuses the replay.
+    again = cache(path, scope="account:new")
+    assert again.check(b"z", NOW + 86_400, now=NOW + 86_401) == REPLAY
+
+
+def test_the_sweep_adds_no_statement_per_message(tmp_path: Path) -> None:
+    """Per accepted message one INSERT; per expiry one DELETE, the sweep replacing it when due
+    (and the first read after a start): no statement more than before the sweep existed."""
+    path = tmp_path / "replay.sqlite"
+    store = ReplayStore(path)
+    alice = ReplayCache(max_skew=120, journal=store, scope="account:alice")
+    assert alice.check(b"first", NOW, now=NOW) is None  # opens, loads, sweeps once
+    db = store._db
+    assert db is not None
+    statements: list[str] = []
+    db.set_trace_callback(statements.append)
+    for second in range(1, 1001):
+        assert alice.check(b"m%d" % second, NOW + second, now=NOW + second) is None
+    writes = [s for s in statements if s.split()[0] in ("INSERT", "DELETE")]
+    # 1000 INSERTs, and one DELETE of rows per check that expired something (each from second
+    # 121 on); the sweeps (cutoffs 180, 480, 780 s after the first read's) also drop old floors.
+    assert sum(s.startswith("INSERT") for s in writes) == 1000
+    assert sum(s.startswith("DELETE FROM seen") for s in writes) == 1000 - 120
+    assert sum(s.startswith("DELETE FROM seen WHERE t <") for s in writes) == 3
+    assert sum(s.startswith("DELETE FROM floors") for s in writes) == 3

@@ -223,7 +223,7 @@ def test_answer_skips_lines_it_cannot_use_and_takes_the_next() -> None:
         ("crypto", "1 AES_CM_128_HMAC_SHA1_80 inline:not*base64"),
         ("crypto", f"2 F8_128_HMAC_SHA1_80 inline:{SDES_KEY_80}"),
         ("crypto", f"3 FANCY_NEW_SUITE inline:{SDES_KEY_80}"),
-        line(4, CM128_80, 4, "|2^20|1:4"),
+        ("crypto", f"4 {CM128_80} inline:{key_b64(CM128_80, 4)}|1:4;inline:{SDES_KEY_80}|2:4"),
         line(5, CM128_80, 5, " KDR=1"),
         line(6, CM128_80, 6, " UNENCRYPTED_SRTP"),
         line(7, CM128_80, 7, " UNENCRYPTED_SRTCP"),
@@ -245,11 +245,9 @@ def test_answer_skips_lines_it_cannot_use_and_takes_the_next() -> None:
 @pytest.mark.parametrize(
     ("offered", "why"),
     [
-        (line(1, CM128_80, 1, "|1:4"), "MKI is not supported"),
-        (line(1, CM128_80, 1, "|2^20|1:4"), "MKI is not supported"),
         (
             ("crypto", f"1 {CM128_80} inline:{key_b64(CM128_80, 1)}|1:1;inline:{SDES_KEY_80}|2:1"),
-            "several master keys are not supported",
+            "2 master keys in one line are not supported (one key, with or without an MKI, is)",
         ),
         (line(1, CM128_80, 1, " KDR=1"), "a key derivation rate other than 0 is not supported"),
         (line(1, CM128_80, 1, " UNENCRYPTED_SRTP"), "UNENCRYPTED_SRTP is not supported"),
@@ -365,7 +363,7 @@ def test_a_configured_minimum_lifetime_refuses_a_shorter_answer(tail: str, refus
 def test_nothing_acceptable_fails_488_saying_why_for_each_line() -> None:
     ke, random = exchange(2)
     offer = [
-        line(1, CM128_80, 1, "|2^20|1:4"),
+        ("crypto", f"1 {CM128_80} inline:{key_b64(CM128_80, 1)}|1:4;inline:{SDES_KEY_80}|2:4"),
         ("crypto", f"2 F8_128_HMAC_SHA1_80 inline:{SDES_KEY_80}"),
         ("crypto", f"3 {SDES_KEY_80} inline:{SDES_KEY_80}"),  # key where the suite belongs
         line(4, GCM256, 4),
@@ -377,7 +375,8 @@ def test_nothing_acceptable_fails_488_saying_why_for_each_line() -> None:
     failed = failure_of(b)
     assert failed.sip_status == 488
     assert failed.reason == (
-        "no acceptable a=crypto line: tag 1: MKI is not supported; "
+        "no acceptable a=crypto line: tag 1: 2 master keys in one line are not supported "
+        "(one key, with or without an MKI, is); "
         "tag 2: crypto-suite F8_128_HMAC_SHA1_80 is not supported; "
         "tag 3: an unknown crypto-suite; "
         f"tag 4: crypto-suite {GCM256} is not allowed on this leg; "
@@ -479,7 +478,16 @@ def test_every_leg_and_direction_gets_its_own_key() -> None:
             [line(2, CM128_80, 9)],
             "the answer's a=crypto tag 2 changes the crypto-suite (RFC 4568 §5.1.2)",
         ),
-        ([line(1, CM128_80, 9, "|1:1")], "the answer's a=crypto: MKI is not supported"),
+        (
+            [
+                (
+                    "crypto",
+                    f"1 {CM128_80} inline:{key_b64(CM128_80, 9)}|1:1;inline:{SDES_KEY_80}|2:1",
+                )
+            ],
+            "the answer's a=crypto: 2 master keys in one line are not supported "
+            "(one key, with or without an MKI, is)",
+        ),
         (
             [line(1, CM128_80, 9, " UNENCRYPTED_SRTCP")],
             "the answer's a=crypto: UNENCRYPTED_SRTCP is not supported",

@@ -137,9 +137,9 @@ def test_an_unusable_answer_key_is_the_peers_fault_and_never_shown() -> None:
     peer.take_offer(offered)
     answer = serialize_sdp(peer.make_answer(sdp(PLAIN))).decode()
     key = answer.split("inline:")[1].split()[0]
-    lifetime_and_mki = answer.replace(f"inline:{key}", f"inline:{key}|2^20|1:4")
-    with pytest.raises(MediaSecurityRefused, match="MKI is not supported") as refused:
-        ours.take_answer(parse_sdp_untrusted(lifetime_and_mki.encode()))
+    two_keys = answer.replace(f"inline:{key}", f"inline:{key}|2^20|1:4;inline:{key}|2:4")
+    with pytest.raises(MediaSecurityRefused, match="2 master keys in one line") as refused:
+        ours.take_answer(parse_sdp_untrusted(two_keys.encode()))
     assert key not in refused.value.reason
 
 

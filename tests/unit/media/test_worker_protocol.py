@@ -54,6 +54,8 @@ KEY = bytes(range(30))
 OTHER_KEY = bytes(range(100, 130))
 CM_KEYS = SrtpKeys("AES_CM_128_HMAC_SHA1_80", KEY, OTHER_KEY)
 GCM_KEYS = SrtpKeys("AEAD_AES_256_GCM", KEY + KEY[:14], OTHER_KEY + KEY[:14])
+MKI_KEYS = SrtpKeys("AES_CM_128_HMAC_SHA1_80", KEY, OTHER_KEY, b"\x01", bytes(3) + b"\x07")
+REMOTE_MKI_KEYS = SrtpKeys("AES_CM_128_HMAC_SHA1_80", KEY, OTHER_KEY, None, bytes(128))
 
 
 def direction(seed: int) -> DirectionStatistics:
@@ -74,6 +76,7 @@ EVERY_MESSAGE: list[Message] = [
     SetKeys(4, False, CM_KEYS, None, False, None, False, None),
     SetKeys(4, True, None, GCM_KEYS, False, None, True, None),
     SetKeys(4, False, CM_KEYS, GCM_KEYS, True, CM_KEYS, True, GCM_KEYS),
+    SetKeys(4, False, MKI_KEYS, REMOTE_MKI_KEYS, False, None, False, None),  # RFC 3711 §3.1
     SetDtls(5, "a", False, True),
     SetDtls(5, "b", True, False),
     SendDatagram(6, "b", True, b"\x16\xfe\xfd" + bytes(200)),

@@ -4,7 +4,13 @@ ReplayCache` saw, kept across restarts (RFC 3830 §5.4).
 One SQLite file, ``<state_dir>/mikey/replay.sqlite`` (mode 0600), as the other stores: a row per
 accepted psk or dh-hmac message (the SHA-256 digest of the message, never the message, and its
 T), per authenticated message we sent, and per cache scope its floor. Rows leave once their T is
-older than the clock skew, so the file holds at most a window's worth of messages.
+older than the clock skew, so the file holds at most a window's worth of messages: a cache
+whose entries expire deletes its scope's old rows (one statement, as before); every
+``sweep_every`` seconds of the clock that statement instead deletes the old rows of *every*
+scope and the floors below the window (a floor under the window refuses nothing the skew check
+takes), and so does the first read after a start. Without the sweep the rows of an account or
+trunk that stopped using MIKEY stayed until it came back: with many accounts coming and going,
+the file grew without bound. No statement is added per message.
 
 Writes go through at once (a message accepted and not yet written would be a replay the next
 process takes), to a write-ahead log with synchronous=NORMAL as the gateway's own store: no
@@ -36,13 +42,20 @@ FILE = "replay.sqlite"
 # As the gateway's own store (gateway/core/store/sqlite.py); the cache in memory goes on.
 BUSY_TIMEOUT = 0.05
 
+SWEEP_EVERY = 300.0
+"""Seconds (of the caches' clock, MIKEY's T) between sweeps of every scope's expired rows."""
+
 
 class ReplayStore:
     """A :class:`~gateway.plugins.keyexchange.mikey.replay.ReplayJournal` in the SQLite file at
-    ``path`` (":memory:" for tests), opened at its first use."""
+    ``path`` (":memory:" for tests), opened at its first use. ``sweep_every``: seconds between
+    sweeps of the rows every scope left behind (see the module docstring)."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, sweep_every: float = SWEEP_EVERY) -> None:
         self.path = path
+        self.sweep_every = sweep_every
+        self._swept: float | None = None
+        """The cutoff of the last sweep (None: none yet in this process)."""
         self._db: sqlite3.Connection | None = None
         self._warned = False
         self._lost: str | None = None
@@ -56,6 +69,10 @@ class ReplayStore:
             # Another scope's first use found the journal corrupt: this scope's rows went with
             # it, and the new journal's emptiness says nothing about before this process.
             raise OSError(self._lost)
+        if self._swept is None:
+            # The first read after a start: rows and floors every scope left behind while the
+            # gateway was stopped, or by scopes no longer used, go now.
+            self._sweep(since)
         try:
             db = self._open()
             rows = db.execute(
@@ -88,7 +105,19 @@ class ReplayStore:
         )
 
     def forget_before(self, scope: str, timestamp: float) -> None:
-        self._write("DELETE FROM seen WHERE scope = ? AND t < ?", (scope, timestamp))
+        if self._swept is None or timestamp >= self._swept + self.sweep_every:
+            self._sweep(timestamp)  # every scope's, in place of this scope's statement
+        else:
+            self._write("DELETE FROM seen WHERE scope = ? AND t < ?", (scope, timestamp))
+
+    def _sweep(self, timestamp: float) -> None:
+        """Delete every scope's rows with T before ``timestamp``, and floors below it."""
+        self._swept = timestamp
+        self._write(
+            "DELETE FROM seen WHERE t < ?",
+            (timestamp,),
+            "DELETE FROM floors WHERE floor < ?",
+        )
 
     def close(self) -> None:
         if self._db is not None:
@@ -121,11 +150,13 @@ class ReplayStore:
         self._lost = f"{self.path} was corrupt, set aside as {aside.name}"
         return f"; set aside as {aside.name}, a new journal is started"
 
-    def _write(self, statement: str, parameters: tuple[object, ...]) -> None:
+    def _write(self, statement: str, parameters: tuple[object, ...], *more: str) -> None:
+        """``statement``, then each of ``more`` with the same parameters, in one transaction."""
         try:
             db = self._open()
             with db:
-                db.execute(statement, parameters)
+                for text in (statement, *more):
+                    db.execute(text, parameters)
         except (sqlite3.Error, OSError) as exc:
             # The cache in memory still refuses replays until this process stops.
             if not self._warned:
