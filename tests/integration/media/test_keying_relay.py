@@ -130,10 +130,10 @@ async def test_srtp_with_an_mki_on_both_legs_is_relayed_both_ways(
     b_side = SrtpSession(SrtpKeys(suite, b_theirs, b_ours, local_mki=bytes(3) + b"\x09"))
     a_phone, b_phone = udp_socket(), udp_socket()
     with a_phone, b_phone:
-        await a_phone.bind((ADDRESS, A_PHONE))
-        await b_phone.bind((ADDRESS, B_PHONE))
-        offer_b = session.offer_from("a", parse_sdp_untrusted(sdp_for(A_PHONE)))
-        answer_a = session.answer_from("b", parse_sdp_untrusted(sdp_for(B_PHONE)))
+        await a_phone.bind((ADDRESS, A_PHONE.first()))
+        await b_phone.bind((ADDRESS, B_PHONE.first()))
+        offer_b = session.offer_from("a", parse_sdp_untrusted(sdp_for(A_PHONE.first())))
+        answer_a = session.answer_from("b", parse_sdp_untrusted(sdp_for(B_PHONE.first())))
         session.settle()
         a_port, b_port = answer_a.media[0].port, offer_b.media[0].port
         keying.apply(leg_a, leg_b)
