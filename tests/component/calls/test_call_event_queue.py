@@ -7,7 +7,8 @@ deadline already past comes before a queued event; the queue is bounded (STYLE.m
 
 The timed waits are entries in the call timers' heap (gateway/core/calls/timers.py), whose one task
 wakes a call at its deadline exactly; an event, an ACK moving the deadline, or a cancellation
-drops the entry and the task sleeps until the next wait's time; dropped entries do not pile up.
+drops the entry, and the next entry moves the task's deadline to the earliest wait's; dropped
+entries do not pile up.
 """
 
 from __future__ import annotations
@@ -115,30 +116,41 @@ async def test_a_timed_wait_wakes_at_its_deadline_exactly(
     assert call._wait_timer is None and call._waiter is None and not len(timers)
 
 
-async def test_an_event_ends_a_timed_wait_and_the_timers_sleep_until_the_next_one(
+async def test_an_event_ends_a_timed_wait_and_the_others_still_come_on_time(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    call, other = bare_call(), bare_call()
-    timers = other.manager.timers = call.manager.timers
+    call, other, third = bare_call(), bare_call(), bare_call()
+    timers = other.manager.timers = third.manager.timers = call.manager.timers
+    ended: list[tuple[float, object]] = []
     got: list[tuple[float, object]] = []
     event = EndCallEvent("test")
     async with trio.open_nursery() as nursery:
         nursery.start_soon(timers.run)
-        nursery.start_soon(waiting, call, 100.0, [])
+        nursery.start_soon(waiting, call, 100.0, ended)
         await trio.sleep(1)
         nursery.start_soon(waiting, other, 200.0, got)
         await trio.sleep(1)
         assert timers._scope is not None and timers._scope.deadline == 100.0
         call.post(event)
         await trio.testing.wait_all_tasks_blocked()
-        # The earliest wait ended: its entry is gone and the task sleeps until the other's.
-        assert call._wait_timer is None and len(timers) == 1
-        assert timers._scope.deadline == 200.0
-        other.post(event)
+        assert call._wait_timer is None and len(timers) == 1  # the earliest wait's entry: gone
+        # A new wait moves the task's deadline to the earliest live one, later or earlier.
+        nursery.start_soon(waiting, third, 150.0, got)
         await trio.testing.wait_all_tasks_blocked()
-        assert not len(timers) and timers._scope.deadline == math.inf
+        assert timers._scope is not None and timers._scope.deadline == 150.0
+        # The earliest wait ends again, with nothing added after it: the task may wake at its
+        # time for nothing, and wakes nobody.
+        nursery.start_soon(waiting, call, 120.0, ended)
+        await trio.testing.wait_all_tasks_blocked()
+        call.post(event)
+        await trio.sleep(140 - trio.current_time())
+        assert got == [] and len(ended) == 2
+        while len(got) < 2:
+            await trio.sleep(10)
         nursery.cancel_scope.cancel()
-    assert got == [(2.0, event)]
+    assert ended == [(2.0, event), (2.0, event)]
+    assert got == [(150.0, None), (200.0, None)]
+    assert not len(timers)
 
 
 async def test_an_ack_moves_the_wait_from_the_retransmission_to_the_deadline_asked_for(
@@ -173,7 +185,6 @@ async def test_a_wait_cancelled_leaves_no_entry(autojump_clock: trio.testing.Moc
         with trio.move_on_after(1):
             await call._next_event(100.0)
         assert call._wait_timer is None and call._waiter is None and not len(timers)
-        assert timers._scope is not None and timers._scope.deadline == math.inf
         nursery.cancel_scope.cancel()
 
 
