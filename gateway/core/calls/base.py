@@ -72,6 +72,7 @@ if TYPE_CHECKING:
     from gateway.core.calls.dtmf_info import DtmfWork
     from gateway.core.calls.forwarding import Redirects
     from gateway.core.calls.manager import CallManager
+    from gateway.core.calls.timers import Entry
     from gateway.core.config import TrunkConfig
     from gateway.core.endpoint import ClientRequest
     from gateway.core.media.session import MediaSession
@@ -210,8 +211,11 @@ class CallBase:
         self._offer_failures: list[AnswerFailure] = []
         self._relaying: set[InDialogRequest] = set()  # relayed requests not answered yet
         self._retransmit_at: dict[Side, tuple[float, float, Response, float]] = {}
-        # The cancel scope _next_event waits in, and the deadline it was asked for.
-        self._wait: tuple[trio.CancelScope, float] | None = None
+        # The timed wait the task is parked in (_next_event): its entry in the call timers' heap
+        # (timers.py; still set, its call None, once it fired and until the task resumes) and
+        # the deadline it was asked for, besides the retransmissions.
+        self._wait_timer: Entry | None = None
+        self._wait_deadline = math.inf
         self._reinvite_acks: dict[Side, Request] = {}
         # RFC 3262 on the A leg, when the caller requires it (Require: 100rel): our provisional
         # responses are sent reliably, one unacknowledged at a time, re-sent until its PRACK.
@@ -293,6 +297,8 @@ class CallBase:
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
+            if self._wait_timer is not None:
+                self.manager.timers.drop(self)  # the event ends the wait before its time
             trio.lowlevel.reschedule(waiter)
 
     def ack_received(self, side: Side, ack: Request) -> None:
@@ -310,9 +316,16 @@ class CallBase:
             self._answer_in_ack = None
             self.post(AckEvent(ack))  # it carries the answer to our offer: the task's work
             return
-        if self._wait is not None:
-            wait, deadline = self._wait
-            wait.deadline = min(deadline, self._next_retransmission())
+        entry = self._wait_timer
+        if entry is not None and entry[2] is not None:
+            # Parked in a timed wait that has not fired: it lasts until the next
+            # retransmission left, if any, or the deadline the task asked for.
+            wake = min(self._wait_deadline, self._next_retransmission())
+            if wake != entry[0]:
+                timers = self.manager.timers
+                timers.drop(self)
+                if wake != math.inf:
+                    timers.add(self, wake)
 
     def end_by_gateway(self, reason: str) -> None:
         """End the call, the gateway's doing (its drain ran out): the call task ends it."""
@@ -346,14 +359,15 @@ class CallBase:
             self._waiter = trio.lowlevel.current_task()
             await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
         else:
-            with trio.move_on_at(wake) as wait:
-                self._wait = (wait, deadline)
-                self._waiter = trio.lowlevel.current_task()
-                try:
-                    await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
-                finally:
-                    self._wait = None
-            if wait.cancelled_caught:
+            # Timed: an entry in the call timers' heap (timers.py), not a cancel scope of our
+            # own (~58,000 instructions each, three waits a call). Their task wakes us at
+            # `wake` and leaves the entry fired; post() drops it as it wakes us with an event.
+            self._wait_deadline = deadline
+            self.manager.timers.add(self, wake)
+            self._waiter = trio.lowlevel.current_task()
+            await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
+            if self._wait_timer is not None:
+                self._wait_timer = None
                 await self._retransmit_2xx()
                 return None
         event = events.popleft()
@@ -363,9 +377,18 @@ class CallBase:
         return event
 
     def _abort_wait(self, _: object) -> trio.lowlevel.Abort:
-        # Cancelled while parked in _next_event (its deadline, or the call's end).
+        # Cancelled while parked in _next_event (the call's end, or a scope around its work).
         self._waiter = None
+        if self._wait_timer is not None:
+            self.manager.timers.drop(self)
         return trio.lowlevel.Abort.SUCCEEDED
+
+    def _wake_timed_out(self) -> None:
+        # The call timers' task: the timed wait's time has come (its entry stays, fired).
+        waiter = self._waiter
+        assert waiter is not None
+        self._waiter = None
+        trio.lowlevel.reschedule(waiter)
 
     # -- legs and dialogs --------------------------------------------------------------------------
 

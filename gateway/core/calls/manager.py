@@ -34,6 +34,7 @@ from gateway.core.calls.pickup import (
 from gateway.core.calls.psap_callback import PsapCallbacks, marked_as_callback
 from gateway.core.calls.records import CallRecordBook
 from gateway.core.calls.routing import called_user, dial_string
+from gateway.core.calls.timers import CallTimers
 from gateway.core.devices import narrowed_for_device
 from gateway.core.interfaces import (
     Caller,
@@ -99,6 +100,9 @@ class CallManager:
         self._nursery = nursery
         self.max_calls = max_calls
         self.calls: set[Call] = set()
+        self.timers = CallTimers()
+        """The call tasks' timed waits (timers.py), served by one task of this nursery."""
+        nursery.start_soon(self.timers.run, name="call timers")
         # Set when a call ends while someone waits for calls to end (the gateway's stop).
         self._call_left: trio.Event | None = None
         # Calls in progress per trunk and account, and the calls sent to each trunk per second.
@@ -207,6 +211,7 @@ class CallManager:
             "call_dialogs": len(self._by_dialog),
             "call_invites": len(self._by_invite),
             "call_keys": len(self._keys_of),
+            "call_timers": len(self.timers),
             **self.limits.sizes(),
         }
 

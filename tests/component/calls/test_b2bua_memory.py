@@ -274,6 +274,24 @@ async def test_a_200_never_acked_ends_the_call_after_64_t1(
     await eventually(lambda: env.calls == 0, timeout=40)
 
 
+async def test_the_200s_retransmissions_and_their_give_up_come_at_rfc_3261s_times_exactly(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # RFC 3261 §13.3.1.4: our 2xx re-sent at T1, 2*T1, 4*T1 ... each interval capped at T2 (4 s,
+    # the default), until 64*T1 after it was first sent, then BYE. To the virtual clock's
+    # exactness: the call's timed waits are woken by the call timers' task (calls/timers.py),
+    # which must wake the call at the very deadline its own cancel scope had.
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    await _answered_while_the_callers_acks_are_lost(env)
+    assert await next_within(env.alice, "BYE", 64 * T1 + 5) is not None
+    oks = _oks_to_invite(env)
+    t2 = 4.0
+    intervals = [T1, 2 * T1, 4 * T1] + [t2] * 7  # ... 3.5, 7.5, 11.5, ... 31.5 s after the first
+    assert [b - a for a, b in itertools.pairwise(oks)] == pytest.approx(intervals, abs=1e-9)
+    byes = [d.time for d in sent(env.network.capture, GW, TRUNK, b"BYE ")]
+    assert byes[0] - oks[0] == pytest.approx(64 * T1, abs=1e-9)
+
+
 # -- alice calls out over the trunk ------------------------------------------------------------
 
 

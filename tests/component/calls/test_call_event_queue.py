@@ -4,24 +4,35 @@ endpoint's task appends to, whose one consumer, the call's task, is parked and w
 What the trio memory channel it replaced guaranteed still holds: an event posted in the turn the
 call's timed wait falls due is handed over, not lost, and the timer runs at the next wait; a
 deadline already past comes before a queued event; the queue is bounded (STYLE.md habit 7).
+
+The timed waits are entries in the call timers' heap (gateway/core/calls/timers.py), whose one task
+wakes a call at its deadline exactly; an event, an ACK moving the deadline, or a cancellation
+drops the entry, and the next entry moves the task's deadline to the earliest wait's; dropped
+entries do not pile up.
 """
 
 from __future__ import annotations
 
 import collections
 import math
+import types
 
 import trio
 import trio.testing
 
 from gateway.core.calls import base as call_base
+from gateway.core.calls import timers as timers_module
 from gateway.core.calls.base import CallBase
 from gateway.core.calls.events import CallEventInput, EndCallEvent
+from gateway.core.calls.leg import Side
+from gateway.core.calls.timers import CallTimers
 
 
 def bare_call() -> CallBase:
-    """A CallBase with only what posting and waiting use (no manager, legs or media)."""
+    """A CallBase with only what posting and waiting use (no legs or media; of the manager,
+    the call timers, whose task the test runs)."""
     call = CallBase.__new__(CallBase)
+    call.manager = types.SimpleNamespace(timers=CallTimers())  # type: ignore[assignment]
     call.id = "queue-test"
     call._events = collections.deque()
     call._events_closed = False
@@ -30,7 +41,8 @@ def bare_call() -> CallBase:
     call._handling = None
     call._retransmit_at = {}
     call._unacked_1xx = None
-    call._wait = None
+    call._wait_timer = None
+    call._wait_deadline = math.inf
     return call
 
 
@@ -45,15 +57,19 @@ async def test_an_event_posted_as_the_timed_wait_falls_due_is_kept_and_the_timer
         got.append(await call._next_event(10.0))
 
     event = EndCallEvent("test")
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(consumer)
-        await trio.testing.wait_all_tasks_blocked()
-        # The clock reaches the deadline and the event is posted before trio's run loop looks at
-        # the deadlines: the post wakes the call's task, then the deadline passes.
-        autojump_clock.jump(10.0 - trio.current_time())
-        call.post(event)
+    async with trio.open_nursery() as timers:
+        timers.start_soon(call.manager.timers.run)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consumer)
+            await trio.testing.wait_all_tasks_blocked()
+            # The clock reaches the deadline and the event is posted before trio's run loop
+            # looks at the deadlines: the post wakes the call's task, then the deadline passes.
+            autojump_clock.jump(10.0 - trio.current_time())
+            call.post(event)
+        timers.cancel_scope.cancel()
     assert got == [event, None]
     assert call._waiter is None and not call._events
+    assert call._wait_timer is None and not len(call.manager.timers)
 
 
 async def test_a_deadline_already_past_comes_before_a_queued_event(
@@ -75,3 +91,111 @@ async def test_the_queue_is_bounded_and_refuses_once_the_call_has_ended() -> Non
     call._events_closed = True
     call.post(EndCallEvent("late"))
     assert not call._events
+
+
+# -- the timed waits: an entry in the call timers' heap, one task waking them (calls/timers.py) --
+
+
+async def waiting(call: CallBase, deadline: float, got: list[tuple[float, object]]) -> None:
+    event = await call._next_event(deadline)
+    got.append((trio.current_time(), event))
+
+
+async def test_a_timed_wait_wakes_at_its_deadline_exactly(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    call = bare_call()
+    timers = call.manager.timers
+    got: list[tuple[float, object]] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(timers.run)
+        await waiting(call, 10.0, got)
+        await waiting(call, 12.5, got)
+        nursery.cancel_scope.cancel()
+    assert got == [(10.0, None), (12.5, None)]
+    assert call._wait_timer is None and call._waiter is None and not len(timers)
+
+
+async def test_an_event_ends_a_timed_wait_and_the_others_still_come_on_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    call, other, third = bare_call(), bare_call(), bare_call()
+    timers = other.manager.timers = third.manager.timers = call.manager.timers
+    ended: list[tuple[float, object]] = []
+    got: list[tuple[float, object]] = []
+    event = EndCallEvent("test")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(timers.run)
+        nursery.start_soon(waiting, call, 100.0, ended)
+        await trio.sleep(1)
+        nursery.start_soon(waiting, other, 200.0, got)
+        await trio.sleep(1)
+        assert timers._scope is not None and timers._scope.deadline == 100.0
+        call.post(event)
+        await trio.testing.wait_all_tasks_blocked()
+        assert call._wait_timer is None and len(timers) == 1  # the earliest wait's entry: gone
+        # A new wait moves the task's deadline to the earliest live one, later or earlier.
+        nursery.start_soon(waiting, third, 150.0, got)
+        await trio.testing.wait_all_tasks_blocked()
+        assert timers._scope is not None and timers._scope.deadline == 150.0
+        # The earliest wait ends again, with nothing added after it: the task may wake at its
+        # time for nothing, and wakes nobody.
+        nursery.start_soon(waiting, call, 120.0, ended)
+        await trio.testing.wait_all_tasks_blocked()
+        call.post(event)
+        await trio.sleep(140 - trio.current_time())
+        assert got == [] and len(ended) == 2
+        while len(got) < 2:
+            await trio.sleep(10)
+        nursery.cancel_scope.cancel()
+    assert ended == [(2.0, event), (2.0, event)]
+    assert got == [(150.0, None), (200.0, None)]
+    assert not len(timers)
+
+
+async def test_an_ack_moves_the_wait_from_the_retransmission_to_the_deadline_asked_for(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    call = bare_call()
+    call._answer_in_ack = None
+    timers = call.manager.timers
+    invite = types.SimpleNamespace(cseq=types.SimpleNamespace(number=1))
+    # Our 2xx on A's leg, due again at T1 (0.5 s) and given up at 64*T1.
+    call._retransmit_at[Side.A] = (0.5, 0.5, invite, 32.0)
+    got: list[tuple[float, object]] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(timers.run)
+        nursery.start_soon(waiting, call, 5.0, got)
+        await trio.sleep(0.1)
+        assert call._wait_timer is not None and call._wait_timer[0] == 0.5
+        call.ack_received(Side.A, invite)  # type: ignore[arg-type]
+        assert call._wait_timer is not None and call._wait_timer[0] == 5.0
+        while not got:
+            await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    assert got == [(5.0, None)]  # not woken at 0.5 s for a 2xx acknowledged
+    assert not call._retransmit_at and not len(timers)
+
+
+async def test_a_wait_cancelled_leaves_no_entry(autojump_clock: trio.testing.MockClock) -> None:
+    call = bare_call()
+    timers = call.manager.timers
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(timers.run)
+        with trio.move_on_after(1):
+            await call._next_event(100.0)
+        assert call._wait_timer is None and call._waiter is None and not len(timers)
+        nursery.cancel_scope.cancel()
+
+
+def test_dropped_entries_do_not_pile_up() -> None:
+    timers = CallTimers()
+    first = bare_call()
+    timers.add(first, 1.0)  # a live wait at the top: the others, dropped, stay below it
+    for n in range(1000):
+        call = bare_call()
+        timers.add(call, 100.0 + n)
+        timers.drop(call)
+        assert len(timers) <= 2 * 2 + timers_module.PRUNE_SLACK + 1
+    timers.drop(first)
+    assert not len(timers)
