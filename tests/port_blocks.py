@@ -120,6 +120,10 @@ def port_block(count: int, *, even: bool = True) -> range:
             return block
     start = _free.start + (_free.start % 2 if even else 0)
     if start + count > _free.stop:
+        # The rest of the units claimed last is given back, not dropped: dropped, it was
+        # neither handed out nor returned, and trim() never unlocked its unit.
+        if _free:
+            _give_back_block(_free)
         _free = _claim(-(-count // UNIT))
         start = _free.start
     block = range(start, start + count)

@@ -3,6 +3,7 @@ against a second test process on the machine (a subprocess here, as a concurrent
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -113,3 +114,31 @@ def test_a_modules_block_is_taken_while_it_runs_and_its_units_unlocked_after_it(
         port_blocks.start_module()
     again = block.ports()  # a helper's block the next module takes: its own again
     assert len(again) == 250 and not set(again) & set(kept)
+
+
+def test_a_unit_is_unlocked_after_its_module_whatever_blocks_came_after_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A block bigger than what was left of the units claimed last claimed new ones and dropped
+    # that rest, neither handed out nor given back: its unit was never unlocked, held to the
+    # end of the run (a phone's 10 ports, then a relay's 100; a test's leased 20, then 100).
+    mine: dict[int, int] = {}  # this test's units only: closed below whatever happens
+    monkeypatch.setattr(port_blocks, "_held", mine)
+    monkeypatch.setattr(port_blocks, "_free", range(0))
+    monkeypatch.setattr(port_blocks, "_returned", [])
+    monkeypatch.setattr(port_blocks, "_next_unit", port_blocks.LOW // port_blocks.UNIT)
+    monkeypatch.setattr(port_blocks, "_module_blocks", [])
+    try:
+        phone, relay = ModuleBlock(10), ModuleBlock(250)
+        phone.ports()
+        relay.ports()
+        lease = PortLease()
+        lease.block(20)  # a test's gateway's, given back at its end
+        lease.release()
+        assert len(mine) == 4
+        port_blocks.end_module()
+        assert mine == {}, sorted(mine)  # every unit unlocked: nothing is handed out
+    finally:
+        port_blocks.start_module()
+        for fd in mine.values():
+            os.close(fd)
