@@ -74,8 +74,9 @@ address (direction ``a_to_b``), and the reverse.
   branch costs anything. A DTLS alert in clear (epoch 0: nothing authenticates it) from a
   source that is neither the latched one nor the leg's SDP address is dropped and latches
   nothing: one forged datagram must not end the handshake (RFC 6347 §4.1.2.7).
-  On a side whose leg's SDP never gave an address (a callee our offer waits for: maybe one
-  of several forks, RFC 3261 §16.7, sharing these sockets) a handshake socket's latch is not
+  On the callee's side (B) while its leg's SDP never gave an address (our offer waits for its
+  answer: maybe one of several forks, RFC 3261 §16.7, sharing these sockets; a late-offer
+  caller, RFC 3261 §13.2.1, is one device and latches as always) a handshake socket's latch is not
   connected, and datagrams that are not RTP from sources other than the latched one go to the
   handler with their source, latching nothing: the call's handshake task keeps them apart by
   source and feeds the answering fork's (handshakes.py). The answer's address unlatches.
@@ -549,13 +550,18 @@ def _from_sdp_address(ep: _Endpoint, source: Address) -> bool:
 
 
 def _unaddressed(ep: _Endpoint) -> bool:
-    """Whether ``ep``'s leg has never had an SDP address: a callee our offer waits for, which
-    may be any of several forks (RFC 3261 §16.7: parallel forking gives every branch
-    our one offer, so the forks share this side's sockets) until an answer comes."""
+    """Whether ``ep`` is the callee's (side B) and its leg has never had an SDP address: a
+    callee our offer waits for, which may be any of several forks (RFC 3261 §16.7: parallel
+    forking gives every branch our one offer, so the forks share this side's sockets) until an
+    answer comes. Never side A: a caller without an address (a late offer, RFC 3261 §13.2.1,
+    answered in its ACK) is one device, and the handshake task keeps sources apart for side B
+    only (handshakes.py), so a stranger's datagram would reach the caller's engine."""
     stream = ep.stream
     if stream is None:
         return False
-    side = stream.a if ep is stream.a._rtp or ep is stream.a._rtcp else stream.b
+    side = stream.b
+    if ep is not side._rtp and ep is not side._rtcp:
+        return False
     return not side._addressed
 
 

@@ -851,6 +851,28 @@ async def test_a_callees_handshake_socket_takes_every_forks_dtls_until_its_answe
     await assert_refused_by_the_kernel(hello + b"stranger", port)
 
 
+async def test_a_late_offer_callers_handshake_socket_latches_and_connects_before_its_answer(
+    relay: MediaRelay, alice: PlainPhone, bob: PlainPhone
+):
+    # A late offer (RFC 3261 §13.2.1): our offer went to the caller in our 200 and its ACK
+    # brings the answer, so side A has no address while its handshake may begin. The caller is
+    # one device, never forks sharing these sockets (those are the callee's, side B): its
+    # first source latches and connects the socket as before, and a stranger's ClientHello is
+    # refused by the kernel, never handed to the caller's DTLS engine, which nothing on the
+    # handshake task keeps apart by source for side A.
+    stream = relay.open_stream()
+    stream.b.set_remote(bob.rtp_address)
+    taken: list[tuple[bytes, Any]] = []
+    stream.a.set_non_rtp_handler(lambda packet, source: taken.append((packet, source)))
+    hello = b"\x16\xfe\xfd" + bytes(10)
+    port = stream.a.ports.rtp_port
+    await alice.send(hello + b"caller", port)
+    await until(lambda: len(taken) == 1)
+    assert stream.a.rtp_source == alice.rtp_address and stream.a._rtp.connected
+    await assert_refused_by_the_kernel(hello + b"stranger", port)
+    assert taken == [(hello + b"caller", alice.rtp_address)]
+
+
 async def test_short_rtcp_is_accepted_down_to_eight_octets(
     connected: MediaStream, alice: PlainPhone, bob: PlainPhone
 ):
