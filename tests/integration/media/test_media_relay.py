@@ -851,6 +851,36 @@ async def test_a_callees_handshake_socket_takes_every_forks_dtls_until_its_answe
     await assert_refused_by_the_kernel(hello + b"stranger", port)
 
 
+async def test_a_losing_forks_resend_after_the_answer_does_not_take_the_answering_forks_socket(
+    relay: MediaRelay, alice: PlainPhone, bob: PlainPhone, make_phone: Callable[[], PlainPhone]
+):
+    # Two forks began their handshakes as they rang; the first to send (bob) latched B's socket
+    # unconnected, and bob answers. The other fork resends its ClientHello before our CANCEL
+    # reaches it (RFC 6347 §4.2.4.1 timers): arriving between the answer and bob's next
+    # datagram, it latched and connected the socket the answer had unlatched, the kernel then
+    # refused bob's handshake, and the call's keys never came. The latched source is the
+    # answer's own address: it stays latched, now connected.
+    stream = relay.open_stream()
+    stream.a.set_remote(alice.rtp_address)
+    other = make_phone()
+    taken: list[tuple[bytes, Any]] = []
+    stream.b.set_non_rtp_handler(lambda packet, source: taken.append((packet, source)))
+    hello = b"\x16\xfe\xfd" + bytes(10)
+    port = stream.b.ports.rtp_port
+    await bob.send(hello + b"first", port)
+    await until(lambda: len(taken) == 1)
+    await other.send(hello + b"second", port)
+    await until(lambda: len(taken) == 2)
+
+    stream.b.set_remote(bob.rtp_address)  # the first fork answered
+    assert stream.b.rtp_source == bob.rtp_address and stream.b._rtp.connected
+    await other.send(hello + b"resent", port)
+    await bob.send(hello + b"answered", port)
+    await until(lambda: len(taken) == 3)
+    assert taken[2] == (hello + b"answered", bob.rtp_address)
+    assert stream.b.rtp_source == bob.rtp_address
+
+
 async def test_a_late_offer_callers_handshake_socket_latches_and_connects_before_its_answer(
     relay: MediaRelay, alice: PlainPhone, bob: PlainPhone
 ):
