@@ -698,7 +698,15 @@ class StreamSide:
                 source = ep.source[:2] if ep.source is not None else None
                 if remote_rtp is not None and source not in (None, remote_rtp, implied_rtcp):
                     ep.previous_source = ep.source
-                    ep.previous_until = ep.last_received + PREVIOUS_SOURCE_QUARANTINE
+                    heard = ep.last_received
+                    if ep.non_rtp is not None and _unaddressed(ep):
+                        # A ringing fork that latched this handshake socket and lost: its
+                        # handshake datagrams never set last_received (only media does), and
+                        # it resends until our CANCEL reaches it: kept out from the answer.
+                        relay = ep.stream._relay if ep.stream is not None else None
+                        if relay is not None:
+                            heard = max(heard, relay._clock())
+                    ep.previous_until = heard + PREVIOUS_SOURCE_QUARANTINE
                 _unlatch(ep)
         self._remote_rtp = remote_rtp
         self._remote_rtcp = remote_rtcp

@@ -881,6 +881,39 @@ async def test_a_losing_forks_resend_after_the_answer_does_not_take_the_answerin
     assert stream.b.rtp_source == bob.rtp_address
 
 
+async def test_the_fork_that_latched_is_kept_out_after_another_forks_answer_after_long_ringing(
+    start_relay: StartRelay, make_phone: Callable[[], PlainPhone]
+):
+    # The first fork to send (loser) latched B's handshake socket unconnected; after 30 s of
+    # ringing the other fork (winner) answers. The answer makes the socket forget the loser and
+    # keep it out for PREVIOUS_SOURCE_QUARANTINE, counted from when the loser was last heard:
+    # its handshake datagrams never set that (only media does), so the quarantine had ended
+    # with the stream's first 3 s, and the loser's resend before our CANCEL reached it latched
+    # and connected the socket, refusing the winner's handshake. Kept out from the answer now.
+    clock = FakeClock()
+    relay = await start_relay(clock=clock)
+    alice, loser, winner = make_phone(), make_phone(), make_phone()
+    with relay.open_stream() as stream:
+        stream.a.set_remote(alice.rtp_address)
+        taken: list[tuple[bytes, Any]] = []
+        stream.b.set_non_rtp_handler(lambda packet, source: taken.append((packet, source)))
+        hello = b"\x16\xfe\xfd" + bytes(10)
+        port = stream.b.ports.rtp_port
+        clock.now = 30.0
+        await loser.send(hello + b"loser", port)
+        await until(lambda: len(taken) == 1)
+        await winner.send(hello + b"winner", port)
+        await until(lambda: len(taken) == 2)
+
+        stream.b.set_remote(winner.rtp_address)  # the second fork answered
+        await loser.send(hello + b"resent", port)
+        await until(lambda: stream.b_to_a.statistics().dropped_unlatched_source == 1)
+        await winner.send(hello + b"answered", port)
+        await until(lambda: len(taken) == 3)
+        assert taken[2] == (hello + b"answered", winner.rtp_address)
+        assert stream.b.rtp_source == winner.rtp_address
+
+
 async def test_a_late_offer_callers_handshake_socket_latches_and_connects_before_its_answer(
     relay: MediaRelay, alice: PlainPhone, bob: PlainPhone
 ):
