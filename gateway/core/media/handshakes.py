@@ -514,7 +514,14 @@ class CallHandshakes:
             if len(self._forks()) >= 2:
                 self._forked = True
             return
-        if not self._unanswered or "b" not in streams:
+        if "b" not in streams:
+            return
+        for index in streams["b"]:
+            # Answered once: no longer a callee our offer waits for, also while a later SDP
+            # holds it with no address (c=0.0.0.0), as the relay's StreamSide._addressed.
+            if index not in self._addressed and self._session.peer_address(index, "b"):
+                self._addressed.add(index)
+        if not self._unanswered:
             return
         for index, rtcp in list(self._unanswered):
             address = self._session.peer_address(index, "b", rtcp=rtcp)

@@ -74,11 +74,14 @@ address (direction ``a_to_b``), and the reverse.
   branch costs anything. A DTLS alert in clear (epoch 0: nothing authenticates it) from a
   source that is neither the latched one nor the leg's SDP address is dropped and latches
   nothing: one forged datagram must not end the handshake (RFC 6347 §4.1.2.7).
-  On a side whose leg's SDP never gave an address (a callee our offer waits for: maybe one
-  of several forks, RFC 3261 §16.7, sharing these sockets) a handshake socket's latch is not
+  On the callee's side (B) while its leg's SDP never gave an address (our offer waits for its
+  answer: maybe one of several forks, RFC 3261 §16.7, sharing these sockets; a late-offer
+  caller, RFC 3261 §13.2.1, is one device and latches as always) a handshake socket's latch is not
   connected, and datagrams that are not RTP from sources other than the latched one go to the
   handler with their source, latching nothing: the call's handshake task keeps them apart by
-  source and feeds the answering fork's (handshakes.py). The answer's address unlatches.
+  source and feeds the answering fork's (handshakes.py). The answer's address unlatches, unless
+  the latched source is that address: it stays latched and is connected then (a losing fork's
+  resend must not take the socket before the answering fork's next packet).
 - ICE (RFC 8445, the gateway as a lite agent: :mod:`~gateway.core.media.ice`): a side whose
   leg does ICE has an ICE handler on its sockets (:meth:`StreamSide.set_ice_handler`). STUN
   (first octet 0..3) goes to it from any source, since checks come from every candidate of the
@@ -549,13 +552,18 @@ def _from_sdp_address(ep: _Endpoint, source: Address) -> bool:
 
 
 def _unaddressed(ep: _Endpoint) -> bool:
-    """Whether ``ep``'s leg has never had an SDP address: a callee our offer waits for, which
-    may be any of several forks (RFC 3261 §16.7: parallel forking gives every branch
-    our one offer, so the forks share this side's sockets) until an answer comes."""
+    """Whether ``ep`` is the callee's (side B) and its leg has never had an SDP address: a
+    callee our offer waits for, which may be any of several forks (RFC 3261 §16.7: parallel
+    forking gives every branch our one offer, so the forks share this side's sockets) until an
+    answer comes. Never side A: a caller without an address (a late offer, RFC 3261 §13.2.1,
+    answered in its ACK) is one device, and the handshake task keeps sources apart for side B
+    only (handshakes.py), so a stranger's datagram would reach the caller's engine."""
     stream = ep.stream
     if stream is None:
         return False
-    side = stream.a if ep is stream.a._rtp or ep is stream.a._rtcp else stream.b
+    side = stream.b
+    if ep is not side._rtp and ep is not side._rtcp:
+        return False
     return not side._addressed
 
 
@@ -653,6 +661,7 @@ class StreamSide:
         """
         remote_rtp = _remote_address(self._family, rtp)
         remote_rtcp = _remote_address(self._family, rtcp)
+        kept: list[tuple[_Endpoint, Address]] = []
         if remote_rtp != self._remote_rtp or remote_rtcp != self._remote_rtcp:
             # The peer's own addresses: its RTP one and its RTCP one, given by a=rtcp or else
             # implied at RTP port + 1 (RFC 3605 §2.1). A phone whose RTCP came before its SDP
@@ -665,6 +674,21 @@ class StreamSide:
             for ep in (self._rtp, self._rtcp):
                 if ep.ice is not None:
                     continue  # ICE selects the source, not SDP (a check moves it)
+                if (
+                    remote_rtp is not None
+                    and ep.source is not None
+                    and ep.non_rtp is not None
+                    and _unaddressed(ep)
+                    and ep.source[:2]
+                    == (remote_rtp if ep is self._rtp or rtcp_mux else implied_rtcp)
+                ):
+                    # A callee's first answer names the fork that latched this handshake socket
+                    # unconnected while the forks rang (_hand_on): it stays latched, connected
+                    # now. Unlatched, a losing fork's resend (RFC 6347 §4.2.4.1) or ringing
+                    # media, sent before our CANCEL reached it, could latch and connect it first
+                    # and the kernel would refuse the answering fork's handshake.
+                    kept.append((ep, ep.source))
+                    continue
                 # A new peer (not "no destination", and not the latched source itself): the
                 # old one may not take the socket back while it keeps sending. Each change
                 # decides afresh: going back to an earlier peer frees it at once.
@@ -674,12 +698,26 @@ class StreamSide:
                 source = ep.source[:2] if ep.source is not None else None
                 if remote_rtp is not None and source not in (None, remote_rtp, implied_rtcp):
                     ep.previous_source = ep.source
-                    ep.previous_until = ep.last_received + PREVIOUS_SOURCE_QUARANTINE
+                    heard = ep.last_received
+                    if ep.non_rtp is not None and _unaddressed(ep):
+                        # A ringing fork that latched this handshake socket and lost: its
+                        # handshake datagrams never set last_received (only media does), and
+                        # it resends until our CANCEL reaches it: kept out from the answer.
+                        relay = ep.stream._relay if ep.stream is not None else None
+                        if relay is not None:
+                            heard = max(heard, relay._clock())
+                    ep.previous_until = heard + PREVIOUS_SOURCE_QUARANTINE
                 _unlatch(ep)
         self._remote_rtp = remote_rtp
         self._remote_rtcp = remote_rtcp
         self._addressed = self._addressed or remote_rtp is not None
         self._rtcp_mux = rtcp_mux
+        if kept:
+            stream = kept[0][0].stream
+            relay = stream._relay if stream is not None else None
+            if relay is not None and relay._relatch_after is None:
+                for ep, source in kept:
+                    relay._connect(ep, source)
         self._on_change()
 
     @property

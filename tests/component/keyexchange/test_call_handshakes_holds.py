@@ -481,6 +481,29 @@ async def test_before_a_lone_callees_answer_its_sdp_address_wins_over_a_stranger
     assert engine.received == [hello(2), hello(4), hello(5)]
 
 
+async def test_a_callee_that_answered_is_fed_while_its_sdp_holds_with_no_address(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """Once the callee's answer gave its address, its datagrams are its handshake's, also while
+    a later offer/answer holds the call with no address (c=0.0.0.0, RFC 3264 §8.4): that is no
+    callee our offer waits for, and the relay's latch decides as before (its ``_addressed``
+    stays set). They were kept apart until the hold ended, a new handshake or the association's
+    alert with them, when no datagram had come before the answer."""
+    engine = Engine(timer=None)
+    task = await start(nursery, b=Leg({0: dtls_stream(engine)}))
+    handler = task.session.streams[0].b.handlers[False]
+    task.session.addresses[(0, "b", False)] = PEER  # its answer came
+    task.handshakes.poke()
+    await settle()
+    del task.session.addresses[(0, "b", False)]  # a re-INVITE: on hold, c=0.0.0.0
+    task.handshakes.poke()
+    await settle()
+    handler(hello(1), PEER)
+    await settle()
+    assert engine.received == [hello(1)]
+    assert task.session.drops == []
+
+
 async def test_a_lone_callee_behind_a_nat_keeps_its_first_sources_handshake(
     nursery: trio.Nursery, autojump_clock: trio.abc.Clock
 ) -> None:

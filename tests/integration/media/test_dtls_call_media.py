@@ -448,8 +448,11 @@ async def test_separate_rtcp_port_runs_its_own_handshake_and_keys_srtcp(
             nursery.start_soon(call.handshakes().run)
             nursery.start_soon(phone.run)
             with trio.fail_after(10):
+                # Not call.keyed alone: the RTCP port's negotiation attached at the first round
+                # calls on_keys too; and the phone (the DTLS server) is keyed by our Finished
+                # before we are by its (RFC 6347 §4.2.4): wait for both ends' RTP keys.
                 await call.keyed.wait()
-                while phone.keys is None:
+                while phone.keys is None or call.a.keys(0) is None:
                     await trio.sleep(0.01)
             # The RTP port is keyed, the RTCP port not yet (the phone has not answered there):
             # RTP flows, RTCP is dropped, not sent in clear nor under the RTP port's keys.

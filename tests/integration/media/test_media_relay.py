@@ -851,6 +851,91 @@ async def test_a_callees_handshake_socket_takes_every_forks_dtls_until_its_answe
     await assert_refused_by_the_kernel(hello + b"stranger", port)
 
 
+async def test_a_losing_forks_resend_after_the_answer_does_not_take_the_answering_forks_socket(
+    relay: MediaRelay, alice: PlainPhone, bob: PlainPhone, make_phone: Callable[[], PlainPhone]
+):
+    # Two forks began their handshakes as they rang; the first to send (bob) latched B's socket
+    # unconnected, and bob answers. The other fork resends its ClientHello before our CANCEL
+    # reaches it (RFC 6347 §4.2.4.1 timers): arriving between the answer and bob's next
+    # datagram, it latched and connected the socket the answer had unlatched, the kernel then
+    # refused bob's handshake, and the call's keys never came. The latched source is the
+    # answer's own address: it stays latched, now connected.
+    stream = relay.open_stream()
+    stream.a.set_remote(alice.rtp_address)
+    other = make_phone()
+    taken: list[tuple[bytes, Any]] = []
+    stream.b.set_non_rtp_handler(lambda packet, source: taken.append((packet, source)))
+    hello = b"\x16\xfe\xfd" + bytes(10)
+    port = stream.b.ports.rtp_port
+    await bob.send(hello + b"first", port)
+    await until(lambda: len(taken) == 1)
+    await other.send(hello + b"second", port)
+    await until(lambda: len(taken) == 2)
+
+    stream.b.set_remote(bob.rtp_address)  # the first fork answered
+    assert stream.b.rtp_source == bob.rtp_address and stream.b._rtp.connected
+    await other.send(hello + b"resent", port)
+    await bob.send(hello + b"answered", port)
+    await until(lambda: len(taken) == 3)
+    assert taken[2] == (hello + b"answered", bob.rtp_address)
+    assert stream.b.rtp_source == bob.rtp_address
+
+
+async def test_the_fork_that_latched_is_kept_out_after_another_forks_answer_after_long_ringing(
+    start_relay: StartRelay, make_phone: Callable[[], PlainPhone]
+):
+    # The first fork to send (loser) latched B's handshake socket unconnected; after 30 s of
+    # ringing the other fork (winner) answers. The answer makes the socket forget the loser and
+    # keep it out for PREVIOUS_SOURCE_QUARANTINE, counted from when the loser was last heard:
+    # its handshake datagrams never set that (only media does), so the quarantine had ended
+    # with the stream's first 3 s, and the loser's resend before our CANCEL reached it latched
+    # and connected the socket, refusing the winner's handshake. Kept out from the answer now.
+    clock = FakeClock()
+    relay = await start_relay(clock=clock)
+    alice, loser, winner = make_phone(), make_phone(), make_phone()
+    with relay.open_stream() as stream:
+        stream.a.set_remote(alice.rtp_address)
+        taken: list[tuple[bytes, Any]] = []
+        stream.b.set_non_rtp_handler(lambda packet, source: taken.append((packet, source)))
+        hello = b"\x16\xfe\xfd" + bytes(10)
+        port = stream.b.ports.rtp_port
+        clock.now = 30.0
+        await loser.send(hello + b"loser", port)
+        await until(lambda: len(taken) == 1)
+        await winner.send(hello + b"winner", port)
+        await until(lambda: len(taken) == 2)
+
+        stream.b.set_remote(winner.rtp_address)  # the second fork answered
+        await loser.send(hello + b"resent", port)
+        await until(lambda: stream.b_to_a.statistics().dropped_unlatched_source == 1)
+        await winner.send(hello + b"answered", port)
+        await until(lambda: len(taken) == 3)
+        assert taken[2] == (hello + b"answered", winner.rtp_address)
+        assert stream.b.rtp_source == winner.rtp_address
+
+
+async def test_a_late_offer_callers_handshake_socket_latches_and_connects_before_its_answer(
+    relay: MediaRelay, alice: PlainPhone, bob: PlainPhone
+):
+    # A late offer (RFC 3261 §13.2.1): our offer went to the caller in our 200 and its ACK
+    # brings the answer, so side A has no address while its handshake may begin. The caller is
+    # one device, never forks sharing these sockets (those are the callee's, side B): its
+    # first source latches and connects the socket as before, and a stranger's ClientHello is
+    # refused by the kernel, never handed to the caller's DTLS engine, which nothing on the
+    # handshake task keeps apart by source for side A.
+    stream = relay.open_stream()
+    stream.b.set_remote(bob.rtp_address)
+    taken: list[tuple[bytes, Any]] = []
+    stream.a.set_non_rtp_handler(lambda packet, source: taken.append((packet, source)))
+    hello = b"\x16\xfe\xfd" + bytes(10)
+    port = stream.a.ports.rtp_port
+    await alice.send(hello + b"caller", port)
+    await until(lambda: len(taken) == 1)
+    assert stream.a.rtp_source == alice.rtp_address and stream.a._rtp.connected
+    await assert_refused_by_the_kernel(hello + b"stranger", port)
+    assert taken == [(hello + b"caller", alice.rtp_address)]
+
+
 async def test_short_rtcp_is_accepted_down_to_eight_octets(
     connected: MediaStream, alice: PlainPhone, bob: PlainPhone
 ):
