@@ -60,7 +60,10 @@ MKI (RFC 4568 §6.1, RFC 3711 §3.1): a line whose one key carries an MKI (``|2^
 carrier SBCs and FreeSWITCH with ``rtp_secure_media_mki`` send; asterisk issue 825 shows one) is
 accepted: the MKI describes the packets of the line's author, so it becomes
 ``SrtpKeys.remote_mki`` and the core checks it in every packet from the peer and takes it out
-before unprotecting. Whether *our* line carries one is ``[plugins.sdes] mki``:
+before unprotecting. Between acceptable lines of one suite, one without an MKI wins over one
+with (in either ``answer_suite`` order): a peer offering both got the plain line before MKIs
+were accepted and still does, and every peer reads it; a suite ranked higher still wins with
+an MKI. Whether *our* line carries one is ``[plugins.sdes] mki``:
 
 - ``"mirror"`` (default): toward a peer whose accepted line has an MKI, our answer line (and our
   re-offers on that stream) carry an MKI of the same length, value 1. A peer that sends MKIs
@@ -942,11 +945,12 @@ class SdesKeyExchange:
         negotiation._peer_lifetime = chosen.keys[0].lifetime
         if first is not None and first is not chosen:
             # RFC 4568 §7.1.1: the answerer chooses among acceptable lines; say it did.
-            why = (
-                "the key in force"
-                if kept is not None and kept[0].remote_key == remote_key
-                else "first in the leg's policy order"
-            )
+            if kept is not None and kept[0].remote_key == remote_key:
+                why = "the key in force"
+            elif chosen.suite == first.suite:
+                why = "the same suite without an MKI"
+            else:
+                why = "first in the leg's policy order"
             negotiation._choice = (
                 f"tag {chosen.tag} {chosen.suite}, {why}, over the "
                 f"offer's first acceptable line, tag {first.tag} {first.suite}"
@@ -976,9 +980,10 @@ def _choose(
 
     ``by_policy``: the acceptable line with the suite and peer key ``in_force`` (a re-offer
     keeping them), else the one whose suite comes first in ``allowed`` (the offer's order
-    between lines of one suite); otherwise the first acceptable line. Every line is read
-    either way (at most ``max_crypto_lines``), so the reasons cover the whole offer when none
-    is taken."""
+    between lines of one suite); otherwise the first acceptable line. Either way, between
+    lines of the chosen suite one whose key has no MKI wins over one with an MKI (see
+    :func:`_without_mki`). Every line is read either way (at most ``max_crypto_lines``), so
+    the reasons cover the whole offer when none is taken."""
     reasons: list[str] = []
     tags: set[int] = set()
     acceptable: list[CryptoAttribute] = []
@@ -996,11 +1001,13 @@ def _choose(
         if problem is not None:
             reasons.append(f"tag {line.tag}: {problem}")
             continue
-        if not by_policy:
+        if not by_policy and line.keys[0].mki is None and not acceptable:
             return line, line, reasons
         acceptable.append(line)
     if not acceptable:
         return None, None, reasons
+    if not by_policy:
+        return _without_mki(acceptable[0], acceptable), acceptable[0], reasons
     if in_force is not None:
         # A re-offer that still carries the key in force (same suite, same key) keeps it, as
         # the first-acceptable choice did for a peer listing it first (RFC 4568 §7.1.4): a
@@ -1011,7 +1018,21 @@ def _choose(
                 return line, acceptable[0], reasons
     rank = {suite: index for index, suite in enumerate(allowed)}
     chosen = min(acceptable, key=lambda line: rank[line.suite])  # min keeps the first of ties
-    return chosen, acceptable[0], reasons
+    return _without_mki(chosen, acceptable), acceptable[0], reasons
+
+
+def _without_mki(chosen: CryptoAttribute, acceptable: Sequence[CryptoAttribute]) -> CryptoAttribute:
+    """``chosen``, or when its key has an MKI the first acceptable line of the same suite whose
+    key has none. Such a peer was answered that line before MKIs were accepted (session 34),
+    and every peer reads it; an MKI costs octets and work in every packet (RFC 3711 §3.1) and
+    is the less tested path in SRTP stacks. A suite the policy ranks higher still wins with an
+    MKI: the suite, not the MKI, decides between suites."""
+    if chosen.keys[0].mki is None:
+        return chosen
+    for line in acceptable:
+        if line.suite == chosen.suite and line.keys[0].mki is None:
+            return line
+    return chosen
 
 
 def _in_force(previous: KeyNegotiation | None) -> tuple[SrtpKeys, CryptoAttribute] | None:

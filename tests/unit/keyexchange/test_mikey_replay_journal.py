@@ -170,6 +170,27 @@ def test_a_corrupt_journal_is_set_aside_and_the_next_start_reads_a_new_one(
     assert aside.read_bytes() == b"not a database" * 100
 
 
+def test_a_corrupt_journal_is_reported_once_and_the_new_one_is_swept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first read after a start sets a corrupt journal aside; the sweep that comes with
+    it must not fail on the old file first and log that writes fail until a restart (false:
+    the new journal takes them), nor use up the once-only warning a real write failure
+    needs."""
+    path = tmp_path / "mikey" / "replay.sqlite"
+    path.parent.mkdir()
+    path.write_bytes(b"not a database" * 100)
+    store = ReplayStore(path)
+    first = ReplayCache(max_skew=120, journal=store, scope="account:alice")
+    with caplog.at_level(logging.WARNING):
+        assert first.check(b"m", NOW, now=NOW) == REPLAY
+    assert "set aside as replay.sqlite.corrupt-" in caplog.text
+    assert "not written" not in caplog.text
+    assert not store._warned
+    assert first.check(b"m2", NOW + 300, now=NOW + 300) is None  # into the new journal
+    assert rows_by_scope(path) == {"account:alice": 1}
+
+
 def rows_by_scope(path: Path) -> dict[str, int]:
     db = sqlite3.connect(str(path))
     try:

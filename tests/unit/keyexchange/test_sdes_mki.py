@@ -139,6 +139,61 @@ def test_refuse_skips_mki_lines_as_before() -> None:
     assert answer is not None and parse_crypto_untrusted(our_line(answer)).tag == 2
 
 
+# -- which line of a mixed offer ---------------------------------------------------------------
+
+
+CM256_80 = "AES_256_CM_HMAC_SHA1_80"
+
+
+@pytest.mark.parametrize("order", ["policy-order", "offer-order"])
+@pytest.mark.parametrize("mki", ["mirror", "receive-only"])
+def test_a_line_without_mki_wins_over_the_same_suite_with_one(order: str, mki: str) -> None:
+    """A peer offering one suite with and without an MKI got the plain line before MKIs were
+    accepted, and still does: every peer reads it, and an MKI costs in every packet."""
+    ke = SdesKeyExchange(random_bytes=CountingRandom(6), answer_suite=order, mki=mki)
+    mixed = [line(1, CM128_80, 1, SBC_TAIL), line(2, CM128_80, 2)]
+    answer = ke.answer(mixed, suites=[CM128_80], secure_signalling=True)
+    assert answer is not None
+    ours = parse_crypto_untrusted(our_line(answer))
+    assert ours.tag == 2 and ours.keys[0].mki is None
+    keys = keys_of(answer)
+    assert keys.remote_key == base64.b64decode(key_b64(CM128_80, 2))
+    assert keys.local_mki is None and keys.remote_mki is None
+    assert answer.security_record()["sdes_answer_choice"] == (
+        f"tag 2 {CM128_80}, the same suite without an MKI, over the offer's first acceptable "
+        f"line, tag 1 {CM128_80}"
+    )
+
+
+def test_a_suite_the_policy_ranks_higher_still_wins_with_an_mki() -> None:
+    """Between suites the policy decides; the MKI only breaks ties within one suite."""
+    offer = [line(1, CM128_80, 1), line(2, CM256_80, 2, SBC_TAIL), line(3, CM256_80, 3, "|2:1")]
+    answer = exchange(7).answer(offer, suites=[CM256_80, CM128_80], secure_signalling=True)
+    assert answer is not None
+    ours = parse_crypto_untrusted(our_line(answer))
+    assert (ours.tag, ours.suite, ours.keys[0].mki) == (2, CM256_80, Mki(1, 1))
+    # The plain line first in the offer, the MKI line of the same suite later: the plain one.
+    plain_first = [line(1, CM128_80, 1), line(2, CM128_80, 2, SBC_TAIL)]
+    answer = exchange(7).answer(plain_first, suites=[CM128_80], secure_signalling=True)
+    assert answer is not None and parse_crypto_untrusted(our_line(answer)).tag == 1
+    assert answer.security_record()["sdes_answer_choice"] is None
+
+
+def test_a_re_offer_keeping_the_mki_key_in_force_keeps_it_over_a_plain_line() -> None:
+    """RFC 4568 §7.1.4: the key in force wins over the plain line, or the call re-keys."""
+    ke = exchange(8)
+    first = ke.answer([line(1, CM128_80, 1, SBC_TAIL)], suites=[CM128_80], secure_signalling=True)
+    assert first is not None
+    before = keys_of(first)
+    again = ke.answer(
+        [line(1, CM128_80, 1, SBC_TAIL), line(2, CM128_80, 2)],
+        suites=[CM128_80],
+        secure_signalling=True,
+        previous=first,
+    )
+    assert again is not None and events(again) == [] and again.keys == before
+
+
 def test_several_keys_in_one_line_stay_refused_with_a_clear_reason() -> None:
     two = f"1 {CM128_80} inline:{key_b64(CM128_80, 1)}|1:1;inline:{key_b64(CM128_80, 2)}|2:1"
     answer = exchange(1).answer([("crypto", two)], suites=[CM128_80], secure_signalling=True)

@@ -69,10 +69,6 @@ class ReplayStore:
             # Another scope's first use found the journal corrupt: this scope's rows went with
             # it, and the new journal's emptiness says nothing about before this process.
             raise OSError(self._lost)
-        if self._swept is None:
-            # The first read after a start: rows and floors every scope left behind while the
-            # gateway was stopped, or by scopes no longer used, go now.
-            self._sweep(since)
         try:
             db = self._open()
             rows = db.execute(
@@ -88,6 +84,12 @@ class ReplayStore:
                 self._set_aside(exc),
             )
             raise OSError(str(exc)) from None
+        if self._swept is None:
+            # The first read after a start: rows and floors every scope left behind while the
+            # gateway was stopped, or by scopes no longer used, go now. After the read, which
+            # sets a corrupt journal aside: a sweep first would fail on it and log that writes
+            # fail until a restart, which the new journal then contradicts.
+            self._sweep(since)
         entries = [(bytes(digest), float(t), bool(own)) for digest, t, own in rows]
         return entries, float(floor[0]) if floor is not None else float("-inf")
 
