@@ -422,7 +422,9 @@ class StirShaken:
             return fetch.result
         except PassportError as err:
             fetch.error = err
-            self.cache.put(url, err, max_age=FAILED_CERTIFICATE_RETRY, now=now)
+            # Not capped by certificate_cache: a tiny one (keep no certificate) would otherwise
+            # make each call wait fetch_timeout again while the server is down.
+            self.cache.put(url, err, max_age=FAILED_CERTIFICATE_RETRY, now=now, capped=False)
             raise
         finally:
             del self._fetching[url]
