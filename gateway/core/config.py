@@ -1498,9 +1498,21 @@ def directory_problem(path: Path, *, check_access: bool = True) -> str | None:
         parent = parent.parent
     if not os.path.isdir(parent):
         return f"{path} cannot be created: {parent} is not a directory"
+    if _on_read_only_file_system(parent):
+        # No user may create it, the service's nor root: an error of check-config too (a
+        # container's read-only root file system), not the checking user's permission.
+        return f"{path} cannot be created: {parent} is on a read-only file system"
     if check_access:
         return directory_access_problem(path)
     return None
+
+
+def _on_read_only_file_system(directory: Path) -> bool:
+    """Whether ``directory`` is on a file system mounted read-only (statvfs ST_RDONLY)."""
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        return False
 
 
 def directory_access_problem(path: Path) -> str | None:

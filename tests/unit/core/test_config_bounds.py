@@ -516,3 +516,36 @@ def test_check_config_as_another_user_warns_of_a_state_dir_only_its_permissions_
     code, out, err = check_config(path, capsys)
     assert code != cli.EXIT_OK
     assert "is not a directory" in err
+
+
+def test_a_state_dir_on_a_read_only_file_system_stays_an_error_of_check_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A parent on a read-only mount (a container's read-only root) is writable by no user,
+    the service's and root included: check-config says so as an error (exit 2, as before the
+    permission became the checking user's warning), not "the service's user may be allowed"."""
+    state = tmp_path / "lib" / "voipgw"
+    path = tmp_path / "voipgw.toml"
+    path.write_text(
+        f'[gateway]\nstate_dir = "{state}"\n[sip]\nlisten = ["udp:127.0.0.1:0"]\n'
+        '[plugins]\nenable = ["udp"]\n'
+    )
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    real_access, real_statvfs = config_mod.os.access, config_mod.os.statvfs
+
+    class ReadOnly:
+        f_flag = config_mod.os.ST_RDONLY
+
+    monkeypatch.setattr(  # what a read-only mount answers, root included (EROFS)
+        config_mod.os, "access", lambda p, mode: False if Path(p) == lib else real_access(p, mode)
+    )
+    monkeypatch.setattr(
+        config_mod.os, "statvfs", lambda p: ReadOnly() if Path(p) == lib else real_statvfs(p)
+    )
+    code, out, err = check_config(path, capsys)
+    assert (code, out) == (cli.EXIT_USAGE, "")
+    assert err == (
+        f"voipgw: configuration error: {path}: [gateway] state_dir: {state} cannot be created: "
+        f"{lib} is on a read-only file system\n"
+    )
