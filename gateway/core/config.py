@@ -386,11 +386,13 @@ MAX_DRAIN_TIMEOUT = 86_400.0
 MAX_REDIRECTS = 20
 # A day: a source blocked for longer is better refused by a firewall.
 MAX_AUTH_FAILURE_WINDOW = 86_400.0
-# The least auth_failure_window: a source is blocked while its last auth_max_failures failures
-# lie within the window, and the gateway takes longer than this to read one request (about
-# 14 us to parse an INVITE, more for a digest check): under it no two failures, nor a failure
-# and the next request, ever fell within one window, so the password-guessing limit never
-# blocked anything (1e-9 turned it off without a word).
+# Under this auth_failure_window the limit never blocks: a source is blocked while its last
+# auth_max_failures failures lie within the window, and the gateway takes longer than this to
+# read one request (about 14 us to parse an INVITE, more for a digest check), so no two
+# failures, nor a failure and the next request, ever fall within one window (1e-9 turned it
+# off without a word). Not a floor: earlier releases loaded any window above 0, and with no
+# other way to turn the limit off (a gateway behind a proxy whose address every request has)
+# an operator may have meant it; the loader allows it and check-config says so (value_warnings).
 MIN_AUTH_FAILURE_WINDOW = 1e-5
 # Under a second the limit still blocks, but lets a guesser auth_max_failures guesses every
 # second (432,000 a day at the default 5): it works as a brake on a flood only, so the loader
@@ -1027,14 +1029,12 @@ def _validate(config: GatewayConfig, file: str) -> None:
             f"expected a positive number of failures, got {config.gateway.auth_max_failures}",
         )
     window = config.gateway.auth_failure_window
-    if not MIN_AUTH_FAILURE_WINDOW <= window <= MAX_AUTH_FAILURE_WINDOW:
+    if not 0 < window <= MAX_AUTH_FAILURE_WINDOW:
         raise ConfigError(
             file,
             "gateway",
             "auth_failure_window",
-            f"expected seconds from {MIN_AUTH_FAILURE_WINDOW:.5f} (shorter than the gateway takes "
-            f"to read one request: the limit never blocks) to {MAX_AUTH_FAILURE_WINDOW:g}, "
-            f"got {window:g}",
+            f"expected seconds above 0, up to {MAX_AUTH_FAILURE_WINDOW:g}, got {window:g}",
         )
     if not 0 <= config.gateway.psap_callback_window <= MAX_PSAP_CALLBACK_WINDOW:
         raise ConfigError(
@@ -1498,9 +1498,21 @@ def directory_problem(path: Path, *, check_access: bool = True) -> str | None:
         parent = parent.parent
     if not os.path.isdir(parent):
         return f"{path} cannot be created: {parent} is not a directory"
+    if _on_read_only_file_system(parent):
+        # No user may create it, the service's nor root: an error of check-config too (a
+        # container's read-only root file system), not the checking user's permission.
+        return f"{path} cannot be created: {parent} is on a read-only file system"
     if check_access:
         return directory_access_problem(path)
     return None
+
+
+def _on_read_only_file_system(directory: Path) -> bool:
+    """Whether ``directory`` is on a file system mounted read-only (statvfs ST_RDONLY)."""
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        return False
 
 
 def directory_access_problem(path: Path) -> str | None:
@@ -1619,7 +1631,18 @@ def value_warnings(config: GatewayConfig) -> list[ConfigError]:
             )
         )
     window = config.gateway.auth_failure_window
-    if window < WARN_AUTH_FAILURE_WINDOW:
+    if window < MIN_AUTH_FAILURE_WINDOW:
+        errors.append(
+            ConfigError(
+                file,
+                "gateway",
+                "auth_failure_window",
+                f"{window:g} s is shorter than the gateway takes to read one request: no two "
+                "failures ever fall within it, so the password-guessing limit never blocks; "
+                f"{WARN_AUTH_FAILURE_WINDOW:g} s or more makes it one against guessing",
+            )
+        )
+    elif window < WARN_AUTH_FAILURE_WINDOW:
         guesses = config.gateway.auth_max_failures / window
         errors.append(
             ConfigError(

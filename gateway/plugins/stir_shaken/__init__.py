@@ -120,10 +120,10 @@ WARN_FETCH_TIMEOUT = 1.0
 # signer's: that is allowed and said by check-config (config_warnings).
 MIN_FRESHNESS = 0.5
 WARN_FRESHNESS = 1.0
-# Under a second certificate_cache keeps no certificate from one call to the next: every
-# verified call fetches its signer's certificate again (within fetch_timeout). Allowed (it
-# works), said by check-config.
-WARN_CERTIFICATE_CACHE = 1.0
+# certificate_cache has no warned band: a tiny one is how an operator says "keep no
+# certificate" (there is no 0 for it), a deliberate choice that works (every verified call
+# fetches its signer's certificate again), not a mistake for check-config to fail a deployment
+# pipeline on.
 # Seconds a certificate URL that failed (no answer within fetch_timeout, not fetched, not
 # chaining to the anchors) is not fetched again: its calls are marked failed at once meanwhile.
 FAILED_CERTIFICATE_RETRY = 60.0
@@ -235,12 +235,6 @@ class StirShakenConfig:
                 "stale: iat is whole seconds (RFC 8225 §5.1.1), and a signer that drops the "
                 f"fraction (most do) makes it up to a second old at once; {WARN_FRESHNESS:g} s "
                 "or more"
-            )
-        if self.certificate_cache < WARN_CERTIFICATE_CACHE:
-            warnings.append(
-                f"certificate_cache: {self.certificate_cache:g} s keeps no certificate from one "
-                "call to the next: every verified call fetches its signer's certificate again "
-                "(unless its repository's Cache-Control max-age says longer)"
             )
         return warnings
 
@@ -428,7 +422,9 @@ class StirShaken:
             return fetch.result
         except PassportError as err:
             fetch.error = err
-            self.cache.put(url, err, max_age=FAILED_CERTIFICATE_RETRY, now=now)
+            # Not capped by certificate_cache: a tiny one (keep no certificate) would otherwise
+            # make each call wait fetch_timeout again while the server is down.
+            self.cache.put(url, err, max_age=FAILED_CERTIFICATE_RETRY, now=now, capped=False)
             raise
         finally:
             del self._fetching[url]

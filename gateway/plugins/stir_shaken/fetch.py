@@ -38,7 +38,8 @@ class FetchError(Exception):
 
 @attrs.frozen
 class Fetched:
-    """A fetched resource and how long it may be kept (seconds; 0: not at all)."""
+    """A fetched resource and its Cache-Control max-age (seconds; 0: none, or max-age=0,
+    which the plugin takes as none: its certificate_cache applies)."""
 
     body: bytes
     max_age: float = 0.0
@@ -174,8 +175,12 @@ class CertificateCache:
             return None
         return value
 
-    def put(self, url: str, value: object, *, max_age: float, now: float) -> None:
-        seconds = min(max_age, self.max_cache)
+    def put(
+        self, url: str, value: object, *, max_age: float, now: float, capped: bool = True
+    ) -> None:
+        """Keep ``value`` for ``max_age`` seconds, at most ``max_cache`` unless not ``capped``
+        (a failure: its retry time is the plugin's, whatever certificates are kept for)."""
+        seconds = min(max_age, self.max_cache) if capped else max_age
         if seconds <= 0:
             return
         if len(self._entries) >= self.max_entries and url not in self._entries:

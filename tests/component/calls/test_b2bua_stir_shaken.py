@@ -172,14 +172,28 @@ async def test_a_call_waiting_for_a_certificate_when_the_gateway_stops_gets_503_
     assert env.calls == 0
 
 
+@pytest.mark.parametrize("certificate_cache", [3600.0, 0.001])
 async def test_a_certificate_that_failed_is_not_fetched_again_for_a_minute(
-    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    certificate_cache: float,
 ) -> None:
     """While a carrier's certificate server does not answer, its next calls are marked failed
-    at once instead of each waiting fetch_timeout; a minute later it is asked again."""
+    at once instead of each waiting fetch_timeout; a minute later it is asked again. Also with
+    a certificate_cache that keeps no certificate (0.001): it bounds how long a certificate is
+    kept, not the minute a failure is."""
     pki = make_pki()
     plugin = InjectedStirShaken(pki, delay=3600)
-    env = await start(nursery, tmp_path, voipgw_seed, plugin, fetch_timeout=1.5)
+    env = await start(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        plugin,
+        fetch_timeout=1.5,
+        certificate_cache=certificate_cache,
+    )
     await call_alice(env, [identity(pki.signer_key)])
     assert plugin.fetched == [X5U]
     started = trio.current_time()
