@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import math
+import random
 import types
 
 import trio
@@ -199,3 +200,70 @@ def test_dropped_entries_do_not_pile_up() -> None:
         assert len(timers) <= 2 * 2 + timers_module.PRUNE_SLACK + 1
     timers.drop(first)
     assert not len(timers)
+
+
+async def test_many_calls_waits_ended_moved_or_cancelled_in_any_order_each_woken_on_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Forty calls at once, each through a few timed waits of seeded random lengths, many falling
+    # due in the same instant, some also waiting for our 2xx's next retransmission; each wait may
+    # be ended by an event, moved by the 2xx's ACK (ack_received) or cancelled (a scope around
+    # the call's work) at a random time, the very instant it falls due among them. A wait woken
+    # by time wakes at the time it asked for, or at its deadline if the ACK took the
+    # retransmission away first: never late, never early, never for nothing. Nothing is left
+    # in the heap.
+    timers = CallTimers()
+    wrong: list[tuple[int, float, float, float]] = []
+
+    async def poke(call: CallBase, action: float, at: float, acked: list[float]) -> None:
+        await trio.sleep(at)
+        if action < 0.3:
+            call.post(EndCallEvent("test"))
+        elif action < 0.5 and Side.A in call._retransmit_at:
+            acked[0] = trio.current_time()
+            call.ack_received(Side.A, call._retransmit_at[Side.A][2])  # type: ignore[arg-type]
+
+    async def calling(n: int) -> None:
+        rng = random.Random(n)
+        call = bare_call()
+        call.manager.timers = timers
+        call._answer_in_ack = None
+        call.a = types.SimpleNamespace(flow=None)  # type: ignore[assignment]
+        call.config = types.SimpleNamespace(sip=types.SimpleNamespace(t1=0.5, t2=4.0))  # type: ignore[assignment]
+        invite = types.SimpleNamespace(cseq=types.SimpleNamespace(number=1))
+        for _ in range(rng.randint(1, 5)):
+            now = trio.current_time()
+            deadline = now + rng.choice([0.0, 0.5, 1.0, 1.0, 2.0, 3.5, rng.random() * 5])
+            due = now + rng.choice([0.25, 0.5, 1.0]) if rng.random() < 0.4 else math.inf
+            if due != math.inf:
+                call._retransmit_at[Side.A] = (due, 0.5, invite, now + 32)  # type: ignore[assignment]
+            wake = min(deadline, due)
+            action, at = rng.random(), rng.choice([0.0, 0.25, 0.5, 1.0, rng.random()])
+            acked = [math.inf]  # when the ACK came, if it did
+            event: object = None
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(poke, call, action, at, acked)
+                with trio.move_on_after(rng.choice([math.inf, math.inf, 0.75])) as scope:
+                    event = await call._next_event(deadline)
+                woken = trio.current_time()
+                nursery.cancel_scope.cancel()
+            assert call._wait_timer is None and call._waiter is None
+            # An ACK before the retransmission takes it away; one in the same instant may not.
+            expected = deadline if acked[0] < wake else wake
+            on_time = woken == expected or (acked[0] == wake and woken in (wake, deadline))
+            if not scope.cancelled_caught and event is None and not on_time:
+                wrong.append((n, woken, wake, deadline))
+            if event is not None and woken > wake and acked[0] > wake:
+                wrong.append((n, woken, wake, deadline))  # the timer came late: the event won
+            call._events.clear()
+            call._queued_requests = 0
+            call._retransmit_at.clear()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(timers.run)
+        async with trio.open_nursery() as calls:
+            for n in range(40):
+                calls.start_soon(calling, n)
+        nursery.cancel_scope.cancel()
+    assert wrong == []
+    assert not len(timers) and timers._live == 0
