@@ -13,33 +13,23 @@ another fork answers, is the component tests' case: baresip does not.)
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_peer
 from tests.interop.harness import Baresip, GatewayProcess, tone_wav
-from tests.interop.harness.capture import Capture, udp_filter
+from tests.interop.harness.capture import Capture, _tshark_fields, udp_filter
 
 pytestmark = pytest.mark.interop
 
 PASSWORDS = {"alice": "wonderland-f0rk", "bob": "builder-f0rk"}
 
 
-def client_hellos(pcap: Path, *, complete: bool = True) -> list[tuple[float, int]]:
-    """(time, UDP source port) of every datagram starting a DTLS handshake (ClientHello, RFC
-    6347 §4.2: handshake type 1), in capture order. Not ``complete``: a capture still being
-    written, whose last record may be cut short (tshark then exits non-zero)."""
-    args = [require_peer("tshark"), "-n", "-r", str(pcap), "-Y", "dtls.handshake.type == 1"]
-    args += ["-T", "fields", "-e", "frame.time_relative", "-e", "udp.srcport"]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
-    assert result.returncode == 0 or not complete, result.stderr
-    found = []
-    for line in result.stdout.splitlines():
-        when, port = line.split("\t")
-        found.append((float(when), int(port)))
-    return found
+def client_hello_ports(pcap: Path) -> list[int]:
+    """The UDP source port of every datagram starting a DTLS handshake (ClientHello, RFC 6347
+    §4.2: handshake type 1), in capture order."""
+    rows = _tshark_fields(pcap, [], ["udp.srcport"], "dtls.handshake.type == 1")
+    return [int(port) for (port,) in rows]
 
 
 def within(port: int, phone: Baresip) -> bool:
@@ -89,7 +79,7 @@ def test_the_fork_that_answers_is_keyed_by_its_first_client_hellos(
         alice.wait_closed()
         bob2.wait_closed()
         capture.stop()
-        hellos = [port for _, port in client_hellos(capture.path) if within(port, bob2)]
+        hellos = [port for port in client_hello_ports(capture.path) if within(port, bob2)]
 
     # One ClientHello per port (RTP and RTCP: no rtcp-mux, RFC 5764 §4.1), none resent.
     assert len(hellos) == 2 and len(set(hellos)) == 2, hellos

@@ -16,23 +16,13 @@ import pytest
 import trio
 
 import gateway.plugins.keyexchange.dtls_srtp as dtls_plugin
-from gateway.core.ids import SeededIds
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.plugins.keyexchange.dtls_srtp import DtlsKeyExchange
-from gateway.testing.network import Address
-from gateway.testing.sip_agent import Call, SipAgent
-from tests.component.calls.b2bua_env import (
-    ALICE_DID,
-    ALICE_PASSWORD,
-    GW,
-    B2bua,
-    eventually,
-    start_b2bua,
-)
+from gateway.testing.sip_agent import Call
+from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, start_b2bua
+from tests.component.calls.b2bua_scenarios import second_phone
 from tests.component.calls.dtls_pairs import pairs
 from tests.component.calls.dtls_phone import PHONE_ID, PHONE_PORT, Phone, bind, dtls_sdp
-
-ALICE2: Address = ("127.0.0.5", 5060)  # alice's second phone
 
 
 async def two_ringing_forks(
@@ -43,18 +33,7 @@ async def two_ringing_forks(
     )
     assert env.gateway.store is not None
     env.gateway.store.accounts_set("alice", media_policy="dtls")
-    alice2 = SipAgent(
-        env.network,
-        ALICE2,
-        ids=SeededIds(seed + 3),
-        user="alice",
-        password=ALICE_PASSWORD,
-        proxy=GW,
-        auto=None,
-        media_port=30010,
-    )
-    await nursery.start(alice2.serve)
-    assert (await alice2.register()).status == 200
+    alice2 = await second_phone(env, nursery, seed)
     call = await env.trunk.invite(env.did_uri(ALICE_DID))
     forks = [await env.alice.next_call(), await alice2.next_call()]
     for fork in forks:

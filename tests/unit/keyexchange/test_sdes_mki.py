@@ -10,8 +10,8 @@ import base64
 
 import pytest
 
-from gateway.core.interfaces import KeysReady, NegotiationFailed, SrtpKeys
-from gateway.core.media.srtp import SUITES, SrtpSession
+from gateway.core.interfaces import NegotiationFailed, SrtpKeys
+from gateway.core.media.srtp import SrtpSession
 from gateway.plugins.keyexchange.sdes import (
     Mki,
     SdesConfig,
@@ -20,49 +20,15 @@ from gateway.plugins.keyexchange.sdes import (
     crypto_values,
     parse_crypto_untrusted,
 )
+from tests.unit.keyexchange.sdes_lines import CountingRandom, events, key_b64, keys_of, line
 
 CM128_80 = "AES_CM_128_HMAC_SHA1_80"
 GCM128 = "AEAD_AES_128_GCM"
 SBC_TAIL = "|2^31|1:1"  # what carrier SBCs and FreeSWITCH send (asterisk issue 825)
 
 
-class CountingRandom:
-    """A deterministic stand-in for a CSPRNG: every call returns new bytes."""
-
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
-        self.count = 0
-
-    def __call__(self, n: int) -> bytes:
-        self.count += 1
-        start = (self.seed * 101 + self.count * 37) & 0xFF
-        return bytes((start + 13 * i) & 0xFF for i in range(n))
-
-
-def key_b64(suite: str, seed: int) -> str:
-    n = SUITES[suite].key_salt_length
-    return base64.b64encode(bytes((seed + 7 * i) & 0xFF for i in range(n))).decode()
-
-
-def line(tag: int, suite: str, seed: int, tail: str = "") -> tuple[str, str | None]:
-    return ("crypto", f"{tag} {suite} inline:{key_b64(suite, seed)}{tail}")
-
-
 def exchange(seed: int, mki: str = "mirror") -> SdesKeyExchange:
     return SdesKeyExchange(random_bytes=CountingRandom(seed), mki=mki)
-
-
-def events(negotiation: SdesNegotiation) -> list[object]:
-    out = []
-    while (event := negotiation.next_event()) is not None:
-        out.append(event)
-    return out
-
-
-def keys_of(negotiation: SdesNegotiation) -> SrtpKeys:
-    (event,) = events(negotiation)
-    assert isinstance(event, KeysReady)
-    return event.keys
 
 
 def our_line(negotiation: SdesNegotiation) -> str:

@@ -22,6 +22,7 @@ from gateway.plugins.keyexchange.sdes import (
     crypto_values,
     parse_crypto_untrusted,
 )
+from tests.unit.keyexchange.sdes_lines import CountingRandom, events, key_b64, keys_of, line
 from tests.unit.sdp.sdp_samples import SDES_KEY_80
 
 Attrs = list[tuple[str, str | None]]
@@ -34,46 +35,9 @@ GCM256 = "AEAD_AES_256_GCM"
 ALL = list(SUPPORTED_SUITES)
 
 
-class CountingRandom:
-    """A deterministic stand-in for a CSPRNG: every call returns new bytes; calls are counted."""
-
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
-        self.count = 0
-        self.calls: list[int] = []
-
-    def __call__(self, n: int) -> bytes:
-        self.calls.append(n)
-        self.count += 1
-        start = (self.seed * 101 + self.count * 37) & 0xFF
-        return bytes((start + 13 * i) & 0xFF for i in range(n))
-
-
 def exchange(seed: int) -> tuple[SdesKeyExchange, CountingRandom]:
     random = CountingRandom(seed)
     return SdesKeyExchange(random_bytes=random), random
-
-
-def key_b64(suite: str, seed: int) -> str:
-    n = SUITES[suite].key_salt_length
-    return base64.b64encode(bytes((seed + 7 * i) & 0xFF for i in range(n))).decode()
-
-
-def line(tag: int, suite: str, seed: int, tail: str = "") -> tuple[str, str | None]:
-    return ("crypto", f"{tag} {suite} inline:{key_b64(suite, seed)}{tail}")
-
-
-def events(negotiation: SdesNegotiation) -> list[object]:
-    out = []
-    while (event := negotiation.next_event()) is not None:
-        out.append(event)
-    return out
-
-
-def keys_of(negotiation: SdesNegotiation) -> SrtpKeys:
-    (event,) = events(negotiation)
-    assert isinstance(event, KeysReady)
-    return event.keys
 
 
 def failure_of(negotiation: SdesNegotiation) -> NegotiationFailed:
