@@ -31,6 +31,8 @@ from __future__ import annotations
 import collections
 import os
 import select
+import socket
+import struct
 from collections.abc import Callable
 
 import trio
@@ -44,6 +46,12 @@ DatagramReader = Callable[[int], bool]
 """Reads up to the given number of a socket's ready datagrams and delivers each (a keep-alive
 is read and dropped); True when the socket had no more (``BlockingIOError``), False when it
 stopped at the limit and may have more."""
+
+# Linux's SO_MEMINFO (asm-generic/socket.h; Python does not name it): an array of u32, the
+# socket's memory counters and, at SK_MEMINFO_DROPS (linux/sock_diag.h, Linux 4.7), its drops.
+_SO_MEMINFO = 55
+_SK_MEMINFO_DROPS = 8
+_MEMINFO = struct.Struct("@9I")
 
 DATAGRAMS_PER_TURN = 16
 """Datagrams read from one source per :meth:`InboundQueue.take` that finds the queue empty: the
@@ -198,6 +206,10 @@ class InboundQueue:
         if self._epoll is not None:
             self._epoll.unregister(fd)
 
+    def source_fds(self) -> list[int]:
+        """The registered datagram sockets' descriptors."""
+        return list(self._sources)
+
     def close(self) -> None:
         """Release the epoll and eventfd (the consumer has ended)."""
         self._sources.clear()
@@ -217,3 +229,23 @@ class InboundQueue:
         # Cancelled while parked (the endpoint's timer deadline, or shutdown).
         self._waiter = None
         return trio.lowlevel.Abort.SUCCEEDED
+
+
+def kernel_receive_drops(fds: list[int]) -> int:
+    """Datagrams the kernel dropped on arrival at the sockets ``fds`` since they were opened,
+    summed (a full receive buffer, above all: a backlog overload control did not get to, see
+    ``udp.UdpConfig.receive_buffer``): each socket's drop count, the ``drops`` column of
+    /proc/net/udp, read by ``SO_MEMINFO`` (socket(7); no walk of /proc/net/udp, which lists
+    every media socket too). Read at a scrape, so a datagram costs nothing more. 0 where the
+    kernel does not tell (not Linux, before 4.7)."""
+    dropped = 0
+    for fd in fds:
+        try:
+            # A duplicate of the descriptor: the socket object must not close the transport's.
+            with socket.fromfd(fd, socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                meminfo = sock.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, _MEMINFO.size)
+        except OSError:
+            continue  # closed since (shutdown), or not Linux
+        if len(meminfo) >= _MEMINFO.size:
+            dropped += _MEMINFO.unpack_from(meminfo)[_SK_MEMINFO_DROPS]
+    return dropped
