@@ -216,6 +216,32 @@ async def test_a_receive_buffer_capped_by_the_kernel_is_reported(
     assert "not the 1073741824 of [plugins.udp] receive_buffer" in warnings[0]
 
 
+async def test_a_bug_reading_a_datagram_is_an_internal_error_not_the_gateways_end(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The endpoint's task reads the UDP sockets itself: a bug in a datagram transport's read,
+    # a flow's creation or a delivery raises there, and must not end the endpoint (and with it
+    # the gateway) for every call; the next datagram is read as ever (STYLE.md habit 6).
+    udp = gateway.plugins.transports.get("udp")
+    make_flow = udp._make_flow
+    failed: list[object] = []
+
+    def make_flow_with_a_bug(*args: Any) -> Any:
+        if not failed:
+            failed.append(args)
+            raise RuntimeError("a bug in flow creation")
+        return make_flow(*args)
+
+    monkeypatch.setattr(udp, "_make_flow", make_flow_with_a_bug)
+    port = port_of(gateway, "udp")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as first:
+        first.sendto(options("UDP", 7), ("127.0.0.1", port))
+        response = await udp_exchange(port, options("UDP", 0))
+    assert response.status == 200
+    assert failed
+    assert gateway.endpoint.statistics.internal_errors == 1
+
+
 async def test_datagrams_the_kernel_dropped_at_a_full_receive_buffer_are_counted(
     tmp_path,  # type: ignore[no-untyped-def]
 ) -> None:
