@@ -19,7 +19,8 @@ that reads up to a number of ready datagrams and delivers each through :meth:`In
 messages taken (else stream transports delivering as fast as the endpoint takes would leave the
 UDP sockets unread, where a task per socket had its share of the queue), so a datagram waits in
 the kernel's receive buffer (bounded by ``SO_RCVBUF``, its wait stamped by the kernel for overload
-control) instead of in the gateway, and the queue holds at most a turn's worth of them. While
+control) instead of in the gateway: a turn per source for each turn of messages taken, never
+more than the queue has room for. While
 sources are registered the consumer waits for the first of: a source readable, a delivery, its
 deadline, on a level-triggered ``select.epoll`` holding the sources and an ``eventfd`` that a
 delivery writes while the consumer waits (the media relay waits the same way,
