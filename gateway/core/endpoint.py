@@ -692,7 +692,17 @@ class SipEndpoint:
             with trio.CancelScope() as wait:
                 taken_without_yield = 0
                 while True:
-                    item = inbound.take()
+                    try:
+                        item = inbound.take()
+                    except Exception:
+                        # take() reads the UDP sockets in this task: a bug in a datagram
+                        # transport's read, a flow's creation or a delivery raises here, and
+                        # must not end the endpoint for every call (STYLE.md habit 6). The
+                        # datagram is lost; the wait below is a checkpoint while sources are
+                        # ready, so a bug that repeats does not hold other tasks up.
+                        self.statistics.internal_errors += 1
+                        log_exception(log, "internal error reading a datagram socket")
+                        item = None
                     if item is None:
                         taken_without_yield = 0
                         deadline = transactions.get_timer()

@@ -106,7 +106,7 @@ from gateway.core.store.interface import (
 )
 from gateway.core.store.sqlite import DEFAULT_BUSY_TIMEOUT
 from gateway.core.transport.flows import Flow, FlowTable, format_address
-from gateway.core.transport.inbound import InboundQueue
+from gateway.core.transport.inbound import InboundQueue, kernel_receive_drops
 
 log = logging.getLogger(__name__)
 
@@ -751,6 +751,11 @@ class Gateway:
             await trio.sleep_forever()
         finally:
             self._inbound.remove_source(fd)
+
+    def datagram_receive_drops(self) -> int:
+        """Datagrams the kernel dropped at the sockets :meth:`serve_datagrams` serves (their
+        receive buffers full): a UDP backlog waits there, not in the inbound queue."""
+        return kernel_receive_drops(self._inbound.source_fds())
 
     def flow_closed(self, flow: Flow) -> None:
         self.statistics.flows_closed += 1

@@ -958,6 +958,9 @@ class SipCounts:
     rejected_overload: int
     rejected_malformed: int
     dropped_queue_full: int
+    # Datagrams the kernel dropped at the UDP sockets, their receive buffers full (a UDP
+    # backlog waits there, not in the inbound queue: gateway/core/transport/inbound.py).
+    udp_receive_dropped: int = 0
     # Late INVITEs to an emergency number served all the same (gateway/core/endpoint.py).
     emergency_overload_passes: int = 0
     # New requests answered 482 as merged (RFC 3261 §8.2.2.2: one request that reached us

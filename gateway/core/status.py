@@ -367,6 +367,7 @@ class StatusView:
             auth_failures=registration.failed if registration is not None else 0,
             auth_blocked=registration.refused_blocked if registration is not None else 0,
             dropped_queue_full=self._gateway.statistics.dropped_queue_full,
+            udp_receive_dropped=self._gateway.datagram_receive_drops(),
             emergency_overload_passes=endpoint.emergency_overload_passes,
             merged_requests=self._gateway.endpoint.transactions.merged_requests,
             internal_errors=endpoint.internal_errors,

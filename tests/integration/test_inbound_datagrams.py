@@ -63,7 +63,7 @@ async def test_a_datagram_on_a_source_wakes_the_waiting_task(
     reads: list[int] = []
     queue.add_source(ours.fileno(), _reader(ours, queue, reads))
     assert queue.take() is None  # read at once (it may have been readable), found empty
-    assert reads == [DATAGRAMS_PER_TURN]
+    assert reads == [8]  # no more than the queue has room for
     taken: list[bytes] = []
 
     async def consumer() -> None:
@@ -123,11 +123,13 @@ async def test_a_backlog_waits_in_the_socket_not_in_the_queue(
     # One turn was read: the rest of the backlog is still the kernel's (bounded by SO_RCVBUF,
     # stamped for overload control), not the gateway's memory.
     assert len(queue) == DATAGRAMS_PER_TURN - 1
-    # Nothing more is read while messages are queued (a stream's delivered message is not
-    # held up behind the whole backlog).
+    # While messages are queued the next turn is read only once a turn of them has been
+    # taken (a stream's delivered message is not held up behind the whole backlog).
     queue.put((b"tcp", FLOW, 0.0))
-    assert [queue.take() for _ in range(DATAGRAMS_PER_TURN)][-1] == (b"tcp", FLOW, 0.0)
+    assert [queue.take() for _ in range(DATAGRAMS_PER_TURN - 1)][-1] == (b"15", FLOW, 0.0)
     assert reads == [DATAGRAMS_PER_TURN]
+    assert queue.take() == (b"tcp", FLOW, 0.0)
+    assert reads == [DATAGRAMS_PER_TURN] * 2
     assert _taken(queue) == [b"%d" % n for n in range(DATAGRAMS_PER_TURN, 40)]
     # Two full turns, then the last eight and the empty socket.
     assert reads == [DATAGRAMS_PER_TURN] * 3
@@ -244,3 +246,53 @@ async def test_a_turn_of_datagrams_that_are_no_messages_lets_other_tasks_run(
     assert scope.cancelled_caught
     queue.remove_source(ours.fileno())
     queue.close()
+
+
+def test_steady_stream_deliveries_do_not_starve_a_datagram_source(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    # A TCP/TLS/WS peer delivering at least as fast as the endpoint takes keeps the queue from
+    # ever being empty: the UDP sockets (a trunk's responses, its ACKs and BYEs) must still be
+    # read, a turn of them after each turn of queued messages, as when UDP had its own task.
+    peer, ours = pair
+    queue = InboundQueue(1024)
+    queue.add_source(ours.fileno(), _reader(ours, queue, []))
+    assert queue.take() is None  # the socket read once, empty
+    queue.put((b"tcp", FLOW, 0.0))
+    peer.send(b"200 OK over udp")
+    taken = []
+    for _ in range(4 * DATAGRAMS_PER_TURN):
+        queue.put((b"tcp", FLOW, 0.0))  # the stream's next message, before every take
+        item = queue.take()
+        assert item is not None
+        taken.append(item[0])
+    assert b"200 OK over udp" in taken
+    queue.remove_source(ours.fileno())
+    queue.close()
+
+
+def test_a_flooded_datagram_source_does_not_starve_another() -> None:
+    # An IPv4 and an IPv6 listener (or two listeners): a flood on one, every turn of it a
+    # message, must not keep the other's datagrams in its socket for as long as it lasts.
+    flooded_peer, flooded = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    other_peer, other = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with flooded_peer, flooded, other_peer, other:
+        flooded.setblocking(False)
+        other.setblocking(False)
+        queue = InboundQueue(1024)
+        queue.add_source(flooded.fileno(), _reader(flooded, queue, []))
+        queue.add_source(other.fileno(), _reader(other, queue, []))
+        for _ in range(10 * DATAGRAMS_PER_TURN):
+            flooded_peer.send(b"flood")
+        first = queue.take()  # both read: the flooded one stops at the turn, the other empty
+        assert first is not None
+        other_peer.send(b"INVITE on the other listener")
+        taken = [first[0]]
+        for _ in range(4 * DATAGRAMS_PER_TURN):
+            item = queue.take()
+            assert item is not None  # the flood keeps the endpoint busy: it never waits
+            taken.append(item[0])
+        assert b"INVITE on the other listener" in taken
+        queue.remove_source(flooded.fileno())
+        queue.remove_source(other.fileno())
+        queue.close()

@@ -15,9 +15,12 @@ second turn of trio's run loop per datagram, which at a few datagrams per wake-u
 much as the endpoint's own dispatch. A datagram transport registers its socket here
 (:meth:`InboundQueue.add_source`, through ``TransportHost.serve_datagrams``) with a function
 that reads up to a number of ready datagrams and delivers each through :meth:`InboundQueue.put`.
-:meth:`InboundQueue.take` calls it when nothing else is queued, so a datagram waits in the
-kernel's receive buffer (bounded by ``SO_RCVBUF``, its wait stamped by the kernel for overload
-control) instead of in the gateway, and the queue holds at most a turn's worth of them. While
+:meth:`InboundQueue.take` calls it when nothing else is queued, and after every turn of queued
+messages taken (else stream transports delivering as fast as the endpoint takes would leave the
+UDP sockets unread, where a task per socket had its share of the queue), so a datagram waits in
+the kernel's receive buffer (bounded by ``SO_RCVBUF``, its wait stamped by the kernel for overload
+control) instead of in the gateway: a turn per source for each turn of messages taken, never
+more than the queue has room for. While
 sources are registered the consumer waits for the first of: a source readable, a delivery, its
 deadline, on a level-triggered ``select.epoll`` holding the sources and an ``eventfd`` that a
 delivery writes while the consumer waits (the media relay waits the same way,
@@ -29,6 +32,8 @@ from __future__ import annotations
 import collections
 import os
 import select
+import socket
+import struct
 from collections.abc import Callable
 
 import trio
@@ -42,6 +47,12 @@ DatagramReader = Callable[[int], bool]
 """Reads up to the given number of a socket's ready datagrams and delivers each (a keep-alive
 is read and dropped); True when the socket had no more (``BlockingIOError``), False when it
 stopped at the limit and may have more."""
+
+# Linux's SO_MEMINFO (asm-generic/socket.h; Python does not name it): an array of u32, the
+# socket's memory counters and, at SK_MEMINFO_DROPS (linux/sock_diag.h, Linux 4.7), its drops.
+_SO_MEMINFO = 55
+_SK_MEMINFO_DROPS = 8
+_MEMINFO = struct.Struct("@9I")
 
 DATAGRAMS_PER_TURN = 16
 """Datagrams read from one source per :meth:`InboundQueue.take` that finds the queue empty: the
@@ -66,6 +77,8 @@ class InboundQueue:
         self._wake_fd = -1
         self._waiting_on_epoll = False
         self._wake_written = False
+        # Messages taken from the queue since the sources were last read (take()).
+        self._taken_queued = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -89,11 +102,54 @@ class InboundQueue:
     def take(self) -> Inbound | None:
         """The oldest queued message, or None when there is none (no checkpoint). With nothing
         queued, each source that may have datagrams ready is read first (up to
-        :data:`DATAGRAMS_PER_TURN` each)."""
+        :data:`DATAGRAMS_PER_TURN` each); with messages queued, the sources are read after
+        every :data:`DATAGRAMS_PER_TURN` of them taken, so that stream transports delivering
+        as fast as the endpoint takes cannot keep the UDP sockets unread."""
         items = self._items
-        if not items and self._ready:
-            self._ready = [read for read in self._ready if not read(DATAGRAMS_PER_TURN)]
+        if items:
+            if self._sources:
+                self._taken_queued += 1
+                if self._taken_queued >= DATAGRAMS_PER_TURN:
+                    if self._epoll is not None:
+                        self._poll_ready()
+                    self._read_ready()
+            return items.popleft()
+        ready = self._ready
+        if ready:
+            # A source that stops at the turn stays ready, and the consumer then never waits on
+            # the epoll: the others are looked for here, or one flooded listener would keep
+            # another's datagrams (IPv4 and IPv6, several listeners) unread while it lasts.
+            if len(ready) < len(self._sources) and self._epoll is not None:
+                self._poll_ready()
+            self._read_ready()
         return items.popleft() if items else None
+
+    def _read_ready(self) -> None:
+        """Read a turn from each source that may have datagrams ready, no more than the queue
+        has room for (the rest wait in the socket, the source staying ready)."""
+        self._taken_queued = 0
+        items = self._items
+        size = self.size
+        ready = []
+        for read in self._ready:
+            room = size - len(items)
+            if room <= 0 or not read(min(room, DATAGRAMS_PER_TURN)):
+                ready.append(read)
+        self._ready = ready
+
+    def _poll_ready(self) -> None:
+        """Add the readable sources to the ready ones (and consume a delivery's wake-up)."""
+        assert self._epoll is not None
+        ready = self._ready
+        sources = self._sources
+        for fd, _ in self._epoll.poll(0):
+            if fd == self._wake_fd:
+                os.eventfd_read(fd)
+                self._wake_written = False
+            else:
+                read = sources.get(fd)
+                if read is not None and read not in ready:
+                    ready.append(read)
 
     async def wait(self) -> None:
         """Park until a message is queued or a source is readable (return at once if one is).
@@ -121,15 +177,7 @@ class InboundQueue:
             await trio.lowlevel.wait_readable(epoll.fileno())
         finally:
             self._waiting_on_epoll = False
-        sources = self._sources
-        for fd, _ in epoll.poll(0):
-            if fd == self._wake_fd:
-                os.eventfd_read(fd)
-                self._wake_written = False
-            else:
-                read = sources.get(fd)
-                if read is not None:
-                    self._ready.append(read)
+        self._poll_ready()
 
     def add_source(self, fd: int, read: DatagramReader) -> None:
         """Have the consumer read the datagram socket ``fd`` with ``read`` whenever it is
@@ -159,6 +207,10 @@ class InboundQueue:
         if self._epoll is not None:
             self._epoll.unregister(fd)
 
+    def source_fds(self) -> list[int]:
+        """The registered datagram sockets' descriptors."""
+        return list(self._sources)
+
     def close(self) -> None:
         """Release the epoll and eventfd (the consumer has ended)."""
         self._sources.clear()
@@ -178,3 +230,23 @@ class InboundQueue:
         # Cancelled while parked (the endpoint's timer deadline, or shutdown).
         self._waiter = None
         return trio.lowlevel.Abort.SUCCEEDED
+
+
+def kernel_receive_drops(fds: list[int]) -> int:
+    """Datagrams the kernel dropped on arrival at the sockets ``fds`` since they were opened,
+    summed (a full receive buffer, above all: a backlog overload control did not get to, see
+    ``udp.UdpConfig.receive_buffer``): each socket's drop count, the ``drops`` column of
+    /proc/net/udp, read by ``SO_MEMINFO`` (socket(7); no walk of /proc/net/udp, which lists
+    every media socket too). Read at a scrape, so a datagram costs nothing more. 0 where the
+    kernel does not tell (not Linux, before 4.7)."""
+    dropped = 0
+    for fd in fds:
+        try:
+            # A duplicate of the descriptor: the socket object must not close the transport's.
+            with socket.fromfd(fd, socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                meminfo = sock.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, _MEMINFO.size)
+        except OSError:
+            continue  # closed since (shutdown), or not Linux
+        if len(meminfo) >= _MEMINFO.size:
+            dropped += _MEMINFO.unpack_from(meminfo)[_SK_MEMINFO_DROPS]
+    return dropped

@@ -327,6 +327,13 @@ def _sip(out: Exposition, status: GatewayStatus) -> None:
     )
     out.sample(sip.dropped_queue_full)
     out.family(
+        "voipgw_sip_udp_receive_dropped_total",
+        "counter",
+        "SIP datagrams the kernel dropped at the gateway's UDP sockets, their receive buffers "
+        "full: a UDP backlog past [plugins.udp] receive_buffer.",
+    )
+    out.sample(sip.udp_receive_dropped)
+    out.family(
         "voipgw_sip_connections",
         "gauge",
         "Open SIP connections (phones, trunks, browsers) by transport: tcp, tls, ws, wss.",

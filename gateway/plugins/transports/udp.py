@@ -6,12 +6,13 @@ new address use the listener socket of the same address family, so requests leav
 address and port peers know us by.
 
 The socket is used directly, non-blocking, and read by the SIP endpoint's own task
-(``TransportHost.serve_datagrams``): when it is readable and nothing else is queued, the endpoint
-reads up to a turn's worth of datagrams and handles them. A datagram is a message as read, so a
-task per socket only moved each to the endpoint's task, at the price of a second task step and
-a second turn of trio's run loop per datagram (session 34, docs/benchmarks.md); trio's socket
-methods cost more again (a checkpoint before and after each system call, epoll re-armed for
-every receive). A send waits only when the kernel's buffer is full.
+(``TransportHost.serve_datagrams``): when it is readable and nothing else is queued, or after a
+turn of queued messages, the endpoint reads up to a turn's worth of datagrams and handles them.
+A datagram is a message as read, so a task per socket only moved each to the endpoint's task, at
+the price of a second task step and a second turn of trio's run loop per datagram (session 34,
+docs/benchmarks.md); trio's socket methods cost more again (a checkpoint before and after each
+system call, epoll re-armed for every receive). A send waits only when the kernel's buffer is
+full.
 """
 
 from __future__ import annotations
