@@ -23,7 +23,14 @@ from gateway.core.config import ConfigError, GatewayConfig, TrunkAddress
 from gateway.core.interfaces import MediaPolicy
 from gateway.core.logs import LineFormatter, log_exception, show_plugin_exception_text
 from gateway.core.media.policy import BUILTIN_POLICIES, DEFAULT_POLICY, all_policies
-from gateway.core.plugins import DiscoveredPlugin, PluginError, Plugins, discover, load_plugins
+from gateway.core.plugins import (
+    DiscoveredPlugin,
+    PluginConfigError,
+    PluginError,
+    Plugins,
+    discover,
+    load_plugins,
+)
 from gateway.core.store.errors import StoreError
 
 EXIT_OK = 0
@@ -546,10 +553,19 @@ def _tune_garbage_collector(thresholds: Sequence[int]) -> None:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    config = _load_config(args.config)
+    # A value where an enabled plugin's table goes ([plugins] acme = 3) is that plugin's
+    # error here, not the whole listing's: `run` stops on it as before.
+    misplaced: dict[str, ConfigError] = {}
+    config = (
+        config_mod.from_toml(args.config, misplaced=misplaced)
+        if args.config
+        else config_mod.embedded_defaults()
+    )
     installed = discover()
     enabled = set(config.plugins.enable)
-    loaded, failed = _load_plugins_listing(config, args, installed) if enabled else (None, {})
+    loaded, failed = (
+        _load_plugins_listing(config, args, installed, misplaced) if enabled else (None, {})
+    )
     width = max((len(n) for n in installed), default=4)
     # A third-party distribution's name is often longer than the built-ins': keep the columns.
     dists = {name: f"{p.distribution} {p.version}" for name, p in installed.items()}
@@ -558,7 +574,13 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     for name in sorted(installed):
         dist = dists[name]
         if name in failed:
-            registers = "(not loaded: see the plugin error below)"
+            # A setting it refuses (its table, or a ConfigError from its hooks): the plugin
+            # imported and was asked; the gateway would not run with this configuration.
+            registers = (
+                "(its configuration refused: see the configuration error below)"
+                if isinstance(failed[name], ConfigError)
+                else "(not loaded: see the plugin error below)"
+            )
             state = "FAILED"
         elif loaded is not None and name in enabled:
             parts = [
@@ -590,15 +612,21 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _load_plugins_listing(
-    config: GatewayConfig, args: argparse.Namespace, installed: Mapping[str, DiscoveredPlugin]
+    config: GatewayConfig,
+    args: argparse.Namespace,
+    installed: Mapping[str, DiscoveredPlugin],
+    misplaced: Mapping[str, ConfigError],
 ) -> tuple[Plugins, dict[str, PluginError]]:
     """The enabled plugins for ``voipgw plugins``: those that load, and the error of each that
     does not (by name). ``voipgw run`` stops on the first such error (docs/plugin_hooks.md);
     the listing goes on without that plugin (and its ``[plugins.NAME]`` table) to show the
     others, and says the error as ``run`` would. Each plugin is loaded once, however many
     fail. An error no single plugin is at fault for (two registering one name) is raised as
-    ``run`` raises it."""
-    failed: dict[str, PluginError] = {}
+    ``run`` raises it. ``misplaced``: the errors of values written where an enabled plugin's
+    table goes (``config_mod.from_toml``), each that plugin's, which is then not loaded."""
+    failed: dict[str, PluginError] = {
+        name: PluginConfigError(name, error, named=False) for name, error in misplaced.items()
+    }
     return _load_plugins(config, args, installed=installed, failed=failed), failed
 
 

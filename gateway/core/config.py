@@ -1766,8 +1766,16 @@ def _validate_trunk_plan(numbering: NumberingPlan, trunk: TrunkConfig, file: str
             )
 
 
-def from_mapping(data: Mapping[str, Any], *, file: str = "<embedded defaults>") -> GatewayConfig:
-    """Structure an already-parsed TOML document."""
+def from_mapping(
+    data: Mapping[str, Any],
+    *,
+    file: str = "<embedded defaults>",
+    misplaced: dict[str, ConfigError] | None = None,
+) -> GatewayConfig:
+    """Structure an already-parsed TOML document. ``misplaced`` (``voipgw plugins``, which
+    lists every plugin whatever their settings): the error of a value written under
+    ``[plugins]`` where an enabled plugin's table goes (``[plugins] acme = 3``) is put there,
+    by the plugin's name, and the value left out, instead of raised."""
     sections: dict[str, type[Any]] = {
         "gateway": GatewaySection,
         "sip": SipSection,
@@ -1809,6 +1817,21 @@ def from_mapping(data: Mapping[str, Any], *, file: str = "<embedded defaults>") 
         raise ConfigError(file, "plugins", None, "expected a table: [plugins] enable = [...]")
     plugin_tables = {k: v for k, v in plugins_table.items() if isinstance(v, dict)}
     plain = {k: v for k, v in plugins_table.items() if not isinstance(v, dict)}
+    enable = plain.get("enable")
+    for name in [k for k in plain if isinstance(enable, list) and k in enable]:
+        # An enabled plugin's name with a value, not a table: its settings, misplaced. The
+        # line "unknown key" always said, and where they go.
+        error = ConfigError(
+            file,
+            "plugins",
+            name,
+            f"unknown key; known keys: enable (the settings of plugin {name!r} go in its own "
+            f"table, [plugins.{name}])",
+        )
+        if misplaced is None:
+            raise error
+        misplaced[name] = error
+        del plain[name]
     values["plugins"] = structure(PluginsSection, plain, file=file, table_name="plugins")
     values["trunks"] = _structure_trunks(data.get("trunks", []), file)
     for trunk in values["trunks"]:
@@ -1821,8 +1844,11 @@ def from_mapping(data: Mapping[str, Any], *, file: str = "<embedded defaults>") 
     return config
 
 
-def from_toml(path: str | Path) -> GatewayConfig:
-    """Read and validate a configuration file. Errors name the file, the table and the key."""
+def from_toml(
+    path: str | Path, *, misplaced: dict[str, ConfigError] | None = None
+) -> GatewayConfig:
+    """Read and validate a configuration file. Errors name the file, the table and the key.
+    ``misplaced``: as :func:`from_mapping`'s."""
     file = str(path)
     try:
         raw = Path(path).read_bytes()
@@ -1840,7 +1866,7 @@ def from_toml(path: str | Path) -> GatewayConfig:
         ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(file, "", None, f"not valid TOML: {exc}") from None
-    return from_mapping(data, file=file)
+    return from_mapping(data, file=file, misplaced=misplaced)
 
 
 def embedded_defaults() -> GatewayConfig:

@@ -45,17 +45,13 @@ from typing import Any
 
 from gateway.core.config import DTMF_MODES
 from gateway.core.interfaces import DeviceProfile, MediaPolicy
-from gateway.core.logs import log_exception
 from gateway.core.media.policy import ALL_KEY_EXCHANGES
 from gateway.core.media.srtp import SUITES
-from gateway.core.plugins import PluginError, raising_plugin
+from gateway.core.plugins import HookFailures, PluginError, raising_plugin
 from gateway.core.sip.message import Request
 from gateway.core.transport.flows import Flow
 
 log = logging.getLogger(__name__)
-
-# A plugin's identify hook that keeps failing is logged once a minute, not per INVITE.
-_HOOK_ERROR_LOG_INTERVAL = 60.0
 
 
 class DeviceIdentifier:
@@ -103,8 +99,8 @@ class DeviceIdentifier:
         )
         self._policies = policies
         self._known_exchanges = set(ALL_KEY_EXCHANGES) | set(key_exchanges)
-        self._clock = clock
-        self._hook_error_logged_at: float | None = None
+        # A plugin's identify hook that keeps failing is logged once a minute, not per INVITE.
+        self._failures = HookFailures(log, clock)
 
     @property
     def active(self) -> bool:
@@ -130,27 +126,28 @@ class DeviceIdentifier:
         registered would refuse media."""
         arguments = {"request": request, "flow": flow}
         for plugin, function, argnames in self._impls:
-            who = f"plugin {plugin!r}: " if plugin is not None else ""
             try:
                 answer = function(**{name: arguments[name] for name in argnames})
             except Exception as exc:
-                if plugin is None and (named := raising_plugin(self._hook, exc)) is not None:
-                    who = f"plugin {named!r}: "  # called through pluggy: its traceback says
-                self._log_hook_error(f"{who}gateway_identify_device failed", failure=exc)
+                if plugin is None:  # called through pluggy: its traceback says
+                    plugin = raising_plugin(self._hook, exc)
+                self._log_hook_error(plugin, "gateway_identify_device failed", exc)
                 return None
             if answer is None:
                 continue
             if not isinstance(answer, DeviceProfile):
                 self._log_hook_error(
-                    f"{who}gateway_identify_device returned {type(answer).__name__}, "
-                    "expected a DeviceProfile or None"
+                    plugin,
+                    f"gateway_identify_device returned {type(answer).__name__}, "
+                    "expected a DeviceProfile or None",
                 )
                 return None
             problem = profile_problem(answer, self._policies, self._known_exchanges)
             if problem is not None:
                 self._log_hook_error(
-                    f"{who}gateway_identify_device returned device profile {answer.name!r}: "
-                    f"{problem}; taken as no profile"
+                    plugin,
+                    f"gateway_identify_device returned device profile {answer.name!r}: "
+                    f"{problem}; taken as no profile",
                 )
                 return None
             return answer
@@ -165,18 +162,19 @@ class DeviceIdentifier:
                 return profile
         return None
 
-    def _log_hook_error(self, message: str, *, failure: BaseException | None = None) -> None:
-        now = self._clock()
-        last = self._hook_error_logged_at
-        if last is not None and now - last < _HOOK_ERROR_LOG_INTERVAL:
-            return
-        self._hook_error_logged_at = now
-        if failure is None:
-            log.error("%s (devices are identified by User-Agent meanwhile)", message)
-        else:
-            log_exception(
-                log, "%s (devices are identified by User-Agent meanwhile)", message, exc=failure
-            )
+    def _log_hook_error(
+        self, plugin: str | None, message: str, failure: BaseException | None = None
+    ) -> None:
+        # "plugin 'NAME': " where the plugin is known (a plain function standing in for the
+        # hook has no name); once a minute per plugin, with a count of those left out.
+        who = f"plugin {plugin!r}: " if plugin is not None else ""
+        self._failures.failed(
+            plugin,
+            failure,
+            "%s%s (devices are identified by User-Agent meanwhile)%s",
+            who,
+            message,
+        )
 
 
 def narrowed_for_device(policy: MediaPolicy, device: DeviceProfile | None) -> MediaPolicy:

@@ -68,15 +68,17 @@ class PluginHookError(PluginError):
 
 
 class PluginConfigError(ConfigError, PluginError):
-    """A :class:`ConfigError` a plugin raised in ``gateway_configure`` (a setting it refuses):
-    the same error, still a ConfigError to whoever catches one, its text (the plugin's, for the
-    operator) as every configuration error's, ``FILE: [TABLE] KEY: ...``, the plugin's name
-    after it (operators' scripts match the line's start: it stays what it was before plugins
-    were named); and a PluginError whose ``plugin`` is that plugin, so ``voipgw plugins``
-    lists the others."""
+    """A :class:`ConfigError` a plugin raised in ``gateway_configure`` or a registration hook
+    (a setting it refuses): the same error, still a ConfigError to whoever catches one, its
+    text (the plugin's, for the operator) as every configuration error's, ``FILE: [TABLE] KEY:
+    ...``, the plugin's name after it (operators' scripts match the line's start: it stays what
+    it was before plugins were named); and a PluginError whose ``plugin`` is that plugin, so
+    ``voipgw plugins`` lists the others. ``named=False``: the text is the error's own, for a
+    ``[plugins.NAME]`` table the plugin's declared class refuses (its table names it, and
+    ``voipgw run`` says that line as it always has)."""
 
-    def __init__(self, plugin: str, error: ConfigError) -> None:
-        Exception.__init__(self, f"{error} (plugin {plugin!r})")
+    def __init__(self, plugin: str, error: ConfigError, *, named: bool = True) -> None:
+        Exception.__init__(self, f"{error} (plugin {plugin!r})" if named else str(error))
         self.file, self.table, self.key = error.file, error.table, error.key
         self.message = error.message
         self.plugin = plugin
@@ -139,8 +141,9 @@ class HookFailures:
     in between): a hook that raises on every message or call event must not flood the log.
     The gateway's one such limiter: the raising ``gateway_outbound_message`` hooks
     (gateway/core/endpoint.py), the failing ``gateway_call_event`` observers
-    (gateway/core/calls/manager.py) and the ``gateway_inbound_message`` changes dropped
-    (gateway/core/inbound.py) each keep one."""
+    (gateway/core/calls/manager.py), the ``gateway_inbound_message`` changes dropped
+    (gateway/core/inbound.py) and the failing or wrong ``gateway_identify_device`` answers
+    (gateway/core/devices.py) each keep one."""
 
     INTERVAL = 60.0
 
@@ -191,6 +194,27 @@ def failure(exc: BaseException) -> str:
     and their subclasses (the TLS plugins' CertificateError: "ca.key holds no PEM")."""
     described = describe_exception(exc, shown=(ConfigError, PluginError, ReloadError))
     return f"{described} {SHOW_TEXT_HINT}" if described.endswith(WITHHELD) else described
+
+
+def hook_failed(plugin: str, hook: str, exc: Exception) -> PluginError:
+    """The start-up error of ``plugin`` whose ``hook`` (``gateway_plugin_config``,
+    ``gateway_configure``, a registration hook) raised ``exc``, its cause: a
+    :class:`PluginError` as it is, written for the operator (named ``plugin`` unless it names
+    one, or none is at fault: :class:`DuplicateName`); a :class:`ConfigError` (a setting the
+    plugin refuses) as every configuration error, ``FILE: [TABLE] KEY: ...``, naming the
+    plugin at its end (:class:`PluginConfigError`); anything else ``plugin 'NAME' failed in
+    HOOK: TYPE at FILE:LINE ...`` (:func:`failure`)."""
+    if isinstance(exc, PluginError):
+        if exc.plugin is None and not isinstance(exc, DuplicateName):
+            exc.plugin = plugin  # its text is the plugin's, for the operator
+        return exc
+    error = (
+        PluginConfigError(plugin, exc)
+        if isinstance(exc, ConfigError)
+        else PluginError(f"plugin {plugin!r} failed in {hook}: {failure(exc)}", plugin=plugin)
+    )
+    error.__cause__ = exc
+    return error
 
 
 @attrs.frozen
@@ -316,22 +340,8 @@ class Plugins:
             available = {"config": self.configs.get(impl.plugin_name)}
             try:
                 impl.function(**{arg: available[arg] for arg in impl.argnames})
-            except PluginError as exc:
-                if exc.plugin is None:
-                    exc.plugin = impl.plugin_name  # its text is the plugin's, for the operator
-                self._leave_out(exc, failed)
-            except ConfigError as exc:
-                # Its text is the plugin's, for the operator; which plugin refused is ours.
-                error: PluginError = PluginConfigError(impl.plugin_name, exc)
-                error.__cause__ = exc
-                self._leave_out(error, failed)
             except Exception as exc:
-                error = PluginError(
-                    f"plugin {impl.plugin_name!r} failed in gateway_configure: {failure(exc)}",
-                    plugin=impl.plugin_name,
-                )
-                error.__cause__ = exc
-                self._leave_out(error, failed)
+                self._leave_out(hook_failed(impl.plugin_name, "gateway_configure", exc), failed)
 
     def run_registrations(self, failed: dict[str, PluginError] | None = None) -> None:
         """Call every ``gateway_register_*`` hook once per plugin, telling each registry who is
@@ -346,17 +356,8 @@ class Plugins:
                 available = {"registry": registry, "config": self.configs.get(impl.plugin_name)}
                 try:
                     impl.function(**{arg: available[arg] for arg in impl.argnames})
-                except PluginError as exc:
-                    if exc.plugin is None and not isinstance(exc, DuplicateName):
-                        exc.plugin = impl.plugin_name  # the plugin's own, for the operator
-                    self._leave_out(exc, failed)
                 except Exception as exc:
-                    error = PluginError(
-                        f"plugin {impl.plugin_name!r} failed in {hook_name}: {failure(exc)}",
-                        plugin=impl.plugin_name,
-                    )
-                    error.__cause__ = exc
-                    self._leave_out(error, failed)
+                    self._leave_out(hook_failed(impl.plugin_name, hook_name, exc), failed)
                 finally:
                     registry._current_plugin = "<core>"
 
@@ -411,8 +412,9 @@ def load_plugins(
     ``failed`` (``voipgw plugins``, which lists what loads): a :class:`PluginError` that one
     enabled plugin is at fault for is put there, by the plugin's name, instead of
     raised, and the others load without that plugin (nor its table); each plugin is imported
-    once. Errors that are not one plugin's (a name two plugins register, a bad table) are
-    raised as without it.
+    once, and one there already is not loaded. A ``[plugins.NAME]`` table its plugin refuses
+    is that plugin's error. Errors that are not one plugin's (a name two plugins register)
+    are raised as without it.
     """
     pm = new_plugin_manager()
     installed = discover() if installed is None else installed
@@ -429,8 +431,8 @@ def load_plugins(
             f"plugin {missing[0]!r} is not installed; installed plugins: {listing}",
         )
     for name in config.plugins.enable:
-        if name in extra_names:
-            continue
+        if name in extra_names or (failed is not None and name in failed):
+            continue  # one failed already (its settings misplaced: voipgw plugins) is not loaded
         plugin = installed[name]
         try:
             obj = _load_entry_point(plugin)
@@ -440,8 +442,7 @@ def load_plugins(
                 f"failed to import: {failure(exc)}",
                 plugin=name,
             )
-            error.__cause__ = exc
-            _leave_out(pm, error, failed)
+            _leave_out(pm, error, failed, cause=exc)
             continue
         _register(pm, obj, name, failed)
     for name, obj in extra:
@@ -457,8 +458,7 @@ def load_plugins(
             error = PluginError(f"plugin {name!r}: {exc}", plugin=name)
             if registered is None:  # nothing to leave out: raised however it is called
                 raise error from exc
-            error.__cause__ = exc
-            _leave_out(pm, error, failed)
+            _leave_out(pm, error, failed, cause=exc)
     configs = _plugin_configs(pm, config, failed)
     plugins = Plugins(pm, configs)
     plugins.run_configure(failed)
@@ -467,11 +467,17 @@ def load_plugins(
 
 
 def _leave_out(
-    pm: pluggy.PluginManager, error: PluginError, failed: dict[str, PluginError] | None
+    pm: pluggy.PluginManager,
+    error: PluginError,
+    failed: dict[str, PluginError] | None,
+    *,
+    cause: BaseException | None = None,
 ) -> None:
-    """Raise ``error``, unless ``failed`` collects errors (:func:`load_plugins`) and ``error``
-    is one registered plugin's: then it is noted under that plugin's name and the plugin
-    unregistered (its hooks are not called again)."""
+    """Raise ``error`` (from ``cause``, when given), unless ``failed`` collects errors
+    (:func:`load_plugins`) and ``error`` is one registered plugin's: then it is noted under
+    that plugin's name and the plugin unregistered (its hooks are not called again)."""
+    if cause is not None:
+        error.__cause__ = cause
     name = error.plugin
     if failed is None or name is None or isinstance(error, DuplicateName):
         raise error
@@ -502,8 +508,7 @@ def _register(
             if isinstance(exc, pluggy.PluginValidationError)
             else PluginError(f"plugin {name!r} could not be registered: {exc}", plugin=name)
         )
-        error.__cause__ = exc
-        _leave_out(pm, error, failed)
+        _leave_out(pm, error, failed, cause=exc)
         return
     # pluggy passes over a function without the @hookimpl mark: the plugin would load and never
     # be called, and nothing would say why. Fail as for a misspelled hook (check_pending). The
@@ -539,11 +544,7 @@ def _plugin_configs(
         try:
             cls = impl.function()
         except Exception as exc:
-            error = PluginError(
-                f"plugin {name!r} failed in gateway_plugin_config: {failure(exc)}", plugin=name
-            )
-            error.__cause__ = exc
-            _leave_out(pm, error, failed)
+            _leave_out(pm, hook_failed(name, "gateway_plugin_config", exc), failed)
             continue
         if cls is None:
             continue
@@ -563,13 +564,29 @@ def _plugin_configs(
             # A plugin that keeps state (the dtls certificate) keeps it in the gateway's state
             # directory unless its own table says otherwise.
             table["state_dir"] = config.gateway.state_dir
-        configs[name] = structure(cls, table, file=config.source, table_name=f"plugins.{name}")
+        try:
+            configs[name] = structure(cls, table, file=config.source, table_name=f"plugins.{name}")
+        except ConfigError as exc:
+            _refuse_table(pm, name, exc, failed)
     for name in config.plugin_tables:
         if name not in declared and (failed is None or name not in failed):
-            raise ConfigError(
+            error = ConfigError(
                 config.source,
                 f"plugins.{name}",
                 None,
                 f"plugin {name!r} takes no configuration table",
             )
+            _refuse_table(pm, name, error, failed)
     return configs
+
+
+def _refuse_table(
+    pm: pluggy.PluginManager, name: str, error: ConfigError, failed: dict[str, PluginError] | None
+) -> None:
+    """Raise ``error``, a ``[plugins.NAME]`` table its plugin refuses (unknown, missing or
+    mistyped keys, or a table for a plugin that declares none), as ``voipgw run`` always has;
+    or, collecting ``failed`` (``voipgw plugins``) of a registered plugin, leave that plugin
+    out with it, the same line."""
+    if failed is None or not pm.has_plugin(name):
+        raise error
+    _leave_out(pm, PluginConfigError(name, error, named=False), failed, cause=error)

@@ -123,6 +123,9 @@ class CallManager:
         self.statistics = gateway.call_statistics
         """Call counters for monitoring services; None (nothing counted) without one."""
         self._observer_failures = HookFailures(log, time.monotonic)
+        self.unnamed_engines: set[type] = set()
+        """Media-path engine types without a usable ``tls_id`` already said in the log, once
+        per type by this gateway (gateway/core/media/handshakes.py ``_association``)."""
         self._observers = separate_implementations(
             gateway.plugins.implemented("gateway_call_event")
         )

@@ -125,6 +125,7 @@ class CallMediaKeys(CallBase):
                 on_keys=self._handshake_keys,
                 on_failure=self._handshake_failed,
                 forks=self._handshake_forks,
+                unnamed_engines=self.manager.unnamed_engines,
             )
             self._nursery.start_soon(self.handshakes.run)
             for side in self._answers_unsent:

@@ -141,11 +141,9 @@ class _Engine:
         return id(self.negotiation)
 
 
-_UNNAMED_ENGINES: set[type] = set()
-"""Engine types without ``tls_id`` already said in the log (once per type and process)."""
-
-
-def _association(negotiation: KeyNegotiation | None) -> str | _Engine | None:
+def _association(
+    negotiation: KeyNegotiation | None, unnamed_engines: set[type]
+) -> str | _Engine | None:
     """The association ``negotiation`` belongs to, for :meth:`CallHandshakes.hold`: the
     ``dtls`` engine's ``tls_id`` (our ``a=tls-id``, RFC 8842 §4: kept by a re-offer or
     re-answer that keeps the association, new for a new one). None for an engine that says
@@ -154,23 +152,41 @@ def _association(negotiation: KeyNegotiation | None) -> str | _Engine | None:
     written before it was documented) may start a new association at any re-offer, which we
     cannot tell: the engine object stands for its association, so a new engine is held until
     our answer goes as the first was (its ClientHello after our fingerprint, RFC 5763 §5), and
-    the same engine is not held again; said once in the log. Read as an attribute, not by
-    isinstance against a runtime-checkable Protocol: this runs per stream and round."""
+    the same engine is not held again; said in the log once per engine type of
+    ``unnamed_engines`` (the gateway's, :class:`CallHandshakes`), which it adds the type to.
+    A ``tls_id`` that is neither a str nor None is its plugin's bug, taken as none and said
+    as such (an ERROR, once per type all the same). Read as an attribute, not by isinstance
+    against a runtime-checkable Protocol: this runs per stream and round."""
     tls_id = getattr(negotiation, "tls_id", _NAMES_NONE)
     if tls_id is None or isinstance(tls_id, str):
         return tls_id
     if negotiation is None:
         return None
     kind = type(negotiation)
-    if kind not in _UNNAMED_ENGINES:
-        _UNNAMED_ENGINES.add(kind)
-        log.warning(
-            "media-path key exchange engine %s.%s has no tls_id (docs/plugin_hooks.md, "
-            '"Media-path engines"): each new engine object is taken for a new association, '
-            "held until our answer to its peer goes",
-            kind.__module__,
-            kind.__qualname__,
+    if kind not in unnamed_engines:
+        unnamed_engines.add(kind)
+        taken = (
+            "each new engine object is taken for a new association, held until our answer "
+            "to its peer goes"
         )
+        if tls_id is _NAMES_NONE:
+            log.warning(
+                "media-path key exchange engine %s.%s has no tls_id (docs/plugin_hooks.md, "
+                '"Media-path engines"): %s',
+                kind.__module__,
+                kind.__qualname__,
+                taken,
+            )
+        else:  # the type only: a plugin's value may be anything, a key among others
+            log.error(
+                "media-path key exchange engine %s.%s has a tls_id of type %s, neither a str "
+                'nor None: a bug of its plugin (docs/plugin_hooks.md, "Media-path engines"); '
+                "%s",
+                kind.__module__,
+                kind.__qualname__,
+                type(tls_id).__name__,
+                taken,
+            )
     return _Engine(negotiation)
 
 
@@ -195,8 +211,13 @@ class CallHandshakes:
         on_keys: Callable[[], None],
         on_failure: Callable[[str, str], None],
         forks: Callable[[], Sequence[LegSecurity]] = _no_forks,
+        unnamed_engines: set[type] | None = None,
     ) -> None:
         self._session = session
+        self._unnamed_engines: set[type] = set() if unnamed_engines is None else unnamed_engines
+        """Engine types without a usable ``tls_id`` already said in the log
+        (:func:`_association`): the gateway's (its CallManager's), so once per type and
+        gateway; without it, this call's own."""
         self._legs = legs
         self._forks = forks
         """The securities of the B legs ringing while ``legs()`` gives B none (parallel
@@ -301,7 +322,7 @@ class CallHandshakes:
         security = self._legs().get(side)
         if security is not None:
             for stream in security.media_path_streams().values():
-                self._released.add((side, _association(stream.negotiation)))
+                self._released.add((side, _association(stream.negotiation, self._unnamed_engines)))
         if side in self._held:
             self._held.discard(side)
             self.poke()
@@ -310,7 +331,7 @@ class CallHandshakes:
         """Whether ``stream`` of leg ``side`` waits for our answer to go (:meth:`hold`)."""
         if side not in self._held:
             return False
-        return (side, _association(stream.negotiation)) not in self._released
+        return (side, _association(stream.negotiation, self._unnamed_engines)) not in self._released
 
     # -- the task -------------------------------------------------------------------------------
 
@@ -377,7 +398,7 @@ class CallHandshakes:
                     continue
                 # Driven: its peer has what it needs (our offer, or our answer, went); a later
                 # hold of this side leaves it alone.
-                self._released.add((side, _association(stream.negotiation)))
+                self._released.add((side, _association(stream.negotiation, self._unnamed_engines)))
                 # What is kept for a pending offer's new association is not this one's.
                 kept_for_offer = index in offered.get(side, {})
                 for rtcp, negotiation in self._negotiations(stream):
@@ -436,9 +457,9 @@ class CallHandshakes:
             in_force = security.media_path_streams()
             for index, stream in offered.items():
                 current = in_force.get(index)
-                if current is None or _association(current.negotiation) != _association(
-                    stream.negotiation
-                ):
+                if current is None or _association(
+                    current.negotiation, self._unnamed_engines
+                ) != _association(stream.negotiation, self._unnamed_engines):
                     found.setdefault(side, {})[index] = stream
         return found
 

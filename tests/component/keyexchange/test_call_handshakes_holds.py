@@ -139,9 +139,14 @@ class Task:
     legs: dict[str, Leg]
 
 
-async def start(nursery: trio.Nursery, forks: Sequence[Leg] = (), **legs: Leg) -> Task:
+async def start(
+    nursery: trio.Nursery,
+    forks: Sequence[Leg] = (),
+    unnamed_engines: set[type] | None = None,
+    **legs: Leg,
+) -> Task:
     """The task over legs ``a`` and ``b`` and, while B has none (set to None), the ringing
-    ``forks``."""
+    ``forks``; ``unnamed_engines``: the gateway's (its CallManager's), else the call's own."""
     session = Session()
     found = {"a": legs.get("a", Leg()), "b": legs.get("b", Leg())}
     handshakes = CallHandshakes(
@@ -150,6 +155,7 @@ async def start(nursery: trio.Nursery, forks: Sequence[Leg] = (), **legs: Leg) -
         on_keys=lambda: None,
         on_failure=lambda side, reason: None,
         forks=lambda: forks if found["b"] is None else (),  # type: ignore[arg-type,return-value]
+        unnamed_engines=set() if unnamed_engines is None else unnamed_engines,
     )
     nursery.start_soon(handshakes.run)
     await trio.testing.wait_all_tasks_blocked()
@@ -379,14 +385,12 @@ async def test_an_engine_without_tls_id_is_held_again_when_a_new_engine_answers(
     nursery: trio.Nursery,
     autojump_clock: trio.abc.Clock,
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """An engine that names no association (docs/plugin_hooks.md, "Media-path engines") may
     start a new one at any re-offer: a new engine object is held until our answer goes, as the
     first was; the same engine (our 200 after a 183 with the same answer) is not held again;
     said once in the log, not per call or stream. It was held only until the side's first
     answer."""
-    monkeypatch.setattr(handshakes, "_UNNAMED_ENGINES", set())  # none said yet
     first = Engine(outgoing=[])
     task = await start(nursery)
     with caplog.at_level(logging.WARNING, logger="gateway.core.media.handshakes"):
@@ -412,6 +416,52 @@ async def test_an_engine_without_tls_id_is_held_again_when_a_new_engine_answers(
     warned = [r.getMessage() for r in caplog.records if "has no tls_id" in r.getMessage()]
     assert len(warned) == 1, warned  # two engines, many rounds: once per engine type
     assert "test_call_handshakes_holds.NoTlsId has no tls_id" in warned[0]
+
+
+async def drive_one(nursery: trio.Nursery, engine: Any, unnamed_engines: set[type]) -> None:
+    task = await start(nursery, unnamed_engines=unnamed_engines)
+    task.legs["a"].streams[0] = dtls_stream(engine)
+    task.handshakes.hold("a")
+    task.handshakes.release("a")
+    await settle()
+
+
+async def test_the_no_tls_id_warning_is_the_gateways_once_per_engine_type(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Said once per engine type by each gateway (its calls share its CallManager's set), not
+    once per process: a module-level set, never emptied, kept a second gateway (a test) from
+    saying it."""
+    assert not hasattr(handshakes, "_UNNAMED_ENGINES")
+    one_gateway: set[type] = set()
+    with caplog.at_level(logging.WARNING, logger="gateway.core.media.handshakes"):
+        await drive_one(nursery, NoTlsId(Engine(outgoing=[])), one_gateway)
+        await drive_one(nursery, NoTlsId(Engine(outgoing=[])), one_gateway)  # another call
+        assert one_gateway == {NoTlsId}
+        await drive_one(nursery, NoTlsId(Engine(outgoing=[])), set())  # another gateway
+    warned = [r.getMessage() for r in caplog.records if "has no tls_id" in r.getMessage()]
+    assert len(warned) == 2, warned
+
+
+class BytesTlsId(NoTlsId):
+    """A media-path engine whose ``tls_id`` is no str: its plugin's bug."""
+
+    tls_id = b"association-one"
+
+
+async def test_a_tls_id_that_is_no_str_is_said_to_be_the_plugins_bug(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Taken as an engine without one (a new engine object, a new association), and the log
+    says what it is: not "has no tls_id", which sent its author looking for a missing
+    attribute."""
+    with caplog.at_level(logging.WARNING, logger="gateway.core.media.handshakes"):
+        await drive_one(nursery, BytesTlsId(Engine(outgoing=[])), set())
+    (record,) = [r for r in caplog.records if "media-path key exchange engine" in r.getMessage()]
+    message = record.getMessage()
+    assert "test_call_handshakes_holds.BytesTlsId has a tls_id of type bytes" in message
+    assert "a bug of its plugin" in message and "has no tls_id" not in message
+    assert record.levelno == logging.ERROR
 
 
 def zrtp_packet(message: bytes) -> bytes:

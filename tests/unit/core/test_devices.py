@@ -111,6 +111,48 @@ def test_a_failing_or_wrong_hook_is_logged_once_a_minute_and_passed_over(
     assert len(messages) == 2, messages  # the first, then the one a minute later
     assert "returned str, expected a DeviceProfile" in messages[0]
     assert "returned int" in messages[1]
+    # The line a minute later counts those left out (plugins' HookFailures, one limiter).
+    assert messages[1].endswith("meanwhile) (1 more since the last such line)")
+
+
+def test_one_failing_identify_plugin_does_not_silence_another(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Once a minute per plugin, as every hook failure (gateway.core.plugins.HookFailures):
+    # a plugin failing on every INVITE hid another's first failure for a minute.
+    import pluggy
+
+    from gateway.core.plugins import new_plugin_manager
+
+    hookimpl = pluggy.HookimplMarker("voipgw")
+
+    class Older:
+        @hookimpl
+        def gateway_identify_device(self, request: Request) -> DeviceProfile | None:
+            raise KeyError("older")
+
+    class Newer:  # asked first; fails only on some phones
+        @hookimpl
+        def gateway_identify_device(self, request: Request) -> DeviceProfile | None:
+            if request.headers.get("User-Agent") == "Snom":
+                raise KeyError("newer")
+            return None
+
+    pm = new_plugin_manager()
+    pm.register(Older(), name="older")
+    pm.register(Newer(), name="newer")
+    clock = Clock()
+    devices = DeviceIdentifier(
+        [(YEALINK.name, YEALINK)], pm.hook.gateway_identify_device, clock=clock
+    )
+    with caplog.at_level(logging.ERROR, logger="gateway.core.devices"):
+        assert devices.of_request(invite("Snom"), FLOW) is None
+        clock.now = 1.0
+        assert devices.of_request(invite("Yealink"), FLOW) is YEALINK
+        clock.now = 2.0
+        assert devices.of_request(invite("Yealink"), FLOW) is YEALINK
+    messages = [r.getMessage() for r in caplog.records]
+    assert [m.partition(":")[0] for m in messages] == ["plugin 'newer'", "plugin 'older'"]
 
 
 def test_a_profile_narrows_key_exchanges_and_suites_but_never_adds_cleartext() -> None:

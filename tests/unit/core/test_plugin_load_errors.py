@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from gateway.core import cli
-from gateway.core.config import from_mapping
+from gateway.core.config import ConfigError, from_mapping
 from gateway.core.logs import WITHHELD, show_plugin_exception_text
 from gateway.core.plugins import SHOW_TEXT_HINT, PluginError, load_plugins
 
@@ -278,6 +278,9 @@ def test_voipgw_plugins_loads_each_plugin_once_and_names_a_configure_config_erro
     assert rows["leaky_counted"].split()[1] == "enabled"
     for name in ("leaky_refuses", "leaky_halfway"):
         assert rows[name].split()[1] == "FAILED"
+    # The plugin that refused a setting loaded: its row says what happened.
+    assert rows["leaky_refuses"].endswith(REFUSED)
+    assert rows["leaky_halfway"].endswith("(not loaded: see the plugin error below)")
     assert calls.read_text() == "configure\n"
     assert err.splitlines() == [
         "voipgw: configuration error: /etc/voipgw/voipgw.toml: "
@@ -304,3 +307,99 @@ def test_voipgw_plugins_loads_each_plugin_once_and_names_a_configure_config_erro
     # The listing says the line `run` and `check-config` stop on (docs/plugin_hooks.md).
     assert cli.main(["plugins", "--config", str(config)]) == cli.EXIT_USAGE
     assert capsys.readouterr().err == stopped_on
+
+
+def test_a_config_error_in_a_registration_hook_is_said_as_in_gateway_configure(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A setting a plugin refuses when it registers (a certificate file it cannot read) is a
+    # configuration error with its own line, FILE: [TABLE] KEY: ..., as from
+    # gateway_configure; it was "failed in gateway_register_...: ConfigError at FILE:LINE".
+    install(
+        site,
+        "leaky_registers",
+        """\
+        from gateway.core.config import ConfigError
+        from gateway.core.hookspecs import hookimpl
+
+        @hookimpl
+        def gateway_register_transports(registry):
+            raise ConfigError("/etc/voipgw/voipgw.toml", "plugins.leaky_registers", "cert", "no")
+        """,
+    )
+    line = "/etc/voipgw/voipgw.toml: [plugins.leaky_registers] cert: no (plugin 'leaky_registers')"
+    with pytest.raises(ConfigError) as refused:
+        load_plugins(from_mapping({"plugins": {"enable": ["udp", "leaky_registers"]}}))
+    assert str(refused.value) == line
+    assert isinstance(refused.value, PluginError) and refused.value.plugin == "leaky_registers"
+    config = site / "voipgw.toml"
+    config.write_text('[plugins]\nenable = ["udp", "leaky_registers"]\n')
+    assert cli.main(["check-config", str(config)]) == cli.EXIT_USAGE
+    assert capsys.readouterr().err == f"voipgw: configuration error: {line}\n"
+    assert cli.main(["plugins", "--config", str(config)]) == cli.EXIT_USAGE
+    out, err = capsys.readouterr()
+    rows = {row.split()[0]: row for row in out.splitlines()[1:]}
+    assert rows["leaky_registers"].split()[1] == "FAILED"
+    assert rows["leaky_registers"].endswith(REFUSED)
+    assert err == f"voipgw: configuration error: {line}\n"
+
+
+REFUSED = "(its configuration refused: see the configuration error below)"
+
+STRICT = """\
+    import attrs
+    from gateway.core.hookspecs import hookimpl
+
+    @attrs.frozen
+    class Settings:
+        port: int = 5
+
+    @hookimpl
+    def gateway_plugin_config():
+        return Settings
+    """
+
+
+def test_voipgw_plugins_lists_every_plugin_past_a_bad_plugin_table(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A [plugins.NAME] table its plugin refuses (an unknown key, a mistyped one, a table for
+    # a plugin that takes none, a value where its table goes) stopped the listing; now that
+    # plugin's row says so and the line run and check-config stop on follows, as for a
+    # setting refused in gateway_configure.
+    install(site, "leaky_strict", STRICT)
+    install(site, "leaky_typed", STRICT)
+    config = site / "voipgw.toml"
+    tables = {
+        "hep": "hep = 3\n",  # under [plugins]: first
+        "leaky_strict": "[plugins.leaky_strict]\ncolour = 1\n",
+        "leaky_typed": '[plugins.leaky_typed]\nport = "five"\n',
+        "tcp": "[plugins.tcp]\nport = 1\n",
+    }
+    lines = []
+    for name, table in tables.items():
+        config.write_text(f'[plugins]\nenable = ["udp", "{name}"]\n{table}')
+        assert cli.main(["check-config", str(config)]) == cli.EXIT_USAGE
+        stopped_on = capsys.readouterr().err
+        assert stopped_on.startswith(
+            f"voipgw: configuration error: {config}: "
+            + ("[plugins] hep: unknown key; known keys: enable" if name == "hep" else "")
+            + ("" if name == "hep" else f"[plugins.{name}]")
+        )
+        lines.append(stopped_on)
+    # The value where a plugin's table goes says so, after the line's old words.
+    assert lines[0].endswith(
+        "known keys: enable (the settings of plugin 'hep' go in its own table, [plugins.hep])\n"
+    )
+    config.write_text(
+        '[plugins]\nenable = ["udp", "hep", "leaky_strict", "leaky_typed", "tcp"]\n'
+        + "".join(tables.values())
+    )
+    assert cli.main(["plugins", "--config", str(config)]) == cli.EXIT_USAGE
+    out, err = capsys.readouterr()
+    rows = {row.split()[0]: row for row in out.splitlines()[1:]}
+    assert rows["udp"].split()[1] == "enabled" and "transports: udp" in rows["udp"]
+    for name in tables:
+        assert rows[name].split()[1] == "FAILED" and rows[name].endswith(REFUSED)
+    assert rows["tls"].split()[1] == "disabled"
+    assert err == "".join(lines)
