@@ -139,17 +139,29 @@ class Task:
     legs: dict[str, Leg]
 
 
-async def start(nursery: trio.Nursery, forks: Sequence[Leg] = (), **legs: Leg) -> Task:
+async def start(
+    nursery: trio.Nursery,
+    forks: Sequence[Leg] = (),
+    ringing: list[Leg] | None = None,
+    **legs: Leg,
+) -> Task:
     """The task over legs ``a`` and ``b`` and, while B has none (set to None), the ringing
-    ``forks``."""
+    ``forks``; or the forks in ``ringing`` (a list the test empties at the final answer),
+    also once B has a leg (a fork's early answer, a 183 with SDP)."""
     session = Session()
     found = {"a": legs.get("a", Leg()), "b": legs.get("b", Leg())}
+
+    def still_ringing() -> Sequence[Leg]:
+        if ringing is not None:
+            return ringing
+        return forks if found["b"] is None else ()
+
     handshakes = CallHandshakes(
         session,  # type: ignore[arg-type]
         lambda: found,  # type: ignore[arg-type,return-value]
         on_keys=lambda: None,
         on_failure=lambda side, reason: None,
-        forks=lambda: forks if found["b"] is None else (),  # type: ignore[arg-type,return-value]
+        forks=still_ringing,  # type: ignore[arg-type]
     )
     nursery.start_soon(handshakes.run)
     await trio.testing.wait_all_tasks_blocked()
@@ -610,3 +622,52 @@ async def test_the_forks_that_lost_to_an_early_answer_are_fed_when_one_of_them_i
     handler(hello(3), STRANGER)
     await settle()
     assert second.received == [hello(3)]
+
+
+@pytest.mark.parametrize("final", [1, 0], ids=["other-fork-answers", "early-fork-answers"])
+async def test_forks_datagrams_are_kept_after_an_early_answer_until_the_final_one(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock, final: int
+) -> None:
+    """The first fork answers early (a 183 with SDP) while the second still rings, then one
+    answers with its 200 (RFC 3261 §12.1.2: several early dialogs). The second fork's
+    ClientHellos, sent as it rang, are kept (not fed to the first fork's engine, whose
+    fingerprint they would fail) until the final answer: if it is the second fork's, they are
+    its handshake's start, in the order they came (they were dropped, and its handshake waited
+    for its resend: 1 s, doubling); if the early fork's, they are dropped and counted
+    ``blocked``. Bounded as before the answer: ``HELD_DATAGRAMS`` per source."""
+    first, second = Engine(timer=None), Engine(timer=None)
+    forks = [Leg({0: dtls_stream(first)}), Leg({0: dtls_stream(second)})]
+    ringing = list(forks)
+    task = await start(nursery, forks=forks, ringing=ringing, b=None)  # type: ignore[arg-type]
+    task.handshakes.poke()
+    await settle()
+    handler = task.session.streams[0].b.handlers[False]
+    handler(hello(1), PEER)  # the first fork's
+    handler(hello(2), STRANGER)  # the second fork's
+    await settle()
+    task.legs["b"] = forks[0]  # the first fork's 183 with SDP
+    task.session.addresses[(0, "b", False)] = PEER
+    task.handshakes.poke()
+    await settle()
+    assert first.received == [hello(1)] and second.received == []
+    assert task.session.drops == []
+    for n in range(HELD_DATAGRAMS):  # the second fork resends while the first one rings
+        handler(hello(3 + n), STRANGER)
+        await settle()
+    assert first.received == [hello(1)]
+    assert task.session.drops == [("b", "blocked", 1)]  # one beyond HELD_DATAGRAMS
+    task.session.drops.clear()
+    ringing.clear()  # a 200: the final answer
+    task.legs["b"] = forks[final]
+    task.session.addresses[(0, "b", False)] = (PEER, STRANGER)[final]
+    task.handshakes.poke()
+    await settle()
+    kept = [hello(n) for n in range(2, 2 + HELD_DATAGRAMS)]
+    if final == 1:
+        assert second.received == kept
+        assert first.received == [hello(1)]
+        assert task.session.drops == []
+    else:
+        assert second.received == []
+        assert first.received == [hello(1)]
+        assert task.session.drops == [("b", "blocked", HELD_DATAGRAMS)]
