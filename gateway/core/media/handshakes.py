@@ -818,40 +818,32 @@ class CallHandshakes:
         for (side, index, rtcp), stream in self._hooked.items():
             if not stream.closed:
                 found = streams.get(side, {}).get(index)
-                zrtp = found is not None and found.key_exchange == "zrtp"
-                handler = _after_handshakes(self._session, side, zrtp=zrtp)
+                engines = () if found is None else tuple(n for _, n in self._negotiations(found))
+                handler = _after_handshakes(self._session, side, engines)
                 (stream.a if side == "a" else stream.b).set_non_rtp_handler(handler, rtcp=rtcp)
         self._hooked.clear()
 
 
-_ZRTP_MAGIC_COOKIE = b"ZRTP"
-"""RFC 6189 §5: octets 4..7 of every ZRTP packet."""
-
-
-def _is_zrtp(packet: bytes) -> bool:
-    """A ZRTP packet: first octet 16..19 (RFC 7983 §7) and the magic cookie (RFC 6189 §5)."""
-    return len(packet) >= 12 and 16 <= packet[0] <= 19 and packet[4:8] == _ZRTP_MAGIC_COOKIE
-
-
 def _after_handshakes(
-    session: MediaSession, side: str, *, zrtp: bool = False
+    session: MediaSession, side: str, engines: Sequence[KeyNegotiation] = ()
 ) -> Callable[[bytes, Address], None]:
     """What a socket the call's handshakes took does with what is not RTP once they ended,
     until the call's streams close: the key exchange's own traffic, ended with the call, is
     not media, so neither forwarded nor a drop. A DTLS record (RFC 7983 §7: 20..63) is the
     association's own end, the peer's close_notify alert as it hangs up (RFC 5246 §7.2.1), or
-    the last retransmission of a flight; on a ZRTP stream (``zrtp``) a ZRTP packet (16..19 and
-    the magic cookie, RFC 6189 §5) is the peer's last word on an exchange that was over: a
-    Confirm2 or Conf2ACK sent again (§5.8, §6), a GoClear (§5.14, refused with Error 0x100
-    while the call was up) or an Error. While the call was up the engine took (and answered)
+    the last retransmission of a flight; a packet one of the stream's ``engines`` claims
+    (``claims_packet``, docs/plugin_hooks.md "Media-path engines") is that engine's peer's
+    last word on an exchange that was over: ZRTP's a Confirm2 or Conf2ACK sent again (RFC 6189
+    §5.8, §6), a GoClear (§5.14, refused with Error 0x100 while the call was up) or an Error,
+    and a plugin engine's likewise. While the call was up the engine took (and answered)
     them; counted ``malformed`` here, every ZRTP hang-up raised an operator's alert on
     ``malformed`` for nothing. Anything else is counted ``malformed``, as on a socket nobody
-    handshakes on (docs/metrics.md)."""
+    handshakes on (docs/metrics.md). The engine is only asked, never fed: it has ended."""
 
     def handler(packet: bytes, source: Address) -> None:
         if not packet or 20 <= packet[0] <= 63:
             return
-        if zrtp and _is_zrtp(packet):
+        if any(engine.claims_packet(packet[0], packet) for engine in engines):
             return
         session.count_dropped(side, "malformed")
 

@@ -24,6 +24,7 @@ from gateway.core.interfaces import KeyNegotiationEvent
 from gateway.core.media import handshakes
 from gateway.core.media.handshakes import FORK_SOURCES, HELD_DATAGRAMS, CallHandshakes
 from gateway.core.media.security import StreamSecurity
+from gateway.plugins.keyexchange.zrtp.packets import is_zrtp_packet
 
 CLIENT_HELLO = b"\x16\xfe\xfd" + b"\x00" * 20
 """A DTLS handshake record's first bytes (RFC 7983: 20..63 is DTLS)."""
@@ -432,6 +433,22 @@ def zrtp_packet(message: bytes) -> bytes:
     return b"\x10\x00\x00\x07ZRTP" + b"\x00\x00\x00\x01" + b"\x50\x5a\x00\x03" + message
 
 
+@attrs.define(eq=False)
+class ZrtpEngine(Engine):
+    """Claims what the ``zrtp`` engine claims: ZRTP packets (RFC 6189 §5)."""
+
+    def claims_packet(self, first_byte: int, packet: bytes) -> bool:
+        return is_zrtp_packet(packet)
+
+
+@attrs.define(eq=False)
+class PluginEngine(Engine):
+    """A third-party media-path engine (not one of ours): claims 16..19 with its own marker."""
+
+    def claims_packet(self, first_byte: int, packet: bytes) -> bool:
+        return 16 <= first_byte <= 19 and packet[4:8] == b"EXKX"
+
+
 async def test_after_the_handshakes_a_zrtp_streams_zrtp_packet_is_no_drop(
     autojump_clock: trio.abc.Clock,
 ) -> None:
@@ -441,7 +458,7 @@ async def test_after_the_handshakes_a_zrtp_streams_zrtp_packet_is_no_drop(
     drop (they were counted ``malformed``). On a DTLS-SRTP stream a ZRTP packet is nobody's
     there, as it was while the call was up: ``malformed``; and garbage in ZRTP's first-octet
     range without the magic cookie is ``malformed`` on the ZRTP stream too."""
-    zrtp = StreamSecurity(negotiation=Engine(timer=None), key_exchange="zrtp", media_path=True)  # type: ignore[arg-type]
+    zrtp = StreamSecurity(negotiation=ZrtpEngine(timer=None), key_exchange="zrtp", media_path=True)  # type: ignore[arg-type]
     async with trio.open_nursery() as nursery:
         task = await start(nursery, a=Leg({0: zrtp}), b=Leg({0: dtls_stream(Engine(timer=None))}))
         nursery.cancel_scope.cancel()
@@ -456,6 +473,25 @@ async def test_after_the_handshakes_a_zrtp_streams_zrtp_packet_is_no_drop(
     assert task.session.drops == [("a", "malformed", 1)]
     on_dtls(conf2ack, ("127.0.0.1", 4002))
     assert task.session.drops == [("a", "malformed", 1), ("b", "malformed", 1)]
+
+
+async def test_after_the_handshakes_a_plugin_engines_own_packet_is_no_drop(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """The engines' ``claims_packet`` says what is their own after the handshakes too
+    (docs/plugin_hooks.md "Media-path engines"), not the key exchange's name: a plugin
+    engine's last packet is no drop, as ZRTP's; what it does not claim is ``malformed``."""
+    engine = PluginEngine(timer=None)
+    stream = StreamSecurity(negotiation=engine, key_exchange="example-kx", media_path=True)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        task = await start(nursery, a=Leg({0: stream}))
+        nursery.cancel_scope.cancel()
+    handler = task.session.streams[0].a.handlers[False]
+    handler(b"\x10\x00\x00\x01EXKX" + b"\x00" * 8, ("127.0.0.1", 4000))
+    assert task.session.drops == []
+    assert engine.received == []  # asked, never fed: it has ended
+    handler(zrtp_packet(b"Conf2ACK"), ("127.0.0.1", 4000))
+    assert task.session.drops == [("a", "malformed", 1)]
 
 
 PEER = ("192.0.2.10", 4000)
