@@ -518,7 +518,8 @@ class CallHandshakes:
         address (a callee behind a NAT), a lone callee's first source is taken, as the first
         source latched the socket before; of several forks none is (which fork sent is not
         known: the wrong one's ClientHello would fail the fingerprint check and end the call),
-        and the answering fork's handshake begins at its retransmission."""
+        and the answering fork's handshake begins at its retransmission: no source is kept
+        out of it then (any may be its own)."""
         if self._legs().get("b") is None:
             if len(self._forks()) >= 2:
                 self._forked = True
@@ -551,7 +552,9 @@ class CallHandshakes:
                         self._early_losers.setdefault((index, rtcp), {})[source] = kept
                     else:
                         self._drop("b", "blocked", len(kept))
-                    if self._forked:
+                    if self._forked and chosen is not None:
+                        # Only where the answer's source is known: behind a NAT any of them
+                        # may be the answering fork's, and its resends must reach it.
                         self._losers.setdefault((index, rtcp), set()).add(source)
                         self._losers_of = self._legs().get("b")
             if chosen is not None:

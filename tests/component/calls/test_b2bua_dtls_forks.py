@@ -139,3 +139,31 @@ async def test_a_fork_answering_after_another_forks_early_answer_is_keyed_by_its
     assert security.keys(0) is not None
     await trio.sleep(30)
     assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+
+
+async def test_a_fork_behind_a_nat_that_answers_is_keyed_by_its_resends(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+) -> None:
+    """The answering fork's SDP gives another port than it sends from (a NAT): which source
+    was which fork is not known, so its ClientHellos sent while both rang are not fed, and its
+    handshake begins at its resend (RFC 6347 §4.2.4.1). That resend must reach its handshake:
+    it was dropped as a losing fork's (every resend), the handshake timed out and the call
+    ended."""
+    env, call, forks = await two_ringing_forks(nursery, tmp_path, voipgw_seed)
+    await start_phones(nursery, forks[0], PHONE_PORT)
+    phone, rtcp_phone, answer = await start_phones(nursery, forks[1], PHONE_PORT + 2)
+    # m= (RTCP implied at its port + 1, RFC 3605 §2.1): neither is where the phone sends from.
+    natted = answer.replace(f"m=audio {PHONE_PORT + 2} ".encode(), b"m=audio 40000 ")
+    assert natted != answer
+    await forks[1].answer(200, sdp=natted)
+    assert (await call.final()).status == 200
+
+    with trio.fail_after(30):
+        await phone.keyed.wait()
+        await rtcp_phone.keyed.wait()
+    assert phone.failure is None and rtcp_phone.failure is None
+    await trio.sleep(30)
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []

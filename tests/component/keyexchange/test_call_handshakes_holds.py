@@ -602,6 +602,15 @@ async def test_forks_datagrams_are_kept_per_source_and_the_answering_forks_fed(
         assert second.received == [hello(2)]
         assert task.session.drops == [("b", "blocked", 2)]
     task.session.drops.clear()
+    if behind_a_nat:
+        # Which source was which fork is not known: none is kept out, the answering fork's
+        # resend starts its handshake (it was dropped as a losing fork's, every resend, and
+        # the handshake timed out: the call ended).
+        handler(hello(4), PEER)
+        await settle()
+        assert second.received == [hello(4)]
+        assert task.session.drops == []
+        return
     handler(hello(4), STRANGER)  # the first fork resends before its CANCEL reached it
     await settle()
     assert hello(4) not in second.received
