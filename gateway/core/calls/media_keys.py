@@ -144,10 +144,12 @@ class CallMediaKeys(CallBase):
         return {"a": self.a.security, "b": b_leg.security if b_leg is not None else None}
 
     def _handshake_forks(self) -> list[LegSecurity]:
-        """While B has no leg for the handshakes (several forks ring, RFC 3261 §16.7): the
-        securities of the ringing forks, whose handshakes' datagrams the task keeps apart by
-        source until one answers (handshakes.py)."""
-        if self.b or self._keyed_b:
+        """Until a final answer chose B (several forks ring, RFC 3261 §16.7): the securities of
+        the ringing forks, whose handshakes' datagrams the task keeps apart by source until
+        one answers (handshakes.py). Also once a fork's 183 gave its answer early (it is the
+        handshakes' B leg then): another fork's 200 may still win (RFC 3261 §12.1.2), and
+        its datagrams are kept for that answer."""
+        if self.b:
             return []
         return [
             leg.security for leg in self.b_legs if not leg.finished and leg.security is not None

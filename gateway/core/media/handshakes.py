@@ -42,7 +42,10 @@ datagrams and time (RFC 5764 §5.1.2 and RFC 6189 §5: both share the 5-tuple of
   §5). At the answer, the datagrams from its address go to its handshake and the others are
   dropped (:meth:`CallHandshakes._settle_unanswered`): the fingerprint check of the answering
   fork's handshake would fail on another fork's ClientHello and end the call, and a forged one
-  from a stranger must not take the callee's place either. The relay hands such datagrams on
+  from a stranger must not take the callee's place either. An early answer (a 183 with SDP)
+  is not the last word while another fork rings (RFC 3261 §12.1.2): the other sources'
+  datagrams stay kept until a final answer (:meth:`CallHandshakes._settle_early`), so a fork
+  answering after another's early media has its ClientHellos too. The relay hands such datagrams on
   from every source while that side has no address (relay.py, ``_hand_on``);
 - which streams are driven is read afresh from each leg's
   :meth:`~gateway.core.media.security.LegSecurity.media_path_streams` on every round, so a
@@ -220,8 +223,10 @@ class CallHandshakes:
         gateway; without it, this call's own."""
         self._legs = legs
         self._forks = forks
-        """The securities of the B legs ringing while ``legs()`` gives B none (parallel
-        forks, RFC 3261 §16.7: our one offer went to each)."""
+        """The securities of the B legs still ringing while no final answer chose B (parallel
+        forks, RFC 3261 §16.7: our one offer went to each), also once ``legs()`` gives B the
+        fork whose provisional answer (a 183 with SDP) gave its address early: another fork's
+        200 may still win (RFC 3261 §12.1.2 allows several early dialogs)."""
         self._on_keys = on_keys
         self._on_failure = on_failure
         self._send, self._receive = trio.open_memory_channel[_Item](QUEUE)
@@ -261,6 +266,9 @@ class CallHandshakes:
         """Per port of a forked stream, the sources of the forks that did not answer."""
         self._losers_of: LegSecurity | None = None
         """The B leg whose answer made :attr:`_losers` (another B leg forgets them)."""
+        self._early_losers: dict[tuple[int, bool], dict[Address, list[bytes]]] = {}
+        """Per port of a forked stream whose B leg answered early (a 183 with SDP), what the
+        other sources sent, kept while another fork still rings (:meth:`_settle_early`)."""
 
     # -- from the relay and the call --------------------------------------------------------------
 
@@ -362,11 +370,12 @@ class CallHandshakes:
                 self._drop(side, "blocked", len(kept))
             for (side, _), kept in self._early_rtcp.items():
                 self._drop(side, "blocked", len(kept))
-            for by_source in self._unanswered.values():
+            for by_source in [*self._unanswered.values(), *self._early_losers.values()]:
                 self._drop("b", "blocked", sum(len(kept) for kept in by_source.values()))
             self._held_datagrams.clear()
             self._early_rtcp.clear()
             self._unanswered.clear()
+            self._early_losers.clear()
             self._unhook()
             self._send.close()
             # legs, on_keys and on_failure are the call's bound methods, and the call holds
@@ -530,7 +539,8 @@ class CallHandshakes:
         address (a callee behind a NAT), a lone callee's first source is taken, as the first
         source latched the socket before; of several forks none is (which fork sent is not
         known: the wrong one's ClientHello would fail the fingerprint check and end the call),
-        and the answering fork's handshake begins at its retransmission."""
+        and the answering fork's handshake begins at its retransmission: no source is kept
+        out of it then (any may be its own)."""
         if self._legs().get("b") is None:
             if len(self._forks()) >= 2:
                 self._forked = True
@@ -543,6 +553,7 @@ class CallHandshakes:
             if index not in self._addressed and self._session.peer_address(index, "b"):
                 self._addressed.add(index)
         if not self._unanswered:
+            self._settle_early()
             return
         for index, rtcp in list(self._unanswered):
             address = self._session.peer_address(index, "b", rtcp=rtcp)
@@ -553,25 +564,72 @@ class CallHandshakes:
             chosen = next((s for s in by_source if s[:2] == address), None)
             if chosen is None and not self._forked:
                 chosen = next(iter(by_source), None)
+            # Another fork still ringing may yet answer with a 200 (this answer was early,
+            # a 183 with SDP): what the other sources sent is kept for that answer.
+            rivals = self._forked and self._rivals_ring()
             for source, kept in by_source.items():
                 if source != chosen:
-                    self._drop("b", "blocked", len(kept))
-                    if self._forked:
+                    if rivals:
+                        self._early_losers.setdefault((index, rtcp), {})[source] = kept
+                    else:
+                        self._drop("b", "blocked", len(kept))
+                    if self._forked and chosen is not None:
+                        # Only where the answer's source is known: behind a NAT any of them
+                        # may be the answering fork's, and its resends must reach it.
                         self._losers.setdefault((index, rtcp), set()).add(source)
                         self._losers_of = self._legs().get("b")
-            if chosen is None:
-                continue
-            if rtcp:
-                early = self._early_rtcp.setdefault(("b", index), [])
-                early[:0] = by_source[chosen]
-            else:
-                held = self._held_datagrams.setdefault(("b", index, False), [])
-                held[:0] = by_source[chosen]
+            if chosen is not None:
+                self._give_b(index, rtcp, by_source[chosen])
+        self._settle_early()
+
+    def _give_b(self, index: int, rtcp: bool, kept: list[bytes]) -> None:
+        """Datagrams kept from B's answering source: to its handshake before anything newer,
+        in the order they came (the RTCP port's waits for that port's handshake to exist)."""
+        if rtcp:
+            early = self._early_rtcp.setdefault(("b", index), [])
+            early[:0] = kept
+        else:
+            held = self._held_datagrams.setdefault(("b", index, False), [])
+            held[:0] = kept
+
+    def _rivals_ring(self) -> bool:
+        """Whether a fork other than B's leg still rings (no final answer chose B yet)."""
+        b = self._legs().get("b")
+        return any(fork is not b for fork in self._forks())
+
+    def _settle_early(self) -> None:
+        """A fork's early answer (a 183 with SDP, RFC 3262) gave B's address first, and what
+        other sources sent was kept (:attr:`_early_losers`): another fork may still answer
+        with its 200 (RFC 3261 §12.1.2: several early dialogs), and its handshake began as it
+        rang (RFC 5763 §5). When another leg is B, the datagrams from its answer's address go
+        to its handshake (dropped, it waited for its resend: 1 s, doubling, tens of seconds
+        after a long ringing, RFC 6347 §4.2.4.1). Once no other fork rings (the final answer
+        decided), what is left is dropped and counted ``blocked``, a losing fork's media."""
+        if not self._early_losers:
+            return
+        b = self._legs().get("b")
+        if b is not None and b is not self._losers_of:
+            losers, self._losers = self._losers, {}
+            for (index, rtcp), by_source in self._early_losers.items():
+                address = self._session.peer_address(index, "b", rtcp=rtcp)
+                chosen = next((s for s in by_source if s[:2] == address), None)
+                if chosen is None:
+                    # Behind a NAT: which source is this fork's is not known; none is kept
+                    # out of its handshake (as _from_loser does for another B leg).
+                    continue
+                self._give_b(index, rtcp, by_source.pop(chosen))
+                # The other sources lost to this answer as they did to the first.
+                self._losers[(index, rtcp)] = losers.get((index, rtcp), set()) - {chosen}
+            self._losers_of = b
+        if not self._rivals_ring():
+            for by_source in self._early_losers.values():
+                self._drop("b", "blocked", sum(len(kept) for kept in by_source.values()))
+            self._early_losers.clear()
 
     def _from_loser(self, item: tuple[str, int, bool, bytes, Address | None]) -> bool:
         """Whether ``item`` comes from a fork that did not answer (:meth:`_settle_unanswered`):
         dropped (``blocked``, a fork's media), never fed to the answering fork's handshake."""
-        side, index, rtcp, _, source = item
+        side, index, rtcp, packet, source = item
         if side != "b" or source is None or source not in self._losers.get((index, rtcp), ()):
             return False
         if self._legs().get("b") is not self._losers_of:
@@ -580,7 +638,11 @@ class CallHandshakes:
             self._losers.clear()
             return False
         self._item_taken = True
-        self._drop("b", "blocked")
+        early = self._early_losers.get((index, rtcp), {}).get(source)
+        if early is not None and len(early) < HELD_DATAGRAMS:
+            early.append(packet)  # another fork may still answer (_settle_early)
+        else:
+            self._drop("b", "blocked")
         return True
 
     def _drop(self, side: str, reason: str, count: int = 1) -> None:
@@ -780,40 +842,32 @@ class CallHandshakes:
         for (side, index, rtcp), stream in self._hooked.items():
             if not stream.closed:
                 found = streams.get(side, {}).get(index)
-                zrtp = found is not None and found.key_exchange == "zrtp"
-                handler = _after_handshakes(self._session, side, zrtp=zrtp)
+                engines = () if found is None else tuple(n for _, n in self._negotiations(found))
+                handler = _after_handshakes(self._session, side, engines)
                 (stream.a if side == "a" else stream.b).set_non_rtp_handler(handler, rtcp=rtcp)
         self._hooked.clear()
 
 
-_ZRTP_MAGIC_COOKIE = b"ZRTP"
-"""RFC 6189 §5: octets 4..7 of every ZRTP packet."""
-
-
-def _is_zrtp(packet: bytes) -> bool:
-    """A ZRTP packet: first octet 16..19 (RFC 7983 §7) and the magic cookie (RFC 6189 §5)."""
-    return len(packet) >= 12 and 16 <= packet[0] <= 19 and packet[4:8] == _ZRTP_MAGIC_COOKIE
-
-
 def _after_handshakes(
-    session: MediaSession, side: str, *, zrtp: bool = False
+    session: MediaSession, side: str, engines: Sequence[KeyNegotiation] = ()
 ) -> Callable[[bytes, Address], None]:
     """What a socket the call's handshakes took does with what is not RTP once they ended,
     until the call's streams close: the key exchange's own traffic, ended with the call, is
     not media, so neither forwarded nor a drop. A DTLS record (RFC 7983 §7: 20..63) is the
     association's own end, the peer's close_notify alert as it hangs up (RFC 5246 §7.2.1), or
-    the last retransmission of a flight; on a ZRTP stream (``zrtp``) a ZRTP packet (16..19 and
-    the magic cookie, RFC 6189 §5) is the peer's last word on an exchange that was over: a
-    Confirm2 or Conf2ACK sent again (§5.8, §6), a GoClear (§5.14, refused with Error 0x100
-    while the call was up) or an Error. While the call was up the engine took (and answered)
+    the last retransmission of a flight; a packet one of the stream's ``engines`` claims
+    (``claims_packet``, docs/plugin_hooks.md "Media-path engines") is that engine's peer's
+    last word on an exchange that was over: ZRTP's a Confirm2 or Conf2ACK sent again (RFC 6189
+    §5.8, §6), a GoClear (§5.14, refused with Error 0x100 while the call was up) or an Error,
+    and a plugin engine's likewise. While the call was up the engine took (and answered)
     them; counted ``malformed`` here, every ZRTP hang-up raised an operator's alert on
     ``malformed`` for nothing. Anything else is counted ``malformed``, as on a socket nobody
-    handshakes on (docs/metrics.md)."""
+    handshakes on (docs/metrics.md). The engine is only asked, never fed: it has ended."""
 
     def handler(packet: bytes, source: Address) -> None:
         if not packet or 20 <= packet[0] <= 63:
             return
-        if zrtp and _is_zrtp(packet):
+        if any(engine.claims_packet(packet[0], packet) for engine in engines):
             return
         session.count_dropped(side, "malformed")
 

@@ -104,3 +104,66 @@ async def test_the_answering_forks_early_client_hellos_key_it_whichever_fork_it_
     assert stream.b_to_a.statistics().dropped_malformed == 0
     await trio.sleep(30)
     assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+
+
+async def test_a_fork_answering_after_another_forks_early_answer_is_keyed_by_its_early_hellos(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+) -> None:
+    """The first fork's 183 carries its answer (early media), then the second fork answers
+    with its 200 (RFC 3261 §12.1.2: each fork's 1xx makes an early dialog of its own). The
+    second fork's ClientHellos, sent as it rang, before the 183, start its handshake: they
+    are kept until the final answer decides, not dropped at the early one (its handshake
+    waited for its resend then: 1 s, doubling, tens of seconds after a long ringing)."""
+    env, call, forks = await two_ringing_forks(nursery, tmp_path, voipgw_seed)
+    early = await start_phones(nursery, forks[0], PHONE_PORT)
+    phone, rtcp_phone, answer = await start_phones(nursery, forks[1], PHONE_PORT + 2)
+    await forks[0].agent.respond(forks[0].incoming, 183, body=early[2])  # type: ignore[arg-type]
+    await trio.sleep(0.05)  # the gateway took the early answer (its handshake began)
+    await forks[1].answer(200, sdp=answer)
+    assert (await call.final()).status == 200
+
+    with trio.fail_after(30):
+        await phone.keyed.wait()
+        await rtcp_phone.keyed.wait()
+    assert phone.failure is None and rtcp_phone.failure is None
+    for engine in (phone.negotiation, rtcp_phone.negotiation):
+        assert engine.statistics().retransmissions == 0  # type: ignore[attr-defined]
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert gateway_call.b is not None and gateway_call.b.security is not None
+    security = gateway_call.b.security
+    await eventually(lambda: security.rtcp_keys(0) is not None)
+    assert security.keys(0) is not None
+    await trio.sleep(30)
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+
+
+async def test_a_fork_behind_a_nat_that_answers_is_keyed_by_its_resends(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+) -> None:
+    """The answering fork's SDP gives another port than it sends from (a NAT): which source
+    was which fork is not known, so its ClientHellos sent while both rang are not fed, and its
+    handshake begins at its resend (RFC 6347 §4.2.4.1). That resend must reach its handshake:
+    it was dropped as a losing fork's (every resend), the handshake timed out and the call
+    ended."""
+    env, call, forks = await two_ringing_forks(nursery, tmp_path, voipgw_seed)
+    await start_phones(nursery, forks[0], PHONE_PORT)
+    phone, rtcp_phone, answer = await start_phones(nursery, forks[1], PHONE_PORT + 2)
+    # m= (RTCP implied at its port + 1, RFC 3605 §2.1): neither is where the phone sends from.
+    natted = answer.replace(f"m=audio {PHONE_PORT + 2} ".encode(), b"m=audio 40000 ")
+    assert natted != answer
+    await forks[1].answer(200, sdp=natted)
+    assert (await call.final()).status == 200
+
+    with trio.fail_after(30):
+        await phone.keyed.wait()
+        await rtcp_phone.keyed.wait()
+    assert phone.failure is None and rtcp_phone.failure is None
+    await trio.sleep(30)
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []

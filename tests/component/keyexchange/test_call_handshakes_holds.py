@@ -24,6 +24,7 @@ from gateway.core.interfaces import KeyNegotiationEvent
 from gateway.core.media import handshakes
 from gateway.core.media.handshakes import FORK_SOURCES, HELD_DATAGRAMS, CallHandshakes
 from gateway.core.media.security import StreamSecurity
+from gateway.plugins.keyexchange.zrtp.packets import is_zrtp_packet
 
 CLIENT_HELLO = b"\x16\xfe\xfd" + b"\x00" * 20
 """A DTLS handshake record's first bytes (RFC 7983: 20..63 is DTLS)."""
@@ -142,19 +143,28 @@ class Task:
 async def start(
     nursery: trio.Nursery,
     forks: Sequence[Leg] = (),
+    ringing: list[Leg] | None = None,
     unnamed_engines: set[type] | None = None,
     **legs: Leg,
 ) -> Task:
     """The task over legs ``a`` and ``b`` and, while B has none (set to None), the ringing
-    ``forks``; ``unnamed_engines``: the gateway's (its CallManager's), else the call's own."""
+    ``forks``; or the forks in ``ringing`` (a list the test empties at the final answer),
+    also once B has a leg (a fork's early answer, a 183 with SDP); ``unnamed_engines``: the
+    gateway's (its CallManager's), else the call's own."""
     session = Session()
     found = {"a": legs.get("a", Leg()), "b": legs.get("b", Leg())}
+
+    def still_ringing() -> Sequence[Leg]:
+        if ringing is not None:
+            return ringing
+        return forks if found["b"] is None else ()
+
     handshakes = CallHandshakes(
         session,  # type: ignore[arg-type]
         lambda: found,  # type: ignore[arg-type,return-value]
         on_keys=lambda: None,
         on_failure=lambda side, reason: None,
-        forks=lambda: forks if found["b"] is None else (),  # type: ignore[arg-type,return-value]
+        forks=still_ringing,  # type: ignore[arg-type]
         unnamed_engines=set() if unnamed_engines is None else unnamed_engines,
     )
     nursery.start_soon(handshakes.run)
@@ -470,6 +480,22 @@ def zrtp_packet(message: bytes) -> bytes:
     return b"\x10\x00\x00\x07ZRTP" + b"\x00\x00\x00\x01" + b"\x50\x5a\x00\x03" + message
 
 
+@attrs.define(eq=False)
+class ZrtpEngine(Engine):
+    """Claims what the ``zrtp`` engine claims: ZRTP packets (RFC 6189 §5)."""
+
+    def claims_packet(self, first_byte: int, packet: bytes) -> bool:
+        return is_zrtp_packet(packet)
+
+
+@attrs.define(eq=False)
+class PluginEngine(Engine):
+    """A third-party media-path engine (not one of ours): claims 16..19 with its own marker."""
+
+    def claims_packet(self, first_byte: int, packet: bytes) -> bool:
+        return 16 <= first_byte <= 19 and packet[4:8] == b"EXKX"
+
+
 async def test_after_the_handshakes_a_zrtp_streams_zrtp_packet_is_no_drop(
     autojump_clock: trio.abc.Clock,
 ) -> None:
@@ -479,7 +505,7 @@ async def test_after_the_handshakes_a_zrtp_streams_zrtp_packet_is_no_drop(
     drop (they were counted ``malformed``). On a DTLS-SRTP stream a ZRTP packet is nobody's
     there, as it was while the call was up: ``malformed``; and garbage in ZRTP's first-octet
     range without the magic cookie is ``malformed`` on the ZRTP stream too."""
-    zrtp = StreamSecurity(negotiation=Engine(timer=None), key_exchange="zrtp", media_path=True)  # type: ignore[arg-type]
+    zrtp = StreamSecurity(negotiation=ZrtpEngine(timer=None), key_exchange="zrtp", media_path=True)  # type: ignore[arg-type]
     async with trio.open_nursery() as nursery:
         task = await start(nursery, a=Leg({0: zrtp}), b=Leg({0: dtls_stream(Engine(timer=None))}))
         nursery.cancel_scope.cancel()
@@ -494,6 +520,25 @@ async def test_after_the_handshakes_a_zrtp_streams_zrtp_packet_is_no_drop(
     assert task.session.drops == [("a", "malformed", 1)]
     on_dtls(conf2ack, ("127.0.0.1", 4002))
     assert task.session.drops == [("a", "malformed", 1), ("b", "malformed", 1)]
+
+
+async def test_after_the_handshakes_a_plugin_engines_own_packet_is_no_drop(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """The engines' ``claims_packet`` says what is their own after the handshakes too
+    (docs/plugin_hooks.md "Media-path engines"), not the key exchange's name: a plugin
+    engine's last packet is no drop, as ZRTP's; what it does not claim is ``malformed``."""
+    engine = PluginEngine(timer=None)
+    stream = StreamSecurity(negotiation=engine, key_exchange="example-kx", media_path=True)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        task = await start(nursery, a=Leg({0: stream}))
+        nursery.cancel_scope.cancel()
+    handler = task.session.streams[0].a.handlers[False]
+    handler(b"\x10\x00\x00\x01EXKX" + b"\x00" * 8, ("127.0.0.1", 4000))
+    assert task.session.drops == []
+    assert engine.received == []  # asked, never fed: it has ended
+    handler(zrtp_packet(b"Conf2ACK"), ("127.0.0.1", 4000))
+    assert task.session.drops == [("a", "malformed", 1)]
 
 
 PEER = ("192.0.2.10", 4000)
@@ -604,6 +649,15 @@ async def test_forks_datagrams_are_kept_per_source_and_the_answering_forks_fed(
         assert second.received == [hello(2)]
         assert task.session.drops == [("b", "blocked", 2)]
     task.session.drops.clear()
+    if behind_a_nat:
+        # Which source was which fork is not known: none is kept out, the answering fork's
+        # resend starts its handshake (it was dropped as a losing fork's, every resend, and
+        # the handshake timed out: the call ended).
+        handler(hello(4), PEER)
+        await settle()
+        assert second.received == [hello(4)]
+        assert task.session.drops == []
+        return
     handler(hello(4), STRANGER)  # the first fork resends before its CANCEL reached it
     await settle()
     assert hello(4) not in second.received
@@ -660,3 +714,52 @@ async def test_the_forks_that_lost_to_an_early_answer_are_fed_when_one_of_them_i
     handler(hello(3), STRANGER)
     await settle()
     assert second.received == [hello(3)]
+
+
+@pytest.mark.parametrize("final", [1, 0], ids=["other-fork-answers", "early-fork-answers"])
+async def test_forks_datagrams_are_kept_after_an_early_answer_until_the_final_one(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock, final: int
+) -> None:
+    """The first fork answers early (a 183 with SDP) while the second still rings, then one
+    answers with its 200 (RFC 3261 §12.1.2: several early dialogs). The second fork's
+    ClientHellos, sent as it rang, are kept (not fed to the first fork's engine, whose
+    fingerprint they would fail) until the final answer: if it is the second fork's, they are
+    its handshake's start, in the order they came (they were dropped, and its handshake waited
+    for its resend: 1 s, doubling); if the early fork's, they are dropped and counted
+    ``blocked``. Bounded as before the answer: ``HELD_DATAGRAMS`` per source."""
+    first, second = Engine(timer=None), Engine(timer=None)
+    forks = [Leg({0: dtls_stream(first)}), Leg({0: dtls_stream(second)})]
+    ringing = list(forks)
+    task = await start(nursery, forks=forks, ringing=ringing, b=None)  # type: ignore[arg-type]
+    task.handshakes.poke()
+    await settle()
+    handler = task.session.streams[0].b.handlers[False]
+    handler(hello(1), PEER)  # the first fork's
+    handler(hello(2), STRANGER)  # the second fork's
+    await settle()
+    task.legs["b"] = forks[0]  # the first fork's 183 with SDP
+    task.session.addresses[(0, "b", False)] = PEER
+    task.handshakes.poke()
+    await settle()
+    assert first.received == [hello(1)] and second.received == []
+    assert task.session.drops == []
+    for n in range(HELD_DATAGRAMS):  # the second fork resends while the first one rings
+        handler(hello(3 + n), STRANGER)
+        await settle()
+    assert first.received == [hello(1)]
+    assert task.session.drops == [("b", "blocked", 1)]  # one beyond HELD_DATAGRAMS
+    task.session.drops.clear()
+    ringing.clear()  # a 200: the final answer
+    task.legs["b"] = forks[final]
+    task.session.addresses[(0, "b", False)] = (PEER, STRANGER)[final]
+    task.handshakes.poke()
+    await settle()
+    kept = [hello(n) for n in range(2, 2 + HELD_DATAGRAMS)]
+    if final == 1:
+        assert second.received == kept
+        assert first.received == [hello(1)]
+        assert task.session.drops == []
+    else:
+        assert second.received == []
+        assert first.received == [hello(1)]
+        assert task.session.drops == [("b", "blocked", HELD_DATAGRAMS)]
