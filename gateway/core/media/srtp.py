@@ -63,6 +63,12 @@ as ``mki_mismatches``), and puts ours in after protecting. Streams without MKI k
 transforms untouched (no per-packet cost); a direction with an MKI runs the same libsrtp step in
 the same buffer plus two small slice moves.
 
+New keys on a re-INVITE or UPDATE (:meth:`SrtpSession.rekey`): each direction keeps its context
+while its master key (suite and key) stays, so its ROC, SRTCP index, replay window and SSRC state
+go on (RFC 4568 §7.1.4, RFC 3711 §3.3.1); an MKI change only re-wraps its transforms. A new key
+gets a new context. Never a new context under a key already used: it would restart the index, and
+protecting the same index twice under one key repeats the keystream (RFC 3711 §9.1).
+
 Not supported (the SDES plugin must not accept them): several master keys per direction (MKI
 switching), a key derivation rate other than 0 (libsrtp 2.x derives once),
 ``UNENCRYPTED_SRTP``/``UNENCRYPTED_SRTCP``/``UNAUTHENTICATED_SRTP``.
