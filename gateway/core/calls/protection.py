@@ -94,6 +94,13 @@ def describe_leg(leg: dict[str, Any]) -> str:
             )
         elif stream.get("encrypted"):
             words = f"SRTP {stream.get('suite')} keyed by {stream.get('key_exchange')}"
+            if "our_mki" in stream or "peer_mki" in stream:
+                # RFC 3711 §3.1: the MKI in each direction's packets (what a carrier's SBC
+                # sends and expects), "none" for a direction whose packets carry none.
+                words += (
+                    f" (MKI: the peer's {stream.get('peer_mki') or 'none'}, "
+                    f"ours {stream.get('our_mki') or 'none'})"
+                )
             if "rtcp_port_keyed" in stream:
                 words += (
                     " (RTCP on its own port, keyed by its own handshake)"

@@ -15,7 +15,13 @@ into SRTP sessions and relay transforms: in this process for the in-process rela
 channel (:meth:`~gateway.core.media.remote_relay.RemoteStream.apply_keys`).
 
 SRTP sessions are kept while a leg's keys do not change (a re-INVITE that keeps the keys keeps
-the crypto context, RFC 4568 §7.1.4) and closed when they do or when the call ends.
+the crypto context, RFC 4568 §7.1.4) and closed when the leg goes plain or the call ends. When a
+leg's keys change, each direction is judged on its own (:meth:`SrtpSession.rekey`): a master key
+that stays keeps its context, roll-over counter and index included, also when only its MKI
+changed (RFC 3711 §3.3.1); only a new key gets a new context. Rebuilding both, as before session
+35, lost the peer's audio after its next sequence wrap (the ROC back to 0 under a key the peer
+goes on using) and, for our own key kept by a re-offer the peer answered with a new key,
+protected packets again under indices already used: the same keystream twice (RFC 3711 §9.1).
 """
 
 from __future__ import annotations
@@ -168,9 +174,17 @@ class StreamSrtp:
 
     def _session(self, slot: tuple[str, str], keys: SrtpKeys | None) -> SrtpSession | None:
         """The SRTP session of ``slot`` (side, "rtp" or "rtcp") for ``keys``: kept while the
-        keys stay the same, replaced when they change, closed when None."""
+        keys stay the same, re-keyed when they change (each direction's context kept while its
+        master key is), closed when None."""
         current = self._sessions.get(slot)
         if current is not None and current[0] == keys:
+            return current[1]
+        if current is not None and keys is not None:
+            # New keys for a leg that had some: the session keeps the context of a direction
+            # whose master key stays (ROC and index go on, RFC 4568 §7.1.4, RFC 3711 §3.3.1),
+            # an MKI change included, and replaces the other's (SrtpSession.rekey).
+            current[1].rekey(current[0], keys)
+            self._sessions[slot] = (keys, current[1])
             return current[1]
         if current is not None:
             side = slot[0]

@@ -863,6 +863,14 @@ def _stream_record(stream: StreamSecurity) -> dict[str, Any]:
         # and re-encrypted per leg.
         "keys_held_by": "gateway" if stream.keys else None,
     }
+    keys = stream.keys
+    if keys is not None and (keys.local_mki is not None or keys.remote_mki is not None):
+        # RFC 3711 §3.1, RFC 4568 §6.1: the MKI each direction's packets carry, as the a=crypto
+        # line writes it (value:length; None: that direction's packets carry none). Only when
+        # one is in use, so records without stay as they were. Not a secret: it travels in clear
+        # in every packet and in the SDP.
+        entry["our_mki"] = _mki_text(keys.local_mki)
+        entry["peer_mki"] = _mki_text(keys.remote_mki)
     if stream.rtcp_negotiation is not None:
         # RFC 5764 §4.1: RTCP on its own port, keyed by its own DTLS handshake.
         entry["rtcp_port_keyed"] = stream.rtcp_keys is not None
@@ -872,6 +880,11 @@ def _stream_record(stream: StreamSecurity) -> dict[str, Any]:
     if callable(details):
         entry.update((name, value) for name, value in details().items() if isinstance(value, str))
     return entry
+
+
+def _mki_text(mki: bytes | None) -> str | None:
+    """An MKI as an a=crypto line writes it: its value, a colon, its length in octets."""
+    return None if mki is None else f"{int.from_bytes(mki, 'big')}:{len(mki)}"
 
 
 def _one_session_level_mikey_stream(offer: SessionDescription) -> None:

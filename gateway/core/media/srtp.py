@@ -63,6 +63,12 @@ as ``mki_mismatches``), and puts ours in after protecting. Streams without MKI k
 transforms untouched (no per-packet cost); a direction with an MKI runs the same libsrtp step in
 the same buffer plus two small slice moves.
 
+New keys on a re-INVITE or UPDATE (:meth:`SrtpSession.rekey`): each direction keeps its context
+while its master key (suite and key) stays, so its ROC, SRTCP index, replay window and SSRC state
+go on (RFC 4568 §7.1.4, RFC 3711 §3.3.1); an MKI change only re-wraps its transforms. A new key
+gets a new context. Never a new context under a key already used: it would restart the index, and
+protecting the same index twice under one key repeats the keystream (RFC 3711 §9.1).
+
 Not supported (the SDES plugin must not accept them): several master keys per direction (MKI
 switching), a key derivation rate other than 0 (libsrtp 2.x derives once),
 ``UNENCRYPTED_SRTP``/``UNENCRYPTED_SRTCP``/``UNAUTHENTICATED_SRTP``.
@@ -852,6 +858,12 @@ class SrtpSession:
     """SRTCP from the leg -> RTCP with the remote key, or None (counted by reason)."""
     _inbound: _Context = attrs.field(repr=False)
     _outbound: _Context = attrs.field(repr=False)
+    _raw_in: tuple[SrtpTransform, SrtpTransform] = attrs.field(repr=False)
+    """The inbound (RTP, RTCP) transforms without MKI, kept while the peer's key is."""
+    _raw_out: tuple[SrtpTransform, SrtpTransform] = attrs.field(repr=False)
+    """The outbound ones, kept while our key is."""
+    _retired: SrtpStatistics | None = attrs.field(repr=False)
+    """What contexts replaced by :meth:`rekey` had counted (None: none replaced yet)."""
 
     def __init__(
         self,
@@ -875,65 +887,106 @@ class SrtpSession:
         self.suite = suite
         self.replay_window = replay_window
         self.max_ssrcs = max_ssrcs
+        self.implementation = "python" if suite.name in PYTHON_SUITES else "libsrtp"
+        self._retired = None
+        self._inbound, self._raw_in = self._direction(suite, keys.remote_key, inbound=True)
+        self._outbound, self._raw_out = self._direction(suite, keys.local_key, inbound=False)
+        self._wrap(keys.local_mki, keys.remote_mki)
+
+    def _direction(
+        self, suite: SrtpSuite, key_salt: bytes, *, inbound: bool
+    ) -> tuple[_Context, tuple[SrtpTransform, SrtpTransform]]:
+        """A new context for one master key and its (RTP, RTCP) transforms, without MKI."""
         python = suite.name in PYTHON_SUITES
+        window, max_ssrcs = self.replay_window, self.max_ssrcs
         if python:
-            self.implementation = "python"
             options = {
                 "master_key_length": suite.master_key_length,
                 "rtp_tag_length": suite.rtp_tag_length,
-                "replay_window": replay_window,
+                "replay_window": window,
                 "max_ssrcs": max_ssrcs,
             }
-            self._inbound = _Context(SrtpReceiver(keys.remote_key, **options))
-            self._outbound = _Context(SrtpSender(keys.local_key, **options))
+            ctx: Any = (
+                SrtpReceiver(key_salt, **options) if inbound else SrtpSender(key_salt, **options)
+            )
         else:
-            self.implementation = "libsrtp"
-            self._inbound = _Context(
-                _create_context(suite, keys.remote_key, _lib.ssrc_any_inbound, replay_window)
+            ssrc_type = _lib.ssrc_any_inbound if inbound else _lib.ssrc_any_outbound
+            ctx = _create_context(suite, key_salt, ssrc_type, window)
+        context = _Context(ctx)
+        if inbound:
+            rtp = SrtpTransform(
+                context, _unprotect, SrtpReceiver.unprotect_rtp, 8, max_ssrcs, use_python=python
             )
-            self._outbound = _Context(
-                _create_context(suite, keys.local_key, _lib.ssrc_any_outbound, replay_window)
-            )
-        inbound, outbound = self._inbound, self._outbound
-        rtp_tail, rtcp_tail = _mki_tails(suite)
-        local_mki, remote_mki = keys.local_mki, keys.remote_mki
-        self.protect_rtp = _with_mki(
-            SrtpTransform(
-                outbound, _protect, SrtpSender.protect_rtp, 8, max_ssrcs, use_python=python
-            ),
-            local_mki,
-            rtp_tail,
-            insert=True,
-        )
-        self.protect_rtcp = _with_mki(
-            SrtpTransform(
-                outbound, _protect_rtcp, SrtpSender.protect_rtcp, 4, max_ssrcs, use_python=python
-            ),
-            local_mki,
-            rtcp_tail,
-            insert=True,
-        )
-        self.unprotect_rtp = _with_mki(
-            SrtpTransform(
-                inbound, _unprotect, SrtpReceiver.unprotect_rtp, 8, max_ssrcs, use_python=python
-            ),
-            remote_mki,
-            rtp_tail,
-            insert=False,
-        )
-        self.unprotect_rtcp = _with_mki(
-            SrtpTransform(
-                inbound,
+            rtcp = SrtpTransform(
+                context,
                 _unprotect_rtcp,
                 SrtpReceiver.unprotect_rtcp,
                 4,
                 max_ssrcs,
                 use_python=python,
-            ),
-            remote_mki,
-            rtcp_tail,
-            insert=False,
+            )
+        else:
+            rtp = SrtpTransform(
+                context, _protect, SrtpSender.protect_rtp, 8, max_ssrcs, use_python=python
+            )
+            rtcp = SrtpTransform(
+                context, _protect_rtcp, SrtpSender.protect_rtcp, 4, max_ssrcs, use_python=python
+            )
+        return context, (rtp, rtcp)
+
+    def _wrap(self, local_mki: bytes | None, remote_mki: bytes | None) -> None:
+        """Set the four public transforms: each direction's own, wrapped when its key has an
+        MKI (plain otherwise: no per-packet cost)."""
+        rtp_tail, rtcp_tail = _mki_tails(self.suite)
+        self.protect_rtp = _with_mki(self._raw_out[0], local_mki, rtp_tail, insert=True)
+        self.protect_rtcp = _with_mki(self._raw_out[1], local_mki, rtcp_tail, insert=True)
+        self.unprotect_rtp = _with_mki(self._raw_in[0], remote_mki, rtp_tail, insert=False)
+        self.unprotect_rtcp = _with_mki(self._raw_in[1], remote_mki, rtcp_tail, insert=False)
+
+    def rekey(self, previous: SrtpKeys, keys: SrtpKeys) -> None:
+        """Take ``keys`` in place of ``previous`` (the keys the session was made or last
+        re-keyed with; a re-INVITE's or UPDATE's new negotiation), then read the transforms
+        again: they may be new objects.
+
+        A direction whose master key stays the same (same suite, same key) keeps its context:
+        its roll-over counter, SRTCP index, replay window and SSRC state go on, only its MKI is
+        the new one (RFC 4568 §7.1.4: a key kept keeps its crypto context; RFC 3711 §3.3.1: the
+        ROC continues while the master key does). Restarting it would lose the peer's audio
+        after its next sequence wrap and, for our own key, protect packets again under indices
+        already used: the same keystream twice (RFC 3711 §9.1). A direction whose key changes
+        gets a new context and the old one is freed; the counters it had stay in
+        :meth:`statistics`. Raises :class:`~gateway.core.media.errors.LocalMediaError` as the
+        constructor does, and then changes nothing."""
+        suite = _available_suite(keys.suite)
+        for which, key in (("local", keys.local_key), ("remote", keys.remote_key)):
+            _check_key_length(suite, which, key)
+        _check_mki("local", keys.local_mki)
+        _check_mki("remote", keys.remote_mki)
+        same_suite = previous.suite == keys.suite
+        keep_in = same_suite and previous.remote_key == keys.remote_key
+        keep_out = same_suite and previous.local_key == keys.local_key
+        inbound = None if keep_in else self._direction(suite, keys.remote_key, inbound=True)
+        try:
+            outbound = None if keep_out else self._direction(suite, keys.local_key, inbound=False)
+        except BaseException:
+            if inbound is not None:
+                _free(inbound[0])
+            raise
+        # What a freed context counted stays in the totals: they never go backwards.
+        freed = _statistics_of(
+            self._inbound if inbound is not None else None,
+            self._outbound if outbound is not None else None,
         )
+        self._retired = freed if self._retired is None else _plus(self._retired, freed)
+        if inbound is not None:
+            _free(self._inbound)
+            self._inbound, self._raw_in = inbound
+        if outbound is not None:
+            _free(self._outbound)
+            self._outbound, self._raw_out = outbound
+        self.suite = suite
+        self.implementation = "python" if suite.name in PYTHON_SUITES else "libsrtp"
+        self._wrap(keys.local_mki, keys.remote_mki)
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -942,27 +995,16 @@ class SrtpSession:
         return self._outbound.ctx is None
 
     def statistics(self) -> SrtpStatistics:
-        inbound, outbound = self._inbound, self._outbound
-        return SrtpStatistics(
-            protected=outbound.passed,
-            unprotected=inbound.passed,
-            auth_failures=inbound.auth_failures + outbound.auth_failures,
-            replays=inbound.replays + outbound.replays,
-            ssrc_limit=inbound.ssrc_limit + outbound.ssrc_limit,
-            other_errors=inbound.other_errors + outbound.other_errors,
-            mki_mismatches=inbound.mki_mismatches,
-        )
+        current = _statistics_of(self._inbound, self._outbound)
+        retired = self._retired
+        return current if retired is None else _plus(retired, current)
 
     def close(self) -> None:
         """Free both contexts now (libsrtp zeroes the session keys; the Python path drops its
         OpenSSL contexts). Packets given to the transforms afterwards are dropped and counted as
         ``other_errors``. Closing twice is harmless."""
-        for context in (self._inbound, self._outbound):
-            ctx, context.ctx = context.ctx, None
-            if isinstance(ctx, SrtpSender | SrtpReceiver):
-                ctx.close()
-            elif ctx is not None:
-                _ffi.release(ctx)  # runs srtp_dealloc now instead of at garbage collection
+        _free(self._inbound)
+        _free(self._outbound)
 
     def __enter__(self) -> SrtpSession:
         return self
@@ -988,6 +1030,35 @@ def _check_key_length(suite: SrtpSuite, which: str, key: bytes) -> None:
             f"{suite.name} needs a {suite.key_salt_length}-octet {which} key and salt, "
             f"got {len(key)} octets"
         )
+
+
+def _free(context: _Context) -> None:
+    """Free a context's libsrtp or Python state now; later packets count as other_errors."""
+    ctx, context.ctx = context.ctx, None
+    if isinstance(ctx, SrtpSender | SrtpReceiver):
+        ctx.close()
+    elif ctx is not None:
+        _ffi.release(ctx)  # runs srtp_dealloc now instead of at garbage collection
+
+
+def _statistics_of(inbound: _Context | None, outbound: _Context | None) -> SrtpStatistics:
+    """The counters of a session's inbound and outbound contexts (either may be left out)."""
+    contexts = [c for c in (inbound, outbound) if c is not None]
+    return SrtpStatistics(
+        protected=outbound.passed if outbound is not None else 0,
+        unprotected=inbound.passed if inbound is not None else 0,
+        auth_failures=sum(c.auth_failures for c in contexts),
+        replays=sum(c.replays for c in contexts),
+        ssrc_limit=sum(c.ssrc_limit for c in contexts),
+        other_errors=sum(c.other_errors for c in contexts),
+        mki_mismatches=inbound.mki_mismatches if inbound is not None else 0,
+    )
+
+
+def _plus(a: SrtpStatistics, b: SrtpStatistics) -> SrtpStatistics:
+    return SrtpStatistics(
+        *(getattr(a, f.name) + getattr(b, f.name) for f in attrs.fields(SrtpStatistics))
+    )
 
 
 @attrs.define(eq=False, init=False)

@@ -924,8 +924,9 @@ class SdesKeyExchange:
         local_mki = self._our_mki(remote_mki)
         if kept is not None:
             negotiation._keys = kept[0]
-            # An MKI change with the same key is a change too: new contexts under a key already
-            # used would restart its packet index (RFC 3711 §9.1), so our key is fresh then.
+            # An MKI change with the same key is a change too, and our key is fresh then. (Since
+            # session 35 the core keeps a kept key's context across any re-key, SrtpSession.rekey,
+            # so no index restarts either way; the answer on the wire stays as it was.)
             if (kept[0].suite, kept[0].remote_key, kept[0].remote_mki) == (
                 chosen.suite,
                 remote_key,

@@ -1,0 +1,172 @@
+"""A leg's new keys on a re-INVITE or UPDATE (RFC 4568 §7.1.4): each direction of its SRTP
+session keeps its context while its master key stays, so the roll-over counter and the packet
+index go on (RFC 3711 §3.3.1), also when only the MKI changed; a new key gets a new context.
+
+The stream is keyed as the relay keys it (:class:`StreamSrtp` on a stand-in stream, the
+transforms called with bytes); the phone at the other end of leg A is an :class:`SrtpSession`
+that never re-keys, with the MKI put into its packets by hand. Every case runs once through
+libsrtp and once through the Python path (AES-192), and with an AEAD suite, whose MKI ends the
+packet.
+"""
+
+from __future__ import annotations
+
+import struct
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from gateway.core.interfaces import SrtpKeys
+from gateway.core.media.errors import LocalMediaError
+from gateway.core.media.keying import StreamKeys, StreamSrtp
+from gateway.core.media.srtp import SUITES, SrtpSession
+
+SUITES_TESTED = ["AES_CM_128_HMAC_SHA1_80", "AES_192_CM_HMAC_SHA1_80", "AEAD_AES_128_GCM"]
+ACROSS_THE_WRAP = [65533, 65534, 65535, 0, 1]  # the ROC is 1 from sequence 0 on
+SSRC = 0x5EC0FFEE
+
+
+def key(name: str, seed: int) -> bytes:
+    return bytes((seed * 37 + i * 11 + 3) & 0xFF for i in range(SUITES[name].key_salt_length))
+
+
+def rtp(sequence: int) -> bytes:
+    return struct.pack("!BBHII", 0x80, 0, sequence, 160 * sequence, SSRC) + b"\xd5" * 160
+
+
+def with_mki(name: str, packet: bytes, mki: bytes) -> bytes:
+    """An SRTP packet with ``mki`` where RFC 3711 §3.1 (libsrtp for AEAD) puts it."""
+    tag = SUITES[name].rtp_tag_length
+    return packet + mki if name.startswith("AEAD_") else packet[:-tag] + mki + packet[-tag:]
+
+
+def without_mki(name: str, packet: bytes) -> tuple[bytes, bytes]:
+    """A packet's 1-octet MKI, and the packet without it."""
+    at = len(packet) - 1 - (0 if name.startswith("AEAD_") else SUITES[name].rtp_tag_length)
+    return packet[at : at + 1], packet[:at] + packet[at + 1 :]
+
+
+def keyed_stream(keys: SrtpKeys) -> tuple[StreamSrtp, Any]:
+    """Leg A keyed with ``keys``, leg B plain."""
+    stream: Any = SimpleNamespace(a_to_b=SimpleNamespace(), b_to_a=SimpleNamespace())
+    srtp = StreamSrtp()
+    srtp.apply(stream, StreamKeys(a=keys, b=None, blocked=False))
+    return srtp, stream
+
+
+def apply(srtp: StreamSrtp, stream: Any, keys: SrtpKeys) -> None:
+    srtp.apply(stream, StreamKeys(a=keys, b=None, blocked=False))
+
+
+@pytest.mark.parametrize("name", SUITES_TESTED)
+def test_a_peer_mki_change_under_the_same_key_keeps_its_roll_over_counter(name: str) -> None:
+    ours, theirs = key(name, 1), key(name, 2)
+    srtp, stream = keyed_stream(SrtpKeys(name, ours, theirs, remote_mki=b"\x01"))
+    phone = SrtpSession(SrtpKeys(name, local_key=theirs, remote_key=ours))
+    for sequence in ACROSS_THE_WRAP:
+        packet = with_mki(name, phone.protect_rtp(rtp(sequence)) or b"", b"\x01")
+        assert stream.a_to_b.transforms.rtp_in(packet) == rtp(sequence)
+    # The re-INVITE: the same key, another MKI. The phone's context goes on (ROC 1).
+    apply(srtp, stream, SrtpKeys(name, ours, theirs, remote_mki=b"\x02"))
+    for sequence in (2, 3):
+        packet = with_mki(name, phone.protect_rtp(rtp(sequence)) or b"", b"\x02")
+        assert stream.a_to_b.transforms.rtp_in(packet) == rtp(sequence)
+    # The MKI expected is the new one; the replay window went on too.
+    late = with_mki(name, phone.protect_rtp(rtp(4)) or b"", b"\x01")
+    assert stream.a_to_b.transforms.rtp_in(late) is None
+    replayed = with_mki(name, phone.protect_rtp(rtp(5)) or b"", b"\x02")
+    assert stream.a_to_b.transforms.rtp_in(replayed) == rtp(5)
+    assert stream.a_to_b.transforms.rtp_in(replayed) is None
+    totals = srtp.statistics()["a"]
+    assert (totals.unprotected, totals.mki_mismatches, totals.replays) == (8, 1, 1)
+    assert totals.auth_failures == 0
+    srtp.close()
+
+
+@pytest.mark.parametrize("name", SUITES_TESTED)
+def test_our_mki_change_under_the_same_key_keeps_our_index(name: str) -> None:
+    ours, theirs = key(name, 1), key(name, 2)
+    srtp, stream = keyed_stream(SrtpKeys(name, ours, theirs, local_mki=b"\x01"))
+    phone = SrtpSession(SrtpKeys(name, local_key=theirs, remote_key=ours))
+    for sequence in ACROSS_THE_WRAP:
+        mki, sent = without_mki(name, stream.b_to_a.transforms.rtp_out(rtp(sequence)) or b"")
+        assert (mki, phone.unprotect_rtp(sent)) == (b"\x01", rtp(sequence))
+    apply(srtp, stream, SrtpKeys(name, ours, theirs, local_mki=b"\x07"))
+    for sequence in (2, 3):
+        mki, sent = without_mki(name, stream.b_to_a.transforms.rtp_out(rtp(sequence)) or b"")
+        assert (mki, phone.unprotect_rtp(sent)) == (b"\x07", rtp(sequence))
+    srtp.close()
+
+
+@pytest.mark.parametrize("name", SUITES_TESTED)
+def test_our_key_kept_beside_a_new_peer_key_keeps_its_index(name: str) -> None:
+    """Our re-offer repeats our key in force and the peer answers with a new key of its own:
+    our outbound context must go on. A new one would restart the ROC at 0, the phone (ROC 1)
+    could not authenticate what follows, and packets would be protected again under indices
+    already used, the same keystream twice (RFC 3711 §9.1)."""
+    ours, theirs, theirs_new = key(name, 1), key(name, 2), key(name, 3)
+    srtp, stream = keyed_stream(SrtpKeys(name, ours, theirs))
+    phone = SrtpSession(SrtpKeys(name, local_key=theirs, remote_key=ours))
+    for sequence in ACROSS_THE_WRAP:
+        sent = stream.b_to_a.transforms.rtp_out(rtp(sequence))
+        assert phone.unprotect_rtp(sent or b"") == rtp(sequence)
+    apply(srtp, stream, SrtpKeys(name, ours, theirs_new))
+    for sequence in (2, 3):
+        sent = stream.b_to_a.transforms.rtp_out(rtp(sequence))
+        assert phone.unprotect_rtp(sent or b"") == rtp(sequence)
+    # Index 65536 + 1 (ROC 1, sequence 1) was used before the re-key: never again.
+    assert stream.b_to_a.transforms.rtp_out(rtp(1)) is None
+    # The peer's new key has a context of its own, which authenticates its packets.
+    phone_new = SrtpSession(SrtpKeys(name, local_key=theirs_new, remote_key=ours))
+    assert stream.a_to_b.transforms.rtp_in(phone_new.protect_rtp(rtp(9)) or b"") == rtp(9)
+    assert stream.a_to_b.transforms.rtp_in(phone.protect_rtp(rtp(10)) or b"") is None
+    totals = srtp.statistics()["a"]
+    assert (totals.protected, totals.unprotected, totals.replays) == (7, 1, 1)
+    assert totals.auth_failures == 1
+    srtp.close()
+
+
+@pytest.mark.parametrize("name", SUITES_TESTED)
+def test_a_new_key_of_ours_starts_a_new_context(name: str) -> None:
+    """Our new key (the answer to a peer's re-key) is a new crypto context: ROC 0 again,
+    which the phone, keyed anew too, expects (RFC 4568 §7.1.4)."""
+    ours, ours_new, theirs = key(name, 1), key(name, 4), key(name, 2)
+    srtp, stream = keyed_stream(SrtpKeys(name, ours, theirs))
+    for sequence in ACROSS_THE_WRAP:
+        assert stream.b_to_a.transforms.rtp_out(rtp(sequence)) is not None
+    apply(srtp, stream, SrtpKeys(name, ours_new, theirs))
+    phone = SrtpSession(SrtpKeys(name, local_key=theirs, remote_key=ours_new))
+    sent = stream.b_to_a.transforms.rtp_out(rtp(2))
+    assert phone.unprotect_rtp(sent or b"") == rtp(2)
+    assert srtp.statistics()["a"].protected == 6
+    srtp.close()
+
+
+def test_a_suite_change_makes_both_contexts_new() -> None:
+    old, new = "AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"
+    ours, theirs = key(old, 1), key(old, 2)
+    srtp, stream = keyed_stream(SrtpKeys(old, ours, theirs))
+    assert stream.b_to_a.transforms.rtp_out(rtp(1)) is not None
+    apply(srtp, stream, SrtpKeys(new, key(new, 5), key(new, 6)))
+    phone = SrtpSession(SrtpKeys(new, local_key=key(new, 6), remote_key=key(new, 5)))
+    sent = stream.b_to_a.transforms.rtp_out(rtp(2)) or b""
+    assert len(sent) == len(rtp(2)) + 4  # the 32-bit tag
+    assert phone.unprotect_rtp(sent) == rtp(2)
+    assert stream.a_to_b.transforms.rtp_in(phone.protect_rtp(rtp(3)) or b"") == rtp(3)
+    srtp.close()
+
+
+def test_keys_that_cannot_be_used_change_nothing() -> None:
+    name = "AES_CM_128_HMAC_SHA1_80"
+    ours, theirs = key(name, 1), key(name, 2)
+    session = SrtpSession(SrtpKeys(name, ours, theirs))
+    phone = SrtpSession(SrtpKeys(name, local_key=theirs, remote_key=ours))
+    with pytest.raises(LocalMediaError, match="30-octet remote key"):
+        session.rekey(SrtpKeys(name, ours, theirs), SrtpKeys(name, ours, b"short"))
+    with pytest.raises(LocalMediaError, match="MKI"):
+        session.rekey(SrtpKeys(name, ours, theirs), SrtpKeys(name, ours, theirs, b"", None))
+    assert session.unprotect_rtp(phone.protect_rtp(rtp(1)) or b"") == rtp(1)
+    assert phone.unprotect_rtp(session.protect_rtp(rtp(1)) or b"") == rtp(1)
+    session.close()
+    phone.close()
