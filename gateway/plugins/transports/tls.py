@@ -269,7 +269,10 @@ class TlsConfig:
                 f"got {self.connect_timeout:g}"
             )
         if self.max_connections_per_source < 1:
-            raise ValueError("max_connections_per_source: expected 1 or more")
+            raise ValueError(
+                "max_connections_per_source: expected 1 or more, "
+                f"got {self.max_connections_per_source}"
+            )
         for key in ("listener_modes", "peer_modes"):
             for address, mode in getattr(self, key).items():
                 if mode not in MODES:
@@ -353,14 +356,17 @@ class TlsConfig:
                 + f", got {self.ocsp!r}"
             )
         if not 0 < self.ocsp_timeout <= 60:
-            raise ValueError("ocsp_timeout: expected a number of seconds above 0, at most 60")
+            raise ValueError(
+                "ocsp_timeout: expected a number of seconds above 0, at most 60, "
+                f"got {self.ocsp_timeout:g}"
+            )
         if self.ocsp != "off" and self.ocsp_timeout >= self.connect_timeout:
             # An outbound connection's OCSP query runs inside connect_timeout (tcp.py
             # open_flow): a silent responder would end the connection before the query
             # fails, so even soft-fail would refuse every trunk.
             raise ValueError(
                 f"ocsp_timeout: must be below connect_timeout ({self.connect_timeout:g} s), "
-                "which an outbound connection's OCSP query counts towards"
+                f"which an outbound connection's OCSP query counts towards, got {self.ocsp_timeout:g}"
             )
         if self.ocsp_responder is not None:
             if self.ocsp == "off":
