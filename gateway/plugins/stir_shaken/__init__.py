@@ -58,7 +58,7 @@ import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway.core.config import NAMES_TRUNKS
+from gateway.core.config import NAMES_TRUNKS, unreadable_here
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import IdentityOutcome, TrunkCall
 from gateway.core.logs import system_error_text
@@ -191,7 +191,10 @@ class StirShakenConfig:
                     "certificate_url: signing (sign_trunks) needs the https URL of the "
                     f"certificate, not {redact_password(self.certificate_url)!r}"
                 )
-            self.signing_key()  # read now, not at the first call
+            # Read now, not at the first call; but by voipgw check-config run as another user
+            # than the service's (a key of mode 600): a warning, the key left unchecked.
+            if not unreadable_here(Path(self.private_key), "private_key"):
+                self.signing_key()
         for account, level in self.account_attestation.items():
             if level not in ATTESTATIONS:
                 raise ValueError(

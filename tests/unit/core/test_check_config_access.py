@@ -345,3 +345,42 @@ def test_a_file_owned_by_another_user_names_that_user_in_the_warning(
     # Outside check-config (voipgw run): nothing is noted, the caller reads it and refuses.
     assert not config_mod.unreadable_here(secret, "password_file", file="f", table="store")
 
+
+@pytest.mark.parametrize(
+    ("plugin", "keys", "extra"),
+    [
+        ("wss", ("certificate", "private_key"), ""),
+        ("metrics", ("tls_certificate", "tls_private_key"), ""),
+        (
+            "stir_shaken",
+            (None, "private_key"),
+            'sign_trunks = ["carrier"]\ncertificate_url = "https://cr.example/signer.pem"\n',
+        ),
+    ],
+)
+def test_every_plugin_key_file_only_the_service_may_read_is_check_configs_warning(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    plugin: str,
+    keys: tuple[str | None, str],
+    extra: str,
+) -> None:
+    """The private keys other plugins load at check-config, as the tls plugin's."""
+    one = TestPki(tmp_path).ca("CA").issue("one")
+    certificate_key, key_key = keys
+    table = f'[plugins.{plugin}]\n{key_key} = "{one.key}"\n{extra}'
+    if certificate_key is not None:
+        table += f'{certificate_key} = "{one.certificate}"\n'
+    trunk = '[[trunks]]\nname = "carrier"\naddress = "udp:192.0.2.1:5060"\n'
+    path = write_config(tmp_path, tmp_path / "state", table + trunk, f'"udp", "{plugin}"')
+    code, out, err = check_config(path, capsys)
+    assert code == cli.EXIT_OK, err  # readable: loaded and checked
+    deny(monkeypatch, one.key, os.R_OK)
+    code, out, err = check_config(path, capsys)
+    assert code == cli.EXIT_OK, err
+    assert err == (
+        f"voipgw: warning: {path}: [plugins.{plugin}] {key_key}: {one.key} cannot be read by "
+        f"this user ({user_name()}), who runs check-config, so it was not checked: "
+        f"{AS_ANOTHER_USER}\n"
+    ), out
