@@ -454,7 +454,12 @@ class StirShaken:
         if signer.no_crl and self.config.check_revocation:
             # Once a fetch. The URL is a peer's x5u: shown without any password it holds.
             log.warning("stir_shaken: certificate %s: %s", redact_password(url), signer.no_crl)
-        max_age = min(fetched.max_age or self.config.certificate_cache, signer.valid_until - now)
+        # RFC 9111 §5.2.2.1: max-age=0 is stale at once. We never revalidate (no conditional
+        # request), and §4.2.4 forbids serving a stale response unless the origin allows it: not
+        # kept, the next call fetches it again (calls at once share one fetch). It was taken
+        # as no max-age (certificate_cache, an hour by default), where max-age=1 kept it 1 s.
+        fresh = self.config.certificate_cache if fetched.max_age is None else fetched.max_age
+        max_age = min(fresh, signer.valid_until - now)
         self.cache.put(url, signer, max_age=max_age, now=now)
         return signer
 
