@@ -631,26 +631,42 @@ def _load_plugins_listing(
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    config = config_mod.from_toml(args.file)
-    plugins = _load_plugins(config, args)
-    from gateway.core.gateway import Gateway
+    # Operators run check-config as themselves before `systemctl reload`, not as the service's
+    # user (it cannot tell which that is): a file the service reads that this user may not (a
+    # key of mode 600) and a state_dir only this user's permissions forbid are warnings naming
+    # this user, not errors that would be false (config.reading_as_checker). `voipgw run`, the
+    # service, refuses them.
+    with config_mod.reading_as_checker() as unread:
+        errors: list[ConfigError] = []
+        gateway = None
+        try:
+            config = config_mod.from_toml(args.file)
+            plugins = _load_plugins(config, args)
+            from gateway.core.gateway import Gateway
 
-    gateway = Gateway(config, plugins)
-    # Operators run check-config as themselves before `systemctl reload`: a state_dir only
-    # their own permissions forbid is a warning (the service's user may be allowed), not an
-    # error that would be false.
-    gateway.check(as_service=False)
-    if gateway.check_errors:
+            gateway = Gateway(config, plugins)
+            gateway.check(as_service=False)
+        except ConfigError as exc:
+            # The one that stops the check (a value no gateway can run with): said with the
+            # warnings found before it, so that a run shows every problem it reached.
+            errors.append(exc)
+    if gateway is not None:
         # Every one, not the first: `voipgw run` starts with these as warnings (an upgraded
         # gateway keeps carrying calls); here, before a deployment, they are errors.
-        for error in gateway.check_errors:
-            print(f"voipgw: configuration error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    listeners = config_mod.listener_warnings(config, plugins.transports.names())
-    for warning in (*listeners, *config_mod.did_warnings(config)):
-        print(f"{args.file}: warning: {warning}", file=sys.stderr)
-    for error in gateway.access_warnings:
+        errors[:0] = gateway.check_errors
+    for error in errors:
+        print(f"voipgw: configuration error: {error}", file=sys.stderr)
+    if gateway is not None:
+        # After the errors, not instead of them: an operator fixing a file one run at a time
+        # sees every problem in one run (the exit status stays the errors').
+        listeners = config_mod.listener_warnings(config, plugins.transports.names())
+        for warning in (*listeners, *config_mod.did_warnings(config)):
+            print(f"{args.file}: warning: {warning}", file=sys.stderr)
+    for error in (*unread, *(gateway.access_warnings if gateway is not None else ())):
         print(f"voipgw: warning: {error}", file=sys.stderr)
+    if errors:
+        return EXIT_USAGE
+    assert gateway is not None
     if args.intercept:
         # Only on request: the interception's certificates are not in the metrics or the
         # core's log lines either (docs/lawful_intercept.md, "Keeping it covert").

@@ -22,6 +22,8 @@ The file layout::
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import ipaddress
 import math
@@ -30,7 +32,7 @@ import re
 import tomllib
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -938,6 +940,66 @@ def _convert(value: Any, tp: Any, fail: typing.Callable[[str], Exception]) -> An
     raise TypeError(f"config field type {tp!r} is not supported")
 
 
+# The file and table structure() is building: what unreadable_here names.
+_BUILDING: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
+    "voipgw_config_building", default=None
+)
+# While `voipgw check-config` runs (reading_as_checker): the files it could not read as its
+# user, as warnings. None otherwise (`voipgw run`, the service: the same file is an error).
+_UNREAD: contextvars.ContextVar[list[ConfigError] | None] = contextvars.ContextVar(
+    "voipgw_config_unread", default=None
+)
+
+
+@contextlib.contextmanager
+def reading_as_checker() -> Iterator[list[ConfigError]]:
+    """What ``voipgw check-config`` checks within: a file a key names that exists but that
+    this user may not read (a TLS key or PostgreSQL password file of mode 600 owned by the
+    service's user, an operator checking as themselves) is not refused but noted, in the list
+    yielded, as a warning naming the user, the key and the file (:func:`unreadable_here`): the
+    service's user's permissions are not check-config's to know, and a false error is worse
+    than a warning. ``voipgw run`` does not use it: the service refuses such a file."""
+    token = _UNREAD.set([])
+    try:
+        notes = _UNREAD.get()
+        assert notes is not None
+        yield notes
+    finally:
+        _UNREAD.reset(token)
+
+
+def unreadable_here(
+    path: Path, key: str, *, file: str | None = None, table: str | None = None
+) -> bool:
+    """Whether the caller should leave ``path`` (the file ``key`` names) unchecked: it exists
+    but this user may not read it, and ``voipgw check-config`` is checking
+    (:func:`reading_as_checker`), which then has a warning saying so. False otherwise: the
+    caller reads the file and refuses what it finds, an unreadable file too. ``file`` and
+    ``table`` default to what :func:`structure` is building (a plugin's table)."""
+    notes = _UNREAD.get()
+    if notes is None or not os.path.exists(path) or os.access(path, os.R_OK):
+        return False
+    if any(note.message.startswith(f"{path} cannot be read by this user") for note in notes):
+        return True  # said once (wss builds the tls transport's table again from its own)
+    if file is None or table is None:
+        file, table = _BUILDING.get() or ("<configuration>", "")
+    me, owner = user_name(), owner_name(path)
+    # Its owner is most likely the service's user (a key: owner that user, mode 600).
+    other = owner if owner is not None and owner != me else None
+    who = f"the service's user (its owner, {other}, most likely)" if other else "the service's user"
+    notes.append(
+        ConfigError(
+            file,
+            table,
+            key,
+            f"{path} cannot be read by this user ({me}), who runs check-config, so it was not "
+            f"checked: {who} may be allowed to; `voipgw run` as a user who may not refuses to "
+            f"start (check it as that user: sudo -u {other or 'USER'} voipgw check-config FILE)",
+        )
+    )
+    return True
+
+
 def structure(cls: type[T], table: Mapping[str, Any], *, file: str, table_name: str) -> T:
     """Build ``cls`` (an attrs class) from a TOML table; unknown, missing or mistyped keys raise
     :class:`ConfigError` naming ``file``, ``table_name`` and the key."""
@@ -964,6 +1026,7 @@ def structure(cls: type[T], table: Mapping[str, Any], *, file: str, table_name: 
             return ConfigError(file, table_name, _name, message)
 
         values[name] = _convert(table[name], hints[name], fail)
+    token = _BUILDING.set((file, table_name))
     try:
         return cls(**values)
     except (TypeError, ValueError) as exc:
@@ -975,6 +1038,8 @@ def structure(cls: type[T], table: Mapping[str, Any], *, file: str, table_name: 
         if sep and all(name in fields for name in key.split(", ")):
             raise ConfigError(file, table_name, key, message) from None
         raise ConfigError(file, table_name, None, str(exc)) from None
+    finally:
+        _BUILDING.reset(token)
 
 
 def _validate(config: GatewayConfig, file: str) -> None:
@@ -1498,7 +1563,7 @@ def directory_problem(path: Path, *, check_access: bool = True) -> str | None:
         parent = parent.parent
     if not os.path.isdir(parent):
         return f"{path} cannot be created: {parent} is not a directory"
-    if _on_read_only_file_system(parent):
+    if on_read_only_file_system(parent):
         # No user may create it, the service's nor root: an error of check-config too (a
         # container's read-only root file system), not the checking user's permission.
         return f"{path} cannot be created: {parent} is on a read-only file system"
@@ -1507,7 +1572,7 @@ def directory_problem(path: Path, *, check_access: bool = True) -> str | None:
     return None
 
 
-def _on_read_only_file_system(directory: Path) -> bool:
+def on_read_only_file_system(directory: Path) -> bool:
     """Whether ``directory`` is on a file system mounted read-only (statvfs ST_RDONLY)."""
     try:
         return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
@@ -1528,6 +1593,53 @@ def directory_access_problem(path: Path) -> str | None:
     if os.path.isdir(parent) and not os.access(parent, os.W_OK | os.X_OK):
         return f"{path} cannot be created: {parent} is not writable by this user ({user_name()})"
     return None
+
+
+def written_directory_problem(path: Path) -> str | None:
+    """Why the gateway may not write in ``path``, a directory that exists, or None: a read-only
+    file system (no user may, root included: the same for every user) or this process's user's
+    permission (``... is not writable by this user (NAME)``: the user's own, which may not be
+    the service's). Not a directory, or one that does not exist: None (:func:`directory_problem`
+    says those)."""
+    if not os.path.isdir(path):
+        return None
+    if on_read_only_file_system(path):
+        return f"{path} is on a read-only file system"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"{path} is not writable by this user ({user_name()})"
+    return None
+
+
+def owner_name(path: Path) -> str | None:
+    """The user owning ``path`` (``voipgw``, or ``uid 998``), or None when it cannot be told.
+    An existing state directory's owner is, most likely, the user ``voipgw run`` created it
+    as: the one to check the configuration as."""
+    try:
+        uid = os.stat(path).st_uid
+    except OSError:
+        return None
+    try:
+        import pwd
+
+        return pwd.getpwuid(uid).pw_name
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+def owner_may_not_write(path: Path) -> str | None:
+    """For root (which may write anywhere on a writable file system, so its own answer says
+    nothing of the service's user): the owner of the directory ``path`` when its mode keeps that
+    owner from writing in it (``chmod 500``), else None. Other users than the owner: not
+    root's to know (groups, ACLs)."""
+    if os.geteuid() != 0 or not os.path.isdir(path):
+        return None
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    if info.st_uid == 0 or (info.st_mode & 0o300) == 0o300:
+        return None
+    return owner_name(path)
 
 
 def user_name() -> str:

@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import signal
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -57,8 +58,13 @@ from gateway.core.config import (
     did_warnings,
     directory_access_problem,
     directory_problem,
+    on_read_only_file_system,
+    owner_may_not_write,
+    owner_name,
     unknown_trunk_names,
+    user_name,
     value_warnings,
+    written_directory_problem,
 )
 from gateway.core.control import socket_path
 from gateway.core.control_server import serve_control
@@ -104,7 +110,7 @@ from gateway.core.store.interface import (
     SharedCallLimits,
     Store,
 )
-from gateway.core.store.sqlite import DEFAULT_BUSY_TIMEOUT
+from gateway.core.store.sqlite import DB_FILENAME, DEFAULT_BUSY_TIMEOUT
 from gateway.core.transport.flows import Flow, FlowTable, format_address
 from gateway.core.transport.inbound import InboundQueue, kernel_receive_drops
 
@@ -439,7 +445,16 @@ class Gateway:
         failed at the first file written there, with an error that named no key. Not
         ``as_service`` (``voipgw check-config``, run by an operator as themselves, not as the
         service's user): a parent this user may not write in is :attr:`access_warnings`, not an
-        error; what the service's user may do is not this process's to know."""
+        error; what the service's user may do is not this process's to know.
+
+        The SQLite store's directory (``[gateway] state_dir`` unless ``[store]`` names
+        PostgreSQL) that exists must be writable too: the store cannot open without creating
+        its file and its WAL beside it. One on a read-only file system is an error of both (no
+        user may write there); one this user may not write in is ``run``'s error, naming the
+        key (it stopped on the store's file), and check-config's warning, naming this user and
+        the directory's owner. Elsewhere (PostgreSQL's state_dir holds only the control
+        socket, which the gateway runs without, warned of) nothing new is said: earlier
+        releases ran with such directories."""
         self.access_warnings = []
         dirs = [("gateway", self.config.gateway.state_dir)]
         for name, value in self.plugins.configs.items():
@@ -447,6 +462,8 @@ class Gateway:
                 dirs.append((f"plugins.{name}", value.state_dir))
         for table, text in dirs:
             problem = directory_problem(Path(text), check_access=as_service)
+            if problem is None and table == "gateway" and self.config.store.backend == "sqlite":
+                problem = self._store_directory_problem(Path(text), as_service=as_service)
             if problem is not None:
                 raise ConfigError(self.config.source, table, "state_dir", problem)
             access = None if as_service else directory_access_problem(Path(text))
@@ -461,6 +478,50 @@ class Gateway:
                         "that user: sudo -u USER voipgw check-config FILE)",
                     )
                 )
+
+    def _store_directory_problem(self, path: Path, *, as_service: bool) -> str | None:
+        """The error of an existing SQLite store directory the gateway may not write in, or
+        None; as check-config (not ``as_service``) a permission is :attr:`access_warnings`."""
+        store = f"the SQLite store ({path / DB_FILENAME}) cannot be opened"
+        problem = written_directory_problem(path)
+        if problem is not None and (as_service or on_read_only_file_system(path)):
+            # A read-only file system: no user may write there, the service's nor root.
+            return f"{problem}: {store}"
+        if as_service:
+            return None
+        owner = owner_name(path)
+        if problem is not None:
+            # Its owner, unless this user, is most likely the service's user (`voipgw run`
+            # created it so): the one to check as.
+            if owner == user_name():
+                owner = None
+            who = f"its owner, {owner}, " if owner is not None else "the service's user "
+            self.access_warnings.append(
+                ConfigError(
+                    self.config.source,
+                    "gateway",
+                    "state_dir",
+                    f"{problem}, who runs check-config: {store} by this user; {who}may be "
+                    "allowed to; `voipgw run` as a user who is not refuses to start (check it "
+                    f"as that user: sudo -u {owner or 'USER'} voipgw check-config FILE)",
+                )
+            )
+        elif (owner := owner_may_not_write(path)) is not None:
+            # Root may write anywhere: its own answer says nothing of the service's user, but
+            # the mode says the owner (most likely who `voipgw run` created it as) may not.
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+            self.access_warnings.append(
+                ConfigError(
+                    self.config.source,
+                    "gateway",
+                    "state_dir",
+                    f"{path} is writable by root only (mode {mode:04o}): its owner, {owner}, "
+                    f"may not write in it, so {store} as {owner}; `voipgw run` as {owner} "
+                    f"refuses to start (chmod u+wx {path}, or check it as the service's user: "
+                    "sudo -u USER voipgw check-config FILE)",
+                )
+            )
+        return None
 
     def session_target_names(self) -> dict[str, TrunkAddress]:
         """The SIP URIs media taps open sessions to (``MediaTap.sip_targets``) whose host is

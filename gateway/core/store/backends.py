@@ -14,7 +14,7 @@ import socket
 import stat
 from pathlib import Path
 
-from gateway.core.config import ConfigError, GatewayConfig
+from gateway.core.config import ConfigError, GatewayConfig, unreadable_here
 from gateway.core.store.errors import InvalidValue
 from gateway.core.store.interface import Store
 
@@ -70,6 +70,10 @@ def _read_password(config: GatewayConfig) -> str | None:
             raise fail("not a regular file")
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise fail("group or others may read it: chmod 600")
+        # voipgw check-config run as another user than the service's: a warning naming the
+        # user, the key and the file (config.reading_as_checker); `voipgw run` refuses it.
+        if unreadable_here(path, "password_file", file=config.source, table="store"):
+            return None
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise fail(f"cannot read: {exc.strerror}") from None

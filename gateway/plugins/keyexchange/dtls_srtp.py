@@ -1431,7 +1431,9 @@ class DtlsConfig:
     def __attrs_post_init__(self) -> None:
         # structure() reports a ValueError as a config error of this table; say which key.
         if self.certificate_max_age_days < 1:
-            raise ValueError("certificate_max_age_days: expected 1 or more")
+            raise ValueError(
+                f"certificate_max_age_days: expected 1 or more, got {self.certificate_max_age_days}"
+            )
         if not self.handshake_timeout >= MIN_HANDSHAKE_TIMEOUT:
             raise ValueError(
                 f"handshake_timeout: expected a positive number of seconds, "
@@ -1440,7 +1442,7 @@ class DtlsConfig:
                 f"{self.handshake_timeout:g}"
             )
         if not 256 <= self.mtu <= 65507:
-            raise ValueError("mtu: expected 256 to 65507 octets")
+            raise ValueError(f"mtu: expected 256 to 65507 octets, got {self.mtu}")
         if not self.profiles:
             raise ValueError("profiles: expected at least one profile")
         for name in self.profiles:

@@ -1068,7 +1068,8 @@ class SdesConfig:
         ):
             raise ValueError(
                 "min_peer_key_lifetime: expected a number of packets from 1 to 2^48 "
-                "(281474976710656); 2147483648 is 2^31"
+                "(281474976710656); 2147483648 is 2^31, "
+                f"got {self.min_peer_key_lifetime}"
             )
         if self.mki not in MKI_CHOICES:
             raise ValueError(f"mki: expected one of {', '.join(map(repr, MKI_CHOICES))}")

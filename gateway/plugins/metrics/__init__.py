@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
+from gateway.core.config import unreadable_here
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import GatewayStatus, LoadedCertificate, ReloadError
 from gateway.core.transport.flows import format_host_port
@@ -93,7 +94,11 @@ class MetricsConfig:
                 "tls_private_key too"
             )
         self.password_hashes  # noqa: B018 - checks them
-        self.ssl_context()  # the files load now, not at the first scrape
+        # The files load now, not at the first scrape; but by voipgw check-config run as
+        # another user than the service's (a key of mode 600): a warning, the pair unchecked.
+        files = {"tls_certificate": self.tls_certificate, "tls_private_key": self.tls_private_key}
+        if not [key for key, name in files.items() if name and unreadable_here(Path(name), key)]:
+            self.ssl_context()
 
     @property
     def password_hashes(self) -> dict[str, PasswordHash]:

@@ -58,7 +58,7 @@ import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway.core.config import NAMES_TRUNKS
+from gateway.core.config import NAMES_TRUNKS, unreadable_here
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import IdentityOutcome, TrunkCall
 from gateway.core.logs import system_error_text
@@ -191,7 +191,10 @@ class StirShakenConfig:
                     "certificate_url: signing (sign_trunks) needs the https URL of the "
                     f"certificate, not {redact_password(self.certificate_url)!r}"
                 )
-            self.signing_key()  # read now, not at the first call
+            # Read now, not at the first call; but by voipgw check-config run as another user
+            # than the service's (a key of mode 600): a warning, the key left unchecked.
+            if not unreadable_here(Path(self.private_key), "private_key"):
+                self.signing_key()
         for account, level in self.account_attestation.items():
             if level not in ATTESTATIONS:
                 raise ValueError(
@@ -451,7 +454,12 @@ class StirShaken:
         if signer.no_crl and self.config.check_revocation:
             # Once a fetch. The URL is a peer's x5u: shown without any password it holds.
             log.warning("stir_shaken: certificate %s: %s", redact_password(url), signer.no_crl)
-        max_age = min(fetched.max_age or self.config.certificate_cache, signer.valid_until - now)
+        # RFC 9111 §5.2.2.1: max-age=0 is stale at once. We never revalidate (no conditional
+        # request), and §4.2.4 forbids serving a stale response unless the origin allows it: not
+        # kept, the next call fetches it again (calls at once share one fetch). It was taken
+        # as no max-age (certificate_cache, an hour by default), where max-age=1 kept it 1 s.
+        fresh = self.config.certificate_cache if fetched.max_age is None else fetched.max_age
+        max_age = min(fresh, signer.valid_until - now)
         self.cache.put(url, signer, max_age=max_age, now=now)
         return signer
 

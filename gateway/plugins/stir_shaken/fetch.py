@@ -38,11 +38,12 @@ class FetchError(Exception):
 
 @attrs.frozen
 class Fetched:
-    """A fetched resource and its Cache-Control max-age (seconds; 0: none, or max-age=0,
-    which the plugin takes as none: its certificate_cache applies)."""
+    """A fetched resource and its Cache-Control max-age in seconds: None without one (the
+    plugin's certificate_cache applies, RFC 9111 §4.2.2 heuristic freshness); 0 for
+    ``max-age=0``, stale at once (RFC 9111 §5.2.2.1): not kept."""
 
     body: bytes
-    max_age: float = 0.0
+    max_age: float | None = None
 
 
 def host_allowed(url: str, hosts: tuple[str, ...]) -> bool:
@@ -123,7 +124,7 @@ async def _get(
     )
     await stream.send_all(connection.send(request) + connection.send(h11.EndOfMessage()))
     body = bytearray()
-    max_age = 0.0
+    max_age: float | None = None
     closed = False
     while True:
         try:

@@ -297,9 +297,9 @@ class HepConfig:
         # structure() reports a ValueError as a config error of this table; say which key.
         self.collector_address  # noqa: B018 - checks it
         if not 0 <= self.capture_id <= 0xFFFFFFFF:
-            raise ValueError("capture_id: expected 0 to 4294967295")
+            raise ValueError(f"capture_id: expected 0 to 4294967295, got {self.capture_id}")
         if not 10 <= self.queue <= 1_000_000:
-            raise ValueError("queue: expected 10 to 1000000 messages")
+            raise ValueError(f"queue: expected 10 to 1000000 messages, got {self.queue}")
 
     @property
     def collector_address(self) -> tuple[str, int]:

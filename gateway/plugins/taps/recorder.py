@@ -618,7 +618,7 @@ class RecorderConfig:
         if self.format not in ("wav", "pcap"):
             raise ValueError(f'format: expected "wav" or "pcap", not {self.format!r}')
         if not 10 <= self.queue <= 1_000_000:
-            raise ValueError("queue: expected 10 to 1000000 packets")
+            raise ValueError(f"queue: expected 10 to 1000000 packets, got {self.queue}")
         if self.g722_decoder not in ("auto", "spandsp", "python"):
             raise ValueError(
                 f'g722_decoder: expected "auto", "spandsp" or "python", not {self.g722_decoder!r}'
@@ -629,7 +629,7 @@ class RecorderConfig:
                 "(apt-get install libspandsp2)"
             )
         if self.min_free_mb < 0:
-            raise ValueError("min_free_mb: expected 0 (no limit) or more")
+            raise ValueError(f"min_free_mb: expected 0 (no limit) or more, got {self.min_free_mb}")
         if self.selection.empty:
             raise ValueError(NOTHING_SELECTED)
 

@@ -1628,7 +1628,7 @@ class SiprecConfig:
                 f"into SDP c= lines, RFC 4566 §5.7), not {self.media_address!r}"
             )
         if not 10 <= self.queue <= 1_000_000:
-            raise ValueError("queue: expected 10 to 1000000 packets")
+            raise ValueError(f"queue: expected 10 to 1000000 packets, got {self.queue}")
         if not self.bye_timeout >= MIN_BYE_TIMEOUT:
             raise ValueError(
                 f"bye_timeout: expected a positive number of seconds, "
@@ -1639,7 +1639,7 @@ class SiprecConfig:
             # RFC 4028 §4: no session interval below 90 s.
             raise ValueError(
                 f"session_expires: expected 0 (no session timer) or {MIN_INTERVAL} to "
-                f"{MAX_INTERVAL} seconds, not {self.session_expires!r}"
+                f"{MAX_INTERVAL} seconds, got {self.session_expires}"
             )
         if self.selection.empty:
             raise ValueError(NOTHING_SELECTED)

@@ -71,7 +71,10 @@ class TcpConfig:
     def __attrs_post_init__(self) -> None:
         # structure() reports a ValueError as a config error of this table; say which key.
         if self.max_connections_per_source < 1:
-            raise ValueError("max_connections_per_source: expected 1 or more")
+            raise ValueError(
+                "max_connections_per_source: expected 1 or more, "
+                f"got {self.max_connections_per_source}"
+            )
         check_idle_timeout(self)
         if not self.connect_timeout >= MIN_CONNECT_TIMEOUT:
             raise ValueError(

@@ -76,7 +76,7 @@ import trio
 from cryptography import x509
 from OpenSSL import SSL, crypto
 
-from gateway.core.config import ListenSpec, user_name
+from gateway.core.config import ListenSpec, unreadable_here, user_name
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import Listener, LoadedCertificate, ReloadError, TransportHost
 from gateway.core.logs import log_exception
@@ -269,7 +269,10 @@ class TlsConfig:
                 f"got {self.connect_timeout:g}"
             )
         if self.max_connections_per_source < 1:
-            raise ValueError("max_connections_per_source: expected 1 or more")
+            raise ValueError(
+                "max_connections_per_source: expected 1 or more, "
+                f"got {self.max_connections_per_source}"
+            )
         for key in ("listener_modes", "peer_modes"):
             for address, mode in getattr(self, key).items():
                 if mode not in MODES:
@@ -353,14 +356,18 @@ class TlsConfig:
                 + f", got {self.ocsp!r}"
             )
         if not 0 < self.ocsp_timeout <= 60:
-            raise ValueError("ocsp_timeout: expected a number of seconds above 0, at most 60")
+            raise ValueError(
+                "ocsp_timeout: expected a number of seconds above 0, at most 60, "
+                f"got {self.ocsp_timeout:g}"
+            )
         if self.ocsp != "off" and self.ocsp_timeout >= self.connect_timeout:
             # An outbound connection's OCSP query runs inside connect_timeout (tcp.py
             # open_flow): a silent responder would end the connection before the query
             # fails, so even soft-fail would refuse every trunk.
             raise ValueError(
                 f"ocsp_timeout: must be below connect_timeout ({self.connect_timeout:g} s), "
-                "which an outbound connection's OCSP query counts towards"
+                "which an outbound connection's OCSP query counts towards, "
+                f"got {self.ocsp_timeout:g}"
             )
         if self.ocsp_responder is not None:
             if self.ocsp == "off":
@@ -894,9 +901,14 @@ def check_certificate_files(certificate: str, private_key: str) -> None:
     """Load the pair as a listener would, for the configuration's checks: ValueError
     ``"KEY: why"`` (``certificate`` or ``private_key``) when a file exists but cannot be used
     (not PEM, an encrypted key, a key not the certificate's)."""
+    pair = {"certificate": Path(certificate), "private_key": Path(private_key)}
+    # voipgw check-config run as another user than the service's (a key of mode 600): a
+    # warning naming the user, key and file, the pair left unchecked; `voipgw run` refuses it.
+    if [key for key, path in pair.items() if unreadable_here(path, key)]:
+        return
     context = SSL.Context(SSL.TLS_METHOD)
     try:
-        _use_certificate(context, CertificatePaths(Path(certificate), Path(private_key)))
+        _use_certificate(context, CertificatePaths(pair["certificate"], pair["private_key"]))
     except CertificateFileError as exc:
         raise ValueError(f"{exc.key}: {exc}") from None
 

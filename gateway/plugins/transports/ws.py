@@ -107,11 +107,12 @@ def check_limits(config: object) -> None:
         )
     for key in ("max_connections", "max_connections_per_source"):
         if getattr(config, key) < 1:
-            raise ValueError(f"{key}: expected 1 or more")
-    if getattr(config, "idle_timeout") <= getattr(config, "ping_interval"):  # noqa: B009
+            raise ValueError(f"{key}: expected 1 or more, got {getattr(config, key)}")
+    idle_timeout = getattr(config, "idle_timeout")  # noqa: B009
+    if idle_timeout <= ping_interval:
         raise ValueError(
-            "idle_timeout: must be longer than ping_interval, or a connection that answers "
-            "every ping is closed anyway"
+            f"idle_timeout: must be longer than ping_interval ({ping_interval:g} s), or a "
+            f"connection that answers every ping is closed anyway, got {idle_timeout:g}"
         )
 
 

@@ -29,11 +29,12 @@ class InjectedStirShaken:
         self.delay = delay
         self.fetched: list[str] = []
         self.later = 0.0  # seconds the service's wall clock is ahead of time.time()
+        self.max_age: float | None = 600.0  # the answer's Cache-Control max-age (None: none)
 
     async def fetch(self, url: str) -> Fetched:
         self.fetched.append(url)
         await trio.sleep(self.delay)
-        return Fetched(self.pki.chain_pem(), max_age=600)
+        return Fetched(self.pki.chain_pem(), max_age=self.max_age)
 
     @hookimpl
     def gateway_plugin_config(self) -> type:

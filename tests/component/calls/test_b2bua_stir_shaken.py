@@ -279,6 +279,46 @@ async def test_a_burst_of_calls_fetches_a_new_certificate_once(
         assert (await call.final()).status == 200
 
 
+@pytest.mark.parametrize(("max_age", "fetches"), [(0.0, 2), (None, 1), (600.0, 1)])
+async def test_a_certificate_is_kept_for_its_max_age_and_not_at_all_for_max_age_0(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    max_age: float | None,
+    fetches: int,
+) -> None:
+    """RFC 9111 §5.2.2.1: an answer of max-age=0 is stale at once, so the next call fetches
+    the certificate again (it was kept for certificate_cache, an hour, as if the answer had no
+    max-age). Without one, certificate_cache applies (§4.2.2 heuristic freshness)."""
+    pki = make_pki()
+    plugin = InjectedStirShaken(pki)
+    plugin.max_age = max_age
+    env = await start(nursery, tmp_path, voipgw_seed, plugin)
+    for _ in range(2):
+        user, call = await call_alice(env, [identity(pki.signer_key)])
+        assert user == f"{CALLER};verstat=TN-Validation-Passed"
+        await call.cancel()
+        assert (await call.final()).status == 487
+        await eventually(lambda: env.calls == 0)
+    assert plugin.fetched == [X5U] * fetches
+
+
+async def test_calls_at_once_share_one_fetch_of_a_max_age_0_certificate(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """Not kept, but a burst of calls still waits for one fetch, not one each."""
+    pki = make_pki()
+    plugin = InjectedStirShaken(pki, delay=0.5)
+    plugin.max_age = 0.0
+    env = await start(nursery, tmp_path, voipgw_seed, plugin)
+    await env.trunk.invite(env.did_uri(ALICE_DID), extra=[identity(pki.signer_key)])
+    await env.trunk.invite(env.did_uri(ALICE_DID), extra=[identity(pki.signer_key)])
+    users = [(await env.alice.next_call()).invite.from_.uri.user for _ in range(2)]
+    assert users == [f"{CALLER};verstat=TN-Validation-Passed"] * 2
+    assert plugin.fetched == [X5U]
+
+
 class TransitRouter:
     """Routes every trunk's call back out to the trunk "carrier" (a transit carrier)."""
 

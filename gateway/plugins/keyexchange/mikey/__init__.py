@@ -268,7 +268,9 @@ class MikeyConfig:
                 f"{self.max_clock_skew:g}"
             )
         if self.replay_cache_size < 1:
-            raise ValueError("replay_cache_size: expected a positive number")
+            raise ValueError(
+                f"replay_cache_size: expected a positive number, got {self.replay_cache_size}"
+            )
         needs_keys = {"psk", "dh-hmac"} & set(self.offer_modes)
         if needs_keys and not self.psk_file:
             raise ValueError(

@@ -213,13 +213,19 @@ class InterceptConfig:
                     "admf_identifiers only: with both set they must name the same ADMFs"
                 )
         if not 0 <= self.pdu_version <= 0xFFFF:
-            raise ValueError("pdu_version: expected 0 to 65535")
+            raise ValueError(f"pdu_version: expected 0 to 65535, got {self.pdu_version}")
         if not 1.0 <= self.keepalive_interval <= 3600.0:
-            raise ValueError("keepalive_interval: expected 1 to 3600 seconds")
+            raise ValueError(
+                f"keepalive_interval: expected 1 to 3600 seconds, got {self.keepalive_interval:g}"
+            )
         if not 10 <= self.queue <= 1_000_000:
-            raise ValueError("queue: expected 10 to 1000000 PDUs per destination")
+            raise ValueError(
+                f"queue: expected 10 to 1000000 PDUs per destination, got {self.queue}"
+            )
         if not 1.0 <= self.report_interval <= 3600.0:
-            raise ValueError("report_interval: expected 1 to 3600 seconds")
+            raise ValueError(
+                f"report_interval: expected 1 to 3600 seconds, got {self.report_interval:g}"
+            )
         if self.report_url:
             self.report_endpoint  # noqa: B018 - checks it
             if not self.report_admf:

@@ -1,0 +1,386 @@
+"""What ``voipgw check-config`` says of files and directories the service needs, when the user
+running it may not be the service's (an operator checking as themselves before ``systemctl
+reload``): what no user could use is an error of check-config and run; what only this user's
+permissions forbid is check-config's warning naming the user, the key and the file (exit 0),
+and run's error, naming the key. Errors first, then every warning, in one run.
+
+The tests run as root, which may read and write anything: the kernel's answer to another user
+is given by patching ``os.access`` (and ``Path.open``, which run's TLS check uses)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.core import cli
+from gateway.core import config as config_mod
+from gateway.core import gateway as gateway_mod
+from gateway.core.config import ConfigError, from_mapping, user_name
+from gateway.core.gateway import Gateway
+from gateway.core.plugins import load_plugins
+from gateway.core.store import backends
+from tests.interop.harness.pki import TestPki
+
+AS_ANOTHER_USER = (
+    "the service's user may be allowed to; `voipgw run` as a user who may not refuses to "
+    "start (check it as that user: sudo -u USER voipgw check-config FILE)"
+)
+
+
+def check_config(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = cli.main(["check-config", str(path)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def write_config(tmp_path: Path, state: Path, extra: str = "", enable: str = '"udp"') -> Path:
+    path = tmp_path / "voipgw.toml"
+    path.write_text(
+        f'[gateway]\nstate_dir = "{state}"\n[sip]\nlisten = ["udp:127.0.0.1:0"]\n'
+        f"[plugins]\nenable = [{enable}]\n{extra}"
+    )
+    return path
+
+
+def deny(monkeypatch: pytest.MonkeyPatch, denied: Path, modes: int) -> None:
+    """``os.access`` answers no for ``denied`` and any of ``modes``, as to another user."""
+    real_access = os.access
+
+    def access(path: Any, mode: int, *args: Any, **kwargs: Any) -> bool:
+        if Path(path) == denied and mode & modes:
+            return False
+        return real_access(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(config_mod.os, "access", access)
+
+
+def built(path: Path) -> Gateway:
+    config = config_mod.from_toml(path)
+    return Gateway(config, load_plugins(config))
+
+
+# -- item: an existing state_dir this user may not write in --------------------------------
+
+
+def test_an_existing_state_dir_this_user_may_not_write_is_check_configs_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It passed check-config without a word, then `voipgw run` stopped on the SQLite
+    store's file, naming neither the key nor the user."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    path = write_config(tmp_path, state)
+    deny(monkeypatch, state, os.W_OK)
+    code, out, err = check_config(path, capsys)
+    assert code == cli.EXIT_OK, err
+    # Owned by this user: the service's, not named.
+    assert "the service's user may be allowed to" in err and "sudo -u USER" in err
+    monkeypatch.setattr(gateway_mod, "owner_name", lambda p: "voipgw")  # who ran voipgw run
+    code, out, err = check_config(path, capsys)
+    assert code == cli.EXIT_OK, err
+    assert err == (
+        f"voipgw: warning: {path}: [gateway] state_dir: {state} is not writable by this user "
+        f"({user_name()}), who runs check-config: the SQLite store "
+        f"({state / 'voipgw.sqlite3'}) cannot be opened by this user; its owner, voipgw, may "
+        "be allowed to; `voipgw run` as a user who is not refuses to start (check it as that "
+        "user: sudo -u voipgw voipgw check-config FILE)\n"
+    )
+    assert out.endswith("OK (1 plugins: udp)\n")
+    # voipgw run, the service: an error naming the key, before anything starts.
+    with pytest.raises(ConfigError) as caught:
+        built(path).check()
+    assert (caught.value.table, caught.value.key) == ("gateway", "state_dir")
+    assert caught.value.message == (
+        f"{state} is not writable by this user ({user_name()}): the SQLite store "
+        f"({state / 'voipgw.sqlite3'}) cannot be opened"
+    )
+
+
+def test_an_existing_state_dir_on_a_read_only_file_system_is_an_error_of_both(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No user may write there, root included (review-5's "cannot be created" case)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    path = write_config(tmp_path, state)
+    real_statvfs = config_mod.os.statvfs
+
+    class ReadOnly:
+        f_flag = config_mod.os.ST_RDONLY
+
+    monkeypatch.setattr(
+        config_mod.os, "statvfs", lambda p: ReadOnly() if Path(p) == state else real_statvfs(p)
+    )
+    deny(monkeypatch, state, os.W_OK)  # what a read-only mount answers, root included
+    code, out, err = check_config(path, capsys)
+    assert (code, out) == (cli.EXIT_USAGE, "")
+    assert err == (
+        f"voipgw: configuration error: {path}: [gateway] state_dir: {state} is on a read-only "
+        f"file system: the SQLite store ({state / 'voipgw.sqlite3'}) cannot be opened\n"
+    )
+
+
+def test_root_warns_of_a_state_dir_whose_owner_may_not_write_in_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Root may write anywhere, so its own answer says nothing; the mode says the owner (the
+    user `voipgw run` created it as, most likely) may not."""
+    state = tmp_path / "state"
+    state.mkdir()
+    state.chmod(0o500)
+    path = write_config(tmp_path, state)
+    monkeypatch.setattr(config_mod.os, "geteuid", lambda: 0)
+    real_stat = config_mod.os.stat
+
+    def stat(p: Any, *args: Any, **kwargs: Any) -> Any:
+        result = real_stat(p, *args, **kwargs)
+        if Path(p) == state:  # owned by a service's user, uid 4321
+            return os.stat_result((result.st_mode, *result[1:4], 4321, *result[5:]))
+        return result
+
+    monkeypatch.setattr(config_mod.os, "stat", stat)
+    code, out, err = check_config(path, capsys)
+    assert code == cli.EXIT_OK, err
+    assert err == (
+        f"voipgw: warning: {path}: [gateway] state_dir: {state} is writable by root only "
+        f"(mode 0500): its owner, uid 4321, may not write in it, so the SQLite store "
+        f"({state / 'voipgw.sqlite3'}) cannot be opened as uid 4321; `voipgw run` as uid 4321 "
+        f"refuses to start (chmod u+wx {state}, or check it as the service's user: sudo -u "
+        "USER voipgw check-config FILE)\n"
+    )
+    state.chmod(0o700)
+    code, out, err = check_config(path, capsys)
+    assert (code, err) == (cli.EXIT_OK, ""), out
+
+
+def test_a_postgresql_gateways_state_dir_is_not_checked_for_writing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It holds only the control socket, without which the gateway runs (warned of): earlier
+    releases ran so, and still do."""
+    pytest.importorskip("psycopg")
+    state = tmp_path / "state"
+    state.mkdir()
+    path = write_config(tmp_path, state, '[store]\nbackend = "postgresql"\ndsn = "dbname=x"\n')
+    deny(monkeypatch, state, os.W_OK)
+    code, out, err = check_config(path, capsys)
+    assert (code, err) == (cli.EXIT_OK, ""), out
+    built(path).check()
+
+
+# -- item: errors, then every warning, in one run -----------------------------------------
+
+
+def test_check_config_with_errors_says_the_warnings_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator fixing a file one run at a time saw the state_dir and DID warnings only once
+    the errors were gone: errors first, then the warnings, exit 2 as for the errors."""
+    state = tmp_path / "lib" / "voipgw"
+    (tmp_path / "lib").mkdir()
+    path = write_config(
+        tmp_path,
+        state,
+        '[dns]\ntimeout = 0.1\n[[trunks]]\nname = "a"\naddress = "udp:192.0.2.1:5060"\n'
+        'dids = {"100" = "alice"}\n[[trunks]]\nname = "b"\naddress = "udp:192.0.2.2:5060"\n'
+        'dids = {"100" = "bob"}\n',
+    )
+    deny(monkeypatch, tmp_path / "lib", os.W_OK)
+    code, out, err = check_config(path, capsys)
+    assert (code, out) == (cli.EXIT_USAGE, "")
+    lines = err.splitlines()
+    assert len(lines) == 3, err
+    assert lines[0].startswith(f"voipgw: configuration error: {path}: [dns] timeout: 0.1 s ")
+    assert lines[1].startswith(f"{path}: warning: DID ")
+    assert lines[2].startswith(f"voipgw: warning: {path}: [gateway] state_dir: {state} cannot")
+
+
+def test_check_config_stopped_by_an_error_says_the_warnings_found_before_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error that stops the check (a trunk's unknown media policy, checked after the state
+    directories) comes with the warnings found before it."""
+    state = tmp_path / "lib" / "voipgw"
+    (tmp_path / "lib").mkdir()
+    path = write_config(
+        tmp_path,
+        state,
+        '[[trunks]]\nname = "a"\naddress = "udp:192.0.2.1:5060"\nmedia_policy = "nope"\n',
+    )
+    deny(monkeypatch, tmp_path / "lib", os.W_OK)
+    code, out, err = check_config(path, capsys)
+    assert (code, out) == (cli.EXIT_USAGE, "")
+    lines = err.splitlines()
+    assert len(lines) == 2, err
+    assert lines[0].startswith(f"voipgw: configuration error: {path}: [trunks.a] media_policy:")
+    assert lines[1].startswith(f"voipgw: warning: {path}: [gateway] state_dir: {state} cannot")
+
+
+# -- item: a TLS key and a PostgreSQL password file this user may not read ------------------
+
+
+def test_a_tls_key_only_the_service_may_read_is_check_configs_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mode 600, owned by the service's user: check-config as the operator said "cannot be
+    read by this user", exit 2, of a file the service reads."""
+    pki = TestPki(tmp_path)
+    one = pki.ca("CA").issue("one")
+    one.key.chmod(0o600)
+    path = write_config(
+        tmp_path,
+        tmp_path / "state",
+        f'[plugins.tls]\ncertificate = "{one.certificate}"\nprivate_key = "{one.key}"\n',
+        enable='"udp", "tls"',
+    )
+    deny(monkeypatch, one.key, os.R_OK)
+    code, out, err = check_config(path, capsys)
+    assert code == cli.EXIT_OK, err
+    assert out.endswith("OK (2 plugins: udp, tls)\n")
+    assert err == (
+        f"voipgw: warning: {path}: [plugins.tls] private_key: {one.key} cannot be read by this "
+        f"user ({user_name()}), who runs check-config, so it was not checked: {AS_ANOTHER_USER}\n"
+    )
+    # voipgw run, the service: still an error naming the key.
+    opened = Path.open
+
+    def open_as_another_user(p: Path, *args: Any, **kwargs: Any) -> Any:
+        if p == one.key:
+            raise PermissionError(13, "Permission denied", str(p))
+        return opened(p, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", open_as_another_user)
+    with pytest.raises(ConfigError) as caught:
+        built(path)
+    assert (caught.value.table, caught.value.key) == ("plugins.tls", "private_key")
+    assert "cannot be read by this user" in caught.value.message
+
+
+def test_a_tls_key_check_config_can_read_is_checked_as_before(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A key of another certificate stays an error of check-config."""
+    pki = TestPki(tmp_path)
+    ca = pki.ca("CA")
+    one, two = ca.issue("one"), ca.issue("two")
+    path = write_config(
+        tmp_path,
+        tmp_path / "state",
+        f'[plugins.tls]\ncertificate = "{one.certificate}"\nprivate_key = "{two.key}"\n',
+        enable='"udp", "tls"',
+    )
+    code, out, err = check_config(path, capsys)
+    assert (code, out) == (cli.EXIT_USAGE, "")
+    assert err.startswith(
+        f"voipgw: configuration error: {path}: [plugins.tls] private_key: {two.key}: not the "
+        f"private key of {one.certificate}"
+    )
+
+
+def test_a_password_file_only_the_service_may_read_is_check_configs_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("psycopg")
+    secret = tmp_path / "pgpass"
+    secret.write_text("Sup3r-Secret\n")
+    secret.chmod(0o600)
+    path = write_config(
+        tmp_path,
+        tmp_path / "state",
+        f'[store]\nbackend = "postgresql"\ndsn = "dbname=x"\npassword_file = "{secret}"\n',
+    )
+    deny(monkeypatch, secret, os.R_OK)
+    code, out, err = check_config(path, capsys)
+    assert code == cli.EXIT_OK, err
+    assert err == (
+        f"voipgw: warning: {path}: [store] password_file: {secret} cannot be read by this user "
+        f"({user_name()}), who runs check-config, so it was not checked: {AS_ANOTHER_USER}\n"
+    )
+    assert "Sup3r-Secret" not in out + err
+    # The mode is checked still (stat needs no read permission).
+    secret.chmod(0o640)
+    code, out, err = check_config(path, capsys)
+    assert code == cli.EXIT_USAGE
+    assert "password_file: " in err and "chmod 600" in err
+    # voipgw run, the service, reads it itself: an error (the file read fails as this user).
+    secret.chmod(0o600)
+    real_read = Path.read_text
+
+    def read_as_another_user(p: Path, *args: Any, **kwargs: Any) -> str:
+        if p == secret:
+            raise PermissionError(13, "Permission denied", str(p))
+        return real_read(p, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", read_as_another_user)
+    config = from_mapping(
+        {"store": {"backend": "postgresql", "dsn": "dbname=x", "password_file": str(secret)}},
+        file="gw.toml",
+    )
+    with pytest.raises(ConfigError) as caught:
+        backends.check_store(config)
+    assert str(caught.value) == (
+        f"gw.toml: [store] password_file: {secret}: cannot read: Permission denied"
+    )
+
+
+def test_a_file_owned_by_another_user_names_that_user_in_the_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its owner is most likely the service's user: the one to check as."""
+    secret = tmp_path / "pgpass"
+    secret.write_text("x\n")
+    deny(monkeypatch, secret, os.R_OK)
+    monkeypatch.setattr(config_mod, "owner_name", lambda p: "voipgw")
+    with config_mod.reading_as_checker() as unread:
+        assert config_mod.unreadable_here(secret, "password_file", file="f", table="store")
+    (note,) = unread
+    assert note.message.endswith(
+        "the service's user (its owner, voipgw, most likely) may be allowed to; `voipgw run` "
+        "as a user who may not refuses to start (check it as that user: sudo -u voipgw voipgw "
+        "check-config FILE)"
+    )
+    # Outside check-config (voipgw run): nothing is noted, the caller reads it and refuses.
+    assert not config_mod.unreadable_here(secret, "password_file", file="f", table="store")
+
+
+@pytest.mark.parametrize(
+    ("plugin", "keys", "extra"),
+    [
+        ("wss", ("certificate", "private_key"), ""),
+        ("metrics", ("tls_certificate", "tls_private_key"), ""),
+        (
+            "stir_shaken",
+            (None, "private_key"),
+            'sign_trunks = ["carrier"]\ncertificate_url = "https://cr.example/signer.pem"\n',
+        ),
+    ],
+)
+def test_every_plugin_key_file_only_the_service_may_read_is_check_configs_warning(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    plugin: str,
+    keys: tuple[str | None, str],
+    extra: str,
+) -> None:
+    """The private keys other plugins load at check-config, as the tls plugin's."""
+    one = TestPki(tmp_path).ca("CA").issue("one")
+    certificate_key, key_key = keys
+    table = f'[plugins.{plugin}]\n{key_key} = "{one.key}"\n{extra}'
+    if certificate_key is not None:
+        table += f'{certificate_key} = "{one.certificate}"\n'
+    trunk = '[[trunks]]\nname = "carrier"\naddress = "udp:192.0.2.1:5060"\n'
+    path = write_config(tmp_path, tmp_path / "state", table + trunk, f'"udp", "{plugin}"')
+    code, out, err = check_config(path, capsys)
+    assert code == cli.EXIT_OK, err  # readable: loaded and checked
+    deny(monkeypatch, one.key, os.R_OK)
+    code, out, err = check_config(path, capsys)
+    assert code == cli.EXIT_OK, err
+    assert err == (
+        f"voipgw: warning: {path}: [plugins.{plugin}] {key_key}: {one.key} cannot be read by "
+        f"this user ({user_name()}), who runs check-config, so it was not checked: "
+        f"{AS_ANOTHER_USER}\n"
+    ), out
