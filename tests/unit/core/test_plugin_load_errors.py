@@ -403,3 +403,25 @@ def test_voipgw_plugins_lists_every_plugin_past_a_bad_plugin_table(
         assert rows[name].split()[1] == "FAILED" and rows[name].endswith(REFUSED)
     assert rows["tls"].split()[1] == "disabled"
     assert err == "".join(lines)
+
+
+def test_a_value_where_a_default_plugins_table_goes_is_that_plugins_error_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `enable` left out enables the defaults: `[plugins] tls = 3` alone is tls's settings
+    # misplaced as much as with `enable` written. It stopped the listing, without the hint.
+    config = tmp_path / "voipgw.toml"
+    config.write_text(f'[gateway]\nstate_dir = "{tmp_path}"\n[plugins]\ntls = 3\n')
+    line = (
+        f"voipgw: configuration error: {config}: [plugins] tls: unknown key; known keys: "
+        "enable (the settings of plugin 'tls' go in its own table, [plugins.tls])\n"
+    )
+    assert cli.main(["check-config", str(config)]) == cli.EXIT_USAGE
+    assert capsys.readouterr().err == line
+    assert cli.main(["plugins", "--config", str(config)]) == cli.EXIT_USAGE
+    out, err = capsys.readouterr()
+    rows = {row.split()[0]: row for row in out.splitlines()[1:]}
+    assert rows["tls"].split()[1] == "FAILED" and rows["tls"].endswith(REFUSED)
+    assert rows["udp"].split()[1] == "enabled" and "transports: udp" in rows["udp"]
+    assert err == line
+
