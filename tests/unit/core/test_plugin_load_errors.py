@@ -425,3 +425,21 @@ def test_a_value_where_a_default_plugins_table_goes_is_that_plugins_error_too(
     assert rows["udp"].split()[1] == "enabled" and "transports: udp" in rows["udp"]
     assert err == line
 
+
+def test_a_plugin_named_enable_is_loaded_as_before(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `enable = ["udp", "enable"]` is the list of plugins, not a value misplaced where the
+    # plugin "enable"'s table goes: a configuration that loaded that plugin still does.
+    install(site, "leaky_enable", "")
+    (site / "leaky_enable-1.0.dist-info" / "entry_points.txt").write_text(
+        "[voipgw.plugins]\nenable = leaky_enable\n"
+    )
+    config = from_mapping({"plugins": {"enable": ["udp", "enable"]}})
+    assert config.plugins.enable == ("udp", "enable")
+    assert load_plugins(config).names == ["udp", "enable"]
+    path = site / "voipgw.toml"
+    path.write_text('[plugins]\nenable = ["udp", "enable"]\n')
+    assert cli.main(["plugins", "--config", str(path)]) == cli.EXIT_OK
+    rows = {row.split()[0]: row for row in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["enable"].split()[1] == "enabled"
