@@ -443,3 +443,34 @@ def test_a_plugin_named_enable_is_loaded_as_before(
     assert cli.main(["plugins", "--config", str(path)]) == cli.EXIT_OK
     rows = {row.split()[0]: row for row in capsys.readouterr().out.splitlines()[1:]}
     assert rows["enable"].split()[1] == "enabled"
+
+
+def test_a_config_error_in_gateway_plugin_config_is_said_as_in_gateway_configure(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # As from a registration hook (hook_failed): it was "failed in gateway_plugin_config:
+    # ConfigError at FILE:LINE".
+    install(
+        site,
+        "leaky_declares",
+        """\
+        from gateway.core.config import ConfigError
+        from gateway.core.hookspecs import hookimpl
+
+        @hookimpl
+        def gateway_plugin_config():
+            raise ConfigError("/etc/voipgw/voipgw.toml", "plugins.leaky_declares", None, "no")
+        """,
+    )
+    line = "/etc/voipgw/voipgw.toml: [plugins.leaky_declares]: no (plugin 'leaky_declares')"
+    config = site / "voipgw.toml"
+    config.write_text('[plugins]\nenable = ["udp", "leaky_declares"]\n')
+    assert cli.main(["check-config", str(config)]) == cli.EXIT_USAGE
+    assert capsys.readouterr().err == f"voipgw: configuration error: {line}\n"
+    assert cli.main(["plugins", "--config", str(config)]) == cli.EXIT_USAGE
+    out, err = capsys.readouterr()
+    rows = {row.split()[0]: row for row in out.splitlines()[1:]}
+    assert rows["leaky_declares"].split()[1] == "FAILED"
+    assert rows["leaky_declares"].endswith(REFUSED)
+    assert rows["udp"].split()[1] == "enabled"
+    assert err == f"voipgw: configuration error: {line}\n"
