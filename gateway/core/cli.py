@@ -574,8 +574,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     for name in sorted(installed):
         dist = dists[name]
         if name in failed:
-            # A setting it refuses (its table, or a ConfigError from its hooks): the plugin
-            # imported and was asked; the gateway would not run with this configuration.
+            # A setting refused (its table, a value where it goes, or a ConfigError from its
+            # hooks): the gateway would not run with this configuration.
             registers = (
                 "(its configuration refused: see the configuration error below)"
                 if isinstance(failed[name], ConfigError)

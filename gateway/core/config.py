@@ -1929,8 +1929,11 @@ def from_mapping(
         raise ConfigError(file, "plugins", None, "expected a table: [plugins] enable = [...]")
     plugin_tables = {k: v for k, v in plugins_table.items() if isinstance(v, dict)}
     plain = {k: v for k, v in plugins_table.items() if not isinstance(v, dict)}
-    enable = plain.get("enable")
-    for name in [k for k in plain if isinstance(enable, list) and k in enable]:
+    # Enabled: those `enable` names, or the defaults when it is left out ([plugins] tls = 3
+    # alone is tls's settings misplaced too). `enable` itself is never a plugin's settings,
+    # even for a plugin of that name (a config that always loaded it).
+    enable = plain.get("enable", list(DEFAULT_PLUGINS))
+    for name in [k for k in plain if k != "enable" and isinstance(enable, list) and k in enable]:
         # An enabled plugin's name with a value, not a table: its settings, misplaced. The
         # line "unknown key" always said, and where they go.
         error = ConfigError(

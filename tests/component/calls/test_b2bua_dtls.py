@@ -12,6 +12,7 @@ engine, in virtual time.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -164,6 +165,31 @@ async def test_a_dtls_caller_gets_keys_from_the_handshake_and_the_call_goes_on(
     # Still up well after the handshake timeout would have struck.
     await trio.sleep(30)
     assert env.trunk.requests("BYE") == []
+
+
+async def test_an_engine_without_tls_id_is_said_once_per_gateway_through_its_calls(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A third-party engine without ``tls_id`` (here the dtls engine with it taken away) is
+    said in the log once per engine type and gateway: each call's handshakes note it in the
+    gateway's set (its CallManager's), not in a set of the call's own, which would say it again
+    on every call. The call goes on (a new engine object taken for a new association)."""
+    monkeypatch.delattr(DtlsNegotiation, "tls_id")
+    env = await with_dtls(nursery, tmp_path, voipgw_seed)
+    assert env.gateway.calls is not None
+    with caplog.at_level(logging.WARNING, logger="gateway.core.media.handshakes"):
+        caller = await dtls_caller(nursery, env)
+        with trio.fail_after(30):
+            await caller.phone.keyed.wait()
+    assert caller.phone.failure is None
+    assert env.gateway.calls.unnamed_engines == {DtlsNegotiation}
+    warned = [r.getMessage() for r in caplog.records if "has no tls_id" in r.getMessage()]
+    assert len(warned) == 1 and "DtlsNegotiation has no tls_id" in warned[0], warned
 
 
 async def test_a_wrong_fingerprint_ends_the_call_with_the_reason_and_no_media(

@@ -403,3 +403,74 @@ def test_voipgw_plugins_lists_every_plugin_past_a_bad_plugin_table(
         assert rows[name].split()[1] == "FAILED" and rows[name].endswith(REFUSED)
     assert rows["tls"].split()[1] == "disabled"
     assert err == "".join(lines)
+
+
+def test_a_value_where_a_default_plugins_table_goes_is_that_plugins_error_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `enable` left out enables the defaults: `[plugins] tls = 3` alone is tls's settings
+    # misplaced as much as with `enable` written. It stopped the listing, without the hint.
+    config = tmp_path / "voipgw.toml"
+    config.write_text(f'[gateway]\nstate_dir = "{tmp_path}"\n[plugins]\ntls = 3\n')
+    line = (
+        f"voipgw: configuration error: {config}: [plugins] tls: unknown key; known keys: "
+        "enable (the settings of plugin 'tls' go in its own table, [plugins.tls])\n"
+    )
+    assert cli.main(["check-config", str(config)]) == cli.EXIT_USAGE
+    assert capsys.readouterr().err == line
+    assert cli.main(["plugins", "--config", str(config)]) == cli.EXIT_USAGE
+    out, err = capsys.readouterr()
+    rows = {row.split()[0]: row for row in out.splitlines()[1:]}
+    assert rows["tls"].split()[1] == "FAILED" and rows["tls"].endswith(REFUSED)
+    assert rows["udp"].split()[1] == "enabled" and "transports: udp" in rows["udp"]
+    assert err == line
+
+
+def test_a_plugin_named_enable_is_loaded_as_before(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `enable = ["udp", "enable"]` is the list of plugins, not a value misplaced where the
+    # plugin "enable"'s table goes: a configuration that loaded that plugin still does.
+    install(site, "leaky_enable", "")
+    (site / "leaky_enable-1.0.dist-info" / "entry_points.txt").write_text(
+        "[voipgw.plugins]\nenable = leaky_enable\n"
+    )
+    config = from_mapping({"plugins": {"enable": ["udp", "enable"]}})
+    assert config.plugins.enable == ("udp", "enable")
+    assert load_plugins(config).names == ["udp", "enable"]
+    path = site / "voipgw.toml"
+    path.write_text('[plugins]\nenable = ["udp", "enable"]\n')
+    assert cli.main(["plugins", "--config", str(path)]) == cli.EXIT_OK
+    rows = {row.split()[0]: row for row in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["enable"].split()[1] == "enabled"
+
+
+def test_a_config_error_in_gateway_plugin_config_is_said_as_in_gateway_configure(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # As from a registration hook (hook_failed): it was "failed in gateway_plugin_config:
+    # ConfigError at FILE:LINE".
+    install(
+        site,
+        "leaky_declares",
+        """\
+        from gateway.core.config import ConfigError
+        from gateway.core.hookspecs import hookimpl
+
+        @hookimpl
+        def gateway_plugin_config():
+            raise ConfigError("/etc/voipgw/voipgw.toml", "plugins.leaky_declares", None, "no")
+        """,
+    )
+    line = "/etc/voipgw/voipgw.toml: [plugins.leaky_declares]: no (plugin 'leaky_declares')"
+    config = site / "voipgw.toml"
+    config.write_text('[plugins]\nenable = ["udp", "leaky_declares"]\n')
+    assert cli.main(["check-config", str(config)]) == cli.EXIT_USAGE
+    assert capsys.readouterr().err == f"voipgw: configuration error: {line}\n"
+    assert cli.main(["plugins", "--config", str(config)]) == cli.EXIT_USAGE
+    out, err = capsys.readouterr()
+    rows = {row.split()[0]: row for row in out.splitlines()[1:]}
+    assert rows["leaky_declares"].split()[1] == "FAILED"
+    assert rows["leaky_declares"].endswith(REFUSED)
+    assert rows["udp"].split()[1] == "enabled"
+    assert err == f"voipgw: configuration error: {line}\n"
