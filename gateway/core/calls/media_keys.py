@@ -118,7 +118,7 @@ class CallMediaKeys(CallBase):
                 for s in legs
             ):
                 return
-            assert self.media is not None and self._nursery is not None
+            assert self.media is not None
             self.handshakes = CallHandshakes(
                 self.media,
                 self._handshake_legs,
@@ -126,7 +126,7 @@ class CallMediaKeys(CallBase):
                 on_failure=self._handshake_failed,
                 forks=self._handshake_forks,
             )
-            self._nursery.start_soon(self.handshakes.run)
+            self.manager.start_child(self, self.handshakes.run)
             for side in self._answers_unsent:
                 self.handshakes.hold(side)
             self._answers_unsent.clear()
