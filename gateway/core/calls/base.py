@@ -71,7 +71,7 @@ from gateway.core.transport.flows import TLS_TRANSPORTS, Address, Flow
 if TYPE_CHECKING:
     from gateway.core.calls.dtmf_info import DtmfWork
     from gateway.core.calls.forwarding import Redirects
-    from gateway.core.calls.manager import CallManager
+    from gateway.core.calls.manager import CallChildren, CallManager
     from gateway.core.calls.timers import Entry
     from gateway.core.config import TrunkConfig
     from gateway.core.endpoint import ClientRequest
@@ -189,7 +189,10 @@ class CallBase:
         self._events_closed = False  # the call has ended: post refuses
         self._waiter: trio.lowlevel.Task | None = None  # the call's task, parked for an event
         self._queued_requests = 0
-        self._nursery: trio.Nursery | None = None
+        # The call's child tasks (CallManager.start_child): started while _boundary, the cancel
+        # scope around the call's states, is set (the call's task runs), in the manager's nursery.
+        self._boundary: trio.CancelScope | None = None
+        self._children: CallChildren | None = None
         # Client requests whose responses come into the event queue; detached at the end.
         self._forwarded: list[ClientRequest] = []
         self._pending_reinvite: tuple[Side, ServerTransaction, Request] | None = None

@@ -182,9 +182,11 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
     # -- the task ----------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        # The call's failure boundary (STYLE.md habit 6): a child task's exception cancels the
+        # call's states here and ends the call as its own would (CallChildren, manager.py).
+        boundary = self._boundary = trio.CancelScope()
         try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
+            with boundary:
                 try:
                     await self._setup()
                     if self.state == "answered":
@@ -220,17 +222,25 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
                     with trio.CancelScope(shield=True), trio.move_on_after(2):
                         await self._answer_handled()
                         await self._abort(500, "Server Internal Error")
-                # Unanswered B legs still need their CANCEL (sent once they ring) and a 2xx
-                # that crosses it needs ACK and BYE: wait for every B leg's final response, at
-                # most as long as an INVITE transaction lives (64*T1, Timer B). Most calls end
-                # with none of that work left and skip the cancel scope (_end_work_left).
-                if self._end_work_left():
-                    with trio.move_on_after(self.config.sip.t1 * 64):
-                        await self._cancel_pending_reinvites()
-                        await self._bye_transfer_leftovers()
-                        await self._drain_b_legs()
-                nursery.cancel_scope.cancel()
+            if boundary.cancelled_caught:
+                await self._child_failed()
+            # Unanswered B legs still need their CANCEL (sent once they ring) and a 2xx
+            # that crosses it needs ACK and BYE: wait for every B leg's final response, at
+            # most as long as an INVITE transaction lives (64*T1, Timer B). Most calls end
+            # with none of that work left and skip the cancel scope (_end_work_left).
+            if self._end_work_left():
+                with trio.move_on_after(self.config.sip.t1 * 64):
+                    await self._cancel_pending_reinvites()
+                    await self._bye_transfer_leftovers()
+                    await self._drain_b_legs()
         finally:
+            # The call's end stops its children before anything they use (the media) closes.
+            self._boundary = None
+            children = self._children
+            if children is not None:
+                await children.stop()
+                if children.failure is not None and not children.reported:
+                    self._child_failure_logged(children.failure)
             # Later responses (2xx retransmissions while Timer M runs) find nobody: dropped.
             for client in self._forwarded:
                 client.forward_to(None)
@@ -261,6 +271,24 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
             ):
                 with trio.CancelScope(shield=True), trio.move_on_after(self.config.sip.t1):
                     await self._refuse_queued_requests()
+
+    async def _child_failed(self) -> None:
+        """A child task raised while the call was in its states (CallChildren cancelled them):
+        the call ends as for a failure of its own, the request in hand answered 500 and each
+        leg sent BYE or CANCEL (the except clauses of :meth:`run`)."""
+        assert self._children is not None and self._children.failure is not None
+        self._child_failure_logged(self._children.failure)
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            await self._answer_handled()
+            await self._abort(500, "Server Internal Error")
+
+    def _child_failure_logged(self, exc: Exception) -> None:
+        """Log a child's exception as the call's failure and make it the call's end reason."""
+        assert self._children is not None
+        self._children.reported = True
+        log_exception(log, "call %s failed", self.id, exc=exc)
+        what = str(exc) if isinstance(exc, PluginHookError) else type(exc).__name__
+        self.end_reason = f"internal error: {what}"
 
     def _end_work_left(self) -> bool:
         """Whether the call's end has anything to send or wait for: a re-INVITE of ours to

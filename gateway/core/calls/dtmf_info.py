@@ -184,10 +184,9 @@ class CallDtmfInfo(CallLocationUpdates):
         """An RFC 4733 event began (in the relay's loop): wake the task that ends it if its
         end packets never come (RFC 4733 §2.5.2.2), started with the call's first event."""
         if self._dtmf_wake is None:
-            if self._nursery is None:
+            if not self.manager.start_child(self, self._dtmf_timeouts):
                 return
             self._dtmf_wake = trio.Event()
-            self._nursery.start_soon(self._dtmf_timeouts)
         self._dtmf_wake.set()
 
     async def _dtmf_timeouts(self) -> None:
@@ -222,9 +221,8 @@ class CallDtmfInfo(CallLocationUpdates):
             work.events_dropped += 1  # a flood of INFOs: the digits would arrive too late
             return
         work.events.append(digit)
-        if not work.injecting and self._nursery is not None:
+        if not work.injecting and self.manager.start_child(self, self._inject_dtmf, work):
             work.injecting = True
-            self._nursery.start_soon(self._inject_dtmf, work)
 
     async def _inject_dtmf(self, work: DtmfWork) -> None:
         """Send the digits from INFO as RFC 4733 events, one after the other, each timed as

@@ -292,8 +292,7 @@ class CallLocationUpdates(CallSessionTimers):
             wait = trunk.response_timeout
         tag.wait = min(wait, 32 * self.config.sip.t1)
         tag.wait_scope = trio.CancelScope()
-        assert self._nursery is not None
-        self._nursery.start_soon(self._location_update_overdue, tag)
+        self.manager.start_child(self, self._location_update_overdue, tag)
 
     async def _location_update_overdue(self, tag: LocatedRequest) -> None:
         assert tag.wait_scope is not None

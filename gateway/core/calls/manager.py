@@ -77,6 +77,7 @@ from gateway.core.sip.uri import SipUri, redact_password
 from gateway.core.transport.flows import TLS_TRANSPORTS, Flow
 
 if TYPE_CHECKING:
+    from gateway.core.calls.base import CallBase
     from gateway.core.calls.dialog_events import DialogEvents
     from gateway.core.calls.numbering import NumberingPlan
     from gateway.core.config import TrunkConfig
@@ -91,6 +92,70 @@ PICKUP_WAIT = 4.0
 unless it has just been answered or ended); then 481."""
 
 DialogKey = tuple[str, str]  # (Call-ID, our tag) — how requests from either leg find their call
+
+
+class CallChildren:
+    """The child tasks of one call (the DTLS-SRTP handshakes, RFC 4733 event timers, digits from
+    INFO sent as events, location-UPDATE waits), which few calls have: created with the first
+    one (:meth:`CallManager.start_child`). They run in the manager's nursery, which outlives the
+    call, each in a cancel scope of its own; a plain call opens no nursery of its own (a trio
+    nursery cost ~95,000 instructions a call, docs/benchmarks.md "Session 35 (nursery)") and trio
+    cannot open one around the call's code already running when a child starts.
+
+    The call's failure boundary (STYLE.md habit 6) as its nursery kept it: a child that raises
+    cancels ``boundary``, the cancel scope around the call's states, and Call.run ends the call
+    as for its own failure, saying why ("internal error: ..."); nothing leaves for the manager's
+    nursery. The call's end cancels every child and waits for them (:meth:`stop`) before its
+    media closes."""
+
+    __slots__ = ("_boundary", "_done", "_scopes", "failure", "reported")
+
+    def __init__(self, boundary: trio.CancelScope) -> None:
+        self._boundary = boundary
+        self._scopes: set[trio.CancelScope] = set()
+        self._done: trio.Event | None = None  # set when the last child has returned, once stopping
+        self.failure: Exception | None = None
+        """The first exception a child raised."""
+        self.reported = False
+        """Call.run has logged :attr:`failure` and ended the call for it."""
+
+    def start(
+        self, nursery: trio.Nursery, async_fn: Callable[..., Awaitable[object]], *args: object
+    ) -> None:
+        scope = trio.CancelScope()
+        self._scopes.add(scope)
+        nursery.start_soon(self._run, scope, async_fn, args, name=async_fn)
+
+    async def _run(
+        self,
+        scope: trio.CancelScope,
+        async_fn: Callable[..., Awaitable[object]],
+        args: tuple[object, ...],
+    ) -> None:
+        try:
+            with scope:
+                await async_fn(*args)
+        except Exception as exc:
+            # A bug in the core or a plugin, maybe set off by the network: it ends this call
+            # (Call.run logs it), never the manager's nursery, the gateway or another call.
+            if self.failure is None:
+                self.failure = exc
+            self._boundary.cancel()
+        finally:
+            self._scopes.discard(scope)
+            if not self._scopes and self._done is not None:
+                self._done.set()
+
+    async def stop(self) -> None:
+        """Cancel every child and wait until each has returned (the call is ending; a nursery
+        would wait for them the same way, whatever cancels the call's task meanwhile)."""
+        if not self._scopes:
+            return
+        for scope in self._scopes:
+            scope.cancel()
+        self._done = trio.Event()
+        with trio.CancelScope(shield=True):
+            await self._done.wait()
 
 
 class CallManager:
@@ -174,11 +239,11 @@ class CallManager:
             nursery.start_soon(self.records.run)
 
     async def _run_call(self, call: Call) -> None:
-        """A call's task. Call.run ends its call on any failure, but a failure while it ends
-        itself (a BYE that cannot be sent while it aborts, a task of the call's own nursery)
-        would otherwise leave this nursery, cancelling every other call and the gateway with
-        it: it ends this call only (STYLE.md habit 6). Call.run's cleanup (``finally``: the
-        record, the media, forgetting the call) has run by then."""
+        """A call's task. Call.run ends its call on any failure (its child tasks' too,
+        :class:`CallChildren`), but a failure while it ends itself (a BYE that cannot be sent
+        while it aborts) would otherwise leave this nursery, cancelling every other call and
+        the gateway with it: it ends this call only (STYLE.md habit 6). Call.run's cleanup
+        (``finally``: the record, the media, forgetting the call) has run by then."""
         try:
             await call.run()
         except Exception:
@@ -217,6 +282,20 @@ class CallManager:
             "call_timers": len(self.timers),
             **self.limits.sizes(),
         }
+
+    def start_child(
+        self, call: CallBase, async_fn: Callable[..., Awaitable[object]], *args: object
+    ) -> bool:
+        """Start a child task of ``call`` (:class:`CallChildren`), while the call's task runs:
+        False, and nothing started, before and once it has ended (its children are stopped)."""
+        boundary = call._boundary
+        if boundary is None:
+            return False
+        children = call._children
+        if children is None:
+            children = call._children = CallChildren(boundary)
+        children.start(self._nursery, async_fn, *args)
+        return True
 
     def start_soon(self, async_fn: Callable[..., Awaitable[object]], *args: object) -> None:
         """Run what a call leaves behind when it ends (seeing its BYE through a trunk's

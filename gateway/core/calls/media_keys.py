@@ -118,7 +118,7 @@ class CallMediaKeys(CallBase):
                 for s in legs
             ):
                 return
-            assert self.media is not None and self._nursery is not None
+            assert self.media is not None
             self.handshakes = CallHandshakes(
                 self.media,
                 self._handshake_legs,
@@ -127,7 +127,7 @@ class CallMediaKeys(CallBase):
                 forks=self._handshake_forks,
                 unnamed_engines=self.manager.unnamed_engines,
             )
-            self._nursery.start_soon(self.handshakes.run)
+            self.manager.start_child(self, self.handshakes.run)
             for side in self._answers_unsent:
                 self.handshakes.hold(side)
             self._answers_unsent.clear()

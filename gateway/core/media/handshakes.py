@@ -344,7 +344,8 @@ class CallHandshakes:
     # -- the task -------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Drive the handshakes until cancelled (with the call's nursery)."""
+        """Drive the handshakes until cancelled (at the call's end: calls/manager.py,
+        CallChildren)."""
         try:
             item: _Item = None
             while True:
@@ -355,8 +356,9 @@ class CallHandshakes:
                 except Exception:
                     # A bug in a key-exchange plugin or in keying, maybe set off by a datagram
                     # from the network: it ends this call with a stated reason, never the
-                    # gateway nor another call (the exception would otherwise leave the call's
-                    # nursery and stop the gateway). Engines keep secrets out of exceptions.
+                    # gateway nor another call (the exception would otherwise end the call as an
+                    # internal error, without the handshake's reason). Engines keep secrets out
+                    # of exceptions.
                     log_exception(log, "media-path key exchange failed")
                     self._on_failure("a/b", INTERNAL_ERROR_REASON)
                     return
