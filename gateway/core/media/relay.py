@@ -82,8 +82,10 @@ address (direction ``a_to_b``), and the reverse.
   source and feeds the answering fork's (handshakes.py). The answer's address unlatches, unless
   the latched source is that address: it stays latched and is connected then (a losing fork's
   resend must not take the socket before the answering fork's next packet); the latched
-  source is kept out for :data:`PREVIOUS_SOURCE_QUARANTINE` only when another sender was at
-  the answer's address (it lost), not when none was (a NAT: it may be the answer's own).
+  source is kept out for :data:`PREVIOUS_SOURCE_QUARANTINE` from the answer when another
+  sender was at the answer's address (it lost), from its last media if it sent media, and
+  not at all when it sent only handshake datagrams and none was (a NAT: it may be the
+  answer's own).
 - ICE (RFC 8445, the gateway as a lite agent: :mod:`~gateway.core.media.ice`): a side whose
   leg does ICE has an ICE handler on its sockets (:meth:`StreamSide.set_ice_handler`). STUN
   (first octet 0..3) goes to it from any source, since checks come from every candidate of the
@@ -463,6 +465,7 @@ class _Endpoint:
         "hands_on",
         "ice",
         "last_received",
+        "latched_at",
         "non_rtp",
         "only_from_source",
         "previous_source",
@@ -503,6 +506,7 @@ class _Endpoint:
         self.direction = Direction.A_TO_B
         self.source: Address | None = None  # latched source address
         self.last_received = now
+        self.latched_at = now  # when ``source`` latched (_latch): media since, if last_received
         # The source a new SDP address made it forget, kept out until ``previous_until``.
         self.previous_source: Address | None = None
         self.previous_until = 0.0
@@ -710,9 +714,11 @@ class StreamSide:
                     heard = ep.last_received
                     ringing = ep.non_rtp is not None and _unaddressed(ep)
                     own = remote_rtp if ep is self._rtp or rtcp_mux else implied_rtcp
-                    if not ringing:
+                    if not ringing or ep.last_received >= ep.latched_at:
+                        # A previous peer, or a ringing fork that sent media since it latched
+                        # (last_received): kept out for 3 s from its last media.
                         ep.previous_source = ep.source
-                    elif own in ep.rivals:
+                    if ringing and own in ep.rivals:
                         # A ringing fork that latched this handshake socket and lost to one
                         # that sent from the answer's address: its handshake datagrams never
                         # set last_received (only media does), and it resends until our
@@ -721,11 +727,11 @@ class StreamSide:
                         relay = ep.stream._relay if ep.stream is not None else None
                         if relay is not None:
                             heard = max(heard, relay._clock())
-                    # Else no sender was at the answer's address (a callee behind a NAT): the
-                    # latched one may be the answering fork (or the lone callee) itself, and
-                    # is not kept out, as the handshake task keeps none out then
-                    # (handshakes.py); kept out, its resends were refused for 3 s and a
-                    # losing fork's resend latched and connected the socket first.
+                    # Else one that sent only handshake datagrams, with no sender at the
+                    # answer's address (a callee behind a NAT): it may be the answering fork
+                    # (or the lone callee) itself, and is not kept out, as the handshake task
+                    # keeps none out then (handshakes.py); kept out, its resends were refused
+                    # for 3 s and a losing fork's resend latched and connected the socket first.
                     ep.previous_until = heard + PREVIOUS_SOURCE_QUARANTINE
                 if remote_rtp is not None:
                     ep.rivals = ()
@@ -2394,6 +2400,7 @@ class MediaRelay:
             return False
         # Never connected here: without re-latching only an unlatched socket gets this far.
         ep.source = source
+        ep.latched_at = now
         if self._relatch_after is None and not (ep.non_rtp is not None and _unaddressed(ep)):
             # Not a handshake socket still waiting for its leg's answer: connected, the kernel
             # would refuse the other forks' handshakes (_hand_on); the answer's address

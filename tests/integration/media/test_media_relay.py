@@ -942,6 +942,28 @@ async def test_the_fork_that_latched_is_not_kept_out_when_no_sender_is_at_the_an
     assert stream.b_to_a.statistics().dropped_unlatched_source == 0
 
 
+async def test_a_fork_that_latched_with_its_ringing_media_is_kept_out_after_any_answer(
+    relay: MediaRelay, alice: PlainPhone, bob: PlainPhone, make_phone: Callable[[], PlainPhone]
+):
+    # Bob latched B's handshake socket with media sent as he rang (50 a second until our
+    # CANCEL reaches him); the other fork answers, sending nothing as it rang: no sender was
+    # at the answer's address, and yet bob is kept out 3 s from his last media, as any
+    # previous peer: his next packet must not latch and connect the socket before the
+    # answering fork's ClientHello (the kernel would refuse that fork's handshake).
+    stream = relay.open_stream()
+    stream.a.set_remote(alice.rtp_address)
+    stream.b.set_non_rtp_handler(lambda packet, source: None)
+    port = stream.b.ports.rtp_port
+    await bob.send(rtp(1), port)
+    await until(lambda: stream.b.rtp_source == bob.rtp_address)
+    other = make_phone()
+
+    stream.b.set_remote(other.rtp_address)  # the other fork answered
+    await bob.send(rtp(2), port)
+    await until(lambda: stream.b_to_a.statistics().dropped_unlatched_source == 1)
+    assert stream.b.rtp_source is None
+
+
 async def test_a_late_offer_callers_handshake_socket_latches_and_connects_before_its_answer(
     relay: MediaRelay, alice: PlainPhone, bob: PlainPhone
 ):
