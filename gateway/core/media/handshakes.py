@@ -864,13 +864,30 @@ def _after_handshakes(
     and a plugin engine's likewise. While the call was up the engine took (and answered)
     them; counted ``malformed`` here, every ZRTP hang-up raised an operator's alert on
     ``malformed`` for nothing. Anything else is counted ``malformed``, as on a socket nobody
-    handshakes on (docs/metrics.md). The engine is only asked, never fed: it has ended."""
+    handshakes on (docs/metrics.md). The engine is only asked, never fed: it has ended. An
+    engine whose ``claims_packet`` raises (a plugin's bug, set off by a datagram from the
+    network) has not claimed it: counted ``malformed``, logged once per socket (raised, it was
+    logged with its traceback for every such datagram when the relay runs in media workers)."""
+    failed = False
 
     def handler(packet: bytes, source: Address) -> None:
+        nonlocal failed
         if not packet or 20 <= packet[0] <= 63:
             return
-        if any(engine.claims_packet(packet[0], packet) for engine in engines):
-            return
+        for engine in engines:
+            try:
+                if engine.claims_packet(packet[0], packet):
+                    return
+            except Exception:
+                if not failed:
+                    failed = True
+                    log_exception(
+                        log,
+                        "leg %s: claims_packet of %s failed after the handshakes (logged once "
+                        "per socket)",
+                        side,
+                        type(engine).__qualname__,
+                    )
         session.count_dropped(side, "malformed")
 
     return handler

@@ -81,7 +81,11 @@ address (direction ``a_to_b``), and the reverse.
   handler with their source, latching nothing: the call's handshake task keeps them apart by
   source and feeds the answering fork's (handshakes.py). The answer's address unlatches, unless
   the latched source is that address: it stays latched and is connected then (a losing fork's
-  resend must not take the socket before the answering fork's next packet).
+  resend must not take the socket before the answering fork's next packet); the latched
+  source is kept out for :data:`PREVIOUS_SOURCE_QUARANTINE` from the answer when another
+  sender was at the answer's address (it lost), from its last media if it sent media, and
+  not at all when it sent only handshake datagrams and none was (a NAT: it may be the
+  answer's own).
 - ICE (RFC 8445, the gateway as a lite agent: :mod:`~gateway.core.media.ice`): a side whose
   leg does ICE has an ICE handler on its sockets (:meth:`StreamSide.set_ice_handler`). STUN
   (first octet 0..3) goes to it from any source, since checks come from every candidate of the
@@ -441,6 +445,10 @@ class _Route:
 # across a re-INVITE is back soon.
 PREVIOUS_SOURCE_QUARANTINE = 3.0
 
+# How many other sources a callee's unanswered handshake socket remembers (_Endpoint.rivals),
+# as the handshake task keeps at most 4 senders per port (handshakes.FORK_SOURCES).
+_RIVAL_SOURCES = 4
+
 
 class _Endpoint:
     """One bound media socket and everything the hot loop needs for what arrives on it."""
@@ -457,6 +465,7 @@ class _Endpoint:
         "hands_on",
         "ice",
         "last_received",
+        "latched_at",
         "non_rtp",
         "only_from_source",
         "previous_source",
@@ -464,6 +473,7 @@ class _Endpoint:
         "receive_errors",
         "recv_connected",
         "recvfrom_into",
+        "rivals",
         "rtcp",
         "rtcp_octets",
         "rtp",
@@ -496,9 +506,13 @@ class _Endpoint:
         self.direction = Direction.A_TO_B
         self.source: Address | None = None  # latched source address
         self.last_received = now
+        self.latched_at = now  # when ``source`` latched (_latch): media since, if last_received
         # The source a new SDP address made it forget, kept out until ``previous_until``.
         self.previous_source: Address | None = None
         self.previous_until = 0.0
+        # Other sources handed on while the callee's forks rang (_hand_on), at most
+        # _RIVAL_SOURCES: the answer's address among them says the latched one lost.
+        self.rivals: tuple[tuple[str, int], ...] = ()
         self.blocked = False
         self.taps: tuple[Tap, ...] = ()
         self.non_rtp: NonRtpHandler | None = None
@@ -697,16 +711,30 @@ class StreamSide:
                 # scope_id), compared by its (host, port) with the SDP's.
                 source = ep.source[:2] if ep.source is not None else None
                 if remote_rtp is not None and source not in (None, remote_rtp, implied_rtcp):
-                    ep.previous_source = ep.source
                     heard = ep.last_received
-                    if ep.non_rtp is not None and _unaddressed(ep):
-                        # A ringing fork that latched this handshake socket and lost: its
-                        # handshake datagrams never set last_received (only media does), and
-                        # it resends until our CANCEL reaches it: kept out from the answer.
+                    ringing = ep.non_rtp is not None and _unaddressed(ep)
+                    own = remote_rtp if ep is self._rtp or rtcp_mux else implied_rtcp
+                    if not ringing or ep.last_received >= ep.latched_at:
+                        # A previous peer, or a ringing fork that sent media since it latched
+                        # (last_received): kept out for 3 s from its last media.
+                        ep.previous_source = ep.source
+                    if ringing and own in ep.rivals:
+                        # A ringing fork that latched this handshake socket and lost to one
+                        # that sent from the answer's address: its handshake datagrams never
+                        # set last_received (only media does), and it resends until our
+                        # CANCEL reaches it: kept out from the answer.
+                        ep.previous_source = ep.source
                         relay = ep.stream._relay if ep.stream is not None else None
                         if relay is not None:
                             heard = max(heard, relay._clock())
+                    # Else one that sent only handshake datagrams, with no sender at the
+                    # answer's address (a callee behind a NAT): it may be the answering fork
+                    # (or the lone callee) itself, and is not kept out, as the handshake task
+                    # keeps none out then (handshakes.py); kept out, its resends were refused
+                    # for 3 s and a losing fork's resend latched and connected the socket first.
                     ep.previous_until = heard + PREVIOUS_SOURCE_QUARANTINE
+                if remote_rtp is not None:
+                    ep.rivals = ()
                 _unlatch(ep)
         self._remote_rtp = remote_rtp
         self._remote_rtcp = remote_rtcp
@@ -2315,8 +2343,11 @@ class MediaRelay:
                 # they share this socket, and the one that answers may not be the first that
                 # sent. Handed on with its source, latching nothing: the call's handshake
                 # task keeps each source's apart and feeds the answering fork's
-                # (handshakes.py). The latch was not connected either (_latch).
-                pass
+                # (handshakes.py). The latch was not connected either (_latch). Its address
+                # is remembered: the answer's among them, the latched fork lost (set_remote).
+                rival = source[:2]
+                if rival not in ep.rivals and len(ep.rivals) < _RIVAL_SOURCES:
+                    ep.rivals += (rival,)
             elif not self._latch(ep, source, now):
                 return
         handler = ep.non_rtp
@@ -2369,6 +2400,7 @@ class MediaRelay:
             return False
         # Never connected here: without re-latching only an unlatched socket gets this far.
         ep.source = source
+        ep.latched_at = now
         if self._relatch_after is None and not (ep.non_rtp is not None and _unaddressed(ep)):
             # Not a handshake socket still waiting for its leg's answer: connected, the kernel
             # would refuse the other forks' handshakes (_hand_on); the answer's address

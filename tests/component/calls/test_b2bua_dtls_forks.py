@@ -10,6 +10,7 @@ other fork's never reach it (its certificate would fail the fingerprint check an
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -141,29 +142,96 @@ async def test_a_fork_answering_after_another_forks_early_answer_is_keyed_by_its
     assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
 
 
+@pytest.mark.parametrize("answering", [0, 1], ids=["first-to-send-answers", "second-answers"])
 async def test_a_fork_behind_a_nat_that_answers_is_keyed_by_its_resends(
     nursery: trio.Nursery,
     tmp_path: Path,
     autojump_clock: trio.abc.Clock,
     voipgw_seed: int,
+    answering: int,
 ) -> None:
     """The answering fork's SDP gives another port than it sends from (a NAT): which source
     was which fork is not known, so its ClientHellos sent while both rang are not fed, and its
     handshake begins at its resend (RFC 6347 §4.2.4.1). That resend must reach its handshake:
     it was dropped as a losing fork's (every resend), the handshake timed out and the call
-    ended."""
+    ended. Also when it was the first to send, which latched B's sockets while both rang: it
+    was kept out 3 s from the answer as a losing fork (PREVIOUS_SOURCE_QUARANTINE), its resends
+    at 1 s and 3 s refused, and keyed only by the third (6.5 s after the answer)."""
     env, call, forks = await two_ringing_forks(nursery, tmp_path, voipgw_seed)
-    await start_phones(nursery, forks[0], PHONE_PORT)
-    phone, rtcp_phone, answer = await start_phones(nursery, forks[1], PHONE_PORT + 2)
+    started = [
+        await start_phones(nursery, forks[0], PHONE_PORT),
+        await start_phones(nursery, forks[1], PHONE_PORT + 2),
+    ]
+    phone, rtcp_phone, answer = started[answering]
+    port = PHONE_PORT + 2 * answering
     # m= (RTCP implied at its port + 1, RFC 3605 §2.1): neither is where the phone sends from.
-    natted = answer.replace(f"m=audio {PHONE_PORT + 2} ".encode(), b"m=audio 40000 ")
+    natted = answer.replace(f"m=audio {port} ".encode(), b"m=audio 40000 ")
     assert natted != answer
-    await forks[1].answer(200, sdp=natted)
+    async with trio.open_nursery() as answering_nursery:
+        answering_nursery.start_soon(functools.partial(forks[answering].answer, 200, sdp=natted))
+        await trio.sleep(0.01)
+        for loser in started[1 - answering][:2]:
+            loser.negotiation = Silent()  # our CANCEL reached it: no more resends
     assert (await call.final()).status == 200
 
     with trio.fail_after(30):
         await phone.keyed.wait()
         await rtcp_phone.keyed.wait()
     assert phone.failure is None and rtcp_phone.failure is None
+    for engine in (phone.negotiation, rtcp_phone.negotiation):
+        assert engine.statistics().retransmissions == 1  # type: ignore[attr-defined]
     await trio.sleep(30)
     assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+
+
+class Silent:
+    """A losing fork's phone once our CANCEL reached it: its handshake sends nothing more."""
+
+    def packets_to_send(self, *, now: float) -> list[bytes]:
+        return []
+
+    def next_event(self) -> None:
+        return None
+
+    def get_timer(self) -> None:
+        return None
+
+    def handle_timer(self, *, now: float) -> None:
+        pass
+
+    def claims_packet(self, first_byte: int, packet: bytes) -> bool:
+        return False
+
+
+async def test_a_lone_callee_behind_a_nat_is_keyed_by_its_first_resend(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+) -> None:
+    """One phone rings (no fork), begins its handshakes as it rings and answers from behind a
+    NAT: its SDP's port is not where it sends from. B's sockets cannot tell one callee from
+    several forks before the answer, and kept the phone that latched them while it rang out
+    for 3 s from the answer as a losing fork (PREVIOUS_SOURCE_QUARANTINE): its resends at
+    1 s and 3 s were refused and its keys came with the third, 7 s after the answer. No sender
+    was at the answer's address, so none lost: its first resend keys it."""
+    env = await start_b2bua(
+        nursery, tmp_path, voipgw_seed, plugins=[("dtls", dtls_plugin)], alice_auto=None
+    )
+    assert env.gateway.store is not None
+    env.gateway.store.accounts_set("alice", media_policy="dtls")
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    callee = await env.alice.next_call()
+    await callee.ring()
+    phone, rtcp_phone, answer = await start_phones(nursery, callee, PHONE_PORT)
+    natted = answer.replace(f"m=audio {PHONE_PORT} ".encode(), b"m=audio 40000 ")
+    assert natted != answer
+    await callee.answer(200, sdp=natted)
+    assert (await call.final()).status == 200
+
+    with trio.fail_after(30):
+        await phone.keyed.wait()
+        await rtcp_phone.keyed.wait()
+    assert phone.failure is None and rtcp_phone.failure is None
+    for engine in (phone.negotiation, rtcp_phone.negotiation):
+        assert engine.statistics().retransmissions == 1  # type: ignore[attr-defined]

@@ -541,6 +541,40 @@ async def test_after_the_handshakes_a_plugin_engines_own_packet_is_no_drop(
     assert task.session.drops == [("a", "malformed", 1)]
 
 
+@attrs.define(eq=False)
+class FailingEngine(Engine):
+    """A plugin engine with a bug: its ``claims_packet`` raises on what it does not know."""
+
+    def claims_packet(self, first_byte: int, packet: bytes) -> bool:
+        raise ValueError("no such packet")
+
+
+async def test_after_the_handshakes_an_engine_whose_claims_packet_raises_claims_nothing(
+    autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A plugin engine's ``claims_packet`` raising on a datagram from the network after the
+    handshakes (its bug) is no claim: ``malformed``, the engine after it still asked, logged
+    once. Raised, it left the handler: with media workers every such datagram was logged
+    with its traceback (remote_relay), a log flood anyone could set off."""
+    engine = FailingEngine(timer=None)
+    failing = StreamSecurity(negotiation=engine, key_exchange="example-kx", media_path=True)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        task = await start(nursery, a=Leg({0: failing}))
+        nursery.cancel_scope.cancel()
+    handler = task.session.streams[0].a.handlers[False]
+    with caplog.at_level(logging.ERROR, logger=handshakes.__name__):
+        handler(b"\x10\x00\x00\x01EXKX" + b"\x00" * 8, ("127.0.0.1", 4000))
+        handler(b"\x11\x00\x00\x01EXKX" + b"\x00" * 8, ("127.0.0.1", 4000))
+    assert task.session.drops == [("a", "malformed", 1), ("a", "malformed", 1)]
+    assert len([r for r in caplog.records if "claims_packet" in r.getMessage()]) == 1
+    handshakes._after_handshakes(
+        task.session,  # type: ignore[arg-type]
+        "a",
+        (FailingEngine(timer=None), PluginEngine(timer=None)),  # type: ignore[arg-type]
+    )(b"\x10\x00\x00\x01EXKX" + b"\x00" * 8, ("127.0.0.1", 4000))
+    assert len(task.session.drops) == 2  # the second engine claimed it
+
+
 PEER = ("192.0.2.10", 4000)
 """A callee's media address, as its answer's SDP gives it."""
 STRANGER = ("198.51.100.7", 5000)

@@ -914,6 +914,56 @@ async def test_the_fork_that_latched_is_kept_out_after_another_forks_answer_afte
         assert stream.b.rtp_source == winner.rtp_address
 
 
+async def test_the_fork_that_latched_is_not_kept_out_when_no_sender_is_at_the_answers_address(
+    relay: MediaRelay, alice: PlainPhone, bob: PlainPhone, make_phone: Callable[[], PlainPhone]
+):
+    # Bob (the first to send, latched B's handshake socket) and another fork rang; bob answers
+    # from behind a NAT: his SDP gives an address nobody sent from. Which fork lost is not
+    # known, so none is kept out: bob's resend latches the socket at once (it was refused for
+    # PREVIOUS_SOURCE_QUARANTINE, 3 s, as a losing fork's). Were the answer's address one of
+    # the senders, the latched fork would be kept out (the test above).
+    stream = relay.open_stream()
+    stream.a.set_remote(alice.rtp_address)
+    other = make_phone()
+    taken: list[tuple[bytes, Any]] = []
+    stream.b.set_non_rtp_handler(lambda packet, source: taken.append((packet, source)))
+    hello = b"\x16\xfe\xfd" + bytes(10)
+    port = stream.b.ports.rtp_port
+    await bob.send(hello + b"first", port)
+    await until(lambda: len(taken) == 1)
+    await other.send(hello + b"second", port)
+    await until(lambda: len(taken) == 2)
+
+    stream.b.set_remote(("127.0.0.1", 40000))  # bob's answer, his private address
+    await bob.send(hello + b"resent", port)
+    await until(lambda: len(taken) == 3)
+    assert taken[2] == (hello + b"resent", bob.rtp_address)
+    assert stream.b.rtp_source == bob.rtp_address and stream.b._rtp.connected
+    assert stream.b_to_a.statistics().dropped_unlatched_source == 0
+
+
+async def test_a_fork_that_latched_with_its_ringing_media_is_kept_out_after_any_answer(
+    relay: MediaRelay, alice: PlainPhone, bob: PlainPhone, make_phone: Callable[[], PlainPhone]
+):
+    # Bob latched B's handshake socket with media sent as he rang (50 a second until our
+    # CANCEL reaches him); the other fork answers, sending nothing as it rang: no sender was
+    # at the answer's address, and yet bob is kept out 3 s from his last media, as any
+    # previous peer: his next packet must not latch and connect the socket before the
+    # answering fork's ClientHello (the kernel would refuse that fork's handshake).
+    stream = relay.open_stream()
+    stream.a.set_remote(alice.rtp_address)
+    stream.b.set_non_rtp_handler(lambda packet, source: None)
+    port = stream.b.ports.rtp_port
+    await bob.send(rtp(1), port)
+    await until(lambda: stream.b.rtp_source == bob.rtp_address)
+    other = make_phone()
+
+    stream.b.set_remote(other.rtp_address)  # the other fork answered
+    await bob.send(rtp(2), port)
+    await until(lambda: stream.b_to_a.statistics().dropped_unlatched_source == 1)
+    assert stream.b.rtp_source is None
+
+
 async def test_a_late_offer_callers_handshake_socket_latches_and_connects_before_its_answer(
     relay: MediaRelay, alice: PlainPhone, bob: PlainPhone
 ):
