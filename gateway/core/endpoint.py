@@ -1083,15 +1083,21 @@ class SipEndpoint:
                     )
                     return
                 delivered = client._deliver(output.response)
-                first_late = client._first_late_answer(output.response, delivered=delivered)
-                nobodys = client._nobodys_answer(output.response, delivered=delivered)
-                if not delivered:
-                    why = GIVEN_UP if first_late else ALREADY_FAILED if nobodys else None
-                    await self._off_task(
-                        functools.partial(
-                            self._ack_orphan_2xx, output.response, client, hang_up=why
-                        )
-                    )
+                if delivered or not (
+                    output.response.is_success
+                    and isinstance(client.transaction, ClientInviteTransaction)
+                ):
+                    # Only a 2xx to an INVITE is ACKed (RFC 3261 §13.2.2.4, §17.1.2: a
+                    # non-INVITE's response never is) or BYEd here. Most undelivered
+                    # responses are the 200 to a call's own BYE, which comes after the
+                    # call ended: a task started for it would do nothing.
+                    return
+                first_late = client._first_late_answer(output.response, delivered=False)
+                nobodys = client._nobodys_answer(output.response, delivered=False)
+                why = GIVEN_UP if first_late else ALREADY_FAILED if nobodys else None
+                await self._off_task(
+                    functools.partial(self._ack_orphan_2xx, output.response, client, hang_up=why)
+                )
         elif isinstance(output, AckReceived):
             if self.calls is not None and arrival is not None:
                 self.calls.ack(output.request, arrival)

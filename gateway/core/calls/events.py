@@ -212,6 +212,21 @@ def quoted(text: str) -> str:
     RFC 3261 §25.1's qdtext has no control characters, backslash or DQUOTE unescaped, so a
     text carrying a peer's or a transport's words (a NUL, an ESC) cannot make our header one
     the next hop refuses; at most 300 characters."""
+    if (
+        text.isprintable()
+        and '"' not in text
+        and "\\" not in text
+        and "  " not in text
+        and text[:1] != " "
+        and text[-1:] != " "
+        and len(text) <= 300
+    ):
+        # Already fit, as our own reasons are ("BYE from A leg", the end reason of every
+        # call): returned as it is, the character-by-character pass below costing ~18,000
+        # instructions for those 14 characters. A printable str has no control character
+        # and no whitespace but the space (str.isprintable: Unicode's Cc, Zs but U+0020, Zl,
+        # Zp ... are not printable), so the pass below would return it unchanged.
+        return text
     cleaned = " ".join(
         "".join(" " if ord(char) < 0x20 or ord(char) == 0x7F else char for char in text)
         .replace("\\", "")

@@ -9,6 +9,7 @@ transactions end, whatever their answer. Signalling on the in-memory network, vi
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,14 @@ from gateway.core.sip.serializer import serialize_message
 from gateway.core.transport.flows import Address, Flow, FlowKey
 from gateway.plugins.pstn import rfc3398
 from gateway.testing.sip_agent import SDP, Received, SipAgent
-from tests.component.calls.b2bua_env import ALICE_DID, GW, B2bua, eventually, start_b2bua
+from tests.component.calls.b2bua_env import (
+    ALICE_DID,
+    GW,
+    B2bua,
+    answered_call,
+    eventually,
+    start_b2bua,
+)
 from tests.component.calls.cancel_give_up import GIVE_UP
 from tests.component.calls.fork_answers import (
     FORK_CONTACT,
@@ -317,3 +325,39 @@ async def test_an_orphans_reconnect_that_hangs_holds_up_no_other_call(
     assert (await call.bye()).status == 200
     assert (await other.bye()).status == 200
     await eventually(lambda: env.calls == 0)
+
+
+async def test_the_200_to_a_calls_own_bye_starts_no_orphan_task(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The callee's 200 to the BYE that ended a call comes once the call has stopped reading
+    its responses: nobody takes it, and it is no 2xx to an INVITE, so there is nothing to ACK or
+    BYE (RFC 3261 §17.1.2): the endpoint starts no task for it (it used to start one per call
+    that did nothing, docs/benchmarks.md "Session 35 (ACK/BYE)")."""
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    endpoint = env.gateway.endpoint
+    started: list[object] = []
+    off_task = endpoint._off_task
+
+    async def counted(work: Callable[[], Awaitable[None]]) -> None:
+        started.append(work)
+        await off_task(work)
+
+    monkeypatch.setattr(endpoint, "_off_task", counted)
+    call, _ = await answered_call(env)
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+
+    def our_bye_answered() -> bool:
+        return any(
+            d.dst == GW and d.data.startswith(b"SIP/2.0 200 ") and b" BYE\r\n" in d.data
+            for d in env.network.deliveries
+        )
+
+    await eventually(our_bye_answered)  # alice's 200 to our BYE, delivered to the gateway
+    await trio.sleep(1)  # and handled
+    assert started == []
