@@ -213,3 +213,26 @@ def test_replaced_contexts_kept_are_bounded_and_counted() -> None:
     assert srtp.statistics()["a"].protected == MAX_PARKED_CONTEXTS + 2
     assert repr(key(name, 1)) not in repr(session)
     srtp.close()
+
+
+@pytest.mark.parametrize("name", SUITES_TESTED)
+def test_a_phone_restarting_its_stream_under_its_kept_key_needs_a_new_ssrc(name: str) -> None:
+    """The phone keeps its key through a re-INVITE whose answer gave it a new key of ours. Its
+    context goes on (RFC 4568 §7.1.4): packets that start its sequence numbers again under the
+    same SSRC are replays, whose keystream it already used (RFC 3711 §3.3.2, §9.1), and are
+    dropped, as they always were when both keys stayed; a restart with a new SSRC, what libsrtp's
+    maintainers advise and most phones do, gets state of its own and is taken."""
+    ours, theirs = key(name, 1), key(name, 2)
+    srtp, stream = keyed_stream(SrtpKeys(name, ours, theirs))
+    phone = SrtpSession(SrtpKeys(name, local_key=theirs, remote_key=ours))
+    for sequence in (1000, 1001, 1002):
+        assert stream.a_to_b.transforms.rtp_in(phone.protect_rtp(rtp(sequence)) or b"")
+    apply(srtp, stream, SrtpKeys(name, key(name, 5), theirs))
+    restarted = SrtpSession(SrtpKeys(name, local_key=theirs, remote_key=key(name, 5)))
+    assert stream.a_to_b.transforms.rtp_in(restarted.protect_rtp(rtp(1000)) or b"") is None
+    new_ssrc = rtp(1000)[:8] + b"\x00\x00\x0b\x0b" + rtp(1000)[12:]
+    assert stream.a_to_b.transforms.rtp_in(restarted.protect_rtp(new_ssrc) or b"") == new_ssrc
+    assert srtp.statistics()["a"].replays == 1
+    srtp.close()
+    phone.close()
+    restarted.close()
