@@ -177,6 +177,14 @@ class StreamSecurity:
     ZRTP's a=zrtp-hash in RTP/AVP), by name: the peer's answer picks one (``take_answer``)."""
     refused: str | None = None
     """Why this leg's policy refused the stream (T.38 in cleartext): it went at port 0."""
+    rejected: bool = False
+    """The latest answer (ours or the peer's) put this stream at port 0: it ended there (RFC
+    3264 §6, §8.2). An offer that brings its m= line back starts a new stream, keyed afresh,
+    not under the keys it had: the relay gives it new ports, and an answerer whose port
+    changes MUST send a new master key, a new crypto context at ROC 0 (RFC 4568 §7.1.4); the
+    old key kept there would restart its packet index in a media worker's new context (the
+    same keystream twice, RFC 3711 §9.1) and go on at its old ROC in process, where the peer
+    starts at 0."""
 
     @property
     def fax(self) -> bool:
@@ -285,7 +293,7 @@ class LegSecurity:
         session_attributes = _pairs(offer.attributes)
         _one_session_level_mikey_stream(offer)
         for index, media in enumerate(offer.media):
-            previous = self._stream(index)
+            previous = self._previous(index)
             stream = StreamSecurity(peer_proto=media.proto)
             if media.port != 0 and media.proto.upper() in _PLAIN_OF | _SECURE_OF:
                 self._answer_stream(media, stream, previous, session_attributes)
@@ -358,6 +366,8 @@ class LegSecurity:
         media_out: list[MediaDescription] = []
         for index, media in enumerate(answer.media):
             stream = self._offered[index] if index < len(self._offered) else StreamSecurity()
+            # Set on every answer to this offer: a fork's 183 may reject a line its 200 takes.
+            stream.rejected = media.port == 0
             if media.port == 0:
                 media_out.append(media.with_proto(stream.peer_proto))
                 continue
@@ -371,7 +381,7 @@ class LegSecurity:
                 proto = _PLAIN_OF.get(stream.peer_proto.upper(), stream.peer_proto)
             media_out.append(media.with_attributes(attributes, proto))
         for index, stream in enumerate(self._offered):
-            previous = self._stream(index)
+            previous = self._previous(index)
             if (
                 stream.keys is None
                 and stream.key_exchange is not None
@@ -420,7 +430,7 @@ class LegSecurity:
                 streams.append(stream)
                 media_out.append(self._fax_checked(index, media, stream, "offer to"))
                 continue
-            previous = self._stream(index)
+            previous = self._previous(index)
             reasons: list[str] = []
             in_force = previous is not None and previous.negotiation is not None
             for name, exchange in self._in_force_first(previous):
@@ -622,6 +632,7 @@ class LegSecurity:
         session_attributes = _pairs(answer.attributes)
         for index, media in enumerate(answer.media):
             stream = self._offered[index] if index < len(self._offered) else StreamSecurity()
+            stream.rejected = media.port == 0
             session_proto = None
             if media.port != 0 and index < len(self._offered):
                 session_proto = self._answered_profile(index, stream.peer_proto, media)
@@ -799,6 +810,12 @@ class LegSecurity:
 
     def _stream(self, index: int) -> StreamSecurity | None:
         return self.streams[index] if index < len(self.streams) else None
+
+    def _previous(self, index: int) -> StreamSecurity | None:
+        """Stream ``index`` as a new offer or answer builds on it: None when it has none or
+        the latest answer rejected it (:attr:`StreamSecurity.rejected`: keyed afresh)."""
+        stream = self._stream(index)
+        return None if stream is None or stream.rejected else stream
 
     def failed(self, key_exchange: str | None) -> None:
         """Count a failed negotiation of ``key_exchange`` (from SDP here, from the media path

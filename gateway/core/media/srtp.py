@@ -243,6 +243,10 @@ MAX_PACKET_LENGTH = 65536
 MAX_MKI_LENGTH = 128
 """Longest MKI in octets (RFC 4568 §6.1: 1..128; libsrtp's SRTP_MAX_MKI_LEN)."""
 
+MAX_PARKED_CONTEXTS = 4
+"""Contexts a session keeps after :meth:`SrtpSession.rekey` replaced them, for their keys'
+return (forks answering in turn); the oldest beyond this is freed (libsrtp zeroes its keys)."""
+
 # SRTCP adds the E flag and index word, then the tag (and MKI, unused here): libsrtp needs room
 # after the packet (pylibsrtp's SRTP_MAX_SRTCP_TRAILER_LEN: index + 16 tag + 128 MKI).
 TRAILER_ROOM = pylibsrtp.SRTP_MAX_SRTCP_TRAILER_LEN
@@ -863,7 +867,12 @@ class SrtpSession:
     _raw_out: tuple[SrtpTransform, SrtpTransform] = attrs.field(repr=False)
     """The outbound ones, kept while our key is."""
     _retired: SrtpStatistics | None = attrs.field(repr=False)
-    """What contexts replaced by :meth:`rekey` had counted (None: none replaced yet)."""
+    """What contexts freed after :meth:`rekey` replaced them had counted (None: none yet)."""
+    _parked: dict[tuple[bool, str, bytes], tuple[_Context, tuple[SrtpTransform, SrtpTransform]]] = (
+        attrs.field(repr=False)  # its keys hold master keys: never in a repr
+    )
+    """Contexts :meth:`rekey` replaced, by (inbound, suite, key), at most
+    :data:`MAX_PARKED_CONTEXTS`, oldest first: a key that comes back takes its own again."""
 
     def __init__(
         self,
@@ -889,6 +898,7 @@ class SrtpSession:
         self.max_ssrcs = max_ssrcs
         self.implementation = "python" if suite.name in PYTHON_SUITES else "libsrtp"
         self._retired = None
+        self._parked = {}
         self._inbound, self._raw_in = self._direction(suite, keys.remote_key, inbound=True)
         self._outbound, self._raw_out = self._direction(suite, keys.local_key, inbound=False)
         self._wrap(keys.local_mki, keys.remote_mki)
@@ -954,9 +964,11 @@ class SrtpSession:
         ROC continues while the master key does). Restarting it would lose the peer's audio
         after its next sequence wrap and, for our own key, protect packets again under indices
         already used: the same keystream twice (RFC 3711 §9.1). A direction whose key changes
-        gets a new context and the old one is freed; the counters it had stay in
-        :meth:`statistics`. Raises :class:`~gateway.core.media.errors.LocalMediaError` as the
-        constructor does, and then changes nothing."""
+        gets a new context, or the one its key had before a re-key replaced it (parked, at
+        most :data:`MAX_PARKED_CONTEXTS`, then freed; forks answering in turn bring keys
+        back); the counters of every context stay in :meth:`statistics`. Raises
+        :class:`~gateway.core.media.errors.LocalMediaError` as the constructor does, and then
+        changes nothing."""
         suite = _available_suite(keys.suite)
         for which, key in (("local", keys.local_key), ("remote", keys.remote_key)):
             _check_key_length(suite, which, key)
@@ -965,24 +977,32 @@ class SrtpSession:
         same_suite = previous.suite == keys.suite
         keep_in = same_suite and previous.remote_key == keys.remote_key
         keep_out = same_suite and previous.local_key == keys.local_key
-        inbound = None if keep_in else self._direction(suite, keys.remote_key, inbound=True)
+        # A key whose context an earlier re-key replaced takes it back (parked, not freed): the
+        # first fork's 200 after another fork's 183 (RFC 3261 §12.1.2) brings back keys that
+        # carried its early media, and a new context would restart their index at ROC 0.
+        in_slot = (True, keys.suite, keys.remote_key)
+        out_slot = (False, keys.suite, keys.local_key)
+        inbound = None if keep_in else self._parked.get(in_slot)
+        if not keep_in and inbound is None:
+            inbound = self._direction(suite, keys.remote_key, inbound=True)
         try:
-            outbound = None if keep_out else self._direction(suite, keys.local_key, inbound=False)
+            outbound = None if keep_out else self._parked.get(out_slot)
+            if not keep_out and outbound is None:
+                outbound = self._direction(suite, keys.local_key, inbound=False)
         except BaseException:
-            if inbound is not None:
+            if inbound is not None and in_slot not in self._parked:
                 _free(inbound[0])
             raise
-        # What a freed context counted stays in the totals: they never go backwards.
-        freed = _statistics_of(
-            self._inbound if inbound is not None else None,
-            self._outbound if outbound is not None else None,
-        )
-        self._retired = freed if self._retired is None else _plus(self._retired, freed)
+        # Both taken out before either old one is parked: parking may free the oldest.
         if inbound is not None:
-            _free(self._inbound)
+            self._parked.pop(in_slot, None)
+        if outbound is not None:
+            self._parked.pop(out_slot, None)
+        if inbound is not None:
+            self._park((True, previous.suite, previous.remote_key), (self._inbound, self._raw_in))
             self._inbound, self._raw_in = inbound
         if outbound is not None:
-            _free(self._outbound)
+            self._park((False, previous.suite, previous.local_key), (self._outbound, self._raw_out))
             self._outbound, self._raw_out = outbound
         self.suite = suite
         self.implementation = "python" if suite.name in PYTHON_SUITES else "libsrtp"
@@ -994,8 +1014,26 @@ class SrtpSession:
     def closed(self) -> bool:
         return self._outbound.ctx is None
 
+    def _park(
+        self,
+        slot: tuple[bool, str, bytes],
+        entry: tuple[_Context, tuple[SrtpTransform, SrtpTransform]],
+    ) -> None:
+        """Keep a replaced context for its key's return; the oldest beyond the bound is freed,
+        its counters kept in the totals (they never go backwards)."""
+        self._parked[slot] = entry
+        while len(self._parked) > MAX_PARKED_CONTEXTS:
+            oldest = next(iter(self._parked))
+            inbound, context = oldest[0], self._parked.pop(oldest)[0]
+            freed = _statistics_of(context if inbound else None, None if inbound else context)
+            self._retired = freed if self._retired is None else _plus(self._retired, freed)
+            _free(context)
+
     def statistics(self) -> SrtpStatistics:
         current = _statistics_of(self._inbound, self._outbound)
+        for (inbound, _, _), (context, _) in self._parked.items():
+            parked = _statistics_of(context if inbound else None, None if inbound else context)
+            current = _plus(current, parked)
         retired = self._retired
         return current if retired is None else _plus(retired, current)
 
@@ -1005,6 +1043,8 @@ class SrtpSession:
         ``other_errors``. Closing twice is harmless."""
         _free(self._inbound)
         _free(self._outbound)
+        for context, _ in self._parked.values():
+            _free(context)
 
     def __enter__(self) -> SrtpSession:
         return self

@@ -245,6 +245,50 @@ def test_reoffer_keeps_keys_in_force() -> None:
     assert ours.keys(0) == before
 
 
+PEER_KEY = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNk"  # 30 octets, base64
+
+
+def peer_offer(port: int) -> SessionDescription:
+    """A phone's offer of one SDES line, always with the same key (RFC 4568 §7.1.4 lets a
+    re-offer keep it)."""
+    return sdp(
+        PLAIN.replace("20000 RTP/AVP", f"{port} RTP/SAVP")
+        + f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{PEER_KEY}\n"
+    )
+
+
+def test_a_line_we_rejected_comes_back_under_a_new_key_of_ours() -> None:
+    # Our answer put the line at port 0 (the other leg rejected it): it ended there and its
+    # relay stream closed. The phone's next offer brings it back with its key unchanged: the
+    # relay's new ports need a new key of ours (RFC 4568 §7.1.4), never the old one, whose
+    # context a media worker would restart at ROC 0 (RFC 3711 §9.1).
+    ours = leg("sdes", tls=True, side="a")
+    ours.take_offer(peer_offer(20000))
+    ours.make_answer(sdp(PLAIN.replace("20000", "30000")))
+    first = ours.keys(0)
+    assert first is not None
+    ours.take_offer(peer_offer(20000))
+    ours.make_answer(sdp(PLAIN.replace("20000", "0")))
+    ours.take_offer(peer_offer(20002))
+    ours.make_answer(sdp(PLAIN.replace("20000", "30002")))
+    again = ours.keys(0)
+    assert again is not None and again.remote_key == first.remote_key
+    assert again.local_key != first.local_key
+
+
+def test_a_line_one_answer_rejected_and_the_next_took_keeps_its_keys() -> None:
+    # Two answers to one offer (a fork's 183 without the line, the 200 with it): the latest
+    # decides, so the line is in force and a re-offer keeping the phone's key keeps ours.
+    ours = leg("sdes", tls=True, side="a")
+    ours.take_offer(peer_offer(20000))
+    ours.make_answer(sdp(PLAIN.replace("20000", "0")))
+    ours.make_answer(sdp(PLAIN.replace("20000", "30000")))
+    first = ours.keys(0)
+    ours.take_offer(peer_offer(20000))
+    ours.make_answer(sdp(PLAIN.replace("20000", "30000")))
+    assert first is not None and ours.keys(0) == first
+
+
 FEEDBACK = PLAIN.replace("RTP/AVP 0", "RTP/AVPF 0") + "a=rtcp-fb:* nack\n"
 
 

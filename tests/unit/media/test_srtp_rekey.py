@@ -20,7 +20,7 @@ import pytest
 from gateway.core.interfaces import SrtpKeys
 from gateway.core.media.errors import LocalMediaError
 from gateway.core.media.keying import StreamKeys, StreamSrtp
-from gateway.core.media.srtp import SUITES, SrtpSession
+from gateway.core.media.srtp import MAX_PARKED_CONTEXTS, SUITES, SrtpSession
 
 SUITES_TESTED = ["AES_CM_128_HMAC_SHA1_80", "AES_192_CM_HMAC_SHA1_80", "AEAD_AES_128_GCM"]
 ACROSS_THE_WRAP = [65533, 65534, 65535, 0, 1]  # the ROC is 1 from sequence 0 on
@@ -170,3 +170,69 @@ def test_keys_that_cannot_be_used_change_nothing() -> None:
     assert phone.unprotect_rtp(session.protect_rtp(rtp(1)) or b"") == rtp(1)
     session.close()
     phone.close()
+
+
+@pytest.mark.parametrize("name", SUITES_TESTED)
+def test_keys_that_come_back_take_their_contexts_back(name: str) -> None:
+    """Two forks send early media (RFC 3261 §12.1.2), each leg of ours with keys of its own:
+    the relay follows the latest answer, then the first fork's 200 brings its keys back. Their
+    contexts go on where they were: new ones would restart our index at ROC 0 under a key
+    already used (RFC 3711 §9.1), and the phone (ROC 1) would authenticate nothing of ours,
+    nor we its packets."""
+    ours, theirs = key(name, 1), key(name, 2)
+    srtp, stream = keyed_stream(SrtpKeys(name, ours, theirs))
+    phone = SrtpSession(SrtpKeys(name, local_key=theirs, remote_key=ours))
+    for sequence in ACROSS_THE_WRAP:
+        sent = stream.b_to_a.transforms.rtp_out(rtp(sequence))
+        assert phone.unprotect_rtp(sent or b"") == rtp(sequence)
+        received = stream.a_to_b.transforms.rtp_in(phone.protect_rtp(rtp(sequence)) or b"")
+        assert received == rtp(sequence)
+    apply(srtp, stream, SrtpKeys(name, key(name, 3), key(name, 4)))  # the other fork's 183
+    assert stream.b_to_a.transforms.rtp_out(rtp(2)) is not None
+    apply(srtp, stream, SrtpKeys(name, ours, theirs))  # the first fork's 200
+    for sequence in (3, 4):
+        sent = stream.b_to_a.transforms.rtp_out(rtp(sequence))
+        assert phone.unprotect_rtp(sent or b"") == rtp(sequence)
+        received = stream.a_to_b.transforms.rtp_in(phone.protect_rtp(rtp(sequence)) or b"")
+        assert received == rtp(sequence)
+    assert stream.b_to_a.transforms.rtp_out(rtp(1)) is None  # (ROC 1, 1) went out already
+    totals = srtp.statistics()["a"]
+    assert (totals.protected, totals.unprotected, totals.replays) == (8, 7, 1)
+    srtp.close()
+    phone.close()
+
+
+def test_replaced_contexts_kept_are_bounded_and_counted() -> None:
+    name = "AES_CM_128_HMAC_SHA1_80"
+    srtp, stream = keyed_stream(SrtpKeys(name, key(name, 1), key(name, 2)))
+    for seed in range(3, 3 + 2 * (MAX_PARKED_CONTEXTS + 2), 2):
+        assert stream.b_to_a.transforms.rtp_out(rtp(seed)) is not None
+        apply(srtp, stream, SrtpKeys(name, key(name, seed), key(name, seed + 1)))
+    (session,) = [entry[1] for entry in srtp._sessions.values()]
+    assert len(session._parked) == MAX_PARKED_CONTEXTS
+    assert srtp.statistics()["a"].protected == MAX_PARKED_CONTEXTS + 2
+    assert repr(key(name, 1)) not in repr(session)
+    srtp.close()
+
+
+@pytest.mark.parametrize("name", SUITES_TESTED)
+def test_a_phone_restarting_its_stream_under_its_kept_key_needs_a_new_ssrc(name: str) -> None:
+    """The phone keeps its key through a re-INVITE whose answer gave it a new key of ours. Its
+    context goes on (RFC 4568 §7.1.4): packets that start its sequence numbers again under the
+    same SSRC are replays, whose keystream it already used (RFC 3711 §3.3.2, §9.1), and are
+    dropped, as they always were when both keys stayed; a restart with a new SSRC, what libsrtp's
+    maintainers advise and most phones do, gets state of its own and is taken."""
+    ours, theirs = key(name, 1), key(name, 2)
+    srtp, stream = keyed_stream(SrtpKeys(name, ours, theirs))
+    phone = SrtpSession(SrtpKeys(name, local_key=theirs, remote_key=ours))
+    for sequence in (1000, 1001, 1002):
+        assert stream.a_to_b.transforms.rtp_in(phone.protect_rtp(rtp(sequence)) or b"")
+    apply(srtp, stream, SrtpKeys(name, key(name, 5), theirs))
+    restarted = SrtpSession(SrtpKeys(name, local_key=theirs, remote_key=key(name, 5)))
+    assert stream.a_to_b.transforms.rtp_in(restarted.protect_rtp(rtp(1000)) or b"") is None
+    new_ssrc = rtp(1000)[:8] + b"\x00\x00\x0b\x0b" + rtp(1000)[12:]
+    assert stream.a_to_b.transforms.rtp_in(restarted.protect_rtp(new_ssrc) or b"") == new_ssrc
+    assert srtp.statistics()["a"].replays == 1
+    srtp.close()
+    phone.close()
+    restarted.close()
