@@ -20,6 +20,7 @@ lines are redacted in every ``repr``.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import NamedTuple
@@ -342,8 +343,22 @@ STATIC_PAYLOAD_TYPES: Mapping[int, RtpMap] = {
 DYNAMIC_PAYLOAD_TYPES = range(96, 128)
 
 
+RTPMAP_CACHE_ENTRIES = 256
+"""a=rtpmap values :func:`parse_rtpmap_untrusted` keeps parsed: a handful of texts ("0
+PCMU/8000", "101 telephone-event/8000") recur in every call, each read several times per call
+(the answer's check against our offer, the DTMF plan); bounded, as the texts come from peers."""
+_RTPMAP_CACHE_MAX_TEXT = 64  # longer values (no codec's is) are parsed every time, never held
+
+
 def parse_rtpmap_untrusted(value: str) -> RtpMap:
-    """The value of an a=rtpmap line: ``96 opus/48000/2``."""
+    """The value of an a=rtpmap line: ``96 opus/48000/2``. Memoized (an :class:`RtpMap` is
+    frozen); a malformed value raises :class:`SdpError` every time, as errors are not kept."""
+    if len(value) > _RTPMAP_CACHE_MAX_TEXT:
+        return _parse_rtpmap(value)
+    return _parse_rtpmap_cached(value)
+
+
+def _parse_rtpmap(value: str) -> RtpMap:
     parts = value.split(None, 1)
     if len(parts) != 2:
         raise SdpError("malformed a=rtpmap")
@@ -356,6 +371,9 @@ def parse_rtpmap_untrusted(value: str) -> RtpMap:
     if len(fields) == 3:
         channels = grammar.parse_uint_untrusted(fields[2], "a=rtpmap channels", minimum=1)
     return RtpMap(payload_type, fields[0], clock_rate, channels)
+
+
+_parse_rtpmap_cached = functools.lru_cache(maxsize=RTPMAP_CACHE_ENTRIES)(_parse_rtpmap)
 
 
 @attrs.frozen
@@ -437,6 +455,14 @@ OTHER_PROTOS = frozenset(
 KNOWN_PROTOS = RTP_PROTOS | OTHER_PROTOS
 
 
+@functools.lru_cache(maxsize=256)
+def _payload_type(text: str) -> int:
+    """An RTP format as its payload type number, memoized: the same few numbers ("0", "8",
+    "101") are read in every call's offer/answer checks. Only valid numbers are kept (an error
+    is raised each time), and a valid one has at most grammar.MAX_DIGITS digits."""
+    return grammar.parse_uint_untrusted(text, "payload type", maximum=127)
+
+
 def is_rtp_proto(proto: str) -> bool:
     return proto.upper() in RTP_PROTOS
 
@@ -481,9 +507,7 @@ class MediaDescription:
         """The formats as payload type numbers (RTP transports only)."""
         if not self.is_rtp:
             return ()
-        return tuple(
-            grammar.parse_uint_untrusted(f, "payload type", maximum=127) for f in self.formats
-        )
+        return tuple([_payload_type(f) for f in self.formats])
 
     def rtpmaps(self) -> dict[int, RtpMap]:
         """Explicit a=rtpmap lines by payload type (the first one wins for duplicates)."""

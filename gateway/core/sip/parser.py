@@ -137,6 +137,8 @@ def parse_status_line_untrusted(line: str) -> tuple[int, str]:
 
 
 def _check_version(version: str, *, request: bool) -> None:
+    if version == SIP_VERSION:
+        return  # what every element sends (RFC 3261 §7.1: upper case): no match and no int()
     match = _VERSION.fullmatch(version)
     if match is None:
         raise SipParseError("malformed SIP-Version")

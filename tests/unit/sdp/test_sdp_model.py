@@ -14,6 +14,7 @@ from gateway.core.sdp.model import (
     MediaDescription,
     Origin,
     Rtcp,
+    RtpMap,
     SessionDescription,
     parse_rtcp_untrusted,
     parse_rtpmap_untrusted,
@@ -160,6 +161,20 @@ def test_rtpmap_and_rtcp_parsers() -> None:
     for bad in ("", "x", "70000", "1 IN IP4", "1 IN IP4 ::1"):
         with pytest.raises(SdpError):
             parse_rtcp_untrusted(bad)
+
+
+def test_rtpmap_values_are_memoized_and_errors_are_not() -> None:
+    # The same short text gives the same (frozen) value without parsing it again; a bad text
+    # raises every time it is read; a long one is parsed each time and never held.
+    first = parse_rtpmap_untrusted("101 telephone-event/8000")
+    assert parse_rtpmap_untrusted("101 telephone-event/8000") is first
+    assert first == RtpMap(101, "telephone-event", 8000)
+    for _ in range(2):
+        with pytest.raises(SdpError):
+            parse_rtpmap_untrusted("101 telephone-event/fast")
+    long_name = "96 " + "x" * 80 + "/8000"
+    assert parse_rtpmap_untrusted(long_name) == RtpMap(96, "x" * 80, 8000)
+    assert parse_rtpmap_untrusted(long_name) is not parse_rtpmap_untrusted(long_name)
 
 
 def test_malformed_attributes_fail_when_read_not_when_parsed() -> None:

@@ -113,6 +113,14 @@ def test_status_lines() -> None:
     assert parse_status_line_untrusted("SIP/2.0 699 \u00e9t\u00e9") == (699, "\u00e9t\u00e9")
 
 
+@pytest.mark.parametrize("version", ["SIP/2.0", "sip/2.0", "Sip/2.0", "SIP/02.00"])
+def test_every_spelling_of_sip_2_0_is_accepted(version: str) -> None:
+    # RFC 3261 §7.1: SIP-Version is case-insensitive; §25.1: 1*DIGIT "." 1*DIGIT. The parser
+    # takes "SIP/2.0", as sent, without its pattern; the other spellings still go through it.
+    assert parse_request_line_untrusted(f"INVITE sip:b@example.com {version}")[0] == "INVITE"
+    assert parse_status_line_untrusted(f"{version} 200 OK") == (200, "OK")
+
+
 @pytest.mark.parametrize(
     "start",
     ["SIP/2.0 099 Low", "SIP/2.0 700 High", "SIP/2.0 20 OK", "SIP/2.0 2000 OK", "SIP/2.1 200 OK",
