@@ -483,6 +483,11 @@ class Gateway:
         """The error of an existing SQLite store directory the gateway may not write in, or
         None; as check-config (not ``as_service``) a permission is :attr:`access_warnings`."""
         store = f"the SQLite store ({path / DB_FILENAME}) cannot be opened"
+        if _store_files_writable(path):
+            # SQLite opens it without creating a file in the directory (its WAL, which it
+            # cannot remove there, stays): a state_dir of root's holding the service user's
+            # store ran before this check, and still does.
+            return None
         problem = written_directory_problem(path)
         if problem is not None and (as_service or on_read_only_file_system(path)):
             # A read-only file system: no user may write there, the service's nor root.
@@ -1425,3 +1430,20 @@ async def _run_plugin_task(
         if not started:
             raise
         log_exception(log, "plugin task %s stopped with an error", name)
+
+
+def _store_files_writable(path: Path) -> bool:
+    """Whether the SQLite store in ``path`` (its file, ``-wal`` and ``-shm``) exists and this
+    process's user may write each: then it opens without writing in the directory. As root
+    (which may write any file), whether the directory's owner may: each file its, ``u+w``."""
+    files = [path / f"{DB_FILENAME}{suffix}" for suffix in ("", "-wal", "-shm")]
+    if not all(os.access(file, os.W_OK) for file in files):
+        return False
+    if os.geteuid() != 0:
+        return True
+    try:
+        owner = os.stat(path).st_uid
+        infos = [os.stat(file) for file in files]
+    except OSError:
+        return False
+    return all(info.st_uid == owner and info.st_mode & stat.S_IWUSR for info in infos)

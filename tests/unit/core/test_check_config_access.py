@@ -384,3 +384,24 @@ def test_every_plugin_key_file_only_the_service_may_read_is_check_configs_warnin
         f"this user ({user_name()}), who runs check-config, so it was not checked: "
         f"{AS_ANOTHER_USER}\n"
     ), out
+
+
+def test_a_sqlite_store_whose_files_exist_and_are_writable_runs_in_a_state_dir_it_may_not_write(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite opens a store whose file, -wal and -shm exist and are writable without creating
+    anything in the directory (and cannot remove its WAL there: it stays), so a state_dir owned
+    by root with the store's files the service user's ran before config-35, and must still."""
+    state = tmp_path / "state"
+    state.mkdir()
+    for name in ("voipgw.sqlite3", "voipgw.sqlite3-wal", "voipgw.sqlite3-shm"):
+        (state / name).touch()
+    path = write_config(tmp_path, state)
+    deny(monkeypatch, state, os.W_OK)
+    built(path).check()  # voipgw run
+    code, out, err = check_config(path, capsys)
+    assert (code, err) == (cli.EXIT_OK, ""), out
+    # Without its WAL the store creates one in the directory: refused as before.
+    (state / "voipgw.sqlite3-wal").unlink()
+    with pytest.raises(ConfigError):
+        built(path).check()
