@@ -8,6 +8,7 @@ own failures (ARCHITECTURE.md, STYLE.md habit 6).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import inspect
 import logging
@@ -15,6 +16,7 @@ import os
 import random
 import signal
 import stat
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -489,6 +491,10 @@ class Gateway:
             # store ran before this check, and still does.
             return None
         problem = written_directory_problem(path)
+        if problem is not None and as_service and _creates_a_file_in(path):
+            # access(2) said no where a write succeeds (NFS mapping users, a capability it
+            # ignores for a user other than root): the service ran so before this check.
+            return None
         if problem is not None and (as_service or on_read_only_file_system(path)):
             # A read-only file system: no user may write there, the service's nor root.
             return f"{problem}: {store}"
@@ -1447,3 +1453,17 @@ def _store_files_writable(path: Path) -> bool:
     except OSError:
         return False
     return all(info.st_uid == owner and info.st_mode & stat.S_IWUSR for info in infos)
+
+
+def _creates_a_file_in(path: Path) -> bool:
+    """Whether this process creates a file in the directory ``path``, tried (and removed):
+    what ``os.access`` answers is the real user's permission bits as this host sees them,
+    which a network file system or a capability may overrule."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".voipgw-check-", dir=path)
+    except OSError:
+        return False
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(name)
+    return True

@@ -89,7 +89,9 @@ def test_an_existing_state_dir_this_user_may_not_write_is_check_configs_warning(
         "user: sudo -u voipgw voipgw check-config FILE)\n"
     )
     assert out.endswith("OK (1 plugins: udp)\n")
-    # voipgw run, the service: an error naming the key, before anything starts.
+    # voipgw run, the service: an error naming the key, before anything starts (creating a
+    # file there, tried, fails as for another user).
+    monkeypatch.setattr(gateway_mod, "_creates_a_file_in", lambda p: False)
     with pytest.raises(ConfigError) as caught:
         built(path).check()
     assert (caught.value.table, caught.value.key) == ("gateway", "state_dir")
@@ -403,5 +405,20 @@ def test_a_sqlite_store_whose_files_exist_and_are_writable_runs_in_a_state_dir_i
     assert (code, err) == (cli.EXIT_OK, ""), out
     # Without its WAL the store creates one in the directory: refused as before.
     (state / "voipgw.sqlite3-wal").unlink()
+    monkeypatch.setattr(gateway_mod, "_creates_a_file_in", lambda p: False)
     with pytest.raises(ConfigError):
         built(path).check()
+
+
+def test_run_tries_a_state_dir_os_access_says_it_may_not_write_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """access(2) may answer no where a write succeeds (NFS mapping users, a capability such as
+    CAP_DAC_OVERRIDE, which it ignores for a user other than root): the service, which ran
+    with such a state_dir before config-35, tries creating a file before refusing it."""
+    state = tmp_path / "state"
+    state.mkdir()
+    path = write_config(tmp_path, state)
+    deny(monkeypatch, state, os.W_OK)  # root may write in it: access(2) lies here
+    built(path).check()
+    assert sorted(state.iterdir()) == []  # the file tried is not left behind
