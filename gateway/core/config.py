@@ -29,6 +29,7 @@ import ipaddress
 import math
 import os
 import re
+import stat
 import tomllib
 import types
 import typing
@@ -988,16 +989,80 @@ def unreadable_here(
     other = owner if owner is not None and owner != me else None
     who = f"the service's user (its owner, {other}, most likely)" if other else "the service's user"
     notes.append(
-        ConfigError(
+        UnreadFile(
             file,
             table,
             key,
             f"{path} cannot be read by this user ({me}), who runs check-config, so it was not "
             f"checked: {who} may be allowed to; `voipgw run` as a user who may not refuses to "
             f"start (check it as that user: sudo -u {other or 'USER'} voipgw check-config FILE)",
+            path=path,
         )
     )
     return True
+
+
+class UnreadFile(ConfigError):
+    """The warning of :func:`unreadable_here`, with the file's ``path``."""
+
+    def __init__(self, file: str, table: str, key: str | None, message: str, *, path: Path) -> None:
+        super().__init__(file, table, key, message)
+        self.path = path
+
+
+def unread_by_service(note: ConfigError, state_dir: Path) -> ConfigError | None:
+    """For ``voipgw check-config``: the error of a file it could not read (``note``, from
+    :func:`unreadable_here`) whose mode keeps the owner of the existing ``state_dir`` from
+    reading it too, or None. That owner is the user ``voipgw run`` created the directory as,
+    most likely the service's (the same guess as a state_dir's warning): a key of mode 600 of
+    root's (copied with sudo) cannot be read by the service either, which check-config said
+    (exit 2) before such files became warnings, and a deploy script's ``check-config &&
+    systemctl reload`` relies on. None when it cannot be told: no such directory, one of
+    root's (root reads anything), an ACL on the file, a user without a passwd entry."""
+    if not isinstance(note, UnreadFile):
+        return None
+    try:
+        directory, info = os.stat(state_dir), os.stat(note.path)
+    except OSError:
+        return None
+    if directory.st_uid == 0 or not stat.S_ISDIR(directory.st_mode):
+        return None
+    if _may_read(note.path, info, directory.st_uid) is not False:
+        return None
+    service = owner_name(state_dir)
+    return ConfigError(
+        note.file,
+        note.table,
+        note.key,
+        f"{note.path} cannot be read by this user ({user_name()}), who runs check-config, nor "
+        f"by {service}, the owner of the state_dir {state_dir} (the user `voipgw run` created "
+        f"it as, most likely): its mode is {stat.S_IMODE(info.st_mode):04o}, its owner "
+        f"{owner_name(note.path)}; `voipgw run` as {service} refuses to start",
+    )
+
+
+def _may_read(path: Path, info: os.stat_result, uid: int) -> bool | None:
+    """Whether the user ``uid`` may read the file ``path`` (``info``: its stat) by its mode
+    bits, or None when they do not tell (an ACL, a user without a passwd entry)."""
+    try:
+        if os.getxattr(path, "system.posix_acl_access"):
+            return None
+    except (AttributeError, OSError):
+        pass  # none (ENODATA), or no xattrs here: the mode says it
+    mode = info.st_mode
+    if info.st_uid == uid:
+        return bool(mode & stat.S_IRUSR)
+    if mode & stat.S_IROTH:
+        return True
+    if not mode & stat.S_IRGRP:
+        return False
+    try:
+        import pwd
+
+        entry = pwd.getpwuid(uid)
+        return info.st_gid in os.getgrouplist(entry.pw_name, entry.pw_gid)
+    except (ImportError, KeyError, OSError):
+        return None
 
 
 def structure(cls: type[T], table: Mapping[str, Any], *, file: str, table_name: str) -> T:

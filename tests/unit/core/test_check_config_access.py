@@ -422,3 +422,58 @@ def test_run_tries_a_state_dir_os_access_says_it_may_not_write_in(
     deny(monkeypatch, state, os.W_OK)  # root may write in it: access(2) lies here
     built(path).check()
     assert sorted(state.iterdir()) == []  # the file tried is not left behind
+
+
+def owned(monkeypatch: pytest.MonkeyPatch, owners: dict[Path, int]) -> None:
+    """``os.stat`` says each path of ``owners`` is that uid's (the tests run as root)."""
+    real_stat = config_mod.os.stat
+
+    def stat(p: Any, *args: Any, **kwargs: Any) -> Any:
+        result = real_stat(p, *args, **kwargs)
+        if Path(p) in owners:
+            return os.stat_result((*result[0:4], owners[Path(p)], *result[5:]))
+        return result
+
+    monkeypatch.setattr(config_mod.os, "stat", stat)
+
+
+@pytest.mark.parametrize(("key_owner", "mode", "refused"), [(0, 0o600, True), (4321, 0o600, False)])
+def test_a_key_the_state_dirs_owner_may_not_read_either_stays_check_configs_error(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    key_owner: int,
+    mode: int,
+    refused: bool,
+) -> None:
+    """The existing state_dir's owner is the user `voipgw run` created it as: a key of mode
+    600 of another user's (root's, copied with sudo) is one the service may not read either.
+    check-config as the operator said so (exit 2) before config-35; the warning (exit 0) let
+    `check-config && systemctl reload` go on to a gateway that refuses to start. A key of that
+    owner's stays the warning."""
+    pki = TestPki(tmp_path)
+    one = pki.ca("CA").issue("one")
+    one.key.chmod(mode)
+    state = tmp_path / "state"
+    state.mkdir()
+    path = write_config(
+        tmp_path,
+        state,
+        f'[plugins.tls]\ncertificate = "{one.certificate}"\nprivate_key = "{one.key}"\n',
+        enable='"udp", "tls"',
+    )
+    deny(monkeypatch, one.key, os.R_OK)
+    owned(monkeypatch, {state: 4321, one.key: key_owner})
+    monkeypatch.setattr(gateway_mod, "_store_files_writable", lambda p: True)
+    code, out, err = check_config(path, capsys)
+    if not refused:
+        assert code == cli.EXIT_OK, err
+        assert err.startswith(f"voipgw: warning: {path}: [plugins.tls] private_key: "), err
+        return
+    assert (code, out) == (cli.EXIT_USAGE, "")
+    assert err == (
+        f"voipgw: configuration error: {path}: [plugins.tls] private_key: {one.key} cannot be "
+        f"read by this user ({user_name()}), who runs check-config, nor by uid 4321, the owner "
+        f"of the state_dir {state} (the user `voipgw run` created it as, most likely): its "
+        f"mode is 0600, its owner root; `voipgw run` as uid 4321 refuses to start\n"
+    )
