@@ -651,6 +651,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             # The one that stops the check (a value no gateway can run with): said with the
             # warnings found before it, so that a run shows every problem it reached.
             errors.append(exc)
+        if loaded is not None:
+            # As root, which reads any file: one the service's user may not read, said.
+            unread.extend(config_mod.root_read_warnings(Path(loaded.gateway.state_dir)))
     if gateway is not None:
         # Every one, not the first: `voipgw run` starts with these as warnings (an upgraded
         # gateway keeps carrying calls); here, before a deployment, they are errors.

@@ -477,3 +477,40 @@ def test_a_key_the_state_dirs_owner_may_not_read_either_stays_check_configs_erro
         f"of the state_dir {state} (the user `voipgw run` created it as, most likely): its "
         f"mode is 0600, its owner root; `voipgw run` as uid 4321 refuses to start\n"
     )
+
+
+@pytest.mark.parametrize("key_owner", [0, 4321])
+def test_root_warns_of_a_key_the_state_dirs_owner_may_not_read(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    key_owner: int,
+) -> None:
+    """Root reads any file: check-config in a deploy script (as root) passed a key of mode 600
+    of root's that `voipgw run` as the state_dir's owner refuses. A warning (exit 0): such a
+    configuration passed before, and the service may run as root."""
+    pki = TestPki(tmp_path)
+    one = pki.ca("CA").issue("one")
+    one.key.chmod(0o600)
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    path = write_config(
+        tmp_path,
+        state,
+        f'[plugins.tls]\ncertificate = "{one.certificate}"\nprivate_key = "{one.key}"\n',
+        enable='"udp", "tls"',
+    )
+    monkeypatch.setattr(config_mod.os, "geteuid", lambda: 0)
+    owned(monkeypatch, {state: 4321, one.key: key_owner})
+    code, out, err = check_config(path, capsys)
+    assert code == cli.EXIT_OK, err
+    assert out.endswith("OK (2 plugins: udp, tls)\n")
+    if key_owner == 4321:
+        assert err == ""
+        return
+    assert err == (
+        f"voipgw: warning: {path}: [plugins.tls] private_key: {one.key} can be read by root, "
+        f"who runs check-config, but not by uid 4321, the owner of the state_dir {state} (the "
+        f"user `voipgw run` created it as, most likely): its mode is 0600, its owner root; "
+        f"`voipgw run` as uid 4321 refuses to start\n"
+    )
