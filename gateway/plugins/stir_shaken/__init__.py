@@ -297,7 +297,13 @@ class StirShaken:
         namespace: uuid.UUID | None = None,
     ) -> None:
         self.config = config
-        self._key = config.signing_key() if config.sign_trunks else None
+        # A key voipgw check-config, run as another user than the service's, may not read is
+        # its warning (StirShakenConfig), not read here either: check-config never signs.
+        self._key = (
+            config.signing_key()
+            if config.sign_trunks and not unreadable_here(Path(config.private_key), "private_key")
+            else None
+        )
         self._sign_trunks = frozenset(config.sign_trunks)
         self._verify_trunks = frozenset(config.verify_trunks)
         self._anchors = config.anchors() if config.verify_trunks else []

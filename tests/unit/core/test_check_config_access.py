@@ -20,7 +20,7 @@ from gateway.core import config as config_mod
 from gateway.core import gateway as gateway_mod
 from gateway.core.config import ConfigError, from_mapping, user_name
 from gateway.core.gateway import Gateway
-from gateway.core.plugins import load_plugins
+from gateway.core.plugins import PluginError, load_plugins
 from gateway.core.store import backends
 from tests.interop.harness.pki import TestPki
 
@@ -514,3 +514,70 @@ def test_root_warns_of_a_key_the_state_dirs_owner_may_not_read(
         f"user `voipgw run` created it as, most likely): its mode is 0600, its owner root; "
         f"`voipgw run` as uid 4321 refuses to start\n"
     )
+
+
+def unreadable(monkeypatch: pytest.MonkeyPatch, denied: Path) -> None:
+    """``denied`` as another user sees a key of mode 600: ``os.access`` says no and reading it
+    fails (``Path.open``, ``Path.read_bytes``: the tls and stir_shaken plugins' reads), not
+    only the question (root reads it whatever ``os.access`` says)."""
+    deny(monkeypatch, denied, os.R_OK)
+    opened, read_bytes = Path.open, Path.read_bytes
+
+    def open_as_another_user(p: Path, *args: Any, **kwargs: Any) -> Any:
+        if p == denied:
+            raise PermissionError(13, "Permission denied", str(p))
+        return opened(p, *args, **kwargs)
+
+    def read_bytes_as_another_user(p: Path) -> bytes:
+        if p == denied:
+            raise PermissionError(13, "Permission denied", str(p))
+        return read_bytes(p)
+
+    monkeypatch.setattr(Path, "open", open_as_another_user)
+    monkeypatch.setattr(Path, "read_bytes", read_bytes_as_another_user)
+
+
+@pytest.mark.parametrize(
+    ("plugin", "table"),
+    [
+        ("tls", "certificate = '{certificate}'\nprivate_key = '{key}'\n"),
+        ("wss", "certificate = '{certificate}'\nprivate_key = '{key}'\n"),
+        (
+            "stir_shaken",
+            "private_key = '{key}'\nsign_trunks = ['carrier']\n"
+            "certificate_url = 'https://cr.example/signer.pem'\n",
+        ),
+    ],
+    ids=["tls", "wss", "stir_shaken"],
+)
+def test_a_key_the_plugin_reads_at_registration_is_the_warning_too(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    plugin: str,
+    table: str,
+) -> None:
+    """The tls and wss transports load their pair, and stir_shaken its signing key, when
+    registered too: check-config as another user than the service's stopped there with a
+    plugin error (`plugin 'tls' failed in gateway_register_transports: CertificateFileError at
+    tls.py:LINE`, stir_shaken's text withheld) where the warning was meant, and where before
+    config-35 a configuration error named the key (a test as root, reading any file whatever
+    os.access said, did not see it)."""
+    one = TestPki(tmp_path).ca("CA").issue("one")
+    text = table.format(certificate=one.certificate, key=one.key)
+    trunk = '[[trunks]]\nname = "carrier"\naddress = "udp:192.0.2.1:5060"\n'
+    path = write_config(
+        tmp_path, tmp_path / "state", f"[plugins.{plugin}]\n{text}{trunk}", f'"udp", "{plugin}"'
+    )
+    unreadable(monkeypatch, one.key)
+    code, out, err = check_config(path, capsys)
+    assert code == cli.EXIT_OK, err
+    assert err == (
+        f"voipgw: warning: {path}: [plugins.{plugin}] private_key: {one.key} cannot be read by "
+        f"this user ({user_name()}), who runs check-config, so it was not checked: "
+        f"{AS_ANOTHER_USER}\n"
+    ), out
+    assert out.endswith(f"OK (2 plugins: udp, {plugin})\n")
+    # voipgw run, the service: an error.
+    with pytest.raises((ConfigError, PluginError)):
+        built(path)
