@@ -639,8 +639,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     with config_mod.reading_as_checker() as unread:
         errors: list[ConfigError] = []
         gateway = None
+        loaded: GatewayConfig | None = None
         try:
-            config = config_mod.from_toml(args.file)
+            config = loaded = config_mod.from_toml(args.file)
             plugins = _load_plugins(config, args)
             from gateway.core.gateway import Gateway
 
@@ -650,10 +651,21 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             # The one that stops the check (a value no gateway can run with): said with the
             # warnings found before it, so that a run shows every problem it reached.
             errors.append(exc)
+        if loaded is not None:
+            # As root, which reads any file: one the service's user may not read, said.
+            unread.extend(config_mod.root_read_warnings(Path(loaded.gateway.state_dir)))
     if gateway is not None:
         # Every one, not the first: `voipgw run` starts with these as warnings (an upgraded
         # gateway keeps carrying calls); here, before a deployment, they are errors.
         errors[:0] = gateway.check_errors
+    if loaded is not None:
+        # What the service's user (the state_dir's owner, most likely) may not read either
+        # stays an error: `check-config && systemctl reload` must not go on to a refusal.
+        for note in list(unread):
+            error = config_mod.unread_by_service(note, Path(loaded.gateway.state_dir))
+            if error is not None:
+                unread.remove(note)
+                errors.append(error)
     for error in errors:
         print(f"voipgw: configuration error: {error}", file=sys.stderr)
     if gateway is not None:

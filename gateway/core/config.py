@@ -29,6 +29,7 @@ import ipaddress
 import math
 import os
 import re
+import stat
 import tomllib
 import types
 import typing
@@ -951,6 +952,13 @@ _UNREAD: contextvars.ContextVar[list[ConfigError] | None] = contextvars.ContextV
 )
 
 
+# While `voipgw check-config` runs as root: the files it read (which root may, whatever their
+# mode), by path: (key, file, table), for root_read_warnings.
+_READ_AS_ROOT: contextvars.ContextVar[dict[Path, tuple[str, str, str]] | None] = (
+    contextvars.ContextVar("voipgw_config_read_as_root", default=None)
+)
+
+
 @contextlib.contextmanager
 def reading_as_checker() -> Iterator[list[ConfigError]]:
     """What ``voipgw check-config`` checks within: a file a key names that exists but that
@@ -960,11 +968,13 @@ def reading_as_checker() -> Iterator[list[ConfigError]]:
     service's user's permissions are not check-config's to know, and a false error is worse
     than a warning. ``voipgw run`` does not use it: the service refuses such a file."""
     token = _UNREAD.set([])
+    read = _READ_AS_ROOT.set({} if os.geteuid() == 0 else None)
     try:
         notes = _UNREAD.get()
         assert notes is not None
         yield notes
     finally:
+        _READ_AS_ROOT.reset(read)
         _UNREAD.reset(token)
 
 
@@ -977,27 +987,131 @@ def unreadable_here(
     caller reads the file and refuses what it finds, an unreadable file too. ``file`` and
     ``table`` default to what :func:`structure` is building (a plugin's table)."""
     notes = _UNREAD.get()
-    if notes is None or not os.path.exists(path) or os.access(path, os.R_OK):
+    if notes is None or not os.path.exists(path):
+        return False
+    if file is None or table is None:
+        file, table = _BUILDING.get() or ("<configuration>", "")
+    if os.access(path, os.R_OK):
+        read = _READ_AS_ROOT.get()
+        if read is not None:
+            read.setdefault(path, (key, file, table))
         return False
     if any(note.message.startswith(f"{path} cannot be read by this user") for note in notes):
         return True  # said once (wss builds the tls transport's table again from its own)
-    if file is None or table is None:
-        file, table = _BUILDING.get() or ("<configuration>", "")
     me, owner = user_name(), owner_name(path)
     # Its owner is most likely the service's user (a key: owner that user, mode 600).
     other = owner if owner is not None and owner != me else None
     who = f"the service's user (its owner, {other}, most likely)" if other else "the service's user"
     notes.append(
-        ConfigError(
+        UnreadFile(
             file,
             table,
             key,
             f"{path} cannot be read by this user ({me}), who runs check-config, so it was not "
             f"checked: {who} may be allowed to; `voipgw run` as a user who may not refuses to "
             f"start (check it as that user: sudo -u {other or 'USER'} voipgw check-config FILE)",
+            path=path,
         )
     )
     return True
+
+
+class UnreadFile(ConfigError):
+    """The warning of :func:`unreadable_here`, with the file's ``path``."""
+
+    def __init__(self, file: str, table: str, key: str | None, message: str, *, path: Path) -> None:
+        super().__init__(file, table, key, message)
+        self.path = path
+
+
+def unread_by_service(note: ConfigError, state_dir: Path) -> ConfigError | None:
+    """For ``voipgw check-config``: the error of a file it could not read (``note``, from
+    :func:`unreadable_here`) whose mode keeps the owner of the existing ``state_dir`` from
+    reading it too, or None. That owner is the user ``voipgw run`` created the directory as,
+    most likely the service's (the same guess as a state_dir's warning): a key of mode 600 of
+    root's (copied with sudo) cannot be read by the service either, which check-config said
+    (exit 2) before such files became warnings, and a deploy script's ``check-config &&
+    systemctl reload`` relies on. None when it cannot be told: no such directory, one of
+    root's (root reads anything), an ACL on the file, a user without a passwd entry."""
+    if not isinstance(note, UnreadFile):
+        return None
+    unread = _unread_by_owner(note.path, state_dir)
+    if unread is None:
+        return None
+    return ConfigError(
+        note.file,
+        note.table,
+        note.key,
+        f"{note.path} cannot be read by this user ({user_name()}), who runs check-config, nor "
+        f"by {unread}",
+    )
+
+
+def root_read_warnings(state_dir: Path) -> list[ConfigError]:
+    """For ``voipgw check-config`` run as root (a deploy script), within
+    :func:`reading_as_checker`: a warning for each file it read whose mode keeps the owner of
+    the existing ``state_dir`` (most likely the service's user, as :func:`unread_by_service`
+    guesses) from reading it. Root reads any file, so check-config passed a key of mode 600 of
+    root's that ``voipgw run`` as the service's user refuses; a warning, not an error: such a
+    configuration passed check-config before (the service may run as root)."""
+    warnings = []
+    for path, (key, file, table) in (_READ_AS_ROOT.get() or {}).items():
+        unread = _unread_by_owner(path, state_dir)
+        if unread is not None:
+            warnings.append(
+                ConfigError(
+                    file,
+                    table,
+                    key,
+                    f"{path} can be read by root, who runs check-config, but not by {unread}",
+                )
+            )
+    return warnings
+
+
+def _unread_by_owner(path: Path, state_dir: Path) -> str | None:
+    """Why the owner of the existing directory ``state_dir`` may not read the file ``path``,
+    by its mode bits (``voipgw, the owner of the state_dir ...: its mode is 0600, its owner
+    root; ...``), or None when that owner may or it cannot be told (no such directory, one of
+    root's, an ACL, a user without a passwd entry)."""
+    try:
+        directory, info = os.stat(state_dir), os.stat(path)
+    except OSError:
+        return None
+    if directory.st_uid == 0 or not stat.S_ISDIR(directory.st_mode):
+        return None
+    if _may_read(path, info, directory.st_uid) is not False:
+        return None
+    service = owner_name(state_dir)
+    return (
+        f"{service}, the owner of the state_dir {state_dir} (the user `voipgw run` created it "
+        f"as, most likely): its mode is {stat.S_IMODE(info.st_mode):04o}, its owner "
+        f"{owner_name(path)}; `voipgw run` as {service} refuses to start"
+    )
+
+
+def _may_read(path: Path, info: os.stat_result, uid: int) -> bool | None:
+    """Whether the user ``uid`` may read the file ``path`` (``info``: its stat) by its mode
+    bits, or None when they do not tell (an ACL, a user without a passwd entry)."""
+    try:
+        if os.getxattr(path, "system.posix_acl_access"):
+            return None
+    except (AttributeError, OSError):
+        pass  # none (ENODATA), or no xattrs here: the mode says it
+    mode = info.st_mode
+    if info.st_uid == uid:
+        return bool(mode & stat.S_IRUSR)
+    if mode & stat.S_IROTH:
+        return True
+    if not mode & stat.S_IRGRP:
+        return False
+    try:
+        import pwd
+
+        entry = pwd.getpwuid(uid)
+        return info.st_gid in os.getgrouplist(entry.pw_name, entry.pw_gid)
+    except (ImportError, KeyError, OSError):
+        return None
 
 
 def structure(cls: type[T], table: Mapping[str, Any], *, file: str, table_name: str) -> T:

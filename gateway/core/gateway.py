@@ -8,6 +8,7 @@ own failures (ARCHITECTURE.md, STYLE.md habit 6).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import inspect
 import logging
@@ -15,6 +16,7 @@ import os
 import random
 import signal
 import stat
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -483,7 +485,16 @@ class Gateway:
         """The error of an existing SQLite store directory the gateway may not write in, or
         None; as check-config (not ``as_service``) a permission is :attr:`access_warnings`."""
         store = f"the SQLite store ({path / DB_FILENAME}) cannot be opened"
+        if _store_files_writable(path):
+            # SQLite opens it without creating a file in the directory (its WAL, which it
+            # cannot remove there, stays): a state_dir of root's holding the service user's
+            # store ran before this check, and still does.
+            return None
         problem = written_directory_problem(path)
+        if problem is not None and as_service and _creates_a_file_in(path):
+            # access(2) said no where a write succeeds (NFS mapping users, a capability it
+            # ignores for a user other than root): the service ran so before this check.
+            return None
         if problem is not None and (as_service or on_read_only_file_system(path)):
             # A read-only file system: no user may write there, the service's nor root.
             return f"{problem}: {store}"
@@ -1425,3 +1436,34 @@ async def _run_plugin_task(
         if not started:
             raise
         log_exception(log, "plugin task %s stopped with an error", name)
+
+
+def _store_files_writable(path: Path) -> bool:
+    """Whether the SQLite store in ``path`` (its file, ``-wal`` and ``-shm``) exists and this
+    process's user may write each: then it opens without writing in the directory. As root
+    (which may write any file), whether the directory's owner may: each file its, ``u+w``."""
+    files = [path / f"{DB_FILENAME}{suffix}" for suffix in ("", "-wal", "-shm")]
+    if not all(os.access(file, os.W_OK) for file in files):
+        return False
+    if os.geteuid() != 0:
+        return True
+    try:
+        owner = os.stat(path).st_uid
+        infos = [os.stat(file) for file in files]
+    except OSError:
+        return False
+    return all(info.st_uid == owner and info.st_mode & stat.S_IWUSR for info in infos)
+
+
+def _creates_a_file_in(path: Path) -> bool:
+    """Whether this process creates a file in the directory ``path``, tried (and removed):
+    what ``os.access`` answers is the real user's permission bits as this host sees them,
+    which a network file system or a capability may overrule."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".voipgw-check-", dir=path)
+    except OSError:
+        return False
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(name)
+    return True

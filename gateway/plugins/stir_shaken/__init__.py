@@ -297,7 +297,13 @@ class StirShaken:
         namespace: uuid.UUID | None = None,
     ) -> None:
         self.config = config
-        self._key = config.signing_key() if config.sign_trunks else None
+        # A key voipgw check-config, run as another user than the service's, may not read is
+        # its warning (StirShakenConfig), not read here either: check-config never signs.
+        self._key = (
+            config.signing_key()
+            if config.sign_trunks and not unreadable_here(Path(config.private_key), "private_key")
+            else None
+        )
         self._sign_trunks = frozenset(config.sign_trunks)
         self._verify_trunks = frozenset(config.verify_trunks)
         self._anchors = config.anchors() if config.verify_trunks else []
@@ -454,11 +460,13 @@ class StirShaken:
         if signer.no_crl and self.config.check_revocation:
             # Once a fetch. The URL is a peer's x5u: shown without any password it holds.
             log.warning("stir_shaken: certificate %s: %s", redact_password(url), signer.no_crl)
-        # RFC 9111 §5.2.2.1: max-age=0 is stale at once. We never revalidate (no conditional
-        # request), and §4.2.4 forbids serving a stale response unless the origin allows it: not
-        # kept, the next call fetches it again (calls at once share one fetch). It was taken
-        # as no max-age (certificate_cache, an hour by default), where max-age=1 kept it 1 s.
-        fresh = self.config.certificate_cache if fetched.max_age is None else fetched.max_age
+        # ATIS-1000074: an answer without caching directives, or that says to cache for less
+        # than a day, is cached by the verifier all the same (a day there; certificate_cache,
+        # an hour by default, here, as Asterisk's max_cache_entry_age). max-age=0 is such an
+        # answer: not kept at all, every verified call would wait for the repository (up to
+        # fetch_timeout) and one slow or down would fail calls an earlier release verified
+        # from its cache. A max-age above 0 is kept as before (max-age=1: a second).
+        fresh = fetched.max_age or self.config.certificate_cache
         max_age = min(fresh, signer.valid_until - now)
         self.cache.put(url, signer, max_age=max_age, now=now)
         return signer

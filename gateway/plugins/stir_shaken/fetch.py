@@ -38,9 +38,9 @@ class FetchError(Exception):
 
 @attrs.frozen
 class Fetched:
-    """A fetched resource and its Cache-Control max-age in seconds: None without one (the
-    plugin's certificate_cache applies, RFC 9111 §4.2.2 heuristic freshness); 0 for
-    ``max-age=0``, stale at once (RFC 9111 §5.2.2.1): not kept."""
+    """A fetched resource and its Cache-Control max-age in seconds: None without one; 0 for
+    ``max-age=0``, which the plugin takes as none (its certificate_cache applies: ATIS-1000074
+    has the verifier cache an answer that says to cache for less than a day)."""
 
     body: bytes
     max_age: float | None = None

@@ -897,6 +897,14 @@ def _use_certificate(context: SSL.Context, paths: CertificatePaths) -> None:
         ) from None
 
 
+def _left_unchecked(paths: CertificatePaths) -> bool:
+    """Whether voipgw check-config, run as another user than the service's, leaves the pair
+    unread: one of its files exists that this user may not read (config.unreadable_here, its
+    warning). Never under voipgw run."""
+    pair = {"certificate": paths.certificate, "private_key": paths.private_key}
+    return bool([key for key, path in pair.items() if unreadable_here(path, key)])
+
+
 def check_certificate_files(certificate: str, private_key: str) -> None:
     """Load the pair as a listener would, for the configuration's checks: ValueError
     ``"KEY: why"`` (``certificate`` or ``private_key``) when a file exists but cannot be used
@@ -1232,13 +1240,18 @@ class TlsTransport(StreamTransport):
             for url in self.tls.crl_urls:
                 self.crl_fetcher.add(url)
             self._fetch_cas = self._read_cas()
-        # Fail at start-up (and in check-config), not on the first connection.
+        # Fail at start-up (and in check-config), not on the first connection; but a pair
+        # that voipgw check-config, run as another user than the service's, may not read is
+        # its warning (TlsConfig) and is not loaded here either: it never serves.
+        checked = self._configured
+        if checked is not None and _left_unchecked(checked):
+            checked = None
         self._file_crls = self._read_crls()
         self._crls = self._file_crls
-        self._check_files(self._configured, self._crls)
+        self._check_files(checked, self._crls)
         if self.ocsp is not None:
             self._ocsp_cas = self._read_cas()
-        if self._configured is not None:
+        if checked is not None and self._configured is not None:
             self._loaded = (loaded_certificate(self._configured.certificate),)
             self._warn(self._configured, self._loaded[0], ())
             if self.tls.crl_distribution_points:

@@ -20,7 +20,7 @@ from gateway.core import config as config_mod
 from gateway.core import gateway as gateway_mod
 from gateway.core.config import ConfigError, from_mapping, user_name
 from gateway.core.gateway import Gateway
-from gateway.core.plugins import load_plugins
+from gateway.core.plugins import PluginError, load_plugins
 from gateway.core.store import backends
 from tests.interop.harness.pki import TestPki
 
@@ -89,7 +89,9 @@ def test_an_existing_state_dir_this_user_may_not_write_is_check_configs_warning(
         "user: sudo -u voipgw voipgw check-config FILE)\n"
     )
     assert out.endswith("OK (1 plugins: udp)\n")
-    # voipgw run, the service: an error naming the key, before anything starts.
+    # voipgw run, the service: an error naming the key, before anything starts (creating a
+    # file there, tried, fails as for another user).
+    monkeypatch.setattr(gateway_mod, "_creates_a_file_in", lambda p: False)
     with pytest.raises(ConfigError) as caught:
         built(path).check()
     assert (caught.value.table, caught.value.key) == ("gateway", "state_dir")
@@ -384,3 +386,198 @@ def test_every_plugin_key_file_only_the_service_may_read_is_check_configs_warnin
         f"this user ({user_name()}), who runs check-config, so it was not checked: "
         f"{AS_ANOTHER_USER}\n"
     ), out
+
+
+def test_a_sqlite_store_whose_files_exist_and_are_writable_runs_in_a_state_dir_it_may_not_write(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite opens a store whose file, -wal and -shm exist and are writable without creating
+    anything in the directory (and cannot remove its WAL there: it stays), so a state_dir owned
+    by root with the store's files the service user's ran before config-35, and must still."""
+    state = tmp_path / "state"
+    state.mkdir()
+    for name in ("voipgw.sqlite3", "voipgw.sqlite3-wal", "voipgw.sqlite3-shm"):
+        (state / name).touch()
+    path = write_config(tmp_path, state)
+    deny(monkeypatch, state, os.W_OK)
+    built(path).check()  # voipgw run
+    code, out, err = check_config(path, capsys)
+    assert (code, err) == (cli.EXIT_OK, ""), out
+    # Without its WAL the store creates one in the directory: refused as before.
+    (state / "voipgw.sqlite3-wal").unlink()
+    monkeypatch.setattr(gateway_mod, "_creates_a_file_in", lambda p: False)
+    with pytest.raises(ConfigError):
+        built(path).check()
+
+
+def test_run_tries_a_state_dir_os_access_says_it_may_not_write_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """access(2) may answer no where a write succeeds (NFS mapping users, a capability such as
+    CAP_DAC_OVERRIDE, which it ignores for a user other than root): the service, which ran
+    with such a state_dir before config-35, tries creating a file before refusing it."""
+    state = tmp_path / "state"
+    state.mkdir()
+    path = write_config(tmp_path, state)
+    deny(monkeypatch, state, os.W_OK)  # root may write in it: access(2) lies here
+    built(path).check()
+    assert sorted(state.iterdir()) == []  # the file tried is not left behind
+
+
+def owned(monkeypatch: pytest.MonkeyPatch, owners: dict[Path, int]) -> None:
+    """``os.stat`` says each path of ``owners`` is that uid's (the tests run as root)."""
+    real_stat = config_mod.os.stat
+
+    def stat(p: Any, *args: Any, **kwargs: Any) -> Any:
+        result = real_stat(p, *args, **kwargs)
+        if Path(p) in owners:
+            return os.stat_result((*result[0:4], owners[Path(p)], *result[5:]))
+        return result
+
+    monkeypatch.setattr(config_mod.os, "stat", stat)
+
+
+@pytest.mark.parametrize(("key_owner", "mode", "refused"), [(0, 0o600, True), (4321, 0o600, False)])
+def test_a_key_the_state_dirs_owner_may_not_read_either_stays_check_configs_error(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    key_owner: int,
+    mode: int,
+    refused: bool,
+) -> None:
+    """The existing state_dir's owner is the user `voipgw run` created it as: a key of mode
+    600 of another user's (root's, copied with sudo) is one the service may not read either.
+    check-config as the operator said so (exit 2) before config-35; the warning (exit 0) let
+    `check-config && systemctl reload` go on to a gateway that refuses to start. A key of that
+    owner's stays the warning."""
+    pki = TestPki(tmp_path)
+    one = pki.ca("CA").issue("one")
+    one.key.chmod(mode)
+    state = tmp_path / "state"
+    state.mkdir()
+    path = write_config(
+        tmp_path,
+        state,
+        f'[plugins.tls]\ncertificate = "{one.certificate}"\nprivate_key = "{one.key}"\n',
+        enable='"udp", "tls"',
+    )
+    deny(monkeypatch, one.key, os.R_OK)
+    owned(monkeypatch, {state: 4321, one.key: key_owner})
+    monkeypatch.setattr(gateway_mod, "_store_files_writable", lambda p: True)
+    code, out, err = check_config(path, capsys)
+    if not refused:
+        assert code == cli.EXIT_OK, err
+        assert err.startswith(f"voipgw: warning: {path}: [plugins.tls] private_key: "), err
+        return
+    assert (code, out) == (cli.EXIT_USAGE, "")
+    assert err == (
+        f"voipgw: configuration error: {path}: [plugins.tls] private_key: {one.key} cannot be "
+        f"read by this user ({user_name()}), who runs check-config, nor by uid 4321, the owner "
+        f"of the state_dir {state} (the user `voipgw run` created it as, most likely): its "
+        f"mode is 0600, its owner root; `voipgw run` as uid 4321 refuses to start\n"
+    )
+
+
+@pytest.mark.parametrize("key_owner", [0, 4321])
+def test_root_warns_of_a_key_the_state_dirs_owner_may_not_read(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    key_owner: int,
+) -> None:
+    """Root reads any file: check-config in a deploy script (as root) passed a key of mode 600
+    of root's that `voipgw run` as the state_dir's owner refuses. A warning (exit 0): such a
+    configuration passed before, and the service may run as root."""
+    pki = TestPki(tmp_path)
+    one = pki.ca("CA").issue("one")
+    one.key.chmod(0o600)
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    path = write_config(
+        tmp_path,
+        state,
+        f'[plugins.tls]\ncertificate = "{one.certificate}"\nprivate_key = "{one.key}"\n',
+        enable='"udp", "tls"',
+    )
+    monkeypatch.setattr(config_mod.os, "geteuid", lambda: 0)
+    owned(monkeypatch, {state: 4321, one.key: key_owner})
+    code, out, err = check_config(path, capsys)
+    assert code == cli.EXIT_OK, err
+    assert out.endswith("OK (2 plugins: udp, tls)\n")
+    if key_owner == 4321:
+        assert err == ""
+        return
+    assert err == (
+        f"voipgw: warning: {path}: [plugins.tls] private_key: {one.key} can be read by root, "
+        f"who runs check-config, but not by uid 4321, the owner of the state_dir {state} (the "
+        f"user `voipgw run` created it as, most likely): its mode is 0600, its owner root; "
+        f"`voipgw run` as uid 4321 refuses to start\n"
+    )
+
+
+def unreadable(monkeypatch: pytest.MonkeyPatch, denied: Path) -> None:
+    """``denied`` as another user sees a key of mode 600: ``os.access`` says no and reading it
+    fails (``Path.open``, ``Path.read_bytes``: the tls and stir_shaken plugins' reads), not
+    only the question (root reads it whatever ``os.access`` says)."""
+    deny(monkeypatch, denied, os.R_OK)
+    opened, read_bytes = Path.open, Path.read_bytes
+
+    def open_as_another_user(p: Path, *args: Any, **kwargs: Any) -> Any:
+        if p == denied:
+            raise PermissionError(13, "Permission denied", str(p))
+        return opened(p, *args, **kwargs)
+
+    def read_bytes_as_another_user(p: Path) -> bytes:
+        if p == denied:
+            raise PermissionError(13, "Permission denied", str(p))
+        return read_bytes(p)
+
+    monkeypatch.setattr(Path, "open", open_as_another_user)
+    monkeypatch.setattr(Path, "read_bytes", read_bytes_as_another_user)
+
+
+@pytest.mark.parametrize(
+    ("plugin", "table"),
+    [
+        ("tls", "certificate = '{certificate}'\nprivate_key = '{key}'\n"),
+        ("wss", "certificate = '{certificate}'\nprivate_key = '{key}'\n"),
+        (
+            "stir_shaken",
+            "private_key = '{key}'\nsign_trunks = ['carrier']\n"
+            "certificate_url = 'https://cr.example/signer.pem'\n",
+        ),
+    ],
+    ids=["tls", "wss", "stir_shaken"],
+)
+def test_a_key_the_plugin_reads_at_registration_is_the_warning_too(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    plugin: str,
+    table: str,
+) -> None:
+    """The tls and wss transports load their pair, and stir_shaken its signing key, when
+    registered too: check-config as another user than the service's stopped there with a
+    plugin error (`plugin 'tls' failed in gateway_register_transports: CertificateFileError at
+    tls.py:LINE`, stir_shaken's text withheld) where the warning was meant, and where before
+    config-35 a configuration error named the key (a test as root, reading any file whatever
+    os.access said, did not see it)."""
+    one = TestPki(tmp_path).ca("CA").issue("one")
+    text = table.format(certificate=one.certificate, key=one.key)
+    trunk = '[[trunks]]\nname = "carrier"\naddress = "udp:192.0.2.1:5060"\n'
+    path = write_config(
+        tmp_path, tmp_path / "state", f"[plugins.{plugin}]\n{text}{trunk}", f'"udp", "{plugin}"'
+    )
+    unreadable(monkeypatch, one.key)
+    code, out, err = check_config(path, capsys)
+    assert code == cli.EXIT_OK, err
+    assert err == (
+        f"voipgw: warning: {path}: [plugins.{plugin}] private_key: {one.key} cannot be read by "
+        f"this user ({user_name()}), who runs check-config, so it was not checked: "
+        f"{AS_ANOTHER_USER}\n"
+    ), out
+    assert out.endswith(f"OK (2 plugins: udp, {plugin})\n")
+    # voipgw run, the service: an error.
+    with pytest.raises((ConfigError, PluginError)):
+        built(path)
