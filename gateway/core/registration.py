@@ -159,12 +159,15 @@ class RegistrationService:
         if isinstance(outcome, BadCredentials | UnknownUser):
             self.failed += 1
             blocked = self.failures.record_failure(source, user=outcome.username or "", now=now)
+            # How long the block lasts: with [gateway] auth_block_time, that; without, until
+            # the oldest counted failure leaves auth_failure_window.
+            seconds = round(self.failures.blocked_for(source, now=now), 1)
             log.warning(
                 "%s from %s: authentication failed for user %r%s",
                 request.method,
                 format_address(flow.remote),
                 outcome.username or "?",
-                " (source now blocked)" if blocked else "",
+                f" (source now blocked): refused for {seconds:g} s" if blocked else "",
             )
             if blocked:
                 return self._reply(request, 403, "Too Many Failed Authentications")
