@@ -114,8 +114,8 @@ def test_a_banned_source_is_refused_for_the_block_time_even_with_the_right_passw
     assert answer.status == 403
     (line,) = [r.getMessage() for r in caplog.records if "now blocked" in r.getMessage()]
     assert line == (
-        "REGISTER from 192.0.2.66:5060: authentication failed for user '1000' (source now "
-        "blocked): refused for 600 s"
+        "REGISTER from 192.0.2.66:5060, refused for the next 600 s: authentication failed for "
+        "user '1000' (source now blocked)"
     )
     for second in range(6, 600, 6):  # past the 5 s window, a phone behind the same NAT retries
         clock[0] = 1000.0 + second
