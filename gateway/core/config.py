@@ -283,6 +283,9 @@ class GatewaySection:
     # attempts from one source address within auth_failure_window seconds get it 403.
     auth_max_failures: int = 5
     auth_failure_window: float = 60.0
+    # Seconds a source that reached auth_max_failures stays blocked, from the failure that
+    # blocked it; 0: only while its failures lie in the window (a rate, not a ban).
+    auth_block_time: float = 0.0
     # RFC 7090 PSAP callbacks (gateway/core/calls/psap_callback.py): how long after an
     # emergency call a marked call to the number it presented is served like one; 0: never.
     psap_callback_window: float = 1800.0
@@ -387,7 +390,8 @@ MAX_OVERLOAD_QUEUE_DELAY = 0.5
 MAX_DRAIN_TIMEOUT = 86_400.0
 # A call follows at most this many redirections (a chain of forwards; RFC 5806 counter).
 MAX_REDIRECTS = 20
-# A day: a source blocked for longer is better refused by a firewall.
+# A day: a source blocked for longer is better refused by a firewall. Bounds
+# auth_block_time too.
 MAX_AUTH_FAILURE_WINDOW = 86_400.0
 # Under this auth_failure_window the limit never blocks: a source is blocked while its last
 # auth_max_failures failures lie within the window, and the gateway takes longer than this to
@@ -1214,6 +1218,15 @@ def _validate(config: GatewayConfig, file: str) -> None:
             "gateway",
             "auth_failure_window",
             f"expected seconds above 0, up to {MAX_AUTH_FAILURE_WINDOW:g}, got {window:g}",
+        )
+    block_time = config.gateway.auth_block_time
+    if not 0 <= block_time <= MAX_AUTH_FAILURE_WINDOW:
+        raise ConfigError(
+            file,
+            "gateway",
+            "auth_block_time",
+            f"expected seconds from 0 (blocked only while the failures lie within "
+            f"auth_failure_window) to {MAX_AUTH_FAILURE_WINDOW:g}, got {block_time:g}",
         )
     if not 0 <= config.gateway.psap_callback_window <= MAX_PSAP_CALLBACK_WINDOW:
         raise ConfigError(

@@ -1046,6 +1046,7 @@ class Gateway:
             failure_policy=FailurePolicy(
                 max_failures=self.config.gateway.auth_max_failures,
                 window=self.config.gateway.auth_failure_window,
+                block_time=self.config.gateway.auth_block_time,
             ),
         )
         if any(trunk.enabled and trunk.by_name for trunk in self.config.trunks):

@@ -159,10 +159,15 @@ class RegistrationService:
         if isinstance(outcome, BadCredentials | UnknownUser):
             self.failed += 1
             blocked = self.failures.record_failure(source, user=outcome.username or "", now=now)
+            # How long the block lasts: with [gateway] auth_block_time, that; without, until
+            # the oldest counted failure leaves auth_failure_window. Said before the reason:
+            # the line ends "(source now blocked)" as before (log watchers, the svcrack test).
+            seconds = round(self.failures.blocked_for(source, now=now), 1)
             log.warning(
-                "%s from %s: authentication failed for user %r%s",
+                "%s from %s%s: authentication failed for user %r%s",
                 request.method,
                 format_address(flow.remote),
+                f", refused for the next {seconds:g} s" if blocked else "",
                 outcome.username or "?",
                 " (source now blocked)" if blocked else "",
             )

@@ -206,3 +206,40 @@ async def test_unacknowledged_challenges_of_a_scan_are_not_logged_one_line_each(
     await trio.sleep(5)
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
     assert [line for line in lines if "TransactionTimeout" in line] == []
+
+
+async def test_auth_block_time_bans_the_guessing_address_past_the_window(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """``[gateway] auth_block_time`` reaches the failure counter: the guesser is still refused
+    after the 3 s window, while it goes on, and challenged again 60 s after it was banned;
+    alice's phone at another address registers meanwhile."""
+    env = await start_b2bua(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        gateway_table={"auth_max_failures": 2, "auth_failure_window": 3, "auth_block_time": 60},
+    )
+    guesser = SipAgent(
+        env.network,
+        SCANNER,
+        ids=SeededIds(voipgw_seed + 9),
+        user="alice",
+        password="not-her-password",
+        proxy=GW,
+    )
+    await nursery.start(guesser.serve)
+    registration = env.gateway.registration
+    assert registration is not None
+    # The service reads the wall clock (time.time), which autojump_clock does not move.
+    start = float(int(time.time()))
+    now = [start]
+    registration.clock = lambda: now[0]
+    assert (await guesser.register()).status == 401
+    assert (await guesser.register()).status == 403  # banned from here on
+    for offset in (3.0, 30.0, 59.5):  # past the 3 s window, while it goes on
+        now[0] = start + offset
+        assert (await guesser.register()).status == 403
+    assert (await env.alice.register()).status == 200  # her phone, from 127.0.0.3
+    now[0] = start + 60
+    assert (await guesser.register()).status == 401

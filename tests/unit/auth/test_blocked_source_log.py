@@ -11,22 +11,26 @@ from pathlib import Path
 
 import pytest
 
-from gateway.core.auth.digest import AuthKind
+from gateway.core.auth.client import authorize
+from gateway.core.auth.digest import Authenticated, AuthKind
 from gateway.core.auth.failures import FailurePolicy
 from gateway.core.registration import BLOCKED_LOG_INTERVAL, RegistrationService
-from gateway.core.sip.message import Response
+from gateway.core.sip.message import Request, Response
 from gateway.core.store.sqlite import SqliteStore
 from gateway.core.transport.flows import Flow, FlowKey
 from tests.unit.sip.sip_builders import request
 
 GUESSER = ("192.0.2.66", 5060)
+PHONE = ("192.0.2.7", 5060)
 
 
 async def _send(data: bytes) -> None:
     raise AssertionError("nothing is sent")
 
 
-def _service(tmp_path: Path, clock: list[float]) -> RegistrationService:
+def _service(
+    tmp_path: Path, clock: list[float], policy: FailurePolicy | None = None
+) -> RegistrationService:
     store = SqliteStore.open(tmp_path / "state")
     store.accounts_add("1000", "secret1000", "voipgw.local")
     return RegistrationService(
@@ -35,8 +39,12 @@ def _service(tmp_path: Path, clock: list[float]) -> RegistrationService:
         domains=frozenset({"127.0.0.1:5060"}),
         new_tag=lambda: "t",
         clock=lambda: clock[0],
-        failure_policy=FailurePolicy(max_failures=3, window=5.0),
+        failure_policy=policy or FailurePolicy(max_failures=3, window=5.0),
     )
+
+
+def _register(address: tuple[str, int]) -> Request:
+    return request("REGISTER", uri="sip:127.0.0.1:5060", sent_by=f"{address[0]}:{address[1]}")
 
 
 def _flow(address: tuple[str, int]) -> Flow:
@@ -83,3 +91,46 @@ def test_another_address_is_not_blocked(tmp_path: Path) -> None:
     register = request("REGISTER", uri="sip:127.0.0.1:5060", sent_by="192.0.2.7:5060")
     answer = service.authenticate(register, _flow(("192.0.2.7", 5060)), AuthKind.WWW)
     assert isinstance(answer, Response) and answer.status == 401
+
+
+def test_a_banned_source_is_refused_for_the_block_time_even_with_the_right_password(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``[gateway] auth_block_time``: the WARNING says for how long; the right password from
+    the banned address is not even checked (403, as while blocked by the window), and nothing
+    it sends extends the ban; another address registers meanwhile."""
+    caplog.set_level(logging.WARNING, "gateway.core.registration")
+    clock = [1000.0]
+    service = _service(tmp_path, clock, FailurePolicy(max_failures=3, window=5.0, block_time=600))
+    register = _register(GUESSER)
+    challenge = service.authenticate(register, _flow(GUESSER), AuthKind.WWW)
+    assert isinstance(challenge, Response) and challenge.status == 401
+    wrong = authorize(register, challenge, username="1000", password="guess", cnonce="c1")
+    right = authorize(register, challenge, username="1000", password="secret1000", cnonce="c2")
+    assert wrong is not None and right is not None
+    for _ in range(3):
+        answer = service.authenticate(wrong, _flow(GUESSER), AuthKind.WWW)
+        assert isinstance(answer, Response)
+    assert answer.status == 403
+    (line,) = [r.getMessage() for r in caplog.records if "now blocked" in r.getMessage()]
+    assert line == (
+        "REGISTER from 192.0.2.66:5060, refused for the next 600 s: authentication failed for "
+        "user '1000' (source now blocked)"
+    )
+    for second in range(6, 600, 6):  # past the 5 s window, a phone behind the same NAT retries
+        clock[0] = 1000.0 + second
+        answer = service.authenticate(right, _flow(GUESSER), AuthKind.WWW)
+        assert isinstance(answer, Response) and answer.status == 403
+    assert service.failed == 3
+    answer = service.authenticate(_register(PHONE), _flow(PHONE), AuthKind.WWW)
+    assert isinstance(answer, Response) and answer.status == 401
+    clock[0] = 1599.9
+    answer = service.authenticate(register, _flow(GUESSER), AuthKind.WWW)
+    assert isinstance(answer, Response) and answer.status == 403
+    # 600 s after the failure that banned it (the first nonce is stale by now: a new one).
+    clock[0] = 1600.0
+    challenge = service.authenticate(register, _flow(GUESSER), AuthKind.WWW)
+    assert isinstance(challenge, Response) and challenge.status == 401
+    right = authorize(register, challenge, username="1000", password="secret1000", cnonce="c3")
+    assert right is not None
+    assert isinstance(service.authenticate(right, _flow(GUESSER), AuthKind.WWW), Authenticated)

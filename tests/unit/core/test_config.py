@@ -96,6 +96,9 @@ receive_buffer = 4096
         ("[gateway]\nauth_max_failures = 0\n", "gateway", "auth_max_failures", "positive"),
         ("[gateway]\nauth_failure_window = 0\n", "gateway", "auth_failure_window", "got 0"),
         ("[gateway]\nauth_failure_window = 1e6\n", "gateway", "auth_failure_window", "86400"),
+        ("[gateway]\nauth_block_time = -1\n", "gateway", "auth_block_time", "from 0"),
+        ("[gateway]\nauth_block_time = 1e6\n", "gateway", "auth_block_time", "86400, got 1e+06"),
+        ("[gateway]\nauth_block_time = nan\n", "gateway", "auth_block_time", "finite"),
         ("[gateway]\npsap_callback_window = -1\n", "gateway", "psap_callback_window", "from 0"),
         ("[gateway]\npsap_callback_window = 1e6\n", "gateway", "psap_callback_window", "86400"),
     ],
@@ -168,3 +171,14 @@ def test_scanner_user_agents_and_failure_limit_defaults(tmp_path: Path) -> None:
     config = cfg.from_toml(write(tmp_path, text))
     assert config.sip.drop_user_agents == ()
     assert (config.gateway.auth_max_failures, config.gateway.auth_failure_window) == (3, 5.0)
+
+
+def test_auth_block_time_defaults_to_no_ban(
+    tmp_path: Path,
+) -> None:
+    # 0: blocked only while the failures lie in the window, as before the key existed (phones
+    # behind a shared NAT see no longer blocks after an upgrade).
+    assert cfg.from_toml(write(tmp_path, "")).gateway.auth_block_time == 0.0
+    for text, seconds in (("0", 0.0), ("600", 600.0), ("86400", 86400.0), ("0.5", 0.5)):
+        config = cfg.from_toml(write(tmp_path, f"[gateway]\nauth_block_time = {text}\n"))
+        assert config.gateway.auth_block_time == seconds

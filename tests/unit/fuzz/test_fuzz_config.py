@@ -155,6 +155,7 @@ def seed_config(f: Files) -> dict[str, Any]:
             "drain_timeout": 30.0,
             "auth_max_failures": 5,
             "auth_failure_window": 60.0,
+            "auth_block_time": 600.0,
             "psap_callback_window": 1800.0,
         },
         "sip": {
