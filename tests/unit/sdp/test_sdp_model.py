@@ -177,6 +177,21 @@ def test_rtpmap_values_are_memoized_and_errors_are_not() -> None:
     assert parse_rtpmap_untrusted(long_name) is not parse_rtpmap_untrusted(long_name)
 
 
+def test_a_memoized_rtpmap_is_frozen_and_each_spelling_keeps_its_own() -> None:
+    # Every later read of a text gets the value memoized for it: one caller changing it would
+    # change every call's parse, so an RtpMap stays frozen. The key is the exact text: a name's
+    # spellings are parsed apart and each keeps its case (an answer echoes the peer's, and
+    # codec_key compares them in any case).
+    upper = parse_rtpmap_untrusted("0 PCMU/8000")
+    lower = parse_rtpmap_untrusted("0 pcmu/8000")
+    assert (upper.encoding, lower.encoding) == ("PCMU", "pcmu")
+    assert parse_rtpmap_untrusted("0 PCMU/8000").encoding == "PCMU"
+    assert upper.codec_key == lower.codec_key
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        upper.encoding = "G729"  # type: ignore[misc]
+    assert parse_rtpmap_untrusted("0 PCMU/8000") == RtpMap(0, "PCMU", 8000)
+
+
 def test_malformed_attributes_fail_when_read_not_when_parsed() -> None:
     # An attribute nobody asks about never fails a call; reading a broken one is a 488.
     text = crlf(SIPP_UAC) + b"a=rtpmap:96 broken\r\na=ptime:soon\r\na=rtcp:port\r\n"
