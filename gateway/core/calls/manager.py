@@ -115,7 +115,7 @@ class CallChildren:
         self._scopes: set[trio.CancelScope] = set()
         self._done: trio.Event | None = None  # set when the last child has returned, once stopping
         self.failure: Exception | None = None
-        """The first exception a child raised."""
+        """The first exception a child raised, until the call's end has logged it."""
         self.reported = False
         """Call.run has logged :attr:`failure` and ended the call for it."""
 

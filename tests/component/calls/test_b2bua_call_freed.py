@@ -8,7 +8,8 @@ off while the call runs and ends, so only reference counting can free it.
 
 Each call shape operators run in volume, or that makes objects of its own (a refusal, a CANCEL,
 the ring timeout, a digest challenge, a hold and resume, a failover, a blind transfer, SDES-SRTP
-on both legs re-keyed and switched to RTP and back, a DTLS-SRTP caller), is run
+on both legs re-keyed and switched to RTP and back, a DTLS-SRTP caller, a call whose child
+task failed), is run
 with every Call, MediaSession and Transfer the gateway makes recorded (a weak reference each);
 once the call has ended they must all be dead. A REGISTER (refreshed, then left to expire) and an
 OPTIONS make no call. For every shape the collector, run once everything has ended and its
@@ -48,6 +49,7 @@ from tests.component.calls.b2bua_env import (
 )
 from tests.component.calls.dtls_callers import dtls_caller
 from tests.component.calls.sips_phones import BOB, TLS_TRUNK, tls_phone
+from tests.component.calls.test_call_children import DIGIT, call_to_alice
 from tests.component.calls.transfer_calls import BOB_URI, bob_phone, refer
 
 TRACKED = (Call, MediaSession, Transfer)
@@ -315,6 +317,37 @@ async def test_an_ended_call_is_freed_by_reference_counting(
     await ended(env, made)
     transfers = {"Transfer"} if shape == "blind-transfer" else set()
     assert {name for name, _ in made} == {"Call", "MediaSession", *transfers}
+    await trio.sleep(40)  # its transactions are gone too (64*T1, RFC 3261 §17)
+    assert cyclic_garbage() == []
+
+
+async def test_a_call_whose_child_failed_is_freed_by_reference_counting(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    made: Made,
+    no_collector: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A child task's exception ends its call (calls/manager.py, CallChildren): kept once
+    logged, its traceback (the child's frames: the children, the call) made the whole call
+    cyclic garbage."""
+    env = await b2bua(nursery, tmp_path, voipgw_seed)
+    env.alice.auto = AutoAnswer(ring=False, status=None)
+
+    async def broken(self: Call, work: Any) -> None:
+        await trio.sleep(0.01)
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Call, "_inject_dtmf", broken)
+    _incoming, leg_b = await call_to_alice(env)
+    exchange = await leg_b.request("INFO", body=DIGIT, content_type="application/dtmf-relay")
+    assert (await exchange.final()).status == 200
+    await ended(env, made)
+    assert env.gateway.store is not None
+    (record,) = env.gateway.store.call_records_recent()
+    assert record.end_reason == "internal error: RuntimeError"  # the child's failure ended it
     await trio.sleep(40)  # its transactions are gone too (64*T1, RFC 3261 §17)
     assert cyclic_garbage() == []
 
