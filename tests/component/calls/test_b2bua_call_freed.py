@@ -49,14 +49,15 @@ from tests.component.calls.b2bua_env import (
 )
 from tests.component.calls.dtls_callers import dtls_caller
 from tests.component.calls.sips_phones import BOB, TLS_TRUNK, tls_phone
-from tests.component.calls.test_call_children import DIGIT, call_to_alice
 from tests.component.calls.transfer_calls import BOB_URI, bob_phone, refer
+from tests.port_blocks import port_bases
 
 TRACKED = (Call, MediaSession, Transfer)
 BACKUP = ("127.0.0.5", 5060)
 NUMBER = "+15551234"
 SECURE_NUMBER = "+25551234"  # only the TLS trunk serves +2
 SUITE = "AES_CM_128_HMAC_SHA1_80"
+DIGITS_FROM, DIGITS_TO = port_bases(2)  # real ports the relay sends to (tests/port_blocks.py)
 
 
 Made = list[tuple[str, weakref.ref[object]]]
@@ -341,8 +342,18 @@ async def test_a_call_whose_child_failed_is_freed_by_reference_counting(
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(Call, "_inject_dtmf", broken)
-    _incoming, leg_b = await call_to_alice(env)
-    exchange = await leg_b.request("INFO", body=DIGIT, content_type="application/dtmf-relay")
+    # Alice answers without telephone-event: her INFO digit becomes RFC 4733 events, sent by a
+    # child task of the call (test_call_children.py).
+    incoming = await env.trunk.invite(
+        env.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", DIGITS_FROM)
+    )
+    leg_b = await env.alice.next_call()
+    assert leg_b.incoming is not None
+    body = simple_sdp("127.0.0.1", DIGITS_TO, formats=("0",))
+    await env.alice.respond(leg_b.incoming, 200, body=body)
+    assert (await incoming.final()).status == 200
+    digit = b"Signal=7\r\nDuration=100\r\n"
+    exchange = await leg_b.request("INFO", body=digit, content_type="application/dtmf-relay")
     assert (await exchange.final()).status == 200
     await ended(env, made)
     assert env.gateway.store is not None
