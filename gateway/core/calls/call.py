@@ -241,6 +241,9 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
                 await children.stop()
                 if children.failure is not None and not children.reported:
                     self._child_failure_logged(children.failure)
+                # Logged: its traceback holds the child's frames, which hold the children and
+                # the call, a cycle only the collector would free (test_b2bua_call_freed.py).
+                children.failure = None
             # Later responses (2xx retransmissions while Timer M runs) find nobody: dropped.
             for client in self._forwarded:
                 client.forward_to(None)

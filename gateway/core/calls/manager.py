@@ -108,14 +108,15 @@ class CallChildren:
     nursery. The call's end cancels every child and waits for them (:meth:`stop`) before its
     media closes."""
 
-    __slots__ = ("_boundary", "_done", "_scopes", "failure", "reported")
+    __slots__ = ("_boundary", "_call_id", "_done", "_scopes", "failure", "reported")
 
-    def __init__(self, boundary: trio.CancelScope) -> None:
+    def __init__(self, boundary: trio.CancelScope, call_id: str) -> None:
         self._boundary = boundary
+        self._call_id = call_id
         self._scopes: set[trio.CancelScope] = set()
         self._done: trio.Event | None = None  # set when the last child has returned, once stopping
         self.failure: Exception | None = None
-        """The first exception a child raised."""
+        """The first exception a child raised, until the call's end has logged it."""
         self.reported = False
         """Call.run has logged :attr:`failure` and ended the call for it."""
 
@@ -140,6 +141,11 @@ class CallChildren:
             # (Call.run logs it), never the manager's nursery, the gateway or another call.
             if self.failure is None:
                 self.failure = exc
+            else:
+                # Another child's (one raised while cancelled, after the first): the first ends
+                # the call with its reason, this one still gets its traceback in the log, as a
+                # nursery's ExceptionGroup kept both.
+                log_exception(log, "call %s: another child task failed", self._call_id)
             self._boundary.cancel()
         finally:
             self._scopes.discard(scope)
@@ -293,7 +299,7 @@ class CallManager:
             return False
         children = call._children
         if children is None:
-            children = call._children = CallChildren(boundary)
+            children = call._children = CallChildren(boundary, call.id)
         children.start(self._nursery, async_fn, *args)
         return True
 

@@ -8,7 +8,8 @@ off while the call runs and ends, so only reference counting can free it.
 
 Each call shape operators run in volume, or that makes objects of its own (a refusal, a CANCEL,
 the ring timeout, a digest challenge, a hold and resume, a failover, a blind transfer, SDES-SRTP
-on both legs re-keyed and switched to RTP and back, a DTLS-SRTP caller), is run
+on both legs re-keyed and switched to RTP and back, a DTLS-SRTP caller, a call whose child
+task failed), is run
 with every Call, MediaSession and Transfer the gateway makes recorded (a weak reference each);
 once the call has ended they must all be dead. A REGISTER (refreshed, then left to expire) and an
 OPTIONS make no call. For every shape the collector, run once everything has ended and its
@@ -49,12 +50,14 @@ from tests.component.calls.b2bua_env import (
 from tests.component.calls.dtls_callers import dtls_caller
 from tests.component.calls.sips_phones import BOB, TLS_TRUNK, tls_phone
 from tests.component.calls.transfer_calls import BOB_URI, bob_phone, refer
+from tests.port_blocks import port_bases
 
 TRACKED = (Call, MediaSession, Transfer)
 BACKUP = ("127.0.0.5", 5060)
 NUMBER = "+15551234"
 SECURE_NUMBER = "+25551234"  # only the TLS trunk serves +2
 SUITE = "AES_CM_128_HMAC_SHA1_80"
+DIGITS_FROM, DIGITS_TO = port_bases(2)  # real ports the relay sends to (tests/port_blocks.py)
 
 
 Made = list[tuple[str, weakref.ref[object]]]
@@ -315,6 +318,47 @@ async def test_an_ended_call_is_freed_by_reference_counting(
     await ended(env, made)
     transfers = {"Transfer"} if shape == "blind-transfer" else set()
     assert {name for name, _ in made} == {"Call", "MediaSession", *transfers}
+    await trio.sleep(40)  # its transactions are gone too (64*T1, RFC 3261 §17)
+    assert cyclic_garbage() == []
+
+
+async def test_a_call_whose_child_failed_is_freed_by_reference_counting(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    made: Made,
+    no_collector: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A child task's exception ends its call (calls/manager.py, CallChildren): kept once
+    logged, its traceback (the child's frames: the children, the call) made the whole call
+    cyclic garbage."""
+    env = await b2bua(nursery, tmp_path, voipgw_seed)
+    env.alice.auto = AutoAnswer(ring=False, status=None)
+
+    async def broken(self: Call, work: Any) -> None:
+        await trio.sleep(0.01)
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Call, "_inject_dtmf", broken)
+    # Alice answers without telephone-event: her INFO digit becomes RFC 4733 events, sent by a
+    # child task of the call (test_call_children.py).
+    incoming = await env.trunk.invite(
+        env.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", DIGITS_FROM)
+    )
+    leg_b = await env.alice.next_call()
+    assert leg_b.incoming is not None
+    body = simple_sdp("127.0.0.1", DIGITS_TO, formats=("0",))
+    await env.alice.respond(leg_b.incoming, 200, body=body)
+    assert (await incoming.final()).status == 200
+    digit = b"Signal=7\r\nDuration=100\r\n"
+    exchange = await leg_b.request("INFO", body=digit, content_type="application/dtmf-relay")
+    assert (await exchange.final()).status == 200
+    await ended(env, made)
+    assert env.gateway.store is not None
+    (record,) = env.gateway.store.call_records_recent()
+    assert record.end_reason == "internal error: RuntimeError"  # the child's failure ended it
     await trio.sleep(40)  # its transactions are gone too (64*T1, RFC 3261 §17)
     assert cyclic_garbage() == []
 

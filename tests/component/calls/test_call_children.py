@@ -1,8 +1,8 @@
 """A call's child tasks (DTMF from INFO here; DTLS handshakes, RFC 4733 event timers and location
-waits start the same way, calls/base.py ``_start_child``), started only when the call needs
-one: a child's failure ends that call with the reason in its record and "ended" line (STYLE.md
-habit 6: never the gateway or another call), and the call's end cancels its children before
-the call's media closes. In-memory signalling, virtual time."""
+waits start the same way, calls/manager.py ``CallManager.start_child``), started only when the
+call needs one: a child's failure ends that call with the reason in its record and "ended"
+line (STYLE.md habit 6: never the gateway or another call), and the call's end cancels its
+children before the call's media closes. In-memory signalling, virtual time."""
 
 from __future__ import annotations
 
@@ -116,3 +116,51 @@ async def test_the_calls_end_cancels_a_child_before_its_media_closes(
     await eventually(lambda: env.calls == 0)
     assert seen == ["started", "cancelled"]
     assert call.end_reason == "BYE from A leg"  # the child's cancellation is no failure
+
+
+async def test_a_second_childs_failure_is_logged_too(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first failure ends the call with its reason; another child's (here raised while the
+    call's end cancels it) still gets its ERROR line and traceback, as a nursery's
+    ExceptionGroup kept both."""
+    env = await start_b2bua(
+        nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer(ring=False, status=None)
+    )
+    incoming, leg_b = await call_to_alice(env)
+    call = gateway_call(env, incoming.call_id)
+    started: list[str] = []
+
+    async def raises_when_cancelled() -> None:
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            raise RuntimeError("a bug in the cleanup") from None
+
+    async def raises_at_once() -> None:
+        await trio.sleep(0.01)
+        raise RuntimeError("a bug")
+
+    async def two_bugs(self: GatewayCall, work: Any) -> None:
+        work.injecting = False  # the next INFO starts another child
+        started.append("child")
+        if len(started) == 1:
+            await raises_when_cancelled()
+        else:
+            await raises_at_once()
+
+    monkeypatch.setattr(GatewayCall, "_inject_dtmf", two_bugs)
+    for _ in range(2):
+        exchange = await leg_b.request("INFO", body=DIGIT, content_type="application/dtmf-relay")
+        assert (await exchange.final()).status == 200
+    await eventually(lambda: env.calls == 0)
+    assert started == ["child", "child"]
+    assert call.end_reason == "internal error: RuntimeError"
+    assert ", in raises_at_once" in caplog.text  # the first failure, which ended the call
+    assert ", in raises_when_cancelled" in caplog.text, caplog.text  # not lost
+    assert len(error_records(caplog)) == 2, error_records(caplog)
