@@ -258,7 +258,11 @@ async def test_a_forks_2xx_racing_another_forks_refusal_is_byed(
         await env.alice.socket.sendto(serialize_message(ok), invite.src)
         await trio.sleep(1)
     acks = to_phone(env, env.alice, "ACK", FORK_TAG)
-    assert len(acks) == 2
+    # The queued 2xx is ACKed by the call's end when that end reaches it before the callee's
+    # first re-sent copy arrives; otherwise that copy's ACK answers both. Which comes first
+    # follows the call record's write in a worker thread, which the virtual clock does not pace:
+    # 2 or 3 ACKs, each copy after the first ACK answered by its own (§13.2.2.4).
+    assert len(acks) in (2, 3)
     assert_refusing_answer(acks[0], offer)
     (bye,) = to_phone(env, env.alice, "BYE", FORK_TAG)
     assert_in_the_forks_dialog(bye, leg_b)
