@@ -160,16 +160,17 @@ class RegistrationService:
             self.failed += 1
             blocked = self.failures.record_failure(source, user=outcome.username or "", now=now)
             # How long the block lasts: with [gateway] auth_block_time, that; without, until
-            # the oldest counted failure leaves auth_failure_window. Said before the reason:
-            # the line ends "(source now blocked)" as before (log watchers, the svcrack test).
+            # the oldest counted failure leaves auth_failure_window. Said last: operators'
+            # fail2ban filters match the line from its start ("INVITE from <HOST>:<port>:
+            # authentication failed for user"), every failure's line alike, so text between
+            # the address and the reason would hide the failure that blocks from them.
             seconds = round(self.failures.blocked_for(source, now=now), 1)
             log.warning(
-                "%s from %s%s: authentication failed for user %r%s",
+                "%s from %s: authentication failed for user %r%s",
                 request.method,
                 format_address(flow.remote),
-                f", refused for the next {seconds:g} s" if blocked else "",
                 outcome.username or "?",
-                " (source now blocked)" if blocked else "",
+                f" (source now blocked), refused for the next {seconds:g} s" if blocked else "",
             )
             if blocked:
                 return self._reply(request, 403, "Too Many Failed Authentications")
