@@ -179,3 +179,29 @@ def test_the_blocking_line_starts_as_before_and_says_the_time_left_in_the_window
     clock[0] = 1005.0
     answer = service.authenticate(register, _flow(GUESSER), AuthKind.WWW)
     assert isinstance(answer, Response) and answer.status == 401
+
+
+def test_a_ban_lasts_its_time_when_the_wall_clock_steps_back(tmp_path: Path) -> None:
+    """The failure counter runs on its own (monotonic) clock: NTP stepping the wall clock back
+    an hour during a 600 s ban neither stretches the ban by that hour nor is needed to end it."""
+    store = SqliteStore.open(tmp_path / "state")
+    store.accounts_add("1000", "secret1000", "voipgw.local")
+    wall, elapsed = [1_000_000.0], [50.0]
+    service = RegistrationService(
+        store,
+        realm="voipgw.local",
+        domains=frozenset({"127.0.0.1:5060"}),
+        new_tag=lambda: "t",
+        clock=lambda: wall[0],
+        failure_policy=FailurePolicy(max_failures=3, window=5.0, block_time=600),
+        failure_clock=lambda: elapsed[0],
+    )
+    for _ in range(3):
+        service.failures.record_failure(GUESSER[0], user="1000", now=elapsed[0])
+    wall[0] -= 3600  # the step back
+    elapsed[0] += 599.9
+    answer = service.authenticate(_register(GUESSER), _flow(GUESSER), AuthKind.WWW)
+    assert isinstance(answer, Response) and answer.status == 403
+    elapsed[0] += 0.1
+    answer = service.authenticate(_register(GUESSER), _flow(GUESSER), AuthKind.WWW)
+    assert isinstance(answer, Response) and answer.status == 401
