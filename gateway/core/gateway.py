@@ -1048,6 +1048,8 @@ class Gateway:
                 window=self.config.gateway.auth_failure_window,
                 block_time=self.config.gateway.auth_block_time,
             ),
+            # Monotonic: a ban of auth_block_time lasts that long whatever NTP does.
+            failure_clock=trio.current_time,
         )
         if any(trunk.enabled and trunk.by_name for trunk in self.config.trunks):
             dns = self.config.dns

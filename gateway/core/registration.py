@@ -69,10 +69,15 @@ class RegistrationService:
         clock: Callable[[], float] = time.time,
         on_registered: Callable[[str, tuple[Binding, ...]], None] | None = None,
         failure_policy: FailurePolicy | None = None,
+        failure_clock: Callable[[], float] | None = None,
     ) -> None:
         self.store = store
         self.on_registered = on_registered  # told each accepted REGISTER's AOR and bindings
         self.clock = clock
+        # The failure counter's clock (None: ``clock``): a monotonic one in the gateway. Its
+        # windows and bans are durations; on the wall clock an NTP step back would stretch
+        # every ban and block by the step (hours), one forward lift them all.
+        self.failure_clock = clock if failure_clock is None else failure_clock
         # A fresh nonce secret per start: clients holding an old nonce get one stale=true round
         # trip (RFC 7616 §3.3), which is cheaper than persisting a secret.
         self.authenticator = DigestAuthenticator(
@@ -121,9 +126,10 @@ class RegistrationService:
         self, request: Request, flow: Flow, kind: AuthKind
     ) -> Authenticated | Response:
         now = self.clock()
+        elapsed = self.failure_clock()
         source = flow.remote[0]
-        if self.failures.is_blocked(source, now=now):
-            self._log_blocked(request, source, now)
+        if self.failures.is_blocked(source, now=elapsed):
+            self._log_blocked(request, source, elapsed)
             return self._reply(request, 403, "Too Many Failed Authentications")
         try:
             outcome = self.authenticator.authenticate(
@@ -158,18 +164,19 @@ class RegistrationService:
             return outcome
         if isinstance(outcome, BadCredentials | UnknownUser):
             self.failed += 1
-            blocked = self.failures.record_failure(source, user=outcome.username or "", now=now)
+            blocked = self.failures.record_failure(source, user=outcome.username or "", now=elapsed)
             # How long the block lasts: with [gateway] auth_block_time, that; without, until
-            # the oldest counted failure leaves auth_failure_window. Said before the reason:
-            # the line ends "(source now blocked)" as before (log watchers, the svcrack test).
-            seconds = round(self.failures.blocked_for(source, now=now), 1)
+            # the oldest counted failure leaves auth_failure_window. Said last: operators'
+            # fail2ban filters match the line from its start ("INVITE from <HOST>:<port>:
+            # authentication failed for user"), every failure's line alike, so text between
+            # the address and the reason would hide the failure that blocks from them.
+            seconds = round(self.failures.blocked_for(source, now=elapsed), 1)
             log.warning(
-                "%s from %s%s: authentication failed for user %r%s",
+                "%s from %s: authentication failed for user %r%s",
                 request.method,
                 format_address(flow.remote),
-                f", refused for the next {seconds:g} s" if blocked else "",
                 outcome.username or "?",
-                " (source now blocked)" if blocked else "",
+                f" (source now blocked), refused for the next {seconds:g} s" if blocked else "",
             )
             if blocked:
                 return self._reply(request, 403, "Too Many Failed Authentications")

@@ -476,9 +476,9 @@ class StatusView:
     def tables(self) -> tuple[tuple[str, int], ...]:
         """Entries of the gateway's internal tables and caches now, by name, for leak hunting
         (benchmarks/soak.py): call manager, call limits, SIP endpoint and transactions, flows,
-        the media relay's streams and ports, tracked digest nonces and failing sources, the IP
-        literal caches, trio tasks, and the interpreter's allocated memory blocks. Each returns
-        to its idle size once the calls have ended, or stops at its bound (the caches)."""
+        the media relay's streams and ports, tracked digest nonces, failing and banned sources,
+        the IP literal caches, trio tasks, and the interpreter's allocated memory blocks. Each
+        returns to its idle size once the calls have ended, or stops at its bound (the caches)."""
         found: dict[str, int] = {}
         gateway = self._gateway
         if gateway.calls is not None:
@@ -491,6 +491,7 @@ class StatusView:
         if registration is not None:
             found["digest_nonces_tracked"] = registration.authenticator.tracked_nonces
             found["auth_failure_sources"] = len(registration.failures)
+            found["auth_banned_sources"] = registration.failures.banned
         found["ip_literal_cache"] = ip_literal.cache_info().currsize
         found["ip_facts_cache"] = ip_facts.cache_info().currsize
         found["trio_tasks"] = trio.lowlevel.current_statistics().tasks_living

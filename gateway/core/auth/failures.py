@@ -66,6 +66,12 @@ class FailureCounter:
     def __len__(self) -> int:
         return len(self._failures)
 
+    @property
+    def banned(self) -> int:
+        """Entries of the ban table, at most ``max_sources``: an ended ban stays until the next
+        ban or a request from its source drops it."""
+        return len(self._banned_until)
+
     def record_failure(self, source: str, *, user: str, now: float) -> bool:
         """Count one failed attempt from ``source`` naming ``user`` ("" if it named none);
         returns whether the source is now blocked."""

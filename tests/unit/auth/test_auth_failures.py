@@ -189,5 +189,6 @@ def test_bans_are_bounded_the_nearest_to_its_end_out_first() -> None:
     ban("b", 100.0)
     ban("c", 200.0)  # the third ban: "a"'s, the nearest to its end, goes
     assert [counter.is_blocked(s, now=201.0) for s in "abc"] == [False, True, True]
+    assert counter.banned == 2  # the table's size, for voipgw_internal_entries
     ban("d", 750.0)  # "b"'s ended at 700 s; "c" (until 800 s) stays
     assert [counter.is_blocked(s, now=751.0) for s in "cd"] == [True, True]

@@ -7,6 +7,7 @@ The failure limit itself comes from ``[gateway] auth_max_failures`` and ``auth_f
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -114,8 +115,8 @@ def test_a_banned_source_is_refused_for_the_block_time_even_with_the_right_passw
     assert answer.status == 403
     (line,) = [r.getMessage() for r in caplog.records if "now blocked" in r.getMessage()]
     assert line == (
-        "REGISTER from 192.0.2.66:5060, refused for the next 600 s: authentication failed for "
-        "user '1000' (source now blocked)"
+        "REGISTER from 192.0.2.66:5060: authentication failed for user '1000' (source now "
+        "blocked), refused for the next 600 s"
     )
     for second in range(6, 600, 6):  # past the 5 s window, a phone behind the same NAT retries
         clock[0] = 1000.0 + second
@@ -134,3 +135,73 @@ def test_a_banned_source_is_refused_for_the_block_time_even_with_the_right_passw
     right = authorize(register, challenge, username="1000", password="secret1000", cnonce="c3")
     assert right is not None
     assert isinstance(service.authenticate(right, _flow(GUESSER), AuthKind.WWW), Authenticated)
+
+
+# A fail2ban filter an operator wrote for the lines before auth_block_time: every failure's line,
+# the one that blocks included, from the method to the user.
+FAIL2BAN_FAILREGEX = (
+    r"^(?:REGISTER|INVITE) from (?P<host>[0-9.]+):\d+: authentication failed for user '[^']*'"
+)
+
+
+def test_the_blocking_line_starts_as_before_and_says_the_time_left_in_the_window(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without ``auth_block_time`` (0, the default) the WARNING of the failure that blocks
+    starts as every failure's line did and always has (log watchers match that start) and
+    ends with how long the sliding window still refuses the source: until the oldest of its
+    counted failures is a window old."""
+    caplog.set_level(logging.WARNING, "gateway.core.registration")
+    clock = [1000.0]
+    service = _service(tmp_path, clock)  # 3 failures in 5 s, no block_time
+    register = _register(GUESSER)
+    challenge = service.authenticate(register, _flow(GUESSER), AuthKind.WWW)
+    assert isinstance(challenge, Response) and challenge.status == 401
+    wrong = authorize(register, challenge, username="1000", password="guess", cnonce="c1")
+    assert wrong is not None
+    for second in (0.0, 1.0, 2.0):
+        clock[0] = 1000.0 + second
+        answer = service.authenticate(wrong, _flow(GUESSER), AuthKind.WWW)
+    assert isinstance(answer, Response) and answer.status == 403
+    lines = [r.getMessage() for r in caplog.records if "authentication failed" in r.getMessage()]
+    assert lines[-1] == (
+        "REGISTER from 192.0.2.66:5060: authentication failed for user '1000' (source now "
+        "blocked), refused for the next 3 s"
+    )
+    assert len(lines) == 3
+    for line in lines:
+        match = re.match(FAIL2BAN_FAILREGEX, line)
+        assert match is not None and match["host"] == "192.0.2.66", line
+    # True: refused until 1005, the first failure a window old, then looked at again.
+    clock[0] = 1004.9
+    answer = service.authenticate(wrong, _flow(GUESSER), AuthKind.WWW)
+    assert isinstance(answer, Response) and answer.status == 403
+    clock[0] = 1005.0
+    answer = service.authenticate(register, _flow(GUESSER), AuthKind.WWW)
+    assert isinstance(answer, Response) and answer.status == 401
+
+
+def test_a_ban_lasts_its_time_when_the_wall_clock_steps_back(tmp_path: Path) -> None:
+    """The failure counter runs on its own (monotonic) clock: NTP stepping the wall clock back
+    an hour during a 600 s ban neither stretches the ban by that hour nor is needed to end it."""
+    store = SqliteStore.open(tmp_path / "state")
+    store.accounts_add("1000", "secret1000", "voipgw.local")
+    wall, elapsed = [1_000_000.0], [50.0]
+    service = RegistrationService(
+        store,
+        realm="voipgw.local",
+        domains=frozenset({"127.0.0.1:5060"}),
+        new_tag=lambda: "t",
+        clock=lambda: wall[0],
+        failure_policy=FailurePolicy(max_failures=3, window=5.0, block_time=600),
+        failure_clock=lambda: elapsed[0],
+    )
+    for _ in range(3):
+        service.failures.record_failure(GUESSER[0], user="1000", now=elapsed[0])
+    wall[0] -= 3600  # the step back
+    elapsed[0] += 599.9
+    answer = service.authenticate(_register(GUESSER), _flow(GUESSER), AuthKind.WWW)
+    assert isinstance(answer, Response) and answer.status == 403
+    elapsed[0] += 0.1
+    answer = service.authenticate(_register(GUESSER), _flow(GUESSER), AuthKind.WWW)
+    assert isinstance(answer, Response) and answer.status == 401
