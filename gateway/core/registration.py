@@ -165,18 +165,22 @@ class RegistrationService:
         if isinstance(outcome, BadCredentials | UnknownUser):
             self.failed += 1
             blocked = self.failures.record_failure(source, user=outcome.username or "", now=elapsed)
-            # How long the block lasts: with [gateway] auth_block_time, that; without, until
-            # the oldest counted failure leaves auth_failure_window. Said last: operators'
-            # fail2ban filters match the line from its start ("INVITE from <HOST>:<port>:
-            # authentication failed for user"), every failure's line alike, so text between
-            # the address and the reason would hide the failure that blocks from them.
-            seconds = round(self.failures.blocked_for(source, now=elapsed), 1)
+            # Operators' fail2ban filters match this line from its start ("INVITE from
+            # <HOST>:<port>: authentication failed for user"), and some to its end ("(source
+            # now blocked)$"): without [gateway] auth_block_time the line is as it always was;
+            # with it (an operator's choice) the ban's length is said last.
+            said = ""
+            if blocked:
+                said = " (source now blocked)"
+                if self.failures.policy.block_time > 0:
+                    seconds = round(self.failures.blocked_for(source, now=elapsed), 1)
+                    said += f", refused for the next {seconds:g} s"
             log.warning(
                 "%s from %s: authentication failed for user %r%s",
                 request.method,
                 format_address(flow.remote),
                 outcome.username or "?",
-                f" (source now blocked), refused for the next {seconds:g} s" if blocked else "",
+                said,
             )
             if blocked:
                 return self._reply(request, 403, "Too Many Failed Authentications")
