@@ -59,6 +59,16 @@ BACKDATE = datetime.timedelta(hours=1)
 """notBefore lies this far before the creation time, for peers whose clocks run behind ours."""
 VALIDITY_MARGIN = datetime.timedelta(days=30)
 """How long a certificate stays valid after it is due for rotation."""
+LAST_VALIDITY_END = datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.UTC)
+"""The latest notAfter a certificate can carry (RFC 5280 §4.1.2.5: GeneralizedTime's year has
+four digits)."""
+
+
+def longest_max_age_days(now: datetime.datetime) -> int:
+    """The largest ``max_age`` in days whose certificate made at ``now`` can still be written:
+    valid :data:`VALIDITY_MARGIN` beyond it, ending by :data:`LAST_VALIDITY_END`."""
+    return (LAST_VALIDITY_END - now - VALIDITY_MARGIN).days
+
 
 HASH_FUNCTIONS: Mapping[str, str] = MappingProxyType(
     {

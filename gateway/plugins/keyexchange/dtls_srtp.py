@@ -136,6 +136,7 @@ from gateway.plugins.keyexchange.dtls_certificates import (
     CertificateStore,
     DtlsIdentity,
     certificate_digest,
+    longest_max_age_days,
 )
 
 if TYPE_CHECKING:
@@ -1433,6 +1434,15 @@ class DtlsConfig:
         if self.certificate_max_age_days < 1:
             raise ValueError(
                 f"certificate_max_age_days: expected 1 or more, got {self.certificate_max_age_days}"
+            )
+        # Above this no certificate can be made (its end would pass the year 9999): every DTLS
+        # call would fail at its first offer, or the plugin at start-up (timedelta's range).
+        longest = longest_max_age_days(datetime.datetime.now(datetime.UTC))
+        if self.certificate_max_age_days > longest:
+            raise ValueError(
+                f"certificate_max_age_days: expected 1 to {longest} (a certificate valid past "
+                f"the year 9999 cannot be written, RFC 5280 §4.1.2.5), got "
+                f"{self.certificate_max_age_days}"
             )
         if not self.handshake_timeout >= MIN_HANDSHAKE_TIMEOUT:
             raise ValueError(

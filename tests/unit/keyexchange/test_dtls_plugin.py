@@ -4,6 +4,7 @@ certificate, and the sans-IO rule for its modules."""
 from __future__ import annotations
 
 import ast
+import datetime
 import tomllib
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from gateway.core.config import ConfigError, from_mapping
 from gateway.core.interfaces import KeysReady
 from gateway.core.plugins import load_plugins
 from gateway.plugins.keyexchange import dtls_srtp
-from gateway.plugins.keyexchange.dtls_certificates import certificate_digest
+from gateway.plugins.keyexchange.dtls_certificates import certificate_digest, longest_max_age_days
 from gateway.plugins.keyexchange.dtls_srtp import (
     DEFAULT_PROFILES,
     DtlsConfig,
@@ -67,6 +68,11 @@ def test_the_table_sets_profiles_timeout_and_mtu(tmp_path: Path) -> None:
         ({"profiles": ["SRTP_AES128_CM_SHA1_80"] * 2}, "listed twice"),
         ({"handshake_timeout": 0}, "handshake_timeout: expected a positive number"),
         ({"certificate_max_age_days": 0}, "certificate_max_age_days: expected 1 or more"),
+        (
+            {"certificate_max_age_days": 10**9},
+            "cannot be written, RFC 5280 §4.1.2.5), got 1000000000",
+        ),
+        ({"certificate_max_age_days": 3_000_000}, "certificate_max_age_days: expected 1 to "),
         ({"mtu": 100}, "mtu: expected 256 to 65507"),
         ({"colour": "blue"}, "unknown key"),
     ],
@@ -77,6 +83,16 @@ def test_bad_settings_name_the_table_and_key(
     with pytest.raises(ConfigError, match=r"\[plugins\.dtls\]") as info:
         load(tmp_path, **table)
     assert message in str(info.value)
+
+
+def test_the_longest_max_age_still_makes_a_certificate(tmp_path: Path) -> None:
+    """The bound is the last day a certificate can be written, not a guess: at it the first
+    offer makes one, ending by 9999-12-31."""
+    now = datetime.datetime.now(datetime.UTC)
+    exchange = load(tmp_path, certificate_max_age_days=longest_max_age_days(now) - 1)
+    exchange.offer(suites=[], secure_signalling=False)
+    loaded = x509.load_pem_x509_certificate((tmp_path / "dtls" / "certificate.pem").read_bytes())
+    assert loaded.not_valid_after_utc.year == 9999
 
 
 def test_the_certificate_is_made_at_first_use_not_at_start_up(tmp_path: Path) -> None:
