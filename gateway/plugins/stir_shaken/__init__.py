@@ -19,7 +19,9 @@ while it is registered, so a gateway without the plugin does nothing per call fo
   ``verify_trunks`` has its Identity checked (passport.py, certificates.py, fetch.py): the
   header's form and bounds, alg ES256 and ppt shaken, iat within ``freshness``, orig the
   caller's number (From or P-Asserted-Identity), dest the number called, the x5u certificate
-  (HTTPS only, within ``fetch_timeout``, cached) chaining to ``trust_anchors`` with TNAuthList,
+  (HTTPS only, within ``fetch_timeout``, cached; fetched again, at most once a minute, when a
+  signature fails with the cached one: a signer's key rotation) chaining to ``trust_anchors``
+  with TNAuthList,
   with ``check_revocation`` none of its chain below the anchor listed in the CRL it names
   (ATIS-1000080 §6.4.1: the STI-PA's CRL, fetched like the certificate within the same
   ``fetch_timeout``, kept until its nextUpdate), then the signature. A revoked certificate fails
