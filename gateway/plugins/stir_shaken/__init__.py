@@ -493,7 +493,9 @@ class StirShaken:
             return None
         started = trio.current_time()
         last = self._refetched.get(url)
-        if last is not None and started - last < REFETCH_INTERVAL:
+        if started >= deadline or (last is not None and started - last < REFETCH_INTERVAL):
+            # The call's time is up (the minute's fetch kept for a call that has some), or
+            # the URL was fetched again less than a minute ago.
             return None
         if len(self._refetched) >= MAX_CACHED:
             # Bounded as the cache: forget the URLs whose interval has passed.
@@ -509,6 +511,8 @@ class StirShaken:
             fetch.result = renewed = await self._fetch_signer(url, self.clock(), deadline)
         except PassportError as err:
             # The cached certificate stays, and no failure is cached: its own calls still verify.
+            # A call whose cache entry ran out meanwhile, waiting for this fetch, gets why.
+            fetch.error = err
             log.info(
                 "stir_shaken: certificate %s not fetched again after a signature failed: %s",
                 redact_password(url),
