@@ -72,6 +72,29 @@ class StiPki:
         crl = builder.sign(key, hashes.SHA256())
         return crl.public_bytes(serialization.Encoding.PEM if pem else serialization.Encoding.DER)
 
+    def with_new_signer(self, *, now: float | None = None, days: int = 30) -> StiPki:
+        """The same root and intermediate with a new signer key and certificate (the same
+        subject, another serial number): a carrier rotating its key under the same x5u URL."""
+        assert self.intermediate_key is not None, "make_pki() keeps the CA keys"
+        key = ec.generate_private_key(ec.SECP256R1())
+        start = (
+            datetime.datetime.now(datetime.UTC)
+            if now is None
+            else datetime.datetime.fromtimestamp(now, datetime.UTC)
+        ) - datetime.timedelta(days=1)
+        crl_url = None  # the CRL the old certificate named, if any
+        try:
+            points = self.signer.extensions.get_extension_for_class(x509.CRLDistributionPoints)
+        except x509.ExtensionNotFound:
+            pass
+        else:
+            crl_url = points.value[0].full_name[0].value if points.value[0].full_name else None
+        signer = _certificate(
+            "Test SHAKEN signer", key, "Test STI-CA", self.intermediate_key,
+            ca=False, tn_auth_list=True, not_before=start, days=days, crl_url=crl_url,
+        )  # fmt: skip
+        return attrs.evolve(self, signer=signer, signer_key=key)
+
     def chain_pem(self) -> bytes:
         """What an x5u URL serves: the signer's certificate, then the intermediate."""
         return b"".join(

@@ -19,7 +19,9 @@ while it is registered, so a gateway without the plugin does nothing per call fo
   ``verify_trunks`` has its Identity checked (passport.py, certificates.py, fetch.py): the
   header's form and bounds, alg ES256 and ppt shaken, iat within ``freshness``, orig the
   caller's number (From or P-Asserted-Identity), dest the number called, the x5u certificate
-  (HTTPS only, within ``fetch_timeout``, cached) chaining to ``trust_anchors`` with TNAuthList,
+  (HTTPS only, within ``fetch_timeout``, cached; fetched again, at most once a minute, when a
+  signature fails with the cached one: a signer's key rotation) chaining to ``trust_anchors``
+  with TNAuthList,
   with ``check_revocation`` none of its chain below the anchor listed in the CRL it names
   (ATIS-1000080 §6.4.1: the STI-PA's CRL, fetched like the certificate within the same
   ``fetch_timeout``, kept until its nextUpdate), then the signature. A revoked certificate fails
@@ -75,6 +77,7 @@ from gateway.plugins.stir_shaken.certificates import (
 )
 from gateway.plugins.stir_shaken.fetch import (
     CRL_TYPES,
+    MAX_CACHED,
     CertificateCache,
     Fetcher,
     FetchError,
@@ -127,6 +130,18 @@ WARN_FRESHNESS = 1.0
 # Seconds a certificate URL that failed (no answer within fetch_timeout, not fetched, not
 # chaining to the anchors) is not fetched again: its calls are marked failed at once meanwhile.
 FAILED_CERTIFICATE_RETRY = 60.0
+# A signer that rotates its key under the same x5u URL (the URL names "the current
+# certificate") makes its new PASSporTs fail against the certificate cached before: a
+# signature that does not verify with a cached certificate has the URL fetched again, at most
+# once a URL in this many seconds (trio's monotonic clock), so that a forger's calls cannot
+# make the gateway fetch on every call. A constant, as FAILED_CERTIFICATE_RETRY: a rotated
+# certificate is taken at the first failing call past it, nothing an operator needs to tune.
+REFETCH_INTERVAL = 60.0
+# The least time a fetched certificate is kept, whatever a max-age above 0 says (seconds):
+# ATIS-1000074 §5.3.1 has verifiers cache what a repository asks to cache for less (a day
+# there); a max-age=1 made the gateway fetch on nearly every call. The re-fetch interval: a
+# repository cannot make the gateway fetch a URL more often than a forger can.
+MIN_CERTIFICATE_KEEP = REFETCH_INTERVAL
 # CRL URLs kept: SHAKEN has one CRL (the STI-PA's, ATIS-1000080 §6.4.1); room for a few more.
 MAX_CRLS = 16
 # RFC 8224 §6.2.2 and §13: the reason phrase of each status a failed check may refuse with.
@@ -319,6 +334,8 @@ class StirShaken:
         self._namespace = namespace or uuid.uuid4()
         self.cache = CertificateCache(max_cache=config.certificate_cache)
         self._fetching: dict[str, _Fetch] = {}  # x5u URLs being fetched, by the first call
+        # x5u URLs fetched again after a signature failed, and when (trio time).
+        self._refetched: dict[str, float] = {}
         # CRLs by URL until their nextUpdate (no other ceiling: RFC 5280 §5.1.2.5).
         self.crls = CertificateCache(max_cache=math.inf, max_entries=MAX_CRLS)
         self._crl_fetching: dict[str, _Fetch] = {}
@@ -387,10 +404,14 @@ class StirShaken:
         certificate that fails (revoked: 437)."""
         if deadline is None:
             deadline = trio.current_time() + self.config.fetch_timeout
-        signer = await self.signer_certificate(url, deadline)
+        signer, _ = await self._signer_certificate(url, deadline)
+        return signer.key, await self.revocation_status(signer, deadline)
+
+    async def revocation_status(self, signer: SignerCertificate, deadline: float) -> str | None:
+        """:meth:`revocation` when ``check_revocation`` has anything to look up, else None."""
         if not (self.config.check_revocation and (signer.revocation or signer.no_crl)):
-            return signer.key, None
-        return signer.key, await self.revocation(signer, deadline)
+            return None
+        return await self.revocation(signer, deadline)
 
     async def signer_certificate(self, url: str, deadline: float) -> SignerCertificate:
         """The certificate at ``url`` once it chains to a trust anchor, fetched by ``deadline``
@@ -399,6 +420,14 @@ class StirShaken:
         costs one ECDSA verification. A failure (no answer, not fetched, not chaining) is kept
         for :data:`FAILED_CERTIFICATE_RETRY`: while a carrier's certificate server is down, each
         of its calls would otherwise wait ``fetch_timeout`` to ring."""
+        signer, _ = await self._signer_certificate(url, deadline)
+        return signer
+
+    async def _signer_certificate(
+        self, url: str, deadline: float
+    ) -> tuple[SignerCertificate, bool]:
+        """:meth:`signer_certificate`, and whether it came from the cache (True), not from a
+        fetch for this call or one it waited for."""
         if not host_allowed(url, self.config.certificate_hosts):
             raise PassportError(
                 "certificate URL's host not in certificate_hosts", outcome="bad_info", status=436
@@ -406,7 +435,7 @@ class StirShaken:
         now = self.clock()
         cached = self.cache.get(url, now)
         if isinstance(cached, SignerCertificate):
-            return cached
+            return cached, True
         if isinstance(cached, PassportError):
             raise PassportError(
                 f"{cached.reason} (less than {FAILED_CERTIFICATE_RETRY:g} s ago)",
@@ -423,12 +452,12 @@ class StirShaken:
                 raise running.error
             if not isinstance(running.result, SignerCertificate):
                 raise PassportError("certificate fetch timed out", outcome="bad_info", status=436)
-            return running.result
+            return running.result, False
         fetch = _Fetch()
         self._fetching[url] = fetch
         try:
             fetch.result = await self._fetch_signer(url, now, deadline)
-            return fetch.result
+            return fetch.result, False
         except PassportError as err:
             fetch.error = err
             # Not capped by certificate_cache: a tiny one (keep no certificate) would otherwise
@@ -438,6 +467,70 @@ class StirShaken:
         finally:
             del self._fetching[url]
             fetch.done.set()
+
+    async def renewed_signer(
+        self, url: str, stale: SignerCertificate, deadline: float
+    ) -> SignerCertificate | None:
+        """The certificate at ``url`` fetched again, bypassing the cache, when a signature did
+        not verify with the cached ``stale`` one: a signer that rotated its key under the same
+        URL. None when it is the same certificate (a forgery, or a signer's mistake), when the
+        URL was fetched again less than :data:`REFETCH_INTERVAL` ago (a forger's calls must not
+        make the gateway fetch on every call), or when the fetch fails (the cached certificate
+        stays: calls signed before the rotation still verify with it). Calls that fail at once
+        share one fetch; it is bounded by the call's own ``deadline``. A new certificate that
+        chains to the anchors replaces the cached one, said at INFO (URL, subject, serial)."""
+        # Another call fetched it again meanwhile (between this call's cache look-up and now).
+        cached = self.cache.get(url, self.clock())
+        if isinstance(cached, SignerCertificate) and not _same_certificate(cached, stale):
+            return cached
+        running = self._fetching.get(url)
+        if running is not None:
+            with trio.move_on_at(deadline):
+                await running.done.wait()
+            renewed = running.result
+            if isinstance(renewed, SignerCertificate) and not _same_certificate(renewed, stale):
+                return renewed
+            return None
+        started = trio.current_time()
+        last = self._refetched.get(url)
+        if started >= deadline or (last is not None and started - last < REFETCH_INTERVAL):
+            # The call's time is up (the minute's fetch kept for a call that has some), or
+            # the URL was fetched again less than a minute ago.
+            return None
+        if len(self._refetched) >= MAX_CACHED:
+            # Bounded as the cache: forget the URLs whose interval has passed.
+            self._refetched = {
+                u: at for u, at in self._refetched.items() if started - at < REFETCH_INTERVAL
+            }
+        self._refetched[url] = started
+        fetch = _Fetch()
+        self._fetching[url] = fetch
+        try:
+            # Kept in the cache whatever it is: what the URL serves now (the same certificate
+            # kept again from now; a new one in place of the old).
+            fetch.result = renewed = await self._fetch_signer(url, self.clock(), deadline)
+        except PassportError as err:
+            # The cached certificate stays, and no failure is cached: its own calls still verify.
+            # A call whose cache entry ran out meanwhile, waiting for this fetch, gets why.
+            fetch.error = err
+            log.info(
+                "stir_shaken: certificate %s not fetched again after a signature failed: %s",
+                redact_password(url),
+                err.reason,
+            )
+            return None
+        finally:
+            del self._fetching[url]
+            fetch.done.set()
+        if _same_certificate(renewed, stale):
+            return None
+        log.info(
+            "stir_shaken: certificate %s changed: now %s, serial %x",
+            redact_password(url),
+            renewed.subject,
+            renewed.serial,
+        )
+        return renewed
 
     async def _fetch_signer(self, url: str, now: float, deadline: float) -> SignerCertificate:
         assert self._fetch is not None
@@ -460,13 +553,22 @@ class StirShaken:
         if signer.no_crl and self.config.check_revocation:
             # Once a fetch. The URL is a peer's x5u: shown without any password it holds.
             log.warning("stir_shaken: certificate %s: %s", redact_password(url), signer.no_crl)
-        # ATIS-1000074: an answer without caching directives, or that says to cache for less
-        # than a day, is cached by the verifier all the same (a day there; certificate_cache,
-        # an hour by default, here, as Asterisk's max_cache_entry_age). max-age=0 is such an
-        # answer: not kept at all, every verified call would wait for the repository (up to
-        # fetch_timeout) and one slow or down would fail calls an earlier release verified
-        # from its cache. A max-age above 0 is kept as before (max-age=1: a second).
-        fresh = fetched.max_age or self.config.certificate_cache
+        # ATIS-1000074 §5.3.1: an answer without caching directives, or that says to cache
+        # for less than a day, is cached by the verifier all the same (a day there;
+        # certificate_cache, an hour by default, here, as Asterisk's max_cache_entry_age).
+        # max-age=0 is such an answer: not kept at all, every verified call would wait for the
+        # repository (up to fetch_timeout) and one slow or down would fail calls an earlier
+        # release verified from its cache. A max-age above 0 is kept at least
+        # MIN_CERTIFICATE_KEEP (max-age=1 had the gateway fetch on nearly every call): a
+        # rotated certificate is taken at the first signature that fails (renewed_signer).
+        # no-store and no-cache are not looked at: RFC 9111 §5.2.2.4-5 bind HTTP caches,
+        # and this is a verifier's store of checked keys, which ATIS-1000074 asks it to keep.
+        # certificate_cache bounds it all (a tiny one keeps nothing: the operator's choice),
+        # and the chain's first notAfter (RFC 5280 §4.1.2.5) comes before any of it.
+        if fetched.max_age:
+            fresh = max(fetched.max_age, MIN_CERTIFICATE_KEEP)
+        else:
+            fresh = self.config.certificate_cache
         max_age = min(fresh, signer.valid_until - now)
         self.cache.put(url, signer, max_age=max_age, now=now)
         return signer
@@ -600,6 +702,10 @@ class StirShaken:
         )
 
 
+def _same_certificate(one: SignerCertificate, other: SignerCertificate) -> bool:
+    return one.serial == other.serial and one.key == other.key
+
+
 @attrs.define
 class _Fetch:
     """One x5u certificate or CRL fetch in progress, which later calls for the same URL wait
@@ -637,8 +743,21 @@ class Verification:
                     now=service.clock(),
                     freshness=service.config.freshness,
                 )
-                key, unchecked = await service.signer(passport.x5u, deadline)
-                verify_signature(passport, key)
+                signer, cached = await service._signer_certificate(passport.x5u, deadline)
+                unchecked = await service.revocation_status(signer, deadline)
+                try:
+                    verify_signature(passport, signer.key)
+                except PassportError as err:
+                    # A signer that rotated its key under the same URL: its new certificate
+                    # (fetched once for every call that fails now, within this call's
+                    # deadline), not the one cached before.
+                    if not cached or err.outcome != "bad_signature":
+                        raise
+                    renewed = await service.renewed_signer(passport.x5u, signer, deadline)
+                    if renewed is None:
+                        raise
+                    unchecked = await service.revocation_status(renewed, deadline)
+                    verify_signature(passport, renewed.key)
             except PassportError as err:
                 if failure is None or failure.outcome == "unsupported":
                     failure = err

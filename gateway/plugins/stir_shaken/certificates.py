@@ -71,6 +71,7 @@ class SignerCertificate:
     key: ec.EllipticCurvePublicKey
     subject: str
     valid_until: float  # Unix time: the first of the chain's certificates to expire
+    serial: int = 0  # the end entity's serial number (RFC 5280 §4.1.2.2), for the log
     # The certificates below the anchor that name a CRL (end entity first).
     revocation: tuple[RevocationCheck, ...] = ()
     # Who may sign those CRLs: the anchor the chain ended at and the chain's CA certificates.
@@ -156,6 +157,7 @@ def validate_chain(
             return SignerCertificate(
                 key=public_key,
                 subject=leaf.subject.rfc4514_string(),
+                serial=leaf.serial_number,
                 valid_until=min(valid_until, anchor.not_valid_after_utc).timestamp(),
                 revocation=tuple(check for check in checks if check is not None),
                 crl_signers=(anchor, *chain[1:]),

@@ -1,6 +1,7 @@
 """Fetching a PASSporT's x5u certificate: HTTPS only (ATIS-1000074 §5.3.1), h11 over trio's TLS
 stream, bounded in size and time, kept by URL for as long as its Cache-Control max-age says
-(at most ``max_cache``; ATIS-1000074 §5.3.1 asks verifiers to cache certificates). The STI-PA's
+(at least a minute and at most ``max_cache``, the plugin's choice; ATIS-1000074 §5.3.1 asks
+verifiers to cache certificates; no-store and no-cache are not looked at). The STI-PA's
 CRL that a certificate names (ATIS-1000080 §6.4.1) is fetched the same way, with a larger bound.
 
 The fetch runs in the call's task: the caller bounds it with its own timeout (a slow carrier

@@ -361,3 +361,51 @@ async def test_a_transit_call_keeps_the_identity_it_came_with(
     assert unsigned.headers.get_all("Identity") == ()  # sign_transit is off: not ours to sign
     assert env.gateway.calls is not None
     assert env.gateway.calls.identity_outcomes["passed_on"] == 1
+
+
+async def test_a_signer_that_rotated_its_key_is_not_refused_under_reject(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The carrier's repository serves a new certificate at the same x5u URL while the old one
+    is cached (max-age=600): the first call signed with the new key has the URL fetched again
+    and rings TN-Validation-Passed, where it was refused with 438 until the cache ran out."""
+    pki = make_pki()
+    plugin = InjectedStirShaken(pki)
+    env = await start(nursery, tmp_path, voipgw_seed, plugin, on_failure="reject")
+    user, call = await call_alice(env, [identity(pki.signer_key)])
+    assert user == f"{CALLER};verstat=TN-Validation-Passed"
+    await call.cancel()
+    await eventually(lambda: env.calls == 0)
+    plugin.pki = pki.with_new_signer()
+    user, _ = await call_alice(env, [identity(plugin.pki.signer_key)])
+    assert user == f"{CALLER};verstat=TN-Validation-Passed"
+    assert caller_identity_record(env) == ["caller number verified (attestation A)"]
+    assert plugin.fetched == [X5U, X5U]
+
+
+async def test_a_certificate_fetched_again_is_bounded_by_the_calls_fetch_timeout(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """A forced re-fetch runs within the call's own fetch_timeout: a repository that no longer
+    answers leaves the call failed (its signature does not verify with the cached certificate)
+    after fetch_timeout, not later, and the cached certificate stays for the calls it signs."""
+    pki = make_pki()
+    plugin = InjectedStirShaken(pki)
+    env = await start(nursery, tmp_path, voipgw_seed, plugin, fetch_timeout=1.5)
+    user, call = await call_alice(env, [identity(pki.signer_key)])
+    await call.cancel()
+    await eventually(lambda: env.calls == 0)
+    plugin.delay = 3600.0
+    forger = ec.generate_private_key(ec.SECP256R1())
+    started = trio.current_time()
+    user, call = await call_alice(env, [identity(forger)])
+    assert 1.5 <= trio.current_time() - started < 2.5
+    assert user == f"{CALLER};verstat=TN-Validation-Failed"
+    assert caller_identity_record(env) == [
+        "caller number verification failed: signature does not verify"
+    ]
+    await call.cancel()
+    await eventually(lambda: env.calls == 0)
+    user, _ = await call_alice(env, [identity(pki.signer_key)])
+    assert user == f"{CALLER};verstat=TN-Validation-Passed"
+    assert plugin.fetched == [X5U, X5U]

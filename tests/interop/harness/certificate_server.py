@@ -20,6 +20,8 @@ class _Certificates(http.server.BaseHTTPRequestHandler):
     # Paths served instead of or besides /shaken.pem (a CRL at /sti-pa.crl), read at each
     # request: a chain whose CRL URL names the server's port is known once it listens.
     files: dict[str, bytes] = {}
+    # Cache-Control by path (default max-age=600), read at each request as ``files`` is.
+    cache_control: dict[str, str] = {}
 
     def do_GET(self) -> None:
         self.requests.append(self.path)
@@ -34,7 +36,7 @@ class _Certificates(http.server.BaseHTTPRequestHandler):
             return
         self.send_response(200)
         self.send_header("Content-Type", kind)
-        self.send_header("Cache-Control", "max-age=600")
+        self.send_header("Cache-Control", self.cache_control.get(self.path, "max-age=600"))
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -45,19 +47,28 @@ class _Certificates(http.server.BaseHTTPRequestHandler):
 
 @contextmanager
 def certificate_server(
-    chain: bytes, workdir: Path, files: dict[str, bytes] | None = None
+    chain: bytes,
+    workdir: Path,
+    files: dict[str, bytes] | None = None,
+    cache_control: dict[str, str] | None = None,
 ) -> Iterator[tuple[str, Path, list[str]]]:
     """An HTTPS server on 127.0.0.1 (port 0) serving ``chain`` at /shaken.pem, and ``files``
     by path (``.pem``: a certificate chain, else a CRL; the dict is read at each request, so it
-    may be filled once the port is known): (its URL, the CA file that trusts its TLS
-    certificate, the paths it was asked for)."""
+    may be filled once the port is known), each with ``Cache-Control: max-age=600`` or what
+    ``cache_control`` says for its path (read at each request too): (its URL, the CA file that
+    trusts its TLS certificate, the paths it was asked for)."""
     tls = TestPki(workdir / "https-pki")
     ca = tls.ca("Certificate Server CA")
     issued = ca.issue("127.0.0.1", hosts=("127.0.0.1",))
     handler = type(
         "Handler",
         (_Certificates,),
-        {"chain": chain, "requests": [], "files": {} if files is None else files},
+        {
+            "chain": chain,
+            "requests": [],
+            "files": {} if files is None else files,
+            "cache_control": {} if cache_control is None else cache_control,
+        },
     )
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
