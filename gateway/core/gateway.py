@@ -456,7 +456,12 @@ class Gateway:
         key (it stopped on the store's file), and check-config's warning, naming this user and
         the directory's owner. Elsewhere (PostgreSQL's state_dir holds only the control
         socket, which the gateway runs without, warned of) nothing new is said: earlier
-        releases ran with such directories."""
+        releases ran with such directories.
+
+        The directories the plugins write in (``written_directories()`` of their table: dtls,
+        zrtp, mikey, intercept, recorder) and the database files there and in the SQLite
+        store's directory are held to the same rules (:meth:`_check_written_directory`,
+        :meth:`_check_written_files`)."""
         self.access_warnings = []
         dirs = [("gateway", self.config.gateway.state_dir)]
         for name, value in self.plugins.configs.items():
@@ -497,7 +502,9 @@ class Gateway:
                     continue  # the key's own directory is missing: said above
                 if os.path.realpath(existing) not in checked:
                     checked.add(os.path.realpath(existing))
-                    self._check_written_directory(table, key, existing, what, as_service=as_service)
+                    self._check_written_directory(
+                        table, key, existing, what, configured, as_service=as_service
+                    )
                 if existing == Path(os.path.abspath(directory)):
                     self._check_written_files(
                         table, key, directory, files, what, as_service=as_service
@@ -544,7 +551,14 @@ class Gateway:
         )
 
     def _check_written_directory(
-        self, table: str, key: str, directory: Path, what: str, *, as_service: bool
+        self,
+        table: str,
+        key: str,
+        directory: Path,
+        what: str,
+        configured: Path,
+        *,
+        as_service: bool,
     ) -> None:
         """A plugin's existing directory ``directory`` (``[table] key``'s), which it writes
         ``what`` in: ``voipgw run`` refuses one it may not write in (a file created there,
@@ -561,6 +575,22 @@ class Gateway:
             return
         if problem is not None:
             self._access_warning(table, key, problem, cannot, directory)
+        elif directory != configured and (
+            owner := _owner_may_not_write_file(directory, configured)
+        ):
+            # Made inside the key's directory by a `voipgw run` as root, most likely: root's,
+            # where the directory's owner (the service's user, most likely) may not write.
+            self.access_warnings.append(
+                ConfigError(
+                    self.config.source,
+                    table,
+                    key,
+                    f"{directory} can be written in by root, who runs check-config, but not by "
+                    f"{owner}, the owner of {configured} (the user `voipgw run` created it as, "
+                    f"most likely): {_describe_file(directory)}; so {cannot} as {owner}; "
+                    f"`voipgw run` as {owner} refuses to start (chown {owner} {directory})",
+                )
+            )
         elif (owner := owner_may_not_write(directory)) is not None:
             mode = stat.S_IMODE(os.stat(directory).st_mode)
             self.access_warnings.append(

@@ -1333,8 +1333,8 @@ class TlsTransport(StreamTransport):
         if checked is not None and _left_unchecked(checked):
             checked = None
         if unread_cas:
-            self._file_crls = ()
-            self._crls = ()
+            self._file_crls: tuple[LoadedCrl, ...] = ()
+            self._crls: tuple[LoadedCrl, ...] = ()
         else:
             self._file_crls = self._read_crls()
             self._crls = self._file_crls

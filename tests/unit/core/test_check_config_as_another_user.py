@@ -381,6 +381,16 @@ def test_an_existing_plugin_state_dir_this_user_may_not_write_in(shared: Path) -
         f"{path}: [plugins.dtls] state_dir: {state / 'dtls'} is not writable by this user "
         "(nobody): the DTLS certificate (dtls plugin) cannot be written there"
     )
+    # As root (a deploy script): the state_dir's owner, daemon, may not write in it.
+    code, _out, err = check_config(path)
+    assert code == cli.EXIT_OK, err
+    assert err == (
+        f"voipgw: warning: {path}: [plugins.dtls] state_dir: {state / 'dtls'} can be written "
+        f"in by root, who runs check-config, but not by daemon, the owner of {state} (the user "
+        "`voipgw run` created it as, most likely): mode 0755, owner root; so the DTLS "
+        "certificate (dtls plugin) cannot be written there as daemon; `voipgw run` as daemon "
+        f"refuses to start (chown daemon {state / 'dtls'})\n"
+    )
     os.chown(state / "dtls", DAEMON.pw_uid, DAEMON.pw_gid)
     (state / "dtls").chmod(0o777)
     assert run_as_nobody(path) == "started"
