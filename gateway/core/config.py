@@ -991,11 +991,21 @@ def unreadable_here(
     caller reads the file and refuses what it finds, an unreadable file too. ``file`` and
     ``table`` default to what :func:`structure` is building (a plugin's table)."""
     notes = _UNREAD.get()
-    if notes is None or not os.path.exists(path):
+    if notes is None:
         return False
     if file is None or table is None:
         file, table = _BUILDING.get() or ("<configuration>", "")
-    if os.access(path, os.R_OK):
+    closed = unentered_directory(path)
+    if closed is not None:
+        # stat(2) fails with EACCES, not ENOENT: the file may well be there (/etc/voipgw of
+        # mode 0750 root:voipgw, an operator in neither), in a directory this user may not
+        # enter. Not "does not exist": which directory, and whether another user could.
+        if not any(getattr(note, "path", None) == path for note in notes):
+            notes.append(_unentered_note(path, closed, key, file, table))
+        return True
+    if not os.path.exists(path):
+        return False
+    if _opens_for_reading(path):
         read = _READ_AS_ROOT.get()
         if read is not None:
             read.setdefault(path, (key, file, table))
@@ -1028,6 +1038,133 @@ class UnreadFile(ConfigError):
         self.path = path
 
 
+class UnenteredDirectory(UnreadFile):
+    """The note of :func:`unreadable_here` for a file in a directory (``directory``) this
+    user may not enter; ``root_only``: its mode lets no user but root enter it, an error."""
+
+    def __init__(
+        self,
+        file: str,
+        table: str,
+        key: str | None,
+        message: str,
+        *,
+        path: Path,
+        directory: Path,
+        root_only: bool,
+    ) -> None:
+        super().__init__(file, table, key, message, path=path)
+        self.directory = directory
+        self.root_only = root_only
+
+
+def _opens_for_reading(path: Path) -> bool:
+    """Whether this process may read ``path``, tried: open(2) answers for the effective user
+    and every capability, ACL and network file system's mapping, where access(2) answers for
+    the real user by the mode bits this host sees."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return False
+    os.close(descriptor)
+    return True
+
+
+def unentered_directory(path: Path) -> Path | None:
+    """The directory on the way to ``path`` this user may not enter (search, the x bit), when
+    that is why stat(2) of ``path`` fails (EACCES, where a missing file is ENOENT), or None.
+    Found by trying: stat(2) of each part of the path in turn, from the root."""
+    try:
+        os.stat(path)
+        return None
+    except PermissionError:
+        pass
+    except (OSError, ValueError):
+        return None
+    absolute = Path(os.path.abspath(path))
+    for directory in reversed(absolute.parents):
+        try:
+            os.stat(directory)
+        except PermissionError:
+            return directory.parent
+        except OSError:
+            return None
+    return absolute.parent
+
+
+def unentered_problem(path: Path) -> str | None:
+    """``PATH cannot be reached by this user (NAME): it may not enter DIR (mode 0750, owner
+    root, group voipgw)``, or None: what to say instead of "does not exist" of a file in a
+    directory this user may not enter (``voipgw run``'s error names the key before it)."""
+    directory = unentered_directory(path)
+    if directory is None:
+        return None
+    return (
+        f"{path} cannot be reached by this user ({user_name()}): it may not enter "
+        f"{directory} ({_describe_directory(directory)})"
+    )
+
+
+def _describe_directory(directory: Path) -> str:
+    try:
+        info = os.stat(directory)
+    except OSError:
+        return "its mode cannot be read"
+    return (
+        f"mode {stat.S_IMODE(info.st_mode):04o}, owner {owner_name(directory)}, "
+        f"group {_group_name(info.st_gid)}"
+    )
+
+
+def _group_name(gid: int) -> str:
+    try:
+        import grp
+
+        return grp.getgrgid(gid).gr_name
+    except (ImportError, KeyError):
+        return f"gid {gid}"
+
+
+def _only_root_enters(directory: Path) -> bool:
+    """Whether the mode of ``directory`` lets no user but root enter it: no x bit but root's
+    own (0700 root:root, 0600 of anyone's). False when it cannot be told (an ACL)."""
+    try:
+        info = os.stat(directory)
+    except OSError:
+        return False
+    try:
+        if os.getxattr(directory, "system.posix_acl_access"):
+            return False
+    except (AttributeError, OSError):
+        pass  # none (ENODATA), or no xattrs here: the mode says it
+    mode = info.st_mode
+    owner_enters = info.st_uid != 0 and mode & stat.S_IXUSR
+    return not (owner_enters or mode & stat.S_IXGRP or mode & stat.S_IXOTH)
+
+
+def _unentered_note(path: Path, directory: Path, key: str, file: str, table: str) -> UnreadFile:
+    reached = f"{path} cannot be reached by this user ({user_name()}), who runs check-config"
+    described = _describe_directory(directory)
+    if _only_root_enters(directory):
+        message = (
+            f"{reached}, nor by any user but root: {directory} ({described}) lets no other "
+            f"user enter it; `voipgw run` as the service's user refuses to start (let that "
+            f"user enter it: chgrp SERVICE-GROUP {directory} && chmod g+x {directory})"
+        )
+        root_only = True
+    else:
+        message = (
+            f"{reached}: it may not enter {directory} ({described}), so {path} was not "
+            "checked: the service's user may be allowed to; `voipgw run` as a user who may "
+            "not refuses to start (check it as that user: sudo -u USER voipgw check-config "
+            "FILE)"
+        )
+        root_only = False
+    return UnenteredDirectory(
+        file, table, key, message, path=path, directory=directory, root_only=root_only
+    )
+
+
 def unread_by_service(note: ConfigError, state_dir: Path) -> ConfigError | None:
     """For ``voipgw check-config``: the error of a file it could not read (``note``, from
     :func:`unreadable_here`) whose mode keeps the owner of the existing ``state_dir`` from
@@ -1037,6 +1174,11 @@ def unread_by_service(note: ConfigError, state_dir: Path) -> ConfigError | None:
     (exit 2) before such files became warnings, and a deploy script's ``check-config &&
     systemctl reload`` relies on. None when it cannot be told: no such directory, one of
     root's (root reads anything), an ACL on the file, a user without a passwd entry."""
+    if isinstance(note, UnenteredDirectory):
+        # A directory no user but root may enter: the service's user may not either.
+        return (
+            ConfigError(note.file, note.table, note.key, note.message) if note.root_only else None
+        )
     if not isinstance(note, UnreadFile):
         return None
     unread = _unread_by_owner(note.path, state_dir)

@@ -19,7 +19,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -456,30 +456,206 @@ class Gateway:
         key (it stopped on the store's file), and check-config's warning, naming this user and
         the directory's owner. Elsewhere (PostgreSQL's state_dir holds only the control
         socket, which the gateway runs without, warned of) nothing new is said: earlier
-        releases ran with such directories."""
+        releases ran with such directories.
+
+        The directories the plugins write in (``written_directories()`` of their table: dtls,
+        zrtp, mikey, intercept, recorder) and the database files there and in the SQLite
+        store's directory are held to the same rules (:meth:`_check_written_directory`,
+        :meth:`_check_written_files`)."""
         self.access_warnings = []
         dirs = [("gateway", self.config.gateway.state_dir)]
         for name, value in self.plugins.configs.items():
             if value is not None and isinstance(getattr(value, "state_dir", None), str):
                 dirs.append((f"plugins.{name}", value.state_dir))
         for table, text in dirs:
-            problem = directory_problem(Path(text), check_access=as_service)
-            if problem is None and table == "gateway" and self.config.store.backend == "sqlite":
-                problem = self._store_directory_problem(Path(text), as_service=as_service)
-            if problem is not None:
-                raise ConfigError(self.config.source, table, "state_dir", problem)
-            access = None if as_service else directory_access_problem(Path(text))
-            if access is not None:
-                self.access_warnings.append(
-                    ConfigError(
-                        self.config.source,
-                        table,
-                        "state_dir",
-                        f"{access}, who runs check-config: the service's user may be allowed "
-                        "to; `voipgw run` as a user who is not refuses to start (check it as "
-                        "that user: sudo -u USER voipgw check-config FILE)",
+            self._check_directory(table, "state_dir", Path(text), as_service=as_service)
+        if self.config.store.backend == "sqlite":
+            self._check_written_files(
+                "gateway",
+                "state_dir",
+                Path(self.config.gateway.state_dir),
+                [f"{DB_FILENAME}{suffix}" for suffix in ("", "-wal", "-shm")],
+                "the SQLite store",
+                as_service=as_service,
+            )
+            checked = {os.path.realpath(self.config.gateway.state_dir)}
+        else:
+            checked = set()
+        for name, value in self.plugins.configs.items():
+            # The directories an enabled plugin writes in (dtls, zrtp, mikey and intercept:
+            # their own under their state_dir; the recorder's recordings): one this user may
+            # not write in passed check-config and `voipgw run`, and failed the first call
+            # that needed it (a DTLS offer, a recording), naming neither table nor key.
+            written = getattr(value, "written_directories", None)
+            for key, directory, what, files in written() if callable(written) else ():
+                table = f"plugins.{name}"
+                configured = Path(os.path.abspath(getattr(value, key)))
+                if key != "state_dir":
+                    # Not a state_dir (those are checked above): may it be made?
+                    self._check_directory(table, key, configured, as_service=as_service)
+                # What is written in first: the directory, or the nearest part of it that
+                # exists, where the plugin makes the rest (mkdir with parents).
+                existing = Path(os.path.abspath(directory))
+                while not os.path.exists(existing) and existing != existing.parent:
+                    existing = existing.parent
+                if not os.path.isdir(existing) or not existing.is_relative_to(configured):
+                    continue  # the key's own directory is missing: said above
+                if os.path.realpath(existing) not in checked:
+                    checked.add(os.path.realpath(existing))
+                    self._check_written_directory(
+                        table, key, existing, what, configured, as_service=as_service
                     )
+                if existing == Path(os.path.abspath(directory)):
+                    self._check_written_files(
+                        table, key, directory, files, what, as_service=as_service
+                    )
+
+    def _check_directory(self, table: str, key: str, path: Path, *, as_service: bool) -> None:
+        """A directory ``[table] key`` names: one, or one ``voipgw run`` can create (with its
+        parents); as check-config, a parent this user may not write in is a warning."""
+        problem = directory_problem(path, check_access=as_service)
+        if problem is None and table == "gateway" and self.config.store.backend == "sqlite":
+            problem = self._store_directory_problem(path, as_service=as_service)
+        if problem is not None:
+            raise ConfigError(self.config.source, table, key, problem)
+        access = None if as_service else directory_access_problem(path)
+        if access is not None:
+            self.access_warnings.append(
+                ConfigError(
+                    self.config.source,
+                    table,
+                    key,
+                    f"{access}, who runs check-config: the service's user may be allowed "
+                    "to; `voipgw run` as a user who is not refuses to start (check it as "
+                    "that user: sudo -u USER voipgw check-config FILE)",
                 )
+            )
+
+    def _access_warning(self, table: str, key: str, problem: str, what: str, path: Path) -> None:
+        """check-config's warning of a directory or file this user may not write in (session
+        35's state_dir warning): its owner, unless this user, most likely the service's."""
+        owner = owner_name(path)
+        if owner in (user_name(), "root"):
+            # Root's: left by a `voipgw run` as root, most likely, not the service's user.
+            owner = None
+        who = f"its owner, {owner}, " if owner is not None else "the service's user "
+        self.access_warnings.append(
+            ConfigError(
+                self.config.source,
+                table,
+                key,
+                f"{problem}, who runs check-config: {what} by this user; {who}may be "
+                "allowed to; `voipgw run` as a user who is not refuses to start (check it "
+                f"as that user: sudo -u {owner or 'USER'} voipgw check-config FILE)",
+            )
+        )
+
+    def _check_written_directory(
+        self,
+        table: str,
+        key: str,
+        directory: Path,
+        what: str,
+        configured: Path,
+        *,
+        as_service: bool,
+    ) -> None:
+        """A plugin's existing directory ``directory`` (``[table] key``'s), which it writes
+        ``what`` in: ``voipgw run`` refuses one it may not write in (a file created there,
+        tried, before refusing: os.access answers for the real user by this host's mode
+        bits); check-config warns, naming this user and the directory's owner, and as root
+        warns of one whose owner may not write in it."""
+        cannot = f"{what} cannot be written there"
+        problem = written_directory_problem(directory)
+        if problem is not None and as_service and _creates_a_file_in(directory):
+            return
+        if problem is not None and (as_service or on_read_only_file_system(directory)):
+            raise ConfigError(self.config.source, table, key, f"{problem}: {cannot}")
+        if as_service:
+            return
+        if problem is not None:
+            self._access_warning(table, key, problem, cannot, directory)
+        elif directory != configured and (
+            owner := _owner_may_not_write_file(directory, configured)
+        ):
+            # Made inside the key's directory by a `voipgw run` as root, most likely: root's,
+            # where the directory's owner (the service's user, most likely) may not write.
+            self.access_warnings.append(
+                ConfigError(
+                    self.config.source,
+                    table,
+                    key,
+                    f"{directory} can be written in by root, who runs check-config, but not by "
+                    f"{owner}, the owner of {configured} (the user `voipgw run` created it as, "
+                    f"most likely): {_describe_file(directory)}; so {cannot} as {owner}; "
+                    f"`voipgw run` as {owner} refuses to start (chown {owner} {directory})",
+                )
+            )
+        elif (owner := owner_may_not_write(directory)) is not None:
+            mode = stat.S_IMODE(os.stat(directory).st_mode)
+            self.access_warnings.append(
+                ConfigError(
+                    self.config.source,
+                    table,
+                    key,
+                    f"{directory} is writable by root only (mode {mode:04o}): its owner, "
+                    f"{owner}, may not write in it, so {cannot} as {owner}; `voipgw run` as "
+                    f"{owner} refuses to start (chmod u+wx {directory}, or check it as the "
+                    "service's user: sudo -u USER voipgw check-config FILE)",
+                )
+            )
+
+    def _check_written_files(
+        self,
+        table: str,
+        key: str,
+        directory: Path,
+        names: Sequence[str],
+        what: str,
+        *,
+        as_service: bool,
+    ) -> None:
+        """The files named ``names`` in ``directory`` that exist and that the gateway writes
+        (a SQLite database, its -wal and -shm): one this user may not open for writing (left
+        by `voipgw run` as root: owner root, mode 0644) opened read-only, and the first write
+        failed ("attempt to write a readonly database"), the gateway running until then.
+        ``voipgw run`` refuses it (open(2) for writing tried, which changes nothing);
+        check-config warns, naming this user and the file's owner; as root (which may write
+        any file) it warns of a file the directory's owner may not write."""
+        for name in names:
+            path = directory / name
+            if not path.is_file():
+                continue
+            if os.geteuid() == 0:
+                if as_service:
+                    continue
+                owner = _owner_may_not_write_file(path, directory)
+                if owner is not None:
+                    self.access_warnings.append(
+                        ConfigError(
+                            self.config.source,
+                            table,
+                            key,
+                            f"{path} can be written by root, who runs check-config, but not "
+                            f"by {owner}, the owner of {directory} (the user `voipgw run` "
+                            f"created it as, most likely): {_describe_file(path)}; `voipgw "
+                            f"run` as {owner} refuses to start (chown {owner} {path})",
+                        )
+                    )
+                continue
+            if _opens_for_writing(path):
+                continue
+            problem = (
+                f"{path} is not writable by this user ({user_name()}) ({_describe_file(path)})"
+            )
+            if as_service or on_read_only_file_system(directory):
+                raise ConfigError(
+                    self.config.source,
+                    table,
+                    key,
+                    f"{problem}: {what} cannot be written (chown {user_name()} {path})",
+                )
+            self._access_warning(table, key, problem, f"{what} cannot be written", path)
 
     def _store_directory_problem(self, path: Path, *, as_service: bool) -> str | None:
         """The error of an existing SQLite store directory the gateway may not write in, or
@@ -1456,6 +1632,47 @@ def _store_files_writable(path: Path) -> bool:
     except OSError:
         return False
     return all(info.st_uid == owner and info.st_mode & stat.S_IWUSR for info in infos)
+
+
+def _opens_for_writing(path: Path) -> bool:
+    """Whether this process may open the file ``path`` for writing, tried (O_WRONLY without
+    O_TRUNC or O_CREAT: nothing is written or changed)."""
+    try:
+        descriptor = os.open(path, os.O_WRONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return False
+    os.close(descriptor)
+    return True
+
+
+def _describe_file(path: Path) -> str:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return "its mode cannot be read"
+    return f"mode {stat.S_IMODE(info.st_mode):04o}, owner {owner_name(path)}"
+
+
+def _owner_may_not_write_file(path: Path, directory: Path) -> str | None:
+    """For root: the owner of ``directory`` (a state directory: most likely the user
+    ``voipgw run`` created it as) when the mode of the file ``path`` keeps that user from
+    writing it, else None (it may, root owns the directory, or it cannot be told: an ACL)."""
+    try:
+        info, owner = os.stat(path), os.stat(directory).st_uid
+    except OSError:
+        return None
+    if owner == 0:
+        return None
+    try:
+        if os.getxattr(path, "system.posix_acl_access"):
+            return None
+    except (AttributeError, OSError):
+        pass  # none (ENODATA), or no xattrs here: the mode says it
+    if info.st_uid == owner:
+        may = bool(info.st_mode & stat.S_IWUSR)
+    else:
+        may = bool(info.st_mode & (stat.S_IWGRP | stat.S_IWOTH))  # a group's: not told
+    return None if may else owner_name(directory)
 
 
 def _creates_a_file_in(path: Path) -> bool:

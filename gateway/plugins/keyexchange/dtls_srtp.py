@@ -1473,6 +1473,12 @@ class DtlsConfig:
             ]
         return []
 
+    def written_directories(self) -> list[tuple[str, Path, str, tuple[str, ...]]]:
+        """What ``voipgw check-config`` and ``run`` check this user may write (Gateway.check):
+        ``(key, directory, what, files)``, the files those written in place if they exist."""
+        directory = Path(self.state_dir) / DIRECTORY
+        return [("state_dir", directory, "the DTLS certificate (dtls plugin)", ())]
+
     def certificate_store(
         self, *, clock: Callable[[], datetime.datetime] | None = None
     ) -> CertificateStore:

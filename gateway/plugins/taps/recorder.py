@@ -637,6 +637,12 @@ class RecorderConfig:
     def selection(self) -> CallSelection:
         return CallSelection(self.all_calls, self.accounts, self.trunks)
 
+    def written_directories(self) -> list[tuple[str, Path, str, tuple[str, ...]]]:
+        """What ``voipgw check-config`` and ``run`` check this user may write (Gateway.check):
+        ``(key, directory, what, files)``. Each recording is a new file."""
+        key = "directory" if self.directory else "state_dir"
+        return [(key, self.root, "the recordings (recorder plugin)", ())]
+
     @property
     def root(self) -> Path:
         return Path(self.directory) if self.directory else Path(self.state_dir) / "recordings"

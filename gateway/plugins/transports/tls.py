@@ -76,7 +76,7 @@ import trio
 from cryptography import x509
 from OpenSSL import SSL, crypto
 
-from gateway.core.config import ListenSpec, unreadable_here, user_name
+from gateway.core.config import ListenSpec, unentered_problem, unreadable_here, user_name
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import Listener, LoadedCertificate, ReloadError, TransportHost
 from gateway.core.logs import log_exception
@@ -308,15 +308,29 @@ class TlsConfig:
         # named neither the table nor the key, and for "" the directory ".").
         named = [("certificate", self.certificate), ("private_key", self.private_key)]
         named += [("ca_bundles", bundle) for bundle in self.ca_bundles]
+        unread = set()
         for key, path in named:
             if path is None:
                 continue
             if not path.strip():
                 raise ValueError(f"{key}: expected the path of a PEM file, got {path!r}")
+            # voipgw check-config run as another user than the service's: a file in a
+            # directory it may not enter, or one it may not read, is its warning (an error
+            # when no user but root could), left unchecked (config.unreadable_here).
+            if unreadable_here(Path(path), key):
+                unread.add(path)
+                continue
             # os.path.isfile: False for a name too long too (Path.is_file raises OSError then).
             if not os.path.isfile(path):
+                # stat(2) failing with EACCES (a directory this user may not enter) is not
+                # "does not exist": voipgw run says which directory.
+                unreached = unentered_problem(Path(path))
+                if unreached is not None:
+                    raise ValueError(f"{key}: {unreached}")
                 raise ValueError(f"{key}: {path} does not exist or is not a file")
         for bundle in self.ca_bundles:
+            if bundle in unread:
+                continue
             # One that is there but holds no PEM certificate failed at registration, a plugin
             # error naming the file, not the key.
             try:
@@ -393,11 +407,21 @@ class TlsConfig:
             )
         if len(set(self.crl_files)) != len(self.crl_files):
             raise ValueError("crl_files: lists a file more than once")
+        # voipgw check-config run as another user than the service's: a CA bundle or CRL it
+        # may not read is its warning (config.unreadable_here), and the CRLs are checked
+        # against the CAs only when every bundle could be read (one signed by an unread CA
+        # would be refused wrongly).
+        unread_bundles = [b for b in self.ca_bundles if unreadable_here(Path(b), "ca_bundles")]
+        unread_crls = {p for p in self.crl_files if unreadable_here(Path(p), "crl_files")}
+        if unread_bundles:
+            return
         try:
             cas = [c for bundle in self.ca_bundles for c in load_certificates(Path(bundle))]
         except CertificateError as exc:
             raise ValueError(f"ca_bundles: {exc}") from None
         for path in self.crl_files:
+            if path in unread_crls:
+                continue
             try:
                 load_crl(Path(path), cas)
             except CertificateError as exc:
@@ -857,23 +881,32 @@ def _is_encrypted_key(path: Path) -> bool:
     return b"ENCRYPTED" in data
 
 
+def _use_certificate_file(key: str, path: Path) -> None:
+    """CertificateFileError when the file ``key`` names is missing, in a directory this user
+    may not enter, or unreadable to it."""
+    if not path.is_file():
+        # stat(2) failing with EACCES (a directory this user may not enter) is not "does not
+        # exist": say which directory.
+        unreached = unentered_problem(path)
+        raise CertificateFileError(key, unreached or f"{path} does not exist or is not a file")
+    try:
+        # OpenSSL says an unreadable file is "not the private key of" the certificate
+        # (or no usable chain): the permission is the fault, and the user's who reads.
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise CertificateFileError(
+            key,
+            f"{path} cannot be read by this user ({user_name()}): {exc.strerror}; the "
+            "gateway's user must be able to read it (a key: owner that user, mode 600)",
+        ) from None
+
+
 def _use_certificate(context: SSL.Context, paths: CertificatePaths) -> None:
     # Errors name the file (and, CertificateFileError, the key of the table); OpenSSL's own
     # messages never contain key bytes either.
     for key, path in (("certificate", paths.certificate), ("private_key", paths.private_key)):
-        if not path.is_file():
-            raise CertificateFileError(key, f"{path} does not exist or is not a file")
-        try:
-            # OpenSSL says an unreadable file is "not the private key of" the certificate
-            # (or no usable chain): the permission is the fault, and the user's who reads.
-            with path.open("rb"):
-                pass
-        except OSError as exc:
-            raise CertificateFileError(
-                key,
-                f"{path} cannot be read by this user ({user_name()}): {exc.strerror}; the "
-                "gateway's user must be able to read it (a key: owner that user, mode 600)",
-            ) from None
+        _use_certificate_file(key, path)
     try:
         context.use_certificate_chain_file(str(paths.certificate))
     except SSL.Error as exc:
@@ -911,14 +944,62 @@ def check_certificate_files(certificate: str, private_key: str) -> None:
     (not PEM, an encrypted key, a key not the certificate's)."""
     pair = {"certificate": Path(certificate), "private_key": Path(private_key)}
     # voipgw check-config run as another user than the service's (a key of mode 600): a
-    # warning naming the user, key and file, the pair left unchecked; `voipgw run` refuses it.
-    if [key for key, path in pair.items() if unreadable_here(path, key)]:
+    # warning naming the user, key and file; `voipgw run` refuses it. The other file of the
+    # pair is still checked alone (a certificate that is not PEM was said only once the key
+    # could be read, at the service's start).
+    unread = [key for key, path in pair.items() if unreadable_here(path, key)]
+    if "certificate" in unread and "private_key" in unread:
+        return
+    if unread == ["private_key"]:
+        _check_certificate_alone(pair["certificate"])
+        return
+    if unread == ["certificate"]:
+        _check_private_key_alone(pair["private_key"])
         return
     context = SSL.Context(SSL.TLS_METHOD)
     try:
         _use_certificate(context, CertificatePaths(pair["certificate"], pair["private_key"]))
     except CertificateFileError as exc:
         raise ValueError(f"{exc.key}: {exc}") from None
+
+
+def _check_certificate_alone(certificate: Path) -> None:
+    """The certificate of a pair whose key this user may not read, loaded as a listener
+    would: ValueError ``"certificate: why"`` when it is missing or not a certificate chain."""
+    context = SSL.Context(SSL.TLS_METHOD)
+    _check_file("certificate", certificate)
+    try:
+        context.use_certificate_chain_file(str(certificate))
+    except SSL.Error as exc:
+        raise ValueError(
+            f"certificate: {certificate}: not a usable certificate chain "
+            f"({describe_ssl_error(exc)})"
+        ) from None
+
+
+def _check_private_key_alone(private_key: Path) -> None:
+    """The key of a pair whose certificate this user may not read: ValueError
+    ``"private_key: why"`` when it is missing, encrypted or not a key (never its bytes)."""
+    _check_file("private_key", private_key)
+    if _is_encrypted_key(private_key):
+        raise ValueError(
+            f"private_key: {private_key}: the key is encrypted; give an unencrypted key file "
+            "(mode 600)"
+        )
+    context = SSL.Context(SSL.TLS_METHOD)
+    try:
+        context.use_privatekey_file(str(private_key))
+    except SSL.Error as exc:
+        raise ValueError(
+            f"private_key: {private_key}: not a usable private key ({describe_ssl_error(exc)})"
+        ) from None
+
+
+def _check_file(key: str, path: Path) -> None:
+    try:
+        _use_certificate_file(key, path)
+    except CertificateFileError as exc:
+        raise ValueError(f"{key}: {exc}") from None
 
 
 def _load_ca_bundles(context: SSL.Context, bundles: tuple[Path, ...], *, name_them: bool) -> None:
@@ -1229,6 +1310,9 @@ class TlsTransport(StreamTransport):
         self._fetch_cas: tuple[x509.Certificate, ...] = ()
         # Issuers (DER names) whose certificates' distribution points were looked at.
         self._distribution_points_seen: set[bytes] = set()
+        unread_cas = any(unreadable_here(path, "ca_bundles") for path in self._ca_bundles) or any(
+            unreadable_here(path, "crl_files") for path in self._crl_paths
+        )
         if self.tls.fetches_crls:
             self.crl_fetcher = CrlFetcher(
                 cas=lambda: self._fetch_cas,  # read at start-up and on reload, not per fetch
@@ -1239,17 +1323,23 @@ class TlsTransport(StreamTransport):
             )
             for url in self.tls.crl_urls:
                 self.crl_fetcher.add(url)
-            self._fetch_cas = self._read_cas()
+            if not unread_cas:
+                self._fetch_cas = self._read_cas()
         # Fail at start-up (and in check-config), not on the first connection; but a pair
         # that voipgw check-config, run as another user than the service's, may not read is
-        # its warning (TlsConfig) and is not loaded here either: it never serves.
+        # its warning (TlsConfig) and is not loaded here either: it never serves. So are a CA
+        # bundle or CRL it may not read (unread_cas), and what needs them.
         checked = self._configured
         if checked is not None and _left_unchecked(checked):
             checked = None
-        self._file_crls = self._read_crls()
-        self._crls = self._file_crls
-        self._check_files(checked, self._crls)
-        if self.ocsp is not None:
+        if unread_cas:
+            self._file_crls: tuple[LoadedCrl, ...] = ()
+            self._crls: tuple[LoadedCrl, ...] = ()
+        else:
+            self._file_crls = self._read_crls()
+            self._crls = self._file_crls
+            self._check_files(checked, self._crls)
+        if self.ocsp is not None and not unread_cas:
             self._ocsp_cas = self._read_cas()
         if checked is not None and self._configured is not None:
             self._loaded = (loaded_certificate(self._configured.certificate),)

@@ -5,7 +5,8 @@ permissions forbid is check-config's warning naming the user, the key and the fi
 and run's error, naming the key. Errors first, then every warning, in one run.
 
 The tests run as root, which may read and write anything: the kernel's answer to another user
-is given by patching ``os.access`` (and ``Path.open``, which run's TLS check uses)."""
+is given by patching ``os.access`` and ``os.open`` (and ``Path.open``, which run's TLS check
+uses). test_check_config_as_another_user.py checks as another user, with real permissions."""
 
 from __future__ import annotations
 
@@ -55,6 +56,16 @@ def deny(monkeypatch: pytest.MonkeyPatch, denied: Path, modes: int) -> None:
         return real_access(path, mode, *args, **kwargs)
 
     monkeypatch.setattr(config_mod.os, "access", access)
+    if modes & os.R_OK:
+        # What is checked for reading is tried (open(2)), not asked of access(2).
+        real_open = os.open
+
+        def open_(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+            if Path(path) == denied and flags & (os.O_WRONLY | os.O_RDWR) == 0:
+                raise PermissionError(13, "Permission denied", str(path))
+            return real_open(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(config_mod.os, "open", open_)
 
 
 def built(path: Path) -> Gateway:

@@ -21,8 +21,10 @@ which account or trunk a leg belongs to through the core's ``leg=`` argument (``
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import stat
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from gateway.core.config import unreadable_here
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import MediaPolicy
 from gateway.plugins.keyexchange.mikey.engine import (
@@ -305,7 +308,24 @@ class MikeyConfig:
     def psk_store(self) -> PskStore:
         """The pre-shared keys (an empty store without ``psk_file``). Raises
         :class:`~gateway.plugins.keyexchange.mikey.psk.PskError`."""
-        return PskStore.from_file(self.psk_file) if self.psk_file else PskStore({})
+        if not self.psk_file:
+            return PskStore({})
+        if unreadable_here(Path(self.psk_file), "psk_file"):
+            # voipgw check-config run as another user than the service's, who may not read
+            # it (mode 600, the service's): its warning; the keys are left unchecked, its mode
+            # not (from_file refuses one group or others may access before reading it).
+            with contextlib.suppress(OSError):
+                if Path(self.psk_file).stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                    return PskStore.from_file(self.psk_file)
+            return PskStore({})
+        return PskStore.from_file(self.psk_file)
+
+    def written_directories(self) -> list[tuple[str, Path, str, tuple[str, ...]]]:
+        """What ``voipgw check-config`` and ``run`` check this user may write (Gateway.check):
+        ``(key, directory, what, files)``, the files those written in place if they exist."""
+        files = tuple(f"{REPLAY_FILE}{suffix}" for suffix in ("", "-wal", "-shm", "-journal"))
+        directory = Path(self.state_dir) / REPLAY_DIRECTORY
+        return [("state_dir", directory, "the MIKEY replay journal (mikey plugin)", files)]
 
     def replay_journal(self) -> ReplayJournal:
         """The replay caches' journal, ``<state_dir>/mikey/replay.sqlite`` (opened at first

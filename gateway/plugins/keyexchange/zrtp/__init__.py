@@ -304,6 +304,13 @@ class ZrtpConfig:
             return None
         return SecretCache(Path(self.state_dir) / DIRECTORY / CACHE_FILE)
 
+    def written_directories(self) -> list[tuple[str, Path, str, tuple[str, ...]]]:
+        """What ``voipgw check-config`` and ``run`` check this user may write (Gateway.check):
+        ``(key, directory, what, files)``, the files those written in place if they exist."""
+        files = tuple(f"{CACHE_FILE}{suffix}" for suffix in ("", "-wal", "-shm", "-journal"))
+        directory = Path(self.state_dir) / DIRECTORY
+        return [("state_dir", directory, "the ZRTP ZID and secrets cache (zrtp plugin)", files)]
+
 
 @hookimpl
 def gateway_plugin_config() -> type:

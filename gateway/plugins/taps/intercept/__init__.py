@@ -74,6 +74,7 @@ import attrs
 import trio
 from cryptography import x509
 
+from gateway.core.config import unentered_problem, unreadable_here
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import LoadedCertificate, ReloadError, TappedCall
 from gateway.core.sip.errors import SipError
@@ -241,6 +242,13 @@ class InterceptConfig:
         merely outside its validity period does not stop it (``Contexts.invalid``)."""
         self.contexts(now=time.time())
 
+    def written_directories(self) -> list[tuple[str, Path, str, tuple[str, ...]]]:
+        """What ``voipgw check-config`` and ``run`` check this user may write (Gateway.check):
+        ``(key, directory, what, files)``, the files those written in place if they exist."""
+        files = tuple(f"{STATE_FILE}{suffix}" for suffix in ("", "-wal", "-shm", "-journal"))
+        directory = Path(self.state_dir) / DIRECTORY
+        return [("state_dir", directory, "the intercept plugin's task state", files)]
+
     def contexts(self, *, now: float) -> Contexts:
         """Every TLS context of the plugin, from the files as they are now: X1's server
         context, delivery's and the reports' client contexts; the checks of start-up and of a
@@ -275,10 +283,41 @@ class InterceptConfig:
         invalid: dict[str, tuple[list[str], str]] = {}  # by file: the keys naming it, why
         keys: dict[str, list[str]] = {}  # by file: the keys naming it
         for certificate, private_key, ca, load in groups:
+            # voipgw check-config run as another user than the service's: a file it may not
+            # read, or in a directory it may not enter, is its warning (an error when no user
+            # but root could: config.unreadable_here); the group's TLS context is not built
+            # (check-config serves nothing), its other files are checked alone.
+            unread = {
+                key
+                for key in (certificate, private_key, ca)
+                if unreadable_here(Path(self._file(key)), key)
+            }
             for key in (certificate, private_key, ca):
                 # os.path.isfile: False for a name too long (Path.is_file raised OSError).
-                if not os.path.isfile(self._file(key)):
+                if key not in unread and not os.path.isfile(self._file(key)):
+                    # EACCES, not ENOENT (a directory this user may not enter): say which.
+                    unreached = unentered_problem(Path(self._file(key)))
+                    if unreached is not None:
+                        raise ValueError(f"{key}: {unreached}")
                     raise ValueError(f"{key}: no such file: {self._file(key)}")
+            if unread:
+                if certificate not in unread:
+                    try:
+                        leaf = loaded_certificate(Path(self._file(certificate)))
+                    except (OSError, CertificateError) as exc:
+                        raise ValueError(f"{certificate}: cannot be loaded ({exc})") from None
+                    loaded.setdefault(leaf.path, leaf)
+                    keys.setdefault(leaf.path, []).append(certificate)
+                if ca not in unread:
+                    try:
+                        ssl.create_default_context(cafile=self._file(ca))
+                    except (OSError, ssl.SSLError) as exc:
+                        raise ValueError(
+                            f"{ca}: cannot be loaded ({self._file(ca)}: {exc}; expected PEM CA "
+                            "certificates)"
+                        ) from None
+                built[certificate] = None
+                continue
             # One file at a time, so that the error names the key at fault: the certificate,
             # then the CA file alone; what fails once both load is the private key (not PEM,
             # encrypted, or not the certificate's).

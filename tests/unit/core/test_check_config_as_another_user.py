@@ -1,0 +1,443 @@
+"""``voipgw check-config`` and ``voipgw run`` as a user other than root, with real files and
+permissions: the checking user is ``nobody`` (a forked child of the test that dropped root's
+ids, so that the kernel answers, not a patched ``os.access``), the service's user ``daemon``
+(it owns the state_dir, as the user ``voipgw run`` created it as; it is in group ``daemon``).
+
+What no user but root could use is an error of both; what only the checking user's
+permissions forbid is check-config's warning (naming the user, the file, the table and the
+key) and run's error. The tests need root (CI runs them as root) and skip otherwise."""
+
+from __future__ import annotations
+
+import contextlib
+import grp  # imported before the child drops root: /root holds the stdlib
+import io
+import json
+import os
+import pwd
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import attrs
+import pytest
+
+from gateway.core import cli
+from gateway.core import config as config_mod
+from gateway.core.config import ConfigError
+from gateway.core.gateway import Gateway
+from gateway.core.plugins import load_plugins
+from tests.interop.harness.pki import Issued, TestPki
+
+
+def _user(name: str) -> pwd.struct_passwd | None:
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        return None
+
+
+NOBODY, DAEMON = _user("nobody"), _user("daemon")
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or NOBODY is None or DAEMON is None,
+    reason="acting as another user (nobody, daemon) needs root",
+)
+
+AS_ANOTHER_USER = (
+    "the service's user may be allowed to; `voipgw run` as a user who may not refuses to "
+    "start (check it as that user: sudo -u USER voipgw check-config FILE)"
+)
+
+
+@pytest.fixture
+def shared() -> Iterator[Path]:
+    """A directory every user may enter (pytest's tmp_path is under root's 0700 one)."""
+    base = Path(tempfile.mkdtemp(prefix="voipgw-config-36-"))
+    base.chmod(0o755)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def as_nobody(work: Callable[[], object], *, real_uid_root: bool = False) -> object:
+    """What ``work`` returns (JSON), run in a child process as ``nobody``, its groups none.
+    ``real_uid_root``: only the effective ids are nobody's (a setuid wrapper's case), so
+    access(2), which answers for the real user, answers as for root."""
+    assert NOBODY is not None
+    uid, gid = NOBODY.pw_uid, NOBODY.pw_gid
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            if real_uid_root:
+                os.setresgid(0, gid, 0)
+                os.setresuid(0, uid, 0)
+            else:
+                os.setresgid(gid, gid, gid)
+                os.setresuid(uid, uid, uid)
+            result: object = ["returned", work()]
+        except BaseException as exc:  # reported to the parent, which fails the test
+            result = ["raised", f"{type(exc).__name__}: {exc}"]
+        with os.fdopen(write_end, "w") as pipe:
+            pipe.write(json.dumps(result))
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        outcome, value = json.loads(pipe.read())
+    os.waitpid(pid, 0)
+    assert outcome == "returned", value
+    return value
+
+
+def check_config(path: Path) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(["check-config", str(path)])
+    return code, out.getvalue(), err.getvalue()
+
+
+def check_config_as_nobody(path: Path, *, real_uid_root: bool = False) -> tuple[int, str, str]:
+    # Once as root first: every module the check imports is imported before the child drops
+    # root (the interpreter's own files are under /root, which nobody may not enter).
+    check_config(path)
+    code, out, err = as_nobody(lambda: check_config(path), real_uid_root=real_uid_root)  # type: ignore[misc]
+    return code, out, err
+
+
+def run_check(path: Path) -> str:
+    """What ``voipgw run`` says before it starts anything (as the service: Gateway.check)."""
+    try:
+        config = config_mod.from_toml(path)
+        Gateway(config, load_plugins(config)).check()
+    except ConfigError as exc:
+        return str(exc)
+    return "started"
+
+
+def run_as_nobody(path: Path) -> str:
+    check_config(path)
+    result = as_nobody(lambda: run_check(path))
+    assert isinstance(result, str)
+    return result
+
+
+def service_state(shared: Path) -> Path:
+    """The state_dir ``voipgw run`` made as the service's user (daemon), which the checking
+    user may write in too (no warning of its own)."""
+    assert DAEMON is not None
+    state = shared / "state"
+    state.mkdir()
+    os.chown(state, DAEMON.pw_uid, DAEMON.pw_gid)
+    state.chmod(0o777)
+    return state
+
+
+def write_config(shared: Path, state: Path, extra: str, enable: str) -> Path:
+    path = shared / "voipgw.toml"
+    path.write_text(
+        f'[gateway]\nstate_dir = "{state}"\n[sip]\nlisten = ["udp:127.0.0.1:0"]\n'
+        f"[plugins]\nenable = [{enable}]\n{extra}"
+    )
+    path.chmod(0o644)
+    return path
+
+
+def tls_config(shared: Path, pair: Issued, state: Path, extra: str = "") -> Path:
+    table = (
+        f'[plugins.tls]\ncertificate = "{pair.certificate}"\nprivate_key = "{pair.key}"\n{extra}'
+    )
+    return write_config(shared, state, table, '"udp", "tls"')
+
+
+def owned_by_service(*paths: Path, mode: int = 0o600) -> None:
+    assert DAEMON is not None
+    for path in paths:
+        os.chown(path, DAEMON.pw_uid, DAEMON.pw_gid)
+        path.chmod(mode)
+
+
+# -- item 1: a file in a directory the checking user may not enter ---------------------------
+
+
+def closed_directory(shared: Path, mode: int, group: str) -> tuple[Path, Issued]:
+    """/etc/voipgw's shape: the pair in a directory of ``mode``, owner root."""
+    etc = shared / "etc"
+    etc.mkdir()
+    pair = TestPki(etc).ca("CA").issue("gateway")
+    for path in etc.iterdir():
+        path.chmod(0o644)
+    os.chown(etc, 0, grp.getgrnam(group).gr_gid)
+    etc.chmod(mode)
+    return etc, pair
+
+
+def test_a_key_in_a_directory_the_service_may_enter_is_a_warning_naming_the_directory(
+    shared: Path,
+) -> None:
+    """/etc/voipgw 0750 root:daemon, checked by a user in neither: check-config said "does
+    not exist or is not a file" (exit 2) of files that are there and the service reads."""
+    etc, pair = closed_directory(shared, 0o750, "daemon")
+    path = tls_config(shared, pair, service_state(shared))
+    code, out, err = check_config_as_nobody(path)
+    assert code == cli.EXIT_OK, err
+    assert out.endswith("OK (2 plugins: udp, tls)\n")
+    assert err == "".join(
+        f"voipgw: warning: {path}: [plugins.tls] {key}: {file} cannot be reached by this user "
+        f"(nobody), who runs check-config: it may not enter {etc} (mode 0750, owner root, "
+        f"group daemon), so {file} was not checked: {AS_ANOTHER_USER}\n"
+        for key, file in (("certificate", pair.certificate), ("private_key", pair.key))
+    )
+    # voipgw run as that user: the error says which directory, not "does not exist".
+    assert run_as_nobody(path) == (
+        f"{path}: [plugins.tls] certificate: {pair.certificate} cannot be reached by this "
+        f"user (nobody): it may not enter {etc} (mode 0750, owner root, group daemon)"
+    )
+
+
+def test_a_key_in_a_directory_only_root_may_enter_is_an_error(shared: Path) -> None:
+    """0700 root:root: the service's user may not enter it either (unless it is root)."""
+    etc, pair = closed_directory(shared, 0o700, "root")
+    path = tls_config(shared, pair, service_state(shared))
+    code, out, err = check_config_as_nobody(path)
+    assert (code, out) == (cli.EXIT_USAGE, ""), err
+    assert err == "".join(
+        f"voipgw: configuration error: {path}: [plugins.tls] {key}: {file} cannot be reached "
+        f"by this user (nobody), who runs check-config, nor by any user but root: {etc} (mode "
+        f"0700, owner root, group root) lets no other user enter it; `voipgw run` as the "
+        f"service's user refuses to start (let that user enter it: chgrp SERVICE-GROUP {etc} "
+        f"&& chmod g+x {etc})\n"
+        for key, file in (("certificate", pair.certificate), ("private_key", pair.key))
+    )
+
+
+def test_a_missing_key_is_still_said_not_to_exist(shared: Path) -> None:
+    """ENOENT, not EACCES: the message of earlier releases, byte for byte."""
+    (shared / "pki").mkdir(mode=0o755)
+    pair = TestPki(shared / "pki").ca("CA").issue("gateway")
+    missing = shared / "pki" / "missing.key"
+    path = tls_config(shared, attrs.evolve(pair, key=missing), service_state(shared))
+    code, _out, err = check_config_as_nobody(path)
+    assert code == cli.EXIT_USAGE
+    assert err == (
+        f"voipgw: configuration error: {path}: [plugins.tls] private_key: {missing} does not "
+        "exist or is not a file\n"
+    )
+
+
+# -- item 2: the certificate is checked when only the key cannot be read -------------------
+
+
+def test_the_certificate_of_a_key_this_user_may_not_read_is_checked(shared: Path) -> None:
+    """It was left unchecked with the key: a certificate file that is not PEM passed
+    check-config (exit 0) and stopped `voipgw run`."""
+    (shared / "pki").mkdir(mode=0o755)
+    pair = TestPki(shared / "pki").ca("CA").issue("gateway")
+    owned_by_service(pair.key)  # mode 600, the service's: nobody may not read it
+    pair.certificate.write_text("not a certificate\n")
+    pair.certificate.chmod(0o644)
+    path = tls_config(shared, pair, service_state(shared))
+    code, out, err = check_config_as_nobody(path)
+    assert (code, out) == (cli.EXIT_USAGE, ""), err
+    error, warning = err.splitlines()
+    assert error.startswith(
+        f"voipgw: configuration error: {path}: [plugins.tls] certificate: {pair.certificate}: "
+        "not a usable certificate chain ("
+    )
+    assert warning == (
+        f"voipgw: warning: {path}: [plugins.tls] private_key: {pair.key} cannot be read by "
+        "this user (nobody), who runs check-config, so it was not checked: the service's user "
+        "(its owner, daemon, most likely) may be allowed to; `voipgw run` as a user who may "
+        "not refuses to start (check it as that user: sudo -u daemon voipgw check-config FILE)"
+    )
+    # A good certificate: the warning alone.
+    shutil.copyfile(shared / "pki" / "CA.crt", pair.certificate)
+    code, out, err = check_config_as_nobody(path)
+    assert code == cli.EXIT_OK, err
+    assert err == warning + "\n"
+
+
+# -- item 5: CA bundles, CRLs, MIKEY keys, interception credentials: warnings -------------
+
+
+def crl_config(shared: Path, state: Path) -> tuple[Path, Path]:
+    (shared / "pki").mkdir(mode=0o755)
+    ca = TestPki(shared / "pki").ca("CA")
+    pair = ca.issue("gateway")
+    crl = ca.crl(shared / "pki" / "ca.crl", revoked=[])
+    for file in (shared / "pki").iterdir():
+        file.chmod(0o644)
+    extra = f'ca_bundles = ["{ca.certificate}"]\ncrl_files = ["{crl}"]\n'
+    return tls_config(shared, pair, state, extra), crl
+
+
+def mikey_config(shared: Path, state: Path) -> tuple[Path, Path]:
+    keys = shared / "mikey-keys.toml"
+    keys.write_text('[accounts]\nalice = "' + "00" * 16 + '"\n')
+    table = f'[plugins.mikey]\noffer_modes = ["psk"]\npsk_file = "{keys}"\n'
+    return write_config(shared, state, table, '"udp", "mikey"'), keys
+
+
+def intercept_config(shared: Path, state: Path) -> tuple[Path, Path]:
+    (shared / "pki").mkdir(mode=0o755)
+    ca = TestPki(shared / "pki").ca("CA")
+    x1 = ca.issue("x1")
+    for file in (shared / "pki").iterdir():
+        file.chmod(0o644)
+    table = (
+        f'[plugins.intercept]\nx1_certificate = "{x1.certificate}"\nx1_private_key = '
+        f'"{x1.key}"\nx1_ca = "{ca.certificate}"\nx1_listen = "127.0.0.1:8443"\n'
+        'admf_identifiers = ["admf-1"]\ndelivery_tls = false\n'
+    )
+    return write_config(shared, state, table, '"udp", "intercept"'), x1.key
+
+
+def bundle_config(shared: Path, state: Path) -> tuple[Path, Path]:
+    path, _crl = crl_config(shared, state)
+    return path, Path(path.read_text().split('ca_bundles = ["')[1].split('"')[0])
+
+
+@pytest.mark.parametrize(
+    ("build", "table", "key"),
+    [
+        (crl_config, "plugins.tls", "crl_files"),
+        (bundle_config, "plugins.tls", "ca_bundles"),
+        (mikey_config, "plugins.mikey", "psk_file"),
+        (intercept_config, "plugins.intercept", "x1_private_key"),
+    ],
+)
+def test_a_file_only_the_service_may_read_is_a_warning(
+    shared: Path,
+    build: Callable[[Path, Path], tuple[Path, Path]],
+    table: str,
+    key: str,
+) -> None:
+    """They were check-config errors ("cannot read ..."), as the keys were before session 35;
+    one the service's user may not read either stays an error."""
+    path, file = build(shared, service_state(shared))
+    owned_by_service(file)
+    code, out, err = check_config_as_nobody(path)
+    assert code == cli.EXIT_OK, err
+    assert out.endswith(")\n") and ": OK (" in out
+    assert err == (
+        f"voipgw: warning: {path}: [{table}] {key}: {file} cannot be read by this user "
+        "(nobody), who runs check-config, so it was not checked: the service's user (its "
+        "owner, daemon, most likely) may be allowed to; `voipgw run` as a user who may not "
+        "refuses to start (check it as that user: sudo -u daemon voipgw check-config FILE)\n"
+    )
+    # Mode 600 of root's (copied with sudo): the service's user may not read it either.
+    os.chown(file, 0, 0)
+    code, _out, err = check_config_as_nobody(path)
+    assert code == cli.EXIT_USAGE
+    assert err.startswith(
+        f"voipgw: configuration error: {path}: [{table}] {key}: {file} cannot be read by this "
+        "user (nobody), who runs check-config, nor by daemon, the owner of the state_dir"
+    ), err
+
+
+# -- item 4: what decides is tried, not asked of access(2) --------------------------------
+
+
+def test_a_key_the_effective_user_may_not_read_is_the_warning_though_access_says_yes(
+    shared: Path,
+) -> None:
+    """A setuid wrapper (real user root, effective nobody): access(2) answered for root, so
+    check-config read the key and failed with an error instead of the warning."""
+    (shared / "pki").mkdir(mode=0o755)
+    pair = TestPki(shared / "pki").ca("CA").issue("gateway")
+    pair.certificate.chmod(0o644)
+    owned_by_service(pair.key)
+    path = tls_config(shared, pair, service_state(shared))
+    code, _out, err = check_config_as_nobody(path, real_uid_root=True)
+    assert code == cli.EXIT_OK, err
+    assert f"[plugins.tls] private_key: {pair.key} cannot be read by this user" in err
+
+
+# -- item 3: existing directories and files the plugins and the store write ---------------
+
+
+def test_an_existing_plugin_state_dir_this_user_may_not_write_in(shared: Path) -> None:
+    """The dtls plugin's certificate directory, made by a `voipgw run` as root: check-config
+    and run passed, and the first DTLS offer failed."""
+    assert DAEMON is not None
+    state = service_state(shared)
+    (state / "dtls").mkdir(mode=0o755)  # root's
+    table = f'[plugins.dtls]\nstate_dir = "{state}"\n'
+    path = write_config(shared, state, table, '"udp", "dtls"')
+    code, _out, err = check_config_as_nobody(path)
+    assert code == cli.EXIT_OK, err
+    assert err == (
+        f"voipgw: warning: {path}: [plugins.dtls] state_dir: {state / 'dtls'} is not writable "
+        "by this user (nobody), who runs check-config: the DTLS certificate (dtls plugin) "
+        "cannot be written there by this user; the service's user may be allowed to; `voipgw "
+        "run` as a user who is not refuses to start (check it as that user: sudo -u USER "
+        "voipgw check-config FILE)\n"
+    )
+    assert run_as_nobody(path) == (
+        f"{path}: [plugins.dtls] state_dir: {state / 'dtls'} is not writable by this user "
+        "(nobody): the DTLS certificate (dtls plugin) cannot be written there"
+    )
+    # As root (a deploy script): the state_dir's owner, daemon, may not write in it.
+    code, _out, err = check_config(path)
+    assert code == cli.EXIT_OK, err
+    assert err == (
+        f"voipgw: warning: {path}: [plugins.dtls] state_dir: {state / 'dtls'} can be written "
+        f"in by root, who runs check-config, but not by daemon, the owner of {state} (the user "
+        "`voipgw run` created it as, most likely): mode 0755, owner root; so the DTLS "
+        "certificate (dtls plugin) cannot be written there as daemon; `voipgw run` as daemon "
+        f"refuses to start (chown daemon {state / 'dtls'})\n"
+    )
+    os.chown(state / "dtls", DAEMON.pw_uid, DAEMON.pw_gid)
+    (state / "dtls").chmod(0o777)
+    assert run_as_nobody(path) == "started"
+
+
+def test_a_recordings_directory_this_user_may_not_write_in(shared: Path) -> None:
+    state = service_state(shared)
+    recordings = shared / "recordings"
+    recordings.mkdir(mode=0o755)  # root's
+    table = f'[plugins.recorder]\nall_calls = true\ndirectory = "{recordings}"\n'
+    path = write_config(shared, state, table, '"udp", "recorder"')
+    assert run_as_nobody(path) == (
+        f"{path}: [plugins.recorder] directory: {recordings} is not writable by this user "
+        "(nobody): the recordings (recorder plugin) cannot be written there"
+    )
+
+
+def test_a_root_owned_store_file_in_a_writable_state_dir(shared: Path) -> None:
+    """`voipgw run` once as root left voipgw.sqlite3 of root's, mode 0644: SQLite opened it
+    read-only and the first REGISTER failed ("attempt to write a readonly database")."""
+    state = service_state(shared)
+    database = state / "voipgw.sqlite3"
+    database.write_bytes(b"")
+    database.chmod(0o644)  # root's
+    path = write_config(shared, state, "", '"udp"')
+    assert run_as_nobody(path) == (
+        f"{path}: [gateway] state_dir: {database} is not writable by this user (nobody) (mode "
+        f"0644, owner root): the SQLite store cannot be written (chown nobody {database})"
+    )
+    code, out, err = check_config_as_nobody(path)
+    assert code == cli.EXIT_OK, err
+    assert out.endswith("OK (1 plugins: udp)\n")
+    assert err == (
+        f"voipgw: warning: {path}: [gateway] state_dir: {database} is not writable by this "
+        "user (nobody) (mode 0644, owner root), who runs check-config: the SQLite store cannot "
+        "be written by this user; the service's user may be allowed to; `voipgw run` as a "
+        "user who is not refuses to start (check it as that user: sudo -u USER voipgw "
+        "check-config FILE)\n"
+    )
+    # As root (a deploy script): the state_dir's owner, daemon, may not write it.
+    code, _out, err = check_config(path)
+    assert code == cli.EXIT_OK, err
+    assert err == (
+        f"voipgw: warning: {path}: [gateway] state_dir: {database} can be written by root, "
+        f"who runs check-config, but not by daemon, the owner of {state} (the user `voipgw "
+        "run` created it as, most likely): mode 0644, owner root; `voipgw run` as daemon "
+        f"refuses to start (chown daemon {database})\n"
+    )
+    owned_by_service(database, mode=0o666)
+    assert run_as_nobody(path) == "started"
