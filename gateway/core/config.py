@@ -1890,8 +1890,7 @@ def value_warnings(config: GatewayConfig) -> list[ConfigError]:
     max_failures = config.gateway.auth_max_failures
     banned = config.gateway.auth_block_time > 0
     if banned and max_failures == 1:
-        # Each failure bans its source at once: the window decides nothing.
-        pass
+        pass  # each failure bans its source at once: the window decides nothing
     elif window < MIN_AUTH_FAILURE_WINDOW:
         errors.append(
             ConfigError(
