@@ -286,6 +286,9 @@ class GatewaySection:
     # Seconds a source that reached auth_max_failures stays blocked, from the failure that
     # blocked it; 0: only while its failures lie in the window (a rate, not a ban).
     auth_block_time: float = 0.0
+    # IPv6 sources' failures and bans are counted per prefix of this many bits (128: per
+    # address, as before the key); IPv4 per address. A guesser holds a /64 at least.
+    auth_ipv6_prefix_length: int = 128
     # RFC 7090 PSAP callbacks (gateway/core/calls/psap_callback.py): how long after an
     # emergency call a marked call to the number it presented is served like one; 0: never.
     psap_callback_window: float = 1800.0
@@ -393,6 +396,11 @@ MAX_REDIRECTS = 20
 # A day: a source blocked for longer is better refused by a firewall. Bounds
 # auth_block_time too.
 MAX_AUTH_FAILURE_WINDOW = 86_400.0
+# [gateway] auth_ipv6_prefix_length bounds. 128: one address. 64: one subnet, what a customer
+# or a host holds at least (64-bit interface IDs, RFC 4291 §2.5.1); 48: the largest end-site
+# assignment (RFC 6177 §2: a /48 to a /64). Shorter would ban other customers' phones too.
+MIN_AUTH_IPV6_PREFIX_LENGTH = 48
+MAX_AUTH_IPV6_PREFIX_LENGTH = 128
 # Under this auth_failure_window the limit never blocks: a source is blocked while its last
 # auth_max_failures failures lie within the window, and the gateway takes longer than this to
 # read one request (about 14 us to parse an INVITE, more for a digest check), so no two
@@ -1370,6 +1378,15 @@ def _validate(config: GatewayConfig, file: str) -> None:
             f"expected seconds from 0 (blocked only while the failures lie within "
             f"auth_failure_window) to {MAX_AUTH_FAILURE_WINDOW:g}, got {block_time:g}",
         )
+    prefix_length = config.gateway.auth_ipv6_prefix_length
+    if not MIN_AUTH_IPV6_PREFIX_LENGTH <= prefix_length <= MAX_AUTH_IPV6_PREFIX_LENGTH:
+        raise ConfigError(
+            file,
+            "gateway",
+            "auth_ipv6_prefix_length",
+            f"expected an IPv6 prefix length from {MIN_AUTH_IPV6_PREFIX_LENGTH} (a site) to "
+            f"{MAX_AUTH_IPV6_PREFIX_LENGTH} (one address), got {prefix_length}",
+        )
     if not 0 <= config.gateway.psap_callback_window <= MAX_PSAP_CALLBACK_WINDOW:
         raise ConfigError(
             file,
@@ -2012,7 +2029,11 @@ def value_warnings(config: GatewayConfig) -> list[ConfigError]:
             )
         )
     window = config.gateway.auth_failure_window
-    if window < MIN_AUTH_FAILURE_WINDOW:
+    max_failures = config.gateway.auth_max_failures
+    banned = config.gateway.auth_block_time > 0
+    if banned and max_failures == 1:
+        pass  # each failure bans its source at once: the window decides nothing
+    elif window < MIN_AUTH_FAILURE_WINDOW:
         errors.append(
             ConfigError(
                 file,
@@ -2023,8 +2044,25 @@ def value_warnings(config: GatewayConfig) -> list[ConfigError]:
                 f"{WARN_AUTH_FAILURE_WINDOW:g} s or more makes it one against guessing",
             )
         )
+    elif window < WARN_AUTH_FAILURE_WINDOW and banned:
+        # A ban begins only when the window blocks: auth_max_failures failures within it. A
+        # guesser spacing its guesses window / (auth_max_failures - 1) apart or more never has
+        # them, so it is never banned and guesses at that rate for ever (8 a second at 0.5 s
+        # and 5 failures): the ban stops floods, not a guesser that paces itself.
+        guesses = (max_failures - 1) / window
+        errors.append(
+            ConfigError(
+                file,
+                "gateway",
+                "auth_failure_window",
+                f"{window:g} s lets a password guesser {guesses:.3g} guesses a second from one "
+                f"address ({guesses * 86400:.3g} a day) that auth_block_time never bans: a ban "
+                f"begins only at {max_failures} failures within the window; "
+                f"{WARN_AUTH_FAILURE_WINDOW:g} s or more makes the ban one against guessing",
+            )
+        )
     elif window < WARN_AUTH_FAILURE_WINDOW:
-        guesses = config.gateway.auth_max_failures / window
+        guesses = max_failures / window
         errors.append(
             ConfigError(
                 file,

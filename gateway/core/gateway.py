@@ -1223,6 +1223,7 @@ class Gateway:
                 max_failures=self.config.gateway.auth_max_failures,
                 window=self.config.gateway.auth_failure_window,
                 block_time=self.config.gateway.auth_block_time,
+                ipv6_prefix_length=self.config.gateway.auth_ipv6_prefix_length,
             ),
             # Monotonic: a ban of auth_block_time lasts that long whatever NTP does.
             failure_clock=trio.current_time,

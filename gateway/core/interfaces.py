@@ -977,9 +977,11 @@ class SipCounts:
     # Requests dropped unanswered for a scanner's User-Agent ([sip] drop_user_agents).
     dropped_user_agent: int = 0
     # Digest authentication (gateway/core/registration.py): failed attempts (a wrong password
-    # or an unknown user), and requests refused 403 because their source was blocked.
+    # or an unknown user), requests refused 403 because their source was blocked, and the
+    # sources (addresses, or IPv6 prefixes) banned now ([gateway] auth_block_time).
     auth_failures: int = 0
     auth_blocked: int = 0
+    auth_banned_sources: int = 0
     # NAT keepalives ([sip] nat_keepalive_interval; None: off): the registered contacts they
     # keep alive, and those removed for not answering, since the start.
     nat_keepalive_contacts: int | None = None

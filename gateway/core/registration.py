@@ -168,10 +168,15 @@ class RegistrationService:
             # Operators' fail2ban filters match this line from its start ("INVITE from
             # <HOST>:<port>: authentication failed for user"), and some to its end ("(source
             # now blocked)$"): without [gateway] auth_block_time the line is as it always was;
-            # with it (an operator's choice) the ban's length is said last.
+            # with it (an operator's choice) the ban's length is said last. An IPv6 source
+            # counted per prefix ([gateway] auth_ipv6_prefix_length) says the prefix before
+            # "(source now blocked)", which keeps both the start and that end.
             said = ""
             if blocked:
-                said = " (source now blocked)"
+                counted = self.failures.source_of(source)
+                if "/" in counted:
+                    said = f" from {counted}"
+                said += " (source now blocked)"
                 if self.failures.policy.block_time > 0:
                     seconds = round(self.failures.blocked_for(source, now=elapsed), 1)
                     said += f", refused for the next {seconds:g} s"

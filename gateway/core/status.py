@@ -366,6 +366,12 @@ class StatusView:
             dropped_user_agent=endpoint.dropped_user_agent,
             auth_failures=registration.failed if registration is not None else 0,
             auth_blocked=registration.refused_blocked if registration is not None else 0,
+            # Counted here, at the scrape, from the ban table: nothing per request.
+            auth_banned_sources=(
+                registration.failures.banned_now(now=registration.failure_clock())
+                if registration is not None
+                else 0
+            ),
             dropped_queue_full=self._gateway.statistics.dropped_queue_full,
             udp_receive_dropped=self._gateway.datagram_receive_drops(),
             emergency_overload_passes=endpoint.emergency_overload_passes,

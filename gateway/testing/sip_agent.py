@@ -73,6 +73,7 @@ from gateway.core.sip.transaction import (
 )
 from gateway.core.sip.uri import SipUri
 from gateway.core.sip.via import Hop, make_via, new_branch, response_target, stamp_request
+from gateway.core.transport.flows import format_host_port
 from gateway.testing.network import Address, MemoryNetwork
 
 log = logging.getLogger(__name__)
@@ -469,7 +470,8 @@ class SipAgent:
     @property
     def contact(self) -> NameAddr:
         host, port = self.contact_address
-        return NameAddr(SipUri("sip", host, user=self.user, port=port))
+        # An IPv6 address in brackets, as a URI writes it (RFC 3261 §25.1 IPv6reference).
+        return NameAddr(SipUri("sip", format_host_port(host), user=self.user, port=port))
 
     @property
     def aor(self) -> NameAddr:
@@ -479,7 +481,9 @@ class SipAgent:
 
     def new_via(self) -> Via:
         host, port = self.address
-        return make_via("UDP", host, port, branch=new_branch(lambda: self.ids.token_hex(8)))
+        return make_via(
+            "UDP", format_host_port(host), port, branch=new_branch(lambda: self.ids.token_hex(8))
+        )
 
     # -- running ------------------------------------------------------------------------------
 

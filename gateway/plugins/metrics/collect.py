@@ -293,6 +293,13 @@ def _sip(out: Exposition, status: GatewayStatus) -> None:
     )
     out.sample(sip.auth_blocked)
     out.family(
+        "voipgw_sip_auth_banned_sources",
+        "gauge",
+        "Source addresses (or IPv6 prefixes, [gateway] auth_ipv6_prefix_length) banned now for "
+        "too many failed authentications ([gateway] auth_block_time).",
+    )
+    out.sample(sip.auth_banned_sources)
+    out.family(
         "voipgw_sip_emergency_overload_passes_total",
         "counter",
         "New INVITEs to an emergency number that overload control served although they waited "

@@ -483,6 +483,48 @@ async def test_scanner_drops_and_password_guessing_are_exposed(
     assert samples["voipgw_sip_auth_blocked_total"] == 1
 
 
+async def test_banned_sources_are_a_gauge_counted_at_the_scrape(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """``voipgw_sip_auth_banned_sources``: the sources banned now, an IPv4 address and an IPv6
+    /64 ([gateway] auth_ipv6_prefix_length) here, back to 0 when their bans end, with no
+    request in between to drop them from the ban table."""
+    gateway_table = {
+        "auth_max_failures": 2,
+        "auth_block_time": 100,
+        "auth_ipv6_prefix_length": 64,
+    }
+    env, address = await metrics_env(nursery, tmp_path, voipgw_seed, gateway_table=gateway_table)
+    assert (await scrape(address))["voipgw_sip_auth_banned_sources"] == 0
+    sources = [("192.0.2.67", 5060), ("2001:db8:1:2::66", 5060), ("2001:db8:1:2::67", 5060)]
+    guessers = []
+    for number, source in enumerate(sources):
+        guesser = SipAgent(
+            env.network,
+            source,
+            ids=SeededIds(voipgw_seed + 9 + number),
+            user="alice",
+            password="not-her-password",
+            proxy=GW,
+        )
+        await nursery.start(guesser.serve)
+        guessers.append(guesser)
+    ipv4, first_of_64, second_of_64 = guessers
+    for _ in range(2):
+        await ipv4.register()
+    assert (await scrape(address))["voipgw_sip_auth_banned_sources"] == 1
+    await trio.sleep(50)
+    await first_of_64.register()  # two addresses, one prefix: one ban
+    assert (await second_of_64.register()).status == 403
+    samples = await scrape(address)
+    assert samples["voipgw_sip_auth_banned_sources"] == 2
+    assert samples["voipgw_sip_auth_blocked_total"] == 0  # nothing refused yet
+    await trio.sleep(51)  # the IPv4 address's ban has ended
+    assert (await scrape(address))["voipgw_sip_auth_banned_sources"] == 1
+    await trio.sleep(50)
+    assert (await scrape(address))["voipgw_sip_auth_banned_sources"] == 0
+
+
 async def test_call_record_retention_is_scraped_as_it_deletes_and_fails(
     nursery: trio.Nursery,
     tmp_path: Path,

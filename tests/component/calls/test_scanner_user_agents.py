@@ -18,7 +18,7 @@ import trio
 from gateway.core.ids import SeededIds
 from gateway.core.status import CallStatistics, StatusView
 from gateway.testing.sip_agent import SipAgent
-from tests.component.calls.b2bua_env import GW, TRUNK, B2bua, start_b2bua
+from tests.component.calls.b2bua_env import ALICE_PASSWORD, GW, TRUNK, B2bua, start_b2bua
 from tests.component.calls.scanner_requests import SCANNER, request
 
 SVWAR = "friendly-scanner"
@@ -239,3 +239,54 @@ async def test_auth_block_time_bans_the_guessing_address_past_the_window(
     assert (await env.alice.register()).status == 200  # her phone, from 127.0.0.3
     await trio.sleep_until(banned_at + 60)
     assert (await guesser.register()).status == 401
+
+
+async def test_an_ipv6_guesser_walking_its_64_is_banned_whole(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """``[gateway] auth_ipv6_prefix_length = 64``: svcrack's pattern from a new IPv6 address
+    for each guess. Two failures from two addresses of one /64 ban the /64: a third address of
+    it is refused even with alice's right password, an address of the next /64 is challenged,
+    and 60 s after the ban the /64 is challenged again. (2001:db8::/32 is the documentation
+    prefix, RFC 3849: these addresses exist on the in-memory network only.)"""
+    env = await start_b2bua(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        gateway_table={
+            "auth_max_failures": 2,
+            "auth_failure_window": 3,
+            "auth_block_time": 60,
+            "auth_ipv6_prefix_length": 64,
+        },
+    )
+
+    async def agent(host: str, seed: int, password: str) -> SipAgent:
+        sip_agent = SipAgent(
+            env.network,
+            (host, 5060),
+            ids=SeededIds(voipgw_seed + seed),
+            user="alice",
+            password=password,
+            proxy=GW,
+        )
+        await nursery.start(sip_agent.serve)
+        return sip_agent
+
+    first = await agent("2001:db8:1:2::66", 9, "not-her-password")
+    second = await agent("2001:db8:1:2::67", 10, "not-her-password")
+    phone_in_the_64 = await agent("2001:db8:1:2::7", 11, ALICE_PASSWORD)
+    guesser_next_door = await agent("2001:db8:1:3::66", 12, "not-her-password")
+    assert (await first.register()).status == 401
+    refused = await second.register()  # the /64's second failure: banned
+    assert (refused.status, refused.reason) == (403, "Too Many Failed Authentications")
+    banned_at = trio.current_time()
+    assert (await phone_in_the_64.register()).status == 403
+    assert (await guesser_next_door.register()).status == 401  # its own first failure
+    tables = dict(StatusView(env.gateway, CallStatistics()).tables())
+    # Two prefixes counted, one banned: the tables hold prefixes, not addresses.
+    assert (tables["auth_failure_sources"], tables["auth_banned_sources"]) == (2, 1)
+    await trio.sleep_until(banned_at + 59.5)
+    assert (await phone_in_the_64.register()).status == 403
+    await trio.sleep_until(banned_at + 60)
+    assert (await phone_in_the_64.register()).status == 200

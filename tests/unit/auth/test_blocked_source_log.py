@@ -45,7 +45,8 @@ def _service(
 
 
 def _register(address: tuple[str, int]) -> Request:
-    return request("REGISTER", uri="sip:127.0.0.1:5060", sent_by=f"{address[0]}:{address[1]}")
+    host = f"[{address[0]}]" if ":" in address[0] else address[0]  # RFC 3261 §25.1 IPv6reference
+    return request("REGISTER", uri="sip:127.0.0.1:5060", sent_by=f"{host}:{address[1]}")
 
 
 def _flow(address: tuple[str, int]) -> Flow:
@@ -204,3 +205,87 @@ def test_a_ban_lasts_its_time_when_the_wall_clock_steps_back(tmp_path: Path) -> 
     elapsed[0] += 0.1
     answer = service.authenticate(_register(GUESSER), _flow(GUESSER), AuthKind.WWW)
     assert isinstance(answer, Response) and answer.status == 401
+
+
+# The same filter for IPv6 sources (fail2ban's <HOST> takes "[2001:db8::1]"), and one anchored at
+# the end as some operators wrote (docs/configuration.md, auth_max_failures).
+FAIL2BAN_FAILREGEX_IPV6 = (
+    r"^(?:REGISTER|INVITE) from \[(?P<host>[0-9a-f:]+)\]:\d+: authentication failed for user "
+    r"'[^']*'"
+)
+FAIL2BAN_END_REGEX = r"\(source now blocked\)$"
+GUESSER_V6 = ("2001:db8:1:2::66", 5060)
+
+
+@pytest.mark.parametrize(
+    ("prefix_length", "said"),
+    [(128, ""), (64, " from 2001:db8:1:2::/64"), (48, " from 2001:db8:1::/48")],
+)
+def test_an_ipv6_block_names_the_address_and_the_prefix_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, prefix_length: int, said: str
+) -> None:
+    """``[gateway] auth_ipv6_prefix_length``: the failures of three addresses of one /64 block
+    it. The WARNING names the address that failed last, as ever, and the prefix before
+    "(source now blocked)", so that filters anchored at the line's start or at that end match
+    it; at 128 (the default) the line is as before the key. Another address of the prefix is
+    refused, an address of another /48 is challenged."""
+    caplog.set_level(logging.WARNING, "gateway.core.registration")
+    clock = [1000.0]
+    policy = FailurePolicy(max_failures=3, window=5.0, ipv6_prefix_length=prefix_length)
+    service = _service(tmp_path, clock, policy)
+    for number in (1, 2, 0x66) if prefix_length < 128 else (0x66, 0x66, 0x66):
+        address = (f"2001:db8:1:2::{number:x}", 5060)
+        register = _register(address)
+        challenge = service.authenticate(register, _flow(address), AuthKind.WWW)
+        assert isinstance(challenge, Response) and challenge.status == 401
+        wrong = authorize(register, challenge, username="1000", password="guess", cnonce="c")
+        assert wrong is not None
+        answer = service.authenticate(wrong, _flow(address), AuthKind.WWW)
+        clock[0] += 0.5
+    assert isinstance(answer, Response) and answer.status == 403
+    lines = [r.getMessage() for r in caplog.records if "authentication failed" in r.getMessage()]
+    assert lines[-1] == (
+        "REGISTER from [2001:db8:1:2::66]:5060: authentication failed for user '1000'"
+        f"{said} (source now blocked)"
+    )
+    for line in lines:
+        match = re.match(FAIL2BAN_FAILREGEX_IPV6, line)
+        assert match is not None and match["host"].startswith("2001:db8:1:2::"), line
+    assert re.search(FAIL2BAN_END_REGEX, lines[-1])
+    neighbour = ("2001:db8:1:2::7", 5060)
+    answer = service.authenticate(_register(neighbour), _flow(neighbour), AuthKind.WWW)
+    assert isinstance(answer, Response)
+    assert answer.status == (401 if prefix_length == 128 else 403)
+    elsewhere = ("2001:db8:2::7", 5060)
+    answer = service.authenticate(_register(elsewhere), _flow(elsewhere), AuthKind.WWW)
+    assert isinstance(answer, Response) and answer.status == 401
+
+
+def test_an_ipv6_ban_names_the_prefix_then_its_length(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With ``auth_block_time`` the ban's length comes last, after the prefix, as for IPv4; the
+    right password from another address of the banned /64 is refused."""
+    caplog.set_level(logging.WARNING, "gateway.core.registration")
+    clock = [1000.0]
+    policy = FailurePolicy(max_failures=3, window=5.0, block_time=600, ipv6_prefix_length=64)
+    service = _service(tmp_path, clock, policy)
+    for _ in range(2):
+        service.failures.record_failure("2001:db8:1:2::1", user="1000", now=clock[0])
+    register = _register(GUESSER_V6)
+    challenge = service.authenticate(register, _flow(GUESSER_V6), AuthKind.WWW)
+    assert isinstance(challenge, Response) and challenge.status == 401
+    wrong = authorize(register, challenge, username="1000", password="guess", cnonce="c1")
+    assert wrong is not None
+    answer = service.authenticate(wrong, _flow(GUESSER_V6), AuthKind.WWW)
+    assert isinstance(answer, Response) and answer.status == 403
+    (line,) = [r.getMessage() for r in caplog.records if "now blocked" in r.getMessage()]
+    assert line == (
+        "REGISTER from [2001:db8:1:2::66]:5060: authentication failed for user '1000' from "
+        "2001:db8:1:2::/64 (source now blocked), refused for the next 600 s"
+    )
+    phone = ("2001:db8:1:2::7", 5060)
+    clock[0] += 60
+    register = _register(phone)
+    challenge = service.authenticate(register, _flow(phone), AuthKind.WWW)
+    assert isinstance(challenge, Response) and challenge.status == 403

@@ -99,6 +99,20 @@ receive_buffer = 4096
         ("[gateway]\nauth_block_time = -1\n", "gateway", "auth_block_time", "from 0"),
         ("[gateway]\nauth_block_time = 1e6\n", "gateway", "auth_block_time", "86400, got 1e+06"),
         ("[gateway]\nauth_block_time = nan\n", "gateway", "auth_block_time", "finite"),
+        ("[gateway]\nauth_ipv6_prefix_length = 47\n", "gateway", "auth_ipv6_prefix_length", "48"),
+        ("[gateway]\nauth_ipv6_prefix_length = 129\n", "gateway", "auth_ipv6_prefix_length", "129"),
+        (
+            "[gateway]\nauth_ipv6_prefix_length = 64.0\n",
+            "gateway",
+            "auth_ipv6_prefix_length",
+            "int",
+        ),
+        (
+            '[gateway]\nauth_ipv6_prefix_length = "64"\n',
+            "gateway",
+            "auth_ipv6_prefix_length",
+            "int",
+        ),
         ("[gateway]\npsap_callback_window = -1\n", "gateway", "psap_callback_window", "from 0"),
         ("[gateway]\npsap_callback_window = 1e6\n", "gateway", "psap_callback_window", "86400"),
     ],
@@ -171,6 +185,14 @@ def test_scanner_user_agents_and_failure_limit_defaults(tmp_path: Path) -> None:
     config = cfg.from_toml(write(tmp_path, text))
     assert config.sip.drop_user_agents == ()
     assert (config.gateway.auth_max_failures, config.gateway.auth_failure_window) == (3, 5.0)
+
+
+def test_auth_ipv6_prefix_length_defaults_to_one_address(tmp_path: Path) -> None:
+    # 128: each IPv6 address counted apart, as before the key; 48 to 128 taken as written.
+    assert cfg.from_toml(write(tmp_path, "")).gateway.auth_ipv6_prefix_length == 128
+    for length in (48, 56, 64, 128):
+        config = cfg.from_toml(write(tmp_path, f"[gateway]\nauth_ipv6_prefix_length = {length}\n"))
+        assert config.gateway.auth_ipv6_prefix_length == length
 
 
 def test_auth_block_time_defaults_to_no_ban(

@@ -413,6 +413,26 @@ def test_a_core_value_that_works_only_on_a_lan_is_allowed_and_said(
     assert value_warnings(from_mapping({})) == []
 
 
+def test_a_short_window_with_a_ban_is_still_said_with_the_rate_the_ban_never_stops() -> None:
+    """A ban begins only at auth_max_failures failures within auth_failure_window: a guesser
+    spacing its guesses window / (auth_max_failures - 1) apart is never banned (8 a second at
+    0.5 s and 5), so a ban does not make a short window harmless; with one failure enough for
+    a ban the window decides nothing, and nothing is said."""
+    gateway = {"auth_failure_window": 0.5, "auth_block_time": 600}
+    (error,) = value_warnings(from_mapping({"gateway": gateway}))
+    assert (error.table, error.key) == ("gateway", "auth_failure_window")
+    assert error.message.startswith(
+        "0.5 s lets a password guesser 8 guesses a second from one address (6.91e+05 a day) "
+        "that auth_block_time never bans: a ban begins only at 5 failures within the window"
+    ), error.message
+    (error,) = value_warnings(from_mapping({"gateway": {**gateway, "auth_failure_window": 1e-9}}))
+    assert error.message.startswith("1e-09 s is shorter than the gateway takes"), error.message
+    one = {"auth_max_failures": 1, "auth_block_time": 600}
+    for window in (0.5, 1e-9):
+        config = from_mapping({"gateway": {**one, "auth_failure_window": window}})
+        assert value_warnings(config) == []
+
+
 def test_check_config_refuses_a_value_of_the_lan_band_and_run_would_start(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

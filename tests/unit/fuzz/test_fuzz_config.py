@@ -156,6 +156,7 @@ def seed_config(f: Files) -> dict[str, Any]:
             "auth_max_failures": 5,
             "auth_failure_window": 60.0,
             "auth_block_time": 600.0,
+            "auth_ipv6_prefix_length": 64,
             "psap_callback_window": 1800.0,
         },
         "sip": {
