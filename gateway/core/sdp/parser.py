@@ -115,6 +115,12 @@ def parse_sdp_untrusted(
     # RFC 8866 §5: text is UTF-8, but i=/s= may use another a=charset; undecodable bytes are
     # carried through as surrogates so that relaying them gives the same bytes back.
     text = raw.decode("utf-8", "surrogateescape")
+    if "\r" in text:
+        # CRLF line ends (RFC 8866 §5) to LF once for the whole body, rather than a check per
+        # line; a CR the last line ends with is a line end too. A CR left over is inside a line.
+        text = text.replace("\r\n", "\n")
+        if text.endswith("\r"):
+            text = text[:-1]
     lines = text.split("\n")
     while lines and lines[-1].strip("\r") == "":
         lines.pop()  # the final line end, and blank lines some stacks add after it
@@ -159,8 +165,6 @@ class _Reader:
     def read(self, lines: list[str]) -> SessionDescription:
         for lineno, line in enumerate(lines, start=1):
             self.lineno = lineno
-            if line.endswith("\r"):
-                line = line[:-1]
             if len(line) > self.max_line:
                 raise self.error(f"line longer than {self.max_line} characters")
             if "\r" in line:
