@@ -14,10 +14,15 @@ Every problem raises :class:`SdpError` (answer 488); so does every exceeded limi
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
 import attrs
 
 from gateway.core.sdp import grammar
 from gateway.core.sdp.errors import SdpError
+from gateway.core.sdp.grammar import parse_uint_untrusted
 from gateway.core.sdp.model import (
     KNOWN_PROTOS,
     Attribute,
@@ -39,6 +44,19 @@ _SESSION_SINGLE = frozenset("vosiuck")
 _MEDIA_ORDER = {"i": 1, "c": 2, "b": 3, "k": 4, "a": 5}
 _MEDIA_SINGLE = frozenset("ik")
 _KNOWN_TYPES = frozenset("vosiuepcbtrzkam")
+
+VALUE_CACHE_ENTRIES = 256
+"""Parsed values of o=, c=, b=, t= and m= lines each value parser keeps, by the value's exact
+text: many recur call after call ("t=0 0", a peer's "c=IN IP4 192.0.2.1", the o= and m= lines of
+a peer that sends the same body each time) and their parse was most of a body's cost
+(docs/benchmarks.md, session 36). A text that differs per call (a new o= sess-id, a new port) is
+parsed as before and evicts the least recently used entry. The values are frozen; a malformed
+text raises :class:`SdpError` every time (``lru_cache`` keeps no exception); bounded, as the
+texts come from peers; none of these lines carries key material (k= and a= lines are never
+held)."""
+_VALUE_CACHE_MAX_TEXT = 128  # longer values are parsed every time, never held
+
+_Value = TypeVar("_Value")
 
 
 @attrs.define
@@ -97,6 +115,12 @@ def parse_sdp_untrusted(
     # RFC 8866 §5: text is UTF-8, but i=/s= may use another a=charset; undecodable bytes are
     # carried through as surrogates so that relaying them gives the same bytes back.
     text = raw.decode("utf-8", "surrogateescape")
+    if "\r" in text:
+        # CRLF line ends (RFC 8866 §5) to LF once for the whole body, rather than a check per
+        # line; a CR the last line ends with is a line end too. A CR left over is inside a line.
+        text = text.replace("\r\n", "\n")
+        if text.endswith("\r"):
+            text = text[:-1]
     lines = text.split("\n")
     while lines and lines[-1].strip("\r") == "":
         lines.pop()  # the final line end, and blank lines some stacks add after it
@@ -141,8 +165,6 @@ class _Reader:
     def read(self, lines: list[str]) -> SessionDescription:
         for lineno, line in enumerate(lines, start=1):
             self.lineno = lineno
-            if line.endswith("\r"):
-                line = line[:-1]
             if len(line) > self.max_line:
                 raise self.error(f"line longer than {self.max_line} characters")
             if "\r" in line:
@@ -177,7 +199,7 @@ class _Reader:
             if value != "0":
                 raise self.error("unsupported SDP version (v=0 expected)")
         elif kind == "o":
-            self.origin = self.parse_origin(value)
+            self.origin = self.value(_parse_origin, value)
         elif kind == "s":
             self.session_name = value
         elif kind == "i":
@@ -189,9 +211,9 @@ class _Reader:
         elif kind == "p":
             self.phones.append(value)
         elif kind == "c":
-            self.connection = self.parse_connection(value)
+            self.connection = self.value(_parse_connection, value)
         elif kind == "b":
-            self.bandwidths.append(self.parse_bandwidth(value))
+            self.bandwidths.append(self.value(_parse_bandwidth, value))
         elif kind in "trz":
             self.time_line(kind, value)
         elif kind == "k":
@@ -201,12 +223,7 @@ class _Reader:
 
     def time_line(self, kind: str, value: str) -> None:
         if kind == "t":
-            fields = value.split()
-            if len(fields) != 2:
-                raise self.error("t= needs <start-time> <stop-time>")
-            start = self.number(fields[0], "t= start time")
-            stop = self.number(fields[1], "t= stop time")
-            self.times.append(TimeDescription(start, stop))
+            self.times.append(self.value(_parse_time, value))
             return
         # RFC 8866 §5.10/§5.11: r= and z= belong to the t= just before them; a z= line closes
         # its time description (at most one).
@@ -233,7 +250,7 @@ class _Reader:
             self.require_session_fields("m= line")
         if len(self.media) >= self.max_media:
             raise self.error(f"more than {self.max_media} m= lines")
-        self.media.append(_Media(self.parse_media(value)))
+        self.media.append(_Media(self.value(_parse_media, value)))
         self.media_seen = set()
         self.rank = 0
 
@@ -251,9 +268,9 @@ class _Reader:
         if kind == "i":
             current.information = value
         elif kind == "c":
-            current.connections.append(self.parse_connection(value))
+            current.connections.append(self.value(_parse_connection, value))
         elif kind == "b":
-            current.bandwidths.append(self.parse_bandwidth(value))
+            current.bandwidths.append(self.value(_parse_bandwidth, value))
         elif kind == "k":
             current.key = value
         else:  # "a"
@@ -287,64 +304,14 @@ class _Reader:
 
     # -- fields --------------------------------------------------------------------------------
 
-    def number(self, text: str, what: str, *, maximum: int | None = None, minimum: int = 0) -> int:
+    def value(self, parse: _Memoized[_Value], value: str) -> _Value:
+        """``value`` parsed by ``parse``, its error reported with this line's number."""
         try:
-            return grammar.parse_uint_untrusted(text, what, maximum=maximum, minimum=minimum)
+            if len(value) > _VALUE_CACHE_MAX_TEXT:
+                return parse.uncached(value)
+            return parse.cached(value)
         except SdpError as exc:
             raise self.error(exc.reason) from None
-
-    def parse_origin(self, value: str) -> Origin:
-        # RFC 8866 §5.2: o=<username> <sess-id> <sess-version> <nettype> <addrtype> <address>
-        fields = value.split()
-        if len(fields) != 6:
-            raise self.error("o= needs 6 fields (RFC 8866 §5.2)")
-        username, sess_id, sess_version, nettype, addrtype, address = fields
-        for token, what in ((nettype, "nettype"), (addrtype, "addrtype")):
-            if not grammar.is_token(token):
-                raise self.error(f"bad o= {what}")
-        return Origin(
-            username=username,
-            session_id=self.number(sess_id, "o= sess-id"),
-            session_version=self.number(sess_version, "o= sess-version"),
-            nettype=nettype,
-            addrtype=addrtype,
-            address=address,
-        )
-
-    def parse_connection(self, value: str) -> Connection:
-        # RFC 8866 §5.7: c=<nettype> <addrtype> <connection-address>, where a multicast address
-        # carries /ttl[/count] (IP4) or /count (IP6).
-        fields = value.split()
-        if len(fields) != 3:
-            raise self.error("c= needs 3 fields (RFC 8866 §5.7)")
-        nettype, addrtype, connection_address = fields
-        if not grammar.is_token(nettype) or not grammar.is_token(addrtype):
-            raise self.error("bad c= nettype or addrtype")
-        kind = addrtype.upper()
-        if kind not in ("IP4", "IP6"):
-            return Connection(nettype, addrtype, connection_address)
-        address, *suffixes = connection_address.split("/")
-        try:
-            grammar.check_address_untrusted(addrtype, address, "c=")
-        except SdpError as exc:
-            raise self.error(exc.reason) from None
-        ttl = count = None
-        if kind == "IP4" and len(suffixes) in (1, 2):
-            ttl = self.number(suffixes[0], "c= TTL", maximum=255)
-            if len(suffixes) == 2:
-                count = self.number(suffixes[1], "c= address count", minimum=1)
-        elif kind == "IP6" and len(suffixes) == 1:
-            count = self.number(suffixes[0], "c= address count", minimum=1)
-        elif suffixes:
-            raise self.error("bad c= multicast suffix")
-        return Connection(nettype, addrtype, address, ttl, count)
-
-    def parse_bandwidth(self, value: str) -> Bandwidth:
-        # RFC 8866 §5.8: b=<bwtype>:<bandwidth>
-        bwtype, colon, amount = value.partition(":")
-        if not colon or not grammar.is_token(bwtype):
-            raise self.error("b= needs <bwtype>:<bandwidth> (RFC 8866 §5.8)")
-        return Bandwidth(bwtype, self.number(amount.strip(), "b= bandwidth"))
 
     def parse_attribute(self, value: str) -> Attribute:
         # RFC 8866 §5.13: a=<attribute-name> or a=<attribute-name>:<attribute-value>
@@ -358,29 +325,111 @@ class _Reader:
             raise self.error("bad attribute name")
         return Attribute(name, attribute_value if colon else None)
 
-    def parse_media(self, value: str) -> MediaDescription:
-        # RFC 8866 §5.14: m=<media> <port>[/<number of ports>] <proto> <fmt> ...
-        fields = value.split()
-        if len(fields) < 3:
-            raise self.error("m= needs <media> <port> <proto> <fmt> (RFC 8866 §5.14)")
-        media, port_text, proto, *formats = fields
-        if not grammar.is_token(media):
-            raise self.error("bad m= media type")
-        port_part, slash, count_part = port_text.partition("/")
-        port = self.number(port_part, "m= port", maximum=65535)
-        port_count = self.number(count_part, "m= port count", minimum=1) if slash else None
-        if proto.upper() not in KNOWN_PROTOS:
-            raise self.error("unsupported m= transport protocol")
-        if not formats and port != 0:
-            raise self.error("m= line without formats")
-        if is_rtp_proto(proto):
-            for fmt in formats:
-                self.number(fmt, "m= payload type", maximum=127)
-        elif not all(grammar.is_token(fmt) for fmt in formats):
-            raise self.error("bad m= format")
-        return MediaDescription(
-            media=media, port=port, proto=proto, formats=tuple(formats), port_count=port_count
-        )
+
+class _Memoized(Generic[_Value]):
+    """A value parser behind a bounded cache of :data:`VALUE_CACHE_ENTRIES` texts."""
+
+    def __init__(self, parse: Callable[[str], _Value]) -> None:
+        self.uncached = parse
+        self.cached = functools.lru_cache(maxsize=VALUE_CACHE_ENTRIES)(parse)
+
+
+# The value parsers below read one line's value and raise SdpError with a reason naming the field
+# (the reader adds the line number). Each is a pure function of the text, so it is memoized.
+
+
+@_Memoized
+def _parse_origin(value: str) -> Origin:
+    # RFC 8866 §5.2: o=<username> <sess-id> <sess-version> <nettype> <addrtype> <address>
+    fields = value.split()
+    if len(fields) != 6:
+        raise SdpError("o= needs 6 fields (RFC 8866 §5.2)")
+    username, sess_id, sess_version, nettype, addrtype, address = fields
+    for token, what in ((nettype, "nettype"), (addrtype, "addrtype")):
+        if not grammar.is_token(token):
+            raise SdpError(f"bad o= {what}")
+    return Origin(
+        username=username,
+        session_id=parse_uint_untrusted(sess_id, "o= sess-id"),
+        session_version=parse_uint_untrusted(sess_version, "o= sess-version"),
+        nettype=nettype,
+        addrtype=addrtype,
+        address=address,
+    )
+
+
+@_Memoized
+def _parse_connection(value: str) -> Connection:
+    # RFC 8866 §5.7: c=<nettype> <addrtype> <connection-address>, where a multicast address
+    # carries /ttl[/count] (IP4) or /count (IP6).
+    fields = value.split()
+    if len(fields) != 3:
+        raise SdpError("c= needs 3 fields (RFC 8866 §5.7)")
+    nettype, addrtype, connection_address = fields
+    if not grammar.is_token(nettype) or not grammar.is_token(addrtype):
+        raise SdpError("bad c= nettype or addrtype")
+    kind = addrtype.upper()
+    if kind not in ("IP4", "IP6"):
+        return Connection(nettype, addrtype, connection_address)
+    address, *suffixes = connection_address.split("/")
+    grammar.check_address_untrusted(addrtype, address, "c=")
+    ttl = count = None
+    if kind == "IP4" and len(suffixes) in (1, 2):
+        ttl = parse_uint_untrusted(suffixes[0], "c= TTL", maximum=255)
+        if len(suffixes) == 2:
+            count = parse_uint_untrusted(suffixes[1], "c= address count", minimum=1)
+    elif kind == "IP6" and len(suffixes) == 1:
+        count = parse_uint_untrusted(suffixes[0], "c= address count", minimum=1)
+    elif suffixes:
+        raise SdpError("bad c= multicast suffix")
+    return Connection(nettype, addrtype, address, ttl, count)
+
+
+@_Memoized
+def _parse_bandwidth(value: str) -> Bandwidth:
+    # RFC 8866 §5.8: b=<bwtype>:<bandwidth>
+    bwtype, colon, amount = value.partition(":")
+    if not colon or not grammar.is_token(bwtype):
+        raise SdpError("b= needs <bwtype>:<bandwidth> (RFC 8866 §5.8)")
+    return Bandwidth(bwtype, parse_uint_untrusted(amount.strip(), "b= bandwidth"))
+
+
+@_Memoized
+def _parse_time(value: str) -> TimeDescription:
+    # RFC 8866 §5.9: t=<start-time> <stop-time> (r= and z= lines are added by the reader)
+    fields = value.split()
+    if len(fields) != 2:
+        raise SdpError("t= needs <start-time> <stop-time>")
+    return TimeDescription(
+        parse_uint_untrusted(fields[0], "t= start time"),
+        parse_uint_untrusted(fields[1], "t= stop time"),
+    )
+
+
+@_Memoized
+def _parse_media(value: str) -> MediaDescription:
+    # RFC 8866 §5.14: m=<media> <port>[/<number of ports>] <proto> <fmt> ...
+    fields = value.split()
+    if len(fields) < 3:
+        raise SdpError("m= needs <media> <port> <proto> <fmt> (RFC 8866 §5.14)")
+    media, port_text, proto, *formats = fields
+    if not grammar.is_token(media):
+        raise SdpError("bad m= media type")
+    port_part, slash, count_part = port_text.partition("/")
+    port = parse_uint_untrusted(port_part, "m= port", maximum=65535)
+    port_count = parse_uint_untrusted(count_part, "m= port count", minimum=1) if slash else None
+    if proto.upper() not in KNOWN_PROTOS:
+        raise SdpError("unsupported m= transport protocol")
+    if not formats and port != 0:
+        raise SdpError("m= line without formats")
+    if is_rtp_proto(proto):
+        for fmt in formats:
+            parse_uint_untrusted(fmt, "m= payload type", maximum=127)
+    elif not all(grammar.is_token(fmt) for fmt in formats):
+        raise SdpError("bad m= format")
+    return MediaDescription(
+        media=media, port=port, proto=proto, formats=tuple(formats), port_count=port_count
+    )
 
 
 def _unknown_type(kind: str, level: str) -> str:
