@@ -18,9 +18,11 @@ the gateway's and both phones' (they parse and build their messages with the sam
         python benchmarks/call_instructions.py --calls 220
     # per call: (Ir of cg.220 - Ir of cg.20) / 200 (the "summary:" or "totals:" line)
 
-Instruction counts do not depend on the machine's load, so base and branch can be compared on a
-busy machine; run each a few times (the spread between runs is about 0.5 %). Without valgrind it
-runs in a few seconds and prints the number of calls done.
+Run base and branch on a quiet machine, a few times each: the call waits on a worker thread (the
+call record's write) and on real sockets (the media relay's ports), and under heavy load the
+loop turns more while it waits (session 36: the same tree counted 9.63 M and 13.82 M per call at
+load average 17, its 20-call runs equal to 0.01 %). Without valgrind it runs in a few seconds
+and prints the number of calls done.
 """
 
 from __future__ import annotations
