@@ -163,7 +163,7 @@ from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import SessionDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sdp.serializer import serialize_sdp
-from gateway.core.sip.dialog import OutOfOrderRequest, require_contact, uas_dialog_id
+from gateway.core.sip.dialog import OutOfOrderRequest, require_contact
 from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.message import Request, Response, default_reason, make_response
 from gateway.core.sip.session_timer import IntervalTooSmall, allows_update
@@ -841,7 +841,7 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
         if request.call_id != leg.dialog.call_id:
             await self._other_dialog_request(event)  # a departed transferor, or a new target
             return
-        if uas_dialog_id(request) != leg.dialog.id:
+        if not leg.dialog.holds_request(request):
             # Our To tag found the call but the From tag is not the leg's peer's: no dialog of
             # ours (RFC 3261 §12.2.2: 481), and no reason to end the call.
             await self.endpoint.respond(event.transaction, make_response(request, 481))

@@ -419,8 +419,19 @@ class Dialog:
         if uri is not None:
             self.remote_target = uri
 
+    def holds_request(self, request: Request) -> bool:
+        """Whether a received ``request`` is in this dialog: its Call-ID, To tag (ours) and
+        From tag (the peer's) are the dialog's (RFC 3261 §12.2.2). The same test as comparing
+        :func:`uas_dialog_id` with :attr:`id`, without building the two ids (every in-dialog
+        request is checked by its call and again here)."""
+        return (
+            request.call_id == self.call_id
+            and request.to.tag == self.local_tag
+            and request.from_.tag == self.remote_tag
+        )
+
     def _check_request_ids(self, request: Request) -> None:
-        if uas_dialog_id(request) != self.id:
+        if not self.holds_request(request):
             raise LocalSipError("request does not belong to this dialog")
 
     def _check_response_ids(self, response: Response) -> None:

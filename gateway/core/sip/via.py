@@ -162,20 +162,40 @@ def response_target(via: Via) -> ResponseTarget:
     """Apply RFC 3261 §18.2.2 and RFC 3581 §4 to the top Via of a response (as stamped on receipt
     of its request by :func:`stamp_received`)."""
     transport = via.transport.upper()
-    received = via.received
+    received, rport, maddr = _response_params(via)
     if transport != "UDP":
         # Reliable: the existing connection first; else received (or sent-by) at the sent-by port.
         host = _plain(received if received is not None else via.host)
         return ResponseTarget(transport, host, _port_or_default(via, host), reuse_connection=True)
-    maddr = via.maddr
     if maddr is not None:
         # Multicast (or explicit) address; port from sent-by or 5060.
         return ResponseTarget(transport, _plain(maddr), via.port or 5060, reuse_connection=False)
     if received is not None:
-        port = via.rport if via.rport is not None else via.port or default_port(transport)
+        port = rport if rport is not None else via.port or default_port(transport)
         return ResponseTarget(transport, _plain(received), port, reuse_connection=False)
     host = _plain(via.host)
     return ResponseTarget(transport, host, _port_or_default(via, host), reuse_connection=False)
+
+
+def _response_params(via: Via) -> tuple[str | None, int | None, str | None]:
+    """The Via's ``received``, ``rport`` (its port number, None when absent, a flag or not
+    digits) and ``maddr`` values, in one pass over its parameters (every response sent reads
+    them): the first of each name, compared case-insensitively (RFC 3261 §7.3.1, §20.42), as
+    :attr:`Via.received`, :attr:`Via.rport` and :attr:`Via.maddr` read them."""
+    received = rport = maddr = None
+    seen_received = seen_rport = seen_maddr = False
+    for key, value in via.params:
+        name = key if key.islower() else key.lower()
+        if name == "received":
+            if not seen_received:
+                received, seen_received = value, True
+        elif name == "rport":
+            if not seen_rport:
+                rport, seen_rport = value, True
+        elif name == "maddr" and not seen_maddr:
+            maddr, seen_maddr = value, True
+    port = int(rport) if rport is not None and rport.isdigit() else None
+    return received, port, maddr
 
 
 def _port_or_default(via: Via, host: str) -> int | None:

@@ -83,6 +83,35 @@ def test_dialog_ids_from_both_sides() -> None:
 
 
 @pytest.mark.parametrize(
+    ("call_id", "from_tag", "to_tag"),
+    [
+        ("call-1@client.example.com", "callee", "caller"),  # the dialog's own
+        ("call-2@client.example.com", "callee", "caller"),
+        ("call-1@client.example.com", "other", "caller"),
+        ("call-1@client.example.com", "callee", "other"),
+        ("call-1@client.example.com", "callee", None),  # no To tag: outside any dialog
+        ("call-1@client.example.com", None, "caller"),  # an RFC 2543 peer's missing From tag
+        ("call-1@client.example.com", "Callee", "caller"),  # tags compare case-sensitively
+    ],
+)
+def test_holds_request_is_the_dialog_id_comparison(
+    call_id: str, from_tag: str | None, to_tag: str | None
+) -> None:
+    # RFC 3261 §12.2.2: Call-ID, To tag (ours) and From tag (the peer's) name the dialog. The
+    # call and the dialog both test a received request with holds_request: it must answer as
+    # comparing the ids did, and receive_request must still refuse a request it does not hold.
+    _, dialog = uac_dialog()
+    bye = request("BYE", call_id=call_id, from_tag=from_tag, to_tag=to_tag)
+    assert dialog.holds_request(bye) == (uas_dialog_id(bye) == dialog.id)
+    if not dialog.holds_request(bye):
+        with pytest.raises(LocalSipError, match="does not belong to this dialog"):
+            dialog.receive_request(bye)
+    _, rfc2543 = uac_dialog()
+    rfc2543.remote_tag = None
+    assert rfc2543.holds_request(bye) == (uas_dialog_id(bye) == rfc2543.id)
+
+
+@pytest.mark.parametrize(
     ("status", "tag", "expected"),
     [(100, None, False), (180, None, False), (180, "t", True), (200, "t", True), (200, None, True)],
 )

@@ -6,6 +6,8 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.core.sip.errors import LocalSipError
 from gateway.core.sip.grammar import parse_via_untrusted
@@ -13,6 +15,8 @@ from gateway.core.sip.headers import Via
 from gateway.core.sip.via import (
     Hop,
     ResponseTarget,
+    _plain,
+    _port_or_default,
     default_port,
     has_rfc3261_branch,
     make_via,
@@ -169,6 +173,47 @@ def test_sent_by_when_nothing_else() -> None:
     )
     # A name without port: RFC 3263 §5 (SRV) is the caller's job.
     assert response_target(via("SIP/2.0/UDP pc33.example.com")).port is None
+
+
+def _target_read_param_by_param(via: Via) -> ResponseTarget:
+    """response_target as it was written before its one-pass read of the parameters: each of
+    received, rport and maddr found by its own scan (Via's properties)."""
+    transport = via.transport.upper()
+    received = via.received
+    if transport != "UDP":
+        host = _plain(received if received is not None else via.host)
+        return ResponseTarget(transport, host, _port_or_default(via, host), reuse_connection=True)
+    if via.maddr is not None:
+        return ResponseTarget(transport, _plain(via.maddr), via.port or 5060, False)
+    if received is not None:
+        port = via.rport if via.rport is not None else via.port or default_port(transport)
+        return ResponseTarget(transport, _plain(received), port, reuse_connection=False)
+    host = _plain(via.host)
+    return ResponseTarget(transport, host, _port_or_default(via, host), reuse_connection=False)
+
+
+_PARAM_NAMES = st.sampled_from(
+    ["received", "RECEIVED", "Received", "rport", "RPort", "maddr", "MADDR", "branch", "ttl", "x"]
+)
+_PARAM_VALUES = st.sampled_from(
+    [None, "192.0.2.9", "2001:db8::5", "5071", "65535", "0", "12a", "", "239.255.255.1"]
+)
+
+
+@given(
+    transport=st.sampled_from(["UDP", "udp", "TCP", "TLS", "WS"]),
+    host=st.sampled_from(["10.0.0.5", "[2001:db8::1]", "pc33.example.com"]),
+    port=st.sampled_from([None, 5060, 5070]),
+    params=st.lists(st.tuples(_PARAM_NAMES, _PARAM_VALUES), max_size=6),
+)
+def test_response_target_reads_the_first_of_each_parameter_case_insensitively(
+    transport: str, host: str, port: int | None, params: list[tuple[str, str | None]]
+) -> None:
+    # RFC 3261 §7.3.1 and §20.42: parameter names compare case-insensitively; the first of a
+    # repeated name counts, a flag (no value) counts as absent, an rport that is not digits too.
+    # The one-pass read of received/rport/maddr must target what reading each did.
+    value = Via(transport, host, port, tuple(params))
+    assert response_target(value) == _target_read_param_by_param(value)
 
 
 def test_hop_transport_is_upper_case_and_reliability() -> None:
