@@ -717,6 +717,9 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
                 "status": status,
             }
         )
+        # `voipgw calls` reads the live call's record: save it again, with the transfer and
+        # the legs the call has now (docs/transfers.md), not only once the call ends.
+        self.manager.security_changed(cast("Call", self))
         # For observers (CDR writers, billing): who left, who came in, or why not.
         side = transfer.side.value.upper()
         if status == 200:

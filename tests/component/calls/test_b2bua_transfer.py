@@ -114,6 +114,34 @@ async def test_a_blind_transfer_by_the_callee_puts_the_caller_through_to_the_tar
     ]
 
 
+async def test_voipgw_calls_shows_a_transfer_while_the_call_is_still_up(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # docs/transfers.md: `voipgw calls` has a line per transfer and the call's legs now. It
+    # reads the live call's record, which the transfer did not save again: the line (and the
+    # target's leg) came only once the call had ended, in `voipgw calls --recent`.
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    bob = await bob_phone(env, nursery, voipgw_seed)
+    _call, alice_leg = await answered_call(env)
+    store = env.gateway.store
+    assert store is not None
+    # The answered call's record is saved with its legs, and no transfer yet.
+    await eventually(lambda: [bool(r.security) for r in store.call_records_recent()] == [True])
+    assert await refer(alice_leg, BOB_URI) == 202
+    await eventually_notify(env.alice, "SIP/2.0 200 OK")
+
+    def live_transfers() -> object:
+        [record] = store.call_records_recent()
+        assert record.ended_at is None  # nobody has hung up
+        return (record.security or {}).get("transfers")
+
+    await eventually(lambda: live_transfers() is not None)
+    assert live_transfers() == [
+        {"by": "b", "to": "sip:bob@127.0.0.1:5060", "attended": False, "status": 200}
+    ]
+    assert bob.calls  # still up: the target talks to the trunk
+
+
 async def test_a_blind_transfer_by_the_caller_puts_the_callee_through_to_the_target(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:

@@ -191,10 +191,19 @@ def check_block(block: Block, tmp_path: Path) -> None:
     try:
         config = cfg.from_mapping(complete(data, tmp_path, files), file=block.where)
         plugins = load_plugins(config)
-        Gateway(config, plugins).check()
+        gateway = Gateway(config, plugins)
+        gateway.check()
     except (cfg.ConfigError, PluginError) as exc:
         raise AssertionError(f"{block.where}: {exc}") from None
-    warnings = cfg.did_warnings(config)
+    # What check-config refuses beyond check()'s first error (cmd_check_config): a plugin key
+    # naming a trunk no [[trunks]] table has, a value `run` only warns of. An operator copies
+    # an example into a file and runs check-config on it: it must pass there, not only here.
+    errors = [str(error) for error in gateway.check_errors]
+    assert not errors, f"{block.where}: check-config refuses: {errors}"
+    warnings = [
+        *cfg.listener_warnings(config, plugins.transports.names()),
+        *cfg.did_warnings(config),
+    ]
     assert not warnings, f"{block.where}: check-config warns: {warnings}"
 
 
@@ -213,6 +222,7 @@ def test_example_is_a_valid_configuration(block: Block, tmp_path: Path) -> None:
 # The check itself: each kind of mistake an example could hold fails it, naming the place.
 README_EXAMPLE = next(block for block in BLOCKS if block.doc == "README.md")
 TLS_FRAGMENT = next(block for block in BLOCKS if "ca_bundles" in block.text)
+RECORDER_EXAMPLE = next(block for block in BLOCKS if "[plugins.recorder]" in block.text)
 MISTAKES = [
     ("unknown key", README_EXAMPLE, "[media]\n", "[media]\nrtp_ports = 1\n", "rtp_ports"),
     ("wrong type", README_EXAMPLE, '"30000-39999"', "30000", "ports"),
@@ -222,6 +232,8 @@ MISTAKES = [
     ("plugin's value", TLS_FRAGMENT, '"server-only"', '"server"', "mode"),
     ("a file a key", TLS_FRAGMENT, "carrier-ca.pem", "carrier-ca.key", "ca.key holds no PEM"),
     ("not TOML", TLS_FRAGMENT, "mode =", "mode", "not valid TOML"),
+    ("unknown trunk", RECORDER_EXAMPLE, 'trunks = ["carrier"]', 'trunks = ["carier"]', "carier"),
+    ("no listener", README_EXAMPLE, "listen = [", "listen = [] # ", "[sip] listen is empty"),
 ]
 
 
