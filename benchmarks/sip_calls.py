@@ -64,7 +64,7 @@ the policy changes. ``--gc-stats`` times every collection inside voipgw (benchma
 loaded through ``PYTHONPATH``) and prints, per step and generation, the collections, their clock
 time, their CPU time and the objects they walked, the CPU time's share of the gateway's CPU, the
 objects walked per call attempted (independent of the load, unlike the times) and the longest
-pause by the clock (which counts waits for a CPU: on a loaded machine 2-4 times the CPU time);
+pause by the clock (which counts waits for a CPU: on a loaded machine 3-7 times the CPU time);
 run long steps (``--step-seconds 30``) to see the heap at its size under sustained load, since
 transactions live 32 s.
 

@@ -8,7 +8,7 @@ is system-wide on Linux) to that file every 0.2 s, as JSON. Nothing here runs un
 variable is set.
 
 The clock counts what the process waited for a CPU too: on a machine shared with the UAC and
-UAS (two vCPUs) a collection's clock time was 2-4 times its CPU time (session 36). The CPU
+UAS (two vCPUs) a collection's clock time was 3-7 times its CPU time (session 36). The CPU
 time is the collector's own work; the clock time is what a call queued behind the pause waited.
 
 Each collection also counts the objects it walks: the tracked objects of the generations it
