@@ -61,9 +61,12 @@ the p99). ``voipgw run`` therefore freezes its start-up objects and sets the col
 thresholds to ``[gateway] gc_thresholds`` (10000, 10, 10 by default); ``--gateway-gc G0,G1,G2``
 runs it with other thresholds (``--gateway-gc 700,10,10``: Python's own defaults) to show what
 the policy changes. ``--gc-stats`` times every collection inside voipgw (benchmarks/gc_stats/,
-loaded through ``PYTHONPATH``) and prints, per step, the collector's share of the gateway's CPU
-and its longest pause; run long steps (``--step-seconds 30``) to see the heap at its size under
-sustained load, since transactions live 32 s.
+loaded through ``PYTHONPATH``) and prints, per step and generation, the collections, their clock
+time, their CPU time and the objects they walked, the CPU time's share of the gateway's CPU, the
+objects walked per call attempted (independent of the load, unlike the times) and the longest
+pause by the clock (which counts waits for a CPU: on a loaded machine 3-7 times the CPU time);
+run long steps (``--step-seconds 30``) to see the heap at its size under sustained load, since
+transactions live 32 s.
 
 The machine has 2 vCPUs and sipp needs CPU too: the UAC, the UAS and the B2BUA share them, and
 loopback delivery is charged to the sending process. The load generator is not the bottleneck
@@ -561,23 +564,37 @@ def _gc_snapshot(path: Path | None) -> dict[str, Any] | None:
 
 
 def _gc_note(
-    before: dict[str, Any] | None, after: dict[str, Any] | None, start: float, cpu: float
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    start: float,
+    cpu: float,
+    calls: int,
 ) -> str:
-    """The collector's collections and time per generation between two snapshots, its share of
-    the step's CPU, and the longest pause that ended after ``start`` (time.monotonic)."""
+    """The collector's collections per generation between two snapshots with their clock time,
+    CPU time and objects walked; the CPU time's share of the step's CPU; objects walked per call;
+    and the longest pause (clock, with its CPU time) that ended after ``start``
+    (time.monotonic)."""
     if after is None:
         return ""
-    old = before["totals"] if before is not None else [[0, 0.0]] * 3
+    old = before["totals"] if before is not None else [[0, 0.0, 0.0, 0]] * 3
     parts = []
     spent = 0.0
-    for generation, ((n1, t1), (n0, t0)) in enumerate(zip(after["totals"], old, strict=True)):
-        parts.append(f"gen{generation} {n1 - n0}x {1000 * (t1 - t0):.0f} ms")
-        spent += t1 - t0
-    pauses = [took for end, _, took in after["pauses"] if end >= start]
+    walked = 0
+    for generation, (new_total, old_total) in enumerate(zip(after["totals"], old, strict=True)):
+        n, clock, used, objects = (a - b for a, b in zip(new_total, old_total, strict=True))
+        parts.append(
+            f"gen{generation} {n:.0f}x {1000 * clock:.0f} ms (CPU {1000 * used:.0f}) "
+            f"{objects / 1000:.0f}k objects"
+        )
+        spent += used
+        walked += int(objects)
+    pauses = [(took, used) for end, _, took, used, _ in after["pauses"] if end >= start]
+    longest, longest_cpu = max(pauses, default=(0.0, 0.0))
     share = 100 * spent / cpu if cpu > 0 else float("nan")
     return (
-        f"GC: {', '.join(parts)} = {share:.1f} % of its CPU, "
-        f"longest pause {1000 * max(pauses, default=0.0):.0f} ms"
+        f"GC: {', '.join(parts)}; CPU {share:.1f} % of its CPU, "
+        f"{walked / max(calls, 1):.0f} objects walked per call, "
+        f"longest pause {1000 * longest:.0f} ms (CPU {1000 * longest_cpu:.0f})"
     )
 
 
@@ -749,7 +766,7 @@ def run_step(system: System, mode: str, rate: float, args: argparse.Namespace) -
         note="; ".join(notes) + (f" (logs: {rundir})" if notes else ""),
         rss_idle_kib=rss[0],
         rss_peak_kib=rss[1],
-        gc=_gc_note(gc_before, gc_after, started, cpu),
+        gc=_gc_note(gc_before, gc_after, started, cpu, calls),
     )
 
 

@@ -314,7 +314,12 @@ class ClientRequest:
         self._receive: trio.MemoryReceiveChannel[Response] | None = None
         self._sink: Callable[[Response], None] | None = None
         self._closed = False
-        self._late_answers: frozenset[str] = frozenset()  # _first_late_answer, _another_dialog
+        # To tags (at most MAX_LATE_ANSWERS) as tuples, not frozensets: a ClientRequest lives as
+        # long as its transaction (64*T1 after an answered INVITE: RFC 6026 Timer M), and the
+        # cyclic collector walks every frozenset, an empty one too, while a tuple of strings is
+        # untracked at its first collection. Two fresh frozensets each were four of the ~17
+        # objects a plain call left for the collector to walk for 32 s.
+        self._late_answers: tuple[str, ...] = ()  # _first_late_answer, _another_dialog
         # An INVITE outside a dialog, which 2xx can answer from several dialogs
         # (_another_dialog); the first 2xx's To tag is its owner's dialog. Its Call-ID and
         # From are kept as sent, unparsed (an answered INVITE's transaction lets its request
@@ -335,7 +340,7 @@ class ClientRequest:
         self._answered: str | None = None
         # Dialogs (To tags) whose 2xx the owner ACKed, so holds (_nobodys_answer): a 2xx
         # handed to the owner may still go unread (queued behind a refusal the call ended on).
-        self._held: frozenset[str] = frozenset()
+        self._held: tuple[str, ...] = ()
         # The highest CSeq we sent in each dialog of this INVITE (To tag) and over them all,
         # for our BYE of a session nobody holds (_ack_orphan_2xx, SipEndpoint._note_cseq).
         self._cseq_sent: dict[str, int] | None = None
@@ -464,7 +469,7 @@ class ClientRequest:
         late = self._late_answers
         if tag in late or len(late) >= MAX_LATE_ANSWERS:
             return False
-        self._late_answers = late | {tag}
+        self._late_answers = (*late, tag)
         return True
 
     def _nobodys_answer(self, response: Response, *, delivered: bool) -> bool:
@@ -488,7 +493,7 @@ class ClientRequest:
     def _owner_acked(self, tag: str) -> None:
         """The owner ACKed a 2xx of the dialog with To tag ``tag``: it holds that session."""
         if tag not in self._held and len(self._held) < MAX_LATE_ANSWERS:
-            self._held |= {tag}
+            self._held = (*self._held, tag)
 
     def _note_cseq(self, tag: str, cseq: int) -> None:
         """Note ``cseq``, of a request we sent in the dialog with To tag ``tag`` of this INVITE

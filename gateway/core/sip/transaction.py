@@ -1231,9 +1231,15 @@ class TransactionTable:
             collections.OrderedDict()
         )
         self.merged_requests = 0  # merged requests answered 482, since start
-        # (deadline, tie-breaker, transaction); entries not matching _scheduled are stale.
-        self._heap: list[tuple[float, int, Transaction]] = []
-        self._scheduled: dict[Transaction, float] = {}
+        # Heap entries are (deadline, sequence number) and a live entry's transaction is found
+        # by its number in _timer_owner; an entry whose number is not there is stale. Tuples of
+        # numbers only: the cyclic collector stops tracking them at their first collection,
+        # where a (deadline, number, transaction) entry stayed tracked as long as it was in the
+        # heap, up to 64*T1 (Timers J, L, M): one more object per transaction for every
+        # collection to walk.
+        self._heap: list[tuple[float, int]] = []
+        self._timer_owner: dict[int, Transaction] = {}
+        self._scheduled: dict[Transaction, tuple[float, int]] = {}  # its live heap entry
         self._sequence = itertools.count()
 
     def __len__(self) -> int:
@@ -1395,10 +1401,13 @@ class TransactionTable:
 
     def _heap_timer(self) -> float | None:
         while self._heap:
-            deadline, _, txn = self._heap[0]
-            if self._scheduled.get(txn) == deadline and self._owns(txn):
-                return deadline
+            entry = self._heap[0]
+            txn = self._timer_owner.get(entry[1])
+            if txn is not None and self._owns(txn):
+                return entry[0]
             heapq.heappop(self._heap)
+            if txn is not None:  # a transaction the table no longer holds
+                self._unschedule(txn)
         return None
 
     def handle_timer(self, *, now: float) -> list[Output]:
@@ -1406,7 +1415,8 @@ class TransactionTable:
         request the TU has left unanswered for :attr:`TransactionTimers.unanswered`."""
         outputs: list[Output] = []
         while (deadline := self._heap_timer()) is not None and deadline <= now:
-            _, _, txn = heapq.heappop(self._heap)
+            _, sequence = heapq.heappop(self._heap)
+            txn = self._timer_owner.pop(sequence)
             del self._scheduled[txn]
             outputs += self._run(txn, functools.partial(txn.handle_timer, now=now))
         unanswered = self._unanswered
@@ -1437,11 +1447,22 @@ class TransactionTable:
             return outputs
         deadline = txn.get_timer()
         if deadline is None:
-            self._scheduled.pop(txn, None)
-        elif self._scheduled.get(txn) != deadline:
-            self._scheduled[txn] = deadline
-            heapq.heappush(self._heap, (deadline, next(self._sequence), txn))
+            self._unschedule(txn)
+        else:
+            entry = self._scheduled.get(txn)
+            if entry is None or entry[0] != deadline:
+                if entry is not None:
+                    del self._timer_owner[entry[1]]  # its heap entry is stale from now on
+                entry = (deadline, next(self._sequence))
+                self._scheduled[txn] = entry
+                self._timer_owner[entry[1]] = txn
+                heapq.heappush(self._heap, entry)
         return outputs
+
+    def _unschedule(self, txn: Transaction) -> None:
+        entry = self._scheduled.pop(txn, None)
+        if entry is not None:
+            del self._timer_owner[entry[1]]
 
     def _owns(self, txn: Transaction) -> bool:
         table: Mapping[TransactionKey, Transaction] = (
@@ -1450,7 +1471,7 @@ class TransactionTable:
         return table.get(txn.key) is txn
 
     def _forget(self, txn: Transaction) -> None:
-        self._scheduled.pop(txn, None)
+        self._unschedule(txn)
         if isinstance(txn, ClientTransaction):
             if self._client.get(txn.key) is txn:
                 del self._client[txn.key]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import attrs
 import pytest
 
@@ -346,6 +348,31 @@ def test_handle_timer_fires_everything_due_in_order() -> None:
     out = table.handle_timer(now=0.75)
     assert [o.transaction for o in out] == txns
     assert table.handle_timer(now=0.75) == []
+
+
+def test_the_timer_heap_holds_nothing_the_collector_walks() -> None:
+    # A transaction in a wait state stays scheduled for up to 64*T1 (Timers J, L, M). Its heap
+    # entry is a tuple of numbers, which the cyclic collector stops tracking at its first
+    # collection, not one holding the transaction (tracked as long as it is in the heap).
+    table = TransactionTable()
+    options = request("OPTIONS")
+    server = new_server_txn(table.receive_request(options, source=SOURCE, now=0.0))
+    table.send_response(server, make_response(options, 200, to_tag="t"), now=0.1)
+    assert server.state is State.COMPLETED  # Timer J, 64*T1 on UDP
+    client = table.send_request(request("OPTIONS", branch="z9hG4bKc"), peer=UDP_PEER, now=0.0)[0]
+    table.handle_timer(now=0.5)  # Timer E re-sent it: its first entry is stale now
+    assert client.state is State.TRYING
+    assert table.sizes()["sip_transaction_timers"] == 2
+    assert table.sizes()["sip_transaction_timer_heap"] >= 2
+    gc.collect()
+    assert [entry for entry in table._heap if gc.is_tracked(entry)] == []
+    # Stale entries are still told from live ones: everything fires once, and ends.
+    out = table.handle_timer(now=100.0)
+    assert {type(o).__name__ for o in out} >= {"TransactionTimeout", "TransactionTerminated"}
+    assert len(table) == 0
+    assert table.get_timer() is None
+    assert table.sizes()["sip_transaction_timers"] == 0
+    assert table._timer_owner == {}
 
 
 def test_tu_misuse_through_the_table_drops_the_transaction() -> None:
