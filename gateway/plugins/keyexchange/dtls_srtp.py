@@ -962,6 +962,7 @@ class _Settings:
     profiles: tuple[DtlsProfile, ...]
     timing: DtlsTiming
     mtu: int
+    sdp_address_only: bool = False
 
 
 @attrs.define(eq=False, repr=False)
@@ -1016,6 +1017,13 @@ class DtlsNegotiation:
     def tls_id(self) -> str:
         """Our a=tls-id."""
         return self._tls_id
+
+    @property
+    def sdp_address_only(self) -> bool:
+        """Whether the media port takes the handshake only from the address the peer's SDP
+        gave until keys (``[plugins.dtls] sdp_address_only``; read by the call's handshake
+        task, docs/plugin_hooks.md "Media-path engines")."""
+        return self._settings.sdp_address_only
 
     @property
     def local_fingerprint(self) -> Fingerprint:
@@ -1156,6 +1164,31 @@ class DtlsNegotiation:
         """The next ``KeysReady`` or ``NegotiationFailed``, or None."""
         return self._events.popleft() if self._events else None
 
+    def restart_handshake(self, *, now: float) -> None:
+        """Start the handshake under way afresh: a new association with the same role, peer
+        parameters (fingerprints, a=setup, tls-id) and certificate, its clock started at
+        ``now`` (as DTLS client, a new ClientHello). The call's handshake task calls it when
+        the peer's SDP address speaks after datagrams from another source were fed and before
+        keys (docs/media_security.md, "Forged handshakes"): nothing in a handshake of epoch 0
+        is authenticated (RFC 5763 §5), and OpenSSL's state holds what the other source sent
+        (its ClientHello; no cookie exchange, RFC 6347 §4.2.1, undoes that). Nothing happens
+        once the association has keys or failed, or before our role is known."""
+        association = self._association
+        if (
+            self._phase is _Phase.FAILED
+            or association is None
+            or association.phase is not _Phase.HANDSHAKING
+        ):
+            return
+        fresh = self._new_association(association.role, association.peer)
+        # The separate RTCP port's negotiation belongs to the stream's association (RFC 5764
+        # §4.1): it runs on its own port, restarted there if need be, and is kept. So are the
+        # counters, for the call's record.
+        fresh.rtcp_component = association.rtcp_component
+        fresh.statistics = association.statistics
+        self._association = fresh
+        self._queue(fresh.start(now))
+
     # -- separate RTCP (no rtcp-mux) ------------------------------------------------------------
 
     def rtcp_component(self) -> DtlsNegotiation | None:
@@ -1267,6 +1300,7 @@ class DtlsKeyExchange:
         profiles: Sequence[str] = DEFAULT_PROFILES,
         timing: DtlsTiming | None = None,
         mtu: int = DEFAULT_MTU,
+        sdp_address_only: bool = False,
     ) -> None:
         unknown = [name for name in profiles if name not in PROFILES]
         if unknown or not profiles:
@@ -1276,6 +1310,7 @@ class DtlsKeyExchange:
         self.profiles = tuple(PROFILES[name] for name in dict.fromkeys(profiles))
         self.timing = timing if timing is not None else DtlsTiming()
         self.mtu = mtu
+        self.sdp_address_only = sdp_address_only
 
     def __repr__(self) -> str:
         names = ",".join(profile.name for profile in self.profiles)
@@ -1371,7 +1406,9 @@ class DtlsKeyExchange:
         setup: Setup,
         tls_id: str,
     ) -> DtlsNegotiation:
-        settings = _Settings(identity, tuple(profiles), self.timing, self.mtu)
+        settings = _Settings(
+            identity, tuple(profiles), self.timing, self.mtu, self.sdp_address_only
+        )
         return DtlsNegotiation(role, settings, _Phase.OFFERED, setup, tls_id)
 
     def _profiles_for(self, suites: Sequence[str]) -> tuple[DtlsProfile, ...]:
@@ -1428,6 +1465,7 @@ class DtlsConfig:
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     profiles: tuple[str, ...] = DEFAULT_PROFILES
     mtu: int = DEFAULT_MTU
+    sdp_address_only: bool = False
 
     def __attrs_post_init__(self) -> None:
         # structure() reports a ValueError as a config error of this table; say which key.
@@ -1501,6 +1539,7 @@ def gateway_register_key_exchanges(registry: Registry[Any], config: DtlsConfig |
         profiles=config.profiles,
         timing=DtlsTiming(handshake_timeout=config.handshake_timeout),
         mtu=config.mtu,
+        sdp_address_only=config.sdp_address_only,
     )
     registry.add(DtlsKeyExchange.name, exchange)
 

@@ -78,7 +78,9 @@ class Side:
     handlers: dict[bool, Any] = attrs.Factory(dict)
     sent: list[bytes] = attrs.Factory(list)
 
-    def set_non_rtp_handler(self, handler: Any, *, rtcp: bool = False) -> None:
+    def set_non_rtp_handler(
+        self, handler: Any, *, rtcp: bool = False, sdp_address_only: bool = False
+    ) -> None:
         self.handlers[rtcp] = handler
 
     def send(self, packet: bytes, *, rtcp: bool = False) -> bool:
@@ -115,12 +117,21 @@ class Session:
         return sum(count for _, why, count in self.drops if why == reason)
 
 
+class NoIce:
+    """A leg's ICE (LegIce) when it does none."""
+
+    def responders(self, index: int) -> tuple[None, None]:
+        return None, None
+
+
 @attrs.define(eq=False)
 class Leg:
     streams: dict[int, StreamSecurity] = attrs.Factory(dict)
 
     offered: dict[int, StreamSecurity] = attrs.Factory(dict)
     """A peer's offer waiting for our answer (re-INVITE)."""
+
+    ice: NoIce = attrs.Factory(NoIce)
 
     def media_path_streams(self) -> dict[int, StreamSecurity]:
         return dict(self.streams)
