@@ -581,6 +581,16 @@ def _from_sdp_address(ep: _Endpoint, source: Address) -> bool:
     return False
 
 
+def _not_from_sdp_address(ep: _Endpoint, source: Address) -> bool:
+    """Whether the SDP of ``ep``'s leg gave an address and ``source`` is not it. A leg
+    without one (a late-offer caller before its ACK, on hold) has no address to prefer."""
+    stream = ep.stream
+    if stream is None:
+        return False
+    side = stream.a if ep is stream.a._rtp or ep is stream.a._rtcp else stream.b
+    return side._remote_rtp is not None and not _from_sdp_address(ep, source)
+
+
 def _unaddressed(ep: _Endpoint) -> bool:
     """Whether ``ep`` is the callee's (side B) and its leg has never had an SDP address: a
     callee our offer waits for, which may be any of several forks (RFC 3261 §16.7: parallel
@@ -2419,7 +2429,7 @@ class MediaRelay:
                 rival = source[:2]
                 if rival not in ep.rivals and len(ep.rivals) < _RIVAL_SOURCES:
                     ep.rivals += (rival,)
-            elif ep.sdp_address_only and not ep.keyed and not _from_sdp_address(ep, source):
+            elif ep.sdp_address_only and not ep.keyed and _not_from_sdp_address(ep, source):
                 # Its key exchange takes only the SDP address before keys ([plugins.dtls]
                 # sdp_address_only): handed on, latching nothing, for the handshake task to
                 # refuse and say so (the log, the call's end reason): refused here, a peer
@@ -2479,7 +2489,7 @@ class MediaRelay:
             if ep.stream is not None:
                 ep.stream._rebuild()
             return True
-        if ep.sdp_address_only and not ep.keyed and not _from_sdp_address(ep, source):
+        if ep.sdp_address_only and not ep.keyed and _not_from_sdp_address(ep, source):
             # A key exchange that takes only the SDP address before its first packet (the
             # deployment has no peers behind NAT: [plugins.dtls] sdp_address_only).
             ep.dropped_unlatched_source += 1
@@ -2497,7 +2507,7 @@ class MediaRelay:
         ep.latched_at = now
         if self._relatch_after is None and not (
             ep.non_rtp is not None
-            and (_unaddressed(ep) or (not ep.keyed and not _from_sdp_address(ep, source)))
+            and (_unaddressed(ep) or (not ep.keyed and _not_from_sdp_address(ep, source)))
         ):
             # Not a handshake socket still waiting for its leg's answer: connected, the kernel
             # would refuse the other forks' handshakes (_hand_on); the answer's address

@@ -595,6 +595,27 @@ def dtls_records_valid_untrusted(packet: bytes, *, max_records: int = MAX_RECORD
     return count > 0
 
 
+_CLIENT_HELLO = 1  # RFC 6347 §4.3.2: HandshakeType client_hello
+
+
+def _holds_client_hello_untrusted(packet: bytes) -> bool:
+    """Whether a peer's datagram (well-formed: :func:`dtls_records_valid_untrusted`) holds a
+    plaintext ClientHello (epoch 0). A DTLS client never gets one from its server; OpenSSL
+    ends the client's handshake on it ("unexpected message")."""
+    offset = 0
+    while offset + _RECORD_HEADER < len(packet):
+        length = int.from_bytes(packet[offset + 11 : offset + 13], "big")
+        if (
+            packet[offset] == _HANDSHAKE
+            and packet[offset + 3] == 0
+            and packet[offset + 4] == 0
+            and packet[offset + _RECORD_HEADER] == _CLIENT_HELLO
+        ):
+            return True
+        offset += _RECORD_HEADER + length
+    return False
+
+
 def _is_handshake_datagram_untrusted(packet: bytes) -> bool:
     """Whether the peer's datagram starts with a handshake or ChangeCipherSpec record: a
     retransmission of its last flight, once our handshake is done."""
@@ -786,6 +807,12 @@ class _Association:
             self.statistics.dropped_oversize += 1
             return events
         if not dtls_records_valid_untrusted(packet):
+            self.statistics.dropped_malformed += 1
+            return events
+        if self.role is Role.CLIENT and _holds_client_hello_untrusted(packet):
+            # Never from our server: a stranger's forged handshake (RFC 5763 §5: nothing of
+            # epoch 0 is authenticated) or a peer that took the wrong role. Fed to OpenSSL it
+            # ends our handshake, and the call; discarded as RFC 6347 §4.1.2.7 allows.
             self.statistics.dropped_malformed += 1
             return events
         self.statistics.datagrams_received += 1
