@@ -862,7 +862,29 @@ class StreamSide:
             sock.sendto(packet, destination)
         except OSError:
             return False
+        also = self._sdp_address_too(rtcp and not self._rtcp_mux)
+        if also is not None:
+            with contextlib.suppress(OSError):
+                sock.sendto(packet, also)
         return True
+
+    def _sdp_address_too(self, rtcp: bool) -> Address | None:
+        """Where a key exchange's datagram goes as well: the SDP address of the socket
+        (``rtcp``: the RTCP one), while a source other than it latched the socket before keys
+        (_latch). That source may be the peer behind a NAT, or a stranger whose forged first
+        datagram would otherwise draw our handshake away from the peer: a peer that waits for
+        our ClientHello (a=setup:passive or actpass answered active, RFC 5763 §5) never spoke
+        to take the socket over, and its handshake timed out."""
+        ep = self._rtcp if rtcp else self._rtp
+        if ep.keyed or ep.source is None or ep.ice is not None or ep.non_rtp is None:
+            return None
+        if self._remote_rtp is None or _from_sdp_address(ep, ep.source):
+            return None
+        if not rtcp:
+            return self._remote_rtp
+        if self._remote_rtcp is not None:
+            return self._remote_rtcp
+        return (self._remote_rtp[0], self._remote_rtp[1] + 1)  # RFC 3605 §2.1
 
     def _send_held(self) -> None:
         """A check selected an address: send the held datagrams (still none: held again)."""

@@ -1192,19 +1192,23 @@ class DtlsNegotiation:
         return self._events.popleft() if self._events else None
 
     def restart_handshake(self, *, now: float) -> None:
-        """Start the handshake under way afresh: a new association with the same role, peer
-        parameters (fingerprints, a=setup, tls-id) and certificate, its clock started at
-        ``now`` (as DTLS client, a new ClientHello). The call's handshake task calls it when
-        the peer's SDP address speaks after datagrams from another source were fed and before
-        keys (docs/media_security.md, "Forged handshakes"): nothing in a handshake of epoch 0
-        is authenticated (RFC 5763 §5), and OpenSSL's state holds what the other source sent
-        (its ClientHello; no cookie exchange, RFC 6347 §4.2.1, undoes that). Nothing happens
-        once the association has keys or failed, or before our role is known."""
+        """As DTLS server, start the handshake under way afresh: a new association with the
+        same role, peer parameters (fingerprints, a=setup, tls-id) and certificate, its clock
+        started at ``now``. The call's handshake task calls it when the peer's SDP address
+        speaks after datagrams from another source were fed and before keys
+        (docs/media_security.md, "Forged handshakes"): nothing in a handshake of epoch 0 is
+        authenticated (RFC 5763 §5), and OpenSSL's state holds the other source's ClientHello
+        (no cookie exchange, RFC 6347 §4.2.1, undoes that). As DTLS client nothing changes:
+        our ClientHello went to the SDP address, whose answer is the one to go on with (a new
+        ClientHello would make that answer useless), and a ClientHello from anyone is
+        discarded (:func:`_holds_client_hello_untrusted`). Nothing happens either once the
+        association has keys or failed, or before our role is known."""
         association = self._association
         if (
             self._phase is _Phase.FAILED
             or association is None
             or association.phase is not _Phase.HANDSHAKING
+            or association.role is not Role.SERVER
         ):
             return
         fresh = self._new_association(association.role, association.peer)

@@ -1012,14 +1012,17 @@ async def test_a_strangers_clienthello_before_the_callers_latches_until_the_call
     await stranger.send(hello + b"forged", port)
     await until(lambda: len(taken) == 1)
     assert stream.a.rtp_source == stranger.rtp_address and not stream.a._rtp.connected
-    assert stream.a.send(b"answer")  # the handshake's answer goes to the latched source
+    # The handshake's datagrams go to the latched source, and to the SDP address too: a peer
+    # that waits for our ClientHello never speaks first to take the socket over.
+    assert stream.a.send(b"answer")
     assert await stranger.receive() == (b"answer", (ADDRESS, port))
+    assert await alice.receive() == (b"answer", (ADDRESS, port))
 
     await alice.send(hello + b"caller", port)
     await until(lambda: len(taken) == 2)
     assert taken[1] == (hello + b"caller", alice.rtp_address)
     assert stream.a.rtp_source == alice.rtp_address and not stream.a._rtp.connected
-    assert stream.a.send(b"to-alice")
+    assert stream.a.send(b"to-alice")  # to alice alone now
     assert await alice.receive() == (b"to-alice", (ADDRESS, port))
     await stranger.send(hello + b"again", port)
     await until(lambda: stream.a_to_b.statistics().dropped_unlatched_source == 1)
