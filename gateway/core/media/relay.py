@@ -74,6 +74,14 @@ address (direction ``a_to_b``), and the reverse.
   branch costs anything. A DTLS alert in clear (epoch 0: nothing authenticates it) from a
   source that is neither the latched one nor the leg's SDP address is dropped and latches
   nothing: one forged datagram must not end the handshake (RFC 6347 §4.1.2.7).
+  Where the leg's SDP gave an address, "the SDP address first, another source only until the
+  SDP address speaks" (docs/media_security.md, "Forged handshakes"): before the socket is
+  keyed (:attr:`_Endpoint.keyed`, from the direction's transforms), another source latches a
+  handshake socket without connecting it, a datagram from the SDP address takes the latch
+  over (:func:`_takes_over`; the handshake task restarts the port's handshake), and the key
+  exchange's datagrams go to the SDP address too meanwhile (:meth:`StreamSide.send`). Keys
+  connect the socket (:meth:`MediaStream._connect_keyed`): the keyed path is unchanged. A side
+  set ``sdp_address_only`` lets no other source latch before keys.
   On the callee's side (B) while its leg's SDP never gave an address (our offer waits for its
   answer: maybe one of several forks, RFC 3261 §16.7, sharing these sockets; a late-offer
   caller, RFC 3261 §13.2.1, is one device and latches as always) a handshake socket's latch is not
@@ -1394,7 +1402,6 @@ class MediaStream:
                     buffer,
                 )
             src._rtp.rtcp_octets = RTCP_BY_SECOND_OCTET if src.rtcp_mux else _NEVER_RTCP
-
 
     def _connect_keyed(self) -> None:
         """Mark each socket keyed when what arrives on it is unprotected with its leg's keys

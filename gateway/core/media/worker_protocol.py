@@ -122,7 +122,7 @@ class SetDtls:
     rtcp: bool
     enabled: bool
     sdp_address_only: bool = False
-    """Before keys take no source but the leg's SDP address (relay.StreamSide.set_non_rtp_handler)."""
+    """Before keys, no source but the leg's SDP address (relay's set_non_rtp_handler)."""
 
 
 @attrs.frozen
