@@ -76,6 +76,7 @@ from gateway.core.logs import log_exception
 from gateway.core.media.relay_api import Address, RelaySide, RelayStream
 from gateway.core.media.security import LegSecurity, StreamSecurity
 from gateway.core.media.session import MediaSession
+from gateway.core.transport.flows import format_host_port
 
 log = logging.getLogger(__name__)
 
@@ -802,8 +803,8 @@ class CallHandshakes:
                 side,
                 index,
                 "RTCP" if rtcp else "RTP",
-                _text(source),
-                _text(self._session.peer_address(index, side, rtcp=rtcp)),
+                _address_text(source),
+                _address_text(self._session.peer_address(index, side, rtcp=rtcp)),
             )
         self._drop(side, "unlatched_source")
         return True
@@ -976,12 +977,9 @@ class CallHandshakes:
         self._hooked.clear()
 
 
-def _text(address: Address | None) -> str:
-    """An address for the log: host:port ([host]:port for IPv6)."""
-    if address is None:
-        return "none"
-    host, port = str(address[0]), address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+def _address_text(address: Address | None) -> str:
+    """An address for the log (IPv6 in brackets, RFC 3986 §3.2.2)."""
+    return "none" if address is None else format_host_port(str(address[0]), int(address[1]))
 
 
 def _after_handshakes(
