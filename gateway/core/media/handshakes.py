@@ -76,6 +76,7 @@ from gateway.core.logs import log_exception
 from gateway.core.media.relay_api import Address, RelaySide, RelayStream
 from gateway.core.media.security import LegSecurity, StreamSecurity
 from gateway.core.media.session import MediaSession
+from gateway.core.transport.flows import format_host_port
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +231,9 @@ class CallHandshakes:
         self._on_keys = on_keys
         self._on_failure = on_failure
         self._send, self._receive = trio.open_memory_channel[_Item](QUEUE)
-        self._hooked: dict[tuple[str, int, bool], RelayStream] = {}
+        self._hooked: dict[tuple[str, int, bool], tuple[RelayStream, bool]] = {}
+        """The relay streams whose sockets hand on to this task, per (side, stream, RTCP port),
+        and whether that socket takes only the SDP address before keys (:meth:`_hook`)."""
         self._rtcp_keys: dict[tuple[str, int], tuple[KeyNegotiation, SrtpKeys | None]] = {}
         """The RTCP component last driven per (side, stream) and the keys it agreed: a
         re-INVITE's new StreamSecurity gets the same component (the association goes on) and
@@ -267,6 +270,15 @@ class CallHandshakes:
         self._losers_of: LegSecurity | None = None
         """The B leg whose answer made :attr:`_losers` (another B leg forgets them)."""
         self._early_losers: dict[tuple[int, bool], dict[Address, list[bytes]]] = {}
+        self._strangers_fed: set[tuple[str, int, bool]] = set()
+        """Ports (side, stream, RTCP port) whose handshake was fed, before keys, datagrams from
+        a source other than the leg's SDP address (a peer behind a NAT, or a stranger): when
+        the SDP address speaks, that handshake starts afresh (:meth:`_feed_item`)."""
+        self._held_strangers: set[tuple[str, int, bool]] = set()
+        """Ports whose datagrams kept while held (:meth:`hold`) came from such a source."""
+        self._refused: set[tuple[str, int, bool]] = set()
+        """Ports that refused another source's datagrams (``sdp_address_only``): said in the
+        log once each, and in the reason if their handshake fails."""
         """Per port of a forked stream whose B leg answered early (a 183 with SDP), what the
         other sources sent, kept while another fork still rings (:meth:`_settle_early`)."""
 
@@ -415,7 +427,13 @@ class CallHandshakes:
                 for rtcp, negotiation in self._negotiations(stream):
                     self._hook(side, index, rtcp)
                     if not kept_for_offer:
-                        for packet in self._held_datagrams.pop((side, index, rtcp), ()):
+                        held = self._held_datagrams.pop((side, index, rtcp), ())
+                        if held and (side, index, rtcp) in self._held_strangers:
+                            # Kept from a source other than the SDP address, which has not
+                            # spoken since (a peer behind a NAT): fed, as they come after.
+                            self._strangers_fed.add((side, index, rtcp))
+                        self._held_strangers.discard((side, index, rtcp))
+                        for packet in held:
                             self._feed(side, negotiation, packet, now)
                     timer = negotiation.get_timer()
                     if timer is not None and timer <= now:
@@ -425,7 +443,7 @@ class CallHandshakes:
                             self._feed(side, negotiation, packet, now)
                     if item is not None and item[:3] == (side, index, rtcp):
                         self._item_taken = True
-                        self._feed(side, negotiation, item[3], now)
+                        self._feed_item(stream, negotiation, item, now)
                     relay_side = self._side(side, index)
                     for packet in negotiation.packets_to_send(now=now):
                         if relay_side is None or not relay_side.send(packet, rtcp=rtcp):
@@ -688,16 +706,108 @@ class CallHandshakes:
 
     def _keep_while_held(self, side: str, index: int, stream: StreamSecurity, item: _Item) -> None:
         """A held side's stream (:meth:`hold`): its sockets take key-exchange datagrams, kept
-        for the release; its negotiations are not driven."""
-        for rtcp, _ in self._negotiations(stream):
+        for the release; its negotiations are not driven. The SDP address first, as when
+        driven (:meth:`_feed_item`): what another source sent is dropped when the SDP address
+        speaks before the release."""
+        for rtcp, negotiation in self._negotiations(stream):
             self._hook(side, index, rtcp)
             if item is not None and item[:3] == (side, index, rtcp):
                 self._item_taken = True
-                held = self._held_datagrams.setdefault((side, index, rtcp), [])
+                port = (side, index, rtcp)
+                from_sdp = self._from_sdp_address(stream, item)
+                if from_sdp is False:
+                    if self._refuses(negotiation, item):
+                        continue
+                    self._held_strangers.add(port)
+                elif from_sdp and port in self._held_strangers:
+                    self._held_strangers.discard(port)
+                    self._drop(side, "unlatched_source", len(self._held_datagrams.pop(port, ())))
+                held = self._held_datagrams.setdefault(port, [])
                 if len(held) < HELD_DATAGRAMS:
                     held.append(item[3])
                 else:
                     self._drop(side, "blocked")
+
+    def _feed_item(
+        self,
+        stream: StreamSecurity,
+        negotiation: KeyNegotiation,
+        item: tuple[str, int, bool, bytes, Address | None],
+        now: float,
+    ) -> None:
+        """The round's datagram to its port's negotiation: "the SDP address first, another
+        source only until the SDP address speaks" (docs/media_security.md, "Forged
+        handshakes"). Before keys, a datagram from another source (a peer behind a NAT, or a
+        stranger: nothing in a handshake of epoch 0 is authenticated, RFC 5763 §5) is fed, and
+        the relay latches that source without connecting its socket; when the SDP address
+        speaks after such a datagram was fed, the relay gives it the socket and the port's
+        handshake starts afresh for it (the engine's optional ``restart_handshake``,
+        docs/plugin_hooks.md "Media-path engines"): the stranger's ClientHello is in the old
+        association's state. With ``sdp_address_only`` another source is refused instead."""
+        side, index, rtcp, packet, _ = item
+        from_sdp = self._from_sdp_address(stream, item)
+        port = (side, index, rtcp)
+        if from_sdp is False:
+            if self._refuses(negotiation, item):
+                return
+            self._strangers_fed.add(port)
+        elif from_sdp and port in self._strangers_fed:
+            self._strangers_fed.discard(port)
+            restart = getattr(negotiation, "restart_handshake", None)
+            if restart is not None:
+                log.info(
+                    "leg %s stream %d %s port: the SDP address spoke after another source's "
+                    "handshake datagrams and before keys: handshake started afresh for it",
+                    side,
+                    index,
+                    "RTCP" if rtcp else "RTP",
+                )
+                restart(now=now)
+        self._feed(side, negotiation, packet, now)
+
+    def _from_sdp_address(
+        self, stream: StreamSecurity, item: tuple[str, int, bool, bytes, Address | None]
+    ) -> bool | None:
+        """Whether ``item`` came from the address its leg's SDP gave for its port; None when
+        that does not apply: no source known, no SDP address (our offer waits for its answer,
+        or on hold), keys agreed already (the socket is connected to its source), or an ICE
+        leg (checks select the source, RFC 8445)."""
+        side, index, rtcp, _, source = item
+        if source is None or (stream.rtcp_keys if rtcp else stream.keys) is not None:
+            return None
+        address = self._session.peer_address(index, side, rtcp=rtcp)
+        if address is None:
+            return None
+        security = self._legs().get(side)
+        if security is not None and security.ice.responders(index)[0] is not None:
+            return None
+        return source[:2] == address
+
+    def _refuses(
+        self, negotiation: KeyNegotiation, item: tuple[str, int, bool, bytes, Address | None]
+    ) -> bool:
+        """Whether ``item``, from a source other than its leg's SDP address before keys, is
+        refused because the engine takes only the SDP address (``sdp_address_only``, e.g.
+        ``[plugins.dtls] sdp_address_only``): dropped, counted ``unlatched_source``, said in
+        the log once per port and in the reason should its handshake fail."""
+        if getattr(negotiation, "sdp_address_only", False) is not True:
+            return False
+        side, index, rtcp, _, source = item
+        port = (side, index, rtcp)
+        if port not in self._refused:
+            self._refused.add(port)
+            log.warning(
+                "leg %s stream %d %s port: key-exchange datagram from %s refused: not the "
+                "address %s the leg's SDP gave (sdp_address_only; a peer behind a NAT is "
+                "refused so)",
+                side,
+                index,
+                "RTCP" if rtcp else "RTP",
+                _address_text(source),
+                _address_text(self._session.peer_address(index, side, rtcp=rtcp)),
+            )
+        self._drop(side, "unlatched_source")
+        return True
 
     def _feed(self, side: str, negotiation: KeyNegotiation, packet: bytes, now: float) -> None:
         # RFC 7983: each engine claims its range of first bytes (DTLS 20..63, ZRTP 16..19).
@@ -788,6 +898,11 @@ class CallHandshakes:
                 changed = True
             elif isinstance(event, NegotiationFailed):
                 reason = f"{event.reason} (RTCP port)" if rtcp else event.reason
+                if (side, index, rtcp) in self._refused:
+                    reason += (
+                        " (datagrams from a source other than the SDP address refused: "
+                        "sdp_address_only)"
+                    )
                 if rtcp:
                     stream.rtcp_keys = None
                 else:
@@ -829,25 +944,42 @@ class CallHandshakes:
 
     def _hook(self, side: str, index: int, rtcp: bool) -> None:
         stream = self._session.stream_at(index)
-        if stream is None or self._hooked.get((side, index, rtcp)) is stream:
+        if stream is None:
+            return
+        # The relay takes no source but the SDP address before keys when the port's engine
+        # asks so (sdp_address_only, read as tls_id is: optional). Not while the side has no
+        # negotiation yet (forks ring): the answer's address is not known.
+        security = self._legs().get(side)
+        found = security.media_path_streams().get(index) if security is not None else None
+        strict = any(
+            getattr(negotiation, "sdp_address_only", False) is True
+            for _, negotiation in (self._negotiations(found) if found is not None else ())
+        )
+        hooked = self._hooked.get((side, index, rtcp))
+        if hooked is not None and hooked[0] is stream and hooked[1] is strict:
             return
         relay_side = stream.a if side == "a" else stream.b
 
         def handler(packet: bytes, source: Address) -> None:
             self.deliver(side, index, packet, rtcp=rtcp, source=source)
 
-        relay_side.set_non_rtp_handler(handler, rtcp=rtcp)
-        self._hooked[(side, index, rtcp)] = stream
+        relay_side.set_non_rtp_handler(handler, rtcp=rtcp, sdp_address_only=strict)
+        self._hooked[(side, index, rtcp)] = (stream, strict)
 
     def _unhook(self) -> None:
         streams = self._streams()
-        for (side, index, rtcp), stream in self._hooked.items():
+        for (side, index, rtcp), (stream, _) in self._hooked.items():
             if not stream.closed:
                 found = streams.get(side, {}).get(index)
                 engines = () if found is None else tuple(n for _, n in self._negotiations(found))
                 handler = _after_handshakes(self._session, side, engines)
                 (stream.a if side == "a" else stream.b).set_non_rtp_handler(handler, rtcp=rtcp)
         self._hooked.clear()
+
+
+def _address_text(address: Address | None) -> str:
+    """An address for the log (IPv6 in brackets, RFC 3986 §3.2.2)."""
+    return "none" if address is None else format_host_port(str(address[0]), int(address[1]))
 
 
 def _after_handshakes(

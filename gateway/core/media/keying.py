@@ -35,16 +35,12 @@ from gateway.core.media.relay import (
     StreamSide,
     Transform,
     Transforms,
+    drop_until_keyed,
 )
 from gateway.core.media.remote_relay import RemoteSide, RemoteStream
 from gateway.core.media.security import LegSecurity
 from gateway.core.media.session import MediaSession
 from gateway.core.media.srtp import SrtpSession, SrtpStatistics
-
-
-def _drop(packet: bytes) -> None:
-    """SRTCP of a leg whose RTCP port has not finished its own handshake: dropped (counted)."""
-    return None
 
 
 @attrs.frozen
@@ -169,7 +165,7 @@ class StreamSrtp:
             return rtp.unprotect_rtcp, rtp.protect_rtcp
         session = self._session((side, "rtcp"), keys)
         if session is None:
-            return _drop, _drop
+            return drop_until_keyed, drop_until_keyed
         return session.unprotect_rtcp, session.protect_rtcp
 
     def _session(self, slot: tuple[str, str], keys: SrtpKeys | None) -> SrtpSession | None:

@@ -74,6 +74,14 @@ address (direction ``a_to_b``), and the reverse.
   branch costs anything. A DTLS alert in clear (epoch 0: nothing authenticates it) from a
   source that is neither the latched one nor the leg's SDP address is dropped and latches
   nothing: one forged datagram must not end the handshake (RFC 6347 §4.1.2.7).
+  Where the leg's SDP gave an address, "the SDP address first, another source only until the
+  SDP address speaks" (docs/media_security.md, "Forged handshakes"): before the socket is
+  keyed (:attr:`_Endpoint.keyed`, from the direction's transforms), another source latches a
+  handshake socket without connecting it, a datagram from the SDP address takes the latch
+  over (:func:`_takes_over`; the handshake task restarts the port's handshake), and the key
+  exchange's datagrams go to the SDP address too meanwhile (:meth:`StreamSide.send`). Keys
+  connect the socket (:meth:`MediaStream._connect_keyed`): the keyed path is unchanged. A side
+  set ``sdp_address_only`` lets no other source latch before keys.
   On the callee's side (B) while its leg's SDP never gave an address (our offer waits for its
   answer: maybe one of several forks, RFC 3261 §16.7, sharing these sockets; a late-offer
   caller, RFC 3261 §13.2.1, is one device and latches as always) a handshake socket's latch is not
@@ -277,6 +285,13 @@ NO_TRANSFORMS = Transforms()
 one per direction and key change (eight per plain call)."""
 
 
+def drop_until_keyed(packet: bytes) -> bytes | None:
+    """The SRTCP transform of a port whose own handshake has no keys yet (DTLS-SRTP without
+    rtcp-mux, RFC 5764 §4.1; :mod:`~gateway.core.media.keying`): every packet is dropped
+    (counted). By it the relay tells that this port is not keyed yet (:attr:`_Endpoint.keyed`)."""
+    return None
+
+
 RtcpObserver = Callable[[bytes], None]
 """Takes each RTCP datagram of a direction, as plain RTCP (after ``rtcp_in``, e.g. SRTCP
 unprotect; before ``rtcp_out``), to read it (call quality,
@@ -464,6 +479,7 @@ class _Endpoint:
         "fd",
         "hands_on",
         "ice",
+        "keyed",
         "last_received",
         "latched_at",
         "non_rtp",
@@ -477,6 +493,7 @@ class _Endpoint:
         "rtcp",
         "rtcp_octets",
         "rtp",
+        "sdp_address_only",
         "sock",
         "source",
         "stream",
@@ -518,6 +535,13 @@ class _Endpoint:
         self.non_rtp: NonRtpHandler | None = None
         self.ice: IceHandler | None = None
         self.hands_on = False  # non_rtp or ice: datagrams that are not RTP/RTCP have a taker
+        # What arrives here is unprotected with keys (MediaStream._rebuild): a handshake
+        # socket's latch is connected from then on (_connect_keyed), not before when the latched
+        # source is not the leg's SDP address (_latch).
+        self.keyed = False
+        # Before the leg's SDP address spoke, take no other source (a handshake socket of a
+        # leg whose key exchange asks so: StreamSide.set_non_rtp_handler).
+        self.sdp_address_only = False
         self.dropped_malformed = 0
         # Datagrams an opaque stream relayed (T.38 UDPTL, _relay_opaque): not RTP.
         self.udptl_packets = 0
@@ -565,6 +589,16 @@ def _from_sdp_address(ep: _Endpoint, source: Address) -> bool:
     return False
 
 
+def _not_from_sdp_address(ep: _Endpoint, source: Address) -> bool:
+    """Whether the SDP of ``ep``'s leg gave an address and ``source`` is not it. A leg
+    without one (a late-offer caller before its ACK, on hold) has no address to prefer."""
+    stream = ep.stream
+    if stream is None:
+        return False
+    side = stream.a if ep is stream.a._rtp or ep is stream.a._rtcp else stream.b
+    return side._remote_rtp is not None and not _from_sdp_address(ep, source)
+
+
 def _unaddressed(ep: _Endpoint) -> bool:
     """Whether ``ep`` is the callee's (side B) and its leg has never had an SDP address: a
     callee our offer waits for, which may be any of several forks (RFC 3261 §16.7: parallel
@@ -579,6 +613,21 @@ def _unaddressed(ep: _Endpoint) -> bool:
     if ep is not side._rtp and ep is not side._rtcp:
         return False
     return not side._addressed
+
+
+def _takes_over(ep: _Endpoint, source: Address) -> bool:
+    """Whether ``source``, the address the SDP of ``ep``'s leg gave, takes ``ep``'s latch from
+    another source: a handshake socket (not ICE, whose checks select) latched but not connected
+    before keys, on a leg whose SDP gave its address (a callee's forks are told apart at the
+    answer, set_remote)."""
+    return (
+        ep.non_rtp is not None
+        and not ep.keyed
+        and not ep.connected
+        and ep.ice is None
+        and _from_sdp_address(ep, source)
+        and not _unaddressed(ep)
+    )
 
 
 def _unlatch(ep: _Endpoint) -> None:
@@ -752,18 +801,29 @@ class StreamSide:
     def rtcp_mux(self) -> bool:
         return self._rtcp_mux
 
-    def set_non_rtp_handler(self, handler: NonRtpHandler | None, *, rtcp: bool = False) -> None:
+    def set_non_rtp_handler(
+        self,
+        handler: NonRtpHandler | None,
+        *,
+        rtcp: bool = False,
+        sdp_address_only: bool = False,
+    ) -> None:
         """Hand datagrams that are not RTP/RTCP (RFC 7983: first byte outside 128..191, e.g.
         DTLS 20..63, ZRTP 16..19, STUN 0..3) arriving on this side's RTP socket (``rtcp``: its
         RTCP socket) to ``handler`` instead of dropping them as malformed (None: drop them
         again). They pass the same source check as RTP: the latched source, or
         (nothing latched yet) they latch it, since the handshake comes from the peer's media
-        address (RFC 5764 §5.1.2).
+        address (RFC 5764 §5.1.2). Until the socket is keyed, a source other than the leg's
+        SDP address latches it without connecting it and the SDP address takes it over when it
+        speaks (module docstring). With ``sdp_address_only`` no other source latches it before
+        keys: their datagrams that are not RTP are handed on all the same, latching nothing,
+        for the handshake task to refuse with a reason; their RTP is dropped.
 
         The RTCP socket has its own handshake when the leg does not use rtcp-mux: RFC 5764 §4.1
         keys SRTCP on that port from a DTLS association of its own."""
         ep = self._rtcp if rtcp else self._rtp
         ep.non_rtp = handler
+        ep.sdp_address_only = sdp_address_only and handler is not None
         ep.hands_on = handler is not None or ep.ice is not None
 
     def set_ice_handler(self, handler: IceHandler | None, *, rtcp: bool = False) -> None:
@@ -810,7 +870,29 @@ class StreamSide:
             sock.sendto(packet, destination)
         except OSError:
             return False
+        also = self._sdp_address_too(rtcp and not self._rtcp_mux)
+        if also is not None:
+            with contextlib.suppress(OSError):
+                sock.sendto(packet, also)
         return True
+
+    def _sdp_address_too(self, rtcp: bool) -> Address | None:
+        """Where a key exchange's datagram goes as well: the SDP address of the socket
+        (``rtcp``: the RTCP one), while a source other than it latched the socket before keys
+        (_latch). That source may be the peer behind a NAT, or a stranger whose forged first
+        datagram would otherwise draw our handshake away from the peer: a peer that waits for
+        our ClientHello (a=setup:passive or actpass answered active, RFC 5763 §5) never spoke
+        to take the socket over, and its handshake timed out."""
+        ep = self._rtcp if rtcp else self._rtp
+        if ep.keyed or ep.source is None or ep.ice is not None or ep.non_rtp is None:
+            return None
+        if self._remote_rtp is None or _from_sdp_address(ep, ep.source):
+            return None
+        if not rtcp:
+            return self._remote_rtp
+        if self._remote_rtcp is not None:
+            return self._remote_rtcp
+        return (self._remote_rtp[0], self._remote_rtp[1] + 1)  # RFC 3605 §2.1
 
     def _send_held(self) -> None:
         """A check selected an address: send the held datagrams (still none: held again)."""
@@ -1252,6 +1334,7 @@ class MediaStream:
 
     def _rebuild(self) -> None:
         """Recompute the hot-path state of all four sockets from the sides and controls."""
+        self._connect_keyed()
         for src, dst, control in ((self.a, self.b, self.a_to_b), (self.b, self.a, self.b_to_a)):
             rtcp_out = dst._rtp if dst.rtcp_mux else dst._rtcp  # RFC 5761 §5.1.3
             transforms = control.transforms
@@ -1319,6 +1402,33 @@ class MediaStream:
                     buffer,
                 )
             src._rtp.rtcp_octets = RTCP_BY_SECOND_OCTET if src.rtcp_mux else _NEVER_RTCP
+
+    def _connect_keyed(self) -> None:
+        """Mark each socket keyed when what arrives on it is unprotected with its leg's keys
+        (SRTP: ``rtp_in``; the RTCP port of a leg without rtcp-mux: its own ``rtcp_in``), and
+        connect a handshake socket whose latch waited for keys (:meth:`MediaRelay._latch`).
+        Before, the routes are configured: they send on the connected socket from now on."""
+        relay = self._relay
+        for side, control in ((self.a, self.a_to_b), (self.b, self.b_to_a)):
+            transforms = control.transforms
+            rtcp_in = transforms.rtcp_in
+            side._rtp.keyed = transforms.rtp_in is not None
+            side._rtcp.keyed = rtcp_in is not None and rtcp_in is not drop_until_keyed
+            if relay is None or relay._relatch_after is not None:
+                continue
+            for ep in (side._rtp, side._rtcp):
+                if (
+                    ep.keyed
+                    and not ep.connected
+                    and ep.source is not None
+                    and ep.non_rtp is not None
+                    and ep.ice is None
+                    and not _unaddressed(ep)
+                ):
+                    # Keyed, so whoever sent the latched source's datagrams proved the SDP's
+                    # fingerprint (RFC 5763 §5): only it may reach the socket from now on, and
+                    # an established call reads and sends without addresses as before (#7).
+                    relay._connect(ep, ep.source)
 
 
 def payload_type_table(renumbered: dict[int, int]) -> bytes | None:
@@ -2348,6 +2458,12 @@ class MediaRelay:
                 rival = source[:2]
                 if rival not in ep.rivals and len(ep.rivals) < _RIVAL_SOURCES:
                     ep.rivals += (rival,)
+            elif ep.sdp_address_only and not ep.keyed and _not_from_sdp_address(ep, source):
+                # Its key exchange takes only the SDP address before keys ([plugins.dtls]
+                # sdp_address_only): handed on, latching nothing, for the handshake task to
+                # refuse and say so (the log, the call's end reason): refused here, a peer
+                # behind a NAT would only be seen to time out.
+                pass
             elif not self._latch(ep, source, now):
                 return
         handler = ep.non_rtp
@@ -2390,6 +2506,23 @@ class MediaRelay:
             # ICE leg: only a check selects a source (an unauthenticated one never does).
             ep.dropped_unlatched_source += 1
             return False
+        if ep.source is not None and _takes_over(ep, source):
+            # The leg's SDP address speaks on a handshake socket another source latched before
+            # keys: "the SDP address first, another source only until the SDP address speaks"
+            # (docs/media_security.md, "Forged handshakes"). Nothing in the other's handshake
+            # records was authenticated (RFC 5763 §5); the handshake task starts the port's
+            # handshake afresh for this one (handshakes.py). Still not connected: the other's
+            # later datagrams are read and counted ``unlatched_source`` until keys connect it.
+            ep.source = source
+            ep.latched_at = now
+            if ep.stream is not None:
+                ep.stream._rebuild()
+            return True
+        if ep.sdp_address_only and not ep.keyed and _not_from_sdp_address(ep, source):
+            # A key exchange that takes only the SDP address before its first packet (the
+            # deployment has no peers behind NAT: [plugins.dtls] sdp_address_only).
+            ep.dropped_unlatched_source += 1
+            return False
         if ep.source is not None and (
             self._relatch_after is None or now - ep.last_received < self._relatch_after
         ):
@@ -2401,10 +2534,16 @@ class MediaRelay:
         # Never connected here: without re-latching only an unlatched socket gets this far.
         ep.source = source
         ep.latched_at = now
-        if self._relatch_after is None and not (ep.non_rtp is not None and _unaddressed(ep)):
+        if self._relatch_after is None and not (
+            ep.non_rtp is not None
+            and (_unaddressed(ep) or (not ep.keyed and _not_from_sdp_address(ep, source)))
+        ):
             # Not a handshake socket still waiting for its leg's answer: connected, the kernel
             # would refuse the other forks' handshakes (_hand_on); the answer's address
-            # unlatches it and the next packet latches and connects it.
+            # unlatches it and the next packet latches and connects it. Nor one latched before
+            # keys by a source other than its leg's SDP address (a phone behind a NAT, or a
+            # stranger): the SDP address may still take it over (_takes_over), and keys
+            # connect it (MediaStream._connect_keyed).
             self._connect(ep, source)
         if ep.stream is not None:
             ep.stream._rebuild()

@@ -55,7 +55,13 @@ class RelaySide(Protocol):
     @property
     def rtcp_mux(self) -> bool: ...
 
-    def set_non_rtp_handler(self, handler: NonRtpHandler | None, *, rtcp: bool = False) -> None: ...
+    def set_non_rtp_handler(
+        self,
+        handler: NonRtpHandler | None,
+        *,
+        rtcp: bool = False,
+        sdp_address_only: bool = False,
+    ) -> None: ...
 
     def send(self, packet: bytes, *, rtcp: bool = False) -> bool: ...
 

@@ -328,11 +328,21 @@ class RemoteSide:
     def rtcp_mux(self) -> bool:
         return self._rtcp_mux
 
-    def set_non_rtp_handler(self, handler: NonRtpHandler | None, *, rtcp: bool = False) -> None:
+    def set_non_rtp_handler(
+        self,
+        handler: NonRtpHandler | None,
+        *,
+        rtcp: bool = False,
+        sdp_address_only: bool = False,
+    ) -> None:
         """Datagrams that are not RTP/RTCP (RFC 7983: DTLS, ...) from this leg's peer on the RTP
-        socket (``rtcp``: the RTCP socket) go to ``handler``, forwarded by the worker."""
+        socket (``rtcp``: the RTCP socket) go to ``handler``, forwarded by the worker; as
+        :meth:`gateway.core.media.relay.StreamSide.set_non_rtp_handler`, ``sdp_address_only``
+        included."""
         self._handlers[rtcp] = handler
-        self._stream._send(SetDtls(self._stream.id, self._name, rtcp, handler is not None))
+        self._stream._send(
+            SetDtls(self._stream.id, self._name, rtcp, handler is not None, sdp_address_only)
+        )
 
     def set_ice_handler(self, handler: IceLiteResponder | None, *, rtcp: bool = False) -> None:
         """As :meth:`gateway.core.media.relay.StreamSide.set_ice_handler`: the worker answers

@@ -317,7 +317,9 @@ class Worker:
                     if message.enabled
                     else None
                 )
-                side.set_non_rtp_handler(handler, rtcp=message.rtcp)
+                side.set_non_rtp_handler(
+                    handler, rtcp=message.rtcp, sdp_address_only=message.sdp_address_only
+                )
             elif isinstance(message, SetIce):
                 side = stream.a if message.side == "a" else stream.b
                 side.set_ice_handler(_responder(message), rtcp=message.rtcp)

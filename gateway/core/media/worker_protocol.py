@@ -121,6 +121,8 @@ class SetDtls:
     side: str
     rtcp: bool
     enabled: bool
+    sdp_address_only: bool = False
+    """Before keys, no source but the leg's SDP address (relay's set_non_rtp_handler)."""
 
 
 @attrs.frozen
@@ -600,7 +602,7 @@ _LAYOUTS: dict[int, tuple[type[Any], tuple[_Codec, ...]]] = {
     2: (SetRemote, (_STREAM, _SIDE, _ADDRESS, _ADDRESS, _BOOL)),
     3: (SetBlocked, (_STREAM, _DIRECTION, _BOOL)),
     4: (SetKeys, (_STREAM, _BOOL, _KEYS, _KEYS, _BOOL, _KEYS, _BOOL, _KEYS)),
-    5: (SetDtls, (_STREAM, _SIDE, _BOOL, _BOOL)),
+    5: (SetDtls, (_STREAM, _SIDE, _BOOL, _BOOL, _BOOL)),
     6: (SendDatagram, (_STREAM, _SIDE, _BOOL, _BYTES)),
     7: (Close, (_STREAM,)),
     8: (Ping, (_STREAM,)),

@@ -595,6 +595,27 @@ def dtls_records_valid_untrusted(packet: bytes, *, max_records: int = MAX_RECORD
     return count > 0
 
 
+_CLIENT_HELLO = 1  # RFC 6347 §4.3.2: HandshakeType client_hello
+
+
+def _holds_client_hello_untrusted(packet: bytes) -> bool:
+    """Whether a peer's datagram (well-formed: :func:`dtls_records_valid_untrusted`) holds a
+    plaintext ClientHello (epoch 0). A DTLS client never gets one from its server; OpenSSL
+    ends the client's handshake on it ("unexpected message")."""
+    offset = 0
+    while offset + _RECORD_HEADER < len(packet):
+        length = int.from_bytes(packet[offset + 11 : offset + 13], "big")
+        if (
+            packet[offset] == _HANDSHAKE
+            and packet[offset + 3] == 0
+            and packet[offset + 4] == 0
+            and packet[offset + _RECORD_HEADER] == _CLIENT_HELLO
+        ):
+            return True
+        offset += _RECORD_HEADER + length
+    return False
+
+
 def _is_handshake_datagram_untrusted(packet: bytes) -> bool:
     """Whether the peer's datagram starts with a handshake or ChangeCipherSpec record: a
     retransmission of its last flight, once our handshake is done."""
@@ -788,6 +809,12 @@ class _Association:
         if not dtls_records_valid_untrusted(packet):
             self.statistics.dropped_malformed += 1
             return events
+        if self.role is Role.CLIENT and _holds_client_hello_untrusted(packet):
+            # Never from our server: a stranger's forged handshake (RFC 5763 §5: nothing of
+            # epoch 0 is authenticated) or a peer that took the wrong role. Fed to OpenSSL it
+            # ends our handshake, and the call; discarded as RFC 6347 §4.1.2.7 allows.
+            self.statistics.dropped_malformed += 1
+            return events
         self.statistics.datagrams_received += 1
         self._connection.bio_write(packet)
         if self.phase is _Phase.ESTABLISHED:
@@ -962,6 +989,7 @@ class _Settings:
     profiles: tuple[DtlsProfile, ...]
     timing: DtlsTiming
     mtu: int
+    sdp_address_only: bool = False
 
 
 @attrs.define(eq=False, repr=False)
@@ -1016,6 +1044,13 @@ class DtlsNegotiation:
     def tls_id(self) -> str:
         """Our a=tls-id."""
         return self._tls_id
+
+    @property
+    def sdp_address_only(self) -> bool:
+        """Whether the media port takes the handshake only from the address the peer's SDP
+        gave until keys (``[plugins.dtls] sdp_address_only``; read by the call's handshake
+        task, docs/plugin_hooks.md "Media-path engines")."""
+        return self._settings.sdp_address_only
 
     @property
     def local_fingerprint(self) -> Fingerprint:
@@ -1156,6 +1191,35 @@ class DtlsNegotiation:
         """The next ``KeysReady`` or ``NegotiationFailed``, or None."""
         return self._events.popleft() if self._events else None
 
+    def restart_handshake(self, *, now: float) -> None:
+        """As DTLS server, start the handshake under way afresh: a new association with the
+        same role, peer parameters (fingerprints, a=setup, tls-id) and certificate, its clock
+        started at ``now``. The call's handshake task calls it when the peer's SDP address
+        speaks after datagrams from another source were fed and before keys
+        (docs/media_security.md, "Forged handshakes"): nothing in a handshake of epoch 0 is
+        authenticated (RFC 5763 §5), and OpenSSL's state holds the other source's ClientHello
+        (no cookie exchange, RFC 6347 §4.2.1, undoes that). As DTLS client nothing changes:
+        our ClientHello went to the SDP address, whose answer is the one to go on with (a new
+        ClientHello would make that answer useless), and a ClientHello from anyone is
+        discarded (:func:`_holds_client_hello_untrusted`). Nothing happens either once the
+        association has keys or failed, or before our role is known."""
+        association = self._association
+        if (
+            self._phase is _Phase.FAILED
+            or association is None
+            or association.phase is not _Phase.HANDSHAKING
+            or association.role is not Role.SERVER
+        ):
+            return
+        fresh = self._new_association(association.role, association.peer)
+        # The separate RTCP port's negotiation belongs to the stream's association (RFC 5764
+        # §4.1): it runs on its own port, restarted there if need be, and is kept. So are the
+        # counters, for the call's record.
+        fresh.rtcp_component = association.rtcp_component
+        fresh.statistics = association.statistics
+        self._association = fresh
+        self._queue(fresh.start(now))
+
     # -- separate RTCP (no rtcp-mux) ------------------------------------------------------------
 
     def rtcp_component(self) -> DtlsNegotiation | None:
@@ -1267,6 +1331,7 @@ class DtlsKeyExchange:
         profiles: Sequence[str] = DEFAULT_PROFILES,
         timing: DtlsTiming | None = None,
         mtu: int = DEFAULT_MTU,
+        sdp_address_only: bool = False,
     ) -> None:
         unknown = [name for name in profiles if name not in PROFILES]
         if unknown or not profiles:
@@ -1276,6 +1341,7 @@ class DtlsKeyExchange:
         self.profiles = tuple(PROFILES[name] for name in dict.fromkeys(profiles))
         self.timing = timing if timing is not None else DtlsTiming()
         self.mtu = mtu
+        self.sdp_address_only = sdp_address_only
 
     def __repr__(self) -> str:
         names = ",".join(profile.name for profile in self.profiles)
@@ -1371,7 +1437,9 @@ class DtlsKeyExchange:
         setup: Setup,
         tls_id: str,
     ) -> DtlsNegotiation:
-        settings = _Settings(identity, tuple(profiles), self.timing, self.mtu)
+        settings = _Settings(
+            identity, tuple(profiles), self.timing, self.mtu, self.sdp_address_only
+        )
         return DtlsNegotiation(role, settings, _Phase.OFFERED, setup, tls_id)
 
     def _profiles_for(self, suites: Sequence[str]) -> tuple[DtlsProfile, ...]:
@@ -1428,6 +1496,7 @@ class DtlsConfig:
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     profiles: tuple[str, ...] = DEFAULT_PROFILES
     mtu: int = DEFAULT_MTU
+    sdp_address_only: bool = False
 
     def __attrs_post_init__(self) -> None:
         # structure() reports a ValueError as a config error of this table; say which key.
@@ -1507,6 +1576,7 @@ def gateway_register_key_exchanges(registry: Registry[Any], config: DtlsConfig |
         profiles=config.profiles,
         timing=DtlsTiming(handshake_timeout=config.handshake_timeout),
         mtu=config.mtu,
+        sdp_address_only=config.sdp_address_only,
     )
     registry.add(DtlsKeyExchange.name, exchange)
 

@@ -45,6 +45,7 @@ from tests.component.calls.b2bua_env import (
 from tests.component.calls.dtls_callers import dtls_caller
 from tests.component.calls.dtls_pairs import pairs
 from tests.component.calls.dtls_phone import (
+    OTHER_ID,
     PHONE_ID,
     PHONE_PORT,
     Phone,
@@ -600,3 +601,45 @@ async def test_a_call_transferred_to_a_dtls_device_is_keyed_by_its_own_handshake
     assert security.keys(0) == mirrored(phone.keys)
     await trio.sleep(30)
     assert env.trunk.requests("BYE") == [] and bob.requests("BYE") == []
+
+
+async def test_a_strangers_client_hello_before_the_callers_first_packet_costs_it_nothing(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """docs/media_security.md, "Forged handshakes": the caller's SDP gave its address; a
+    stranger's ClientHello reaches the caller leg's port before the caller's first packet.
+    Before, it latched and connected the port (the kernel then refused the caller) and went to
+    our engine, the DTLS client here, which ended the call ("unexpected message"). Now the
+    stranger latches the port without connecting it, the caller's first datagram takes it
+    over, the caller is keyed, and the stranger's later datagrams are counted."""
+    env = await with_dtls(nursery, tmp_path, voipgw_seed)
+    caller = await dtls_caller(nursery, env, run_phone=False)  # its socket queues our hello
+    forged = DtlsKeyExchange(identity=lambda: OTHER_ID).offer(suites=[], secure_signalling=False)
+    client = DtlsKeyExchange(identity=lambda: OTHER_ID).answer(
+        forged.local_sdp_attributes(), suites=[], secure_signalling=False
+    )
+    assert client is not None and client.dtls_role == "client"
+    gateway_port = ("127.0.0.1", caller.answer.port)
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert gateway_call.media is not None
+    (stream,) = gateway_call.media.streams
+    with await bind(PHONE_PORT + 4) as stranger:
+        for datagram in client.packets_to_send(now=trio.current_time()):
+            await stranger.sendto(datagram, gateway_port)
+        await eventually(lambda: stream.a.rtp_source == ("127.0.0.1", PHONE_PORT + 4))
+        # Our ClientHello went before the phone's socket was bound: its resends go to the
+        # latched stranger and to the SDP address too (a peer waiting for our ClientHello
+        # never speaks first to take the port over).
+        nursery.start_soon(caller.phone.run)
+        with trio.fail_after(30):
+            await caller.phone.keyed.wait()
+        assert caller.phone.failure is None and caller.phone.keys is not None
+        await eventually(lambda: a_leg_keys(env) is not None)
+        assert a_leg_keys(env) == mirrored(caller.phone.keys)
+        assert stream.a.rtp_source == ("127.0.0.1", PHONE_PORT)
+        await stranger.sendto(b"\x16\xfe\xfd" + bytes(20), gateway_port)
+        await eventually(lambda: stream.a_to_b.statistics().dropped_unlatched_source >= 1)
+        assert stream.a._rtp.connected  # keyed: the kernel refuses the stranger from now on
+    await trio.sleep(30)
+    assert env.trunk.requests("BYE") == []

@@ -20,7 +20,7 @@ import attrs
 import pytest
 import trio
 
-from gateway.core.interfaces import KeyNegotiationEvent
+from gateway.core.interfaces import KeyNegotiationEvent, NegotiationFailed
 from gateway.core.media import handshakes
 from gateway.core.media.handshakes import FORK_SOURCES, HELD_DATAGRAMS, CallHandshakes
 from gateway.core.media.security import StreamSecurity
@@ -76,10 +76,14 @@ class Side:
 
     rtcp_mux: bool = True
     handlers: dict[bool, Any] = attrs.Factory(dict)
+    sdp_address_only: dict[bool, bool] = attrs.Factory(dict)
     sent: list[bytes] = attrs.Factory(list)
 
-    def set_non_rtp_handler(self, handler: Any, *, rtcp: bool = False) -> None:
+    def set_non_rtp_handler(
+        self, handler: Any, *, rtcp: bool = False, sdp_address_only: bool = False
+    ) -> None:
         self.handlers[rtcp] = handler
+        self.sdp_address_only[rtcp] = sdp_address_only
 
     def send(self, packet: bytes, *, rtcp: bool = False) -> bool:
         self.sent.append(packet)
@@ -115,12 +119,25 @@ class Session:
         return sum(count for _, why, count in self.drops if why == reason)
 
 
+class NoIce:
+    """A leg's ICE (LegIce) when it does none."""
+
+    def responders(self, index: int) -> tuple[None, None]:
+        return None, None
+
+
 @attrs.define(eq=False)
 class Leg:
     streams: dict[int, StreamSecurity] = attrs.Factory(dict)
 
     offered: dict[int, StreamSecurity] = attrs.Factory(dict)
     """A peer's offer waiting for our answer (re-INVITE)."""
+
+    ice: NoIce = attrs.Factory(NoIce)
+    failures: list[str] = attrs.Factory(list)
+
+    def failed(self, key_exchange: str) -> None:
+        self.failures.append(key_exchange)
 
     def media_path_streams(self) -> dict[int, StreamSecurity]:
         return dict(self.streams)
@@ -797,3 +814,123 @@ async def test_forks_datagrams_are_kept_after_an_early_answer_until_the_final_on
         assert second.received == []
         assert first.received == [hello(1)]
         assert task.session.drops == [("b", "blocked", HELD_DATAGRAMS)]
+
+
+# -- the SDP address first (docs/media_security.md, "Forged handshakes") ------------------------
+
+
+@attrs.define(eq=False)
+class RestartingEngine(Engine):
+    """An engine with the optional ``restart_handshake`` (the ``dtls`` engine's)."""
+
+    log: list[object] = attrs.Factory(list)
+    sdp_address_only: bool = False
+    events: list[KeyNegotiationEvent] = attrs.Factory(list)
+
+    def receive_packet(self, packet: bytes, *, now: float) -> None:
+        super().receive_packet(packet, now=now)
+        self.log.append(packet)
+
+    def restart_handshake(self, *, now: float) -> None:
+        self.log.append("restart")
+
+    def next_event(self) -> KeyNegotiationEvent | None:
+        return self.events.pop(0) if self.events else None
+
+
+async def caller_task(
+    nursery: trio.Nursery, engine: Engine, failures: list[tuple[str, str]] | None = None
+) -> tuple[Task, Any]:
+    """The task over a caller (side A) whose SDP gave PEER, and the handler of its RTP port."""
+    session = Session()
+    session.addresses[(0, "a", False)] = PEER
+    legs = {"a": Leg({0: dtls_stream(engine)}), "b": Leg()}
+    handshakes = CallHandshakes(
+        session,  # type: ignore[arg-type]
+        lambda: legs,  # type: ignore[arg-type,return-value]
+        on_keys=lambda: None,
+        on_failure=lambda side, reason: (failures if failures is not None else []).append(
+            (side, reason)
+        ),
+    )
+    nursery.start_soon(handshakes.run)
+    handshakes.poke()
+    await settle()
+    return Task(handshakes, session, legs), session.streams[0].a.handlers[False]  # type: ignore[arg-type]
+
+
+async def test_the_sdp_address_after_a_stranger_restarts_the_handshake_before_keys(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """A stranger's ClientHello reached the caller's port first (the relay latched it, not
+    connected) and was fed: OpenSSL's state holds it. When the caller's SDP address speaks,
+    the handshake starts afresh before its datagram is fed; once, not for each datagram."""
+    engine = RestartingEngine(timer=None)
+    task, handler = await caller_task(nursery, engine)
+    assert task.session.streams[0].a.sdp_address_only == {False: False}
+    handler(hello(1), STRANGER)
+    await settle()
+    handler(hello(2), PEER)
+    await settle()
+    handler(hello(3), PEER)
+    await settle()
+    assert engine.log == [hello(1), "restart", hello(2), hello(3)]
+    assert task.session.drops == []
+
+
+async def test_the_sdp_address_first_restarts_nothing(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    engine = RestartingEngine(timer=None)
+    _, handler = await caller_task(nursery, engine)
+    handler(hello(1), PEER)
+    await settle()
+    handler(hello(2), PEER)
+    await settle()
+    assert engine.log == [hello(1), hello(2)]
+
+
+async def test_an_engine_without_restart_handshake_is_fed_as_before(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The method is optional (docs/plugin_hooks.md, "Media-path engines"): a plugin engine
+    written before it is fed both sources' datagrams, in order, as it was."""
+    engine = Engine(timer=None)
+    _, handler = await caller_task(nursery, engine)
+    handler(hello(1), STRANGER)
+    await settle()
+    handler(hello(2), PEER)
+    await settle()
+    assert engine.received == [hello(1), hello(2)]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_sdp_address_only_refuses_another_source_and_says_so(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``[plugins.dtls] sdp_address_only``: the relay is told (no other source latches), and
+    what another source sends (a peer behind a NAT) is refused here, counted
+    ``unlatched_source``, said in a WARNING once per port and in the call's end reason."""
+    failures: list[tuple[str, str]] = []
+    engine = RestartingEngine(timer=None, sdp_address_only=True)
+    task, handler = await caller_task(nursery, engine, failures)
+    assert task.session.streams[0].a.sdp_address_only == {False: True}
+    handler(hello(1), STRANGER)
+    handler(hello(2), STRANGER)
+    await settle()
+    assert engine.log == []
+    assert task.session.drops == [("a", "unlatched_source", 1), ("a", "unlatched_source", 1)]
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "198.51.100.7:5000" in warning and "192.0.2.10:4000" in warning
+    assert "sdp_address_only" in warning
+    engine.events.append(NegotiationFailed("DTLS handshake timed out", 488))
+    handler(hello(3), PEER)
+    await settle()
+    assert engine.log == [hello(3)]
+    assert failures == [
+        (
+            "a",
+            "DTLS handshake timed out (datagrams from a source other than the SDP address "
+            "refused: sdp_address_only)",
+        )
+    ]

@@ -938,8 +938,16 @@ async def test_the_fork_that_latched_is_not_kept_out_when_no_sender_is_at_the_an
     await bob.send(hello + b"resent", port)
     await until(lambda: len(taken) == 3)
     assert taken[2] == (hello + b"resent", bob.rtp_address)
-    assert stream.b.rtp_source == bob.rtp_address and stream.b._rtp.connected
+    assert stream.b.rtp_source == bob.rtp_address
     assert stream.b_to_a.statistics().dropped_unlatched_source == 0
+    # Not the answer's address: latched but not connected until keys (the SDP address may
+    # still take it over: the test of a stranger before the caller, below).
+    assert not stream.b._rtp.connected
+    stream.b_to_a.transforms = Transforms(rtp_in=lambda packet: packet)  # bob's keys
+    await bob.send(hello + b"finished", port)
+    await until(lambda: len(taken) == 4)
+    assert stream.b._rtp.connected
+    await assert_refused_by_the_kernel(hello + b"stranger", port)
 
 
 async def test_a_fork_that_latched_with_its_ringing_media_is_kept_out_after_any_answer(
@@ -984,6 +992,107 @@ async def test_a_late_offer_callers_handshake_socket_latches_and_connects_before
     assert stream.a.rtp_source == alice.rtp_address and stream.a._rtp.connected
     await assert_refused_by_the_kernel(hello + b"stranger", port)
     assert taken == [(hello + b"caller", alice.rtp_address)]
+
+
+async def test_a_strangers_clienthello_before_the_callers_latches_until_the_caller_speaks(
+    connected: MediaStream, alice: PlainPhone, make_phone: Callable[[], PlainPhone]
+):
+    # Alice's SDP gave her address; a stranger's ClientHello reaches her leg's port first
+    # (nothing in a handshake of epoch 0 is authenticated, RFC 5763 §5). It latches the socket
+    # without connecting it (alice might be behind a NAT, and it be hers), and alice's own
+    # datagram takes the socket over: the stranger's later datagrams are counted, and never
+    # handed on. Alice's keys connect the socket: the kernel refuses the others from then on,
+    # and RTP reads and sends without addresses, as every established call's (#7).
+    stream = connected
+    stranger = make_phone()
+    taken: list[tuple[bytes, Any]] = []
+    stream.a.set_non_rtp_handler(lambda packet, source: taken.append((packet, source)))
+    hello = b"\x16\xfe\xfd" + bytes(10)
+    port = stream.a.ports.rtp_port
+    await stranger.send(hello + b"forged", port)
+    await until(lambda: len(taken) == 1)
+    assert stream.a.rtp_source == stranger.rtp_address and not stream.a._rtp.connected
+    # The handshake's datagrams go to the latched source, and to the SDP address too: a peer
+    # that waits for our ClientHello never speaks first to take the socket over.
+    assert stream.a.send(b"answer")
+    assert await stranger.receive() == (b"answer", (ADDRESS, port))
+    assert await alice.receive() == (b"answer", (ADDRESS, port))
+
+    await alice.send(hello + b"caller", port)
+    await until(lambda: len(taken) == 2)
+    assert taken[1] == (hello + b"caller", alice.rtp_address)
+    assert stream.a.rtp_source == alice.rtp_address and not stream.a._rtp.connected
+    assert stream.a.send(b"to-alice")  # to alice alone now
+    assert await alice.receive() == (b"to-alice", (ADDRESS, port))
+    await stranger.send(hello + b"again", port)
+    await until(lambda: stream.a_to_b.statistics().dropped_unlatched_source == 1)
+    assert len(taken) == 2
+
+    stream.a_to_b.transforms = Transforms(rtp_in=lambda packet: packet)  # alice's keys
+    await alice.send(rtp(1), port)
+    await until(lambda: stream.a._rtp.connected)
+    await assert_refused_by_the_kernel(hello + b"late", port)
+    assert stream.a.rtp_source == alice.rtp_address
+
+
+async def test_a_peer_at_its_sdp_address_latches_and_connects_at_once_as_before(
+    connected: MediaStream, alice: PlainPhone
+):
+    # The usual call: the first datagram comes from the SDP address, nobody can take the
+    # socket over, so it is connected at once, before keys.
+    stream = connected
+    stream.a.set_non_rtp_handler(lambda packet, source: None)
+    await alice.send(b"\x16\xfe\xfd" + bytes(10), stream.a.ports.rtp_port)
+    await until(lambda: stream.a.rtp_source == alice.rtp_address)
+    assert stream.a._rtp.connected
+
+
+async def test_an_rtcp_port_without_its_own_keys_stays_unconnected_to_another_source(
+    connected: MediaStream, alice: PlainPhone, make_phone: Callable[[], PlainPhone]
+):
+    # Without rtcp-mux the RTCP port has a handshake of its own (RFC 5764 §4.1): the RTP
+    # port's keys do not connect it; its own do (keying's drop_until_keyed until then).
+    stream = connected
+    nat = make_phone()  # alice's RTCP from behind a NAT
+    stream.a.set_non_rtp_handler(lambda packet, source: None, rtcp=True)
+    port = stream.a.ports.rtcp_port
+    await nat.send(b"\x16\xfe\xfd" + bytes(10), port, from_rtcp=True)
+    await until(lambda: stream.a.rtcp_source == nat.rtcp_address)
+    stream.a_to_b.transforms = Transforms(
+        rtp_in=lambda packet: packet, rtcp_in=relay_module.drop_until_keyed
+    )
+    await nat.send(b"\x16\xfe\xfd" + bytes(11), port, from_rtcp=True)
+    await until(lambda: not stream._relay._stale)  # type: ignore[union-attr]
+    assert not stream.a._rtcp.connected
+    stream.a_to_b.transforms = Transforms(
+        rtp_in=lambda packet: packet, rtcp_in=lambda packet: packet
+    )
+    await nat.send(b"\x16\xfe\xfd" + bytes(12), port, from_rtcp=True)
+    await until(lambda: stream.a._rtcp.connected)
+
+
+async def test_sdp_address_only_takes_no_other_source_before_keys(
+    connected: MediaStream, alice: PlainPhone, make_phone: Callable[[], PlainPhone]
+):
+    # A deployment without DTLS peers behind NAT ([plugins.dtls] sdp_address_only): another
+    # source's handshake datagrams are handed on without latching (the handshake task refuses
+    # them and says so) and its RTP is dropped; the SDP address latches and connects.
+    stream = connected
+    other = make_phone()
+    taken: list[tuple[bytes, Any]] = []
+    stream.a.set_non_rtp_handler(
+        lambda packet, source: taken.append((packet, source)), sdp_address_only=True
+    )
+    hello = b"\x16\xfe\xfd" + bytes(10)
+    port = stream.a.ports.rtp_port
+    await other.send(hello + b"nat", port)
+    await until(lambda: len(taken) == 1)
+    await other.send(rtp(1), port)
+    await until(lambda: stream.a_to_b.statistics().dropped_unlatched_source == 1)
+    assert stream.a.rtp_source is None
+    await alice.send(hello + b"caller", port)
+    await until(lambda: len(taken) == 2)
+    assert stream.a.rtp_source == alice.rtp_address and stream.a._rtp.connected
 
 
 async def test_short_rtcp_is_accepted_down_to_eight_octets(

@@ -295,6 +295,7 @@ def seed_config(f: Files) -> dict[str, Any]:
                 "handshake_timeout": 20.0,
                 "profiles": ["SRTP_AEAD_AES_128_GCM", "SRTP_AES128_CM_SHA1_80"],
                 "mtu": 1200,
+                "sdp_address_only": False,
             },
             "sdes": {
                 "answer_suite": "offer-order",

@@ -629,3 +629,78 @@ def test_the_record_check_accepts_or_refuses_any_bytes(packet: bytes) -> None:
     assert verdict in (True, False)
     if verdict:
         assert len(packet) >= 13 and 20 <= packet[0] <= 23
+
+
+def stranger_and_peer() -> tuple[DtlsNegotiation, DtlsNegotiation, DtlsNegotiation]:
+    """Our end (the offerer, DTLS server after an ``active`` answer), the peer that answered,
+    and a stranger that forges the peer's handshake: a client with a certificate of its own,
+    which the peer's a=fingerprint does not name."""
+    ours, peer = offer_answer()
+    stranger = exchange(IDENTITY_C).answer(
+        ours.local_sdp_attributes(), suites=[], secure_signalling=True
+    )
+    assert stranger is not None
+    return ours, peer, stranger
+
+
+def test_a_restart_drops_a_strangers_clienthello_and_the_peer_gets_keys() -> None:
+    # The stranger's ClientHello came first (from an address the peer's SDP does not give)
+    # and OpenSSL answered it; then the peer's SDP address spoke: the call's handshake task
+    # restarts the handshake, and the peer's own ClientHello makes the keys (RFC 5763 §5).
+    ours, peer, stranger = stranger_and_peer()
+    for datagram in stranger.packets_to_send(now=0.0):
+        ours.receive_packet(datagram, now=0.0)
+    assert ours.packets_to_send(now=0.0)  # our flight went to the stranger
+    ours.restart_handshake(now=0.5)
+    assert ours.dtls_role == "server" and ours.state == "handshaking"
+    assert ours.packets_to_send(now=0.5) == []  # a server waits for the peer's ClientHello
+    pump(ours, peer, now=0.5)
+    assert keys_of(ours) is not None and keys_of(peer) is not None
+    assert ours.peer_certificate_sha256 == IDENTITY_B.sha256_hex()
+
+
+def test_without_a_restart_the_strangers_clienthello_costs_the_peer_its_handshake() -> None:
+    # What the restart undoes: fed after the stranger's, the peer's ClientHello gets no keys.
+    ours, peer, stranger = stranger_and_peer()
+    for datagram in stranger.packets_to_send(now=0.0):
+        ours.receive_packet(datagram, now=0.0)
+    ours.packets_to_send(now=0.0)
+    pump(ours, peer, now=0.5)
+    assert ours.keys is None or peer.keys is None
+
+
+def test_a_restart_changes_nothing_for_a_client_nor_after_keys() -> None:
+    # As DTLS client our ClientHello went to the SDP address and its answer is the one to go
+    # on with (a stranger's ClientHello was discarded); once keyed, nothing is restarted.
+    ours, peer = offer_answer()  # the answerer is the DTLS client
+    hello = peer.packets_to_send(now=0.0)
+    peer.restart_handshake(now=0.2)
+    assert peer.packets_to_send(now=0.2) == []
+    for datagram in hello:
+        ours.receive_packet(datagram, now=0.2)
+    pump(ours, peer, now=0.2)
+    keys = ours.keys
+    assert keys is not None and peer.keys is not None
+    ours.restart_handshake(now=1.0)  # the server, keyed: nothing happens
+    assert ours.keys == keys and ours.state == "established"
+    assert ours.packets_to_send(now=1.0) == []
+
+
+def test_a_client_discards_a_clienthello_and_goes_on_with_its_handshake() -> None:
+    # As DTLS client (we answered actpass with active, RFC 5763 §5) a ClientHello is never our
+    # server's: a stranger's, first to reach the port. Fed to OpenSSL it ended the handshake
+    # ("unexpected message") and the call before the peer could answer.
+    peer, ours = offer_answer()  # ours: the answerer, DTLS client; peer: the server
+    stranger = exchange(IDENTITY_C).answer(
+        peer.local_sdp_attributes(), suites=[], secure_signalling=True
+    )
+    assert stranger is not None and ours.dtls_role == "client"
+    hello = ours.packets_to_send(now=0.0)
+    for datagram in stranger.packets_to_send(now=0.0):
+        ours.receive_packet(datagram, now=0.1)
+    assert ours.state == "handshaking" and events(ours) == []
+    assert ours.statistics().dropped_malformed == 1
+    for datagram in hello:
+        peer.receive_packet(datagram, now=0.2)
+    pump(peer, ours, now=0.2)
+    assert keys_of(ours) is not None and keys_of(peer) is not None

@@ -60,9 +60,24 @@ def test_the_table_sets_profiles_timeout_and_mtu(tmp_path: Path) -> None:
     assert exchange.timing.handshake_timeout == 7.5 and exchange.mtu == 1400
 
 
+def test_sdp_address_only_is_off_by_default_and_reaches_every_negotiation(tmp_path: Path) -> None:
+    # Off by default (upgrade rule: a phone behind a NAT sends from another address than its
+    # SDP's); on, the call's handshake task reads it from each stream's negotiation, the RTCP
+    # port's included (docs/media_security.md, "Forged handshakes").
+    assert load(tmp_path).offer(suites=[], secure_signalling=False).sdp_address_only is False
+    exchange = load(tmp_path, sdp_address_only=True)
+    offer = exchange.offer(suites=[], secure_signalling=False)
+    assert offer.sdp_address_only is True
+    answer = exchange.answer(offer.local_sdp_attributes(), suites=[], secure_signalling=False)
+    assert answer is not None and answer.sdp_address_only is True
+    rtcp = answer.rtcp_component()
+    assert rtcp is not None and rtcp.sdp_address_only is True
+
+
 @pytest.mark.parametrize(
     ("table", "message"),
     [
+        ({"sdp_address_only": "yes"}, "sdp_address_only"),
         ({"profiles": ["SRTP_AES256_CM_SHA1_80"]}, "unknown profile 'SRTP_AES256_CM_SHA1_80'"),
         ({"profiles": []}, "at least one profile"),
         ({"profiles": ["SRTP_AES128_CM_SHA1_80"] * 2}, "listed twice"),

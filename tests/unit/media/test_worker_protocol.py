@@ -79,6 +79,7 @@ EVERY_MESSAGE: list[Message] = [
     SetKeys(4, False, MKI_KEYS, REMOTE_MKI_KEYS, False, None, False, None),  # RFC 3711 §3.1
     SetDtls(5, "a", False, True),
     SetDtls(5, "b", True, False),
+    SetDtls(5, "a", True, True, True),  # sdp_address_only
     SendDatagram(6, "b", True, b"\x16\xfe\xfd" + bytes(200)),
     Close(2**32 - 1),
     Ping(17),
