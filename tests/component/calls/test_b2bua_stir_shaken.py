@@ -30,7 +30,8 @@ from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import RouteDecision
 from gateway.core.status import CallStatistics, StatusView
 from gateway.plugins.metrics.collect import render
-from gateway.testing.sti_pki import make_pki, read_identity
+from gateway.plugins.stir_shaken.fetch import Fetched
+from gateway.testing.sti_pki import make_identity, make_pki, read_identity
 from tests.component.calls.b2bua_env import ALICE_DID, eventually, start_b2bua
 from tests.component.calls.stir_shaken_calls import (
     CALLER,
@@ -407,5 +408,41 @@ async def test_a_certificate_fetched_again_is_bounded_by_the_calls_fetch_timeout
     await call.cancel()
     await eventually(lambda: env.calls == 0)
     user, _ = await call_alice(env, [identity(pki.signer_key)])
+    assert user == f"{CALLER};verstat=TN-Validation-Passed"
+    assert plugin.fetched == [X5U, X5U]
+
+
+async def test_a_call_whose_fetch_timeout_is_spent_does_not_spend_the_urls_minute(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """An INVITE whose first Identity header's certificate never comes uses up its
+    fetch_timeout; its second, signed with the carrier's new key, fails with the cached
+    certificate with no time left to fetch it again: the URL is not fetched, and the next call
+    signed with the new key has it fetched again (not refused for the minute after)."""
+    slow_x5u = "https://slow.carrier.example/shaken.pem"
+
+    class SlowSecondRepository(InjectedStirShaken):
+        async def fetch(self, url: str) -> Fetched:
+            if url == slow_x5u:
+                await trio.sleep_forever()
+            return await super().fetch(url)
+
+    pki = make_pki()
+    plugin = SlowSecondRepository(pki)
+    env = await start(nursery, tmp_path, voipgw_seed, plugin, fetch_timeout=1.5)
+    user, call = await call_alice(env, [identity(pki.signer_key)])
+    await call.cancel()
+    await eventually(lambda: env.calls == 0)
+    rotated = pki.with_new_signer()
+    plugin.pki = rotated
+    slow = make_identity(
+        rotated.signer_key, slow_x5u, orig=CALLER[1:], dest=ALICE_DID[1:], iat=int(time.time())
+    )
+    user, call = await call_alice(env, [("Identity", slow), identity(rotated.signer_key)])
+    assert user == f"{CALLER};verstat=TN-Validation-Failed"
+    await call.cancel()
+    await eventually(lambda: env.calls == 0)
+    assert plugin.fetched == [X5U]
+    user, _ = await call_alice(env, [identity(rotated.signer_key)])
     assert user == f"{CALLER};verstat=TN-Validation-Passed"
     assert plugin.fetched == [X5U, X5U]
