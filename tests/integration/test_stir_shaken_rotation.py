@@ -4,7 +4,7 @@ signatures must not make the gateway fetch on every call, calls failing at once 
 fetch, and the Cache-Control answers of a repository (ATIS-1000074 §5.3.1). The plugin's own
 HTTPS fetcher (h11 over trio's TLS stream) against a Python HTTPS server that counts what it is
 asked for; trio's clock is a MockClock that does not run by itself (``mock_clock.jump`` stands
-for the minute between forced re-fetches), the service's wall clock an offset the test moves.
+for the minute between forced re-fetches), the service's wall clock stopped, moved by the test.
 """
 
 from __future__ import annotations
@@ -40,9 +40,12 @@ CALL = TrunkCall(
 
 
 class Verifier:
-    """The plugin verifying against the test server, its wall clock ``later`` seconds ahead."""
+    """The plugin verifying against the test server, its wall clock stopped when made and
+    ``later`` seconds ahead of that: a fetch that takes seconds on a loaded machine does not
+    move it (the cache's lifetimes are checked to the second)."""
 
     def __init__(self, anchors: Path, https_ca: Path) -> None:
+        self.started = time.time()
         self.later = 0.0
         config = StirShakenConfig(
             verify_trunks=("carrier",),
@@ -55,7 +58,7 @@ class Verifier:
         self.service = StirShaken(config, clock=self.clock)  # the plugin's own HTTPS fetcher
 
     def clock(self) -> float:
-        return time.time() + self.later
+        return self.started + self.later
 
     async def verify(self, key: ec.EllipticCurvePrivateKey, x5u: str) -> str:
         value = make_identity(key, x5u, orig="15550100", dest="4930123456", iat=int(self.clock()))

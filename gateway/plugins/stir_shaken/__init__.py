@@ -21,10 +21,10 @@ while it is registered, so a gateway without the plugin does nothing per call fo
   caller's number (From or P-Asserted-Identity), dest the number called, the x5u certificate
   (HTTPS only, within ``fetch_timeout``, cached; fetched again, at most once a minute, when a
   signature fails with the cached one: a signer's key rotation) chaining to ``trust_anchors``
-  with TNAuthList,
-  with ``check_revocation`` none of its chain below the anchor listed in the CRL it names
-  (ATIS-1000080 §6.4.1: the STI-PA's CRL, fetched like the certificate within the same
-  ``fetch_timeout``, kept until its nextUpdate), then the signature. A revoked certificate fails
+  with TNAuthList, then the signature, then with ``check_revocation`` none of the chain below
+  the anchor of the certificate whose key signed listed in the CRL it names (ATIS-1000080
+  §6.4.1: the STI-PA's CRL, fetched like the certificate within the same ``fetch_timeout``,
+  kept until its nextUpdate). A revoked certificate fails
   (437 under "reject"); a CRL that cannot be had or believed leaves the call verified but
   marked (``revocation_unavailable = "pass"``, the default: an STI-PA outage must not fail every
   call) or fails it (``"fail"``, 436 as for a certificate that cannot be fetched). The phone
@@ -744,7 +744,6 @@ class Verification:
                     freshness=service.config.freshness,
                 )
                 signer, cached = await service._signer_certificate(passport.x5u, deadline)
-                unchecked = await service.revocation_status(signer, deadline)
                 try:
                     verify_signature(passport, signer.key)
                 except PassportError as err:
@@ -756,8 +755,13 @@ class Verification:
                     renewed = await service.renewed_signer(passport.x5u, signer, deadline)
                     if renewed is None:
                         raise
-                    unchecked = await service.revocation_status(renewed, deadline)
                     verify_signature(passport, renewed.key)
+                    signer = renewed
+                # Then the CRL, for the certificate whose key signed: a carrier whose key was
+                # compromised has the old certificate revoked and a new one at the same URL,
+                # and the old one, still cached and now listed, must not fail the new key's
+                # calls as revoked before the new certificate is fetched.
+                unchecked = await service.revocation_status(signer, deadline)
             except PassportError as err:
                 if failure is None or failure.outcome == "unsupported":
                     failure = err

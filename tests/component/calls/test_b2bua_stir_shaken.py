@@ -30,7 +30,8 @@ from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import RouteDecision
 from gateway.core.status import CallStatistics, StatusView
 from gateway.plugins.metrics.collect import render
-from gateway.testing.sti_pki import make_pki, read_identity
+from gateway.plugins.stir_shaken.fetch import Fetched
+from gateway.testing.sti_pki import make_identity, make_pki, read_identity
 from tests.component.calls.b2bua_env import ALICE_DID, eventually, start_b2bua
 from tests.component.calls.stir_shaken_calls import (
     CALLER,
@@ -408,4 +409,83 @@ async def test_a_certificate_fetched_again_is_bounded_by_the_calls_fetch_timeout
     await eventually(lambda: env.calls == 0)
     user, _ = await call_alice(env, [identity(pki.signer_key)])
     assert user == f"{CALLER};verstat=TN-Validation-Passed"
+    assert plugin.fetched == [X5U, X5U]
+
+
+async def test_a_call_whose_fetch_timeout_is_spent_does_not_spend_the_urls_minute(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """An INVITE whose first Identity header's certificate never comes uses up its
+    fetch_timeout; its second, signed with the carrier's new key, fails with the cached
+    certificate with no time left to fetch it again: the URL is not fetched, and the next call
+    signed with the new key has it fetched again (not refused for the minute after)."""
+    slow_x5u = "https://slow.carrier.example/shaken.pem"
+
+    class SlowSecondRepository(InjectedStirShaken):
+        async def fetch(self, url: str) -> Fetched:
+            if url == slow_x5u:
+                await trio.sleep_forever()
+            return await super().fetch(url)
+
+    pki = make_pki()
+    plugin = SlowSecondRepository(pki)
+    env = await start(nursery, tmp_path, voipgw_seed, plugin, fetch_timeout=1.5)
+    user, call = await call_alice(env, [identity(pki.signer_key)])
+    await call.cancel()
+    await eventually(lambda: env.calls == 0)
+    rotated = pki.with_new_signer()
+    plugin.pki = rotated
+    slow = make_identity(
+        rotated.signer_key, slow_x5u, orig=CALLER[1:], dest=ALICE_DID[1:], iat=int(time.time())
+    )
+    user, call = await call_alice(env, [("Identity", slow), identity(rotated.signer_key)])
+    assert user == f"{CALLER};verstat=TN-Validation-Failed"
+    await call.cancel()
+    await eventually(lambda: env.calls == 0)
+    assert plugin.fetched == [X5U]
+    user, _ = await call_alice(env, [identity(rotated.signer_key)])
+    assert user == f"{CALLER};verstat=TN-Validation-Passed"
+    assert plugin.fetched == [X5U, X5U]
+
+
+async def test_a_call_waiting_for_anothers_re_fetch_gives_up_at_its_own_deadline(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """A call whose fetch_timeout an earlier Identity header used up, and whose next header
+    fails with the cached certificate while another call fetches it again from a repository
+    that no longer answers, fails at its own deadline, not at the other call's."""
+    slow_x5u = "https://slow.carrier.example/shaken.pem"
+
+    class Repositories(InjectedStirShaken):
+        async def fetch(self, url: str) -> Fetched:
+            if url == slow_x5u:
+                await trio.sleep_forever()
+            return await super().fetch(url)
+
+    pki = make_pki()
+    plugin = Repositories(pki)
+    env = await start(nursery, tmp_path, voipgw_seed, plugin, fetch_timeout=1.5)
+    _, call = await call_alice(env, [identity(pki.signer_key)])
+    await call.cancel()
+    await eventually(lambda: env.calls == 0)
+    rotated = pki.with_new_signer()
+    plugin.pki = rotated
+    plugin.delay = 3600.0  # the carrier's repository no longer answers
+    slow = make_identity(
+        rotated.signer_key, slow_x5u, orig=CALLER[1:], dest=ALICE_DID[1:], iat=int(time.time())
+    )
+    started = trio.current_time()
+    # The call whose first header waits its whole fetch_timeout for slow_x5u...
+    await env.trunk.invite(
+        env.did_uri(ALICE_DID), extra=[("Identity", slow), identity(rotated.signer_key)]
+    )
+    await trio.sleep(1.0)
+    # ...while this one, a second later, fetches X5U again (until 2.5 s).
+    await env.trunk.invite(env.did_uri(ALICE_DID), extra=[identity(rotated.signer_key)])
+    first = await env.alice.next_call()
+    assert trio.current_time() - started < 2.0
+    assert first.invite.from_.uri.user == f"{CALLER};verstat=TN-Validation-Failed"
+    second = await env.alice.next_call()
+    assert trio.current_time() - started >= 2.5
+    assert second.invite.from_.uri.user == f"{CALLER};verstat=TN-Validation-Failed"
     assert plugin.fetched == [X5U, X5U]

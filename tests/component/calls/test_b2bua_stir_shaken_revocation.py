@@ -342,3 +342,59 @@ async def test_a_revoked_intermediate_fails_even_when_the_signer_names_no_crl(
     assert user == f"{CALLER};verstat=TN-Validation-Failed"
     assert "certificate revoked" in described
     assert outcomes(env) == {"revoked": 1}
+
+
+async def test_a_rotated_signers_new_certificate_is_looked_up_in_the_crl(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The certificate fetched again after a signature failed with the cached one (a signer's
+    key rotation under the same x5u) is looked up in the CRL as any other: a revoked one fails
+    the call, "certificate revoked", though its signature verifies."""
+    pki = make_pki(crl_url=CRL_URL)
+    rotated = pki.with_new_signer()
+    plugin = InjectedWithCrl(pki, pki.crl((rotated.signer,)))
+    env = await start(nursery, tmp_path, voipgw_seed, plugin)
+    assert await one_call(env, pki) == (
+        f"{CALLER};verstat=TN-Validation-Passed",
+        "caller number verified (attestation A)",
+    )
+    plugin.pki = rotated
+    assert await one_call(env, rotated) == (
+        f"{CALLER};verstat=TN-Validation-Failed",
+        "caller number verification failed: certificate revoked (CN=Test SHAKEN signer)",
+    )
+    assert plugin.fetched == [X5U, X5U]
+    assert plugin.crl_fetched == 1
+    assert outcomes(env) == {"passed": 1, "revoked": 1}
+
+
+async def test_a_signer_whose_revoked_certificate_is_cached_is_taken_with_its_new_key(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """A carrier's key compromised: the STI-PA's CRL lists its old certificate, a new one is
+    at the same x5u URL while the old is still cached. A call signed with the new key has the
+    URL fetched again and passes (the signature first, then the CRL of the certificate that
+    signed: the cached one is not found revoked first, which failed such calls 437 until the
+    cache ran out); a call signed with the old key fails."""
+    pki = make_pki(crl_url=CRL_URL)
+    plugin = InjectedWithCrl(pki, pki.crl((), next_update=120.0))
+    env = await start(nursery, tmp_path, voipgw_seed, plugin)
+    assert await one_call(env, pki) == (
+        f"{CALLER};verstat=TN-Validation-Passed",
+        "caller number verified (attestation A)",
+    )
+    # Past the CRL's nextUpdate, within the certificate's max-age (600 s).
+    plugin.later = 130.0
+    plugin.crl = pki.crl((pki.signer,), now=time.time() + plugin.later)
+    rotated = pki.with_new_signer()
+    plugin.pki = rotated
+    iat = int(time.time() + plugin.later)
+    assert await one_call(env, rotated, iat=iat) == (
+        f"{CALLER};verstat=TN-Validation-Passed",
+        "caller number verified (attestation A)",
+    )
+    assert plugin.fetched == [X5U, X5U]
+    assert plugin.crl_fetched == 2
+    user, described = await one_call(env, pki, iat=iat)
+    assert user == f"{CALLER};verstat=TN-Validation-Failed"
+    assert described == "caller number verification failed: signature does not verify"
