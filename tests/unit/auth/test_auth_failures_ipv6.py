@@ -131,3 +131,24 @@ def test_the_prefix_length_is_validated() -> None:
         with pytest.raises(ValueError):
             FailurePolicy(ipv6_prefix_length=length)
     assert FailurePolicy(ipv6_prefix_length=64).ipv6_prefix_length == 64
+
+
+def test_a_good_login_forgets_its_users_failures_of_the_whole_prefix() -> None:
+    """A success forgets the failures counted for its source: at 64 the /64's failures that
+    named its user, whichever address of the /64 they came from (a phone whose temporary
+    address changed since its wrong password, RFC 8981), and only those; an IPv4-mapped
+    address's success forgets its IPv4 address's failures."""
+    counter = _counter(64)
+    counter.record_failure(SUBNET_A[0], user="alice", now=0.0)
+    counter.record_failure(SUBNET_A[1], user="alice", now=0.1)
+    counter.record_failure(SUBNET_A[2], user="bob", now=0.2)
+    counter.record_success(SUBNET_A[3], user="alice")
+    assert (
+        counter.record_failure(SUBNET_A[4], user="bob", now=0.3) is False
+    )  # bob's 2 (with alice's: 3)
+    assert counter.record_failure(SUBNET_A[5], user="bob", now=0.4) is True  # bob's 3
+    mapped = _counter(128)
+    mapped.record_failure("192.0.2.7", user="alice", now=0.0)
+    mapped.record_failure("192.0.2.7", user="alice", now=0.1)
+    mapped.record_success("::ffff:192.0.2.7", user="alice")
+    assert len(mapped) == 0
