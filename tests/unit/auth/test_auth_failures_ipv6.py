@@ -152,3 +152,14 @@ def test_a_good_login_forgets_its_users_failures_of_the_whole_prefix() -> None:
     mapped.record_failure("192.0.2.7", user="alice", now=0.1)
     mapped.record_success("::ffff:192.0.2.7", user="alice")
     assert len(mapped) == 0
+
+
+def test_a_translators_ipv4_clients_share_a_prefix_as_docs_configuration_says() -> None:
+    """IPv4 clients through NAT64/SIIT (RFC 6052's 64:ff9b::/96) are not IPv4-mapped: at 96 or
+    less they are one source, above it whole ranges of IPv4 addresses are (docs/configuration.md
+    tells operators behind a translator to keep 128)."""
+    translated = ["64:ff9b::c000:207", "64:ff9b::cb00:7107"]  # 192.0.2.7, 203.0.113.7
+    assert _counter(64).source_of(translated[0]) == _counter(64).source_of(translated[1])
+    assert _counter(96).source_of(translated[0]) == "64:ff9b::/96"
+    assert _counter(120).source_of(translated[0]) == _counter(120).source_of("64:ff9b::c000:2ff")
+    assert _counter(128).source_of(translated[0]) == translated[0]
