@@ -131,3 +131,35 @@ def test_the_prefix_length_is_validated() -> None:
         with pytest.raises(ValueError):
             FailurePolicy(ipv6_prefix_length=length)
     assert FailurePolicy(ipv6_prefix_length=64).ipv6_prefix_length == 64
+
+
+def test_a_good_login_forgets_its_users_failures_of_the_whole_prefix() -> None:
+    """A success forgets the failures counted for its source: at 64 the /64's failures that
+    named its user, whichever address of the /64 they came from (a phone whose temporary
+    address changed since its wrong password, RFC 8981), and only those; an IPv4-mapped
+    address's success forgets its IPv4 address's failures."""
+    counter = _counter(64)
+    counter.record_failure(SUBNET_A[0], user="alice", now=0.0)
+    counter.record_failure(SUBNET_A[1], user="alice", now=0.1)
+    counter.record_failure(SUBNET_A[2], user="bob", now=0.2)
+    counter.record_success(SUBNET_A[3], user="alice")
+    assert (
+        counter.record_failure(SUBNET_A[4], user="bob", now=0.3) is False
+    )  # bob's 2 (with alice's: 3)
+    assert counter.record_failure(SUBNET_A[5], user="bob", now=0.4) is True  # bob's 3
+    mapped = _counter(128)
+    mapped.record_failure("192.0.2.7", user="alice", now=0.0)
+    mapped.record_failure("192.0.2.7", user="alice", now=0.1)
+    mapped.record_success("::ffff:192.0.2.7", user="alice")
+    assert len(mapped) == 0
+
+
+def test_a_translators_ipv4_clients_share_a_prefix_as_docs_configuration_says() -> None:
+    """IPv4 clients through NAT64/SIIT (RFC 6052's 64:ff9b::/96) are not IPv4-mapped: at 96 or
+    less they are one source, above it whole ranges of IPv4 addresses are (docs/configuration.md
+    tells operators behind a translator to keep 128)."""
+    translated = ["64:ff9b::c000:207", "64:ff9b::cb00:7107"]  # 192.0.2.7, 203.0.113.7
+    assert _counter(64).source_of(translated[0]) == _counter(64).source_of(translated[1])
+    assert _counter(96).source_of(translated[0]) == "64:ff9b::/96"
+    assert _counter(120).source_of(translated[0]) == _counter(120).source_of("64:ff9b::c000:2ff")
+    assert _counter(128).source_of(translated[0]) == translated[0]

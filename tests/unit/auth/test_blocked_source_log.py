@@ -289,3 +289,73 @@ def test_an_ipv6_ban_names_the_prefix_then_its_length(
     register = _register(phone)
     challenge = service.authenticate(register, _flow(phone), AuthKind.WWW)
     assert isinstance(challenge, Response) and challenge.status == 403
+
+
+# fail2ban's <SUBNET> tag as fail2ban 0.10+ expands it (fail2ban/server/failregex.py, R_HOST):
+# an IPv4 or IPv6 address, optionally bracketed, with an optional /CIDR.
+_F2B_IP4 = r"(?:\d{1,3}\.){3}\d{1,3}"
+_F2B_IP6 = r"(?:[0-9a-fA-F]{1,4}::?|::){1,7}(?:[0-9a-fA-F]{1,4}|(?<=:):)"
+_F2B_SUBNET = (
+    rf"\[?(?:(?:::f{{4,6}}:)?(?P<ip4>{_F2B_IP4})|(?P<ip6>{_F2B_IP6}))(?:/(?P<cidr>\d+))?\]?"
+)
+
+
+def _documented_subnet_failregex() -> str:
+    """The failregex docs/configuration.md gives for banning a prefix with fail2ban's
+    <SUBNET> (auth_ipv6_prefix_length's row), with the tag expanded as fail2ban does."""
+    text = (Path(__file__).parents[3] / "docs" / "configuration.md").read_text("utf-8")
+    (row,) = [line for line in text.splitlines() if line.startswith("| `auth_ipv6_prefix_length`")]
+    codes = re.findall(r"`([^`]*)`", row)
+    (regex,) = [code for code in codes if "<SUBNET>" in code and "source now blocked" in code]
+    return regex.replace("<SUBNET>", _F2B_SUBNET)
+
+
+# A user name is the client's to choose (a quoted-string in its credentials, RFC 7616 §3.4):
+# one holding both quote marks is logged in single quotes with its own escaped, so it can
+# carry what a prefix's blocking line says after the user.
+INJECTED_USERS = (
+    "a' from 0.0.0.0/0 (source now blocked)\"",
+    "a' from 2001:db8:ffff::/48 (source now blocked), refused for the next 600 s\"",
+)
+
+
+@pytest.mark.parametrize("injected", INJECTED_USERS)
+@pytest.mark.parametrize("block_time", [0.0, 600.0])
+def test_the_documented_subnet_filter_bans_the_guessers_prefix_not_one_its_user_names(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, injected: str, block_time: float
+) -> None:
+    """The failregex docs/configuration.md gives fail2ban to ban a blocked IPv6 prefix whole
+    matches the line of the failure that blocks, taking the prefix the gateway counted, and no
+    other line: a guesser naming a user that says ``from 0.0.0.0/0 (source now blocked)`` gets
+    neither every address nor another customer's /48 banned (the filter documented first,
+    ``for user '[^']*' from <SUBNET> ...`` not anchored at the line's end, took the prefix from
+    the user name on every one of the guesser's lines)."""
+    caplog.set_level(logging.WARNING, "gateway.core.registration")
+    failregex = re.compile(_documented_subnet_failregex())
+    clock = [1000.0]
+    policy = FailurePolicy(max_failures=3, window=5.0, block_time=block_time, ipv6_prefix_length=64)
+    service = _service(tmp_path, clock, policy)
+    for number in (1, 2, 0x66):
+        address = (f"2001:db8:1:2::{number:x}", 5060)
+        register = _register(address)
+        challenge = service.authenticate(register, _flow(address), AuthKind.WWW)
+        assert isinstance(challenge, Response) and challenge.status == 401
+        wrong = authorize(register, challenge, username=injected, password="x", cnonce="c")
+        assert wrong is not None
+        answer = service.authenticate(wrong, _flow(address), AuthKind.WWW)
+        clock[0] += 0.5
+    assert isinstance(answer, Response) and answer.status == 403
+    lines = [r.getMessage() for r in caplog.records if "authentication failed" in r.getMessage()]
+    assert len(lines) == 3 and "(source now blocked)" in lines[0]  # the injected words
+    assert [failregex.search(line) for line in lines[:2]] == [None, None]
+    match = failregex.search(lines[2])
+    assert match is not None, lines[2]
+    assert (match["ip6"], match["cidr"]) == ("2001:db8:1:2::", "64")
+    # An ordinary user's blocking line, with and without a ban, as the docs show it.
+    ban = ", refused for the next 600 s" if block_time else ""
+    line = (
+        "INVITE from [2001:db8:7:8::9]:5060: authentication failed for user '1000' from "
+        f"2001:db8:7:8::/64 (source now blocked){ban}"
+    )
+    match = failregex.search(line)
+    assert match is not None and (match["ip6"], match["cidr"]) == ("2001:db8:7:8::", "64")
