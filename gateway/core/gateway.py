@@ -500,6 +500,14 @@ class Gateway:
                     existing = existing.parent
                 if not os.path.isdir(existing) or not existing.is_relative_to(configured):
                     continue  # the key's own directory is missing: said above
+                if existing == Path(os.path.abspath(directory)) and _holds_every_file(
+                    existing, files, configured
+                ):
+                    # Every file the plugin writes there is there and writable (a WAL
+                    # database, its -wal and -shm): it creates nothing in the directory, which
+                    # may be read-only (root's), as the SQLite store's state_dir may
+                    # (_store_files_writable). Such a directory ran before this check.
+                    checked.add(os.path.realpath(existing))
                 if os.path.realpath(existing) not in checked:
                     checked.add(os.path.realpath(existing))
                     self._check_written_directory(
@@ -1632,6 +1640,25 @@ def _store_files_writable(path: Path) -> bool:
     except OSError:
         return False
     return all(info.st_uid == owner and info.st_mode & stat.S_IWUSR for info in infos)
+
+
+def _holds_every_file(directory: Path, names: Sequence[str], configured: Path) -> bool:
+    """Whether every file named ``names`` (all a plugin writes in ``directory``:
+    ``written_directories()``) is in ``directory`` and may be written, on a file system that
+    is not read-only: tried (open(2) for writing) as this user; as root, which may write any
+    file, by the mode for the owner of ``configured`` (:func:`_owner_may_not_write_file`)."""
+    if not names or on_read_only_file_system(directory):
+        return False
+    for name in names:
+        path = directory / name
+        if not path.is_file():
+            return False
+        if os.geteuid() == 0:
+            if _owner_may_not_write_file(path, configured) is not None:
+                return False
+        elif not _opens_for_writing(path):
+            return False
+    return True
 
 
 def _opens_for_writing(path: Path) -> bool:

@@ -441,3 +441,46 @@ def test_a_root_owned_store_file_in_a_writable_state_dir(shared: Path) -> None:
     )
     owned_by_service(database, mode=0o666)
     assert run_as_nobody(path) == "started"
+
+
+def test_a_read_only_plugin_directory_holding_every_file_it_writes_runs(shared: Path) -> None:
+    """A directory of root's (a `voipgw run` as root made it) holding the service user's
+    MIKEY replay journal, WAL mode, with its -wal and -shm: SQLite creates nothing there, so
+    the plugin works, as it did before this check, and as the SQLite store's state_dir does.
+    One file missing (it would be created there): run's error, as for an empty directory."""
+    state = service_state(shared)
+    replay = state / "mikey"
+    replay.mkdir(mode=0o755)  # root's
+    files = [replay / name for name in ("replay.sqlite", "replay.sqlite-wal", "replay.sqlite-shm")]
+    for file in files:
+        file.write_bytes(b"")
+    owned_by_service(*files, mode=0o666)
+    path = write_config(shared, state, "", '"udp", "mikey"')
+    assert run_as_nobody(path) == "started"
+    code, _out, err = check_config_as_nobody(path)
+    assert (code, err) == (cli.EXIT_OK, "")
+    code, _out, err = check_config(path)  # as root: daemon, the state_dir's owner, may write
+    assert (code, err) == (cli.EXIT_OK, "")
+    files[-1].unlink()
+    assert run_as_nobody(path) == (
+        f"{path}: [plugins.mikey] state_dir: {replay} is not writable by this user (nobody): "
+        "the MIKEY replay journal (mikey plugin) cannot be written there"
+    )
+
+
+def test_a_read_only_zrtp_directory_without_the_cache_runs(shared: Path) -> None:
+    """ZRTP with ``cache = false`` only reads its ZID once it is there: a directory of root's
+    holding it ran before this check. With the cache (a rollback journal made beside it at
+    each write) the directory must be writable."""
+    state = service_state(shared)
+    zrtp = state / "zrtp"
+    zrtp.mkdir(mode=0o755)  # root's
+    (zrtp / "zid").write_text("00112233445566778899aabb\n")
+    (zrtp / "zid").chmod(0o644)
+    path = write_config(shared, state, "[plugins.zrtp]\ncache = false\n", '"udp", "zrtp"')
+    assert run_as_nobody(path) == "started"
+    path = write_config(shared, state, "", '"udp", "zrtp"')
+    assert run_as_nobody(path) == (
+        f"{path}: [plugins.zrtp] state_dir: {zrtp} is not writable by this user (nobody): "
+        "the ZRTP ZID and secrets cache (zrtp plugin) cannot be written there"
+    )
