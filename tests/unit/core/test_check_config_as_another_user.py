@@ -208,9 +208,32 @@ def test_a_key_in_a_directory_only_root_may_enter_is_an_error(shared: Path) -> N
     assert err == "".join(
         f"voipgw: configuration error: {path}: [plugins.tls] {key}: {file} cannot be reached "
         f"by this user (nobody), who runs check-config, nor by any user but root: {etc} (mode "
-        f"0700, owner root, group root) lets no other user enter it; `voipgw run` as the "
-        f"service's user refuses to start (let that user enter it: chgrp SERVICE-GROUP {etc} "
-        f"&& chmod g+x {etc})\n"
+        f"0700, owner root, group root) lets no other user enter it; `voipgw run` as any user "
+        f"but root refuses to start (let the service's user enter it: chgrp SERVICE-GROUP "
+        f"{etc} && chmod g+x {etc})\n"
+        for key, file in (("certificate", pair.certificate), ("private_key", pair.key))
+    )
+
+
+def test_a_key_only_root_may_reach_is_a_warning_when_the_state_dir_is_roots(
+    shared: Path,
+) -> None:
+    """A state_dir of root's: the service runs as root, most likely, and reaches the key, as
+    for a file the state_dir's owner may read (session 35): check-config warns, exit 0."""
+    etc, pair = closed_directory(shared, 0o700, "root")
+    state = shared / "state"
+    state.mkdir()
+    state.chmod(0o777)  # root's, writable by the checking user (no warning of its own)
+    path = tls_config(shared, pair, state)
+    code, out, err = check_config_as_nobody(path)
+    assert code == cli.EXIT_OK, err
+    assert out.endswith("OK (2 plugins: udp, tls)\n")
+    assert err == "".join(
+        f"voipgw: warning: {path}: [plugins.tls] {key}: {file} cannot be reached by this user "
+        f"(nobody), who runs check-config, nor by any user but root: {etc} (mode 0700, owner "
+        f"root, group root) lets no other user enter it; `voipgw run` as any user but root "
+        f"refuses to start (let the service's user enter it: chgrp SERVICE-GROUP {etc} && "
+        f"chmod g+x {etc})\n"
         for key, file in (("certificate", pair.certificate), ("private_key", pair.key))
     )
 
