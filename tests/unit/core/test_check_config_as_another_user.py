@@ -507,3 +507,21 @@ def test_a_read_only_zrtp_directory_without_the_cache_runs(shared: Path) -> None
         f"{path}: [plugins.zrtp] state_dir: {zrtp} is not writable by this user (nobody): "
         "the ZRTP ZID and secrets cache (zrtp plugin) cannot be written there"
     )
+
+
+def test_the_directory_named_is_the_one_on_the_way_this_user_may_not_enter(shared: Path) -> None:
+    """/etc/voipgw 0750 root:daemon holding tls/key.pem: the directory named is /etc/voipgw,
+    where the way stops, not tls/ (which this user cannot even see)."""
+    etc = shared / "etc"
+    (etc / "tls").mkdir(parents=True)
+    pair = TestPki(etc / "tls").ca("CA").issue("gateway")
+    for path in (etc / "tls").iterdir():
+        path.chmod(0o644)
+    (etc / "tls").chmod(0o755)
+    os.chown(etc, 0, grp.getgrnam("daemon").gr_gid)
+    etc.chmod(0o750)
+    path = tls_config(shared, pair, service_state(shared))
+    assert run_as_nobody(path) == (
+        f"{path}: [plugins.tls] certificate: {pair.certificate} cannot be reached by this "
+        f"user (nobody): it may not enter {etc} (mode 0750, owner root, group daemon)"
+    )
