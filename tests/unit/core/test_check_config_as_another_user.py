@@ -525,3 +525,25 @@ def test_the_directory_named_is_the_one_on_the_way_this_user_may_not_enter(share
         f"{path}: [plugins.tls] certificate: {pair.certificate} cannot be reached by this "
         f"user (nobody): it may not enter {etc} (mode 0750, owner root, group daemon)"
     )
+
+
+def test_a_recordings_directory_this_user_may_not_create(shared: Path) -> None:
+    """Not there yet, in a directory of root's: the recorder made it at its first recording,
+    which failed; `voipgw run` passed."""
+    state = service_state(shared)
+    parent = shared / "spool"
+    parent.mkdir(mode=0o755)  # root's
+    recordings = parent / "recordings"
+    table = f'[plugins.recorder]\nall_calls = true\ndirectory = "{recordings}"\n'
+    path = write_config(shared, state, table, '"udp", "recorder"')
+    assert run_as_nobody(path) == (
+        f"{path}: [plugins.recorder] directory: {recordings} cannot be created: {parent} is "
+        "not writable by this user (nobody)"
+    )
+    code, _out, err = check_config_as_nobody(path)
+    assert code == cli.EXIT_OK, err
+    assert err == (
+        f"voipgw: warning: {path}: [plugins.recorder] directory: {recordings} cannot be "
+        f"created: {parent} is not writable by this user (nobody), who runs check-config: "
+        f"{AS_ANOTHER_USER.replace('may not', 'is not')}\n"
+    )
