@@ -511,7 +511,13 @@ class Gateway:
                 if os.path.realpath(existing) not in checked:
                     checked.add(os.path.realpath(existing))
                     self._check_written_directory(
-                        table, key, existing, what, configured, as_service=as_service
+                        table,
+                        key,
+                        existing,
+                        what,
+                        configured,
+                        as_service=as_service,
+                        made=existing == Path(os.path.abspath(directory)),
                     )
                 if existing == Path(os.path.abspath(directory)):
                     self._check_written_files(
@@ -567,14 +573,33 @@ class Gateway:
         configured: Path,
         *,
         as_service: bool,
+        made: bool = True,
     ) -> None:
         """A plugin's existing directory ``directory`` (``[table] key``'s), which it writes
         ``what`` in: ``voipgw run`` refuses one it may not write in (a file created there,
         tried, before refusing: os.access answers for the real user by this host's mode
         bits); check-config warns, naming this user and the directory's owner, and as root
-        warns of one whose owner may not write in it."""
+        warns of one whose owner may not write in it.
+
+        Not ``made``: ``directory`` is the nearest existing part of the plugin's directory,
+        which the plugin makes at its first write, and that may never come (dtls, enabled by
+        default, at the first DTLS offer): a PostgreSQL gateway's state_dir of root's, or on a
+        read-only file system, ran so before, and still does; check-config warns."""
         cannot = f"{what} cannot be written there"
         problem = written_directory_problem(directory)
+        if not made:
+            if problem is not None and not as_service:
+                self.access_warnings.append(
+                    ConfigError(
+                        self.config.source,
+                        table,
+                        key,
+                        f"{problem}, who runs check-config: {what} cannot be made there by "
+                        "this user; `voipgw run` starts, and what needs it fails if the "
+                        "service's user may not either",
+                    )
+                )
+            return
         if problem is not None and as_service and _creates_a_file_in(directory):
             return
         if problem is not None and (as_service or on_read_only_file_system(directory)):

@@ -547,3 +547,30 @@ def test_a_recordings_directory_this_user_may_not_create(shared: Path) -> None:
         f"created: {parent} is not writable by this user (nobody), who runs check-config: "
         f"{AS_ANOTHER_USER.replace('may not', 'is not')}\n"
     )
+
+
+def test_a_postgresql_gateways_read_only_state_dir_with_dtls_enabled_runs(shared: Path) -> None:
+    """dtls is enabled by default and makes <state_dir>/dtls at the first DTLS offer. A
+    PostgreSQL gateway's state_dir of root's, which this user may not write in, ran before
+    config-36 (session 35 kept it so: it holds only the control socket); one that never sees
+    a DTLS offer (SDES phones) must still start. check-config warns; run refuses only once
+    the plugin's directory is there (made by a `voipgw run` as root) and not writable."""
+    pytest.importorskip("psycopg")
+    state = shared / "state"
+    state.mkdir(mode=0o755)  # root's
+    store = '[store]\nbackend = "postgresql"\ndsn = "dbname=x"\n'
+    path = write_config(shared, state, store, '"udp", "dtls"')
+    assert run_as_nobody(path) == "started"
+    code, _out, err = check_config_as_nobody(path)
+    assert code == cli.EXIT_OK, err
+    assert err == (
+        f"voipgw: warning: {path}: [plugins.dtls] state_dir: {state} is not writable by this "
+        "user (nobody), who runs check-config: the DTLS certificate (dtls plugin) cannot be "
+        "made there by this user; `voipgw run` starts, and what needs it fails if the "
+        "service's user may not either\n"
+    )
+    (state / "dtls").mkdir(mode=0o755)  # root's, made by a `voipgw run` as root
+    assert run_as_nobody(path) == (
+        f"{path}: [plugins.dtls] state_dir: {state / 'dtls'} is not writable by this user "
+        "(nobody): the DTLS certificate (dtls plugin) cannot be written there"
+    )
