@@ -1156,8 +1156,8 @@ def _unentered_note(path: Path, directory: Path, key: str, file: str, table: str
     if _only_root_enters(directory):
         message = (
             f"{reached}, nor by any user but root: {directory} ({described}) lets no other "
-            f"user enter it; `voipgw run` as the service's user refuses to start (let that "
-            f"user enter it: chgrp SERVICE-GROUP {directory} && chmod g+x {directory})"
+            f"user enter it; `voipgw run` as any user but root refuses to start (let the "
+            f"service's user enter it: chgrp SERVICE-GROUP {directory} && chmod g+x {directory})"
         )
         root_only = True
     else:
@@ -1183,10 +1183,18 @@ def unread_by_service(note: ConfigError, state_dir: Path) -> ConfigError | None:
     systemctl reload`` relies on. None when it cannot be told: no such directory, one of
     root's (root reads anything), an ACL on the file, a user without a passwd entry."""
     if isinstance(note, UnenteredDirectory):
-        # A directory no user but root may enter: the service's user may not either.
-        return (
-            ConfigError(note.file, note.table, note.key, note.message) if note.root_only else None
-        )
+        # A directory no user but root may enter: the service's user may not either, unless
+        # it is root, as it most likely is when the state_dir is root's (or cannot be told:
+        # not there yet), which runs as it did (a warning, as of a file the owner may read).
+        if not note.root_only:
+            return None
+        try:
+            owner = os.stat(state_dir)
+        except OSError:
+            return None
+        if owner.st_uid == 0 or not stat.S_ISDIR(owner.st_mode):
+            return None
+        return ConfigError(note.file, note.table, note.key, note.message)
     if not isinstance(note, UnreadFile):
         return None
     unread = _unread_by_owner(note.path, state_dir)

@@ -500,10 +500,24 @@ class Gateway:
                     existing = existing.parent
                 if not os.path.isdir(existing) or not existing.is_relative_to(configured):
                     continue  # the key's own directory is missing: said above
+                if existing == Path(os.path.abspath(directory)) and _holds_every_file(
+                    existing, files, configured
+                ):
+                    # Every file the plugin writes there is there and writable (a WAL
+                    # database, its -wal and -shm): it creates nothing in the directory, which
+                    # may be read-only (root's), as the SQLite store's state_dir may
+                    # (_store_files_writable). Such a directory ran before this check.
+                    checked.add(os.path.realpath(existing))
                 if os.path.realpath(existing) not in checked:
                     checked.add(os.path.realpath(existing))
                     self._check_written_directory(
-                        table, key, existing, what, configured, as_service=as_service
+                        table,
+                        key,
+                        existing,
+                        what,
+                        configured,
+                        as_service=as_service,
+                        made=existing == Path(os.path.abspath(directory)),
                     )
                 if existing == Path(os.path.abspath(directory)):
                     self._check_written_files(
@@ -559,14 +573,33 @@ class Gateway:
         configured: Path,
         *,
         as_service: bool,
+        made: bool = True,
     ) -> None:
         """A plugin's existing directory ``directory`` (``[table] key``'s), which it writes
         ``what`` in: ``voipgw run`` refuses one it may not write in (a file created there,
         tried, before refusing: os.access answers for the real user by this host's mode
         bits); check-config warns, naming this user and the directory's owner, and as root
-        warns of one whose owner may not write in it."""
+        warns of one whose owner may not write in it.
+
+        Not ``made``: ``directory`` is the nearest existing part of the plugin's directory,
+        which the plugin makes at its first write, and that may never come (dtls, enabled by
+        default, at the first DTLS offer): a PostgreSQL gateway's state_dir of root's, or on a
+        read-only file system, ran so before, and still does; check-config warns."""
         cannot = f"{what} cannot be written there"
         problem = written_directory_problem(directory)
+        if not made:
+            if problem is not None and not as_service:
+                self.access_warnings.append(
+                    ConfigError(
+                        self.config.source,
+                        table,
+                        key,
+                        f"{problem}, who runs check-config: {what} cannot be made there by "
+                        "this user; `voipgw run` starts, and what needs it fails if the "
+                        "service's user may not either",
+                    )
+                )
+            return
         if problem is not None and as_service and _creates_a_file_in(directory):
             return
         if problem is not None and (as_service or on_read_only_file_system(directory)):
@@ -1633,6 +1666,25 @@ def _store_files_writable(path: Path) -> bool:
     except OSError:
         return False
     return all(info.st_uid == owner and info.st_mode & stat.S_IWUSR for info in infos)
+
+
+def _holds_every_file(directory: Path, names: Sequence[str], configured: Path) -> bool:
+    """Whether every file named ``names`` (all a plugin writes in ``directory``:
+    ``written_directories()``) is in ``directory`` and may be written, on a file system that
+    is not read-only: tried (open(2) for writing) as this user; as root, which may write any
+    file, by the mode for the owner of ``configured`` (:func:`_owner_may_not_write_file`)."""
+    if not names or on_read_only_file_system(directory):
+        return False
+    for name in names:
+        path = directory / name
+        if not path.is_file():
+            return False
+        if os.geteuid() == 0:
+            if _owner_may_not_write_file(path, configured) is not None:
+                return False
+        elif not _opens_for_writing(path):
+            return False
+    return True
 
 
 def _opens_for_writing(path: Path) -> bool:

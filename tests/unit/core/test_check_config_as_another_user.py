@@ -208,9 +208,32 @@ def test_a_key_in_a_directory_only_root_may_enter_is_an_error(shared: Path) -> N
     assert err == "".join(
         f"voipgw: configuration error: {path}: [plugins.tls] {key}: {file} cannot be reached "
         f"by this user (nobody), who runs check-config, nor by any user but root: {etc} (mode "
-        f"0700, owner root, group root) lets no other user enter it; `voipgw run` as the "
-        f"service's user refuses to start (let that user enter it: chgrp SERVICE-GROUP {etc} "
-        f"&& chmod g+x {etc})\n"
+        f"0700, owner root, group root) lets no other user enter it; `voipgw run` as any user "
+        f"but root refuses to start (let the service's user enter it: chgrp SERVICE-GROUP "
+        f"{etc} && chmod g+x {etc})\n"
+        for key, file in (("certificate", pair.certificate), ("private_key", pair.key))
+    )
+
+
+def test_a_key_only_root_may_reach_is_a_warning_when_the_state_dir_is_roots(
+    shared: Path,
+) -> None:
+    """A state_dir of root's: the service runs as root, most likely, and reaches the key, as
+    for a file the state_dir's owner may read (session 35): check-config warns, exit 0."""
+    etc, pair = closed_directory(shared, 0o700, "root")
+    state = shared / "state"
+    state.mkdir()
+    state.chmod(0o777)  # root's, writable by the checking user (no warning of its own)
+    path = tls_config(shared, pair, state)
+    code, out, err = check_config_as_nobody(path)
+    assert code == cli.EXIT_OK, err
+    assert out.endswith("OK (2 plugins: udp, tls)\n")
+    assert err == "".join(
+        f"voipgw: warning: {path}: [plugins.tls] {key}: {file} cannot be reached by this user "
+        f"(nobody), who runs check-config, nor by any user but root: {etc} (mode 0700, owner "
+        f"root, group root) lets no other user enter it; `voipgw run` as any user but root "
+        f"refuses to start (let the service's user enter it: chgrp SERVICE-GROUP {etc} && "
+        f"chmod g+x {etc})\n"
         for key, file in (("certificate", pair.certificate), ("private_key", pair.key))
     )
 
@@ -441,3 +464,113 @@ def test_a_root_owned_store_file_in_a_writable_state_dir(shared: Path) -> None:
     )
     owned_by_service(database, mode=0o666)
     assert run_as_nobody(path) == "started"
+
+
+def test_a_read_only_plugin_directory_holding_every_file_it_writes_runs(shared: Path) -> None:
+    """A directory of root's (a `voipgw run` as root made it) holding the service user's
+    MIKEY replay journal, WAL mode, with its -wal and -shm: SQLite creates nothing there, so
+    the plugin works, as it did before this check, and as the SQLite store's state_dir does.
+    One file missing (it would be created there): run's error, as for an empty directory."""
+    state = service_state(shared)
+    replay = state / "mikey"
+    replay.mkdir(mode=0o755)  # root's
+    files = [replay / name for name in ("replay.sqlite", "replay.sqlite-wal", "replay.sqlite-shm")]
+    for file in files:
+        file.write_bytes(b"")
+    owned_by_service(*files, mode=0o666)
+    path = write_config(shared, state, "", '"udp", "mikey"')
+    assert run_as_nobody(path) == "started"
+    code, _out, err = check_config_as_nobody(path)
+    assert (code, err) == (cli.EXIT_OK, "")
+    code, _out, err = check_config(path)  # as root: daemon, the state_dir's owner, may write
+    assert (code, err) == (cli.EXIT_OK, "")
+    files[-1].unlink()
+    assert run_as_nobody(path) == (
+        f"{path}: [plugins.mikey] state_dir: {replay} is not writable by this user (nobody): "
+        "the MIKEY replay journal (mikey plugin) cannot be written there"
+    )
+
+
+def test_a_read_only_zrtp_directory_without_the_cache_runs(shared: Path) -> None:
+    """ZRTP with ``cache = false`` only reads its ZID once it is there: a directory of root's
+    holding it ran before this check. With the cache (a rollback journal made beside it at
+    each write) the directory must be writable."""
+    state = service_state(shared)
+    zrtp = state / "zrtp"
+    zrtp.mkdir(mode=0o755)  # root's
+    (zrtp / "zid").write_text("00112233445566778899aabb\n")
+    (zrtp / "zid").chmod(0o644)
+    path = write_config(shared, state, "[plugins.zrtp]\ncache = false\n", '"udp", "zrtp"')
+    assert run_as_nobody(path) == "started"
+    path = write_config(shared, state, "", '"udp", "zrtp"')
+    assert run_as_nobody(path) == (
+        f"{path}: [plugins.zrtp] state_dir: {zrtp} is not writable by this user (nobody): "
+        "the ZRTP ZID and secrets cache (zrtp plugin) cannot be written there"
+    )
+
+
+def test_the_directory_named_is_the_one_on_the_way_this_user_may_not_enter(shared: Path) -> None:
+    """/etc/voipgw 0750 root:daemon holding tls/key.pem: the directory named is /etc/voipgw,
+    where the way stops, not tls/ (which this user cannot even see)."""
+    etc = shared / "etc"
+    (etc / "tls").mkdir(parents=True)
+    pair = TestPki(etc / "tls").ca("CA").issue("gateway")
+    for path in (etc / "tls").iterdir():
+        path.chmod(0o644)
+    (etc / "tls").chmod(0o755)
+    os.chown(etc, 0, grp.getgrnam("daemon").gr_gid)
+    etc.chmod(0o750)
+    path = tls_config(shared, pair, service_state(shared))
+    assert run_as_nobody(path) == (
+        f"{path}: [plugins.tls] certificate: {pair.certificate} cannot be reached by this "
+        f"user (nobody): it may not enter {etc} (mode 0750, owner root, group daemon)"
+    )
+
+
+def test_a_recordings_directory_this_user_may_not_create(shared: Path) -> None:
+    """Not there yet, in a directory of root's: the recorder made it at its first recording,
+    which failed; `voipgw run` passed."""
+    state = service_state(shared)
+    parent = shared / "spool"
+    parent.mkdir(mode=0o755)  # root's
+    recordings = parent / "recordings"
+    table = f'[plugins.recorder]\nall_calls = true\ndirectory = "{recordings}"\n'
+    path = write_config(shared, state, table, '"udp", "recorder"')
+    assert run_as_nobody(path) == (
+        f"{path}: [plugins.recorder] directory: {recordings} cannot be created: {parent} is "
+        "not writable by this user (nobody)"
+    )
+    code, _out, err = check_config_as_nobody(path)
+    assert code == cli.EXIT_OK, err
+    assert err == (
+        f"voipgw: warning: {path}: [plugins.recorder] directory: {recordings} cannot be "
+        f"created: {parent} is not writable by this user (nobody), who runs check-config: "
+        f"{AS_ANOTHER_USER.replace('may not', 'is not')}\n"
+    )
+
+
+def test_a_postgresql_gateways_read_only_state_dir_with_dtls_enabled_runs(shared: Path) -> None:
+    """dtls is enabled by default and makes <state_dir>/dtls at the first DTLS offer. A
+    PostgreSQL gateway's state_dir of root's, which this user may not write in, ran before
+    config-36 (session 35 kept it so: it holds only the control socket); one that never sees
+    a DTLS offer (SDES phones) must still start. check-config warns; run refuses only once
+    the plugin's directory is there (made by a `voipgw run` as root) and not writable."""
+    pytest.importorskip("psycopg")
+    state = shared / "state"
+    state.mkdir(mode=0o755)  # root's
+    store = '[store]\nbackend = "postgresql"\ndsn = "dbname=x"\n'
+    path = write_config(shared, state, store, '"udp", "dtls"')
+    assert run_as_nobody(path) == "started"
+    code, _out, err = check_config_as_nobody(path)
+    assert code == cli.EXIT_OK, err
+    assert err == (
+        f"voipgw: warning: {path}: [plugins.dtls] state_dir: {state} is not writable by this "
+        "user (nobody), who runs check-config: the DTLS certificate (dtls plugin) cannot be "
+        "made there by this user; `voipgw run` starts, and what needs it fails if the "
+        "service's user may not either\n"
+    )
+    (state / "dtls").mkdir(mode=0o755)  # root's, made by a `voipgw run` as root
+    assert run_as_nobody(path) == (
+        f"{path}: [plugins.dtls] state_dir: {state / 'dtls'} is not writable by this user "
+        "(nobody): the DTLS certificate (dtls plugin) cannot be written there"
+    )

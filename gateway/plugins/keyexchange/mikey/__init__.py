@@ -322,8 +322,10 @@ class MikeyConfig:
 
     def written_directories(self) -> list[tuple[str, Path, str, tuple[str, ...]]]:
         """What ``voipgw check-config`` and ``run`` check this user may write (Gateway.check):
-        ``(key, directory, what, files)``, the files those written in place if they exist."""
-        files = tuple(f"{REPLAY_FILE}{suffix}" for suffix in ("", "-wal", "-shm", "-journal"))
+        ``(key, directory, what, files)``, ``files`` every file written there. The journal
+        is in WAL mode (replay_store): with the database, its -wal and -shm there and writable,
+        nothing is created in the directory, which may then be read-only."""
+        files = tuple(f"{REPLAY_FILE}{suffix}" for suffix in ("", "-wal", "-shm"))
         directory = Path(self.state_dir) / REPLAY_DIRECTORY
         return [("state_dir", directory, "the MIKEY replay journal (mikey plugin)", files)]
 

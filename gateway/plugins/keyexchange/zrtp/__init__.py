@@ -306,9 +306,13 @@ class ZrtpConfig:
 
     def written_directories(self) -> list[tuple[str, Path, str, tuple[str, ...]]]:
         """What ``voipgw check-config`` and ``run`` check this user may write (Gateway.check):
-        ``(key, directory, what, files)``, the files those written in place if they exist."""
+        ``(key, directory, what, files)``, ``files`` every file written there. The cache's
+        rollback journal is made in the directory at each write, so it must be writable; without
+        the cache, once the ZID is there nothing is written (it is only read)."""
         files = tuple(f"{CACHE_FILE}{suffix}" for suffix in ("", "-wal", "-shm", "-journal"))
         directory = Path(self.state_dir) / DIRECTORY
+        if not self.cache and os.path.isfile(directory / ZID_FILE):
+            return []
         return [("state_dir", directory, "the ZRTP ZID and secrets cache (zrtp plugin)", files)]
 
 
