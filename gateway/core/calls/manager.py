@@ -1209,7 +1209,8 @@ class CallManager:
         call.identity.append(outcome)
 
     def security_changed(self, call: Call) -> None:
-        """The call's media got keys after its answer: ``voipgw calls`` should show them."""
+        """The call's live record changed after its answer (its media got keys, a transfer was
+        done or failed): ``voipgw calls`` should show it."""
         if self.records is not None and call.caller is not None:
             self.records.security_changed(call.record_id)
 

@@ -227,7 +227,8 @@ class CallRecordBook:
 
     def security_changed(self, record_id: str) -> None:
         """A live call's protection changed after its answer (keys from a handshake on the media
-        path, a ZRTP SAS): save its security record again with the next batch."""
+        path, a ZRTP SAS) or a transfer was done or failed: save its security record again with
+        the next batch."""
         record = self._live.get(record_id)
         if record is not None and record_id in self._security_of:
             self._changed[record_id] = record

@@ -142,6 +142,33 @@ async def test_voipgw_calls_shows_a_transfer_while_the_call_is_still_up(
     assert bob.calls  # still up: the target talks to the trunk
 
 
+async def test_voipgw_calls_shows_a_failed_transfer_while_the_call_goes_on(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # A failed transfer is saved to the live record too (_end_transfer): `voipgw calls` says
+    # why while the transferor and transferee still talk.
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    await bob_phone(env, nursery, voipgw_seed, auto=AutoAnswer(status=486))
+    call, alice_leg = await answered_call(env)
+    store = env.gateway.store
+    assert store is not None
+    await eventually(lambda: [bool(r.security) for r in store.call_records_recent()] == [True])
+    assert await refer(alice_leg, BOB_URI) == 202
+    await eventually_notify(env.alice, "SIP/2.0 486 Busy Here")
+
+    def live_transfers() -> object:
+        [record] = store.call_records_recent()
+        assert record.ended_at is None  # the call goes on
+        return (record.security or {}).get("transfers")
+
+    await eventually(lambda: live_transfers() is not None)
+    assert live_transfers() == [
+        {"by": "b", "to": "sip:bob@127.0.0.1:5060", "attended": False, "status": 486}
+    ]
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+
+
 async def test_a_blind_transfer_by_the_caller_puts_the_callee_through_to_the_target(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:

@@ -360,18 +360,63 @@ def test_the_timer_heap_holds_nothing_the_collector_walks() -> None:
     table.send_response(server, make_response(options, 200, to_tag="t"), now=0.1)
     assert server.state is State.COMPLETED  # Timer J, 64*T1 on UDP
     client = table.send_request(request("OPTIONS", branch="z9hG4bKc"), peer=UDP_PEER, now=0.0)[0]
-    table.handle_timer(now=0.5)  # Timer E re-sent it: its first entry is stale now
+    table.handle_timer(now=0.5)  # Timer E fired (its entry left the heap) and was set again
     assert client.state is State.TRYING
     assert table.sizes()["sip_transaction_timers"] == 2
-    assert table.sizes()["sip_transaction_timer_heap"] >= 2
+    assert table.sizes()["sip_transaction_timer_heap"] == 2
     gc.collect()
     assert [entry for entry in table._heap if gc.is_tracked(entry)] == []
-    # Stale entries are still told from live ones: everything fires once, and ends.
+    # Everything fires once, and ends (stale entries: the next test).
     out = table.handle_timer(now=100.0)
     assert {type(o).__name__ for o in out} >= {"TransactionTimeout", "TransactionTerminated"}
     assert len(table) == 0
     assert table.get_timer() is None
     assert table.sizes()["sip_transaction_timers"] == 0
+    assert table._timer_owner == {}
+
+
+def test_a_superseded_timer_entry_fires_nothing_and_leaves_with_its_deadline() -> None:
+    # A response moves a client transaction's deadline while its old heap entry is still in
+    # the heap (Timer E at 0.5 -> Timer K, T4 on UDP: RFC 3261 §17.1.2.2). The old entry is
+    # stale: it fires nothing, leaves the heap when its deadline comes, and names no
+    # transaction; the metrics count one scheduled timer and the heap both entries meanwhile.
+    table = TransactionTable()
+    options = request("OPTIONS")
+    client = table.send_request(options, peer=UDP_PEER, now=0.0)[0]
+    table.receive_response(response(options, 200), now=0.1)
+    assert client.state is State.COMPLETED
+    sizes = table.sizes()
+    assert (sizes["sip_transaction_timers"], sizes["sip_transaction_timer_heap"]) == (1, 2)
+    assert list(table._timer_owner.values()) == [client]  # the live entry's only
+    assert table.handle_timer(now=0.5) == []
+    assert table.get_timer() == pytest.approx(5.1)
+    sizes = table.sizes()
+    assert (sizes["sip_transaction_timers"], sizes["sip_transaction_timer_heap"]) == (1, 1)
+    out = table.handle_timer(now=5.1)
+    assert [type(o).__name__ for o in out] == ["TransactionTerminated"]
+    sizes = table.sizes()
+    assert (sizes["sip_transaction_timers"], sizes["sip_transaction_timer_heap"]) == (0, 0)
+    assert table._timer_owner == {}
+
+
+def test_a_transaction_the_table_forgot_keeps_no_timer() -> None:
+    # The TU's misuse ends a transaction without TransactionTerminated; its heap entry stays
+    # until its deadline. Neither it nor a later transaction with the same key (the request's
+    # retransmission) is confused with the other: the new one's timers fire, the old one's not.
+    table = TransactionTable()
+    options = request("OPTIONS")
+    old = new_server_txn(table.receive_request(options, source=SOURCE, now=0.0))
+    table.send_response(old, make_response(options, 200, to_tag="t"), now=0.1)  # Timer J 32.1
+    with pytest.raises(TransactionStateError):
+        table.send_response(old, make_response(options, 180, to_tag="t"), now=0.2)
+    assert table.sizes()["sip_transaction_timers"] == 0
+    new = new_server_txn(table.receive_request(options, source=SOURCE, now=0.3))
+    table.send_response(new, make_response(options, 200, to_tag="t"), now=0.4)  # Timer J 32.4
+    assert table.get_timer() == pytest.approx(32.4)
+    assert table.handle_timer(now=32.1) == []
+    assert [o.transaction for o in table.handle_timer(now=32.4)] == [new]
+    sizes = table.sizes()
+    assert (sizes["sip_transaction_timers"], sizes["sip_transaction_timer_heap"]) == (0, 0)
     assert table._timer_owner == {}
 
 
