@@ -177,7 +177,7 @@ class GatewayProcess:
         extra_toml: str = "",
         digest_algorithms: Sequence[str] = ("MD5", "SHA-256"),
         media_port_count: int = 100,
-        start_timeout: float = 20.0,
+        start_timeout: float = 60.0,
         port: int | None = None,
         state_dir: Path | None = None,
         env: Mapping[str, str] | None = None,
@@ -298,6 +298,10 @@ class GatewayProcess:
             cwd=REPO_ROOT,
             env={"PYTHONUNBUFFERED": "1", **self.env},
         )
+        # A bound for a gateway that never comes up, not a timing: a healthy start answers in
+        # 1-3 s, but with `[media] workers = 2` on a loaded 2-CPU machine it was seen listening
+        # after 14 s with its workers still starting at 20 s (session 36); polled, so the bound
+        # costs nothing when the start is quick.
         deadline = time.monotonic() + self.start_timeout
         while not options_ok(self.port):
             if self.process.poll() is not None:
