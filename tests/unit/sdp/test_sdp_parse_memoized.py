@@ -61,6 +61,18 @@ def test_values_longer_than_the_cache_holds_are_parsed_every_time_and_not_kept()
     assert parser._parse_connection.cached.cache_info().currsize == 1
 
 
+def test_a_value_of_exactly_the_longest_cached_length_is_kept_one_longer_is_not() -> None:
+    # "up to 128 characters" (VALUE_CACHE_ENTRIES' docstring, docs/benchmarks.md): the boundary.
+    rest = " 1 1 IN IP4 127.0.0.1"
+    for length, kept in ((parser._VALUE_CACHE_MAX_TEXT, 1), (parser._VALUE_CACHE_MAX_TEXT + 1, 0)):
+        _clear_caches()
+        origin = "u" * (length - len(rest)) + rest
+        assert len(origin) == length
+        body = f"v=0\r\no={origin}\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+        assert parse_sdp_untrusted(body.encode()).origin.username == origin.split()[0]
+        assert parser._parse_origin.cached.cache_info().currsize == kept
+
+
 def test_the_caches_are_bounded() -> None:
     _clear_caches()
     for port in range(parser.VALUE_CACHE_ENTRIES + 50):
