@@ -141,9 +141,10 @@ def test_sip_calls_and_soak_run_against_the_gateway_and_print_their_figures(
     assert runs[0].returncode == 0, text
     step = STEP.search(text)
     assert step is not None, text
-    # Calls were made and answered; how fast, and whether sipp retransmitted (a reply later
-    # than T1), is the machine's.
-    assert step["calls"] == "10" and int(step["ok"]) >= 1, text
+    # Every call was made and answered (5 calls/s is far below any machine's limit: a failed
+    # call here is the gateway's or the benchmark's bug); how fast, and whether sipp
+    # retransmitted (a reply later than T1), is the machine's.
+    assert (step["calls"], step["ok"], step["failed"]) == ("10", "10", "0"), text
     assert float(step["cps"]) > 0 and int(step["cpu"]) > 0 and float(step["rss"]) > 0, text
     assert int(step["p50"]) <= int(step["p99"]) <= int(step["max"]), text
     # The verdict is the benchmark's rule (sip_calls.Step.passed) applied to the figures it

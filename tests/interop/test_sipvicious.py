@@ -357,11 +357,16 @@ def _logged_at(line: str) -> float:
     return written.timestamp()
 
 
-def _wait_until_quiet(gateway: GatewayProcess, text: str, *, quiet: float) -> None:
-    """Poll the log until no new line with ``text`` came for ``quiet`` seconds."""
+def _wait_until_quiet(
+    gateway: GatewayProcess, text: str, *, quiet: float, timeout: float = 60.0
+) -> None:
+    """Poll the log until no new line with ``text`` came for ``quiet`` seconds; fail if lines
+    keep coming for ``timeout`` seconds (a guesser that is never stopped)."""
     count = gateway.log_text().count(text)
-    since = time.monotonic()
+    since = deadline = time.monotonic()
+    deadline += timeout
     while time.monotonic() - since < quiet:
+        assert time.monotonic() < deadline, f"{text!r} still logged after {timeout} s"
         time.sleep(0.05)
         now = gateway.log_text().count(text)
         if now != count:
