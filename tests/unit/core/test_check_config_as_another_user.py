@@ -656,3 +656,50 @@ def test_the_checks_leave_the_locks_of_a_database_this_process_holds(
     database.chmod(0o666)
     path = write_config(shared, state, table, enable)
     assert locked_while_checking(path, database, wal=wal) == ("database is locked", "committed")
+
+
+# -- session 37: run names the directory of the metrics, STIR and store files too ----------
+
+
+def metrics_tls(pair: Issued) -> tuple[str, str, str]:
+    table = (
+        f'[plugins.metrics]\ntls_certificate = "{pair.certificate}"\n'
+        f'tls_private_key = "{pair.key}"\n'
+    )
+    return table, '"udp", "metrics"', f"[plugins.metrics] tls_certificate: {pair.certificate}"
+
+
+def stir_key(pair: Issued) -> tuple[str, str, str]:
+    table = (
+        f'[plugins.stir_shaken]\nprivate_key = "{pair.key}"\nsign_trunks = ["carrier"]\n'
+        'certificate_url = "https://cr.example/signer.pem"\n'
+        '[[trunks]]\nname = "carrier"\naddress = "udp:192.0.2.1:5060"\n'
+    )
+    return table, '"udp", "stir_shaken"', f"[plugins.stir_shaken] private_key: {pair.key}"
+
+
+def store_password(pair: Issued) -> tuple[str, str, str]:
+    pytest.importorskip("psycopg")
+    secret = pair.key.parent / "pgpass"
+    secret.write_text("Sup3r-Secret\n")
+    secret.chmod(0o600)
+    table = f'[store]\nbackend = "postgresql"\ndsn = "dbname=x"\npassword_file = "{secret}"\n'
+    return table, '"udp"', f"[store] password_file: {secret}"
+
+
+@pytest.mark.parametrize("build", [metrics_tls, stir_key, store_password])
+def test_run_names_the_directory_this_user_may_not_enter_for_every_file(
+    shared: Path, build: Callable[[Issued], tuple[str, str, str]]
+) -> None:
+    """The metrics plugin's TLS pair, the STIR/SHAKEN signing key and the store's
+    password_file in /etc/voipgw of mode 0750 root:daemon: `voipgw run` as a user in neither
+    said "cannot read FILE: Permission denied" of a file it could not even see (check-config
+    said it right, as `run` did of the tls plugin's files since session 36)."""
+    etc, pair = closed_directory(shared, 0o750, "daemon")
+    table, enable, named = build(pair)
+    path = write_config(shared, service_state(shared), table, enable)
+    said = run_as_nobody(path)
+    assert said.startswith(f"{path}: {named} cannot be reached by this user (nobody): it may "), (
+        said
+    )
+    assert f"not enter {etc} (mode 0750, owner root, group daemon)" in said
