@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import fcntl
 import functools
 import ipaddress
 import math
@@ -1117,6 +1116,8 @@ def _held_descriptors(path: Path) -> list[int] | None:
         names = os.listdir("/proc/self/fd")
     except OSError:
         return None
+    import fcntl  # here: a system with /proc/self/fd has it (config.py imports anywhere)
+
     modes = []
     for name in names:
         try:
