@@ -639,3 +639,27 @@ def test_the_files_checked_keep_the_locks_this_process_holds(tmp_path: Path) -> 
     # Not held: tried, as before.
     assert config_mod.may_open(held, os.O_WRONLY)
     assert not config_mod.may_open(tmp_path / "missing", os.O_RDONLY)
+
+
+def test_where_the_descriptors_cannot_be_listed_nothing_is_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No /proc/self/fd (a chroot without /proc): whether the file is held cannot be told, so
+    it is not opened (that could drop a lock); access(2) for the effective user answers."""
+    held = tmp_path / "database"
+    held.write_bytes(b"")
+    real_listdir = os.listdir
+
+    def listdir(path: Any = ".") -> list[str]:
+        if str(path) == "/proc/self/fd":
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return real_listdir(path)
+
+    def no_open(*args: Any, **kwargs: Any) -> int:
+        raise AssertionError("opened")
+
+    monkeypatch.setattr(config_mod.os, "listdir", listdir)
+    monkeypatch.setattr(config_mod.os, "open", no_open)
+    assert config_mod.may_open(held, os.O_WRONLY)
+    deny(monkeypatch, held, os.W_OK)
+    assert not config_mod.may_open(held, os.O_WRONLY)
