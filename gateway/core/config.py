@@ -1013,7 +1013,7 @@ def unreadable_here(
         return True
     if not os.path.exists(path):
         return False
-    if _opens_for_reading(path):
+    if may_open(path, os.O_RDONLY):
         read = _READ_AS_ROOT.get()
         if read is not None:
             read.setdefault(path, (key, file, table))
@@ -1066,16 +1066,68 @@ class UnenteredDirectory(UnreadFile):
         self.root_only = root_only
 
 
-def _opens_for_reading(path: Path) -> bool:
-    """Whether this process may read ``path``, tried: open(2) answers for the effective user
-    and every capability, ACL and network file system's mapping, where access(2) answers for
-    the real user by the mode bits this host sees."""
+def may_open(path: Path, flags: int) -> bool:
+    """Whether this process may open the file ``path`` with ``flags`` (``os.O_RDONLY`` or
+    ``os.O_WRONLY``), tried: open(2) answers for the effective user and every capability, ACL
+    and network file system's mapping, where access(2) answers for the real user by the mode
+    bits this host sees. Nothing is created, truncated or written (neither O_CREAT nor
+    O_TRUNC; O_NONBLOCK: a FIFO does not block the check).
+
+    A file this process holds open already is not opened again: closing a descriptor drops
+    every POSIX advisory lock the process holds on the file, those of the descriptors it did
+    not close too, so a check that opened and closed a SQLite database a plugin holds open (the
+    intercept plugin's tasks, opened at its registration) would take away its connection's
+    locks while another process may write the file (https://www.sqlite.org/howtocorrupt.html
+    §2.2). The descriptors held answer instead (SQLite writes through its own, opened for
+    writing if it could, whatever the file's mode says now); one held for reading only, when
+    writing is asked, and every file where this process's descriptors cannot be listed (no
+    /proc/self/fd), are answered by access(2) for the effective user."""
+    held = _held_descriptors(path)
+    if held is None or held:
+        if held and any(mode in _ACCESS_MODES_ALLOWING[flags] for mode in held):
+            return True
+        effective = os.access in os.supports_effective_ids
+        return os.access(path, _ACCESS_CHECKED[flags], effective_ids=effective)
     try:
-        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        descriptor = os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
     except OSError:
         return False
     os.close(descriptor)
     return True
+
+
+# may_open's flags -> the access modes of a held descriptor that answer yes, and access(2)'s.
+_ACCESS_MODES_ALLOWING = {
+    os.O_RDONLY: (os.O_RDONLY, os.O_RDWR),
+    os.O_WRONLY: (os.O_WRONLY, os.O_RDWR),
+}
+_ACCESS_CHECKED = {os.O_RDONLY: os.R_OK, os.O_WRONLY: os.W_OK}
+
+
+def _held_descriptors(path: Path) -> list[int] | None:
+    """The access modes (``os.O_RDONLY``, ``os.O_WRONLY``, ``os.O_RDWR``) of the descriptors
+    this process holds of the file ``path`` (the same device and inode), none if it does not
+    exist; None when they cannot be told (no /proc/self/fd to list them)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return []
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return None
+    import fcntl  # here: a system with /proc/self/fd has it (config.py imports anywhere)
+
+    modes = []
+    for name in names:
+        try:
+            descriptor = int(name)
+            held = os.fstat(descriptor)
+            if (held.st_dev, held.st_ino) == (info.st_dev, info.st_ino):
+                modes.append(fcntl.fcntl(descriptor, fcntl.F_GETFL) & os.O_ACCMODE)
+        except (OSError, ValueError):
+            continue  # closed since (listdir's own), or not a number
+    return modes
 
 
 def unentered_directory(path: Path) -> Path | None:

@@ -60,6 +60,7 @@ from gateway.core.config import (
     did_warnings,
     directory_access_problem,
     directory_problem,
+    may_open,
     on_read_only_file_system,
     owner_may_not_write,
     owner_name,
@@ -676,7 +677,7 @@ class Gateway:
                         )
                     )
                 continue
-            if _opens_for_writing(path):
+            if may_open(path, os.O_WRONLY):
                 continue
             problem = (
                 f"{path} is not writable by this user ({user_name()}) ({_describe_file(path)})"
@@ -1682,19 +1683,8 @@ def _holds_every_file(directory: Path, names: Sequence[str], configured: Path) -
         if os.geteuid() == 0:
             if _owner_may_not_write_file(path, configured) is not None:
                 return False
-        elif not _opens_for_writing(path):
+        elif not may_open(path, os.O_WRONLY):
             return False
-    return True
-
-
-def _opens_for_writing(path: Path) -> bool:
-    """Whether this process may open the file ``path`` for writing, tried (O_WRONLY without
-    O_TRUNC or O_CREAT: nothing is written or changed)."""
-    try:
-        descriptor = os.open(path, os.O_WRONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError:
-        return False
-    os.close(descriptor)
     return True
 
 

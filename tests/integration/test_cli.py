@@ -280,7 +280,7 @@ def test_the_calls_example_installs_loads_checks_its_table_and_passes_its_own_te
     assert refused.returncode == 2
     assert "short_codes: '*1' is not CODE=ACCOUNT" in refused.stderr
 
-    assert "5 passed" in own_tests(CALLS_EXAMPLE, tmp_path, env)
+    assert "6 passed" in own_tests(CALLS_EXAMPLE, tmp_path, env)
 
 
 def source_files(example: Path) -> dict[str, tuple[int, int]]:

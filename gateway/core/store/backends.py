@@ -14,7 +14,7 @@ import socket
 import stat
 from pathlib import Path
 
-from gateway.core.config import ConfigError, GatewayConfig, unreadable_here
+from gateway.core.config import ConfigError, GatewayConfig, unentered_problem, unreadable_here
 from gateway.core.store.errors import InvalidValue
 from gateway.core.store.interface import Store
 
@@ -76,6 +76,10 @@ def _read_password(config: GatewayConfig) -> str | None:
             return None
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
+        unreached = unentered_problem(path)
+        if unreached is not None:
+            # stat(2) failing with EACCES: a directory on the way this user may not enter.
+            raise ConfigError(config.source, "store", "password_file", unreached) from None
         raise fail(f"cannot read: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise fail("not UTF-8 text") from None

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
+from gateway.core.config import unentered_problem
 from gateway.plugins.transports.certificates import CertificateError, load_certificates
 from gateway.plugins.transports.tls import TLS12_CIPHERS
 
@@ -48,6 +49,17 @@ def server_context(certificate: str, private_key: str, client_ca: str | None) ->
     when ``client_ca`` is given, client certificates required and verified against it.
     :class:`TlsFileError` names the key (tls_certificate, tls_private_key, tls_client_ca) and
     the file."""
+    files = (
+        ("tls_certificate", certificate),
+        ("tls_private_key", private_key),
+        ("tls_client_ca", client_ca),
+    )
+    for key, name in files:
+        # stat(2) failing with EACCES (a directory this user may not enter) is not "cannot
+        # read ...: Permission denied" of the file: say which directory, as the tls plugin does.
+        unreached = unentered_problem(Path(name)) if name is not None else None
+        if unreached is not None:
+            raise TlsFileError(key, unreached)
     try:
         load_certificates(Path(certificate))  # missing, unreadable, not PEM: a clear reason
     except CertificateError as exc:

@@ -60,7 +60,7 @@ import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway.core.config import NAMES_TRUNKS, unreadable_here
+from gateway.core.config import NAMES_TRUNKS, unentered_problem, unreadable_here
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import IdentityOutcome, TrunkCall
 from gateway.core.logs import system_error_text
@@ -261,6 +261,10 @@ class StirShakenConfig:
         path = Path(self.private_key)
         if not self.private_key:
             raise ValueError("private_key: signing (sign_trunks) needs a P-256 key file")
+        unreached = unentered_problem(path)
+        if unreached is not None:
+            # stat(2) failing with EACCES: the directory is the fault, not the file.
+            raise ValueError(f"private_key: {unreached}")
         try:
             data = path.read_bytes()[: MAX_KEY_FILE + 1]
         except OSError as exc:

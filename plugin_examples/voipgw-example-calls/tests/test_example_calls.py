@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import trio
 import voipgw_example_calls as plugin
 
-from gateway.core.config import from_mapping
+from gateway.core.config import ConfigError, from_mapping
+from gateway.core.gateway import Gateway
 from gateway.core.interfaces import Caller, RouteTarget, TappedCall
 from gateway.core.plugins import PluginError, load_plugins
 from gateway.core.sip.message import Headers, Request
@@ -105,3 +107,32 @@ def test_the_sink_writes_one_line_when_the_call_ends(tmp_path: Path) -> None:
     (line,) = path.read_text().splitlines()
     assert " c1 from account:alice (sip:alice@gw.example) to account:reception " in line
     assert line.endswith(" packets 3/1")
+
+
+def test_a_call_log_the_gateway_may_not_append_to_is_found_at_start_up(tmp_path: Path) -> None:
+    """written_directories() names the log: `voipgw run` refuses to start when the log is
+    there and this user may not write it (before, the first call's line was lost in a
+    worker thread's error). Root may write any file: `voipgw check-config` as root warns
+    when the state_dir's owner (the user the service runs as, most likely) may not."""
+    log = tmp_path / "calls.log"
+    log.write_text("")
+    log.chmod(0o444)
+    config = from_mapping(
+        {
+            "gateway": {"state_dir": str(tmp_path)},
+            "sip": {"listen": []},
+            "plugins": {"enable": ["example-calls"], "example-calls": {}},
+        }
+    )
+    plugins = load_plugins(config, extra=[("example-calls", plugin.ExampleCalls())], installed={})
+    gateway = Gateway(config, plugins)
+    if os.geteuid() != 0:
+        with pytest.raises(ConfigError, match=r"the call log .* cannot be written"):
+            gateway.check()
+        return
+    os.chown(tmp_path, 65534, 65534)  # the service's user's, root checking
+    gateway.check(as_service=False)
+    (warning,) = gateway.access_warnings
+    assert f"state_dir: {log} can be written by root, who runs check-config, but not" in str(
+        warning
+    )

@@ -10,6 +10,7 @@ uses). test_check_config_as_another_user.py checks as another user, with real pe
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 from typing import Any
@@ -592,3 +593,73 @@ def test_a_key_the_plugin_reads_at_registration_is_the_warning_too(
     # voipgw run, the service: an error.
     with pytest.raises((ConfigError, PluginError)):
         built(path)
+
+
+# -- session 37: a file this process holds open is not opened again -----------------------
+
+
+def locked_for_others(path: Path) -> bool:
+    """Whether another process is refused a POSIX write lock of ``path`` (F_SETLK), the lock
+    SQLite takes: a forked child tries."""
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        status = 2
+        try:
+            with open(path, "r+b") as file:
+                fcntl.lockf(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            status = 1
+        except OSError:
+            status = 0
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) in (0, 1)
+    return os.WEXITSTATUS(status) == 0
+
+
+def test_the_files_checked_keep_the_locks_this_process_holds(tmp_path: Path) -> None:
+    """Closing any descriptor of a file drops every POSIX lock the process holds on it
+    (https://www.sqlite.org/howtocorrupt.html §2.2). check-config's read try and run's
+    write try opened and closed the file: a lock a plugin's SQLite connection held on it
+    (check-config reads files as root too) was gone, another process could take it. Now the
+    descriptor held answers, and the file is not opened again."""
+    held = tmp_path / "database"
+    held.write_bytes(b"")
+    with open(held, "r+b") as file:
+        fcntl.lockf(file, fcntl.LOCK_EX)
+        assert locked_for_others(held)
+        with config_mod.reading_as_checker() as notes:
+            assert not config_mod.unreadable_here(held, "key", file="voipgw.toml", table="t")
+        assert notes == []
+        assert locked_for_others(held)
+        assert config_mod.may_open(held, os.O_WRONLY)
+        assert config_mod.may_open(held, os.O_RDONLY)
+        assert locked_for_others(held)
+    assert not locked_for_others(held)
+    # Not held: tried, as before.
+    assert config_mod.may_open(held, os.O_WRONLY)
+    assert not config_mod.may_open(tmp_path / "missing", os.O_RDONLY)
+
+
+def test_where_the_descriptors_cannot_be_listed_nothing_is_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No /proc/self/fd (a chroot without /proc): whether the file is held cannot be told, so
+    it is not opened (that could drop a lock); access(2) for the effective user answers."""
+    held = tmp_path / "database"
+    held.write_bytes(b"")
+    real_listdir = os.listdir
+
+    def listdir(path: Any = ".") -> list[str]:
+        if str(path) == "/proc/self/fd":
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return real_listdir(path)
+
+    def no_open(*args: Any, **kwargs: Any) -> int:
+        raise AssertionError("opened")
+
+    monkeypatch.setattr(config_mod.os, "listdir", listdir)
+    monkeypatch.setattr(config_mod.os, "open", no_open)
+    assert config_mod.may_open(held, os.O_WRONLY)
+    deny(monkeypatch, held, os.W_OK)
+    assert not config_mod.may_open(held, os.O_WRONLY)

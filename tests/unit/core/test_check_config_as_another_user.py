@@ -16,6 +16,7 @@ import json
 import os
 import pwd
 import shutil
+import sqlite3
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -574,3 +575,131 @@ def test_a_postgresql_gateways_read_only_state_dir_with_dtls_enabled_runs(shared
         f"{path}: [plugins.dtls] state_dir: {state / 'dtls'} is not writable by this user "
         "(nobody): the DTLS certificate (dtls plugin) cannot be written there"
     )
+
+
+# -- session 37: the checks leave SQLite's locks alone -------------------------------------
+
+
+def locked_while_checking(path: Path, database: Path, *, wal: bool) -> tuple[str, str]:
+    """A child acting as ``nobody`` takes the write lock of ``database`` (``BEGIN IMMEDIATE``
+    on its own connection) and runs ``voipgw run``'s checks (Gateway.check) in the same
+    process; then another process (this test, as root) tries ``BEGIN IMMEDIATE`` too, and the
+    child commits. What each got: the lock still held ("database is locked") or "taken" when
+    the checks dropped it; "committed" or the child's error."""
+    check_config(path)  # as root first: every module imported before the child drops root
+    assert NOBODY is not None
+    ready_read, ready_write = os.pipe()
+    done_read, done_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            os.close(ready_read)
+            os.close(done_write)
+            os.setgroups([])
+            os.setresgid(NOBODY.pw_gid, NOBODY.pw_gid, NOBODY.pw_gid)
+            os.setresuid(NOBODY.pw_uid, NOBODY.pw_uid, NOBODY.pw_uid)
+            holder = sqlite3.connect(database, isolation_level=None)
+            if wal:
+                holder.execute("PRAGMA journal_mode = WAL")
+            holder.execute("BEGIN IMMEDIATE")  # RESERVED (WAL: the write lock, in -shm)
+            os.write(ready_write, run_check(path).encode() + b"\n")
+            os.read(done_read, 1)  # the parent has tried
+            holder.execute("COMMIT")
+            os.write(ready_write, b"committed")
+        except BaseException as exc:  # said to the parent, which fails the test
+            os.write(ready_write, f"{type(exc).__name__}: {exc}".encode())
+        finally:
+            os._exit(0)
+    os.close(ready_write)
+    os.close(done_read)
+    with os.fdopen(ready_read) as pipe:
+        try:
+            assert pipe.readline() == "started\n"
+            other = sqlite3.connect(database, isolation_level=None, timeout=0)
+            try:
+                other.execute("BEGIN IMMEDIATE")
+                other.execute("ROLLBACK")
+                tried = "taken"
+            except sqlite3.OperationalError as exc:
+                tried = str(exc)
+            finally:
+                other.close()
+        finally:
+            os.close(done_write)
+            os.waitpid(pid, 0)
+        return tried, pipe.read()
+
+
+@pytest.mark.parametrize(
+    ("enable", "table", "directory", "name", "wal"),
+    [
+        ('"udp"', "", "", "voipgw.sqlite3", True),
+        ('"udp", "zrtp"', "[plugins.zrtp]\ncache = true\n", "zrtp", "cache.sqlite", False),
+    ],
+)
+def test_the_checks_leave_the_locks_of_a_database_this_process_holds(
+    shared: Path, enable: str, table: str, directory: str, name: str, wal: bool
+) -> None:
+    """Closing any descriptor of a file drops every POSIX lock the process holds on it
+    (https://www.sqlite.org/howtocorrupt.html §2.2): the write checks of config-36 opened and
+    closed the database files, so a connection of the same process (a plugin's, opened at its
+    registration: the intercept plugin's tasks) lost its lock and another process could write
+    the database under it; in the rollback journal's mode the connection's commit then failed
+    ("disk I/O error"). The SQLite store in WAL mode (the lock in -shm) and ZRTP's cache in
+    the rollback journal's mode (the lock on the database itself)."""
+    state = service_state(shared)
+    folder = state / directory
+    folder.mkdir(exist_ok=True)
+    folder.chmod(0o777)
+    database = folder / name
+    sqlite3.connect(database).close()
+    database.chmod(0o666)
+    path = write_config(shared, state, table, enable)
+    assert locked_while_checking(path, database, wal=wal) == ("database is locked", "committed")
+
+
+# -- session 37: run names the directory of the metrics, STIR and store files too ----------
+
+
+def metrics_tls(pair: Issued) -> tuple[str, str, str]:
+    table = (
+        f'[plugins.metrics]\ntls_certificate = "{pair.certificate}"\n'
+        f'tls_private_key = "{pair.key}"\n'
+    )
+    return table, '"udp", "metrics"', f"[plugins.metrics] tls_certificate: {pair.certificate}"
+
+
+def stir_key(pair: Issued) -> tuple[str, str, str]:
+    table = (
+        f'[plugins.stir_shaken]\nprivate_key = "{pair.key}"\nsign_trunks = ["carrier"]\n'
+        'certificate_url = "https://cr.example/signer.pem"\n'
+        '[[trunks]]\nname = "carrier"\naddress = "udp:192.0.2.1:5060"\n'
+    )
+    return table, '"udp", "stir_shaken"', f"[plugins.stir_shaken] private_key: {pair.key}"
+
+
+def store_password(pair: Issued) -> tuple[str, str, str]:
+    pytest.importorskip("psycopg")
+    secret = pair.key.parent / "pgpass"
+    secret.write_text("Sup3r-Secret\n")
+    secret.chmod(0o600)
+    table = f'[store]\nbackend = "postgresql"\ndsn = "dbname=x"\npassword_file = "{secret}"\n'
+    return table, '"udp"', f"[store] password_file: {secret}"
+
+
+@pytest.mark.parametrize("build", [metrics_tls, stir_key, store_password])
+def test_run_names_the_directory_this_user_may_not_enter_for_every_file(
+    shared: Path, build: Callable[[Issued], tuple[str, str, str]]
+) -> None:
+    """The metrics plugin's TLS pair, the STIR/SHAKEN signing key and the store's
+    password_file in /etc/voipgw of mode 0750 root:daemon: `voipgw run` as a user in neither
+    said "cannot read FILE: Permission denied" of a file it could not even see (check-config
+    said it right, as `run` did of the tls plugin's files since session 36)."""
+    etc, pair = closed_directory(shared, 0o750, "daemon")
+    table, enable, named = build(pair)
+    path = write_config(shared, service_state(shared), table, enable)
+    said = run_as_nobody(path)
+    assert said.startswith(f"{path}: {named} cannot be reached by this user (nobody): it may "), (
+        said
+    )
+    assert f"not enter {etc} (mode 0750, owner root, group daemon)" in said

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import attrs
 import trio
@@ -33,6 +34,15 @@ class ExampleCallsConfig:
     # Short codes an account may dial, each "CODE=ACCOUNT": "*1=reception" rings reception's
     # registered phones.
     short_codes: tuple[str, ...] = ()
+
+    def written_directories(self) -> list[tuple[str, Path, str, tuple[str, ...]]]:
+        """Where this plugin writes, for ``voipgw check-config`` and ``voipgw run`` to check
+        before any call (docs/plugin_hooks.md, "Directories a plugin writes in"): the call
+        log's directory, checked against the key ``state_dir`` names, and the log itself,
+        which is appended to in place. A log outside state_dir (an absolute ``log_file``
+        elsewhere) is not checked."""
+        log = Path(self.state_dir, self.log_file)
+        return [("state_dir", log.parent, "the call log (example-calls plugin)", (log.name,))]
 
 
 @attrs.define(eq=False)
