@@ -12,10 +12,11 @@ engine, in virtual time.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import select
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import attrs
@@ -654,6 +655,17 @@ def readable(sock: trio.socket.SocketType) -> bool:
     return bool(select.select([sock], [], [], 0)[0])
 
 
+@contextlib.contextmanager
+def closed_on_failure(phone: Phone) -> Iterator[None]:
+    """Close the socket of a phone not run yet (run_phone=False) when the test fails before
+    it runs: left open, it held PHONE_PORT and the next test could not bind it."""
+    try:
+        yield
+    except BaseException:
+        phone.sock.close()
+        raise
+
+
 async def strangers_client_hello(gateway_port: tuple[str, int]) -> trio.socket.SocketType:
     """A stranger's ClientHello (a DTLS client with a certificate of its own) to
     ``gateway_port``, from PHONE_PORT + 4: its socket, still open."""
@@ -691,6 +703,7 @@ async def test_our_server_flight_to_a_strangers_client_hello_never_reaches_the_c
     assert gateway_call.media is not None
     (stream,) = gateway_call.media.streams
     with (
+        closed_on_failure(caller.phone),
         caplog.at_level(logging.INFO, logger="gateway.core.media.handshakes"),
         await strangers_client_hello(gateway_port) as stranger,
     ):
@@ -723,7 +736,7 @@ async def test_our_client_hello_reaches_the_callers_sdp_address_while_a_stranger
     gateway_port = ("127.0.0.1", caller.answer.port)
     while readable(caller.phone.sock):  # our first ClientHello, if the socket was bound in time
         await caller.phone.sock.recvfrom(2048)
-    with await strangers_client_hello(gateway_port) as stranger:
+    with closed_on_failure(caller.phone), await strangers_client_hello(gateway_port) as stranger:
         with trio.fail_after(5):  # our retransmission (1 s, RFC 6347 §4.2.4.1), to the stranger
             while not is_client_hello((await stranger.recvfrom(2048))[0]):
                 pass
@@ -736,3 +749,49 @@ async def test_our_client_hello_reaches_the_callers_sdp_address_while_a_stranger
     assert caller.phone.failure is None and caller.phone.keys is not None
     await eventually(lambda: a_leg_keys(env) is not None)
     assert a_leg_keys(env) == mirrored(caller.phone.keys)
+
+
+async def test_a_peer_restarting_its_dtls_client_on_a_kept_association_is_not_rekeyed(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """What happens today (docs/media_security.md, "A new ClientHello on a kept association"):
+    we are the DTLS server of an established association; the caller re-INVITEs with the same
+    tls-id and fingerprint, which keeps the association (RFC 8842 §5), and restarts its side
+    (a fresh ClientHello, epoch 0, a new random). Before or after our 200 alike (an association
+    the peer has our fingerprint for is never held), the ClientHello goes to the established
+    association: OpenSSL discards a record of epoch 0 there, and the engine
+    answers with its last flight again (ChangeCipherSpec and Finished, at most
+    MAX_FINAL_FLIGHT_RESENDS times), never a ServerHello. The caller's new handshake times
+    out; our keys stay the old ones and the call goes on (no BYE from us). As pjproject and
+    rtpengine do: only a new tls-id, fingerprint or a=setup starts a new association."""
+    env = await with_dtls(nursery, tmp_path, voipgw_seed)
+    caller = await dtls_caller(nursery, env, setup="active")
+    phone = caller.phone
+    with trio.fail_after(30):
+        await phone.keyed.wait()
+    await eventually(lambda: a_leg_keys(env) is not None)
+    first_keys = a_leg_keys(env)
+    assert first_keys is not None and phone.keys is not None
+    assert first_keys == mirrored(phone.keys)
+
+    kept = caller.exchange.offer(suites=[], secure_signalling=False, previous=phone.negotiation)
+    ok = await caller.call.reinvite(dtls_sdp(kept, setup="active"))
+    assert ok.status == 200
+    answer = parse_sdp_untrusted(ok.body)
+    media = answer.media[0]
+    for name in ("fingerprint", "tls-id"):
+        assert media.attributes.get(name) == caller.answer.attributes.get(name)
+    assert media.attributes.get("setup") == "passive"  # the association is kept
+    restarted = DtlsKeyExchange(identity=lambda: PHONE_ID).answer(
+        pairs(answer, media), suites=[], secure_signalling=False
+    )
+    assert restarted is not None and restarted.dtls_role == "client"
+    phone.negotiation = restarted  # the phone's loop drives it from the gateway's next datagram
+    phone.keys, phone.keyed = None, trio.Event()
+    for datagram in restarted.packets_to_send(now=trio.current_time()):
+        await phone.sock.sendto(datagram, phone.gateway)
+    await trio.sleep(DEFAULT_HANDSHAKE_TIMEOUT + 5)
+    assert phone.keys is None and phone.failure == HANDSHAKE_TIMEOUT_REASON
+    assert restarted.statistics().datagrams_received >= 1  # our old last flight, resent
+    assert a_leg_keys(env) == first_keys
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
