@@ -445,8 +445,14 @@ class CallHandshakes:
                         self._item_taken = True
                         self._feed_item(stream, negotiation, item, now)
                     relay_side = self._side(side, index)
+                    # What answers its peer only (our DTLS server flight) never goes to the
+                    # SDP address as well (relay.StreamSide.send): it answers the source that
+                    # holds the port, maybe a stranger's ClientHello.
+                    copy = getattr(negotiation, "answers_only", False) is not True
                     for packet in negotiation.packets_to_send(now=now):
-                        if relay_side is None or not relay_side.send(packet, rtcp=rtcp):
+                        if relay_side is None or not relay_side.send(
+                            packet, rtcp=rtcp, copy_to_sdp_address=copy
+                        ):
                             port = "RTCP" if rtcp else "RTP"
                             log.debug(
                                 "key-exchange datagram for leg %s stream %d %s port not sent",

@@ -79,9 +79,10 @@ address (direction ``a_to_b``), and the reverse.
   keyed (:attr:`_Endpoint.keyed`, from the direction's transforms), another source latches a
   handshake socket without connecting it, a datagram from the SDP address takes the latch
   over (:func:`_takes_over`; the handshake task restarts the port's handshake), and the key
-  exchange's datagrams go to the SDP address too meanwhile (:meth:`StreamSide.send`). Keys
-  connect the socket (:meth:`MediaStream._connect_keyed`): the keyed path is unchanged. A side
-  set ``sdp_address_only`` lets no other source latch before keys.
+  exchange's datagrams go to the SDP address too meanwhile, unless they only answer the
+  latched source (our DTLS server flight; :meth:`StreamSide.send`). Keys connect the socket
+  (:meth:`MediaStream._connect_keyed`): the keyed path is unchanged. A side set
+  ``sdp_address_only`` lets no other source latch before keys.
   On the callee's side (B) while its leg's SDP never gave an address (our offer waits for its
   answer: maybe one of several forks, RFC 3261 §16.7, sharing these sockets; a late-offer
   caller, RFC 3261 §13.2.1, is one device and latches as always) a handshake socket's latch is not
@@ -846,11 +847,14 @@ class StreamSide:
         ep.hands_on = handler is not None or ep.non_rtp is not None
         self._on_change()
 
-    def send(self, packet: bytes, *, rtcp: bool = False) -> bool:
+    def send(self, packet: bytes, *, rtcp: bool = False, copy_to_sdp_address: bool = True) -> bool:
         """Send ``packet`` (a key exchange's datagram) from this side's RTP socket to where this
         leg's RTP goes (:attr:`rtp_destination`); with ``rtcp`` from its RTCP socket to where its
         RTCP goes (:attr:`rtcp_destination`). False when there is no destination or the send
-        failed.
+        failed. While another source holds the socket's latch before keys it goes to the leg's
+        SDP address too (:meth:`_sdp_address_too`), unless ``copy_to_sdp_address`` is False: the
+        datagram answers the latched source's (our DTLS server flight answering its
+        ClientHello), and the peer at the SDP address would take it as the answer to its own.
 
         On an ICE leg before a check selected an address (RFC 8445 §12: nothing goes out
         before) the datagram is held, the last :data:`HELD_DATAGRAMS` of them, and sent when a
@@ -870,6 +874,8 @@ class StreamSide:
             sock.sendto(packet, destination)
         except OSError:
             return False
+        if not copy_to_sdp_address:
+            return True
         also = self._sdp_address_too(rtcp and not self._rtcp_mux)
         if also is not None:
             with contextlib.suppress(OSError):
@@ -882,7 +888,10 @@ class StreamSide:
         (_latch). That source may be the peer behind a NAT, or a stranger whose forged first
         datagram would otherwise draw our handshake away from the peer: a peer that waits for
         our ClientHello (a=setup:passive or actpass answered active, RFC 5763 §5) never spoke
-        to take the socket over, and its handshake timed out."""
+        to take the socket over, and its handshake timed out. Only what speaks first is copied
+        (:meth:`send`'s ``copy_to_sdp_address``): as DTLS server our flights answer the latched
+        source's ClientHello, and a copy reaching the peer after its own ClientHello was taken
+        as our answer to it, our right one after the restart ignored (both ends failed)."""
         ep = self._rtcp if rtcp else self._rtp
         if ep.keyed or ep.source is None or ep.ice is not None or ep.non_rtp is None:
             return None

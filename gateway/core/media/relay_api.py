@@ -63,7 +63,9 @@ class RelaySide(Protocol):
         sdp_address_only: bool = False,
     ) -> None: ...
 
-    def send(self, packet: bytes, *, rtcp: bool = False) -> bool: ...
+    def send(
+        self, packet: bytes, *, rtcp: bool = False, copy_to_sdp_address: bool = True
+    ) -> bool: ...
 
 
 class RelayDirection(Protocol):

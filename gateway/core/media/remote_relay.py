@@ -367,11 +367,14 @@ class RemoteSide:
             )
         self._stream._send(message)
 
-    def send(self, packet: bytes, *, rtcp: bool = False) -> bool:
+    def send(self, packet: bytes, *, rtcp: bool = False, copy_to_sdp_address: bool = True) -> bool:
         """A key exchange's datagram to this leg's peer from the worker's RTP socket (``rtcp``:
         RTCP socket). True when queued (the worker sends it if the leg has an address, or, on an
-        ICE leg, once a check selected one: :meth:`~gateway.core.media.relay.StreamSide.send`)."""
-        return self._stream._send(SendDatagram(self._stream.id, self._name, rtcp, packet))
+        ICE leg, once a check selected one: :meth:`~gateway.core.media.relay.StreamSide.send`,
+        which also says what ``copy_to_sdp_address`` does)."""
+        return self._stream._send(
+            SendDatagram(self._stream.id, self._name, rtcp, packet, copy_to_sdp_address)
+        )
 
     def _deliver(self, packet: bytes, source: tuple[str, int] | None, rtcp: bool) -> None:
         handler = self._handlers.get(rtcp)

@@ -325,7 +325,11 @@ class Worker:
                 side.set_ice_handler(_responder(message), rtcp=message.rtcp)
             elif isinstance(message, SendDatagram):
                 side = stream.a if message.side == "a" else stream.b
-                side.send(message.packet, rtcp=message.rtcp)
+                side.send(
+                    message.packet,
+                    rtcp=message.rtcp,
+                    copy_to_sdp_address=message.copy_to_sdp_address,
+                )
             elif isinstance(message, SetTap):
                 self._set_tap(message.stream, stream, message.enabled)
             elif isinstance(message, SetOpaque):

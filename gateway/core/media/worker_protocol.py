@@ -151,6 +151,8 @@ class SendDatagram:
     side: str
     rtcp: bool
     packet: bytes = attrs.field(repr=lambda p: f"<{len(p)} octets>")
+    copy_to_sdp_address: bool = True
+    """False: never copied to the leg's SDP address (our DTLS server flight, StreamSide.send)."""
 
 
 @attrs.frozen
@@ -603,7 +605,7 @@ _LAYOUTS: dict[int, tuple[type[Any], tuple[_Codec, ...]]] = {
     3: (SetBlocked, (_STREAM, _DIRECTION, _BOOL)),
     4: (SetKeys, (_STREAM, _BOOL, _KEYS, _KEYS, _BOOL, _KEYS, _BOOL, _KEYS)),
     5: (SetDtls, (_STREAM, _SIDE, _BOOL, _BOOL, _BOOL)),
-    6: (SendDatagram, (_STREAM, _SIDE, _BOOL, _BYTES)),
+    6: (SendDatagram, (_STREAM, _SIDE, _BOOL, _BYTES, _BOOL)),
     7: (Close, (_STREAM,)),
     8: (Ping, (_STREAM,)),
     20: (PairsReady, ((_put_ports, _get_ports),)),

@@ -1053,6 +1053,14 @@ class DtlsNegotiation:
         return self._settings.sdp_address_only
 
     @property
+    def answers_only(self) -> bool:
+        """Whether what we send only answers the peer's datagrams: as DTLS server (RFC 5763 §5,
+        a=setup:passive) our flights answer a ClientHello. Read by the call's handshake task:
+        such datagrams go to the source that holds the media port, never copied to the SDP
+        address as well (docs/media_security.md, "Forged handshakes")."""
+        return self.dtls_role == "server"
+
+    @property
     def local_fingerprint(self) -> Fingerprint:
         """Our a=fingerprint (SHA-256 of the certificate this stream's association uses)."""
         return Fingerprint("sha-256", self._settings.identity.digest("sha-256"))

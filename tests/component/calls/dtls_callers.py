@@ -33,12 +33,14 @@ async def dtls_caller(
     *,
     fingerprint: str | None = None,
     run_phone: bool = True,
+    setup: str = "actpass",
 ) -> DtlsCaller:
-    """The trunk calls alice from a DTLS phone; the call is answered (alice answers at once)."""
+    """The trunk calls alice from a DTLS phone; the call is answered (alice answers at once).
+    ``setup``: the phone's a=setup; ``active`` makes the gateway the DTLS server."""
     exchange = DtlsKeyExchange(identity=lambda: PHONE_ID)
     negotiation = exchange.offer(suites=[], secure_signalling=False)
     call = await env.trunk.invite(
-        env.did_uri(ALICE_DID), sdp=dtls_sdp(negotiation, fingerprint=fingerprint)
+        env.did_uri(ALICE_DID), sdp=dtls_sdp(negotiation, fingerprint=fingerprint, setup=setup)
     )
     final = await call.final()
     assert final.status == 200, final.reason
@@ -46,7 +48,7 @@ async def dtls_caller(
     answer = parse_sdp_untrusted(final.body)
     media = answer.media[0]
     assert media.proto == "UDP/TLS/RTP/SAVP"
-    assert media.attributes.get("setup") == "active"
+    assert media.attributes.get("setup") == ("passive" if setup == "active" else "active")
     negotiation.remote_sdp_attributes(pairs(answer, media))
     # The callee got plain RTP and none of the caller's DTLS attributes.
     leg_b = await env.alice.next_call()

@@ -27,16 +27,19 @@ def dtls_sdp(
     port: int = PHONE_PORT,
     fingerprint: str | None = None,
     rtcp_mux: bool = True,
+    setup: str | None = None,
 ) -> bytes:
     """An offer or answer for ``negotiation``'s stream at ``port`` (RTCP on ``port`` + 1
-    without ``rtcp_mux``); ``fingerprint`` replaces the true one."""
+    without ``rtcp_mux``); ``fingerprint`` replaces the true one, ``setup`` its a=setup (an
+    offerer's ``active``: our answer is ``passive`` and the phone, which left the role open,
+    takes the one that answer leaves it, RFC 4145 §4.1)."""
     ours = dict(negotiation.local_sdp_attributes())
     mux = "a=rtcp-mux\r\n" if rtcp_mux else ""
     return (
         "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
         f"m=audio {port} UDP/TLS/RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\n{mux}"
         f"a=fingerprint:{fingerprint or ours['fingerprint']}\r\n"
-        f"a=setup:{ours['setup']}\r\na=tls-id:{ours['tls-id']}\r\n"
+        f"a=setup:{setup or ours['setup']}\r\na=tls-id:{ours['tls-id']}\r\n"
     ).encode()
 
 

@@ -12,8 +12,11 @@ engine, in virtual time.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+import select
+import socket
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import attrs
@@ -51,6 +54,7 @@ from tests.component.calls.dtls_phone import (
     Phone,
     bind,
     dtls_sdp,
+    is_client_hello,
     wrong_fingerprint,
 )
 from tests.component.calls.redirect_phones import start_bob
@@ -643,3 +647,151 @@ async def test_a_strangers_client_hello_before_the_callers_first_packet_costs_it
         assert stream.a._rtp.connected  # keyed: the kernel refuses the stranger from now on
     await trio.sleep(30)
     assert env.trunk.requests("BYE") == []
+
+
+def readable(sock: trio.socket.SocketType) -> bool:
+    """Whether a datagram waits in ``sock`` (asked of the kernel, not of trio's clock: with
+    the autojump clock a timed receive would move the gateway's retransmission timers)."""
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+@contextlib.contextmanager
+def closed_on_failure(phone: Phone) -> Iterator[None]:
+    """Close the socket of a phone not run yet (run_phone=False) when the test fails before
+    it runs: left open, it held PHONE_PORT and the next test could not bind it."""
+    try:
+        yield
+    except BaseException:
+        phone.sock.close()
+        raise
+
+
+async def strangers_client_hello(gateway_port: tuple[str, int]) -> trio.socket.SocketType:
+    """A stranger's ClientHello (a DTLS client with a certificate of its own) to
+    ``gateway_port``, from PHONE_PORT + 4: its socket, still open."""
+    forged = DtlsKeyExchange(identity=lambda: OTHER_ID).offer(suites=[], secure_signalling=False)
+    client = DtlsKeyExchange(identity=lambda: OTHER_ID).answer(
+        forged.local_sdp_attributes(), suites=[], secure_signalling=False
+    )
+    assert client is not None and client.dtls_role == "client"
+    stranger = await bind(PHONE_PORT + 4)
+    for datagram in client.packets_to_send(now=trio.current_time()):
+        await stranger.sendto(datagram, gateway_port)
+    return stranger
+
+
+async def test_our_server_flight_to_a_strangers_client_hello_never_reaches_the_caller(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """docs/media_security.md, "Forged handshakes": the caller offers a=setup:active, so we
+    are the DTLS server (RFC 4145 §4.1). A stranger's ClientHello reaches the caller leg's
+    port first and our engine answers it: that flight goes to the stranger alone. Copied to
+    the caller's SDP address too (session 36), it waited in the caller's socket, was taken by
+    the caller's handshake as our answer to its own ClientHello, and our right answer after
+    the restart was ignored: both ends failed. Now the caller's ClientHello takes the port
+    over, our handshake starts afresh for it, and the caller is keyed."""
+    env = await with_dtls(nursery, tmp_path, voipgw_seed)
+    caller = await dtls_caller(nursery, env, run_phone=False, setup="active")
+    assert caller.phone.negotiation.dtls_role == "client"  # type: ignore[attr-defined]
+    gateway_port = ("127.0.0.1", caller.answer.port)
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert gateway_call.media is not None
+    (stream,) = gateway_call.media.streams
+    with (
+        closed_on_failure(caller.phone),
+        caplog.at_level(logging.INFO, logger="gateway.core.media.handshakes"),
+        await strangers_client_hello(gateway_port) as stranger,
+    ):
+        with trio.fail_after(5):
+            flight, _ = await stranger.recvfrom(2048)
+        assert flight[0] == 22 and flight[13] == 2  # our ServerHello, to the stranger
+        assert stream.a.rtp_source == ("127.0.0.1", PHONE_PORT + 4)
+        # A copy goes right after the stranger's datagram (StreamSide.send): none came.
+        assert not readable(caller.phone.sock)
+        nursery.start_soon(caller.phone.run)
+        with trio.fail_after(30):
+            await caller.phone.keyed.wait()
+    assert caller.phone.failure is None and caller.phone.keys is not None
+    await eventually(lambda: a_leg_keys(env) is not None)
+    assert a_leg_keys(env) == mirrored(caller.phone.keys)
+    assert stream.a.rtp_source == ("127.0.0.1", PHONE_PORT)
+    assert any("handshake started afresh" in r.getMessage() for r in caplog.records)
+    await trio.sleep(30)
+    assert env.trunk.requests("BYE") == []
+
+
+async def test_our_client_hello_reaches_the_callers_sdp_address_while_a_stranger_holds_the_port(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """Kept (session 36): as DTLS client (the caller offered actpass, we answered active) our
+    ClientHello goes to the latched stranger and to the caller's SDP address too, since a peer
+    waiting for our ClientHello never speaks first to take the port over."""
+    env = await with_dtls(nursery, tmp_path, voipgw_seed)
+    caller = await dtls_caller(nursery, env, run_phone=False)
+    gateway_port = ("127.0.0.1", caller.answer.port)
+    while readable(caller.phone.sock):  # our first ClientHello, if the socket was bound in time
+        await caller.phone.sock.recvfrom(2048)
+    with closed_on_failure(caller.phone), await strangers_client_hello(gateway_port) as stranger:
+        with trio.fail_after(5):  # our retransmission (1 s, RFC 6347 §4.2.4.1), to the stranger
+            while not is_client_hello((await stranger.recvfrom(2048))[0]):
+                pass
+        assert readable(caller.phone.sock)  # ... and a copy of it to the caller
+        copy, source = await caller.phone.sock.recvfrom(2048, socket.MSG_PEEK)
+        assert is_client_hello(copy) and source == gateway_port
+        nursery.start_soon(caller.phone.run)
+        with trio.fail_after(30):
+            await caller.phone.keyed.wait()
+    assert caller.phone.failure is None and caller.phone.keys is not None
+    await eventually(lambda: a_leg_keys(env) is not None)
+    assert a_leg_keys(env) == mirrored(caller.phone.keys)
+
+
+async def test_a_peer_restarting_its_dtls_client_on_a_kept_association_is_not_rekeyed(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """What happens today (docs/media_security.md, "A new ClientHello on a kept association"):
+    we are the DTLS server of an established association; the caller re-INVITEs with the same
+    tls-id and fingerprint, which keeps the association (RFC 8842 §5), and restarts its side
+    (a fresh ClientHello, epoch 0, a new random). Before or after our 200 alike (an association
+    the peer has our fingerprint for is never held), the ClientHello goes to the established
+    association: OpenSSL discards a record of epoch 0 there, and the engine
+    answers with its last flight again (ChangeCipherSpec and Finished, at most
+    MAX_FINAL_FLIGHT_RESENDS times), never a ServerHello. The caller's new handshake times
+    out; our keys stay the old ones and the call goes on (no BYE from us). As pjproject and
+    rtpengine do: only a new tls-id, fingerprint or a=setup starts a new association."""
+    env = await with_dtls(nursery, tmp_path, voipgw_seed)
+    caller = await dtls_caller(nursery, env, setup="active")
+    phone = caller.phone
+    with trio.fail_after(30):
+        await phone.keyed.wait()
+    await eventually(lambda: a_leg_keys(env) is not None)
+    first_keys = a_leg_keys(env)
+    assert first_keys is not None and phone.keys is not None
+    assert first_keys == mirrored(phone.keys)
+
+    kept = caller.exchange.offer(suites=[], secure_signalling=False, previous=phone.negotiation)
+    ok = await caller.call.reinvite(dtls_sdp(kept, setup="active"))
+    assert ok.status == 200
+    answer = parse_sdp_untrusted(ok.body)
+    media = answer.media[0]
+    for name in ("fingerprint", "tls-id"):
+        assert media.attributes.get(name) == caller.answer.attributes.get(name)
+    assert media.attributes.get("setup") == "passive"  # the association is kept
+    restarted = DtlsKeyExchange(identity=lambda: PHONE_ID).answer(
+        pairs(answer, media), suites=[], secure_signalling=False
+    )
+    assert restarted is not None and restarted.dtls_role == "client"
+    phone.negotiation = restarted  # the phone's loop drives it from the gateway's next datagram
+    phone.keys, phone.keyed = None, trio.Event()
+    for datagram in restarted.packets_to_send(now=trio.current_time()):
+        await phone.sock.sendto(datagram, phone.gateway)
+    await trio.sleep(DEFAULT_HANDSHAKE_TIMEOUT + 5)
+    assert phone.keys is None and phone.failure == HANDSHAKE_TIMEOUT_REASON
+    assert restarted.statistics().datagrams_received >= 1  # our old last flight, resent
+    assert a_leg_keys(env) == first_keys
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []

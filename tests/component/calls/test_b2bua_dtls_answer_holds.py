@@ -55,9 +55,9 @@ class NotingSide:
         self._name = name
         self._noted = noted
 
-    def send(self, packet: bytes, *, rtcp: bool = False) -> bool:
+    def send(self, packet: bytes, *, rtcp: bool = False, copy_to_sdp_address: bool = True) -> bool:
         self._noted.append(("dtls", self._name))
-        return self._side.send(packet, rtcp=rtcp)
+        return self._side.send(packet, rtcp=rtcp, copy_to_sdp_address=copy_to_sdp_address)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._side, name)

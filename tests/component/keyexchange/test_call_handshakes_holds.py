@@ -78,6 +78,7 @@ class Side:
     handlers: dict[bool, Any] = attrs.Factory(dict)
     sdp_address_only: dict[bool, bool] = attrs.Factory(dict)
     sent: list[bytes] = attrs.Factory(list)
+    copied: list[bool] = attrs.Factory(list)  # send's copy_to_sdp_address, per datagram
 
     def set_non_rtp_handler(
         self, handler: Any, *, rtcp: bool = False, sdp_address_only: bool = False
@@ -85,8 +86,9 @@ class Side:
         self.handlers[rtcp] = handler
         self.sdp_address_only[rtcp] = sdp_address_only
 
-    def send(self, packet: bytes, *, rtcp: bool = False) -> bool:
+    def send(self, packet: bytes, *, rtcp: bool = False, copy_to_sdp_address: bool = True) -> bool:
         self.sent.append(packet)
+        self.copied.append(copy_to_sdp_address)
         return True
 
 
@@ -934,3 +936,68 @@ async def test_sdp_address_only_refuses_another_source_and_says_so(
             "refused: sdp_address_only)",
         )
     ]
+
+
+async def test_a_strangers_kept_datagrams_are_dropped_when_the_sdp_address_speaks_before_our_answer(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """Our answer to the caller is made, not sent yet (held): a stranger's datagrams are kept
+    as anyone's (the caller might be behind a NAT). The caller's SDP address then speaks:
+    what the stranger sent is dropped there (counted ``unlatched_source``), and at the release
+    the engine gets the caller's datagram alone, with no restart (nothing else was fed)."""
+    engine = RestartingEngine(timer=None)
+    session = Session()
+    session.addresses[(0, "a", False)] = PEER
+    legs = {"a": Leg({0: dtls_stream(engine)}), "b": Leg()}
+    handshakes = CallHandshakes(
+        session,  # type: ignore[arg-type]
+        lambda: legs,  # type: ignore[arg-type,return-value]
+        on_keys=lambda: None,
+        on_failure=lambda side, reason: None,
+    )
+    handshakes.hold("a")
+    nursery.start_soon(handshakes.run)
+    handshakes.poke()
+    await settle()
+    handler = session.streams[0].a.handlers[False]
+    handler(hello(1), STRANGER)
+    handler(hello(2), STRANGER)
+    await settle()
+    assert handshakes.held_datagrams == 2 and session.drops == []
+    handler(hello(3), PEER)
+    await settle()
+    assert session.drops == [("a", "unlatched_source", 2)]
+    assert handshakes.held_datagrams == 1
+    handshakes.release("a")
+    await settle()
+    assert engine.log == [hello(3)]
+
+
+@attrs.define(eq=False)
+class ServerEngine(Engine):
+    """The ``dtls`` engine as DTLS server: what it sends answers its peer's ClientHello."""
+
+    answers_only: bool = True
+
+
+@pytest.mark.parametrize(
+    ("make_engine", "copied"),
+    [(ServerEngine, False), (Engine, True)],
+    ids=["answers-only", "without-the-attribute"],
+)
+async def test_what_only_answers_the_peer_is_never_copied_to_the_sdp_address(
+    nursery: trio.Nursery,
+    autojump_clock: trio.abc.Clock,
+    make_engine: type[Engine],
+    copied: bool,
+) -> None:
+    """docs/media_security.md, "Forged handshakes": while another source holds the port
+    before keys the relay copies our datagrams to the SDP address, for a peer waiting for our
+    ClientHello; our DTLS server flight (``answers_only``, docs/plugin_hooks.md) answers the
+    source that holds the port and is not copied. An engine without the attribute is copied,
+    as before."""
+    task, handler = await caller_task(nursery, make_engine())
+    handler(hello(1), STRANGER)
+    await settle()
+    side = task.session.streams[0].a
+    assert side.sent == [b"\x16ours"] and side.copied == [copied]

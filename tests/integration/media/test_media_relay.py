@@ -1282,3 +1282,23 @@ async def test_on_ipv6_the_peer_whose_media_came_before_its_sdp_is_not_kept_out(
             assert stream.b_to_a.statistics().dropped_unlatched_source == 0
         relay.close()
         nursery.cancel_scope.cancel()
+
+
+async def test_an_answer_to_the_latched_stranger_is_not_copied_to_the_sdp_address(
+    connected: MediaStream, alice: PlainPhone, make_phone: Callable[[], PlainPhone]
+):
+    # Our DTLS server flight answers the ClientHello of the source that latched the socket: a
+    # copy to the SDP address would reach alice after her own ClientHello and be taken as our
+    # answer to it (docs/media_security.md, "Forged handshakes"). The handshake task says so
+    # with copy_to_sdp_address=False; what speaks first (our ClientHello) is still copied.
+    stream = connected
+    stranger = make_phone()
+    stream.a.set_non_rtp_handler(lambda packet, source: None)
+    port = stream.a.ports.rtp_port
+    await stranger.send(b"\x16\xfe\xfd" + bytes(10), port)
+    await until(lambda: stream.a.rtp_source == stranger.rtp_address)
+    assert stream.a.send(b"server flight", copy_to_sdp_address=False)
+    assert await stranger.receive() == (b"server flight", (ADDRESS, port))
+    assert stream.a.send(b"client hello")
+    assert await stranger.receive() == (b"client hello", (ADDRESS, port))
+    assert await alice.receive() == (b"client hello", (ADDRESS, port))  # the first she got

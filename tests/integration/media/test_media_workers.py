@@ -293,6 +293,28 @@ async def test_dtls_datagrams_cross_the_channel_both_ways(pool: WorkerPool) -> N
     assert len(received) == 1
 
 
+async def test_a_worker_copies_to_the_sdp_address_only_what_the_sip_process_lets_it(
+    pool: WorkerPool,
+) -> None:
+    # SendDatagram carries StreamSide.send's copy_to_sdp_address: our DTLS server flight,
+    # answering the ClientHello of a source other than the SDP address that latched the
+    # socket, goes to that source alone (docs/media_security.md, "Forged handshakes").
+    a, b, stranger = await ephemeral_phones(3)
+    stream = pool.open_stream()
+    await connected(pool, stream, a, b)
+    received: list[tuple[bytes, tuple[str, int]]] = []
+    stream.a.set_non_rtp_handler(lambda packet, source: received.append((packet, source)))
+    await pool.sync(stream.worker)
+    await stranger.send(b"\x16\xfe\xfd" + bytes(10), stream.a.ports.rtp_port)
+    await eventually(lambda: bool(received), "the stranger's datagram latched and handed on")
+    assert stream.a.send(b"\x16 server flight", copy_to_sdp_address=False)
+    own = (ADDRESS, stream.a.ports.rtp_port)
+    assert await stranger.receive() == (b"\x16 server flight", own)
+    assert stream.a.send(b"\x16 client hello")
+    assert await stranger.receive() == (b"\x16 client hello", own)
+    assert await a.receive() == (b"\x16 client hello", own)  # the first a got
+
+
 async def test_a_worker_answers_ice_checks_and_sends_media_to_the_nominated_source(
     pool: WorkerPool,
 ) -> None:

@@ -704,3 +704,21 @@ def test_a_client_discards_a_clienthello_and_goes_on_with_its_handshake() -> Non
         peer.receive_packet(datagram, now=0.2)
     pump(peer, ours, now=0.2)
     assert keys_of(ours) is not None and keys_of(peer) is not None
+
+
+def test_only_the_dtls_server_says_it_answers_only() -> None:
+    # Read by the call's handshake task: the server's flights answer the ClientHello of the
+    # source that holds the port and are never copied to the SDP address (docs/media_security.md,
+    # "Forged handshakes"); the client's ClientHello is, and so is nothing before the answer.
+    offerer = exchange(IDENTITY_A).offer(suites=[], secure_signalling=True)
+    assert offerer.answers_only is False  # our role is not known yet
+    answerer = exchange(IDENTITY_B).answer(
+        offerer.local_sdp_attributes(), suites=[], secure_signalling=True
+    )
+    assert answerer is not None and answerer.dtls_role == "client"
+    offerer.remote_sdp_attributes(answerer.local_sdp_attributes())
+    assert offerer.dtls_role == "server"
+    assert offerer.answers_only is True and answerer.answers_only is False
+    server_rtcp, client_rtcp = offerer.rtcp_component(), answerer.rtcp_component()
+    assert server_rtcp is not None and client_rtcp is not None
+    assert server_rtcp.answers_only is True and client_rtcp.answers_only is False

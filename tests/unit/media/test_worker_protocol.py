@@ -81,6 +81,7 @@ EVERY_MESSAGE: list[Message] = [
     SetDtls(5, "b", True, False),
     SetDtls(5, "a", True, True, True),  # sdp_address_only
     SendDatagram(6, "b", True, b"\x16\xfe\xfd" + bytes(200)),
+    SendDatagram(6, "a", False, b"\x16\xfe\xfd" + bytes(20), copy_to_sdp_address=False),
     Close(2**32 - 1),
     Ping(17),
     Pong(17),
@@ -172,6 +173,7 @@ def test_round_trip_property(
         SetRemote(stream, side, (host, port), None, mux),
         Datagram(stream, side, mux, (host, port), packet),
         SendDatagram(stream, side, mux, packet),
+        SendDatagram(stream, side, mux, packet, copy_to_sdp_address=mux),
         TappedDatagram(stream, "a_to_b" if mux else "b_to_a", (host, port), packet),
         SetOpaque(stream, mux),
     ):
