@@ -38,12 +38,25 @@ With both moved (main 3ae01ae5, load average 7-21, three runs each): N = 20 coun
 longer adds instructions. The per-call figure depends on the N pair: give it with the figure.
 
 Without valgrind it runs in a few seconds and prints the number of calls done.
+
+``--trio-counts`` (no valgrind) prints instead what one call costs in trio's machinery, per
+task (by its name; a call's task as ``call <Call-ID>``): task steps, wake-ups (a task
+rescheduled, and by whom: another task, itself at a checkpoint that did not block, or the run
+loop for a deadline or I/O), tasks spawned, cancel scopes entered and deadlines moved (by the
+task that did it), and the run loop's turns. Counted over ``--calls`` calls after
+``--warm-up`` calls, per call = count / calls; the in-memory network's delivery task, the
+memory transport's receive task and the two test phones' tasks are the test's, not the
+gateway's (the real UDP transport is read by the endpoint's task itself)::
+
+    python benchmarks/call_instructions.py --calls 50 --trio-counts
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import gc
+import re
 import sys
 import tempfile
 import types
@@ -77,16 +90,123 @@ def _store_in_virtual_time() -> None:
     SqliteStore.open = open_in_virtual_time  # type: ignore[method-assign]
 
 
-async def run_calls(calls: int, state: Path) -> int:
+_CALL_TASK = re.compile(r"^call \S+$")
+
+
+def _task_name(task: trio.lowlevel.Task) -> str:
+    name = task.name
+    if _CALL_TASK.match(name):
+        return "call <Call-ID>"
+    return name.removeprefix("gateway.").removeprefix("tests.component.calls.")
+
+
+class TrioCounts(trio.abc.Instrument):
+    """trio's work per task: see the module docstring (``--trio-counts``)."""
+
+    def __init__(self) -> None:
+        self.counting = False
+        self.steps: collections.Counter[str] = collections.Counter()
+        self.wakeups: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.spawned: collections.Counter[str] = collections.Counter()
+        self.scopes: collections.Counter[str] = collections.Counter()
+        self.deadline_moves: collections.Counter[str] = collections.Counter()
+        self.turns = 0
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        if self.counting:
+            self.spawned[_task_name(task)] += 1
+
+    def task_scheduled(self, task: trio.lowlevel.Task) -> None:
+        if not self.counting:
+            return
+        try:
+            running = trio.lowlevel.current_task()
+        except RuntimeError:
+            by = "(run loop: deadline or I/O)"
+        else:
+            by = "(itself: a checkpoint)" if running is task else _task_name(running)
+        self.wakeups[(_task_name(task), by)] += 1
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if self.counting:
+            self.steps[_task_name(task)] += 1
+
+    def before_io_wait(self, timeout: float) -> None:
+        if self.counting:
+            self.turns += 1
+
+    def _running(self) -> str:
+        try:
+            return _task_name(trio.lowlevel.current_task())
+        except RuntimeError:
+            return "(run loop)"
+
+    def install_scope_counters(self) -> None:
+        enter = trio.CancelScope.__enter__
+        deadline = trio.CancelScope.deadline
+        counts = self
+
+        def counted_enter(scope: trio.CancelScope) -> trio.CancelScope:
+            if counts.counting:
+                counts.scopes[counts._running()] += 1
+            return enter(scope)
+
+        def counted_set(scope: trio.CancelScope, value: float) -> None:
+            if counts.counting:
+                counts.deadline_moves[counts._running()] += 1
+            assert deadline.fset is not None
+            deadline.fset(scope, value)
+
+        trio.CancelScope.__enter__ = counted_enter  # type: ignore[method-assign]
+        trio.CancelScope.deadline = property(deadline.fget, counted_set)  # type: ignore[method-assign,assignment]
+
+    def report(self, calls: int) -> str:
+        def per(n: int) -> str:
+            return f"{n / calls:8.2f}"
+
+        lines = [f"trio's work per call (over {calls} calls)", ""]
+        lines.append(f"{'task':70} {'steps':>8} {'woken':>8} {'scopes':>8} {'moves':>8}")
+        woken: collections.Counter[str] = collections.Counter()
+        for (task, _by), n in self.wakeups.items():
+            woken[task] += n
+        names = sorted(
+            set(self.steps) | set(woken) | set(self.scopes) | set(self.deadline_moves),
+            key=lambda name: -self.steps[name],
+        )
+        for name in names:
+            lines.append(
+                f"{name[:70]:70} {per(self.steps[name])} {per(woken[name])}"
+                f" {per(self.scopes[name])} {per(self.deadline_moves[name])}"
+            )
+        lines.append(
+            f"{'all':70} {per(sum(self.steps.values()))} {per(sum(woken.values()))}"
+            f" {per(sum(self.scopes.values()))} {per(sum(self.deadline_moves.values()))}"
+        )
+        lines += ["", f"run-loop turns (I/O waits): {per(self.turns)}", "", "tasks spawned:"]
+        for name, n in self.spawned.most_common():
+            lines.append(f"  {name[:70]:70} {per(n)}")
+        lines += ["", "wake-ups, by whom:"]
+        for (task, by), n in sorted(self.wakeups.items(), key=lambda item: -item[1]):
+            lines.append(f"  {task[:50]:50} <- {by[:50]:50} {per(n)}")
+        return "\n".join(lines)
+
+
+async def run_calls(
+    calls: int, state: Path, counts: TrioCounts | None = None, warm_up: int = 0
+) -> int:
     done = 0
     async with trio.open_nursery() as nursery:
         env = await start_b2bua(nursery, state, seed=7)
-        for _ in range(calls):
+        for number in range(warm_up + calls):
+            if counts is not None and number == warm_up:
+                counts.counting = True
             call, _leg_b = await answered_call(env)
             bye = await call.bye()
             assert bye.status == 200, bye.reason
             await eventually(lambda: env.calls == 0)
             done += 1
+        if counts is not None:
+            counts.counting = False
         nursery.cancel_scope.cancel()
     return done
 
@@ -94,17 +214,34 @@ async def run_calls(calls: int, state: Path) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=20, help="calls, one after another")
+    parser.add_argument(
+        "--trio-counts",
+        action="store_true",
+        help="print trio's task steps, wake-ups and cancel scopes per call (not for valgrind)",
+    )
+    parser.add_argument(
+        "--warm-up", type=int, default=3, help="with --trio-counts: calls made before counting"
+    )
     args = parser.parse_args()
     gc.disable()
     _store_in_virtual_time()
+    counts: TrioCounts | None = None
+    if args.trio_counts:
+        counts = TrioCounts()
+        counts.install_scope_counters()
     with tempfile.TemporaryDirectory(prefix="call-instructions-") as state:
         done = trio.run(
             run_calls,
             args.calls,
             Path(state),
+            counts,
+            args.warm_up if counts is not None else 0,
             clock=trio.testing.MockClock(autojump_threshold=0),
+            instruments=[counts] if counts is not None else (),
         )
     print(f"{done} calls done")
+    if counts is not None:
+        print(counts.report(args.calls))
 
 
 if __name__ == "__main__":

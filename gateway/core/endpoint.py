@@ -1707,7 +1707,7 @@ class SipEndpoint:
         if branch is None or not has_rfc3261_branch(top):
             return False
         method = cseq.rpartition(" ")[2]
-        key = TransactionKey(method=method, branch=branch.lower(), sent_by=top.sent_by().lower())
+        key: TransactionKey = (method, branch.lower(), top.sent_by().lower(), None)
         return self.transactions.has_server_transaction_key(key)
 
     def respond_locally(self, request: Request, flow: Flow) -> Response:

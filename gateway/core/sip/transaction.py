@@ -70,7 +70,7 @@ import hashlib
 import heapq
 import itertools
 from collections.abc import Callable, Mapping
-from typing import ClassVar, NamedTuple, NoReturn, Self
+from typing import ClassVar, NoReturn, Self
 
 import attrs
 
@@ -79,6 +79,10 @@ from gateway.core.sip.message import Headers, Request, Response, make_response
 from gateway.core.sip.via import Hop, has_rfc3261_branch
 
 __all__ = [
+    "KEY_BRANCH",
+    "KEY_LEGACY",
+    "KEY_METHOD",
+    "KEY_SENT_BY",
     "MERGED_REASON",
     "AckReceived",
     "ClientInviteTransaction",
@@ -520,22 +524,27 @@ Output = (
 # --- transaction keys (RFC 3261 §17.1.3, §17.2.3) ----------------------------------------------
 
 
-class TransactionKey(NamedTuple):
-    """What identifies a transaction when matching messages to it.
+TransactionKey = tuple[str, str | None, str | None, tuple[str, ...] | None]
+"""What identifies a transaction when matching messages to it: (method, branch, sent-by,
+legacy), read through :data:`KEY_METHOD` ... :data:`KEY_LEGACY`.
 
-    Client side (§17.1.3): the top Via branch and the CSeq method (CANCEL shares the INVITE's
-    branch but is its own transaction). Server side (§17.2.3): branch, sent-by and method, with
-    ACK counted as INVITE; or, when the branch is not an RFC 3261 one, the RFC 2543 fields in
-    ``legacy``. Branches are tokens and compare case-insensitively (§7.3.1).
+Client side (§17.1.3): the top Via branch and the CSeq method (CANCEL shares the INVITE's
+branch but is its own transaction): ``(method, branch, None, None)``. Server side (§17.2.3):
+branch, sent-by and method, with ACK counted as INVITE: ``(method, branch, sent_by, None)``; or,
+when the branch is not an RFC 3261 one, the RFC 2543 fields: ``(method, None, None, legacy)``.
+Branches are tokens and compare case-insensitively (§7.3.1), so they are kept lower-cased.
 
-    A named tuple: every message looks its transaction up by key a few times, and a tuple hashes
-    and compares in C.
-    """
+A plain tuple of strings, not a named tuple: every message looks its transaction up by key a
+few times (a tuple display is built in a few instructions, a named tuple's ``__new__`` with
+keywords is a Python call), and the cyclic collector stops tracking a tuple of strings at its
+first collection but walks a named tuple for as long as it lives (up to 64*T1, Timers J, L, M;
+docs/benchmarks.md "Session 37 (task steps)").
+"""
 
-    method: str
-    branch: str | None = None
-    sent_by: str | None = None
-    legacy: tuple[str, ...] | None = None
+KEY_METHOD = 0
+KEY_BRANCH = 1
+KEY_SENT_BY = 2
+KEY_LEGACY = 3
 
 
 def client_key(message: Request | Response) -> TransactionKey | None:
@@ -544,7 +553,7 @@ def client_key(message: Request | Response) -> TransactionKey | None:
     branch = message.top_via.branch
     if branch is None:
         return None
-    return TransactionKey(method=message.cseq.method, branch=branch.lower())
+    return (message.cseq.method, branch.lower(), None, None)
 
 
 def server_key(request: Request) -> TransactionKey:
@@ -575,7 +584,7 @@ def _server_key(request: Request, method: str) -> TransactionKey:
     via = request.top_via
     branch = via.branch
     if branch is not None and has_rfc3261_branch(via):
-        return TransactionKey(method=method, branch=branch.lower(), sent_by=via.sent_by().lower())
+        return (method, branch.lower(), via.sent_by().lower(), None)
     # RFC 2543 peers, and RFC 4475 §3.2.1's branch that is only the magic cookie: match on
     # Request-URI, From tag, Call-ID, CSeq number and top Via, plus the To tag for non-INVITE
     # (for INVITE the ACK carries our tag, which is checked separately).
@@ -589,7 +598,7 @@ def _server_key(request: Request, method: str) -> TransactionKey:
         branch or "",
         to_tag,
     )
-    return TransactionKey(method=method, legacy=legacy)
+    return (method, None, None, legacy)
 
 
 def build_ack(invite: Request, response: Response) -> Request:
@@ -1059,7 +1068,7 @@ class ServerTransaction(Transaction):
             response = _response(message)
             if response.status >= 200 and self.final_status is None:
                 self.final_status = response.status
-                if self.key.legacy is not None:
+                if self.key[KEY_LEGACY] is not None:
                     self._final_to_tag = response.to.tag
             if self.state is not State.ACCEPTED:
                 self._last_response = response
@@ -1280,7 +1289,7 @@ class TransactionTable:
         self._client[txn.key] = txn
         if request.method == "CANCEL" and key is not None:
             # The INVITE it cancels has the same branch (RFC 3261 §9.1): bound its wait.
-            invite = self._client.get(key._replace(method="INVITE"))
+            invite = self._client.get(("INVITE", *key[1:]))
             if isinstance(invite, ClientInviteTransaction):
                 invite.cancel_sent(now=now)
                 self._after(invite, [])
@@ -1400,14 +1409,19 @@ class TransactionTable:
         return deadline
 
     def _heap_timer(self) -> float | None:
-        while self._heap:
-            entry = self._heap[0]
-            txn = self._timer_owner.get(entry[1])
-            if txn is not None and self._owns(txn):
+        # A live entry's transaction is always one the table holds: a transaction is scheduled
+        # only by _after, which forgets instead a terminated one, and leaves the table only by
+        # _forget, which unschedules it; a terminated transaction never leaves Terminated, so
+        # the TU handing it back (send_response, give_up, transport_error) forgets it again
+        # (tests/unit/sip/test_transaction_table.py::
+        # test_every_scheduled_transaction_is_one_the_table_holds).
+        heap = self._heap
+        owners = self._timer_owner
+        while heap:
+            entry = heap[0]
+            if entry[1] in owners:
                 return entry[0]
-            heapq.heappop(self._heap)
-            if txn is not None:  # a transaction the table no longer holds
-                self._unschedule(txn)
+            heapq.heappop(heap)  # superseded or unscheduled
         return None
 
     def handle_timer(self, *, now: float) -> list[Output]:
@@ -1464,12 +1478,6 @@ class TransactionTable:
         if entry is not None:
             del self._timer_owner[entry[1]]
 
-    def _owns(self, txn: Transaction) -> bool:
-        table: Mapping[TransactionKey, Transaction] = (
-            self._client if isinstance(txn, ClientTransaction) else self._server
-        )
-        return table.get(txn.key) is txn
-
     def _forget(self, txn: Transaction) -> None:
         self._unschedule(txn)
         if isinstance(txn, ClientTransaction):
@@ -1487,13 +1495,20 @@ class TransactionTable:
 def _merged_tag(key: TransactionKey) -> str:
     """The To tag of a merged request's 482 (a final response needs one, §8.2.6.2): derived from
     its transaction key, so unique to it, without the TU's tag source."""
-    return hashlib.blake2b(repr(key).encode(), digest_size=8).hexdigest()
+    # The text a named tuple's repr gave when the key was one (sessions 1-36), so that the tag
+    # of a 482 is the same across an upgrade.
+    method, branch, sent_by, legacy = key
+    text = (
+        f"TransactionKey(method={method!r}, branch={branch!r}, sent_by={sent_by!r}, "
+        f"legacy={legacy!r})"
+    )
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
 def _ack_matches(txn: ServerTransaction, ack: Request) -> bool:
     """RFC 2543 matching of an ACK also needs its To tag to be the one we answered with
     (§17.2.3); an RFC 3261 branch is enough on its own."""
-    if txn.key.legacy is None:
+    if txn.key[KEY_LEGACY] is None:
         return True
     if txn.final_status is None:
         return False
