@@ -628,7 +628,7 @@ async def test_a_strangers_client_hello_before_the_callers_first_packet_costs_it
     (gateway_call,) = env.gateway.calls.calls
     assert gateway_call.media is not None
     (stream,) = gateway_call.media.streams
-    with await bind(PHONE_PORT + 4) as stranger:
+    with closed_on_failure(caller.phone), await bind(PHONE_PORT + 4) as stranger:
         for datagram in client.packets_to_send(now=trio.current_time()):
             await stranger.sendto(datagram, gateway_port)
         await eventually(lambda: stream.a.rtp_source == ("127.0.0.1", PHONE_PORT + 4))

@@ -331,6 +331,18 @@ class ZrtpNegotiation:
     """No DTLS association (gateway/core/media/handshakes.py ``_association``): a side's ZRTP
     is held only until our first answer to it went (docs/plugin_hooks.md)."""
 
+    answers_only = False
+    """Our datagrams are copied to the peer's SDP address while another source holds the port
+    before keys (docs/media_security.md, "Forged handshakes"), answers too, unlike the DTLS
+    server's: what we answer is the peer's own message, wherever it came from. Its Hello must
+    match its a=zrtp-hash (RFC 6189 §8.1), each later message reveals the next link of that
+    Hello's hash chain (§9), so our HelloACK, DHPart1, DHPart2 or Confirm is the answer the
+    peer waits for, or a repeat it takes as a retransmission (§6); our Commit commits to its
+    Hello (hvi, §4.4.1.1). (A Ping or an Error from anyone gets PingACK or ErrorACK, §5.16,
+    §5.9: nothing a peer that sent neither acts on.)
+    Without a readable a=zrtp-hash a stranger's Hello taken first binds the exchange, which
+    fails whether anything is copied or not."""
+
     def __init__(
         self,
         sdp_role: str,
