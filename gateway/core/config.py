@@ -2091,6 +2091,13 @@ def value_warnings(config: GatewayConfig) -> list[ConfigError]:
     window = config.gateway.auth_failure_window
     max_failures = config.gateway.auth_max_failures
     banned = config.gateway.auth_block_time > 0
+    # What one guesser is counted as (auth_ipv6_prefix_length): below 128, a whole IPv6 prefix.
+    prefix_length = config.gateway.auth_ipv6_prefix_length
+    guesser = (
+        "one address"
+        if prefix_length >= MAX_AUTH_IPV6_PREFIX_LENGTH
+        else f"one IPv4 address or IPv6 /{prefix_length} prefix"
+    )
     if banned and max_failures == 1:
         pass  # each failure bans its source at once: the window decides nothing
     elif window < MIN_AUTH_FAILURE_WINDOW:
@@ -2115,8 +2122,8 @@ def value_warnings(config: GatewayConfig) -> list[ConfigError]:
                 file,
                 "gateway",
                 "auth_failure_window",
-                f"{window:g} s lets a password guesser {guesses:.3g} guesses a second from one "
-                f"address ({guesses * 86400:.3g} a day) that auth_block_time never bans: a ban "
+                f"{window:g} s lets a password guesser {guesses:.3g} guesses a second from "
+                f"{guesser} ({guesses * 86400:.3g} a day) that auth_block_time never bans: a ban "
                 f"begins only at {max_failures} failures within the window; "
                 f"{WARN_AUTH_FAILURE_WINDOW:g} s or more makes the ban one against guessing",
             )
@@ -2128,8 +2135,8 @@ def value_warnings(config: GatewayConfig) -> list[ConfigError]:
                 file,
                 "gateway",
                 "auth_failure_window",
-                f"{window:g} s lets a password guesser {guesses:.3g} guesses a second from one "
-                f"address ({guesses * 86400:.3g} a day): the limit brakes a flood only; "
+                f"{window:g} s lets a password guesser {guesses:.3g} guesses a second from "
+                f"{guesser} ({guesses * 86400:.3g} a day): the limit brakes a flood only; "
                 f"{WARN_AUTH_FAILURE_WINDOW:g} s or more makes it one against guessing",
             )
         )

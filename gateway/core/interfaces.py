@@ -1059,6 +1059,12 @@ class GatewayStatus(Protocol):
         """Calls signed and checked by caller-identity services (STIR/SHAKEN) since the start,
         by outcome (``signed``, ``passed``, ``failed``, ``no_identity``, ...)."""
 
+    def caller_identity_refetches(self) -> tuple[tuple[str, int], ...]:
+        """Certificates fetched again since the start because a signature did not verify with
+        the cached one (a signer's key rotation, or a forgery), by result, summed over the
+        caller-identity services that count them (``certificate_refetches``: STIR/SHAKEN's
+        ``replaced``, ``unchanged``, ``failed``); empty without one."""
+
     def recording_update_failures(self) -> tuple[tuple[str, int], ...]:
         """Updates of recording sessions given up since the start, by reason, summed over the
         media taps that count them (``MediaTap.update_failures``, SIPREC); empty without one."""

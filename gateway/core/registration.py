@@ -198,11 +198,17 @@ class RegistrationService:
         self._blocked_since_log += 1
         if now - self._blocked_logged_at < BLOCKED_LOG_INTERVAL:
             return
+        # An IPv6 address in brackets as the other lines write it (RFC 3986 §3.2.2; fail2ban's
+        # <HOST> takes it with or without them), and the prefix counted, as the blocking line
+        # says it, before the count ([gateway] auth_ipv6_prefix_length below 128: opted in).
+        # An IPv4 source's line is as it always was.
+        counted = self.failures.source_of(source)
         log.warning(
-            "%s from %s refused: too many failed authentications (%d request(s) from blocked "
+            "%s from %s refused: too many failed authentications%s (%d request(s) from blocked "
             "sources refused since the last such line)",
             request.method,
-            source,
+            f"[{source}]" if ":" in source else source,
+            f" from {counted}" if "/" in counted else "",
             self._blocked_since_log,
         )
         self._blocked_logged_at = now

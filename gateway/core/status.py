@@ -509,6 +509,16 @@ class StatusView:
         outcomes = manager.identity_outcomes if manager is not None else {}
         return tuple(sorted(outcomes.items()))
 
+    def caller_identity_refetches(self) -> tuple[tuple[str, int], ...]:
+        totals: dict[str, int] = {}
+        for _, service in self._gateway.plugins.caller_identity.items():
+            refetches = getattr(service, "certificate_refetches", None)
+            if refetches is None:
+                continue
+            for result, count in refetches.items():
+                totals[result] = totals.get(result, 0) + count
+        return tuple(sorted(totals.items()))
+
     def recording_update_failures(self) -> tuple[tuple[str, int], ...]:
         totals: dict[str, int] = {}
         for _, tap in self._gateway.plugins.media_taps.items():

@@ -278,9 +278,11 @@ def test_the_calls_example_installs_loads_checks_its_table_and_passes_its_own_te
     config.write_text(config.read_text().replace("*1=reception", "*1"))
     refused = voipgw("check-config", str(config), env=env)
     assert refused.returncode == 2
-    assert "short_codes: '*1' is not CODE=ACCOUNT" in refused.stderr
+    assert f"{config}: [plugins.example-calls] short_codes: '*1' is not CODE=ACCOUNT" in (
+        refused.stderr
+    )
 
-    assert "6 passed" in own_tests(CALLS_EXAMPLE, tmp_path, env)
+    assert "8 passed" in own_tests(CALLS_EXAMPLE, tmp_path, env)
 
 
 def source_files(example: Path) -> dict[str, tuple[int, int]]:

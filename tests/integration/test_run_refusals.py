@@ -3,6 +3,7 @@ why, no traceback, and nothing left listening."""
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -55,6 +56,26 @@ def test_a_sip_port_in_use_is_one_line_and_exit_1(taken_port: int, tmp_path: Pat
         "--listen or [sip] listen)"
     ) in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_readmes_port_in_use_line_is_the_one_the_gateway_prints(tmp_path: Path) -> None:
+    """README's quote of the line a first ``voipgw run`` stops with when another SIP server
+    holds 5060, word for word (it left out ``cannot run: [Errno 98]`` and what to do): an
+    operator searches the log, or the web, for what the README says. Here on a UDP port of
+    the test's own, the README's 5060 replaced by it."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text("utf-8")
+    flat = " ".join(readme.split())  # the quote wraps across lines
+    (quote,) = re.findall(r"`(ERROR gateway\.core\.gateway: cannot run: [^`]*)`", flat)
+    assert "udp:127.0.0.1:5060" in quote
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        result = run(
+            f'[sip]\nlisten = ["udp:127.0.0.1:{port}"]\n[plugins]\nenable = ["udp"]\n', tmp_path
+        )
+    assert result.returncode == 1
+    expected = quote.replace("udp:127.0.0.1:5060", f"udp:127.0.0.1:{port}")
+    assert expected in result.stderr, result.stderr
 
 
 def test_an_x1_port_in_use_stops_the_start_instead_of_running_without_interception(

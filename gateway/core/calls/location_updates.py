@@ -210,6 +210,8 @@ class CallLocationUpdates(CallSessionTimers):
             location_to=other,
             answer_timer=timer,
         )
+        if not self._bound_location_wait(tag):
+            return False
         sent = await self._send_in_dialog(
             other,
             "UPDATE",
@@ -219,8 +221,8 @@ class CallLocationUpdates(CallSessionTimers):
             extra=[("Supported", "timer"), *self._refresh_headers(other), *headers],
         )
         if sent is None:
+            self._unbound_location_wait(tag)
             return False
-        self._bound_location_wait(tag)
         return True
 
     async def _location_to_early_legs(self, event: RequestEvent, location: Location) -> bool:
@@ -265,6 +267,8 @@ class CallLocationUpdates(CallSessionTimers):
                 location_to=leg,
                 refreshes=answered,
             )
+            if not self._bound_location_wait(tag):
+                break  # the call is ending: no callee gets it now
             client = await self._send_in_dialog(
                 leg,
                 "UPDATE",
@@ -274,17 +278,21 @@ class CallLocationUpdates(CallSessionTimers):
                 extra=headers,
                 dialog=dialog,
             )
-            if client is not None:
-                self._bound_location_wait(tag)
+            if client is None:
+                self._unbound_location_wait(tag)
+            else:
                 sent = True
         return sent
 
-    def _bound_location_wait(self, tag: LocatedRequest) -> None:
+    def _bound_location_wait(self, tag: LocatedRequest) -> bool:
         """Bound how long the caller's UPDATE waits for the answer to our location UPDATE
-        ``tag``: the trunk's ``response_timeout``, else LOCATION_UPDATE_WAIT, at most 32*T1
-        (half of Timer F, RFC 3261 §17.1.2.2). A task of the call's (only calls whose caller
-        updates its location have one) posts our 408 then (``tag.overdue``), unless the answer
-        came first and cancelled it."""
+        ``tag``, before it is sent: the trunk's ``response_timeout``, else
+        LOCATION_UPDATE_WAIT, at most 32*T1 (half of Timer F, RFC 3261 §17.1.2.2). A task of
+        the call's (only calls whose caller updates its location have one) posts our 408 then
+        (``tag.overdue``), unless the answer came first and cancelled it. False when that task
+        cannot start (the call's task is not in its states: the call is ending): the UPDATE is
+        not sent, and the caller's UPDATE is answered as one whose location was not passed on
+        rather than left waiting for an answer nobody bounds."""
         leg = tag.location_to
         trunk = self._leg_trunk(leg) if isinstance(leg, BLeg) else None
         wait = LOCATION_UPDATE_WAIT
@@ -292,7 +300,18 @@ class CallLocationUpdates(CallSessionTimers):
             wait = trunk.response_timeout
         tag.wait = min(wait, 32 * self.config.sip.t1)
         tag.wait_scope = trio.CancelScope()
-        self.manager.start_child(self, self._location_update_overdue, tag)
+        if self.manager.start_child(self, self._location_update_overdue, tag):
+            return True
+        tag.wait_scope = None
+        name = trunk.name if trunk is not None else leg.shown_as if leg is not None else "?"
+        log.info("call %s: location update not passed on to %s: the call is ending", self.id, name)
+        return False
+
+    @staticmethod
+    def _unbound_location_wait(tag: LocatedRequest) -> None:
+        """Our location UPDATE ``tag`` was not sent after all: its bounded wait ends."""
+        if tag.wait_scope is not None:
+            tag.wait_scope.cancel()
 
     async def _location_update_overdue(self, tag: LocatedRequest) -> None:
         assert tag.wait_scope is not None

@@ -93,6 +93,14 @@ unless it has just been answered or ended); then 481."""
 
 DialogKey = tuple[str, str]  # (Call-ID, our tag) — how requests from either leg find their call
 
+CHILD_STOP_TIMEOUT = 5.0
+"""How long a call's end waits for its cancelled child tasks to return (seconds). A child returns
+at once when cancelled unless it is inside a shielded section, such as a handshake's last send
+to a peer whose connection no longer drains: past this the end goes on without it (WARNING
+naming the call and the tasks), so such a peer cannot keep the call, its media ports and its
+place in the call limits for ever. The child stays cancelled in the manager's nursery and
+returns when its shielded work does."""
+
 
 class CallChildren:
     """The child tasks of one call (the DTLS-SRTP handshakes, RFC 4733 event timers, digits from
@@ -108,13 +116,14 @@ class CallChildren:
     nursery. The call's end cancels every child and waits for them (:meth:`stop`) before its
     media closes."""
 
-    __slots__ = ("_boundary", "_call_id", "_done", "_scopes", "failure", "reported")
+    __slots__ = ("_boundary", "_call_id", "_done", "_left", "_scopes", "failure", "reported")
 
     def __init__(self, boundary: trio.CancelScope, call_id: str) -> None:
         self._boundary = boundary
         self._call_id = call_id
-        self._scopes: set[trio.CancelScope] = set()
+        self._scopes: dict[trio.CancelScope, str] = {}  # each running child's, and its name
         self._done: trio.Event | None = None  # set when the last child has returned, once stopping
+        self._left = False  # the call's end stopped waiting for them (CHILD_STOP_TIMEOUT)
         self.failure: Exception | None = None
         """The first exception a child raised, until the call's end has logged it."""
         self.reported = False
@@ -124,7 +133,7 @@ class CallChildren:
         self, nursery: trio.Nursery, async_fn: Callable[..., Awaitable[object]], *args: object
     ) -> None:
         scope = trio.CancelScope()
-        self._scopes.add(scope)
+        self._scopes[scope] = getattr(async_fn, "__qualname__", repr(async_fn))
         nursery.start_soon(self._run, scope, async_fn, args, name=async_fn)
 
     async def _run(
@@ -139,6 +148,10 @@ class CallChildren:
         except Exception as exc:
             # A bug in the core or a plugin, maybe set off by the network: it ends this call
             # (Call.run logs it), never the manager's nursery, the gateway or another call.
+            if self._left:
+                # The call ended without it (stop): nobody reads failure any more.
+                log_exception(log, "call %s: a child task left at its end failed", self._call_id)
+                return
             if self.failure is None:
                 self.failure = exc
             else:
@@ -148,20 +161,31 @@ class CallChildren:
                 log_exception(log, "call %s: another child task failed", self._call_id)
             self._boundary.cancel()
         finally:
-            self._scopes.discard(scope)
+            self._scopes.pop(scope, None)
             if not self._scopes and self._done is not None:
                 self._done.set()
 
     async def stop(self) -> None:
         """Cancel every child and wait until each has returned (the call is ending; a nursery
-        would wait for them the same way, whatever cancels the call's task meanwhile)."""
+        would wait for them the same way, whatever cancels the call's task meanwhile), at most
+        :data:`CHILD_STOP_TIMEOUT`: a child stuck in shielded work is left, said at WARNING."""
         if not self._scopes:
             return
         for scope in self._scopes:
             scope.cancel()
         self._done = trio.Event()
-        with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=True), trio.move_on_after(CHILD_STOP_TIMEOUT):
             await self._done.wait()
+        if self._scopes:
+            self._left = True
+            log.warning(
+                "call %s: %d child task(s) still running %g s after they were cancelled at the "
+                "call's end (%s): the call ends without them",
+                self._call_id,
+                len(self._scopes),
+                CHILD_STOP_TIMEOUT,
+                ", ".join(sorted(self._scopes.values())),
+            )
 
 
 class CallManager:

@@ -127,11 +127,25 @@ class CallMediaKeys(CallBase):
                 forks=self._handshake_forks,
                 unnamed_engines=self.manager.unnamed_engines,
             )
-            self.manager.start_child(self, self.handshakes.run)
+            if not self.manager.start_child(self, self.handshakes.run):
+                self._handshakes_not_started()
+                return
             for side in self._answers_unsent:
                 self.handshakes.hold(side)
             self._answers_unsent.clear()
         self.handshakes.poke()
+
+    def _handshakes_not_started(self) -> None:
+        """The handshake task could not start (the call's task is not in its states: the call
+        is ending). Without it no leg keyed on the media path gets keys and its handshake
+        timer never runs, so the call would stay up with no media for ever: it ends as for a
+        failed handshake (488 before the answer, else BYE with Reason cause 488), saying why."""
+        self.handshakes = None
+        reason = "media-path key exchange (DTLS-SRTP, ZRTP) could not start: the call is ending"
+        if self._events_closed:
+            log.info("call %s: %s", self.id, reason)
+            return
+        self._handshake_failed("a", reason)
 
     def _handshake_legs(self) -> dict[str, LegSecurity | None]:
         b_leg = self.b or self._keyed_b

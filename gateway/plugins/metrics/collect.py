@@ -85,6 +85,7 @@ def render(
     _trunks(out, status)
     _session_targets(out, status)
     _caller_identity(out, status)
+    _caller_identity_refetches(out, status)
     _recording(out, status)
     _certificates(out, status)
     _tls_handshakes(out, status)
@@ -502,6 +503,22 @@ def _caller_identity(out: Exposition, status: GatewayStatus) -> None:
     )
     for outcome, count in outcomes:
         out.sample(count, [("outcome", outcome)])
+
+
+def _caller_identity_refetches(out: Exposition, status: GatewayStatus) -> None:
+    refetches = status.caller_identity_refetches()
+    if not refetches:
+        return  # no STIR/SHAKEN: no family
+    out.family(
+        "voipgw_caller_identity_certificate_refetches_total",
+        "counter",
+        "STIR/SHAKEN certificates fetched again because a signature did not verify with the "
+        "cached one, by result: replaced (the signer's new certificate), unchanged (the same "
+        "certificate: a forgery or a signer's mistake), failed (not fetched, timed out or not "
+        "trusted).",
+    )
+    for result, count in refetches:
+        out.sample(count, [("result", result)])
 
 
 def _recording(out: Exposition, status: GatewayStatus) -> None:

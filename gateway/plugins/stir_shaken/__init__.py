@@ -142,6 +142,12 @@ REFETCH_INTERVAL = 60.0
 # there); a max-age=1 made the gateway fetch on nearly every call. The re-fetch interval: a
 # repository cannot make the gateway fetch a URL more often than a forger can.
 MIN_CERTIFICATE_KEEP = REFETCH_INTERVAL
+# What a re-fetch after a failed signature came to (the metric
+# voipgw_caller_identity_certificate_refetches_total): a new certificate that chains replaced
+# the cached one; the URL served the cached certificate again (a forgery, or a signer that
+# signed with another key than its certificate's); or it was not had (no answer by the call's
+# deadline, an HTTP or TLS error, not chaining to the anchors).
+REFETCH_RESULTS = ("replaced", "unchanged", "failed")
 # CRL URLs kept: SHAKEN has one CRL (the STI-PA's, ATIS-1000080 §6.4.1); room for a few more.
 MAX_CRLS = 16
 # RFC 8224 §6.2.2 and §13: the reason phrase of each status a failed check may refuse with.
@@ -338,8 +344,12 @@ class StirShaken:
         self._namespace = namespace or uuid.uuid4()
         self.cache = CertificateCache(max_cache=config.certificate_cache)
         self._fetching: dict[str, _Fetch] = {}  # x5u URLs being fetched, by the first call
-        # x5u URLs fetched again after a signature failed, and when (trio time).
+        # x5u URLs fetched again after a signature failed, and when that fetch finished (trio
+        # time), oldest first: entries leave once REFETCH_INTERVAL has passed.
         self._refetched: dict[str, float] = {}
+        self.certificate_refetches: dict[str, int] = dict.fromkeys(REFETCH_RESULTS, 0)
+        """Those fetches since the start, by result (:data:`REFETCH_RESULTS`; the metric
+        ``voipgw_caller_identity_certificate_refetches_total``)."""
         # CRLs by URL until their nextUpdate (no other ceiling: RFC 5280 §5.1.2.5).
         self.crls = CertificateCache(max_cache=math.inf, max_entries=MAX_CRLS)
         self._crl_fetching: dict[str, _Fetch] = {}
@@ -482,31 +492,34 @@ class StirShaken:
         make the gateway fetch on every call), or when the fetch fails (the cached certificate
         stays: calls signed before the rotation still verify with it). Calls that fail at once
         share one fetch; it is bounded by the call's own ``deadline``. A new certificate that
-        chains to the anchors replaces the cached one, said at INFO (URL, subject, serial)."""
-        # Another call fetched it again meanwhile (between this call's cache look-up and now).
-        cached = self.cache.get(url, self.clock())
-        if isinstance(cached, SignerCertificate) and not _same_certificate(cached, stale):
-            return cached
-        running = self._fetching.get(url)
-        if running is not None:
+        chains to the anchors replaces the cached one, said at INFO (URL, subject, serial).
+        Only a fetch that finished (a certificate, or a failure: not fetched, timed out at the
+        deadline, not chaining) uses up the URL's interval and is counted in
+        :attr:`certificate_refetches`; one cancelled with its call (the caller hung up) does
+        neither, and a call that waited for it fetches the URL itself."""
+        while True:
+            # Another call fetched it again meanwhile (between this call's cache look-up and
+            # now).
+            cached = self.cache.get(url, self.clock())
+            if isinstance(cached, SignerCertificate) and not _same_certificate(cached, stale):
+                return cached
+            running = self._fetching.get(url)
+            if running is None:
+                break
             with trio.move_on_at(deadline):
                 await running.done.wait()
             renewed = running.result
+            if running.done.is_set() and renewed is None and running.error is None:
+                continue  # that call ended before its fetch did: fetch it here, time allowing
             if isinstance(renewed, SignerCertificate) and not _same_certificate(renewed, stale):
                 return renewed
             return None
-        started = trio.current_time()
-        last = self._refetched.get(url)
-        if started >= deadline or (last is not None and started - last < REFETCH_INTERVAL):
+        now = trio.current_time()
+        self._forget_refetches(now)
+        if now >= deadline or url in self._refetched:
             # The call's time is up (the minute's fetch kept for a call that has some), or
             # the URL was fetched again less than a minute ago.
             return None
-        if len(self._refetched) >= MAX_CACHED:
-            # Bounded as the cache: forget the URLs whose interval has passed.
-            self._refetched = {
-                u: at for u, at in self._refetched.items() if started - at < REFETCH_INTERVAL
-            }
-        self._refetched[url] = started
         fetch = _Fetch()
         self._fetching[url] = fetch
         try:
@@ -517,6 +530,7 @@ class StirShaken:
             # The cached certificate stays, and no failure is cached: its own calls still verify.
             # A call whose cache entry ran out meanwhile, waiting for this fetch, gets why.
             fetch.error = err
+            self._refetch_finished(url, "failed")
             log.info(
                 "stir_shaken: certificate %s not fetched again after a signature failed: %s",
                 redact_password(url),
@@ -527,7 +541,9 @@ class StirShaken:
             del self._fetching[url]
             fetch.done.set()
         if _same_certificate(renewed, stale):
+            self._refetch_finished(url, "unchanged")
             return None
+        self._refetch_finished(url, "replaced")
         log.info(
             "stir_shaken: certificate %s changed: now %s, serial %x",
             redact_password(url),
@@ -535,6 +551,26 @@ class StirShaken:
             renewed.serial,
         )
         return renewed
+
+    def _refetch_finished(self, url: str, result: str) -> None:
+        """A re-fetch of ``url`` finished with ``result``: counted, and the URL not fetched
+        again for :data:`REFETCH_INTERVAL` from now."""
+        self.certificate_refetches[result] += 1
+        self._refetched.pop(url, None)  # kept in the order of the times, oldest first
+        self._refetched[url] = trio.current_time()
+        if len(self._refetched) > MAX_CACHED:
+            # Bounded as the cache: URLs a forger names by the thousand within a minute lose
+            # their interval, the oldest first (each was a fetch, as each new one would be).
+            del self._refetched[next(iter(self._refetched))]
+
+    def _forget_refetches(self, now: float) -> None:
+        """Drop the URLs whose :data:`REFETCH_INTERVAL` has passed (from the oldest on)."""
+        refetched = self._refetched
+        while refetched:
+            url, at = next(iter(refetched.items()))
+            if now - at < REFETCH_INTERVAL:
+                break
+            del refetched[url]
 
     async def _fetch_signer(self, url: str, now: float, deadline: float) -> SignerCertificate:
         assert self._fetch is not None

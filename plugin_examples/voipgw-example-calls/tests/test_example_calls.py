@@ -7,10 +7,10 @@ import pytest
 import trio
 import voipgw_example_calls as plugin
 
-from gateway.core.config import ConfigError, from_mapping
+from gateway.core.config import ConfigError, from_mapping, from_toml
 from gateway.core.gateway import Gateway
 from gateway.core.interfaces import Caller, RouteTarget, TappedCall
-from gateway.core.plugins import PluginError, load_plugins
+from gateway.core.plugins import load_plugins
 from gateway.core.sip.message import Headers, Request
 from gateway.core.sip.uri import SipUri
 
@@ -20,6 +20,13 @@ def _load(table: dict[str, object]):  # type: ignore[no-untyped-def]
     # Registered as an object rather than through its entry point, so the test needs no install;
     # a fresh instance per gateway, as each keeps its own settings.
     return load_plugins(config, extra=[("example-calls", plugin.ExampleCalls())], installed={})
+
+
+def _load_file(path: Path):  # type: ignore[no-untyped-def]
+    # As voipgw run and check-config read it: the plugin's table is built with the file's name.
+    return load_plugins(
+        from_toml(path), extra=[("example-calls", plugin.ExampleCalls())], installed={}
+    )
 
 
 class Phones:
@@ -75,9 +82,28 @@ def test_each_gateway_keeps_its_own_settings() -> None:
     assert isinstance(plugin.plugin, plugin.ExampleCalls)
 
 
-def test_a_short_code_without_an_account_is_refused_at_start_up() -> None:
-    with pytest.raises(PluginError, match=r"short_codes: '\*1' is not CODE=ACCOUNT"):
-        _load({"short_codes": ["*1"]})
+@pytest.mark.parametrize("entry", ["*1", "*1=", "=reception"])
+def test_a_short_code_without_an_account_names_the_file_table_and_key(
+    tmp_path: Path, entry: str
+) -> None:
+    """As the core's own errors do: the operator reads where to look and what to change, and
+    voipgw check-config says it without loading the plugin."""
+    path = tmp_path / "voipgw.toml"
+    path.write_text(
+        '[plugins]\nenable = ["example-calls"]\n\n'
+        f'[plugins.example-calls]\nshort_codes = ["*2=reception", "{entry}"]\n'
+    )
+    with pytest.raises(ConfigError) as raised:
+        _load_file(path)
+    error = raised.value
+    assert (error.file, error.table, error.key) == (
+        str(path),
+        "plugins.example-calls",
+        "short_codes",
+    )
+    assert str(error) == (
+        f"{path}: [plugins.example-calls] short_codes: {entry!r} is not CODE=ACCOUNT"
+    )
 
 
 def test_the_sink_writes_one_line_when_the_call_ends(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import select
 import socket
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -795,3 +796,37 @@ async def test_a_peer_restarting_its_dtls_client_on_a_kept_association_is_not_re
     assert restarted.statistics().datagrams_received >= 1  # our old last flight, resent
     assert a_leg_keys(env) == first_keys
     assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+
+
+async def test_a_call_whose_handshake_task_cannot_start_ends_saying_why(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The handshake task cannot start (``start_child`` False: the call's task is not in its
+    states, as at its end): nothing would ever key the DTLS caller's leg, nor time its
+    handshake out, so the call ends as for a failed handshake: 488 to the caller with why
+    (before the answer), the callee cancelled or sent BYE; it was answered 200 and stayed up
+    without media for ever."""
+    env = await with_dtls(nursery, tmp_path, voipgw_seed)
+    manager = env.gateway.calls
+    assert manager is not None
+    start_child = manager.start_child
+
+    def no_handshakes(owner: object, async_fn: Any, *args: object) -> bool:
+        if getattr(async_fn, "__qualname__", "") == "CallHandshakes.run":
+            return False
+        return start_child(owner, async_fn, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(manager, "start_child", no_handshakes)
+    negotiation = DtlsKeyExchange(identity=lambda: PHONE_ID).offer(
+        suites=[], secure_signalling=False
+    )
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=dtls_sdp(negotiation))
+    final = await call.final()
+    assert final.status == 488
+    warning = final.headers.get("Warning") or ""
+    assert "media-path key exchange (DTLS-SRTP, ZRTP) could not start" in warning, warning
+    await eventually(lambda: env.calls == 0)

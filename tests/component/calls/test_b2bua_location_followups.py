@@ -288,3 +288,42 @@ async def test_a_reinvite_with_a_lone_location_is_a_late_offer_reinvite_with_it(
     assert MOVED_PIDF in reinvite.body and b"application/sdp" not in reinvite.body
     assert (await call.bye()).status == 200
     await eventually(lambda: env.calls == 0)
+
+
+async def test_a_location_update_whose_wait_cannot_be_bounded_is_not_sent(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The task that bounds the wait for the trunk's answer cannot start (``start_child``
+    False: the call's task is not in its states, as at its end): our UPDATE is not sent, and
+    the caller's UPDATE is answered at once as one whose location was not passed on (200: it
+    is the session refresh it also is), said in the log; it waited for the trunk's answer,
+    which nothing bounded any more (Timer F's 32 s here)."""
+    caplog.set_level(logging.INFO, logger="gateway.core.calls")
+    env = await started(nursery, tmp_path, voipgw_seed)
+    call = await located_call(env, "112")
+    taken = trunk_ignores(env, "UPDATE")
+    manager = env.gateway.calls
+    assert manager is not None
+    start_child = manager.start_child
+
+    def no_location_wait(owner: Any, async_fn: Any, *args: object) -> bool:
+        if getattr(async_fn, "__name__", "") == "_location_update_overdue":
+            return False
+        return start_child(owner, async_fn, *args)
+
+    monkeypatch.setattr(manager, "start_child", no_location_wait)
+    sent_at = trio.current_time()
+    answered = await update(call, MOVED_ONLY, BY_VALUE)
+    assert answered.status == 200
+    assert trio.current_time() - sent_at < 1
+    assert taken == []
+    assert "location update not passed on to carrier: the call is ending" in caplog.text
+    assert env.calls == 1
+    env.trunk.in_dialog = None
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)

@@ -489,3 +489,149 @@ async def test_a_call_waiting_for_anothers_re_fetch_gives_up_at_its_own_deadline
     assert trio.current_time() - started >= 2.5
     assert second.invite.from_.uri.user == f"{CALLER};verstat=TN-Validation-Failed"
     assert plugin.fetched == [X5U, X5U]
+
+
+def _refetches(env: Any) -> dict[str, str]:
+    scraped = render(StatusView(env.gateway, CallStatistics())).decode()
+    family = "voipgw_caller_identity_certificate_refetches_total"
+    return {
+        line.split('"')[1]: line.rsplit(" ", 1)[1]
+        for line in scraped.splitlines()
+        if line.startswith(family + "{")
+    }
+
+
+async def test_certificate_re_fetches_are_counted_by_result(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """Each re-fetch after a failed signature is counted once it finishes: the same
+    certificate again (a forgery: unchanged), no answer within the call's fetch_timeout
+    (failed), the signer's new certificate (replaced); each a minute after the last, the
+    least interval between re-fetches of a URL."""
+    pki = make_pki()
+    plugin = InjectedStirShaken(pki)
+    env = await start(nursery, tmp_path, voipgw_seed, plugin, fetch_timeout=1.5)
+    assert _refetches(env) == {"failed": "0", "replaced": "0", "unchanged": "0"}
+    user, call = await call_alice(env, [identity(pki.signer_key)])
+    await call.cancel()
+    await eventually(lambda: env.calls == 0)
+    forger = ec.generate_private_key(ec.SECP256R1())
+    user, call = await call_alice(env, [identity(forger)])
+    assert user == f"{CALLER};verstat=TN-Validation-Failed"
+    await call.cancel()
+    await eventually(lambda: env.calls == 0)
+    assert plugin.fetched == [X5U, X5U]
+    assert _refetches(env) == {"failed": "0", "replaced": "0", "unchanged": "1"}
+
+    await trio.sleep(61)
+    plugin.later = 61.0  # the service's wall clock with trio's (iat, the cache)
+    rotated = pki.with_new_signer()
+    plugin.pki = rotated
+    plugin.delay = 3600.0
+    user, call = await call_alice(env, [identity(rotated.signer_key, iat=int(time.time()) + 61)])
+    assert user == f"{CALLER};verstat=TN-Validation-Failed"
+    await call.cancel()
+    await eventually(lambda: env.calls == 0)
+    assert _refetches(env) == {"failed": "1", "replaced": "0", "unchanged": "1"}
+
+    await trio.sleep(61)
+    plugin.later = 122.0
+    plugin.delay = 0.0
+    user, _ = await call_alice(env, [identity(rotated.signer_key, iat=int(time.time()) + 122)])
+    assert user == f"{CALLER};verstat=TN-Validation-Passed"
+    assert plugin.fetched == [X5U] * 4
+    assert _refetches(env) == {"failed": "1", "replaced": "1", "unchanged": "1"}
+
+
+async def test_a_re_fetch_cut_short_with_its_call_does_not_spend_the_urls_minute(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The gateway ends a call (its drain ran out) while the call fetches its signer's rotated
+    certificate again: that fetch never finished, so the next call signed with the new key
+    fetches it (it was refused for the minute after), and nothing is counted for it."""
+    pki = make_pki()
+    plugin = InjectedStirShaken(pki)
+    env = await start(nursery, tmp_path, voipgw_seed, plugin, fetch_timeout=30)
+    user, call = await call_alice(env, [identity(pki.signer_key)])
+    await call.cancel()
+    await eventually(lambda: env.calls == 0)
+    plugin.pki = pki.with_new_signer()
+    plugin.delay = 3600.0
+    ended = await env.trunk.invite(env.did_uri(ALICE_DID), extra=[identity(plugin.pki.signer_key)])
+    await eventually(lambda: plugin.fetched == [X5U, X5U])
+    assert env.gateway.calls is not None
+    (first,) = env.gateway.calls.calls
+    first.end_by_gateway("test: the drain ran out")
+    assert (await ended.final()).status == 503
+    await eventually(lambda: env.calls == 0)
+    assert _refetches(env) == {"failed": "0", "replaced": "0", "unchanged": "0"}
+    plugin.delay = 0.0
+    user, _ = await call_alice(env, [identity(plugin.pki.signer_key)])
+    assert user == f"{CALLER};verstat=TN-Validation-Passed"
+    assert plugin.fetched == [X5U] * 3
+    assert _refetches(env) == {"failed": "0", "replaced": "1", "unchanged": "0"}
+
+
+async def test_a_call_waiting_for_a_re_fetch_cut_short_fetches_the_url_itself(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """Two calls signed with the carrier's new key: the second waits for the first's re-fetch;
+    the gateway ends the first meanwhile, and the second, with time left, fetches the
+    certificate itself and rings TN-Validation-Passed (it failed with nothing fetched)."""
+    pki = make_pki()
+    plugin = InjectedStirShaken(pki)
+    env = await start(nursery, tmp_path, voipgw_seed, plugin, fetch_timeout=30)
+    _, call = await call_alice(env, [identity(pki.signer_key)])
+    await call.cancel()
+    await eventually(lambda: env.calls == 0)
+    plugin.pki = pki.with_new_signer()
+    plugin.delay = 3600.0
+    header = identity(plugin.pki.signer_key)
+    ended = await env.trunk.invite(env.did_uri(ALICE_DID), extra=[header])
+    await eventually(lambda: plugin.fetched == [X5U, X5U])
+    assert env.gateway.calls is not None
+    (first,) = env.gateway.calls.calls
+    waiting = await env.trunk.invite(env.did_uri(ALICE_DID), extra=[header])
+    await eventually(lambda: env.calls == 2)
+    await trio.sleep(1)  # the second call's check waits for the first's fetch (trio's clock)
+    assert plugin.fetched == [X5U, X5U]
+    plugin.delay = 0.0
+    first.end_by_gateway("test: the drain ran out")
+    assert (await ended.final()).status == 503
+    leg_b = await env.alice.next_call()
+    assert leg_b.invite.from_.uri.user == f"{CALLER};verstat=TN-Validation-Passed"
+    assert plugin.fetched == [X5U] * 3
+    assert _refetches(env) == {"failed": "0", "replaced": "1", "unchanged": "0"}
+    await waiting.cancel()
+
+
+async def test_urls_fetched_again_are_forgotten_once_their_minute_has_passed(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The table of URLs fetched again (each not fetched again for a minute) drops a URL once
+    its minute has passed, not only when it holds a thousand: a forger naming a new URL now
+    and then no longer leaves them all in memory."""
+    other_x5u = "https://other.carrier.example/shaken.pem"
+    pki = make_pki()
+    plugin = InjectedStirShaken(pki)
+    env = await start(nursery, tmp_path, voipgw_seed, plugin)
+    (service,) = (s for _, s in env.gateway.plugins.caller_identity.items())
+    forger = ec.generate_private_key(ec.SECP256R1())
+
+    async def call(key: ec.EllipticCurvePrivateKey, x5u: str, later: float) -> None:
+        header = make_identity(
+            key, x5u, orig=CALLER[1:], dest=ALICE_DID[1:], iat=int(time.time() + later)
+        )
+        _, ringing = await call_alice(env, [("Identity", header)])
+        await ringing.cancel()
+        await eventually(lambda: env.calls == 0)
+
+    await call(pki.signer_key, X5U, 0)
+    await call(forger, X5U, 0)
+    assert list(service._refetched) == [X5U]
+    await trio.sleep(61)
+    plugin.later = 61.0
+    await call(pki.signer_key, other_x5u, 61)
+    await call(forger, other_x5u, 61)
+    assert plugin.fetched == [X5U, X5U, other_x5u, other_x5u]
+    assert list(service._refetched) == [other_x5u]

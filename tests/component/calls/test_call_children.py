@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from gateway.core.calls.call import Call as GatewayCall
+from gateway.core.calls.manager import CHILD_STOP_TIMEOUT
 from gateway.testing.sip_agent import AutoAnswer, Call, simple_sdp
 from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, start_b2bua
 from tests.component.calls.fuzz_checks import error_records, goes_on
@@ -164,3 +165,53 @@ async def test_a_second_childs_failure_is_logged_too(
     assert ", in raises_at_once" in caplog.text  # the first failure, which ended the call
     assert ", in raises_when_cancelled" in caplog.text, caplog.text  # not lost
     assert len(error_records(caplog)) == 2, error_records(caplog)
+
+
+async def test_a_child_stuck_in_shielded_work_does_not_keep_its_call(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A child inside a shielded section (a last send to a peer whose connection no longer
+    drains) when the call ends: the end waits CHILD_STOP_TIMEOUT for it, says so at WARNING
+    naming the call and the task, and goes on (media closed, call gone, its place in the
+    limits freed); it waited for the child as long as the child took (a minute here). The
+    child, cancelled, returns later in the manager's nursery; a failure then is logged."""
+    caplog.set_level(logging.INFO)
+    env = await start_b2bua(
+        nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer(ring=False, status=None)
+    )
+    incoming, leg_b = await call_to_alice(env)
+    call = gateway_call(env, incoming.call_id)
+    seen: list[str] = []
+
+    async def stuck(self: GatewayCall, work: Any) -> None:
+        seen.append("started")
+        with trio.CancelScope(shield=True):
+            await trio.sleep(60)  # the shield keeps the call's end from cancelling this
+        seen.append("returned")
+        raise RuntimeError("a bug after the shielded work")
+
+    monkeypatch.setattr(GatewayCall, "_inject_dtmf", stuck)
+    exchange = await leg_b.request("INFO", body=DIGIT, content_type="application/dtmf-relay")
+    assert (await exchange.final()).status == 200
+    await eventually(lambda: seen == ["started"])
+    ending = trio.current_time()
+    assert (await incoming.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+    assert trio.current_time() - ending == pytest.approx(CHILD_STOP_TIMEOUT, abs=0.5)
+    assert call.media is not None and call.media.closed
+    assert call.end_reason == "BYE from A leg"
+    (warning,) = [r for r in caplog.records if "child task(s) still running" in r.getMessage()]
+    assert warning.levelno == logging.WARNING
+    assert warning.getMessage() == (
+        f"call {call.id}: 1 child task(s) still running {CHILD_STOP_TIMEOUT:g} s after they "
+        f"were cancelled at the call's end ({stuck.__qualname__}): the call ends without them"
+    )
+    await trio.sleep(60)  # the shielded work ends
+    await eventually(lambda: seen == ["started", "returned"])
+    assert "a child task left at its end failed" in caplog.text
+    assert call.end_reason == "BYE from A leg"

@@ -359,3 +359,101 @@ def test_the_documented_subnet_filter_bans_the_guessers_prefix_not_one_its_user_
     )
     match = failregex.search(line)
     assert match is not None and (match["ip6"], match["cidr"]) == ("2001:db8:7:8::", "64")
+
+
+# fail2ban's <HOST> as fail2ban 0.10+ expands it (fail2ban/server/failregex.py, R_HOST): an IPv4
+# or IPv6 address in optional brackets, or a host name.
+_F2B_HOST = (
+    rf"(?:\[?(?:(?:::f{{4,6}}:)?(?P<ip4>{_F2B_IP4})|(?P<ip6>{_F2B_IP6}))\]?"
+    r"|(?P<dns>[\w\-.^_]*\w))"
+)
+
+
+def _documented_refusals_failregex() -> str:
+    """The failregex docs/configuration.md gives for the refusals' line (auth_ipv6_prefix_length's
+    row), with <HOST> expanded as fail2ban does."""
+    text = (Path(__file__).parents[3] / "docs" / "configuration.md").read_text("utf-8")
+    (row,) = [line for line in text.splitlines() if line.startswith("| `auth_ipv6_prefix_length`")]
+    codes = re.findall(r"`([^`]*)`", row)
+    (regex,) = [code for code in codes if "<HOST> refused" in code]
+    return regex.replace("<HOST>", _F2B_HOST)
+
+
+def _documented_refusals_line() -> str:
+    text = (Path(__file__).parents[3] / "docs" / "configuration.md").read_text("utf-8")
+    (row,) = [line for line in text.splitlines() if line.startswith("| `auth_ipv6_prefix_length`")]
+    codes = re.findall(r"`([^`]*)`", row)
+    (line,) = [code for code in codes if code.startswith("REGISTER from [") and "refused" in code]
+    return line
+
+
+@pytest.mark.parametrize(
+    ("address", "prefix_length", "expected"),
+    [
+        ("192.0.2.66", 64, "REGISTER from 192.0.2.66 refused: too many failed authentications ("),
+        (
+            "2001:db8:1:2::66",
+            128,
+            "REGISTER from [2001:db8:1:2::66] refused: too many failed authentications (",
+        ),
+        (
+            "2001:db8:1:2::66",
+            64,
+            "REGISTER from [2001:db8:1:2::66] refused: too many failed authentications from "
+            "2001:db8:1:2::/64 (",
+        ),
+        (
+            "::ffff:192.0.2.66",
+            64,
+            "REGISTER from [::ffff:192.0.2.66] refused: too many failed authentications (",
+        ),
+    ],
+)
+def test_the_refusals_line_brackets_an_ipv6_address_and_names_the_prefix(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    address: str,
+    prefix_length: int,
+    expected: str,
+) -> None:
+    """The line that sums up the requests refused from blocked sources writes an IPv6 address
+    in brackets as the failure lines do (it wrote ``from 2001:db8:1:2::66 refused``) and names
+    the prefix counted (``auth_ipv6_prefix_length`` below 128) after "too many failed
+    authentications", where the blocking line names it; an IPv4 (or IPv4-mapped) source's
+    line has no prefix. The failregex docs/configuration.md gives for this line takes the
+    address with fail2ban's <HOST>; the documented <SUBNET> filter, for failures, takes nothing
+    from it."""
+    caplog.set_level(logging.WARNING, "gateway.core.registration")
+    clock = [1000.0]
+    policy = FailurePolicy(max_failures=3, window=5.0, ipv6_prefix_length=prefix_length)
+    service = _service(tmp_path, clock, policy)
+    for _ in range(3):
+        service.failures.record_failure(address, user="1000", now=clock[0])
+    answer = service.authenticate(_register((address, 5060)), _flow((address, 5060)), AuthKind.WWW)
+    assert isinstance(answer, Response) and answer.status == 403
+    (line,) = [r.getMessage() for r in caplog.records if "refused: too many" in r.getMessage()]
+    assert line == expected + (
+        "1 request(s) from blocked sources refused since the last such line)"
+    )
+    match = re.search(_documented_refusals_failregex(), line)
+    assert match is not None, line
+    assert (match["ip4"] or match["ip6"]) == address.removeprefix("::ffff:")
+    assert re.search(_documented_subnet_failregex(), line) is None
+
+
+def test_the_refusals_line_docs_configuration_shows_is_the_gateways(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "gateway.core.registration")
+    clock = [1000.0]
+    policy = FailurePolicy(max_failures=3, window=60.0, ipv6_prefix_length=64)
+    service = _service(tmp_path, clock, policy)
+    for _ in range(3):
+        service.failures.record_failure("2001:db8:1:2::1", user="1000", now=clock[0])
+    phone = ("2001:db8:1:2::7", 5060)
+    for _ in range(12):  # the first line, then 11 refused within the interval
+        service.authenticate(_register(phone), _flow(phone), AuthKind.WWW)
+    clock[0] += BLOCKED_LOG_INTERVAL
+    service.authenticate(_register(phone), _flow(phone), AuthKind.WWW)
+    lines = [r.getMessage() for r in caplog.records if "refused: too many" in r.getMessage()]
+    assert lines[1] == _documented_refusals_line()

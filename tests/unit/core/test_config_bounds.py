@@ -433,6 +433,24 @@ def test_a_short_window_with_a_ban_is_still_said_with_the_rate_the_ban_never_sto
         assert value_warnings(config) == []
 
 
+@pytest.mark.parametrize("block_time", [0, 600])
+def test_a_short_window_names_the_ipv6_prefix_a_guesser_is_counted_as(block_time: int) -> None:
+    """With ``auth_ipv6_prefix_length`` below 128 one guesser is a whole IPv6 prefix, not one
+    address: the short-window warning says so (it said "from one address")."""
+    gateway = {
+        "auth_failure_window": 0.5,
+        "auth_block_time": block_time,
+        "auth_ipv6_prefix_length": 64,
+    }
+    (error,) = value_warnings(from_mapping({"gateway": gateway}))
+    assert (error.table, error.key) == ("gateway", "auth_failure_window")
+    guesses = "8" if block_time else "10"
+    assert error.message.startswith(
+        f"0.5 s lets a password guesser {guesses} guesses a second from one IPv4 address or "
+        "IPv6 /64 prefix ("
+    ), error.message
+
+
 def test_check_config_refuses_a_value_of_the_lan_band_and_run_would_start(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
