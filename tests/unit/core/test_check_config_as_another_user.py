@@ -703,3 +703,21 @@ def test_run_names_the_directory_this_user_may_not_enter_for_every_file(
         said
     )
     assert f"not enter {etc} (mode 0750, owner root, group daemon)" in said
+
+
+def test_a_held_file_is_asked_of_access_for_the_effective_user(shared: Path) -> None:
+    """A file held for reading only, writing asked: access(2) answers for the effective
+    user (AT_EACCESS), not the real one, which a setuid wrapper leaves root: root's file of
+    mode 0644, held by the process (inherited), is not writable by an effective nobody."""
+    path = shared / "database"
+    path.write_bytes(b"")
+    path.chmod(0o644)
+    with open(path, "rb"):  # the child inherits the descriptor
+        answers = as_nobody(
+            lambda: [
+                config_mod.may_open(path, os.O_RDONLY),
+                config_mod.may_open(path, os.O_WRONLY),
+            ],
+            real_uid_root=True,
+        )
+    assert answers == [True, False]
