@@ -684,3 +684,19 @@ def test_a_descriptor_held_for_reading_only_does_not_answer_for_writing(
     with open(held, "wb"):
         assert config_mod.may_open(held, os.O_WRONLY)
         assert not config_mod.may_open(held, os.O_RDONLY)
+
+
+@pytest.mark.skipif(not hasattr(os, "O_PATH"), reason="O_PATH is Linux's")
+def test_a_descriptor_held_with_o_path_does_not_answer_for_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An O_PATH descriptor (F_GETFL's access mode 0, O_RDONLY's value) may neither read nor
+    write: it does not answer, the file is tried as one not held."""
+    held = tmp_path / "key.pem"
+    held.write_bytes(b"")
+    descriptor = os.open(held, os.O_PATH)
+    try:
+        deny(monkeypatch, held, os.R_OK)
+        assert not config_mod.may_open(held, os.O_RDONLY)
+    finally:
+        os.close(descriptor)
