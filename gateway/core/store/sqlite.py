@@ -206,7 +206,11 @@ def create_private_file(path: Path) -> None:
     try:
         descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
     except FileExistsError:
-        return
+        if os.path.exists(path):
+            return
+        # A symbolic link to a file not made yet (O_EXCL does not follow it): made through
+        # it, as SQLite would, 0600. No descriptor of a file that did not exist is held.
+        descriptor = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
     os.close(descriptor)
 
 

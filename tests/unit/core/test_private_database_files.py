@@ -131,3 +131,14 @@ def test_create_private_file_leaves_an_existing_file_as_it_is(tmp_path: Path) ->
     create_private_file(path)
     assert path.read_bytes() == b"kept"
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+@pytest.mark.usefixtures("no_umask")
+def test_create_private_file_makes_the_file_a_dangling_link_names(tmp_path: Path) -> None:
+    """state_dir/voipgw.sqlite3 a symbolic link to a file not made yet: O_EXCL refuses the
+    link itself; the file is made through it, 0600, as it was before O_EXCL."""
+    target = tmp_path / "elsewhere.sqlite3"
+    link = tmp_path / "database"
+    link.symlink_to(target)
+    create_private_file(link)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
