@@ -1124,7 +1124,10 @@ def _held_descriptors(path: Path) -> list[int] | None:
             descriptor = int(name)
             held = os.fstat(descriptor)
             if (held.st_dev, held.st_ino) == (info.st_dev, info.st_ino):
-                modes.append(fcntl.fcntl(descriptor, fcntl.F_GETFL) & os.O_ACCMODE)
+                flags = fcntl.fcntl(descriptor, fcntl.F_GETFL)
+                if flags & getattr(os, "O_PATH", 0):
+                    continue  # reads and writes nothing (its access mode reads as O_RDONLY)
+                modes.append(flags & os.O_ACCMODE)
         except (OSError, ValueError):
             continue  # closed since (listdir's own), or not a number
     return modes

@@ -673,7 +673,8 @@ class Gateway:
                             f"{path} can be written by root, who runs check-config, but not "
                             f"by {owner}, the owner of {directory} (the user `voipgw run` "
                             f"created it as, most likely): {_describe_file(path)}; `voipgw "
-                            f"run` as {owner} refuses to start (chown {owner} {path})",
+                            f"run` as {owner} refuses to start "
+                            f"({_write_remedy(path, os.stat(directory).st_uid, owner)})",
                         )
                     )
                 continue
@@ -687,7 +688,8 @@ class Gateway:
                     self.config.source,
                     table,
                     key,
-                    f"{problem}: {what} cannot be written (chown {user_name()} {path})",
+                    f"{problem}: {what} cannot be written "
+                    f"({_write_remedy(path, os.geteuid(), user_name())})",
                 )
             self._access_warning(table, key, problem, f"{what} cannot be written", path)
 
@@ -1716,6 +1718,16 @@ def _owner_may_not_write_file(path: Path, directory: Path) -> str | None:
     else:
         may = bool(info.st_mode & (stat.S_IWGRP | stat.S_IWOTH))  # a group's: not told
     return None if may else owner_name(directory)
+
+
+def _write_remedy(path: Path, uid: int, user: str) -> str:
+    """What lets ``user`` (``uid``) write the file ``path``: ``chmod u+w`` when the file is
+    its already (a chown to its owner changes nothing), else ``chown``."""
+    try:
+        owned = os.stat(path).st_uid == uid
+    except OSError:
+        owned = False
+    return f"chmod u+w {path}" if owned else f"chown {user} {path}"
 
 
 def _creates_a_file_in(path: Path) -> bool:

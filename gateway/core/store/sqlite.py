@@ -193,6 +193,27 @@ MIGRATIONS: tuple[Migration, ...] = (
 )
 
 
+def create_private_file(path: Path) -> None:
+    """Create the SQLite database file ``path``, empty and mode 0600, when it does not exist,
+    before SQLite does (SQLite would make it 0644, less the umask: readable by every local
+    user, and it holds secrets: HA1s, ZRTP retained secrets, interception targets).
+
+    A file that exists is not opened (O_EXCL): closing any descriptor of a file drops every
+    POSIX lock this process holds on it, those of a SQLite connection to it too, and another
+    connection of this process (two gateways in one process, a second store object) may hold
+    them; another process could then write the database under it
+    (https://www.sqlite.org/howtocorrupt.html §2.2)."""
+    try:
+        descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    except FileExistsError:
+        if os.path.exists(path):
+            return
+        # A symbolic link to a file not made yet (O_EXCL does not follow it): made through
+        # it, as SQLite would, 0600. No descriptor of a file that did not exist is held.
+        descriptor = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(descriptor)
+
+
 def _check_migrations(migrations: Sequence[Migration]) -> None:
     versions = [version for version, _ in migrations]
     if not versions or versions != list(range(1, len(versions) + 1)):
@@ -267,7 +288,7 @@ class SqliteStore:
         path = directory / DB_FILENAME
         # Create the file ourselves so it never exists with looser permissions; SQLite gives
         # the -wal and -shm files the same mode.
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        create_private_file(path)
         connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
             # Migrations may wait for a running CLI as long as the CLI would: at start-up the

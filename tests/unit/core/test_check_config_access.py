@@ -663,3 +663,40 @@ def test_where_the_descriptors_cannot_be_listed_nothing_is_opened(
     assert config_mod.may_open(held, os.O_WRONLY)
     deny(monkeypatch, held, os.W_OK)
     assert not config_mod.may_open(held, os.O_WRONLY)
+
+
+def test_a_descriptor_held_for_reading_only_does_not_answer_for_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The descriptor held answers only for what it was opened for: one held for reading
+    says nothing of writing, which access(2) answers (the file is still not opened)."""
+    held = tmp_path / "database"
+    held.write_bytes(b"")
+    with open(held, "rb"):
+        deny(monkeypatch, held, os.R_OK | os.W_OK)
+
+        def no_open(*args: Any, **kwargs: Any) -> int:
+            raise AssertionError("opened")
+
+        monkeypatch.setattr(config_mod.os, "open", no_open)
+        assert config_mod.may_open(held, os.O_RDONLY)  # held for reading: it may
+        assert not config_mod.may_open(held, os.O_WRONLY)  # access(2) says no
+    with open(held, "wb"):
+        assert config_mod.may_open(held, os.O_WRONLY)
+        assert not config_mod.may_open(held, os.O_RDONLY)
+
+
+@pytest.mark.skipif(not hasattr(os, "O_PATH"), reason="O_PATH is Linux's")
+def test_a_descriptor_held_with_o_path_does_not_answer_for_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An O_PATH descriptor (F_GETFL's access mode 0, O_RDONLY's value) may neither read nor
+    write: it does not answer, the file is tried as one not held."""
+    held = tmp_path / "key.pem"
+    held.write_bytes(b"")
+    descriptor = os.open(held, os.O_PATH)
+    try:
+        deny(monkeypatch, held, os.R_OK)
+        assert not config_mod.may_open(held, os.O_RDONLY)
+    finally:
+        os.close(descriptor)

@@ -467,6 +467,25 @@ def test_a_root_owned_store_file_in_a_writable_state_dir(shared: Path) -> None:
     assert run_as_nobody(path) == "started"
 
 
+def test_a_store_file_of_the_service_user_without_u_w_is_told_chmod(shared: Path) -> None:
+    """The file is the service user's already, mode 0444: `chown USER FILE` (what the
+    messages said) changes nothing; `chmod u+w FILE` is the remedy."""
+    state = service_state(shared)
+    database = state / "voipgw.sqlite3"
+    database.write_bytes(b"")
+    owned_by_service(database, mode=0o444)
+    path = write_config(shared, state, "", '"udp"')
+    code, _out, err = check_config(path)  # as root: daemon, the state_dir's owner, may not
+    assert code == cli.EXIT_OK, err
+    assert err.endswith(f"`voipgw run` as daemon refuses to start (chmod u+w {database})\n")
+    assert DAEMON is not None
+    os.chown(database, NOBODY.pw_uid if NOBODY else 0, DAEMON.pw_gid)
+    assert run_as_nobody(path) == (
+        f"{path}: [gateway] state_dir: {database} is not writable by this user (nobody) (mode "
+        f"0444, owner nobody): the SQLite store cannot be written (chmod u+w {database})"
+    )
+
+
 def test_a_read_only_plugin_directory_holding_every_file_it_writes_runs(shared: Path) -> None:
     """A directory of root's (a `voipgw run` as root made it) holding the service user's
     MIKEY replay journal, WAL mode, with its -wal and -shm: SQLite creates nothing there, so
@@ -703,3 +722,21 @@ def test_run_names_the_directory_this_user_may_not_enter_for_every_file(
         said
     )
     assert f"not enter {etc} (mode 0750, owner root, group daemon)" in said
+
+
+def test_a_held_file_is_asked_of_access_for_the_effective_user(shared: Path) -> None:
+    """A file held for reading only, writing asked: access(2) answers for the effective
+    user (AT_EACCESS), not the real one, which a setuid wrapper leaves root: root's file of
+    mode 0644, held by the process (inherited), is not writable by an effective nobody."""
+    path = shared / "database"
+    path.write_bytes(b"")
+    path.chmod(0o644)
+    with open(path, "rb"):  # the child inherits the descriptor
+        answers = as_nobody(
+            lambda: [
+                config_mod.may_open(path, os.O_RDONLY),
+                config_mod.may_open(path, os.O_WRONLY),
+            ],
+            real_uid_root=True,
+        )
+    assert answers == [True, False]

@@ -30,6 +30,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+from gateway.core.store.sqlite import create_private_file
+
 log = logging.getLogger(__name__)
 
 __all__ = ["DIRECTORY", "FILE", "ReplayStore"]
@@ -175,7 +177,7 @@ class ReplayStore:
             return self._db
         if isinstance(self.path, Path):
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+            create_private_file(self.path)  # 0600 before a secret is written in it
         db = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT)
         try:
             # Each accepted message is a commit made in the event loop, which relays media too:

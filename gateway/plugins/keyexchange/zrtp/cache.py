@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import attrs
+
+from gateway.core.store.sqlite import create_private_file
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class SecretCache:
         if isinstance(self.path, Path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # Created private before SQLite writes a secret into it.
-            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+            create_private_file(self.path)
         db = sqlite3.connect(str(self.path), timeout=1.0)
         with db:
             db.execute(

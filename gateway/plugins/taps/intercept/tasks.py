@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sqlite3
 import uuid
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 import attrs
 
 from gateway.core.interfaces import TappedCall
+from gateway.core.store.sqlite import create_private_file
 from gateway.plugins.taps.intercept.targets import TargetIdentifier, party_keys, uri_keys
 
 DELIVERY_TYPES = ("X2Only", "X3Only", "X2andX3")
@@ -231,7 +231,7 @@ class Provisioning:
             return None
         if self._db is None:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+            create_private_file(self.path)  # 0600 before a secret is written in it
             db = sqlite3.connect(str(self.path), timeout=1.0)
             with db:
                 db.execute("CREATE TABLE IF NOT EXISTS tasks (xid TEXT PRIMARY KEY, body TEXT)")
