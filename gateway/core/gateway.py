@@ -490,7 +490,14 @@ class Gateway:
             written = getattr(value, "written_directories", None)
             for key, directory, what, files in written() if callable(written) else ():
                 table = f"plugins.{name}"
-                configured = Path(os.path.abspath(getattr(value, key)))
+                key_value = getattr(value, key, None)
+                if not isinstance(key_value, str):
+                    # A third-party plugin's mistake: said as the plugin's, not a traceback.
+                    raise PluginError(
+                        f"plugin {name!r}: written_directories() names {key!r}, which is not "
+                        f"a directory key of its [{table}] table"
+                    )
+                configured = Path(os.path.abspath(key_value))
                 if key != "state_dir":
                     # Not a state_dir (those are checked above): may it be made?
                     self._check_directory(table, key, configured, as_service=as_service)

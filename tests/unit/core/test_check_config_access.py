@@ -700,3 +700,29 @@ def test_a_descriptor_held_with_o_path_does_not_answer_for_reading(
         assert not config_mod.may_open(held, os.O_RDONLY)
     finally:
         os.close(descriptor)
+
+
+def test_a_plugin_naming_no_key_of_its_table_in_written_directories_is_the_plugins_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A third-party plugin's ``written_directories()`` naming a KEY its config class has not
+    (a typo, a renamed field) was an AttributeError's traceback out of check-config and run;
+    it is the plugin's error, naming it and the key."""
+    from gateway.plugins.keyexchange import dtls_srtp
+
+    def misnamed(self: Any) -> list[tuple[str, Path, str, tuple[str, ...]]]:
+        return [("state_directory", Path(self.state_dir) / "dtls", "certificates", ())]
+
+    monkeypatch.setattr(dtls_srtp.DtlsConfig, "written_directories", misnamed)
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    path = write_config(tmp_path, state, enable='"udp", "dtls"')
+    with pytest.raises(PluginError) as caught:
+        built(path).check()
+    assert str(caught.value) == (
+        "plugin 'dtls': written_directories() names 'state_directory', which is not a "
+        "directory key of its [plugins.dtls] table"
+    )
+    code, _out, err = check_config(path, capsys)
+    assert code != cli.EXIT_OK and "Traceback" not in err, err
+    assert "written_directories() names 'state_directory'" in err, err
