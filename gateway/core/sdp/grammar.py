@@ -25,14 +25,16 @@ MAX_DIGITS = 20
 
 # The two checks every SDP line makes several times, as compiled runs (a Python loop per
 # character before). Held to the character sets above by a unit test.
-_TOKEN = re.compile("[" + re.escape("".join(sorted(_TOKEN_CHARS))) + "]+")
+TOKEN = re.compile("[" + re.escape("".join(sorted(_TOKEN_CHARS))) + "]+")
+"""A run of token characters; the SDP reader calls its ``fullmatch`` directly on every a= line's
+name (a Python frame less than :func:`is_token`)."""
 _DIGIT_RUN = re.compile("[0-9]+")
 _DOTTED = re.compile("[0-9.]*")  # only digits and dots (or nothing): an IPv4 literal, if any
 
 
 def is_token(text: str) -> bool:
     """True when ``text`` is an RFC 8866 token (attribute names, media types, bwtypes ...)."""
-    return _TOKEN.fullmatch(text) is not None
+    return TOKEN.fullmatch(text) is not None
 
 
 def is_digits(text: str) -> bool:
