@@ -30,10 +30,12 @@ T38 = (
 # Rejected streams without c=, a session-level a= before and after others, k= at both levels.
 EDGES = (
     "v=0\no=- 7 7 IN IP4 127.0.0.1\ns=\nt=0 0\nk=clear:x\na=recvonly\na=tool:x\n"
-    "m=audio 0 RTP/AVP 0\nm=video 0 RTP/AVP\nm=audio 4000 RTP/AVP 8\nc=IN IP4 127.0.0.1\n"
+    "m=audio 0 RTP/AVP 0\nm=video 0 RTP/AVP\nm=audio 4000 RTP/AVP 8\ni=x\nc=IN IP4 127.0.0.1\n"
     "b=AS:64\nb=TIAS:64000\nk=prompt\na=sendonly\n"
 )
-SEEDS = tuple(crlf(text) for text in (*ALL_SAMPLES.values(), T38, EDGES))
+# No m= line: a missing o=, s= or t= is reported at the end of the description.
+SESSION_ONLY = "v=0\no=- 1 1 IN IP4 127.0.0.1\ns=-\nc=IN IP4 127.0.0.1\nt=0 0\na=sendrecv\n"
+SEEDS = tuple(crlf(text) for text in (*ALL_SAMPLES.values(), T38, EDGES, SESSION_ONLY))
 # Pieces a mutation inserts: line types, separators, line ends, the bytes the reader refuses.
 PIECES = (
     b"\r", b"\n", b"\r\n", b"\r\r\n", b"\x00", b"\xff", b" ", b"\t", b"=", b":", b"/", b"0",
@@ -71,7 +73,7 @@ def _outcome(
 def _mutant(rng: random.Random, wire: bytes) -> bytes:
     data = bytearray(wire)
     for _ in range(rng.randint(1, 3)):
-        op = rng.randrange(7)
+        op = rng.randrange(8)
         pos = rng.randrange(len(data) + 1)
         lines = bytes(data).split(b"\r\n")
         if op == 0 and data:
@@ -87,6 +89,10 @@ def _mutant(rng: random.Random, wire: bytes) -> bytes:
         elif op == 4:  # a line repeated
             i = rng.randrange(len(lines))
             lines.insert(i, lines[i])
+            data = bytearray(b"\r\n".join(lines))
+        elif op == 7:  # a line copied elsewhere (a duplicate out of order)
+            i, j = rng.randrange(len(lines)), rng.randrange(len(lines) + 1)
+            lines.insert(j, lines[i])
             data = bytearray(b"\r\n".join(lines))
         elif op == 5:  # a line replaced by one of another sample
             other = rng.choice(SEEDS).split(b"\r\n")
