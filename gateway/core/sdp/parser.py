@@ -25,6 +25,7 @@ from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.grammar import parse_uint_untrusted
 from gateway.core.sdp.model import (
     KNOWN_PROTOS,
+    RTP_PROTOS,
     Attribute,
     Attributes,
     Bandwidth,
@@ -33,7 +34,7 @@ from gateway.core.sdp.model import (
     Origin,
     SessionDescription,
     TimeDescription,
-    is_rtp_proto,
+    payload_type_number,
 )
 
 # RFC 8866 §5 order of session-level lines; t=, r= and z= form the time descriptions.
@@ -364,16 +365,19 @@ def _parse_origin(value: str) -> Origin:
     if len(fields) != 6:
         raise SdpError("o= needs 6 fields (RFC 8866 §5.2)")
     username, sess_id, sess_version, nettype, addrtype, address = fields
-    for token, what in ((nettype, "nettype"), (addrtype, "addrtype")):
-        if not grammar.is_token(token):
-            raise SdpError(f"bad o= {what}")
+    # A phone's o= line differs in every call (a new sess-id), so this runs for most bodies:
+    # the token pattern called directly and the Origin built positionally (session 37).
+    if _token_fullmatch(nettype) is None:
+        raise SdpError("bad o= nettype")
+    if _token_fullmatch(addrtype) is None:
+        raise SdpError("bad o= addrtype")
     return Origin(
-        username=username,
-        session_id=parse_uint_untrusted(sess_id, "o= sess-id"),
-        session_version=parse_uint_untrusted(sess_version, "o= sess-version"),
-        nettype=nettype,
-        addrtype=addrtype,
-        address=address,
+        username,
+        parse_uint_untrusted(sess_id, "o= sess-id"),
+        parse_uint_untrusted(sess_version, "o= sess-version"),
+        nettype,
+        addrtype,
+        address,
     )
 
 
@@ -432,23 +436,30 @@ def _parse_media(value: str) -> MediaDescription:
     if len(fields) < 3:
         raise SdpError("m= needs <media> <port> <proto> <fmt> (RFC 8866 §5.14)")
     media, port_text, proto, *formats = fields
-    if not grammar.is_token(media):
+    # A phone's m= line usually differs in every call (a new port), so this runs for most
+    # bodies: the token pattern called directly, each payload type number through the model's
+    # memoized reading, the MediaDescription built positionally (session 37).
+    if _token_fullmatch(media) is None:
         raise SdpError("bad m= media type")
     port_part, slash, count_part = port_text.partition("/")
     port = parse_uint_untrusted(port_part, "m= port", maximum=65535)
     port_count = parse_uint_untrusted(count_part, "m= port count", minimum=1) if slash else None
-    if proto.upper() not in KNOWN_PROTOS:
+    upper_proto = proto.upper()
+    if upper_proto not in KNOWN_PROTOS:
         raise SdpError("unsupported m= transport protocol")
     if not formats and port != 0:
         raise SdpError("m= line without formats")
-    if is_rtp_proto(proto):
+    if upper_proto in RTP_PROTOS:
         for fmt in formats:
-            parse_uint_untrusted(fmt, "m= payload type", maximum=127)
+            try:
+                # The same check with another reason; the few numbers every call carries
+                # ("0", "8", "101") are held there, already read by the offer/answer checks.
+                payload_type_number(fmt)
+            except SdpError:
+                parse_uint_untrusted(fmt, "m= payload type", maximum=127)
     elif not all(grammar.is_token(fmt) for fmt in formats):
         raise SdpError("bad m= format")
-    return MediaDescription(
-        media=media, port=port, proto=proto, formats=tuple(formats), port_count=port_count
-    )
+    return MediaDescription(media, port, proto, tuple(formats), port_count)
 
 
 def _unknown_type(kind: str, level: str) -> str:
