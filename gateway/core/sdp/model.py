@@ -456,10 +456,11 @@ KNOWN_PROTOS = RTP_PROTOS | OTHER_PROTOS
 
 
 @functools.lru_cache(maxsize=256)
-def _payload_type(text: str) -> int:
+def payload_type_number(text: str) -> int:
     """An RTP format as its payload type number, memoized: the same few numbers ("0", "8",
-    "101") are read in every call's offer/answer checks. Only valid numbers are kept (an error
-    is raised each time), and a valid one has at most grammar.MAX_DIGITS digits."""
+    "101") are read in every call's m= lines and offer/answer checks. Only valid numbers are
+    kept (an error is raised each time), and a valid one has at most grammar.MAX_DIGITS
+    digits."""
     return grammar.parse_uint_untrusted(text, "payload type", maximum=127)
 
 
@@ -507,7 +508,7 @@ class MediaDescription:
         """The formats as payload type numbers (RTP transports only)."""
         if not self.is_rtp:
             return ()
-        return tuple([_payload_type(f) for f in self.formats])
+        return tuple([payload_type_number(f) for f in self.formats])
 
     def rtpmaps(self) -> dict[int, RtpMap]:
         """Explicit a=rtpmap lines by payload type (the first one wins for duplicates)."""

@@ -25,6 +25,7 @@ from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.grammar import parse_uint_untrusted
 from gateway.core.sdp.model import (
     KNOWN_PROTOS,
+    RTP_PROTOS,
     Attribute,
     Attributes,
     Bandwidth,
@@ -33,7 +34,7 @@ from gateway.core.sdp.model import (
     Origin,
     SessionDescription,
     TimeDescription,
-    is_rtp_proto,
+    payload_type_number,
 )
 
 # RFC 8866 §5 order of session-level lines; t=, r= and z= form the time descriptions.
@@ -57,34 +58,6 @@ held)."""
 _VALUE_CACHE_MAX_TEXT = 128  # longer values are parsed every time, never held
 
 _Value = TypeVar("_Value")
-
-
-@attrs.define
-class _Media:
-    """A media section while its lines are being read."""
-
-    line: MediaDescription
-    information: str | None = None
-    connections: list[Connection] = attrs.Factory(list)
-    bandwidths: list[Bandwidth] = attrs.Factory(list)
-    key: str | None = None
-    attributes: list[Attribute] = attrs.Factory(list)
-
-    def build(self) -> MediaDescription:
-        # Built directly rather than with attrs.evolve, which looks up every field by name.
-        line = self.line
-        return MediaDescription(
-            line.media,
-            line.port,
-            line.proto,
-            line.formats,
-            line.port_count,
-            self.information,
-            tuple(self.connections),
-            tuple(self.bandwidths),
-            self.key,
-            Attributes(tuple(self.attributes)),
-        )
 
 
 def parse_sdp_untrusted(
@@ -126,204 +99,251 @@ def parse_sdp_untrusted(
         lines.pop()  # the final line end, and blank lines some stacks add after it
     if not lines:
         raise SdpError("empty SDP")
-    return _Reader(max_media=max_media, max_attributes=max_attributes, max_line=max_line).read(
-        lines
+    return _read(lines, max_media, max_attributes, max_line, len(text) > max_line, "\r" in text)
+
+
+def _read(
+    lines: list[str],
+    max_media: int,
+    max_attributes: int,
+    max_line: int,
+    long_lines: bool,
+    stray_cr: bool,
+) -> SessionDescription:
+    """One pass over the lines, checking RFC 8866 §5 order with a rank per line type.
+
+    One function with local variables rather than an object with a method per line type: this
+    runs for every line of every body, and a method call and an attribute access per field were
+    most of a line's cost (docs/benchmarks.md, session 37). ``long_lines`` and ``stray_cr``
+    say whether any line can be longer than ``max_line`` or hold a CR; when not (every body a
+    peer sends in practice), those two checks are skipped per line.
+    """
+    # Session level.
+    seen: set[str] = set()  # single-instance session line types read so far (and t=)
+    rank = -1  # the rank of the last line read, _SESSION_ORDER or _MEDIA_ORDER
+    previous = ""  # the last line's type: r= and z= must follow t= or r=
+    origin: Origin | None = None
+    session_name: str | None = None
+    information: str | None = None
+    uri: str | None = None
+    emails: list[str] = []
+    phones: list[str] = []
+    connection: Connection | None = None
+    bandwidths: list[Bandwidth] = []
+    times: list[TimeDescription] = []
+    key: str | None = None
+    attributes: list[Attribute] = []
+    attribute_count = 0
+    # The media section being read (after its m= line), and those before it.
+    media: list[MediaDescription] = []
+    m_line: MediaDescription | None = None
+    m_seen: set[str] = set()
+    m_information: str | None = None
+    m_connections: list[Connection] = []
+    m_bandwidths: list[Bandwidth] = []
+    m_key: str | None = None
+    m_attributes: list[Attribute] = []
+
+    lineno = 0
+    for lineno, line in enumerate(lines, start=1):
+        if long_lines and len(line) > max_line:
+            raise _error(lineno, f"line longer than {max_line} characters")
+        if stray_cr and "\r" in line:
+            raise _error(lineno, "CR inside a line")
+        if len(line) < 2 or line[1] != "=":
+            raise _error(lineno, "not a <type>=<value> line" if line else "empty line")
+        kind = line[0]
+        value = line[2:]
+        if lineno == 1 and kind != "v":
+            raise _error(lineno, "SDP must start with v= (RFC 8866 §5)")
+
+        if kind == "a":
+            # The commonest line, and the last type at either level (its rank is the highest,
+            # and any number of them may follow): no order or duplicate check can fail.
+            # RFC 8866 §5.13: a=<attribute-name> or a=<attribute-name>:<attribute-value>
+            attribute_count += 1
+            if attribute_count > max_attributes:
+                raise _error(lineno, f"more than {max_attributes} a= lines")
+            name, colon, attribute_value = value.partition(":")
+            if not colon:
+                name = name.rstrip(" \t")  # "a=sendrecv " is seen in the wild
+            if _token_fullmatch(name) is None:
+                raise _error(lineno, "bad attribute name")
+            # tuple.__new__ as the NamedTuple's own constructor does, without its Python frame.
+            attribute = _new_attribute(Attribute, (name, attribute_value if colon else None))
+            if m_line is None:
+                rank = _SESSION_ORDER["a"]
+                seen.add("a")
+                attributes.append(attribute)
+            else:
+                rank = _MEDIA_ORDER["a"]
+                m_seen.add("a")
+                m_attributes.append(attribute)
+
+        elif kind == "m":
+            if m_line is None:
+                _require_session_fields(seen, "m= line", lineno)
+            else:
+                media.append(
+                    _media(m_line, m_information, m_connections, m_bandwidths, m_key, m_attributes)
+                )
+            if len(media) >= max_media:
+                raise _error(lineno, f"more than {max_media} m= lines")
+            m_line = _value(_parse_media, value, lineno)
+            m_seen = set()
+            m_information = m_key = None
+            m_connections, m_bandwidths, m_attributes = [], [], []
+            rank = 0
+
+        elif m_line is not None:
+            # RFC 8866 §5: i=, c=, b=, k= and a= inside a media description, in that order.
+            line_rank = _MEDIA_ORDER.get(kind)
+            if line_rank is None:
+                raise _error(lineno, _unknown_type(kind, "media"))
+            if kind in _MEDIA_SINGLE and kind in m_seen:
+                raise _error(lineno, f"duplicate {kind}= line in media description")
+            if line_rank < rank:
+                raise _error(lineno, f"{kind}= line out of order (RFC 8866 §5)")
+            rank = line_rank
+            m_seen.add(kind)
+            if kind == "c":
+                m_connections.append(_value(_parse_connection, value, lineno))
+            elif kind == "b":
+                m_bandwidths.append(_value(_parse_bandwidth, value, lineno))
+            elif kind == "i":
+                m_information = value
+            else:  # "k"
+                m_key = value
+
+        else:
+            line_rank = _SESSION_ORDER.get(kind)
+            if line_rank is None:
+                raise _error(lineno, _unknown_type(kind, "session"))
+            if kind in _SESSION_SINGLE and kind in seen:
+                raise _error(lineno, f"duplicate {kind}= line")
+            if line_rank < rank:
+                raise _error(lineno, f"{kind}= line out of order (RFC 8866 §5)")
+            rank = line_rank
+            seen.add(kind)
+            if kind == "v":
+                if value != "0":
+                    raise _error(lineno, "unsupported SDP version (v=0 expected)")
+            elif kind == "o":
+                origin = _value(_parse_origin, value, lineno)
+            elif kind == "s":
+                session_name = value
+            elif kind == "c":
+                connection = _value(_parse_connection, value, lineno)
+            elif kind == "t":
+                times.append(_value(_parse_time, value, lineno))
+            elif kind == "r" or kind == "z":
+                # RFC 8866 §5.10/§5.11: r= and z= belong to the t= just before them; a z= line
+                # closes its time description (at most one).
+                if previous not in ("t", "r") or not times:
+                    raise _error(lineno, f"{kind}= line not after t= or r= (RFC 8866 §5)")
+                if not value.strip():
+                    raise _error(lineno, f"empty {kind}= line")
+                last = times[-1]
+                if kind == "r":
+                    times[-1] = attrs.evolve(last, repeats=(*last.repeats, value))
+                else:
+                    times[-1] = attrs.evolve(last, zone=value)
+            elif kind == "b":
+                bandwidths.append(_value(_parse_bandwidth, value, lineno))
+            elif kind == "i":
+                information = value
+            elif kind == "u":
+                uri = value
+            elif kind == "e":
+                emails.append(value)
+            elif kind == "p":
+                phones.append(value)
+            else:  # "k"
+                key = value
+        previous = kind
+
+    # The end of the description; a missing line is reported on the line after the last.
+    lineno += 1
+    if m_line is None:
+        _require_session_fields(seen, "end of SDP", lineno)
+    else:
+        media.append(
+            _media(m_line, m_information, m_connections, m_bandwidths, m_key, m_attributes)
+        )
+    assert origin is not None and session_name is not None
+    # RFC 8866 §5.7: c= at session level or in every media description. Rejected streams
+    # (port 0) never carry media, so they are let through without one.
+    if connection is None:
+        for index, m in enumerate(media, start=1):
+            if not m.connections and m.port != 0:
+                raise SdpError(f"no c= line for m= line {index} (RFC 8866 §5.7)")
+    # Positional, in the order of SessionDescription's fields (origin, session_name, version,
+    # information, uri, emails, phones, connection, bandwidths, times, key, attributes, media):
+    # keywords cost a look-up each.
+    return SessionDescription(
+        origin,
+        session_name,
+        0,
+        information,
+        uri,
+        tuple(emails),
+        tuple(phones),
+        connection,
+        tuple(bandwidths),
+        tuple(times),
+        key,
+        Attributes(tuple(attributes)),
+        tuple(media),
     )
 
 
-class _Reader:
-    """One pass over the lines, checking RFC 8866 §5 order with a rank per line type."""
+_new_attribute = tuple.__new__
+_token_fullmatch = grammar.TOKEN.fullmatch
 
-    def __init__(self, *, max_media: int, max_attributes: int, max_line: int) -> None:
-        self.max_media = max_media
-        self.max_attributes = max_attributes
-        self.max_line = max_line
-        self.attribute_count = 0
-        self.lineno = 0
-        # Session level.
-        self.seen: set[str] = set()
-        self.rank = -1
-        self.previous = ""
-        self.origin: Origin | None = None
-        self.session_name: str | None = None
-        self.information: str | None = None
-        self.uri: str | None = None
-        self.emails: list[str] = []
-        self.phones: list[str] = []
-        self.connection: Connection | None = None
-        self.bandwidths: list[Bandwidth] = []
-        self.times: list[TimeDescription] = []
-        self.key: str | None = None
-        self.attributes: list[Attribute] = []
-        # Media level.
-        self.media: list[_Media] = []
-        self.media_seen: set[str] = set()
 
-    def error(self, reason: str) -> SdpError:
-        return SdpError(f"line {self.lineno}: {reason}")
+def _error(lineno: int, reason: str) -> SdpError:
+    return SdpError(f"line {lineno}: {reason}")
 
-    def read(self, lines: list[str]) -> SessionDescription:
-        for lineno, line in enumerate(lines, start=1):
-            self.lineno = lineno
-            if len(line) > self.max_line:
-                raise self.error(f"line longer than {self.max_line} characters")
-            if "\r" in line:
-                raise self.error("CR inside a line")
-            if len(line) < 2 or line[1] != "=":
-                raise self.error("not a <type>=<value> line" if line else "empty line")
-            kind, value = line[0], line[2:]
-            if self.lineno == 1 and kind != "v":
-                raise self.error("SDP must start with v= (RFC 8866 §5)")
-            if kind == "m":
-                self.start_media(value)
-            elif self.media:
-                self.media_line(kind, value)
-            else:
-                self.session_line(kind, value)
-            self.previous = kind
-        return self.finish()
 
-    # -- session level -------------------------------------------------------------------------
+def _require_session_fields(seen: set[str], before: str, lineno: int) -> None:
+    # RFC 8866 §5: v=, o=, s= and at least one t= are required.
+    for kind in "ost":
+        if kind not in seen:
+            raise _error(lineno, f"missing {kind}= line before {before} (RFC 8866 §5)")
 
-    def session_line(self, kind: str, value: str) -> None:
-        rank = _SESSION_ORDER.get(kind)
-        if rank is None:
-            raise self.error(_unknown_type(kind, "session"))
-        if kind in _SESSION_SINGLE and kind in self.seen:
-            raise self.error(f"duplicate {kind}= line")
-        if rank < self.rank:
-            raise self.error(f"{kind}= line out of order (RFC 8866 §5)")
-        self.rank = rank
-        self.seen.add(kind)
-        if kind == "v":
-            if value != "0":
-                raise self.error("unsupported SDP version (v=0 expected)")
-        elif kind == "o":
-            self.origin = self.value(_parse_origin, value)
-        elif kind == "s":
-            self.session_name = value
-        elif kind == "i":
-            self.information = value
-        elif kind == "u":
-            self.uri = value
-        elif kind == "e":
-            self.emails.append(value)
-        elif kind == "p":
-            self.phones.append(value)
-        elif kind == "c":
-            self.connection = self.value(_parse_connection, value)
-        elif kind == "b":
-            self.bandwidths.append(self.value(_parse_bandwidth, value))
-        elif kind in "trz":
-            self.time_line(kind, value)
-        elif kind == "k":
-            self.key = value
-        else:  # "a"
-            self.attributes.append(self.parse_attribute(value))
 
-    def time_line(self, kind: str, value: str) -> None:
-        if kind == "t":
-            self.times.append(self.value(_parse_time, value))
-            return
-        # RFC 8866 §5.10/§5.11: r= and z= belong to the t= just before them; a z= line closes
-        # its time description (at most one).
-        if self.previous not in ("t", "r") or not self.times:
-            raise self.error(f"{kind}= line not after t= or r= (RFC 8866 §5)")
-        if not value.strip():
-            raise self.error(f"empty {kind}= line")
-        last = self.times[-1]
-        if kind == "r":
-            self.times[-1] = attrs.evolve(last, repeats=(*last.repeats, value))
-        else:
-            self.times[-1] = attrs.evolve(last, zone=value)
+def _media(
+    line: MediaDescription,
+    information: str | None,
+    connections: list[Connection],
+    bandwidths: list[Bandwidth],
+    key: str | None,
+    attributes: list[Attribute],
+) -> MediaDescription:
+    """The m= section whose m= line parsed as ``line``, with the lines read after it."""
+    # Built directly rather than with attrs.evolve, which looks up every field by name.
+    return MediaDescription(
+        line.media,
+        line.port,
+        line.proto,
+        line.formats,
+        line.port_count,
+        information,
+        tuple(connections),
+        tuple(bandwidths),
+        key,
+        Attributes(tuple(attributes)),
+    )
 
-    def require_session_fields(self, before: str) -> None:
-        # RFC 8866 §5: v=, o=, s= and at least one t= are required.
-        for kind in "ost":
-            if kind not in self.seen:
-                raise self.error(f"missing {kind}= line before {before} (RFC 8866 §5)")
 
-    # -- media level ---------------------------------------------------------------------------
-
-    def start_media(self, value: str) -> None:
-        if not self.media:
-            self.require_session_fields("m= line")
-        if len(self.media) >= self.max_media:
-            raise self.error(f"more than {self.max_media} m= lines")
-        self.media.append(_Media(self.value(_parse_media, value)))
-        self.media_seen = set()
-        self.rank = 0
-
-    def media_line(self, kind: str, value: str) -> None:
-        rank = _MEDIA_ORDER.get(kind)
-        if rank is None:
-            raise self.error(_unknown_type(kind, "media"))
-        if kind in _MEDIA_SINGLE and kind in self.media_seen:
-            raise self.error(f"duplicate {kind}= line in media description")
-        if rank < self.rank:
-            raise self.error(f"{kind}= line out of order (RFC 8866 §5)")
-        self.rank = rank
-        self.media_seen.add(kind)
-        current = self.media[-1]
-        if kind == "i":
-            current.information = value
-        elif kind == "c":
-            current.connections.append(self.value(_parse_connection, value))
-        elif kind == "b":
-            current.bandwidths.append(self.value(_parse_bandwidth, value))
-        elif kind == "k":
-            current.key = value
-        else:  # "a"
-            current.attributes.append(self.parse_attribute(value))
-
-    def finish(self) -> SessionDescription:
-        self.lineno += 1
-        if not self.media:
-            self.require_session_fields("end of SDP")
-        assert self.origin is not None and self.session_name is not None
-        media = tuple(m.build() for m in self.media)
-        # RFC 8866 §5.7: c= at session level or in every media description. Rejected streams
-        # (port 0) never carry media, so they are let through without one.
-        for index, m in enumerate(media, start=1):
-            if self.connection is None and not m.connections and m.port != 0:
-                raise SdpError(f"no c= line for m= line {index} (RFC 8866 §5.7)")
-        return SessionDescription(
-            origin=self.origin,
-            session_name=self.session_name,
-            information=self.information,
-            uri=self.uri,
-            emails=tuple(self.emails),
-            phones=tuple(self.phones),
-            connection=self.connection,
-            bandwidths=tuple(self.bandwidths),
-            times=tuple(self.times),
-            key=self.key,
-            attributes=Attributes(tuple(self.attributes)),
-            media=media,
-        )
-
-    # -- fields --------------------------------------------------------------------------------
-
-    def value(self, parse: _Memoized[_Value], value: str) -> _Value:
-        """``value`` parsed by ``parse``, its error reported with this line's number."""
-        try:
-            if len(value) > _VALUE_CACHE_MAX_TEXT:
-                return parse.uncached(value)
-            return parse.cached(value)
-        except SdpError as exc:
-            raise self.error(exc.reason) from None
-
-    def parse_attribute(self, value: str) -> Attribute:
-        # RFC 8866 §5.13: a=<attribute-name> or a=<attribute-name>:<attribute-value>
-        self.attribute_count += 1
-        if self.attribute_count > self.max_attributes:
-            raise self.error(f"more than {self.max_attributes} a= lines")
-        name, colon, attribute_value = value.partition(":")
-        if not colon:
-            name = name.rstrip(" \t")  # "a=sendrecv " is seen in the wild
-        if not grammar.is_token(name):
-            raise self.error("bad attribute name")
-        return Attribute(name, attribute_value if colon else None)
+def _value(parse: _Memoized[_Value], value: str, lineno: int) -> _Value:
+    """``value`` parsed by ``parse``, its error reported with line ``lineno``."""
+    try:
+        if len(value) > _VALUE_CACHE_MAX_TEXT:
+            return parse.uncached(value)
+        return parse.cached(value)
+    except SdpError as exc:
+        raise _error(lineno, exc.reason) from None
 
 
 class _Memoized(Generic[_Value]):
@@ -345,16 +365,19 @@ def _parse_origin(value: str) -> Origin:
     if len(fields) != 6:
         raise SdpError("o= needs 6 fields (RFC 8866 §5.2)")
     username, sess_id, sess_version, nettype, addrtype, address = fields
-    for token, what in ((nettype, "nettype"), (addrtype, "addrtype")):
-        if not grammar.is_token(token):
-            raise SdpError(f"bad o= {what}")
+    # A phone's o= line differs in every call (a new sess-id), so this runs for most bodies:
+    # the token pattern called directly and the Origin built positionally (session 37).
+    if _token_fullmatch(nettype) is None:
+        raise SdpError("bad o= nettype")
+    if _token_fullmatch(addrtype) is None:
+        raise SdpError("bad o= addrtype")
     return Origin(
-        username=username,
-        session_id=parse_uint_untrusted(sess_id, "o= sess-id"),
-        session_version=parse_uint_untrusted(sess_version, "o= sess-version"),
-        nettype=nettype,
-        addrtype=addrtype,
-        address=address,
+        username,
+        parse_uint_untrusted(sess_id, "o= sess-id"),
+        parse_uint_untrusted(sess_version, "o= sess-version"),
+        nettype,
+        addrtype,
+        address,
     )
 
 
@@ -413,23 +436,30 @@ def _parse_media(value: str) -> MediaDescription:
     if len(fields) < 3:
         raise SdpError("m= needs <media> <port> <proto> <fmt> (RFC 8866 §5.14)")
     media, port_text, proto, *formats = fields
-    if not grammar.is_token(media):
+    # A phone's m= line usually differs in every call (a new port), so this runs for most
+    # bodies: the token pattern called directly, each payload type number through the model's
+    # memoized reading, the MediaDescription built positionally (session 37).
+    if _token_fullmatch(media) is None:
         raise SdpError("bad m= media type")
     port_part, slash, count_part = port_text.partition("/")
     port = parse_uint_untrusted(port_part, "m= port", maximum=65535)
     port_count = parse_uint_untrusted(count_part, "m= port count", minimum=1) if slash else None
-    if proto.upper() not in KNOWN_PROTOS:
+    upper_proto = proto.upper()
+    if upper_proto not in KNOWN_PROTOS:
         raise SdpError("unsupported m= transport protocol")
     if not formats and port != 0:
         raise SdpError("m= line without formats")
-    if is_rtp_proto(proto):
+    if upper_proto in RTP_PROTOS:
         for fmt in formats:
-            parse_uint_untrusted(fmt, "m= payload type", maximum=127)
+            try:
+                # The same check with another reason; the few numbers every call carries
+                # ("0", "8", "101") are held there, already read by the offer/answer checks.
+                payload_type_number(fmt)
+            except SdpError:
+                parse_uint_untrusted(fmt, "m= payload type", maximum=127)
     elif not all(grammar.is_token(fmt) for fmt in formats):
         raise SdpError("bad m= format")
-    return MediaDescription(
-        media=media, port=port, proto=proto, formats=tuple(formats), port_count=port_count
-    )
+    return MediaDescription(media, port, proto, tuple(formats), port_count)
 
 
 def _unknown_type(kind: str, level: str) -> str:
