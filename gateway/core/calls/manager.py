@@ -95,11 +95,13 @@ DialogKey = tuple[str, str]  # (Call-ID, our tag) — how requests from either l
 
 CHILD_STOP_TIMEOUT = 5.0
 """How long a call's end waits for its cancelled child tasks to return (seconds). A child returns
-at once when cancelled unless it is inside a shielded section, such as a handshake's last send
-to a peer whose connection no longer drains: past this the end goes on without it (WARNING
-naming the call and the tasks), so such a peer cannot keep the call, its media ports and its
-place in the call limits for ever. The child stays cancelled in the manager's nursery and
-returns when its shielded work does."""
+at once when cancelled unless it is inside a shielded section. None of today's children has one
+(the handshakes, RFC 4733 timers and digits send UDP datagrams without waiting; the location
+UPDATE's bound only sleeps): this is a bound for one that would, so that no peer can keep the
+call, its media ports and its place in the call limits for ever. Past it the end goes on
+without the child (WARNING naming the call and the tasks); the child stays cancelled in the
+manager's nursery and returns when its shielded work does, finding the call's media closed
+(MediaSession sends nothing once closed, so never on ports another call holds by then)."""
 
 
 class CallChildren:

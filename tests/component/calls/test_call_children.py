@@ -175,8 +175,8 @@ async def test_a_child_stuck_in_shielded_work_does_not_keep_its_call(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A child inside a shielded section (a last send to a peer whose connection no longer
-    drains) when the call ends: the end waits CHILD_STOP_TIMEOUT for it, says so at WARNING
+    """A child inside a shielded section (none of today's has one: the bound is for a later
+    one) when the call ends: the end waits CHILD_STOP_TIMEOUT for it, says so at WARNING
     naming the call and the task, and goes on (media closed, call gone, its place in the
     limits freed); it waited for the child as long as the child took (a minute here). The
     child, cancelled, returns later in the manager's nursery; a failure then is logged."""

@@ -15,6 +15,7 @@ import pytest
 from gateway.core.auth.client import authorize
 from gateway.core.auth.digest import Authenticated, AuthKind
 from gateway.core.auth.failures import FailurePolicy
+from gateway.core.logs import LineFormatter
 from gateway.core.registration import BLOCKED_LOG_INTERVAL, RegistrationService
 from gateway.core.sip.message import Request, Response
 from gateway.core.store.sqlite import SqliteStore
@@ -379,6 +380,16 @@ def _documented_refusals_failregex() -> str:
     return regex.replace("<HOST>", _F2B_HOST)
 
 
+def _as_fail2ban_reads(record: logging.LogRecord) -> str:
+    """``record`` as the gateway writes it to its log (LineFormatter: date, level, logger,
+    message) and as fail2ban matches a failregex against it: without the date it found, the
+    rest joined (fail2ban/server/failregex.py, ``Regex._tupleLinesBuf``), so a ``^`` stands
+    where the date was, before the space that followed it."""
+    line = LineFormatter().format(record)
+    assert line.startswith(record.asctime + " "), line
+    return line[len(record.asctime) :]
+
+
 def _documented_refusals_line() -> str:
     text = (Path(__file__).parents[3] / "docs" / "configuration.md").read_text("utf-8")
     (row,) = [line for line in text.splitlines() if line.startswith("| `auth_ipv6_prefix_length`")]
@@ -431,12 +442,15 @@ def test_the_refusals_line_brackets_an_ipv6_address_and_names_the_prefix(
         service.failures.record_failure(address, user="1000", now=clock[0])
     answer = service.authenticate(_register((address, 5060)), _flow((address, 5060)), AuthKind.WWW)
     assert isinstance(answer, Response) and answer.status == 403
-    (line,) = [r.getMessage() for r in caplog.records if "refused: too many" in r.getMessage()]
+    (record,) = [r for r in caplog.records if "refused: too many" in r.getMessage()]
+    line = record.getMessage()
     assert line == expected + (
         "1 request(s) from blocked sources refused since the last such line)"
     )
-    match = re.search(_documented_refusals_failregex(), line)
-    assert match is not None, line
+    # Matched as fail2ban matches it: on the written line, its date cut (the filter documented
+    # first, anchored at the message, matched no line the gateway writes).
+    match = re.search(_documented_refusals_failregex(), _as_fail2ban_reads(record))
+    assert match is not None, _as_fail2ban_reads(record)
     assert (match["ip4"] or match["ip6"]) == address.removeprefix("::ffff:")
     assert re.search(_documented_subnet_failregex(), line) is None
 
@@ -457,3 +471,33 @@ def test_the_refusals_line_docs_configuration_shows_is_the_gateways(
     service.authenticate(_register(phone), _flow(phone), AuthKind.WWW)
     lines = [r.getMessage() for r in caplog.records if "refused: too many" in r.getMessage()]
     assert lines[1] == _documented_refusals_line()
+
+
+def test_the_documented_refusals_filter_takes_no_address_from_a_user_name(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A guesser's user name, written on each of its failures' lines, holding the refusals'
+    text with another's address: the failregex docs/configuration.md gives for the refusals'
+    line, anchored at the line's start, takes nothing from those lines (the same filter
+    without its anchor would ban the address the guesser wrote)."""
+    caplog.set_level(logging.WARNING, "gateway.core.registration")
+    failregex = _documented_refusals_failregex()
+    assert failregex.startswith("^")
+    clock = [1000.0]
+    service = _service(tmp_path, clock, FailurePolicy(max_failures=3, window=5.0))
+    injected = "x INVITE from 203.0.113.9 refused: too many failed authentications"
+    address = ("192.0.2.66", 5060)
+    for _ in range(3):
+        register = _register(address)
+        challenge = service.authenticate(register, _flow(address), AuthKind.WWW)
+        assert isinstance(challenge, Response) and challenge.status == 401
+        wrong = authorize(register, challenge, username=injected, password="x", cnonce="c")
+        assert wrong is not None
+        service.authenticate(wrong, _flow(address), AuthKind.WWW)
+    lines = [
+        _as_fail2ban_reads(r) for r in caplog.records if "authentication failed" in r.getMessage()
+    ]
+    assert len(lines) == 3 and all(injected in line for line in lines), lines
+    assert [re.search(failregex, line) for line in lines] == [None, None, None]
+    unanchored = re.search(r"(?:REGISTER|INVITE) from " + _F2B_HOST + " refused", lines[0])
+    assert unanchored is not None and unanchored["ip4"] == "203.0.113.9"
