@@ -2467,10 +2467,9 @@ class MediaRelay:
                 # An unauthenticated DTLS alert (epoch 0, RFC 6347 §4.1.2.7 lets such records
                 # be discarded) or ZRTP Error (no MAC, RFC 6189 §5.9) from anyone but the
                 # latched peer or its SDP address would end the handshake and the call, and
-                # latch the socket to its sender: dropped, never answered (no ErrorACK: §5.10
-                # acknowledges an Error the exchange takes, and this one is not taken). The
-                # peer's own comes from one of those two, so a genuine refusal still ends at
-                # once (RFC 6189 §4.7: a real peer's Error is honoured).
+                # latch the socket to its sender: dropped, never answered (an ErrorACK, §5.10,
+                # acknowledges an Error the exchange took). The peer's own comes from one of
+                # those two, so a genuine refusal still ends at once (RFC 6189 §4.7).
                 ep.dropped_unlatched_source += 1
                 return
             if ep.source is not None and ep.ice is None and _unaddressed(ep):

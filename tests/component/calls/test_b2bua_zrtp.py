@@ -26,7 +26,14 @@ from gateway.core.interfaces import SrtpKeys
 from gateway.core.sdp.model import MediaDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.plugins.keyexchange.zrtp.engine import ZrtpNegotiation
-from gateway.plugins.keyexchange.zrtp.packets import encode_error, frame, is_zrtp_packet
+from gateway.plugins.keyexchange.zrtp.packets import (
+    ERROR_ACK,
+    PING,
+    encode_error,
+    frame,
+    is_zrtp_packet,
+    message,
+)
 from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, start_b2bua
 from tests.component.calls.dtls_phone import PHONE_PORT, Phone, bind
 from tests.component.calls.zrtp_pairs import pairs, phone_exchange, zrtp_sdp
@@ -363,4 +370,33 @@ async def test_a_zrtp_error_from_the_callers_sdp_address_still_ends_the_call(
     for bye in (bye_a, bye_b):
         reason = bye.request.headers.get("Reason") or ""
         assert "cause=488" in reason and "the peer's ZRTP endpoint sent Error 0x61" in reason
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_a_zrtp_error_from_the_source_that_latched_the_port_still_ends_the_call(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """A source other than the SDP address that latched the port before the SDP address spoke
+    is a phone behind a NAT as far as the gateway can tell: its Error is honoured (RFC 6189
+    §4.7), answered with ErrorACK, and ends the call with the code it names. (A stranger that
+    got there first is not told apart: docs/media_security.md, "Forged Errors".)"""
+    env = await with_zrtp(nursery, tmp_path, voipgw_seed)
+    caller = await zrtp_caller(nursery, env, run_phone=False)
+    gateway_port = ("127.0.0.1", caller.answer.port)
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert gateway_call.media is not None
+    (stream,) = gateway_call.media.streams
+    with caller.phone.sock, await bind(PHONE_PORT + 4) as natted:
+        ping = frame(1, 0x5EED, message(PING, b"1.10" + bytes(8)))
+        await natted.sendto(ping, gateway_port)
+        await eventually(lambda: stream.a.rtp_source == ("127.0.0.1", PHONE_PORT + 4))
+        await natted.sendto(_zrtp_error(), gateway_port)
+        bye_a = await env.trunk.next_request("BYE", timeout=10)
+        answers = []
+        while select.select([natted], [], [], 0)[0]:
+            answers.append((await natted.recvfrom(2048))[0][16:24])
+        assert ERROR_ACK in answers
+    reason = bye_a.request.headers.get("Reason") or ""
+    assert "cause=488" in reason and "the peer's ZRTP endpoint sent Error 0x61" in reason
     await eventually(lambda: env.calls == 0)
