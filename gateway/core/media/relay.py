@@ -71,9 +71,10 @@ address (direction ``a_to_b``), and the reverse.
   handshake task, which gives each datagram to the negotiation that claims its range). A side's
   RTP socket has one, and its RTCP socket too when the leg does not mux RTCP (RFC 5764 §4.1
   keys SRTCP from a handshake of its own). Answers leave with :meth:`StreamSide.send`. Only that
-  branch costs anything. A DTLS alert in clear (epoch 0: nothing authenticates it) from a
-  source that is neither the latched one nor the leg's SDP address is dropped and latches
-  nothing: one forged datagram must not end the handshake (RFC 6347 §4.1.2.7).
+  branch costs anything. A DTLS alert in clear (epoch 0: nothing authenticates it) or a ZRTP
+  Error (no MAC, RFC 6189 §5.9) from a source that is neither the latched one nor the leg's
+  SDP address is dropped and latches nothing: one forged datagram must not end the handshake
+  (RFC 6347 §4.1.2.7).
   Where the leg's SDP gave an address, "the SDP address first, another source only until the
   SDP address speaks" (docs/media_security.md, "Forged handshakes"): before the socket is
   keyed (:attr:`_Endpoint.keyed`, from the direction's transforms), another source latches a
@@ -568,6 +569,17 @@ def _has_plaintext_alert(packet: bytes) -> bool:
             return True
         offset += _DTLS_RECORD_HEADER + (packet[offset + 11] << 8 | packet[offset + 12])
     return False
+
+
+_ZRTP_COOKIE = b"ZRTP"  # RFC 6189 §5: the magic cookie, bytes 4..8 of every ZRTP packet
+_ZRTP_ERROR = b"Error   "  # RFC 6189 §5.9: the message type block, bytes 16..24
+
+
+def _is_zrtp_error(packet: bytes) -> bool:
+    """Whether the datagram is a ZRTP Error (RFC 6189 §5.9): it carries no MAC (nothing
+    authenticates it) and ends the receiver's exchange. Read where a DTLS alert is (RFC 7983:
+    ZRTP's first byte is 16..19); its CRC is the engine's to check."""
+    return 16 <= packet[0] <= 19 and packet[4:8] == _ZRTP_COOKIE and packet[16:24] == _ZRTP_ERROR
 
 
 def _from_sdp_address(ep: _Endpoint, source: Address) -> bool:
@@ -2449,11 +2461,15 @@ class MediaRelay:
             ep.dropped_malformed += 1
             return
         if source != ep.source:
-            if _has_plaintext_alert(packet) and not _from_sdp_address(ep, source):
+            if (_has_plaintext_alert(packet) or _is_zrtp_error(packet)) and not (
+                _from_sdp_address(ep, source)
+            ):
                 # An unauthenticated DTLS alert (epoch 0, RFC 6347 §4.1.2.7 lets such records
-                # be discarded) from anyone but the latched peer or its SDP address would end
-                # the handshake, and latch the socket to its sender: dropped. The peer's own
-                # alert comes from one of those two, so a genuine refusal still ends at once.
+                # be discarded) or ZRTP Error (no MAC, RFC 6189 §5.9) from anyone but the
+                # latched peer or its SDP address would end the handshake and the call, and
+                # latch the socket to its sender: dropped, never answered (an ErrorACK, §5.10,
+                # acknowledges an Error the exchange took). The peer's own comes from one of
+                # those two, so a genuine refusal still ends at once (RFC 6189 §4.7).
                 ep.dropped_unlatched_source += 1
                 return
             if ep.source is not None and ep.ice is None and _unaddressed(ep):

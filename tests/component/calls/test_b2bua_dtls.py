@@ -830,3 +830,36 @@ async def test_a_call_whose_handshake_task_cannot_start_ends_saying_why(
     warning = final.headers.get("Warning") or ""
     assert "media-path key exchange (DTLS-SRTP, ZRTP) could not start" in warning, warning
     await eventually(lambda: env.calls == 0)
+
+
+# A fatal handshake_failure alert in clear (RFC 6347 §4.1: type 21, DTLS 1.2, epoch 0, seq 0,
+# length 2; RFC 5246 §7.2: level 2, description 40): anyone can send it.
+PLAINTEXT_ALERT = bytes([21, 0xFE, 0xFD, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 40])
+
+
+async def test_a_strangers_plaintext_alert_before_keys_is_ignored_and_the_caller_is_keyed(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """docs/media_security.md, "Forged handshakes": the caller's SDP gave its address; a
+    stranger's fatal alert of epoch 0 (nothing authenticates it, RFC 6347 §4.1.2.7) reaches
+    the caller leg's port before the caller's first packet: the relay drops it (counted
+    ``unlatched_source``, latching nothing), our handshake goes on and the caller is keyed."""
+    env = await with_dtls(nursery, tmp_path, voipgw_seed)
+    caller = await dtls_caller(nursery, env, run_phone=False)
+    gateway_port = ("127.0.0.1", caller.answer.port)
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert gateway_call.media is not None
+    (stream,) = gateway_call.media.streams
+    with closed_on_failure(caller.phone), await bind(PHONE_PORT + 4) as stranger:
+        await stranger.sendto(PLAINTEXT_ALERT, gateway_port)
+        await eventually(lambda: stream.a_to_b.statistics().dropped_unlatched_source >= 1)
+        assert stream.a.rtp_source is None
+        nursery.start_soon(caller.phone.run)
+        with trio.fail_after(30):
+            await caller.phone.keyed.wait()
+    assert caller.phone.failure is None and caller.phone.keys is not None
+    await eventually(lambda: a_leg_keys(env) is not None)
+    assert a_leg_keys(env) == mirrored(caller.phone.keys)
+    await trio.sleep(30)
+    assert env.trunk.requests("BYE") == []

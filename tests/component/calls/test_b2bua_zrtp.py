@@ -14,6 +14,7 @@ engine (with a ZID of its own), in virtual time.
 
 from __future__ import annotations
 
+import select
 from pathlib import Path
 
 import attrs
@@ -25,7 +26,14 @@ from gateway.core.interfaces import SrtpKeys
 from gateway.core.sdp.model import MediaDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.plugins.keyexchange.zrtp.engine import ZrtpNegotiation
-from gateway.plugins.keyexchange.zrtp.packets import is_zrtp_packet
+from gateway.plugins.keyexchange.zrtp.packets import (
+    ERROR_ACK,
+    PING,
+    encode_error,
+    frame,
+    is_zrtp_packet,
+    message,
+)
 from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, start_b2bua
 from tests.component.calls.dtls_phone import PHONE_PORT, Phone, bind
 from tests.component.calls.zrtp_pairs import pairs, phone_exchange, zrtp_sdp
@@ -301,3 +309,94 @@ async def test_a_callees_video_stream_is_keyed_in_multistream_mode(
     assert all(s["encrypted"] is True for s in streams)
     await trio.sleep(30)
     assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+
+
+def _zrtp_error(code: int = 0x61) -> bytes:
+    """A ZRTP Error packet (RFC 6189 §5.9): unauthenticated, anyone can send one."""
+    return frame(1, 0x5EED, encode_error(code))
+
+
+async def test_a_strangers_zrtp_error_before_keys_is_ignored_and_the_caller_is_keyed(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+) -> None:
+    """docs/media_security.md, "Forged handshakes": the caller's SDP gave its address; a
+    stranger's ZRTP Error (nothing in it is authenticated, RFC 6189 §5.9) reaches the caller
+    leg's port before the caller's first packet. Before, it went to our engine, which sent
+    ErrorACK and ended the call ("the peer's ZRTP endpoint sent Error 0x61 ..."). Now the
+    relay drops it (counted ``unlatched_source``, latching nothing), no ErrorACK answers it,
+    and the caller is keyed."""
+    env = await with_zrtp(nursery, tmp_path, voipgw_seed)
+    caller = await zrtp_caller(nursery, env, run_phone=False)
+    gateway_port = ("127.0.0.1", caller.answer.port)
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert gateway_call.media is not None
+    (stream,) = gateway_call.media.streams
+    with await bind(PHONE_PORT + 4) as stranger:
+        try:
+            await stranger.sendto(_zrtp_error(), gateway_port)
+            await eventually(lambda: stream.a_to_b.statistics().dropped_unlatched_source >= 1)
+            assert stream.a.rtp_source is None  # it latched nothing
+            nursery.start_soon(caller.phone.run)
+        except BaseException:
+            caller.phone.sock.close()
+            raise
+        with trio.fail_after(10):
+            await caller.phone.keyed.wait()
+        assert caller.phone.failure is None and caller.phone.keys is not None
+        # No ErrorACK (nor anything else) went to the stranger.
+        assert not select.select([stranger], [], [], 0)[0]
+    await eventually(lambda: leg_keys(env, "a") is not None)
+    assert leg_keys(env, "a") == mirrored(caller.phone.keys)
+    await trio.sleep(30)
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+
+
+async def test_a_zrtp_error_from_the_callers_sdp_address_still_ends_the_call(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """RFC 6189 §5.9: the real peer's Error is honoured: from the address the caller's SDP
+    gave, before keys, it ends the exchange and the call with the code it names."""
+    env = await with_zrtp(nursery, tmp_path, voipgw_seed)
+    caller = await zrtp_caller(nursery, env, run_phone=False)
+    gateway_port = ("127.0.0.1", caller.answer.port)
+    with caller.phone.sock:
+        await caller.phone.sock.sendto(_zrtp_error(), gateway_port)
+        bye_a = await env.trunk.next_request("BYE", timeout=10)
+        bye_b = await env.alice.next_request("BYE", timeout=5)
+    for bye in (bye_a, bye_b):
+        reason = bye.request.headers.get("Reason") or ""
+        assert "cause=488" in reason and "the peer's ZRTP endpoint sent Error 0x61" in reason
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_a_zrtp_error_from_the_source_that_latched_the_port_still_ends_the_call(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """A source other than the SDP address that latched the port before the SDP address spoke
+    is a phone behind a NAT as far as the gateway can tell: its Error is honoured (RFC 6189
+    §4.7), answered with ErrorACK, and ends the call with the code it names. (A stranger that
+    got there first is not told apart: docs/media_security.md, "Forged Errors".)"""
+    env = await with_zrtp(nursery, tmp_path, voipgw_seed)
+    caller = await zrtp_caller(nursery, env, run_phone=False)
+    gateway_port = ("127.0.0.1", caller.answer.port)
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert gateway_call.media is not None
+    (stream,) = gateway_call.media.streams
+    with caller.phone.sock, await bind(PHONE_PORT + 4) as natted:
+        ping = frame(1, 0x5EED, message(PING, b"1.10" + bytes(8)))
+        await natted.sendto(ping, gateway_port)
+        await eventually(lambda: stream.a.rtp_source == ("127.0.0.1", PHONE_PORT + 4))
+        await natted.sendto(_zrtp_error(), gateway_port)
+        bye_a = await env.trunk.next_request("BYE", timeout=10)
+        answers = []
+        while select.select([natted], [], [], 0)[0]:
+            answers.append((await natted.recvfrom(2048))[0][16:24])
+        assert ERROR_ACK in answers
+    reason = bye_a.request.headers.get("Reason") or ""
+    assert "cause=488" in reason and "the peer's ZRTP endpoint sent Error 0x61" in reason
+    await eventually(lambda: env.calls == 0)

@@ -338,8 +338,10 @@ class ZrtpNegotiation:
     match its a=zrtp-hash (RFC 6189 §8.1), each later message reveals the next link of that
     Hello's hash chain (§9), so our HelloACK, DHPart1, DHPart2 or Confirm is the answer the
     peer waits for, or a repeat it takes as a retransmission (§6); our Commit commits to its
-    Hello (hvi, §4.4.1.1). (A Ping or an Error from anyone gets PingACK or ErrorACK, §5.16,
-    §5.9: nothing a peer that sent neither acts on.)
+    Hello (hvi, §4.4.1.1). (A Ping from anyone gets PingACK, §5.16, and an Error ErrorACK,
+    §5.10: nothing a peer that sent neither acts on. An Error from neither the SDP address nor
+    the latched source never gets here: the relay drops it, docs/media_security.md "Forged
+    Errors".)
     Without a readable a=zrtp-hash a stranger's Hello taken first binds the exchange, which
     fails whether anything is copied or not."""
 
@@ -1063,6 +1065,8 @@ class ZrtpNegotiation:
         code = p.parse_error_untrusted(raw)
         if self._state is _State.SECURE:
             raise _Ignore  # an Error after the exchange is over changes nothing (§5.9)
+        # Honoured (§4.7): the relay hands on an Error only from the SDP address or the source
+        # that latched the port (relay.py, _hand_on); a stranger's is dropped there.
         self._send(p.message(p.ERROR_ACK))
         raise _Abort(None, f"the peer's ZRTP endpoint sent Error {p.describe_error(code)}")
 
