@@ -70,6 +70,7 @@ from gateway.core.sip.transaction import (
     TransactionUnanswered,
     TransportFailed,
     UnmatchedResponse,
+    key_text,
 )
 from gateway.core.sip.uri import SipUri, redact_password
 from gateway.core.sip.via import (
@@ -1161,14 +1162,15 @@ class SipEndpoint:
                 # RFC 3261 §17.2.1: no ACK for our failure response (a 401/407, 404 ...)
                 # within 64*T1. Routine for scanners (svwar never ACKs its INVITEs' 407s,
                 # one per extension tried), so not worth a line each at INFO.
-                log.debug("transaction %s: no ACK (Timer H)", output.transaction.key)
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("transaction %s: no ACK (Timer H)", key_text(output.transaction.key))
                 return
-            log.info("transaction %s: %s", output.transaction.key, type(output).__name__)
+            log.info("transaction %s: %s", key_text(output.transaction.key), type(output).__name__)
             return
         if client.transaction.request is None:
             # A completed transaction (its ACK could not be re-sent): the TU has its final
             # response already.
-            log.info("transaction %s: %s", output.transaction.key, type(output).__name__)
+            log.info("transaction %s: %s", key_text(output.transaction.key), type(output).__name__)
             return
         # RFC 3261 §8.1.3.1: a timeout is treated as 408, a transport error as 503.
         status = 408 if isinstance(output, TransactionTimeout) else 503

@@ -73,7 +73,7 @@ from gateway.core.sip.session_timer import (
     request_headers,
     supports_timer,
 )
-from gateway.core.sip.transaction import State
+from gateway.core.sip.transaction import State, key_text
 from gateway.core.sip.uri import redact_password
 from gateway.core.transport.flows import TLS_TRANSPORTS, Flow, format_host_port
 
@@ -736,7 +736,9 @@ class OutboundSessions:
                     break
             except OSError as exc:
                 log.info(
-                    "abandoned INVITE %s: %s", client.transaction.key, transport_error_text(exc)
+                    "abandoned INVITE %s: %s",
+                    key_text(client.transaction.key),
+                    transport_error_text(exc),
                 )
         client.forward_to(None)
 

@@ -113,6 +113,7 @@ __all__ = [
     "UnmatchedResponse",
     "build_ack",
     "client_key",
+    "key_text",
     "merge_key",
     "server_key",
     "trying",
@@ -1492,17 +1493,22 @@ class TransactionTable:
                 self._unanswered.pop(txn, None)  # a transport error, the TU's misuse
 
 
-def _merged_tag(key: TransactionKey) -> str:
-    """The To tag of a merged request's 482 (a final response needs one, §8.2.6.2): derived from
-    its transaction key, so unique to it, without the TU's tag source."""
-    # The text a named tuple's repr gave when the key was one (sessions 1-36), so that the tag
-    # of a 482 is the same across an upgrade.
+def key_text(key: TransactionKey) -> str:
+    """The key as log lines show it: the text its named tuple's repr gave (sessions 1-36), so
+    that the lines an operator's scripts match ("transaction TransactionKey(method='INVITE',
+    ...): TransactionTimeout") read the same after the upgrade that made it a plain tuple."""
     method, branch, sent_by, legacy = key
-    text = (
+    return (
         f"TransactionKey(method={method!r}, branch={branch!r}, sent_by={sent_by!r}, "
         f"legacy={legacy!r})"
     )
-    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def _merged_tag(key: TransactionKey) -> str:
+    """The To tag of a merged request's 482 (a final response needs one, §8.2.6.2): derived from
+    its transaction key, so unique to it, without the TU's tag source."""
+    # The same text as before the key became a plain tuple, so the tag of a 482 is too.
+    return hashlib.blake2b(key_text(key).encode(), digest_size=8).hexdigest()
 
 
 def _ack_matches(txn: ServerTransaction, ack: Request) -> bool:

@@ -204,6 +204,27 @@ async def test_unacknowledged_challenges_of_a_scan_are_not_logged_one_line_each(
     assert [line for line in lines if "TransactionTimeout" in line] == []
 
 
+async def test_a_transaction_s_log_line_names_its_key_as_before_the_upgrade(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The key in "transaction ...: ..." lines reads as the named tuple it was until session 37
+    ("TransactionKey(method='INVITE', branch=..."), not as the plain tuple it became: scripts
+    and log watchers match these lines."""
+    caplog.set_level(logging.DEBUG, "gateway.core.endpoint")
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    sent = [request("INVITE", "1000", user_agent="disguised", number=0)]
+    await answers(env, SCANNER, sent)
+    await trio.sleep(40)  # past Timer H (64*T1)
+    lines = [r.getMessage() for r in caplog.records if "Timer H" in r.getMessage()]
+    assert len(lines) == 1
+    assert lines[0].startswith("transaction TransactionKey(method='INVITE', branch='z9hg4bk")
+    assert lines[0].endswith("legacy=None): no ACK (Timer H)")
+
+
 async def test_auth_block_time_bans_the_guessing_address_past_the_window(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:

@@ -35,7 +35,28 @@ EDGES = (
 )
 # No m= line: a missing o=, s= or t= is reported at the end of the description.
 SESSION_ONLY = "v=0\no=- 1 1 IN IP4 127.0.0.1\ns=-\nc=IN IP4 127.0.0.1\nt=0 0\na=sendrecv\n"
-SEEDS = tuple(crlf(text) for text in (*ALL_SAMPLES.values(), T38, EDGES, SESSION_ONLY))
+# i=, c=, b=, k= and a= in the first of two media sections and none in the second: each m= line
+# starts its section afresh (a k= carried into the next section would be a key it never had).
+SECTIONS = (
+    "v=0\no=- 3 3 IN IP4 127.0.0.1\ns=-\nt=0 0\nm=audio 4000 RTP/AVP 0\ni=first\n"
+    "c=IN IP4 127.0.0.1\nb=AS:64\nk=clear:first\na=sendonly\nm=audio 4002 RTP/AVP 8\n"
+    "c=IN IP4 127.0.0.1\n"
+)
+SEEDS = tuple(crlf(text) for text in (*ALL_SAMPLES.values(), T38, EDGES, SESSION_ONLY, SECTIONS))
+# Bodies at the edges the mutations rarely hit, each against the reference as well.
+EXPLICIT = (
+    crlf(SESSION_ONLY.replace("a=sendrecv", "a=sendrecv :x")),  # a space before the colon
+    crlf(SESSION_ONLY.replace("a=sendrecv", "a=sendrecv \t")),  # trailing blanks, no colon
+    crlf(SESSION_ONLY + "m=audio 4000 RTP/AVP 127\n"),  # the highest payload type
+    crlf(SESSION_ONLY + "m=audio 4000 RTP/AVP 0 128\n"),  # one above it
+    crlf(SESSION_ONLY + "m=audio 4000 RTP/AVP 00000000000000000008\n"),  # 20 digits
+    crlf(SESSION_ONLY + "m=audio 4000 RTP/AVP 000000000000000000008\n"),  # 21 digits
+    crlf(SESSION_ONLY + "m=audio 4000 RTP/AVP +8\n"),
+    crlf(SESSION_ONLY + "m=audio 4000 RTP/AVP \u0668\n"),  # an Arabic-Indic eight
+    crlf(SECTIONS.replace("k=clear:first\n", "")),
+    crlf(SECTIONS + "k=clear:second\n"),
+    crlf(SECTIONS + "i=second\n"),
+)
 # Pieces a mutation inserts: line types, separators, line ends, the bytes the reader refuses.
 PIECES = (
     b"\r", b"\n", b"\r\n", b"\r\r\n", b"\x00", b"\xff", b" ", b"\t", b"=", b":", b"/", b"0",
@@ -132,6 +153,23 @@ def test_the_reader_agrees_with_the_reference_on_mutated_bodies(seed_index: int)
         errors += expected[0] == "error"
     # Both paths are exercised for every sample: bodies that parse and bodies refused.
     assert parsed >= 2 and errors >= MUTANTS_PER_SEED // 4
+
+
+@pytest.mark.parametrize("wire", EXPLICIT)
+def test_the_reader_agrees_with_the_reference_at_the_edges(wire: bytes) -> None:
+    for limits in LIMITS:
+        expected = _outcome(reference_parse_sdp_untrusted, reference_serialize_sdp, wire, limits)
+        assert _outcome(parse_sdp_untrusted, serialize_sdp, wire, limits) == expected
+        assert _outcome(parse_sdp_untrusted, serialize_sdp, wire, limits) == expected
+
+
+def test_each_media_section_holds_only_its_own_lines() -> None:
+    sd = parse_sdp_untrusted(crlf(SECTIONS))
+    first, second = sd.media
+    assert (first.information, first.key, len(first.bandwidths)) == ("first", "clear:first", 1)
+    assert (second.information, second.key, second.bandwidths) == (None, None, ())
+    assert [a.name for a in first.attributes] == ["sendonly"]
+    assert list(second.attributes) == []
 
 
 def _bad_values(rng: random.Random, sd: object) -> list[object]:
