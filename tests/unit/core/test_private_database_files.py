@@ -6,7 +6,6 @@ every POSIX lock the process holds on it, a connection's of this process too
 
 from __future__ import annotations
 
-import fcntl
 import os
 import sqlite3
 import stat
@@ -20,26 +19,7 @@ from gateway.core.store.sqlite import DB_FILENAME, SqliteStore, create_private_f
 from gateway.plugins.keyexchange.mikey.replay_store import ReplayStore
 from gateway.plugins.keyexchange.zrtp.cache import SecretCache
 from gateway.plugins.taps.intercept.tasks import Provisioning
-
-
-def locked_for_others(path: Path) -> bool:
-    """Whether another process is refused a POSIX write lock of the whole of ``path``, which
-    any lock this process holds on it conflicts with: a forked child tries (F_SETLK, it does
-    not wait; it uses no SQLite)."""
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        status = 2
-        try:
-            with open(path, "r+b") as file:
-                fcntl.lockf(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            status = 1
-        except OSError:
-            status = 0
-        finally:
-            os._exit(status)
-    _, status = os.waitpid(pid, 0)
-    assert os.WEXITSTATUS(status) in (0, 1)
-    return os.WEXITSTATUS(status) == 0
+from tests.unit.core.test_check_config_access import locked_for_others
 
 
 class Closable(Protocol):
