@@ -25,6 +25,7 @@ from gateway.core.gateway import Gateway
 from gateway.core.plugins import PluginError, load_plugins
 from gateway.core.store import backends
 from tests.interop.harness.pki import TestPki
+from tests.unit.core.file_locks import locked_for_others
 
 AS_ANOTHER_USER = (
     "the service's user may be allowed to; `voipgw run` as a user who may not refuses to "
@@ -596,25 +597,6 @@ def test_a_key_the_plugin_reads_at_registration_is_the_warning_too(
 
 
 # -- session 37: a file this process holds open is not opened again -----------------------
-
-
-def locked_for_others(path: Path) -> bool:
-    """Whether another process is refused a POSIX write lock of ``path`` (F_SETLK), the lock
-    SQLite takes: a forked child tries."""
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        status = 2
-        try:
-            with open(path, "r+b") as file:
-                fcntl.lockf(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            status = 1
-        except OSError:
-            status = 0
-        finally:
-            os._exit(status)
-    _, status = os.waitpid(pid, 0)
-    assert os.WEXITSTATUS(status) in (0, 1)
-    return os.WEXITSTATUS(status) == 0
 
 
 def test_the_files_checked_keep_the_locks_this_process_holds(tmp_path: Path) -> None:

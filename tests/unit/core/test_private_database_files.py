@@ -19,7 +19,7 @@ from gateway.core.store.sqlite import DB_FILENAME, SqliteStore, create_private_f
 from gateway.plugins.keyexchange.mikey.replay_store import ReplayStore
 from gateway.plugins.keyexchange.zrtp.cache import SecretCache
 from gateway.plugins.taps.intercept.tasks import Provisioning
-from tests.unit.core.test_check_config_access import locked_for_others
+from tests.unit.core.file_locks import locked_for_others
 
 
 class Closable(Protocol):
