@@ -972,7 +972,7 @@ class WorkerPool:
                 "restarting it in %g s",
                 worker.index,
                 worker.ports,
-                f"exit code {returncode}" if returncode is not None else "channel closed",
+                _exit_text(returncode),
                 len(streams),
                 WORKER_EXITED,
                 delay,
@@ -1047,7 +1047,7 @@ class WorkerPool:
             worker.stopped = (
                 f"media worker {worker.index} (ports {worker.ports}) speaks media worker protocol "
                 f"version {version_text(mismatch.theirs)}, this gateway process {mismatch.ours} "
-                f"(exit code {returncode}): the voipgw package was upgraded (or changed) while "
+                f"({_exit_text(returncode)}): the voipgw package was upgraded (or changed) while "
                 "the gateway ran; restart the service (e.g. systemctl restart voipgw) to run the "
                 "installed version"
             )
@@ -1121,6 +1121,11 @@ class WorkerPool:
                 stream._lost(message.reason)
             return
         raise ChannelError(f"a worker does not send {type(message).__name__}")
+
+
+def _exit_text(returncode: int | None) -> str:
+    """How a worker ended, as the log lines say it (None: it had to be killed)."""
+    return f"exit code {returncode}" if returncode is not None else "channel closed"
 
 
 async def _stop(process: trio.Process | None) -> int | None:
