@@ -576,7 +576,8 @@ def _log_to_stderr(index: str, level: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     first = _first_arguments(argv)
-    if first.protocol_version != str(PROTOCOL_VERSION):
+    asks_help = any(word in ("-h", "--help") for word in (sys.argv[1:] if argv is None else argv))
+    if first.protocol_version != str(PROTOCOL_VERSION) and not asks_help:
         # Checked once per start, before a port is bound or a message read: never per message.
         _log_to_stderr(first.index, "error")
         return _refuse_protocol(first)

@@ -125,3 +125,10 @@ def test_a_sip_process_of_this_version_is_served(
     assert worker_mod.main(argv) == 0
     assert len(ServingWorker.made) == 1
     assert mismatch_lines(caplog) == []
+
+
+def test_help_is_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        worker_mod.main(["--help"])
+    assert exited.value.code == 0
+    assert "--protocol-version PROTOCOL_VERSION" in capsys.readouterr().out
