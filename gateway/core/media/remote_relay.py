@@ -32,6 +32,12 @@ threads, but as processes so that each has its own interpreter lock. :class:`Wor
 - watches each worker: end of file on its channel (it exited, crashed or was killed) ends the
   calls it carried with the reason ``media worker exited`` (the call sends BYE with that Reason),
   logs it and starts a new worker on the same slice; the other workers' calls go on;
+- checks each new worker's protocol version (worker_protocol's "Protocol version": the
+  package on disk may have been upgraded since this process started, and a restarted worker
+  runs what is on disk): a worker of another version exits at once, and its slot is not
+  started again (it would fail the same way until the service restarts): one ERROR says so and
+  what to do, and new calls go to the other workers as when a worker is being restarted (none
+  left: ``PortsExhausted``, 503). At start-up it is a start-up error;
 - on shutdown (cancellation) closes every channel, on which the workers exit, and kills any
   that has not exited within :data:`STOP_GRACE` seconds: no worker outlives the gateway. A worker
   also exits when the SIP process dies, since its channel then reads end of file.
@@ -83,6 +89,7 @@ from gateway.core.media.relay import (
 )
 from gateway.core.media.srtp import SrtpStatistics
 from gateway.core.media.worker_protocol import (
+    PROTOCOL_VERSION,
     ChannelError,
     Close,
     Datagram,
@@ -93,6 +100,7 @@ from gateway.core.media.worker_protocol import (
     PairsReady,
     Ping,
     Pong,
+    ProtocolMismatch,
     Rtcp,
     SendDatagram,
     SendDtmf,
@@ -112,7 +120,9 @@ from gateway.core.media.worker_protocol import (
     StreamFailed,
     Tapped,
     TappedDatagram,
+    check_hello,
     encode,
+    version_text,
 )
 
 if TYPE_CHECKING:
@@ -291,6 +301,8 @@ class _Worker:
     pongs: dict[int, trio.Event] = attrs.Factory(dict)
     starts: int = 0
     """Processes started for this slot (1 + restarts)."""
+    stopped: str | None = None
+    """Why the slot is no longer started (its worker speaks another protocol version), or None."""
 
     @property
     def pid(self) -> int | None:
@@ -871,6 +883,11 @@ class WorkerPool:
         """Processes started per worker slot (1 + its restarts)."""
         return [w.starts for w in self._workers]
 
+    def worker_stopped(self) -> list[str | None]:
+        """Why each worker slot is no longer started (its worker speaks another protocol
+        version than this process), None for a slot that runs or is being restarted."""
+        return [w.stopped for w in self._workers]
+
     async def sync(self, worker: int) -> None:
         """Return once worker ``worker`` has applied every message sent to it so far (a
         :class:`~gateway.core.media.worker_protocol.Ping` round trip). Raises
@@ -931,6 +948,18 @@ class WorkerPool:
             started = trio.current_time()
             returncode = await self._run_once(worker, task_status if first else None)
             first = False
+            if worker.stopped is not None:
+                # It would fail the same way on every start until the service restarts: say it
+                # once, start it no more. Its calls ended when the worker before it exited.
+                running = sum(w.channel is not None for w in self._workers)
+                log.error(
+                    "%s. Not restarting media worker %d: new calls go to the %d media worker(s) "
+                    "running (none: 503)",
+                    worker.stopped,
+                    worker.index,
+                    running,
+                )
+                await trio.sleep_forever()
             delay = next_restart_delay(delay, trio.current_time() - started, self._restart_delay)
             streams = list(worker.streams.values())
             worker.streams.clear()
@@ -943,7 +972,7 @@ class WorkerPool:
                 "restarting it in %g s",
                 worker.index,
                 worker.ports,
-                f"exit code {returncode}" if returncode is not None else "channel closed",
+                _exit_text(returncode),
                 len(streams),
                 WORKER_EXITED,
                 delay,
@@ -974,6 +1003,8 @@ class WorkerPool:
         worker.starts += 1
         channel = _Channel(trio.socket.from_stdlib_socket(ours))
         was_ready = False
+        said_hello = False
+        mismatch: ProtocolMismatch | None = None
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(channel.write_loop)
@@ -982,6 +1013,11 @@ class WorkerPool:
                         messages = await channel.messages()
                         if not messages:
                             break
+                        if not said_hello:
+                            # Its first message, once per start: never per message.
+                            check_hello(messages[0], PROTOCOL_VERSION)
+                            said_hello = True
+                            messages = messages[1:]
                         for message in messages:
                             self._handle(worker, message)
                         if not was_ready and any(isinstance(m, PairsReady) for m in messages):
@@ -991,6 +1027,8 @@ class WorkerPool:
                             worker.channel = channel
                             if task_status is not None:
                                 task_status.started()
+                except ProtocolMismatch as exc:
+                    mismatch = exc
                 except ChannelError as exc:
                     log.error("media worker %d sent a bad frame: %s", worker.index, exc)
                 except OSError as exc:
@@ -1005,6 +1043,17 @@ class WorkerPool:
             channel.close()
             returncode = await _stop(worker.process)
             worker.process = None
+        if mismatch is not None:
+            worker.stopped = (
+                f"media worker {worker.index} (ports {worker.ports}) speaks media worker protocol "
+                f"version {version_text(mismatch.theirs)}, this gateway process {mismatch.ours} "
+                f"({_exit_text(returncode)}): the voipgw package was upgraded (or changed) while "
+                "the gateway ran; restart the service (e.g. systemctl restart voipgw) to run the "
+                "installed version"
+            )
+            if task_status is not None:
+                raise LocalMediaError(worker.stopped)
+            return returncode
         if not was_ready and task_status is not None:
             raise LocalMediaError(
                 f"media worker {worker.index} (ports {worker.ports}) exited before it was ready "
@@ -1019,6 +1068,8 @@ class WorkerPool:
             "gateway.core.media.worker",
             "--fd",
             str(fd),
+            "--protocol-version",
+            str(PROTOCOL_VERSION),
             "--index",
             str(worker.index),
             "--address",
@@ -1070,6 +1121,11 @@ class WorkerPool:
                 stream._lost(message.reason)
             return
         raise ChannelError(f"a worker does not send {type(message).__name__}")
+
+
+def _exit_text(returncode: int | None) -> str:
+    """How a worker ended, as the log lines say it (None: it had to be killed)."""
+    return f"exit code {returncode}" if returncode is not None else "channel closed"
 
 
 async def _stop(process: trio.Process | None) -> int | None:

@@ -1,8 +1,15 @@
 """A media worker process: one in-process relay on a slice of the port range, driven over a channel.
 
 Started by :class:`gateway.core.media.remote_relay.WorkerPool` as
-``python -m gateway.core.media.worker --fd N --address IP --ports LOW-HIGH ...`` with one end of
-a Unix socketpair as descriptor N (the control channel, :mod:`gateway.core.media.worker_protocol`).
+``python -m gateway.core.media.worker --fd N --protocol-version V --address IP --ports LOW-HIGH
+...`` with one end of a Unix socketpair as descriptor N (the control channel,
+:mod:`gateway.core.media.worker_protocol`).
+
+Before anything else it compares V with its own protocol version (the package may have been
+upgraded on disk since the SIP process started, worker_protocol's "Protocol version"): on a
+mismatch it logs one ERROR naming both and the remedy (restart the service), sends its ``Hello``
+(nothing else) and exits with status ``EXIT_PROTOCOL_MISMATCH`` (78), having bound no port.
+Otherwise its first message is ``Hello`` too, then ``PairsReady``.
 
 Theory of operation
 -------------------
@@ -73,14 +80,17 @@ from gateway.core.media.relay import (
 )
 from gateway.core.media.worker_protocol import (
     DTMF_COPIES_PER_SECOND,
+    EXIT_PROTOCOL_MISMATCH,
     MAX_DTMF_COPY,
     MAX_RTCP_COPY,
+    PROTOCOL_VERSION,
     RTCP_COPY_INTERVAL,
     ChannelError,
     Close,
     Datagram,
     DtmfEvent,
     FrameReader,
+    Hello,
     Message,
     Open,
     PairsReady,
@@ -106,6 +116,7 @@ from gateway.core.media.worker_protocol import (
     Tapped,
     TappedDatagram,
     encode,
+    version_text,
 )
 
 log = logging.getLogger(__name__)
@@ -232,6 +243,7 @@ class Worker:
 
     async def run(self) -> None:
         """Serve until the channel ends."""
+        self.outbox.send(Hello(PROTOCOL_VERSION))  # first, always (worker_protocol.check_hello)
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.relay.serve)
@@ -518,9 +530,66 @@ def _responder(message: SetIce) -> IceLiteResponder | None:
     return IceLiteResponder(IceCredentials(message.local_ufrag, message.local_pwd), remote)
 
 
+def _first_arguments(argv: list[str] | None) -> argparse.Namespace:
+    """``--fd``, ``--index``, ``--log-level`` and ``--protocol-version``, read before the rest:
+    a SIP process of another version may pass options this worker does not know, and must
+    still be told why this worker cannot serve it rather than argparse's usage error."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--fd")
+    parser.add_argument("--index", default="0")
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--protocol-version")
+    first, _ = parser.parse_known_args(argv)
+    return first
+
+
+def _refuse_protocol(first: argparse.Namespace) -> int:
+    """The SIP process that started this worker speaks another protocol version: say so on
+    stderr (its log), tell it with a ``Hello`` if it reads one (it gave its version), exit."""
+    log.error(
+        "media worker %s: the installed voipgw speaks media worker protocol version %d, the "
+        "gateway process that started this worker %s: the voipgw package was upgraded (or "
+        "changed) while the gateway ran; restart the service (e.g. systemctl restart voipgw) to "
+        "run the installed version on both sides. Exiting",
+        first.index,
+        PROTOCOL_VERSION,
+        version_text(first.protocol_version),
+    )
+    if first.fd is not None and first.fd.isdigit():
+        try:
+            with socket.socket(fileno=int(first.fd)) as channel:
+                # A SIP process from before versions (no --protocol-version) reads no Hello: it
+                # would log a "bad frame" on top; it sees the exit status instead.
+                if first.protocol_version is not None:
+                    channel.sendall(encode(Hello(PROTOCOL_VERSION)))
+        except OSError as exc:
+            log.debug("cannot send the Hello: %s", transport_error_text(exc))
+    return EXIT_PROTOCOL_MISMATCH
+
+
+def _log_to_stderr(index: str, level: str) -> None:
+    handler = logging.StreamHandler()
+    # "%(asctime)s %(levelname)s media-worker-N %(name)s: %(message)s"
+    handler.setFormatter(LineFormatter(f"media-worker-{index}"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
+
+
 def main(argv: list[str] | None = None) -> int:
+    first = _first_arguments(argv)
+    asks_help = any(word in ("-h", "--help") for word in (sys.argv[1:] if argv is None else argv))
+    if first.protocol_version != str(PROTOCOL_VERSION) and not asks_help:
+        # Checked once per start, before a port is bound or a message read: never per message.
+        _log_to_stderr(first.index, "error")
+        return _refuse_protocol(first)
     parser = argparse.ArgumentParser(prog="python -m gateway.core.media.worker")
     parser.add_argument("--fd", type=int, required=True, help="the control channel's descriptor")
+    parser.add_argument(
+        "--protocol-version",
+        type=int,
+        required=True,
+        help="the SIP process's (worker_protocol.PROTOCOL_VERSION): this worker exits with "
+        f"status {EXIT_PROTOCOL_MISMATCH} when it is not its own",
+    )
     parser.add_argument("--index", type=int, default=0)
     parser.add_argument("--address", required=True)
     parser.add_argument("--ports", required=True, help="LOW-HIGH: this worker's slice")
@@ -534,10 +603,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGHUP asks the SIP process to reload its certificates; sent to the whole process group (a
     # terminal's hangup, kill -HUP -PGID) it must not end a worker and the calls it relays.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    handler = logging.StreamHandler()
-    # "%(asctime)s %(levelname)s media-worker-N %(name)s: %(message)s"
-    handler.setFormatter(LineFormatter(f"media-worker-{args.index}"))
-    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
+    _log_to_stderr(str(args.index), args.log_level)
     show_plugin_exception_text(args.plugin_exception_text)
 
     async def serve() -> None:

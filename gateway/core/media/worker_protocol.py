@@ -11,6 +11,22 @@ frames::
 
 Every message type is an ``@attrs.frozen`` class below with an explicit field layout
 (:data:`_LAYOUTS`); nothing is pickled, so a frame can only ever become one of these values.
+
+Protocol version
+----------------
+Both processes must use the same layouts, and after an in-place upgrade of the package (``pip
+install -U``, a .deb) while the gateway runs they need not: the SIP process keeps the code it
+started with, but a worker it starts again (after a crash) imports the new code from disk.
+:data:`PROTOCOL_VERSION` names the layouts. The SIP process gives its version on the worker's
+command line (``--protocol-version``); the worker compares it with its own before it binds a
+port or reads a message, and its first message is always :class:`Hello` with its own version,
+which the SIP process checks in turn (:func:`check_hello`) before it takes any other. On a
+mismatch the worker sends nothing after its ``Hello`` and exits with
+:data:`EXIT_PROTOCOL_MISMATCH`; the SIP process logs it once and does not start that worker
+again (restarting the service runs the installed version on both sides). The check costs one
+message per worker start, nothing per message or packet. ``Hello``'s layout (type 0, the
+version as u32) and ``--protocol-version`` never change, whatever the version: they are how
+two versions find out that they differ.
 The channel is local and trusted, but a worker that crashed half-way through a write or a bug
 must still end in a clear :class:`ChannelError`, never in an odd object: frames are decoded by
 :func:`parse_message_untrusted`, which checks every length against what is left and the frame
@@ -24,8 +40,8 @@ SIP process -> worker: :class:`Open`, :class:`SetRemote`, :class:`SetBlocked`, :
 :class:`SetDtls`, :class:`SendDatagram`, :class:`Close`, :class:`Ping`, :class:`SetTap`,
 :class:`SetOpaque`, :class:`SetIce`, :class:`SetPayloadTypes`, :class:`SetRedPayloadTypes`,
 :class:`SetDtmf`, :class:`SendDtmf`, :class:`SetTranscoding`.
-Worker -> SIP process: :class:`PairsReady`, :class:`Datagram`, :class:`Stats`,
-:class:`StreamFailed`, :class:`Pong`, :class:`Tapped`, :class:`TappedDatagram`,
+Worker -> SIP process: :class:`Hello` (first), :class:`PairsReady`, :class:`Datagram`,
+:class:`Stats`, :class:`StreamFailed`, :class:`Pong`, :class:`Tapped`, :class:`TappedDatagram`,
 :class:`DtmfEvent`.
 
 Decrypted media crosses this channel too (:class:`Tapped`, :class:`TappedDatagram`, for a call's
@@ -50,6 +66,20 @@ from gateway.core.interfaces import SrtpKeys
 from gateway.core.media.relay import DirectionStatistics
 from gateway.core.media.srtp import SrtpStatistics
 
+PROTOCOL_VERSION = 1
+"""The version of the channel's messages. **Bump it on any change to a message's layout** (a
+field added, removed, reordered or retyped, a default that is sent, a type number, a field
+codec, the framing): a worker of one version cannot read another's messages (session 36 added
+``SetDtls``, session 37 a bool to ``SendDatagram``, with no version to tell). The known-bytes
+frames in tests/unit/media/test_worker_protocol.py are those of this version: a layout change
+without a bump fails them. 1: the first versioned layouts (session 38); before it the channel
+had no version (a SIP process of then passes no ``--protocol-version``)."""
+
+EXIT_PROTOCOL_MISMATCH = 78
+"""A worker's exit status when the SIP process that started it speaks another protocol
+version (sysexits' EX_CONFIG: the installation is not what the running process was started
+from). Never changes."""
+
 MAX_FRAME = 128 * 1024
 """The largest frame (type and fields): a 64 KiB datagram and its header fit with room."""
 
@@ -62,6 +92,36 @@ LAWS = ("", "PCMU", "PCMA")
 class ChannelError(Exception):
     """A frame that is not one of the messages below (the peer process is broken): the channel
     is closed and the worker treated as dead. The text names the problem, never the bytes."""
+
+
+class ProtocolMismatch(ChannelError):
+    """The worker speaks another protocol version than this process (:func:`check_hello`):
+    the package was upgraded (or changed) while the gateway ran."""
+
+    def __init__(self, theirs: int | None, ours: int) -> None:
+        self.theirs = theirs
+        """The worker's version; None when its first message was no :class:`Hello`."""
+        self.ours = ours
+        super().__init__(
+            f"the media worker speaks protocol version {version_text(theirs)}, this process {ours}"
+        )
+
+
+def version_text(version: int | str | None) -> str:
+    """A protocol version as the log names it; None: a voipgw from before versions."""
+    return "none (a voipgw from before protocol versions)" if version is None else str(version)
+
+
+# -- worker -> SIP process, first ---------------------------------------------------------------
+
+
+@attrs.frozen
+class Hello:
+    """The worker's first message, always: the protocol version it speaks. Its layout (type
+    0, ``version`` u32) never changes, so that a SIP process of any version reads it from a
+    worker of any version."""
+
+    version: int
 
 
 # -- SIP process -> worker ----------------------------------------------------------------------
@@ -373,7 +433,8 @@ RTCP_COPY_INTERVAL = 0.2
 
 
 Message = (
-    Open
+    Hello
+    | Open
     | SetRemote
     | SetBlocked
     | SetKeys
@@ -597,9 +658,12 @@ _SRTP: _Codec = _optional(_put_srtp, _get_srtp)
 _SECONDS: _Codec = _struct(_F64)
 _PAYLOAD_TYPE: _Codec = _struct(_I16)  # -1: none
 _LAW: _Codec = (_put_choice(LAWS), _get_choice(LAWS))
+_VERSION: _Codec = _struct(_U32)
 
 # type octet -> (class, the codec of each field in attrs order). Append only: never renumber.
+# Any change to a layout here bumps PROTOCOL_VERSION; Hello's (type 0) never changes.
 _LAYOUTS: dict[int, tuple[type[Any], tuple[_Codec, ...]]] = {
+    0: (Hello, (_VERSION,)),
     1: (Open, (_STREAM, _PORT, _PORT)),
     2: (SetRemote, (_STREAM, _SIDE, _ADDRESS, _ADDRESS, _BOOL)),
     3: (SetBlocked, (_STREAM, _DIRECTION, _BOOL)),
@@ -671,6 +735,15 @@ def parse_message_untrusted(frame: bytes) -> Message:
     reader.finish()
     message: Message = cls(*values)
     return message
+
+
+def check_hello(first: Message, ours: int) -> None:
+    """Check a worker's first message: :class:`Hello` with version ``ours`` (the SIP process's
+    :data:`PROTOCOL_VERSION`). Raises :class:`ProtocolMismatch` otherwise."""
+    if not isinstance(first, Hello):
+        raise ProtocolMismatch(None, ours)
+    if first.version != ours:
+        raise ProtocolMismatch(first.version, ours)
 
 
 class FrameReader:

@@ -26,12 +26,13 @@ import trio
 
 from gateway.core.config import PortRange
 from gateway.core.interfaces import SrtpKeys
-from gateway.core.media import stun
+from gateway.core.media import remote_relay, stun
 from gateway.core.media.errors import LocalMediaError, PortsExhausted
 from gateway.core.media.ice import IceCredentials, IceLiteResponder
 from gateway.core.media.keying import StreamKeys
 from gateway.core.media.ports import rtp_ports
 from gateway.core.media.remote_relay import WORKER_EXITED, RemoteStream, WorkerPool
+from gateway.core.media.worker_protocol import EXIT_PROTOCOL_MISMATCH, PROTOCOL_VERSION
 from tests.integration.media.phone_sockets import (
     ADDRESS,
     WORKER_TIMEOUT,
@@ -516,6 +517,95 @@ async def test_a_killed_worker_ends_its_calls_and_is_restarted(
     await relayed(s2, a2, b2, 1)
     s0.close()  # closing a lost stream is harmless
     assert pool.worker_streams() == [1, 1]
+
+
+async def test_a_restarted_worker_of_another_protocol_version_is_said_once_and_not_restarted(
+    pool: WorkerPool,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """The package upgraded on disk under a running gateway: this (SIP) process keeps the
+    protocol version it started with, a worker it starts again runs the installed one. Here the
+    process is made the older one (its PROTOCOL_VERSION, which it puts on the worker's command
+    line and expects in its Hello) and the real worker is the code on disk."""
+    a0, b0, a1, b1 = await ephemeral_phones(4)
+    lost: list[str] = []
+    s0 = pool.for_call(lost.append).open_stream()
+    s1 = pool.open_stream()
+    assert (s0.worker, s1.worker) == (0, 1)
+    await connected(pool, s0, a0, b0)
+    await connected(pool, s1, a1, b1)
+    old = PROTOCOL_VERSION - 1
+    monkeypatch.setattr(remote_relay, "PROTOCOL_VERSION", old)
+    pid0 = pool.worker_pids()[0]
+    assert pid0 is not None
+
+    with caplog.at_level(logging.ERROR, logger="gateway.core.media.remote_relay"):
+        os.kill(pid0, signal.SIGKILL)  # the crash that makes it start a worker again
+        await eventually(lambda: pool.worker_stopped()[0] is not None, "worker 0 given up")
+        # No crash loop: at this pool's restart delay (0.05 s, doubling) a loop would have
+        # started it again well within this second.
+        with trio.move_on_after(1.0):
+            while pool.worker_starts()[0] == 2:
+                await trio.sleep(0.01)
+    assert lost == [WORKER_EXITED]  # its calls ended as when any worker exits
+    assert pool.worker_starts() == [2, 1]
+    assert pool.worker_pids()[0] is None and pool.worker_ready()[0] == 0
+    said = [r.getMessage() for r in caplog.records if "protocol version" in r.getMessage()]
+    assert said == [
+        f"media worker 0 (ports {pool.slices[0]}) speaks media worker protocol version "
+        f"{PROTOCOL_VERSION}, this gateway process {old} (exit code {EXIT_PROTOCOL_MISMATCH}): "
+        "the voipgw package was upgraded (or changed) while the gateway ran; restart the service "
+        "(e.g. systemctl restart voipgw) to run the installed version. Not restarting media "
+        "worker 0: new calls go to the 1 media worker(s) running (none: 503)"
+    ]
+    assert pool.worker_stopped()[0] == said[0].split(". Not restarting")[0]
+    # The worker said it too, on its stderr (the service's log).
+    (line,) = [line for line in capfd.readouterr().err.splitlines() if "protocol" in line]
+    assert " ERROR media-worker-0 " in line
+    assert line.endswith(
+        f": media worker 0: the installed voipgw speaks media worker protocol version "
+        f"{PROTOCOL_VERSION}, the gateway process that started this worker {old}: the voipgw "
+        "package was upgraded (or changed) while the gateway ran; restart the service (e.g. "
+        "systemctl restart voipgw) to run the installed version on both sides. Exiting"
+    )
+    # New calls go to the other worker, whose call goes on.
+    assert pool.for_call().open_stream().worker == 1
+    await relayed(s1, a1, b1, 1)
+
+    # The last worker too: none left, a new call is refused (503), as while workers restart.
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="gateway.core.media.remote_relay"):
+        pid1 = pool.worker_pids()[1]
+        assert pid1 is not None
+        os.kill(pid1, signal.SIGKILL)
+        await eventually(lambda: pool.worker_stopped()[1] is not None, "worker 1 given up")
+    assert any("new calls go to the 0 media worker(s) running" in r.message for r in caplog.records)
+    with pytest.raises(PortsExhausted):
+        pool.open_stream()
+
+
+async def test_a_worker_of_another_protocol_version_fails_start_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At start-up (the package changed between the SIP process's imports and its workers'):
+    a start-up error that says what to do, rather than a gateway half up."""
+    newer = PROTOCOL_VERSION + 1  # this process newer than the package on disk: the other way
+    monkeypatch.setattr(remote_relay, "PROTOCOL_VERSION", newer)
+    pool = WorkerPool(ADDRESS, PORTS.get(), 2)
+    with pytest.raises(ExceptionGroup) as caught:
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(WORKER_TIMEOUT):
+                await nursery.start(pool.serve)
+    assert caught.group_contains(
+        LocalMediaError,
+        match=rf"^media worker 0 \(ports \S+\) speaks media worker protocol version "
+        rf"{PROTOCOL_VERSION}, this gateway process {newer} \(exit code 78\): the voipgw package "
+        r"was upgraded \(or changed\) while the gateway ran; restart the service",
+        depth=1,
+    )
+    assert pool.worker_pids() == [None, None]
 
 
 async def test_ports_exhausted_when_no_worker_has_pairs() -> None:

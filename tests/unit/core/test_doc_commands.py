@@ -43,6 +43,7 @@ FOREIGN_FLAGS = {
     "--full": "benchmarks/testssl_scan.sh",
     "--sip-port-base": "benchmarks/sip_calls.py",
     "--add-ca": "testssl.sh",
+    "--protocol-version": "a media worker's (python -m gateway.core.media.worker)",
 }
 
 

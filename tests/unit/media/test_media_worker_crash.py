@@ -14,6 +14,7 @@ import pytest
 
 from gateway.core.logs import WITHHELD, show_plugin_exception_text
 from gateway.core.media import worker as worker_mod
+from gateway.core.media.worker_protocol import PROTOCOL_VERSION
 
 SECRET = "a2V5IG1hdGVyaWFsIG9mIGEgbGVn"  # stands for a leg's SRTP key in a tap's exception
 
@@ -48,7 +49,8 @@ def channel(monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
 def run_worker(channel: socket.socket, *flags: str) -> int:
     fd = channel.detach()  # main() wraps it in a socket of its own
     address = ["--address", "127.0.0.1", "--ports", "40000-40009"]
-    return worker_mod.main(["--fd", str(fd), "--index", "3", *address, *flags])
+    version = ["--protocol-version", str(PROTOCOL_VERSION)]
+    return worker_mod.main(["--fd", str(fd), *version, "--index", "3", *address, *flags])
 
 
 def test_an_unhandled_exception_is_logged_without_plugin_text_and_exits_1(

@@ -1,6 +1,8 @@
 """The media worker control channel's codec (gateway/core/media/worker_protocol.py): every message
 round-trips through a frame, frames split anywhere reassemble, and malformed frames end in a
-ChannelError that names the problem without quoting key material."""
+ChannelError that names the problem without quoting key material. Each message type's bytes are
+pinned to the protocol version (a layout change without a bump of PROTOCOL_VERSION fails), and
+the worker's Hello is checked both ways (an older and a newer worker)."""
 
 from __future__ import annotations
 
@@ -17,16 +19,19 @@ from gateway.core.media.relay import DirectionStatistics
 from gateway.core.media.srtp import SrtpStatistics
 from gateway.core.media.worker_protocol import (
     MAX_FRAME,
+    PROTOCOL_VERSION,
     ChannelError,
     Close,
     Datagram,
     DtmfEvent,
     FrameReader,
+    Hello,
     Message,
     Open,
     PairsReady,
     Ping,
     Pong,
+    ProtocolMismatch,
     Rtcp,
     SendDatagram,
     SendDtmf,
@@ -46,6 +51,7 @@ from gateway.core.media.worker_protocol import (
     StreamFailed,
     Tapped,
     TappedDatagram,
+    check_hello,
     encode,
     parse_message_untrusted,
 )
@@ -68,6 +74,8 @@ def srtp(seed: int) -> SrtpStatistics:
 
 
 EVERY_MESSAGE: list[Message] = [
+    Hello(1),
+    Hello(2**32 - 1),
     Open(1, 30000, 30002),
     SetRemote(2, "a", ("192.0.2.10", 4000), ("192.0.2.10", 4007), False),
     SetRemote(2, "b", None, None, True),
@@ -252,3 +260,149 @@ def test_values_that_do_not_fit_their_field_are_our_bug() -> None:
         encode(Open(1, 70000, 30002))
     with pytest.raises(ValueError, match="over"):
         encode(SendDatagram(1, "a", False, bytes(MAX_FRAME)))
+
+
+# -- the protocol version ------------------------------------------------------------------------
+
+LAYOUT_VERSION = 1
+"""The PROTOCOL_VERSION whose layouts FRAMES below are. A change to any message's layout fails
+test_each_message_type_has_the_layout_of_its_protocol_version: then bump PROTOCOL_VERSION in
+worker_protocol.py, and this number with the new frames (never new frames under an old number:
+a worker of the old version cannot read them, and the version is how the two find out)."""
+
+
+def counters(first: int, count: int) -> str:
+    return "".join(f"{n:016x}" for n in range(first, first + count))
+
+
+KEYS_WITH_MKI = SrtpKeys(
+    "AES_CM_128_HMAC_SHA1_80", bytes(range(1, 31)), bytes(range(31, 61)), b"\x01"
+)
+
+# One frame per message type, every field set away from its default: length u32, type u8,
+# fields (spaces between them only for the reader).
+FRAMES: list[tuple[Message, str]] = [
+    (Hello(1), "00000005 00 00000001"),
+    (Open(1, 30000, 30002), "00000009 01 00000001 7530 7532"),
+    (
+        SetRemote(2, "b", ("192.0.2.10", 4000), None, True),
+        "00000017 02 00000002 01 01 000a 3139322e302e322e3130 0fa0 00 01",
+    ),
+    (SetBlocked(3, "b_to_a", True), "00000007 03 00000003 01 01"),
+    (
+        SetKeys(4, True, KEYS_WITH_MKI, None, True, None, False, None),
+        "00000072 04 00000004 01"
+        " 01 0017 4145535f434d5f3132385f484d41435f534841315f3830"
+        " 0000001e 0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e"
+        " 0000001e 1f202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c"
+        " 00000001 01 00000000"
+        " 00 01 00 00 00",
+    ),
+    (SetDtls(5, "b", True, True, True), "00000009 05 00000005 01 01 01 01"),
+    (
+        SetIce(6, "a", True, True, "gw01", "pw", "ph", "pp"),
+        "0000001a 0b 00000006 00 01 01 0004 67773031 0002 7077 0002 7068 0002 7070",
+    ),
+    (
+        SendDatagram(7, "b", True, b"\x16\xfe\xfd", False),
+        "0000000f 06 00000007 01 01 00000003 16fefd 00",
+    ),
+    (Close(8), "00000005 07 00000008"),
+    (Ping(9), "00000005 08 00000009"),
+    (SetTap(10, True), "00000006 09 0000000a 01"),
+    (SetOpaque(11, True), "00000006 0a 0000000b 01"),
+    (SetRtcpWatch(12, "b_to_a", True), "00000007 0c 0000000c 01 01"),
+    (SetPayloadTypes(13, "b_to_a", ((101, 96), (0, 8))), "0000000b 0d 0000000d 01 02 6560 0008"),
+    (SetRedPayloadTypes(14, "b_to_a", (63, 121)), "00000009 10 0000000e 01 02 3f79"),
+    (
+        SetDtmf(15, "b_to_a", 101, -1, 8000, 0x01020304, (63,)),
+        "00000014 0e 0000000f 01 0065 ffff 00001f40 01020304 01 3f",
+    ),
+    (
+        SendDtmf(16, "b_to_a", True, False, b"\x05\x0a\x01\x90"),
+        "00000010 0f 00000010 01 01 00 00000004 050a0190",
+    ),
+    (SetTranscoding(17, "b_to_a", "PCMA", 8, 0), "0000000b 11 00000011 01 02 0008 0000"),
+    (PairsReady((30000, 30002)), "00000007 14 0002 7530 7532"),
+    (
+        Datagram(21, "b", True, ("127.0.0.1", 5004), b"\x16\xfe\xff"),
+        "0000001c 15 00000015 01 01 01 0009 3132372e302e302e31 138c 00000003 16feff",
+    ),
+    (
+        Stats(
+            22,
+            0.25,
+            DirectionStatistics(*range(1, 17)),
+            DirectionStatistics(*range(17, 33)),
+            None,
+            SrtpStatistics(*range(1, 8)),
+        ),
+        f"00000147 16 00000016 3fd0000000000000 {counters(1, 16)} {counters(17, 16)}"
+        f" 00 01 {counters(1, 7)}",
+    ),
+    (StreamFailed(23, "no"), "00000009 17 00000017 0002 6e6f"),
+    (Pong(24), "00000005 18 00000018"),
+    (Tapped(25, "b_to_a", b"\x80\x00"), "0000000c 19 00000019 01 00000002 8000"),
+    (
+        TappedDatagram(26, "b_to_a", ("2001:db8::7", 1), b"\x00\x01"),
+        "0000001c 1a 0000001a 01 01 000b 323030313a6462383a3a37 0001 00000002 0001",
+    ),
+    (Rtcp(27, "b_to_a", b"\x81\xc9"), "0000000c 1b 0000001b 01 00000002 81c9"),
+    (DtmfEvent(28, "b_to_a", b"\x80\xe5"), "0000000c 1c 0000001c 01 00000002 80e5"),
+]
+
+
+def test_each_message_type_has_the_layout_of_its_protocol_version() -> None:
+    assert PROTOCOL_VERSION == LAYOUT_VERSION, (
+        "PROTOCOL_VERSION changed: put this version's frames in FRAMES and set LAYOUT_VERSION"
+    )
+    assert [type(m) for m, _ in FRAMES] == list(dict.fromkeys(type(m) for m, _ in FRAMES))
+    assert {type(m) for m, _ in FRAMES} == set(Message.__args__), (  # type: ignore[attr-defined]
+        "a message type was added or removed: bump PROTOCOL_VERSION in worker_protocol.py"
+    )
+    for message, frame in FRAMES:
+        expected = bytes.fromhex(frame.replace(" ", ""))
+        assert encode(message) == expected, (
+            f"{type(message).__name__}'s layout changed: bump PROTOCOL_VERSION in "
+            "worker_protocol.py (and LAYOUT_VERSION and FRAMES here)"
+        )
+        assert parse_message_untrusted(expected[4:]) == message
+
+
+@pytest.mark.parametrize("version", [0, 1, 2, 0x01020304])
+def test_the_hello_is_the_same_in_every_version(version: int) -> None:
+    """Type 0 and the version as u32, whatever PROTOCOL_VERSION is: how two versions find out
+    that they differ. Never change it."""
+    frame = b"\x00\x00\x00\x05\x00" + version.to_bytes(4, "big")
+    assert encode(Hello(version)) == frame
+    assert FrameReader().feed(frame) == [Hello(version)]
+
+
+def test_a_worker_of_this_version_is_taken() -> None:
+    check_hello(Hello(PROTOCOL_VERSION), PROTOCOL_VERSION)
+    check_hello(Hello(7), 7)
+
+
+@pytest.mark.parametrize(
+    ("first", "ours", "problem"),
+    [
+        # the package upgraded under a running SIP process: its restarted worker is newer
+        (Hello(2), 1, "the media worker speaks protocol version 2, this process 1"),
+        # downgraded under it: older
+        (Hello(1), 2, "the media worker speaks protocol version 1, this process 2"),
+        (
+            PairsReady((30000,)),  # what a worker from before versions sent first
+            1,
+            "the media worker speaks protocol version none (a voipgw from before protocol "
+            "versions), this process 1",
+        ),
+    ],
+)
+def test_a_worker_of_another_version_is_a_mismatch_that_names_both(
+    first: Message, ours: int, problem: str
+) -> None:
+    with pytest.raises(ProtocolMismatch) as caught:
+        check_hello(first, ours)
+    assert str(caught.value) == problem
+    assert caught.value.ours == ours
+    assert caught.value.theirs == (first.version if isinstance(first, Hello) else None)
