@@ -147,15 +147,21 @@ class _Transaction:
         self.key = key
 
 
-def _transaction(timer: str) -> Callable[[Path], None]:
+def _transaction(timer: str | None) -> Callable[[Path], None]:
+    """A transaction's failure (a timeout of ``timer``, else a transport failure) handed to the
+    endpoint's handler, on an endpoint whose client requests do not hold it (nobody waits for
+    it any more)."""
+
     def drive(tmp_path: Path) -> None:
         invite = request("INVITE", uri="sip:1000@127.0.0.1:5060", sent_by="192.0.2.66:5060")
         transaction = _Transaction(server_key(invite))
-        # The endpoint's handler of a transaction's failure, on an endpoint whose client
-        # requests do not hold it (nobody waits for it any more).
         endpoint = types.SimpleNamespace(_client_requests={})
-        SipEndpoint._fail_client(endpoint, TransactionTimeout(transaction, timer))  # type: ignore[arg-type]
-        SipEndpoint._fail_client(endpoint, TransportFailed(transaction))  # type: ignore[arg-type]
+        failure: TransactionTimeout | TransportFailed
+        if timer is None:
+            failure = TransportFailed(transaction)  # type: ignore[arg-type]
+        else:
+            failure = TransactionTimeout(transaction, timer)  # type: ignore[arg-type]
+        SipEndpoint._fail_client(endpoint, failure)  # type: ignore[arg-type]
 
     return drive
 
@@ -210,7 +216,8 @@ DRIVEN: dict[str, Callable[[Path], None]] = {
     "auth-failed": _auth_lines,
     "auth-blocked": _auth_lines,
     "auth-refused": _auth_lines,
-    "transaction-failed": _transaction("B"),
+    "transaction-timeout": _transaction("B"),
+    "transaction-transport-failed": _transaction(None),
     "timer-h": _transaction("H"),
     "key-exchange-failed": _key_exchange_failed,
     "key-exchange-plugin-failed": _key_exchange_plugin_failed,
