@@ -333,6 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
     calls.add_argument("--state-dir", metavar="DIR", help="state directory (default: as run)")
     calls.add_argument("--recent", type=int, metavar="N", help="show the last N calls, ended too")
     calls.add_argument("--json", action="store_true", help="machine-readable output")
+    calls.add_argument(
+        "--call-id",
+        metavar="ID",
+        help="only the calls with this SIP Call-ID, as log lines name a call ('call ID: ...'), "
+        "live or ended, among the last 1000 calls (or --recent N); a call's id as this command "
+        "shows it (Call-ID;tag) is taken too",
+    )
 
     registrations = sub.add_parser(
         "registrations",
@@ -980,7 +987,11 @@ def cmd_calls(args: argparse.Namespace) -> int:
         records = store.call_records_recent(args.recent or 1000)
     finally:
         store.close()
-    if not args.recent:
+    if args.call_id is not None:
+        # Log lines name a call by its Call-ID; a record by the Call-ID and the caller leg's
+        # tag (a caller retrying with one Call-ID makes a new record): either is taken.
+        records = tuple(r for r in records if args.call_id in (r.call_id, sip_call_id(r.call_id)))
+    elif not args.recent:
         records = tuple(r for r in records if r.ended_at is None)
     # Figures that change all the time are asked of the gateway, only for calls that are up.
     live = _live_quality(args, config) if any(r.ended_at is None for r in records) else None
@@ -997,6 +1008,7 @@ def cmd_calls(args: argparse.Namespace) -> int:
                 [
                     {
                         "call_id": r.call_id,
+                        "sip_call_id": sip_call_id(r.call_id),
                         "from": r.from_uri,
                         "to": r.to_uri,
                         "started_at": r.started_at,
@@ -1013,7 +1025,10 @@ def cmd_calls(args: argparse.Namespace) -> int:
         )
         return EXIT_OK
     if not records:
-        print("no live calls" if not args.recent else "no calls")
+        if args.call_id is not None:
+            print(f"no call with Call-ID {args.call_id}")
+        else:
+            print("no live calls" if not args.recent else "no calls")
         return EXIT_OK
     for record in records:
         state = "live" if record.ended_at is None else f"ended ({record.end_reason})"
@@ -1059,6 +1074,12 @@ def cmd_calls(args: argparse.Namespace) -> int:
         for described in security.get("caller_identity", ()):
             print(f"  {described}")  # STIR/SHAKEN: "caller number verified (attestation A)"
     return EXIT_OK
+
+
+def sip_call_id(record_id: str) -> str:
+    """The SIP Call-ID of a call record's id (``Call-ID;tag``, calls/base.py): what the log lines
+    name the call by: what comes before the last ``;`` (the tag is ours and holds none)."""
+    return record_id.rpartition(";")[0] or record_id
 
 
 def describe_location(location: dict[str, Any]) -> str:

@@ -20,6 +20,7 @@ from gateway.core.registration import BLOCKED_LOG_INTERVAL, RegistrationService
 from gateway.core.sip.message import Request, Response
 from gateway.core.store.sqlite import SqliteStore
 from gateway.core.transport.flows import Flow, FlowKey
+from tests.fail2ban_regex import FAIL2BAN_HOST, FAIL2BAN_SUBNET, as_fail2ban_reads
 from tests.unit.sip.sip_builders import request
 
 GUESSER = ("192.0.2.66", 5060)
@@ -292,15 +293,6 @@ def test_an_ipv6_ban_names_the_prefix_then_its_length(
     assert isinstance(challenge, Response) and challenge.status == 403
 
 
-# fail2ban's <SUBNET> tag as fail2ban 0.10+ expands it (fail2ban/server/failregex.py, R_HOST):
-# an IPv4 or IPv6 address, optionally bracketed, with an optional /CIDR.
-_F2B_IP4 = r"(?:\d{1,3}\.){3}\d{1,3}"
-_F2B_IP6 = r"(?:[0-9a-fA-F]{1,4}::?|::){1,7}(?:[0-9a-fA-F]{1,4}|(?<=:):)"
-_F2B_SUBNET = (
-    rf"\[?(?:(?:::f{{4,6}}:)?(?P<ip4>{_F2B_IP4})|(?P<ip6>{_F2B_IP6}))(?:/(?P<cidr>\d+))?\]?"
-)
-
-
 def _documented_subnet_failregex() -> str:
     """The failregex docs/configuration.md gives for banning a prefix with fail2ban's
     <SUBNET> (auth_ipv6_prefix_length's row), with the tag expanded as fail2ban does."""
@@ -308,7 +300,7 @@ def _documented_subnet_failregex() -> str:
     (row,) = [line for line in text.splitlines() if line.startswith("| `auth_ipv6_prefix_length`")]
     codes = re.findall(r"`([^`]*)`", row)
     (regex,) = [code for code in codes if "<SUBNET>" in code and "source now blocked" in code]
-    return regex.replace("<SUBNET>", _F2B_SUBNET)
+    return regex.replace("<SUBNET>", FAIL2BAN_SUBNET)
 
 
 # A user name is the client's to choose (a quoted-string in its credentials, RFC 7616 §3.4):
@@ -362,14 +354,6 @@ def test_the_documented_subnet_filter_bans_the_guessers_prefix_not_one_its_user_
     assert match is not None and (match["ip6"], match["cidr"]) == ("2001:db8:7:8::", "64")
 
 
-# fail2ban's <HOST> as fail2ban 0.10+ expands it (fail2ban/server/failregex.py, R_HOST): an IPv4
-# or IPv6 address in optional brackets, or a host name.
-_F2B_HOST = (
-    rf"(?:\[?(?:(?:::f{{4,6}}:)?(?P<ip4>{_F2B_IP4})|(?P<ip6>{_F2B_IP6}))\]?"
-    r"|(?P<dns>[\w\-.^_]*\w))"
-)
-
-
 def _documented_refusals_failregex() -> str:
     """The failregex docs/configuration.md gives for the refusals' line (auth_ipv6_prefix_length's
     row), with <HOST> expanded as fail2ban does."""
@@ -377,17 +361,11 @@ def _documented_refusals_failregex() -> str:
     (row,) = [line for line in text.splitlines() if line.startswith("| `auth_ipv6_prefix_length`")]
     codes = re.findall(r"`([^`]*)`", row)
     (regex,) = [code for code in codes if "<HOST> refused" in code]
-    return regex.replace("<HOST>", _F2B_HOST)
+    return regex.replace("<HOST>", FAIL2BAN_HOST)
 
 
 def _as_fail2ban_reads(record: logging.LogRecord) -> str:
-    """``record`` as the gateway writes it to its log (LineFormatter: date, level, logger,
-    message) and as fail2ban matches a failregex against it: without the date it found, the
-    rest joined (fail2ban/server/failregex.py, ``Regex._tupleLinesBuf``), so a ``^`` stands
-    where the date was, before the space that followed it."""
-    line = LineFormatter().format(record)
-    assert line.startswith(record.asctime + " "), line
-    return line[len(record.asctime) :]
+    return as_fail2ban_reads(record, LineFormatter())
 
 
 def _documented_refusals_line() -> str:
@@ -499,5 +477,5 @@ def test_the_documented_refusals_filter_takes_no_address_from_a_user_name(
     ]
     assert len(lines) == 3 and all(injected in line for line in lines), lines
     assert [re.search(failregex, line) for line in lines] == [None, None, None]
-    unanchored = re.search(r"(?:REGISTER|INVITE) from " + _F2B_HOST + " refused", lines[0])
+    unanchored = re.search(r"(?:REGISTER|INVITE) from " + FAIL2BAN_HOST + " refused", lines[0])
     assert unanchored is not None and unanchored["ip4"] == "203.0.113.9"

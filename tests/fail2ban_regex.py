@@ -1,0 +1,31 @@
+"""fail2ban's view of the gateway's log, for the tests of the documented failregexes
+(tests/unit/auth/test_blocked_source_log.py, tests/test_log_lines.py). fail2ban-regex is not a
+CI dependency: its tags are expanded here as fail2ban 0.10+ expands them, and a line is cut as
+fail2ban cuts it, so the documented regexes are matched with Python's re as fail2ban would."""
+
+from __future__ import annotations
+
+import logging
+
+# fail2ban's <HOST> and <SUBNET> as fail2ban 0.10+ expands them (fail2ban/server/failregex.py,
+# R_HOST): an IPv4 or IPv6 address in optional brackets (<SUBNET> with an optional /CIDR), or
+# for <HOST> a host name.
+FAIL2BAN_IP4 = r"(?:\d{1,3}\.){3}\d{1,3}"
+FAIL2BAN_IP6 = r"(?:[0-9a-fA-F]{1,4}::?|::){1,7}(?:[0-9a-fA-F]{1,4}|(?<=:):)"
+FAIL2BAN_SUBNET = (
+    rf"\[?(?:(?:::f{{4,6}}:)?(?P<ip4>{FAIL2BAN_IP4})|(?P<ip6>{FAIL2BAN_IP6}))(?:/(?P<cidr>\d+))?\]?"
+)
+FAIL2BAN_HOST = (
+    rf"(?:\[?(?:(?:::f{{4,6}}:)?(?P<ip4>{FAIL2BAN_IP4})|(?P<ip6>{FAIL2BAN_IP6}))\]?"
+    r"|(?P<dns>[\w\-.^_]*\w))"
+)
+
+
+def as_fail2ban_reads(record: logging.LogRecord, formatter: logging.Formatter) -> str:
+    """``record`` as ``formatter`` (the gateway's LineFormatter: date, level, logger, message)
+    writes it to the log and as fail2ban matches a failregex against it: without the date it
+    found, the rest joined (fail2ban/server/failregex.py, ``Regex._tupleLinesBuf``), so a ``^``
+    stands where the date was, before the space that followed it."""
+    line = formatter.format(record)
+    assert line.startswith(record.asctime + " "), line
+    return line[len(record.asctime) :]
