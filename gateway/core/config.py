@@ -1929,6 +1929,36 @@ def on_read_only_file_system(directory: Path) -> bool:
         return False
 
 
+def mount_point(path: Path) -> Path | None:
+    """The mount point of the file system ``path`` is on, as this process sees its mounts
+    (/proc/self/mountinfo: the longest mount point ``path``'s real path lies under, a file
+    bind-mounted on its own included), or None where they cannot be read (no /proc)."""
+    real = Path(os.path.realpath(path))
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as lines:
+            # Field 5 is the mount point, with space, tab, newline and backslash escaped in
+            # octal (proc(5)): "/srv/voipgw\040state".
+            points = [_unescape_mount(line.split()[4]) for line in lines if line.count(" ") >= 4]
+    except OSError:
+        return None
+    under = [point for point in points if real == point or real.is_relative_to(point)]
+    return max(under, key=lambda point: len(point.parts), default=None)
+
+
+def _unescape_mount(text: str) -> Path:
+    return Path(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text))
+
+
+def read_only_remedy(path: Path) -> str:
+    """What lets the gateway write ``path`` on a read-only file system: no chown or chmod
+    does (EROFS: root may not either), only mounting it read-write: ``mount /srv read-write``
+    naming its mount point (a container's volume mounted ``:ro``, a bind mount of one file)."""
+    point = mount_point(path)
+    if point is None:
+        return "mount its file system read-write"
+    return f"mount {point} read-write"
+
+
 def directory_access_problem(path: Path) -> str | None:
     """Why this process's user may not create the state directory ``path``, or None (it is
     a directory already, or the nearest part of it that exists is writable by this user).

@@ -64,6 +64,7 @@ from gateway.core.config import (
     on_read_only_file_system,
     owner_may_not_write,
     owner_name,
+    read_only_remedy,
     unknown_trunk_names,
     user_name,
     value_warnings,
@@ -662,11 +663,23 @@ class Gateway:
         failed ("attempt to write a readonly database"), the gateway running until then.
         ``voipgw run`` refuses it (open(2) for writing tried, which changes nothing);
         check-config warns, naming this user and the file's owner; as root (which may write
-        any file) it warns of a file the directory's owner may not write."""
+        any file) it warns of a file the directory's owner may not write. One on a read-only
+        file system (statvfs ST_RDONLY) is an error of both, whose remedy is the mount's."""
         for name in names:
             path = directory / name
             if not path.is_file():
                 continue
+            if on_read_only_file_system(path):
+                # No user may write it, root included (EROFS), and no chown or chmod changes
+                # that: a file bind-mounted read-only on its own (a container's volume with
+                # :ro), where the directory's check passed. An error of check-config too.
+                raise ConfigError(
+                    self.config.source,
+                    table,
+                    key,
+                    f"{path} is on a read-only file system: {what} cannot be written "
+                    f"({read_only_remedy(path)})",
+                )
             if os.geteuid() == 0:
                 if as_service:
                     continue

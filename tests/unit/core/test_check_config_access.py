@@ -708,3 +708,70 @@ def test_a_plugin_naming_no_key_of_its_table_in_written_directories_is_the_plugi
     code, _out, err = check_config(path, capsys)
     assert code != cli.EXIT_OK and "Traceback" not in err, err
     assert "written_directories() names 'state_directory'" in err, err
+
+
+# -- session 38 --------------------------------------------------------------------------------
+
+
+def read_only_files(monkeypatch: pytest.MonkeyPatch, *read_only: Path) -> None:
+    """``read_only`` are on a file system mounted read-only (statvfs ST_RDONLY, open(2) for
+    writing EROFS, for root too): files bind-mounted read-only on their own, in a directory
+    that is not."""
+    real_statvfs, real_open, real_access = os.statvfs, os.open, os.access
+
+    class ReadOnly:
+        f_flag = os.ST_RDONLY
+
+    def statvfs(path: Any) -> Any:
+        return ReadOnly() if Path(path) in read_only else real_statvfs(path)
+
+    def open_(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if Path(path) in read_only and flags & (os.O_WRONLY | os.O_RDWR):
+            raise OSError(30, "Read-only file system", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    def access(path: Any, mode: int, *args: Any, **kwargs: Any) -> bool:
+        if Path(path) in read_only and mode & os.W_OK:
+            return False
+        return real_access(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(config_mod.os, "statvfs", statvfs)
+    monkeypatch.setattr(config_mod.os, "open", open_)
+    monkeypatch.setattr(config_mod.os, "access", access)
+
+
+def test_a_store_file_on_a_read_only_file_system_says_so_and_the_mount_remedy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SQLite store bind-mounted read-only on its own (a container's volume with :ro) in a
+    writable state_dir: root ran with it (and failed at the first write: "attempt to write a
+    readonly database"), another user was told to chown or chmod it, which changes nothing.
+    No user may write it: an error of run and check-config, naming the mount to change."""
+    state = tmp_path / "state"
+    state.mkdir()
+    database = state / "voipgw.sqlite3"
+    database.touch()
+    path = write_config(tmp_path, state)
+    read_only_files(monkeypatch, database)
+    monkeypatch.setattr(
+        config_mod, "mount_point", lambda p: Path("/srv/voipgw.sqlite3"), raising=False
+    )
+    message = (
+        f"{database} is on a read-only file system: the SQLite store cannot be written "
+        "(mount /srv/voipgw.sqlite3 read-write)"
+    )
+    for uid in (0, 4321):  # root (CI), and the service's user
+        monkeypatch.setattr(config_mod.os, "geteuid", lambda uid=uid: uid)
+        with pytest.raises(ConfigError) as caught:
+            built(path).check()  # voipgw run
+        assert (caught.value.table, caught.value.key) == ("gateway", "state_dir")
+        assert caught.value.message == message
+        code, out, err = check_config(path, capsys)
+        assert (code, out) == (cli.EXIT_USAGE, "")
+        assert err == f"voipgw: configuration error: {path}: [gateway] state_dir: {message}\n"
+
+
+def test_the_mount_point_is_the_longest_one_a_path_lies_under() -> None:
+    assert config_mod.mount_point(Path("/proc/self/status")) == Path("/proc")
+    assert config_mod.mount_point(Path("/")) == Path("/")
+    assert config_mod._unescape_mount("/srv/voipgw\\040state") == Path("/srv/voipgw state")
