@@ -1974,19 +1974,32 @@ def directory_access_problem(path: Path) -> str | None:
     return None
 
 
-def written_directory_problem(path: Path) -> str | None:
+def written_directory_problem(path: Path, *, shown: str | None = None) -> str | None:
     """Why the gateway may not write in ``path``, a directory that exists, or None: a read-only
     file system (no user may, root included: the same for every user) or this process's user's
     permission (``... is not writable by this user (NAME)``: the user's own, which may not be
     the service's). Not a directory, or one that does not exist: None (:func:`directory_problem`
-    says those)."""
+    says those). ``shown``: how the message names ``path`` (:func:`shown_path`)."""
     if not os.path.isdir(path):
         return None
+    name = shown or str(path)
     if on_read_only_file_system(path):
-        return f"{path} is on a read-only file system"
+        return f"{name} is on a read-only file system"
     if not os.access(path, os.W_OK | os.X_OK):
-        return f"{path} is not writable by this user ({user_name()})"
+        return f"{name} is not writable by this user ({user_name()})"
     return None
+
+
+def shown_path(path: Path) -> str:
+    """``path`` as a message names it: with the path the kernel takes when symbolic links lead
+    elsewhere (``/var/lib/voipgw/recordings (a symbolic link to /mnt/recordings)``), since what
+    is checked (and what a chown or chmod changes) is there, not at the name."""
+    real = os.path.realpath(path)
+    if real == os.path.abspath(path):
+        return str(path)
+    if os.path.islink(path):
+        return f"{path} (a symbolic link to {real})"
+    return f"{path} ({real}, through a symbolic link)"
 
 
 def owner_name(path: Path) -> str | None:

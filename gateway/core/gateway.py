@@ -65,6 +65,7 @@ from gateway.core.config import (
     owner_may_not_write,
     owner_name,
     read_only_remedy,
+    shown_path,
     unknown_trunk_names,
     user_name,
     value_warnings,
@@ -503,12 +504,22 @@ class Gateway:
                     # Not a state_dir (those are checked above): may it be made?
                     self._check_directory(table, key, configured, as_service=as_service)
                 # What is written in first: the directory, or the nearest part of it that
-                # exists, where the plugin makes the rest (mkdir with parents).
+                # exists, where the plugin makes the rest (mkdir with parents). Judged where
+                # the kernel takes it (os.access, stat and statvfs follow symbolic links); a
+                # link to nothing on the way (a volume not mounted yet) cannot be made through:
+                # mkdir fails there with EEXIST, whatever the permissions where it points.
                 existing = Path(os.path.abspath(directory))
                 while not os.path.exists(existing) and existing != existing.parent:
+                    if os.path.islink(existing):
+                        break
                     existing = existing.parent
-                if not os.path.isdir(existing) or not existing.is_relative_to(configured):
+                if not existing.is_relative_to(configured):
                     continue  # the key's own directory is missing: said above
+                if os.path.islink(existing) and not os.path.exists(existing):
+                    self._dangling_link_warning(table, key, existing, what)
+                    continue
+                if not os.path.isdir(existing):
+                    continue
                 if existing == Path(os.path.abspath(directory)) and _holds_every_file(
                     existing, files, configured
                 ):
@@ -532,6 +543,22 @@ class Gateway:
                     self._check_written_files(
                         table, key, directory, files, what, as_service=as_service
                     )
+
+    def _dangling_link_warning(self, table: str, key: str, link: Path, what: str) -> None:
+        """A plugin's directory (or a part of it still to be made) that is a symbolic link to
+        nothing: the plugin's mkdir fails there (EEXIST) for every user, at the first write,
+        which may never come (dtls, enabled by default: the first DTLS offer). A warning of
+        run (logged at start-up) and check-config: such a gateway ran before this check."""
+        self.access_warnings.append(
+            ConfigError(
+                self.config.source,
+                table,
+                key,
+                f"{link} is a symbolic link to {os.readlink(link)}, which does not exist: "
+                f"{what} cannot be made there; `voipgw run` starts, and what needs it fails "
+                "until it exists (a file system not mounted yet?)",
+            )
+        )
 
     def _check_directory(self, table: str, key: str, path: Path, *, as_service: bool) -> None:
         """A directory ``[table] key`` names: one, or one ``voipgw run`` can create (with its
@@ -595,7 +622,9 @@ class Gateway:
         default, at the first DTLS offer): a PostgreSQL gateway's state_dir of root's, or on a
         read-only file system, ran so before, and still does; check-config warns."""
         cannot = f"{what} cannot be written there"
-        problem = written_directory_problem(directory)
+        shown = shown_path(directory)
+        real = Path(os.path.realpath(directory))
+        problem = written_directory_problem(directory, shown=shown)
         if not made:
             if problem is not None and not as_service:
                 self.access_warnings.append(
@@ -627,10 +656,10 @@ class Gateway:
                     self.config.source,
                     table,
                     key,
-                    f"{directory} can be written in by root, who runs check-config, but not by "
+                    f"{shown} can be written in by root, who runs check-config, but not by "
                     f"{owner}, the owner of {configured} (the user `voipgw run` created it as, "
                     f"most likely): {_describe_file(directory)}; so {cannot} as {owner}; "
-                    f"`voipgw run` as {owner} refuses to start (chown {owner} {directory})",
+                    f"`voipgw run` as {owner} refuses to start (chown {owner} {real})",
                 )
             )
         elif (owner := owner_may_not_write(directory)) is not None:
@@ -640,9 +669,9 @@ class Gateway:
                     self.config.source,
                     table,
                     key,
-                    f"{directory} is writable by root only (mode {mode:04o}): its owner, "
+                    f"{shown} is writable by root only (mode {mode:04o}): its owner, "
                     f"{owner}, may not write in it, so {cannot} as {owner}; `voipgw run` as "
-                    f"{owner} refuses to start (chmod u+wx {directory}, or check it as the "
+                    f"{owner} refuses to start (chmod u+wx {real}, or check it as the "
                     "service's user: sudo -u USER voipgw check-config FILE)",
                 )
             )
@@ -677,7 +706,7 @@ class Gateway:
                     self.config.source,
                     table,
                     key,
-                    f"{path} is on a read-only file system: {what} cannot be written "
+                    f"{shown_path(path)} is on a read-only file system: {what} cannot be written "
                     f"({read_only_remedy(path)})",
                 )
             if os.geteuid() == 0:
@@ -690,7 +719,8 @@ class Gateway:
                             self.config.source,
                             table,
                             key,
-                            f"{path} can be written by root, who runs check-config, but not "
+                            f"{shown_path(path)} can be written by root, who runs check-config, "
+                            "but not "
                             f"by {owner}, the owner of {directory} (the user `voipgw run` "
                             f"created it as, most likely): {_describe_file(path)}; `voipgw "
                             f"run` as {owner} refuses to start "
@@ -701,7 +731,8 @@ class Gateway:
             if may_open(path, os.O_WRONLY):
                 continue
             problem = (
-                f"{path} is not writable by this user ({user_name()}) ({_describe_file(path)})"
+                f"{shown_path(path)} is not writable by this user ({user_name()}) "
+                f"({_describe_file(path)})"
             )
             if as_service or on_read_only_file_system(directory):
                 raise ConfigError(
@@ -1145,6 +1176,10 @@ class Gateway:
         self.check()
         for warning in did_warnings(self.config):
             log.warning("configuration: %s", warning)
+        for error in self.access_warnings:
+            # What the service may not write but runs without (a symbolic link to nothing
+            # where a plugin makes its directory, a directory written in only now and then).
+            log.warning("configuration: %s", error)
         for error in (*self.name_errors, *self.value_errors):
             # A warning, not a refusal: a gateway upgraded with such a name in its file keeps
             # carrying calls (`voipgw check-config` refuses the file).

@@ -11,11 +11,13 @@ uses). test_check_config_as_another_user.py checks as another user, with real pe
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from gateway.core import cli
 from gateway.core import config as config_mod
@@ -775,3 +777,83 @@ def test_the_mount_point_is_the_longest_one_a_path_lies_under() -> None:
     assert config_mod.mount_point(Path("/proc/self/status")) == Path("/proc")
     assert config_mod.mount_point(Path("/")) == Path("/")
     assert config_mod._unescape_mount("/srv/voipgw\\040state") == Path("/srv/voipgw state")
+
+
+def said_by_run(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> list[tuple[int, str]]:
+    """What ``Gateway.serve`` (``voipgw run``) logs at WARNING before it opens its store."""
+
+    class Opened(Exception):
+        pass
+
+    def open_store(*args: object, **kwargs: object) -> None:
+        raise Opened
+
+    monkeypatch.setattr(gateway_mod, "open_store", open_store)
+    caplog.set_level(logging.WARNING)
+    caplog.clear()
+    with pytest.raises(Opened):
+        trio.run(gateway.serve)
+    return [
+        (record.levelno, record.getMessage())
+        for record in caplog.records
+        if record.levelno >= logging.WARNING
+    ]
+
+
+def test_a_plugin_directory_that_is_a_link_to_nothing_is_a_warning_of_both(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """<state_dir>/recordings a symbolic link to a file system not mounted yet: judged by its
+    name, it was a directory still to be made in a writable state_dir (nothing said), and the
+    first recording failed, since mkdir does not make a directory through a link (EEXIST),
+    whatever the permissions where it points. Warned of by check-config and run (which starts:
+    the first write may never come, and such a gateway ran before)."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    unmounted = tmp_path / "mnt" / "recordings"
+    (state / "recordings").symlink_to(unmounted)
+    path = write_config(
+        tmp_path, state, "[plugins.recorder]\nall_calls = true\n", '"udp", "recorder"'
+    )
+    message = (
+        f"{state / 'recordings'} is a symbolic link to {unmounted}, which does not exist: the "
+        "recordings (recorder plugin) cannot be made there; `voipgw run` starts, and what "
+        "needs it fails until it exists (a file system not mounted yet?)"
+    )
+    gateway = built(path)
+    gateway.check()  # voipgw run
+    assert [str(warning) for warning in gateway.access_warnings] == [
+        f"{path}: [plugins.recorder] state_dir: {message}"
+    ]
+    # voipgw run logs it and goes on to open its store (where this stops it).
+    assert said_by_run(built(path), monkeypatch, caplog) == [
+        (logging.WARNING, f"configuration: {path}: [plugins.recorder] state_dir: {message}")
+    ]
+    code, _out, err = check_config(path, capsys)
+    assert code == cli.EXIT_OK, err
+    assert err == f"voipgw: warning: {path}: [plugins.recorder] state_dir: {message}\n"
+    # Mounted: nothing to say.
+    unmounted.mkdir(parents=True)
+    code, _out, err = check_config(path, capsys)
+    assert (code, err) == (cli.EXIT_OK, "")
+
+
+def test_a_path_reached_through_a_symbolic_link_is_shown_with_where_it_leads(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "srv"
+    target.mkdir()
+    (tmp_path / "link").symlink_to(target)
+    assert config_mod.shown_path(target) == str(target)
+    assert (
+        config_mod.shown_path(tmp_path / "link")
+        == f"{tmp_path / 'link'} (a symbolic link to {target})"
+    )
+    assert config_mod.shown_path(tmp_path / "link" / "dtls") == (
+        f"{tmp_path / 'link' / 'dtls'} ({target / 'dtls'}, through a symbolic link)"
+    )

@@ -740,3 +740,37 @@ def test_a_held_file_is_asked_of_access_for_the_effective_user(shared: Path) -> 
             real_uid_root=True,
         )
     assert answers == [True, False]
+
+
+# -- session 38: symbolic links out of the state_dir ------------------------------------------
+
+
+def test_a_plugin_directory_linked_out_of_the_state_dir_is_named_with_where_it_leads(
+    shared: Path,
+) -> None:
+    """<state_dir>/dtls a symbolic link to a directory of root's elsewhere: what the kernel
+    writes in (and what a chown changes) is the link's target, which the messages named
+    only by the link's name, and the remedy chown'd the name."""
+    state = service_state(shared)
+    elsewhere = shared / "srv" / "dtls"
+    elsewhere.mkdir(parents=True, mode=0o755)  # root's
+    (state / "dtls").symlink_to(elsewhere)
+    shown = f"{state / 'dtls'} (a symbolic link to {elsewhere})"
+    table = f'[plugins.dtls]\nstate_dir = "{state}"\n'
+    path = write_config(shared, state, table, '"udp", "dtls"')
+    assert run_as_nobody(path) == (
+        f"{path}: [plugins.dtls] state_dir: {shown} is not writable by this user (nobody): "
+        "the DTLS certificate (dtls plugin) cannot be written there"
+    )
+    code, _out, err = check_config(path)  # as root: daemon, the state_dir's owner, may not
+    assert code == cli.EXIT_OK, err
+    assert err == (
+        f"voipgw: warning: {path}: [plugins.dtls] state_dir: {shown} can be written in by root, "
+        f"who runs check-config, but not by daemon, the owner of {state} (the user `voipgw "
+        "run` created it as, most likely): mode 0755, owner root; so the DTLS certificate "
+        "(dtls plugin) cannot be written there as daemon; `voipgw run` as daemon refuses to "
+        f"start (chown daemon {elsewhere})\n"
+    )
+    os.chown(elsewhere, DAEMON.pw_uid if DAEMON else 0, 0)
+    elsewhere.chmod(0o777)
+    assert run_as_nobody(path) == "started"
