@@ -69,6 +69,15 @@ DEFAULT_DROP_USER_AGENTS: tuple[str, ...] = (
     "sundayddr",
 )
 
+#: The KEY of a plugin's ``written_directories()`` entry for a directory under ``[gateway]
+#: state_dir`` (its DIRECTORY relative to it), for a plugin whose table has no state_dir of its
+#: own: the tls transport's fetched CRLs (docs/plugin_hooks.md). Messages name that key.
+GATEWAY_STATE_DIR = "[gateway] state_dir"
+#: The optional fifth element of a ``written_directories()`` entry: what is written there the
+#: gateway runs without (a copy kept for the next start), so what cannot be written there is a
+#: warning of ``voipgw run`` and ``check-config``, never a refusal.
+WARN_ONLY = "warn"
+
 DEFAULT_PLUGINS: tuple[str, ...] = ("udp", "tcp", "tls", "sdes", "dtls")
 DEFAULT_LISTEN: tuple[str, ...] = (
     "udp:127.0.0.1:5060",

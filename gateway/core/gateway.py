@@ -53,6 +53,8 @@ from gateway.core.calls.trunk_dns import (
 from gateway.core.calls.trunk_health import TrunkHealth, TrunkProber
 from gateway.core.calls.trunk_registration import TrunkRegistration, registering
 from gateway.core.config import (
+    GATEWAY_STATE_DIR,
+    WARN_ONLY,
     ConfigError,
     GatewayConfig,
     ListenSpec,
@@ -490,9 +492,15 @@ class Gateway:
             # not write in passed check-config and `voipgw run`, and failed the first call
             # that needed it (a DTLS offer, a recording), naming neither table nor key.
             written = getattr(value, "written_directories", None)
-            for key, directory, what, files in written() if callable(written) else ():
+            for entry in written() if callable(written) else ():
+                key, directory, what, files, warn_only = _written_entry(name, entry)
                 table = f"plugins.{name}"
-                key_value = getattr(value, key, None)
+                key_value: Any = getattr(value, key, None)
+                if key == GATEWAY_STATE_DIR:
+                    # A plugin without a state_dir of its own (tls): under the gateway's,
+                    # checked above, and the key the messages name.
+                    table, key, key_value = "gateway", "state_dir", self.config.gateway.state_dir
+                    directory = Path(key_value, directory)
                 if not isinstance(key_value, str):
                     # A third-party plugin's mistake: said as the plugin's, not a traceback.
                     raise PluginError(
@@ -503,6 +511,11 @@ class Gateway:
                 if key != "state_dir":
                     # Not a state_dir (those are checked above): may it be made?
                     self._check_directory(table, key, configured, as_service=as_service)
+                if warn_only:
+                    self._check_kept_directory(
+                        table, key, directory, what, files, configured, as_service=as_service
+                    )
+                    continue
                 # What is written in first: the directory, or the nearest part of it that
                 # exists, where the plugin makes the rest (mkdir with parents). Judged where
                 # the kernel takes it (os.access, stat and statvfs follow symbolic links); a
@@ -543,6 +556,84 @@ class Gateway:
                     self._check_written_files(
                         table, key, directory, files, what, as_service=as_service
                     )
+
+    def _check_kept_directory(
+        self,
+        table: str,
+        key: str,
+        directory: Path,
+        what: str,
+        files: Sequence[str],
+        configured: Path,
+        *,
+        as_service: bool,
+    ) -> None:
+        """A plugin's directory whose ``written_directories()`` entry is :data:`WARN_ONLY`
+        (the tls transport's fetched CRLs, kept for a start without network): the gateway runs
+        without what it writes there, at any hour, and each failed write is logged then. Said
+        at start-up instead: a warning of ``voipgw run`` (logged) and ``check-config``, never
+        a refusal, for the directory (or the nearest part of it that exists, where the plugin
+        makes the rest) and each of ``files`` there, by the same rules as
+        :meth:`_check_written_directory`'s (a read-only file system, this user's permission;
+        as root, the mode for the owner of the key's directory)."""
+        existing = Path(os.path.abspath(directory))
+        while not os.path.exists(existing) and existing != existing.parent:
+            if os.path.islink(existing):
+                break
+            existing = existing.parent
+        if not existing.is_relative_to(configured):
+            return
+        if os.path.islink(existing) and not os.path.exists(existing):
+            self._dangling_link_warning(table, key, existing, what)
+            return
+        if not os.path.isdir(existing):
+            return
+        made = existing == Path(os.path.abspath(directory))
+        paths = [existing / name for name in files if made and (existing / name).is_file()]
+        for path in [existing, *paths]:
+            problem = self._kept_path_problem(path, configured, as_service=as_service)
+            if problem is not None:
+                self.access_warnings.append(
+                    ConfigError(
+                        self.config.source,
+                        table,
+                        key,
+                        f"{problem}: {what} cannot be written there; `voipgw run` starts, "
+                        "and runs without it",
+                    )
+                )
+                return
+
+    def _kept_path_problem(self, path: Path, configured: Path, *, as_service: bool) -> str | None:
+        """Why ``path`` (a directory of :meth:`_check_kept_directory`, or a file in it) may not
+        be written, or None."""
+        shown = shown_path(path)
+        if on_read_only_file_system(path):
+            return f"{shown} is on a read-only file system ({read_only_remedy(path)})"
+        checking = "" if as_service else ", who runs check-config"
+        if os.geteuid() == 0:
+            # Root writes anywhere: as the service (run) nothing to say; as check-config, the
+            # mode for the owner of the key's directory (the service's user, most likely).
+            owner = None if as_service else _owner_may_not_write_file(path, configured)
+            if owner is None:
+                return None
+            return (
+                f"{shown} can be written by root{checking}, but not by {owner}, the owner of "
+                f"{configured} (the user `voipgw run` created it as, most likely): "
+                f"{_describe_file(path)}"
+            )
+        if path.is_dir():
+            writable = os.access(path, os.W_OK | os.X_OK) or (
+                as_service and _creates_a_file_in(path)
+            )
+        else:
+            writable = may_open(path, os.O_WRONLY)
+        if writable:
+            return None
+        problem = f"{shown} is not writable by this user ({user_name()}){checking}"
+        if not as_service:
+            problem += " (the service's user may be allowed to: check it as that user)"
+        return problem
 
     def _dangling_link_warning(self, table: str, key: str, link: Path, what: str) -> None:
         """A plugin's directory (or a part of it still to be made) that is a symbolic link to
@@ -1643,6 +1734,8 @@ def listen_error(spec: ListenSpec, exc: OSError) -> OSError:
             " (another program listens there: stop it, or give voipgw other ports with "
             "--listen or [sip] listen)"
         )
+    if exc.errno is None:
+        return OSError(text)  # not "[Errno None] cannot listen on ..."
     return OSError(exc.errno, text)
 
 
@@ -1724,6 +1817,19 @@ def _store_files_writable(path: Path) -> bool:
     except OSError:
         return False
     return all(info.st_uid == owner and info.st_mode & stat.S_IWUSR for info in infos)
+
+
+def _written_entry(name: str, entry: Any) -> tuple[str, Path, str, Sequence[str], bool]:
+    """A plugin's ``written_directories()`` entry: ``(KEY, DIRECTORY, WHAT, FILES)``, or with
+    :data:`WARN_ONLY` as a fifth element; (key, directory, what, files, warn only). Another
+    shape is the plugin's error, naming it."""
+    if isinstance(entry, tuple) and (len(entry) == 4 or entry[4:] == (WARN_ONLY,)):
+        key, directory, what, files = entry[:4]
+        return key, Path(directory), what, files, len(entry) == 5
+    raise PluginError(
+        f"plugin {name!r}: written_directories() gives {entry!r}: expected (KEY, DIRECTORY, "
+        f"WHAT, FILES), or with {WARN_ONLY!r} as a fifth element"
+    )
 
 
 def _holds_every_file(directory: Path, names: Sequence[str], configured: Path) -> bool:

@@ -857,3 +857,53 @@ def test_a_path_reached_through_a_symbolic_link_is_shown_with_where_it_leads(
     assert config_mod.shown_path(tmp_path / "link" / "dtls") == (
         f"{tmp_path / 'link' / 'dtls'} ({target / 'dtls'}, through a symbolic link)"
     )
+
+
+def test_a_crl_directory_on_a_read_only_file_system_is_a_warning_not_a_refusal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """<state_dir>/tls on a read-only file system (its own mount): the gateway serves with the
+    CRLs it fetches and cannot save them, so run warns and starts; check-config warns (exit
+    0), naming the mount to make read-write."""
+    state = tmp_path / "state"
+    (state / "tls").mkdir(parents=True)
+    ca = TestPki(tmp_path).ca("CA")
+    pair = ca.issue("gateway")
+    table = (
+        f'[plugins.tls]\ncertificate = "{pair.certificate}"\nprivate_key = "{pair.key}"\n'
+        f'ca_bundles = ["{ca.certificate}"]\ncrl_urls = ["http://127.0.0.1:1/ca.crl"]\n'
+    )
+    path = write_config(tmp_path, state, table, '"udp", "tls"')
+    read_only_files(monkeypatch, state / "tls")
+    monkeypatch.setattr(config_mod, "mount_point", lambda p: Path("/srv/tls"), raising=False)
+    message = (
+        f"{path}: [gateway] state_dir: {state / 'tls'} is on a read-only file system (mount "
+        "/srv/tls read-write): the fetched CRLs (tls plugin), kept for a start without network, "
+        "cannot be written there; `voipgw run` starts, and runs without it"
+    )
+    gateway = built(path)
+    gateway.check()  # voipgw run
+    assert [str(warning) for warning in gateway.access_warnings] == [message]
+    code, _out, err = check_config(path, capsys)
+    assert (code, err) == (cli.EXIT_OK, f"voipgw: warning: {message}\n")
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [("state_dir", "dtls", "certificates", (), "maybe"), ("state_dir", "dtls"), ["state_dir"]],
+)
+def test_a_written_directories_entry_of_another_shape_is_the_plugins_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, entry: Any
+) -> None:
+    from gateway.plugins.keyexchange import dtls_srtp
+
+    monkeypatch.setattr(dtls_srtp.DtlsConfig, "written_directories", lambda self: [entry])
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    path = write_config(tmp_path, state, enable='"udp", "dtls"')
+    with pytest.raises(PluginError) as caught:
+        built(path).check()
+    assert str(caught.value) == (
+        f"plugin 'dtls': written_directories() gives {entry!r}: expected (KEY, DIRECTORY, "
+        "WHAT, FILES), or with 'warn' as a fifth element"
+    )
