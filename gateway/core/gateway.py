@@ -1822,8 +1822,9 @@ def _store_files_writable(path: Path) -> bool:
 def _written_entry(name: str, entry: Any) -> tuple[str, Path, str, Sequence[str], bool]:
     """A plugin's ``written_directories()`` entry: ``(KEY, DIRECTORY, WHAT, FILES)``, or with
     :data:`WARN_ONLY` as a fifth element; (key, directory, what, files, warn only). Another
-    shape is the plugin's error, naming it."""
-    if isinstance(entry, tuple) and (len(entry) == 4 or entry[4:] == (WARN_ONLY,)):
+    shape is the plugin's error, naming it. A list is taken as a tuple (the entries were
+    unpacked, which took either)."""
+    if isinstance(entry, list | tuple) and (len(entry) == 4 or tuple(entry[4:]) == (WARN_ONLY,)):
         key, directory, what, files = entry[:4]
         return key, Path(directory), what, files, len(entry) == 5
     raise PluginError(

@@ -907,3 +907,23 @@ def test_a_written_directories_entry_of_another_shape_is_the_plugins_error(
         f"plugin 'dtls': written_directories() gives {entry!r}: expected (KEY, DIRECTORY, "
         "WHAT, FILES), or with 'warn' as a fifth element"
     )
+
+
+def test_a_written_directories_entry_given_as_a_list_is_taken_as_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entries were unpacked, so a third-party plugin's lists worked: they still do."""
+    from gateway.plugins.keyexchange import dtls_srtp
+
+    def as_lists(self: Any) -> list[list[Any]]:
+        return [["state_dir", Path(self.state_dir) / "dtls", "certificates", []]]
+
+    monkeypatch.setattr(dtls_srtp.DtlsConfig, "written_directories", as_lists)
+    state = tmp_path / "state"
+    (state / "dtls").mkdir(parents=True, mode=0o700)
+    path = write_config(tmp_path, state, enable='"udp", "dtls"')
+    built(path).check()
+    deny(monkeypatch, state / "dtls", os.W_OK)
+    monkeypatch.setattr(gateway_mod, "_creates_a_file_in", lambda p: False)
+    with pytest.raises(ConfigError, match="certificates cannot be written there"):
+        built(path).check()
