@@ -69,6 +69,15 @@ DEFAULT_DROP_USER_AGENTS: tuple[str, ...] = (
     "sundayddr",
 )
 
+#: The KEY of a plugin's ``written_directories()`` entry for a directory under ``[gateway]
+#: state_dir`` (its DIRECTORY relative to it), for a plugin whose table has no state_dir of its
+#: own: the tls transport's fetched CRLs (docs/plugin_hooks.md). Messages name that key.
+GATEWAY_STATE_DIR = "[gateway] state_dir"
+#: The optional fifth element of a ``written_directories()`` entry: what is written there the
+#: gateway runs without (a copy kept for the next start), so what cannot be written there is a
+#: warning of ``voipgw run`` and ``check-config``, never a refusal.
+WARN_ONLY = "warn"
+
 DEFAULT_PLUGINS: tuple[str, ...] = ("udp", "tcp", "tls", "sdes", "dtls")
 DEFAULT_LISTEN: tuple[str, ...] = (
     "udp:127.0.0.1:5060",
@@ -1929,6 +1938,36 @@ def on_read_only_file_system(directory: Path) -> bool:
         return False
 
 
+def mount_point(path: Path) -> Path | None:
+    """The mount point of the file system ``path`` is on, as this process sees its mounts
+    (/proc/self/mountinfo: the longest mount point ``path``'s real path lies under, a file
+    bind-mounted on its own included), or None where they cannot be read (no /proc)."""
+    real = Path(os.path.realpath(path))
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as lines:
+            # Field 5 is the mount point, with space, tab, newline and backslash escaped in
+            # octal (proc(5)): "/srv/voipgw\040state".
+            points = [_unescape_mount(line.split()[4]) for line in lines if line.count(" ") >= 4]
+    except OSError:
+        return None
+    under = [point for point in points if real == point or real.is_relative_to(point)]
+    return max(under, key=lambda point: len(point.parts), default=None)
+
+
+def _unescape_mount(text: str) -> Path:
+    return Path(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text))
+
+
+def read_only_remedy(path: Path) -> str:
+    """What lets the gateway write ``path`` on a read-only file system: no chown or chmod
+    does (EROFS: root may not either), only mounting it read-write: ``mount /srv read-write``
+    naming its mount point (a container's volume mounted ``:ro``, a bind mount of one file)."""
+    point = mount_point(path)
+    if point is None:
+        return "mount its file system read-write"
+    return f"mount {point} read-write"
+
+
 def directory_access_problem(path: Path) -> str | None:
     """Why this process's user may not create the state directory ``path``, or None (it is
     a directory already, or the nearest part of it that exists is writable by this user).
@@ -1944,19 +1983,32 @@ def directory_access_problem(path: Path) -> str | None:
     return None
 
 
-def written_directory_problem(path: Path) -> str | None:
+def written_directory_problem(path: Path, *, shown: str | None = None) -> str | None:
     """Why the gateway may not write in ``path``, a directory that exists, or None: a read-only
     file system (no user may, root included: the same for every user) or this process's user's
     permission (``... is not writable by this user (NAME)``: the user's own, which may not be
     the service's). Not a directory, or one that does not exist: None (:func:`directory_problem`
-    says those)."""
+    says those). ``shown``: how the message names ``path`` (:func:`shown_path`)."""
     if not os.path.isdir(path):
         return None
+    name = shown or str(path)
     if on_read_only_file_system(path):
-        return f"{path} is on a read-only file system"
+        return f"{name} is on a read-only file system"
     if not os.access(path, os.W_OK | os.X_OK):
-        return f"{path} is not writable by this user ({user_name()})"
+        return f"{name} is not writable by this user ({user_name()})"
     return None
+
+
+def shown_path(path: Path) -> str:
+    """``path`` as a message names it: with the path the kernel takes when symbolic links lead
+    elsewhere (``/var/lib/voipgw/recordings (a symbolic link to /mnt/recordings)``), since what
+    is checked (and what a chown or chmod changes) is there, not at the name."""
+    real = os.path.realpath(path)
+    if real == os.path.abspath(path):
+        return str(path)
+    if os.path.islink(path):
+        return f"{path} (a symbolic link to {real})"
+    return f"{path} ({real}, through a symbolic link)"
 
 
 def owner_name(path: Path) -> str | None:

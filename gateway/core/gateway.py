@@ -53,6 +53,8 @@ from gateway.core.calls.trunk_dns import (
 from gateway.core.calls.trunk_health import TrunkHealth, TrunkProber
 from gateway.core.calls.trunk_registration import TrunkRegistration, registering
 from gateway.core.config import (
+    GATEWAY_STATE_DIR,
+    WARN_ONLY,
     ConfigError,
     GatewayConfig,
     ListenSpec,
@@ -64,6 +66,8 @@ from gateway.core.config import (
     on_read_only_file_system,
     owner_may_not_write,
     owner_name,
+    read_only_remedy,
+    shown_path,
     unknown_trunk_names,
     user_name,
     value_warnings,
@@ -488,9 +492,15 @@ class Gateway:
             # not write in passed check-config and `voipgw run`, and failed the first call
             # that needed it (a DTLS offer, a recording), naming neither table nor key.
             written = getattr(value, "written_directories", None)
-            for key, directory, what, files in written() if callable(written) else ():
+            for entry in written() if callable(written) else ():
+                key, directory, what, files, warn_only = _written_entry(name, entry)
                 table = f"plugins.{name}"
-                key_value = getattr(value, key, None)
+                key_value: Any = getattr(value, key, None)
+                if key == GATEWAY_STATE_DIR:
+                    # A plugin without a state_dir of its own (tls): under the gateway's,
+                    # checked above, and the key the messages name.
+                    table, key, key_value = "gateway", "state_dir", self.config.gateway.state_dir
+                    directory = Path(key_value, directory)
                 if not isinstance(key_value, str):
                     # A third-party plugin's mistake: said as the plugin's, not a traceback.
                     raise PluginError(
@@ -501,13 +511,28 @@ class Gateway:
                 if key != "state_dir":
                     # Not a state_dir (those are checked above): may it be made?
                     self._check_directory(table, key, configured, as_service=as_service)
+                if warn_only:
+                    self._check_kept_directory(
+                        table, key, directory, what, files, configured, as_service=as_service
+                    )
+                    continue
                 # What is written in first: the directory, or the nearest part of it that
-                # exists, where the plugin makes the rest (mkdir with parents).
+                # exists, where the plugin makes the rest (mkdir with parents). Judged where
+                # the kernel takes it (os.access, stat and statvfs follow symbolic links); a
+                # link to nothing on the way (a volume not mounted yet) cannot be made through:
+                # mkdir fails there with EEXIST, whatever the permissions where it points.
                 existing = Path(os.path.abspath(directory))
                 while not os.path.exists(existing) and existing != existing.parent:
+                    if os.path.islink(existing):
+                        break
                     existing = existing.parent
-                if not os.path.isdir(existing) or not existing.is_relative_to(configured):
+                if not existing.is_relative_to(configured):
                     continue  # the key's own directory is missing: said above
+                if os.path.islink(existing) and not os.path.exists(existing):
+                    self._dangling_link_warning(table, key, existing, what)
+                    continue
+                if not os.path.isdir(existing):
+                    continue
                 if existing == Path(os.path.abspath(directory)) and _holds_every_file(
                     existing, files, configured
                 ):
@@ -531,6 +556,100 @@ class Gateway:
                     self._check_written_files(
                         table, key, directory, files, what, as_service=as_service
                     )
+
+    def _check_kept_directory(
+        self,
+        table: str,
+        key: str,
+        directory: Path,
+        what: str,
+        files: Sequence[str],
+        configured: Path,
+        *,
+        as_service: bool,
+    ) -> None:
+        """A plugin's directory whose ``written_directories()`` entry is :data:`WARN_ONLY`
+        (the tls transport's fetched CRLs, kept for a start without network): the gateway runs
+        without what it writes there, at any hour, and each failed write is logged then. Said
+        at start-up instead: a warning of ``voipgw run`` (logged) and ``check-config``, never
+        a refusal, for the directory (or the nearest part of it that exists, where the plugin
+        makes the rest) and each of ``files`` there, by the same rules as
+        :meth:`_check_written_directory`'s (a read-only file system, this user's permission;
+        as root, the mode for the owner of the key's directory)."""
+        existing = Path(os.path.abspath(directory))
+        while not os.path.exists(existing) and existing != existing.parent:
+            if os.path.islink(existing):
+                break
+            existing = existing.parent
+        if not existing.is_relative_to(configured):
+            return
+        if os.path.islink(existing) and not os.path.exists(existing):
+            self._dangling_link_warning(table, key, existing, what)
+            return
+        if not os.path.isdir(existing):
+            return
+        made = existing == Path(os.path.abspath(directory))
+        paths = [existing / name for name in files if made and (existing / name).is_file()]
+        for path in [existing, *paths]:
+            problem = self._kept_path_problem(path, configured, as_service=as_service)
+            if problem is not None:
+                self.access_warnings.append(
+                    ConfigError(
+                        self.config.source,
+                        table,
+                        key,
+                        f"{problem}: {what} cannot be written there; `voipgw run` starts, "
+                        "and runs without it",
+                    )
+                )
+                return
+
+    def _kept_path_problem(self, path: Path, configured: Path, *, as_service: bool) -> str | None:
+        """Why ``path`` (a directory of :meth:`_check_kept_directory`, or a file in it) may not
+        be written, or None."""
+        shown = shown_path(path)
+        if on_read_only_file_system(path):
+            return f"{shown} is on a read-only file system ({read_only_remedy(path)})"
+        checking = "" if as_service else ", who runs check-config"
+        if os.geteuid() == 0:
+            # Root writes anywhere: as the service (run) nothing to say; as check-config, the
+            # mode for the owner of the key's directory (the service's user, most likely).
+            owner = None if as_service else _owner_may_not_write_file(path, configured)
+            if owner is None:
+                return None
+            return (
+                f"{shown} can be written by root{checking}, but not by {owner}, the owner of "
+                f"{configured} (the user `voipgw run` created it as, most likely): "
+                f"{_describe_file(path)}"
+            )
+        if path.is_dir():
+            writable = os.access(path, os.W_OK | os.X_OK) or (
+                as_service and _creates_a_file_in(path)
+            )
+        else:
+            writable = may_open(path, os.O_WRONLY)
+        if writable:
+            return None
+        problem = f"{shown} is not writable by this user ({user_name()}){checking}"
+        if not as_service:
+            problem += " (the service's user may be allowed to: check it as that user)"
+        return problem
+
+    def _dangling_link_warning(self, table: str, key: str, link: Path, what: str) -> None:
+        """A plugin's directory (or a part of it still to be made) that is a symbolic link to
+        nothing: the plugin's mkdir fails there (EEXIST) for every user, at the first write,
+        which may never come (dtls, enabled by default: the first DTLS offer). A warning of
+        run (logged at start-up) and check-config: such a gateway ran before this check."""
+        self.access_warnings.append(
+            ConfigError(
+                self.config.source,
+                table,
+                key,
+                f"{link} is a symbolic link to {os.readlink(link)}, which does not exist: "
+                f"{what} cannot be made there; `voipgw run` starts, and what needs it fails "
+                "until it exists (a file system not mounted yet?)",
+            )
+        )
 
     def _check_directory(self, table: str, key: str, path: Path, *, as_service: bool) -> None:
         """A directory ``[table] key`` names: one, or one ``voipgw run`` can create (with its
@@ -594,7 +713,9 @@ class Gateway:
         default, at the first DTLS offer): a PostgreSQL gateway's state_dir of root's, or on a
         read-only file system, ran so before, and still does; check-config warns."""
         cannot = f"{what} cannot be written there"
-        problem = written_directory_problem(directory)
+        shown = shown_path(directory)
+        real = Path(os.path.realpath(directory))
+        problem = written_directory_problem(directory, shown=shown)
         if not made:
             if problem is not None and not as_service:
                 self.access_warnings.append(
@@ -626,10 +747,10 @@ class Gateway:
                     self.config.source,
                     table,
                     key,
-                    f"{directory} can be written in by root, who runs check-config, but not by "
+                    f"{shown} can be written in by root, who runs check-config, but not by "
                     f"{owner}, the owner of {configured} (the user `voipgw run` created it as, "
                     f"most likely): {_describe_file(directory)}; so {cannot} as {owner}; "
-                    f"`voipgw run` as {owner} refuses to start (chown {owner} {directory})",
+                    f"`voipgw run` as {owner} refuses to start (chown {owner} {real})",
                 )
             )
         elif (owner := owner_may_not_write(directory)) is not None:
@@ -639,9 +760,9 @@ class Gateway:
                     self.config.source,
                     table,
                     key,
-                    f"{directory} is writable by root only (mode {mode:04o}): its owner, "
+                    f"{shown} is writable by root only (mode {mode:04o}): its owner, "
                     f"{owner}, may not write in it, so {cannot} as {owner}; `voipgw run` as "
-                    f"{owner} refuses to start (chmod u+wx {directory}, or check it as the "
+                    f"{owner} refuses to start (chmod u+wx {real}, or check it as the "
                     "service's user: sudo -u USER voipgw check-config FILE)",
                 )
             )
@@ -662,11 +783,23 @@ class Gateway:
         failed ("attempt to write a readonly database"), the gateway running until then.
         ``voipgw run`` refuses it (open(2) for writing tried, which changes nothing);
         check-config warns, naming this user and the file's owner; as root (which may write
-        any file) it warns of a file the directory's owner may not write."""
+        any file) it warns of a file the directory's owner may not write. One on a read-only
+        file system (statvfs ST_RDONLY) is an error of both, whose remedy is the mount's."""
         for name in names:
             path = directory / name
             if not path.is_file():
                 continue
+            if on_read_only_file_system(path):
+                # No user may write it, root included (EROFS), and no chown or chmod changes
+                # that: a file bind-mounted read-only on its own (a container's volume with
+                # :ro), where the directory's check passed. An error of check-config too.
+                raise ConfigError(
+                    self.config.source,
+                    table,
+                    key,
+                    f"{shown_path(path)} is on a read-only file system: {what} cannot be written "
+                    f"({read_only_remedy(path)})",
+                )
             if os.geteuid() == 0:
                 if as_service:
                     continue
@@ -677,7 +810,8 @@ class Gateway:
                             self.config.source,
                             table,
                             key,
-                            f"{path} can be written by root, who runs check-config, but not "
+                            f"{shown_path(path)} can be written by root, who runs check-config, "
+                            "but not "
                             f"by {owner}, the owner of {directory} (the user `voipgw run` "
                             f"created it as, most likely): {_describe_file(path)}; `voipgw "
                             f"run` as {owner} refuses to start "
@@ -688,7 +822,8 @@ class Gateway:
             if may_open(path, os.O_WRONLY):
                 continue
             problem = (
-                f"{path} is not writable by this user ({user_name()}) ({_describe_file(path)})"
+                f"{shown_path(path)} is not writable by this user ({user_name()}) "
+                f"({_describe_file(path)})"
             )
             if as_service or on_read_only_file_system(directory):
                 raise ConfigError(
@@ -1132,6 +1267,10 @@ class Gateway:
         self.check()
         for warning in did_warnings(self.config):
             log.warning("configuration: %s", warning)
+        for error in self.access_warnings:
+            # What the service may not write but runs without (a symbolic link to nothing
+            # where a plugin makes its directory, a directory written in only now and then).
+            log.warning("configuration: %s", error)
         for error in (*self.name_errors, *self.value_errors):
             # A warning, not a refusal: a gateway upgraded with such a name in its file keeps
             # carrying calls (`voipgw check-config` refuses the file).
@@ -1595,6 +1734,8 @@ def listen_error(spec: ListenSpec, exc: OSError) -> OSError:
             " (another program listens there: stop it, or give voipgw other ports with "
             "--listen or [sip] listen)"
         )
+    if exc.errno is None:
+        return OSError(text)  # not "[Errno None] cannot listen on ..."
     return OSError(exc.errno, text)
 
 
@@ -1676,6 +1817,20 @@ def _store_files_writable(path: Path) -> bool:
     except OSError:
         return False
     return all(info.st_uid == owner and info.st_mode & stat.S_IWUSR for info in infos)
+
+
+def _written_entry(name: str, entry: Any) -> tuple[str, Path, str, Sequence[str], bool]:
+    """A plugin's ``written_directories()`` entry: ``(KEY, DIRECTORY, WHAT, FILES)``, or with
+    :data:`WARN_ONLY` as a fifth element; (key, directory, what, files, warn only). Another
+    shape is the plugin's error, naming it. A list is taken as a tuple (the entries were
+    unpacked, which took either)."""
+    if isinstance(entry, list | tuple) and (len(entry) == 4 or tuple(entry[4:]) == (WARN_ONLY,)):
+        key, directory, what, files = entry[:4]
+        return key, Path(directory), what, files, len(entry) == 5
+    raise PluginError(
+        f"plugin {name!r}: written_directories() gives {entry!r}: expected (KEY, DIRECTORY, "
+        f"WHAT, FILES), or with {WARN_ONLY!r} as a fifth element"
+    )
 
 
 def _holds_every_file(directory: Path, names: Sequence[str], configured: Path) -> bool:

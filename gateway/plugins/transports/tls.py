@@ -76,7 +76,14 @@ import trio
 from cryptography import x509
 from OpenSSL import SSL, crypto
 
-from gateway.core.config import ListenSpec, unentered_problem, unreadable_here, user_name
+from gateway.core.config import (
+    GATEWAY_STATE_DIR,
+    WARN_ONLY,
+    ListenSpec,
+    unentered_problem,
+    unreadable_here,
+    user_name,
+)
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import Listener, LoadedCertificate, ReloadError, TransportHost
 from gateway.core.logs import log_exception
@@ -98,7 +105,12 @@ from gateway.plugins.transports.certificates import (
     peer_identity,
     validity_problem,
 )
-from gateway.plugins.transports.crl_fetch import CrlFetcher, GetCrl, distribution_point_urls
+from gateway.plugins.transports.crl_fetch import (
+    SAVED_DIR,
+    CrlFetcher,
+    GetCrl,
+    distribution_point_urls,
+)
 from gateway.plugins.transports.ocsp import (
     MAX_RESPONSE_SIZE,
     OCSP_MODES,
@@ -361,6 +373,16 @@ class TlsConfig:
     @property
     def fetches_crls(self) -> bool:
         return bool(self.crl_urls) or self.crl_distribution_points
+
+    def written_directories(self) -> list[tuple[str, Path, str, tuple[str, ...], str]]:
+        """What ``voipgw check-config`` and ``run`` check this user may write (Gateway.check):
+        with fetching on, ``<state_dir>/tls/crls`` ([gateway] state_dir: this table has none),
+        where each fetched CRL is saved, at any hour, for a start without network. A warning
+        only: the gateway uses a CRL it could not save (crl_fetch.py logs that)."""
+        if not self.fetches_crls:
+            return []
+        what = "the fetched CRLs (tls plugin), kept for a start without network,"
+        return [(GATEWAY_STATE_DIR, SAVED_DIR, what, (), WARN_ONLY)]
 
     def _check_ocsp(self) -> None:
         if self.ocsp not in OCSP_MODES:
@@ -1473,9 +1495,21 @@ class TlsTransport(StreamTransport):
                 log.info("%s: certificate %s", self.name, self._loaded[0].describe())
             return self._paths
         directory = Path(host.state_dir) / GENERATED_DIR
-        paths, created = ensure_self_signed(
-            directory, default_hosts(listen.host), now=datetime.datetime.now(datetime.UTC)
-        )
+        try:
+            paths, created = ensure_self_signed(
+                directory, default_hosts(listen.host), now=datetime.datetime.now(datetime.UTC)
+            )
+        except CertificateError:
+            raise
+        except OSError as exc:
+            # The listener's start stops on it: said as the directory and the key, not as
+            # "cannot listen on tls:...: Permission denied", which read as the port's fault.
+            reason = os.strerror(exc.errno) if exc.errno else type(exc).__name__
+            raise CertificateError(
+                f"[gateway] state_dir: the generated certificate cannot be made in "
+                f"{directory}: {reason} (this user: {user_name()}; or configure certificate "
+                f"and private_key in [plugins.{self.name}])"
+            ) from None
         log.info(
             "tls: %s self-signed certificate %s (sha256 %s)",
             "generated a" if created else "using the generated",

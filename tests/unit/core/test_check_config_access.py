@@ -11,11 +11,13 @@ uses). test_check_config_as_another_user.py checks as another user, with real pe
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from gateway.core import cli
 from gateway.core import config as config_mod
@@ -708,3 +710,220 @@ def test_a_plugin_naming_no_key_of_its_table_in_written_directories_is_the_plugi
     code, _out, err = check_config(path, capsys)
     assert code != cli.EXIT_OK and "Traceback" not in err, err
     assert "written_directories() names 'state_directory'" in err, err
+
+
+# -- session 38 --------------------------------------------------------------------------------
+
+
+def read_only_files(monkeypatch: pytest.MonkeyPatch, *read_only: Path) -> None:
+    """``read_only`` are on a file system mounted read-only (statvfs ST_RDONLY, open(2) for
+    writing EROFS, for root too): files bind-mounted read-only on their own, in a directory
+    that is not."""
+    real_statvfs, real_open, real_access = os.statvfs, os.open, os.access
+
+    class ReadOnly:
+        f_flag = os.ST_RDONLY
+
+    def statvfs(path: Any) -> Any:
+        return ReadOnly() if Path(path) in read_only else real_statvfs(path)
+
+    def open_(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if Path(path) in read_only and flags & (os.O_WRONLY | os.O_RDWR):
+            raise OSError(30, "Read-only file system", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    def access(path: Any, mode: int, *args: Any, **kwargs: Any) -> bool:
+        if Path(path) in read_only and mode & os.W_OK:
+            return False
+        return real_access(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(config_mod.os, "statvfs", statvfs)
+    monkeypatch.setattr(config_mod.os, "open", open_)
+    monkeypatch.setattr(config_mod.os, "access", access)
+
+
+def test_a_store_file_on_a_read_only_file_system_says_so_and_the_mount_remedy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SQLite store bind-mounted read-only on its own (a container's volume with :ro) in a
+    writable state_dir: root ran with it (and failed at the first write: "attempt to write a
+    readonly database"), another user was told to chown or chmod it, which changes nothing.
+    No user may write it: an error of run and check-config, naming the mount to change."""
+    state = tmp_path / "state"
+    state.mkdir()
+    database = state / "voipgw.sqlite3"
+    database.touch()
+    path = write_config(tmp_path, state)
+    read_only_files(monkeypatch, database)
+    monkeypatch.setattr(
+        config_mod, "mount_point", lambda p: Path("/srv/voipgw.sqlite3"), raising=False
+    )
+    message = (
+        f"{database} is on a read-only file system: the SQLite store cannot be written "
+        "(mount /srv/voipgw.sqlite3 read-write)"
+    )
+    for uid in (0, 4321):  # root (CI), and the service's user
+        monkeypatch.setattr(config_mod.os, "geteuid", lambda uid=uid: uid)
+        with pytest.raises(ConfigError) as caught:
+            built(path).check()  # voipgw run
+        assert (caught.value.table, caught.value.key) == ("gateway", "state_dir")
+        assert caught.value.message == message
+        code, out, err = check_config(path, capsys)
+        assert (code, out) == (cli.EXIT_USAGE, "")
+        assert err == f"voipgw: configuration error: {path}: [gateway] state_dir: {message}\n"
+
+
+def test_the_mount_point_is_the_longest_one_a_path_lies_under() -> None:
+    assert config_mod.mount_point(Path("/proc/self/status")) == Path("/proc")
+    assert config_mod.mount_point(Path("/")) == Path("/")
+    assert config_mod._unescape_mount("/srv/voipgw\\040state") == Path("/srv/voipgw state")
+
+
+def said_by_run(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> list[tuple[int, str]]:
+    """What ``Gateway.serve`` (``voipgw run``) logs at WARNING before it opens its store."""
+
+    class Opened(Exception):
+        pass
+
+    def open_store(*args: object, **kwargs: object) -> None:
+        raise Opened
+
+    monkeypatch.setattr(gateway_mod, "open_store", open_store)
+    caplog.set_level(logging.WARNING)
+    caplog.clear()
+    with pytest.raises(Opened):
+        trio.run(gateway.serve)
+    return [
+        (record.levelno, record.getMessage())
+        for record in caplog.records
+        if record.levelno >= logging.WARNING
+    ]
+
+
+def test_a_plugin_directory_that_is_a_link_to_nothing_is_a_warning_of_both(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """<state_dir>/recordings a symbolic link to a file system not mounted yet: judged by its
+    name, it was a directory still to be made in a writable state_dir (nothing said), and the
+    first recording failed, since mkdir does not make a directory through a link (EEXIST),
+    whatever the permissions where it points. Warned of by check-config and run (which starts:
+    the first write may never come, and such a gateway ran before)."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    unmounted = tmp_path / "mnt" / "recordings"
+    (state / "recordings").symlink_to(unmounted)
+    path = write_config(
+        tmp_path, state, "[plugins.recorder]\nall_calls = true\n", '"udp", "recorder"'
+    )
+    message = (
+        f"{state / 'recordings'} is a symbolic link to {unmounted}, which does not exist: the "
+        "recordings (recorder plugin) cannot be made there; `voipgw run` starts, and what "
+        "needs it fails until it exists (a file system not mounted yet?)"
+    )
+    gateway = built(path)
+    gateway.check()  # voipgw run
+    assert [str(warning) for warning in gateway.access_warnings] == [
+        f"{path}: [plugins.recorder] state_dir: {message}"
+    ]
+    # voipgw run logs it and goes on to open its store (where this stops it).
+    assert said_by_run(built(path), monkeypatch, caplog) == [
+        (logging.WARNING, f"configuration: {path}: [plugins.recorder] state_dir: {message}")
+    ]
+    code, _out, err = check_config(path, capsys)
+    assert code == cli.EXIT_OK, err
+    assert err == f"voipgw: warning: {path}: [plugins.recorder] state_dir: {message}\n"
+    # Mounted: nothing to say.
+    unmounted.mkdir(parents=True)
+    code, _out, err = check_config(path, capsys)
+    assert (code, err) == (cli.EXIT_OK, "")
+
+
+def test_a_path_reached_through_a_symbolic_link_is_shown_with_where_it_leads(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "srv"
+    target.mkdir()
+    (tmp_path / "link").symlink_to(target)
+    assert config_mod.shown_path(target) == str(target)
+    assert (
+        config_mod.shown_path(tmp_path / "link")
+        == f"{tmp_path / 'link'} (a symbolic link to {target})"
+    )
+    assert config_mod.shown_path(tmp_path / "link" / "dtls") == (
+        f"{tmp_path / 'link' / 'dtls'} ({target / 'dtls'}, through a symbolic link)"
+    )
+
+
+def test_a_crl_directory_on_a_read_only_file_system_is_a_warning_not_a_refusal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """<state_dir>/tls on a read-only file system (its own mount): the gateway serves with the
+    CRLs it fetches and cannot save them, so run warns and starts; check-config warns (exit
+    0), naming the mount to make read-write."""
+    state = tmp_path / "state"
+    (state / "tls").mkdir(parents=True)
+    ca = TestPki(tmp_path).ca("CA")
+    pair = ca.issue("gateway")
+    table = (
+        f'[plugins.tls]\ncertificate = "{pair.certificate}"\nprivate_key = "{pair.key}"\n'
+        f'ca_bundles = ["{ca.certificate}"]\ncrl_urls = ["http://127.0.0.1:1/ca.crl"]\n'
+    )
+    path = write_config(tmp_path, state, table, '"udp", "tls"')
+    read_only_files(monkeypatch, state / "tls")
+    monkeypatch.setattr(config_mod, "mount_point", lambda p: Path("/srv/tls"), raising=False)
+    message = (
+        f"{path}: [gateway] state_dir: {state / 'tls'} is on a read-only file system (mount "
+        "/srv/tls read-write): the fetched CRLs (tls plugin), kept for a start without network, "
+        "cannot be written there; `voipgw run` starts, and runs without it"
+    )
+    gateway = built(path)
+    gateway.check()  # voipgw run
+    assert [str(warning) for warning in gateway.access_warnings] == [message]
+    code, _out, err = check_config(path, capsys)
+    assert (code, err) == (cli.EXIT_OK, f"voipgw: warning: {message}\n")
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [("state_dir", "dtls", "certificates", (), "maybe"), ("state_dir", "dtls"), ["state_dir"]],
+)
+def test_a_written_directories_entry_of_another_shape_is_the_plugins_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, entry: Any
+) -> None:
+    from gateway.plugins.keyexchange import dtls_srtp
+
+    monkeypatch.setattr(dtls_srtp.DtlsConfig, "written_directories", lambda self: [entry])
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    path = write_config(tmp_path, state, enable='"udp", "dtls"')
+    with pytest.raises(PluginError) as caught:
+        built(path).check()
+    assert str(caught.value) == (
+        f"plugin 'dtls': written_directories() gives {entry!r}: expected (KEY, DIRECTORY, "
+        "WHAT, FILES), or with 'warn' as a fifth element"
+    )
+
+
+def test_a_written_directories_entry_given_as_a_list_is_taken_as_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entries were unpacked, so a third-party plugin's lists worked: they still do."""
+    from gateway.plugins.keyexchange import dtls_srtp
+
+    def as_lists(self: Any) -> list[list[Any]]:
+        return [["state_dir", Path(self.state_dir) / "dtls", "certificates", []]]
+
+    monkeypatch.setattr(dtls_srtp.DtlsConfig, "written_directories", as_lists)
+    state = tmp_path / "state"
+    (state / "dtls").mkdir(parents=True, mode=0o700)
+    path = write_config(tmp_path, state, enable='"udp", "dtls"')
+    built(path).check()
+    deny(monkeypatch, state / "dtls", os.W_OK)
+    monkeypatch.setattr(gateway_mod, "_creates_a_file_in", lambda p: False)
+    with pytest.raises(ConfigError, match="certificates cannot be written there"):
+        built(path).check()

@@ -740,3 +740,119 @@ def test_a_held_file_is_asked_of_access_for_the_effective_user(shared: Path) -> 
             real_uid_root=True,
         )
     assert answers == [True, False]
+
+
+# -- session 38: symbolic links out of the state_dir ------------------------------------------
+
+
+def test_a_plugin_directory_linked_out_of_the_state_dir_is_named_with_where_it_leads(
+    shared: Path,
+) -> None:
+    """<state_dir>/dtls a symbolic link to a directory of root's elsewhere: what the kernel
+    writes in (and what a chown changes) is the link's target, which the messages named
+    only by the link's name, and the remedy chown'd the name."""
+    state = service_state(shared)
+    elsewhere = shared / "srv" / "dtls"
+    elsewhere.mkdir(parents=True, mode=0o755)  # root's
+    (state / "dtls").symlink_to(elsewhere)
+    shown = f"{state / 'dtls'} (a symbolic link to {elsewhere})"
+    table = f'[plugins.dtls]\nstate_dir = "{state}"\n'
+    path = write_config(shared, state, table, '"udp", "dtls"')
+    assert run_as_nobody(path) == (
+        f"{path}: [plugins.dtls] state_dir: {shown} is not writable by this user (nobody): "
+        "the DTLS certificate (dtls plugin) cannot be written there"
+    )
+    code, _out, err = check_config(path)  # as root: daemon, the state_dir's owner, may not
+    assert code == cli.EXIT_OK, err
+    assert err == (
+        f"voipgw: warning: {path}: [plugins.dtls] state_dir: {shown} can be written in by root, "
+        f"who runs check-config, but not by daemon, the owner of {state} (the user `voipgw "
+        "run` created it as, most likely): mode 0755, owner root; so the DTLS certificate "
+        "(dtls plugin) cannot be written there as daemon; `voipgw run` as daemon refuses to "
+        f"start (chown daemon {elsewhere})\n"
+    )
+    os.chown(elsewhere, DAEMON.pw_uid if DAEMON else 0, 0)
+    elsewhere.chmod(0o777)
+    assert run_as_nobody(path) == "started"
+
+
+# -- session 38: the tls transport's fetched CRLs (<state_dir>/tls/crls) ---------------------
+
+
+def fetching_tls_config(shared: Path, state: Path) -> Path:
+    """A tls listener with its own certificate, fetching its CA's CRL over HTTP: each fetched
+    CRL is saved under <state_dir>/tls/crls, at any hour, for a start without network."""
+    etc = shared / "etc"
+    etc.mkdir()
+    ca = TestPki(etc).ca("CA")
+    pair = ca.issue("gateway")
+    for path in etc.iterdir():
+        path.chmod(0o644)
+    extra = f'ca_bundles = ["{ca.certificate}"]\ncrl_urls = ["http://127.0.0.1:1/ca.crl"]\n'
+    return tls_config(shared, pair, state, extra)
+
+
+def warnings_of_run(path: Path) -> list[str]:
+    """What ``voipgw run`` as nobody logs of the directories it checks (it starts)."""
+
+    def check() -> list[str]:
+        config = config_mod.from_toml(path)
+        gateway = Gateway(config, load_plugins(config))
+        gateway.check()
+        return [str(warning) for warning in gateway.access_warnings]
+
+    check_config(path)
+    said = as_nobody(check)
+    assert isinstance(said, list)
+    return said
+
+
+def test_a_crl_directory_the_service_may_not_write_in_is_a_warning_of_run_and_check_config(
+    shared: Path,
+) -> None:
+    """<state_dir>/tls of root's (a `voipgw run` as root made it): check-config and run said
+    nothing, and each CRL fetched was used but not saved, a warning in the log at whatever
+    hour the fetch came, and a start without network went without it. Said at start-up, as
+    a warning (the gateway runs without the saved copies): [gateway] state_dir is the key."""
+    state = service_state(shared)
+    (state / "tls").mkdir(mode=0o755)  # root's
+    path = fetching_tls_config(shared, state)
+    tail = (
+        "the fetched CRLs (tls plugin), kept for a start without network, cannot be written "
+        "there; `voipgw run` starts, and runs without it"
+    )
+    assert warnings_of_run(path) == [
+        f"{path}: [gateway] state_dir: {state / 'tls'} is not writable by this user (nobody): "
+        f"{tail}"
+    ]
+    code, _out, err = check_config_as_nobody(path)
+    assert code == cli.EXIT_OK, err
+    assert err == (
+        f"voipgw: warning: {path}: [gateway] state_dir: {state / 'tls'} is not writable by "
+        "this user (nobody), who runs check-config (the service's user may be allowed to: "
+        f"check it as that user): {tail}\n"
+    )
+    code, _out, err = check_config(path)  # as root: daemon, the state_dir's owner, may not
+    assert code == cli.EXIT_OK, err
+    assert err == (
+        f"voipgw: warning: {path}: [gateway] state_dir: {state / 'tls'} can be written by "
+        f"root, who runs check-config, but not by daemon, the owner of {state} (the user "
+        f"`voipgw run` created it as, most likely): mode 0755, owner root: {tail}\n"
+    )
+    # The service's: nothing to say; nor without fetching.
+    owned_by_service(state / "tls", mode=0o777)
+    assert warnings_of_run(path) == []
+    assert check_config(path)[2] == ""
+
+
+def test_without_fetching_the_crl_directory_is_not_checked(shared: Path) -> None:
+    state = service_state(shared)
+    (state / "tls").mkdir(mode=0o755)  # root's
+    etc = shared / "etc"
+    etc.mkdir()
+    pair = TestPki(etc).ca("CA").issue("gateway")
+    for file in etc.iterdir():
+        file.chmod(0o644)
+    path = tls_config(shared, pair, state)
+    assert warnings_of_run(path) == []
+    assert check_config_as_nobody(path)[::2] == (cli.EXIT_OK, "")

@@ -264,3 +264,31 @@ def test_error_texts_hold_no_key_even_when_the_key_is_where_the_certificate_shou
     assert str(live.certificate) in str(caught.value)
     for secret in [*key_lines(a), "PRIVATE KEY"]:
         assert secret not in str(caught.value)
+
+
+def test_a_generated_certificate_that_cannot_be_made_names_the_directory_and_key(
+    tmp_path: Path,
+) -> None:
+    """<state_dir>/tls the service may not make or write in: the listener's start stopped on
+    "cannot listen on tls:127.0.0.1:5061: Permission denied", which read as the port's fault
+    and named neither the directory nor the key."""
+    from gateway.core.config import ListenSpec, user_name
+    from gateway.core.gateway import listen_error
+
+    class Host:
+        state_dir = tmp_path / "state"
+
+    Host.state_dir.mkdir()
+    (Host.state_dir / "tls").write_text("")  # in the way: mkdir fails for every user
+    spec = ListenSpec("tls", "127.0.0.1", 5061)
+    for transport in (TlsTransport(TlsConfig()), WssTransport(WssConfig())):
+        with pytest.raises(OSError) as caught:
+            transport.certificate_paths(spec, Host())  # type: ignore[arg-type]
+        # Raised through the core's frames only, as at a listener's start (not this test's).
+        error = caught.value.with_traceback(caught.value.__traceback__.tb_next)  # type: ignore[union-attr]
+        assert str(listen_error(spec, error)) == (
+            f"cannot listen on tls:127.0.0.1:5061: [gateway] state_dir: the generated "
+            f"certificate cannot be made in {Host.state_dir / 'tls'}: File exists (this user: "
+            f"{user_name()}; or configure certificate and private_key in "
+            f"[plugins.{transport.name}])"
+        )
