@@ -111,6 +111,9 @@ class CallBase:
     it; redirect.py): our INVITEs say so. A class default: only a diverted call has its own."""
     _redirects: Redirects | None = None
     """Call forwarding by redirect (3xx) in this call, made at its first 3xx."""
+    _handshakes_refused = False
+    """The handshake task could not start (the call is ending): not tried again at the next
+    SDP change (CallMediaKeys._drive_handshakes). A class default: only such a call sets it."""
 
     def __init__(
         self,
