@@ -285,11 +285,17 @@ class CallBase:
     def post(self, event: CallEventInput) -> None:
         request = isinstance(event, RequestEvent)
         events = self._events
-        if (
-            self._events_closed
-            or len(events) >= EVENT_ROOM
-            or (request and self._queued_requests >= EVENT_QUEUE)
-        ):
+        if self._events_closed:
+            # The call has ended (Call.run's end): what reaches it now crossed its end (a
+            # media worker's or a handshake's callback, a pickup or transfer of the call):
+            # nobody handles it, and that is no flood, so said at DEBUG. A request gets what
+            # the endpoint answers a dialog that no longer exists (RFC 3261 §12.2.2).
+            log.debug("call %s: %s after the call ended, dropped", self.id, type(event).__name__)
+            if isinstance(event, RequestEvent):
+                refusal = make_response(event.request, 481, "Call Has Ended")
+                self.manager.start_soon(self.endpoint.respond, event.transaction, refusal)
+            return
+        if len(events) >= EVENT_ROOM or (request and self._queued_requests >= EVENT_QUEUE):
             # A call this flooded is misbehaving anyway. A request is answered all the same:
             # UDP peers retransmit a request, but not once its transaction has seen 100 Trying.
             log.warning("call %s: event queue full, dropping %s", self.id, type(event).__name__)
