@@ -36,6 +36,7 @@ from gateway.core.calls.events import (
     AnswerFailure,
     CallEnded,
     CallEventInput,
+    CancelEvent,
     EndCallEvent,
     InDialogRequest,
     PickUpEvent,
@@ -179,6 +180,7 @@ class CallBase:
         # server (a STIR/SHAKEN certificate) that the end cuts short.
         self._end_in_setup: EndCallEvent | None = None
         self._setup_wait: trio.CancelScope | None = None
+        self._cancel_in_setup: CancelEvent | None = None  # the caller's CANCEL meanwhile
         # A's INVITE had no SDP (RFC 3261 §13.2.1, "late offer"): B's 2xx brings the offer, our
         # 2xx to A carries it on, and A's ACK brings the answer we put in B's ACK.
         self.late_offer = False
@@ -349,6 +351,20 @@ class CallBase:
             # may be after the gateway stopped waiting. It answers A 503 before ringing anyone,
             # at once if it waits for a certificate server.
             self._end_in_setup = event
+            if self._setup_wait is not None:
+                self._setup_wait.cancel()
+
+    def cancel_received(self, event: CancelEvent) -> None:
+        """A CANCEL of the caller's INVITE or of a re-INVITE the call relays (the endpoint
+        answered it 200 already, RFC 3261 §9.2): the call task handles it. While the call is
+        still being set up its task reads no events, and may be waiting for a remote server
+        (a STIR/SHAKEN certificate, up to fetch_timeout): that wait is cut short, and the
+        caller gets 487 before anyone is rung."""
+        self.post(event)
+        if self.state == "new" and (
+            event.transaction is None or event.transaction is self.a.transaction
+        ):
+            self._cancel_in_setup = event
             if self._setup_wait is not None:
                 self._setup_wait.cancel()
 

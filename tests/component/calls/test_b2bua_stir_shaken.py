@@ -631,6 +631,39 @@ async def test_calls_waiting_for_a_certificate_get_it_when_the_call_that_asked_f
     await waiting.cancel()
 
 
+async def test_a_cancel_while_the_certificate_is_fetched_ends_the_call_at_once(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """RFC 3261 §9.2: the caller's CANCEL while its INVITE waits for the signer's certificate
+    gets 200, and the INVITE 487 at once, nobody rung (it waited for the certificate server,
+    up to fetch_timeout, and then rang the phone to CANCEL it). The fetch goes on: the call
+    waiting for the same certificate gets it, and later calls find it cached."""
+    pki = make_pki()
+    plugin = InjectedStirShaken(pki, delay=5.0)
+    env = await start(nursery, tmp_path, voipgw_seed, plugin, fetch_timeout=30)
+    header = identity(pki.signer_key)
+    cancelled = await env.trunk.invite(env.did_uri(ALICE_DID), extra=[header])
+    await eventually(lambda: plugin.fetched == [X5U])
+    waiting = await env.trunk.invite(env.did_uri(ALICE_DID), extra=[header])
+    await eventually(lambda: env.calls == 2)
+    cancelling = trio.current_time()
+    cancel = await cancelled.cancel()
+    assert (await cancel.final()).status == 200
+    assert (await cancelled.final()).status == 487
+    assert trio.current_time() - cancelling < 1
+    await eventually(lambda: env.calls == 1)
+    leg_b = await env.alice.next_call()  # the waiting call's: the cancelled one rang nobody
+    assert leg_b.invite.from_.uri.user == f"{CALLER};verstat=TN-Validation-Passed"
+    assert trio.current_time() - cancelling >= 4
+    assert len(env.alice.requests("INVITE")) == 1
+    await waiting.cancel()
+    assert (await waiting.final()).status == 487
+    await eventually(lambda: env.calls == 0)
+    user, _ = await call_alice(env, [header])
+    assert user == f"{CALLER};verstat=TN-Validation-Passed"
+    assert plugin.fetched == [X5U]
+
+
 async def test_urls_fetched_again_are_forgotten_once_their_minute_has_passed(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
