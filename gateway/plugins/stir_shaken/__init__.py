@@ -150,6 +150,12 @@ MIN_CERTIFICATE_KEEP = REFETCH_INTERVAL
 REFETCH_RESULTS = ("replaced", "unchanged", "failed")
 # CRL URLs kept: SHAKEN has one CRL (the STI-PA's, ATIS-1000080 §6.4.1); room for a few more.
 MAX_CRLS = 16
+# Certificate fetches (first fetches and re-fetches, one per URL) running at once, at most. A
+# fetch outlives the call that started it, up to fetch_timeout: a peer whose calls each name a
+# new x5u and are CANCELled at once must not pile up HTTPS connections. Carriers' repositories
+# are a few dozen URLs. A call past it fails as for a certificate not fetched (436), nothing
+# cached; CRL fetches are bounded by MAX_CRLS the same way.
+MAX_FETCHES = 100
 # RFC 8224 §6.2.2 and §13: the reason phrase of each status a failed check may refuse with.
 REFUSALS = {
     403: "Stale Date",
@@ -515,6 +521,12 @@ class StirShaken:
         # new certificate), which each waits for until its own deadline.
         fetch = self._fetching.get(url)
         if fetch is None:
+            if len(self._fetching) >= MAX_FETCHES:
+                raise PassportError(
+                    f"certificate not fetched: {MAX_FETCHES} certificate fetches running already",
+                    outcome="bad_info",
+                    status=436,
+                )
             fetch = self._start_fetch(self._fetching, url, self._fetch_certificate, url)
         with trio.move_on_at(deadline):
             await fetch.done.wait()
@@ -565,9 +577,9 @@ class StirShaken:
         if fetch is None:
             now = trio.current_time()
             self._forget_refetches(now)
-            if now >= deadline or url in self._refetched:
-                # The call's time is up (the minute's fetch kept for a call that has some), or
-                # the URL was fetched again less than a minute ago.
+            if now >= deadline or url in self._refetched or len(self._fetching) >= MAX_FETCHES:
+                # The call's time is up (the minute's fetch kept for a call that has some), the
+                # URL was fetched again less than a minute ago, or too many fetches run.
                 return None
             fetch = self._start_fetch(self._fetching, url, self._refetch_certificate, url, stale)
         with trio.move_on_at(deadline):
@@ -717,6 +729,8 @@ class StirShaken:
             )
         fetch = self._crl_fetching.get(url)
         if fetch is None:
+            if len(self._crl_fetching) >= MAX_CRLS:
+                raise RevocationUnavailable(f"{MAX_CRLS} CRL fetches running already")
             fetch = self._start_fetch(self._crl_fetching, url, self._fetch_crl_kept, url, signer)
         with trio.move_on_at(deadline):
             await fetch.done.wait()
