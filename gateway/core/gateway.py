@@ -1626,7 +1626,8 @@ class Gateway:
 
     async def _start_plugin_tasks(self, nursery: trio.Nursery) -> None:
         """The tasks of capture agents, media taps (HEP's sender, interception's X1 server
-        and delivery links) and monitoring services (the metrics exporter), each object's once.
+        and delivery links), monitoring services (the metrics exporter) and caller-identity
+        services (STIR/SHAKEN's certificate fetches), each object's once.
         A ``run`` that takes ``task_status`` is waited for: until it says it started, a failure
         (the X1 or metrics port taken) stops the gateway's start-up like a listener's would;
         after, a failure is logged and the gateway goes on. Services get the status view."""
@@ -1638,6 +1639,10 @@ class Gateway:
                 runners.setdefault(id(tap), (name, tap, ()))
         for name, service in self.plugins.services.items():
             runners.setdefault(id(service), (name, service, (self.status,)))
+        for name, identity in self.plugins.caller_identity.items():
+            # STIR/SHAKEN's: the nursery its certificate fetches run in, whichever call waits.
+            if callable(getattr(identity, "run", None)):
+                runners.setdefault(id(identity), (name, identity, ()))
         for name, runner, args in runners.values():
             if "task_status" in inspect.signature(runner.run).parameters:
                 await nursery.start(_run_plugin_task, name, runner, args)

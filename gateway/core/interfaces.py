@@ -770,7 +770,11 @@ class IdentityCheck(Protocol):
 class CallerIdentity(Protocol):
     """Signs calls to trunks and verifies calls from trunks (STIR/SHAKEN: RFC 8224, 8588),
     registered by ``gateway_register_caller_identity``. Both are asked only while one is
-    registered; each returns None for a trunk it does not handle."""
+    registered; each returns None for a trunk it does not handle.
+
+    Optional: ``async run()`` (with ``task_status`` if it must say when it started), the
+    service's own task from the gateway's start to its stop (STIR/SHAKEN's certificate fetches,
+    which outlive the call that asked first)."""
 
     def sign(self, call: TrunkCall) -> IdentityOutcome | None:
         """Headers for our INVITE to ``call.trunk`` (an account's call, or one passed on)."""

@@ -17,6 +17,7 @@ from gateway.plugins.stir_shaken import StirShaken, StirShakenConfig, Verificati
 from gateway.plugins.stir_shaken.certificates import MAX_CRL_FILE
 from gateway.plugins.stir_shaken.fetch import MAX_BODY
 from gateway.testing.sti_pki import StiPki, make_identity, make_pki
+from tests.integration.stir_shaken_service import running
 from tests.interop.harness.certificate_server import certificate_server
 
 CALL = TrunkCall(
@@ -45,7 +46,8 @@ async def verify(service: StirShaken, pki: StiPki, x5u: str) -> tuple[str, str]:
     value = make_identity(
         pki.signer_key, x5u, orig="15550100", dest="4930123456", iat=int(time.time())
     )
-    outcome = await Verification(service, CALL, [value]).run()
+    async with running(service):
+        outcome = await Verification(service, CALL, [value]).run()
     return outcome.outcome, outcome.described
 
 

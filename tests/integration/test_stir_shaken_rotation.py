@@ -9,8 +9,10 @@ for the minute between forced re-fetches), the service's wall clock stopped, mov
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,7 @@ from gateway.plugins.stir_shaken import (
     Verification,
 )
 from gateway.testing.sti_pki import StiPki, make_identity, make_pki
+from tests.integration.stir_shaken_service import running
 from tests.interop.harness.certificate_server import certificate_server
 
 CALL = TrunkCall(
@@ -65,6 +68,14 @@ class Verifier:
         return (await Verification(self.service, CALL, [value]).run()).outcome
 
 
+@contextlib.asynccontextmanager
+async def running_verifier(anchors: Path, https_ca: Path) -> AsyncIterator[Verifier]:
+    """A :class:`Verifier` whose service runs (its fetches' nursery), until the block ends."""
+    verifier = Verifier(anchors, https_ca)
+    async with running(verifier.service):
+        yield verifier
+
+
 def serve(pki: StiPki, tmp_path: Path) -> tuple[dict[str, bytes], dict[str, str]]:
     (tmp_path / "sti").mkdir()
     pki.write(tmp_path / "sti")
@@ -80,16 +91,16 @@ async def test_a_signer_that_rotates_its_key_verifies_after_one_fetch(
     pki = make_pki()
     files, _ = serve(pki, tmp_path)
     with certificate_server(b"", tmp_path, files) as (url, https_ca, requests):
-        verifier = Verifier(tmp_path / "sti" / "roots.pem", https_ca)
-        assert await verifier.verify(pki.signer_key, url) == "passed"
-        rotated = pki.with_new_signer()
-        files["/shaken.pem"] = rotated.chain_pem()
-        caplog.set_level(logging.INFO, logger="gateway.plugins.stir_shaken")
-        assert await verifier.verify(rotated.signer_key, url) == "passed"
-        assert await verifier.verify(rotated.signer_key, url) == "passed"  # from the cache
-        # A call signed with the old key now fails against the new certificate, and the URL,
-        # fetched again less than a minute ago, is not fetched for it.
-        assert await verifier.verify(pki.signer_key, url) == "bad_signature"
+        async with running_verifier(tmp_path / "sti" / "roots.pem", https_ca) as verifier:
+            assert await verifier.verify(pki.signer_key, url) == "passed"
+            rotated = pki.with_new_signer()
+            files["/shaken.pem"] = rotated.chain_pem()
+            caplog.set_level(logging.INFO, logger="gateway.plugins.stir_shaken")
+            assert await verifier.verify(rotated.signer_key, url) == "passed"
+            assert await verifier.verify(rotated.signer_key, url) == "passed"  # from the cache
+            # A call signed with the old key now fails against the new certificate, and the URL,
+            # fetched again less than a minute ago, is not fetched for it.
+            assert await verifier.verify(pki.signer_key, url) == "bad_signature"
     assert requests == ["/shaken.pem"] * 2
     changed = [r.getMessage() for r in caplog.records if "changed" in r.getMessage()]
     subject = rotated.signer.subject.rfc4514_string()
@@ -110,18 +121,18 @@ async def test_a_forgers_calls_fetch_the_certificate_again_at_most_once_a_minute
     files, _ = serve(pki, tmp_path)
     caplog.set_level(logging.INFO, logger="gateway.plugins.stir_shaken")
     with certificate_server(b"", tmp_path, files) as (url, https_ca, requests):
-        verifier = Verifier(tmp_path / "sti" / "roots.pem", https_ca)
-        assert await verifier.verify(pki.signer_key, url) == "passed"
-        for _ in range(5):
+        async with running_verifier(tmp_path / "sti" / "roots.pem", https_ca) as verifier:
+            assert await verifier.verify(pki.signer_key, url) == "passed"
+            for _ in range(5):
+                assert await verifier.verify(forger, url) == "bad_signature"
+            assert requests == ["/shaken.pem"] * 2
+            mock_clock.jump(REFETCH_INTERVAL - 1)
             assert await verifier.verify(forger, url) == "bad_signature"
-        assert requests == ["/shaken.pem"] * 2
-        mock_clock.jump(REFETCH_INTERVAL - 1)
-        assert await verifier.verify(forger, url) == "bad_signature"
-        assert requests == ["/shaken.pem"] * 2
-        mock_clock.jump(1)
-        for _ in range(3):
-            assert await verifier.verify(forger, url) == "bad_signature"
-        assert await verifier.verify(pki.signer_key, url) == "passed"
+            assert requests == ["/shaken.pem"] * 2
+            mock_clock.jump(1)
+            for _ in range(3):
+                assert await verifier.verify(forger, url) == "bad_signature"
+            assert await verifier.verify(pki.signer_key, url) == "passed"
     assert requests == ["/shaken.pem"] * 3
     assert not [r for r in caplog.records if "changed" in r.getMessage()]
 
@@ -132,18 +143,18 @@ async def test_calls_failing_at_once_share_one_fetch_of_the_new_certificate(
     pki = make_pki()
     files, _ = serve(pki, tmp_path)
     with certificate_server(b"", tmp_path, files) as (url, https_ca, requests):
-        verifier = Verifier(tmp_path / "sti" / "roots.pem", https_ca)
-        assert await verifier.verify(pki.signer_key, url) == "passed"
-        rotated = pki.with_new_signer()
-        files["/shaken.pem"] = rotated.chain_pem()
-        outcomes: list[str] = []
+        async with running_verifier(tmp_path / "sti" / "roots.pem", https_ca) as verifier:
+            assert await verifier.verify(pki.signer_key, url) == "passed"
+            rotated = pki.with_new_signer()
+            files["/shaken.pem"] = rotated.chain_pem()
+            outcomes: list[str] = []
 
-        async def call() -> None:
-            outcomes.append(await verifier.verify(rotated.signer_key, url))
+            async def call() -> None:
+                outcomes.append(await verifier.verify(rotated.signer_key, url))
 
-        async with trio.open_nursery() as nursery:
-            for _ in range(4):
-                nursery.start_soon(call)
+            async with trio.open_nursery() as nursery:
+                for _ in range(4):
+                    nursery.start_soon(call)
     assert outcomes == ["passed"] * 4
     assert requests == ["/shaken.pem"] * 2
 
@@ -162,22 +173,22 @@ async def test_a_max_age_under_a_minute_is_kept_a_minute_but_never_past_not_afte
     files, headers = serve(pki, tmp_path)
     headers["/shaken.pem"] = cache_control
     with certificate_server(b"", tmp_path, files, headers) as (url, https_ca, requests):
-        verifier = Verifier(tmp_path / "sti" / "roots.pem", https_ca)
-        assert await verifier.verify(pki.signer_key, url) == "passed"
-        verifier.later = MIN_CERTIFICATE_KEEP - 1
-        assert await verifier.verify(pki.signer_key, url) == "passed"
-        assert requests == ["/shaken.pem"]
-        verifier.later = MIN_CERTIFICATE_KEEP + 1
-        assert await verifier.verify(pki.signer_key, url) == "passed"
-        assert requests == ["/shaken.pem"] * 2
-        # A certificate whose notAfter comes in 20 s is kept 20 s, not the minute.
-        expiring = pki.with_new_signer(now=verifier.clock() + 20, days=1)
-        files["/shaken.pem"] = expiring.chain_pem()
-        mock_clock.jump(REFETCH_INTERVAL)
-        assert await verifier.verify(expiring.signer_key, url) == "passed"  # one re-fetch
-        verifier.later += 10
-        assert await verifier.verify(expiring.signer_key, url) == "passed"
-        assert requests == ["/shaken.pem"] * 3
-        verifier.later += 11
-        assert await verifier.verify(expiring.signer_key, url) == "untrusted"  # expired
+        async with running_verifier(tmp_path / "sti" / "roots.pem", https_ca) as verifier:
+            assert await verifier.verify(pki.signer_key, url) == "passed"
+            verifier.later = MIN_CERTIFICATE_KEEP - 1
+            assert await verifier.verify(pki.signer_key, url) == "passed"
+            assert requests == ["/shaken.pem"]
+            verifier.later = MIN_CERTIFICATE_KEEP + 1
+            assert await verifier.verify(pki.signer_key, url) == "passed"
+            assert requests == ["/shaken.pem"] * 2
+            # A certificate whose notAfter comes in 20 s is kept 20 s, not the minute.
+            expiring = pki.with_new_signer(now=verifier.clock() + 20, days=1)
+            files["/shaken.pem"] = expiring.chain_pem()
+            mock_clock.jump(REFETCH_INTERVAL)
+            assert await verifier.verify(expiring.signer_key, url) == "passed"  # one re-fetch
+            verifier.later += 10
+            assert await verifier.verify(expiring.signer_key, url) == "passed"
+            assert requests == ["/shaken.pem"] * 3
+            verifier.later += 11
+            assert await verifier.verify(expiring.signer_key, url) == "untrusted"  # expired
     assert requests == ["/shaken.pem"] * 4

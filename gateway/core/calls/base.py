@@ -36,6 +36,7 @@ from gateway.core.calls.events import (
     AnswerFailure,
     CallEnded,
     CallEventInput,
+    CancelEvent,
     EndCallEvent,
     InDialogRequest,
     PickUpEvent,
@@ -111,6 +112,9 @@ class CallBase:
     it; redirect.py): our INVITEs say so. A class default: only a diverted call has its own."""
     _redirects: Redirects | None = None
     """Call forwarding by redirect (3xx) in this call, made at its first 3xx."""
+    _handshakes_refused = False
+    """The handshake task could not start (the call is ending): not tried again at the next
+    SDP change (CallMediaKeys._drive_handshakes). A class default: only such a call sets it."""
 
     def __init__(
         self,
@@ -176,6 +180,7 @@ class CallBase:
         # server (a STIR/SHAKEN certificate) that the end cuts short.
         self._end_in_setup: EndCallEvent | None = None
         self._setup_wait: trio.CancelScope | None = None
+        self._cancel_in_setup: CancelEvent | None = None  # the caller's CANCEL meanwhile
         # A's INVITE had no SDP (RFC 3261 §13.2.1, "late offer"): B's 2xx brings the offer, our
         # 2xx to A carries it on, and A's ACK brings the answer we put in B's ACK.
         self.late_offer = False
@@ -282,11 +287,17 @@ class CallBase:
     def post(self, event: CallEventInput) -> None:
         request = isinstance(event, RequestEvent)
         events = self._events
-        if (
-            self._events_closed
-            or len(events) >= EVENT_ROOM
-            or (request and self._queued_requests >= EVENT_QUEUE)
-        ):
+        if self._events_closed:
+            # The call has ended (Call.run's end): what reaches it now crossed its end (a
+            # media worker's or a handshake's callback, a pickup or transfer of the call):
+            # nobody handles it, and that is no flood, so said at DEBUG. A request gets what
+            # the endpoint answers a dialog that no longer exists (RFC 3261 §12.2.2).
+            log.debug("call %s: %s after the call ended, dropped", self.id, type(event).__name__)
+            if isinstance(event, RequestEvent):
+                refusal = make_response(event.request, 481, "Call Has Ended")
+                self.manager.start_soon(self.endpoint.respond, event.transaction, refusal)
+            return
+        if len(events) >= EVENT_ROOM or (request and self._queued_requests >= EVENT_QUEUE):
             # A call this flooded is misbehaving anyway. A request is answered all the same:
             # UDP peers retransmit a request, but not once its transaction has seen 100 Trying.
             log.warning("call %s: event queue full, dropping %s", self.id, type(event).__name__)
@@ -340,6 +351,20 @@ class CallBase:
             # may be after the gateway stopped waiting. It answers A 503 before ringing anyone,
             # at once if it waits for a certificate server.
             self._end_in_setup = event
+            if self._setup_wait is not None:
+                self._setup_wait.cancel()
+
+    def cancel_received(self, event: CancelEvent) -> None:
+        """A CANCEL of the caller's INVITE or of a re-INVITE the call relays (the endpoint
+        answered it 200 already, RFC 3261 §9.2): the call task handles it. While the call is
+        still being set up its task reads no events, and may be waiting for a remote server
+        (a STIR/SHAKEN certificate, up to fetch_timeout): that wait is cut short, and the
+        caller gets 487 before anyone is rung."""
+        self.post(event)
+        if self.state == "new" and (
+            event.transaction is None or event.transaction is self.a.transaction
+        ):
+            self._cancel_in_setup = event
             if self._setup_wait is not None:
                 self._setup_wait.cancel()
 

@@ -417,6 +417,10 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
             with trio.CancelScope() as self._setup_wait:
                 await self._check_identity(invite)
             self._setup_wait = None
+        if self._cancel_in_setup is not None:
+            # The caller hung up before anyone was rung (RFC 3261 §9.2: 487 to its INVITE);
+            # a certificate fetch it waited for goes on for the other calls that need it.
+            await self._cancelled_by_a(self._cancel_in_setup.request)
         if self._end_in_setup is not None:
             # The gateway stops: nobody is rung for a call it would end at once. (From here to
             # the INVITEs nothing waits; an end asked for while they go is read when ringing.)

@@ -706,7 +706,7 @@ class CallManager:
             found = self._find(request)
             call = found[0] if found is not None else None
         if call is not None:
-            call.post(CancelEvent(request, invite))
+            call.cancel_received(CancelEvent(request, invite))
 
     def ack(self, request: Request, flow: Flow) -> None:
         found = self._find(request)

@@ -110,7 +110,10 @@ class CallMediaKeys(CallBase):
 
     def _drive_handshakes(self) -> None:
         """Start the handshake task at the first stream keyed on the media path (DTLS-SRTP),
-        and tell it when the SDP changed."""
+        and tell it when the SDP changed. Once it could not start (the call is ending), never
+        again: each later SDP change of the ending call would try, fail and say so once more."""
+        if self._handshakes_refused:
+            return
         if self.handshakes is None:
             legs = [self.a.security, *(leg.security for leg in self.b_legs)]
             if not any(
@@ -141,6 +144,7 @@ class CallMediaKeys(CallBase):
         timer never runs, so the call would stay up with no media for ever: it ends as for a
         failed handshake (488 before the answer, else BYE with Reason cause 488), saying why."""
         self.handshakes = None
+        self._handshakes_refused = True
         reason = "media-path key exchange (DTLS-SRTP, ZRTP) could not start: the call is ending"
         if self._events_closed:
             log.info("call %s: %s", self.id, reason)

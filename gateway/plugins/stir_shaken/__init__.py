@@ -51,7 +51,7 @@ import ssl
 import time
 import types
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -63,7 +63,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from gateway.core.config import NAMES_TRUNKS, unentered_problem, unreadable_here
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import IdentityOutcome, TrunkCall
-from gateway.core.logs import system_error_text
+from gateway.core.logs import log_exception, system_error_text
 from gateway.core.sip.uri import redact_password
 from gateway.plugins.stir_shaken.certificates import (
     MAX_CRL_FILE,
@@ -150,6 +150,12 @@ MIN_CERTIFICATE_KEEP = REFETCH_INTERVAL
 REFETCH_RESULTS = ("replaced", "unchanged", "failed")
 # CRL URLs kept: SHAKEN has one CRL (the STI-PA's, ATIS-1000080 §6.4.1); room for a few more.
 MAX_CRLS = 16
+# Certificate fetches (first fetches and re-fetches, one per URL) running at once, at most. A
+# fetch outlives the call that started it, up to fetch_timeout: a peer whose calls each name a
+# new x5u and are CANCELled at once must not pile up HTTPS connections. Carriers' repositories
+# are a few dozen URLs. A call past it fails as for a certificate not fetched (436), nothing
+# cached; CRL fetches are bounded by MAX_CRLS the same way.
+MAX_FETCHES = 100
 # RFC 8224 §6.2.2 and §13: the reason phrase of each status a failed check may refuse with.
 REFUSALS = {
     403: "Stale Date",
@@ -343,7 +349,10 @@ class StirShaken:
         self.clock = clock
         self._namespace = namespace or uuid.uuid4()
         self.cache = CertificateCache(max_cache=config.certificate_cache)
-        self._fetching: dict[str, _Fetch] = {}  # x5u URLs being fetched, by the first call
+        # The nursery of run(): every certificate and CRL fetch is a task of it, never of the
+        # call that asked first (the calls only wait), so that a call's end does not end it.
+        self._nursery: trio.Nursery | None = None
+        self._fetching: dict[str, _Fetch] = {}  # x5u URLs being fetched
         # x5u URLs fetched again after a signature failed, and when that fetch finished (trio
         # time), oldest first: entries leave once REFETCH_INTERVAL has passed.
         self._refetched: dict[str, float] = {}
@@ -353,6 +362,57 @@ class StirShaken:
         # CRLs by URL until their nextUpdate (no other ceiling: RFC 5280 §5.1.2.5).
         self.crls = CertificateCache(max_cache=math.inf, max_entries=MAX_CRLS)
         self._crl_fetching: dict[str, _Fetch] = {}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The service's task, from the gateway's start to its stop (the core starts it, as it
+        starts a media tap's or a monitoring service's): the nursery the certificate and CRL
+        fetches run in. A fetch belongs to its URL, not to the call that asked first: a call
+        that goes away while it runs (CANCEL, the gateway ending it) leaves it running for the
+        other calls that wait for the same URL, and its certificate for the cache."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._nursery = None
+
+    def _start_fetch(
+        self,
+        fetching: dict[str, _Fetch],
+        url: str,
+        work: Callable[..., Awaitable[SignerCertificate | RevocationList]],
+        *args: object,
+    ) -> _Fetch:
+        """``work(*args)``, the fetch of ``url``, started in :meth:`run`'s nursery and listed
+        in ``fetching`` until it finished, for the calls that wait for it."""
+        if self._nursery is None:
+            raise RuntimeError("stir_shaken: the service's run() is not running (it holds fetches)")
+        fetch = fetching[url] = _Fetch()
+        self._nursery.start_soon(self._run_fetch, fetching, url, fetch, work, args)
+        return fetch
+
+    async def _run_fetch(
+        self,
+        fetching: dict[str, _Fetch],
+        url: str,
+        fetch: _Fetch,
+        work: Callable[..., Awaitable[SignerCertificate | RevocationList]],
+        args: tuple[object, ...],
+    ) -> None:
+        """One fetch, to its end whatever becomes of the calls waiting for it (each waits until
+        its own deadline): its checked result or its failure for all of them; neither when the
+        gateway stopped it, or when it raised what no fetch should (a bug: logged here, once,
+        and not the end of the other fetches)."""
+        try:
+            fetch.result = await work(*args)
+        except (PassportError, RevocationUnavailable) as err:
+            fetch.error = err
+        except Exception:
+            log_exception(log, "stir_shaken: the fetch of %s failed", redact_password(url))
+        finally:
+            del fetching[url]
+            fetch.done.set()
 
     # -- signing ----------------------------------------------------------------------------
 
@@ -428,8 +488,9 @@ class StirShaken:
         return await self.revocation(signer, deadline)
 
     async def signer_certificate(self, url: str, deadline: float) -> SignerCertificate:
-        """The certificate at ``url`` once it chains to a trust anchor, fetched by ``deadline``
-        (trio time) unless cached. What is cached is the checked certificate, kept for the
+        """The certificate at ``url`` once it chains to a trust anchor, unless cached fetched
+        (a task of :meth:`run`, shared by the calls that need it meanwhile) and waited for
+        until ``deadline`` (trio time). What is cached is the checked certificate, kept for the
         answer's max-age and never past the chain's first expiry, so a call with a cached signer
         costs one ECDSA verification. A failure (no answer, not fetched, not chaining) is kept
         for :data:`FAILED_CERTIFICATE_RETRY`: while a carrier's certificate server is down, each
@@ -456,31 +517,41 @@ class StirShaken:
                 outcome=cached.outcome,
                 status=cached.status,
             )
-        running = self._fetching.get(url)
-        if running is not None:
-            # Another call fetches it already (a burst of calls after a carrier's new
-            # certificate): wait for its answer rather than fetch it once per call.
-            with trio.move_on_at(deadline):
-                await running.done.wait()
-            if isinstance(running.error, PassportError):
-                raise running.error
-            if not isinstance(running.result, SignerCertificate):
-                raise PassportError("certificate fetch timed out", outcome="bad_info", status=436)
-            return running.result, False
-        fetch = _Fetch()
-        self._fetching[url] = fetch
-        try:
-            fetch.result = await self._fetch_signer(url, now, deadline)
+        # One fetch for every call that needs it meanwhile (a burst of calls after a carrier's
+        # new certificate), which each waits for until its own deadline.
+        fetch = self._fetching.get(url)
+        if fetch is None:
+            if len(self._fetching) >= MAX_FETCHES:
+                raise PassportError(
+                    f"certificate not fetched: {MAX_FETCHES} certificate fetches running already",
+                    outcome="bad_info",
+                    status=436,
+                )
+            fetch = self._start_fetch(self._fetching, url, self._fetch_certificate, url)
+        with trio.move_on_at(deadline):
+            await fetch.done.wait()
+        if isinstance(fetch.result, SignerCertificate):
             return fetch.result, False
+        if isinstance(fetch.error, PassportError):
+            error = fetch.error  # raised anew: one exception raised in every waiting call's task
+            raise PassportError(error.reason, outcome=error.outcome, status=error.status)
+        if fetch.done.is_set():
+            raise PassportError("certificate fetch did not finish", outcome="bad_info", status=436)
+        raise PassportError("certificate fetch timed out", outcome="bad_info", status=436)
+
+    async def _fetch_certificate(self, url: str) -> SignerCertificate:
+        """The first fetch of ``url`` (:meth:`_signer_certificate`), within one fetch_timeout
+        of its own; a failure is kept for :data:`FAILED_CERTIFICATE_RETRY`."""
+        now = self.clock()
+        try:
+            return await self._fetch_signer(
+                url, now, trio.current_time() + self.config.fetch_timeout
+            )
         except PassportError as err:
-            fetch.error = err
             # Not capped by certificate_cache: a tiny one (keep no certificate) would otherwise
             # make each call wait fetch_timeout again while the server is down.
             self.cache.put(url, err, max_age=FAILED_CERTIFICATE_RETRY, now=now, capped=False)
             raise
-        finally:
-            del self._fetching[url]
-            fetch.done.set()
 
     async def renewed_signer(
         self, url: str, stale: SignerCertificate, deadline: float
@@ -489,60 +560,55 @@ class StirShaken:
         not verify with the cached ``stale`` one: a signer that rotated its key under the same
         URL. None when it is the same certificate (a forgery, or a signer's mistake), when the
         URL was fetched again less than :data:`REFETCH_INTERVAL` ago (a forger's calls must not
-        make the gateway fetch on every call), or when the fetch fails (the cached certificate
-        stays: calls signed before the rotation still verify with it). Calls that fail at once
-        share one fetch; it is bounded by the call's own ``deadline``. A new certificate that
-        chains to the anchors replaces the cached one, said at INFO (URL, subject, serial).
-        Only a fetch that finished (a certificate, or a failure: not fetched, timed out at the
-        deadline, not chaining) uses up the URL's interval and is counted in
-        :attr:`certificate_refetches`; one cancelled with its call (the caller hung up) does
-        neither, and a call that waited for it fetches the URL itself."""
-        while True:
-            # Another call fetched it again meanwhile (between this call's cache look-up and
-            # now).
-            cached = self.cache.get(url, self.clock())
-            if isinstance(cached, SignerCertificate) and not _same_certificate(cached, stale):
-                return cached
-            running = self._fetching.get(url)
-            if running is None:
-                break
-            with trio.move_on_at(deadline):
-                await running.done.wait()
-            renewed = running.result
-            if running.done.is_set() and renewed is None and running.error is None:
-                continue  # that call ended before its fetch did: fetch it here, time allowing
-            if isinstance(renewed, SignerCertificate) and not _same_certificate(renewed, stale):
-                return renewed
-            return None
-        now = trio.current_time()
-        self._forget_refetches(now)
-        if now >= deadline or url in self._refetched:
-            # The call's time is up (the minute's fetch kept for a call that has some), or
-            # the URL was fetched again less than a minute ago.
-            return None
-        fetch = _Fetch()
-        self._fetching[url] = fetch
+        make the gateway fetch on every call), when the fetch fails (the cached certificate
+        stays: calls signed before the rotation still verify with it), or when ``deadline``
+        comes first. Calls that fail at once share one fetch, each waiting until its own
+        ``deadline``; the fetch itself has one fetch_timeout and goes on when the call that
+        started it ends. A new certificate that chains to the anchors replaces the cached one,
+        said at INFO (URL, subject, serial). Each re-fetch is counted in
+        :attr:`certificate_refetches` and uses up the URL's interval once it finished (a
+        certificate, or a failure: not fetched, timed out, not chaining); one the gateway's
+        stop cut short does neither."""
+        # Another call fetched it again meanwhile (between this call's cache look-up and now).
+        cached = self.cache.get(url, self.clock())
+        if isinstance(cached, SignerCertificate) and not _same_certificate(cached, stale):
+            return cached
+        fetch = self._fetching.get(url)
+        if fetch is None:
+            now = trio.current_time()
+            self._forget_refetches(now)
+            if now >= deadline or url in self._refetched or len(self._fetching) >= MAX_FETCHES:
+                # The call's time is up (the minute's fetch kept for a call that has some), the
+                # URL was fetched again less than a minute ago, or too many fetches run.
+                return None
+            fetch = self._start_fetch(self._fetching, url, self._refetch_certificate, url, stale)
+        with trio.move_on_at(deadline):
+            await fetch.done.wait()
+        renewed = fetch.result
+        if isinstance(renewed, SignerCertificate) and not _same_certificate(renewed, stale):
+            return renewed
+        return None
+
+    async def _refetch_certificate(self, url: str, stale: SignerCertificate) -> SignerCertificate:
+        """A re-fetch of ``url`` (:meth:`renewed_signer`), within one fetch_timeout of its own:
+        counted and said once it finished. What the URL serves is kept in the cache (the same
+        certificate kept again from now; a new one in place of the old); a failure is not
+        (the cached certificate stays: its own calls still verify)."""
         try:
-            # Kept in the cache whatever it is: what the URL serves now (the same certificate
-            # kept again from now; a new one in place of the old).
-            fetch.result = renewed = await self._fetch_signer(url, self.clock(), deadline)
+            renewed = await self._fetch_signer(
+                url, self.clock(), trio.current_time() + self.config.fetch_timeout
+            )
         except PassportError as err:
-            # The cached certificate stays, and no failure is cached: its own calls still verify.
-            # A call whose cache entry ran out meanwhile, waiting for this fetch, gets why.
-            fetch.error = err
             self._refetch_finished(url, "failed")
             log.info(
                 "stir_shaken: certificate %s not fetched again after a signature failed: %s",
                 redact_password(url),
                 err.reason,
             )
-            return None
-        finally:
-            del self._fetching[url]
-            fetch.done.set()
+            raise
         if _same_certificate(renewed, stale):
             self._refetch_finished(url, "unchanged")
-            return None
+            return renewed
         self._refetch_finished(url, "replaced")
         log.info(
             "stir_shaken: certificate %s changed: now %s, serial %x",
@@ -654,36 +720,40 @@ class StirShaken:
         too (CWE-918)."""
         if not host_allowed(url, self.config.certificate_hosts):
             raise RevocationUnavailable("CRL URL's host not in certificate_hosts")
-        now = self.clock()
-        cached = self.crls.get(url, now)
+        cached = self.crls.get(url, self.clock())
         if isinstance(cached, RevocationList):
             return cached
         if isinstance(cached, RevocationUnavailable):
             raise RevocationUnavailable(
                 f"{cached.reason} (less than {FAILED_CERTIFICATE_RETRY:g} s ago)"
             )
-        running = self._crl_fetching.get(url)
-        if running is not None:
-            with trio.move_on_at(deadline):
-                await running.done.wait()
-            if isinstance(running.error, RevocationUnavailable):
-                raise running.error
-            if not isinstance(running.result, RevocationList):
-                raise RevocationUnavailable("CRL fetch timed out")
-            return running.result
-        fetch = _Fetch()
-        self._crl_fetching[url] = fetch
-        try:
-            fetch.result = await self._fetch_revocation_list(url, signer, now, deadline)
+        fetch = self._crl_fetching.get(url)
+        if fetch is None:
+            if len(self._crl_fetching) >= MAX_CRLS:
+                raise RevocationUnavailable(f"{MAX_CRLS} CRL fetches running already")
+            fetch = self._start_fetch(self._crl_fetching, url, self._fetch_crl_kept, url, signer)
+        with trio.move_on_at(deadline):
+            await fetch.done.wait()
+        if isinstance(fetch.result, RevocationList):
             return fetch.result
+        if isinstance(fetch.error, RevocationUnavailable):
+            raise RevocationUnavailable(fetch.error.reason)
+        if fetch.done.is_set():
+            raise RevocationUnavailable("CRL fetch did not finish")
+        raise RevocationUnavailable("CRL fetch timed out")
+
+    async def _fetch_crl_kept(self, url: str, signer: SignerCertificate) -> RevocationList:
+        """The fetch of the CRL at ``url`` (:meth:`revocation_list`), within one fetch_timeout
+        of its own; a failure is said once and kept for :data:`FAILED_CERTIFICATE_RETRY`."""
+        now = self.clock()
+        try:
+            return await self._fetch_revocation_list(
+                url, signer, now, trio.current_time() + self.config.fetch_timeout
+            )
         except RevocationUnavailable as err:
             log.warning("stir_shaken: CRL %s unavailable: %s", redact_password(url), err.reason)
-            fetch.error = err
             self.crls.put(url, err, max_age=FAILED_CERTIFICATE_RETRY, now=now)
             raise
-        finally:
-            del self._crl_fetching[url]
-            fetch.done.set()
 
     async def _fetch_revocation_list(
         self, url: str, signer: SignerCertificate, now: float, deadline: float
@@ -748,8 +818,9 @@ def _same_certificate(one: SignerCertificate, other: SignerCertificate) -> bool:
 
 @attrs.define
 class _Fetch:
-    """One x5u certificate or CRL fetch in progress, which later calls for the same URL wait
-    for: its checked result or its failure (neither: cancelled, or timed out)."""
+    """One x5u certificate or CRL fetch, a task of :meth:`StirShaken.run`, which the calls
+    that need the URL meanwhile wait for: its checked result or its failure once ``done``
+    (neither: the gateway stopped it, or it failed unexpectedly)."""
 
     done: trio.Event = attrs.Factory(trio.Event)
     result: SignerCertificate | RevocationList | None = None

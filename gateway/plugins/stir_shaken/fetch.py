@@ -4,9 +4,10 @@ stream, bounded in size and time, kept by URL for as long as its Cache-Control m
 verifiers to cache certificates; no-store and no-cache are not looked at). The STI-PA's
 CRL that a certificate names (ATIS-1000080 §6.4.1) is fetched the same way, with a larger bound.
 
-The fetch runs in the call's task: the caller bounds it with its own timeout (a slow carrier
-repository must not hold the call), and a failure is an outcome of the verification, never the
-call's end.
+The plugin runs each fetch as a task of its own (``StirShaken.run``'s nursery), bounded by its
+``fetch_timeout``; the calls that need the URL wait for it until their own deadlines (a slow
+carrier repository must not hold a call), and a failure is an outcome of the verification,
+never the call's end.
 """
 
 from __future__ import annotations

@@ -863,3 +863,40 @@ async def test_a_strangers_plaintext_alert_before_keys_is_ignored_and_the_caller
     assert a_leg_keys(env) == mirrored(caller.phone.keys)
     await trio.sleep(30)
     assert env.trunk.requests("BYE") == []
+
+
+async def test_a_handshake_task_that_cannot_start_is_tried_and_said_once(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Once the handshake task could not start (``start_child`` False: the call is ending),
+    the call's later SDP changes (the caller's offer applied, our INVITE to the callee, the
+    callee's answer) do not try it again: one try, one line, one 488. Each tried and logged
+    "key exchange on leg a failed" again, and queued one more end of the call each."""
+    caplog.set_level(logging.INFO, logger="gateway.core.calls.call")
+    env = await with_dtls(nursery, tmp_path, voipgw_seed)
+    manager = env.gateway.calls
+    assert manager is not None
+    start_child = manager.start_child
+    tried: list[str] = []
+
+    def no_handshakes(owner: object, async_fn: Any, *args: object) -> bool:
+        if getattr(async_fn, "__qualname__", "") == "CallHandshakes.run":
+            tried.append("handshakes")
+            return False
+        return start_child(owner, async_fn, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(manager, "start_child", no_handshakes)
+    negotiation = DtlsKeyExchange(identity=lambda: PHONE_ID).offer(
+        suites=[], secure_signalling=False
+    )
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=dtls_sdp(negotiation))
+    assert (await call.final()).status == 488
+    await eventually(lambda: env.calls == 0)
+    assert tried == ["handshakes"]
+    said = [r for r in caplog.records if "key exchange on leg a failed" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in said]

@@ -543,12 +543,13 @@ async def test_certificate_re_fetches_are_counted_by_result(
     assert _refetches(env) == {"failed": "1", "replaced": "1", "unchanged": "1"}
 
 
-async def test_a_re_fetch_cut_short_with_its_call_does_not_spend_the_urls_minute(
+async def test_a_re_fetch_whose_call_ended_goes_on_for_the_next_calls(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
     """The gateway ends a call (its drain ran out) while the call fetches its signer's rotated
-    certificate again: that fetch never finished, so the next call signed with the new key
-    fetches it (it was refused for the minute after), and nothing is counted for it."""
+    certificate again: the fetch is the URL's, not the call's, and goes on; what it brought is
+    kept and counted, and the next call signed with the new key verifies from the cache. (It
+    was cut short with its call, and the next call fetched the URL once more.)"""
     pki = make_pki()
     plugin = InjectedStirShaken(pki)
     env = await start(nursery, tmp_path, voipgw_seed, plugin, fetch_timeout=30)
@@ -556,7 +557,7 @@ async def test_a_re_fetch_cut_short_with_its_call_does_not_spend_the_urls_minute
     await call.cancel()
     await eventually(lambda: env.calls == 0)
     plugin.pki = pki.with_new_signer()
-    plugin.delay = 3600.0
+    plugin.delay = 5.0
     ended = await env.trunk.invite(env.did_uri(ALICE_DID), extra=[identity(plugin.pki.signer_key)])
     await eventually(lambda: plugin.fetched == [X5U, X5U])
     assert env.gateway.calls is not None
@@ -565,19 +566,19 @@ async def test_a_re_fetch_cut_short_with_its_call_does_not_spend_the_urls_minute
     assert (await ended.final()).status == 503
     await eventually(lambda: env.calls == 0)
     assert _refetches(env) == {"failed": "0", "replaced": "0", "unchanged": "0"}
-    plugin.delay = 0.0
+    await trio.sleep(5)  # the fetch's answer
+    assert _refetches(env) == {"failed": "0", "replaced": "1", "unchanged": "0"}
     user, _ = await call_alice(env, [identity(plugin.pki.signer_key)])
     assert user == f"{CALLER};verstat=TN-Validation-Passed"
-    assert plugin.fetched == [X5U] * 3
-    assert _refetches(env) == {"failed": "0", "replaced": "1", "unchanged": "0"}
+    assert plugin.fetched == [X5U] * 2
 
 
-async def test_a_call_waiting_for_a_re_fetch_cut_short_fetches_the_url_itself(
+async def test_a_call_waiting_for_a_re_fetch_whose_call_ended_gets_its_certificate(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
     """Two calls signed with the carrier's new key: the second waits for the first's re-fetch;
-    the gateway ends the first meanwhile, and the second, with time left, fetches the
-    certificate itself and rings TN-Validation-Passed (it failed with nothing fetched)."""
+    the gateway ends the first meanwhile, and the second gets the certificate that fetch
+    brings and rings TN-Validation-Passed, one fetch for both (it fetched the URL itself)."""
     pki = make_pki()
     plugin = InjectedStirShaken(pki)
     env = await start(nursery, tmp_path, voipgw_seed, plugin, fetch_timeout=30)
@@ -585,7 +586,7 @@ async def test_a_call_waiting_for_a_re_fetch_cut_short_fetches_the_url_itself(
     await call.cancel()
     await eventually(lambda: env.calls == 0)
     plugin.pki = pki.with_new_signer()
-    plugin.delay = 3600.0
+    plugin.delay = 5.0
     header = identity(plugin.pki.signer_key)
     ended = await env.trunk.invite(env.did_uri(ALICE_DID), extra=[header])
     await eventually(lambda: plugin.fetched == [X5U, X5U])
@@ -594,15 +595,73 @@ async def test_a_call_waiting_for_a_re_fetch_cut_short_fetches_the_url_itself(
     waiting = await env.trunk.invite(env.did_uri(ALICE_DID), extra=[header])
     await eventually(lambda: env.calls == 2)
     await trio.sleep(1)  # the second call's check waits for the first's fetch (trio's clock)
-    assert plugin.fetched == [X5U, X5U]
-    plugin.delay = 0.0
     first.end_by_gateway("test: the drain ran out")
     assert (await ended.final()).status == 503
     leg_b = await env.alice.next_call()
     assert leg_b.invite.from_.uri.user == f"{CALLER};verstat=TN-Validation-Passed"
-    assert plugin.fetched == [X5U] * 3
+    assert plugin.fetched == [X5U] * 2
     assert _refetches(env) == {"failed": "0", "replaced": "1", "unchanged": "0"}
     await waiting.cancel()
+
+
+async def test_calls_waiting_for_a_certificate_get_it_when_the_call_that_asked_first_ends(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """A burst of calls shares the first fetch of a certificate; the gateway ends the call
+    whose check started it: the fetch is the URL's and goes on, and the call waiting for it
+    gets the certificate (TN-Validation-Passed), one fetch for both. It was cut short with the
+    first call, and the waiting call failed with 436 "certificate fetch timed out"."""
+    pki = make_pki()
+    plugin = InjectedStirShaken(pki, delay=5.0)
+    env = await start(nursery, tmp_path, voipgw_seed, plugin, fetch_timeout=30)
+    header = identity(pki.signer_key)
+    ended = await env.trunk.invite(env.did_uri(ALICE_DID), extra=[header])
+    await eventually(lambda: plugin.fetched == [X5U])
+    assert env.gateway.calls is not None
+    (first,) = env.gateway.calls.calls
+    waiting = await env.trunk.invite(env.did_uri(ALICE_DID), extra=[header])
+    await eventually(lambda: env.calls == 2)
+    await trio.sleep(1)  # the second call's check waits for the first's fetch
+    first.end_by_gateway("test: the drain ran out")
+    assert (await ended.final()).status == 503
+    leg_b = await env.alice.next_call()
+    assert leg_b.invite.from_.uri.user == f"{CALLER};verstat=TN-Validation-Passed"
+    assert caller_identity_record(env) == ["caller number verified (attestation A)"]
+    assert plugin.fetched == [X5U]
+    await waiting.cancel()
+
+
+async def test_a_cancel_while_the_certificate_is_fetched_ends_the_call_at_once(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """RFC 3261 §9.2: the caller's CANCEL while its INVITE waits for the signer's certificate
+    gets 200, and the INVITE 487 at once, nobody rung (it waited for the certificate server,
+    up to fetch_timeout, and then rang the phone to CANCEL it). The fetch goes on: the call
+    waiting for the same certificate gets it, and later calls find it cached."""
+    pki = make_pki()
+    plugin = InjectedStirShaken(pki, delay=5.0)
+    env = await start(nursery, tmp_path, voipgw_seed, plugin, fetch_timeout=30)
+    header = identity(pki.signer_key)
+    cancelled = await env.trunk.invite(env.did_uri(ALICE_DID), extra=[header])
+    await eventually(lambda: plugin.fetched == [X5U])
+    waiting = await env.trunk.invite(env.did_uri(ALICE_DID), extra=[header])
+    await eventually(lambda: env.calls == 2)
+    cancelling = trio.current_time()
+    cancel = await cancelled.cancel()
+    assert (await cancel.final()).status == 200
+    assert (await cancelled.final()).status == 487
+    assert trio.current_time() - cancelling < 1
+    await eventually(lambda: env.calls == 1)
+    leg_b = await env.alice.next_call()  # the waiting call's: the cancelled one rang nobody
+    assert leg_b.invite.from_.uri.user == f"{CALLER};verstat=TN-Validation-Passed"
+    assert trio.current_time() - cancelling >= 4
+    assert len(env.alice.requests("INVITE")) == 1
+    await waiting.cancel()
+    assert (await waiting.final()).status == 487
+    await eventually(lambda: env.calls == 0)
+    user, _ = await call_alice(env, [header])
+    assert user == f"{CALLER};verstat=TN-Validation-Passed"
+    assert plugin.fetched == [X5U]
 
 
 async def test_urls_fetched_again_are_forgotten_once_their_minute_has_passed(

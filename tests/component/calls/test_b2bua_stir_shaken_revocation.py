@@ -158,9 +158,11 @@ async def test_a_crl_server_that_does_not_answer_costs_one_fetch_timeout(
     verstat: str,
     outcome: str,
 ) -> None:
-    """Certificate (1 s) and CRL (no answer) share one fetch_timeout of 1.5 s: the call waits
-    1.5 s, not 1 + 1.5. For a minute after, the CRL is not asked for again and calls do not
-    wait; the outcome says revocation was not checked."""
+    """Certificate (1 s) and CRL (no answer) share the call's fetch_timeout of 1.5 s: the call
+    waits 1.5 s, not 1 + 1.5. The CRL's fetch, started at 1 s, has a fetch_timeout of its own
+    (the URL's, not the call's): a call meanwhile waits for it, not for a fetch of its own, and
+    gets its failure at 2.5 s. For a minute after, the CRL is not asked for again and calls do
+    not wait; the outcome says revocation was not checked."""
     pki = make_pki(crl_url=CRL_URL)
     plugin = InjectedWithCrl(pki, pki.crl(), crl_delay=3600)
     plugin.delay = 1.0
@@ -172,13 +174,18 @@ async def test_a_crl_server_that_does_not_answer_costs_one_fetch_timeout(
     assert trio.current_time() - began < 2.2
     assert user == f"{CALLER};verstat={verstat}"
     assert "revocation not checked: CRL fetch timed out" in described
+    assert trio.current_time() - began < 2.5  # the CRL's fetch goes on
+    user, described = await one_call(env, pki)
+    assert trio.current_time() - began == pytest.approx(2.5, abs=0.2)
+    assert "revocation not checked: CRL fetch timed out" in described
+    assert "less than 60 s ago" not in described
     began = trio.current_time()
     user, described = await one_call(env, pki)
     assert trio.current_time() - began < 0.5  # the certificate is cached, the failure too
     assert "revocation not checked: CRL fetch timed out (less than 60 s ago)" in described
     assert plugin.crl_fetched == 1
-    assert outcomes(env) == {outcome: 2}
-    assert f'voipgw_caller_identity_total{{outcome="{outcome}"}} 2\n' in scrape(env)
+    assert outcomes(env) == {outcome: 3}
+    assert f'voipgw_caller_identity_total{{outcome="{outcome}"}} 3\n' in scrape(env)
 
 
 async def test_a_crl_server_error_is_asked_again_after_a_minute(

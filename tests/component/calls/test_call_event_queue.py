@@ -14,19 +14,23 @@ entries do not pile up.
 from __future__ import annotations
 
 import collections
+import logging
 import math
 import random
 import types
 
+import pytest
 import trio
 import trio.testing
 
 from gateway.core.calls import base as call_base
 from gateway.core.calls import timers as timers_module
 from gateway.core.calls.base import CallBase
-from gateway.core.calls.events import CallEventInput, EndCallEvent
+from gateway.core.calls.events import CallEventInput, EndCallEvent, RequestEvent
 from gateway.core.calls.leg import Side
 from gateway.core.calls.timers import CallTimers
+from gateway.core.sip.message import Request, Response
+from gateway.core.sip.parser import parse_message_untrusted
 
 
 def bare_call() -> CallBase:
@@ -92,6 +96,56 @@ async def test_the_queue_is_bounded_and_refuses_once_the_call_has_ended() -> Non
     call._events_closed = True
     call.post(EndCallEvent("late"))
     assert not call._events
+
+
+INFO = (
+    "INFO sip:alice@127.0.0.1 SIP/2.0\r\n"
+    "Via: SIP/2.0/UDP 127.0.0.2:5060;branch=z9hG4bK-late\r\n"
+    "From: <sip:+15550100@127.0.0.2>;tag=a\r\n"
+    "To: <sip:alice@127.0.0.1>;tag=b\r\n"
+    "Call-ID: queue-test\r\n"
+    "CSeq: 2 INFO\r\n"
+    "Content-Length: 0\r\n\r\n"
+)
+
+
+def test_what_reaches_an_ended_call_is_said_at_debug_and_a_request_gets_481(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An event that crosses the call's end (a media worker's callback, a request relayed to a
+    call that just ended) is no flood: said at DEBUG as what it is, and a request is answered
+    481 Call Has Ended (RFC 3261 §12.2.2, as the endpoint answers it a moment later). Both
+    were the full queue's WARNING "event queue full, dropping", and the request 503 "call
+    busy". A full queue still says so at WARNING and answers 503."""
+    caplog.set_level(logging.DEBUG, logger="gateway.core.calls.call")
+    call = bare_call()
+    answered: list[tuple[object, Response]] = []
+    call.manager.start_soon = lambda _respond, transaction, response: answered.append(  # type: ignore[attr-defined]
+        (transaction, response)
+    )
+    call.endpoint = types.SimpleNamespace(respond=None)  # type: ignore[assignment]
+    request = parse_message_untrusted(INFO.encode())
+    assert isinstance(request, Request)
+    late = RequestEvent(Side.A, "transaction", request, None)  # type: ignore[arg-type]
+    call._events_closed = True
+    call.post(EndCallEvent("media lost"))
+    call.post(late)
+    said = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert said == [
+        (logging.DEBUG, "call queue-test: EndCallEvent after the call ended, dropped"),
+        (logging.DEBUG, "call queue-test: RequestEvent after the call ended, dropped"),
+    ]
+    ((transaction, response),) = answered
+    assert (transaction, response.status, response.reason) == ("transaction", 481, "Call Has Ended")
+    caplog.clear()
+    answered.clear()
+    call._events_closed = False
+    call._queued_requests = call_base.EVENT_QUEUE
+    call.post(late)
+    said = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert said == [(logging.WARNING, "call queue-test: event queue full, dropping RequestEvent")]
+    ((_, response),) = answered
+    assert (response.status, response.reason) == (503, "Service Unavailable (call busy)")
 
 
 # -- the timed waits: an entry in the call timers' heap, one task waking them (calls/timers.py) --
