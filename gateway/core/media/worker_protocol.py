@@ -105,15 +105,25 @@ class ProtocolMismatch(ChannelError):
 
     def __init__(self, theirs: int | None, ours: int) -> None:
         self.theirs = theirs
-        """The worker's version; None when its first message was no :class:`Hello`."""
+        """The worker's version; None when its first message was no :class:`Hello` this
+        process can read (never a worker from before versions: that one stops on
+        ``--protocol-version``, an option it does not know, before it sends anything)."""
         self.ours = ours
         super().__init__(
-            f"the media worker speaks protocol version {version_text(theirs)}, this process {ours}"
+            f"the media worker speaks protocol version {self.theirs_text}, this process {ours}"
         )
+
+    @property
+    def theirs_text(self) -> str:
+        """The worker's version as the log names it."""
+        if self.theirs is None:
+            return "unknown (its first message is no Hello this process can read)"
+        return str(self.theirs)
 
 
 def version_text(version: int | str | None) -> str:
-    """A protocol version as the log names it; None: a voipgw from before versions."""
+    """A SIP process's protocol version (a worker's ``--protocol-version``) as the log names
+    it; None: a voipgw from before versions, which passes none."""
     return "none (a voipgw from before protocol versions)" if version is None else str(version)
 
 

@@ -394,10 +394,12 @@ def test_a_worker_of_this_version_is_taken() -> None:
         # downgraded under it: older
         (Hello(1), 2, "the media worker speaks protocol version 1, this process 2"),
         (
-            PairsReady((30000,)),  # what a worker from before versions sent first
+            # No Hello: not a worker from before versions (that one refuses the unknown
+            # --protocol-version and sends nothing), so its version is not known.
+            PairsReady((30000,)),
             1,
-            "the media worker speaks protocol version none (a voipgw from before protocol "
-            "versions), this process 1",
+            "the media worker speaks protocol version unknown (its first message is no Hello "
+            "this process can read), this process 1",
         ),
     ],
 )
