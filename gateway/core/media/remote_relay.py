@@ -122,7 +122,6 @@ from gateway.core.media.worker_protocol import (
     TappedDatagram,
     check_hello,
     encode,
-    version_text,
 )
 
 if TYPE_CHECKING:
@@ -1030,7 +1029,12 @@ class WorkerPool:
                 except ProtocolMismatch as exc:
                     mismatch = exc
                 except ChannelError as exc:
-                    log.error("media worker %d sent a bad frame: %s", worker.index, exc)
+                    if said_hello:
+                        log.error("media worker %d sent a bad frame: %s", worker.index, exc)
+                    else:
+                        # Not even its Hello could be read, whose frame every version shares
+                        # (worker_protocol's "Protocol version"): it is no worker of ours.
+                        mismatch = ProtocolMismatch(None, PROTOCOL_VERSION)
                 except OSError as exc:
                     log.error(
                         "media worker %d channel failed: %s",
@@ -1046,7 +1050,7 @@ class WorkerPool:
         if mismatch is not None:
             worker.stopped = (
                 f"media worker {worker.index} (ports {worker.ports}) speaks media worker protocol "
-                f"version {version_text(mismatch.theirs)}, this gateway process {mismatch.ours} "
+                f"version {mismatch.theirs_text}, this gateway process {mismatch.ours} "
                 f"({_exit_text(returncode)}): the voipgw package was upgraded (or changed) while "
                 "the gateway ran; restart the service (e.g. systemctl restart voipgw) to run the "
                 "installed version"

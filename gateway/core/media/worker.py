@@ -574,13 +574,10 @@ def _log_to_stderr(index: str, level: str) -> None:
     logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
-def main(argv: list[str] | None = None) -> int:
-    first = _first_arguments(argv)
-    asks_help = any(word in ("-h", "--help") for word in (sys.argv[1:] if argv is None else argv))
-    if first.protocol_version != str(PROTOCOL_VERSION) and not asks_help:
-        # Checked once per start, before a port is bound or a message read: never per message.
-        _log_to_stderr(first.index, "error")
-        return _refuse_protocol(first)
+def _parser() -> argparse.ArgumentParser:
+    """The worker's command line. It is half of what a SIP process of one release and a worker
+    of another share (the messages are the other half): a change to it bumps PROTOCOL_VERSION
+    (worker_protocol's "Protocol version"; pinned by tests/unit/media/test_worker_protocol.py)."""
     parser = argparse.ArgumentParser(prog="python -m gateway.core.media.worker")
     parser.add_argument("--fd", type=int, required=True, help="the control channel's descriptor")
     parser.add_argument(
@@ -598,7 +595,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--plugin-exception-text", action="store_true", help="([gateway] log_plugin_exception_text)"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    first = _first_arguments(argv)
+    asks_help = any(word in ("-h", "--help") for word in (sys.argv[1:] if argv is None else argv))
+    if first.protocol_version != str(PROTOCOL_VERSION) and not asks_help:
+        # Checked once per start, before a port is bound or a message read: never per message.
+        _log_to_stderr(first.index, "error")
+        return _refuse_protocol(first)
+    args = _parser().parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # SIGHUP asks the SIP process to reload its certificates; sent to the whole process group (a
     # terminal's hangup, kill -HUP -PGID) it must not end a worker and the calls it relays.

@@ -25,8 +25,8 @@ mismatch the worker sends nothing after its ``Hello`` and exits with
 :data:`EXIT_PROTOCOL_MISMATCH`; the SIP process logs it once and does not start that worker
 again (restarting the service runs the installed version on both sides). The check costs one
 message per worker start, nothing per message or packet. ``Hello``'s layout (type 0, the
-version as u32) and ``--protocol-version`` never change, whatever the version: they are how
-two versions find out that they differ.
+version as u32), the framing it travels in and ``--protocol-version`` never change, whatever
+the version: they are how two versions find out that they differ.
 The channel is local and trusted, but a worker that crashed half-way through a write or a bug
 must still end in a clear :class:`ChannelError`, never in an odd object: frames are decoded by
 :func:`parse_message_untrusted`, which checks every length against what is left and the frame
@@ -67,13 +67,18 @@ from gateway.core.media.relay import DirectionStatistics
 from gateway.core.media.srtp import SrtpStatistics
 
 PROTOCOL_VERSION = 1
-"""The version of the channel's messages. **Bump it on any change to a message's layout** (a
-field added, removed, reordered or retyped, a default that is sent, a type number, a field
-codec, the framing): a worker of one version cannot read another's messages (session 36 added
-``SetDtls``, session 37 a bool to ``SendDatagram``, with no version to tell). The known-bytes
-frames in tests/unit/media/test_worker_protocol.py are those of this version: a layout change
-without a bump fails them. 1: the first versioned layouts (session 38); before it the channel
-had no version (a SIP process of then passes no ``--protocol-version``)."""
+"""The version of the channel's messages and of the worker's command line. **Bump it on any
+change to a message's layout** (a field added, removed, reordered or retyped, a default that
+is sent, a type number, a field codec) **or to what a message means, and on any change to the
+worker's command line** (an option the SIP process passes or the worker requires, added,
+removed, renamed or read another way: ``worker._parser``, ``WorkerPool._command``): a worker of
+one version cannot read another's messages (session 36 added ``SetDtls``, session 37 a bool to
+``SendDatagram``, with no version to tell), and one that cannot parse its command line exits
+on a usage error before it can say which version it is, in a loop of restarts. The known-bytes
+frames and the worker's options in tests/unit/media/test_worker_protocol.py are those of this
+version: a change without a bump fails them. The framing (a u32 length, a u8 type) never
+changes: :class:`Hello` rides on it. 1: the first versioned layouts (session 38); before it the
+channel had no version (a SIP process of then passes no ``--protocol-version``)."""
 
 EXIT_PROTOCOL_MISMATCH = 78
 """A worker's exit status when the SIP process that started it speaks another protocol
@@ -100,15 +105,25 @@ class ProtocolMismatch(ChannelError):
 
     def __init__(self, theirs: int | None, ours: int) -> None:
         self.theirs = theirs
-        """The worker's version; None when its first message was no :class:`Hello`."""
+        """The worker's version; None when its first message was no :class:`Hello` this
+        process can read (never a worker from before versions: that one stops on
+        ``--protocol-version``, an option it does not know, before it sends anything)."""
         self.ours = ours
         super().__init__(
-            f"the media worker speaks protocol version {version_text(theirs)}, this process {ours}"
+            f"the media worker speaks protocol version {self.theirs_text}, this process {ours}"
         )
+
+    @property
+    def theirs_text(self) -> str:
+        """The worker's version as the log names it."""
+        if self.theirs is None:
+            return "unknown (its first message is no Hello this process can read)"
+        return str(self.theirs)
 
 
 def version_text(version: int | str | None) -> str:
-    """A protocol version as the log names it; None: a voipgw from before versions."""
+    """A SIP process's protocol version (a worker's ``--protocol-version``) as the log names
+    it; None: a voipgw from before versions, which passes none."""
     return "none (a voipgw from before protocol versions)" if version is None else str(version)
 
 

@@ -608,6 +608,49 @@ async def test_a_worker_of_another_protocol_version_fails_start_up(
     assert pool.worker_pids() == [None, None]
 
 
+# What a worker of another release would send first if it broke the promise that Hello and its
+# framing never change: written by a stand-in process on the channel, which then exits 78.
+FOREIGN_FIRST_FRAME = """
+import os, sys
+os.write(int(sys.argv[1]), bytes.fromhex(sys.argv[2]))
+sys.exit(78)
+"""
+
+
+@pytest.mark.parametrize(
+    "first_frame",
+    [
+        "00000007 00 00000002 0001",  # a type 0 (Hello) of another layout: unreadable here
+        "00000007 14 0002 7530 7532",  # a readable message, but no Hello (PairsReady)
+    ],
+)
+async def test_a_worker_whose_first_message_is_no_hello_is_a_mismatch_of_unknown_version(
+    monkeypatch: pytest.MonkeyPatch, first_frame: str
+) -> None:
+    """Not 'a bad frame' and restarts for ever, nor 'a voipgw from before protocol versions'
+    (that one sends nothing: it stops on --protocol-version, an option it does not know)."""
+    frame = first_frame.replace(" ", "")
+    monkeypatch.setattr(
+        WorkerPool,
+        "_command",
+        lambda self, worker, fd: [sys.executable, "-c", FOREIGN_FIRST_FRAME, str(fd), frame],
+    )
+    pool = WorkerPool(ADDRESS, PORTS.get(), 2)
+    with pytest.raises(ExceptionGroup) as caught:
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(WORKER_TIMEOUT):
+                await nursery.start(pool.serve)
+    assert caught.group_contains(
+        LocalMediaError,
+        match=r"^media worker 0 \(ports \S+\) speaks media worker protocol version unknown "
+        rf"\(its first message is no Hello this process can read\), this gateway process "
+        rf"{PROTOCOL_VERSION} \(exit code 78\): the voipgw package was upgraded \(or changed\) "
+        r"while the gateway ran; restart the service",
+        depth=1,
+    )
+    assert pool.worker_pids() == [None, None]
+
+
 async def test_ports_exhausted_when_no_worker_has_pairs() -> None:
     pool = WorkerPool(ADDRESS, small(), 2)
     async with trio.open_nursery() as nursery:

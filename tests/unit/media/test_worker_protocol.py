@@ -13,9 +13,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.core.config import PortRange
 from gateway.core.interfaces import SrtpKeys
+from gateway.core.media import worker
 from gateway.core.media.keying import StreamKeys
 from gateway.core.media.relay import DirectionStatistics
+from gateway.core.media.remote_relay import WorkerPool
 from gateway.core.media.srtp import SrtpStatistics
 from gateway.core.media.worker_protocol import (
     MAX_FRAME,
@@ -391,10 +394,12 @@ def test_a_worker_of_this_version_is_taken() -> None:
         # downgraded under it: older
         (Hello(1), 2, "the media worker speaks protocol version 1, this process 2"),
         (
-            PairsReady((30000,)),  # what a worker from before versions sent first
+            # No Hello: not a worker from before versions (that one refuses the unknown
+            # --protocol-version and sends nothing), so its version is not known.
+            PairsReady((30000,)),
             1,
-            "the media worker speaks protocol version none (a voipgw from before protocol "
-            "versions), this process 1",
+            "the media worker speaks protocol version unknown (its first message is no Hello "
+            "this process can read), this process 1",
         ),
     ],
 )
@@ -406,3 +411,43 @@ def test_a_worker_of_another_version_is_a_mismatch_that_names_both(
     assert str(caught.value) == problem
     assert caught.value.ours == ours
     assert caught.value.theirs == (first.version if isinstance(first, Hello) else None)
+
+
+# The worker's command line is the other half of what two releases share: an old SIP process
+# starts a worker of the installed release with it. An option a worker requires that the SIP
+# process does not pass (or one it passes that the worker does not know) is argparse's usage
+# error and exit 2 before the worker can name its version: the crash loop the version prevents.
+WORKER_OPTIONS = {
+    # option: required by the worker
+    "--fd": True,
+    "--protocol-version": True,
+    "--index": False,
+    "--address": True,
+    "--ports": True,
+    "--log-level": False,
+    "--stats-interval": False,
+    "--plugin-exception-text": False,
+}
+"""The worker's options in protocol version LAYOUT_VERSION."""
+
+
+def test_the_worker_command_line_is_that_of_its_protocol_version() -> None:
+    assert PROTOCOL_VERSION == LAYOUT_VERSION
+    options = {
+        action.option_strings[-1]: action.required
+        for action in worker._parser()._actions
+        if action.option_strings and action.dest != "help"
+    }
+    assert options == WORKER_OPTIONS, (
+        "the worker's command line changed: bump PROTOCOL_VERSION in worker_protocol.py (and "
+        "LAYOUT_VERSION, FRAMES and WORKER_OPTIONS here)"
+    )
+    pool = WorkerPool("127.0.0.1", PortRange(40000, 40019), 2, plugin_exception_text=True)
+    command = pool._command(pool._workers[0], 7)
+    assert command[1:3] == ["-m", "gateway.core.media.worker"]
+    passed = [word for word in command[3:] if word.startswith("--")]
+    assert passed == list(WORKER_OPTIONS), (
+        "the SIP process passes its workers other options: bump PROTOCOL_VERSION in "
+        "worker_protocol.py (and LAYOUT_VERSION, FRAMES and WORKER_OPTIONS here)"
+    )
+    assert worker._parser().parse_args(command[3:]).protocol_version == PROTOCOL_VERSION
