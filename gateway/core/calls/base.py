@@ -322,9 +322,11 @@ class CallBase:
 
     async def _refuse_request(self, transaction: ServerTransaction, refusal: Response) -> None:
         """:meth:`post`'s answer to a request it cannot queue, a task of the manager's nursery,
-        which is the gateway's top one: a transaction that no longer takes it (answered or
-        ended meanwhile, a transport error on its 100 Trying) raises TransactionStateError,
-        which there would stop the gateway. Nothing is owed then (RFC 3261 §17.2)."""
+        which is the gateway's top one. The transaction is the one the endpoint just made for
+        the request, and nothing else answers it, so this should never fail; but one that no
+        longer took a response (answered or ended before this task ran) would raise
+        TransactionStateError there and stop the gateway. Nothing is owed then (RFC 3261
+        §17.2): said at DEBUG."""
         try:
             await self.endpoint.respond(transaction, refusal)
         except TransactionStateError:

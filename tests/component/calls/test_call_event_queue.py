@@ -154,9 +154,10 @@ async def test_a_refusal_the_transaction_no_longer_takes_does_not_reach_the_gate
 ) -> None:
     """The 481 to a request reaching an ended call and the 503 past a full queue are tasks of
     the manager's nursery, the gateway's top one. A transaction that no longer takes a
-    response (answered, or ended by a transport error on its 100 Trying, before that task
-    ran) makes Endpoint.respond raise TransactionStateError: said at DEBUG, and the nursery,
-    which stands for the gateway, goes on (it would have ended with the exception)."""
+    response (answered or ended before that task ran: not seen to happen, the endpoint made
+    it for the request just now) makes Endpoint.respond raise TransactionStateError: said at
+    DEBUG, and the nursery, which stands for the gateway, goes on (it ended with the
+    exception)."""
     caplog.set_level(logging.DEBUG, logger="gateway.core.calls.call")
     request = parse_message_untrusted(INFO.encode())
     assert isinstance(request, Request)
