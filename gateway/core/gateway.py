@@ -1641,7 +1641,9 @@ class Gateway:
             runners.setdefault(id(service), (name, service, (self.status,)))
         for name, identity in self.plugins.caller_identity.items():
             # STIR/SHAKEN's: the nursery its certificate fetches run in, whichever call waits.
-            if callable(getattr(identity, "run", None)):
+            # Optional in this protocol since session 38 only: an ``async def run`` is taken
+            # for it, not any ``run`` a service written before (a plain method) happens to have.
+            if inspect.iscoroutinefunction(getattr(identity, "run", None)):
                 runners.setdefault(id(identity), (name, identity, ()))
         for name, runner, args in runners.values():
             if "task_status" in inspect.signature(runner.run).parameters:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import time
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -192,6 +193,55 @@ def test_a_verifier_that_requires_an_identity_answers_a_call_without_one_428(
     assert final_status_line(carrier).startswith("SIP/2.0 428 Use Identity Header"), carrier
     assert phone.received("INVITE ") == []
     assert "call refused: no Identity to verify (no Identity)" in calls
+    assert "Traceback" not in log
+
+
+def test_a_cancel_while_the_certificate_server_does_not_answer_is_answered_487_at_once(
+    tmp_path: Path,
+) -> None:
+    """RFC 3261 §9.2: the carrier CANCELs its signed call while the gateway waits for the
+    signer's certificate from a server that takes the connection and never answers
+    (``fetch_timeout`` 60 s): 200 to the CANCEL and 487 to the INVITE within sipp's run (the
+    487 waited for the whole fetch_timeout, and the phone was rung then, before session 38),
+    nobody rung."""
+    pki = make_pki()
+    anchors, _, _ = pki.write(tmp_path)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes the TCP handshake; TLS gets no answer
+        x5u = f"https://127.0.0.1:{silent.getsockname()[1]}/shaken.pem"
+        toml = inbound_trunk() + stir_shaken_toml(
+            {
+                "verify_trunks": ["pbx"],
+                "trust_anchors": str(anchors),
+                "check_revocation": False,
+            }
+        ).replace("[plugins.stir_shaken]\n", "[plugins.stir_shaken]\nfetch_timeout = 60.0\n")
+        value = make_identity(
+            pki.signer_key, x5u, orig=CARRIER_CALLER[1:], dest=DID[1:], iat=int(time.time())
+        )
+        with GatewayProcess(
+            tmp_path, accounts=ACCOUNTS, settings=ENABLE, extra_toml=toml, env=plugin_env(tmp_path)
+        ) as gw:
+            alice = SippUas("calls/uas_answer_verstat.xml", workdir=tmp_path, timeout=5)
+            register(gw, tmp_path, "udp", alice.port)
+            with alice:
+                carrier = run_sipp_uac(
+                    "calls/uac_cancel_identity.xml",
+                    gw.address,
+                    workdir=tmp_path,
+                    service=DID,
+                    caller=CARRIER_CALLER,
+                    local_ip=TRUNK_IP,
+                    keys={"identity": value},
+                    timeout=10,
+                )
+                carrier.check()  # 200 and 487 (sipp gives up at 10 s)
+            phone = alice.result()
+            calls = gw.cli_until(lambda out: "cancelled by caller" in out, "calls", "--recent", "5")
+            log = gw.log_text()
+    assert phone.received("INVITE ") == []
+    assert "cancelled by caller" in calls
     assert "Traceback" not in log
 
 

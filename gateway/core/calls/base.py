@@ -64,7 +64,12 @@ from gateway.core.sdp.serializer import serialize_sdp
 from gateway.core.sip.dialog import Dialog, DialogState, contact_must_be_sips, is_sips
 from gateway.core.sip.message import Request, Response, cancel_for, make_response
 from gateway.core.sip.session_timer import UasAnswer
-from gateway.core.sip.transaction import ClientInviteTransaction, ServerTransaction, State
+from gateway.core.sip.transaction import (
+    ClientInviteTransaction,
+    ServerTransaction,
+    State,
+    TransactionStateError,
+)
 from gateway.core.sip.uri import SipUri
 from gateway.core.sip.usages import dialog_lost, ends_session
 from gateway.core.transport.flows import TLS_TRANSPORTS, Address, Flow
@@ -295,7 +300,7 @@ class CallBase:
             log.debug("call %s: %s after the call ended, dropped", self.id, type(event).__name__)
             if isinstance(event, RequestEvent):
                 refusal = make_response(event.request, 481, "Call Has Ended")
-                self.manager.start_soon(self.endpoint.respond, event.transaction, refusal)
+                self.manager.start_soon(self._refuse_request, event.transaction, refusal)
             return
         if len(events) >= EVENT_ROOM or (request and self._queued_requests >= EVENT_QUEUE):
             # A call this flooded is misbehaving anyway. A request is answered all the same:
@@ -303,7 +308,7 @@ class CallBase:
             log.warning("call %s: event queue full, dropping %s", self.id, type(event).__name__)
             if isinstance(event, RequestEvent):
                 refusal = make_response(event.request, 503, "Service Unavailable (call busy)")
-                self.manager.start_soon(self.endpoint.respond, event.transaction, refusal)
+                self.manager.start_soon(self._refuse_request, event.transaction, refusal)
             return
         events.append(event)
         if request:
@@ -314,6 +319,18 @@ class CallBase:
             if self._wait_timer is not None:
                 self.manager.timers.drop(self)  # the event ends the wait before its time
             trio.lowlevel.reschedule(waiter)
+
+    async def _refuse_request(self, transaction: ServerTransaction, refusal: Response) -> None:
+        """:meth:`post`'s answer to a request it cannot queue, a task of the manager's nursery,
+        which is the gateway's top one. The transaction is the one the endpoint just made for
+        the request, and nothing else answers it, so this should never fail; but one that no
+        longer took a response (answered or ended before this task ran) would raise
+        TransactionStateError there and stop the gateway. Nothing is owed then (RFC 3261
+        §17.2): said at DEBUG."""
+        try:
+            await self.endpoint.respond(transaction, refusal)
+        except TransactionStateError:
+            log.debug("call %s: %s answered already", self.id, refusal.cseq.method)
 
     def ack_received(self, side: Side, ack: Request) -> None:
         """The ACK for our 2xx on ``side``'s leg: stop re-sending that 2xx (RFC 3261 §13.3.1.4).

@@ -31,6 +31,7 @@ from gateway.core.calls.leg import Side
 from gateway.core.calls.timers import CallTimers
 from gateway.core.sip.message import Request, Response
 from gateway.core.sip.parser import parse_message_untrusted
+from gateway.core.sip.transaction import TransactionStateError
 
 
 def bare_call() -> CallBase:
@@ -146,6 +147,39 @@ def test_what_reaches_an_ended_call_is_said_at_debug_and_a_request_gets_481(
     assert said == [(logging.WARNING, "call queue-test: event queue full, dropping RequestEvent")]
     ((_, response),) = answered
     assert (response.status, response.reason) == (503, "Service Unavailable (call busy)")
+
+
+async def test_a_refusal_the_transaction_no_longer_takes_does_not_reach_the_gateway(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The 481 to a request reaching an ended call and the 503 past a full queue are tasks of
+    the manager's nursery, the gateway's top one. A transaction that no longer takes a
+    response (answered or ended before that task ran: not seen to happen, the endpoint made
+    it for the request just now) makes Endpoint.respond raise TransactionStateError: said at
+    DEBUG, and the nursery, which stands for the gateway, goes on (it ended with the
+    exception)."""
+    caplog.set_level(logging.DEBUG, logger="gateway.core.calls.call")
+    request = parse_message_untrusted(INFO.encode())
+    assert isinstance(request, Request)
+    tried: list[int] = []
+
+    async def respond(transaction: object, response: Response) -> None:
+        tried.append(response.status)
+        raise TransactionStateError("final response already sent")
+
+    async with trio.open_nursery() as gateway_nursery:
+        call = bare_call()
+        call.manager.start_soon = gateway_nursery.start_soon  # type: ignore[attr-defined]
+        call.endpoint = types.SimpleNamespace(respond=respond)  # type: ignore[assignment]
+        late = RequestEvent(Side.A, "transaction", request, None)  # type: ignore[arg-type]
+        call._queued_requests = call_base.EVENT_QUEUE
+        call.post(late)  # the queue is full: 503
+        call._events_closed = True
+        call.post(late)  # the call has ended: 481
+        await trio.testing.wait_all_tasks_blocked()
+    assert sorted(tried) == [481, 503]  # trio runs new tasks in either order
+    answered = [r.getMessage() for r in caplog.records if "answered already" in r.getMessage()]
+    assert answered == ["call queue-test: INFO answered already"] * 2
 
 
 # -- the timed waits: an entry in the call timers' heap, one task waking them (calls/timers.py) --
