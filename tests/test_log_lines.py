@@ -16,15 +16,18 @@ fails, as does a listed line the page no longer has."""
 
 from __future__ import annotations
 
+import argparse
 import ast
 import logging
 import re
+import sys
 import types
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
 import pytest
+import trio
 
 from gateway.core.auth.client import authorize
 from gateway.core.auth.digest import AuthKind
@@ -32,9 +35,13 @@ from gateway.core.auth.failures import FailurePolicy
 from gateway.core.calls.media_keys import CallMediaKeys
 from gateway.core.calls.records import CallRecordBook
 from gateway.core.calls.trunk_health import TrunkHealth
+from gateway.core.config import PortRange
 from gateway.core.endpoint import SipEndpoint
 from gateway.core.logs import LineFormatter
+from gateway.core.media import worker as media_worker
+from gateway.core.media.remote_relay import WorkerPool
 from gateway.core.media.security import KeyExchangeFailed
+from gateway.core.media.worker_protocol import PROTOCOL_VERSION, Hello, encode
 from gateway.core.registration import RegistrationService
 from gateway.core.sip.message import Request, Response
 from gateway.core.sip.transaction import (
@@ -212,6 +219,53 @@ def _records_store(tmp_path: Path) -> None:
     book.busy.failed("it is busy (database is locked)", now=1000.0)
 
 
+def _worker_protocol_mismatch(tmp_path: Path) -> None:
+    """A pool's worker that exited (a crash) and, started again, says it speaks another
+    protocol version: the pool's own supervision, with a stand-in for the worker process that
+    sends the Hello of the next version and exits as a real worker does on a mismatch
+    (tests/integration/media/test_media_workers.py runs the real worker)."""
+    pool = WorkerPool("127.0.0.1", PortRange.parse("40000-40009"), 1, restart_delay=0.01)
+    (worker,) = pool._workers
+    hello = encode(Hello(PROTOCOL_VERSION + 1)).hex()
+    stand_in = f"import os, sys; os.write(int(sys.argv[1]), bytes.fromhex('{hello}')); sys.exit(78)"
+
+    def command(worker: object, fd: int) -> list[str]:
+        return [sys.executable, "-I", "-S", "-c", stand_in, str(fd)]
+
+    pool._command = command  # type: ignore[method-assign]
+    run_once = pool._run_once
+    starts = 0
+
+    async def crash_first(worker: object, task_status: trio.TaskStatus[None] | None) -> int | None:
+        nonlocal starts
+        starts += 1
+        if starts == 1:  # the first worker is up, then dies
+            assert task_status is not None
+            task_status.started()
+            return -9
+        return await run_once(worker, task_status)  # type: ignore[arg-type]
+
+    pool._run_once = crash_first  # type: ignore[method-assign]
+
+    async def supervise() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pool._supervise, worker)
+            with trio.fail_after(20):
+                while worker.stopped is None:
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+
+    trio.run(supervise)
+    assert starts == 2
+
+
+def _worker_protocol_refused(tmp_path: Path) -> None:
+    """A worker started by a gateway process of the previous protocol version (no channel to
+    tell: it only logs)."""
+    first = argparse.Namespace(index="0", protocol_version=str(PROTOCOL_VERSION - 1), fd=None)
+    media_worker._refuse_protocol(first)
+
+
 DRIVEN: dict[str, Callable[[Path], None]] = {
     "auth-failed": _auth_lines,
     "auth-blocked": _auth_lines,
@@ -228,6 +282,8 @@ DRIVEN: dict[str, Callable[[Path], None]] = {
     "store-still-failing": _registration_store,
     "store-answers": _registration_store,
     "records-busy": _records_store,
+    "worker-protocol-mismatch": _worker_protocol_mismatch,
+    "worker-protocol-refused": _worker_protocol_refused,
 }
 
 
