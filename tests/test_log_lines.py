@@ -3,16 +3,17 @@ lines the gateway writes: fail2ban filters, alerting rules and runbooks match th
 37 found four of them changed by an internal type's change with nothing failing.
 
 Each row of the page's table becomes a regular expression (its text escaped, each ``<name>`` a
-value of any length) that the record's whole message must match, with the row's logger and
-level. Most rows are driven: the gateway's own code writes the line (a registration service,
-the endpoint's and a call's handlers called on stand-ins of what they read, the trunk health
-table, the store outage logs). The rest, marked *source* on the page, sit deep in a running
-gateway (a media worker process dying, a TLS handshake, a CRL fetch, overload of the
-endpoint's queue, an abandoned SIPREC INVITE, a call's end): their row must equal, value for
-value, the format string of a log call of that logger and level in the code (its ``%s``,
-``%d``... for the row's ``<name>``s; which conversion is not compared), at as many sites as
-``SITES`` says, so a reworded line or a moved level fails too. A row that is in neither list
-fails, as does a listed line the page no longer has."""
+value of any length, but not one in quotes where the page shows none) that the record's whole
+message must match, with the row's logger and level. Most rows are driven: the gateway's own
+code writes the line (a registration service, the endpoint's and a call's handlers called on
+stand-ins of what they read, the trunk health table, the store outage logs, a media worker
+pool's supervision). The rest, marked *source* on the page, sit deep in a running gateway (a
+TLS handshake, a CRL fetch, overload of the endpoint's queue, an abandoned SIPREC INVITE, a
+call's end): their row must equal, value for value, the format string of a log call of that
+logger and level in the code (its ``%s``, ``%d``... for the row's ``<name>``s, a ``%r`` or
+``%X`` only where ``CONVERSIONS`` says the page says so), at as many sites as ``SITES`` says,
+so a reworded line, a value written another way or a moved level fails too. A row that is in
+neither list fails, as does a listed line the page no longer has."""
 
 from __future__ import annotations
 
@@ -91,9 +92,41 @@ def documented() -> dict[str, tuple[str, str, str, bool]]:
 
 
 def line_regex(text: str) -> re.Pattern[str]:
-    """A documented line's text as a regular expression: literal but for its ``<name>``s."""
+    """A documented line's text as a regular expression: literal but for its ``<name>``s, each
+    a group."""
     parts = _PLACEHOLDER.split(text)
-    return re.compile(".*?".join(re.escape(part) for part in parts), re.DOTALL)
+    return re.compile("(.*?)".join(re.escape(part) for part in parts), re.DOTALL)
+
+
+# The values the page says are written quoted, as Python quotes a string (%r): the user name
+# the client sent, and a transaction key's sent-by. Any other value written in quotes is a
+# changed line (a %s become %r: watchers' patterns no longer match it), though every <name>
+# takes any text.
+QUOTED = {"<user>", "<sent-by>"}
+
+
+def quoted_values(text: str, line: str) -> list[str]:
+    """The ``<name>``s of ``text`` that ``line`` writes in quotes and the page does not."""
+    match = line_regex(text).fullmatch(line)
+    assert match is not None, (text, line)
+    # <name>s with nothing between them (<user><prefix>) are one value: where one ends is not
+    # known.
+    runs: list[tuple[set[str], str]] = []
+    joined = False
+    literals = _PLACEHOLDER.split(text)[1:]  # the text after each <name>
+    for name, value, after in zip(
+        _PLACEHOLDER.findall(text), match.groups(), literals, strict=True
+    ):
+        if joined:
+            runs[-1] = (runs[-1][0] | {name}, runs[-1][1] + value)
+        else:
+            runs.append(({name}, value))
+        joined = after == ""
+    return [
+        " ".join(sorted(names))
+        for names, value in runs
+        if not names & QUOTED and re.fullmatch(r"'.*'|\".*\"", value, re.DOTALL)
+    ]
 
 
 # -- driven rows -------------------------------------------------------------------------------
@@ -219,8 +252,8 @@ def _records_store(tmp_path: Path) -> None:
     book.busy.failed("it is busy (database is locked)", now=1000.0)
 
 
-def _worker_protocol_mismatch(tmp_path: Path) -> None:
-    """A pool's worker that exited (a crash) and, started again, says it speaks another
+def _worker_exits(tmp_path: Path) -> None:
+    """A pool's worker that exits (a crash) and, started again, says it speaks another
     protocol version: the pool's own supervision, with a stand-in for the worker process that
     sends the Hello of the next version and exits as a real worker does on a mismatch
     (tests/integration/media/test_media_workers.py runs the real worker)."""
@@ -282,7 +315,8 @@ DRIVEN: dict[str, Callable[[Path], None]] = {
     "store-still-failing": _registration_store,
     "store-answers": _registration_store,
     "records-busy": _records_store,
-    "worker-protocol-mismatch": _worker_protocol_mismatch,
+    "worker-exited": _worker_exits,
+    "worker-protocol-mismatch": _worker_exits,
     "worker-protocol-refused": _worker_protocol_refused,
 }
 
@@ -310,12 +344,15 @@ def test_the_gateway_writes_the_documented_line(
         if record.name == logger and record.levelname == level
     ]
     regex = line_regex(text)
-    assert any(regex.fullmatch(line) for line in written), (text, written)
+    matching = [line for line in written if regex.fullmatch(line)]
+    assert matching, (text, written)
+    for line in matching:
+        assert quoted_values(text, line) == [], (text, line)
 
 
 # -- rows checked in the source -----------------------------------------------------------------
 
-_SPEC = re.compile(r"%[-#0 +]*\d*(?:\.\d+)?[sdrgfXxo]")
+_SPEC = re.compile(r"%[-#0 +]*\d*(?:\.\d+)?[sdirgfXxo]")
 
 
 def _module_name(path: Path) -> str:
@@ -395,18 +432,32 @@ SITES = {
 SOURCE_ONLY = sorted(name for name, row in documented().items() if row[3])
 
 
+# Conversions that change how a value reads, which the page says in words: %r quotes a string
+# (and escapes what is not printable), %X and %x write a number in hexadecimal. Every other
+# <name> of a row checked in the source is written with %s, %d, %i, %f or %g (%.0f...).
+CONVERSIONS = {
+    ("tls-revoked", "<serial>"): "X",
+}
+
+
 @pytest.mark.parametrize("name", SOURCE_ONLY)
 def test_the_documented_line_is_the_format_in_the_code(name: str) -> None:
     logger, level, text, _ = documented()[name]
     documented_form = _PLACEHOLDER.sub("\0", text.replace(KEY, "<key>"))
     found = [
-        arguments
+        (written, arguments)
         for called_at, written, arguments in _log_calls(logger)
         if called_at == level and _SPEC.sub("\0", written) == documented_form
     ]
     assert len(found) == SITES.get(name, 1), (text, [w for _, w, _ in _log_calls(logger)])
+    names = _PLACEHOLDER.findall(text.replace(KEY, "<key>"))
+    expected = [CONVERSIONS.get((name, placeholder), "sdifg") for placeholder in names]
+    for written, _ in found:
+        conversions = [spec[-1] for spec in _SPEC.findall(written)]
+        assert len(conversions) == len(expected), written
+        assert all(c in e for c, e in zip(conversions, expected, strict=True)), (written, names)
     if KEY in text:  # the key is written by key_text, as the driven transaction lines show
-        (arguments,) = found
+        ((_, arguments),) = found
         index = text.replace(KEY, "<key>").index("<key>")
         position = len(_PLACEHOLDER.findall(text.replace(KEY, "<key>")[:index]))
         argument = arguments[position]
