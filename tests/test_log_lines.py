@@ -53,7 +53,12 @@ from gateway.core.sip.transaction import (
 )
 from gateway.core.store.sqlite import SqliteStore
 from gateway.core.transport.flows import Flow, FlowKey
-from tests.fail2ban_regex import FAIL2BAN_HOST, as_fail2ban_reads
+from tests.fail2ban_regex import (
+    FAIL2BAN_HOST,
+    as_fail2ban_reads,
+    as_fail2ban_reads_from_journal,
+    as_fail2ban_reads_from_syslog,
+)
 from tests.unit.sip.sip_builders import request
 
 ROOT = Path(__file__).parent.parent
@@ -499,7 +504,8 @@ def _operations_failregexes() -> list[str]:
 
 def test_the_filter_file_is_the_configuration_pages_filters() -> None:
     regexes = _configuration_failregexes()
-    assert len(regexes) == 2 and all(regex.startswith(r"^\s*WARNING ") for regex in regexes)
+    prefix = r"^\s*(?:\S+ \S+: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} )?WARNING "
+    assert len(regexes) == 2 and all(regex.startswith(prefix) for regex in regexes)
     assert "..." not in "".join(regexes)  # literal regexes, no placeholders to fill in
     assert _operations_failregexes() == regexes
 
@@ -509,6 +515,21 @@ def _failure_regex() -> str:
     return regex.replace("<HOST>", FAIL2BAN_HOST)
 
 
+def _refusals_regex() -> str:
+    (regex,) = [code for code in _configuration_failregexes() if "refused: too many" in code]
+    return regex.replace("<HOST>", FAIL2BAN_HOST)
+
+
+# How fail2ban may read a line: from a file the gateway's standard error goes to, from the
+# journal (the README's systemd unit), from a syslog file (docs/operations.md's "fail2ban").
+READINGS = {
+    "file": as_fail2ban_reads,
+    "journal": as_fail2ban_reads_from_journal,
+    "syslog": as_fail2ban_reads_from_syslog,
+}
+
+
+@pytest.mark.parametrize("reading", sorted(READINGS))
 @pytest.mark.parametrize(
     ("address", "policy"),
     [
@@ -527,24 +548,32 @@ def test_the_documented_failures_filter_takes_each_failures_address(
     caplog: pytest.LogCaptureFixture,
     address: tuple[str, int],
     policy: FailurePolicy,
+    reading: str,
 ) -> None:
-    """The failregex docs/configuration.md (and docs/operations.md's filter file) give for the
-    failures' line, matched as fail2ban matches it (the written line, its date cut), takes the
-    address of every failure's line, the blocking one included, and nothing of the refusals'."""
+    """The failregexes docs/configuration.md (and docs/operations.md's filter file) give,
+    matched as fail2ban matches a line (from a file: its date cut; from the journal or a syslog
+    file: what they put before it, and the gateway's date), take the address of every
+    failure's line, the blocking one included, and of the refusals' line, each its own."""
+    reads = READINGS[reading]
     caplog.set_level(logging.WARNING, "gateway.core.registration")
     _guesses(tmp_path, policy, address)
     failures = [r for r in caplog.records if "authentication failed" in r.getMessage()]
     assert len(failures) == 3
     for record in failures:
-        match = re.search(_failure_regex(), as_fail2ban_reads(record, LineFormatter()))
-        assert match is not None, as_fail2ban_reads(record, LineFormatter())
+        match = re.search(_failure_regex(), reads(record, LineFormatter()))
+        assert match is not None, reads(record, LineFormatter())
         assert (match["ip4"] or match["ip6"]) == address[0].removeprefix("::ffff:")
+        assert re.search(_refusals_regex(), reads(record, LineFormatter())) is None
     (refusal,) = [r for r in caplog.records if "refused: too many" in r.getMessage()]
-    assert re.search(_failure_regex(), as_fail2ban_reads(refusal, LineFormatter())) is None
+    assert re.search(_failure_regex(), reads(refusal, LineFormatter())) is None
+    match = re.search(_refusals_regex(), reads(refusal, LineFormatter()))
+    assert match is not None, reads(refusal, LineFormatter())
+    assert (match["ip4"] or match["ip6"]) == address[0].removeprefix("::ffff:")
 
 
+@pytest.mark.parametrize("reading", sorted(READINGS))
 def test_the_documented_failures_filter_takes_no_address_from_a_user_name(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, reading: str
 ) -> None:
     """A guesser's user name holding a failure line's text with another's address (logged
     within the line, after the guesser's own): the filter, anchored at the line's start, takes
@@ -560,10 +589,8 @@ def test_the_documented_failures_filter_takes_no_address_from_a_user_name(
     assert isinstance(wrong, Request)
     service.authenticate(wrong, _flow(GUESSER), AuthKind.WWW)
     (record,) = [r for r in caplog.records if "authentication failed" in r.getMessage()]
-    matches = [
-        m["ip4"] for m in re.finditer(_failure_regex(), as_fail2ban_reads(record, LineFormatter()))
-    ]
-    assert matches == ["192.0.2.66"]
+    line = READINGS[reading](record, LineFormatter())
+    assert [m["ip4"] for m in re.finditer(_failure_regex(), line)] == ["192.0.2.66"]
     loose = _failure_regex().replace(r"(?:REGISTER|INVITE) from ", r".*(?:REGISTER|INVITE) from ")
-    match = re.search(loose, as_fail2ban_reads(record, LineFormatter()))
+    match = re.search(loose, line)
     assert match is not None and match["ip4"] == "203.0.113.9"
