@@ -399,9 +399,10 @@ def _tree(path: Path) -> ast.Module:
 
 @cache
 def _log_calls(logger: str) -> list[tuple[str, str, list[ast.expr]]]:
-    """(level, format, arguments) of every ``log.<level>("format", ...)`` and
-    ``log_exception(log, "format", ...)`` (ERROR, or the ``level`` it is given) in the modules
-    whose ``log`` is ``logger``."""
+    """(level, format, arguments) of every ``log.<level>("format", ...)``,
+    ``log.log(<level>, "format", ...)`` (once for each ``logging.<LEVEL>`` its level
+    expression names) and ``log_exception(log, "format", ...)`` (ERROR, or the ``level`` it is
+    given) in the modules whose ``log`` is ``logger``."""
     calls = []
     for path in GATEWAY_FILES:
         if _loggers().get(_module_name(path)) != logger:
@@ -410,21 +411,24 @@ def _log_calls(logger: str) -> list[tuple[str, str, list[ast.expr]]]:
             if not isinstance(node, ast.Call):
                 continue
             function = ast.unparse(node.func)
-            if isinstance(node.func, ast.Attribute) and function.startswith("log."):
-                level, arguments = node.func.attr.upper(), node.args
+            levels: list[str]
+            if function == "log.log" and node.args:
+                # log.log(logging.WARNING if first else logging.DEBUG, ...): each level named
+                levels = [n.attr for n in ast.walk(node.args[0]) if isinstance(n, ast.Attribute)]
+                arguments = node.args[1:]
+            elif isinstance(node.func, ast.Attribute) and function.startswith("log."):
+                levels, arguments = [node.func.attr.upper()], node.args
             elif function == "log_exception" and node.args and ast.unparse(node.args[0]) == "log":
                 given = {k.arg: ast.unparse(k.value) for k in node.keywords}
-                level = given.get("level", "logging.ERROR").removeprefix("logging.")
+                levels = [given.get("level", "logging.ERROR").removeprefix("logging.")]
                 arguments = node.args[1:]
             else:
                 continue
             first = arguments[0] if arguments else None
-            if (
-                level in _LEVELS
-                and isinstance(first, ast.Constant)
-                and isinstance(first.value, str)
-            ):
-                calls.append((level, first.value, arguments[1:]))
+            if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                for level in levels:
+                    if level in _LEVELS:
+                        calls.append((level, first.value, arguments[1:]))
     return calls
 
 
@@ -442,6 +446,7 @@ SOURCE_ONLY = sorted(name for name, row in documented().items() if row[3])
 # <name> of a row checked in the source is written with %s, %d, %i, %f or %g (%.0f...).
 CONVERSIONS = {
     ("tls-revoked", "<serial>"): "X",
+    ("tls-ocsp-revoked", "<serial>"): "X",
 }
 
 
