@@ -29,3 +29,18 @@ def as_fail2ban_reads(record: logging.LogRecord, formatter: logging.Formatter) -
     line = formatter.format(record)
     assert line.startswith(record.asctime + " "), line
     return line[len(record.asctime) :]
+
+
+def as_fail2ban_reads_from_journal(record: logging.LogRecord, formatter: logging.Formatter) -> str:
+    """``record`` as fail2ban's systemd backend (``backend = systemd``) matches it: the journal
+    entry's host name, identifier and pid before the message, the gateway's whole line, its own
+    date included (fail2ban/server/filtersystemd.py, ``formatJournalEntry``: the entry's time is
+    fail2ban's date, so nothing is cut from the text)."""
+    return "pbx voipgw[4242]: " + formatter.format(record)
+
+
+def as_fail2ban_reads_from_syslog(record: logging.LogRecord, formatter: logging.Formatter) -> str:
+    """``record`` in a syslog file (rsyslog's copy of the journal: ``Dec  1 21:40:07 pbx
+    voipgw[4242]: `` and the gateway's line) as fail2ban matches it: the syslog date, the first
+    on the line, cut, the space after it left."""
+    return " " + as_fail2ban_reads_from_journal(record, formatter)

@@ -3,28 +3,32 @@ lines the gateway writes: fail2ban filters, alerting rules and runbooks match th
 37 found four of them changed by an internal type's change with nothing failing.
 
 Each row of the page's table becomes a regular expression (its text escaped, each ``<name>`` a
-value of any length) that the record's whole message must match, with the row's logger and
-level. Most rows are driven: the gateway's own code writes the line (a registration service,
-the endpoint's and a call's handlers called on stand-ins of what they read, the trunk health
-table, the store outage logs). The rest, marked *source* on the page, sit deep in a running
-gateway (a media worker process dying, a TLS handshake, a CRL fetch, overload of the
-endpoint's queue, an abandoned SIPREC INVITE, a call's end): their row must equal, value for
-value, the format string of a log call of that logger and level in the code (its ``%s``,
-``%d``... for the row's ``<name>``s; which conversion is not compared), at as many sites as
-``SITES`` says, so a reworded line or a moved level fails too. A row that is in neither list
-fails, as does a listed line the page no longer has."""
+value of any length, but not one in quotes where the page shows none) that the record's whole
+message must match, with the row's logger and level. Most rows are driven: the gateway's own
+code writes the line (a registration service, the endpoint's and a call's handlers called on
+stand-ins of what they read, the trunk health table, the store outage logs, a media worker
+pool's supervision). The rest, marked *source* on the page, sit deep in a running gateway (a
+TLS handshake, a CRL fetch, overload of the endpoint's queue, an abandoned SIPREC INVITE, a
+call's end): their row must equal, value for value, the format string of a log call of that
+logger and level in the code (its ``%s``, ``%d``... for the row's ``<name>``s, a ``%r`` or
+``%X`` only where ``CONVERSIONS`` says the page says so), at as many sites as ``SITES`` says,
+so a reworded line, a value written another way or a moved level fails too. A row that is in
+neither list fails, as does a listed line the page no longer has."""
 
 from __future__ import annotations
 
+import argparse
 import ast
 import logging
 import re
+import sys
 import types
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
 import pytest
+import trio
 
 from gateway.core.auth.client import authorize
 from gateway.core.auth.digest import AuthKind
@@ -32,9 +36,13 @@ from gateway.core.auth.failures import FailurePolicy
 from gateway.core.calls.media_keys import CallMediaKeys
 from gateway.core.calls.records import CallRecordBook
 from gateway.core.calls.trunk_health import TrunkHealth
+from gateway.core.config import PortRange
 from gateway.core.endpoint import SipEndpoint
 from gateway.core.logs import LineFormatter
+from gateway.core.media import worker as media_worker
+from gateway.core.media.remote_relay import WorkerPool
 from gateway.core.media.security import KeyExchangeFailed
+from gateway.core.media.worker_protocol import PROTOCOL_VERSION, Hello, encode
 from gateway.core.registration import RegistrationService
 from gateway.core.sip.message import Request, Response
 from gateway.core.sip.transaction import (
@@ -45,7 +53,12 @@ from gateway.core.sip.transaction import (
 )
 from gateway.core.store.sqlite import SqliteStore
 from gateway.core.transport.flows import Flow, FlowKey
-from tests.fail2ban_regex import FAIL2BAN_HOST, as_fail2ban_reads
+from tests.fail2ban_regex import (
+    FAIL2BAN_HOST,
+    as_fail2ban_reads,
+    as_fail2ban_reads_from_journal,
+    as_fail2ban_reads_from_syslog,
+)
 from tests.unit.sip.sip_builders import request
 
 ROOT = Path(__file__).parent.parent
@@ -84,9 +97,41 @@ def documented() -> dict[str, tuple[str, str, str, bool]]:
 
 
 def line_regex(text: str) -> re.Pattern[str]:
-    """A documented line's text as a regular expression: literal but for its ``<name>``s."""
+    """A documented line's text as a regular expression: literal but for its ``<name>``s, each
+    a group."""
     parts = _PLACEHOLDER.split(text)
-    return re.compile(".*?".join(re.escape(part) for part in parts), re.DOTALL)
+    return re.compile("(.*?)".join(re.escape(part) for part in parts), re.DOTALL)
+
+
+# The values the page says are written quoted, as Python quotes a string (%r): the user name
+# the client sent, and a transaction key's sent-by. Any other value written in quotes is a
+# changed line (a %s become %r: watchers' patterns no longer match it), though every <name>
+# takes any text.
+QUOTED = {"<user>", "<sent-by>"}
+
+
+def quoted_values(text: str, line: str) -> list[str]:
+    """The ``<name>``s of ``text`` that ``line`` writes in quotes and the page does not."""
+    match = line_regex(text).fullmatch(line)
+    assert match is not None, (text, line)
+    # <name>s with nothing between them (<user><prefix>) are one value: where one ends is not
+    # known.
+    runs: list[tuple[set[str], str]] = []
+    joined = False
+    literals = _PLACEHOLDER.split(text)[1:]  # the text after each <name>
+    for name, value, after in zip(
+        _PLACEHOLDER.findall(text), match.groups(), literals, strict=True
+    ):
+        if joined:
+            runs[-1] = (runs[-1][0] | {name}, runs[-1][1] + value)
+        else:
+            runs.append(({name}, value))
+        joined = after == ""
+    return [
+        " ".join(sorted(names))
+        for names, value in runs
+        if not names & QUOTED and re.fullmatch(r"'.*'|\".*\"", value, re.DOTALL)
+    ]
 
 
 # -- driven rows -------------------------------------------------------------------------------
@@ -212,6 +257,53 @@ def _records_store(tmp_path: Path) -> None:
     book.busy.failed("it is busy (database is locked)", now=1000.0)
 
 
+def _worker_exits(tmp_path: Path) -> None:
+    """A pool's worker that exits (a crash) and, started again, says it speaks another
+    protocol version: the pool's own supervision, with a stand-in for the worker process that
+    sends the Hello of the next version and exits as a real worker does on a mismatch
+    (tests/integration/media/test_media_workers.py runs the real worker)."""
+    pool = WorkerPool("127.0.0.1", PortRange.parse("40000-40009"), 1, restart_delay=0.01)
+    (worker,) = pool._workers
+    hello = encode(Hello(PROTOCOL_VERSION + 1)).hex()
+    stand_in = f"import os, sys; os.write(int(sys.argv[1]), bytes.fromhex('{hello}')); sys.exit(78)"
+
+    def command(worker: object, fd: int) -> list[str]:
+        return [sys.executable, "-I", "-S", "-c", stand_in, str(fd)]
+
+    pool._command = command  # type: ignore[method-assign]
+    run_once = pool._run_once
+    starts = 0
+
+    async def crash_first(worker: object, task_status: trio.TaskStatus[None] | None) -> int | None:
+        nonlocal starts
+        starts += 1
+        if starts == 1:  # the first worker is up, then dies
+            assert task_status is not None
+            task_status.started()
+            return -9
+        return await run_once(worker, task_status)  # type: ignore[arg-type]
+
+    pool._run_once = crash_first  # type: ignore[method-assign]
+
+    async def supervise() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pool._supervise, worker)
+            with trio.fail_after(20):
+                while worker.stopped is None:
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+
+    trio.run(supervise)
+    assert starts == 2
+
+
+def _worker_protocol_refused(tmp_path: Path) -> None:
+    """A worker started by a gateway process of the previous protocol version (no channel to
+    tell: it only logs)."""
+    first = argparse.Namespace(index="0", protocol_version=str(PROTOCOL_VERSION - 1), fd=None)
+    media_worker._refuse_protocol(first)
+
+
 DRIVEN: dict[str, Callable[[Path], None]] = {
     "auth-failed": _auth_lines,
     "auth-blocked": _auth_lines,
@@ -228,6 +320,9 @@ DRIVEN: dict[str, Callable[[Path], None]] = {
     "store-still-failing": _registration_store,
     "store-answers": _registration_store,
     "records-busy": _records_store,
+    "worker-exited": _worker_exits,
+    "worker-protocol-mismatch": _worker_exits,
+    "worker-protocol-refused": _worker_protocol_refused,
 }
 
 
@@ -254,12 +349,15 @@ def test_the_gateway_writes_the_documented_line(
         if record.name == logger and record.levelname == level
     ]
     regex = line_regex(text)
-    assert any(regex.fullmatch(line) for line in written), (text, written)
+    matching = [line for line in written if regex.fullmatch(line)]
+    assert matching, (text, written)
+    for line in matching:
+        assert quoted_values(text, line) == [], (text, line)
 
 
 # -- rows checked in the source -----------------------------------------------------------------
 
-_SPEC = re.compile(r"%[-#0 +]*\d*(?:\.\d+)?[sdrgfXxo]")
+_SPEC = re.compile(r"%[-#0 +]*\d*(?:\.\d+)?[sdirgfXxo]")
 
 
 def _module_name(path: Path) -> str:
@@ -301,9 +399,10 @@ def _tree(path: Path) -> ast.Module:
 
 @cache
 def _log_calls(logger: str) -> list[tuple[str, str, list[ast.expr]]]:
-    """(level, format, arguments) of every ``log.<level>("format", ...)`` and
-    ``log_exception(log, "format", ...)`` (ERROR, or the ``level`` it is given) in the modules
-    whose ``log`` is ``logger``."""
+    """(level, format, arguments) of every ``log.<level>("format", ...)``,
+    ``log.log(<level>, "format", ...)`` (once for each ``logging.<LEVEL>`` its level
+    expression names) and ``log_exception(log, "format", ...)`` (ERROR, or the ``level`` it is
+    given) in the modules whose ``log`` is ``logger``."""
     calls = []
     for path in GATEWAY_FILES:
         if _loggers().get(_module_name(path)) != logger:
@@ -312,21 +411,24 @@ def _log_calls(logger: str) -> list[tuple[str, str, list[ast.expr]]]:
             if not isinstance(node, ast.Call):
                 continue
             function = ast.unparse(node.func)
-            if isinstance(node.func, ast.Attribute) and function.startswith("log."):
-                level, arguments = node.func.attr.upper(), node.args
+            levels: list[str]
+            if function == "log.log" and node.args:
+                # log.log(logging.WARNING if first else logging.DEBUG, ...): each level named
+                levels = [n.attr for n in ast.walk(node.args[0]) if isinstance(n, ast.Attribute)]
+                arguments = node.args[1:]
+            elif isinstance(node.func, ast.Attribute) and function.startswith("log."):
+                levels, arguments = [node.func.attr.upper()], node.args
             elif function == "log_exception" and node.args and ast.unparse(node.args[0]) == "log":
                 given = {k.arg: ast.unparse(k.value) for k in node.keywords}
-                level = given.get("level", "logging.ERROR").removeprefix("logging.")
+                levels = [given.get("level", "logging.ERROR").removeprefix("logging.")]
                 arguments = node.args[1:]
             else:
                 continue
             first = arguments[0] if arguments else None
-            if (
-                level in _LEVELS
-                and isinstance(first, ast.Constant)
-                and isinstance(first.value, str)
-            ):
-                calls.append((level, first.value, arguments[1:]))
+            if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                for level in levels:
+                    if level in _LEVELS:
+                        calls.append((level, first.value, arguments[1:]))
     return calls
 
 
@@ -339,18 +441,33 @@ SITES = {
 SOURCE_ONLY = sorted(name for name, row in documented().items() if row[3])
 
 
+# Conversions that change how a value reads, which the page says in words: %r quotes a string
+# (and escapes what is not printable), %X and %x write a number in hexadecimal. Every other
+# <name> of a row checked in the source is written with %s, %d, %i, %f or %g (%.0f...).
+CONVERSIONS = {
+    ("tls-revoked", "<serial>"): "X",
+    ("tls-ocsp-revoked", "<serial>"): "X",
+}
+
+
 @pytest.mark.parametrize("name", SOURCE_ONLY)
 def test_the_documented_line_is_the_format_in_the_code(name: str) -> None:
     logger, level, text, _ = documented()[name]
     documented_form = _PLACEHOLDER.sub("\0", text.replace(KEY, "<key>"))
     found = [
-        arguments
+        (written, arguments)
         for called_at, written, arguments in _log_calls(logger)
         if called_at == level and _SPEC.sub("\0", written) == documented_form
     ]
     assert len(found) == SITES.get(name, 1), (text, [w for _, w, _ in _log_calls(logger)])
+    names = _PLACEHOLDER.findall(text.replace(KEY, "<key>"))
+    expected = [CONVERSIONS.get((name, placeholder), "sdifg") for placeholder in names]
+    for written, _ in found:
+        conversions = [spec[-1] for spec in _SPEC.findall(written)]
+        assert len(conversions) == len(expected), written
+        assert all(c in e for c, e in zip(conversions, expected, strict=True)), (written, names)
     if KEY in text:  # the key is written by key_text, as the driven transaction lines show
-        (arguments,) = found
+        ((_, arguments),) = found
         index = text.replace(KEY, "<key>").index("<key>")
         position = len(_PLACEHOLDER.findall(text.replace(KEY, "<key>")[:index]))
         argument = arguments[position]
@@ -392,7 +509,8 @@ def _operations_failregexes() -> list[str]:
 
 def test_the_filter_file_is_the_configuration_pages_filters() -> None:
     regexes = _configuration_failregexes()
-    assert len(regexes) == 2 and all(regex.startswith(r"^\s*WARNING ") for regex in regexes)
+    prefix = r"^\s*(?:\S+ \S+: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} )?WARNING "
+    assert len(regexes) == 2 and all(regex.startswith(prefix) for regex in regexes)
     assert "..." not in "".join(regexes)  # literal regexes, no placeholders to fill in
     assert _operations_failregexes() == regexes
 
@@ -402,6 +520,21 @@ def _failure_regex() -> str:
     return regex.replace("<HOST>", FAIL2BAN_HOST)
 
 
+def _refusals_regex() -> str:
+    (regex,) = [code for code in _configuration_failregexes() if "refused: too many" in code]
+    return regex.replace("<HOST>", FAIL2BAN_HOST)
+
+
+# How fail2ban may read a line: from a file the gateway's standard error goes to, from the
+# journal (the README's systemd unit), from a syslog file (docs/operations.md's "fail2ban").
+READINGS = {
+    "file": as_fail2ban_reads,
+    "journal": as_fail2ban_reads_from_journal,
+    "syslog": as_fail2ban_reads_from_syslog,
+}
+
+
+@pytest.mark.parametrize("reading", sorted(READINGS))
 @pytest.mark.parametrize(
     ("address", "policy"),
     [
@@ -420,24 +553,32 @@ def test_the_documented_failures_filter_takes_each_failures_address(
     caplog: pytest.LogCaptureFixture,
     address: tuple[str, int],
     policy: FailurePolicy,
+    reading: str,
 ) -> None:
-    """The failregex docs/configuration.md (and docs/operations.md's filter file) give for the
-    failures' line, matched as fail2ban matches it (the written line, its date cut), takes the
-    address of every failure's line, the blocking one included, and nothing of the refusals'."""
+    """The failregexes docs/configuration.md (and docs/operations.md's filter file) give,
+    matched as fail2ban matches a line (from a file: its date cut; from the journal or a syslog
+    file: what they put before it, and the gateway's date), take the address of every
+    failure's line, the blocking one included, and of the refusals' line, each its own."""
+    reads = READINGS[reading]
     caplog.set_level(logging.WARNING, "gateway.core.registration")
     _guesses(tmp_path, policy, address)
     failures = [r for r in caplog.records if "authentication failed" in r.getMessage()]
     assert len(failures) == 3
     for record in failures:
-        match = re.search(_failure_regex(), as_fail2ban_reads(record, LineFormatter()))
-        assert match is not None, as_fail2ban_reads(record, LineFormatter())
+        match = re.search(_failure_regex(), reads(record, LineFormatter()))
+        assert match is not None, reads(record, LineFormatter())
         assert (match["ip4"] or match["ip6"]) == address[0].removeprefix("::ffff:")
+        assert re.search(_refusals_regex(), reads(record, LineFormatter())) is None
     (refusal,) = [r for r in caplog.records if "refused: too many" in r.getMessage()]
-    assert re.search(_failure_regex(), as_fail2ban_reads(refusal, LineFormatter())) is None
+    assert re.search(_failure_regex(), reads(refusal, LineFormatter())) is None
+    match = re.search(_refusals_regex(), reads(refusal, LineFormatter()))
+    assert match is not None, reads(refusal, LineFormatter())
+    assert (match["ip4"] or match["ip6"]) == address[0].removeprefix("::ffff:")
 
 
+@pytest.mark.parametrize("reading", sorted(READINGS))
 def test_the_documented_failures_filter_takes_no_address_from_a_user_name(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, reading: str
 ) -> None:
     """A guesser's user name holding a failure line's text with another's address (logged
     within the line, after the guesser's own): the filter, anchored at the line's start, takes
@@ -453,10 +594,8 @@ def test_the_documented_failures_filter_takes_no_address_from_a_user_name(
     assert isinstance(wrong, Request)
     service.authenticate(wrong, _flow(GUESSER), AuthKind.WWW)
     (record,) = [r for r in caplog.records if "authentication failed" in r.getMessage()]
-    matches = [
-        m["ip4"] for m in re.finditer(_failure_regex(), as_fail2ban_reads(record, LineFormatter()))
-    ]
-    assert matches == ["192.0.2.66"]
+    line = READINGS[reading](record, LineFormatter())
+    assert [m["ip4"] for m in re.finditer(_failure_regex(), line)] == ["192.0.2.66"]
     loose = _failure_regex().replace(r"(?:REGISTER|INVITE) from ", r".*(?:REGISTER|INVITE) from ")
-    match = re.search(loose, as_fail2ban_reads(record, LineFormatter()))
+    match = re.search(loose, line)
     assert match is not None and match["ip4"] == "203.0.113.9"

@@ -1026,7 +1026,12 @@ def cmd_calls(args: argparse.Namespace) -> int:
         return EXIT_OK
     if not records:
         if args.call_id is not None:
-            print(f"no call with Call-ID {args.call_id}")
+            # Only the last records were read: say so, or a call older than them (seconds on
+            # a busy node) would read as one this node never had.
+            print(
+                f"no call with Call-ID {args.call_id} among the last {args.recent or 1000} calls"
+                + ("" if args.recent else " (--recent N to look further)")
+            )
         else:
             print("no live calls" if not args.recent else "no calls")
         return EXIT_OK

@@ -61,11 +61,18 @@ def test_call_id_finds_the_calls_a_log_line_names_live_or_ended(
     # Within --recent N, the last N records.
     out = _calls(capsys, "--state-dir", state, "--call-id", CALL_ID, "--recent", "3")
     assert _headers(out) == [f"{CALL_ID};t2  sip:alice@gw -> sip:bob@gw  [live]"]
+    # Only so many records are read: "no call" says which, or an older call would read as
+    # one the node never had.
     out = _calls(capsys, "--state-dir", state, "--call-id", "nobody@192.0.2.9")
-    assert out == "no call with Call-ID nobody@192.0.2.9\n"
+    assert out == (
+        "no call with Call-ID nobody@192.0.2.9 among the last 1000 calls "
+        "(--recent N to look further)\n"
+    )
+    out = _calls(capsys, "--state-dir", state, "--call-id", f"{CALL_ID};t1", "--recent", "2")
+    assert out == f"no call with Call-ID {CALL_ID};t1 among the last 2 calls\n"
     # Not a prefix or a part of a Call-ID.
     out = _calls(capsys, "--state-dir", state, "--call-id", "a84b4c76e66710")
-    assert out == "no call with Call-ID a84b4c76e66710\n"
+    assert out.startswith("no call with Call-ID a84b4c76e66710 among the last 1000 calls")
 
 
 def test_json_gives_each_calls_sip_call_id_and_the_rest_as_before(
