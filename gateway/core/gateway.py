@@ -1822,11 +1822,13 @@ def _store_files_writable(path: Path) -> bool:
 def _written_entry(name: str, entry: Any) -> tuple[str, Path, str, Sequence[str], bool]:
     """A plugin's ``written_directories()`` entry: ``(KEY, DIRECTORY, WHAT, FILES)``, or with
     :data:`WARN_ONLY` as a fifth element; (key, directory, what, files, warn only). Another
-    shape is the plugin's error, naming it. A list is taken as a tuple (the entries were
-    unpacked, which took either)."""
+    shape is the plugin's error, naming it, and so is a KEY that is not a text or a DIRECTORY
+    that is not a path (getattr and Path raised TypeError, a traceback). A list is taken as a
+    tuple (the entries were unpacked, which took either)."""
     if isinstance(entry, list | tuple) and (len(entry) == 4 or tuple(entry[4:]) == (WARN_ONLY,)):
         key, directory, what, files = entry[:4]
-        return key, Path(directory), what, files, len(entry) == 5
+        if isinstance(key, str) and isinstance(directory, str | os.PathLike):
+            return key, Path(directory), what, files, len(entry) == 5
     raise PluginError(
         f"plugin {name!r}: written_directories() gives {entry!r}: expected (KEY, DIRECTORY, "
         f"WHAT, FILES), or with {WARN_ONLY!r} as a fifth element"

@@ -890,7 +890,13 @@ def test_a_crl_directory_on_a_read_only_file_system_is_a_warning_not_a_refusal(
 
 @pytest.mark.parametrize(
     "entry",
-    [("state_dir", "dtls", "certificates", (), "maybe"), ("state_dir", "dtls"), ["state_dir"]],
+    [
+        ("state_dir", "dtls", "certificates", (), "maybe"),
+        ("state_dir", "dtls"),
+        ["state_dir"],
+        (1, "dtls", "certificates", ()),  # was a traceback: getattr(config, 1)
+        ("state_dir", None, "certificates", ()),  # was a traceback: Path(None)
+    ],
 )
 def test_a_written_directories_entry_of_another_shape_is_the_plugins_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, entry: Any
