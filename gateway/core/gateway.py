@@ -584,7 +584,7 @@ class Gateway:
         if not existing.is_relative_to(configured):
             return
         if os.path.islink(existing) and not os.path.exists(existing):
-            self._dangling_link_warning(table, key, existing, what)
+            self._dangling_link_warning(table, key, existing, what, warn_only=True)
             return
         if not os.path.isdir(existing):
             return
@@ -635,19 +635,30 @@ class Gateway:
             problem += " (the service's user may be allowed to: check it as that user)"
         return problem
 
-    def _dangling_link_warning(self, table: str, key: str, link: Path, what: str) -> None:
+    def _dangling_link_warning(
+        self, table: str, key: str, link: Path, what: str, *, warn_only: bool = False
+    ) -> None:
         """A plugin's directory (or a part of it still to be made) that is a symbolic link to
         nothing: the plugin's mkdir fails there (EEXIST) for every user, at the first write,
         which may never come (dtls, enabled by default: the first DTLS offer). A warning of
-        run (logged at start-up) and check-config: such a gateway ran before this check."""
+        run (logged at start-up) and check-config: such a gateway ran before this check.
+        ``warn_only`` (a :data:`WARN_ONLY` entry): nothing fails, the gateway runs without what
+        it would have written there (the tls plugin's fetched CRLs are used unsaved), said as
+        the entry's other warnings end."""
+        if warn_only:
+            tail = f"{what} cannot be written there; `voipgw run` starts, and runs without it"
+        else:
+            tail = (
+                f"{what} cannot be made there; `voipgw run` starts, and what needs it fails "
+                "until it exists"
+            )
         self.access_warnings.append(
             ConfigError(
                 self.config.source,
                 table,
                 key,
                 f"{link} is a symbolic link to {os.readlink(link)}, which does not exist: "
-                f"{what} cannot be made there; `voipgw run` starts, and what needs it fails "
-                "until it exists (a file system not mounted yet?)",
+                f"{tail} (a file system not mounted yet?)",
             )
         )
 

@@ -958,7 +958,8 @@ def test_a_crl_directory_that_is_a_link_to_nothing_is_a_warning_of_run_and_check
 ) -> None:
     """<state_dir>/tls a symbolic link to a file system not mounted yet: the CRL fetcher's
     mkdir fails there (EEXIST) at each fetch, whoever runs it. A warning of run (logged, it
-    starts) and check-config (exit 0), as for a plugin's own directory."""
+    starts) and check-config (exit 0), ending as the entry's other warnings do: the gateway
+    runs without the saved copies, nothing "fails until it exists" (the fetched CRL is used)."""
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
     unmounted = tmp_path / "mnt" / "tls"
@@ -967,8 +968,8 @@ def test_a_crl_directory_that_is_a_link_to_nothing_is_a_warning_of_run_and_check
     message = (
         f"{path}: [gateway] state_dir: {state / 'tls'} is a symbolic link to {unmounted}, "
         "which does not exist: the fetched CRLs (tls plugin), kept for a start without "
-        "network, cannot be made there; `voipgw run` starts, and what needs it fails until "
-        "it exists (a file system not mounted yet?)"
+        "network, cannot be written there; `voipgw run` starts, and runs without it (a file "
+        "system not mounted yet?)"
     )
     gateway = built(path)
     gateway.check()  # voipgw run
