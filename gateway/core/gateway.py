@@ -584,7 +584,7 @@ class Gateway:
         if not existing.is_relative_to(configured):
             return
         if os.path.islink(existing) and not os.path.exists(existing):
-            self._dangling_link_warning(table, key, existing, what)
+            self._dangling_link_warning(table, key, existing, what, warn_only=True)
             return
         if not os.path.isdir(existing):
             return
@@ -635,19 +635,30 @@ class Gateway:
             problem += " (the service's user may be allowed to: check it as that user)"
         return problem
 
-    def _dangling_link_warning(self, table: str, key: str, link: Path, what: str) -> None:
+    def _dangling_link_warning(
+        self, table: str, key: str, link: Path, what: str, *, warn_only: bool = False
+    ) -> None:
         """A plugin's directory (or a part of it still to be made) that is a symbolic link to
         nothing: the plugin's mkdir fails there (EEXIST) for every user, at the first write,
         which may never come (dtls, enabled by default: the first DTLS offer). A warning of
-        run (logged at start-up) and check-config: such a gateway ran before this check."""
+        run (logged at start-up) and check-config: such a gateway ran before this check.
+        ``warn_only`` (a :data:`WARN_ONLY` entry): nothing fails, the gateway runs without what
+        it would have written there (the tls plugin's fetched CRLs are used unsaved), said as
+        the entry's other warnings end."""
+        if warn_only:
+            tail = f"{what} cannot be written there; `voipgw run` starts, and runs without it"
+        else:
+            tail = (
+                f"{what} cannot be made there; `voipgw run` starts, and what needs it fails "
+                "until it exists"
+            )
         self.access_warnings.append(
             ConfigError(
                 self.config.source,
                 table,
                 key,
                 f"{link} is a symbolic link to {os.readlink(link)}, which does not exist: "
-                f"{what} cannot be made there; `voipgw run` starts, and what needs it fails "
-                "until it exists (a file system not mounted yet?)",
+                f"{tail} (a file system not mounted yet?)",
             )
         )
 
@@ -1829,11 +1840,13 @@ def _store_files_writable(path: Path) -> bool:
 def _written_entry(name: str, entry: Any) -> tuple[str, Path, str, Sequence[str], bool]:
     """A plugin's ``written_directories()`` entry: ``(KEY, DIRECTORY, WHAT, FILES)``, or with
     :data:`WARN_ONLY` as a fifth element; (key, directory, what, files, warn only). Another
-    shape is the plugin's error, naming it. A list is taken as a tuple (the entries were
-    unpacked, which took either)."""
+    shape is the plugin's error, naming it, and so is a KEY that is not a text or a DIRECTORY
+    that is not a path (getattr and Path raised TypeError, a traceback). A list is taken as a
+    tuple (the entries were unpacked, which took either)."""
     if isinstance(entry, list | tuple) and (len(entry) == 4 or tuple(entry[4:]) == (WARN_ONLY,)):
         key, directory, what, files = entry[:4]
-        return key, Path(directory), what, files, len(entry) == 5
+        if isinstance(key, str) and isinstance(directory, str | os.PathLike):
+            return key, Path(directory), what, files, len(entry) == 5
     raise PluginError(
         f"plugin {name!r}: written_directories() gives {entry!r}: expected (KEY, DIRECTORY, "
         f"WHAT, FILES), or with {WARN_ONLY!r} as a fifth element"

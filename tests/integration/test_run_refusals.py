@@ -136,3 +136,48 @@ def test_check_config_of_an_interception_table_loads_its_certificates_and_writes
     assert (
         "[plugins.intercept]" in refused.stderr and "x1_private_key: no such file" in refused.stderr
     )
+
+
+def _mount_namespaces() -> bool:
+    """Whether this process may make a private mount namespace (unshare -m: root with
+    CAP_SYS_ADMIN, as on the CI's machine; not in a container without it)."""
+    try:
+        return subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _mount_namespaces(), reason="needs unshare -m (root, CAP_SYS_ADMIN)")
+def test_a_store_bind_mounted_read_only_is_refused_naming_its_mount(tmp_path: Path) -> None:
+    """The SQLite store bind-mounted read-only on its own (a container's volume with :ro) in a
+    writable state_dir whose name holds a space, which /proc/self/mountinfo writes as \\040:
+    root's `voipgw run` stopped at the store ("not a usable voipgw store (attempt to write a
+    readonly database)", which blames the file) or at its first write. It refuses to start,
+    naming the mount to make read-write as the operator wrote it, read from the kernel's own
+    mount table. The mount is made in a private mount namespace
+    (unshare -m), which nothing outside it sees and which ends with the gateway."""
+    state = tmp_path / "voipgw state"
+    state.mkdir()
+    store = state / "voipgw.sqlite3"
+    store.touch()
+    path = tmp_path / "voipgw.toml"
+    path.write_text(
+        f'[gateway]\nstate_dir = "{state}"\n[media]\nports = "{MEDIA_PORTS.text()}"\n'
+        '[sip]\nlisten = ["udp:127.0.0.1:0"]\n[plugins]\nenable = ["udp"]\n'
+    )
+    script = (
+        'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && '
+        'exec "$2" -m gateway run --config "$3"'
+    )
+    result = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script, "sh", str(store), sys.executable, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0, result.stderr
+    assert (
+        f"{path}: [gateway] state_dir: {store} is on a read-only file system: the SQLite store "
+        f"cannot be written (mount {store} read-write)"
+    ) in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr

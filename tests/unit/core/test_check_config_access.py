@@ -890,7 +890,13 @@ def test_a_crl_directory_on_a_read_only_file_system_is_a_warning_not_a_refusal(
 
 @pytest.mark.parametrize(
     "entry",
-    [("state_dir", "dtls", "certificates", (), "maybe"), ("state_dir", "dtls"), ["state_dir"]],
+    [
+        ("state_dir", "dtls", "certificates", (), "maybe"),
+        ("state_dir", "dtls"),
+        ["state_dir"],
+        (1, "dtls", "certificates", ()),  # was a traceback: getattr(config, 1)
+        ("state_dir", None, "certificates", ()),  # was a traceback: Path(None)
+    ],
 )
 def test_a_written_directories_entry_of_another_shape_is_the_plugins_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, entry: Any
@@ -927,3 +933,102 @@ def test_a_written_directories_entry_given_as_a_list_is_taken_as_before(
     monkeypatch.setattr(gateway_mod, "_creates_a_file_in", lambda p: False)
     with pytest.raises(ConfigError, match="certificates cannot be written there"):
         built(path).check()
+
+
+# -- review of session 38 (review-c2) ---------------------------------------------------------
+
+
+def crl_fetching_config(tmp_path: Path, state: Path) -> Path:
+    """A tls listener with its own certificate whose CA's CRL is fetched over HTTP: each CRL
+    fetched is saved under <state_dir>/tls/crls, for a start without network."""
+    ca = TestPki(tmp_path).ca("CA")
+    pair = ca.issue("gateway")
+    table = (
+        f'[plugins.tls]\ncertificate = "{pair.certificate}"\nprivate_key = "{pair.key}"\n'
+        f'ca_bundles = ["{ca.certificate}"]\ncrl_urls = ["http://127.0.0.1:1/ca.crl"]\n'
+    )
+    return write_config(tmp_path, state, table, '"udp", "tls"')
+
+
+def test_a_crl_directory_that_is_a_link_to_nothing_is_a_warning_of_run_and_check_config(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """<state_dir>/tls a symbolic link to a file system not mounted yet: the CRL fetcher's
+    mkdir fails there (EEXIST) at each fetch, whoever runs it. A warning of run (logged, it
+    starts) and check-config (exit 0), ending as the entry's other warnings do: the gateway
+    runs without the saved copies, nothing "fails until it exists" (the fetched CRL is used)."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    unmounted = tmp_path / "mnt" / "tls"
+    (state / "tls").symlink_to(unmounted)
+    path = crl_fetching_config(tmp_path, state)
+    message = (
+        f"{path}: [gateway] state_dir: {state / 'tls'} is a symbolic link to {unmounted}, "
+        "which does not exist: the fetched CRLs (tls plugin), kept for a start without "
+        "network, cannot be written there; `voipgw run` starts, and runs without it (a file "
+        "system not mounted yet?)"
+    )
+    gateway = built(path)
+    gateway.check()  # voipgw run
+    assert [str(warning) for warning in gateway.access_warnings] == [message]
+    assert said_by_run(built(path), monkeypatch, caplog) == [
+        (logging.WARNING, f"configuration: {message}")
+    ]
+    code, _out, err = check_config(path, capsys)
+    assert (code, err) == (cli.EXIT_OK, f"voipgw: warning: {message}\n")
+    unmounted.mkdir(parents=True)
+    assert check_config(path, capsys)[::2] == (cli.EXIT_OK, "")
+
+
+def test_run_as_root_says_nothing_of_a_crl_directory_of_roots(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """<state_dir>/tls of root's in a state_dir of the service's user: `voipgw run` as root
+    writes there (nothing to log at each start); check-config as root warns, naming the
+    state_dir's owner, who may not."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: a directory of another user's")
+    state = tmp_path / "state"
+    (state / "tls").mkdir(parents=True, mode=0o755)
+    os.chown(state, 4321, 4321)
+    path = crl_fetching_config(tmp_path, state)
+    gateway = built(path)
+    gateway.check()  # voipgw run, as root
+    assert gateway.access_warnings == []
+    code, _out, err = check_config(path, capsys)
+    assert code == cli.EXIT_OK, err
+    assert f"{state / 'tls'} can be written by root, who runs check-config, but not by " in err
+
+
+def test_a_warn_only_entry_checks_its_files_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A third-party plugin's WARN_ONLY entry naming a file it writes in place (a cache): one
+    on a read-only file system of its own is a warning of run and check-config, naming the
+    mount, never a refusal."""
+    from gateway.plugins.keyexchange import dtls_srtp
+
+    def cache(self: Any) -> list[tuple[str, Path, str, tuple[str, ...], str]]:
+        entry = (Path(self.state_dir) / "dtls", "the cache (dtls plugin)", ("cache.db",))
+        return [("state_dir", *entry, config_mod.WARN_ONLY)]
+
+    monkeypatch.setattr(dtls_srtp.DtlsConfig, "written_directories", cache)
+    state = tmp_path / "state"
+    (state / "dtls").mkdir(parents=True, mode=0o700)
+    (state / "dtls" / "cache.db").touch()
+    path = write_config(tmp_path, state, enable='"udp", "dtls"')
+    built(path).check()
+    read_only_files(monkeypatch, state / "dtls" / "cache.db")
+    monkeypatch.setattr(config_mod, "mount_point", lambda p: Path("/srv/cache.db"))
+    message = (
+        f"{path}: [plugins.dtls] state_dir: {state / 'dtls' / 'cache.db'} is on a read-only "
+        "file system (mount /srv/cache.db read-write): the cache (dtls plugin) cannot be "
+        "written there; `voipgw run` starts, and runs without it"
+    )
+    gateway = built(path)
+    gateway.check()  # voipgw run
+    assert [str(warning) for warning in gateway.access_warnings] == [message]
+    assert check_config(path, capsys)[::2] == (cli.EXIT_OK, f"voipgw: warning: {message}\n")
