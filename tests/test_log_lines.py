@@ -39,7 +39,9 @@ from gateway.core.calls.trunk_health import TrunkHealth
 from gateway.core.config import PortRange
 from gateway.core.endpoint import SipEndpoint
 from gateway.core.logs import LineFormatter
+from gateway.core.media import remote_relay
 from gateway.core.media import worker as media_worker
+from gateway.core.media.errors import LocalMediaError
 from gateway.core.media.remote_relay import WorkerPool
 from gateway.core.media.security import KeyExchangeFailed
 from gateway.core.media.worker_protocol import PROTOCOL_VERSION, Hello, encode
@@ -297,6 +299,29 @@ def _worker_exits(tmp_path: Path) -> None:
     assert starts == 2
 
 
+def _worker_not_ready(tmp_path: Path) -> None:
+    """A pool's worker that never says it is ready, at start-up: a stand-in that writes nothing,
+    given 0.2 s to be ready (60 s) and 0.1 s to exit (2 s) before it is killed."""
+    pool = WorkerPool("127.0.0.1", PortRange.parse("40000-40009"), 1)
+
+    def command(worker: object, fd: int) -> list[str]:
+        return [sys.executable, "-I", "-S", "-c", "import time; time.sleep(60)"]
+
+    pool._command = command  # type: ignore[method-assign]
+    limits = remote_relay.READY_WITHIN, remote_relay.STOP_GRACE
+
+    async def start() -> None:
+        with trio.fail_after(20):
+            await pool.serve()
+
+    remote_relay.READY_WITHIN, remote_relay.STOP_GRACE = 0.2, 0.1
+    try:
+        with pytest.raises(LocalMediaError, match=r"did not say it was ready within 0\.2 s"):
+            trio.run(start)
+    finally:
+        remote_relay.READY_WITHIN, remote_relay.STOP_GRACE = limits
+
+
 def _worker_protocol_refused(tmp_path: Path) -> None:
     """A worker started by a gateway process of the previous protocol version (no channel to
     tell: it only logs)."""
@@ -321,6 +346,7 @@ DRIVEN: dict[str, Callable[[Path], None]] = {
     "store-answers": _registration_store,
     "records-busy": _records_store,
     "worker-exited": _worker_exits,
+    "worker-not-ready": _worker_not_ready,
     "worker-protocol-mismatch": _worker_exits,
     "worker-protocol-refused": _worker_protocol_refused,
 }

@@ -59,6 +59,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import logging
+import math
 import os
 import socket
 import sys
@@ -143,6 +144,11 @@ MAX_RESTART_DELAY = 30.0
 
 STABLE_RUN = 60.0
 """A worker that ran this long was healthy: its next restart waits only ``RESTART_DELAY``."""
+
+READY_WITHIN = 60.0
+"""Seconds a started worker has to send its Hello and first ``PairsReady``; past this it is
+stopped as hung (a start-up error, or restarted with back-off). Generous: a loaded machine takes
+tens of seconds to start a Python process that imports the media stack (> 30 s seen at load 12)."""
 
 
 def next_restart_delay(previous: float | None, ran_for: float, first: float) -> float:
@@ -302,6 +308,8 @@ class _Worker:
     """Processes started for this slot (1 + restarts)."""
     stopped: str | None = None
     """Why the slot is no longer started (its worker speaks another protocol version), or None."""
+    ready_at: float | None = None
+    """When the process now (or last) serving the slot became ready; None before it was."""
 
     @property
     def pid(self) -> int | None:
@@ -944,7 +952,6 @@ class WorkerPool:
         first = True
         delay: float | None = None
         while True:
-            started = trio.current_time()
             returncode = await self._run_once(worker, task_status if first else None)
             first = False
             if worker.stopped is not None:
@@ -959,7 +966,10 @@ class WorkerPool:
                     running,
                 )
                 await trio.sleep_forever()
-            delay = next_restart_delay(delay, trio.current_time() - started, self._restart_delay)
+            # How long it served: a worker that was never ready (hung for READY_WITHIN) did not
+            # run, and backs off like one that crashed at once.
+            ran_for = 0.0 if worker.ready_at is None else trio.current_time() - worker.ready_at
+            delay = next_restart_delay(delay, ran_for, self._restart_delay)
             streams = list(worker.streams.values())
             worker.streams.clear()
             for event in worker.pongs.values():
@@ -985,8 +995,9 @@ class WorkerPool:
         self, worker: _Worker, task_status: trio.TaskStatus[None] | None
     ) -> int | None:
         """Run one worker process until its channel ends; returns its exit code (None if it
-        had to be killed). Raises LocalMediaError when it ends before its first ``PairsReady``
-        and ``task_status`` is given (start-up)."""
+        had to be killed). A worker that has not sent its Hello and first ``PairsReady`` within
+        :data:`READY_WITHIN` seconds is stopped. Raises LocalMediaError when it ends (or is
+        stopped) before its first ``PairsReady`` and ``task_status`` is given (start-up)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             worker.process = await trio.lowlevel.open_process(
@@ -1000,32 +1011,49 @@ class WorkerPool:
         finally:
             theirs.close()
         worker.starts += 1
+        worker.ready_at = None
         channel = _Channel(trio.socket.from_stdlib_socket(ours))
         was_ready = False
+        ready_within = READY_WITHIN
         said_hello = False
         mismatch: ProtocolMismatch | None = None
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(channel.write_loop)
                 try:
-                    while True:
-                        messages = await channel.messages()
-                        if not messages:
-                            break
-                        if not said_hello:
-                            # Its first message, once per start: never per message.
-                            check_hello(messages[0], PROTOCOL_VERSION)
-                            said_hello = True
-                            messages = messages[1:]
-                        for message in messages:
-                            self._handle(worker, message)
-                        if not was_ready and any(isinstance(m, PairsReady) for m in messages):
-                            # Ready even with no pair: ports held by other processes make
-                            # calls fail with 503 (PortsExhausted), not the gateway hang.
-                            was_ready = True
-                            worker.channel = channel
-                            if task_status is not None:
-                                task_status.started()
+                    # Until it is ready: a worker that hangs before its first messages would
+                    # hang `voipgw run` at start-up, or leave its slot without calls for ever
+                    # while its process lives. One scope for the whole loop, lifted once ready.
+                    with trio.move_on_after(ready_within) as waiting:
+                        while True:
+                            messages = await channel.messages()
+                            if not messages:
+                                break
+                            if not said_hello:
+                                # Its first message, once per start: never per message.
+                                check_hello(messages[0], PROTOCOL_VERSION)
+                                said_hello = True
+                                messages = messages[1:]
+                            for message in messages:
+                                self._handle(worker, message)
+                            if not was_ready and any(isinstance(m, PairsReady) for m in messages):
+                                # Ready even with no pair: ports held by other processes make
+                                # calls fail with 503 (PortsExhausted), not the gateway hang.
+                                was_ready = True
+                                waiting.deadline = math.inf
+                                worker.ready_at = trio.current_time()
+                                worker.channel = channel
+                                if task_status is not None:
+                                    task_status.started()
+                    if waiting.cancelled_caught:
+                        log.error(
+                            "media worker %d (ports %s) did not say it was ready within %g s: "
+                            "stopping it (a machine too loaded to start it in time, or a worker "
+                            "that hangs at start; its own log lines, if any, are above)",
+                            worker.index,
+                            worker.ports,
+                            ready_within,
+                        )
                 except ProtocolMismatch as exc:
                     mismatch = exc
                 except ChannelError as exc:
@@ -1058,6 +1086,11 @@ class WorkerPool:
             if task_status is not None:
                 raise LocalMediaError(worker.stopped)
             return returncode
+        if waiting.cancelled_caught and task_status is not None:
+            raise LocalMediaError(
+                f"media worker {worker.index} (ports {worker.ports}) did not say it was ready "
+                f"within {ready_within:g} s ({_exit_text(returncode)}); see the log above"
+            )
         if not was_ready and task_status is not None:
             raise LocalMediaError(
                 f"media worker {worker.index} (ports {worker.ports}) exited before it was ready "

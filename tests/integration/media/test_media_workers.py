@@ -651,6 +651,89 @@ async def test_a_worker_whose_first_message_is_no_hello_is_a_mismatch_of_unknown
     assert pool.worker_pids() == [None, None]
 
 
+# A worker that hangs before its first message (an import stuck on a dead NFS mount, a machine
+# swapping): it never writes to the channel, nor reads it, until killed.
+SILENT_WORKER = "import time; time.sleep(3600)"
+
+
+def silent_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers started from now on are SILENT_WORKER; they get 0.5 s to be ready (the limit is
+    60 s) and 0.2 s to exit once their channel is closed (2 s) before they are killed."""
+    monkeypatch.setattr(
+        WorkerPool, "_command", lambda self, worker, fd: [sys.executable, "-c", SILENT_WORKER]
+    )
+    monkeypatch.setattr(remote_relay, "READY_WITHIN", 0.5)
+    monkeypatch.setattr(remote_relay, "STOP_GRACE", 0.2)
+
+
+async def test_a_worker_that_never_says_it_is_ready_fails_start_up(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not `voipgw run` hanging with no log line: one ERROR, the process killed, a start-up
+    error."""
+    silent_workers(monkeypatch)
+    pool = WorkerPool(ADDRESS, PORTS.get(), 2)
+    with (
+        caplog.at_level(logging.ERROR, logger="gateway.core.media.remote_relay"),
+        pytest.raises(ExceptionGroup) as caught,
+    ):
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(WORKER_TIMEOUT):
+                await nursery.start(pool.serve)
+    assert caught.group_contains(
+        LocalMediaError,
+        match=r"^media worker 0 \(ports \S+\) did not say it was ready within 0.5 s "
+        r"\(channel closed\); see the log above$",
+        depth=1,
+    )
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert said == [
+        f"media worker 0 (ports {pool.slices[0]}) did not say it was ready within 0.5 s: "
+        "stopping it (a machine too loaded to start it in time, or a worker that hangs at "
+        "start; its own log lines, if any, are above)"
+    ]
+    assert pool.worker_pids() == [None, None]
+    assert pool.worker_starts() == [1, 0]
+
+
+async def test_a_restarted_worker_that_never_says_it_is_ready_is_restarted_with_back_off(
+    pool: WorkerPool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not a slot that carries no call for as long as the hung process lives: it is stopped,
+    said, and started again (waiting longer each time, as after a crash) until a worker is
+    ready."""
+    a, b = await ephemeral_phones(2)
+    pid0 = pool.worker_pids()[0]
+    assert pid0 is not None
+    silent_workers(monkeypatch)
+    with caplog.at_level(logging.ERROR, logger="gateway.core.media.remote_relay"):
+        os.kill(pid0, signal.SIGKILL)
+        await eventually(lambda: pool.worker_starts()[0] >= 4, "the silent worker restarted")
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    hung = (
+        f"media worker 0 (ports {pool.slices[0]}) did not say it was ready within 0.5 s: "
+        "stopping it (a machine too loaded to start it in time, or a worker that hangs at "
+        "start; its own log lines, if any, are above)"
+    )
+    assert said[1:5] == [
+        hung,
+        f"media worker 0 (ports {pool.slices[0]}) exited (channel closed): ending its 0 "
+        f"stream(s) with {WORKER_EXITED!r}; restarting it in 0.1 s",
+        hung,
+        f"media worker 0 (ports {pool.slices[0]}) exited (channel closed): ending its 0 "
+        f"stream(s) with {WORKER_EXITED!r}; restarting it in 0.2 s",
+    ]
+    assert pool.worker_stopped() == [None, None]
+    assert pool.worker_ready()[0] == 0
+
+    monkeypatch.undo()  # the real worker again: the slot carries calls again
+    await eventually(lambda: pool.worker_ready()[0] == 10, "worker 0 ready again")
+    stream = pool.open_stream(prefer=0)
+    assert stream.worker == 0
+    await connected(pool, stream, a, b)
+    await relayed(stream, a, b, 1)
+
+
 async def test_ports_exhausted_when_no_worker_has_pairs() -> None:
     pool = WorkerPool(ADDRESS, small(), 2)
     async with trio.open_nursery() as nursery:
