@@ -85,33 +85,49 @@ class Attributes:
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.has(name)
 
+    @functools.cached_property
+    def _lower_names(self) -> tuple[str, ...]:
+        # Each attribute's name in lower case, in order, made at the first look-up of this
+        # object and kept in a slot of its own (attrs gives a cached_property one; not a field:
+        # no part of the value, its equality, hash or repr). The look-ups below compare names
+        # without a lower() call per attribute each: a call asks each section a dozen times
+        # (docs/benchmarks.md, session 38), and that was ~1,000 instructions per attribute per
+        # look-up.
+        return tuple([name.lower() for name, _ in self.items])
+
     def has(self, name: str) -> bool:
-        key = name.lower()
-        # A loop, not any() over a generator (a frame and a resumption per item): asked a
-        # dozen times per call.
-        for a in self.items:  # noqa: SIM110
-            if a.name.lower() == key:
-                return True
-        return False
+        return name.lower() in self._lower_names
 
     def get(self, name: str) -> str | None:
         """Value of the first attribute called ``name``; None if absent or a property attribute."""
         key = name.lower()
-        for a in self.items:
-            if a.name.lower() == key:
-                return a.value
+        names = self._lower_names
+        if key in names:
+            return self.items[names.index(key)].value
         return None
 
     def get_all(self, name: str) -> tuple[str | None, ...]:
         key = name.lower()
+        names = self._lower_names
+        if key not in names:
+            return ()
         # Lists, not generators, here and below (a resumption per item): a call reads and
         # rewrites each section's attributes a few dozen times (docs/benchmarks.md, session 27).
-        return tuple([a.value for a in self.items if a.name.lower() == key])
+        return tuple([a.value for a, lower in zip(self.items, names, strict=True) if lower == key])
 
     def values(self, name: str) -> tuple[str, ...]:
         """Values of every ``a=name:value`` line (property forms skipped), in order."""
         key = name.lower()
-        return tuple([a.value for a in self.items if a.value is not None and a.name.lower() == key])
+        names = self._lower_names
+        if key not in names:
+            return ()
+        return tuple(
+            [
+                a.value
+                for a, lower in zip(self.items, names, strict=True)
+                if lower == key and a.value is not None
+            ]
+        )
 
     def add(self, name: str, value: str | None = None) -> Attributes:
         """Append ``a=name[:value]`` after all existing attributes."""
@@ -123,7 +139,15 @@ class Attributes:
     def remove(self, *names: str) -> Attributes:
         """Drop every attribute whose name is one of ``names``."""
         keys = {n.lower() for n in names}
-        return Attributes(tuple([a for a in self.items if a.name.lower() not in keys]))
+        return Attributes(
+            tuple(
+                [
+                    a
+                    for a, lower in zip(self.items, self._lower_names, strict=True)
+                    if lower not in keys
+                ]
+            )
+        )
 
     def remove_if(self, predicate: Callable[[Attribute], bool]) -> Attributes:
         return Attributes(tuple([a for a in self.items if not predicate(a)]))
@@ -140,8 +164,8 @@ class Attributes:
     def _replace_group(self, keys: frozenset[str], new: tuple[Attribute, ...]) -> Attributes:
         out: list[Attribute] = []
         placed = False
-        for a in self.items:
-            if a.name.lower() in keys:
+        for a, lower in zip(self.items, self._lower_names, strict=True):
+            if lower in keys:
                 if not placed:
                     out.extend(new)
                     placed = True
@@ -153,8 +177,8 @@ class Attributes:
 
     def direction(self) -> Direction | None:
         """The first direction attribute of this section (RFC 8866 §6.7), or None."""
-        for a in self.items:
-            found = _DIRECTIONS.get(a.name.lower())
+        for lower in self._lower_names:
+            found = _DIRECTIONS.get(lower)
             if found is not None:
                 return found
         return None
