@@ -136,7 +136,7 @@ def _read(
     attribute_count = 0
     # The media section being read (after its m= line), and those before it.
     media: list[MediaDescription] = []
-    m_line: MediaDescription | None = None
+    m_line: _MediaLine | None = None
     m_seen: set[str] = set()
     m_information: str | None = None
     m_connections: list[Connection] = []
@@ -189,7 +189,7 @@ def _read(
                 )
             if len(media) >= max_media:
                 raise _error(lineno, f"more than {max_media} m= lines")
-            m_line = _value(_parse_media, value, lineno)
+            m_line = _media_line(value, lineno)
             m_seen = set()
             m_information = m_key = None
             m_connections, m_bandwidths, m_attributes = [], [], []
@@ -313,21 +313,22 @@ def _require_session_fields(seen: set[str], before: str, lineno: int) -> None:
 
 
 def _media(
-    line: MediaDescription,
+    line: _MediaLine,
     information: str | None,
     connections: list[Connection],
     bandwidths: list[Bandwidth],
     key: str | None,
     attributes: list[Attribute],
 ) -> MediaDescription:
-    """The m= section whose m= line parsed as ``line``, with the lines read after it."""
-    # Built directly rather than with attrs.evolve, which looks up every field by name.
+    """The m= section whose m= line read as ``line``, with the lines read after it."""
+    media, port, port_count, proto, formats = line
+    # Positional, in the order of MediaDescription's fields: keywords cost a look-up each.
     return MediaDescription(
-        line.media,
-        line.port,
-        line.proto,
-        line.formats,
-        line.port_count,
+        media,
+        port,
+        proto,
+        formats,
+        port_count,
         information,
         tuple(connections),
         tuple(bandwidths),
@@ -429,26 +430,48 @@ def _parse_time(value: str) -> TimeDescription:
     )
 
 
+_MediaLine = tuple[str, int, int | None, str, tuple[str, ...]]
+"""An m= line's values: media, port, port count, proto, formats."""
+
+
+def _media_line(value: str, lineno: int) -> _MediaLine:
+    """An m= line's value (RFC 8866 §5.14: m=<media> <port>[/<number of ports>] <proto> <fmt>
+    ...), its error reported with line ``lineno``.
+
+    The port is read here at every parse and the rest, the transport protocol and formats, by
+    the memoized :func:`_parse_media_transport`: a phone offers a new port in every call but the
+    same codecs, so its m= line missed a cache keyed on the whole text every time
+    (docs/benchmarks.md, session 38). The checks and their reasons are those of one pass over
+    the line, in the same order: fields, media type, port, port count, protocol, formats."""
+    try:
+        fields = value.split(None, 2)  # the third is the rest of the line, as split() reads it
+        if len(fields) < 3:
+            raise SdpError("m= needs <media> <port> <proto> <fmt> (RFC 8866 §5.14)")
+        media, port_text, transport = fields
+        if _token_fullmatch(media) is None:
+            raise SdpError("bad m= media type")
+        port_part, slash, count_part = port_text.partition("/")
+        port = parse_uint_untrusted(port_part, "m= port", maximum=65535)
+        port_count = parse_uint_untrusted(count_part, "m= port count", minimum=1) if slash else None
+        if len(transport) > _VALUE_CACHE_MAX_TEXT:
+            proto, formats = _parse_media_transport.uncached(transport)
+        else:
+            proto, formats = _parse_media_transport.cached(transport)
+        # Not in the memoized part: it depends on the port (a rejected stream may list none).
+        if not formats and port != 0:
+            raise SdpError("m= line without formats")
+    except SdpError as exc:
+        raise _error(lineno, exc.reason) from None
+    return media, port, port_count, proto, formats
+
+
 @_Memoized
-def _parse_media(value: str) -> MediaDescription:
-    # RFC 8866 §5.14: m=<media> <port>[/<number of ports>] <proto> <fmt> ...
-    fields = value.split()
-    if len(fields) < 3:
-        raise SdpError("m= needs <media> <port> <proto> <fmt> (RFC 8866 §5.14)")
-    media, port_text, proto, *formats = fields
-    # A phone's m= line usually differs in every call (a new port), so this runs for most
-    # bodies: the token pattern called directly, each payload type number through the model's
-    # memoized reading, the MediaDescription built positionally (session 37).
-    if _token_fullmatch(media) is None:
-        raise SdpError("bad m= media type")
-    port_part, slash, count_part = port_text.partition("/")
-    port = parse_uint_untrusted(port_part, "m= port", maximum=65535)
-    port_count = parse_uint_untrusted(count_part, "m= port count", minimum=1) if slash else None
+def _parse_media_transport(value: str) -> tuple[str, tuple[str, ...]]:
+    # The part of an m= line after its port: <proto> <fmt> ... (RFC 8866 §5.14).
+    proto, *formats = value.split()
     upper_proto = proto.upper()
     if upper_proto not in KNOWN_PROTOS:
         raise SdpError("unsupported m= transport protocol")
-    if not formats and port != 0:
-        raise SdpError("m= line without formats")
     if upper_proto in RTP_PROTOS:
         for fmt in formats:
             try:
@@ -459,7 +482,7 @@ def _parse_media(value: str) -> MediaDescription:
                 parse_uint_untrusted(fmt, "m= payload type", maximum=127)
     elif not all(grammar.is_token(fmt) for fmt in formats):
         raise SdpError("bad m= format")
-    return MediaDescription(media, port, proto, tuple(formats), port_count)
+    return proto, tuple(formats)
 
 
 def _unknown_type(kind: str, level: str) -> str:
