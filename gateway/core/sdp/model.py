@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import operator
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import NamedTuple
@@ -66,6 +67,10 @@ class Attribute(NamedTuple):
         return f"Attribute({self.name!r}, {redact_attribute_value(self.name, self.value)!r})"
 
 
+_name_of = operator.itemgetter(0)  # an Attribute's name (a NamedTuple's first item)
+_lower = str.lower
+
+
 @attrs.frozen
 class Attributes:
     """Ordered a= lines of one section; names compare case-insensitively, order is preserved."""
@@ -85,30 +90,25 @@ class Attributes:
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.has(name)
 
-    @functools.cached_property
-    def _lower_names(self) -> tuple[str, ...]:
-        # Each attribute's name in lower case, in order, made at the first look-up of this
-        # object and kept in a slot of its own (attrs gives a cached_property one; not a field:
-        # no part of the value, its equality, hash or repr). The look-ups below compare names
-        # without a lower() call per attribute each: a call asks each section a dozen times
-        # (docs/benchmarks.md, session 38), and that was ~1,000 instructions per attribute per
-        # look-up.
-        return tuple([name.lower() for name, _ in self.items])
+    # The look-ups lower-case the names in C (map over str.lower and an itemgetter) rather than
+    # with a Python loop reading ``a.name.lower()``: a call asks each section about a dozen
+    # times, and the loop cost ~1,000 instructions per attribute per look-up
+    # (docs/benchmarks.md, session 38). Nothing is kept: an Attributes' shape is unchanged.
 
     def has(self, name: str) -> bool:
-        return name.lower() in self._lower_names
+        return name.lower() in map(_lower, map(_name_of, self.items))
 
     def get(self, name: str) -> str | None:
         """Value of the first attribute called ``name``; None if absent or a property attribute."""
         key = name.lower()
-        names = self._lower_names
+        names = list(map(_lower, map(_name_of, self.items)))
         if key in names:
             return self.items[names.index(key)].value
         return None
 
     def get_all(self, name: str) -> tuple[str | None, ...]:
         key = name.lower()
-        names = self._lower_names
+        names = list(map(_lower, map(_name_of, self.items)))
         if key not in names:
             return ()
         # Lists, not generators, here and below (a resumption per item): a call reads and
@@ -118,7 +118,7 @@ class Attributes:
     def values(self, name: str) -> tuple[str, ...]:
         """Values of every ``a=name:value`` line (property forms skipped), in order."""
         key = name.lower()
-        names = self._lower_names
+        names = list(map(_lower, map(_name_of, self.items)))
         if key not in names:
             return ()
         return tuple(
@@ -139,15 +139,7 @@ class Attributes:
     def remove(self, *names: str) -> Attributes:
         """Drop every attribute whose name is one of ``names``."""
         keys = {n.lower() for n in names}
-        return Attributes(
-            tuple(
-                [
-                    a
-                    for a, lower in zip(self.items, self._lower_names, strict=True)
-                    if lower not in keys
-                ]
-            )
-        )
+        return Attributes(tuple([a for a in self.items if a.name.lower() not in keys]))
 
     def remove_if(self, predicate: Callable[[Attribute], bool]) -> Attributes:
         return Attributes(tuple([a for a in self.items if not predicate(a)]))
@@ -164,8 +156,8 @@ class Attributes:
     def _replace_group(self, keys: frozenset[str], new: tuple[Attribute, ...]) -> Attributes:
         out: list[Attribute] = []
         placed = False
-        for a, lower in zip(self.items, self._lower_names, strict=True):
-            if lower in keys:
+        for a in self.items:
+            if a.name.lower() in keys:
                 if not placed:
                     out.extend(new)
                     placed = True
@@ -177,7 +169,7 @@ class Attributes:
 
     def direction(self) -> Direction | None:
         """The first direction attribute of this section (RFC 8866 §6.7), or None."""
-        for lower in self._lower_names:
+        for lower in map(_lower, map(_name_of, self.items)):
             found = _DIRECTIONS.get(lower)
             if found is not None:
                 return found
