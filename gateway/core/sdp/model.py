@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import operator
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import NamedTuple
@@ -67,10 +66,6 @@ class Attribute(NamedTuple):
         return f"Attribute({self.name!r}, {redact_attribute_value(self.name, self.value)!r})"
 
 
-_name_of = operator.itemgetter(0)  # an Attribute's name (a NamedTuple's first item)
-_lower = str.lower
-
-
 @attrs.frozen
 class Attributes:
     """Ordered a= lines of one section; names compare case-insensitively, order is preserved."""
@@ -90,44 +85,33 @@ class Attributes:
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.has(name)
 
-    # The look-ups lower-case the names in C (map over str.lower and an itemgetter) rather than
-    # with a Python loop reading ``a.name.lower()``: a call asks each section about a dozen
-    # times, and the loop cost ~1,000 instructions per attribute per look-up
-    # (docs/benchmarks.md, session 38). Nothing is kept: an Attributes' shape is unchanged.
-
     def has(self, name: str) -> bool:
-        return name.lower() in map(_lower, map(_name_of, self.items))
+        key = name.lower()
+        # A loop, not any() over a generator (a frame and a resumption per item): asked a
+        # dozen times per call.
+        for a in self.items:  # noqa: SIM110
+            if a.name.lower() == key:
+                return True
+        return False
 
     def get(self, name: str) -> str | None:
         """Value of the first attribute called ``name``; None if absent or a property attribute."""
         key = name.lower()
-        names = list(map(_lower, map(_name_of, self.items)))
-        if key in names:
-            return self.items[names.index(key)].value
+        for a in self.items:
+            if a.name.lower() == key:
+                return a.value
         return None
 
     def get_all(self, name: str) -> tuple[str | None, ...]:
         key = name.lower()
-        names = list(map(_lower, map(_name_of, self.items)))
-        if key not in names:
-            return ()
         # Lists, not generators, here and below (a resumption per item): a call reads and
         # rewrites each section's attributes a few dozen times (docs/benchmarks.md, session 27).
-        return tuple([a.value for a, lower in zip(self.items, names, strict=True) if lower == key])
+        return tuple([a.value for a in self.items if a.name.lower() == key])
 
     def values(self, name: str) -> tuple[str, ...]:
         """Values of every ``a=name:value`` line (property forms skipped), in order."""
         key = name.lower()
-        names = list(map(_lower, map(_name_of, self.items)))
-        if key not in names:
-            return ()
-        return tuple(
-            [
-                a.value
-                for a, lower in zip(self.items, names, strict=True)
-                if lower == key and a.value is not None
-            ]
-        )
+        return tuple([a.value for a in self.items if a.value is not None and a.name.lower() == key])
 
     def add(self, name: str, value: str | None = None) -> Attributes:
         """Append ``a=name[:value]`` after all existing attributes."""
@@ -169,8 +153,8 @@ class Attributes:
 
     def direction(self) -> Direction | None:
         """The first direction attribute of this section (RFC 8866 §6.7), or None."""
-        for lower in map(_lower, map(_name_of, self.items)):
-            found = _DIRECTIONS.get(lower)
+        for a in self.items:
+            found = _DIRECTIONS.get(a.name.lower())
             if found is not None:
                 return found
         return None

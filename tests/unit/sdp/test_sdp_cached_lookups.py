@@ -1,8 +1,9 @@
 """Session 38 (#7): an m= line's protocol and formats memoized without its port, and
-Attributes' look-ups with the names lower-cased in C. Neither may answer for other bytes:
-bodies that differ only in the port, the o= version or the case of an attribute name each read
-as themselves, as session 36's reader (sdp_reference_reader.py) reads them and as a lower() of
-every name at every look-up answered."""
+Attributes' case-insensitive look-ups, which session 38 tried to index and measured (kept as a
+guard for the next try). Neither may answer for other bytes: bodies that differ only in the
+port, the o= version or the case of an attribute name each read as themselves, as session 36's
+reader (sdp_reference_reader.py) reads them and as a lower() of every name at every look-up
+answered."""
 
 from __future__ import annotations
 
