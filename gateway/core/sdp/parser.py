@@ -52,10 +52,10 @@ text: many recur call after call ("t=0 0", a peer's "c=IN IP4 192.0.2.1", the o=
 that sends the same body each time, an m= line's protocol and formats) and their parse was most
 of a body's cost (docs/benchmarks.md, sessions 36 and 38). An m= line is held without its port,
 which is read at every parse (a phone offers a new one in every call). A text that differs per
-call (a new o= sess-id) is parsed as before and evicts the least recently used entry. The values are frozen; a malformed
-text raises :class:`SdpError` every time (``lru_cache`` keeps no exception); bounded, as the
-texts come from peers; none of these lines carries key material (k= and a= lines are never
-held)."""
+call (a new o= sess-id) is parsed as before and evicts the least recently used entry. The
+values are frozen; a malformed text raises :class:`SdpError` every time (``lru_cache`` keeps no
+exception); bounded, as the texts come from peers; none of these lines carries key material (k=
+and a= lines are never held)."""
 _VALUE_CACHE_MAX_TEXT = 128  # longer values are parsed every time, never held
 
 _Value = TypeVar("_Value")
