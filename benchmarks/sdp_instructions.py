@@ -131,8 +131,11 @@ def bodies(kind: str) -> list[bytes]:
 
 
 class _OurPorts:
-    rtp_port = 40000
-    rtcp_port = 40001
+    """The relay's ports the rewrite writes into the SDP (never bound): above the ephemeral
+    range, as tests/test_benchmark_ports.py wants every fixed port number of a benchmark."""
+
+    rtp_port = 62000
+    rtcp_port = 62001
 
 
 class _OurSide:
