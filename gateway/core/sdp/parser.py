@@ -50,9 +50,10 @@ VALUE_CACHE_ENTRIES = 256
 """Parsed values of o=, c=, b=, t= and m= lines each value parser keeps, by the value's exact
 text: many recur call after call ("t=0 0", a peer's "c=IN IP4 192.0.2.1", the o= line of a peer
 that sends the same body each time, an m= line's protocol and formats) and their parse was most
-of a body's cost (docs/benchmarks.md, sessions 36 and 38). An m= line is held without its port,
-which is read at every parse (a phone offers a new one in every call). A text that differs per
-call (a new o= sess-id) is parsed as before and evicts the least recently used entry. The
+of a body's cost (docs/benchmarks.md, sessions 36 and 38). An m= line is held by its whole text
+and its protocol and formats again without its port, for a miss of the first (a phone offers a
+new port in every call). A text that differs per call (a new o= sess-id, a phone's whole m=
+line) is parsed as before and evicts the least recently used entry. The
 values are frozen; a malformed text raises :class:`SdpError` every time (``lru_cache`` keeps no
 exception); bounded, as the texts come from peers; none of these lines carries key material (k=
 and a= lines are never held)."""
@@ -436,33 +437,37 @@ _MediaLine = tuple[str, int, int | None, str, tuple[str, ...]]
 
 
 def _media_line(value: str, lineno: int) -> _MediaLine:
-    """An m= line's value (RFC 8866 §5.14: m=<media> <port>[/<number of ports>] <proto> <fmt>
-    ...), its error reported with line ``lineno``.
+    """An m= line's value, its error reported with line ``lineno``: looked up by the whole
+    line's text first (a peer that sends the same body each time, sipp or an ATA with a fixed
+    RTP port, hits it), and on a miss read by :func:`_parse_media_line`, whose protocol and
+    formats are held without the port (a phone offers a new port in every call but the same
+    codecs; docs/benchmarks.md, session 38)."""
+    return _value(_parse_media_line, value, lineno)
 
-    The port is read here at every parse and the rest, the transport protocol and formats, by
-    the memoized :func:`_parse_media_transport`: a phone offers a new port in every call but the
-    same codecs, so its m= line missed a cache keyed on the whole text every time
-    (docs/benchmarks.md, session 38). The checks and their reasons are those of one pass over
+
+@_Memoized
+def _parse_media_line(value: str) -> _MediaLine:
+    """RFC 8866 §5.14: m=<media> <port>[/<number of ports>] <proto> <fmt> ...
+
+    The port is read here and the rest, the transport protocol and formats, by the memoized
+    :func:`_parse_media_transport`. The checks and their reasons are those of one pass over
     the line, in the same order: fields, media type, port, port count, protocol, formats."""
-    try:
-        fields = value.split(None, 2)  # the third is the rest of the line, as split() reads it
-        if len(fields) < 3:
-            raise SdpError("m= needs <media> <port> <proto> <fmt> (RFC 8866 §5.14)")
-        media, port_text, transport = fields
-        if _token_fullmatch(media) is None:
-            raise SdpError("bad m= media type")
-        port_part, slash, count_part = port_text.partition("/")
-        port = parse_uint_untrusted(port_part, "m= port", maximum=65535)
-        port_count = parse_uint_untrusted(count_part, "m= port count", minimum=1) if slash else None
-        if len(transport) > _VALUE_CACHE_MAX_TEXT:
-            proto, formats = _parse_media_transport.uncached(transport)
-        else:
-            proto, formats = _parse_media_transport.cached(transport)
-        # Not in the memoized part: it depends on the port (a rejected stream may list none).
-        if not formats and port != 0:
-            raise SdpError("m= line without formats")
-    except SdpError as exc:
-        raise _error(lineno, exc.reason) from None
+    fields = value.split(None, 2)  # the third is the rest of the line, as split() reads it
+    if len(fields) < 3:
+        raise SdpError("m= needs <media> <port> <proto> <fmt> (RFC 8866 §5.14)")
+    media, port_text, transport = fields
+    if _token_fullmatch(media) is None:
+        raise SdpError("bad m= media type")
+    port_part, slash, count_part = port_text.partition("/")
+    port = parse_uint_untrusted(port_part, "m= port", maximum=65535)
+    port_count = parse_uint_untrusted(count_part, "m= port count", minimum=1) if slash else None
+    if len(transport) > _VALUE_CACHE_MAX_TEXT:
+        proto, formats = _parse_media_transport.uncached(transport)
+    else:
+        proto, formats = _parse_media_transport.cached(transport)
+    # Not in the port-less part: it depends on the port (a rejected stream may list none).
+    if not formats and port != 0:
+        raise SdpError("m= line without formats")
     return media, port, port_count, proto, formats
 
 

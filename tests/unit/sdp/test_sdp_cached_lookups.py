@@ -36,6 +36,7 @@ def _outcome(parse: object, wire: bytes) -> tuple[str, object]:
 
 
 def test_m_lines_that_differ_only_in_their_port_each_read_their_own_port() -> None:
+    parser._parse_media_line.cached.cache_clear()
     parser._parse_media_transport.cached.cache_clear()
     seen = []
     for port_text in ("4000", "4002", "4000/2", "0", "65535", "4002"):
@@ -49,12 +50,26 @@ def test_m_lines_that_differ_only_in_their_port_each_read_their_own_port() -> No
     assert parser._parse_media_transport.cached.cache_info().currsize == 1
 
 
+def test_an_m_line_repeated_exactly_is_one_look_up_of_its_whole_text() -> None:
+    # sipp, an ATA with a fixed RTP port, a 183 and its 200 with the same answer: the whole
+    # line's cache answers and the port-less one is not asked (docs/benchmarks.md, session 38).
+    parser._parse_media_line.cached.cache_clear()
+    parser._parse_media_transport.cached.cache_clear()
+    first = parse_sdp_untrusted(_body("m=audio 6000 RTP/AVP 0")).media[0]
+    transport_lookups = parser._parse_media_transport.cached.cache_info()
+    second = parse_sdp_untrusted(_body("m=audio 6000 RTP/AVP 0")).media[0]
+    assert second == first
+    assert parser._parse_media_line.cached.cache_info().hits == 1
+    assert parser._parse_media_transport.cached.cache_info() == transport_lookups
+
+
 @pytest.mark.parametrize("first_port", ["0", "4000"])
 def test_a_line_without_formats_is_refused_by_its_own_port_not_the_cached_one(
     first_port: str,
 ) -> None:
     # RFC 8866 §5.14 / RFC 3264 §6: only a rejected stream (port 0) may list no format, so that
     # check belongs to the port, read at every parse, and not to the memoized rest of the line.
+    parser._parse_media_line.cached.cache_clear()
     parser._parse_media_transport.cached.cache_clear()
     for port in (first_port, "4000" if first_port == "0" else "0", first_port):
         wire = _body(f"m=audio {port} RTP/AVP")
