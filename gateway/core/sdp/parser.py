@@ -48,13 +48,15 @@ _KNOWN_TYPES = frozenset("vosiuepcbtrzkam")
 
 VALUE_CACHE_ENTRIES = 256
 """Parsed values of o=, c=, b=, t= and m= lines each value parser keeps, by the value's exact
-text: many recur call after call ("t=0 0", a peer's "c=IN IP4 192.0.2.1", the o= and m= lines of
-a peer that sends the same body each time) and their parse was most of a body's cost
-(docs/benchmarks.md, session 36). A text that differs per call (a new o= sess-id, a new port) is
-parsed as before and evicts the least recently used entry. The values are frozen; a malformed
-text raises :class:`SdpError` every time (``lru_cache`` keeps no exception); bounded, as the
-texts come from peers; none of these lines carries key material (k= and a= lines are never
-held)."""
+text: many recur call after call ("t=0 0", a peer's "c=IN IP4 192.0.2.1", the o= line of a peer
+that sends the same body each time, an m= line's protocol and formats) and their parse was most
+of a body's cost (docs/benchmarks.md, sessions 36 and 38). An m= line is held by its whole text
+and its protocol and formats again without its port, for a miss of the first (a phone offers a
+new port in every call). A text that differs per call (a new o= sess-id, a phone's whole m=
+line) is parsed as before and evicts the least recently used entry. The
+values are frozen; a malformed text raises :class:`SdpError` every time (``lru_cache`` keeps no
+exception); bounded, as the texts come from peers; none of these lines carries key material (k=
+and a= lines are never held)."""
 _VALUE_CACHE_MAX_TEXT = 128  # longer values are parsed every time, never held
 
 _Value = TypeVar("_Value")
@@ -136,7 +138,7 @@ def _read(
     attribute_count = 0
     # The media section being read (after its m= line), and those before it.
     media: list[MediaDescription] = []
-    m_line: MediaDescription | None = None
+    m_line: _MediaLine | None = None
     m_seen: set[str] = set()
     m_information: str | None = None
     m_connections: list[Connection] = []
@@ -189,7 +191,7 @@ def _read(
                 )
             if len(media) >= max_media:
                 raise _error(lineno, f"more than {max_media} m= lines")
-            m_line = _value(_parse_media, value, lineno)
+            m_line = _media_line(value, lineno)
             m_seen = set()
             m_information = m_key = None
             m_connections, m_bandwidths, m_attributes = [], [], []
@@ -313,21 +315,22 @@ def _require_session_fields(seen: set[str], before: str, lineno: int) -> None:
 
 
 def _media(
-    line: MediaDescription,
+    line: _MediaLine,
     information: str | None,
     connections: list[Connection],
     bandwidths: list[Bandwidth],
     key: str | None,
     attributes: list[Attribute],
 ) -> MediaDescription:
-    """The m= section whose m= line parsed as ``line``, with the lines read after it."""
-    # Built directly rather than with attrs.evolve, which looks up every field by name.
+    """The m= section whose m= line read as ``line``, with the lines read after it."""
+    media, port, port_count, proto, formats = line
+    # Positional, in the order of MediaDescription's fields: keywords cost a look-up each.
     return MediaDescription(
-        line.media,
-        line.port,
-        line.proto,
-        line.formats,
-        line.port_count,
+        media,
+        port,
+        proto,
+        formats,
+        port_count,
         information,
         tuple(connections),
         tuple(bandwidths),
@@ -429,26 +432,52 @@ def _parse_time(value: str) -> TimeDescription:
     )
 
 
+_MediaLine = tuple[str, int, int | None, str, tuple[str, ...]]
+"""An m= line's values: media, port, port count, proto, formats."""
+
+
+def _media_line(value: str, lineno: int) -> _MediaLine:
+    """An m= line's value, its error reported with line ``lineno``: looked up by the whole
+    line's text first (a peer that sends the same body each time, sipp or an ATA with a fixed
+    RTP port, hits it), and on a miss read by :func:`_parse_media_line`, whose protocol and
+    formats are held without the port (a phone offers a new port in every call but the same
+    codecs; docs/benchmarks.md, session 38)."""
+    return _value(_parse_media_line, value, lineno)
+
+
 @_Memoized
-def _parse_media(value: str) -> MediaDescription:
-    # RFC 8866 §5.14: m=<media> <port>[/<number of ports>] <proto> <fmt> ...
-    fields = value.split()
+def _parse_media_line(value: str) -> _MediaLine:
+    """RFC 8866 §5.14: m=<media> <port>[/<number of ports>] <proto> <fmt> ...
+
+    The port is read here and the rest, the transport protocol and formats, by the memoized
+    :func:`_parse_media_transport`. The checks and their reasons are those of one pass over
+    the line, in the same order: fields, media type, port, port count, protocol, formats."""
+    fields = value.split(None, 2)  # the third is the rest of the line, as split() reads it
     if len(fields) < 3:
         raise SdpError("m= needs <media> <port> <proto> <fmt> (RFC 8866 §5.14)")
-    media, port_text, proto, *formats = fields
-    # A phone's m= line usually differs in every call (a new port), so this runs for most
-    # bodies: the token pattern called directly, each payload type number through the model's
-    # memoized reading, the MediaDescription built positionally (session 37).
+    media, port_text, transport = fields
     if _token_fullmatch(media) is None:
         raise SdpError("bad m= media type")
     port_part, slash, count_part = port_text.partition("/")
     port = parse_uint_untrusted(port_part, "m= port", maximum=65535)
     port_count = parse_uint_untrusted(count_part, "m= port count", minimum=1) if slash else None
+    if len(transport) > _VALUE_CACHE_MAX_TEXT:
+        proto, formats = _parse_media_transport.uncached(transport)
+    else:
+        proto, formats = _parse_media_transport.cached(transport)
+    # Not in the port-less part: it depends on the port (a rejected stream may list none).
+    if not formats and port != 0:
+        raise SdpError("m= line without formats")
+    return media, port, port_count, proto, formats
+
+
+@_Memoized
+def _parse_media_transport(value: str) -> tuple[str, tuple[str, ...]]:
+    # The part of an m= line after its port: <proto> <fmt> ... (RFC 8866 §5.14).
+    proto, *formats = value.split()
     upper_proto = proto.upper()
     if upper_proto not in KNOWN_PROTOS:
         raise SdpError("unsupported m= transport protocol")
-    if not formats and port != 0:
-        raise SdpError("m= line without formats")
     if upper_proto in RTP_PROTOS:
         for fmt in formats:
             try:
@@ -459,7 +488,7 @@ def _parse_media(value: str) -> MediaDescription:
                 parse_uint_untrusted(fmt, "m= payload type", maximum=127)
     elif not all(grammar.is_token(fmt) for fmt in formats):
         raise SdpError("bad m= format")
-    return MediaDescription(media, port, proto, tuple(formats), port_count)
+    return proto, tuple(formats)
 
 
 def _unknown_type(kind: str, level: str) -> str:

@@ -19,7 +19,8 @@ _VALUE_PARSERS = (
     parser._parse_connection,
     parser._parse_bandwidth,
     parser._parse_time,
-    parser._parse_media,
+    parser._parse_media_line,
+    parser._parse_media_transport,
 )
 
 
