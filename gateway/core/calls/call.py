@@ -413,7 +413,14 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
             "Diversion" in invite.headers or "History-Info" in invite.headers
         ):
             self._carry_diversion(invite)
-        if self.manager.caller_identity and caller.kind == "trunk":
+        if (
+            self.manager.caller_identity
+            and caller.kind == "trunk"
+            # A CANCEL (or the gateway's end) that came before this task got here found no
+            # wait to cut short: not waited for at all, or the caller waits fetch_timeout.
+            and self._cancel_in_setup is None
+            and self._end_in_setup is None
+        ):
             with trio.CancelScope() as self._setup_wait:
                 await self._check_identity(invite)
             self._setup_wait = None

@@ -22,12 +22,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import RouteDecision
+from gateway.core.sip.message import Request
 from gateway.core.status import CallStatistics, StatusView
 from gateway.plugins.metrics.collect import render
 from gateway.plugins.stir_shaken.fetch import Fetched
@@ -694,3 +696,35 @@ async def test_urls_fetched_again_are_forgotten_once_their_minute_has_passed(
     await call(forger, other_x5u, 61)
     assert plugin.fetched == [X5U, X5U, other_x5u, other_x5u]
     assert list(service._refetched) == [other_x5u]
+
+
+async def test_a_cancel_that_comes_before_the_call_task_waits_ends_the_call_at_once(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The caller's CANCEL handed to the call before its task first ran (sipp's CANCEL came
+    0.1 ms behind our 100 Trying, and the endpoint answered it 200 at once): the task finds it
+    before it waits for the certificate, and the INVITE gets 487 at once, nobody rung. It
+    found no wait to cut short and waited fetch_timeout (CI caught it with sipp)."""
+    pki = make_pki()
+    plugin = InjectedStirShaken(pki, delay=5.0)
+    env = await start(nursery, tmp_path, voipgw_seed, plugin, fetch_timeout=30)
+    manager = env.gateway.calls
+    assert manager is not None
+    take_invite = manager.invite
+
+    def invite_then_cancel(transaction: Any, request: Request, flow: Any) -> None:
+        take_invite(transaction, request, flow)
+        # As the endpoint hands a CANCEL over, in the same step: the call's task has not run.
+        manager.cancel(transaction, attrs.evolve(request, method="CANCEL", body=b""))
+
+    monkeypatch.setattr(manager, "invite", invite_then_cancel)
+    sending = trio.current_time()
+    cancelled = await env.trunk.invite(env.did_uri(ALICE_DID), extra=[identity(pki.signer_key)])
+    assert (await cancelled.final()).status == 487
+    assert trio.current_time() - sending < 1
+    await eventually(lambda: env.calls == 0)
+    assert env.alice.requests("INVITE") == []
