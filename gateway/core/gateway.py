@@ -1846,6 +1846,14 @@ def _written_entry(name: str, entry: Any) -> tuple[str, Path, str, Sequence[str]
     if isinstance(entry, list | tuple) and (len(entry) == 4 or tuple(entry[4:]) == (WARN_ONLY,)):
         key, directory, what, files = entry[:4]
         if isinstance(key, str) and isinstance(directory, str | os.PathLike):
+            if not isinstance(files, list | tuple) or not all(isinstance(n, str) for n in files):
+                # "a.db" for ("a.db",) was checked letter by letter (files a, ., d, b), and
+                # the file meant never.
+                hint = f" (one name is written ({files!r},))" if isinstance(files, str) else ""
+                raise PluginError(
+                    f"plugin {name!r}: written_directories() gives {entry!r}: FILES "
+                    f"must be a tuple of file names, got {files!r}{hint}"
+                )
             return key, Path(directory), what, files, len(entry) == 5
     raise PluginError(
         f"plugin {name!r}: written_directories() gives {entry!r}: expected (KEY, DIRECTORY, "

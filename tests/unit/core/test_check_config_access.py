@@ -1032,3 +1032,33 @@ def test_a_warn_only_entry_checks_its_files_too(
     gateway.check()  # voipgw run
     assert [str(warning) for warning in gateway.access_warnings] == [message]
     assert check_config(path, capsys)[::2] == (cli.EXIT_OK, f"voipgw: warning: {message}\n")
+
+
+# -- session 39 (config-39) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "files", ["cache.db", ("cache.db", 1), None], ids=["a text", "not a name", "none"]
+)
+def test_files_not_given_as_names_are_the_plugins_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: Any
+) -> None:
+    """FILES written as "cache.db" (one name, not ("cache.db",)) was taken letter by letter:
+    the files c, a, h ... were looked for in the directory, and the one meant never checked."""
+    from gateway.plugins.keyexchange import dtls_srtp
+
+    def entry(self: Any) -> list[tuple[Any, ...]]:
+        return [("state_dir", Path(self.state_dir) / "dtls", "the cache (dtls plugin)", files)]
+
+    monkeypatch.setattr(dtls_srtp.DtlsConfig, "written_directories", entry)
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    path = write_config(tmp_path, state, enable='"udp", "dtls"')
+    given = ("state_dir", state / "dtls", "the cache (dtls plugin)", files)
+    with pytest.raises(PluginError) as caught:
+        built(path).check()
+    hint = " (one name is written ('cache.db',))" if isinstance(files, str) else ""
+    assert str(caught.value) == (
+        f"plugin 'dtls': written_directories() gives {given!r}: FILES must be a tuple of file "
+        f"names, got {files!r}{hint}"
+    )
