@@ -1924,7 +1924,10 @@ def directory_problem(path: Path, *, check_access: bool = True) -> str | None:
     if on_read_only_file_system(parent):
         # No user may create it, the service's nor root: an error of check-config too (a
         # container's read-only root file system), not the checking user's permission.
-        return f"{path} cannot be created: {parent} is on a read-only file system"
+        return (
+            f"{path} cannot be created: {parent} is on a read-only file system "
+            f"({read_only_remedy(parent)})"
+        )
     if check_access:
         return directory_access_problem(path)
     return None
@@ -1993,7 +1996,8 @@ def written_directory_problem(path: Path, *, shown: str | None = None) -> str | 
         return None
     name = shown or str(path)
     if on_read_only_file_system(path):
-        return f"{name} is on a read-only file system"
+        # The mount to make read-write, as a file's message names it: no chown or chmod helps.
+        return f"{name} is on a read-only file system ({read_only_remedy(path)})"
     if not os.access(path, os.W_OK | os.X_OK):
         return f"{name} is not writable by this user ({user_name()})"
     return None

@@ -132,11 +132,13 @@ def test_an_existing_state_dir_on_a_read_only_file_system_is_an_error_of_both(
         config_mod.os, "statvfs", lambda p: ReadOnly() if Path(p) == state else real_statvfs(p)
     )
     deny(monkeypatch, state, os.W_OK)  # what a read-only mount answers, root included
+    monkeypatch.setattr(config_mod, "mount_point", lambda p: Path("/srv/voipgw"))
     code, out, err = check_config(path, capsys)
     assert (code, out) == (cli.EXIT_USAGE, "")
     assert err == (
         f"voipgw: configuration error: {path}: [gateway] state_dir: {state} is on a read-only "
-        f"file system: the SQLite store ({state / 'voipgw.sqlite3'}) cannot be opened\n"
+        "file system (mount /srv/voipgw read-write): the SQLite store "
+        f"({state / 'voipgw.sqlite3'}) cannot be opened\n"
     )
 
 
