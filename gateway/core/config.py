@@ -1316,6 +1316,16 @@ def _unread_by_owner(path: Path, state_dir: Path) -> str | None:
     )
 
 
+def may_read_as(path: Path, uid: int) -> bool | None:
+    """Whether the user ``uid`` may read the file ``path`` by its mode bits, or None when they
+    do not tell (no such file, an ACL, a user without a passwd entry)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return _may_read(path, info, uid)
+
+
 def _may_read(path: Path, info: os.stat_result, uid: int) -> bool | None:
     """Whether the user ``uid`` may read the file ``path`` (``info``: its stat) by its mode
     bits, or None when they do not tell (an ACL, a user without a passwd entry)."""

@@ -91,7 +91,9 @@ from gateway.core.plugins import Registry
 from gateway.core.sip.uri import redact_password
 from gateway.core.transport.flows import Address, Flow, PeerCertificate, format_address
 from gateway.plugins.transports.certificates import (
+    GENERATED_CERTIFICATE,
     GENERATED_DIR,
+    GENERATED_KEY,
     CertificateError,
     CertificatePaths,
     default_hosts,
@@ -1252,6 +1254,18 @@ class TlsTransport(StreamTransport):
     def check_listeners(self, listens: Sequence[ListenSpec]) -> None:
         """``Gateway.check``: this transport's listeners as configured (TlsConfig)."""
         self.tls.check_listeners(listens)
+
+    def generated_certificate(self, listens: Sequence[ListenSpec]) -> tuple[Path, Path] | None:
+        """``Gateway.check``: the certificate and key (relative to ``[gateway] state_dir``)
+        that the listeners of ``listens``, this transport's ``[sip] listen`` entries, take
+        when no certificate is configured (:meth:`certificate_paths`), or None: one is, or
+        there is no such listener."""
+        if self._configured is not None or not listens:
+            return None
+        return (
+            Path(GENERATED_DIR, GENERATED_CERTIFICATE),
+            Path(GENERATED_DIR, GENERATED_KEY),
+        )
 
     def __init__(
         self,
