@@ -10,9 +10,11 @@ uses). test_check_config_as_another_user.py checks as another user, with real pe
 
 from __future__ import annotations
 
+import datetime
 import fcntl
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -1064,3 +1066,55 @@ def test_files_not_given_as_names_are_the_plugins_error(
         f"plugin 'dtls': written_directories() gives {given!r}: FILES must be a tuple of file "
         f"names, got {files!r}{hint}"
     )
+
+
+def served_certificate_config(tmp_path: Path, days: int, *, not_before: Any = None) -> Path:
+    """A tls listener serving a certificate valid ``days`` from an hour ago (or from
+    ``not_before``)."""
+    pki = TestPki(tmp_path / "pki")
+    pair = pki.ca("CA").issue("gateway", days=days, not_before=not_before)
+    table = f'[plugins.tls]\ncertificate = "{pair.certificate}"\nprivate_key = "{pair.key}"\n'
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    return write_config(tmp_path, state, table, '"udp", "tls"')
+
+
+def test_check_config_warns_of_a_served_certificate_expiring_within_14_days(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing warned before the gateway's own certificate expired: check-config passed it in
+    silence the day before every peer refused the gateway."""
+    path = served_certificate_config(tmp_path, days=10)
+    code, out, err = check_config(path, capsys)
+    assert code == cli.EXIT_OK, err
+    certificate = tmp_path / "pki" / "gateway.crt"
+    assert certificate.is_file()
+    assert re.fullmatch(
+        rf"voipgw: warning: {re.escape(str(path))}: \[plugins\.tls\] certificate: the "
+        rf"certificate in {re.escape(str(certificate))} expires on \d{{4}}-\d\d-\d\d "
+        r"\d\d:\d\d:\d\d UTC \(in 9 days\): renew it\n",
+        err,
+    ), err
+    assert out.endswith("OK (2 plugins: udp, tls)\n")
+    assert check_config(served_certificate_config(tmp_path / "later", days=30), capsys)[::2] == (
+        cli.EXIT_OK,
+        "",
+    )
+
+
+def test_check_config_refuses_a_served_certificate_out_of_its_validity_period(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Expired: every peer that verifies refuses it; check-config passed it (`run` starts
+    with it, warning, as before)."""
+    month_ago = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=40)
+    path = served_certificate_config(tmp_path, days=30, not_before=month_ago)
+    code, out, err = check_config(path, capsys)
+    assert (code, out) == (cli.EXIT_USAGE, ""), err
+    certificate = tmp_path / "pki" / "gateway.crt"
+    assert err.startswith(
+        f"voipgw: configuration error: {path}: [plugins.tls] certificate: {certificate}: the "
+        "certificate expired on "
+    ), err
+    assert err.endswith("(subject CN=gateway): peers will refuse it\n"), err
+    built(path).check()  # voipgw run: starts (its transport logs the problem)
