@@ -487,6 +487,7 @@ class Gateway:
             checked = {os.path.realpath(self.config.gateway.state_dir)}
         else:
             checked = set()
+        kept: dict[str, list[tuple[str, str, str, Path, str, Sequence[str], Path]]] = {}
         for name, value in self.plugins.configs.items():
             # The directories an enabled plugin writes in (dtls, zrtp, mikey and intercept:
             # their own under their state_dir; the recorder's recordings): one this user may
@@ -513,8 +514,11 @@ class Gateway:
                     # Not a state_dir (those are checked above): may it be made?
                     self._check_directory(table, key, configured, as_service=as_service)
                 if warn_only:
-                    self._check_kept_directory(
-                        table, key, directory, what, files, configured, as_service=as_service
+                    # Checked once all are known: one line per directory, however many
+                    # entries (of one plugin or several) name it.
+                    same = os.path.realpath(os.path.abspath(directory))
+                    kept.setdefault(same, []).append(
+                        (name, table, key, directory, what, files, configured)
                     )
                     continue
                 # What is written in first: the directory, or the nearest part of it that
@@ -557,6 +561,18 @@ class Gateway:
                     self._check_written_files(
                         table, key, directory, files, what, as_service=as_service
                     )
+        for entries in kept.values():
+            # Named by the first entry's table and key; what each writes there, and every
+            # plugin whose entries name it.
+            name, table, key, directory, _, _, configured = entries[0]
+            what = " and ".join(dict.fromkeys(entry[4] for entry in entries))
+            plugins = list(dict.fromkeys(entry[0] for entry in entries))
+            if len(plugins) > 1:
+                what += f" (written_directories() of the {' and '.join(plugins)} plugins)"
+            files = list(dict.fromkeys(file for entry in entries for file in entry[5]))
+            self._check_kept_directory(
+                table, key, directory, what, files, configured, as_service=as_service
+            )
         self._check_generated_certificates(checked, as_service=as_service)
         for name, value in self.plugins.configs.items():
             # The files a plugin reads back from where it wrote them (dtls: its certificate

@@ -1118,3 +1118,44 @@ def test_check_config_refuses_a_served_certificate_out_of_its_validity_period(
     ), err
     assert err.endswith("(subject CN=gateway): peers will refuse it\n"), err
     built(path).check()  # voipgw run: starts (its transport logs the problem)
+
+
+def test_a_warn_only_directory_declared_twice_is_one_line_naming_every_plugin(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One directory in the WARN_ONLY entries of two plugins (and twice in one's): a line
+    each time it was listed, the same problem said three times at every start."""
+    from gateway.plugins.keyexchange import dtls_srtp, zrtp
+
+    def cache(what: str, times: int) -> Any:
+        def entries(self: Any) -> list[tuple[str, Path, str, tuple[str, ...], str]]:
+            entry = ("state_dir", Path(self.state_dir) / "cache", what, (), config_mod.WARN_ONLY)
+            return [entry] * times
+
+        return entries
+
+    monkeypatch.setattr(
+        dtls_srtp.DtlsConfig, "written_directories", cache("the cache (dtls plugin)", 2)
+    )
+    monkeypatch.setattr(zrtp.ZrtpConfig, "written_directories", cache("the cache (zrtp plugin)", 1))
+    state = tmp_path / "state"
+    (state / "cache").mkdir(parents=True, mode=0o700)
+    path = write_config(tmp_path, state, enable='"udp", "dtls", "zrtp"')
+    read_only_files(monkeypatch, state / "cache")
+    monkeypatch.setattr(config_mod, "mount_point", lambda p: Path("/srv/cache"))
+    message = (
+        f"{path}: [plugins.dtls] state_dir: {state / 'cache'} is on a read-only file system "
+        "(mount /srv/cache read-write): the cache (dtls plugin) and the cache (zrtp plugin) "
+        "(written_directories() of the dtls and zrtp plugins) cannot be written there; "
+        "`voipgw run` starts, and runs without it"
+    )
+    gateway = built(path)
+    gateway.check()  # voipgw run
+    assert [str(warning) for warning in gateway.access_warnings] == [message]
+    assert said_by_run(built(path), monkeypatch, caplog) == [
+        (logging.WARNING, f"configuration: {message}")
+    ]
+    assert check_config(path, capsys)[::2] == (cli.EXIT_OK, f"voipgw: warning: {message}\n")
