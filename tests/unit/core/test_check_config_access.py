@@ -1159,3 +1159,43 @@ def test_a_warn_only_directory_declared_twice_is_one_line_naming_every_plugin(
         (logging.WARNING, f"configuration: {message}")
     ]
     assert check_config(path, capsys)[::2] == (cli.EXIT_OK, f"voipgw: warning: {message}\n")
+
+
+def test_a_read_only_generated_certificate_directory_of_tls_and_wss_is_one_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """<state_dir>/tls on a read-only file system of its own, empty, with a tls and a wss
+    listener taking the generated certificate: `voipgw run` (as root too) stopped at the
+    first listener's start, after the store had opened; check-config passed. One error of
+    both, naming both transports and the mount; with the pair there, nothing is written, so
+    nothing is said."""
+    state = tmp_path / "state"
+    (state / "tls").mkdir(parents=True)
+    path = tmp_path / "voipgw.toml"
+    path.write_text(
+        f'[gateway]\nstate_dir = "{state}"\n'
+        '[sip]\nlisten = ["tls:127.0.0.1:0", "wss:127.0.0.1:0"]\n'
+        '[plugins]\nenable = ["tls", "wss"]\n'
+    )
+    read_only_files(monkeypatch, state / "tls")
+    monkeypatch.setattr(gateway_mod, "_creates_a_file_in", lambda p: False)  # EROFS
+    monkeypatch.setattr(config_mod, "mount_point", lambda p: Path("/srv/tls"))
+    message = (
+        f"{state / 'tls'} is on a read-only file system (mount /srv/tls read-write): the "
+        "generated certificate of the tls and wss listeners cannot be written there"
+    )
+    with pytest.raises(ConfigError) as caught:
+        built(path).check()  # voipgw run
+    assert (caught.value.table, caught.value.key, caught.value.message) == (
+        "gateway",
+        "state_dir",
+        message,
+    )
+    code, _out, err = check_config(path, capsys)
+    assert (code, err) == (
+        cli.EXIT_USAGE,
+        f"voipgw: configuration error: {path}: [gateway] state_dir: {message}\n",
+    )
+    (state / "tls" / "gateway.crt").touch()
+    (state / "tls" / "gateway.key").touch()
+    built(path).check()
