@@ -690,7 +690,13 @@ class Gateway:
             return
         if may_open(path, os.O_RDONLY):
             return
-        if service_may_not and service_uid != uid:
+        if service_uid == uid:
+            # The state_dir's owner checking (sudo -u voipgw voipgw check-config): the
+            # service's own answer, an error as `run`'s.
+            raise ConfigError(
+                self.config.source, table, key, _unread_message(shown, owner, user_name(), what)
+            )
+        if service_may_not:
             # `check-config && systemctl reload` must not go on to the service's refusal.
             raise ConfigError(
                 self.config.source,

@@ -984,3 +984,27 @@ def test_a_plugin_file_left_by_root_in_the_state_dir_is_said(
     )
     file.chmod(0o644)
     assert run_as_nobody(path) == "started"
+
+
+def test_check_config_as_the_state_dirs_owner_refuses_a_key_it_may_not_read(
+    shared: Path,
+) -> None:
+    """`sudo -u voipgw voipgw check-config FILE`, what the warnings advise: the service's own
+    answer, an error as `run`'s, not a warning that "the service's user may be allowed to"."""
+    assert NOBODY is not None
+    state = shared / "state"
+    state.mkdir()
+    os.chown(state, NOBODY.pw_uid, NOBODY.pw_gid)
+    zid = state / "zrtp" / "zid"
+    zid.parent.mkdir()
+    os.chown(zid.parent, NOBODY.pw_uid, NOBODY.pw_gid)
+    zid.write_text("000102030405060708090a0b\n")
+    zid.chmod(0o600)  # root's
+    path = write_config(shared, state, "", '"udp", "zrtp"')
+    code, _out, err = check_config_as_nobody(path)
+    assert code == cli.EXIT_USAGE
+    assert err == (
+        f"voipgw: configuration error: {path}: [plugins.zrtp] state_dir: {zid} is owned by root "
+        "and not readable by nobody: chown it to nobody or remove it (the ZRTP ZID (zrtp "
+        "plugin))\n"
+    )
