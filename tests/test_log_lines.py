@@ -22,6 +22,7 @@ import ast
 import logging
 import re
 import sys
+import time
 import types
 from collections.abc import Callable
 from functools import cache
@@ -55,12 +56,14 @@ from gateway.core.sip.transaction import (
 )
 from gateway.core.store.sqlite import SqliteStore
 from gateway.core.transport.flows import Flow, FlowKey
+from gateway.plugins.transports.tls import TlsConfig, TlsTransport
 from tests.fail2ban_regex import (
     FAIL2BAN_HOST,
     as_fail2ban_reads,
     as_fail2ban_reads_from_journal,
     as_fail2ban_reads_from_syslog,
 )
+from tests.interop.harness.pki import TestPki
 from tests.unit.sip.sip_builders import request
 
 ROOT = Path(__file__).parent.parent
@@ -329,6 +332,14 @@ def _worker_protocol_refused(tmp_path: Path) -> None:
     media_worker._refuse_protocol(first)
 
 
+def _tls_certificate_expiring(tmp_path: Path) -> None:
+    """A tls transport serving a certificate that ends in 10 days, as its daily look finds
+    it (tests/component/transports/test_tls_certificate_expiry.py drives the days)."""
+    pair = TestPki(tmp_path).ca("CA").issue("gateway", days=10)
+    config = TlsConfig(certificate=str(pair.certificate), private_key=str(pair.key))
+    TlsTransport(config).warn_if_expiring(now=time.time())
+
+
 DRIVEN: dict[str, Callable[[Path], None]] = {
     "auth-failed": _auth_lines,
     "auth-blocked": _auth_lines,
@@ -349,6 +360,7 @@ DRIVEN: dict[str, Callable[[Path], None]] = {
     "worker-not-ready": _worker_not_ready,
     "worker-protocol-mismatch": _worker_exits,
     "worker-protocol-refused": _worker_protocol_refused,
+    "tls-certificate-expiring": _tls_certificate_expiring,
 }
 
 

@@ -661,10 +661,20 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         if loaded is not None:
             # As root, which reads any file: one the service's user may not read, said.
             unread.extend(config_mod.root_read_warnings(Path(loaded.gateway.state_dir)))
+    expiring: list[ConfigError] = []
     if gateway is not None:
         # Every one, not the first: `voipgw run` starts with these as warnings (an upgraded
         # gateway keeps carrying calls); here, before a deployment, they are errors.
         errors[:0] = gateway.check_errors
+        # Our own certificates (tls, wss): one out of its validity period is refused by every
+        # peer (an error here; `run` starts with it, warning), one expiring within 14 days is
+        # a warning, as `run` logs it at start-up and daily.
+        for name, transport in plugins.transports.items():
+            report = getattr(transport, "expiry_report", None)
+            for is_error, text in report(now=time.time()) if callable(report) else ():
+                key, _, message = text.partition(": ")
+                said = ConfigError(config.source, f"plugins.{name}", key, message)
+                (errors if is_error else expiring).append(said)
     if loaded is not None:
         # What the service's user (the state_dir's owner, most likely) may not read either
         # stays an error: `check-config && systemctl reload` must not go on to a refusal.
@@ -681,7 +691,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         listeners = config_mod.listener_warnings(config, plugins.transports.names())
         for warning in (*listeners, *config_mod.did_warnings(config)):
             print(f"{args.file}: warning: {warning}", file=sys.stderr)
-    for error in (*unread, *(gateway.access_warnings if gateway is not None else ())):
+    for error in (*unread, *(gateway.access_warnings if gateway is not None else ()), *expiring):
         print(f"voipgw: warning: {error}", file=sys.stderr)
     if errors:
         return EXIT_USAGE

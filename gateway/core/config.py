@@ -1316,6 +1316,16 @@ def _unread_by_owner(path: Path, state_dir: Path) -> str | None:
     )
 
 
+def may_read_as(path: Path, uid: int) -> bool | None:
+    """Whether the user ``uid`` may read the file ``path`` by its mode bits, or None when they
+    do not tell (no such file, an ACL, a user without a passwd entry)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return _may_read(path, info, uid)
+
+
 def _may_read(path: Path, info: os.stat_result, uid: int) -> bool | None:
     """Whether the user ``uid`` may read the file ``path`` (``info``: its stat) by its mode
     bits, or None when they do not tell (an ACL, a user without a passwd entry)."""
@@ -1924,7 +1934,10 @@ def directory_problem(path: Path, *, check_access: bool = True) -> str | None:
     if on_read_only_file_system(parent):
         # No user may create it, the service's nor root: an error of check-config too (a
         # container's read-only root file system), not the checking user's permission.
-        return f"{path} cannot be created: {parent} is on a read-only file system"
+        return (
+            f"{path} cannot be created: {parent} is on a read-only file system "
+            f"({read_only_remedy(parent)})"
+        )
     if check_access:
         return directory_access_problem(path)
     return None
@@ -1993,7 +2006,8 @@ def written_directory_problem(path: Path, *, shown: str | None = None) -> str | 
         return None
     name = shown or str(path)
     if on_read_only_file_system(path):
-        return f"{name} is on a read-only file system"
+        # The mount to make read-write, as a file's message names it: no chown or chmod helps.
+        return f"{name} is on a read-only file system ({read_only_remedy(path)})"
     if not os.access(path, os.W_OK | os.X_OK):
         return f"{name} is not writable by this user ({user_name()})"
     return None

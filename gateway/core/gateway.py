@@ -63,6 +63,7 @@ from gateway.core.config import (
     directory_access_problem,
     directory_problem,
     may_open,
+    may_read_as,
     on_read_only_file_system,
     owner_may_not_write,
     owner_name,
@@ -486,6 +487,7 @@ class Gateway:
             checked = {os.path.realpath(self.config.gateway.state_dir)}
         else:
             checked = set()
+        kept: dict[str, list[tuple[str, str, str, Path, str, Sequence[str], Path]]] = {}
         for name, value in self.plugins.configs.items():
             # The directories an enabled plugin writes in (dtls, zrtp, mikey and intercept:
             # their own under their state_dir; the recorder's recordings): one this user may
@@ -512,8 +514,11 @@ class Gateway:
                     # Not a state_dir (those are checked above): may it be made?
                     self._check_directory(table, key, configured, as_service=as_service)
                 if warn_only:
-                    self._check_kept_directory(
-                        table, key, directory, what, files, configured, as_service=as_service
+                    # Checked once all are known: one line per directory, however many
+                    # entries (of one plugin or several) name it.
+                    same = os.path.realpath(os.path.abspath(directory))
+                    kept.setdefault(same, []).append(
+                        (name, table, key, directory, what, files, configured)
                     )
                     continue
                 # What is written in first: the directory, or the nearest part of it that
@@ -556,6 +561,157 @@ class Gateway:
                     self._check_written_files(
                         table, key, directory, files, what, as_service=as_service
                     )
+        for entries in kept.values():
+            # Named by the first entry's table and key; what each writes there, and every
+            # plugin whose entries name it.
+            name, table, key, directory, _, _, configured = entries[0]
+            what = " and ".join(dict.fromkeys(entry[4] for entry in entries))
+            plugins = list(dict.fromkeys(entry[0] for entry in entries))
+            if len(plugins) > 1:
+                what += f" (written_directories() of the {' and '.join(plugins)} plugins)"
+            files = list(dict.fromkeys(file for entry in entries for file in entry[5]))
+            self._check_kept_directory(
+                table, key, directory, what, files, configured, as_service=as_service
+            )
+        self._check_generated_certificates(checked, as_service=as_service)
+        for name, value in self.plugins.configs.items():
+            # The files a plugin reads back from where it wrote them (dtls: its certificate
+            # and key; zrtp: its ZID): one a `voipgw run` as root left root's, mode 0600,
+            # failed the first call that needed it, at any hour.
+            read = getattr(value, "read_files", None)
+            for entry in read() if callable(read) else ():
+                key, file, what = _read_entry(name, entry)
+                key_value = getattr(value, key, None)
+                if not isinstance(key_value, str):
+                    raise PluginError(
+                        f"plugin {name!r}: read_files() names {key!r}, which is not a "
+                        f"directory key of its [plugins.{name}] table"
+                    )
+                configured = Path(os.path.abspath(key_value))
+                self._check_read_file(
+                    f"plugins.{name}", key, file, what, configured, as_service=as_service
+                )
+
+    def _check_generated_certificates(self, checked: set[str], *, as_service: bool) -> None:
+        """The certificate a TLS listener without one of its own takes from ``[gateway]
+        state_dir`` (the tls and wss transports' ``generated_certificate()``: ``<state_dir>/
+        tls/gateway.crt`` and ``gateway.key``), made there when the listener first starts.
+        Both there: each must be readable (:meth:`_check_read_file`), the directory need not
+        be writable (nothing is written). Otherwise the directory, or the nearest part of it
+        that exists, must be writable, as a plugin's (:meth:`_check_written_directory`), and
+        ``run`` refuses one it may not write in: the listener makes the pair at start-up, not
+        at a first call that may never come. Before, check-config said nothing and ``run``
+        stopped at the listener's start, after the store had opened."""
+        takers: dict[tuple[Path, Path], list[str]] = {}
+        for name, transport in self.plugins.transports.items():
+            generated = getattr(transport, "generated_certificate", None)
+            if generated is None:
+                continue
+            listens = [spec for spec in self.config.listen_specs if spec.transport == name]
+            paths = generated(listens)
+            if paths is not None:
+                takers.setdefault((Path(paths[0]), Path(paths[1])), []).append(name)
+        state = Path(os.path.abspath(self.config.gateway.state_dir))
+        for (certificate, key), names in takers.items():
+            certificate, key = state / certificate, state / key
+            what = f"the generated certificate of the {' and '.join(names)} listeners"
+            if not (certificate.is_file() and key.is_file()):
+                self._check_made_directory(certificate.parent, what, state, checked, as_service)
+            self._check_read_file(
+                "gateway", "state_dir", certificate, what, state, as_service=as_service
+            )
+            self._check_read_file(
+                "gateway", "state_dir", key, f"the key of {what}", state, as_service=as_service
+            )
+
+    def _check_made_directory(
+        self, directory: Path, what: str, state: Path, checked: set[str], as_service: bool
+    ) -> None:
+        """``directory`` under ``[gateway] state_dir`` (``state``), which is made (or
+        written in) at start-up: the nearest part of it that exists must be writable."""
+        existing = Path(os.path.abspath(directory))
+        while not os.path.exists(existing) and existing != existing.parent:
+            if os.path.islink(existing):
+                break
+            existing = existing.parent
+        if not existing.is_relative_to(state):
+            return  # state_dir itself is missing: said by its own check
+        if os.path.islink(existing) and not os.path.exists(existing):
+            self._dangling_link_warning("gateway", "state_dir", existing, what)
+            return
+        if not os.path.isdir(existing) or os.path.realpath(existing) in checked:
+            return
+        checked.add(os.path.realpath(existing))
+        self._check_written_directory(
+            "gateway", "state_dir", existing, what, state, as_service=as_service
+        )
+
+    def _check_read_file(
+        self, table: str, key: str, path: Path, what: str, configured: Path, *, as_service: bool
+    ) -> None:
+        """A file the gateway reads back from ``[table] key``'s directory (``configured``)
+        when it is there: one left by a `voipgw run` as root (owner root, mode 0600) is
+        ``run``'s error, with the remedy (``... is owned by root and not readable by voipgw:
+        chown it to voipgw or remove it``). ``check-config`` says it too: as another user, an
+        error when the mode keeps the directory's owner (the service's user, most likely) from
+        reading it as well, else a warning; as root (which reads any file), a warning naming
+        that owner. Its contents are never read here (a key's never shown)."""
+        if not os.path.isfile(path):
+            return
+        shown, owner = shown_path(path), owner_name(path) or "?"
+        uid = os.geteuid()
+        if as_service:
+            if uid == 0 or may_open(path, os.O_RDONLY):
+                return
+            raise ConfigError(
+                self.config.source, table, key, _unread_message(shown, owner, user_name(), what)
+            )
+        try:
+            service_uid = os.stat(configured).st_uid
+        except OSError:
+            service_uid = 0
+        service = owner_name(configured) or "?"
+        service_may_not = service_uid != 0 and may_read_as(path, service_uid) is False
+        of_state_dir = (
+            f"{service}, the owner of {configured} (the user `voipgw run` created it as, "
+            "most likely)"
+        )
+        if uid == 0:
+            if service_may_not:
+                self.access_warnings.append(
+                    ConfigError(
+                        self.config.source,
+                        table,
+                        key,
+                        _unread_message(shown, owner, of_state_dir, what, service)
+                        + f"; `voipgw run` as {service} refuses to start",
+                    )
+                )
+            return
+        if may_open(path, os.O_RDONLY):
+            return
+        if service_uid == uid:
+            # The state_dir's owner checking (sudo -u voipgw voipgw check-config): the
+            # service's own answer, an error as `run`'s.
+            raise ConfigError(
+                self.config.source, table, key, _unread_message(shown, owner, user_name(), what)
+            )
+        if service_may_not:
+            # `check-config && systemctl reload` must not go on to the service's refusal.
+            raise ConfigError(
+                self.config.source,
+                table,
+                key,
+                _unread_message(
+                    shown,
+                    owner,
+                    f"{user_name()}, who runs check-config, nor by {of_state_dir}",
+                    what,
+                    service,
+                ),
+            )
+        problem = f"{shown} is owned by {owner} and not readable by this user ({user_name()})"
+        self._access_warning(table, key, problem, f"{what} cannot be read", path)
 
     def _check_kept_directory(
         self,
@@ -1846,11 +2002,41 @@ def _written_entry(name: str, entry: Any) -> tuple[str, Path, str, Sequence[str]
     if isinstance(entry, list | tuple) and (len(entry) == 4 or tuple(entry[4:]) == (WARN_ONLY,)):
         key, directory, what, files = entry[:4]
         if isinstance(key, str) and isinstance(directory, str | os.PathLike):
+            if not isinstance(files, list | tuple) or not all(isinstance(n, str) for n in files):
+                # "a.db" for ("a.db",) was checked letter by letter (files a, ., d, b), and
+                # the file meant never.
+                hint = f" (one name is written ({files!r},))" if isinstance(files, str) else ""
+                raise PluginError(
+                    f"plugin {name!r}: written_directories() gives {entry!r}: FILES "
+                    f"must be a tuple of file names, got {files!r}{hint}"
+                )
             return key, Path(directory), what, files, len(entry) == 5
     raise PluginError(
         f"plugin {name!r}: written_directories() gives {entry!r}: expected (KEY, DIRECTORY, "
         f"WHAT, FILES), or with {WARN_ONLY!r} as a fifth element"
     )
+
+
+def _unread_message(
+    shown: str, owner: str, reader: str, what: str, chown_to: str | None = None
+) -> str:
+    """``PATH is owned by OWNER and not readable by READER: chown it to USER or remove it
+    (WHAT)``; ``chmod u+r`` when the file is the reader's own already."""
+    user = chown_to or reader
+    remedy = "chmod u+r it" if owner == user else f"chown it to {user}"
+    return (
+        f"{shown} is owned by {owner} and not readable by {reader}: {remedy} or remove it ({what})"
+    )
+
+
+def _read_entry(name: str, entry: Any) -> tuple[str, Path, str]:
+    """A plugin's ``read_files()`` entry ``(KEY, PATH, WHAT)``; another shape is the plugin's
+    error, naming it and the entry."""
+    if isinstance(entry, list | tuple) and len(entry) == 3:
+        key, path, what = entry
+        if isinstance(key, str) and isinstance(path, str | os.PathLike) and isinstance(what, str):
+            return key, Path(path), what
+    raise PluginError(f"plugin {name!r}: read_files() gives {entry!r}: expected (KEY, PATH, WHAT)")
 
 
 def _holds_every_file(directory: Path, names: Sequence[str], configured: Path) -> bool:

@@ -181,3 +181,36 @@ def test_a_store_bind_mounted_read_only_is_refused_naming_its_mount(tmp_path: Pa
         f"cannot be written (mount {store} read-write)"
     ) in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(not _mount_namespaces(), reason="needs unshare -m (root, CAP_SYS_ADMIN)")
+def test_a_state_dir_bind_mounted_read_only_is_refused_naming_its_mount(tmp_path: Path) -> None:
+    """The whole state_dir bind-mounted read-only (a container's volume with :ro): `voipgw
+    run` and check-config said it was on a read-only file system, and no more, where a single
+    file so mounted names the mount to make read-write. Both name it now, read from the
+    kernel's own mount table in a private mount namespace (unshare -m)."""
+    state = tmp_path / "voipgw state"
+    state.mkdir()
+    path = tmp_path / "voipgw.toml"
+    path.write_text(
+        f'[gateway]\nstate_dir = "{state}"\n[media]\nports = "{MEDIA_PORTS.text()}"\n'
+        '[sip]\nlisten = ["udp:127.0.0.1:0"]\n[plugins]\nenable = ["udp"]\n'
+    )
+    script = (
+        'state=$1 python=$2 && shift 2 && mount --bind "$state" "$state" && '
+        'mount -o remount,bind,ro "$state" && exec "$python" -m gateway "$@"'
+    )
+    expected = (
+        f"{path}: [gateway] state_dir: {state} is on a read-only file system (mount {state} "
+        f"read-write): the SQLite store ({state / 'voipgw.sqlite3'}) cannot be opened"
+    )
+    for command in (["run", "--config", str(path)], ["check-config", str(path)]):
+        result = subprocess.run(
+            ["unshare", "-m", "sh", "-c", script, "sh", str(state), sys.executable, *command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode != 0, result.stderr
+        assert expected in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr

@@ -131,8 +131,10 @@ from gateway.core.interfaces import (
 from gateway.core.media.srtp import SUITES, SUPPORTED_SUITES
 from gateway.core.sdp.errors import SdpError
 from gateway.plugins.keyexchange.dtls_certificates import (
+    CERTIFICATE_FILE,
     DIRECTORY,
     HASH_FUNCTIONS,
+    KEY_FILE,
     CertificateStore,
     DtlsIdentity,
     certificate_digest,
@@ -1555,6 +1557,15 @@ class DtlsConfig:
         ``(key, directory, what, files)``, the files those written in place if they exist."""
         directory = Path(self.state_dir) / DIRECTORY
         return [("state_dir", directory, "the DTLS certificate (dtls plugin)", ())]
+
+    def read_files(self) -> list[tuple[str, Path, str]]:
+        """What ``voipgw check-config`` and ``run`` check this user may read where it is
+        (Gateway.check): the certificate and key, read back at the first DTLS offer."""
+        directory = Path(self.state_dir) / DIRECTORY
+        return [
+            ("state_dir", directory / CERTIFICATE_FILE, "the DTLS certificate (dtls plugin)"),
+            ("state_dir", directory / KEY_FILE, "the DTLS certificate's key (dtls plugin)"),
+        ]
 
     def certificate_store(
         self, *, clock: Callable[[], datetime.datetime] | None = None

@@ -36,6 +36,10 @@ GENERATED_KEY = "gateway.key"
 #: The generated certificate is self-signed: peers pin it (fingerprint) rather than chain it to a
 #: CA, and a pin that changes every year breaks them, so it lasts ten years.
 GENERATED_VALIDITY = datetime.timedelta(days=3650)
+#: Our own certificate expiring within this many days is warned of: by ``voipgw check-config``,
+#: and by ``voipgw run`` at start-up and then once a day (a renewal that did not happen, said
+#: while there is time to do it).
+EXPIRY_WARNING_DAYS = 14
 
 _WILDCARD_HOSTS = {"0.0.0.0", "::"}
 
@@ -262,6 +266,26 @@ def validity_problem(certificate: LoadedCertificate, *, now: float) -> str | Non
     else:
         problem = f"is not valid before {_utc(certificate.not_before)}"
     return f"{certificate.path}: the certificate {problem} (subject {certificate.subject})"
+
+
+def expires_soon(certificate: LoadedCertificate, *, now: float) -> tuple[str, int] | None:
+    """When ``certificate`` expires within :data:`EXPIRY_WARNING_DAYS` of ``now`` and has not
+    yet (:func:`validity_problem` says that): its notAfter as the messages write it and the
+    whole days left (0 on its last day); else None."""
+    left = certificate.not_after - now
+    if not 0 <= left <= EXPIRY_WARNING_DAYS * 86400:
+        return None
+    return _utc(certificate.not_after), int(left // 86400)
+
+
+def expiry_warning(certificate: LoadedCertificate, *, now: float) -> str | None:
+    """``the certificate in PATH expires on DATE (in N days): renew it`` while
+    :func:`expires_soon`, else None."""
+    soon = expires_soon(certificate, now=now)
+    if soon is None:
+        return None
+    date, days = soon
+    return f"the certificate in {certificate.path} expires on {date} (in {days} days): renew it"
 
 
 def _utc(timestamp: float) -> str:

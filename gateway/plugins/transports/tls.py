@@ -91,11 +91,15 @@ from gateway.core.plugins import Registry
 from gateway.core.sip.uri import redact_password
 from gateway.core.transport.flows import Address, Flow, PeerCertificate, format_address
 from gateway.plugins.transports.certificates import (
+    GENERATED_CERTIFICATE,
     GENERATED_DIR,
+    GENERATED_KEY,
     CertificateError,
     CertificatePaths,
     default_hosts,
     ensure_self_signed,
+    expires_soon,
+    expiry_warning,
     fingerprint,
     key_open_to_others,
     load_certificates,
@@ -199,6 +203,9 @@ _LOG_TEXT_LIMIT = 200
 _REVOKED_LOG_LIMIT = 4096
 # Open connections asked about again at once when their OCSP answers expire together.
 _OCSP_RECHECKS_AT_ONCE = 8
+#: How often (s, trio's clock) a running gateway looks again whether its own certificate
+#: expires within EXPIRY_WARNING_DAYS: the warning is repeated once a day until it is renewed.
+EXPIRY_CHECK_INTERVAL = 86400.0
 
 
 def _first_time(seen: set[Any], key: object) -> bool:
@@ -1253,6 +1260,18 @@ class TlsTransport(StreamTransport):
         """``Gateway.check``: this transport's listeners as configured (TlsConfig)."""
         self.tls.check_listeners(listens)
 
+    def generated_certificate(self, listens: Sequence[ListenSpec]) -> tuple[Path, Path] | None:
+        """``Gateway.check``: the certificate and key (relative to ``[gateway] state_dir``)
+        that the listeners of ``listens``, this transport's ``[sip] listen`` entries, take
+        when no certificate is configured (:meth:`certificate_paths`), or None: one is, or
+        there is no such listener."""
+        if self._configured is not None or not listens:
+            return None
+        return (
+            Path(GENERATED_DIR, GENERATED_CERTIFICATE),
+            Path(GENERATED_DIR, GENERATED_KEY),
+        )
+
     def __init__(
         self,
         config: TlsConfig | None = None,
@@ -1292,6 +1311,7 @@ class TlsTransport(StreamTransport):
         #: with the first listener (None when off). ``ocsp_fetch`` is for tests.
         self.own_staple: OwnStaple | None = None
         self._own_staple_task = False
+        self._expiry_task = False  # _warn_before_expiry, started with the first listener
         if self.tls.ocsp_stapling:
             self.own_staple = OwnStaple(fetch=ocsp_fetch, wall_clock=wall_clock, name=self.name)
         #: Connections closed because a reloaded CRL revoked the peer's certificate
@@ -1402,6 +1422,44 @@ class TlsTransport(StreamTransport):
         problem = validity_problem(loaded, now=time.time())
         if problem is not None:
             log.warning("%s: %s: peers will refuse it", self.name, problem)
+
+    def expiry_report(self, *, now: float) -> list[tuple[bool, str]]:
+        """``voipgw check-config``: (error?, ``"certificate: why"``) for the configured
+        certificate outside its validity period (an error: peers refuse it; ``run`` starts
+        with it, warning) or expiring within EXPIRY_WARNING_DAYS (a warning). Not for one
+        this user may not read (left unchecked) nor the generated one (ten years)."""
+        report = []
+        for loaded in self._loaded:
+            problem = validity_problem(loaded, now=now)
+            if problem is not None:
+                report.append((True, f"certificate: {problem}: peers will refuse it"))
+            elif (warning := expiry_warning(loaded, now=now)) is not None:
+                report.append((False, f"certificate: {warning}"))
+        return report
+
+    def warn_if_expiring(self, *, now: float) -> None:
+        """One WARNING while the certificate served expires within EXPIRY_WARNING_DAYS
+        (:meth:`_warn_before_expiry`: at start-up, then daily; and after a reload)."""
+        for loaded in self._loaded:
+            soon = expires_soon(loaded, now=now)
+            if soon is not None:
+                log.warning(
+                    "%s: the certificate in %s expires on %s (in %d days): renew it",
+                    self.name,
+                    loaded.path,
+                    *soon,
+                )
+
+    async def _warn_before_expiry(self) -> None:
+        """Started with the first listener: :meth:`warn_if_expiring` then, and once a day
+        (trio's clock) for as long as the listeners run. Nothing warned before our own
+        certificate expired (the metric and an alert rule were the operator's to set up):
+        a renewal that did not happen (a failed cron job, a reload not done) went unnoticed
+        until every peer refused the gateway. The certificate looked at is the one in use,
+        so a reload with the renewed one ends the warnings."""
+        while True:
+            self.warn_if_expiring(now=self._wall_clock())
+            await trio.sleep(EXPIRY_CHECK_INTERVAL)
 
     # -- revocation (crl_files) -------------------------------------------------------------
 
@@ -1654,6 +1712,9 @@ class TlsTransport(StreamTransport):
             self._warn(
                 paths, prepared.loaded[0], tuple(side.address[0] for side in self._listeners)
             )
+            if self._expiry_task:
+                # Renewed, nothing; reloaded with one that still expires soon, said now.
+                self.warn_if_expiring(now=prepared.now)
         # A fetched CRL's contexts being built now are built again from these (_generation).
         self._swap_contexts(prepared.listeners, prepared.clients, prepared.crls)
         self._loaded = prepared.loaded
@@ -2026,6 +2087,10 @@ class TlsTransport(StreamTransport):
             log.info(
                 "%s: listener %s in %s mode", self.name, format_address(listener.address), mode
             )
+            if not self._expiry_task:
+                assert self._nursery is not None  # set before started() is called
+                self._expiry_task = True
+                self._nursery.start_soon(self._warn_before_expiry)
             # The fetch task lives as long as the listeners' nursery (the first listener's).
             if self.crl_fetcher is not None and not self._crl_fetch_task:
                 assert self._nursery is not None  # set before started() is called

@@ -10,9 +10,11 @@ uses). test_check_config_as_another_user.py checks as another user, with real pe
 
 from __future__ import annotations
 
+import datetime
 import fcntl
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -132,11 +134,13 @@ def test_an_existing_state_dir_on_a_read_only_file_system_is_an_error_of_both(
         config_mod.os, "statvfs", lambda p: ReadOnly() if Path(p) == state else real_statvfs(p)
     )
     deny(monkeypatch, state, os.W_OK)  # what a read-only mount answers, root included
+    monkeypatch.setattr(config_mod, "mount_point", lambda p: Path("/srv/voipgw"))
     code, out, err = check_config(path, capsys)
     assert (code, out) == (cli.EXIT_USAGE, "")
     assert err == (
         f"voipgw: configuration error: {path}: [gateway] state_dir: {state} is on a read-only "
-        f"file system: the SQLite store ({state / 'voipgw.sqlite3'}) cannot be opened\n"
+        "file system (mount /srv/voipgw read-write): the SQLite store "
+        f"({state / 'voipgw.sqlite3'}) cannot be opened\n"
     )
 
 
@@ -1032,3 +1036,166 @@ def test_a_warn_only_entry_checks_its_files_too(
     gateway.check()  # voipgw run
     assert [str(warning) for warning in gateway.access_warnings] == [message]
     assert check_config(path, capsys)[::2] == (cli.EXIT_OK, f"voipgw: warning: {message}\n")
+
+
+# -- session 39 (config-39) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "files", ["cache.db", ("cache.db", 1), None], ids=["a text", "not a name", "none"]
+)
+def test_files_not_given_as_names_are_the_plugins_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: Any
+) -> None:
+    """FILES written as "cache.db" (one name, not ("cache.db",)) was taken letter by letter:
+    the files c, a, h ... were looked for in the directory, and the one meant never checked."""
+    from gateway.plugins.keyexchange import dtls_srtp
+
+    def entry(self: Any) -> list[tuple[Any, ...]]:
+        return [("state_dir", Path(self.state_dir) / "dtls", "the cache (dtls plugin)", files)]
+
+    monkeypatch.setattr(dtls_srtp.DtlsConfig, "written_directories", entry)
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    path = write_config(tmp_path, state, enable='"udp", "dtls"')
+    given = ("state_dir", state / "dtls", "the cache (dtls plugin)", files)
+    with pytest.raises(PluginError) as caught:
+        built(path).check()
+    hint = " (one name is written ('cache.db',))" if isinstance(files, str) else ""
+    assert str(caught.value) == (
+        f"plugin 'dtls': written_directories() gives {given!r}: FILES must be a tuple of file "
+        f"names, got {files!r}{hint}"
+    )
+
+
+def served_certificate_config(tmp_path: Path, days: int, *, not_before: Any = None) -> Path:
+    """A tls listener serving a certificate valid ``days`` from an hour ago (or from
+    ``not_before``)."""
+    pki = TestPki(tmp_path / "pki")
+    pair = pki.ca("CA").issue("gateway", days=days, not_before=not_before)
+    table = f'[plugins.tls]\ncertificate = "{pair.certificate}"\nprivate_key = "{pair.key}"\n'
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    return write_config(tmp_path, state, table, '"udp", "tls"')
+
+
+def test_check_config_warns_of_a_served_certificate_expiring_within_14_days(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing warned before the gateway's own certificate expired: check-config passed it in
+    silence the day before every peer refused the gateway."""
+    path = served_certificate_config(tmp_path, days=10)
+    code, out, err = check_config(path, capsys)
+    assert code == cli.EXIT_OK, err
+    certificate = tmp_path / "pki" / "gateway.crt"
+    assert certificate.is_file()
+    assert re.fullmatch(
+        rf"voipgw: warning: {re.escape(str(path))}: \[plugins\.tls\] certificate: the "
+        rf"certificate in {re.escape(str(certificate))} expires on \d{{4}}-\d\d-\d\d "
+        r"\d\d:\d\d:\d\d UTC \(in 9 days\): renew it\n",
+        err,
+    ), err
+    assert out.endswith("OK (2 plugins: udp, tls)\n")
+    assert check_config(served_certificate_config(tmp_path / "later", days=30), capsys)[::2] == (
+        cli.EXIT_OK,
+        "",
+    )
+
+
+def test_check_config_refuses_a_served_certificate_out_of_its_validity_period(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Expired: every peer that verifies refuses it; check-config passed it (`run` starts
+    with it, warning, as before)."""
+    month_ago = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=40)
+    path = served_certificate_config(tmp_path, days=30, not_before=month_ago)
+    code, out, err = check_config(path, capsys)
+    assert (code, out) == (cli.EXIT_USAGE, ""), err
+    certificate = tmp_path / "pki" / "gateway.crt"
+    assert err.startswith(
+        f"voipgw: configuration error: {path}: [plugins.tls] certificate: {certificate}: the "
+        "certificate expired on "
+    ), err
+    assert err.endswith("(subject CN=gateway): peers will refuse it\n"), err
+    built(path).check()  # voipgw run: starts (its transport logs the problem)
+
+
+def test_a_warn_only_directory_declared_twice_is_one_line_naming_every_plugin(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One directory in the WARN_ONLY entries of two plugins (and twice in one's): a line
+    each time it was listed, the same problem said three times at every start."""
+    from gateway.plugins.keyexchange import dtls_srtp, zrtp
+
+    def cache(what: str, times: int) -> Any:
+        def entries(self: Any) -> list[tuple[str, Path, str, tuple[str, ...], str]]:
+            entry = ("state_dir", Path(self.state_dir) / "cache", what, (), config_mod.WARN_ONLY)
+            return [entry] * times
+
+        return entries
+
+    monkeypatch.setattr(
+        dtls_srtp.DtlsConfig, "written_directories", cache("the cache (dtls plugin)", 2)
+    )
+    monkeypatch.setattr(zrtp.ZrtpConfig, "written_directories", cache("the cache (zrtp plugin)", 1))
+    state = tmp_path / "state"
+    (state / "cache").mkdir(parents=True, mode=0o700)
+    path = write_config(tmp_path, state, enable='"udp", "dtls", "zrtp"')
+    read_only_files(monkeypatch, state / "cache")
+    monkeypatch.setattr(config_mod, "mount_point", lambda p: Path("/srv/cache"))
+    message = (
+        f"{path}: [plugins.dtls] state_dir: {state / 'cache'} is on a read-only file system "
+        "(mount /srv/cache read-write): the cache (dtls plugin) and the cache (zrtp plugin) "
+        "(written_directories() of the dtls and zrtp plugins) cannot be written there; "
+        "`voipgw run` starts, and runs without it"
+    )
+    gateway = built(path)
+    gateway.check()  # voipgw run
+    assert [str(warning) for warning in gateway.access_warnings] == [message]
+    assert said_by_run(built(path), monkeypatch, caplog) == [
+        (logging.WARNING, f"configuration: {message}")
+    ]
+    assert check_config(path, capsys)[::2] == (cli.EXIT_OK, f"voipgw: warning: {message}\n")
+
+
+def test_a_read_only_generated_certificate_directory_of_tls_and_wss_is_one_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """<state_dir>/tls on a read-only file system of its own, empty, with a tls and a wss
+    listener taking the generated certificate: `voipgw run` (as root too) stopped at the
+    first listener's start, after the store had opened; check-config passed. One error of
+    both, naming both transports and the mount; with the pair there, nothing is written, so
+    nothing is said."""
+    state = tmp_path / "state"
+    (state / "tls").mkdir(parents=True)
+    path = tmp_path / "voipgw.toml"
+    path.write_text(
+        f'[gateway]\nstate_dir = "{state}"\n'
+        '[sip]\nlisten = ["tls:127.0.0.1:0", "wss:127.0.0.1:0"]\n'
+        '[plugins]\nenable = ["tls", "wss"]\n'
+    )
+    read_only_files(monkeypatch, state / "tls")
+    monkeypatch.setattr(gateway_mod, "_creates_a_file_in", lambda p: False)  # EROFS
+    monkeypatch.setattr(config_mod, "mount_point", lambda p: Path("/srv/tls"))
+    message = (
+        f"{state / 'tls'} is on a read-only file system (mount /srv/tls read-write): the "
+        "generated certificate of the tls and wss listeners cannot be written there"
+    )
+    with pytest.raises(ConfigError) as caught:
+        built(path).check()  # voipgw run
+    assert (caught.value.table, caught.value.key, caught.value.message) == (
+        "gateway",
+        "state_dir",
+        message,
+    )
+    code, _out, err = check_config(path, capsys)
+    assert (code, err) == (
+        cli.EXIT_USAGE,
+        f"voipgw: configuration error: {path}: [gateway] state_dir: {message}\n",
+    )
+    (state / "tls" / "gateway.crt").touch()
+    (state / "tls" / "gateway.key").touch()
+    built(path).check()

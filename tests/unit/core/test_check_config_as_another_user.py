@@ -10,6 +10,7 @@ key) and run's error. The tests need root (CI runs them as root) and skip otherw
 from __future__ import annotations
 
 import contextlib
+import datetime
 import grp  # imported before the child drops root: /root holds the stdlib
 import io
 import json
@@ -29,6 +30,7 @@ from gateway.core import config as config_mod
 from gateway.core.config import ConfigError
 from gateway.core.gateway import Gateway
 from gateway.core.plugins import load_plugins
+from gateway.plugins.transports.certificates import ensure_self_signed
 from tests.interop.harness.pki import Issued, TestPki
 
 
@@ -856,3 +858,153 @@ def test_without_fetching_the_crl_directory_is_not_checked(shared: Path) -> None
     path = tls_config(shared, pair, state)
     assert warnings_of_run(path) == []
     assert check_config_as_nobody(path)[::2] == (cli.EXIT_OK, "")
+
+
+# -- session 39 (config-39): the generated certificate, files read back from state_dir ------
+
+
+def generated_tls_config(shared: Path, state: Path, listen: str = "tls:127.0.0.1:0") -> Path:
+    """A tls listener without a certificate of its own: it takes the generated one from
+    <state_dir>/tls (gateway.crt, gateway.key), made there at its first start."""
+    path = shared / "voipgw.toml"
+    path.write_text(
+        f'[gateway]\nstate_dir = "{state}"\n[sip]\nlisten = ["udp:127.0.0.1:0", "{listen}"]\n'
+        '[plugins]\nenable = ["udp", "tls"]\n'
+    )
+    path.chmod(0o644)
+    return path
+
+
+def test_a_generated_certificate_directory_the_service_may_not_write_in(shared: Path) -> None:
+    """<state_dir>/tls of root's, empty (a `voipgw run` as root stopped before it wrote the
+    pair, or someone made it): check-config said nothing, and `voipgw run` stopped when the
+    listener started, after the store had opened. Judged as the plugins' directories are,
+    before anything opens; only when a listener takes the generated certificate."""
+    state = service_state(shared)
+    (state / "tls").mkdir(mode=0o755)  # root's
+    path = generated_tls_config(shared, state)
+    what = "the generated certificate of the tls listeners"
+    assert run_as_nobody(path) == (
+        f"{path}: [gateway] state_dir: {state / 'tls'} is not writable by this user (nobody): "
+        f"{what} cannot be written there"
+    )
+    code, _out, err = check_config_as_nobody(path)
+    assert code == cli.EXIT_OK, err
+    assert err == (
+        f"voipgw: warning: {path}: [gateway] state_dir: {state / 'tls'} is not writable by "
+        f"this user (nobody), who runs check-config: {what} cannot be written there by this "
+        f"user; the service's user may be allowed to; `voipgw run` as a user who is not "
+        "refuses to start (check it as that user: sudo -u USER voipgw check-config FILE)\n"
+    )
+    code, _out, err = check_config(path)  # as root: daemon, the state_dir's owner, may not
+    assert code == cli.EXIT_OK, err
+    assert f"{state / 'tls'} can be written in by root, who runs check-config, but not by " in err
+    # No listener takes it (udp only), or the listener has a certificate of its own: nothing.
+    assert run_as_nobody(generated_tls_config(shared, state, "udp:127.0.0.1:0")) == "started"
+    etc = shared / "etc"
+    etc.mkdir()
+    pair = TestPki(etc).ca("CA").issue("gateway")
+    for file in etc.iterdir():
+        file.chmod(0o644)
+    path.write_text(
+        path.read_text()
+        + f'[plugins.tls]\ncertificate = "{pair.certificate}"\nprivate_key = "{pair.key}"\n'
+    )
+    assert run_as_nobody(path) == "started"
+    assert check_config_as_nobody(path)[::2] == (cli.EXIT_OK, "")
+
+
+def test_a_generated_key_left_by_root_is_said_before_listening(shared: Path) -> None:
+    """`sudo voipgw run` once wrote <state_dir>/tls/gateway.key as root, mode 0600: the
+    service's next start stopped at the listener ("cannot read ... Permission denied"). Said
+    by run and check-config before anything opens, with the remedy; the key never shown."""
+    assert DAEMON is not None
+    state = service_state(shared)
+    tls = state / "tls"
+    tls.mkdir()
+    tls.chmod(0o777)
+    path = generated_tls_config(shared, state)
+    run_check(path)  # nothing made: check writes nothing
+    assert not any(tls.iterdir())
+    ensure_self_signed(tls, ["127.0.0.1"], now=datetime.datetime.now(datetime.UTC))
+    key = tls / "gateway.key"
+    key_text = key.read_text()
+    (tls / "gateway.crt").chmod(0o644)
+    assert run_as_nobody(path) == (
+        f"{path}: [gateway] state_dir: {key} is owned by root and not readable by nobody: "
+        "chown it to nobody or remove it (the key of the generated certificate of the tls "
+        "listeners)"
+    )
+    code, _out, err = check_config_as_nobody(path)  # nor may daemon, the state_dir's owner
+    assert code == cli.EXIT_USAGE
+    assert err == (
+        f"voipgw: configuration error: {path}: [gateway] state_dir: {key} is owned by root "
+        "and not readable by nobody, who runs check-config, nor by daemon, the owner of "
+        f"{state} (the user `voipgw run` created it as, most likely): chown it to daemon or "
+        "remove it (the key of the generated certificate of the tls listeners)\n"
+    )
+    code, _out, err = check_config(path)  # as root, which reads it: a warning
+    assert code == cli.EXIT_OK, err
+    assert err == (
+        f"voipgw: warning: {path}: [gateway] state_dir: {key} is owned by root and not "
+        f"readable by daemon, the owner of {state} (the user `voipgw run` created it as, most "
+        "likely): chown it to daemon or remove it (the key of the generated certificate of "
+        "the tls listeners); `voipgw run` as daemon refuses to start\n"
+    )
+    assert key_text.split("\n")[1] not in err
+    os.chown(key, DAEMON.pw_uid, DAEMON.pw_gid)
+    assert check_config(path)[::2] == (cli.EXIT_OK, "")
+    os.chown(key, NOBODY.pw_uid if NOBODY else 0, 0)
+    assert run_as_nobody(path) == "started"
+
+
+@pytest.mark.parametrize(
+    ("enable", "name", "what"),
+    [
+        ("dtls", "dtls/private_key.pem", "the DTLS certificate's key (dtls plugin)"),
+        ("dtls", "dtls/certificate.pem", "the DTLS certificate (dtls plugin)"),
+        ("zrtp", "zrtp/zid", "the ZRTP ZID (zrtp plugin)"),
+    ],
+)
+def test_a_plugin_file_left_by_root_in_the_state_dir_is_said(
+    shared: Path, enable: str, name: str, what: str
+) -> None:
+    """The dtls plugin's key (0600) or the zrtp plugin's ZID left root's by a `voipgw run`
+    as root, in a directory the service may write in: the first DTLS or ZRTP call failed."""
+    state = service_state(shared)
+    file = state / name
+    file.parent.mkdir()
+    file.parent.chmod(0o777)
+    file.write_text("000102030405060708090a0b\n")
+    file.chmod(0o600)  # root's
+    path = write_config(shared, state, "", f'"udp", "{enable}"')
+    assert run_as_nobody(path) == (
+        f"{path}: [plugins.{enable}] state_dir: {file} is owned by root and not readable by "
+        f"nobody: chown it to nobody or remove it ({what})"
+    )
+    file.chmod(0o644)
+    assert run_as_nobody(path) == "started"
+
+
+def test_check_config_as_the_state_dirs_owner_refuses_a_key_it_may_not_read(
+    shared: Path,
+) -> None:
+    """`sudo -u voipgw voipgw check-config FILE`, what the warnings advise: the service's own
+    answer, an error as `run`'s, not a warning that "the service's user may be allowed to"."""
+    assert NOBODY is not None
+    state = shared / "state"
+    state.mkdir()
+    os.chown(state, NOBODY.pw_uid, NOBODY.pw_gid)
+    zid = state / "zrtp" / "zid"
+    zid.parent.mkdir()
+    os.chown(zid.parent, NOBODY.pw_uid, NOBODY.pw_gid)
+    zid.write_text("000102030405060708090a0b\n")
+    zid.chmod(0o600)  # root's
+    path = write_config(shared, state, "", '"udp", "zrtp"')
+    code, _out, err = check_config_as_nobody(path)
+    assert code == cli.EXIT_USAGE
+    assert err == (
+        f"voipgw: configuration error: {path}: [plugins.zrtp] state_dir: {zid} is owned by root "
+        "and not readable by nobody: chown it to nobody or remove it (the ZRTP ZID (zrtp "
+        "plugin))\n"
+    )

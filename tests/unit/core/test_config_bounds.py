@@ -581,9 +581,10 @@ def test_a_state_dir_on_a_read_only_file_system_stays_an_error_of_check_config(
     monkeypatch.setattr(
         config_mod.os, "statvfs", lambda p: ReadOnly() if Path(p) == lib else real_statvfs(p)
     )
+    monkeypatch.setattr(config_mod, "mount_point", lambda p: Path("/srv"))
     code, out, err = check_config(path, capsys)
     assert (code, out) == (cli.EXIT_USAGE, "")
     assert err == (
         f"voipgw: configuration error: {path}: [gateway] state_dir: {state} cannot be created: "
-        f"{lib} is on a read-only file system\n"
+        f"{lib} is on a read-only file system (mount /srv read-write)\n"
     )

@@ -315,6 +315,13 @@ class ZrtpConfig:
             return []
         return [("state_dir", directory, "the ZRTP ZID and secrets cache (zrtp plugin)", files)]
 
+    def read_files(self) -> list[tuple[str, Path, str]]:
+        """What ``voipgw check-config`` and ``run`` check this user may read where it is
+        (Gateway.check): the ZID, read back at the first ZRTP call."""
+        return [
+            ("state_dir", Path(self.state_dir) / DIRECTORY / ZID_FILE, "the ZRTP ZID (zrtp plugin)")
+        ]
+
 
 @hookimpl
 def gateway_plugin_config() -> type:
