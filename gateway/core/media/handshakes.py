@@ -102,6 +102,9 @@ and counted (``blocked``). Each keeps at most :data:`HELD_DATAGRAMS`."""
 _Item = tuple[str, int, bool, bytes, Address | None] | None
 """(side, stream index, on the RTCP port, datagram, its source), or None: look again."""
 
+_Kept = tuple[bytes, Address | None]
+"""A datagram kept for later and its source (None: not known), fed with it."""
+
 
 def _no_legs() -> Mapping[str, LegSecurity | None]:
     return {}
@@ -238,14 +241,14 @@ class CallHandshakes:
         """The RTCP component last driven per (side, stream) and the keys it agreed: a
         re-INVITE's new StreamSecurity gets the same component (the association goes on) and
         its keys, whose KeysReady the earlier StreamSecurity took."""
-        self._early_rtcp: dict[tuple[str, int], list[bytes]] = {}
+        self._early_rtcp: dict[tuple[str, int], list[_Kept]] = {}
         """Datagrams that came on a leg's RTCP port before its handshake there existed."""
         self._held: set[str] = set()
         """Sides whose handshakes wait for our SDP answer to be sent (:meth:`hold`)."""
         self._released: set[tuple[str, str | _Engine | None]] = set()
         """(side, association) driven unheld or released: that peer has our fingerprint for it
         (our offer or answer went), no hold again (:meth:`hold`)."""
-        self._held_datagrams: dict[tuple[str, int, bool], list[bytes]] = {}
+        self._held_datagrams: dict[tuple[str, int, bool], list[_Kept]] = {}
         """Datagrams from a held side's peer, per (side, stream, RTCP port), fed at release."""
         self.dropped = 0
         """Datagrams dropped here, each also counted in the media session's drops of its
@@ -433,14 +436,14 @@ class CallHandshakes:
                             # spoken since (a peer behind a NAT): fed, as they come after.
                             self._strangers_fed.add((side, index, rtcp))
                         self._held_strangers.discard((side, index, rtcp))
-                        for packet in held:
-                            self._feed(side, negotiation, packet, now)
+                        for packet, source in held:
+                            self._feed(side, negotiation, packet, now, source)
                     timer = negotiation.get_timer()
                     if timer is not None and timer <= now:
                         negotiation.handle_timer(now=now)
                     if rtcp:
-                        for packet in self._early_rtcp.pop((side, index), ()):
-                            self._feed(side, negotiation, packet, now)
+                        for packet, source in self._early_rtcp.pop((side, index), ()):
+                            self._feed(side, negotiation, packet, now, source)
                     if item is not None and item[:3] == (side, index, rtcp):
                         self._item_taken = True
                         self._feed_item(stream, negotiation, item, now)
@@ -511,7 +514,7 @@ class CallHandshakes:
         after 1 s, RFC 6347 §4.2.4.1). On a stream that has an association in force only a
         new handshake's records (epoch 0, RFC 6347 §4.1) are the new one's; the rest (its
         alerts, a retransmitted Finished) stay with the one in force."""
-        side, index, rtcp, packet, _ = item
+        side, index, rtcp, packet, source = item
         if index not in offered.get(side, {}):
             return False
         if index in streams.get(side, {}) and not _starts_handshake(packet):
@@ -519,7 +522,7 @@ class CallHandshakes:
         self._item_taken = True
         held = self._held_datagrams.setdefault((side, index, rtcp), [])
         if len(held) < HELD_DATAGRAMS:
-            held.append(packet)
+            held.append((packet, source))
         else:
             self._drop(side, "blocked")
         return True
@@ -605,18 +608,18 @@ class CallHandshakes:
                         self._losers.setdefault((index, rtcp), set()).add(source)
                         self._losers_of = self._legs().get("b")
             if chosen is not None:
-                self._give_b(index, rtcp, by_source[chosen])
+                self._give_b(index, rtcp, chosen, by_source[chosen])
         self._settle_early()
 
-    def _give_b(self, index: int, rtcp: bool, kept: list[bytes]) -> None:
+    def _give_b(self, index: int, rtcp: bool, source: Address, kept: list[bytes]) -> None:
         """Datagrams kept from B's answering source: to its handshake before anything newer,
         in the order they came (the RTCP port's waits for that port's handshake to exist)."""
         if rtcp:
             early = self._early_rtcp.setdefault(("b", index), [])
-            early[:0] = kept
+            early[:0] = [(packet, source) for packet in kept]
         else:
             held = self._held_datagrams.setdefault(("b", index, False), [])
-            held[:0] = kept
+            held[:0] = [(packet, source) for packet in kept]
 
     def _rivals_ring(self) -> bool:
         """Whether a fork other than B's leg still rings (no final answer chose B yet)."""
@@ -643,7 +646,7 @@ class CallHandshakes:
                     # Behind a NAT: which source is this fork's is not known; none is kept
                     # out of its handshake (as _from_loser does for another B leg).
                     continue
-                self._give_b(index, rtcp, by_source.pop(chosen))
+                self._give_b(index, rtcp, chosen, by_source.pop(chosen))
                 # The other sources lost to this answer as they did to the first.
                 self._losers[(index, rtcp)] = losers.get((index, rtcp), set()) - {chosen}
             self._losers_of = b
@@ -730,7 +733,7 @@ class CallHandshakes:
                     self._drop(side, "unlatched_source", len(self._held_datagrams.pop(port, ())))
                 held = self._held_datagrams.setdefault(port, [])
                 if len(held) < HELD_DATAGRAMS:
-                    held.append(item[3])
+                    held.append((item[3], item[4]))
                 else:
                     self._drop(side, "blocked")
 
@@ -750,7 +753,7 @@ class CallHandshakes:
         handshake starts afresh for it (the engine's optional ``restart_handshake``,
         docs/plugin_hooks.md "Media-path engines"): the stranger's ClientHello is in the old
         association's state. With ``sdp_address_only`` another source is refused instead."""
-        side, index, rtcp, packet, _ = item
+        side, index, rtcp, packet, source = item
         from_sdp = self._from_sdp_address(stream, item)
         port = (side, index, rtcp)
         if from_sdp is False:
@@ -769,7 +772,7 @@ class CallHandshakes:
                     "RTCP" if rtcp else "RTP",
                 )
                 restart(now=now)
-        self._feed(side, negotiation, packet, now)
+        self._feed(side, negotiation, packet, now, source)
 
     def _from_sdp_address(
         self, stream: StreamSecurity, item: tuple[str, int, bool, bytes, Address | None]
@@ -815,10 +818,25 @@ class CallHandshakes:
         self._drop(side, "unlatched_source")
         return True
 
-    def _feed(self, side: str, negotiation: KeyNegotiation, packet: bytes, now: float) -> None:
+    def _feed(
+        self,
+        side: str,
+        negotiation: KeyNegotiation,
+        packet: bytes,
+        now: float,
+        source: Address | None,
+    ) -> None:
+        """``packet`` from ``source`` (None: not known) to ``negotiation``; with its source
+        where the engine takes it (its optional ``receive_packet_from``, docs/plugin_hooks.md
+        "Media-path engines": the ``zrtp`` engine tells the peer from a stranger by the source
+        whose Hello matched the peer's a=zrtp-hash, RFC 6189 §8.1)."""
         # RFC 7983: each engine claims its range of first bytes (DTLS 20..63, ZRTP 16..19).
         if negotiation.claims_packet(packet[0], packet):
-            negotiation.receive_packet(packet, now=now)
+            receive_from = getattr(negotiation, "receive_packet_from", None)
+            if receive_from is not None:
+                receive_from(packet, source=source, now=now)
+            else:
+                negotiation.receive_packet(packet, now=now)
         else:
             self.unclaimed += 1
             self._drop(side, "malformed")
@@ -846,7 +864,7 @@ class CallHandshakes:
             self._item_taken = True
             held = self._early_rtcp.setdefault((side, index), [])
             if len(held) < EARLY_RTCP_DATAGRAMS:
-                held.append(item[3])
+                held.append((item[3], item[4]))
             else:
                 self._drop(side, "blocked")
 
