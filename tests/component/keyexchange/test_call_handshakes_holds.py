@@ -1001,3 +1001,65 @@ async def test_what_only_answers_the_peer_is_never_copied_to_the_sdp_address(
     await settle()
     side = task.session.streams[0].a
     assert side.sent == [b"\x16ours"] and side.copied == [copied]
+
+
+# -- the datagram's source to the engine (docs/plugin_hooks.md, "Media-path engines") ------------
+
+
+@attrs.define(eq=False)
+class SourcedEngine(Engine):
+    """An engine with the optional ``receive_packet_from`` (the ``zrtp`` engine's: it tells its
+    peer from a stranger by the source of the Hello that matched a=zrtp-hash)."""
+
+    sources: list[tuple[bytes, object]] = attrs.Factory(list)
+
+    def receive_packet_from(self, packet: bytes, *, source: object, now: float) -> None:
+        self.sources.append((packet, source))
+
+
+async def test_an_engine_that_takes_sources_gets_each_datagram_with_its_source(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    engine = SourcedEngine(timer=None)
+    _, handler = await caller_task(nursery, engine)
+    handler(hello(1), STRANGER)
+    await settle()
+    handler(hello(2), PEER)
+    await settle()
+    assert engine.sources == [(hello(1), STRANGER), (hello(2), PEER)]
+    assert engine.received == []  # receive_packet is for engines without it
+
+
+async def test_datagrams_kept_while_held_reach_the_engine_with_their_sources(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """Kept until our answer went (a held side), they are fed with the source each came from:
+    a stranger's Error kept so must not pass for the peer's at the release."""
+    engine = SourcedEngine(timer=None)
+    task = await start(nursery)
+    task.legs["a"].streams[0] = dtls_stream(engine)
+    task.handshakes.hold("a")
+    task.handshakes.poke()
+    await settle()
+    task.handshakes.deliver("a", 0, hello(1), source=STRANGER)
+    task.handshakes.deliver("a", 0, hello(2), source=PEER)
+    await settle()
+    assert engine.sources == []
+    task.handshakes.release("a")
+    await settle()
+    assert engine.sources == [(hello(1), STRANGER), (hello(2), PEER)]
+
+
+async def test_a_callees_datagrams_kept_before_its_answer_reach_the_engine_with_their_source(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    engine = SourcedEngine(timer=None)
+    task = await start(nursery, b=Leg({0: dtls_stream(engine)}))
+    handler = task.session.streams[0].b.handlers[False]
+    handler(hello(1), STRANGER)
+    handler(hello(2), PEER)
+    await settle()
+    task.session.addresses[(0, "b", False)] = PEER  # its answer came
+    task.handshakes.poke()
+    await settle()
+    assert engine.sources == [(hello(2), PEER)]
