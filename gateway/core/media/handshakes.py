@@ -279,6 +279,9 @@ class CallHandshakes:
         the SDP address speaks, that handshake starts afresh (:meth:`_feed_item`)."""
         self._held_strangers: set[tuple[str, int, bool]] = set()
         """Ports whose datagrams kept while held (:meth:`hold`) came from such a source."""
+        self._proven: dict[tuple[str, int, bool], Address] = {}
+        """The source each port's engine proved to be its peer, as last told to the relay
+        (:meth:`_latch_proven_peer`)."""
         self._refused: set[tuple[str, int, bool]] = set()
         """Ports that refused another source's datagrams (``sdp_address_only``): said in the
         log once each, and in the reason if their handshake fails."""
@@ -448,6 +451,8 @@ class CallHandshakes:
                         self._item_taken = True
                         self._feed_item(stream, negotiation, item, now)
                     relay_side = self._side(side, index)
+                    if relay_side is not None:
+                        self._latch_proven_peer(side, index, rtcp, negotiation, relay_side, now)
                     # What answers its peer only (our DTLS server flight) never goes to the
                     # SDP address as well (relay.StreamSide.send): it answers the source that
                     # holds the port, maybe a stranger's ClientHello.
@@ -791,6 +796,28 @@ class CallHandshakes:
         if security is not None and security.ice.responders(index)[0] is not None:
             return None
         return source[:2] == address
+
+    def _latch_proven_peer(
+        self,
+        side: str,
+        index: int,
+        rtcp: bool,
+        negotiation: KeyNegotiation,
+        relay_side: RelaySide,
+        now: float,
+    ) -> None:
+        """Give the port's latch to the source its engine proved to be the peer before keys
+        (the engine's optional ``peer_source``: the ``zrtp`` engine's, the source whose Hello
+        matched the peer's a=zrtp-hash, RFC 6189 §8.1), before anything is sent that answers
+        it: a stranger that reached the port first held the latch, and a phone behind a NAT
+        was kept out (docs/media_security.md, "Forged handshakes"). Said to the relay once per
+        source and port."""
+        proven = getattr(negotiation, "peer_source", None)
+        port = (side, index, rtcp)
+        if proven is None or self._proven.get(port) == proven:
+            return
+        self._proven[port] = proven
+        relay_side.latch_peer(proven, rtcp=rtcp, now=now)
 
     def _refuses(
         self, negotiation: KeyNegotiation, item: tuple[str, int, bool, bytes, Address | None]

@@ -575,11 +575,17 @@ _ZRTP_COOKIE = b"ZRTP"  # RFC 6189 §5: the magic cookie, bytes 4..8 of every ZR
 _ZRTP_ERROR = b"Error   "  # RFC 6189 §5.9: the message type block, bytes 16..24
 
 
+def _is_zrtp(packet: bytes) -> bool:
+    """Whether the datagram is a ZRTP packet (RFC 7983: first byte 16..19; RFC 6189 §5: the
+    magic cookie); its CRC is the engine's to check."""
+    return 16 <= packet[0] <= 19 and packet[4:8] == _ZRTP_COOKIE
+
+
 def _is_zrtp_error(packet: bytes) -> bool:
     """Whether the datagram is a ZRTP Error (RFC 6189 §5.9): it carries no MAC (nothing
     authenticates it) and ends the receiver's exchange. Read where a DTLS alert is (RFC 7983:
     ZRTP's first byte is 16..19); its CRC is the engine's to check."""
-    return 16 <= packet[0] <= 19 and packet[4:8] == _ZRTP_COOKIE and packet[16:24] == _ZRTP_ERROR
+    return _is_zrtp(packet) and packet[16:24] == _ZRTP_ERROR
 
 
 def _from_sdp_address(ep: _Endpoint, source: Address) -> bool:
@@ -639,6 +645,22 @@ def _takes_over(ep: _Endpoint, source: Address) -> bool:
         and not ep.connected
         and ep.ice is None
         and _from_sdp_address(ep, source)
+        and not _unaddressed(ep)
+    )
+
+
+def _zrtp_beside_unproven_latch(ep: _Endpoint, packet: bytes, source: Address) -> bool:
+    """Whether ``packet``, from ``source`` (not the latched one), is a ZRTP datagram that goes
+    to the key exchange without latching (:meth:`MediaRelay._hand_on`): a source other than
+    the SDP address holds the latch of this handshake socket before keys, not connected, and
+    ``source`` is not the SDP address either (which takes the latch over, _takes_over)."""
+    return (
+        ep.source is not None
+        and not ep.keyed
+        and not ep.connected
+        and ep.ice is None
+        and _is_zrtp(packet)
+        and _not_from_sdp_address(ep, source)
         and not _unaddressed(ep)
     )
 
@@ -893,6 +915,34 @@ class StreamSide:
             with contextlib.suppress(OSError):
                 sock.sendto(packet, also)
         return True
+
+    def latch_peer(self, source: Address, *, rtcp: bool = False, now: float) -> None:
+        """The key exchange proved before keys that ``source`` is this leg's peer (the ``zrtp``
+        engine: its Hello matched the peer's a=zrtp-hash, RFC 6189 §8.1): it takes this side's
+        RTP socket's latch (``rtcp``: its RTCP socket's) from a source that held it without
+        being connected (a stranger first at the port, docs/media_security.md "Forged
+        handshakes"). Not connected (keys connect it, as any latch before keys:
+        :meth:`MediaStream._connect_keyed`). Nothing on a keyed, connected or ICE socket, one
+        that hands nothing on, or one whose leg has no SDP address yet (the forks of a callee
+        our offer waits for: handshakes.py keeps them apart)."""
+        ep = self._rtcp if rtcp else self._rtp
+        if (
+            (ep.source is not None and ep.source[:2] == source[:2])
+            or ep.keyed
+            or ep.connected
+            or ep.ice is not None
+            or ep.non_rtp is None
+            or _unaddressed(ep)
+        ):
+            return
+        if len(source) == 2 and ep.sock.family == socket.AF_INET6:
+            # As recvfrom gives it (Linux: flow info 0 unless asked for, no scope but for a
+            # link-local address): the media workers' channel carries host and port only.
+            source = (source[0], source[1], 0, 0)
+        ep.source = source
+        ep.latched_at = now
+        if ep.stream is not None:
+            ep.stream._rebuild()
 
     def _sdp_address_too(self, rtcp: bool) -> Address | None:
         """Where a key exchange's datagram goes as well: the SDP address of the socket
@@ -2488,6 +2538,14 @@ class MediaRelay:
                 # sdp_address_only): handed on, latching nothing, for the handshake task to
                 # refuse and say so (the log, the call's end reason): refused here, a peer
                 # behind a NAT would only be seen to time out.
+                pass
+            elif _zrtp_beside_unproven_latch(ep, packet, source):
+                # A ZRTP datagram while another source holds the latch before keys, not
+                # connected (it is not the SDP address: a phone behind a NAT, or a stranger
+                # first at the port): handed on, latching nothing. The ZRTP engine tells the
+                # peer by its Hello, which must match the peer's a=zrtp-hash (RFC 6189 §8.1),
+                # and the handshake task gives that source the latch (StreamSide.latch_peer):
+                # a stranger first at the port no longer keeps a phone behind a NAT out.
                 pass
             elif not self._latch(ep, source, now):
                 return

@@ -510,3 +510,45 @@ async def test_without_a_readable_zrtp_hash_the_sdp_address_restarts_the_exchang
     assert leg_keys(env, "a") == mirrored(caller.phone.keys)
     await trio.sleep(30)
     assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+
+
+async def test_a_phone_behind_a_nat_is_keyed_when_a_stranger_latched_the_port_first(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """A stranger's Hello latched the caller leg's port first (not connected: it is not the SDP
+    address). The phone is behind a NAT: it sends from another address than its SDP gave, so
+    it cannot take the port over as the SDP address does. Its ZRTP datagrams go to the
+    exchange all the same; its Hello matches its a=zrtp-hash (RFC 6189 §8.1) and gives it the
+    port's latch before our HelloACK goes, and it is keyed; the stranger's Error ends nothing.
+    Before, the relay dropped the phone's datagrams (counted ``unlatched_source``) and the call
+    ended at the handshake timeout, or at once on the stranger's Error."""
+    env = await with_zrtp(nursery, tmp_path, voipgw_seed)
+    caller = await zrtp_caller(nursery, env, run_phone=False)
+    caller.phone.sock.close()
+    gateway_port = ("127.0.0.1", caller.answer.port)
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert gateway_call.media is not None
+    (stream,) = gateway_call.media.streams
+    natted = await bind(PHONE_PORT + 6)
+    phone = Phone(caller.negotiation, natted, gateway_port)
+    with await bind(PHONE_PORT + 4) as stranger:
+        try:
+            await stranger.sendto(forged_hello(), gateway_port)
+            await eventually(lambda: stream.a.rtp_source == ("127.0.0.1", PHONE_PORT + 4))
+            nursery.start_soon(phone.run)
+        except BaseException:
+            natted.close()
+            raise
+        await stranger.sendto(_zrtp_error(), gateway_port)
+        with trio.fail_after(10):
+            await phone.keyed.wait()
+        assert phone.failure is None and phone.keys is not None
+        await stranger.sendto(_zrtp_error(), gateway_port)
+        sent = _types(await _received(stranger))
+        assert HELLO_ACK not in sent and ERROR_ACK not in sent
+    assert stream.a.rtp_source == ("127.0.0.1", PHONE_PORT + 6)
+    await eventually(lambda: leg_keys(env, "a") is not None)
+    assert leg_keys(env, "a") == mirrored(phone.keys)
+    await trio.sleep(30)
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []

@@ -91,6 +91,9 @@ class Side:
         self.copied.append(copy_to_sdp_address)
         return True
 
+    def latch_peer(self, source: Any, *, rtcp: bool = False, now: float) -> None:
+        self.sent.append(("latch", source, rtcp))  # type: ignore[arg-type]
+
 
 @attrs.define(eq=False)
 class Stream:
@@ -1063,3 +1066,37 @@ async def test_a_callees_datagrams_kept_before_its_answer_reach_the_engine_with_
     task.handshakes.poke()
     await settle()
     assert engine.sources == [(hello(2), PEER)]
+
+
+@attrs.define(eq=False)
+class ProvingEngine(SourcedEngine):
+    """The ``zrtp`` engine as far as the task sees it: once a datagram from a source proves it
+    the peer (its Hello matched a=zrtp-hash), ``peer_source`` says so, and it answers."""
+
+    proving: bytes = b""
+    peer_source: object = None
+
+    def receive_packet_from(self, packet: bytes, *, source: object, now: float) -> None:
+        super().receive_packet_from(packet, source=source, now=now)
+        if packet == self.proving:
+            self.peer_source = source
+            self.outgoing.append(b"\x16answer")
+
+
+async def test_the_source_an_engine_proved_gets_the_latch_before_the_answer_goes(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """docs/media_security.md, "Forged handshakes": a stranger held the port; the engine
+    proved another source the peer (a phone behind a NAT). The relay is told once, before our
+    answer to it is sent, so that the answer goes there."""
+    engine = ProvingEngine(timer=None, outgoing=[], proving=hello(2))
+    task, handler = await caller_task(nursery, engine)
+    nat = ("203.0.113.9", 6000)
+    handler(hello(1), STRANGER)
+    await settle()
+    handler(hello(2), nat)
+    await settle()
+    handler(hello(3), nat)
+    await settle()
+    side = task.session.streams[0].a
+    assert side.sent == [("latch", nat, False), b"\x16answer"]

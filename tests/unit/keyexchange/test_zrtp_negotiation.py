@@ -964,9 +964,11 @@ def test_with_a_bound_hello_only_a_hello_or_ping_is_taken_before_it_matched() ->
     assert ping_ack[16:24] == p.PING_ACK
     # b's Hello matches: b is the peer. The stranger's HelloACK did not count: ours is still
     # unacknowledged, so no Commit yet (§4.1), only our HelloACK.
+    assert a.peer_source is None
     a.receive_packet_from(hello_of(b), source=PEER, now=0.0)
     (ack,) = a.packets_to_send(now=0.0)
     assert ack[16:24] == p.HELLO_ACK
+    assert a.peer_source == PEER  # the core gives it the port's latch
     a.receive_packet_from(error, source=STRANGER, now=0.0)
     assert a.packets_to_send(now=0.0) == [] and events(a) == []
     Link(a, b, sources=FROM_PEER).run()
@@ -1020,6 +1022,7 @@ def test_restart_without_a_binding_forgets_a_strangers_exchange_and_keys_with_th
     answerer.receive_packet_from(p.frame(2, 2, p.message(p.HELLO_ACK)), source=STRANGER, now=0.0)
     assert [x[16:24] for x in answerer.packets_to_send(now=0.0)] == [p.HELLO_ACK, p.COMMIT]
     assert answerer.zrtp_peer_client == "forger"
+    assert answerer.peer_source is None  # nothing proves who the peer is without a binding
     answerer.restart_handshake(now=0.5)
     (hello,) = answerer.packets_to_send(now=0.5)
     assert hello[12:-4] == ours[12:-4]  # the Hello our SDP's a=zrtp-hash names
@@ -1039,6 +1042,7 @@ def test_restart_with_a_bound_hello_changes_nothing() -> None:
     hello_of(a)
     a.receive_packet_from(hello_of(b), source=STRANGER, now=0.0)
     (ack,) = a.packets_to_send(now=0.0)
+    assert ack[16:24] == p.HELLO_ACK
     a.restart_handshake(now=0.1)
     assert a.packets_to_send(now=0.1) == [] and a.zrtp_peer_client == "voipgw"
     Link(a, b, sources={"a": PEER, "b": STRANGER}).run()

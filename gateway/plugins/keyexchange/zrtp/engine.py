@@ -433,7 +433,8 @@ class ZrtpNegotiation:
         when it starts afresh, :meth:`restart_handshake`)."""
         self._peer_hello: p.Hello | None = None
         self._peer_source: tuple[object, ...] | None = None
-        """Where the peer's Hello came from (host, port), when the core said so."""
+        """Where the peer's Hello came from (as the socket gave it: host and port first),
+        when the core said so."""
         self._hello_acked = False
         self.initiator: bool | None = None
         self._multistream = False  # this exchange is in Multistream mode (§4.4.3)
@@ -556,10 +557,10 @@ class ZrtpNegotiation:
             return
         try:
             received = p.parse_packet_untrusted(packet)
-            address = None if source is None else tuple(source[:2])
-            if received.message_type not in (p.HELLO, p.PING) and not self._from_peer(address):
+            sender = None if source is None else tuple(source)
+            if received.message_type not in (p.HELLO, p.PING) and not self._from_peer(sender):
                 raise _Ignore
-            self._receive(received, address, now)
+            self._receive(received, sender, now)
         except (p.ZrtpParseError, _Ignore):
             self._discarded += 1
         except _Abort as abort:
@@ -572,7 +573,16 @@ class ZrtpNegotiation:
         if self._peer_hello is None:
             # Bound: nobody proved to be the peer yet. Unbound: nobody can (the relay's checks).
             return not self._peer_hello_hashes
-        return self._peer_source is None or source == self._peer_source
+        return self._peer_source is None or source[:2] == self._peer_source[:2]
+
+    @property
+    def peer_source(self) -> tuple[object, ...] | None:
+        """The source proved to be the peer before keys: the one whose Hello matched the
+        peer's a=zrtp-hash (§8.1); None without a binding (nothing proves it) or before. The
+        core gives it the media port's latch (docs/plugin_hooks.md, "Media-path engines")."""
+        if not self._peer_hello_hashes or self._state is _State.SECURE:
+            return None
+        return self._peer_source
 
     def restart_handshake(self, *, now: float) -> None:
         """The peer's SDP address spoke after another source's datagrams were fed, before keys
