@@ -768,7 +768,10 @@ class CallHandshakes:
         elif from_sdp and port in self._strangers_fed:
             self._strangers_fed.discard(port)
             restart = getattr(negotiation, "restart_handshake", None)
-            if restart is not None:
+            # False: the engine had nothing to start afresh (the zrtp engine whose peer's Hello
+            # is bound by a=zrtp-hash never took the other source's); None or anything else
+            # (the dtls engine returns None): it did.
+            if restart is not None and restart(now=now) is not False:
                 log.info(
                     "leg %s stream %d %s port: the SDP address spoke after another source's "
                     "handshake datagrams and before keys: handshake started afresh for it",
@@ -776,7 +779,6 @@ class CallHandshakes:
                     index,
                     "RTCP" if rtcp else "RTP",
                 )
-                restart(now=now)
         self._feed(side, negotiation, packet, now, source)
 
     def _from_sdp_address(

@@ -1100,3 +1100,33 @@ async def test_the_source_an_engine_proved_gets_the_latch_before_the_answer_goes
     await settle()
     side = task.session.streams[0].a
     assert side.sent == [("latch", nat, False), b"\x16answer"]
+
+
+@attrs.define(eq=False)
+class NothingToRestartEngine(RestartingEngine):
+    """The ``zrtp`` engine with the peer's Hello bound: it never took the other source's."""
+
+    def restart_handshake(self, *, now: float) -> bool:
+        self.log.append("restart")
+        return False
+
+
+async def test_an_engine_with_nothing_to_restart_is_not_said_to_have_restarted(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.core.media.handshakes")
+    engine = NothingToRestartEngine(timer=None)
+    _, handler = await caller_task(nursery, engine)
+    handler(hello(1), STRANGER)
+    await settle()
+    handler(hello(2), PEER)
+    await settle()
+    assert engine.log == [hello(1), "restart", hello(2)]
+    assert not [r for r in caplog.records if "started afresh" in r.getMessage()]
+    restarting = RestartingEngine(timer=None)
+    _, handler = await caller_task(nursery, restarting)
+    handler(hello(1), STRANGER)
+    await settle()
+    handler(hello(2), PEER)
+    await settle()
+    assert [r for r in caplog.records if "started afresh" in r.getMessage()]

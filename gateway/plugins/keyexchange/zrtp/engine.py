@@ -584,7 +584,7 @@ class ZrtpNegotiation:
             return None
         return self._peer_source
 
-    def restart_handshake(self, *, now: float) -> None:
+    def restart_handshake(self, *, now: float) -> bool:
         """The peer's SDP address spoke after another source's datagrams were fed, before keys
         (gateway/core/media/handshakes.py; docs/media_security.md, "Forged handshakes").
 
@@ -596,23 +596,25 @@ class ZrtpNegotiation:
         our H0..H3 chain with it, §9: what the stranger saw of it authenticates nothing it
         could use without the DH exchange, whose keys it never gets); the sequence number goes
         on, and the overall deadline is kept. A DH exchange this stream ran for the leg is not
-        the leg's any more (:meth:`ZrtpLegSession.forget`)."""
+        the leg's any more (:meth:`ZrtpLegSession.forget`). True when it started afresh, False
+        when there was nothing to undo (the core then logs nothing)."""
         if self._peer_hello_hashes or self._state in (
             _State.WAITING,
             _State.FAILED,
             _State.SECURE,
         ):
-            return
+            return False
         self._session.forget(self)
         self._forget_peer()
         self._state = _State.DISCOVERY
         if self._hello_pending:
-            return  # our first Hello is not sent yet: it goes as planned
+            return True  # our first Hello is not sent yet: it goes as planned
         timing = self._settings.timing
         self._send(self._hello)
         self._retransmission = _Retransmission(
             self._hello, now + timing.t1_first, timing.t1_first, timing.t1_cap, 0
         )
+        return True
 
     def _abort(self, abort: _Abort) -> None:
         if abort.code is None:
