@@ -83,7 +83,10 @@ address (direction ``a_to_b``), and the reverse.
   exchange's datagrams go to the SDP address too meanwhile, unless they only answer the
   latched source (our DTLS server flight; :meth:`StreamSide.send`). Keys connect the socket
   (:meth:`MediaStream._connect_keyed`): the keyed path is unchanged. A side set
-  ``sdp_address_only`` lets no other source latch before keys.
+  ``sdp_address_only`` lets no other source latch before keys. While another source than the
+  SDP address holds such a latch, ZRTP datagrams from other sources go to the handler with
+  their source, latching nothing (:func:`_zrtp_beside_unproven_latch`): the ZRTP engine tells
+  the peer by its Hello (RFC 6189 §8.1), and :meth:`StreamSide.latch_peer` gives it the latch.
   On the callee's side (B) while its leg's SDP never gave an address (our offer waits for its
   answer: maybe one of several forks, RFC 3261 §16.7, sharing these sockets; a late-offer
   caller, RFC 3261 §13.2.1, is one device and latches as always) a handshake socket's latch is not
