@@ -491,6 +491,7 @@ class _Endpoint:
         "only_from_source",
         "previous_source",
         "previous_until",
+        "proven_peer",
         "receive_errors",
         "recv_connected",
         "recvfrom_into",
@@ -547,6 +548,10 @@ class _Endpoint:
         # Before the leg's SDP address spoke, take no other source (a handshake socket of a
         # leg whose key exchange asks so: StreamSide.set_non_rtp_handler).
         self.sdp_address_only = False
+        # The latched source was proved to be the peer by its key exchange before keys
+        # (StreamSide.latch_peer): neither the SDP address takes it over nor other sources'
+        # ZRTP is handed on beside it.
+        self.proven_peer = False
         self.dropped_malformed = 0
         # Datagrams an opaque stream relayed (T.38 UDPTL, _relay_opaque): not RTP.
         self.udptl_packets = 0
@@ -646,6 +651,7 @@ def _takes_over(ep: _Endpoint, source: Address) -> bool:
         ep.non_rtp is not None
         and not ep.keyed
         and not ep.connected
+        and not ep.proven_peer
         and ep.ice is None
         and _from_sdp_address(ep, source)
         and not _unaddressed(ep)
@@ -661,6 +667,7 @@ def _zrtp_beside_unproven_latch(ep: _Endpoint, packet: bytes, source: Address) -
         ep.source is not None
         and not ep.keyed
         and not ep.connected
+        and not ep.proven_peer
         and ep.ice is None
         and _is_zrtp(packet)
         and _not_from_sdp_address(ep, source)
@@ -671,6 +678,7 @@ def _zrtp_beside_unproven_latch(ep: _Endpoint, packet: bytes, source: Address) -
 def _unlatch(ep: _Endpoint) -> None:
     """Forget the latched source; the socket takes datagrams from anyone again."""
     ep.source = None
+    ep.proven_peer = False
     _disconnect(ep)
 
 
@@ -924,28 +932,25 @@ class StreamSide:
         engine: its Hello matched the peer's a=zrtp-hash, RFC 6189 §8.1): it takes this side's
         RTP socket's latch (``rtcp``: its RTCP socket's) from a source that held it without
         being connected (a stranger first at the port, docs/media_security.md "Forged
-        handshakes"). Not connected (keys connect it, as any latch before keys:
+        handshakes"), or keeps it, and from then on neither the SDP address takes it over
+        (:func:`_takes_over`: anyone can put that address on a datagram) nor other sources'
+        ZRTP is handed on beside it. Not connected (keys connect it, as any latch before keys:
         :meth:`MediaStream._connect_keyed`). Nothing on a keyed, connected or ICE socket, one
         that hands nothing on, or one whose leg has no SDP address yet (the forks of a callee
         our offer waits for: handshakes.py keeps them apart)."""
         ep = self._rtcp if rtcp else self._rtp
-        if (
-            (ep.source is not None and ep.source[:2] == source[:2])
-            or ep.keyed
-            or ep.connected
-            or ep.ice is not None
-            or ep.non_rtp is None
-            or _unaddressed(ep)
-        ):
+        if ep.keyed or ep.connected or ep.ice is not None or ep.non_rtp is None or _unaddressed(ep):
             return
-        if len(source) == 2 and ep.sock.family == socket.AF_INET6:
-            # As recvfrom gives it (Linux: flow info 0 unless asked for, no scope but for a
-            # link-local address): the media workers' channel carries host and port only.
-            source = (source[0], source[1], 0, 0)
-        ep.source = source
-        ep.latched_at = now
-        if ep.stream is not None:
-            ep.stream._rebuild()
+        if ep.source is None or ep.source[:2] != source[:2]:
+            if len(source) == 2 and ep.sock.family == socket.AF_INET6:
+                # As recvfrom gives it (Linux: flow info 0 unless asked for, no scope but for
+                # a link-local address): the media workers' channel carries host and port.
+                source = (source[0], source[1], 0, 0)
+            ep.source = source
+            ep.latched_at = now
+            if ep.stream is not None:
+                ep.stream._rebuild()
+        ep.proven_peer = True
 
     def _sdp_address_too(self, rtcp: bool) -> Address | None:
         """Where a key exchange's datagram goes as well: the SDP address of the socket
@@ -2620,6 +2625,7 @@ class MediaRelay:
         # Never connected here: without re-latching only an unlatched socket gets this far.
         ep.source = source
         ep.latched_at = now
+        ep.proven_peer = False
         if self._relatch_after is None and not (
             ep.non_rtp is not None
             and (_unaddressed(ep) or (not ep.keyed and _not_from_sdp_address(ep, source)))

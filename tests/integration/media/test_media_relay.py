@@ -36,7 +36,6 @@ from gateway.core.media.relay import (
     Transforms,
 )
 from gateway.plugins.keyexchange.zrtp.packets import (
-    ERROR_ACK,
     HELLO,
     encode_error,
     frame,
@@ -1054,8 +1053,8 @@ async def test_zrtp_beside_a_strangers_latch_is_handed_on_and_the_proven_peer_ta
     # address). Alice is behind a NAT: her ZRTP datagrams, from another source, are handed on
     # with that source all the same, latching nothing (the ZRTP engine tells her by her Hello,
     # RFC 6189 §8.1); her RTP, a DTLS record and an Error (no MAC, §5.9) from there are not.
-    # latch_peer (the engine proved her) gives her the latch, still unconnected; keys connect
-    # it: the keyed path is the one every call takes (#7).
+    # latch_peer (the engine proved her) gives her the latch for good, still unconnected; keys
+    # connect it: the keyed path is the one every call takes (#7).
     stream = connected
     stranger, natted = make_phone(), make_phone()
     taken: list[tuple[bytes, Any]] = []
@@ -1078,9 +1077,12 @@ async def test_zrtp_beside_a_strangers_latch_is_handed_on_and_the_proven_peer_ta
     assert stream.a.send(b"answer")  # to her, and to her SDP address as before keys
     assert await natted.receive() == (b"answer", (ADDRESS, port))
     assert await alice.receive() == (b"answer", (ADDRESS, port))
-    await stranger.send(zrtp_packet(ERROR_ACK, 4), port)  # handed on: the engine decides
-    await until(lambda: len(taken) == 3)
-    assert taken[2][1] == stranger.rtp_address
+    # Proved: the stranger's ZRTP is no longer handed on, nor does the SDP address (anyone
+    # can put it on a datagram) take the latch over.
+    await stranger.send(zrtp_packet(HELLO, 4), port)
+    await alice.send(zrtp_packet(HELLO, 5), port)
+    await until(lambda: stream.a_to_b.statistics().dropped_unlatched_source == 5)
+    assert len(taken) == 2 and stream.a.rtp_source == natted.rtp_address
 
     stream.a_to_b.transforms = Transforms(rtp_in=lambda packet: packet)  # her keys
     await natted.send(rtp(2), port)
