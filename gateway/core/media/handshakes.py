@@ -279,9 +279,9 @@ class CallHandshakes:
         the SDP address speaks, that handshake starts afresh (:meth:`_feed_item`)."""
         self._held_strangers: set[tuple[str, int, bool]] = set()
         """Ports whose datagrams kept while held (:meth:`hold`) came from such a source."""
-        self._proven: dict[tuple[str, int, bool], Address] = {}
-        """The source each port's engine proved to be its peer, as last told to the relay
-        (:meth:`_latch_proven_peer`)."""
+        self._proven: dict[tuple[str, int, bool], tuple[KeyNegotiation, Address]] = {}
+        """The engine of each port and the source it proved to be its peer, as last told to
+        the relay (:meth:`_latch_proven_peer`): a new engine (a re-INVITE's) tells it again."""
         self._refused: set[tuple[str, int, bool]] = set()
         """Ports that refused another source's datagrams (``sdp_address_only``): said in the
         log once each, and in the reason if their handshake fails."""
@@ -396,6 +396,7 @@ class CallHandshakes:
             self._early_rtcp.clear()
             self._unanswered.clear()
             self._early_losers.clear()
+            self._proven.clear()
             self._unhook()
             self._send.close()
             # legs, on_keys and on_failure are the call's bound methods, and the call holds
@@ -813,12 +814,15 @@ class CallHandshakes:
         matched the peer's a=zrtp-hash, RFC 6189 §8.1), before anything is sent that answers
         it: a stranger that reached the port first held the latch, and a phone behind a NAT
         was kept out (docs/media_security.md, "Forged handshakes"). Said to the relay once per
-        source and port."""
+        source, engine and port."""
         proven = getattr(negotiation, "peer_source", None)
-        port = (side, index, rtcp)
-        if proven is None or self._proven.get(port) == proven:
+        if proven is None:
             return
-        self._proven[port] = proven
+        port = (side, index, rtcp)
+        told = self._proven.get(port)
+        if told is not None and told[0] is negotiation and told[1] == proven:
+            return
+        self._proven[port] = (negotiation, proven)
         relay_side.latch_peer(proven, rtcp=rtcp, now=now)
 
     def _refuses(
