@@ -1091,7 +1091,7 @@ async def test_the_source_an_engine_proved_gets_the_latch_before_the_answer_goes
     answer to it is sent, so that the answer goes there."""
     engine = ProvingEngine(timer=None, outgoing=[], proving=hello(2))
     task, handler = await caller_task(nursery, engine)
-    nat = ("203.0.113.9", 6000)
+    nat = ("127.0.0.1", 6000)  # a fake relay side's: never bound
     handler(hello(1), STRANGER)
     await settle()
     handler(hello(2), nat)
