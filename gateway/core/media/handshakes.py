@@ -102,6 +102,9 @@ and counted (``blocked``). Each keeps at most :data:`HELD_DATAGRAMS`."""
 _Item = tuple[str, int, bool, bytes, Address | None] | None
 """(side, stream index, on the RTCP port, datagram, its source), or None: look again."""
 
+_Kept = tuple[bytes, Address | None]
+"""A datagram kept for later and its source (None: not known), fed with it."""
+
 
 def _no_legs() -> Mapping[str, LegSecurity | None]:
     return {}
@@ -238,14 +241,14 @@ class CallHandshakes:
         """The RTCP component last driven per (side, stream) and the keys it agreed: a
         re-INVITE's new StreamSecurity gets the same component (the association goes on) and
         its keys, whose KeysReady the earlier StreamSecurity took."""
-        self._early_rtcp: dict[tuple[str, int], list[bytes]] = {}
+        self._early_rtcp: dict[tuple[str, int], list[_Kept]] = {}
         """Datagrams that came on a leg's RTCP port before its handshake there existed."""
         self._held: set[str] = set()
         """Sides whose handshakes wait for our SDP answer to be sent (:meth:`hold`)."""
         self._released: set[tuple[str, str | _Engine | None]] = set()
         """(side, association) driven unheld or released: that peer has our fingerprint for it
         (our offer or answer went), no hold again (:meth:`hold`)."""
-        self._held_datagrams: dict[tuple[str, int, bool], list[bytes]] = {}
+        self._held_datagrams: dict[tuple[str, int, bool], list[_Kept]] = {}
         """Datagrams from a held side's peer, per (side, stream, RTCP port), fed at release."""
         self.dropped = 0
         """Datagrams dropped here, each also counted in the media session's drops of its
@@ -276,6 +279,9 @@ class CallHandshakes:
         the SDP address speaks, that handshake starts afresh (:meth:`_feed_item`)."""
         self._held_strangers: set[tuple[str, int, bool]] = set()
         """Ports whose datagrams kept while held (:meth:`hold`) came from such a source."""
+        self._proven: dict[tuple[str, int, bool], tuple[KeyNegotiation, Address]] = {}
+        """The engine of each port and the source it proved to be its peer, as last told to
+        the relay (:meth:`_latch_proven_peer`): a new engine (a re-INVITE's) tells it again."""
         self._refused: set[tuple[str, int, bool]] = set()
         """Ports that refused another source's datagrams (``sdp_address_only``): said in the
         log once each, and in the reason if their handshake fails."""
@@ -390,6 +396,7 @@ class CallHandshakes:
             self._early_rtcp.clear()
             self._unanswered.clear()
             self._early_losers.clear()
+            self._proven.clear()
             self._unhook()
             self._send.close()
             # legs, on_keys and on_failure are the call's bound methods, and the call holds
@@ -433,18 +440,20 @@ class CallHandshakes:
                             # spoken since (a peer behind a NAT): fed, as they come after.
                             self._strangers_fed.add((side, index, rtcp))
                         self._held_strangers.discard((side, index, rtcp))
-                        for packet in held:
-                            self._feed(side, negotiation, packet, now)
+                        for packet, source in held:
+                            self._feed(side, negotiation, packet, now, source)
                     timer = negotiation.get_timer()
                     if timer is not None and timer <= now:
                         negotiation.handle_timer(now=now)
                     if rtcp:
-                        for packet in self._early_rtcp.pop((side, index), ()):
-                            self._feed(side, negotiation, packet, now)
+                        for packet, source in self._early_rtcp.pop((side, index), ()):
+                            self._feed(side, negotiation, packet, now, source)
                     if item is not None and item[:3] == (side, index, rtcp):
                         self._item_taken = True
                         self._feed_item(stream, negotiation, item, now)
                     relay_side = self._side(side, index)
+                    if relay_side is not None:
+                        self._latch_proven_peer(side, index, rtcp, negotiation, relay_side, now)
                     # What answers its peer only (our DTLS server flight) never goes to the
                     # SDP address as well (relay.StreamSide.send): it answers the source that
                     # holds the port, maybe a stranger's ClientHello.
@@ -511,7 +520,7 @@ class CallHandshakes:
         after 1 s, RFC 6347 §4.2.4.1). On a stream that has an association in force only a
         new handshake's records (epoch 0, RFC 6347 §4.1) are the new one's; the rest (its
         alerts, a retransmitted Finished) stay with the one in force."""
-        side, index, rtcp, packet, _ = item
+        side, index, rtcp, packet, source = item
         if index not in offered.get(side, {}):
             return False
         if index in streams.get(side, {}) and not _starts_handshake(packet):
@@ -519,7 +528,7 @@ class CallHandshakes:
         self._item_taken = True
         held = self._held_datagrams.setdefault((side, index, rtcp), [])
         if len(held) < HELD_DATAGRAMS:
-            held.append(packet)
+            held.append((packet, source))
         else:
             self._drop(side, "blocked")
         return True
@@ -605,18 +614,18 @@ class CallHandshakes:
                         self._losers.setdefault((index, rtcp), set()).add(source)
                         self._losers_of = self._legs().get("b")
             if chosen is not None:
-                self._give_b(index, rtcp, by_source[chosen])
+                self._give_b(index, rtcp, chosen, by_source[chosen])
         self._settle_early()
 
-    def _give_b(self, index: int, rtcp: bool, kept: list[bytes]) -> None:
+    def _give_b(self, index: int, rtcp: bool, source: Address, kept: list[bytes]) -> None:
         """Datagrams kept from B's answering source: to its handshake before anything newer,
         in the order they came (the RTCP port's waits for that port's handshake to exist)."""
         if rtcp:
             early = self._early_rtcp.setdefault(("b", index), [])
-            early[:0] = kept
+            early[:0] = [(packet, source) for packet in kept]
         else:
             held = self._held_datagrams.setdefault(("b", index, False), [])
-            held[:0] = kept
+            held[:0] = [(packet, source) for packet in kept]
 
     def _rivals_ring(self) -> bool:
         """Whether a fork other than B's leg still rings (no final answer chose B yet)."""
@@ -643,7 +652,7 @@ class CallHandshakes:
                     # Behind a NAT: which source is this fork's is not known; none is kept
                     # out of its handshake (as _from_loser does for another B leg).
                     continue
-                self._give_b(index, rtcp, by_source.pop(chosen))
+                self._give_b(index, rtcp, chosen, by_source.pop(chosen))
                 # The other sources lost to this answer as they did to the first.
                 self._losers[(index, rtcp)] = losers.get((index, rtcp), set()) - {chosen}
             self._losers_of = b
@@ -730,7 +739,7 @@ class CallHandshakes:
                     self._drop(side, "unlatched_source", len(self._held_datagrams.pop(port, ())))
                 held = self._held_datagrams.setdefault(port, [])
                 if len(held) < HELD_DATAGRAMS:
-                    held.append(item[3])
+                    held.append((item[3], item[4]))
                 else:
                     self._drop(side, "blocked")
 
@@ -750,7 +759,7 @@ class CallHandshakes:
         handshake starts afresh for it (the engine's optional ``restart_handshake``,
         docs/plugin_hooks.md "Media-path engines"): the stranger's ClientHello is in the old
         association's state. With ``sdp_address_only`` another source is refused instead."""
-        side, index, rtcp, packet, _ = item
+        side, index, rtcp, packet, source = item
         from_sdp = self._from_sdp_address(stream, item)
         port = (side, index, rtcp)
         if from_sdp is False:
@@ -760,7 +769,10 @@ class CallHandshakes:
         elif from_sdp and port in self._strangers_fed:
             self._strangers_fed.discard(port)
             restart = getattr(negotiation, "restart_handshake", None)
-            if restart is not None:
+            # False: the engine had nothing to start afresh (the zrtp engine whose peer's Hello
+            # is bound by a=zrtp-hash never took the other source's); None or anything else
+            # (the dtls engine returns None): it did.
+            if restart is not None and restart(now=now) is not False:
                 log.info(
                     "leg %s stream %d %s port: the SDP address spoke after another source's "
                     "handshake datagrams and before keys: handshake started afresh for it",
@@ -768,8 +780,7 @@ class CallHandshakes:
                     index,
                     "RTCP" if rtcp else "RTP",
                 )
-                restart(now=now)
-        self._feed(side, negotiation, packet, now)
+        self._feed(side, negotiation, packet, now, source)
 
     def _from_sdp_address(
         self, stream: StreamSecurity, item: tuple[str, int, bool, bytes, Address | None]
@@ -788,6 +799,31 @@ class CallHandshakes:
         if security is not None and security.ice.responders(index)[0] is not None:
             return None
         return source[:2] == address
+
+    def _latch_proven_peer(
+        self,
+        side: str,
+        index: int,
+        rtcp: bool,
+        negotiation: KeyNegotiation,
+        relay_side: RelaySide,
+        now: float,
+    ) -> None:
+        """Give the port's latch to the source its engine proved to be the peer before keys
+        (the engine's optional ``peer_source``: the ``zrtp`` engine's, the source whose Hello
+        matched the peer's a=zrtp-hash, RFC 6189 §8.1), before anything is sent that answers
+        it: a stranger that reached the port first held the latch, and a phone behind a NAT
+        was kept out (docs/media_security.md, "Forged handshakes"). Said to the relay once per
+        source, engine and port."""
+        proven = getattr(negotiation, "peer_source", None)
+        if proven is None:
+            return
+        port = (side, index, rtcp)
+        told = self._proven.get(port)
+        if told is not None and told[0] is negotiation and told[1] == proven:
+            return
+        self._proven[port] = (negotiation, proven)
+        relay_side.latch_peer(proven, rtcp=rtcp, now=now)
 
     def _refuses(
         self, negotiation: KeyNegotiation, item: tuple[str, int, bool, bytes, Address | None]
@@ -815,10 +851,25 @@ class CallHandshakes:
         self._drop(side, "unlatched_source")
         return True
 
-    def _feed(self, side: str, negotiation: KeyNegotiation, packet: bytes, now: float) -> None:
+    def _feed(
+        self,
+        side: str,
+        negotiation: KeyNegotiation,
+        packet: bytes,
+        now: float,
+        source: Address | None,
+    ) -> None:
+        """``packet`` from ``source`` (None: not known) to ``negotiation``; with its source
+        where the engine takes it (its optional ``receive_packet_from``, docs/plugin_hooks.md
+        "Media-path engines": the ``zrtp`` engine tells the peer from a stranger by the source
+        whose Hello matched the peer's a=zrtp-hash, RFC 6189 §8.1)."""
         # RFC 7983: each engine claims its range of first bytes (DTLS 20..63, ZRTP 16..19).
         if negotiation.claims_packet(packet[0], packet):
-            negotiation.receive_packet(packet, now=now)
+            receive_from = getattr(negotiation, "receive_packet_from", None)
+            if receive_from is not None:
+                receive_from(packet, source=source, now=now)
+            else:
+                negotiation.receive_packet(packet, now=now)
         else:
             self.unclaimed += 1
             self._drop(side, "malformed")
@@ -846,7 +897,7 @@ class CallHandshakes:
             self._item_taken = True
             held = self._early_rtcp.setdefault((side, index), [])
             if len(held) < EARLY_RTCP_DATAGRAMS:
-                held.append(item[3])
+                held.append((item[3], item[4]))
             else:
                 self._drop(side, "blocked")
 

@@ -83,7 +83,10 @@ address (direction ``a_to_b``), and the reverse.
   exchange's datagrams go to the SDP address too meanwhile, unless they only answer the
   latched source (our DTLS server flight; :meth:`StreamSide.send`). Keys connect the socket
   (:meth:`MediaStream._connect_keyed`): the keyed path is unchanged. A side set
-  ``sdp_address_only`` lets no other source latch before keys.
+  ``sdp_address_only`` lets no other source latch before keys. While another source than the
+  SDP address holds such a latch, ZRTP datagrams from other sources go to the handler with
+  their source, latching nothing (:func:`_zrtp_beside_unproven_latch`): the ZRTP engine tells
+  the peer by its Hello (RFC 6189 §8.1), and :meth:`StreamSide.latch_peer` gives it the latch.
   On the callee's side (B) while its leg's SDP never gave an address (our offer waits for its
   answer: maybe one of several forks, RFC 3261 §16.7, sharing these sockets; a late-offer
   caller, RFC 3261 §13.2.1, is one device and latches as always) a handshake socket's latch is not
@@ -488,6 +491,7 @@ class _Endpoint:
         "only_from_source",
         "previous_source",
         "previous_until",
+        "proven_peer",
         "receive_errors",
         "recv_connected",
         "recvfrom_into",
@@ -544,6 +548,10 @@ class _Endpoint:
         # Before the leg's SDP address spoke, take no other source (a handshake socket of a
         # leg whose key exchange asks so: StreamSide.set_non_rtp_handler).
         self.sdp_address_only = False
+        # The latched source was proved to be the peer by its key exchange before keys
+        # (StreamSide.latch_peer): neither the SDP address takes it over nor other sources'
+        # ZRTP is handed on beside it.
+        self.proven_peer = False
         self.dropped_malformed = 0
         # Datagrams an opaque stream relayed (T.38 UDPTL, _relay_opaque): not RTP.
         self.udptl_packets = 0
@@ -575,11 +583,17 @@ _ZRTP_COOKIE = b"ZRTP"  # RFC 6189 §5: the magic cookie, bytes 4..8 of every ZR
 _ZRTP_ERROR = b"Error   "  # RFC 6189 §5.9: the message type block, bytes 16..24
 
 
+def _is_zrtp(packet: bytes) -> bool:
+    """Whether the datagram is a ZRTP packet (RFC 7983: first byte 16..19; RFC 6189 §5: the
+    magic cookie); its CRC is the engine's to check."""
+    return 16 <= packet[0] <= 19 and packet[4:8] == _ZRTP_COOKIE
+
+
 def _is_zrtp_error(packet: bytes) -> bool:
     """Whether the datagram is a ZRTP Error (RFC 6189 §5.9): it carries no MAC (nothing
     authenticates it) and ends the receiver's exchange. Read where a DTLS alert is (RFC 7983:
     ZRTP's first byte is 16..19); its CRC is the engine's to check."""
-    return 16 <= packet[0] <= 19 and packet[4:8] == _ZRTP_COOKIE and packet[16:24] == _ZRTP_ERROR
+    return _is_zrtp(packet) and packet[16:24] == _ZRTP_ERROR
 
 
 def _from_sdp_address(ep: _Endpoint, source: Address) -> bool:
@@ -637,8 +651,26 @@ def _takes_over(ep: _Endpoint, source: Address) -> bool:
         ep.non_rtp is not None
         and not ep.keyed
         and not ep.connected
+        and not ep.proven_peer
         and ep.ice is None
         and _from_sdp_address(ep, source)
+        and not _unaddressed(ep)
+    )
+
+
+def _zrtp_beside_unproven_latch(ep: _Endpoint, packet: bytes, source: Address) -> bool:
+    """Whether ``packet``, from ``source`` (not the latched one), is a ZRTP datagram that goes
+    to the key exchange without latching (:meth:`MediaRelay._hand_on`): a source other than
+    the SDP address holds the latch of this handshake socket before keys, not connected, and
+    ``source`` is not the SDP address either (which takes the latch over, _takes_over)."""
+    return (
+        ep.source is not None
+        and not ep.keyed
+        and not ep.connected
+        and not ep.proven_peer
+        and ep.ice is None
+        and _is_zrtp(packet)
+        and _not_from_sdp_address(ep, source)
         and not _unaddressed(ep)
     )
 
@@ -646,6 +678,7 @@ def _takes_over(ep: _Endpoint, source: Address) -> bool:
 def _unlatch(ep: _Endpoint) -> None:
     """Forget the latched source; the socket takes datagrams from anyone again."""
     ep.source = None
+    ep.proven_peer = False
     _disconnect(ep)
 
 
@@ -893,6 +926,31 @@ class StreamSide:
             with contextlib.suppress(OSError):
                 sock.sendto(packet, also)
         return True
+
+    def latch_peer(self, source: Address, *, rtcp: bool = False, now: float) -> None:
+        """The key exchange proved before keys that ``source`` is this leg's peer (the ``zrtp``
+        engine: its Hello matched the peer's a=zrtp-hash, RFC 6189 §8.1): it takes this side's
+        RTP socket's latch (``rtcp``: its RTCP socket's) from a source that held it without
+        being connected (a stranger first at the port, docs/media_security.md "Forged
+        handshakes"), or keeps it, and from then on neither the SDP address takes it over
+        (:func:`_takes_over`: anyone can put that address on a datagram) nor other sources'
+        ZRTP is handed on beside it. Not connected (keys connect it, as any latch before keys:
+        :meth:`MediaStream._connect_keyed`). Nothing on a keyed, connected or ICE socket, one
+        that hands nothing on, or one whose leg has no SDP address yet (the forks of a callee
+        our offer waits for: handshakes.py keeps them apart)."""
+        ep = self._rtcp if rtcp else self._rtp
+        if ep.keyed or ep.connected or ep.ice is not None or ep.non_rtp is None or _unaddressed(ep):
+            return
+        if ep.source is None or ep.source[:2] != source[:2]:
+            if len(source) == 2 and ep.sock.family == socket.AF_INET6:
+                # As recvfrom gives it (Linux: flow info 0 unless asked for, no scope but for
+                # a link-local address): the media workers' channel carries host and port.
+                source = (source[0], source[1], 0, 0)
+            ep.source = source
+            ep.latched_at = now
+            if ep.stream is not None:
+                ep.stream._rebuild()
+        ep.proven_peer = True
 
     def _sdp_address_too(self, rtcp: bool) -> Address | None:
         """Where a key exchange's datagram goes as well: the SDP address of the socket
@@ -2489,6 +2547,14 @@ class MediaRelay:
                 # refuse and say so (the log, the call's end reason): refused here, a peer
                 # behind a NAT would only be seen to time out.
                 pass
+            elif _zrtp_beside_unproven_latch(ep, packet, source):
+                # A ZRTP datagram while another source holds the latch before keys, not
+                # connected (it is not the SDP address: a phone behind a NAT, or a stranger
+                # first at the port): handed on, latching nothing. The ZRTP engine tells the
+                # peer by its Hello, which must match the peer's a=zrtp-hash (RFC 6189 §8.1),
+                # and the handshake task gives that source the latch (StreamSide.latch_peer):
+                # a stranger first at the port no longer keeps a phone behind a NAT out.
+                pass
             elif not self._latch(ep, source, now):
                 return
         handler = ep.non_rtp
@@ -2559,6 +2625,7 @@ class MediaRelay:
         # Never connected here: without re-latching only an unlatched socket gets this far.
         ep.source = source
         ep.latched_at = now
+        ep.proven_peer = False
         if self._relatch_after is None and not (
             ep.non_rtp is not None
             and (_unaddressed(ep) or (not ep.keyed and _not_from_sdp_address(ep, source)))

@@ -11,7 +11,7 @@ in-process stream takes transform callables, a worker's stream takes the keys th
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from gateway.core.media.g711 import G711Transcoding
 from gateway.core.media.relay import (
@@ -66,6 +66,8 @@ class RelaySide(Protocol):
     def send(
         self, packet: bytes, *, rtcp: bool = False, copy_to_sdp_address: bool = True
     ) -> bool: ...
+
+    def latch_peer(self, source: tuple[Any, ...], *, rtcp: bool = False, now: float) -> None: ...
 
 
 class RelayDirection(Protocol):

@@ -66,7 +66,7 @@ import sys
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -96,6 +96,7 @@ from gateway.core.media.worker_protocol import (
     Datagram,
     DtmfEvent,
     FrameReader,
+    LatchPeer,
     Message,
     Open,
     PairsReady,
@@ -393,6 +394,13 @@ class RemoteSide:
         which also says what ``copy_to_sdp_address`` does)."""
         return self._stream._send(
             SendDatagram(self._stream.id, self._name, rtcp, packet, copy_to_sdp_address)
+        )
+
+    def latch_peer(self, source: tuple[Any, ...], *, rtcp: bool = False, now: float) -> None:
+        """The worker's socket latches ``source``, proved to be this leg's peer before keys
+        (:meth:`~gateway.core.media.relay.StreamSide.latch_peer`)."""
+        self._stream._send(
+            LatchPeer(self._stream.id, self._name, rtcp, (str(source[0]), int(source[1])))
         )
 
     def _deliver(self, packet: bytes, source: tuple[str, int] | None, rtcp: bool) -> None:

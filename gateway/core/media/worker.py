@@ -91,6 +91,7 @@ from gateway.core.media.worker_protocol import (
     DtmfEvent,
     FrameReader,
     Hello,
+    LatchPeer,
     Message,
     Open,
     PairsReady,
@@ -141,6 +142,7 @@ _STREAM_REQUESTS = (
     SetDtls,
     SetIce,
     SendDatagram,
+    LatchPeer,
     SetTap,
     SetOpaque,
     SetRtcpWatch,
@@ -342,6 +344,10 @@ class Worker:
                     rtcp=message.rtcp,
                     copy_to_sdp_address=message.copy_to_sdp_address,
                 )
+            elif isinstance(message, LatchPeer):
+                side = stream.a if message.side == "a" else stream.b
+                if message.source is not None:
+                    side.latch_peer(message.source, rtcp=message.rtcp, now=trio.current_time())
             elif isinstance(message, SetTap):
                 self._set_tap(message.stream, stream, message.enabled)
             elif isinstance(message, SetOpaque):

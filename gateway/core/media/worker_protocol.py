@@ -37,9 +37,9 @@ of the same user, never a network socket. No ``repr`` shows them (``SrtpKeys`` r
 and no error message quotes a frame's bytes. The same holds for ICE passwords (:class:`SetIce`).
 
 SIP process -> worker: :class:`Open`, :class:`SetRemote`, :class:`SetBlocked`, :class:`SetKeys`,
-:class:`SetDtls`, :class:`SendDatagram`, :class:`Close`, :class:`Ping`, :class:`SetTap`,
-:class:`SetOpaque`, :class:`SetIce`, :class:`SetPayloadTypes`, :class:`SetRedPayloadTypes`,
-:class:`SetDtmf`, :class:`SendDtmf`, :class:`SetTranscoding`.
+:class:`SetDtls`, :class:`SendDatagram`, :class:`LatchPeer`, :class:`Close`, :class:`Ping`,
+:class:`SetTap`, :class:`SetOpaque`, :class:`SetIce`, :class:`SetPayloadTypes`,
+:class:`SetRedPayloadTypes`, :class:`SetDtmf`, :class:`SendDtmf`, :class:`SetTranscoding`.
 Worker -> SIP process: :class:`Hello` (first), :class:`PairsReady`, :class:`Datagram`,
 :class:`Stats`, :class:`StreamFailed`, :class:`Pong`, :class:`Tapped`, :class:`TappedDatagram`,
 :class:`DtmfEvent`.
@@ -66,7 +66,7 @@ from gateway.core.interfaces import SrtpKeys
 from gateway.core.media.relay import DirectionStatistics
 from gateway.core.media.srtp import SrtpStatistics
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 """The version of the channel's messages and of the worker's command line. **Bump it on any
 change to a message's layout** (a field added, removed, reordered or retyped, a default that
 is sent, a type number, a field codec) **or to what a message means, and on any change to the
@@ -78,7 +78,8 @@ on a usage error before it can say which version it is, in a loop of restarts. T
 frames and the worker's options in tests/unit/media/test_worker_protocol.py are those of this
 version: a change without a bump fails them. The framing (a u32 length, a u8 type) never
 changes: :class:`Hello` rides on it. 1: the first versioned layouts (session 38); before it the
-channel had no version (a SIP process of then passes no ``--protocol-version``)."""
+channel had no version (a SIP process of then passes no ``--protocol-version``). 2: with
+:class:`LatchPeer` (session 39)."""
 
 EXIT_PROTOCOL_MISMATCH = 78
 """A worker's exit status when the SIP process that started it speaks another protocol
@@ -228,6 +229,17 @@ class SendDatagram:
     packet: bytes = attrs.field(repr=lambda p: f"<{len(p)} octets>")
     copy_to_sdp_address: bool = True
     """False: never copied to the leg's SDP address (our DTLS server flight, StreamSide.send)."""
+
+
+@attrs.frozen
+class LatchPeer:
+    """``StreamSide.latch_peer``: the key exchange proved before keys that ``source`` is
+    ``side``'s peer; it takes the RTP socket's latch (``rtcp``: the RTCP socket's)."""
+
+    stream: int
+    side: str
+    rtcp: bool
+    source: tuple[str, int] | None
 
 
 @attrs.frozen
@@ -455,6 +467,7 @@ Message = (
     | SetKeys
     | SetDtls
     | SendDatagram
+    | LatchPeer
     | Close
     | Ping
     | Pong
@@ -716,6 +729,7 @@ _LAYOUTS: dict[int, tuple[type[Any], tuple[_Codec, ...]]] = {
     28: (DtmfEvent, (_STREAM, _DIRECTION, _BYTES)),
     16: (SetRedPayloadTypes, (_STREAM, _DIRECTION, (_put_payload_types, _get_payload_types))),
     17: (SetTranscoding, (_STREAM, _DIRECTION, _LAW, _PAYLOAD_TYPE, _PAYLOAD_TYPE)),
+    18: (LatchPeer, (_STREAM, _SIDE, _BOOL, _ADDRESS)),
 }
 _TYPES = {cls: (code, codecs) for code, (cls, codecs) in _LAYOUTS.items()}
 

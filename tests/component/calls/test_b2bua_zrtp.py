@@ -9,7 +9,10 @@ engine (with a ZID of its own), in virtual time.
 - a phone that never speaks ZRTP ends the answered call with the stated reason;
 - a re-INVITE from the same phone keeps the exchange and its keys;
 - a callee with audio and video: one DH exchange, the other stream keyed in Multistream mode
-  from its session key (RFC 6189 §4.4.3), one SAS for the leg.
+  from its session key (RFC 6189 §4.4.3), one SAS for the leg;
+- forged messages before keys (docs/media_security.md, "Forged handshakes"): a stranger's Error
+  or Hello, first at the port or not, ends nothing; the peer is the source whose Hello matched
+  its a=zrtp-hash, and without a readable one the SDP address restarts the exchange.
 """
 
 from __future__ import annotations
@@ -28,15 +31,15 @@ from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.plugins.keyexchange.zrtp.engine import ZrtpNegotiation
 from gateway.plugins.keyexchange.zrtp.packets import (
     ERROR_ACK,
-    PING,
+    HELLO,
+    HELLO_ACK,
     encode_error,
     frame,
     is_zrtp_packet,
-    message,
 )
 from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, start_b2bua
 from tests.component.calls.dtls_phone import PHONE_PORT, Phone, bind
-from tests.component.calls.zrtp_pairs import pairs, phone_exchange, zrtp_sdp
+from tests.component.calls.zrtp_pairs import forged_hello, pairs, phone_exchange, zrtp_sdp
 
 
 def mirrored(keys: SrtpKeys) -> SrtpKeys:
@@ -77,10 +80,14 @@ class ZrtpCaller:
     call: object
 
 
-async def zrtp_caller(nursery: trio.Nursery, env: B2bua, *, run_phone: bool = True) -> ZrtpCaller:
-    """The trunk calls alice from a ZRTP phone; alice answers at once."""
+async def zrtp_caller(
+    nursery: trio.Nursery, env: B2bua, *, run_phone: bool = True, zrtp_hash: str | None = None
+) -> ZrtpCaller:
+    """The trunk calls alice from a ZRTP phone; alice answers at once. ``zrtp_hash``: the
+    value of the phone's a=zrtp-hash instead of its Hello's."""
     negotiation = phone_exchange().offer(suites=[], secure_signalling=False)
-    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=zrtp_sdp(negotiation))
+    sdp = zrtp_sdp(negotiation, zrtp_hash=zrtp_hash)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=sdp)
     final = await call.final()
     assert final.status == 200, final.reason
     answer = parse_sdp_untrusted(final.body)
@@ -355,31 +362,66 @@ async def test_a_strangers_zrtp_error_before_keys_is_ignored_and_the_caller_is_k
     assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
 
 
-async def test_a_zrtp_error_from_the_callers_sdp_address_still_ends_the_call(
+def _types(received: list[bytes]) -> list[bytes]:
+    return [datagram[16:24] for datagram in received]
+
+
+async def _received(sock: trio.socket.SocketType) -> list[bytes]:
+    """What ``sock`` holds now, read without waiting."""
+    found = []
+    while select.select([sock], [], [], 0)[0]:
+        found.append((await sock.recvfrom(2048))[0])
+    return found
+
+
+async def _send_phones_hello(
+    caller: ZrtpCaller, sock: trio.socket.SocketType, gateway_port: tuple[str, int]
+) -> None:
+    """The phone's first Hello (the one its a=zrtp-hash names) from ``sock``, then wait for
+    the gateway's HelloACK there: the gateway took it."""
+    (hello,) = caller.negotiation.packets_to_send(now=trio.current_time())
+    assert hello[16:24] == HELLO
+    await sock.sendto(hello, gateway_port)
+    with trio.fail_after(5):
+        while True:
+            data, _ = await sock.recvfrom(2048)
+            if data[16:24] == HELLO_ACK:
+                return
+
+
+async def test_a_zrtp_error_from_the_callers_sdp_address_ends_the_call_once_its_hello_matched(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
-    """RFC 6189 §5.9: the real peer's Error is honoured: from the address the caller's SDP
-    gave, before keys, it ends the exchange and the call with the code it names."""
+    """RFC 6189 §5.9, §8.1: the caller's SDP binds its Hello (a=zrtp-hash), and the source
+    whose Hello matched is the peer. Its Error is honoured: answered with ErrorACK, the call
+    ends with the code it names. An Error before that Hello, even from the SDP address (which
+    anyone can put on a datagram), is nobody's word: ignored, no ErrorACK, the call goes on
+    (before, it ended the call)."""
     env = await with_zrtp(nursery, tmp_path, voipgw_seed)
     caller = await zrtp_caller(nursery, env, run_phone=False)
     gateway_port = ("127.0.0.1", caller.answer.port)
     with caller.phone.sock:
         await caller.phone.sock.sendto(_zrtp_error(), gateway_port)
+        await trio.sleep(2)
+        assert env.trunk.requests("BYE") == [] and env.calls == 1
+        assert ERROR_ACK not in _types(await _received(caller.phone.sock))  # our Hellos only
+        await _send_phones_hello(caller, caller.phone.sock, gateway_port)
+        await caller.phone.sock.sendto(_zrtp_error(), gateway_port)
         bye_a = await env.trunk.next_request("BYE", timeout=10)
         bye_b = await env.alice.next_request("BYE", timeout=5)
+        assert ERROR_ACK in _types(await _received(caller.phone.sock))
     for bye in (bye_a, bye_b):
         reason = bye.request.headers.get("Reason") or ""
         assert "cause=488" in reason and "the peer's ZRTP endpoint sent Error 0x61" in reason
     await eventually(lambda: env.calls == 0)
 
 
-async def test_a_zrtp_error_from_the_source_that_latched_the_port_still_ends_the_call(
+async def test_a_zrtp_error_from_a_phone_behind_a_nat_whose_hello_matched_ends_the_call(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
-    """A source other than the SDP address that latched the port before the SDP address spoke
-    is a phone behind a NAT as far as the gateway can tell: its Error is honoured (RFC 6189
-    §4.7), answered with ErrorACK, and ends the call with the code it names. (A stranger that
-    got there first is not told apart: docs/media_security.md, "Forged Errors".)"""
+    """A phone behind a NAT sends from another address than its SDP gave: its Hello, which
+    matches its a=zrtp-hash, makes it the peer (RFC 6189 §8.1), and its Error is honoured
+    (§4.7): answered with ErrorACK, the call ends with the code it names."""
     env = await with_zrtp(nursery, tmp_path, voipgw_seed)
     caller = await zrtp_caller(nursery, env, run_phone=False)
     gateway_port = ("127.0.0.1", caller.answer.port)
@@ -388,15 +430,125 @@ async def test_a_zrtp_error_from_the_source_that_latched_the_port_still_ends_the
     assert gateway_call.media is not None
     (stream,) = gateway_call.media.streams
     with caller.phone.sock, await bind(PHONE_PORT + 4) as natted:
-        ping = frame(1, 0x5EED, message(PING, b"1.10" + bytes(8)))
-        await natted.sendto(ping, gateway_port)
-        await eventually(lambda: stream.a.rtp_source == ("127.0.0.1", PHONE_PORT + 4))
+        await _send_phones_hello(caller, natted, gateway_port)
+        assert stream.a.rtp_source == ("127.0.0.1", PHONE_PORT + 4)
         await natted.sendto(_zrtp_error(), gateway_port)
         bye_a = await env.trunk.next_request("BYE", timeout=10)
-        answers = []
-        while select.select([natted], [], [], 0)[0]:
-            answers.append((await natted.recvfrom(2048))[0][16:24])
-        assert ERROR_ACK in answers
+        assert ERROR_ACK in _types(await _received(natted))
     reason = bye_a.request.headers.get("Reason") or ""
     assert "cause=488" in reason and "the peer's ZRTP endpoint sent Error 0x61" in reason
     await eventually(lambda: env.calls == 0)
+
+
+async def test_a_stranger_that_latched_the_port_first_cannot_end_the_call_and_the_caller_is_keyed(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """docs/media_security.md, "Forged handshakes": a stranger's Hello reaches the caller leg's
+    port before the caller's first packet and latches it (not connected: it is not the SDP
+    address). Its Hello matches nothing (a=zrtp-hash, RFC 6189 §8.1), so it is not the peer,
+    and its Error (no MAC, §5.9) ends nothing: before, it was honoured as a phone behind a
+    NAT's, with ErrorACK, and the call ended. The caller then speaks from its SDP address,
+    takes the port over and is keyed."""
+    env = await with_zrtp(nursery, tmp_path, voipgw_seed)
+    caller = await zrtp_caller(nursery, env, run_phone=False)
+    gateway_port = ("127.0.0.1", caller.answer.port)
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert gateway_call.media is not None
+    (stream,) = gateway_call.media.streams
+    with await bind(PHONE_PORT + 4) as stranger:
+        try:
+            await stranger.sendto(forged_hello(), gateway_port)
+            await eventually(lambda: stream.a.rtp_source == ("127.0.0.1", PHONE_PORT + 4))
+            await stranger.sendto(_zrtp_error(), gateway_port)
+            await trio.sleep(2)
+            assert env.trunk.requests("BYE") == [] and env.calls == 1
+            nursery.start_soon(caller.phone.run)
+        except BaseException:
+            caller.phone.sock.close()
+            raise
+        with trio.fail_after(10):
+            await caller.phone.keyed.wait()
+        assert caller.phone.failure is None and caller.phone.keys is not None
+        # The stranger held the port a while: it got our Hellos, never a HelloACK nor an
+        # ErrorACK (nothing it sent was taken).
+        sent = _types(await _received(stranger))
+        assert HELLO in sent and HELLO_ACK not in sent and ERROR_ACK not in sent
+    assert stream.a.rtp_source == ("127.0.0.1", PHONE_PORT)
+    await eventually(lambda: leg_keys(env, "a") is not None)
+    assert leg_keys(env, "a") == mirrored(caller.phone.keys)
+    await trio.sleep(30)
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+
+
+async def test_without_a_readable_zrtp_hash_the_sdp_address_restarts_the_exchange_a_stranger_began(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The caller's a=zrtp-hash cannot be read, so nothing binds its Hello (RFC 6189 §8.1): a
+    stranger's Hello, the first to reach the port, was taken (HelloACK). When the caller's SDP
+    address speaks, the exchange starts afresh with its Hello, as a DTLS server's handshake
+    does (docs/media_security.md, "Forged handshakes"), and the caller is keyed. Before, the
+    stranger's Hello bound the exchange, the caller's was ignored, and the call ended at the
+    handshake timeout."""
+    env = await with_zrtp(nursery, tmp_path, voipgw_seed)
+    caller = await zrtp_caller(nursery, env, run_phone=False, zrtp_hash="1.10 unreadable")
+    gateway_port = ("127.0.0.1", caller.answer.port)
+    with await bind(PHONE_PORT + 4) as stranger:
+        try:
+            await stranger.sendto(forged_hello(), gateway_port)
+            with trio.fail_after(5):
+                while (await stranger.recvfrom(2048))[0][16:24] != HELLO_ACK:
+                    pass
+            nursery.start_soon(caller.phone.run)
+        except BaseException:
+            caller.phone.sock.close()
+            raise
+        with trio.fail_after(15):
+            await caller.phone.keyed.wait()
+    assert caller.phone.failure is None and caller.phone.keys is not None
+    await eventually(lambda: leg_keys(env, "a") is not None)
+    assert leg_keys(env, "a") == mirrored(caller.phone.keys)
+    await trio.sleep(30)
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+
+
+async def test_a_phone_behind_a_nat_is_keyed_when_a_stranger_latched_the_port_first(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """A stranger's Hello latched the caller leg's port first (not connected: it is not the SDP
+    address). The phone is behind a NAT: it sends from another address than its SDP gave, so
+    it cannot take the port over as the SDP address does. Its ZRTP datagrams go to the
+    exchange all the same; its Hello matches its a=zrtp-hash (RFC 6189 §8.1) and gives it the
+    port's latch before our HelloACK goes, and it is keyed; the stranger's Error ends nothing.
+    Before, the relay dropped the phone's datagrams (counted ``unlatched_source``) and the call
+    ended at the handshake timeout, or at once on the stranger's Error."""
+    env = await with_zrtp(nursery, tmp_path, voipgw_seed)
+    caller = await zrtp_caller(nursery, env, run_phone=False)
+    caller.phone.sock.close()
+    gateway_port = ("127.0.0.1", caller.answer.port)
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert gateway_call.media is not None
+    (stream,) = gateway_call.media.streams
+    natted = await bind(PHONE_PORT + 6)
+    phone = Phone(caller.negotiation, natted, gateway_port)
+    with await bind(PHONE_PORT + 4) as stranger:
+        try:
+            await stranger.sendto(forged_hello(), gateway_port)
+            await eventually(lambda: stream.a.rtp_source == ("127.0.0.1", PHONE_PORT + 4))
+            nursery.start_soon(phone.run)
+        except BaseException:
+            natted.close()
+            raise
+        await stranger.sendto(_zrtp_error(), gateway_port)
+        with trio.fail_after(10):
+            await phone.keyed.wait()
+        assert phone.failure is None and phone.keys is not None
+        await stranger.sendto(_zrtp_error(), gateway_port)
+        sent = _types(await _received(stranger))
+        assert HELLO_ACK not in sent and ERROR_ACK not in sent
+    assert stream.a.rtp_source == ("127.0.0.1", PHONE_PORT + 6)
+    await eventually(lambda: leg_keys(env, "a") is not None)
+    assert leg_keys(env, "a") == mirrored(phone.keys)
+    await trio.sleep(30)
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []

@@ -91,6 +91,9 @@ class Side:
         self.copied.append(copy_to_sdp_address)
         return True
 
+    def latch_peer(self, source: Any, *, rtcp: bool = False, now: float) -> None:
+        self.sent.append(("latch", source, rtcp))  # type: ignore[arg-type]
+
 
 @attrs.define(eq=False)
 class Stream:
@@ -1001,3 +1004,129 @@ async def test_what_only_answers_the_peer_is_never_copied_to_the_sdp_address(
     await settle()
     side = task.session.streams[0].a
     assert side.sent == [b"\x16ours"] and side.copied == [copied]
+
+
+# -- the datagram's source to the engine (docs/plugin_hooks.md, "Media-path engines") ------------
+
+
+@attrs.define(eq=False)
+class SourcedEngine(Engine):
+    """An engine with the optional ``receive_packet_from`` (the ``zrtp`` engine's: it tells its
+    peer from a stranger by the source of the Hello that matched a=zrtp-hash)."""
+
+    sources: list[tuple[bytes, object]] = attrs.Factory(list)
+
+    def receive_packet_from(self, packet: bytes, *, source: object, now: float) -> None:
+        self.sources.append((packet, source))
+
+
+async def test_an_engine_that_takes_sources_gets_each_datagram_with_its_source(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    engine = SourcedEngine(timer=None)
+    _, handler = await caller_task(nursery, engine)
+    handler(hello(1), STRANGER)
+    await settle()
+    handler(hello(2), PEER)
+    await settle()
+    assert engine.sources == [(hello(1), STRANGER), (hello(2), PEER)]
+    assert engine.received == []  # receive_packet is for engines without it
+
+
+async def test_datagrams_kept_while_held_reach_the_engine_with_their_sources(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """Kept until our answer went (a held side), they are fed with the source each came from:
+    a stranger's Error kept so must not pass for the peer's at the release."""
+    engine = SourcedEngine(timer=None)
+    task = await start(nursery)
+    task.legs["a"].streams[0] = dtls_stream(engine)
+    task.handshakes.hold("a")
+    task.handshakes.poke()
+    await settle()
+    task.handshakes.deliver("a", 0, hello(1), source=STRANGER)
+    task.handshakes.deliver("a", 0, hello(2), source=PEER)
+    await settle()
+    assert engine.sources == []
+    task.handshakes.release("a")
+    await settle()
+    assert engine.sources == [(hello(1), STRANGER), (hello(2), PEER)]
+
+
+async def test_a_callees_datagrams_kept_before_its_answer_reach_the_engine_with_their_source(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    engine = SourcedEngine(timer=None)
+    task = await start(nursery, b=Leg({0: dtls_stream(engine)}))
+    handler = task.session.streams[0].b.handlers[False]
+    handler(hello(1), STRANGER)
+    handler(hello(2), PEER)
+    await settle()
+    task.session.addresses[(0, "b", False)] = PEER  # its answer came
+    task.handshakes.poke()
+    await settle()
+    assert engine.sources == [(hello(2), PEER)]
+
+
+@attrs.define(eq=False)
+class ProvingEngine(SourcedEngine):
+    """The ``zrtp`` engine as far as the task sees it: once a datagram from a source proves it
+    the peer (its Hello matched a=zrtp-hash), ``peer_source`` says so, and it answers."""
+
+    proving: bytes = b""
+    peer_source: object = None
+
+    def receive_packet_from(self, packet: bytes, *, source: object, now: float) -> None:
+        super().receive_packet_from(packet, source=source, now=now)
+        if packet == self.proving:
+            self.peer_source = source
+            self.outgoing.append(b"\x16answer")
+
+
+async def test_the_source_an_engine_proved_gets_the_latch_before_the_answer_goes(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """docs/media_security.md, "Forged handshakes": a stranger held the port; the engine
+    proved another source the peer (a phone behind a NAT). The relay is told once, before our
+    answer to it is sent, so that the answer goes there."""
+    engine = ProvingEngine(timer=None, outgoing=[], proving=hello(2))
+    task, handler = await caller_task(nursery, engine)
+    nat = ("127.0.0.1", 6000)  # a fake relay side's: never bound
+    handler(hello(1), STRANGER)
+    await settle()
+    handler(hello(2), nat)
+    await settle()
+    handler(hello(3), nat)
+    await settle()
+    side = task.session.streams[0].a
+    assert side.sent == [("latch", nat, False), b"\x16answer"]
+
+
+@attrs.define(eq=False)
+class NothingToRestartEngine(RestartingEngine):
+    """The ``zrtp`` engine with the peer's Hello bound: it never took the other source's."""
+
+    def restart_handshake(self, *, now: float) -> bool:
+        self.log.append("restart")
+        return False
+
+
+async def test_an_engine_with_nothing_to_restart_is_not_said_to_have_restarted(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.core.media.handshakes")
+    engine = NothingToRestartEngine(timer=None)
+    _, handler = await caller_task(nursery, engine)
+    handler(hello(1), STRANGER)
+    await settle()
+    handler(hello(2), PEER)
+    await settle()
+    assert engine.log == [hello(1), "restart", hello(2)]
+    assert not [r for r in caplog.records if "started afresh" in r.getMessage()]
+    restarting = RestartingEngine(timer=None)
+    _, handler = await caller_task(nursery, restarting)
+    handler(hello(1), STRANGER)
+    await settle()
+    handler(hello(2), PEER)
+    await settle()
+    assert [r for r in caplog.records if "started afresh" in r.getMessage()]

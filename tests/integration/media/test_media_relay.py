@@ -35,6 +35,12 @@ from gateway.core.media.relay import (
     MediaStream,
     Transforms,
 )
+from gateway.plugins.keyexchange.zrtp.packets import (
+    HELLO,
+    encode_error,
+    frame,
+    message,
+)
 from tests.integration.media.phone_sockets import (
     ADDRESS,
     TIMEOUT,
@@ -1033,6 +1039,69 @@ async def test_a_strangers_clienthello_before_the_callers_latches_until_the_call
     await until(lambda: stream.a._rtp.connected)
     await assert_refused_by_the_kernel(hello + b"late", port)
     assert stream.a.rtp_source == alice.rtp_address
+
+
+def zrtp_packet(kind: bytes, sequence: int = 1) -> bytes:
+    """A ZRTP packet (RFC 6189 §5): what the relay hands on needs no valid CRC or MAC."""
+    return frame(sequence, 0x5EED, message(kind, bytes(8)))
+
+
+async def test_zrtp_beside_a_strangers_latch_is_handed_on_and_the_proven_peer_takes_the_latch(
+    connected: MediaStream, alice: PlainPhone, make_phone: Callable[[], PlainPhone]
+):
+    # A stranger's ZRTP Hello latched alice's leg's port first (not connected: not her SDP
+    # address). Alice is behind a NAT: her ZRTP datagrams, from another source, are handed on
+    # with that source all the same, latching nothing (the ZRTP engine tells her by her Hello,
+    # RFC 6189 §8.1); her RTP, a DTLS record and an Error (no MAC, §5.9) from there are not.
+    # latch_peer (the engine proved her) gives her the latch for good, still unconnected; keys
+    # connect it: the keyed path is the one every call takes (#7).
+    stream = connected
+    stranger, natted = make_phone(), make_phone()
+    taken: list[tuple[bytes, Any]] = []
+    stream.a.set_non_rtp_handler(lambda packet, source: taken.append((packet, source)))
+    port = stream.a.ports.rtp_port
+    await stranger.send(zrtp_packet(HELLO), port)
+    await until(lambda: len(taken) == 1)
+    assert stream.a.rtp_source == stranger.rtp_address and not stream.a._rtp.connected
+    await natted.send(zrtp_packet(HELLO, 2), port)
+    await until(lambda: len(taken) == 2)
+    assert taken[1] == (zrtp_packet(HELLO, 2), natted.rtp_address)
+    assert stream.a.rtp_source == stranger.rtp_address
+    for packet in (rtp(1), b"\x16\xfe\xfd" + bytes(10), frame(3, 0x5EED, encode_error(0x61))):
+        await natted.send(packet, port)
+    await until(lambda: stream.a_to_b.statistics().dropped_unlatched_source == 3)
+    assert len(taken) == 2
+
+    stream.a.latch_peer(natted.rtp_address, now=trio.current_time())
+    assert stream.a.rtp_source == natted.rtp_address and not stream.a._rtp.connected
+    assert stream.a.send(b"answer")  # to her, and to her SDP address as before keys
+    assert await natted.receive() == (b"answer", (ADDRESS, port))
+    assert await alice.receive() == (b"answer", (ADDRESS, port))
+    # Proved: the stranger's ZRTP is no longer handed on, nor does the SDP address (anyone
+    # can put it on a datagram) take the latch over.
+    await stranger.send(zrtp_packet(HELLO, 4), port)
+    await alice.send(zrtp_packet(HELLO, 5), port)
+    await until(lambda: stream.a_to_b.statistics().dropped_unlatched_source == 5)
+    assert len(taken) == 2 and stream.a.rtp_source == natted.rtp_address
+
+    stream.a_to_b.transforms = Transforms(rtp_in=lambda packet: packet)  # her keys
+    await natted.send(rtp(2), port)
+    await until(lambda: stream.a._rtp.connected)
+    await assert_refused_by_the_kernel(zrtp_packet(HELLO, 5), port)
+    assert stream.a.rtp_source == natted.rtp_address
+
+
+async def test_latch_peer_changes_nothing_on_a_connected_socket(
+    connected: MediaStream, alice: PlainPhone, make_phone: Callable[[], PlainPhone]
+):
+    # The SDP address latched first and connected at once: nobody can take it, whatever a
+    # key exchange says.
+    stream = connected
+    stream.a.set_non_rtp_handler(lambda packet, source: None)
+    await alice.send(zrtp_packet(HELLO), stream.a.ports.rtp_port)
+    await until(lambda: stream.a._rtp.connected)
+    stream.a.latch_peer(make_phone().rtp_address, now=trio.current_time())
+    assert stream.a.rtp_source == alice.rtp_address and stream.a._rtp.connected
 
 
 async def test_a_peer_at_its_sdp_address_latches_and_connects_at_once_as_before(

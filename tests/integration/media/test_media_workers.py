@@ -33,6 +33,7 @@ from gateway.core.media.keying import StreamKeys
 from gateway.core.media.ports import rtp_ports
 from gateway.core.media.remote_relay import WORKER_EXITED, RemoteStream, WorkerPool
 from gateway.core.media.worker_protocol import EXIT_PROTOCOL_MISMATCH, PROTOCOL_VERSION
+from gateway.plugins.keyexchange.zrtp.packets import HELLO, HELLO_ACK, frame, message
 from tests.integration.media.phone_sockets import (
     ADDRESS,
     WORKER_TIMEOUT,
@@ -830,3 +831,33 @@ async def test_ports_held_by_another_process_mean_503_until_they_are_free() -> N
     finally:
         for sock in held:
             sock.close()
+
+
+def zrtp_packet(kind: bytes, sequence: int = 1) -> bytes:
+    """A ZRTP packet (RFC 6189 §5): what the relay hands on needs no valid CRC or MAC."""
+    return frame(sequence, 0x5EED, message(kind, bytes(8)))
+
+
+async def test_a_worker_hands_on_zrtp_beside_a_strangers_latch_and_latches_the_proven_peer(
+    pool: WorkerPool,
+) -> None:
+    # docs/media_security.md, "Forged handshakes": a stranger's ZRTP datagram latched the
+    # socket first (not connected: not the SDP address); a phone behind a NAT's ZRTP datagrams
+    # are handed on all the same, latching nothing, and LatchPeer (its Hello matched the
+    # phone's a=zrtp-hash in the SIP process) gives it the latch: our datagrams go to it.
+    a, b, stranger, natted = await ephemeral_phones(4)
+    stream = pool.open_stream()
+    await connected(pool, stream, a, b)
+    received: list[tuple[bytes, tuple[str, int]]] = []
+    stream.a.set_non_rtp_handler(lambda packet, source: received.append((packet, source)))
+    await pool.sync(stream.worker)
+    await stranger.send(zrtp_packet(HELLO), stream.a.ports.rtp_port)
+    await eventually(lambda: len(received) == 1, "the stranger's Hello latched and handed on")
+    await natted.send(zrtp_packet(HELLO, 2), stream.a.ports.rtp_port)
+    await eventually(lambda: len(received) == 2, "the phone's Hello handed on")
+    assert received[1] == (zrtp_packet(HELLO, 2), natted.address)
+    stream.a.latch_peer(natted.address, now=trio.current_time())
+    await pool.sync(stream.worker)
+    own = (ADDRESS, stream.a.ports.rtp_port)
+    assert stream.a.send(zrtp_packet(HELLO_ACK))
+    assert await natted.receive() == (zrtp_packet(HELLO_ACK), own)

@@ -27,7 +27,7 @@ from gateway.core.media.srtp import SrtpSession
 from gateway.plugins.keyexchange.zrtp import ZrtpKeyExchange
 from gateway.plugins.keyexchange.zrtp import packets as p
 from gateway.plugins.keyexchange.zrtp.crypto import sha256, with_mac
-from gateway.plugins.keyexchange.zrtp.engine import ZrtpNegotiation, ZrtpTiming
+from gateway.plugins.keyexchange.zrtp.engine import ZrtpLegSession, ZrtpNegotiation, ZrtpTiming
 
 ZID_A = bytes.fromhex("a1a2a3a4a5a6a7a8a9aaabac")
 ZID_B = bytes.fromhex("b1b2b3b4b5b6b7b8b9babbbc")
@@ -78,8 +78,12 @@ class Link:
         seed: int = 0,
         alter: Alter | None = None,
         now: float = 0.0,
+        sources: dict[str, tuple[str, int]] | None = None,
     ) -> None:
         self.ends = {"a": a, "b": b}
+        self.sources = sources
+        """Where each end sends from, told to the receiver (``receive_packet_from``); None:
+        ``receive_packet``, no source."""
         self.now = now
         self.latency, self.jitter = latency, jitter
         self.loss, self.duplication = loss, duplication
@@ -105,7 +109,13 @@ class Link:
                     end.handle_timer(now=self.now)
             while self._in_flight and self._in_flight[0][0] <= self.now:
                 _, _, receiver, packet = heapq.heappop(self._in_flight)
-                self.ends[receiver].receive_packet(packet, now=self.now)
+                if self.sources is None:
+                    self.ends[receiver].receive_packet(packet, now=self.now)
+                else:
+                    sender = "b" if receiver == "a" else "a"
+                    self.ends[receiver].receive_packet_from(
+                        packet, source=self.sources[sender], now=self.now
+                    )
         raise AssertionError("the exchange never went quiet")
 
     def _collect(self) -> None:
@@ -926,6 +936,117 @@ def test_a_commit_from_a_stranger_is_ignored() -> None:
     a.receive_packet(p.frame(3, 4, commit), now=0.0)
     assert a.packets_to_send(now=0.0) == [] and a.state == "discovery"
     assert a.statistics().discarded == 1
+
+
+# -- who the peer is (docs/media_security.md, "Forged handshakes") -------------------------------
+
+PEER = ("127.0.0.1", 40000)
+STRANGER = ("127.0.0.1", 40004)
+FROM_PEER = {"a": ("127.0.0.1", 30000), "b": PEER}
+
+
+def test_with_a_bound_hello_only_a_hello_or_ping_is_taken_before_it_matched() -> None:
+    """§8.1: the peer's SDP bound its Hello; until a Hello matched, nobody is the peer. A
+    stranger's Error (no MAC, §5.9) ends nothing and gets no ErrorACK, even from the address
+    the peer will use; its HelloACK does not stand for the peer's; its Ping is answered
+    (§5.16: every endpoint answers Ping)."""
+    a, b = offer_answer()
+    hello_of(a)
+    error = p.frame(5, 6, p.encode_error(0x61))
+    for source in (STRANGER, PEER):
+        a.receive_packet_from(error, source=source, now=0.0)
+    a.receive_packet_from(p.frame(6, 6, p.message(p.HELLO_ACK)), source=STRANGER, now=0.0)
+    assert a.packets_to_send(now=0.0) == [] and a.state == "discovery"
+    assert events(a) == [] and a.statistics().discarded == 3
+    ping = p.frame(7, 0xCAFEBABE, p.message(p.PING, b"1.10" + b"E" * 8))
+    a.receive_packet_from(ping, source=STRANGER, now=0.0)
+    (ping_ack,) = a.packets_to_send(now=0.0)
+    assert ping_ack[16:24] == p.PING_ACK
+    # b's Hello matches: b is the peer. The stranger's HelloACK did not count: ours is still
+    # unacknowledged, so no Commit yet (§4.1), only our HelloACK.
+    assert a.peer_source is None
+    a.receive_packet_from(hello_of(b), source=PEER, now=0.0)
+    (ack,) = a.packets_to_send(now=0.0)
+    assert ack[16:24] == p.HELLO_ACK
+    assert a.peer_source == PEER  # the core gives it the port's latch
+    a.receive_packet_from(error, source=STRANGER, now=0.0)
+    assert a.packets_to_send(now=0.0) == [] and events(a) == []
+    Link(a, b, sources=FROM_PEER).run()
+    assert_completed(a, b)
+
+
+def test_after_the_matching_hello_its_source_is_the_peer_and_its_error_ends_the_exchange() -> None:
+    a, b = offer_answer()
+    hello_of(a)
+    a.receive_packet_from(hello_of(b), source=PEER, now=0.0)
+    a.packets_to_send(now=0.0)
+    a.receive_packet_from(p.frame(5, 6, p.encode_error(0x61)), source=PEER, now=0.0)
+    (ack,) = a.packets_to_send(now=0.0)
+    assert p.parse_packet_untrusted(ack).message == p.message(p.ERROR_ACK)
+    assert "0x61" in failure_of(a)
+
+
+def test_a_copy_of_the_peers_messages_from_another_source_is_not_taken() -> None:
+    """Replayed from elsewhere (someone on the path), the peer's own Hello gets no HelloACK
+    and its Commit no DHPart1: only the source of the matching Hello is answered."""
+    a, b = offer_answer()
+    a_hello = hello_of(a)
+    b_hello = hello_of(b)
+    a.receive_packet_from(b_hello, source=PEER, now=0.0)
+    a.packets_to_send(now=0.0)
+    a.receive_packet_from(b_hello, source=STRANGER, now=0.0)
+    assert a.packets_to_send(now=0.0) == []
+    b.receive_packet(a_hello, now=0.0)  # b commits once it holds our Hello and a HelloACK
+    b.receive_packet(p.frame(9, 9, p.message(p.HELLO_ACK)), now=0.0)
+    commit = next(x for x in b.packets_to_send(now=0.0) if x[16:24] == p.COMMIT)
+    a.receive_packet_from(commit, source=STRANGER, now=0.0)
+    assert a.packets_to_send(now=0.0) == [] and a.state == "discovery"
+    a.receive_packet_from(commit, source=PEER, now=0.0)
+    assert [x[16:24] for x in a.packets_to_send(now=0.0)] == [p.DH_PART1]
+
+
+def test_restart_without_a_binding_forgets_a_strangers_exchange_and_keys_with_the_peer() -> None:
+    """No readable a=zrtp-hash: the first Hello taken binds the exchange, here a stranger's,
+    and we committed to it. The peer's SDP address speaks (the core restarts the handshake):
+    everything from the stranger is forgotten, our same Hello goes again, and the peer keys
+    the stream; the leg's DH exchange is the peer's (§4.4.3: Multistream later streams)."""
+    leg_state: dict[str, object] = {}
+    offerer = exchange(ZID_A, 1).offer(suites=(), secure_signalling=False)
+    answerer = exchange(ZID_B, 2).answer(
+        [("zrtp-hash", "x")], suites=(), secure_signalling=False, leg_state=leg_state
+    )
+    assert answerer is not None
+    offerer.remote_sdp_attributes(answerer.local_sdp_attributes())
+    ours = hello_of(answerer)
+    answerer.receive_packet_from(forged_hello(), source=STRANGER, now=0.0)
+    answerer.receive_packet_from(p.frame(2, 2, p.message(p.HELLO_ACK)), source=STRANGER, now=0.0)
+    assert [x[16:24] for x in answerer.packets_to_send(now=0.0)] == [p.HELLO_ACK, p.COMMIT]
+    assert answerer.zrtp_peer_client == "forger"
+    assert answerer.peer_source is None  # nothing proves who the peer is without a binding
+    assert answerer.restart_handshake(now=0.5) is True
+    (hello,) = answerer.packets_to_send(now=0.5)
+    assert hello[12:-4] == ours[12:-4]  # the Hello our SDP's a=zrtp-hash names
+    assert answerer.state == "discovery" and answerer.zrtp_peer_client is None
+    link = Link(offerer, answerer, sources=FROM_PEER, now=0.5)
+    link.run()
+    assert_completed(offerer, answerer)
+    session = leg_state["session"]
+    assert isinstance(session, ZrtpLegSession)
+    assert session.dh_stream is answerer and session.peer_zid == ZID_A and session.secure
+
+
+def test_restart_with_a_bound_hello_changes_nothing() -> None:
+    """§8.1: with a binding, the stranger's Hello was never taken; the peer's, from a phone
+    behind a NAT, is kept whoever speaks later."""
+    a, b = offer_answer()
+    hello_of(a)
+    a.receive_packet_from(hello_of(b), source=STRANGER, now=0.0)
+    (ack,) = a.packets_to_send(now=0.0)
+    assert ack[16:24] == p.HELLO_ACK
+    assert a.restart_handshake(now=0.1) is False  # nothing to undo: the core logs nothing
+    assert a.packets_to_send(now=0.1) == [] and a.zrtp_peer_client == "voipgw"
+    Link(a, b, sources={"a": PEER, "b": STRANGER}).run()
+    assert_completed(a, b)
 
 
 def test_equal_zids_fail_with_error_0x90() -> None:

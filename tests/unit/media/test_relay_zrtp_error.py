@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.core.media.relay import _is_zrtp_error
+from gateway.core.media.relay import _is_zrtp, _is_zrtp_error
 from gateway.plugins.keyexchange.zrtp import packets
 
 
@@ -55,3 +55,22 @@ def test_an_error_type_block_without_zrtp_s_framing_is_not() -> None:
 @pytest.mark.parametrize("length", [1, 4, 8, 16, 23])
 def test_a_truncated_datagram_is_not(length: int) -> None:
     assert not _is_zrtp_error(packets.frame(1, 1, packets.encode_error(0x61))[:length])
+
+
+@pytest.mark.parametrize(
+    "message_type",
+    [packets.HELLO, packets.HELLO_ACK, packets.COMMIT, packets.ERROR, packets.PING],
+)
+def test_every_zrtp_message_is_zrtp(message_type: bytes) -> None:
+    """What the relay hands on beside a latch no Hello proved (docs/media_security.md,
+    "Forged handshakes"): any ZRTP packet, by its first byte and cookie (RFC 7983, RFC 6189
+    §5), whatever its message."""
+    assert _is_zrtp(packets.frame(1, 1, packets.message(message_type, b"\x00" * 8)))
+
+
+def test_rtp_dtls_and_a_missing_cookie_are_not_zrtp() -> None:
+    hello = packets.frame(1, 1, packets.message(packets.HELLO, b"\x00" * 8))
+    assert not _is_zrtp(b"\x80" + hello[1:])
+    assert not _is_zrtp(b"\x16" + hello[1:])
+    assert not _is_zrtp(hello[:4] + b"ZRTQ" + hello[8:])
+    assert not _is_zrtp(hello[:7])

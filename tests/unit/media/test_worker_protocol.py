@@ -29,6 +29,7 @@ from gateway.core.media.worker_protocol import (
     DtmfEvent,
     FrameReader,
     Hello,
+    LatchPeer,
     Message,
     Open,
     PairsReady,
@@ -93,6 +94,8 @@ EVERY_MESSAGE: list[Message] = [
     SetDtls(5, "a", True, True, True),  # sdp_address_only
     SendDatagram(6, "b", True, b"\x16\xfe\xfd" + bytes(200)),
     SendDatagram(6, "a", False, b"\x16\xfe\xfd" + bytes(20), copy_to_sdp_address=False),
+    LatchPeer(6, "a", False, ("192.0.2.10", 4000)),
+    LatchPeer(6, "b", True, ("2001:db8::1", 65535)),
     Close(2**32 - 1),
     Ping(17),
     Pong(17),
@@ -267,7 +270,7 @@ def test_values_that_do_not_fit_their_field_are_our_bug() -> None:
 
 # -- the protocol version ------------------------------------------------------------------------
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 """The PROTOCOL_VERSION whose layouts FRAMES below are. A change to any message's layout fails
 test_each_message_type_has_the_layout_of_its_protocol_version: then bump PROTOCOL_VERSION in
 worker_protocol.py, and this number with the new frames (never new frames under an old number:
@@ -309,6 +312,10 @@ FRAMES: list[tuple[Message, str]] = [
     (
         SendDatagram(7, "b", True, b"\x16\xfe\xfd", False),
         "0000000f 06 00000007 01 01 00000003 16fefd 00",
+    ),
+    (
+        LatchPeer(18, "b", True, ("127.0.0.1", 5004)),
+        "00000015 12 00000012 01 01 01 0009 3132372e302e302e31 138c",
     ),
     (Close(8), "00000005 07 00000008"),
     (Ping(9), "00000005 08 00000009"),

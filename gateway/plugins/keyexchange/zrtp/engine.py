@@ -73,6 +73,17 @@ the peer's Error message, a protocol error we detect (we send Error first, §5.9
 packet that fails its CRC or does not parse is dropped and counted; so is a Hello that does not
 match the peer's a=zrtp-hash (§8.1: a forged or stale Hello) and anything a stranger could send
 without knowing the exchange. Key material never appears in a ``repr``, a log line or a reason.
+
+Who the peer is (docs/media_security.md, "Forged handshakes"). The core hands each datagram on
+with its source (:meth:`ZrtpNegotiation.receive_packet_from`). Where the peer's SDP bound its
+Hello (a readable a=zrtp-hash, §8.1), the source whose Hello matched is the peer: before that
+Hello no message but a Hello or a Ping is taken from anyone, after it only from that source.
+So an Error (no MAC, §5.9), a HelloACK, or a DHPart2 or Confirm that fails its checks, from a
+stranger that reached the port first, neither ends the exchange nor stands for the peer. Where
+nothing bound it (no readable a=zrtp-hash), the first Hello taken binds the exchange, maybe a
+stranger's: when the peer's SDP address speaks after another source's datagrams, the core calls
+:meth:`ZrtpNegotiation.restart_handshake` and the exchange starts again from discovery with
+the same Hello of ours (its hash is in our SDP), as the DTLS server does.
 """
 
 from __future__ import annotations
@@ -276,6 +287,14 @@ class ZrtpLegSession:
             self.dh_stream, self.peer_zid = stream, peer_zid
             self._session_key, self.algorithms, self.sas = session_key, algorithms, sas
 
+    def forget(self, stream: ZrtpNegotiation) -> None:
+        """``stream`` starts its exchange afresh (:meth:`ZrtpNegotiation.restart_handshake`):
+        a DH exchange it ran, never secure, was with a peer it no longer takes for the phone,
+        and is not the leg's."""
+        if stream is self.dh_stream and not self.secure:
+            self.dh_stream = self.peer_zid = None
+            self._session_key = self.algorithms = self.sas = None
+
     def established(self, stream: ZrtpNegotiation) -> None:
         """The DH stream is secure: later streams may commit in Multistream mode."""
         if stream is self.dh_stream and self._session_key is not None:
@@ -341,9 +360,9 @@ class ZrtpNegotiation:
     Hello (hvi, §4.4.1.1). (A Ping from anyone gets PingACK, §5.16, and an Error ErrorACK,
     §5.10: nothing a peer that sent neither acts on. An Error from neither the SDP address nor
     the latched source never gets here: the relay drops it, docs/media_security.md "Forged
-    Errors".)
-    Without a readable a=zrtp-hash a stranger's Hello taken first binds the exchange, which
-    fails whether anything is copied or not."""
+    Errors"; with the peer's Hello bound, one from a source whose Hello did not match is
+    dropped here.) Without a readable a=zrtp-hash a stranger's Hello taken first binds the
+    exchange until the peer's SDP address speaks (:meth:`restart_handshake`)."""
 
     def __init__(
         self,
@@ -394,7 +413,28 @@ class ZrtpNegotiation:
         )
         self._state = _State.WAITING
         self._peer_hello_hashes: set[bytes] = set()
+        self._forget_peer()
+        self._retransmission: _Retransmission | None = None
+        self._hello_pending = False  # started; the first Hello is not sent yet
+        self._deadline: float | None = None
+        self._outgoing: list[bytes] = []
+        self._events: deque[KeyNegotiationEvent] = deque()
+        self.srtp_keys: SrtpKeys | None = None
+        self.sas: str | None = None
+        self.failure: NegotiationFailed | None = None
+        self._discarded = 0
+        self._hello_mismatches = 0
+        self._retransmissions = 0
+        if not self._ciphers or not self._auth_tags:
+            self._fail("no SRTP suite of the leg's policy can be keyed by ZRTP")
+
+    def _forget_peer(self) -> None:
+        """What the exchange learnt from its peer and did with it: none yet (at the start, and
+        when it starts afresh, :meth:`restart_handshake`)."""
         self._peer_hello: p.Hello | None = None
+        self._peer_source: tuple[object, ...] | None = None
+        """Where the peer's Hello came from (as the socket gave it: host and port first),
+        when the core said so."""
         self._hello_acked = False
         self.initiator: bool | None = None
         self._multistream = False  # this exchange is in Multistream mode (§4.4.3)
@@ -420,20 +460,7 @@ class ZrtpNegotiation:
         a possible man in the middle, §4.3.2); None before the keys or without a cache."""
         self._last_answer: tuple[bytes, bytes] | None = None  # (peer message, our answer)
         self._confirm: bytes | None = None  # ours
-        self._retransmission: _Retransmission | None = None
-        self._hello_pending = False  # started; the first Hello is not sent yet
-        self._deadline: float | None = None
-        self._outgoing: list[bytes] = []
-        self._events: deque[KeyNegotiationEvent] = deque()
-        self.srtp_keys: SrtpKeys | None = None
-        self.sas: str | None = None
-        self.failure: NegotiationFailed | None = None
         self.peer_client_id: str | None = None
-        self._discarded = 0
-        self._hello_mismatches = 0
-        self._retransmissions = 0
-        if not self._ciphers or not self._auth_tags:
-            self._fail("no SRTP suite of the leg's policy can be keyed by ZRTP")
 
     def __repr__(self) -> str:
         return f"<ZrtpNegotiation {self.sdp_role} {self._state.value}>"
@@ -514,15 +541,80 @@ class ZrtpNegotiation:
         return p.is_zrtp_packet(packet)
 
     def receive_packet(self, packet: bytes, *, now: float) -> None:
+        """A datagram whose source is not known: taken as the peer's wherever the exchange
+        allows (before this engine was told sources, the relay's checks were all there was)."""
+        self.receive_packet_from(packet, source=None, now=now)
+
+    def receive_packet_from(
+        self, packet: bytes, *, source: Sequence[object] | None, now: float
+    ) -> None:
+        """A datagram from ``source`` (host, port, as the socket gave it; None: not known).
+        With the peer's Hello bound by its a=zrtp-hash (§8.1), the source whose Hello matched
+        is the peer: until that Hello only a Hello or a Ping is taken, then messages from that
+        source only (module docstring, "Who the peer is"); the others are dropped and counted
+        (``discarded``), answered with nothing."""
         if self._state in (_State.WAITING, _State.FAILED):
             return
         try:
             received = p.parse_packet_untrusted(packet)
-            self._receive(received, now)
+            sender = None if source is None else tuple(source)
+            if received.message_type not in (p.HELLO, p.PING) and not self._from_peer(sender):
+                raise _Ignore
+            self._receive(received, sender, now)
         except (p.ZrtpParseError, _Ignore):
             self._discarded += 1
         except _Abort as abort:
             self._abort(abort)
+
+    def _from_peer(self, source: tuple[object, ...] | None) -> bool:
+        """Whether a message (not a Hello, not a Ping) from ``source`` may be the peer's."""
+        if source is None:
+            return True  # not told: as before sources were known
+        if self._peer_hello is None:
+            # Bound: nobody proved to be the peer yet. Unbound: nobody can (the relay's checks).
+            return not self._peer_hello_hashes
+        return self._peer_source is None or source[:2] == self._peer_source[:2]
+
+    @property
+    def peer_source(self) -> tuple[object, ...] | None:
+        """The source proved to be the peer before keys: the one whose Hello matched the
+        peer's a=zrtp-hash (§8.1); None without a binding (nothing proves it) or before. The
+        core gives it the media port's latch (docs/plugin_hooks.md, "Media-path engines")."""
+        if not self._peer_hello_hashes or self._state is _State.SECURE:
+            return None
+        return self._peer_source
+
+    def restart_handshake(self, *, now: float) -> bool:
+        """The peer's SDP address spoke after another source's datagrams were fed, before keys
+        (gateway/core/media/handshakes.py; docs/media_security.md, "Forged handshakes").
+
+        With the peer's Hello bound by its a=zrtp-hash (§8.1) there is nothing to undo: a Hello
+        that did not match was never taken, nor anything else from a source whose Hello did not
+        match. Without a binding the first Hello taken bound the exchange, maybe a stranger's,
+        and what followed it too: all that is forgotten and the exchange starts again from
+        discovery, our Hello resent at once. Ours stays the same (its hash is in our SDP, and
+        our H0..H3 chain with it, §9: what the stranger saw of it authenticates nothing it
+        could use without the DH exchange, whose keys it never gets); the sequence number goes
+        on, and the overall deadline is kept. A DH exchange this stream ran for the leg is not
+        the leg's any more (:meth:`ZrtpLegSession.forget`). True when it started afresh, False
+        when there was nothing to undo (the core then logs nothing)."""
+        if self._peer_hello_hashes or self._state in (
+            _State.WAITING,
+            _State.FAILED,
+            _State.SECURE,
+        ):
+            return False
+        self._session.forget(self)
+        self._forget_peer()
+        self._state = _State.DISCOVERY
+        if self._hello_pending:
+            return True  # our first Hello is not sent yet: it goes as planned
+        timing = self._settings.timing
+        self._send(self._hello)
+        self._retransmission = _Retransmission(
+            self._hello, now + timing.t1_first, timing.t1_first, timing.t1_cap, 0
+        )
+        return True
 
     def _abort(self, abort: _Abort) -> None:
         if abort.code is None:
@@ -617,10 +709,10 @@ class ZrtpNegotiation:
 
     # -- receiving ------------------------------------------------------------------------------
 
-    def _receive(self, packet: p.Packet, now: float) -> None:
+    def _receive(self, packet: p.Packet, source: tuple[object, ...] | None, now: float) -> None:
         kind = packet.message_type
         if kind == p.HELLO:
-            self._on_hello(packet, now)
+            self._on_hello(packet, source, now)
         elif kind == p.HELLO_ACK:
             self._on_hello_ack(now)
         elif kind == p.COMMIT:
@@ -655,7 +747,7 @@ class ZrtpNegotiation:
         else:
             raise _Ignore  # acknowledgements of things we never send, unknown types
 
-    def _on_hello(self, packet: p.Packet, now: float) -> None:
+    def _on_hello(self, packet: p.Packet, source: tuple[object, ...] | None, now: float) -> None:
         hello = p.parse_hello_untrusted(packet.message)
         if hello.version[:3] != p.VERSION[:3]:
             raise _Ignore  # §4.1.1: a peer with a higher version sends 1.10 once it sees ours
@@ -665,14 +757,16 @@ class ZrtpNegotiation:
         if self._peer_hello is None:
             if hello.zid == self._settings.zid:
                 raise _Abort(0x90, "the peer's ZID is ours (a loop through the gateway?)")
-            self._peer_hello = hello
+            self._peer_hello, self._peer_source = hello, source
             if self._settings.cache is not None:
                 self._cached = self._settings.cache.lookup(hello.zid)
             self.peer_client_id = (
                 hello.client_id.decode("ascii", "replace").strip().strip("\x00") or None
             )
-        elif hello.raw != self._peer_hello.raw:
-            raise _Ignore  # the first Hello we accepted binds the exchange
+        elif hello.raw != self._peer_hello.raw or not self._from_peer(source):
+            # The first Hello we accepted binds the exchange; a copy of it from elsewhere
+            # (replayed) gets no HelloACK of ours either.
+            raise _Ignore
         self._send(p.message(p.HELLO_ACK))
         self._maybe_commit(now)
 
@@ -1065,8 +1159,9 @@ class ZrtpNegotiation:
         code = p.parse_error_untrusted(raw)
         if self._state is _State.SECURE:
             raise _Ignore  # an Error after the exchange is over changes nothing (§5.9)
-        # Honoured (§4.7): the relay hands on an Error only from the SDP address or the source
-        # that latched the port (relay.py, _hand_on); a stranger's is dropped there.
+        # Honoured (§4.7): from the source whose Hello matched the peer's a=zrtp-hash
+        # (receive_packet_from), or, without a binding, from the SDP address or the source that
+        # latched the port (the relay drops any other's: relay.py, _hand_on).
         self._send(p.message(p.ERROR_ACK))
         raise _Abort(None, f"the peer's ZRTP endpoint sent Error {p.describe_error(code)}")
 
