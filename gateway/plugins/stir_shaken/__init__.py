@@ -162,7 +162,7 @@ MAX_CRLS = 16
 # MAX_FETCHES_PER_HOST (fetch.py): a peer naming new x5u URLs on one unreachable host, or one
 # carrier's slow repository, leaves the other hosts' certificates their slots. Host names cost a
 # forger nothing (a wildcard DNS name, IP addresses): certificate_hosts is what bounds where
-# fetches go.
+# fetches go, and run and check-config warn when verification runs without it.
 MAX_FETCHES = 100
 # RFC 8224 §6.2.2 and §13: the reason phrase of each status a failed check may refuse with.
 REFUSALS = {
@@ -275,6 +275,23 @@ class StirShakenConfig:
                 "or more"
             )
         return warnings
+
+    def config_notes(self) -> list[str]:
+        """``"KEY: why"`` for a choice the gateway runs with that an operator should know the
+        cost of: warnings of ``voipgw check-config`` and of ``voipgw run``, never errors (the
+        default that was always allowed stays allowed)."""
+        notes = []
+        if self.verify_trunks and not self.certificate_hosts:
+            notes.append(
+                "certificate_hosts: empty, so a trunk in verify_trunks chooses where the gateway "
+                "fetches certificates: each Identity's x5u may name any host, internal ones "
+                f"too, and a peer naming a new unreachable URL in each call holds the "
+                f"{MAX_FETCHES} certificate fetches that may run at once (a call whose "
+                'certificate is not cached then fails, 436 under on_failure = "reject"); list '
+                "the STI-CR hosts of your peers' certificates and the STI-PA's CRL host, e.g. "
+                'certificate_hosts = [".carrier.example", "crl.sti-pa.example"]'
+            )
+        return notes
 
     def signing_key(self) -> ec.EllipticCurvePrivateKey:
         """``private_key`` loaded; a ValueError names the key and the file, never its bytes."""
