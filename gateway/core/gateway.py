@@ -255,6 +255,9 @@ class Gateway:
         # (its config's config_warnings()), warned of on the plugin's logger.
         self.value_errors: list[ConfigError] = []
         self.plugin_value_errors: dict[str, list[ConfigError]] = {}
+        # A plugin's choices that work but cost something an operator should know (its
+        # config's config_notes()): warnings of check-config and at run, never errors.
+        self.plugin_value_notes: dict[str, list[ConfigError]] = {}
         # State directories this process's user may not create, found by check(as_service=
         # False): warnings of check-config, which may run as another user than the service.
         self.access_warnings: list[ConfigError] = []
@@ -367,12 +370,19 @@ class Gateway:
         self.name_errors = unknown_trunk_names(self.config, self.plugins.configs)
         self.value_errors = value_warnings(self.config)
         self.plugin_value_errors = {}
+        self.plugin_value_notes = {}
         for name, value in self.plugins.configs.items():
             # A plugin's table says its own ("KEY: why", as its checks that refuse a value).
             config_warnings = getattr(value, "config_warnings", None)
             for warning in config_warnings() if callable(config_warnings) else ():
                 key, _, message = warning.partition(": ")
                 self.plugin_value_errors.setdefault(name, []).append(
+                    ConfigError(self.config.source, f"plugins.{name}", key, message)
+                )
+            config_notes = getattr(value, "config_notes", None)
+            for note in config_notes() if callable(config_notes) else ():
+                key, _, message = note.partition(": ")
+                self.plugin_value_notes.setdefault(name, []).append(
                     ConfigError(self.config.source, f"plugins.{name}", key, message)
                 )
         self._check_state_dirs(as_service=as_service)
@@ -1447,6 +1457,10 @@ class Gateway:
             plugin_log = logging.getLogger(type(self.plugins.configs[name]).__module__)
             for error in errors:
                 plugin_log.warning("configuration: %s", error)
+        for name, notes in self.plugin_value_notes.items():
+            plugin_log = logging.getLogger(type(self.plugins.configs[name]).__module__)
+            for note in notes:
+                plugin_log.warning("configuration: %s", note)
         for name, tap in self.plugins.media_taps.items():
             for warning in self.node_warnings.get(name, []):
                 # On the tap's own logger: an interception's settings stay out of the core's.

@@ -91,6 +91,8 @@ def test_a_carriers_signed_call_reaches_the_phone_as_tn_validation_passed(tmp_pa
             {
                 "verify_trunks": ["pbx"],
                 "trust_anchors": str(anchors),
+                # Where the x5u is served: without a list, run warns (any host).
+                "certificate_hosts": ["127.0.0.1"],
                 "fetch_ca_file": str(https_ca),
                 # This PKI names no CRL (test_stir_shaken_crl.py is about revocation): checked,
                 # the call would pass marked "revocation not checked".
@@ -167,6 +169,7 @@ def test_a_verifier_that_requires_an_identity_answers_a_call_without_one_428(
         {
             "verify_trunks": ["pbx"],
             "trust_anchors": str(anchors),
+            "certificate_hosts": ["127.0.0.1"],
             "missing_identity": "reject",
         }
     )
@@ -214,6 +217,7 @@ def test_a_cancel_while_the_certificate_server_does_not_answer_is_answered_487_a
             {
                 "verify_trunks": ["pbx"],
                 "trust_anchors": str(anchors),
+                "certificate_hosts": ["127.0.0.1"],
                 "check_revocation": False,
             }
         ).replace("[plugins.stir_shaken]\n", "[plugins.stir_shaken]\nfetch_timeout = 60.0\n")

@@ -334,6 +334,27 @@ class CallManager:
         challenge) in the manager's nursery, which lives as long as the gateway."""
         self._nursery.start_soon(async_fn, *args)
 
+    def _refuse(self, transaction: ServerTransaction, refusal: Response) -> None:
+        """Answer an INVITE that becomes no call (a limit, a challenge, a pickup refused)
+        from a task of the manager's nursery, the gateway's top one (:meth:`_send_refusal`)."""
+        self._nursery.start_soon(self._send_refusal, transaction, refusal)
+
+    async def _send_refusal(self, transaction: ServerTransaction, refusal: Response) -> None:
+        """:meth:`_refuse`'s task. The transaction is the one the endpoint just made for the
+        INVITE and nothing else answers it, but one that no longer takes a response (answered
+        or ended before this task ran) makes Endpoint.respond raise TransactionStateError,
+        which in this nursery would stop the gateway, every call with it. Nothing is owed
+        then (RFC 3261 §17.2): said at DEBUG, as CallBase._refuse_request does."""
+        try:
+            await self.endpoint.respond(transaction, refusal)
+        except TransactionStateError:
+            log.debug(
+                "INVITE %s: %d %s not sent: answered already",
+                refusal.headers.get("Call-ID"),
+                refusal.status,
+                refusal.reason,
+            )
+
     # -- CallLayer (called from the endpoint's task) --------------------------------------------
 
     def invite(self, transaction: ServerTransaction, request: Request, flow: Flow) -> None:
@@ -343,10 +364,8 @@ class CallManager:
             and not self.is_psap_callback(request, flow)
         ):
             reason = "shutting down" if self.gateway.draining else "call limit reached"
-            self._nursery.start_soon(
-                self.endpoint.respond,
-                transaction,
-                make_response(request, 503, f"Service Unavailable ({reason})"),
+            self._refuse(
+                transaction, make_response(request, 503, f"Service Unavailable ({reason})")
             )
             return
         uri = request.uri
@@ -364,7 +383,7 @@ class CallManager:
             # A digest challenge (or a refusal) is not a call: answered from here, without a
             # call task. Every account's call starts with one (RFC 3261 §22.3), so at hundreds
             # of calls per second this is half of all INVITEs.
-            self._nursery.start_soon(self.endpoint.respond, transaction, caller)
+            self._refuse(transaction, caller)
             return
         if self.pickup_enabled:
             replaces = request.headers.get("Replaces")
@@ -397,7 +416,7 @@ class CallManager:
                     else (403, "Forbidden (account call limit)")
                 )
                 refusal = make_response(request, status, reason)
-                self._nursery.start_soon(self.endpoint.respond, transaction, refusal)
+                self._refuse(transaction, refusal)
                 return
         try:
             call = Call(self, transaction, request, flow, caller)
@@ -455,7 +474,7 @@ class CallManager:
             "Temporarily Unavailable (SIPS needs TLS on every hop)",
             extra=[SIPS_NOT_ALLOWED],
         )
-        self._nursery.start_soon(self.endpoint.respond, transaction, refusal)
+        self._refuse(transaction, refusal)
 
     def _pick_up(
         self,
@@ -473,7 +492,7 @@ class CallManager:
             replaces = parse_pickup_replaces_untrusted(value)
         except SipError as err:
             refusal = make_response(request, 400, f"Bad Request ({err})")
-            self._nursery.start_soon(self.endpoint.respond, transaction, refusal)
+            self._refuse(transaction, refusal)
             return
         named = self.find_dialog(replaces.call_id, replaces.to_tag)
         found: BLeg | tuple[int, str] = NOT_ALLOWED
@@ -483,7 +502,7 @@ class CallManager:
             status, reason = found if isinstance(found, tuple) else NOT_ALLOWED
             log.info("pickup by %s refused: %d %s", caller.name, status, reason)
             refusal = make_response(request, status, reason)
-            self._nursery.start_soon(self.endpoint.respond, transaction, refusal)
+            self._refuse(transaction, refusal)
             return
         if named[0].secure and not flow.secure:
             self._refuse_sips_over_clear(transaction, request, flow)
@@ -511,7 +530,7 @@ class CallManager:
             status, reason = found
             log.info("pickup by %s (dialled %s) refused: %d %s", caller.name, user, status, reason)
             refusal = make_response(request, status, reason)
-            self._nursery.start_soon(self.endpoint.respond, transaction, refusal)
+            self._refuse(transaction, refusal)
             return True
         call, leg = found
         if call.secure and not flow.secure:

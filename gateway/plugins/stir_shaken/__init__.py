@@ -51,6 +51,7 @@ import ssl
 import time
 import types
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -70,17 +71,20 @@ from gateway.plugins.stir_shaken.certificates import (
     RevocationList,
     RevocationUnavailable,
     SignerCertificate,
-    load_crl_untrusted,
     load_pem_untrusted,
     load_trust_anchors,
+    read_crl_untrusted,
     validate_chain,
 )
 from gateway.plugins.stir_shaken.fetch import (
     CRL_TYPES,
     MAX_CACHED,
+    MAX_FAILED_CACHED,
+    MAX_FETCHES_PER_HOST,
     CertificateCache,
     Fetcher,
     FetchError,
+    fetch_host,
     host_allowed,
     https_fetcher,
 )
@@ -154,7 +158,11 @@ MAX_CRLS = 16
 # fetch outlives the call that started it, up to fetch_timeout: a peer whose calls each name a
 # new x5u and are CANCELled at once must not pile up HTTPS connections. Carriers' repositories
 # are a few dozen URLs. A call past it fails as for a certificate not fetched (436), nothing
-# cached; CRL fetches are bounded by MAX_CRLS the same way.
+# cached; CRL fetches are bounded by MAX_CRLS the same way. Within it, one host has at most
+# MAX_FETCHES_PER_HOST (fetch.py): a peer naming new x5u URLs on one unreachable host, or one
+# carrier's slow repository, leaves the other hosts' certificates their slots. Host names cost a
+# forger nothing (a wildcard DNS name, IP addresses): certificate_hosts is what bounds where
+# fetches go, and run and check-config warn when verification runs without it.
 MAX_FETCHES = 100
 # RFC 8224 §6.2.2 and §13: the reason phrase of each status a failed check may refuse with.
 REFUSALS = {
@@ -268,6 +276,23 @@ class StirShakenConfig:
             )
         return warnings
 
+    def config_notes(self) -> list[str]:
+        """``"KEY: why"`` for a choice the gateway runs with that an operator should know the
+        cost of: warnings of ``voipgw check-config`` and of ``voipgw run``, never errors (the
+        default that was always allowed stays allowed)."""
+        notes = []
+        if self.verify_trunks and not self.certificate_hosts:
+            notes.append(
+                "certificate_hosts: empty, so a trunk in verify_trunks chooses where the gateway "
+                "fetches certificates: each Identity's x5u may name any host, internal ones "
+                f"too, and a peer naming a new unreachable URL in each call holds the "
+                f"{MAX_FETCHES} certificate fetches that may run at once (a call whose "
+                'certificate is not cached then fails, 436 under on_failure = "reject"); list '
+                "the STI-CR hosts of your peers' certificates and the STI-PA's CRL host, e.g. "
+                'certificate_hosts = [".carrier.example", "crl.sti-pa.example"]'
+            )
+        return notes
+
     def signing_key(self) -> ec.EllipticCurvePrivateKey:
         """``private_key`` loaded; a ValueError names the key and the file, never its bytes."""
         path = Path(self.private_key)
@@ -349,10 +374,15 @@ class StirShaken:
         self.clock = clock
         self._namespace = namespace or uuid.uuid4()
         self.cache = CertificateCache(max_cache=config.certificate_cache)
+        # Certificate URLs that failed, apart from the certificates: a failure never pushes a
+        # good certificate out of the cache (MAX_FAILED_CACHED, fewer, each FAILED_CERTIFICATE_
+        # RETRY long, whatever certificate_cache is).
+        self.failures = CertificateCache(max_cache=math.inf, max_entries=MAX_FAILED_CACHED)
         # The nursery of run(): every certificate and CRL fetch is a task of it, never of the
         # call that asked first (the calls only wait), so that a call's end does not end it.
         self._nursery: trio.Nursery | None = None
         self._fetching: dict[str, _Fetch] = {}  # x5u URLs being fetched
+        self._fetching_hosts: Counter[str] = Counter()  # those fetches by host
         # x5u URLs fetched again after a signature failed, and when that fetch finished (trio
         # time), oldest first: entries leave once REFETCH_INTERVAL has passed.
         self._refetched: dict[str, float] = {}
@@ -362,6 +392,7 @@ class StirShaken:
         # CRLs by URL until their nextUpdate (no other ceiling: RFC 5280 §5.1.2.5).
         self.crls = CertificateCache(max_cache=math.inf, max_entries=MAX_CRLS)
         self._crl_fetching: dict[str, _Fetch] = {}
+        self._crl_fetching_hosts: Counter[str] = Counter()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The service's task, from the gateway's start to its stop (the core starts it, as it
@@ -377,24 +408,41 @@ class StirShaken:
             finally:
                 self._nursery = None
 
+    @staticmethod
+    def _no_room(
+        fetching: dict[str, _Fetch], hosts: Counter[str], url: str, limit: int, kind: str
+    ) -> str | None:
+        """Why one more ``kind`` fetch, of ``url``, may not start now: ``limit`` of them run
+        already, or :data:`MAX_FETCHES_PER_HOST` to its host; None when it may."""
+        if len(fetching) >= limit:
+            return f"{limit} {kind} fetches running already"
+        host = fetch_host(url)
+        if hosts[host] >= MAX_FETCHES_PER_HOST:
+            return f"{MAX_FETCHES_PER_HOST} {kind} fetches to {host} running already"
+        return None
+
     def _start_fetch(
         self,
         fetching: dict[str, _Fetch],
+        hosts: Counter[str],
         url: str,
         work: Callable[..., Awaitable[SignerCertificate | RevocationList]],
         *args: object,
     ) -> _Fetch:
         """``work(*args)``, the fetch of ``url``, started in :meth:`run`'s nursery and listed
-        in ``fetching`` until it finished, for the calls that wait for it."""
+        in ``fetching`` (and counted in ``hosts``) until it finished, for the calls that wait
+        for it."""
         if self._nursery is None:
             raise RuntimeError("stir_shaken: the service's run() is not running (it holds fetches)")
         fetch = fetching[url] = _Fetch()
-        self._nursery.start_soon(self._run_fetch, fetching, url, fetch, work, args)
+        hosts[fetch_host(url)] += 1
+        self._nursery.start_soon(self._run_fetch, fetching, hosts, url, fetch, work, args)
         return fetch
 
     async def _run_fetch(
         self,
         fetching: dict[str, _Fetch],
+        hosts: Counter[str],
         url: str,
         fetch: _Fetch,
         work: Callable[..., Awaitable[SignerCertificate | RevocationList]],
@@ -412,6 +460,10 @@ class StirShaken:
             log_exception(log, "stir_shaken: the fetch of %s failed", redact_password(url))
         finally:
             del fetching[url]
+            host = fetch_host(url)
+            hosts[host] -= 1
+            if not hosts[host]:
+                del hosts[host]  # a host's count goes with its last fetch
             fetch.done.set()
 
     # -- signing ----------------------------------------------------------------------------
@@ -511,23 +563,27 @@ class StirShaken:
         cached = self.cache.get(url, now)
         if isinstance(cached, SignerCertificate):
             return cached, True
-        if isinstance(cached, PassportError):
+        failed = self.failures.get(url, now)
+        if isinstance(failed, PassportError):
             raise PassportError(
-                f"{cached.reason} (less than {FAILED_CERTIFICATE_RETRY:g} s ago)",
-                outcome=cached.outcome,
-                status=cached.status,
+                f"{failed.reason} (less than {FAILED_CERTIFICATE_RETRY:g} s ago)",
+                outcome=failed.outcome,
+                status=failed.status,
             )
         # One fetch for every call that needs it meanwhile (a burst of calls after a carrier's
         # new certificate), which each waits for until its own deadline.
         fetch = self._fetching.get(url)
         if fetch is None:
-            if len(self._fetching) >= MAX_FETCHES:
+            full = self._no_room(
+                self._fetching, self._fetching_hosts, url, MAX_FETCHES, "certificate"
+            )
+            if full is not None:
                 raise PassportError(
-                    f"certificate not fetched: {MAX_FETCHES} certificate fetches running already",
-                    outcome="bad_info",
-                    status=436,
+                    f"certificate not fetched: {full}", outcome="bad_info", status=436
                 )
-            fetch = self._start_fetch(self._fetching, url, self._fetch_certificate, url)
+            fetch = self._start_fetch(
+                self._fetching, self._fetching_hosts, url, self._fetch_certificate, url
+            )
         with trio.move_on_at(deadline):
             await fetch.done.wait()
         if isinstance(fetch.result, SignerCertificate):
@@ -549,8 +605,10 @@ class StirShaken:
             )
         except PassportError as err:
             # Not capped by certificate_cache: a tiny one (keep no certificate) would otherwise
-            # make each call wait fetch_timeout again while the server is down.
-            self.cache.put(url, err, max_age=FAILED_CERTIFICATE_RETRY, now=now, capped=False)
+            # make each call wait fetch_timeout again while the server is down. Kept apart
+            # from the certificates (self.failures): a stranger's failed URLs, one a call,
+            # must not push good certificates out.
+            self.failures.put(url, err, max_age=FAILED_CERTIFICATE_RETRY, now=now)
             raise
 
     async def renewed_signer(
@@ -577,11 +635,26 @@ class StirShaken:
         if fetch is None:
             now = trio.current_time()
             self._forget_refetches(now)
-            if now >= deadline or url in self._refetched or len(self._fetching) >= MAX_FETCHES:
-                # The call's time is up (the minute's fetch kept for a call that has some), the
-                # URL was fetched again less than a minute ago, or too many fetches run.
+            if now >= deadline or url in self._refetched:
+                # The call's time is up (the minute's fetch kept for a call that has some), or
+                # the URL was fetched again less than a minute ago.
                 return None
-            fetch = self._start_fetch(self._fetching, url, self._refetch_certificate, url, stale)
+            full = self._no_room(
+                self._fetching, self._fetching_hosts, url, MAX_FETCHES, "certificate"
+            )
+            if full is not None:
+                # Not a re-fetch (neither counted nor spending the URL's minute): the next call
+                # that fails with the cached certificate asks again. Said, or a rotated key's
+                # calls would fail for no reason the log gives.
+                log.info(
+                    "stir_shaken: certificate %s not fetched again after a signature failed: %s",
+                    redact_password(url),
+                    full,
+                )
+                return None
+            fetch = self._start_fetch(
+                self._fetching, self._fetching_hosts, url, self._refetch_certificate, url, stale
+            )
         with trio.move_on_at(deadline):
             await fetch.done.wait()
         renewed = fetch.result
@@ -722,42 +795,53 @@ class StirShaken:
             raise RevocationUnavailable("CRL URL's host not in certificate_hosts")
         cached = self.crls.get(url, self.clock())
         if isinstance(cached, RevocationList):
-            return cached
+            return self._signed_for(cached, signer)
         if isinstance(cached, RevocationUnavailable):
             raise RevocationUnavailable(
                 f"{cached.reason} (less than {FAILED_CERTIFICATE_RETRY:g} s ago)"
             )
         fetch = self._crl_fetching.get(url)
         if fetch is None:
-            if len(self._crl_fetching) >= MAX_CRLS:
-                raise RevocationUnavailable(f"{MAX_CRLS} CRL fetches running already")
-            fetch = self._start_fetch(self._crl_fetching, url, self._fetch_crl_kept, url, signer)
+            full = self._no_room(self._crl_fetching, self._crl_fetching_hosts, url, MAX_CRLS, "CRL")
+            if full is not None:
+                raise RevocationUnavailable(full)
+            fetch = self._start_fetch(
+                self._crl_fetching, self._crl_fetching_hosts, url, self._fetch_crl_kept, url
+            )
         with trio.move_on_at(deadline):
             await fetch.done.wait()
         if isinstance(fetch.result, RevocationList):
-            return fetch.result
+            return self._signed_for(fetch.result, signer)
         if isinstance(fetch.error, RevocationUnavailable):
             raise RevocationUnavailable(fetch.error.reason)
         if fetch.done.is_set():
             raise RevocationUnavailable("CRL fetch did not finish")
         raise RevocationUnavailable("CRL fetch timed out")
 
-    async def _fetch_crl_kept(self, url: str, signer: SignerCertificate) -> RevocationList:
+    @staticmethod
+    def _signed_for(crl: RevocationList, signer: SignerCertificate) -> RevocationList:
+        """``crl`` once a trust anchor or a CA of ``signer``'s chain signed it: the CRL of a
+        URL is fetched and kept once for every chain that names it, but whether it may speak
+        for a chain is that chain's question (an intermediate's CRL says nothing of another
+        intermediate's certificates), asked of each."""
+        if not crl.signed_by(signer.crl_signers):
+            raise RevocationUnavailable("CRL not signed by the trust anchors")
+        return crl
+
+    async def _fetch_crl_kept(self, url: str) -> RevocationList:
         """The fetch of the CRL at ``url`` (:meth:`revocation_list`), within one fetch_timeout
         of its own; a failure is said once and kept for :data:`FAILED_CERTIFICATE_RETRY`."""
         now = self.clock()
         try:
             return await self._fetch_revocation_list(
-                url, signer, now, trio.current_time() + self.config.fetch_timeout
+                url, now, trio.current_time() + self.config.fetch_timeout
             )
         except RevocationUnavailable as err:
             log.warning("stir_shaken: CRL %s unavailable: %s", redact_password(url), err.reason)
             self.crls.put(url, err, max_age=FAILED_CERTIFICATE_RETRY, now=now)
             raise
 
-    async def _fetch_revocation_list(
-        self, url: str, signer: SignerCertificate, now: float, deadline: float
-    ) -> RevocationList:
+    async def _fetch_revocation_list(self, url: str, now: float, deadline: float) -> RevocationList:
         assert self._fetch_crl is not None
         fetched = None
         with trio.move_on_at(deadline):
@@ -767,8 +851,16 @@ class StirShaken:
                 raise RevocationUnavailable(f"CRL not fetched: {exc}") from None
         if fetched is None:
             raise RevocationUnavailable("CRL fetch timed out")
-        crl = load_crl_untrusted(fetched.body, [*self._anchors, *signer.crl_signers], now=now)
-        self.crls.put(url, crl, max_age=crl.next_update - now, now=now)
+        # Read and dated once; its signature is each chain's to check (_signed_for), but for
+        # a trust anchor's, checked here once.
+        crl = read_crl_untrusted(fetched.body, self._anchors, now=now)
+        keep = crl.next_update - now
+        if not crl.anchor_signed:
+            # Its nextUpdate is a claim no trust anchor signed (an intermediate's CRL, or one
+            # nobody's chain will believe): kept no longer than a certificate, so that a bad
+            # answer does not stand until whatever date it names.
+            keep = min(keep, self.config.certificate_cache)
+        self.crls.put(url, crl, max_age=keep, now=now)
         return crl
 
     def outcome(

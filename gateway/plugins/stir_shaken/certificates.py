@@ -88,6 +88,21 @@ class RevocationList:
     issuer: str
     next_update: float  # Unix time; the CRL is kept until then
     revoked: Mapping[int, frozenset[x509.Name | None]]
+    # The CRL as read (:func:`read_crl_untrusted`), whose signature a chain that asks for it
+    # checks against its own CAs (:meth:`signed_by`), and whether a trust anchor signed it
+    # (then every chain takes it as it is). None: checked by :func:`load_crl_untrusted`.
+    crl: x509.CertificateRevocationList | None = attrs.field(default=None, eq=False, repr=False)
+    anchor_signed: bool = False
+
+    def signed_by(self, signers: Sequence[x509.Certificate]) -> bool:
+        """Whether a trust anchor or one of ``signers`` (the CAs of the chain being looked
+        up: ``SignerCertificate.crl_signers``) signed this CRL. One URL's CRL serves every
+        chain that names it, but an intermediate's signature speaks only for the chains that
+        hold that intermediate."""
+        if self.anchor_signed or self.crl is None:
+            return True
+        crl = self.crl
+        return any(_signed_crl(crl, signer) for signer in signers)
 
     def lists(self, check: RevocationCheck) -> bool:
         """Whether the certificate of ``check`` is revoked. An entry that names its certificate's
@@ -176,17 +191,42 @@ def load_crl_untrusted(
 ) -> RevocationList:
     """The CRL of ``data`` (DER, as the STI-PA serves it, or PEM) once one of ``signers`` is
     found to have signed it and it is current; else RevocationUnavailable."""
+    crl = _read_crl(data)
+    if not any(_signed_crl(crl, signer) for signer in signers):
+        raise RevocationUnavailable("CRL not signed by the trust anchors")
+    return _current_list(crl, now)
+
+
+def read_crl_untrusted(
+    data: bytes, anchors: Sequence[x509.Certificate], *, now: float
+) -> RevocationList:
+    """The CRL of ``data`` once it is current, whoever signed it: the plugin keeps one CRL a
+    URL for every chain that names it, and each chain checks the signature against its own
+    CAs (:meth:`RevocationList.signed_by`), unless one of ``anchors`` signed it (the STI-PA's
+    CRL: checked here, once). RevocationUnavailable for one that cannot be read or is not
+    current."""
+    crl = _read_crl(data)
+    return attrs.evolve(
+        _current_list(crl, now),
+        crl=crl,
+        anchor_signed=any(_signed_crl(crl, anchor) for anchor in anchors),
+    )
+
+
+def _read_crl(data: bytes) -> x509.CertificateRevocationList:
     if len(data) > MAX_CRL_FILE:
         raise RevocationUnavailable("CRL too large")
     try:
         if b"-----BEGIN X509 CRL-----" in data:
-            crl = x509.load_pem_x509_crl(data)
-        else:
-            crl = x509.load_der_x509_crl(data)
+            return x509.load_pem_x509_crl(data)
+        return x509.load_der_x509_crl(data)
     except ValueError:
         raise RevocationUnavailable("CRL cannot be read") from None
-    if not any(_signed_crl(crl, signer) for signer in signers):
-        raise RevocationUnavailable("CRL not signed by the trust anchors")
+
+
+def _current_list(crl: x509.CertificateRevocationList, now: float) -> RevocationList:
+    """The serial numbers ``crl`` lists once it is current (thisUpdate passed, nextUpdate to
+    come); else RevocationUnavailable."""
     next_update = crl.next_update_utc
     if next_update is None:
         # RFC 5280 §5.1.2.5: conforming CRL issuers include it; without it there is no telling

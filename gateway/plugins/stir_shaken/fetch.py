@@ -27,6 +27,16 @@ from gateway.core.transport.flows import format_host_port
 MAX_BODY = 65536
 MAX_HEADERS = 16384
 MAX_CACHED = 1000  # certificate URLs kept; an operator's peers use a few dozen
+# Failed certificate URLs kept (each for the plugin's FAILED_CERTIFICATE_RETRY), apart from the
+# certificates: a peer naming a new unreachable x5u in each call fills this, never pushing a
+# good certificate out of the MAX_CACHED above. Past it the oldest failure is forgotten (its
+# URL is fetched again at its next call, as it would be after the retry time).
+MAX_FAILED_CACHED = 250
+# Fetches to one host running at once (certificates and CRLs counted apart). Each fetch is one
+# HTTPS connection (Connection: close); browsers keep about as many to one server (RFC 9112
+# §9.4 asks a client to limit them). One carrier's slow or unreachable repository, or a peer
+# naming URLs on one such host, holds no more of the plugin's fetches than this.
+MAX_FETCHES_PER_HOST = 6
 CERTIFICATE_TYPES = "application/pem-certificate-chain, application/pkix-cert"
 CRL_TYPES = "application/pkix-crl"  # RFC 5280 §4.2.1.13: a DER CRL
 _MAX_AGE = re.compile(rb"max-age\s*=\s*(\d{1,10})")
@@ -48,6 +58,11 @@ class Fetched:
     max_age: float | None = None
 
 
+def fetch_host(url: str) -> str:
+    """The host ``url`` is fetched from, lower case, as :func:`host_allowed` compares it."""
+    return (urlsplit(url).hostname or "").rstrip(".")
+
+
 def host_allowed(url: str, hosts: tuple[str, ...]) -> bool:
     """Whether ``url``'s host is one of ``hosts`` (``certs.example.net``) or under one of its
     domains (``.example.net``); ``()`` allows every host. The x5u of an Identity header is chosen
@@ -55,7 +70,7 @@ def host_allowed(url: str, hosts: tuple[str, ...]) -> bool:
     gateway connect anywhere its HTTPS client reaches (CWE-918)."""
     if not hosts:
         return True
-    host = (urlsplit(url).hostname or "").rstrip(".")
+    host = fetch_host(url)
     return any(
         host == allowed or (allowed[0] == "." and host.endswith(allowed)) for allowed in hosts
     )
@@ -160,8 +175,9 @@ async def _get(
 
 class CertificateCache:
     """Fetched certificates (or CRLs) by URL until their max-age (capped at ``max_cache``) runs
-    out; the oldest dropped past ``max_entries``. A failure is kept too, for a shorter time (the
-    plugin's FAILED_CERTIFICATE_RETRY)."""
+    out; the oldest dropped past ``max_entries``. The plugin keeps failures in another one,
+    smaller, each for its FAILED_CERTIFICATE_RETRY, so that a failure never pushes out a good
+    certificate."""
 
     def __init__(self, *, max_cache: float, max_entries: int = MAX_CACHED) -> None:
         self.max_cache = max_cache

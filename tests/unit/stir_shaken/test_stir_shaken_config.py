@@ -3,14 +3,20 @@ private key's bytes); signing picks the attestation (RFC 8588 §4) and keeps ori
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
+import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from gateway.core.config import ConfigError, structure
+from gateway.core import cli
+from gateway.core import gateway as gateway_mod
+from gateway.core.config import ConfigError, from_toml, structure
+from gateway.core.gateway import Gateway
 from gateway.core.interfaces import TrunkCall
+from gateway.core.plugins import load_plugins
 from gateway.plugins.stir_shaken import StirShaken, StirShakenConfig
 from gateway.testing.sti_pki import make_pki, read_identity
 
@@ -159,3 +165,68 @@ def test_revocation_is_checked_by_default_and_passes_when_the_crl_is_unavailable
     assert "revocation_unavailable" in refused(revocation_unavailable="ignore")
     assert "check_revocation" in refused(check_revocation="sometimes")
     assert config(check_revocation=False, revocation_unavailable="fail").check_revocation is False
+
+
+def test_verification_from_any_host_is_warned_of_by_check_config_and_run(
+    tmp_path: Path,
+    files: tuple[Path, Path],
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """verify_trunks with certificate_hosts = [] (the default: any host) works, as it always
+    did, but lets a verified trunk's callers choose where the gateway connects and fill its
+    certificate fetches: check-config says so as a warning (exit 0: a default must not fail a
+    deployment pipeline) and run at WARNING, naming the key and the remedy. Listed hosts, or
+    no verification: nothing said."""
+    anchors, _ = files
+    note = (
+        "certificate_hosts: empty, so a trunk in verify_trunks chooses where the gateway "
+        "fetches certificates: each Identity's x5u may name any host, internal ones too, and a "
+        "peer naming a new unreachable URL in each call holds the 100 certificate fetches that "
+        "may run at once (a call whose certificate is not cached then fails, 436 under "
+        'on_failure = "reject"); list the STI-CR hosts of your peers\' certificates and the '
+        'STI-PA\'s CRL host, e.g. certificate_hosts = [".carrier.example", "crl.sti-pa.example"]'
+    )
+    verifying = {"verify_trunks": ["carrier"], "trust_anchors": str(anchors)}
+    assert config(**verifying).config_notes() == [note]
+    assert config(**verifying, certificate_hosts=[".carrier.example"]).config_notes() == []
+    assert config().config_notes() == []
+
+    path = tmp_path / "voipgw.toml"
+    path.write_text(
+        f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n[sip]\nlisten = ["udp:127.0.0.1:0"]\n'
+        '[plugins]\nenable = ["udp", "stir_shaken"]\n'
+        f'[plugins.stir_shaken]\nverify_trunks = ["carrier"]\ntrust_anchors = "{anchors}"\n'
+        '[[trunks]]\nname = "carrier"\naddress = "udp:127.0.0.1:5090"\n'
+    )
+    code = cli.main(["check-config", str(path)])
+    out, err = capsys.readouterr()
+    assert code == cli.EXIT_OK, err
+    assert err.splitlines() == [f"voipgw: warning: {path}: [plugins.stir_shaken] {note}"]
+    assert out.startswith(f"{path}: OK")
+
+    class Opened(Exception):
+        pass
+
+    def open_store(*args: object, **kwargs: object) -> None:
+        raise Opened
+
+    loaded = from_toml(path)
+    built = Gateway(loaded, load_plugins(loaded))
+    monkeypatch.setattr(gateway_mod, "open_store", open_store)
+    caplog.set_level(logging.WARNING)
+    with pytest.raises(Opened):
+        trio.run(built.serve)
+    said = [
+        (r.name, r.levelno, r.getMessage())
+        for r in caplog.records
+        if "certificate_hosts" in r.getMessage()
+    ]
+    assert said == [
+        (
+            "gateway.plugins.stir_shaken",
+            logging.WARNING,
+            f"configuration: {path}: [plugins.stir_shaken] {note}",
+        )
+    ]

@@ -1,0 +1,225 @@
+"""What a stranger's calls can take from the stir_shaken service, driven without a gateway
+(the service's ``run`` in a nursery, trio's virtual clock): its fetches to one host, its place
+in the certificate cache, the CRL another chain fetched, a re-fetch it left no room for.
+
+A trunk in ``verify_trunks`` passes on calls whose Identity its upstream chose: each names
+the x5u (and, through its certificate, the CRL) the gateway fetches. Nothing a signer writes
+must cost the other signers' calls their verification."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from gateway.plugins.stir_shaken import MAX_FETCHES, StirShaken, StirShakenConfig
+from gateway.plugins.stir_shaken.certificates import RevocationUnavailable
+from gateway.plugins.stir_shaken.fetch import MAX_CACHED, Fetched, FetchError
+from gateway.plugins.stir_shaken.passport import PassportError
+from gateway.testing.sti_pki import make_pki
+
+GOOD = "https://certs.carrier.example/shaken.pem"
+
+
+def verifying(anchors: Path, **table: object) -> StirShakenConfig:
+    return StirShakenConfig(
+        verify_trunks=("carrier",), trust_anchors=str(anchors), fetch_timeout=30.0, **table
+    )
+
+
+async def test_one_host_holds_at_most_its_share_of_the_certificate_fetches(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A peer naming a new x5u on one host that never answers, call after call: that host
+    gets MAX_FETCHES_PER_HOST fetches at once (the next URL there is refused, 436, nothing
+    cached), and another host's certificate is still fetched and verifies. On main the host
+    took every one of the MAX_FETCHES, and the good certificate then failed 436."""
+    from gateway.plugins.stir_shaken.fetch import MAX_FETCHES_PER_HOST
+
+    pki = make_pki()
+    anchors, _, _ = pki.write(tmp_path)
+    started: list[str] = []
+
+    async def fetch(url: str) -> Fetched:
+        started.append(url)
+        if url == GOOD:
+            return Fetched(pki.chain_pem(), max_age=600)
+        await trio.sleep_forever()
+        raise AssertionError("not reached")
+
+    service = StirShaken(verifying(anchors), fetcher=fetch)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        for n in range(MAX_FETCHES):
+            with pytest.raises(PassportError) as failed:
+                await service.signer_certificate(
+                    f"https://Black-Hole.example./{n}.pem", trio.current_time()
+                )
+            assert failed.value.status == 436
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(started) == MAX_FETCHES_PER_HOST < MAX_FETCHES
+        with pytest.raises(PassportError) as refused:
+            await service.signer_certificate(
+                "https://black-hole.example/more.pem", trio.current_time() + 30
+            )
+        assert refused.value.reason == (
+            f"certificate not fetched: {MAX_FETCHES_PER_HOST} certificate fetches to "
+            "black-hole.example running already"
+        )
+        assert service.failures.get("https://black-hole.example/more.pem", 0) is None
+        signer = await service.signer_certificate(GOOD, trio.current_time() + 30)
+        assert signer.serial == pki.signer.serial_number
+        await trio.sleep(31)  # the host's fetches' own fetch_timeout: its slots free
+        assert not service._fetching and not service._fetching_hosts
+        nursery.cancel_scope.cancel()
+
+
+async def test_failed_urls_filling_the_cache_do_not_push_a_good_certificate_out(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A good certificate cached, then MAX_CACHED (and more) URLs that fail, one a call: the
+    good certificate is still served from the cache (fetched once), and the latest failures
+    are still answered without a fetch. On main failures and certificates shared one cache of
+    MAX_CACHED, and the stranger's failures pushed the good certificate out."""
+    pki = make_pki()
+    anchors, _, _ = pki.write(tmp_path)
+    fetched: list[str] = []
+
+    async def fetch(url: str) -> Fetched:
+        fetched.append(url)
+        if url == GOOD:
+            return Fetched(pki.chain_pem(), max_age=3000)
+        raise FetchError("HTTP 404")
+
+    service = StirShaken(verifying(anchors), fetcher=fetch)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        await service.signer_certificate(GOOD, trio.current_time() + 30)
+        strangers = [f"https://{n}.stranger.example/x.pem" for n in range(MAX_CACHED + 10)]
+        for url in strangers:
+            with pytest.raises(PassportError, match="HTTP 404"):
+                await service.signer_certificate(url, trio.current_time() + 30)
+        signer = await service.signer_certificate(GOOD, trio.current_time() + 30)
+        assert signer.serial == pki.signer.serial_number
+        assert fetched.count(GOOD) == 1
+        with pytest.raises(PassportError, match=r"HTTP 404 \(less than 60 s ago\)"):
+            await service.signer_certificate(strangers[-1], trio.current_time() + 30)
+        assert len(fetched) == 1 + len(strangers)
+        nursery.cancel_scope.cancel()
+
+
+CRL_URL = "https://crl.sti.example/sti.crl"
+
+
+@pytest.mark.parametrize("first", ["signed", "other"])
+async def test_a_crl_two_chains_name_is_checked_against_each_chains_own_cas(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, first: str
+) -> None:
+    """Two chains under two trust anchors name the same CRL URL, which serves a CRL signed by
+    the first chain's intermediate (its subject name is the other chain's intermediate's
+    too), listing both signers. For the chain whose intermediate signed it: revoked. For the
+    other: unavailable ("not signed by the trust anchors"): an intermediate's CRL says nothing
+    of another CA's certificates. In either order, and the CRL is fetched once. On main the
+    first call's chain decided for both: the other chain's signer revoked by a CRL it could
+    not believe, or (the other chain first) the signing chain told its CRL was unavailable
+    for 60 s. A CRL no trust anchor signed is kept no longer than a certificate
+    (certificate_cache), whatever nextUpdate it claims."""
+    signed_chain = make_pki(crl_url=CRL_URL)
+    other_chain = make_pki(crl_url=CRL_URL)
+    anchors = tmp_path / "roots.pem"
+    anchors.write_bytes(signed_chain.root_pem() + other_chain.root_pem())
+    crl = signed_chain.crl((signed_chain.signer, other_chain.signer), signer="intermediate")
+    served = {
+        "https://certs.signed.example/c.pem": signed_chain.chain_pem(),
+        "https://certs.other.example/c.pem": other_chain.chain_pem(),
+        CRL_URL: crl,
+    }
+    fetched: list[str] = []
+
+    async def fetch(url: str) -> Fetched:
+        fetched.append(url)
+        return Fetched(served[url], max_age=600)
+
+    wall = [time.time()]
+    service = StirShaken(verifying(anchors), fetcher=fetch, clock=lambda: wall[0])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        signers = {
+            name: await service.signer_certificate(
+                f"https://certs.{name}.example/c.pem", trio.current_time() + 30
+            )
+            for name in ("signed", "other")
+        }
+        told: dict[str, str] = {}
+        for name in (first, "other" if first == "signed" else "signed"):
+            signer = signers[name]
+            try:
+                listed = await service.revocation_list(CRL_URL, signer, trio.current_time() + 30)
+            except RevocationUnavailable as err:
+                told[name] = err.reason
+            else:
+                told[name] = "revoked" if listed.lists(signer.revocation[0]) else "not listed"
+        assert told == {"signed": "revoked", "other": "CRL not signed by the trust anchors"}
+        assert fetched.count(CRL_URL) == 1
+        wall[0] += service.config.certificate_cache  # the CRL's nextUpdate is a day away
+        signer = signers["signed"]
+        await service.revocation_list(CRL_URL, signer, trio.current_time() + 30)
+        assert fetched.count(CRL_URL) == 2
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("full", ["every slot", "the host's slots"])
+async def test_a_refetch_with_no_room_to_run_is_said(
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+    full: str,
+) -> None:
+    """A signature that fails with the cached certificate has its x5u fetched again, unless
+    the fetches that may run at once run already (all MAX_FETCHES, or the URL's host's
+    share): the call then fails with the cached certificate, as before, and the log says why
+    at INFO, in the line a failed re-fetch has (on main: nothing said). It is no re-fetch:
+    not counted, the URL's minute not spent."""
+    caplog.set_level(logging.INFO, logger="gateway.plugins.stir_shaken")
+    pki = make_pki()
+    anchors, _, _ = pki.write(tmp_path)
+
+    async def fetch(url: str) -> Fetched:
+        if url == GOOD:
+            return Fetched(pki.chain_pem(), max_age=600)
+        await trio.sleep_forever()
+        raise AssertionError("not reached")
+
+    service = StirShaken(verifying(anchors), fetcher=fetch)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        stale = await service.signer_certificate(GOOD, trio.current_time() + 30)
+        if full == "every slot":
+            hanging = [f"https://{n}.example/c.pem" for n in range(MAX_FETCHES)]
+            why = f"{MAX_FETCHES} certificate fetches running already"
+        else:
+            from gateway.plugins.stir_shaken.fetch import MAX_FETCHES_PER_HOST
+
+            hanging = [f"https://certs.carrier.example/{n}.pem" for n in range(10)]
+            why = f"{MAX_FETCHES_PER_HOST} certificate fetches to certs.carrier.example running"
+            why += " already"
+        for url in hanging:
+            with pytest.raises(PassportError):
+                await service.signer_certificate(url, trio.current_time())
+        caplog.clear()
+        assert await service.renewed_signer(GOOD, stale, trio.current_time() + 30) is None
+        said = [(r.levelno, r.getMessage()) for r in caplog.records]
+        assert said == [
+            (
+                logging.INFO,
+                f"stir_shaken: certificate {GOOD} not fetched again after a signature failed: "
+                f"{why}",
+            )
+        ]
+        assert sum(service.certificate_refetches.values()) == 0
+        assert GOOD not in service._refetched
+        nursery.cancel_scope.cancel()
