@@ -1471,6 +1471,7 @@ class Gateway:
                 media.workers,
                 log_level=self.config.gateway.log_level,
                 plugin_exception_text=self.config.gateway.log_plugin_exception_text,
+                ready_within=media.worker_ready_timeout,
             )
             await nursery.start(self.media_workers.serve)
         else:
