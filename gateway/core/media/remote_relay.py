@@ -333,7 +333,8 @@ class _Worker:
     starts: int = 0
     """Processes started for this slot (1 + restarts)."""
     stopped: str | None = None
-    """Why the slot is no longer started (its worker speaks another protocol version), or None."""
+    """Why the slot is no longer started (its worker speaks another protocol version, or did not
+    understand its command line), or None."""
     ready_at: float | None = None
     """When the process now (or last) serving the slot became ready; None before it was."""
     state: str = "starting"
