@@ -789,9 +789,9 @@ async def test_workers_are_started_at_once_not_one_after_another(
         return [sys.executable, "-I", "-c", WAITING_WORKER, *arguments]
 
     monkeypatch.setattr(WorkerPool, "_command", command)
-    pool = WorkerPool(ADDRESS, PORTS.get(), 3, ready_within=WORKER_TIMEOUT / 2)
+    pool = WorkerPool(ADDRESS, PORTS.get(), 3, ready_within=WORKER_TIMEOUT)
     async with trio.open_nursery() as nursery:
-        with trio.fail_after(WORKER_TIMEOUT):
+        with trio.fail_after(2 * WORKER_TIMEOUT):
             await nursery.start(pool.serve)
         assert pool.worker_states() == ["running", "running", "running"]
         assert pool.worker_starts() == [1, 1, 1]
