@@ -172,9 +172,9 @@ next waits out the back-off), ``stopped`` (not started again until the service r
 
 RESTART_REASONS = ("exited", "not_ready", "channel_error")
 """Why a worker was restarted (:meth:`WorkerPool.worker_restarts`): ``exited`` (its process
-ended or closed its channel: a crash, a kill), ``not_ready`` (not ready within the limit: hung
-at start), ``channel_error`` (it sent a frame that is no message, or its channel failed or
-overflowed: this process stopped it)."""
+ended: a crash, a kill; its channel read end of file, or a reset when it died with messages
+unread), ``not_ready`` (not ready within the limit: hung at start), ``channel_error`` (it sent
+a frame that is no message, or did not read what it was sent: this process stopped it)."""
 
 
 def next_restart_delay(previous: float | None, ran_for: float, first: float) -> float:
@@ -1141,7 +1141,8 @@ class WorkerPool:
                         # (worker_protocol's "Protocol version"): it is no worker of ours.
                         mismatch = ProtocolMismatch(None, PROTOCOL_VERSION)
                 except OSError as exc:
-                    worker.ended = "channel_error"
+                    # ECONNRESET: the worker died with messages of ours unread (a kill, a
+                    # crash), which a Unix stream socket reports as a reset, not end of file.
                     log.error(
                         "media worker %d channel failed: %s",
                         worker.index,

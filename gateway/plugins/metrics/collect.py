@@ -499,7 +499,7 @@ def _media_workers(out: Exposition, status: GatewayStatus) -> None:
         "counter",
         "Media worker processes started again after one ended, by reason: exited (it crashed "
         "or was killed), not_ready (not ready within [media] worker_ready_timeout), "
-        "channel_error (a broken or overflowing control channel).",
+        "channel_error (it sent a frame that is no message, or did not read its channel).",
     )
     for reason, count in workers.restarts:
         out.sample(count, [("reason", reason)])

@@ -802,6 +802,39 @@ async def test_workers_are_started_at_once_not_one_after_another(
     assert all(process_gone(pid) for pid in pids if pid is not None)
 
 
+# A stand-in worker that says it is ready, answers the first thing it reads (the test's Ping)
+# with a frame of no message type (0xEE), and reads its channel until the pool closes it.
+BAD_FRAME_WORKER = """
+import os, sys
+fd = int(sys.argv[1])
+os.write(fd, bytes.fromhex(sys.argv[2]))
+os.read(fd, 65536)
+os.write(fd, bytes.fromhex("00000001ee"))
+while os.read(fd, 65536):
+    pass
+"""
+
+
+async def test_a_worker_that_sends_a_bad_frame_is_restarted_as_a_channel_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def command(self: WorkerPool, worker: remote_relay._Worker, fd: int) -> list[str]:
+        frames = encode(Hello(PROTOCOL_VERSION)) + encode(PairsReady((worker.ports.low,)))
+        return [sys.executable, "-I", "-c", BAD_FRAME_WORKER, str(fd), frames.hex()]
+
+    monkeypatch.setattr(WorkerPool, "_command", command)
+    pool = WorkerPool(ADDRESS, PORTS.get(), 1, restart_delay=0.05)
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(WORKER_TIMEOUT):
+            await nursery.start(pool.serve)
+        with pytest.raises(LocalMediaError, match="media worker 0 exited"):
+            await pool.sync(0)  # answered with the bad frame: the channel is closed
+        await eventually(lambda: pool.worker_restarts()["channel_error"] == 1, "counted")
+        assert pool.worker_restarts() == {"exited": 0, "not_ready": 0, "channel_error": 1}
+        nursery.cancel_scope.cancel()
+    assert pool.worker_pids() == [None]
+
+
 # A worker of a release that does not know an option the pool passes (one from before
 # --protocol-version): argparse refuses its command line, on stderr, and it exits 2 before it
 # has said anything on its channel.
