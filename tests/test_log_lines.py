@@ -267,10 +267,25 @@ def _worker_exits(tmp_path: Path) -> None:
     protocol version: the pool's own supervision, with a stand-in for the worker process that
     sends the Hello of the next version and exits as a real worker does on a mismatch
     (tests/integration/media/test_media_workers.py runs the real worker)."""
+    hello = encode(Hello(PROTOCOL_VERSION + 1)).hex()
+    _worker_restarted_as(
+        f"import os, sys; os.write(int(sys.argv[1]), bytes.fromhex('{hello}')); sys.exit(78)"
+    )
+
+
+def _worker_command_line_refused(tmp_path: Path) -> None:
+    """A pool's worker that exits (a crash) and, started again, refuses its command line as an
+    older worker's argparse does (status 2, nothing on its channel; the integration tests run
+    one that parses the real command line)."""
+    _worker_restarted_as("import sys; sys.exit(2)")
+
+
+def _worker_restarted_as(stand_in: str) -> None:
+    """A one-worker pool's supervision whose first worker is up, then dies; the one started
+    again is the Python program ``stand_in`` (given the channel's descriptor), which must get
+    its slot stopped."""
     pool = WorkerPool("127.0.0.1", PortRange.parse("40000-40009"), 1, restart_delay=0.01)
     (worker,) = pool._workers
-    hello = encode(Hello(PROTOCOL_VERSION + 1)).hex()
-    stand_in = f"import os, sys; os.write(int(sys.argv[1]), bytes.fromhex('{hello}')); sys.exit(78)"
 
     def command(worker: object, fd: int) -> list[str]:
         return [sys.executable, "-I", "-S", "-c", stand_in, str(fd)]
@@ -305,24 +320,24 @@ def _worker_exits(tmp_path: Path) -> None:
 def _worker_not_ready(tmp_path: Path) -> None:
     """A pool's worker that never says it is ready, at start-up: a stand-in that writes nothing,
     given 0.2 s to be ready (60 s) and 0.1 s to exit (2 s) before it is killed."""
-    pool = WorkerPool("127.0.0.1", PortRange.parse("40000-40009"), 1)
+    pool = WorkerPool("127.0.0.1", PortRange.parse("40000-40009"), 1, ready_within=0.2)
 
     def command(worker: object, fd: int) -> list[str]:
         return [sys.executable, "-I", "-S", "-c", "import time; time.sleep(60)"]
 
     pool._command = command  # type: ignore[method-assign]
-    limits = remote_relay.READY_WITHIN, remote_relay.STOP_GRACE
+    grace = remote_relay.STOP_GRACE
 
     async def start() -> None:
         with trio.fail_after(20):
             await pool.serve()
 
-    remote_relay.READY_WITHIN, remote_relay.STOP_GRACE = 0.2, 0.1
+    remote_relay.STOP_GRACE = 0.1
     try:
         with pytest.raises(LocalMediaError, match=r"did not say it was ready within 0\.2 s"):
             trio.run(start)
     finally:
-        remote_relay.READY_WITHIN, remote_relay.STOP_GRACE = limits
+        remote_relay.STOP_GRACE = grace
 
 
 def _worker_protocol_refused(tmp_path: Path) -> None:
@@ -357,6 +372,7 @@ DRIVEN: dict[str, Callable[[Path], None]] = {
     "store-answers": _registration_store,
     "records-busy": _records_store,
     "worker-exited": _worker_exits,
+    "worker-command-line-refused": _worker_command_line_refused,
     "worker-not-ready": _worker_not_ready,
     "worker-protocol-mismatch": _worker_exits,
     "worker-protocol-refused": _worker_protocol_refused,

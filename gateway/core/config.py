@@ -10,7 +10,7 @@ The file layout::
 
     [gateway]   state_dir, realm, domains, log_level
     [sip]       listen, user_agent, timers, message limits, session timers
-    [media]     address, ports, inactivity_timeout, hold_timeout, workers
+    [media]     address, ports, inactivity_timeout, hold_timeout, workers, worker_ready_timeout
     [store]     backend (sqlite, postgresql), dsn, password_file, timeouts
     [dns]       how trunks named by DNS are resolved: servers, timeout, TTL clamps
     [plugins]   enable = [...]; one [plugins.NAME] table per enabled plugin
@@ -349,6 +349,9 @@ class MediaSection:
     # send no RTCP either (rtpengine's --silent-timeout, one hour there too).
     hold_timeout: float = 3600.0
     workers: int = 1
+    # Seconds a media worker (workers >= 2) has to say it is ready once started (at start-up or
+    # again after it exited) before it is taken as hung (remote_relay.READY_WITHIN).
+    worker_ready_timeout: float = 60.0
     offer_rtcp_feedback: bool = False
     # Read the legs' RTCP for call quality (gateway/core/media/quality.py); RTP is never read.
     rtcp_quality: bool = True
@@ -395,6 +398,11 @@ MIN_STATEMENT_TIMEOUT = 0.001
 MAX_CALL_RECORD_DAYS = 36500.0
 
 MAX_MEDIA_WORKERS = 64
+# [media] worker_ready_timeout: a worker imports the media stack before it is ready (about a
+# second on an idle machine, tens of seconds at a high load): below 5 s a busy moment at start-up
+# fails it. Past an hour a hung worker goes unnoticed for longer than anyone waits on a restart.
+MIN_WORKER_READY_TIMEOUT = 5.0
+MAX_WORKER_READY_TIMEOUT = 3600.0
 # A queue delay longer than T1 (0.5 s) means UACs retransmit before the gateway sees their
 # INVITEs: overload control that waits that long comes too late to help.
 MAX_OVERLOAD_QUEUE_DELAY = 0.5
@@ -1619,6 +1627,15 @@ def _validate(config: GatewayConfig, file: str) -> None:
             "media",
             "workers",
             f"expected an integer from 1 to {MAX_MEDIA_WORKERS}, got {config.media.workers}",
+        )
+    ready = config.media.worker_ready_timeout
+    if not MIN_WORKER_READY_TIMEOUT <= ready <= MAX_WORKER_READY_TIMEOUT:
+        raise ConfigError(
+            file,
+            "media",
+            "worker_ready_timeout",
+            f"expected seconds from {MIN_WORKER_READY_TIMEOUT:g} (a media worker imports the "
+            f"media stack before it is ready) to {MAX_WORKER_READY_TIMEOUT:g}, got {ready:g}",
         )
     # Each worker relays on its own slice of the range: at least two pairs (one stream) each.
     pairs = len(

@@ -1641,6 +1641,7 @@ class Gateway:
                 media.workers,
                 log_level=self.config.gateway.log_level,
                 plugin_exception_text=self.config.gateway.log_plugin_exception_text,
+                ready_within=media.worker_ready_timeout,
             )
             await nursery.start(self.media_workers.serve)
         else:

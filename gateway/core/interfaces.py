@@ -911,6 +911,18 @@ class MediaCounts:
 
 
 @attrs.frozen
+class MediaWorkerCounts:
+    """The media worker processes (``[media] workers`` >= 2) now and since the start:
+    ``states``, (state, workers) for each of ``running``, ``starting``, ``restarting`` and
+    ``stopped`` (:data:`gateway.core.media.remote_relay.WORKER_STATES`), 0 included;
+    ``restarts``, (reason, processes started again) for each of ``exited``, ``not_ready`` and
+    ``channel_error`` (:data:`gateway.core.media.remote_relay.RESTART_REASONS`)."""
+
+    states: tuple[tuple[str, int], ...]
+    restarts: tuple[tuple[str, int], ...]
+
+
+@attrs.frozen
 class TrunkCounts:
     """One configured trunk: its calls in progress, its ``max_calls`` (0: none) and the calls
     refused since the start because it was at its ``max_calls`` or its ``max_cps``; whether its
@@ -1029,6 +1041,10 @@ class GatewayStatus(Protocol):
     async def media_in_steps(self) -> MediaCounts:
         """:meth:`media`, walking the live calls a few hundred at a time with a checkpoint in
         between, so that a scrape does not hold the event loop long at 10 000 calls."""
+
+    def media_workers(self) -> MediaWorkerCounts | None:
+        """The media worker processes' states and restarts; None when the relay runs in the
+        gateway's own process (``[media] workers = 1``)."""
 
     def sip(self) -> SipCounts: ...
 

@@ -29,12 +29,14 @@ from gateway.core.interfaces import (
     Histogram,
     LoadedCertificate,
     MediaCounts,
+    MediaWorkerCounts,
     SessionTargetDns,
     SipCounts,
     TrunkCounts,
 )
 from gateway.core.ip import ip_facts, ip_literal
 from gateway.core.media.relay import DROP_REASONS
+from gateway.core.media.remote_relay import WORKER_STATES
 from gateway.core.sip.uri import redact_password
 
 if TYPE_CHECKING:
@@ -335,6 +337,16 @@ class StatusView:
             streams -= opened
         walked.add(self._statistics.ended_media)
         return self._media_counts(walked, streams)
+
+    def media_workers(self) -> MediaWorkerCounts | None:
+        pool = self._gateway.media_workers
+        if pool is None:
+            return None
+        states = pool.worker_states()
+        return MediaWorkerCounts(
+            states=tuple((state, states.count(state)) for state in WORKER_STATES),
+            restarts=tuple(pool.worker_restarts().items()),
+        )
 
     def _media_counts(self, totals: MediaTotals, streams: int) -> MediaCounts:
         return MediaCounts(

@@ -20,8 +20,10 @@ from gateway.core.config import from_mapping
 from gateway.core.gateway import Gateway
 from gateway.core.ids import SeededIds
 from gateway.core.media.remote_relay import WORKER_EXITED, WorkerPool
+from gateway.core.status import CallStatistics, StatusView
 from gateway.core.store.interface import CallRecord
 from gateway.core.store.sqlite import SqliteStore
+from gateway.plugins.metrics.collect import render
 from gateway.testing.memory_transport import memory_plugins
 from gateway.testing.network import Address, MemoryNetwork
 from gateway.testing.sip_agent import AutoAnswer, Call, SipAgent, sdp_connection
@@ -75,6 +77,7 @@ async def test_a_worker_exit_ends_its_calls_only_and_the_worker_comes_back(
                 "address": "127.0.0.1",
                 "ports": MEDIA_PORTS.text(),
                 "workers": 2,
+                "worker_ready_timeout": 45,
             },
             "plugins": {"enable": []},
             "trunks": [
@@ -96,6 +99,14 @@ async def test_a_worker_exit_ends_its_calls_only_and_the_worker_comes_back(
         assert gateway.relay is None
         pool = gateway.media_workers
         assert isinstance(pool, WorkerPool)
+        assert pool._ready_within == 45.0  # [media] worker_ready_timeout
+
+        def scrape() -> str:
+            return render(StatusView(gateway, CallStatistics())).decode()
+
+        assert 'voipgw_media_workers{state="running"} 2\n' in scrape()
+        assert 'voipgw_media_workers{state="stopped"} 0\n' in scrape()
+        assert 'voipgw_media_worker_restarts_total{reason="exited"} 0\n' in scrape()
         alice = SipAgent(
             network,
             ALICE,
@@ -150,6 +161,9 @@ async def test_a_worker_exit_ends_its_calls_only_and_the_worker_comes_back(
         await eventually(lambda: pool.worker_starts() == [2, 1] and pool.worker_ready()[0] > 2)
         assert pool.worker_pids()[0] not in (None, pid_0)
         assert pool.worker_pids()[1] == pid_1
+        assert 'voipgw_media_workers{state="running"} 2\n' in scrape()
+        assert 'voipgw_media_worker_restarts_total{reason="exited"} 1\n' in scrape()
+        assert 'voipgw_media_worker_restarts_total{reason="not_ready"} 0\n' in scrape()
         call_3, _ = await answered_call(trunk, alice)
         assert pool.worker_streams() == [1, 0]
         assert (await call_3.bye()).status == 200

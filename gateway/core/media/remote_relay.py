@@ -8,7 +8,9 @@ threads, but as processes so that each has its own interpreter lock. :class:`Wor
 
 - splits ``[media] ports`` into N disjoint slices (:func:`split_ports`) and starts one worker per
   slice (``python -m gateway.core.media.worker``), each with one end of a Unix socketpair as its
-  control channel (:mod:`gateway.core.media.worker_protocol`); a worker binds only its slice;
+  control channel (:mod:`gateway.core.media.worker_protocol`); a worker binds only its slice.
+  At start-up all N are started at once and waited for together (each has ``[media]
+  worker_ready_timeout`` to be ready); those that fail are one start-up error naming each;
 - hands out :class:`RemoteStream` proxies with the interface the in-process relay gives a call
   (:mod:`gateway.core.media.relay_api`): ``set_remote``, ``blocked``, ``statistics()``,
   ``last_activity``, DTLS datagrams in (``set_non_rtp_handler``) and out (``send``), ``close``;
@@ -37,7 +39,13 @@ threads, but as processes so that each has its own interpreter lock. :class:`Wor
   runs what is on disk): a worker of another version exits at once, and its slot is not
   started again (it would fail the same way until the service restarts): one ERROR says so and
   what to do, and new calls go to the other workers as when a worker is being restarted (none
-  left: ``PortsExhausted``, 503). At start-up it is a start-up error;
+  left: ``PortsExhausted``, 503). At start-up it is a start-up error. A worker that exits with
+  status 2 (argparse's usage error) before its first message did not understand its command
+  line, a worker of another release too (an older one does not know ``--protocol-version``):
+  the same, with its own ERROR;
+- keeps each slot's state (:data:`WORKER_STATES`) and its restarts by reason
+  (:data:`RESTART_REASONS`) for the metrics (:meth:`WorkerPool.worker_states`,
+  :meth:`WorkerPool.worker_restarts`);
 - on shutdown (cancellation) closes every channel, on which the workers exit, and kills any
   that has not exited within :data:`STOP_GRACE` seconds: no worker outlives the gateway. A worker
   also exits when the SIP process dies, since its channel then reads end of file.
@@ -147,9 +155,27 @@ STABLE_RUN = 60.0
 """A worker that ran this long was healthy: its next restart waits only ``RESTART_DELAY``."""
 
 READY_WITHIN = 60.0
-"""Seconds a started worker has to send its Hello and first ``PairsReady``; past this it is
-stopped as hung (a start-up error, or restarted with back-off). Generous: a loaded machine takes
-tens of seconds to start a Python process that imports the media stack (> 30 s seen at load 12)."""
+"""Seconds a started worker has to send its Hello and first ``PairsReady`` unless the pool is
+given another limit (``[media] worker_ready_timeout``); past this it is stopped as hung (a
+start-up error, or restarted with back-off). Generous: a loaded machine takes tens of seconds to
+start a Python process that imports the media stack (> 30 s seen at load 12)."""
+
+EXIT_USAGE = 2
+"""The exit status of a Python program whose command line argparse refused (and of the
+interpreter's own usage errors): from a worker that exits with it before its first message, a
+command line it did not understand, i.e. a worker of another voipgw version (one from before
+``--protocol-version``, which it does not know)."""
+
+WORKER_STATES = ("running", "starting", "restarting", "stopped")
+"""What a worker slot is doing (:meth:`WorkerPool.worker_states`): ``running`` (ready, takes new
+calls), ``starting`` (a process started, not yet ready), ``restarting`` (its process ended, the
+next waits out the back-off), ``stopped`` (not started again until the service restarts)."""
+
+RESTART_REASONS = ("exited", "not_ready", "channel_error")
+"""Why a worker was restarted (:meth:`WorkerPool.worker_restarts`): ``exited`` (its process
+ended: a crash, a kill; its channel read end of file, or a reset when it died with messages
+unread), ``not_ready`` (not ready within the limit: hung at start), ``channel_error`` (it sent
+a frame that is no message, or did not read what it was sent: this process stopped it)."""
 
 
 def next_restart_delay(previous: float | None, ran_for: float, first: float) -> float:
@@ -308,9 +334,16 @@ class _Worker:
     starts: int = 0
     """Processes started for this slot (1 + restarts)."""
     stopped: str | None = None
-    """Why the slot is no longer started (its worker speaks another protocol version), or None."""
+    """Why the slot is no longer started (its worker speaks another protocol version, or did not
+    understand its command line), or None."""
     ready_at: float | None = None
     """When the process now (or last) serving the slot became ready; None before it was."""
+    state: str = "starting"
+    """One of :data:`WORKER_STATES`."""
+    ended: str = "exited"
+    """How the process now (or last) serving the slot ended, one of :data:`RESTART_REASONS`."""
+    restarts: dict[str, int] = attrs.Factory(lambda: dict.fromkeys(RESTART_REASONS, 0))
+    """Restarts of the slot by reason (:data:`RESTART_REASONS`)."""
 
     @property
     def pid(self) -> int | None:
@@ -809,6 +842,7 @@ class WorkerPool:
         plugin_exception_text: bool = False,
         restart_delay: float = RESTART_DELAY,
         stats_interval: float = 1.0,
+        ready_within: float = READY_WITHIN,
     ) -> None:
         try:
             ip = ipaddress.ip_address(address)
@@ -821,6 +855,7 @@ class WorkerPool:
         self._plugin_exception_text = plugin_exception_text
         self._restart_delay = restart_delay
         self._stats_interval = stats_interval
+        self._ready_within = ready_within
         self._ids = itertools.count(1)
         self._serving = False
 
@@ -900,8 +935,21 @@ class WorkerPool:
 
     def worker_stopped(self) -> list[str | None]:
         """Why each worker slot is no longer started (its worker speaks another protocol
-        version than this process), None for a slot that runs or is being restarted."""
+        version than this process, or did not understand its command line), None for a slot
+        that runs or is being restarted."""
         return [w.stopped for w in self._workers]
+
+    def worker_states(self) -> list[str]:
+        """What each worker slot is doing, one of :data:`WORKER_STATES`, by worker index."""
+        return [w.state for w in self._workers]
+
+    def worker_restarts(self) -> dict[str, int]:
+        """Restarts of every worker slot since the start, by reason (:data:`RESTART_REASONS`,
+        each present): a process started again after one that ended. A slot stopped for good
+        is no restart."""
+        return {
+            reason: sum(w.restarts[reason] for w in self._workers) for reason in RESTART_REASONS
+        }
 
     async def sync(self, worker: int) -> None:
         """Return once worker ``worker`` has applied every message sent to it so far (a
@@ -933,16 +981,35 @@ class WorkerPool:
     # -- supervision --------------------------------------------------------------------------
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Start every worker, report ready once all are, and keep them running until cancelled;
-        then stop them all. A worker that exits before it was first ready is a start-up error
-        (:class:`LocalMediaError`, e.g. the media address is not local)."""
+        """Start every worker at once, report ready once all are, and keep them running until
+        cancelled; then stop them all. Workers that exit (or are stopped) before they were first
+        ready are a start-up error (:class:`LocalMediaError`, e.g. the media address is not
+        local), raised once every worker is ready or has failed, naming each that failed."""
         if self._serving:
             raise LocalMediaError("the worker pool is already serving")
         self._serving = True
+        not_started: list[tuple[int, LocalMediaError]] = []
         try:
             async with trio.open_nursery() as nursery:
-                for worker in self._workers:
-                    await nursery.start(self._supervise, worker)
+
+                async def start(worker: _Worker) -> None:
+                    try:
+                        await nursery.start(self._supervise, worker)
+                    except LocalMediaError as exc:
+                        not_started.append((worker.index, exc))
+
+                # All at once, not one after another: N workers slow to start (a loaded machine)
+                # take one ready limit, not N. Each binds only its own slice (split_ports), and
+                # no stream opens before this reports ready, so the order they become ready in
+                # does not matter; each moves into ``nursery`` once ready.
+                async with trio.open_nursery() as starting:
+                    for worker in self._workers:
+                        starting.start_soon(start, worker)
+                if not_started:
+                    # The workers that did start are stopped as this nursery cancels them.
+                    raise _start_up_error(
+                        sorted(not_started, key=lambda item: item[0]), len(self._workers)
+                    )
                 task_status.started()
         except BaseExceptionGroup as group:
             # A worker that could not start: say so plainly, not as a nursery's group.
@@ -963,6 +1030,7 @@ class WorkerPool:
             returncode = await self._run_once(worker, task_status if first else None)
             first = False
             if worker.stopped is not None:
+                worker.state = "stopped"
                 # It would fail the same way on every start until the service restarts: say it
                 # once, start it no more. Its calls ended when the worker before it exited.
                 running = sum(w.channel is not None for w in self._workers)
@@ -978,6 +1046,8 @@ class WorkerPool:
             # run, and backs off like one that crashed at once.
             ran_for = 0.0 if worker.ready_at is None else trio.current_time() - worker.ready_at
             delay = next_restart_delay(delay, ran_for, self._restart_delay)
+            worker.state = "restarting"
+            worker.restarts[worker.ended] += 1
             streams = list(worker.streams.values())
             worker.streams.clear()
             for event in worker.pongs.values():
@@ -1020,9 +1090,11 @@ class WorkerPool:
             theirs.close()
         worker.starts += 1
         worker.ready_at = None
+        worker.state = "starting"
+        worker.ended = "exited"
         channel = _Channel(trio.socket.from_stdlib_socket(ours))
         was_ready = False
-        ready_within = READY_WITHIN
+        ready_within = self._ready_within
         said_hello = False
         mismatch: ProtocolMismatch | None = None
         try:
@@ -1036,6 +1108,8 @@ class WorkerPool:
                         while True:
                             messages = await channel.messages()
                             if not messages:
+                                if channel.closed:  # by us: it sent more than it read
+                                    worker.ended = "channel_error"
                                 break
                             if not said_hello:
                                 # Its first message, once per start: never per message.
@@ -1051,9 +1125,11 @@ class WorkerPool:
                                 waiting.deadline = math.inf
                                 worker.ready_at = trio.current_time()
                                 worker.channel = channel
+                                worker.state = "running"
                                 if task_status is not None:
                                     task_status.started()
                     if waiting.cancelled_caught:
+                        worker.ended = "not_ready"
                         log.error(
                             "media worker %d (ports %s) did not say it was ready within %g s: "
                             "stopping it (a machine too loaded to start it in time, or a worker "
@@ -1066,12 +1142,15 @@ class WorkerPool:
                     mismatch = exc
                 except ChannelError as exc:
                     if said_hello:
+                        worker.ended = "channel_error"
                         log.error("media worker %d sent a bad frame: %s", worker.index, exc)
                     else:
                         # Not even its Hello could be read, whose frame every version shares
                         # (worker_protocol's "Protocol version"): it is no worker of ours.
                         mismatch = ProtocolMismatch(None, PROTOCOL_VERSION)
                 except OSError as exc:
+                    # ECONNRESET: the worker died with messages of ours unread (a kill, a
+                    # crash), which a Unix stream socket reports as a reset, not end of file.
                     log.error(
                         "media worker %d channel failed: %s",
                         worker.index,
@@ -1090,6 +1169,20 @@ class WorkerPool:
                 f"({_exit_text(returncode)}): the voipgw package was upgraded (or changed) while "
                 "the gateway ran; restart the service (e.g. systemctl restart voipgw) to run the "
                 "installed version"
+            )
+            if task_status is not None:
+                raise LocalMediaError(worker.stopped)
+            return returncode
+        if returncode == EXIT_USAGE and not said_hello and not waiting.cancelled_caught:
+            # Its command line refused before it said anything: a worker of another release (one
+            # from before protocol versions stops on --protocol-version, an option it does not
+            # know). It would fail the same way on every start: stopped, as on a mismatch.
+            worker.stopped = (
+                f"media worker {worker.index} (ports {worker.ports}) exited with status "
+                f"{EXIT_USAGE} before its first message: the worker did not understand its "
+                "command line: a different voipgw version? restart the service (e.g. systemctl "
+                "restart voipgw) to run the installed version (the worker's usage error, if any, "
+                "is above)"
             )
             if task_status is not None:
                 raise LocalMediaError(worker.stopped)
@@ -1166,6 +1259,17 @@ class WorkerPool:
                 stream._lost(message.reason)
             return
         raise ChannelError(f"a worker does not send {type(message).__name__}")
+
+
+def _start_up_error(failed: list[tuple[int, LocalMediaError]], workers: int) -> LocalMediaError:
+    """One start-up error for the workers that failed to start, by index: the one's own error,
+    or every one's, so that the operator fixes them all at once."""
+    if len(failed) == 1:
+        return failed[0][1]
+    return LocalMediaError(
+        f"{len(failed)} of {workers} media workers did not start: "
+        + "; ".join(str(error) for _, error in failed)
+    )
 
 
 def _exit_text(returncode: int | None) -> str:

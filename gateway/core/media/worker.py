@@ -120,7 +120,10 @@ from gateway.core.media.worker_protocol import (
     version_text,
 )
 
-log = logging.getLogger(__name__)
+# Its module's name, not __name__: run as ``python -m gateway.core.media.worker`` (as the pool
+# starts it) this module is ``__main__``, and its lines would name that logger, which neither an
+# operator's logging config nor docs/operations.md's log lines table knows.
+log = logging.getLogger("gateway.core.media.worker")
 
 RESERVE_PAIRS = 64
 """Port pairs kept bound ahead of time (32 streams): enough for a burst of new calls between two

@@ -81,6 +81,7 @@ def render(
     _call_records(out, status, ScrapeLog() if scrape_log is None else scrape_log)
     _sip(out, status)
     _media(out, status.media() if media is None else media)
+    _media_workers(out, status)
     _key_exchanges(out, status)
     _trunks(out, status)
     _session_targets(out, status)
@@ -478,6 +479,30 @@ def _media(out: Exposition, media: MediaCounts) -> None:
             "reported.",
         )
         out.histogram(media.call_jitter_seconds)
+
+
+def _media_workers(out: Exposition, status: GatewayStatus) -> None:
+    workers = status.media_workers()
+    if workers is None:
+        return  # the relay runs in the gateway's process ([media] workers = 1): no family
+    out.family(
+        "voipgw_media_workers",
+        "gauge",
+        "Media worker processes ([media] workers) by state: running (takes new calls), "
+        "starting (not ready yet), restarting (waiting out its back-off after it ended), "
+        "stopped (not started again until the service restarts: another voipgw version).",
+    )
+    for state, count in workers.states:
+        out.sample(count, [("state", state)])
+    out.family(
+        "voipgw_media_worker_restarts_total",
+        "counter",
+        "Media worker processes started again after one ended, by reason: exited (it crashed "
+        "or was killed), not_ready (not ready within [media] worker_ready_timeout), "
+        "channel_error (it sent a frame that is no message, or did not read its channel).",
+    )
+    for reason, count in workers.restarts:
+        out.sample(count, [("reason", reason)])
 
 
 def _key_exchanges(out: Exposition, status: GatewayStatus) -> None:

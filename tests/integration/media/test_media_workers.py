@@ -32,7 +32,13 @@ from gateway.core.media.ice import IceCredentials, IceLiteResponder
 from gateway.core.media.keying import StreamKeys
 from gateway.core.media.ports import rtp_ports
 from gateway.core.media.remote_relay import WORKER_EXITED, RemoteStream, WorkerPool
-from gateway.core.media.worker_protocol import EXIT_PROTOCOL_MISMATCH, PROTOCOL_VERSION
+from gateway.core.media.worker_protocol import (
+    EXIT_PROTOCOL_MISMATCH,
+    PROTOCOL_VERSION,
+    Hello,
+    PairsReady,
+    encode,
+)
 from gateway.plugins.keyexchange.zrtp.packets import HELLO, HELLO_ACK, frame, message
 from tests.integration.media.phone_sockets import (
     ADDRESS,
@@ -493,6 +499,8 @@ async def test_a_killed_worker_ends_its_calls_and_is_restarted(
     await relayed(s1, a1, b1, 1)
     pid0, pid1 = pool.worker_pids()
     assert pid0 is not None and pid1 is not None
+    assert pool.worker_states() == ["running", "running"]
+    assert pool.worker_restarts() == {"exited": 0, "not_ready": 0, "channel_error": 0}
 
     with caplog.at_level(logging.ERROR, logger="gateway.core.media.remote_relay"):
         os.kill(pid0, signal.SIGKILL)
@@ -512,6 +520,9 @@ async def test_a_killed_worker_ends_its_calls_and_is_restarted(
     assert pool.worker_pids()[1] == pid1
     assert process_gone(pid0)
     await eventually(lambda: pool.worker_ready()[0] == 10, "worker 0 ready again")
+    # What the metrics show (voipgw_media_workers, voipgw_media_worker_restarts_total).
+    assert pool.worker_states() == ["running", "running"]
+    assert pool.worker_restarts() == {"exited": 1, "not_ready": 0, "channel_error": 0}
     s2 = pool.open_stream(prefer=0)
     assert s2.worker == 0
     await connected(pool, s2, a2, b2)
@@ -553,6 +564,9 @@ async def test_a_restarted_worker_of_another_protocol_version_is_said_once_and_n
     assert lost == [WORKER_EXITED]  # its calls ended as when any worker exits
     assert pool.worker_starts() == [2, 1]
     assert pool.worker_pids()[0] is None and pool.worker_ready()[0] == 0
+    # The crash was a restart; the slot given up is no restart, and shows as stopped.
+    assert pool.worker_states() == ["stopped", "running"]
+    assert pool.worker_restarts() == {"exited": 1, "not_ready": 0, "channel_error": 0}
     said = [r.getMessage() for r in caplog.records if "protocol version" in r.getMessage()]
     assert said == [
         f"media worker 0 (ports {pool.slices[0]}) speaks media worker protocol version "
@@ -601,9 +615,10 @@ async def test_a_worker_of_another_protocol_version_fails_start_up(
                 await nursery.start(pool.serve)
     assert caught.group_contains(
         LocalMediaError,
-        match=rf"^media worker 0 \(ports \S+\) speaks media worker protocol version "
-        rf"{PROTOCOL_VERSION}, this gateway process {newer} \(exit code 78\): the voipgw package "
-        r"was upgraded \(or changed\) while the gateway ran; restart the service",
+        match=rf"^2 of 2 media workers did not start: media worker 0 \(ports \S+\) speaks media "
+        rf"worker protocol version {PROTOCOL_VERSION}, this gateway process {newer} \(exit code "
+        r"78\): the voipgw package was upgraded \(or changed\) while the gateway ran; restart "
+        r"the service .*; media worker 1 \(ports \S+\) speaks media worker protocol version",
         depth=1,
     )
     assert pool.worker_pids() == [None, None]
@@ -643,10 +658,10 @@ async def test_a_worker_whose_first_message_is_no_hello_is_a_mismatch_of_unknown
                 await nursery.start(pool.serve)
     assert caught.group_contains(
         LocalMediaError,
-        match=r"^media worker 0 \(ports \S+\) speaks media worker protocol version unknown "
-        rf"\(its first message is no Hello this process can read\), this gateway process "
-        rf"{PROTOCOL_VERSION} \(exit code 78\): the voipgw package was upgraded \(or changed\) "
-        r"while the gateway ran; restart the service",
+        match=r"^2 of 2 media workers did not start: media worker 0 \(ports \S+\) speaks media "
+        r"worker protocol version unknown \(its first message is no Hello this process can "
+        rf"read\), this gateway process {PROTOCOL_VERSION} \(exit code 78\): the voipgw package "
+        r"was upgraded \(or changed\) while the gateway ran; restart the service",
         depth=1,
     )
     assert pool.worker_pids() == [None, None]
@@ -657,23 +672,26 @@ async def test_a_worker_whose_first_message_is_no_hello_is_a_mismatch_of_unknown
 SILENT_WORKER = "import time; time.sleep(3600)"
 
 
-def silent_workers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Workers started from now on are SILENT_WORKER; they get 0.5 s to be ready (the limit is
-    60 s) and 0.2 s to exit once their channel is closed (2 s) before they are killed."""
+def silent_workers(monkeypatch: pytest.MonkeyPatch, pool: WorkerPool | None = None) -> None:
+    """Workers started from now on are SILENT_WORKER; they get 0.2 s to exit once their channel
+    is closed (2 s) before they are killed; ``pool``'s get 0.5 s to be ready (``ready_within``,
+    ``[media] worker_ready_timeout``: 60 s; a new pool is given it)."""
     monkeypatch.setattr(
         WorkerPool, "_command", lambda self, worker, fd: [sys.executable, "-c", SILENT_WORKER]
     )
-    monkeypatch.setattr(remote_relay, "READY_WITHIN", 0.5)
     monkeypatch.setattr(remote_relay, "STOP_GRACE", 0.2)
+    if pool is not None:
+        monkeypatch.setattr(pool, "_ready_within", 0.5)
 
 
 async def test_a_worker_that_never_says_it_is_ready_fails_start_up(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Not `voipgw run` hanging with no log line: one ERROR, the process killed, a start-up
-    error."""
+    """Not `voipgw run` hanging with no log line: one ERROR each, the processes killed, one
+    start-up error that names every worker that failed (all started at once, each waited for
+    up to the limit), not only the first."""
     silent_workers(monkeypatch)
-    pool = WorkerPool(ADDRESS, PORTS.get(), 2)
+    pool = WorkerPool(ADDRESS, PORTS.get(), 2, ready_within=0.5)
     with (
         caplog.at_level(logging.ERROR, logger="gateway.core.media.remote_relay"),
         pytest.raises(ExceptionGroup) as caught,
@@ -683,18 +701,22 @@ async def test_a_worker_that_never_says_it_is_ready_fails_start_up(
                 await nursery.start(pool.serve)
     assert caught.group_contains(
         LocalMediaError,
-        match=r"^media worker 0 \(ports \S+\) did not say it was ready within 0.5 s "
+        match=r"^2 of 2 media workers did not start: "
+        r"media worker 0 \(ports \S+\) did not say it was ready within 0.5 s "
+        r"\(channel closed\); see the log above; "
+        r"media worker 1 \(ports \S+\) did not say it was ready within 0.5 s "
         r"\(channel closed\); see the log above$",
         depth=1,
     )
-    said = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    said = sorted(r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
     assert said == [
-        f"media worker 0 (ports {pool.slices[0]}) did not say it was ready within 0.5 s: "
-        "stopping it (a machine too loaded to start it in time, or a worker that hangs at "
-        "start; its own log lines, if any, are above)"
+        f"media worker {index} (ports {pool.slices[index]}) did not say it was ready within "
+        "0.5 s: stopping it (a machine too loaded to start it in time, or a worker that hangs "
+        "at start; its own log lines, if any, are above)"
+        for index in (0, 1)
     ]
     assert pool.worker_pids() == [None, None]
-    assert pool.worker_starts() == [1, 0]
+    assert pool.worker_starts() == [1, 1]
 
 
 async def test_a_restarted_worker_that_never_says_it_is_ready_is_restarted_with_back_off(
@@ -706,10 +728,16 @@ async def test_a_restarted_worker_that_never_says_it_is_ready_is_restarted_with_
     a, b = await ephemeral_phones(2)
     pid0 = pool.worker_pids()[0]
     assert pid0 is not None
-    silent_workers(monkeypatch)
+    silent_workers(monkeypatch, pool)
     with caplog.at_level(logging.ERROR, logger="gateway.core.media.remote_relay"):
         os.kill(pid0, signal.SIGKILL)
         await eventually(lambda: pool.worker_starts()[0] >= 4, "the silent worker restarted")
+    # The metrics' view: the crash, then restarts of workers that were never ready.
+    restarts = pool.worker_restarts()
+    assert restarts["exited"] == 1 and restarts["not_ready"] >= 2, restarts
+    assert restarts["channel_error"] == 0
+    assert pool.worker_states()[1] == "running"
+    assert pool.worker_states()[0] in ("starting", "restarting")
     said = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     hung = (
         f"media worker 0 (ports {pool.slices[0]}) did not say it was ready within 0.5 s: "
@@ -733,6 +761,183 @@ async def test_a_restarted_worker_that_never_says_it_is_ready_is_restarted_with_
     assert stream.worker == 0
     await connected(pool, stream, a, b)
     await relayed(stream, a, b, 1)
+
+
+# A stand-in worker that says it is ready (a Hello, then PairsReady) only once every worker of
+# its pool has been started: each leaves a file named after its index in a directory and polls
+# it for the others'. It then reads its channel until the pool closes it.
+WAITING_WORKER = """
+import os, sys, time
+fd, index, workers, directory, frames = sys.argv[1:]
+open(os.path.join(directory, index), "w").close()
+while len(os.listdir(directory)) < int(workers):
+    time.sleep(0.01)
+os.write(int(fd), bytes.fromhex(frames))
+while os.read(int(fd), 65536):
+    pass
+"""
+
+
+async def test_workers_are_started_at_once_not_one_after_another(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """N workers slow to start (a loaded machine) cost one ready limit at start-up, not N: a
+    pool that waited for each worker before it started the next would never see these ready."""
+
+    def command(self: WorkerPool, worker: remote_relay._Worker, fd: int) -> list[str]:
+        frames = encode(Hello(PROTOCOL_VERSION)) + encode(PairsReady((worker.ports.low,)))
+        arguments = [str(fd), str(worker.index), "3", str(tmp_path), frames.hex()]
+        return [sys.executable, "-I", "-c", WAITING_WORKER, *arguments]
+
+    monkeypatch.setattr(WorkerPool, "_command", command)
+    pool = WorkerPool(ADDRESS, PORTS.get(), 3, ready_within=WORKER_TIMEOUT)
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(2 * WORKER_TIMEOUT):
+            await nursery.start(pool.serve)
+        assert pool.worker_states() == ["running", "running", "running"]
+        assert pool.worker_starts() == [1, 1, 1]
+        assert sorted(path.name for path in tmp_path.iterdir()) == ["0", "1", "2"]
+        pids = pool.worker_pids()
+        nursery.cancel_scope.cancel()
+    assert pool.worker_pids() == [None, None, None]
+    assert all(process_gone(pid) for pid in pids if pid is not None)
+
+
+# A stand-in worker that says it is ready, answers the first thing it reads (the test's Ping)
+# with a frame of no message type (0xEE), and reads its channel until the pool closes it.
+BAD_FRAME_WORKER = """
+import os, sys
+fd = int(sys.argv[1])
+os.write(fd, bytes.fromhex(sys.argv[2]))
+os.read(fd, 65536)
+os.write(fd, bytes.fromhex("00000001ee"))
+while os.read(fd, 65536):
+    pass
+"""
+
+
+async def test_a_worker_that_sends_a_bad_frame_is_restarted_as_a_channel_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def command(self: WorkerPool, worker: remote_relay._Worker, fd: int) -> list[str]:
+        frames = encode(Hello(PROTOCOL_VERSION)) + encode(PairsReady((worker.ports.low,)))
+        return [sys.executable, "-I", "-c", BAD_FRAME_WORKER, str(fd), frames.hex()]
+
+    monkeypatch.setattr(WorkerPool, "_command", command)
+    pool = WorkerPool(ADDRESS, PORTS.get(), 1, restart_delay=0.05)
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(WORKER_TIMEOUT):
+            await nursery.start(pool.serve)
+        with pytest.raises(LocalMediaError, match="media worker 0 exited"):
+            await pool.sync(0)  # answered with the bad frame: the channel is closed
+        await eventually(lambda: pool.worker_restarts()["channel_error"] == 1, "counted")
+        assert pool.worker_restarts() == {"exited": 0, "not_ready": 0, "channel_error": 1}
+        nursery.cancel_scope.cancel()
+    assert pool.worker_pids() == [None]
+
+
+# A worker of a release that does not know an option the pool passes (one from before
+# --protocol-version): argparse refuses its command line, on stderr, and it exits 2 before it
+# has said anything on its channel.
+OLD_WORKER = """
+import argparse
+parser = argparse.ArgumentParser(prog="python -m gateway.core.media.worker")
+for option in ("--fd", "--index", "--address", "--ports", "--log-level", "--stats-interval"):
+    parser.add_argument(option)
+parser.parse_args()
+"""
+
+
+def old_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers started from now on are OLD_WORKER, given the pool's real command line."""
+    real = WorkerPool._command
+
+    def command(self: WorkerPool, worker: remote_relay._Worker, fd: int) -> list[str]:
+        python, _, _, *options = real(self, worker, fd)  # python -m gateway.core.media.worker
+        return [python, "-c", OLD_WORKER, *options]
+
+    monkeypatch.setattr(WorkerPool, "_command", command)
+
+
+def refused_command_line(pool: WorkerPool, index: int) -> str:
+    """What the pool says of worker ``index`` when it exited 2 before its first message."""
+    return (
+        f"media worker {index} (ports {pool.slices[index]}) exited with status 2 before its "
+        "first message: the worker did not understand its command line: a different voipgw "
+        "version? restart the service (e.g. systemctl restart voipgw) to run the installed "
+        "version (the worker's usage error, if any, is above)"
+    )
+
+
+async def test_a_worker_that_does_not_understand_its_command_line_fails_start_up(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    old_workers(monkeypatch)
+    pool = WorkerPool(ADDRESS, PORTS.get(), 2)
+    with pytest.raises(ExceptionGroup) as caught:
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(WORKER_TIMEOUT):
+                await nursery.start(pool.serve)
+    (error,) = caught.value.exceptions
+    assert isinstance(error, LocalMediaError)
+    assert str(error) == (
+        "2 of 2 media workers did not start: "
+        f"{refused_command_line(pool, 0)}; {refused_command_line(pool, 1)}"
+    )
+    assert pool.worker_pids() == [None, None]
+    assert "unrecognized arguments: --protocol-version" in capfd.readouterr().err
+
+
+async def test_a_restarted_worker_that_does_not_understand_its_command_line_is_not_restarted(
+    pool: WorkerPool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A downgrade under a running gateway (the package on disk older than this process): the
+    worker started again exits 2 on --protocol-version, and was restarted with back-off for
+    ever. Said once, as a protocol mismatch is, and not started again."""
+    a1, b1 = await ephemeral_phones(2)
+    lost: list[str] = []
+    s0 = pool.for_call(lost.append).open_stream()
+    s1 = pool.open_stream()
+    await connected(pool, s1, a1, b1)
+    pid0 = pool.worker_pids()[0]
+    assert pid0 is not None and s0.worker == 0
+    old_workers(monkeypatch)
+    with caplog.at_level(logging.ERROR, logger="gateway.core.media.remote_relay"):
+        os.kill(pid0, signal.SIGKILL)
+        await eventually(lambda: pool.worker_stopped()[0] is not None, "worker 0 given up")
+        # No restart loop: at this pool's restart delay (0.05 s, doubling) a loop would have
+        # started it again well within this second.
+        with trio.move_on_after(1.0):
+            while pool.worker_starts()[0] == 2:
+                await trio.sleep(0.01)
+    assert lost == [WORKER_EXITED]
+    assert pool.worker_starts() == [2, 1]
+    assert pool.worker_stopped()[0] == refused_command_line(pool, 0)
+    said = [r.getMessage() for r in caplog.records if "command line" in r.getMessage()]
+    assert said == [
+        f"{refused_command_line(pool, 0)}. Not restarting media worker 0: new calls go to the 1 "
+        "media worker(s) running (none: 503)"
+    ]
+    assert pool.worker_states() == ["stopped", "running"]
+    assert pool.worker_restarts() == {"exited": 1, "not_ready": 0, "channel_error": 0}
+    assert pool.for_call().open_stream().worker == 1
+    await relayed(s1, a1, b1, 1)
+
+
+def test_a_worker_run_as_a_module_logs_under_its_module_name() -> None:
+    """Run as ``python -m`` (as the pool starts it) the worker's module is ``__main__``: its
+    lines named that logger, which operators' logging config and docs/operations.md's log
+    lines (worker-protocol-refused) do not know."""
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.core.media.worker", "--index", "3"],
+        capture_output=True,
+        text=True,
+        timeout=WORKER_TIMEOUT,
+        env=remote_relay._worker_environment(),
+    )
+    assert result.returncode == EXIT_PROTOCOL_MISMATCH
+    (line,) = result.stderr.splitlines()
+    assert " ERROR media-worker-3 gateway.core.media.worker: media worker 3: the installed " in line
 
 
 async def test_ports_exhausted_when_no_worker_has_pairs() -> None:
@@ -764,7 +969,10 @@ async def test_a_worker_that_cannot_bind_fails_start_up() -> None:
             with trio.fail_after(WORKER_TIMEOUT):
                 await nursery.start(pool.serve)
     assert caught.group_contains(
-        LocalMediaError, match=r"^media worker 0 .* exited before it was ready", depth=1
+        LocalMediaError,
+        match=r"^2 of 2 media workers did not start: media worker 0 .* exited before it was "
+        r"ready .*; media worker 1 .* exited before it was ready",
+        depth=1,
     )
     assert pool.worker_pids() == [None, None]
 

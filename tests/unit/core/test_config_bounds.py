@@ -54,6 +54,8 @@ def refused(data: dict[str, Any]) -> ConfigError:
         ("media", "inactivity_timeout", 1e-9, "inactivity_timeout: expected a positive number"),
         ("media", "inactivity_timeout", 0.9, "inactivity_timeout: expected a positive number"),
         ("media", "hold_timeout", 9.5, "hold_timeout: expected a positive number of seconds, at"),
+        ("media", "worker_ready_timeout", 1.0, "worker_ready_timeout: expected seconds from 5 (a"),
+        ("media", "worker_ready_timeout", 1e300, "worker_ready_timeout: expected seconds from 5"),
         ("media", "address", "0.0.0.0", "address: expected the unicast address phones send"),
         ("media", "address", "::", "address: expected the unicast address phones send media"),
         ("media", "address", "ff02::1", "address: expected the unicast address phones send"),
@@ -483,6 +485,7 @@ def test_check_config_refuses_a_value_of_the_lan_band_and_run_would_start(
         ("sip", "session_expires", 30),
         ("sip", "nat_keepalive_interval", 1.0),
         ("media", "workers", 0),
+        ("media", "worker_ready_timeout", 0.0),
         ("store", "call_record_days", -1.0),
         ("dns", "min_ttl", 0.5),
         ("dns", "max_ttl", 1e6),
@@ -588,3 +591,10 @@ def test_a_state_dir_on_a_read_only_file_system_stays_an_error_of_check_config(
         f"voipgw: configuration error: {path}: [gateway] state_dir: {state} cannot be created: "
         f"{lib} is on a read-only file system (mount /srv read-write)\n"
     )
+
+
+def test_the_media_worker_ready_timeout_is_60_s_unless_set() -> None:
+    assert from_mapping({}).media.worker_ready_timeout == 60.0
+    for seconds in (5, 3600, 90.5):
+        config = from_mapping({"media": {"worker_ready_timeout": seconds}})
+        assert config.media.worker_ready_timeout == seconds

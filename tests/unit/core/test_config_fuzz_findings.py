@@ -96,6 +96,7 @@ def test_sip_timers_must_be_positive(tmp_path: Path, key: str, value: str) -> No
         ("sip", "ring_timeout"),
         ("media", "inactivity_timeout"),
         ("media", "hold_timeout"),
+        ("media", "worker_ready_timeout"),
         ("plugins.tcp", "idle_timeout"),
     ],
 )

@@ -1,0 +1,42 @@
+"""The media worker families (``[media] workers >= 2``): how many workers are in each state and
+how often they were restarted, by reason, as the pool counts them (docs/metrics.md)."""
+
+from __future__ import annotations
+
+import types
+
+from gateway.core.status import CallStatistics, StatusView
+from gateway.plugins.metrics.collect import _media_workers
+from gateway.plugins.metrics.exposition import Exposition
+
+
+def scraped(media_workers: object) -> str:
+    view = StatusView(types.SimpleNamespace(media_workers=media_workers), CallStatistics())  # type: ignore[arg-type]
+    out = Exposition()
+    _media_workers(out, view)
+    return out.render().decode()
+
+
+def test_the_relay_in_the_gateways_process_has_no_worker_family() -> None:
+    view = StatusView(types.SimpleNamespace(media_workers=None), CallStatistics())  # type: ignore[arg-type]
+    assert view.media_workers() is None
+    assert "voipgw_media_worker" not in scraped(None)
+
+
+def test_every_state_and_reason_is_a_series_zero_included() -> None:
+    pool = types.SimpleNamespace(
+        worker_states=lambda: ["running", "stopped", "running", "restarting"],
+        worker_restarts=lambda: {"exited": 3, "not_ready": 1, "channel_error": 0},
+    )
+    lines = [line for line in scraped(pool).splitlines() if not line.startswith("#")]
+    assert lines == [
+        'voipgw_media_workers{state="running"} 2',
+        'voipgw_media_workers{state="starting"} 0',
+        'voipgw_media_workers{state="restarting"} 1',
+        'voipgw_media_workers{state="stopped"} 1',
+        'voipgw_media_worker_restarts_total{reason="exited"} 3',
+        'voipgw_media_worker_restarts_total{reason="not_ready"} 1',
+        'voipgw_media_worker_restarts_total{reason="channel_error"} 0',
+    ]
+    assert "# TYPE voipgw_media_workers gauge" in scraped(pool)
+    assert "# TYPE voipgw_media_worker_restarts_total counter" in scraped(pool)
