@@ -17,6 +17,11 @@ from collections.abc import Iterable, Mapping
 import attrs
 
 from gateway.core.sip import grammar
+from gateway.core.sip.grammar import (
+    PARSE_CACHE_MAX_TEXT,
+    parse_cseq_cached,
+    parse_name_addr_cached,
+)
 from gateway.core.sip.headers import CSeq, NameAddr, Via, canonical_name
 from gateway.core.sip.uri import Uri
 
@@ -216,7 +221,9 @@ class _Common:
     ``call_id``, ``cseq``, ``top_via``, ``from_`` and ``to`` are read some 160 times per call (the
     parser's checks, transactions, dialogs, the B2BUA, the records): they take the value from the
     headers' name index themselves, by its lower-case key, rather than through
-    :meth:`Headers.get` (a Python call each; docs/benchmarks.md, session 39)."""
+    :meth:`Headers.get` (a Python call each; docs/benchmarks.md, session 39). CSeq, From and
+    To are parsed by their grammar's LRU cache directly when short enough to be held in it, as
+    the memoized parser itself does, without its wrapper's call."""
 
     headers: Headers
 
@@ -234,7 +241,10 @@ class _Common:
         value = (headers._index or headers._values()).get("cseq")
         if value is None:
             raise grammar.SipParseError("missing CSeq header")
-        return grammar.parse_cseq_untrusted(value if isinstance(value, str) else value[0])
+        text = value if isinstance(value, str) else value[0]
+        if len(text) > PARSE_CACHE_MAX_TEXT:
+            return grammar.parse_cseq_untrusted(text)
+        return parse_cseq_cached(text)
 
     @property
     def vias(self) -> tuple[Via, ...]:
@@ -254,7 +264,10 @@ class _Common:
         value = (headers._index or headers._values()).get("from")
         if value is None:
             raise grammar.SipParseError("missing From header")
-        return grammar.parse_name_addr_untrusted(value if isinstance(value, str) else value[0])
+        text = value if isinstance(value, str) else value[0]
+        if len(text) > PARSE_CACHE_MAX_TEXT:
+            return grammar.parse_name_addr_untrusted(text)
+        return parse_name_addr_cached(text)
 
     @property
     def to(self) -> NameAddr:
@@ -262,7 +275,10 @@ class _Common:
         value = (headers._index or headers._values()).get("to")
         if value is None:
             raise grammar.SipParseError("missing To header")
-        return grammar.parse_name_addr_untrusted(value if isinstance(value, str) else value[0])
+        text = value if isinstance(value, str) else value[0]
+        if len(text) > PARSE_CACHE_MAX_TEXT:
+            return grammar.parse_name_addr_untrusted(text)
+        return parse_name_addr_cached(text)
 
     @property
     def contacts(self) -> tuple[NameAddr, ...]:
