@@ -12,9 +12,10 @@ import pytest
 
 from gateway.core.sip import grammar
 from gateway.core.sip.errors import SipParseError
+from gateway.core.sip.headers import NameAddr, Via
 from gateway.core.sip.message import Headers, Request, Response
 from gateway.core.sip.parser import parse_message_untrusted
-from gateway.core.sip.uri import SipUri
+from gateway.core.sip.uri import SipUri, get_param
 
 VIA = "SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK776asdhds"
 VIA_2 = "SIP/2.0/UDP 192.0.2.20:5060;branch=z9hG4bKnashds8"
@@ -142,3 +143,32 @@ def test_a_text_longer_than_the_cache_takes_is_parsed_and_not_held(
     assert value == parse(long_value)
     assert info().currsize == held
     assert info().misses == misses  # the cache was not asked
+
+
+PARAMS: dict[str, tuple[tuple[str, str | None], ...]] = {
+    "none": (),
+    "lower case": (("rport", None), ("NAME", "x"), ("name", "first")),
+    "mixed case first": (("Name", "first"), ("name", "second")),
+    "upper case": (("NAME", "first"),),
+    "a flag": (("name", None), ("name", "second")),
+    "another parameter only": (("maddr", "192.0.2.1"), ("names", "x")),
+}
+
+
+def _renamed(
+    params: tuple[tuple[str, str | None], ...], name: str
+) -> tuple[tuple[str, str | None], ...]:
+    spellings = {"name": name, "NAME": name.upper(), "Name": name.title(), "names": name + "s"}
+    return tuple((spellings.get(key, key), value) for key, value in params)
+
+
+@pytest.mark.parametrize("params", PARAMS)
+def test_via_branch_and_name_addr_tag_are_get_params_answer(params: str) -> None:
+    """Via.branch and NameAddr.tag read their parameters themselves (session 39): the first
+    of the name in any case, None for a flag or none, another name that begins alike not."""
+    branch_params = _renamed(PARAMS[params], "branch")
+    tag_params = _renamed(PARAMS[params], "tag")
+    via = Via("UDP", "192.0.2.10", 5060, branch_params)
+    named = NameAddr(SipUri(scheme="sip", user="bob", host="example.com"), params=tag_params)
+    assert via.branch == get_param(branch_params, "branch")
+    assert named.tag == get_param(tag_params, "tag")
