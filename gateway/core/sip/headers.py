@@ -91,12 +91,7 @@ class Via:
 
     @property
     def branch(self) -> str | None:
-        # get_param's loop without its call and its lower-casing of "branch": read for every
-        # message by the transaction layer (docs/benchmarks.md, session 39).
-        for key, value in self.params:
-            if key == "branch" or key.lower() == "branch":
-                return value
-        return None
+        return get_param(self.params, "branch")
 
     @property
     def received(self) -> str | None:
@@ -149,12 +144,7 @@ class NameAddr:
 
     @property
     def tag(self) -> str | None:
-        # get_param's loop without its call, as Via.branch: read for every message by the
-        # transaction and dialog layers.
-        for key, value in self.params:
-            if key == "tag" or key.lower() == "tag":
-                return value
-        return None
+        return get_param(self.params, "tag")
 
     def param(self, name: str) -> str | None:
         return get_param(self.params, name)
