@@ -30,7 +30,7 @@ import ipaddress
 import re
 import string
 from collections.abc import Callable
-from typing import NoReturn, TypeVar
+from typing import NoReturn, TypeVar, cast
 
 from gateway.core.sip.errors import SipParseError
 from gateway.core.sip.headers import CSeq, NameAddr, Via
@@ -62,12 +62,17 @@ PARSE_CACHE_MAX_TEXT = 512
 _T = TypeVar("_T")
 
 
+# Each memoized parser's LRU cache by the parser's name (the cached forms below).
+_LRU_CACHES: dict[str, Callable[[str], object]] = {}
+
+
 def _memoized(
     parse: Callable[[str], _T], written: dict[str, _T] | None = None
 ) -> Callable[[str], _T]:
     """``parse`` with a bounded LRU cache for short texts (see the module docstring); with
     ``written``, the values this gateway wrote itself are looked up there first (via_text)."""
     cached = functools.lru_cache(maxsize=PARSE_CACHE_ENTRIES)(parse)
+    _LRU_CACHES[parse.__name__] = cached
 
     def parse_memoized(text: str) -> _T:
         if len(text) > PARSE_CACHE_MAX_TEXT:
@@ -682,6 +687,13 @@ def parse_name_addr_untrusted(text: str) -> NameAddr:
     return plain if plain is not None else _general_name_addr(text)
 
 
+parse_name_addr_cached = cast("Callable[[str], NameAddr]", _LRU_CACHES["parse_name_addr_untrusted"])
+"""The LRU cache behind :func:`parse_name_addr_untrusted`, without its Python wrapper: for a
+caller that reads a value many times per message (the From and To accessors of
+:mod:`gateway.core.sip.message`) and itself sends texts longer than
+:data:`PARSE_CACHE_MAX_TEXT` to :func:`parse_name_addr_untrusted`, never here."""
+
+
 def _general_name_addr(text: str) -> NameAddr:
     text = unfold(text)
     cur = _Cursor(text, "name-addr")
@@ -768,6 +780,10 @@ def parse_cseq_untrusted(text: str) -> CSeq:
         cur.fail("missing method")
     cur.end()
     return CSeq(number=int(digits), method=method)
+
+
+parse_cseq_cached = cast("Callable[[str], CSeq]", _LRU_CACHES["parse_cseq_untrusted"])
+"""The LRU cache behind :func:`parse_cseq_untrusted`, as :data:`parse_name_addr_cached` is."""
 
 
 def parse_uint_untrusted(text: str, name: str, maximum: int) -> int:

@@ -17,6 +17,11 @@ from collections.abc import Iterable, Mapping
 import attrs
 
 from gateway.core.sip import grammar
+from gateway.core.sip.grammar import (
+    PARSE_CACHE_MAX_TEXT,
+    parse_cseq_cached,
+    parse_name_addr_cached,
+)
 from gateway.core.sip.headers import CSeq, NameAddr, Via, canonical_name
 from gateway.core.sip.uri import Uri
 
@@ -211,23 +216,35 @@ class Headers:
 
 
 class _Common:
-    """Accessors shared by requests and responses (they read ``self.headers``)."""
+    """Accessors shared by requests and responses (they read ``self.headers``).
+
+    ``call_id``, ``cseq``, ``top_via``, ``from_`` and ``to`` are read some 160 times per call (the
+    parser's checks, transactions, dialogs, the B2BUA, the records): they take the value from the
+    headers' name index themselves, by its lower-case key, rather than through
+    :meth:`Headers.get` (a Python call each; docs/benchmarks.md, session 39). CSeq, From and
+    To are parsed by their grammar's LRU cache directly when short enough to be held in it, as
+    the memoized parser itself does, without its wrapper's call."""
 
     headers: Headers
 
     @property
     def call_id(self) -> str:
-        value = self.headers.get("Call-ID")
+        headers = self.headers
+        value = (headers._index or headers._values()).get("call-id")
         if value is None:
             raise grammar.SipParseError("missing Call-ID header")
-        return value
+        return value if isinstance(value, str) else value[0]
 
     @property
     def cseq(self) -> CSeq:
-        value = self.headers.get("CSeq")
+        headers = self.headers
+        value = (headers._index or headers._values()).get("cseq")
         if value is None:
             raise grammar.SipParseError("missing CSeq header")
-        return grammar.parse_cseq_untrusted(value)
+        text = value if isinstance(value, str) else value[0]
+        if len(text) > PARSE_CACHE_MAX_TEXT:
+            return grammar.parse_cseq_untrusted(text)
+        return parse_cseq_cached(text)
 
     @property
     def vias(self) -> tuple[Via, ...]:
@@ -235,18 +252,33 @@ class _Common:
 
     @property
     def top_via(self) -> Via:
-        value = self.headers.get("Via")
+        headers = self.headers
+        value = (headers._index or headers._values()).get("via")
         if value is None:
             raise grammar.SipParseError("missing Via header")
-        return grammar.parse_via_untrusted(value)
+        return grammar.parse_via_untrusted(value if isinstance(value, str) else value[0])
 
     @property
     def from_(self) -> NameAddr:
-        return self._name_addr("From")
+        headers = self.headers
+        value = (headers._index or headers._values()).get("from")
+        if value is None:
+            raise grammar.SipParseError("missing From header")
+        text = value if isinstance(value, str) else value[0]
+        if len(text) > PARSE_CACHE_MAX_TEXT:
+            return grammar.parse_name_addr_untrusted(text)
+        return parse_name_addr_cached(text)
 
     @property
     def to(self) -> NameAddr:
-        return self._name_addr("To")
+        headers = self.headers
+        value = (headers._index or headers._values()).get("to")
+        if value is None:
+            raise grammar.SipParseError("missing To header")
+        text = value if isinstance(value, str) else value[0]
+        if len(text) > PARSE_CACHE_MAX_TEXT:
+            return grammar.parse_name_addr_untrusted(text)
+        return parse_name_addr_cached(text)
 
     @property
     def contacts(self) -> tuple[NameAddr, ...]:
@@ -265,12 +297,6 @@ class _Common:
     @property
     def content_type(self) -> str | None:
         return self.headers.get("Content-Type")
-
-    def _name_addr(self, name: str) -> NameAddr:
-        value = self.headers.get(name)
-        if value is None:
-            raise grammar.SipParseError(f"missing {name} header")
-        return grammar.parse_name_addr_untrusted(value)
 
 
 @attrs.frozen

@@ -1,0 +1,69 @@
+"""benchmarks/call_areas.py sums py-spy's raw stacks of the in-process call by task owner and
+by the innermost frame's area (docs/benchmarks.md, session 39): checked on hand-made stacks in
+py-spy's raw format, and run as a script."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).parents[3] / "benchmarks" / "call_areas.py"
+_spec = importlib.util.spec_from_file_location("call_areas", SCRIPT)
+assert _spec is not None and _spec.loader is not None
+call_areas = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(call_areas)
+
+TOP = "<module> (call_instructions.py:278);main (call_instructions.py:263)"
+RUN = "run (trio/_core/_run.py:2532);unrolled_run (trio/_core/_run.py:2866)"
+CALL = (
+    "CallManager._run_call (gateway/core/calls/manager.py:280);"
+    "Call.run (gateway/core/calls/call.py:191)"
+)
+STACKS = [
+    # start-up: not inside trio.run
+    f"{TOP};import (gateway/core/sip/parser.py:1) 50",
+    # the gateway: an SDP parse inside the call's set-up, trio inside the call's task
+    f"{TOP};{RUN};{CALL};parse_sdp_untrusted (gateway/core/sdp/parser.py:65) 3",
+    f"{TOP};{RUN};{CALL};CancelScope.__enter__ (trio/_core/_run.py:627) 2",
+    (
+        f"{TOP};{RUN};SipEndpoint.run (gateway/core/endpoint.py:681);"
+        "parse_message_untrusted (gateway/core/sip/parser.py:69);"
+        "parse_name_addr_untrusted (gateway/core/sip/grammar.py:672) 4"
+    ),
+    # the test: a phone parsing with the gateway's parser is still the test's
+    (
+        f"{TOP};{RUN};SipAgent.serve (gateway/testing/sip_agent.py:499);"
+        "parse_message_untrusted (gateway/core/sip/parser.py:69) 5"
+    ),
+    f"{TOP};{RUN};MockClock._autojump (trio/_core/_mock_clock.py:128) 1",
+    # the run loop between tasks
+    f"{TOP};{RUN};Deadlines.expire (trio/_core/_run.py:313) 5",
+]
+
+
+def test_samples_by_owner_and_innermost_area() -> None:
+    total, counts = call_areas.tally(line + "\n" for line in STACKS)
+    assert total == 20
+    assert counts == {
+        (call_areas.GATEWAY, "SDP: parse"): 3,
+        (call_areas.GATEWAY, "trio"): 2,
+        (call_areas.GATEWAY, "SIP: parse"): 4,
+        (call_areas.TEST, "test code"): 6,
+        (call_areas.RUN_LOOP, "trio"): 5,
+    }
+
+
+def test_it_runs(tmp_path: Path) -> None:
+    raw = tmp_path / "spy.txt"
+    raw.write_text("\n".join(STACKS) + "\n", encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), str(raw)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert result.stdout.startswith("20 samples inside trio.run\n"), result.stdout
+    assert "the gateway                                   45.0 %" in result.stdout
