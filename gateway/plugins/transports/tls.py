@@ -1712,12 +1712,13 @@ class TlsTransport(StreamTransport):
             self._warn(
                 paths, prepared.loaded[0], tuple(side.address[0] for side in self._listeners)
             )
-            if self._expiry_task:
-                # Renewed, nothing; reloaded with one that still expires soon, said now.
-                self.warn_if_expiring(now=prepared.now)
         # A fetched CRL's contexts being built now are built again from these (_generation).
         self._swap_contexts(prepared.listeners, prepared.clients, prepared.crls)
         self._loaded = prepared.loaded
+        if paths is not None and self._expiry_task:
+            # The certificate just swapped in (not the one it replaced): renewed, nothing;
+            # one that still expires soon, said now rather than at the next daily look.
+            self.warn_if_expiring(now=prepared.now)
         self._file_crls = prepared.file_crls
         self._ocsp_cas = prepared.ocsp_cas
         self._fetch_cas = prepared.fetch_cas
