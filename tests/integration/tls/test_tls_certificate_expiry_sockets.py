@@ -14,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 
-from tests.integration.tls.tls_peers import running_gateway
+from tests.integration.tls.tls_peers import running_gateway, tls_transport
 from tests.integration.voipgw_process import voipgw_running
 from tests.interop.harness.pki import Issued, TestPki
 from tests.port_blocks import ModuleBlock
@@ -56,15 +56,17 @@ def test_a_certificate_expiring_within_14_days_is_warned_of_at_start(tmp_path: P
 async def test_a_reload_says_what_the_certificate_it_installed_expires_on(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A reload while the daily look runs (started with the listener) judges the certificate it
-    swapped in, not the one it replaced: renewed, nothing (the warning at the reload named the
-    old file's date, as if the renewal had not worked); replaced by one that expires sooner
-    still, that one's date at once."""
+    """A reload while the daily look runs (started with the first listener: one, however many
+    listeners) judges the certificate it swapped in, not the one it replaced: renewed, nothing
+    (the warning at the reload named the old file's date, as if the renewal had not worked);
+    replaced by one that expires sooner still, that one's date at once, once."""
     ca = TestPki(tmp_path / "pki").ca("CA")
     pair = ca.issue("gateway", days=10)
     tls = {"certificate": str(pair.certificate), "private_key": str(pair.key)}
     caplog.set_level(logging.WARNING, TLS_LOG)
-    async with running_gateway(tmp_path / "state", tls) as gateway:
+    listen = ("tls:127.0.0.1:0", "tls:127.0.0.1:0")  # two listeners, one look a day
+    async with running_gateway(tmp_path / "state", tls, listen=listen) as gateway:
+        assert len(tls_transport(gateway)._listeners) == 2
         await trio.testing.wait_all_tasks_blocked()
         (said,) = expiring(caplog)
         assert said.endswith("(in 9 days): renew it"), said
