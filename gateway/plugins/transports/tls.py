@@ -1419,7 +1419,11 @@ class TlsTransport(StreamTransport):
         else:
             for listen_host in listen_hosts:
                 self._check_generated_names(paths, listen_host)
-        problem = validity_problem(loaded, now=time.time())
+        self._warn_if_invalid(loaded, now=time.time())
+
+    def _warn_if_invalid(self, loaded: LoadedCertificate, *, now: float) -> None:
+        """The served certificate out of its validity period (at start-up, and daily)."""
+        problem = validity_problem(loaded, now=now)
         if problem is not None:
             log.warning("%s: %s: peers will refuse it", self.name, problem)
 
@@ -1456,10 +1460,18 @@ class TlsTransport(StreamTransport):
         certificate expired (the metric and an alert rule were the operator's to set up):
         a renewal that did not happen (a failed cron job, a reload not done) went unnoticed
         until every peer refused the gateway. The certificate looked at is the one in use,
-        so a reload with the renewed one ends the warnings."""
+        so a reload with the renewed one ends the warnings.
+
+        One that expired while the gateway ran is said daily too, as start-up says it
+        (``peers will refuse it``, the tls-certificate-invalid line): the warnings stopped
+        the day every verifying peer began refusing it, and only a restart said why."""
+        self.warn_if_expiring(now=self._wall_clock())  # start-up said one out of its period
         while True:
-            self.warn_if_expiring(now=self._wall_clock())
             await trio.sleep(EXPIRY_CHECK_INTERVAL)
+            now = self._wall_clock()
+            for loaded in self._loaded:
+                self._warn_if_invalid(loaded, now=now)
+            self.warn_if_expiring(now=now)
 
     # -- revocation (crl_files) -------------------------------------------------------------
 
@@ -1712,12 +1724,13 @@ class TlsTransport(StreamTransport):
             self._warn(
                 paths, prepared.loaded[0], tuple(side.address[0] for side in self._listeners)
             )
-            if self._expiry_task:
-                # Renewed, nothing; reloaded with one that still expires soon, said now.
-                self.warn_if_expiring(now=prepared.now)
         # A fetched CRL's contexts being built now are built again from these (_generation).
         self._swap_contexts(prepared.listeners, prepared.clients, prepared.crls)
         self._loaded = prepared.loaded
+        if paths is not None and self._expiry_task:
+            # The certificate just swapped in (not the one it replaced): renewed, nothing;
+            # one that still expires soon, said now rather than at the next daily look.
+            self.warn_if_expiring(now=prepared.now)
         self._file_crls = prepared.file_crls
         self._ocsp_cas = prepared.ocsp_cas
         self._fetch_cas = prepared.fetch_cas

@@ -4,16 +4,23 @@ repeat on trio's clock), and check-config's warning, exit 0."""
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import trio
+import trio.testing
+
+from tests.integration.tls.tls_peers import running_gateway, tls_transport
 from tests.integration.voipgw_process import voipgw_running
-from tests.interop.harness.pki import TestPki
+from tests.interop.harness.pki import Issued, TestPki
 from tests.port_blocks import ModuleBlock
 
 MEDIA_PORTS = ModuleBlock(20)
+TLS_LOG = "gateway.plugins.transports.tls"
 
 
 def test_a_certificate_expiring_within_14_days_is_warned_of_at_start(tmp_path: Path) -> None:
@@ -44,3 +51,49 @@ def test_a_certificate_expiring_within_14_days_is_warned_of_at_start(tmp_path: P
     assert re.search(
         r"\[plugins\.tls\] certificate: the certificate in .* \(in 9 days\)", checked.stderr
     )
+
+
+async def test_a_reload_says_what_the_certificate_it_installed_expires_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reload while the daily look runs (started with the first listener: one, however many
+    listeners) judges the certificate it swapped in, not the one it replaced: renewed, nothing
+    (the warning at the reload named the old file's date, as if the renewal had not worked);
+    replaced by one that expires sooner still, that one's date at once, once."""
+    ca = TestPki(tmp_path / "pki").ca("CA")
+    pair = ca.issue("gateway", days=10)
+    tls = {"certificate": str(pair.certificate), "private_key": str(pair.key)}
+    caplog.set_level(logging.WARNING, TLS_LOG)
+    listen = ("tls:127.0.0.1:0", "tls:127.0.0.1:0")  # two listeners, one look a day
+    async with running_gateway(tmp_path / "state", tls, listen=listen) as gateway:
+        assert len(tls_transport(gateway)._listeners) == 2
+        await trio.testing.wait_all_tasks_blocked()
+        (said,) = expiring(caplog)
+        assert said.endswith("(in 9 days): renew it"), said
+
+        caplog.clear()
+        install(ca.issue("gateway-renewed", days=365), pair)
+        (report,) = gateway.reload_certificates()
+        assert report.outcome == "reloaded"
+        await trio.testing.wait_all_tasks_blocked()
+        assert expiring(caplog) == []
+
+        install(ca.issue("gateway-short", days=3), pair)
+        (report,) = gateway.reload_certificates()
+        assert report.outcome == "reloaded"
+        (said,) = expiring(caplog)
+        assert said.endswith("(in 2 days): renew it"), said
+
+
+def install(issued: Issued, pair: Issued) -> None:
+    """``issued`` copied over the configured files of ``pair``, as a deploy hook does."""
+    pair.certificate.write_bytes(issued.certificate.read_bytes())
+    pair.key.write_bytes(issued.key.read_bytes())
+
+
+def expiring(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == TLS_LOG and "expires on" in record.getMessage()
+    ]

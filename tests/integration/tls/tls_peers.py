@@ -38,12 +38,14 @@ PASSWORDS = {"alice": "wonderland-42", "bob": "builder-42"}
 
 
 @asynccontextmanager
-async def running_gateway(state: Path, tls: Mapping[str, Any]) -> AsyncIterator[Gateway]:
+async def running_gateway(
+    state: Path, tls: Mapping[str, Any], *, listen: tuple[str, ...] = ("tls:127.0.0.1:0",)
+) -> AsyncIterator[Gateway]:
     lease = PortLease()  # its media ports, given back once it has stopped
     config = from_mapping(
         {
             "gateway": {"state_dir": str(state)},
-            "sip": {"listen": ["tls:127.0.0.1:0"]},
+            "sip": {"listen": list(listen)},
             "media": {"ports": lease.text(20)},
             "plugins": {"enable": ["udp", "tcp", "tls"], "tls": dict(tls)},
         }

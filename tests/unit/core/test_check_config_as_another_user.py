@@ -958,6 +958,29 @@ def test_a_generated_key_left_by_root_is_said_before_listening(shared: Path) -> 
     assert run_as_nobody(path) == "started"
 
 
+def test_a_generated_key_of_roots_the_services_group_may_read_is_not_refused(
+    shared: Path,
+) -> None:
+    """The check is for a key nobody but root may read, not for every key of root's: one an
+    administrator made root's on purpose and readable by the service's group (mode 0640) is
+    what the service reads, and neither run as a user of that group nor check-config as root
+    says anything of it."""
+    assert DAEMON is not None and NOBODY is not None
+    state = service_state(shared)
+    tls = state / "tls"
+    tls.mkdir()
+    tls.chmod(0o755)
+    path = generated_tls_config(shared, state)
+    ensure_self_signed(tls, ["127.0.0.1"], now=datetime.datetime.now(datetime.UTC))
+    key = tls / "gateway.key"
+    (tls / "gateway.crt").chmod(0o644)
+    os.chown(key, 0, DAEMON.pw_gid)  # root:daemon, and daemon owns the state_dir
+    key.chmod(0o640)
+    assert check_config(path)[::2] == (cli.EXIT_OK, "")
+    os.chown(key, 0, NOBODY.pw_gid)  # root:nogroup, and the service runs as nobody
+    assert run_as_nobody(path) == "started"
+
+
 @pytest.mark.parametrize(
     ("enable", "name", "what"),
     [
