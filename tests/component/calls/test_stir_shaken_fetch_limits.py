@@ -273,6 +273,41 @@ async def test_a_burst_of_certificates_on_one_host_waits_for_its_slots_not_refus
         nursery.cancel_scope.cancel()
 
 
+async def test_the_sti_pas_crl_is_verified_once_at_its_fetch_not_at_each_call(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The STI-PA's CRL (signed by a trust anchor) every verified call looks up: its signature
+    is checked when it is fetched, and the calls after that use it as it is, no ECDSA
+    verification each (the per-chain check is for a CRL an intermediate signed)."""
+    from gateway.plugins.stir_shaken import certificates
+
+    pki = make_pki(crl_url=CRL_URL)
+    anchors, _, _ = pki.write(tmp_path)
+    crl = pki.crl()
+
+    async def fetch(url: str) -> Fetched:
+        return Fetched(pki.chain_pem() if url == GOOD else crl, max_age=600)
+
+    checked: list[object] = []
+    signed_crl = certificates._signed_crl
+
+    def counted(crl: object, signer: object) -> bool:
+        checked.append(signer)
+        return signed_crl(crl, signer)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(certificates, "_signed_crl", counted)
+    service = StirShaken(verifying(anchors), fetcher=fetch)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        signer = await service.signer_certificate(GOOD, trio.current_time() + 30)
+        first = await service.revocation_list(CRL_URL, signer, trio.current_time() + 30)
+        assert first.anchor_signed and len(checked) == 1
+        for _ in range(10):
+            await service.revocation_list(CRL_URL, signer, trio.current_time() + 30)
+        assert len(checked) == 1
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_burst_of_crls_on_one_host_waits_for_its_slots_not_unavailable(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
