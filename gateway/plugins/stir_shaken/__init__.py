@@ -839,7 +839,9 @@ class StirShaken:
             hosts = self._crl_fetching_hosts
             full = self._no_room(self._crl_fetching, hosts, url, MAX_CRLS, "CRL")
             if full is None:
-                fetch = self._start_fetch(self._crl_fetching, hosts, url, self._fetch_crl_kept, url)
+                fetch = self._start_fetch(
+                    self._crl_fetching, hosts, url, self._fetch_crl_kept, url, signer
+                )
                 break
             if not await self._waited_for_host(self._crl_fetching, MAX_CRLS, deadline):
                 raise RevocationUnavailable(full)
@@ -863,20 +865,23 @@ class StirShaken:
             raise RevocationUnavailable("CRL not signed by the trust anchors")
         return crl
 
-    async def _fetch_crl_kept(self, url: str) -> RevocationList:
-        """The fetch of the CRL at ``url`` (:meth:`revocation_list`), within one fetch_timeout
-        of its own; a failure is said once and kept for :data:`FAILED_CERTIFICATE_RETRY`."""
+    async def _fetch_crl_kept(self, url: str, signer: SignerCertificate) -> RevocationList:
+        """The fetch of the CRL at ``url`` (:meth:`revocation_list`) that ``signer``'s chain
+        asked for first, within one fetch_timeout of its own; a failure is said once and kept
+        for :data:`FAILED_CERTIFICATE_RETRY`."""
         now = self.clock()
         try:
             return await self._fetch_revocation_list(
-                url, now, trio.current_time() + self.config.fetch_timeout
+                url, signer, now, trio.current_time() + self.config.fetch_timeout
             )
         except RevocationUnavailable as err:
             log.warning("stir_shaken: CRL %s unavailable: %s", redact_password(url), err.reason)
             self.crls.put(url, err, max_age=FAILED_CERTIFICATE_RETRY, now=now)
             raise
 
-    async def _fetch_revocation_list(self, url: str, now: float, deadline: float) -> RevocationList:
+    async def _fetch_revocation_list(
+        self, url: str, signer: SignerCertificate, now: float, deadline: float
+    ) -> RevocationList:
         assert self._fetch_crl is not None
         fetched = None
         with trio.move_on_at(deadline):
@@ -895,6 +900,18 @@ class StirShaken:
             # nobody's chain will believe): kept no longer than a certificate, so that a bad
             # answer does not stand until whatever date it names.
             keep = min(keep, self.config.certificate_cache)
+            if not crl.signed_by(signer.crl_signers):
+                # Neither a trust anchor nor the CAs of the chain that asked for it signed it:
+                # said, and fetched again after FAILED_CERTIFICATE_RETRY, as an unverifiable
+                # CRL always was (a repository that served a wrong one is asked again a minute
+                # later, not at certificate_cache). Kept that minute all the same, for a chain
+                # whose intermediate did sign it: whichever chain asks first must not decide
+                # for the others (_signed_for).
+                log.warning(
+                    "stir_shaken: CRL %s unavailable: CRL not signed by the trust anchors",
+                    redact_password(url),
+                )
+                keep = min(keep, FAILED_CERTIFICATE_RETRY)
         self.crls.put(url, crl, max_age=keep, now=now)
         return crl
 

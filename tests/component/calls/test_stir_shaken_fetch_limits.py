@@ -344,3 +344,47 @@ async def test_a_burst_of_crls_on_one_host_waits_for_its_slots_not_unavailable(
         assert sorted(checked) == sorted(urls)
         assert not service._crl_fetching and not service._crl_fetching_hosts
         nursery.cancel_scope.cancel()
+
+
+async def test_a_crl_nobody_signed_is_warned_of_and_fetched_again_a_minute_later(
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A CRL URL serving a CRL that neither a trust anchor nor the asking chain's CAs signed
+    (a repository's mistake: another CA's CRL, an old key's): said at WARNING in the line an
+    unavailable CRL has (fail2ban filters and log watchers match it), revocation not checked,
+    and the URL fetched again once FAILED_CERTIFICATE_RETRY passed, as before stir-39. On
+    stir-39's merge: nothing said, and the bad CRL kept certificate_cache (an hour)."""
+    caplog.set_level(logging.WARNING, logger="gateway.plugins.stir_shaken")
+    pki = make_pki(crl_url=CRL_URL)
+    anchors, _, _ = pki.write(tmp_path)
+    stranger = make_pki()  # the same names, other keys
+    wrong = stranger.crl(signer="intermediate")
+    fetched: list[str] = []
+
+    async def fetch(url: str) -> Fetched:
+        fetched.append(url)
+        return Fetched(pki.chain_pem() if url == GOOD else wrong, max_age=600)
+
+    wall = [time.time()]
+    service = StirShaken(verifying(anchors), fetcher=fetch, clock=lambda: wall[0])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        signer = await service.signer_certificate(GOOD, trio.current_time() + 30)
+        for _ in range(2):
+            with pytest.raises(RevocationUnavailable, match="CRL not signed by the trust"):
+                await service.revocation_list(CRL_URL, signer, trio.current_time() + 30)
+        assert fetched.count(CRL_URL) == 1
+        said = [(r.levelno, r.getMessage()) for r in caplog.records]
+        assert said == [
+            (
+                logging.WARNING,
+                f"stir_shaken: CRL {CRL_URL} unavailable: CRL not signed by the trust anchors",
+            )
+        ]
+        wall[0] += 61
+        with pytest.raises(RevocationUnavailable, match="CRL not signed by the trust"):
+            await service.revocation_list(CRL_URL, signer, trio.current_time() + 30)
+        assert fetched.count(CRL_URL) == 2
+        nursery.cancel_scope.cancel()
