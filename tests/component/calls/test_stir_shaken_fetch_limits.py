@@ -237,17 +237,21 @@ async def test_a_burst_of_certificates_on_one_host_waits_for_its_slots_not_refus
     many signers' certificates) is asked for more distinct certificates at once than
     MAX_FETCHES_PER_HOST, each answering in 0.2 s: every call verifies, the ones past the
     host's share waiting for a slot within their own fetch_timeout, as a browser queues its
-    7th request to a server. On stir-39's merge the 7th call failed at once (436, a legitimate
-    signer's call refused under on_failure = "reject")."""
+    7th request to a server: 200 calls in one second naming 24 certificates of one host, each
+    certificate fetched once. On stir-39's merge the calls whose certificate was a 7th fetch
+    to the host failed at once (436, a legitimate signer's call refused under on_failure =
+    "reject")."""
     from gateway.plugins.stir_shaken.fetch import MAX_FETCHES_PER_HOST
 
     pki = make_pki()
     anchors, _, _ = pki.write(tmp_path)
     running = 0
     most = 0
+    fetched: list[str] = []
 
     async def fetch(url: str) -> Fetched:
         nonlocal running, most
+        fetched.append(url)
         running += 1
         most = max(most, running)
         await trio.sleep(0.2)
@@ -265,9 +269,11 @@ async def test_a_burst_of_certificates_on_one_host_waits_for_its_slots_not_refus
     async with trio.open_nursery() as nursery:
         await nursery.start(service.run)
         async with trio.open_nursery() as calls:
-            for url in urls:
-                calls.start_soon(call, url)
-        assert len(verified) == len(urls)
+            for n in range(200):
+                calls.start_soon(call, urls[n % len(urls)])
+                await trio.sleep(0.005)
+        assert len(verified) == 200
+        assert sorted(fetched) == sorted(urls)
         assert most == MAX_FETCHES_PER_HOST
         assert not service._fetching and not service._fetching_hosts
         nursery.cancel_scope.cancel()
