@@ -216,7 +216,9 @@ async def test_a_refetch_with_no_room_to_run_is_said(
                 await service.signer_certificate(url, trio.current_time())
         caplog.clear()
         # The host's share full is waited out until the call's deadline; every slot taken, not.
-        assert await service.renewed_signer(GOOD, stale, trio.current_time() + 5) is None
+        asked = trio.current_time()
+        assert await service.renewed_signer(GOOD, stale, asked + 5) is None
+        assert trio.current_time() - asked == (0 if full == "every slot" else 5)
         said = [(r.levelno, r.getMessage()) for r in caplog.records]
         assert said == [
             (
