@@ -393,6 +393,9 @@ class StirShaken:
         self.crls = CertificateCache(max_cache=math.inf, max_entries=MAX_CRLS)
         self._crl_fetching: dict[str, _Fetch] = {}
         self._crl_fetching_hosts: Counter[str] = Counter()
+        # Set (and replaced) whenever a fetch finishes: the calls waiting for a slot of a host
+        # with MAX_FETCHES_PER_HOST fetches running look again (_waited_for_host).
+        self._fetch_finished = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The service's task, from the gateway's start to its stop (the core starts it, as it
@@ -420,6 +423,23 @@ class StirShaken:
         if hosts[host] >= MAX_FETCHES_PER_HOST:
             return f"{MAX_FETCHES_PER_HOST} {kind} fetches to {host} running already"
         return None
+
+    async def _waited_for_host(
+        self, fetching: dict[str, _Fetch], limit: int, deadline: float
+    ) -> bool:
+        """After :meth:`_no_room` said no: False when the ``limit`` fetches run already (a
+        stranger naming a new URL in each call: refused at once) or ``deadline`` (trio time)
+        passed; else True once a fetch finished or the deadline came, for the caller to look
+        again (the cache, a fetch of the URL started meanwhile, a slot). A host's share full is
+        waited out, as a browser queues its requests past its connections to one server: a
+        carrier's repository asked for more certificates at once than its share (a burst of
+        calls after a restart, the cache empty) has the calls past it wait within their own
+        fetch_timeout, not fail."""
+        if len(fetching) >= limit or trio.current_time() >= deadline:
+            return False
+        with trio.move_on_at(deadline):
+            await self._fetch_finished.wait()
+        return True
 
     def _start_fetch(
         self,
@@ -465,6 +485,8 @@ class StirShaken:
             if not hosts[host]:
                 del hosts[host]  # a host's count goes with its last fetch
             fetch.done.set()
+            self._fetch_finished.set()  # a slot free: the calls waiting for one look again
+            self._fetch_finished = trio.Event()
 
     # -- signing ----------------------------------------------------------------------------
 
@@ -559,31 +581,35 @@ class StirShaken:
             raise PassportError(
                 "certificate URL's host not in certificate_hosts", outcome="bad_info", status=436
             )
-        now = self.clock()
-        cached = self.cache.get(url, now)
-        if isinstance(cached, SignerCertificate):
-            return cached, True
-        failed = self.failures.get(url, now)
-        if isinstance(failed, PassportError):
-            raise PassportError(
-                f"{failed.reason} (less than {FAILED_CERTIFICATE_RETRY:g} s ago)",
-                outcome=failed.outcome,
-                status=failed.status,
-            )
-        # One fetch for every call that needs it meanwhile (a burst of calls after a carrier's
-        # new certificate), which each waits for until its own deadline.
-        fetch = self._fetching.get(url)
-        if fetch is None:
+        while True:
+            now = self.clock()
+            cached = self.cache.get(url, now)
+            if isinstance(cached, SignerCertificate):
+                return cached, True
+            failed = self.failures.get(url, now)
+            if isinstance(failed, PassportError):
+                raise PassportError(
+                    f"{failed.reason} (less than {FAILED_CERTIFICATE_RETRY:g} s ago)",
+                    outcome=failed.outcome,
+                    status=failed.status,
+                )
+            # One fetch for every call that needs it meanwhile (a burst of calls after a
+            # carrier's new certificate), which each waits for until its own deadline.
+            fetch = self._fetching.get(url)
+            if fetch is not None:
+                break
             full = self._no_room(
                 self._fetching, self._fetching_hosts, url, MAX_FETCHES, "certificate"
             )
-            if full is not None:
+            if full is None:
+                fetch = self._start_fetch(
+                    self._fetching, self._fetching_hosts, url, self._fetch_certificate, url
+                )
+                break
+            if not await self._waited_for_host(self._fetching, MAX_FETCHES, deadline):
                 raise PassportError(
                     f"certificate not fetched: {full}", outcome="bad_info", status=436
                 )
-            fetch = self._start_fetch(
-                self._fetching, self._fetching_hosts, url, self._fetch_certificate, url
-            )
         with trio.move_on_at(deadline):
             await fetch.done.wait()
         if isinstance(fetch.result, SignerCertificate):
@@ -628,21 +654,23 @@ class StirShaken:
         certificate, or a failure: not fetched, timed out, not chaining); one the gateway's
         stop cut short does neither."""
         # Another call fetched it again meanwhile (between this call's cache look-up and now).
-        cached = self.cache.get(url, self.clock())
-        if isinstance(cached, SignerCertificate) and not _same_certificate(cached, stale):
-            return cached
-        fetch = self._fetching.get(url)
-        if fetch is None:
+        while True:
+            cached = self.cache.get(url, self.clock())
+            if isinstance(cached, SignerCertificate) and not _same_certificate(cached, stale):
+                return cached
+            fetch = self._fetching.get(url)
+            if fetch is not None:
+                break
             now = trio.current_time()
             self._forget_refetches(now)
-            if now >= deadline or url in self._refetched:
-                # The call's time is up (the minute's fetch kept for a call that has some), or
-                # the URL was fetched again less than a minute ago.
-                return None
+            if url in self._refetched:
+                return None  # the URL was fetched again less than a minute ago
             full = self._no_room(
                 self._fetching, self._fetching_hosts, url, MAX_FETCHES, "certificate"
             )
             if full is not None:
+                if await self._waited_for_host(self._fetching, MAX_FETCHES, deadline):
+                    continue  # a slot of the host may be free: looked at again
                 # Not a re-fetch (neither counted nor spending the URL's minute): the next call
                 # that fails with the cached certificate asks again. Said, or a rotated key's
                 # calls would fail for no reason the log gives.
@@ -652,9 +680,13 @@ class StirShaken:
                     full,
                 )
                 return None
+            if now >= deadline:
+                # The call's time is up (the minute's fetch kept for a call that has some).
+                return None
             fetch = self._start_fetch(
                 self._fetching, self._fetching_hosts, url, self._refetch_certificate, url, stale
             )
+            break
         with trio.move_on_at(deadline):
             await fetch.done.wait()
         renewed = fetch.result
@@ -793,21 +825,26 @@ class StirShaken:
         too (CWE-918)."""
         if not host_allowed(url, self.config.certificate_hosts):
             raise RevocationUnavailable("CRL URL's host not in certificate_hosts")
-        cached = self.crls.get(url, self.clock())
-        if isinstance(cached, RevocationList):
-            return self._signed_for(cached, signer)
-        if isinstance(cached, RevocationUnavailable):
-            raise RevocationUnavailable(
-                f"{cached.reason} (less than {FAILED_CERTIFICATE_RETRY:g} s ago)"
-            )
-        fetch = self._crl_fetching.get(url)
-        if fetch is None:
-            full = self._no_room(self._crl_fetching, self._crl_fetching_hosts, url, MAX_CRLS, "CRL")
-            if full is not None:
+        while True:
+            cached = self.crls.get(url, self.clock())
+            if isinstance(cached, RevocationList):
+                return self._signed_for(cached, signer)
+            if isinstance(cached, RevocationUnavailable):
+                raise RevocationUnavailable(
+                    f"{cached.reason} (less than {FAILED_CERTIFICATE_RETRY:g} s ago)"
+                )
+            fetch = self._crl_fetching.get(url)
+            if fetch is not None:
+                break
+            hosts = self._crl_fetching_hosts
+            full = self._no_room(self._crl_fetching, hosts, url, MAX_CRLS, "CRL")
+            if full is None:
+                fetch = self._start_fetch(
+                    self._crl_fetching, hosts, url, self._fetch_crl_kept, url, signer
+                )
+                break
+            if not await self._waited_for_host(self._crl_fetching, MAX_CRLS, deadline):
                 raise RevocationUnavailable(full)
-            fetch = self._start_fetch(
-                self._crl_fetching, self._crl_fetching_hosts, url, self._fetch_crl_kept, url
-            )
         with trio.move_on_at(deadline):
             await fetch.done.wait()
         if isinstance(fetch.result, RevocationList):
@@ -828,20 +865,23 @@ class StirShaken:
             raise RevocationUnavailable("CRL not signed by the trust anchors")
         return crl
 
-    async def _fetch_crl_kept(self, url: str) -> RevocationList:
-        """The fetch of the CRL at ``url`` (:meth:`revocation_list`), within one fetch_timeout
-        of its own; a failure is said once and kept for :data:`FAILED_CERTIFICATE_RETRY`."""
+    async def _fetch_crl_kept(self, url: str, signer: SignerCertificate) -> RevocationList:
+        """The fetch of the CRL at ``url`` (:meth:`revocation_list`) that ``signer``'s chain
+        asked for first, within one fetch_timeout of its own; a failure is said once and kept
+        for :data:`FAILED_CERTIFICATE_RETRY`."""
         now = self.clock()
         try:
             return await self._fetch_revocation_list(
-                url, now, trio.current_time() + self.config.fetch_timeout
+                url, signer, now, trio.current_time() + self.config.fetch_timeout
             )
         except RevocationUnavailable as err:
             log.warning("stir_shaken: CRL %s unavailable: %s", redact_password(url), err.reason)
             self.crls.put(url, err, max_age=FAILED_CERTIFICATE_RETRY, now=now)
             raise
 
-    async def _fetch_revocation_list(self, url: str, now: float, deadline: float) -> RevocationList:
+    async def _fetch_revocation_list(
+        self, url: str, signer: SignerCertificate, now: float, deadline: float
+    ) -> RevocationList:
         assert self._fetch_crl is not None
         fetched = None
         with trio.move_on_at(deadline):
@@ -860,6 +900,18 @@ class StirShaken:
             # nobody's chain will believe): kept no longer than a certificate, so that a bad
             # answer does not stand until whatever date it names.
             keep = min(keep, self.config.certificate_cache)
+            if not crl.signed_by(signer.crl_signers):
+                # Neither a trust anchor nor the CAs of the chain that asked for it signed it:
+                # said, and fetched again after FAILED_CERTIFICATE_RETRY, as an unverifiable
+                # CRL always was (a repository that served a wrong one is asked again a minute
+                # later, not at certificate_cache). Kept that minute all the same, for a chain
+                # whose intermediate did sign it: whichever chain asks first must not decide
+                # for the others (_signed_for).
+                log.warning(
+                    "stir_shaken: CRL %s unavailable: CRL not signed by the trust anchors",
+                    redact_password(url),
+                )
+                keep = min(keep, FAILED_CERTIFICATE_RETRY)
         self.crls.put(url, crl, max_age=keep, now=now)
         return crl
 

@@ -35,7 +35,10 @@ MAX_FAILED_CACHED = 250
 # Fetches to one host running at once (certificates and CRLs counted apart). Each fetch is one
 # HTTPS connection (Connection: close); browsers keep about as many to one server (RFC 9112
 # §9.4 asks a client to limit them). One carrier's slow or unreachable repository, or a peer
-# naming URLs on one such host, holds no more of the plugin's fetches than this.
+# naming URLs on one such host, holds no more of the plugin's fetches than this. A call that
+# needs one more of that host's URLs waits for one of them to finish, within its own
+# fetch_timeout, as a browser queues its requests (StirShaken._waited_for_host): a carrier's
+# repository asked for many certificates at once (after a restart) fails no call.
 MAX_FETCHES_PER_HOST = 6
 CERTIFICATE_TYPES = "application/pem-certificate-chain, application/pkix-cert"
 CRL_TYPES = "application/pkix-crl"  # RFC 5280 §4.2.1.13: a DER CRL
