@@ -662,9 +662,14 @@ def _zrtp_beside_unproven_latch(ep: _Endpoint, packet: bytes, source: Address) -
     """Whether ``packet``, from ``source`` (not the latched one), is a ZRTP datagram that goes
     to the key exchange without latching (:meth:`MediaRelay._hand_on`): a source other than
     the SDP address holds the latch of this handshake socket before keys, not connected, and
-    ``source`` is not the SDP address either (which takes the latch over, _takes_over)."""
+    ``source`` is not the SDP address either (which takes the latch over, _takes_over). Not
+    once the SDP address holds it (it took it over): the handshake task restarts the port's
+    exchange whenever the SDP address speaks after another source's datagram was fed
+    (handshakes.py), so a stranger's datagram handed on then would restart a DTLS server's
+    association, or a ZRTP exchange without a readable a=zrtp-hash, at each of the peer's."""
     return (
         ep.source is not None
+        and _not_from_sdp_address(ep, ep.source)
         and not ep.keyed
         and not ep.connected
         and not ep.proven_peer

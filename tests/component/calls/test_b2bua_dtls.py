@@ -726,6 +726,81 @@ async def test_our_server_flight_to_a_strangers_client_hello_never_reaches_the_c
     assert env.trunk.requests("BYE") == []
 
 
+ZRTP_SHAPED = bytes([0x10, 0, 0, 1]) + b"ZRTP" + bytes(4) + b"PZ\x00\x03Ping    " + bytes(16)
+"""A datagram a stranger can send to any port: RFC 7983's ZRTP range (first byte 16..19) and
+the "ZRTP" cookie (RFC 6189 §5), a Ping's header."""
+
+
+class StrangerBeforeEachDatagram:
+    """The caller's socket, whose every datagram to the gateway follows one of ZRTP_SHAPED
+    from ``stranger`` (taken in by the gateway first: the autojump clock moves on only once
+    every task waits)."""
+
+    def __init__(
+        self,
+        sock: trio.socket.SocketType,
+        stranger: trio.socket.SocketType,
+        gateway_port: tuple[str, int],
+    ) -> None:
+        self._sock, self._stranger, self._gateway_port = sock, stranger, gateway_port
+
+    def __enter__(self) -> trio.socket.SocketType:
+        return self._sock.__enter__()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._sock.__exit__(*exc_info)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    async def sendto(self, data: bytes, address: tuple[str, int]) -> int:
+        await self._stranger.sendto(ZRTP_SHAPED, self._gateway_port)
+        await trio.sleep(0.005)
+        return await self._sock.sendto(data, address)
+
+
+async def test_a_strangers_zrtp_shaped_datagrams_after_the_takeover_do_not_restart_our_server(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As above (we are the DTLS server, a stranger's ClientHello reached the port first, the
+    caller's took the port over and our handshake started afresh for it), and the stranger
+    sends a datagram shaped as ZRTP before each of the caller's. Handed to the handshake task
+    beside the caller's latch (session 39's relay, for the ZRTP engine), each made the
+    caller's next datagram restart our association: the caller was never keyed. Dropped by
+    the relay (``unlatched_source``) as before session 39: the caller is keyed."""
+    env = await with_dtls(nursery, tmp_path, voipgw_seed)
+    caller = await dtls_caller(nursery, env, run_phone=False, setup="active")
+    gateway_port = ("127.0.0.1", caller.answer.port)
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert gateway_call.media is not None
+    (stream,) = gateway_call.media.streams
+    with (
+        closed_on_failure(caller.phone),
+        caplog.at_level(logging.INFO, logger="gateway.core.media.handshakes"),
+        await strangers_client_hello(gateway_port) as stranger,
+    ):
+        with trio.fail_after(5):
+            await stranger.recvfrom(2048)  # our ServerHello, to the stranger
+        caller.phone.sock = StrangerBeforeEachDatagram(  # type: ignore[assignment]
+            caller.phone.sock, stranger, gateway_port
+        )
+        nursery.start_soon(caller.phone.run)
+        with trio.fail_after(30):
+            await caller.phone.keyed.wait()
+    assert caller.phone.failure is None and caller.phone.keys is not None
+    await eventually(lambda: a_leg_keys(env) is not None)
+    assert a_leg_keys(env) == mirrored(caller.phone.keys)
+    assert stream.a.rtp_source == ("127.0.0.1", PHONE_PORT)
+    assert stream.a_to_b.statistics().dropped_unlatched_source >= 1
+    restarts = [r for r in caplog.records if "handshake started afresh" in r.getMessage()]
+    assert len(restarts) == 1
+
+
 async def test_our_client_hello_reaches_the_callers_sdp_address_while_a_stranger_holds_the_port(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:

@@ -37,6 +37,7 @@ from gateway.core.media.relay import (
 )
 from gateway.plugins.keyexchange.zrtp.packets import (
     HELLO,
+    PING,
     encode_error,
     frame,
     message,
@@ -1089,6 +1090,30 @@ async def test_zrtp_beside_a_strangers_latch_is_handed_on_and_the_proven_peer_ta
     await until(lambda: stream.a._rtp.connected)
     await assert_refused_by_the_kernel(zrtp_packet(HELLO, 5), port)
     assert stream.a.rtp_source == natted.rtp_address
+
+
+async def test_zrtp_is_not_handed_on_beside_a_latch_the_sdp_address_took_over(
+    connected: MediaStream, alice: PlainPhone, make_phone: Callable[[], PlainPhone]
+):
+    # A stranger's datagram latched alice's leg's port first; her SDP address spoke and took
+    # the latch over (still unconnected before keys; the handshake task restarted the port's
+    # handshake). From then on the stranger's datagrams, ZRTP-shaped ones too, are dropped as
+    # before session 39: were they handed on, each would make the handshake task restart the
+    # exchange again at alice's next datagram (a DTLS server's association, or a ZRTP exchange
+    # without a readable a=zrtp-hash), and the call would never key.
+    stream = connected
+    stranger = make_phone()
+    taken: list[tuple[bytes, Any]] = []
+    stream.a.set_non_rtp_handler(lambda packet, source: taken.append((packet, source)))
+    port = stream.a.ports.rtp_port
+    await stranger.send(zrtp_packet(HELLO), port)
+    await until(lambda: len(taken) == 1)
+    await alice.send(zrtp_packet(HELLO, 2), port)
+    await until(lambda: len(taken) == 2)
+    assert stream.a.rtp_source == alice.rtp_address and not stream.a._rtp.connected
+    await stranger.send(zrtp_packet(PING, 3), port)
+    await until(lambda: stream.a_to_b.statistics().dropped_unlatched_source == 1)
+    assert len(taken) == 2 and stream.a.rtp_source == alice.rtp_address
 
 
 async def test_latch_peer_changes_nothing_on_a_connected_socket(

@@ -1035,6 +1035,50 @@ def test_restart_without_a_binding_forgets_a_strangers_exchange_and_keys_with_th
     assert session.dh_stream is answerer and session.peer_zid == ZID_A and session.secure
 
 
+def test_restart_forgets_the_legs_session_a_strangers_dh_exchange_agreed() -> None:
+    """No readable a=zrtp-hash, a stranger with a ZRTP endpoint of its own reached the port
+    first, and we won the Commit race (initiator): its Confirm1 checked, our Confirm2 sent, the
+    leg's ZRTPSess and SAS are the stranger's (§4.4.3; the initiator is secure only once
+    Conf2ACK arrives, §4.6). The peer's SDP address speaks and the exchange starts afresh: the
+    leg's session must be the peer's, never the stranger's (its SAS would be shown for the leg,
+    and later streams keyed in Multistream mode from a key the phone does not hold)."""
+    leg_state: dict[str, object] = {}
+    offerer = exchange(ZID_A, 1).offer(suites=(), secure_signalling=False)
+    answerer = exchange(ZID_B, 2).answer(
+        [("zrtp-hash", "x")], suites=(), secure_signalling=False, leg_state=leg_state
+    )
+    assert answerer is not None
+    offerer.remote_sdp_attributes(answerer.local_sdp_attributes())
+    stranger = exchange(b"C" * 12, 2).offer(suites=(), secure_signalling=False)
+    stranger.remote_sdp_attributes(answerer.local_sdp_attributes())
+
+    def we_initiate_and_stay_unsecured(sender: str, packet: bytes) -> bytes | None:
+        # The stranger never sees our HelloACK (so never commits: we do) nor we its Conf2ACK.
+        kind = packet[16:24]
+        if (sender, kind) in (("b", p.HELLO_ACK), ("a", p.CONF2_ACK)):
+            return None
+        return packet
+
+    link = Link(
+        stranger,
+        answerer,
+        sources={"a": STRANGER, "b": PEER},
+        alter=we_initiate_and_stay_unsecured,
+    )
+    link.run(until=0.5)
+    session = leg_state["session"]
+    assert isinstance(session, ZrtpLegSession)
+    assert answerer.initiator and answerer.state == "confirm2 sent"
+    assert session.peer_zid == b"C" * 12 and session.sas is not None and not session.secure
+    assert answerer.restart_handshake(now=0.5) is True
+    assert session.dh_stream is None and session.sas is None
+    assert session.session_key(b"C" * 12) is None
+    Link(offerer, answerer, sources=FROM_PEER, now=0.5).run()
+    _, sas = assert_completed(offerer, answerer)
+    assert session.dh_stream is answerer and session.peer_zid == ZID_A and session.secure
+    assert session.sas == sas
+
+
 def test_restart_with_a_bound_hello_changes_nothing() -> None:
     """§8.1: with a binding, the stranger's Hello was never taken; the peer's, from a phone
     behind a NAT, is kept whoever speaks later."""
