@@ -857,6 +857,42 @@ time.sleep(3600)
 """
 
 
+class _BrokenPipe:
+    """A channel's socket whose writes fail as a write to a worker that has just died does."""
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self._sock = sock
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    async def send(self, data: bytes) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+async def test_a_write_to_a_worker_that_is_gone_counts_its_restart_as_exited(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker that died while the pool wrote to it is a worker that exited (a crash, the OOM
+    killer), not a channel error (a bad frame, 16 MiB it did not read): which of the two the
+    pool sees first, the failed write (EPIPE) or the end of file, is a race; here the write."""
+    monkeypatch.setattr(WorkerPool, "_command", ready_stand_in(DEAF_WORKER))
+    monkeypatch.setattr(remote_relay, "STOP_GRACE", 0.2)
+    pool = WorkerPool(ADDRESS, PORTS.get(), 1, restart_delay=0.05)
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(WORKER_TIMEOUT):
+            await nursery.start(pool.serve)
+        channel = pool._workers[0].channel
+        assert channel is not None
+        channel._sock = _BrokenPipe(channel._sock)  # type: ignore[assignment]
+        with pytest.raises(LocalMediaError, match="media worker 0 exited"):
+            await pool.sync(0)  # the Ping's write fails: the channel is closed
+        await eventually(lambda: pool.worker_starts() == [2], "restarted")
+        assert pool.worker_restarts() == {"exited": 1, "not_ready": 0, "channel_error": 0}
+        nursery.cancel_scope.cancel()
+    assert pool.worker_pids() == [None]
+
+
 async def test_a_worker_that_does_not_read_its_channel_is_restarted_as_a_channel_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
