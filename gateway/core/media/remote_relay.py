@@ -270,6 +270,9 @@ class _Channel:
         self._wake = trio.Event()
         self._reader = FrameReader()
         self.closed = False
+        self.overflowed = False
+        """Closed here because the worker left SEND_BUFFER_LIMIT unread (a channel error), not
+        because a write failed (the worker is gone: it exited)."""
 
     def send(self, message: Message) -> bool:
         """Queue ``message``; False when the channel is closed (the worker is gone)."""
@@ -278,6 +281,7 @@ class _Channel:
         self._out += encode(message)
         if len(self._out) > SEND_BUFFER_LIMIT:
             log.error("media worker channel: %d octets unread; closing it", len(self._out))
+            self.overflowed = True
             self.close()
             return False
         self._wake.set()
@@ -1108,7 +1112,8 @@ class WorkerPool:
                         while True:
                             messages = await channel.messages()
                             if not messages:
-                                if channel.closed:  # by us: it sent more than it read
+                                if channel.overflowed:  # by us: it left too much unread
+                                    # (a failed write also closes it: a worker that died)
                                     worker.ended = "channel_error"
                                 break
                             if not said_hello:

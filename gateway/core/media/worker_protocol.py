@@ -74,7 +74,8 @@ worker's command line** (an option the SIP process passes or the worker requires
 removed, renamed or read another way: ``worker._parser``, ``WorkerPool._command``): a worker of
 one version cannot read another's messages (session 36 added ``SetDtls``, session 37 a bool to
 ``SendDatagram``, with no version to tell), and one that cannot parse its command line exits
-on a usage error before it can say which version it is, in a loop of restarts. The known-bytes
+on a usage error before it can say which version it is (status 2: the SIP process stops
+that slot, session 39, but can only guess why). The known-bytes
 frames and the worker's options in tests/unit/media/test_worker_protocol.py are those of this
 version: a change without a bump fails them. The framing (a u32 length, a u8 type) never
 changes: :class:`Hello` rides on it. 1: the first versioned layouts (session 38); before it the

@@ -18,7 +18,9 @@ import struct
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pylibsrtp
 import pytest
@@ -836,6 +838,111 @@ async def test_a_worker_that_sends_a_bad_frame_is_restarted_as_a_channel_error(
     assert pool.worker_pids() == [None]
 
 
+def ready_stand_in(program: str) -> Callable[[WorkerPool, remote_relay._Worker, int], list[str]]:
+    """A ``WorkerPool._command`` that starts the Python ``program`` as every worker, given its
+    channel's descriptor and the hex of a Hello and a PairsReady (what a worker says when ready)."""
+
+    def command(self: WorkerPool, worker: remote_relay._Worker, fd: int) -> list[str]:
+        frames = encode(Hello(PROTOCOL_VERSION)) + encode(PairsReady((worker.ports.low,)))
+        return [sys.executable, "-I", "-c", program, str(fd), frames.hex()]
+
+    return command
+
+
+# A stand-in worker that says it is ready and never reads its channel.
+DEAF_WORKER = """
+import os, sys, time
+os.write(int(sys.argv[1]), bytes.fromhex(sys.argv[2]))
+time.sleep(3600)
+"""
+
+
+class _BrokenPipe:
+    """A channel's socket whose writes fail as a write to a worker that has just died does."""
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self._sock = sock
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    async def send(self, data: bytes) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+async def test_a_write_to_a_worker_that_is_gone_counts_its_restart_as_exited(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker that died while the pool wrote to it is a worker that exited (a crash, the OOM
+    killer), not a channel error (a bad frame, 16 MiB it did not read): which of the two the
+    pool sees first, the failed write (EPIPE) or the end of file, is a race; here the write."""
+    monkeypatch.setattr(WorkerPool, "_command", ready_stand_in(DEAF_WORKER))
+    monkeypatch.setattr(remote_relay, "STOP_GRACE", 0.2)
+    pool = WorkerPool(ADDRESS, PORTS.get(), 1, restart_delay=0.05)
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(WORKER_TIMEOUT):
+            await nursery.start(pool.serve)
+        channel = pool._workers[0].channel
+        assert channel is not None
+        channel._sock = _BrokenPipe(channel._sock)  # type: ignore[assignment]
+        with pytest.raises(LocalMediaError, match="media worker 0 exited"):
+            await pool.sync(0)  # the Ping's write fails: the channel is closed
+        await eventually(lambda: pool.worker_starts() == [2], "restarted")
+        assert pool.worker_restarts() == {"exited": 1, "not_ready": 0, "channel_error": 0}
+        nursery.cancel_scope.cancel()
+    assert pool.worker_pids() == [None]
+
+
+async def test_a_worker_that_does_not_read_its_channel_is_restarted_as_a_channel_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past SEND_BUFFER_LIMIT unread (16 MiB; here a few octets) the pool closes the channel and
+    stops the worker: a channel error."""
+    monkeypatch.setattr(WorkerPool, "_command", ready_stand_in(DEAF_WORKER))
+    monkeypatch.setattr(remote_relay, "STOP_GRACE", 0.2)
+    pool = WorkerPool(ADDRESS, PORTS.get(), 1, restart_delay=0.05)
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(WORKER_TIMEOUT):
+            await nursery.start(pool.serve)
+        monkeypatch.setattr(remote_relay, "SEND_BUFFER_LIMIT", 4)
+        with pytest.raises(LocalMediaError, match="media worker 0 exited"):
+            await pool.sync(0)  # its Ping is more than the limit: the channel is closed
+        await eventually(lambda: pool.worker_starts() == [2], "restarted")
+        assert pool.worker_restarts() == {"exited": 0, "not_ready": 0, "channel_error": 1}
+        nursery.cancel_scope.cancel()
+    assert pool.worker_pids() == [None]
+
+
+# A stand-in worker that says it is ready and exits 2 on the first thing it reads.
+EXIT_2_WHEN_READY_WORKER = """
+import os, sys
+fd = int(sys.argv[1])
+os.write(fd, bytes.fromhex(sys.argv[2]))
+os.read(fd, 65536)
+sys.exit(2)
+"""
+
+
+async def test_a_worker_that_exits_2_after_it_was_ready_is_restarted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Status 2 is taken for a refused command line only before the worker's first message: a
+    worker that said it was ready understood its command line, and its exit is a crash."""
+    monkeypatch.setattr(WorkerPool, "_command", ready_stand_in(EXIT_2_WHEN_READY_WORKER))
+    pool = WorkerPool(ADDRESS, PORTS.get(), 1, restart_delay=0.05)
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(WORKER_TIMEOUT):
+            await nursery.start(pool.serve)
+        with pytest.raises(LocalMediaError, match="media worker 0 exited"):
+            await pool.sync(0)  # read, not answered: it exits 2
+        await eventually(lambda: pool.worker_states() == ["running"], "running again")
+        assert pool.worker_starts() == [2]
+        assert pool.worker_stopped() == [None]
+        assert pool.worker_restarts() == {"exited": 1, "not_ready": 0, "channel_error": 0}
+        nursery.cancel_scope.cancel()
+    assert pool.worker_pids() == [None]
+
+
 # A worker of a release that does not know an option the pool passes (one from before
 # --protocol-version): argparse refuses its command line, on stderr, and it exits 2 before it
 # has said anything on its channel.
@@ -886,6 +993,43 @@ async def test_a_worker_that_does_not_understand_its_command_line_fails_start_up
     )
     assert pool.worker_pids() == [None, None]
     assert "unrecognized arguments: --protocol-version" in capfd.readouterr().err
+
+
+async def test_a_worker_that_fails_start_up_stops_the_workers_that_started(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Started at once, one worker fails (an old worker's usage error, at once) while the other
+    is still starting: the start-up error is the one's own text, as before the workers started
+    at once, once the other is ready; that one is then stopped and every process reaped."""
+    real = WorkerPool._command
+
+    def command(self: WorkerPool, worker: remote_relay._Worker, fd: int) -> list[str]:
+        python, _, _, *options = real(self, worker, fd)  # python -m gateway.core.media.worker
+        return [python, "-c", OLD_WORKER, *options] if worker.index == 1 else real(self, worker, fd)
+
+    started: list[trio.Process] = []
+    open_process = trio.lowlevel.open_process
+
+    async def recorded(*args: Any, **kwargs: Any) -> trio.Process:
+        process = await open_process(*args, **kwargs)
+        started.append(process)
+        return process
+
+    monkeypatch.setattr(WorkerPool, "_command", command)
+    monkeypatch.setattr(trio.lowlevel, "open_process", recorded)
+    pool = WorkerPool(ADDRESS, PORTS.get(), 2)
+    with pytest.raises(ExceptionGroup) as caught:
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(WORKER_TIMEOUT):
+                await nursery.start(pool.serve)
+    (error,) = caught.value.exceptions
+    assert isinstance(error, LocalMediaError)
+    assert str(error) == refused_command_line(pool, 1)
+    assert pool._workers[0].ready_at is not None  # worker 0 was ready before it was stopped
+    assert pool.worker_starts() == [1, 1]
+    assert pool.worker_pids() == [None, None]
+    assert len(started) == 2
+    assert all(process.returncode is not None for process in started)  # reaped
 
 
 async def test_a_restarted_worker_that_does_not_understand_its_command_line_is_not_restarted(
