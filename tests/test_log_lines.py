@@ -317,6 +317,43 @@ def _worker_restarted_as(stand_in: str) -> None:
     assert starts == 2
 
 
+def _worker_not_started(tmp_path: Path) -> None:
+    """A one-worker pool's supervision whose first worker is up, then dies, and whose next
+    process cannot be made (its program is gone, as after an upgrade that removed the
+    interpreter): said, and tried again with back-off."""
+    pool = WorkerPool("127.0.0.1", PortRange.parse("40000-40009"), 1, restart_delay=0.01)
+    (worker,) = pool._workers
+
+    def command(worker: object, fd: int) -> list[str]:
+        return [str(tmp_path / "no-such-python")]
+
+    pool._command = command  # type: ignore[method-assign]
+    run_once = pool._run_once
+    starts = 0
+
+    async def crash_first(worker: object, task_status: trio.TaskStatus[None] | None) -> int | None:
+        nonlocal starts
+        starts += 1
+        if starts == 1:  # the first worker is up, then dies
+            assert task_status is not None
+            task_status.started()
+            return -9
+        return await run_once(worker, task_status)  # type: ignore[arg-type]
+
+    pool._run_once = crash_first  # type: ignore[method-assign]
+
+    async def supervise() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pool._supervise, worker)
+            with trio.fail_after(20):
+                while pool.worker_restarts()["not_started"] < 2:
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+
+    trio.run(supervise)
+    assert pool.worker_states() == ["restarting"]
+
+
 def _worker_not_ready(tmp_path: Path) -> None:
     """A pool's worker that never says it is ready, at start-up: a stand-in that writes nothing,
     given 0.2 s to be ready (60 s) and 0.1 s to exit (2 s) before it is killed."""
@@ -374,6 +411,7 @@ DRIVEN: dict[str, Callable[[Path], None]] = {
     "worker-exited": _worker_exits,
     "worker-command-line-refused": _worker_command_line_refused,
     "worker-not-ready": _worker_not_ready,
+    "worker-not-started": _worker_not_started,
     "worker-protocol-mismatch": _worker_exits,
     "worker-protocol-refused": _worker_protocol_refused,
     "tls-certificate-expiring": _tls_certificate_expiring,

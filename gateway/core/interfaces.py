@@ -915,8 +915,9 @@ class MediaWorkerCounts:
     """The media worker processes (``[media] workers`` >= 2) now and since the start:
     ``states``, (state, workers) for each of ``running``, ``starting``, ``restarting`` and
     ``stopped`` (:data:`gateway.core.media.remote_relay.WORKER_STATES`), 0 included;
-    ``restarts``, (reason, processes started again) for each of ``exited``, ``not_ready`` and
-    ``channel_error`` (:data:`gateway.core.media.remote_relay.RESTART_REASONS`)."""
+    ``restarts``, (reason, processes started again) for each of ``exited``, ``not_ready``,
+    ``channel_error`` and ``not_started``
+    (:data:`gateway.core.media.remote_relay.RESTART_REASONS`)."""
 
     states: tuple[tuple[str, int], ...]
     restarts: tuple[tuple[str, int], ...]

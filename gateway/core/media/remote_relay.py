@@ -171,11 +171,13 @@ WORKER_STATES = ("running", "starting", "restarting", "stopped")
 calls), ``starting`` (a process started, not yet ready), ``restarting`` (its process ended, the
 next waits out the back-off), ``stopped`` (not started again until the service restarts)."""
 
-RESTART_REASONS = ("exited", "not_ready", "channel_error")
+RESTART_REASONS = ("exited", "not_ready", "channel_error", "not_started")
 """Why a worker was restarted (:meth:`WorkerPool.worker_restarts`): ``exited`` (its process
 ended: a crash, a kill; its channel read end of file, or a reset when it died with messages
 unread), ``not_ready`` (not ready within the limit: hung at start), ``channel_error`` (it sent
-a frame that is no message, or did not read what it was sent: this process stopped it)."""
+a frame that is no message, or did not read what it was sent: this process stopped it),
+``not_started`` (its process or channel could not be made at all: out of file descriptors or
+memory, or the interpreter gone after an upgrade; tried again with back-off)."""
 
 
 def next_restart_delay(previous: float | None, ran_for: float, first: float) -> float:
@@ -1033,6 +1035,14 @@ class WorkerPool:
         while True:
             returncode = await self._run_once(worker, task_status if first else None)
             first = False
+            if worker.ended == "not_started":
+                # Nothing ran, no stream was carried: back off as from a worker that died at
+                # once. Said by _run_once with the system's error; the slot stays "restarting".
+                delay = next_restart_delay(delay, 0.0, self._restart_delay)
+                worker.state = "restarting"
+                worker.restarts["not_started"] += 1
+                await trio.sleep(delay)
+                continue
             if worker.stopped is not None:
                 worker.state = "stopped"
                 # It would fail the same way on every start until the service restarts: say it
@@ -1079,19 +1089,40 @@ class WorkerPool:
         """Run one worker process until its channel ends; returns its exit code (None if it
         had to be killed). A worker that has not sent its Hello and first ``PairsReady`` within
         :data:`READY_WITHIN` seconds is stopped. Raises LocalMediaError when it ends (or is
-        stopped) before its first ``PairsReady`` and ``task_status`` is given (start-up)."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        stopped) before its first ``PairsReady`` and ``task_status`` is given (start-up).
+
+        At run time a process or channel that cannot be made (OSError: EMFILE under load,
+        ENOMEM, the interpreter gone after an upgrade) is said and returns None with
+        ``worker.ended`` "not_started", for :meth:`_supervise` to try again with back-off: it
+        used to end the whole gateway, every call with it. At start-up it stays a start-up
+        error."""
         try:
-            worker.process = await trio.lowlevel.open_process(
-                self._command(worker, theirs.fileno()),
-                pass_fds=(theirs.fileno(),),
-                env=_worker_environment(),
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                worker.process = await trio.lowlevel.open_process(
+                    self._command(worker, theirs.fileno()),
+                    pass_fds=(theirs.fileno(),),
+                    env=_worker_environment(),
+                )
+            except BaseException:
+                ours.close()
+                raise
+            finally:
+                theirs.close()
+        except OSError as error:
+            if task_status is not None:
+                raise
+            worker.process = None
+            worker.ready_at = None
+            worker.ended = "not_started"
+            log.error(
+                "media worker %d (ports %s) could not be started: %s: trying again with back-off "
+                "(its slot carries no call meanwhile)",
+                worker.index,
+                worker.ports,
+                error,
             )
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
+            return None
         worker.starts += 1
         worker.ready_at = None
         worker.state = "starting"

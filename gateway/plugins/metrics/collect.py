@@ -499,7 +499,8 @@ def _media_workers(out: Exposition, status: GatewayStatus) -> None:
         "counter",
         "Media worker processes started again after one ended, by reason: exited (it crashed "
         "or was killed), not_ready (not ready within [media] worker_ready_timeout), "
-        "channel_error (it sent a frame that is no message, or did not read its channel).",
+        "channel_error (it sent a frame that is no message, or did not read its channel), "
+        "not_started (its process could not be made: out of descriptors or memory).",
     )
     for reason, count in workers.restarts:
         out.sample(count, [("reason", reason)])

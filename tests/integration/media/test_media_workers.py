@@ -502,7 +502,12 @@ async def test_a_killed_worker_ends_its_calls_and_is_restarted(
     pid0, pid1 = pool.worker_pids()
     assert pid0 is not None and pid1 is not None
     assert pool.worker_states() == ["running", "running"]
-    assert pool.worker_restarts() == {"exited": 0, "not_ready": 0, "channel_error": 0}
+    assert pool.worker_restarts() == {
+        "exited": 0,
+        "not_ready": 0,
+        "channel_error": 0,
+        "not_started": 0,
+    }
 
     with caplog.at_level(logging.ERROR, logger="gateway.core.media.remote_relay"):
         os.kill(pid0, signal.SIGKILL)
@@ -524,7 +529,12 @@ async def test_a_killed_worker_ends_its_calls_and_is_restarted(
     await eventually(lambda: pool.worker_ready()[0] == 10, "worker 0 ready again")
     # What the metrics show (voipgw_media_workers, voipgw_media_worker_restarts_total).
     assert pool.worker_states() == ["running", "running"]
-    assert pool.worker_restarts() == {"exited": 1, "not_ready": 0, "channel_error": 0}
+    assert pool.worker_restarts() == {
+        "exited": 1,
+        "not_ready": 0,
+        "channel_error": 0,
+        "not_started": 0,
+    }
     s2 = pool.open_stream(prefer=0)
     assert s2.worker == 0
     await connected(pool, s2, a2, b2)
@@ -568,7 +578,12 @@ async def test_a_restarted_worker_of_another_protocol_version_is_said_once_and_n
     assert pool.worker_pids()[0] is None and pool.worker_ready()[0] == 0
     # The crash was a restart; the slot given up is no restart, and shows as stopped.
     assert pool.worker_states() == ["stopped", "running"]
-    assert pool.worker_restarts() == {"exited": 1, "not_ready": 0, "channel_error": 0}
+    assert pool.worker_restarts() == {
+        "exited": 1,
+        "not_ready": 0,
+        "channel_error": 0,
+        "not_started": 0,
+    }
     said = [r.getMessage() for r in caplog.records if "protocol version" in r.getMessage()]
     assert said == [
         f"media worker 0 (ports {pool.slices[0]}) speaks media worker protocol version "
@@ -833,7 +848,12 @@ async def test_a_worker_that_sends_a_bad_frame_is_restarted_as_a_channel_error(
         with pytest.raises(LocalMediaError, match="media worker 0 exited"):
             await pool.sync(0)  # answered with the bad frame: the channel is closed
         await eventually(lambda: pool.worker_restarts()["channel_error"] == 1, "counted")
-        assert pool.worker_restarts() == {"exited": 0, "not_ready": 0, "channel_error": 1}
+        assert pool.worker_restarts() == {
+            "exited": 0,
+            "not_ready": 0,
+            "channel_error": 1,
+            "not_started": 0,
+        }
         nursery.cancel_scope.cancel()
     assert pool.worker_pids() == [None]
 
@@ -888,7 +908,12 @@ async def test_a_write_to_a_worker_that_is_gone_counts_its_restart_as_exited(
         with pytest.raises(LocalMediaError, match="media worker 0 exited"):
             await pool.sync(0)  # the Ping's write fails: the channel is closed
         await eventually(lambda: pool.worker_starts() == [2], "restarted")
-        assert pool.worker_restarts() == {"exited": 1, "not_ready": 0, "channel_error": 0}
+        assert pool.worker_restarts() == {
+            "exited": 1,
+            "not_ready": 0,
+            "channel_error": 0,
+            "not_started": 0,
+        }
         nursery.cancel_scope.cancel()
     assert pool.worker_pids() == [None]
 
@@ -908,7 +933,12 @@ async def test_a_worker_that_does_not_read_its_channel_is_restarted_as_a_channel
         with pytest.raises(LocalMediaError, match="media worker 0 exited"):
             await pool.sync(0)  # its Ping is more than the limit: the channel is closed
         await eventually(lambda: pool.worker_starts() == [2], "restarted")
-        assert pool.worker_restarts() == {"exited": 0, "not_ready": 0, "channel_error": 1}
+        assert pool.worker_restarts() == {
+            "exited": 0,
+            "not_ready": 0,
+            "channel_error": 1,
+            "not_started": 0,
+        }
         nursery.cancel_scope.cancel()
     assert pool.worker_pids() == [None]
 
@@ -938,7 +968,12 @@ async def test_a_worker_that_exits_2_after_it_was_ready_is_restarted(
         await eventually(lambda: pool.worker_states() == ["running"], "running again")
         assert pool.worker_starts() == [2]
         assert pool.worker_stopped() == [None]
-        assert pool.worker_restarts() == {"exited": 1, "not_ready": 0, "channel_error": 0}
+        assert pool.worker_restarts() == {
+            "exited": 1,
+            "not_ready": 0,
+            "channel_error": 0,
+            "not_started": 0,
+        }
         nursery.cancel_scope.cancel()
     assert pool.worker_pids() == [None]
 
@@ -1063,9 +1098,49 @@ async def test_a_restarted_worker_that_does_not_understand_its_command_line_is_n
         "media worker(s) running (none: 503)"
     ]
     assert pool.worker_states() == ["stopped", "running"]
-    assert pool.worker_restarts() == {"exited": 1, "not_ready": 0, "channel_error": 0}
+    assert pool.worker_restarts() == {
+        "exited": 1,
+        "not_ready": 0,
+        "channel_error": 0,
+        "not_started": 0,
+    }
     assert pool.for_call().open_stream().worker == 1
     await relayed(s1, a1, b1, 1)
+
+
+async def test_a_worker_that_cannot_be_started_again_is_tried_again_not_the_gateways_end(
+    pool: WorkerPool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A restart whose process cannot be made (OSError: out of file descriptors, the interpreter
+    gone after an upgrade) went through _supervise into serve's nursery and ended the whole
+    gateway, every call with it. Now said, tried again with back-off, and the slot comes back
+    once a process can be made; the other worker's calls are untouched."""
+    a1, b1 = await ephemeral_phones(2)
+    s0 = pool.open_stream()
+    s1 = pool.open_stream()
+    await connected(pool, s1, a1, b1)
+    pid0 = pool.worker_pids()[0]
+    assert pid0 is not None and s0.worker == 0 and s1.worker == 1
+    real = WorkerPool._command
+
+    def missing(self: WorkerPool, worker: remote_relay._Worker, fd: int) -> list[str]:
+        return ["/nonexistent/voipgw-python", *real(self, worker, fd)[1:]]
+
+    monkeypatch.setattr(WorkerPool, "_command", missing)
+    with caplog.at_level(logging.ERROR, logger="gateway.core.media.remote_relay"):
+        os.kill(pid0, signal.SIGKILL)
+        await eventually(lambda: pool.worker_restarts()["not_started"] >= 2, "tried again")
+    assert pool.worker_states()[0] == "restarting"
+    said = [r.getMessage() for r in caplog.records if "could not be started" in r.getMessage()]
+    assert said and said[0].startswith(
+        f"media worker 0 (ports {pool.slices[0]}) could not be started: [Errno 2] "
+    )
+    assert said[0].endswith(": trying again with back-off (its slot carries no call meanwhile)")
+    assert pool.for_call().open_stream().worker == 1
+    await relayed(s1, a1, b1, 1)
+    monkeypatch.setattr(WorkerPool, "_command", real)
+    await eventually(lambda: pool.worker_states()[0] == "running", "worker 0 back")
+    assert pool.worker_stopped() == [None, None]
 
 
 def test_a_worker_run_as_a_module_logs_under_its_module_name() -> None:

@@ -26,7 +26,7 @@ def test_the_relay_in_the_gateways_process_has_no_worker_family() -> None:
 def test_every_state_and_reason_is_a_series_zero_included() -> None:
     pool = types.SimpleNamespace(
         worker_states=lambda: ["running", "stopped", "running", "restarting"],
-        worker_restarts=lambda: {"exited": 3, "not_ready": 1, "channel_error": 0},
+        worker_restarts=lambda: {"exited": 3, "not_ready": 1, "channel_error": 0, "not_started": 0},
     )
     lines = [line for line in scraped(pool).splitlines() if not line.startswith("#")]
     assert lines == [
@@ -37,6 +37,7 @@ def test_every_state_and_reason_is_a_series_zero_included() -> None:
         'voipgw_media_worker_restarts_total{reason="exited"} 3',
         'voipgw_media_worker_restarts_total{reason="not_ready"} 1',
         'voipgw_media_worker_restarts_total{reason="channel_error"} 0',
+        'voipgw_media_worker_restarts_total{reason="not_started"} 0',
     ]
     assert "# TYPE voipgw_media_workers gauge" in scraped(pool)
     assert "# TYPE voipgw_media_worker_restarts_total counter" in scraped(pool)
