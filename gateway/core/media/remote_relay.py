@@ -1120,7 +1120,7 @@ class WorkerPool:
                 "(its slot carries no call meanwhile)",
                 worker.index,
                 worker.ports,
-                error,
+                transport_error_text(error),
             )
             return None
         worker.starts += 1

@@ -1133,7 +1133,8 @@ async def test_a_worker_that_cannot_be_started_again_is_tried_again_not_the_gate
     assert pool.worker_states()[0] == "restarting"
     said = [r.getMessage() for r in caplog.records if "could not be started" in r.getMessage()]
     assert said and said[0].startswith(
-        f"media worker 0 (ports {pool.slices[0]}) could not be started: [Errno 2] "
+        f"media worker 0 (ports {pool.slices[0]}) could not be started: "
+        "ENOENT (No such file or directory)"
     )
     assert said[0].endswith(": trying again with back-off (its slot carries no call meanwhile)")
     assert pool.for_call().open_stream().worker == 1
