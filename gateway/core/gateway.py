@@ -1262,13 +1262,18 @@ class Gateway:
 
     def control_answer(self, query: str) -> dict[str, object]:
         """The answer to a control socket query (gateway/core/control.py): ``live_quality``,
-        per live call whose quality is read, each leg's RTCP figures now. Walks the live calls
-        when asked, never otherwise."""
+        per live call whose quality is read, each leg's RTCP figures now; ``trunks``;
+        ``media_workers``. Walks the live calls when asked, never otherwise."""
         if query == "trunks":
             return {
                 "trunks": self.trunks_status(),
                 "session_targets": self.session_targets_status(),
             }
+        if query == "media_workers":
+            pool = self.media_workers
+            if pool is None:
+                return {"workers": None, "address": None}
+            return {"workers": pool.describe_workers(trio.current_time()), "address": pool.address}
         calls: dict[str, object] = {}
         if query == "live_quality" and self.calls is not None:
             for call in self.calls.calls:

@@ -949,6 +949,36 @@ class WorkerPool:
         """What each worker slot is doing, one of :data:`WORKER_STATES`, by worker index."""
         return [w.state for w in self._workers]
 
+    def describe_workers(self, now: float) -> list[dict[str, object]]:
+        """Each worker slot as ``voipgw media-workers`` shows it (the control socket's
+        ``media_workers`` answer), by worker index: its port slice, state
+        (:data:`WORKER_STATES`), process id, open streams, bound port pairs ready, processes
+        started, restarts by reason, how its last process ended (once one has: one of
+        :data:`RESTART_REASONS`), why it is stopped, and for a running one the seconds since it
+        became ready (``now``: the trio clock, as ``ready_at``)."""
+        described: list[dict[str, object]] = []
+        for w in self._workers:
+            one_ended = w.starts > 1 or w.state in ("restarting", "stopped")
+            running_for = None
+            if w.state == "running" and w.ready_at is not None:
+                running_for = round(now - w.ready_at, 3)
+            described.append(
+                {
+                    "index": w.index,
+                    "ports": str(w.ports),
+                    "state": w.state,
+                    "pid": w.pid,
+                    "streams": len(w.streams),
+                    "ready_pairs": len(w.ready) if w.channel is not None else 0,
+                    "starts": w.starts,
+                    "restarts": dict(w.restarts),
+                    "last_ended": w.ended if one_ended and w.stopped is None else None,
+                    "stopped": w.stopped,
+                    "running_for": running_for,
+                }
+            )
+        return described
+
     def worker_restarts(self) -> dict[str, int]:
         """Restarts of every worker slot since the start, by reason (:data:`RESTART_REASONS`,
         each present): a process started again after one that ended. A slot stopped for good
