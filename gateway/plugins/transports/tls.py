@@ -389,6 +389,20 @@ class TlsConfig:
         what = "the fetched CRLs (tls plugin), kept for a start without network,"
         return [(GATEWAY_STATE_DIR, SAVED_DIR, what, (), WARN_ONLY)]
 
+    def read_files(self) -> list[tuple[str, Path, str, str]]:
+        """What ``voipgw check-config`` and ``run`` check this user may read where it is
+        (Gateway.check): with fetching on, each CRL saved in ``<state_dir>/tls/crls`` and the
+        file naming its URL, read back at start-up. One a ``voipgw run`` as root left root's
+        (mode 0600) was not used (``tls: the saved CRL ... is not used: EACCES``), and until
+        the fetch replaced it, its CA's certificates were not checked for revocation. A
+        warning only, as for the directory: the gateway fetches it again."""
+        if not self.fetches_crls:
+            return []
+        return [
+            (GATEWAY_STATE_DIR, SAVED_DIR / "*.crl", "a fetched CRL (tls plugin)", WARN_ONLY),
+            (GATEWAY_STATE_DIR, SAVED_DIR / "*.url", "a fetched CRL's URL (tls plugin)", WARN_ONLY),
+        ]
+
     def _check_ocsp(self) -> None:
         if self.ocsp not in OCSP_MODES:
             raise ValueError(

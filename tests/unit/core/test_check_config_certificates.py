@@ -163,3 +163,30 @@ def test_an_expired_metrics_certificate_is_an_error_and_run_starts(
         err,
     ), err
     built(path).check()  # voipgw run
+
+
+# -- read_files() entries ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        ("[gateway] state_dir", "tls/crls/*.crl", "a fetched CRL", "warning"),
+        ("[gateway] state_dir", "tls/crls/*.crl", "a fetched CRL", "warn", "warn"),
+    ],
+    ids=["another fourth element", "five elements"],
+)
+def test_a_read_files_entry_of_another_shape_is_the_plugins_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, entry: tuple[str, ...]
+) -> None:
+    from gateway.core.plugins import PluginError
+    from gateway.plugins.transports.tls import TlsConfig
+
+    monkeypatch.setattr(TlsConfig, "read_files", lambda self: [entry])
+    path = tls_config(tmp_path, issued(tmp_path, 30), '"udp:127.0.0.1:0", "tls:127.0.0.1:0"')
+    with pytest.raises(PluginError) as raised:
+        built(path).check()
+    assert str(raised.value) == (
+        f"plugin 'tls': read_files() gives {entry!r}: expected (KEY, PATH, WHAT), or with "
+        "'warn' as a fourth element"
+    )
