@@ -1040,7 +1040,10 @@ class Gateway:
                 f"{shown_path(path)} is not writable by this user ({user_name()}) "
                 f"({_describe_file(path)})"
             )
-            if as_service or on_read_only_file_system(directory):
+            # The directory's owner checking (`sudo -u voipgw voipgw check-config FILE`, what
+            # the warnings advise): the service's own answer, an error as `run`'s, not a
+            # warning that "the service's user may be allowed to".
+            if as_service or on_read_only_file_system(directory) or _owned_by_me(directory):
                 raise ConfigError(
                     self.config.source,
                     table,
@@ -2068,6 +2071,14 @@ def _written_entry(name: str, entry: Any) -> tuple[str, Path, str, Sequence[str]
         f"plugin {name!r}: written_directories() gives {entry!r}: expected (KEY, DIRECTORY, "
         f"WHAT, FILES), or with {WARN_ONLY!r} as a fifth element"
     )
+
+
+def _owned_by_me(path: Path) -> bool:
+    """Whether this process's effective user owns ``path`` (False when it cannot be stat'ed)."""
+    try:
+        return os.stat(path).st_uid == os.geteuid()
+    except OSError:
+        return False
 
 
 #: How a :data:`WARN_ONLY` entry's warnings end: what ``voipgw run`` does about it.

@@ -1084,3 +1084,31 @@ def test_a_saved_crl_left_by_root_is_a_warning_of_run_and_check_config(shared: P
     owned_by_service(saved, url, mode=0o644)
     assert warnings_of_run(path) == []
     assert check_config(path)[2] == ""
+
+
+def test_check_config_as_the_state_dirs_owner_refuses_a_store_file_it_may_not_write(
+    shared: Path,
+) -> None:
+    """`sudo -u voipgw voipgw check-config FILE`, what the warnings advise, with the SQLite
+    store left root's (mode 0644) by a `voipgw run` as root: check-config warned that "the
+    service's user may be allowed to" (exit 0) though it is that user, and `voipgw run` then
+    refused to start. The service's own answer now: `run`'s error, exit 2."""
+    assert NOBODY is not None
+    state = shared / "state"
+    state.mkdir()
+    os.chown(state, NOBODY.pw_uid, NOBODY.pw_gid)
+    database = state / "voipgw.sqlite3"
+    database.write_bytes(b"")
+    database.chmod(0o644)  # root's
+    path = write_config(shared, state, "", '"udp"')
+    message = (
+        f"{path}: [gateway] state_dir: {database} is not writable by this user (nobody) (mode "
+        f"0644, owner root): the SQLite store cannot be written (chown nobody {database})"
+    )
+    assert run_as_nobody(path) == message
+    code, out, err = check_config_as_nobody(path)
+    assert (code, out) == (cli.EXIT_USAGE, ""), err
+    assert err == f"voipgw: configuration error: {message}\n"
+    os.chown(database, NOBODY.pw_uid, NOBODY.pw_gid)  # chowned, as the remedy says
+    assert run_as_nobody(path) == "started"
+    assert check_config_as_nobody(path)[::2] == (cli.EXIT_OK, "")
