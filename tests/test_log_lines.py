@@ -56,6 +56,7 @@ from gateway.core.sip.transaction import (
 )
 from gateway.core.store.sqlite import SqliteStore
 from gateway.core.transport.flows import Flow, FlowKey
+from gateway.plugins.metrics import MetricsConfig, MetricsExporter
 from gateway.plugins.transports.tls import TlsConfig, TlsTransport
 from tests.fail2ban_regex import (
     FAIL2BAN_HOST,
@@ -382,6 +383,16 @@ def _tls_certificate_expiring(tmp_path: Path) -> None:
     TlsTransport(config).warn_if_expiring(now=time.time())
 
 
+def _metrics_certificate_expiring(tmp_path: Path) -> None:
+    """The metrics exporter serving a certificate that ends in 10 days, as its daily look
+    finds it (tests/component/metrics/test_metrics_certificate_expiry.py drives the days)."""
+    pair = TestPki(tmp_path).ca("CA").issue("metrics", days=10)
+    config = MetricsConfig(tls_certificate=str(pair.certificate), tls_private_key=str(pair.key))
+    exporter = MetricsExporter(config)
+    exporter.reload_certificates()  # what run() loads, without its socket
+    exporter.warn_if_expiring(now=time.time())
+
+
 DRIVEN: dict[str, Callable[[Path], None]] = {
     "auth-failed": _auth_lines,
     "auth-blocked": _auth_lines,
@@ -405,6 +416,7 @@ DRIVEN: dict[str, Callable[[Path], None]] = {
     "worker-protocol-mismatch": _worker_exits,
     "worker-protocol-refused": _worker_protocol_refused,
     "tls-certificate-expiring": _tls_certificate_expiring,
+    "metrics-certificate-expiring": _metrics_certificate_expiring,
 }
 
 
@@ -443,7 +455,9 @@ _SPEC = re.compile(r"%[-#0 +]*\d*(?:\.\d+)?[sdirgfXxo]")
 
 
 def _module_name(path: Path) -> str:
-    return ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    """The module's ``__name__``: a package's ``__init__.py`` is the package."""
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 _GET_LOGGER = re.compile(r'^log = logging\.getLogger\((__name__|"[\w.]+")\)$', re.MULTILINE)

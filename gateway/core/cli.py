@@ -680,12 +680,23 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         # Every one, not the first: `voipgw run` starts with these as warnings (an upgraded
         # gateway keeps carrying calls); here, before a deployment, they are errors.
         errors[:0] = gateway.check_errors
-        # Our own certificates (tls, wss): one out of its validity period is refused by every
-        # peer (an error here; `run` starts with it, warning), one expiring within 14 days is
-        # a warning, as `run` logs it at start-up and daily.
+        # Our own certificates (tls, wss, the metrics exporter's): one out of its validity
+        # period is refused by every peer (an error here; `run` starts with it, warning), one
+        # expiring within 14 days is a warning, as `run` logs it at start-up and daily.
+        now = time.time()
+        reports: list[tuple[str, list[tuple[bool, str]]]] = []
         for name, transport in plugins.transports.items():
             report = getattr(transport, "expiry_report", None)
-            for is_error, text in report(now=time.time()) if callable(report) else ():
+            if callable(report):
+                # Its listeners: without one, nothing presents its certificate.
+                listens = [spec for spec in config.listen_specs if spec.transport == name]
+                reports.append((name, report(now=now, listens=listens)))
+        for name, service in plugins.services.items():
+            report = getattr(service, "expiry_report", None)
+            if callable(report):
+                reports.append((name, report(now=now)))
+        for name, report_lines in reports:
+            for is_error, text in report_lines:
                 key, _, message = text.partition(": ")
                 said = ConfigError(config.source, f"plugins.{name}", key, message)
                 (errors if is_error else expiring).append(said)
