@@ -1177,22 +1177,24 @@ async def test_a_strangers_burst_leaves_room_for_the_sdp_address(
     """A stranger's burst (forged ZRTP Hellos, ClientHellos) before the task runs again no
     longer fills the queue the call shares: at most QUEUE_PER_SOURCE of its datagrams wait,
     the rest are dropped (``blocked``), and the peer's datagram from its SDP address is fed.
-    Before, the stranger's QUEUE datagrams filled it and the peer's was dropped."""
+    Before, the stranger's datagrams filled it (QUEUE, and one handed to the waiting task) and
+    the peer's was dropped."""
     engine = RestartingEngine(timer=None)
     task, handler = await caller_task(nursery, engine)
-    for n in range(QUEUE):
+    burst = QUEUE + 1
+    for n in range(burst):
         handler(hello(n), STRANGER)  # the task does not run in between
     handler(b"\x16peer", PEER)
     await settle()
     assert engine.received[:QUEUE_PER_SOURCE] == [hello(n) for n in range(QUEUE_PER_SOURCE)]
     assert engine.received[-1] == b"\x16peer"
-    assert task.session.dropped("blocked") == QUEUE - QUEUE_PER_SOURCE
+    assert task.session.dropped("blocked") == burst - QUEUE_PER_SOURCE
     # Counted afresh as the task takes them: the stranger's next ones wait again.
     for n in range(3):
         handler(hello(n), STRANGER)
     await settle()
     assert engine.received[-3:] == [hello(n) for n in range(3)]
-    assert task.session.dropped("blocked") == QUEUE - QUEUE_PER_SOURCE
+    assert task.session.dropped("blocked") == burst - QUEUE_PER_SOURCE
 
 
 async def test_strangers_on_many_ports_leave_room_for_the_proven_peer(
