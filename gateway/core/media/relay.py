@@ -966,7 +966,9 @@ class StreamSide:
         if ep.source is None or ep.source[:2] != source[:2]:
             if len(source) == 2 and ep.sock.family == socket.AF_INET6:
                 # As recvfrom gives it (Linux: flow info 0 unless asked for, no scope but for
-                # a link-local address): the media workers' channel carries host and port.
+                # a link-local address). The engines and the media workers' channel (since
+                # protocol 3) pass the whole address, a link-local peer's scope id with it
+                # (RFC 4007 §6): host and port alone come from a caller that has no more.
                 source = (source[0], source[1], 0, 0)
             ep.source = source
             ep.latched_at = now
