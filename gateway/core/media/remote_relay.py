@@ -126,12 +126,14 @@ from gateway.core.media.worker_protocol import (
     SetRtcpWatch,
     SetTap,
     SetTranscoding,
+    SocketAddress,
     Stats,
     StreamFailed,
     Tapped,
     TappedDatagram,
     check_hello,
     encode,
+    socket_address,
 )
 
 if TYPE_CHECKING:
@@ -393,14 +395,22 @@ class RemoteSide:
         *,
         rtcp: bool = False,
         sdp_address_only: bool = False,
+        proves_peer: bool = False,
     ) -> None:
         """Datagrams that are not RTP/RTCP (RFC 7983: DTLS, ...) from this leg's peer on the RTP
         socket (``rtcp``: the RTCP socket) go to ``handler``, forwarded by the worker; as
         :meth:`gateway.core.media.relay.StreamSide.set_non_rtp_handler`, ``sdp_address_only``
-        included."""
+        and ``proves_peer`` included."""
         self._handlers[rtcp] = handler
         self._stream._send(
-            SetDtls(self._stream.id, self._name, rtcp, handler is not None, sdp_address_only)
+            SetDtls(
+                self._stream.id,
+                self._name,
+                rtcp,
+                handler is not None,
+                sdp_address_only,
+                proves_peer,
+            )
         )
 
     def set_ice_handler(self, handler: IceLiteResponder | None, *, rtcp: bool = False) -> None:
@@ -438,11 +448,9 @@ class RemoteSide:
     def latch_peer(self, source: tuple[Any, ...], *, rtcp: bool = False, now: float) -> None:
         """The worker's socket latches ``source``, proved to be this leg's peer before keys
         (:meth:`~gateway.core.media.relay.StreamSide.latch_peer`)."""
-        self._stream._send(
-            LatchPeer(self._stream.id, self._name, rtcp, (str(source[0]), int(source[1])))
-        )
+        self._stream._send(LatchPeer(self._stream.id, self._name, rtcp, socket_address(source)))
 
-    def _deliver(self, packet: bytes, source: tuple[str, int] | None, rtcp: bool) -> None:
+    def _deliver(self, packet: bytes, source: SocketAddress | None, rtcp: bool) -> None:
         handler = self._handlers.get(rtcp)
         if handler is None:
             return

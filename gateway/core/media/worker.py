@@ -117,6 +117,7 @@ from gateway.core.media.worker_protocol import (
     Tapped,
     TappedDatagram,
     encode,
+    socket_address,
     version_text,
 )
 
@@ -335,7 +336,10 @@ class Worker:
                     else None
                 )
                 side.set_non_rtp_handler(
-                    handler, rtcp=message.rtcp, sdp_address_only=message.sdp_address_only
+                    handler,
+                    rtcp=message.rtcp,
+                    sdp_address_only=message.sdp_address_only,
+                    proves_peer=message.proves_peer,
                 )
             elif isinstance(message, SetIce):
                 side = stream.a if message.side == "a" else stream.b
@@ -494,7 +498,8 @@ class Worker:
         outbox = self.outbox
 
         def handler(packet: bytes, source: Address) -> None:
-            address = (str(source[0]), int(source[1]))
+            # Whole (an IPv6 scope id too): the SIP process hands it back with LatchPeer.
+            address = socket_address(source)
             outbox.send(Datagram(stream_id, side, rtcp, address, packet), droppable=True)
 
         return handler
