@@ -1,10 +1,12 @@
-"""The media set-up's one-pass steps (session 40, docs/benchmarks.md "Session 40 (media
+"""The media set-up's shortcuts (session 40, docs/benchmarks.md "Session 40 (media
 set-up)") give what the steps they replaced gave, for any attributes.
 
 ``_relayed_attributes`` is ``remove_if(is_leg_specific)``, ``with_direction`` and ``add`` in one
 pass; the hypothesis tests below hold it to that composition over names drawn from every rule
 (leg-specific names in any case, a=ice-* by prefix, a=group with and without BUNDLE, the four
-directions, repeated and absent).
+directions, repeated and absent). ``_plain`` and ``_without_session_keys`` (LegSecurity) return
+their section as it is when there is nothing to take out or change: equal, and written alike, to
+what rebuilding it gave.
 """
 
 from __future__ import annotations
@@ -12,8 +14,24 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.core.media.security import (
+    _KEY_ATTRIBUTES,
+    _PLAIN_OF,
+    _RTP_PROFILES,
+    _SECURE_OF,
+    _plain,
+    _without_session_keys,
+)
 from gateway.core.media.session import _relayed_attributes, is_leg_specific
-from gateway.core.sdp.model import Attribute, Attributes, Direction
+from gateway.core.sdp.model import (
+    Attribute,
+    Attributes,
+    Direction,
+    MediaDescription,
+    Origin,
+    SessionDescription,
+)
+from gateway.core.sdp.serializer import serialize_sdp
 
 _NAMES = (
     "rtpmap",
@@ -44,7 +62,7 @@ _NAMES = (
 _VALUES = st.one_of(
     st.none(),
     st.sampled_from(["BUNDLE 0 1", "LS 0 1", "BUNDLE", " BUNDLE 0", "bundle 0", "", "0 PCMU/8000"]),
-    st.text(max_size=8),
+    st.text(st.characters(blacklist_characters="\r\n\x00"), max_size=8),
 )
 _ATTRIBUTES = st.lists(st.builds(Attribute, st.sampled_from(_NAMES), _VALUES), max_size=12).map(
     lambda items: Attributes(tuple(items))
@@ -61,7 +79,7 @@ def _as_before(attributes: Attributes, direction: Direction | None, last: Attrib
     return out if last is None else out.add(last.name, last.value)
 
 
-@settings(max_examples=500)
+@settings(max_examples=300)
 @given(_ATTRIBUTES, _DIRECTION, _LAST)
 def test_relayed_attributes_are_the_three_steps(
     attributes: Attributes, direction: Direction | None, last: Attribute | None
@@ -95,3 +113,69 @@ def test_relayed_attributes_keep_the_first_directions_place():
         Attribute("ptime", "20"),
         Attribute("group", "LS 0"),
     ]
+
+
+# -- LegSecurity's plain sections: nothing rebuilt when nothing changes ---------------------------
+
+_PROTOS = (
+    "RTP/AVP",
+    "RTP/AVPF",
+    "RTP/SAVP",
+    "rtp/savpf",
+    "UDP/TLS/RTP/SAVPF",
+    "udptl",
+    "TCP/MRCPv2",
+)
+_KEY_NAMES = ("crypto", "Fingerprint", "setup", "TLS-ID", "zrtp-hash", "key-mgmt")
+_SECTION_ATTRIBUTES = st.lists(
+    st.builds(Attribute, st.sampled_from(_NAMES + _KEY_NAMES), _VALUES), max_size=10
+)
+
+
+def _section(proto: str, items: list[Attribute]) -> MediaDescription:
+    return MediaDescription(
+        media="audio", port=49170, proto=proto, formats=("0",), attributes=Attributes(tuple(items))
+    )
+
+
+def _sd(items: list[Attribute], media: tuple[MediaDescription, ...] = ()) -> SessionDescription:
+    origin = Origin("-", 1, 1, "IN", "IP4", "127.0.0.1")
+    return SessionDescription(origin, attributes=Attributes(tuple(items)), media=media)
+
+
+@settings(max_examples=300)
+@given(st.sampled_from(_PROTOS), _SECTION_ATTRIBUTES)
+def test_plain_is_the_rebuilt_section(proto: str, items: list[Attribute]):
+    media = _section(proto, items)
+    rebuilt = media.with_attributes(
+        [a for a in media.attributes if a.name.lower() not in _KEY_ATTRIBUTES],
+        _PLAIN_OF.get(proto.upper(), proto),
+    )
+    plain = _plain(media)
+    assert plain == rebuilt
+    assert serialize_sdp(_sd([], (plain,))) == serialize_sdp(_sd([], (rebuilt,)))
+    if plain is media:  # kept as it is only where nothing was to change
+        assert proto.upper() not in _PLAIN_OF
+        assert not [a for a in items if a.name.lower() in _KEY_ATTRIBUTES]
+
+
+@settings(max_examples=300)
+@given(_SECTION_ATTRIBUTES)
+def test_without_session_keys_is_the_rebuilt_description(items: list[Attribute]):
+    sd = _sd(items, (_section("RTP/AVP", []),))
+    rebuilt = sd.with_attributes(
+        [a for a in sd.attributes if a.name.lower() not in _KEY_ATTRIBUTES]
+    )
+    assert _without_session_keys(sd) == rebuilt
+    assert serialize_sdp(_without_session_keys(sd)) == serialize_sdp(rebuilt)
+
+
+def test_a_plain_phones_section_is_not_rebuilt():
+    media = _section("RTP/AVP", [Attribute("rtpmap", "0 PCMU/8000"), Attribute("sendrecv")])
+    assert _plain(media) is media
+    sd = _sd([Attribute("tool", "x")], (media,))
+    assert _without_session_keys(sd) is sd
+
+
+def test_rtp_profiles_are_the_plain_and_secure_ones():
+    assert frozenset(_PLAIN_OF) | frozenset(_SECURE_OF) == _RTP_PROFILES
