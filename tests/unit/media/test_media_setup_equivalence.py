@@ -6,14 +6,20 @@ pass; the hypothesis tests below hold it to that composition over names drawn fr
 (leg-specific names in any case, a=ice-* by prefix, a=group with and without BUNDLE, the four
 directions, repeated and absent). ``_plain`` and ``_without_session_keys`` (LegSecurity) return
 their section as it is when there is nothing to take out or change: equal, and written alike, to
-what rebuilding it gave.
+what rebuilding it gave. A relay stream's sides take their address family from the allocator
+that bound their sockets, and a stream closed after its relay's epoll still gives its ports back.
 """
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.core.config import PortRange
+from gateway.core.media.errors import LocalMediaError
+from gateway.core.media.ports import PortAllocator
+from gateway.core.media.relay import MediaRelay
 from gateway.core.media.security import (
     _KEY_ATTRIBUTES,
     _PLAIN_OF,
@@ -32,6 +38,7 @@ from gateway.core.sdp.model import (
     SessionDescription,
 )
 from gateway.core.sdp.serializer import serialize_sdp
+from tests.port_blocks import ModuleBlock
 
 _NAMES = (
     "rtpmap",
@@ -179,3 +186,35 @@ def test_a_plain_phones_section_is_not_rebuilt():
 
 def test_rtp_profiles_are_the_plain_and_secure_ones():
     assert frozenset(_PLAIN_OF) | frozenset(_SECURE_OF) == _RTP_PROFILES
+
+
+# -- the relay's stream set-up and close ----------------------------------------------------------
+
+PORTS = ModuleBlock(16, parse=PortRange.parse)  # this module's (tests/port_blocks.py)
+
+
+@pytest.mark.parametrize(("address", "other"), [("127.0.0.1", "::1"), ("::1", "127.0.0.1")])
+def test_a_streams_sides_take_the_family_their_sockets_have(address: str, other: str):
+    relay = MediaRelay(PortAllocator(address, PORTS.get()), clock=float)
+    try:
+        stream = relay.open_stream()
+        for side in (stream.a, stream.b):
+            assert side._family == side.ports.rtp_socket.family
+            side.set_remote((address, 40000))
+            with pytest.raises(LocalMediaError, match="address family"):
+                side.set_remote((other, 40000))
+    finally:
+        relay.close()
+
+
+def test_a_stream_closed_after_its_relays_epoll_releases_its_ports():
+    relay = MediaRelay(PortAllocator("127.0.0.1", PORTS.get()), clock=float)
+    stream = relay.open_stream()
+    fds = [ep.fd for ep in stream._all_endpoints()]
+    relay._epoll.close()  # as when the relay is torn down around an open stream
+    stream.close()
+    assert relay.allocator.in_use == 0
+    assert stream.a.ports.closed and stream.b.ports.closed
+    assert all(relay._endpoints[fd] is None for fd in fds)
+    assert relay.streams == frozenset()
+    relay.close()
