@@ -17,6 +17,13 @@ between tasks (deadlines, I/O wait, scheduling). Its area is that of the innermo
 names one, in the order of :data:`AREAS` (so the SDP parser's frames inside the call's set-up
 count as SDP, and trio's frames inside the gateway's task as trio); a test task's sample is
 the test's whatever code it runs (the phones parse and build with ``gateway.core.sip``).
+
+Inside one area (session 40's media set-up), ``--inside REGEX`` lists instead every function's
+inclusive share of the samples that have a frame matching REGEX, from the outermost such frame
+down (a function on the stack twice counts once)::
+
+    python benchmarks/call_areas.py /tmp/spy.txt \\
+        --inside 'gateway/core/media/|gateway/plugins/keyexchange|media_keys'
 """
 
 from __future__ import annotations
@@ -113,12 +120,68 @@ def report(total: int, counts: collections.Counter[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
+_LINE_NUMBER = re.compile(r":\d+\)$")
+
+
+def tally_inside(
+    lines: Iterable[str], pattern: re.Pattern[str]
+) -> tuple[int, int, collections.Counter[str]]:
+    """Samples inside trio.run, those with a frame that ``pattern`` finds, and per function
+    (file and name, line numbers dropped) the samples that have it at or below the outermost
+    such frame: each function's inclusive share of that part of the call."""
+    total = inside = 0
+    functions: collections.Counter[str] = collections.Counter()
+    for line in lines:
+        stack, _, number = line.rstrip("\n").rpartition(" ")
+        if not stack or not number.isdigit():
+            continue
+        frames = stack.split(";")
+        if not any(frame.startswith("unrolled_run ") for frame in frames):
+            continue
+        samples = int(number)
+        total += samples
+        first = next((i for i, frame in enumerate(frames) if pattern.search(frame)), None)
+        if first is None:
+            continue
+        inside += samples
+        for name in {_LINE_NUMBER.sub(")", frame) for frame in frames[first:]}:
+            functions[name] += samples
+    return total, inside, functions
+
+
+def report_inside(total: int, inside: int, functions: collections.Counter[str], limit: int) -> str:
+    if not inside:
+        return "no sample inside trio.run has such a frame"
+    lines = [
+        f"{total} samples inside trio.run, {inside} ({100 * inside / total:.2f} %) with a "
+        "matching frame; per function, inclusive: % of the samples inside trio.run, % of those "
+        "matching",
+        "",
+    ]
+    # Ties by name: the same stacks give the same list whatever the hash seed.
+    for name, n in sorted(functions.items(), key=lambda item: (-item[1], item[0]))[:limit]:
+        lines.append(f"{100 * n / total:6.2f} % {100 * n / inside:6.1f} %  {name}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("raw", help="py-spy's --format raw output of call_instructions.py")
+    parser.add_argument(
+        "--inside",
+        metavar="REGEX",
+        help="instead of the areas: every function's inclusive share of the samples that have "
+        "a frame matching REGEX, from the outermost such frame down (e.g. the media set-up: "
+        "'gateway/core/media/|gateway/plugins/keyexchange|media_keys')",
+    )
+    parser.add_argument("--top", type=int, default=60, help="functions listed with --inside")
     args = parser.parse_args()
     with open(args.raw, encoding="utf-8") as stacks:
-        print(report(*tally(stacks)))
+        if args.inside:
+            found = tally_inside(stacks, re.compile(args.inside))
+            print(report_inside(*found, args.top))
+        else:
+            print(report(*tally(stacks)))
 
 
 if __name__ == "__main__":

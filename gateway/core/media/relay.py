@@ -1279,7 +1279,9 @@ class MediaStream:
     _opaque: bool = False
 
     def __init__(self, relay: MediaRelay, a_ports: PortPair, b_ports: PortPair, now: float) -> None:
-        family = a_ports.rtp_socket.family
+        # The allocator's, which bound these sockets: the socket's own ``family`` property
+        # converts to AddressFamily through the enum machinery on every read.
+        family = relay.allocator.family
         sides = []
         for ports in (a_ports, b_ports):
             rtp = _Endpoint(ports.rtp_socket, _NEVER_RTCP, self, now)
@@ -2709,8 +2711,12 @@ class MediaRelay:
             for table in (self._endpoints, self._opaque_endpoints):
                 if ep.fd < len(table) and table[ep.fd] is ep:
                     table[ep.fd] = None
-                    with contextlib.suppress(OSError, ValueError):  # the epoll is closed already
+                    # try, not contextlib.suppress: no context manager's three Python calls for
+                    # each of a call's four sockets.
+                    try:  # noqa: SIM105
                         self._epoll.unregister(ep.fd)
+                    except (OSError, ValueError):  # the epoll is closed already
+                        pass
 
 
 def _transform(ep: _Endpoint, route: _Route, packet: bytes) -> bytes | None:

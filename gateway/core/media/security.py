@@ -107,6 +107,8 @@ _PLAIN_OF = {
     "UDP/TLS/RTP/SAVPF": "RTP/AVPF",
 }
 _SECURE_OF = {"RTP/AVP": "RTP/SAVP", "RTP/AVPF": "RTP/SAVPF"}
+# The RTP profiles a key exchange may apply to, plain or secure (once, not a dict per m= line).
+_RTP_PROFILES = frozenset({*_PLAIN_OF, *_SECURE_OF})
 # The profile a key exchange on the media path (DTLS-SRTP) is offered with (RFC 5764 §8).
 _DTLS_OF = {"RTP/AVP": "UDP/TLS/RTP/SAVP", "RTP/AVPF": "UDP/TLS/RTP/SAVPF"}
 # Each RTP profile's security family: an answer may change the RFC 4585 feedback profile, never
@@ -295,7 +297,7 @@ class LegSecurity:
         for index, media in enumerate(offer.media):
             previous = self._previous(index)
             stream = StreamSecurity(peer_proto=media.proto)
-            if media.port != 0 and media.proto.upper() in _PLAIN_OF | _SECURE_OF:
+            if media.port != 0 and media.proto.upper() in _RTP_PROFILES:
                 self._answer_stream(media, stream, previous, session_attributes)
             streams.append(stream)
             media_out.append(self._fax_checked(index, media, stream, "offer from"))
@@ -915,7 +917,7 @@ def _one_session_level_mikey_stream(offer: SessionDescription) -> None:
         media
         for media in offer.media
         if media.port != 0
-        and media.proto.upper() in _PLAIN_OF | _SECURE_OF
+        and media.proto.upper() in _RTP_PROFILES
         and media.attributes.get("key-mgmt") is None
     ]
     if len(streams) > 1:
@@ -934,6 +936,8 @@ def _without_session_keys(sd: SessionDescription) -> SessionDescription:
     """``sd`` without session-level key attributes (a=fingerprint and a=setup may sit there,
     RFC 8122 §5): the other leg must never see this leg's."""
     kept = [a for a in _pairs(sd.attributes) if a[0].lower() not in _KEY_ATTRIBUTES]
+    if len(kept) == len(sd.attributes):
+        return sd  # none there (a plain phone's SDP): nothing to rebuild
     return sd.with_attributes(kept)
 
 
@@ -964,4 +968,7 @@ def _without_feedback_attributes(media: MediaDescription) -> MediaDescription:
 def _plain(media: MediaDescription) -> MediaDescription:
     """The stream as the session relays it: plain profile, no key attributes."""
     attributes = [a for a in media.attributes if a[0].lower() not in _KEY_ATTRIBUTES]
-    return media.with_attributes(attributes, _PLAIN_OF.get(media.proto.upper(), media.proto))
+    proto = _PLAIN_OF.get(media.proto.upper(), media.proto)
+    if proto == media.proto and len(attributes) == len(media.attributes):
+        return media  # plain already (a plain RTP phone's line): nothing to rebuild
+    return media.with_attributes(attributes, proto)

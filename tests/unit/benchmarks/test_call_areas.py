@@ -67,3 +67,53 @@ def test_it_runs(tmp_path: Path) -> None:
     )
     assert result.stdout.startswith("20 samples inside trio.run\n"), result.stdout
     assert "the gateway                                   45.0 %" in result.stdout
+
+
+MEDIA = "gateway/core/media/"
+INSIDE = [
+    *STACKS,
+    # the media set-up: offer_from opening a stream (a socket), and rewriting twice
+    (
+        f"{TOP};{RUN};{CALL};MediaSession.offer_from (gateway/core/media/session.py:560);"
+        "MediaRelay.open_stream (gateway/core/media/relay.py:2244);"
+        "socket.__init__ (socket.py:232) 6"
+    ),
+    (
+        f"{TOP};{RUN};{CALL};MediaSession.offer_from (gateway/core/media/session.py:580);"
+        "_rewritten_media (gateway/core/media/session.py:1460);"
+        "Attributes.has (gateway/core/sdp/model.py:93);"
+        "_rewritten_media (gateway/core/media/session.py:1470) 4"
+    ),
+]
+
+
+def test_inside_an_area_every_function_inclusive_from_the_outermost_match() -> None:
+    total, inside, functions = call_areas.tally_inside(
+        (line + "\n" for line in INSIDE), call_areas.re.compile(MEDIA)
+    )
+    assert (total, inside) == (30, 10)
+    assert functions == {
+        "MediaSession.offer_from (gateway/core/media/session.py)": 10,
+        "MediaRelay.open_stream (gateway/core/media/relay.py)": 6,
+        "socket.__init__ (socket.py)": 6,
+        "_rewritten_media (gateway/core/media/session.py)": 4,  # twice on its stack: once
+        "Attributes.has (gateway/core/sdp/model.py)": 4,
+    }
+
+
+def test_it_runs_inside(tmp_path: Path) -> None:
+    raw = tmp_path / "spy.txt"
+    raw.write_text("\n".join(INSIDE) + "\n", encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), str(raw), "--inside", MEDIA, "--top", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("30 samples inside trio.run, 10 (33.33 %) with a matching frame")
+    assert lines[2:] == [
+        " 33.33 %  100.0 %  MediaSession.offer_from (gateway/core/media/session.py)",
+        " 20.00 %   60.0 %  MediaRelay.open_stream (gateway/core/media/relay.py)",
+    ]
