@@ -756,10 +756,18 @@ class Gateway:
             )
             return
         problem = f"{shown} is owned by {owner} and not readable by this user ({user_name()})"
-        if warn_only:
-            refuse(f"{problem}, who runs check-config")
-            return
-        self._access_warning(table, key, problem, f"{what} cannot be read", path)
+        # The service's user may read it (its own file, mode 0600 under a umask of 077): a
+        # warning that says so, never that `run` goes without it.
+        self._access_warning(
+            table,
+            key,
+            problem,
+            f"{what} cannot be read",
+            path,
+            refusal="`voipgw run` as a user who is not starts, and runs without it"
+            if warn_only
+            else None,
+        )
 
     def _check_kept_directory(
         self,
@@ -887,9 +895,20 @@ class Gateway:
                 )
             )
 
-    def _access_warning(self, table: str, key: str, problem: str, what: str, path: Path) -> None:
+    def _access_warning(
+        self,
+        table: str,
+        key: str,
+        problem: str,
+        what: str,
+        path: Path,
+        *,
+        refusal: str | None = None,
+    ) -> None:
         """check-config's warning of a directory or file this user may not write in (session
-        35's state_dir warning): its owner, unless this user, most likely the service's."""
+        35's state_dir warning): its owner, unless this user, most likely the service's.
+        ``refusal``: what `run` as a user who may not does, when it is not a refusal to start
+        (a :data:`WARN_ONLY` file)."""
         owner = owner_name(path)
         if owner in (user_name(), "root"):
             # Root's: left by a `voipgw run` as root, most likely, not the service's user.
@@ -901,8 +920,8 @@ class Gateway:
                 table,
                 key,
                 f"{problem}, who runs check-config: {what} by this user; {who}may be "
-                "allowed to; `voipgw run` as a user who is not refuses to start (check it "
-                f"as that user: sudo -u {owner or 'USER'} voipgw check-config FILE)",
+                f"allowed to; {refusal or '`voipgw run` as a user who is not refuses to start'} "
+                f"(check it as that user: sudo -u {owner or 'USER'} voipgw check-config FILE)",
             )
         )
 

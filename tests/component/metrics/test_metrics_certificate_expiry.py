@@ -100,3 +100,22 @@ async def test_one_expiring_is_warned_of_at_start_and_a_renewal_ends_the_warning
         await trio.sleep(3 * DAY)
         assert warnings(caplog) == []
         nursery.cancel_scope.cancel()
+
+
+async def test_an_expired_certificate_is_said_when_the_exporter_starts(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`voipgw run` starts with an expired one (check-config refuses it): its line at once,
+    metrics-certificate-invalid, not a day later, and nothing of it expiring."""
+    month_ago = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=30)
+    pair = TestPki(tmp_path).ca("CA").issue("gateway", days=10, not_before=month_ago)
+    not_after = pair.x509.not_valid_after_utc
+    exporter = exporter_for(pair)
+    caplog.set_level(logging.WARNING, LOG)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(exporter.run, SimpleNamespace(version="test"))
+        assert warnings(caplog) == [
+            f"metrics: {pair.certificate}: the certificate expired on "
+            f"{not_after:%Y-%m-%d %H:%M:%S} UTC (subject CN=gateway): scrapers will refuse it"
+        ]
+        nursery.cancel_scope.cancel()

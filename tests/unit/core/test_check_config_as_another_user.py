@@ -1112,3 +1112,30 @@ def test_check_config_as_the_state_dirs_owner_refuses_a_store_file_it_may_not_wr
     os.chown(database, NOBODY.pw_uid, NOBODY.pw_gid)  # chowned, as the remedy says
     assert run_as_nobody(path) == "started"
     assert check_config_as_nobody(path)[::2] == (cli.EXIT_OK, "")
+
+
+def test_a_saved_crl_of_the_services_own_is_not_said_to_be_run_without(shared: Path) -> None:
+    """A saved CRL the service's user wrote mode 0600 (its umask 077): it reads it, and only
+    the operator running check-config as themselves may not. check-config warned `voipgw run`
+    starts, and runs without it`, which was false: `run` as the service's user uses it. The
+    warning of a file the service's user may be allowed to read, saying what `run` as a user
+    who is not does."""
+    state = service_state(shared)
+    crls = state / "tls" / "crls"
+    crls.mkdir(parents=True)
+    for directory in (state / "tls", crls):
+        owned_by_service(directory, mode=0o777)
+    saved = crls / "0123456789abcdef0123456789abcdef.crl"
+    saved.write_bytes(b"\x30\x00")
+    owned_by_service(saved)  # the service's own, mode 0600
+    path = fetching_tls_config(shared, state)
+    code, _out, err = check_config_as_nobody(path)
+    assert code == cli.EXIT_OK, err
+    assert err == (
+        f"voipgw: warning: {path}: [gateway] state_dir: {saved} is owned by daemon and not "
+        "readable by this user (nobody), who runs check-config: a fetched CRL (tls plugin) "
+        "cannot be read by this user; its owner, daemon, may be allowed to; `voipgw run` as a "
+        "user who is not starts, and runs without it (check it as that user: sudo -u daemon "
+        "voipgw check-config FILE)\n"
+    )
+    assert check_config(path)[::2] == (cli.EXIT_OK, "")  # root: daemon may read it
