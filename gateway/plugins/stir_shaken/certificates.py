@@ -18,7 +18,9 @@ entity without one (ATIS-1000080 v3 and later require it) leaves its revocation 
 (``SignerCertificate.no_crl``), as an unavailable CRL does, rather than passing unmarked. The
 CRL itself is read by :func:`load_crl_untrusted`: signed by a trust anchor or a CA certificate
 of the chain (the STI-PA's CRL is an indirect CRL, RFC 5280 §5: its issuer is not the STI-CA that
-issued the end entity), current (thisUpdate passed, nextUpdate to come), bounded in size.
+issued the end entity), current (thisUpdate passed, nextUpdate to come), bounded in size; and
+for each certificate looked up in it, issued by that certificate's issuer or by a CRL issuer
+the certificate names (RFC 5280 §6.3.3 (b): ``RevocationList.issued_for``).
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ class RevocationCheck:
     serial: int
     issuer: x509.Name
     subject: str
+    # The CRL issuers its distribution point names (cRLIssuer: the STI-PA's DN, ATIS-1000080
+    # §6.4.1): besides its issuer, the only ones whose CRL covers it (RFC 5280 §6.3.3 (b)).
+    crl_issuers: tuple[x509.Name, ...] = ()
 
 
 @attrs.frozen
@@ -93,6 +98,9 @@ class RevocationList:
     # (then every chain takes it as it is). None: checked by :func:`load_crl_untrusted`.
     crl: x509.CertificateRevocationList | None = attrs.field(default=None, eq=False, repr=False)
     anchor_signed: bool = False
+    # The issuer as a name, compared with a certificate's issuer and the cRLIssuer it names
+    # (:meth:`issued_for`).
+    issuer_name: x509.Name | None = attrs.field(default=None, eq=False, repr=False)
 
     def signed_by(self, signers: Sequence[x509.Certificate]) -> bool:
         """Whether a trust anchor or one of ``signers`` (the CAs of the chain being looked
@@ -103,6 +111,14 @@ class RevocationList:
             return True
         crl = self.crl
         return any(_signed_crl(crl, signer) for signer in signers)
+
+    def issued_for(self, check: RevocationCheck) -> bool:
+        """Whether this CRL may speak for the certificate of ``check`` (RFC 5280 §6.3.3 (b)):
+        its issuer is the certificate's issuer (a complete CRL of that CA) or a CRL issuer the
+        certificate's distribution point names (an indirect CRL: the STI-PA's). A CRL of one
+        CA says nothing of the certificates another CA issued, nor of the CA itself."""
+        name = self.issuer_name
+        return name is None or name == check.issuer or name in check.crl_issuers
 
     def lists(self, check: RevocationCheck) -> bool:
         """Whether the certificate of ``check`` is revoked. An entry that names its certificate's
@@ -254,6 +270,7 @@ def _current_list(crl: x509.CertificateRevocationList, now: float) -> Revocation
         raise RevocationUnavailable("CRL entries cannot be read") from None
     return RevocationList(
         issuer=crl.issuer.rfc4514_string(),
+        issuer_name=crl.issuer,
         next_update=next_update.timestamp(),
         revoked={serial: frozenset(issuers) for serial, issuers in revoked.items()},
     )
@@ -282,6 +299,11 @@ def _revocation_check(certificate: x509.Certificate) -> RevocationCheck | None:
                     serial=certificate.serial_number,
                     issuer=certificate.issuer,
                     subject=certificate.subject.rfc4514_string(),
+                    crl_issuers=tuple(
+                        issuer.value
+                        for issuer in point.crl_issuer or ()
+                        if isinstance(issuer, x509.DirectoryName)
+                    ),
                 )
     return None
 
