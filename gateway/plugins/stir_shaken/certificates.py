@@ -44,6 +44,9 @@ MAX_CHAIN = 4
 MAX_CRL_FILE = 1 << 20
 # Clock difference tolerated between the STI-PA and us for a CRL's thisUpdate.
 CRL_CLOCK_SKEW = 300.0
+# Verdicts one CRL keeps (RevocationList._verdicts): a chain's CA certificates and revocation
+# checks, a few per cached certificate; past it they are all forgotten and reached again.
+MAX_CRL_VERDICTS = 512
 
 
 class RevocationUnavailable(Exception):
@@ -101,6 +104,15 @@ class RevocationList:
     # The issuer as a name, compared with a certificate's issuer and the cRLIssuer it names
     # (:meth:`issued_for`).
     issuer_name: x509.Name | None = attrs.field(default=None, eq=False, repr=False)
+    # What this CRL was found to be for the objects asked about, for as long as it is kept:
+    # whether a chain's CA certificate signed it (an ECDSA verification: about 120 µs, which
+    # every call of a chain whose intermediate signed its CRL paid) and whether it covers a
+    # revocation check's certificate (x509.Name comparisons, about 2 µs each). Keyed by the
+    # object's id, the object kept beside its verdict so that the id is not reused meanwhile:
+    # a cached certificate's CAs and checks are the same objects at each of its calls.
+    _verdicts: dict[int, tuple[object, bool]] = attrs.field(
+        factory=dict, init=False, eq=False, repr=False
+    )
 
     def signed_by(self, signers: Sequence[x509.Certificate]) -> bool:
         """Whether a trust anchor or one of ``signers`` (the CAs of the chain being looked
@@ -110,15 +122,35 @@ class RevocationList:
         if self.anchor_signed or self.crl is None:
             return True
         crl = self.crl
-        return any(_signed_crl(crl, signer) for signer in signers)
+        for signer in signers:
+            verdict = self._verdict(signer)
+            if verdict is None:
+                verdict = self._keep(signer, _signed_crl(crl, signer))
+            if verdict:
+                return True
+        return False
 
     def issued_for(self, check: RevocationCheck) -> bool:
         """Whether this CRL may speak for the certificate of ``check`` (RFC 5280 §6.3.3 (b)):
         its issuer is the certificate's issuer (a complete CRL of that CA) or a CRL issuer the
         certificate's distribution point names (an indirect CRL: the STI-PA's). A CRL of one
         CA says nothing of the certificates another CA issued, nor of the CA itself."""
-        name = self.issuer_name
-        return name is None or name == check.issuer or name in check.crl_issuers
+        verdict = self._verdict(check)
+        if verdict is None:
+            name = self.issuer_name
+            covered = name is None or name == check.issuer or name in check.crl_issuers
+            verdict = self._keep(check, covered)
+        return verdict
+
+    def _verdict(self, asked: object) -> bool | None:
+        entry = self._verdicts.get(id(asked))
+        return entry[1] if entry is not None and entry[0] is asked else None
+
+    def _keep(self, asked: object, verdict: bool) -> bool:
+        if len(self._verdicts) >= MAX_CRL_VERDICTS:
+            self._verdicts.clear()  # bounded; each is reached again at its next call
+        self._verdicts[id(asked)] = (asked, verdict)
+        return verdict
 
     def lists(self, check: RevocationCheck) -> bool:
         """Whether the certificate of ``check`` is revoked. An entry that names its certificate's

@@ -300,3 +300,41 @@ async def test_an_x5u_host_and_url_are_escaped_where_shown(
             "00:00:00 WARNING ok.pem: certificate names no CRL (no CRL Distribution Points)"
         ]
         nursery.cancel_scope.cancel()
+
+
+async def test_an_intermediates_crl_signature_is_checked_once_per_chain_not_per_call(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CRL the chain's intermediate signed (no trust anchor did) is checked against the
+    chain's CAs: once for the cached certificate's chain, its verdict kept with the CRL, not an
+    ECDSA verification at every call (about 976,000 instructions each, docs/benchmarks.md,
+    session 40). On main each call verified the signature again. A chain fetched anew (new
+    objects, maybe new CAs) is checked anew."""
+    from gateway.plugins.stir_shaken import certificates
+
+    pki = make_pki(crl_url=CRL_URL)
+    anchors, _, _ = pki.write(tmp_path)
+    crl = pki.crl(signer="intermediate")
+
+    async def fetch(url: str) -> Fetched:
+        return Fetched(pki.chain_pem() if url == GOOD else crl, max_age=600)
+
+    checked: list[object] = []
+    signed_crl = certificates._signed_crl
+
+    def counted(crl: object, signer: object) -> bool:
+        checked.append(signer)
+        return signed_crl(crl, signer)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(certificates, "_signed_crl", counted)
+    service = StirShaken(verifying(anchors, check_revocation=True), fetcher=fetch)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        signer = await service.signer_certificate(GOOD, trio.current_time() + 30)
+        first = await service.revocation(signer, trio.current_time() + 30)
+        after_first = len(checked)
+        for _ in range(10):
+            assert await service.revocation(signer, trio.current_time() + 30) == first
+        assert len(checked) == after_first
+        assert first is not None and "does not cover CN=Test STI-CA" in first
+        nursery.cancel_scope.cancel()
