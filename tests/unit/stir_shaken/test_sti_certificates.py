@@ -12,7 +12,13 @@ from gateway.plugins.stir_shaken.certificates import (
     load_trust_anchors,
     validate_chain,
 )
-from gateway.plugins.stir_shaken.fetch import CertificateCache, host_allowed, one_spelling
+from gateway.plugins.stir_shaken.fetch import (
+    CertificateCache,
+    host_allowed,
+    one_spelling,
+    shown_host,
+    shown_url,
+)
 from gateway.plugins.stir_shaken.passport import PassportError
 from gateway.testing.sti_pki import make_pki
 
@@ -125,3 +131,15 @@ def test_certificate_hosts_compare_an_ip_address_in_any_spelling() -> None:
     assert host_allowed("https://127.1/a.pem", listed)
     assert host_allowed("https://[::ffff:127.0.0.1]/a.pem", listed)
     assert not host_allowed("https://127.0.0.2/a.pem", listed)
+
+
+def test_a_url_or_host_from_an_x5u_is_shown_redacted_and_escaped() -> None:
+    """What the log lines and reasons show of an x5u: no password (redact_password, as
+    tests/unit/core/test_call_log_uris.py takes shown_url to do), no CR LF, escape or
+    non-ASCII letter (logs.shown_text: "?"), cut short past a URL's 512 characters."""
+    assert shown_url("https://u:secret@h.example/a\r\nb\x1b\u0435.pem") == (
+        "https://u:***@h.example/a??b??.pem"
+    )
+    assert shown_host("c\u0435rts.example\x7f") == "c?rts.example?"
+    long = shown_url("https://h.example/" + "a" * 600)
+    assert len(long) == 512 and long.endswith("...")
