@@ -104,6 +104,16 @@ def _raised_outside(exc: BaseException, ours: tuple[str, ...]) -> bool:
     return False
 
 
+def shown_text(text: str, limit: int) -> str:
+    """Text from the network (a decoded user part, a host name a PASSporT's x5u names) fit for a
+    log line, a reason phrase or a call's record: anything but printable ASCII (a control
+    character, CR and LF that would start a forged log line, DEL, a non-ASCII letter that looks
+    like another) becomes ``?``, and past ``limit`` characters it is cut short with ``...``."""
+    if not (text.isascii() and text.isprintable()):
+        text = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def exception_text(exc: BaseException) -> str:
     """``str(exc)`` when it may be logged, else :data:`WITHHELD` (for a line that names an
     exception without its traceback)."""

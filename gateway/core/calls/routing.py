@@ -52,6 +52,7 @@ from gateway.core.calls.trunk_dns import TrunkHop, TrunkTargets
 from gateway.core.config import DEFAULT_ROUTE_PREFIXES, IPNetwork, TrunkConfig, trunk_numbering
 from gateway.core.interfaces import Caller, RouteDecision, RouteTarget
 from gateway.core.ip import ip_literal
+from gateway.core.logs import shown_text
 from gateway.core.plugins import PluginHookError, raising_plugin
 from gateway.core.registrar import RegistrarPolicy
 from gateway.core.sip.errors import RemoteSipError
@@ -802,5 +803,4 @@ def route_call(
 def _shown(text: str) -> str:
     """``text`` fit for a reason phrase or a log line: it may come from the network (a decoded
     user part can hold CR LF), so anything but printable ASCII becomes "?" and it is cut short."""
-    safe = "".join(c if " " <= c <= "~" else "?" for c in text)
-    return safe if len(safe) <= _SHOWN_MAX else safe[: _SHOWN_MAX - 3] + "..."
+    return shown_text(text, _SHOWN_MAX)

@@ -68,6 +68,7 @@ from gateway.core.logs import log_exception, system_error_text
 from gateway.core.sip.uri import redact_password
 from gateway.plugins.stir_shaken.certificates import (
     MAX_CRL_FILE,
+    RevocationCheck,
     RevocationList,
     RevocationUnavailable,
     SignerCertificate,
@@ -87,6 +88,9 @@ from gateway.plugins.stir_shaken.fetch import (
     fetch_host,
     host_allowed,
     https_fetcher,
+    one_spelling,
+    shown_host,
+    shown_url,
 )
 from gateway.plugins.stir_shaken.passport import (
     ATTESTATIONS,
@@ -161,8 +165,11 @@ MAX_CRLS = 16
 # cached; CRL fetches are bounded by MAX_CRLS the same way. Within it, one host has at most
 # MAX_FETCHES_PER_HOST (fetch.py): a peer naming new x5u URLs on one unreachable host, or one
 # carrier's slow repository, leaves the other hosts' certificates their slots. Host names cost a
-# forger nothing (a wildcard DNS name, IP addresses): certificate_hosts is what bounds where
-# fetches go, and run and check-config warn when verification runs without it.
+# forger nothing (a wildcard DNS name: a.evil.example, b.evil.example ...; an IP address's
+# spellings are counted as one host, fetch.one_spelling), so each trunk in verify_trunks also
+# has a share of them (StirShaken.trunk_share): one trunk's forged Identity headers hold at most
+# its share, never another trunk's. certificate_hosts is what bounds where fetches go, and run
+# and check-config warn when verification runs without it.
 MAX_FETCHES = 100
 # RFC 8224 §6.2.2 and §13: the reason phrase of each status a failed check may refuse with.
 REFUSALS = {
@@ -183,7 +190,9 @@ def _read_only(mapping: Mapping[str, str]) -> Mapping[str, str]:
 
 
 def _host_names(hosts: tuple[str, ...]) -> tuple[str, ...]:
-    """``certificate_hosts`` entries, lower case: a host name or ``.domain`` (its hosts)."""
+    """``certificate_hosts`` entries, lower case: a host name or ``.domain`` (its hosts); an IP
+    address in the one spelling a URL's is compared in (fetch.one_spelling: ``0x7f.1`` is
+    127.0.0.1)."""
     names = tuple(host.lower().rstrip(".") for host in hosts)
     for name in names:
         if not _HOST_NAME.fullmatch(name):
@@ -191,7 +200,7 @@ def _host_names(hosts: tuple[str, ...]) -> tuple[str, ...]:
                 f"certificate_hosts: expected a host name (certs.example.net) or a domain "
                 f"(.example.net), not {name!r}"
             )
-    return names
+    return tuple(name if name.startswith(".") else one_spelling(name) for name in names)
 
 
 @attrs.frozen
@@ -281,12 +290,21 @@ class StirShakenConfig:
         cost of: warnings of ``voipgw check-config`` and of ``voipgw run``, never errors (the
         default that was always allowed stays allowed)."""
         notes = []
+        if not (self.sign_trunks or self.verify_trunks):
+            # Said at run by the register hook too, in its own line (kept for log watchers).
+            notes.append(
+                "sign_trunks: empty, and so is verify_trunks: the plugin is enabled but signs "
+                "and verifies no call; list the trunks whose INVITEs it signs (sign_trunks) and "
+                'those whose Identity it verifies (verify_trunks), or take "stir_shaken" out '
+                "of [plugins] enable"
+            )
         if self.verify_trunks and not self.certificate_hosts:
             notes.append(
                 "certificate_hosts: empty, so a trunk in verify_trunks chooses where the gateway "
                 "fetches certificates: each Identity's x5u may name any host, internal ones "
-                f"too, and a peer naming a new unreachable URL in each call holds the "
-                f"{MAX_FETCHES} certificate fetches that may run at once (a call whose "
+                f"too, and a peer naming a new unreachable URL in each call holds its trunk's "
+                f"share of the {MAX_FETCHES} certificate fetches that may run at once (all of "
+                "them for the only trunk in verify_trunks; a call from that trunk whose "
                 'certificate is not cached then fails, 436 under on_failure = "reject"); list '
                 "the STI-CR hosts of your peers' certificates and the STI-PA's CRL host, e.g. "
                 'certificate_hosts = [".carrier.example", "crl.sti-pa.example"]'
@@ -381,8 +399,14 @@ class StirShaken:
         # The nursery of run(): every certificate and CRL fetch is a task of it, never of the
         # call that asked first (the calls only wait), so that a call's end does not end it.
         self._nursery: trio.Nursery | None = None
-        self._fetching: dict[str, _Fetch] = {}  # x5u URLs being fetched
-        self._fetching_hosts: Counter[str] = Counter()  # those fetches by host
+        # A trunk's share of the MAX_FETCHES certificate fetches: all of them when one trunk is
+        # verified; with several, each trunk's forged Identity headers (a new x5u on a new
+        # host in each call) hold no more than its part, and the others keep theirs. At least
+        # a host's MAX_FETCHES_PER_HOST, as a carrier's repository has.
+        self.trunk_share = max(
+            MAX_FETCHES_PER_HOST, MAX_FETCHES // max(1, len(self._verify_trunks))
+        )
+        self._fetching = _Fetches("certificate", MAX_FETCHES, self.trunk_share)  # x5u URLs
         # x5u URLs fetched again after a signature failed, and when that fetch finished (trio
         # time), oldest first: entries leave once REFETCH_INTERVAL has passed.
         self._refetched: dict[str, float] = {}
@@ -391,10 +415,15 @@ class StirShaken:
         ``voipgw_caller_identity_certificate_refetches_total``)."""
         # CRLs by URL until their nextUpdate (no other ceiling: RFC 5280 §5.1.2.5).
         self.crls = CertificateCache(max_cache=math.inf, max_entries=MAX_CRLS)
-        self._crl_fetching: dict[str, _Fetch] = {}
-        self._crl_fetching_hosts: Counter[str] = Counter()
+        # CRL URLs that failed, apart from the CRLs, as certificates' failures are: a CRL URL
+        # that failed never pushes a good CRL out of the MAX_CRLS (each one pushed out is
+        # fetched again at its next call).
+        self.crl_failures = CertificateCache(max_cache=math.inf, max_entries=MAX_FAILED_CACHED)
+        # CRL URLs come from certificates that chain to the trust anchors (a CA chose them, not
+        # a caller): bounded by host and in all, with no trunk's share.
+        self._crl_fetching = _Fetches("CRL", MAX_CRLS, MAX_CRLS)
         # Set (and replaced) whenever a fetch finishes: the calls waiting for a slot of a host
-        # with MAX_FETCHES_PER_HOST fetches running look again (_waited_for_host).
+        # or of a trunk look again (_waited_for_slot).
         self._fetch_finished = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -411,31 +440,15 @@ class StirShaken:
             finally:
                 self._nursery = None
 
-    @staticmethod
-    def _no_room(
-        fetching: dict[str, _Fetch], hosts: Counter[str], url: str, limit: int, kind: str
-    ) -> str | None:
-        """Why one more ``kind`` fetch, of ``url``, may not start now: ``limit`` of them run
-        already, or :data:`MAX_FETCHES_PER_HOST` to its host; None when it may."""
-        if len(fetching) >= limit:
-            return f"{limit} {kind} fetches running already"
-        host = fetch_host(url)
-        if hosts[host] >= MAX_FETCHES_PER_HOST:
-            return f"{MAX_FETCHES_PER_HOST} {kind} fetches to {host} running already"
-        return None
-
-    async def _waited_for_host(
-        self, fetching: dict[str, _Fetch], limit: int, deadline: float
-    ) -> bool:
-        """After :meth:`_no_room` said no: False when the ``limit`` fetches run already (a
-        stranger naming a new URL in each call: refused at once) or ``deadline`` (trio time)
-        passed; else True once a fetch finished or the deadline came, for the caller to look
-        again (the cache, a fetch of the URL started meanwhile, a slot). A host's share full is
-        waited out, as a browser queues its requests past its connections to one server: a
-        carrier's repository asked for more certificates at once than its share (a burst of
-        calls after a restart, the cache empty) has the calls past it wait within their own
-        fetch_timeout, not fail."""
-        if len(fetching) >= limit or trio.current_time() >= deadline:
+    async def _waited_for_slot(self, deadline: float) -> bool:
+        """After :meth:`_Fetches.no_room` said a host's or a trunk's share is full: False when
+        ``deadline`` (trio time) passed; else True once a fetch finished or the deadline came,
+        for the caller to look again (the cache, a fetch of the URL started meanwhile, a slot).
+        A share full is waited out, as a browser queues its requests past its connections to
+        one server: a carrier's repository asked for more certificates at once than its share
+        (a burst of calls after a restart, the cache empty) has the calls past it wait within
+        their own fetch_timeout, not fail. (The fetches' limit in all is refused at once.)"""
+        if trio.current_time() >= deadline:
             return False
         with trio.move_on_at(deadline):
             await self._fetch_finished.wait()
@@ -443,26 +456,29 @@ class StirShaken:
 
     def _start_fetch(
         self,
-        fetching: dict[str, _Fetch],
-        hosts: Counter[str],
+        fetches: _Fetches,
         url: str,
+        trunk: str,
         work: Callable[..., Awaitable[SignerCertificate | RevocationList]],
         *args: object,
     ) -> _Fetch:
-        """``work(*args)``, the fetch of ``url``, started in :meth:`run`'s nursery and listed
-        in ``fetching`` (and counted in ``hosts``) until it finished, for the calls that wait
-        for it."""
+        """``work(*args)``, the fetch of ``url`` a call from ``trunk`` asked for, started in
+        :meth:`run`'s nursery and listed (and counted by host and trunk) in ``fetches`` until
+        it finished, for the calls that wait for it."""
         if self._nursery is None:
             raise RuntimeError("stir_shaken: the service's run() is not running (it holds fetches)")
-        fetch = fetching[url] = _Fetch()
-        hosts[fetch_host(url)] += 1
-        self._nursery.start_soon(self._run_fetch, fetching, hosts, url, fetch, work, args)
+        fetch = _Fetch(host=fetch_host(url), trunk=trunk)
+        # Listed and counted once its task exists (start_soon raises for a nursery closed as
+        # the gateway stops): a fetch counted with no task to end it would hold its host's and
+        # trunk's slots, and have every call needing its URL wait for it, until the restart.
+        # The task cannot end before it is listed: it runs at the next checkpoint, not here.
+        self._nursery.start_soon(self._run_fetch, fetches, url, fetch, work, args)
+        fetches.add(url, fetch)
         return fetch
 
     async def _run_fetch(
         self,
-        fetching: dict[str, _Fetch],
-        hosts: Counter[str],
+        fetches: _Fetches,
         url: str,
         fetch: _Fetch,
         work: Callable[..., Awaitable[SignerCertificate | RevocationList]],
@@ -477,13 +493,9 @@ class StirShaken:
         except (PassportError, RevocationUnavailable) as err:
             fetch.error = err
         except Exception:
-            log_exception(log, "stir_shaken: the fetch of %s failed", redact_password(url))
+            log_exception(log, "stir_shaken: the fetch of %s failed", shown_url(url))
         finally:
-            del fetching[url]
-            host = fetch_host(url)
-            hosts[host] -= 1
-            if not hosts[host]:
-                del hosts[host]  # a host's count goes with its last fetch
+            fetches.remove(url, fetch)
             fetch.done.set()
             self._fetch_finished.set()  # a slot free: the calls waiting for one look again
             self._fetch_finished = trio.Event()
@@ -542,17 +554,18 @@ class StirShaken:
         return Verification(self, call, request.headers.get_all("Identity"))
 
     async def signer(
-        self, url: str, deadline: float | None = None
+        self, url: str, deadline: float | None = None, *, trunk: str = ""
     ) -> tuple[ec.EllipticCurvePublicKey, str | None]:
         """The public key of the certificate at ``url`` once it chains to a trust anchor and,
         with ``check_revocation``, none of its chain is in the CRLs it names; with it, None, or
         why revocation could not be checked (``revocation_unavailable = "pass"``). Certificate
         and CRLs are fetched unless cached, all by ``deadline`` (trio time; default: one
-        ``fetch_timeout`` from now): a call never waits longer for them. PassportError for a
+        ``fetch_timeout`` from now): a call never waits longer for them; a certificate fetch it
+        starts counts in ``trunk``'s share (:attr:`trunk_share`). PassportError for a
         certificate that fails (revoked: 437)."""
         if deadline is None:
             deadline = trio.current_time() + self.config.fetch_timeout
-        signer, _ = await self._signer_certificate(url, deadline)
+        signer, _ = await self._signer_certificate(url, deadline, trunk)
         return signer.key, await self.revocation_status(signer, deadline)
 
     async def revocation_status(self, signer: SignerCertificate, deadline: float) -> str | None:
@@ -561,19 +574,22 @@ class StirShaken:
             return None
         return await self.revocation(signer, deadline)
 
-    async def signer_certificate(self, url: str, deadline: float) -> SignerCertificate:
+    async def signer_certificate(
+        self, url: str, deadline: float, *, trunk: str = ""
+    ) -> SignerCertificate:
         """The certificate at ``url`` once it chains to a trust anchor, unless cached fetched
         (a task of :meth:`run`, shared by the calls that need it meanwhile) and waited for
         until ``deadline`` (trio time). What is cached is the checked certificate, kept for the
         answer's max-age and never past the chain's first expiry, so a call with a cached signer
         costs one ECDSA verification. A failure (no answer, not fetched, not chaining) is kept
         for :data:`FAILED_CERTIFICATE_RETRY`: while a carrier's certificate server is down, each
-        of its calls would otherwise wait ``fetch_timeout`` to ring."""
-        signer, _ = await self._signer_certificate(url, deadline)
+        of its calls would otherwise wait ``fetch_timeout`` to ring. A fetch it starts counts
+        in the share of ``trunk`` (the trunk whose call asks: :attr:`trunk_share`)."""
+        signer, _ = await self._signer_certificate(url, deadline, trunk)
         return signer
 
     async def _signer_certificate(
-        self, url: str, deadline: float
+        self, url: str, deadline: float, trunk: str = ""
     ) -> tuple[SignerCertificate, bool]:
         """:meth:`signer_certificate`, and whether it came from the cache (True), not from a
         fetch for this call or one it waited for."""
@@ -595,20 +611,17 @@ class StirShaken:
                 )
             # One fetch for every call that needs it meanwhile (a burst of calls after a
             # carrier's new certificate), which each waits for until its own deadline.
-            fetch = self._fetching.get(url)
+            fetch = self._fetching.running.get(url)
             if fetch is not None:
                 break
-            full = self._no_room(
-                self._fetching, self._fetching_hosts, url, MAX_FETCHES, "certificate"
-            )
+            full = self._fetching.no_room(url, trunk)
             if full is None:
-                fetch = self._start_fetch(
-                    self._fetching, self._fetching_hosts, url, self._fetch_certificate, url
-                )
+                fetch = self._start_fetch(self._fetching, url, trunk, self._fetch_certificate, url)
                 break
-            if not await self._waited_for_host(self._fetching, MAX_FETCHES, deadline):
+            why, may_wait = full
+            if not (may_wait and await self._waited_for_slot(deadline)):
                 raise PassportError(
-                    f"certificate not fetched: {full}", outcome="bad_info", status=436
+                    f"certificate not fetched: {why}", outcome="bad_info", status=436
                 )
         with trio.move_on_at(deadline):
             await fetch.done.wait()
@@ -638,7 +651,7 @@ class StirShaken:
             raise
 
     async def renewed_signer(
-        self, url: str, stale: SignerCertificate, deadline: float
+        self, url: str, stale: SignerCertificate, deadline: float, *, trunk: str = ""
     ) -> SignerCertificate | None:
         """The certificate at ``url`` fetched again, bypassing the cache, when a signature did
         not verify with the cached ``stale`` one: a signer that rotated its key under the same
@@ -652,39 +665,38 @@ class StirShaken:
         said at INFO (URL, subject, serial). Each re-fetch is counted in
         :attr:`certificate_refetches` and uses up the URL's interval once it finished (a
         certificate, or a failure: not fetched, timed out, not chaining); one the gateway's
-        stop cut short does neither."""
+        stop cut short does neither. It counts in ``trunk``'s share (:attr:`trunk_share`)."""
         # Another call fetched it again meanwhile (between this call's cache look-up and now).
         while True:
             cached = self.cache.get(url, self.clock())
             if isinstance(cached, SignerCertificate) and not _same_certificate(cached, stale):
                 return cached
-            fetch = self._fetching.get(url)
+            fetch = self._fetching.running.get(url)
             if fetch is not None:
                 break
             now = trio.current_time()
             self._forget_refetches(now)
             if url in self._refetched:
                 return None  # the URL was fetched again less than a minute ago
-            full = self._no_room(
-                self._fetching, self._fetching_hosts, url, MAX_FETCHES, "certificate"
-            )
+            full = self._fetching.no_room(url, trunk)
             if full is not None:
-                if await self._waited_for_host(self._fetching, MAX_FETCHES, deadline):
-                    continue  # a slot of the host may be free: looked at again
+                why, may_wait = full
+                if may_wait and await self._waited_for_slot(deadline):
+                    continue  # a slot of the host or trunk may be free: looked at again
                 # Not a re-fetch (neither counted nor spending the URL's minute): the next call
                 # that fails with the cached certificate asks again. Said, or a rotated key's
                 # calls would fail for no reason the log gives.
                 log.info(
                     "stir_shaken: certificate %s not fetched again after a signature failed: %s",
-                    redact_password(url),
-                    full,
+                    shown_url(url),
+                    why,
                 )
                 return None
             if now >= deadline:
                 # The call's time is up (the minute's fetch kept for a call that has some).
                 return None
             fetch = self._start_fetch(
-                self._fetching, self._fetching_hosts, url, self._refetch_certificate, url, stale
+                self._fetching, url, trunk, self._refetch_certificate, url, stale
             )
             break
         with trio.move_on_at(deadline):
@@ -707,7 +719,7 @@ class StirShaken:
             self._refetch_finished(url, "failed")
             log.info(
                 "stir_shaken: certificate %s not fetched again after a signature failed: %s",
-                redact_password(url),
+                shown_url(url),
                 err.reason,
             )
             raise
@@ -717,7 +729,7 @@ class StirShaken:
         self._refetch_finished(url, "replaced")
         log.info(
             "stir_shaken: certificate %s changed: now %s, serial %x",
-            redact_password(url),
+            shown_url(url),
             renewed.subject,
             renewed.serial,
         )
@@ -763,7 +775,7 @@ class StirShaken:
         )
         if signer.no_crl and self.config.check_revocation:
             # Once a fetch. The URL is a peer's x5u: shown without any password it holds.
-            log.warning("stir_shaken: certificate %s: %s", redact_password(url), signer.no_crl)
+            log.warning("stir_shaken: certificate %s: %s", shown_url(url), signer.no_crl)
         # ATIS-1000074 §5.3.1: an answer without caching directives, or that says to cache
         # for less than a day, is cached by the verifier all the same (a day there;
         # certificate_cache, an hour by default, here, as Asterisk's max_cache_entry_age).
@@ -793,7 +805,9 @@ class StirShaken:
         unavailable = None
         for check in signer.revocation:
             try:
-                crl = await self.revocation_list(check.crl_url, signer, deadline)
+                crl = self._issued_for(
+                    await self.revocation_list(check.crl_url, signer, deadline), check
+                )
             except RevocationUnavailable as exc:
                 unavailable = unavailable or self.revocation_unknown(exc.reason)
                 continue
@@ -826,25 +840,27 @@ class StirShaken:
         if not host_allowed(url, self.config.certificate_hosts):
             raise RevocationUnavailable("CRL URL's host not in certificate_hosts")
         while True:
-            cached = self.crls.get(url, self.clock())
+            now = self.clock()
+            cached = self.crls.get(url, now)
             if isinstance(cached, RevocationList):
                 return self._signed_for(cached, signer)
-            if isinstance(cached, RevocationUnavailable):
+            failed = self.crl_failures.get(url, now)
+            if isinstance(failed, RevocationUnavailable):
                 raise RevocationUnavailable(
-                    f"{cached.reason} (less than {FAILED_CERTIFICATE_RETRY:g} s ago)"
+                    f"{failed.reason} (less than {FAILED_CERTIFICATE_RETRY:g} s ago)"
                 )
-            fetch = self._crl_fetching.get(url)
+            fetch = self._crl_fetching.running.get(url)
             if fetch is not None:
                 break
-            hosts = self._crl_fetching_hosts
-            full = self._no_room(self._crl_fetching, hosts, url, MAX_CRLS, "CRL")
+            full = self._crl_fetching.no_room(url, "")
             if full is None:
                 fetch = self._start_fetch(
-                    self._crl_fetching, hosts, url, self._fetch_crl_kept, url, signer
+                    self._crl_fetching, url, "", self._fetch_crl_kept, url, signer
                 )
                 break
-            if not await self._waited_for_host(self._crl_fetching, MAX_CRLS, deadline):
-                raise RevocationUnavailable(full)
+            why, may_wait = full
+            if not (may_wait and await self._waited_for_slot(deadline)):
+                raise RevocationUnavailable(why)
         with trio.move_on_at(deadline):
             await fetch.done.wait()
         if isinstance(fetch.result, RevocationList):
@@ -865,6 +881,22 @@ class StirShaken:
             raise RevocationUnavailable("CRL not signed by the trust anchors")
         return crl
 
+    @staticmethod
+    def _issued_for(crl: RevocationList, check: RevocationCheck) -> RevocationList:
+        """``crl`` once it may say whether the certificate of ``check`` is revoked: RFC 5280
+        §6.3.3 (b) takes a CRL for a certificate only from the certificate's own issuer (a
+        complete CRL) or from a CRL issuer the certificate names in its distribution point
+        (cRLIssuer: the STI-PA's, ATIS-1000080 §6.4.1, an indirect CRL). Which CA of the
+        chain, or which trust anchor, signed it is :meth:`_signed_for`'s question; this one is
+        whether that signature speaks for this certificate: a CRL an intermediate signed
+        covers the certificates that intermediate issued, not the intermediate itself."""
+        if not crl.issued_for(check):
+            raise RevocationUnavailable(
+                f"CRL of {crl.issuer} does not cover {check.subject} (RFC 5280 §6.3.3: "
+                "neither its issuer nor a CRL issuer it names)"
+            )
+        return crl
+
     async def _fetch_crl_kept(self, url: str, signer: SignerCertificate) -> RevocationList:
         """The fetch of the CRL at ``url`` (:meth:`revocation_list`) that ``signer``'s chain
         asked for first, within one fetch_timeout of its own; a failure is said once and kept
@@ -875,8 +907,9 @@ class StirShaken:
                 url, signer, now, trio.current_time() + self.config.fetch_timeout
             )
         except RevocationUnavailable as err:
-            log.warning("stir_shaken: CRL %s unavailable: %s", redact_password(url), err.reason)
-            self.crls.put(url, err, max_age=FAILED_CERTIFICATE_RETRY, now=now)
+            log.warning("stir_shaken: CRL %s unavailable: %s", shown_url(url), err.reason)
+            # Apart from the CRLs (self.crl_failures), as a certificate URL's failure is.
+            self.crl_failures.put(url, err, max_age=FAILED_CERTIFICATE_RETRY, now=now)
             raise
 
     async def _fetch_revocation_list(
@@ -909,7 +942,7 @@ class StirShaken:
                 # for the others (_signed_for).
                 log.warning(
                     "stir_shaken: CRL %s unavailable: CRL not signed by the trust anchors",
-                    redact_password(url),
+                    shown_url(url),
                 )
                 keep = min(keep, FAILED_CERTIFICATE_RETRY)
         self.crls.put(url, crl, max_age=keep, now=now)
@@ -966,9 +999,52 @@ class _Fetch:
     that need the URL meanwhile wait for: its checked result or its failure once ``done``
     (neither: the gateway stopped it, or it failed unexpectedly)."""
 
+    host: str  # the URL's (fetch_host), whose MAX_FETCHES_PER_HOST it counts in
+    trunk: str  # the trunk whose call started it, whose share (trunk_share) it counts in
     done: trio.Event = attrs.Factory(trio.Event)
     result: SignerCertificate | RevocationList | None = None
     error: PassportError | RevocationUnavailable | None = None
+
+
+@attrs.define
+class _Fetches:
+    """The certificate (or CRL) fetches running, by URL (the calls needing one wait for it),
+    counted by host and by the trunk whose call started each: at most ``limit`` in all, each
+    host :data:`MAX_FETCHES_PER_HOST`, each trunk ``per_trunk``."""
+
+    kind: str  # "certificate" or "CRL", as the reasons say
+    limit: int
+    per_trunk: int
+    running: dict[str, _Fetch] = attrs.Factory(dict)
+    hosts: Counter[str] = attrs.Factory(Counter)
+    trunks: Counter[str] = attrs.Factory(Counter)
+
+    def no_room(self, url: str, trunk: str) -> tuple[str, bool] | None:
+        """Why one more fetch, of ``url`` for a call from ``trunk``, may not start now, and
+        whether a call may wait for a slot (a host's or a trunk's share: a fetch of theirs
+        ends within fetch_timeout) or not (every slot: a stranger naming a new URL in each
+        call, refused at once); None when it may start."""
+        if len(self.running) >= self.limit:
+            return f"{self.limit} {self.kind} fetches running already", False
+        host = fetch_host(url)
+        if self.hosts[host] >= MAX_FETCHES_PER_HOST:
+            shown = shown_host(host)
+            return f"{MAX_FETCHES_PER_HOST} {self.kind} fetches to {shown} running already", True
+        if self.trunks[trunk] >= self.per_trunk:
+            return f"{self.per_trunk} {self.kind} fetches for trunk {trunk} running already", True
+        return None
+
+    def add(self, url: str, fetch: _Fetch) -> None:
+        self.running[url] = fetch
+        self.hosts[fetch.host] += 1
+        self.trunks[fetch.trunk] += 1
+
+    def remove(self, url: str, fetch: _Fetch) -> None:
+        del self.running[url]
+        for counts, key in ((self.hosts, fetch.host), (self.trunks, fetch.trunk)):
+            counts[key] -= 1
+            if not counts[key]:
+                del counts[key]  # a host's or trunk's count goes with its last fetch
 
 
 class Verification:
@@ -998,7 +1074,9 @@ class Verification:
                     now=service.clock(),
                     freshness=service.config.freshness,
                 )
-                signer, cached = await service._signer_certificate(passport.x5u, deadline)
+                signer, cached = await service._signer_certificate(
+                    passport.x5u, deadline, call.trunk
+                )
                 try:
                     verify_signature(passport, signer.key)
                 except PassportError as err:
@@ -1007,7 +1085,9 @@ class Verification:
                     # deadline), not the one cached before.
                     if not cached or err.outcome != "bad_signature":
                         raise
-                    renewed = await service.renewed_signer(passport.x5u, signer, deadline)
+                    renewed = await service.renewed_signer(
+                        passport.x5u, signer, deadline, trunk=call.trunk
+                    )
                     if renewed is None:
                         raise
                     verify_signature(passport, renewed.key)

@@ -12,7 +12,9 @@ never the call's end.
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
@@ -21,7 +23,9 @@ import attrs
 import h11
 import trio
 
-from gateway.core.logs import system_error_text
+from gateway.core.ip import ip_literal
+from gateway.core.logs import shown_text, system_error_text
+from gateway.core.sip.uri import redact_password
 from gateway.core.transport.flows import format_host_port
 
 MAX_BODY = 65536
@@ -43,6 +47,13 @@ MAX_FETCHES_PER_HOST = 6
 CERTIFICATE_TYPES = "application/pem-certificate-chain, application/pkix-cert"
 CRL_TYPES = "application/pkix-crl"  # RFC 5280 §4.2.1.13: a DER CRL
 _MAX_AGE = re.compile(rb"max-age\s*=\s*(\d{1,10})")
+# What inet_aton(3) may read as an IPv4 address: decimal, octal (leading 0) or hexadecimal (0x)
+# numbers, one to four of them (lower case: urlsplit's hostname is).
+_IPV4_SPELLING = re.compile(r"[0-9a-fx]+(\.[0-9a-fx]+){0,3}")
+# How much of a host (RFC 1035 §2.3.4: 253 characters at most) and of a URL (a PASSporT's x5u:
+# 512, passport.py) a line shows.
+MAX_SHOWN_HOST = 253
+MAX_SHOWN_URL = 512
 
 Fetcher = Callable[[str], Awaitable["Fetched"]]
 
@@ -62,8 +73,49 @@ class Fetched:
 
 
 def fetch_host(url: str) -> str:
-    """The host ``url`` is fetched from, lower case, as :func:`host_allowed` compares it."""
-    return (urlsplit(url).hostname or "").rstrip(".")
+    """The host ``url`` is fetched from, as :func:`host_allowed` compares it and the fetches to
+    one host are counted: a name in lower case without its trailing dot, an IP address in one
+    spelling (:func:`one_spelling`)."""
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:  # not a URL (passport.py refuses such an x5u): no host
+        return ""
+    return one_spelling(host.rstrip("."))
+
+
+def one_spelling(host: str) -> str:
+    """``host`` once more, but an IP address written as the system's resolver reads it in any
+    of its spellings (``127.1``, ``2130706433``, ``0x7f.1``, ``0177.0.0.1``: inet_aton(3)'s
+    forms, which getaddrinfo(3) connects to as 127.0.0.1; an IPv6 address with zeros written
+    out, or an IPv4-mapped one) in its canonical one, ``127.0.0.1``. Each spelling is the same
+    server: counted as one host (MAX_FETCHES_PER_HOST), compared as one with
+    ``certificate_hosts``. A DNS name comes back as it is."""
+    try:
+        address = ip_literal(host)
+    except ValueError:
+        if not _IPV4_SPELLING.fullmatch(host):
+            return host
+        try:
+            packed = socket.inet_aton(host)
+        except OSError:
+            return host  # a name of hexadecimal letters, "1.2.3.4.5": not an address
+        return str(ipaddress.IPv4Address(packed))
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+def shown_host(host: str) -> str:
+    """A host an x5u or a CRL URL names, for a reason, a call's record or a log line: escaped
+    as every peer's text is (:func:`~gateway.core.logs.shown_text`)."""
+    return shown_text(host, MAX_SHOWN_HOST)
+
+
+def shown_url(url: str) -> str:
+    """An x5u or CRL URL for a log line: without the password it may hold (redact_password),
+    escaped as every peer's text is (:func:`~gateway.core.logs.shown_text`). An x5u is a
+    PASSporT's JSON string: it may hold CR LF, an ESC sequence, any letter."""
+    return shown_text(redact_password(url), MAX_SHOWN_URL)
 
 
 def host_allowed(url: str, hosts: tuple[str, ...]) -> bool:
@@ -90,15 +142,19 @@ def https_fetcher(
     server), refusing an answer of more than ``max_body`` bytes."""
 
     async def fetch(url: str) -> Fetched:
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            port = parts.port or 443
+        except ValueError:
+            raise FetchError("not a URL") from None
         if parts.scheme != "https" or not parts.hostname:
             raise FetchError("only https URLs are fetched")
         host = parts.hostname
-        port = parts.port or 443
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         # The server by host and port only: the URL may hold a password (redact_password's
         # concern); why, in the system's and OpenSSL's words, never the exception's text.
-        where = format_host_port(host, port)
+        # The host as the URL's signer wrote it (any letter, CR LF): escaped (shown_host).
+        where = format_host_port(shown_host(host), port)
         try:
             stream = await trio.open_ssl_over_tcp_stream(
                 host, port, ssl_context=ssl_context, https_compatible=True

@@ -23,6 +23,7 @@ import binascii
 import json
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 from cryptography.exceptions import InvalidSignature
@@ -204,6 +205,10 @@ def parse_identity_untrusted(value: str) -> Passport:
     if not isinstance(x5u, str) or not x5u.startswith("https://") or len(x5u) > 512:
         # ATIS-1000074 §5.3.1: the certificate comes over HTTPS only.
         raise PassportError("x5u is not an https URL", outcome="bad_info", status=436)
+    if not _has_host(x5u):
+        # "https://[::1/", "https://h:99999/", "https:///x.pem": no server to fetch from (and
+        # urlsplit's ValueError, out of the service, was a traceback for each such call).
+        raise PassportError("x5u names no host to fetch from", outcome="bad_info", status=436)
     if info is not None and info != x5u:
         raise PassportError("info and x5u differ", outcome="malformed")
     return Passport(
@@ -225,6 +230,15 @@ def _json_object(data: bytes, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise PassportError(f"PASSporT {what} is not a JSON object", outcome="malformed")
     return value
+
+
+def _has_host(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:  # an unclosed IPv6 bracket, a port out of range, NFKC-changing letters
+        return False
+    return bool(parts.hostname)
 
 
 def _claims(payload: dict[str, Any]) -> Claims:

@@ -78,7 +78,7 @@ async def test_one_host_holds_at_most_its_share_of_the_certificate_fetches(
         signer = await service.signer_certificate(GOOD, trio.current_time() + 30)
         assert signer.serial == pki.signer.serial_number
         await trio.sleep(26)  # the host's fetches' own fetch_timeout: its slots free
-        assert not service._fetching and not service._fetching_hosts
+        assert not service._fetching.running and not service._fetching.hosts
         nursery.cancel_scope.cancel()
 
 
@@ -284,7 +284,7 @@ async def test_a_burst_of_certificates_on_one_host_waits_for_its_slots_not_refus
         assert max(waited) <= 0.8 + 1e-6
         assert sorted(fetched) == sorted(urls)
         assert most == MAX_FETCHES_PER_HOST
-        assert not service._fetching and not service._fetching_hosts
+        assert not service._fetching.running and not service._fetching.hosts
         nursery.cancel_scope.cancel()
 
 
@@ -357,7 +357,7 @@ async def test_a_burst_of_crls_on_one_host_waits_for_its_slots_not_unavailable(
             for url in urls:
                 calls.start_soon(look_up, url)
         assert sorted(checked) == sorted(urls)
-        assert not service._crl_fetching and not service._crl_fetching_hosts
+        assert not service._crl_fetching.running and not service._crl_fetching.hosts
         nursery.cancel_scope.cancel()
 
 

@@ -94,7 +94,7 @@ async def test_a_fetch_that_raises_unexpectedly_is_said_once_and_the_service_goe
             calls.start_soon(wait_for_buggy)
             calls.start_soon(wait_for_buggy)
         assert [err.status for err in refused] == [436, 436]
-        assert not service._fetching
+        assert not service._fetching.running
         assert service.cache.get(buggy, service.clock()) is None
         said = [r for r in caplog.records if "the fetch of" in r.getMessage()]
         assert [r.getMessage() for r in said] == [f"stir_shaken: the fetch of {buggy} failed"]
@@ -159,4 +159,4 @@ async def test_crl_fetches_running_at_once_are_bounded_and_the_gateways_stop_end
         # The gateway's stop: the plugin's task (run) is cancelled, the call is not yet.
         plugins.cancel_scope.cancel()
     assert told == ["CRL fetch did not finish"]
-    assert not service._crl_fetching and not service._fetching
+    assert not service._crl_fetching.running and not service._fetching.running

@@ -26,4 +26,5 @@ def test_it_prints_a_cost_for_signing_and_verifying() -> None:
     labels = [label for label, _ in rows]
     assert labels[0] == "sign (one ES256 signature and the header)"
     assert "verify, signer cached (parse, claims, signature)" in labels
+    assert "CRL look-up, cached: an intermediate's CRL" in labels
     assert all(float(micros) > 0 for _, micros in rows)

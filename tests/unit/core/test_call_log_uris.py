@@ -92,6 +92,12 @@ def _uri_named(node: ast.AST) -> bool:
     )
 
 
+# Functions that pass what they show through redact_password: itself, and the stir_shaken
+# plugin's shown_url (fetch.py: redacted, then escaped as peer text; test_sti_certificates.py
+# checks that it redacts).
+REDACTING = {"redact_password", "shown_url"}
+
+
 def _bare_uris(argument: ast.AST) -> list[int]:
     """Lines where ``argument`` uses a URI-named value outside redact_password(...) (a
     comparison, as in ``"" if url is None else ...``, shows nothing)."""
@@ -100,7 +106,7 @@ def _bare_uris(argument: ast.AST) -> list[int]:
     if (
         isinstance(argument, ast.Call)
         and isinstance(argument.func, ast.Name)
-        and argument.func.id == "redact_password"
+        and argument.func.id in REDACTING
     ):
         return []
     if (isinstance(argument, ast.Attribute) and argument.attr in URI_NAMES) or (
@@ -153,6 +159,7 @@ def test_the_scan_finds_what_it_is_for() -> None:
     assert unredacted('log_exception(log, "from %s", binding.aor)') == [1]
     assert unredacted('log.info("%s", "" if url is None else f" of {url}")') == [1]
     assert unredacted('log.info("to %s", redact_password(str(target.uri)))') == []
+    assert unredacted('log.info("fetch of %s", shown_url(url))') == []
     assert unredacted('log.info("%s", "" if url is None else "x")') == []
     assert unredacted('log.info("to %s", transfer.target)') == [1]
     assert unredacted('log.info("to %s", refer_to)') == [1]

@@ -230,3 +230,21 @@ def test_claims_freshness_and_numbers() -> None:
 )
 def test_verstat_of_each_outcome(outcome: str, expected: str) -> None:
     assert verstat(outcome) == expected
+
+
+@pytest.mark.parametrize(
+    "x5u",
+    ["https://[::1/x.pem", "https://certs.example:99999/x.pem", "https:///x.pem", "https://"],
+)
+def test_an_x5u_naming_no_host_is_bad_info(x5u: str) -> None:
+    """An x5u the URL parser refuses (an unclosed IPv6 bracket, a port out of range) or
+    that names no host: refused as bad info (436) when the header is read. On main it passed,
+    and urlsplit's ValueError came out of the verification service: a traceback logged for
+    each such call ("a caller-identity service failed to check")."""
+    base = {"alg": "ES256", "ppt": "shaken", "typ": "passport", "x5u": x5u}
+    error = refused(header_with(base).split(";")[0])
+    assert (error.reason, error.outcome, error.status) == (
+        "x5u names no host to fetch from",
+        "bad_info",
+        436,
+    )

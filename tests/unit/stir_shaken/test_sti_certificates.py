@@ -12,7 +12,13 @@ from gateway.plugins.stir_shaken.certificates import (
     load_trust_anchors,
     validate_chain,
 )
-from gateway.plugins.stir_shaken.fetch import CertificateCache, host_allowed
+from gateway.plugins.stir_shaken.fetch import (
+    CertificateCache,
+    host_allowed,
+    one_spelling,
+    shown_host,
+    shown_url,
+)
 from gateway.plugins.stir_shaken.passport import PassportError
 from gateway.testing.sti_pki import make_pki
 
@@ -89,3 +95,51 @@ def test_certificate_hosts_allow_a_host_or_a_domains_hosts() -> None:
     assert not host_allowed("https://user@169.254.169.254/latest", hosts)
     assert not host_allowed("not a url", hosts)
     assert host_allowed("https://169.254.169.254/latest", ())  # no list: every host
+
+
+@pytest.mark.parametrize(
+    ("host", "spelled"),
+    [
+        ("127.1", "127.0.0.1"),
+        ("2130706433", "127.0.0.1"),
+        ("0x7f.1", "127.0.0.1"),
+        ("0177.0.0.1", "127.0.0.1"),
+        ("0x7f000001", "127.0.0.1"),
+        ("127.0.0.1", "127.0.0.1"),
+        ("::ffff:127.0.0.1", "127.0.0.1"),
+        ("0:0:0:0:0:0:0:1", "::1"),
+        ("certs.carrier.example", "certs.carrier.example"),
+        ("dead.beef", "dead.beef"),  # hexadecimal letters without 0x: a name
+        ("1.2.3.4.5", "1.2.3.4.5"),  # no address (getaddrinfo looks it up as a name)
+        ("0x", "0x"),
+    ],
+)
+def test_an_ip_address_has_one_spelling(host: str, spelled: str) -> None:
+    """inet_aton(3)'s spellings of an IPv4 address (getaddrinfo connects to each as the
+    address), an IPv6 address's, an IPv4-mapped one: one host to count and compare."""
+    assert one_spelling(host) == spelled
+
+
+def test_certificate_hosts_compare_an_ip_address_in_any_spelling() -> None:
+    """An address listed in certificate_hosts is the address however a URL spells it, and
+    however the list does: 127.1 is 127.0.0.1 (on main "https://127.1/" was refused with
+    127.0.0.1 listed, and allowed with 127.1 listed though it is the same server)."""
+    from gateway.plugins.stir_shaken import StirShakenConfig
+
+    listed = StirShakenConfig(certificate_hosts=("0x7f.1",)).certificate_hosts
+    assert listed == ("127.0.0.1",)
+    assert host_allowed("https://127.1/a.pem", listed)
+    assert host_allowed("https://[::ffff:127.0.0.1]/a.pem", listed)
+    assert not host_allowed("https://127.0.0.2/a.pem", listed)
+
+
+def test_a_url_or_host_from_an_x5u_is_shown_redacted_and_escaped() -> None:
+    """What the log lines and reasons show of an x5u: no password (redact_password, as
+    tests/unit/core/test_call_log_uris.py takes shown_url to do), no CR LF, escape or
+    non-ASCII letter (logs.shown_text: "?"), cut short past a URL's 512 characters."""
+    assert shown_url("https://u:secret@h.example/a\r\nb\x1b\u0435.pem") == (
+        "https://u:***@h.example/a??b??.pem"
+    )
+    assert shown_host("c\u0435rts.example\x7f") == "c?rts.example?"
+    long = shown_url("https://h.example/" + "a" * 600)
+    assert len(long) == 512 and long.endswith("...")

@@ -183,15 +183,18 @@ def test_verification_from_any_host_is_warned_of_by_check_config_and_run(
     note = (
         "certificate_hosts: empty, so a trunk in verify_trunks chooses where the gateway "
         "fetches certificates: each Identity's x5u may name any host, internal ones too, and a "
-        "peer naming a new unreachable URL in each call holds the 100 certificate fetches that "
-        "may run at once (a call whose certificate is not cached then fails, 436 under "
-        'on_failure = "reject"); list the STI-CR hosts of your peers\' certificates and the '
+        "peer naming a new unreachable URL in each call holds its trunk's share of the 100 "
+        "certificate fetches that may run at once (all of them for the only trunk in "
+        "verify_trunks; a call from that trunk whose certificate is not cached then fails, 436 "
+        'under on_failure = "reject"); list the STI-CR hosts of your peers\' certificates and the '
         'STI-PA\'s CRL host, e.g. certificate_hosts = [".carrier.example", "crl.sti-pa.example"]'
     )
     verifying = {"verify_trunks": ["carrier"], "trust_anchors": str(anchors)}
     assert config(**verifying).config_notes() == [note]
     assert config(**verifying, certificate_hosts=[".carrier.example"]).config_notes() == []
-    assert config().config_notes() == []
+    # No verification, nothing of certificate_hosts (the plugin's idleness is a note of its
+    # own: test_enabled_without_trunks_is_warned_of_by_check_config_and_run).
+    assert not [n for n in config().config_notes() if n.startswith("certificate_hosts")]
 
     path = tmp_path / "voipgw.toml"
     path.write_text(
@@ -229,4 +232,67 @@ def test_verification_from_any_host_is_warned_of_by_check_config_and_run(
             logging.WARNING,
             f"configuration: {path}: [plugins.stir_shaken] {note}",
         )
+    ]
+
+
+def test_enabled_without_trunks_is_warned_of_by_check_config_and_run(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The plugin enabled with neither sign_trunks nor verify_trunks does nothing for any
+    call: check-config says so as a warning (exit 0: a plugin enabled ahead of its trunks must
+    not fail a deployment pipeline), run at WARNING in its configuration line, and, as before,
+    in its own line at start-up (log watchers may match it). On main check-config said
+    nothing, and run only the second line."""
+    note = (
+        "sign_trunks: empty, and so is verify_trunks: the plugin is enabled but signs and "
+        "verifies no call; list the trunks whose INVITEs it signs (sign_trunks) and those whose "
+        'Identity it verifies (verify_trunks), or take "stir_shaken" out of [plugins] enable'
+    )
+    assert config().config_notes() == [note]
+    anchors, _, _ = make_pki().write(tmp_path)
+    assert note not in config(verify_trunks=["carrier"], trust_anchors=str(anchors)).config_notes()
+
+    path = tmp_path / "voipgw.toml"
+    path.write_text(
+        f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n[sip]\nlisten = ["udp:127.0.0.1:0"]\n'
+        '[plugins]\nenable = ["udp", "stir_shaken"]\n'
+    )
+    code = cli.main(["check-config", str(path)])
+    out, err = capsys.readouterr()
+    assert code == cli.EXIT_OK, err
+    assert f"voipgw: warning: {path}: [plugins.stir_shaken] {note}" in err.splitlines()
+    assert out.startswith(f"{path}: OK")
+
+    class Opened(Exception):
+        pass
+
+    def open_store(*args: object, **kwargs: object) -> None:
+        raise Opened
+
+    caplog.clear()  # check-config's own (its register hook's line among them)
+    caplog.set_level(logging.WARNING)
+    loaded = from_toml(path)
+    built = Gateway(loaded, load_plugins(loaded))
+    monkeypatch.setattr(gateway_mod, "open_store", open_store)
+    with pytest.raises(Opened):
+        trio.run(built.serve)
+    said = [
+        (r.name, r.levelno, r.getMessage())
+        for r in caplog.records
+        if "sign_trunks" in r.getMessage()
+    ]
+    assert sorted(said) == [
+        (
+            "gateway.plugins.stir_shaken",
+            logging.WARNING,
+            f"configuration: {path}: [plugins.stir_shaken] {note}",
+        ),
+        (
+            "gateway.plugins.stir_shaken",
+            logging.WARNING,
+            "stir_shaken: enabled, but neither sign_trunks nor verify_trunks is set",
+        ),
     ]
