@@ -1221,3 +1221,26 @@ async def test_strangers_on_many_ports_leave_room_for_the_proven_peer(
     assert engine.sources[-QUEUE_KEPT_FOR_PEERS:] == [
         (hello(100 + n), nat) for n in range(QUEUE_KEPT_FOR_PEERS)
     ]
+
+
+async def test_strangers_on_many_ports_leave_room_for_the_sdp_address(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """The SDP address's datagrams are never counted with other sources': once strangers on
+    many ports took their QUEUE minus QUEUE_KEPT_FOR_PEERS, the peer's from its SDP address
+    still wait and are fed (counted with them, they were dropped: the phone waited for its
+    resend)."""
+    engine = RestartingEngine(timer=None)
+    task, handler = await caller_task(nursery, engine)
+    ports = range(5001, 5001 + QUEUE // QUEUE_PER_SOURCE)
+    for port in ports:
+        for n in range(QUEUE_PER_SOURCE):
+            handler(hello(n), (STRANGER[0], port))
+    for n in range(QUEUE_KEPT_FOR_PEERS):
+        handler(hello(100 + n), PEER)
+    await settle()
+    others = QUEUE - QUEUE_KEPT_FOR_PEERS
+    assert task.session.dropped("blocked") == len(ports) * QUEUE_PER_SOURCE - others
+    assert engine.received[-QUEUE_KEPT_FOR_PEERS:] == [
+        hello(100 + n) for n in range(QUEUE_KEPT_FOR_PEERS)
+    ]
