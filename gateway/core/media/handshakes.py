@@ -234,7 +234,7 @@ class CallHandshakes:
         self._on_keys = on_keys
         self._on_failure = on_failure
         self._send, self._receive = trio.open_memory_channel[_Item](QUEUE)
-        self._hooked: dict[tuple[str, int, bool], tuple[RelayStream, bool]] = {}
+        self._hooked: dict[tuple[str, int, bool], tuple[RelayStream, bool, bool]] = {}
         """The relay streams whose sockets hand on to this task, per (side, stream, RTCP port),
         and whether that socket takes only the SDP address before keys (:meth:`_hook`)."""
         self._rtcp_keys: dict[tuple[str, int], tuple[KeyNegotiation, SrtpKeys | None]] = {}
@@ -462,13 +462,16 @@ class CallHandshakes:
                         if relay_side is None or not relay_side.send(
                             packet, rtcp=rtcp, copy_to_sdp_address=copy
                         ):
-                            port = "RTCP" if rtcp else "RTP"
-                            log.debug(
-                                "key-exchange datagram for leg %s stream %d %s port not sent",
-                                side,
-                                index,
-                                port,
-                            )
+                            self._not_sent(side, index, rtcp)
+                    # An engine that runs a handshake per source answers each at its address
+                    # (the dtls engine, docs/media_security.md "Forged handshakes").
+                    addressed = getattr(negotiation, "addressed_packets_to_send", None)
+                    if addressed is not None:
+                        for packet, destination in addressed(now=now):
+                            if relay_side is None or not relay_side.send_to(
+                                packet, destination, rtcp=rtcp
+                            ):
+                                self._not_sent(side, index, rtcp)
                     keys_changed |= self._events(side, index, stream, negotiation, rtcp)
         if item is not None and not self._item_taken:
             # No stream of that side and index drives a handshake on that port. Every drop
@@ -487,6 +490,11 @@ class CallHandshakes:
         self._forget_gone(all_streams)
         if keys_changed:
             self._on_keys()
+
+    @staticmethod
+    def _not_sent(side: str, index: int, rtcp: bool) -> None:
+        port = "RTCP" if rtcp else "RTP"
+        log.debug("key-exchange datagram for leg %s stream %d %s port not sent", side, index, port)
 
     def _offered_new(self) -> dict[str, dict[int, StreamSecurity]]:
         """The streams of a peer's offer still waiting for our answer whose association is not
@@ -766,12 +774,18 @@ class CallHandshakes:
             if self._refuses(negotiation, item):
                 return
             self._strangers_fed.add(port)
-        elif from_sdp and port in self._strangers_fed:
+        if from_sdp and source is not None:
+            # An engine that runs a handshake per source never drops the SDP address's for its
+            # cap, and takes its failure as the leg's (the dtls engine's note_sdp_address).
+            note = getattr(negotiation, "note_sdp_address", None)
+            if note is not None:
+                note(source)
+        if from_sdp and port in self._strangers_fed:
             self._strangers_fed.discard(port)
             restart = getattr(negotiation, "restart_handshake", None)
             # False: the engine had nothing to start afresh (the zrtp engine whose peer's Hello
-            # is bound by a=zrtp-hash never took the other source's); None or anything else
-            # (the dtls engine returns None): it did.
+            # is bound by a=zrtp-hash never took the other source's; the dtls engine, which
+            # runs a handshake per source); None or anything else: it did.
             if restart is not None and restart(now=now) is not False:
                 log.info(
                     "leg %s stream %d %s port: the SDP address spoke after another source's "
@@ -1008,24 +1022,29 @@ class CallHandshakes:
         # negotiation yet (forks ring): the answer's address is not known.
         security = self._legs().get(side)
         found = security.media_path_streams().get(index) if security is not None else None
-        strict = any(
-            getattr(negotiation, "sdp_address_only", False) is True
-            for _, negotiation in (self._negotiations(found) if found is not None else ())
+        engines = tuple(n for _, n in self._negotiations(found)) if found is not None else ()
+        strict = any(getattr(n, "sdp_address_only", False) is True for n in engines)
+        # The engine runs a handshake per source (the dtls engine): the relay hands it DTLS
+        # from every source before keys, not only the latched one and the SDP address.
+        per_source = not strict and any(
+            getattr(n, "handshake_per_source", False) is True for n in engines
         )
         hooked = self._hooked.get((side, index, rtcp))
-        if hooked is not None and hooked[0] is stream and hooked[1] is strict:
+        if hooked is not None and hooked[0] is stream and hooked[1:] == (strict, per_source):
             return
         relay_side = stream.a if side == "a" else stream.b
 
         def handler(packet: bytes, source: Address) -> None:
             self.deliver(side, index, packet, rtcp=rtcp, source=source)
 
-        relay_side.set_non_rtp_handler(handler, rtcp=rtcp, sdp_address_only=strict)
-        self._hooked[(side, index, rtcp)] = (stream, strict)
+        relay_side.set_non_rtp_handler(
+            handler, rtcp=rtcp, sdp_address_only=strict, handshake_per_source=per_source
+        )
+        self._hooked[(side, index, rtcp)] = (stream, strict, per_source)
 
     def _unhook(self) -> None:
         streams = self._streams()
-        for (side, index, rtcp), (stream, _) in self._hooked.items():
+        for (side, index, rtcp), (stream, _, _) in self._hooked.items():
             if not stream.closed:
                 found = streams.get(side, {}).get(index)
                 engines = () if found is None else tuple(n for _, n in self._negotiations(found))

@@ -393,14 +393,22 @@ class RemoteSide:
         *,
         rtcp: bool = False,
         sdp_address_only: bool = False,
+        handshake_per_source: bool = False,
     ) -> None:
         """Datagrams that are not RTP/RTCP (RFC 7983: DTLS, ...) from this leg's peer on the RTP
         socket (``rtcp``: the RTCP socket) go to ``handler``, forwarded by the worker; as
         :meth:`gateway.core.media.relay.StreamSide.set_non_rtp_handler`, ``sdp_address_only``
-        included."""
+        and ``handshake_per_source`` included."""
         self._handlers[rtcp] = handler
         self._stream._send(
-            SetDtls(self._stream.id, self._name, rtcp, handler is not None, sdp_address_only)
+            SetDtls(
+                self._stream.id,
+                self._name,
+                rtcp,
+                handler is not None,
+                sdp_address_only,
+                handshake_per_source,
+            )
         )
 
     def set_ice_handler(self, handler: IceLiteResponder | None, *, rtcp: bool = False) -> None:
@@ -433,6 +441,20 @@ class RemoteSide:
         which also says what ``copy_to_sdp_address`` does)."""
         return self._stream._send(
             SendDatagram(self._stream.id, self._name, rtcp, packet, copy_to_sdp_address)
+        )
+
+    def send_to(self, packet: bytes, destination: tuple[Any, ...], *, rtcp: bool = False) -> bool:
+        """The worker sends ``packet`` to ``destination``
+        (:meth:`~gateway.core.media.relay.StreamSide.send_to`)."""
+        return self._stream._send(
+            SendDatagram(
+                self._stream.id,
+                self._name,
+                rtcp,
+                packet,
+                False,
+                (str(destination[0]), int(destination[1])),
+            )
         )
 
     def latch_peer(self, source: tuple[Any, ...], *, rtcp: bool = False, now: float) -> None:

@@ -80,11 +80,24 @@ class Side:
     sent: list[bytes] = attrs.Factory(list)
     copied: list[bool] = attrs.Factory(list)  # send's copy_to_sdp_address, per datagram
 
+    handshake_per_source: dict[bool, bool] = attrs.Factory(dict)
+    addressed: list[tuple[bytes, Any]] = attrs.Factory(list)  # send_to's, per datagram
+
     def set_non_rtp_handler(
-        self, handler: Any, *, rtcp: bool = False, sdp_address_only: bool = False
+        self,
+        handler: Any,
+        *,
+        rtcp: bool = False,
+        sdp_address_only: bool = False,
+        handshake_per_source: bool = False,
     ) -> None:
         self.handlers[rtcp] = handler
         self.sdp_address_only[rtcp] = sdp_address_only
+        self.handshake_per_source[rtcp] = handshake_per_source
+
+    def send_to(self, packet: bytes, destination: Any, *, rtcp: bool = False) -> bool:
+        self.addressed.append((packet, destination))
+        return True
 
     def send(self, packet: bytes, *, rtcp: bool = False, copy_to_sdp_address: bool = True) -> bool:
         self.sent.append(packet)
