@@ -441,13 +441,13 @@ class CallHandshakes:
                             self._strangers_fed.add((side, index, rtcp))
                         self._held_strangers.discard((side, index, rtcp))
                         for packet, source in held:
-                            self._feed(side, negotiation, packet, now, source)
+                            self._feed(side, index, negotiation, packet, now, source)
                     timer = negotiation.get_timer()
                     if timer is not None and timer <= now:
                         negotiation.handle_timer(now=now)
                     if rtcp:
                         for packet, source in self._early_rtcp.pop((side, index), ()):
-                            self._feed(side, negotiation, packet, now, source)
+                            self._feed(side, index, negotiation, packet, now, source)
                     if item is not None and item[:3] == (side, index, rtcp):
                         self._item_taken = True
                         self._feed_item(stream, negotiation, item, now)
@@ -794,7 +794,7 @@ class CallHandshakes:
                     index,
                     "RTCP" if rtcp else "RTP",
                 )
-        self._feed(side, negotiation, packet, now, source)
+        self._feed(side, index, negotiation, packet, now, source)
 
     def _from_sdp_address(
         self, stream: StreamSecurity, item: tuple[str, int, bool, bytes, Address | None]
@@ -868,6 +868,7 @@ class CallHandshakes:
     def _feed(
         self,
         side: str,
+        index: int,
         negotiation: KeyNegotiation,
         packet: bytes,
         now: float,
@@ -876,7 +877,16 @@ class CallHandshakes:
         """``packet`` from ``source`` (None: not known) to ``negotiation``; with its source
         where the engine takes it (its optional ``receive_packet_from``, docs/plugin_hooks.md
         "Media-path engines": the ``zrtp`` engine tells the peer from a stranger by the source
-        whose Hello matched the peer's a=zrtp-hash, RFC 6189 §8.1)."""
+        whose Hello matched the peer's a=zrtp-hash, RFC 6189 §8.1; the ``dtls`` engine runs a
+        handshake per source). Not to an engine that runs a handshake per source on an ICE
+        leg: checks select the peer's address (RFC 8445 §12), which may move while the
+        handshake runs (a better pair nominated), and the one handshake goes on there."""
+        if (
+            source is not None
+            and getattr(negotiation, "handshake_per_source", False) is True
+            and self._ice_leg(side, index)
+        ):
+            source = None
         # RFC 7983: each engine claims its range of first bytes (DTLS 20..63, ZRTP 16..19).
         if negotiation.claims_packet(packet[0], packet):
             receive_from = getattr(negotiation, "receive_packet_from", None)
@@ -887,6 +897,10 @@ class CallHandshakes:
         else:
             self.unclaimed += 1
             self._drop(side, "malformed")
+
+    def _ice_leg(self, side: str, index: int) -> bool:
+        security = self._legs().get(side)
+        return security is not None and security.ice.responders(index)[0] is not None
 
     def _before_rtcp_handshake(
         self, side: str, index: int, stream: StreamSecurity, item: _Item

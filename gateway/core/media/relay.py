@@ -87,6 +87,10 @@ address (direction ``a_to_b``), and the reverse.
   SDP address holds such a latch, ZRTP datagrams from other sources go to the handler with
   their source, latching nothing (:func:`_zrtp_beside_unproven_latch`): the ZRTP engine tells
   the peer by its Hello (RFC 6189 §8.1), and :meth:`StreamSide.latch_peer` gives it the latch.
+  A side set ``handshake_per_source`` (the ``dtls`` engine) gets DTLS datagrams from other
+  sources the same way (:func:`_dtls_beside_unproven_latch`): the engine runs a handshake per
+  source, answered at each source's address (:meth:`StreamSide.send_to`), and the one whose
+  certificate matches a=fingerprint (RFC 5763 §5) takes the latch.
   On the callee's side (B) while its leg's SDP never gave an address (our offer waits for its
   answer: maybe one of several forks, RFC 3261 §16.7, sharing these sockets; a late-offer
   caller, RFC 3261 §13.2.1, is one device and latches as always) a handshake socket's latch is not

@@ -1143,3 +1143,86 @@ async def test_an_engine_with_nothing_to_restart_is_not_said_to_have_restarted(
     handler(hello(2), PEER)
     await settle()
     assert [r for r in caplog.records if "started afresh" in r.getMessage()]
+
+
+# -- a handshake per source (the dtls engine, session 40) ----------------------------------------
+
+LOOP_PEER = ("127.0.0.1", 4000)
+"""The caller's SDP address in the tests below (a fake relay side's: never bound)."""
+LOOP_NATTED = ("127.0.0.1", 6000)
+LOOP_STRANGER = ("127.0.0.1", 5000)
+
+
+@attrs.define(eq=False)
+class PerSourceEngine(SourcedEngine):
+    """The ``dtls`` engine as far as the task sees it: a handshake per source, each answered
+    at its own address (``addressed_packets_to_send``), told which source is the SDP
+    address's (``note_sdp_address``)."""
+
+    handshake_per_source: bool = True
+    noted: list[object] = attrs.Factory(list)
+    addressed: list[tuple[bytes, object]] = attrs.Factory(list)
+
+    def receive_packet_from(self, packet: bytes, *, source: object, now: float) -> None:
+        super().receive_packet_from(packet, source=source, now=now)
+        if source is not None:
+            self.addressed.append((b"\x16answer" + packet[-1:], source))
+
+    def note_sdp_address(self, source: object) -> None:
+        self.noted.append(source)
+
+    def addressed_packets_to_send(self, *, now: float) -> list[tuple[bytes, object]]:
+        out, self.addressed = self.addressed, []
+        return out
+
+
+async def test_a_handshake_per_source_is_asked_of_the_relay_and_each_source_answered_alone(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    engine = PerSourceEngine(timer=None, outgoing=[])
+    task, handler = await caller_task(nursery, engine)
+    task.session.addresses[(0, "a", False)] = LOOP_PEER
+    side = task.session.streams[0].a
+    assert side.handshake_per_source == {False: True} and side.sdp_address_only == {False: False}
+    handler(hello(1), LOOP_STRANGER)
+    await settle()
+    handler(hello(2), LOOP_NATTED)
+    await settle()
+    handler(hello(3), LOOP_PEER)
+    await settle()
+    assert engine.sources == [
+        (hello(1), LOOP_STRANGER),
+        (hello(2), LOOP_NATTED),
+        (hello(3), LOOP_PEER),
+    ]
+    assert engine.noted == [LOOP_PEER]  # told before its datagram is fed
+    assert side.addressed == [
+        (b"\x16answer\x01", LOOP_STRANGER),
+        (b"\x16answer\x02", LOOP_NATTED),
+        (b"\x16answer\x03", LOOP_PEER),
+    ]
+    assert side.sent == []  # nothing by the usual way (latched source and SDP address)
+
+
+@attrs.define(eq=False)
+class IceOf:
+    """A leg's ICE (LegIce) when it does ICE: checks select the peer's address."""
+
+    def responders(self, index: int) -> tuple[object, None]:
+        return object(), None
+
+
+async def test_on_an_ice_leg_a_handshake_per_source_engine_gets_no_source(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    # The nominated pair may change while the handshake runs (RFC 8445 §8): the one
+    # handshake goes on wherever the checks say, as before.
+    engine = PerSourceEngine(timer=None)
+    task, handler = await caller_task(nursery, engine)
+    task.legs["a"].ice = IceOf()  # type: ignore[assignment]
+    handler(hello(1), LOOP_PEER)
+    await settle()
+    handler(hello(2), LOOP_NATTED)
+    await settle()
+    assert engine.sources == [(hello(1), None), (hello(2), None)]
+    assert engine.noted == []
