@@ -1364,8 +1364,10 @@ class DtlsNegotiation:
         self._queue(self._feed_early(association, now))
         self._settle(self._source, association, association.handle_timer(now), now)
         for key, attempt in list(self._attempts.items()):
-            if self._driven() is None or self._attempts.get(key) is not attempt:
-                break
+            if self._driven() is None:
+                break  # the leg's negotiation ended
+            if self._attempts.get(key) is not attempt:
+                continue  # dropped meanwhile (another source proved itself)
             timer = attempt.get_timer()
             if timer is not None and timer <= now:
                 self._settle(key, attempt, attempt.handle_timer(now), now)
@@ -1389,7 +1391,7 @@ class DtlsNegotiation:
 
         False, and nothing changes, once datagrams came with their source
         (:meth:`receive_packet_from`): the SDP address has a handshake of its own then."""
-        if self._source is not None:
+        if self._source is not None or self._attempts or self._refused:
             return False
         association = self._association
         if (

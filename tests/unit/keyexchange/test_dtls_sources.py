@@ -237,3 +237,24 @@ def test_without_sources_the_engine_is_as_before() -> None:
             peer.receive_packet(datagram, now=0.0)
     assert ours.keys is not None and ours.peer_source is None
     assert ours.addressed_packets_to_send(now=0.0) == []
+
+
+def test_each_sources_handshake_retransmits_on_the_engines_timer() -> None:
+    # The peer's answer from its own handshake was lost: that handshake's timer resends it
+    # to the peer alone (RFC 6347 §4.2.4.1), beside the stranger's.
+    ours, peer = ours_and_peer(we_serve=True)
+    stranger = stranger_for(ours)
+    send(stranger, ours, FIRST_STRANGER, 0.0)
+    send(peer, ours, NATTED, 0.0)
+    first = ours.addressed_packets_to_send(now=0.0)
+    assert {address for _, address in first} == {FIRST_STRANGER, NATTED}
+    timer = ours.get_timer()
+    assert timer == 1.0
+    ours.handle_timer(now=timer)
+    resent = ours.addressed_packets_to_send(now=timer)
+    assert {address for _, address in resent} == {FIRST_STRANGER, NATTED}
+    for datagram, address in resent:
+        if address == NATTED:
+            peer.receive_packet(datagram, now=timer)
+    run(ours, {NATTED: peer}, now=timer)
+    assert isinstance(events(ours)[0], KeysReady) and ours.peer_source == NATTED
