@@ -43,7 +43,7 @@ from gateway.core.logs import LineFormatter
 from gateway.core.media import remote_relay
 from gateway.core.media import worker as media_worker
 from gateway.core.media.errors import LocalMediaError
-from gateway.core.media.remote_relay import WorkerPool
+from gateway.core.media.remote_relay import WorkerPool, _Worker
 from gateway.core.media.security import KeyExchangeFailed
 from gateway.core.media.worker_protocol import PROTOCOL_VERSION, Hello, encode
 from gateway.core.registration import RegistrationService
@@ -56,6 +56,7 @@ from gateway.core.sip.transaction import (
 )
 from gateway.core.store.sqlite import SqliteStore
 from gateway.core.transport.flows import Flow, FlowKey
+from gateway.plugins.metrics import MetricsConfig, MetricsExporter
 from gateway.plugins.transports.tls import TlsConfig, TlsTransport
 from tests.fail2ban_regex import (
     FAIL2BAN_HOST,
@@ -284,36 +285,10 @@ def _worker_restarted_as(stand_in: str) -> None:
     """A one-worker pool's supervision whose first worker is up, then dies; the one started
     again is the Python program ``stand_in`` (given the channel's descriptor), which must get
     its slot stopped."""
-    pool = WorkerPool("127.0.0.1", PortRange.parse("40000-40009"), 1, restart_delay=0.01)
-    (worker,) = pool._workers
-
-    def command(worker: object, fd: int) -> list[str]:
-        return [sys.executable, "-I", "-S", "-c", stand_in, str(fd)]
-
-    pool._command = command  # type: ignore[method-assign]
-    run_once = pool._run_once
-    starts = 0
-
-    async def crash_first(worker: object, task_status: trio.TaskStatus[None] | None) -> int | None:
-        nonlocal starts
-        starts += 1
-        if starts == 1:  # the first worker is up, then dies
-            assert task_status is not None
-            task_status.started()
-            return -9
-        return await run_once(worker, task_status)  # type: ignore[arg-type]
-
-    pool._run_once = crash_first  # type: ignore[method-assign]
-
-    async def supervise() -> None:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(pool._supervise, worker)
-            with trio.fail_after(20):
-                while worker.stopped is None:
-                    await trio.sleep(0.01)
-            nursery.cancel_scope.cancel()
-
-    trio.run(supervise)
+    starts = _supervise_a_worker_that_dies(
+        lambda fd: [sys.executable, "-I", "-S", "-c", stand_in, str(fd)],
+        done=lambda pool, worker: worker.stopped is not None,
+    )
     assert starts == 2
 
 
@@ -321,11 +296,27 @@ def _worker_not_started(tmp_path: Path) -> None:
     """A one-worker pool's supervision whose first worker is up, then dies, and whose next
     process cannot be made (its program is gone, as after an upgrade that removed the
     interpreter): said, and tried again with back-off."""
+    states: list[str] = []
+
+    def tried_twice(pool: WorkerPool, worker: _Worker) -> bool:
+        states[:] = pool.worker_states()
+        return pool.worker_restarts()["not_started"] >= 2
+
+    _supervise_a_worker_that_dies(lambda fd: [str(tmp_path / "no-such-python")], done=tried_twice)
+    assert states == ["restarting"]
+
+
+def _supervise_a_worker_that_dies(
+    command_line: Callable[[int], list[str]], *, done: Callable[[WorkerPool, _Worker], bool]
+) -> int:
+    """A one-worker pool's own supervision: its first worker is up, then dies (-9); every
+    process started after it runs ``command_line(channel descriptor)``. Supervised until
+    ``done(pool, worker)``, within 20 s; how many times a worker was started."""
     pool = WorkerPool("127.0.0.1", PortRange.parse("40000-40009"), 1, restart_delay=0.01)
     (worker,) = pool._workers
 
     def command(worker: object, fd: int) -> list[str]:
-        return [str(tmp_path / "no-such-python")]
+        return command_line(fd)
 
     pool._command = command  # type: ignore[method-assign]
     run_once = pool._run_once
@@ -346,12 +337,12 @@ def _worker_not_started(tmp_path: Path) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(pool._supervise, worker)
             with trio.fail_after(20):
-                while pool.worker_restarts()["not_started"] < 2:
+                while not done(pool, worker):
                     await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
 
     trio.run(supervise)
-    assert pool.worker_states() == ["restarting"]
+    return starts
 
 
 def _worker_not_ready(tmp_path: Path) -> None:
@@ -392,6 +383,16 @@ def _tls_certificate_expiring(tmp_path: Path) -> None:
     TlsTransport(config).warn_if_expiring(now=time.time())
 
 
+def _metrics_certificate_expiring(tmp_path: Path) -> None:
+    """The metrics exporter serving a certificate that ends in 10 days, as its daily look
+    finds it (tests/component/metrics/test_metrics_certificate_expiry.py drives the days)."""
+    pair = TestPki(tmp_path).ca("CA").issue("metrics", days=10)
+    config = MetricsConfig(tls_certificate=str(pair.certificate), tls_private_key=str(pair.key))
+    exporter = MetricsExporter(config)
+    exporter.reload_certificates()  # what run() loads, without its socket
+    exporter.warn_if_expiring(now=time.time())
+
+
 DRIVEN: dict[str, Callable[[Path], None]] = {
     "auth-failed": _auth_lines,
     "auth-blocked": _auth_lines,
@@ -415,6 +416,7 @@ DRIVEN: dict[str, Callable[[Path], None]] = {
     "worker-protocol-mismatch": _worker_exits,
     "worker-protocol-refused": _worker_protocol_refused,
     "tls-certificate-expiring": _tls_certificate_expiring,
+    "metrics-certificate-expiring": _metrics_certificate_expiring,
 }
 
 
@@ -453,7 +455,9 @@ _SPEC = re.compile(r"%[-#0 +]*\d*(?:\.\d+)?[sdirgfXxo]")
 
 
 def _module_name(path: Path) -> str:
-    return ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    """The module's ``__name__``: a package's ``__init__.py`` is the package."""
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 _GET_LOGGER = re.compile(r'^log = logging\.getLogger\((__name__|"[\w.]+")\)$', re.MULTILINE)

@@ -341,6 +341,20 @@ def build_parser() -> argparse.ArgumentParser:
         "shows it (Call-ID;tag) is taken too",
     )
 
+    workers = sub.add_parser(
+        "media-workers",
+        help="show the media worker processes of the running gateway",
+        description="Show each media worker process of the running gateway ([media] workers >= "
+        "2; asked over <state_dir>/control.sock): its port slice, whether it is running, "
+        "starting, restarting or stopped (and why), its process id, how long it has run, the "
+        "streams it relays, the port pairs it has ready for new calls, and its restarts by "
+        "reason. Exit status 0 when the gateway answered, whatever the workers' states (read "
+        "the states, or --json, to alert).",
+    )
+    workers.add_argument("--config", metavar="FILE", help="read [gateway] state_dir here")
+    workers.add_argument("--state-dir", metavar="DIR", help="state directory (default: as run)")
+    workers.add_argument("--json", action="store_true", help="machine-readable output")
+
     registrations = sub.add_parser(
         "registrations",
         help="list registered devices",
@@ -666,12 +680,23 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         # Every one, not the first: `voipgw run` starts with these as warnings (an upgraded
         # gateway keeps carrying calls); here, before a deployment, they are errors.
         errors[:0] = gateway.check_errors
-        # Our own certificates (tls, wss): one out of its validity period is refused by every
-        # peer (an error here; `run` starts with it, warning), one expiring within 14 days is
-        # a warning, as `run` logs it at start-up and daily.
+        # Our own certificates (tls, wss, the metrics exporter's): one out of its validity
+        # period is refused by every peer (an error here; `run` starts with it, warning), one
+        # expiring within 14 days is a warning, as `run` logs it at start-up and daily.
+        now = time.time()
+        reports: list[tuple[str, list[tuple[bool, str]]]] = []
         for name, transport in plugins.transports.items():
             report = getattr(transport, "expiry_report", None)
-            for is_error, text in report(now=time.time()) if callable(report) else ():
+            if callable(report):
+                # Its listeners: without one, nothing presents its certificate.
+                listens = [spec for spec in config.listen_specs if spec.transport == name]
+                reports.append((name, report(now=now, listens=listens)))
+        for name, service in plugins.services.items():
+            report = getattr(service, "expiry_report", None)
+            if callable(report):
+                reports.append((name, report(now=now)))
+        for name, report_lines in reports:
+            for is_error, text in report_lines:
                 key, _, message = text.partition(": ")
                 said = ConfigError(config.source, f"plugins.{name}", key, message)
                 (errors if is_error else expiring).append(said)
@@ -810,6 +835,80 @@ def cmd_trunks(args: argparse.Namespace) -> int:
         for target in sessions:
             print("\n".join(describe_session_target(target, now)))
     return EXIT_OK
+
+
+def cmd_media_workers(args: argparse.Namespace) -> int:
+    import json
+
+    from gateway.core.control import ControlError, ask, socket_path
+
+    config = _load_config(args.config)
+    path = socket_path(args.state_dir or config.gateway.state_dir)
+    try:
+        answer = ask(path, "media_workers")
+    except ControlError as exc:
+        print(f"voipgw: media-workers: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    workers = answer.get("workers")
+    if workers is not None and not isinstance(workers, list):
+        print("voipgw: media-workers: the gateway's answer has no worker list", file=sys.stderr)
+        return EXIT_RUNTIME
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return EXIT_OK
+    if workers is None:
+        print("no media workers: the gateway relays media in its own process ([media] workers = 1)")
+        return EXIT_OK
+    states = [str(worker.get("state")) for worker in workers if isinstance(worker, dict)]
+    running = states.count("running")
+    print(f"{len(workers)} media workers on {answer.get('address')}, {running} running")
+    for worker in workers:
+        if isinstance(worker, dict):
+            print(describe_media_worker(worker))
+    return EXIT_OK
+
+
+def describe_media_worker(worker: dict[str, Any]) -> str:
+    """A worker of the control socket's ``media_workers`` answer on one line, in plain words."""
+    state = worker.get("state")
+    pid = worker.get("pid")
+    if state == "running":
+        running_for = worker.get("running_for")
+        shown = f"running, pid {pid}"
+        if isinstance(running_for, (int, float)):
+            shown += f", for {_duration(running_for)}"
+    elif state == "starting":
+        shown = f"starting, pid {pid}"
+    elif state == "stopped":
+        shown = f"stopped until the service restarts: {worker.get('stopped')}"
+    else:
+        shown = f"{state}"
+        if worker.get("last_ended"):
+            shown += f" (its last process: {worker['last_ended']})"
+    restarts = worker.get("restarts")
+    counted = (
+        [f"{reason} {count}" for reason, count in restarts.items() if count]
+        if isinstance(restarts, dict)
+        else []
+    )
+    return (
+        f"worker {worker.get('index')}  ports {worker.get('ports')}  {shown}  "
+        f"streams {worker.get('streams')}  ready port pairs {worker.get('ready_pairs')}  "
+        f"restarts: {', '.join(counted) if counted else 'none'}"
+    )
+
+
+def _duration(seconds: float) -> str:
+    """``45 s``, ``12 min``, ``3 h 5 min``, ``2 d 4 h``: how long, to the unit that matters."""
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    minutes, hours, days = whole // 60 % 60, whole // 3600 % 24, whole // 86_400
+    if days:
+        return f"{days} d {hours} h"
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min"
 
 
 def describe_trunk(trunk: dict[str, Any], now: float) -> list[str]:
@@ -1479,6 +1578,7 @@ COMMANDS = {
     "registrations": cmd_registrations,
     "calls": cmd_calls,
     "trunks": cmd_trunks,
+    "media-workers": cmd_media_workers,
     "run": cmd_run,
     "plugins": cmd_plugins,
     "check-config": cmd_check_config,

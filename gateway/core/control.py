@@ -1,5 +1,5 @@
-"""The control socket: what a running gateway answers ``voipgw calls`` and ``voipgw trunks`` on
-its own host.
+"""The control socket: what a running gateway answers ``voipgw calls``, ``voipgw trunks`` and
+``voipgw media-workers`` on its own host.
 
 Theory of operation
 -------------------
@@ -22,6 +22,10 @@ and reads one JSON object back, until the gateway closes the connection. Queries
   ``Gateway.trunks_status`` describes it (``voipgw trunks``): name, address, enabled, up and why
   not, registered, and for a trunk named by DNS its resolved targets and when it was resolved
   and is resolved next.
+- ``media_workers``: ``{"workers": [WORKER, ...] | null, "address": ADDRESS | null}``, each media
+  worker slot as ``WorkerPool.describe_workers`` describes it (``voipgw media-workers``): its
+  port slice, state, process id, open streams, restarts by reason and why it is stopped; null
+  when the relay runs inside the gateway's process (``[media] workers = 1``).
 
 Anything else is answered ``{"error": REASON}``. Nothing is worked out until asked: a gateway
 that no one asks pays for one listening socket, and a call for nothing.
@@ -60,7 +64,7 @@ MAX_ANSWER = 64 * 1024 * 1024
 ASK_TIMEOUT = 10.0
 """Seconds the client waits for the whole answer (the gateway walks its live calls for it)."""
 
-QUERIES = ("live_quality", "trunks")
+QUERIES = ("live_quality", "trunks", "media_workers")
 
 
 class ControlError(Exception):

@@ -586,21 +586,38 @@ class Gateway:
         self._check_generated_certificates(checked, as_service=as_service)
         for name, value in self.plugins.configs.items():
             # The files a plugin reads back from where it wrote them (dtls: its certificate
-            # and key; zrtp: its ZID): one a `voipgw run` as root left root's, mode 0600,
-            # failed the first call that needed it, at any hour.
+            # and key; zrtp: its ZID; tls: its saved CRLs): one a `voipgw run` as root left
+            # root's, mode 0600, failed the first call that needed it, at any hour.
             read = getattr(value, "read_files", None)
             for entry in read() if callable(read) else ():
-                key, file, what = _read_entry(name, entry)
+                key, file, what, warn_only = _read_entry(name, entry)
+                table = f"plugins.{name}"
                 key_value = getattr(value, key, None)
+                if key == GATEWAY_STATE_DIR:
+                    # A plugin without a state_dir of its own (tls), as in written_directories().
+                    table, key, key_value = "gateway", "state_dir", self.config.gateway.state_dir
+                    file = Path(key_value, file)
                 if not isinstance(key_value, str):
                     raise PluginError(
                         f"plugin {name!r}: read_files() names {key!r}, which is not a "
-                        f"directory key of its [plugins.{name}] table"
+                        f"directory key of its [{table}] table"
                     )
                 configured = Path(os.path.abspath(key_value))
-                self._check_read_file(
-                    f"plugins.{name}", key, file, what, configured, as_service=as_service
-                )
+                # A "*" in the last part (the tls plugin's "*.crl": one file per CRL URL): each
+                # file there that the pattern matches (Path.glob).
+                matched = [file]
+                if "*" in file.name:
+                    matched = sorted(file.parent.glob(file.name))
+                for each in matched:
+                    self._check_read_file(
+                        table,
+                        key,
+                        each,
+                        what,
+                        configured,
+                        as_service=as_service,
+                        warn_only=warn_only,
+                    )
 
     def _check_generated_certificates(self, checked: set[str], *, as_service: bool) -> None:
         """The certificate a TLS listener without one of its own takes from ``[gateway]
@@ -657,7 +674,15 @@ class Gateway:
         )
 
     def _check_read_file(
-        self, table: str, key: str, path: Path, what: str, configured: Path, *, as_service: bool
+        self,
+        table: str,
+        key: str,
+        path: Path,
+        what: str,
+        configured: Path,
+        *,
+        as_service: bool,
+        warn_only: bool = False,
     ) -> None:
         """A file the gateway reads back from ``[table] key``'s directory (``configured``)
         when it is there: one left by a `voipgw run` as root (owner root, mode 0600) is
@@ -665,7 +690,19 @@ class Gateway:
         chown it to voipgw or remove it``). ``check-config`` says it too: as another user, an
         error when the mode keeps the directory's owner (the service's user, most likely) from
         reading it as well, else a warning; as root (which reads any file), a warning naming
-        that owner. Its contents are never read here (a key's never shown)."""
+        that owner. Its contents are never read here (a key's never shown).
+
+        ``warn_only`` (a :data:`WARN_ONLY` entry: the tls plugin's saved CRLs, which it fetches
+        again when it cannot read them): the same words, each a warning of ``run`` (logged)
+        and ``check-config``, saying that ``run`` starts without it."""
+
+        def refuse(message: str) -> None:
+            if not warn_only:
+                raise ConfigError(self.config.source, table, key, message)
+            self.access_warnings.append(
+                ConfigError(self.config.source, table, key, f"{message}; {_RUNS_WITHOUT_IT}")
+            )
+
         if not os.path.isfile(path):
             return
         shown, owner = shown_path(path), owner_name(path) or "?"
@@ -673,9 +710,8 @@ class Gateway:
         if as_service:
             if uid == 0 or may_open(path, os.O_RDONLY):
                 return
-            raise ConfigError(
-                self.config.source, table, key, _unread_message(shown, owner, user_name(), what)
-            )
+            refuse(_unread_message(shown, owner, user_name(), what))
+            return
         try:
             service_uid = os.stat(configured).st_uid
         except OSError:
@@ -688,13 +724,15 @@ class Gateway:
         )
         if uid == 0:
             if service_may_not:
+                run = (
+                    _RUNS_WITHOUT_IT if warn_only else f"`voipgw run` as {service} refuses to start"
+                )
                 self.access_warnings.append(
                     ConfigError(
                         self.config.source,
                         table,
                         key,
-                        _unread_message(shown, owner, of_state_dir, what, service)
-                        + f"; `voipgw run` as {service} refuses to start",
+                        _unread_message(shown, owner, of_state_dir, what, service) + f"; {run}",
                     )
                 )
             return
@@ -702,25 +740,25 @@ class Gateway:
             return
         if service_uid == uid:
             # The state_dir's owner checking (sudo -u voipgw voipgw check-config): the
-            # service's own answer, an error as `run`'s.
-            raise ConfigError(
-                self.config.source, table, key, _unread_message(shown, owner, user_name(), what)
-            )
+            # service's own answer, as `run`'s.
+            refuse(_unread_message(shown, owner, user_name(), what))
+            return
         if service_may_not:
             # `check-config && systemctl reload` must not go on to the service's refusal.
-            raise ConfigError(
-                self.config.source,
-                table,
-                key,
+            refuse(
                 _unread_message(
                     shown,
                     owner,
                     f"{user_name()}, who runs check-config, nor by {of_state_dir}",
                     what,
                     service,
-                ),
+                )
             )
+            return
         problem = f"{shown} is owned by {owner} and not readable by this user ({user_name()})"
+        if warn_only:
+            refuse(f"{problem}, who runs check-config")
+            return
         self._access_warning(table, key, problem, f"{what} cannot be read", path)
 
     def _check_kept_directory(
@@ -1002,7 +1040,10 @@ class Gateway:
                 f"{shown_path(path)} is not writable by this user ({user_name()}) "
                 f"({_describe_file(path)})"
             )
-            if as_service or on_read_only_file_system(directory):
+            # The directory's owner checking (`sudo -u voipgw voipgw check-config FILE`, what
+            # the warnings advise): the service's own answer, an error as `run`'s, not a
+            # warning that "the service's user may be allowed to".
+            if as_service or on_read_only_file_system(directory) or _owned_by_me(directory):
                 raise ConfigError(
                     self.config.source,
                     table,
@@ -1262,13 +1303,18 @@ class Gateway:
 
     def control_answer(self, query: str) -> dict[str, object]:
         """The answer to a control socket query (gateway/core/control.py): ``live_quality``,
-        per live call whose quality is read, each leg's RTCP figures now. Walks the live calls
-        when asked, never otherwise."""
+        per live call whose quality is read, each leg's RTCP figures now; ``trunks``;
+        ``media_workers``. Walks the live calls when asked, never otherwise."""
         if query == "trunks":
             return {
                 "trunks": self.trunks_status(),
                 "session_targets": self.session_targets_status(),
             }
+        if query == "media_workers":
+            pool = self.media_workers
+            if pool is None:
+                return {"workers": None, "address": None}
+            return {"workers": pool.describe_workers(trio.current_time()), "address": pool.address}
         calls: dict[str, object] = {}
         if query == "live_quality" and self.calls is not None:
             for call in self.calls.calls:
@@ -2032,6 +2078,18 @@ def _written_entry(name: str, entry: Any) -> tuple[str, Path, str, Sequence[str]
     )
 
 
+def _owned_by_me(path: Path) -> bool:
+    """Whether this process's effective user owns ``path`` (False when it cannot be stat'ed)."""
+    try:
+        return os.stat(path).st_uid == os.geteuid()
+    except OSError:
+        return False
+
+
+#: How a :data:`WARN_ONLY` entry's warnings end: what ``voipgw run`` does about it.
+_RUNS_WITHOUT_IT = "`voipgw run` starts, and runs without it"
+
+
 def _unread_message(
     shown: str, owner: str, reader: str, what: str, chown_to: str | None = None
 ) -> str:
@@ -2044,14 +2102,18 @@ def _unread_message(
     )
 
 
-def _read_entry(name: str, entry: Any) -> tuple[str, Path, str]:
-    """A plugin's ``read_files()`` entry ``(KEY, PATH, WHAT)``; another shape is the plugin's
-    error, naming it and the entry."""
-    if isinstance(entry, list | tuple) and len(entry) == 3:
-        key, path, what = entry
+def _read_entry(name: str, entry: Any) -> tuple[str, Path, str, bool]:
+    """A plugin's ``read_files()`` entry ``(KEY, PATH, WHAT)``, or with :data:`WARN_ONLY` as a
+    fourth element (then True); another shape is the plugin's error, naming it and the
+    entry."""
+    if isinstance(entry, list | tuple) and (len(entry) == 3 or tuple(entry[3:]) == (WARN_ONLY,)):
+        key, path, what = entry[:3]
         if isinstance(key, str) and isinstance(path, str | os.PathLike) and isinstance(what, str):
-            return key, Path(path), what
-    raise PluginError(f"plugin {name!r}: read_files() gives {entry!r}: expected (KEY, PATH, WHAT)")
+            return key, Path(path), what, len(entry) == 4
+    raise PluginError(
+        f"plugin {name!r}: read_files() gives {entry!r}: expected (KEY, PATH, WHAT), or "
+        f"with {WARN_ONLY!r} as a fourth element"
+    )
 
 
 def _holds_every_file(directory: Path, names: Sequence[str], configured: Path) -> bool:

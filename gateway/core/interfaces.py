@@ -1076,6 +1076,11 @@ class GatewayStatus(Protocol):
         ``zrtp``, ``mikey``): an answer or offer whose keys could not be used, a failed
         DTLS or ZRTP handshake."""
 
+    def key_exchange_counters(self) -> tuple[tuple[str, str, int], ...]:
+        """(key exchange, counter, count) since the start, from each key exchange plugin
+        that keeps counters (its optional ``counters()``, docs/plugin_hooks.md): ``zrtp``'s
+        ``discarded`` and ``hello_mismatches``, summed over every leg and stream."""
+
     def caller_identity(self) -> tuple[tuple[str, int], ...]:
         """Calls signed and checked by caller-identity services (STIR/SHAKEN) since the start,
         by outcome (``signed``, ``passed``, ``failed``, ``no_identity``, ...)."""

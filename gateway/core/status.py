@@ -546,6 +546,15 @@ class StatusView:
         names = sorted(set(self._gateway.plugins.key_exchanges.names()) | set(failures))
         return tuple((name, failures[name]) for name in names)
 
+    def key_exchange_counters(self) -> tuple[tuple[str, str, int], ...]:
+        found: list[tuple[str, str, int]] = []
+        for name, exchange in sorted(self._gateway.plugins.key_exchanges.items()):
+            counters = getattr(exchange, "counters", None)
+            if counters is None:
+                continue
+            found.extend((name, str(counter), int(count)) for counter, count in counters())
+        return tuple(found)
+
     def certificate_reloads(self) -> tuple[tuple[str, str, int], ...]:
         return self._gateway.certificate_reloads.statistics()
 

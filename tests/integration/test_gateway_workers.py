@@ -9,8 +9,10 @@ gateway stops every worker.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,6 +53,14 @@ async def eventually(predicate: Callable[[], bool]) -> None:
     with trio.fail_after(TIMEOUT):
         while not predicate():
             await trio.sleep(0.01)
+
+
+async def voipgw_media_workers(state: Path, *flags: str) -> str:
+    command = [sys.executable, "-m", "gateway", "media-workers", "--state-dir", str(state), *flags]
+    with trio.fail_after(60):
+        done = await trio.run_process(command, capture_stdout=True, capture_stderr=True)
+    assert done.stderr == b"", done.stderr
+    return done.stdout.decode()
 
 
 async def answered_call(trunk: SipAgent, alice: SipAgent) -> tuple[Call, Call]:
@@ -166,6 +176,29 @@ async def test_a_worker_exit_ends_its_calls_only_and_the_worker_comes_back(
         assert 'voipgw_media_worker_restarts_total{reason="not_ready"} 0\n' in scrape()
         call_3, _ = await answered_call(trunk, alice)
         assert pool.worker_streams() == [1, 0]
+
+        # What `voipgw media-workers` shows of it, asked over the control socket.
+        shown = json.loads(await voipgw_media_workers(state, "--json"))
+        assert shown["address"] == "127.0.0.1"
+        worker_0, worker_1 = shown["workers"]
+        assert (worker_0["index"], worker_0["ports"]) == (0, str(pool.slices[0]))
+        assert (worker_0["state"], worker_0["pid"]) == ("running", pool.worker_pids()[0])
+        assert (worker_0["streams"], worker_0["starts"]) == (1, 2)
+        assert worker_0["restarts"]["exited"] == 1 and worker_0["last_ended"] == "exited"
+        assert (worker_1["pid"], worker_1["starts"], worker_1["last_ended"]) == (pid_1, 1, None)
+        assert sum(worker_1["restarts"].values()) == 0 and worker_1["streams"] == 0
+        assert worker_1["running_for"] >= worker_0["running_for"] >= 0
+        text = await voipgw_media_workers(state)
+        assert text.splitlines()[0] == "2 media workers on 127.0.0.1, 2 running"
+        line_0, line_1 = text.splitlines()[1:]
+        assert line_0.startswith(
+            f"worker 0  ports {pool.slices[0]}  running, pid {pool.worker_pids()[0]}, for "
+        )
+        assert line_0.endswith(
+            "streams 1  ready port pairs " + str(worker_0["ready_pairs"]) + "  restarts: exited 1"
+        )
+        assert line_1.startswith(f"worker 1  ports {pool.slices[1]}  running, pid {pid_1}, for ")
+        assert line_1.endswith("  restarts: none")
         assert (await call_3.bye()).status == 200
 
         assert gateway.store is not None

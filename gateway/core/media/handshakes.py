@@ -60,6 +60,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -84,6 +85,17 @@ INTERNAL_ERROR_REASON = "internal error in the media-path key exchange"
 
 QUEUE = 64
 """Datagrams waiting for the task; more are dropped (a handshake flight is a few datagrams)."""
+
+QUEUE_PER_SOURCE = 16
+"""Of :data:`QUEUE`, datagrams waiting from one source (host and port) that is neither the
+leg's SDP address nor the peer its key exchange proved; more from it are dropped (``blocked``):
+a stranger's burst (forged ZRTP Hellos, ClientHellos) filled the queue the whole call shares,
+and the phone's Hello was dropped with it. As many as a held port keeps (:data:`HELD_DATAGRAMS`)."""
+
+QUEUE_KEPT_FOR_PEERS = 16
+"""Of :data:`QUEUE`, room that only datagrams from a leg's SDP address or proven peer (the
+source whose ZRTP Hello matched the peer's a=zrtp-hash, RFC 6189 §8.1) take: other sources
+together (a stranger sending from many ports) fill at most the rest."""
 
 EARLY_RTCP_DATAGRAMS = 16
 """Datagrams held per stream and leg that came on its RTCP port before that port's handshake
@@ -234,9 +246,15 @@ class CallHandshakes:
         self._on_keys = on_keys
         self._on_failure = on_failure
         self._send, self._receive = trio.open_memory_channel[_Item](QUEUE)
-        self._hooked: dict[tuple[str, int, bool], tuple[RelayStream, bool, bool]] = {}
+        self._waiting: deque[tuple[str, int] | None] = deque()
+        """Per item in the channel, in its order: the source (host, port) of a datagram counted
+        against :data:`QUEUE_PER_SOURCE`, else None (:meth:`deliver`)."""
+        self._waiting_from: dict[tuple[str, int], int] = {}
+        """Datagrams waiting in the channel per such source."""
+        self._hooked: dict[tuple[str, int, bool], tuple[RelayStream, bool, bool, bool]] = {}
         """The relay streams whose sockets hand on to this task, per (side, stream, RTCP port),
-        and whether that socket takes only the SDP address before keys (:meth:`_hook`)."""
+        whether that socket takes only the SDP address before keys and whether its engine
+        proves its peer (:meth:`_hook`)."""
         self._rtcp_keys: dict[tuple[str, int], tuple[KeyNegotiation, SrtpKeys | None]] = {}
         """The RTCP component last driven per (side, stream) and the keys it agreed: a
         re-INVITE's new StreamSecurity gets the same component (the association goes on) and
@@ -300,11 +318,53 @@ class CallHandshakes:
         source: Address | None = None,
     ) -> None:
         """A key-exchange datagram (DTLS, ZRTP) from leg ``side``'s peer at ``source`` on stream
-        ``index``'s RTP port (``rtcp``: its RTCP port); the relay's hook."""
+        ``index``'s RTP port (``rtcp``: its RTCP port); the relay's hook. Queued for the task
+        within :data:`QUEUE`, and, from a source that is neither the leg's SDP address nor its
+        proven peer, within :data:`QUEUE_PER_SOURCE` and :data:`QUEUE_KEPT_FOR_PEERS`; else
+        dropped (``blocked``): handshakes retransmit."""
+        counted = self._counted_source(side, index, rtcp, source)
+        if counted is not None and (
+            self._waiting_from.get(counted, 0) >= QUEUE_PER_SOURCE
+            or sum(self._waiting_from.values()) >= QUEUE - QUEUE_KEPT_FOR_PEERS
+        ):
+            self._drop(side, "blocked")
+            return
         try:
             self._send.send_nowait((side, index, rtcp, packet, source))
         except (trio.WouldBlock, trio.ClosedResourceError):
             self._drop(side, "blocked")
+            return
+        self._waiting.append(counted)
+        if counted is not None:
+            self._waiting_from[counted] = self._waiting_from.get(counted, 0) + 1
+
+    def _counted_source(
+        self, side: str, index: int, rtcp: bool, source: Address | None
+    ) -> tuple[str, int] | None:
+        """``source`` (host, port) when its datagrams count against :data:`QUEUE_PER_SOURCE`:
+        neither the leg's SDP address for that port nor the peer its engine proved; None when
+        they do not (or no source is known)."""
+        if source is None:
+            return None
+        address = (str(source[0]), int(source[1]))
+        if address == self._session.peer_address(index, side, rtcp=rtcp):
+            return None
+        proven = self._proven.get((side, index, rtcp))
+        if proven is not None and proven[1][:2] == address:
+            return None
+        return address
+
+    def _taken(self) -> None:
+        """The task took the channel's oldest item (:meth:`deliver`'s count)."""
+        if not self._waiting:
+            return
+        counted = self._waiting.popleft()
+        if counted is not None:
+            left = self._waiting_from[counted] - 1
+            if left:
+                self._waiting_from[counted] = left
+            else:
+                del self._waiting_from[counted]
 
     def poke(self) -> None:
         """The legs' SDP changed: look at the streams again (new negotiations, new streams).
@@ -318,6 +378,7 @@ class CallHandshakes:
         # A full queue wakes the task anyway.
         with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
             self._send.send_nowait(None)
+            self._waiting.append(None)
 
     def hold(self, side: str) -> None:
         """Our SDP answer to leg ``side`` is made but not sent yet: its handshakes wait (no
@@ -383,6 +444,7 @@ class CallHandshakes:
                 item = None
                 with trio.move_on_at(deadline):
                     item = await self._receive.receive()
+                    self._taken()
         finally:
             # What is still kept will never be fed: the call ended before the answer that held
             # it went (or before the RTCP port's handshake existed). Dropped, so counted.
@@ -1036,15 +1098,23 @@ class CallHandshakes:
         # negotiation yet (forks ring): the answer's address is not known.
         security = self._legs().get(side)
         found = security.media_path_streams().get(index) if security is not None else None
-        engines = tuple(n for _, n in self._negotiations(found)) if found is not None else ()
-        strict = any(getattr(n, "sdp_address_only", False) is True for n in engines)
+        engines = self._negotiations(found) if found is not None else ()
+        strict = any(getattr(n, "sdp_address_only", False) is True for _, n in engines)
+        # Other sources' ZRTP beside a latch nothing proved goes to the engine only when it
+        # tells its peer from a stranger (proves_peer, optional: the zrtp engine whose peer's
+        # SDP binds its Hello, RFC 6189 §8.1); without, the latch is the rule (relay.py).
+        proves = any(getattr(n, "proves_peer", False) is True for _, n in engines)
         # The engine runs a handshake per source (the dtls engine): the relay hands it DTLS
         # from every source before keys, not only the latched one and the SDP address.
         per_source = not strict and any(
-            getattr(n, "handshake_per_source", False) is True for n in engines
+            getattr(n, "handshake_per_source", False) is True for _, n in engines
         )
         hooked = self._hooked.get((side, index, rtcp))
-        if hooked is not None and hooked[0] is stream and hooked[1:] == (strict, per_source):
+        if (
+            hooked is not None
+            and hooked[0] is stream
+            and hooked[1:] == (strict, proves, per_source)
+        ):
             return
         relay_side = stream.a if side == "a" else stream.b
 
@@ -1052,13 +1122,17 @@ class CallHandshakes:
             self.deliver(side, index, packet, rtcp=rtcp, source=source)
 
         relay_side.set_non_rtp_handler(
-            handler, rtcp=rtcp, sdp_address_only=strict, handshake_per_source=per_source
+            handler,
+            rtcp=rtcp,
+            sdp_address_only=strict,
+            proves_peer=proves,
+            handshake_per_source=per_source,
         )
-        self._hooked[(side, index, rtcp)] = (stream, strict, per_source)
+        self._hooked[(side, index, rtcp)] = (stream, strict, proves, per_source)
 
     def _unhook(self) -> None:
         streams = self._streams()
-        for (side, index, rtcp), (stream, _, _) in self._hooked.items():
+        for (side, index, rtcp), (stream, _, _, _) in self._hooked.items():
             if not stream.closed:
                 found = streams.get(side, {}).get(index)
                 engines = () if found is None else tuple(n for _, n in self._negotiations(found))

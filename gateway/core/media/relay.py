@@ -497,6 +497,7 @@ class _Endpoint:
         "previous_source",
         "previous_until",
         "proven_peer",
+        "proves_peer",
         "receive_errors",
         "recv_connected",
         "recvfrom_into",
@@ -553,6 +554,10 @@ class _Endpoint:
         # Before the leg's SDP address spoke, take no other source (a handshake socket of a
         # leg whose key exchange asks so: StreamSide.set_non_rtp_handler).
         self.sdp_address_only = False
+        # Its key exchange tells its peer from other sources by what they send before keys
+        # (the zrtp engine whose peer's SDP binds its Hello, RFC 6189 §8.1): ZRTP datagrams of
+        # other sources go to it beside a latch nothing proved (_zrtp_beside_unproven_latch).
+        self.proves_peer = False
         # Its key exchange runs a handshake per source before keys (StreamSide.
         # set_non_rtp_handler): DTLS datagrams from other sources go to it beside the latch.
         self.handshake_per_source = False
@@ -674,9 +679,14 @@ def _zrtp_beside_unproven_latch(ep: _Endpoint, packet: bytes, source: Address) -
     once the SDP address holds it (it took it over): the handshake task restarts the port's
     exchange whenever the SDP address speaks after another source's datagram was fed
     (handshakes.py), so a stranger's datagram handed on then would restart a DTLS server's
-    association, or a ZRTP exchange without a readable a=zrtp-hash, at each of the peer's."""
+    association, or a ZRTP exchange without a readable a=zrtp-hash, at each of the peer's.
+    Only where the socket's key exchange proves its peer (``proves_peer``: a ZRTP exchange
+    whose peer's SDP binds its Hello, RFC 6189 §8.1): without that nothing tells the phone from
+    a stranger, the latched source is as good a guess as any, and a racing stranger's Hello
+    handed on would bind the exchange (before session 40, beside a NAT'd phone's latch)."""
     return (
-        ep.source is not None
+        ep.proves_peer
+        and ep.source is not None
         and _not_from_sdp_address(ep, ep.source)
         and not ep.keyed
         and not ep.connected
@@ -887,6 +897,7 @@ class StreamSide:
         *,
         rtcp: bool = False,
         sdp_address_only: bool = False,
+        proves_peer: bool = False,
         handshake_per_source: bool = False,
     ) -> None:
         """Hand datagrams that are not RTP/RTCP (RFC 7983: first byte outside 128..191, e.g.
@@ -899,6 +910,11 @@ class StreamSide:
         speaks (module docstring). With ``sdp_address_only`` no other source latches it before
         keys: their datagrams that are not RTP are handed on all the same, latching nothing,
         for the handshake task to refuse with a reason; their RTP is dropped. With
+        ``proves_peer`` (the key exchange tells its peer from a stranger by what it sends: the
+        ``zrtp`` engine whose peer's SDP binds its Hello, RFC 6189 §8.1) ZRTP datagrams from
+        other sources are handed on, latching nothing, while a source other than the SDP
+        address holds the latch before keys and nothing proved it (:meth:`latch_peer`);
+        without it they are dropped there (``unlatched_source``), as RTP is. With
         ``handshake_per_source`` (the ``dtls`` engine: a handshake per source until one proved
         itself) DTLS datagrams from other sources than the latched one and the SDP address are
         handed on too before keys, latching nothing (:func:`_dtls_beside_unproven_latch`).
@@ -908,6 +924,7 @@ class StreamSide:
         ep = self._rtcp if rtcp else self._rtp
         ep.non_rtp = handler
         ep.sdp_address_only = sdp_address_only and handler is not None
+        ep.proves_peer = proves_peer and handler is not None
         ep.handshake_per_source = handshake_per_source and handler is not None
         ep.hands_on = handler is not None or ep.ice is not None
 
@@ -1000,7 +1017,9 @@ class StreamSide:
         if ep.source is None or ep.source[:2] != source[:2]:
             if len(source) == 2 and ep.sock.family == socket.AF_INET6:
                 # As recvfrom gives it (Linux: flow info 0 unless asked for, no scope but for
-                # a link-local address): the media workers' channel carries host and port.
+                # a link-local address). The engines and the media workers' channel (since
+                # protocol 3) pass the whole address, a link-local peer's scope id with it
+                # (RFC 4007 §6): host and port alone come from a caller that has no more.
                 source = (source[0], source[1], 0, 0)
             ep.source = source
             ep.latched_at = now

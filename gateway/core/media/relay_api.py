@@ -61,6 +61,7 @@ class RelaySide(Protocol):
         *,
         rtcp: bool = False,
         sdp_address_only: bool = False,
+        proves_peer: bool = False,
         handshake_per_source: bool = False,
     ) -> None: ...
 

@@ -126,12 +126,14 @@ from gateway.core.media.worker_protocol import (
     SetRtcpWatch,
     SetTap,
     SetTranscoding,
+    SocketAddress,
     Stats,
     StreamFailed,
     Tapped,
     TappedDatagram,
     check_hello,
     encode,
+    socket_address,
 )
 
 if TYPE_CHECKING:
@@ -393,12 +395,13 @@ class RemoteSide:
         *,
         rtcp: bool = False,
         sdp_address_only: bool = False,
+        proves_peer: bool = False,
         handshake_per_source: bool = False,
     ) -> None:
         """Datagrams that are not RTP/RTCP (RFC 7983: DTLS, ...) from this leg's peer on the RTP
         socket (``rtcp``: the RTCP socket) go to ``handler``, forwarded by the worker; as
         :meth:`gateway.core.media.relay.StreamSide.set_non_rtp_handler`, ``sdp_address_only``
-        and ``handshake_per_source`` included."""
+        ``proves_peer`` and ``handshake_per_source`` included."""
         self._handlers[rtcp] = handler
         self._stream._send(
             SetDtls(
@@ -407,6 +410,7 @@ class RemoteSide:
                 rtcp,
                 handler is not None,
                 sdp_address_only,
+                proves_peer,
                 handshake_per_source,
             )
         )
@@ -453,18 +457,16 @@ class RemoteSide:
                 rtcp,
                 packet,
                 False,
-                (str(destination[0]), int(destination[1])),
+                socket_address(destination),
             )
         )
 
     def latch_peer(self, source: tuple[Any, ...], *, rtcp: bool = False, now: float) -> None:
         """The worker's socket latches ``source``, proved to be this leg's peer before keys
         (:meth:`~gateway.core.media.relay.StreamSide.latch_peer`)."""
-        self._stream._send(
-            LatchPeer(self._stream.id, self._name, rtcp, (str(source[0]), int(source[1])))
-        )
+        self._stream._send(LatchPeer(self._stream.id, self._name, rtcp, socket_address(source)))
 
-    def _deliver(self, packet: bytes, source: tuple[str, int] | None, rtcp: bool) -> None:
+    def _deliver(self, packet: bytes, source: SocketAddress | None, rtcp: bool) -> None:
         handler = self._handlers.get(rtcp)
         if handler is None:
             return
@@ -970,6 +972,36 @@ class WorkerPool:
     def worker_states(self) -> list[str]:
         """What each worker slot is doing, one of :data:`WORKER_STATES`, by worker index."""
         return [w.state for w in self._workers]
+
+    def describe_workers(self, now: float) -> list[dict[str, object]]:
+        """Each worker slot as ``voipgw media-workers`` shows it (the control socket's
+        ``media_workers`` answer), by worker index: its port slice, state
+        (:data:`WORKER_STATES`), process id, open streams, bound port pairs ready, processes
+        started, restarts by reason, how its last process ended (once one has: one of
+        :data:`RESTART_REASONS`), why it is stopped, and for a running one the seconds since it
+        became ready (``now``: the trio clock, as ``ready_at``)."""
+        described: list[dict[str, object]] = []
+        for w in self._workers:
+            one_ended = w.starts > 1 or w.state in ("restarting", "stopped")
+            running_for = None
+            if w.state == "running" and w.ready_at is not None:
+                running_for = round(now - w.ready_at, 3)
+            described.append(
+                {
+                    "index": w.index,
+                    "ports": str(w.ports),
+                    "state": w.state,
+                    "pid": w.pid,
+                    "streams": len(w.streams),
+                    "ready_pairs": len(w.ready) if w.channel is not None else 0,
+                    "starts": w.starts,
+                    "restarts": dict(w.restarts),
+                    "last_ended": w.ended if one_ended and w.stopped is None else None,
+                    "stopped": w.stopped,
+                    "running_for": running_for,
+                }
+            )
+        return described
 
     def worker_restarts(self) -> dict[str, int]:
         """Restarts of every worker slot since the start, by reason (:data:`RESTART_REASONS`,

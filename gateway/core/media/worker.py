@@ -117,6 +117,7 @@ from gateway.core.media.worker_protocol import (
     Tapped,
     TappedDatagram,
     encode,
+    socket_address,
     version_text,
 )
 
@@ -338,6 +339,7 @@ class Worker:
                     handler,
                     rtcp=message.rtcp,
                     sdp_address_only=message.sdp_address_only,
+                    proves_peer=message.proves_peer,
                     handshake_per_source=message.handshake_per_source,
                 )
             elif isinstance(message, SetIce):
@@ -500,7 +502,8 @@ class Worker:
         outbox = self.outbox
 
         def handler(packet: bytes, source: Address) -> None:
-            address = (str(source[0]), int(source[1]))
+            # Whole (an IPv6 scope id too): the SIP process hands it back with LatchPeer.
+            address = socket_address(source)
             outbox.send(Datagram(stream_id, side, rtcp, address, packet), droppable=True)
 
         return handler

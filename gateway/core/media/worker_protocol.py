@@ -66,7 +66,7 @@ from gateway.core.interfaces import SrtpKeys
 from gateway.core.media.relay import DirectionStatistics
 from gateway.core.media.srtp import SrtpStatistics
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 """The version of the channel's messages and of the worker's command line. **Bump it on any
 change to a message's layout** (a field added, removed, reordered or retyped, a default that
 is sent, a type number, a field codec) **or to what a message means, and on any change to the
@@ -80,8 +80,23 @@ frames and the worker's options in tests/unit/media/test_worker_protocol.py are 
 version: a change without a bump fails them. The framing (a u32 length, a u8 type) never
 changes: :class:`Hello` rides on it. 1: the first versioned layouts (session 38); before it the
 channel had no version (a SIP process of then passes no ``--protocol-version``). 2: with
-:class:`LatchPeer` (session 39). 3: :class:`SetDtls` says ``handshake_per_source`` and
-:class:`SendDatagram` may name a ``destination`` (session 40: a DTLS handshake per source)."""
+:class:`LatchPeer` (session 39). 3: :class:`Datagram` and :class:`LatchPeer` carry the whole
+socket address (an IPv6 scope id), :class:`SetDtls` its ``proves_peer`` (session 40, zrtp-40).
+4: :class:`SetDtls` its ``handshake_per_source`` and :class:`SendDatagram` a ``destination``
+(session 40, dtls-40: a DTLS handshake per source)."""
+
+SocketAddress = tuple[str, int] | tuple[str, int, int, int]
+"""A peer's address as a socket gives it: (host, port), or for IPv6 (host, port, flow info,
+scope id): a link-local peer is reached only through its scope id (RFC 4007 §6)."""
+
+
+def socket_address(source: tuple[Any, ...]) -> SocketAddress:
+    """``source`` (as a socket or the relay gave it) as the channel carries it: host and port,
+    and an IPv6 address's flow info and scope id."""
+    if len(source) >= 4:
+        return (str(source[0]), int(source[1]), int(source[2]), int(source[3]))
+    return (str(source[0]), int(source[1]))
+
 
 EXIT_PROTOCOL_MISMATCH = 78
 """A worker's exit status when the SIP process that started it speaks another protocol
@@ -201,6 +216,8 @@ class SetDtls:
     enabled: bool
     sdp_address_only: bool = False
     """Before keys, no source but the leg's SDP address (relay's set_non_rtp_handler)."""
+    proves_peer: bool = False
+    """The key exchange tells its peer from other sources (relay's set_non_rtp_handler)."""
     handshake_per_source: bool = False
     """Before keys, DTLS from other sources too: the engine runs a handshake per source
     (relay's set_non_rtp_handler)."""
@@ -234,7 +251,7 @@ class SendDatagram:
     packet: bytes = attrs.field(repr=lambda p: f"<{len(p)} octets>")
     copy_to_sdp_address: bool = True
     """False: never copied to the leg's SDP address (our DTLS server flight, StreamSide.send)."""
-    destination: tuple[str, int] | None = None
+    destination: SocketAddress | None = None
     """Sent to this source only (``StreamSide.send_to``: a DTLS handshake per source); None:
     where the leg's traffic goes (``StreamSide.send``)."""
 
@@ -247,7 +264,9 @@ class LatchPeer:
     stream: int
     side: str
     rtcp: bool
-    source: tuple[str, int] | None
+    source: SocketAddress | None
+    """Whole, as :class:`Datagram` gave it: an IPv6 link-local peer is reached through its
+    scope id (RFC 4007 §6), which host and port alone lose."""
 
 
 @attrs.frozen
@@ -382,7 +401,8 @@ class Datagram:
     stream: int
     side: str
     rtcp: bool
-    source: tuple[str, int] | None
+    source: SocketAddress | None
+    """As the worker's socket gave it (:data:`SocketAddress`)."""
     packet: bytes = attrs.field(repr=lambda p: f"<{len(p)} octets>")
 
 
@@ -609,6 +629,31 @@ def _get_address(reader: _Reader) -> tuple[str, int]:
     return (host, port)
 
 
+def _put_socket_address(value: SocketAddress) -> bytes:
+    # host, port, then how many more fields (0, or 2 for IPv6: flow info and scope id).
+    extra = value[2:]
+    if len(extra) not in (0, 2):
+        raise ValueError("a socket address has 2 or 4 fields")
+    return (
+        _put_str(value[0])
+        + _U16.pack(value[1])
+        + _U8.pack(len(extra))
+        + b"".join(_U32.pack(field) for field in extra)
+    )
+
+
+def _get_socket_address(reader: _Reader) -> SocketAddress:
+    host = _get_str(reader)
+    (port,) = reader.unpack(_U16)
+    (count,) = reader.unpack(_U8)
+    if count == 0:
+        return (host, port)
+    if count != 2:
+        raise ChannelError(f"a socket address with {count} fields after its port")
+    flowinfo, scope_id = reader.unpack(_U32)[0], reader.unpack(_U32)[0]
+    return (host, port, flowinfo, scope_id)
+
+
 def _put_keys(value: SrtpKeys) -> bytes:
     # An absent MKI (RFC 3711 §3.1) is sent as an empty one: an MKI is 1..128 octets.
     return (
@@ -688,6 +733,7 @@ _DIRECTION: _Codec = (_put_choice(DIRECTIONS), _get_choice(DIRECTIONS))
 _BYTES: _Codec = (_put_bytes, _get_bytes)
 _STR: _Codec = (_put_str, _get_str)
 _ADDRESS: _Codec = _optional(_put_address, _get_address)
+_SOCKET_ADDRESS: _Codec = _optional(_put_socket_address, _get_socket_address)
 _KEYS: _Codec = _optional(_put_keys, _get_keys)
 _STATS: _Codec = (_put_direction, _get_direction)
 _SRTP: _Codec = _optional(_put_srtp, _get_srtp)
@@ -704,12 +750,12 @@ _LAYOUTS: dict[int, tuple[type[Any], tuple[_Codec, ...]]] = {
     2: (SetRemote, (_STREAM, _SIDE, _ADDRESS, _ADDRESS, _BOOL)),
     3: (SetBlocked, (_STREAM, _DIRECTION, _BOOL)),
     4: (SetKeys, (_STREAM, _BOOL, _KEYS, _KEYS, _BOOL, _KEYS, _BOOL, _KEYS)),
-    5: (SetDtls, (_STREAM, _SIDE, _BOOL, _BOOL, _BOOL, _BOOL)),
-    6: (SendDatagram, (_STREAM, _SIDE, _BOOL, _BYTES, _BOOL, _ADDRESS)),
+    5: (SetDtls, (_STREAM, _SIDE, _BOOL, _BOOL, _BOOL, _BOOL, _BOOL)),
+    6: (SendDatagram, (_STREAM, _SIDE, _BOOL, _BYTES, _BOOL, _SOCKET_ADDRESS)),
     7: (Close, (_STREAM,)),
     8: (Ping, (_STREAM,)),
     20: (PairsReady, ((_put_ports, _get_ports),)),
-    21: (Datagram, (_STREAM, _SIDE, _BOOL, _ADDRESS, _BYTES)),
+    21: (Datagram, (_STREAM, _SIDE, _BOOL, _SOCKET_ADDRESS, _BYTES)),
     22: (Stats, (_STREAM, _SECONDS, _STATS, _STATS, _SRTP, _SRTP)),
     23: (StreamFailed, (_STREAM, _STR)),
     24: (Pong, (_STREAM,)),
@@ -737,7 +783,7 @@ _LAYOUTS: dict[int, tuple[type[Any], tuple[_Codec, ...]]] = {
     28: (DtmfEvent, (_STREAM, _DIRECTION, _BYTES)),
     16: (SetRedPayloadTypes, (_STREAM, _DIRECTION, (_put_payload_types, _get_payload_types))),
     17: (SetTranscoding, (_STREAM, _DIRECTION, _LAW, _PAYLOAD_TYPE, _PAYLOAD_TYPE)),
-    18: (LatchPeer, (_STREAM, _SIDE, _BOOL, _ADDRESS)),
+    18: (LatchPeer, (_STREAM, _SIDE, _BOOL, _SOCKET_ADDRESS)),
 }
 _TYPES = {cls: (code, codecs) for code, (cls, codecs) in _LAYOUTS.items()}
 

@@ -27,7 +27,7 @@ import re
 import ssl
 import time
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +43,10 @@ from gateway.plugins.metrics.auth import BasicAuth, PasswordHash, PasswordHashEr
 from gateway.plugins.metrics.collect import ScrapeLog, render_in_steps
 from gateway.plugins.metrics.server import MetricsServer
 from gateway.plugins.transports.certificates import (
+    EXPIRY_CHECK_INTERVAL,
     CertificateError,
+    expires_soon,
+    expiry_report,
     key_open_to_others,
     loaded_certificate,
     validity_problem,
@@ -157,10 +160,59 @@ class MetricsExporter:
 
     name = "metrics"
 
-    def __init__(self, config: MetricsConfig) -> None:
+    def __init__(
+        self, config: MetricsConfig, *, wall_clock: Callable[[], float] = time.time
+    ) -> None:
         self.config = config
         self.server: MetricsServer | None = None
         self._loaded: tuple[LoadedCertificate, ...] = ()
+        self._wall_clock = wall_clock  # for tests (trio's virtual clock)
+
+    def expiry_report(self, *, now: float) -> list[tuple[bool, str]]:
+        """``voipgw check-config``: (error?, ``"tls_certificate: why"``) for ``tls_certificate``
+        outside its validity period (an error: every scraper that verifies refuses it; ``run``
+        starts with it, warning) or expiring within EXPIRY_WARNING_DAYS (a warning), as for
+        the tls transport's certificate. Nothing for plain HTTP, nor for a file this user may
+        not read (MetricsConfig warned of it, unchecked)."""
+        if self.config.tls_certificate is None:
+            return []
+        try:
+            loaded = loaded_certificate(Path(self.config.tls_certificate))
+        except CertificateError:
+            return []
+        return expiry_report(
+            "tls_certificate", (loaded,), now=now, refusal="scrapers will refuse it"
+        )
+
+    def warn_if_invalid(self, *, now: float) -> None:
+        """The certificate served out of its validity period (at start-up, then daily)."""
+        for certificate in self._loaded:
+            problem = validity_problem(certificate, now=now)
+            if problem is not None:
+                log.warning("metrics: %s: scrapers will refuse it", problem)
+
+    def warn_if_expiring(self, *, now: float) -> None:
+        """One WARNING while the certificate served expires within EXPIRY_WARNING_DAYS (at
+        start-up, then daily; and after a reload), as the tls transport says its own."""
+        for certificate in self._loaded:
+            soon = expires_soon(certificate, now=now)
+            if soon is not None:
+                log.warning(
+                    "metrics: the certificate in %s expires on %s (in %d days): renew it",
+                    certificate.path,
+                    *soon,
+                )
+
+    async def _warn_before_expiry(self) -> None:
+        """Once a day (trio's clock) after start-up, which said it first: the certificate in
+        use out of its validity period or expiring soon. Nothing warned before the exporter's
+        certificate expired, and Prometheus' scrapes then failed (``up == 0``) with nothing
+        in the gateway's log saying why; a reload with the renewed one ends the warnings."""
+        while True:
+            await trio.sleep(EXPIRY_CHECK_INTERVAL)
+            now = self._wall_clock()
+            self.warn_if_invalid(now=now)
+            self.warn_if_expiring(now=now)
 
     def loaded_certificates(self) -> tuple[LoadedCertificate, ...]:
         """The certificate new HTTPS connections get (none for plain HTTP)."""
@@ -189,6 +241,9 @@ class MetricsExporter:
         if self.server is not None:
             self.server.ssl_context = context
         self._loaded = (loaded,)
+        if self.server is not None:
+            # Renewed, nothing; one that still expires soon, said now, not at the next look.
+            self.warn_if_expiring(now=self._wall_clock())
         return self._loaded
 
     async def run(
@@ -230,9 +285,11 @@ class MetricsExporter:
             )
             for certificate in self._loaded:
                 log.info("metrics: certificate %s", certificate.describe())
-                problem = validity_problem(certificate, now=time.time())
-                if problem is not None:
-                    log.warning("metrics: %s: scrapers will refuse it", problem)
+            now = self._wall_clock()
+            self.warn_if_invalid(now=now)
+            self.warn_if_expiring(now=now)
+            if self._loaded:
+                nursery.start_soon(self._warn_before_expiry)
             warning = exposure_warning(config)
             if warning is not None:
                 log.warning("metrics: %s", warning)

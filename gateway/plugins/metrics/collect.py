@@ -515,6 +515,25 @@ def _key_exchanges(out: Exposition, status: GatewayStatus) -> None:
     )
     for name, count in status.key_exchange_failures():
         out.sample(count, [("key_exchange", name)])
+    zrtp = {
+        counter: count for name, counter, count in status.key_exchange_counters() if name == "zrtp"
+    }
+    if not zrtp:
+        return  # the zrtp plugin is not enabled
+    out.family(
+        "voipgw_zrtp_discarded_total",
+        "counter",
+        "ZRTP packets the exchanges dropped: bad CRC, malformed, out of place, not from the "
+        "peer, and the Hellos counted in voipgw_zrtp_hello_mismatches_total.",
+    )
+    out.sample(zrtp.get("discarded", 0), [])
+    out.family(
+        "voipgw_zrtp_hello_mismatches_total",
+        "counter",
+        "ZRTP Hellos that did not match the a=zrtp-hash of the peer's SDP (RFC 6189 §8.1): "
+        "forged, or a phone whose SDP and Hello disagree.",
+    )
+    out.sample(zrtp.get("hello_mismatches", 0), [])
 
 
 def _caller_identity(out: Exposition, status: GatewayStatus) -> None:

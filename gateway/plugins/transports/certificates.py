@@ -40,6 +40,10 @@ GENERATED_VALIDITY = datetime.timedelta(days=3650)
 #: and by ``voipgw run`` at start-up and then once a day (a renewal that did not happen, said
 #: while there is time to do it).
 EXPIRY_WARNING_DAYS = 14
+#: How often (s, trio's clock) a running gateway looks again at the certificates it presents
+#: (the tls and wss transports', the metrics exporter's): the warning is repeated once a day
+#: until the certificate is renewed.
+EXPIRY_CHECK_INTERVAL = 86400.0
 
 _WILDCARD_HOSTS = {"0.0.0.0", "::"}
 
@@ -286,6 +290,24 @@ def expiry_warning(certificate: LoadedCertificate, *, now: float) -> str | None:
         return None
     date, days = soon
     return f"the certificate in {certificate.path} expires on {date} (in {days} days): renew it"
+
+
+def expiry_report(
+    key: str, certificates: Sequence[LoadedCertificate], *, now: float, refusal: str
+) -> list[tuple[bool, str]]:
+    """``voipgw check-config``'s words on certificates the gateway presents, ``key`` naming
+    them in their table: (True, ``"KEY: PATH: the certificate expired on ...: REFUSAL"``) for
+    one outside its validity period (an error: every peer that verifies refuses it),
+    (False, ``"KEY: the certificate in PATH expires on ...: renew it"``) for one expiring
+    within :data:`EXPIRY_WARNING_DAYS` (a warning)."""
+    report = []
+    for certificate in certificates:
+        problem = validity_problem(certificate, now=now)
+        if problem is not None:
+            report.append((True, f"{key}: {problem}: {refusal}"))
+        elif (warning := expiry_warning(certificate, now=now)) is not None:
+            report.append((False, f"{key}: {warning}"))
+    return report
 
 
 def _utc(timestamp: float) -> str:

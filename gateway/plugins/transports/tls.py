@@ -91,6 +91,7 @@ from gateway.core.plugins import Registry
 from gateway.core.sip.uri import redact_password
 from gateway.core.transport.flows import Address, Flow, PeerCertificate, format_address
 from gateway.plugins.transports.certificates import (
+    EXPIRY_CHECK_INTERVAL,
     GENERATED_CERTIFICATE,
     GENERATED_DIR,
     GENERATED_KEY,
@@ -99,7 +100,7 @@ from gateway.plugins.transports.certificates import (
     default_hosts,
     ensure_self_signed,
     expires_soon,
-    expiry_warning,
+    expiry_report,
     fingerprint,
     key_open_to_others,
     load_certificates,
@@ -203,9 +204,6 @@ _LOG_TEXT_LIMIT = 200
 _REVOKED_LOG_LIMIT = 4096
 # Open connections asked about again at once when their OCSP answers expire together.
 _OCSP_RECHECKS_AT_ONCE = 8
-#: How often (s, trio's clock) a running gateway looks again whether its own certificate
-#: expires within EXPIRY_WARNING_DAYS: the warning is repeated once a day until it is renewed.
-EXPIRY_CHECK_INTERVAL = 86400.0
 
 
 def _first_time(seen: set[Any], key: object) -> bool:
@@ -390,6 +388,20 @@ class TlsConfig:
             return []
         what = "the fetched CRLs (tls plugin), kept for a start without network,"
         return [(GATEWAY_STATE_DIR, SAVED_DIR, what, (), WARN_ONLY)]
+
+    def read_files(self) -> list[tuple[str, Path, str, str]]:
+        """What ``voipgw check-config`` and ``run`` check this user may read where it is
+        (Gateway.check): with fetching on, each CRL saved in ``<state_dir>/tls/crls`` and the
+        file naming its URL, read back at start-up. One a ``voipgw run`` as root left root's
+        (mode 0600) was not used (``tls: the saved CRL ... is not used: EACCES``), and until
+        the fetch replaced it, its CA's certificates were not checked for revocation. A
+        warning only, as for the directory: the gateway fetches it again."""
+        if not self.fetches_crls:
+            return []
+        return [
+            (GATEWAY_STATE_DIR, SAVED_DIR / "*.crl", "a fetched CRL (tls plugin)", WARN_ONLY),
+            (GATEWAY_STATE_DIR, SAVED_DIR / "*.url", "a fetched CRL's URL (tls plugin)", WARN_ONLY),
+        ]
 
     def _check_ocsp(self) -> None:
         if self.ocsp not in OCSP_MODES:
@@ -1385,7 +1397,10 @@ class TlsTransport(StreamTransport):
             self._ocsp_cas = self._read_cas()
         if checked is not None and self._configured is not None:
             self._loaded = (loaded_certificate(self._configured.certificate),)
-            self._warn(self._configured, self._loaded[0], ())
+            # One out of its validity period is said when the first listener starts
+            # (_warn_before_expiry), not here: voipgw check-config builds this transport too,
+            # and printed this line raw above its own error saying the same.
+            self._warn(self._configured, ())
             if self.tls.crl_distribution_points:
                 # Our own certificate, often from the CA that issued the phones'.
                 self._learn_distribution_points(load_certificates(self._configured.certificate)[0])
@@ -1409,17 +1424,15 @@ class TlsTransport(StreamTransport):
             for bundle in self._ca_bundles:
                 load_certificates(bundle)
 
-    def _warn(
-        self, paths: CertificatePaths, loaded: LoadedCertificate, listen_hosts: tuple[str, ...]
-    ) -> None:
+    def _warn(self, paths: CertificatePaths, listen_hosts: tuple[str, ...]) -> None:
         """What start-up (and a reload) warns of without refusing: a key others may read, a
-        certificate out of its validity period, a generated one not naming a listener."""
+        generated certificate not naming a listener. (A certificate out of its validity
+        period: :meth:`_warn_before_expiry` at start-up; a reload refuses one.)"""
         if paths == self._configured:
             _warn_if_key_readable(paths.private_key, self.name)
         else:
             for listen_host in listen_hosts:
                 self._check_generated_names(paths, listen_host)
-        self._warn_if_invalid(loaded, now=time.time())
 
     def _warn_if_invalid(self, loaded: LoadedCertificate, *, now: float) -> None:
         """The served certificate out of its validity period (at start-up, and daily)."""
@@ -1427,19 +1440,30 @@ class TlsTransport(StreamTransport):
         if problem is not None:
             log.warning("%s: %s: peers will refuse it", self.name, problem)
 
-    def expiry_report(self, *, now: float) -> list[tuple[bool, str]]:
+    def expiry_report(self, *, now: float, listens: Sequence[ListenSpec]) -> list[tuple[bool, str]]:
         """``voipgw check-config``: (error?, ``"certificate: why"``) for the configured
         certificate outside its validity period (an error: peers refuse it; ``run`` starts
         with it, warning) or expiring within EXPIRY_WARNING_DAYS (a warning). Not for one
-        this user may not read (left unchecked) nor the generated one (ten years)."""
-        report = []
-        for loaded in self._loaded:
-            problem = validity_problem(loaded, now=now)
-            if problem is not None:
-                report.append((True, f"certificate: {problem}: peers will refuse it"))
-            elif (warning := expiry_warning(loaded, now=now)) is not None:
-                report.append((False, f"certificate: {warning}"))
-        return report
+        this user may not read (left unchecked) nor the generated one (ten years).
+
+        ``listens``: this transport's ``[sip] listen`` entries. Without one, nothing presents
+        the certificate: no client sees it, and no trunk either (a trunk over this transport,
+        ``mutual`` or not, needs a listener of it: Gateway.check, and ``open_flow`` opens
+        connections in the listeners' nursery), so one out of its validity period is a
+        warning, not an error (before, it failed check-config though no peer could refuse
+        it)."""
+        report = expiry_report("certificate", self._loaded, now=now, refusal="peers will refuse it")
+        if listens:
+            return report
+        unpresented = []
+        for is_error, text in report:
+            if is_error:
+                text = text.removesuffix("peers will refuse it") + (
+                    f"peers will refuse it once a {self.name} listener of [sip] listen presents "
+                    "it (there is none now)"
+                )
+            unpresented.append((False, text))
+        return unpresented
 
     def warn_if_expiring(self, *, now: float) -> None:
         """One WARNING while the certificate served expires within EXPIRY_WARNING_DAYS
@@ -1462,16 +1486,16 @@ class TlsTransport(StreamTransport):
         until every peer refused the gateway. The certificate looked at is the one in use,
         so a reload with the renewed one ends the warnings.
 
-        One that expired while the gateway ran is said daily too, as start-up says it
-        (``peers will refuse it``, the tls-certificate-invalid line): the warnings stopped
-        the day every verifying peer began refusing it, and only a restart said why."""
-        self.warn_if_expiring(now=self._wall_clock())  # start-up said one out of its period
+        One out of its validity period is said at start-up and daily too (``peers will
+        refuse it``, the tls-certificate-invalid line): one that expired while the gateway
+        ran stopped the warnings the day every verifying peer began refusing it, and only a
+        restart said why."""
         while True:
-            await trio.sleep(EXPIRY_CHECK_INTERVAL)
             now = self._wall_clock()
             for loaded in self._loaded:
                 self._warn_if_invalid(loaded, now=now)
             self.warn_if_expiring(now=now)
+            await trio.sleep(EXPIRY_CHECK_INTERVAL)
 
     # -- revocation (crl_files) -------------------------------------------------------------
 
@@ -1721,9 +1745,7 @@ class TlsTransport(StreamTransport):
         """Swap in what :meth:`_prepare_reload` made (on the loop, all at once), then log it
         and close the connections the new CRLs revoke."""
         if paths is not None:
-            self._warn(
-                paths, prepared.loaded[0], tuple(side.address[0] for side in self._listeners)
-            )
+            self._warn(paths, tuple(side.address[0] for side in self._listeners))
         # A fetched CRL's contexts being built now are built again from these (_generation).
         self._swap_contexts(prepared.listeners, prepared.clients, prepared.crls)
         self._loaded = prepared.loaded

@@ -24,6 +24,7 @@ import pytest
 import trio
 
 import gateway.plugins.keyexchange.sdes as sdes_plugin
+import gateway.plugins.keyexchange.zrtp as zrtp_plugin
 import gateway.plugins.metrics as metrics_plugin
 from gateway.core.gateway import HOUSEKEEPING_INTERVAL
 from gateway.core.ids import SeededIds
@@ -44,11 +45,12 @@ from tests.component.calls.b2bua_env import (
     eventually,
     start_b2bua,
 )
-from tests.component.calls.dtls_phone import bind
+from tests.component.calls.dtls_phone import PHONE_PORT, bind
 from tests.component.calls.metrics_scrape import aged_records, http, metrics_env, scrape
 from tests.component.calls.recorder_calls import rtp
 from tests.component.calls.scanner_requests import SCANNER
 from tests.component.calls.scanner_requests import request as scanner_request
+from tests.component.calls.zrtp_pairs import forged_hello, phone_exchange, zrtp_sdp
 from tests.port_blocks import port_bases
 
 CALLER_PORT, CALLEE_PORT = port_bases(2)  # this process's own ports (tests/port_blocks.py)
@@ -266,6 +268,38 @@ async def test_a_failed_key_exchange_is_counted_by_its_name(
         if name.startswith("voipgw_key_exchange_failures_total")
     }
     assert failures == {'voipgw_key_exchange_failures_total{key_exchange="sdes"}': 1}
+    # Without the zrtp plugin, none of its families (session 40).
+    assert not any(name.startswith("voipgw_zrtp_") for name in samples)
+
+
+async def test_zrtp_hellos_that_match_no_zrtp_hash_are_counted(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """Session 40: the ZRTP exchanges' drops, summed over legs (docs/metrics.md): a Hello
+    that matches no a=zrtp-hash of the phone's SDP (RFC 6189 §8.1) is forged, or a phone whose
+    SDP and Hello disagree; an operator alerts on it."""
+    env, address = await metrics_env(
+        nursery, tmp_path, voipgw_seed, plugins=[("zrtp", zrtp_plugin)]
+    )
+    samples = await scrape(address)
+    assert samples["voipgw_zrtp_hello_mismatches_total"] == 0
+    assert samples["voipgw_zrtp_discarded_total"] == 0
+    phone = phone_exchange().offer(suites=[], secure_signalling=False)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=zrtp_sdp(phone))
+    leg_b = await env.alice.next_call()
+    await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))
+    final = await call.final()
+    assert final.status == 200
+    port = parse_sdp_untrusted(final.body).media[0].port
+    with await bind(PHONE_PORT + 4) as stranger:
+        for _ in range(3):
+            await stranger.sendto(forged_hello(), ("127.0.0.1", port))
+        with trio.fail_after(5):
+            while (await scrape(address))["voipgw_zrtp_hello_mismatches_total"] < 3:
+                await trio.sleep(0.1)
+    samples = await scrape(address)
+    assert samples["voipgw_zrtp_hello_mismatches_total"] == 3
+    assert samples["voipgw_zrtp_discarded_total"] == 3
 
 
 async def test_bad_requests_get_their_status_and_the_exporter_goes_on(

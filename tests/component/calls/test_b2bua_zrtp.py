@@ -30,12 +30,14 @@ from gateway.core.sdp.model import MediaDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.plugins.keyexchange.zrtp.engine import ZrtpNegotiation
 from gateway.plugins.keyexchange.zrtp.packets import (
+    COMMIT,
     ERROR_ACK,
     HELLO,
     HELLO_ACK,
     encode_error,
     frame,
     is_zrtp_packet,
+    message,
 )
 from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, start_b2bua
 from tests.component.calls.dtls_phone import PHONE_PORT, Phone, bind
@@ -552,3 +554,83 @@ async def test_a_phone_behind_a_nat_is_keyed_when_a_stranger_latched_the_port_fi
     assert leg_keys(env, "a") == mirrored(phone.keys)
     await trio.sleep(30)
     assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+
+
+RTP = bytes([0x80, 0x00, 0x00, 0x01]) + bytes(8) + b"voice"
+"""A phone's RTP packet (RFC 3550 §5.1), sent before its exchange is done: latches, dropped."""
+
+
+async def test_without_a_readable_zrtp_hash_a_stranger_racing_a_natted_phone_is_dropped(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """Session 40. The caller's a=zrtp-hash cannot be read, so nothing tells its Hello from a
+    stranger's (RFC 6189 §8.1): the source that latched the port is taken for the phone, as
+    before session 39. The phone is behind a NAT and its RTP latched the port first; a
+    stranger's Hello follows, before the phone's. It is dropped by the relay
+    (``unlatched_source``) and the phone is keyed. With session 39's relay it was handed to
+    the exchange beside the phone's latch, bound it, and the call ended at the timeout."""
+    env = await with_zrtp(nursery, tmp_path, voipgw_seed)
+    caller = await zrtp_caller(nursery, env, run_phone=False, zrtp_hash="1.10 unreadable")
+    caller.phone.sock.close()
+    gateway_port = ("127.0.0.1", caller.answer.port)
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert gateway_call.media is not None
+    (stream,) = gateway_call.media.streams
+    natted = await bind(PHONE_PORT + 6)
+    phone = Phone(caller.negotiation, natted, gateway_port)
+    with await bind(PHONE_PORT + 4) as stranger:
+        try:
+            await natted.sendto(RTP, gateway_port)
+            await eventually(lambda: stream.a.rtp_source == ("127.0.0.1", PHONE_PORT + 6))
+            dropped = stream.a_to_b.statistics().dropped_unlatched_source
+            await stranger.sendto(forged_hello(), gateway_port)
+            await eventually(
+                lambda: stream.a_to_b.statistics().dropped_unlatched_source == dropped + 1
+            )
+            nursery.start_soon(phone.run)
+        except BaseException:
+            natted.close()
+            raise
+        with trio.fail_after(10):
+            await phone.keyed.wait()
+        assert phone.failure is None and phone.keys is not None
+    await eventually(lambda: leg_keys(env, "a") is not None)
+    assert leg_keys(env, "a") == mirrored(phone.keys)
+    await trio.sleep(30)
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+
+
+async def test_without_a_readable_zrtp_hash_our_answers_to_a_strangers_hello_stay_with_it(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """Session 40. Nothing binds the caller's Hello (no readable a=zrtp-hash); a stranger's
+    Hello reached the port first and was taken, its HelloACK too, and we committed to it. Our
+    HelloACK and Commit answer the stranger only (``answers_only``): they are not copied to
+    the caller's SDP address. Copied, the phone got a HelloACK for a Hello it never sent (§6:
+    it stops its Hello's retransmissions) and a Commit whose H2 checks against our Hello
+    (§9). The caller then speaks, the exchange starts afresh with the same Hello
+    (docs/media_security.md: why the hash chain stays), and the caller is keyed. (Our first
+    Hello, made in the same round as our HelloACK, went to the stranger only: the caller gets
+    it when the exchange starts afresh.)"""
+    env = await with_zrtp(nursery, tmp_path, voipgw_seed)
+    caller = await zrtp_caller(nursery, env, run_phone=False, zrtp_hash="1.10 unreadable")
+    gateway_port = ("127.0.0.1", caller.answer.port)
+    with await bind(PHONE_PORT + 4) as stranger:
+        try:
+            await stranger.sendto(forged_hello(), gateway_port)
+            await stranger.sendto(frame(2, 0xF0F0F0F0, message(HELLO_ACK)), gateway_port)
+            with trio.fail_after(5):
+                while (await stranger.recvfrom(2048))[0][16:24] != COMMIT:
+                    pass
+            at_sdp_address = _types(await _received(caller.phone.sock))
+            assert HELLO_ACK not in at_sdp_address and COMMIT not in at_sdp_address
+            nursery.start_soon(caller.phone.run)
+        except BaseException:
+            caller.phone.sock.close()
+            raise
+        with trio.fail_after(15):
+            await caller.phone.keyed.wait()
+    assert caller.phone.failure is None and caller.phone.keys is not None
+    await eventually(lambda: leg_keys(env, "a") is not None)
+    assert leg_keys(env, "a") == mirrored(caller.phone.keys)

@@ -22,7 +22,14 @@ import trio
 
 from gateway.core.interfaces import KeyNegotiationEvent, NegotiationFailed
 from gateway.core.media import handshakes
-from gateway.core.media.handshakes import FORK_SOURCES, HELD_DATAGRAMS, CallHandshakes
+from gateway.core.media.handshakes import (
+    FORK_SOURCES,
+    HELD_DATAGRAMS,
+    QUEUE,
+    QUEUE_KEPT_FOR_PEERS,
+    QUEUE_PER_SOURCE,
+    CallHandshakes,
+)
 from gateway.core.media.security import StreamSecurity
 from gateway.plugins.keyexchange.zrtp.packets import is_zrtp_packet
 
@@ -77,6 +84,7 @@ class Side:
     rtcp_mux: bool = True
     handlers: dict[bool, Any] = attrs.Factory(dict)
     sdp_address_only: dict[bool, bool] = attrs.Factory(dict)
+    proves_peer: dict[bool, bool] = attrs.Factory(dict)
     sent: list[bytes] = attrs.Factory(list)
     copied: list[bool] = attrs.Factory(list)  # send's copy_to_sdp_address, per datagram
 
@@ -89,10 +97,12 @@ class Side:
         *,
         rtcp: bool = False,
         sdp_address_only: bool = False,
+        proves_peer: bool = False,
         handshake_per_source: bool = False,
     ) -> None:
         self.handlers[rtcp] = handler
         self.sdp_address_only[rtcp] = sdp_address_only
+        self.proves_peer[rtcp] = proves_peer
         self.handshake_per_source[rtcp] = handshake_per_source
 
     def send_to(self, packet: bytes, destination: Any, *, rtcp: bool = False) -> bool:
@@ -1088,6 +1098,7 @@ class ProvingEngine(SourcedEngine):
 
     proving: bytes = b""
     peer_source: object = None
+    proves_peer: bool = False
 
     def receive_packet_from(self, packet: bytes, *, source: object, now: float) -> None:
         super().receive_packet_from(packet, source=source, now=now)
@@ -1143,6 +1154,82 @@ async def test_an_engine_with_nothing_to_restart_is_not_said_to_have_restarted(
     handler(hello(2), PEER)
     await settle()
     assert [r for r in caplog.records if "started afresh" in r.getMessage()]
+
+
+# -- proves_peer: which relay sockets hand on other sources' ZRTP (session 40) ----------------
+
+
+async def test_the_relay_is_told_whether_the_engine_proves_its_peer(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """docs/media_security.md, "Forged handshakes": the relay hands a port's engine ZRTP from
+    sources other than the latched one only when the engine tells its peer from a stranger
+    (its optional ``proves_peer``: the zrtp engine whose peer's SDP binds its Hello). An
+    engine without it, or False, gets the latch rule; when it changes (the callee's answer
+    binds its Hello) the relay is told again."""
+    engine = ProvingEngine(timer=None)
+    task, _ = await caller_task(nursery, engine)
+    side = task.session.streams[0].a
+    assert side.proves_peer == {False: False}
+    engine.proves_peer = True
+    task.handshakes.poke()
+    await settle()
+    assert side.proves_peer == {False: True}
+
+
+# -- the task's queue (session 40) ------------------------------------------------------------
+
+
+async def test_a_strangers_burst_leaves_room_for_the_sdp_address(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """A stranger's burst (forged ZRTP Hellos, ClientHellos) before the task runs again no
+    longer fills the queue the call shares: at most QUEUE_PER_SOURCE of its datagrams wait,
+    the rest are dropped (``blocked``), and the peer's datagram from its SDP address is fed.
+    Before, the stranger's datagrams filled it (QUEUE, and one handed to the waiting task) and
+    the peer's was dropped."""
+    engine = RestartingEngine(timer=None)
+    task, handler = await caller_task(nursery, engine)
+    burst = QUEUE + 1
+    for n in range(burst):
+        handler(hello(n), STRANGER)  # the task does not run in between
+    handler(b"\x16peer", PEER)
+    await settle()
+    assert engine.received[:QUEUE_PER_SOURCE] == [hello(n) for n in range(QUEUE_PER_SOURCE)]
+    assert engine.received[-1] == b"\x16peer"
+    assert task.session.dropped("blocked") == burst - QUEUE_PER_SOURCE
+    # Counted afresh as the task takes them: the stranger's next ones wait again.
+    for n in range(3):
+        handler(hello(n), STRANGER)
+    await settle()
+    assert engine.received[-3:] == [hello(n) for n in range(3)]
+    assert task.session.dropped("blocked") == burst - QUEUE_PER_SOURCE
+
+
+async def test_strangers_on_many_ports_leave_room_for_the_proven_peer(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """Other sources together (a stranger sending from many ports) take at most QUEUE minus
+    QUEUE_KEPT_FOR_PEERS; the rest is the SDP address's and the proven peer's (a phone behind a
+    NAT whose ZRTP Hello matched its a=zrtp-hash)."""
+    engine = ProvingEngine(timer=None, outgoing=[], proving=hello(200))
+    task, handler = await caller_task(nursery, engine)
+    nat = ("127.0.0.1", 6000)  # a fake relay side's: never bound
+    handler(hello(200), nat)
+    await settle()
+    assert engine.peer_source == nat
+    ports = range(5001, 5001 + QUEUE // QUEUE_PER_SOURCE + 1)
+    for port in ports:
+        for n in range(QUEUE_PER_SOURCE):
+            handler(hello(n), (STRANGER[0], port))
+    for n in range(QUEUE_KEPT_FOR_PEERS):
+        handler(hello(100 + n), nat)
+    await settle()
+    others = QUEUE - QUEUE_KEPT_FOR_PEERS
+    assert task.session.dropped("blocked") == len(ports) * QUEUE_PER_SOURCE - others
+    assert engine.sources[-QUEUE_KEPT_FOR_PEERS:] == [
+        (hello(100 + n), nat) for n in range(QUEUE_KEPT_FOR_PEERS)
+    ]
 
 
 # -- a handshake per source (the dtls engine, session 40) ----------------------------------------

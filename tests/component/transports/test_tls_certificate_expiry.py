@@ -99,3 +99,28 @@ async def test_one_expiring_is_warned_of_at_start_and_a_renewal_ends_the_warning
         await trio.sleep(3 * DAY)
         assert warnings(caplog) == []
         nursery.cancel_scope.cancel()
+
+
+async def test_an_expired_certificate_is_said_when_the_listeners_start_not_when_built(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Building the transport (which `voipgw check-config` does too) logged the start-up
+    line, and check-config printed it above its own error saying the same. Said once when
+    the first listener starts (the daily look's first), then daily."""
+    month_ago = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=40)
+    pair = TestPki(tmp_path).ca("CA").issue("gateway", days=30, not_before=month_ago)
+    caplog.set_level(logging.WARNING, TLS_LOG)
+    transport = transport_for(pair)
+    assert warnings(caplog) == []
+    expired = (
+        f"tls: {pair.certificate}: the certificate expired on "
+        f"{pair.x509.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC (subject CN=gateway): "
+        "peers will refuse it"
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(transport._warn_before_expiry)
+        await trio.sleep(1)
+        assert warnings(caplog) == [expired]
+        await trio.sleep(DAY)
+        assert warnings(caplog) == [expired] * 2
+        nursery.cancel_scope.cancel()

@@ -1055,11 +1055,14 @@ async def test_zrtp_beside_a_strangers_latch_is_handed_on_and_the_proven_peer_ta
     # with that source all the same, latching nothing (the ZRTP engine tells her by her Hello,
     # RFC 6189 §8.1); her RTP, a DTLS record and an Error (no MAC, §5.9) from there are not.
     # latch_peer (the engine proved her) gives her the latch for good, still unconnected; keys
-    # connect it: the keyed path is the one every call takes (#7).
+    # connect it: the keyed path is the one every call takes (#7). Only for a key exchange
+    # that proves its peer (proves_peer: a readable a=zrtp-hash; next test).
     stream = connected
     stranger, natted = make_phone(), make_phone()
     taken: list[tuple[bytes, Any]] = []
-    stream.a.set_non_rtp_handler(lambda packet, source: taken.append((packet, source)))
+    stream.a.set_non_rtp_handler(
+        lambda packet, source: taken.append((packet, source)), proves_peer=True
+    )
     port = stream.a.ports.rtp_port
     await stranger.send(zrtp_packet(HELLO), port)
     await until(lambda: len(taken) == 1)
@@ -1089,6 +1092,31 @@ async def test_zrtp_beside_a_strangers_latch_is_handed_on_and_the_proven_peer_ta
     await natted.send(rtp(2), port)
     await until(lambda: stream.a._rtp.connected)
     await assert_refused_by_the_kernel(zrtp_packet(HELLO, 5), port)
+    assert stream.a.rtp_source == natted.rtp_address
+
+
+async def test_zrtp_beside_a_natted_phones_latch_is_dropped_where_nothing_proves_the_peer(
+    connected: MediaStream, alice: PlainPhone, make_phone: Callable[[], PlainPhone]
+):
+    # Session 40. Alice's SDP has no readable a=zrtp-hash: her exchange cannot tell her from a
+    # stranger (proves_peer False), the first Hello it takes binds it. Alice is behind a NAT and
+    # her RTP latched her leg's port first (not connected: not her SDP address). A stranger's
+    # ZRTP Hello racing hers is dropped (unlatched_source), as before session 39: handed on
+    # beside her latch, it bound the exchange and hers was ignored. Hers is handed on.
+    stream = connected
+    stranger, natted = make_phone(), make_phone()
+    taken: list[tuple[bytes, Any]] = []
+    stream.a.set_non_rtp_handler(lambda packet, source: taken.append((packet, source)))
+    port = stream.a.ports.rtp_port
+    await natted.send(rtp(1), port)
+    await until(lambda: stream.a.rtp_source == natted.rtp_address)
+    assert not stream.a._rtp.connected
+    dropped = stream.a_to_b.statistics().dropped_unlatched_source
+    await stranger.send(zrtp_packet(HELLO), port)
+    await until(lambda: stream.a_to_b.statistics().dropped_unlatched_source == dropped + 1)
+    await natted.send(zrtp_packet(HELLO, 2), port)
+    await until(lambda: len(taken) == 1)
+    assert taken == [(zrtp_packet(HELLO, 2), natted.rtp_address)]
     assert stream.a.rtp_source == natted.rtp_address
 
 

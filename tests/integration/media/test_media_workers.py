@@ -1277,7 +1277,9 @@ async def test_a_worker_hands_on_zrtp_beside_a_strangers_latch_and_latches_the_p
     stream = pool.open_stream()
     await connected(pool, stream, a, b)
     received: list[tuple[bytes, tuple[str, int]]] = []
-    stream.a.set_non_rtp_handler(lambda packet, source: received.append((packet, source)))
+    stream.a.set_non_rtp_handler(
+        lambda packet, source: received.append((packet, source)), proves_peer=True
+    )
     await pool.sync(stream.worker)
     await stranger.send(zrtp_packet(HELLO), stream.a.ports.rtp_port)
     await eventually(lambda: len(received) == 1, "the stranger's Hello latched and handed on")
@@ -1291,10 +1293,54 @@ async def test_a_worker_hands_on_zrtp_beside_a_strangers_latch_and_latches_the_p
     assert await natted.receive() == (zrtp_packet(HELLO_ACK), own)
 
 
+async def _ipv6_phone() -> trio.socket.SocketType:
+    sock = trio.socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    await sock.bind(("::1", 0))
+    return sock
+
+
+async def test_a_worker_hands_on_and_latches_an_ipv6_source_whole() -> None:
+    """Session 40: Datagram and LatchPeer carry the whole address the worker's socket gave
+    (host, port, flow info, scope id): the proven peer latched through the channel is the
+    address the relay sends to, its scope id too, which a link-local peer (RFC 4007 §6) needs.
+    On ::1 the scope id is 0; a non-zero one is checked at the message level
+    (tests/unit/media/test_worker_protocol.py)."""
+    pool = WorkerPool("::1", PORTS.get(), 1, stats_interval=0.05)
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(WORKER_TIMEOUT):
+            await nursery.start(pool.serve)
+        a, b, stranger, natted = [await _ipv6_phone() for _ in range(4)]
+        with a, b, stranger, natted:
+            stream = pool.open_stream()
+            stream.a.set_remote(a.getsockname()[:2])
+            stream.b.set_remote(b.getsockname()[:2])
+            received: list[tuple[bytes, tuple[Any, ...]]] = []
+            stream.a.set_non_rtp_handler(
+                lambda packet, source: received.append((packet, source)), proves_peer=True
+            )
+            await pool.sync(stream.worker)
+            port = ("::1", stream.a.ports.rtp_port)
+            await stranger.sendto(zrtp_packet(HELLO), port)
+            await eventually(lambda: len(received) == 1, "the stranger's Hello handed on")
+            assert received[0][1] == stranger.getsockname()  # ("::1", port, 0, 0)
+            await natted.sendto(zrtp_packet(HELLO, 2), port)
+            await eventually(lambda: len(received) == 2, "the phone's Hello handed on")
+            source = received[1][1]
+            assert source == natted.getsockname() and len(source) == 4
+            stream.a.latch_peer(source, now=trio.current_time())
+            await pool.sync(stream.worker)
+            assert stream.a.send(zrtp_packet(HELLO_ACK))
+            with trio.fail_after(WORKER_TIMEOUT):
+                data, sender = await natted.recvfrom(2048)
+            assert data == zrtp_packet(HELLO_ACK) and sender[:2] == port
+        nursery.cancel_scope.cancel()
+    assert pool.worker_pids() == [None]
+
+
 async def test_a_worker_hands_dtls_to_a_handshake_per_source_and_answers_each_source(
     pool: WorkerPool,
 ) -> None:
-    # docs/media_security.md, "A handshake per source", through a media worker (protocol 3:
+    # docs/media_security.md, "A handshake per source", through a media worker (protocol 4:
     # SetDtls's handshake_per_source, SendDatagram's destination): a stranger's ClientHello
     # latched the socket first; a phone behind a NAT's is handed on all the same, our answer
     # goes to it alone, and LatchPeer (its certificate matched) gives it the latch.

@@ -4,6 +4,7 @@ repeat on trio's clock), and check-config's warning, exit 0."""
 
 from __future__ import annotations
 
+import datetime
 import logging
 import re
 import subprocess
@@ -97,3 +98,37 @@ def expiring(caplog: pytest.LogCaptureFixture) -> list[str]:
         for record in caplog.records
         if record.name == TLS_LOG and "expires on" in record.getMessage()
     ]
+
+
+def test_an_expired_certificate_is_said_once_by_check_config_and_run(tmp_path: Path) -> None:
+    """check-config printed the transport's start-up line raw (`tls: FILE: ...: peers will
+    refuse it`, logged when the plugin was built) above its own error saying the same; `run`
+    logs it once, when its listener starts."""
+    month_ago = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=40)
+    pair = TestPki(tmp_path / "pki").ca("CA").issue("gateway", days=30, not_before=month_ago)
+    config = tmp_path / "voipgw.toml"
+    config.write_text(
+        f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n[media]\nports = "{MEDIA_PORTS.text()}"\n'
+        '[sip]\nlisten = ["tls:127.0.0.1:0"]\n[plugins]\nenable = ["tls"]\n'
+        f'[plugins.tls]\ncertificate = "{pair.certificate}"\nprivate_key = "{pair.key}"\n'
+    )
+    checked = subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (checked.returncode, checked.stdout) == (2, ""), checked.stderr
+    (line,) = checked.stderr.splitlines()
+    assert line.startswith(f"voipgw: configuration error: {config}: [plugins.tls] certificate: ")
+    assert line.endswith(": peers will refuse it"), line
+    warning = (
+        rf"WARNING gateway\.plugins\.transports\.tls: tls: {re.escape(str(pair.certificate))}: "
+        r"the certificate expired on [0-9-]+ [0-9:]+ UTC \(subject CN=gateway\): peers will "
+        "refuse it"
+    )
+    ready = re.compile(r"voipgw ready: .*tls:127\.0\.0\.1:\d+")
+    log = tmp_path / "voipgw.log"
+    with voipgw_running(config, log, [ready, re.compile(warning)]):
+        pass
+    assert len(re.findall(warning, log.read_text())) == 1, log.read_text()

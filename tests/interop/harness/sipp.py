@@ -312,6 +312,12 @@ def run_sipp_uac(
     return SippResult(path.name, tuple(args), returncode, rundir, port, media_port)
 
 
+# A UAS is started before the gateway whose trunk it is (the gateway's config names its
+# port), and the gateway harness gives a gateway 60 s to say it is ready: sipp's own
+# -timeout counting from its start would spend the test's call time on that start.
+UAS_START_ALLOWANCE = 60.0
+
+
 class SippUas:
     """sipp running a UAS scenario in the background: a callee, or a trunk behind the gateway.
 
@@ -319,7 +325,10 @@ class SippUas:
     exits; ``wait()`` gives the result. With ``rtp_echo`` it echoes RTP received on
     ``media_port`` back to its sender (-rtp_echo). ``call_duration_ms`` is -d (how long
     uas_bye_first.xml holds the call before its BYE). ``keys`` are -key values (for
-    uas_auth_answer.xml: user, password). sipp ends itself after ``timeout`` seconds.
+    uas_auth_answer.xml: user, password). ``timeout`` is how long ``wait()`` gives it from the
+    moment the test waits; sipp's own -timeout, which runs from its start, adds
+    :data:`UAS_START_ALLOWANCE` for the gateway the test starts after it (a loaded machine
+    took tens of seconds) and only ends a sipp nobody waits for.
     ``local_ip`` is the loopback address it binds and advertises (-i, -mi).
     """
 
@@ -353,7 +362,7 @@ class SippUas:
             calls=calls,
             call_duration_ms=call_duration_ms,
             keys=keys or {},
-            timeout=timeout,
+            timeout=timeout + UAS_START_ALLOWANCE,
             local_ip=self.local_ip,
         )
         if rtp_echo:

@@ -1076,7 +1076,13 @@ def served_certificate_config(tmp_path: Path, days: int, *, not_before: Any = No
     table = f'[plugins.tls]\ncertificate = "{pair.certificate}"\nprivate_key = "{pair.key}"\n'
     state = tmp_path / "state"
     state.mkdir(exist_ok=True)
-    return write_config(tmp_path, state, table, '"udp", "tls"')
+    path = tmp_path / "voipgw.toml"
+    path.write_text(
+        f'[gateway]\nstate_dir = "{state}"\n'
+        '[sip]\nlisten = ["udp:127.0.0.1:0", "tls:127.0.0.1:0"]\n'
+        f'[plugins]\nenable = ["udp", "tls"]\n{table}'
+    )
+    return path
 
 
 def test_check_config_warns_of_a_served_certificate_expiring_within_14_days(

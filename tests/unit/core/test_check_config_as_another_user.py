@@ -1031,3 +1031,84 @@ def test_check_config_as_the_state_dirs_owner_refuses_a_key_it_may_not_read(
         "and not readable by nobody: chown it to nobody or remove it (the ZRTP ZID (zrtp "
         "plugin))\n"
     )
+
+
+# -- session 40 (tls-40): saved CRLs read back, the store's files as the state_dir's owner ----
+
+
+def test_a_saved_crl_left_by_root_is_a_warning_of_run_and_check_config(shared: Path) -> None:
+    """A `voipgw run` as root saved a fetched CRL (and its URL) root's, mode 0600, in a
+    <state_dir>/tls/crls the service may write in: the next start did not use it (`the saved
+    CRL ... is not used: EACCES`), and until the fetch replaced it that CA's certificates were
+    not checked for revocation; check-config said nothing. Said before anything starts, as the
+    generated certificate's files are, but as a warning: the gateway fetches it again."""
+    state = service_state(shared)
+    crls = state / "tls" / "crls"
+    crls.mkdir(parents=True)
+    for directory in (state / "tls", crls):
+        owned_by_service(directory, mode=0o777)
+    saved = crls / "0123456789abcdef0123456789abcdef.crl"  # sha256(URL)[:32], as crl_fetch names it
+    url = saved.with_suffix(".url")
+    saved.write_bytes(b"\x30\x00")
+    url.write_text("http://127.0.0.1:1/ca.crl\n")
+    for file in (saved, url):
+        file.chmod(0o600)  # root's
+    path = fetching_tls_config(shared, state)
+    tail = "; `voipgw run` starts, and runs without it"
+
+    def unread(file: Path, reader: str, what: str, chown_to: str = "nobody") -> str:
+        return (
+            f"{path}: [gateway] state_dir: {file} is owned by root and not readable by "
+            f"{reader}: chown it to {chown_to} or remove it ({what}){tail}"
+        )
+
+    crl_what, url_what = "a fetched CRL (tls plugin)", "a fetched CRL's URL (tls plugin)"
+    assert warnings_of_run(path) == [
+        unread(saved, "nobody", crl_what),
+        unread(url, "nobody", url_what),
+    ]
+    code, _out, err = check_config_as_nobody(path)  # nor may daemon, the state_dir's owner
+    assert code == cli.EXIT_OK, err
+    of_state = (
+        f"nobody, who runs check-config, nor by daemon, the owner of {state} (the user "
+        "`voipgw run` created it as, most likely)"
+    )
+    assert err == (
+        f"voipgw: warning: {unread(saved, of_state, crl_what, 'daemon')}\n"
+        f"voipgw: warning: {unread(url, of_state, url_what, 'daemon')}\n"
+    )
+    code, _out, err = check_config(path)  # as root, which reads them: daemon may not
+    assert code == cli.EXIT_OK, err
+    assert f"{saved} is owned by root and not readable by daemon, the owner of " in err
+    assert err.count(tail) == 2, err
+    owned_by_service(saved, url, mode=0o644)
+    assert warnings_of_run(path) == []
+    assert check_config(path)[2] == ""
+
+
+def test_check_config_as_the_state_dirs_owner_refuses_a_store_file_it_may_not_write(
+    shared: Path,
+) -> None:
+    """`sudo -u voipgw voipgw check-config FILE`, what the warnings advise, with the SQLite
+    store left root's (mode 0644) by a `voipgw run` as root: check-config warned that "the
+    service's user may be allowed to" (exit 0) though it is that user, and `voipgw run` then
+    refused to start. The service's own answer now: `run`'s error, exit 2."""
+    assert NOBODY is not None
+    state = shared / "state"
+    state.mkdir()
+    os.chown(state, NOBODY.pw_uid, NOBODY.pw_gid)
+    database = state / "voipgw.sqlite3"
+    database.write_bytes(b"")
+    database.chmod(0o644)  # root's
+    path = write_config(shared, state, "", '"udp"')
+    message = (
+        f"{path}: [gateway] state_dir: {database} is not writable by this user (nobody) (mode "
+        f"0644, owner root): the SQLite store cannot be written (chown nobody {database})"
+    )
+    assert run_as_nobody(path) == message
+    code, out, err = check_config_as_nobody(path)
+    assert (code, out) == (cli.EXIT_USAGE, ""), err
+    assert err == f"voipgw: configuration error: {message}\n"
+    os.chown(database, NOBODY.pw_uid, NOBODY.pw_gid)  # chowned, as the remedy says
+    assert run_as_nobody(path) == "started"
+    assert check_config_as_nobody(path)[::2] == (cli.EXIT_OK, "")

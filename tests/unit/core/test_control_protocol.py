@@ -24,6 +24,8 @@ def test_a_request_is_one_json_object_line_naming_a_known_query() -> None:
     assert parse_request_untrusted(b'{"query": "live_quality"}\n') == "live_quality"
     assert parse_request_untrusted(b'{"query":"live_quality","x":1}\nignored') == "live_quality"
     assert parse_request_untrusted(b'{"query": "trunks"}\n') == "trunks"  # voipgw trunks
+    media_workers = b'{"query": "media_workers"}\n'  # voipgw media-workers
+    assert parse_request_untrusted(media_workers) == "media_workers"
 
 
 @pytest.mark.parametrize(

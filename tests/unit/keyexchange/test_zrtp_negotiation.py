@@ -1319,3 +1319,63 @@ def test_dh3k_is_always_accepted_even_when_not_configured() -> None:
     Link(a, b).run()
     assert_completed(a, b)
     assert a.zrtp_key_agreement == "DH3k"
+
+
+# -- session 40: what the core reads of who the peer is, and what the gateway counts -------------
+
+
+def test_an_exchange_proves_its_peer_only_where_the_peers_sdp_binds_its_hello() -> None:
+    """``proves_peer`` (read by the core, docs/plugin_hooks.md): only an exchange that tells the
+    peer from a stranger (§8.1: a readable a=zrtp-hash) is handed other sources' ZRTP beside a
+    latch nothing proved. Without one, a stranger's Hello handed on would bind the exchange
+    (session 39's relay did so beside a NAT'd phone's latch): the relay keeps to the latch."""
+    bound, answerer = offer_answer()
+    assert bound.proves_peer and answerer.proves_peer
+    unbound = exchange(ZID_B, 2).answer(
+        [("zrtp-hash", "1.10 unreadable")], suites=(), secure_signalling=False
+    )
+    assert unbound is not None and not unbound.proves_peer
+    offered = exchange(ZID_A, 1).offer(suites=(), secure_signalling=False)
+    assert not offered.proves_peer  # before the answer: nothing bound yet
+    offered.remote_sdp_attributes([("zrtp-hash", "1.10 unreadable")])
+    assert not offered.proves_peer
+
+
+def test_without_a_binding_what_answers_the_hello_taken_is_not_copied_to_the_sdp_address() -> None:
+    """``answers_only`` (docs/media_security.md, "Forged handshakes"): without a readable
+    a=zrtp-hash the first Hello taken binds the exchange, maybe a stranger's that reached the
+    port first. Our Hello goes to the SDP address too; our HelloACK, Commit, DHPart and
+    Confirm answer that Hello only: copied, they reached the phone at the SDP address, which
+    never sent it (its Hello's retransmissions stopped by our HelloACK, §6; our Commit's H2
+    checks against our Hello's H3, §9). With a binding they answer the peer: copied, as
+    before. After a restart our Hello goes to both again."""
+    answerer = exchange(ZID_B, 2).answer([("zrtp-hash", "x")], suites=(), secure_signalling=False)
+    assert answerer is not None
+    hello_of(answerer)
+    assert answerer.answers_only is False  # our Hello: to the SDP address too
+    answerer.receive_packet_from(forged_hello(), source=STRANGER, now=0.0)
+    assert answerer.answers_only is True
+    answerer.restart_handshake(now=0.5)
+    assert answerer.answers_only is False
+    bound, _ = offer_answer()
+    hello_of(bound)
+    bound.receive_packet_from(forged_hello(), source=STRANGER, now=0.0)  # matches nothing
+    assert bound.answers_only is False
+
+
+def test_the_gateways_zrtp_totals_sum_every_exchanges_drops() -> None:
+    """The metrics plugin's voipgw_zrtp_discarded_total and voipgw_zrtp_hello_mismatches_total
+    (docs/metrics.md): each exchange's statistics() summed over every leg and stream of the
+    gateway (the ZrtpKeyExchange's counters()), ended exchanges included."""
+    gateway = exchange(ZID_A, 1)
+    assert gateway.counters() == (("discarded", 0), ("hello_mismatches", 0))
+    first, _ = offer_answer(gateway)
+    second, _ = offer_answer(gateway)
+    for negotiation in (first, second):
+        hello_of(negotiation)
+        negotiation.receive_packet_from(forged_hello(), source=STRANGER, now=0.0)
+    first.receive_packet_from(b"\x10garbage", source=STRANGER, now=0.0)
+    assert first.statistics().discarded == 2 and first.statistics().hello_mismatches == 1
+    assert dict(gateway.counters()) == {"discarded": 3, "hello_mismatches": 2}
+    other = exchange(ZID_B, 2)
+    assert dict(other.counters()) == {"discarded": 0, "hello_mismatches": 0}

@@ -92,12 +92,15 @@ EVERY_MESSAGE: list[Message] = [
     SetDtls(5, "a", False, True),
     SetDtls(5, "b", True, False),
     SetDtls(5, "a", True, True, True),  # sdp_address_only
-    SetDtls(5, "a", False, True, False, True),  # handshake_per_source
+    SetDtls(5, "b", False, True, False, True),  # proves_peer
+    SetDtls(5, "a", False, True, False, False, True),  # handshake_per_source
     SendDatagram(6, "b", True, b"\x16\xfe\xfd" + bytes(200)),
     SendDatagram(6, "a", False, b"\x16\xfe\xfd" + bytes(20), copy_to_sdp_address=False),
     SendDatagram(6, "b", False, b"\x16", False, ("2001:db8::1", 65535)),  # to one source
     LatchPeer(6, "a", False, ("192.0.2.10", 4000)),
     LatchPeer(6, "b", True, ("2001:db8::1", 65535)),
+    LatchPeer(6, "a", False, ("::1", 5004, 0, 0)),
+    LatchPeer(6, "a", False, ("::1", 5004, 0xFFFF_FFFF, 0xFFFF_FFFF)),  # flow info, scope id
     Close(2**32 - 1),
     Ping(17),
     Pong(17),
@@ -105,6 +108,7 @@ EVERY_MESSAGE: list[Message] = [
     PairsReady(()),
     Datagram(7, "a", False, ("127.0.0.1", 5004), b"\x16" * 65535),
     Datagram(7, "b", True, None, b"\x00\x01"),
+    Datagram(7, "a", True, ("::1", 5004, 0, 3), b"\x10"),  # scope id 3
     Stats(8, 0.25, direction(1), direction(2), srtp(3), None),
     Stats(8, 0.0, direction(0), direction(0), None, srtp(9)),
     StreamFailed(9, "unknown SRTP suite 'ROT13'"),
@@ -272,7 +276,7 @@ def test_values_that_do_not_fit_their_field_are_our_bug() -> None:
 
 # -- the protocol version ------------------------------------------------------------------------
 
-LAYOUT_VERSION = 3
+LAYOUT_VERSION = 4
 """The PROTOCOL_VERSION whose layouts FRAMES below are. A change to any message's layout fails
 test_each_message_type_has_the_layout_of_its_protocol_version: then bump PROTOCOL_VERSION in
 worker_protocol.py, and this number with the new frames (never new frames under an old number:
@@ -306,18 +310,18 @@ FRAMES: list[tuple[Message, str]] = [
         " 00000001 01 00000000"
         " 00 01 00 00 00",
     ),
-    (SetDtls(5, "b", True, True, True, True), "0000000a 05 00000005 01 01 01 01 01"),
+    (SetDtls(5, "b", True, True, True, True, True), "0000000b 05 00000005 01 01 01 01 01 01"),
     (
         SetIce(6, "a", True, True, "gw01", "pw", "ph", "pp"),
         "0000001a 0b 00000006 00 01 01 0004 67773031 0002 7077 0002 7068 0002 7070",
     ),
     (
-        SendDatagram(7, "b", True, b"\x16\xfe\xfd", False, ("127.0.0.1", 5004)),
-        "0000001d 06 00000007 01 01 00000003 16fefd 00 01 0009 3132372e302e302e31 138c",
+        SendDatagram(7, "b", True, b"\x16\xfe\xfd", False, ("::1", 5004, 0, 7)),
+        "00000020 06 00000007 01 01 00000003 16fefd 00 01 0003 3a3a31 138c 02 00000000 00000007",
     ),
     (
-        LatchPeer(18, "b", True, ("127.0.0.1", 5004)),
-        "00000015 12 00000012 01 01 01 0009 3132372e302e302e31 138c",
+        LatchPeer(18, "b", True, ("::1", 5004, 0, 7)),
+        "00000018 12 00000012 01 01 01 0003 3a3a31 138c 02 00000000 00000007",
     ),
     (Close(8), "00000005 07 00000008"),
     (Ping(9), "00000005 08 00000009"),
@@ -338,7 +342,7 @@ FRAMES: list[tuple[Message, str]] = [
     (PairsReady((30000, 30002)), "00000007 14 0002 7530 7532"),
     (
         Datagram(21, "b", True, ("127.0.0.1", 5004), b"\x16\xfe\xff"),
-        "0000001c 15 00000015 01 01 01 0009 3132372e302e302e31 138c 00000003 16feff",
+        "0000001d 15 00000015 01 01 01 0009 3132372e302e302e31 138c 00 00000003 16feff",
     ),
     (
         Stats(

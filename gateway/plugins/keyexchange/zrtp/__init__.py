@@ -39,6 +39,7 @@ from gateway.plugins.keyexchange.zrtp.engine import (
     ZrtpNegotiation,
     ZrtpSettings,
     ZrtpTiming,
+    ZrtpTotals,
     has_zrtp_hash,
     parse_hello_hashes_untrusted,
 )
@@ -155,9 +156,20 @@ class ZrtpKeyExchange:
         self.timing = timing if timing is not None else ZrtpTiming()
         self.cache = cache
         self.disclosure = disclosure
+        self.totals = ZrtpTotals()
+        """What this gateway's exchanges dropped since the start (:meth:`counters`)."""
 
     def __repr__(self) -> str:
         return f"<ZrtpKeyExchange key agreements={','.join(self.key_agreements)}>"
+
+    def counters(self) -> tuple[tuple[str, int], ...]:
+        """What every exchange dropped since the start, by counter (the optional ``counters``
+        of a key exchange, docs/plugin_hooks.md: the metrics plugin's
+        ``voipgw_zrtp_discarded_total`` and ``voipgw_zrtp_hello_mismatches_total``)."""
+        return (
+            ("discarded", self.totals.discarded),
+            ("hello_mismatches", self.totals.hello_mismatches),
+        )
 
     def offer(
         self,
@@ -216,6 +228,7 @@ class ZrtpKeyExchange:
             timing=self.timing,
             cache=self.cache,
             disclosure=self.disclosure,
+            totals=self.totals,
         )
         return ZrtpNegotiation(
             sdp_role,

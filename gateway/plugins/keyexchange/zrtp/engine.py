@@ -169,6 +169,23 @@ class ZrtpSettings:
     disclosure: bool = False
     """Set the Disclosure flag in our Confirm (§11: this endpoint may disclose the session's
     keys or plaintext, e.g. to lawful interception). A product setting: every call or none."""
+    totals: ZrtpTotals | None = attrs.field(default=None, eq=False)
+    """The gateway's counters, which every exchange made with these settings adds to (the
+    metrics plugin's ``voipgw_zrtp_*_total``); None: none kept."""
+
+
+@attrs.define
+class ZrtpTotals:
+    """What every ZRTP exchange of a gateway dropped since its start (:class:`ZrtpStatistics`
+    summed over legs and streams, the ended ones too): read by the metrics plugin through the
+    key exchange's ``counters()`` (docs/metrics.md)."""
+
+    discarded: int = 0
+    """Packets dropped: bad CRC, malformed, out of place, not from the peer; Hellos that did
+    not match the peer's a=zrtp-hash included."""
+    hello_mismatches: int = 0
+    """Peer Hellos that did not match its a=zrtp-hash (§8.1): forged, or a phone whose SDP and
+    Hello disagree."""
 
 
 def hello_hash_attribute(hello: bytes) -> str:
@@ -350,19 +367,33 @@ class ZrtpNegotiation:
     """No DTLS association (gateway/core/media/handshakes.py ``_association``): a side's ZRTP
     is held only until our first answer to it went (docs/plugin_hooks.md)."""
 
-    answers_only = False
-    """Our datagrams are copied to the peer's SDP address while another source holds the port
-    before keys (docs/media_security.md, "Forged handshakes"), answers too, unlike the DTLS
-    server's: what we answer is the peer's own message, wherever it came from. Its Hello must
-    match its a=zrtp-hash (RFC 6189 §8.1), each later message reveals the next link of that
-    Hello's hash chain (§9), so our HelloACK, DHPart1, DHPart2 or Confirm is the answer the
-    peer waits for, or a repeat it takes as a retransmission (§6); our Commit commits to its
-    Hello (hvi, §4.4.1.1). (A Ping from anyone gets PingACK, §5.16, and an Error ErrorACK,
-    §5.10: nothing a peer that sent neither acts on. An Error from neither the SDP address nor
-    the latched source never gets here: the relay drops it, docs/media_security.md "Forged
-    Errors"; with the peer's Hello bound, one from a source whose Hello did not match is
-    dropped here.) Without a readable a=zrtp-hash a stranger's Hello taken first binds the
-    exchange until the peer's SDP address speaks (:meth:`restart_handshake`)."""
+    @property
+    def answers_only(self) -> bool:
+        """Whether what we send only answers the source whose Hello we took, so it is never
+        copied to the peer's SDP address while another source holds the port before keys
+        (docs/media_security.md, "Forged handshakes").
+
+        False where the peer's SDP binds its Hello (a readable a=zrtp-hash, §8.1): our
+        datagrams are copied, answers too, unlike the DTLS server's: what we answer is the
+        peer's own message, wherever it came from. Its Hello must match its a=zrtp-hash, each
+        later message reveals the next link of that Hello's hash chain (§9), so our HelloACK,
+        DHPart1, DHPart2 or Confirm is the answer the peer waits for, or a repeat it takes as a
+        retransmission (§6); our Commit commits to its Hello (hvi, §4.4.1.1). (A Ping from
+        anyone gets PingACK, §5.16, and an Error ErrorACK, §5.10: nothing a peer that sent
+        neither acts on. An Error from neither the SDP address nor the latched source never
+        gets here: the relay drops it, docs/media_security.md "Forged Errors"; with the peer's
+        Hello bound, one from a source whose Hello did not match is dropped here.)
+
+        Without a readable a=zrtp-hash, False until a Hello is taken (our Hello goes to both),
+        then True: the first Hello taken binds the exchange, maybe a stranger's that reached
+        the port first, until the peer's SDP address speaks (:meth:`restart_handshake`), and
+        our HelloACK, Commit, DHPart or Confirm answer that Hello only. Copied, they reached the
+        phone at the SDP address: a HelloACK stopped its Hello's retransmissions (§6), a Commit
+        (its H2 checks against our Hello's H3, §9) could set it answering an exchange it never
+        had (session 40; before, every one was copied). Read once per round by the core: our
+        Hello sent in the same round as such an answer goes to that source only; the phone gets
+        it when it speaks and the exchange starts afresh."""
+        return self._peer_hello is not None and not self._peer_hello_hashes
 
     def __init__(
         self,
@@ -563,6 +594,8 @@ class ZrtpNegotiation:
             self._receive(received, sender, now)
         except (p.ZrtpParseError, _Ignore):
             self._discarded += 1
+            if self._settings.totals is not None:
+                self._settings.totals.discarded += 1
         except _Abort as abort:
             self._abort(abort)
 
@@ -574,6 +607,18 @@ class ZrtpNegotiation:
             # Bound: nobody proved to be the peer yet. Unbound: nobody can (the relay's checks).
             return not self._peer_hello_hashes
         return self._peer_source is None or source[:2] == self._peer_source[:2]
+
+    @property
+    def proves_peer(self) -> bool:
+        """Whether this exchange tells its peer from a stranger by what it sends before keys:
+        the peer's SDP binds its Hello (a readable a=zrtp-hash, §8.1), so the source whose Hello
+        matched is the peer (:attr:`peer_source`). Read by the core (docs/plugin_hooks.md,
+        "Media-path engines"): only then does the relay hand this exchange ZRTP datagrams from
+        other sources than the one that latched the port; without a binding nothing tells the
+        peer from a stranger, the latched source is taken as the peer (docs/media_security.md,
+        "Forged handshakes"), and a stranger's Hello handed on beside it could bind the
+        exchange."""
+        return bool(self._peer_hello_hashes)
 
     @property
     def peer_source(self) -> tuple[object, ...] | None:
@@ -592,10 +637,21 @@ class ZrtpNegotiation:
         that did not match was never taken, nor anything else from a source whose Hello did not
         match. Without a binding the first Hello taken bound the exchange, maybe a stranger's,
         and what followed it too: all that is forgotten and the exchange starts again from
-        discovery, our Hello resent at once. Ours stays the same (its hash is in our SDP, and
-        our H0..H3 chain with it, §9: what the stranger saw of it authenticates nothing it
-        could use without the DH exchange, whose keys it never gets); the sequence number goes
-        on, and the overall deadline is kept. A DH exchange this stream ran for the leg is not
+        discovery, our Hello resent at once; the sequence number goes on, and the overall
+        deadline is kept. Our DH value is made afresh with the next Commit or DHPart.
+
+        Our Hello stays the same, and our H0..H3 chain with it (§9), although a stranger that
+        ran the exchange with us holds the links we revealed to it (H2 in our Commit, H1 in our
+        DHPart, H0 in our Confirm, which its keys decrypt). A new chain is a new Hello (it
+        carries H3): not the one our SDP's a=zrtp-hash names (§8.1), not the one the phone may
+        already hold (our Hello went to its SDP address too, and a Hello is resent
+        byte-identical, §6), so the phone would drop it and the call would end at the timeout.
+        For the phone nothing starts afresh: it saw our Hello and nothing else of ours (what
+        answers the stranger is not copied to it, :attr:`answers_only`). What the links are
+        for, rejecting false packets cheaply (§9), is lost towards that stranger only: it can
+        make messages that pass the phone's chain checks of ours, as it could already disrupt
+        this exchange by being first at the port; never the keys, nor a man in the middle
+        that the SAS (§7) would not show. A DH exchange this stream ran for the leg is not
         the leg's any more (:meth:`ZrtpLegSession.forget`). True when it started afresh, False
         when there was nothing to undo (the core then logs nothing)."""
         if self._peer_hello_hashes or self._state in (
@@ -753,6 +809,8 @@ class ZrtpNegotiation:
             raise _Ignore  # §4.1.1: a peer with a higher version sends 1.10 once it sees ours
         if self._peer_hello_hashes and sha256(hello.raw) not in self._peer_hello_hashes:
             self._hello_mismatches += 1
+            if self._settings.totals is not None:
+                self._settings.totals.hello_mismatches += 1
             raise _Ignore
         if self._peer_hello is None:
             if hello.zid == self._settings.zid:
