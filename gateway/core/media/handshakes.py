@@ -251,7 +251,7 @@ class CallHandshakes:
         against :data:`QUEUE_PER_SOURCE`, else None (:meth:`deliver`)."""
         self._waiting_from: dict[tuple[str, int], int] = {}
         """Datagrams waiting in the channel per such source."""
-        self._hooked: dict[tuple[str, int, bool], tuple[RelayStream, bool, bool]] = {}
+        self._hooked: dict[tuple[str, int, bool], tuple[RelayStream, bool, bool, bool]] = {}
         """The relay streams whose sockets hand on to this task, per (side, stream, RTCP port),
         whether that socket takes only the SDP address before keys and whether its engine
         proves its peer (:meth:`_hook`)."""
@@ -503,13 +503,13 @@ class CallHandshakes:
                             self._strangers_fed.add((side, index, rtcp))
                         self._held_strangers.discard((side, index, rtcp))
                         for packet, source in held:
-                            self._feed(side, negotiation, packet, now, source)
+                            self._feed(side, index, negotiation, packet, now, source)
                     timer = negotiation.get_timer()
                     if timer is not None and timer <= now:
                         negotiation.handle_timer(now=now)
                     if rtcp:
                         for packet, source in self._early_rtcp.pop((side, index), ()):
-                            self._feed(side, negotiation, packet, now, source)
+                            self._feed(side, index, negotiation, packet, now, source)
                     if item is not None and item[:3] == (side, index, rtcp):
                         self._item_taken = True
                         self._feed_item(stream, negotiation, item, now)
@@ -524,13 +524,16 @@ class CallHandshakes:
                         if relay_side is None or not relay_side.send(
                             packet, rtcp=rtcp, copy_to_sdp_address=copy
                         ):
-                            port = "RTCP" if rtcp else "RTP"
-                            log.debug(
-                                "key-exchange datagram for leg %s stream %d %s port not sent",
-                                side,
-                                index,
-                                port,
-                            )
+                            self._not_sent(side, index, rtcp)
+                    # An engine that runs a handshake per source answers each at its address
+                    # (the dtls engine, docs/media_security.md "Forged handshakes").
+                    addressed = getattr(negotiation, "addressed_packets_to_send", None)
+                    if addressed is not None:
+                        for packet, destination in addressed(now=now):
+                            if relay_side is None or not relay_side.send_to(
+                                packet, destination, rtcp=rtcp
+                            ):
+                                self._not_sent(side, index, rtcp)
                     keys_changed |= self._events(side, index, stream, negotiation, rtcp)
         if item is not None and not self._item_taken:
             # No stream of that side and index drives a handshake on that port. Every drop
@@ -549,6 +552,11 @@ class CallHandshakes:
         self._forget_gone(all_streams)
         if keys_changed:
             self._on_keys()
+
+    @staticmethod
+    def _not_sent(side: str, index: int, rtcp: bool) -> None:
+        port = "RTCP" if rtcp else "RTP"
+        log.debug("key-exchange datagram for leg %s stream %d %s port not sent", side, index, port)
 
     def _offered_new(self) -> dict[str, dict[int, StreamSecurity]]:
         """The streams of a peer's offer still waiting for our answer whose association is not
@@ -828,12 +836,18 @@ class CallHandshakes:
             if self._refuses(negotiation, item):
                 return
             self._strangers_fed.add(port)
-        elif from_sdp and port in self._strangers_fed:
+        if from_sdp and source is not None:
+            # An engine that runs a handshake per source never drops the SDP address's for its
+            # cap, and takes its failure as the leg's (the dtls engine's note_sdp_address).
+            note = getattr(negotiation, "note_sdp_address", None)
+            if note is not None:
+                note(source)
+        if from_sdp and port in self._strangers_fed:
             self._strangers_fed.discard(port)
             restart = getattr(negotiation, "restart_handshake", None)
             # False: the engine had nothing to start afresh (the zrtp engine whose peer's Hello
-            # is bound by a=zrtp-hash never took the other source's); None or anything else
-            # (the dtls engine returns None): it did.
+            # is bound by a=zrtp-hash never took the other source's; the dtls engine, which
+            # runs a handshake per source); None or anything else: it did.
             if restart is not None and restart(now=now) is not False:
                 log.info(
                     "leg %s stream %d %s port: the SDP address spoke after another source's "
@@ -842,7 +856,7 @@ class CallHandshakes:
                     index,
                     "RTCP" if rtcp else "RTP",
                 )
-        self._feed(side, negotiation, packet, now, source)
+        self._feed(side, index, negotiation, packet, now, source)
 
     def _from_sdp_address(
         self, stream: StreamSecurity, item: tuple[str, int, bool, bytes, Address | None]
@@ -916,6 +930,7 @@ class CallHandshakes:
     def _feed(
         self,
         side: str,
+        index: int,
         negotiation: KeyNegotiation,
         packet: bytes,
         now: float,
@@ -924,7 +939,16 @@ class CallHandshakes:
         """``packet`` from ``source`` (None: not known) to ``negotiation``; with its source
         where the engine takes it (its optional ``receive_packet_from``, docs/plugin_hooks.md
         "Media-path engines": the ``zrtp`` engine tells the peer from a stranger by the source
-        whose Hello matched the peer's a=zrtp-hash, RFC 6189 §8.1)."""
+        whose Hello matched the peer's a=zrtp-hash, RFC 6189 §8.1; the ``dtls`` engine runs a
+        handshake per source). Not to an engine that runs a handshake per source on an ICE
+        leg: checks select the peer's address (RFC 8445 §12), which may move while the
+        handshake runs (a better pair nominated), and the one handshake goes on there."""
+        if (
+            source is not None
+            and getattr(negotiation, "handshake_per_source", False) is True
+            and self._ice_leg(side, index)
+        ):
+            source = None
         # RFC 7983: each engine claims its range of first bytes (DTLS 20..63, ZRTP 16..19).
         if negotiation.claims_packet(packet[0], packet):
             receive_from = getattr(negotiation, "receive_packet_from", None)
@@ -935,6 +959,10 @@ class CallHandshakes:
         else:
             self.unclaimed += 1
             self._drop(side, "malformed")
+
+    def _ice_leg(self, side: str, index: int) -> bool:
+        security = self._legs().get(side)
+        return security is not None and security.ice.responders(index)[0] is not None
 
     def _before_rtcp_handshake(
         self, side: str, index: int, stream: StreamSecurity, item: _Item
@@ -1076,8 +1104,17 @@ class CallHandshakes:
         # tells its peer from a stranger (proves_peer, optional: the zrtp engine whose peer's
         # SDP binds its Hello, RFC 6189 §8.1); without, the latch is the rule (relay.py).
         proves = any(getattr(n, "proves_peer", False) is True for _, n in engines)
+        # The engine runs a handshake per source (the dtls engine): the relay hands it DTLS
+        # from every source before keys, not only the latched one and the SDP address.
+        per_source = not strict and any(
+            getattr(n, "handshake_per_source", False) is True for _, n in engines
+        )
         hooked = self._hooked.get((side, index, rtcp))
-        if hooked is not None and hooked[0] is stream and hooked[1:] == (strict, proves):
+        if (
+            hooked is not None
+            and hooked[0] is stream
+            and hooked[1:] == (strict, proves, per_source)
+        ):
             return
         relay_side = stream.a if side == "a" else stream.b
 
@@ -1085,13 +1122,17 @@ class CallHandshakes:
             self.deliver(side, index, packet, rtcp=rtcp, source=source)
 
         relay_side.set_non_rtp_handler(
-            handler, rtcp=rtcp, sdp_address_only=strict, proves_peer=proves
+            handler,
+            rtcp=rtcp,
+            sdp_address_only=strict,
+            proves_peer=proves,
+            handshake_per_source=per_source,
         )
-        self._hooked[(side, index, rtcp)] = (stream, strict, proves)
+        self._hooked[(side, index, rtcp)] = (stream, strict, proves, per_source)
 
     def _unhook(self) -> None:
         streams = self._streams()
-        for (side, index, rtcp), (stream, _, _) in self._hooked.items():
+        for (side, index, rtcp), (stream, _, _, _) in self._hooked.items():
             if not stream.closed:
                 found = streams.get(side, {}).get(index)
                 engines = () if found is None else tuple(n for _, n in self._negotiations(found))

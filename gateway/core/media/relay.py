@@ -87,6 +87,10 @@ address (direction ``a_to_b``), and the reverse.
   SDP address holds such a latch, ZRTP datagrams from other sources go to the handler with
   their source, latching nothing (:func:`_zrtp_beside_unproven_latch`): the ZRTP engine tells
   the peer by its Hello (RFC 6189 §8.1), and :meth:`StreamSide.latch_peer` gives it the latch.
+  A side set ``handshake_per_source`` (the ``dtls`` engine) gets DTLS datagrams from other
+  sources the same way (:func:`_dtls_beside_unproven_latch`): the engine runs a handshake per
+  source, answered at each source's address (:meth:`StreamSide.send_to`), and the one whose
+  certificate matches a=fingerprint (RFC 5763 §5) takes the latch.
   On the callee's side (B) while its leg's SDP never gave an address (our offer waits for its
   answer: maybe one of several forks, RFC 3261 §16.7, sharing these sockets; a late-offer
   caller, RFC 3261 §13.2.1, is one device and latches as always) a handshake socket's latch is not
@@ -483,6 +487,7 @@ class _Endpoint:
         "dropped_unlatched_source",
         "fd",
         "hands_on",
+        "handshake_per_source",
         "ice",
         "keyed",
         "last_received",
@@ -553,6 +558,9 @@ class _Endpoint:
         # (the zrtp engine whose peer's SDP binds its Hello, RFC 6189 §8.1): ZRTP datagrams of
         # other sources go to it beside a latch nothing proved (_zrtp_beside_unproven_latch).
         self.proves_peer = False
+        # Its key exchange runs a handshake per source before keys (StreamSide.
+        # set_non_rtp_handler): DTLS datagrams from other sources go to it beside the latch.
+        self.handshake_per_source = False
         # The latched source was proved to be the peer by its key exchange before keys
         # (StreamSide.latch_peer): neither the SDP address takes it over nor other sources'
         # ZRTP is handed on beside it.
@@ -685,6 +693,27 @@ def _zrtp_beside_unproven_latch(ep: _Endpoint, packet: bytes, source: Address) -
         and not ep.proven_peer
         and ep.ice is None
         and _is_zrtp(packet)
+        and _not_from_sdp_address(ep, source)
+        and not _unaddressed(ep)
+    )
+
+
+def _dtls_beside_unproven_latch(ep: _Endpoint, packet: bytes, source: Address) -> bool:
+    """Whether ``packet``, from ``source`` (not the latched one), is a DTLS datagram (RFC 7983:
+    first byte 20..63) that goes to a key exchange running a handshake per source
+    (``handshake_per_source``, :meth:`MediaRelay._hand_on`) without latching: another source
+    holds the latch of this handshake socket before keys, not connected and not proved, and
+    ``source`` is not the SDP address (which takes the latch over, _takes_over). The exchange
+    answers each source with its own handshake; the one whose certificate matches the peer's
+    a=fingerprint takes the latch (:meth:`StreamSide.latch_peer`)."""
+    return (
+        ep.handshake_per_source
+        and ep.source is not None
+        and not ep.keyed
+        and not ep.connected
+        and not ep.proven_peer
+        and ep.ice is None
+        and 20 <= packet[0] <= 63
         and _not_from_sdp_address(ep, source)
         and not _unaddressed(ep)
     )
@@ -869,6 +898,7 @@ class StreamSide:
         rtcp: bool = False,
         sdp_address_only: bool = False,
         proves_peer: bool = False,
+        handshake_per_source: bool = False,
     ) -> None:
         """Hand datagrams that are not RTP/RTCP (RFC 7983: first byte outside 128..191, e.g.
         DTLS 20..63, ZRTP 16..19, STUN 0..3) arriving on this side's RTP socket (``rtcp``: its
@@ -884,7 +914,10 @@ class StreamSide:
         ``zrtp`` engine whose peer's SDP binds its Hello, RFC 6189 §8.1) ZRTP datagrams from
         other sources are handed on, latching nothing, while a source other than the SDP
         address holds the latch before keys and nothing proved it (:meth:`latch_peer`);
-        without it they are dropped there (``unlatched_source``), as RTP is.
+        without it they are dropped there (``unlatched_source``), as RTP is. With
+        ``handshake_per_source`` (the ``dtls`` engine: a handshake per source until one proved
+        itself) DTLS datagrams from other sources than the latched one and the SDP address are
+        handed on too before keys, latching nothing (:func:`_dtls_beside_unproven_latch`).
 
         The RTCP socket has its own handshake when the leg does not use rtcp-mux: RFC 5764 §4.1
         keys SRTCP on that port from a DTLS association of its own."""
@@ -892,6 +925,7 @@ class StreamSide:
         ep.non_rtp = handler
         ep.sdp_address_only = sdp_address_only and handler is not None
         ep.proves_peer = proves_peer and handler is not None
+        ep.handshake_per_source = handshake_per_source and handler is not None
         ep.hands_on = handler is not None or ep.ice is not None
 
     def set_ice_handler(self, handler: IceHandler | None, *, rtcp: bool = False) -> None:
@@ -947,6 +981,23 @@ class StreamSide:
         if also is not None:
             with contextlib.suppress(OSError):
                 sock.sendto(packet, also)
+        return True
+
+    def send_to(self, packet: bytes, destination: Address, *, rtcp: bool = False) -> bool:
+        """Send ``packet`` (a key exchange's datagram for one source: a DTLS handshake per
+        source, docs/media_security.md "Forged handshakes") from this side's RTP socket
+        (``rtcp``: its RTCP socket) to ``destination``, a source whose datagrams it answers.
+        Only before keys on a socket that is neither connected nor ICE; otherwise as
+        :meth:`send` without the copy to the SDP address (where the socket's traffic goes:
+        once keyed or connected that is the peer's, and an ICE leg sends only to the address
+        a check selected, RFC 8445 §12). False when the send failed."""
+        ep = self._rtcp if rtcp else self._rtp
+        if ep.keyed or ep.connected or ep.ice is not None:
+            return self.send(packet, rtcp=rtcp, copy_to_sdp_address=False)
+        try:
+            ep.sock.sendto(packet, destination)
+        except OSError:
+            return False
         return True
 
     def latch_peer(self, source: Address, *, rtcp: bool = False, now: float) -> None:
@@ -2580,6 +2631,11 @@ class MediaRelay:
                 # peer by its Hello, which must match the peer's a=zrtp-hash (RFC 6189 §8.1),
                 # and the handshake task gives that source the latch (StreamSide.latch_peer):
                 # a stranger first at the port no longer keeps a phone behind a NAT out.
+                pass
+            elif _dtls_beside_unproven_latch(ep, packet, source):
+                # The same for DTLS, whose engine runs a handshake per source: the one whose
+                # certificate matches the peer's a=fingerprint (RFC 5763 §5) is the peer, and
+                # takes the latch (StreamSide.latch_peer).
                 pass
             elif not self._latch(ep, source, now):
                 return

@@ -62,10 +62,15 @@ class RelaySide(Protocol):
         rtcp: bool = False,
         sdp_address_only: bool = False,
         proves_peer: bool = False,
+        handshake_per_source: bool = False,
     ) -> None: ...
 
     def send(
         self, packet: bytes, *, rtcp: bool = False, copy_to_sdp_address: bool = True
+    ) -> bool: ...
+
+    def send_to(
+        self, packet: bytes, destination: tuple[Any, ...], *, rtcp: bool = False
     ) -> bool: ...
 
     def latch_peer(self, source: tuple[Any, ...], *, rtcp: bool = False, now: float) -> None: ...

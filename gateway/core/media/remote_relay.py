@@ -396,11 +396,12 @@ class RemoteSide:
         rtcp: bool = False,
         sdp_address_only: bool = False,
         proves_peer: bool = False,
+        handshake_per_source: bool = False,
     ) -> None:
         """Datagrams that are not RTP/RTCP (RFC 7983: DTLS, ...) from this leg's peer on the RTP
         socket (``rtcp``: the RTCP socket) go to ``handler``, forwarded by the worker; as
         :meth:`gateway.core.media.relay.StreamSide.set_non_rtp_handler`, ``sdp_address_only``
-        and ``proves_peer`` included."""
+        ``proves_peer`` and ``handshake_per_source`` included."""
         self._handlers[rtcp] = handler
         self._stream._send(
             SetDtls(
@@ -410,6 +411,7 @@ class RemoteSide:
                 handler is not None,
                 sdp_address_only,
                 proves_peer,
+                handshake_per_source,
             )
         )
 
@@ -443,6 +445,20 @@ class RemoteSide:
         which also says what ``copy_to_sdp_address`` does)."""
         return self._stream._send(
             SendDatagram(self._stream.id, self._name, rtcp, packet, copy_to_sdp_address)
+        )
+
+    def send_to(self, packet: bytes, destination: tuple[Any, ...], *, rtcp: bool = False) -> bool:
+        """The worker sends ``packet`` to ``destination``
+        (:meth:`~gateway.core.media.relay.StreamSide.send_to`)."""
+        return self._stream._send(
+            SendDatagram(
+                self._stream.id,
+                self._name,
+                rtcp,
+                packet,
+                False,
+                socket_address(destination),
+            )
         )
 
     def latch_peer(self, source: tuple[Any, ...], *, rtcp: bool = False, now: float) -> None:

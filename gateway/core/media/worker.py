@@ -340,17 +340,21 @@ class Worker:
                     rtcp=message.rtcp,
                     sdp_address_only=message.sdp_address_only,
                     proves_peer=message.proves_peer,
+                    handshake_per_source=message.handshake_per_source,
                 )
             elif isinstance(message, SetIce):
                 side = stream.a if message.side == "a" else stream.b
                 side.set_ice_handler(_responder(message), rtcp=message.rtcp)
             elif isinstance(message, SendDatagram):
                 side = stream.a if message.side == "a" else stream.b
-                side.send(
-                    message.packet,
-                    rtcp=message.rtcp,
-                    copy_to_sdp_address=message.copy_to_sdp_address,
-                )
+                if message.destination is not None:
+                    side.send_to(message.packet, message.destination, rtcp=message.rtcp)
+                else:
+                    side.send(
+                        message.packet,
+                        rtcp=message.rtcp,
+                        copy_to_sdp_address=message.copy_to_sdp_address,
+                    )
             elif isinstance(message, LatchPeer):
                 side = stream.a if message.side == "a" else stream.b
                 if message.source is not None:

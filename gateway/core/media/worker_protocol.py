@@ -66,7 +66,7 @@ from gateway.core.interfaces import SrtpKeys
 from gateway.core.media.relay import DirectionStatistics
 from gateway.core.media.srtp import SrtpStatistics
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 """The version of the channel's messages and of the worker's command line. **Bump it on any
 change to a message's layout** (a field added, removed, reordered or retyped, a default that
 is sent, a type number, a field codec) **or to what a message means, and on any change to the
@@ -81,7 +81,9 @@ version: a change without a bump fails them. The framing (a u32 length, a u8 typ
 changes: :class:`Hello` rides on it. 1: the first versioned layouts (session 38); before it the
 channel had no version (a SIP process of then passes no ``--protocol-version``). 2: with
 :class:`LatchPeer` (session 39). 3: :class:`Datagram` and :class:`LatchPeer` carry the whole
-socket address (an IPv6 scope id), :class:`SetDtls` its ``proves_peer`` (session 40)."""
+socket address (an IPv6 scope id), :class:`SetDtls` its ``proves_peer`` (session 40, zrtp-40).
+4: :class:`SetDtls` its ``handshake_per_source`` and :class:`SendDatagram` a ``destination``
+(session 40, dtls-40: a DTLS handshake per source)."""
 
 SocketAddress = tuple[str, int] | tuple[str, int, int, int]
 """A peer's address as a socket gives it: (host, port), or for IPv6 (host, port, flow info,
@@ -216,6 +218,9 @@ class SetDtls:
     """Before keys, no source but the leg's SDP address (relay's set_non_rtp_handler)."""
     proves_peer: bool = False
     """The key exchange tells its peer from other sources (relay's set_non_rtp_handler)."""
+    handshake_per_source: bool = False
+    """Before keys, DTLS from other sources too: the engine runs a handshake per source
+    (relay's set_non_rtp_handler)."""
 
 
 @attrs.frozen
@@ -246,6 +251,9 @@ class SendDatagram:
     packet: bytes = attrs.field(repr=lambda p: f"<{len(p)} octets>")
     copy_to_sdp_address: bool = True
     """False: never copied to the leg's SDP address (our DTLS server flight, StreamSide.send)."""
+    destination: SocketAddress | None = None
+    """Sent to this source only (``StreamSide.send_to``: a DTLS handshake per source); None:
+    where the leg's traffic goes (``StreamSide.send``)."""
 
 
 @attrs.frozen
@@ -742,8 +750,8 @@ _LAYOUTS: dict[int, tuple[type[Any], tuple[_Codec, ...]]] = {
     2: (SetRemote, (_STREAM, _SIDE, _ADDRESS, _ADDRESS, _BOOL)),
     3: (SetBlocked, (_STREAM, _DIRECTION, _BOOL)),
     4: (SetKeys, (_STREAM, _BOOL, _KEYS, _KEYS, _BOOL, _KEYS, _BOOL, _KEYS)),
-    5: (SetDtls, (_STREAM, _SIDE, _BOOL, _BOOL, _BOOL, _BOOL)),
-    6: (SendDatagram, (_STREAM, _SIDE, _BOOL, _BYTES, _BOOL)),
+    5: (SetDtls, (_STREAM, _SIDE, _BOOL, _BOOL, _BOOL, _BOOL, _BOOL)),
+    6: (SendDatagram, (_STREAM, _SIDE, _BOOL, _BYTES, _BOOL, _SOCKET_ADDRESS)),
     7: (Close, (_STREAM,)),
     8: (Ping, (_STREAM,)),
     20: (PairsReady, ((_put_ports, _get_ports),)),

@@ -157,6 +157,7 @@ __all__ = [
     "MAX_FINAL_FLIGHT_RESENDS",
     "MAX_FINGERPRINTS",
     "MAX_FINGERPRINT_LENGTH",
+    "MAX_HANDSHAKES_PER_PORT",
     "MAX_RECORDS",
     "NO_COMMON_PROFILE_REASON",
     "PROFILES",
@@ -188,6 +189,8 @@ __all__ = [
 
 RandomBytes = Callable[[int], bytes]
 IdentitySource = Callable[[], DtlsIdentity]
+Source = tuple[Any, ...]
+"""Where a datagram came from, as the socket gave it (host and port first)."""
 
 EXPORTER_LABEL = b"EXTRACTOR-dtls_srtp"
 """RFC 5764 §4.2: the TLS exporter label (used without a context value)."""
@@ -225,6 +228,14 @@ MAX_RECORDS = 64
 """Most DTLS records we accept in one datagram."""
 MAX_FINAL_FLIGHT_RESENDS = 32
 """Times a finished DTLS server sends its last flight again on the peer's retransmissions."""
+MAX_HANDSHAKES_PER_PORT = 4
+"""Most handshakes one port runs at once before a source proved itself (one per source whose
+DTLS datagrams reached it, the first included): each costs a certificate signature (ECDSA
+P-256) and an OpenSSL connection; past it the oldest source's is dropped, never the SDP
+address's (docs/media_security.md, "Forged handshakes")."""
+MAX_REFUSED_SOURCES = 8
+"""Sources whose handshake failed (the fingerprint check, mostly) remembered per port so that
+their datagrams are dropped rather than start another signature; the oldest is forgotten."""
 
 _DTLS1_2_VERSION = 0xFEFD  # RFC 6347 §4.1: {254, 253}; pyOpenSSL has no constant for it
 _RECORD_HEADER = 13  # RFC 6347 §4.1: type, version, epoch, sequence_number (48 bits), length
@@ -618,6 +629,16 @@ def _holds_client_hello_untrusted(packet: bytes) -> bool:
     return False
 
 
+def _opens_handshake_untrusted(role: Role, packet: bytes) -> bool:
+    """Whether a source's datagram can begin a handshake with us in ``role``: a ClientHello to
+    our server; a handshake record that is not one to our client (its server's flight)."""
+    if len(packet) > MAX_DATAGRAM_LENGTH or not dtls_records_valid_untrusted(packet):
+        return False
+    if role is Role.SERVER:
+        return _holds_client_hello_untrusted(packet)
+    return packet[0] == _HANDSHAKE and not _holds_client_hello_untrusted(packet)
+
+
 def _is_handshake_datagram_untrusted(packet: bytes) -> bool:
     """Whether the peer's datagram starts with a handshake or ChangeCipherSpec record: a
     retransmission of its last flight, once our handshake is done."""
@@ -667,7 +688,17 @@ class DtlsStatistics:
     dropped_early: int = 0
     """Datagrams dropped while waiting for the answer, beyond :data:`MAX_EARLY_DATAGRAMS`."""
     ignored: int = 0
-    """Datagrams that arrived after the negotiation failed."""
+    """Datagrams that arrived after the negotiation failed, or from another source than the
+    one that proved itself."""
+    handshakes_by_source: int = 0
+    """Handshakes started for a source other than the first (before one proved itself)."""
+    handshakes_dropped: int = 0
+    """Of those, dropped for :data:`MAX_HANDSHAKES_PER_PORT` (the oldest first)."""
+    handshakes_failed: int = 0
+    """Handshakes of a source that failed (its certificate did not match the peer's
+    a=fingerprint, mostly) before a source proved itself: that source's only, not the call's."""
+    dropped_refused: int = 0
+    """Datagrams from a source whose handshake failed."""
 
 
 class _Phase(enum.Enum):
@@ -790,12 +821,19 @@ class _Association:
     def started(self) -> bool:
         return self._started
 
-    def start(self, now: float) -> list[KeyNegotiationEvent]:
-        """Start the clock (and, as client, the handshake) at the first ``now`` we get."""
+    @property
+    def deadline(self) -> float | None:
+        """When the handshake times out (None: not started, or no longer handshaking)."""
+        return self._deadline
+
+    def start(self, now: float, *, deadline: float | None = None) -> list[KeyNegotiationEvent]:
+        """Start the clock (and, as client, the handshake) at the first ``now`` we get; the
+        handshake times out ``handshake_timeout`` later, or at ``deadline`` (a handshake that
+        replaces another keeps its timeout)."""
         if self._started or self.phase is not _Phase.HANDSHAKING:
             return []
         self._started = True
-        self._deadline = now + self.timing.handshake_timeout
+        self._deadline = now + self.timing.handshake_timeout if deadline is None else deadline
         if self.role is Role.CLIENT:
             return self._drive(now)
         return []
@@ -1017,6 +1055,25 @@ class DtlsNegotiation:
     _early_dropped: int = 0
     _failure: NegotiationFailed | None = None
     _events: deque[KeyNegotiationEvent] = attrs.Factory(deque)
+    _source: Source | None = None
+    """The source (host, port) :attr:`_association` answers, bound by the first datagram
+    :meth:`receive_packet_from` fed it; its datagrams go there
+    (:meth:`addressed_packets_to_send`). None: not bound, they go the core's usual way
+    (:meth:`packets_to_send`; our ClientHello as DTLS client, before anyone answered)."""
+    _attempts: dict[Source, _Association] = attrs.Factory(dict)
+    """Other sources' handshakes, oldest first, until a source proved itself (its certificate
+    matched the peer's a=fingerprint): at most :data:`MAX_HANDSHAKES_PER_PORT` with ours."""
+    _sdp_source: Source | None = None
+    """The peer's SDP address, once it spoke (:meth:`note_sdp_address`): its handshake is
+    never dropped for the cap, and its failure ends the call (as its alert does)."""
+    _peer_source: Source | None = None
+    """The source whose handshake completed with a certificate matching a=fingerprint."""
+    _refused: deque[Source] = attrs.Factory(lambda: deque(maxlen=MAX_REFUSED_SOURCES))
+    """Sources whose handshake failed before one proved itself: their datagrams are dropped."""
+    _parting: list[tuple[bytes, Source]] = attrs.Factory(list)
+    """What a dropped or failed source's handshake still sends it (its alert)."""
+    _by_source: DtlsStatistics = attrs.Factory(DtlsStatistics)
+    """The counters of handshakes per source, added to the association's (:meth:`statistics`)."""
 
     def __repr__(self) -> str:
         role = self.dtls_role or "role?"
@@ -1053,6 +1110,23 @@ class DtlsNegotiation:
         gave until keys (``[plugins.dtls] sdp_address_only``; read by the call's handshake
         task, docs/plugin_hooks.md "Media-path engines")."""
         return self._settings.sdp_address_only
+
+    @property
+    def handshake_per_source(self) -> bool:
+        """Whether the media port hands this engine DTLS datagrams from every source before keys
+        (not only the latched one and the SDP address): it runs a handshake per source
+        (:meth:`receive_packet_from`) and the one whose certificate matches a=fingerprint is
+        the peer (:attr:`peer_source`). Read by the call's handshake task (docs/plugin_hooks.md
+        "Media-path engines"); not with ``sdp_address_only``, which takes no other source."""
+        return True
+
+    @property
+    def peer_source(self) -> Source | None:
+        """The source that proved to be the peer: its handshake completed with a certificate
+        matching the peer's a=fingerprint (RFC 5763 §5), wherever it came from (the SDP
+        address, or a peer behind a NAT). None before. Read by the call's handshake task, which
+        gives that source the port's latch (docs/media_security.md, "Forged handshakes")."""
+        return self._peer_source
 
     @property
     def answers_only(self) -> bool:
@@ -1104,7 +1178,7 @@ class DtlsNegotiation:
         association = self._association or self._candidate
         stats = attrs.evolve(association.statistics) if association else DtlsStatistics()
         stats.dropped_early += self._early_dropped
-        return stats
+        return _added(stats, self._by_source)
 
     # -- interfaces.KeyNegotiation --------------------------------------------------------------
 
@@ -1169,24 +1243,117 @@ class DtlsNegotiation:
         self._queue(self._feed_early(association, now))
         self._queue(association.receive(packet, now))
 
+    def receive_packet_from(self, packet: bytes, *, source: Source | None, now: float) -> None:
+        """A DTLS datagram and the address it came from (None: not known, then as
+        :meth:`receive_packet`). Until a source proved itself each source gets a handshake of
+        its own (docs/media_security.md, "Forged handshakes"): nothing of epoch 0 is
+        authenticated, the certificate checked against a=fingerprint is (RFC 5763 §5), so a
+        stranger's ClientHello must neither stand in for the peer's nor end its handshake.
+
+        The first source is the association's; each other gets its own OpenSSL connection with
+        the same role and peer parameters, at most :data:`MAX_HANDSHAKES_PER_PORT` in all (the
+        oldest other source's dropped first, never the SDP address's). As DTLS client our
+        ClientHello went the core's usual way (the latched source, and the SDP address): the
+        first source to answer it is the association's, and another source's server flight
+        (it answers no ClientHello that source got) is discarded and gets a ClientHello of its
+        own connection. The first handshake to complete with a matching certificate is the
+        peer's: its keys are the leg's, its source :attr:`peer_source`, the others dropped. A
+        handshake that fails (the fingerprint check, an OpenSSL error) ends only its source's
+        attempt, unless it is the SDP address's or its certificate matched; the leg still fails
+        at ``handshake_timeout`` if no source proves itself. A host that calls this reads
+        :meth:`addressed_packets_to_send` as well as :meth:`packets_to_send`."""
+        association = self._driven()
+        if (
+            source is None
+            or association is None
+            or association is not self._association
+            or (self._source is None and association.phase is not _Phase.HANDSHAKING)
+        ):
+            # Role not known yet (kept), a re-offer's candidate, or an association that has
+            # keys without any source having been told (a kept association): as before.
+            self.receive_packet(packet, now=now)
+            return
+        key = (source[0], source[1])
+        self._queue(self._feed_early(association, now))
+        opens = _opens_handshake_untrusted(association.role, packet)
+        if self._source is None and key not in self._attempts and key not in self._refused:
+            if not opens:
+                # Nothing a handshake of ours begins with (an alert, a ClientHello to our
+                # client): to the association, as before, which binds no source.
+                self._settle(None, association, association.receive(packet, now), now)
+                return
+            self._source = key
+        if key == self._source:
+            self._settle(key, association, association.receive(packet, now), now)
+            return
+        if self._peer_source is not None or association.phase is not _Phase.HANDSHAKING:
+            self._by_source.ignored += 1
+            return
+        if key in self._refused:
+            self._by_source.dropped_refused += 1
+            return
+        attempt = self._attempts.get(key)
+        if attempt is not None:
+            self._settle(key, attempt, attempt.receive(packet, now), now)
+            return
+        if not opens:
+            self._by_source.dropped_malformed += 1
+            return
+        attempt = self._new_attempt(key, association)
+        events = attempt.start(now, deadline=association.deadline)
+        if attempt.role is Role.SERVER:
+            events += attempt.receive(packet, now)
+        # As client, the datagram answers a ClientHello of another connection (RFC 6347
+        # §4.1.2.7: discarded); the start sent this source our own.
+        self._settle(key, attempt, events, now)
+
+    def note_sdp_address(self, source: Source) -> None:
+        """The peer's SDP address spoke from ``source`` (told by the call's handshake task):
+        its handshake is never dropped for :data:`MAX_HANDSHAKES_PER_PORT`, and its failure
+        ends the leg's negotiation at once, as its alert does ("Forged alerts")."""
+        self._sdp_source = (source[0], source[1])
+
     def packets_to_send(self, *, now: float) -> list[bytes]:
         """Datagrams for the peer, sent from this stream's media port. The first call after our
         role is known starts the handshake clock (and, as DTLS client, the handshake). After a
-        failure: the alert telling the peer, once."""
+        failure: the alert telling the peer, once. Once the association answers a known source
+        (:meth:`receive_packet_from`) its datagrams come from :meth:`addressed_packets_to_send`
+        instead."""
         association = self._driven()
         if association is None:
             if self._phase is _Phase.FAILED and self._association is not None:
+                if self._source is not None:
+                    return []
                 return self._association.take_outgoing()
             return []
         self._queue(self._feed_early(association, now))
         self._queue(association.start(now))
+        if self._source is not None and association is self._association:
+            return []
         return association.take_outgoing()
+
+    def addressed_packets_to_send(self, *, now: float) -> list[tuple[bytes, Source]]:
+        """Datagrams for one source each (:meth:`receive_packet_from`): the association's for
+        the source it answers, each other source's handshake's for that source (an answer to
+        its ClientHello, our ClientHello to a source that sent a server flight, an alert)."""
+        del now  # the clock started in packets_to_send; nothing here depends on it
+        out, self._parting = self._parting, []
+        if self._source is not None and self._association is not None:
+            out += [(packet, self._source) for packet in self._association.take_outgoing()]
+        for key, attempt in self._attempts.items():
+            out += [(packet, key) for packet in attempt.take_outgoing()]
+        return out
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` is due: a retransmission or the handshake timeout; 0.0 when
         the handshake can start but has not seen the clock yet; None when nothing is pending."""
         association = self._driven()
-        return association.get_timer() if association is not None else None
+        if association is None:
+            return None
+        timers = [association.get_timer()]
+        timers += [attempt.get_timer() for attempt in self._attempts.values()]
+        due = [timer for timer in timers if timer is not None]
+        return min(due) if due else None
 
     def handle_timer(self, *, now: float) -> None:
         """Retransmit the last flight or fail the handshake, as due; then read
@@ -1195,13 +1362,21 @@ class DtlsNegotiation:
         if association is None:
             return
         self._queue(self._feed_early(association, now))
-        self._queue(association.handle_timer(now))
+        self._settle(self._source, association, association.handle_timer(now), now)
+        for key, attempt in list(self._attempts.items()):
+            if self._driven() is None:
+                break  # the leg's negotiation ended
+            if self._attempts.get(key) is not attempt:
+                continue  # dropped meanwhile (another source proved itself)
+            timer = attempt.get_timer()
+            if timer is not None and timer <= now:
+                self._settle(key, attempt, attempt.handle_timer(now), now)
 
     def next_event(self) -> KeyNegotiationEvent | None:
         """The next ``KeysReady`` or ``NegotiationFailed``, or None."""
         return self._events.popleft() if self._events else None
 
-    def restart_handshake(self, *, now: float) -> None:
+    def restart_handshake(self, *, now: float) -> bool | None:
         """As DTLS server, start the handshake under way afresh: a new association with the
         same role, peer parameters (fingerprints, a=setup, tls-id) and certificate, its clock
         started at ``now``. The call's handshake task calls it when the peer's SDP address
@@ -1212,7 +1387,12 @@ class DtlsNegotiation:
         our ClientHello went to the SDP address, whose answer is the one to go on with (a new
         ClientHello would make that answer useless), and a ClientHello from anyone is
         discarded (:func:`_holds_client_hello_untrusted`). Nothing happens either once the
-        association has keys or failed, or before our role is known."""
+        association has keys or failed, or before our role is known.
+
+        False, and nothing changes, once datagrams came with their source
+        (:meth:`receive_packet_from`): the SDP address has a handshake of its own then."""
+        if self._source is not None or self._attempts or self._refused:
+            return False
         association = self._association
         if (
             self._phase is _Phase.FAILED
@@ -1220,7 +1400,7 @@ class DtlsNegotiation:
             or association.phase is not _Phase.HANDSHAKING
             or association.role is not Role.SERVER
         ):
-            return
+            return None
         fresh = self._new_association(association.role, association.peer)
         # The separate RTCP port's negotiation belongs to the stream's association (RFC 5764
         # §4.1): it runs on its own port, restarted there if need be, and is kept. So are the
@@ -1229,6 +1409,7 @@ class DtlsNegotiation:
         fresh.statistics = association.statistics
         self._association = fresh
         self._queue(fresh.start(now))
+        return None
 
     # -- separate RTCP (no rtcp-mux) ------------------------------------------------------------
 
@@ -1276,6 +1457,85 @@ class DtlsNegotiation:
             mtu=self._settings.mtu,
         )
 
+    def _new_attempt(self, key: Source, association: _Association) -> _Association:
+        """A handshake for ``key``, another source than the association's; the oldest other
+        source's (never the SDP address's) dropped first beyond the cap."""
+        while 1 + len(self._attempts) >= MAX_HANDSHAKES_PER_PORT:
+            oldest = next((s for s in self._attempts if s != self._sdp_source), None)
+            if oldest is None:
+                break
+            del self._attempts[oldest]
+            self._by_source.handshakes_dropped += 1
+        attempt = self._new_association(association.role, association.peer)
+        self._attempts[key] = attempt
+        self._by_source.handshakes_by_source += 1
+        return attempt
+
+    def _settle(
+        self,
+        key: Source | None,
+        association: _Association,
+        events: list[KeyNegotiationEvent],
+        now: float,
+    ) -> None:
+        """Queue ``events`` of ``key``'s handshake (None: no source known): the first to have
+        keys is the peer's; a failure may end only that source's attempt
+        (:meth:`receive_packet_from`)."""
+        for event in events:
+            if isinstance(event, KeysReady):
+                if key is not None:
+                    self._proven(key, association)
+                self._events.append(event)
+            elif isinstance(event, NegotiationFailed):
+                if key is None or not self._ends_attempt_only(key, association, event):
+                    self._fail(event.reason)
+                    return
+                self._attempt_failed(key, association, now)
+                return
+            else:
+                self._events.append(event)
+
+    def _ends_attempt_only(
+        self, key: Source, association: _Association, event: NegotiationFailed
+    ) -> bool:
+        """Whether a failure of ``key``'s handshake ends that attempt only: before a source
+        proved itself, of another source than the SDP address, whose certificate (if any) did
+        not match; never the association's own timeout (the leg's)."""
+        if self._peer_source is not None or key == self._sdp_source:
+            return False
+        if association.peer_certificate_sha256 is not None:
+            return False  # its certificate matched: the peer's own word
+        return not (association is self._association and event.reason == HANDSHAKE_TIMEOUT_REASON)
+
+    def _attempt_failed(self, key: Source, association: _Association, now: float) -> None:
+        self._by_source.handshakes_failed += 1
+        if key not in self._refused:
+            self._refused.append(key)
+        self._parting += [(packet, key) for packet in association.take_outgoing()]
+        if association is not self._association:
+            self._attempts.pop(key, None)
+            return
+        # The association's source failed: a fresh one, with the same role, peer parameters
+        # and timeout, answers the next source (as DTLS client, a new ClientHello goes the
+        # usual way); the RTCP component and counters stay the stream's.
+        fresh = self._new_association(association.role, association.peer)
+        fresh.rtcp_component = association.rtcp_component
+        fresh.statistics = association.statistics
+        self._association, self._source = fresh, None
+        self._settle(None, fresh, fresh.start(now, deadline=association.deadline), now)
+
+    def _proven(self, key: Source, association: _Association) -> None:
+        """``key``'s handshake completed with a certificate matching a=fingerprint: it is the
+        peer; its association is the stream's, the other sources' handshakes are dropped."""
+        self._peer_source = key
+        if association is not self._association:
+            previous = self._association
+            if previous is not None:
+                association.rtcp_component = previous.rtcp_component
+                association.statistics = _added(previous.statistics, association.statistics)
+            self._association, self._source = association, key
+        self._attempts.clear()
+
     def _feed_early(self, association: _Association, now: float) -> list[KeyNegotiationEvent]:
         if not self._early or association is not self._association:
             return []
@@ -1297,12 +1557,20 @@ class DtlsNegotiation:
             return
         self._phase = _Phase.FAILED
         self._early = []
+        self._attempts.clear()
         self._failure = NegotiationFailed(reason, DtlsError.sip_status)
         self._events.append(self._failure)
 
     def _fail_and_raise(self, reason: str) -> NoReturn:
         self._fail(reason)
         raise DtlsError(reason) from None
+
+
+def _added(first: DtlsStatistics, second: DtlsStatistics) -> DtlsStatistics:
+    """The sum of two sets of counters."""
+    return DtlsStatistics(
+        **{name: getattr(first, name) + getattr(second, name) for name in attrs.asdict(first)}
+    )
 
 
 def _in_force(previous: KeyNegotiation | None) -> _Association | None:

@@ -88,6 +88,9 @@ class Side:
     sent: list[bytes] = attrs.Factory(list)
     copied: list[bool] = attrs.Factory(list)  # send's copy_to_sdp_address, per datagram
 
+    handshake_per_source: dict[bool, bool] = attrs.Factory(dict)
+    addressed: list[tuple[bytes, Any]] = attrs.Factory(list)  # send_to's, per datagram
+
     def set_non_rtp_handler(
         self,
         handler: Any,
@@ -95,10 +98,16 @@ class Side:
         rtcp: bool = False,
         sdp_address_only: bool = False,
         proves_peer: bool = False,
+        handshake_per_source: bool = False,
     ) -> None:
         self.handlers[rtcp] = handler
         self.sdp_address_only[rtcp] = sdp_address_only
         self.proves_peer[rtcp] = proves_peer
+        self.handshake_per_source[rtcp] = handshake_per_source
+
+    def send_to(self, packet: bytes, destination: Any, *, rtcp: bool = False) -> bool:
+        self.addressed.append((packet, destination))
+        return True
 
     def send(self, packet: bytes, *, rtcp: bool = False, copy_to_sdp_address: bool = True) -> bool:
         self.sent.append(packet)
@@ -1244,3 +1253,86 @@ async def test_strangers_on_many_ports_leave_room_for_the_sdp_address(
     assert engine.received[-QUEUE_KEPT_FOR_PEERS:] == [
         hello(100 + n) for n in range(QUEUE_KEPT_FOR_PEERS)
     ]
+
+
+# -- a handshake per source (the dtls engine, session 40) ----------------------------------------
+
+LOOP_PEER = ("127.0.0.1", 4000)
+"""The caller's SDP address in the tests below (a fake relay side's: never bound)."""
+LOOP_NATTED = ("127.0.0.1", 6000)
+LOOP_STRANGER = ("127.0.0.1", 5000)
+
+
+@attrs.define(eq=False)
+class PerSourceEngine(SourcedEngine):
+    """The ``dtls`` engine as far as the task sees it: a handshake per source, each answered
+    at its own address (``addressed_packets_to_send``), told which source is the SDP
+    address's (``note_sdp_address``)."""
+
+    handshake_per_source: bool = True
+    noted: list[object] = attrs.Factory(list)
+    addressed: list[tuple[bytes, object]] = attrs.Factory(list)
+
+    def receive_packet_from(self, packet: bytes, *, source: object, now: float) -> None:
+        super().receive_packet_from(packet, source=source, now=now)
+        if source is not None:
+            self.addressed.append((b"\x16answer" + packet[-1:], source))
+
+    def note_sdp_address(self, source: object) -> None:
+        self.noted.append(source)
+
+    def addressed_packets_to_send(self, *, now: float) -> list[tuple[bytes, object]]:
+        out, self.addressed = self.addressed, []
+        return out
+
+
+async def test_a_handshake_per_source_is_asked_of_the_relay_and_each_source_answered_alone(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    engine = PerSourceEngine(timer=None, outgoing=[])
+    task, handler = await caller_task(nursery, engine)
+    task.session.addresses[(0, "a", False)] = LOOP_PEER
+    side = task.session.streams[0].a
+    assert side.handshake_per_source == {False: True} and side.sdp_address_only == {False: False}
+    handler(hello(1), LOOP_STRANGER)
+    await settle()
+    handler(hello(2), LOOP_NATTED)
+    await settle()
+    handler(hello(3), LOOP_PEER)
+    await settle()
+    assert engine.sources == [
+        (hello(1), LOOP_STRANGER),
+        (hello(2), LOOP_NATTED),
+        (hello(3), LOOP_PEER),
+    ]
+    assert engine.noted == [LOOP_PEER]  # told before its datagram is fed
+    assert side.addressed == [
+        (b"\x16answer\x01", LOOP_STRANGER),
+        (b"\x16answer\x02", LOOP_NATTED),
+        (b"\x16answer\x03", LOOP_PEER),
+    ]
+    assert side.sent == []  # nothing by the usual way (latched source and SDP address)
+
+
+@attrs.define(eq=False)
+class IceOf:
+    """A leg's ICE (LegIce) when it does ICE: checks select the peer's address."""
+
+    def responders(self, index: int) -> tuple[object, None]:
+        return object(), None
+
+
+async def test_on_an_ice_leg_a_handshake_per_source_engine_gets_no_source(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    # The nominated pair may change while the handshake runs (RFC 8445 §8): the one
+    # handshake goes on wherever the checks say, as before.
+    engine = PerSourceEngine(timer=None)
+    task, handler = await caller_task(nursery, engine)
+    task.legs["a"].ice = IceOf()  # type: ignore[assignment]
+    handler(hello(1), LOOP_PEER)
+    await settle()
+    handler(hello(2), LOOP_NATTED)
+    await settle()
+    assert engine.sources == [(hello(1), None), (hello(2), None)]
+    assert engine.noted == []

@@ -1424,3 +1424,66 @@ async def test_an_answer_to_the_latched_stranger_is_not_copied_to_the_sdp_addres
     assert stream.a.send(b"client hello")
     assert await stranger.receive() == (b"client hello", (ADDRESS, port))
     assert await alice.receive() == (b"client hello", (ADDRESS, port))  # the first she got
+
+
+CLIENT_HELLO = bytes([22, 0xFE, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0, 0, 13, 1]) + bytes(12)
+"""A DTLS handshake record of epoch 0 (RFC 6347 §4.1) holding a ClientHello's header: what the
+relay hands on needs no valid body (the engine checks it)."""
+
+
+async def test_dtls_beside_a_strangers_latch_goes_to_a_handshake_per_source_engine(
+    connected: MediaStream, alice: PlainPhone, make_phone: Callable[[], PlainPhone]
+):
+    # docs/media_security.md, "A handshake per source": a stranger's ClientHello latched
+    # alice's leg's port first (not connected: not her SDP address). Alice is behind a NAT:
+    # with handshake_per_source (the dtls engine) her DTLS datagrams, from another source, are
+    # handed on with that source, latching nothing; her RTP is not. send_to answers each source
+    # alone; latch_peer (her certificate matched a=fingerprint) gives her the latch, and the
+    # stranger's DTLS is no longer handed on. Keys connect the socket: the keyed path (#7).
+    stream = connected
+    stranger, natted = make_phone(), make_phone()
+    taken: list[tuple[bytes, Any]] = []
+    stream.a.set_non_rtp_handler(
+        lambda packet, source: taken.append((packet, source)), handshake_per_source=True
+    )
+    port = stream.a.ports.rtp_port
+    await stranger.send(CLIENT_HELLO, port)
+    await until(lambda: len(taken) == 1)
+    assert stream.a.rtp_source == stranger.rtp_address and not stream.a._rtp.connected
+    await natted.send(CLIENT_HELLO + b"\x01", port)
+    await until(lambda: len(taken) == 2)
+    assert taken[1] == (CLIENT_HELLO + b"\x01", natted.rtp_address)
+    assert stream.a.rtp_source == stranger.rtp_address
+    await natted.send(rtp(1), port)
+    await until(lambda: stream.a_to_b.statistics().dropped_unlatched_source == 1)
+
+    assert stream.a.send_to(b"\x16flight", natted.rtp_address)  # to her alone
+    assert await natted.receive() == (b"\x16flight", (ADDRESS, port))
+    stream.a.latch_peer(natted.rtp_address, now=trio.current_time())
+    assert stream.a.rtp_source == natted.rtp_address and not stream.a._rtp.connected
+    await stranger.send(CLIENT_HELLO, port)
+    await until(lambda: stream.a_to_b.statistics().dropped_unlatched_source == 2)
+    assert len(taken) == 2
+
+    stream.a_to_b.transforms = Transforms(rtp_in=lambda packet: packet)  # her keys
+    await natted.send(rtp(2), port)
+    await until(lambda: stream.a._rtp.connected)
+    await assert_refused_by_the_kernel(CLIENT_HELLO, port)
+    # Keyed and connected: send_to goes where the socket's traffic goes, whatever it is given.
+    assert stream.a.send_to(b"\x16final", stranger.rtp_address)
+    assert await natted.receive() == (b"\x16final", (ADDRESS, port))
+
+
+async def test_without_handshake_per_source_a_third_sources_dtls_is_dropped_as_before(
+    connected: MediaStream, make_phone: Callable[[], PlainPhone]
+):
+    stream = connected
+    stranger, natted = make_phone(), make_phone()
+    taken: list[tuple[bytes, Any]] = []
+    stream.a.set_non_rtp_handler(lambda packet, source: taken.append((packet, source)))
+    port = stream.a.ports.rtp_port
+    await stranger.send(CLIENT_HELLO, port)
+    await until(lambda: len(taken) == 1)
+    await natted.send(CLIENT_HELLO, port)
+    await until(lambda: stream.a_to_b.statistics().dropped_unlatched_source == 1)
+    assert len(taken) == 1

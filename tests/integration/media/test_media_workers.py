@@ -1335,3 +1335,33 @@ async def test_a_worker_hands_on_and_latches_an_ipv6_source_whole() -> None:
             assert data == zrtp_packet(HELLO_ACK) and sender[:2] == port
         nursery.cancel_scope.cancel()
     assert pool.worker_pids() == [None]
+
+
+async def test_a_worker_hands_dtls_to_a_handshake_per_source_and_answers_each_source(
+    pool: WorkerPool,
+) -> None:
+    # docs/media_security.md, "A handshake per source", through a media worker (protocol 4:
+    # SetDtls's handshake_per_source, SendDatagram's destination): a stranger's ClientHello
+    # latched the socket first; a phone behind a NAT's is handed on all the same, our answer
+    # goes to it alone, and LatchPeer (its certificate matched) gives it the latch.
+    a, b, stranger, natted = await ephemeral_phones(4)
+    stream = pool.open_stream()
+    await connected(pool, stream, a, b)
+    received: list[tuple[bytes, tuple[str, int]]] = []
+    stream.a.set_non_rtp_handler(
+        lambda packet, source: received.append((packet, source)), handshake_per_source=True
+    )
+    await pool.sync(stream.worker)
+    hello = bytes([22, 0xFE, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0, 0, 13, 1]) + bytes(12)
+    await stranger.send(hello, stream.a.ports.rtp_port)
+    await eventually(lambda: len(received) == 1, "the stranger's ClientHello handed on")
+    await natted.send(hello + b"\x01", stream.a.ports.rtp_port)
+    await eventually(lambda: len(received) == 2, "the phone's ClientHello handed on")
+    assert received[1] == (hello + b"\x01", natted.address)
+    own = (ADDRESS, stream.a.ports.rtp_port)
+    assert stream.a.send_to(b"\x16flight", natted.address)
+    assert await natted.receive() == (b"\x16flight", own)
+    stream.a.latch_peer(natted.address, now=trio.current_time())
+    await pool.sync(stream.worker)
+    assert stream.a.send(b"\x16next")
+    assert await natted.receive() == (b"\x16next", own)

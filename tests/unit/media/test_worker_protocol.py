@@ -93,8 +93,10 @@ EVERY_MESSAGE: list[Message] = [
     SetDtls(5, "b", True, False),
     SetDtls(5, "a", True, True, True),  # sdp_address_only
     SetDtls(5, "b", False, True, False, True),  # proves_peer
+    SetDtls(5, "a", False, True, False, False, True),  # handshake_per_source
     SendDatagram(6, "b", True, b"\x16\xfe\xfd" + bytes(200)),
     SendDatagram(6, "a", False, b"\x16\xfe\xfd" + bytes(20), copy_to_sdp_address=False),
+    SendDatagram(6, "b", False, b"\x16", False, ("2001:db8::1", 65535)),  # to one source
     LatchPeer(6, "a", False, ("192.0.2.10", 4000)),
     LatchPeer(6, "b", True, ("2001:db8::1", 65535)),
     LatchPeer(6, "a", False, ("::1", 5004, 0, 0)),
@@ -274,7 +276,7 @@ def test_values_that_do_not_fit_their_field_are_our_bug() -> None:
 
 # -- the protocol version ------------------------------------------------------------------------
 
-LAYOUT_VERSION = 3
+LAYOUT_VERSION = 4
 """The PROTOCOL_VERSION whose layouts FRAMES below are. A change to any message's layout fails
 test_each_message_type_has_the_layout_of_its_protocol_version: then bump PROTOCOL_VERSION in
 worker_protocol.py, and this number with the new frames (never new frames under an old number:
@@ -308,14 +310,14 @@ FRAMES: list[tuple[Message, str]] = [
         " 00000001 01 00000000"
         " 00 01 00 00 00",
     ),
-    (SetDtls(5, "b", True, True, True, True), "0000000a 05 00000005 01 01 01 01 01"),
+    (SetDtls(5, "b", True, True, True, True, True), "0000000b 05 00000005 01 01 01 01 01 01"),
     (
         SetIce(6, "a", True, True, "gw01", "pw", "ph", "pp"),
         "0000001a 0b 00000006 00 01 01 0004 67773031 0002 7077 0002 7068 0002 7070",
     ),
     (
-        SendDatagram(7, "b", True, b"\x16\xfe\xfd", False),
-        "0000000f 06 00000007 01 01 00000003 16fefd 00",
+        SendDatagram(7, "b", True, b"\x16\xfe\xfd", False, ("::1", 5004, 0, 7)),
+        "00000020 06 00000007 01 01 00000003 16fefd 00 01 0003 3a3a31 138c 02 00000000 00000007",
     ),
     (
         LatchPeer(18, "b", True, ("::1", 5004, 0, 7)),

@@ -1,0 +1,58 @@
+"""What a forged ClientHello costs the ``dtls`` engine as DTLS server (session 40: a handshake
+per source, docs/media_security.md "A handshake per source").
+
+Feeds ``N`` ClientHellos, each from its own source, to one port's negotiation and prints the
+octets answered and the engine's counters. The ClientHellos are made in every run, fed only in
+those with ``N`` > 0, so the instructions per forged ClientHello are the difference between two
+runs under callgrind (independent of the machine's load)::
+
+    valgrind --tool=callgrind --callgrind-out-file=cg.0 \
+        python benchmarks/dtls_forged_client_hello.py 0
+    valgrind --tool=callgrind --callgrind-out-file=cg.40 \
+        python benchmarks/dtls_forged_client_hello.py 40
+
+(summary of cg.40 - summary of cg.0) / 40. Not a timed test; no sockets.
+"""
+
+from __future__ import annotations
+
+import datetime
+import sys
+
+from gateway.plugins.keyexchange.dtls_certificates import generate_identity
+from gateway.plugins.keyexchange.dtls_srtp import DtlsKeyExchange
+
+MADE = 40
+"""ClientHellos made in every run (the most that can be fed)."""
+
+
+def main() -> None:
+    feed = int(sys.argv[1]) if len(sys.argv) > 1 else MADE
+    if not 0 <= feed <= MADE:
+        raise SystemExit(f"usage: {sys.argv[0]} [0..{MADE}]")
+    now = datetime.datetime(2026, 12, 2, tzinfo=datetime.UTC)
+    ours_id = generate_identity(now=now, max_age=datetime.timedelta(days=30))
+    theirs_id = generate_identity(now=now, max_age=datetime.timedelta(days=30))
+    ours = DtlsKeyExchange(identity=lambda: ours_id).offer(suites=[], secure_signalling=False)
+    peer = DtlsKeyExchange(identity=lambda: theirs_id).answer(
+        ours.local_sdp_attributes(), suites=[], secure_signalling=False
+    )
+    assert peer is not None
+    ours.remote_sdp_attributes(peer.local_sdp_attributes())  # the peer is active: we serve
+    hellos = []
+    for _ in range(MADE):
+        client = DtlsKeyExchange(identity=lambda: theirs_id).answer(
+            ours.local_sdp_attributes(), suites=[], secure_signalling=False
+        )
+        assert client is not None
+        hellos.append(client.packets_to_send(now=0.0))
+    answered = 0
+    for n, hello in enumerate(hellos[:feed]):
+        for datagram in hello:
+            ours.receive_packet_from(datagram, source=("127.0.0.1", 20000 + n), now=0.1)
+        answered += sum(len(d) for d, _ in ours.addressed_packets_to_send(now=0.1))
+    print(f"fed {feed} ClientHellos; answered {answered} octets; {ours.statistics()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,260 @@
+"""The ``dtls`` engine with sources (docs/media_security.md, "Forged handshakes"): until a source
+proved itself (its certificate matched the peer's a=fingerprint, RFC 5763 §5) each source gets a
+handshake of its own, at most MAX_HANDSHAKES_PER_PORT per port; the first to complete is the
+peer, wherever it is (the SDP address, or a phone behind a NAT)."""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+from collections.abc import Mapping, Sequence
+
+from gateway.core.interfaces import KeysReady, NegotiationFailed
+from gateway.plugins.keyexchange.dtls_certificates import DtlsIdentity, generate_identity
+from gateway.plugins.keyexchange.dtls_srtp import (
+    FINGERPRINT_MISMATCH_REASON,
+    HANDSHAKE_TIMEOUT_REASON,
+    MAX_HANDSHAKES_PER_PORT,
+    DtlsKeyExchange,
+    DtlsNegotiation,
+)
+
+NOW = datetime.datetime(2026, 12, 2, tzinfo=datetime.UTC)
+MONTH = datetime.timedelta(days=30)
+US = generate_identity(now=NOW, max_age=MONTH)
+PEER = generate_identity(now=NOW, max_age=MONTH)
+STRANGER = generate_identity(now=NOW, max_age=MONTH)
+
+SDP_ADDRESS = ("127.0.0.1", 40000)
+"""Where the peer's SDP says it is."""
+NATTED = ("127.0.0.1", 51000)
+"""Where the peer's datagrams come from: its NAT's address, which its SDP does not give."""
+FIRST_STRANGER = ("127.0.0.1", 52000)
+
+Address = tuple[str, int]
+
+
+def exchange(identity: DtlsIdentity) -> DtlsKeyExchange:
+    counter = itertools.count(1)
+    return DtlsKeyExchange(
+        identity=lambda: identity, random_bytes=lambda n: bytes([next(counter)]) * n
+    )
+
+
+def ours_and_peer(*, we_serve: bool) -> tuple[DtlsNegotiation, DtlsNegotiation]:
+    """Our end and the peer's; ``we_serve``: we offered and the peer answered active (we are
+    the DTLS server), else the peer offered actpass and we answered active (the client)."""
+    offerer = exchange(US if we_serve else PEER).offer(suites=[], secure_signalling=True)
+    answerer = exchange(PEER if we_serve else US).answer(
+        offerer.local_sdp_attributes(), suites=[], secure_signalling=True
+    )
+    assert answerer is not None
+    offerer.remote_sdp_attributes(answerer.local_sdp_attributes())
+    return (offerer, answerer) if we_serve else (answerer, offerer)
+
+
+def stranger_for(ours: DtlsNegotiation) -> DtlsNegotiation:
+    """Someone who read our SDP and plays the peer's part with a certificate of its own."""
+    if ours.dtls_role == "server":
+        stranger = exchange(STRANGER).answer(
+            ours.local_sdp_attributes(), suites=[], secure_signalling=True
+        )
+        assert stranger is not None
+        return stranger
+    stranger = exchange(STRANGER).offer(suites=[], secure_signalling=True)
+    stranger.remote_sdp_attributes(
+        [("setup", "active") if n == "setup" else (n, v) for n, v in ours.local_sdp_attributes()]
+    )
+    return stranger
+
+
+def run(
+    ours: DtlsNegotiation,
+    others: Mapping[Address, DtlsNegotiation],
+    *,
+    usual: Sequence[Address] = (SDP_ADDRESS,),
+    now: float = 0.0,
+    order: Sequence[Address] | None = None,
+) -> None:
+    """Move datagrams until quiet: the others' to us with their source; ours addressed to that
+    source, or (not addressed) the core's usual way, to ``usual`` (the latched source and the
+    SDP address)."""
+    for _ in range(60):
+        moved = False
+        for address in order or list(others):
+            for datagram in others[address].packets_to_send(now=now):
+                moved = True
+                ours.receive_packet_from(datagram, source=address, now=now)
+        for datagram in ours.packets_to_send(now=now):
+            moved = True
+            for address in usual:
+                if address in others:
+                    others[address].receive_packet(datagram, now=now)
+        for datagram, address in ours.addressed_packets_to_send(now=now):
+            moved = True
+            if address in others:
+                others[address].receive_packet(datagram, now=now)
+        if not moved:
+            return
+    raise AssertionError("never quiet")
+
+
+def events(negotiation: DtlsNegotiation) -> list[object]:
+    out: list[object] = []
+    while (event := negotiation.next_event()) is not None:
+        out.append(event)
+    return out
+
+
+def send(sender: DtlsNegotiation, to: DtlsNegotiation, source: Address, now: float) -> None:
+    for datagram in sender.packets_to_send(now=now):
+        to.receive_packet_from(datagram, source=source, now=now)
+
+
+def test_a_stranger_first_at_the_port_does_not_keep_a_natted_peer_from_its_keys() -> None:
+    # We are the DTLS server: the stranger's ClientHello reaches the port first, then the
+    # peer's from behind its NAT (an address its SDP does not give). Each gets a handshake of
+    # its own; the peer's completes with the certificate a=fingerprint names.
+    ours, peer = ours_and_peer(we_serve=True)
+    stranger = stranger_for(ours)
+    send(stranger, ours, FIRST_STRANGER, 0.0)
+    run(ours, {FIRST_STRANGER: stranger, NATTED: peer}, order=[NATTED], now=0.1)
+    (ready,) = events(ours)
+    assert isinstance(ready, KeysReady)
+    assert isinstance(events(peer)[0], KeysReady)
+    assert ours.peer_source == NATTED and ours.peer_certificate_sha256 == PEER.sha256_hex()
+    assert ours.keys == ready.keys
+    # The stranger's handshake was dropped: nothing more goes to it, nothing of it is taken.
+    send(stranger, ours, FIRST_STRANGER, 1.0)
+    assert ours.addressed_packets_to_send(now=1.0) == [] and ours.state == "established"
+    assert ours.statistics().handshakes_by_source == 1
+
+
+def test_a_strangers_wrong_certificate_ends_its_own_handshake_not_the_call() -> None:
+    # The stranger completes a whole handshake first, with its own certificate: it fails the
+    # fingerprint check (its source's attempt ends), and the peer behind a NAT still keys.
+    ours, peer = ours_and_peer(we_serve=True)
+    stranger = stranger_for(ours)
+    run(ours, {FIRST_STRANGER: stranger}, now=0.0)
+    assert ours.state == "handshaking" and events(ours) == []
+    assert ours.peer_source is None and ours.statistics().handshakes_failed == 1
+    assert stranger.keys is None
+    # Its further datagrams are dropped: no second signature for it.
+    stranger_again = stranger_for(ours)
+    send(stranger_again, ours, FIRST_STRANGER, 0.5)
+    assert ours.addressed_packets_to_send(now=0.5) == []
+    assert ours.statistics().dropped_refused == 1
+    run(ours, {NATTED: peer}, now=1.0)
+    assert isinstance(events(ours)[0], KeysReady) and ours.peer_source == NATTED
+
+
+def test_the_sdp_address_failing_the_fingerprint_check_still_ends_the_call() -> None:
+    # Its word is taken as its alert is ("Forged alerts"): at once, with the reason.
+    ours, _ = ours_and_peer(we_serve=True)
+    stranger = stranger_for(ours)
+    ours.note_sdp_address(SDP_ADDRESS)
+    run(ours, {SDP_ADDRESS: stranger}, now=0.0)
+    (failed,) = events(ours)
+    assert isinstance(failed, NegotiationFailed) and failed.reason == FINGERPRINT_MISMATCH_REASON
+
+
+def test_at_most_a_few_handshakes_per_port_and_never_the_sdp_addresss_dropped() -> None:
+    ours, peer = ours_and_peer(we_serve=True)
+    ours.note_sdp_address(SDP_ADDRESS)
+    send(peer, ours, SDP_ADDRESS, 0.0)  # the peer's ClientHello: answered
+    answer = ours.addressed_packets_to_send(now=0.0)
+    assert answer and {address for _, address in answer} == {SDP_ADDRESS}
+    strangers = [("127.0.0.1", 52000 + n) for n in range(2 * MAX_HANDSHAKES_PER_PORT)]
+    answered: set[Address] = set()
+    for address in strangers:
+        send(stranger_for(ours), ours, address, 0.1)
+        answered |= {address for _, address in ours.addressed_packets_to_send(now=0.1)}
+    assert answered == set(strangers)  # each was answered while it had a handshake
+    stats = ours.statistics()
+    assert stats.handshakes_by_source == len(strangers)  # the peer's is the association
+    # Three strangers' at a time beside the peer's: the oldest dropped for each newer one.
+    assert stats.handshakes_dropped == len(strangers) - (MAX_HANDSHAKES_PER_PORT - 1)
+    # The peer's handshake, first of all, was kept through the flood: it completes.
+    for datagram, _ in answer:
+        peer.receive_packet(datagram, now=0.2)
+    run(ours, {SDP_ADDRESS: peer}, now=0.2)
+    assert isinstance(events(ours)[0], KeysReady) and ours.peer_source == SDP_ADDRESS
+
+
+def test_as_client_a_strangers_server_flight_gets_a_handshake_of_its_own() -> None:
+    # We answered active (DTLS client): our ClientHello goes the usual way (the SDP address),
+    # and the peer's answer from there takes the association. A stranger's forged server
+    # flight from elsewhere, in the middle of it, gets a ClientHello of its own connection and
+    # fails the fingerprint check there: the peer's handshake goes on and keys the leg (fed
+    # to the one association, it ended the call, "DTLS fingerprint mismatch").
+    ours, peer = ours_and_peer(we_serve=False)
+    assert ours.dtls_role == "client"
+    hello = ours.packets_to_send(now=0.0)
+    stranger = stranger_for(ours)
+    for datagram in hello:
+        peer.receive_packet(datagram, now=0.0)
+        stranger.receive_packet(datagram, now=0.0)
+    send(peer, ours, SDP_ADDRESS, 0.1)  # the peer's flight: ours answers it, addressed
+    to_peer = ours.addressed_packets_to_send(now=0.1)
+    assert to_peer and {address for _, address in to_peer} == {SDP_ADDRESS}
+    send(stranger, ours, FIRST_STRANGER, 0.1)
+    own = ours.addressed_packets_to_send(now=0.1)
+    assert own and {address for _, address in own} == {FIRST_STRANGER}
+    stranger = stranger_for(ours)  # it answers that ClientHello, as any DTLS server would
+    for datagram, _ in own:
+        stranger.receive_packet(datagram, now=0.1)
+    run(ours, {FIRST_STRANGER: stranger}, usual=(), now=0.2)
+    assert ours.state == "handshaking" and events(ours) == []
+    assert ours.statistics().handshakes_failed == 1
+    for datagram, _ in to_peer:
+        peer.receive_packet(datagram, now=0.3)
+    run(ours, {SDP_ADDRESS: peer}, now=0.3)
+    assert isinstance(events(ours)[0], KeysReady) and ours.peer_source == SDP_ADDRESS
+    assert isinstance(events(peer)[0], KeysReady)
+
+
+def test_nobody_proving_itself_still_ends_the_call_at_the_handshake_timeout() -> None:
+    ours, _ = ours_and_peer(we_serve=True)
+    stranger = stranger_for(ours)
+    run(ours, {FIRST_STRANGER: stranger}, now=0.0)  # failed the fingerprint: its attempt only
+    deadline = ours.get_timer()
+    assert deadline is not None
+    while (timer := ours.get_timer()) is not None and timer < 20.0:
+        ours.handle_timer(now=timer)
+        ours.packets_to_send(now=timer)
+    ours.handle_timer(now=20.0)
+    (failed,) = events(ours)
+    assert isinstance(failed, NegotiationFailed) and failed.reason == HANDSHAKE_TIMEOUT_REASON
+
+
+def test_without_sources_the_engine_is_as_before() -> None:
+    # A host that gives no source (receive_packet, or source None) gets the one association.
+    ours, peer = ours_and_peer(we_serve=True)
+    for _ in range(20):
+        for datagram in peer.packets_to_send(now=0.0):
+            ours.receive_packet_from(datagram, source=None, now=0.0)
+        for datagram in ours.packets_to_send(now=0.0):
+            peer.receive_packet(datagram, now=0.0)
+    assert ours.keys is not None and ours.peer_source is None
+    assert ours.addressed_packets_to_send(now=0.0) == []
+
+
+def test_each_sources_handshake_retransmits_on_the_engines_timer() -> None:
+    # The peer's answer from its own handshake was lost: that handshake's timer resends it
+    # to the peer alone (RFC 6347 §4.2.4.1), beside the stranger's.
+    ours, peer = ours_and_peer(we_serve=True)
+    stranger = stranger_for(ours)
+    send(stranger, ours, FIRST_STRANGER, 0.0)
+    send(peer, ours, NATTED, 0.0)
+    first = ours.addressed_packets_to_send(now=0.0)
+    assert {address for _, address in first} == {FIRST_STRANGER, NATTED}
+    timer = ours.get_timer()
+    assert timer == 1.0
+    ours.handle_timer(now=timer)
+    resent = ours.addressed_packets_to_send(now=timer)
+    assert {address for _, address in resent} == {FIRST_STRANGER, NATTED}
+    for datagram, address in resent:
+        if address == NATTED:
+            peer.receive_packet(datagram, now=timer)
+    run(ours, {NATTED: peer}, now=timer)
+    assert isinstance(events(ours)[0], KeysReady) and ours.peer_source == NATTED
