@@ -394,3 +394,33 @@ async def test_a_burst_from_one_of_many_trunks_is_fetched_a_share_at_a_time(
     assert len(outcomes) == calls
     refused = {why for why in outcomes if why != "caller number verified (attestation A)"}
     assert refused <= {"caller number verification failed: certificate fetch timed out"}
+
+
+async def test_a_crl_that_does_not_cover_a_certificate_is_said_once(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The intermediate's CRL does not cover the intermediate (RFC 5280 §6.3.3 (b)): the
+    calls' records say so, and the log says it once at WARNING in the line every CRL that
+    cannot be used has, not at every call (an operator upgrading from before session 40 sees
+    such chains go from passed to passed_revocation_unknown, and needs the why)."""
+    pki = make_pki(crl_url=CRL_URL)
+    anchors, _, _ = pki.write(tmp_path)
+    crl = pki.crl(signer="intermediate")
+
+    async def fetch(url: str) -> Fetched:
+        return Fetched(pki.chain_pem() if url == GOOD else crl, max_age=600)
+
+    service = StirShaken(verifying(anchors, check_revocation=True), fetcher=fetch)
+    caplog.set_level(logging.WARNING, logger="gateway.plugins.stir_shaken")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        for _ in range(3):
+            signer = await service.signer_certificate(GOOD, trio.current_time() + 30)
+            said = await service.revocation(signer, trio.current_time() + 30)
+            assert said is not None and "does not cover CN=Test STI-CA" in said
+        nursery.cancel_scope.cancel()
+    lines = [r.getMessage() for r in caplog.records if "does not cover" in r.getMessage()]
+    assert lines == [
+        f"stir_shaken: CRL {CRL_URL} unavailable: CRL of CN=Test STI-CA does not cover "
+        "CN=Test STI-CA (RFC 5280 §6.3.3: neither its issuer nor a CRL issuer it names)"
+    ]
