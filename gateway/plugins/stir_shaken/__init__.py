@@ -890,11 +890,19 @@ class StirShaken:
         chain, or which trust anchor, signed it is :meth:`_signed_for`'s question; this one is
         whether that signature speaks for this certificate: a CRL an intermediate signed
         covers the certificates that intermediate issued, not the intermediate itself."""
+        judged = crl.judged(check)
         if not crl.issued_for(check):
-            raise RevocationUnavailable(
+            reason = (
                 f"CRL of {crl.issuer} does not cover {check.subject} (RFC 5280 §6.3.3: "
                 "neither its issuer nor a CRL issuer it names)"
             )
+            if not judged:
+                # Said once a CRL and a fetch of the certificate (the verdict is kept with the
+                # CRL), as every other reason a CRL cannot be used is: at upgrade from before
+                # session 40 such chains went from passed to passed_revocation_unknown, and the
+                # metric alone does not say why.
+                log.warning("stir_shaken: CRL %s unavailable: %s", shown_url(check.crl_url), reason)
+            raise RevocationUnavailable(reason)
         return crl
 
     async def _fetch_crl_kept(self, url: str, signer: SignerCertificate) -> RevocationList:

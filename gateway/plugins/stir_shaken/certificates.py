@@ -142,6 +142,11 @@ class RevocationList:
             verdict = self._keep(check, covered)
         return verdict
 
+    def judged(self, asked: object) -> bool:
+        """Whether :meth:`issued_for` (or :meth:`signed_by`) has decided for ``asked`` and
+        keeps the verdict: what is said once is said when it is first decided."""
+        return self._verdict(asked) is not None
+
     def _verdict(self, asked: object) -> bool | None:
         entry = self._verdicts.get(id(asked))
         return entry[1] if entry is not None and entry[0] is asked else None

@@ -338,3 +338,89 @@ async def test_an_intermediates_crl_signature_is_checked_once_per_chain_not_per_
         assert len(checked) == after_first
         assert first is not None and "does not cover CN=Test STI-CA" in first
         nursery.cancel_scope.cancel()
+
+
+def test_a_trunks_share_is_the_fetches_divided_among_the_trunks_but_at_least_a_hosts(
+    tmp_path: Path,
+) -> None:
+    """100 / the trunks in verify_trunks, never fewer than one host's MAX_FETCHES_PER_HOST
+    (docs/configuration.md, fetch_timeout): from 17 trunks on each has 6, not 5 or 2."""
+    anchors, _, _ = make_pki().write(tmp_path)
+    for trunks, share in ((1, 100), (2, 50), (3, 33), (16, 6), (17, 6), (40, 6)):
+        config = verifying(anchors, verify_trunks=tuple(f"t{n}" for n in range(trunks)))
+        assert StirShaken(config).trunk_share == share, trunks
+
+
+@pytest.mark.parametrize(("calls", "verified"), [(24, 24), (40, 36)])
+async def test_a_burst_from_one_of_many_trunks_is_fetched_a_share_at_a_time(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, calls: int, verified: int
+) -> None:
+    """The upgrade effect of the trunk's share (session 40): 17 trunks verified, so 6 fetches
+    each; one of them (a transit carrier, after a restart with the cache empty) brings calls
+    signed under as many certificates on as many hosts, each fetched in 0.3 s. Its calls past
+    the 6 wait for a slot within their fetch_timeout (2 s): 24 take four rounds (1.2 s) and are
+    all verified; of 40, the 4 left for a seventh round get their slot at 1.8 s and their
+    certificate too late ("certificate fetch timed out"; 436 under on_failure = "reject").
+    Before session 40 the 40 fetches ran at once and every call was verified."""
+    pki = make_pki()
+    anchors, _, _ = pki.write(tmp_path)
+
+    async def fetch(url: str) -> Fetched:
+        await trio.sleep(0.3)
+        return Fetched(pki.chain_pem(), max_age=600)
+
+    trunks = ("transit", *(f"t{n}" for n in range(16)))
+    config = verifying(anchors, verify_trunks=trunks, fetch_timeout=2.0)
+    service = StirShaken(config, fetcher=fetch)
+    assert service.trunk_share == MAX_FETCHES_PER_HOST
+    outcomes: list[str] = []
+
+    async def call(n: int) -> None:
+        x5u = f"https://certs.sp{n}.example/shaken.pem"
+        value = make_identity(
+            pki.signer_key, x5u, orig=CALLER[1:], dest=CALLED[1:], iat=int(time.time())
+        )
+        outcome = await Verification(service, trunk_call("transit", n), [value]).run()
+        outcomes.append(outcome.described)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        async with trio.open_nursery() as burst:
+            for n in range(calls):
+                burst.start_soon(call, n)
+        nursery.cancel_scope.cancel()
+    passed = outcomes.count("caller number verified (attestation A)")
+    assert passed == verified
+    assert len(outcomes) == calls
+    refused = {why for why in outcomes if why != "caller number verified (attestation A)"}
+    assert refused <= {"caller number verification failed: certificate fetch timed out"}
+
+
+async def test_a_crl_that_does_not_cover_a_certificate_is_said_once(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The intermediate's CRL does not cover the intermediate (RFC 5280 §6.3.3 (b)): the
+    calls' records say so, and the log says it once at WARNING in the line every CRL that
+    cannot be used has, not at every call (an operator upgrading from before session 40 sees
+    such chains go from passed to passed_revocation_unknown, and needs the why)."""
+    pki = make_pki(crl_url=CRL_URL)
+    anchors, _, _ = pki.write(tmp_path)
+    crl = pki.crl(signer="intermediate")
+
+    async def fetch(url: str) -> Fetched:
+        return Fetched(pki.chain_pem() if url == GOOD else crl, max_age=600)
+
+    service = StirShaken(verifying(anchors, check_revocation=True), fetcher=fetch)
+    caplog.set_level(logging.WARNING, logger="gateway.plugins.stir_shaken")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        for _ in range(3):
+            signer = await service.signer_certificate(GOOD, trio.current_time() + 30)
+            said = await service.revocation(signer, trio.current_time() + 30)
+            assert said is not None and "does not cover CN=Test STI-CA" in said
+        nursery.cancel_scope.cancel()
+    lines = [r.getMessage() for r in caplog.records if "does not cover" in r.getMessage()]
+    assert lines == [
+        f"stir_shaken: CRL {CRL_URL} unavailable: CRL of CN=Test STI-CA does not cover "
+        "CN=Test STI-CA (RFC 5280 §6.3.3: neither its issuer nor a CRL issuer it names)"
+    ]
