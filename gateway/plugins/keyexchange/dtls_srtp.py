@@ -822,6 +822,11 @@ class _Association:
         return self._started
 
     @property
+    def last_message_seq(self) -> int:
+        """The handshake message_seq of the newest flight we sent (-1: none yet)."""
+        return self._last_message_seq
+
+    @property
     def deadline(self) -> float | None:
         """When the handshake times out (None: not started, or no longer handshaking)."""
         return self._deadline
@@ -1254,10 +1259,11 @@ class DtlsNegotiation:
         the same role and peer parameters, at most :data:`MAX_HANDSHAKES_PER_PORT` in all (the
         oldest other source's dropped first, never the SDP address's). As DTLS client our
         ClientHello went the core's usual way (the latched source, and the SDP address): the
-        first source to answer it is the association's, and another source's server flight
-        (it answers no ClientHello that source got) is discarded and gets a ClientHello of its
-        own connection. The first handshake to complete with a matching certificate is the
-        peer's: its keys are the leg's, its source :attr:`peer_source`, the others dropped. A
+        first source whose datagram moves that handshake on (our next flight, or a failure)
+        is the association's, and another source's server flight (it answers no ClientHello
+        that source got) is discarded and gets a ClientHello of its own connection. The first
+        handshake to complete with a matching certificate is the peer's: its keys are the
+        leg's, its source :attr:`peer_source`, the others dropped. A
         handshake that fails (the fingerprint check, an OpenSSL error) ends only its source's
         attempt, unless it is the SDP address's or its certificate matched; the leg still fails
         at ``handshake_timeout`` if no source proves itself. A host that calls this reads
@@ -1281,6 +1287,20 @@ class DtlsNegotiation:
                 # Nothing a handshake of ours begins with (an alert, a ClientHello to our
                 # client): to the association, as before, which binds no source.
                 self._settle(None, association, association.receive(packet, now), now)
+                return
+            if association.role is Role.CLIENT:
+                # Our ClientHello went the core's usual way; the source whose datagram moves
+                # the handshake on (our next flight, keys, or a failure) answered it and takes
+                # it. A datagram that moves nothing (a blind stranger's handshake record that
+                # OpenSSL buffers or discards, RFC 6347 §4.1.2.7) binds nothing: bound to it,
+                # the peer's own answer would go to a handshake of its own with a new
+                # ClientHello, which the peer, already answering ours, takes for a resend.
+                sent = association.last_message_seq
+                events = association.receive(packet, now)
+                moved = association.last_message_seq != sent or events
+                if moved or association.phase is not _Phase.HANDSHAKING:
+                    self._source = key
+                self._settle(key, association, events, now)
                 return
             self._source = key
         if key == self._source:

@@ -258,3 +258,24 @@ def test_each_sources_handshake_retransmits_on_the_engines_timer() -> None:
             peer.receive_packet(datagram, now=timer)
     run(ours, {NATTED: peer}, now=timer)
     assert isinstance(events(ours)[0], KeysReady) and ours.peer_source == NATTED
+
+
+def test_as_client_a_blind_strangers_handshake_record_does_not_take_our_clienthello() -> None:
+    # We are the DTLS client and our ClientHello is on its way to the peer. A stranger who
+    # never saw it sends one handshake record OpenSSL sets aside (epoch 1: not yet readable,
+    # RFC 6347 §4.1). It answered nothing: the peer's answer, arriving next, must still be
+    # the one that goes on with our ClientHello (bound to the stranger, the association left
+    # the peer's answer to a handshake of its own, whose new ClientHello the peer took for a
+    # resend of ours, and the call ended at the handshake timeout).
+    ours, peer = ours_and_peer(we_serve=False)
+    for datagram in ours.packets_to_send(now=0.0):
+        peer.receive_packet(datagram, now=0.0)
+    fragment = bytes([2]) + (10).to_bytes(3, "big") + bytes(2) + bytes(3) + (10).to_bytes(3, "big")
+    body = fragment + bytes(10)
+    record = bytes([22, 0xFE, 0xFD, 0, 1]) + bytes(6) + len(body).to_bytes(2, "big") + body
+    ours.receive_packet_from(record, source=FIRST_STRANGER, now=0.05)
+    assert ours.addressed_packets_to_send(now=0.05) == [] and events(ours) == []
+    run(ours, {SDP_ADDRESS: peer}, now=0.1)
+    assert isinstance(events(ours)[0], KeysReady) and ours.peer_source == SDP_ADDRESS
+    assert isinstance(events(peer)[0], KeysReady)
+    assert ours.statistics().handshakes_by_source == 0
