@@ -739,6 +739,10 @@ class _Association:
         self.statistics = DtlsStatistics()
         self.rtcp_component: DtlsNegotiation | None = None
         """The separate RTCP port's negotiation of this stream, once asked for."""
+        self.address: Source | None = None
+        """The source this handshake answers, whole as the socket gave it (an IPv6 link-local
+        peer's scope id with it, RFC 4007 §6): where its datagrams go
+        (:meth:`DtlsNegotiation.addressed_packets_to_send`). None: none bound."""
         self._fingerprint_mismatch = False
         self._started = False
         self._deadline: float | None = None
@@ -1279,7 +1283,7 @@ class DtlsNegotiation:
             # keys without any source having been told (a kept association): as before.
             self.receive_packet(packet, now=now)
             return
-        key = (source[0], source[1])
+        key = (source[0], source[1])  # compared by host and port; sent to as given
         self._queue(self._feed_early(association, now))
         opens = _opens_handshake_untrusted(association.role, packet)
         if self._source is None and key not in self._attempts and key not in self._refused:
@@ -1299,11 +1303,12 @@ class DtlsNegotiation:
                 events = association.receive(packet, now)
                 moved = association.last_message_seq != sent or events
                 if moved or association.phase is not _Phase.HANDSHAKING:
-                    self._source = key
+                    self._source, association.address = key, source
                 self._settle(key, association, events, now)
                 return
             self._source = key
         if key == self._source:
+            association.address = source
             self._settle(key, association, association.receive(packet, now), now)
             return
         if self._peer_source is not None or association.phase is not _Phase.HANDSHAKING:
@@ -1314,12 +1319,14 @@ class DtlsNegotiation:
             return
         attempt = self._attempts.get(key)
         if attempt is not None:
+            attempt.address = source
             self._settle(key, attempt, attempt.receive(packet, now), now)
             return
         if not opens:
             self._by_source.dropped_malformed += 1
             return
         attempt = self._new_attempt(key, association)
+        attempt.address = source
         events = attempt.start(now, deadline=association.deadline)
         if attempt.role is Role.SERVER:
             events += attempt.receive(packet, now)
@@ -1358,10 +1365,13 @@ class DtlsNegotiation:
         its ClientHello, our ClientHello to a source that sent a server flight, an alert)."""
         del now  # the clock started in packets_to_send; nothing here depends on it
         out, self._parting = self._parting, []
-        if self._source is not None and self._association is not None:
-            out += [(packet, self._source) for packet in self._association.take_outgoing()]
+        association = self._association
+        if self._source is not None and association is not None:
+            to = association.address or self._source
+            out += [(packet, to) for packet in association.take_outgoing()]
         for key, attempt in self._attempts.items():
-            out += [(packet, key) for packet in attempt.take_outgoing()]
+            to = attempt.address or key
+            out += [(packet, to) for packet in attempt.take_outgoing()]
         return out
 
     def get_timer(self) -> float | None:
@@ -1531,7 +1541,8 @@ class DtlsNegotiation:
         self._by_source.handshakes_failed += 1
         if key not in self._refused:
             self._refused.append(key)
-        self._parting += [(packet, key) for packet in association.take_outgoing()]
+        to = association.address or key
+        self._parting += [(packet, to) for packet in association.take_outgoing()]
         if association is not self._association:
             self._attempts.pop(key, None)
             return
@@ -1547,7 +1558,7 @@ class DtlsNegotiation:
     def _proven(self, key: Source, association: _Association) -> None:
         """``key``'s handshake completed with a certificate matching a=fingerprint: it is the
         peer; its association is the stream's, the other sources' handshakes are dropped."""
-        self._peer_source = key
+        self._peer_source = association.address or key
         if association is not self._association:
             previous = self._association
             if previous is not None:

@@ -279,3 +279,28 @@ def test_as_client_a_blind_strangers_handshake_record_does_not_take_our_clienthe
     assert isinstance(events(ours)[0], KeysReady) and ours.peer_source == SDP_ADDRESS
     assert isinstance(events(peer)[0], KeysReady)
     assert ours.statistics().handshakes_by_source == 0
+
+
+def test_each_source_is_answered_at_its_whole_address_a_scope_id_included() -> None:
+    # An IPv6 socket gives (host, port, flow info, scope id); a link-local peer (RFC 4007 §6)
+    # is reached only with its scope id, so our answers and the latch take the address whole.
+    # (Sources are compared by host and port.) Only ::1 here; the scope id is data.
+    ours, peer = ours_and_peer(we_serve=True)
+    stranger = stranger_for(ours)
+    at_stranger = ("::1", 52000, 0, 7)
+    at_peer = ("::1", 51000, 0, 7)
+    send(stranger, ours, at_stranger, 0.0)
+    send(peer, ours, at_peer, 0.0)
+    answers = ours.addressed_packets_to_send(now=0.0)
+    assert {address for _, address in answers} == {at_stranger, at_peer}
+    for datagram, address in answers:
+        if address == at_peer:
+            peer.receive_packet(datagram, now=0.0)
+    for _ in range(10):
+        send(peer, ours, at_peer, 0.1)
+        for datagram, address in ours.addressed_packets_to_send(now=0.1):
+            assert address in (at_peer, at_stranger)
+            if address == at_peer:
+                peer.receive_packet(datagram, now=0.1)
+    assert isinstance(events(ours)[0], KeysReady)
+    assert ours.peer_source == at_peer
