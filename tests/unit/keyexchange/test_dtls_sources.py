@@ -304,3 +304,23 @@ def test_each_source_is_answered_at_its_whole_address_a_scope_id_included() -> N
                 peer.receive_packet(datagram, now=0.1)
     assert isinstance(events(ours)[0], KeysReady)
     assert ours.peer_source == at_peer
+
+
+def test_the_sdp_addresss_handshake_beside_a_stranger_first_survives_a_flood() -> None:
+    # A stranger's ClientHello reached the port first (it holds the association), then the
+    # peer's from its SDP address (a handshake of its own), then a flood from many sources:
+    # the oldest other sources' are dropped for the cap, never the SDP address's.
+    ours, peer = ours_and_peer(we_serve=True)
+    send(stranger_for(ours), ours, FIRST_STRANGER, 0.0)
+    ours.note_sdp_address(SDP_ADDRESS)
+    send(peer, ours, SDP_ADDRESS, 0.0)
+    answer = [d for d, address in ours.addressed_packets_to_send(now=0.0) if address == SDP_ADDRESS]
+    assert answer
+    for n in range(2 * MAX_HANDSHAKES_PER_PORT):
+        send(stranger_for(ours), ours, ("127.0.0.1", 53000 + n), 0.1)
+        ours.addressed_packets_to_send(now=0.1)
+    assert ours.statistics().handshakes_dropped == 2 * MAX_HANDSHAKES_PER_PORT - 2
+    for datagram in answer:
+        peer.receive_packet(datagram, now=0.2)
+    run(ours, {SDP_ADDRESS: peer}, now=0.2)
+    assert isinstance(events(ours)[0], KeysReady) and ours.peer_source == SDP_ADDRESS
