@@ -158,7 +158,9 @@ __all__ = [
     "MAX_FINGERPRINTS",
     "MAX_FINGERPRINT_LENGTH",
     "MAX_HANDSHAKES_PER_PORT",
+    "MAX_NEW_HANDSHAKES_BURST",
     "MAX_RECORDS",
+    "NEW_HANDSHAKES_PER_SECOND",
     "NO_COMMON_PROFILE_REASON",
     "PROFILES",
     "DtlsConfig",
@@ -236,6 +238,14 @@ address's (docs/media_security.md, "Forged handshakes")."""
 MAX_REFUSED_SOURCES = 8
 """Sources whose handshake failed (the fingerprint check, mostly) remembered per port so that
 their datagrams are dropped rather than start another signature; the oldest is forgotten."""
+MAX_NEW_HANDSHAKES_BURST = 8
+NEW_HANDSHAKES_PER_SECOND = 1.0
+"""How many handshakes sources other than the SDP address may start on one port: at most
+:data:`MAX_NEW_HANDSHAKES_BURST` at once, then one more per second (a token bucket). Each costs
+a certificate signature, ~1 ms of the SIP process's CPU: :data:`MAX_HANDSHAKES_PER_PORT`
+bounds the memory, this the CPU under a flood of ClientHellos from spoofed sources (without
+it, each new source cost a signature, as fast as they came). Past it a new source's datagram
+is dropped (``dropped_rate``); the SDP address's never is."""
 
 _DTLS1_2_VERSION = 0xFEFD  # RFC 6347 §4.1: {254, 253}; pyOpenSSL has no constant for it
 _RECORD_HEADER = 13  # RFC 6347 §4.1: type, version, epoch, sequence_number (48 bits), length
@@ -699,6 +709,8 @@ class DtlsStatistics:
     a=fingerprint, mostly) before a source proved itself: that source's only, not the call's."""
     dropped_refused: int = 0
     """Datagrams from a source whose handshake failed."""
+    dropped_rate: int = 0
+    """Datagrams from a new source dropped for :data:`NEW_HANDSHAKES_PER_SECOND`."""
 
 
 class _Phase(enum.Enum):
@@ -1083,6 +1095,10 @@ class DtlsNegotiation:
     """What a dropped or failed source's handshake still sends it (its alert)."""
     _by_source: DtlsStatistics = attrs.Factory(DtlsStatistics)
     """The counters of handshakes per source, added to the association's (:meth:`statistics`)."""
+    _new_handshakes: float = float(MAX_NEW_HANDSHAKES_BURST)
+    """Handshakes new sources other than the SDP address may still start now (a token
+    bucket, :data:`NEW_HANDSHAKES_PER_SECOND`)."""
+    _new_handshakes_at: float | None = None
 
     def __repr__(self) -> str:
         role = self.dtls_role or "role?"
@@ -1306,6 +1322,8 @@ class DtlsNegotiation:
                     self._source, association.address = key, source
                 self._settle(key, association, events, now)
                 return
+            if not self._may_start(key, now):
+                return
             self._source = key
         if key == self._source:
             association.address = source
@@ -1324,6 +1342,8 @@ class DtlsNegotiation:
             return
         if not opens:
             self._by_source.dropped_malformed += 1
+            return
+        if not self._may_start(key, now):
             return
         attempt = self._new_attempt(key, association)
         attempt.address = source
@@ -1486,6 +1506,23 @@ class DtlsNegotiation:
             timing=self._settings.timing,
             mtu=self._settings.mtu,
         )
+
+    def _may_start(self, key: Source, now: float) -> bool:
+        """Whether ``key`` may start a handshake now (:data:`NEW_HANDSHAKES_PER_SECOND`): the
+        SDP address always; another source while the port's bucket holds one."""
+        if key == self._sdp_source:
+            return True
+        if self._new_handshakes_at is not None:
+            refill = (now - self._new_handshakes_at) * NEW_HANDSHAKES_PER_SECOND
+            self._new_handshakes = min(
+                float(MAX_NEW_HANDSHAKES_BURST), self._new_handshakes + max(refill, 0.0)
+            )
+        self._new_handshakes_at = now
+        if self._new_handshakes < 1.0:
+            self._by_source.dropped_rate += 1
+            return False
+        self._new_handshakes -= 1.0
+        return True
 
     def _new_attempt(self, key: Source, association: _Association) -> _Association:
         """A handshake for ``key``, another source than the association's; the oldest other

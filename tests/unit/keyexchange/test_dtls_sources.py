@@ -15,6 +15,7 @@ from gateway.plugins.keyexchange.dtls_srtp import (
     FINGERPRINT_MISMATCH_REASON,
     HANDSHAKE_TIMEOUT_REASON,
     MAX_HANDSHAKES_PER_PORT,
+    MAX_NEW_HANDSHAKES_BURST,
     DtlsKeyExchange,
     DtlsNegotiation,
 )
@@ -316,11 +317,36 @@ def test_the_sdp_addresss_handshake_beside_a_stranger_first_survives_a_flood() -
     send(peer, ours, SDP_ADDRESS, 0.0)
     answer = [d for d, address in ours.addressed_packets_to_send(now=0.0) if address == SDP_ADDRESS]
     assert answer
-    for n in range(2 * MAX_HANDSHAKES_PER_PORT):
+    flood = MAX_NEW_HANDSHAKES_BURST - 1  # the first stranger's took one
+    for n in range(flood):
         send(stranger_for(ours), ours, ("127.0.0.1", 53000 + n), 0.1)
         ours.addressed_packets_to_send(now=0.1)
-    assert ours.statistics().handshakes_dropped == 2 * MAX_HANDSHAKES_PER_PORT - 2
+    assert ours.statistics().handshakes_dropped == flood - 2
     for datagram in answer:
         peer.receive_packet(datagram, now=0.2)
     run(ours, {SDP_ADDRESS: peer}, now=0.2)
+    assert isinstance(events(ours)[0], KeysReady) and ours.peer_source == SDP_ADDRESS
+
+
+def test_a_flood_of_client_hellos_from_new_sources_costs_a_few_signatures_a_second() -> None:
+    # Each new source's handshake costs a certificate signature: a flood of ClientHellos from
+    # spoofed sources gets MAX_NEW_HANDSHAKES_BURST of them, then one a second, however fast
+    # it comes; the SDP address's ClientHello is answered through it and keys the leg.
+    ours, peer = ours_and_peer(we_serve=True)
+    hello = stranger_for(ours).packets_to_send(now=0.0)
+    flood = [("127.0.0.1", 53000 + n) for n in range(100)]
+    answered: set[Address] = set()
+    for address in flood:
+        for datagram in hello:
+            ours.receive_packet_from(datagram, source=address, now=0.0)
+        answered |= {address for _, address in ours.addressed_packets_to_send(now=0.0)}
+    assert answered == set(flood[:MAX_NEW_HANDSHAKES_BURST])
+    assert ours.statistics().dropped_rate == len(flood) - MAX_NEW_HANDSHAKES_BURST
+    for datagram in hello:
+        ours.receive_packet_from(datagram, source=("127.0.0.1", 54000), now=0.5)
+        ours.receive_packet_from(datagram, source=("127.0.0.1", 54001), now=1.0)
+    answered = {address for _, address in ours.addressed_packets_to_send(now=1.0)}
+    assert ("127.0.0.1", 54000) not in answered and ("127.0.0.1", 54001) in answered
+    ours.note_sdp_address(SDP_ADDRESS)
+    run(ours, {SDP_ADDRESS: peer}, now=1.0)
     assert isinstance(events(ours)[0], KeysReady) and ours.peer_source == SDP_ADDRESS
