@@ -1099,6 +1099,9 @@ class DtlsNegotiation:
     """Handshakes new sources other than the SDP address may still start now (a token
     bucket, :data:`NEW_HANDSHAKES_PER_SECOND`)."""
     _new_handshakes_at: float | None = None
+    _mismatched: int = 0
+    """Sources whose certificate did not match a=fingerprint, their attempt ended alone: named
+    in the reason should the leg time out (:meth:`_fail`)."""
 
     def __repr__(self) -> str:
         role = self.dtls_role or "role?"
@@ -1576,6 +1579,9 @@ class DtlsNegotiation:
 
     def _attempt_failed(self, key: Source, association: _Association, now: float) -> None:
         self._by_source.handshakes_failed += 1
+        failure = association.failure
+        if failure is not None and failure.reason == FINGERPRINT_MISMATCH_REASON:
+            self._mismatched += 1
         if key not in self._refused:
             self._refused.append(key)
         to = association.address or key
@@ -1626,6 +1632,14 @@ class DtlsNegotiation:
         self._phase = _Phase.FAILED
         self._early = []
         self._attempts.clear()
+        if reason == HANDSHAKE_TIMEOUT_REASON and self._mismatched:
+            # The only certificates seen did not match: the likelier cause (a phone behind a
+            # NAT whose SDP a proxy rewrote, a stale fingerprint) said as it was before
+            # session 40, when the first such handshake ended the call at once.
+            reason += (
+                f" ({FINGERPRINT_MISMATCH_REASON}: {self._mismatched} source(s) other than"
+                " the SDP address)"
+            )
         self._failure = NegotiationFailed(reason, DtlsError.sip_status)
         self._events.append(self._failure)
 
