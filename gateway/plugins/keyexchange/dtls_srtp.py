@@ -158,7 +158,9 @@ __all__ = [
     "MAX_FINGERPRINTS",
     "MAX_FINGERPRINT_LENGTH",
     "MAX_HANDSHAKES_PER_PORT",
+    "MAX_NEW_HANDSHAKES_BURST",
     "MAX_RECORDS",
+    "NEW_HANDSHAKES_PER_SECOND",
     "NO_COMMON_PROFILE_REASON",
     "PROFILES",
     "DtlsConfig",
@@ -236,6 +238,14 @@ address's (docs/media_security.md, "Forged handshakes")."""
 MAX_REFUSED_SOURCES = 8
 """Sources whose handshake failed (the fingerprint check, mostly) remembered per port so that
 their datagrams are dropped rather than start another signature; the oldest is forgotten."""
+MAX_NEW_HANDSHAKES_BURST = 8
+NEW_HANDSHAKES_PER_SECOND = 1.0
+"""How many handshakes sources other than the SDP address may start on one port: at most
+:data:`MAX_NEW_HANDSHAKES_BURST` at once, then one more per second (a token bucket). Each costs
+a certificate signature, ~1 ms of the SIP process's CPU: :data:`MAX_HANDSHAKES_PER_PORT`
+bounds the memory, this the CPU under a flood of ClientHellos from spoofed sources (without
+it, each new source cost a signature, as fast as they came). Past it a new source's datagram
+is dropped (``dropped_rate``); the SDP address's never is."""
 
 _DTLS1_2_VERSION = 0xFEFD  # RFC 6347 §4.1: {254, 253}; pyOpenSSL has no constant for it
 _RECORD_HEADER = 13  # RFC 6347 §4.1: type, version, epoch, sequence_number (48 bits), length
@@ -699,6 +709,8 @@ class DtlsStatistics:
     a=fingerprint, mostly) before a source proved itself: that source's only, not the call's."""
     dropped_refused: int = 0
     """Datagrams from a source whose handshake failed."""
+    dropped_rate: int = 0
+    """Datagrams from a new source dropped for :data:`NEW_HANDSHAKES_PER_SECOND`."""
 
 
 class _Phase(enum.Enum):
@@ -739,6 +751,10 @@ class _Association:
         self.statistics = DtlsStatistics()
         self.rtcp_component: DtlsNegotiation | None = None
         """The separate RTCP port's negotiation of this stream, once asked for."""
+        self.address: Source | None = None
+        """The source this handshake answers, whole as the socket gave it (an IPv6 link-local
+        peer's scope id with it, RFC 4007 §6): where its datagrams go
+        (:meth:`DtlsNegotiation.addressed_packets_to_send`). None: none bound."""
         self._fingerprint_mismatch = False
         self._started = False
         self._deadline: float | None = None
@@ -820,6 +836,11 @@ class _Association:
     @property
     def started(self) -> bool:
         return self._started
+
+    @property
+    def last_message_seq(self) -> int:
+        """The handshake message_seq of the newest flight we sent (-1: none yet)."""
+        return self._last_message_seq
 
     @property
     def deadline(self) -> float | None:
@@ -1074,6 +1095,13 @@ class DtlsNegotiation:
     """What a dropped or failed source's handshake still sends it (its alert)."""
     _by_source: DtlsStatistics = attrs.Factory(DtlsStatistics)
     """The counters of handshakes per source, added to the association's (:meth:`statistics`)."""
+    _new_handshakes: float = float(MAX_NEW_HANDSHAKES_BURST)
+    """Handshakes new sources other than the SDP address may still start now (a token
+    bucket, :data:`NEW_HANDSHAKES_PER_SECOND`)."""
+    _new_handshakes_at: float | None = None
+    _mismatched: int = 0
+    """Sources whose certificate did not match a=fingerprint, their attempt ended alone: named
+    in the reason should the leg time out (:meth:`_fail`)."""
 
     def __repr__(self) -> str:
         role = self.dtls_role or "role?"
@@ -1254,10 +1282,11 @@ class DtlsNegotiation:
         the same role and peer parameters, at most :data:`MAX_HANDSHAKES_PER_PORT` in all (the
         oldest other source's dropped first, never the SDP address's). As DTLS client our
         ClientHello went the core's usual way (the latched source, and the SDP address): the
-        first source to answer it is the association's, and another source's server flight
-        (it answers no ClientHello that source got) is discarded and gets a ClientHello of its
-        own connection. The first handshake to complete with a matching certificate is the
-        peer's: its keys are the leg's, its source :attr:`peer_source`, the others dropped. A
+        first source whose datagram moves that handshake on (our next flight, or a failure)
+        is the association's, and another source's server flight (it answers no ClientHello
+        that source got) is discarded and gets a ClientHello of its own connection. The first
+        handshake to complete with a matching certificate is the peer's: its keys are the
+        leg's, its source :attr:`peer_source`, the others dropped. A
         handshake that fails (the fingerprint check, an OpenSSL error) ends only its source's
         attempt, unless it is the SDP address's or its certificate matched; the leg still fails
         at ``handshake_timeout`` if no source proves itself. A host that calls this reads
@@ -1273,7 +1302,7 @@ class DtlsNegotiation:
             # keys without any source having been told (a kept association): as before.
             self.receive_packet(packet, now=now)
             return
-        key = (source[0], source[1])
+        key = (source[0], source[1])  # compared by host and port; sent to as given
         self._queue(self._feed_early(association, now))
         opens = _opens_handshake_untrusted(association.role, packet)
         if self._source is None and key not in self._attempts and key not in self._refused:
@@ -1282,8 +1311,25 @@ class DtlsNegotiation:
                 # client): to the association, as before, which binds no source.
                 self._settle(None, association, association.receive(packet, now), now)
                 return
+            if association.role is Role.CLIENT:
+                # Our ClientHello went the core's usual way; the source whose datagram moves
+                # the handshake on (our next flight, keys, or a failure) answered it and takes
+                # it. A datagram that moves nothing (a blind stranger's handshake record that
+                # OpenSSL buffers or discards, RFC 6347 §4.1.2.7) binds nothing: bound to it,
+                # the peer's own answer would go to a handshake of its own with a new
+                # ClientHello, which the peer, already answering ours, takes for a resend.
+                sent = association.last_message_seq
+                events = association.receive(packet, now)
+                moved = association.last_message_seq != sent or events
+                if moved or association.phase is not _Phase.HANDSHAKING:
+                    self._source, association.address = key, source
+                self._settle(key, association, events, now)
+                return
+            if not self._may_start(key, now):
+                return
             self._source = key
         if key == self._source:
+            association.address = source
             self._settle(key, association, association.receive(packet, now), now)
             return
         if self._peer_source is not None or association.phase is not _Phase.HANDSHAKING:
@@ -1294,12 +1340,16 @@ class DtlsNegotiation:
             return
         attempt = self._attempts.get(key)
         if attempt is not None:
+            attempt.address = source
             self._settle(key, attempt, attempt.receive(packet, now), now)
             return
         if not opens:
             self._by_source.dropped_malformed += 1
             return
+        if not self._may_start(key, now):
+            return
         attempt = self._new_attempt(key, association)
+        attempt.address = source
         events = attempt.start(now, deadline=association.deadline)
         if attempt.role is Role.SERVER:
             events += attempt.receive(packet, now)
@@ -1338,10 +1388,13 @@ class DtlsNegotiation:
         its ClientHello, our ClientHello to a source that sent a server flight, an alert)."""
         del now  # the clock started in packets_to_send; nothing here depends on it
         out, self._parting = self._parting, []
-        if self._source is not None and self._association is not None:
-            out += [(packet, self._source) for packet in self._association.take_outgoing()]
+        association = self._association
+        if self._source is not None and association is not None:
+            to = association.address or self._source
+            out += [(packet, to) for packet in association.take_outgoing()]
         for key, attempt in self._attempts.items():
-            out += [(packet, key) for packet in attempt.take_outgoing()]
+            to = attempt.address or key
+            out += [(packet, to) for packet in attempt.take_outgoing()]
         return out
 
     def get_timer(self) -> float | None:
@@ -1457,6 +1510,23 @@ class DtlsNegotiation:
             mtu=self._settings.mtu,
         )
 
+    def _may_start(self, key: Source, now: float) -> bool:
+        """Whether ``key`` may start a handshake now (:data:`NEW_HANDSHAKES_PER_SECOND`): the
+        SDP address always; another source while the port's bucket holds one."""
+        if key == self._sdp_source:
+            return True
+        if self._new_handshakes_at is not None:
+            refill = (now - self._new_handshakes_at) * NEW_HANDSHAKES_PER_SECOND
+            self._new_handshakes = min(
+                float(MAX_NEW_HANDSHAKES_BURST), self._new_handshakes + max(refill, 0.0)
+            )
+        self._new_handshakes_at = now
+        if self._new_handshakes < 1.0:
+            self._by_source.dropped_rate += 1
+            return False
+        self._new_handshakes -= 1.0
+        return True
+
     def _new_attempt(self, key: Source, association: _Association) -> _Association:
         """A handshake for ``key``, another source than the association's; the oldest other
         source's (never the SDP address's) dropped first beyond the cap."""
@@ -1509,9 +1579,13 @@ class DtlsNegotiation:
 
     def _attempt_failed(self, key: Source, association: _Association, now: float) -> None:
         self._by_source.handshakes_failed += 1
+        failure = association.failure
+        if failure is not None and failure.reason == FINGERPRINT_MISMATCH_REASON:
+            self._mismatched += 1
         if key not in self._refused:
             self._refused.append(key)
-        self._parting += [(packet, key) for packet in association.take_outgoing()]
+        to = association.address or key
+        self._parting += [(packet, to) for packet in association.take_outgoing()]
         if association is not self._association:
             self._attempts.pop(key, None)
             return
@@ -1527,7 +1601,7 @@ class DtlsNegotiation:
     def _proven(self, key: Source, association: _Association) -> None:
         """``key``'s handshake completed with a certificate matching a=fingerprint: it is the
         peer; its association is the stream's, the other sources' handshakes are dropped."""
-        self._peer_source = key
+        self._peer_source = association.address or key
         if association is not self._association:
             previous = self._association
             if previous is not None:
@@ -1558,6 +1632,14 @@ class DtlsNegotiation:
         self._phase = _Phase.FAILED
         self._early = []
         self._attempts.clear()
+        if reason == HANDSHAKE_TIMEOUT_REASON and self._mismatched:
+            # The only certificates seen did not match: the likelier cause (a phone behind a
+            # NAT whose SDP a proxy rewrote, a stale fingerprint) said as it was before
+            # session 40, when the first such handshake ended the call at once.
+            reason += (
+                f" ({FINGERPRINT_MISMATCH_REASON}: {self._mismatched} source(s) other than"
+                " the SDP address)"
+            )
         self._failure = NegotiationFailed(reason, DtlsError.sip_status)
         self._events.append(self._failure)
 
