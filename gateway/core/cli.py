@@ -802,17 +802,38 @@ def _resolve_named_trunks(
     return trio.run(main)
 
 
+def ask_gateway(
+    args: argparse.Namespace, query: str, *, config: GatewayConfig | None = None
+) -> dict[str, Any]:
+    """The running gateway's answer to ``query`` (gateway/core/control.py's queries), asked over
+    its control socket, ``<state_dir>/control.sock`` (``--state-dir``, else ``[gateway]
+    state_dir`` of ``--config``). Raises :class:`~gateway.core.control.ControlError` saying why
+    there is none (no gateway running, none answering, a refusal, a broken answer)."""
+    from gateway.core.control import ask, socket_path
+
+    if config is None:
+        config = _load_config(args.config)
+    return ask(socket_path(args.state_dir or config.gateway.state_dir), query)
+
+
+def ask_gateway_for(args: argparse.Namespace, command: str, query: str) -> dict[str, Any] | None:
+    """:func:`ask_gateway` for ``voipgw COMMAND``, which needs the answer: None when there is
+    none, said on stderr as ``voipgw: COMMAND: why`` (the command then exits
+    :data:`EXIT_RUNTIME`)."""
+    from gateway.core.control import ControlError
+
+    try:
+        return ask_gateway(args, query)
+    except ControlError as exc:
+        print(f"voipgw: {command}: {exc}", file=sys.stderr)
+        return None
+
+
 def cmd_trunks(args: argparse.Namespace) -> int:
     import json
 
-    from gateway.core.control import ControlError, ask, socket_path
-
-    config = _load_config(args.config)
-    path = socket_path(args.state_dir or config.gateway.state_dir)
-    try:
-        answer = ask(path, "trunks")
-    except ControlError as exc:
-        print(f"voipgw: trunks: {exc}", file=sys.stderr)
+    answer = ask_gateway_for(args, "trunks", "trunks")
+    if answer is None:
         return EXIT_RUNTIME
     trunks = answer.get("trunks")
     if not isinstance(trunks, list):
@@ -840,14 +861,8 @@ def cmd_trunks(args: argparse.Namespace) -> int:
 def cmd_media_workers(args: argparse.Namespace) -> int:
     import json
 
-    from gateway.core.control import ControlError, ask, socket_path
-
-    config = _load_config(args.config)
-    path = socket_path(args.state_dir or config.gateway.state_dir)
-    try:
-        answer = ask(path, "media_workers")
-    except ControlError as exc:
-        print(f"voipgw: media-workers: {exc}", file=sys.stderr)
+    answer = ask_gateway_for(args, "media-workers", "media_workers")
+    if answer is None:
         return EXIT_RUNTIME
     workers = answer.get("workers")
     if workers is not None and not isinstance(workers, list):
@@ -1080,11 +1095,10 @@ def describe_live_quality(figures: dict[str, Any] | None) -> str:
 def _live_quality(args: argparse.Namespace, config: GatewayConfig) -> dict[str, Any] | None:
     """Per live call (record id), each leg's quality now, from the running gateway's control
     socket (gateway/core/control.py); None, with a note on stderr, when it does not answer."""
-    from gateway.core.control import ControlError, ask, socket_path
+    from gateway.core.control import ControlError
 
-    path = socket_path(args.state_dir or config.gateway.state_dir)
     try:
-        calls = ask(path, "live_quality").get("calls")
+        calls = ask_gateway(args, "live_quality", config=config).get("calls")
     except ControlError as exc:
         print(
             f"note: live call quality not available ({exc}): shown as of each call's last change",
