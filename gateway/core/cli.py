@@ -337,8 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--call-id",
         metavar="ID",
         help="only the calls with this SIP Call-ID, as log lines name a call ('call ID: ...'), "
-        "live or ended, among the last 1000 calls (or --recent N); a call's id as this command "
-        "shows it (Call-ID;tag) is taken too",
+        "live or ended, among every call the store keeps (with --recent N, the newest N of "
+        "them; else at most 1000); a call's id as this command shows it (Call-ID;tag) is "
+        "taken too",
     )
 
     workers = sub.add_parser(
@@ -1113,14 +1114,16 @@ def cmd_calls(args: argparse.Namespace) -> int:
 
     store, config = _open_store(args)
     try:
-        records = store.call_records_recent(args.recent or 1000)
+        if args.call_id is not None:
+            # Log lines name a call by its Call-ID; a record by the Call-ID and the caller
+            # leg's tag (a caller retrying with one Call-ID makes a new record): either is
+            # taken, among every record the store keeps (an index on the id answers).
+            records = store.call_records_of_call_id(args.call_id, args.recent or 1000)
+        else:
+            records = store.call_records_recent(args.recent or 1000)
     finally:
         store.close()
-    if args.call_id is not None:
-        # Log lines name a call by its Call-ID; a record by the Call-ID and the caller leg's
-        # tag (a caller retrying with one Call-ID makes a new record): either is taken.
-        records = tuple(r for r in records if args.call_id in (r.call_id, sip_call_id(r.call_id)))
-    elif not args.recent:
+    if args.call_id is None and not args.recent:
         records = tuple(r for r in records if r.ended_at is None)
     # Figures that change all the time are asked of the gateway, only for calls that are up.
     live = _live_quality(args, config) if any(r.ended_at is None for r in records) else None
@@ -1155,12 +1158,9 @@ def cmd_calls(args: argparse.Namespace) -> int:
         return EXIT_OK
     if not records:
         if args.call_id is not None:
-            # Only the last records were read: say so, or a call older than them (seconds on
-            # a busy node) would read as one this node never had.
-            print(
-                f"no call with Call-ID {args.call_id} among the last {args.recent or 1000} calls"
-                + ("" if args.recent else " (--recent N to look further)")
-            )
+            # Every record was looked at: retention ([store] call_record_days) may have
+            # deleted an old call's.
+            print(f"no call with Call-ID {args.call_id} in the store")
         else:
             print("no live calls" if not args.recent else "no calls")
         return EXIT_OK
