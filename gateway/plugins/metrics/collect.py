@@ -91,6 +91,7 @@ def render(
     _certificates(out, status)
     _tls_handshakes(out, status)
     _tables(out, status)
+    _plugin_figures_failures(out, status)  # last: this scrape's reads of plugins counted
     if server is not None:
         _exporter(out, server)
     return out.render()
@@ -256,6 +257,17 @@ def _tables(out: Exposition, status: GatewayStatus) -> None:
     )
     for table, entries in status.tables():
         out.sample(entries, [("table", table)])
+
+
+def _plugin_figures_failures(out: Exposition, status: GatewayStatus) -> None:
+    out.family(
+        "voipgw_plugin_figures_failures_total",
+        "counter",
+        "Reads of a plugin's own figures that raised (a bug in the plugin), by kind, plugin "
+        "and figures: that plugin's rows are left out of the scrape, the rest is answered.",
+    )
+    for kind, plugin, figures, count in status.plugin_figures_failures():
+        out.sample(count, [("kind", kind), ("plugin", plugin), ("figures", figures)])
 
 
 def _sip(out: Exposition, status: GatewayStatus) -> None:

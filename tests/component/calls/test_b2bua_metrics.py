@@ -661,3 +661,67 @@ async def test_without_retention_only_the_oldest_record_is_shown(
     samples = await scrape(address)
     assert samples["voipgw_call_records_oldest_time_seconds"] == now - 2 * 86400 - 2  # kept
     assert not any("retention" in name or "expired" in name for name in samples)
+
+
+async def test_a_plugin_whose_figures_raise_costs_only_its_own_rows(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Session 41: a key exchange's optional counters() that raises, and a transport's scrape
+    figures that raise (a third-party plugin's bug), leave that plugin's rows out: the scrape
+    still answers 200 with every other row, counts the failures in
+    voipgw_plugin_figures_failures_total, and says each once at WARNING, not at every scrape.
+    Before, the exporter answered 500 and nothing (an ERROR at every scrape)."""
+    env, address = await metrics_env(
+        nursery, tmp_path, voipgw_seed, plugins=[("zrtp", zrtp_plugin)]
+    )
+    healthy = await scrape(address)
+    assert "voipgw_zrtp_discarded_total" in healthy
+
+    def broken() -> object:
+        raise RuntimeError("a plugin's bug")
+
+    zrtp = env.gateway.plugins.key_exchanges.get("zrtp")
+    zrtp.counters = broken  # type: ignore[union-attr]
+    transport_name, transport = env.gateway.plugins.transports.items()[0]
+    transport.loaded_crls = broken  # type: ignore[attr-defined]
+    caplog.set_level(logging.WARNING, logger="gateway.core.status")
+    first = await scrape(address)  # asserts 200
+    second = await scrape(address)
+    for samples in (first, second):
+        assert not any(name.startswith("voipgw_zrtp_") for name in samples)
+        assert not any(name.startswith("voipgw_tls_crl_") for name in samples)
+        others = {
+            name
+            for name in healthy
+            if not name.startswith(("voipgw_zrtp_", "voipgw_plugin_figures_failures_total"))
+        }
+        assert others <= set(samples), others - set(samples)
+    failures = (
+        'voipgw_plugin_figures_failures_total{kind="key_exchange",plugin="zrtp",figures="counters"}'
+    )
+    crls = (
+        'voipgw_plugin_figures_failures_total{kind="transport",'
+        f'plugin="{transport_name}",figures="loaded_crls"}}'
+    )
+    assert first[failures] == 1 and second[failures] == 2
+    assert first[crls] == 1 and second[crls] == 2
+    said = [r for r in caplog.records if r.name == "gateway.core.status"]
+    assert [(r.levelno, r.getMessage()) for r in said] == [
+        (
+            logging.WARNING,
+            "status: the key exchange plugin zrtp raised reading its counters: left out of"
+            " monitoring until it answers (said once; counted in"
+            " voipgw_plugin_figures_failures_total)",
+        ),
+        (
+            logging.WARNING,
+            f"status: the transport plugin {transport_name} raised reading its loaded_crls: left"
+            " out of monitoring until it answers (said once; counted in"
+            " voipgw_plugin_figures_failures_total)",
+        ),
+    ]
+    assert "a plugin's bug" not in caplog.text  # its text withheld, as any plugin code's
