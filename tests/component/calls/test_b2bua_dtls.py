@@ -671,9 +671,14 @@ def closed_on_failure(phone: Phone) -> Iterator[None]:
         raise
 
 
-async def strangers_client_hello(gateway_port: tuple[str, int]) -> trio.socket.SocketType:
+async def strangers_client_hello(
+    gateway_port: tuple[str, int], *, returns_cookie: bool = False
+) -> trio.socket.SocketType:
     """A stranger's ClientHello (a DTLS client with a certificate of its own) to
-    ``gateway_port``, from PHONE_PORT + 4: its socket, still open."""
+    ``gateway_port``, from PHONE_PORT + 4: its socket, still open. With ``returns_cookie`` it
+    takes our HelloVerifyRequest (RFC 6347 §4.2.1: since session 41 a source other than the
+    SDP address is asked for a cookie) and sends its ClientHello again with our cookie: a
+    stranger that receives at its address."""
     forged = DtlsKeyExchange(identity=lambda: OTHER_ID).offer(suites=[], secure_signalling=False)
     client = DtlsKeyExchange(identity=lambda: OTHER_ID).answer(
         forged.local_sdp_attributes(), suites=[], secure_signalling=False
@@ -682,6 +687,13 @@ async def strangers_client_hello(gateway_port: tuple[str, int]) -> trio.socket.S
     stranger = await bind(PHONE_PORT + 4)
     for datagram in client.packets_to_send(now=trio.current_time()):
         await stranger.sendto(datagram, gateway_port)
+    if returns_cookie:
+        with trio.fail_after(5):
+            request, _ = await stranger.recvfrom(2048)
+        assert request[0] == 22 and request[13] == 3  # our HelloVerifyRequest
+        client.receive_packet(request, now=trio.current_time())
+        for datagram in client.packets_to_send(now=trio.current_time()):
+            await stranger.sendto(datagram, gateway_port)
     return stranger
 
 
@@ -711,7 +723,7 @@ async def test_our_server_flight_to_a_strangers_client_hello_never_reaches_the_c
     with (
         closed_on_failure(caller.phone),
         caplog.at_level(logging.INFO, logger="gateway.core.media.handshakes"),
-        await strangers_client_hello(gateway_port) as stranger,
+        await strangers_client_hello(gateway_port, returns_cookie=True) as stranger,
     ):
         with trio.fail_after(5):
             flight, _ = await stranger.recvfrom(2048)
