@@ -36,6 +36,7 @@ __all__ = [
     "ClientHelloCookie",
     "CookieSecrets",
     "hello_verify_request",
+    "is_client_hello_fragment_untrusted",
     "parse_client_hello_cookie_untrusted",
 ]
 
@@ -101,6 +102,17 @@ def parse_client_hello_cookie_untrusted(datagram: bytes) -> ClientHelloCookie | 
         return None
     cookie = body[at + 1 : at + 1 + body[at]]
     return ClientHelloCookie(datagram[5:11], int.from_bytes(message[4:6], "big"), cookie)
+
+
+def is_client_hello_fragment_untrusted(datagram: bytes) -> bool:
+    """Whether a datagram (well-formed DTLS records) starts with a fragment of a ClientHello
+    that is not the whole message (RFC 6347 §4.2.3: a ClientHello longer than the path MTU)."""
+    if len(datagram) < _RECORD_HEADER + _HANDSHAKE_HEADER or datagram[0] != _HANDSHAKE:
+        return False
+    message = datagram[_RECORD_HEADER:]
+    if message[0] != _CLIENT_HELLO or datagram[3:5] != b"\0\0":
+        return False
+    return int.from_bytes(message[1:4], "big") != int.from_bytes(message[9:12], "big")
 
 
 def hello_verify_request(hello: ClientHelloCookie, cookie: bytes) -> bytes:

@@ -143,6 +143,7 @@ from gateway.plugins.keyexchange.dtls_certificates import (
 from gateway.plugins.keyexchange.dtls_cookies import (
     CookieSecrets,
     hello_verify_request,
+    is_client_hello_fragment_untrusted,
     parse_client_hello_cookie_untrusted,
 )
 
@@ -1604,20 +1605,31 @@ class DtlsNegotiation:
         """RFC 6347 §4.2.1 for a ClientHello to our server from ``key``, a source with no
         handshake yet: ``(True, cookie)`` when it returned our valid cookie (start its
         handshake with it, :meth:`_Association.accept_verified`); ``(True, None)`` when no
-        cookie is asked (the SDP address: its path is as before; a ClientHello in several
-        records or fragments, which DTLSv1_listen cannot take: as before session 41, the
-        bucket bounds it); ``(False, None)`` when a HelloVerifyRequest answered it and nothing
-        else happens (docs/media_security.md, "Cookies for other sources")."""
+        cookie is asked (the SDP address: its path is as before; a ClientHello fragmented
+        over several records, RFC 6347 §4.2.3, which DTLSv1_listen cannot take: as before
+        session 41, the bucket bounds it); ``(False, None)`` when a HelloVerifyRequest answered
+        it, or it was dropped, and nothing else happens (docs/media_security.md, "Cookies for
+        other sources")."""
         cookies = self._settings.cookies
         if cookies is None or key == self._sdp_source:
             return True, None
         hello = parse_client_hello_cookie_untrusted(packet)
         if hello is None:
-            return True, None
+            if is_client_hello_fragment_untrusted(packet):
+                return True, None
+            self._by_source.dropped_malformed += 1  # a ClientHello we cannot read
+            return False, None
         totals = self._settings.totals
         if hello.cookie:
             if cookies.verifies(key, hello.cookie, now):
-                return True, hello.cookie
+                if hello.message_seq == 1:
+                    return True, hello.cookie
+                # Ours, but not in the ClientHello that answers our HelloVerifyRequest (its
+                # message_seq is 1: the first's 0 echoed, RFC 6347 §4.2.2, errata 5186), the
+                # one DTLSv1_listen takes; OpenSSL would wait on it for ever. A client gets
+                # here only by a forger's hand or after two HelloVerifyRequests.
+                self._by_source.dropped_malformed += 1
+                return False, None
             self._by_source.bad_cookies += 1
             if totals is not None:
                 totals.bad_cookies += 1

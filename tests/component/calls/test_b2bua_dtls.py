@@ -1019,7 +1019,7 @@ async def test_a_caller_behind_a_nat_is_keyed_when_a_strangers_client_hello_came
     with await strangers_client_hello(gateway_port) as stranger:
         try:
             with trio.fail_after(5):
-                await stranger.recvfrom(2048)  # our ServerHello, to the stranger
+                await stranger.recvfrom(2048)  # our HelloVerifyRequest, to the stranger
             assert stream.a.rtp_source == ("127.0.0.1", PHONE_PORT + 4)
             nursery.start_soon(phone.run)
         except BaseException:
@@ -1079,5 +1079,60 @@ async def test_a_strangers_whole_handshake_with_its_own_certificate_ends_nothing
     await eventually(lambda: a_leg_keys(env) is not None)
     assert a_leg_keys(env) == mirrored(phone.keys)
     assert stream.a.rtp_source == ("127.0.0.1", PHONE_PORT + 6)
+    await trio.sleep(30)
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+
+
+async def test_a_caller_behind_a_nat_is_keyed_through_a_flood_of_spoofed_client_hellos(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """docs/media_security.md, "Cookies for other sources" (session 41): the caller offers
+    a=setup:active (we are the DTLS server) and is behind a NAT. ClientHellos from ever new
+    sources that never return our cookie (as from spoofed addresses: here sockets closed at
+    once) reach its port 50 times a second, before and while it handshakes. Each gets a
+    60-octet HelloVerifyRequest and nothing else; the caller returns its cookie and is keyed.
+    Before, each new source took a handshake (a signature) from the port's bucket (8, then
+    one a second), and the caller's ClientHellos found it empty: the call ended at the
+    handshake timeout."""
+    env = await with_dtls(nursery, tmp_path, voipgw_seed)
+    caller = await dtls_caller(nursery, env, run_phone=False, setup="active")
+    caller.phone.sock.close()
+    gateway_port = ("127.0.0.1", caller.answer.port)
+    forged = DtlsKeyExchange(identity=lambda: OTHER_ID).offer(suites=[], secure_signalling=False)
+    client = DtlsKeyExchange(identity=lambda: OTHER_ID).answer(
+        forged.local_sdp_attributes(), suites=[], secure_signalling=False
+    )
+    assert client is not None
+    (hello,) = client.packets_to_send(now=trio.current_time())
+    flooding = trio.Event()
+    sent = 0
+
+    async def flood() -> None:
+        nonlocal sent
+        while not flooding.is_set():
+            with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as spoofed:
+                await spoofed.bind(("127.0.0.1", 0))
+                await spoofed.sendto(hello, gateway_port)
+            sent += 1
+            await trio.sleep(0.02)
+
+    nursery.start_soon(flood)
+    await trio.sleep(2)  # the bucket is long empty
+    natted = await bind(PHONE_PORT + 6)
+    phone = Phone(caller.phone.negotiation, natted, gateway_port)
+    nursery.start_soon(phone.run)
+    try:
+        with trio.fail_after(10):
+            await phone.keyed.wait()
+    finally:
+        flooding.set()
+    assert phone.failure is None and phone.keys is not None
+    await eventually(lambda: a_leg_keys(env) is not None)
+    assert a_leg_keys(env) == mirrored(phone.keys)
+    assert sent >= 100
+    (dtls,) = [e for n, e in env.gateway.plugins.key_exchanges.items() if n == "dtls"]
+    counted = dict(dtls.counters())
+    assert counted["hello_verify_requests"] >= sent  # the flood's, and the caller's first
+    assert counted["rate_limited"] == 0
     await trio.sleep(30)
     assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
