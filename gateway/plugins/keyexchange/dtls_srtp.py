@@ -67,6 +67,16 @@ works) on a leg whose signalling is not TLS: ``secure_signalling`` is only recor
 rewrite it can put their own fingerprint in and sit in the middle. The leg's security record
 should say so for a leg without TLS.
 
+Sources and cookies (RFC 5763 §5, RFC 6347 §4.2.1)
+-------------------------------------------------
+Given datagrams with their source (:meth:`~DtlsNegotiation.receive_packet_from`), the engine runs
+a handshake per source until one's certificate matches a=fingerprint (docs/media_security.md,
+"A handshake per source"). As DTLS server it first asks a source other than the peer's SDP
+address for a cookie: its ClientHello gets a stateless HelloVerifyRequest (:mod:`dtls_cookies`)
+and nothing else; the ClientHello that returns the cookie starts its handshake, through
+OpenSSL's ``DTLSv1_listen`` (:meth:`_Association.accept_verified`). The SDP address is never
+asked.
+
 Media path and time (RFC 7983, RFC 6347 §4.2.4)
 ----------------------------------------------
 :meth:`~DtlsNegotiation.claims_packet` claims first bytes 20..63 (RFC 7983 §7): STUN (0..3) and
@@ -1525,14 +1535,15 @@ class DtlsNegotiation:
         speaks after datagrams from another source were fed and before keys
         (docs/media_security.md, "Forged handshakes"): nothing in a handshake of epoch 0 is
         authenticated (RFC 5763 §5), and OpenSSL's state holds the other source's ClientHello
-        (no cookie exchange, RFC 6347 §4.2.1, undoes that). As DTLS client nothing changes:
+        (fed without its source, no cookie was asked of it). As DTLS client nothing changes:
         our ClientHello went to the SDP address, whose answer is the one to go on with (a new
         ClientHello would make that answer useless), and a ClientHello from anyone is
         discarded (:func:`_holds_client_hello_untrusted`). Nothing happens either once the
         association has keys or failed, or before our role is known.
 
         False, and nothing changes, once datagrams came with their source
-        (:meth:`receive_packet_from`): the SDP address has a handshake of its own then."""
+        (:meth:`receive_packet_from`): the SDP address has a handshake of its own then, and
+        another source's ClientHello either has one too or was only asked for a cookie."""
         if self._with_sources:
             return False
         association = self._association
