@@ -142,6 +142,10 @@ async def answer_after_its_early_client_hellos(
     assert gateway_call.media is not None
     (stream,) = gateway_call.media.streams
     assert stream.b_to_a.statistics().dropped_malformed == 0
+    # Both came from its SDP address: never asked for a cookie (session 41), although they
+    # were kept while our answer was on its way and fed after it.
+    (dtls,) = [e for n, e in env.gateway.plugins.key_exchanges.items() if n == "dtls"]
+    assert dict(dtls.counters())["hello_verify_requests"] == 0
 
 
 def assert_ended_with(reason: str, byes: Sequence[object]) -> None:
