@@ -511,13 +511,13 @@ class CallHandshakes:
                             self._strangers_fed.add((side, index, rtcp))
                         self._held_strangers.discard((side, index, rtcp))
                         for packet, source in held:
-                            self._feed(side, index, negotiation, packet, now, source)
+                            self._feed(side, index, rtcp, negotiation, packet, now, source)
                     timer = negotiation.get_timer()
                     if timer is not None and timer <= now:
                         negotiation.handle_timer(now=now)
                     if rtcp:
                         for packet, source in self._early_rtcp.pop((side, index), ()):
-                            self._feed(side, index, negotiation, packet, now, source)
+                            self._feed(side, index, True, negotiation, packet, now, source)
                     if item is not None and item[:3] == (side, index, rtcp):
                         self._item_taken = True
                         self._feed_item(stream, negotiation, item, now)
@@ -861,12 +861,6 @@ class CallHandshakes:
             if self._refuses(negotiation, item):
                 return
             self._strangers_fed.add(port)
-        if from_sdp and source is not None:
-            # An engine that runs a handshake per source never drops the SDP address's for its
-            # cap, and takes its failure as the leg's (the dtls engine's note_sdp_address).
-            note = getattr(negotiation, "note_sdp_address", None)
-            if note is not None:
-                note(source)
         if from_sdp and port in self._strangers_fed:
             self._strangers_fed.discard(port)
             restart = getattr(negotiation, "restart_handshake", None)
@@ -881,7 +875,7 @@ class CallHandshakes:
                     index,
                     "RTCP" if rtcp else "RTP",
                 )
-        self._feed(side, index, negotiation, packet, now, source)
+        self._feed(side, index, rtcp, negotiation, packet, now, source)
 
     def _from_sdp_address(
         self, stream: StreamSecurity, item: tuple[str, int, bool, bytes, Address | None]
@@ -956,6 +950,7 @@ class CallHandshakes:
         self,
         side: str,
         index: int,
+        rtcp: bool,
         negotiation: KeyNegotiation,
         packet: bytes,
         now: float,
@@ -974,6 +969,15 @@ class CallHandshakes:
             and self._ice_leg(side, index)
         ):
             source = None
+        if source is not None and source[:2] == self._session.peer_address(index, side, rtcp=rtcp):
+            # An engine that runs a handshake per source never drops the SDP address's for its
+            # cap, never asks it for a cookie, and takes its failure as the leg's (the dtls
+            # engine's note_sdp_address). Told here, for each datagram fed from there: those
+            # kept while our answer was on its way too (before session 41, only those fed as
+            # they came, and the kept ones were a stranger's to the engine).
+            note = getattr(negotiation, "note_sdp_address", None)
+            if note is not None:
+                note(source)
         # RFC 7983: each engine claims its range of first bytes (DTLS 20..63, ZRTP 16..19).
         if negotiation.claims_packet(packet[0], packet):
             receive_from = getattr(negotiation, "receive_packet_from", None)
