@@ -603,11 +603,8 @@ class StatusView:
     def key_exchange_counters(self) -> tuple[tuple[str, str, int], ...]:
         found: list[tuple[str, str, int]] = []
         for name, exchange in sorted(self._gateway.plugins.key_exchanges.items()):
-            counters = getattr(exchange, "counters", None)
-            if counters is None:
-                continue
-
-            rows = self._plugin_figures("key_exchange", name, "counters", partial(_rows, counters))
+            # Looked up inside the guard too: a plugin's property or __getattr__ may raise.
+            rows = self._plugin_figures("key_exchange", name, "counters", partial(_rows, exchange))
             found += [(name, str(counter), int(count)) for counter, count in rows or ()]
         return tuple(found)
 
@@ -668,6 +665,9 @@ class StatusView:
         return tuple(self._transport_figures("loaded_crls", read))
 
 
-def _rows(read: Callable[[], Any]) -> list[tuple[str, int]]:
-    """A key exchange's ``counters()``, read whole: (counter, count) pairs."""
-    return [(str(counter), int(count)) for counter, count in read()]
+def _rows(exchange: object) -> list[tuple[str, int]]:
+    """A key exchange's optional ``counters()``, read whole: (counter, count) pairs."""
+    counters = getattr(exchange, "counters", None)
+    if counters is None:
+        return []
+    return [(str(counter), int(count)) for counter, count in counters()]

@@ -3,7 +3,8 @@ records of a SIP Call-ID among every record, whatever the database's collation. 
 "C" (the test cluster's, ``initdb --locale=C``) the UNIQUE index on call_id answers the range of
 ids; in one whose collation ignores punctuation at first (ICU ``und-u-ka-shifted``, as glibc's
 en_US does), a range in the database's collation misses records, so the ids are compared in "C"
-(a hand-built index on ``call_id COLLATE "C"`` then answers, docs/operations.md)."""
+(a hand-built index on ``call_id COLLATE "C"`` then answers, docs/operations.md), after the
+newest records, looked among first."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from collections.abc import Iterator
 import pytest
 from pgcluster import STORE_USER, Cluster
 
+from gateway.core.store import postgresql
+from gateway.core.store.errors import StoreBusy
 from gateway.core.store.interface import CallRecord
 from gateway.core.store.postgresql import PostgresStore, _call_id_query
 
@@ -123,3 +126,60 @@ def test_a_call_ids_records_are_all_found_in_a_database_collated_otherwise(
     postgres_cluster.admin("ANALYZE call_records", shifted_database)
     plan = _plan(postgres_cluster, shifted_database, collated=True)
     assert "call_records_call_id_c" in plan and "call_records_call_id_key" in plan, plan
+
+
+def _slow_whole_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store's read of the whole table (not of the newest records) outlasts any
+    statement_timeout, as it does on a big table: a sleep per row."""
+    real = postgresql._call_id_query
+
+    def slow(*, collated: bool, newest: bool = False) -> str:
+        if newest:
+            return real(collated=collated, newest=True)
+        return real(collated=collated).replace(" WHERE ", " WHERE pg_sleep(5) IS NOT NULL AND ", 1)
+
+    monkeypatch.setattr(postgresql, "_call_id_query", slow)
+
+
+def test_a_recent_call_is_found_among_the_newest_records_when_the_whole_table_is_too_slow(
+    postgres_cluster: Cluster, shifted_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under another collation the whole table is read, which the CLI's statement_timeout may
+    end on a big store: a recent call (all that was looked at before session 41) is still
+    found, among the newest records; an older one fails saying where it looked."""
+    store = PostgresStore.open(postgres_cluster.dsn(shifted_database), listen=False)
+    try:
+        store.call_records_save(_records())
+    finally:
+        store.close()
+    _fill(postgres_cluster, shifted_database)  # 20,000 records newer than _records'
+    recent = [
+        CallRecord(f"{CALL_ID}-recent;r{n}", "sip:a@x", "sip:b@y", 30000.0 + n) for n in (1, 2)
+    ]
+    # The newest records are read through the index on started_at, not the whole table.
+    sql = _call_id_query(collated=True, newest=True)
+    for value in ("1000", "'x'", "'x;'", "'x<'", "3", "9"):
+        sql = sql.replace("%s", value, 1)
+    plan = "\n".join(
+        str(row[0]) for row in postgres_cluster.admin(f"EXPLAIN {sql}", shifted_database)
+    )
+    assert "call_records_started_at" in plan and "Seq Scan" not in plan, plan
+    _slow_whole_table(monkeypatch)
+    store = PostgresStore.open(
+        postgres_cluster.dsn(shifted_database), listen=False, statement_timeout=0.5
+    )
+    try:
+        store.call_records_save(recent)
+        assert _found(store, f"{CALL_ID}-recent") == [
+            f"{CALL_ID}-recent;r2",
+            f"{CALL_ID}-recent;r1",
+        ]
+        assert _found(store, f"{CALL_ID}-recent;r1") == [f"{CALL_ID}-recent;r1"]
+        # --recent N looks among the newest N records first, as it did before.
+        assert _found(store, CALL_ID, 30000) == [f"{CALL_ID};zz", f"{CALL_ID};t1"]
+        with pytest.raises(StoreBusy) as raised:
+            _found(store, CALL_ID)  # 20,000 records older than the newest 1000
+        assert f"none of the newest 1000 call records has Call-ID {CALL_ID}" in str(raised.value)
+        assert "statement_timeout" in str(raised.value)
+    finally:
+        store.close()

@@ -195,6 +195,11 @@ _INDEX_LOCK = _MIGRATION_LOCK + 1
 RETENTION_INDEX = "call_records_kept_by"
 """What call record retention deletes by (expire_call_records, oldest_call_record): the end,
 or the start of a record without one; the queries name the same expression."""
+CALL_ID_NEWEST_FIRST = 1000
+"""Records (at least the limit asked) :meth:`PostgresStore.call_records_of_call_id` looks among
+first, the newest, in a database not collated "C", before it reads the whole table: the call
+asked about is usually recent, and before session 41 ``voipgw calls --call-id`` looked at these
+only; a big table read whole may pass the CLI's statement_timeout."""
 INLINE_INDEX_BYTES = 64 * 1024 * 1024
 """A call_records table up to this size (about 60,000 records) gets its retention index while
 the store opens (a tenth of a second or so, within statement_timeout); a bigger one in a thread,
@@ -1740,6 +1745,7 @@ class PostgresStore:
 
     def call_records_of_call_id(self, call_id: str, limit: int = 100) -> tuple[CallRecord, ...]:
         first, beyond = call_id_range(call_id)
+        wanted = (call_id, first, beyond, len(first) + 1, max(0, limit))
         with self._session() as db:
             if self._ids_in_code_point_order is None:
                 self._ids_in_code_point_order = _collates_in_code_point_order(db)
@@ -1747,12 +1753,30 @@ class PostgresStore:
             # database's linguistic collation (en_US, ICU) "X;tag" need not sort between "X;"
             # and "X<" (glibc's en_US ignores punctuation at first: "X;z" sorts after "X<"),
             # and a record would be missed. A database collated "C" reads the range through
-            # the UNIQUE index on call_id; any other compares in "C", which that index (of the
-            # database's collation) cannot answer: the table is read (docs/operations.md).
+            # the UNIQUE index on call_id.
+            if self._ids_in_code_point_order:
+                rows = db.execute(_call_id_query(collated=False), wanted).fetchall()
+                return tuple(_call_record(row) for row in rows)
+            # Any other compares in "C", which that index (of the database's collation) cannot
+            # answer: the newest records first (the started_at index: where the call asked
+            # about usually is, and all that was looked at before session 41), the whole table
+            # only when none of them is the call, which statement_timeout may end on a big
+            # table (docs/operations.md).
+            newest = max(limit, CALL_ID_NEWEST_FIRST)
             rows = db.execute(
-                _call_id_query(collated=not self._ids_in_code_point_order),
-                (call_id, first, beyond, len(first) + 1, max(0, limit)),
+                _call_id_query(collated=True, newest=True), (newest, *wanted)
             ).fetchall()
+        if rows:
+            return tuple(_call_record(row) for row in rows)
+        try:
+            with self._session() as db:
+                rows = db.execute(_call_id_query(collated=True), wanted).fetchall()
+        except StoreBusy as exc:
+            raise type(exc)(
+                f"{exc}; none of the newest {newest} call records has Call-ID {call_id}, and"
+                " the older ones are read whole under this database's collation, which is not"
+                ' "C" (docs/operations.md: an index on call_id COLLATE "C" answers)'
+            ) from None
         return tuple(_call_record(row) for row in rows)
 
     def expire_call_records(self, before: float, *, most: int) -> int:
@@ -2294,12 +2318,18 @@ def _index_valid(db: psycopg.Connection[Any]) -> bool | None:
     return None if row is None else bool(row[0])
 
 
-def _call_id_query(*, collated: bool) -> str:
+def _call_id_query(*, collated: bool, newest: bool = False) -> str:
     """:meth:`PostgresStore.call_records_of_call_id`'s statement: ``collated``, the range of
-    ids compared in "C" (a database whose collation is another)."""
+    ids compared in "C" (a database whose collation is another); ``newest``, among the newest
+    records only, as many as its first parameter (through the index on started_at)."""
     ids = 'call_id COLLATE "C"' if collated else "call_id"
+    table = (
+        "(SELECT * FROM call_records ORDER BY started_at DESC, id DESC LIMIT %s) AS newest"
+        if newest
+        else "call_records"
+    )
     return (
-        f"SELECT {_CALL_COLUMNS} FROM call_records WHERE call_id = %s"
+        f"SELECT {_CALL_COLUMNS} FROM {table} WHERE call_id = %s"
         f" OR ({ids} >= %s AND {ids} < %s AND strpos(substr(call_id, %s), ';') = 0)"
         " ORDER BY started_at DESC, id DESC LIMIT %s"
     )

@@ -1414,3 +1414,28 @@ async def test_a_held_port_keeps_held_datagrams_from_several_sources_and_the_sdp
             await settle()
     assert task.handshakes.held_datagrams == HELD_DATAGRAMS
     assert task.session.dropped("blocked") == HELD_PER_SOURCE
+
+
+def client_hello(n: int) -> bytes:
+    """An epoch-0 DTLS handshake record (RFC 6347 §4.1), told apart by its sequence number."""
+    return CLIENT_HELLO[:5] + bytes(5) + bytes([n]) + CLIENT_HELLO[11:]
+
+
+async def test_a_strangers_client_hellos_leave_room_in_a_pending_offers_held_port(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """The peer re-offers a new association (a new tls-id), our answer not made yet: what
+    starts its handshake is kept for it within HELD_PER_SOURCE from any one source too, so
+    that a stranger's burst of ClientHellos leaves room for the peer's from behind its NAT."""
+    in_force, new = Engine(timer=None, outgoing=[]), Engine(tls_id="association-two-0123456789")
+    task = await start(nursery, a=Leg({0: dtls_stream(in_force)}))
+    task.legs["a"].offered[0] = dtls_stream(new)
+    task.handshakes.poke()
+    stranger, nat = ("127.0.0.1", 40200), ("127.0.0.1", 40100)
+    for n in range(HELD_DATAGRAMS):
+        task.handshakes.deliver("a", 0, client_hello(n), source=stranger)
+    task.handshakes.deliver("a", 0, client_hello(99), source=nat)
+    await settle()
+    assert in_force.received == []
+    assert task.handshakes.held_datagrams == HELD_PER_SOURCE + 1
+    assert task.session.dropped("blocked") == HELD_DATAGRAMS - HELD_PER_SOURCE

@@ -1,0 +1,159 @@
+"""``StatusView``'s reads of a plugin's own figures (session 41): each one a plugin may raise in
+costs that plugin's rows only, is counted per (kind, plugin, figures) and said once at WARNING
+without the exception's text. The component test (test_b2bua_metrics.py) scrapes two of them;
+this checks every one, so that a read left outside the guard fails here."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from gateway.core.status import StatusView
+
+
+class _Registry:
+    def __init__(self, items: dict[str, object]) -> None:
+        self._items = items
+
+    def items(self) -> list[tuple[str, object]]:
+        return list(self._items.items())
+
+    def names(self) -> list[str]:
+        return list(self._items)
+
+
+class _Raising:
+    """Each figure a plugin may have, raising when read."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("covert", "reliable"):
+            return False
+        raise RuntimeError("a plugin's bug: secret=hunter2")
+
+
+def _healthy() -> object:
+    crl = SimpleNamespace(path="/etc/ca.crl", next_update=1.5)
+    return SimpleNamespace(
+        certificate_refetches={"fetched": 2},
+        update_failures={"refused": 3},
+        counters=lambda: [("discarded", 4)],
+        handshake_failures={"no_certificate": 5},
+        connections_revoked=6,
+        ocsp=SimpleNamespace(queries={"good": 7}, stapled={"good": 8}),
+        loaded_crls=lambda: [crl],
+    )
+
+
+def _view(registry: str) -> StatusView:
+    plugins = {
+        name: _Registry({"broken": _Raising(), "healthy": _healthy()})
+        if name == registry
+        else _Registry({})
+        for name in ("caller_identity", "media_taps", "key_exchanges", "transports")
+    }
+    statistics = SimpleNamespace(key_exchange_failures={})
+    gateway = SimpleNamespace(plugins=SimpleNamespace(**plugins))
+    return StatusView(gateway, statistics)  # type: ignore[arg-type]
+
+
+READS: list[tuple[str, str, str, str, Callable[[StatusView], object], object]] = [
+    (
+        "caller_identity",
+        "caller_identity",
+        "certificate_refetches",
+        "caller identity",
+        StatusView.caller_identity_refetches,
+        (("fetched", 2),),
+    ),
+    (
+        "media_taps",
+        "media_tap",
+        "update_failures",
+        "media tap",
+        StatusView.recording_update_failures,
+        (("refused", 3),),
+    ),
+    (
+        "key_exchanges",
+        "key_exchange",
+        "counters",
+        "key exchange",
+        StatusView.key_exchange_counters,
+        (("healthy", "discarded", 4),),
+    ),
+    (
+        "transports",
+        "transport",
+        "handshake_failures",
+        "transport",
+        StatusView.tls_handshake_failures,
+        (("healthy", "no_certificate", 5),),
+    ),
+    (
+        "transports",
+        "transport",
+        "connections_revoked",
+        "transport",
+        StatusView.tls_connections_revoked,
+        (("healthy", 6),),
+    ),
+    (
+        "transports",
+        "transport",
+        "ocsp",
+        "transport",
+        StatusView.tls_ocsp_queries,
+        (("healthy", "good", 7),),
+    ),
+    (
+        "transports",
+        "transport",
+        "ocsp",
+        "transport",
+        StatusView.tls_ocsp_stapled,
+        (("healthy", "good", 8),),
+    ),
+    (
+        "transports",
+        "transport",
+        "loaded_crls",
+        "transport",
+        StatusView.tls_crls,
+        (("healthy", "/etc/ca.crl", 1.5),),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("registry", "kind", "figures", "said_kind", "read", "rows"),
+    READS,
+    ids=[f"{read[1]}-{read[4].__name__}" for read in READS],
+)
+def test_a_plugin_whose_figures_raise_costs_only_its_own_rows(
+    registry: str,
+    kind: str,
+    figures: str,
+    said_kind: str,
+    read: Callable[[StatusView], object],
+    rows: object,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    view = _view(registry)
+    caplog.set_level(logging.WARNING, logger="gateway.core.status")
+    assert read(view) == rows
+    assert read(view) == rows
+    assert view.plugin_figures_failures() == ((kind, "broken", figures, 2),)
+    said = [r for r in caplog.records if r.name == "gateway.core.status"]
+    assert [(r.levelno, r.getMessage()) for r in said] == [
+        (
+            logging.WARNING,
+            f"status: the {said_kind} plugin broken raised reading its {figures}: left out of"
+            " monitoring until it answers (said once; counted in"
+            " voipgw_plugin_figures_failures_total)",
+        )
+    ]
+    assert "hunter2" not in caplog.text
