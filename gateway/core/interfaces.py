@@ -453,6 +453,13 @@ class TapSink(Protocol):
     # dialog's remote URI: the To of our INVITE to it); a SIPREC client re-INVITEs its recorder
     # with metadata naming it (RFC 7866 §9). A sink may have both; each is called.
     #
+    # Optional: ``set_paused(paused: bool, *, by: str) -> None``: the sink is a recording that
+    # an operator may pause (``voipgw recording pause``, PCI DSS: card digits never recorded)
+    # and resume; ``by`` says who asked. From the call's task, must not block. While paused
+    # ``packet`` is still called: the sink drops what it gets (a SIPREC client also re-INVITEs
+    # its recorder with its streams a=inactive, RFC 7866 §7.1.1). Never called on a covert
+    # sink: an interception is never paused.
+    #
     # Optional: ``covert = True``: the sink is never named in the call's record, in ``voipgw
     # calls`` or in the core's log lines (an interception must not show to whoever reads them).
     #

@@ -112,9 +112,15 @@ answers. A removed stream (port 0, RFC 3264 §8.2) stays in our offers at port 0
 metadata, no longer sent nor received by the parties on the call. The update is sent, retried
 and given up as any other.
 
-Not done: DTLS-SRTP towards the SRS; the ``a=record`` indication to recording-aware phones (RFC 7866 §7);
-with SDES, another crypto suite the SRS's answer in an ACK picks than the one in force (the
-addresses are followed, the keys in force kept).
+Pause and resume on request (``set_paused``: ``voipgw recording pause|resume``, the core's
+``CallTaps.pause_recording``; PCI DSS: no card digits recorded). While paused no copy is sent
+(packets are counted as paused, not queued) and the SRS is re-INVITEd with every stream
+``a=inactive``, the metadata unchanged (RFC 7866 §7.1.1); the resume re-INVITEs it with the
+streams as they are (sendonly, or inactive where the call holds them). Both go as any update.
+
+Not done: DTLS-SRTP towards the SRS; the ``a=record`` indication to recording-aware phones
+(RFC 7866 §7); with SDES, another crypto suite the SRS's answer in an ACK picks than the one
+in force (the addresses are followed, the keys in force kept).
 """
 
 from __future__ import annotations
@@ -792,6 +798,8 @@ class SiprecCounts:
     dropped: int = 0
     not_sent: int = 0
     """Packets of declined streams, after the SRS ended the session, or when it could not open."""
+    paused: int = 0
+    """Packets not recorded while the recording was paused on request."""
 
 
 class SiprecSink:
@@ -844,12 +852,27 @@ class SiprecSink:
         self._kinds = ("audio", "video") if config.record_video else RECORDED_MEDIA
         self._by_stream: dict[tuple[int, str], trio.socket.SocketType] = {}
         self._unrecorded: set[int] = set()  # the call's streams said not to be recorded
+        self._paused = False  # voipgw recording pause: no copies, the SRS's streams inactive
         # True while the SRS has taken our last offer and no re-INVITE is under way: only then
         # does the call's end send the final snapshot (one re-INVITE at a time, RFC 3261 §14.1).
         self._settled = True
 
     def packet(self, stream_id: str, direction: str, rtp: bytes, *, now: float) -> None:
+        if self._paused:
+            self.counts.paused += 1  # PCI DSS: nothing of a paused call leaves the gateway
+            return
         self._queue.put(stream_id, direction, rtp, now)
+
+    def set_paused(self, paused: bool, *, by: str) -> None:
+        """An operator paused or resumed the recording (``interfaces.TapSink``; the core logs
+        who): no copies while paused, and the SRS re-INVITEd with every stream a=inactive
+        (RFC 7866 §7.1.1: the SRC pauses by making the recorded streams inactive; the
+        metadata does not change), sendonly again at the resume; the update is sent, retried
+        and given up as any other (one re-INVITE at a time, the state as it is then)."""
+        if paused == self._paused:
+            return
+        self._paused = paused
+        self._changed.set()
 
     def close(self) -> None:
         self._queue.close()
@@ -922,13 +945,14 @@ class SiprecSink:
             counts = self.counts
             counts.dropped = self._queue.dropped
             log.info(
-                "SIPREC: call %s: %d packets, %d sent to the SRS%s, %d dropped, %d not sent",
+                "SIPREC: call %s: %d packets, %d sent to the SRS%s, %d dropped, %d not sent%s",
                 self.call.call_id,
                 counts.packets,
                 counts.sent,
                 "" if self._keying is None else " over SRTP",
                 counts.dropped,
                 counts.not_sent,
+                f", {counts.paused} paused" if counts.paused else "",
             )
 
     async def _follow_changes(
@@ -1322,12 +1346,19 @@ class SiprecSink:
     def _current(self, streams: list[RecordedStream]) -> list[RecordedStream]:
         """The recorded streams as the call has them now (held, resumed, new codecs)."""
         latest = {media.index: media for media in self._media}
-        return [
+        current = [
             stream
             if stream.removed is not None  # port 0 from now on, as it last was
             else attrs.evolve(stream, media=_recorded_now(stream.media, latest.get(stream.index)))
             for stream in streams
         ]
+        if self._paused:
+            # RFC 7866 §7.1.1: a paused recording's streams are inactive.
+            current = [
+                attrs.evolve(stream, media=attrs.evolve(stream.media, direction="inactive"))
+                for stream in current
+            ]
+        return current
 
     async def _reopen(
         self, streams: list[RecordedStream], sockets: list[trio.socket.SocketType]
