@@ -1102,6 +1102,14 @@ class GatewayStatus(Protocol):
         """Updates of recording sessions given up since the start, by reason, summed over the
         media taps that count them (``MediaTap.update_failures``, SIPREC); empty without one."""
 
+    def recording_pauses(self) -> tuple[tuple[str, int], ...]:
+        """Recordings paused and resumed on request since the start (``voipgw recording``):
+        (``"pause"``, count) and (``"resume"``, count); empty without a media tap that is
+        not covert (nothing to pause) and before calls are taken."""
+
+    def recordings_paused(self) -> int:
+        """The live calls whose recording is paused now."""
+
     def certificate_reloads(self) -> tuple[tuple[str, str, int], ...]:
         """Certificate reloads (SIGHUP) since the start: (plugin, outcome, count) for every
         plugin that holds certificates, outcomes ``reloaded`` and ``failed``."""

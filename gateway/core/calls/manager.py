@@ -265,6 +265,10 @@ class CallManager:
         self.caller_identity: list[CallerIdentity] = list(gateway.plugins.caller_identity)
         """Caller-identity services (STIR/SHAKEN, calls/identity.py); empty: never asked."""
         self.identity_outcomes: collections.Counter[str] = collections.Counter()
+        self.recording_pauses = {"pause": 0, "resume": 0}
+        """Pauses and resumes of recordings on request since the start (metrics)."""
+        self.recordings_paused: set[Call] = set()
+        """The live calls whose recording is paused now (metrics: one left paused)."""
         self.records = None if store is None else CallRecordBook(store)
         """Call detail records; the gateway saves what is left when it stops."""
         if self.records is not None:
@@ -813,6 +817,7 @@ class CallManager:
     def forget(self, call: Call) -> None:
         self.limits.release(call)
         self.calls.discard(call)
+        self.recordings_paused.discard(call)
         if self._call_left is not None:
             self._call_left.set()
             self._call_left = None
@@ -1287,6 +1292,11 @@ class CallManager:
             raise ControlError(f"call {call.record_id} is not recorded: nothing to {action}")
         names, changed = taps.pause_recording(paused, by=by, at=time.time())
         if changed:
+            self.recording_pauses[action] += 1
+            if paused:
+                self.recordings_paused.add(call)
+            else:
+                self.recordings_paused.discard(call)
             log.info(
                 "call %s: recording %s by %s (%s)",
                 call.id,

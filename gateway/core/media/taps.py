@@ -125,6 +125,15 @@ class CallTaps:
             self._tell_changes(self._session)
         self._sinks.extend(sinks)
         self._sip_sinks.extend((name, sink) for name, sink in sinks if _wants_sip(sink))
+        if self._paused:  # a recording that joins a paused call starts paused
+            for name, sink in sinks:
+                if callable(getattr(sink, "set_paused", None)) and not getattr(
+                    sink, "covert", False
+                ):
+                    try:
+                        sink.set_paused(True, by=str(self._pauses[-1]["paused_by"]))  # type: ignore[attr-defined]
+                    except Exception:
+                        log_exception(log, "media tap %s failed to pause", name)
 
     def leg_replaced(self, side: str, uri: str = "") -> None:
         """A transfer put another party, ``uri``, on ``side`` ("a", "b"): sinks that care hear

@@ -853,6 +853,8 @@ class SiprecSink:
         self._by_stream: dict[tuple[int, str], trio.socket.SocketType] = {}
         self._unrecorded: set[int] = set()  # the call's streams said not to be recorded
         self._paused = False  # voipgw recording pause: no copies, the SRS's streams inactive
+        # SDES: resumes so far, and the resumes the keys in force were made after (_reoffer).
+        self._resumes = self._keyed_resumes = 0
         # True while the SRS has taken our last offer and no re-INVITE is under way: only then
         # does the call's end send the final snapshot (one re-INVITE at a time, RFC 3261 §14.1).
         self._settled = True
@@ -872,6 +874,8 @@ class SiprecSink:
         if paused == self._paused:
             return
         self._paused = paused
+        if not paused and self._keying is not None:
+            self._resumes += 1  # the next re-offer carries fresh keys (_reoffer)
         self._changed.set()
 
     def close(self) -> None:
@@ -1034,6 +1038,7 @@ class SiprecSink:
             if await self._follow_streams(streams, sockets):
                 self._metadata_changed = True  # RFC 7866 §9: new or removed stream elements
             current = self._current(streams)
+            resumes = self._resumes
             negotiations = self._reoffer(len(current))
             with_metadata, self._metadata_changed = self._metadata_changed, False
             self._settled = False
@@ -1047,6 +1052,7 @@ class SiprecSink:
                     session, current, negotiations
                 ):
                     return
+                self._keyed_resumes = resumes
                 self._follow_answer(session, current)
                 continue
             # The parties changed all the same: the next re-INVITE says so again.
@@ -1388,6 +1394,7 @@ class SiprecSink:
             if session is not None:
                 self.session, self._destinations = session, destinations
                 self._settled = True
+                self._keyed_resumes = self._resumes  # keyed afresh: no pause behind them
                 self._count("session_reopened")
                 log.warning(
                     "SIPREC: call %s: recording goes on in a new recording session (%s)",
@@ -1483,6 +1490,12 @@ class SiprecSink:
         suites = self._config.srtp_suites
         previous: list[SdesNegotiation | None] = [*self._negotiations]
         previous += [None] * (count - len(previous))
+        if self._resumes != self._keyed_resumes:
+            # After a pause: fresh keys for every stream (RFC 4568 §7.1.4 allows a new key in
+            # a re-offer). The phones' RTP sequence numbers went on while no copy was sent;
+            # past 2^15 of them SRTP's index guess (RFC 3711 §3.3.1) would take the resumed
+            # packets for old ones, on our side and the SRS's: a new context starts afresh.
+            previous = [None] * count
         return [
             self._keying.offer(suites=suites, secure_signalling=True, previous=negotiation)
             for negotiation in previous
