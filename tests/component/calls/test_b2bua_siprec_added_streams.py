@@ -2,7 +2,8 @@
 §8.1.1, RFC 3264 §8.1, §8.2), the recorder (SRS) a SIP agent on the in-memory network, the
 call's RTP and the copies on real 127.0.0.1 sockets, in virtual time:
 
-- a caller's re-INVITE adding a video stream (``record_video = true``) re-INVITEs the SRS with
+- a caller's re-INVITE adding a video stream (``record_video = true``), or a second audio
+  stream (recorded whatever the table says), re-INVITEs the SRS with
   two new sendonly m= lines after the first two, new labels (3, 4), the metadata with the two
   new stream elements and who sends and receives them; the video copies reach the SRS's ports
   for those labels once it answered;
@@ -36,12 +37,18 @@ from tests.component.calls.siprec_calls import (
 from tests.component.calls.siprec_recorded_calls import recorded_call
 
 
-def audio_video(port: int, video_port: int, *, version: int) -> bytes:
-    """A phone's SDP with an audio and a video stream (video at port 0: removed)."""
+def audio_video(port: int, video_port: int, *, version: int, second: str = "video") -> bytes:
+    """A phone's SDP with an audio and a video stream (video at port 0: removed), or with
+    ``second="audio"`` two audio streams."""
+    line = (
+        f"m=video {video_port} RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n"
+        if second == "video"
+        else f"m=audio {video_port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+    )
     return (
         f"v=0\r\no=- 1 {version} IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
         f"m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
-        f"m=video {video_port} RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=sendrecv\r\n"
+        f"{line}a=sendrecv\r\n"
     ).encode()
 
 
@@ -69,7 +76,7 @@ def offered(update: Received) -> list[tuple[str, str, int, str]]:
     ]
 
 
-async def callee_takes_two_streams(env: B2bua) -> None:
+async def callee_takes_two_streams(env: B2bua, second: str = "video") -> None:
     """alice's phone answers a re-INVITE of two streams with both (the agent's own answers
     have one m= line)."""
 
@@ -77,20 +84,22 @@ async def callee_takes_two_streams(env: B2bua) -> None:
         if received.request.method != "INVITE" or not received.request.body:
             return False
         video = parse_sdp_untrusted(received.request.body).media[1].port
-        body = audio_video(CALLEE_PORT, CALLEE_PORT + 2 if video else 0, version=5)
+        body = audio_video(CALLEE_PORT, CALLEE_PORT + 2 if video else 0, version=5, second=second)
         await env.alice.respond(received, 200, body=body)
         return True
 
     env.alice.in_dialog = answer
 
 
-async def add_video(env: B2bua, srs: SipAgent) -> tuple[object, tuple[str, int], Received]:
-    """A recorded call whose caller then adds video: the call, where the caller sends its
-    video, and the SRS's re-INVITE for it (not answered yet)."""
+async def add_video(
+    env: B2bua, srs: SipAgent, second: str = "video"
+) -> tuple[object, tuple[str, int], Received]:
+    """A recorded call whose caller then adds video (or a ``second`` audio stream): the call,
+    where the caller sends the new stream, and the SRS's re-INVITE for it (not answered yet)."""
     call, _, _ = await recorded_call(env, srs)
-    await callee_takes_two_streams(env)
+    await callee_takes_two_streams(env, second)
     answer = await call.reinvite(  # type: ignore[attr-defined]
-        audio_video(CALLER_PORT, CALLER_PORT + 2, version=2)
+        audio_video(CALLER_PORT, CALLER_PORT + 2, version=2, second=second)
     )
     assert answer.status == 200
     video_port = parse_sdp_untrusted(answer.body).media[1].port
@@ -99,20 +108,25 @@ async def add_video(env: B2bua, srs: SipAgent) -> tuple[object, tuple[str, int],
     return call, ("127.0.0.1", video_port), update
 
 
-async def test_a_video_stream_the_call_adds_is_offered_to_the_srs_and_its_copies_sent(
-    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+@pytest.mark.parametrize("second", ["video", "audio"])
+async def test_a_stream_the_call_adds_is_offered_to_the_srs_and_its_copies_sent(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    second: str,
 ) -> None:
-    env, srs = await siprec_env(
-        nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer(), record_video=True
-    )
-    call, to_caller_video, update = await add_video(env, srs)
+    # A second audio stream is recorded whatever the table says; video with record_video.
+    table = {"record_video": True} if second == "video" else {}
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer(), **table)
+    call, to_caller_video, update = await add_video(env, srs, second)
     opened = metadata_of(srs.requests("INVITE")[0].body)
     lines = offered(update)
     assert [(kind, label, direction) for kind, label, _, direction in lines] == [
         ("audio", "1", "sendonly"),
         ("audio", "2", "sendonly"),
-        ("video", "3", "sendonly"),
-        ("video", "4", "sendonly"),
+        (second, "3", "sendonly"),
+        (second, "4", "sendonly"),
     ]
     assert len({port for _, _, port, _ in lines}) == 4  # a socket of its own each
     # RFC 7865: the two new streams by their labels, the old ones' ids kept, and each party
