@@ -455,7 +455,8 @@ class TapSink(Protocol):
     #
     # Optional: ``set_paused(paused: bool, *, by: str) -> None``: the sink is a recording that
     # an operator may pause (``voipgw recording pause``, PCI DSS: card digits never recorded)
-    # and resume; ``by`` says who asked. From the call's task, must not block. While paused
+    # and resume; ``by`` says who asked. Called on the event loop (the control socket's task,
+    # or the call's for a sink that joins a paused call), must not block. While paused
     # ``packet`` is still called: the sink drops what it gets (a SIPREC client also re-INVITEs
     # its recorder with its streams a=inactive, RFC 7866 §7.1.1). Never called on a covert
     # sink: an interception is never paused.
