@@ -1,11 +1,14 @@
 """What a forged ClientHello costs the ``dtls`` engine as DTLS server (session 40: a handshake
-per source, docs/media_security.md "A handshake per source").
+per source, docs/media_security.md "A handshake per source"; session 41: a source other than
+the SDP address is asked for a cookie first, "Cookies for other sources").
 
-Feeds ``N`` ClientHellos, each from its own source, to ports' negotiations (at most
-``MAX_NEW_HANDSHAKES_BURST`` to each, all answered: past it a port drops new sources, review-d4)
-and prints the handshakes started and the octets answered. The ClientHellos and ports are made
-in every run, fed only in those with ``N`` > 0, so the instructions per forged ClientHello are
-the difference between two runs under callgrind (independent of the machine's load)::
+Feeds ``N`` ClientHellos, each from its own source that never returns a cookie (spoofed), to
+ports' negotiations (at most ``MAX_NEW_HANDSHAKES_BURST`` to each: before session 41 each was
+answered with a handshake, and past it a port dropped new sources, review-d4) and prints the
+handshakes started, the HelloVerifyRequests and the octets answered. The ClientHellos and
+ports are made in every run, fed only in those with ``N`` > 0, so the instructions per forged
+ClientHello are the difference between two runs under callgrind (independent of the
+machine's load)::
 
     valgrind --tool=callgrind --callgrind-out-file=cg.0 \
         python benchmarks/dtls_forged_client_hello.py 0
@@ -61,9 +64,10 @@ def main() -> None:
         1 for s in stats if s.datagrams_received
     )
     dropped = sum(s.dropped_rate for s in stats)
+    cookies = sum(getattr(s, "hello_verify_requests", 0) for s in stats)
     print(
         f"fed {feed} ClientHellos; {started} handshakes; {dropped} dropped for the rate; "
-        f"answered {answered} octets"
+        f"{cookies} HelloVerifyRequests; answered {answered} octets"
     )
 
 

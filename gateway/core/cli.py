@@ -338,8 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--call-id",
         metavar="ID",
         help="only the calls with this SIP Call-ID, as log lines name a call ('call ID: ...'), "
-        "live or ended, among the last 1000 calls (or --recent N); a call's id as this command "
-        "shows it (Call-ID;tag) is taken too",
+        "live or ended, among every call the store keeps (with --recent N, the newest N of "
+        "them; else at most 1000); a call's id as this command shows it (Call-ID;tag) is "
+        "taken too",
     )
 
     workers = sub.add_parser(
@@ -805,17 +806,50 @@ def _resolve_named_trunks(
     return trio.run(main)
 
 
+def ask_gateway(
+    args: argparse.Namespace,
+    query: str,
+    *,
+    config: GatewayConfig | None = None,
+    arguments: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The running gateway's answer to ``query`` (gateway/core/control.py's queries, with its
+    ``arguments`` if it takes any), asked over its control socket, ``<state_dir>/control.sock``
+    (``--state-dir``, else ``[gateway] state_dir`` of ``--config``). Raises
+    :class:`~gateway.core.control.ControlError` saying why there is none (no gateway running,
+    none answering, a refusal, a broken answer)."""
+    from gateway.core.control import ask, socket_path
+
+    if config is None:
+        config = _load_config(args.config)
+    path = socket_path(args.state_dir or config.gateway.state_dir)
+    return ask(path, query, arguments=arguments)
+
+
+def ask_gateway_for(
+    args: argparse.Namespace,
+    command: str,
+    query: str,
+    *,
+    arguments: Mapping[str, str] | None = None,
+) -> dict[str, Any] | None:
+    """:func:`ask_gateway` for ``voipgw COMMAND``, which needs the answer: None when there is
+    none, said on stderr as ``voipgw: COMMAND: why`` (the command then exits
+    :data:`EXIT_RUNTIME`)."""
+    from gateway.core.control import ControlError
+
+    try:
+        return ask_gateway(args, query, arguments=arguments)
+    except ControlError as exc:
+        print(f"voipgw: {command}: {exc}", file=sys.stderr)
+        return None
+
+
 def cmd_trunks(args: argparse.Namespace) -> int:
     import json
 
-    from gateway.core.control import ControlError, ask, socket_path
-
-    config = _load_config(args.config)
-    path = socket_path(args.state_dir or config.gateway.state_dir)
-    try:
-        answer = ask(path, "trunks")
-    except ControlError as exc:
-        print(f"voipgw: trunks: {exc}", file=sys.stderr)
+    answer = ask_gateway_for(args, "trunks", "trunks")
+    if answer is None:
         return EXIT_RUNTIME
     trunks = answer.get("trunks")
     if not isinstance(trunks, list):
@@ -843,14 +877,8 @@ def cmd_trunks(args: argparse.Namespace) -> int:
 def cmd_media_workers(args: argparse.Namespace) -> int:
     import json
 
-    from gateway.core.control import ControlError, ask, socket_path
-
-    config = _load_config(args.config)
-    path = socket_path(args.state_dir or config.gateway.state_dir)
-    try:
-        answer = ask(path, "media_workers")
-    except ControlError as exc:
-        print(f"voipgw: media-workers: {exc}", file=sys.stderr)
+    answer = ask_gateway_for(args, "media-workers", "media_workers")
+    if answer is None:
         return EXIT_RUNTIME
     workers = answer.get("workers")
     if workers is not None and not isinstance(workers, list):
@@ -907,7 +935,7 @@ def cmd_recording(args: argparse.Namespace) -> int:
     import getpass
     import json
 
-    from gateway.core.control import MAX_BY, ControlError, ask, socket_path
+    from gateway.core.control import MAX_BY
 
     by = args.by if args.by is not None else os.environ.get("SUDO_USER") or getpass.getuser()
     if not 0 < len(by) <= MAX_BY or not by.isprintable():
@@ -916,16 +944,13 @@ def cmd_recording(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    config = _load_config(args.config)
-    path = socket_path(args.state_dir or config.gateway.state_dir)
-    try:
-        answer = ask(
-            path,
-            "recording",
-            arguments={"action": args.action, "call_id": args.call_id, "by": by},
-        )
-    except ControlError as exc:
-        print(f"voipgw: recording {args.action}: {exc}", file=sys.stderr)
+    answer = ask_gateway_for(
+        args,
+        f"recording {args.action}",
+        "recording",
+        arguments={"action": args.action, "call_id": args.call_id, "by": by},
+    )
+    if answer is None:
         return EXIT_RUNTIME
     if args.json:
         print(json.dumps(answer, indent=2))
@@ -1149,11 +1174,10 @@ def describe_live_quality(figures: dict[str, Any] | None) -> str:
 def _live_quality(args: argparse.Namespace, config: GatewayConfig) -> dict[str, Any] | None:
     """Per live call (record id), each leg's quality now, from the running gateway's control
     socket (gateway/core/control.py); None, with a note on stderr, when it does not answer."""
-    from gateway.core.control import ControlError, ask, socket_path
+    from gateway.core.control import ControlError
 
-    path = socket_path(args.state_dir or config.gateway.state_dir)
     try:
-        calls = ask(path, "live_quality").get("calls")
+        calls = ask_gateway(args, "live_quality", config=config).get("calls")
     except ControlError as exc:
         print(
             f"note: live call quality not available ({exc}): shown as of each call's last change",
@@ -1168,14 +1192,16 @@ def cmd_calls(args: argparse.Namespace) -> int:
 
     store, config = _open_store(args)
     try:
-        records = store.call_records_recent(args.recent or 1000)
+        if args.call_id is not None:
+            # Log lines name a call by its Call-ID; a record by the Call-ID and the caller
+            # leg's tag (a caller retrying with one Call-ID makes a new record): either is
+            # taken, among every record the store keeps (an index on the id answers).
+            records = store.call_records_of_call_id(args.call_id, args.recent or 1000)
+        else:
+            records = store.call_records_recent(args.recent or 1000)
     finally:
         store.close()
-    if args.call_id is not None:
-        # Log lines name a call by its Call-ID; a record by the Call-ID and the caller leg's
-        # tag (a caller retrying with one Call-ID makes a new record): either is taken.
-        records = tuple(r for r in records if args.call_id in (r.call_id, sip_call_id(r.call_id)))
-    elif not args.recent:
+    if args.call_id is None and not args.recent:
         records = tuple(r for r in records if r.ended_at is None)
     # Figures that change all the time are asked of the gateway, only for calls that are up.
     live = _live_quality(args, config) if any(r.ended_at is None for r in records) else None
@@ -1210,12 +1236,9 @@ def cmd_calls(args: argparse.Namespace) -> int:
         return EXIT_OK
     if not records:
         if args.call_id is not None:
-            # Only the last records were read: say so, or a call older than them (seconds on
-            # a busy node) would read as one this node never had.
-            print(
-                f"no call with Call-ID {args.call_id} among the last {args.recent or 1000} calls"
-                + ("" if args.recent else " (--recent N to look further)")
-            )
+            # Every record was looked at: retention ([store] call_record_days) may have
+            # deleted an old call's.
+            print(f"no call with Call-ID {args.call_id} in the store")
         else:
             print("no live calls" if not args.recent else "no calls")
         return EXIT_OK

@@ -111,7 +111,8 @@ class DeviceIdentifier:
     def of_request(self, request: Request, flow: Flow) -> DeviceProfile | None:
         """The profile of the device that sent ``request`` over ``flow``: the plugins' answer,
         else the ``User-Agent`` match; None for a device nobody knows. A plugin that fails or
-        answers something else is logged and passed over (a call never fails for it)."""
+        answers something else is logged and passed over for the next plugin, then the
+        ``User-Agent`` match (a call never fails for it)."""
         if self._impls:
             answer = self._hooks_answer(request, flow)
             if answer is not None:
@@ -121,9 +122,11 @@ class DeviceIdentifier:
     def _hooks_answer(self, request: Request, flow: Flow) -> DeviceProfile | None:
         """The first implementation's answer that is not None (firstresult), when it is a
         profile that passes the checks registered ones pass at start-up
-        (:func:`profile_problem`); else None, logged naming the plugin: a profile made on the
-        spot with ``codecs=()`` would refuse every offer, one naming a policy nobody
-        registered would refuse media."""
+        (:func:`profile_problem`); else None. An implementation that raises or answers
+        something else is logged naming the plugin and passed over for the next one, as if it
+        had answered None: a profile made on the spot with ``codecs=()`` would refuse every
+        offer, one naming a policy nobody registered would refuse media, and one vendor's
+        broken plugin must not keep another's phones from being identified."""
         arguments = {"request": request, "flow": flow}
         for plugin, function, argnames in self._impls:
             try:
@@ -132,7 +135,7 @@ class DeviceIdentifier:
                 if plugin is None:  # called through pluggy: its traceback says
                     plugin = raising_plugin(self._hook, exc)
                 self._log_hook_error(plugin, "gateway_identify_device failed", exc)
-                return None
+                continue
             if answer is None:
                 continue
             if not isinstance(answer, DeviceProfile):
@@ -141,7 +144,7 @@ class DeviceIdentifier:
                     f"gateway_identify_device returned {type(answer).__name__}, "
                     "expected a DeviceProfile or None",
                 )
-                return None
+                continue
             problem = profile_problem(answer, self._policies, self._known_exchanges)
             if problem is not None:
                 self._log_hook_error(
@@ -149,7 +152,7 @@ class DeviceIdentifier:
                     f"gateway_identify_device returned device profile {answer.name!r}: "
                     f"{problem}; taken as no profile",
                 )
-                return None
+                continue
             return answer
         return None
 

@@ -1141,6 +1141,13 @@ class GatewayStatus(Protocol):
         """The CRLs SIP transports check peers' certificates against now (``[plugins.tls]
         crl_files``): (transport, file, nextUpdate as Unix time)."""
 
+    def plugin_figures_failures(self) -> tuple[tuple[str, str, str, int], ...]:
+        """Reads of a plugin's own figures that raised since the start: (kind, plugin, figures,
+        count), kind ``key_exchange`` (``counters``), ``transport`` (``handshake_failures``,
+        ``connections_revoked``, ``ocsp``, ``loaded_crls``), ``caller_identity``
+        (``certificate_refetches``) or ``media_tap`` (``update_failures``). Such a plugin's
+        rows are left out of the answer that read them; the rest is answered."""
+
 
 # --------------------------------------------------------------------------------------------
 # Certificate reload (SIGHUP)

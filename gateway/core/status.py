@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import bisect
 import collections
+import logging
 import sys
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import trio
@@ -35,6 +38,7 @@ from gateway.core.interfaces import (
     TrunkCounts,
 )
 from gateway.core.ip import ip_facts, ip_literal
+from gateway.core.logs import log_exception
 from gateway.core.media.relay import DROP_REASONS
 from gateway.core.media.remote_relay import WORKER_STATES
 from gateway.core.sip.uri import redact_password
@@ -42,6 +46,11 @@ from gateway.core.sip.uri import redact_password
 if TYPE_CHECKING:
     from gateway.core.calls.call import Call
     from gateway.core.gateway import Gateway
+
+log = logging.getLogger(__name__)
+
+_Figures = TypeVar("_Figures")
+_Row = tuple[Any, ...]
 
 # From the INVITE to the answer: a human answers within seconds to a minute (the default ring
 # timeout is 180 s), an IVR or voicemail in under a second.
@@ -258,6 +267,41 @@ class StatusView:
         self._statistics = statistics
         self.version = __version__
         self.started_at = time.time()
+        self._figures_failures: dict[tuple[str, str, str], int] = {}
+        """Reads of a plugin's figures that raised, per (kind, plugin, figures)."""
+
+    def _plugin_figures(
+        self, kind: str, name: str, figures: str, read: Callable[[], _Figures]
+    ) -> _Figures | None:
+        """What ``read`` returns: a plugin's own figures (a key exchange's ``counters()``, a
+        transport's ``loaded_crls()``...), read whole inside it; None when it raised. A
+        plugin's bug then costs its own rows only, not the scrape (the metrics exporter
+        answered 500 with nothing, for as long as the bug lasted). Counted
+        (:meth:`plugin_figures_failures`) and said once per plugin and figures at WARNING,
+        with the traceback (its text withheld, as any plugin code's): a scrape every 15 s
+        would log it each time."""
+        try:
+            return read()
+        except Exception as exc:
+            key = (kind, name, figures)
+            failed = self._figures_failures.get(key, 0)
+            self._figures_failures[key] = failed + 1
+            if not failed:
+                log_exception(
+                    log,
+                    "status: the %s plugin %s raised reading its %s: left out of monitoring"
+                    " until it answers (said once; counted in"
+                    " voipgw_plugin_figures_failures_total)",
+                    kind.replace("_", " "),
+                    name,
+                    figures,
+                    exc=exc,
+                    level=logging.WARNING,
+                )
+            return None
+
+    def plugin_figures_failures(self) -> tuple[tuple[str, str, str, int], ...]:
+        return tuple((*key, count) for key, count in sorted(self._figures_failures.items()))
 
     def calls(self) -> CallCounts:
         stats = self._statistics
@@ -523,11 +567,16 @@ class StatusView:
 
     def caller_identity_refetches(self) -> tuple[tuple[str, int], ...]:
         totals: dict[str, int] = {}
-        for _, service in self._gateway.plugins.caller_identity.items():
-            refetches = getattr(service, "certificate_refetches", None)
-            if refetches is None:
-                continue
-            for result, count in refetches.items():
+        for name, service in self._gateway.plugins.caller_identity.items():
+
+            def refetches(service: object = service) -> list[tuple[str, int]]:
+                counts = getattr(service, "certificate_refetches", None)
+                return [] if counts is None else [(str(r), int(n)) for r, n in counts.items()]
+
+            found = self._plugin_figures(
+                "caller_identity", name, "certificate_refetches", refetches
+            )
+            for result, count in found or ():
                 totals[result] = totals.get(result, 0) + count
         return tuple(sorted(totals.items()))
 
@@ -544,11 +593,16 @@ class StatusView:
 
     def recording_update_failures(self) -> tuple[tuple[str, int], ...]:
         totals: dict[str, int] = {}
-        for _, tap in self._gateway.plugins.media_taps.items():
-            failures = getattr(tap, "update_failures", None)
-            if failures is None or getattr(tap, "covert", False):
-                continue
-            for reason, count in failures.items():
+        for name, tap in self._gateway.plugins.media_taps.items():
+
+            def update_failures(tap: object = tap) -> list[tuple[str, int]]:
+                failures = getattr(tap, "update_failures", None)
+                if failures is None or getattr(tap, "covert", False):
+                    return []
+                return [(str(reason), int(count)) for reason, count in failures.items()]
+
+            found = self._plugin_figures("media_tap", name, "update_failures", update_failures)
+            for reason, count in found or ():
                 totals[reason] = totals.get(reason, 0) + count
         return tuple(sorted(totals.items()))
 
@@ -563,7 +617,9 @@ class StatusView:
             counters = getattr(exchange, "counters", None)
             if counters is None:
                 continue
-            found.extend((name, str(counter), int(count)) for counter, count in counters())
+
+            rows = self._plugin_figures("key_exchange", name, "counters", partial(_rows, counters))
+            found += [(name, str(counter), int(count)) for counter, count in rows or ()]
         return tuple(found)
 
     def certificate_reloads(self) -> tuple[tuple[str, str, int], ...]:
@@ -572,42 +628,57 @@ class StatusView:
     def tls_certificates(self) -> tuple[tuple[str, LoadedCertificate], ...]:
         return self._gateway.certificate_reloads.certificates()
 
-    def tls_handshake_failures(self) -> tuple[tuple[str, str, int], ...]:
-        found: list[tuple[str, str, int]] = []
+    def _transport_figures(self, figures: str, read: Callable[[Any], list[_Row]]) -> list[Any]:
+        """Each transport's rows of ``figures``, its name first (:meth:`_plugin_figures`: one
+        that raises costs its own rows only)."""
+        found: list[_Row] = []
         for name, transport in self._gateway.plugins.transports.items():
+            rows = self._plugin_figures("transport", name, figures, partial(read, transport))
+            found += [(name, *row) for row in rows or ()]
+        return found
+
+    def tls_handshake_failures(self) -> tuple[tuple[str, str, int], ...]:
+        def read(transport: object) -> list[_Row]:
             failures = getattr(transport, "handshake_failures", None)  # tls, wss
-            if failures is not None:
-                found += [(name, reason, count) for reason, count in failures.items()]
-        return tuple(found)
+            return [] if failures is None else [(str(r), int(n)) for r, n in failures.items()]
+
+        return tuple(self._transport_figures("handshake_failures", read))
 
     def tls_connections_revoked(self) -> tuple[tuple[str, int], ...]:
-        found: list[tuple[str, int]] = []
-        for name, transport in self._gateway.plugins.transports.items():
+        def read(transport: object) -> list[_Row]:
             revoked = getattr(transport, "connections_revoked", None)  # tls, wss
-            if revoked is not None:
-                found.append((name, revoked))
-        return tuple(found)
+            return [] if revoked is None else [(int(revoked),)]
+
+        return tuple(self._transport_figures("connections_revoked", read))
 
     def tls_ocsp_queries(self) -> tuple[tuple[str, str, int], ...]:
-        found: list[tuple[str, str, int]] = []
-        for name, transport in self._gateway.plugins.transports.items():
+        def read(transport: object) -> list[_Row]:
             checker = getattr(transport, "ocsp", None)  # tls with ocsp on
-            if checker is not None:
-                found += [(name, result, count) for result, count in checker.queries.items()]
-        return tuple(found)
+            if checker is None:
+                return []
+            return [(str(result), int(count)) for result, count in checker.queries.items()]
+
+        return tuple(self._transport_figures("ocsp", read))
 
     def tls_ocsp_stapled(self) -> tuple[tuple[str, str, int], ...]:
-        found: list[tuple[str, str, int]] = []
-        for name, transport in self._gateway.plugins.transports.items():
+        def read(transport: object) -> list[_Row]:
             checker = getattr(transport, "ocsp", None)  # tls with ocsp on
-            if checker is not None:
-                found += [(name, result, count) for result, count in checker.stapled.items()]
-        return tuple(found)
+            if checker is None:
+                return []
+            return [(str(result), int(count)) for result, count in checker.stapled.items()]
+
+        return tuple(self._transport_figures("ocsp", read))
 
     def tls_crls(self) -> tuple[tuple[str, str, float], ...]:
-        found: list[tuple[str, str, float]] = []
-        for name, transport in self._gateway.plugins.transports.items():
+        def read(transport: object) -> list[_Row]:
             loaded_crls = getattr(transport, "loaded_crls", None)
-            if loaded_crls is not None:
-                found += [(name, crl.path, crl.next_update) for crl in loaded_crls()]
-        return tuple(found)
+            if loaded_crls is None:
+                return []
+            return [(str(crl.path), float(crl.next_update)) for crl in loaded_crls()]
+
+        return tuple(self._transport_figures("loaded_crls", read))
+
+
+def _rows(read: Callable[[], Any]) -> list[tuple[str, int]]:
+    """A key exchange's ``counters()``, read whole: (counter, count) pairs."""
+    return [(str(counter), int(count)) for counter, count in read()]

@@ -17,9 +17,8 @@ import trio
 
 from gateway.core.calls.base import sdp_body
 from gateway.core.calls.events import warning_header
+from gateway.core.calls.fork_rekey import CallForkRekey
 from gateway.core.calls.leg import BLeg, Side
-from gateway.core.calls.location_updates import CallLocationUpdates
-from gateway.core.calls.media_keys import CallMediaKeys
 from gateway.core.calls.ringing import ANSWERED_ELSEWHERE
 from gateway.core.media.errors import PortsExhausted
 from gateway.core.sdp.errors import SdpError
@@ -34,7 +33,7 @@ if TYPE_CHECKING:
     from gateway.core.calls.call import Call
 
 
-class CallAnswer(CallLocationUpdates, CallMediaKeys):
+class CallAnswer(CallForkRekey):
     """A callee's 2xx and ours to the caller, late offer included (the module's docstring)."""
 
     if TYPE_CHECKING:
@@ -66,7 +65,8 @@ class CallAnswer(CallLocationUpdates, CallMediaKeys):
         try:
             sdp = sdp_body(response)
             if sdp:
-                body = serialize_sdp(self._answer_via(leg, parse_sdp_untrusted(sdp)))
+                answer = parse_sdp_untrusted(sdp)
+                body = serialize_sdp(self._answer_via(leg, answer, response.to.tag or ""))
             else:
                 body = self._answer_taken_in_1xx(leg, response)
             leg.dialog = dialog
@@ -95,6 +95,9 @@ class CallAnswer(CallLocationUpdates, CallMediaKeys):
         if leg.location_passed:
             extra = [*extra, *self._geolocation_errors(leg, response)]  # RFC 6442 §4.3
         await self._answer_a(self._a_response(200, body=body, extra=extra))
+        # Another forked phone's early media was keyed with our SDES keys: this one gets new
+        # keys of ours (fork_rekey.py).
+        await self._rekey_fork(leg, response)
 
     def _answer_taken_in_1xx(self, leg: BLeg, response: Response) -> bytes:
         """Our SDP for A when the callee's 2xx has none: the answer to our offer came in a
@@ -112,7 +115,7 @@ class CallAnswer(CallLocationUpdates, CallMediaKeys):
             return self._early_sdp_a  # the answer the media session holds: nothing to redo
         # Another early dialog's SDP (a fork's 183) came since: the relay goes back to the one
         # this 2xx confirms, as when a 2xx repeats its answer.
-        return serialize_sdp(self._answer_via(leg, answer))
+        return serialize_sdp(self._answer_via(leg, answer, response.to.tag or ""))
 
     async def _answer_a(self, ok: Response) -> None:
         """Send the caller our 2xx (a callee answered, or a phone picked the call up): its

@@ -212,6 +212,15 @@ class CallBase:
         # The re-INVITE we relayed for it, and when we stop waiting for its final response.
         self._reinvite_sent: InDialogRequest | None = None
         self._reinvite_deadline = math.inf
+        # Our re-key re-INVITE to a forked callee (fork_rekey.py) in progress, when it is tried
+        # again after a 491 (RFC 3261 §14.1), and how often it was.
+        self._fork_rekey: InDialogRequest | None = None
+        self._fork_rekey_leg: BLeg | None = None  # the leg it re-keys (a transfer may replace B)
+        self._fork_rekey_again_at = math.inf
+        self._fork_rekey_deadline = math.inf  # 64*T1: CANCEL it if it rings on (RFC 3261 §9.1)
+        self._fork_rekey_tries = 0
+        # What became of it, for the B leg's security record ("fork_rekey"); None: not needed.
+        self._fork_rekey_outcome: str | None = None
         self._ring_deadline = math.inf  # Timer C, set when the B legs are called
         # Serial failover (RouteDecision.alternates): the trunks still to try, the offer each
         # gets, and the legs of the attempt in progress (the routed targets, then one each).

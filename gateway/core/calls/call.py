@@ -804,6 +804,8 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
                 self._reinvite_deadline,
                 self._session_timer_due(),
                 self._transfer_due(),
+                self._fork_rekey_again_at,
+                self._fork_rekey_deadline,
             )
             event = await self._next_event(wake)
             now = trio.current_time()
@@ -821,6 +823,10 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
                 await self._session_timers_due(now)
             if now >= self._transfer_due():
                 await self._transfer_timers(now)
+            if now >= self._fork_rekey_again_at:
+                await self._send_fork_rekey()
+            if now >= self._fork_rekey_deadline:
+                await self._fork_rekey_timed_out()
             if event is None:
                 continue
             if isinstance(event, RequestEvent):
@@ -970,6 +976,8 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
             await self._location_update_answered(tag, response)
         elif tag.purpose == "refresh":
             await self._refresh_answered(tag, response)
+        elif tag.purpose == "fork-rekey":
+            await self._fork_rekey_answered(tag, response)
         elif tag.purpose == "transfer":
             await self._transferee_answered(tag, response)
         elif tag.purpose == "join":

@@ -64,7 +64,8 @@ class InDialogRequest:
     # "relay" | "reinvite" | "bye" | "refresh" (our UPDATE, RFC 4028) | "transfer" (our
     # re-INVITE to a transferee with its target's offer) | "notify" (a transfer's progress) |
     # "join" (our re-INVITE without SDP to a trunk leg taken over by an attended transfer) |
-    # "location" (our UPDATE with the caller's new location, RFC 6442, answering ``relayed``)
+    # "location" (our UPDATE with the caller's new location, RFC 6442, answering ``relayed``) |
+    # "fork-rekey" (our re-INVITE with new SDES keys to a forked callee, fork_rekey.py)
     purpose: str
     side: Side  # the leg it was sent on
     relayed: tuple[ServerTransaction, Request] | None = None

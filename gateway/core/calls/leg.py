@@ -102,6 +102,11 @@ class BLeg(Leg):
     # exchange is complete then), by the callee's To tag: a 2xx of that early dialog without
     # SDP confirms it (_b_answered). None until the first one: no work for other calls.
     answers_in_1xx: dict[str, SessionDescription] | None = None
+    # The To tags of the dialogs (early or confirmed) whose SDP answers were keyed with the
+    # keys our offer handed out in SDP (SDES, MIKEY): a forking proxy gave our one offer, and
+    # our key, to each; one that is not the confirmed dialog's means our key reached another
+    # phone too (CallForkRekey). None until the first one: no work for other calls.
+    sdp_keyed_tags: set[str] | None = None
     ack: Request | None = None  # our ACK for its 2xx, resent for every 2xx retransmission
     credentials_sent: bool = False  # a trunk's 401/407 was answered (once, RFC 3261 §22.2)
     interval_raised: bool = False  # a 422 was answered with a longer interval (once, RFC 4028 §7.3)

@@ -34,8 +34,9 @@ class CallMediaKeys(CallBase):
     """Answers applied, keys, DTLS handshakes and taps of the call's media (the module's
     docstring)."""
 
-    def _answer_via(self, leg: BLeg, answer: SessionDescription) -> SessionDescription:
-        """B leg ``leg`` answered our offer: its keys, the relay, and our answer for A."""
+    def _answer_via(self, leg: BLeg, answer: SessionDescription, tag: str) -> SessionDescription:
+        """B leg ``leg`` answered our offer in its dialog (early or confirmed) of To tag ``tag``:
+        its keys, the relay, and our answer for A."""
         assert self.media is not None and leg.security is not None
         assert self.a.security is not None
         plain = self.media.answer_from(
@@ -43,6 +44,11 @@ class CallMediaKeys(CallBase):
             leg.security.take_answer(answer),
             rtcp_mux_offered=leg.security.offers_rtcp_mux,
         )
+        if leg.security.keys_handed_out_in_sdp():
+            # This dialog's phone holds the keys our offer handed out (CallForkRekey).
+            if leg.sdp_keyed_tags is None:
+                leg.sdp_keyed_tags = set()
+            leg.sdp_keyed_tags.add(tag)
         answer_a = self.a.security.make_answer(plain)
         self._apply_keys(leg)
         # A's handshake, ours to start when we answered active (RFC 5763 §5), waits until this
@@ -257,6 +263,11 @@ class CallMediaKeys(CallBase):
                     "attempt": target.index + 1,
                 }
             record[label] = entry
+        b_record = record.get("b")
+        if self._fork_rekey_outcome is not None and isinstance(b_record, dict):
+            # Our SDES key keyed another forked phone's early media (fork_rekey.py): "re-keyed"
+            # once this leg's phone took new keys of ours, else why not.
+            b_record["fork_rekey"] = self._fork_rekey_outcome
         if self.keying is not None:
             srtp = self.keying.statistics()
             for label, counters in srtp.items():

@@ -453,7 +453,11 @@ class CallReinvites(CallLocationUpdates, CallMediaKeys):
         self._answer_went(answered_side)
 
     def _offer_in_progress(self) -> bool:
-        return self._pending_reinvite is not None or self._late_reinvite is not None
+        return (
+            self._pending_reinvite is not None
+            or self._late_reinvite is not None
+            or self._fork_rekey is not None  # our re-key of a forked callee (fork_rekey.py)
+        )
 
     async def _update(self, event: RequestEvent) -> None:
         """UPDATE (RFC 3311). Without a body it is a session refresh (RFC 4028 §10), answered on

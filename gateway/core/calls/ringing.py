@@ -204,7 +204,7 @@ class CallRinging(CallLocationUpdates, CallMediaKeys):
                 )
             elif sdp:
                 answer = parse_sdp_untrusted(sdp)
-                body = serialize_sdp(self._answer_via(leg, answer))
+                body = serialize_sdp(self._answer_via(leg, answer, response.to.tag or ""))
                 self._early_answer = (leg, response)  # early media: whose the caller hears
                 self._early_sdp_a = body
                 if _prack_sent(leg, response):

@@ -30,7 +30,8 @@ datagrams and time (RFC 5764 §5.1.2 and RFC 6189 §5: both share the 5-tuple of
 - a side can be held (:meth:`CallHandshakes.hold`, :meth:`CallHandshakes.release`): while
   our SDP answer to that leg is not sent yet, its handshakes neither start nor send (the DTLS
   client's ClientHello, its timers) and datagrams from its peer are kept (up to
-  :data:`HELD_DATAGRAMS` per port) until the release. The answer carries our fingerprint, which
+  :data:`HELD_DATAGRAMS` per port, :data:`HELD_PER_SOURCE` of them from any one source other
+  than the SDP address) until the release. The answer carries our fingerprint, which
   the peer needs to check our certificate (RFC 5763 §5): a phone given our ClientHello before
   our 200 ignores it (baresip does) and the handshake waits for its retransmission, 1 s (RFC
   6347 §4.2.4.1), the call's media with it. With media workers the 200 waits for the workers'
@@ -105,6 +106,13 @@ As many as the DTLS engine holds on the RTP port (its ``MAX_EARLY_DATAGRAMS``)."
 HELD_DATAGRAMS = EARLY_RTCP_DATAGRAMS
 """Datagrams kept per side, stream and port while that side is held (:meth:`CallHandshakes.hold`);
 more are dropped and counted (``dropped``)."""
+
+HELD_PER_SOURCE = HELD_DATAGRAMS // 2
+"""Of :data:`HELD_DATAGRAMS`, datagrams kept from one source (host and port) that is neither the
+leg's SDP address nor the peer its key exchange proved; more from it are dropped (``blocked``),
+the rest of the port's room is for other sources (a phone behind a NAT): a stranger's 16 forged
+Hellos filled a held port and the phone's Hello was dropped until its resend after our answer
+(as :data:`QUEUE_PER_SOURCE` bounds the queue)."""
 
 FORK_SOURCES = 4
 """Sources whose datagrams are kept apart per port of a callee's stream while our offer waits
@@ -503,13 +511,13 @@ class CallHandshakes:
                             self._strangers_fed.add((side, index, rtcp))
                         self._held_strangers.discard((side, index, rtcp))
                         for packet, source in held:
-                            self._feed(side, index, negotiation, packet, now, source)
+                            self._feed(side, index, rtcp, negotiation, packet, now, source)
                     timer = negotiation.get_timer()
                     if timer is not None and timer <= now:
                         negotiation.handle_timer(now=now)
                     if rtcp:
                         for packet, source in self._early_rtcp.pop((side, index), ()):
-                            self._feed(side, index, negotiation, packet, now, source)
+                            self._feed(side, index, True, negotiation, packet, now, source)
                     if item is not None and item[:3] == (side, index, rtcp):
                         self._item_taken = True
                         self._feed_item(stream, negotiation, item, now)
@@ -596,11 +604,8 @@ class CallHandshakes:
         if index in streams.get(side, {}) and not _starts_handshake(packet):
             return False
         self._item_taken = True
-        held = self._held_datagrams.setdefault((side, index, rtcp), [])
-        if len(held) < HELD_DATAGRAMS:
-            held.append((packet, source))
-        else:
-            self._drop(side, "blocked")
+        counted = self._counted_source(side, index, rtcp, source)
+        self._keep_held(side, (side, index, rtcp), packet, source, counted)
         return True
 
     def _keep_unanswered(self, item: tuple[str, int, bool, bytes, Address | None]) -> bool:
@@ -807,11 +812,31 @@ class CallHandshakes:
                 elif from_sdp and port in self._held_strangers:
                     self._held_strangers.discard(port)
                     self._drop(side, "unlatched_source", len(self._held_datagrams.pop(port, ())))
-                held = self._held_datagrams.setdefault(port, [])
-                if len(held) < HELD_DATAGRAMS:
-                    held.append((item[3], item[4]))
-                else:
-                    self._drop(side, "blocked")
+                counted = None
+                if from_sdp is False:
+                    counted = self._counted_source(side, index, rtcp, item[4])
+                self._keep_held(side, port, item[3], item[4], counted)
+
+    def _keep_held(
+        self,
+        side: str,
+        port: tuple[str, int, bool],
+        packet: bytes,
+        source: Address | None,
+        counted: tuple[str, int] | None,
+    ) -> None:
+        """Keep ``packet`` for ``port``'s release within :data:`HELD_DATAGRAMS`, and within
+        :data:`HELD_PER_SOURCE` from ``counted`` (its source, when that is neither the SDP
+        address nor the proven peer: :meth:`_counted_source`); else dropped (``blocked``)."""
+        held = self._held_datagrams.setdefault(port, [])
+        if len(held) >= HELD_DATAGRAMS or (
+            counted is not None
+            and sum(1 for _, kept in held if kept is not None and kept[:2] == counted)
+            >= HELD_PER_SOURCE
+        ):
+            self._drop(side, "blocked")
+        else:
+            held.append((packet, source))
 
     def _feed_item(
         self,
@@ -836,12 +861,6 @@ class CallHandshakes:
             if self._refuses(negotiation, item):
                 return
             self._strangers_fed.add(port)
-        if from_sdp and source is not None:
-            # An engine that runs a handshake per source never drops the SDP address's for its
-            # cap, and takes its failure as the leg's (the dtls engine's note_sdp_address).
-            note = getattr(negotiation, "note_sdp_address", None)
-            if note is not None:
-                note(source)
         if from_sdp and port in self._strangers_fed:
             self._strangers_fed.discard(port)
             restart = getattr(negotiation, "restart_handshake", None)
@@ -856,7 +875,7 @@ class CallHandshakes:
                     index,
                     "RTCP" if rtcp else "RTP",
                 )
-        self._feed(side, index, negotiation, packet, now, source)
+        self._feed(side, index, rtcp, negotiation, packet, now, source)
 
     def _from_sdp_address(
         self, stream: StreamSecurity, item: tuple[str, int, bool, bytes, Address | None]
@@ -931,6 +950,7 @@ class CallHandshakes:
         self,
         side: str,
         index: int,
+        rtcp: bool,
         negotiation: KeyNegotiation,
         packet: bytes,
         now: float,
@@ -949,6 +969,15 @@ class CallHandshakes:
             and self._ice_leg(side, index)
         ):
             source = None
+        if source is not None and source[:2] == self._session.peer_address(index, side, rtcp=rtcp):
+            # An engine that runs a handshake per source never drops the SDP address's for its
+            # cap, never asks it for a cookie, and takes its failure as the leg's (the dtls
+            # engine's note_sdp_address). Told here, for each datagram fed from there: those
+            # kept while our answer was on its way too (before session 41, only those fed as
+            # they came, and the kept ones were a stranger's to the engine).
+            note = getattr(negotiation, "note_sdp_address", None)
+            if note is not None:
+                note(source)
         # RFC 7983: each engine claims its range of first bytes (DTLS 20..63, ZRTP 16..19).
         if negotiation.claims_packet(packet[0], packet):
             receive_from = getattr(negotiation, "receive_packet_from", None)

@@ -15,10 +15,12 @@ into SRTP sessions and relay transforms: in this process for the in-process rela
 channel (:meth:`~gateway.core.media.remote_relay.RemoteStream.apply_keys`).
 
 SRTP sessions are kept while a leg's keys do not change (a re-INVITE that keeps the keys keeps
-the crypto context, RFC 4568 §7.1.4) and closed when the leg goes plain or the call ends. When a
-leg's keys change, each direction is judged on its own (:meth:`SrtpSession.rekey`): a master key
-that stays keeps its context, roll-over counter and index included, also when only its MKI
-changed (RFC 3711 §3.3.1); only a new key gets a new context. Rebuilding both, as before session
+the crypto context, RFC 4568 §7.1.4), set aside while the leg goes plain (keys that come back
+take their contexts back: no index restarts under a key already used, RFC 3711 §9.1) and
+closed when the call ends. When a leg's keys change, each direction is judged on its own
+(:meth:`SrtpSession.rekey`): a master key that stays keeps its context, roll-over counter and
+index included, also when only its MKI changed (RFC 3711 §3.3.1); only a new key gets a new
+context. Rebuilding both, as before session
 35, lost the peer's audio after its next sequence wrap (the ROC back to 0 under a key the peer
 goes on using) and, for our own key kept by a re-offer the peer answered with a new key,
 protected packets again under indices already used: the same keystream twice (RFC 3711 §9.1).
@@ -110,9 +112,11 @@ class StreamSrtp:
 
     def __init__(self) -> None:
         self._sessions: dict[tuple[str, str], tuple[SrtpKeys, SrtpSession]] = {}
-        # Counters of sessions replaced by new keys, per leg, so that the stream's totals never
-        # go backwards on a re-key (monitoring sums them, gateway/core/status.py).
-        self._retired: dict[str, SrtpStatistics] = {}
+        # Sessions of slots whose leg went plain (a re-INVITE to RTP/AVP), kept with the keys
+        # they last had: keys that come back take their contexts back (_session).
+        self._plain: dict[tuple[str, str], tuple[SrtpKeys, SrtpSession]] = {}
+        # A session is never freed before close(), so the stream's totals never go backwards
+        # on a re-key or a plain stretch (monitoring sums them, gateway/core/status.py).
 
     def apply(self, stream: MediaStream, keys: StreamKeys) -> None:
         """Set ``stream``'s transforms and block flags from ``keys``."""
@@ -137,17 +141,18 @@ class StreamSrtp:
     def statistics(self) -> dict[str, SrtpStatistics]:
         """SRTP counters of each leg ("a", "b") that has had a session (RTP and RTCP ports
         summed, sessions its earlier keys had included)."""
-        totals = dict(self._retired)
-        for (side, _), (_, session) in self._sessions.items():
+        totals: dict[str, SrtpStatistics] = {}
+        for (side, _), (_, session) in [*self._sessions.items(), *self._plain.items()]:
             stats = session.statistics()
             before = totals.get(side)
             totals[side] = stats if before is None else _sum(before, stats)
         return totals
 
     def close(self) -> None:
-        for _, session in self._sessions.values():
+        for _, session in [*self._sessions.values(), *self._plain.values()]:
             session.close()
         self._sessions.clear()
+        self._plain.clear()
 
     def _rtcp(
         self, side: str, separate: bool, keys: SrtpKeys | None, rtp: SrtpSession | None
@@ -171,7 +176,18 @@ class StreamSrtp:
     def _session(self, slot: tuple[str, str], keys: SrtpKeys | None) -> SrtpSession | None:
         """The SRTP session of ``slot`` (side, "rtp" or "rtcp") for ``keys``: kept while the
         keys stay the same, re-keyed when they change (each direction's context kept while its
-        master key is), closed when None."""
+        master key is), set aside when None (the leg went plain) and taken back when keys come
+        again.
+
+        A stream that goes plain and back (a re-INVITE to RTP/AVP, another back to RTP/SAVP)
+        is one SRTP session to the peers: a peer that brings back the key it had goes on with
+        its context (RFC 3711 §3.3.1: the ROC is never reset while the master key is in use),
+        so a new context at ROC 0 would fail its packets after its next sequence wrap, and for
+        a key of ours brought back it would protect packets again under indices already used:
+        the same keystream twice (RFC 3711 §9.1). So the session is never freed while the call
+        lasts (:meth:`close` frees it): a key it knew, in force or parked, takes its own
+        context back (:meth:`SrtpSession.rekey`), as rtpengine keeps its per-SSRC index for
+        the call. A new key still gets a new context."""
         current = self._sessions.get(slot)
         if current is not None and current[0] == keys:
             return current[1]
@@ -183,14 +199,19 @@ class StreamSrtp:
             self._sessions[slot] = (keys, current[1])
             return current[1]
         if current is not None:
-            side = slot[0]
-            stats = current[1].statistics()
-            before = self._retired.get(side)
-            self._retired[side] = stats if before is None else _sum(before, stats)
-            current[1].close()
+            # Plain now: set aside, contexts and counters kept, for keys that come back.
+            self._plain[slot] = current
             del self._sessions[slot]
         if keys is None:
             return None
+        set_aside = self._plain.get(slot)
+        if set_aside is not None:
+            # Keys again after a plain stretch: the contexts of keys the session knew go on;
+            # unusable keys raise and change nothing (the session stays set aside).
+            set_aside[1].rekey(set_aside[0], keys)
+            del self._plain[slot]
+            self._sessions[slot] = (keys, set_aside[1])
+            return set_aside[1]
         session = SrtpSession(keys)
         self._sessions[slot] = (keys, session)
         return session

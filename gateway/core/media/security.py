@@ -412,11 +412,16 @@ class LegSecurity:
             return offer
         return offer.with_media([_muxed(media) for media in offer.media])
 
-    def make_offer(self, offer: SessionDescription) -> SessionDescription:
+    def make_offer(self, offer: SessionDescription, *, rekey: bool = False) -> SessionDescription:
         """Our offer on this leg (from the session's plain offer). Raises
         :class:`MediaSecurityRefused` when the policy needs encryption this leg cannot get,
         :class:`KeyExchangeFailed` for a plugin's bug, :class:`CodecsRefused` when the leg's
-        phone takes none of its codecs."""
+        phone takes none of its codecs.
+
+        ``rekey``: new keys of ours where the key exchange hands them out in SDP (SDES,
+        MIKEY: ``offer(rekey=True)``), the rest kept (a DTLS-SRTP association or ZRTP
+        session on the media path is the peer's alone; restarting it would only cost a
+        handshake)."""
         if self.codecs is not None:
             offer = self._device_codecs(offer, reorder=True)
         streams: list[StreamSecurity] = []
@@ -448,12 +453,15 @@ class LegSecurity:
                 if stream.negotiation is not None and not self._shares_line(stream, profile):
                     continue
                 drained = StreamSecurity()
+                fresh = rekey and not _on_media_path(exchange)
                 with self._plugin(name):
                     negotiation = exchange.offer(
                         suites=self.policy.suites,
                         secure_signalling=self.secure_signalling,
                         previous=_previous_negotiation(previous, name),
                         **self._leg_argument(name, exchange),
+                        # Only where asked: plugins written before ``rekey`` lack it.
+                        **({"rekey": True} if fresh else {}),
                     )
                     failed = _drain(negotiation, drained)
                 if failed is not None:
@@ -779,6 +787,17 @@ class LegSecurity:
             if stream.media_path and stream.negotiation is not None
         }
 
+    def keys_handed_out_in_sdp(self) -> list[int]:
+        """The streams (m= line indexes) keyed now by a key exchange that carries our keys in
+        the SDP (SDES, MIKEY: not on the media path). Every phone our offer reached holds
+        those keys of ours: through a forking proxy, more than one (CallForkRekey). DTLS-SRTP
+        and ZRTP agree keys per association on the media path: no other phone has them."""
+        return [
+            index
+            for index, stream in enumerate(self.streams)
+            if stream.keys is not None and stream.negotiation is not None and not stream.media_path
+        ]
+
     @property
     def requires_encryption(self) -> bool:
         return not self.policy.allow_cleartext
@@ -840,6 +859,10 @@ def _drain(negotiation: KeyNegotiation, stream: StreamSecurity) -> str | None:
         elif isinstance(event, NegotiationFailed):
             failure = event.reason
     return failure
+
+
+def _on_media_path(exchange: object) -> bool:
+    return bool(getattr(exchange, "media_path", False))
 
 
 def _profile(exchange: object) -> str:

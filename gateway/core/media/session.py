@@ -409,6 +409,55 @@ class MediaSession:
         self._check_open()
         self._sent[_check_side(side)] = sdp
 
+    def repeat_offer(self, side: Side) -> SessionDescription:
+        """The SDP last sent on ``side``'s leg again, with the next o= version (RFC 3264 §8:
+        the re-offer changes the session there, its keys if nothing else), recorded as sent:
+        a re-offer of ours that changes nothing the session holds (a re-key, whose keys the
+        leg's security adds). Its answer is :meth:`answer_to_repeated_offer`'s.
+
+        Raises :class:`LocalMediaError` when nothing was sent on that leg yet or an offer is
+        in progress (one offer at a time, RFC 3264 §4)."""
+        self._check_open()
+        side = _check_side(side)
+        if self._exchange is not None:
+            raise LocalMediaError("an offer is in progress")
+        previous = self._sent.get(side)
+        if previous is None:
+            raise LocalMediaError(f"nothing was sent on side {side} yet")
+        repeated = attrs.evolve(previous, origin=previous.origin.bumped())
+        self._sent[side] = repeated
+        return repeated
+
+    def answer_to_repeated_offer(
+        self, side: Side, answer: SessionDescription, *, rtcp_mux_offered: bool = False
+    ) -> None:
+        """``side``'s answer, plain, to :meth:`repeat_offer`: checked against that offer (RFC
+        3264 §6) and the relay pointed at its addresses, which an answer may move (§8.3.1).
+        The other leg hears of nothing: its session did not change. Raises :class:`SdpError`
+        for an answer that does not fit the offer, or one that rejects (port 0) a stream the
+        relay carries: a change of the session that only a new exchange on both legs could
+        make (the caller ends the call, as for any answer to a re-INVITE it cannot apply)."""
+        self._check_open()
+        side = _check_side(side)
+        offer = self._sent[side]
+        validate_answer(offer, answer)
+        remotes: dict[int, _Remote] = {}
+        for index, (offered, answered) in enumerate(zip(offer.media, answer.media, strict=True)):
+            stream = self._slots[index] if index < len(self._slots) else None
+            if stream is None or offered.is_rejected:
+                continue
+            if answered.is_rejected:
+                raise SdpError(
+                    f"m= line {index + 1}: the answer to our re-key re-offer rejects the stream"
+                )
+            mux_offered = _rtcp_mux(offered) or (rtcp_mux_offered and not is_udptl_t38(offered))
+            remotes[index] = self._remote_of(
+                answer, answered, index, rtcp_mux=mux_offered and _rtcp_mux(answered)
+            )
+        for index, remote in remotes.items():  # all checked first: a refusal changes nothing
+            if self._remotes.get((index, side)) != remote:
+                self._set_remote(index, side, remote)
+
     @property
     def on_hold(self) -> bool:
         """Whether the call is on hold: in the SDP last sent on each leg no stream is meant to

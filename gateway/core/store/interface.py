@@ -370,6 +370,14 @@ class Store(Protocol):
         """The most recently started records, newest first."""
         ...
 
+    def call_records_of_call_id(self, call_id: str, limit: int = 100) -> tuple[CallRecord, ...]:
+        """The records of the calls with the SIP Call-ID ``call_id`` (a record's id is the
+        Call-ID and the caller leg's tag, ``Call-ID;tag``: what comes before its last ``;``),
+        and the record whose id is ``call_id``, newest first, at most ``limit``; among every
+        record the store keeps, read through the index on the id (``voipgw calls --call-id``),
+        not only the newest. :func:`call_id_range` gives the ids' range."""
+        ...
+
     def call_records_end_unfinished(self, ended_at: float, reason: str) -> int:
         """End the records of calls a previous run of this node left without an end (it was
         killed): they ended when it did. How many. Nodes sharing a store (PostgreSQL) each end
@@ -444,3 +452,12 @@ class Store(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def call_id_range(call_id: str) -> tuple[str, str]:
+    """The ids of the records of SIP Call-ID ``call_id`` (``Call-ID;tag``) are those that
+    start with ``call_id;``: in code point order (SQLite's BINARY collation, PostgreSQL's "C"),
+    those from ``call_id;`` up to, not including, ``call_id<`` (``<`` is the code point after
+    ``;``), a range an index on the id answers. A Call-ID holding a ``;`` of its own is told
+    apart by the query: the rest, the tag, holds none (ours never do)."""
+    return f"{call_id};", f"{call_id}<"

@@ -126,6 +126,7 @@ from gateway.core.store.interface import (
     SharedCallLimits,
     Store,
     StoredPublication,
+    call_id_range,
 )
 
 if TYPE_CHECKING:
@@ -947,6 +948,8 @@ class PostgresStore:
         self._accounts_changed = False
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        # Whether the database's collation orders text by code point (None: not asked yet).
+        self._ids_in_code_point_order: bool | None = None
         # Call record retention's index: whether it is known valid (asked again until it is),
         # and the thread that builds it with its connection, cancelled by close().
         self._retention_indexed = False
@@ -1735,6 +1738,23 @@ class PostgresStore:
             ).fetchall()
         return tuple(_call_record(row) for row in rows)
 
+    def call_records_of_call_id(self, call_id: str, limit: int = 100) -> tuple[CallRecord, ...]:
+        first, beyond = call_id_range(call_id)
+        with self._session() as db:
+            if self._ids_in_code_point_order is None:
+                self._ids_in_code_point_order = _collates_in_code_point_order(db)
+            # A range of ids is the Call-ID's records only in code point order ("C"): in a
+            # database's linguistic collation (en_US, ICU) "X;tag" need not sort between "X;"
+            # and "X<" (glibc's en_US ignores punctuation at first: "X;z" sorts after "X<"),
+            # and a record would be missed. A database collated "C" reads the range through
+            # the UNIQUE index on call_id; any other compares in "C", which that index (of the
+            # database's collation) cannot answer: the table is read (docs/operations.md).
+            rows = db.execute(
+                _call_id_query(collated=not self._ids_in_code_point_order),
+                (call_id, first, beyond, len(first) + 1, max(0, limit)),
+            ).fetchall()
+        return tuple(_call_record(row) for row in rows)
+
     def expire_call_records(self, before: float, *, most: int) -> int:
         if most < 1:
             raise ValueError("most must be at least 1")
@@ -2272,6 +2292,36 @@ def _index_valid(db: psycopg.Connection[Any]) -> bool | None:
         "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", (RETENTION_INDEX,)
     ).fetchone()
     return None if row is None else bool(row[0])
+
+
+def _call_id_query(*, collated: bool) -> str:
+    """:meth:`PostgresStore.call_records_of_call_id`'s statement: ``collated``, the range of
+    ids compared in "C" (a database whose collation is another)."""
+    ids = 'call_id COLLATE "C"' if collated else "call_id"
+    return (
+        f"SELECT {_CALL_COLUMNS} FROM call_records WHERE call_id = %s"
+        f" OR ({ids} >= %s AND {ids} < %s AND strpos(substr(call_id, %s), ';') = 0)"
+        " ORDER BY started_at DESC, id DESC LIMIT %s"
+    )
+
+
+def _collates_in_code_point_order(db: psycopg.Connection[Any]) -> bool:
+    """Whether the database's default collation (call_records' columns have no other) orders
+    text by code point, as PostgreSQL's "C" and "POSIX" do (so does the builtin provider's "C"
+    of PostgreSQL 17); an ICU collation (``datlocprovider`` 'i', PostgreSQL 15 and later) never
+    does, whatever ``datcollate`` says."""
+    row = db.execute(
+        "SELECT to_jsonb(d) FROM pg_database d WHERE datname = current_database()"
+    ).fetchone()
+    if row is None:
+        return False
+    database = row[0] if isinstance(row[0], dict) else json.loads(row[0])
+    provider = database.get("datlocprovider", "c")  # before 15: libc only
+    if provider == "c":
+        return database.get("datcollate") in ("C", "POSIX")
+    if provider == "b":
+        return database.get("datlocale") == "C"
+    return False
 
 
 def _index_build_running(db: psycopg.Connection[Any]) -> bool:

@@ -74,6 +74,7 @@ from gateway.core.store.interface import (
     SharedCallLimits,
     Store,
     StoredPublication,
+    call_id_range,
 )
 
 log = logging.getLogger(__name__)
@@ -675,6 +676,19 @@ class SqliteStore:
                 f"SELECT {_CALL_COLUMNS} FROM call_records ORDER BY started_at DESC, id DESC"
                 " LIMIT ?",
                 (max(0, limit),),
+            ).fetchall()
+        return tuple(_call_record(row) for row in rows)
+
+    def call_records_of_call_id(self, call_id: str, limit: int = 100) -> tuple[CallRecord, ...]:
+        first, beyond = call_id_range(call_id)
+        with self._read() as db:
+            # Both arms read the UNIQUE index on call_id (BINARY: code point order); the tag,
+            # after the Call-ID's ";", holds no ";".
+            rows = db.execute(
+                f"SELECT {_CALL_COLUMNS} FROM call_records WHERE call_id = ?"
+                " OR (call_id >= ? AND call_id < ? AND instr(substr(call_id, ?), ';') = 0)"
+                " ORDER BY started_at DESC, id DESC LIMIT ?",
+                (call_id, first, beyond, len(first) + 1, max(0, limit)),
             ).fetchall()
         return tuple(_call_record(row) for row in rows)
 

@@ -67,6 +67,16 @@ works) on a leg whose signalling is not TLS: ``secure_signalling`` is only recor
 rewrite it can put their own fingerprint in and sit in the middle. The leg's security record
 should say so for a leg without TLS.
 
+Sources and cookies (RFC 5763 §5, RFC 6347 §4.2.1)
+-------------------------------------------------
+Given datagrams with their source (:meth:`~DtlsNegotiation.receive_packet_from`), the engine runs
+a handshake per source until one's certificate matches a=fingerprint (docs/media_security.md,
+"A handshake per source"). As DTLS server it first asks a source other than the peer's SDP
+address for a cookie: its ClientHello gets a stateless HelloVerifyRequest (:mod:`dtls_cookies`)
+and nothing else; the ClientHello that returns the cookie starts its handshake, through
+OpenSSL's ``DTLSv1_listen`` (:meth:`_Association.accept_verified`). The SDP address is never
+asked.
+
 Media path and time (RFC 7983, RFC 6347 §4.2.4)
 ----------------------------------------------
 :meth:`~DtlsNegotiation.claims_packet` claims first bytes 20..63 (RFC 7983 §7): STUN (0..3) and
@@ -140,6 +150,12 @@ from gateway.plugins.keyexchange.dtls_certificates import (
     certificate_digest,
     longest_max_age_days,
 )
+from gateway.plugins.keyexchange.dtls_cookies import (
+    CookieSecrets,
+    hello_verify_request,
+    is_client_hello_fragment_untrusted,
+    parse_client_hello_cookie_untrusted,
+)
 
 if TYPE_CHECKING:
     from gateway.core.interfaces import KeyExchange, KeyNegotiation
@@ -170,6 +186,7 @@ __all__ = [
     "DtlsProfile",
     "DtlsStatistics",
     "DtlsTiming",
+    "DtlsTotals",
     "Fingerprint",
     "LocalDtlsError",
     "PeerDtlsParameters",
@@ -245,7 +262,12 @@ NEW_HANDSHAKES_PER_SECOND = 1.0
 a certificate signature, ~1 ms of the SIP process's CPU: :data:`MAX_HANDSHAKES_PER_PORT`
 bounds the memory, this the CPU under a flood of ClientHellos from spoofed sources (without
 it, each new source cost a signature, as fast as they came). Past it a new source's datagram
-is dropped (``dropped_rate``); the SDP address's never is."""
+is dropped (``dropped_rate``); the SDP address's never is. Since session 41 only sources that
+returned our cookie (RFC 6347 §4.2.1, :mod:`dtls_cookies`) count: a ClientHello without one is
+answered by a HelloVerifyRequest and starts nothing."""
+MAX_VERIFY_REQUESTS = 64
+"""HelloVerifyRequests waiting for :meth:`DtlsNegotiation.addressed_packets_to_send` (one per
+ClientHello; the handshake task takes them after each datagram); more are not sent."""
 
 _DTLS1_2_VERSION = 0xFEFD  # RFC 6347 §4.1: {254, 253}; pyOpenSSL has no constant for it
 _RECORD_HEADER = 13  # RFC 6347 §4.1: type, version, epoch, sequence_number (48 bits), length
@@ -711,6 +733,25 @@ class DtlsStatistics:
     """Datagrams from a source whose handshake failed."""
     dropped_rate: int = 0
     """Datagrams from a new source dropped for :data:`NEW_HANDSHAKES_PER_SECOND`."""
+    hello_verify_requests: int = 0
+    """HelloVerifyRequests sent (RFC 6347 §4.2.1): to a ClientHello from a source other than
+    the SDP address without our valid cookie. No handshake started for it."""
+    bad_cookies: int = 0
+    """Of those ClientHellos, the ones whose cookie did not verify (wrong, or made with a
+    secret older than the previous one)."""
+
+
+@attrs.define
+class DtlsTotals:
+    """What every DTLS negotiation of a gateway counted since its start, for the metrics
+    plugin (the key exchange's ``counters()``, docs/metrics.md)."""
+
+    hello_verify_requests: int = 0
+    """:attr:`DtlsStatistics.hello_verify_requests`, summed."""
+    bad_cookies: int = 0
+    """:attr:`DtlsStatistics.bad_cookies`, summed."""
+    rate_limited: int = 0
+    """:attr:`DtlsStatistics.dropped_rate`, summed."""
 
 
 class _Phase(enum.Enum):
@@ -770,7 +811,9 @@ class _Association:
     def __repr__(self) -> str:
         return f"<DTLS association {self.role.value} {self.phase.value}>"
 
-    def _new_connection(self) -> SSL.Connection:
+    def _new_connection(self, cookie: bytes | None = None) -> SSL.Connection:
+        """A connection in our role; with ``cookie``, a server's that DTLSv1_listen can start
+        with a ClientHello that returned it (:meth:`accept_verified`)."""
         context = SSL.Context(SSL.DTLS_METHOD)
         context.set_min_proto_version(_DTLS1_2_VERSION)
         context.set_max_proto_version(_DTLS1_2_VERSION)
@@ -806,6 +849,14 @@ class _Association:
             SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT | SSL.VERIFY_CLIENT_ONCE, verify
         )
         context.set_tlsext_use_srtp(b":".join(p.name.encode("ascii") for p in self.profiles))
+        if cookie is not None:
+            # Our stateless HelloVerifyRequest went before (dtls_cookies): OpenSSL checks the
+            # cookie it is given against the one we verified, and never makes one.
+            context.set_options(SSL.OP_COOKIE_EXCHANGE or 0)  # None: an OpenSSL without DTLS
+            context.set_cookie_generate_callback(lambda _connection: cookie)
+            context.set_cookie_verify_callback(
+                lambda _connection, returned: hmac.compare_digest(returned, cookie)
+            )
         connection = SSL.Connection(context, None)
         connection.set_ciphertext_mtu(self.mtu)
         if self.role is Role.CLIENT:
@@ -881,6 +932,31 @@ class _Association:
         if self.phase is _Phase.ESTABLISHED:
             self._after_handshake(packet)
             return events
+        return events + self._drive(now)
+
+    def accept_verified(
+        self, packet: bytes, cookie: bytes, now: float
+    ) -> list[KeyNegotiationEvent]:
+        """As DTLS server, begin with a ClientHello (``packet``, one whole record) that returned
+        ``cookie``, our stateless HelloVerifyRequest's (RFC 6347 §4.2.1). A fresh connection
+        that has seen nothing else takes it through DTLSv1_listen, which sets its state as
+        after OpenSSL's own cookie exchange: that ClientHello is message_seq 1 and our
+        ServerHello follows it (§4.2.2); a connection fed it directly waits for message 0."""
+        events = self.start(now)
+        if self.phase is not _Phase.HANDSHAKING:
+            return events
+        self._connection = self._new_connection(cookie=cookie)
+        self.statistics.datagrams_received += 1
+        self._connection.bio_write(packet)
+        try:
+            self._connection.DTLSv1_listen()
+        except SSL.WantReadError:
+            self._read_output()  # OpenSSL's own HelloVerifyRequest: not sent
+            return events + self._fail(
+                "DTLS handshake failed: the ClientHello that returned our cookie was refused"
+            )
+        except SSL.Error as exc:
+            return events + self._fail(_openssl_reason(exc))
         return events + self._drive(now)
 
     def get_timer(self) -> float | None:
@@ -1051,6 +1127,9 @@ class _Settings:
     timing: DtlsTiming
     mtu: int
     sdp_address_only: bool = False
+    cookies: CookieSecrets | None = attrs.field(default=None, eq=False)
+    """Asks sources other than the SDP address for a cookie (RFC 6347 §4.2.1); None: never."""
+    totals: DtlsTotals | None = attrs.field(default=None, eq=False)
 
 
 @attrs.define(eq=False, repr=False)
@@ -1102,6 +1181,10 @@ class DtlsNegotiation:
     _mismatched: int = 0
     """Sources whose certificate did not match a=fingerprint, their attempt ended alone: named
     in the reason should the leg time out (:meth:`_fail`)."""
+    _verify_requests: list[tuple[bytes, Source]] = attrs.Factory(list)
+    """HelloVerifyRequests to send (:meth:`_cookie_exchange`), each to the source it answers."""
+    _with_sources: bool = False
+    """Whether datagrams came with their source (:meth:`receive_packet_from`)."""
 
     def __repr__(self) -> str:
         role = self.dtls_role or "role?"
@@ -1303,6 +1386,7 @@ class DtlsNegotiation:
             self.receive_packet(packet, now=now)
             return
         key = (source[0], source[1])  # compared by host and port; sent to as given
+        self._with_sources = True
         self._queue(self._feed_early(association, now))
         opens = _opens_handshake_untrusted(association.role, packet)
         if self._source is None and key not in self._attempts and key not in self._refused:
@@ -1325,9 +1409,15 @@ class DtlsNegotiation:
                     self._source, association.address = key, source
                 self._settle(key, association, events, now)
                 return
-            if not self._may_start(key, now):
+            go_on, cookie = self._cookie_exchange(key, source, packet, now)
+            if not go_on or not self._may_start(key, now):
                 return
             self._source = key
+            if cookie is not None:
+                association.address = source
+                events = association.accept_verified(packet, cookie, now)
+                self._settle(key, association, events, now)
+                return
         if key == self._source:
             association.address = source
             self._settle(key, association, association.receive(packet, now), now)
@@ -1346,12 +1436,19 @@ class DtlsNegotiation:
         if not opens:
             self._by_source.dropped_malformed += 1
             return
+        cookie = None
+        if association.role is Role.SERVER:
+            go_on, cookie = self._cookie_exchange(key, source, packet, now)
+            if not go_on:
+                return
         if not self._may_start(key, now):
             return
         attempt = self._new_attempt(key, association)
         attempt.address = source
         events = attempt.start(now, deadline=association.deadline)
-        if attempt.role is Role.SERVER:
+        if cookie is not None:
+            events += attempt.accept_verified(packet, cookie, now)
+        elif attempt.role is Role.SERVER:
             events += attempt.receive(packet, now)
         # As client, the datagram answers a ClientHello of another connection (RFC 6347
         # §4.1.2.7: discarded); the start sent this source our own.
@@ -1387,7 +1484,9 @@ class DtlsNegotiation:
         the source it answers, each other source's handshake's for that source (an answer to
         its ClientHello, our ClientHello to a source that sent a server flight, an alert)."""
         del now  # the clock started in packets_to_send; nothing here depends on it
-        out, self._parting = self._parting, []
+        out, self._verify_requests = self._verify_requests, []
+        out += self._parting
+        self._parting = []
         association = self._association
         if self._source is not None and association is not None:
             to = association.address or self._source
@@ -1436,15 +1535,16 @@ class DtlsNegotiation:
         speaks after datagrams from another source were fed and before keys
         (docs/media_security.md, "Forged handshakes"): nothing in a handshake of epoch 0 is
         authenticated (RFC 5763 §5), and OpenSSL's state holds the other source's ClientHello
-        (no cookie exchange, RFC 6347 §4.2.1, undoes that). As DTLS client nothing changes:
+        (fed without its source, no cookie was asked of it). As DTLS client nothing changes:
         our ClientHello went to the SDP address, whose answer is the one to go on with (a new
         ClientHello would make that answer useless), and a ClientHello from anyone is
         discarded (:func:`_holds_client_hello_untrusted`). Nothing happens either once the
         association has keys or failed, or before our role is known.
 
         False, and nothing changes, once datagrams came with their source
-        (:meth:`receive_packet_from`): the SDP address has a handshake of its own then."""
-        if self._source is not None or self._attempts or self._refused:
+        (:meth:`receive_packet_from`): the SDP address has a handshake of its own then, and
+        another source's ClientHello either has one too or was only asked for a cookie."""
+        if self._with_sources:
             return False
         association = self._association
         if (
@@ -1510,6 +1610,48 @@ class DtlsNegotiation:
             mtu=self._settings.mtu,
         )
 
+    def _cookie_exchange(
+        self, key: Source, source: Source, packet: bytes, now: float
+    ) -> tuple[bool, bytes | None]:
+        """RFC 6347 §4.2.1 for a ClientHello to our server from ``key``, a source with no
+        handshake yet: ``(True, cookie)`` when it returned our valid cookie (start its
+        handshake with it, :meth:`_Association.accept_verified`); ``(True, None)`` when no
+        cookie is asked (the SDP address: its path is as before; a ClientHello fragmented
+        over several records, RFC 6347 §4.2.3, which DTLSv1_listen cannot take: as before
+        session 41, the bucket bounds it); ``(False, None)`` when a HelloVerifyRequest answered
+        it, or it was dropped, and nothing else happens (docs/media_security.md, "Cookies for
+        other sources")."""
+        cookies = self._settings.cookies
+        if cookies is None or key == self._sdp_source:
+            return True, None
+        hello = parse_client_hello_cookie_untrusted(packet)
+        if hello is None:
+            if is_client_hello_fragment_untrusted(packet):
+                return True, None
+            self._by_source.dropped_malformed += 1  # a ClientHello we cannot read
+            return False, None
+        totals = self._settings.totals
+        if hello.cookie:
+            if cookies.verifies(key, hello.cookie, now):
+                if hello.message_seq == 1:
+                    return True, hello.cookie
+                # Ours, but not in the ClientHello that answers our HelloVerifyRequest (its
+                # message_seq is 1: the first's 0 echoed, RFC 6347 §4.2.2, errata 5186), the
+                # one DTLSv1_listen takes; OpenSSL would wait on it for ever. A client gets
+                # here only by a forger's hand or after two HelloVerifyRequests.
+                self._by_source.dropped_malformed += 1
+                return False, None
+            self._by_source.bad_cookies += 1
+            if totals is not None:
+                totals.bad_cookies += 1
+        if len(self._verify_requests) < MAX_VERIFY_REQUESTS:
+            request = hello_verify_request(hello, cookies.cookie(key, now))
+            self._verify_requests.append((request, source))
+            self._by_source.hello_verify_requests += 1
+            if totals is not None:
+                totals.hello_verify_requests += 1
+        return False, None
+
     def _may_start(self, key: Source, now: float) -> bool:
         """Whether ``key`` may start a handshake now (:data:`NEW_HANDSHAKES_PER_SECOND`): the
         SDP address always; another source while the port's bucket holds one."""
@@ -1523,6 +1665,8 @@ class DtlsNegotiation:
         self._new_handshakes_at = now
         if self._new_handshakes < 1.0:
             self._by_source.dropped_rate += 1
+            if self._settings.totals is not None:
+                self._settings.totals.rate_limited += 1
             return False
         self._new_handshakes -= 1.0
         return True
@@ -1702,10 +1846,25 @@ class DtlsKeyExchange:
         self.timing = timing if timing is not None else DtlsTiming()
         self.mtu = mtu
         self.sdp_address_only = sdp_address_only
+        self.cookies = CookieSecrets(random_bytes)
+        """The process's cookie secrets (RFC 6347 §4.2.1), shared by every port."""
+        self.totals = DtlsTotals()
+        """What every negotiation counted since the start (:meth:`counters`)."""
 
     def __repr__(self) -> str:
         names = ",".join(profile.name for profile in self.profiles)
         return f"<DtlsKeyExchange profiles={names} mtu={self.mtu}>"
+
+    def counters(self) -> tuple[tuple[str, int], ...]:
+        """What every negotiation counted since the start (the optional ``counters`` of a key
+        exchange, docs/plugin_hooks.md: the metrics plugin's
+        ``voipgw_dtls_hello_verify_requests_total``, ``voipgw_dtls_bad_cookies_total`` and
+        ``voipgw_dtls_rate_limited_total``)."""
+        return (
+            ("hello_verify_requests", self.totals.hello_verify_requests),
+            ("bad_cookies", self.totals.bad_cookies),
+            ("rate_limited", self.totals.rate_limited),
+        )
 
     def offer(
         self,
@@ -1798,7 +1957,13 @@ class DtlsKeyExchange:
         tls_id: str,
     ) -> DtlsNegotiation:
         settings = _Settings(
-            identity, tuple(profiles), self.timing, self.mtu, self.sdp_address_only
+            identity,
+            tuple(profiles),
+            self.timing,
+            self.mtu,
+            self.sdp_address_only,
+            self.cookies,
+            self.totals,
         )
         return DtlsNegotiation(role, settings, _Phase.OFFERED, setup, tls_id)
 

@@ -91,6 +91,7 @@ def render(
     _certificates(out, status)
     _tls_handshakes(out, status)
     _tables(out, status)
+    _plugin_figures_failures(out, status)  # last: this scrape's reads of plugins counted
     if server is not None:
         _exporter(out, server)
     return out.render()
@@ -256,6 +257,17 @@ def _tables(out: Exposition, status: GatewayStatus) -> None:
     )
     for table, entries in status.tables():
         out.sample(entries, [("table", table)])
+
+
+def _plugin_figures_failures(out: Exposition, status: GatewayStatus) -> None:
+    out.family(
+        "voipgw_plugin_figures_failures_total",
+        "counter",
+        "Reads of a plugin's own figures that raised (a bug in the plugin), by kind, plugin "
+        "and figures: that plugin's rows are left out of the scrape, the rest is answered.",
+    )
+    for kind, plugin, figures, count in status.plugin_figures_failures():
+        out.sample(count, [("kind", kind), ("plugin", plugin), ("figures", figures)])
 
 
 def _sip(out: Exposition, status: GatewayStatus) -> None:
@@ -515,9 +527,9 @@ def _key_exchanges(out: Exposition, status: GatewayStatus) -> None:
     )
     for name, count in status.key_exchange_failures():
         out.sample(count, [("key_exchange", name)])
-    zrtp = {
-        counter: count for name, counter, count in status.key_exchange_counters() if name == "zrtp"
-    }
+    counters = status.key_exchange_counters()
+    _dtls(out, {counter: count for name, counter, count in counters if name == "dtls"})
+    zrtp = {counter: count for name, counter, count in counters if name == "zrtp"}
     if not zrtp:
         return  # the zrtp plugin is not enabled
     out.family(
@@ -534,6 +546,32 @@ def _key_exchanges(out: Exposition, status: GatewayStatus) -> None:
         "forged, or a phone whose SDP and Hello disagree.",
     )
     out.sample(zrtp.get("hello_mismatches", 0), [])
+
+
+def _dtls(out: Exposition, dtls: dict[str, int]) -> None:
+    if not dtls:
+        return  # the dtls plugin is not enabled
+    out.family(
+        "voipgw_dtls_hello_verify_requests_total",
+        "counter",
+        "HelloVerifyRequests sent (RFC 6347 4.2.1): ClientHellos from a source other than the "
+        "peer's SDP address without our valid cookie, answered with a cookie and nothing else.",
+    )
+    out.sample(dtls.get("hello_verify_requests", 0), [])
+    out.family(
+        "voipgw_dtls_bad_cookies_total",
+        "counter",
+        "ClientHellos whose cookie was not ours for their source (forged, or over two minutes "
+        "old): answered with a new cookie, no handshake started.",
+    )
+    out.sample(dtls.get("bad_cookies", 0), [])
+    out.family(
+        "voipgw_dtls_rate_limited_total",
+        "counter",
+        "DTLS datagrams of new sources (their cookie returned) dropped because their port had "
+        "started its most handshakes for new sources (8 at once, then one a second).",
+    )
+    out.sample(dtls.get("rate_limited", 0), [])
 
 
 def _caller_identity(out: Exposition, status: GatewayStatus) -> None:

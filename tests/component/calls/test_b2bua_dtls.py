@@ -142,6 +142,10 @@ async def answer_after_its_early_client_hellos(
     assert gateway_call.media is not None
     (stream,) = gateway_call.media.streams
     assert stream.b_to_a.statistics().dropped_malformed == 0
+    # Both came from its SDP address: never asked for a cookie (session 41), although they
+    # were kept while our answer was on its way and fed after it.
+    (dtls,) = [e for n, e in env.gateway.plugins.key_exchanges.items() if n == "dtls"]
+    assert dict(dtls.counters())["hello_verify_requests"] == 0
 
 
 def assert_ended_with(reason: str, byes: Sequence[object]) -> None:
@@ -671,9 +675,14 @@ def closed_on_failure(phone: Phone) -> Iterator[None]:
         raise
 
 
-async def strangers_client_hello(gateway_port: tuple[str, int]) -> trio.socket.SocketType:
+async def strangers_client_hello(
+    gateway_port: tuple[str, int], *, returns_cookie: bool = False
+) -> trio.socket.SocketType:
     """A stranger's ClientHello (a DTLS client with a certificate of its own) to
-    ``gateway_port``, from PHONE_PORT + 4: its socket, still open."""
+    ``gateway_port``, from PHONE_PORT + 4: its socket, still open. With ``returns_cookie`` it
+    takes our HelloVerifyRequest (RFC 6347 §4.2.1: since session 41 a source other than the
+    SDP address is asked for a cookie) and sends its ClientHello again with our cookie: a
+    stranger that receives at its address."""
     forged = DtlsKeyExchange(identity=lambda: OTHER_ID).offer(suites=[], secure_signalling=False)
     client = DtlsKeyExchange(identity=lambda: OTHER_ID).answer(
         forged.local_sdp_attributes(), suites=[], secure_signalling=False
@@ -682,6 +691,13 @@ async def strangers_client_hello(gateway_port: tuple[str, int]) -> trio.socket.S
     stranger = await bind(PHONE_PORT + 4)
     for datagram in client.packets_to_send(now=trio.current_time()):
         await stranger.sendto(datagram, gateway_port)
+    if returns_cookie:
+        with trio.fail_after(5):
+            request, _ = await stranger.recvfrom(2048)
+        assert request[0] == 22 and request[13] == 3  # our HelloVerifyRequest
+        client.receive_packet(request, now=trio.current_time())
+        for datagram in client.packets_to_send(now=trio.current_time()):
+            await stranger.sendto(datagram, gateway_port)
     return stranger
 
 
@@ -711,7 +727,7 @@ async def test_our_server_flight_to_a_strangers_client_hello_never_reaches_the_c
     with (
         closed_on_failure(caller.phone),
         caplog.at_level(logging.INFO, logger="gateway.core.media.handshakes"),
-        await strangers_client_hello(gateway_port) as stranger,
+        await strangers_client_hello(gateway_port, returns_cookie=True) as stranger,
     ):
         with trio.fail_after(5):
             flight, _ = await stranger.recvfrom(2048)
@@ -1007,7 +1023,7 @@ async def test_a_caller_behind_a_nat_is_keyed_when_a_strangers_client_hello_came
     with await strangers_client_hello(gateway_port) as stranger:
         try:
             with trio.fail_after(5):
-                await stranger.recvfrom(2048)  # our ServerHello, to the stranger
+                await stranger.recvfrom(2048)  # our HelloVerifyRequest, to the stranger
             assert stream.a.rtp_source == ("127.0.0.1", PHONE_PORT + 4)
             nursery.start_soon(phone.run)
         except BaseException:
@@ -1067,5 +1083,60 @@ async def test_a_strangers_whole_handshake_with_its_own_certificate_ends_nothing
     await eventually(lambda: a_leg_keys(env) is not None)
     assert a_leg_keys(env) == mirrored(phone.keys)
     assert stream.a.rtp_source == ("127.0.0.1", PHONE_PORT + 6)
+    await trio.sleep(30)
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+
+
+async def test_a_caller_behind_a_nat_is_keyed_through_a_flood_of_spoofed_client_hellos(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """docs/media_security.md, "Cookies for other sources" (session 41): the caller offers
+    a=setup:active (we are the DTLS server) and is behind a NAT. ClientHellos from ever new
+    sources that never return our cookie (as from spoofed addresses: here sockets closed at
+    once) reach its port 50 times a second, before and while it handshakes. Each gets a
+    60-octet HelloVerifyRequest and nothing else; the caller returns its cookie and is keyed.
+    Before, each new source took a handshake (a signature) from the port's bucket (8, then
+    one a second), and the caller's ClientHellos found it empty: the call ended at the
+    handshake timeout."""
+    env = await with_dtls(nursery, tmp_path, voipgw_seed)
+    caller = await dtls_caller(nursery, env, run_phone=False, setup="active")
+    caller.phone.sock.close()
+    gateway_port = ("127.0.0.1", caller.answer.port)
+    forged = DtlsKeyExchange(identity=lambda: OTHER_ID).offer(suites=[], secure_signalling=False)
+    client = DtlsKeyExchange(identity=lambda: OTHER_ID).answer(
+        forged.local_sdp_attributes(), suites=[], secure_signalling=False
+    )
+    assert client is not None
+    (hello,) = client.packets_to_send(now=trio.current_time())
+    flooding = trio.Event()
+    sent = 0
+
+    async def flood() -> None:
+        nonlocal sent
+        while not flooding.is_set():
+            with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as spoofed:
+                await spoofed.bind(("127.0.0.1", 0))
+                await spoofed.sendto(hello, gateway_port)
+            sent += 1
+            await trio.sleep(0.02)
+
+    nursery.start_soon(flood)
+    await trio.sleep(2)  # the bucket is long empty
+    natted = await bind(PHONE_PORT + 6)
+    phone = Phone(caller.phone.negotiation, natted, gateway_port)
+    nursery.start_soon(phone.run)
+    try:
+        with trio.fail_after(10):
+            await phone.keyed.wait()
+    finally:
+        flooding.set()
+    assert phone.failure is None and phone.keys is not None
+    await eventually(lambda: a_leg_keys(env) is not None)
+    assert a_leg_keys(env) == mirrored(phone.keys)
+    assert sent >= 100
+    (dtls,) = [e for n, e in env.gateway.plugins.key_exchanges.items() if n == "dtls"]
+    counted = dict(dtls.counters())
+    assert counted["hello_verify_requests"] >= sent  # the flood's, and the caller's first
+    assert counted["rate_limited"] == 0
     await trio.sleep(30)
     assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []

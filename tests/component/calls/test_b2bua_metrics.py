@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import trio
 
+import gateway.plugins.keyexchange.dtls_srtp as dtls_plugin
 import gateway.plugins.keyexchange.sdes as sdes_plugin
 import gateway.plugins.keyexchange.zrtp as zrtp_plugin
 import gateway.plugins.metrics as metrics_plugin
@@ -31,6 +32,7 @@ from gateway.core.ids import SeededIds
 from gateway.core.media.relay import DROP_REASONS
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.store.errors import StoreBusy, StoreError, StoreIndexing
+from gateway.plugins.keyexchange.dtls_srtp import DtlsKeyExchange
 from gateway.plugins.metrics.server import (
     CONNECTION_TIMEOUT,
     HEAD_TIMEOUT,
@@ -45,7 +47,7 @@ from tests.component.calls.b2bua_env import (
     eventually,
     start_b2bua,
 )
-from tests.component.calls.dtls_phone import PHONE_PORT, bind
+from tests.component.calls.dtls_phone import OTHER_ID, PHONE_ID, PHONE_PORT, bind, dtls_sdp
 from tests.component.calls.metrics_scrape import aged_records, http, metrics_env, scrape
 from tests.component.calls.recorder_calls import rtp
 from tests.component.calls.scanner_requests import SCANNER
@@ -300,6 +302,51 @@ async def test_zrtp_hellos_that_match_no_zrtp_hash_are_counted(
     samples = await scrape(address)
     assert samples["voipgw_zrtp_hello_mismatches_total"] == 3
     assert samples["voipgw_zrtp_discarded_total"] == 3
+
+
+async def test_dtls_cookies_asked_of_other_sources_are_counted(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """Session 41: a ClientHello to a DTLS call's port from another source than the caller's
+    SDP address gets a HelloVerifyRequest (RFC 6347 §4.2.1), counted; one whose cookie is not
+    ours for its address is counted as a bad cookie too (docs/metrics.md)."""
+    env, address = await metrics_env(
+        nursery, tmp_path, voipgw_seed, plugins=[("dtls", dtls_plugin)]
+    )
+    samples = await scrape(address)
+    assert samples["voipgw_dtls_hello_verify_requests_total"] == 0
+    assert samples["voipgw_dtls_bad_cookies_total"] == 0
+    assert samples["voipgw_dtls_rate_limited_total"] == 0
+    phone = DtlsKeyExchange(identity=lambda: PHONE_ID).offer(suites=[], secure_signalling=False)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=dtls_sdp(phone, setup="active"))
+    leg_b = await env.alice.next_call()
+    await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))
+    final = await call.final()
+    assert final.status == 200
+    port = parse_sdp_untrusted(final.body).media[0].port
+    offer = DtlsKeyExchange(identity=lambda: OTHER_ID).offer(suites=[], secure_signalling=False)
+    client = DtlsKeyExchange(identity=lambda: OTHER_ID).answer(
+        offer.local_sdp_attributes(), suites=[], secure_signalling=False
+    )
+    assert client is not None
+    (hello,) = client.packets_to_send(now=trio.current_time())
+    with await bind(PHONE_PORT + 4) as stranger:
+        await stranger.sendto(hello, ("127.0.0.1", port))
+        with trio.fail_after(5):
+            request, _ = await stranger.recvfrom(2048)
+        assert len(request) == 60 and request[13] == 3  # our HelloVerifyRequest
+        # Its cookie sent back from another port: not ours for that address.
+        client.receive_packet(request, now=trio.current_time())
+        (returned,) = client.packets_to_send(now=trio.current_time())
+        with await bind(PHONE_PORT + 5) as other:
+            await other.sendto(returned, ("127.0.0.1", port))
+            with trio.fail_after(5):
+                again, _ = await other.recvfrom(2048)
+            assert len(again) == 60 and again[13] == 3
+    samples = await scrape(address)
+    assert samples["voipgw_dtls_hello_verify_requests_total"] == 2
+    assert samples["voipgw_dtls_bad_cookies_total"] == 1
+    assert samples["voipgw_dtls_rate_limited_total"] == 0
 
 
 async def test_bad_requests_get_their_status_and_the_exporter_goes_on(
@@ -661,3 +708,67 @@ async def test_without_retention_only_the_oldest_record_is_shown(
     samples = await scrape(address)
     assert samples["voipgw_call_records_oldest_time_seconds"] == now - 2 * 86400 - 2  # kept
     assert not any("retention" in name or "expired" in name for name in samples)
+
+
+async def test_a_plugin_whose_figures_raise_costs_only_its_own_rows(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Session 41: a key exchange's optional counters() that raises, and a transport's scrape
+    figures that raise (a third-party plugin's bug), leave that plugin's rows out: the scrape
+    still answers 200 with every other row, counts the failures in
+    voipgw_plugin_figures_failures_total, and says each once at WARNING, not at every scrape.
+    Before, the exporter answered 500 and nothing (an ERROR at every scrape)."""
+    env, address = await metrics_env(
+        nursery, tmp_path, voipgw_seed, plugins=[("zrtp", zrtp_plugin)]
+    )
+    healthy = await scrape(address)
+    assert "voipgw_zrtp_discarded_total" in healthy
+
+    def broken() -> object:
+        raise RuntimeError("a plugin's bug")
+
+    zrtp = env.gateway.plugins.key_exchanges.get("zrtp")
+    zrtp.counters = broken  # type: ignore[union-attr]
+    transport_name, transport = env.gateway.plugins.transports.items()[0]
+    transport.loaded_crls = broken  # type: ignore[attr-defined]
+    caplog.set_level(logging.WARNING, logger="gateway.core.status")
+    first = await scrape(address)  # asserts 200
+    second = await scrape(address)
+    for samples in (first, second):
+        assert not any(name.startswith("voipgw_zrtp_") for name in samples)
+        assert not any(name.startswith("voipgw_tls_crl_") for name in samples)
+        others = {
+            name
+            for name in healthy
+            if not name.startswith(("voipgw_zrtp_", "voipgw_plugin_figures_failures_total"))
+        }
+        assert others <= set(samples), others - set(samples)
+    failures = (
+        'voipgw_plugin_figures_failures_total{kind="key_exchange",plugin="zrtp",figures="counters"}'
+    )
+    crls = (
+        'voipgw_plugin_figures_failures_total{kind="transport",'
+        f'plugin="{transport_name}",figures="loaded_crls"}}'
+    )
+    assert first[failures] == 1 and second[failures] == 2
+    assert first[crls] == 1 and second[crls] == 2
+    said = [r for r in caplog.records if r.name == "gateway.core.status"]
+    assert [(r.levelno, r.getMessage()) for r in said] == [
+        (
+            logging.WARNING,
+            "status: the key exchange plugin zrtp raised reading its counters: left out of"
+            " monitoring until it answers (said once; counted in"
+            " voipgw_plugin_figures_failures_total)",
+        ),
+        (
+            logging.WARNING,
+            f"status: the transport plugin {transport_name} raised reading its loaded_crls: left"
+            " out of monitoring until it answers (said once; counted in"
+            " voipgw_plugin_figures_failures_total)",
+        ),
+    ]
+    assert "a plugin's bug" not in caplog.text  # its text withheld, as any plugin code's

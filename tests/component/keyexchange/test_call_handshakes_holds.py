@@ -25,6 +25,7 @@ from gateway.core.media import handshakes
 from gateway.core.media.handshakes import (
     FORK_SOURCES,
     HELD_DATAGRAMS,
+    HELD_PER_SOURCE,
     QUEUE,
     QUEUE_KEPT_FOR_PEERS,
     QUEUE_PER_SOURCE,
@@ -1336,3 +1337,80 @@ async def test_on_an_ice_leg_a_handshake_per_source_engine_gets_no_source(
     await settle()
     assert engine.sources == [(hello(1), None), (hello(2), None)]
     assert engine.noted == []
+
+
+def zrtp_hello(n: int) -> bytes:
+    """A ZRTP Hello (RFC 6189 §5.2), told apart by its sequence number ``n``."""
+    return b"\x10\x00\x00" + bytes([n]) + zrtp_packet(b"Hello   ")[4:]
+
+
+@attrs.define(eq=False)
+class SourcedZrtpEngine(SourcedEngine):
+    """The ``zrtp`` engine as far as a held port sees it: claims ZRTP, takes sources."""
+
+    def claims_packet(self, first_byte: int, packet: bytes) -> bool:
+        return is_zrtp_packet(packet)
+
+
+async def held_caller(nursery: trio.Nursery, engine: Engine, sdp_address: Any) -> Task:
+    """The task over a caller whose SDP gave ``sdp_address``, our answer to it held."""
+    task = await start(nursery)
+    task.session.addresses[(0, "a", False)] = sdp_address
+    task.legs["a"].streams[0] = dtls_stream(engine)
+    task.handshakes.hold("a")
+    task.handshakes.poke()
+    await settle()
+    return task
+
+
+async def test_a_strangers_datagrams_do_not_push_a_natd_peers_hello_out_of_a_held_port(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """While our answer to the caller is held, a stranger's burst of HELD_DATAGRAMS forged
+    Hellos keeps at most HELD_PER_SOURCE of them: the caller behind a NAT (a source other than
+    its SDP address) still has its Hello kept, and fed at the release. Before, the stranger's
+    filled the port's HELD_DATAGRAMS and the phone's Hello was dropped until its resend."""
+    engine = SourcedZrtpEngine(timer=None, outgoing=[])
+    sdp_address = ("127.0.0.1", 40000)  # the caller's private address (fakes: never bound)
+    nat, stranger = ("127.0.0.1", 40100), ("127.0.0.1", 40200)
+    task = await held_caller(nursery, engine, sdp_address)
+    for n in range(HELD_DATAGRAMS):
+        task.handshakes.deliver("a", 0, zrtp_hello(n), source=stranger)
+        await settle()
+    task.handshakes.deliver("a", 0, zrtp_hello(99), source=nat)
+    await settle()
+    assert task.session.dropped("blocked") == HELD_DATAGRAMS - HELD_PER_SOURCE
+    task.handshakes.release("a")
+    await settle()
+    assert engine.sources == [
+        *((zrtp_hello(n), stranger) for n in range(HELD_PER_SOURCE)),
+        (zrtp_hello(99), nat),
+    ]
+
+
+async def test_a_held_port_keeps_held_datagrams_from_several_sources_and_the_sdp_address_uncounted(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """The per-source bound is per source: two others fill the port's HELD_DATAGRAMS between
+    them; the SDP address's datagrams are never counted against it (they drop the others'
+    when it speaks, as before)."""
+    engine = SourcedZrtpEngine(timer=None, outgoing=[])
+    sdp_address = ("127.0.0.1", 40000)
+    task = await held_caller(nursery, engine, sdp_address)
+    for n in range(HELD_DATAGRAMS):
+        task.handshakes.deliver("a", 0, zrtp_hello(n), source=sdp_address)
+        await settle()
+    assert task.handshakes.held_datagrams == HELD_DATAGRAMS
+    assert task.session.drops == []
+    task.handshakes.release("a")
+    await settle()
+    assert len(engine.sources) == HELD_DATAGRAMS
+
+    engine = SourcedZrtpEngine(timer=None, outgoing=[])
+    task = await held_caller(nursery, engine, sdp_address)
+    for port in (40100, 40200, 40300):
+        for n in range(HELD_PER_SOURCE):
+            task.handshakes.deliver("a", 0, zrtp_hello(n), source=("127.0.0.1", port))
+            await settle()
+    assert task.handshakes.held_datagrams == HELD_DATAGRAMS
+    assert task.session.dropped("blocked") == HELD_PER_SOURCE

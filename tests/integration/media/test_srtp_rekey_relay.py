@@ -134,3 +134,63 @@ async def test_a_rekey_keeps_the_roll_over_counter_of_each_key_kept(relay: Relay
         srtp.close()
         for pair in pairs:
             pair.close()
+
+
+async def test_keys_back_after_a_plain_stretch_go_on_at_their_roll_over_counter(
+    relay: Relay,
+) -> None:
+    """A re-INVITE takes the callee's leg to plain RTP/AVP, a later one back to RTP/SAVP with
+    the same keys (docs/media_security.md, "A stream that goes plain and back"): the phone's
+    contexts went on (ROC 1), so must the gateway's, in process and in a media worker. Before
+    session 41 the gateway started them again at ROC 0 (the phone authenticated nothing of
+    ours, nor we its packets, and our key protected indices already used)."""
+    allocator = PortAllocator(ADDRESS, PHONE_PORTS.get())
+    pairs = [allocator.allocate(), allocator.allocate()]
+    caller, callee = Phone(pairs[0]), Phone(pairs[1])
+    session = MediaSession(relay, media_address=ADDRESS)
+    srtp = StreamSrtp()
+    ours, theirs = master_key(SUITE, 6), master_key(SUITE, 7)
+    callee_sends = session_of(theirs, pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+    callee_reads = session_of(ours, pylibsrtp.Policy.SSRC_ANY_INBOUND)
+    try:
+        to_callee = session.offer_from("a", sdp(caller.pair.rtp_port))
+        (stream,) = session.streams
+        assert isinstance(stream, MediaStream | RemoteStream)
+        to_caller = session.answer_from("b", sdp(callee.pair.rtp_port))
+        caller_to = (ADDRESS, parse_sdp_untrusted(serialize_sdp(to_caller)).media[0].port)
+        callee_to = (ADDRESS, parse_sdp_untrusted(serialize_sdp(to_callee)).media[0].port)
+
+        async def rekey(keys: SrtpKeys | None) -> None:
+            if isinstance(stream, MediaStream):
+                srtp.apply(stream, StreamKeys(None, keys, blocked=False))
+            else:
+                stream.apply_keys(StreamKeys(None, keys, blocked=False))
+            session.settle()
+            await session.applied()
+
+        async def both_ways(sequences: list[int], *, plain: bool = False) -> None:
+            for sequence in sequences:
+                packet = rtp(sequence, CALLEE_SSRC)
+                callee.pair.rtp_socket.sendto(
+                    packet if plain else callee_sends.protect(packet), callee_to
+                )
+                caller.pair.rtp_socket.sendto(rtp(sequence, CALLER_SSRC), caller_to)
+                with trio.fail_after(WORKER_TIMEOUT):
+                    assert await caller.receive_wire() == rtp(sequence, CALLEE_SSRC)
+                    heard = await callee.receive_wire()
+                if not plain:
+                    heard = callee_reads.unprotect(heard)
+                assert heard == rtp(sequence, CALLER_SSRC)
+
+        keys = SrtpKeys(SUITE, local_key=ours, remote_key=theirs)
+        await rekey(keys)
+        await both_ways([65534, 65535, 0, 1])
+        await rekey(None)  # RTP/AVP: the phone sends and reads plain RTP meanwhile
+        await both_ways([2], plain=True)
+        await rekey(keys)  # back to RTP/SAVP, the same a=crypto keys both ways
+        await both_ways([3, 4])
+    finally:
+        session.close()
+        srtp.close()
+        for pair in pairs:
+            pair.close()

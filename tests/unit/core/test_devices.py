@@ -155,6 +155,58 @@ def test_one_failing_identify_plugin_does_not_silence_another(
     assert [m.partition(":")[0] for m in messages] == ["plugin 'newer'", "plugin 'older'"]
 
 
+def test_a_failing_or_wrong_identify_plugin_is_passed_over_for_the_next_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # One vendor's broken plugin (asked first: registered last) must not keep another
+    # plugin's phones unidentified: each failing or wrong answer is passed over as None.
+    import pluggy
+
+    from gateway.core.plugins import new_plugin_manager
+
+    hookimpl = pluggy.HookimplMarker("voipgw")
+    snom = DeviceProfile(name="snom", codecs=("PCMU",))
+
+    class Knows:
+        @hookimpl
+        def gateway_identify_device(self, request: Request) -> DeviceProfile | None:
+            return snom
+
+    class Wrong:
+        @hookimpl
+        def gateway_identify_device(self, request: Request) -> Any:
+            return "snom"
+
+    class BadProfile:
+        @hookimpl
+        def gateway_identify_device(self, request: Request) -> DeviceProfile:
+            return DeviceProfile(name="spot", codecs=())
+
+    class Broken:
+        @hookimpl
+        def gateway_identify_device(self, request: Request) -> DeviceProfile | None:
+            raise KeyError("broken")
+
+    pm = new_plugin_manager()
+    pm.register(Knows(), name="knows")
+    pm.register(Wrong(), name="wrong")
+    pm.register(BadProfile(), name="bad-profile")
+    pm.register(Broken(), name="broken")
+    devices = DeviceIdentifier(
+        [(YEALINK.name, YEALINK)],
+        pm.hook.gateway_identify_device,
+        clock=Clock(),
+        policies=BUILTIN_POLICIES,
+    )
+    with caplog.at_level(logging.ERROR, logger="gateway.core.devices"):
+        assert devices.of_request(invite("Yealink"), FLOW) is snom
+    assert [r.getMessage().partition(":")[0] for r in caplog.records] == [
+        "plugin 'broken'",
+        "plugin 'bad-profile'",
+        "plugin 'wrong'",
+    ]
+
+
 def test_a_profile_narrows_key_exchanges_and_suites_but_never_adds_cleartext() -> None:
     sdes_only = DeviceProfile(name="d", key_exchanges=("sdes", "mikey"))
     narrowed = narrowed_for_device(BEST_EFFORT, sdes_only)

@@ -5,111 +5,26 @@ peer, wherever it is (the SDP address, or a phone behind a NAT)."""
 
 from __future__ import annotations
 
-import datetime
-import itertools
-from collections.abc import Mapping, Sequence
-
 from gateway.core.interfaces import KeysReady, NegotiationFailed
-from gateway.plugins.keyexchange.dtls_certificates import DtlsIdentity, generate_identity
 from gateway.plugins.keyexchange.dtls_srtp import (
     FINGERPRINT_MISMATCH_REASON,
     HANDSHAKE_TIMEOUT_REASON,
     MAX_HANDSHAKES_PER_PORT,
     MAX_NEW_HANDSHAKES_BURST,
-    DtlsKeyExchange,
-    DtlsNegotiation,
 )
-
-NOW = datetime.datetime(2026, 12, 2, tzinfo=datetime.UTC)
-MONTH = datetime.timedelta(days=30)
-US = generate_identity(now=NOW, max_age=MONTH)
-PEER = generate_identity(now=NOW, max_age=MONTH)
-STRANGER = generate_identity(now=NOW, max_age=MONTH)
-
-SDP_ADDRESS = ("127.0.0.1", 40000)
-"""Where the peer's SDP says it is."""
-NATTED = ("127.0.0.1", 51000)
-"""Where the peer's datagrams come from: its NAT's address, which its SDP does not give."""
-FIRST_STRANGER = ("127.0.0.1", 52000)
-
-Address = tuple[str, int]
-
-
-def exchange(identity: DtlsIdentity) -> DtlsKeyExchange:
-    counter = itertools.count(1)
-    return DtlsKeyExchange(
-        identity=lambda: identity, random_bytes=lambda n: bytes([next(counter)]) * n
-    )
-
-
-def ours_and_peer(*, we_serve: bool) -> tuple[DtlsNegotiation, DtlsNegotiation]:
-    """Our end and the peer's; ``we_serve``: we offered and the peer answered active (we are
-    the DTLS server), else the peer offered actpass and we answered active (the client)."""
-    offerer = exchange(US if we_serve else PEER).offer(suites=[], secure_signalling=True)
-    answerer = exchange(PEER if we_serve else US).answer(
-        offerer.local_sdp_attributes(), suites=[], secure_signalling=True
-    )
-    assert answerer is not None
-    offerer.remote_sdp_attributes(answerer.local_sdp_attributes())
-    return (offerer, answerer) if we_serve else (answerer, offerer)
-
-
-def stranger_for(ours: DtlsNegotiation) -> DtlsNegotiation:
-    """Someone who read our SDP and plays the peer's part with a certificate of its own."""
-    if ours.dtls_role == "server":
-        stranger = exchange(STRANGER).answer(
-            ours.local_sdp_attributes(), suites=[], secure_signalling=True
-        )
-        assert stranger is not None
-        return stranger
-    stranger = exchange(STRANGER).offer(suites=[], secure_signalling=True)
-    stranger.remote_sdp_attributes(
-        [("setup", "active") if n == "setup" else (n, v) for n, v in ours.local_sdp_attributes()]
-    )
-    return stranger
-
-
-def run(
-    ours: DtlsNegotiation,
-    others: Mapping[Address, DtlsNegotiation],
-    *,
-    usual: Sequence[Address] = (SDP_ADDRESS,),
-    now: float = 0.0,
-    order: Sequence[Address] | None = None,
-) -> None:
-    """Move datagrams until quiet: the others' to us with their source; ours addressed to that
-    source, or (not addressed) the core's usual way, to ``usual`` (the latched source and the
-    SDP address)."""
-    for _ in range(60):
-        moved = False
-        for address in order or list(others):
-            for datagram in others[address].packets_to_send(now=now):
-                moved = True
-                ours.receive_packet_from(datagram, source=address, now=now)
-        for datagram in ours.packets_to_send(now=now):
-            moved = True
-            for address in usual:
-                if address in others:
-                    others[address].receive_packet(datagram, now=now)
-        for datagram, address in ours.addressed_packets_to_send(now=now):
-            moved = True
-            if address in others:
-                others[address].receive_packet(datagram, now=now)
-        if not moved:
-            return
-    raise AssertionError("never quiet")
-
-
-def events(negotiation: DtlsNegotiation) -> list[object]:
-    out: list[object] = []
-    while (event := negotiation.next_event()) is not None:
-        out.append(event)
-    return out
-
-
-def send(sender: DtlsNegotiation, to: DtlsNegotiation, source: Address, now: float) -> None:
-    for datagram in sender.packets_to_send(now=now):
-        to.receive_packet_from(datagram, source=source, now=now)
+from tests.unit.keyexchange.dtls_source_pairs import (
+    FIRST_STRANGER,
+    NATTED,
+    PEER,
+    SDP_ADDRESS,
+    Address,
+    events,
+    ours_and_peer,
+    run,
+    send,
+    send_verified,
+    stranger_for,
+)
 
 
 def test_a_stranger_first_at_the_port_does_not_keep_a_natted_peer_from_its_keys() -> None:
@@ -118,7 +33,7 @@ def test_a_stranger_first_at_the_port_does_not_keep_a_natted_peer_from_its_keys(
     # its own; the peer's completes with the certificate a=fingerprint names.
     ours, peer = ours_and_peer(we_serve=True)
     stranger = stranger_for(ours)
-    send(stranger, ours, FIRST_STRANGER, 0.0)
+    send_verified(stranger, ours, FIRST_STRANGER, 0.0)
     run(ours, {FIRST_STRANGER: stranger, NATTED: peer}, order=[NATTED], now=0.1)
     (ready,) = events(ours)
     assert isinstance(ready, KeysReady)
@@ -168,7 +83,7 @@ def test_at_most_a_few_handshakes_per_port_and_never_the_sdp_addresss_dropped() 
     strangers = [("127.0.0.1", 52000 + n) for n in range(2 * MAX_HANDSHAKES_PER_PORT)]
     answered: set[Address] = set()
     for address in strangers:
-        send(stranger_for(ours), ours, address, 0.1)
+        send_verified(stranger_for(ours), ours, address, 0.1)
         answered |= {address for _, address in ours.addressed_packets_to_send(now=0.1)}
     assert answered == set(strangers)  # each was answered while it had a handshake
     stats = ours.statistics()
@@ -250,9 +165,9 @@ def test_each_sources_handshake_retransmits_on_the_engines_timer() -> None:
     # to the peer alone (RFC 6347 §4.2.4.1), beside the stranger's.
     ours, peer = ours_and_peer(we_serve=True)
     stranger = stranger_for(ours)
-    send(stranger, ours, FIRST_STRANGER, 0.0)
-    send(peer, ours, NATTED, 0.0)
-    first = ours.addressed_packets_to_send(now=0.0)
+    first = send_verified(stranger, ours, FIRST_STRANGER, 0.0)
+    first += send_verified(peer, ours, NATTED, 0.0)
+    first += ours.addressed_packets_to_send(now=0.0)
     assert {address for _, address in first} == {FIRST_STRANGER, NATTED}
     timer = ours.get_timer()
     assert timer == 1.0
@@ -317,14 +232,14 @@ def test_the_sdp_addresss_handshake_beside_a_stranger_first_survives_a_flood() -
     # peer's from its SDP address (a handshake of its own), then a flood from many sources:
     # the oldest other sources' are dropped for the cap, never the SDP address's.
     ours, peer = ours_and_peer(we_serve=True)
-    send(stranger_for(ours), ours, FIRST_STRANGER, 0.0)
+    send_verified(stranger_for(ours), ours, FIRST_STRANGER, 0.0)
     ours.note_sdp_address(SDP_ADDRESS)
     send(peer, ours, SDP_ADDRESS, 0.0)
     answer = [d for d, address in ours.addressed_packets_to_send(now=0.0) if address == SDP_ADDRESS]
     assert answer
     flood = MAX_NEW_HANDSHAKES_BURST - 1  # the first stranger's took one
     for n in range(flood):
-        send(stranger_for(ours), ours, ("127.0.0.1", 53000 + n), 0.1)
+        send_verified(stranger_for(ours), ours, ("127.0.0.1", 53000 + n), 0.1)
         ours.addressed_packets_to_send(now=0.1)
     assert ours.statistics().handshakes_dropped == flood - 2
     for datagram in answer:
@@ -335,21 +250,20 @@ def test_the_sdp_addresss_handshake_beside_a_stranger_first_survives_a_flood() -
 
 def test_a_flood_of_client_hellos_from_new_sources_costs_a_few_signatures_a_second() -> None:
     # Each new source's handshake costs a certificate signature: a flood of ClientHellos from
-    # spoofed sources gets MAX_NEW_HANDSHAKES_BURST of them, then one a second, however fast
-    # it comes; the SDP address's ClientHello is answered through it and keys the leg.
+    # sources that return our cookie (they receive at their addresses: since session 41 a
+    # spoofed one starts nothing, test_dtls_cookies.py) gets MAX_NEW_HANDSHAKES_BURST of them,
+    # then one a second, however fast it comes; the SDP address's ClientHello is answered
+    # through it and keys the leg.
     ours, peer = ours_and_peer(we_serve=True)
-    hello = stranger_for(ours).packets_to_send(now=0.0)
-    flood = [("127.0.0.1", 53000 + n) for n in range(100)]
+    flood = [("127.0.0.1", 53000 + n) for n in range(MAX_NEW_HANDSHAKES_BURST + 12)]
     answered: set[Address] = set()
     for address in flood:
-        for datagram in hello:
-            ours.receive_packet_from(datagram, source=address, now=0.0)
+        send_verified(stranger_for(ours), ours, address, 0.0)
         answered |= {address for _, address in ours.addressed_packets_to_send(now=0.0)}
     assert answered == set(flood[:MAX_NEW_HANDSHAKES_BURST])
     assert ours.statistics().dropped_rate == len(flood) - MAX_NEW_HANDSHAKES_BURST
-    for datagram in hello:
-        ours.receive_packet_from(datagram, source=("127.0.0.1", 54000), now=0.5)
-        ours.receive_packet_from(datagram, source=("127.0.0.1", 54001), now=1.0)
+    send_verified(stranger_for(ours), ours, ("127.0.0.1", 54000), 0.5)
+    send_verified(stranger_for(ours), ours, ("127.0.0.1", 54001), 1.0)
     answered = {address for _, address in ours.addressed_packets_to_send(now=1.0)}
     assert ("127.0.0.1", 54000) not in answered and ("127.0.0.1", 54001) in answered
     ours.note_sdp_address(SDP_ADDRESS)

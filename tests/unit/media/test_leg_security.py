@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import collections
 import os
 
@@ -341,3 +342,30 @@ def test_our_answer_keeps_the_feedback_profile_the_peer_offered() -> None:
     answer = caller.make_answer(sdp(PLAIN)).media[0]
     assert answer.proto == "RTP/SAVPF"
     assert answer.crypto
+
+
+def inline_keys(offer: SessionDescription) -> list[bytes]:
+    """The key and salt of each a=crypto line of the offer's first m= line."""
+    return [
+        base64.b64decode(line.split()[2].removeprefix("inline:").split("|")[0])
+        for line in offer.media[0].crypto
+    ]
+
+
+def test_a_rekey_offer_hands_out_a_new_sdes_key_of_ours() -> None:
+    """``make_offer(rekey=True)`` (a forked callee's answer re-keyed, fork_rekey.py): new keys
+    of ours on every line, where an ordinary re-offer repeats the key in force (RFC 4568
+    §7.1.4); the peer's answer to it puts our new key in force."""
+    ours, peer = leg("sdes", tls=True), leg("sdes", tls=True, side="a")
+    offer_between(ours, peer)
+    first = ours.keys(0)
+    assert first is not None and ours.keys_handed_out_in_sdp() == [0]
+    repeated = ours.make_offer(sdp(PLAIN))
+    assert inline_keys(repeated) == [first.local_key]
+    rekeyed = ours.make_offer(sdp(PLAIN), rekey=True)
+    offered_keys = inline_keys(rekeyed)
+    assert len(offered_keys) > 1 and first.local_key not in offered_keys
+    peer.take_offer(rekeyed)
+    ours.take_answer(peer.make_answer(sdp(PLAIN)))
+    now = ours.keys(0)
+    assert now is not None and now.local_key in offered_keys

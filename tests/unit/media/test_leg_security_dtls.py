@@ -128,3 +128,31 @@ def test_a_best_effort_leg_keyed_by_dtls_is_re_offered_dtls() -> None:
         assert reoffered.proto == "UDP/TLS/RTP/SAVP", signalling
         for name in ("fingerprint", "tls-id", "setup"):
             assert reoffered.attributes.get(name) == answered.attributes.get(name), name
+
+
+def test_a_rekey_re_offer_keeps_a_dtls_association_and_hands_out_no_keys() -> None:
+    """Keys agreed on the media path are the association's, with one phone alone: a forked
+    callee's answer is never re-keyed for them (fork_rekey.py), and a re-offer asked to re-key
+    (``rekey=True``, for the keys a leg hands out in SDP) keeps the association (same tls-id
+    and fingerprint, RFC 8842 §5) instead of restarting the handshake."""
+    gateway = LegSecurity(
+        side="a",
+        policy=BUILTIN_POLICIES["dtls"],
+        secure_signalling=False,
+        key_exchanges={"dtls": DtlsKeyExchange(identity=lambda: GATEWAY_ID)},
+        signalling="udp",
+    )
+    phone = DtlsKeyExchange(identity=lambda: PHONE_ID).offer(suites=[], secure_signalling=False)
+    gateway.take_offer(phone_offer(phone, 1))
+    answer = gateway.make_answer(sdp(PLAIN_ANSWER))
+    media = answer.media[0]
+    phone.remote_sdp_attributes(
+        [(a.name, a.value) for a in media.attributes]
+        + [(a.name, a.value) for a in answer.attributes]
+    )
+    drive(gateway, phone)
+    assert gateway.keys(0) is not None
+    assert gateway.keys_handed_out_in_sdp() == []
+    reoffer = gateway.make_offer(sdp(PLAIN_ANSWER), rekey=True).media[0]
+    assert reoffer.attributes.get("tls-id") == media.attributes.get("tls-id")
+    assert reoffer.attributes.get("fingerprint") == media.attributes.get("fingerprint")

@@ -236,3 +236,82 @@ def test_a_phone_restarting_its_stream_under_its_kept_key_needs_a_new_ssrc(name:
     srtp.close()
     phone.close()
     restarted.close()
+
+
+def go_plain(srtp: StreamSrtp, stream: Any) -> None:
+    """A re-INVITE takes leg A to plain RTP/AVP (both legs plain)."""
+    srtp.apply(stream, StreamKeys(a=None, b=None, blocked=False))
+    assert stream.a_to_b.transforms.rtp_in is None and stream.b_to_a.transforms.rtp_out is None
+
+
+@pytest.mark.parametrize("name", SUITES_TESTED)
+def test_keys_that_come_back_after_a_plain_stretch_take_their_contexts_back(name: str) -> None:
+    """A re-INVITE to RTP/AVP, then another back to RTP/SAVP with the same a=crypto keys: the
+    contexts go on where they were (ROC 1 here). New ones, as before session 41, restarted
+    our index at ROC 0 under a key already used (the same keystream twice, RFC 3711 §9.1),
+    and the phone, whose contexts went on, authenticated nothing of ours past the wrap, nor
+    we its packets."""
+    ours, theirs = key(name, 1), key(name, 2)
+    srtp, stream = keyed_stream(SrtpKeys(name, ours, theirs))
+    phone = SrtpSession(SrtpKeys(name, local_key=theirs, remote_key=ours))
+    for sequence in ACROSS_THE_WRAP:
+        sent = stream.b_to_a.transforms.rtp_out(rtp(sequence))
+        assert phone.unprotect_rtp(sent or b"") == rtp(sequence)
+        received = stream.a_to_b.transforms.rtp_in(phone.protect_rtp(rtp(sequence)) or b"")
+        assert received == rtp(sequence)
+    go_plain(srtp, stream)
+    apply(srtp, stream, SrtpKeys(name, ours, theirs))  # back, the same keys both ways
+    for sequence in (2, 3):
+        sent = stream.b_to_a.transforms.rtp_out(rtp(sequence))
+        assert phone.unprotect_rtp(sent or b"") == rtp(sequence)
+        received = stream.a_to_b.transforms.rtp_in(phone.protect_rtp(rtp(sequence)) or b"")
+        assert received == rtp(sequence)
+    assert stream.b_to_a.transforms.rtp_out(rtp(1)) is None  # (ROC 1, 1) went out already
+    totals = srtp.statistics()["a"]
+    assert (totals.protected, totals.unprotected) == (7, 7)  # counters never went back
+    srtp.close()
+    phone.close()
+
+
+@pytest.mark.parametrize("name", SUITES_TESTED)
+def test_the_peers_key_brought_back_beside_a_new_one_of_ours_keeps_the_peers_context(
+    name: str,
+) -> None:
+    """The SDES case: our re-offer back to RTP/SAVP carries a new key of ours (the stream's
+    negotiation ended with the plain stretch), the phone's answer its old key. The phone's
+    context goes on (its ROC 1 packets authenticate); ours is new, at ROC 0 for the phone's
+    new context of our new key."""
+    ours, theirs, new_ours = key(name, 1), key(name, 2), key(name, 3)
+    srtp, stream = keyed_stream(SrtpKeys(name, ours, theirs))
+    phone = SrtpSession(SrtpKeys(name, local_key=theirs, remote_key=ours))
+    for sequence in ACROSS_THE_WRAP:
+        assert stream.a_to_b.transforms.rtp_in(phone.protect_rtp(rtp(sequence)) or b"")
+        assert stream.b_to_a.transforms.rtp_out(rtp(sequence))
+    go_plain(srtp, stream)
+    apply(srtp, stream, SrtpKeys(name, new_ours, theirs))
+    phone.close()
+    phone = SrtpSession(SrtpKeys(name, local_key=theirs, remote_key=new_ours))
+    # The phone's sender goes on (ROC 1); our new key is new to both ends (ROC 0 from here).
+    sender = SrtpSession(SrtpKeys(name, local_key=theirs, remote_key=ours))
+    for sequence in ACROSS_THE_WRAP:
+        sender.protect_rtp(rtp(sequence))
+    for sequence in (2, 3):
+        received = stream.a_to_b.transforms.rtp_in(sender.protect_rtp(rtp(sequence)) or b"")
+        assert received == rtp(sequence)
+        sent = stream.b_to_a.transforms.rtp_out(rtp(sequence))
+        assert phone.unprotect_rtp(sent or b"") == rtp(sequence)
+    srtp.close()
+    phone.close()
+    sender.close()
+
+
+def test_a_plain_stretch_frees_nothing_before_the_stream_closes() -> None:
+    name = "AES_CM_128_HMAC_SHA1_80"
+    srtp, stream = keyed_stream(SrtpKeys(name, key(name, 1), key(name, 2)))
+    assert stream.b_to_a.transforms.rtp_out(rtp(1)) is not None
+    go_plain(srtp, stream)
+    assert srtp.statistics()["a"].protected == 1  # the set-aside session still counts
+    (session,) = [entry[1] for entry in srtp._plain.values()]
+    assert not session.closed
+    srtp.close()
+    assert session.closed and not srtp._plain

@@ -599,6 +599,50 @@ def test_recent_call_records(store: Store) -> None:
     assert [r.call_id for r in store.call_records_recent(3)] == ["c4", "c3", "c2"]
 
 
+def test_call_records_of_a_call_id_among_every_record(store: Store) -> None:
+    """``voipgw calls --call-id``: a SIP Call-ID's records (``Call-ID;tag``) and a record by its
+    id, newest first, however many newer records there are (session 41)."""
+    store.call_records_save(
+        [
+            CallRecord("x@h;t1", "a", "b", started_at=1.0),
+            CallRecord("x@h;t2", "a", "b", started_at=2.0),
+            CallRecord("x@h<;t3", "a", "b", started_at=3.0),
+            CallRecord("x@h0;t4", "a", "b", started_at=4.0),
+            CallRecord("x@h;t5;t6", "a", "b", started_at=5.0),
+            CallRecord("x;t7", "a", "b", started_at=6.0),
+            *(CallRecord(f"n{i}@h;t", "a", "b", started_at=10.0 + i) for i in range(1200)),
+        ]
+    )
+    found = store.call_records_of_call_id
+    assert [r.call_id for r in found("x@h")] == ["x@h;t2", "x@h;t1"]
+    assert [r.call_id for r in found("x@h", 1)] == ["x@h;t2"]
+    assert [r.call_id for r in found("x@h;t1")] == ["x@h;t1"]
+    assert [r.call_id for r in found("x@h;t5")] == ["x@h;t5;t6"]
+    assert [r.call_id for r in found("x")] == ["x;t7"]
+    for nobody in ("x@", "x@h;", "x@h;t", "t1", ""):
+        assert found(nobody) == (), nobody
+
+
+def test_call_records_of_a_call_id_are_read_through_the_id_index(tmp_path: Path) -> None:
+    """Both arms of the query search the UNIQUE index on call_id: no record read that is not
+    the Call-ID's, whatever the table's size."""
+    store = SqliteStore.open(tmp_path / "state")
+    statements: list[str] = []
+    try:
+        store._db.set_trace_callback(statements.append)
+        store.call_records_of_call_id("x@h")
+        store._db.set_trace_callback(None)
+        (query,) = [s for s in statements if s.lstrip().startswith("SELECT")]
+        plan = [row[3] for row in store._db.execute(f"EXPLAIN QUERY PLAN {query}")]
+    finally:
+        store.close()
+    searches = [step for step in plan if step.startswith(("SEARCH", "SCAN"))]
+    assert searches == [
+        "SEARCH call_records USING INDEX sqlite_autoindex_call_records_1 (call_id=?)",
+        "SEARCH call_records USING INDEX sqlite_autoindex_call_records_1 (call_id>? AND call_id<?)",
+    ], plan
+
+
 # -- the account cache ----------------------------------------------------------------------
 
 

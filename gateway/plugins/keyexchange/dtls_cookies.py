@@ -1,0 +1,192 @@
+"""The stateless DTLS cookie exchange (RFC 6347 §4.2.1) the ``dtls`` engine asks of sources
+other than the peer's SDP address before it starts a handshake for them.
+
+A DTLS server that answers every ClientHello with its certificate flight spends a signature on
+each and sends ~720 octets (resent) to an address nobody proved it can receive at: a forged
+ClientHello is a denial of service and a reflection. RFC 6347 §4.2.1's answer: reply to a
+ClientHello without a valid cookie with a HelloVerifyRequest carrying a cookie the server can
+check later without keeping state, ``HMAC(secret, client address)``, and start a handshake only
+for a ClientHello that returns it (its sender received our datagram at that address).
+
+Here: ``cookie = HMAC-SHA256(secret, host | port)`` (32 octets), the secret per process (one
+per :class:`CookieSecrets`), a new one for every :data:`COOKIE_SECRET_LIFETIME` seconds
+(drawn at first use); a cookie made with the previous secret is accepted too, so a cookie
+lives one to two lifetimes ("change the secret periodically ... accept
+cookies from the previous secret", RFC 6347 §4.2.1). The HelloVerifyRequest is written here,
+not by OpenSSL: a forged ClientHello costs a parse of its first 70-odd octets, an HMAC and a
+60-octet answer, no OpenSSL object (docs/media_security.md, "Cookies for other sources").
+
+Sans-IO: no clock, no randomness of its own (``now`` and ``random_bytes`` are passed in).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+__all__ = [
+    "COOKIE_LENGTH",
+    "COOKIE_SECRET_LIFETIME",
+    "HELLO_VERIFY_REQUEST_VERSION",
+    "ClientHelloCookie",
+    "CookieSecrets",
+    "hello_verify_request",
+    "is_client_hello_fragment_untrusted",
+    "parse_client_hello_cookie_untrusted",
+]
+
+COOKIE_LENGTH = 32
+"""Octets of our cookie: a whole HMAC-SHA256 (RFC 6347 §4.2.1 allows up to 255; DTLS 1.0
+clients take up to 32). Our HelloVerifyRequest is then 60 octets in all."""
+COOKIE_SECRET_LIFETIME = 60.0
+"""Seconds a secret makes cookies before the next replaces it; cookies of the previous one are
+still accepted, so a cookie is good for 60 to 120 s: far more than the round trip a client
+takes to send its ClientHello again (at once, RFC 6347 §4.2.1)."""
+HELLO_VERIFY_REQUEST_VERSION = 0xFEFF
+"""DTLS 1.0 in our HelloVerifyRequest's record and server_version: RFC 6347 §4.2.1 says a DTLS
+1.2 server SHOULD send 1.0 there whatever version it will negotiate (OpenSSL does too)."""
+
+_RECORD_HEADER = 13  # RFC 6347 §4.1: type, version, epoch, sequence_number (48 bits), length
+_HANDSHAKE_HEADER = 12  # RFC 6347 §4.2.2: msg_type, length, message_seq, fragment offset+length
+_HANDSHAKE = 22  # RFC 5246 §6.2.1 ContentType handshake
+_CLIENT_HELLO, _HELLO_VERIFY_REQUEST = 1, 3  # RFC 6347 §4.3.2 HandshakeType
+_RANDOM = 32  # RFC 5246 §7.4.1.2
+_MAX_SESSION_ID = 32
+
+
+@attrs.frozen
+class ClientHelloCookie:
+    """What a HelloVerifyRequest answering a ClientHello needs from it, and its cookie."""
+
+    record_sequence: bytes
+    """The ClientHello record's 48-bit sequence_number: our HelloVerifyRequest's (RFC 6347
+    §4.2.1, so that several HelloVerifyRequests never repeat a sequence number)."""
+    message_seq: int
+    """The ClientHello's handshake message_seq: 0 for a first one, 1 for one with a cookie."""
+    cookie: bytes
+    """Empty in a first ClientHello (RFC 6347 §4.2.1)."""
+
+
+def parse_client_hello_cookie_untrusted(datagram: bytes) -> ClientHelloCookie | None:
+    """The cookie of a datagram that is one whole ClientHello: one DTLS record of epoch 0
+    (RFC 6347 §4.1) holding one unfragmented ClientHello (§4.2.2, §4.2.1's layout:
+    client_version, random, session_id, cookie, ...). None for anything else, a fragmented
+    ClientHello included (OpenSSL's DTLSv1_listen, which takes a verified one, reads no
+    fragments). Reads only as far as the cookie; the rest is OpenSSL's to check."""
+    if len(datagram) < _RECORD_HEADER + _HANDSHAKE_HEADER:
+        return None
+    if datagram[0] != _HANDSHAKE or datagram[1] != 0xFE or datagram[3:5] != b"\0\0":
+        return None
+    if int.from_bytes(datagram[11:13], "big") != len(datagram) - _RECORD_HEADER:
+        return None  # one record, filling the datagram
+    message = datagram[_RECORD_HEADER:]
+    length = int.from_bytes(message[1:4], "big")
+    if (
+        message[0] != _CLIENT_HELLO
+        or message[6:9] != b"\0\0\0"  # fragment_offset
+        or int.from_bytes(message[9:12], "big") != length  # fragment_length: whole
+        or len(message) != _HANDSHAKE_HEADER + length
+    ):
+        return None
+    body = message[_HANDSHAKE_HEADER:]
+    at = 2 + _RANDOM  # client_version, random
+    if len(body) < at + 1 or body[at] > _MAX_SESSION_ID:
+        return None
+    at += 1 + body[at]  # session_id
+    if len(body) < at + 1 or len(body) < at + 1 + body[at]:
+        return None
+    cookie = body[at + 1 : at + 1 + body[at]]
+    return ClientHelloCookie(datagram[5:11], int.from_bytes(message[4:6], "big"), cookie)
+
+
+def is_client_hello_fragment_untrusted(datagram: bytes) -> bool:
+    """Whether a datagram (well-formed DTLS records) starts with a fragment of a ClientHello
+    that is not the whole message (RFC 6347 §4.2.3: a ClientHello longer than the path MTU)."""
+    if len(datagram) < _RECORD_HEADER + _HANDSHAKE_HEADER or datagram[0] != _HANDSHAKE:
+        return False
+    message = datagram[_RECORD_HEADER:]
+    if message[0] != _CLIENT_HELLO or datagram[3:5] != b"\0\0":
+        return False
+    return int.from_bytes(message[1:4], "big") != int.from_bytes(message[9:12], "big")
+
+
+def hello_verify_request(hello: ClientHelloCookie, cookie: bytes) -> bytes:
+    """Our HelloVerifyRequest answering ``hello`` with ``cookie`` (RFC 6347 §4.2.1, §4.3.2):
+    one record of epoch 0 with the ClientHello's record sequence number and message_seq."""
+    version = HELLO_VERIFY_REQUEST_VERSION.to_bytes(2, "big")
+    body = version + bytes([len(cookie)]) + cookie
+    length = len(body).to_bytes(3, "big")
+    handshake = (
+        bytes([_HELLO_VERIFY_REQUEST])
+        + length
+        + hello.message_seq.to_bytes(2, "big")
+        + b"\0\0\0"  # fragment_offset
+        + length  # fragment_length: one fragment
+        + body
+    )
+    header = bytes([_HANDSHAKE]) + version + b"\0\0" + hello.record_sequence
+    return header + len(handshake).to_bytes(2, "big") + handshake
+
+
+class CookieSecrets:
+    """The process's cookie secret and the one before it (RFC 6347 §4.2.1), for every DTLS
+    port: a cookie is good on any of them, as it proves only that its sender receives at its
+    address. ``random_bytes`` is a CSPRNG (os.urandom); ``now`` any clock that does not go
+    back (the media task's)."""
+
+    def __init__(
+        self,
+        random_bytes: Callable[[int], bytes],
+        *,
+        lifetime: float = COOKIE_SECRET_LIFETIME,
+    ) -> None:
+        self._random_bytes = random_bytes
+        self.lifetime = lifetime
+        self._current: bytes | None = None
+        self._previous: bytes | None = None
+        self._period: int | None = None
+
+    def __repr__(self) -> str:
+        return f"<CookieSecrets lifetime={self.lifetime:g}s>"  # never the secrets
+
+    def cookie(self, source: tuple[Any, ...], now: float) -> bytes:
+        """The cookie for ``source`` (host and port) now."""
+        return _mac(self._secret(now), source)
+
+    def verifies(self, source: tuple[Any, ...], cookie: bytes, now: float) -> bool:
+        """Whether ``cookie`` is ours for ``source``, made with this secret or the previous."""
+        if len(cookie) != COOKIE_LENGTH:
+            return False
+        current = self._secret(now)
+        if hmac.compare_digest(cookie, _mac(current, source)):
+            return True
+        previous = self._previous
+        return previous is not None and hmac.compare_digest(cookie, _mac(previous, source))
+
+    def _secret(self, now: float) -> bytes:
+        # Secrets by period of ``lifetime`` seconds, drawn at the period's first use: a cookie
+        # is accepted in its period and the next, so for one to two lifetimes. A clock that
+        # went back keeps the secret in force.
+        period = math.floor(now / self.lifetime)
+        if self._current is None or self._period is None or period > self._period:
+            follows = self._period is not None and period == self._period + 1
+            self._previous = self._current if follows else None
+            self._current, self._period = self._draw(), period
+        return self._current
+
+    def _draw(self) -> bytes:
+        secret = self._random_bytes(32)
+        if not isinstance(secret, bytes) or len(secret) != 32:
+            raise ValueError("the random source did not return 32 octets")
+        return secret
+
+
+def _mac(secret: bytes, source: tuple[Any, ...]) -> bytes:
+    # Host and port as the socket gave them (an IPv6 host in its text form); the separator
+    # cannot occur in either.
+    return hmac.new(secret, f"{source[0]}|{source[1]}".encode(), hashlib.sha256).digest()

@@ -1,0 +1,378 @@
+"""A proxy downstream forks our INVITE (RFC 3261 §16.7): our one SDES offer, and our key, reach
+every phone it rings. When the relay's stream was keyed by one phone's early answer (183 with
+SDP) and the 2xx comes from another early dialog (§12.1.2), the gateway re-INVITEs the phone
+that answered with new keys of its own once the dialog is confirmed (docs/media_security.md
+"Forked SDES callees"): before session 41 the relay went on protecting for that phone with the
+context our key had with the first, at its ROC (a phone starting our key at ROC 0 authenticated
+nothing past the early media's sequence wrap), and the phone that lost held our key.
+
+In virtual time on the in-memory network, its flows marked secure (SDES needs TLS; the memory
+transport stands in). alice's agent is the forking proxy's phones: its first To tag the phone
+of the early media, a second one (set by hand) the phone that answers. The SRTP transforms the
+relay uses are called directly, with bytes, and checked against phones' SrtpSessions: which
+key, which roll-over counter.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+import gateway.plugins.keyexchange.sdes as sdes_plugin
+from gateway.core.interfaces import SrtpKeys
+from gateway.core.media.srtp import SrtpSession
+from gateway.core.sdp.parser import parse_sdp_untrusted
+from gateway.core.sip.message import Request
+from gateway.testing.sip_agent import Call, simple_sdp
+from tests.component.calls.b2bua_env import ALICE, ALICE_DID, B2bua, start_b2bua
+from tests.component.calls.secure_signalling import tls_signalling  # noqa: F401 (the fixture)
+
+SUITE = "AES_CM_128_HMAC_SHA1_80"
+SSRC = 0x0DDBA11
+ACROSS_THE_WRAP = [65533, 65534, 65535, 0, 1]  # the ROC is 1 from sequence 0 on
+EARLY_PHONE_KEY = bytes(range(30))
+ANSWERING_PHONE_KEY = bytes(range(100, 130))
+ANSWERING_PHONE_NEW_KEY = bytes(range(200, 230))
+ANSWERING_TAG = "fork-2"
+
+
+def rtp(sequence: int) -> bytes:
+    return struct.pack("!BBHII", 0x80, 0, sequence, 160 * sequence, SSRC) + b"\xff" * 160
+
+
+def offered(sdp: bytes) -> tuple[str, bytes]:
+    """The tag and key (with salt) of our offer's a=crypto line of :data:`SUITE` (RFC 4568
+    §9.1; our offers list every suite of the policy, strongest first)."""
+    (media,) = parse_sdp_untrusted(sdp).media
+    for name, value in media.attributes:
+        if name == "crypto" and value is not None and value.split()[1] == SUITE:
+            tag, _, inline = value.split()[:3]
+            return tag, base64.b64decode(inline.removeprefix("inline:").split("|")[0])
+    raise AssertionError(f"no a=crypto line of {SUITE} in {sdp!r}")
+
+
+def crypto_key(sdp: bytes) -> bytes:
+    return offered(sdp)[1]
+
+
+def phone_answer(offer: bytes, port: int, key: bytes, *, version: int = 1) -> bytes:
+    """A forked phone's answer to our best-effort SDES ``offer`` (RTP/AVP with a=crypto, RFC
+    8643), on its line of :data:`SUITE`."""
+    inline = base64.b64encode(key).decode()
+    return simple_sdp(ALICE[0], port, version=version, formats=("0",)) + (
+        f"a=crypto:{offered(offer)[0]} {SUITE} inline:{inline}\r\n".encode()
+    )
+
+
+async def with_sdes(nursery: trio.Nursery, tmp_path: Path, seed: int) -> B2bua:
+    return await start_b2bua(
+        nursery, tmp_path, seed, plugins=[("sdes", sdes_plugin)], alice_auto=None
+    )
+
+
+def relay_transforms(env: B2bua) -> Any:
+    """The relay stream's direction towards alice's leg (B): its SRTP transforms."""
+    assert env.gateway.calls is not None
+    (call,) = env.gateway.calls.calls
+    assert call.media is not None
+    (stream,) = call.media.streams
+    return stream.a_to_b.transforms
+
+
+async def forked_call(
+    env: B2bua, *, early_media_across_a_wrap: bool = True
+) -> tuple[Call, Call, bytes]:
+    """trunk -> alice through a forking proxy: the first phone's 183 keys the relay (and our
+    early media to it crosses a sequence wrap: ROC 1), then another phone answers 200 in its
+    own early dialog. Returns (leg A, alice's INVITE, our offer's key)."""
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    offered_key = crypto_key(leg_b.invite.body)
+    await env.alice.respond(
+        leg_b.incoming, 183, body=phone_answer(leg_b.invite.body, 30000, EARLY_PHONE_KEY)
+    )  # type: ignore[arg-type]
+    await call.exchange.wait_for(lambda r: r.status == 183)  # type: ignore[union-attr]
+    if early_media_across_a_wrap:
+        early_phone = SrtpSession(SrtpKeys(SUITE, EARLY_PHONE_KEY, offered_key))
+        for sequence in ACROSS_THE_WRAP:
+            sent = relay_transforms(env).rtp_out(rtp(sequence))
+            assert early_phone.unprotect_rtp(sent) == rtp(sequence)
+        early_phone.close()
+    # The other phone answers in an early dialog of its own (another To tag, RFC 3261 §12.1.2).
+    leg_b.local_tag = ANSWERING_TAG
+    env.alice._by_dialog[(leg_b.call_id, ANSWERING_TAG)] = leg_b
+    await leg_b.answer(200, sdp=phone_answer(leg_b.invite.body, 30002, ANSWERING_PHONE_KEY))
+    final = await call.final()
+    assert final.status == 200, final.reason
+    await env.alice.next_request("ACK")
+    return call, leg_b, offered_key
+
+
+def reinvites_to(env: B2bua, tag: str) -> list[Request]:
+    return [
+        r.request
+        for r in env.alice.received
+        if r.request.method == "INVITE" and r.request.to.tag == tag
+    ]
+
+
+async def test_a_forked_callee_answering_after_another_phones_early_media_is_rekeyed(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    tls_signalling: None,  # noqa: F811
+) -> None:
+    env = await with_sdes(nursery, tmp_path, voipgw_seed)
+
+    async def answer_reinvite(received: Any) -> bool:
+        if received.request.method != "INVITE":
+            return False
+        body = phone_answer(received.request.body, 30002, ANSWERING_PHONE_NEW_KEY, version=2)
+        await env.alice.respond(received, 200, body=body)
+        return True
+
+    env.alice.in_dialog = answer_reinvite
+    call, leg_b, offered_key = await forked_call(env)
+    reinvite = (await env.alice.next_request("INVITE", timeout=5)).request
+    await env.alice.next_request("ACK", timeout=5)
+    # One re-INVITE, in the answering phone's dialog, with a new key of ours (RFC 4568
+    # §7.1.4) and a new o= version (RFC 3264 §8).
+    assert reinvite.to.tag == ANSWERING_TAG and reinvite.call_id == leg_b.call_id
+    assert reinvites_to(env, ANSWERING_TAG) == [reinvite]
+    new_key = crypto_key(reinvite.body)
+    assert new_key != offered_key
+    first = parse_sdp_untrusted(leg_b.invite.body).origin
+    again = parse_sdp_untrusted(reinvite.body).origin
+    assert again.session_version == first.session_version + 1
+    assert again.session_id == first.session_id
+    # The relay protects for the answering phone under the new key, from ROC 0: a phone
+    # that starts it fresh authenticates our packets.
+    answering_phone = SrtpSession(SrtpKeys(SUITE, ANSWERING_PHONE_NEW_KEY, new_key))
+    for sequence in (2, 3):
+        sent = relay_transforms(env).rtp_out(rtp(sequence))
+        assert answering_phone.unprotect_rtp(sent) == rtp(sequence)
+    # The early phone's key for our packets is of no use any more.
+    early_phone = SrtpSession(SrtpKeys(SUITE, EARLY_PHONE_KEY, offered_key))
+    assert early_phone.unprotect_rtp(relay_transforms(env).rtp_out(rtp(4))) is None
+    # The phone's packets under its new key are taken.
+    received = answering_phone.protect_rtp(rtp(7))
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    (stream,) = gateway_call.media.streams
+    assert stream.b_to_a.transforms.rtp_in(received) == rtp(7)
+    answering_phone.close()
+    early_phone.close()
+    # The leg's record says so (ARCHITECTURE.md "Security state is data").
+    assert gateway_call.security_record()["b"]["fork_rekey"] == "re-keyed"
+    assert (await call.bye()).status == 200
+
+
+async def test_an_answer_from_the_early_medias_own_dialog_is_not_rekeyed(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    tls_signalling: None,  # noqa: F811
+) -> None:
+    """The usual call: the 183's phone answers (its own To tag): the context goes on with
+    the phone that knows it, no re-INVITE."""
+    env = await with_sdes(nursery, tmp_path, voipgw_seed)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    offered_key = crypto_key(leg_b.invite.body)
+    await env.alice.respond(
+        leg_b.incoming, 183, body=phone_answer(leg_b.invite.body, 30000, EARLY_PHONE_KEY)
+    )  # type: ignore[arg-type]
+    await call.exchange.wait_for(lambda r: r.status == 183)  # type: ignore[union-attr]
+    phone = SrtpSession(SrtpKeys(SUITE, EARLY_PHONE_KEY, offered_key))
+    for sequence in ACROSS_THE_WRAP:
+        assert phone.unprotect_rtp(relay_transforms(env).rtp_out(rtp(sequence))) == rtp(sequence)
+    await leg_b.answer(200, sdp=phone_answer(leg_b.invite.body, 30000, EARLY_PHONE_KEY))
+    assert (await call.final()).status == 200
+    await env.alice.next_request("ACK")
+    await trio.sleep(10)
+    assert env.alice.requests("INVITE") == [leg_b.invite]
+    assert phone.unprotect_rtp(relay_transforms(env).rtp_out(rtp(2))) == rtp(2)  # ROC 1 on
+    phone.close()
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert "fork_rekey" not in gateway_call.security_record()["b"]
+    assert (await call.bye()).status == 200
+
+
+@pytest.mark.parametrize("status", [488, 500, 501])
+async def test_a_refused_rekey_keeps_the_call_and_its_keys(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    tls_signalling: None,  # noqa: F811
+    status: int,
+) -> None:
+    """RFC 3261 §14.1: a re-INVITE refused leaves the session as it was: the call goes on
+    under the keys the 2xx took."""
+    env = await with_sdes(nursery, tmp_path, voipgw_seed)
+
+    async def refuse(received: Any) -> bool:
+        if received.request.method != "INVITE":
+            return False
+        await env.alice.respond(received, status)
+        return True
+
+    env.alice.in_dialog = refuse
+    call, _, offered_key = await forked_call(env, early_media_across_a_wrap=False)
+    await env.alice.next_request("INVITE", timeout=5)
+    await trio.sleep(10)
+    assert len(reinvites_to(env, ANSWERING_TAG)) == 1
+    assert env.alice.requests("BYE") == []
+    phone = SrtpSession(SrtpKeys(SUITE, ANSWERING_PHONE_KEY, offered_key))
+    assert phone.unprotect_rtp(relay_transforms(env).rtp_out(rtp(1))) == rtp(1)
+    phone.close()
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    outcome = gateway_call.security_record()["b"]["fork_rekey"]
+    assert outcome.startswith(f"refused: {status} ")
+    assert (await call.bye()).status == 200
+
+
+async def test_a_rekey_crossing_the_phones_own_reinvite_is_sent_again_after_the_wait(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    tls_signalling: None,  # noqa: F811
+) -> None:
+    """491 (RFC 3261 §14.1): again after 2.1-4 s (we own the dialog's Call-ID), then taken."""
+    env = await with_sdes(nursery, tmp_path, voipgw_seed)
+    answers = [491, 200]
+
+    async def glare_then_take(received: Any) -> bool:
+        if received.request.method != "INVITE":
+            return False
+        status = answers.pop(0)
+        body = (
+            phone_answer(received.request.body, 30002, ANSWERING_PHONE_NEW_KEY, version=2)
+            if status == 200
+            else b""
+        )
+        await env.alice.respond(received, status, body=body)
+        return True
+
+    env.alice.in_dialog = glare_then_take
+    call, _, offered_key = await forked_call(env, early_media_across_a_wrap=False)
+    first = await env.alice.next_request("INVITE", timeout=5)
+    second = await env.alice.next_request("INVITE", timeout=10)
+    assert 2.1 <= second.at - first.at <= 4.2
+    await env.alice.next_request("ACK", timeout=5)
+    new_key = crypto_key(second.request.body)
+    assert new_key != offered_key
+    phone = SrtpSession(SrtpKeys(SUITE, ANSWERING_PHONE_NEW_KEY, new_key))
+    assert phone.unprotect_rtp(relay_transforms(env).rtp_out(rtp(1))) == rtp(1)
+    phone.close()
+    assert (await call.bye()).status == 200
+
+
+async def test_a_rekey_whose_dialog_is_gone_ends_the_call(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    tls_signalling: None,  # noqa: F811
+) -> None:
+    """481 to our re-key re-INVITE: the phone has no such dialog (RFC 3261 §12.2.1.2), the
+    call ends as for any re-INVITE whose dialog is gone, the caller told why."""
+    env = await with_sdes(nursery, tmp_path, voipgw_seed)
+
+    async def gone(received: Any) -> bool:
+        if received.request.method != "INVITE":
+            return False
+        await env.alice.respond(received, 481)
+        return True
+
+    env.alice.in_dialog = gone
+    await forked_call(env, early_media_across_a_wrap=False)
+    bye = await env.trunk.next_request("BYE", timeout=5)
+    reason = bye.request.headers.get("Reason") or ""
+    assert "cause=481" in reason and "re-key re-INVITE to the B leg" in reason
+    assert env.alice.requests("BYE") == []  # its dialog is gone: no BYE into it
+
+
+async def test_an_offer_crossing_our_rekey_gets_491(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    tls_signalling: None,  # noqa: F811
+) -> None:
+    """One offer at a time (RFC 3264 §4, RFC 3261 §14.2): the caller's re-INVITE while our
+    re-key waits for the phone's answer gets 491, and goes through afterwards."""
+    env = await with_sdes(nursery, tmp_path, voipgw_seed)
+    held: list[Any] = []
+
+    async def hold_then_answer(received: Any) -> bool:
+        if received.request.method != "INVITE":
+            return False
+        if not held:
+            held.append(received)  # our re-key: answered below
+            return True
+        await env.alice.respond(received, 200, body=env.alice.answer_sdp(received.request.body))
+        return True
+
+    env.alice.in_dialog = hold_then_answer
+    call, _, _ = await forked_call(env, early_media_across_a_wrap=False)
+    await env.alice.next_request("INVITE", timeout=5)
+    assert (await call.reinvite(env.trunk.offer_sdp(direction="sendonly"))).status == 491
+    rekey = held[0]
+    body = phone_answer(rekey.request.body, 30002, ANSWERING_PHONE_NEW_KEY, version=2)
+    await env.alice.respond(rekey, 200, body=body)
+    await env.alice.next_request("ACK", timeout=5)
+    assert (await call.reinvite(env.trunk.offer_sdp(direction="sendonly"))).status == 200
+    assert (await call.bye()).status == 200
+
+
+async def test_a_rekey_that_only_rings_is_cancelled_after_64_t1_and_the_call_goes_on(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    tls_signalling: None,  # noqa: F811
+) -> None:
+    """A phone that answers our re-key 180 and nothing more (an INVITE client transaction in
+    Proceeding has no timer, RFC 3261 §17.1.1.2): CANCEL at 64*T1 (§9.1); its 487 leaves the
+    session as it was (§14.1) and offers go through again."""
+    env = await with_sdes(nursery, tmp_path, voipgw_seed)
+    held: list[Any] = []
+
+    async def ring_only(received: Any) -> bool:
+        if received.request.method != "INVITE":
+            return False
+        if not held:
+            held.append(received)
+            await env.alice.respond(received, 180)
+            return True
+        await env.alice.respond(received, 200, body=env.alice.answer_sdp(received.request.body))
+        return True
+
+    env.alice.in_dialog = ring_only
+    call, _, offered_key = await forked_call(env, early_media_across_a_wrap=False)
+    sent = await env.alice.next_request("INVITE", timeout=5)
+    cancel = await env.alice.next_request("CANCEL", timeout=40)
+    assert 32 <= cancel.at - sent.at <= 33
+    assert cancel.request.headers.get("Via") == sent.request.headers.get("Via")
+    await env.alice.respond(held[0], 487)
+    await trio.sleep(1)
+    assert env.alice.requests("BYE") == []
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert gateway_call.security_record()["b"]["fork_rekey"].startswith("refused: 487 ")
+    phone = SrtpSession(SrtpKeys(SUITE, ANSWERING_PHONE_KEY, offered_key))
+    assert phone.unprotect_rtp(relay_transforms(env).rtp_out(rtp(1))) == rtp(1)
+    phone.close()
+    assert (await call.reinvite(env.trunk.offer_sdp(direction="sendonly"))).status == 200
+    assert (await call.bye()).status == 200

@@ -1,0 +1,127 @@
+"""A real DTLS client, ``openssl s_client -dtls1_2 -use_srtp``, through the ``dtls`` engine's
+cookie exchange (RFC 6347 §4.2.1; docs/media_security.md, "Cookies for other sources") over
+real UDP on 127.0.0.1.
+
+The engine is the DTLS server of a stream whose peer's SDP address is elsewhere, so the
+client's address is "another source" (a phone behind a NAT): its first ClientHello gets our
+stateless HelloVerifyRequest, and the ClientHello it sends again with the cookie starts the
+handshake, which keys the stream with the profile the client offered. A second OpenSSL than the
+pyOpenSSL one the engine runs on (the system's ``openssl``, 3.0 on Debian 12) reads our
+HelloVerifyRequest, written without OpenSSL.
+"""
+
+from __future__ import annotations
+
+import datetime
+import select
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from gateway.core.interfaces import KeysReady
+from gateway.plugins.keyexchange.dtls_certificates import generate_identity
+from gateway.plugins.keyexchange.dtls_srtp import (
+    DtlsKeyExchange,
+    DtlsNegotiation,
+    Fingerprint,
+    serialize_fingerprint,
+)
+from tests.conftest import require_peer
+from tests.interop.harness.processes import stop_process
+
+pytestmark = pytest.mark.interop
+
+SDP_ADDRESS = ("127.0.0.1", 9)
+"""Where the client's SDP would say it is: not where s_client sends from."""
+
+
+def serve(ours: DtlsNegotiation, sock: socket.socket, deadline: float) -> list[object]:
+    """Move datagrams between the socket and the engine until it has keys or the deadline:
+    what the engine addresses goes to that source (a HelloVerifyRequest, our flights)."""
+    while time.monotonic() < deadline:
+        now = time.monotonic()
+        timer = ours.get_timer()
+        wait = 0.05 if timer is None else max(0.0, min(0.05, timer - now))
+        if select.select([sock], [], [], wait)[0]:
+            data, source = sock.recvfrom(65536)
+            ours.receive_packet_from(data, source=source, now=time.monotonic())
+        timer = ours.get_timer()
+        if timer is not None and timer <= time.monotonic():
+            ours.handle_timer(now=time.monotonic())
+        for datagram in ours.packets_to_send(now=time.monotonic()):
+            sock.sendto(datagram, SDP_ADDRESS)  # nobody there: the SDP address's copy
+        for datagram, destination in ours.addressed_packets_to_send(now=time.monotonic()):
+            sock.sendto(datagram, destination[:2])
+        events = []
+        while (event := ours.next_event()) is not None:
+            events.append(event)
+        if events:
+            return events
+    return []
+
+
+def test_openssl_s_client_returns_our_cookie_and_is_keyed(tmp_path: Path) -> None:
+    openssl = require_peer("openssl")
+    now = datetime.datetime.now(datetime.UTC)
+    ours_id = generate_identity(now=now, max_age=datetime.timedelta(days=1))
+    client_id = generate_identity(now=now, max_age=datetime.timedelta(days=1))
+    (tmp_path / "client.crt").write_bytes(
+        client_id.certificate.public_bytes(serialization.Encoding.PEM)
+    )
+    (tmp_path / "client.key").write_bytes(
+        client_id.private_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    exchange = DtlsKeyExchange(identity=lambda: ours_id)
+    ours = exchange.offer(suites=[], secure_signalling=False)
+    ours.remote_sdp_attributes(
+        [
+            ("fingerprint", serialize_fingerprint(Fingerprint("sha-256", client_id.digest()))),
+            ("setup", "active"),  # the client is active: we are the DTLS server
+        ]
+    )
+    assert ours.dtls_role == "server"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        command = [
+            openssl,
+            "s_client",
+            "-dtls1_2",
+            "-connect",
+            f"127.0.0.1:{port}",
+            "-use_srtp",
+            "SRTP_AES128_CM_SHA1_80",
+            "-cert",
+            str(tmp_path / "client.crt"),
+            "-key",
+            str(tmp_path / "client.key"),
+            "-msg",
+        ]
+        client = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            events = serve(ours, sock, time.monotonic() + 15.0)
+        finally:
+            stop_process(client)
+        output = client.stdout.read().decode("utf-8", "replace") if client.stdout else ""
+    assert events and isinstance(events[0], KeysReady), output[-3000:]
+    assert events[0].keys.suite == "AES_CM_128_HMAC_SHA1_80"
+    # s_client -msg dumps each record it read ("<<<"): our HelloVerifyRequest's handshake
+    # header (type 3, length 35: version and a 32-octet cookie) among them.
+    assert "<<< " in output and "03 00 00 23 00 00 00 00 00 00 00 23" in output, output[-3000:]
+    stats = ours.statistics()
+    assert stats.hello_verify_requests == 1 and stats.bad_cookies == 0
+    assert ours.peer_source is not None and ours.peer_source[1] != SDP_ADDRESS[1]
+    assert dict(exchange.counters())["hello_verify_requests"] == 1

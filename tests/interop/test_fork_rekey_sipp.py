@@ -1,0 +1,109 @@
+"""A forked SDES callee re-keyed, with real peers on loopback (docs/media_security.md "Forked
+SDES callees"): baresip (``srtp-mand``, over TLS) calls a TLS trunk, a sipp UAS behind stunnel
+that stands for a forking proxy and two phones: phone 1's 183 with SDP keys the relay, phone
+2's 200 (another To tag, RFC 3261 §12.1.2) answers. The gateway must re-INVITE phone 2's
+dialog once it is confirmed, offering new keys of its own on every a=crypto line (RFC 4568
+§7.1.4), and go on with the call: sipp's trace shows both INVITEs and their keys.
+
+Debian's sipp has neither TLS nor SRTP (/work/shared/peers.md): it speaks TCP behind stunnel
+and sends no media, so this checks the signalling and the keys offered; the SRTP contexts the
+relay then uses (which key, which roll-over counter) are checked in virtual time by
+tests/component/calls/test_b2bua_fork_rekey.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.interop.harness import LOOPBACK, Baresip, SippUas, tone_wav
+from tests.interop.harness.pki import TestPki
+from tests.interop.harness.ports import free_port
+from tests.interop.harness.stunnel import StunnelServer
+from tests.interop.harness.tls_gateway import TlsGatewayProcess
+
+pytestmark = pytest.mark.interop
+
+ALICE_PASSWORD = "wonderland-5e1f"
+TRUNK_NUMBER = "+4989555"
+SUITE = "AES_CM_128_HMAC_SHA1_80"
+
+
+def offered_key(invite: str) -> bytes:
+    """The key and salt of the INVITE's a=crypto line of :data:`SUITE`."""
+    found = re.search(rf"^a=crypto:\d+ {SUITE} inline:([A-Za-z0-9+/=]+)", invite, re.MULTILINE)
+    assert found is not None, invite
+    return base64.b64decode(found.group(1))
+
+
+def to_tag(message: str) -> str:
+    found = re.search(r"^To:.*;tag=([^;\s]+)", message, re.MULTILINE | re.IGNORECASE)
+    assert found is not None, message
+    return found.group(1)
+
+
+def test_a_forked_sdes_callee_answering_after_another_phones_183_is_re_invited_with_new_keys(
+    tmp_path: Path,
+) -> None:
+    pki = TestPki(tmp_path / "pki")
+    ca = pki.ca("Carrier CA")
+    trunk_certificate = ca.issue("trunk.carrier.test")  # names 127.0.0.1
+    tunnel_port = free_port("tcp")
+    trunk = SippUas(
+        "calls/uas_fork_sdes_rekey.xml",
+        workdir=tmp_path,
+        transport="tcp",
+        keys={"contact_port": str(tunnel_port)},
+    )
+    trunk_toml = (
+        "[[trunks]]\n"
+        'name = "carrier"\n'
+        f'address = "tls:{LOOPBACK}:{tunnel_port}"\n'
+        'prefixes = ["+49"]\n'
+        "allowed_sources = []\n"
+        'media_policy = "sdes"\n'
+    )
+    gateway = TlsGatewayProcess(
+        tmp_path / "gw",
+        plugins=("udp", "tcp", "tls", "sdes"),
+        tls={"ca_bundles": [str(ca.certificate)]},
+        accounts={"alice": ALICE_PASSWORD},
+        digest_algorithms=("MD5",),
+        settings={"gateway": {"log_level": "debug", "domains": [LOOPBACK]}},
+        extra_toml=trunk_toml,
+    )
+    source = tone_wav(tmp_path / "alice.wav", 1000.0)
+    with (
+        trunk,
+        StunnelServer(
+            trunk.address, workdir=tmp_path, certificate=trunk_certificate, port=tunnel_port
+        ),
+        gateway as gw,
+        Baresip(tmp_path, "alice", source=source, mediaenc="srtp-mand", sip_trace=True) as alice,
+    ):
+        alice.register_over_tls(LOOPBACK, gw.tls_port, ALICE_PASSWORD, mediaenc="srtp-mand")
+        alice.dial(f"sip:{TRUNK_NUMBER}@{LOOPBACK}:{gw.tls_port};transport=tls")
+        alice.wait_established(timeout=15)
+        deadline = time.monotonic() + 15
+        while "the B leg re-keyed" not in gw.log_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        alice.hangup()
+        alice.wait_closed()
+        result = trunk.wait(timeout=15)
+        log = gw.log_text()
+    result.check()  # the re-INVITE came, its 200 was ACKed, then the caller's BYE
+    first, again = result.received("INVITE ")
+    acks = result.received("ACK ")
+    answered = result.sent("SIP/2.0 200 OK")[0]  # phone 2's, to the INVITE
+    # The re-INVITE is in the answering phone's dialog (its To tag, its Contact) ...
+    assert to_tag(again) == to_tag(answered) and "Fork2" in to_tag(again)
+    assert re.match(r"INVITE sip:fork2@", again)
+    assert len(acks) == 2
+    # ... and offers a new key of ours: the first phone's early media had our first one.
+    assert offered_key(again) != offered_key(first)
+    assert "another forked phone than the early media keyed by our SDP keys" in log
+    assert "the B leg re-keyed: our SRTP key is its phone's alone" in log

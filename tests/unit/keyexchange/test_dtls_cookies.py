@@ -1,0 +1,245 @@
+"""The stateless cookie exchange (RFC 6347 §4.2.1) the ``dtls`` engine asks of sources other
+than the peer's SDP address (docs/media_security.md, "Cookies for other sources"): their
+ClientHello gets a HelloVerifyRequest and no handshake; one that returns our cookie gets one."""
+
+from __future__ import annotations
+
+import random
+
+from gateway.core.interfaces import KeysReady
+from gateway.plugins.keyexchange.dtls_cookies import (
+    COOKIE_LENGTH,
+    COOKIE_SECRET_LIFETIME,
+    ClientHelloCookie,
+    CookieSecrets,
+    hello_verify_request,
+    is_client_hello_fragment_untrusted,
+    parse_client_hello_cookie_untrusted,
+)
+from gateway.plugins.keyexchange.dtls_srtp import MAX_NEW_HANDSHAKES_BURST, DtlsNegotiation
+from tests.unit.keyexchange.dtls_source_pairs import (
+    NATTED,
+    SDP_ADDRESS,
+    Address,
+    events,
+    ours_and_peer,
+    run,
+    send,
+    stranger_for,
+)
+
+HELLO_VERIFY_REQUEST = 3  # RFC 6347 §4.3.2 HandshakeType
+
+
+def client_hello(ours: DtlsNegotiation) -> bytes:
+    """A first ClientHello (no cookie) to ``ours``, from a DTLS client of its own."""
+    (hello,) = stranger_for(ours).packets_to_send(now=0.0)
+    return hello
+
+
+def with_cookie(hello: bytes, cookie: bytes) -> bytes:
+    """``hello`` (no cookie) with ``cookie`` put in, lengths mended: what a forger writes."""
+    at = 13 + 12 + 2 + 32
+    at += 1 + hello[at]  # session_id
+    assert hello[at] == 0
+    message = hello[13 + 12 : at] + bytes([len(cookie)]) + cookie + hello[at + 1 :]
+    length = len(message).to_bytes(3, "big")
+    handshake = hello[13:14] + length + hello[17:19] + b"\0\0\0" + length + message
+    return hello[:11] + len(handshake).to_bytes(2, "big") + handshake
+
+
+def test_a_strangers_client_hello_gets_a_hello_verify_request_and_no_handshake() -> None:
+    ours, _ = ours_and_peer(we_serve=True)
+    hello = client_hello(ours)
+    ours.receive_packet_from(hello, source=NATTED, now=0.0)
+    ((request, to),) = ours.addressed_packets_to_send(now=0.0)
+    assert to == NATTED and ours.packets_to_send(now=0.0) == []
+    # RFC 6347 §4.2.1 and §4.3.2: 60 octets, no amplification (its ClientHello is ~200).
+    assert len(request) == 60 and len(request) < len(hello)
+    assert request[0] == 22 and request[1:3] == b"\xfe\xff"  # DTLS 1.0, as §4.2.1 advises
+    assert request[5:11] == hello[5:11]  # the ClientHello's record sequence number
+    assert request[13] == HELLO_VERIFY_REQUEST and request[17:19] == hello[17:19]
+    assert request[25:27] == b"\xfe\xff" and request[27] == COOKIE_LENGTH
+    stats = ours.statistics()
+    assert stats.hello_verify_requests == 1
+    # No handshake, no OpenSSL connection fed, no signature: nothing answers it but that.
+    assert stats.handshakes_by_source == 0 and stats.datagrams_received == 0
+    assert events(ours) == []
+
+
+def test_the_client_hello_returning_our_cookie_starts_a_handshake_that_keys_the_leg() -> None:
+    ours, peer = ours_and_peer(we_serve=True)
+    send(peer, ours, NATTED, 0.0)
+    ((request, _),) = ours.addressed_packets_to_send(now=0.0)
+    peer.receive_packet(request, now=0.0)  # a real DTLS client (OpenSSL) answers it
+    send(peer, ours, NATTED, 0.0)
+    flight = ours.addressed_packets_to_send(now=0.0)
+    assert flight and {to for _, to in flight} == {NATTED}
+    assert flight[0][0][13] == 2  # our ServerHello: the handshake started
+    for datagram, _ in flight:
+        peer.receive_packet(datagram, now=0.0)
+    run(ours, {NATTED: peer}, now=0.1)
+    assert isinstance(events(ours)[0], KeysReady) and ours.peer_source == NATTED
+    assert isinstance(events(peer)[0], KeysReady)
+    assert ours.statistics().hello_verify_requests == 1
+
+
+def returned_cookie(ours: DtlsNegotiation, source: Address, now: float) -> bytes:
+    """A real DTLS client's (OpenSSL's) ClientHello from ``source`` answering our
+    HelloVerifyRequest: message_seq 1, our cookie (RFC 6347 §4.2.1, §4.2.2)."""
+    client = stranger_for(ours)
+    send(client, ours, source, now)
+    ((request, _),) = ours.addressed_packets_to_send(now=now)
+    client.receive_packet(request, now=now)
+    (hello,) = client.packets_to_send(now=now)
+    assert hello[17:19] == b"\0\1" and len(hello) == len(client_hello(ours)) + COOKIE_LENGTH
+    return hello
+
+
+def cookie_of(hello: bytes) -> bytes:
+    at = 13 + 12 + 2 + 32
+    at += 1 + hello[at]
+    return hello[at + 1 : at + 1 + hello[at]]
+
+
+def test_a_wrong_cookie_is_refused_with_a_new_hello_verify_request() -> None:
+    ours, _ = ours_and_peer(we_serve=True)
+    hello = returned_cookie(ours, NATTED, 0.0)
+    cookie = cookie_of(hello)
+    flipped = hello.replace(cookie, cookie[:-1] + bytes([cookie[-1] ^ 1]))
+    # Our cookie from another address, one bit changed, and a short one: each refused.
+    other = ("127.0.0.1", NATTED[1] + 1)
+    for forged, source in (
+        (hello, other),
+        (flipped, NATTED),
+        (with_cookie(client_hello(ours), cookie[:16]), NATTED),
+    ):
+        ours.receive_packet_from(forged, source=source, now=0.1)
+        ((again, to),) = ours.addressed_packets_to_send(now=0.1)
+        assert to == source and again[13] == HELLO_VERIFY_REQUEST
+        assert again[17:19] == forged[17:19]  # its message_seq echoed (errata 5186)
+    stats = ours.statistics()
+    assert stats.bad_cookies == 3 and stats.hello_verify_requests == 4
+    assert stats.handshakes_by_source == 0 and stats.datagrams_received == 0
+    # Our cookie in a first ClientHello (message_seq 0, a forger's): dropped, never fed.
+    ours.receive_packet_from(with_cookie(client_hello(ours), cookie), source=NATTED, now=0.2)
+    assert ours.addressed_packets_to_send(now=0.2) == []
+    assert ours.statistics().datagrams_received == 0
+    # The client's own, from the address it was made for, starts the handshake.
+    ours.receive_packet_from(hello, source=NATTED, now=0.2)
+    ((flight, _), *_) = ours.addressed_packets_to_send(now=0.2)
+    assert flight[13] == 2
+
+
+def test_a_cookie_of_the_previous_secret_is_taken_an_older_one_refused() -> None:
+    ours, _ = ours_and_peer(we_serve=True)
+    late = ("127.0.0.1", NATTED[1] + 1)
+    in_time = returned_cookie(ours, NATTED, 1.0)
+    too_late = returned_cookie(ours, late, 1.0)
+    # In the next period its secret is the previous one: taken.
+    ours.receive_packet_from(in_time, source=NATTED, now=1.0 + COOKIE_SECRET_LIFETIME)
+    ((flight, to), *_) = ours.addressed_packets_to_send(now=1.0 + COOKIE_SECRET_LIFETIME)
+    assert flight[13] == 2 and to == NATTED and ours.statistics().bad_cookies == 0
+    # Two periods on, its secret is two secrets old: refused, a new cookie sent.
+    ours.receive_packet_from(too_late, source=late, now=1.0 + 2 * COOKIE_SECRET_LIFETIME)
+    answers = ours.addressed_packets_to_send(now=1.0 + 2 * COOKIE_SECRET_LIFETIME)
+    assert [(d[13], to) for d, to in answers if to == late] == [(HELLO_VERIFY_REQUEST, late)]
+    assert ours.statistics().bad_cookies == 1
+
+
+def test_the_sdp_address_is_never_asked_for_a_cookie() -> None:
+    ours, peer = ours_and_peer(we_serve=True)
+    ours.note_sdp_address(SDP_ADDRESS)
+    send(peer, ours, SDP_ADDRESS, 0.0)
+    flight = ours.addressed_packets_to_send(now=0.0)
+    assert flight and flight[0][0][13] == 2  # our ServerHello to its first ClientHello
+    for datagram, _ in flight:
+        peer.receive_packet(datagram, now=0.0)
+    run(ours, {SDP_ADDRESS: peer}, now=0.0)
+    assert isinstance(events(ours)[0], KeysReady) and ours.peer_source == SDP_ADDRESS
+    assert ours.statistics().hello_verify_requests == 0
+
+
+def test_a_spoofed_flood_does_not_keep_a_cookie_returning_natted_phone_out() -> None:
+    # Ever new spoofed sources, more than the bucket holds, as fast as they come: each gets
+    # 60 octets and nothing else, and the phone behind a NAT, which receives our cookie,
+    # starts its handshake after them and keys the leg (session 40: the flood took the
+    # bucket, and the phone's ClientHello was dropped, dropped_rate).
+    ours, peer = ours_and_peer(we_serve=True)
+    hello = client_hello(ours)
+    flood = [("127.0.0.1", 20000 + n) for n in range(20 * MAX_NEW_HANDSHAKES_BURST)]
+    octets = 0
+    for source in flood:
+        ours.receive_packet_from(hello, source=source, now=0.0)
+        octets += sum(len(d) for d, _ in ours.addressed_packets_to_send(now=0.0))
+    assert octets == 60 * len(flood)
+    run(ours, {NATTED: peer}, now=0.0)
+    assert isinstance(events(ours)[0], KeysReady) and ours.peer_source == NATTED
+    stats = ours.statistics()
+    assert stats.dropped_rate == 0 and stats.hello_verify_requests == len(flood) + 1
+    assert stats.handshakes_by_source == 0  # the phone's is the association
+
+
+def test_the_engines_counters_sum_every_port() -> None:
+    ours, _ = ours_and_peer(we_serve=True)
+    exchange = ours._settings  # the key exchange's shared totals
+    hello = client_hello(ours)
+    for port in range(3):
+        ours.receive_packet_from(hello, source=("127.0.0.1", 30000 + port), now=0.0)
+    ours.receive_packet_from(with_cookie(hello, bytes(32)), source=NATTED, now=0.0)
+    assert exchange.totals is not None
+    assert (exchange.totals.hello_verify_requests, exchange.totals.bad_cookies) == (4, 1)
+
+
+def test_hello_verify_request_known_answer() -> None:
+    # OpenSSL 4.0's own HelloVerifyRequest to a first ClientHello (record sequence 0,
+    # message_seq 0), its cookie callback giving 32 octets of "C": byte for byte the same.
+    openssl = bytes.fromhex("16feff0000000000000000002f030000230000000000000023feff20" + "43" * 32)
+    assert hello_verify_request(ClientHelloCookie(bytes(6), 0, b""), b"C" * 32) == openssl
+
+
+def test_the_client_hello_parser_takes_junk_without_raising() -> None:
+    ours, _ = ours_and_peer(we_serve=True)
+    hello = client_hello(ours)
+    parsed = parse_client_hello_cookie_untrusted(hello)
+    assert parsed is not None and parsed.cookie == b"" and parsed.message_seq == 0
+    assert parse_client_hello_cookie_untrusted(with_cookie(hello, b"x" * 255)) == (
+        ClientHelloCookie(hello[5:11], 0, b"x" * 255)
+    )
+    assert parse_client_hello_cookie_untrusted(hello + hello) is None  # two records
+    assert not is_client_hello_fragment_untrusted(hello + hello)
+    fragment = bytearray(hello)
+    fragment[13 + 3] += 1  # the message one octet longer than this, its only fragment
+    assert parse_client_hello_cookie_untrusted(bytes(fragment)) is None
+    assert is_client_hello_fragment_untrusted(bytes(fragment))
+    rng = random.Random(41)
+    for _ in range(3000):
+        cut = hello[: rng.randrange(len(hello))]
+        mutated = bytearray(hello)
+        for _ in range(rng.randrange(1, 4)):
+            mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+        for junk in (cut, bytes(mutated), rng.randbytes(rng.randrange(90))):
+            result = parse_client_hello_cookie_untrusted(junk)
+            assert result is None or len(result.cookie) <= 255
+            # Fed to the engine from a stranger: a HelloVerifyRequest, or nothing, or (a
+            # fragment, taken as before session 41) OpenSSL's alert; never our ServerHello.
+            ours.receive_packet_from(junk, source=NATTED, now=0.0)
+            for datagram, _ in ours.addressed_packets_to_send(now=0.0):
+                assert len(datagram) == 60 or datagram[0] == 21
+    assert all(not isinstance(event, KeysReady) for event in events(ours))
+
+
+def test_cookie_secrets_rotate_by_period_and_accept_the_previous() -> None:
+    draws = iter(bytes([n]) * 32 for n in range(1, 100))
+    secrets = CookieSecrets(lambda n: next(draws), lifetime=10.0)
+    source: Address = ("::1", 5004)
+    first = secrets.cookie(source, 1.0)
+    assert len(first) == COOKIE_LENGTH and secrets.cookie(source, 9.9) == first
+    assert secrets.verifies(source, first, 9.9)
+    assert not secrets.verifies(("::1", 5005), first, 9.9)
+    second = secrets.cookie(source, 10.0)  # a new period: a new secret
+    assert second != first and secrets.verifies(source, first, 19.9)
+    assert not secrets.verifies(source, first, 20.0)  # two secrets old
+    assert secrets.verifies(source, secrets.cookie(source, 55.0), 55.0)
+    assert not secrets.verifies(source, second, 55.0)  # the period between had no secret
+    assert "01" * 4 not in repr(secrets)
