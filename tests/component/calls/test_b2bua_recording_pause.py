@@ -7,8 +7,8 @@ agent on the in-memory network) and a lawful interception of the same call, the 
   and no copy reaches it while paused, while the interception's X3 gets every packet (it is
   never paused, nor named); the call's record and the log say when and by whom; a second pause
   changes nothing; the resume re-INVITEs it sendonly and the copies flow again;
-- a pause of a call that is not live, or not recorded (intercepted only, or tapped by nothing),
-  is refused with the reason, the interception not given away.
+- a pause of a call that is not live, or not recorded (intercepted only: the answer a call
+  tapped by nothing gets), is refused with the reason, the interception not given away.
 """
 
 from __future__ import annotations
