@@ -823,6 +823,8 @@ def ask_gateway(
     if config is None:
         config = _load_config(args.config)
     path = socket_path(args.state_dir or config.gateway.state_dir)
+    if arguments is None:
+        return ask(path, query)
     return ask(path, query, arguments=arguments)
 
 
