@@ -9,6 +9,7 @@ import argparse
 import contextvars
 import gc
 import logging
+import os
 import sys
 import textwrap
 import time
@@ -355,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     workers.add_argument("--config", metavar="FILE", help="read [gateway] state_dir here")
     workers.add_argument("--state-dir", metavar="DIR", help="state directory (default: as run)")
     workers.add_argument("--json", action="store_true", help="machine-readable output")
+
+    _add_recording_parser(sub)
 
     registrations = sub.add_parser(
         "registrations",
@@ -804,27 +807,41 @@ def _resolve_named_trunks(
 
 
 def ask_gateway(
-    args: argparse.Namespace, query: str, *, config: GatewayConfig | None = None
+    args: argparse.Namespace,
+    query: str,
+    *,
+    config: GatewayConfig | None = None,
+    arguments: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The running gateway's answer to ``query`` (gateway/core/control.py's queries), asked over
-    its control socket, ``<state_dir>/control.sock`` (``--state-dir``, else ``[gateway]
-    state_dir`` of ``--config``). Raises :class:`~gateway.core.control.ControlError` saying why
-    there is none (no gateway running, none answering, a refusal, a broken answer)."""
+    """The running gateway's answer to ``query`` (gateway/core/control.py's queries, with its
+    ``arguments`` if it takes any), asked over its control socket, ``<state_dir>/control.sock``
+    (``--state-dir``, else ``[gateway] state_dir`` of ``--config``). Raises
+    :class:`~gateway.core.control.ControlError` saying why there is none (no gateway running,
+    none answering, a refusal, a broken answer)."""
     from gateway.core.control import ask, socket_path
 
     if config is None:
         config = _load_config(args.config)
-    return ask(socket_path(args.state_dir or config.gateway.state_dir), query)
+    path = socket_path(args.state_dir or config.gateway.state_dir)
+    if arguments is None:
+        return ask(path, query)
+    return ask(path, query, arguments=arguments)
 
 
-def ask_gateway_for(args: argparse.Namespace, command: str, query: str) -> dict[str, Any] | None:
+def ask_gateway_for(
+    args: argparse.Namespace,
+    command: str,
+    query: str,
+    *,
+    arguments: Mapping[str, str] | None = None,
+) -> dict[str, Any] | None:
     """:func:`ask_gateway` for ``voipgw COMMAND``, which needs the answer: None when there is
     none, said on stderr as ``voipgw: COMMAND: why`` (the command then exits
     :data:`EXIT_RUNTIME`)."""
     from gateway.core.control import ControlError
 
     try:
-        return ask_gateway(args, query)
+        return ask_gateway(args, query, arguments=arguments)
     except ControlError as exc:
         print(f"voipgw: {command}: {exc}", file=sys.stderr)
         return None
@@ -881,6 +898,69 @@ def cmd_media_workers(args: argparse.Namespace) -> int:
     for worker in workers:
         if isinstance(worker, dict):
             print(describe_media_worker(worker))
+    return EXIT_OK
+
+
+def _add_recording_parser(sub: Any) -> None:
+    """``voipgw recording pause|resume CALL-ID``."""
+    recording = sub.add_parser(
+        "recording",
+        help="pause or resume the recording of a live call",
+        description="Pause or resume the recordings of a live call of the running gateway "
+        "(asked over <state_dir>/control.sock): while paused, no copy of its media is "
+        "recorded ([plugins.recorder] writes nothing, [plugins.siprec] sends nothing and "
+        "re-INVITEs its recorder with the streams a=inactive, RFC 7866 §7.1.1), e.g. while a "
+        "customer reads out card digits (PCI DSS). A lawful interception is never paused. "
+        "The gateway logs who paused and resumed, and `voipgw calls` shows it. Exit status: "
+        "0 the call is paused (resumed), also when it already was; 1 no gateway answers, the "
+        "call is not live on it, or it is not recorded; 2 a usage error.",
+    )
+    recording.add_argument("action", choices=("pause", "resume"))
+    recording.add_argument(
+        "call_id",
+        metavar="CALL-ID",
+        help="the call: its id as `voipgw calls` shows it (Call-ID;tag), or its SIP Call-ID "
+        "as log lines name it",
+    )
+    recording.add_argument(
+        "--by",
+        metavar="NAME",
+        help="who asks, for the log and the call record, at most 64 printable characters "
+        "(default: the user running the command)",
+    )
+    recording.add_argument("--config", metavar="FILE", help="read [gateway] state_dir here")
+    recording.add_argument("--state-dir", metavar="DIR", help="state directory (default: as run)")
+    recording.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def cmd_recording(args: argparse.Namespace) -> int:
+    import getpass
+    import json
+
+    from gateway.core.control import MAX_BY
+
+    by = args.by if args.by is not None else os.environ.get("SUDO_USER") or getpass.getuser()
+    if not 0 < len(by) <= MAX_BY or not by.isprintable():
+        print(
+            f"voipgw: recording: --by must be 1 to {MAX_BY} printable characters",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    answer = ask_gateway_for(
+        args,
+        f"recording {args.action}",
+        "recording",
+        arguments={"action": args.action, "call_id": args.call_id, "by": by},
+    )
+    if answer is None:
+        return EXIT_RUNTIME
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return EXIT_OK
+    state = "paused" if answer.get("paused") else "recorded"
+    names = ", ".join(str(name) for name in answer.get("recordings") or ())
+    already = "" if answer.get("changed") else " (already)"
+    print(f"call {answer.get('call_id')}: {state}{already} ({names})")
     return EXIT_OK
 
 
@@ -1263,6 +1343,13 @@ def describe_taps(taps: dict[str, Any]) -> str:
     if untapped:
         streams = ", ".join(str(index) for index in untapped)
         line += f" (NOT stream {streams}: in a media worker, which taps cannot reach)"
+    for pause in taps.get("pauses") or ():
+        # voipgw recording pause|resume: when and by whom (UTC).
+        line += f"; recording paused {_utc(pause.get('paused_at', 0))} by {pause.get('paused_by')}"
+        if "resumed_at" in pause:
+            line += f", resumed {_utc(pause['resumed_at'])} by {pause.get('resumed_by')}"
+    if taps.get("paused"):
+        line += " (paused now)"
     return line
 
 
@@ -1593,6 +1680,7 @@ COMMANDS = {
     "calls": cmd_calls,
     "trunks": cmd_trunks,
     "media-workers": cmd_media_workers,
+    "recording": cmd_recording,
     "run": cmd_run,
     "plugins": cmd_plugins,
     "check-config": cmd_check_config,

@@ -1,5 +1,5 @@
-"""The control socket: what a running gateway answers ``voipgw calls``, ``voipgw trunks`` and
-``voipgw media-workers`` on its own host.
+"""The control socket: what a running gateway answers ``voipgw calls``, ``voipgw trunks``,
+``voipgw media-workers`` and ``voipgw recording`` on its own host.
 
 Theory of operation
 -------------------
@@ -26,6 +26,12 @@ and reads one JSON object back, until the gateway closes the connection. Queries
   worker slot as ``WorkerPool.describe_workers`` describes it (``voipgw media-workers``): its
   port slice, state, process id, open streams, restarts by reason and why it is stopped; null
   when the relay runs inside the gateway's process (``[media] workers = 1``).
+- ``recording``, with ``"action"`` (``"pause"`` or ``"resume"``), ``"call_id"`` (a live call's
+  record id, ``Call-ID;tag`` as ``voipgw calls`` shows it, or its SIP Call-ID as log lines name
+  it) and ``"by"`` (who asks, at most :data:`MAX_BY` printable characters, for the log and the
+  call record): pause or resume the recordings of that call (``CallManager.pause_recording``;
+  an interception is never paused). ``{"call_id": RECORD_ID, "paused": BOOL, "changed": BOOL,
+  "recordings": [NAME, ...]}``; a call that is not live, or not recorded, is an error.
 
 Anything else is answered ``{"error": REASON}``. Nothing is worked out until asked: a gateway
 that no one asks pays for one listening socket, and a call for nothing.
@@ -64,7 +70,16 @@ MAX_ANSWER = 64 * 1024 * 1024
 ASK_TIMEOUT = 10.0
 """Seconds the client waits for the whole answer (the gateway walks its live calls for it)."""
 
-QUERIES = ("live_quality", "trunks", "media_workers")
+QUERIES = ("live_quality", "trunks", "media_workers", "recording")
+
+RECORDING_ACTIONS = ("pause", "resume")
+"""The ``recording`` query's actions."""
+
+MAX_BY = 64
+"""The longest ``by`` of a ``recording`` request (characters): who paused, as logged."""
+
+MAX_CALL_ID = 256
+"""The longest ``call_id`` of a ``recording`` request (characters)."""
 
 
 class ControlError(Exception):
@@ -79,6 +94,12 @@ def socket_path(state_dir: str | Path) -> Path:
 
 def parse_request_untrusted(data: bytes) -> str:
     """The query of one request line (see the module docstring), or :class:`ControlError`."""
+    return _parse_untrusted(data)[0]
+
+
+def _parse_untrusted(data: bytes) -> tuple[str, dict[str, str]]:
+    """The query of one request line and its arguments (``recording``'s), or
+    :class:`ControlError`."""
     if len(data) > MAX_REQUEST:
         raise ControlError(f"request longer than {MAX_REQUEST} octets")
     line, newline, _ = data.partition(b"\n")
@@ -93,18 +114,43 @@ def parse_request_untrusted(data: bytes) -> str:
         raise ControlError('request is not an object with a "query" string')
     if query not in QUERIES:
         raise ControlError(f"unknown query {query[:40]!r}; known: {', '.join(QUERIES)}")
-    return query
+    if query != "recording":
+        return query, {}
+    assert isinstance(request, dict)
+    return query, recording_arguments_untrusted(request)
 
 
-def respond(data: bytes, answer: Callable[[str], Mapping[str, object]]) -> bytes:
-    """The octets that answer the request ``data``: ``answer(query)`` as one JSON line, or an
-    error object. Never raises: an ``answer`` that fails is logged and answered as an error."""
+def recording_arguments_untrusted(request: Mapping[str, object]) -> dict[str, str]:
+    """The ``recording`` request's action, call id and who asks, checked (bounded, no control
+    characters: ``by`` goes into log lines and the call record), or :class:`ControlError`."""
+    action, call_id, by = request.get("action"), request.get("call_id"), request.get("by")
+    if action not in RECORDING_ACTIONS:
+        raise ControlError(f'recording: "action" must be one of {", ".join(RECORDING_ACTIONS)}')
+    if not isinstance(call_id, str) or not 0 < len(call_id) <= MAX_CALL_ID:
+        raise ControlError(
+            f'recording: "call_id" must be a call id of 1 to {MAX_CALL_ID} characters'
+        )
+    if not isinstance(by, str) or not 0 < len(by) <= MAX_BY or not by.isprintable():
+        raise ControlError(f'recording: "by" must say who asks, 1 to {MAX_BY} printable characters')
+    if not call_id.isprintable():
+        raise ControlError('recording: "call_id" has characters a call id never has')
+    return {"action": str(action), "call_id": call_id, "by": by}
+
+
+def respond(data: bytes, answer: Callable[..., Mapping[str, object]]) -> bytes:
+    """The octets that answer the request ``data``: ``answer(query)`` (``answer(query,
+    arguments)`` for a query that takes arguments: ``recording``) as one JSON line, or an
+    error object. Never raises: an ``answer`` that fails is logged and answered as an error,
+    one that raises :class:`ControlError` (a request it does not take: an unknown call) with
+    its text."""
     try:
-        query = parse_request_untrusted(data)
+        query, arguments = _parse_untrusted(data)
     except ControlError as exc:
         return _encode({"error": str(exc)})
     try:
-        return _encode(answer(query))
+        return _encode(answer(query, arguments) if arguments else answer(query))
+    except ControlError as exc:
+        return _encode({"error": str(exc)})
     except Exception:
         log_exception(log, "control socket: answering %r failed", query)
         return _encode({"error": f"the gateway failed to answer {query!r} (logged)"})
@@ -114,9 +160,15 @@ def _encode(answer: Mapping[str, object]) -> bytes:
     return json.dumps(answer, separators=(",", ":")).encode() + b"\n"
 
 
-def ask(path: Path, query: str, *, timeout: float = ASK_TIMEOUT) -> dict[str, Any]:
-    """Ask the gateway listening at ``path`` (blocking: for the CLI). :class:`ControlError`
-    says why there is no answer."""
+def ask(
+    path: Path,
+    query: str,
+    *,
+    timeout: float = ASK_TIMEOUT,
+    arguments: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Ask the gateway listening at ``path`` (blocking: for the CLI), with the query's
+    ``arguments`` if it takes any. :class:`ControlError` says why there is no answer."""
     if len(bytes(path)) > MAX_PATH:
         raise ControlError(f"{path} is longer than a Unix socket path may be ({MAX_PATH} octets)")
     chunks: list[bytes] = []
@@ -125,7 +177,7 @@ def ask(path: Path, query: str, *, timeout: float = ASK_TIMEOUT) -> dict[str, An
         sock.settimeout(timeout)
         try:
             sock.connect(str(path))
-            sock.sendall(_encode({"query": query}))
+            sock.sendall(_encode({"query": query, **(arguments or {})}))
             while chunk := sock.recv(65536):
                 size += len(chunk)
                 if size > MAX_ANSWER:

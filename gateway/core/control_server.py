@@ -32,7 +32,9 @@ SEND_TIMEOUT = 10.0
 MAX_CONNECTIONS = 8
 """Connections answered at once; more are closed unanswered."""
 
-Answer = Callable[[str], Mapping[str, object]]
+Answer = Callable[..., Mapping[str, object]]
+"""``answer(query)``, or ``answer(query, arguments)`` for a query that takes arguments
+(``control.respond``)."""
 
 
 async def serve_control(

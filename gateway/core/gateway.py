@@ -19,7 +19,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -1320,10 +1320,21 @@ class Gateway:
             clock=trio.current_time,
         )
 
-    def control_answer(self, query: str) -> dict[str, object]:
+    def control_answer(
+        self, query: str, arguments: Mapping[str, str] | None = None
+    ) -> dict[str, object]:
         """The answer to a control socket query (gateway/core/control.py): ``live_quality``,
         per live call whose quality is read, each leg's RTCP figures now; ``trunks``;
-        ``media_workers``. Walks the live calls when asked, never otherwise."""
+        ``media_workers``; ``recording`` (``arguments``: pause or resume a call's recordings,
+        ``CallManager.pause_recording``). Walks the live calls when asked, never otherwise."""
+        if query == "recording":
+            from gateway.core.control import ControlError
+
+            if self.calls is None or arguments is None:
+                raise ControlError("no calls are taken yet")
+            return self.calls.pause_recording(
+                arguments["call_id"], arguments["action"] == "pause", by=arguments["by"]
+            )
         if query == "trunks":
             return {
                 "trunks": self.trunks_status(),

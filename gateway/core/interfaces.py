@@ -453,6 +453,14 @@ class TapSink(Protocol):
     # dialog's remote URI: the To of our INVITE to it); a SIPREC client re-INVITEs its recorder
     # with metadata naming it (RFC 7866 §9). A sink may have both; each is called.
     #
+    # Optional: ``set_paused(paused: bool, *, by: str) -> None``: the sink is a recording that
+    # an operator may pause (``voipgw recording pause``, PCI DSS: card digits never recorded)
+    # and resume; ``by`` says who asked. Called on the event loop (the control socket's task,
+    # or the call's for a sink that joins a paused call), must not block. While paused
+    # ``packet`` is still called: the sink drops what it gets (a SIPREC client also re-INVITEs
+    # its recorder with its streams a=inactive, RFC 7866 §7.1.1). Never called on a covert
+    # sink: an interception is never paused.
+    #
     # Optional: ``covert = True``: the sink is never named in the call's record, in ``voipgw
     # calls`` or in the core's log lines (an interception must not show to whoever reads them).
     #
@@ -1094,6 +1102,14 @@ class GatewayStatus(Protocol):
     def recording_update_failures(self) -> tuple[tuple[str, int], ...]:
         """Updates of recording sessions given up since the start, by reason, summed over the
         media taps that count them (``MediaTap.update_failures``, SIPREC); empty without one."""
+
+    def recording_pauses(self) -> tuple[tuple[str, int], ...]:
+        """Recordings paused and resumed on request since the start (``voipgw recording``):
+        (``"pause"``, count) and (``"resume"``, count); empty without a media tap that is
+        not covert (nothing to pause) and before calls are taken."""
+
+    def recordings_paused(self) -> int:
+        """The live calls whose recording is paused now."""
 
     def certificate_reloads(self) -> tuple[tuple[str, str, int], ...]:
         """Certificate reloads (SIGHUP) since the start: (plugin, outcome, count) for every

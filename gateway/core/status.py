@@ -580,6 +580,17 @@ class StatusView:
                 totals[result] = totals.get(result, 0) + count
         return tuple(sorted(totals.items()))
 
+    def recording_pauses(self) -> tuple[tuple[str, int], ...]:
+        manager = self._gateway.calls
+        taps = self._gateway.plugins.media_taps.items()
+        if manager is None or all(getattr(tap, "covert", False) for _, tap in taps):
+            return ()  # nothing that records (an interception is never paused)
+        return tuple(sorted(manager.recording_pauses.items()))
+
+    def recordings_paused(self) -> int:
+        manager = self._gateway.calls
+        return 0 if manager is None else len(manager.recordings_paused)
+
     def recording_update_failures(self) -> tuple[tuple[str, int], ...]:
         totals: dict[str, int] = {}
         for name, tap in self._gateway.plugins.media_taps.items():

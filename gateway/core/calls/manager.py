@@ -265,6 +265,10 @@ class CallManager:
         self.caller_identity: list[CallerIdentity] = list(gateway.plugins.caller_identity)
         """Caller-identity services (STIR/SHAKEN, calls/identity.py); empty: never asked."""
         self.identity_outcomes: collections.Counter[str] = collections.Counter()
+        self.recording_pauses = {"pause": 0, "resume": 0}
+        """Pauses and resumes of recordings on request since the start (metrics)."""
+        self.recordings_paused: set[Call] = set()
+        """The live calls whose recording is paused now (metrics: one left paused)."""
         self.records = None if store is None else CallRecordBook(store)
         """Call detail records; the gateway saves what is left when it stops."""
         if self.records is not None:
@@ -813,6 +817,7 @@ class CallManager:
     def forget(self, call: Call) -> None:
         self.limits.release(call)
         self.calls.discard(call)
+        self.recordings_paused.discard(call)
         if self._call_left is not None:
             self._call_left.set()
             self._call_left = None
@@ -1252,6 +1257,60 @@ class CallManager:
         and kept for the call's record."""
         self.identity_outcomes[outcome.outcome] += 1
         call.identity.append(outcome)
+
+    def pause_recording(self, call_id: str, paused: bool, *, by: str) -> dict[str, object]:
+        """Pause (``paused``) or resume the recordings of the live call ``call_id`` (its
+        record id, ``Call-ID;tag``, or its SIP Call-ID) on ``by``'s request (the control
+        socket's ``recording``, ``voipgw recording pause|resume``): the recording taps stop
+        sending copies (SIPREC re-INVITEs its recorder with the streams a=inactive, RFC 7866
+        §7.1.1) until resumed; an interception is never paused (``CallTaps.recordings``).
+        Logged at INFO with who asked, kept in the call's record. Raises ControlError for a
+        call that is not live here, one that is not recorded, a SIP Call-ID that names more
+        than one call."""
+        from gateway.core.control import ControlError
+
+        found = [
+            call
+            for call in self.calls
+            if call_id in (call.record_id, call.id) and call.caller is not None
+        ]
+        if not found:
+            raise ControlError(f"no live call {call_id!r} on this gateway")
+        if len(found) > 1:
+            ids = ", ".join(sorted(call.record_id for call in found))
+            raise ControlError(f"{call_id!r} names {len(found)} calls, give one of: {ids}")
+        call = found[0]
+        taps = call.taps
+        action = "pause" if paused else "resume"
+        if taps is None or not taps.recordings():
+            log.info(
+                "call %s: recording %s asked by %s: the call is not recorded",
+                call.id,
+                action,
+                by,
+            )
+            raise ControlError(f"call {call.record_id} is not recorded: nothing to {action}")
+        names, changed = taps.pause_recording(paused, by=by, at=time.time())
+        if changed:
+            self.recording_pauses[action] += 1
+            if paused:
+                self.recordings_paused.add(call)
+            else:
+                self.recordings_paused.discard(call)
+            log.info(
+                "call %s: recording %s by %s (%s)",
+                call.id,
+                "paused" if paused else "resumed",
+                by,
+                ", ".join(names),
+            )
+            self.security_changed(call)
+        return {
+            "call_id": call.record_id,
+            "paused": taps.paused,
+            "changed": changed,
+            "recordings": names,
+        }
 
     def security_changed(self, call: Call) -> None:
         """The call's live record changed after its answer (its media got keys, a transfer was

@@ -25,6 +25,13 @@ drops copies (counted there) rather than slow its relay. A stream that cannot
 be tapped at all would be listed in the call's record (``taps``: ``untapped_streams``) and
 logged, so a recording known to be incomplete never looks complete.
 
+Pausing (:meth:`CallTaps.pause_recording`, an operator's ``voipgw recording pause``): the sinks
+that have ``set_paused`` (recordings: ``siprec``, ``recorder``) are told to stop and start again
+(PCI DSS: no card digits recorded); the relay taps keep feeding every sink, and a paused one
+drops what it gets. A covert sink is never paused, whatever it has: an interception must get
+the whole call (ETSI TS 103 221-2; the warrant, not the operator, says what it gets). The call's
+record keeps when and by whom each pause began and ended.
+
 A covert sink (``covert = True``: an interception) is never named in the call's record or in
 these log lines: whoever reads them must not learn of it.
 
@@ -51,6 +58,9 @@ from gateway.core.sdp.model import SessionDescription
 from gateway.core.transport.flows import Address
 
 log = logging.getLogger(__name__)
+
+MAX_PAUSES_KEPT = 20
+"""The pauses of a call its record lists (the last ones; ``pause_count`` counts them all)."""
 
 
 @attrs.define
@@ -83,6 +93,9 @@ class CallTaps:
         self._untapped: set[int] = set()
         self._closed = False
         self._fax_logged = False
+        self._paused = False
+        self._pauses: list[dict[str, object]] = []  # the last MAX_PAUSES_KEPT, for the record
+        self._pause_count = 0
         self.sip_dialogs: set[tuple[str, str | None]] = set()
         """The (Call-ID, tag) keys the endpoint copies SIP messages of to this call's sinks."""
 
@@ -112,6 +125,15 @@ class CallTaps:
             self._tell_changes(self._session)
         self._sinks.extend(sinks)
         self._sip_sinks.extend((name, sink) for name, sink in sinks if _wants_sip(sink))
+        if self._paused:  # a recording that joins a paused call starts paused
+            for name, sink in sinks:
+                if callable(getattr(sink, "set_paused", None)) and not getattr(
+                    sink, "covert", False
+                ):
+                    try:
+                        sink.set_paused(True, by=str(self._pauses[-1]["paused_by"]))  # type: ignore[attr-defined]
+                    except Exception:
+                        log_exception(log, "media tap %s failed to pause", name)
 
     def leg_replaced(self, side: str, uri: str = "") -> None:
         """A transfer put another party, ``uri``, on ``side`` ("a", "b"): sinks that care hear
@@ -186,6 +208,42 @@ class CallTaps:
                 continue
             self._tapped[index] = _Tapped(stream, (tap, tap))
 
+    def recordings(self) -> list[tuple[str, TapSink]]:
+        """The sinks a pause applies to: those that have ``set_paused``, never a covert one
+        (lawful interception is never paused)."""
+        return [
+            (name, sink)
+            for name, sink in self._sinks
+            if callable(getattr(sink, "set_paused", None)) and not getattr(sink, "covert", False)
+        ]
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def pause_recording(self, paused: bool, *, by: str, at: float) -> tuple[list[str], bool]:
+        """Pause (``paused``) or resume the call's recordings on ``by``'s request at ``at``
+        (Unix time): each of :meth:`recordings` is told (``set_paused(paused, by=)``), and
+        the record keeps the pause. The recordings' names and whether anything changed (a
+        pause of a paused call changes nothing); no names: the call is not recorded."""
+        recordings = self.recordings()
+        names = [name for name, _ in recordings]
+        if not recordings or self._closed or paused == self._paused:
+            return names, False
+        self._paused = paused
+        if paused:
+            self._pause_count += 1
+            self._pauses.append({"paused_at": at, "paused_by": by})
+            del self._pauses[:-MAX_PAUSES_KEPT]
+        else:
+            self._pauses[-1].update(resumed_at=at, resumed_by=by)
+        for name, sink in recordings:
+            try:
+                sink.set_paused(paused, by=by)  # type: ignore[attr-defined]
+            except Exception:
+                log_exception(log, "media tap %s failed to pause or resume", name)
+        return names, True
+
     def close(self) -> None:
         """The call ended: take the taps off its streams and close every sink."""
         if self._closed:
@@ -221,7 +279,15 @@ class CallTaps:
 
     def record(self) -> dict[str, object]:
         """What the call's security record says of its taps."""
-        return {"names": list(self.names), "untapped_streams": sorted(self._untapped)}
+        record: dict[str, object] = {
+            "names": list(self.names),
+            "untapped_streams": sorted(self._untapped),
+        }
+        if self._pauses:  # voipgw recording pause: when, by whom, and resumed when
+            record["paused"] = self._paused
+            record["pauses"] = [dict(pause) for pause in self._pauses]
+            record["pause_count"] = self._pause_count
+        return record
 
     def _tap(self, stream_id: str, stream: MediaStream | None, failed: set[str]) -> Tap:
         """The relay tap of stream ``stream_id``; ``stream`` when it is in this process (it may

@@ -605,6 +605,21 @@ def _caller_identity_refetches(out: Exposition, status: GatewayStatus) -> None:
 
 
 def _recording(out: Exposition, status: GatewayStatus) -> None:
+    pauses = status.recording_pauses()
+    if pauses:  # a recording tap (siprec, recorder ...): calls may be paused
+        out.family(
+            "voipgw_recording_pauses_total",
+            "counter",
+            "Recordings paused and resumed on request (voipgw recording pause|resume), by action.",
+        )
+        for action, count in pauses:
+            out.sample(count, [("action", action)])
+        out.family(
+            "voipgw_recordings_paused",
+            "gauge",
+            "Live calls whose recording is paused now (one left paused is not recorded).",
+        )
+        out.sample(status.recordings_paused(), [])
     failures = status.recording_update_failures()
     if not failures:
         return  # no recording tap that counts them (siprec): no family

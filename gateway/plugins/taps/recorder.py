@@ -484,6 +484,9 @@ class RecordingSink:
         self.recording: WavRecording | PcapRecording | None = None
         # Which dynamic payload type is which codec, per stream (Opus has no static one).
         self._codecs = codecs_of(call.media)
+        self._paused = False
+        self.paused_packets = 0
+        """Packets not written while the recording was paused on request."""
 
     def streams_changed(self, media: tuple[TappedMedia, ...]) -> None:
         """A re-INVITE changed the streams (``interfaces.TapSink``): learn its payload types.
@@ -492,7 +495,15 @@ class RecordingSink:
             self._codecs.setdefault(stream_id, {}).update(names)
 
     def packet(self, stream_id: str, direction: str, rtp: bytes, *, now: float) -> None:
+        if self._paused:
+            self.paused_packets += 1  # PCI DSS: nothing of a paused call is written
+            return
         self._queue.put(stream_id, direction, rtp, now)
+
+    def set_paused(self, paused: bool, *, by: str) -> None:
+        """An operator paused or resumed the recording (``interfaces.TapSink``; the core logs
+        who): packets meanwhile are not written (a gap in the file)."""
+        self._paused = paused
 
     def close(self) -> None:
         self._queue.close()

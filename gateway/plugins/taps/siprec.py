@@ -103,10 +103,24 @@ is logged and the copies go on where they went. A metadata snapshot request
 (``application/rs-metadata-request``, RFC 7866 §9) is answered 200 and followed by a re-INVITE
 with the complete metadata beside an SDP offer, as any update.
 
-Not done: streams the call adds after its answer; pause/resume on the operator's request;
-DTLS-SRTP towards the SRS; the ``a=record`` indication to recording-aware phones (RFC 7866 §7);
-with SDES, another crypto suite the SRS's answer in an ACK picks than the one in force (the
-addresses are followed, the keys in force kept).
+Streams the call adds or removes after its answer (its re-INVITE or UPDATE;
+:meth:`SiprecSink._follow_streams`). An added stream of a recorded type (audio; video with
+``record_video``) gets two new m= lines after ours (RFC 3264 §8.1), one per direction, the next
+unused labels and new stream ids (RFC 7866 §8.1.1, RFC 7865 §6), sockets of their own and, with
+SDES, fresh keys; the re-INVITE carries the metadata with them, and their copies go once the SRS
+answers. A removed stream (port 0, RFC 3264 §8.2) stays in our offers at port 0, and in the
+metadata, no longer sent nor received by the parties on the call. The update is sent, retried
+and given up as any other.
+
+Pause and resume on request (``set_paused``: ``voipgw recording pause|resume``, the core's
+``CallTaps.pause_recording``; PCI DSS: no card digits recorded). While paused no copy is sent
+(packets are counted as paused, not queued) and the SRS is re-INVITEd with every stream
+``a=inactive``, the metadata unchanged (RFC 7866 §7.1.1); the resume re-INVITEs it with the
+streams as they are (sendonly, or inactive where the call holds them). Both go as any update.
+
+Not done: DTLS-SRTP towards the SRS; the ``a=record`` indication to recording-aware phones
+(RFC 7866 §7); with SDES, another crypto suite the SRS's answer in an ACK picks than the one
+in force (the addresses are followed, the keys in force kept).
 """
 
 from __future__ import annotations
@@ -241,33 +255,52 @@ def _identifier() -> str:
 
 @attrs.frozen
 class RecordedStream:
-    """One m= line of the recording session: a call stream's direction and its label."""
+    """One m= line of the recording session: a call stream's direction and its label.
+    ``added``: when a stream the call added after its answer joined the recording (None: from
+    the start); ``removed``: when the call removed it (its m= line port 0, RFC 3264 §8.2), after
+    which its m= line stays in our offers at port 0 and its label is never used again."""
 
     index: int
     direction: str
     label: str
     media: TappedMedia
     stream_id: str = attrs.field(factory=_identifier)
+    added: float | None = None
+    removed: float | None = None
 
 
-def recorded_streams(media: Sequence[TappedMedia]) -> list[RecordedStream]:
-    """Two per audio stream of the call, labelled 1, 2, 3...: the caller's, then the callee's."""
+RECORDED_MEDIA = ("audio",)
+"""The media types recorded by default; ``record_video`` adds ``video``."""
+
+
+def recorded_streams(
+    media: Sequence[TappedMedia],
+    *,
+    kinds: Sequence[str] = RECORDED_MEDIA,
+    first_label: int = 1,
+    added: float | None = None,
+) -> list[RecordedStream]:
+    """Two per recorded stream of the call (audio; video too where ``kinds`` has it), labelled
+    1, 2, 3... (from ``first_label``: a stream added later takes the next unused labels, RFC
+    7866 §8.1.1, a label never names another stream): the caller's, then the callee's."""
     streams: list[RecordedStream] = []
     for stream in media:
-        if stream.media != "audio":
+        if stream.media not in kinds:
             continue
         for direction in DIRECTIONS:
-            streams.append(RecordedStream(stream.index, direction, str(len(streams) + 1), stream))
+            label = str(first_label + len(streams))
+            streams.append(RecordedStream(stream.index, direction, label, stream, added=added))
     return streams
 
 
 def _recorded_now(recorded: TappedMedia, now: TappedMedia | None) -> TappedMedia:
-    """What a recorded audio stream is now: the call's stream at its index, or, while that line
+    """What a recorded stream is now: the call's stream at its index, or, while that line
     carries something else (T.38 fax after a re-INVITE, passed through, never recorded), the
-    audio as it was, inactive: the SRS is told no audio flows, and its m= line stays audio."""
+    stream as it was, inactive: the SRS is told no media flows, and its m= line keeps its
+    type."""
     if now is None:
         return recorded
-    if now.media != "audio":
+    if now.media != recorded.media:
         return attrs.evolve(recorded, direction="inactive")
     return now
 
@@ -294,7 +327,13 @@ def offer_sdp(
         "t=0 0",
     ]
     for number, (stream, port) in enumerate(zip(streams, ports, strict=True)):
-        lines.append(f"m=audio {port} {proto} {' '.join(stream.media.formats)}")
+        kind, formats = stream.media.media, " ".join(stream.media.formats)
+        if stream.removed is not None:
+            # RFC 3264 §8.2: the call removed the stream; its line stays, at port 0, so that
+            # the lines after it keep their places (§8: never fewer m= lines than before).
+            lines += [f"m={kind} 0 {proto} {formats}", f"a=label:{stream.label}", "a=inactive"]
+            continue
+        lines.append(f"m={kind} {port} {proto} {formats}")
         lines += [f"a=rtpmap:{value}" for value in stream.media.rtpmaps]
         lines += [f"a=fmtp:{value}" for value in stream.media.fmtps]
         direction = "sendonly" if stream.media.direction == "sendrecv" else "inactive"
@@ -431,8 +470,9 @@ def metadata_xml(
         # disassociate-time?, in that order): the streams a participant sends and receives,
         # and when it started and, once it left, stopped (a transfer, the call's end): the
         # SRS learns when a party stopped sending from its disassociate-time.
-        sends = [s.stream_id for s in streams if s.direction == SENDS[party.side]]
-        receives = [s.stream_id for s in streams if s.direction != SENDS[party.side]]
+        taken = [s for s in streams if _took_part(party, s)]
+        sends = [s.stream_id for s in taken if s.direction == SENDS[party.side]]
+        receives = [s.stream_id for s in taken if s.direction != SENDS[party.side]]
         out += [
             f"<participantstreamassoc participant_id={quoteattr(party.participant_id)}>",
             *(f"<send>{stream_id}</send>" for stream_id in sends),
@@ -444,6 +484,17 @@ def metadata_xml(
         out.append("</participantstreamassoc>")
     out.append("</recording>")
     return ("\r\n".join(out) + "\r\n").encode()
+
+
+def _took_part(party: Participant, stream: RecordedStream) -> bool:
+    """Whether ``party`` sent or received ``stream`` (RFC 7865 §6.8, a complete snapshot): a
+    party still on the call, the streams the call has now (one it removed is no longer sent
+    nor received by anyone); a party who left, those the call had while it was on."""
+    if party.left is None:
+        return stream.removed is None
+    if stream.added is not None and stream.added > party.left:
+        return False  # added after it left
+    return stream.removed is None or stream.removed > party.joined
 
 
 def _stamp(at: float) -> str:
@@ -630,7 +681,8 @@ def answer_srs_offer(
     is in ``suites`` by the rule of call legs (RFC 4568 §6.1, §7.1.1, §7.1.2): the one whose
     suite comes first in ``suites``, or the offer's first with ``keying.answer_suite =
     "offer-order"``; our key kept where its suite and key are unchanged (§7.1.4). A line it
-    set to port 0, one that names no stream of ours, and not audio, are declined (port 0, §6).
+    set to port 0, one that names no stream of ours or one the call removed, and one of
+    another media type than its stream, are declined (port 0, §6).
     Raises :class:`OfferRefused` (SdpError: a malformed SDP) for an offer that cannot be
     answered: another transport profile than ours, no codec of the call, no usable crypto line,
     a c= line that is not IPv4; its text holds no key."""
@@ -659,7 +711,8 @@ def answer_srs_offer(
             stream is None
             or stream.label in taken
             or media.port == 0
-            or media.media.lower() != "audio"
+            or stream.removed is not None
+            or media.media.lower() != stream.media.media
         ):
             # RFC 3264 §6: a stream we reject is answered with port 0 (and its formats).
             lines.append(f"m={media.media} 0 {media.proto} {' '.join(media.formats)}")
@@ -695,7 +748,7 @@ def answer_srs_offer(
             negotiations[number] = negotiation
             crypto = negotiation.local_sdp_attributes()  # one line: the chosen suite
         port = ports[number]
-        lines.append(f"m=audio {port} {proto} {' '.join(formats)}")
+        lines.append(f"m={stream.media.media} {port} {proto} {' '.join(formats)}")
         lines += [f"a=rtpmap:{v}" for v in stream.media.rtpmaps if v.split(" ", 1)[0] in formats]
         lines += [f"a=fmtp:{v}" for v in stream.media.fmtps if v.split(" ", 1)[0] in formats]
         lines += [f"a=label:{stream.label}", "a=sendonly" if sending else "a=inactive"]
@@ -729,6 +782,12 @@ def _common_formats(offered: MediaDescription, ours: TappedMedia) -> list[str]:
     return common
 
 
+MAX_RECORDED_LINES = 32
+"""The most m= lines a recording session offers (two per recorded stream of the call, removed
+ones included): a call that keeps adding and removing streams costs sockets and SDP without
+bound otherwise."""
+
+
 # -- the sink -------------------------------------------------------------------------------------
 
 
@@ -739,6 +798,8 @@ class SiprecCounts:
     dropped: int = 0
     not_sent: int = 0
     """Packets of declined streams, after the SRS ended the session, or when it could not open."""
+    paused: int = 0
+    """Packets not recorded while the recording was paused on request."""
 
 
 class SiprecSink:
@@ -786,12 +847,36 @@ class SiprecSink:
         # answered with (:meth:`_srs_request`).
         self._streams: list[RecordedStream] = []
         self._ports: list[int] = []
+        # The media types recorded, and each recorded stream's socket by (index, direction):
+        # streams the call adds after its answer join both (:meth:`_follow_streams`).
+        self._kinds = ("audio", "video") if config.record_video else RECORDED_MEDIA
+        self._by_stream: dict[tuple[int, str], trio.socket.SocketType] = {}
+        self._unrecorded: set[int] = set()  # the call's streams said not to be recorded
+        self._paused = False  # voipgw recording pause: no copies, the SRS's streams inactive
+        # SDES: resumes so far, and the resumes the keys in force were made after (_reoffer).
+        self._resumes = self._keyed_resumes = 0
         # True while the SRS has taken our last offer and no re-INVITE is under way: only then
         # does the call's end send the final snapshot (one re-INVITE at a time, RFC 3261 §14.1).
         self._settled = True
 
     def packet(self, stream_id: str, direction: str, rtp: bytes, *, now: float) -> None:
+        if self._paused:
+            self.counts.paused += 1  # PCI DSS: nothing of a paused call leaves the gateway
+            return
         self._queue.put(stream_id, direction, rtp, now)
+
+    def set_paused(self, paused: bool, *, by: str) -> None:
+        """An operator paused or resumed the recording (``interfaces.TapSink``; the core logs
+        who): no copies while paused, and the SRS re-INVITEd with every stream a=inactive
+        (RFC 7866 §7.1.1: the SRC pauses by making the recorded streams inactive; the
+        metadata does not change), sendonly again at the resume; the update is sent, retried
+        and given up as any other (one re-INVITE at a time, the state as it is then)."""
+        if paused == self._paused:
+            return
+        self._paused = paused
+        if not paused and self._keying is not None:
+            self._resumes += 1  # the next re-offer carries fresh keys (_reoffer)
+        self._changed.set()
 
     def close(self) -> None:
         self._queue.close()
@@ -810,14 +895,19 @@ class SiprecSink:
         self._changed.set()
 
     async def run(self) -> None:
-        streams = recorded_streams(self.call.media)
+        streams = recorded_streams(self.call.media, kinds=self._kinds)
+        self._note_unrecorded(self.call.media, streams)
         sockets: list[trio.socket.SocketType] = []
         # Chosen once: plain copies keep the path they always had, nothing added per packet.
         forward = self._forward if self._keying is None else self._forward_srtp
         try:
             async with self._queue.receive, trio.open_nursery() as nursery:
                 if not streams:
-                    log.warning("SIPREC: call %s has no audio to record", self.call.call_id)
+                    log.warning(
+                        "SIPREC: call %s has no %s to record",
+                        self.call.call_id,
+                        " or ".join(self._kinds),
+                    )
                 elif self.call.sessions is None:
                     log.error("SIPREC: call %s: the core lent no SIP sessions", self.call.call_id)
                 else:
@@ -827,13 +917,14 @@ class SiprecSink:
                     self.session, self._destinations = await self._open(streams, sockets)
                 if self.session is not None:
                     nursery.start_soon(self._follow_changes, streams, sockets, nursery)
-                by_stream = {
+                self._by_stream = {
                     (s.index, s.direction): sock for s, sock in zip(streams, sockets, strict=False)
                 }
                 async for stream_id, direction, rtp, _ in self._queue.receive:
-                    # Read per packet: a new recording session changes both (_reopen).
+                    # Read per packet: a new recording session changes both (_reopen), a
+                    # stream the call adds joins _by_stream (_follow_streams).
                     await forward(
-                        self.session, self._destinations, by_stream, stream_id, direction, rtp
+                        self.session, self._destinations, self._by_stream, stream_id, direction, rtp
                     )
                 nursery.cancel_scope.cancel()  # the call is over: no more re-INVITEs
             session = self.session
@@ -858,13 +949,14 @@ class SiprecSink:
             counts = self.counts
             counts.dropped = self._queue.dropped
             log.info(
-                "SIPREC: call %s: %d packets, %d sent to the SRS%s, %d dropped, %d not sent",
+                "SIPREC: call %s: %d packets, %d sent to the SRS%s, %d dropped, %d not sent%s",
                 self.call.call_id,
                 counts.packets,
                 counts.sent,
                 "" if self._keying is None else " over SRTP",
                 counts.dropped,
                 counts.not_sent,
+                f", {counts.paused} paused" if counts.paused else "",
             )
 
     async def _follow_changes(
@@ -876,7 +968,8 @@ class SiprecSink:
         """Re-INVITE the SRS after each change of the call's streams (RFC 7866 §8.1.2): held
         streams inactive, resumed ones sendonly again, new codecs declared; after a transfer,
         with the metadata naming the new party beside the SDP (RFC 7866 §9). Streams the call
-        adds later are not recorded.
+        adds get new m= lines and labels, streams it removes go to port 0, the metadata saying
+        both (:meth:`_follow_streams`).
 
         An update the SRS refuses is sent again, each time with the call as it is then (the
         latest state, never the states in between): after 491, RFC 3261 §14.1's wait; after a
@@ -895,7 +988,6 @@ class SiprecSink:
         no answer, or an interval that runs out (the SRS was to refresh and did not, or our
         refreshes kept failing), means the SRS is gone: BYE (§10) and a new recording session
         (:meth:`_lost`)."""
-        ports = [sock.getsockname()[1] for sock in sockets]
         glare_retries = 0
         retries = 0
         session = self.session
@@ -943,11 +1035,16 @@ class SiprecSink:
                     continue  # a refusal: the core tries again halfway to the expiry
                 refresh = True  # RFC 4028 §10: a re-INVITE refreshes as well
             self._changed = trio.Event()
+            if await self._follow_streams(streams, sockets):
+                self._metadata_changed = True  # RFC 7866 §9: new or removed stream elements
             current = self._current(streams)
+            resumes = self._resumes
             negotiations = self._reoffer(len(current))
             with_metadata, self._metadata_changed = self._metadata_changed, False
             self._settled = False
-            status = await self._update(session, current, ports, negotiations, with_metadata)
+            status = await self._update(
+                session, current, list(self._ports), negotiations, with_metadata
+            )
             if status is not None and 200 <= status < 300:
                 self._settled = True
                 glare_retries = retries = 0
@@ -955,6 +1052,7 @@ class SiprecSink:
                     session, current, negotiations
                 ):
                     return
+                self._keyed_resumes = resumes
                 self._follow_answer(session, current)
                 continue
             # The parties changed all the same: the next re-INVITE says so again.
@@ -1001,6 +1099,95 @@ class SiprecSink:
                 f", tried {retries + 1} times" if retries else "",
             )
             retries = 0
+
+    async def _follow_streams(
+        self, streams: list[RecordedStream], sockets: list[trio.socket.SocketType]
+    ) -> bool:
+        """Take in the streams the call added or removed since the last update (a re-INVITE or
+        UPDATE of the call after its answer): True when there were any, and the next re-INVITE
+        of the SRS carries the metadata. A stream the call added (a recorded media type at an
+        index no live recorded stream has, a port-0 line the call used again included) gets
+        two new m= lines, one per direction as the first streams (RFC 7866 §8.1.1), with the
+        next unused labels and new stream ids, and sockets of their own; its copies go once
+        the SRS's answer says where. A stream the call removed (its line at port 0, RFC 3264
+        §8.2) stays in our offers at port 0 and in the metadata, no longer sent nor received
+        by the parties on the call (:func:`_took_part`); its sockets are closed. Past
+        MAX_RECORDED_LINES lines (a call adding and removing streams without end) a new stream
+        is not recorded, with a warning."""
+        now = time.time()
+        present = {media.index for media in self._media}
+        changed = False
+        for number, stream in enumerate(streams):
+            if stream.removed is None and stream.index not in present:
+                streams[number] = attrs.evolve(stream, removed=now)
+                sock = self._by_stream.get((stream.index, stream.direction))
+                if sock is not None and sock is sockets[number]:
+                    del self._by_stream[(stream.index, stream.direction)]
+                    sock.close()
+                changed = True
+                log.info(
+                    "SIPREC: call %s: stream %d removed by the call, label %s now port 0",
+                    self.call.call_id,
+                    stream.index,
+                    stream.label,
+                )
+        live = {stream.index for stream in streams if stream.removed is None}
+        self._note_unrecorded(self._media, streams)
+        new = [m for m in self._media if m.index not in live and m.media in self._kinds]
+        for media in new:
+            if len(streams) + len(DIRECTIONS) > MAX_RECORDED_LINES:
+                if media.index not in self._unrecorded:
+                    self._unrecorded.add(media.index)
+                    log.warning(
+                        "SIPREC: call %s: stream %d (%s) the call added is not recorded: the "
+                        "recording session has %d m= lines, the most it is given",
+                        self.call.call_id,
+                        media.index,
+                        media.media,
+                        len(streams),
+                    )
+                continue
+            added = recorded_streams(
+                [media], kinds=self._kinds, first_label=len(streams) + 1, added=now
+            )
+            for stream in added:
+                sock = await self._bind()
+                streams.append(stream)
+                sockets.append(sock)
+                self._ports.append(sock.getsockname()[1])
+                self._by_stream[(stream.index, stream.direction)] = sock
+            self._unrecorded.discard(media.index)
+            changed = True
+            log.info(
+                "SIPREC: call %s: stream %d (%s) added by the call, offered to the SRS as "
+                "labels %s",
+                self.call.call_id,
+                media.index,
+                media.media,
+                ", ".join(stream.label for stream in added),
+            )
+        return changed
+
+    def _note_unrecorded(
+        self, media: Sequence[TappedMedia], streams: Sequence[RecordedStream]
+    ) -> None:
+        """Say once per stream of the call that is not recorded (video without
+        ``record_video``, a text stream ...), so that a recording known to be partial never
+        looks whole. A T.38 line that was audio is the audio stream, inactive meanwhile."""
+        recorded = {stream.index for stream in streams if stream.removed is None}
+        for stream in media:
+            if stream.index in recorded or stream.index in self._unrecorded:
+                continue
+            if stream.media in self._kinds:
+                continue
+            self._unrecorded.add(stream.index)
+            log.info(
+                "SIPREC: call %s: stream %d (%s) is not recorded%s",
+                self.call.call_id,
+                stream.index,
+                stream.media,
+                " (record_video = false)" if stream.media == "video" else "",
+            )
 
     def _follow_answer(self, session: OutboundSession, current: list[RecordedStream]) -> None:
         """The SRS's answer to our re-offer says where each stream goes now (RFC 3264 §8.3.1:
@@ -1165,10 +1352,19 @@ class SiprecSink:
     def _current(self, streams: list[RecordedStream]) -> list[RecordedStream]:
         """The recorded streams as the call has them now (held, resumed, new codecs)."""
         latest = {media.index: media for media in self._media}
-        return [
-            attrs.evolve(stream, media=_recorded_now(stream.media, latest.get(stream.index)))
+        current = [
+            stream
+            if stream.removed is not None  # port 0 from now on, as it last was
+            else attrs.evolve(stream, media=_recorded_now(stream.media, latest.get(stream.index)))
             for stream in streams
         ]
+        if self._paused:
+            # RFC 7866 §7.1.1: a paused recording's streams are inactive.
+            current = [
+                attrs.evolve(stream, media=attrs.evolve(stream.media, direction="inactive"))
+                for stream in current
+            ]
+        return current
 
     async def _reopen(
         self, streams: list[RecordedStream], sockets: list[trio.socket.SocketType]
@@ -1198,6 +1394,7 @@ class SiprecSink:
             if session is not None:
                 self.session, self._destinations = session, destinations
                 self._settled = True
+                self._keyed_resumes = self._resumes  # keyed afresh: no pause behind them
                 self._count("session_reopened")
                 log.warning(
                     "SIPREC: call %s: recording goes on in a new recording session (%s)",
@@ -1268,19 +1465,12 @@ class SiprecSink:
         ended = time.time()
         self._participants = ended_participants(self._participants, ended)
         self._stopped = ended
-        latest = {media.index: media for media in self._media}
         current = [
-            attrs.evolve(
-                stream,
-                media=attrs.evolve(
-                    _recorded_now(stream.media, latest.get(stream.index)), direction="inactive"
-                ),
-            )
-            for stream in streams
+            attrs.evolve(stream, media=attrs.evolve(stream.media, direction="inactive"))
+            for stream in self._current(streams)
         ]
-        ports = [sock.getsockname()[1] for sock in sockets]
         status = await self._update(
-            session, current, ports, self._reoffer(len(current)), with_metadata=True
+            session, current, list(self._ports), self._reoffer(len(current)), with_metadata=True
         )
         if status is None or not 200 <= status < 300:
             log.info(
@@ -1300,6 +1490,12 @@ class SiprecSink:
         suites = self._config.srtp_suites
         previous: list[SdesNegotiation | None] = [*self._negotiations]
         previous += [None] * (count - len(previous))
+        if self._resumes != self._keyed_resumes:
+            # After a pause: fresh keys for every stream (RFC 4568 §7.1.4 allows a new key in
+            # a re-offer). The phones' RTP sequence numbers went on while no copy was sent;
+            # past 2^15 of them SRTP's index guess (RFC 3711 §3.3.1) would take the resumed
+            # packets for old ones, on our side and the SRS's: a new context starts afresh.
+            previous = [None] * count
         return [
             self._keying.offer(suites=suites, secure_signalling=True, previous=negotiation)
             for negotiation in previous
@@ -1399,7 +1595,7 @@ class SiprecSink:
         self, streams: list[RecordedStream], sockets: list[trio.socket.SocketType]
     ) -> tuple[OutboundSession | None, dict[tuple[int, str], tuple[str, int]]]:
         assert self.call.sessions is not None
-        ports = [sock.getsockname()[1] for sock in sockets]
+        ports = list(self._ports)
         keying = self._keying
         negotiations: list[SdesNegotiation] | None = None
         if keying is None:
@@ -1588,6 +1784,7 @@ class SiprecConfig:
     srtp_suites: tuple[str, ...] = ("AES_CM_128_HMAC_SHA1_80",)
     answer_suite: str = "policy-order"
     session_expires: int = 1800
+    record_video: bool = False
 
     def __attrs_post_init__(self) -> None:
         # structure() reports a ValueError as a config error of this table; say which key.

@@ -198,7 +198,10 @@ async def intercept_env(
     numbering: dict[str, Any] | None = None,
     table: dict[str, Any] | None = None,
     plugins: tuple[tuple[str, object], ...] = (),
+    tables: dict[str, Any] | None = None,
 ) -> Env:
+    """``plugins`` and their ``tables`` (name -> table) beside the intercept's: each is
+    enabled too."""
     ca, server, client = pki
     mediation = Mediation()
     await nursery.start(mediation.serve)
@@ -208,7 +211,8 @@ async def intercept_env(
         seed,
         plugins=[("intercept", intercept_plugin), *plugins],
         plugin_tables={
-            "enable": ["intercept"],
+            "enable": ["intercept", *(tables or {})],
+            **(tables or {}),
             "intercept": {
                 "x1_listen": "127.0.0.1:0",
                 "x1_certificate": str(server.certificate),

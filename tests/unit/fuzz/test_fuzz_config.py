@@ -351,6 +351,7 @@ def seed_config(f: Files) -> dict[str, Any]:
                 "srtp_suites": ["AES_CM_128_HMAC_SHA1_80"],
                 "answer_suite": "offer-order",
                 "session_expires": 1800,
+                "record_video": False,
             },
             "hep": {
                 "collector": "udp:127.0.0.1:9060",

@@ -1,5 +1,7 @@
 """``voipgw_recording_update_failures_total``: the recording-session updates the media taps gave
-up (SIPREC), summed over the taps that count them, without sockets."""
+up (SIPREC), summed over the taps that count them; ``voipgw_recording_pauses_total`` and
+``voipgw_recordings_paused``: recordings paused on request (``voipgw recording pause``), with a
+recording tap only; without sockets."""
 
 from __future__ import annotations
 
@@ -11,11 +13,11 @@ from gateway.plugins.metrics.collect import _recording
 from gateway.plugins.metrics.exposition import Exposition
 
 
-def view(*taps: tuple[str, object]) -> StatusView:
+def view(*taps: tuple[str, object], calls: object = None) -> StatusView:
     registry: Registry[object] = Registry("media tap")
     for name, tap in taps:
         registry.add(name, tap)
-    gateway = SimpleNamespace(plugins=SimpleNamespace(media_taps=registry))
+    gateway = SimpleNamespace(plugins=SimpleNamespace(media_taps=registry), calls=calls)
     return StatusView(gateway, CallStatistics())  # type: ignore[arg-type]
 
 
@@ -44,4 +46,21 @@ def test_without_a_tap_that_counts_them_there_is_no_family() -> None:
     assert status.recording_update_failures() == ()
     out = Exposition()
     _recording(out, status)
+    assert out.render() == b""
+
+
+def test_pauses_are_counted_by_action_with_the_calls_paused_now_where_something_records() -> None:
+    calls = SimpleNamespace(
+        recording_pauses={"pause": 3, "resume": 2}, recordings_paused={object()}
+    )
+    out = Exposition()
+    _recording(out, view(("recorder", SimpleNamespace()), calls=calls))
+    text = out.render().decode()
+    assert "# TYPE voipgw_recording_pauses_total counter\n" in text
+    assert 'voipgw_recording_pauses_total{action="pause"} 3\n' in text
+    assert 'voipgw_recording_pauses_total{action="resume"} 2\n' in text
+    assert "# TYPE voipgw_recordings_paused gauge\nvoipgw_recordings_paused 1\n" in text
+    # An interception alone records nothing an operator may pause: no family.
+    out = Exposition()
+    _recording(out, view(("li", SimpleNamespace(covert=True)), calls=calls))
     assert out.render() == b""

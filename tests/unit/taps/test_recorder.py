@@ -214,6 +214,22 @@ async def test_the_sink_drops_and_counts_when_full_and_finishes_on_close(
     assert "recording of call rec-1" in caplog.text and "6 dropped" in caplog.text
 
 
+async def test_a_paused_sink_writes_nothing_until_resumed(tmp_path: Path) -> None:
+    """``voipgw recording pause`` (``set_paused``): the packets meanwhile are not written,
+    counted; those before and after are (PCI DSS: the card digits are never on disk)."""
+    sink = RecordingSink(CALL, tmp_path / "day", "pcap", queue=100)
+    for seq in range(10):
+        if seq == 3:
+            sink.set_paused(True, by="agent 7")
+        if seq == 7:
+            sink.set_paused(False, by="agent 7")
+        sink.packet("0", "a_to_b", rtp(seq, 160 * seq, b"\x00" * 160), now=0.02 * seq)
+    sink.close()
+    await sink.run()
+    assert sink.paused_packets == 4
+    assert sink.recording is not None and sink.recording.counts.packets == 6
+
+
 async def test_a_disk_that_fails_ends_the_recording_not_the_gateway(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -1,0 +1,181 @@
+"""Pausing and resuming a call's recording on request (``voipgw recording pause|resume``, the
+control socket's ``recording`` query; PCI DSS), through the B2BUA with a SIPREC recorder (a SIP
+agent on the in-memory network) and a lawful interception of the same call, the media on real
+127.0.0.1 sockets, in virtual time:
+
+- a pause re-INVITEs the SRS with both streams a=inactive and no metadata (RFC 7866 §7.1.1),
+  and no copy reaches it while paused, while the interception's X3 gets every packet (it is
+  never paused, nor named); the call's record and the log say when and by whom; a second pause
+  changes nothing; the resume re-INVITEs it sendonly and the copies flow again;
+- a pause of a call that is not live, or not recorded (intercepted only: the answer a call
+  tapped by nothing gets), is refused with the reason, the interception not given away.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import trio
+
+import gateway.plugins.taps.siprec as siprec_plugin
+from gateway.core.control import respond
+from gateway.core.ids import SeededIds
+from gateway.plugins.taps.intercept import pdu
+from gateway.testing.sip_agent import SipAgent
+from tests.component.calls.b2bua_env import GW, eventually, next_within
+from tests.component.calls.dtls_phone import bind
+from tests.component.calls.intercept_calls import (
+    ALICE_DID,
+    Env,
+    activate,
+    answered_with_media,
+    intercept_env,
+    pki,  # noqa: F401 (a fixture)
+)
+from tests.component.calls.recorder_calls import rtp
+from tests.component.calls.siprec_calls import SRS, SRS_PORT, srs_answer
+from tests.component.calls.siprec_recorded_calls import directions
+from tests.interop.harness.pki import Issued, TestCa
+
+
+def ask(env: Env, action: str, call_id: str, by: str = "agent 7") -> dict[str, object]:
+    """The gateway's answer to a control socket ``recording`` request."""
+    request = json.dumps({"query": "recording", "action": action, "call_id": call_id, "by": by})
+    answer = json.loads(respond(request.encode() + b"\n", env.b2bua.gateway.control_answer))
+    assert isinstance(answer, dict)
+    return answer
+
+
+async def recorded_and_intercepted(
+    nursery: trio.Nursery, tmp_path: Path, seed: int, certs: tuple[TestCa, Issued, Issued]
+) -> tuple[Env, SipAgent]:
+    env = await intercept_env(
+        nursery,
+        tmp_path,
+        seed,
+        certs,
+        plugins=(("siprec", siprec_plugin),),
+        tables={"siprec": {"srs": "sip:srs@127.0.0.9:5060", "trunks": ["carrier"]}},
+    )
+    srs = SipAgent(env.b2bua.network, SRS, ids=SeededIds(seed + 9), user="srs", proxy=GW, auto=None)
+    await nursery.start(srs.serve)
+    await env.provision(activate(f"<e164Number>{ALICE_DID[1:]}</e164Number>"))
+    return env, srs
+
+
+async def copies(sock: trio.socket.SocketType, wait: float = 1.0) -> list[bytes]:
+    """What reaches ``sock`` until nothing more comes for ``wait`` s."""
+    got: list[bytes] = []
+    while True:
+        with trio.move_on_after(wait) as waited:
+            got.append((await sock.recvfrom(2048))[0])
+        if waited.cancelled_caught:
+            return got
+
+
+async def test_a_paused_recording_sends_nothing_the_srs_streams_inactive_the_interception_all(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    env, srs = await recorded_and_intercepted(nursery, tmp_path, voipgw_seed, pki)
+    call, talk = await answered_with_media(env)
+    recording = await srs.next_call()
+    await recording.answer(200, sdp=srs_answer())
+    await srs.next_request("ACK", timeout=5)
+    assert env.b2bua.gateway.calls is not None
+    (gateway_call,) = env.b2bua.gateway.calls.calls
+    try:
+        with await bind(SRS_PORT) as srs_caller:
+            await talk.packets(0, 5)
+            assert await copies(srs_caller) == [rtp(seq, 0x00, 0x1111) for seq in range(5)]
+
+            # By the SIP Call-ID, as log lines name the call.
+            answer = ask(env, "pause", gateway_call.id)
+            assert answer == {
+                "call_id": gateway_call.record_id,
+                "paused": True,
+                "changed": True,
+                "recordings": ["siprec"],  # never the interception
+            }
+            paused = await srs.next_request("INVITE", timeout=10)
+            assert paused.request.call_id == recording.invite.call_id
+            assert directions(paused) == ["inactive", "inactive"]
+            # RFC 7866 §7.1.1: the metadata does not change, so none is sent.
+            assert paused.request.headers.get("Content-Type") == "application/sdp"
+            await srs.respond(paused, 200, body=srs_answer(), content_type="application/sdp")
+            assert ask(env, "pause", gateway_call.record_id)["changed"] is False
+
+            await talk.packets(5, 10)
+            assert await copies(srs_caller) == []  # nothing of the paused call to the SRS
+            taps = gateway_call.security_record()["taps"]
+            assert taps["paused"] is True and "intercept" not in taps["names"]
+            (pause,) = taps["pauses"]
+            assert pause["paused_by"] == "agent 7" and "resumed_at" not in pause
+
+            answer = ask(env, "resume", gateway_call.record_id, by="supervisor 2")
+            assert answer["paused"] is False and answer["changed"] is True
+            resumed = await srs.next_request("INVITE", timeout=10)
+            assert directions(resumed) == ["sendonly", "sendonly"]
+            await srs.respond(resumed, 200, body=srs_answer(), content_type="application/sdp")
+            await talk.packets(15, 5)
+            assert await copies(srs_caller) == [rtp(seq, 0x00, 0x1111) for seq in range(15, 20)]
+    finally:
+        talk.close()
+    (pause,) = gateway_call.security_record()["taps"]["pauses"]
+    assert pause["resumed_by"] == "supervisor 2"
+    assert pause["paused_at"] <= pause["resumed_at"]
+    # The interception got all of it, the paused stretch included.
+    await eventually(
+        lambda: len([p for p in env.x3() if p.direction == pdu.TO_TARGET]) >= 20, timeout=5
+    )
+    from_trunk = [p.payload for p in env.x3() if p.direction == pdu.TO_TARGET]
+    assert from_trunk == [rtp(seq, 0x00, 0x1111) for seq in range(20)]
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("gateway.core")]
+    assert any(
+        f"call {gateway_call.id}: recording paused by agent 7 (siprec)" in line for line in lines
+    ), lines
+    assert any(
+        f"call {gateway_call.id}: recording resumed by supervisor 2 (siprec)" in line
+        for line in lines
+    ), lines
+    assert not [line for line in lines if "intercept" in line]
+    await call.bye()
+    await srs.next_request("INVITE", timeout=10)  # the final snapshot
+    assert await next_within(srs, "BYE", 10) is not None
+
+
+async def test_a_pause_of_an_unknown_or_unrecorded_call_is_refused_with_the_reason(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
+) -> None:
+    # Intercepted, not recorded: the answer is the one for a call tapped by nothing, so that
+    # whoever may pause recordings does not learn of the interception.
+    env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
+    await env.provision(activate(f"<e164Number>{ALICE_DID[1:]}</e164Number>"))
+    call, talk = await answered_with_media(env)
+    talk.close()
+    assert env.b2bua.gateway.calls is not None
+    (gateway_call,) = env.b2bua.gateway.calls.calls
+    assert ask(env, "pause", gateway_call.record_id) == {
+        "error": f"call {gateway_call.record_id} is not recorded: nothing to pause"
+    }
+    assert ask(env, "pause", "no-such-call@127.0.0.1") == {
+        "error": "no live call 'no-such-call@127.0.0.1' on this gateway"
+    }
+    assert "taps" not in gateway_call.security_record()
+    await call.bye()
+    await eventually(lambda: env.b2bua.calls == 0)
+    assert ask(env, "resume", gateway_call.record_id) == {
+        "error": f"no live call {gateway_call.record_id!r} on this gateway"
+    }

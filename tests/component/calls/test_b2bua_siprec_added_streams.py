@@ -1,0 +1,237 @@
+"""SIPREC and the streams a call adds or removes after its answer (the ``siprec`` tap, RFC 7866
+§8.1.1, RFC 3264 §8.1, §8.2), the recorder (SRS) a SIP agent on the in-memory network, the
+call's RTP and the copies on real 127.0.0.1 sockets, in virtual time:
+
+- a caller's re-INVITE adding a video stream (``record_video = true``), or a second audio
+  stream (recorded whatever the table says), re-INVITEs the SRS with
+  two new sendonly m= lines after the first two, new labels (3, 4), the metadata with the two
+  new stream elements and who sends and receives them; the video copies reach the SRS's ports
+  for those labels once it answered;
+- the call removing the video again (port 0) re-INVITEs the SRS with those lines at port 0, the
+  metadata still naming the streams but no party sending or receiving them;
+- without ``record_video`` an added video stream is not recorded, and the log says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import trio
+
+from gateway.core.sdp.parser import parse_sdp_untrusted
+from gateway.plugins.taps.siprec import srs_sdp
+from gateway.testing.sip_agent import AutoAnswer, Received, SipAgent
+from tests.component.calls.b2bua_env import B2bua, next_within
+from tests.component.calls.dtls_phone import bind
+from tests.component.calls.siprec_calls import (
+    CALLEE_PORT,
+    CALLER_PORT,
+    NS,
+    SRS_PORT,
+    metadata_of,
+    rtp,
+    siprec_env,
+)
+from tests.component.calls.siprec_recorded_calls import recorded_call
+
+
+def audio_video(port: int, video_port: int, *, version: int, second: str = "video") -> bytes:
+    """A phone's SDP with an audio and a video stream (video at port 0: removed), or with
+    ``second="audio"`` two audio streams."""
+    line = (
+        f"m=video {video_port} RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n"
+        if second == "video"
+        else f"m=audio {video_port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+    )
+    return (
+        f"v=0\r\no=- 1 {version} IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+        f"m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
+        f"{line}a=sendrecv\r\n"
+    ).encode()
+
+
+def srs_answer_of(update: Received) -> bytes:
+    """The SRS's answer to our re-INVITE's offer: every line it was offered at a port (labels
+    1, 2, 3... at SRS_PORT, +2, +4 ...) recvonly, the lines at port 0 declined."""
+    request = update.request
+    offer = srs_sdp(request.headers.get("Content-Type"), request.body)
+    lines = ["v=0", "o=srs 1 2 IN IP4 127.0.0.1", "s=-", "c=IN IP4 127.0.0.1", "t=0 0"]
+    for media in parse_sdp_untrusted(offer).media:
+        label = media.attributes.get("label") or ""
+        port = 0 if media.port == 0 else SRS_PORT + 2 * (int(label) - 1)
+        lines += [f"m={media.media} {port} RTP/AVP {media.formats[0]}", f"a=label:{label}"]
+        lines.append("a=recvonly" if port else "a=inactive")
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+
+def offered(update: Received) -> list[tuple[str, str, int, str]]:
+    """(media, label, port, direction) of each m= line of a re-INVITE's SDP offer."""
+    request = update.request
+    sdp = parse_sdp_untrusted(srs_sdp(request.headers.get("Content-Type"), request.body))
+    return [
+        (m.media, m.attributes.get("label") or "", m.port, sdp.effective_direction(m).value)
+        for m in sdp.media
+    ]
+
+
+async def callee_takes_two_streams(env: B2bua, second: str = "video") -> None:
+    """alice's phone answers a re-INVITE of two streams with both (the agent's own answers
+    have one m= line)."""
+
+    async def answer(received: Received) -> bool:
+        if received.request.method != "INVITE" or not received.request.body:
+            return False
+        video = parse_sdp_untrusted(received.request.body).media[1].port
+        body = audio_video(CALLEE_PORT, CALLEE_PORT + 2 if video else 0, version=5, second=second)
+        await env.alice.respond(received, 200, body=body)
+        return True
+
+    env.alice.in_dialog = answer
+
+
+async def add_video(
+    env: B2bua, srs: SipAgent, second: str = "video"
+) -> tuple[object, tuple[str, int], Received]:
+    """A recorded call whose caller then adds video (or a ``second`` audio stream): the call,
+    where the caller sends the new stream, and the SRS's re-INVITE for it (not answered yet)."""
+    call, _, _ = await recorded_call(env, srs)
+    await callee_takes_two_streams(env, second)
+    answer = await call.reinvite(  # type: ignore[attr-defined]
+        audio_video(CALLER_PORT, CALLER_PORT + 2, version=2, second=second)
+    )
+    assert answer.status == 200
+    video_port = parse_sdp_untrusted(answer.body).media[1].port
+    assert video_port != 0
+    update = await srs.next_request("INVITE", timeout=10)
+    return call, ("127.0.0.1", video_port), update
+
+
+@pytest.mark.parametrize("second", ["video", "audio"])
+async def test_a_stream_the_call_adds_is_offered_to_the_srs_and_its_copies_sent(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    second: str,
+) -> None:
+    # A second audio stream is recorded whatever the table says; video with record_video.
+    table = {"record_video": True} if second == "video" else {}
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer(), **table)
+    call, to_caller_video, update = await add_video(env, srs, second)
+    opened = metadata_of(srs.requests("INVITE")[0].body)
+    lines = offered(update)
+    assert [(kind, label, direction) for kind, label, _, direction in lines] == [
+        ("audio", "1", "sendonly"),
+        ("audio", "2", "sendonly"),
+        (second, "3", "sendonly"),
+        (second, "4", "sendonly"),
+    ]
+    assert len({port for _, _, port, _ in lines}) == 4  # a socket of its own each
+    # RFC 7865: the two new streams by their labels, the old ones' ids kept, and each party
+    # sending one of the new ones and receiving the other.
+    root = metadata_of(update.request.body)
+    before = {
+        s.findtext("r:label", namespaces=NS): s.get("stream_id")
+        for s in opened.iterfind("r:stream", NS)
+    }
+    streams = {
+        s.findtext("r:label", namespaces=NS): s.get("stream_id")
+        for s in root.iterfind("r:stream", NS)
+    }
+    assert set(streams) == {"1", "2", "3", "4"}
+    assert {label: streams[label] for label in ("1", "2")} == before
+    sends = {
+        a.get("participant_id"): sorted(e.text or "" for e in a.iterfind("r:send", NS))
+        for a in root.iterfind("r:participantstreamassoc", NS)
+    }
+    caller_id, callee_id = (p.get("participant_id") for p in root.iterfind("r:participant", NS))
+    assert sends[caller_id] == sorted([streams["1"], streams["3"]])
+    assert sends[callee_id] == sorted([streams["2"], streams["4"]])
+
+    with await bind(CALLER_PORT + 2) as caller_video, await bind(SRS_PORT + 4) as srs_video:
+        # Before the SRS answers, the new stream has nowhere to go: nothing reaches it.
+        await caller_video.sendto(rtp(1, 0x33, 0x3333), to_caller_video)
+        with trio.move_on_after(1) as waited:
+            await srs_video.recvfrom(2048)
+        assert waited.cancelled_caught
+        await srs.respond(update, 200, body=srs_answer_of(update), content_type="application/sdp")
+        await srs.next_request("ACK", timeout=5)
+        got = []
+        for seq in range(2, 7):
+            await caller_video.sendto(rtp(seq, 0x33, 0x3333), to_caller_video)
+            with trio.move_on_after(1):
+                got.append((await srs_video.recvfrom(2048))[0])
+    assert got == [rtp(seq, 0x33, 0x3333) for seq in range(2, 7)]
+    await call.bye()  # type: ignore[attr-defined]
+    final = await srs.next_request("INVITE", timeout=10)  # the final snapshot: four lines
+    assert [direction for *_, direction in offered(final)] == ["inactive"] * 4
+
+
+async def test_a_stream_the_call_removes_goes_to_port_0_and_out_of_the_parties_streams(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, srs = await siprec_env(
+        nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer(), record_video=True
+    )
+    call, _, update = await add_video(env, srs)
+    await srs.respond(update, 200, body=srs_answer_of(update), content_type="application/sdp")
+    await srs.next_request("ACK", timeout=5)
+    added = metadata_of(update.request.body)
+
+    # RFC 3264 §8.2: the caller removes the video (port 0).
+    answer = await call.reinvite(  # type: ignore[attr-defined]
+        audio_video(CALLER_PORT, 0, version=3)
+    )
+    assert answer.status == 200
+    removed = await srs.next_request("INVITE", timeout=10)
+    lines = offered(removed)
+    assert [(kind, label, port == 0) for kind, label, port, _ in lines] == [
+        ("audio", "1", False),
+        ("audio", "2", False),
+        ("video", "3", True),
+        ("video", "4", True),
+    ]
+    root = metadata_of(removed.request.body)
+    ids = {
+        s.findtext("r:label", namespaces=NS): s.get("stream_id")
+        for s in root.iterfind("r:stream", NS)
+    }
+    assert ids == {
+        s.findtext("r:label", namespaces=NS): s.get("stream_id")
+        for s in added.iterfind("r:stream", NS)
+    }  # the stream elements stay, same ids
+    named = {
+        e.text
+        for a in root.iterfind("r:participantstreamassoc", NS)
+        for e in [*a.iterfind("r:send", NS), *a.iterfind("r:recv", NS)]
+    }
+    assert named == {ids["1"], ids["2"]}  # no one sends or receives the video any more
+    await srs.respond(removed, 200, body=srs_answer_of(removed), content_type="application/sdp")
+    await srs.next_request("ACK", timeout=5)
+    assert await next_within(srs, "INVITE", 10) is None
+    await call.bye()  # type: ignore[attr-defined]
+    await srs.next_request("INVITE", timeout=10)
+
+
+async def test_without_record_video_an_added_video_stream_is_logged_as_not_recorded(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.plugins.taps.siprec")
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer())
+    call, _, update = await add_video(env, srs)
+    assert [(kind, label) for kind, label, _, _ in offered(update)] == [
+        ("audio", "1"),
+        ("audio", "2"),
+    ]
+    gateway_call_id = call.call_id  # type: ignore[attr-defined]
+    assert any(
+        gateway_call_id in r.getMessage()
+        and "stream 1 (video) is not recorded (record_video = false)" in r.getMessage()
+        for r in caplog.records
+    ), [r.getMessage() for r in caplog.records]

@@ -1,0 +1,117 @@
+"""A paused SIPREC recording with SRTP towards the recorder (``media_security = "sdes"``): the
+pause re-INVITEs the SRS with its streams a=inactive and the same keys; the resume re-INVITEs
+it sendonly with fresh keys (RFC 4568 §7.1.4), so that the SRTP index of the copies starts
+afresh although the phones' sequence numbers went on (here by 40,000 across their wrap: under
+the old context libsrtp's index guess, RFC 3711 §3.3.1, takes such packets for old ones and
+refuses them); the resumed copies decrypt under the new keys. The SRS is a SIP agent over the
+``tls`` stand-in, the media on real 127.0.0.1 sockets, in virtual time."""
+
+from __future__ import annotations
+
+import json
+
+import pylibsrtp
+import trio
+
+from gateway.core.control import respond
+from gateway.core.sdp.model import SessionDescription
+from gateway.core.sdp.parser import parse_sdp_untrusted
+from gateway.plugins.keyexchange.sdes import parse_crypto_untrusted
+from gateway.plugins.taps.siprec import srs_sdp
+from gateway.testing.sip_agent import Received
+from tests.component.calls.b2bua_env import B2bua
+from tests.component.calls.dtls_phone import bind
+from tests.component.calls.siprec_calls import rtp
+from tests.component.calls.siprec_srtp_calls import (
+    CALLER_PORT,
+    SRS_PORT,
+    answered_call,
+    srtp_answer,
+    srtp_env,
+)
+
+
+def offer_of(request: Received) -> SessionDescription:
+    headers = request.request.headers
+    return parse_sdp_untrusted(srs_sdp(headers.get("Content-Type"), request.request.body))
+
+
+def checker(offer: SessionDescription) -> pylibsrtp.Session:
+    """What the SRS decrypts the caller's copies (label 1) with: the key our offer gave."""
+    ours = parse_crypto_untrusted(offer.media[0].attributes.values("crypto")[0])
+    policy = pylibsrtp.Policy(
+        key=ours.keys[0].key_salt,
+        ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND,
+        srtp_profile=pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80,
+    )
+    return pylibsrtp.Session(policy)
+
+
+async def caller_copies(to_caller_side: tuple[str, int], seqs: list[int]) -> list[bytes]:
+    """Send ``seqs`` from the caller through the call; what the SRS's label-1 port gets."""
+    got: list[bytes] = []
+    with await bind(CALLER_PORT) as caller, await bind(SRS_PORT) as srs_caller:
+        for seq in seqs:
+            await caller.sendto(rtp(seq, 0x11, 0x1111), to_caller_side)
+            await trio.sleep(0.02)
+        with trio.move_on_after(2):
+            while len(got) < len(seqs):
+                got.append((await srs_caller.recvfrom(2048))[0])
+    return got
+
+
+def ask(env: B2bua, action: str, call_id: str) -> dict[str, object]:
+    request = json.dumps({"query": "recording", "action": action, "call_id": call_id, "by": "a"})
+    answer = json.loads(respond(request.encode() + b"\n", env.gateway.control_answer))
+    assert isinstance(answer, dict)
+    return answer
+
+
+async def test_the_resume_of_a_paused_srtp_recording_is_keyed_afresh(
+    nursery: trio.Nursery, tmp_path: object, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, srs = await srtp_env(nursery, tmp_path, voipgw_seed)  # type: ignore[arg-type]
+    call, to_caller_side, _ = await answered_call(env)
+    recording = await srs.next_call()
+    invite = recording.invite
+    offer = parse_sdp_untrusted(srs_sdp(invite.headers.get("Content-Type"), invite.body))
+    await recording.answer(200, sdp=srtp_answer(offer))
+    await srs.next_request("ACK", timeout=5)
+    first = checker(offer)
+    before = list(range(60_000, 60_005))
+    got = await caller_copies(to_caller_side, before)
+    assert [first.unprotect(p) for p in got] == [rtp(s, 0x11, 0x1111) for s in before]
+
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert ask(env, "pause", gateway_call.id)["paused"] is True
+    paused = await srs.next_request("INVITE", timeout=10)
+    pause_offer = offer_of(paused)
+    assert [m.attributes.direction().value for m in pause_offer.media] == ["inactive"] * 2  # type: ignore[union-attr]
+    # The pause itself keeps the keys (RFC 4568 §7.1.4): nothing is sent under them meanwhile.
+    assert [m.attributes.values("crypto") for m in pause_offer.media] == [
+        m.attributes.values("crypto") for m in offer.media
+    ]
+    await srs.respond(paused, 200, body=srtp_answer(pause_offer), content_type="application/sdp")
+    during = [(60_005 + step) % 65_536 for step in range(0, 40_000, 8_000)]
+    assert await caller_copies(to_caller_side, during) == []
+
+    assert ask(env, "resume", gateway_call.id)["paused"] is False
+    resumed = await srs.next_request("INVITE", timeout=10)
+    resume_offer = offer_of(resumed)
+    assert [m.attributes.direction().value for m in resume_offer.media] == ["sendonly"] * 2  # type: ignore[union-attr]
+    fresh = [m.attributes.values("crypto") for m in resume_offer.media]
+    assert all(
+        new != old
+        for new, old in zip(
+            fresh, [m.attributes.values("crypto") for m in offer.media], strict=True
+        )
+    )
+    await srs.respond(resumed, 200, body=srtp_answer(resume_offer), content_type="application/sdp")
+    await trio.sleep(1)
+    # The phones' sequence numbers moved on by 40,000 while paused, past their wrap.
+    seqs = [(60_005 + 40_000 + n) % 65_536 for n in range(5)]
+    second = checker(resume_offer)
+    got = await caller_copies(to_caller_side, seqs)
+    assert [second.unprotect(p) for p in got] == [rtp(s, 0x11, 0x1111) for s in seqs]
+    await call.bye()  # type: ignore[attr-defined]
