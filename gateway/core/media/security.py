@@ -787,7 +787,7 @@ class LegSecurity:
             for stream in self.streams:
                 if stream.media_path and stream.negotiation is not None:
                     return True
-        for stream in self._offered:
+        for stream in self._offered:  # noqa: SIM110 (no generator: asked at each SDP change)
             if stream.media_path and stream.negotiation is not None:
                 return True
         return False
