@@ -72,7 +72,12 @@ class CallAnswer(CallForkRekey):
             leg.dialog = dialog
             self.b = leg
             self._start_session_timers(leg, response)
-            self._apply_keys(leg)
+            if not sdp:
+                # The answer of a reliable 1xx (RFC 3262 §5), applied then or just now. A 2xx
+                # with SDP was applied, keys included, by _answer_via above: nothing since
+                # changed the legs' security or the streams, so keying again set the same
+                # transforms and block flags (a third application per call).
+                self._apply_keys(leg)
             # The callee may send its first packet the moment our ACK reaches it (sipp,
             # carriers' announcements do): the relay must carry its answer by then. In process
             # it does already; a media worker has it once the messages above crossed its

@@ -44,6 +44,7 @@ from gateway.core.interfaces import (
     DeviceProfile,
     IdentityOutcome,
     LegInfo,
+    MediaPolicy,
     MediaTap,
     RouteDecision,
     RouteTarget,
@@ -273,6 +274,12 @@ class CallManager:
         """Call detail records; the gateway saves what is left when it stops."""
         if self.records is not None:
             nursery.start_soon(self.records.run)
+        # What every leg's security is made of, fixed while the gateway runs (plugins register
+        # their key exchanges and policies at start; nothing reloads them): the enabled key
+        # exchanges by name, and each registered policy limited to them (policy.effective),
+        # made at its first leg instead of at every leg.
+        self._key_exchanges = dict(gateway.plugins.key_exchanges.items())
+        self._effective_policies: dict[str, MediaPolicy] = {}
 
     async def _run_call(self, call: Call) -> None:
         """A call's task. Call.run ends its call on any failure (its child tasks' too,
@@ -905,12 +912,11 @@ class CallManager:
             # A typo in an account's policy must not silently downgrade it: refuse media.
             log.error("call %s: %s; refusing cleartext on that leg", call.id, exc)
             policy = BUILTIN_POLICIES["encrypted-only"]
-        exchanges = dict(gateway.plugins.key_exchanges.items())
         return LegSecurity(
             side=side.value,
-            policy=effective(narrowed_for_device(policy, device), exchanges),
+            policy=self._effective_policy(narrowed_for_device(policy, device)),
             secure_signalling=secure,
-            key_exchanges=exchanges,
+            key_exchanges=self._key_exchanges,
             signalling=flow.transport if flow is not None else (transport or "udp"),
             offer_feedback=offer_feedback,
             leg=leg,  # for key exchanges keyed per account or trunk (mikey's PSK modes)
@@ -918,6 +924,16 @@ class CallManager:
             dtmf_info=dtmf_info,
             codecs=device.codecs if device is not None else None,
         )
+
+    def _effective_policy(self, policy: MediaPolicy) -> MediaPolicy:
+        """``policy`` limited to the enabled key exchanges: once per registered policy, per
+        leg for one a device profile narrowed or the hook made (not the registered object)."""
+        if self.gateway.media_policies.get(policy.name) is not policy:
+            return effective(policy, self._key_exchanges)
+        limited = self._effective_policies.get(policy.name)
+        if limited is None:
+            limited = self._effective_policies[policy.name] = effective(policy, self._key_exchanges)
+        return limited
 
     def new_media_session(self, on_lost: Callable[[str], None] | None = None) -> MediaSession:
         return self.gateway.new_media_session(on_lost)

@@ -121,11 +121,7 @@ class CallMediaKeys(CallBase):
         if self._handshakes_refused:
             return
         if self.handshakes is None:
-            legs = [self.a.security, *(leg.security for leg in self.b_legs)]
-            if not any(
-                s is not None and (s.media_path_streams() or s.offered_media_path_streams())
-                for s in legs
-            ):
+            if not self._negotiates_on_media_path():
                 return
             assert self.media is not None
             self.handshakes = CallHandshakes(
@@ -143,6 +139,17 @@ class CallMediaKeys(CallBase):
                 self.handshakes.hold(side)
             self._answers_unsent.clear()
         self.handshakes.poke()
+
+    def _negotiates_on_media_path(self) -> bool:
+        """Whether a leg (A, or any B leg called) has a stream keyed on the media path."""
+        security = self.a.security
+        if security is not None and security.negotiates_on_media_path():
+            return True
+        for leg in self.b_legs:
+            security = leg.security
+            if security is not None and security.negotiates_on_media_path():
+                return True
+        return False
 
     def _handshakes_not_started(self) -> None:
         """The handshake task could not start (the call's task is not in its states: the call

@@ -1344,7 +1344,11 @@ class MediaStream:
         self.created = now
         self._relay = relay
         self._opaque = False
-        self._rebuild()
+        # The hot-path state is built by the relay's next round, before it reads a packet
+        # (_changed), as after any change: a call's set-up changes a new stream at once (the
+        # peers' addresses, then the keys), so state built here was built again before the
+        # first packet, and for nothing when the call ends before any media.
+        self._changed()
 
     @property
     def opaque(self) -> bool:

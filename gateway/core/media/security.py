@@ -798,6 +798,19 @@ class LegSecurity:
             if stream.keys is not None and stream.negotiation is not None and not stream.media_path
         ]
 
+    def negotiates_on_media_path(self) -> bool:
+        """Whether :meth:`media_path_streams` or :meth:`offered_media_path_streams` has a
+        stream (the call's handshake task has work), without building either: the call asks
+        at each SDP change, and a plain or SDES leg never has one."""
+        if self._answer_pending:
+            for stream in self.streams:
+                if stream.media_path and stream.negotiation is not None:
+                    return True
+        for stream in self._offered:  # noqa: SIM110 (no generator: asked at each SDP change)
+            if stream.media_path and stream.negotiation is not None:
+                return True
+        return False
+
     @property
     def requires_encryption(self) -> bool:
         return not self.policy.allow_cleartext

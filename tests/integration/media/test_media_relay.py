@@ -663,6 +663,38 @@ async def test_changes_in_a_row_cost_one_rebuild_and_all_hold_for_the_next_packe
     assert rebuilds == [stream] * 3  # latching bob's source
 
 
+async def test_a_new_stream_is_built_by_the_round_that_reads_its_first_packet(
+    relay: MediaRelay, alice: PlainPhone, bob: PlainPhone, monkeypatch: pytest.MonkeyPatch
+):
+    """A stream opened, told both SDP addresses and keyed (as a call's set-up does at once) is
+    built once, by the round that reads its first packet, not at its opening as well; one
+    closed before any packet is never built (docs/benchmarks.md, "Session 41 (keying)")."""
+    rebuilds: list[MediaStream] = []
+    rebuild = MediaStream._rebuild
+
+    def counting_rebuild(self: MediaStream) -> None:
+        rebuilds.append(self)
+        rebuild(self)
+
+    monkeypatch.setattr(MediaStream, "_rebuild", counting_rebuild)
+    with relay.open_stream() as unused:
+        unused.a.set_remote(alice.rtp_address)
+    assert rebuilds == []
+
+    with relay.open_stream() as stream:
+        stream.a.set_remote(alice.rtp_address)
+        stream.b.set_remote(bob.rtp_address)
+        stream.a_to_b.blocked = stream.b_to_a.blocked = False
+        assert rebuilds == []
+        await alice.send(rtp(1), stream.a.ports.rtp_port)
+        assert await bob.receive() == (rtp(1), (ADDRESS, stream.b.ports.rtp_port))
+        assert rebuilds == [stream, stream]  # the opening and the changes, then alice's latch
+        # Routed as the stream's state says since its opening: b's sockets relay B -> A.
+        await bob.send(rtp(2), stream.b.ports.rtp_port)
+        assert await alice.receive() == (rtp(2), (ADDRESS, stream.a.ports.rtp_port))
+        assert stream.b_to_a.statistics().rtp_packets == 1
+
+
 async def test_transforms_apply_per_kind_and_none_drops(
     stream: MediaStream, alice: PlainPhone, bob: PlainPhone
 ):
