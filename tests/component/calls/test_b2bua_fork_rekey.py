@@ -376,3 +376,36 @@ async def test_a_rekey_that_only_rings_is_cancelled_after_64_t1_and_the_call_goe
     phone.close()
     assert (await call.reinvite(env.trunk.offer_sdp(direction="sendonly"))).status == 200
     assert (await call.bye()).status == 200
+
+
+async def test_an_answer_to_our_rekey_rejecting_the_stream_is_acked_then_the_call_ends(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    tls_signalling: None,  # noqa: F811
+) -> None:
+    """A 2xx answer cannot be refused (RFC 3264 §8): the phone's answer rejecting the stream
+    (port 0), which the relay cannot apply to one leg alone, is ACKed (RFC 3261 §13.2.2.4),
+    then both legs get a BYE saying why (cause 488), once; nothing says "re-keyed"."""
+    env = await with_sdes(nursery, tmp_path, voipgw_seed)
+
+    async def reject(received: Any) -> bool:
+        if received.request.method != "INVITE":
+            return False
+        body = simple_sdp(ALICE[0], 0, version=2, formats=("0",))
+        await env.alice.respond(received, 200, body=body)
+        return True
+
+    env.alice.in_dialog = reject
+    await forked_call(env, early_media_across_a_wrap=False)
+    rekey = await env.alice.next_request("INVITE", timeout=5)
+    ack = await env.alice.next_request("ACK", timeout=5)
+    assert ack.request.cseq.number == rekey.request.cseq.number
+    bye_a = await env.trunk.next_request("BYE", timeout=5)
+    bye_b = await env.alice.next_request("BYE", timeout=5)
+    for bye in (bye_a, bye_b):
+        assert "cause=488" in (bye.request.headers.get("Reason") or "")
+    await trio.sleep(5)
+    assert len(env.alice.requests("ACK")) == 2  # the call's 2xx and the re-key's, each once
+    assert len(env.alice.requests("BYE")) == 1
