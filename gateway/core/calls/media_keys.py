@@ -264,9 +264,14 @@ class CallMediaKeys(CallBase):
                 }
             record[label] = entry
         b_record = record.get("b")
-        if self._fork_rekey_outcome is not None and isinstance(b_record, dict):
+        if (
+            self._fork_rekey_outcome is not None
+            and self.b is self._fork_rekey_leg
+            and isinstance(b_record, dict)
+        ):
             # Our SDES key keyed another forked phone's early media (fork_rekey.py): "re-keyed"
-            # once this leg's phone took new keys of ours, else why not.
+            # once this leg's phone took new keys of ours, else why not. Only while B is that
+            # phone's leg: a transfer target in its place was never concerned.
             b_record["fork_rekey"] = self._fork_rekey_outcome
         if self.keying is not None:
             srtp = self.keying.statistics()

@@ -31,6 +31,7 @@ from gateway.core.sip.message import Request
 from gateway.testing.sip_agent import Call, simple_sdp
 from tests.component.calls.b2bua_env import ALICE, ALICE_DID, B2bua, start_b2bua
 from tests.component.calls.secure_signalling import tls_signalling  # noqa: F401 (the fixture)
+from tests.component.calls.transfer_calls import BOB_URI, bob_phone, eventually_notify, refer
 
 SUITE = "AES_CM_128_HMAC_SHA1_80"
 SSRC = 0x0DDBA11
@@ -409,3 +410,42 @@ async def test_an_answer_to_our_rekey_rejecting_the_stream_is_acked_then_the_cal
     await trio.sleep(5)
     assert len(env.alice.requests("ACK")) == 2  # the call's 2xx and the re-key's, each once
     assert len(env.alice.requests("BYE")) == 1
+
+
+async def test_a_transfer_target_taking_the_rekeyed_phones_place_has_no_fork_rekey_of_its_own(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    tls_signalling: None,  # noqa: F811
+) -> None:
+    """The record's ``fork_rekey`` says what became of the re-key of the phone that answered;
+    once a transfer puts another party in its place, the B leg's record is that party's, which
+    no re-key concerned (before session 41's review it showed the transferor's outcome)."""
+    env = await with_sdes(nursery, tmp_path, voipgw_seed)
+    bob = await bob_phone(env, nursery, voipgw_seed)
+
+    async def answer_reinvite(received: Any) -> bool:
+        if received.request.method != "INVITE":
+            return False
+        body = phone_answer(received.request.body, 30002, ANSWERING_PHONE_NEW_KEY, version=2)
+        await env.alice.respond(received, 200, body=body)
+        return True
+
+    env.alice.in_dialog = answer_reinvite
+    call, leg_b, _ = await forked_call(env, early_media_across_a_wrap=False)
+    await env.alice.next_request("INVITE", timeout=5)
+    await env.alice.next_request("ACK", timeout=5)
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert gateway_call.security_record()["b"]["fork_rekey"] == "re-keyed"
+
+    env.alice.in_dialog = None
+    assert await refer(leg_b, BOB_URI) == 202
+    await eventually_notify(env.alice, "SIP/2.0 200 OK")
+    record = gateway_call.security_record()["b"]
+    assert record["peer_name"] == "bob"
+    assert "fork_rekey" not in record
+    assert (await leg_b.bye()).status == 200  # the transferor leaves, as it does
+    assert (await bob.calls[0].bye()).status == 200
+    assert (await env.trunk.next_request("BYE")).request.call_id == call.call_id
