@@ -449,3 +449,44 @@ async def test_a_transfer_target_taking_the_rekeyed_phones_place_has_no_fork_rek
     assert (await leg_b.bye()).status == 200  # the transferor leaves, as it does
     assert (await bob.calls[0].bye()).status == 200
     assert (await env.trunk.next_request("BYE")).request.call_id == call.call_id
+
+
+async def test_a_2xx_to_our_rekey_crossing_our_cancel_is_acked_and_taken(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    tls_signalling: None,  # noqa: F811
+) -> None:
+    """A 2xx that crosses our CANCEL of a re-key that only rang (RFC 3261 §9.1: the
+    transaction was not over) is the phone's answer like any: ACKed, its keys applied, the
+    call goes on re-keyed."""
+    env = await with_sdes(nursery, tmp_path, voipgw_seed)
+    held: list[Any] = []
+
+    async def ring_only(received: Any) -> bool:
+        if received.request.method != "INVITE":
+            return False
+        held.append(received)
+        await env.alice.respond(received, 180)
+        return True
+
+    env.alice.in_dialog = ring_only
+    call, _, offered_key = await forked_call(env, early_media_across_a_wrap=False)
+    sent = await env.alice.next_request("INVITE", timeout=5)
+    await env.alice.next_request("CANCEL", timeout=40)
+    body = phone_answer(sent.request.body, 30002, ANSWERING_PHONE_NEW_KEY, version=2)
+    await env.alice.respond(held[0], 200, body=body)
+    ack = await env.alice.next_request("ACK", timeout=5)
+    assert ack.request.cseq.number == sent.request.cseq.number
+    await trio.sleep(1)
+    assert env.alice.requests("BYE") == []
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert gateway_call.security_record()["b"]["fork_rekey"] == "re-keyed"
+    new_key = crypto_key(sent.request.body)
+    assert new_key != offered_key
+    phone = SrtpSession(SrtpKeys(SUITE, ANSWERING_PHONE_NEW_KEY, new_key))
+    assert phone.unprotect_rtp(relay_transforms(env).rtp_out(rtp(1))) == rtp(1)
+    phone.close()
+    assert (await call.bye()).status == 200
