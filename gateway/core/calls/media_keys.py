@@ -30,6 +30,12 @@ if TYPE_CHECKING:
     from gateway.core.calls.call import Call
 
 
+MAX_SDP_KEYED_TAGS = 8
+"""The early dialogs' To tags a B leg remembers as keyed by our SDP keys
+(``BLeg.sdp_keyed_tags``): any two tell whether a 2xx comes from another phone than one of
+them (CallForkRekey); more only make the log's count of them exact."""
+
+
 class CallMediaKeys(CallBase):
     """Answers applied, keys, DTLS handshakes and taps of the call's media (the module's
     docstring)."""
@@ -48,7 +54,10 @@ class CallMediaKeys(CallBase):
             # This dialog's phone holds the keys our offer handed out (CallForkRekey).
             if leg.sdp_keyed_tags is None:
                 leg.sdp_keyed_tags = set()
-            leg.sdp_keyed_tags.add(tag)
+            # Bounded: a callee's stream of 183s under ever new To tags must not grow it while
+            # the call rings. Two tags already decide (one of them is not the 2xx's).
+            if len(leg.sdp_keyed_tags) < MAX_SDP_KEYED_TAGS:
+                leg.sdp_keyed_tags.add(tag)
         answer_a = self.a.security.make_answer(plain)
         self._apply_keys(leg)
         # A's handshake, ours to start when we answered active (RFC 5763 §5), waits until this

@@ -24,6 +24,7 @@ import pytest
 import trio
 
 import gateway.plugins.keyexchange.sdes as sdes_plugin
+from gateway.core.calls.media_keys import MAX_SDP_KEYED_TAGS
 from gateway.core.interfaces import SrtpKeys
 from gateway.core.media.srtp import SrtpSession
 from gateway.core.sdp.parser import parse_sdp_untrusted
@@ -489,4 +490,54 @@ async def test_a_2xx_to_our_rekey_crossing_our_cancel_is_acked_and_taken(
     phone = SrtpSession(SrtpKeys(SUITE, ANSWERING_PHONE_NEW_KEY, new_key))
     assert phone.unprotect_rtp(relay_transforms(env).rtp_out(rtp(1))) == rtp(1)
     phone.close()
+    assert (await call.bye()).status == 200
+
+
+async def test_many_forks_early_media_is_remembered_within_bounds_and_still_rekeyed(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    tls_signalling: None,  # noqa: F811
+) -> None:
+    """183s with SDP under ever new To tags (a proxy forking widely, or a callee misbehaving)
+    keep at most MAX_SDP_KEYED_TAGS of them; the 2xx of a tag past that bound is re-keyed
+    all the same."""
+    env = await with_sdes(nursery, tmp_path, voipgw_seed)
+
+    async def answer_reinvite(received: Any) -> bool:
+        if received.request.method != "INVITE":
+            return False
+        body = phone_answer(received.request.body, 30002, ANSWERING_PHONE_NEW_KEY, version=2)
+        await env.alice.respond(received, 200, body=body)
+        return True
+
+    env.alice.in_dialog = answer_reinvite
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    offered_key = crypto_key(leg_b.invite.body)
+    forks = 3 * MAX_SDP_KEYED_TAGS
+    for fork in range(forks):
+        leg_b.local_tag = f"fork-{fork}"
+        body = phone_answer(leg_b.invite.body, 30000, EARLY_PHONE_KEY)
+        await env.alice.respond(leg_b.incoming, 183, body=body)  # type: ignore[arg-type]
+    await call.exchange.wait_for(  # type: ignore[union-attr]
+        lambda r: r.status == 183 and len(call.exchange.responses) > forks  # type: ignore[union-attr]
+    )
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    (b_leg,) = gateway_call.b_legs
+    assert b_leg.sdp_keyed_tags is not None
+    assert len(b_leg.sdp_keyed_tags) == MAX_SDP_KEYED_TAGS
+    last = f"fork-{forks - 1}"
+    assert last not in b_leg.sdp_keyed_tags
+    env.alice._by_dialog[(leg_b.call_id, last)] = leg_b
+    await leg_b.answer(200, sdp=phone_answer(leg_b.invite.body, 30002, ANSWERING_PHONE_KEY))
+    assert (await call.final()).status == 200
+    await env.alice.next_request("ACK")
+    reinvite = (await env.alice.next_request("INVITE", timeout=5)).request
+    assert reinvite.to.tag == last
+    assert crypto_key(reinvite.body) != offered_key
+    await env.alice.next_request("ACK", timeout=5)
+    assert gateway_call.security_record()["b"]["fork_rekey"] == "re-keyed"
     assert (await call.bye()).status == 200
