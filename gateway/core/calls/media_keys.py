@@ -30,6 +30,12 @@ if TYPE_CHECKING:
     from gateway.core.calls.call import Call
 
 
+MAX_SDP_KEYED_TAGS = 8
+"""The early dialogs' To tags a B leg remembers as keyed by our SDP keys
+(``BLeg.sdp_keyed_tags``): any two tell whether a 2xx comes from another phone than one of
+them (CallForkRekey); more only make the log's count of them exact."""
+
+
 class CallMediaKeys(CallBase):
     """Answers applied, keys, DTLS handshakes and taps of the call's media (the module's
     docstring)."""
@@ -48,7 +54,10 @@ class CallMediaKeys(CallBase):
             # This dialog's phone holds the keys our offer handed out (CallForkRekey).
             if leg.sdp_keyed_tags is None:
                 leg.sdp_keyed_tags = set()
-            leg.sdp_keyed_tags.add(tag)
+            # Bounded: a callee's stream of 183s under ever new To tags must not grow it while
+            # the call rings. Two tags already decide (one of them is not the 2xx's).
+            if len(leg.sdp_keyed_tags) < MAX_SDP_KEYED_TAGS:
+                leg.sdp_keyed_tags.add(tag)
         answer_a = self.a.security.make_answer(plain)
         self._apply_keys(leg)
         # A's handshake, ours to start when we answered active (RFC 5763 §5), waits until this
@@ -271,9 +280,14 @@ class CallMediaKeys(CallBase):
                 }
             record[label] = entry
         b_record = record.get("b")
-        if self._fork_rekey_outcome is not None and isinstance(b_record, dict):
+        if (
+            self._fork_rekey_outcome is not None
+            and self.b is self._fork_rekey_leg
+            and isinstance(b_record, dict)
+        ):
             # Our SDES key keyed another forked phone's early media (fork_rekey.py): "re-keyed"
-            # once this leg's phone took new keys of ours, else why not.
+            # once this leg's phone took new keys of ours, else why not. Only while B is that
+            # phone's leg: a transfer target in its place was never concerned.
             b_record["fork_rekey"] = self._fork_rekey_outcome
         if self.keying is not None:
             srtp = self.keying.statistics()

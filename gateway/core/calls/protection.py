@@ -135,6 +135,15 @@ def describe_leg(leg: dict[str, Any]) -> str:
     if leg.get("ice"):
         # ICE-lite towards a WebRTC peer: the ufrags tell its checks apart (never the pwd).
         line += f"; ICE-lite (our ufrag {leg.get('ice_ufrag')}, peer's {leg.get('ice_peer_ufrag')})"
+    rekey = leg.get("fork_rekey")
+    if rekey:
+        # A forking proxy gave our offer's SDP key to more than one phone (fork_rekey.py).
+        shared = "our offer's SRTP key, which another forked phone got too,"
+        line += (
+            f"; {shared} replaced by a re-INVITE"
+            if rekey == "re-keyed"
+            else f"; {shared} NOT replaced ({rekey})"
+        )
     if leg.get("device"):
         line = f"device {leg['device']}; {line}"
     srtp = leg.get("srtp") or {}

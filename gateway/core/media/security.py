@@ -281,6 +281,9 @@ class LegSecurity:
         self._answer_pending = False  # the peer offered; our answer is not made yet
         self._fax_passed = False  # a T.38 stream was accepted on this leg (record: fax_t38)
         self._leg_states: dict[str, dict[str, Any]] | None = None  # see _leg_argument
+        # The last SDP made on this leg, with the o= line of the session's plain SDP it came
+        # from, and how many versions this leg added to that one (_versioned).
+        self._last_made: tuple[SessionDescription, int] | None = None
 
     # -- the peer offers ------------------------------------------------------------------------
 
@@ -397,7 +400,7 @@ class LegSecurity:
                 stream.keys = previous.keys
         self.streams = self._offered
         self._answer_pending = False
-        return self.ice.add_to_answer(answer.with_media(media_out))
+        return self._versioned(self.ice.add_to_answer(answer.with_media(media_out)))
 
     # -- we offer -------------------------------------------------------------------------------
 
@@ -502,7 +505,32 @@ class LegSecurity:
         self._refuse_if_nothing_left(offer.media, media_out)
         self._offered = streams
         self._answer_pending = False
-        return self.ice.add_to_offer(offer.with_media(media_out))
+        return self._versioned(self.ice.add_to_offer(offer.with_media(media_out)))
+
+    def _versioned(self, sdp: SessionDescription) -> SessionDescription:
+        """``sdp``, made on this leg from the session's plain SDP, with the o= version RFC 3264
+        §8 wants of it. The session's version rule (``apply_version_rule``) sees the plain SDP
+        only: our keys, key-exchange lines and ICE credentials are added here, and change
+        alone when a peer re-offers a new key of its own (our answer has a new key too, RFC
+        4568 §7.1.4) or we re-key (``make_offer(rekey=True)``). An SDP that differs from the
+        last one made while the plain version stayed gets the next version; every later one
+        keeps that lead, so versions never repeat or go back on the leg."""
+        last = self._last_made
+        added = 0
+        if last is not None:
+            previous, added = last
+            old, new = previous.origin, sdp.origin
+            if (old.username, old.session_id) != (new.username, new.session_id) or (
+                new.session_version < old.session_version
+            ):
+                added = 0  # another session's SDP (a new one on this leg): its own versions
+            elif new.session_version == old.session_version and sdp != previous:
+                added += 1
+        self._last_made = (sdp, added)
+        if added == 0:
+            return sdp
+        version = sdp.origin.session_version + added
+        return sdp.with_origin(attrs.evolve(sdp.origin, session_version=version))
 
     def _device_codecs(self, sdp: SessionDescription, *, reorder: bool) -> SessionDescription:
         """``sdp`` with only the audio codecs of :attr:`codecs` (``only_codecs``): ours to the

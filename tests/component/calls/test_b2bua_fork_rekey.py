@@ -24,6 +24,7 @@ import pytest
 import trio
 
 import gateway.plugins.keyexchange.sdes as sdes_plugin
+from gateway.core.calls.media_keys import MAX_SDP_KEYED_TAGS
 from gateway.core.interfaces import SrtpKeys
 from gateway.core.media.srtp import SrtpSession
 from gateway.core.sdp.parser import parse_sdp_untrusted
@@ -31,6 +32,7 @@ from gateway.core.sip.message import Request
 from gateway.testing.sip_agent import Call, simple_sdp
 from tests.component.calls.b2bua_env import ALICE, ALICE_DID, B2bua, start_b2bua
 from tests.component.calls.secure_signalling import tls_signalling  # noqa: F401 (the fixture)
+from tests.component.calls.transfer_calls import BOB_URI, bob_phone, eventually_notify, refer
 
 SUITE = "AES_CM_128_HMAC_SHA1_80"
 SSRC = 0x0DDBA11
@@ -375,4 +377,167 @@ async def test_a_rekey_that_only_rings_is_cancelled_after_64_t1_and_the_call_goe
     assert phone.unprotect_rtp(relay_transforms(env).rtp_out(rtp(1))) == rtp(1)
     phone.close()
     assert (await call.reinvite(env.trunk.offer_sdp(direction="sendonly"))).status == 200
+    assert (await call.bye()).status == 200
+
+
+async def test_an_answer_to_our_rekey_rejecting_the_stream_is_acked_then_the_call_ends(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    tls_signalling: None,  # noqa: F811
+) -> None:
+    """A 2xx answer cannot be refused (RFC 3264 §8): the phone's answer rejecting the stream
+    (port 0), which the relay cannot apply to one leg alone, is ACKed (RFC 3261 §13.2.2.4),
+    then both legs get a BYE saying why (cause 488), once; nothing says "re-keyed"."""
+    env = await with_sdes(nursery, tmp_path, voipgw_seed)
+
+    async def reject(received: Any) -> bool:
+        if received.request.method != "INVITE":
+            return False
+        body = simple_sdp(ALICE[0], 0, version=2, formats=("0",))
+        await env.alice.respond(received, 200, body=body)
+        return True
+
+    env.alice.in_dialog = reject
+    await forked_call(env, early_media_across_a_wrap=False)
+    rekey = await env.alice.next_request("INVITE", timeout=5)
+    ack = await env.alice.next_request("ACK", timeout=5)
+    assert ack.request.cseq.number == rekey.request.cseq.number
+    bye_a = await env.trunk.next_request("BYE", timeout=5)
+    bye_b = await env.alice.next_request("BYE", timeout=5)
+    for bye in (bye_a, bye_b):
+        assert "cause=488" in (bye.request.headers.get("Reason") or "")
+    await trio.sleep(5)
+    assert len(env.alice.requests("ACK")) == 2  # the call's 2xx and the re-key's, each once
+    assert len(env.alice.requests("BYE")) == 1
+
+
+async def test_a_transfer_target_taking_the_rekeyed_phones_place_has_no_fork_rekey_of_its_own(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    tls_signalling: None,  # noqa: F811
+) -> None:
+    """The record's ``fork_rekey`` says what became of the re-key of the phone that answered;
+    once a transfer puts another party in its place, the B leg's record is that party's, which
+    no re-key concerned (before session 41's review it showed the transferor's outcome)."""
+    env = await with_sdes(nursery, tmp_path, voipgw_seed)
+    bob = await bob_phone(env, nursery, voipgw_seed)
+
+    async def answer_reinvite(received: Any) -> bool:
+        if received.request.method != "INVITE":
+            return False
+        body = phone_answer(received.request.body, 30002, ANSWERING_PHONE_NEW_KEY, version=2)
+        await env.alice.respond(received, 200, body=body)
+        return True
+
+    env.alice.in_dialog = answer_reinvite
+    call, leg_b, _ = await forked_call(env, early_media_across_a_wrap=False)
+    await env.alice.next_request("INVITE", timeout=5)
+    await env.alice.next_request("ACK", timeout=5)
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert gateway_call.security_record()["b"]["fork_rekey"] == "re-keyed"
+
+    env.alice.in_dialog = None
+    assert await refer(leg_b, BOB_URI) == 202
+    await eventually_notify(env.alice, "SIP/2.0 200 OK")
+    record = gateway_call.security_record()["b"]
+    assert record["peer_name"] == "bob"
+    assert "fork_rekey" not in record
+    assert (await leg_b.bye()).status == 200  # the transferor leaves, as it does
+    assert (await bob.calls[0].bye()).status == 200
+    assert (await env.trunk.next_request("BYE")).request.call_id == call.call_id
+
+
+async def test_a_2xx_to_our_rekey_crossing_our_cancel_is_acked_and_taken(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    tls_signalling: None,  # noqa: F811
+) -> None:
+    """A 2xx that crosses our CANCEL of a re-key that only rang (RFC 3261 §9.1: the
+    transaction was not over) is the phone's answer like any: ACKed, its keys applied, the
+    call goes on re-keyed."""
+    env = await with_sdes(nursery, tmp_path, voipgw_seed)
+    held: list[Any] = []
+
+    async def ring_only(received: Any) -> bool:
+        if received.request.method != "INVITE":
+            return False
+        held.append(received)
+        await env.alice.respond(received, 180)
+        return True
+
+    env.alice.in_dialog = ring_only
+    call, _, offered_key = await forked_call(env, early_media_across_a_wrap=False)
+    sent = await env.alice.next_request("INVITE", timeout=5)
+    await env.alice.next_request("CANCEL", timeout=40)
+    body = phone_answer(sent.request.body, 30002, ANSWERING_PHONE_NEW_KEY, version=2)
+    await env.alice.respond(held[0], 200, body=body)
+    ack = await env.alice.next_request("ACK", timeout=5)
+    assert ack.request.cseq.number == sent.request.cseq.number
+    await trio.sleep(1)
+    assert env.alice.requests("BYE") == []
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert gateway_call.security_record()["b"]["fork_rekey"] == "re-keyed"
+    new_key = crypto_key(sent.request.body)
+    assert new_key != offered_key
+    phone = SrtpSession(SrtpKeys(SUITE, ANSWERING_PHONE_NEW_KEY, new_key))
+    assert phone.unprotect_rtp(relay_transforms(env).rtp_out(rtp(1))) == rtp(1)
+    phone.close()
+    assert (await call.bye()).status == 200
+
+
+async def test_many_forks_early_media_is_remembered_within_bounds_and_still_rekeyed(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    tls_signalling: None,  # noqa: F811
+) -> None:
+    """183s with SDP under ever new To tags (a proxy forking widely, or a callee misbehaving)
+    keep at most MAX_SDP_KEYED_TAGS of them; the 2xx of a tag past that bound is re-keyed
+    all the same."""
+    env = await with_sdes(nursery, tmp_path, voipgw_seed)
+
+    async def answer_reinvite(received: Any) -> bool:
+        if received.request.method != "INVITE":
+            return False
+        body = phone_answer(received.request.body, 30002, ANSWERING_PHONE_NEW_KEY, version=2)
+        await env.alice.respond(received, 200, body=body)
+        return True
+
+    env.alice.in_dialog = answer_reinvite
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    offered_key = crypto_key(leg_b.invite.body)
+    forks = 3 * MAX_SDP_KEYED_TAGS
+    for fork in range(forks):
+        leg_b.local_tag = f"fork-{fork}"
+        body = phone_answer(leg_b.invite.body, 30000, EARLY_PHONE_KEY)
+        await env.alice.respond(leg_b.incoming, 183, body=body)  # type: ignore[arg-type]
+    await call.exchange.wait_for(  # type: ignore[union-attr]
+        lambda r: r.status == 183 and len(call.exchange.responses) > forks  # type: ignore[union-attr]
+    )
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    (b_leg,) = gateway_call.b_legs
+    assert b_leg.sdp_keyed_tags is not None
+    assert len(b_leg.sdp_keyed_tags) == MAX_SDP_KEYED_TAGS
+    last = f"fork-{forks - 1}"
+    assert last not in b_leg.sdp_keyed_tags
+    env.alice._by_dialog[(leg_b.call_id, last)] = leg_b
+    await leg_b.answer(200, sdp=phone_answer(leg_b.invite.body, 30002, ANSWERING_PHONE_KEY))
+    assert (await call.final()).status == 200
+    await env.alice.next_request("ACK")
+    reinvite = (await env.alice.next_request("INVITE", timeout=5)).request
+    assert reinvite.to.tag == last
+    assert crypto_key(reinvite.body) != offered_key
+    await env.alice.next_request("ACK", timeout=5)
+    assert gateway_call.security_record()["b"]["fork_rekey"] == "re-keyed"
     assert (await call.bye()).status == 200

@@ -160,3 +160,22 @@ def test_a_trunk_accepted_by_source_is_named_with_the_address() -> None:
 def test_a_leg_we_called_and_an_older_record_say_nothing() -> None:
     assert describe_auth({"peer_kind": "trunk", "peer_name": "carrier", "auth": None}) is None
     assert describe_auth({"peer_kind": "account", "peer_name": "alice"}) is None
+
+
+# --- A forked callee's re-key (gateway/core/calls/fork_rekey.py) ------------------------------
+
+
+def test_the_words_say_whether_a_forked_callees_shared_key_was_replaced() -> None:
+    """``voipgw calls`` and the protection log line say what the record's ``fork_rekey`` says:
+    a key another forked phone got too that is still in force is the operator's business."""
+    stream = {"key_exchange": "sdes", "suite": "AES_CM_128_HMAC_SHA1_80", "encrypted": True}
+    plain = describe_leg(leg(stream))
+    assert describe_leg({**leg(stream), "fork_rekey": "re-keyed"}) == (
+        f"{plain}; our offer's SRTP key, which another forked phone got too, replaced by a "
+        "re-INVITE"
+    )
+    refused = {**leg(stream), "fork_rekey": "refused: 488 Not Acceptable Here"}
+    assert describe_leg(refused) == (
+        f"{plain}; our offer's SRTP key, which another forked phone got too, NOT replaced "
+        "(refused: 488 Not Acceptable Here)"
+    )

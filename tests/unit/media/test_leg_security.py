@@ -369,3 +369,40 @@ def test_a_rekey_offer_hands_out_a_new_sdes_key_of_ours() -> None:
     ours.take_answer(peer.make_answer(sdp(PLAIN)))
     now = ours.keys(0)
     assert now is not None and now.local_key in offered_keys
+
+
+def test_our_answer_with_a_new_key_has_the_next_o_version_though_the_session_kept_its_own() -> None:
+    """RFC 3264 §8: an SDP that differs from the last one sent on the leg has the next o=
+    version. The session's version rule (MediaSession) sees only the plain SDP: a peer's
+    re-offer with a new key of its own (SDES, RFC 4568 §7.1.4) leaves that unchanged, while
+    our answer carries a new key of ours; sent under the old version, a peer that checks the
+    rule (as we do, check_version_rule) would take it for the SDP it had and keep our old
+    key. An answer that changes nothing keeps its version."""
+    ours, peer = leg("sdes", tls=True), leg("sdes", tls=True, side="a")
+    ours.take_offer(peer.make_offer(sdp(PLAIN)))
+    first = ours.make_answer(sdp(PLAIN))
+    peer.take_answer(first)
+    ours.take_offer(peer.make_offer(sdp(PLAIN.replace(" 1 1 ", " 1 2 ")), rekey=True))
+    second = ours.make_answer(sdp(PLAIN))  # the session's plain answer: unchanged
+    assert inline_keys(second) != inline_keys(first)
+    assert second.origin == first.origin.bumped()
+    peer.take_answer(second)
+    ours.take_offer(peer.make_offer(sdp(PLAIN.replace(" 1 1 ", " 1 3 "))))
+    third = ours.make_answer(sdp(PLAIN))  # keys kept (§7.1.4): the same SDP, the same version
+    assert third == second
+    # The session's own change goes on from the version the peer last saw.
+    peer.take_answer(third)
+    ours.take_offer(peer.make_offer(sdp(PLAIN.replace(" 1 1 ", " 1 4 "))))
+    moved = ours.make_answer(sdp(PLAIN.replace(" 1 1 ", " 1 2 ").replace("20000", "20002")))
+    assert moved.origin == second.origin.bumped()
+
+
+def test_a_rekey_offer_of_an_unchanged_session_has_the_next_o_version() -> None:
+    """RFC 3264 §8 for our offers: new keys of ours on an SDP the session did not change
+    (``rekey=True``, or any change only this leg's security makes) bump the version."""
+    ours, peer = leg("sdes", tls=True), leg("sdes", tls=True, side="a")
+    offer_between(ours, peer)
+    first = ours.make_offer(sdp(PLAIN))
+    rekeyed = ours.make_offer(sdp(PLAIN), rekey=True)
+    assert inline_keys(rekeyed) != inline_keys(first)
+    assert rekeyed.origin == first.origin.bumped()
