@@ -13,7 +13,6 @@ from gateway.plugins.keyexchange.dtls_cookies import (
     ClientHelloCookie,
     CookieSecrets,
     hello_verify_request,
-    is_client_hello_fragment_untrusted,
     parse_client_hello_cookie_untrusted,
 )
 from gateway.plugins.keyexchange.dtls_srtp import MAX_NEW_HANDSHAKES_BURST, DtlsNegotiation
@@ -206,12 +205,11 @@ def test_the_client_hello_parser_takes_junk_without_raising() -> None:
     assert parse_client_hello_cookie_untrusted(with_cookie(hello, b"x" * 255)) == (
         ClientHelloCookie(hello[5:11], 0, b"x" * 255)
     )
-    assert parse_client_hello_cookie_untrusted(hello + hello) is None  # two records
-    assert not is_client_hello_fragment_untrusted(hello + hello)
-    fragment = bytearray(hello)
-    fragment[13 + 3] += 1  # the message one octet longer than this, its only fragment
-    assert parse_client_hello_cookie_untrusted(bytes(fragment)) is None
-    assert is_client_hello_fragment_untrusted(bytes(fragment))
+    # The first record read: another after it (the rest of a fragmented one) is not.
+    assert parse_client_hello_cookie_untrusted(hello + hello) == parsed
+    first, rest = fragments(hello)
+    assert parse_client_hello_cookie_untrusted(first) == parsed
+    assert parse_client_hello_cookie_untrusted(rest) is None  # no cookie in a later fragment
     rng = random.Random(41)
     for _ in range(3000):
         cut = hello[: rng.randrange(len(hello))]
@@ -221,12 +219,46 @@ def test_the_client_hello_parser_takes_junk_without_raising() -> None:
         for junk in (cut, bytes(mutated), rng.randbytes(rng.randrange(90))):
             result = parse_client_hello_cookie_untrusted(junk)
             assert result is None or len(result.cookie) <= 255
-            # Fed to the engine from a stranger: a HelloVerifyRequest, or nothing, or (a
-            # fragment, taken as before session 41) OpenSSL's alert; never our ServerHello.
+            # Fed to the engine from a stranger: a HelloVerifyRequest or nothing; never
+            # OpenSSL's ServerHello or alert (no handshake starts without our cookie).
             ours.receive_packet_from(junk, source=NATTED, now=0.0)
             for datagram, _ in ours.addressed_packets_to_send(now=0.0):
-                assert len(datagram) == 60 or datagram[0] == 21
+                assert len(datagram) == 60
     assert all(not isinstance(event, KeysReady) for event in events(ours))
+
+
+def fragments(hello: bytes) -> tuple[bytes, bytes]:
+    """``hello`` (one record, one whole ClientHello) as two fragments (RFC 6347 §4.2.3), each
+    a record of its own, the second with the next record sequence number."""
+    message = hello[13 + 12 :]
+    half = len(message) // 2
+
+    def record(sequence: int, offset: int, part: bytes) -> bytes:
+        handshake = hello[13:19] + offset.to_bytes(3, "big") + len(part).to_bytes(3, "big") + part
+        return (
+            hello[:5] + sequence.to_bytes(6, "big") + len(handshake).to_bytes(2, "big") + handshake
+        )
+
+    sequence = int.from_bytes(hello[5:11], "big")
+    return record(sequence, 0, message[:half]), record(sequence + 1, half, message[half:])
+
+
+def test_a_client_hello_in_fragments_is_asked_for_a_cookie_too() -> None:
+    # A forger's ClientHello cut in two fragments, both in one datagram: before, a fragmented
+    # ClientHello skipped the cookie, so fragmenting was enough to draw our certificate
+    # flight (a signature, ~720 octets resent) to any spoofed address.
+    ours, _ = ours_and_peer(we_serve=True)
+    hello = client_hello(ours)
+    first, rest = fragments(hello)
+    for port in range(53000, 53005):
+        ours.receive_packet_from(first + rest, source=("127.0.0.1", port), now=0.0)
+        ours.receive_packet_from(rest, source=("127.0.0.1", port + 100), now=0.0)
+    sent = ours.addressed_packets_to_send(now=0.0)
+    assert [len(datagram) for datagram, _ in sent] == [60] * 5
+    assert {source[1] for _, source in sent} == set(range(53000, 53005))
+    stats = ours.statistics()
+    assert stats.handshakes_by_source == 0 and stats.hello_verify_requests == 5
+    assert stats.dropped_malformed == 5  # the later fragments alone: no cookie to check
 
 
 def test_cookie_secrets_rotate_by_period_and_accept_the_previous() -> None:
