@@ -261,6 +261,34 @@ def test_a_client_hello_in_fragments_is_asked_for_a_cookie_too() -> None:
     assert stats.dropped_malformed == 5  # the later fragments alone: no cookie to check
 
 
+def test_the_client_hello_returning_our_cookie_in_fragments_starts_a_handshake() -> None:
+    # The first fragment carries our cookie and goes through DTLSv1_listen, which takes a
+    # first fragment; the handshake it starts takes the rest and answers the whole message.
+    ours, peer = ours_and_peer(we_serve=True)
+    send(peer, ours, NATTED, 0.0)
+    ((request, _),) = ours.addressed_packets_to_send(now=0.0)
+    peer.receive_packet(request, now=0.0)
+    (hello,) = peer.packets_to_send(now=0.0)
+    first, rest = fragments(hello)
+    ours.receive_packet_from(first, source=NATTED, now=0.0)
+    assert ours.addressed_packets_to_send(now=0.0) == []  # half a ClientHello: nothing yet
+    ours.receive_packet_from(rest, source=NATTED, now=0.0)
+    flight = ours.addressed_packets_to_send(now=0.0)
+    assert flight and flight[0][0][13] == 2 and {to for _, to in flight} == {NATTED}
+    assert ours.statistics().hello_verify_requests == 1
+
+
+def test_a_resent_client_hellos_record_sequence_number_is_echoed() -> None:
+    # RFC 6347 §4.2.1: the HelloVerifyRequest takes the ClientHello's record sequence number
+    # (a client's resent ClientHello has a new one), so that several never repeat one.
+    ours, _ = ours_and_peer(we_serve=True)
+    hello = client_hello(ours)
+    resent = hello[:5] + (7).to_bytes(6, "big") + hello[11:]
+    ours.receive_packet_from(resent, source=NATTED, now=0.0)
+    ((request, _),) = ours.addressed_packets_to_send(now=0.0)
+    assert request[5:11] == (7).to_bytes(6, "big")
+
+
 def test_cookie_secrets_rotate_by_period_and_accept_the_previous() -> None:
     draws = iter(bytes([n]) * 32 for n in range(1, 100))
     secrets = CookieSecrets(lambda n: next(draws), lifetime=10.0)
