@@ -146,6 +146,30 @@ def test_a_cookie_of_the_previous_secret_is_taken_an_older_one_refused() -> None
     assert ours.statistics().bad_cookies == 1
 
 
+def test_a_client_whose_nat_moved_it_between_its_client_hellos_is_not_keyed_from_there() -> None:
+    # Its ClientHello with our cookie comes from another port than the one it was made for:
+    # asked again (message_seq 1 echoed), the client sends message_seq 2, which OpenSSL's
+    # DTLSv1_listen does not take (0 or 1 only): dropped, that source never keyed (the leg
+    # is keyed from its SDP address, or times out). What docs/media_security.md says.
+    ours, _ = ours_and_peer(we_serve=True)
+    client = stranger_for(ours)
+    send(client, ours, NATTED, 0.0)
+    ((request, _),) = ours.addressed_packets_to_send(now=0.0)
+    client.receive_packet(request, now=0.0)
+    moved = ("127.0.0.1", NATTED[1] + 7)
+    send(client, ours, moved, 0.0)
+    ((again, to),) = ours.addressed_packets_to_send(now=0.0)
+    assert to == moved and again[13] == HELLO_VERIFY_REQUEST and again[17:19] == b"\0\1"
+    client.receive_packet(again, now=0.0)
+    (third,) = client.packets_to_send(now=0.0)
+    assert third[17:19] == b"\0\2"
+    ours.receive_packet_from(third, source=moved, now=0.0)
+    assert ours.addressed_packets_to_send(now=0.0) == []
+    stats = ours.statistics()
+    assert (stats.bad_cookies, stats.hello_verify_requests, stats.dropped_malformed) == (1, 2, 1)
+    assert stats.datagrams_received == 0 and stats.handshakes_by_source == 0
+
+
 def test_the_sdp_address_is_never_asked_for_a_cookie() -> None:
     ours, peer = ours_and_peer(we_serve=True)
     ours.note_sdp_address(SDP_ADDRESS)
