@@ -39,15 +39,19 @@ SDP_ADDRESS = ("127.0.0.1", 9)
 """Where the client's SDP would say it is: not where s_client sends from."""
 
 
-def serve(ours: DtlsNegotiation, sock: socket.socket, deadline: float) -> list[object]:
+def serve(
+    ours: DtlsNegotiation, sock: socket.socket, deadline: float, received: list[bytes]
+) -> list[object]:
     """Move datagrams between the socket and the engine until it has keys or the deadline:
-    what the engine addresses goes to that source (a HelloVerifyRequest, our flights)."""
+    what the engine addresses goes to that source (a HelloVerifyRequest, our flights); what
+    came is put in ``received``."""
     while time.monotonic() < deadline:
         now = time.monotonic()
         timer = ours.get_timer()
         wait = 0.05 if timer is None else max(0.0, min(0.05, timer - now))
         if select.select([sock], [], [], wait)[0]:
             data, source = sock.recvfrom(65536)
+            received.append(data)
             ours.receive_packet_from(data, source=source, now=time.monotonic())
         timer = ours.get_timer()
         if timer is not None and timer <= time.monotonic():
@@ -65,6 +69,28 @@ def serve(ours: DtlsNegotiation, sock: socket.socket, deadline: float) -> list[o
 
 
 def test_openssl_s_client_returns_our_cookie_and_is_keyed(tmp_path: Path) -> None:
+    output, _ = keyed_through_our_cookie(tmp_path, [])
+    # s_client -msg dumps each record it read ("<<<"): our HelloVerifyRequest's handshake
+    # header (type 3, length 35: version and a 32-octet cookie) among them.
+    assert "<<< " in output and "03 00 00 23 00 00 00 00 00 00 00 23" in output, output[-3000:]
+
+
+def test_a_client_hello_fragmented_over_records_is_asked_for_a_cookie_too(
+    tmp_path: Path,
+) -> None:
+    # A ClientHello longer than the path MTU goes in fragments (RFC 6347 §4.2.3): here a long
+    # server name and a 256-octet MTU. Its first fragment carries the cookie; before the fix
+    # such a ClientHello skipped the cookie (a forger's too: fragmenting was enough).
+    name = "a" * 60 + "." + "b" * 60 + "." + "c" * 60 + ".example"
+    _, received = keyed_through_our_cookie(tmp_path, ["-mtu", "256", "-servername", name])
+    # ClientHellos (handshake type 1) whose first record holds less than the message.
+    fragmented = [d for d in received if d[0] == 22 and d[13] == 1 and d[14:17] != d[22:25]]
+    assert len(fragmented) >= 2  # the first, and the one with our cookie
+
+
+def keyed_through_our_cookie(tmp_path: Path, options: list[str]) -> tuple[str, list[bytes]]:
+    """s_client (with ``options``) asked for our cookie and keyed; its output and the
+    datagrams it sent."""
     openssl = require_peer("openssl")
     now = datetime.datetime.now(datetime.UTC)
     ours_id = generate_identity(now=now, max_age=datetime.timedelta(days=1))
@@ -88,6 +114,7 @@ def test_openssl_s_client_returns_our_cookie_and_is_keyed(tmp_path: Path) -> Non
         ]
     )
     assert ours.dtls_role == "server"
+    received: list[bytes] = []
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -104,6 +131,7 @@ def test_openssl_s_client_returns_our_cookie_and_is_keyed(tmp_path: Path) -> Non
             "-key",
             str(tmp_path / "client.key"),
             "-msg",
+            *options,
         ]
         client = subprocess.Popen(
             command,
@@ -112,16 +140,14 @@ def test_openssl_s_client_returns_our_cookie_and_is_keyed(tmp_path: Path) -> Non
             stderr=subprocess.STDOUT,
         )
         try:
-            events = serve(ours, sock, time.monotonic() + 15.0)
+            events = serve(ours, sock, time.monotonic() + 15.0, received)
         finally:
             stop_process(client)
         output = client.stdout.read().decode("utf-8", "replace") if client.stdout else ""
     assert events and isinstance(events[0], KeysReady), output[-3000:]
     assert events[0].keys.suite == "AES_CM_128_HMAC_SHA1_80"
-    # s_client -msg dumps each record it read ("<<<"): our HelloVerifyRequest's handshake
-    # header (type 3, length 35: version and a 32-octet cookie) among them.
-    assert "<<< " in output and "03 00 00 23 00 00 00 00 00 00 00 23" in output, output[-3000:]
     stats = ours.statistics()
     assert stats.hello_verify_requests == 1 and stats.bad_cookies == 0
     assert ours.peer_source is not None and ours.peer_source[1] != SDP_ADDRESS[1]
     assert dict(exchange.counters())["hello_verify_requests"] == 1
+    return output, received

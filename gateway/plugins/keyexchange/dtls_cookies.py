@@ -36,7 +36,6 @@ __all__ = [
     "ClientHelloCookie",
     "CookieSecrets",
     "hello_verify_request",
-    "is_client_hello_fragment_untrusted",
     "parse_client_hello_cookie_untrusted",
 ]
 
@@ -73,24 +72,31 @@ class ClientHelloCookie:
 
 
 def parse_client_hello_cookie_untrusted(datagram: bytes) -> ClientHelloCookie | None:
-    """The cookie of a datagram that is one whole ClientHello: one DTLS record of epoch 0
-    (RFC 6347 §4.1) holding one unfragmented ClientHello (§4.2.2, §4.2.1's layout:
-    client_version, random, session_id, cookie, ...). None for anything else, a fragmented
-    ClientHello included (OpenSSL's DTLSv1_listen, which takes a verified one, reads no
-    fragments). Reads only as far as the cookie; the rest is OpenSSL's to check."""
+    """The cookie of a datagram that begins with a ClientHello: a DTLS record of epoch 0
+    (RFC 6347 §4.1) holding a ClientHello, whole or its first fragment (§4.2.2, §4.2.3: one
+    longer than the path MTU), that reaches past the cookie (§4.2.1's layout: client_version,
+    random, session_id, cookie, ...). None for anything else: a later fragment, whose first
+    fragment carries the cookie, included. Records after the first are not read (the rest of
+    a fragmented ClientHello); OpenSSL's DTLSv1_listen, which takes a verified one, reads the
+    first record and its first fragment as this does. Reads only as far as the cookie; the
+    rest is OpenSSL's to check."""
     if len(datagram) < _RECORD_HEADER + _HANDSHAKE_HEADER:
         return None
     if datagram[0] != _HANDSHAKE or datagram[1] != 0xFE or datagram[3:5] != b"\0\0":
         return None
-    if int.from_bytes(datagram[11:13], "big") != len(datagram) - _RECORD_HEADER:
-        return None  # one record, filling the datagram
-    message = datagram[_RECORD_HEADER:]
+    record_length = int.from_bytes(datagram[11:13], "big")
+    if record_length > len(datagram) - _RECORD_HEADER:
+        return None  # the first record, whole in the datagram
+    message = datagram[_RECORD_HEADER : _RECORD_HEADER + record_length]
+    if len(message) < _HANDSHAKE_HEADER:
+        return None
     length = int.from_bytes(message[1:4], "big")
+    fragment_length = int.from_bytes(message[9:12], "big")
     if (
         message[0] != _CLIENT_HELLO
-        or message[6:9] != b"\0\0\0"  # fragment_offset
-        or int.from_bytes(message[9:12], "big") != length  # fragment_length: whole
-        or len(message) != _HANDSHAKE_HEADER + length
+        or message[6:9] != b"\0\0\0"  # fragment_offset: the whole message or its start
+        or fragment_length > length
+        or len(message) != _HANDSHAKE_HEADER + fragment_length  # one fragment, the record
     ):
         return None
     body = message[_HANDSHAKE_HEADER:]
@@ -102,17 +108,6 @@ def parse_client_hello_cookie_untrusted(datagram: bytes) -> ClientHelloCookie | 
         return None
     cookie = body[at + 1 : at + 1 + body[at]]
     return ClientHelloCookie(datagram[5:11], int.from_bytes(message[4:6], "big"), cookie)
-
-
-def is_client_hello_fragment_untrusted(datagram: bytes) -> bool:
-    """Whether a datagram (well-formed DTLS records) starts with a fragment of a ClientHello
-    that is not the whole message (RFC 6347 §4.2.3: a ClientHello longer than the path MTU)."""
-    if len(datagram) < _RECORD_HEADER + _HANDSHAKE_HEADER or datagram[0] != _HANDSHAKE:
-        return False
-    message = datagram[_RECORD_HEADER:]
-    if message[0] != _CLIENT_HELLO or datagram[3:5] != b"\0\0":
-        return False
-    return int.from_bytes(message[1:4], "big") != int.from_bytes(message[9:12], "big")
 
 
 def hello_verify_request(hello: ClientHelloCookie, cookie: bytes) -> bytes:

@@ -153,7 +153,6 @@ from gateway.plugins.keyexchange.dtls_certificates import (
 from gateway.plugins.keyexchange.dtls_cookies import (
     CookieSecrets,
     hello_verify_request,
-    is_client_hello_fragment_untrusted,
     parse_client_hello_cookie_untrusted,
 )
 
@@ -1616,19 +1615,17 @@ class DtlsNegotiation:
         """RFC 6347 §4.2.1 for a ClientHello to our server from ``key``, a source with no
         handshake yet: ``(True, cookie)`` when it returned our valid cookie (start its
         handshake with it, :meth:`_Association.accept_verified`); ``(True, None)`` when no
-        cookie is asked (the SDP address: its path is as before; a ClientHello fragmented
-        over several records, RFC 6347 §4.2.3, which DTLSv1_listen cannot take: as before
-        session 41, the bucket bounds it); ``(False, None)`` when a HelloVerifyRequest answered
-        it, or it was dropped, and nothing else happens (docs/media_security.md, "Cookies for
-        other sources")."""
+        cookie is asked (the SDP address: its path is as before); ``(False, None)`` when a
+        HelloVerifyRequest answered it, or it was dropped, and nothing else happens
+        (docs/media_security.md, "Cookies for other sources")."""
         cookies = self._settings.cookies
         if cookies is None or key == self._sdp_source:
             return True, None
         hello = parse_client_hello_cookie_untrusted(packet)
         if hello is None:
-            if is_client_hello_fragment_untrusted(packet):
-                return True, None
-            self._by_source.dropped_malformed += 1  # a ClientHello we cannot read
+            # A ClientHello we cannot read, or a later fragment of one (its first fragment,
+            # with the cookie, starts the handshake; the client resends the rest).
+            self._by_source.dropped_malformed += 1
             return False, None
         totals = self._settings.totals
         if hello.cookie:

@@ -13,7 +13,6 @@ from gateway.plugins.keyexchange.dtls_cookies import (
     ClientHelloCookie,
     CookieSecrets,
     hello_verify_request,
-    is_client_hello_fragment_untrusted,
     parse_client_hello_cookie_untrusted,
 )
 from gateway.plugins.keyexchange.dtls_srtp import MAX_NEW_HANDSHAKES_BURST, DtlsNegotiation
@@ -147,6 +146,30 @@ def test_a_cookie_of_the_previous_secret_is_taken_an_older_one_refused() -> None
     assert ours.statistics().bad_cookies == 1
 
 
+def test_a_client_whose_nat_moved_it_between_its_client_hellos_is_not_keyed_from_there() -> None:
+    # Its ClientHello with our cookie comes from another port than the one it was made for:
+    # asked again (message_seq 1 echoed), the client sends message_seq 2, which OpenSSL's
+    # DTLSv1_listen does not take (0 or 1 only): dropped, that source never keyed (the leg
+    # is keyed from its SDP address, or times out). What docs/media_security.md says.
+    ours, _ = ours_and_peer(we_serve=True)
+    client = stranger_for(ours)
+    send(client, ours, NATTED, 0.0)
+    ((request, _),) = ours.addressed_packets_to_send(now=0.0)
+    client.receive_packet(request, now=0.0)
+    moved = ("127.0.0.1", NATTED[1] + 7)
+    send(client, ours, moved, 0.0)
+    ((again, to),) = ours.addressed_packets_to_send(now=0.0)
+    assert to == moved and again[13] == HELLO_VERIFY_REQUEST and again[17:19] == b"\0\1"
+    client.receive_packet(again, now=0.0)
+    (third,) = client.packets_to_send(now=0.0)
+    assert third[17:19] == b"\0\2"
+    ours.receive_packet_from(third, source=moved, now=0.0)
+    assert ours.addressed_packets_to_send(now=0.0) == []
+    stats = ours.statistics()
+    assert (stats.bad_cookies, stats.hello_verify_requests, stats.dropped_malformed) == (1, 2, 1)
+    assert stats.datagrams_received == 0 and stats.handshakes_by_source == 0
+
+
 def test_the_sdp_address_is_never_asked_for_a_cookie() -> None:
     ours, peer = ours_and_peer(we_serve=True)
     ours.note_sdp_address(SDP_ADDRESS)
@@ -206,12 +229,11 @@ def test_the_client_hello_parser_takes_junk_without_raising() -> None:
     assert parse_client_hello_cookie_untrusted(with_cookie(hello, b"x" * 255)) == (
         ClientHelloCookie(hello[5:11], 0, b"x" * 255)
     )
-    assert parse_client_hello_cookie_untrusted(hello + hello) is None  # two records
-    assert not is_client_hello_fragment_untrusted(hello + hello)
-    fragment = bytearray(hello)
-    fragment[13 + 3] += 1  # the message one octet longer than this, its only fragment
-    assert parse_client_hello_cookie_untrusted(bytes(fragment)) is None
-    assert is_client_hello_fragment_untrusted(bytes(fragment))
+    # The first record read: another after it (the rest of a fragmented one) is not.
+    assert parse_client_hello_cookie_untrusted(hello + hello) == parsed
+    first, rest = fragments(hello)
+    assert parse_client_hello_cookie_untrusted(first) == parsed
+    assert parse_client_hello_cookie_untrusted(rest) is None  # no cookie in a later fragment
     rng = random.Random(41)
     for _ in range(3000):
         cut = hello[: rng.randrange(len(hello))]
@@ -221,12 +243,74 @@ def test_the_client_hello_parser_takes_junk_without_raising() -> None:
         for junk in (cut, bytes(mutated), rng.randbytes(rng.randrange(90))):
             result = parse_client_hello_cookie_untrusted(junk)
             assert result is None or len(result.cookie) <= 255
-            # Fed to the engine from a stranger: a HelloVerifyRequest, or nothing, or (a
-            # fragment, taken as before session 41) OpenSSL's alert; never our ServerHello.
+            # Fed to the engine from a stranger: a HelloVerifyRequest or nothing; never
+            # OpenSSL's ServerHello or alert (no handshake starts without our cookie).
             ours.receive_packet_from(junk, source=NATTED, now=0.0)
             for datagram, _ in ours.addressed_packets_to_send(now=0.0):
-                assert len(datagram) == 60 or datagram[0] == 21
+                assert len(datagram) == 60
     assert all(not isinstance(event, KeysReady) for event in events(ours))
+
+
+def fragments(hello: bytes) -> tuple[bytes, bytes]:
+    """``hello`` (one record, one whole ClientHello) as two fragments (RFC 6347 §4.2.3), each
+    a record of its own, the second with the next record sequence number."""
+    message = hello[13 + 12 :]
+    half = len(message) // 2
+
+    def record(sequence: int, offset: int, part: bytes) -> bytes:
+        handshake = hello[13:19] + offset.to_bytes(3, "big") + len(part).to_bytes(3, "big") + part
+        return (
+            hello[:5] + sequence.to_bytes(6, "big") + len(handshake).to_bytes(2, "big") + handshake
+        )
+
+    sequence = int.from_bytes(hello[5:11], "big")
+    return record(sequence, 0, message[:half]), record(sequence + 1, half, message[half:])
+
+
+def test_a_client_hello_in_fragments_is_asked_for_a_cookie_too() -> None:
+    # A forger's ClientHello cut in two fragments, both in one datagram: before, a fragmented
+    # ClientHello skipped the cookie, so fragmenting was enough to draw our certificate
+    # flight (a signature, ~720 octets resent) to any spoofed address.
+    ours, _ = ours_and_peer(we_serve=True)
+    hello = client_hello(ours)
+    first, rest = fragments(hello)
+    for port in range(53000, 53005):
+        ours.receive_packet_from(first + rest, source=("127.0.0.1", port), now=0.0)
+        ours.receive_packet_from(rest, source=("127.0.0.1", port + 100), now=0.0)
+    sent = ours.addressed_packets_to_send(now=0.0)
+    assert [len(datagram) for datagram, _ in sent] == [60] * 5
+    assert {source[1] for _, source in sent} == set(range(53000, 53005))
+    stats = ours.statistics()
+    assert stats.handshakes_by_source == 0 and stats.hello_verify_requests == 5
+    assert stats.dropped_malformed == 5  # the later fragments alone: no cookie to check
+
+
+def test_the_client_hello_returning_our_cookie_in_fragments_starts_a_handshake() -> None:
+    # The first fragment carries our cookie and goes through DTLSv1_listen, which takes a
+    # first fragment; the handshake it starts takes the rest and answers the whole message.
+    ours, peer = ours_and_peer(we_serve=True)
+    send(peer, ours, NATTED, 0.0)
+    ((request, _),) = ours.addressed_packets_to_send(now=0.0)
+    peer.receive_packet(request, now=0.0)
+    (hello,) = peer.packets_to_send(now=0.0)
+    first, rest = fragments(hello)
+    ours.receive_packet_from(first, source=NATTED, now=0.0)
+    assert ours.addressed_packets_to_send(now=0.0) == []  # half a ClientHello: nothing yet
+    ours.receive_packet_from(rest, source=NATTED, now=0.0)
+    flight = ours.addressed_packets_to_send(now=0.0)
+    assert flight and flight[0][0][13] == 2 and {to for _, to in flight} == {NATTED}
+    assert ours.statistics().hello_verify_requests == 1
+
+
+def test_a_resent_client_hellos_record_sequence_number_is_echoed() -> None:
+    # RFC 6347 §4.2.1: the HelloVerifyRequest takes the ClientHello's record sequence number
+    # (a client's resent ClientHello has a new one), so that several never repeat one.
+    ours, _ = ours_and_peer(we_serve=True)
+    hello = client_hello(ours)
+    resent = hello[:5] + (7).to_bytes(6, "big") + hello[11:]
+    ours.receive_packet_from(resent, source=NATTED, now=0.0)
+    ((request, _),) = ours.addressed_packets_to_send(now=0.0)
+    assert request[5:11] == (7).to_bytes(6, "big")
 
 
 def test_cookie_secrets_rotate_by_period_and_accept_the_previous() -> None:
