@@ -97,6 +97,15 @@ async def test_a_hooks_own_policy_is_limited_as_it_is(
     hook.answer = MediaPolicy(name="best-effort", key_exchanges=("sdes",), allow_cleartext=False)
     own = alices_leg(env).policy
     assert (own.key_exchanges, own.allow_cleartext) == (("sdes",), False)
+    # Limited per leg as well: zrtp, which it names, is not enabled here.
+    hook.answer = MediaPolicy(
+        name="best-effort", key_exchanges=("zrtp", "sdes"), allow_cleartext=True
+    )
+    assert alices_leg(env).policy.key_exchanges == ("sdes",)
+    hook.answer = MediaPolicy(
+        name="zrtp-phones", key_exchanges=("zrtp", "dtls"), allow_cleartext=False
+    )
+    assert alices_leg(env).policy.key_exchanges == ("dtls",)
     hook.answer = "sdes"  # a registered name: the registered policy
     assert alices_leg(env).policy == effective(env.gateway.media_policies["sdes"], ENABLED)
     hook.answer = None
