@@ -1390,6 +1390,10 @@ class SiprecSink:
             self._changed = trio.Event()
             self._metadata_changed = False
             self._started = time.time()
+            # A stream the call added or removed since the update the SRS lost (while the
+            # last round's INVITE was out or this round waited) is in this INVITE: the event
+            # that said so was just reset.
+            await self._follow_streams(streams, sockets)
             session, destinations = await self._open(self._current(streams), sockets)
             if session is not None:
                 self.session, self._destinations = session, destinations

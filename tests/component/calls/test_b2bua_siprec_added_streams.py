@@ -12,6 +12,8 @@ call's RTP and the copies on real 127.0.0.1 sockets, in virtual time:
 - the call adding the video again on the line it had removed gets two more m= lines with
   new labels (5, 6) and stream ids, the removed ones staying at port 0 in their places (a label
   names one stream for the session's life, RFC 7866 §8.1.1);
+- a stream the call adds while the SRS is being replaced (it answered 481, the new session's
+  first INVITE was refused, the next round waits) is in the next round's INVITE;
 - a paused recording whose SRS answers 481 opens its new session paused (every line
   a=inactive) and the resume re-INVITEs that session sendonly;
 - without ``record_video`` an added video stream is not recorded, and the log says so.
@@ -296,6 +298,35 @@ async def test_a_stream_the_call_adds_again_after_removing_it_takes_new_labels(
     assert {label: now[label] for label in before} == before
     assert len(set(now.values())) == 6  # the new streams' ids are new
     await srs.respond(again, 200, body=srs_answer_of(again), content_type="application/sdp")
+    await srs.next_request("ACK", timeout=5)
+    await call.bye()  # type: ignore[attr-defined]
+    await srs.next_request("INVITE", timeout=10)
+
+
+async def test_a_stream_added_while_the_srs_is_replaced_is_in_the_new_sessions_invite(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, srs = await siprec_env(
+        nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer(), record_video=True
+    )
+    call, _, _ = await recorded_call(env, srs)
+    assert (await call.reinvite(HELD)).status == 200  # type: ignore[attr-defined]
+    await srs.respond(await srs.next_request("INVITE", timeout=10), 481)
+    await (await srs.next_call(timeout=5)).answer(503)  # the next round waits
+    await callee_takes_two_streams(env)
+    answer = await call.reinvite(  # type: ignore[attr-defined]
+        audio_video(CALLER_PORT, CALLER_PORT + 2, version=4)
+    )
+    assert answer.status == 200
+    taken = await srs.next_call(timeout=10)  # the next round
+    assert [(kind, label, d) for kind, label, _, d in offered_in(taken.invite)] == [
+        ("audio", "1", "sendonly"),
+        ("audio", "2", "sendonly"),
+        ("video", "3", "sendonly"),
+        ("video", "4", "sendonly"),
+    ]
+    assert set(stream_ids(taken.invite.body)) == {"1", "2", "3", "4"}
+    await taken.answer(200, sdp=srs_answer_of_request(taken.invite))
     await srs.next_request("ACK", timeout=5)
     await call.bye()  # type: ignore[attr-defined]
     await srs.next_request("INVITE", timeout=10)
