@@ -358,3 +358,38 @@ async def test_a_paused_recording_whose_srs_answers_481_opens_its_new_session_pa
     await srs.next_request("ACK", timeout=5)
     await call.bye()  # type: ignore[attr-defined]
     await srs.next_request("INVITE", timeout=10)
+
+
+async def test_a_stream_added_again_before_the_srs_took_its_removal_sends_nothing_early(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # The SRS refuses the removal's re-INVITE (491) and the caller adds the video again on
+    # the same line meanwhile: until the SRS answers the retry, which offers labels 5 and 6,
+    # no copy of the new stream goes to where the removed one's (label 3) went.
+    env, srs = await siprec_env(
+        nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer(), record_video=True
+    )
+    call, _, update = await add_video(env, srs)
+    await srs.respond(update, 200, body=srs_answer_of(update), content_type="application/sdp")
+    await srs.next_request("ACK", timeout=5)
+    answer = await call.reinvite(  # type: ignore[attr-defined]
+        audio_video(CALLER_PORT, 0, version=3)
+    )
+    assert answer.status == 200
+    await srs.respond(await srs.next_request("INVITE", timeout=10), 491)
+    answer = await call.reinvite(  # type: ignore[attr-defined]
+        audio_video(CALLER_PORT, CALLER_PORT + 2, version=4)
+    )
+    assert answer.status == 200
+    to_caller_video = ("127.0.0.1", parse_sdp_untrusted(answer.body).media[1].port)
+    retry = await srs.next_request("INVITE", timeout=10)
+    assert [label for _, label, _, _ in offered(retry)] == ["1", "2", "3", "4", "5", "6"]
+    with await bind(CALLER_PORT + 2) as caller_video, await bind(SRS_PORT + 4) as removed_port:
+        await caller_video.sendto(rtp(1, 0x33, 0x3333), to_caller_video)
+        with trio.move_on_after(1) as waited:
+            await removed_port.recvfrom(2048)
+        assert waited.cancelled_caught  # nothing to the removed stream's address
+    await srs.respond(retry, 200, body=srs_answer_of(retry), content_type="application/sdp")
+    await srs.next_request("ACK", timeout=5)
+    await call.bye()  # type: ignore[attr-defined]
+    await srs.next_request("INVITE", timeout=10)
