@@ -16,6 +16,8 @@ call's RTP and the copies on real 127.0.0.1 sockets, in virtual time:
   first INVITE was refused, the next round waits) is in the next round's INVITE;
 - a paused recording whose SRS answers 481 opens its new session paused (every line
   a=inactive) and the resume re-INVITEs that session sendonly;
+- a call that ends paused: its final snapshot says every stream inactive, and it leaves the
+  gauge of paused recordings (``voipgw_recordings_paused``) as it goes;
 - without ``record_video`` an added video stream is not recorded, and the log says so.
 """
 
@@ -393,3 +395,23 @@ async def test_a_stream_added_again_before_the_srs_took_its_removal_sends_nothin
     await srs.next_request("ACK", timeout=5)
     await call.bye()  # type: ignore[attr-defined]
     await srs.next_request("INVITE", timeout=10)
+
+
+async def test_a_call_that_ends_paused_leaves_the_paused_gauge(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer())
+    call, _, _ = await recorded_call(env, srs)
+    manager = env.gateway.calls
+    assert manager is not None
+    (gateway_call,) = manager.calls
+    manager.pause_recording(gateway_call.id, True, by="agent 7")
+    paused = await srs.next_request("INVITE", timeout=10)
+    await srs.respond(paused, 200, body=srs_answer(), content_type="application/sdp")
+    await srs.next_request("ACK", timeout=5)
+    assert manager.recordings_paused == {gateway_call}
+    await call.bye()  # type: ignore[attr-defined]
+    final = await srs.next_request("INVITE", timeout=10)  # the final snapshot
+    assert directions(final) == ["inactive", "inactive"]
+    assert manager.recordings_paused == set()  # the gauge: no live call paused
+    assert manager.recording_pauses == {"pause": 1, "resume": 0}
