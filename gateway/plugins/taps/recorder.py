@@ -502,7 +502,9 @@ class RecordingSink:
 
     def set_paused(self, paused: bool, *, by: str) -> None:
         """An operator paused or resumed the recording (``interfaces.TapSink``; the core logs
-        who): packets meanwhile are not written (a gap in the file)."""
+        who): packets meanwhile are not written, a gap in the file (silence in a WAV file, by
+        the RTP timestamps of the packets after it; concealment in Ogg Opus; a time gap in a
+        pcap)."""
         self._paused = paused
 
     def close(self) -> None:

@@ -1124,6 +1124,13 @@ class SiprecSink:
                 if sock is not None and sock is sockets[number]:
                     del self._by_stream[(stream.index, stream.direction)]
                     sock.close()
+                # Nowhere to send it any more, even before the SRS answers (a stream the call
+                # adds on this line again must not go to the removed one's address, or under
+                # its keys, until the SRS's answer says where its new labels go).
+                self._destinations.pop((stream.index, stream.direction), None)
+                context = self._srtp.pop((stream.index, stream.direction), None)
+                if context is not None:
+                    context.close()
                 changed = True
                 log.info(
                     "SIPREC: call %s: stream %d removed by the call, label %s now port 0",
@@ -1390,6 +1397,10 @@ class SiprecSink:
             self._changed = trio.Event()
             self._metadata_changed = False
             self._started = time.time()
+            # A stream the call added or removed since the update the SRS lost (while the
+            # last round's INVITE was out or this round waited) is in this INVITE: the event
+            # that said so was just reset.
+            await self._follow_streams(streams, sockets)
             session, destinations = await self._open(self._current(streams), sockets)
             if session is not None:
                 self.session, self._destinations = session, destinations

@@ -9,6 +9,15 @@ call's RTP and the copies on real 127.0.0.1 sockets, in virtual time:
   for those labels once it answered;
 - the call removing the video again (port 0) re-INVITEs the SRS with those lines at port 0, the
   metadata still naming the streams but no party sending or receiving them;
+- the call adding the video again on the line it had removed gets two more m= lines with
+  new labels (5, 6) and stream ids, the removed ones staying at port 0 in their places (a label
+  names one stream for the session's life, RFC 7866 §8.1.1);
+- a stream the call adds while the SRS is being replaced (it answered 481, the new session's
+  first INVITE was refused, the next round waits) is in the next round's INVITE;
+- a paused recording whose SRS answers 481 opens its new session paused (every line
+  a=inactive) and the resume re-INVITEs that session sendonly;
+- a call that ends paused: its final snapshot says every stream inactive, and it leaves the
+  gauge of paused recordings (``voipgw_recordings_paused``) as it goes;
 - without ``record_video`` an added video stream is not recorded, and the log says so.
 """
 
@@ -21,6 +30,7 @@ import pytest
 import trio
 
 from gateway.core.sdp.parser import parse_sdp_untrusted
+from gateway.core.sip.message import Request
 from gateway.plugins.taps.siprec import srs_sdp
 from gateway.testing.sip_agent import AutoAnswer, Received, SipAgent
 from tests.component.calls.b2bua_env import B2bua, next_within
@@ -33,8 +43,9 @@ from tests.component.calls.siprec_calls import (
     metadata_of,
     rtp,
     siprec_env,
+    srs_answer,
 )
-from tests.component.calls.siprec_recorded_calls import recorded_call
+from tests.component.calls.siprec_recorded_calls import HELD, directions, recorded_call
 
 
 def audio_video(port: int, video_port: int, *, version: int, second: str = "video") -> bytes:
@@ -55,7 +66,11 @@ def audio_video(port: int, video_port: int, *, version: int, second: str = "vide
 def srs_answer_of(update: Received) -> bytes:
     """The SRS's answer to our re-INVITE's offer: every line it was offered at a port (labels
     1, 2, 3... at SRS_PORT, +2, +4 ...) recvonly, the lines at port 0 declined."""
-    request = update.request
+    return srs_answer_of_request(update.request)
+
+
+def srs_answer_of_request(request: Request) -> bytes:
+    """:func:`srs_answer_of` for an INVITE's offer."""
     offer = srs_sdp(request.headers.get("Content-Type"), request.body)
     lines = ["v=0", "o=srs 1 2 IN IP4 127.0.0.1", "s=-", "c=IN IP4 127.0.0.1", "t=0 0"]
     for media in parse_sdp_untrusted(offer).media:
@@ -68,7 +83,11 @@ def srs_answer_of(update: Received) -> bytes:
 
 def offered(update: Received) -> list[tuple[str, str, int, str]]:
     """(media, label, port, direction) of each m= line of a re-INVITE's SDP offer."""
-    request = update.request
+    return offered_in(update.request)
+
+
+def offered_in(request: Request) -> list[tuple[str, str, int, str]]:
+    """(media, label, port, direction) of each m= line of an INVITE's SDP offer."""
     sdp = parse_sdp_untrusted(srs_sdp(request.headers.get("Content-Type"), request.body))
     return [
         (m.media, m.attributes.get("label") or "", m.port, sdp.effective_direction(m).value)
@@ -235,3 +254,164 @@ async def test_without_record_video_an_added_video_stream_is_logged_as_not_recor
         and "stream 1 (video) is not recorded (record_video = false)" in r.getMessage()
         for r in caplog.records
     ), [r.getMessage() for r in caplog.records]
+
+
+def stream_ids(body: bytes) -> dict[str, str | None]:
+    """The metadata's stream ids by label."""
+    root = metadata_of(body)
+    return {
+        s.findtext("r:label", namespaces=NS) or "": s.get("stream_id")
+        for s in root.iterfind("r:stream", NS)
+    }
+
+
+async def test_a_stream_the_call_adds_again_after_removing_it_takes_new_labels(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, srs = await siprec_env(
+        nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer(), record_video=True
+    )
+    call, _, update = await add_video(env, srs)
+    await srs.respond(update, 200, body=srs_answer_of(update), content_type="application/sdp")
+    await srs.next_request("ACK", timeout=5)
+    answer = await call.reinvite(  # type: ignore[attr-defined]
+        audio_video(CALLER_PORT, 0, version=3)
+    )
+    assert answer.status == 200
+    removed = await srs.next_request("INVITE", timeout=10)
+    await srs.respond(removed, 200, body=srs_answer_of(removed), content_type="application/sdp")
+    await srs.next_request("ACK", timeout=5)
+
+    # The caller uses the port-0 line again (RFC 3264 §8.1): a new stream for the SRS.
+    answer = await call.reinvite(  # type: ignore[attr-defined]
+        audio_video(CALLER_PORT, CALLER_PORT + 2, version=4)
+    )
+    assert answer.status == 200
+    again = await srs.next_request("INVITE", timeout=10)
+    assert [(kind, label, port == 0, d) for kind, label, port, d in offered(again)] == [
+        ("audio", "1", False, "sendonly"),
+        ("audio", "2", False, "sendonly"),
+        ("video", "3", True, "inactive"),  # in their places, at port 0 (RFC 3264 §8)
+        ("video", "4", True, "inactive"),
+        ("video", "5", False, "sendonly"),  # never 3 and 4 again (RFC 7866 §8.1.1)
+        ("video", "6", False, "sendonly"),
+    ]
+    before, now = stream_ids(removed.request.body), stream_ids(again.request.body)
+    assert {label: now[label] for label in before} == before
+    assert len(set(now.values())) == 6  # the new streams' ids are new
+    await srs.respond(again, 200, body=srs_answer_of(again), content_type="application/sdp")
+    await srs.next_request("ACK", timeout=5)
+    await call.bye()  # type: ignore[attr-defined]
+    await srs.next_request("INVITE", timeout=10)
+
+
+async def test_a_stream_added_while_the_srs_is_replaced_is_in_the_new_sessions_invite(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, srs = await siprec_env(
+        nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer(), record_video=True
+    )
+    call, _, _ = await recorded_call(env, srs)
+    assert (await call.reinvite(HELD)).status == 200  # type: ignore[attr-defined]
+    await srs.respond(await srs.next_request("INVITE", timeout=10), 481)
+    await (await srs.next_call(timeout=5)).answer(503)  # the next round waits
+    await callee_takes_two_streams(env)
+    answer = await call.reinvite(  # type: ignore[attr-defined]
+        audio_video(CALLER_PORT, CALLER_PORT + 2, version=4)
+    )
+    assert answer.status == 200
+    taken = await srs.next_call(timeout=10)  # the next round
+    assert [(kind, label, d) for kind, label, _, d in offered_in(taken.invite)] == [
+        ("audio", "1", "sendonly"),
+        ("audio", "2", "sendonly"),
+        ("video", "3", "sendonly"),
+        ("video", "4", "sendonly"),
+    ]
+    assert set(stream_ids(taken.invite.body)) == {"1", "2", "3", "4"}
+    await taken.answer(200, sdp=srs_answer_of_request(taken.invite))
+    await srs.next_request("ACK", timeout=5)
+    await call.bye()  # type: ignore[attr-defined]
+    await srs.next_request("INVITE", timeout=10)
+
+
+async def test_a_paused_recording_whose_srs_answers_481_opens_its_new_session_paused(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer())
+    call, _, _ = await recorded_call(env, srs)
+    manager = env.gateway.calls
+    assert manager is not None
+    (gateway_call,) = manager.calls
+    manager.pause_recording(gateway_call.id, True, by="agent 7")
+    paused = await srs.next_request("INVITE", timeout=10)
+    assert directions(paused) == ["inactive", "inactive"]
+    await srs.respond(paused, 481)  # the SRS restarted meanwhile
+    again = await srs.next_call(timeout=5)
+    assert directions(again.incoming) == ["inactive", "inactive"]  # type: ignore[arg-type]
+    await again.answer(200, sdp=srs_answer())
+    await srs.next_request("ACK", timeout=5)
+    assert await next_within(srs, "INVITE", 5) is None  # paused as it was: nothing to say
+
+    manager.pause_recording(gateway_call.id, False, by="agent 7")
+    resumed = await srs.next_request("INVITE", timeout=10)
+    assert resumed.request.call_id == again.invite.call_id
+    assert directions(resumed) == ["sendonly", "sendonly"]
+    await srs.respond(resumed, 200, body=srs_answer(), content_type="application/sdp")
+    await srs.next_request("ACK", timeout=5)
+    await call.bye()  # type: ignore[attr-defined]
+    await srs.next_request("INVITE", timeout=10)
+
+
+async def test_a_stream_added_again_before_the_srs_took_its_removal_sends_nothing_early(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # The SRS refuses the removal's re-INVITE (491) and the caller adds the video again on
+    # the same line meanwhile: until the SRS answers the retry, which offers labels 5 and 6,
+    # no copy of the new stream goes to where the removed one's (label 3) went.
+    env, srs = await siprec_env(
+        nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer(), record_video=True
+    )
+    call, _, update = await add_video(env, srs)
+    await srs.respond(update, 200, body=srs_answer_of(update), content_type="application/sdp")
+    await srs.next_request("ACK", timeout=5)
+    answer = await call.reinvite(  # type: ignore[attr-defined]
+        audio_video(CALLER_PORT, 0, version=3)
+    )
+    assert answer.status == 200
+    await srs.respond(await srs.next_request("INVITE", timeout=10), 491)
+    answer = await call.reinvite(  # type: ignore[attr-defined]
+        audio_video(CALLER_PORT, CALLER_PORT + 2, version=4)
+    )
+    assert answer.status == 200
+    to_caller_video = ("127.0.0.1", parse_sdp_untrusted(answer.body).media[1].port)
+    retry = await srs.next_request("INVITE", timeout=10)
+    assert [label for _, label, _, _ in offered(retry)] == ["1", "2", "3", "4", "5", "6"]
+    with await bind(CALLER_PORT + 2) as caller_video, await bind(SRS_PORT + 4) as removed_port:
+        await caller_video.sendto(rtp(1, 0x33, 0x3333), to_caller_video)
+        with trio.move_on_after(1) as waited:
+            await removed_port.recvfrom(2048)
+        assert waited.cancelled_caught  # nothing to the removed stream's address
+    await srs.respond(retry, 200, body=srs_answer_of(retry), content_type="application/sdp")
+    await srs.next_request("ACK", timeout=5)
+    await call.bye()  # type: ignore[attr-defined]
+    await srs.next_request("INVITE", timeout=10)
+
+
+async def test_a_call_that_ends_paused_leaves_the_paused_gauge(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer())
+    call, _, _ = await recorded_call(env, srs)
+    manager = env.gateway.calls
+    assert manager is not None
+    (gateway_call,) = manager.calls
+    manager.pause_recording(gateway_call.id, True, by="agent 7")
+    paused = await srs.next_request("INVITE", timeout=10)
+    await srs.respond(paused, 200, body=srs_answer(), content_type="application/sdp")
+    await srs.next_request("ACK", timeout=5)
+    assert manager.recordings_paused == {gateway_call}
+    await call.bye()  # type: ignore[attr-defined]
+    final = await srs.next_request("INVITE", timeout=10)  # the final snapshot
+    assert directions(final) == ["inactive", "inactive"]
+    assert manager.recordings_paused == set()  # the gauge: no live call paused
+    assert manager.recording_pauses == {"pause": 1, "resume": 0}

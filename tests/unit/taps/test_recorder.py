@@ -230,6 +230,28 @@ async def test_a_paused_sink_writes_nothing_until_resumed(tmp_path: Path) -> Non
     assert sink.recording is not None and sink.recording.counts.packets == 6
 
 
+async def test_a_paused_wav_recording_stays_on_the_calls_clock_the_pause_silence(
+    tmp_path: Path,
+) -> None:
+    """The paused stretch of a WAV file is silence of its length (the resumed packets are
+    placed by their RTP timestamps, ``_Track.place``): the file stays playable and its
+    speakers' files overlay as they are, the card digits not in it."""
+    sink = RecordingSink(CALL, tmp_path / "day", "wav", queue=100)
+    for seq in range(10):
+        if seq == 3:
+            sink.set_paused(True, by="agent 7")
+        if seq == 7:
+            sink.set_paused(False, by="agent 7")
+        sink.packet("0", "a_to_b", rtp(seq, 160 * seq, b"\x80" * 160), now=0.02 * seq)
+    sink.close()
+    await sink.run()
+    (path,) = (tmp_path / "day").rglob("*-0-caller.wav")
+    written = samples(path)
+    assert len(written) == 10 * 160
+    assert written[3 * 160 : 7 * 160] == [0] * 4 * 160
+    assert 0 not in written[: 3 * 160] + written[7 * 160 :]
+
+
 async def test_a_disk_that_fails_ends_the_recording_not_the_gateway(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
