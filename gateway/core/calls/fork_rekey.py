@@ -111,10 +111,15 @@ class CallForkRekey(CallLocationUpdates, CallMediaKeys):
             if not self._fork_rekey_later(leg):
                 self._fork_rekey_outcome = "not sent: other offers kept crossing it"
             return
+        plain = None
         try:
             plain = self.media.repeat_offer(Side.B.value)
             offer = leg.security.make_offer(plain, rekey=True)
         except Exception as exc:
+            if plain is not None:
+                # Not sent: the next offer on the leg has the version after the last SDP
+                # sent there, not one more (RFC 3264 §8).
+                self.media.withdraw_repeated_offer(Side.B.value)
             # A plugin's bug or ours: the call goes on under the keys it has, as after a
             # refused re-INVITE (RFC 3261 §14.1). Never the exception's text: it may hold keys.
             log.warning(
@@ -133,6 +138,9 @@ class CallForkRekey(CallLocationUpdates, CallMediaKeys):
             self._fork_rekey = tag
             self._fork_rekey_deadline = trio.current_time() + 64 * self.config.sip.t1
         else:
+            # Nothing went: our keys and o= version stay those last sent (RFC 3264 §8).
+            leg.security.withdraw_offer()
+            self.media.withdraw_repeated_offer(Side.B.value)
             self._fork_rekey_outcome = "not sent: the B leg cannot be reached"
 
     def _fork_rekey_later(self, leg: BLeg) -> bool:

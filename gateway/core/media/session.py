@@ -306,6 +306,8 @@ class MediaSession:
         # ones are kept, so a call whose legs agree never touches its streams' settings.
         self._renumbered: dict[tuple[int, str], _Renumbering] = {}
         self._sent: dict[Side, SessionDescription] = {}
+        # (sent before, repeated) of each side's latest repeat_offer, to withdraw it.
+        self._repeated: dict[Side, tuple[SessionDescription, SessionDescription]] = {}
         self._exchange: _Exchange | None = None
         self._totals = _Totals()
         self._closed = False
@@ -426,7 +428,20 @@ class MediaSession:
             raise LocalMediaError(f"nothing was sent on side {side} yet")
         repeated = attrs.evolve(previous, origin=previous.origin.bumped())
         self._sent[side] = repeated
+        self._repeated[side] = (previous, repeated)
         return repeated
+
+    def withdraw_repeated_offer(self, side: Side) -> None:
+        """The re-offer :meth:`repeat_offer` just made for ``side`` was not sent after all
+        (the leg's security could not add its keys, the leg cannot be reached): the SDP sent
+        before it is the last one sent again, so the next SDP on that leg has the version
+        after it (RFC 3264 §8: one more than the previous SDP sent; a version skipped tells
+        the peer of a change it never saw). No-op when another SDP was recorded as sent
+        there since."""
+        side = _check_side(side)
+        made = self._repeated.pop(side, None)
+        if made is not None and self._sent.get(side) is made[1]:
+            self._sent[side] = made[0]
 
     def answer_to_repeated_offer(
         self, side: Side, answer: SessionDescription, *, rtcp_mux_offered: bool = False
@@ -457,6 +472,7 @@ class MediaSession:
         for index, remote in remotes.items():  # all checked first: a refusal changes nothing
             if self._remotes.get((index, side)) != remote:
                 self._set_remote(index, side, remote)
+        self._repeated.pop(side, None)
 
     @property
     def on_hold(self) -> bool:

@@ -541,3 +541,46 @@ async def test_many_forks_early_media_is_remembered_within_bounds_and_still_reke
     await env.alice.next_request("ACK", timeout=5)
     assert gateway_call.security_record()["b"]["fork_rekey"] == "re-keyed"
     assert (await call.bye()).status == 200
+
+
+async def test_a_rekey_offer_that_cannot_be_made_skips_no_o_version(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    tls_signalling: None,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The key exchange raises making our re-key offer (a plugin's bug): nothing is sent and
+    the call goes on under its keys. The next SDP on the leg, the caller's re-INVITE relayed,
+    has the version after the last one sent (RFC 3264 §8: one more than the previous SDP).
+    Before session 42 the unsent re-offer's version was taken, and the next one skipped it."""
+    env = await with_sdes(nursery, tmp_path, voipgw_seed)
+    offer = sdes_plugin.SdesKeyExchange.offer
+
+    def broken(self: Any, **kwargs: Any) -> Any:
+        if kwargs.get("rekey"):
+            raise RuntimeError("a plugin's bug")
+        return offer(self, **kwargs)
+
+    monkeypatch.setattr(sdes_plugin.SdesKeyExchange, "offer", broken)
+
+    async def answer_reinvite(received: Any) -> bool:
+        if received.request.method != "INVITE":
+            return False
+        await env.alice.respond(received, 200, body=env.alice.answer_sdp(received.request.body))
+        return True
+
+    env.alice.in_dialog = answer_reinvite
+    call, leg_b, offered_key = await forked_call(env, early_media_across_a_wrap=False)
+    await trio.sleep(5)
+    assert reinvites_to(env, ANSWERING_TAG) == []
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert gateway_call.security_record()["b"]["fork_rekey"].startswith("not sent: internal")
+    assert (await call.reinvite(env.trunk.offer_sdp(direction="sendonly"))).status == 200
+    (relayed,) = reinvites_to(env, ANSWERING_TAG)
+    first = parse_sdp_untrusted(leg_b.invite.body).origin
+    assert parse_sdp_untrusted(relayed.body).origin.session_version == first.session_version + 1
+    assert crypto_key(relayed.body) == offered_key  # our key in force, repeated (§7.1.4)
+    assert (await call.bye()).status == 200

@@ -22,7 +22,9 @@ from tests.unit.media.session_env import stream_of
 RANGE = ModuleBlock(100, parse=PortRange.parse)
 
 
-def sdp(port: int, *, version: int = 1, host: str = "127.0.0.1") -> SessionDescription:
+def sdp(
+    port: int, *, version: int = 1, host: str = "127.0.0.1", extra: tuple[str, ...] = ()
+) -> SessionDescription:
     text = [
         "v=0",
         f"o=- 7 {version} IN IP4 {host}",
@@ -31,6 +33,7 @@ def sdp(port: int, *, version: int = 1, host: str = "127.0.0.1") -> SessionDescr
         "t=0 0",
         f"m=audio {port} RTP/AVP 0",
         "a=rtpmap:0 PCMU/8000",
+        *extra,
         "",
     ]
     return parse_sdp_untrusted("\r\n".join(text).encode())
@@ -88,3 +91,31 @@ def test_no_repeat_while_an_offer_is_in_progress(session: MediaSession) -> None:
     session.offer_from("a", sdp(20002, version=2))
     with pytest.raises(LocalMediaError, match="in progress"):
         session.repeat_offer("b")
+
+
+def test_a_repeated_offer_withdrawn_leaves_the_next_version_to_the_next_sdp(
+    session: MediaSession,
+) -> None:
+    """A re-offer that was never sent (its keys could not be made, its leg cannot be
+    reached) takes no o= version: the next SDP on the leg has the one after the last sent
+    (RFC 3264 §8)."""
+    answered(session)
+    sent = session.last_sent("b")
+    assert sent is not None
+    session.repeat_offer("b")
+    session.withdraw_repeated_offer("b")
+    assert session.last_sent("b") == sent
+    session.withdraw_repeated_offer("b")  # twice: nothing more
+    assert session.last_sent("b") == sent
+    held = session.offer_from("a", sdp(20000, version=2, extra=("a=sendonly",)))
+    assert held.origin == sent.origin.bumped()
+
+
+def test_withdrawing_changes_nothing_once_the_repeated_offer_was_answered(
+    session: MediaSession,
+) -> None:
+    answered(session)
+    repeated = session.repeat_offer("b")
+    session.answer_to_repeated_offer("b", sdp(30000, version=2))
+    session.withdraw_repeated_offer("b")
+    assert session.last_sent("b") == repeated
