@@ -62,11 +62,13 @@ def crypto_key(sdp: bytes) -> bytes:
     return offered(sdp)[1]
 
 
-def phone_answer(offer: bytes, port: int, key: bytes, *, version: int = 1) -> bytes:
+def phone_answer(
+    offer: bytes, port: int, key: bytes, *, version: int = 1, formats: tuple[str, ...] = ("0",)
+) -> bytes:
     """A forked phone's answer to our best-effort SDES ``offer`` (RTP/AVP with a=crypto, RFC
     8643), on its line of :data:`SUITE`."""
     inline = base64.b64encode(key).decode()
-    return simple_sdp(ALICE[0], port, version=version, formats=("0",)) + (
+    return simple_sdp(ALICE[0], port, version=version, formats=formats) + (
         f"a=crypto:{offered(offer)[0]} {SUITE} inline:{inline}\r\n".encode()
     )
 
@@ -584,3 +586,41 @@ async def test_a_rekey_offer_that_cannot_be_made_skips_no_o_version(
     assert parse_sdp_untrusted(relayed.body).origin.session_version == first.session_version + 1
     assert crypto_key(relayed.body) == offered_key  # our key in force, repeated (§7.1.4)
     assert (await call.bye()).status == 200
+
+
+async def test_an_answer_to_our_rekey_changing_the_codec_is_acked_then_the_call_ends(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    tls_signalling: None,  # noqa: F811
+) -> None:
+    """The phone's 2xx took PCMU; its answer to our re-key takes PCMA (RFC 3264 §6.1 lets it
+    pick any offered codec). The caller's leg agreed on PCMU and the relay's payload numbers,
+    transcoding and DTMF plan follow that agreement, which an answer on one leg cannot change
+    (RFC 3264 §8.3.2): ACKed (RFC 3261 §13.2.2.4), then both legs get a BYE with cause 488
+    saying why. Before session 42 the relay took its addresses and keys and went on as for
+    PCMU; nothing said so."""
+    env = await with_sdes(nursery, tmp_path, voipgw_seed)
+
+    async def other_codec(received: Any) -> bool:
+        if received.request.method != "INVITE":
+            return False
+        body = phone_answer(
+            received.request.body, 30002, ANSWERING_PHONE_NEW_KEY, version=2, formats=("8",)
+        )
+        await env.alice.respond(received, 200, body=body)
+        return True
+
+    env.alice.in_dialog = other_codec
+    await forked_call(env, early_media_across_a_wrap=False)
+    rekey = await env.alice.next_request("INVITE", timeout=5)
+    ack = await env.alice.next_request("ACK", timeout=5)
+    assert ack.request.cseq.number == rekey.request.cseq.number
+    bye_a = await env.trunk.next_request("BYE", timeout=5)
+    bye_b = await env.alice.next_request("BYE", timeout=5)
+    for bye in (bye_a, bye_b):
+        reason = bye.request.headers.get("Reason") or ""
+        assert "cause=488" in reason and "changes the stream's codecs" in reason
+    await trio.sleep(5)
+    assert len(env.alice.requests("BYE")) == 1
