@@ -17,8 +17,10 @@ context goes on with the phone that knows it), nor one of a fork that only rang 
 ours went under the key to any phone, though every forked phone got the offer: SDES through a
 forking proxy cannot avoid that). Keys agreed on the media path (DTLS-SRTP, ZRTP)
 are per association with each phone (the relay keeps the forks' handshakes apart) and are
-never re-offered here. A re-INVITE, not an UPDATE: the dialog is confirmed, every phone takes a
-re-INVITE, and an UPDATE (RFC 3311) would gain nothing.
+never re-offered here. Nor is a transfer target's leg: it is called without SDP or 100rel (a
+late offer), so our key goes only in the ACK of the one dialog whose 2xx we took. A
+re-INVITE, not an UPDATE: the dialog is confirmed, every phone takes a re-INVITE, and an
+UPDATE (RFC 3311) would gain nothing.
 
 Its failure is RFC 3261 §14.1's: a refusal (488, 501, 500 ...) keeps the session as it was (the
 call goes on under the old keys, logged at INFO); 491 (the phone's own re-INVITE crossed ours)

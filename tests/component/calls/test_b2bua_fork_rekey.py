@@ -624,3 +624,51 @@ async def test_an_answer_to_our_rekey_changing_the_codec_is_acked_then_the_call_
         assert "cause=488" in reason and "changes the stream's codecs" in reason
     await trio.sleep(5)
     assert len(env.alice.requests("BYE")) == 1
+
+
+async def test_a_transfer_targets_forks_never_share_our_key(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    tls_signalling: None,  # noqa: F811
+) -> None:
+    """A transfer target called through a forking proxy needs no re-key: its INVITE has no
+    SDP and no 100rel (a late offer, transfer.py step 3), so no phone gets a key of ours
+    before it answers, and our key goes only in the ACK of the first 2xx's dialog; another
+    fork's 2xx, which offered a key of its own, is ACKed with every stream rejected (no key
+    of ours) and BYEd. No re-INVITE follows to the target."""
+    env = await with_sdes(nursery, tmp_path, voipgw_seed)
+    bob = await bob_phone(env, nursery, voipgw_seed, auto=None)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    await leg_b.answer(200, sdp=phone_answer(leg_b.invite.body, 30000, EARLY_PHONE_KEY))
+    assert (await call.final()).status == 200
+    await env.alice.next_request("ACK")
+    assert (await refer(leg_b, BOB_URI)) == 202
+    target = await bob.next_call()
+    assert not target.invite.body
+    assert "100rel" not in (target.invite.headers.get("Supported") or "")
+    assert target.incoming is not None
+    first_tag = target.local_tag
+    for fork, port in ((first_tag, 50010), ("bob-fork-2", 50012)):
+        target.local_tag = fork
+        bob._by_dialog[(target.call_id, fork)] = target
+        key = ANSWERING_PHONE_KEY if fork == first_tag else ANSWERING_PHONE_NEW_KEY
+        inline = base64.b64encode(key).decode()
+        offer = simple_sdp("127.0.0.4", port, formats=("0",)) + (
+            f"a=crypto:1 {SUITE} inline:{inline}\r\n".encode()
+        )
+        await bob.respond(target.incoming, 200, body=offer)
+    await eventually_notify(env.alice, "SIP/2.0 200 OK")
+    acks = {ack.to.tag: ack for ack in bob.requests("ACK")}
+    ours = crypto_key(acks[first_tag].body)
+    assert ours not in (ANSWERING_PHONE_KEY, ANSWERING_PHONE_NEW_KEY)
+    other = parse_sdp_untrusted(acks["bob-fork-2"].body)
+    assert [m.port for m in other.media] == [0]
+    assert b"a=crypto" not in acks["bob-fork-2"].body
+    assert [r.to.tag for r in bob.requests("BYE")] == ["bob-fork-2"]
+    await trio.sleep(10)
+    assert [r for r in bob.requests("INVITE") if r.to.tag] == []
+    assert (await leg_b.bye()).status == 200
+    assert (await bob.calls[0].bye()).status == 200
