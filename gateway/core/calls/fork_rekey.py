@@ -17,8 +17,10 @@ context goes on with the phone that knows it), nor one of a fork that only rang 
 ours went under the key to any phone, though every forked phone got the offer: SDES through a
 forking proxy cannot avoid that). Keys agreed on the media path (DTLS-SRTP, ZRTP)
 are per association with each phone (the relay keeps the forks' handshakes apart) and are
-never re-offered here. A re-INVITE, not an UPDATE: the dialog is confirmed, every phone takes a
-re-INVITE, and an UPDATE (RFC 3311) would gain nothing.
+never re-offered here. Nor is a transfer target's leg: it is called without SDP or 100rel (a
+late offer), so our key goes only in the ACK of the one dialog whose 2xx we took. A
+re-INVITE, not an UPDATE: the dialog is confirmed, every phone takes a re-INVITE, and an
+UPDATE (RFC 3311) would gain nothing.
 
 Its failure is RFC 3261 §14.1's: a refusal (488, 501, 500 ...) keeps the session as it was (the
 call goes on under the old keys, logged at INFO); 491 (the phone's own re-INVITE crossed ours)
@@ -111,10 +113,15 @@ class CallForkRekey(CallLocationUpdates, CallMediaKeys):
             if not self._fork_rekey_later(leg):
                 self._fork_rekey_outcome = "not sent: other offers kept crossing it"
             return
+        plain = None
         try:
             plain = self.media.repeat_offer(Side.B.value)
             offer = leg.security.make_offer(plain, rekey=True)
         except Exception as exc:
+            if plain is not None:
+                # Not sent: the next offer on the leg has the version after the last SDP
+                # sent there, not one more (RFC 3264 §8).
+                self.media.withdraw_repeated_offer(Side.B.value)
             # A plugin's bug or ours: the call goes on under the keys it has, as after a
             # refused re-INVITE (RFC 3261 §14.1). Never the exception's text: it may hold keys.
             log.warning(
@@ -133,6 +140,9 @@ class CallForkRekey(CallLocationUpdates, CallMediaKeys):
             self._fork_rekey = tag
             self._fork_rekey_deadline = trio.current_time() + 64 * self.config.sip.t1
         else:
+            # Nothing went: our keys and o= version stay those last sent (RFC 3264 §8).
+            leg.security.withdraw_offer()
+            self.media.withdraw_repeated_offer(Side.B.value)
             self._fork_rekey_outcome = "not sent: the B leg cannot be reached"
 
     def _fork_rekey_later(self, leg: BLeg) -> bool:

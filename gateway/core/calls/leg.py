@@ -33,6 +33,17 @@ class Side(enum.Enum):
         return Side.B if self is Side.A else Side.A
 
 
+MAX_EARLY_DIALOGS = 8
+"""The early dialogs (RFC 3261 §12.1.2, one per To tag of the callee's 1xx) a B leg keeps:
+those we PRACKed a reliable 1xx in (RFC 3262 §4), or sent an UPDATE or INFO into. A forking
+proxy, or a callee sending 1xx under ever new To tags, must not grow them (nor the RSeqs and
+answers kept per tag) for as long as the call rings. Past the bound a reliable 1xx of a new
+tag is relayed as an unreliable one and not PRACKed (its UAS gives it up after 64*T1 and
+rejects that fork's INVITE, RFC 3262 §3), and no UPDATE or INFO goes into a new one; the
+dialogs kept are untouched. The same bound as the tags keyed by our SDP keys
+(``MAX_SDP_KEYED_TAGS``)."""
+
+
 @attrs.define(eq=False)
 class Leg:
     """One leg's signalling state."""
@@ -96,11 +107,15 @@ class BLeg(Leg):
     # Early dialogs (by the callee's To tag) in which we PRACKed a reliable 1xx (RFC 3262 §4),
     # and the RSeq of the last one PRACKed in each: the 2xx confirms that dialog, whose CSeq has
     # moved on by the PRACKs.
+    # At most MAX_EARLY_DIALOGS (CallRinging._prack_b, CallLocationUpdates._early_dialog).
     early_dialogs: dict[str, Dialog] = attrs.field(factory=dict)
     last_rseq: dict[str, int] = attrs.field(factory=dict)
+    # Whether a 1xx under a To tag past that bound was turned away (said once, at INFO).
+    early_dialogs_full: bool = False
     # The SDP answers to our offer that came in a reliable 1xx (RFC 3262 §5: the offer/answer
     # exchange is complete then), by the callee's To tag: a 2xx of that early dialog without
-    # SDP confirms it (_b_answered). None until the first one: no work for other calls.
+    # SDP confirms it (_b_answered). None until the first one: no work for other calls. Its
+    # tags are those of early_dialogs we PRACKed in, so it is bounded with them.
     answers_in_1xx: dict[str, SessionDescription] | None = None
     # The To tags of the dialogs (early or confirmed) whose SDP answers were keyed with the
     # keys our offer handed out in SDP (SDES, MIKEY): a forking proxy gave our one offer, and

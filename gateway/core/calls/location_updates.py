@@ -19,7 +19,7 @@ import trio
 
 from gateway.core.calls.base import log
 from gateway.core.calls.events import LocatedRequest, RequestEvent, ResponseEvent
-from gateway.core.calls.leg import ALeg, BLeg, Leg, Side
+from gateway.core.calls.leg import MAX_EARLY_DIALOGS, ALeg, BLeg, Leg, Side
 from gateway.core.calls.location import (
     Location,
     LocationError,
@@ -157,6 +157,24 @@ class CallLocationUpdates(CallSessionTimers):
             )
         return errors
 
+    def _room_for_early_dialog(self, leg: BLeg, response: Response) -> bool:
+        """Whether ``leg`` may keep one more early dialog (:data:`MAX_EARLY_DIALOGS`, for the
+        To tag of ``response``). The first time it may not is said at INFO, once per leg: a
+        callee sending 1xx under ever new tags is not logged once per 1xx."""
+        if len(leg.early_dialogs) < MAX_EARLY_DIALOGS:
+            return True
+        if not leg.early_dialogs_full:
+            leg.early_dialogs_full = True
+            log.info(
+                "call %s: %s sent a %d under a new To tag past %d early dialogs: none kept for "
+                "it (not PRACKed, no UPDATE or INFO into it; RFC 3261 §12.1.2, RFC 3262 §3)",
+                self.id,
+                leg.shown_as,
+                response.status,
+                MAX_EARLY_DIALOGS,
+            )
+        return False
+
     def _early_dialog(self, leg: BLeg, response: Response) -> Dialog | None:
         """Our early dialog with ``leg``'s callee that its 1xx ``response`` made (RFC 3261
         §12.1.2, §13.2.2.4: an unreliable 1xx with a To tag makes one too), kept where the 2xx
@@ -166,6 +184,8 @@ class CallLocationUpdates(CallSessionTimers):
             return None
         dialog = leg.early_dialogs.get(tag)
         if dialog is None:
+            if not self._room_for_early_dialog(leg, response):
+                return None
             over_tls = leg.transport in TLS_TRANSPORTS
             dialog = Dialog.create_uac(leg.invite, response, over_tls=over_tls)
             leg.early_dialogs[tag] = dialog

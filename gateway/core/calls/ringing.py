@@ -172,6 +172,11 @@ class CallRinging(CallLocationUpdates, CallMediaKeys):
         if last is not None and rseq != last + 1:
             return False
         if dialog is None:
+            if not self._room_for_early_dialog(leg, response):
+                # Past the bound (a forking proxy's many phones, or a callee inventing To
+                # tags): relayed as an ordinary 1xx, its RSeq and answer not kept; the callee
+                # gives up on it after 64*T1 (RFC 3262 §3).
+                return True
             over_tls = leg.transport in TLS_TRANSPORTS
             dialog = Dialog.create_uac(leg.invite, response, over_tls=over_tls)
             leg.early_dialogs[tag] = dialog

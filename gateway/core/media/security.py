@@ -284,6 +284,10 @@ class LegSecurity:
         # The last SDP made on this leg, with the o= line of the session's plain SDP it came
         # from, and how many versions this leg added to that one (_versioned).
         self._last_made: tuple[SessionDescription, int] | None = None
+        # What make_offer replaced, for withdraw_offer: (_offered, _answer_pending, _last_made).
+        self._before_offer: (
+            tuple[list[StreamSecurity], bool, tuple[SessionDescription, int] | None] | None
+        ) = None
 
     # -- the peer offers ------------------------------------------------------------------------
 
@@ -503,9 +507,22 @@ class LegSecurity:
             media_out.append(media.with_attributes(attributes, proto))
             streams.append(stream)
         self._refuse_if_nothing_left(offer.media, media_out)
+        self._before_offer = (self._offered, self._answer_pending, self._last_made)
         self._offered = streams
         self._answer_pending = False
         return self._versioned(self.ice.add_to_offer(offer.with_media(media_out)))
+
+    def withdraw_offer(self) -> None:
+        """The offer :meth:`make_offer` last made was not sent (its leg cannot be reached):
+        what was offered before it, and the o= version last made, are back. So the next SDP
+        on this leg has the version after the last one sent (RFC 3264 §8), and the keys the
+        unsent offer made are neither in force nor taken for handed out. No-op when nothing
+        was offered since the last withdrawal."""
+        before = self._before_offer
+        if before is None:
+            return
+        self._before_offer = None
+        self._offered, self._answer_pending, self._last_made = before
 
     def _versioned(self, sdp: SessionDescription) -> SessionDescription:
         """``sdp``, made on this leg from the session's plain SDP, with the o= version RFC 3264
@@ -714,6 +731,7 @@ class LegSecurity:
                 plain = plain.with_proto(stream.session_proto)
             media_out.append(plain)
         self.streams = self._offered
+        self._before_offer = None
         self.ice.take_remote(answer, offer=False)
         return _without_session_keys(answer.with_media(media_out))
 

@@ -106,6 +106,7 @@ from gateway.core.sdp.model import (
 )
 from gateway.core.sdp.offer_answer import (
     apply_version_rule,
+    codec_change,
     keep_leg_numbers,
     numbered_alike,
     payload_type_map,
@@ -246,6 +247,9 @@ class _Exchange:
     """The G.711 law we added to the offer we sent (:func:`with_other_law`); None: none."""
     answer: SessionDescription | None = None
     """The latest answer received."""
+    answer_own: SessionDescription | None = None
+    """The latest answer in the numbers its peer really uses (``answer_from``'s
+    ``numbering``, else the answer)."""
 
 
 @attrs.define
@@ -306,6 +310,11 @@ class MediaSession:
         # ones are kept, so a call whose legs agree never touches its streams' settings.
         self._renumbered: dict[tuple[int, str], _Renumbering] = {}
         self._sent: dict[Side, SessionDescription] = {}
+        # The SDP each leg's peer last settled on, as it numbers its codecs (its offer or its
+        # answer): what a repeated offer's answer must keep (answer_to_repeated_offer).
+        self._received: dict[Side, SessionDescription] = {}
+        # (sent before, repeated) of each side's latest repeat_offer, to withdraw it.
+        self._repeated: dict[Side, tuple[SessionDescription, SessionDescription]] = {}
         self._exchange: _Exchange | None = None
         self._totals = _Totals()
         self._closed = False
@@ -426,7 +435,20 @@ class MediaSession:
             raise LocalMediaError(f"nothing was sent on side {side} yet")
         repeated = attrs.evolve(previous, origin=previous.origin.bumped())
         self._sent[side] = repeated
+        self._repeated[side] = (previous, repeated)
         return repeated
+
+    def withdraw_repeated_offer(self, side: Side) -> None:
+        """The re-offer :meth:`repeat_offer` just made for ``side`` was not sent after all
+        (the leg's security could not add its keys, the leg cannot be reached): the SDP sent
+        before it is the last one sent again, so the next SDP on that leg has the version
+        after it (RFC 3264 §8: one more than the previous SDP sent; a version skipped tells
+        the peer of a change it never saw). No-op when another SDP was recorded as sent
+        there since."""
+        side = _check_side(side)
+        made = self._repeated.pop(side, None)
+        if made is not None and self._sent.get(side) is made[1]:
+            self._sent[side] = made[0]
 
     def answer_to_repeated_offer(
         self, side: Side, answer: SessionDescription, *, rtcp_mux_offered: bool = False
@@ -435,12 +457,17 @@ class MediaSession:
         3264 §6) and the relay pointed at its addresses, which an answer may move (§8.3.1).
         The other leg hears of nothing: its session did not change. Raises :class:`SdpError`
         for an answer that does not fit the offer, or one that rejects (port 0) a stream the
-        relay carries: a change of the session that only a new exchange on both legs could
-        make (the caller ends the call, as for any answer to a re-INVITE it cannot apply)."""
+        relay carries, or gives a payload type of the offer another codec than the peer's SDP
+        in force did (:func:`codec_change`: one codec for another, one more or one less): a
+        change of the session that only a new exchange on both legs could make (the other
+        leg agreed on the codecs, payload numbers, G.711 transcoding and DTMF interworking
+        the relay applies), and the caller ends the call, as for any answer to a re-INVITE
+        it cannot apply. ``answer`` is the peer's own SDP (numbers as it uses them)."""
         self._check_open()
         side = _check_side(side)
         offer = self._sent[side]
         validate_answer(offer, answer)
+        before = self._received.get(side)
         remotes: dict[int, _Remote] = {}
         for index, (offered, answered) in enumerate(zip(offer.media, answer.media, strict=True)):
             stream = self._slots[index] if index < len(self._slots) else None
@@ -450,6 +477,18 @@ class MediaSession:
                 raise SdpError(
                     f"m= line {index + 1}: the answer to our re-key re-offer rejects the stream"
                 )
+            changed = (
+                codec_change(offered, before.media[index], answered)
+                if before is not None and index < len(before.media)
+                else None
+            )
+            if changed is not None:
+                # A re-key changes keys only; the caller's leg and the relay's renumbering,
+                # transcoding and DTMF plan were agreed on the codecs before (RFC 3264 §8.3.2).
+                raise SdpError(
+                    f"m= line {index + 1}: the answer to our re-key re-offer changes the "
+                    f"stream's codecs ({changed}), which the other leg did not agree to"
+                )
             mux_offered = _rtcp_mux(offered) or (rtcp_mux_offered and not is_udptl_t38(offered))
             remotes[index] = self._remote_of(
                 answer, answered, index, rtcp_mux=mux_offered and _rtcp_mux(answered)
@@ -457,6 +496,8 @@ class MediaSession:
         for index, remote in remotes.items():  # all checked first: a refusal changes nothing
             if self._remotes.get((index, side)) != remote:
                 self._set_remote(index, side, remote)
+        self._repeated.pop(side, None)
+        self._received[side] = answer
 
     @property
     def on_hold(self) -> bool:
@@ -808,6 +849,7 @@ class MediaSession:
         # RFC 3264 §6: the answer's t= line is the offer's.
         sent = self._send(offerer, answer, media_out, times=exchange.offer.times)
         exchange.answer = answer
+        exchange.answer_own = numbering or answer
         return sent
 
     async def applied(self) -> None:
@@ -834,6 +876,9 @@ class MediaSession:
         ):
             if offered.is_rejected or answered.is_rejected:
                 self._close_slot(index)
+        self._received[exchange.offerer] = exchange.offer
+        if exchange.answer_own is not None:
+            self._received[_other(exchange.offerer)] = exchange.answer_own
         self._exchange = None
 
     def abandon_offer(self) -> None:

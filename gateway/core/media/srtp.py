@@ -127,6 +127,7 @@ Python path keeps its session keys in ``cryptography``'s OpenSSL contexts; see i
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import struct
 from collections.abc import Callable, Mapping
 from importlib.machinery import EXTENSION_SUFFIXES
@@ -245,7 +246,13 @@ MAX_MKI_LENGTH = 128
 
 MAX_PARKED_CONTEXTS = 4
 """Contexts a session keeps after :meth:`SrtpSession.rekey` replaced them, for their keys'
-return (forks answering in turn); the oldest beyond this is freed (libsrtp zeroes its keys)."""
+return (forks answering in turn); beyond this one is freed (libsrtp zeroes its keys): the
+oldest of the peer's, else the oldest of ours."""
+
+MAX_FREED_LOCAL_KEYS = 64
+"""Keys of ours whose outbound context a session freed, remembered (as digests, never the
+keys) so that their return is refused rather than restarting their packet index under them
+(RFC 3711 §9.1); the oldest beyond this is forgotten."""
 
 # SRTCP adds the E flag and index word, then the tag (and MKI, unused here): libsrtp needs room
 # after the packet (pylibsrtp's SRTP_MAX_SRTCP_TRAILER_LEN: index + 16 tag + 128 MKI).
@@ -873,6 +880,9 @@ class SrtpSession:
     )
     """Contexts :meth:`rekey` replaced, by (inbound, suite, key), at most
     :data:`MAX_PARKED_CONTEXTS`, oldest first: a key that comes back takes its own again."""
+    _freed_local: dict[bytes, None] = attrs.field(repr=False)
+    """Digests of (suite, key) of our keys whose parked outbound context was freed, oldest
+    first, at most :data:`MAX_FREED_LOCAL_KEYS`."""
 
     def __init__(
         self,
@@ -899,6 +909,7 @@ class SrtpSession:
         self.implementation = "python" if suite.name in PYTHON_SUITES else "libsrtp"
         self._retired = None
         self._parked = {}
+        self._freed_local = {}
         self._inbound, self._raw_in = self._direction(suite, keys.remote_key, inbound=True)
         self._outbound, self._raw_out = self._direction(suite, keys.local_key, inbound=False)
         self._wrap(keys.local_mki, keys.remote_mki)
@@ -982,6 +993,18 @@ class SrtpSession:
         # carried its early media, and a new context would restart their index at ROC 0.
         in_slot = (True, keys.suite, keys.remote_key)
         out_slot = (False, keys.suite, keys.local_key)
+        if (
+            not keep_out
+            and out_slot not in self._parked
+            and _key_digest(keys.suite, keys.local_key) in self._freed_local
+        ):
+            # Its context is gone: a new one would protect from index 0 again under a key
+            # that protected those indices already, the same keystream twice (RFC 3711 §9.1).
+            # No key exchange of ours brings a key back after so many others; refused.
+            raise LocalMediaError(
+                "a key of ours came back after its SRTP context was freed: a new context "
+                "would use its packet indices again (RFC 3711 §9.1)"
+            )
         inbound = None if keep_in else self._parked.get(in_slot)
         if not keep_in and inbound is None:
             inbound = self._direction(suite, keys.remote_key, inbound=True)
@@ -1019,12 +1042,18 @@ class SrtpSession:
         slot: tuple[bool, str, bytes],
         entry: tuple[_Context, tuple[SrtpTransform, SrtpTransform]],
     ) -> None:
-        """Keep a replaced context for its key's return; the oldest beyond the bound is freed,
-        its counters kept in the totals (they never go backwards)."""
+        """Keep a replaced context for its key's return; beyond the bound one is freed, its
+        counters kept in the totals (they never go backwards): the peer's oldest, whose loss
+        costs at most its packets after a sequence wrap, before any of ours, whose key is
+        then remembered so that it never gets a new context (:meth:`rekey`)."""
         self._parked[slot] = entry
         while len(self._parked) > MAX_PARKED_CONTEXTS:
-            oldest = next(iter(self._parked))
+            oldest = next((s for s in self._parked if s[0]), next(iter(self._parked)))
             inbound, context = oldest[0], self._parked.pop(oldest)[0]
+            if not inbound:
+                self._freed_local[_key_digest(oldest[1], oldest[2])] = None
+                while len(self._freed_local) > MAX_FREED_LOCAL_KEYS:
+                    del self._freed_local[next(iter(self._freed_local))]
             freed = _statistics_of(context if inbound else None, None if inbound else context)
             self._retired = freed if self._retired is None else _plus(self._retired, freed)
             _free(context)
@@ -1051,6 +1080,11 @@ class SrtpSession:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _key_digest(suite: str, key: bytes) -> bytes:
+    """What a session remembers of a key of ours it no longer has a context for."""
+    return hashlib.blake2b(suite.encode() + b"\0" + key, digest_size=16).digest()
 
 
 def _available_suite(name: str) -> SrtpSuite:

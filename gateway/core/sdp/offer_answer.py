@@ -148,6 +148,36 @@ def offered_formats(media: MediaDescription) -> tuple[RtpMap, ...]:
     return tuple(r for r in _codecs_by_format(media).values() if r is not None)
 
 
+def codec_change(
+    offered: MediaDescription, before: MediaDescription, after: MediaDescription
+) -> str | None:
+    """What ``after``, a peer's answer to our re-offer ``offered`` of a stream whose SDP from
+    that peer was ``before``, changes in the codecs the peer uses on it: None when the two
+    give every payload type of the offer the same codec (name, rate, channels; order and fmtp
+    aside), else the two lists in words ("0 PCMU/8000 -> 8 PCMA/8000"). Payload types the
+    offer lacks do not count: a peer's own earlier offer listed more than we answered, and
+    the peer sends only what both listed (RFC 3264 §6.1). Raises :class:`SdpError` for an
+    unreadable a=rtpmap or payload type."""
+    if not offered.is_rtp or not before.is_rtp or not after.is_rtp:
+        return None
+    ours = set(offered.payload_types)
+    was = {pt: c for pt, c in _codecs_by_format(before).items() if pt in ours}
+    now = {pt: c for pt, c in _codecs_by_format(after).items() if pt in ours}
+    if _codec_keys(was) == _codec_keys(now):
+        return None
+    return f"{_codec_words(was)} -> {_codec_words(now)}"
+
+
+def _codec_keys(codecs: Mapping[int, RtpMap | None]) -> dict[int, tuple[str, int, int] | None]:
+    return {pt: None if c is None else c.codec_key for pt, c in codecs.items()}
+
+
+def _codec_words(codecs: Mapping[int, RtpMap | None]) -> str:
+    if not codecs:
+        return "none"
+    return ", ".join(str(pt) if c is None else str(c) for pt, c in sorted(codecs.items()))
+
+
 def _codecs_by_format(media: MediaDescription) -> dict[int, RtpMap | None]:
     # Payload type -> codec (explicit a=rtpmap, else RFC 3551 static, else None), m= line order.
     rtpmaps = media.rtpmaps()

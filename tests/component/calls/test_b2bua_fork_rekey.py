@@ -62,11 +62,13 @@ def crypto_key(sdp: bytes) -> bytes:
     return offered(sdp)[1]
 
 
-def phone_answer(offer: bytes, port: int, key: bytes, *, version: int = 1) -> bytes:
+def phone_answer(
+    offer: bytes, port: int, key: bytes, *, version: int = 1, formats: tuple[str, ...] = ("0",)
+) -> bytes:
     """A forked phone's answer to our best-effort SDES ``offer`` (RTP/AVP with a=crypto, RFC
     8643), on its line of :data:`SUITE`."""
     inline = base64.b64encode(key).decode()
-    return simple_sdp(ALICE[0], port, version=version, formats=("0",)) + (
+    return simple_sdp(ALICE[0], port, version=version, formats=formats) + (
         f"a=crypto:{offered(offer)[0]} {SUITE} inline:{inline}\r\n".encode()
     )
 
@@ -541,3 +543,132 @@ async def test_many_forks_early_media_is_remembered_within_bounds_and_still_reke
     await env.alice.next_request("ACK", timeout=5)
     assert gateway_call.security_record()["b"]["fork_rekey"] == "re-keyed"
     assert (await call.bye()).status == 200
+
+
+async def test_a_rekey_offer_that_cannot_be_made_skips_no_o_version(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    tls_signalling: None,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The key exchange raises making our re-key offer (a plugin's bug): nothing is sent and
+    the call goes on under its keys. The next SDP on the leg, the caller's re-INVITE relayed,
+    has the version after the last one sent (RFC 3264 §8: one more than the previous SDP).
+    Before session 42 the unsent re-offer's version was taken, and the next one skipped it."""
+    env = await with_sdes(nursery, tmp_path, voipgw_seed)
+    offer = sdes_plugin.SdesKeyExchange.offer
+
+    def broken(self: Any, **kwargs: Any) -> Any:
+        if kwargs.get("rekey"):
+            raise RuntimeError("a plugin's bug")
+        return offer(self, **kwargs)
+
+    monkeypatch.setattr(sdes_plugin.SdesKeyExchange, "offer", broken)
+
+    async def answer_reinvite(received: Any) -> bool:
+        if received.request.method != "INVITE":
+            return False
+        await env.alice.respond(received, 200, body=env.alice.answer_sdp(received.request.body))
+        return True
+
+    env.alice.in_dialog = answer_reinvite
+    call, leg_b, offered_key = await forked_call(env, early_media_across_a_wrap=False)
+    await trio.sleep(5)
+    assert reinvites_to(env, ANSWERING_TAG) == []
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert gateway_call.security_record()["b"]["fork_rekey"].startswith("not sent: internal")
+    assert (await call.reinvite(env.trunk.offer_sdp(direction="sendonly"))).status == 200
+    (relayed,) = reinvites_to(env, ANSWERING_TAG)
+    first = parse_sdp_untrusted(leg_b.invite.body).origin
+    assert parse_sdp_untrusted(relayed.body).origin.session_version == first.session_version + 1
+    assert crypto_key(relayed.body) == offered_key  # our key in force, repeated (§7.1.4)
+    assert (await call.bye()).status == 200
+
+
+async def test_an_answer_to_our_rekey_changing_the_codec_is_acked_then_the_call_ends(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    tls_signalling: None,  # noqa: F811
+) -> None:
+    """The phone's 2xx took PCMU; its answer to our re-key takes PCMA (RFC 3264 §6.1 lets it
+    pick any offered codec). The caller's leg agreed on PCMU and the relay's payload numbers,
+    transcoding and DTMF plan follow that agreement, which an answer on one leg cannot change
+    (RFC 3264 §8.3.2): ACKed (RFC 3261 §13.2.2.4), then both legs get a BYE with cause 488
+    saying why. Before session 42 the relay took its addresses and keys and went on as for
+    PCMU; nothing said so."""
+    env = await with_sdes(nursery, tmp_path, voipgw_seed)
+
+    async def other_codec(received: Any) -> bool:
+        if received.request.method != "INVITE":
+            return False
+        body = phone_answer(
+            received.request.body, 30002, ANSWERING_PHONE_NEW_KEY, version=2, formats=("8",)
+        )
+        await env.alice.respond(received, 200, body=body)
+        return True
+
+    env.alice.in_dialog = other_codec
+    await forked_call(env, early_media_across_a_wrap=False)
+    rekey = await env.alice.next_request("INVITE", timeout=5)
+    ack = await env.alice.next_request("ACK", timeout=5)
+    assert ack.request.cseq.number == rekey.request.cseq.number
+    bye_a = await env.trunk.next_request("BYE", timeout=5)
+    bye_b = await env.alice.next_request("BYE", timeout=5)
+    for bye in (bye_a, bye_b):
+        reason = bye.request.headers.get("Reason") or ""
+        assert "cause=488" in reason and "changes the stream's codecs" in reason
+    await trio.sleep(5)
+    assert len(env.alice.requests("BYE")) == 1
+
+
+async def test_a_transfer_targets_forks_never_share_our_key(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    tls_signalling: None,  # noqa: F811
+) -> None:
+    """A transfer target called through a forking proxy needs no re-key: its INVITE has no
+    SDP and no 100rel (a late offer, transfer.py step 3), so no phone gets a key of ours
+    before it answers, and our key goes only in the ACK of the first 2xx's dialog; another
+    fork's 2xx, which offered a key of its own, is ACKed with every stream rejected (no key
+    of ours) and BYEd. No re-INVITE follows to the target."""
+    env = await with_sdes(nursery, tmp_path, voipgw_seed)
+    bob = await bob_phone(env, nursery, voipgw_seed, auto=None)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    await leg_b.answer(200, sdp=phone_answer(leg_b.invite.body, 30000, EARLY_PHONE_KEY))
+    assert (await call.final()).status == 200
+    await env.alice.next_request("ACK")
+    assert (await refer(leg_b, BOB_URI)) == 202
+    target = await bob.next_call()
+    assert not target.invite.body
+    assert "100rel" not in (target.invite.headers.get("Supported") or "")
+    assert target.incoming is not None
+    first_tag = target.local_tag
+    for fork, port in ((first_tag, 50010), ("bob-fork-2", 50012)):
+        target.local_tag = fork
+        bob._by_dialog[(target.call_id, fork)] = target
+        key = ANSWERING_PHONE_KEY if fork == first_tag else ANSWERING_PHONE_NEW_KEY
+        inline = base64.b64encode(key).decode()
+        offer = simple_sdp("127.0.0.4", port, formats=("0",)) + (
+            f"a=crypto:1 {SUITE} inline:{inline}\r\n".encode()
+        )
+        await bob.respond(target.incoming, 200, body=offer)
+    await eventually_notify(env.alice, "SIP/2.0 200 OK")
+    acks = {ack.to.tag: ack for ack in bob.requests("ACK")}
+    ours = crypto_key(acks[first_tag].body)
+    assert ours not in (ANSWERING_PHONE_KEY, ANSWERING_PHONE_NEW_KEY)
+    other = parse_sdp_untrusted(acks["bob-fork-2"].body)
+    assert [m.port for m in other.media] == [0]
+    assert b"a=crypto" not in acks["bob-fork-2"].body
+    assert [r.to.tag for r in bob.requests("BYE")] == ["bob-fork-2"]
+    await trio.sleep(10)
+    assert [r for r in bob.requests("INVITE") if r.to.tag] == []
+    assert (await leg_b.bye()).status == 200
+    assert (await bob.calls[0].bye()).status == 200

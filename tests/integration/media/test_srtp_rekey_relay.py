@@ -24,6 +24,7 @@ import trio
 
 from gateway.core.config import PortRange
 from gateway.core.interfaces import SrtpKeys
+from gateway.core.media.errors import LocalMediaError
 from gateway.core.media.keying import StreamKeys, StreamSrtp
 from gateway.core.media.ports import PortAllocator
 from gateway.core.media.relay import MediaRelay, MediaStream
@@ -189,6 +190,61 @@ async def test_keys_back_after_a_plain_stretch_go_on_at_their_roll_over_counter(
         await both_ways([2], plain=True)
         await rekey(keys)  # back to RTP/SAVP, the same a=crypto keys both ways
         await both_ways([3, 4])
+    finally:
+        session.close()
+        srtp.close()
+        for pair in pairs:
+            pair.close()
+
+
+async def test_a_key_of_ours_whose_context_was_freed_is_refused(relay: Relay) -> None:
+    """Both keys change at every re-key (a phone re-keying each re-INVITE) until the parked
+    contexts' bound frees the one our first key protected with; should that key come back,
+    a new context would protect the same (key, SSRC, index) again (RFC 3711 §9.1). It is
+    refused, in process (the apply raises, the stream blocked) and in a media worker (the
+    stream fails, which ends the call), where before session 42 both started it again at
+    ROC 0 and the callee got our first packets' ciphertext again."""
+    allocator = PortAllocator(ADDRESS, PHONE_PORTS.get())
+    pairs = [allocator.allocate(), allocator.allocate()]
+    caller, callee = Phone(pairs[0]), Phone(pairs[1])
+    session = MediaSession(relay, media_address=ADDRESS)
+    srtp = StreamSrtp()
+    first = SrtpKeys(SUITE, local_key=master_key(SUITE, 8), remote_key=master_key(SUITE, 9))
+    try:
+        session.offer_from("a", sdp(caller.pair.rtp_port))
+        (stream,) = session.streams
+        assert isinstance(stream, MediaStream | RemoteStream)
+        to_caller = session.answer_from("b", sdp(callee.pair.rtp_port))
+        caller_to = (ADDRESS, parse_sdp_untrusted(serialize_sdp(to_caller)).media[0].port)
+
+        async def rekey(keys: SrtpKeys) -> None:
+            if isinstance(stream, MediaStream):
+                srtp.apply(stream, StreamKeys(None, keys, blocked=False))
+            else:
+                stream.apply_keys(StreamKeys(None, keys, blocked=False))
+            session.settle()
+            await session.applied()
+
+        await rekey(first)
+        callee_reads = session_of(first.local_key, pylibsrtp.Policy.SSRC_ANY_INBOUND)
+        for sequence in (65534, 65535, 0, 1):
+            caller.pair.rtp_socket.sendto(rtp(sequence, CALLER_SSRC), caller_to)
+            with trio.fail_after(WORKER_TIMEOUT):
+                heard = callee_reads.unprotect(await callee.receive_wire())
+            assert heard == rtp(sequence, CALLER_SSRC)
+        for seed in range(10, 20, 2):  # five re-keys: our first key's context is freed
+            keys = SrtpKeys(SUITE, master_key(SUITE, seed), master_key(SUITE, seed + 1))
+            await rekey(keys)
+        if isinstance(stream, MediaStream):
+            with pytest.raises(LocalMediaError, match="packet indices again"):
+                await rekey(first)
+            assert stream.b_to_a.blocked
+        else:
+            await rekey(first)
+            with trio.fail_after(WORKER_TIMEOUT):
+                while stream.failure is None:
+                    await trio.sleep(0.01)  # the worker's StreamFailed is on its way
+            assert "packet indices again" in stream.failure
     finally:
         session.close()
         srtp.close()

@@ -406,3 +406,20 @@ def test_a_rekey_offer_of_an_unchanged_session_has_the_next_o_version() -> None:
     rekeyed = ours.make_offer(sdp(PLAIN), rekey=True)
     assert inline_keys(rekeyed) != inline_keys(first)
     assert rekeyed.origin == first.origin.bumped()
+
+
+def test_a_rekey_offer_withdrawn_takes_no_version_and_hands_out_no_key() -> None:
+    """A re-key offer that could not be sent (fork_rekey.py: its leg cannot be reached) is
+    withdrawn: the next offer has the o= version after the last one sent (RFC 3264 §8) and
+    repeats our key in force (RFC 4568 §7.1.4), as if the re-key had never been made."""
+    ours, peer = leg("sdes", tls=True), leg("sdes", tls=True, side="a")
+    offer_between(ours, peer)
+    in_force = ours.keys(0)
+    assert in_force is not None
+    first = ours.make_offer(sdp(PLAIN))
+    ours.make_offer(sdp(PLAIN), rekey=True)
+    ours.withdraw_offer()
+    ours.withdraw_offer()  # twice: nothing more
+    moved = ours.make_offer(sdp(PLAIN.replace(" 1 1 ", " 1 2 ").replace("20000", "20002")))
+    assert moved.origin == first.origin.bumped()
+    assert inline_keys(moved) == [in_force.local_key]

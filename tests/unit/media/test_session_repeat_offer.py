@@ -22,15 +22,31 @@ from tests.unit.media.session_env import stream_of
 RANGE = ModuleBlock(100, parse=PortRange.parse)
 
 
-def sdp(port: int, *, version: int = 1, host: str = "127.0.0.1") -> SessionDescription:
+CODECS = {
+    "0": "a=rtpmap:0 PCMU/8000",
+    "8": "a=rtpmap:8 PCMA/8000",
+    "96": "a=rtpmap:96 telephone-event/8000",
+    "101": "a=rtpmap:101 telephone-event/8000",
+}
+
+
+def sdp(
+    port: int,
+    *,
+    version: int = 1,
+    host: str = "127.0.0.1",
+    extra: tuple[str, ...] = (),
+    formats: tuple[str, ...] = ("0",),
+) -> SessionDescription:
     text = [
         "v=0",
         f"o=- 7 {version} IN IP4 {host}",
         "s=-",
         f"c=IN IP4 {host}",
         "t=0 0",
-        f"m=audio {port} RTP/AVP 0",
-        "a=rtpmap:0 PCMU/8000",
+        f"m=audio {port} RTP/AVP {' '.join(formats)}",
+        *(CODECS[f] for f in formats),
+        *extra,
         "",
     ]
     return parse_sdp_untrusted("\r\n".join(text).encode())
@@ -88,3 +104,87 @@ def test_no_repeat_while_an_offer_is_in_progress(session: MediaSession) -> None:
     session.offer_from("a", sdp(20002, version=2))
     with pytest.raises(LocalMediaError, match="in progress"):
         session.repeat_offer("b")
+
+
+def test_a_repeated_offer_withdrawn_leaves_the_next_version_to_the_next_sdp(
+    session: MediaSession,
+) -> None:
+    """A re-offer that was never sent (its keys could not be made, its leg cannot be
+    reached) takes no o= version: the next SDP on the leg has the one after the last sent
+    (RFC 3264 §8)."""
+    answered(session)
+    sent = session.last_sent("b")
+    assert sent is not None
+    session.repeat_offer("b")
+    session.withdraw_repeated_offer("b")
+    assert session.last_sent("b") == sent
+    session.withdraw_repeated_offer("b")  # twice: nothing more
+    assert session.last_sent("b") == sent
+    held = session.offer_from("a", sdp(20000, version=2, extra=("a=sendonly",)))
+    assert held.origin == sent.origin.bumped()
+
+
+def test_withdrawing_changes_nothing_once_the_repeated_offer_was_answered(
+    session: MediaSession,
+) -> None:
+    answered(session)
+    repeated = session.repeat_offer("b")
+    session.answer_to_repeated_offer("b", sdp(30000, version=2))
+    session.withdraw_repeated_offer("b")
+    assert session.last_sent("b") == repeated
+
+
+def answered_with(session: MediaSession, formats: tuple[str, ...]) -> None:
+    """A offers PCMU, PCMA and telephone-event 101; B answers ``formats``."""
+    session.offer_from("a", sdp(20000, formats=("0", "8", "101")))
+    session.answer_from("b", sdp(30000, formats=formats))
+    session.settle()
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "said"),
+    [
+        (("0", "101"), ("8", "101"), "0 PCMU/8000, 101 telephone-event/8000 -> "),
+        (("0", "101"), ("0", "8", "101"), "-> 0 PCMU/8000, 8 PCMA/8000, 101"),
+        (("0", "8", "101"), ("0", "101"), "-> 0 PCMU/8000, 101 telephone-event/8000)"),
+    ],
+)
+def test_an_answer_changing_the_codecs_is_refused_and_changes_nothing(
+    session: MediaSession, before: tuple[str, ...], after: tuple[str, ...], said: str
+) -> None:
+    """A re-key re-offer changes keys only: the caller's leg, and the relay's renumbering,
+    transcoding and DTMF plan, agreed on the codecs the phone's answer in force gave. One
+    codec for another, one more or one less would need a new exchange on both legs: refused
+    (the call ends, as for an answer rejecting the stream). Before session 42 only the
+    addresses and keys were taken, and the relay went on as for the old codecs."""
+    answered_with(session, before)
+    session.repeat_offer("b")
+    with pytest.raises(SdpError, match="changes the stream's codecs") as refused:
+        session.answer_to_repeated_offer("b", sdp(30010, version=2, formats=after))
+    assert said in refused.value.reason
+    assert stream_of(session).b.rtp_destination == ("127.0.0.1", 30000)
+
+
+def test_an_answer_with_the_same_codecs_in_another_order_or_fmtp_is_taken(
+    session: MediaSession,
+) -> None:
+    answered_with(session, ("0", "8", "101"))
+    session.repeat_offer("b")
+    reordered = sdp(30010, version=2, formats=("8", "101", "0"), extra=("a=fmtp:101 0-15",))
+    session.answer_to_repeated_offer("b", reordered)
+    assert stream_of(session).b.rtp_destination == ("127.0.0.1", 30010)
+    # Its SDP is the one in force now: the next re-key's answer is judged against it.
+    session.repeat_offer("b")
+    session.answer_to_repeated_offer("b", sdp(30010, version=3, formats=("0", "8", "101")))
+
+
+def test_a_codec_the_offer_lacks_is_not_a_change(session: MediaSession) -> None:
+    """The phone's SDP in force was its own offer (its re-INVITE, which we answered with
+    fewer codecs): what it listed beyond our answer, and so beyond our repeated offer, does
+    not count (RFC 3264 §6.1: it sends only what both listed)."""
+    answered(session)
+    session.offer_from("b", sdp(30000, version=2, formats=("0", "8")))
+    session.answer_from("a", sdp(20000, version=2))  # PCMU only
+    session.settle()
+    session.repeat_offer("b")
+    session.answer_to_repeated_offer("b", sdp(30000, version=3))

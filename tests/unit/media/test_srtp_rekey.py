@@ -215,6 +215,38 @@ def test_replaced_contexts_kept_are_bounded_and_counted() -> None:
     srtp.close()
 
 
+def test_a_key_of_ours_whose_context_was_freed_never_protects_again() -> None:
+    """Both keys change at every re-key (a peer re-keying each re-INVITE, forks answering in
+    turn with keys of their own): the parked contexts reach their bound and ours are freed
+    last. Should our first key ever come back after its context was freed, a new context
+    would protect the same (key, SSRC, index) again, the same keystream twice (RFC 3711
+    §9.1): the re-key is refused and the stream blocked. Before session 42 it was rebuilt at
+    ROC 0 and the packets it had sent came out again, byte for byte."""
+    name = "AES_CM_128_HMAC_SHA1_80"
+    first = SrtpKeys(name, key(name, 1), key(name, 2))
+    srtp, stream = keyed_stream(first)
+    sent = [stream.b_to_a.transforms.rtp_out(rtp(sequence)) for sequence in ACROSS_THE_WRAP]
+    assert all(sent)
+    seeds = range(3, 3 + 2 * (MAX_PARKED_CONTEXTS + 1), 2)
+    for seed in seeds:
+        apply(srtp, stream, SrtpKeys(name, key(name, seed), key(name, seed + 1)))
+    (session,) = [entry[1] for entry in srtp._sessions.values()]
+    assert len(session._parked) == MAX_PARKED_CONTEXTS
+    # The peer's contexts went first: the ones parked now are ours.
+    assert [inbound for inbound, _, _ in session._parked] == [False] * MAX_PARKED_CONTEXTS
+    assert (False, name, first.local_key) not in session._parked
+    with pytest.raises(LocalMediaError, match="packet indices again"):
+        apply(srtp, stream, first)
+    assert stream.a_to_b.blocked and stream.b_to_a.blocked
+    # A key of ours still parked comes back to its context: its index goes on.
+    parked = SrtpKeys(name, key(name, seeds[-2]), key(name, 99))
+    apply(srtp, stream, parked)
+    assert not stream.b_to_a.blocked
+    assert stream.b_to_a.transforms.rtp_out(rtp(7)) is not None
+    assert repr(first.local_key) not in repr(session)
+    srtp.close()
+
+
 @pytest.mark.parametrize("name", SUITES_TESTED)
 def test_a_phone_restarting_its_stream_under_its_kept_key_needs_a_new_ssrc(name: str) -> None:
     """The phone keeps its key through a re-INVITE whose answer gave it a new key of ours. Its

@@ -1,0 +1,69 @@
+"""A callee's reliable 1xx under ever new To tags (a proxy forking widely, RFC 3261 §16.7, or a
+callee misbehaving): the B leg keeps at most MAX_EARLY_DIALOGS early dialogs, and with them
+the RSeqs and the answers of reliable 1xx it keeps per tag (RFC 3262 §4, §5). Before session
+42 each new tag added one of each for as long as the call rang. Past the bound a reliable 1xx
+is relayed as an unreliable one and not PRACKed; the dialogs kept work as before.
+
+Set-up as b2bua_env.py: trunk "carrier" calls alice's DID; alice answers by hand, her agent
+standing in for every forked phone (one To tag each).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import trio
+
+from gateway.core.calls.leg import MAX_EARLY_DIALOGS
+from gateway.testing.sip_agent import simple_sdp
+from tests.component.calls.b2bua_env import ALICE, ALICE_DID, eventually, start_b2bua
+
+RELIABLE = [("Require", "100rel"), ("RSeq", "1")]
+
+
+async def test_reliable_1xx_under_many_to_tags_keep_bounded_early_dialogs(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.core.calls")
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    assert leg_b.incoming is not None and call.exchange is not None
+    first_tag = leg_b.local_tag
+    forks = 3 * MAX_EARLY_DIALOGS
+    for fork in range(forks):
+        leg_b.local_tag = first_tag if fork == 0 else f"fork-{fork}"
+        body = simple_sdp(ALICE[0], 30000 + 2 * fork, version=1)
+        await env.alice.respond(leg_b.incoming, 183, body=body, extra=RELIABLE)
+    # Every 1xx reached the caller; only the first MAX_EARLY_DIALOGS tags were PRACKed.
+    await call.exchange.wait_for(lambda _: len(call.exchange.responses) > forks)  # type: ignore[union-attr]
+    await trio.sleep(1)
+    pracks = env.alice.requests("PRACK")
+    assert len(pracks) == MAX_EARLY_DIALOGS
+    assert {p.to.tag for p in pracks} == {first_tag} | {
+        f"fork-{fork}" for fork in range(1, MAX_EARLY_DIALOGS)
+    }
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    (b_leg,) = gateway_call.b_legs
+    assert len(b_leg.early_dialogs) == MAX_EARLY_DIALOGS
+    assert len(b_leg.last_rseq) == MAX_EARLY_DIALOGS
+    assert b_leg.answers_in_1xx is not None
+    assert len(b_leg.answers_in_1xx) == MAX_EARLY_DIALOGS
+    said = [r for r in caplog.records if "past 8 early dialogs" in r.getMessage()]
+    assert len(said) == 1  # once per leg, not once per 1xx
+    # A kept dialog's bare 2xx confirms the answer its reliable 183 gave (RFC 3262 §5).
+    leg_b.local_tag = first_tag
+    await env.alice.respond(leg_b.incoming, 200)
+    ok = await call.final()
+    assert ok.status == 200 and ok.body
+    await env.alice.next_request("ACK")
+    assert (await call.bye()).status == 200
+    await env.alice.next_request("BYE")
+    await eventually(lambda: env.calls == 0)
