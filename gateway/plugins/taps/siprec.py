@@ -109,8 +109,9 @@ Streams the call adds or removes after its answer (its re-INVITE or UPDATE;
 unused labels and new stream ids (RFC 7866 §8.1.1, RFC 7865 §6), sockets of their own and, with
 SDES, fresh keys; the re-INVITE carries the metadata with them, and their copies go once the SRS
 answers. A removed stream (port 0, RFC 3264 §8.2) stays in our offers at port 0, and in the
-metadata, no longer sent nor received by the parties on the call. The update is sent, retried
-and given up as any other.
+metadata, no longer sent nor received by the parties on the call; an SRS that answers its line
+at a port is not followed there (nor asked for keys for it): it stays removed. The update is
+sent, retried and given up as any other.
 
 Pause and resume on request (``set_paused``: ``voipgw recording pause|resume``, the core's
 ``CallTaps.pause_recording``; PCI DSS: no card digits recorded). While paused no copy is sent
@@ -559,7 +560,10 @@ def srs_srtp_keys(
 def _answered(
     answer_type: str | None, answer: bytes, streams: Sequence[RecordedStream]
 ) -> list[tuple[RecordedStream, tuple[str, int], MediaDescription]]:
-    """The streams the SRS accepted: each with its address and its m= line."""
+    """The streams the SRS accepted: each with its address and its m= line. A stream the call
+    removed is never among them, whatever port the SRS answers its line with: RFC 3264 §8.2,
+    a line offered at port 0 stays removed (its copies go nowhere, and with SDES its line has
+    no crypto to answer), so an SRS that answers it at a port is not followed there."""
     sdp = parse_sdp_untrusted(srs_sdp(answer_type, answer))
     by_label = {stream.label: stream for stream in streams}
     found: list[tuple[RecordedStream, tuple[str, int], MediaDescription]] = []
@@ -568,7 +572,7 @@ def _answered(
         stream = by_label.get(label) if label else None
         if stream is None and position < len(streams):
             stream = streams[position]
-        if stream is None or media.port == 0:
+        if stream is None or stream.removed is not None or media.port == 0:
             continue
         connection = media.connection or sdp.connection
         if connection is None:
