@@ -117,7 +117,10 @@ Pause and resume on request (``set_paused``: ``voipgw recording pause|resume``, 
 ``CallTaps.pause_recording``; PCI DSS: no card digits recorded). While paused no copy is sent
 (packets are counted as paused, not queued) and the SRS is re-INVITEd with every stream
 ``a=inactive``, the metadata unchanged (RFC 7866 §7.1.1); the resume re-INVITEs it with the
-streams as they are (sendonly, or inactive where the call holds them). Both go as any update.
+streams as they are (sendonly, or inactive where the call holds them; with SDES fresh keys).
+Both go as any update. The copies wait for the SRS's answer to the resume (not sent, counted
+so, as a stream it has not answered): it took the streams inactive, and RFC 3264 §8 changes
+nothing until the answer; with SDES it has no keys for them before.
 
 Not done: DTLS-SRTP towards the SRS; the ``a=record`` indication to recording-aware phones
 (RFC 7866 §7); with SDES, another crypto suite the SRS's answer in an ACK picks than the one
@@ -857,8 +860,9 @@ class SiprecSink:
         self._by_stream: dict[tuple[int, str], trio.socket.SocketType] = {}
         self._unrecorded: set[int] = set()  # the call's streams said not to be recorded
         self._paused = False  # voipgw recording pause: no copies, the SRS's streams inactive
-        # SDES: resumes so far, and the resumes the keys in force were made after (_reoffer).
-        self._resumes = self._keyed_resumes = 0
+        # Resumes so far, and how many of them the SRS has taken an offer made after: until it
+        # takes the resume's (sendonly; with SDES fresh keys, _reoffer) the copies wait.
+        self._resumes = self._answered_resumes = 0
         # True while the SRS has taken our last offer and no re-INVITE is under way: only then
         # does the call's end send the final snapshot (one re-INVITE at a time, RFC 3261 §14.1).
         self._settled = True
@@ -878,9 +882,18 @@ class SiprecSink:
         if paused == self._paused:
             return
         self._paused = paused
-        if not paused and self._keying is not None:
-            self._resumes += 1  # the next re-offer carries fresh keys (_reoffer)
+        if not paused:
+            # No copy goes until the SRS answers the resume's re-INVITE (the run loop reads
+            # _waits_for_resume): the streams it took last are inactive (RFC 3264 §8: a
+            # re-offer changes nothing until answered) and, with SDES, the resume's offer
+            # carries fresh keys (_reoffer) that the old contexts must not stand in for.
+            self._resumes += 1
         self._changed.set()
+
+    @property
+    def _waits_for_resume(self) -> bool:
+        """The recording was resumed and the SRS has not yet taken an offer made after it."""
+        return self._resumes != self._answered_resumes
 
     def close(self) -> None:
         self._queue.close()
@@ -926,9 +939,12 @@ class SiprecSink:
                 }
                 async for stream_id, direction, rtp, _ in self._queue.receive:
                     # Read per packet: a new recording session changes both (_reopen), a
-                    # stream the call adds joins _by_stream (_follow_streams).
+                    # stream the call adds joins _by_stream (_follow_streams). A resume the
+                    # SRS has not answered has nowhere to send yet, as a stream it has not
+                    # answered (not sent, counted so).
+                    destinations = {} if self._waits_for_resume else self._destinations
                     await forward(
-                        self.session, self._destinations, self._by_stream, stream_id, direction, rtp
+                        self.session, destinations, self._by_stream, stream_id, direction, rtp
                     )
                 nursery.cancel_scope.cancel()  # the call is over: no more re-INVITEs
             session = self.session
@@ -1056,7 +1072,7 @@ class SiprecSink:
                     session, current, negotiations
                 ):
                     return
-                self._keyed_resumes = resumes
+                self._answered_resumes = resumes
                 self._follow_answer(session, current)
                 continue
             # The parties changed all the same: the next re-INVITE says so again.
@@ -1285,8 +1301,12 @@ class SiprecSink:
     def _answer_offer(self, offer: bytes) -> bytes:
         """Our answer to the SRS's offer, and what it changes: where the copies go, with SDES
         the streams' keys and SRTP contexts. Raises SdpError (OfferRefused) with nothing
-        changed."""
-        current = self._current(self._streams)
+        changed. While a resume waits for the SRS (its re-INVITE given up), the streams are
+        answered inactive, as the SRS last took them (our answer keeps the keys in force,
+        which the resume's offer replaces, _reoffer), and the resume's re-INVITE goes again
+        after it: the SRS is there."""
+        waits = self._waits_for_resume
+        current = self._current(self._streams, paused=self._paused or waits)
         version = self._sdp_version + 1  # RFC 3264 §8: our description changes
         answered = answer_srs_offer(
             offer,
@@ -1320,6 +1340,8 @@ class SiprecSink:
             len(answered.destinations),
             len(current),
         )
+        if waits:
+            self._changed.set()
         return answered.sdp
 
     async def _probe(self, session: OutboundSession) -> int | None:
@@ -1360,8 +1382,11 @@ class SiprecSink:
     def _count(self, reason: str) -> None:
         self._failures[reason] = self._failures.get(reason, 0) + 1
 
-    def _current(self, streams: list[RecordedStream]) -> list[RecordedStream]:
-        """The recorded streams as the call has them now (held, resumed, new codecs)."""
+    def _current(
+        self, streams: list[RecordedStream], *, paused: bool | None = None
+    ) -> list[RecordedStream]:
+        """The recorded streams as the call has them now (held, resumed, new codecs), all
+        inactive while the recording is paused (``paused``: as if it were, or not)."""
         latest = {media.index: media for media in self._media}
         current = [
             stream
@@ -1369,7 +1394,7 @@ class SiprecSink:
             else attrs.evolve(stream, media=_recorded_now(stream.media, latest.get(stream.index)))
             for stream in streams
         ]
-        if self._paused:
+        if self._paused if paused is None else paused:
             # RFC 7866 §7.1.1: a paused recording's streams are inactive.
             current = [
                 attrs.evolve(stream, media=attrs.evolve(stream.media, direction="inactive"))
@@ -1405,11 +1430,14 @@ class SiprecSink:
             # last round's INVITE was out or this round waited) is in this INVITE: the event
             # that said so was just reset.
             await self._follow_streams(streams, sockets)
+            # A resume while this INVITE is out is not in it: the copies wait for the
+            # re-INVITE that follows (its event is set).
+            resumes = self._resumes
             session, destinations = await self._open(self._current(streams), sockets)
             if session is not None:
                 self.session, self._destinations = session, destinations
                 self._settled = True
-                self._keyed_resumes = self._resumes  # keyed afresh: no pause behind them
+                self._answered_resumes = resumes  # keyed afresh: no pause behind them
                 self._count("session_reopened")
                 log.warning(
                     "SIPREC: call %s: recording goes on in a new recording session (%s)",
@@ -1505,7 +1533,7 @@ class SiprecSink:
         suites = self._config.srtp_suites
         previous: list[SdesNegotiation | None] = [*self._negotiations]
         previous += [None] * (count - len(previous))
-        if self._resumes != self._keyed_resumes:
+        if self._waits_for_resume:
             # After a pause: fresh keys for every stream (RFC 4568 §7.1.4 allows a new key in
             # a re-offer). The phones' RTP sequence numbers went on while no copy was sent;
             # past 2^15 of them SRTP's index guess (RFC 3711 §3.3.1) would take the resumed

@@ -7,6 +7,7 @@ agent on the in-memory network) and a lawful interception of the same call, the 
   and no copy reaches it while paused, while the interception's X3 gets every packet (it is
   never paused, nor named); the call's record and the log say when and by whom; a second pause
   changes nothing; the resume re-INVITEs it sendonly and the copies flow again;
+- the resume's copies wait for the SRS's answer to its re-INVITE (it took the streams inactive);
 - a pause of a call that is not live, or not recorded (intercepted only: the answer a call
   tapped by nothing gets), is refused with the reason, the interception not given away.
 """
@@ -24,7 +25,7 @@ import gateway.plugins.taps.siprec as siprec_plugin
 from gateway.core.control import respond
 from gateway.core.ids import SeededIds
 from gateway.plugins.taps.intercept import pdu
-from gateway.testing.sip_agent import SipAgent
+from gateway.testing.sip_agent import AutoAnswer, SipAgent
 from tests.component.calls.b2bua_env import GW, eventually, next_within
 from tests.component.calls.dtls_phone import bind
 from tests.component.calls.intercept_calls import (
@@ -36,8 +37,14 @@ from tests.component.calls.intercept_calls import (
     pki,  # noqa: F401 (a fixture)
 )
 from tests.component.calls.recorder_calls import rtp
-from tests.component.calls.siprec_calls import SRS, SRS_PORT, srs_answer
-from tests.component.calls.siprec_recorded_calls import directions
+from tests.component.calls.siprec_calls import (
+    CALLER_PORT,
+    SRS,
+    SRS_PORT,
+    siprec_env,
+    srs_answer,
+)
+from tests.component.calls.siprec_recorded_calls import directions, recorded_call
 from tests.interop.harness.pki import Issued, TestCa
 
 
@@ -125,6 +132,8 @@ async def test_a_paused_recording_sends_nothing_the_srs_streams_inactive_the_int
             resumed = await srs.next_request("INVITE", timeout=10)
             assert directions(resumed) == ["sendonly", "sendonly"]
             await srs.respond(resumed, 200, body=srs_answer(), content_type="application/sdp")
+            await srs.next_request("ACK", timeout=5)
+            await trio.sleep(1)  # virtual time: the copies wait until the answer is taken
             await talk.packets(15, 5)
             assert await copies(srs_caller) == [rtp(seq, 0x00, 0x1111) for seq in range(15, 20)]
     finally:
@@ -179,3 +188,34 @@ async def test_a_pause_of_an_unknown_or_unrecorded_call_is_refused_with_the_reas
     assert ask(env, "resume", gateway_call.record_id) == {
         "error": f"no live call {gateway_call.record_id!r} on this gateway"
     }
+
+
+async def test_the_resumed_copies_wait_for_the_srs_to_answer_the_resume(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # The SRS took the streams inactive (the pause); RFC 3264 §8: until it answers the
+    # resume's re-INVITE they are, and no copy goes.
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer())
+    call, to_caller_side, _ = await recorded_call(env, srs)
+    manager = env.gateway.calls
+    assert manager is not None
+    (gateway_call,) = manager.calls
+    manager.pause_recording(gateway_call.id, True, by="agent 7")
+    paused = await srs.next_request("INVITE", timeout=10)
+    await srs.respond(paused, 200, body=srs_answer(), content_type="application/sdp")
+    await srs.next_request("ACK", timeout=5)
+    manager.pause_recording(gateway_call.id, False, by="agent 7")
+    resumed = await srs.next_request("INVITE", timeout=10)
+    assert directions(resumed) == ["sendonly", "sendonly"]
+    with await bind(CALLER_PORT) as caller, await bind(SRS_PORT) as srs_caller:
+        for seq in range(3):
+            await caller.sendto(rtp(seq, 0x00, 0x1111), to_caller_side)
+        assert await copies(srs_caller) == []  # not answered yet
+        await srs.respond(resumed, 200, body=srs_answer(), content_type="application/sdp")
+        await srs.next_request("ACK", timeout=5)
+        await trio.sleep(1)  # virtual time: the answer taken
+        for seq in range(3, 6):
+            await caller.sendto(rtp(seq, 0x00, 0x1111), to_caller_side)
+        assert await copies(srs_caller) == [rtp(seq, 0x00, 0x1111) for seq in range(3, 6)]
+    await call.bye()  # type: ignore[attr-defined]
+    await srs.next_request("INVITE", timeout=10)
