@@ -793,6 +793,10 @@ MAX_RECORDED_LINES = 32
 """The most m= lines a recording session offers (two per recorded stream of the call, removed
 ones included): a call that keeps adding and removing streams costs sockets and SDP without
 bound otherwise."""
+UNRECORDED_REASONS = ("no_port", "too_many_lines")
+"""Why a stream of a recorded call was left out of its recording
+(``voipgw_recording_streams_unrecorded_total``): no local port could be had for its copies,
+or the recording session had MAX_RECORDED_LINES m= lines already."""
 
 
 # -- the sink -------------------------------------------------------------------------------------
@@ -819,10 +823,13 @@ class SiprecSink:
         config: SiprecConfig,
         keying: SdesKeyExchange | None = None,
         failures: dict[str, int] | None = None,
+        streams_unrecorded: dict[str, int] | None = None,
     ) -> None:
         self.call = call
-        # The tap's counts of updates given up (UPDATE_FAILURE_REASONS), shared by its sinks.
+        # The tap's counts of updates given up (UPDATE_FAILURE_REASONS) and of streams not
+        # recorded (UNRECORDED_REASONS), shared by its sinks.
         self._failures = failures if failures is not None else {}
+        self._streams_unrecorded = streams_unrecorded if streams_unrecorded is not None else {}
         self._config = config
         self._keying = keying
         self._queue = CopyQueue(config.queue)
@@ -859,6 +866,7 @@ class SiprecSink:
         self._kinds = ("audio", "video") if config.record_video else RECORDED_MEDIA
         self._by_stream: dict[tuple[int, str], trio.socket.SocketType] = {}
         self._unrecorded: set[int] = set()  # the call's streams said not to be recorded
+        self._no_port: set[int] = set()  # streams added that no local port could be had for
         self._paused = False  # voipgw recording pause: no copies, the SRS's streams inactive
         # Resumes so far, and how many of them the SRS has taken an offer made after: until it
         # takes the resume's (sendonly; with SDES fresh keys, _reoffer) the copies wait.
@@ -914,7 +922,7 @@ class SiprecSink:
     async def run(self) -> None:
         streams = recorded_streams(self.call.media, kinds=self._kinds)
         self._note_unrecorded(self.call.media, streams)
-        sockets: list[trio.socket.SocketType] = []
+        sockets: list[trio.socket.SocketType | None] = []
         # Chosen once: plain copies keep the path they always had, nothing added per packet.
         forward = self._forward if self._keying is None else self._forward_srtp
         try:
@@ -928,14 +936,17 @@ class SiprecSink:
                 elif self.call.sessions is None:
                     log.error("SIPREC: call %s: the core lent no SIP sessions", self.call.call_id)
                 else:
-                    sockets = [await self._bind() for _ in streams]
+                    bound = [await self._bind() for _ in streams]
+                    sockets = [*bound]
                     self._streams = streams
-                    self._ports = [sock.getsockname()[1] for sock in sockets]
+                    self._ports = [sock.getsockname()[1] for sock in bound]
                     self.session, self._destinations = await self._open(streams, sockets)
                 if self.session is not None:
                     nursery.start_soon(self._follow_changes, streams, sockets, nursery)
                 self._by_stream = {
-                    (s.index, s.direction): sock for s, sock in zip(streams, sockets, strict=False)
+                    (s.index, s.direction): sock
+                    for s, sock in zip(streams, sockets, strict=False)
+                    if sock is not None
                 }
                 async for stream_id, direction, rtp, _ in self._queue.receive:
                     # Read per packet: a new recording session changes both (_reopen), a
@@ -963,7 +974,8 @@ class SiprecSink:
                 if self.session is not None:
                     await self.session.close()
             for sock in sockets:
-                sock.close()
+                if sock is not None:
+                    sock.close()
             for context in self._srtp.values():
                 context.close()  # libsrtp zeroes the session keys
             counts = self.counts
@@ -982,7 +994,7 @@ class SiprecSink:
     async def _follow_changes(
         self,
         streams: list[RecordedStream],
-        sockets: list[trio.socket.SocketType],
+        sockets: list[trio.socket.SocketType | None],
         nursery: trio.Nursery,
     ) -> None:
         """Re-INVITE the SRS after each change of the call's streams (RFC 7866 §8.1.2): held
@@ -1121,7 +1133,7 @@ class SiprecSink:
             retries = 0
 
     async def _follow_streams(
-        self, streams: list[RecordedStream], sockets: list[trio.socket.SocketType]
+        self, streams: list[RecordedStream], sockets: list[trio.socket.SocketType | None]
     ) -> bool:
         """Take in the streams the call added or removed since the last update (a re-INVITE or
         UPDATE of the call after its answer): True when there were any, and the next re-INVITE
@@ -1133,9 +1145,14 @@ class SiprecSink:
         §8.2) stays in our offers at port 0 and in the metadata, no longer sent nor received
         by the parties on the call (:func:`_took_part`); its sockets are closed. Past
         MAX_RECORDED_LINES lines (a call adding and removing streams without end) a new stream
-        is not recorded, with a warning."""
+        is not recorded, with a warning. A new stream no local port can be had for (the
+        gateway out of file descriptors or ports) is not recorded either, the rest of the
+        recording going on: its two lines are offered at port 0 (RFC 3264 §5.1: offered, not
+        to be used), so that the metadata still names it and the SRS knows the recording is
+        partial, with a warning; it is not tried again while the call has it."""
         now = time.time()
         present = {media.index for media in self._media}
+        self._no_port &= present  # a stream the call removed: its line may be used again
         changed = False
         for number, stream in enumerate(streams):
             if stream.removed is None and stream.index not in present:
@@ -1160,11 +1177,16 @@ class SiprecSink:
                 )
         live = {stream.index for stream in streams if stream.removed is None}
         self._note_unrecorded(self._media, streams)
-        new = [m for m in self._media if m.index not in live and m.media in self._kinds]
+        new = [
+            m
+            for m in self._media
+            if m.index not in live and m.media in self._kinds and m.index not in self._no_port
+        ]
         for media in new:
             if len(streams) + len(DIRECTIONS) > MAX_RECORDED_LINES:
                 if media.index not in self._unrecorded:
                     self._unrecorded.add(media.index)
+                    self._count_unrecorded("too_many_lines")
                     log.warning(
                         "SIPREC: call %s: stream %d (%s) the call added is not recorded: the "
                         "recording session has %d m= lines, the most it is given",
@@ -1177,8 +1199,32 @@ class SiprecSink:
             added = recorded_streams(
                 [media], kinds=self._kinds, first_label=len(streams) + 1, added=now
             )
-            for stream in added:
-                sock = await self._bind()
+            bound: list[trio.socket.SocketType] = []
+            try:
+                for _ in added:
+                    bound.append(await self._bind())
+            except OSError as exc:
+                for sock in bound:
+                    sock.close()
+                # Only this stream goes unrecorded: offered at port 0, never sent.
+                added = [attrs.evolve(stream, removed=now) for stream in added]
+                streams.extend(added)
+                sockets.extend(None for _ in added)
+                self._ports.extend(0 for _ in added)
+                self._no_port.add(media.index)
+                self._count_unrecorded("no_port")
+                changed = True
+                log.warning(
+                    "SIPREC: call %s: stream %d (%s) the call added is not recorded: no local "
+                    "port for its copies (%s); offered to the SRS at port 0 as labels %s",
+                    self.call.call_id,
+                    media.index,
+                    media.media,
+                    exc.strerror or type(exc).__name__,
+                    ", ".join(stream.label for stream in added),
+                )
+                continue
+            for stream, sock in zip(added, bound, strict=True):
                 streams.append(stream)
                 sockets.append(sock)
                 self._ports.append(sock.getsockname()[1])
@@ -1360,7 +1406,7 @@ class SiprecSink:
         self,
         session: OutboundSession,
         streams: list[RecordedStream],
-        sockets: list[trio.socket.SocketType],
+        sockets: list[trio.socket.SocketType | None],
         nursery: trio.Nursery,
         why: str,
     ) -> OutboundSession | None:
@@ -1381,6 +1427,9 @@ class SiprecSink:
 
     def _count(self, reason: str) -> None:
         self._failures[reason] = self._failures.get(reason, 0) + 1
+
+    def _count_unrecorded(self, reason: str) -> None:
+        self._streams_unrecorded[reason] = self._streams_unrecorded.get(reason, 0) + 1
 
     def _current(
         self, streams: list[RecordedStream], *, paused: bool | None = None
@@ -1403,7 +1452,7 @@ class SiprecSink:
         return current
 
     async def _reopen(
-        self, streams: list[RecordedStream], sockets: list[trio.socket.SocketType]
+        self, streams: list[RecordedStream], sockets: list[trio.socket.SocketType | None]
     ) -> OutboundSession | None:
         """A new recording session for the rest of the call, after the SRS lost ours (481):
         the SRS then each fallback (:meth:`_open`), up to REOPEN_ROUNDS rounds apart by
@@ -1495,7 +1544,7 @@ class SiprecSink:
         self,
         session: OutboundSession,
         streams: list[RecordedStream],
-        sockets: list[trio.socket.SocketType],
+        sockets: list[trio.socket.SocketType | None],
     ) -> None:
         """The final snapshot, before the BYE (RFC 7866 §9: the SRC sends metadata whenever it
         changes; RFC 7865 §6: the end of an association is its disassociate-time): every
@@ -1635,7 +1684,7 @@ class SiprecSink:
         )
 
     async def _open(
-        self, streams: list[RecordedStream], sockets: list[trio.socket.SocketType]
+        self, streams: list[RecordedStream], sockets: list[trio.socket.SocketType | None]
     ) -> tuple[OutboundSession | None, dict[tuple[int, str], tuple[str, int]]]:
         assert self.call.sessions is not None
         ports = list(self._ports)
@@ -1781,6 +1830,9 @@ class SiprecClient:
         self.config = config
         self.update_failures = dict.fromkeys(UPDATE_FAILURE_REASONS, 0)
         """Updates given up, by reason (``MediaTap.update_failures``: the metrics read it)."""
+        self.streams_unrecorded = dict.fromkeys(UNRECORDED_REASONS, 0)
+        """Streams of recorded calls left out of their recording, by reason
+        (``MediaTap.streams_unrecorded``: the metrics read it)."""
         # The copies are sendonly (RFC 7866 §8.1.1): the SRS's MKI, if it gives one, marks
         # packets it never sends us, and OutboundSrtpSession puts no MKI in ours, so our lines
         # never carry one ("receive-only"). An SRS's offer is answered by the rule of call
@@ -1804,7 +1856,9 @@ class SiprecClient:
     def sink_for_call(self, call: TappedCall) -> SiprecSink | None:
         if not self.config.selection.wants(call):
             return None
-        return SiprecSink(call, self.config, self._keying, self.update_failures)
+        return SiprecSink(
+            call, self.config, self._keying, self.update_failures, self.streams_unrecorded
+        )
 
 
 # -- plugin configuration and registration (entry point ``siprec``) -------------------------------

@@ -23,12 +23,14 @@ call's RTP and the copies on real 127.0.0.1 sockets, in virtual time:
 
 from __future__ import annotations
 
+import errno
 import logging
 from pathlib import Path
 
 import pytest
 import trio
 
+import gateway.plugins.taps.siprec as siprec_plugin
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sip.message import Request
 from gateway.plugins.taps.siprec import srs_sdp
@@ -426,6 +428,76 @@ async def test_an_srs_answering_a_removed_line_at_a_port_is_not_sent_the_line_s_
             await removed_port.recvfrom(2048)
         assert waited.cancelled_caught  # nothing to the removed stream's address
     await srs.respond(again, 200, body=srs_answer_of(again), content_type="application/sdp")
+    await srs.next_request("ACK", timeout=5)
+    await call.bye()  # type: ignore[attr-defined]
+    await srs.next_request("INVITE", timeout=10)
+
+
+async def test_a_stream_no_port_can_be_had_for_goes_unrecorded_and_the_rest_is_recorded(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The gateway is out of file descriptors when the caller adds video: the video's two
+    # lines go to the SRS at port 0, with a warning and counted, and the audio is recorded on.
+    caplog.set_level(logging.WARNING, logger="gateway.plugins.taps.siprec")
+    env, srs = await siprec_env(
+        nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer(), record_video=True
+    )
+    call, _, _ = await recorded_call(env, srs)
+
+    async def no_port(self: object) -> object:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(siprec_plugin.SiprecSink, "_bind", no_port)
+    await callee_takes_two_streams(env, CALLEE_PORT)
+    answer = await call.reinvite(  # type: ignore[attr-defined]
+        audio_video(CALLER_PORT, CALLER_PORT + 2, version=2)
+    )
+    assert answer.status == 200
+    to_caller_side = ("127.0.0.1", parse_sdp_untrusted(answer.body).media[0].port)
+    update = await srs.next_request("INVITE", timeout=10)
+    assert [(kind, label, port == 0, d) for kind, label, port, d in offered(update)] == [
+        ("audio", "1", False, "sendonly"),
+        ("audio", "2", False, "sendonly"),
+        ("video", "3", True, "inactive"),
+        ("video", "4", True, "inactive"),
+    ]
+    assert set(stream_ids(update.request.body)) == {"1", "2", "3", "4"}  # named all the same
+    await srs.respond(update, 200, body=srs_answer_of(update), content_type="application/sdp")
+    await srs.next_request("ACK", timeout=5)
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith(f"SIPREC: call {call.call_id};")  # type: ignore[attr-defined]
+    assert warning.endswith(
+        ": stream 1 (video) the call added is not recorded: no local port for its copies (Too "
+        "many open files); offered to the SRS at port 0 as labels 3, 4"
+    )
+    (tap,) = [tap for _, tap in env.gateway.plugins.media_taps.items()]
+    assert tap.streams_unrecorded == {"no_port": 1, "too_many_lines": 0}  # type: ignore[attr-defined]
+    with await bind(CALLER_PORT) as caller, await bind(SRS_PORT) as srs_caller:
+        for seq in range(3):
+            await caller.sendto(rtp(seq, 0x00, 0x1111), to_caller_side)
+        got = []
+        with trio.move_on_after(1):
+            while len(got) < 3:
+                got.append((await srs_caller.recvfrom(2048))[0])
+    assert got == [rtp(seq, 0x00, 0x1111) for seq in range(3)]  # the audio recorded on
+    # The next update (a pause here) has the video still at port 0: not tried again.
+    manager = env.gateway.calls
+    assert manager is not None
+    (gateway_call,) = manager.calls
+    manager.pause_recording(gateway_call.id, True, by="agent 7")
+    held = await srs.next_request("INVITE", timeout=10)
+    assert [(label, port == 0) for _, label, port, _ in offered(held)] == [
+        ("1", False),
+        ("2", False),
+        ("3", True),
+        ("4", True),
+    ]
+    await srs.respond(held, 200, body=srs_answer_of(held), content_type="application/sdp")
     await srs.next_request("ACK", timeout=5)
     await call.bye()  # type: ignore[attr-defined]
     await srs.next_request("INVITE", timeout=10)
