@@ -210,6 +210,16 @@ then ``session_reopened`` when a new recording session took the rest of the call
 REOPEN_ROUNDS = 3
 REOPEN_BACKOFF = 2.0
 
+MAX_RECORDED_LINES = 32
+"""The most m= lines a recording session offers (two per recorded stream of the call, removed
+ones included): a call that keeps adding and removing streams costs sockets and SDP without
+bound otherwise. The SRS's answers and offers are read up to as many (the SDP reader's default
+bound, 16, is a phone's)."""
+UNRECORDED_REASONS = ("no_port", "too_many_lines")
+"""Why a stream of a recorded call was left out of its recording
+(``voipgw_recording_streams_unrecorded_total``): no local port could be had for its copies,
+or the recording session had MAX_RECORDED_LINES m= lines already."""
+
 
 def update_retry(
     status: int | None, attempt: int, retry_after: int | None, fraction: float
@@ -567,7 +577,7 @@ def _answered(
     removed is never among them, whatever port the SRS answers its line with: RFC 3264 §8.2,
     a line offered at port 0 stays removed (its copies go nowhere, and with SDES its line has
     no crypto to answer), so an SRS that answers it at a port is not followed there."""
-    sdp = parse_sdp_untrusted(srs_sdp(answer_type, answer))
+    sdp = parse_sdp_untrusted(srs_sdp(answer_type, answer), max_media=MAX_RECORDED_LINES)
     by_label = {stream.label: stream for stream in streams}
     found: list[tuple[RecordedStream, tuple[str, int], MediaDescription]] = []
     for position, media in enumerate(sdp.media):
@@ -693,7 +703,7 @@ def answer_srs_offer(
     Raises :class:`OfferRefused` (SdpError: a malformed SDP) for an offer that cannot be
     answered: another transport profile than ours, no codec of the call, no usable crypto line,
     a c= line that is not IPv4; its text holds no key."""
-    sdp = parse_sdp_untrusted(offer)
+    sdp = parse_sdp_untrusted(offer, max_media=MAX_RECORDED_LINES)
     proto = "RTP/AVP" if keying is None else "RTP/SAVP"
     by_label = {stream.label: stream for stream in streams}
     number_of = {(s.index, s.direction): n for n, s in enumerate(streams)}
@@ -787,16 +797,6 @@ def _common_formats(offered: MediaDescription, ours: TappedMedia) -> list[str]:
                 continue
         common.append(fmt)
     return common
-
-
-MAX_RECORDED_LINES = 32
-"""The most m= lines a recording session offers (two per recorded stream of the call, removed
-ones included): a call that keeps adding and removing streams costs sockets and SDP without
-bound otherwise."""
-UNRECORDED_REASONS = ("no_port", "too_many_lines")
-"""Why a stream of a recorded call was left out of its recording
-(``voipgw_recording_streams_unrecorded_total``): no local port could be had for its copies,
-or the recording session had MAX_RECORDED_LINES m= lines already."""
 
 
 # -- the sink -------------------------------------------------------------------------------------
@@ -920,7 +920,7 @@ class SiprecSink:
         self._changed.set()
 
     async def run(self) -> None:
-        streams = recorded_streams(self.call.media, kinds=self._kinds)
+        streams = self._within_line_cap(recorded_streams(self.call.media, kinds=self._kinds))
         self._note_unrecorded(self.call.media, streams)
         sockets: list[trio.socket.SocketType | None] = []
         # Chosen once: plain copies keep the path they always had, nothing added per packet.
@@ -1240,6 +1240,27 @@ class SiprecSink:
                 ", ".join(stream.label for stream in added),
             )
         return changed
+
+    def _within_line_cap(self, streams: list[RecordedStream]) -> list[RecordedStream]:
+        """The first INVITE's streams, at most MAX_RECORDED_LINES m= lines: those of the
+        call's first streams (two lines each, so whole streams); each stream past them is not
+        recorded, with a warning and counted, as one the call adds past the cap
+        (:meth:`_follow_streams`). The core reads at most 16 m= lines of a phone's SDP, so a
+        call's answer has at most 32 recorded lines today; this holds whatever that bound."""
+        if len(streams) <= MAX_RECORDED_LINES:
+            return streams
+        for stream in streams[MAX_RECORDED_LINES :: len(DIRECTIONS)]:
+            self._unrecorded.add(stream.index)
+            self._count_unrecorded("too_many_lines")
+            log.warning(
+                "SIPREC: call %s: stream %d (%s) is not recorded: the recording session has "
+                "%d m= lines, the most it is given",
+                self.call.call_id,
+                stream.index,
+                stream.media.media,
+                MAX_RECORDED_LINES,
+            )
+        return streams[:MAX_RECORDED_LINES]
 
     def _note_unrecorded(
         self, media: Sequence[TappedMedia], streams: Sequence[RecordedStream]
