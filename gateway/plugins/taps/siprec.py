@@ -868,6 +868,7 @@ class SiprecSink:
         self._unrecorded: set[int] = set()  # the call's streams said not to be recorded
         self._no_port: set[int] = set()  # streams added that no local port could be had for
         self._paused = False  # voipgw recording pause: no copies, the SRS's streams inactive
+        self._offering = False  # the first INVITE is made: a change needs a re-INVITE
         # Resumes so far, and how many of them the SRS has taken an offer made after: until it
         # takes the resume's (sendonly; with SDES fresh keys, _reoffer) the copies wait.
         self._resumes = self._answered_resumes = 0
@@ -896,7 +897,8 @@ class SiprecSink:
             # re-offer changes nothing until answered) and, with SDES, the resume's offer
             # carries fresh keys (_reoffer) that the old contexts must not stand in for.
             self._resumes += 1
-        self._changed.set()
+        if self._offering:
+            self._changed.set()  # else the first INVITE, not made yet, says it (run)
 
     @property
     def _waits_for_resume(self) -> bool:
@@ -940,7 +942,12 @@ class SiprecSink:
                     sockets = [*bound]
                     self._streams = streams
                     self._ports = [sock.getsockname()[1] for sock in bound]
-                    self.session, self._destinations = await self._open(streams, sockets)
+                    # A recording that starts paused (a pause asked before the call's answer)
+                    # offers its streams inactive from the first INVITE (RFC 7866 §7.1.1).
+                    self._offering = True
+                    self.session, self._destinations = await self._open(
+                        self._current(streams), sockets
+                    )
                 if self.session is not None:
                     nursery.start_soon(self._follow_changes, streams, sockets, nursery)
                 self._by_stream = {

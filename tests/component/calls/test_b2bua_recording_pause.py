@@ -22,10 +22,11 @@ import pytest
 import trio
 
 import gateway.plugins.taps.siprec as siprec_plugin
-from gateway.core.control import respond
+from gateway.core.control import ControlError, respond
 from gateway.core.ids import SeededIds
+from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.plugins.taps.intercept import pdu
-from gateway.testing.sip_agent import AutoAnswer, SipAgent
+from gateway.testing.sip_agent import AutoAnswer, SipAgent, simple_sdp
 from tests.component.calls.b2bua_env import GW, eventually, next_within
 from tests.component.calls.dtls_phone import bind
 from tests.component.calls.intercept_calls import (
@@ -38,6 +39,7 @@ from tests.component.calls.intercept_calls import (
 )
 from tests.component.calls.recorder_calls import rtp
 from tests.component.calls.siprec_calls import (
+    CALLEE_PORT,
     CALLER_PORT,
     SRS,
     SRS_PORT,
@@ -219,3 +221,86 @@ async def test_the_resumed_copies_wait_for_the_srs_to_answer_the_resume(
         assert await copies(srs_caller) == [rtp(seq, 0x00, 0x1111) for seq in range(3, 6)]
     await call.bye()  # type: ignore[attr-defined]
     await srs.next_request("INVITE", timeout=10)
+
+
+async def test_a_pause_asked_while_the_call_rings_applies_when_its_recording_starts(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # An agent pauses at once (the card digits come first): the call is not answered, no
+    # recording has started. The pause is kept, and the recording starts paused: its first
+    # INVITE offers every stream inactive and no copy reaches the SRS until the resume.
+    caplog.set_level(logging.INFO)
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", CALLER_PORT))
+    leg_b = await env.alice.next_call()
+    await leg_b.ring()
+    manager = env.gateway.calls
+    assert manager is not None
+    (gateway_call,) = manager.calls
+    answer = manager.pause_recording(gateway_call.id, True, by="agent 7")
+    assert answer == {
+        "call_id": gateway_call.record_id,
+        "paused": True,
+        "changed": True,
+        "recordings": [],
+        "pending": True,
+    }
+    assert manager.recordings_paused == {gateway_call}
+    assert manager.recording_pauses == {"pause": 1, "resume": 0}
+    await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))
+    final = await call.final()
+    assert final.status == 200
+    to_caller_side = ("127.0.0.1", parse_sdp_untrusted(final.body).media[0].port)
+    recording = await srs.next_call()
+    assert directions(recording.incoming) == ["inactive", "inactive"]  # type: ignore[arg-type]
+    await recording.answer(200, sdp=srs_answer())
+    await srs.next_request("ACK", timeout=5)
+    taps = gateway_call.security_record()["taps"]
+    assert taps["paused"] is True and taps["pauses"][0]["paused_by"] == "agent 7"
+    with await bind(CALLER_PORT) as caller, await bind(SRS_PORT) as srs_caller:
+        for seq in range(3):
+            await caller.sendto(rtp(seq, 0x00, 0x1111), to_caller_side)
+        assert await copies(srs_caller) == []  # paused from the start
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("gateway.core")]
+    assert f"call {gateway_call.id}: recording paused by agent 7 (siprec)" in lines, lines
+    manager.pause_recording(gateway_call.id, False, by="agent 7")
+    resumed = await srs.next_request("INVITE", timeout=10)  # the first since it opened
+    assert directions(resumed) == ["sendonly", "sendonly"]
+    await srs.respond(resumed, 200, body=srs_answer(), content_type="application/sdp")
+    await srs.next_request("ACK", timeout=5)
+    assert manager.recordings_paused == set()
+    await call.bye()  # type: ignore[attr-defined]
+    await srs.next_request("INVITE", timeout=10)
+
+
+async def test_a_pause_asked_before_the_answer_of_a_call_no_recording_takes_leaves_the_gauge(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    env, _ = await siprec_env(nursery, tmp_path, voipgw_seed, trunks=[], accounts=["nobody"])
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", CALLER_PORT))
+    leg_b = await env.alice.next_call()
+    manager = env.gateway.calls
+    assert manager is not None
+    (gateway_call,) = manager.calls
+    assert manager.pause_recording(gateway_call.id, True, by="agent 7")["pending"] is True
+    assert manager.recordings_paused == {gateway_call}
+    await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))
+    assert (await call.final()).status == 200
+    await eventually(lambda: manager.recordings_paused == set())
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("gateway.core")]
+    assert (
+        f"call {gateway_call.id}: recording pause asked by agent 7: the call is not recorded"
+        in lines
+    ), lines
+    with pytest.raises(ControlError, match="is not recorded: nothing to pause"):
+        manager.pause_recording(gateway_call.id, True, by="agent 7")  # answered: as before
+    await call.bye()  # type: ignore[attr-defined]
