@@ -938,16 +938,29 @@ class SiprecSink:
                 elif self.call.sessions is None:
                     log.error("SIPREC: call %s: the core lent no SIP sessions", self.call.call_id)
                 else:
-                    bound = [await self._bind() for _ in streams]
-                    sockets = [*bound]
+                    lines: list[RecordedStream] = []
+                    for first in range(0, len(streams), len(DIRECTIONS)):
+                        pair, bound = await self._bind_lines(
+                            streams[first : first + len(DIRECTIONS)], added=False
+                        )
+                        lines += pair
+                        sockets += bound
+                    streams = lines
                     self._streams = streams
-                    self._ports = [sock.getsockname()[1] for sock in bound]
-                    # A recording that starts paused (a pause asked before the call's answer)
-                    # offers its streams inactive from the first INVITE (RFC 7866 §7.1.1).
-                    self._offering = True
-                    self.session, self._destinations = await self._open(
-                        self._current(streams), sockets
-                    )
+                    self._ports = [0 if sock is None else sock.getsockname()[1] for sock in sockets]
+                    if all(sock is None for sock in sockets):
+                        log.warning(
+                            "SIPREC: call %s not recorded: no local port for any of its streams",
+                            self.call.call_id,
+                        )
+                    else:
+                        # A recording that starts paused (a pause asked before the call's
+                        # answer) offers its streams inactive from the first INVITE (RFC 7866
+                        # §7.1.1).
+                        self._offering = True
+                        self.session, self._destinations = await self._open(
+                            self._current(streams), sockets
+                        )
                 if self.session is not None:
                     nursery.start_soon(self._follow_changes, streams, sockets, nursery)
                 self._by_stream = {
@@ -1206,38 +1219,17 @@ class SiprecSink:
             added = recorded_streams(
                 [media], kinds=self._kinds, first_label=len(streams) + 1, added=now
             )
-            bound: list[trio.socket.SocketType] = []
-            try:
-                for _ in added:
-                    bound.append(await self._bind())
-            except OSError as exc:
-                for sock in bound:
-                    sock.close()
-                # Only this stream goes unrecorded: offered at port 0, never sent.
-                added = [attrs.evolve(stream, removed=now) for stream in added]
-                streams.extend(added)
-                sockets.extend(None for _ in added)
-                self._ports.extend(0 for _ in added)
-                self._no_port.add(media.index)
-                self._count_unrecorded("no_port")
-                changed = True
-                log.warning(
-                    "SIPREC: call %s: stream %d (%s) the call added is not recorded: no local "
-                    "port for its copies (%s); offered to the SRS at port 0 as labels %s",
-                    self.call.call_id,
-                    media.index,
-                    media.media,
-                    exc.strerror or type(exc).__name__,
-                    ", ".join(stream.label for stream in added),
-                )
-                continue
+            added, bound = await self._bind_lines(added, added=True)
+            changed = True
             for stream, sock in zip(added, bound, strict=True):
                 streams.append(stream)
                 sockets.append(sock)
-                self._ports.append(sock.getsockname()[1])
-                self._by_stream[(stream.index, stream.direction)] = sock
+                self._ports.append(0 if sock is None else sock.getsockname()[1])
+                if sock is not None:
+                    self._by_stream[(stream.index, stream.direction)] = sock
+            if media.index in self._no_port:
+                continue  # offered at port 0, said so (_bind_lines)
             self._unrecorded.discard(media.index)
-            changed = True
             log.info(
                 "SIPREC: call %s: stream %d (%s) added by the call, offered to the SRS as "
                 "labels %s",
@@ -1247,6 +1239,52 @@ class SiprecSink:
                 ", ".join(stream.label for stream in added),
             )
         return changed
+
+    async def _bind_lines(
+        self, lines: list[RecordedStream], *, added: bool
+    ) -> tuple[list[RecordedStream], list[trio.socket.SocketType | None]]:
+        """A socket for each recorded line of one call stream (its two directions). When no
+        local port can be had (the gateway out of file descriptors or ports: the OSError of
+        socket() or bind()), only that stream goes unrecorded: its lines are offered at port
+        0 (RFC 3264 §5.1: offered, not to be used), marked removed from the start so that no
+        party sends or receives them in the metadata, which still names them (the recording
+        is known to be partial), with a warning, counted (``no_port``), and not tried again
+        while the call has the stream. ``added``: the call added it after its answer."""
+        bound: list[trio.socket.SocketType] = []
+        try:
+            for _ in lines:
+                bound.append(await self._bind())
+        except OSError as exc:
+            for sock in bound:
+                sock.close()
+            now = time.time()
+            index, kind = lines[0].index, lines[0].media.media
+            self._no_port.add(index)
+            self._count_unrecorded("no_port")
+            labels = ", ".join(line.label for line in lines)
+            why = exc.strerror or type(exc).__name__
+            if added:
+                log.warning(
+                    "SIPREC: call %s: stream %d (%s) the call added is not recorded: no local "
+                    "port for its copies (%s); offered to the SRS at port 0 as labels %s",
+                    self.call.call_id,
+                    index,
+                    kind,
+                    why,
+                    labels,
+                )
+            else:
+                log.warning(
+                    "SIPREC: call %s: stream %d (%s) is not recorded: no local port for its "
+                    "copies (%s); labels %s at port 0",
+                    self.call.call_id,
+                    index,
+                    kind,
+                    why,
+                    labels,
+                )
+            return [attrs.evolve(line, removed=now) for line in lines], [None for _ in lines]
+        return lines, [*bound]
 
     def _within_line_cap(self, streams: list[RecordedStream]) -> list[RecordedStream]:
         """The first INVITE's streams, at most MAX_RECORDED_LINES m= lines: those of the
@@ -1667,7 +1705,11 @@ class SiprecSink:
 
     async def _bind(self) -> trio.socket.SocketType:
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        await sock.bind((self._config.media_address, 0))
+        try:
+            await sock.bind((self._config.media_address, 0))
+        except BaseException:
+            sock.close()  # no port: the descriptor is not kept
+            raise
         return sock
 
     def _body(

@@ -4,10 +4,13 @@ the core's sessions host a stand-in that answers every offer: the first 16 strea
 each one past them is not recorded, a WARNING naming the call and the stream and counted
 (``too_many_lines``), as for streams the call adds past the cap. The core reads at most 16 m=
 lines of a phone's SDP, so a call cannot have more recorded streams through SIP today: the sink
-is driven directly."""
+is driven directly. Also the first INVITE when no local port can be had for a stream's copies
+(EMFILE): that stream's lines at port 0, a WARNING, counted (``no_port``), the rest recorded;
+with none for any stream, no INVITE and a WARNING."""
 
 from __future__ import annotations
 
+import errno
 import logging
 
 import pytest
@@ -111,3 +114,79 @@ async def test_a_call_with_more_streams_than_the_line_cap_offers_the_first_and_s
         for index in (16, 17)
     ]
     assert client.streams_unrecorded == {"no_port": 0, "too_many_lines": 2}
+
+
+async def _first_invite(
+    media: tuple[TappedMedia, ...], binds: int, caplog: pytest.LogCaptureFixture
+) -> tuple[_Host, SiprecClient, list[str]]:
+    """Run a sink for a call of ``media`` whose sockets fail (EMFILE) after ``binds`` of them;
+    the host its INVITEs went to, the tap and the WARNING lines."""
+    host = _Host()
+    call = TappedCall(
+        "call-1;tag-1",
+        "sip:a@gw",
+        "sip:b@gw",
+        "trunk",
+        "carrier",
+        "account",
+        "b",
+        media,
+        sessions=host,  # type: ignore[arg-type]
+    )
+    config = SiprecConfig(
+        srs="sip:srs@127.0.0.1:5060", all_calls=True, session_expires=0, final_metadata=False
+    )
+    client = SiprecClient(config)
+    sink = client.sink_for_call(call)
+    assert isinstance(sink, SiprecSink)
+    bind, calls = sink._bind, [0]
+
+    async def bind_then_fail() -> object:
+        calls[0] += 1
+        if calls[0] > binds:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return await bind()
+
+    sink._bind = bind_then_fail  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sink.run)
+        await trio.sleep(5)
+        sink.close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    return host, client, warnings
+
+
+async def test_a_stream_no_port_can_be_had_for_at_the_answer_goes_at_port_0_the_rest_recorded(
+    autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="gateway.plugins.taps.siprec")
+    media = tuple(TappedMedia(index, "audio", ("0",), ("0 PCMU/8000",)) for index in range(2))
+    host, client, warnings = await _first_invite(media, 2, caplog)
+    ((content_type, body),) = host.invites
+    offer = parse_sdp_untrusted(srs_sdp(content_type, body))
+    assert [(m.attributes.get("label"), m.port != 0) for m in offer.media] == [
+        ("1", True),
+        ("2", True),
+        ("3", False),
+        ("4", False),
+    ]
+    assert warnings == [
+        "SIPREC: call call-1;tag-1: stream 1 (audio) is not recorded: no local port for its "
+        "copies (Too many open files); labels 3, 4 at port 0"
+    ]
+    assert client.streams_unrecorded == {"no_port": 1, "too_many_lines": 0}
+
+
+async def test_a_call_no_port_can_be_had_for_at_all_is_not_recorded_with_a_warning(
+    autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="gateway.plugins.taps.siprec")
+    media = (TappedMedia(0, "audio", ("0",), ("0 PCMU/8000",)),)
+    host, client, warnings = await _first_invite(media, 0, caplog)
+    assert host.invites == []  # nothing to offer the SRS
+    assert warnings == [
+        "SIPREC: call call-1;tag-1: stream 0 (audio) is not recorded: no local port for its "
+        "copies (Too many open files); labels 1, 2 at port 0",
+        "SIPREC: call call-1;tag-1 not recorded: no local port for any of its streams",
+    ]
+    assert client.streams_unrecorded == {"no_port": 1, "too_many_lines": 0}
