@@ -532,6 +532,9 @@ def _log_calls(logger: str) -> list[tuple[str, str, list[ast.expr]]]:
 SITES = {
     # A CRL out of date when read (start-up, reload) and when its next update passes.
     "crl-expired": 2,
+    # A pause asked after the answer, and one asked before it as it applies at the answer.
+    "recording-paused": 2,
+    "recording-pause-not-recorded": 2,
 }
 
 SOURCE_ONLY = sorted(name for name, row in documented().items() if row[3])

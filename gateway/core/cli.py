@@ -911,9 +911,10 @@ def _add_recording_parser(sub: Any) -> None:
         "recorded ([plugins.recorder] writes nothing, [plugins.siprec] sends nothing and "
         "re-INVITEs its recorder with the streams a=inactive, RFC 7866 §7.1.1), e.g. while a "
         "customer reads out card digits (PCI DSS). A lawful interception is never paused. "
-        "The gateway logs who paused and resumed, and `voipgw calls` shows it. Exit status: "
-        "0 the call is paused (resumed), also when it already was; 1 no gateway answers, the "
-        "call is not live on it, or it is not recorded; 2 a usage error.",
+        "The gateway logs who paused and resumed, and `voipgw calls` shows it. A pause of a "
+        "call not answered yet is kept for its recording, which then starts paused. Exit "
+        "status: 0 the call is paused (resumed), also when it already was; 1 no gateway "
+        "answers, the call is not live on it, or it is not recorded; 2 a usage error.",
     )
     recording.add_argument("action", choices=("pause", "resume"))
     recording.add_argument(
@@ -958,6 +959,12 @@ def cmd_recording(args: argparse.Namespace) -> int:
         print(json.dumps(answer, indent=2))
         return EXIT_OK
     state = "paused" if answer.get("paused") else "recorded"
+    if answer.get("pending"):
+        # Asked before the call's recording started (it is not answered yet): kept for it.
+        kept = "it starts paused" if answer.get("paused") else "no pause kept"
+        already = "" if answer.get("changed") else "already; "
+        print(f"call {answer.get('call_id')}: {state} ({already}not recording yet: {kept})")
+        return EXIT_OK
     names = ", ".join(str(name) for name in answer.get("recordings") or ())
     already = "" if answer.get("changed") else " (already)"
     print(f"call {answer.get('call_id')}: {state}{already} ({names})")

@@ -510,6 +510,11 @@ class MediaTap(Protocol):
     # the start): updates of recording sessions the tap gave up on (SIPREC: a re-INVITE the
     # recorder kept refusing, or a recording session it no longer knew). Read at a scrape
     # (``GatewayStatus.recording_update_failures``), summed over the taps that have it.
+    #
+    # Optional: ``streams_unrecorded`` (a mapping of reason to count, every reason present from
+    # the start): streams of calls the tap records that it left out of the recording (SIPREC:
+    # no local port for the copies, or too many m= lines). Read at a scrape
+    # (``GatewayStatus.recording_streams_unrecorded``), summed over the taps that have it.
 
 
 class SipCapture(Protocol):
@@ -1102,6 +1107,11 @@ class GatewayStatus(Protocol):
     def recording_update_failures(self) -> tuple[tuple[str, int], ...]:
         """Updates of recording sessions given up since the start, by reason, summed over the
         media taps that count them (``MediaTap.update_failures``, SIPREC); empty without one."""
+
+    def recording_streams_unrecorded(self) -> tuple[tuple[str, int], ...]:
+        """Streams of recorded calls left out of their recording since the start, by reason,
+        summed over the media taps that count them (``MediaTap.streams_unrecorded``, SIPREC:
+        ``no_port``, ``too_many_lines``); empty without one."""
 
     def recording_pauses(self) -> tuple[tuple[str, int], ...]:
         """Recordings paused and resumed on request since the start (``voipgw recording``):

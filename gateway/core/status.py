@@ -592,16 +592,24 @@ class StatusView:
         return 0 if manager is None else len(manager.recordings_paused)
 
     def recording_update_failures(self) -> tuple[tuple[str, int], ...]:
+        return self._recording_counts("update_failures")
+
+    def recording_streams_unrecorded(self) -> tuple[tuple[str, int], ...]:
+        return self._recording_counts("streams_unrecorded")
+
+    def _recording_counts(self, figures: str) -> tuple[tuple[str, int], ...]:
+        """A mapping of reason to count that media taps may have (``figures``), summed over
+        the taps that are not covert; a tap whose read raises is left out (counted)."""
         totals: dict[str, int] = {}
         for name, tap in self._gateway.plugins.media_taps.items():
 
-            def update_failures(tap: object = tap) -> list[tuple[str, int]]:
-                failures = getattr(tap, "update_failures", None)
-                if failures is None or getattr(tap, "covert", False):
+            def read(tap: object = tap) -> list[tuple[str, int]]:
+                counts = getattr(tap, figures, None)
+                if counts is None or getattr(tap, "covert", False):
                     return []
-                return [(str(reason), int(count)) for reason, count in failures.items()]
+                return [(str(reason), int(count)) for reason, count in counts.items()]
 
-            found = self._plugin_figures("media_tap", name, "update_failures", update_failures)
+            found = self._plugin_figures("media_tap", name, figures, read)
             for reason, count in found or ():
                 totals[reason] = totals.get(reason, 0) + count
         return tuple(sorted(totals.items()))

@@ -170,6 +170,11 @@ class CallBase:
         self.media: MediaSession | None = None
         self.keying: CallKeying | None = None
         self.taps: CallTaps | None = None
+        self.taps_decided = False
+        """The taps that decide at the answer (recordings) have been asked (_start_taps)."""
+        self.pause_before_recording: tuple[str, float] | None = None
+        """A recording pause asked before the call's recording could start (who, when: the
+        control socket's ``recording``): applied to the recordings that start at its answer."""
         self.invite_copy: tuple[bytes, str, Address, Address, float] | None = None
         """The caller's INVITE as received (bytes, transport, source, destination, Unix time),
         kept from its arrival to its routing, only while taps decide at the start (lawful

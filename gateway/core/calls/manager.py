@@ -1280,9 +1280,11 @@ class CallManager:
         socket's ``recording``, ``voipgw recording pause|resume``): the recording taps stop
         sending copies (SIPREC re-INVITEs its recorder with the streams a=inactive, RFC 7866
         §7.1.1) until resumed; an interception is never paused (``CallTaps.recordings``).
-        Logged at INFO with who asked, kept in the call's record. Raises ControlError for a
-        call that is not live here, one that is not recorded, a SIP Call-ID that names more
-        than one call."""
+        Logged at INFO with who asked, kept in the call's record. A call not answered yet,
+        whose recording has not started, keeps the pause for the recordings that start at its
+        answer (:meth:`_pause_before_recording`) where a tap may record it. Raises ControlError
+        for a call that is not live here, one that is not recorded, a SIP Call-ID that names
+        more than one call."""
         from gateway.core.control import ControlError
 
         found = [
@@ -1298,6 +1300,8 @@ class CallManager:
         call = found[0]
         taps = call.taps
         action = "pause" if paused else "resume"
+        if (taps is None or not taps.recordings()) and not call.taps_decided and self._records():
+            return self._pause_before_recording(call, paused, by=by)
         if taps is None or not taps.recordings():
             log.info(
                 "call %s: recording %s asked by %s: the call is not recorded",
@@ -1327,6 +1331,67 @@ class CallManager:
             "changed": changed,
             "recordings": names,
         }
+
+    def _records(self) -> bool:
+        """Whether a media tap that decides at a call's answer, and is not covert, is
+        registered: one that may record the calls being set up."""
+        return any(
+            not callable(getattr(tap, "sink_for_call_start", None))
+            and not getattr(tap, "covert", False)
+            for _, tap in self.gateway.plugins.media_taps.items()
+        )
+
+    def _pause_before_recording(self, call: Call, paused: bool, *, by: str) -> dict[str, object]:
+        """A pause (resume) of a call whose recording has not started (it is not answered
+        yet): kept on the call and applied to the recordings that start at its answer
+        (:meth:`recording_started`), so that an agent who pauses at once for card digits has
+        none of them recorded; a resume drops it. Counted, and the call is in the paused gauge,
+        from now: the pause was asked and taken (a call that ends unanswered, or that no
+        recording takes, leaves the gauge then)."""
+        changed = (call.pause_before_recording is not None) != paused
+        if changed:
+            call.pause_before_recording = (by, time.time()) if paused else None
+            action = "pause" if paused else "resume"
+            self.recording_pauses[action] += 1
+            if paused:
+                self.recordings_paused.add(call)
+            else:
+                self.recordings_paused.discard(call)
+            log.info(
+                "call %s: recording %s by %s before its recording started: %s",
+                call.id,
+                "paused" if paused else "resumed",
+                by,
+                "a recording that starts starts paused" if paused else "no pause kept",
+            )
+        return {
+            "call_id": call.record_id,
+            "paused": paused,
+            "changed": changed,
+            "recordings": [],
+            "pending": True,
+        }
+
+    def recording_started(self, call: Call) -> None:
+        """The call is answered and its taps that decide then were asked, with a pause asked
+        before (:meth:`_pause_before_recording`): the recordings that started are paused now,
+        before any packet reaches them, logged as any pause (who asked, when it was asked in
+        the call's record); with none, the call is not recorded and leaves the paused gauge."""
+        pending, call.pause_before_recording = call.pause_before_recording, None
+        if pending is None:
+            return
+        by, at = pending
+        taps = call.taps
+        if taps is None or not taps.recordings():
+            self.recordings_paused.discard(call)
+            # The lines of a pause asked after the answer (docs/operations.md), as it applies.
+            log.info(
+                "call %s: recording %s asked by %s: the call is not recorded", call.id, "pause", by
+            )
+            return
+        names, _ = taps.pause_recording(True, by=by, at=at)
+        log.info("call %s: recording %s by %s (%s)", call.id, "paused", by, ", ".join(names))
+        self.security_changed(call)
 
     def security_changed(self, call: Call) -> None:
         """The call's live record changed after its answer (its media got keys, a transfer was

@@ -111,17 +111,25 @@ class CallMediaKeys(CallBase):
 
     def _start_taps(self) -> None:
         """The call is answered: the media taps (recording, interception) that want it get
-        copies of its media from now on (gateway/core/media/taps.py)."""
+        copies of its media from now on (gateway/core/media/taps.py). A pause asked before
+        (``pause_before_recording``) applies to the recordings that start, before any packet
+        reaches them."""
         assert self.media is not None
+        self.taps_decided = True
         sinks = self.manager.tap_sinks(cast("Call", self))
-        if not sinks:
-            return
-        if self.taps is not None:  # taps that decided at the start are there already
-            self.taps.add(sinks)
-        else:
-            media = tapped_media(self.media.last_sent(Side.A.value))
-            self.taps = CallTaps(self.id, self.media, sinks, clock=trio.current_time, media=media)
-        self.taps.attach()
+        if sinks:
+            if self.taps is not None:  # taps that decided at the start are there already
+                self.taps.add(sinks)
+            else:
+                media = tapped_media(self.media.last_sent(Side.A.value))
+                self.taps = CallTaps(
+                    self.id, self.media, sinks, clock=trio.current_time, media=media
+                )
+        if self.pause_before_recording is not None:
+            self.manager.recording_started(cast("Call", self))
+        if sinks:
+            assert self.taps is not None
+            self.taps.attach()
 
     def _drive_handshakes(self) -> None:
         """Start the handshake task at the first stream keyed on the media path (DTLS-SRTP),

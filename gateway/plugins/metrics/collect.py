@@ -622,15 +622,25 @@ def _recording(out: Exposition, status: GatewayStatus) -> None:
         )
         out.sample(status.recordings_paused(), [])
     failures = status.recording_update_failures()
-    if not failures:
-        return  # no recording tap that counts them (siprec): no family
-    out.family(
-        "voipgw_recording_update_failures_total",
-        "counter",
-        "Updates of recording sessions (SIPREC re-INVITEs to the recorder) given up, by reason.",
-    )
-    for reason, count in failures:
-        out.sample(count, [("reason", reason)])
+    if failures:  # else no recording tap that counts them (siprec): no family
+        out.family(
+            "voipgw_recording_update_failures_total",
+            "counter",
+            "Updates of recording sessions (SIPREC re-INVITEs to the recorder) given up, by "
+            "reason.",
+        )
+        for reason, count in failures:
+            out.sample(count, [("reason", reason)])
+    unrecorded = status.recording_streams_unrecorded()
+    if unrecorded:
+        out.family(
+            "voipgw_recording_streams_unrecorded_total",
+            "counter",
+            "Streams of recorded calls left out of their recording (SIPREC), by reason: no "
+            "local port for the copies, or the recording session's m= lines at their most.",
+        )
+        for reason, count in unrecorded:
+            out.sample(count, [("reason", reason)])
 
 
 def _certificates(out: Exposition, status: GatewayStatus) -> None:

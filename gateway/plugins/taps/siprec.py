@@ -109,14 +109,18 @@ Streams the call adds or removes after its answer (its re-INVITE or UPDATE;
 unused labels and new stream ids (RFC 7866 §8.1.1, RFC 7865 §6), sockets of their own and, with
 SDES, fresh keys; the re-INVITE carries the metadata with them, and their copies go once the SRS
 answers. A removed stream (port 0, RFC 3264 §8.2) stays in our offers at port 0, and in the
-metadata, no longer sent nor received by the parties on the call. The update is sent, retried
-and given up as any other.
+metadata, no longer sent nor received by the parties on the call; an SRS that answers its line
+at a port is not followed there (nor asked for keys for it): it stays removed. The update is
+sent, retried and given up as any other.
 
 Pause and resume on request (``set_paused``: ``voipgw recording pause|resume``, the core's
 ``CallTaps.pause_recording``; PCI DSS: no card digits recorded). While paused no copy is sent
 (packets are counted as paused, not queued) and the SRS is re-INVITEd with every stream
 ``a=inactive``, the metadata unchanged (RFC 7866 §7.1.1); the resume re-INVITEs it with the
-streams as they are (sendonly, or inactive where the call holds them). Both go as any update.
+streams as they are (sendonly, or inactive where the call holds them; with SDES fresh keys).
+Both go as any update. The copies wait for the SRS's answer to the resume (not sent, counted
+so, as a stream it has not answered): it took the streams inactive, and RFC 3264 §8 changes
+nothing until the answer; with SDES it has no keys for them before.
 
 Not done: DTLS-SRTP towards the SRS; the ``a=record`` indication to recording-aware phones
 (RFC 7866 §7); with SDES, another crypto suite the SRS's answer in an ACK picks than the one
@@ -205,6 +209,16 @@ then ``session_reopened`` when a new recording session took the rest of the call
 # to half again longer at random, as the update back-off).
 REOPEN_ROUNDS = 3
 REOPEN_BACKOFF = 2.0
+
+MAX_RECORDED_LINES = 32
+"""The most m= lines a recording session offers (two per recorded stream of the call, removed
+ones included): a call that keeps adding and removing streams costs sockets and SDP without
+bound otherwise. The SRS's answers and offers are read up to as many (the SDP reader's default
+bound, 16, is a phone's)."""
+UNRECORDED_REASONS = ("no_port", "too_many_lines")
+"""Why a stream of a recorded call was left out of its recording
+(``voipgw_recording_streams_unrecorded_total``): no local port could be had for its copies,
+or the recording session had MAX_RECORDED_LINES m= lines already."""
 
 
 def update_retry(
@@ -559,8 +573,11 @@ def srs_srtp_keys(
 def _answered(
     answer_type: str | None, answer: bytes, streams: Sequence[RecordedStream]
 ) -> list[tuple[RecordedStream, tuple[str, int], MediaDescription]]:
-    """The streams the SRS accepted: each with its address and its m= line."""
-    sdp = parse_sdp_untrusted(srs_sdp(answer_type, answer))
+    """The streams the SRS accepted: each with its address and its m= line. A stream the call
+    removed is never among them, whatever port the SRS answers its line with: RFC 3264 §8.2,
+    a line offered at port 0 stays removed (its copies go nowhere, and with SDES its line has
+    no crypto to answer), so an SRS that answers it at a port is not followed there."""
+    sdp = parse_sdp_untrusted(srs_sdp(answer_type, answer), max_media=MAX_RECORDED_LINES)
     by_label = {stream.label: stream for stream in streams}
     found: list[tuple[RecordedStream, tuple[str, int], MediaDescription]] = []
     for position, media in enumerate(sdp.media):
@@ -568,7 +585,7 @@ def _answered(
         stream = by_label.get(label) if label else None
         if stream is None and position < len(streams):
             stream = streams[position]
-        if stream is None or media.port == 0:
+        if stream is None or stream.removed is not None or media.port == 0:
             continue
         connection = media.connection or sdp.connection
         if connection is None:
@@ -686,7 +703,7 @@ def answer_srs_offer(
     Raises :class:`OfferRefused` (SdpError: a malformed SDP) for an offer that cannot be
     answered: another transport profile than ours, no codec of the call, no usable crypto line,
     a c= line that is not IPv4; its text holds no key."""
-    sdp = parse_sdp_untrusted(offer)
+    sdp = parse_sdp_untrusted(offer, max_media=MAX_RECORDED_LINES)
     proto = "RTP/AVP" if keying is None else "RTP/SAVP"
     by_label = {stream.label: stream for stream in streams}
     number_of = {(s.index, s.direction): n for n, s in enumerate(streams)}
@@ -782,12 +799,6 @@ def _common_formats(offered: MediaDescription, ours: TappedMedia) -> list[str]:
     return common
 
 
-MAX_RECORDED_LINES = 32
-"""The most m= lines a recording session offers (two per recorded stream of the call, removed
-ones included): a call that keeps adding and removing streams costs sockets and SDP without
-bound otherwise."""
-
-
 # -- the sink -------------------------------------------------------------------------------------
 
 
@@ -812,10 +823,13 @@ class SiprecSink:
         config: SiprecConfig,
         keying: SdesKeyExchange | None = None,
         failures: dict[str, int] | None = None,
+        streams_unrecorded: dict[str, int] | None = None,
     ) -> None:
         self.call = call
-        # The tap's counts of updates given up (UPDATE_FAILURE_REASONS), shared by its sinks.
+        # The tap's counts of updates given up (UPDATE_FAILURE_REASONS) and of streams not
+        # recorded (UNRECORDED_REASONS), shared by its sinks.
         self._failures = failures if failures is not None else {}
+        self._streams_unrecorded = streams_unrecorded if streams_unrecorded is not None else {}
         self._config = config
         self._keying = keying
         self._queue = CopyQueue(config.queue)
@@ -852,9 +866,12 @@ class SiprecSink:
         self._kinds = ("audio", "video") if config.record_video else RECORDED_MEDIA
         self._by_stream: dict[tuple[int, str], trio.socket.SocketType] = {}
         self._unrecorded: set[int] = set()  # the call's streams said not to be recorded
+        self._no_port: set[int] = set()  # streams added that no local port could be had for
         self._paused = False  # voipgw recording pause: no copies, the SRS's streams inactive
-        # SDES: resumes so far, and the resumes the keys in force were made after (_reoffer).
-        self._resumes = self._keyed_resumes = 0
+        self._offering = False  # the first INVITE is made: a change needs a re-INVITE
+        # Resumes so far, and how many of them the SRS has taken an offer made after: until it
+        # takes the resume's (sendonly; with SDES fresh keys, _reoffer) the copies wait.
+        self._resumes = self._answered_resumes = 0
         # True while the SRS has taken our last offer and no re-INVITE is under way: only then
         # does the call's end send the final snapshot (one re-INVITE at a time, RFC 3261 §14.1).
         self._settled = True
@@ -874,9 +891,19 @@ class SiprecSink:
         if paused == self._paused:
             return
         self._paused = paused
-        if not paused and self._keying is not None:
-            self._resumes += 1  # the next re-offer carries fresh keys (_reoffer)
-        self._changed.set()
+        if not paused:
+            # No copy goes until the SRS answers the resume's re-INVITE (the run loop reads
+            # _waits_for_resume): the streams it took last are inactive (RFC 3264 §8: a
+            # re-offer changes nothing until answered) and, with SDES, the resume's offer
+            # carries fresh keys (_reoffer) that the old contexts must not stand in for.
+            self._resumes += 1
+        if self._offering:
+            self._changed.set()  # else the first INVITE, not made yet, says it (run)
+
+    @property
+    def _waits_for_resume(self) -> bool:
+        """The recording was resumed and the SRS has not yet taken an offer made after it."""
+        return self._resumes != self._answered_resumes
 
     def close(self) -> None:
         self._queue.close()
@@ -895,9 +922,9 @@ class SiprecSink:
         self._changed.set()
 
     async def run(self) -> None:
-        streams = recorded_streams(self.call.media, kinds=self._kinds)
+        streams = self._within_line_cap(recorded_streams(self.call.media, kinds=self._kinds))
         self._note_unrecorded(self.call.media, streams)
-        sockets: list[trio.socket.SocketType] = []
+        sockets: list[trio.socket.SocketType | None] = []
         # Chosen once: plain copies keep the path they always had, nothing added per packet.
         forward = self._forward if self._keying is None else self._forward_srtp
         try:
@@ -911,20 +938,44 @@ class SiprecSink:
                 elif self.call.sessions is None:
                     log.error("SIPREC: call %s: the core lent no SIP sessions", self.call.call_id)
                 else:
-                    sockets = [await self._bind() for _ in streams]
+                    lines: list[RecordedStream] = []
+                    for first in range(0, len(streams), len(DIRECTIONS)):
+                        pair, bound = await self._bind_lines(
+                            streams[first : first + len(DIRECTIONS)], added=False
+                        )
+                        lines += pair
+                        sockets += bound
+                    streams = lines
                     self._streams = streams
-                    self._ports = [sock.getsockname()[1] for sock in sockets]
-                    self.session, self._destinations = await self._open(streams, sockets)
+                    self._ports = [0 if sock is None else sock.getsockname()[1] for sock in sockets]
+                    if all(sock is None for sock in sockets):
+                        log.warning(
+                            "SIPREC: call %s not recorded: no local port for any of its streams",
+                            self.call.call_id,
+                        )
+                    else:
+                        # A recording that starts paused (a pause asked before the call's
+                        # answer) offers its streams inactive from the first INVITE (RFC 7866
+                        # §7.1.1).
+                        self._offering = True
+                        self.session, self._destinations = await self._open(
+                            self._current(streams), sockets
+                        )
                 if self.session is not None:
                     nursery.start_soon(self._follow_changes, streams, sockets, nursery)
                 self._by_stream = {
-                    (s.index, s.direction): sock for s, sock in zip(streams, sockets, strict=False)
+                    (s.index, s.direction): sock
+                    for s, sock in zip(streams, sockets, strict=False)
+                    if sock is not None
                 }
                 async for stream_id, direction, rtp, _ in self._queue.receive:
                     # Read per packet: a new recording session changes both (_reopen), a
-                    # stream the call adds joins _by_stream (_follow_streams).
+                    # stream the call adds joins _by_stream (_follow_streams). A resume the
+                    # SRS has not answered has nowhere to send yet, as a stream it has not
+                    # answered (not sent, counted so).
+                    destinations = {} if self._waits_for_resume else self._destinations
                     await forward(
-                        self.session, self._destinations, self._by_stream, stream_id, direction, rtp
+                        self.session, destinations, self._by_stream, stream_id, direction, rtp
                     )
                 nursery.cancel_scope.cancel()  # the call is over: no more re-INVITEs
             session = self.session
@@ -943,7 +994,8 @@ class SiprecSink:
                 if self.session is not None:
                     await self.session.close()
             for sock in sockets:
-                sock.close()
+                if sock is not None:
+                    sock.close()
             for context in self._srtp.values():
                 context.close()  # libsrtp zeroes the session keys
             counts = self.counts
@@ -962,7 +1014,7 @@ class SiprecSink:
     async def _follow_changes(
         self,
         streams: list[RecordedStream],
-        sockets: list[trio.socket.SocketType],
+        sockets: list[trio.socket.SocketType | None],
         nursery: trio.Nursery,
     ) -> None:
         """Re-INVITE the SRS after each change of the call's streams (RFC 7866 §8.1.2): held
@@ -1052,7 +1104,7 @@ class SiprecSink:
                     session, current, negotiations
                 ):
                     return
-                self._keyed_resumes = resumes
+                self._answered_resumes = resumes
                 self._follow_answer(session, current)
                 continue
             # The parties changed all the same: the next re-INVITE says so again.
@@ -1101,7 +1153,7 @@ class SiprecSink:
             retries = 0
 
     async def _follow_streams(
-        self, streams: list[RecordedStream], sockets: list[trio.socket.SocketType]
+        self, streams: list[RecordedStream], sockets: list[trio.socket.SocketType | None]
     ) -> bool:
         """Take in the streams the call added or removed since the last update (a re-INVITE or
         UPDATE of the call after its answer): True when there were any, and the next re-INVITE
@@ -1113,9 +1165,14 @@ class SiprecSink:
         §8.2) stays in our offers at port 0 and in the metadata, no longer sent nor received
         by the parties on the call (:func:`_took_part`); its sockets are closed. Past
         MAX_RECORDED_LINES lines (a call adding and removing streams without end) a new stream
-        is not recorded, with a warning."""
+        is not recorded, with a warning. A new stream no local port can be had for (the
+        gateway out of file descriptors or ports) is not recorded either, the rest of the
+        recording going on: its two lines are offered at port 0 (RFC 3264 §5.1: offered, not
+        to be used), so that the metadata still names it and the SRS knows the recording is
+        partial, with a warning; it is not tried again while the call has it."""
         now = time.time()
         present = {media.index for media in self._media}
+        self._no_port &= present  # a stream the call removed: its line may be used again
         changed = False
         for number, stream in enumerate(streams):
             if stream.removed is None and stream.index not in present:
@@ -1140,11 +1197,16 @@ class SiprecSink:
                 )
         live = {stream.index for stream in streams if stream.removed is None}
         self._note_unrecorded(self._media, streams)
-        new = [m for m in self._media if m.index not in live and m.media in self._kinds]
+        new = [
+            m
+            for m in self._media
+            if m.index not in live and m.media in self._kinds and m.index not in self._no_port
+        ]
         for media in new:
             if len(streams) + len(DIRECTIONS) > MAX_RECORDED_LINES:
                 if media.index not in self._unrecorded:
                     self._unrecorded.add(media.index)
+                    self._count_unrecorded("too_many_lines")
                     log.warning(
                         "SIPREC: call %s: stream %d (%s) the call added is not recorded: the "
                         "recording session has %d m= lines, the most it is given",
@@ -1157,14 +1219,17 @@ class SiprecSink:
             added = recorded_streams(
                 [media], kinds=self._kinds, first_label=len(streams) + 1, added=now
             )
-            for stream in added:
-                sock = await self._bind()
+            added, bound = await self._bind_lines(added, added=True)
+            changed = True
+            for stream, sock in zip(added, bound, strict=True):
                 streams.append(stream)
                 sockets.append(sock)
-                self._ports.append(sock.getsockname()[1])
-                self._by_stream[(stream.index, stream.direction)] = sock
+                self._ports.append(0 if sock is None else sock.getsockname()[1])
+                if sock is not None:
+                    self._by_stream[(stream.index, stream.direction)] = sock
+            if media.index in self._no_port:
+                continue  # offered at port 0, said so (_bind_lines)
             self._unrecorded.discard(media.index)
-            changed = True
             log.info(
                 "SIPREC: call %s: stream %d (%s) added by the call, offered to the SRS as "
                 "labels %s",
@@ -1174,6 +1239,73 @@ class SiprecSink:
                 ", ".join(stream.label for stream in added),
             )
         return changed
+
+    async def _bind_lines(
+        self, lines: list[RecordedStream], *, added: bool
+    ) -> tuple[list[RecordedStream], list[trio.socket.SocketType | None]]:
+        """A socket for each recorded line of one call stream (its two directions). When no
+        local port can be had (the gateway out of file descriptors or ports: the OSError of
+        socket() or bind()), only that stream goes unrecorded: its lines are offered at port
+        0 (RFC 3264 §5.1: offered, not to be used), marked removed from the start so that no
+        party sends or receives them in the metadata, which still names them (the recording
+        is known to be partial), with a warning, counted (``no_port``), and not tried again
+        while the call has the stream. ``added``: the call added it after its answer."""
+        bound: list[trio.socket.SocketType] = []
+        try:
+            for _ in lines:
+                bound.append(await self._bind())
+        except OSError as exc:
+            for sock in bound:
+                sock.close()
+            now = time.time()
+            index, kind = lines[0].index, lines[0].media.media
+            self._no_port.add(index)
+            self._count_unrecorded("no_port")
+            labels = ", ".join(line.label for line in lines)
+            why = exc.strerror or type(exc).__name__
+            if added:
+                log.warning(
+                    "SIPREC: call %s: stream %d (%s) the call added is not recorded: no local "
+                    "port for its copies (%s); offered to the SRS at port 0 as labels %s",
+                    self.call.call_id,
+                    index,
+                    kind,
+                    why,
+                    labels,
+                )
+            else:
+                log.warning(
+                    "SIPREC: call %s: stream %d (%s) is not recorded: no local port for its "
+                    "copies (%s); labels %s at port 0",
+                    self.call.call_id,
+                    index,
+                    kind,
+                    why,
+                    labels,
+                )
+            return [attrs.evolve(line, removed=now) for line in lines], [None for _ in lines]
+        return lines, [*bound]
+
+    def _within_line_cap(self, streams: list[RecordedStream]) -> list[RecordedStream]:
+        """The first INVITE's streams, at most MAX_RECORDED_LINES m= lines: those of the
+        call's first streams (two lines each, so whole streams); each stream past them is not
+        recorded, with a warning and counted, as one the call adds past the cap
+        (:meth:`_follow_streams`). The core reads at most 16 m= lines of a phone's SDP, so a
+        call's answer has at most 32 recorded lines today; this holds whatever that bound."""
+        if len(streams) <= MAX_RECORDED_LINES:
+            return streams
+        for stream in streams[MAX_RECORDED_LINES :: len(DIRECTIONS)]:
+            self._unrecorded.add(stream.index)
+            self._count_unrecorded("too_many_lines")
+            log.warning(
+                "SIPREC: call %s: stream %d (%s) is not recorded: the recording session has "
+                "%d m= lines, the most it is given",
+                self.call.call_id,
+                stream.index,
+                stream.media.media,
+                MAX_RECORDED_LINES,
+            )
+        return streams[:MAX_RECORDED_LINES]
 
     def _note_unrecorded(
         self, media: Sequence[TappedMedia], streams: Sequence[RecordedStream]
@@ -1281,8 +1413,12 @@ class SiprecSink:
     def _answer_offer(self, offer: bytes) -> bytes:
         """Our answer to the SRS's offer, and what it changes: where the copies go, with SDES
         the streams' keys and SRTP contexts. Raises SdpError (OfferRefused) with nothing
-        changed."""
-        current = self._current(self._streams)
+        changed. While a resume waits for the SRS (its re-INVITE given up), the streams are
+        answered inactive, as the SRS last took them (our answer keeps the keys in force,
+        which the resume's offer replaces, _reoffer), and the resume's re-INVITE goes again
+        after it: the SRS is there."""
+        waits = self._waits_for_resume
+        current = self._current(self._streams, paused=self._paused or waits)
         version = self._sdp_version + 1  # RFC 3264 §8: our description changes
         answered = answer_srs_offer(
             offer,
@@ -1316,6 +1452,8 @@ class SiprecSink:
             len(answered.destinations),
             len(current),
         )
+        if waits:
+            self._changed.set()
         return answered.sdp
 
     async def _probe(self, session: OutboundSession) -> int | None:
@@ -1334,7 +1472,7 @@ class SiprecSink:
         self,
         session: OutboundSession,
         streams: list[RecordedStream],
-        sockets: list[trio.socket.SocketType],
+        sockets: list[trio.socket.SocketType | None],
         nursery: trio.Nursery,
         why: str,
     ) -> OutboundSession | None:
@@ -1356,8 +1494,14 @@ class SiprecSink:
     def _count(self, reason: str) -> None:
         self._failures[reason] = self._failures.get(reason, 0) + 1
 
-    def _current(self, streams: list[RecordedStream]) -> list[RecordedStream]:
-        """The recorded streams as the call has them now (held, resumed, new codecs)."""
+    def _count_unrecorded(self, reason: str) -> None:
+        self._streams_unrecorded[reason] = self._streams_unrecorded.get(reason, 0) + 1
+
+    def _current(
+        self, streams: list[RecordedStream], *, paused: bool | None = None
+    ) -> list[RecordedStream]:
+        """The recorded streams as the call has them now (held, resumed, new codecs), all
+        inactive while the recording is paused (``paused``: as if it were, or not)."""
         latest = {media.index: media for media in self._media}
         current = [
             stream
@@ -1365,7 +1509,7 @@ class SiprecSink:
             else attrs.evolve(stream, media=_recorded_now(stream.media, latest.get(stream.index)))
             for stream in streams
         ]
-        if self._paused:
+        if self._paused if paused is None else paused:
             # RFC 7866 §7.1.1: a paused recording's streams are inactive.
             current = [
                 attrs.evolve(stream, media=attrs.evolve(stream.media, direction="inactive"))
@@ -1374,7 +1518,7 @@ class SiprecSink:
         return current
 
     async def _reopen(
-        self, streams: list[RecordedStream], sockets: list[trio.socket.SocketType]
+        self, streams: list[RecordedStream], sockets: list[trio.socket.SocketType | None]
     ) -> OutboundSession | None:
         """A new recording session for the rest of the call, after the SRS lost ours (481):
         the SRS then each fallback (:meth:`_open`), up to REOPEN_ROUNDS rounds apart by
@@ -1401,11 +1545,14 @@ class SiprecSink:
             # last round's INVITE was out or this round waited) is in this INVITE: the event
             # that said so was just reset.
             await self._follow_streams(streams, sockets)
+            # A resume while this INVITE is out is not in it: the copies wait for the
+            # re-INVITE that follows (its event is set).
+            resumes = self._resumes
             session, destinations = await self._open(self._current(streams), sockets)
             if session is not None:
                 self.session, self._destinations = session, destinations
                 self._settled = True
-                self._keyed_resumes = self._resumes  # keyed afresh: no pause behind them
+                self._answered_resumes = resumes  # keyed afresh: no pause behind them
                 self._count("session_reopened")
                 log.warning(
                     "SIPREC: call %s: recording goes on in a new recording session (%s)",
@@ -1463,7 +1610,7 @@ class SiprecSink:
         self,
         session: OutboundSession,
         streams: list[RecordedStream],
-        sockets: list[trio.socket.SocketType],
+        sockets: list[trio.socket.SocketType | None],
     ) -> None:
         """The final snapshot, before the BYE (RFC 7866 §9: the SRC sends metadata whenever it
         changes; RFC 7865 §6: the end of an association is its disassociate-time): every
@@ -1501,7 +1648,7 @@ class SiprecSink:
         suites = self._config.srtp_suites
         previous: list[SdesNegotiation | None] = [*self._negotiations]
         previous += [None] * (count - len(previous))
-        if self._resumes != self._keyed_resumes:
+        if self._waits_for_resume:
             # After a pause: fresh keys for every stream (RFC 4568 §7.1.4 allows a new key in
             # a re-offer). The phones' RTP sequence numbers went on while no copy was sent;
             # past 2^15 of them SRTP's index guess (RFC 3711 §3.3.1) would take the resumed
@@ -1558,7 +1705,11 @@ class SiprecSink:
 
     async def _bind(self) -> trio.socket.SocketType:
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        await sock.bind((self._config.media_address, 0))
+        try:
+            await sock.bind((self._config.media_address, 0))
+        except BaseException:
+            sock.close()  # no port: the descriptor is not kept
+            raise
         return sock
 
     def _body(
@@ -1603,7 +1754,7 @@ class SiprecSink:
         )
 
     async def _open(
-        self, streams: list[RecordedStream], sockets: list[trio.socket.SocketType]
+        self, streams: list[RecordedStream], sockets: list[trio.socket.SocketType | None]
     ) -> tuple[OutboundSession | None, dict[tuple[int, str], tuple[str, int]]]:
         assert self.call.sessions is not None
         ports = list(self._ports)
@@ -1749,6 +1900,9 @@ class SiprecClient:
         self.config = config
         self.update_failures = dict.fromkeys(UPDATE_FAILURE_REASONS, 0)
         """Updates given up, by reason (``MediaTap.update_failures``: the metrics read it)."""
+        self.streams_unrecorded = dict.fromkeys(UNRECORDED_REASONS, 0)
+        """Streams of recorded calls left out of their recording, by reason
+        (``MediaTap.streams_unrecorded``: the metrics read it)."""
         # The copies are sendonly (RFC 7866 §8.1.1): the SRS's MKI, if it gives one, marks
         # packets it never sends us, and OutboundSrtpSession puts no MKI in ours, so our lines
         # never carry one ("receive-only"). An SRS's offer is answered by the rule of call
@@ -1772,7 +1926,9 @@ class SiprecClient:
     def sink_for_call(self, call: TappedCall) -> SiprecSink | None:
         if not self.config.selection.wants(call):
             return None
-        return SiprecSink(call, self.config, self._keying, self.update_failures)
+        return SiprecSink(
+            call, self.config, self._keying, self.update_failures, self.streams_unrecorded
+        )
 
 
 # -- plugin configuration and registration (entry point ``siprec``) -------------------------------

@@ -7,6 +7,7 @@ agent on the in-memory network) and a lawful interception of the same call, the 
   and no copy reaches it while paused, while the interception's X3 gets every packet (it is
   never paused, nor named); the call's record and the log say when and by whom; a second pause
   changes nothing; the resume re-INVITEs it sendonly and the copies flow again;
+- the resume's copies wait for the SRS's answer to its re-INVITE (it took the streams inactive);
 - a pause of a call that is not live, or not recorded (intercepted only: the answer a call
   tapped by nothing gets), is refused with the reason, the interception not given away.
 """
@@ -21,10 +22,11 @@ import pytest
 import trio
 
 import gateway.plugins.taps.siprec as siprec_plugin
-from gateway.core.control import respond
+from gateway.core.control import ControlError, respond
 from gateway.core.ids import SeededIds
+from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.plugins.taps.intercept import pdu
-from gateway.testing.sip_agent import SipAgent
+from gateway.testing.sip_agent import AutoAnswer, SipAgent, simple_sdp
 from tests.component.calls.b2bua_env import GW, eventually, next_within
 from tests.component.calls.dtls_phone import bind
 from tests.component.calls.intercept_calls import (
@@ -36,8 +38,15 @@ from tests.component.calls.intercept_calls import (
     pki,  # noqa: F401 (a fixture)
 )
 from tests.component.calls.recorder_calls import rtp
-from tests.component.calls.siprec_calls import SRS, SRS_PORT, srs_answer
-from tests.component.calls.siprec_recorded_calls import directions
+from tests.component.calls.siprec_calls import (
+    CALLEE_PORT,
+    CALLER_PORT,
+    SRS,
+    SRS_PORT,
+    siprec_env,
+    srs_answer,
+)
+from tests.component.calls.siprec_recorded_calls import directions, recorded_call
 from tests.interop.harness.pki import Issued, TestCa
 
 
@@ -125,6 +134,8 @@ async def test_a_paused_recording_sends_nothing_the_srs_streams_inactive_the_int
             resumed = await srs.next_request("INVITE", timeout=10)
             assert directions(resumed) == ["sendonly", "sendonly"]
             await srs.respond(resumed, 200, body=srs_answer(), content_type="application/sdp")
+            await srs.next_request("ACK", timeout=5)
+            await trio.sleep(1)  # virtual time: the copies wait until the answer is taken
             await talk.packets(15, 5)
             assert await copies(srs_caller) == [rtp(seq, 0x00, 0x1111) for seq in range(15, 20)]
     finally:
@@ -179,3 +190,117 @@ async def test_a_pause_of_an_unknown_or_unrecorded_call_is_refused_with_the_reas
     assert ask(env, "resume", gateway_call.record_id) == {
         "error": f"no live call {gateway_call.record_id!r} on this gateway"
     }
+
+
+async def test_the_resumed_copies_wait_for_the_srs_to_answer_the_resume(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # The SRS took the streams inactive (the pause); RFC 3264 §8: until it answers the
+    # resume's re-INVITE they are, and no copy goes.
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer())
+    call, to_caller_side, _ = await recorded_call(env, srs)
+    manager = env.gateway.calls
+    assert manager is not None
+    (gateway_call,) = manager.calls
+    manager.pause_recording(gateway_call.id, True, by="agent 7")
+    paused = await srs.next_request("INVITE", timeout=10)
+    await srs.respond(paused, 200, body=srs_answer(), content_type="application/sdp")
+    await srs.next_request("ACK", timeout=5)
+    manager.pause_recording(gateway_call.id, False, by="agent 7")
+    resumed = await srs.next_request("INVITE", timeout=10)
+    assert directions(resumed) == ["sendonly", "sendonly"]
+    with await bind(CALLER_PORT) as caller, await bind(SRS_PORT) as srs_caller:
+        for seq in range(3):
+            await caller.sendto(rtp(seq, 0x00, 0x1111), to_caller_side)
+        assert await copies(srs_caller) == []  # not answered yet
+        await srs.respond(resumed, 200, body=srs_answer(), content_type="application/sdp")
+        await srs.next_request("ACK", timeout=5)
+        await trio.sleep(1)  # virtual time: the answer taken
+        for seq in range(3, 6):
+            await caller.sendto(rtp(seq, 0x00, 0x1111), to_caller_side)
+        assert await copies(srs_caller) == [rtp(seq, 0x00, 0x1111) for seq in range(3, 6)]
+    await call.bye()  # type: ignore[attr-defined]
+    await srs.next_request("INVITE", timeout=10)
+
+
+async def test_a_pause_asked_while_the_call_rings_applies_when_its_recording_starts(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # An agent pauses at once (the card digits come first): the call is not answered, no
+    # recording has started. The pause is kept, and the recording starts paused: its first
+    # INVITE offers every stream inactive and no copy reaches the SRS until the resume.
+    caplog.set_level(logging.INFO)
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", CALLER_PORT))
+    leg_b = await env.alice.next_call()
+    await leg_b.ring()
+    manager = env.gateway.calls
+    assert manager is not None
+    (gateway_call,) = manager.calls
+    answer = manager.pause_recording(gateway_call.id, True, by="agent 7")
+    assert answer == {
+        "call_id": gateway_call.record_id,
+        "paused": True,
+        "changed": True,
+        "recordings": [],
+        "pending": True,
+    }
+    assert manager.recordings_paused == {gateway_call}
+    assert manager.recording_pauses == {"pause": 1, "resume": 0}
+    await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))
+    final = await call.final()
+    assert final.status == 200
+    to_caller_side = ("127.0.0.1", parse_sdp_untrusted(final.body).media[0].port)
+    recording = await srs.next_call()
+    assert directions(recording.incoming) == ["inactive", "inactive"]  # type: ignore[arg-type]
+    await recording.answer(200, sdp=srs_answer())
+    await srs.next_request("ACK", timeout=5)
+    taps = gateway_call.security_record()["taps"]
+    assert taps["paused"] is True and taps["pauses"][0]["paused_by"] == "agent 7"
+    with await bind(CALLER_PORT) as caller, await bind(SRS_PORT) as srs_caller:
+        for seq in range(3):
+            await caller.sendto(rtp(seq, 0x00, 0x1111), to_caller_side)
+        assert await copies(srs_caller) == []  # paused from the start
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("gateway.core")]
+    assert f"call {gateway_call.id}: recording paused by agent 7 (siprec)" in lines, lines
+    manager.pause_recording(gateway_call.id, False, by="agent 7")
+    resumed = await srs.next_request("INVITE", timeout=10)  # the first since it opened
+    assert directions(resumed) == ["sendonly", "sendonly"]
+    await srs.respond(resumed, 200, body=srs_answer(), content_type="application/sdp")
+    await srs.next_request("ACK", timeout=5)
+    assert manager.recordings_paused == set()
+    await call.bye()  # type: ignore[attr-defined]
+    await srs.next_request("INVITE", timeout=10)
+
+
+async def test_a_pause_asked_before_the_answer_of_a_call_no_recording_takes_leaves_the_gauge(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    env, _ = await siprec_env(nursery, tmp_path, voipgw_seed, trunks=[], accounts=["nobody"])
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", CALLER_PORT))
+    leg_b = await env.alice.next_call()
+    manager = env.gateway.calls
+    assert manager is not None
+    (gateway_call,) = manager.calls
+    assert manager.pause_recording(gateway_call.id, True, by="agent 7")["pending"] is True
+    assert manager.recordings_paused == {gateway_call}
+    await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))
+    assert (await call.final()).status == 200
+    await eventually(lambda: manager.recordings_paused == set())
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("gateway.core")]
+    assert (
+        f"call {gateway_call.id}: recording pause asked by agent 7: the call is not recorded"
+        in lines
+    ), lines
+    with pytest.raises(ControlError, match="is not recorded: nothing to pause"):
+        manager.pause_recording(gateway_call.id, True, by="agent 7")  # answered: as before
+    await call.bye()  # type: ignore[attr-defined]

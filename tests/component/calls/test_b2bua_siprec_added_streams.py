@@ -23,18 +23,21 @@ call's RTP and the copies on real 127.0.0.1 sockets, in virtual time:
 
 from __future__ import annotations
 
+import errno
 import logging
 from pathlib import Path
 
 import pytest
 import trio
 
+import gateway.plugins.taps.siprec as siprec_plugin
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sip.message import Request
 from gateway.plugins.taps.siprec import srs_sdp
 from gateway.testing.sip_agent import AutoAnswer, Received, SipAgent
 from tests.component.calls.b2bua_env import B2bua, next_within
 from tests.component.calls.dtls_phone import bind
+from tests.component.calls.siprec_added_calls import audio_video, callee_takes_two_streams
 from tests.component.calls.siprec_calls import (
     CALLEE_PORT,
     CALLER_PORT,
@@ -48,34 +51,22 @@ from tests.component.calls.siprec_calls import (
 from tests.component.calls.siprec_recorded_calls import HELD, directions, recorded_call
 
 
-def audio_video(port: int, video_port: int, *, version: int, second: str = "video") -> bytes:
-    """A phone's SDP with an audio and a video stream (video at port 0: removed), or with
-    ``second="audio"`` two audio streams."""
-    line = (
-        f"m=video {video_port} RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n"
-        if second == "video"
-        else f"m=audio {video_port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
-    )
-    return (
-        f"v=0\r\no=- 1 {version} IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-        f"m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
-        f"{line}a=sendrecv\r\n"
-    ).encode()
-
-
-def srs_answer_of(update: Received) -> bytes:
+def srs_answer_of(update: Received, *, removed_at_a_port: bool = False) -> bytes:
     """The SRS's answer to our re-INVITE's offer: every line it was offered at a port (labels
-    1, 2, 3... at SRS_PORT, +2, +4 ...) recvonly, the lines at port 0 declined."""
-    return srs_answer_of_request(update.request)
+    1, 2, 3... at SRS_PORT, +2, +4 ...) recvonly, the lines at port 0 declined (or, with
+    ``removed_at_a_port``, a faulty SRS's: those too at their label's port)."""
+    return srs_answer_of_request(update.request, removed_at_a_port=removed_at_a_port)
 
 
-def srs_answer_of_request(request: Request) -> bytes:
+def srs_answer_of_request(request: Request, *, removed_at_a_port: bool = False) -> bytes:
     """:func:`srs_answer_of` for an INVITE's offer."""
     offer = srs_sdp(request.headers.get("Content-Type"), request.body)
     lines = ["v=0", "o=srs 1 2 IN IP4 127.0.0.1", "s=-", "c=IN IP4 127.0.0.1", "t=0 0"]
     for media in parse_sdp_untrusted(offer).media:
         label = media.attributes.get("label") or ""
-        port = 0 if media.port == 0 else SRS_PORT + 2 * (int(label) - 1)
+        port = SRS_PORT + 2 * (int(label) - 1)
+        if media.port == 0 and not removed_at_a_port:
+            port = 0
         lines += [f"m={media.media} {port} RTP/AVP {media.formats[0]}", f"a=label:{label}"]
         lines.append("a=recvonly" if port else "a=inactive")
     return ("\r\n".join(lines) + "\r\n").encode()
@@ -95,28 +86,13 @@ def offered_in(request: Request) -> list[tuple[str, str, int, str]]:
     ]
 
 
-async def callee_takes_two_streams(env: B2bua, second: str = "video") -> None:
-    """alice's phone answers a re-INVITE of two streams with both (the agent's own answers
-    have one m= line)."""
-
-    async def answer(received: Received) -> bool:
-        if received.request.method != "INVITE" or not received.request.body:
-            return False
-        video = parse_sdp_untrusted(received.request.body).media[1].port
-        body = audio_video(CALLEE_PORT, CALLEE_PORT + 2 if video else 0, version=5, second=second)
-        await env.alice.respond(received, 200, body=body)
-        return True
-
-    env.alice.in_dialog = answer
-
-
 async def add_video(
     env: B2bua, srs: SipAgent, second: str = "video"
 ) -> tuple[object, tuple[str, int], Received]:
     """A recorded call whose caller then adds video (or a ``second`` audio stream): the call,
     where the caller sends the new stream, and the SRS's re-INVITE for it (not answered yet)."""
     call, _, _ = await recorded_call(env, srs)
-    await callee_takes_two_streams(env, second)
+    await callee_takes_two_streams(env, CALLEE_PORT, second)
     answer = await call.reinvite(  # type: ignore[attr-defined]
         audio_video(CALLER_PORT, CALLER_PORT + 2, version=2, second=second)
     )
@@ -315,7 +291,7 @@ async def test_a_stream_added_while_the_srs_is_replaced_is_in_the_new_sessions_i
     assert (await call.reinvite(HELD)).status == 200  # type: ignore[attr-defined]
     await srs.respond(await srs.next_request("INVITE", timeout=10), 481)
     await (await srs.next_call(timeout=5)).answer(503)  # the next round waits
-    await callee_takes_two_streams(env)
+    await callee_takes_two_streams(env, CALLEE_PORT)
     answer = await call.reinvite(  # type: ignore[attr-defined]
         audio_video(CALLER_PORT, CALLER_PORT + 2, version=4)
     )
@@ -415,3 +391,113 @@ async def test_a_call_that_ends_paused_leaves_the_paused_gauge(
     assert directions(final) == ["inactive", "inactive"]
     assert manager.recordings_paused == set()  # the gauge: no live call paused
     assert manager.recording_pauses == {"pause": 1, "resume": 0}
+
+
+async def test_an_srs_answering_a_removed_line_at_a_port_is_not_sent_the_line_s_new_stream(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # RFC 3264 §8.2: a stream offered at port 0 stays removed whatever the SRS answers. Here
+    # the SRS answers the removal with labels 3 and 4 at their old ports; the caller then adds
+    # video again on that line: until the SRS answers the labels 5 and 6 of the new stream,
+    # none of its copies may go to where the removed one's went.
+    env, srs = await siprec_env(
+        nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer(), record_video=True
+    )
+    call, _, update = await add_video(env, srs)
+    await srs.respond(update, 200, body=srs_answer_of(update), content_type="application/sdp")
+    await srs.next_request("ACK", timeout=5)
+    answer = await call.reinvite(  # type: ignore[attr-defined]
+        audio_video(CALLER_PORT, 0, version=3)
+    )
+    assert answer.status == 200
+    removed = await srs.next_request("INVITE", timeout=10)
+    body = srs_answer_of(removed, removed_at_a_port=True)
+    assert [m.port != 0 for m in parse_sdp_untrusted(body).media] == [True] * 4
+    await srs.respond(removed, 200, body=body, content_type="application/sdp")
+    await srs.next_request("ACK", timeout=5)
+    answer = await call.reinvite(  # type: ignore[attr-defined]
+        audio_video(CALLER_PORT, CALLER_PORT + 2, version=4)
+    )
+    assert answer.status == 200
+    to_caller_video = ("127.0.0.1", parse_sdp_untrusted(answer.body).media[1].port)
+    again = await srs.next_request("INVITE", timeout=10)
+    assert [label for _, label, _, _ in offered(again)] == ["1", "2", "3", "4", "5", "6"]
+    with await bind(CALLER_PORT + 2) as caller_video, await bind(SRS_PORT + 4) as removed_port:
+        await caller_video.sendto(rtp(1, 0x33, 0x3333), to_caller_video)
+        with trio.move_on_after(1) as waited:
+            await removed_port.recvfrom(2048)
+        assert waited.cancelled_caught  # nothing to the removed stream's address
+    await srs.respond(again, 200, body=srs_answer_of(again), content_type="application/sdp")
+    await srs.next_request("ACK", timeout=5)
+    await call.bye()  # type: ignore[attr-defined]
+    await srs.next_request("INVITE", timeout=10)
+
+
+async def test_a_stream_no_port_can_be_had_for_goes_unrecorded_and_the_rest_is_recorded(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The gateway is out of file descriptors when the caller adds video: the video's two
+    # lines go to the SRS at port 0, with a warning and counted, and the audio is recorded on.
+    caplog.set_level(logging.WARNING, logger="gateway.plugins.taps.siprec")
+    env, srs = await siprec_env(
+        nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer(), record_video=True
+    )
+    call, _, _ = await recorded_call(env, srs)
+
+    async def no_port(self: object) -> object:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(siprec_plugin.SiprecSink, "_bind", no_port)
+    await callee_takes_two_streams(env, CALLEE_PORT)
+    answer = await call.reinvite(  # type: ignore[attr-defined]
+        audio_video(CALLER_PORT, CALLER_PORT + 2, version=2)
+    )
+    assert answer.status == 200
+    to_caller_side = ("127.0.0.1", parse_sdp_untrusted(answer.body).media[0].port)
+    update = await srs.next_request("INVITE", timeout=10)
+    assert [(kind, label, port == 0, d) for kind, label, port, d in offered(update)] == [
+        ("audio", "1", False, "sendonly"),
+        ("audio", "2", False, "sendonly"),
+        ("video", "3", True, "inactive"),
+        ("video", "4", True, "inactive"),
+    ]
+    assert set(stream_ids(update.request.body)) == {"1", "2", "3", "4"}  # named all the same
+    await srs.respond(update, 200, body=srs_answer_of(update), content_type="application/sdp")
+    await srs.next_request("ACK", timeout=5)
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith(f"SIPREC: call {call.call_id};")  # type: ignore[attr-defined]
+    assert warning.endswith(
+        ": stream 1 (video) the call added is not recorded: no local port for its copies (Too "
+        "many open files); offered to the SRS at port 0 as labels 3, 4"
+    )
+    (tap,) = [tap for _, tap in env.gateway.plugins.media_taps.items()]
+    assert tap.streams_unrecorded == {"no_port": 1, "too_many_lines": 0}  # type: ignore[attr-defined]
+    with await bind(CALLER_PORT) as caller, await bind(SRS_PORT) as srs_caller:
+        for seq in range(3):
+            await caller.sendto(rtp(seq, 0x00, 0x1111), to_caller_side)
+        got = []
+        with trio.move_on_after(1):
+            while len(got) < 3:
+                got.append((await srs_caller.recvfrom(2048))[0])
+    assert got == [rtp(seq, 0x00, 0x1111) for seq in range(3)]  # the audio recorded on
+    # The next update (a pause here) has the video still at port 0: not tried again.
+    manager = env.gateway.calls
+    assert manager is not None
+    (gateway_call,) = manager.calls
+    manager.pause_recording(gateway_call.id, True, by="agent 7")
+    held = await srs.next_request("INVITE", timeout=10)
+    assert [(label, port == 0) for _, label, port, _ in offered(held)] == [
+        ("1", False),
+        ("2", False),
+        ("3", True),
+        ("4", True),
+    ]
+    await srs.respond(held, 200, body=srs_answer_of(held), content_type="application/sdp")
+    await srs.next_request("ACK", timeout=5)
+    await call.bye()  # type: ignore[attr-defined]
+    await srs.next_request("INVITE", timeout=10)

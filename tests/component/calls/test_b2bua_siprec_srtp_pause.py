@@ -25,6 +25,7 @@ from tests.component.calls.siprec_calls import rtp
 from tests.component.calls.siprec_srtp_calls import (
     CALLER_PORT,
     SRS_PORT,
+    TlsSrs,
     answered_call,
     srtp_answer,
     srtp_env,
@@ -114,4 +115,88 @@ async def test_the_resume_of_a_paused_srtp_recording_is_keyed_afresh(
     second = checker(resume_offer)
     got = await caller_copies(to_caller_side, seqs)
     assert [second.unprotect(p) for p in got] == [rtp(s, 0x11, 0x1111) for s in seqs]
+    await call.bye()  # type: ignore[attr-defined]
+
+
+async def paused_srtp_recording(
+    nursery: trio.Nursery, tmp_path: object, seed: int
+) -> tuple[B2bua, TlsSrs, object, tuple[str, int], object, SessionDescription]:
+    """A recorded SRTP call, paused and the pause answered: the env, the SRS, the call, where
+    the caller sends, the recording (the SRS's side of it) and the first offer."""
+    env, srs = await srtp_env(nursery, tmp_path, seed)  # type: ignore[arg-type]
+    call, to_caller_side, _ = await answered_call(env)
+    recording = await srs.next_call()
+    invite = recording.invite
+    offer = parse_sdp_untrusted(srs_sdp(invite.headers.get("Content-Type"), invite.body))
+    await recording.answer(200, sdp=srtp_answer(offer))
+    await srs.next_request("ACK", timeout=5)
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert ask(env, "pause", gateway_call.id)["paused"] is True
+    paused = await srs.next_request("INVITE", timeout=10)
+    await srs.respond(
+        paused, 200, body=srtp_answer(offer_of(paused)), content_type="application/sdp"
+    )
+    await srs.next_request("ACK", timeout=5)
+    return env, srs, call, to_caller_side, recording, offer
+
+
+async def test_the_resumed_copies_wait_for_the_srs_to_answer_the_fresh_keys(
+    nursery: trio.Nursery, tmp_path: object, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # Under the old context, past 2^15 sequence numbers of pause, the SRS refuses them (RFC
+    # 3711 §3.3.1); it has not the new keys until it answers: nothing goes meanwhile.
+    env, srs, call, to_caller_side, _, _ = await paused_srtp_recording(
+        nursery, tmp_path, voipgw_seed
+    )
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert ask(env, "resume", gateway_call.id)["paused"] is False
+    resumed = await srs.next_request("INVITE", timeout=10)
+    waiting = [(60_000 + 40_000 + n) % 65_536 for n in range(5)]
+    assert await caller_copies(to_caller_side, waiting) == []  # the SRS has not answered
+    resume_offer = offer_of(resumed)
+    await srs.respond(resumed, 200, body=srtp_answer(resume_offer), content_type="application/sdp")
+    await srs.next_request("ACK", timeout=5)
+    await trio.sleep(1)  # virtual time: the answer taken
+    seqs = [(60_000 + 40_005 + n) % 65_536 for n in range(5)]
+    got = await caller_copies(to_caller_side, seqs)
+    second = checker(resume_offer)
+    assert [second.unprotect(p) for p in got] == [rtp(s, 0x11, 0x1111) for s in seqs]
+    await call.bye()  # type: ignore[attr-defined]
+
+
+async def test_an_srs_offer_while_the_resume_waits_is_answered_inactive_and_the_resume_sent_again(
+    nursery: trio.Nursery, tmp_path: object, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # The SRS refuses the resume's re-INVITE (488: given up at once), then offers of its own
+    # (a recording moved): it last took the streams inactive, and our answer could only
+    # repeat the old keys, so it is answered inactive, and the resume with fresh keys follows.
+    env, srs, call, to_caller_side, recording, offer = await paused_srtp_recording(
+        nursery, tmp_path, voipgw_seed
+    )
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert ask(env, "resume", gateway_call.id)["paused"] is False
+    await srs.respond(await srs.next_request("INVITE", timeout=10), 488)
+    exchange = await recording.request(  # type: ignore[attr-defined]
+        "INVITE", body=srtp_answer(offer), content_type="application/sdp"
+    )
+    answer = await exchange.final()
+    assert answer.status == 200
+    ours = parse_sdp_untrusted(answer.body)
+    assert [m.attributes.direction().value for m in ours.media] == ["inactive"] * 2  # type: ignore[union-attr]
+    assert await caller_copies(to_caller_side, [1, 2, 3]) == []
+    again = await srs.next_request("INVITE", timeout=10)
+    again_offer = offer_of(again)
+    assert [m.attributes.direction().value for m in again_offer.media] == ["sendonly"] * 2  # type: ignore[union-attr]
+    assert [m.attributes.values("crypto") for m in again_offer.media] != [
+        m.attributes.values("crypto") for m in offer.media
+    ]
+    await srs.respond(again, 200, body=srtp_answer(again_offer), content_type="application/sdp")
+    await srs.next_request("ACK", timeout=5)
+    await trio.sleep(1)
+    got = await caller_copies(to_caller_side, [4, 5, 6])
+    fresh = checker(again_offer)
+    assert [fresh.unprotect(p) for p in got] == [rtp(s, 0x11, 0x1111) for s in (4, 5, 6)]
     await call.bye()  # type: ignore[attr-defined]

@@ -107,6 +107,31 @@ def test_a_pause_and_a_resume_say_who_asked_and_what_the_call_is_now(
     ]
 
 
+def _pending(paused: bool, changed: bool = True) -> Answer:
+    return lambda arguments: {
+        "call_id": "a84b4c76e66710@pc33;9a81c01a",
+        "paused": paused,
+        "changed": changed,
+        "recordings": [],
+        "pending": True,
+    }
+
+
+def test_a_pause_before_the_recording_starts_says_it_is_kept(
+    gateway: tuple[str, list[Answer], list[dict[str, object]]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    state, answers, _ = gateway
+    answers += [_pending(True), _pending(True, changed=False), _pending(False)]
+    call = "call a84b4c76e66710@pc33;9a81c01a"
+    code, out, err = _run(capsys, state, "pause", "a84b4c76e66710@pc33", "--by", "agent 7")
+    assert (code, out, err) == (0, f"{call}: paused (not recording yet: it starts paused)\n", "")
+    code, out, _ = _run(capsys, state, "pause", "a84b4c76e66710@pc33", "--by", "agent 7")
+    assert (code, out) == (0, f"{call}: paused (already; not recording yet: it starts paused)\n")
+    code, out, _ = _run(capsys, state, "resume", "a84b4c76e66710@pc33", "--by", "agent 7")
+    assert (code, out) == (0, f"{call}: recorded (not recording yet: no pause kept)\n")
+
+
 def test_without_by_the_user_running_the_command_asks(
     gateway: tuple[str, list[Answer], list[dict[str, object]]],
     capsys: pytest.CaptureFixture[str],

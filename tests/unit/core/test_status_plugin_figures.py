@@ -40,6 +40,7 @@ def _healthy() -> object:
     return SimpleNamespace(
         certificate_refetches={"fetched": 2},
         update_failures={"refused": 3},
+        streams_unrecorded={"no_port": 3},
         counters=lambda: [("discarded", 4)],
         handshake_failures={"no_certificate": 5},
         connections_revoked=6,
@@ -76,6 +77,14 @@ READS: list[tuple[str, str, str, str, Callable[[StatusView], object], object]] =
         "media tap",
         StatusView.recording_update_failures,
         (("refused", 3),),
+    ),
+    (
+        "media_taps",
+        "media_tap",
+        "streams_unrecorded",
+        "media tap",
+        StatusView.recording_streams_unrecorded,
+        (("no_port", 3),),
     ),
     (
         "key_exchanges",

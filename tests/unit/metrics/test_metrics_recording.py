@@ -64,3 +64,19 @@ def test_pauses_are_counted_by_action_with_the_calls_paused_now_where_something_
     out = Exposition()
     _recording(out, view(("li", SimpleNamespace(covert=True)), calls=calls))
     assert out.render() == b""
+
+
+def test_streams_left_out_of_recordings_are_summed_by_reason_where_a_tap_counts_them() -> None:
+    siprec = SimpleNamespace(streams_unrecorded={"no_port": 2, "too_many_lines": 0})
+    covert = SimpleNamespace(streams_unrecorded={"no_port": 5}, covert=True)
+    status = view(("siprec", siprec), ("recorder", SimpleNamespace()), ("li", covert))
+    assert status.recording_streams_unrecorded() == (("no_port", 2), ("too_many_lines", 0))
+    out = Exposition()
+    _recording(out, status)
+    text = out.render().decode()
+    assert "# TYPE voipgw_recording_streams_unrecorded_total counter\n" in text
+    assert 'voipgw_recording_streams_unrecorded_total{reason="no_port"} 2\n' in text
+    assert 'voipgw_recording_streams_unrecorded_total{reason="too_many_lines"} 0\n' in text
+    out = Exposition()
+    _recording(out, view(("recorder", SimpleNamespace())))
+    assert out.render() == b""

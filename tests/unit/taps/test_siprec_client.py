@@ -22,6 +22,7 @@ from gateway.plugins.taps.siprec import (
     UPDATE_FAILURE_REASONS,
     SiprecClient,
     SiprecConfig,
+    answer_srs_offer,
     call_participants,
     ended_participants,
     failure_reason,
@@ -474,3 +475,25 @@ def test_a_picked_up_call_names_the_picker_not_the_phone_that_rang() -> None:
     picked = attrs.evolve(CALL, answered_by="sip:bob@gw")
     assert [p.aor for p in call_participants(picked, 1.7e9)] == [CALL.from_uri, "sip:bob@gw"]
     assert [p.aor for p in call_participants(CALL, 1.7e9)] == [CALL.from_uri, CALL.to_uri]
+
+
+def test_an_srs_answer_of_as_many_lines_as_a_recording_session_offers_is_read() -> None:
+    # 16 streams of the call, 32 m= lines (the cap): the core's bound for a phone's SDP (16
+    # m= lines) must not refuse the SRS's answer to them.
+    media = [TappedMedia(index, "audio", ("0",), ("0 PCMU/8000",)) for index in range(16)]
+    streams = recorded_streams(media)
+    assert len(streams) == siprec_plugin.MAX_RECORDED_LINES
+    lines = ["v=0", "o=s 1 1 IN IP4 192.0.2.50", "s=-", "c=IN IP4 192.0.2.50", "t=0 0"]
+    for number, stream in enumerate(streams):
+        lines += [f"m=audio {6000 + 2 * number} RTP/AVP 0", f"a=label:{stream.label}"]
+    answer = ("\r\n".join(lines) + "\r\n").encode()
+    found = srs_destinations("application/sdp", answer, streams)
+    assert len(found) == 32
+    assert found[(15, "b_to_a")] == ("192.0.2.50", 6062)
+    offered = answer_srs_offer(
+        answer, streams, list(range(4000, 4064, 2)), address="192.0.2.1", session_id=1, version=2
+    )
+    assert len(offered.destinations) == 32
+    too_many = answer.replace(b"t=0 0\r\n", b"t=0 0\r\nm=audio 5000 RTP/AVP 0\r\n")
+    with pytest.raises(SdpError, match="more than 32 m= lines"):
+        srs_destinations("application/sdp", too_many, streams)
