@@ -1184,6 +1184,8 @@ class DtlsNegotiation:
     """HelloVerifyRequests to send (:meth:`_cookie_exchange`), each to the source it answers."""
     _with_sources: bool = False
     """Whether datagrams came with their source (:meth:`receive_packet_from`)."""
+    _rtcp_port: bool = False
+    """Whether this is a stream's separate RTCP port's negotiation (:meth:`rtcp_component`)."""
 
     def __repr__(self) -> str:
         role = self.dtls_role or "role?"
@@ -1586,6 +1588,7 @@ class DtlsNegotiation:
                 self._setup,
                 self._tls_id,
                 signalling_protected=self.signalling_protected,
+                rtcp_port=True,
             )
             component._association = self._new_association(association.role, association.peer)
             association.rtcp_component = component
@@ -1629,7 +1632,7 @@ class DtlsNegotiation:
             return False, None
         totals = self._settings.totals
         if hello.cookie:
-            if cookies.verifies(key, hello.cookie, now):
+            if cookies.verifies(key, hello.cookie, now, context=self._cookie_context()):
                 if hello.message_seq == 1:
                     return True, hello.cookie
                 # Ours, but not in the ClientHello that answers our HelloVerifyRequest (its
@@ -1642,12 +1645,21 @@ class DtlsNegotiation:
             if totals is not None:
                 totals.bad_cookies += 1
         if len(self._verify_requests) < MAX_VERIFY_REQUESTS:
-            request = hello_verify_request(hello, cookies.cookie(key, now))
+            cookie = cookies.cookie(key, now, context=self._cookie_context())
+            request = hello_verify_request(hello, cookie)
             self._verify_requests.append((request, source))
             self._by_source.hello_verify_requests += 1
             if totals is not None:
                 totals.hello_verify_requests += 1
         return False, None
+
+    def _cookie_context(self) -> bytes:
+        """What binds our cookies to this port's handshake (:class:`CookieSecrets`): our
+        a=tls-id, new for each association (RFC 8842 §4) and so for each stream, and which of
+        the stream's ports this is (RFC 5764 §4.1: without rtcp-mux its RTCP port runs a
+        handshake of its own under the same tls-id). A cookie made here is refused on every
+        other port of the gateway."""
+        return f"{self._tls_id}|{'rtcp' if self._rtcp_port else 'rtp'}".encode()
 
     def _may_start(self, key: Source, now: float) -> bool:
         """Whether ``key`` may start a handshake now (:data:`NEW_HANDSHAKES_PER_SECOND`): the

@@ -18,9 +18,12 @@ from gateway.plugins.keyexchange.dtls_cookies import (
 from gateway.plugins.keyexchange.dtls_srtp import MAX_NEW_HANDSHAKES_BURST, DtlsNegotiation
 from tests.unit.keyexchange.dtls_source_pairs import (
     NATTED,
+    PEER,
     SDP_ADDRESS,
+    US,
     Address,
     events,
+    exchange,
     ours_and_peer,
     run,
     send,
@@ -317,13 +320,47 @@ def test_cookie_secrets_rotate_by_period_and_accept_the_previous() -> None:
     draws = iter(bytes([n]) * 32 for n in range(1, 100))
     secrets = CookieSecrets(lambda n: next(draws), lifetime=10.0)
     source: Address = ("::1", 5004)
-    first = secrets.cookie(source, 1.0)
-    assert len(first) == COOKIE_LENGTH and secrets.cookie(source, 9.9) == first
-    assert secrets.verifies(source, first, 9.9)
-    assert not secrets.verifies(("::1", 5005), first, 9.9)
-    second = secrets.cookie(source, 10.0)  # a new period: a new secret
-    assert second != first and secrets.verifies(source, first, 19.9)
-    assert not secrets.verifies(source, first, 20.0)  # two secrets old
-    assert secrets.verifies(source, secrets.cookie(source, 55.0), 55.0)
-    assert not secrets.verifies(source, second, 55.0)  # the period between had no secret
+    port = {"context": b"tls-id-of-the-stream|rtp"}
+    first = secrets.cookie(source, 1.0, **port)
+    assert len(first) == COOKIE_LENGTH and secrets.cookie(source, 9.9, **port) == first
+    assert secrets.verifies(source, first, 9.9, **port)
+    assert not secrets.verifies(("::1", 5005), first, 9.9, **port)
+    assert not secrets.verifies(source, first, 9.9, context=b"tls-id-of-the-stream|rtcp")
+    second = secrets.cookie(source, 10.0, **port)  # a new period: a new secret
+    assert second != first and secrets.verifies(source, first, 19.9, **port)
+    assert not secrets.verifies(source, first, 20.0, **port)  # two secrets old
+    assert secrets.verifies(source, secrets.cookie(source, 55.0, **port), 55.0, **port)
+    assert not secrets.verifies(source, second, 55.0, **port)  # the period between had none
     assert "01" * 4 not in repr(secrets)
+
+
+def test_a_cookie_asked_on_one_port_starts_nothing_on_another() -> None:
+    # One gateway (one exchange, one secret), two streams' ports and the first stream's
+    # separate RTCP port (no rtcp-mux, RFC 5764 §4.1): the client's ClientHello with the
+    # cookie the first port gave it, sent from the same address to the others, is answered
+    # with a new cookie there and starts no handshake (session 41: one cookie was good on
+    # every port for 60 to 120 s). On its own port it starts one.
+    ours_exchange, peers_exchange = exchange(US), exchange(PEER)
+    ports = []
+    for _ in range(2):
+        offer = ours_exchange.offer(suites=[], secure_signalling=True)
+        answer = peers_exchange.answer(
+            offer.local_sdp_attributes(), suites=[], secure_signalling=True
+        )
+        assert answer is not None
+        offer.remote_sdp_attributes(answer.local_sdp_attributes())
+        ports.append(offer)
+    first, second = ports
+    rtcp = first.rtcp_component()
+    assert rtcp is not None and first.dtls_role == "server"
+    hello = returned_cookie(first, NATTED, 0.0)
+    for other in (second, rtcp):
+        other.receive_packet_from(hello, source=NATTED, now=0.0)
+        ((again, to),) = other.addressed_packets_to_send(now=0.0)
+        assert to == NATTED and again[13] == HELLO_VERIFY_REQUEST
+        stats = other.statistics()
+        assert stats.bad_cookies == 1 and stats.datagrams_received == 0
+        assert stats.handshakes_by_source == 0
+    first.receive_packet_from(hello, source=NATTED, now=0.0)
+    ((flight, _), *_) = first.addressed_packets_to_send(now=0.0)
+    assert flight[13] == 2  # our ServerHello
