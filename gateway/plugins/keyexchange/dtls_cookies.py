@@ -39,6 +39,7 @@ __all__ = [
     "ClientHelloCookie",
     "CookieSecrets",
     "hello_verify_request",
+    "is_later_client_hello_fragment_untrusted",
     "parse_client_hello_cookie_untrusted",
 ]
 
@@ -111,6 +112,20 @@ def parse_client_hello_cookie_untrusted(datagram: bytes) -> ClientHelloCookie | 
         return None
     cookie = body[at + 1 : at + 1 + body[at]]
     return ClientHelloCookie(datagram[5:11], int.from_bytes(message[4:6], "big"), cookie)
+
+
+def is_later_client_hello_fragment_untrusted(datagram: bytes) -> bool:
+    """Whether a datagram begins with a ClientHello's fragment other than its first (RFC 6347
+    §4.2.3: fragment_offset above 0, in a record of epoch 0): the rest of a ClientHello longer
+    than the path MTU, which carries no cookie (its first fragment does)."""
+    if len(datagram) < _RECORD_HEADER + _HANDSHAKE_HEADER:
+        return False
+    return (
+        datagram[0] == _HANDSHAKE
+        and datagram[3:5] == b"\0\0"
+        and datagram[_RECORD_HEADER] == _CLIENT_HELLO
+        and datagram[_RECORD_HEADER + 6 : _RECORD_HEADER + 9] != b"\0\0\0"
+    )
 
 
 def hello_verify_request(hello: ClientHelloCookie, cookie: bytes) -> bytes:

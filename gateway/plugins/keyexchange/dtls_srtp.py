@@ -153,6 +153,7 @@ from gateway.plugins.keyexchange.dtls_certificates import (
 from gateway.plugins.keyexchange.dtls_cookies import (
     CookieSecrets,
     hello_verify_request,
+    is_later_client_hello_fragment_untrusted,
     parse_client_hello_cookie_untrusted,
 )
 
@@ -715,7 +716,20 @@ class DtlsStatistics:
     final_flight_resends: int = 0
     dropped_oversize: int = 0
     dropped_malformed: int = 0
-    """Datagrams that are not well-formed DTLS records (discarded, RFC 6347 §4.1.2.7)."""
+    """Datagrams that are not well-formed DTLS records (discarded, RFC 6347 §4.1.2.7), or
+    that no handshake of ours takes: all of them, those below included."""
+    dropped_later_fragment: int = 0
+    """Of those, a ClientHello's later fragment (RFC 6347 §4.2.3) from a source with no
+    handshake, asked for a cookie: its first fragment carries the cookie (the client sends the
+    rest again once its handshake started). Session 42; before, only in the total."""
+    dropped_unreadable_hello: int = 0
+    """Of those, a ClientHello from such a source that ends before its cookie or whose headers
+    do not agree (:func:`dtls_cookies.parse_client_hello_cookie_untrusted`): no client's."""
+    dropped_cookie_out_of_sequence: int = 0
+    """Of those, a ClientHello that carried our valid cookie with a message_seq other than 1
+    (RFC 6347 §4.2.2): the one OpenSSL's DTLSv1_listen takes answers our first
+    HelloVerifyRequest; a client asked twice (its NAT moved it to another address between
+    its ClientHellos) sends message_seq 2, which cannot be continued; or a forger's."""
     dropped_early: int = 0
     """Datagrams dropped while waiting for the answer, beyond :data:`MAX_EARLY_DATAGRAMS`."""
     ignored: int = 0
@@ -751,6 +765,12 @@ class DtlsTotals:
     """:attr:`DtlsStatistics.bad_cookies`, summed."""
     rate_limited: int = 0
     """:attr:`DtlsStatistics.dropped_rate`, summed."""
+    later_fragments: int = 0
+    """:attr:`DtlsStatistics.dropped_later_fragment`, summed."""
+    unreadable_hellos: int = 0
+    """:attr:`DtlsStatistics.dropped_unreadable_hello`, summed."""
+    cookies_out_of_sequence: int = 0
+    """:attr:`DtlsStatistics.dropped_cookie_out_of_sequence`, summed."""
 
 
 class _Phase(enum.Enum):
@@ -1625,12 +1645,20 @@ class DtlsNegotiation:
         if cookies is None or key == self._sdp_source:
             return True, None
         hello = parse_client_hello_cookie_untrusted(packet)
-        if hello is None:
-            # A ClientHello we cannot read, or a later fragment of one (its first fragment,
-            # with the cookie, starts the handshake; the client resends the rest).
-            self._by_source.dropped_malformed += 1
-            return False, None
         totals = self._settings.totals
+        if hello is None:
+            # A later fragment of a ClientHello (its first fragment, with the cookie, starts
+            # the handshake; the client resends the rest), or one we cannot read.
+            self._by_source.dropped_malformed += 1
+            if is_later_client_hello_fragment_untrusted(packet):
+                self._by_source.dropped_later_fragment += 1
+                if totals is not None:
+                    totals.later_fragments += 1
+            else:
+                self._by_source.dropped_unreadable_hello += 1
+                if totals is not None:
+                    totals.unreadable_hellos += 1
+            return False, None
         if hello.cookie:
             if cookies.verifies(key, hello.cookie, now, context=self._cookie_context()):
                 if hello.message_seq == 1:
@@ -1640,6 +1668,9 @@ class DtlsNegotiation:
                 # one DTLSv1_listen takes; OpenSSL would wait on it for ever. A client gets
                 # here only by a forger's hand or after two HelloVerifyRequests.
                 self._by_source.dropped_malformed += 1
+                self._by_source.dropped_cookie_out_of_sequence += 1
+                if totals is not None:
+                    totals.cookies_out_of_sequence += 1
                 return False, None
             self._by_source.bad_cookies += 1
             if totals is not None:
@@ -1867,12 +1898,16 @@ class DtlsKeyExchange:
     def counters(self) -> tuple[tuple[str, int], ...]:
         """What every negotiation counted since the start (the optional ``counters`` of a key
         exchange, docs/plugin_hooks.md: the metrics plugin's
-        ``voipgw_dtls_hello_verify_requests_total``, ``voipgw_dtls_bad_cookies_total`` and
-        ``voipgw_dtls_rate_limited_total``)."""
+        ``voipgw_dtls_hello_verify_requests_total``, ``voipgw_dtls_bad_cookies_total``,
+        ``voipgw_dtls_rate_limited_total`` and, by reason,
+        ``voipgw_dtls_client_hellos_dropped_total``)."""
         return (
             ("hello_verify_requests", self.totals.hello_verify_requests),
             ("bad_cookies", self.totals.bad_cookies),
             ("rate_limited", self.totals.rate_limited),
+            ("later_fragments", self.totals.later_fragments),
+            ("unreadable_hellos", self.totals.unreadable_hellos),
+            ("cookies_out_of_sequence", self.totals.cookies_out_of_sequence),
         )
 
     def offer(

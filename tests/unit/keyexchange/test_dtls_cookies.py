@@ -364,3 +364,43 @@ def test_a_cookie_asked_on_one_port_starts_nothing_on_another() -> None:
     first.receive_packet_from(hello, source=NATTED, now=0.0)
     ((flight, _), *_) = first.addressed_packets_to_send(now=0.0)
     assert flight[13] == 2  # our ServerHello
+
+
+def test_client_hellos_dropped_unanswered_are_counted_by_reason() -> None:
+    # Session 42: each cause its own counter (the engine's statistics and the exchange's
+    # totals, voipgw_dtls_client_hellos_dropped_total{reason}); dropped_malformed stays their
+    # sum with the rest (before, these three were only in it).
+    ours, _ = ours_and_peer(we_serve=True)
+    hello = client_hello(ours)
+    _, rest = fragments(hello)
+    ours.receive_packet_from(rest, source=NATTED, now=0.0)  # a later fragment, alone
+    ours.receive_packet_from(cut_short(hello), source=NATTED, now=0.0)  # no cookie in it
+    cookie = cookie_of(returned_cookie(ours, NATTED, 0.0))
+    # Our valid cookie with message_seq 2 (a client asked twice, or a forger's).
+    third = with_cookie(hello, cookie)
+    third = third[:17] + b"\0\2" + third[19:]
+    ours.receive_packet_from(third, source=NATTED, now=0.0)
+    assert [d[13] for d, _ in ours.addressed_packets_to_send(now=0.0)] == []
+    stats = ours.statistics()
+    assert (
+        stats.dropped_later_fragment,
+        stats.dropped_unreadable_hello,
+        stats.dropped_cookie_out_of_sequence,
+        stats.dropped_malformed,
+    ) == (1, 1, 1, 3)
+    totals = ours._settings.totals
+    assert totals is not None
+    assert (totals.later_fragments, totals.unreadable_hellos, totals.cookies_out_of_sequence) == (
+        1,
+        1,
+        1,
+    )
+
+
+def cut_short(hello: bytes) -> bytes:
+    """``hello`` ending after its random, its record and handshake lengths mended: well-formed
+    records, a ClientHello that ends before its session_id and cookie."""
+    body = hello[13 + 12 : 13 + 12 + 2 + 32]
+    length = len(body).to_bytes(3, "big")
+    handshake = hello[13:14] + length + hello[17:19] + b"\0\0\0" + length + body
+    return hello[:11] + len(handshake).to_bytes(2, "big") + handshake
