@@ -8,10 +8,15 @@ ClientHello without a valid cookie with a HelloVerifyRequest carrying a cookie t
 check later without keeping state, ``HMAC(secret, client address)``, and start a handshake only
 for a ClientHello that returns it (its sender received our datagram at that address).
 
-Here: ``cookie = HMAC-SHA256(secret, port context | host | port)`` (32 octets), the port
-context naming our media port's handshake (the stream's a=tls-id and whether it is the RTP or
-the RTCP port: :meth:`CookieSecrets.cookie`), so that a cookie asked on one port starts nothing
-on another; the secret per process (one
+Here: ``cookie = HMAC-SHA256(secret, port context | host)`` (32 octets), the port context
+naming our media port's handshake (the stream's a=tls-id and whether it is the RTP or the RTCP
+port: :meth:`CookieSecrets.cookie`), so that a cookie asked on one port starts nothing on
+another; the client's host, not its port, as RFC 6347 §4.2.1's own example (``HMAC(Secret,
+Client-IP, Client-Parameters)``), so that a phone whose NAT gave it another port between its
+two ClientHellos is keyed at its new port (session 42: asked again, its third ClientHello was
+message_seq 2, which OpenSSL cannot continue). That proves no less: the cookie shows its
+sender receives at that host, and our flights go to that host, whichever of its ports; the
+secret per process (one
 per :class:`CookieSecrets`), a new one for every :data:`COOKIE_SECRET_LIFETIME` seconds
 (drawn at first use); a cookie made with the previous secret is accepted too, so a cookie
 lives one to two lifetimes ("change the secret periodically ... accept
@@ -170,15 +175,16 @@ class CookieSecrets:
         return f"<CookieSecrets lifetime={self.lifetime:g}s>"  # never the secrets
 
     def cookie(self, source: tuple[Any, ...], now: float, *, context: bytes) -> bytes:
-        """The cookie for ``source`` (host and port) now, on the port ``context`` names (the
-        engine's: the stream's a=tls-id, RTP or RTCP port; any octets without ``|``)."""
+        """The cookie for ``source`` (host and port; the host is what it covers) now, on the
+        port ``context`` names (the engine's: the stream's a=tls-id, RTP or RTCP port; any
+        octets without ``|``)."""
         return _mac(self._secret(now), context, source)
 
     def verifies(
         self, source: tuple[Any, ...], cookie: bytes, now: float, *, context: bytes
     ) -> bool:
-        """Whether ``cookie`` is ours for ``source`` on the port ``context`` names, made with
-        this secret or the previous."""
+        """Whether ``cookie`` is ours for ``source``'s host on the port ``context`` names,
+        made with this secret or the previous."""
         if len(cookie) != COOKIE_LENGTH:
             return False
         current = self._secret(now)
@@ -206,7 +212,8 @@ class CookieSecrets:
 
 
 def _mac(secret: bytes, context: bytes, source: tuple[Any, ...]) -> bytes:
-    # The port's context, then host and port as the socket gave them (an IPv6 host in its
-    # text form); the separator occurs in none of them.
-    message = context + f"|{source[0]}|{source[1]}".encode()
+    # The port's context, then the host as the socket gave it (an IPv6 host in its text
+    # form, without its scope); the separator occurs in neither. Not the client's port: see
+    # the module docstring (a NAT that moves a phone to another port between its ClientHellos).
+    message = context + f"|{source[0]}".encode()
     return hmac.new(secret, message, hashlib.sha256).digest()

@@ -1206,6 +1206,9 @@ class DtlsNegotiation:
     """Whether datagrams came with their source (:meth:`receive_packet_from`)."""
     _rtcp_port: bool = False
     """Whether this is a stream's separate RTCP port's negotiation (:meth:`rtcp_component`)."""
+    _cookies_returned: int = 0
+    """ClientHellos that returned our valid cookie (:meth:`_cookie_exchange`): a timeout's
+    reason says when sources were asked and none did (:meth:`_fail`)."""
 
     def __repr__(self) -> str:
         role = self.dtls_role or "role?"
@@ -1662,6 +1665,7 @@ class DtlsNegotiation:
         if hello.cookie:
             if cookies.verifies(key, hello.cookie, now, context=self._cookie_context()):
                 if hello.message_seq == 1:
+                    self._cookies_returned += 1
                     return True, hello.cookie
                 # Ours, but not in the ClientHello that answers our HelloVerifyRequest (its
                 # message_seq is 1: the first's 0 echoed, RFC 6347 §4.2.2, errata 5186), the
@@ -1824,8 +1828,32 @@ class DtlsNegotiation:
                 f" ({FINGERPRINT_MISMATCH_REASON}: {self._mismatched} source(s) other than"
                 " the SDP address)"
             )
+        if reason.startswith(HANDSHAKE_TIMEOUT_REASON):
+            reason += self._cookie_words()
         self._failure = NegotiationFailed(reason, DtlsError.sip_status)
         self._events.append(self._failure)
+
+    def _cookie_words(self) -> str:
+        """What a timed-out handshake's reason adds about our cookies (RFC 6347 §4.2.1): a
+        phone behind a NAT that was asked and never keyed is otherwise told from a peer that
+        never answered by nothing. Counts only: the reason goes into the SIP answer or BYE to
+        both parties, and another party's address is not theirs to see (the sources are in
+        the call's log lines and metrics)."""
+        stats = self._by_source
+        if stats.dropped_cookie_out_of_sequence:
+            return (
+                f" ({stats.dropped_cookie_out_of_sequence} ClientHello(s) returned our DTLS"
+                " cookie only when asked a second time: a NAT that gave the phone another"
+                " public address between its ClientHellos; such a handshake cannot be"
+                " continued, RFC 6347 §4.2.1)"
+            )
+        if stats.hello_verify_requests and not self._cookies_returned:
+            return (
+                f" ({stats.hello_verify_requests} ClientHello(s) from sources other than the"
+                " SDP address were answered with a DTLS cookie, RFC 6347 §4.2.1, and none"
+                " returned it)"
+            )
+        return ""
 
     def _fail_and_raise(self, reason: str) -> NoReturn:
         self._fail(reason)

@@ -561,9 +561,9 @@ def _dtls(out: Exposition, dtls: dict[str, int]) -> None:
     out.family(
         "voipgw_dtls_bad_cookies_total",
         "counter",
-        "ClientHellos whose cookie was not ours for their source (forged, another address's, "
-        "or older than its secret's 60 to 120 s): answered with a new cookie, no handshake "
-        "started.",
+        "ClientHellos whose cookie was not ours for their source's host and this media port "
+        "(forged, another host's or port's, or older than its secret's 60 to 120 s): answered "
+        "with a new cookie, no handshake started.",
     )
     out.sample(dtls.get("bad_cookies", 0), [])
     out.family(

@@ -335,9 +335,12 @@ async def test_dtls_cookies_asked_of_other_sources_are_counted(
         with trio.fail_after(5):
             request, _ = await stranger.recvfrom(2048)
         assert len(request) == 60 and request[13] == 3  # our HelloVerifyRequest
-        # Its cookie sent back from another port: not ours for that address.
+        # Its cookie sent back changed (since session 42 the cookie covers the host, not its
+        # port: from another port it would be ours).
         client.receive_packet(request, now=trio.current_time())
         (returned,) = client.packets_to_send(now=trio.current_time())
+        cookie = request[-32:]
+        returned = returned.replace(cookie, cookie[:-1] + bytes([cookie[-1] ^ 1]))
         with await bind(PHONE_PORT + 5) as other:
             await other.sendto(returned, ("127.0.0.1", port))
             with trio.fail_after(5):

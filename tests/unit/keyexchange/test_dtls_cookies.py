@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 
-from gateway.core.interfaces import KeysReady
+from gateway.core.interfaces import KeysReady, NegotiationFailed
 from gateway.plugins.keyexchange.dtls_cookies import (
     COOKIE_LENGTH,
     COOKIE_SECRET_LIFETIME,
@@ -15,7 +15,11 @@ from gateway.plugins.keyexchange.dtls_cookies import (
     hello_verify_request,
     parse_client_hello_cookie_untrusted,
 )
-from gateway.plugins.keyexchange.dtls_srtp import MAX_NEW_HANDSHAKES_BURST, DtlsNegotiation
+from gateway.plugins.keyexchange.dtls_srtp import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    MAX_NEW_HANDSHAKES_BURST,
+    DtlsNegotiation,
+)
 from tests.unit.keyexchange.dtls_source_pairs import (
     NATTED,
     PEER,
@@ -109,8 +113,8 @@ def test_a_wrong_cookie_is_refused_with_a_new_hello_verify_request() -> None:
     hello = returned_cookie(ours, NATTED, 0.0)
     cookie = cookie_of(hello)
     flipped = hello.replace(cookie, cookie[:-1] + bytes([cookie[-1] ^ 1]))
-    # Our cookie from another address, one bit changed, and a short one: each refused.
-    other = ("127.0.0.1", NATTED[1] + 1)
+    # Our cookie from another host, one bit changed, and a short one: each refused.
+    other = ("::1", NATTED[1])
     for forged, source in (
         (hello, other),
         (flipped, NATTED),
@@ -149,17 +153,38 @@ def test_a_cookie_of_the_previous_secret_is_taken_an_older_one_refused() -> None
     assert ours.statistics().bad_cookies == 1
 
 
-def test_a_client_whose_nat_moved_it_between_its_client_hellos_is_not_keyed_from_there() -> None:
-    # Its ClientHello with our cookie comes from another port than the one it was made for:
-    # asked again (message_seq 1 echoed), the client sends message_seq 2, which OpenSSL's
-    # DTLSv1_listen does not take (0 or 1 only): dropped, that source never keyed (the leg
-    # is keyed from its SDP address, or times out). What docs/media_security.md says.
+def test_a_client_whose_nat_moved_it_to_another_port_between_its_client_hellos_is_keyed() -> None:
+    # Its ClientHello with our cookie comes from another port of the same host than the one
+    # it was asked at (a NAT binding that changed, RFC 4787 "paired" pooling keeps the host):
+    # the cookie covers the host (RFC 6347 §4.2.1's example: HMAC(Secret, Client-IP, ...)),
+    # so it starts the handshake at the new port, which keys the leg. Before session 42 it
+    # was asked again, sent message_seq 2, which OpenSSL's DTLSv1_listen does not take (0 or
+    # 1 only), and the leg timed out with a bare "DTLS handshake timed out".
+    ours, peer = ours_and_peer(we_serve=True)
+    send(peer, ours, NATTED, 0.0)
+    ((request, _),) = ours.addressed_packets_to_send(now=0.0)
+    peer.receive_packet(request, now=0.0)
+    moved = ("127.0.0.1", NATTED[1] + 7)
+    run(ours, {moved: peer}, now=0.0)
+    assert isinstance(events(ours)[0], KeysReady) and ours.peer_source == moved
+    assert isinstance(events(peer)[0], KeysReady)
+    stats = ours.statistics()
+    assert (stats.bad_cookies, stats.hello_verify_requests, stats.dropped_malformed) == (0, 1, 0)
+
+
+def test_a_client_whose_nat_moved_it_to_another_host_is_not_keyed_and_the_reason_says_so() -> None:
+    # Another host (here ::1 after 127.0.0.1): asked again (message_seq 1 echoed), the
+    # client sends message_seq 2, which DTLSv1_listen does not take: dropped
+    # (cookie_out_of_sequence), never fed to OpenSSL; the leg is keyed from its SDP address,
+    # or times out with a reason that says what happened (before: a bare "DTLS handshake
+    # timed out").
     ours, _ = ours_and_peer(we_serve=True)
+    assert ours.packets_to_send(now=0.0) == []  # the handshake's clock starts
     client = stranger_for(ours)
     send(client, ours, NATTED, 0.0)
     ((request, _),) = ours.addressed_packets_to_send(now=0.0)
     client.receive_packet(request, now=0.0)
-    moved = ("127.0.0.1", NATTED[1] + 7)
+    moved = ("::1", NATTED[1])
     send(client, ours, moved, 0.0)
     ((again, to),) = ours.addressed_packets_to_send(now=0.0)
     assert to == moved and again[13] == HELLO_VERIFY_REQUEST and again[17:19] == b"\0\1"
@@ -169,8 +194,40 @@ def test_a_client_whose_nat_moved_it_between_its_client_hellos_is_not_keyed_from
     ours.receive_packet_from(third, source=moved, now=0.0)
     assert ours.addressed_packets_to_send(now=0.0) == []
     stats = ours.statistics()
-    assert (stats.bad_cookies, stats.hello_verify_requests, stats.dropped_malformed) == (1, 2, 1)
+    assert (stats.bad_cookies, stats.hello_verify_requests) == (1, 2)
+    assert stats.dropped_cookie_out_of_sequence == 1 and stats.dropped_malformed == 1
     assert stats.datagrams_received == 0 and stats.handshakes_by_source == 0
+    ours.handle_timer(now=DEFAULT_HANDSHAKE_TIMEOUT + 1.0)
+    (failed,) = events(ours)
+    assert isinstance(failed, NegotiationFailed)
+    assert failed.reason == (
+        "DTLS handshake timed out (1 ClientHello(s) returned our DTLS cookie only when asked a"
+        " second time: a NAT that gave the phone another public address between its"
+        " ClientHellos; such a handshake cannot be continued, RFC 6347 §4.2.1)"
+    )
+    assert "::1" not in failed.reason and "127.0.0.1" not in failed.reason
+
+
+def test_a_timeout_after_cookies_nobody_returned_says_so() -> None:
+    # Sources other than the SDP address asked for a cookie and none came back (a NAT'd
+    # phone whose answers are lost, or only spoofed ClientHellos), nobody keyed: the reason
+    # says that much; a timeout without any such ClientHello stays the bare words.
+    ours, _ = ours_and_peer(we_serve=True)
+    assert ours.packets_to_send(now=0.0) == []  # the handshake's clock starts
+    for port in (NATTED[1], NATTED[1] + 1):
+        ours.receive_packet_from(client_hello(ours), source=("127.0.0.1", port), now=0.0)
+    ours.handle_timer(now=DEFAULT_HANDSHAKE_TIMEOUT + 1.0)
+    (failed,) = events(ours)
+    assert isinstance(failed, NegotiationFailed)
+    assert failed.reason == (
+        "DTLS handshake timed out (2 ClientHello(s) from sources other than the SDP address"
+        " were answered with a DTLS cookie, RFC 6347 §4.2.1, and none returned it)"
+    )
+    quiet, _ = ours_and_peer(we_serve=True)
+    quiet.packets_to_send(now=0.0)
+    quiet.handle_timer(now=DEFAULT_HANDSHAKE_TIMEOUT + 1.0)
+    (failed,) = events(quiet)
+    assert isinstance(failed, NegotiationFailed) and failed.reason == "DTLS handshake timed out"
 
 
 def test_the_sdp_address_is_never_asked_for_a_cookie() -> None:
@@ -324,7 +381,8 @@ def test_cookie_secrets_rotate_by_period_and_accept_the_previous() -> None:
     first = secrets.cookie(source, 1.0, **port)
     assert len(first) == COOKIE_LENGTH and secrets.cookie(source, 9.9, **port) == first
     assert secrets.verifies(source, first, 9.9, **port)
-    assert not secrets.verifies(("::1", 5005), first, 9.9, **port)
+    assert not secrets.verifies(("127.0.0.1", 5004), first, 9.9, **port)  # another host
+    assert secrets.verifies(("::1", 5005), first, 9.9, **port)  # the host's other port
     assert not secrets.verifies(source, first, 9.9, context=b"tls-id-of-the-stream|rtcp")
     second = secrets.cookie(source, 10.0, **port)  # a new period: a new secret
     assert second != first and secrets.verifies(source, first, 19.9, **port)
