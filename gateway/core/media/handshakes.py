@@ -372,9 +372,10 @@ class CallHandshakes:
         the source that would take its place (``waiting``), and say whether one was dropped
         (longest-queue drop, :data:`QUEUE_KEPT_FOR_PEERS`): a source with as many waiting as
         the longest, or one fewer, gains nothing from the swap."""
-        longest, most = max(self._waiting_from.items(), key=lambda counts: counts[1])
+        most = max(self._waiting_from.values())
         if most < waiting + 2:
-            return False
+            return False  # the flood's usual case, ever new sources: no key sought
+        longest = next(key for key, count in self._waiting_from.items() if count == most)
         for at in range(len(self._queue) - 1, -1, -1):
             item, counted = self._queue[at]
             if counted == longest:
