@@ -39,16 +39,60 @@ SDP_ADDRESS = ("127.0.0.1", 9)
 """Where the client's SDP would say it is: not where s_client sends from."""
 
 
+class RebindingNat:
+    """A NAT on 127.0.0.1 that gives its one client another outside port after the client's
+    first datagram (a binding that changed between its two ClientHellos: a NAT that timed
+    the binding out, or a phone that moved between its links, on the same public host)."""
+
+    def __init__(self, server: tuple[str, int]) -> None:
+        self.server = server
+        self.inside = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.inside.bind(("127.0.0.1", 0))
+        self.outside = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+        for sock in self.outside:
+            sock.bind(("127.0.0.1", 0))
+        self.outside_ports = [sock.getsockname()[1] for sock in self.outside]
+        self.client: tuple[str, int] | None = None
+        self.forwarded = 0
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.inside.getsockname()[:2]
+
+    def pump(self) -> None:
+        ready = select.select([self.inside, *self.outside], [], [], 0)[0]
+        for sock in ready:
+            data, source = sock.recvfrom(65536)
+            if sock is self.inside:
+                self.client = source
+                # The first datagram out of the first port, every later one the second.
+                self.outside[min(self.forwarded, 1)].sendto(data, self.server)
+                self.forwarded += 1
+            elif self.client is not None:
+                self.inside.sendto(data, self.client)
+
+    def close(self) -> None:
+        for sock in (self.inside, *self.outside):
+            sock.close()
+
+
 def serve(
-    ours: DtlsNegotiation, sock: socket.socket, deadline: float, received: list[bytes]
+    ours: DtlsNegotiation,
+    sock: socket.socket,
+    deadline: float,
+    received: list[bytes],
+    nat: RebindingNat | None = None,
 ) -> list[object]:
     """Move datagrams between the socket and the engine until it has keys or the deadline:
     what the engine addresses goes to that source (a HelloVerifyRequest, our flights); what
-    came is put in ``received``."""
+    came is put in ``received``. ``nat``: the client's datagrams pass through it."""
     while time.monotonic() < deadline:
+        if nat is not None:
+            nat.pump()
         now = time.monotonic()
         timer = ours.get_timer()
-        wait = 0.05 if timer is None else max(0.0, min(0.05, timer - now))
+        longest = 0.005 if nat is not None else 0.05
+        wait = longest if timer is None else max(0.0, min(longest, timer - now))
         if select.select([sock], [], [], wait)[0]:
             data, source = sock.recvfrom(65536)
             received.append(data)
@@ -88,9 +132,21 @@ def test_a_client_hello_fragmented_over_records_is_asked_for_a_cookie_too(
     assert len(fragmented) >= 2  # the first, and the one with our cookie
 
 
-def keyed_through_our_cookie(tmp_path: Path, options: list[str]) -> tuple[str, list[bytes]]:
+def test_a_client_whose_nat_moves_it_to_another_port_between_its_client_hellos_is_keyed(
+    tmp_path: Path,
+) -> None:
+    # Session 42: the cookie our HelloVerifyRequest gave at the first outside port comes back
+    # from the second (the cookie covers the client's host, RFC 6347 §4.2.1's example), and
+    # that port is keyed. Before, it was asked again, sent message_seq 2, and never keyed.
+    output, _ = keyed_through_our_cookie(tmp_path, [], rebinding=True)
+    assert "03 00 00 23 00 00 00 00 00 00 00 23" in output, output[-3000:]
+
+
+def keyed_through_our_cookie(
+    tmp_path: Path, options: list[str], *, rebinding: bool = False
+) -> tuple[str, list[bytes]]:
     """s_client (with ``options``) asked for our cookie and keyed; its output and the
-    datagrams it sent."""
+    datagrams it sent. ``rebinding``: through a :class:`RebindingNat`."""
     openssl = require_peer("openssl")
     now = datetime.datetime.now(datetime.UTC)
     ours_id = generate_identity(now=now, max_age=datetime.timedelta(days=1))
@@ -118,12 +174,14 @@ def keyed_through_our_cookie(tmp_path: Path, options: list[str]) -> tuple[str, l
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
+        nat = RebindingNat(("127.0.0.1", port)) if rebinding else None
+        connect = nat.address if nat is not None else ("127.0.0.1", port)
         command = [
             openssl,
             "s_client",
             "-dtls1_2",
             "-connect",
-            f"127.0.0.1:{port}",
+            f"{connect[0]}:{connect[1]}",
             "-use_srtp",
             "SRTP_AES128_CM_SHA1_80",
             "-cert",
@@ -140,11 +198,17 @@ def keyed_through_our_cookie(tmp_path: Path, options: list[str]) -> tuple[str, l
             stderr=subprocess.STDOUT,
         )
         try:
-            events = serve(ours, sock, time.monotonic() + 15.0, received)
+            events = serve(ours, sock, time.monotonic() + 15.0, received, nat)
         finally:
             stop_process(client)
+            if nat is not None:
+                nat.close()
         output = client.stdout.read().decode("utf-8", "replace") if client.stdout else ""
     assert events and isinstance(events[0], KeysReady), output[-3000:]
+    if nat is not None:
+        # Asked at the first outside port, keyed at the second.
+        assert ours.peer_source is not None
+        assert ours.peer_source[1] == nat.outside_ports[1], (ours.peer_source, output[-3000:])
     assert events[0].keys.suite == "AES_CM_128_HMAC_SHA1_80"
     stats = ours.statistics()
     assert stats.hello_verify_requests == 1 and stats.bad_cookies == 0

@@ -6,9 +6,11 @@ it never touches a socket nor a clock. :class:`CallHandshakes` is the call's tas
 datagrams and time (RFC 5764 §5.1.2 and RFC 6189 §5: both share the 5-tuple of RTP):
 
 - the relay hands every datagram that is not RTP/RTCP arriving on a leg's RTP socket (or RTCP
-  socket) to :meth:`CallHandshakes.deliver`, which puts it on a bounded memory channel (full:
-  dropped and counted; handshakes retransmit); the stream's negotiation takes it if it claims the
-  first byte's range (RFC 7983: DTLS 20..63, ZRTP 16..19), else it is counted as unclaimed;
+  socket) to :meth:`CallHandshakes.deliver`, which puts it on a bounded queue, fair between the
+  sources that are neither a leg's SDP address nor its proven peer (full: the newest datagram
+  of the source with the most waiting is dropped and counted; handshakes retransmit); the
+  stream's negotiation takes it if it claims the first byte's range (RFC 7983: DTLS 20..63,
+  ZRTP 16..19), else it is counted as unclaimed;
 - the task waits until the earliest ``get_timer()`` of the streams or a datagram, then for every
   stream: ``handle_timer(now=)`` when due, the datagram to its stream with ``receive_packet``,
   ``packets_to_send(now=)`` out of the leg's RTP socket to the leg's media address, and the
@@ -58,7 +60,6 @@ the handshake timeout are tested without sleeping.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from collections import deque
@@ -96,7 +97,14 @@ and the phone's Hello was dropped with it. As many as a held port keeps (:data:`
 QUEUE_KEPT_FOR_PEERS = 16
 """Of :data:`QUEUE`, room that only datagrams from a leg's SDP address or proven peer (the
 source whose ZRTP Hello matched the peer's a=zrtp-hash, RFC 6189 §8.1) take: other sources
-together (a stranger sending from many ports) fill at most the rest."""
+together (a stranger sending from many ports) fill at most the rest. That rest is shared
+fairly (session 42): when it is full, a datagram from a source with fewer waiting than the
+source with the most (by two or more) takes the place of that source's newest, which is
+dropped (``blocked``; longest-queue drop). So a phone behind a NAT (such a source until its
+exchange proved it) is no longer pushed out by a flood from a few sources (one host sending
+from a few ports, spoofed or not): before, three sources' 16 each filled the 48 and the
+phone's ClientHello or Hello was dropped until its resend. A flood from 48 sources or more,
+each with one datagram waiting, leaves the phone an equal chance with each, no more."""
 
 EARLY_RTCP_DATAGRAMS = 16
 """Datagrams held per stream and leg that came on its RTCP port before that port's handshake
@@ -253,12 +261,16 @@ class CallHandshakes:
         200 may still win (RFC 3261 §12.1.2 allows several early dialogs)."""
         self._on_keys = on_keys
         self._on_failure = on_failure
-        self._send, self._receive = trio.open_memory_channel[_Item](QUEUE)
-        self._waiting: deque[tuple[str, int] | None] = deque()
-        """Per item in the channel, in its order: the source (host, port) of a datagram counted
-        against :data:`QUEUE_PER_SOURCE`, else None (:meth:`deliver`)."""
+        self._queue: deque[tuple[_Item, tuple[str, int] | None]] = deque()
+        """Datagrams waiting for the task, oldest first (at most :data:`QUEUE`), each with
+        its source (host, port) when it is counted against :data:`QUEUE_PER_SOURCE`, else
+        None (:meth:`deliver`)."""
         self._waiting_from: dict[tuple[str, int], int] = {}
-        """Datagrams waiting in the channel per such source."""
+        """Datagrams waiting in the queue per such source."""
+        self._wakeup = trio.Event()
+        """Set when a datagram was queued or :meth:`poke` asked for a round."""
+        self._closed = False
+        """The task ended: nothing is queued any more."""
         self._hooked: dict[tuple[str, int, bool], tuple[RelayStream, bool, bool, bool]] = {}
         """The relay streams whose sockets hand on to this task, per (side, stream, RTCP port),
         whether that socket takes only the SDP address before keys and whether its engine
@@ -328,23 +340,51 @@ class CallHandshakes:
         """A key-exchange datagram (DTLS, ZRTP) from leg ``side``'s peer at ``source`` on stream
         ``index``'s RTP port (``rtcp``: its RTCP port); the relay's hook. Queued for the task
         within :data:`QUEUE`, and, from a source that is neither the leg's SDP address nor its
-        proven peer, within :data:`QUEUE_PER_SOURCE` and :data:`QUEUE_KEPT_FOR_PEERS`; else
-        dropped (``blocked``): handshakes retransmit."""
+        proven peer, within :data:`QUEUE_PER_SOURCE` and :data:`QUEUE_KEPT_FOR_PEERS`, that
+        room shared fairly between such sources (it may take the place of the newest datagram
+        of the source with the most waiting); else dropped (``blocked``): handshakes
+        retransmit."""
+        if self._closed:
+            self._drop(side, "blocked")
+            return
         counted = self._counted_source(side, index, rtcp, source)
-        if counted is not None and (
-            self._waiting_from.get(counted, 0) >= QUEUE_PER_SOURCE
-            or sum(self._waiting_from.values()) >= QUEUE - QUEUE_KEPT_FOR_PEERS
-        ):
+        if counted is not None:
+            waiting = self._waiting_from.get(counted, 0)
+            if waiting >= QUEUE_PER_SOURCE:
+                self._drop(side, "blocked")
+                return
+            if sum(self._waiting_from.values()) >= QUEUE - QUEUE_KEPT_FOR_PEERS and not (
+                self._make_room_for(waiting)
+            ):
+                self._drop(side, "blocked")
+                return
+        if len(self._queue) >= QUEUE:
             self._drop(side, "blocked")
             return
-        try:
-            self._send.send_nowait((side, index, rtcp, packet, source))
-        except (trio.WouldBlock, trio.ClosedResourceError):
-            self._drop(side, "blocked")
-            return
-        self._waiting.append(counted)
+        self._queue.append(((side, index, rtcp, packet, source), counted))
         if counted is not None:
             self._waiting_from[counted] = self._waiting_from.get(counted, 0) + 1
+        self._wakeup.set()
+
+    def _make_room_for(self, waiting: int) -> bool:
+        """The room of other sources than the SDP addresses and proven peers is full: drop
+        the newest datagram of the source with the most waiting, when it has two or more than
+        the source that would take its place (``waiting``), and say whether one was dropped
+        (longest-queue drop, :data:`QUEUE_KEPT_FOR_PEERS`): a source with as many waiting as
+        the longest, or one fewer, gains nothing from the swap."""
+        most = max(self._waiting_from.values())
+        if most < waiting + 2:
+            return False  # the flood's usual case, ever new sources: no key sought
+        longest = next(key for key, count in self._waiting_from.items() if count == most)
+        for at in range(len(self._queue) - 1, -1, -1):
+            item, counted = self._queue[at]
+            if counted == longest:
+                del self._queue[at]
+                self._forget_waiting(longest)
+                assert item is not None  # counted ones are datagrams
+                self._drop(item[0], "blocked")
+                return True
+        return False  # not reached: the counts are the queue's
 
     def _counted_source(
         self, side: str, index: int, rtcp: bool, source: Address | None
@@ -362,17 +402,19 @@ class CallHandshakes:
             return None
         return address
 
-    def _taken(self) -> None:
-        """The task took the channel's oldest item (:meth:`deliver`'s count)."""
-        if not self._waiting:
-            return
-        counted = self._waiting.popleft()
+    def _take(self) -> _Item:
+        """The queue's oldest datagram, taken for the task's round (:meth:`deliver`'s count)."""
+        item, counted = self._queue.popleft()
         if counted is not None:
-            left = self._waiting_from[counted] - 1
-            if left:
-                self._waiting_from[counted] = left
-            else:
-                del self._waiting_from[counted]
+            self._forget_waiting(counted)
+        return item
+
+    def _forget_waiting(self, counted: tuple[str, int]) -> None:
+        left = self._waiting_from[counted] - 1
+        if left:
+            self._waiting_from[counted] = left
+        else:
+            del self._waiting_from[counted]
 
     def poke(self) -> None:
         """The legs' SDP changed: look at the streams again (new negotiations, new streams).
@@ -383,10 +425,7 @@ class CallHandshakes:
         round, was dropped as malformed (the handshake then waited for its retransmission,
         1 s, and the call's media with it). Call this before the SDP goes out."""
         self._hook_streams()
-        # A full queue wakes the task anyway.
-        with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
-            self._send.send_nowait(None)
-            self._waiting.append(None)
+        self._wakeup.set()
 
     def hold(self, side: str) -> None:
         """Our SDP answer to leg ``side`` is made but not sent yet: its handshakes wait (no
@@ -450,9 +489,14 @@ class CallHandshakes:
                     self._on_failure("a/b", INTERNAL_ERROR_REASON)
                     return
                 item = None
-                with trio.move_on_at(deadline):
-                    item = await self._receive.receive()
-                    self._taken()
+                if self._queue:
+                    await trio.lowlevel.checkpoint()
+                else:
+                    with trio.move_on_at(deadline):
+                        await self._wakeup.wait()
+                    self._wakeup = trio.Event()
+                if self._queue:
+                    item = self._take()
         finally:
             # What is still kept will never be fed: the call ended before the answer that held
             # it went (or before the RTCP port's handshake existed). Dropped, so counted.
@@ -468,7 +512,9 @@ class CallHandshakes:
             self._early_losers.clear()
             self._proven.clear()
             self._unhook()
-            self._send.close()
+            self._closed = True
+            self._queue.clear()
+            self._waiting_from.clear()
             # legs, on_keys and on_failure are the call's bound methods, and the call holds
             # this object: kept, they made every ended DTLS-SRTP (and ZRTP) call, its legs,
             # dialogs, messages, media session, task and nursery (~250 objects), cyclic garbage

@@ -8,7 +8,15 @@ ClientHello without a valid cookie with a HelloVerifyRequest carrying a cookie t
 check later without keeping state, ``HMAC(secret, client address)``, and start a handshake only
 for a ClientHello that returns it (its sender received our datagram at that address).
 
-Here: ``cookie = HMAC-SHA256(secret, host | port)`` (32 octets), the secret per process (one
+Here: ``cookie = HMAC-SHA256(secret, port context | host)`` (32 octets), the port context
+naming our media port's handshake (the stream's a=tls-id and whether it is the RTP or the RTCP
+port: :meth:`CookieSecrets.cookie`), so that a cookie asked on one port starts nothing on
+another; the client's host, not its port, as RFC 6347 §4.2.1's own example (``HMAC(Secret,
+Client-IP, Client-Parameters)``), so that a phone whose NAT gave it another port between its
+two ClientHellos is keyed at its new port (session 42: asked again, its third ClientHello was
+message_seq 2, which OpenSSL cannot continue). That proves no less: the cookie shows its
+sender receives at that host, and our flights go to that host, whichever of its ports; the
+secret per process (one
 per :class:`CookieSecrets`), a new one for every :data:`COOKIE_SECRET_LIFETIME` seconds
 (drawn at first use); a cookie made with the previous secret is accepted too, so a cookie
 lives one to two lifetimes ("change the secret periodically ... accept
@@ -36,6 +44,7 @@ __all__ = [
     "ClientHelloCookie",
     "CookieSecrets",
     "hello_verify_request",
+    "is_later_client_hello_fragment_untrusted",
     "parse_client_hello_cookie_untrusted",
 ]
 
@@ -110,6 +119,20 @@ def parse_client_hello_cookie_untrusted(datagram: bytes) -> ClientHelloCookie | 
     return ClientHelloCookie(datagram[5:11], int.from_bytes(message[4:6], "big"), cookie)
 
 
+def is_later_client_hello_fragment_untrusted(datagram: bytes) -> bool:
+    """Whether a datagram begins with a ClientHello's fragment other than its first (RFC 6347
+    §4.2.3: fragment_offset above 0, in a record of epoch 0): the rest of a ClientHello longer
+    than the path MTU, which carries no cookie (its first fragment does)."""
+    if len(datagram) < _RECORD_HEADER + _HANDSHAKE_HEADER:
+        return False
+    return (
+        datagram[0] == _HANDSHAKE
+        and datagram[3:5] == b"\0\0"
+        and datagram[_RECORD_HEADER] == _CLIENT_HELLO
+        and datagram[_RECORD_HEADER + 6 : _RECORD_HEADER + 9] != b"\0\0\0"
+    )
+
+
 def hello_verify_request(hello: ClientHelloCookie, cookie: bytes) -> bytes:
     """Our HelloVerifyRequest answering ``hello`` with ``cookie`` (RFC 6347 §4.2.1, §4.3.2):
     one record of epoch 0 with the ClientHello's record sequence number and message_seq."""
@@ -130,9 +153,11 @@ def hello_verify_request(hello: ClientHelloCookie, cookie: bytes) -> bytes:
 
 class CookieSecrets:
     """The process's cookie secret and the one before it (RFC 6347 §4.2.1), for every DTLS
-    port: a cookie is good on any of them, as it proves only that its sender receives at its
-    address. ``random_bytes`` is a CSPRNG (os.urandom); ``now`` any clock that does not go
-    back (the media task's)."""
+    port. Each cookie is bound to the port that asked for it by a ``context`` (session 42):
+    made for one port's handshake, it is refused on any other (before, one cookie was good on
+    every port of the gateway for its 60 to 120 s, so someone who saw one HelloVerifyRequest
+    to a phone could start a handshake as that phone on each port). ``random_bytes`` is a
+    CSPRNG (os.urandom); ``now`` any clock that does not go back (the media task's)."""
 
     def __init__(
         self,
@@ -149,19 +174,24 @@ class CookieSecrets:
     def __repr__(self) -> str:
         return f"<CookieSecrets lifetime={self.lifetime:g}s>"  # never the secrets
 
-    def cookie(self, source: tuple[Any, ...], now: float) -> bytes:
-        """The cookie for ``source`` (host and port) now."""
-        return _mac(self._secret(now), source)
+    def cookie(self, source: tuple[Any, ...], now: float, *, context: bytes) -> bytes:
+        """The cookie for ``source`` (host and port; the host is what it covers) now, on the
+        port ``context`` names (the engine's: the stream's a=tls-id, RTP or RTCP port; any
+        octets without ``|``)."""
+        return _mac(self._secret(now), context, source)
 
-    def verifies(self, source: tuple[Any, ...], cookie: bytes, now: float) -> bool:
-        """Whether ``cookie`` is ours for ``source``, made with this secret or the previous."""
+    def verifies(
+        self, source: tuple[Any, ...], cookie: bytes, now: float, *, context: bytes
+    ) -> bool:
+        """Whether ``cookie`` is ours for ``source``'s host on the port ``context`` names,
+        made with this secret or the previous."""
         if len(cookie) != COOKIE_LENGTH:
             return False
         current = self._secret(now)
-        if hmac.compare_digest(cookie, _mac(current, source)):
+        if hmac.compare_digest(cookie, _mac(current, context, source)):
             return True
         previous = self._previous
-        return previous is not None and hmac.compare_digest(cookie, _mac(previous, source))
+        return previous is not None and hmac.compare_digest(cookie, _mac(previous, context, source))
 
     def _secret(self, now: float) -> bytes:
         # Secrets by period of ``lifetime`` seconds, drawn at the period's first use: a cookie
@@ -181,7 +211,9 @@ class CookieSecrets:
         return secret
 
 
-def _mac(secret: bytes, source: tuple[Any, ...]) -> bytes:
-    # Host and port as the socket gave them (an IPv6 host in its text form); the separator
-    # cannot occur in either.
-    return hmac.new(secret, f"{source[0]}|{source[1]}".encode(), hashlib.sha256).digest()
+def _mac(secret: bytes, context: bytes, source: tuple[Any, ...]) -> bytes:
+    # The port's context, then the host as the socket gave it (an IPv6 host in its text
+    # form, without its scope); the separator occurs in neither. Not the client's port: see
+    # the module docstring (a NAT that moves a phone to another port between its ClientHellos).
+    message = context + f"|{source[0]}".encode()
+    return hmac.new(secret, message, hashlib.sha256).digest()

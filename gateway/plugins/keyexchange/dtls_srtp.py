@@ -153,6 +153,7 @@ from gateway.plugins.keyexchange.dtls_certificates import (
 from gateway.plugins.keyexchange.dtls_cookies import (
     CookieSecrets,
     hello_verify_request,
+    is_later_client_hello_fragment_untrusted,
     parse_client_hello_cookie_untrusted,
 )
 
@@ -715,7 +716,20 @@ class DtlsStatistics:
     final_flight_resends: int = 0
     dropped_oversize: int = 0
     dropped_malformed: int = 0
-    """Datagrams that are not well-formed DTLS records (discarded, RFC 6347 §4.1.2.7)."""
+    """Datagrams that are not well-formed DTLS records (discarded, RFC 6347 §4.1.2.7), or
+    that no handshake of ours takes: all of them, those below included."""
+    dropped_later_fragment: int = 0
+    """Of those, a ClientHello's later fragment (RFC 6347 §4.2.3) from a source with no
+    handshake, asked for a cookie: its first fragment carries the cookie (the client sends the
+    rest again once its handshake started). Session 42; before, only in the total."""
+    dropped_unreadable_hello: int = 0
+    """Of those, a ClientHello from such a source that ends before its cookie or whose headers
+    do not agree (:func:`dtls_cookies.parse_client_hello_cookie_untrusted`): no client's."""
+    dropped_cookie_out_of_sequence: int = 0
+    """Of those, a ClientHello that carried our valid cookie with a message_seq other than 1
+    (RFC 6347 §4.2.2): the one OpenSSL's DTLSv1_listen takes answers our first
+    HelloVerifyRequest; a client asked twice (its NAT moved it to another address between
+    its ClientHellos) sends message_seq 2, which cannot be continued; or a forger's."""
     dropped_early: int = 0
     """Datagrams dropped while waiting for the answer, beyond :data:`MAX_EARLY_DATAGRAMS`."""
     ignored: int = 0
@@ -751,6 +765,12 @@ class DtlsTotals:
     """:attr:`DtlsStatistics.bad_cookies`, summed."""
     rate_limited: int = 0
     """:attr:`DtlsStatistics.dropped_rate`, summed."""
+    later_fragments: int = 0
+    """:attr:`DtlsStatistics.dropped_later_fragment`, summed."""
+    unreadable_hellos: int = 0
+    """:attr:`DtlsStatistics.dropped_unreadable_hello`, summed."""
+    cookies_out_of_sequence: int = 0
+    """:attr:`DtlsStatistics.dropped_cookie_out_of_sequence`, summed."""
 
 
 class _Phase(enum.Enum):
@@ -1184,6 +1204,11 @@ class DtlsNegotiation:
     """HelloVerifyRequests to send (:meth:`_cookie_exchange`), each to the source it answers."""
     _with_sources: bool = False
     """Whether datagrams came with their source (:meth:`receive_packet_from`)."""
+    _rtcp_port: bool = False
+    """Whether this is a stream's separate RTCP port's negotiation (:meth:`rtcp_component`)."""
+    _cookies_returned: int = 0
+    """ClientHellos that returned our valid cookie (:meth:`_cookie_exchange`): a timeout's
+    reason says when sources were asked and none did (:meth:`_fail`)."""
 
     def __repr__(self) -> str:
         role = self.dtls_role or "role?"
@@ -1586,6 +1611,7 @@ class DtlsNegotiation:
                 self._setup,
                 self._tls_id,
                 signalling_protected=self.signalling_protected,
+                rtcp_port=True,
             )
             component._association = self._new_association(association.role, association.peer)
             association.rtcp_component = component
@@ -1622,32 +1648,53 @@ class DtlsNegotiation:
         if cookies is None or key == self._sdp_source:
             return True, None
         hello = parse_client_hello_cookie_untrusted(packet)
-        if hello is None:
-            # A ClientHello we cannot read, or a later fragment of one (its first fragment,
-            # with the cookie, starts the handshake; the client resends the rest).
-            self._by_source.dropped_malformed += 1
-            return False, None
         totals = self._settings.totals
+        if hello is None:
+            # A later fragment of a ClientHello (its first fragment, with the cookie, starts
+            # the handshake; the client resends the rest), or one we cannot read.
+            self._by_source.dropped_malformed += 1
+            if is_later_client_hello_fragment_untrusted(packet):
+                self._by_source.dropped_later_fragment += 1
+                if totals is not None:
+                    totals.later_fragments += 1
+            else:
+                self._by_source.dropped_unreadable_hello += 1
+                if totals is not None:
+                    totals.unreadable_hellos += 1
+            return False, None
         if hello.cookie:
-            if cookies.verifies(key, hello.cookie, now):
+            if cookies.verifies(key, hello.cookie, now, context=self._cookie_context()):
                 if hello.message_seq == 1:
+                    self._cookies_returned += 1
                     return True, hello.cookie
                 # Ours, but not in the ClientHello that answers our HelloVerifyRequest (its
                 # message_seq is 1: the first's 0 echoed, RFC 6347 §4.2.2, errata 5186), the
                 # one DTLSv1_listen takes; OpenSSL would wait on it for ever. A client gets
                 # here only by a forger's hand or after two HelloVerifyRequests.
                 self._by_source.dropped_malformed += 1
+                self._by_source.dropped_cookie_out_of_sequence += 1
+                if totals is not None:
+                    totals.cookies_out_of_sequence += 1
                 return False, None
             self._by_source.bad_cookies += 1
             if totals is not None:
                 totals.bad_cookies += 1
         if len(self._verify_requests) < MAX_VERIFY_REQUESTS:
-            request = hello_verify_request(hello, cookies.cookie(key, now))
+            cookie = cookies.cookie(key, now, context=self._cookie_context())
+            request = hello_verify_request(hello, cookie)
             self._verify_requests.append((request, source))
             self._by_source.hello_verify_requests += 1
             if totals is not None:
                 totals.hello_verify_requests += 1
         return False, None
+
+    def _cookie_context(self) -> bytes:
+        """What binds our cookies to this port's handshake (:class:`CookieSecrets`): our
+        a=tls-id, new for each association (RFC 8842 §4) and so for each stream, and which of
+        the stream's ports this is (RFC 5764 §4.1: without rtcp-mux its RTCP port runs a
+        handshake of its own under the same tls-id). A cookie made here is refused on every
+        other port of the gateway."""
+        return f"{self._tls_id}|{'rtcp' if self._rtcp_port else 'rtp'}".encode()
 
     def _may_start(self, key: Source, now: float) -> bool:
         """Whether ``key`` may start a handshake now (:data:`NEW_HANDSHAKES_PER_SECOND`): the
@@ -1781,8 +1828,32 @@ class DtlsNegotiation:
                 f" ({FINGERPRINT_MISMATCH_REASON}: {self._mismatched} source(s) other than"
                 " the SDP address)"
             )
+        if reason.startswith(HANDSHAKE_TIMEOUT_REASON):
+            reason += self._cookie_words()
         self._failure = NegotiationFailed(reason, DtlsError.sip_status)
         self._events.append(self._failure)
+
+    def _cookie_words(self) -> str:
+        """What a timed-out handshake's reason adds about our cookies (RFC 6347 §4.2.1): a
+        phone behind a NAT that was asked and never keyed is otherwise told from a peer that
+        never answered by nothing. Counts only: the reason goes into the SIP answer or BYE to
+        both parties, and another party's address is not theirs to see (the sources are in
+        the call's log lines and metrics)."""
+        stats = self._by_source
+        if stats.dropped_cookie_out_of_sequence:
+            return (
+                f" ({stats.dropped_cookie_out_of_sequence} ClientHello(s) returned our DTLS"
+                " cookie only when asked a second time: a NAT that gave the phone another"
+                " public address between its ClientHellos; such a handshake cannot be"
+                " continued, RFC 6347 §4.2.1)"
+            )
+        if stats.hello_verify_requests and not self._cookies_returned:
+            return (
+                f" ({stats.hello_verify_requests} ClientHello(s) from sources other than the"
+                " SDP address were answered with a DTLS cookie, RFC 6347 §4.2.1, and none"
+                " returned it)"
+            )
+        return ""
 
     def _fail_and_raise(self, reason: str) -> NoReturn:
         self._fail(reason)
@@ -1855,12 +1926,16 @@ class DtlsKeyExchange:
     def counters(self) -> tuple[tuple[str, int], ...]:
         """What every negotiation counted since the start (the optional ``counters`` of a key
         exchange, docs/plugin_hooks.md: the metrics plugin's
-        ``voipgw_dtls_hello_verify_requests_total``, ``voipgw_dtls_bad_cookies_total`` and
-        ``voipgw_dtls_rate_limited_total``)."""
+        ``voipgw_dtls_hello_verify_requests_total``, ``voipgw_dtls_bad_cookies_total``,
+        ``voipgw_dtls_rate_limited_total`` and, by reason,
+        ``voipgw_dtls_client_hellos_dropped_total``)."""
         return (
             ("hello_verify_requests", self.totals.hello_verify_requests),
             ("bad_cookies", self.totals.bad_cookies),
             ("rate_limited", self.totals.rate_limited),
+            ("later_fragments", self.totals.later_fragments),
+            ("unreadable_hellos", self.totals.unreadable_hellos),
+            ("cookies_out_of_sequence", self.totals.cookies_out_of_sequence),
         )
 
     def offer(

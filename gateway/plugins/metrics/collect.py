@@ -561,9 +561,9 @@ def _dtls(out: Exposition, dtls: dict[str, int]) -> None:
     out.family(
         "voipgw_dtls_bad_cookies_total",
         "counter",
-        "ClientHellos whose cookie was not ours for their source (forged, another address's, "
-        "or older than its secret's 60 to 120 s): answered with a new cookie, no handshake "
-        "started.",
+        "ClientHellos whose cookie was not ours for their source's host and this media port "
+        "(forged, another host's or port's, or older than its secret's 60 to 120 s): answered "
+        "with a new cookie, no handshake started.",
     )
     out.sample(dtls.get("bad_cookies", 0), [])
     out.family(
@@ -573,6 +573,25 @@ def _dtls(out: Exposition, dtls: dict[str, int]) -> None:
         "started its most handshakes for new sources (8 at once, then one a second).",
     )
     out.sample(dtls.get("rate_limited", 0), [])
+    out.family(
+        "voipgw_dtls_client_hellos_dropped_total",
+        "counter",
+        "ClientHellos from sources with no handshake dropped without an answer, by reason: "
+        "later_fragment (a fragment past the first, which carries the cookie), unreadable (ends "
+        "before its cookie, or headers that disagree), cookie_out_of_sequence (our valid cookie "
+        "with a message_seq other than 1: a client asked twice, its NAT moved it to another "
+        "address between its ClientHellos, is not keyed from there; or a forger).",
+    )
+    for reason, counter in _DTLS_DROPPED_HELLOS:
+        out.sample(dtls.get(counter, 0), [("reason", reason)])
+
+
+_DTLS_DROPPED_HELLOS = (
+    ("later_fragment", "later_fragments"),
+    ("unreadable", "unreadable_hellos"),
+    ("cookie_out_of_sequence", "cookies_out_of_sequence"),
+)
+"""voipgw_dtls_client_hellos_dropped_total's reasons and the dtls key exchange's counters."""
 
 
 def _caller_identity(out: Exposition, status: GatewayStatus) -> None:

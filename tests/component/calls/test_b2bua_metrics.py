@@ -335,9 +335,12 @@ async def test_dtls_cookies_asked_of_other_sources_are_counted(
         with trio.fail_after(5):
             request, _ = await stranger.recvfrom(2048)
         assert len(request) == 60 and request[13] == 3  # our HelloVerifyRequest
-        # Its cookie sent back from another port: not ours for that address.
+        # Its cookie sent back changed (since session 42 the cookie covers the host, not its
+        # port: from another port it would be ours).
         client.receive_packet(request, now=trio.current_time())
         (returned,) = client.packets_to_send(now=trio.current_time())
+        cookie = request[-32:]
+        returned = returned.replace(cookie, cookie[:-1] + bytes([cookie[-1] ^ 1]))
         with await bind(PHONE_PORT + 5) as other:
             await other.sendto(returned, ("127.0.0.1", port))
             with trio.fail_after(5):
@@ -347,6 +350,49 @@ async def test_dtls_cookies_asked_of_other_sources_are_counted(
     assert samples["voipgw_dtls_hello_verify_requests_total"] == 2
     assert samples["voipgw_dtls_bad_cookies_total"] == 1
     assert samples["voipgw_dtls_rate_limited_total"] == 0
+
+
+async def test_dtls_client_hellos_dropped_unanswered_are_counted_by_reason(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """Session 42: a ClientHello from another source than the caller's SDP address that gets
+    no answer is counted by why (docs/metrics.md): here a later fragment alone (the first
+    carries the cookie), one series per reason, 0 included."""
+    env, address = await metrics_env(
+        nursery, tmp_path, voipgw_seed, plugins=[("dtls", dtls_plugin)]
+    )
+    reasons = ("later_fragment", "unreadable", "cookie_out_of_sequence")
+    name = "voipgw_dtls_client_hellos_dropped_total"
+    samples = await scrape(address)
+    assert [samples[f'{name}{{reason="{reason}"}}'] for reason in reasons] == [0, 0, 0]
+    phone = DtlsKeyExchange(identity=lambda: PHONE_ID).offer(suites=[], secure_signalling=False)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=dtls_sdp(phone, setup="active"))
+    leg_b = await env.alice.next_call()
+    await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))
+    final = await call.final()
+    assert final.status == 200
+    port = parse_sdp_untrusted(final.body).media[0].port
+    offer = DtlsKeyExchange(identity=lambda: OTHER_ID).offer(suites=[], secure_signalling=False)
+    client = DtlsKeyExchange(identity=lambda: OTHER_ID).answer(
+        offer.local_sdp_attributes(), suites=[], secure_signalling=False
+    )
+    assert client is not None
+    (hello,) = client.packets_to_send(now=trio.current_time())
+    # Its second half as a fragment of its own (RFC 6347 §4.2.3), with no first fragment.
+    message = hello[13 + 12 :]
+    half = len(message) // 2
+    handshake = (
+        hello[13:19] + half.to_bytes(3, "big") + (len(message) - half).to_bytes(3, "big")
+    ) + message[half:]
+    later = hello[:11] + len(handshake).to_bytes(2, "big") + handshake
+    with await bind(PHONE_PORT + 4) as stranger:
+        await stranger.sendto(later, ("127.0.0.1", port))
+        with trio.fail_after(5):
+            while (await scrape(address))[f'{name}{{reason="later_fragment"}}'] < 1:
+                await trio.sleep(0.1)
+    samples = await scrape(address)
+    assert [samples[f'{name}{{reason="{reason}"}}'] for reason in reasons] == [1, 0, 0]
+    assert samples["voipgw_dtls_hello_verify_requests_total"] == 0
 
 
 async def test_bad_requests_get_their_status_and_the_exporter_goes_on(

@@ -1256,6 +1256,55 @@ async def test_strangers_on_many_ports_leave_room_for_the_sdp_address(
     ]
 
 
+async def test_a_flood_from_a_few_sources_leaves_room_for_a_natted_phone(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """Session 42: the room of sources that are neither the SDP address nor a proven peer is
+    shared fairly. A flood from three ports (spoofed or not) filled all of it before the task
+    ran again, 16 each, and the ClientHello of a phone behind a NAT, one more such source, was
+    dropped until its resend (1 s, RFC 6347 §4.2.4.1); now it takes the place of the newest
+    datagram of the source with the most waiting."""
+    engine = SourcedEngine(timer=None, outgoing=[])
+    task, handler = await caller_task(nursery, engine)
+    natted = ("127.0.0.1", 6000)
+    others = QUEUE - QUEUE_KEPT_FOR_PEERS
+    flood = [("127.0.0.1", 5001 + n) for n in range(others // QUEUE_PER_SOURCE)]
+    for source in flood:
+        for n in range(QUEUE_PER_SOURCE):
+            handler(hello(n), source)
+    assert task.session.dropped("blocked") == 0  # just fits
+    handler(hello(200), natted)
+    handler(hello(201), natted)
+    await settle()
+    fed = engine.sources
+    assert (hello(200), natted) in fed and (hello(201), natted) in fed
+    # Each took the place of the flooding source with the most waiting: the last of the
+    # first port's 16, then of the second's; nothing else dropped, the order kept.
+    assert task.session.dropped("blocked") == 2
+    assert len(fed) == others
+    by_source = {source: [d for d, s in fed if s == source] for source in flood}
+    assert [len(by_source[source]) for source in flood] == [15, 15, 16]
+    assert fed[-2:] == [(hello(200), natted), (hello(201), natted)]
+
+
+async def test_a_flood_from_as_many_sources_as_the_room_keeps_its_order(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """Where every such source has one datagram waiting (a flood from ever new spoofed
+    addresses), a newcomer has no more right than each of them: it is dropped, none of theirs
+    swapped for it (a swap would only churn), and the SDP address's room is still its own."""
+    engine = SourcedEngine(timer=None, outgoing=[])
+    task, handler = await caller_task(nursery, engine)
+    others = QUEUE - QUEUE_KEPT_FOR_PEERS
+    for n in range(others):
+        handler(hello(n), ("127.0.0.1", 5001 + n))
+    handler(hello(200), ("127.0.0.1", 6000))
+    handler(b"\x16peer", PEER)
+    await settle()
+    assert task.session.dropped("blocked") == 1
+    assert [d for d, _ in engine.sources] == [hello(n) for n in range(others)] + [b"\x16peer"]
+
+
 # -- a handshake per source (the dtls engine, session 40) ----------------------------------------
 
 LOOP_PEER = ("127.0.0.1", 4000)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 
-from gateway.core.interfaces import KeysReady
+from gateway.core.interfaces import KeysReady, NegotiationFailed
 from gateway.plugins.keyexchange.dtls_cookies import (
     COOKIE_LENGTH,
     COOKIE_SECRET_LIFETIME,
@@ -15,12 +15,19 @@ from gateway.plugins.keyexchange.dtls_cookies import (
     hello_verify_request,
     parse_client_hello_cookie_untrusted,
 )
-from gateway.plugins.keyexchange.dtls_srtp import MAX_NEW_HANDSHAKES_BURST, DtlsNegotiation
+from gateway.plugins.keyexchange.dtls_srtp import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    MAX_NEW_HANDSHAKES_BURST,
+    DtlsNegotiation,
+)
 from tests.unit.keyexchange.dtls_source_pairs import (
     NATTED,
+    PEER,
     SDP_ADDRESS,
+    US,
     Address,
     events,
+    exchange,
     ours_and_peer,
     run,
     send,
@@ -106,8 +113,8 @@ def test_a_wrong_cookie_is_refused_with_a_new_hello_verify_request() -> None:
     hello = returned_cookie(ours, NATTED, 0.0)
     cookie = cookie_of(hello)
     flipped = hello.replace(cookie, cookie[:-1] + bytes([cookie[-1] ^ 1]))
-    # Our cookie from another address, one bit changed, and a short one: each refused.
-    other = ("127.0.0.1", NATTED[1] + 1)
+    # Our cookie from another host, one bit changed, and a short one: each refused.
+    other = ("::1", NATTED[1])
     for forged, source in (
         (hello, other),
         (flipped, NATTED),
@@ -146,17 +153,38 @@ def test_a_cookie_of_the_previous_secret_is_taken_an_older_one_refused() -> None
     assert ours.statistics().bad_cookies == 1
 
 
-def test_a_client_whose_nat_moved_it_between_its_client_hellos_is_not_keyed_from_there() -> None:
-    # Its ClientHello with our cookie comes from another port than the one it was made for:
-    # asked again (message_seq 1 echoed), the client sends message_seq 2, which OpenSSL's
-    # DTLSv1_listen does not take (0 or 1 only): dropped, that source never keyed (the leg
-    # is keyed from its SDP address, or times out). What docs/media_security.md says.
+def test_a_client_whose_nat_moved_it_to_another_port_between_its_client_hellos_is_keyed() -> None:
+    # Its ClientHello with our cookie comes from another port of the same host than the one
+    # it was asked at (a NAT binding that changed, RFC 4787 "paired" pooling keeps the host):
+    # the cookie covers the host (RFC 6347 §4.2.1's example: HMAC(Secret, Client-IP, ...)),
+    # so it starts the handshake at the new port, which keys the leg. Before session 42 it
+    # was asked again, sent message_seq 2, which OpenSSL's DTLSv1_listen does not take (0 or
+    # 1 only), and the leg timed out with a bare "DTLS handshake timed out".
+    ours, peer = ours_and_peer(we_serve=True)
+    send(peer, ours, NATTED, 0.0)
+    ((request, _),) = ours.addressed_packets_to_send(now=0.0)
+    peer.receive_packet(request, now=0.0)
+    moved = ("127.0.0.1", NATTED[1] + 7)
+    run(ours, {moved: peer}, now=0.0)
+    assert isinstance(events(ours)[0], KeysReady) and ours.peer_source == moved
+    assert isinstance(events(peer)[0], KeysReady)
+    stats = ours.statistics()
+    assert (stats.bad_cookies, stats.hello_verify_requests, stats.dropped_malformed) == (0, 1, 0)
+
+
+def test_a_client_whose_nat_moved_it_to_another_host_is_not_keyed_and_the_reason_says_so() -> None:
+    # Another host (here ::1 after 127.0.0.1): asked again (message_seq 1 echoed), the
+    # client sends message_seq 2, which DTLSv1_listen does not take: dropped
+    # (cookie_out_of_sequence), never fed to OpenSSL; the leg is keyed from its SDP address,
+    # or times out with a reason that says what happened (before: a bare "DTLS handshake
+    # timed out").
     ours, _ = ours_and_peer(we_serve=True)
+    assert ours.packets_to_send(now=0.0) == []  # the handshake's clock starts
     client = stranger_for(ours)
     send(client, ours, NATTED, 0.0)
     ((request, _),) = ours.addressed_packets_to_send(now=0.0)
     client.receive_packet(request, now=0.0)
-    moved = ("127.0.0.1", NATTED[1] + 7)
+    moved = ("::1", NATTED[1])
     send(client, ours, moved, 0.0)
     ((again, to),) = ours.addressed_packets_to_send(now=0.0)
     assert to == moved and again[13] == HELLO_VERIFY_REQUEST and again[17:19] == b"\0\1"
@@ -166,8 +194,40 @@ def test_a_client_whose_nat_moved_it_between_its_client_hellos_is_not_keyed_from
     ours.receive_packet_from(third, source=moved, now=0.0)
     assert ours.addressed_packets_to_send(now=0.0) == []
     stats = ours.statistics()
-    assert (stats.bad_cookies, stats.hello_verify_requests, stats.dropped_malformed) == (1, 2, 1)
+    assert (stats.bad_cookies, stats.hello_verify_requests) == (1, 2)
+    assert stats.dropped_cookie_out_of_sequence == 1 and stats.dropped_malformed == 1
     assert stats.datagrams_received == 0 and stats.handshakes_by_source == 0
+    ours.handle_timer(now=DEFAULT_HANDSHAKE_TIMEOUT + 1.0)
+    (failed,) = events(ours)
+    assert isinstance(failed, NegotiationFailed)
+    assert failed.reason == (
+        "DTLS handshake timed out (1 ClientHello(s) returned our DTLS cookie only when asked a"
+        " second time: a NAT that gave the phone another public address between its"
+        " ClientHellos; such a handshake cannot be continued, RFC 6347 §4.2.1)"
+    )
+    assert "::1" not in failed.reason and "127.0.0.1" not in failed.reason
+
+
+def test_a_timeout_after_cookies_nobody_returned_says_so() -> None:
+    # Sources other than the SDP address asked for a cookie and none came back (a NAT'd
+    # phone whose answers are lost, or only spoofed ClientHellos), nobody keyed: the reason
+    # says that much; a timeout without any such ClientHello stays the bare words.
+    ours, _ = ours_and_peer(we_serve=True)
+    assert ours.packets_to_send(now=0.0) == []  # the handshake's clock starts
+    for port in (NATTED[1], NATTED[1] + 1):
+        ours.receive_packet_from(client_hello(ours), source=("127.0.0.1", port), now=0.0)
+    ours.handle_timer(now=DEFAULT_HANDSHAKE_TIMEOUT + 1.0)
+    (failed,) = events(ours)
+    assert isinstance(failed, NegotiationFailed)
+    assert failed.reason == (
+        "DTLS handshake timed out (2 ClientHello(s) from sources other than the SDP address"
+        " were answered with a DTLS cookie, RFC 6347 §4.2.1, and none returned it)"
+    )
+    quiet, _ = ours_and_peer(we_serve=True)
+    quiet.packets_to_send(now=0.0)
+    quiet.handle_timer(now=DEFAULT_HANDSHAKE_TIMEOUT + 1.0)
+    (failed,) = events(quiet)
+    assert isinstance(failed, NegotiationFailed) and failed.reason == "DTLS handshake timed out"
 
 
 def test_the_sdp_address_is_never_asked_for_a_cookie() -> None:
@@ -317,13 +377,88 @@ def test_cookie_secrets_rotate_by_period_and_accept_the_previous() -> None:
     draws = iter(bytes([n]) * 32 for n in range(1, 100))
     secrets = CookieSecrets(lambda n: next(draws), lifetime=10.0)
     source: Address = ("::1", 5004)
-    first = secrets.cookie(source, 1.0)
-    assert len(first) == COOKIE_LENGTH and secrets.cookie(source, 9.9) == first
-    assert secrets.verifies(source, first, 9.9)
-    assert not secrets.verifies(("::1", 5005), first, 9.9)
-    second = secrets.cookie(source, 10.0)  # a new period: a new secret
-    assert second != first and secrets.verifies(source, first, 19.9)
-    assert not secrets.verifies(source, first, 20.0)  # two secrets old
-    assert secrets.verifies(source, secrets.cookie(source, 55.0), 55.0)
-    assert not secrets.verifies(source, second, 55.0)  # the period between had no secret
+    port = {"context": b"tls-id-of-the-stream|rtp"}
+    first = secrets.cookie(source, 1.0, **port)
+    assert len(first) == COOKIE_LENGTH and secrets.cookie(source, 9.9, **port) == first
+    assert secrets.verifies(source, first, 9.9, **port)
+    assert not secrets.verifies(("127.0.0.1", 5004), first, 9.9, **port)  # another host
+    assert secrets.verifies(("::1", 5005), first, 9.9, **port)  # the host's other port
+    assert not secrets.verifies(source, first, 9.9, context=b"tls-id-of-the-stream|rtcp")
+    second = secrets.cookie(source, 10.0, **port)  # a new period: a new secret
+    assert second != first and secrets.verifies(source, first, 19.9, **port)
+    assert not secrets.verifies(source, first, 20.0, **port)  # two secrets old
+    assert secrets.verifies(source, secrets.cookie(source, 55.0, **port), 55.0, **port)
+    assert not secrets.verifies(source, second, 55.0, **port)  # the period between had none
     assert "01" * 4 not in repr(secrets)
+
+
+def test_a_cookie_asked_on_one_port_starts_nothing_on_another() -> None:
+    # One gateway (one exchange, one secret), two streams' ports and the first stream's
+    # separate RTCP port (no rtcp-mux, RFC 5764 §4.1): the client's ClientHello with the
+    # cookie the first port gave it, sent from the same address to the others, is answered
+    # with a new cookie there and starts no handshake (session 41: one cookie was good on
+    # every port for 60 to 120 s). On its own port it starts one.
+    ours_exchange, peers_exchange = exchange(US), exchange(PEER)
+    ports = []
+    for _ in range(2):
+        offer = ours_exchange.offer(suites=[], secure_signalling=True)
+        answer = peers_exchange.answer(
+            offer.local_sdp_attributes(), suites=[], secure_signalling=True
+        )
+        assert answer is not None
+        offer.remote_sdp_attributes(answer.local_sdp_attributes())
+        ports.append(offer)
+    first, second = ports
+    rtcp = first.rtcp_component()
+    assert rtcp is not None and first.dtls_role == "server"
+    hello = returned_cookie(first, NATTED, 0.0)
+    for other in (second, rtcp):
+        other.receive_packet_from(hello, source=NATTED, now=0.0)
+        ((again, to),) = other.addressed_packets_to_send(now=0.0)
+        assert to == NATTED and again[13] == HELLO_VERIFY_REQUEST
+        stats = other.statistics()
+        assert stats.bad_cookies == 1 and stats.datagrams_received == 0
+        assert stats.handshakes_by_source == 0
+    first.receive_packet_from(hello, source=NATTED, now=0.0)
+    ((flight, _), *_) = first.addressed_packets_to_send(now=0.0)
+    assert flight[13] == 2  # our ServerHello
+
+
+def test_client_hellos_dropped_unanswered_are_counted_by_reason() -> None:
+    # Session 42: each cause its own counter (the engine's statistics and the exchange's
+    # totals, voipgw_dtls_client_hellos_dropped_total{reason}); dropped_malformed stays their
+    # sum with the rest (before, these three were only in it).
+    ours, _ = ours_and_peer(we_serve=True)
+    hello = client_hello(ours)
+    _, rest = fragments(hello)
+    ours.receive_packet_from(rest, source=NATTED, now=0.0)  # a later fragment, alone
+    ours.receive_packet_from(cut_short(hello), source=NATTED, now=0.0)  # no cookie in it
+    cookie = cookie_of(returned_cookie(ours, NATTED, 0.0))
+    # Our valid cookie with message_seq 2 (a client asked twice, or a forger's).
+    third = with_cookie(hello, cookie)
+    third = third[:17] + b"\0\2" + third[19:]
+    ours.receive_packet_from(third, source=NATTED, now=0.0)
+    assert [d[13] for d, _ in ours.addressed_packets_to_send(now=0.0)] == []
+    stats = ours.statistics()
+    assert (
+        stats.dropped_later_fragment,
+        stats.dropped_unreadable_hello,
+        stats.dropped_cookie_out_of_sequence,
+        stats.dropped_malformed,
+    ) == (1, 1, 1, 3)
+    totals = ours._settings.totals
+    assert totals is not None
+    assert (totals.later_fragments, totals.unreadable_hellos, totals.cookies_out_of_sequence) == (
+        1,
+        1,
+        1,
+    )
+
+
+def cut_short(hello: bytes) -> bytes:
+    """``hello`` ending after its random, its record and handshake lengths mended: well-formed
+    records, a ClientHello that ends before its session_id and cookie."""
+    body = hello[13 + 12 : 13 + 12 + 2 + 32]
+    length = len(body).to_bytes(3, "big")
+    handshake = hello[13:14] + length + hello[17:19] + b"\0\0\0" + length + body
+    return hello[:11] + len(handshake).to_bytes(2, "big") + handshake

@@ -269,3 +269,35 @@ def test_a_flood_of_client_hellos_from_new_sources_costs_a_few_signatures_a_seco
     ours.note_sdp_address(SDP_ADDRESS)
     run(ours, {SDP_ADDRESS: peer}, now=1.0)
     assert isinstance(events(ours)[0], KeysReady) and ours.peer_source == SDP_ADDRESS
+
+
+def test_a_forged_server_flight_to_our_client_draws_a_bounded_clienthello_reflection() -> None:
+    # Session 42, what docs/media_security.md states ("Forged handshakes"): as DTLS client
+    # nothing asks a cookie, so a stranger's one server-flight record draws our ClientHello
+    # to its (maybe spoofed) address, sent at once and resent until the handshake timeout:
+    # 5 datagrams of 175 octets here, no more; new such sources are bounded per port by the
+    # bucket (MAX_NEW_HANDSHAKES_BURST at once).
+    ours, peer = ours_and_peer(we_serve=False)
+    ours.note_sdp_address(SDP_ADDRESS)
+    for datagram in ours.packets_to_send(now=0.0):
+        peer.receive_packet(datagram, now=0.0)
+    flight = peer.packets_to_send(now=0.0)
+    for datagram in flight:
+        ours.receive_packet_from(datagram, source=SDP_ADDRESS, now=0.0)
+    ours.addressed_packets_to_send(now=0.0)
+    first = flight[0][: 13 + int.from_bytes(flight[0][11:13], "big")]  # its ServerHello record
+    sources = [("127.0.0.1", 30000 + n) for n in range(2 * MAX_NEW_HANDSHAKES_BURST)]
+    for source in sources:
+        ours.receive_packet_from(first, source=source, now=0.0)
+    drawn: dict[Address, list[int]] = {}
+    now = 0.0
+    while now < 25.0:
+        for datagram, to in ours.addressed_packets_to_send(now=now):
+            if to != SDP_ADDRESS:
+                drawn.setdefault(to, []).append(len(datagram))
+        now += 0.25
+        ours.handle_timer(now=now)
+    assert len(drawn) <= MAX_NEW_HANDSHAKES_BURST
+    assert max(len(sizes) for sizes in drawn.values()) <= 5
+    assert max(max(sizes) for sizes in drawn.values()) < 200
+    assert ours.statistics().dropped_rate == MAX_NEW_HANDSHAKES_BURST
