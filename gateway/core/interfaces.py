@@ -1144,9 +1144,11 @@ class GatewayStatus(Protocol):
     def plugin_figures_failures(self) -> tuple[tuple[str, str, str, int], ...]:
         """Reads of a plugin's own figures that raised since the start: (kind, plugin, figures,
         count), kind ``key_exchange`` (``counters``), ``transport`` (``handshake_failures``,
-        ``connections_revoked``, ``ocsp``, ``loaded_crls``), ``caller_identity``
-        (``certificate_refetches``) or ``media_tap`` (``update_failures``). Such a plugin's
-        rows are left out of the answer that read them; the rest is answered."""
+        ``connections_revoked``, ``ocsp``, ``loaded_crls``, ``reliable``), ``caller_identity``
+        (``certificate_refetches``) or ``media_tap`` (``update_failures``); and a certificate
+        holder's ``loaded_certificates`` (:meth:`tls_certificates`), under the kind of the
+        registry it is in (``transport``, ``service`` ...). Such a plugin's rows are left out
+        of the answer that read them; the rest is answered."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -458,11 +458,16 @@ class StatusView:
 
     def _connections(self) -> tuple[tuple[str, int], ...]:
         open_now = self._gateway.flows.connections()
-        return tuple(
-            (name, open_now[name])
-            for name, transport in self._gateway.plugins.transports.items()
-            if getattr(transport, "reliable", False)
-        )
+        found: list[tuple[str, int]] = []
+        for name, transport in self._gateway.plugins.transports.items():
+            # A third-party transport's ``reliable`` may be a property that raises: read
+            # inside the guard, as its other figures are (a missing one is a datagram one).
+            reliable = self._plugin_figures(
+                "transport", name, "reliable", partial(_reliable, transport)
+            )
+            if reliable:
+                found.append((name, open_now[name]))
+        return tuple(found)
 
     def trunks(self) -> tuple[TrunkCounts, ...]:
         manager = self._gateway.calls
@@ -623,7 +628,7 @@ class StatusView:
         return self._gateway.certificate_reloads.statistics()
 
     def tls_certificates(self) -> tuple[tuple[str, LoadedCertificate], ...]:
-        return self._gateway.certificate_reloads.certificates()
+        return self._gateway.certificate_reloads.certificates(read=self._plugin_figures)
 
     def _transport_figures(self, figures: str, read: Callable[[Any], list[_Row]]) -> list[Any]:
         """Each transport's rows of ``figures``, its name first (:meth:`_plugin_figures`: one
@@ -674,6 +679,11 @@ class StatusView:
             return [(str(crl.path), float(crl.next_update)) for crl in loaded_crls()]
 
         return tuple(self._transport_figures("loaded_crls", read))
+
+
+def _reliable(transport: object) -> bool:
+    """Whether a transport carries connections (its ``reliable``; absent: datagrams)."""
+    return bool(getattr(transport, "reliable", False))
 
 
 def _rows(exchange: object) -> list[tuple[str, int]]:
