@@ -1089,6 +1089,11 @@ class GatewayStatus(Protocol):
         that keeps counters (its optional ``counters()``, docs/plugin_hooks.md): ``zrtp``'s
         ``discarded`` and ``hello_mismatches``, summed over every leg and stream."""
 
+    def media_tap_counters(self) -> tuple[tuple[str, str, int], ...]:
+        """(media tap, counter, count) since the start, from each media tap that keeps
+        counters (its optional ``counters()``, docs/plugin_hooks.md), never a covert one's;
+        empty without such a tap (session 42)."""
+
     def caller_identity(self) -> tuple[tuple[str, int], ...]:
         """Calls signed and checked by caller-identity services (STIR/SHAKEN) since the start,
         by outcome (``signed``, ``passed``, ``failed``, ``no_identity``, ...)."""

@@ -624,6 +624,15 @@ class StatusView:
             found += [(name, str(counter), int(count)) for counter, count in rows or ()]
         return tuple(found)
 
+    def media_tap_counters(self) -> tuple[tuple[str, str, int], ...]:
+        found: list[tuple[str, str, int]] = []
+        for name, tap in sorted(self._gateway.plugins.media_taps.items()):
+            if getattr(tap, "covert", False):
+                continue  # an interception tap: that it is configured must not show
+            rows = self._plugin_figures("media_tap", name, "counters", partial(_rows, tap))
+            found += [(name, str(counter), int(count)) for counter, count in rows or ()]
+        return tuple(found)
+
     def certificate_reloads(self) -> tuple[tuple[str, str, int], ...]:
         return self._gateway.certificate_reloads.statistics()
 
@@ -686,9 +695,10 @@ def _reliable(transport: object) -> bool:
     return bool(getattr(transport, "reliable", False))
 
 
-def _rows(exchange: object) -> list[tuple[str, int]]:
-    """A key exchange's optional ``counters()``, read whole: (counter, count) pairs."""
-    counters = getattr(exchange, "counters", None)
+def _rows(plugin: object) -> list[tuple[str, int]]:
+    """A key exchange's or a media tap's optional ``counters()``, read whole: (counter, count)
+    pairs."""
+    counters = getattr(plugin, "counters", None)
     if counters is None:
         return []
     return [(str(counter), int(count)) for counter, count in counters()]

@@ -92,6 +92,14 @@ READS: list[tuple[str, str, str, str, Callable[[StatusView], object], object]] =
         (("healthy", "discarded", 4),),
     ),
     (
+        "media_taps",
+        "media_tap",
+        "counters",
+        "media tap",
+        StatusView.media_tap_counters,
+        (("healthy", "discarded", 4),),
+    ),
+    (
         "transports",
         "transport",
         "handshake_failures",
