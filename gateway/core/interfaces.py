@@ -1094,6 +1094,11 @@ class GatewayStatus(Protocol):
         that keeps counters (its optional ``counters()``, docs/plugin_hooks.md): ``zrtp``'s
         ``discarded`` and ``hello_mismatches``, summed over every leg and stream."""
 
+    def media_tap_counters(self) -> tuple[tuple[str, str, int], ...]:
+        """(media tap, counter, count) since the start, from each media tap that keeps
+        counters (its optional ``counters()``, docs/plugin_hooks.md), never a covert one's;
+        empty without such a tap (session 42)."""
+
     def caller_identity(self) -> tuple[tuple[str, int], ...]:
         """Calls signed and checked by caller-identity services (STIR/SHAKEN) since the start,
         by outcome (``signed``, ``passed``, ``failed``, ``no_identity``, ...)."""
@@ -1154,9 +1159,11 @@ class GatewayStatus(Protocol):
     def plugin_figures_failures(self) -> tuple[tuple[str, str, str, int], ...]:
         """Reads of a plugin's own figures that raised since the start: (kind, plugin, figures,
         count), kind ``key_exchange`` (``counters``), ``transport`` (``handshake_failures``,
-        ``connections_revoked``, ``ocsp``, ``loaded_crls``), ``caller_identity``
-        (``certificate_refetches``) or ``media_tap`` (``update_failures``). Such a plugin's
-        rows are left out of the answer that read them; the rest is answered."""
+        ``connections_revoked``, ``ocsp``, ``loaded_crls``, ``reliable``), ``caller_identity``
+        (``certificate_refetches``) or ``media_tap`` (``update_failures``); and a certificate
+        holder's ``loaded_certificates`` (:meth:`tls_certificates`), under the kind of the
+        registry it is in (``transport``, ``service`` ...). Such a plugin's rows are left out
+        of the answer that read them; the rest is answered."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -34,6 +34,8 @@ from __future__ import annotations
 import collections
 import inspect
 import logging
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -61,12 +63,45 @@ class ReloadReport:
     error: str | None = None
 
 
+FiguresReader = Callable[
+    [str, str, str, Callable[[], tuple[LoadedCertificate, ...]]],
+    tuple[LoadedCertificate, ...] | None,
+]
+"""How :meth:`CertificateReloads.certificates` calls a holder's ``loaded_certificates()``:
+``read(kind, name, figures, call)``, what ``call`` returns or None (the status view's guard)."""
+
+
+def _read(
+    kind: str, name: str, figures: str, call: Callable[[], tuple[LoadedCertificate, ...]]
+) -> tuple[LoadedCertificate, ...]:
+    return call()
+
+
+def _loaded_certificates(holder: Any) -> tuple[LoadedCertificate, ...]:
+    return tuple(holder.loaded_certificates())
+
+
+# A holder's kind, as the metrics' kind label names plugins: the registry it is in, singular.
+_KINDS = {
+    "transports": "transport",
+    "key_exchanges": "key_exchange",
+    "media_policies": "media_policy",
+    "media_taps": "media_tap",
+    "sip_captures": "sip_capture",
+    "device_profiles": "device_profile",
+    "interworking": "interworking",
+    "services": "service",
+    "caller_identity": "caller_identity",
+}
+
+
 @attrs.frozen
 class _Holder:
     plugin: str
     name: str
     holder: Any = attrs.field(eq=False)
     covert: bool = False
+    kind: str = "service"
 
     @property
     def log(self) -> logging.Logger:
@@ -155,16 +190,27 @@ class CertificateReloads:
             for outcome in OUTCOMES
         )
 
-    def certificates(self) -> tuple[tuple[str, LoadedCertificate], ...]:
-        """(plugin, certificate) for what every holder serves now."""
+    def certificates(
+        self, read: FiguresReader = _read
+    ) -> tuple[tuple[str, LoadedCertificate], ...]:
+        """(plugin, certificate) for what every holder serves now. Each holder's
+        ``loaded_certificates()`` is called through ``read(kind, name, "loaded_certificates",
+        call)``, which returns what ``call`` returns, or None when it raised: the status view's
+        guard (``StatusView._plugin_figures``), so that a holder that raises at every scrape
+        (a plugin's bug) costs its own rows only, is counted in
+        ``voipgw_plugin_figures_failures_total`` and said once, not at every scrape (until
+        session 42 each scrape logged an ERROR with the traceback, uncounted). ``kind`` is the
+        registry the holder is in (``transport``, ``service``, ...). The default ``read`` calls
+        it as it is: a raising holder raises."""
         found: list[tuple[str, LoadedCertificate]] = []
         for holder in self._holders:
-            try:
-                loaded = tuple(holder.holder.loaded_certificates())
-            except Exception:
-                log_exception(log, "%s could not say which certificates it serves", holder.name)
-                continue
-            found += [(holder.plugin, certificate) for certificate in loaded]
+            loaded = read(
+                holder.kind,
+                holder.name,
+                "loaded_certificates",
+                partial(_loaded_certificates, holder.holder),
+            )
+            found += [(holder.plugin, certificate) for certificate in loaded or ()]
         return tuple(found)
 
 
@@ -180,5 +226,6 @@ def _holders(plugins: Plugins) -> list[_Holder]:
                 continue
             seen.add(id(item))
             covert = bool(getattr(item, "covert", False))
-            found.append(_Holder(registry.owner(name), name, item, covert))
+            kind = _KINDS.get(attribute, attribute)
+            found.append(_Holder(registry.owner(name), name, item, covert, kind))
     return found

@@ -458,11 +458,16 @@ class StatusView:
 
     def _connections(self) -> tuple[tuple[str, int], ...]:
         open_now = self._gateway.flows.connections()
-        return tuple(
-            (name, open_now[name])
-            for name, transport in self._gateway.plugins.transports.items()
-            if getattr(transport, "reliable", False)
-        )
+        found: list[tuple[str, int]] = []
+        for name, transport in self._gateway.plugins.transports.items():
+            # A third-party transport's ``reliable`` may be a property that raises: read
+            # inside the guard, as its other figures are (a missing one is a datagram one).
+            reliable = self._plugin_figures(
+                "transport", name, "reliable", partial(_reliable, transport)
+            )
+            if reliable:
+                found.append((name, open_now[name]))
+        return tuple(found)
 
     def trunks(self) -> tuple[TrunkCounts, ...]:
         manager = self._gateway.calls
@@ -627,11 +632,20 @@ class StatusView:
             found += [(name, str(counter), int(count)) for counter, count in rows or ()]
         return tuple(found)
 
+    def media_tap_counters(self) -> tuple[tuple[str, str, int], ...]:
+        found: list[tuple[str, str, int]] = []
+        for name, tap in sorted(self._gateway.plugins.media_taps.items()):
+            if getattr(tap, "covert", False):
+                continue  # an interception tap: that it is configured must not show
+            rows = self._plugin_figures("media_tap", name, "counters", partial(_rows, tap))
+            found += [(name, str(counter), int(count)) for counter, count in rows or ()]
+        return tuple(found)
+
     def certificate_reloads(self) -> tuple[tuple[str, str, int], ...]:
         return self._gateway.certificate_reloads.statistics()
 
     def tls_certificates(self) -> tuple[tuple[str, LoadedCertificate], ...]:
-        return self._gateway.certificate_reloads.certificates()
+        return self._gateway.certificate_reloads.certificates(read=self._plugin_figures)
 
     def _transport_figures(self, figures: str, read: Callable[[Any], list[_Row]]) -> list[Any]:
         """Each transport's rows of ``figures``, its name first (:meth:`_plugin_figures`: one
@@ -684,9 +698,15 @@ class StatusView:
         return tuple(self._transport_figures("loaded_crls", read))
 
 
-def _rows(exchange: object) -> list[tuple[str, int]]:
-    """A key exchange's optional ``counters()``, read whole: (counter, count) pairs."""
-    counters = getattr(exchange, "counters", None)
+def _reliable(transport: object) -> bool:
+    """Whether a transport carries connections (its ``reliable``; absent: datagrams)."""
+    return bool(getattr(transport, "reliable", False))
+
+
+def _rows(plugin: object) -> list[tuple[str, int]]:
+    """A key exchange's or a media tap's optional ``counters()``, read whole: (counter, count)
+    pairs."""
+    counters = getattr(plugin, "counters", None)
     if counters is None:
         return []
     return [(str(counter), int(count)) for counter, count in counters()]

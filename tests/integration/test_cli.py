@@ -282,7 +282,7 @@ def test_the_calls_example_installs_loads_checks_its_table_and_passes_its_own_te
         refused.stderr
     )
 
-    assert "8 passed" in own_tests(CALLS_EXAMPLE, tmp_path, env)
+    assert "9 passed" in own_tests(CALLS_EXAMPLE, tmp_path, env)
 
 
 def source_files(example: Path) -> dict[str, tuple[int, int]]:

@@ -1664,5 +1664,5 @@ def test_migrate_store_builds_a_big_tables_retention_index_the_cli_would_leave_t
     monkeypatch.setattr(pg_module, "INLINE_INDEX_BYTES", -1)  # "big"
     owner = open_node(listen=False, node="owner")
     assert index_state(postgres_cluster, postgres_database) == []
-    assert owner.build_retention_index()
+    assert owner.build_indexes()
     assert index_state(postgres_cluster, postgres_database) == [(True,)]

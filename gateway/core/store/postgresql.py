@@ -61,11 +61,17 @@ round trip. Theory of operation:
   ``[store] call_record_days`` in slices (:meth:`PostgresStore.expire_call_records`), any node's
   rows; a row another node is deleting is skipped (SKIP LOCKED), so two nodes' passes neither
   wait for each other nor delete a row twice. Its index is built outside the migrations, by
-  ``CREATE INDEX CONCURRENTLY`` (:meth:`PostgresStore._build_retention_index`): built inside
+  ``CREATE INDEX CONCURRENTLY`` (:meth:`PostgresStore._build_indexes`): built inside
   migration 6's transaction it held a SHARE lock on call_records, so every node's call record
   saves waited for the build (1.5 s a million records, benchmarks/pg_retention_index.py), and
   a table of some tens of millions of records passed the migration's 60 s timeout at every
   start.
+- Records by Call-ID (``voipgw calls --call-id``): a range of ids, which the UNIQUE index on
+  call_id answers in a database ordered by code point ("C", "POSIX", the builtin provider's
+  C.UTF-8). In any other the range is compared in "C", which that index cannot answer: an
+  index on ``call_id COLLATE "C"`` (:data:`CALL_ID_INDEX`) is built there as the retention
+  index is (the same node, lock and thread; session 42), and until it is the newest records
+  are looked among first, then the whole table.
 - Schema. Ordered migrations recorded in ``schema_version``, applied under an advisory lock so
   nodes starting together migrate once; a database written by a newer voipgw is refused, and
   every refusal or failed migration names the versions and says what to do (a rolling upgrade:
@@ -92,6 +98,8 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, cast
+
+import attrs
 
 from gateway.core.auth.algorithms import DigestAlgorithm
 from gateway.core.failure_log import FailureLog
@@ -195,6 +203,12 @@ _INDEX_LOCK = _MIGRATION_LOCK + 1
 RETENTION_INDEX = "call_records_kept_by"
 """What call record retention deletes by (expire_call_records, oldest_call_record): the end,
 or the start of a record without one; the queries name the same expression."""
+CALL_ID_INDEX = "call_records_call_id_c"
+"""The ids of the records in "C" order (``call_id COLLATE "C"``), which answers
+:meth:`PostgresStore.call_records_of_call_id` (``voipgw calls --call-id``) in a database whose
+collation is not code point order; built there as the retention index is (session 42: before,
+docs/operations.md told the operator to build it by hand, under this name). Not built in a
+database that orders by code point: the UNIQUE index on call_id answers there."""
 CALL_ID_NEWEST_FIRST = 1000
 """Records (at least the limit asked) :meth:`PostgresStore.call_records_of_call_id` looks among
 first, the newest, in a database not collated "C", before it reads the whole table: the call
@@ -208,12 +222,17 @@ older transaction."""
 INDEX_BUILD_POLL = 1.0
 """Seconds between looks at another session's build of the retention index, waited for."""
 INDEX_WAIT_PROGRESS = 30.0
-"""Seconds between two progress lines (INFO) of :meth:`PostgresStore.build_retention_index`
+"""Seconds between two progress lines (INFO) of :meth:`PostgresStore.build_indexes`
 waiting for another session's build (``voipgw migrate-store``)."""
 _CREATE_RETENTION_INDEX = (
     f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {RETENTION_INDEX}"
     " ON call_records ((COALESCE(ended_at, started_at)))"
 )
+_CREATE_CALL_ID_INDEX = (
+    f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {CALL_ID_INDEX}"
+    ' ON call_records ((call_id COLLATE "C"))'
+)
+_WITHOUT_CALL_ID_INDEX = "`voipgw calls --call-id` reads the newest records, then the whole table"
 _NOT_OWNER = (
     f"this node's role may not build the index {RETENTION_INDEX} (only the owner of call_records"
     " may index it): call records are not deleted until the owner runs, outside a transaction,"
@@ -222,6 +241,52 @@ _NOT_OWNER = (
 )
 """The truth, and the remedy, for a node whose role does not own call_records: no start of
 such a node ever builds the index, so none says the next one will."""
+_CALL_ID_NOT_OWNER = (
+    f"this node's role may not build the index {CALL_ID_INDEX} (only the owner of call_records"
+    f" may index it): {_WITHOUT_CALL_ID_INDEX} (seconds on millions of records), until the"
+    " owner runs `voipgw migrate-store`, or, outside a transaction,"
+    f" {_CREATE_CALL_ID_INDEX} (docs/operations.md, 'Calls and log lines')"
+)
+
+
+@attrs.frozen
+class _Index:
+    """An index of call_records built outside the migrations, concurrently, by one node
+    (:meth:`PostgresStore._build_indexes`), and what its build's log lines say of it."""
+
+    name: str
+    create: str
+    meanwhile: str
+    """Said as its build starts: what goes on, and what waits for it."""
+    once_built: str
+    """Said when another session's build is left to: what it brings once built."""
+    failed: str
+    """Said after a failed build: what is not done until a later build."""
+    failed_level: int
+    """The level of a failed build's line: ERROR when something is not done without it (old
+    records not deleted), WARNING when something is only slower."""
+    not_owner: str
+    """Said (at ``failed_level``) when this node's role may not build it."""
+
+
+RETENTION = _Index(
+    RETENTION_INDEX,
+    _CREATE_RETENTION_INDEX,
+    "call records are saved meanwhile; old ones are deleted once it is built",
+    "old call records are deleted once it is built",
+    "call records are not deleted until a node's next start builds it",
+    logging.ERROR,
+    _NOT_OWNER,
+)
+CALL_ID = _Index(
+    CALL_ID_INDEX,
+    _CREATE_CALL_ID_INDEX,
+    f"call records are saved meanwhile; {_WITHOUT_CALL_ID_INDEX} until it is built",
+    "`voipgw calls --call-id` reads through it once it is built",
+    f"{_WITHOUT_CALL_ID_INDEX} until a node's next start builds it",
+    logging.WARNING,
+    _CALL_ID_NOT_OWNER,
+)
 
 # TCP settings libpq applies unless the DSN sets them (PostgreSQL docs §34.1.2): a server that
 # stops answering is found within seconds (5 + 3 x 1) rather than the kernel's two hours. The
@@ -539,7 +604,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     # Call record retention's index (expire_call_records), which this version stands for, is
-    # built after the migrations, concurrently (_build_retention_index: no statement here, as
+    # built after the migrations, concurrently (_build_indexes: no statement here, as
     # CREATE INDEX CONCURRENTLY cannot run in a transaction). Databases that went to 6 with
     # the index built in this transaction (before 2026-11-30) keep it: it is the same index.
     # A node whose role may only read and write the tables applies it (it only inserts into
@@ -955,19 +1020,21 @@ class PostgresStore:
         self._thread: threading.Thread | None = None
         # Whether the database's collation orders text by code point (None: not asked yet).
         self._ids_in_code_point_order: bool | None = None
-        # Call record retention's index: whether it is known valid (asked again until it is),
-        # and the thread that builds it with its connection, cancelled by close().
-        self._retention_indexed = False
+        # The indexes built outside the migrations (retention's, and the Call-ID one in a
+        # database not ordered by code point) known valid, by name (asked again until they
+        # are), and the thread that builds them with its connection, cancelled by close().
+        self._indexed: set[str] = set()
         # This node's role may not build the retention index (not call_records' owner): its
         # retention fails, saying so, until the owner builds it (_wait_for_retention_index).
         self._index_refused = False
         self._builder: threading.Thread | None = None
         self._builder_db: psycopg.Connection[Any] | None = None
         # Whose build the last attempt left the index to (None: no other session's).
-        self.retention_index_left_to: str | None = None
-        """What :meth:`build_retention_index` found building the index in another session (and
-        waited for, if told to), when it returned False for that reason; else None."""
+        self.index_left_to: str | None = None
+        """What :meth:`build_indexes` found building an index in another session (and waited
+        for, if told to), when it returned False for that reason; else None."""
         self._builder_lock = threading.Lock()
+        self._index_building = RETENTION_INDEX  # the builder's index, for close()'s lines
         self._told_built_elsewhere = False  # "another node builds the index" said
         self.listener_failures = FailureLog(
             log,
@@ -1008,10 +1075,11 @@ class PostgresStore:
         connection (the gateway); False: no thread, no cache, reconnect when called (the CLI).
         ``node``: the name call records this store writes carry, so a node ends only its own
         unfinished calls at start-up (:meth:`call_records_end_unfinished`).
-        Call record retention's index, when the database lacks it or has an invalid one, is
-        built here when call_records is small (:data:`INLINE_INDEX_BYTES`: a new database),
-        else, with ``listen``, in a thread of its own (:meth:`_build_retention_index`); the
-        CLI leaves a big table's to the nodes.
+        Call record retention's index (and, in a database not ordered by code point, the
+        Call-ID one: :data:`CALL_ID_INDEX`), when the database lacks it or has an invalid one,
+        is built here when call_records is small (:data:`INLINE_INDEX_BYTES`: a new database),
+        else, with ``listen``, in a thread of its own (:meth:`_build_indexes`); the CLI leaves
+        a big table's to the nodes.
         Raises :class:`StoreUnavailable` when the server cannot be reached,
         :class:`SchemaError` for a database of a newer voipgw or one we may not change."""
         if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, int):
@@ -1135,7 +1203,7 @@ class PostgresStore:
                 " cancel request waits for the server: out of reach?): not waited for; the"
                 " next start builds it if it is left invalid",
                 self._server.description,
-                RETENTION_INDEX,
+                self._index_building,
                 CANCEL_WAIT,
             )
 
@@ -1154,7 +1222,7 @@ class PostgresStore:
                             "PostgreSQL %s: cannot cancel the build of the index %s (the next"
                             " start builds it if it is left invalid): %s",
                             self._server.description,
-                            RETENTION_INDEX,
+                            self._index_building,
                             self._server.say(exc),
                         )
                         return
@@ -1758,7 +1826,13 @@ class PostgresStore:
                 rows = db.execute(_call_id_query(collated=False), wanted).fetchall()
                 return tuple(_call_record(row) for row in rows)
             # Any other compares in "C", which that index (of the database's collation) cannot
-            # answer: the newest records first (the started_at index: where the call asked
+            # answer, but CALL_ID_INDEX can, once a node (or the operator) has built it.
+            if CALL_ID_INDEX not in self._indexed and _call_id_index_valid(db) is True:
+                self._indexed.add(CALL_ID_INDEX)
+            if CALL_ID_INDEX in self._indexed:
+                rows = db.execute(_call_id_query(collated=True), wanted).fetchall()
+                return tuple(_call_record(row) for row in rows)
+            # Until then: the newest records first (the started_at index: where the call asked
             # about usually is, and all that was looked at before session 41), the whole table
             # only when none of them is the call, which statement_timeout may end on a big
             # table (docs/operations.md).
@@ -1775,7 +1849,8 @@ class PostgresStore:
             raise type(exc)(
                 f"{exc}; none of the newest {newest} call records has Call-ID {call_id}, and"
                 " the older ones are read whole under this database's collation, which is not"
-                ' "C" (docs/operations.md: an index on call_id COLLATE "C" answers)'
+                f' "C", until the index {CALL_ID_INDEX} on call_id COLLATE "C" is built (the'
+                " nodes build it; docs/operations.md)"
             ) from None
         return tuple(_call_record(row) for row in rows)
 
@@ -1811,12 +1886,12 @@ class PostgresStore:
         catalog look-up) until it is there: another node, or the operator, may be building
         it. :class:`StoreError` instead when this node's role may not build it: nothing will
         unless the owner does, a failure to say, not a wait."""
-        if self._retention_indexed:
+        if RETENTION_INDEX in self._indexed:
             return
         with self._session() as db:
-            self._retention_indexed = _index_valid(db) is True
-        if self._retention_indexed:
-            return
+            if _index_valid(db) is True:
+                self._indexed.add(RETENTION_INDEX)
+                return
         if self._index_refused:
             raise StoreError(f"PostgreSQL {self._server.description}: {_NOT_OWNER}")
         raise StoreIndexing(
@@ -1825,30 +1900,62 @@ class PostgresStore:
             " or invalid); call records are deleted once it is"
         )
 
-    def build_retention_index(self, *, wait: float = 0.0) -> bool:
-        """Build call record retention's index now, in the caller's thread, whatever the
-        table's size, and wait for it (``voipgw migrate-store``: run as the owner of
-        call_records, it builds the index nodes whose role does not own the table cannot).
+    def _wanted_indexes(self, db: psycopg.Connection[Any] | None = None) -> tuple[_Index, ...]:
+        """The indexes this database should have beyond the migrations': retention's, and the
+        Call-ID one unless the database orders text by code point (asked first, if not yet:
+        over ``db``, the caller's session, else over one of its own)."""
+        if self._ids_in_code_point_order is None:
+            if db is None:
+                with self._session() as own:
+                    self._ids_in_code_point_order = _collates_in_code_point_order(own)
+            else:
+                self._ids_in_code_point_order = _collates_in_code_point_order(db)
+        return (RETENTION,) if self._ids_in_code_point_order else (RETENTION, CALL_ID)
+
+    def wanted_indexes(self) -> list[str]:
+        """The names of the indexes :meth:`build_indexes` builds in this database, in order."""
+        return [index.name for index in self._wanted_indexes()]
+
+    def missing_indexes(self, *, ask: bool = True) -> list[str]:
+        """The names of the indexes :meth:`build_indexes` builds that are not known valid,
+        each asked of the database again (one catalog look-up), unless not to ``ask``."""
+        if ask:
+            with self._session() as db:
+                self._look_at_indexes(db)
+        return [name for name in self.wanted_indexes() if name not in self._indexed]
+
+    def _look_at_indexes(self, db: psycopg.Connection[Any]) -> None:
+        """Note the wanted indexes ``db`` shows valid (another node, or the operator, may have
+        built them since)."""
+        for index in self._wanted_indexes(db):
+            if index.name not in self._indexed and _valid(db, index) is True:
+                self._indexed.add(index.name)
+
+    def build_indexes(self, *, wait: float = 0.0) -> bool:
+        """Build call record retention's index, and in a database not ordered by code point
+        the Call-ID one (:data:`CALL_ID_INDEX`), now, in the caller's thread, whatever the
+        table's size, and wait for them (``voipgw migrate-store``: run as the owner of
+        call_records, it builds the indexes nodes whose role does not own the table cannot).
 
         Another session's build in progress (a node's, holding the build's advisory lock, or
         a ``CREATE INDEX CONCURRENTLY`` run by hand) is waited for up to ``wait`` seconds,
         looked at every :data:`INDEX_BUILD_POLL` (a progress line at INFO every
         :data:`INDEX_WAIT_PROGRESS`); once it is over, an index it left valid is taken, one it
-        left invalid (it failed, or was cancelled) or none is built here. True once it is
-        valid; False when it is not (:attr:`retention_index_left_to` names the build waited
-        for, when that is why; a build that failed or a role that may not build it: logged)."""
+        left invalid (it failed, or was cancelled) or none is built here. True once every one
+        is valid; False when one is not (:meth:`missing_indexes` names them;
+        :attr:`index_left_to` names the build waited for, when that is why; a build that
+        failed or a role that may not build it: logged)."""
         deadline = time.monotonic() + max(0.0, wait)
         where = f"PostgreSQL {self._server.description}"
         said_at: float | None = None
         started = time.monotonic()
         while True:
-            self.retention_index_left_to = None
-            if not self._retention_indexed:
-                self._build_retention_index(deadline=deadline)
-            with self._session() as db:
-                self._retention_indexed = _index_valid(db) is True
-            if self._retention_indexed or self.retention_index_left_to is None:
-                return self._retention_indexed
+            self.index_left_to = None
+            if self.missing_indexes():
+                self._build_indexes(deadline=deadline)
+            missing = self.missing_indexes()
+            if not missing or self.index_left_to is None:
+                return not missing
             if time.monotonic() >= deadline:
                 return False
             # Left to another session's build: wait for it to end, then look again (built by
@@ -1860,27 +1967,20 @@ class PostgresStore:
                 if said_at is None:
                     said_at = now
                     log.info(
-                        "%s: waiting up to %g s for %s to end",
-                        where,
-                        wait,
-                        self.retention_index_left_to,
+                        "%s: waiting up to %g s for %s to end", where, wait, self.index_left_to
                     )
                 elif now - said_at >= INDEX_WAIT_PROGRESS:
                     said_at = now
                     log.info(
                         "%s: still waiting for %s (%.0f s so far, at most %g s)",
                         where,
-                        self.retention_index_left_to,
+                        self.index_left_to,
                         now - started,
                         wait,
                     )
                 time.sleep(min(INDEX_BUILD_POLL, _left(deadline)))
             if said_at is not None:
-                log.info(
-                    "%s: %s is over: looking at the index again",
-                    where,
-                    self.retention_index_left_to,
-                )
+                log.info("%s: %s is over: looking at the index again", where, self.index_left_to)
 
     def _index_built_elsewhere(self) -> bool:
         """Whether another session holds the build's advisory lock (a node building the index)
@@ -1898,43 +1998,36 @@ class PostgresStore:
 
     def _start_index_build(self, *, background: bool) -> None:
         with self._session() as db:
-            self._retention_indexed = _index_valid(db) is True
+            self._look_at_indexes(db)
             row = db.execute("SELECT pg_relation_size('call_records')").fetchone()
-        if self._retention_indexed:
+        if all(index.name in self._indexed for index in self._wanted_indexes()):
             return
         # A small table's while the store opens, bounded: CREATE INDEX CONCURRENTLY waits for
         # every older transaction of the database (one idle in a transaction, a pg_dump),
         # which must not hold the start. Out of time, it goes to the thread as a big one's.
         small = row is not None and int(row[0]) <= INLINE_INDEX_BYTES
-        if small and self._build_retention_index(bounded=True):
+        if small and self._build_indexes(bounded=True):
             return
         if not background:
             return
         self._builder = threading.Thread(
-            target=self._build_retention_index, name="postgresql index build", daemon=True
+            target=self._build_indexes, name="postgresql index build", daemon=True
         )
         self._builder.start()
 
-    def _build_retention_index(
-        self, *, bounded: bool = False, deadline: float | None = None
-    ) -> bool:
-        """Build the retention index with ``CREATE INDEX CONCURRENTLY`` (PostgreSQL docs,
-        "Building Indexes Concurrently"): writers do not wait for it, so the nodes' saves go on;
-        it may take minutes on tens of millions of records, so no statement_timeout, and the
-        node serves meanwhile (retention waits: :meth:`_wait_for_retention_index`).
+    def _build_indexes(self, *, bounded: bool = False, deadline: float | None = None) -> bool:
+        """Build the indexes of :meth:`_wanted_indexes` the database lacks (or has invalid),
+        one after the other, with ``CREATE INDEX CONCURRENTLY`` (PostgreSQL docs, "Building
+        Indexes Concurrently"): writers do not wait for it, so the nodes' saves go on; it may
+        take minutes on tens of millions of records, so no statement_timeout, and the node
+        serves meanwhile (retention waits: :meth:`_wait_for_retention_index`; a look-up by
+        Call-ID reads as without the index: :meth:`call_records_of_call_id`).
 
-        One node builds it: the holder of a session advisory lock, which a start's bounded
+        One node builds them: the holder of a session advisory lock, which a start's bounded
         build tries for (not waits for) and a node's background build waits for; the others
-        find it built then. Only the holder looks
-        at an existing index: an index being built concurrently shows as invalid, so another
-        node dropping it would undo a build in progress. An interrupted build (the node stopped
-        or killed, the server restarted) leaves an invalid index, which ``IF NOT EXISTS`` would
-        keep: the holder drops it (``DROP INDEX CONCURRENTLY``) and builds it again, unless
-        another session is building an index on call_records (:func:`_index_build_running`):
-        an operator's hand-run ``CREATE INDEX CONCURRENTLY`` takes no advisory lock. That build
-        is waited for, and its index dropped and built again if it failed. A role
-        that does not own call_records may not build it: said at ERROR with the remedy, and
-        retention fails saying so (:meth:`_wait_for_retention_index`).
+        find them built then. Only the holder looks at an existing index
+        (:meth:`_build_index`): an index being built concurrently shows as invalid, so another
+        node dropping it would undo a build in progress.
 
         ``bounded`` (a small table's, while the store opens): under ``statement_timeout``, as
         the build also waits for every transaction of the database older than it (PostgreSQL
@@ -1942,22 +2035,22 @@ class PostgresStore:
         when it ran out (the invalid index it leaves is dropped by the next build) or another
         session's build or advisory lock is to be waited for (by the background build), else
         True. The background build waits for the advisory lock (looked at every
-        :data:`INDEX_BUILD_POLL`) and then looks at the index: built by the holder, it is
+        :data:`INDEX_BUILD_POLL`) and then looks at the indexes: built by the holder, they are
         taken; left invalid or missing (the holder was a start's bounded try, which gives up
-        at statement_timeout), it is built here.
+        at statement_timeout), they are built here.
 
-        ``deadline`` (:meth:`build_retention_index`, which waits itself, saying so): another
-        session's build is not waited for here; :attr:`retention_index_left_to` names it."""
-        pg = self._pg
+        ``deadline`` (:meth:`build_indexes`, which waits itself, saying so): another
+        session's build is not waited for here; :attr:`index_left_to` names it."""
+        to_build = [index for index in self._wanted_indexes() if index.name not in self._indexed]
+        if not to_build:
+            return True
+        first = to_build[0].name  # what the lines about the lock name, as before session 42
         where = f"PostgreSQL {self._server.description}"
         try:
             db = self._server.connect(purpose="index build")
         except StoreError as exc:
             log.warning(
-                "%s: the index %s is not built (the next start tries): %s",
-                where,
-                RETENTION_INDEX,
-                exc,
+                "%s: the index %s is not built (the next start tries): %s", where, first, exc
             )
             return True
         with self._builder_lock:
@@ -1974,10 +2067,10 @@ class PostgresStore:
                 # build, and the line said twice read as two nodes building.
                 if not self._told_built_elsewhere:
                     self._told_built_elsewhere = True
-                    log.info("%s: another node builds the index %s", where, RETENTION_INDEX)
-                self.retention_index_left_to = (
-                    f"another node's build of the index {RETENTION_INDEX} (it holds the"
-                    " build's advisory lock)"
+                    log.info("%s: another node builds the index %s", where, first)
+                self.index_left_to = (
+                    f"another node's build of the index {first} (it holds the build's"
+                    " advisory lock)"
                 )
                 if bounded:
                     return False  # the background build waits for the holder
@@ -1994,11 +2087,64 @@ class PostgresStore:
                         break
                 else:
                     return True
-                self.retention_index_left_to = None
-            valid = _index_valid(db)
+                self.index_left_to = None
+            for index in to_build:
+                done = self._build_index(db, index, bounded=bounded, deadline=deadline)
+                if done is not None:
+                    return done
+                if db.broken or self._stopping.is_set():
+                    return True  # said by _build_index; the next start builds what is left
+        except self._pg.Error as exc:
+            # The lock's statements (not an index's build: _build_index says its own).
+            if self._stopping.is_set():
+                log.info(
+                    "%s: building the index %s stopped with the store; the next start builds it",
+                    where,
+                    first,
+                )
+            else:
+                log.log(
+                    to_build[0].failed_level,
+                    "%s: building the index %s failed: %s; %s",
+                    where,
+                    first,
+                    self._server.say(exc),
+                    to_build[0].failed,
+                )
+        finally:
+            with self._builder_lock:
+                self._builder_db = None
+            db.close()  # the advisory lock goes with the session
+        return True
+
+    def _build_index(
+        self,
+        db: psycopg.Connection[Any],
+        index: _Index,
+        *,
+        bounded: bool,
+        deadline: float | None,
+    ) -> bool | None:
+        """Build ``index`` over ``db``, which holds the build's advisory lock: None when it is
+        built, or its build failed (said: the next index is built all the same), else what
+        :meth:`_build_indexes` returns now (True: stopping, or left to another session with a
+        ``deadline``; False: ``bounded`` and out of time or left to another session).
+
+        An interrupted build (the node stopped or killed, the server restarted) leaves an
+        invalid index, which ``IF NOT EXISTS`` would keep: it is dropped (``DROP INDEX
+        CONCURRENTLY``) and built again, unless another session is building an index on
+        call_records (:func:`_index_build_running`): an operator's hand-run ``CREATE INDEX
+        CONCURRENTLY`` takes no advisory lock. That build is waited for, and its index dropped
+        and built again if it failed. A role that does not own call_records may not build it:
+        said with the remedy (retention then fails saying so: :meth:`_wait_for_retention_index`)."""
+        pg = self._pg
+        where = f"PostgreSQL {self._server.description}"
+        self._index_building = index.name
+        try:
+            valid = _valid(db, index)
             if valid is True:
-                self._retention_indexed = True
-                return True
+                self._indexed.add(index.name)
+                return None
             if valid is False and _index_build_running(db):
                 # An operator's CREATE INDEX CONCURRENTLY (as the docs suggest) takes no
                 # advisory lock: its index is invalid until it is done, as an interrupted
@@ -2007,16 +2153,16 @@ class PostgresStore:
                 # so that one which failed (an invalid index again) is built here.
                 log.info(
                     "%s: the index %s is being built by another session (CREATE INDEX"
-                    " CONCURRENTLY run by hand?): left to it%s; old call records are deleted"
-                    " once it is built",
+                    " CONCURRENTLY run by hand?): left to it%s; %s",
                     where,
-                    RETENTION_INDEX,
+                    index.name,
                     "" if bounded else ", built here if it fails",
+                    index.once_built,
                 )
                 if bounded:
                     return False
                 if deadline is not None:
-                    self.retention_index_left_to = (
+                    self.index_left_to = (
                         "another session's build of an index on call_records (CREATE INDEX"
                         " CONCURRENTLY run by hand?)"
                     )
@@ -2024,34 +2170,39 @@ class PostgresStore:
                 while _index_build_running(db):
                     if self._stopping.wait(INDEX_BUILD_POLL):
                         return True
-                valid = _index_valid(db)
+                valid = _valid(db, index)
                 if valid is True:
-                    self._retention_indexed = True
-                    return True
+                    self._indexed.add(index.name)
+                    return None
             if valid is False:
                 log.warning(
                     "%s: the index %s is invalid (an interrupted build left it): dropped and"
                     " built again",
                     where,
-                    RETENTION_INDEX,
+                    index.name,
                 )
-                db.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {RETENTION_INDEX}")
+                db.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {index.name}")
             if self._stopping.is_set():
                 return True
             log.info(
-                "%s: building the index %s concurrently (call records are saved meanwhile;"
-                " old ones are deleted once it is built)",
-                where,
-                RETENTION_INDEX,
+                "%s: building the index %s concurrently (%s)", where, index.name, index.meanwhile
             )
             started = time.monotonic()
-            db.execute(_CREATE_RETENTION_INDEX)
-            self._retention_indexed = True
+            db.execute(index.create)
+            if _valid(db, index) is not True:
+                # IF NOT EXISTS kept an index of that name on something else (made by hand).
+                log.warning(
+                    "%s: an index named %s is there, but not the one voipgw builds under that"
+                    " name (%s): drop or rename it; %s",
+                    where,
+                    index.name,
+                    index.create,
+                    index.failed,
+                )
+                return None
+            self._indexed.add(index.name)
             log.info(
-                "%s: the index %s built in %.1f s",
-                where,
-                RETENTION_INDEX,
-                time.monotonic() - started,
+                "%s: the index %s built in %.1f s", where, index.name, time.monotonic() - started
             )
         except pg.Error as exc:
             if bounded and isinstance(exc, pg.errors.QueryCanceled):
@@ -2060,31 +2211,32 @@ class PostgresStore:
                     " transactions of the database to end): left to a node's background build"
                     " (or build it by hand: docs/configuration.md, 'Upgrading the nodes')",
                     where,
-                    RETENTION_INDEX,
+                    index.name,
                 )
                 return False
             if self._stopping.is_set():
                 log.info(
                     "%s: building the index %s stopped with the store; the next start builds it",
                     where,
-                    RETENTION_INDEX,
+                    index.name,
                 )
-            elif isinstance(exc, pg.errors.InsufficientPrivilege):
-                self._index_refused = True
-                log.error("%s: %s: %s", where, _NOT_OWNER, self._server.say(exc))
+                return True
+            if isinstance(exc, pg.errors.InsufficientPrivilege):
+                if index is RETENTION:
+                    self._index_refused = True
+                log.log(
+                    index.failed_level, "%s: %s: %s", where, index.not_owner, self._server.say(exc)
+                )
             else:
-                log.error(
-                    "%s: building the index %s failed: %s; call records are not deleted until"
-                    " a node's next start builds it",
+                log.log(
+                    index.failed_level,
+                    "%s: building the index %s failed: %s; %s",
                     where,
-                    RETENTION_INDEX,
+                    index.name,
                     self._server.say(exc),
+                    index.failed,
                 )
-        finally:
-            with self._builder_lock:
-                self._builder_db = None
-            db.close()  # the advisory lock goes with the session
-        return True
+        return None
 
     # -- PSAP callbacks (migration 4) -------------------------------------------------------
 
@@ -2309,13 +2461,43 @@ def _schema_version(db: psycopg.Connection[Any]) -> int:
     return int(row[0] or 0) if row else 0
 
 
-def _index_valid(db: psycopg.Connection[Any]) -> bool | None:
-    """Whether the retention index is valid (pg_index.indisvalid: False while a concurrent
-    build runs, or after one was interrupted); None when there is none."""
+def _index_valid(db: psycopg.Connection[Any], name: str = RETENTION_INDEX) -> bool | None:
+    """Whether the index ``name`` (the retention index's) is valid (pg_index.indisvalid: False
+    while a concurrent build runs, or after one was interrupted); None when there is none."""
     row = db.execute(
-        "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", (RETENTION_INDEX,)
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", (name,)
     ).fetchone()
     return None if row is None else bool(row[0])
+
+
+def _call_id_index_valid(db: psycopg.Connection[Any]) -> bool | None:
+    """Whether an index answers call_id in "C" order (:data:`CALL_ID_INDEX`): True when a
+    valid one does, whatever its name (one an operator built by hand under another, as
+    docs/operations.md allowed before session 42, is taken: a second would cost every save its
+    upkeep for nothing); else False when ours is there invalid (a build in progress or
+    interrupted); None when there is none. PostgreSQL keeps ``(call_id COLLATE "C")`` as an
+    index on the column with the "C" collation (pg_index.indcollation), not as an expression:
+    a plain btree on call_id alone, whole (no predicate), in pg_catalog's "C"."""
+    rows = db.execute(
+        "SELECT c.relname, i.indisvalid FROM pg_index i"
+        " JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam"
+        " WHERE i.indrelid = to_regclass('call_records') AND i.indnatts = 1"
+        " AND i.indpred IS NULL AND i.indexprs IS NULL AND a.amname = 'btree'"
+        " AND i.indkey[0] = (SELECT attnum FROM pg_attribute"
+        " WHERE attrelid = i.indrelid AND attname = 'call_id')"
+        " AND i.indcollation[0] = (SELECT oid FROM pg_collation"
+        " WHERE collname = 'C' AND collnamespace = 'pg_catalog'::regnamespace)"
+    ).fetchall()
+    if any(bool(valid) for _, valid in rows):
+        return True
+    if any(name == CALL_ID_INDEX for name, _ in rows):
+        return False
+    return None
+
+
+def _valid(db: psycopg.Connection[Any], index: _Index) -> bool | None:
+    """Whether ``index`` is there and valid (True), there invalid (False) or not (None)."""
+    return _call_id_index_valid(db) if index is CALL_ID else _index_valid(db, index.name)
 
 
 def _call_id_query(*, collated: bool, newest: bool = False) -> str:
@@ -2337,9 +2519,17 @@ def _call_id_query(*, collated: bool, newest: bool = False) -> str:
 
 def _collates_in_code_point_order(db: psycopg.Connection[Any]) -> bool:
     """Whether the database's default collation (call_records' columns have no other) orders
-    text by code point, as PostgreSQL's "C" and "POSIX" do (so does the builtin provider's "C"
-    of PostgreSQL 17); an ICU collation (``datlocprovider`` 'i', PostgreSQL 15 and later) never
-    does, whatever ``datcollate`` says."""
+    text by code point, as PostgreSQL guarantees it does: its "C" and "POSIX" (libc provider:
+    PostgreSQL compares bytes, never asking the C library), the builtin provider's "C" and
+    "C.UTF-8" (PostgreSQL 17: "sorts by Unicode code point", memcmp on UTF-8) and
+    "PG_UNICODE_FAST" (PostgreSQL 18, the same order). An ICU collation (``datlocprovider``
+    'i', PostgreSQL 15 and later) never does, whatever ``datcollate`` says. A libc "C.UTF-8"
+    (or "C.utf8") is not taken for one (session 42's decision): PostgreSQL sorts it with the
+    C library's strcoll, whose order is the library's (glibc 2.35 and later order it by code
+    point; the distributions' earlier C.UTF-8 patches and other C libraries are their own),
+    and PostgreSQL neither knows nor guarantees which; such a database gets the index on
+    ``call_id COLLATE "C"`` (:data:`CALL_ID_INDEX`), which answers by code point whatever the
+    library."""
     row = db.execute(
         "SELECT to_jsonb(d) FROM pg_database d WHERE datname = current_database()"
     ).fetchone()
@@ -2350,7 +2540,7 @@ def _collates_in_code_point_order(db: psycopg.Connection[Any]) -> bool:
     if provider == "c":
         return database.get("datcollate") in ("C", "POSIX")
     if provider == "b":
-        return database.get("datlocale") == "C"
+        return database.get("datlocale") in ("C", "C.UTF-8", "C.UTF8", "PG_UNICODE_FAST")
     return False
 
 

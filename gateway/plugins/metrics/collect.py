@@ -82,7 +82,7 @@ def render(
     _sip(out, status)
     _media(out, status.media() if media is None else media)
     _media_workers(out, status)
-    _key_exchanges(out, status)
+    key_exchange_counters = _key_exchanges(out, status)
     _trunks(out, status)
     _session_targets(out, status)
     _caller_identity(out, status)
@@ -91,6 +91,7 @@ def render(
     _certificates(out, status)
     _tls_handshakes(out, status)
     _tables(out, status)
+    _plugin_counters(out, status, key_exchange_counters)
     _plugin_figures_failures(out, status)  # last: this scrape's reads of plugins counted
     if server is not None:
         _exporter(out, server)
@@ -518,7 +519,9 @@ def _media_workers(out: Exposition, status: GatewayStatus) -> None:
         out.sample(count, [("reason", reason)])
 
 
-def _key_exchanges(out: Exposition, status: GatewayStatus) -> None:
+def _key_exchanges(out: Exposition, status: GatewayStatus) -> tuple[tuple[str, str, int], ...]:
+    """The key exchanges' families; what their ``counters()`` said (read once a scrape, also
+    for :func:`_plugin_counters`)."""
     out.family(
         "voipgw_key_exchange_failures_total",
         "counter",
@@ -531,7 +534,7 @@ def _key_exchanges(out: Exposition, status: GatewayStatus) -> None:
     _dtls(out, {counter: count for name, counter, count in counters if name == "dtls"})
     zrtp = {counter: count for name, counter, count in counters if name == "zrtp"}
     if not zrtp:
-        return  # the zrtp plugin is not enabled
+        return counters  # the zrtp plugin is not enabled
     out.family(
         "voipgw_zrtp_discarded_total",
         "counter",
@@ -546,6 +549,29 @@ def _key_exchanges(out: Exposition, status: GatewayStatus) -> None:
         "forged, or a phone whose SDP and Hello disagree.",
     )
     out.sample(zrtp.get("hello_mismatches", 0), [])
+    return counters
+
+
+def _plugin_counters(
+    out: Exposition, status: GatewayStatus, key_exchanges: tuple[tuple[str, str, int], ...]
+) -> None:
+    """Every plugin's optional ``counters()`` (a key exchange's, a media tap's), one family with
+    the plugin as a label (session 42): a third-party plugin's figures reach Prometheus without
+    a gateway change. zrtp's and dtls's are here too, besides their own families above, which
+    keep their names."""
+    rows = [("key_exchange", *row) for row in key_exchanges]
+    rows += [("media_tap", *row) for row in status.media_tap_counters()]
+    if not rows:
+        return  # no enabled plugin keeps counters: no family
+    out.family(
+        "voipgw_plugin_counters_total",
+        "counter",
+        "What each plugin that keeps counters (its optional counters(): a key exchange's, a "
+        "media tap's) has counted since the start, by kind, plugin and counter "
+        "(docs/plugin_hooks.md).",
+    )
+    for kind, plugin, counter, count in rows:
+        out.sample(count, [("kind", kind), ("plugin", plugin), ("counter", counter)])
 
 
 def _dtls(out: Exposition, dtls: dict[str, int]) -> None:

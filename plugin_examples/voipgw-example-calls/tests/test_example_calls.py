@@ -118,8 +118,11 @@ def test_the_sink_writes_one_line_when_the_call_ends(tmp_path: Path) -> None:
         callee_name="reception",
     )
 
+    tap = plugin.CallLog(str(path))
+    assert tap.counters() == (("calls", 0), ("lines_written", 0), ("write_failures", 0))
+
     async def main() -> None:
-        sink = plugin.CallLog(str(path)).sink_for_call(call)
+        sink = tap.sink_for_call(call)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sink.run)
             for _ in range(3):
@@ -133,6 +136,21 @@ def test_the_sink_writes_one_line_when_the_call_ends(tmp_path: Path) -> None:
     (line,) = path.read_text().splitlines()
     assert " c1 from account:alice (sip:alice@gw.example) to account:reception " in line
     assert line.endswith(" packets 3/1")
+    assert tap.counters() == (("calls", 1), ("lines_written", 1), ("write_failures", 0))
+
+
+def test_a_line_that_cannot_be_written_is_counted(tmp_path: Path) -> None:
+    call = TappedCall("c1", "sip:a@gw.example", "sip:b@gw.example", "account", "a", "", None)
+    tap = plugin.CallLog(str(tmp_path / "missing" / "calls.log"))  # no such directory
+
+    async def main() -> None:
+        sink = tap.sink_for_call(call)
+        sink.close()
+        with pytest.raises(OSError):
+            await sink.run()
+
+    trio.run(main)
+    assert tap.counters() == (("calls", 1), ("lines_written", 0), ("write_failures", 1))
 
 
 def test_a_call_log_the_gateway_may_not_append_to_is_found_at_start_up(tmp_path: Path) -> None:

@@ -786,11 +786,18 @@ async def test_a_plugin_whose_figures_raise_costs_only_its_own_rows(
     second = await scrape(address)
     for samples in (first, second):
         assert not any(name.startswith("voipgw_zrtp_") for name in samples)
+        assert not any(name.startswith("voipgw_plugin_counters_total") for name in samples)
         assert not any(name.startswith("voipgw_tls_crl_") for name in samples)
         others = {
             name
             for name in healthy
-            if not name.startswith(("voipgw_zrtp_", "voipgw_plugin_figures_failures_total"))
+            if not name.startswith(
+                (
+                    "voipgw_zrtp_",
+                    'voipgw_plugin_counters_total{kind="key_exchange",plugin="zrtp",',
+                    "voipgw_plugin_figures_failures_total",
+                )
+            )
         }
         assert others <= set(samples), others - set(samples)
     failures = (
@@ -818,3 +825,53 @@ async def test_a_plugin_whose_figures_raise_costs_only_its_own_rows(
         ),
     ]
     assert "a plugin's bug" not in caplog.text  # its text withheld, as any plugin code's
+
+
+class _CountingTap:
+    """A third-party media tap that keeps counters (its optional counters())."""
+
+    name = "acme-recorder"
+
+    def sink_for_call(self, call: object) -> None:
+        return None
+
+    def counters(self) -> tuple[tuple[str, int], ...]:
+        return (("uploads", 7), ("upload_failures", 1))
+
+
+class _CovertCountingTap(_CountingTap):
+    covert = True  # an interception tap: that it is configured must not show
+
+
+async def test_every_plugins_counters_are_one_family_with_the_plugin_as_a_label(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """Session 42: only zrtp's and dtls's counters() reached the metrics, each in families of
+    its own; a third-party key exchange's or tap's needed a gateway change. Every plugin's are
+    now in voipgw_plugin_counters_total, zrtp's and dtls's families kept as they were; a covert
+    tap's never."""
+    env, address = await metrics_env(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        plugins=[("zrtp", zrtp_plugin), ("dtls", dtls_plugin)],
+    )
+    before = await scrape(address)
+    assert "voipgw_zrtp_discarded_total" in before  # the existing names, unchanged
+    assert "voipgw_dtls_bad_cookies_total" in before
+    taps = env.gateway.plugins.media_taps
+    for name, tap in (("acme-recorder", _CountingTap()), ("li", _CovertCountingTap())):
+        taps._current_plugin = name
+        taps.add(name, tap)
+    taps._current_plugin = "<core>"
+    samples = await scrape(address)
+    family = "voipgw_plugin_counters_total"
+    assert samples[f'{family}{{kind="key_exchange",plugin="zrtp",counter="discarded"}}'] == 0
+    assert samples[f'{family}{{kind="key_exchange",plugin="dtls",counter="bad_cookies"}}'] == 0
+    assert samples[f'{family}{{kind="media_tap",plugin="acme-recorder",counter="uploads"}}'] == 7
+    assert (
+        samples[f'{family}{{kind="media_tap",plugin="acme-recorder",counter="upload_failures"}}']
+        == 1
+    )
+    assert not any('plugin="li"' in name for name in samples)
+    assert samples["voipgw_zrtp_discarded_total"] == before["voipgw_zrtp_discarded_total"]

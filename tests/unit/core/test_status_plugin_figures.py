@@ -5,6 +5,7 @@ this checks every one, so that a read left outside the guard fails here."""
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -12,6 +13,9 @@ from typing import Any
 
 import pytest
 
+from gateway.core.interfaces import LoadedCertificate
+from gateway.core.plugins import Plugins, new_plugin_manager
+from gateway.core.reload import CertificateReloads
 from gateway.core.status import StatusView
 
 
@@ -30,7 +34,7 @@ class _Raising:
     """Each figure a plugin may have, raising when read."""
 
     def __getattr__(self, name: str) -> Any:
-        if name in ("covert", "reliable"):
+        if name == "covert":
             return False
         raise RuntimeError("a plugin's bug: secret=hunter2")
 
@@ -46,6 +50,7 @@ def _healthy() -> object:
         connections_revoked=6,
         ocsp=SimpleNamespace(queries={"good": 7}, stapled={"good": 8}),
         loaded_crls=lambda: [crl],
+        reliable=True,
     )
 
 
@@ -57,7 +62,8 @@ def _view(registry: str) -> StatusView:
         for name in ("caller_identity", "media_taps", "key_exchanges", "transports")
     }
     statistics = SimpleNamespace(key_exchange_failures={})
-    gateway = SimpleNamespace(plugins=SimpleNamespace(**plugins))
+    flows = SimpleNamespace(connections=lambda: collections.Counter(healthy=9, broken=1))
+    gateway = SimpleNamespace(plugins=SimpleNamespace(**plugins), flows=flows)
     return StatusView(gateway, statistics)  # type: ignore[arg-type]
 
 
@@ -92,6 +98,14 @@ READS: list[tuple[str, str, str, str, Callable[[StatusView], object], object]] =
         "counters",
         "key exchange",
         StatusView.key_exchange_counters,
+        (("healthy", "discarded", 4),),
+    ),
+    (
+        "media_taps",
+        "media_tap",
+        "counters",
+        "media tap",
+        StatusView.media_tap_counters,
         (("healthy", "discarded", 4),),
     ),
     (
@@ -134,6 +148,15 @@ READS: list[tuple[str, str, str, str, Callable[[StatusView], object], object]] =
         StatusView.tls_crls,
         (("healthy", "/etc/ca.crl", 1.5),),
     ),
+    # Session 42: voipgw_sip_connections read every transport's ``reliable`` unguarded.
+    (
+        "transports",
+        "transport",
+        "reliable",
+        "transport",
+        StatusView._connections,
+        (("healthy", 9),),
+    ),
 ]
 
 
@@ -162,6 +185,58 @@ def test_a_plugin_whose_figures_raise_costs_only_its_own_rows(
             logging.WARNING,
             f"status: the {said_kind} plugin broken raised reading its {figures}: left out of"
             " monitoring until it answers (said once; counted in"
+            " voipgw_plugin_figures_failures_total)",
+        )
+    ]
+    assert "hunter2" not in caplog.text
+
+
+CERT = LoadedCertificate(
+    path="/etc/voipgw/tls.crt",
+    subject="CN=sip.example.com",
+    sha256_fingerprint="ab" * 32,
+    not_before=1_790_000_000.0,
+    not_after=1_797_776_000.0,
+)
+
+
+class _Serving:
+    def reload_certificates(self) -> tuple[LoadedCertificate, ...]:
+        return (CERT,)
+
+    def loaded_certificates(self) -> tuple[LoadedCertificate, ...]:
+        return (CERT,)
+
+
+class _RaisingServing(_Serving):
+    def loaded_certificates(self) -> tuple[LoadedCertificate, ...]:
+        raise RuntimeError("a plugin's bug: secret=hunter2")
+
+
+def test_a_certificate_holder_that_raises_is_counted_and_said_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Session 42: a holder whose loaded_certificates() raised logged an ERROR with its
+    traceback at every scrape (every 15 s), uncounted. Now it costs its own rows (the expiry
+    gauge of the other holders is answered), is counted per holder in
+    voipgw_plugin_figures_failures_total and said once at WARNING, as the other figures."""
+    plugins = Plugins(new_plugin_manager(), {})
+    for name, holder in (("broken", _RaisingServing()), ("healthy", _Serving())):
+        plugins.transports._current_plugin = name
+        plugins.transports.add(name, holder)
+    plugins.transports._current_plugin = "<core>"
+    gateway = SimpleNamespace(certificate_reloads=CertificateReloads(plugins))
+    view = StatusView(gateway, SimpleNamespace())  # type: ignore[arg-type]
+    caplog.set_level(logging.INFO)
+    for _ in range(3):
+        assert view.tls_certificates() == (("healthy", CERT),)
+    assert view.plugin_figures_failures() == (("transport", "broken", "loaded_certificates", 3),)
+    assert [(r.name, r.levelno, r.getMessage()) for r in caplog.records] == [
+        (
+            "gateway.core.status",
+            logging.WARNING,
+            "status: the transport plugin broken raised reading its loaded_certificates: left"
+            " out of monitoring until it answers (said once; counted in"
             " voipgw_plugin_figures_failures_total)",
         )
     ]

@@ -59,6 +59,14 @@ class ExampleCallsConfig:
         return dict(entry.partition("=")[::2] for entry in self.short_codes)
 
 
+def _no_counts() -> dict[str, int]:
+    return dict.fromkeys(COUNTERS, 0)
+
+
+COUNTERS = ("calls", "lines_written", "write_failures")
+"""What the tap counts (its ``counters()``): calls it logs, lines written, writes that failed."""
+
+
 @attrs.define(eq=False)
 class CallLogSink:
     """One answered call: counts its packets, and writes its line once the call ended."""
@@ -66,6 +74,8 @@ class CallLogSink:
     call: TappedCall
     path: str
     packets: dict[str, int] = attrs.field(factory=lambda: {"a_to_b": 0, "b_to_a": 0})
+    # The tap's counts, shared by its sinks; changed on the event loop only.
+    counts: dict[str, int] = attrs.field(factory=_no_counts)
     _ended: trio.Event = attrs.field(factory=trio.Event)
 
     def packet(self, stream_id: str, direction: str, rtp: bytes, *, now: float) -> None:
@@ -82,7 +92,12 @@ class CallLogSink:
             # Also when the gateway stops (this task is cancelled then): shielded, and in a
             # worker thread, as a file write must not hold up the event loop.
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self._write)
+                try:
+                    await trio.to_thread.run_sync(self._write)
+                except OSError:
+                    self.counts["write_failures"] += 1
+                    raise  # the gateway logs it: "media tap example-calls stopped with ..."
+                self.counts["lines_written"] += 1
 
     def line(self) -> str:
         call = self.call
@@ -105,9 +120,18 @@ class CallLog:
 
     path: str
     name: str = "example-calls"
+    counts: dict[str, int] = attrs.field(factory=_no_counts)
 
     def sink_for_call(self, call: TappedCall) -> CallLogSink:
-        return CallLogSink(call, self.path)
+        self.counts["calls"] += 1
+        return CallLogSink(call, self.path, counts=self.counts)
+
+    def counters(self) -> tuple[tuple[str, int], ...]:
+        """Counts since the start, each name present from the start (docs/plugin_hooks.md,
+        media taps): the ``metrics`` plugin shows them as
+        ``voipgw_plugin_counters_total{kind="media_tap",plugin="example-calls",counter=...}``,
+        read at each scrape; never blocks."""
+        return tuple(self.counts.items())
 
 
 class ExampleCalls:

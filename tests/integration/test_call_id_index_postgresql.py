@@ -1,0 +1,362 @@
+"""The index on ``call_id COLLATE "C"`` (``postgresql.CALL_ID_INDEX``), which the nodes build
+themselves since session 42 in a database whose collation is not code point order, as they
+build the retention index: concurrently, by the holder of the build's advisory lock, a small
+table's while the store opens, a big one's in a thread; an interrupted build's invalid index is
+dropped and built again; a role that may not build it says so and ``voipgw migrate-store`` (the
+owner) builds it. Before, docs/operations.md told the operator to build it by hand, and until
+then ``voipgw calls --call-id`` read the newest 1000 records, then the whole table (which the
+CLI's statement_timeout may end on a big store)."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from pgcluster import STORE_USER, Cluster
+
+from gateway.core.store import postgresql as pg_module
+from gateway.core.store.interface import CallRecord
+from gateway.core.store.postgresql import CALL_ID_INDEX, RETENTION_INDEX, PostgresStore
+
+REPO = Path(__file__).parents[2]
+CALL_ID = "a84b4c76e66710@127.0.0.1"
+RW_ROLE = "voipgw_rw_call_id"
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "not within the deadline"
+        time.sleep(0.01)
+
+
+def _index_state(cluster: Cluster, database: str, name: str = CALL_ID_INDEX) -> list[object]:
+    """[valid] for the index ``name``, [] without one."""
+    rows = cluster.admin(
+        f"SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('{name}')", database
+    )
+    return [row[0] for row in rows]
+
+
+def _building(cluster: Cluster, database: str) -> bool:
+    rows = cluster.admin(
+        "SELECT count(*) FROM pg_stat_progress_create_index WHERE relid = 'call_records'::regclass",
+        database,
+    )
+    return bool(rows[0][0])
+
+
+def _records() -> list[CallRecord]:
+    """Two calls of CALL_ID, and ids that sort between them when ";" is ignored (ICU shifted)."""
+    return [
+        CallRecord(f"{CALL_ID};t1", "sip:a@x", "sip:b@y", 1.0, None, 2.0),
+        CallRecord(f"{CALL_ID};zz", "sip:a@x", "sip:b@y", 3.0),
+        CallRecord(f"{CALL_ID}<;t3", "sip:a@x", "sip:b@y", 4.0),
+        CallRecord(f"{CALL_ID}0;t4", "sip:a@x", "sip:b@y", 5.0),
+    ]
+
+
+class _Queries:
+    """Which of call_records_of_call_id's statements the store asks (postgresql._call_id_query)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.asked: list[tuple[bool, bool]] = []
+        real = pg_module._call_id_query
+
+        def spy(*, collated: bool, newest: bool = False) -> str:
+            self.asked.append((collated, newest))
+            return real(collated=collated, newest=newest)
+
+        monkeypatch.setattr(pg_module, "_call_id_query", spy)
+
+
+def _found(store: PostgresStore, call_id: str, limit: int = 100) -> list[str]:
+    return [record.call_id for record in store.call_records_of_call_id(call_id, limit)]
+
+
+def _check_through_the_index(store: PostgresStore, queries: _Queries) -> None:
+    """Every record of a Call-ID found, in one statement over the whole table in "C" order,
+    never the newest-records-first one (which stands in while the index is missing)."""
+    queries.asked.clear()
+    assert _found(store, CALL_ID) == [f"{CALL_ID};zz", f"{CALL_ID};t1"]
+    assert _found(store, f"{CALL_ID};t1") == [f"{CALL_ID};t1"]
+    assert _found(store, f"{CALL_ID}<") == [f"{CALL_ID}<;t3"]
+    assert _found(store, "nobody") == []
+    assert queries.asked == [(True, False)] * 4
+
+
+def _plan(cluster: Cluster, database: str) -> str:
+    """EXPLAIN of the store's statement over 20,000 more records, analyzed (the plan a node's
+    table gets, not a few rows')."""
+    cluster.admin(
+        "INSERT INTO call_records (call_id, from_uri, to_uri, started_at)"
+        " SELECT 'c' || n || '@127.0.0.1;t' || n, 'sip:a@x', 'sip:b@y', 100 + n"
+        " FROM generate_series(1, 20000) AS n",
+        database,
+    )
+    cluster.admin("ANALYZE call_records", database)
+    sql = pg_module._call_id_query(collated=True)
+    for value in ("'x'", "'x;'", "'x<'", "3", "9"):
+        sql = sql.replace("%s", value, 1)
+    return "\n".join(str(row[0]) for row in cluster.admin(f"EXPLAIN {sql}", database))
+
+
+@pytest.fixture
+def shifted_database(postgres_cluster: Cluster) -> Iterator[str]:
+    """A database whose ICU collation ignores punctuation at first (alternate shifted), as
+    glibc's en_US does: a range of ids in it misses records."""
+    if not postgres_cluster.admin("SELECT 1 FROM pg_collation WHERE collprovider = 'i' LIMIT 1"):
+        pytest.skip("this PostgreSQL has no ICU")
+    name = "store_call_id_index_icu"
+    postgres_cluster.admin(
+        f"CREATE DATABASE {name} OWNER {STORE_USER} TEMPLATE template0 LOCALE 'C'"
+        " LOCALE_PROVIDER icu ICU_LOCALE 'und-u-ka-shifted'"
+    )
+    yield name
+    postgres_cluster.drop_database(name)
+
+
+@pytest.fixture
+def c_utf8_database(postgres_cluster: Cluster) -> Iterator[str]:
+    """A database of libc's C.UTF-8 (Debian's cluster default when the system locale is)."""
+    name = "store_call_id_index_c_utf8"
+    try:
+        postgres_cluster.admin(
+            f"CREATE DATABASE {name} OWNER {STORE_USER} TEMPLATE template0"
+            " LOCALE_PROVIDER libc LOCALE 'C.UTF-8'"
+        )
+    except Exception as exc:  # psycopg's error: the system has no C.UTF-8 locale
+        pytest.skip(f"no libc C.UTF-8 here: {exc}")
+    yield name
+    postgres_cluster.drop_database(name)
+
+
+@pytest.fixture
+def opened() -> Iterator[list[PostgresStore]]:
+    """Stores a test opens, closed after it."""
+    stores: list[PostgresStore] = []
+    yield stores
+    for store in stores:
+        store.close()
+
+
+def test_a_node_builds_the_call_id_index_where_the_collation_is_not_code_point_order(
+    postgres_cluster: Cluster,
+    shifted_database: str,
+    opened: list[PostgresStore],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger=pg_module.__name__)
+    store = PostgresStore.open(postgres_cluster.dsn(shifted_database), listen=False)
+    opened.append(store)
+    assert store.wanted_indexes() == [RETENTION_INDEX, CALL_ID_INDEX]
+    assert store.missing_indexes() == []
+    assert _index_state(postgres_cluster, shifted_database) == [True]
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert any(f"building the index {CALL_ID_INDEX} concurrently" in line for line in infos)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    store.call_records_save(_records())
+    _check_through_the_index(store, _Queries(monkeypatch))
+    plan = _plan(postgres_cluster, shifted_database)
+    assert CALL_ID_INDEX in plan and "Seq Scan" not in plan, plan
+
+
+def test_a_database_of_libc_c_utf8_gets_the_index_too(
+    postgres_cluster: Cluster,
+    c_utf8_database: str,
+    opened: list[PostgresStore],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """libc's C.UTF-8 is the C library's order, which PostgreSQL does not guarantee (glibc
+    2.35 and later sort it by code point, earlier distributions' patches and other libraries
+    their own way): not trusted as code point order, it gets the "C" index, and look-ups by
+    Call-ID take the index whatever the library does."""
+    store = PostgresStore.open(postgres_cluster.dsn(c_utf8_database), listen=False)
+    opened.append(store)
+    assert store._ids_in_code_point_order is False
+    assert _index_state(postgres_cluster, c_utf8_database) == [True]
+    store.call_records_save(_records())
+    _check_through_the_index(store, _Queries(monkeypatch))
+
+
+def test_a_c_database_gets_no_second_index_on_the_ids(
+    postgres_cluster: Cluster, postgres_database: str, opened: list[PostgresStore]
+) -> None:
+    """(A guard: main passes it too.) In a database collated "C" the UNIQUE index on call_id
+    answers; another would cost every save its upkeep for nothing."""
+    store = PostgresStore.open(postgres_cluster.dsn(postgres_database), listen=False)
+    opened.append(store)
+    assert store.wanted_indexes() == [RETENTION_INDEX]
+    assert _index_state(postgres_cluster, postgres_database) == []
+
+
+def test_an_index_on_call_id_collate_c_built_by_hand_under_another_name_is_taken(
+    postgres_cluster: Cluster,
+    shifted_database: str,
+    opened: list[PostgresStore],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before session 42 docs/operations.md had the operator build the index by hand, and
+    said PostgreSQL uses any index on that expression: one under another name is taken, and
+    no second one is built beside it."""
+    first = PostgresStore.open(postgres_cluster.dsn(shifted_database), listen=False)
+    first.close()
+    postgres_cluster.admin(f"DROP INDEX {CALL_ID_INDEX}", shifted_database)
+    postgres_cluster.admin(
+        'CREATE INDEX ops_call_id_c ON call_records ((call_id COLLATE "C"))', shifted_database
+    )
+    store = PostgresStore.open(postgres_cluster.dsn(shifted_database), listen=False)
+    opened.append(store)
+    assert store.missing_indexes() == []
+    assert _index_state(postgres_cluster, shifted_database) == []  # not built beside it
+    store.call_records_save(_records())
+    _check_through_the_index(store, _Queries(monkeypatch))
+
+
+def test_an_interrupted_build_of_the_call_id_index_is_built_again_at_the_next_start(
+    postgres_cluster: Cluster,
+    shifted_database: str,
+    opened: list[PostgresStore],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A node stopped (or killed) mid-build leaves an invalid index, which IF NOT EXISTS would
+    keep for ever and the planner never uses: the next start drops it and builds it again.
+    Meanwhile look-ups by Call-ID read as without it (the newest records first)."""
+    import psycopg
+
+    first = PostgresStore.open(postgres_cluster.dsn(shifted_database), listen=False)
+    first.call_records_save(_records())
+    first.close()
+    postgres_cluster.admin(f"DROP INDEX {CALL_ID_INDEX}", shifted_database)  # an upgrade's
+    caplog.set_level(logging.INFO, logger=pg_module.__name__)
+    monkeypatch.setattr(pg_module, "INLINE_INDEX_BYTES", -1)  # "big": built in a thread
+    with psycopg.connect(postgres_cluster.admin_dsn(shifted_database)) as writer:
+        writer.execute("LOCK TABLE call_records IN ROW EXCLUSIVE MODE")  # holds the build
+        node = PostgresStore.open(postgres_cluster.dsn(shifted_database), node="node")
+        opened.append(node)
+        _wait_until(lambda: _building(postgres_cluster, shifted_database))
+        # The node serves meanwhile, and its retention index is there: it deletes.
+        queries = _Queries(monkeypatch)
+        assert _found(node, CALL_ID) == [f"{CALL_ID};zz", f"{CALL_ID};t1"]
+        assert queries.asked == [(True, True)]  # the newest records, as without the index
+        node.close()  # stopped mid-build: cancelled
+        writer.rollback()
+    assert _index_state(postgres_cluster, shifted_database) == [False]  # left invalid
+    assert any(
+        f"building the index {CALL_ID_INDEX} stopped with the store" in r.getMessage()
+        for r in caplog.records
+    )
+    monkeypatch.setattr(pg_module, "INLINE_INDEX_BYTES", 64 * 1024 * 1024)
+    caplog.clear()
+    again = PostgresStore.open(postgres_cluster.dsn(shifted_database), listen=False)
+    opened.append(again)
+    assert _index_state(postgres_cluster, shifted_database) == [True]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(f"{CALL_ID_INDEX} is invalid" in line for line in warnings), warnings
+    _check_through_the_index(again, _Queries(monkeypatch))
+
+
+def _read_write_role(cluster: Cluster, database: str) -> str:
+    """A role that may only read and write the tables (docs/configuration.md, "The roles of a
+    PostgreSQL store"); its DSN."""
+    if not cluster.admin(f"SELECT 1 FROM pg_roles WHERE rolname = '{RW_ROLE}'"):
+        cluster.admin(f"CREATE ROLE {RW_ROLE} LOGIN PASSWORD '{cluster.password}'")
+    cluster.admin("REVOKE CREATE ON SCHEMA public FROM PUBLIC", database)
+    cluster.admin(
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {RW_ROLE}",
+        database,
+    )
+    return cluster.dsn(database).replace(f"user={STORE_USER} ", f"user={RW_ROLE} ")
+
+
+def test_a_node_that_may_not_build_it_says_so_and_migrate_store_builds_it(
+    postgres_cluster: Cluster,
+    shifted_database: str,
+    opened: list[PostgresStore],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    """Only the owner of call_records may index it: a node of a role that only reads and
+    writes says so at WARNING with the remedy (look-ups are slower, nothing is lost), and
+    ``voipgw migrate-store`` as the owner builds it; the node takes it without a restart."""
+    first = PostgresStore.open(postgres_cluster.dsn(shifted_database), listen=False)
+    first.call_records_save(_records())
+    first.close()
+    postgres_cluster.admin(f"DROP INDEX {CALL_ID_INDEX}", shifted_database)
+    dsn = _read_write_role(postgres_cluster, shifted_database)
+    caplog.set_level(logging.INFO, logger=pg_module.__name__)
+    node = PostgresStore.open(dsn, listen=False, node="node")
+    opened.append(node)
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(said) == 1 and said[0][0] == logging.WARNING, said
+    assert f"this node's role may not build the index {CALL_ID_INDEX}" in said[0][1]
+    assert "voipgw migrate-store" in said[0][1] and pg_module._CREATE_CALL_ID_INDEX in said[0][1]
+    assert postgres_cluster.password not in caplog.text
+    queries = _Queries(monkeypatch)
+    assert _found(node, CALL_ID) == [f"{CALL_ID};zz", f"{CALL_ID};t1"]
+    assert queries.asked == [(True, True)]
+
+    config = tmp_path / "owner.toml"
+    store = postgres_cluster.store_table(shifted_database, tmp_path)
+    config.write_text("[store]\n" + "".join(f'{k} = "{v}"\n' for k, v in store.items()))
+    migrated = subprocess.run(
+        [sys.executable, "-m", "gateway", "migrate-store", "--config", str(config)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert migrated.returncode == 0, migrated.stderr
+    assert f"store: the index {RETENTION_INDEX} is built" in migrated.stdout
+    assert f"store: the index {CALL_ID_INDEX} is built" in migrated.stdout
+    assert _index_state(postgres_cluster, shifted_database) == [True]
+    _check_through_the_index(node, queries)  # no restart
+
+
+def test_migrate_store_waits_for_a_nodes_build_of_the_call_id_index(
+    postgres_cluster: Cluster,
+    shifted_database: str,
+    opened: list[PostgresStore],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The owner's ``build_indexes`` (migrate-store) while a node builds the Call-ID index
+    (the retention index already there): it names that build, waits for it, and takes the
+    index it made."""
+    import psycopg
+
+    first = PostgresStore.open(postgres_cluster.dsn(shifted_database), listen=False)
+    first.close()
+    postgres_cluster.admin(f"DROP INDEX {CALL_ID_INDEX}", shifted_database)
+    monkeypatch.setattr(pg_module, "INLINE_INDEX_BYTES", -1)
+    with psycopg.connect(postgres_cluster.admin_dsn(shifted_database)) as writer:
+        writer.execute("LOCK TABLE call_records IN ROW EXCLUSIVE MODE")  # holds the build
+        node = PostgresStore.open(postgres_cluster.dsn(shifted_database), node="node")
+        opened.append(node)
+        _wait_until(lambda: _building(postgres_cluster, shifted_database))
+        owner = PostgresStore.open(postgres_cluster.dsn(shifted_database), listen=False)
+        opened.append(owner)
+        assert owner.missing_indexes() == [CALL_ID_INDEX]
+        assert owner.build_indexes(wait=0) is False
+        assert owner.index_left_to == (
+            f"another node's build of the index {CALL_ID_INDEX} (it holds the build's"
+            " advisory lock)"
+        )
+        finished: list[bool] = []
+        waiting = threading.Thread(
+            target=lambda: finished.append(owner.build_indexes(wait=60)), daemon=True
+        )
+        waiting.start()
+        writer.rollback()  # the node's build goes on, and ends
+    waiting.join(60)
+    assert finished == [True]
+    assert _index_state(postgres_cluster, shifted_database) == [True]
