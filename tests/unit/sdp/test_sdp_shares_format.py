@@ -66,7 +66,7 @@ def _sections(draw: st.DrawFn, proto: str = "RTP/AVP") -> MediaDescription:
     ).with_attributes(attributes)
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(offer=_sections(), answer=_sections())
 def test_shares_format_answers_as_the_rule_it_replaced(
     offer: MediaDescription, answer: MediaDescription
@@ -74,7 +74,7 @@ def test_shares_format_answers_as_the_rule_it_replaced(
     assert offer_answer._shares_format(offer, answer) is _reference(offer, answer)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(offer=_sections(proto="udptl"), answer=_sections(proto="udptl"))
 def test_shares_format_of_non_rtp_lines_compares_the_formats(
     offer: MediaDescription, answer: MediaDescription
