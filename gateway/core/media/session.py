@@ -1456,14 +1456,24 @@ class MediaSession:
             connection=self._connection,
             bandwidths=source.bandwidths,
             # r= and z= lines are not carried: SIP uses t=0 0 (RFC 3264 §5).
-            times=tuple(TimeDescription(t.start, t.stop) for t in times),
-            # The session-level direction is written on every m= line instead.
-            attributes=source.attributes.remove_if(is_leg_specific).with_direction(None),
+            times=_without_repeats(times),
+            # The session-level direction is written on every m= line instead; leg-specific
+            # attributes dropped (one pass: remove_if(is_leg_specific).with_direction(None)).
+            attributes=_relayed_attributes(source.attributes, None, None),
             media=tuple(media),
         )
         sent = apply_version_rule(previous, new)
         self._sent[side] = sent
         return sent
+
+
+def _without_repeats(times: tuple[TimeDescription, ...]) -> tuple[TimeDescription, ...]:
+    """``times`` without their r= and z= lines: the tuple itself when none has any (a SIP
+    peer's t=0 0, every call), else each time description made again with its t= values."""
+    for t in times:
+        if t.repeats or t.zone is not None:
+            return tuple([TimeDescription(t.start, t.stop) for t in times])
+    return times
 
 
 def _check_side(side: str) -> Side:

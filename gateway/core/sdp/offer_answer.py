@@ -288,13 +288,26 @@ def _shares_format(offer: MediaDescription, answer: MediaDescription) -> bool:
     if not offer.is_rtp:
         return bool(set(offer.formats) & set(answer.formats))
     offered = _codecs_by_format(offer)
-    offered_keys = {r.codec_key for r in offered.values() if r is not None}
-    for payload_type, rtpmap in _codecs_by_format(answer).items():
-        if rtpmap is not None and rtpmap.codec_key in offered_keys:
+    # Both sections' a=rtpmap lines are parsed whole first, so that a malformed one is refused
+    # whichever format matches. The answer's formats are then looked at in order, each against
+    # the offer's format of its own number first: an answer reuses the offer's numbers (RFC 3264
+    # §6.1), so its first format usually matches there, and the offer's codecs by name, rate
+    # and channels are gathered only for an answer that renumbered.
+    answered = answer.rtpmaps()
+    offered_keys: set[tuple[str, int, int]] | None = None
+    for payload_type in answer.payload_types:
+        rtpmap = answered.get(payload_type) or STATIC_PAYLOAD_TYPES.get(payload_type)
+        if rtpmap is None:
+            # A format neither side names a codec for matches by number.
+            if payload_type in offered and offered[payload_type] is None:
+                return True
+            continue
+        same_number = offered.get(payload_type)
+        if same_number is not None and same_number.codec_key == rtpmap.codec_key:
             return True
-        # A format neither side names a codec for matches by number (the answer reuses the
-        # offer's payload type numbers, RFC 3264 §6.1).
-        if rtpmap is None and payload_type in offered and offered[payload_type] is None:
+        if offered_keys is None:
+            offered_keys = {r.codec_key for r in offered.values() if r is not None}
+        if rtpmap.codec_key in offered_keys:
             return True
     return False
 
