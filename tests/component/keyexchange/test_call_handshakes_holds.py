@@ -1309,6 +1309,9 @@ async def test_a_flood_from_a_few_sources_leaves_room_for_a_natted_phone(
     assert len(fed) == others
     by_source = {source: [d for d, s in fed if s == source] for source in flood}
     assert [len(by_source[source]) for source in flood] == [15, 15, 16]
+    # The newest went (a tail drop: what waited longest still goes first, review-d6).
+    last = QUEUE_PER_SOURCE - 1
+    assert by_source[flood[0]] == by_source[flood[1]] == [hello(n) for n in range(last)]
     assert fed[-2:] == [(hello(200), natted), (hello(201), natted)]
 
 
