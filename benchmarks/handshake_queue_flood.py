@@ -7,9 +7,10 @@ Feeds ``N`` DTLS ClientHello-shaped datagrams to one call's queue while its task
 sources other than the SDP address), then each from a new port, as a flood of spoofed
 sources while a phone behind a NAT sends. On main every datagram past the 48 is dropped
 after the check; since session 42 each new source's takes the place of the newest of the
-port with the most waiting while it has two or more (44 such swaps here: datagrams 49 to 92),
-then is dropped after the check. The instructions per datagram are the difference between
-runs under callgrind (independent of the machine's load)::
+port with the most waiting while it has two or more (45 such swaps here: datagrams 49 to 93,
+the three ports left with one each), then is dropped after the check. The instructions per
+datagram are the difference between runs under callgrind (independent of the machine's
+load)::
 
     valgrind --tool=callgrind --callgrind-out-file=cg.48 \
         python benchmarks/handshake_queue_flood.py 48
@@ -19,7 +20,8 @@ runs under callgrind (independent of the machine's load)::
         python benchmarks/handshake_queue_flood.py 4048
 
 (cg.92 - cg.48) / 44: a datagram that takes another's place; (cg.4048 - cg.92) / 3956: one
-dropped once the room is shared evenly. No sockets, no trio run: ``deliver`` is what the
+dropped once the room is shared evenly (datagram 93, the last swap, is in that window: ~14
+instructions of the quotient). No sockets, no trio run: ``deliver`` is what the
 relay calls for each datagram. Not a timed test.
 """
 

@@ -506,6 +506,11 @@ class CallHandshakes:
                 self._drop(side, "blocked", len(kept))
             for by_source in [*self._unanswered.values(), *self._early_losers.values()]:
                 self._drop("b", "blocked", sum(len(kept) for kept in by_source.values()))
+            # So are the datagrams still waiting in the queue (a burst the call's end came
+            # before the task took): they vanished uncounted with the queue before.
+            for side in ("a", "b"):
+                waiting = sum(1 for item, _ in self._queue if item is not None and item[0] == side)
+                self._drop(side, "blocked", waiting)
             self._held_datagrams.clear()
             self._early_rtcp.clear()
             self._unanswered.clear()

@@ -14,8 +14,11 @@ port: :meth:`CookieSecrets.cookie`), so that a cookie asked on one port starts n
 another; the client's host, not its port, as RFC 6347 §4.2.1's own example (``HMAC(Secret,
 Client-IP, Client-Parameters)``), so that a phone whose NAT gave it another port between its
 two ClientHellos is keyed at its new port (session 42: asked again, its third ClientHello was
-message_seq 2, which OpenSSL cannot continue). That proves no less: the cookie shows its
-sender receives at that host, and our flights go to that host, whichever of its ports; the
+message_seq 2, which OpenSSL cannot continue). That proves less: that its sender, or someone
+sharing its public address (a carrier-grade NAT's other subscribers), receives at that host;
+one who can also forge that host's address may then start handshakes as any of its ports, our
+certificate flight going there, within each port's bucket and cap (docs/media_security.md,
+"Cookies for other sources"; the certificate check still keys only the phone). The
 secret per process (one
 per :class:`CookieSecrets`), a new one for every :data:`COOKIE_SECRET_LIFETIME` seconds
 (drawn at first use); a cookie made with the previous secret is accepted too, so a cookie

@@ -284,6 +284,31 @@ async def test_datagrams_still_kept_when_the_call_ends_are_counted_dropped(
     assert task.handshakes.dropped == 3
 
 
+async def test_datagrams_waiting_for_the_task_when_the_call_ends_are_counted_dropped(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A burst the task had not taken yet when the call ended is dropped, and counted so
+    (``blocked``), as what a held port kept is; a datagram handed on after the task ended is
+    dropped and counted too, never queued (review-d6: the queue's datagrams vanished
+    uncounted with it)."""
+    engine = Engine()
+    async with trio.open_nursery() as nursery:
+        task = await start(nursery)
+        task.legs["a"].streams[0] = dtls_stream(engine)
+        task.handshakes.poke()
+        await settle()
+        for _ in range(3):
+            task.handshakes.deliver("a", 0, CLIENT_HELLO)
+        task.handshakes.deliver("b", 0, CLIENT_HELLO)
+        nursery.cancel_scope.cancel()  # before the task ran again
+    # The first datagram woke the task before the cancel came: that round was its own.
+    assert engine.received == [CLIENT_HELLO]
+    assert sorted(task.session.drops) == [("a", "blocked", 2), ("b", "blocked", 1)]
+    task.handshakes.deliver("a", 0, CLIENT_HELLO)
+    assert task.session.drops[-1] == ("a", "blocked", 1)
+    assert task.handshakes.dropped == 4
+
+
 async def test_early_rtcp_of_a_stream_a_reinvite_removed_is_dropped_and_counted(
     nursery: trio.Nursery, autojump_clock: trio.abc.Clock
 ) -> None:
@@ -1284,6 +1309,9 @@ async def test_a_flood_from_a_few_sources_leaves_room_for_a_natted_phone(
     assert len(fed) == others
     by_source = {source: [d for d, s in fed if s == source] for source in flood}
     assert [len(by_source[source]) for source in flood] == [15, 15, 16]
+    # The newest went (a tail drop: what waited longest still goes first, review-d6).
+    last = QUEUE_PER_SOURCE - 1
+    assert by_source[flood[0]] == by_source[flood[1]] == [hello(n) for n in range(last)]
     assert fed[-2:] == [(hello(200), natted), (hello(201), natted)]
 
 
