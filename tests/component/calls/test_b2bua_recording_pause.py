@@ -304,3 +304,91 @@ async def test_a_pause_asked_before_the_answer_of_a_call_no_recording_takes_leav
     with pytest.raises(ControlError, match="is not recorded: nothing to pause"):
         manager.pause_recording(gateway_call.id, True, by="agent 7")  # answered: as before
     await call.bye()  # type: ignore[attr-defined]
+
+
+async def test_a_pause_while_an_intercepted_call_rings_gets_the_answer_an_untapped_call_gets(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Only the interception is configured (covert, it decides at the call's start): a pause
+    # asked while an intercepted call rings is refused as for a call tapped by nothing, not
+    # kept "for its recording" (that answer would tell whoever may pause recordings that a
+    # tap is configured, lawful_intercept.md "Keeping it covert").
+    caplog.set_level(logging.INFO)
+    env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
+    await env.provision(activate(f"<e164Number>{ALICE_DID[1:]}</e164Number>"))
+    call, leg_b = await env.trunk_calls_alice()
+    await leg_b.ring()
+    manager = env.b2bua.gateway.calls
+    assert manager is not None
+    (gateway_call,) = manager.calls
+    assert gateway_call.taps is not None  # the interception took it at its start
+    assert ask(env, "pause", gateway_call.record_id) == {
+        "error": f"call {gateway_call.record_id} is not recorded: nothing to pause"
+    }
+    assert gateway_call.pause_before_recording is None
+    assert manager.recordings_paused == set()
+    assert manager.recording_pauses == {"pause": 0, "resume": 0}
+    await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))
+    assert (await call.final()).status == 200
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("gateway.core")]
+    assert not [line for line in lines if "intercept" in line or "before its recording" in line]
+    await call.bye()
+    await eventually(lambda: env.b2bua.calls == 0)
+
+
+async def test_a_pause_while_an_intercepted_call_no_recording_takes_rings_is_kept_as_any(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A recording tap is configured beside the interception but does not select the call:
+    # the intercepted call, not answered yet, gets the answer any call gets then (the pause
+    # kept for a recording that may start), and at the answer the line of a call no recording
+    # took; the interception is never named, never paused, and the call leaves the gauge.
+    caplog.set_level(logging.INFO)
+    env = await intercept_env(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        pki,
+        plugins=(("siprec", siprec_plugin),),
+        tables={"siprec": {"srs": "sip:srs@127.0.0.9:5060", "accounts": ["nobody"]}},
+    )
+    await env.provision(activate(f"<e164Number>{ALICE_DID[1:]}</e164Number>"))
+    call, leg_b = await env.trunk_calls_alice()
+    await leg_b.ring()
+    manager = env.b2bua.gateway.calls
+    assert manager is not None
+    (gateway_call,) = manager.calls
+    assert gateway_call.taps is not None  # the interception took it at its start
+    assert ask(env, "pause", gateway_call.record_id) == {
+        "call_id": gateway_call.record_id,
+        "paused": True,
+        "changed": True,
+        "recordings": [],
+        "pending": True,
+    }
+    assert manager.recordings_paused == {gateway_call}
+    await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))
+    assert (await call.final()).status == 200
+    await eventually(lambda: manager.recordings_paused == set())
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("gateway.core")]
+    assert (
+        f"call {gateway_call.id}: recording pause asked by agent 7: the call is not recorded"
+        in lines
+    ), lines
+    assert not [line for line in lines if "intercept" in line]
+    assert "taps" not in gateway_call.security_record()
+    assert ask(env, "pause", gateway_call.record_id) == {
+        "error": f"call {gateway_call.record_id} is not recorded: nothing to pause"
+    }
+    await call.bye()
+    await eventually(lambda: env.b2bua.calls == 0)
