@@ -392,3 +392,36 @@ async def test_a_pause_while_an_intercepted_call_no_recording_takes_rings_is_kep
     }
     await call.bye()
     await eventually(lambda: env.b2bua.calls == 0)
+
+
+async def test_a_resume_the_srs_answers_481_goes_on_in_the_new_recording_session(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # The SRS restarted during the pause: the resume's re-INVITE gets 481 (RFC 5057 §5.1) and
+    # a new recording session offers the streams as they are, sendonly. Once the SRS answers
+    # it the copies go there: nothing more is waited for (no pause behind that session).
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer())
+    call, to_caller_side, first_call_id = await recorded_call(env, srs)
+    manager = env.gateway.calls
+    assert manager is not None
+    (gateway_call,) = manager.calls
+    manager.pause_recording(gateway_call.id, True, by="agent 7")
+    paused = await srs.next_request("INVITE", timeout=10)
+    await srs.respond(paused, 200, body=srs_answer(), content_type="application/sdp")
+    await srs.next_request("ACK", timeout=5)
+    manager.pause_recording(gateway_call.id, False, by="agent 7")
+    resumed = await srs.next_request("INVITE", timeout=10)
+    await srs.respond(resumed, 481)  # the SRS restarted: it knows no such session
+    again = await srs.next_call(timeout=5)
+    assert again.invite.call_id != first_call_id
+    assert directions(again.incoming) == ["sendonly", "sendonly"]  # type: ignore[arg-type]
+    new_ports = (SRS_PORT + 4, SRS_PORT + 6)
+    await again.answer(200, sdp=srs_answer(ports=new_ports))
+    await srs.next_request("ACK", timeout=5)
+    await trio.sleep(1)  # virtual time: the answer taken
+    with await bind(CALLER_PORT) as caller, await bind(new_ports[0]) as srs_caller:
+        for seq in range(3):
+            await caller.sendto(rtp(seq, 0x00, 0x1111), to_caller_side)
+        assert await copies(srs_caller) == [rtp(seq, 0x00, 0x1111) for seq in range(3)]
+    await call.bye()  # type: ignore[attr-defined]
+    await srs.next_request("INVITE", timeout=10)
