@@ -425,3 +425,42 @@ async def test_a_resume_the_srs_answers_481_goes_on_in_the_new_recording_session
         assert await copies(srs_caller) == [rtp(seq, 0x00, 0x1111) for seq in range(3)]
     await call.bye()  # type: ignore[attr-defined]
     await srs.next_request("INVITE", timeout=10)
+
+
+async def test_a_resume_while_the_new_recording_session_opens_paused_waits_for_its_re_invite(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # The pause's re-INVITE gets 481: the new recording session opens paused (its streams
+    # inactive). A resume while that INVITE is out is not in it: the SRS takes the streams
+    # inactive, so the copies wait for the re-INVITE that follows and its answer.
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer())
+    call, to_caller_side, _ = await recorded_call(env, srs)
+    manager = env.gateway.calls
+    assert manager is not None
+    (gateway_call,) = manager.calls
+    manager.pause_recording(gateway_call.id, True, by="agent 7")
+    paused = await srs.next_request("INVITE", timeout=10)
+    await srs.respond(paused, 481)
+    again = await srs.next_call(timeout=5)
+    assert directions(again.incoming) == ["inactive", "inactive"]  # type: ignore[arg-type]
+    manager.pause_recording(gateway_call.id, False, by="agent 7")
+    new_ports = (SRS_PORT + 4, SRS_PORT + 6)
+    await again.answer(200, sdp=srs_answer(ports=new_ports))
+    await srs.next_request("ACK", timeout=5)
+    resumed = await srs.next_request("INVITE", timeout=10)
+    assert resumed.request.call_id == again.invite.call_id
+    assert directions(resumed) == ["sendonly", "sendonly"]
+    with await bind(CALLER_PORT) as caller, await bind(new_ports[0]) as srs_caller:
+        for seq in range(3):
+            await caller.sendto(rtp(seq, 0x00, 0x1111), to_caller_side)
+        assert await copies(srs_caller) == []  # the SRS took them inactive
+        await srs.respond(
+            resumed, 200, body=srs_answer(ports=new_ports), content_type="application/sdp"
+        )
+        await srs.next_request("ACK", timeout=5)
+        await trio.sleep(1)  # virtual time: the answer taken
+        for seq in range(3, 6):
+            await caller.sendto(rtp(seq, 0x00, 0x1111), to_caller_side)
+        assert await copies(srs_caller) == [rtp(seq, 0x00, 0x1111) for seq in range(3, 6)]
+    await call.bye()  # type: ignore[attr-defined]
+    await srs.next_request("INVITE", timeout=10)
