@@ -464,3 +464,44 @@ async def test_a_resume_while_the_new_recording_session_opens_paused_waits_for_i
         assert await copies(srs_caller) == [rtp(seq, 0x00, 0x1111) for seq in range(3, 6)]
     await call.bye()  # type: ignore[attr-defined]
     await srs.next_request("INVITE", timeout=10)
+
+
+async def test_a_resume_the_srs_refused_is_sent_again_a_while_later(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The SRS refuses the resume's re-INVITE for good (488: no resend) and the call does not
+    # change again: the copies wait for the SRS to take a resume, so it is sent again after
+    # RESUME_AGAIN_AFTER; once answered the rest of the call is recorded.
+    caplog.set_level(logging.WARNING, logger="gateway.plugins.taps.siprec")
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer())
+    call, to_caller_side, _ = await recorded_call(env, srs)
+    manager = env.gateway.calls
+    assert manager is not None
+    (gateway_call,) = manager.calls
+    manager.pause_recording(gateway_call.id, True, by="agent 7")
+    paused = await srs.next_request("INVITE", timeout=10)
+    await srs.respond(paused, 200, body=srs_answer(), content_type="application/sdp")
+    await srs.next_request("ACK", timeout=5)
+    manager.pause_recording(gateway_call.id, False, by="agent 7")
+    refused = await srs.next_request("INVITE", timeout=10)
+    refused_at = trio.current_time()
+    await srs.respond(refused, 488)
+    again = await srs.next_request("INVITE", timeout=2 * siprec_plugin.RESUME_AGAIN_AFTER)
+    assert trio.current_time() - refused_at >= siprec_plugin.RESUME_AGAIN_AFTER
+    assert directions(again) == ["sendonly", "sendonly"]
+    assert "the SRS refused an update (488), given up until the call changes again" in caplog.text
+    with await bind(CALLER_PORT) as caller, await bind(SRS_PORT) as srs_caller:
+        await srs.respond(again, 200, body=srs_answer(), content_type="application/sdp")
+        await srs.next_request("ACK", timeout=5)
+        await trio.sleep(1)  # virtual time: the answer taken
+        for seq in range(3):
+            await caller.sendto(rtp(seq, 0x00, 0x1111), to_caller_side)
+        assert await copies(srs_caller) == [rtp(seq, 0x00, 0x1111) for seq in range(3)]
+    # Taken: not sent again.
+    assert await next_within(srs, "INVITE", 3 * siprec_plugin.RESUME_AGAIN_AFTER) is None
+    await call.bye()  # type: ignore[attr-defined]
+    await srs.next_request("INVITE", timeout=10)
