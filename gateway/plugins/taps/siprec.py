@@ -120,7 +120,8 @@ Pause and resume on request (``set_paused``: ``voipgw recording pause|resume``, 
 streams as they are (sendonly, or inactive where the call holds them; with SDES fresh keys).
 Both go as any update. The copies wait for the SRS's answer to the resume (not sent, counted
 so, as a stream it has not answered): it took the streams inactive, and RFC 3264 §8 changes
-nothing until the answer; with SDES it has no keys for them before.
+nothing until the answer; with SDES it has no keys for them before. A resume given up is sent
+again RESUME_AGAIN_AFTER later (or the SRS's Retry-After), until the SRS takes it.
 
 Not done: DTLS-SRTP towards the SRS; the ``a=record`` indication to recording-aware phones
 (RFC 7866 §7); with SDES, another crypto suite the SRS's answer in an ACK picks than the one
@@ -209,6 +210,11 @@ then ``session_reopened`` when a new recording session took the rest of the call
 # to half again longer at random, as the update back-off).
 REOPEN_ROUNDS = 3
 REOPEN_BACKOFF = 2.0
+RESUME_AGAIN_AFTER = 60.0
+"""A resume given up (its re-INVITE refused past the retries, or not answered) is sent again
+after this many seconds, or the SRS's Retry-After if longer, until the SRS takes it: no copy
+goes before it does (RFC 3264 §8), so a resume left given up until the call's next change
+would leave the rest of the call unrecorded."""
 
 MAX_RECORDED_LINES = 32
 """The most m= lines a recording session offers (two per recorded stream of the call, removed
@@ -872,6 +878,10 @@ class SiprecSink:
         # Resumes so far, and how many of them the SRS has taken an offer made after: until it
         # takes the resume's (sendonly; with SDES fresh keys, _reoffer) the copies wait.
         self._resumes = self._answered_resumes = 0
+        # When a given-up resume goes again (trio time; None: none is due) and whether the task
+        # that sends it runs (_resume_again).
+        self._resume_again_at: float | None = None
+        self._resume_again_running = False
         # True while the SRS has taken our last offer and no re-INVITE is under way: only then
         # does the call's end send the final snapshot (one re-INVITE at a time, RFC 3261 §14.1).
         self._settled = True
@@ -1094,6 +1104,7 @@ class SiprecSink:
             negotiations = self._reoffer(len(current))
             with_metadata, self._metadata_changed = self._metadata_changed, False
             self._settled = False
+            self._resume_again_at = None  # this update carries a resume that waits, if any
             status = await self._update(
                 session, current, list(self._ports), negotiations, with_metadata
             )
@@ -1151,6 +1162,27 @@ class SiprecSink:
                 f", tried {retries + 1} times" if retries else "",
             )
             retries = 0
+            if self._waits_for_resume:
+                # The copies wait for the SRS to take the resume: it goes again a while later,
+                # whether or not the call changes meanwhile (one task, one time due).
+                wait = max(RESUME_AGAIN_AFTER, float(session.retry_after or 0))
+                self._resume_again_at = trio.current_time() + wait
+                if not self._resume_again_running:
+                    self._resume_again_running = True
+                    nursery.start_soon(self._resume_again)
+
+    async def _resume_again(self) -> None:
+        """Send a given-up resume again when due (``_resume_again_at``), unless an update went
+        meanwhile (a change of the call, an offer of the SRS: its own answer decides), the SRS
+        took one made after the resume (a new recording session), or the recording was paused
+        again (its own re-INVITE says inactive)."""
+        while (due := self._resume_again_at) is not None:
+            await trio.sleep_until(due)
+            if self._resume_again_at == due:
+                self._resume_again_at = None
+                if self._waits_for_resume and not self._paused:
+                    self._changed.set()
+        self._resume_again_running = False
 
     async def _follow_streams(
         self, streams: list[RecordedStream], sockets: list[trio.socket.SocketType | None]

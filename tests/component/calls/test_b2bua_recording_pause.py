@@ -304,3 +304,204 @@ async def test_a_pause_asked_before_the_answer_of_a_call_no_recording_takes_leav
     with pytest.raises(ControlError, match="is not recorded: nothing to pause"):
         manager.pause_recording(gateway_call.id, True, by="agent 7")  # answered: as before
     await call.bye()  # type: ignore[attr-defined]
+
+
+async def test_a_pause_while_an_intercepted_call_rings_gets_the_answer_an_untapped_call_gets(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Only the interception is configured (covert, it decides at the call's start): a pause
+    # asked while an intercepted call rings is refused as for a call tapped by nothing, not
+    # kept "for its recording" (that answer would tell whoever may pause recordings that a
+    # tap is configured, lawful_intercept.md "Keeping it covert").
+    caplog.set_level(logging.INFO)
+    env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
+    await env.provision(activate(f"<e164Number>{ALICE_DID[1:]}</e164Number>"))
+    call, leg_b = await env.trunk_calls_alice()
+    await leg_b.ring()
+    manager = env.b2bua.gateway.calls
+    assert manager is not None
+    (gateway_call,) = manager.calls
+    assert gateway_call.taps is not None  # the interception took it at its start
+    assert ask(env, "pause", gateway_call.record_id) == {
+        "error": f"call {gateway_call.record_id} is not recorded: nothing to pause"
+    }
+    assert gateway_call.pause_before_recording is None
+    assert manager.recordings_paused == set()
+    assert manager.recording_pauses == {"pause": 0, "resume": 0}
+    await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))
+    assert (await call.final()).status == 200
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("gateway.core")]
+    assert not [line for line in lines if "intercept" in line or "before its recording" in line]
+    await call.bye()
+    await eventually(lambda: env.b2bua.calls == 0)
+
+
+async def test_a_pause_while_an_intercepted_call_no_recording_takes_rings_is_kept_as_any(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A recording tap is configured beside the interception but does not select the call:
+    # the intercepted call, not answered yet, gets the answer any call gets then (the pause
+    # kept for a recording that may start), and at the answer the line of a call no recording
+    # took; the interception is never named, never paused, and the call leaves the gauge.
+    caplog.set_level(logging.INFO)
+    env = await intercept_env(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        pki,
+        plugins=(("siprec", siprec_plugin),),
+        tables={"siprec": {"srs": "sip:srs@127.0.0.9:5060", "accounts": ["nobody"]}},
+    )
+    await env.provision(activate(f"<e164Number>{ALICE_DID[1:]}</e164Number>"))
+    call, leg_b = await env.trunk_calls_alice()
+    await leg_b.ring()
+    manager = env.b2bua.gateway.calls
+    assert manager is not None
+    (gateway_call,) = manager.calls
+    assert gateway_call.taps is not None  # the interception took it at its start
+    assert ask(env, "pause", gateway_call.record_id) == {
+        "call_id": gateway_call.record_id,
+        "paused": True,
+        "changed": True,
+        "recordings": [],
+        "pending": True,
+    }
+    assert manager.recordings_paused == {gateway_call}
+    await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))
+    assert (await call.final()).status == 200
+    await eventually(lambda: manager.recordings_paused == set())
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("gateway.core")]
+    assert (
+        f"call {gateway_call.id}: recording pause asked by agent 7: the call is not recorded"
+        in lines
+    ), lines
+    assert not [line for line in lines if "intercept" in line]
+    assert "taps" not in gateway_call.security_record()
+    assert ask(env, "pause", gateway_call.record_id) == {
+        "error": f"call {gateway_call.record_id} is not recorded: nothing to pause"
+    }
+    await call.bye()
+    await eventually(lambda: env.b2bua.calls == 0)
+
+
+async def test_a_resume_the_srs_answers_481_goes_on_in_the_new_recording_session(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # The SRS restarted during the pause: the resume's re-INVITE gets 481 (RFC 5057 §5.1) and
+    # a new recording session offers the streams as they are, sendonly. Once the SRS answers
+    # it the copies go there: nothing more is waited for (no pause behind that session).
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer())
+    call, to_caller_side, first_call_id = await recorded_call(env, srs)
+    manager = env.gateway.calls
+    assert manager is not None
+    (gateway_call,) = manager.calls
+    manager.pause_recording(gateway_call.id, True, by="agent 7")
+    paused = await srs.next_request("INVITE", timeout=10)
+    await srs.respond(paused, 200, body=srs_answer(), content_type="application/sdp")
+    await srs.next_request("ACK", timeout=5)
+    manager.pause_recording(gateway_call.id, False, by="agent 7")
+    resumed = await srs.next_request("INVITE", timeout=10)
+    await srs.respond(resumed, 481)  # the SRS restarted: it knows no such session
+    again = await srs.next_call(timeout=5)
+    assert again.invite.call_id != first_call_id
+    assert directions(again.incoming) == ["sendonly", "sendonly"]  # type: ignore[arg-type]
+    new_ports = (SRS_PORT + 4, SRS_PORT + 6)
+    await again.answer(200, sdp=srs_answer(ports=new_ports))
+    await srs.next_request("ACK", timeout=5)
+    await trio.sleep(1)  # virtual time: the answer taken
+    with await bind(CALLER_PORT) as caller, await bind(new_ports[0]) as srs_caller:
+        for seq in range(3):
+            await caller.sendto(rtp(seq, 0x00, 0x1111), to_caller_side)
+        assert await copies(srs_caller) == [rtp(seq, 0x00, 0x1111) for seq in range(3)]
+    await call.bye()  # type: ignore[attr-defined]
+    await srs.next_request("INVITE", timeout=10)
+
+
+async def test_a_resume_while_the_new_recording_session_opens_paused_waits_for_its_re_invite(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # The pause's re-INVITE gets 481: the new recording session opens paused (its streams
+    # inactive). A resume while that INVITE is out is not in it: the SRS takes the streams
+    # inactive, so the copies wait for the re-INVITE that follows and its answer.
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer())
+    call, to_caller_side, _ = await recorded_call(env, srs)
+    manager = env.gateway.calls
+    assert manager is not None
+    (gateway_call,) = manager.calls
+    manager.pause_recording(gateway_call.id, True, by="agent 7")
+    paused = await srs.next_request("INVITE", timeout=10)
+    await srs.respond(paused, 481)
+    again = await srs.next_call(timeout=5)
+    assert directions(again.incoming) == ["inactive", "inactive"]  # type: ignore[arg-type]
+    manager.pause_recording(gateway_call.id, False, by="agent 7")
+    new_ports = (SRS_PORT + 4, SRS_PORT + 6)
+    await again.answer(200, sdp=srs_answer(ports=new_ports))
+    await srs.next_request("ACK", timeout=5)
+    resumed = await srs.next_request("INVITE", timeout=10)
+    assert resumed.request.call_id == again.invite.call_id
+    assert directions(resumed) == ["sendonly", "sendonly"]
+    with await bind(CALLER_PORT) as caller, await bind(new_ports[0]) as srs_caller:
+        for seq in range(3):
+            await caller.sendto(rtp(seq, 0x00, 0x1111), to_caller_side)
+        assert await copies(srs_caller) == []  # the SRS took them inactive
+        await srs.respond(
+            resumed, 200, body=srs_answer(ports=new_ports), content_type="application/sdp"
+        )
+        await srs.next_request("ACK", timeout=5)
+        await trio.sleep(1)  # virtual time: the answer taken
+        for seq in range(3, 6):
+            await caller.sendto(rtp(seq, 0x00, 0x1111), to_caller_side)
+        assert await copies(srs_caller) == [rtp(seq, 0x00, 0x1111) for seq in range(3, 6)]
+    await call.bye()  # type: ignore[attr-defined]
+    await srs.next_request("INVITE", timeout=10)
+
+
+async def test_a_resume_the_srs_refused_is_sent_again_a_while_later(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The SRS refuses the resume's re-INVITE for good (488: no resend) and the call does not
+    # change again: the copies wait for the SRS to take a resume, so it is sent again after
+    # RESUME_AGAIN_AFTER; once answered the rest of the call is recorded.
+    caplog.set_level(logging.WARNING, logger="gateway.plugins.taps.siprec")
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer())
+    call, to_caller_side, _ = await recorded_call(env, srs)
+    manager = env.gateway.calls
+    assert manager is not None
+    (gateway_call,) = manager.calls
+    manager.pause_recording(gateway_call.id, True, by="agent 7")
+    paused = await srs.next_request("INVITE", timeout=10)
+    await srs.respond(paused, 200, body=srs_answer(), content_type="application/sdp")
+    await srs.next_request("ACK", timeout=5)
+    manager.pause_recording(gateway_call.id, False, by="agent 7")
+    refused = await srs.next_request("INVITE", timeout=10)
+    refused_at = trio.current_time()
+    await srs.respond(refused, 488)
+    again = await srs.next_request("INVITE", timeout=2 * siprec_plugin.RESUME_AGAIN_AFTER)
+    assert trio.current_time() - refused_at >= siprec_plugin.RESUME_AGAIN_AFTER
+    assert directions(again) == ["sendonly", "sendonly"]
+    assert "the SRS refused an update (488), given up until the call changes again" in caplog.text
+    with await bind(CALLER_PORT) as caller, await bind(SRS_PORT) as srs_caller:
+        await srs.respond(again, 200, body=srs_answer(), content_type="application/sdp")
+        await srs.next_request("ACK", timeout=5)
+        await trio.sleep(1)  # virtual time: the answer taken
+        for seq in range(3):
+            await caller.sendto(rtp(seq, 0x00, 0x1111), to_caller_side)
+        assert await copies(srs_caller) == [rtp(seq, 0x00, 0x1111) for seq in range(3)]
+    # Taken: not sent again.
+    assert await next_within(srs, "INVITE", 3 * siprec_plugin.RESUME_AGAIN_AFTER) is None
+    await call.bye()  # type: ignore[attr-defined]
+    await srs.next_request("INVITE", timeout=10)

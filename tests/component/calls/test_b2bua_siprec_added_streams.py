@@ -501,3 +501,68 @@ async def test_a_stream_no_port_can_be_had_for_goes_unrecorded_and_the_rest_is_r
     await srs.next_request("ACK", timeout=5)
     await call.bye()  # type: ignore[attr-defined]
     await srs.next_request("INVITE", timeout=10)
+
+
+async def test_a_stream_added_again_after_one_no_port_was_had_for_is_tried_again(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The video the caller added had no port (EMFILE, its lines at port 0); the caller
+    # removes it and, the descriptors back, adds video again on that line: a new stream,
+    # new labels, bound and recorded (the "not tried again" lasts while the call has it).
+    env, srs = await siprec_env(
+        nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer(), record_video=True
+    )
+    call, _, _ = await recorded_call(env, srs)
+    bind_port = siprec_plugin.SiprecSink._bind
+
+    async def no_port(self: object) -> object:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(siprec_plugin.SiprecSink, "_bind", no_port)
+    await callee_takes_two_streams(env, CALLEE_PORT)
+    answer = await call.reinvite(  # type: ignore[attr-defined]
+        audio_video(CALLER_PORT, CALLER_PORT + 2, version=2)
+    )
+    assert answer.status == 200
+    update = await srs.next_request("INVITE", timeout=10)
+    assert [(label, port == 0) for _, label, port, _ in offered(update)][2:] == [
+        ("3", True),
+        ("4", True),
+    ]
+    await srs.respond(update, 200, body=srs_answer_of(update), content_type="application/sdp")
+    await srs.next_request("ACK", timeout=5)
+    monkeypatch.setattr(siprec_plugin.SiprecSink, "_bind", bind_port)
+    answer = await call.reinvite(audio_video(CALLER_PORT, 0, version=3))  # type: ignore[attr-defined]
+    assert answer.status == 200
+    removed = await srs.next_request("INVITE", timeout=10)
+    await srs.respond(removed, 200, body=srs_answer_of(removed), content_type="application/sdp")
+    await srs.next_request("ACK", timeout=5)
+    answer = await call.reinvite(  # type: ignore[attr-defined]
+        audio_video(CALLER_PORT, CALLER_PORT + 2, version=4)
+    )
+    assert answer.status == 200
+    to_caller_video = ("127.0.0.1", parse_sdp_untrusted(answer.body).media[1].port)
+    again = await srs.next_request("INVITE", timeout=10)
+    assert [(label, port == 0, d) for _, label, port, d in offered(again)] == [
+        ("1", False, "sendonly"),
+        ("2", False, "sendonly"),
+        ("3", True, "inactive"),
+        ("4", True, "inactive"),
+        ("5", False, "sendonly"),
+        ("6", False, "sendonly"),
+    ]
+    await srs.respond(again, 200, body=srs_answer_of(again), content_type="application/sdp")
+    await srs.next_request("ACK", timeout=5)
+    await trio.sleep(1)  # virtual time: the answer taken
+    with await bind(CALLER_PORT + 2) as caller_video, await bind(SRS_PORT + 8) as srs_video:
+        await caller_video.sendto(rtp(1, 0x33, 0x3333), to_caller_video)
+        with trio.fail_after(2):
+            assert (await srs_video.recvfrom(2048))[0] == rtp(1, 0x33, 0x3333)
+    (tap,) = [tap for _, tap in env.gateway.plugins.media_taps.items()]
+    assert tap.streams_unrecorded == {"no_port": 1, "too_many_lines": 0}  # type: ignore[attr-defined]
+    await call.bye()  # type: ignore[attr-defined]
+    await srs.next_request("INVITE", timeout=10)

@@ -19,7 +19,7 @@ from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.plugins.keyexchange.sdes import parse_crypto_untrusted
 from gateway.plugins.taps.siprec import srs_sdp
 from gateway.testing.sip_agent import Received
-from tests.component.calls.b2bua_env import B2bua
+from tests.component.calls.b2bua_env import B2bua, eventually
 from tests.component.calls.dtls_phone import bind
 from tests.component.calls.siprec_calls import rtp
 from tests.component.calls.siprec_srtp_calls import (
@@ -179,6 +179,10 @@ async def test_an_srs_offer_while_the_resume_waits_is_answered_inactive_and_the_
     (gateway_call,) = env.gateway.calls.calls
     assert ask(env, "resume", gateway_call.id)["paused"] is False
     await srs.respond(await srs.next_request("INVITE", timeout=10), 488)
+    # The refusal taken and the resume given up before the SRS offers: while our re-INVITE is
+    # out its offer would get 491 (RFC 3261 §14.1), whichever task trio runs first.
+    (tap,) = [tap for _, tap in env.gateway.plugins.media_taps.items()]
+    await eventually(lambda: tap.update_failures["refused"] == 1)  # type: ignore[attr-defined]
     exchange = await recording.request(  # type: ignore[attr-defined]
         "INVITE", body=srtp_answer(offer), content_type="application/sdp"
     )
