@@ -1413,7 +1413,8 @@ class SiprecSink:
         our offer was the keys in force, which stay. An ACK cannot be refused: an answer we
         cannot use is logged and the copies go on where they went (no BYE: the SDP we offered
         was what the session already had, and the SRS, which MUST answer validly and BYE
-        itself if it cannot take our offer, §13.2.2.4, still has the recording)."""
+        itself if it cannot take our offer, §13.2.2.4, still has the recording). A resume
+        given up waiting goes again after it, as after an SRS offer: the SRS is there."""
         current = self._current(self._streams)
         try:
             answered = _answered(content_type, body, current)
@@ -1441,6 +1442,8 @@ class SiprecSink:
             len(answered),
             len(current),
         )
+        if self._waits_for_resume:  # the SRS is there: the given-up resume goes again now
+            self._changed.set()
 
     def _answer_offer(self, offer: bytes) -> bytes:
         """Our answer to the SRS's offer, and what it changes: where the copies go, with SDES

@@ -204,3 +204,37 @@ async def test_an_srs_offer_while_the_resume_waits_is_answered_inactive_and_the_
     fresh = checker(again_offer)
     assert [fresh.unprotect(p) for p in got] == [rtp(s, 0x11, 0x1111) for s in (4, 5, 6)]
     await call.bye()  # type: ignore[attr-defined]
+
+
+async def test_an_srs_answer_in_its_ack_while_the_resume_waits_sends_the_resume_again(
+    nursery: trio.Nursery, tmp_path: object, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # As an SRS offer does, a re-INVITE without one (our 2xx offers the SDP in force, its ACK
+    # answers, RFC 3261 §14.2) shows the SRS is there: the given-up resume goes at once, not
+    # at the next minute's retry.
+    env, srs, call, to_caller_side, recording, _ = await paused_srtp_recording(
+        nursery, tmp_path, voipgw_seed
+    )
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert ask(env, "resume", gateway_call.id)["paused"] is False
+    await srs.respond(await srs.next_request("INVITE", timeout=10), 488)
+    (tap,) = [tap for _, tap in env.gateway.plugins.media_taps.items()]
+    await eventually(lambda: tap.update_failures["refused"] == 1)  # type: ignore[attr-defined]
+    recording.ack_answer = lambda offered: srtp_answer(  # type: ignore[attr-defined]
+        parse_sdp_untrusted(offered)
+    )
+    ours = await recording.reinvite(b"")  # type: ignore[attr-defined]
+    assert ours.status == 200
+    in_force = parse_sdp_untrusted(ours.body)
+    assert [m.attributes.direction().value for m in in_force.media] == ["inactive"] * 2  # type: ignore[union-attr]
+    again = await srs.next_request("INVITE", timeout=10)  # the retry would come after 60 s
+    again_offer = offer_of(again)
+    assert [m.attributes.direction().value for m in again_offer.media] == ["sendonly"] * 2  # type: ignore[union-attr]
+    await srs.respond(again, 200, body=srtp_answer(again_offer), content_type="application/sdp")
+    await srs.next_request("ACK", timeout=5)
+    await trio.sleep(1)
+    got = await caller_copies(to_caller_side, [4, 5, 6])
+    fresh = checker(again_offer)
+    assert [fresh.unprotect(p) for p in got] == [rtp(s, 0x11, 0x1111) for s in (4, 5, 6)]
+    await call.bye()  # type: ignore[attr-defined]
