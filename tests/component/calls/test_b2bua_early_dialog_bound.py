@@ -56,7 +56,7 @@ async def test_reliable_1xx_under_many_to_tags_keep_bounded_early_dialogs(
     assert len(b_leg.last_rseq) == MAX_EARLY_DIALOGS
     assert b_leg.answers_in_1xx is not None
     assert len(b_leg.answers_in_1xx) == MAX_EARLY_DIALOGS
-    said = [r for r in caplog.records if "past 8 early dialogs" in r.getMessage()]
+    said = [r for r in caplog.records if "past 32 early dialogs" in r.getMessage()]
     assert len(said) == 1  # once per leg, not once per 1xx
     # A kept dialog's bare 2xx confirms the answer its reliable 183 gave (RFC 3262 §5).
     leg_b.local_tag = first_tag
@@ -66,4 +66,36 @@ async def test_reliable_1xx_under_many_to_tags_keep_bounded_early_dialogs(
     await env.alice.next_request("ACK")
     assert (await call.bye()).status == 200
     await env.alice.next_request("BYE")
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_a_stock_forking_proxys_every_branch_is_pracked_and_may_answer(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """A ring-all group behind Kamailio forks to 12 phones at once (its default max_branches;
+    32 at most): each phone's reliable 183 is PRACKed (RFC 3262 §4: the UAC MUST), for a
+    phone may send no 2xx before the PRACK of its reliable 1xx with SDP (§3), and the last
+    one to ring answers. A bound of 8 left phones 9 to 12 unable to answer at all."""
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    assert leg_b.incoming is not None and call.exchange is not None
+    first_tag = leg_b.local_tag
+    forks = 12
+    tags = [first_tag] + [f"fork-{fork}" for fork in range(1, forks)]
+    for fork, tag in enumerate(tags):
+        leg_b.local_tag = tag
+        body = simple_sdp(ALICE[0], 30000 + 2 * fork, version=1)
+        await env.alice.respond(leg_b.incoming, 183, body=body, extra=RELIABLE)
+    await call.exchange.wait_for(lambda _: len(call.exchange.responses) > forks)  # type: ignore[union-attr]
+    await trio.sleep(1)
+    assert {p.to.tag for p in env.alice.requests("PRACK")} == set(tags)
+    # The twelfth phone answers; its bare 2xx confirms the answer its reliable 183 gave.
+    leg_b.local_tag = tags[-1]
+    await env.alice.respond(leg_b.incoming, 200)
+    ok = await call.final()
+    assert ok.status == 200 and ok.body
+    ack = await env.alice.next_request("ACK")
+    assert ack.request.to.tag == tags[-1]
+    assert (await call.bye()).status == 200
     await eventually(lambda: env.calls == 0)
