@@ -926,8 +926,8 @@ class MediaSession:
             return
         self.abandon_offer()
         answerer = _other(exchange.offerer)
-        if self._sent.get(answerer) is not exchange.sent_offer:
-            return
+        if exchange.answer is not None or self._sent.get(answerer) is not exchange.sent_offer:
+            return  # answered: it was sent after all
         if exchange.sent_before is None:
             del self._sent[answerer]
         else:
