@@ -33,15 +33,16 @@ class Side(enum.Enum):
         return Side.B if self is Side.A else Side.A
 
 
-MAX_EARLY_DIALOGS = 8
+MAX_EARLY_DIALOGS = 32
 """The early dialogs (RFC 3261 §12.1.2, one per To tag of the callee's 1xx) a B leg keeps:
 those we PRACKed a reliable 1xx in (RFC 3262 §4), or sent an UPDATE or INFO into. A forking
 proxy, or a callee sending 1xx under ever new To tags, must not grow them (nor the RSeqs and
 answers kept per tag) for as long as the call rings. Past the bound a reliable 1xx of a new
 tag is relayed as an unreliable one and not PRACKed (its UAS gives it up after 64*T1 and
 rejects that fork's INVITE, RFC 3262 §3), and no UPDATE or INFO goes into a new one; the
-dialogs kept are untouched. The same bound as the tags keyed by our SDP keys
-(``MAX_SDP_KEYED_TAGS``)."""
+dialogs kept are untouched. A phone whose reliable 1xx carried SDP may send no 2xx before
+its PRACK (§3), so a fork past the bound cannot answer: the bound is what a proxy forks to,
+Kamailio's limit of branches per transaction (32; 12 by default), not fewer."""
 
 
 @attrs.define(eq=False)

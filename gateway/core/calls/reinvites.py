@@ -83,7 +83,9 @@ class CallReinvites(CallLocationUpdates, CallMediaKeys):
             )
             offer = self._reoffer(event.side, parse_sdp_untrusted(sdp)) if sdp else None
         except SdpError as err:
-            self.media.abandon_offer()
+            # Refused here (by the requester's or the other leg's security): nothing went to
+            # the other leg, whose next SDP has the version after its last one (RFC 3264 §8).
+            self.media.withdraw_offer()
             unsupported = isinstance(err, UnsupportedBody)
             refusal = make_response(
                 request,
@@ -141,7 +143,12 @@ class CallReinvites(CallLocationUpdates, CallMediaKeys):
             content_type=content_type,
         )
         if reinvite is None:
-            self.media.abandon_offer()
+            # Not sent: neither the session's SDP nor the leg's keys and o= version took it.
+            if offer is not None:
+                other_security = other.security
+                assert other_security is not None
+                other_security.withdraw_offer()
+            self.media.withdraw_offer()
             self._pending_reinvite = None
             await self.endpoint.respond(event.transaction, make_response(request, 503))
             return

@@ -538,7 +538,9 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
             )
             offer = transferee.security.make_offer(plain)
         except (SdpError, PortsExhausted) as err:
-            self.media.abandon_offer()
+            # Nothing went to the transferee: its next SDP has the version after its last one
+            # (RFC 3264 §8).
+            self.media.withdraw_offer()
             reason = err.reason if isinstance(err, SdpError) else "no free media ports"
             log.info("call %s: the transfer target's offer is unusable: %s", self.id, reason)
             await self._end_transfer(488, "Not Acceptable Here")  # ACKs and BYEs the target
@@ -559,7 +561,10 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
             extra=[("Supported", "timer"), *self._refresh_headers(transferee)],
         )
         if sent is None:
-            self.media.abandon_offer()
+            # Not sent: neither the session's SDP nor the transferee's keys and o= version
+            # took it.
+            transferee.security.withdraw_offer()
+            self.media.withdraw_offer()
             await self._end_transfer(503, "Service Unavailable")
             return
         transfer.reinvite = tag

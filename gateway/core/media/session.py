@@ -226,6 +226,9 @@ class _Exchange:
     """As the offerer sent it."""
     sent_offer: SessionDescription
     """What we sent to the answerer."""
+    sent_before: SessionDescription | None
+    """The SDP last sent to the answerer before this offer (:meth:`MediaSession.withdraw_offer`
+    makes it the last one again)."""
     offerer_remotes: dict[int, _Remote]
     """The offerer's addresses of the streams we relay, by m= line."""
     opened: tuple[int, ...]
@@ -703,6 +706,7 @@ class MediaSession:
             offerer=offerer,
             offer=offer,
             sent_offer=sent,
+            sent_before=previous,
             offerer_remotes=relayed,
             opened=opened,
             slot_count_before=slot_count_before,
@@ -909,6 +913,25 @@ class MediaSession:
                     self._set_remote(
                         index, side, exchange.remotes_before.get((index, side), _NO_REMOTE)
                     )
+
+    def withdraw_offer(self) -> None:
+        """The offer in progress was never sent to the answerer (that leg's security refused
+        it, or the leg cannot be reached): abandoned as by :meth:`abandon_offer`, and the SDP
+        sent there before it is the last one sent again, so the next SDP on that leg has the
+        version after it (RFC 3264 §8: one more than the previous SDP sent; a skipped version
+        tells the peer of a change it never saw) and keeps its payload numbers (§8.3.2).
+        Nothing in progress: no-op."""
+        exchange = self._exchange
+        if exchange is None:
+            return
+        self.abandon_offer()
+        answerer = _other(exchange.offerer)
+        if exchange.answer is not None or self._sent.get(answerer) is not exchange.sent_offer:
+            return  # answered: it was sent after all
+        if exchange.sent_before is None:
+            del self._sent[answerer]
+        else:
+            self._sent[answerer] = exchange.sent_before
 
     def close(self) -> None:
         """Close every stream of the call (releasing its ports). Closing twice is harmless."""

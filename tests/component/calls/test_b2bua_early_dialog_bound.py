@@ -17,10 +17,18 @@ import pytest
 import trio
 
 from gateway.core.calls.leg import MAX_EARLY_DIALOGS
+from gateway.core.media.dtmf import event_payload
+from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.testing.sip_agent import simple_sdp
 from tests.component.calls.b2bua_env import ALICE, ALICE_DID, eventually, start_b2bua
+from tests.component.calls.dtls_phone import bind
+from tests.component.calls.dtmf_calls import b2bua_call, rtp
+from tests.port_blocks import port_bases
 
 RELIABLE = [("Require", "100rel"), ("RSeq", "1")]
+ALLOW_INFO = [("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO")]
+(TRUNK_PORT,) = port_bases(1)  # this process's own ports (tests/port_blocks.py)
+TRUNK_SSRC = 0x7779
 
 
 async def test_reliable_1xx_under_many_to_tags_keep_bounded_early_dialogs(
@@ -56,7 +64,7 @@ async def test_reliable_1xx_under_many_to_tags_keep_bounded_early_dialogs(
     assert len(b_leg.last_rseq) == MAX_EARLY_DIALOGS
     assert b_leg.answers_in_1xx is not None
     assert len(b_leg.answers_in_1xx) == MAX_EARLY_DIALOGS
-    said = [r for r in caplog.records if "past 8 early dialogs" in r.getMessage()]
+    said = [r for r in caplog.records if "past 32 early dialogs" in r.getMessage()]
     assert len(said) == 1  # once per leg, not once per 1xx
     # A kept dialog's bare 2xx confirms the answer its reliable 183 gave (RFC 3262 §5).
     leg_b.local_tag = first_tag
@@ -66,4 +74,76 @@ async def test_reliable_1xx_under_many_to_tags_keep_bounded_early_dialogs(
     await env.alice.next_request("ACK")
     assert (await call.bye()).status == 200
     await env.alice.next_request("BYE")
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_a_stock_forking_proxys_every_branch_is_pracked_and_may_answer(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """A ring-all group behind Kamailio forks to 12 phones at once (its default max_branches;
+    32 at most): each phone's reliable 183 is PRACKed (RFC 3262 §4: the UAC MUST), for a
+    phone may send no 2xx before the PRACK of its reliable 1xx with SDP (§3), and the last
+    one to ring answers. A bound of 8 left phones 9 to 12 unable to answer at all."""
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    assert leg_b.incoming is not None and call.exchange is not None
+    first_tag = leg_b.local_tag
+    forks = 12
+    tags = [first_tag] + [f"fork-{fork}" for fork in range(1, forks)]
+    for fork, tag in enumerate(tags):
+        leg_b.local_tag = tag
+        body = simple_sdp(ALICE[0], 30000 + 2 * fork, version=1)
+        await env.alice.respond(leg_b.incoming, 183, body=body, extra=RELIABLE)
+    await call.exchange.wait_for(lambda _: len(call.exchange.responses) > forks)  # type: ignore[union-attr]
+    await trio.sleep(1)
+    assert {p.to.tag for p in env.alice.requests("PRACK")} == set(tags)
+    # The twelfth phone answers; its bare 2xx confirms the answer its reliable 183 gave.
+    leg_b.local_tag = tags[-1]
+    await env.alice.respond(leg_b.incoming, 200)
+    ok = await call.final()
+    assert ok.status == 200 and ok.body
+    ack = await env.alice.next_request("ACK")
+    assert ack.request.to.tag == tags[-1]
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_no_dtmf_info_goes_into_an_early_dialog_past_the_bound(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The bound holds for the early dialogs our requests make too: the carrier (RFC 4733
+    events) presses a key while the call relays the early media of a fork past the bound,
+    whose 183 has no telephone-event (its digits go as INFO, RFC 6086 §4.2). No INFO goes
+    into that fork's early dialog, which is not made; the digit is counted as failed."""
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    call = await env.trunk.invite(
+        env.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", TRUNK_PORT, formats=("0", "101"))
+    )
+    leg_b = await env.alice.next_call()
+    assert leg_b.incoming is not None and call.exchange is not None
+    first_tag = leg_b.local_tag
+    for fork in range(MAX_EARLY_DIALOGS + 1):
+        leg_b.local_tag = first_tag if fork == 0 else f"fork-{fork}"
+        body = simple_sdp(ALICE[0], 30000 + 2 * fork, version=1, formats=("0",))
+        # The last one unreliable: the fork whose early media the caller hears, past the bound.
+        reliable = RELIABLE if fork < MAX_EARLY_DIALOGS else []
+        await env.alice.respond(leg_b.incoming, 183, body=body, extra=[*reliable, *ALLOW_INFO])
+    await call.exchange.wait_for(lambda _: len(call.exchange.responses) > MAX_EARLY_DIALOGS)  # type: ignore[union-attr]
+    gateway_call = b2bua_call(env)
+    assert gateway_call.media is not None and gateway_call.media.dtmf is not None
+    early = call.exchange.responses[-1]
+    to_carrier = ("127.0.0.1", parse_sdp_untrusted(early.body).media[0].port)
+    trunk_sock = await bind(TRUNK_PORT)
+    with trunk_sock:
+        start = event_payload(1, end=False, duration=400)
+        await trunk_sock.sendto(rtp(1, 101, TRUNK_SSRC, start, marker=True), to_carrier)
+        end = event_payload(1, end=True, duration=800)
+        for sequence in (2, 3, 4):
+            await trunk_sock.sendto(rtp(sequence, 101, TRUNK_SSRC, end, timestamp=160), to_carrier)
+        await eventually(lambda: gateway_call.security_record()["dtmf"].get("info_failed", 0) == 1)
+    assert env.alice.requests("INFO") == []
+    (b_leg,) = gateway_call.b_legs
+    assert len(b_leg.early_dialogs) == MAX_EARLY_DIALOGS
+    await call.cancel()
     await eventually(lambda: env.calls == 0)

@@ -24,6 +24,7 @@ import pytest
 import trio
 
 import gateway.plugins.keyexchange.sdes as sdes_plugin
+from gateway.core.calls.call import Call as GatewayCall
 from gateway.core.calls.media_keys import MAX_SDP_KEYED_TAGS
 from gateway.core.interfaces import SrtpKeys
 from gateway.core.media.srtp import SrtpSession
@@ -672,3 +673,50 @@ async def test_a_transfer_targets_forks_never_share_our_key(
     assert [r for r in bob.requests("INVITE") if r.to.tag] == []
     assert (await leg_b.bye()).status == 200
     assert (await bob.calls[0].bye()).status == 200
+
+
+async def test_a_rekey_offer_the_b_leg_cannot_be_sent_takes_no_o_version_nor_key(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    tls_signalling: None,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The re-key re-INVITE cannot go (no flow to the B leg: ``_send_in_dialog`` says None):
+    withdrawn from the media session and from the leg's security alike. The next SDP on the
+    leg, the caller's re-INVITE relayed, has the version after the last one sent (RFC 3264
+    §8) and repeats our key in force (RFC 4568 §7.1.4), not the unsent one's."""
+    env = await with_sdes(nursery, tmp_path, voipgw_seed)
+    real = GatewayCall._send_in_dialog
+    unsent: list[bytes] = []
+
+    async def rekey_unreachable(self: GatewayCall, leg: Any, method: str, **kwargs: Any) -> Any:
+        if method == "INVITE" and not unsent and self.state == "answered":
+            unsent.append(kwargs["body"])
+            return None  # as _send_in_dialog says of a flow it cannot get (OSError)
+        return await real(self, leg, method, **kwargs)
+
+    async def answer_reinvite(received: Any) -> bool:
+        if received.request.method != "INVITE":
+            return False
+        await env.alice.respond(received, 200, body=env.alice.answer_sdp(received.request.body))
+        return True
+
+    monkeypatch.setattr(GatewayCall, "_send_in_dialog", rekey_unreachable)
+    env.alice.in_dialog = answer_reinvite
+    call, leg_b, offered_key = await forked_call(env, early_media_across_a_wrap=False)
+    await trio.sleep(5)
+    assert len(unsent) == 1 and crypto_key(unsent[0]) != offered_key  # made, never sent
+    assert reinvites_to(env, ANSWERING_TAG) == []
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert gateway_call.security_record()["b"]["fork_rekey"] == (
+        "not sent: the B leg cannot be reached"
+    )
+    assert (await call.reinvite(env.trunk.offer_sdp(direction="sendonly"))).status == 200
+    (relayed,) = reinvites_to(env, ANSWERING_TAG)
+    first = parse_sdp_untrusted(leg_b.invite.body).origin
+    assert parse_sdp_untrusted(relayed.body).origin.session_version == first.session_version + 1
+    assert crypto_key(relayed.body) == offered_key
+    assert (await call.bye()).status == 200

@@ -1,7 +1,8 @@
 """MediaSession.repeat_offer and answer_to_repeated_offer: a re-offer of ours on one leg that
 changes nothing the session holds (a forked callee re-keyed, gateway/core/calls/fork_rekey.py;
-its leg's security adds the new keys), and that leg's answer. A real relay binds its ports on
-127.0.0.1 in RANGE; no packet is sent."""
+its leg's security adds the new keys), and that leg's answer; withdraw_repeated_offer and
+withdraw_offer for offers that never went. A real relay binds its ports on 127.0.0.1 in RANGE;
+no packet is sent."""
 
 from __future__ import annotations
 
@@ -188,3 +189,24 @@ def test_a_codec_the_offer_lacks_is_not_a_change(session: MediaSession) -> None:
     session.settle()
     session.repeat_offer("b")
     session.answer_to_repeated_offer("b", sdp(30000, version=3))
+
+
+def test_a_relayed_offer_withdrawn_leaves_the_next_version_to_the_next_sdp(
+    session: MediaSession,
+) -> None:
+    """A relayed offer never sent to the other leg (refused by that leg's security, or the
+    leg cannot be reached: reinvites.py, transferring.py) takes no o= version there (RFC 3264
+    §8); one that has an answer was sent, and keeps its version even if given up."""
+    answered(session)
+    sent = session.last_sent("b")
+    assert sent is not None
+    session.offer_from("a", sdp(20000, version=2, extra=("a=sendonly",)))
+    session.withdraw_offer()
+    assert session.last_sent("b") == sent
+    assert session.offerer is None
+    session.withdraw_offer()  # nothing in progress: nothing more
+    held = session.offer_from("a", sdp(20000, version=3, extra=("a=inactive",)))
+    assert held.origin == sent.origin.bumped()
+    session.answer_from("b", sdp(30000, version=2, extra=("a=inactive",)))
+    session.withdraw_offer()
+    assert session.last_sent("b") == held

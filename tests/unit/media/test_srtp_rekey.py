@@ -20,7 +20,12 @@ import pytest
 from gateway.core.interfaces import SrtpKeys
 from gateway.core.media.errors import LocalMediaError
 from gateway.core.media.keying import StreamKeys, StreamSrtp
-from gateway.core.media.srtp import MAX_PARKED_CONTEXTS, SUITES, SrtpSession
+from gateway.core.media.srtp import (
+    MAX_FREED_LOCAL_KEYS,
+    MAX_PARKED_CONTEXTS,
+    SUITES,
+    SrtpSession,
+)
 
 SUITES_TESTED = ["AES_CM_128_HMAC_SHA1_80", "AES_192_CM_HMAC_SHA1_80", "AEAD_AES_128_GCM"]
 ACROSS_THE_WRAP = [65533, 65534, 65535, 0, 1]  # the ROC is 1 from sequence 0 on
@@ -244,6 +249,24 @@ def test_a_key_of_ours_whose_context_was_freed_never_protects_again() -> None:
     assert not stream.b_to_a.blocked
     assert stream.b_to_a.transforms.rtp_out(rtp(7)) is not None
     assert repr(first.local_key) not in repr(session)
+    srtp.close()
+
+
+def test_the_keys_of_ours_remembered_as_freed_are_bounded() -> None:
+    """A call re-keyed without end (both keys new each time) remembers at most
+    MAX_FREED_LOCAL_KEYS freed keys of ours, the latest ones: the memory of a call stays
+    bounded, and the key freed last is still refused."""
+    name = "AES_CM_128_HMAC_SHA1_80"
+    rekeys = MAX_PARKED_CONTEXTS + MAX_FREED_LOCAL_KEYS + 8
+    ours = [key(name, 2 * n) for n in range(rekeys + 1)]
+    srtp, stream = keyed_stream(SrtpKeys(name, ours[0], key(name, 1)))
+    for n in range(1, rekeys + 1):
+        apply(srtp, stream, SrtpKeys(name, ours[n], key(name, 2 * n + 1)))
+    (session,) = [entry[1] for entry in srtp._sessions.values()]
+    assert len(session._freed_local) == MAX_FREED_LOCAL_KEYS
+    freed_last = ours[rekeys - MAX_PARKED_CONTEXTS - 1]
+    with pytest.raises(LocalMediaError, match="packet indices again"):
+        apply(srtp, stream, SrtpKeys(name, freed_last, key(name, 255)))
     srtp.close()
 
 
