@@ -290,3 +290,26 @@ def test_counters_past_the_bound_or_named_twice_cost_that_plugin_its_rows(
         (kind, "per-call", "counters", 1),
         (kind, "twice", "counters", 1),
     ]
+
+
+def test_a_covert_taps_counters_are_never_read() -> None:
+    """A covert tap (lawful interception: that it is configured must not show) that keeps
+    counters: none of them shown, and counters() never called, so that one which raises is
+    not counted in voipgw_plugin_figures_failures_total under its name either (session 42's
+    voipgw_plugin_counters_total)."""
+    called: list[str] = []
+
+    def counters() -> list[tuple[str, int]]:
+        called.append("counters")
+        raise RuntimeError("a plugin's bug")
+
+    taps = {"li": SimpleNamespace(covert=True, counters=counters)}
+    plugins = {
+        name: _Registry(taps if name == "media_taps" else {})
+        for name in ("caller_identity", "media_taps", "key_exchanges", "transports")
+    }
+    gateway = SimpleNamespace(plugins=SimpleNamespace(**plugins))
+    view = StatusView(gateway, SimpleNamespace(key_exchange_failures={}))  # type: ignore[arg-type]
+    assert view.media_tap_counters() == ()
+    assert view.plugin_figures_failures() == ()
+    assert called == []
