@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import itertools
 import logging
 import sys
 import time
@@ -67,6 +68,12 @@ MEDIA_WALK_CHUNK = 200
 the event loop in pure Python (docs/benchmarks.md, "Periodic work at scale")."""
 
 OUTCOMES = ("answered", "cancelled", "no_answer", "rejected", "transferred", "error")
+
+PLUGIN_COUNTERS_MAX = 64
+"""Counters a plugin's optional ``counters()`` may give (docs/plugin_hooks.md: "few and
+fixed"); each is a time series of ``voipgw_plugin_counters_total``. One that gives more (a
+name per call, per address: a plugin's bug) or a name twice (two series of one name, which
+Prometheus takes as a broken scrape) is left out whole, as a ``counters()`` that raises is."""
 
 
 def end_outcome(reason: str | None, *, answered: bool) -> str:
@@ -709,4 +716,13 @@ def _rows(plugin: object) -> list[tuple[str, int]]:
     counters = getattr(plugin, "counters", None)
     if counters is None:
         return []
-    return [(str(counter), int(count)) for counter, count in counters()]
+    # One past the bound read at most: a plugin's bug must not cost the scrape its memory.
+    rows = [
+        (str(counter), int(count))
+        for counter, count in itertools.islice(counters(), PLUGIN_COUNTERS_MAX + 1)
+    ]
+    if len(rows) > PLUGIN_COUNTERS_MAX:
+        raise ValueError(f"counters() gave more than {PLUGIN_COUNTERS_MAX} counters")
+    if len({counter for counter, _ in rows}) < len(rows):
+        raise ValueError("counters() gave a counter's name twice")
+    return rows

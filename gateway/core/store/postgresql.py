@@ -1941,10 +1941,13 @@ class PostgresStore:
         a ``CREATE INDEX CONCURRENTLY`` run by hand) is waited for up to ``wait`` seconds,
         looked at every :data:`INDEX_BUILD_POLL` (a progress line at INFO every
         :data:`INDEX_WAIT_PROGRESS`); once it is over, an index it left valid is taken, one it
-        left invalid (it failed, or was cancelled) or none is built here. True once every one
+        left invalid (it failed, or was cancelled) or none is built here. Only while the
+        retention index is missing: another session's build of the Call-ID index alone is not
+        waited for (that session finishes it; the index only speeds ``voipgw calls
+        --call-id``, and an upgrade script must not wait minutes for it). True once every one
         is valid; False when one is not (:meth:`missing_indexes` names them;
-        :attr:`index_left_to` names the build waited for, when that is why; a build that
-        failed or a role that may not build it: logged)."""
+        :attr:`index_left_to` names the build left to, when that is why; a build that failed
+        or a role that may not build it: logged)."""
         deadline = time.monotonic() + max(0.0, wait)
         where = f"PostgreSQL {self._server.description}"
         said_at: float | None = None
@@ -1954,7 +1957,7 @@ class PostgresStore:
             if self.missing_indexes():
                 self._build_indexes(deadline=deadline)
             missing = self.missing_indexes()
-            if not missing or self.index_left_to is None:
+            if RETENTION_INDEX not in missing or self.index_left_to is None:
                 return not missing
             if time.monotonic() >= deadline:
                 return False

@@ -16,7 +16,7 @@ import pytest
 from gateway.core.interfaces import LoadedCertificate
 from gateway.core.plugins import Plugins, new_plugin_manager
 from gateway.core.reload import CertificateReloads
-from gateway.core.status import StatusView
+from gateway.core.status import PLUGIN_COUNTERS_MAX, StatusView
 
 
 class _Registry:
@@ -241,3 +241,75 @@ def test_a_certificate_holder_that_raises_is_counted_and_said_once(
         )
     ]
     assert "hunter2" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("registry", "kind", "read"),
+    [
+        ("key_exchanges", "key_exchange", StatusView.key_exchange_counters),
+        ("media_taps", "media_tap", StatusView.media_tap_counters),
+    ],
+)
+def test_counters_past_the_bound_or_named_twice_cost_that_plugin_its_rows(
+    registry: str, kind: str, read: Callable[[StatusView], object]
+) -> None:
+    """Each counter is a series of voipgw_plugin_counters_total (session 42): a plugin naming
+    one per call (or per address) grew the scrape and Prometheus's series without end, and a
+    name given twice made two series of one name. Review of session 42: such a plugin's rows
+    are left out and counted, as a raising counters()'s, read no further than the bound."""
+    given = 0
+
+    def per_call() -> Any:
+        nonlocal given
+        for n in range(10**6):
+            given += 1
+            yield f"call-{n}", 1
+
+    plugins = {
+        name: _Registry(
+            {
+                "per-call": SimpleNamespace(counters=per_call),
+                "twice": SimpleNamespace(counters=lambda: [("a", 1), ("a", 2)]),
+                "fixed": SimpleNamespace(
+                    counters=lambda: [(f"c{n}", n) for n in range(PLUGIN_COUNTERS_MAX)]
+                ),
+            }
+            if name == registry
+            else {}
+        )
+        for name in ("caller_identity", "media_taps", "key_exchanges", "transports")
+    }
+    statistics = SimpleNamespace(key_exchange_failures={})
+    gateway = SimpleNamespace(plugins=SimpleNamespace(**plugins))
+    view = StatusView(gateway, statistics)  # type: ignore[arg-type]
+    rows = read(view)
+    assert {row[0] for row in rows} == {"fixed"}  # type: ignore[attr-defined]
+    assert len(rows) == PLUGIN_COUNTERS_MAX  # type: ignore[arg-type]
+    assert given == PLUGIN_COUNTERS_MAX + 1
+    assert sorted(view.plugin_figures_failures()) == [
+        (kind, "per-call", "counters", 1),
+        (kind, "twice", "counters", 1),
+    ]
+
+
+def test_a_covert_taps_counters_are_never_read() -> None:
+    """A covert tap (lawful interception: that it is configured must not show) that keeps
+    counters: none of them shown, and counters() never called, so that one which raises is
+    not counted in voipgw_plugin_figures_failures_total under its name either (session 42's
+    voipgw_plugin_counters_total)."""
+    called: list[str] = []
+
+    def counters() -> list[tuple[str, int]]:
+        called.append("counters")
+        raise RuntimeError("a plugin's bug")
+
+    taps = {"li": SimpleNamespace(covert=True, counters=counters)}
+    plugins = {
+        name: _Registry(taps if name == "media_taps" else {})
+        for name in ("caller_identity", "media_taps", "key_exchanges", "transports")
+    }
+    gateway = SimpleNamespace(plugins=SimpleNamespace(**plugins))
+    view = StatusView(gateway, SimpleNamespace(key_exchange_failures={}))  # type: ignore[arg-type]
+    assert view.media_tap_counters() == ()
+    assert view.plugin_figures_failures() == ()
+    assert called == []
