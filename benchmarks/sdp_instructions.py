@@ -13,7 +13,8 @@ N operations of one KIND of body and one OP:
 - OP ``parse``: ``parse_sdp_untrusted`` of the body's bytes; ``rewrite``: the media sections
   rewritten as ``gateway/core/media/session.py``'s ``_rewritten_media`` does for a leg (our
   port, our a=rtcp, the direction written out, the peer's transport and key attributes
-  removed) and the session level's leg-specific attributes and direction removed; ``look``:
+  removed) and the session level as ``MediaSession._send`` builds it (the leg-specific
+  attributes and the direction removed in one pass, the t= lines without r= and z=); ``look``:
   the 17 attribute look-ups a call makes of a parsed body (a=ice-ufrag, a=crypto, a=key-mgmt,
   a=rtcp-mux, a=rtcp, the directions, the a=rtpmap and a=fmtp values, a=setup, a=fingerprint,
   a=ptime). ``rewrite`` and ``look`` work on bodies parsed before the loop.
@@ -148,7 +149,9 @@ def _rewrite(description: SessionDescription) -> None:
     side: media_session.RelaySide = _OurSide()  # type: ignore[assignment]
     for media in description.media:
         media_session._rewritten_media(description, media, side, rtcp_mux=False)
-    description.attributes.remove_if(media_session.is_leg_specific).with_direction(None)
+    # The session level as MediaSession._send makes it (session 42: one pass, t=0 0 kept).
+    media_session._relayed_attributes(description.attributes, None, None)
+    media_session._without_repeats(description.times)
 
 
 def _look(description: SessionDescription) -> None:

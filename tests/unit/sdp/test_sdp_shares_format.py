@@ -101,6 +101,21 @@ def test_the_usual_answer_and_a_renumbering_one_share_a_format() -> None:
     assert not offer_answer._shares_format(_section(("97", "1")), _section(("97",), "97 G722/8000"))
 
 
+def test_an_answer_that_swapped_the_offers_numbers_shares_a_format() -> None:
+    # RFC 3264 §6.1: the answerer SHOULD keep the offer's numbers, but one that did not is still
+    # an answer with the offer's codec. Each number here is the offer's, for the offer's other
+    # codec: the number's own codec differs, so only the offer's codec set finds opus.
+    offer = _section(("96", "97"), "96 opus/48000/2", "97 telephone-event/48000")
+    assert offer_answer._shares_format(offer, _section(("97",), "97 opus/48000/2"))
+    assert offer_answer._shares_format(
+        offer, _section(("96", "97"), "96 telephone-event/48000", "97 OPUS/48000/2")
+    )
+    # A static number given another codec by a=rtpmap: the codec counts, not the number.
+    offer = _section(("0", "8"), "0 PCMU/8000", "8 PCMA/8000")
+    assert offer_answer._shares_format(offer, _section(("8",), "8 PCMU/8000"))
+    assert not offer_answer._shares_format(offer, _section(("8",), "8 G722/8000"))
+
+
 @pytest.mark.parametrize("where", ["offer", "answer"])
 def test_a_malformed_rtpmap_is_refused_even_when_the_first_format_matches(where: str) -> None:
     good = _section(("0", "8"), "0 PCMU/8000", "8 PCMA/8000")
