@@ -26,7 +26,9 @@ pytestmark = pytest.mark.interop
 def test_an_srs_moving_the_recording_and_asking_for_a_snapshot_is_followed(
     tmp_path: Path,
 ) -> None:
-    with SippUas("calls/uas_siprec_srs_moving.xml", workdir=tmp_path / "srs") as srs:
+    with SippUas(
+        "calls/uas_siprec_srs_moving.xml", workdir=tmp_path / "srs", media_port_count=8
+    ) as srs:
         with recording_gateway(tmp_path, srs) as gw:
             recorded_call(
                 gw, tmp_path, alice="uas_answer.xml", caller="uac_call.xml", call_duration_ms=2000

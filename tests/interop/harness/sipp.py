@@ -330,6 +330,8 @@ class SippUas:
     :data:`UAS_START_ALLOWANCE` for the gateway the test starts after it (a loaded machine
     took tens of seconds) and only ends a sipp nobody waits for.
     ``local_ip`` is the loopback address it binds and advertises (-i, -mi).
+    ``media_port_count`` is how many ports from ``media_port`` up the scenario's SDP names
+    (``[media_port+N]``, N below it): held for it alone, and never past 65535.
     """
 
     def __init__(
@@ -345,12 +347,13 @@ class SippUas:
         timeout: float = 30.0,
         extra_args: Sequence[str] = (),
         local_ip: str = LOOPBACK,
+        media_port_count: int = 4,
     ) -> None:
         self.scenario = _scenario_path(scenario)
         self.local_ip = _loopback(local_ip)
         self.mode = _TRANSPORTS[transport]
         self.port = free_port_pair()
-        self.media_port = free_port_block(4)
+        self.media_port = free_port_block(media_port_count)
         self.timeout = timeout
         self.rundir = _rundir(workdir, "uas", self.scenario)
         self.args = _common_args(
