@@ -454,6 +454,12 @@ class MediaSession:
         if made is not None and self._sent.get(side) is made[1]:
             self._sent[side] = made[0]
 
+    def repeated_offer_refused(self, side: Side) -> None:
+        """The re-offer :meth:`repeat_offer` made for ``side`` was sent and refused (an error
+        response, RFC 3261 §14.1): the session stays as it was, and the re-offer's o= version
+        stays taken (RFC 3264 §8), so no later :meth:`withdraw_repeated_offer` gives it back."""
+        self._repeated.pop(_check_side(side), None)
+
     def answer_to_repeated_offer(
         self, side: Side, answer: SessionDescription, *, rtcp_mux_offered: bool = False
     ) -> None:

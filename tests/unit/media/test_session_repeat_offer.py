@@ -137,6 +137,19 @@ def test_withdrawing_changes_nothing_once_the_repeated_offer_was_answered(
     assert session.last_sent("b") == repeated
 
 
+def test_a_repeated_offer_refused_can_no_longer_be_withdrawn(session: MediaSession) -> None:
+    """Sent and refused (RFC 3261 §14.1), the re-offer took its o= version on the wire: a
+    later withdrawal gives nothing back, and the next SDP has the version after it (RFC 3264
+    §8)."""
+    answered(session)
+    repeated = session.repeat_offer("b")
+    session.repeated_offer_refused("b")
+    session.withdraw_repeated_offer("b")
+    assert session.last_sent("b") == repeated
+    held = session.offer_from("a", sdp(20000, version=2, extra=("a=sendonly",)))
+    assert held.origin == repeated.origin.bumped()
+
+
 def answered_with(session: MediaSession, formats: tuple[str, ...]) -> None:
     """A offers PCMU, PCMA and telephone-event 101; B answers ``formats``."""
     session.offer_from("a", sdp(20000, formats=("0", "8", "101")))
