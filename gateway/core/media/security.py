@@ -510,10 +510,15 @@ class LegSecurity:
             media_out.append(media.with_attributes(attributes, proto))
             streams.append(stream)
         self._refuse_if_nothing_left(offer.media, media_out)
+        # All or nothing: what may raise comes first, and the leg's state changes only once
+        # nothing can (a failed offer leaves the one in force, its keys and o= version).
+        # ICE credentials minted for a first offer that then failed stay unused until the next.
+        made, last_made = self._version_of(self.ice.add_to_offer(offer.with_media(media_out)))
         self._before_offer = (self._offered, self._answer_pending, self._last_made)
         self._offered = streams
         self._answer_pending = False
-        return self._versioned(self.ice.add_to_offer(offer.with_media(media_out)))
+        self._last_made = last_made
+        return made
 
     def withdraw_offer(self) -> None:
         """The offer :meth:`make_offer` last made was not sent (its leg cannot be reached):
@@ -544,6 +549,14 @@ class LegSecurity:
         4568 §7.1.4) or we re-key (``make_offer(rekey=True)``). An SDP that differs from the
         last one made while the plain version stayed gets the next version; every later one
         keeps that lead, so versions never repeat or go back on the leg."""
+        made, self._last_made = self._version_of(sdp)
+        return made
+
+    def _version_of(
+        self, sdp: SessionDescription
+    ) -> tuple[SessionDescription, tuple[SessionDescription, int]]:
+        """:meth:`_versioned`'s SDP, and what it records as the last one made, changing
+        nothing."""
         last = self._last_made
         added = 0
         if last is not None:
@@ -555,11 +568,10 @@ class LegSecurity:
                 added = 0  # another session's SDP (a new one on this leg): its own versions
             elif new.session_version == old.session_version and sdp != previous:
                 added += 1
-        self._last_made = (sdp, added)
         if added == 0:
-            return sdp
+            return sdp, (sdp, added)
         version = sdp.origin.session_version + added
-        return sdp.with_origin(attrs.evolve(sdp.origin, session_version=version))
+        return sdp.with_origin(attrs.evolve(sdp.origin, session_version=version)), (sdp, added)
 
     def _device_codecs(self, sdp: SessionDescription, *, reorder: bool) -> SessionDescription:
         """``sdp`` with only the audio codecs of :attr:`codecs` (``only_codecs``): ours to the

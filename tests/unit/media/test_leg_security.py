@@ -458,3 +458,35 @@ def test_the_peers_offer_ends_what_a_withdrawal_could_give_back() -> None:
     # A re-key on the session's SDP as it is: the version goes up by this leg's change alone.
     after = ours.make_offer(sdp(PLAIN.replace(" 1 1 ", " 1 3 ")), rekey=True)
     assert after.origin == answer.origin.bumped()
+
+
+@pytest.mark.parametrize("step", ["add_to_offer", "_version_of"])
+def test_an_offer_that_fails_at_its_last_step_changes_nothing(
+    monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    """make_offer is all or nothing: a re-key offer whose ICE step or o= versioning raises
+    (our bug: fork_rekey.py sends nothing, the call goes on under its keys) leaves the offer
+    in force, its keys and the o= version last made. Before session 43 the failed offer's
+    streams (new keys of ours) had replaced the offered ones, and a withdrawal was armed for
+    them."""
+    ours, peer = leg("sdes", tls=True), leg("sdes", tls=True, side="a")
+    offer_between(ours, peer)
+    in_force = ours.keys(0)
+    assert in_force is not None
+    first = ours.make_offer(sdp(PLAIN))
+    offered = ours._offered
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("our bug")
+
+    target = ours.ice if step == "add_to_offer" else ours
+    with monkeypatch.context() as patched:
+        patched.setattr(target, step, broken)
+        with pytest.raises(RuntimeError):
+            ours.make_offer(sdp(PLAIN), rekey=True)
+    assert ours._offered is offered
+    ours.withdraw_offer()  # takes back the first offer, which was made (and not sent)
+    again = ours.make_offer(sdp(PLAIN))
+    assert again == first  # the version and key of the last offer made, nothing skipped
+    assert inline_keys(again) == [in_force.local_key]
+    assert ours.keys(0) == in_force
