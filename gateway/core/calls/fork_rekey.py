@@ -194,6 +194,9 @@ class CallForkRekey(CallLocationUpdates, CallMediaKeys):
                 )
                 return
             self._fork_rekey_outcome = f"refused: {response.status} {response.reason[:64]}"
+            # Sent: its o= version stays taken (RFC 3264 §8), withdrawn by nothing later.
+            leg.security.offer_refused()
+            self.media.repeated_offer_refused(Side.B.value)
             if ends_session("INVITE", response.status):
                 await self._session_lost(
                     Side.B, "INVITE", response, what="re-key re-INVITE to the B leg"

@@ -334,6 +334,8 @@ class CallReinvites(CallLocationUpdates, CallMediaKeys):
             self._answer_went(side)
         else:
             self.media.abandon_offer()
+            if leg.security is not None:
+                leg.security.offer_refused()  # sent: its o= version stays taken (RFC 3264 §8)
             if ends_session("INVITE", response.status):
                 # RFC 3261 §12.2.1.2: the leg's session is gone (481) or
                 # it did not answer (408, also our own on Timer B): the call ends, the

@@ -207,6 +207,16 @@ class CallRinging(CallLocationUpdates, CallMediaKeys):
                 log.info(
                     "call %s: ignoring SDP in %d from B (late offer)", self.id, response.status
                 )
+            elif sdp and _not_kept(leg, response):
+                # A reliable 1xx past MAX_EARLY_DIALOGS, never PRACKed: its answer is never
+                # completed (RFC 3262 §5), the callee re-sends it until it gives up (§3: 64*T1,
+                # then 5xx), and each copy would move the caller's early media to it (and back
+                # from the fork it hears). Relayed as ringing, without it.
+                log.debug(
+                    "call %s: the answer in a %d past the early dialog bound is not taken",
+                    self.id,
+                    response.status,
+                )
             elif sdp:
                 answer = parse_sdp_untrusted(sdp)
                 body = serialize_sdp(self._answer_via(leg, answer, response.to.tag or ""))
@@ -316,6 +326,20 @@ def parse_rseq(value: str | None) -> int | None:
         return None
     number = int(text)
     return number if 1 <= number < 2**32 else None
+
+
+def _not_kept(leg: BLeg, response: Response) -> bool:
+    """Whether ``response``, a callee's reliable 1xx (RFC 3262), came under a To tag for which
+    no early dialog was kept: past :data:`~gateway.core.calls.leg.MAX_EARLY_DIALOGS`, so
+    never PRACKed (Call._prack_b)."""
+    tag = response.to.tag
+    return (
+        tag is not None
+        and leg.early_dialogs_full
+        and tag not in leg.early_dialogs
+        and "100rel" in response.headers.option_tags("Require")
+        and parse_rseq(response.headers.get("RSeq")) is not None
+    )
 
 
 def _prack_sent(leg: BLeg, response: Response) -> bool:

@@ -585,6 +585,9 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
         side = tag.side.value.upper()
         if not response.is_success:
             self.media.abandon_offer()
+            if transferee.security is not None:
+                # Sent: its o= version stays taken (RFC 3264 §8).
+                transferee.security.offer_refused()
             if response.status == 491 and self._again_after_glare(transfer, "transfer", transferee):
                 return
             await self._end_transfer(response.status, response.reason)

@@ -285,6 +285,8 @@ class LegSecurity:
         # from, and how many versions this leg added to that one (_versioned).
         self._last_made: tuple[SessionDescription, int] | None = None
         # What make_offer replaced, for withdraw_offer: (_offered, _answer_pending, _last_made).
+        # Only while that offer may still be withdrawn: cleared once it is answered
+        # (take_answer) or refused (offer_refused), and by the peer's next offer (take_offer).
         self._before_offer: (
             tuple[list[StreamSecurity], bool, tuple[SessionDescription, int] | None] | None
         ) = None
@@ -311,6 +313,7 @@ class LegSecurity:
         self._refuse_if_nothing_left(offer.media, media_out)
         self._offered = streams
         self._answer_pending = True
+        self._before_offer = None  # an offer of ours before it went, answered or refused
         self.ice.take_remote(offer, offer=True)
         return _without_session_keys(offer.with_media(media_out))
 
@@ -507,22 +510,36 @@ class LegSecurity:
             media_out.append(media.with_attributes(attributes, proto))
             streams.append(stream)
         self._refuse_if_nothing_left(offer.media, media_out)
+        # All or nothing: what may raise comes first, and the leg's state changes only once
+        # nothing can (a failed offer leaves the one in force, its keys and o= version).
+        # ICE credentials minted for a first offer that then failed stay unused until the next.
+        made, last_made = self._version_of(self.ice.add_to_offer(offer.with_media(media_out)))
         self._before_offer = (self._offered, self._answer_pending, self._last_made)
         self._offered = streams
         self._answer_pending = False
-        return self._versioned(self.ice.add_to_offer(offer.with_media(media_out)))
+        self._last_made = last_made
+        return made
 
     def withdraw_offer(self) -> None:
         """The offer :meth:`make_offer` last made was not sent (its leg cannot be reached):
         what was offered before it, and the o= version last made, are back. So the next SDP
         on this leg has the version after the last one sent (RFC 3264 §8), and the keys the
         unsent offer made are neither in force nor taken for handed out. No-op when nothing
-        was offered since the last withdrawal."""
+        was offered since the last withdrawal, or that offer was answered or refused
+        (:meth:`offer_refused`), or the peer offered since."""
         before = self._before_offer
         if before is None:
             return
         self._before_offer = None
         self._offered, self._answer_pending, self._last_made = before
+
+    def offer_refused(self) -> None:
+        """The offer :meth:`make_offer` last made was sent and refused (an error response,
+        RFC 3261 §14.1): it took its o= version on the wire, so no later
+        :meth:`withdraw_offer` may give that version (or the keys in force before it) back,
+        which would make the next SDP repeat a version the peer saw with other content (RFC
+        3264 §8). The keys in force stay those of the last answer (:attr:`streams`)."""
+        self._before_offer = None
 
     def _versioned(self, sdp: SessionDescription) -> SessionDescription:
         """``sdp``, made on this leg from the session's plain SDP, with the o= version RFC 3264
@@ -532,6 +549,14 @@ class LegSecurity:
         4568 §7.1.4) or we re-key (``make_offer(rekey=True)``). An SDP that differs from the
         last one made while the plain version stayed gets the next version; every later one
         keeps that lead, so versions never repeat or go back on the leg."""
+        made, self._last_made = self._version_of(sdp)
+        return made
+
+    def _version_of(
+        self, sdp: SessionDescription
+    ) -> tuple[SessionDescription, tuple[SessionDescription, int]]:
+        """:meth:`_versioned`'s SDP, and what it records as the last one made, changing
+        nothing."""
         last = self._last_made
         added = 0
         if last is not None:
@@ -543,11 +568,10 @@ class LegSecurity:
                 added = 0  # another session's SDP (a new one on this leg): its own versions
             elif new.session_version == old.session_version and sdp != previous:
                 added += 1
-        self._last_made = (sdp, added)
         if added == 0:
-            return sdp
+            return sdp, (sdp, added)
         version = sdp.origin.session_version + added
-        return sdp.with_origin(attrs.evolve(sdp.origin, session_version=version))
+        return sdp.with_origin(attrs.evolve(sdp.origin, session_version=version)), (sdp, added)
 
     def _device_codecs(self, sdp: SessionDescription, *, reorder: bool) -> SessionDescription:
         """``sdp`` with only the audio codecs of :attr:`codecs` (``only_codecs``): ours to the

@@ -105,6 +105,7 @@ from gateway.core.sdp.model import (
     parse_rtpmap_untrusted,
 )
 from gateway.core.sdp.offer_answer import (
+    CodecChange,
     apply_version_rule,
     codec_change,
     keep_leg_numbers,
@@ -453,25 +454,42 @@ class MediaSession:
         if made is not None and self._sent.get(side) is made[1]:
             self._sent[side] = made[0]
 
+    def repeated_offer_refused(self, side: Side) -> None:
+        """The re-offer :meth:`repeat_offer` made for ``side`` was sent and refused (an error
+        response, RFC 3261 §14.1): the session stays as it was, and the re-offer's o= version
+        stays taken (RFC 3264 §8), so no later :meth:`withdraw_repeated_offer` gives it back."""
+        self._repeated.pop(_check_side(side), None)
+
     def answer_to_repeated_offer(
         self, side: Side, answer: SessionDescription, *, rtcp_mux_offered: bool = False
     ) -> None:
         """``side``'s answer, plain, to :meth:`repeat_offer`: checked against that offer (RFC
         3264 §6) and the relay pointed at its addresses, which an answer may move (§8.3.1).
-        The other leg hears of nothing: its session did not change. Raises :class:`SdpError`
-        for an answer that does not fit the offer, or one that rejects (port 0) a stream the
-        relay carries, or gives a payload type of the offer another codec than the peer's SDP
-        in force did (:func:`codec_change`: one codec for another, one more or one less): a
-        change of the session that only a new exchange on both legs could make (the other
-        leg agreed on the codecs, payload numbers, G.711 transcoding and DTMF interworking
-        the relay applies), and the caller ends the call, as for any answer to a re-INVITE
-        it cannot apply. ``answer`` is the peer's own SDP (numbers as it uses them)."""
+        The other leg hears of nothing: its session did not change. ``answer`` is the peer's
+        own SDP (numbers as it uses them).
+
+        An answer may list fewer of the offer's formats than the peer's SDP in force did (RFC
+        3264 §6.1; :func:`codec_change`): taken when it keeps the codec in use with its number,
+        which the other leg still sends. What it leaves out stays as the other leg agreed it,
+        but for telephone-event: its RFC 4733 events go to that peer as SIP INFO from then on
+        (the DTMF interworking of a leg that never had telephone-event, when it is on), or a
+        peer that had taken the telephone-event we added for the other leg's INFO gets those
+        digits as INFO again (docs/media_security.md "Forked SDES callees").
+
+        Raises :class:`SdpError` for an answer that does not fit the offer, or one that rejects
+        (port 0) a stream the relay carries, or leaves out the codec in use, adds a codec or
+        gives a payload type of the offer another codec than the peer's SDP in force did: a
+        change of the session that only a new exchange on both legs could make (the other leg
+        agreed on the codecs, payload numbers, G.711 transcoding and DTMF interworking the
+        relay applies), and the caller ends the call, as for any answer to a re-INVITE it
+        cannot apply. A refused answer changes nothing."""
         self._check_open()
         side = _check_side(side)
         offer = self._sent[side]
         validate_answer(offer, answer)
         before = self._received.get(side)
         remotes: dict[int, _Remote] = {}
+        narrowed: dict[int, CodecChange] = {}
         for index, (offered, answered) in enumerate(zip(offer.media, answer.media, strict=True)):
             stream = self._slots[index] if index < len(self._slots) else None
             if stream is None or offered.is_rejected:
@@ -485,22 +503,82 @@ class MediaSession:
                 if before is not None and index < len(before.media)
                 else None
             )
-            if changed is not None:
+            if changed is not None and changed.refused is not None:
                 # A re-key changes keys only; the caller's leg and the relay's renumbering,
                 # transcoding and DTMF plan were agreed on the codecs before (RFC 3264 §8.3.2).
                 raise SdpError(
                     f"m= line {index + 1}: the answer to our re-key re-offer changes the "
-                    f"stream's codecs ({changed}), which the other leg did not agree to"
+                    f"stream's codecs ({changed.described}), which the other leg did not "
+                    f"agree to ({changed.refused})"
                 )
+            if changed is not None:
+                narrowed[index] = changed
             mux_offered = _rtcp_mux(offered) or (rtcp_mux_offered and not is_udptl_t38(offered))
             remotes[index] = self._remote_of(
                 answer, answered, index, rtcp_mux=mux_offered and _rtcp_mux(answered)
             )
+        dtmf = self._dtmf_after_narrowing(side, offer, before, answer)
         for index, remote in remotes.items():  # all checked first: a refusal changes nothing
             if self._remotes.get((index, side)) != remote:
                 self._set_remote(index, side, remote)
+        for index, changed in narrowed.items():
+            log.info(
+                "m= line %d: the answer to our re-key re-offer on leg %s leaves out %s and keeps "
+                "the codec in use: taken (the other leg's codecs stay as agreed)",
+                index + 1,
+                side,
+                changed.dropped,
+            )
+        self._set_dtmf(dtmf)
         self._repeated.pop(side, None)
         self._received[side] = answer
+
+    def _dtmf_after_narrowing(
+        self,
+        side: Side,
+        offer: SessionDescription,
+        before: SessionDescription | None,
+        answer: SessionDescription,
+    ) -> DtmfPlan | None:
+        """The DTMF interworking once ``side``'s ``answer`` to our repeated ``offer`` is
+        taken, its SDP in force having been ``before``: as it is, unless the answer left out
+        the telephone-event of the DTMF line (the first relayed audio line, RFC 4733 §2.1).
+        Then, as an answer without it would at the first exchange (:meth:`_plan_dtmf`): a
+        peer whose events were relayed as they came (both legs had telephone-event) becomes
+        the SIP INFO leg of the other's events; a peer that was the RFC 4733 leg of the
+        other's INFO (it took the telephone-event we added) has none any more (the other's
+        INFO are relayed as INFO, as when it is declined at the first answer)."""
+        plan = self.dtmf
+        if not self._interworks_dtmf or before is None:
+            return plan
+        index = plan.index if plan is not None else _first_audio(offer, self._open_lines())
+        if index is None or index >= len(before.media) or index >= len(answer.media):
+            return plan
+        had = _offered_event(offer.media[index], before.media[index])
+        has = _offered_event(offer.media[index], answer.media[index])
+        if had == has or has is not None:
+            # Unchanged; or a telephone-event at another clock rate kept (dropping the one at
+            # 8000 beside Opus's at 48000): both legs still have one, relayed as it comes.
+            return plan
+        if plan is not None:
+            # The peer was the RFC 4733 leg of the other's INFO, or the INFO leg already.
+            return None if plan.rfc4733_side == side else plan
+        other = _other(side)
+        theirs = self._received.get(other)
+        if theirs is None or index >= len(theirs.media):
+            return None
+        event = telephone_event(theirs.media[index])
+        if event is None:
+            return None  # neither leg has one: relayed as ever
+        # The other peer may send its events inside RED only if what it agreed to kept RED
+        # (RFC 4733 §2.5.1.5, RFC 3264 §6.1): this peer's SDP in force said so.
+        red = red_payload_types(theirs.media[index])
+        red = red if red_payload_types(before.media[index]) else ()
+        return DtmfPlan(index, other, side, *event, red)
+
+    def _open_lines(self) -> dict[int, RelayStream]:
+        """The m= lines that have a stream, and their streams."""
+        return {index: stream for index, stream in enumerate(self._slots) if stream is not None}
 
     @property
     def on_hold(self) -> bool:
@@ -1794,6 +1872,15 @@ def _without_telephone_event(media: MediaDescription) -> MediaDescription:
             )
         ),
     )
+
+
+def _offered_event(offered: MediaDescription, media: MediaDescription) -> tuple[int, int] | None:
+    """``media``'s telephone-event (:func:`telephone_event`) when ``offered`` (our offer it
+    answers, or answered) lists its number too; None otherwise."""
+    event = telephone_event(media)
+    if event is None or str(event[0]) not in offered.formats:
+        return None
+    return event
 
 
 def _random_ssrc() -> int:

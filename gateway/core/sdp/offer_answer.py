@@ -148,24 +148,78 @@ def offered_formats(media: MediaDescription) -> tuple[RtpMap, ...]:
     return tuple(r for r in _codecs_by_format(media).values() if r is not None)
 
 
+@attrs.frozen
+class CodecChange:
+    """What a peer's answer to our re-offer of a stream changes in the codecs it uses there
+    (:func:`codec_change`). ``described``: the two lists in words ("0 PCMU/8000, 101
+    telephone-event/8000 -> 0 PCMU/8000"). ``refused``: why the answer cannot be taken on
+    that leg alone, or None for a narrowing that keeps the codec in use (``dropped``: the
+    formats it leaves out in words, as the peer numbers them)."""
+
+    described: str
+    refused: str | None
+    dropped: str = ""
+
+
+# Formats that never carry the stream's media themselves (RFC 4733 events, RFC 3389 comfort
+# noise): listed first, they are still not the codec in use (codec_change).
+_NEVER_IN_USE = frozenset({"telephone-event", "cn"})
+
+
 def codec_change(
     offered: MediaDescription, before: MediaDescription, after: MediaDescription
-) -> str | None:
+) -> CodecChange | None:
     """What ``after``, a peer's answer to our re-offer ``offered`` of a stream whose SDP from
     that peer was ``before``, changes in the codecs the peer uses on it: None when the two
     give every payload type of the offer the same codec (name, rate, channels; order and fmtp
-    aside), else the two lists in words ("0 PCMU/8000 -> 8 PCMA/8000"). Payload types the
-    offer lacks do not count: a peer's own earlier offer listed more than we answered, and
-    the peer sends only what both listed (RFC 3264 §6.1). Raises :class:`SdpError` for an
-    unreadable a=rtpmap or payload type."""
+    aside). Payload types the offer lacks do not count: a peer's own earlier offer listed more
+    than we answered, and the peer sends only what both listed (RFC 3264 §6.1).
+
+    A narrowing (formats left out, none added, none given another codec) that keeps the codec
+    in use is not refused (RFC 3264 §6.1 lets an answer list any subset of the offer; phones
+    answer a re-INVITE with only the codec they use, or without telephone-event). The codec in
+    use is the first format of ``before``'s (of those the offer has) that is not
+    telephone-event or comfort noise, with those listed before it (RED or FEC wrapping it): the
+    other peer sends it (RFC 3264 §7: the offerer sends the answer's first format; §6.1: the
+    answerer the offer's first that it answered), and it stays agreed on that leg. Refused: a
+    payload type given another codec, a codec added (the other leg never agreed to it), the
+    codec in use left out. Raises :class:`SdpError` for an unreadable a=rtpmap or payload
+    type."""
     if not offered.is_rtp or not before.is_rtp or not after.is_rtp:
         return None
     ours = set(offered.payload_types)
     was = {pt: c for pt, c in _codecs_by_format(before).items() if pt in ours}
     now = {pt: c for pt, c in _codecs_by_format(after).items() if pt in ours}
-    if _codec_keys(was) == _codec_keys(now):
+    was_keys, now_keys = _codec_keys(was), _codec_keys(now)
+    if was_keys == now_keys:
         return None
-    return f"{_codec_words(was)} -> {_codec_words(now)}"
+    described = f"{_codec_words(was)} -> {_codec_words(now)}"
+    other = sorted(pt for pt, key in now_keys.items() if pt in was_keys and was_keys[pt] != key)
+    if other:
+        return CodecChange(described, f"payload type {other[0]} given another codec")
+    gone_in_use = [pt for pt in _in_use(was) if pt not in now_keys]
+    if gone_in_use:
+        words = _codec_words({pt: was[pt] for pt in gone_in_use})
+        return CodecChange(described, f"the codec in use, {words}, left out")
+    added = sorted(pt for pt in now_keys if pt not in was_keys)
+    if added:
+        return CodecChange(described, f"{_codec_words({pt: now[pt] for pt in added})} added")
+    dropped = [pt for pt in was if pt not in now_keys]
+    return CodecChange(described, None, _codec_words({pt: was[pt] for pt in dropped}))
+
+
+def _in_use(codecs: Mapping[int, RtpMap | None]) -> list[int]:
+    # The formats up to the first one that carries media of its own (codec_change), in the
+    # peer's order: RED or FEC listed first wrap it, telephone-event and CN never carry it.
+    found: list[int] = []
+    for pt, codec in codecs.items():
+        name = "" if codec is None else codec.encoding.lower()
+        if name in _NEVER_IN_USE:
+            continue
+        found.append(pt)
+        if name not in AUXILIARY_ENCODINGS:
+            break
+    return found
 
 
 def _codec_keys(codecs: Mapping[int, RtpMap | None]) -> dict[int, tuple[str, int, int] | None]:

@@ -147,3 +147,43 @@ async def test_no_dtmf_info_goes_into_an_early_dialog_past_the_bound(
     assert len(b_leg.early_dialogs) == MAX_EARLY_DIALOGS
     await call.cancel()
     await eventually(lambda: env.calls == 0)
+
+
+async def test_a_reliable_183_past_the_bound_never_moves_the_early_media(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The 33rd fork's reliable 183 with SDP is not PRACKed (no early dialog kept for it):
+    its answer is never completed (RFC 3262 §5) and its phone sends it again and again until
+    it gives up (§3: 64*T1, then 5xx). It reaches the caller as ringing (180, no SDP), and the
+    relay's early media stays with the fork the caller hears, at every copy. Before session 43
+    each copy moved the early media to that phone, away from the fork the caller heard."""
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    assert leg_b.incoming is not None and call.exchange is not None
+    first_tag = leg_b.local_tag
+    for fork in range(MAX_EARLY_DIALOGS):
+        leg_b.local_tag = first_tag if fork == 0 else f"fork-{fork}"
+        body = simple_sdp(ALICE[0], 30000 + 2 * fork, version=1)
+        await env.alice.respond(leg_b.incoming, 183, body=body, extra=RELIABLE)
+    # The 100 Trying, then a 183 for each.
+    await call.exchange.wait_for(lambda _: len(call.exchange.responses) > MAX_EARLY_DIALOGS)  # type: ignore[union-attr]
+    gateway_call = b2bua_call(env)
+    assert gateway_call.media is not None
+    (stream,) = gateway_call.media.streams
+    heard = (ALICE[0], 30000 + 2 * (MAX_EARLY_DIALOGS - 1))  # the last fork kept
+    assert stream.b.rtp_destination == heard  # type: ignore[attr-defined]
+    leg_b.local_tag = "fork-past-the-bound"
+    body = simple_sdp(ALICE[0], 31000, version=1)
+    before = len(call.exchange.responses)
+    for copy in range(1, 4):  # the first and two retransmissions (T1, 2*T1)
+        await env.alice.respond(leg_b.incoming, 183, body=body, extra=RELIABLE)
+        await call.exchange.wait_for(
+            lambda _, n=copy: len(call.exchange.responses) >= before + n  # type: ignore[union-attr]
+        )
+        assert stream.b.rtp_destination == heard  # type: ignore[attr-defined]
+    past = call.exchange.responses[-3:]
+    assert [r.status for r in past] == [180, 180, 180] and not any(r.body for r in past)
+    assert "fork-past-the-bound" not in {p.to.tag for p in env.alice.requests("PRACK")}
+    await call.cancel()
+    await eventually(lambda: env.calls == 0)

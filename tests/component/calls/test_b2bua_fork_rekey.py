@@ -27,13 +27,17 @@ import gateway.plugins.keyexchange.sdes as sdes_plugin
 from gateway.core.calls.call import Call as GatewayCall
 from gateway.core.calls.media_keys import MAX_SDP_KEYED_TAGS
 from gateway.core.interfaces import SrtpKeys
+from gateway.core.media.dtmf import event_payload
 from gateway.core.media.srtp import SrtpSession
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sip.message import Request
 from gateway.testing.sip_agent import Call, simple_sdp
-from tests.component.calls.b2bua_env import ALICE, ALICE_DID, B2bua, start_b2bua
+from tests.component.calls.b2bua_env import ALICE, ALICE_DID, B2bua, eventually, start_b2bua
+from tests.component.calls.dtls_phone import bind
+from tests.component.calls.dtmf_calls import rtp as dtmf_rtp
 from tests.component.calls.secure_signalling import tls_signalling  # noqa: F401 (the fixture)
 from tests.component.calls.transfer_calls import BOB_URI, bob_phone, eventually_notify, refer
+from tests.port_blocks import port_bases
 
 SUITE = "AES_CM_128_HMAC_SHA1_80"
 SSRC = 0x0DDBA11
@@ -90,12 +94,17 @@ def relay_transforms(env: B2bua) -> Any:
 
 
 async def forked_call(
-    env: B2bua, *, early_media_across_a_wrap: bool = True
+    env: B2bua,
+    *,
+    early_media_across_a_wrap: bool = True,
+    trunk_sdp: bytes | None = None,
+    answer_formats: tuple[str, ...] = ("0",),
 ) -> tuple[Call, Call, bytes]:
     """trunk -> alice through a forking proxy: the first phone's 183 keys the relay (and our
     early media to it crosses a sequence wrap: ROC 1), then another phone answers 200 in its
-    own early dialog. Returns (leg A, alice's INVITE, our offer's key)."""
-    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    own early dialog (with ``answer_formats``). The trunk offers ``trunk_sdp`` (default: its
+    own, PCMU, PCMA, telephone-event). Returns (leg A, alice's INVITE, our offer's key)."""
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=trunk_sdp)
     leg_b = await env.alice.next_call()
     offered_key = crypto_key(leg_b.invite.body)
     await env.alice.respond(
@@ -111,7 +120,8 @@ async def forked_call(
     # The other phone answers in an early dialog of its own (another To tag, RFC 3261 §12.1.2).
     leg_b.local_tag = ANSWERING_TAG
     env.alice._by_dialog[(leg_b.call_id, ANSWERING_TAG)] = leg_b
-    await leg_b.answer(200, sdp=phone_answer(leg_b.invite.body, 30002, ANSWERING_PHONE_KEY))
+    answer = phone_answer(leg_b.invite.body, 30002, ANSWERING_PHONE_KEY, formats=answer_formats)
+    await leg_b.answer(200, sdp=answer)
     final = await call.final()
     assert final.status == 200, final.reason
     await env.alice.next_request("ACK")
@@ -623,8 +633,100 @@ async def test_an_answer_to_our_rekey_changing_the_codec_is_acked_then_the_call_
     for bye in (bye_a, bye_b):
         reason = bye.request.headers.get("Reason") or ""
         assert "cause=488" in reason and "changes the stream's codecs" in reason
+        assert "the codec in use, 0 PCMU/8000, left out" in reason
     await trio.sleep(5)
     assert len(env.alice.requests("BYE")) == 1
+
+
+def narrowing_to(env: B2bua, formats: tuple[str, ...]) -> Any:
+    """alice's phone answers our re-key re-INVITE with only ``formats`` of its codecs."""
+
+    async def narrowed(received: Any) -> bool:
+        if received.request.method != "INVITE":
+            return False
+        body = phone_answer(
+            received.request.body, 30002, ANSWERING_PHONE_NEW_KEY, version=2, formats=formats
+        )
+        await env.alice.respond(received, 200, body=body)
+        return True
+
+    return narrowed
+
+
+@pytest.mark.parametrize("kept", [("0", "101"), ("0",)])
+async def test_an_answer_to_our_rekey_keeping_only_the_codec_in_use_is_taken(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    tls_signalling: None,  # noqa: F811
+    kept: tuple[str, ...],
+) -> None:
+    """The phone's 2xx took PCMU, PCMA and telephone-event; its answer to our re-key lists
+    only PCMU, the codec in use (and telephone-event, or not): RFC 3264 §6.1 lets it, and the
+    caller still sends PCMU, which the phone still takes at 0. The call goes on re-keyed.
+    Session 42 ended it (ACK, BYE both legs, cause 488)."""
+    env = await with_sdes(nursery, tmp_path, voipgw_seed)
+    env.alice.in_dialog = narrowing_to(env, kept)
+    call, _, _ = await forked_call(
+        env, early_media_across_a_wrap=False, answer_formats=("0", "8", "101")
+    )
+    rekey = await env.alice.next_request("INVITE", timeout=5)
+    ack = await env.alice.next_request("ACK", timeout=5)
+    assert ack.request.cseq.number == rekey.request.cseq.number
+    await trio.sleep(5)
+    assert env.alice.requests("BYE") == [] and env.trunk.requests("BYE") == []
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert gateway_call.security_record()["b"]["fork_rekey"] == "re-keyed"
+    # The relay protects for the phone with the new key (RFC 4568 §7.1.4).
+    phone = SrtpSession(SrtpKeys(SUITE, ANSWERING_PHONE_NEW_KEY, crypto_key(rekey.request.body)))
+    assert phone.unprotect_rtp(relay_transforms(env).rtp_out(rtp(1))) == rtp(1)
+    phone.close()
+    assert (await call.bye()).status == 200
+
+
+async def test_after_telephone_event_left_out_the_callers_digits_reach_the_phone_as_info(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    tls_signalling: None,  # noqa: F811
+) -> None:
+    """Both legs had telephone-event 101 (events relayed as they come); the phone's answer to
+    our re-key leaves it out. From then on the caller's RFC 4733 events are taken off the
+    stream and sent to the phone as SIP INFO (application/dtmf-relay), as for a phone that
+    never had telephone-event (docs/architecture.md "DTMF interworking"); they never reach
+    it as events. Session 42 ended the call."""
+    env = await with_sdes(nursery, tmp_path, voipgw_seed)
+    env.alice.in_dialog = narrowing_to(env, ("0",))
+    (trunk_port,) = port_bases(1)
+    call, _, _ = await forked_call(
+        env,
+        early_media_across_a_wrap=False,
+        trunk_sdp=simple_sdp("127.0.0.1", trunk_port),
+        answer_formats=("0", "8", "101"),
+    )
+    await env.alice.next_request("ACK", timeout=5)
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    await eventually(lambda: gateway_call.security_record()["b"]["fork_rekey"] == "re-keyed")
+    assert gateway_call.media is not None and gateway_call.media.dtmf is not None
+    assert gateway_call.media.dtmf.info_side == "b"
+    answer = parse_sdp_untrusted((await call.final()).body)
+    relay = ("127.0.0.1", answer.media[0].port)
+    trunk_sock = await bind(trunk_port)
+    with trunk_sock:
+        ssrc, ts = 0x7777, 320
+        for sequence, end, duration in ((2, False, 0), (3, False, 800), (4, True, 1600)):
+            payload = event_payload(5, end=end, duration=duration)
+            packet = dtmf_rtp(sequence, 101, ssrc, payload, marker=sequence == 2, timestamp=ts)
+            await trunk_sock.sendto(packet, relay)
+        info = await env.alice.next_request("INFO", timeout=5)
+    assert info.request.content_type == "application/dtmf-relay"
+    assert info.request.body == b"Signal=5\r\nDuration=200\r\n"
+    assert env.alice.requests("BYE") == []
+    assert (await call.bye()).status == 200
 
 
 async def test_a_transfer_targets_forks_never_share_our_key(

@@ -423,3 +423,70 @@ def test_a_rekey_offer_withdrawn_takes_no_version_and_hands_out_no_key() -> None
     moved = ours.make_offer(sdp(PLAIN.replace(" 1 1 ", " 1 2 ").replace("20000", "20002")))
     assert moved.origin == first.origin.bumped()
     assert inline_keys(moved) == [in_force.local_key]
+
+
+def test_a_rekey_offer_sent_and_refused_can_no_longer_be_withdrawn() -> None:
+    """Our re-key offer went and the phone refused it (488, RFC 3261 §14.1): its o= version
+    was taken on the wire. A withdrawal after that (no fresh make_offer since) must give back
+    nothing: the next offer has the version after the refused one (RFC 3264 §8), not the
+    refused one's again, and repeats the key in force. Before session 43 the refused offer's
+    state stayed kept for a withdrawal, which rolled back past it."""
+    ours, peer = leg("sdes", tls=True), leg("sdes", tls=True, side="a")
+    offer_between(ours, peer)
+    in_force = ours.keys(0)
+    assert in_force is not None
+    refused = ours.make_offer(sdp(PLAIN), rekey=True)
+    ours.offer_refused()
+    ours.withdraw_offer()
+    moved = ours.make_offer(sdp(PLAIN.replace(" 1 1 ", " 1 2 ").replace("20000", "20002")))
+    assert moved.origin == refused.origin.bumped()
+    assert inline_keys(moved) == [in_force.local_key]
+
+
+def test_the_peers_offer_ends_what_a_withdrawal_could_give_back() -> None:
+    """Our offer went and was refused (a 491: the peer's own re-INVITE crossed it); the peer's
+    offer is then answered on the leg. A withdrawal now would put back the o= version from
+    before our refused offer, under the version of our answer: the next SDP would go back
+    (RFC 3264 §8). It is a no-op once the peer offered."""
+    ours, peer = leg("sdes", tls=True), leg("sdes", tls=True, side="a")
+    offer_between(ours, peer)
+    ours.make_offer(sdp(PLAIN.replace(" 1 1 ", " 1 2 ")))
+    ours.take_offer(peer.make_offer(sdp(PLAIN)))
+    answer = ours.make_answer(sdp(PLAIN.replace(" 1 1 ", " 1 3 ")))
+    peer.take_answer(answer)
+    ours.withdraw_offer()
+    # A re-key on the session's SDP as it is: the version goes up by this leg's change alone.
+    after = ours.make_offer(sdp(PLAIN.replace(" 1 1 ", " 1 3 ")), rekey=True)
+    assert after.origin == answer.origin.bumped()
+
+
+@pytest.mark.parametrize("step", ["add_to_offer", "_version_of"])
+def test_an_offer_that_fails_at_its_last_step_changes_nothing(
+    monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    """make_offer is all or nothing: a re-key offer whose ICE step or o= versioning raises
+    (our bug: fork_rekey.py sends nothing, the call goes on under its keys) leaves the offer
+    in force, its keys and the o= version last made. Before session 43 the failed offer's
+    streams (new keys of ours) had replaced the offered ones, and a withdrawal was armed for
+    them."""
+    ours, peer = leg("sdes", tls=True), leg("sdes", tls=True, side="a")
+    offer_between(ours, peer)
+    in_force = ours.keys(0)
+    assert in_force is not None
+    first = ours.make_offer(sdp(PLAIN))
+    offered = ours._offered
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("our bug")
+
+    target = ours.ice if step == "add_to_offer" else ours
+    with monkeypatch.context() as patched:
+        patched.setattr(target, step, broken)
+        with pytest.raises(RuntimeError):
+            ours.make_offer(sdp(PLAIN), rekey=True)
+    assert ours._offered is offered
+    ours.withdraw_offer()  # takes back the first offer, which was made (and not sent)
+    again = ours.make_offer(sdp(PLAIN))
+    assert again == first  # the version and key of the last offer made, nothing skipped
+    assert inline_keys(again) == [in_force.local_key]
+    assert ours.keys(0) == in_force

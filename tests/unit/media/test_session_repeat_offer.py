@@ -12,10 +12,11 @@ import pytest
 
 from gateway.core.config import PortRange
 from gateway.core.media.errors import LocalMediaError
-from gateway.core.media.session import MediaSession
+from gateway.core.media.session import DtmfPlan, MediaSession
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import SessionDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
+from gateway.core.sdp.serializer import serialize_sdp
 from tests.port_blocks import ModuleBlock
 from tests.unit.media import session_env
 from tests.unit.media.session_env import stream_of
@@ -26,6 +27,7 @@ RANGE = ModuleBlock(100, parse=PortRange.parse)
 CODECS = {
     "0": "a=rtpmap:0 PCMU/8000",
     "8": "a=rtpmap:8 PCMA/8000",
+    "9": "a=rtpmap:9 G722/8000",
     "96": "a=rtpmap:96 telephone-event/8000",
     "101": "a=rtpmap:101 telephone-event/8000",
 }
@@ -135,6 +137,19 @@ def test_withdrawing_changes_nothing_once_the_repeated_offer_was_answered(
     assert session.last_sent("b") == repeated
 
 
+def test_a_repeated_offer_refused_can_no_longer_be_withdrawn(session: MediaSession) -> None:
+    """Sent and refused (RFC 3261 §14.1), the re-offer took its o= version on the wire: a
+    later withdrawal gives nothing back, and the next SDP has the version after it (RFC 3264
+    §8)."""
+    answered(session)
+    repeated = session.repeat_offer("b")
+    session.repeated_offer_refused("b")
+    session.withdraw_repeated_offer("b")
+    assert session.last_sent("b") == repeated
+    held = session.offer_from("a", sdp(20000, version=2, extra=("a=sendonly",)))
+    assert held.origin == repeated.origin.bumped()
+
+
 def answered_with(session: MediaSession, formats: tuple[str, ...]) -> None:
     """A offers PCMU, PCMA and telephone-event 101; B answers ``formats``."""
     session.offer_from("a", sdp(20000, formats=("0", "8", "101")))
@@ -145,25 +160,75 @@ def answered_with(session: MediaSession, formats: tuple[str, ...]) -> None:
 @pytest.mark.parametrize(
     ("before", "after", "said"),
     [
-        (("0", "101"), ("8", "101"), "0 PCMU/8000, 101 telephone-event/8000 -> "),
-        (("0", "101"), ("0", "8", "101"), "-> 0 PCMU/8000, 8 PCMA/8000, 101"),
-        (("0", "8", "101"), ("0", "101"), "-> 0 PCMU/8000, 101 telephone-event/8000)"),
+        (
+            ("0", "101"),
+            ("8", "101"),
+            "(0 PCMU/8000, 101 telephone-event/8000 -> 8 PCMA/8000, 101 telephone-event/8000),"
+            " which the other leg did not agree to (the codec in use, 0 PCMU/8000, left out)",
+        ),
+        (("0", "101"), ("0", "8", "101"), "(8 PCMA/8000 added)"),
+        (("0", "8", "101"), ("8", "101"), "(the codec in use, 0 PCMU/8000, left out)"),
+        (("8", "0", "101"), ("0",), "(the codec in use, 8 PCMA/8000, left out)"),
+        (("101", "0", "8"), ("101", "8"), "(the codec in use, 0 PCMU/8000, left out)"),
     ],
 )
-def test_an_answer_changing_the_codecs_is_refused_and_changes_nothing(
+def test_an_answer_changing_the_codecs_in_use_is_refused_and_changes_nothing(
     session: MediaSession, before: tuple[str, ...], after: tuple[str, ...], said: str
 ) -> None:
     """A re-key re-offer changes keys only: the caller's leg, and the relay's renumbering,
-    transcoding and DTMF plan, agreed on the codecs the phone's answer in force gave. One
-    codec for another, one more or one less would need a new exchange on both legs: refused
-    (the call ends, as for an answer rejecting the stream). Before session 42 only the
-    addresses and keys were taken, and the relay went on as for the old codecs."""
+    transcoding and DTMF plan, agreed on the codecs the phone's answer in force gave. The
+    codec in use (the first of the phone's SDP in force that is not telephone-event or CN:
+    the caller sends it, RFC 3264 §7) left out, or a codec added, would need a new exchange on
+    both legs: refused (the call ends, as for an answer rejecting the stream). Before session
+    42 only the addresses and keys were taken, and the relay went on as for the old codecs."""
     answered_with(session, before)
     session.repeat_offer("b")
     with pytest.raises(SdpError, match="changes the stream's codecs") as refused:
         session.answer_to_repeated_offer("b", sdp(30010, version=2, formats=after))
     assert said in refused.value.reason
     assert stream_of(session).b.rtp_destination == ("127.0.0.1", 30000)
+    assert session.last_sent("b") is not None
+
+
+def test_a_payload_type_given_another_codec_is_refused(session: MediaSession) -> None:
+    answered_with(session, ("0", "8", "101"))
+    session.repeat_offer("b")
+    text = serialize_sdp(sdp(30010, version=2, formats=("0", "101")))
+    other = parse_sdp_untrusted(text.replace(b"101 telephone-event/8000", b"101 G722/8000"))
+    with pytest.raises(SdpError, match=r"\(payload type 101 given another codec\)"):
+        session.answer_to_repeated_offer("b", other)
+    assert stream_of(session).b.rtp_destination == ("127.0.0.1", 30000)
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (("0", "8", "101"), ("0", "101")),  # the codec in use only, with telephone-event
+        (("0", "8", "101"), ("0",)),  # the codec in use only
+        (("8", "0", "101"), ("8", "101")),
+        (("0", "8", "101"), ("0", "8")),  # telephone-event dropped
+    ],
+)
+def test_an_answer_narrowed_to_keep_the_codec_in_use_is_taken(
+    session: MediaSession, before: tuple[str, ...], after: tuple[str, ...]
+) -> None:
+    """RFC 3264 §6.1 lets an answer list any subset of the offer's formats, and phones answer
+    a re-INVITE with only the codec they use, or without telephone-event: the caller still
+    sends the codec in use, which the phone still takes with its number, so the call goes on
+    (FreeSWITCH and Asterisk carry on too). Session 42 ended such calls (cause 488)."""
+    answered_with(session, before)
+    renumbered = {
+        d: dict(getattr(stream_of(session), d).payload_types) for d in ("a_to_b", "b_to_a")
+    }
+    session.repeat_offer("b")
+    session.answer_to_repeated_offer("b", sdp(30010, version=2, formats=after))
+    assert stream_of(session).b.rtp_destination == ("127.0.0.1", 30010)
+    for direction, table in renumbered.items():
+        assert getattr(stream_of(session), direction).payload_types == table
+    # The narrowed SDP is the one in force: the next re-key's answer is judged against it.
+    session.repeat_offer("b")
+    with pytest.raises(SdpError, match="added"):
+        session.answer_to_repeated_offer("b", sdp(30010, version=3, formats=before))
 
 
 def test_an_answer_with_the_same_codecs_in_another_order_or_fmtp_is_taken(
@@ -210,3 +275,115 @@ def test_a_relayed_offer_withdrawn_leaves_the_next_version_to_the_next_sdp(
     session.answer_from("b", sdp(30000, version=2, extra=("a=inactive",)))
     session.withdraw_offer()
     assert session.last_sent("b") == held
+
+
+@pytest.fixture
+def interworking() -> Iterator[MediaSession]:
+    with session_env.closed_after(RANGE.get(), dtmf_interworking=True) as session:
+        yield session
+
+
+def test_telephone_event_left_out_makes_the_phone_the_info_leg(
+    interworking: MediaSession,
+) -> None:
+    """Both legs had telephone-event (relayed as it comes); the phone's answer to our re-key
+    leaves it out: from then on the caller's events go to it as SIP INFO, and its INFO to
+    the caller as events, as for a phone that never had it at the first answer (FreeSWITCH
+    likewise turns a leg whose answer has no telephone-event to INFO). Before: the call
+    ended (session 42), or the events went on to a phone that had said it takes none."""
+    session = interworking
+    answered_with(session, ("0", "8", "101"))
+    assert session.dtmf is None
+    session.repeat_offer("b")
+    session.answer_to_repeated_offer("b", sdp(30000, version=2, formats=("0",)))
+    assert session.dtmf == DtmfPlan(0, "a", "b", 101, 8000)
+    stream = stream_of(session)
+    taking = stream.a_to_b.dtmf
+    assert taking is not None and taking.take_payload_type == 101
+    injecting = stream.b_to_a.dtmf
+    assert injecting is not None and injecting.inject_payload_type == 101
+
+
+def test_telephone_event_kept_changes_no_dtmf(interworking: MediaSession) -> None:
+    session = interworking
+    answered_with(session, ("0", "8", "101"))
+    session.repeat_offer("b")
+    session.answer_to_repeated_offer("b", sdp(30000, version=2, formats=("0", "101")))
+    assert session.dtmf is None
+
+
+def test_the_added_telephone_event_left_out_ends_the_interworking(
+    interworking: MediaSession,
+) -> None:
+    """The caller does DTMF by INFO (declared): we offered the phone a telephone-event it
+    took, so the caller's INFO went to it as events. Its answer to our re-key leaves it out:
+    no interworking (the caller's INFO are relayed as INFO, as when the phone declines it at
+    the first answer)."""
+    session = interworking
+    session.offer_from("a", sdp(20000, formats=("0", "8")), dtmf_info=True)
+    session.answer_from("b", sdp(30000, formats=("0", "101")))
+    session.settle()
+    assert session.dtmf == DtmfPlan(0, "b", "a", 101, 8000)
+    session.repeat_offer("b")
+    session.answer_to_repeated_offer("b", sdp(30000, version=2, formats=("0",)))
+    assert session.dtmf is None
+    assert stream_of(session).a_to_b.dtmf is None
+    assert stream_of(session).b_to_a.dtmf is None
+
+
+def test_a_phone_already_the_info_leg_stays_so(interworking: MediaSession) -> None:
+    session = interworking
+    answered_with(session, ("0", "8"))
+    plan = session.dtmf
+    assert plan == DtmfPlan(0, "a", "b", 101, 8000)
+    session.repeat_offer("b")
+    session.answer_to_repeated_offer("b", sdp(30000, version=2, formats=("0",)))
+    assert session.dtmf == plan
+
+
+def test_a_refused_answer_changes_no_dtmf(interworking: MediaSession) -> None:
+    session = interworking
+    answered_with(session, ("0", "8", "101"))
+    session.repeat_offer("b")
+    with pytest.raises(SdpError, match="the codec in use"):
+        session.answer_to_repeated_offer("b", sdp(30000, version=2, formats=("8",)))
+    assert session.dtmf is None
+    assert stream_of(session).a_to_b.dtmf is None
+
+
+@pytest.fixture
+def transcoding() -> Iterator[MediaSession]:
+    with session_env.closed_after(RANGE.get(), g711_transcoding=True) as session:
+        yield session
+
+
+def test_the_transcoded_law_left_out_behind_the_codec_in_use_is_taken(
+    transcoding: MediaSession,
+) -> None:
+    """The caller offered PCMU and G.722, we added PCMA; the phone answered G.722 first and
+    PCMA (not PCMU): the stream transcodes PCMU <-> PCMA, though G.722 is in use. Its answer
+    to our re-key leaves PCMA out: taken, and the transcoding stays as both legs agreed it
+    (it converts only PCMU from the caller, who is not sending it)."""
+    session = transcoding
+    session.offer_from("a", sdp(20000, formats=("0", "9", "101")))
+    session.answer_from("b", sdp(30000, formats=("9", "8", "101")))
+    session.settle()
+    plan = session.transcoding
+    assert plan is not None
+    session.repeat_offer("b")
+    session.answer_to_repeated_offer("b", sdp(30000, version=2, formats=("9", "101")))
+    assert session.transcoding == plan
+    assert stream_of(session).a_to_b.transcoding == plan.a_to_b
+
+
+def test_the_transcoded_law_in_use_left_out_is_refused(transcoding: MediaSession) -> None:
+    session = transcoding
+    session.offer_from("a", sdp(20000, formats=("0", "9", "101")))
+    session.answer_from("b", sdp(30000, formats=("8", "9", "101")))
+    session.settle()
+    plan = session.transcoding
+    assert plan is not None
+    session.repeat_offer("b")
+    with pytest.raises(SdpError, match=r"the codec in use, 8 PCMA/8000, left out"):
+        session.answer_to_repeated_offer("b", sdp(30000, version=2, formats=("9", "101")))
+    assert session.transcoding == plan
