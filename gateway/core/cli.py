@@ -1206,6 +1206,7 @@ def cmd_calls(args: argparse.Namespace) -> int:
             # leg's tag (a caller retrying with one Call-ID makes a new record): either is
             # taken, among every record the store keeps (an index on the id answers).
             records = store.call_records_of_call_id(args.call_id, args.recent or 1000)
+            _say_call_id_read_whole(store)
         else:
             records = store.call_records_recent(args.recent or 1000)
     finally:
@@ -1295,6 +1296,27 @@ def cmd_calls(args: argparse.Namespace) -> int:
         for described in security.get("caller_identity", ()):
             print(f"  {described}")  # STIR/SHAKEN: "caller number verified (attestation A)"
     return EXIT_OK
+
+
+def _say_call_id_read_whole(store: Any) -> None:
+    """A note on standard error when ``voipgw calls --call-id`` read without an index on
+    call_id COLLATE "C" (PostgreSQL, a collation not in code point order: the index not built
+    yet, or ``[store] call_id_index = false``): the newest records, then the whole table."""
+    from gateway.core.store.postgresql import (
+        CALL_ID_INDEX,
+        CALL_ID_NEWEST_FIRST,
+        PostgresStore,
+    )
+
+    if not isinstance(store, PostgresStore) or store.call_id_read_whole is None:
+        return
+    print(
+        f'note: no index on call_id COLLATE "C" ({CALL_ID_INDEX}:'
+        f" {store.call_id_read_whole}): read the newest call records (at least"
+        f" {CALL_ID_NEWEST_FIRST}), then, if the call was not among them, the whole table"
+        " (seconds on millions of records)",
+        file=sys.stderr,
+    )
 
 
 def sip_call_id(record_id: str) -> str:

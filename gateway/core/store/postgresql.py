@@ -996,9 +996,13 @@ class PostgresStore:
         *,
         listen: bool,
         node: str,
+        call_id_index: bool = True,
     ) -> None:
         self._pg = _import_psycopg()
         self.node = node
+        # [store] call_id_index: whether this node builds CALL_ID_INDEX where the collation
+        # is not code point order (False: never built here, one already there left alone).
+        self._call_id_index = call_id_index
         self._server = server
         self._db: psycopg.Connection[Any] | None = connection
         self._own_pid = connection.info.backend_pid  # its notifications are its own writes
@@ -1024,6 +1028,10 @@ class PostgresStore:
         # database not ordered by code point) known valid, by name (asked again until they
         # are), and the thread that builds them with its connection, cancelled by close().
         self._indexed: set[str] = set()
+        self.call_id_read_whole: str | None = None
+        """Why the last :meth:`call_records_of_call_id` read without an index on call_id in
+        "C" order (the newest records, then, if the call was not among them, the whole
+        table), said by ``voipgw calls --call-id``; None when an index answered."""
         # This node's role may not build the retention index (not call_records' owner): its
         # retention fails, saying so, until the owner builds it (_wait_for_retention_index).
         self._index_refused = False
@@ -1064,6 +1072,7 @@ class PostgresStore:
         node: str = "",
         clock: Callable[[], float] = time.time,
         migrations: Sequence[Migration] = MIGRATIONS,
+        call_id_index: bool = True,
     ) -> PostgresStore:
         """Connect to the database ``dsn`` (a libpq connection string or URI; ``password``,
         if given, replaces one in it) and bring its schema up to date.
@@ -1079,7 +1088,9 @@ class PostgresStore:
         Call-ID one: :data:`CALL_ID_INDEX`), when the database lacks it or has an invalid one,
         is built here when call_records is small (:data:`INLINE_INDEX_BYTES`: a new database),
         else, with ``listen``, in a thread of its own (:meth:`_build_indexes`); the CLI leaves
-        a big table's to the nodes.
+        a big table's to the nodes. ``call_id_index`` False (``[store] call_id_index``): the
+        Call-ID one is never built, nor dropped; with ``listen``, said at INFO (at WARNING for
+        an invalid one, which costs every save its upkeep for nothing).
         Raises :class:`StoreUnavailable` when the server cannot be reached,
         :class:`SchemaError` for a database of a newer voipgw or one we may not change."""
         if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, int):
@@ -1103,10 +1114,14 @@ class PostgresStore:
             # No store will close it: left running, it woke every bound for the process's life.
             server.watchdog.stop()
             raise
-        store = cls(server, connection, clock, listen=listen, node=node)
+        store = cls(
+            server, connection, clock, listen=listen, node=node, call_id_index=call_id_index
+        )
         if len(migrations) >= 6:
             try:
                 store._start_index_build(background=listen)
+                if listen and not call_id_index:
+                    store._say_call_id_index_off()
             except BaseException:
                 store.close()
                 raise
@@ -1814,6 +1829,7 @@ class PostgresStore:
     def call_records_of_call_id(self, call_id: str, limit: int = 100) -> tuple[CallRecord, ...]:
         first, beyond = call_id_range(call_id)
         wanted = (call_id, first, beyond, len(first) + 1, max(0, limit))
+        self.call_id_read_whole = None
         with self._session() as db:
             if self._ids_in_code_point_order is None:
                 self._ids_in_code_point_order = _collates_in_code_point_order(db)
@@ -1837,6 +1853,11 @@ class PostgresStore:
             # only when none of them is the call, which statement_timeout may end on a big
             # table (docs/operations.md).
             newest = max(limit, CALL_ID_NEWEST_FIRST)
+            self.call_id_read_whole = (
+                "[store] call_id_index = false"
+                if not self._call_id_index
+                else "not built yet: the nodes build it"
+            )
             rows = db.execute(
                 _call_id_query(collated=True, newest=True), (newest, *wanted)
             ).fetchall()
@@ -1849,8 +1870,13 @@ class PostgresStore:
             raise type(exc)(
                 f"{exc}; none of the newest {newest} call records has Call-ID {call_id}, and"
                 " the older ones are read whole under this database's collation, which is not"
-                f' "C", until the index {CALL_ID_INDEX} on call_id COLLATE "C" is built (the'
-                " nodes build it; docs/operations.md)"
+                f' "C", until the index {CALL_ID_INDEX} on call_id COLLATE "C" is built'
+                + (
+                    " (the nodes build it; docs/operations.md)"
+                    if self._call_id_index
+                    else " (by hand: [store] call_id_index = false, so no node builds it;"
+                    " docs/operations.md)"
+                )
             ) from None
         return tuple(_call_record(row) for row in rows)
 
@@ -1910,7 +1936,51 @@ class PostgresStore:
                     self._ids_in_code_point_order = _collates_in_code_point_order(own)
             else:
                 self._ids_in_code_point_order = _collates_in_code_point_order(db)
-        return (RETENTION,) if self._ids_in_code_point_order else (RETENTION, CALL_ID)
+        if self._ids_in_code_point_order or not self._call_id_index:
+            return (RETENTION,)
+        return (RETENTION, CALL_ID)
+
+    def _say_call_id_index_off(self) -> None:
+        """Say, at a node's start with ``[store] call_id_index = false`` in a database not
+        ordered by code point, what it leaves: an index on call_id COLLATE "C" already there
+        is left alone (valid: ``voipgw calls --call-id`` reads through it, every save keeps
+        it up; invalid: every save keeps it up and it answers nothing), and without a valid
+        one ``voipgw calls --call-id`` reads the newest records, then the whole table."""
+        with self._session() as db:
+            if self._ids_in_code_point_order is None:
+                self._ids_in_code_point_order = _collates_in_code_point_order(db)
+            if self._ids_in_code_point_order:
+                return  # the UNIQUE index on call_id answers: nothing is left out
+            indexes = _call_id_indexes(db)
+        where = f"PostgreSQL {self._server.description}: [store] call_id_index = false"
+        valid = [name for name, ok in indexes if ok]
+        invalid = [name for name, ok in indexes if not ok]
+        if valid:
+            log.info(
+                '%s: the index %s on call_id COLLATE "C" is there and left alone'
+                " (`voipgw calls --call-id` reads through it; every call record save keeps it"
+                " up: DROP INDEX CONCURRENTLY %s drops it)",
+                where,
+                valid[0],
+                valid[0],
+            )
+        else:
+            log.info(
+                "%s: the index %s is not built: %s (seconds on millions of records;"
+                " docs/operations.md, 'Calls and log lines')",
+                where,
+                CALL_ID_INDEX,
+                _WITHOUT_CALL_ID_INDEX,
+            )
+        for name in invalid:
+            log.warning(
+                '%s: the index %s on call_id COLLATE "C" is there invalid (an interrupted'
+                " build) and left alone: it answers nothing, but every call record save keeps"
+                " it up; DROP INDEX CONCURRENTLY %s drops it",
+                where,
+                name,
+                name,
+            )
 
     def wanted_indexes(self) -> list[str]:
         """The names of the indexes :meth:`build_indexes` builds in this database, in order."""
@@ -2473,14 +2543,12 @@ def _index_valid(db: psycopg.Connection[Any], name: str = RETENTION_INDEX) -> bo
     return None if row is None else bool(row[0])
 
 
-def _call_id_index_valid(db: psycopg.Connection[Any]) -> bool | None:
-    """Whether an index answers call_id in "C" order (:data:`CALL_ID_INDEX`): True when a
-    valid one does, whatever its name (one an operator built by hand under another, as
-    docs/operations.md allowed before session 42, is taken: a second would cost every save its
-    upkeep for nothing); else False when ours is there invalid (a build in progress or
-    interrupted); None when there is none. PostgreSQL keeps ``(call_id COLLATE "C")`` as an
-    index on the column with the "C" collation (pg_index.indcollation), not as an expression:
-    a plain btree on call_id alone, whole (no predicate), in pg_catalog's "C"."""
+def _call_id_indexes(db: psycopg.Connection[Any]) -> list[tuple[str, bool]]:
+    """The indexes that answer call_id in "C" order, whatever their names, each with whether it
+    is valid (pg_index.indisvalid: False while a concurrent build runs, or after one was
+    interrupted). PostgreSQL keeps ``(call_id COLLATE "C")`` as an index on the column with the
+    "C" collation (pg_index.indcollation), not as an expression: a plain btree on call_id
+    alone, whole (no predicate), in pg_catalog's "C"."""
     rows = db.execute(
         "SELECT c.relname, i.indisvalid FROM pg_index i"
         " JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam"
@@ -2490,10 +2558,25 @@ def _call_id_index_valid(db: psycopg.Connection[Any]) -> bool | None:
         " WHERE attrelid = i.indrelid AND attname = 'call_id')"
         " AND i.indcollation[0] = (SELECT oid FROM pg_collation"
         " WHERE collname = 'C' AND collnamespace = 'pg_catalog'::regnamespace)"
+        " ORDER BY c.relname"
     ).fetchall()
-    if any(bool(valid) for _, valid in rows):
+    return [(str(name), bool(valid)) for name, valid in rows]
+
+
+def _call_id_index_valid(db: psycopg.Connection[Any]) -> bool | None:
+    """Whether an index answers call_id in "C" order (:data:`CALL_ID_INDEX`): True when a
+    valid one does, whatever its name (one an operator built by hand under another, as
+    docs/operations.md allowed before session 42, is taken: a second would cost every save its
+    upkeep for nothing); else False when ours is there invalid (a build in progress or
+    interrupted); None when there is none (:func:`_call_id_indexes`)."""
+    return _call_id_state(_call_id_indexes(db))
+
+
+def _call_id_state(indexes: Sequence[tuple[str, bool]]) -> bool | None:
+    """:func:`_call_id_index_valid` of :func:`_call_id_indexes`' answer."""
+    if any(valid for _, valid in indexes):
         return True
-    if any(name == CALL_ID_INDEX for name, _ in rows):
+    if any(name == CALL_ID_INDEX for name, _ in indexes):
         return False
     return None
 
