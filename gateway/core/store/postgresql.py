@@ -1028,6 +1028,9 @@ class PostgresStore:
         # database not ordered by code point) known valid, by name (asked again until they
         # are), and the thread that builds them with its connection, cancelled by close().
         self._indexed: set[str] = set()
+        # CALL_ID_INDEX there invalid beside a valid hand-built one (_stale_call_id_index):
+        # dropped by the holder of the build's advisory lock (_drop_stale_call_id_index).
+        self._call_id_leftover = False
         self.call_id_read_whole: str | None = None
         """Why the last :meth:`call_records_of_call_id` read without an index on call_id in
         "C" order (the newest records, then, if the call was not among them, the whole
@@ -1997,9 +2000,11 @@ class PostgresStore:
     def _look_at_indexes(self, db: psycopg.Connection[Any]) -> None:
         """Note the wanted indexes ``db`` shows valid (another node, or the operator, may have
         built them since)."""
-        for index in self._wanted_indexes(db):
+        wanted = self._wanted_indexes(db)
+        for index in wanted:
             if index.name not in self._indexed and _valid(db, index) is True:
                 self._indexed.add(index.name)
+        self._call_id_leftover = CALL_ID in wanted and _stale_call_id_index(_call_id_indexes(db))
 
     def build_indexes(self, *, wait: float = 0.0) -> bool:
         """Build call record retention's index, and in a database not ordered by code point
@@ -2024,7 +2029,7 @@ class PostgresStore:
         started = time.monotonic()
         while True:
             self.index_left_to = None
-            if self.missing_indexes():
+            if self.missing_indexes() or self._call_id_leftover:
                 self._build_indexes(deadline=deadline)
             missing = self.missing_indexes()
             if RETENTION_INDEX not in missing or self.index_left_to is None:
@@ -2073,7 +2078,10 @@ class PostgresStore:
         with self._session() as db:
             self._look_at_indexes(db)
             row = db.execute("SELECT pg_relation_size('call_records')").fetchone()
-        if all(index.name in self._indexed for index in self._wanted_indexes()):
+        # Nothing to build, and no invalid leftover of ours to drop (_build_indexes).
+        if not self._call_id_leftover and all(
+            index.name in self._indexed for index in self._wanted_indexes()
+        ):
             return
         # A small table's while the store opens, bounded: CREATE INDEX CONCURRENTLY waits for
         # every older transaction of the database (one idle in a transaction, a pg_dump),
@@ -2115,9 +2123,12 @@ class PostgresStore:
         ``deadline`` (:meth:`build_indexes`, which waits itself, saying so): another
         session's build is not waited for here; :attr:`index_left_to` names it."""
         to_build = [index for index in self._wanted_indexes() if index.name not in self._indexed]
-        if not to_build:
+        if not to_build and not self._call_id_leftover:
             return True
-        first = to_build[0].name  # what the lines about the lock name, as before session 42
+        # What the lines about the lock name, as before session 42 (the Call-ID index when
+        # only its invalid leftover is to drop).
+        failing = to_build[0] if to_build else CALL_ID
+        first = failing.name
         where = f"PostgreSQL {self._server.description}"
         try:
             db = self._server.connect(purpose="index build")
@@ -2161,6 +2172,10 @@ class PostgresStore:
                 else:
                     return True
                 self.index_left_to = None
+            if self._call_id_leftover:
+                done = self._drop_stale_call_id_index(db, bounded=bounded)
+                if done is not None:
+                    return done
             for index in to_build:
                 done = self._build_index(db, index, bounded=bounded, deadline=deadline)
                 if done is not None:
@@ -2177,18 +2192,79 @@ class PostgresStore:
                 )
             else:
                 log.log(
-                    to_build[0].failed_level,
+                    failing.failed_level,
                     "%s: building the index %s failed: %s; %s",
                     where,
                     first,
                     self._server.say(exc),
-                    to_build[0].failed,
+                    failing.failed,
                 )
         finally:
             with self._builder_lock:
                 self._builder_db = None
             db.close()  # the advisory lock goes with the session
         return True
+
+    def _drop_stale_call_id_index(
+        self, db: psycopg.Connection[Any], *, bounded: bool
+    ) -> bool | None:
+        """Drop :data:`CALL_ID_INDEX` left invalid beside a valid index on call_id COLLATE "C"
+        of another name (:func:`_stale_call_id_index`), over ``db``, which holds the build's
+        advisory lock, so no node's build of it is under way; an operator's ``CREATE INDEX
+        CONCURRENTLY`` of that name, which takes no advisory lock and shows as invalid until
+        done, is left to finish (:func:`_index_build_running`). ``DROP INDEX CONCURRENTLY``:
+        the saves do not wait for it, but it waits for the transactions open on the table.
+        None when done (dropped, or nothing to drop, or failed: said), else what
+        :meth:`_build_indexes` returns now (False: ``bounded`` and out of time, left to the
+        node's background build; True: stopping)."""
+        pg = self._pg
+        where = f"PostgreSQL {self._server.description}"
+        indexes = _call_id_indexes(db)
+        if not _stale_call_id_index(indexes):
+            self._call_id_leftover = False
+            return None
+        if _index_build_running(db):
+            log.info(
+                "%s: the index %s is invalid beside a valid one, but another session builds an"
+                " index on call_records (CREATE INDEX CONCURRENTLY run by hand?): left to it;"
+                " the next start drops it if it is still invalid",
+                where,
+                CALL_ID_INDEX,
+            )
+            return None
+        valid = next(name for name, ok in indexes if ok)
+        log.warning(
+            "%s: the index %s is invalid (an interrupted build left it) beside the valid index"
+            ' %s on call_id COLLATE "C", which answers in its place: dropped (it answered'
+            " nothing, and every call record save kept it up)",
+            where,
+            CALL_ID_INDEX,
+            valid,
+        )
+        try:
+            db.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {CALL_ID_INDEX}")
+        except pg.Error as exc:
+            if bounded and isinstance(exc, pg.errors.QueryCanceled):
+                log.info(
+                    "%s: the index %s not dropped within statement_timeout (it waits for older"
+                    " transactions of the database to end): left to a node's background build",
+                    where,
+                    CALL_ID_INDEX,
+                )
+                return False
+            if self._stopping.is_set():
+                return True
+            log.warning(
+                "%s: dropping the index %s failed: %s; the next start tries again (or, as the"
+                " owner of call_records, outside a transaction: DROP INDEX CONCURRENTLY %s)",
+                where,
+                CALL_ID_INDEX,
+                self._server.say(exc),
+                CALL_ID_INDEX,
+            )
+            return None
+        self._call_id_leftover = False
+        return None
 
     def _build_index(
         self,
@@ -2579,6 +2655,14 @@ def _call_id_state(indexes: Sequence[tuple[str, bool]]) -> bool | None:
     if any(name == CALL_ID_INDEX for name, _ in indexes):
         return False
     return None
+
+
+def _stale_call_id_index(indexes: Sequence[tuple[str, bool]]) -> bool:
+    """Whether ours (:data:`CALL_ID_INDEX`) is there invalid beside a valid one of another name
+    (built by hand): an interrupted build's leftover, which answers no query but costs every
+    save its upkeep (PostgreSQL docs, "Building Indexes Concurrently": an invalid index is
+    still updated), and which no build drops, the valid one being taken."""
+    return (CALL_ID_INDEX, False) in indexes and any(valid for _, valid in indexes)
 
 
 def _valid(db: psycopg.Connection[Any], index: _Index) -> bool | None:
