@@ -1997,6 +1997,16 @@ class PostgresStore:
                 self._look_at_indexes(db)
         return [name for name in self.wanted_indexes() if name not in self._indexed]
 
+    def call_records_size(self) -> tuple[int, int]:
+        """call_records' records, as the planner estimates them (pg_class.reltuples: no
+        count of the table; 0 before its first ANALYZE), and its size in bytes."""
+        with self._session() as db:
+            row = db.execute(
+                "SELECT GREATEST(reltuples, 0)::bigint, pg_table_size(oid) FROM pg_class"
+                " WHERE oid = to_regclass('call_records')"
+            ).fetchone()
+        return (0, 0) if row is None else (int(row[0]), int(row[1]))
+
     def _look_at_indexes(self, db: psycopg.Connection[Any]) -> None:
         """Note the wanted indexes ``db`` shows valid (another node, or the operator, may have
         built them since)."""
