@@ -111,18 +111,31 @@ def media_policy_help(policies: Mapping[str, MediaPolicy], *, default: str | Non
 
 def listen_help(transports: Iterable[tuple[str, Any]]) -> str:
     """``--listen``'s help: each transport name the plugins registered (what a listener may
-    name, :meth:`Gateway.transport_for`), with what it is."""
-    listed = name_list(
-        (
-            name,
-            f"{'connections' if transport.reliable else 'datagrams'}, "
-            f"{'encrypted (TLS)' if transport.secure else 'not encrypted'}",
-        )
-        for name, transport in transports
-    )
+    name, :meth:`Gateway.transport_for`), with what it is. A third-party transport whose
+    ``reliable`` or ``secure`` raises (a property with a bug) is listed all the same, what it
+    is said as not known, and the error said once at WARNING with its traceback (its text
+    withheld, as any plugin code's), as the metrics scrape says it (status._plugin_figures);
+    this help ran into it unguarded and ended in a traceback instead."""
+    rows = []
+    for name, transport in transports:
+        try:
+            carries = "connections" if transport.reliable else "datagrams"
+            guards = "encrypted (TLS)" if transport.secure else "not encrypted"
+        except Exception as exc:
+            log_exception(
+                log,
+                "the transport plugin %s raised reading its reliable/secure: listed in"
+                " --listen's help as not known",
+                name,
+                exc=exc,
+                level=logging.WARNING,
+            )
+            rows.append((name, f"not known: the plugin raised {type(exc).__name__}"))
+            continue
+        rows.append((name, f"{carries}, {guards}"))
     return (
         "SIP listener, e.g. udp:127.0.0.1:5060 (repeatable; replaces [sip] listen); TRANSPORT "
-        f"is one of the enabled transports:{listed}"
+        f"is one of the enabled transports:{name_list(rows)}"
     )
 
 
