@@ -1521,7 +1521,6 @@ def cmd_migrate_store(args: argparse.Namespace) -> int:
         print(f"store: schema version {store.schema_version()}")
         if isinstance(store, PostgresStore):
             wanted = store.wanted_indexes()
-            _say_index_builds(store)
             try:
                 built = store.build_indexes(wait=args.wait)
             except KeyboardInterrupt:
@@ -1577,38 +1576,6 @@ def cmd_migrate_store(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return EXIT_OK
-
-
-# CREATE INDEX CONCURRENTLY of either index on call_records, seconds a million records
-# (benchmarks/pg_retention_index.py, pg_call_id_index.py; 2 vCPUs, PostgreSQL 15, quiet).
-INDEX_BUILD_SECONDS_PER_MILLION = 1.6
-
-
-def _say_index_builds(store: Any) -> None:
-    """Before migrate-store builds, in the foreground, an index the store did not build as it
-    opened (call_records past INLINE_INDEX_BYTES): how big the table is and about how long the
-    build may take. Built here all the same, whatever the size (session 43's decision): the
-    operator started this run to bring the database up to date, ``CREATE INDEX CONCURRENTLY``
-    holds no node's saves, and Ctrl-C stops it cleanly (130; the nodes' next start builds it),
-    while leaving it to the nodes would build it in a node's thread anyway."""
-    missing = store.missing_indexes(ask=False)
-    if not missing:
-        return
-    records, size = store.call_records_size()
-    if records == 0:
-        # Never analysed (the planner's count unknown): about 1 KiB a record
-        # (benchmarks/pg_retention_index.py's records, a bridged SRTP call's security record).
-        records = size // 1024
-    seconds = max(1.0, records / 1e6 * INDEX_BUILD_SECONDS_PER_MILLION)
-    for name in missing:
-        print(
-            f"store: building the index {name} concurrently over call_records (about"
-            f" {records:,} records, {size / 2**20:,.0f} MiB): about {seconds:.0f} s on"
-            f" 2 vCPUs at {INDEX_BUILD_SECONDS_PER_MILLION:g} s a million records"
-            " (docs/benchmarks.md), longer under load; the nodes serve and save meanwhile;"
-            " Ctrl-C stops it and a node's next start builds it",
-            file=sys.stderr,
-        )
 
 
 # What is not done without each index voipgw builds apart from the migrations (PostgreSQL).

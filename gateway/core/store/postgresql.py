@@ -219,6 +219,10 @@ INLINE_INDEX_BYTES = 64 * 1024 * 1024
 the store opens (a tenth of a second or so, within statement_timeout); a bigger one in a thread,
 while the node serves, as does a small one whose build waited past statement_timeout for an
 older transaction."""
+INDEX_BUILD_SECONDS_PER_MILLION = 1.6
+"""Seconds ``CREATE INDEX CONCURRENTLY`` of either index takes per million call records
+(benchmarks/pg_retention_index.py and pg_call_id_index.py: 1.5-1.6 s on 2 vCPUs, PostgreSQL
+15, quiet), for the estimate :meth:`PostgresStore.build_indexes` says before it builds."""
 INDEX_BUILD_POLL = 1.0
 """Seconds between looks at another session's build of the retention index, waited for."""
 INDEX_WAIT_PROGRESS = 30.0
@@ -1997,16 +2001,6 @@ class PostgresStore:
                 self._look_at_indexes(db)
         return [name for name in self.wanted_indexes() if name not in self._indexed]
 
-    def call_records_size(self) -> tuple[int, int]:
-        """call_records' records, as the planner estimates them (pg_class.reltuples: no
-        count of the table; 0 before its first ANALYZE), and its size in bytes."""
-        with self._session() as db:
-            row = db.execute(
-                "SELECT GREATEST(reltuples, 0)::bigint, pg_table_size(oid) FROM pg_class"
-                " WHERE oid = to_regclass('call_records')"
-            ).fetchone()
-        return (0, 0) if row is None else (int(row[0]), int(row[1]))
-
     def _look_at_indexes(self, db: psycopg.Connection[Any]) -> None:
         """Note the wanted indexes ``db`` shows valid (another node, or the operator, may have
         built them since)."""
@@ -2215,6 +2209,36 @@ class PostgresStore:
             db.close()  # the advisory lock goes with the session
         return True
 
+    def _say_build_estimate(self, db: psycopg.Connection[Any], index: _Index) -> None:
+        """Say (INFO) how big call_records is and about how long building ``index`` takes,
+        before :meth:`build_indexes` (``voipgw migrate-store``) builds it in the foreground,
+        whatever the table's size (session 43's decision: the operator started the run to
+        bring the database up to date, ``CONCURRENTLY`` holds no node's saves, and Ctrl-C stops
+        it cleanly, the nodes' next start building it; left to the nodes, one of them would
+        build it in a thread anyway). The records are the planner's estimate
+        (pg_class.reltuples: no count of the table), else about 1 KiB each."""
+        row = db.execute(
+            "SELECT GREATEST(reltuples, 0)::bigint, pg_table_size(oid) FROM pg_class"
+            " WHERE oid = to_regclass('call_records')"
+        ).fetchone()
+        records, size = (0, 0) if row is None else (int(row[0]), int(row[1]))
+        if records == 0:
+            records = size // 1024  # never analysed: about 1 KiB a record
+        seconds = max(1.0, records / 1e6 * INDEX_BUILD_SECONDS_PER_MILLION)
+        log.info(
+            "PostgreSQL %s: the index %s is built here, in the foreground, over call_records"
+            " (about %s records, %s MiB): about %.0f s at %g s a million records on 2 vCPUs"
+            " (docs/benchmarks.md), longer under load or while older transactions stay open;"
+            " the nodes serve and save meanwhile; Ctrl-C stops it and a node's next start"
+            " builds it",
+            self._server.description,
+            index.name,
+            f"{records:,}",
+            f"{size / 2**20:,.0f}",
+            seconds,
+            INDEX_BUILD_SECONDS_PER_MILLION,
+        )
+
     def _drop_stale_call_id_index(
         self, db: psycopg.Connection[Any], *, bounded: bool
     ) -> bool | None:
@@ -2343,6 +2367,8 @@ class PostgresStore:
                 db.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {index.name}")
             if self._stopping.is_set():
                 return True
+            if deadline is not None:
+                self._say_build_estimate(db, index)
             log.info(
                 "%s: building the index %s concurrently (%s)", where, index.name, index.meanwhile
             )
