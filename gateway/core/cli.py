@@ -111,18 +111,31 @@ def media_policy_help(policies: Mapping[str, MediaPolicy], *, default: str | Non
 
 def listen_help(transports: Iterable[tuple[str, Any]]) -> str:
     """``--listen``'s help: each transport name the plugins registered (what a listener may
-    name, :meth:`Gateway.transport_for`), with what it is."""
-    listed = name_list(
-        (
-            name,
-            f"{'connections' if transport.reliable else 'datagrams'}, "
-            f"{'encrypted (TLS)' if transport.secure else 'not encrypted'}",
-        )
-        for name, transport in transports
-    )
+    name, :meth:`Gateway.transport_for`), with what it is. A third-party transport whose
+    ``reliable`` or ``secure`` raises (a property with a bug) is listed all the same, what it
+    is said as not known, and the error said once at WARNING with its traceback (its text
+    withheld, as any plugin code's), as the metrics scrape says it (status._plugin_figures);
+    this help ran into it unguarded and ended in a traceback instead."""
+    rows = []
+    for name, transport in transports:
+        try:
+            carries = "connections" if transport.reliable else "datagrams"
+            guards = "encrypted (TLS)" if transport.secure else "not encrypted"
+        except Exception as exc:
+            log_exception(
+                log,
+                "the transport plugin %s raised reading its reliable/secure: listed in"
+                " --listen's help as not known",
+                name,
+                exc=exc,
+                level=logging.WARNING,
+            )
+            rows.append((name, f"not known: the plugin raised {type(exc).__name__}"))
+            continue
+        rows.append((name, f"{carries}, {guards}"))
     return (
         "SIP listener, e.g. udp:127.0.0.1:5060 (repeatable; replaces [sip] listen); TRANSPORT "
-        f"is one of the enabled transports:{listed}"
+        f"is one of the enabled transports:{name_list(rows)}"
     )
 
 
@@ -1206,6 +1219,7 @@ def cmd_calls(args: argparse.Namespace) -> int:
             # leg's tag (a caller retrying with one Call-ID makes a new record): either is
             # taken, among every record the store keeps (an index on the id answers).
             records = store.call_records_of_call_id(args.call_id, args.recent or 1000)
+            _say_call_id_read_whole(store)
         else:
             records = store.call_records_recent(args.recent or 1000)
     finally:
@@ -1295,6 +1309,27 @@ def cmd_calls(args: argparse.Namespace) -> int:
         for described in security.get("caller_identity", ()):
             print(f"  {described}")  # STIR/SHAKEN: "caller number verified (attestation A)"
     return EXIT_OK
+
+
+def _say_call_id_read_whole(store: Any) -> None:
+    """A note on standard error when ``voipgw calls --call-id`` read without an index on
+    call_id COLLATE "C" (PostgreSQL, a collation not in code point order: the index not built
+    yet, or ``[store] call_id_index = false``): the newest records, then the whole table."""
+    from gateway.core.store.postgresql import (
+        CALL_ID_INDEX,
+        CALL_ID_NEWEST_FIRST,
+        PostgresStore,
+    )
+
+    if not isinstance(store, PostgresStore) or store.call_id_read_whole is None:
+        return
+    print(
+        f'note: no index on call_id COLLATE "C" ({CALL_ID_INDEX}:'
+        f" {store.call_id_read_whole}): read the newest call records (at least"
+        f" {CALL_ID_NEWEST_FIRST}), then, if the call was not among them, the whole table"
+        " (seconds on millions of records)",
+        file=sys.stderr,
+    )
 
 
 def sip_call_id(record_id: str) -> str:

@@ -384,6 +384,11 @@ class StoreSection:
     # Days call records are kept, counted from their end (from their start for a record
     # without one); older ones are deleted by the housekeeping, in slices. 0: kept for ever.
     call_record_days: float = 0.0  # kept for ever unless set: upgrading deletes nothing
+    # Whether the nodes build call_records_call_id_c (call_id COLLATE "C", for `voipgw calls
+    # --call-id`) in a PostgreSQL database whose collation is not code point order, as they
+    # have since session 42; false: never built (one already there is left alone), and a
+    # look-up by Call-ID reads the newest records, then the whole table.
+    call_id_index: bool = True
 
 
 # libpq's least connect_timeout (PostgreSQL docs §34.1.2); a statement_timeout past this would
@@ -1704,6 +1709,14 @@ def _validate_store(store: StoreSection, file: str) -> None:
                 raise ConfigError(
                     file, "store", key, 'only used with backend = "postgresql" (SQLite is a file)'
                 )
+        if not store.call_id_index:
+            raise ConfigError(
+                file,
+                "store",
+                "call_id_index",
+                'only used with backend = "postgresql" (SQLite compares Call-IDs byte by byte,'
+                " through the index it always has on them)",
+            )
         if store.max_cps_scope == "cluster":
             # Nodes on SQLite share nothing: each would pace the whole max_cps, which is what
             # "cluster" is written to prevent. A lone node leaves the key out.

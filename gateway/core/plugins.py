@@ -437,10 +437,19 @@ def load_plugins(
         try:
             obj = _load_entry_point(plugin)
         except Exception as exc:
-            error = PluginError(
-                f"plugin {name!r} ({plugin.value} from {plugin.distribution} {plugin.version}) "
-                f"failed to import: {failure(exc)}",
-                plugin=name,
+            # A ConfigError its module raised as it imported (a setting it reads there, e.g.
+            # an environment variable or a file it names) is a configuration error, said as
+            # one, ``FILE: [TABLE] KEY: ... (plugin 'NAME')``, as from its hooks
+            # (hook_failed); it read "failed to import: ConfigError at FILE:LINE: ...", and
+            # `voipgw plugins` sent the operator to a plugin error. Anything else: its type.
+            error = (
+                PluginConfigError(name, exc)
+                if isinstance(exc, ConfigError)
+                else PluginError(
+                    f"plugin {name!r} ({plugin.value} from {plugin.distribution}"
+                    f" {plugin.version}) failed to import: {failure(exc)}",
+                    plugin=name,
+                )
             )
             _leave_out(pm, error, failed, cause=exc)
             continue

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import inspect
 import itertools
 import logging
 import sys
@@ -706,8 +707,24 @@ class StatusView:
 
 
 def _reliable(transport: object) -> bool:
-    """Whether a transport carries connections (its ``reliable``; absent: datagrams)."""
-    return bool(getattr(transport, "reliable", False))
+    """Whether a transport carries connections (its ``reliable``; absent: datagrams). Absent
+    means not found without running it (``inspect.getattr_static``: an attribute, a class
+    attribute, a property), or, for a transport that makes its attributes in
+    ``__getattr__``, that one raising AttributeError. ``getattr(..., False)`` also took an
+    AttributeError raised inside a ``reliable`` property (a bug of the plugin; Python names
+    the attribute in it all the same) for "datagrams", hiding it and the transport's
+    connection rows; it now goes to :meth:`GatewayStatus._plugin_figures`, which says it
+    once and counts it."""
+    try:
+        inspect.getattr_static(transport, "reliable")
+    except AttributeError:
+        if getattr(type(transport), "__getattr__", None) is None:
+            return False
+        try:
+            return bool(transport.reliable)  # type: ignore[attr-defined]
+        except AttributeError:
+            return False
+    return bool(transport.reliable)  # type: ignore[attr-defined]
 
 
 def _rows(plugin: object) -> list[tuple[str, int]]:

@@ -399,3 +399,268 @@ def test_migrate_store_leaves_a_nodes_build_of_the_call_id_index_to_it(
         writer.rollback()  # the node's build goes on, and ends
     _wait_until(lambda: _index_state(postgres_cluster, shifted_database) == [True], 60)
     assert owner.build_indexes(wait=0) is True
+
+
+def _config(cluster: Cluster, database: str, directory: Path, *extra: str) -> Path:
+    """A node's config file for ``database`` (the owner's role), with ``extra`` [store] lines."""
+    store = cluster.store_table(database, directory)
+    config = directory / "node.toml"
+    lines = [f'{k} = "{v}"\n' for k, v in store.items()] + [f"{line}\n" for line in extra]
+    config.write_text("[store]\n" + "".join(lines))
+    return config
+
+
+def _invalidate(cluster: Cluster, database: str, name: str = CALL_ID_INDEX) -> None:
+    """Leave ``name`` invalid, as a build interrupted (node killed, server restarted) does."""
+    cluster.admin(
+        f"UPDATE pg_index SET indisvalid = false WHERE indexrelid = '{name}'::regclass", database
+    )
+
+
+def test_call_id_index_false_builds_none_says_so_and_reads_without_it(
+    postgres_cluster: Cluster,
+    shifted_database: str,
+    opened: list[PostgresStore],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``[store] call_id_index = false`` (session 43): no node builds the index (nor does
+    ``build_indexes``, migrate-store's), the node's start says so at INFO with what it leaves,
+    and a look-up by Call-ID reads the newest records first, then the whole table, saying why
+    (``voipgw calls --call-id`` prints it)."""
+    caplog.set_level(logging.INFO, logger=pg_module.__name__)
+    node = PostgresStore.open(
+        postgres_cluster.dsn(shifted_database), node="node", call_id_index=False
+    )
+    opened.append(node)
+    assert node.wanted_indexes() == [RETENTION_INDEX]
+    assert node.missing_indexes() == []
+    assert node.build_indexes(wait=0) is True
+    assert _index_state(postgres_cluster, shifted_database) == []
+    assert node._builder is None  # no thread either
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if CALL_ID_INDEX in r.getMessage()]
+    assert said == [
+        (
+            logging.INFO,
+            f"PostgreSQL {node._server.description}: [store] call_id_index = false: the index"
+            f" {CALL_ID_INDEX} is not built: {pg_module._WITHOUT_CALL_ID_INDEX} (seconds on"
+            " millions of records; docs/operations.md, 'Calls and log lines')",
+        )
+    ]
+    node.call_records_save(_records())
+    queries = _Queries(monkeypatch)
+    assert _found(node, CALL_ID) == [f"{CALL_ID};zz", f"{CALL_ID};t1"]
+    assert _found(node, "nobody") == []  # not among the newest: the whole table read
+    assert queries.asked == [(True, True), (True, True), (True, False)]
+    assert node.call_id_read_whole == "[store] call_id_index = false"
+
+
+def test_call_id_index_false_leaves_an_index_already_there_alone_and_says_so(
+    postgres_cluster: Cluster,
+    shifted_database: str,
+    opened: list[PostgresStore],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An index built before the key was set is neither dropped nor rebuilt: a valid one is
+    still read through (said at INFO, with the statement that drops it); an invalid one, which
+    every save keeps up for nothing, is said at WARNING with that statement."""
+    PostgresStore.open(postgres_cluster.dsn(shifted_database), listen=False).close()
+    assert _index_state(postgres_cluster, shifted_database) == [True]
+    caplog.set_level(logging.INFO, logger=pg_module.__name__)
+    node = PostgresStore.open(
+        postgres_cluster.dsn(shifted_database), node="node", call_id_index=False
+    )
+    opened.append(node)
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert any(
+        f'call_id_index = false: the index {CALL_ID_INDEX} on call_id COLLATE "C" is there and'
+        " left alone"
+        in line
+        and f"DROP INDEX CONCURRENTLY {CALL_ID_INDEX}" in line
+        for line in infos
+    ), infos
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    node.call_records_save(_records())
+    _check_through_the_index(node, _Queries(monkeypatch))
+    assert node.call_id_read_whole is None
+    node.close()
+
+    _invalidate(postgres_cluster, shifted_database)
+    caplog.clear()
+    again = PostgresStore.open(
+        postgres_cluster.dsn(shifted_database), node="node", call_id_index=False
+    )
+    opened.append(again)
+    assert _index_state(postgres_cluster, shifted_database) == [False]  # left alone
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert f'the index {CALL_ID_INDEX} on call_id COLLATE "C" is there invalid' in warnings[0]
+    assert f"DROP INDEX CONCURRENTLY {CALL_ID_INDEX}" in warnings[0]
+
+
+@pytest.mark.parametrize("where", ["inline", "background", "migrate-store"])
+def test_an_invalid_call_id_index_beside_a_valid_hand_built_one_is_dropped(
+    postgres_cluster: Cluster,
+    shifted_database: str,
+    opened: list[PostgresStore],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    where: str,
+) -> None:
+    """Ours left invalid (an interrupted build) beside a valid index on call_id COLLATE "C"
+    an operator built by hand: the valid one answers, so no build ever looked at ours again,
+    and every save kept it up for nothing (session 42's leftover). The holder of the build's
+    advisory lock drops it, concurrently: at a small table's start, in a big table's
+    background build, and in migrate-store's build."""
+    PostgresStore.open(postgres_cluster.dsn(shifted_database), listen=False).close()
+    postgres_cluster.admin(
+        'CREATE INDEX ops_call_id_c ON call_records ((call_id COLLATE "C"))', shifted_database
+    )
+    _invalidate(postgres_cluster, shifted_database)
+    caplog.set_level(logging.INFO, logger=pg_module.__name__)
+    if where == "inline":
+        store = PostgresStore.open(postgres_cluster.dsn(shifted_database), listen=False)
+    elif where == "background":
+        monkeypatch.setattr(pg_module, "INLINE_INDEX_BYTES", -1)  # "big": in the thread
+        store = PostgresStore.open(postgres_cluster.dsn(shifted_database), node="node")
+        assert store._builder is not None
+        store._builder.join(30)
+    else:
+        monkeypatch.setattr(pg_module, "INLINE_INDEX_BYTES", -1)  # left by the opening
+        store = PostgresStore.open(postgres_cluster.dsn(shifted_database), listen=False)
+        assert _index_state(postgres_cluster, shifted_database) == [False]
+        assert store.build_indexes(wait=0) is True
+    opened.append(store)
+    assert _index_state(postgres_cluster, shifted_database) == []
+    assert _index_state(postgres_cluster, shifted_database, "ops_call_id_c") == [True]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert (
+        f"the index {CALL_ID_INDEX} is invalid (an interrupted build left it) beside the valid"
+        ' index ops_call_id_c on call_id COLLATE "C", which answers in its place: dropped'
+    ) in warnings[0]
+    store.call_records_save(_records())
+    _check_through_the_index(store, _Queries(monkeypatch))
+
+
+def test_the_invalid_index_of_a_build_by_hand_in_progress_is_not_dropped(
+    postgres_cluster: Cluster,
+    shifted_database: str,
+    opened: list[PostgresStore],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An operator's CREATE INDEX CONCURRENTLY of our name, beside a valid index of another
+    name, shows invalid until done and takes no advisory lock: left to finish, not
+    dropped. (A guard of the drop: main, which has none, passes it too.)"""
+    import psycopg
+
+    PostgresStore.open(postgres_cluster.dsn(shifted_database), listen=False).close()
+    postgres_cluster.admin(f"DROP INDEX {CALL_ID_INDEX}", shifted_database)
+    postgres_cluster.admin(
+        'CREATE INDEX ops_call_id_c ON call_records ((call_id COLLATE "C"))', shifted_database
+    )
+    caplog.set_level(logging.INFO, logger=pg_module.__name__)
+    done: list[BaseException | None] = []
+
+    def by_hand() -> None:
+        try:
+            with psycopg.connect(postgres_cluster.admin_dsn(shifted_database)) as hand:
+                hand.autocommit = True
+                hand.execute(pg_module._CREATE_CALL_ID_INDEX)
+            done.append(None)
+        except BaseException as exc:
+            done.append(exc)
+
+    with psycopg.connect(postgres_cluster.admin_dsn(shifted_database)) as writer:
+        writer.execute("LOCK TABLE call_records IN ROW EXCLUSIVE MODE")  # holds the build
+        hand = threading.Thread(target=by_hand, daemon=True)
+        hand.start()
+        _wait_until(lambda: _building(postgres_cluster, shifted_database))
+        assert _index_state(postgres_cluster, shifted_database) == [False]
+        store = PostgresStore.open(postgres_cluster.dsn(shifted_database), listen=False)
+        opened.append(store)
+        assert _index_state(postgres_cluster, shifted_database) == [False]  # not dropped
+        writer.rollback()
+    hand.join(30)
+    assert done == [None]
+    assert _index_state(postgres_cluster, shifted_database) == [True]
+    assert not any("dropped" in r.getMessage() for r in caplog.records)
+
+
+def test_voipgw_calls_by_call_id_says_when_it_reads_without_the_index(
+    postgres_cluster: Cluster,
+    shifted_database: str,
+    tmp_path: Path,
+) -> None:
+    """With ``call_id_index = false`` (and no index there), `voipgw calls --call-id` finds the
+    records all the same and says on standard error that it read without the index, and why;
+    migrate-store neither builds it nor says it is built (exit 0). With the index, no note."""
+    seed = PostgresStore.open(postgres_cluster.dsn(shifted_database), listen=False)
+    seed.call_records_save(_records())
+    seed.close()
+    config = _config(postgres_cluster, shifted_database, tmp_path)
+
+    def voipgw(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "gateway", *args, "--config", str(config)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    indexed = voipgw("calls", "--call-id", CALL_ID)
+    assert indexed.returncode == 0, indexed.stderr
+    assert f"{CALL_ID};zz" in indexed.stdout and "note: no index" not in indexed.stderr
+
+    postgres_cluster.admin(f"DROP INDEX {CALL_ID_INDEX}", shifted_database)
+    config = _config(postgres_cluster, shifted_database, tmp_path, "call_id_index = false")
+    migrated = voipgw("migrate-store")
+    assert migrated.returncode == 0, migrated.stderr
+    assert CALL_ID_INDEX not in migrated.stdout + migrated.stderr
+    assert _index_state(postgres_cluster, shifted_database) == []
+    found = voipgw("calls", "--call-id", CALL_ID)
+    assert found.returncode == 0, found.stderr
+    assert f"{CALL_ID};zz" in found.stdout and f"{CALL_ID};t1" in found.stdout
+    assert (
+        f'note: no index on call_id COLLATE "C" ({CALL_ID_INDEX}: [store] call_id_index ='
+        " false): read the newest call records (at least 1000), then, if the call was not"
+        " among them, the whole table"
+    ) in found.stderr
+
+
+def test_migrate_store_says_how_long_the_index_build_on_a_big_table_may_take(
+    postgres_cluster: Cluster,
+    shifted_database: str,
+    opened: list[PostgresStore],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """migrate-store (``build_indexes``) builds in the foreground what the store's opening left
+    (a table past INLINE_INDEX_BYTES), whatever its size (session 43's decision: the operator
+    started the run, and the saves go on meanwhile): as it starts each build, it says the
+    table's size and about how long the build takes, and that Ctrl-C leaves it to the nodes.
+    Not said when another session's build is left to (nothing is built here)."""
+    seed = PostgresStore.open(postgres_cluster.dsn(shifted_database), listen=False)
+    seed.call_records_save(_records())
+    seed.close()
+    postgres_cluster.admin(f"DROP INDEX {CALL_ID_INDEX}", shifted_database)
+    postgres_cluster.admin("ANALYZE call_records", shifted_database)
+    monkeypatch.setattr(pg_module, "INLINE_INDEX_BYTES", -1)  # "big": left by the opening
+    caplog.set_level(logging.INFO, logger=pg_module.__name__)
+    owner = PostgresStore.open(postgres_cluster.dsn(shifted_database), listen=False)
+    opened.append(owner)
+    assert owner.missing_indexes() == [CALL_ID_INDEX]
+    assert not any("in the foreground" in r.getMessage() for r in caplog.records)
+    assert owner.build_indexes(wait=0) is True
+    said = [r.getMessage() for r in caplog.records if "in the foreground" in r.getMessage()]
+    assert said == [
+        f"PostgreSQL {owner._server.description}: the index {CALL_ID_INDEX} is built here, in"
+        " the foreground, over call_records (about 4 records, 0 MiB): about 1 s at 1.6 s a"
+        " million records on 2 vCPUs (docs/benchmarks.md), longer under load or while older"
+        " transactions stay open; the nodes serve and save meanwhile; Ctrl-C stops it and a"
+        " node's next start builds it"
+    ]
+    assert _index_state(postgres_cluster, shifted_database) == [True]

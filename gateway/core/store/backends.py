@@ -128,6 +128,7 @@ def open_store(config: GatewayConfig, *, gateway: bool, state_dir: str | None = 
             ),
             listen=gateway,
             node=node_name(config),
+            call_id_index=store.call_id_index,
         )
     except InvalidValue as exc:
         raise ConfigError(config.source, "store", "dsn", str(exc)) from None

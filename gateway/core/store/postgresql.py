@@ -219,6 +219,10 @@ INLINE_INDEX_BYTES = 64 * 1024 * 1024
 the store opens (a tenth of a second or so, within statement_timeout); a bigger one in a thread,
 while the node serves, as does a small one whose build waited past statement_timeout for an
 older transaction."""
+INDEX_BUILD_SECONDS_PER_MILLION = 1.6
+"""Seconds ``CREATE INDEX CONCURRENTLY`` of either index takes per million call records
+(benchmarks/pg_retention_index.py and pg_call_id_index.py: 1.5-1.6 s on 2 vCPUs, PostgreSQL
+15, quiet), for the estimate :meth:`PostgresStore.build_indexes` says before it builds."""
 INDEX_BUILD_POLL = 1.0
 """Seconds between looks at another session's build of the retention index, waited for."""
 INDEX_WAIT_PROGRESS = 30.0
@@ -996,9 +1000,13 @@ class PostgresStore:
         *,
         listen: bool,
         node: str,
+        call_id_index: bool = True,
     ) -> None:
         self._pg = _import_psycopg()
         self.node = node
+        # [store] call_id_index: whether this node builds CALL_ID_INDEX where the collation
+        # is not code point order (False: never built here, one already there left alone).
+        self._call_id_index = call_id_index
         self._server = server
         self._db: psycopg.Connection[Any] | None = connection
         self._own_pid = connection.info.backend_pid  # its notifications are its own writes
@@ -1024,6 +1032,13 @@ class PostgresStore:
         # database not ordered by code point) known valid, by name (asked again until they
         # are), and the thread that builds them with its connection, cancelled by close().
         self._indexed: set[str] = set()
+        # CALL_ID_INDEX there invalid beside a valid hand-built one (_stale_call_id_index):
+        # dropped by the holder of the build's advisory lock (_drop_stale_call_id_index).
+        self._call_id_leftover = False
+        self.call_id_read_whole: str | None = None
+        """Why the last :meth:`call_records_of_call_id` read without an index on call_id in
+        "C" order (the newest records, then, if the call was not among them, the whole
+        table), said by ``voipgw calls --call-id``; None when an index answered."""
         # This node's role may not build the retention index (not call_records' owner): its
         # retention fails, saying so, until the owner builds it (_wait_for_retention_index).
         self._index_refused = False
@@ -1064,6 +1079,7 @@ class PostgresStore:
         node: str = "",
         clock: Callable[[], float] = time.time,
         migrations: Sequence[Migration] = MIGRATIONS,
+        call_id_index: bool = True,
     ) -> PostgresStore:
         """Connect to the database ``dsn`` (a libpq connection string or URI; ``password``,
         if given, replaces one in it) and bring its schema up to date.
@@ -1079,7 +1095,9 @@ class PostgresStore:
         Call-ID one: :data:`CALL_ID_INDEX`), when the database lacks it or has an invalid one,
         is built here when call_records is small (:data:`INLINE_INDEX_BYTES`: a new database),
         else, with ``listen``, in a thread of its own (:meth:`_build_indexes`); the CLI leaves
-        a big table's to the nodes.
+        a big table's to the nodes. ``call_id_index`` False (``[store] call_id_index``): the
+        Call-ID one is never built, nor dropped; with ``listen``, said at INFO (at WARNING for
+        an invalid one, which costs every save its upkeep for nothing).
         Raises :class:`StoreUnavailable` when the server cannot be reached,
         :class:`SchemaError` for a database of a newer voipgw or one we may not change."""
         if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, int):
@@ -1103,10 +1121,14 @@ class PostgresStore:
             # No store will close it: left running, it woke every bound for the process's life.
             server.watchdog.stop()
             raise
-        store = cls(server, connection, clock, listen=listen, node=node)
+        store = cls(
+            server, connection, clock, listen=listen, node=node, call_id_index=call_id_index
+        )
         if len(migrations) >= 6:
             try:
                 store._start_index_build(background=listen)
+                if listen and not call_id_index:
+                    store._say_call_id_index_off()
             except BaseException:
                 store.close()
                 raise
@@ -1814,6 +1836,7 @@ class PostgresStore:
     def call_records_of_call_id(self, call_id: str, limit: int = 100) -> tuple[CallRecord, ...]:
         first, beyond = call_id_range(call_id)
         wanted = (call_id, first, beyond, len(first) + 1, max(0, limit))
+        self.call_id_read_whole = None
         with self._session() as db:
             if self._ids_in_code_point_order is None:
                 self._ids_in_code_point_order = _collates_in_code_point_order(db)
@@ -1837,6 +1860,11 @@ class PostgresStore:
             # only when none of them is the call, which statement_timeout may end on a big
             # table (docs/operations.md).
             newest = max(limit, CALL_ID_NEWEST_FIRST)
+            self.call_id_read_whole = (
+                "[store] call_id_index = false"
+                if not self._call_id_index
+                else "not built yet: the nodes build it"
+            )
             rows = db.execute(
                 _call_id_query(collated=True, newest=True), (newest, *wanted)
             ).fetchall()
@@ -1849,8 +1877,13 @@ class PostgresStore:
             raise type(exc)(
                 f"{exc}; none of the newest {newest} call records has Call-ID {call_id}, and"
                 " the older ones are read whole under this database's collation, which is not"
-                f' "C", until the index {CALL_ID_INDEX} on call_id COLLATE "C" is built (the'
-                " nodes build it; docs/operations.md)"
+                f' "C", until the index {CALL_ID_INDEX} on call_id COLLATE "C" is built'
+                + (
+                    " (the nodes build it; docs/operations.md)"
+                    if self._call_id_index
+                    else " (by hand: [store] call_id_index = false, so no node builds it;"
+                    " docs/operations.md)"
+                )
             ) from None
         return tuple(_call_record(row) for row in rows)
 
@@ -1910,7 +1943,51 @@ class PostgresStore:
                     self._ids_in_code_point_order = _collates_in_code_point_order(own)
             else:
                 self._ids_in_code_point_order = _collates_in_code_point_order(db)
-        return (RETENTION,) if self._ids_in_code_point_order else (RETENTION, CALL_ID)
+        if self._ids_in_code_point_order or not self._call_id_index:
+            return (RETENTION,)
+        return (RETENTION, CALL_ID)
+
+    def _say_call_id_index_off(self) -> None:
+        """Say, at a node's start with ``[store] call_id_index = false`` in a database not
+        ordered by code point, what it leaves: an index on call_id COLLATE "C" already there
+        is left alone (valid: ``voipgw calls --call-id`` reads through it, every save keeps
+        it up; invalid: every save keeps it up and it answers nothing), and without a valid
+        one ``voipgw calls --call-id`` reads the newest records, then the whole table."""
+        with self._session() as db:
+            if self._ids_in_code_point_order is None:
+                self._ids_in_code_point_order = _collates_in_code_point_order(db)
+            if self._ids_in_code_point_order:
+                return  # the UNIQUE index on call_id answers: nothing is left out
+            indexes = _call_id_indexes(db)
+        where = f"PostgreSQL {self._server.description}: [store] call_id_index = false"
+        valid = [name for name, ok in indexes if ok]
+        invalid = [name for name, ok in indexes if not ok]
+        if valid:
+            log.info(
+                '%s: the index %s on call_id COLLATE "C" is there and left alone'
+                " (`voipgw calls --call-id` reads through it; every call record save keeps it"
+                " up: DROP INDEX CONCURRENTLY %s drops it)",
+                where,
+                valid[0],
+                valid[0],
+            )
+        else:
+            log.info(
+                "%s: the index %s is not built: %s (seconds on millions of records;"
+                " docs/operations.md, 'Calls and log lines')",
+                where,
+                CALL_ID_INDEX,
+                _WITHOUT_CALL_ID_INDEX,
+            )
+        for name in invalid:
+            log.warning(
+                '%s: the index %s on call_id COLLATE "C" is there invalid (an interrupted'
+                " build) and left alone: it answers nothing, but every call record save keeps"
+                " it up; DROP INDEX CONCURRENTLY %s drops it",
+                where,
+                name,
+                name,
+            )
 
     def wanted_indexes(self) -> list[str]:
         """The names of the indexes :meth:`build_indexes` builds in this database, in order."""
@@ -1927,9 +2004,11 @@ class PostgresStore:
     def _look_at_indexes(self, db: psycopg.Connection[Any]) -> None:
         """Note the wanted indexes ``db`` shows valid (another node, or the operator, may have
         built them since)."""
-        for index in self._wanted_indexes(db):
+        wanted = self._wanted_indexes(db)
+        for index in wanted:
             if index.name not in self._indexed and _valid(db, index) is True:
                 self._indexed.add(index.name)
+        self._call_id_leftover = CALL_ID in wanted and _stale_call_id_index(_call_id_indexes(db))
 
     def build_indexes(self, *, wait: float = 0.0) -> bool:
         """Build call record retention's index, and in a database not ordered by code point
@@ -1954,7 +2033,7 @@ class PostgresStore:
         started = time.monotonic()
         while True:
             self.index_left_to = None
-            if self.missing_indexes():
+            if self.missing_indexes() or self._call_id_leftover:
                 self._build_indexes(deadline=deadline)
             missing = self.missing_indexes()
             if RETENTION_INDEX not in missing or self.index_left_to is None:
@@ -2003,7 +2082,10 @@ class PostgresStore:
         with self._session() as db:
             self._look_at_indexes(db)
             row = db.execute("SELECT pg_relation_size('call_records')").fetchone()
-        if all(index.name in self._indexed for index in self._wanted_indexes()):
+        # Nothing to build, and no invalid leftover of ours to drop (_build_indexes).
+        if not self._call_id_leftover and all(
+            index.name in self._indexed for index in self._wanted_indexes()
+        ):
             return
         # A small table's while the store opens, bounded: CREATE INDEX CONCURRENTLY waits for
         # every older transaction of the database (one idle in a transaction, a pg_dump),
@@ -2045,9 +2127,12 @@ class PostgresStore:
         ``deadline`` (:meth:`build_indexes`, which waits itself, saying so): another
         session's build is not waited for here; :attr:`index_left_to` names it."""
         to_build = [index for index in self._wanted_indexes() if index.name not in self._indexed]
-        if not to_build:
+        if not to_build and not self._call_id_leftover:
             return True
-        first = to_build[0].name  # what the lines about the lock name, as before session 42
+        # What the lines about the lock name, as before session 42 (the Call-ID index when
+        # only its invalid leftover is to drop).
+        failing = to_build[0] if to_build else CALL_ID
+        first = failing.name
         where = f"PostgreSQL {self._server.description}"
         try:
             db = self._server.connect(purpose="index build")
@@ -2091,6 +2176,10 @@ class PostgresStore:
                 else:
                     return True
                 self.index_left_to = None
+            if self._call_id_leftover:
+                done = self._drop_stale_call_id_index(db, bounded=bounded)
+                if done is not None:
+                    return done
             for index in to_build:
                 done = self._build_index(db, index, bounded=bounded, deadline=deadline)
                 if done is not None:
@@ -2107,18 +2196,109 @@ class PostgresStore:
                 )
             else:
                 log.log(
-                    to_build[0].failed_level,
+                    failing.failed_level,
                     "%s: building the index %s failed: %s; %s",
                     where,
                     first,
                     self._server.say(exc),
-                    to_build[0].failed,
+                    failing.failed,
                 )
         finally:
             with self._builder_lock:
                 self._builder_db = None
             db.close()  # the advisory lock goes with the session
         return True
+
+    def _say_build_estimate(self, db: psycopg.Connection[Any], index: _Index) -> None:
+        """Say (INFO) how big call_records is and about how long building ``index`` takes,
+        before :meth:`build_indexes` (``voipgw migrate-store``) builds it in the foreground,
+        whatever the table's size (session 43's decision: the operator started the run to
+        bring the database up to date, ``CONCURRENTLY`` holds no node's saves, and Ctrl-C stops
+        it cleanly, the nodes' next start building it; left to the nodes, one of them would
+        build it in a thread anyway). The records are the planner's estimate
+        (pg_class.reltuples: no count of the table), else about 1 KiB each."""
+        row = db.execute(
+            "SELECT GREATEST(reltuples, 0)::bigint, pg_table_size(oid) FROM pg_class"
+            " WHERE oid = to_regclass('call_records')"
+        ).fetchone()
+        records, size = (0, 0) if row is None else (int(row[0]), int(row[1]))
+        if records == 0:
+            records = size // 1024  # never analysed: about 1 KiB a record
+        seconds = max(1.0, records / 1e6 * INDEX_BUILD_SECONDS_PER_MILLION)
+        log.info(
+            "PostgreSQL %s: the index %s is built here, in the foreground, over call_records"
+            " (about %s records, %s MiB): about %.0f s at %g s a million records on 2 vCPUs"
+            " (docs/benchmarks.md), longer under load or while older transactions stay open;"
+            " the nodes serve and save meanwhile; Ctrl-C stops it and a node's next start"
+            " builds it",
+            self._server.description,
+            index.name,
+            f"{records:,}",
+            f"{size / 2**20:,.0f}",
+            seconds,
+            INDEX_BUILD_SECONDS_PER_MILLION,
+        )
+
+    def _drop_stale_call_id_index(
+        self, db: psycopg.Connection[Any], *, bounded: bool
+    ) -> bool | None:
+        """Drop :data:`CALL_ID_INDEX` left invalid beside a valid index on call_id COLLATE "C"
+        of another name (:func:`_stale_call_id_index`), over ``db``, which holds the build's
+        advisory lock, so no node's build of it is under way; an operator's ``CREATE INDEX
+        CONCURRENTLY`` of that name, which takes no advisory lock and shows as invalid until
+        done, is left to finish (:func:`_index_build_running`). ``DROP INDEX CONCURRENTLY``:
+        the saves do not wait for it, but it waits for the transactions open on the table.
+        None when done (dropped, or nothing to drop, or failed: said), else what
+        :meth:`_build_indexes` returns now (False: ``bounded`` and out of time, left to the
+        node's background build; True: stopping)."""
+        pg = self._pg
+        where = f"PostgreSQL {self._server.description}"
+        indexes = _call_id_indexes(db)
+        if not _stale_call_id_index(indexes):
+            self._call_id_leftover = False
+            return None
+        if _index_build_running(db):
+            log.info(
+                "%s: the index %s is invalid beside a valid one, but another session builds an"
+                " index on call_records (CREATE INDEX CONCURRENTLY run by hand?): left to it;"
+                " the next start drops it if it is still invalid",
+                where,
+                CALL_ID_INDEX,
+            )
+            return None
+        valid = next(name for name, ok in indexes if ok)
+        log.warning(
+            "%s: the index %s is invalid (an interrupted build left it) beside the valid index"
+            ' %s on call_id COLLATE "C", which answers in its place: dropped (it answered'
+            " nothing, and every call record save kept it up)",
+            where,
+            CALL_ID_INDEX,
+            valid,
+        )
+        try:
+            db.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {CALL_ID_INDEX}")
+        except pg.Error as exc:
+            if bounded and isinstance(exc, pg.errors.QueryCanceled):
+                log.info(
+                    "%s: the index %s not dropped within statement_timeout (it waits for older"
+                    " transactions of the database to end): left to a node's background build",
+                    where,
+                    CALL_ID_INDEX,
+                )
+                return False
+            if self._stopping.is_set():
+                return True
+            log.warning(
+                "%s: dropping the index %s failed: %s; the next start tries again (or, as the"
+                " owner of call_records, outside a transaction: DROP INDEX CONCURRENTLY %s)",
+                where,
+                CALL_ID_INDEX,
+                self._server.say(exc),
+                CALL_ID_INDEX,
+            )
+            return None
+        self._call_id_leftover = False
+        return None
 
     def _build_index(
         self,
@@ -2187,6 +2367,8 @@ class PostgresStore:
                 db.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {index.name}")
             if self._stopping.is_set():
                 return True
+            if deadline is not None:
+                self._say_build_estimate(db, index)
             log.info(
                 "%s: building the index %s concurrently (%s)", where, index.name, index.meanwhile
             )
@@ -2473,14 +2655,12 @@ def _index_valid(db: psycopg.Connection[Any], name: str = RETENTION_INDEX) -> bo
     return None if row is None else bool(row[0])
 
 
-def _call_id_index_valid(db: psycopg.Connection[Any]) -> bool | None:
-    """Whether an index answers call_id in "C" order (:data:`CALL_ID_INDEX`): True when a
-    valid one does, whatever its name (one an operator built by hand under another, as
-    docs/operations.md allowed before session 42, is taken: a second would cost every save its
-    upkeep for nothing); else False when ours is there invalid (a build in progress or
-    interrupted); None when there is none. PostgreSQL keeps ``(call_id COLLATE "C")`` as an
-    index on the column with the "C" collation (pg_index.indcollation), not as an expression:
-    a plain btree on call_id alone, whole (no predicate), in pg_catalog's "C"."""
+def _call_id_indexes(db: psycopg.Connection[Any]) -> list[tuple[str, bool]]:
+    """The indexes that answer call_id in "C" order, whatever their names, each with whether it
+    is valid (pg_index.indisvalid: False while a concurrent build runs, or after one was
+    interrupted). PostgreSQL keeps ``(call_id COLLATE "C")`` as an index on the column with the
+    "C" collation (pg_index.indcollation), not as an expression: a plain btree on call_id
+    alone, whole (no predicate), in pg_catalog's "C"."""
     rows = db.execute(
         "SELECT c.relname, i.indisvalid FROM pg_index i"
         " JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam"
@@ -2490,12 +2670,35 @@ def _call_id_index_valid(db: psycopg.Connection[Any]) -> bool | None:
         " WHERE attrelid = i.indrelid AND attname = 'call_id')"
         " AND i.indcollation[0] = (SELECT oid FROM pg_collation"
         " WHERE collname = 'C' AND collnamespace = 'pg_catalog'::regnamespace)"
+        " ORDER BY c.relname"
     ).fetchall()
-    if any(bool(valid) for _, valid in rows):
+    return [(str(name), bool(valid)) for name, valid in rows]
+
+
+def _call_id_index_valid(db: psycopg.Connection[Any]) -> bool | None:
+    """Whether an index answers call_id in "C" order (:data:`CALL_ID_INDEX`): True when a
+    valid one does, whatever its name (one an operator built by hand under another, as
+    docs/operations.md allowed before session 42, is taken: a second would cost every save its
+    upkeep for nothing); else False when ours is there invalid (a build in progress or
+    interrupted); None when there is none (:func:`_call_id_indexes`)."""
+    return _call_id_state(_call_id_indexes(db))
+
+
+def _call_id_state(indexes: Sequence[tuple[str, bool]]) -> bool | None:
+    """:func:`_call_id_index_valid` of :func:`_call_id_indexes`' answer."""
+    if any(valid for _, valid in indexes):
         return True
-    if any(name == CALL_ID_INDEX for name, _ in rows):
+    if any(name == CALL_ID_INDEX for name, _ in indexes):
         return False
     return None
+
+
+def _stale_call_id_index(indexes: Sequence[tuple[str, bool]]) -> bool:
+    """Whether ours (:data:`CALL_ID_INDEX`) is there invalid beside a valid one of another name
+    (built by hand): an interrupted build's leftover, which answers no query but costs every
+    save its upkeep (PostgreSQL docs, "Building Indexes Concurrently": an invalid index is
+    still updated), and which no build drops, the valid one being taken."""
+    return (CALL_ID_INDEX, False) in indexes and any(valid for _, valid in indexes)
 
 
 def _valid(db: psycopg.Connection[Any], index: _Index) -> bool | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import typing
 from pathlib import Path
@@ -147,3 +148,51 @@ def test_a_config_after_help_that_is_the_value_of_another_option_is_not_read(
     text = help_of(capsys, "accounts", "add", "--help", "--", "--config", str(tmp_path / "x"))
     assert listed(text, "--media-policy NAME") == accepted(embedded_defaults())
     assert "embedded defaults" not in text
+
+
+class _Transport:
+    def __init__(self, reliable: bool, secure: bool) -> None:
+        self.reliable = reliable
+        self.secure = secure
+
+
+class _SecureRaises:
+    """A third-party transport whose ``secure`` property has a bug."""
+
+    reliable = True
+
+    @property
+    def secure(self) -> bool:
+        raise AttributeError("a plugin's bug: secret=hunter2")
+
+
+def test_listen_help_lists_a_transport_whose_reliable_or_secure_raises_as_not_known(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``run --help`` read each transport's ``reliable`` and ``secure`` unguarded: a
+    third-party transport's bug there ended the help in a traceback (session 42's note). Now
+    listed as not known, the others as ever, said once at WARNING without the error's text."""
+    from gateway.core.cli import listen_help
+
+    caplog.set_level(logging.WARNING, logger="gateway")
+    text = listen_help(
+        [
+            ("udp", _Transport(False, False)),
+            ("odd", _SecureRaises()),
+            ("tls", _Transport(True, True)),
+        ]
+    )
+    assert text.endswith(
+        "\n- udp: datagrams, not encrypted"
+        "\n- odd: not known: the plugin raised AttributeError"
+        "\n- tls: connections, encrypted (TLS)"
+    )
+    said = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert said == [
+        (
+            logging.WARNING,
+            "the transport plugin odd raised reading its reliable/secure: listed in --listen's"
+            " help as not known",
+        )
+    ]
+    assert "hunter2" not in caplog.text

@@ -36,6 +36,31 @@ def test_call_records_are_kept_90_days_unless_told_otherwise() -> None:
     assert from_mapping({"store": {"call_record_days": 36500}}).store.call_record_days == 36500
 
 
+def test_the_nodes_build_the_call_id_index_unless_told_not_to() -> None:
+    """Session 42's behaviour stays the default at upgrade; ``false`` is the opt-out, and an
+    explicit ``true`` is taken with either backend (it asks for what is done anyway)."""
+    assert from_mapping({}).store.call_id_index is True
+    postgresql = {"backend": "postgresql", "dsn": DSN}
+    assert from_mapping({"store": postgresql}).store.call_id_index is True
+    off = from_mapping({"store": {**postgresql, "call_id_index": False}})
+    assert off.store.call_id_index is False
+    assert from_mapping({"store": {"call_id_index": True}}).store.call_id_index is True
+
+
+def test_the_store_is_opened_with_the_call_id_index_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.core.store import postgresql
+
+    asked: list[dict[str, Any]] = []
+    monkeypatch.setattr(backends, "check_store", lambda config: None)
+    monkeypatch.setattr(
+        postgresql.PostgresStore, "open", classmethod(lambda cls, dsn, **kw: asked.append(kw))
+    )
+    for value in (False, True):
+        store = {"backend": "postgresql", "dsn": DSN, "call_id_index": value}
+        backends.open_store(from_mapping({"store": store}), gateway=True)
+    assert [kw["call_id_index"] for kw in asked] == [False, True]
+
+
 def test_the_dsn_is_not_in_the_config_repr() -> None:
     config = from_mapping({"store": {"backend": "postgresql", "dsn": DSN}}, file="gw.toml")
     assert config.store.dsn == DSN
@@ -71,6 +96,13 @@ def test_the_dsn_is_not_in_the_config_repr() -> None:
         ({"call_record_days": "90d"}, "call_record_days", "expected a number"),
         ({"colour": "blue"}, "colour", "unknown key"),
         ({"max_cps_scope": "cluster"}, "max_cps_scope", 'needs backend = "postgresql"'),
+        (
+            {"backend": "postgresql", "dsn": DSN, "call_id_index": "no"},
+            "call_id_index",
+            "expected true or false",
+        ),
+        ({"backend": "postgresql", "dsn": DSN, "call_id_index": 0}, "call_id_index", "true or"),
+        ({"call_id_index": False}, "call_id_index", 'only used with backend = "postgresql"'),
         (
             {"backend": "postgresql", "dsn": DSN, "max_cps_scope": "trunk"},
             "max_cps_scope",

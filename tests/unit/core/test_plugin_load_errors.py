@@ -346,6 +346,46 @@ def test_a_config_error_in_a_registration_hook_is_said_as_in_gateway_configure(
 
 REFUSED = "(its configuration refused: see the configuration error below)"
 
+
+def test_a_config_error_raised_as_the_plugin_imports_is_said_as_a_configuration_error(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ConfigError a plugin's module raises while it imports (a setting it reads there) is
+    the configuration error it is, with every configuration error's line and the plugin at its
+    end, and ``voipgw plugins``' row sends the operator to it (session 43: it was "failed to
+    import: ConfigError at FILE:LINE: ..." on a plugin error line, and the row said "(not
+    loaded: see the plugin error below)")."""
+    install(
+        site,
+        "leaky_imports_config",
+        """\
+        from gateway.core.config import ConfigError
+
+        raise ConfigError("/etc/voipgw/voipgw.toml", "plugins.leaky_imports_config", "db", "no")
+        """,
+    )
+    line = (
+        "/etc/voipgw/voipgw.toml: [plugins.leaky_imports_config] db: no"
+        " (plugin 'leaky_imports_config')"
+    )
+    with pytest.raises(ConfigError) as refused:
+        load_plugins(from_mapping({"plugins": {"enable": ["udp", "leaky_imports_config"]}}))
+    assert str(refused.value) == line
+    assert isinstance(refused.value, PluginError)
+    assert refused.value.plugin == "leaky_imports_config"
+    config = site / "voipgw.toml"
+    config.write_text('[plugins]\nenable = ["udp", "leaky_imports_config"]\n')
+    assert cli.main(["check-config", str(config)]) == cli.EXIT_USAGE
+    assert capsys.readouterr().err == f"voipgw: configuration error: {line}\n"
+    assert cli.main(["plugins", "--config", str(config)]) == cli.EXIT_USAGE
+    out, err = capsys.readouterr()
+    rows = {row.split()[0]: row for row in out.splitlines()[1:]}
+    assert rows["leaky_imports_config"].split()[1] == "FAILED"
+    assert rows["leaky_imports_config"].endswith(REFUSED)
+    assert rows["udp"].split()[1] == "enabled"
+    assert err == f"voipgw: configuration error: {line}\n"
+
+
 STRICT = """\
     import attrs
     from gateway.core.hookspecs import hookimpl

@@ -313,3 +313,48 @@ def test_a_covert_taps_counters_are_never_read() -> None:
     assert view.media_tap_counters() == ()
     assert view.plugin_figures_failures() == ()
     assert called == []
+
+
+class _ReliableRaisesAttributeError:
+    """A third-party transport whose ``reliable`` property has a bug raising AttributeError."""
+
+    secure = False
+
+    @property
+    def reliable(self) -> bool:
+        raise AttributeError("a plugin's bug: secret=hunter2")
+
+
+class _NoReliable:
+    """A transport with no ``reliable`` at all: taken for a datagram one, no failure."""
+
+
+def test_an_attribute_error_inside_a_transports_reliable_is_counted_not_taken_for_false(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Session 42 left status's ``_reliable`` on ``getattr(transport, "reliable", False)``,
+    which also swallows an AttributeError raised inside a ``reliable`` property: the bug was
+    hidden and the transport's connections were left out as a datagram one's, never said
+    nor counted. Now only a missing attribute counts as absent."""
+    transports = {
+        "broken": _ReliableRaisesAttributeError(),
+        "absent": _NoReliable(),
+        "healthy": _healthy(),
+    }
+    plugins = SimpleNamespace(transports=_Registry(transports))  # type: ignore[arg-type]
+    flows = SimpleNamespace(connections=lambda: collections.Counter(healthy=9, broken=1))
+    view = StatusView(
+        SimpleNamespace(plugins=plugins, flows=flows),  # type: ignore[arg-type]
+        SimpleNamespace(key_exchange_failures={}),  # type: ignore[arg-type]
+    )
+    caplog.set_level(logging.WARNING, logger="gateway.core.status")
+    assert view._connections() == (("healthy", 9),)
+    assert view._connections() == (("healthy", 9),)
+    assert view.plugin_figures_failures() == (("transport", "broken", "reliable", 2),)
+    said = [r.getMessage() for r in caplog.records if r.name == "gateway.core.status"]
+    assert said == [
+        "status: the transport plugin broken raised reading its reliable: left out of"
+        " monitoring until it answers (said once; counted in"
+        " voipgw_plugin_figures_failures_total)"
+    ]
+    assert "hunter2" not in caplog.text

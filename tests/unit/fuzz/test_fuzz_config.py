@@ -205,6 +205,7 @@ def seed_config(f: Files) -> dict[str, Any]:
             "node": "node-1",
             "max_cps_scope": "cluster",
             "call_record_days": 90.0,
+            "call_id_index": False,
         },
         "numbering": {
             "country_code": "49",
