@@ -494,6 +494,11 @@ class CallHandshakes:
                 else:
                     with trio.move_on_at(deadline):
                         await self._wakeup.wait()
+                if self._wakeup.is_set():
+                    # The round that follows looks at every stream and takes the next datagram:
+                    # whatever set the Event (a datagram queued, a poke) is seen by it. Left set
+                    # while a burst was taken one per round, it woke the task once more after
+                    # the queue emptied, for a round with nothing to do (session 43).
                     self._wakeup = trio.Event()
                 if self._queue:
                     item = self._take()

@@ -1333,6 +1333,36 @@ async def test_a_flood_from_as_many_sources_as_the_room_keeps_its_order(
     assert [d for d, _ in engine.sources] == [hello(n) for n in range(others)] + [b"\x16peer"]
 
 
+async def test_a_burst_takes_one_round_per_datagram_and_no_empty_round_after_it(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Session 43: a burst is taken one datagram per round, and the queue's emptying is not
+    followed by a round with nothing to do. Before, a datagram queued while the task worked
+    through the queue (between its rounds a checkpoint, not a wait on the Event) left the
+    Event set, and it woke the task once more after the last datagram: one spurious empty
+    round per burst (every stream's engines driven again for nothing)."""
+    engine = RestartingEngine(timer=None)
+    task, handler = await caller_task(nursery, engine)
+    rounds: list[bool] = []
+    take_round = task.handshakes._round
+
+    def counted(item: Any, now: float) -> None:
+        rounds.append(item is not None)
+        if item is not None and item[3] == hello(0):
+            handler(hello(9), PEER)  # comes while the task works through the burst
+        take_round(item, now)
+
+    monkeypatch.setattr(task.handshakes, "_round", counted)
+    for n in range(3):
+        handler(hello(n), PEER)  # the task does not run in between
+    await settle()
+    assert engine.received == [hello(0), hello(1), hello(2), hello(9)]
+    assert rounds == [True, True, True, True]
+    task.handshakes.poke()  # a poke still gets its round
+    await settle()
+    assert rounds == [True, True, True, True, False]
+
+
 # -- a handshake per source (the dtls engine, session 40) ----------------------------------------
 
 LOOP_PEER = ("127.0.0.1", 4000)
