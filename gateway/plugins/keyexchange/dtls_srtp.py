@@ -1841,11 +1841,16 @@ class DtlsNegotiation:
         the call's log lines and metrics)."""
         stats = self._by_source
         if stats.dropped_cookie_out_of_sequence:
+            # What is known: the cookie was ours and valid for that host, the message_seq
+            # wrong. A client asked twice sends 2 (its NAT moved it to another host), but so
+            # can anyone who received a cookie of ours at that host and wrote the ClientHello
+            # itself: the words name both (session 42's blamed the NAT alone).
             return (
-                f" ({stats.dropped_cookie_out_of_sequence} ClientHello(s) returned our DTLS"
-                " cookie only when asked a second time: a NAT that gave the phone another"
-                " public address between its ClientHellos; such a handshake cannot be"
-                " continued, RFC 6347 §4.2.1)"
+                f" ({stats.dropped_cookie_out_of_sequence} ClientHello(s) carried our valid DTLS"
+                " cookie with a message_seq other than 1, RFC 6347 §4.2.2: a client asked"
+                " twice, as one whose NAT gave it another public address between its"
+                " ClientHellos is, or a sender that received our cookie and wrote its own"
+                " ClientHello; such a handshake cannot be continued)"
             )
         if stats.hello_verify_requests and not self._cookies_returned:
             return (

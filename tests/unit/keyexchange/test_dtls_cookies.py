@@ -35,6 +35,14 @@ from tests.unit.keyexchange.dtls_source_pairs import (
 )
 
 HELLO_VERIFY_REQUEST = 3  # RFC 6347 §4.3.2 HandshakeType
+OUT_OF_SEQUENCE_REASON = (
+    "DTLS handshake timed out (1 ClientHello(s) carried our valid DTLS cookie with a"
+    " message_seq other than 1, RFC 6347 §4.2.2: a client asked twice, as one whose NAT gave"
+    " it another public address between its ClientHellos is, or a sender that received our"
+    " cookie and wrote its own ClientHello; such a handshake cannot be continued)"
+)
+"""Session 43: what is known, a cookie of ours valid for that host in a ClientHello of the wrong
+message_seq; session 42's words blamed a NAT even for a sender that wrote it so itself."""
 
 
 def client_hello(ours: DtlsNegotiation) -> bytes:
@@ -200,12 +208,26 @@ def test_a_client_whose_nat_moved_it_to_another_host_is_not_keyed_and_the_reason
     ours.handle_timer(now=DEFAULT_HANDSHAKE_TIMEOUT + 1.0)
     (failed,) = events(ours)
     assert isinstance(failed, NegotiationFailed)
-    assert failed.reason == (
-        "DTLS handshake timed out (1 ClientHello(s) returned our DTLS cookie only when asked a"
-        " second time: a NAT that gave the phone another public address between its"
-        " ClientHellos; such a handshake cannot be continued, RFC 6347 §4.2.1)"
-    )
+    assert failed.reason == OUT_OF_SEQUENCE_REASON
     assert "::1" not in failed.reason and "127.0.0.1" not in failed.reason
+
+
+def test_a_forgers_valid_cookie_out_of_sequence_is_not_blamed_on_a_nat() -> None:
+    # Session 43: a sender that received our cookie at its host writes a ClientHello of
+    # message_seq 0 with it (no client's sequence): dropped as before, and the timeout's
+    # reason says what is known, not "a NAT that gave the phone another public address".
+    ours, _ = ours_and_peer(we_serve=True)
+    assert ours.packets_to_send(now=0.0) == []  # the handshake's clock starts
+    cookie = cookie_of(returned_cookie(ours, NATTED, 0.0))
+    forged = with_cookie(client_hello(ours), cookie)
+    assert forged[17:19] == b"\0\0"
+    ours.receive_packet_from(forged, source=NATTED, now=0.1)
+    assert ours.addressed_packets_to_send(now=0.1) == []
+    assert ours.statistics().dropped_cookie_out_of_sequence == 1
+    ours.handle_timer(now=DEFAULT_HANDSHAKE_TIMEOUT + 1.0)
+    (failed,) = events(ours)
+    assert isinstance(failed, NegotiationFailed) and failed.reason == OUT_OF_SEQUENCE_REASON
+    assert "or a sender that received our cookie" in failed.reason
 
 
 def test_a_timeout_after_cookies_nobody_returned_says_so() -> None:
