@@ -106,6 +106,17 @@ from a few ports, spoofed or not): before, three sources' 16 each filled the 48 
 phone's ClientHello or Hello was dropped until its resend. A flood from 48 sources or more,
 each with one datagram waiting, leaves the phone an equal chance with each, no more."""
 
+QUEUE_VERIFIED_FIRST = 24
+"""Of the room of :data:`QUEUE_KEPT_FOR_PEERS`'s other sources (48), how many datagrams from
+sources whose ClientHello returned our DTLS cookie (RFC 6347 §4.2.1: they receive at their
+host; the engine's optional ``verified_sources``) go first (session 43): while fewer of theirs
+wait, one of theirs takes the place of the newest datagram of the source that did not with the
+most waiting, whatever its count, and theirs are never dropped for another's. So a flood from
+48 spoofed sources or more, one datagram each, which gave a phone behind a NAT an equal chance
+for every datagram of its handshake, gives it one only for its two ClientHellos: the rest of
+its handshake is queued. Past it they share the room as every other source does (a sender
+that can receive, verified from a few ports, does not keep a phone's first ClientHello out)."""
+
 EARLY_RTCP_DATAGRAMS = 16
 """Datagrams held per stream and leg that came on its RTCP port before that port's handshake
 exists (the answer we wait for decides our role); more are dropped and counted (``dropped``).
@@ -267,6 +278,10 @@ class CallHandshakes:
         None (:meth:`deliver`)."""
         self._waiting_from: dict[tuple[str, int], int] = {}
         """Datagrams waiting in the queue per such source."""
+        self._verified: frozenset[tuple[str, int]] = frozenset()
+        """The sources (host, port) the call's engines said returned a cookie of theirs
+        (``verified_sources``), as read at the end of the last round: their datagrams go
+        first (:data:`QUEUE_VERIFIED_FIRST`)."""
         self._wakeup = trio.Event()
         """Set when a datagram was queued or :meth:`poke` asked for a round."""
         self._closed = False
@@ -354,7 +369,7 @@ class CallHandshakes:
                 self._drop(side, "blocked")
                 return
             if sum(self._waiting_from.values()) >= QUEUE - QUEUE_KEPT_FOR_PEERS and not (
-                self._make_room_for(waiting)
+                self._make_room_for(waiting, counted in self._verified)
             ):
                 self._drop(side, "blocked")
                 return
@@ -366,16 +381,28 @@ class CallHandshakes:
             self._waiting_from[counted] = self._waiting_from.get(counted, 0) + 1
         self._wakeup.set()
 
-    def _make_room_for(self, waiting: int) -> bool:
+    def _make_room_for(self, waiting: int, verified: bool) -> bool:
         """The room of other sources than the SDP addresses and proven peers is full: drop
         the newest datagram of the source with the most waiting, when it has two or more than
         the source that would take its place (``waiting``), and say whether one was dropped
         (longest-queue drop, :data:`QUEUE_KEPT_FOR_PEERS`): a source with as many waiting as
-        the longest, or one fewer, gains nothing from the swap."""
-        most = max(self._waiting_from.values())
+        the longest, or one fewer, gains nothing from the swap. While fewer than
+        :data:`QUEUE_VERIFIED_FIRST` datagrams of sources that returned a cookie wait
+        (``verified``: the newcomer is one), theirs are never dropped so, and a newcomer of
+        theirs takes the place of any other source's, its count whatever."""
+        counts = self._waiting_from
+        if self._verified:
+            first = sum(c for key, c in counts.items() if key in self._verified)
+            if first < QUEUE_VERIFIED_FIRST:
+                counts = {k: c for k, c in counts.items() if k not in self._verified}
+                if verified and counts:
+                    waiting = -2  # any other source's newest gives way
+        if not counts:
+            return False
+        most = max(counts.values())
         if most < waiting + 2:
             return False  # the flood's usual case, ever new sources: no key sought
-        longest = next(key for key, count in self._waiting_from.items() if count == most)
+        longest = next(key for key, count in counts.items() if count == most)
         for at in range(len(self._queue) - 1, -1, -1):
             item, counted = self._queue[at]
             if counted == longest:
@@ -536,6 +563,7 @@ class CallHandshakes:
 
     def _round(self, item: _Item, now: float) -> None:
         keys_changed = False
+        verified: set[tuple[str, int]] = set()
         self._item_taken = item is None
         all_streams = self._streams()
         offered = self._offered_new()
@@ -599,6 +627,13 @@ class CallHandshakes:
                             ):
                                 self._not_sent(side, index, rtcp)
                     keys_changed |= self._events(side, index, stream, negotiation, rtcp)
+                    # Optional (docs/plugin_hooks.md, "Media-path engines"): the dtls
+                    # engine's sources that returned its cookie, queued first.
+                    sources = getattr(negotiation, "verified_sources", None)
+                    if sources:
+                        verified.update((str(s[0]), int(s[1])) for s in sources)
+        if verified != self._verified:
+            self._verified = frozenset(verified)
         if item is not None and not self._item_taken:
             # No stream of that side and index drives a handshake on that port. Every drop
             # counts: before the side has a leg (two forks ring, and either may answer; the

@@ -811,6 +811,10 @@ class _Association:
         self.statistics = DtlsStatistics()
         self.rtcp_component: DtlsNegotiation | None = None
         """The separate RTCP port's negotiation of this stream, once asked for."""
+        self.verified = False
+        """Begun by a ClientHello that returned our cookie (:meth:`accept_verified`): its
+        source receives at its host (RFC 6347 §4.2.1), read by
+        :attr:`DtlsNegotiation.verified_sources`."""
         self.address: Source | None = None
         """The source this handshake answers, whole as the socket gave it (an IPv6 link-local
         peer's scope id with it, RFC 4007 §6): where its datagrams go
@@ -965,6 +969,7 @@ class _Association:
         if self.phase is not _Phase.HANDSHAKING:
             return events
         self._connection = self._new_connection(cookie=cookie)
+        self.verified = True
         self.statistics.datagrams_received += 1
         self._connection.bio_write(packet)
         try:
@@ -1262,6 +1267,25 @@ class DtlsNegotiation:
         address, or a peer behind a NAT). None before. Read by the call's handshake task, which
         gives that source the port's latch (docs/media_security.md, "Forged handshakes")."""
         return self._peer_source
+
+    @property
+    def verified_sources(self) -> tuple[Source, ...]:
+        """The sources (host, port) whose handshake runs because their ClientHello returned our
+        cookie (RFC 6347 §4.2.1: they receive at their host), while none proved itself: at
+        most :data:`MAX_HANDSHAKES_PER_PORT`, the handshakes under way. Read by the call's
+        handshake task after each round: their datagrams are queued before those of sources
+        that did not (docs/media_security.md, "Cookies for other sources"; session 43), so
+        that a flood of spoofed ClientHellos, one from each of 48 sources or more, gives a
+        phone behind a NAT that returned its cookie more than an equal chance for the rest of
+        its handshake. Empty once a source proved itself (its own are the proven peer's)."""
+        if self._peer_source is not None or self._phase is _Phase.FAILED:
+            return ()
+        found: list[Source] = []
+        association = self._association
+        if self._source is not None and association is not None and association.verified:
+            found.append(self._source)
+        found += [key for key, attempt in self._attempts.items() if attempt.verified]
+        return tuple(found)
 
     @property
     def answers_only(self) -> bool:

@@ -29,6 +29,7 @@ from gateway.core.media.handshakes import (
     QUEUE,
     QUEUE_KEPT_FOR_PEERS,
     QUEUE_PER_SOURCE,
+    QUEUE_VERIFIED_FIRST,
     CallHandshakes,
 )
 from gateway.core.media.security import StreamSecurity
@@ -1331,6 +1332,63 @@ async def test_a_flood_from_as_many_sources_as_the_room_keeps_its_order(
     await settle()
     assert task.session.dropped("blocked") == 1
     assert [d for d, _ in engine.sources] == [hello(n) for n in range(others)] + [b"\x16peer"]
+
+
+@attrs.define(eq=False)
+class VerifyingEngine(SourcedEngine):
+    """An engine with the optional ``verified_sources`` (the ``dtls`` engine's: the sources
+    whose ClientHello returned its cookie, RFC 6347 §4.2.1)."""
+
+    verified_sources: tuple[object, ...] = ()
+
+
+async def test_a_verified_sources_datagrams_go_first_up_to_their_share(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """Session 43: while fewer than QUEUE_VERIFIED_FIRST datagrams of sources that returned
+    a cookie wait, theirs are never dropped for another's and take any other's place (the
+    newest of the unverified source with the most waiting); past it, every source shares
+    the room fairly as before. Before, a verified source was one like any other: its 16th
+    datagram gave way to the first of a new source, and it waited behind 48 others."""
+    verified = ("127.0.0.1", 6000)
+    engine = VerifyingEngine(timer=None, outgoing=[], verified_sources=(verified,))
+    task, handler = await caller_task(nursery, engine)
+    others = QUEUE - QUEUE_KEPT_FOR_PEERS
+    for n in range(QUEUE_PER_SOURCE):
+        handler(hello(n), verified)
+    strangers = [("127.0.0.1", 5001 + n) for n in range(others - QUEUE_PER_SOURCE)]
+    for source in strangers:
+        handler(hello(100), source)
+    # The room is full: a new source's datagram does not take the verified one's place.
+    handler(hello(101), ("127.0.0.1", 7000))
+    assert task.session.dropped("blocked") == 1
+    await settle()
+    fed = engine.sources
+    assert [d for d, s in fed if s == verified] == [hello(n) for n in range(QUEUE_PER_SOURCE)]
+    assert (hello(101), ("127.0.0.1", 7000)) not in fed
+    # Full again, with one each from new sources: a verified datagram takes a place.
+    engine.sources.clear()
+    for n in range(others):
+        handler(hello(100), ("127.0.0.1", 8001 + n))
+    handler(hello(200), verified)
+    await settle()
+    assert (hello(200), verified) in engine.sources
+    assert task.session.dropped("blocked") == 2
+    # Past their share, verified sources share the room fairly: three verified sources with
+    # 16 each, and a new source's first datagram takes the place of the newest of one.
+    many = [("127.0.0.1", 6000 + n) for n in range(others // QUEUE_PER_SOURCE)]
+    assert len(many) * QUEUE_PER_SOURCE > QUEUE_VERIFIED_FIRST
+    engine.verified_sources = tuple(many)
+    task.handshakes.poke()
+    await settle()
+    engine.sources.clear()
+    for source in many:
+        for n in range(QUEUE_PER_SOURCE):
+            handler(hello(n), source)
+    handler(hello(101), ("127.0.0.1", 7000))
+    await settle()
+    assert (hello(101), ("127.0.0.1", 7000)) in engine.sources
+    assert task.session.dropped("blocked") == 3
 
 
 async def test_a_burst_takes_one_round_per_datagram_and_no_empty_round_after_it(

@@ -21,6 +21,7 @@ from gateway.plugins.keyexchange.dtls_srtp import (
     DtlsNegotiation,
 )
 from tests.unit.keyexchange.dtls_source_pairs import (
+    FIRST_STRANGER,
     NATTED,
     PEER,
     SDP_ADDRESS,
@@ -114,6 +115,23 @@ def cookie_of(hello: bytes) -> bytes:
     at = 13 + 12 + 2 + 32
     at += 1 + hello[at]
     return hello[at + 1 : at + 1 + hello[at]]
+
+
+def test_the_sources_that_returned_our_cookie_are_named_until_one_proves_itself() -> None:
+    # Session 43: the call's handshake task queues their datagrams first. A source only
+    # asked (a spoofed ClientHello) is not named, nor the SDP address (never asked); once a
+    # source's certificate matched, none is (the proven peer's are not counted anyway).
+    ours, peer = ours_and_peer(we_serve=True)
+    assert ours.verified_sources == ()
+    ours.receive_packet_from(client_hello(ours), source=FIRST_STRANGER, now=0.0)
+    ours.addressed_packets_to_send(now=0.0)  # its HelloVerifyRequest
+    assert ours.verified_sources == ()
+    other = ("127.0.0.1", NATTED[1] + 1)
+    ours.receive_packet_from(returned_cookie(ours, other, 0.0), source=other, now=0.0)
+    assert ours.verified_sources == (other,)
+    ours.addressed_packets_to_send(now=0.0)
+    run(ours, {NATTED: peer}, now=0.0)
+    assert ours.peer_source == NATTED and ours.verified_sources == ()
 
 
 def test_a_wrong_cookie_is_refused_with_a_new_hello_verify_request() -> None:
