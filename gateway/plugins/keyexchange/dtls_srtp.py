@@ -118,6 +118,7 @@ import contextlib
 import datetime
 import enum
 import hmac
+import logging
 import os
 import re
 import weakref
@@ -140,6 +141,7 @@ from gateway.core.interfaces import (
 )
 from gateway.core.media.srtp import SUITES, SUPPORTED_SUITES
 from gateway.core.sdp.errors import SdpError
+from gateway.core.transport.flows import format_host_port
 from gateway.plugins.keyexchange.dtls_certificates import (
     CERTIFICATE_FILE,
     DIRECTORY,
@@ -160,6 +162,8 @@ from gateway.plugins.keyexchange.dtls_cookies import (
 if TYPE_CHECKING:
     from gateway.core.interfaces import KeyExchange, KeyNegotiation
     from gateway.core.plugins import Registry
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
@@ -773,6 +777,80 @@ class DtlsTotals:
     """:attr:`DtlsStatistics.dropped_cookie_out_of_sequence`, summed."""
 
 
+DROPPED_HELLO_LOG_WINDOW = 60.0
+"""Seconds after a ``dtls-client-hello-dropped`` line for one host before the next for it
+(docs/operations.md): what it drops meanwhile is counted in that next line."""
+DROPPED_HELLO_LOG_HOSTS = 256
+"""Hosts remembered at once for :data:`DROPPED_HELLO_LOG_WINDOW`; a new host while all are
+within their window is not logged, counted in the ``dtls-client-hellos-not-logged`` line."""
+
+_PROOF = {
+    True: "it returned our cookie, so it receives at that host",
+    False: "never proved to receive there: the address may be forged",
+}
+
+
+class DroppedHelloLog:
+    """The operator's log line of ClientHellos the engines drop from sources other than the SDP
+    address (docs/operations.md, ``dtls-client-hello-dropped``; session 43): their source,
+    which the call-ending reason never names (it goes to both parties) and the metrics do not
+    either. At most one line per host for :data:`DROPPED_HELLO_LOG_WINDOW` seconds, the
+    drops meanwhile counted in its next line, for at most :data:`DROPPED_HELLO_LOG_HOSTS`
+    hosts at once (a flood from ever new, forged addresses writes at most that many lines a
+    window, then one line of how many hosts went unlogged). One per :class:`DtlsKeyExchange`,
+    shared by its negotiations; ``now`` is theirs (the media task's clock)."""
+
+    def __init__(self) -> None:
+        self._hosts: dict[str, tuple[float, int]] = {}
+        """Host -> (when its last line went, drops since)."""
+        self._unlogged_hosts: set[str] = set()
+        self._unlogged_since: float | None = None
+
+    def dropped(self, source: Source, reason: str, *, verified: bool, now: float) -> None:
+        """A ClientHello from ``source`` dropped for ``reason`` (the metric's reason name, or
+        ``bad_cookie``/``rate_limited``); ``verified``: the source returned our valid cookie."""
+        host = str(source[0])
+        known = self._hosts.get(host)
+        if known is not None and now - known[0] < DROPPED_HELLO_LOG_WINDOW:
+            self._hosts[host] = (known[0], known[1] + 1)
+            return
+        count = 1 if known is None else known[1] + 1
+        if known is None and len(self._hosts) >= DROPPED_HELLO_LOG_HOSTS:
+            self._forget_quiet(now)
+            if len(self._hosts) >= DROPPED_HELLO_LOG_HOSTS:
+                if self._unlogged_since is None:
+                    self._unlogged_since = now
+                if len(self._unlogged_hosts) < DROPPED_HELLO_LOG_HOSTS:
+                    self._unlogged_hosts.add(host)
+                return
+        if self._unlogged_hosts and self._unlogged_since is not None:
+            log.warning(
+                "DTLS ClientHellos dropped from %d more host(s) in the last %.0f s were not "
+                "logged (at most %d hosts a window)",
+                len(self._unlogged_hosts),
+                now - self._unlogged_since,
+                DROPPED_HELLO_LOG_HOSTS,
+            )
+            self._unlogged_hosts.clear()
+            self._unlogged_since = None
+        self._hosts.pop(host, None)
+        self._hosts[host] = (now, 0)  # the newest last: _forget_quiet reads the oldest first
+        log.warning(
+            "DTLS ClientHello from %s dropped (%s): %d from %s since its last such line; %s",
+            format_host_port(host, int(source[1])),
+            reason,
+            count,
+            format_host_port(host),
+            _PROOF[verified],
+        )
+
+    def _forget_quiet(self, now: float) -> None:
+        for host, (at, _) in list(self._hosts.items()):
+            if now - at < DROPPED_HELLO_LOG_WINDOW:
+                break
+            del self._hosts[host]
+
+
 class _Phase(enum.Enum):
     OFFERED = "offered"  # our offer is out; our role waits for the answer
     HANDSHAKING = "handshaking"  # role known; the DTLS handshake is under way (or about to be)
@@ -1154,6 +1232,8 @@ class _Settings:
     cookies: CookieSecrets | None = attrs.field(default=None, eq=False)
     """Asks sources other than the SDP address for a cookie (RFC 6347 §4.2.1); None: never."""
     totals: DtlsTotals | None = attrs.field(default=None, eq=False)
+    dropped_hellos: DroppedHelloLog | None = attrs.field(default=None, eq=False)
+    """The operator's line naming the source of a dropped ClientHello; None: not logged."""
 
 
 @attrs.define(eq=False, repr=False)
@@ -1678,6 +1758,7 @@ class DtlsNegotiation:
             # the handshake; the client resends the rest), or one we cannot read.
             self._by_source.dropped_malformed += 1
             if is_later_client_hello_fragment_untrusted(packet):
+                # Not logged: the rest of a phone's long ClientHello, as likely as a forger's.
                 self._by_source.dropped_later_fragment += 1
                 if totals is not None:
                     totals.later_fragments += 1
@@ -1685,6 +1766,7 @@ class DtlsNegotiation:
                 self._by_source.dropped_unreadable_hello += 1
                 if totals is not None:
                     totals.unreadable_hellos += 1
+                self._log_dropped(source, "unreadable", verified=False, now=now)
             return False, None
         if hello.cookie:
             if cookies.verifies(key, hello.cookie, now, context=self._cookie_context()):
@@ -1699,10 +1781,12 @@ class DtlsNegotiation:
                 self._by_source.dropped_cookie_out_of_sequence += 1
                 if totals is not None:
                     totals.cookies_out_of_sequence += 1
+                self._log_dropped(source, "cookie_out_of_sequence", verified=True, now=now)
                 return False, None
             self._by_source.bad_cookies += 1
             if totals is not None:
                 totals.bad_cookies += 1
+            self._log_dropped(source, "bad_cookie", verified=False, now=now)
         if len(self._verify_requests) < MAX_VERIFY_REQUESTS:
             cookie = cookies.cookie(key, now, context=self._cookie_context())
             request = hello_verify_request(hello, cookie)
@@ -1711,6 +1795,11 @@ class DtlsNegotiation:
             if totals is not None:
                 totals.hello_verify_requests += 1
         return False, None
+
+    def _log_dropped(self, source: Source, reason: str, *, verified: bool, now: float) -> None:
+        """The operator's line naming ``source`` (:class:`DroppedHelloLog`), rate-limited."""
+        if self._settings.dropped_hellos is not None:
+            self._settings.dropped_hellos.dropped(source, reason, verified=verified, now=now)
 
     def _cookie_context(self) -> bytes:
         """What binds our cookies to this port's handshake (:class:`CookieSecrets`): our
@@ -1735,6 +1824,10 @@ class DtlsNegotiation:
             self._by_source.dropped_rate += 1
             if self._settings.totals is not None:
                 self._settings.totals.rate_limited += 1
+            if self._settings.cookies is not None and self.dtls_role == "server":
+                # A ClientHello that returned our cookie (only those reach the bucket). As
+                # DTLS client what a new source sends is a server flight nothing proved.
+                self._log_dropped(key, "rate_limited", verified=True, now=now)
             return False
         self._new_handshakes -= 1.0
         return True
@@ -1947,6 +2040,8 @@ class DtlsKeyExchange:
         """The process's cookie secrets (RFC 6347 §4.2.1), shared by every port."""
         self.totals = DtlsTotals()
         """What every negotiation counted since the start (:meth:`counters`)."""
+        self.dropped_hellos = DroppedHelloLog()
+        """The sources of dropped ClientHellos in the operator's log (docs/operations.md)."""
 
     def __repr__(self) -> str:
         names = ",".join(profile.name for profile in self.profiles)
@@ -2065,6 +2160,7 @@ class DtlsKeyExchange:
             self.sdp_address_only,
             self.cookies,
             self.totals,
+            self.dropped_hellos,
         )
         return DtlsNegotiation(role, settings, _Phase.OFFERED, setup, tls_id)
 

@@ -4,7 +4,10 @@ ClientHello gets a HelloVerifyRequest and no handshake; one that returns our coo
 
 from __future__ import annotations
 
+import logging
 import random
+
+import pytest
 
 from gateway.core.interfaces import KeysReady, NegotiationFailed
 from gateway.plugins.keyexchange.dtls_cookies import (
@@ -17,7 +20,9 @@ from gateway.plugins.keyexchange.dtls_cookies import (
 )
 from gateway.plugins.keyexchange.dtls_srtp import (
     DEFAULT_HANDSHAKE_TIMEOUT,
+    DROPPED_HELLO_LOG_HOSTS,
     MAX_NEW_HANDSHAKES_BURST,
+    DroppedHelloLog,
     DtlsNegotiation,
 )
 from tests.unit.keyexchange.dtls_source_pairs import (
@@ -161,6 +166,72 @@ def test_a_wrong_cookie_is_refused_with_a_new_hello_verify_request() -> None:
     ours.receive_packet_from(hello, source=NATTED, now=0.2)
     ((flight, _), *_) = ours.addressed_packets_to_send(now=0.2)
     assert flight[13] == 2
+
+
+def test_a_dropped_client_hellos_source_is_in_the_operators_log_once_a_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Session 43 (docs/operations.md, dtls-client-hello-dropped): fail2ban and incident
+    # response need the source, which the call's reason (sent to both parties) never names.
+    # One line per host a minute, the drops meanwhile counted in its next; whether the
+    # source proved it receives there is said (a forged address must not be banned blind).
+    caplog.set_level(logging.WARNING, "gateway.plugins.keyexchange.dtls_srtp")
+    ours, _ = ours_and_peer(we_serve=True)
+    assert ours.packets_to_send(now=0.0) == []  # the handshake's clock starts
+    hello = returned_cookie(ours, NATTED, 0.0)
+    cookie = cookie_of(hello)
+    flipped = hello.replace(cookie, cookie[:-1] + bytes([cookie[-1] ^ 1]))
+    for now in (0.1, 0.2, 30.0):
+        ours.receive_packet_from(flipped, source=NATTED, now=now)
+    assert [r.getMessage() for r in caplog.records] == [
+        "DTLS ClientHello from 127.0.0.1:51000 dropped (bad_cookie): 1 from 127.0.0.1 since"
+        " its last such line; never proved to receive there: the address may be forged"
+    ]
+    caplog.clear()
+    ours.addressed_packets_to_send(now=30.0)  # the new cookies sent to it
+    forged = with_cookie(client_hello(ours), cookie_of(returned_cookie(ours, NATTED, 60.0)))
+    ours.receive_packet_from(forged, source=("127.0.0.1", 51007), now=60.1)
+    assert [r.getMessage() for r in caplog.records] == [
+        "DTLS ClientHello from 127.0.0.1:51007 dropped (cookie_out_of_sequence): 3 from"
+        " 127.0.0.1 since its last such line; it returned our cookie, so it receives at that"
+        " host"
+    ]
+    assert all(r.levelname == "WARNING" for r in caplog.records)
+    ours.handle_timer(now=DEFAULT_HANDSHAKE_TIMEOUT + 61.0)
+    (failed,) = [e for e in events(ours) if isinstance(e, NegotiationFailed)]
+    assert "127.0.0.1" not in failed.reason  # never in the reason both parties get
+
+
+def test_the_dropped_client_hello_log_is_bounded_by_hosts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A flood from ever new (forged) hosts writes at most DROPPED_HELLO_LOG_HOSTS lines a
+    # window, remembers no more, and then says how many hosts went unlogged.
+    caplog.set_level(logging.WARNING, "gateway.plugins.keyexchange.dtls_srtp")
+    log = DroppedHelloLog()
+    for n in range(DROPPED_HELLO_LOG_HOSTS + 10):
+        log.dropped((f"10.0.{n >> 8}.{n & 255}", 5004), "bad_cookie", verified=False, now=1.0)
+    assert len(caplog.records) == DROPPED_HELLO_LOG_HOSTS
+    assert len(log._hosts) == DROPPED_HELLO_LOG_HOSTS
+    caplog.clear()
+    log.dropped(("192.0.2.1", 5004), "unreadable", verified=False, now=1.0 + 61.0)
+    assert [r.getMessage() for r in caplog.records] == [
+        "DTLS ClientHellos dropped from 10 more host(s) in the last 61 s were not logged (at"
+        f" most {DROPPED_HELLO_LOG_HOSTS} hosts a window)",
+        "DTLS ClientHello from 192.0.2.1:5004 dropped (unreadable): 1 from 192.0.2.1 since"
+        " its last such line; never proved to receive there: the address may be forged",
+    ]
+    assert len(log._hosts) == 1
+    # IPv6 in brackets (docs/operations.md's <address> and <source>).
+    caplog.clear()
+    log.dropped(("2001:db8::5", 5004), "bad_cookie", verified=False, now=70.0)
+    assert (
+        caplog.records[0]
+        .getMessage()
+        .startswith(
+            "DTLS ClientHello from [2001:db8::5]:5004 dropped (bad_cookie): 1 from [2001:db8::5] "
+        )
+    )
 
 
 def test_a_cookie_of_the_previous_secret_is_taken_an_older_one_refused() -> None:
