@@ -8,7 +8,8 @@ datagrams and time (RFC 5764 §5.1.2 and RFC 6189 §5: both share the 5-tuple of
 - the relay hands every datagram that is not RTP/RTCP arriving on a leg's RTP socket (or RTCP
   socket) to :meth:`CallHandshakes.deliver`, which puts it on a bounded queue, fair between the
   sources that are neither a leg's SDP address nor its proven peer (full: the newest datagram
-  of the source with the most waiting is dropped and counted; handshakes retransmit); the
+  of the source with the most waiting is dropped and counted; handshakes retransmit), those
+  an engine says returned its cookie first (:data:`QUEUE_VERIFIED_FIRST`); the
   stream's negotiation takes it if it claims the first byte's range (RFC 7983: DTLS 20..63,
   ZRTP 16..19), else it is counted as unclaimed;
 - the task waits until the earliest ``get_timer()`` of the streams or a datagram, then for every
