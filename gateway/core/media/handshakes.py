@@ -283,6 +283,11 @@ class CallHandshakes:
         """The sources (host, port) the call's engines said returned a cookie of theirs
         (``verified_sources``), as read at the end of the last round: their datagrams go
         first (:data:`QUEUE_VERIFIED_FIRST`)."""
+        self._cookie_checks: dict[tuple[str, int, bool], Callable[..., object]] = {}
+        """Per port (side, stream, RTCP port) its engine's optional
+        ``returns_cookie_untrusted``, as read in the last round (:meth:`_returns_cookie`)."""
+        self._cookie_checks_failed: set[tuple[str, int, bool]] = set()
+        """Ports whose ``returns_cookie_untrusted`` raised: not asked again."""
         self._wakeup = trio.Event()
         """Set when a datagram was queued or :meth:`poke` asked for a round."""
         self._closed = False
@@ -370,7 +375,14 @@ class CallHandshakes:
                 self._drop(side, "blocked")
                 return
             if sum(self._waiting_from.values()) >= QUEUE - QUEUE_KEPT_FOR_PEERS and not (
-                self._make_room_for(waiting, counted in self._verified)
+                self._make_room_for(
+                    waiting,
+                    (bool(self._verified) and counted in self._verified)
+                    or (
+                        bool(self._cookie_checks)
+                        and self._returns_cookie(side, index, rtcp, packet, counted)
+                    ),
+                )
             ):
                 self._drop(side, "blocked")
                 return
@@ -381,6 +393,29 @@ class CallHandshakes:
         if counted is not None:
             self._waiting_from[counted] = self._waiting_from.get(counted, 0) + 1
         self._wakeup.set()
+
+    def _returns_cookie(
+        self, side: str, index: int, rtcp: bool, packet: bytes, source: tuple[str, int]
+    ) -> bool:
+        """Whether the port's engine says ``packet`` returns its cookie (its optional
+        ``returns_cookie_untrusted``, read at the end of the last round): asked only of a
+        handshake record (RFC 6347 §4.1: content type 22) that the full room would drop, so
+        a flood costs it a first-octet check, and a ClientHello at most its HMACs."""
+        if not packet or packet[0] != 22:
+            return False
+        port = (side, index, rtcp)
+        check = self._cookie_checks.get(port)
+        if check is None:
+            return False
+        try:
+            return check(packet, source, now=trio.current_time()) is True
+        except Exception:
+            # A plugin's bug set off by a datagram from the network, in the relay's hand-on:
+            # never the relay's end. Not asked again on that port; logged once.
+            del self._cookie_checks[port]
+            self._cookie_checks_failed.add(port)
+            log_exception(log, "leg %s stream %d: returns_cookie_untrusted failed", side, index)
+            return False
 
     def _make_room_for(self, waiting: int, verified: bool) -> bool:
         """The room of other sources than the SDP addresses and proven peers is full: drop
@@ -396,8 +431,10 @@ class CallHandshakes:
             first = sum(c for key, c in counts.items() if key in self._verified)
             if first < QUEUE_VERIFIED_FIRST:
                 counts = {k: c for k, c in counts.items() if k not in self._verified}
-                if verified and counts:
-                    waiting = -2  # any other source's newest gives way
+            else:
+                verified = False  # past their share: as every other source
+        if verified and counts:
+            waiting = -2  # any other source's newest gives way
         if not counts:
             return False
         most = max(counts.values())
@@ -549,6 +586,7 @@ class CallHandshakes:
             self._unanswered.clear()
             self._early_losers.clear()
             self._proven.clear()
+            self._cookie_checks = {}
             self._unhook()
             self._closed = True
             self._queue.clear()
@@ -565,6 +603,7 @@ class CallHandshakes:
     def _round(self, item: _Item, now: float) -> None:
         keys_changed = False
         verified: set[tuple[str, int]] = set()
+        checks: dict[tuple[str, int, bool], Callable[..., object]] = {}
         self._item_taken = item is None
         all_streams = self._streams()
         offered = self._offered_new()
@@ -633,8 +672,12 @@ class CallHandshakes:
                     sources = getattr(negotiation, "verified_sources", None)
                     if sources:
                         verified.update((str(s[0]), int(s[1])) for s in sources)
+                    check = getattr(negotiation, "returns_cookie_untrusted", None)
+                    if check is not None and (side, index, rtcp) not in self._cookie_checks_failed:
+                        checks[(side, index, rtcp)] = check
         if verified != self._verified:
             self._verified = frozenset(verified)
+        self._cookie_checks = checks
         if item is not None and not self._item_taken:
             # No stream of that side and index drives a handshake on that port. Every drop
             # counts: before the side has a leg (two forks ring, and either may answer; the

@@ -1367,6 +1367,27 @@ class DtlsNegotiation:
         found += [key for key, attempt in self._attempts.items() if attempt.verified]
         return tuple(found)
 
+    def returns_cookie_untrusted(self, packet: bytes, source: Source, *, now: float) -> bool:
+        """Whether ``packet`` from ``source`` is a ClientHello that returns our valid cookie
+        (RFC 6347 §4.2.1: message_seq 1, the cookie this port gave that host), read before
+        the datagram is queued: the call's handshake task asks it of a datagram that would
+        otherwise be dropped because the queue's room for other sources is full (session
+        43; docs/plugin_hooks.md, "Media-path engines"), so that a phone's second ClientHello
+        goes before spoofed sources' as the rest of its handshake does
+        (:attr:`verified_sources`). A parse of the first octets and at most two HMACs; no
+        state changes. False for anything else, and once a source proved itself."""
+        # A ClientHello of message_seq 1 first (RFC 6347 §4.2.2: the handshake header after
+        # the record's 13 octets): a flood's first ClientHellos (message_seq 0) cost only this.
+        if packet[13:14] != b"\x01" or packet[17:19] != b"\x00\x01":
+            return False
+        cookies = self._settings.cookies
+        if cookies is None or self._peer_source is not None or self._phase is _Phase.FAILED:
+            return False
+        hello = parse_client_hello_cookie_untrusted(packet)
+        if hello is None or hello.message_seq != 1 or not hello.cookie:
+            return False
+        return cookies.verifies(source, hello.cookie, now, context=self._cookie_context())
+
     @property
     def answers_only(self) -> bool:
         """Whether what we send only answers the peer's datagrams: as DTLS server (RFC 5763 §5,

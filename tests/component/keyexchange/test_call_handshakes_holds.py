@@ -1391,6 +1391,57 @@ async def test_a_verified_sources_datagrams_go_first_up_to_their_share(
     assert task.session.dropped("blocked") == 3
 
 
+@attrs.define(eq=False)
+class CookieEngine(SourcedEngine):
+    """An engine with the optional ``returns_cookie_untrusted`` (the ``dtls`` engine's)."""
+
+    returning: bytes = b""
+    raises: bool = False
+    asked: int = 0
+
+    def returns_cookie_untrusted(self, packet: bytes, source: object, *, now: float) -> bool:
+        self.asked += 1
+        if self.raises:
+            raise ValueError("a plugin's bug")
+        return packet == self.returning
+
+
+async def test_a_datagram_returning_a_cookie_takes_a_place_in_a_full_room(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Session 43: a handshake datagram the full room would drop is shown to the port's
+    engine first; one that returns its cookie (the phone's second ClientHello) takes the
+    newest place of an unverified source, whatever its count. Nothing else is asked: not
+    while there is room, not a datagram that is no handshake record. An engine whose check
+    raises (a plugin's bug) is logged once and not asked again; the datagram is dropped."""
+    engine = CookieEngine(timer=None, outgoing=[], returning=hello(200))
+    task, handler = await caller_task(nursery, engine)
+    others = QUEUE - QUEUE_KEPT_FOR_PEERS
+    for n in range(others):
+        handler(hello(100), ("127.0.0.1", 5001 + n))
+    assert engine.asked == 0
+    handler(hello(201), ("127.0.0.1", 6000))
+    handler(b"\x17" + hello(200)[1:], ("127.0.0.1", 6000))  # not a handshake record
+    handler(hello(200), ("127.0.0.1", 6000))
+    assert engine.asked == 2
+    await settle()
+    assert (hello(200), ("127.0.0.1", 6000)) in engine.sources
+    assert (hello(201), ("127.0.0.1", 6000)) not in engine.sources
+    assert task.session.dropped("blocked") == 3
+    engine.raises = True
+    for n in range(others):
+        handler(hello(100), ("127.0.0.1", 7001 + n))
+    handler(hello(200), ("127.0.0.1", 6000))
+    handler(hello(200), ("127.0.0.1", 6000))
+    await settle()
+    assert engine.asked == 3
+    assert len([r for r in caplog.records if "returns_cookie_untrusted" in r.getMessage()]) == 1
+    assert task.session.dropped("blocked") == 5
+    handler(hello(1), PEER)
+    await settle()
+    assert engine.sources[-1] == (hello(1), PEER)  # the task goes on
+
+
 async def test_a_burst_takes_one_round_per_datagram_and_no_empty_round_after_it(
     nursery: trio.Nursery, autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -139,6 +139,27 @@ def test_the_sources_that_returned_our_cookie_are_named_until_one_proves_itself(
     assert ours.peer_source == NATTED and ours.verified_sources == ()
 
 
+def test_a_client_hello_returning_our_cookie_is_told_before_it_is_queued() -> None:
+    # Session 43: the call's handshake task asks before it drops a datagram for a full queue.
+    # Only our valid cookie for that host in message_seq 1 counts; nothing changes state.
+    ours, peer = ours_and_peer(we_serve=True)
+    hello = returned_cookie(ours, NATTED, 0.0)
+    cookie = cookie_of(hello)
+    flipped = hello.replace(cookie, cookie[:-1] + bytes([cookie[-1] ^ 1]))
+    assert ours.returns_cookie_untrusted(hello, NATTED, now=0.1)
+    assert ours.returns_cookie_untrusted(hello, ("127.0.0.1", 1), now=0.1)  # the host's
+    assert not ours.returns_cookie_untrusted(hello, ("::1", NATTED[1]), now=0.1)
+    assert not ours.returns_cookie_untrusted(flipped, NATTED, now=0.1)
+    assert not ours.returns_cookie_untrusted(client_hello(ours), NATTED, now=0.1)
+    forged = with_cookie(client_hello(ours), cookie)  # message_seq 0
+    assert not ours.returns_cookie_untrusted(forged, NATTED, now=0.1)
+    assert not ours.returns_cookie_untrusted(b"\x16" + bytes(30), NATTED, now=0.1)
+    assert ours.statistics().bad_cookies == 0 and ours.addressed_packets_to_send(now=0.1) == []
+    run(ours, {NATTED: peer}, now=0.2)
+    assert ours.peer_source == NATTED
+    assert not ours.returns_cookie_untrusted(hello, NATTED, now=0.3)  # proved: no need
+
+
 def test_a_wrong_cookie_is_refused_with_a_new_hello_verify_request() -> None:
     ours, _ = ours_and_peer(we_serve=True)
     hello = returned_cookie(ours, NATTED, 0.0)
