@@ -114,9 +114,12 @@ host; the engine's optional ``verified_sources``) go first (session 43): while f
 wait, one of theirs takes the place of the newest datagram of the source that did not with the
 most waiting, whatever its count, and theirs are never dropped for another's. So a flood from
 48 spoofed sources or more, one datagram each, which gave a phone behind a NAT an equal chance
-for every datagram of its handshake, gives it one only for its two ClientHellos: the rest of
-its handshake is queued. Past it they share the room as every other source does (a sender
-that can receive, verified from a few ports, does not keep a phone's first ClientHello out)."""
+for every datagram of its handshake, gives it one only for its first ClientHello: the one that
+returns our cookie is told before it is queued (the engine's optional
+``returns_cookie_untrusted``, :meth:`CallHandshakes._returns_cookie`), and the rest of its
+handshake comes from a verified source. Past it they share the room as every other source
+does (a sender that can receive, verified from a few ports, does not keep a phone's first
+ClientHello out)."""
 
 EARLY_RTCP_DATAGRAMS = 16
 """Datagrams held per stream and leg that came on its RTCP port before that port's handshake
