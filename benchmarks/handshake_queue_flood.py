@@ -31,7 +31,11 @@ random place in a burst of N spoofed ClientHellos, one from each of N new source
 reach the port before the task runs again. Prints how many were keyed within the handshake
 timeout (20 s), the median and slowest time to keys, and the phone's datagrams the queue
 dropped. Since session 43 a phone that returned our cookie is queued first
-(``QUEUE_VERIFIED_FIRST``): only its two ClientHellos depend on their place in the burst.
+(``QUEUE_VERIFIED_FIRST``, ``returns_cookie_untrusted``): only its first ClientHello depends
+on its place in the burst.
+
+``--engine N`` (session 43): the price of that check for a flood's dropped ClientHellos, under
+callgrind as above (``with_engine``).
 """
 
 from __future__ import annotations
@@ -67,15 +71,7 @@ def phones(spoofed: int, calls: int, seed: int) -> None:
     import trio
     import trio.testing
 
-    # The repository's tests/ is a namespace package: an installed distribution that ships a
-    # top-level "tests" package (one in the benchmark venv does) would win the import over it
-    # (as benchmarks/call_instructions.py does).
-    root = Path(__file__).resolve().parent.parent
-    sys.path.insert(0, str(root))
-    namespace = types.ModuleType("tests")
-    namespace.__path__ = [str(root / "tests")]
-    sys.modules["tests"] = namespace
-
+    _tests_importable()
     from tests.component.keyexchange.dtls_flood import FloodOutcome, phone_under_flood
 
     draw = random.Random(seed)
@@ -98,7 +94,51 @@ def phones(spoofed: int, calls: int, seed: int) -> None:
     )
 
 
+def _tests_importable() -> None:
+    # The repository's tests/ is a namespace package: an installed distribution that ships a
+    # top-level "tests" package (one in the benchmark venv does) would win the import over it
+    # (as benchmarks/call_instructions.py does).
+    root = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(root))
+    namespace = types.ModuleType("tests")
+    namespace.__path__ = [str(root / "tests")]
+    sys.modules["tests"] = namespace
+
+
+def with_engine(feed: int) -> None:
+    """``--engine N``: N first ClientHellos (message_seq 0), each from a new host, delivered to
+    a queue whose port has the real ``dtls`` engine's ``returns_cookie_untrusted`` (session
+    43: a datagram the full room would drop is shown to it first); the queue's task never
+    runs. (cg.2100 - cg.100) / 2000: what such a dropped datagram costs with the check."""
+    _tests_importable()
+    import trio
+
+    from tests.unit.keyexchange.dtls_source_pairs import ours_and_peer, stranger_for
+
+    ours, _ = ours_and_peer(we_serve=True)
+    hello = stranger_for(ours).packets_to_send(now=0.0)[0]
+    session = Session()
+    handshakes = CallHandshakes(
+        session,  # type: ignore[arg-type]
+        lambda: {},
+        on_keys=lambda: None,
+        on_failure=lambda side, reason: None,
+    )
+    handshakes._cookie_checks = {("a", 0, False): ours.returns_cookie_untrusted}
+
+    async def feed_all() -> None:  # deliver reads trio's clock for the engine
+        for n in range(feed):
+            source = (f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}", 5004)
+            handshakes.deliver("a", 0, hello, source=source)
+
+    trio.run(feed_all)
+    print(f"fed {feed} ClientHellos with the engine's check; dropped {session.dropped}")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--engine"] and len(sys.argv) == 3 and sys.argv[2].isdigit():
+        with_engine(int(sys.argv[2]))
+        return
     if sys.argv[1:2] == ["--phone"]:
         args = sys.argv[2:]
         try:
@@ -112,7 +152,9 @@ def main() -> None:
         return
     feed = int(sys.argv[1]) if len(sys.argv) > 1 else 4048
     if feed < 0 or sys.argv[2:]:
-        raise SystemExit(f"usage: {sys.argv[0]} [N] | --phone N [--calls K] [--seed S]")
+        raise SystemExit(
+            f"usage: {sys.argv[0]} [N] | --phone N [--calls K] [--seed S] | --engine N"
+        )
     session = Session()
     handshakes = CallHandshakes(
         session,  # type: ignore[arg-type]
