@@ -23,11 +23,26 @@ load)::
 dropped once the room is shared evenly (datagram 93, the last swap, is in that window: ~14
 instructions of the quotient). No sockets, no trio run: ``deliver`` is what the
 relay calls for each datagram. Not a timed test.
+
+``--phone N [--calls K] [--seed S]`` (session 43): K phones behind a NAT, each keying a call
+(the real ``dtls`` engines at both ends, the real handshake task, trio's virtual clock:
+tests/component/keyexchange/dtls_flood.py) while every datagram a phone sends lands at a
+random place in a burst of N spoofed ClientHellos, one from each of N new sources, that
+reach the port before the task runs again. Prints how many were keyed within the handshake
+timeout (20 s), the median and slowest time to keys, and the phone's datagrams the queue
+dropped. Since session 43 a phone that returned our cookie is queued first
+(``QUEUE_VERIFIED_FIRST``, ``returns_cookie_untrusted``): only its first ClientHello depends
+on its place in the burst.
+
+``--engine N`` (session 43): the price of that check for a flood's dropped ClientHellos, under
+callgrind as above (``with_engine``).
 """
 
 from __future__ import annotations
 
 import sys
+import types
+from pathlib import Path
 
 from gateway.core.media.handshakes import CallHandshakes
 
@@ -48,10 +63,98 @@ class Session:
         self.dropped += count
 
 
+def phones(spoofed: int, calls: int, seed: int) -> None:
+    """K phones under a flood of ``spoofed`` sources per datagram (module docstring)."""
+    import random
+    import statistics
+
+    import trio
+    import trio.testing
+
+    _tests_importable()
+    from tests.component.keyexchange.dtls_flood import FloodOutcome, phone_under_flood
+
+    draw = random.Random(seed)
+    outcomes: list[FloodOutcome] = []
+
+    async def one() -> None:
+        outcomes.append(await phone_under_flood(spoofed, lambda n, s: draw.randint(0, s)))
+
+    for _ in range(calls):
+        trio.run(one, clock=trio.testing.MockClock(autojump_threshold=0))
+    times = sorted(o.keyed_at for o in outcomes if o.keyed_at is not None)
+    sent = sum(o.phone_datagrams for o in outcomes)
+    dropped = sum(o.phone_dropped for o in outcomes)
+    median = f"{statistics.median(times):.2f} s" if times else "-"
+    slowest = f"{times[-1]:.2f} s" if times else "-"
+    print(
+        f"{spoofed} spoofed sources per phone datagram, {calls} calls (seed {seed}): "
+        f"{len(times)} keyed (median {median}, slowest {slowest}); "
+        f"phone datagrams {sent}, dropped by the queue {dropped}"
+    )
+
+
+def _tests_importable() -> None:
+    # The repository's tests/ is a namespace package: an installed distribution that ships a
+    # top-level "tests" package (one in the benchmark venv does) would win the import over it
+    # (as benchmarks/call_instructions.py does).
+    root = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(root))
+    namespace = types.ModuleType("tests")
+    namespace.__path__ = [str(root / "tests")]
+    sys.modules["tests"] = namespace
+
+
+def with_engine(feed: int) -> None:
+    """``--engine N``: N first ClientHellos (message_seq 0), each from a new host, delivered to
+    a queue whose port has the real ``dtls`` engine's ``returns_cookie_untrusted`` (session
+    43: a datagram the full room would drop is shown to it first); the queue's task never
+    runs. (cg.2100 - cg.100) / 2000: what such a dropped datagram costs with the check."""
+    _tests_importable()
+    import trio
+
+    from tests.unit.keyexchange.dtls_source_pairs import ours_and_peer, stranger_for
+
+    ours, _ = ours_and_peer(we_serve=True)
+    hello = stranger_for(ours).packets_to_send(now=0.0)[0]
+    session = Session()
+    handshakes = CallHandshakes(
+        session,  # type: ignore[arg-type]
+        lambda: {},
+        on_keys=lambda: None,
+        on_failure=lambda side, reason: None,
+    )
+    handshakes._cookie_checks = {("a", 0, False): ours.returns_cookie_untrusted}
+
+    async def feed_all() -> None:  # deliver reads trio's clock for the engine
+        for n in range(feed):
+            source = (f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}", 5004)
+            handshakes.deliver("a", 0, hello, source=source)
+
+    trio.run(feed_all)
+    print(f"fed {feed} ClientHellos with the engine's check; dropped {session.dropped}")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--engine"] and len(sys.argv) == 3 and sys.argv[2].isdigit():
+        with_engine(int(sys.argv[2]))
+        return
+    if sys.argv[1:2] == ["--phone"]:
+        args = sys.argv[2:]
+        try:
+            spoofed = int(args[0])
+            options = dict(zip(args[1::2], map(int, args[2::2]), strict=True))
+        except (IndexError, ValueError):
+            raise SystemExit(f"usage: {sys.argv[0]} --phone N [--calls K] [--seed S]") from None
+        if set(options) - {"--calls", "--seed"} or spoofed < 0:
+            raise SystemExit(f"usage: {sys.argv[0]} --phone N [--calls K] [--seed S]")
+        phones(spoofed, options.get("--calls", 20), options.get("--seed", 1))
+        return
     feed = int(sys.argv[1]) if len(sys.argv) > 1 else 4048
     if feed < 0 or sys.argv[2:]:
-        raise SystemExit(f"usage: {sys.argv[0]} [N]")
+        raise SystemExit(
+            f"usage: {sys.argv[0]} [N] | --phone N [--calls K] [--seed S] | --engine N"
+        )
     session = Session()
     handshakes = CallHandshakes(
         session,  # type: ignore[arg-type]

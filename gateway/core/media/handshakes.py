@@ -8,7 +8,8 @@ datagrams and time (RFC 5764 §5.1.2 and RFC 6189 §5: both share the 5-tuple of
 - the relay hands every datagram that is not RTP/RTCP arriving on a leg's RTP socket (or RTCP
   socket) to :meth:`CallHandshakes.deliver`, which puts it on a bounded queue, fair between the
   sources that are neither a leg's SDP address nor its proven peer (full: the newest datagram
-  of the source with the most waiting is dropped and counted; handshakes retransmit); the
+  of the source with the most waiting is dropped and counted; handshakes retransmit), those
+  an engine says returned its cookie first (:data:`QUEUE_VERIFIED_FIRST`); the
   stream's negotiation takes it if it claims the first byte's range (RFC 7983: DTLS 20..63,
   ZRTP 16..19), else it is counted as unclaimed;
 - the task waits until the earliest ``get_timer()`` of the streams or a datagram, then for every
@@ -105,6 +106,20 @@ exchange proved it) is no longer pushed out by a flood from a few sources (one h
 from a few ports, spoofed or not): before, three sources' 16 each filled the 48 and the
 phone's ClientHello or Hello was dropped until its resend. A flood from 48 sources or more,
 each with one datagram waiting, leaves the phone an equal chance with each, no more."""
+
+QUEUE_VERIFIED_FIRST = 24
+"""Of the room of :data:`QUEUE_KEPT_FOR_PEERS`'s other sources (48), how many datagrams from
+sources whose ClientHello returned our DTLS cookie (RFC 6347 §4.2.1: they receive at their
+host; the engine's optional ``verified_sources``) go first (session 43): while fewer of theirs
+wait, one of theirs takes the place of the newest datagram of the source that did not with the
+most waiting, whatever its count, and theirs are never dropped for another's. So a flood from
+48 spoofed sources or more, one datagram each, which gave a phone behind a NAT an equal chance
+for every datagram of its handshake, gives it one only for its first ClientHello: the one that
+returns our cookie is told before it is queued (the engine's optional
+``returns_cookie_untrusted``, :meth:`CallHandshakes._returns_cookie`), and the rest of its
+handshake comes from a verified source. Past it they share the room as every other source
+does (a sender that can receive, verified from a few ports, does not keep a phone's first
+ClientHello out)."""
 
 EARLY_RTCP_DATAGRAMS = 16
 """Datagrams held per stream and leg that came on its RTCP port before that port's handshake
@@ -267,6 +282,15 @@ class CallHandshakes:
         None (:meth:`deliver`)."""
         self._waiting_from: dict[tuple[str, int], int] = {}
         """Datagrams waiting in the queue per such source."""
+        self._verified: frozenset[tuple[str, int]] = frozenset()
+        """The sources (host, port) the call's engines said returned a cookie of theirs
+        (``verified_sources``), as read at the end of the last round: their datagrams go
+        first (:data:`QUEUE_VERIFIED_FIRST`)."""
+        self._cookie_checks: dict[tuple[str, int, bool], Callable[..., object]] = {}
+        """Per port (side, stream, RTCP port) its engine's optional
+        ``returns_cookie_untrusted``, as read in the last round (:meth:`_returns_cookie`)."""
+        self._cookie_checks_failed: set[tuple[str, int, bool]] = set()
+        """Ports whose ``returns_cookie_untrusted`` raised: not asked again."""
         self._wakeup = trio.Event()
         """Set when a datagram was queued or :meth:`poke` asked for a round."""
         self._closed = False
@@ -354,7 +378,14 @@ class CallHandshakes:
                 self._drop(side, "blocked")
                 return
             if sum(self._waiting_from.values()) >= QUEUE - QUEUE_KEPT_FOR_PEERS and not (
-                self._make_room_for(waiting)
+                self._make_room_for(
+                    waiting,
+                    (bool(self._verified) and counted in self._verified)
+                    or (
+                        bool(self._cookie_checks)
+                        and self._returns_cookie(side, index, rtcp, packet, counted)
+                    ),
+                )
             ):
                 self._drop(side, "blocked")
                 return
@@ -366,16 +397,53 @@ class CallHandshakes:
             self._waiting_from[counted] = self._waiting_from.get(counted, 0) + 1
         self._wakeup.set()
 
-    def _make_room_for(self, waiting: int) -> bool:
+    def _returns_cookie(
+        self, side: str, index: int, rtcp: bool, packet: bytes, source: tuple[str, int]
+    ) -> bool:
+        """Whether the port's engine says ``packet`` returns its cookie (its optional
+        ``returns_cookie_untrusted``, read at the end of the last round): asked only of a
+        handshake record (RFC 6347 §4.1: content type 22) that the full room would drop, so
+        a flood costs it a first-octet check, and a ClientHello at most its HMACs."""
+        if not packet or packet[0] != 22:
+            return False
+        port = (side, index, rtcp)
+        check = self._cookie_checks.get(port)
+        if check is None:
+            return False
+        try:
+            return check(packet, source, now=trio.current_time()) is True
+        except Exception:
+            # A plugin's bug set off by a datagram from the network, in the relay's hand-on:
+            # never the relay's end. Not asked again on that port; logged once.
+            del self._cookie_checks[port]
+            self._cookie_checks_failed.add(port)
+            log_exception(log, "leg %s stream %d: returns_cookie_untrusted failed", side, index)
+            return False
+
+    def _make_room_for(self, waiting: int, verified: bool) -> bool:
         """The room of other sources than the SDP addresses and proven peers is full: drop
         the newest datagram of the source with the most waiting, when it has two or more than
         the source that would take its place (``waiting``), and say whether one was dropped
         (longest-queue drop, :data:`QUEUE_KEPT_FOR_PEERS`): a source with as many waiting as
-        the longest, or one fewer, gains nothing from the swap."""
-        most = max(self._waiting_from.values())
+        the longest, or one fewer, gains nothing from the swap. While fewer than
+        :data:`QUEUE_VERIFIED_FIRST` datagrams of sources that returned a cookie wait
+        (``verified``: the newcomer is one), theirs are never dropped so, and a newcomer of
+        theirs takes the place of any other source's, its count whatever."""
+        counts = self._waiting_from
+        if self._verified:
+            first = sum(c for key, c in counts.items() if key in self._verified)
+            if first < QUEUE_VERIFIED_FIRST:
+                counts = {k: c for k, c in counts.items() if k not in self._verified}
+            else:
+                verified = False  # past their share: as every other source
+        if verified and counts:
+            waiting = -2  # any other source's newest gives way
+        if not counts:
+            return False
+        most = max(counts.values())
         if most < waiting + 2:
             return False  # the flood's usual case, ever new sources: no key sought
-        longest = next(key for key, count in self._waiting_from.items() if count == most)
+        longest = next(key for key, count in counts.items() if count == most)
         for at in range(len(self._queue) - 1, -1, -1):
             item, counted = self._queue[at]
             if counted == longest:
@@ -494,6 +562,11 @@ class CallHandshakes:
                 else:
                     with trio.move_on_at(deadline):
                         await self._wakeup.wait()
+                if self._wakeup.is_set():
+                    # The round that follows looks at every stream and takes the next datagram:
+                    # whatever set the Event (a datagram queued, a poke) is seen by it. Left set
+                    # while a burst was taken one per round, it woke the task once more after
+                    # the queue emptied, for a round with nothing to do (session 43).
                     self._wakeup = trio.Event()
                 if self._queue:
                     item = self._take()
@@ -516,6 +589,7 @@ class CallHandshakes:
             self._unanswered.clear()
             self._early_losers.clear()
             self._proven.clear()
+            self._cookie_checks = {}
             self._unhook()
             self._closed = True
             self._queue.clear()
@@ -531,6 +605,8 @@ class CallHandshakes:
 
     def _round(self, item: _Item, now: float) -> None:
         keys_changed = False
+        verified: set[tuple[str, int]] = set()
+        checks: dict[tuple[str, int, bool], Callable[..., object]] = {}
         self._item_taken = item is None
         all_streams = self._streams()
         offered = self._offered_new()
@@ -594,6 +670,17 @@ class CallHandshakes:
                             ):
                                 self._not_sent(side, index, rtcp)
                     keys_changed |= self._events(side, index, stream, negotiation, rtcp)
+                    # Optional (docs/plugin_hooks.md, "Media-path engines"): the dtls
+                    # engine's sources that returned its cookie, queued first.
+                    sources = getattr(negotiation, "verified_sources", None)
+                    if sources:
+                        verified.update((str(s[0]), int(s[1])) for s in sources)
+                    check = getattr(negotiation, "returns_cookie_untrusted", None)
+                    if check is not None and (side, index, rtcp) not in self._cookie_checks_failed:
+                        checks[(side, index, rtcp)] = check
+        if verified != self._verified:
+            self._verified = frozenset(verified)
+        self._cookie_checks = checks
         if item is not None and not self._item_taken:
             # No stream of that side and index drives a handshake on that port. Every drop
             # counts: before the side has a leg (two forks ring, and either may answer; the

@@ -118,6 +118,7 @@ import contextlib
 import datetime
 import enum
 import hmac
+import logging
 import os
 import re
 import weakref
@@ -140,6 +141,7 @@ from gateway.core.interfaces import (
 )
 from gateway.core.media.srtp import SUITES, SUPPORTED_SUITES
 from gateway.core.sdp.errors import SdpError
+from gateway.core.transport.flows import format_host_port
 from gateway.plugins.keyexchange.dtls_certificates import (
     CERTIFICATE_FILE,
     DIRECTORY,
@@ -160,6 +162,8 @@ from gateway.plugins.keyexchange.dtls_cookies import (
 if TYPE_CHECKING:
     from gateway.core.interfaces import KeyExchange, KeyNegotiation
     from gateway.core.plugins import Registry
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
@@ -773,6 +777,80 @@ class DtlsTotals:
     """:attr:`DtlsStatistics.dropped_cookie_out_of_sequence`, summed."""
 
 
+DROPPED_HELLO_LOG_WINDOW = 60.0
+"""Seconds after a ``dtls-client-hello-dropped`` line for one host before the next for it
+(docs/operations.md): what it drops meanwhile is counted in that next line."""
+DROPPED_HELLO_LOG_HOSTS = 256
+"""Hosts remembered at once for :data:`DROPPED_HELLO_LOG_WINDOW`; a new host while all are
+within their window is not logged, counted in the ``dtls-client-hellos-not-logged`` line."""
+
+_PROOF = {
+    True: "it returned our cookie, so it receives at that host",
+    False: "never proved to receive there: the address may be forged",
+}
+
+
+class DroppedHelloLog:
+    """The operator's log line of ClientHellos the engines drop from sources other than the SDP
+    address (docs/operations.md, ``dtls-client-hello-dropped``; session 43): their source,
+    which the call-ending reason never names (it goes to both parties) and the metrics do not
+    either. At most one line per host for :data:`DROPPED_HELLO_LOG_WINDOW` seconds, the
+    drops meanwhile counted in its next line, for at most :data:`DROPPED_HELLO_LOG_HOSTS`
+    hosts at once (a flood from ever new, forged addresses writes at most that many lines a
+    window, then one line of how many hosts went unlogged). One per :class:`DtlsKeyExchange`,
+    shared by its negotiations; ``now`` is theirs (the media task's clock)."""
+
+    def __init__(self) -> None:
+        self._hosts: dict[str, tuple[float, int]] = {}
+        """Host -> (when its last line went, drops since)."""
+        self._unlogged_hosts: set[str] = set()
+        self._unlogged_since: float | None = None
+
+    def dropped(self, source: Source, reason: str, *, verified: bool, now: float) -> None:
+        """A ClientHello from ``source`` dropped for ``reason`` (the metric's reason name, or
+        ``bad_cookie``/``rate_limited``); ``verified``: the source returned our valid cookie."""
+        host = str(source[0])
+        known = self._hosts.get(host)
+        if known is not None and now - known[0] < DROPPED_HELLO_LOG_WINDOW:
+            self._hosts[host] = (known[0], known[1] + 1)
+            return
+        count = 1 if known is None else known[1] + 1
+        if known is None and len(self._hosts) >= DROPPED_HELLO_LOG_HOSTS:
+            self._forget_quiet(now)
+            if len(self._hosts) >= DROPPED_HELLO_LOG_HOSTS:
+                if self._unlogged_since is None:
+                    self._unlogged_since = now
+                if len(self._unlogged_hosts) < DROPPED_HELLO_LOG_HOSTS:
+                    self._unlogged_hosts.add(host)
+                return
+        if self._unlogged_hosts and self._unlogged_since is not None:
+            log.warning(
+                "DTLS ClientHellos dropped from %d more host(s) in the last %.0f s were not "
+                "logged (at most %d hosts a window)",
+                len(self._unlogged_hosts),
+                now - self._unlogged_since,
+                DROPPED_HELLO_LOG_HOSTS,
+            )
+            self._unlogged_hosts.clear()
+            self._unlogged_since = None
+        self._hosts.pop(host, None)
+        self._hosts[host] = (now, 0)  # the newest last: _forget_quiet reads the oldest first
+        log.warning(
+            "DTLS ClientHello from %s dropped (%s): %d from %s since its last such line; %s",
+            format_host_port(host, int(source[1])),
+            reason,
+            count,
+            format_host_port(host),
+            _PROOF[verified],
+        )
+
+    def _forget_quiet(self, now: float) -> None:
+        for host, (at, _) in list(self._hosts.items()):
+            if now - at < DROPPED_HELLO_LOG_WINDOW:
+                break
+            del self._hosts[host]
+
+
 class _Phase(enum.Enum):
     OFFERED = "offered"  # our offer is out; our role waits for the answer
     HANDSHAKING = "handshaking"  # role known; the DTLS handshake is under way (or about to be)
@@ -811,6 +889,10 @@ class _Association:
         self.statistics = DtlsStatistics()
         self.rtcp_component: DtlsNegotiation | None = None
         """The separate RTCP port's negotiation of this stream, once asked for."""
+        self.verified = False
+        """Begun by a ClientHello that returned our cookie (:meth:`accept_verified`): its
+        source receives at its host (RFC 6347 §4.2.1), read by
+        :attr:`DtlsNegotiation.verified_sources`."""
         self.address: Source | None = None
         """The source this handshake answers, whole as the socket gave it (an IPv6 link-local
         peer's scope id with it, RFC 4007 §6): where its datagrams go
@@ -965,6 +1047,7 @@ class _Association:
         if self.phase is not _Phase.HANDSHAKING:
             return events
         self._connection = self._new_connection(cookie=cookie)
+        self.verified = True
         self.statistics.datagrams_received += 1
         self._connection.bio_write(packet)
         try:
@@ -1149,6 +1232,8 @@ class _Settings:
     cookies: CookieSecrets | None = attrs.field(default=None, eq=False)
     """Asks sources other than the SDP address for a cookie (RFC 6347 §4.2.1); None: never."""
     totals: DtlsTotals | None = attrs.field(default=None, eq=False)
+    dropped_hellos: DroppedHelloLog | None = attrs.field(default=None, eq=False)
+    """The operator's line naming the source of a dropped ClientHello; None: not logged."""
 
 
 @attrs.define(eq=False, repr=False)
@@ -1262,6 +1347,46 @@ class DtlsNegotiation:
         address, or a peer behind a NAT). None before. Read by the call's handshake task, which
         gives that source the port's latch (docs/media_security.md, "Forged handshakes")."""
         return self._peer_source
+
+    @property
+    def verified_sources(self) -> tuple[Source, ...]:
+        """The sources (host, port) whose handshake runs because their ClientHello returned our
+        cookie (RFC 6347 §4.2.1: they receive at their host), while none proved itself: at
+        most :data:`MAX_HANDSHAKES_PER_PORT`, the handshakes under way. Read by the call's
+        handshake task after each round: their datagrams are queued before those of sources
+        that did not (docs/media_security.md, "Cookies for other sources"; session 43), so
+        that a flood of spoofed ClientHellos, one from each of 48 sources or more, gives a
+        phone behind a NAT that returned its cookie more than an equal chance for the rest of
+        its handshake. Empty once a source proved itself (its own are the proven peer's)."""
+        if self._peer_source is not None or self._phase is _Phase.FAILED:
+            return ()
+        found: list[Source] = []
+        association = self._association
+        if self._source is not None and association is not None and association.verified:
+            found.append(self._source)
+        found += [key for key, attempt in self._attempts.items() if attempt.verified]
+        return tuple(found)
+
+    def returns_cookie_untrusted(self, packet: bytes, source: Source, *, now: float) -> bool:
+        """Whether ``packet`` from ``source`` is a ClientHello that returns our valid cookie
+        (RFC 6347 §4.2.1: message_seq 1, the cookie this port gave that host), read before
+        the datagram is queued: the call's handshake task asks it of a datagram that would
+        otherwise be dropped because the queue's room for other sources is full (session
+        43; docs/plugin_hooks.md, "Media-path engines"), so that a phone's second ClientHello
+        goes before spoofed sources' as the rest of its handshake does
+        (:attr:`verified_sources`). A parse of the first octets and at most two HMACs; no
+        state changes. False for anything else, and once a source proved itself."""
+        # A ClientHello of message_seq 1 first (RFC 6347 §4.2.2: the handshake header after
+        # the record's 13 octets): a flood's first ClientHellos (message_seq 0) cost only this.
+        if packet[13:14] != b"\x01" or packet[17:19] != b"\x00\x01":
+            return False
+        cookies = self._settings.cookies
+        if cookies is None or self._peer_source is not None or self._phase is _Phase.FAILED:
+            return False
+        hello = parse_client_hello_cookie_untrusted(packet)
+        if hello is None or hello.message_seq != 1 or not hello.cookie:
+            return False
+        return cookies.verifies(source, hello.cookie, now, context=self._cookie_context())
 
     @property
     def answers_only(self) -> bool:
@@ -1654,6 +1779,7 @@ class DtlsNegotiation:
             # the handshake; the client resends the rest), or one we cannot read.
             self._by_source.dropped_malformed += 1
             if is_later_client_hello_fragment_untrusted(packet):
+                # Not logged: the rest of a phone's long ClientHello, as likely as a forger's.
                 self._by_source.dropped_later_fragment += 1
                 if totals is not None:
                     totals.later_fragments += 1
@@ -1661,6 +1787,7 @@ class DtlsNegotiation:
                 self._by_source.dropped_unreadable_hello += 1
                 if totals is not None:
                     totals.unreadable_hellos += 1
+                self._log_dropped(source, "unreadable", verified=False, now=now)
             return False, None
         if hello.cookie:
             if cookies.verifies(key, hello.cookie, now, context=self._cookie_context()):
@@ -1675,10 +1802,12 @@ class DtlsNegotiation:
                 self._by_source.dropped_cookie_out_of_sequence += 1
                 if totals is not None:
                     totals.cookies_out_of_sequence += 1
+                self._log_dropped(source, "cookie_out_of_sequence", verified=True, now=now)
                 return False, None
             self._by_source.bad_cookies += 1
             if totals is not None:
                 totals.bad_cookies += 1
+            self._log_dropped(source, "bad_cookie", verified=False, now=now)
         if len(self._verify_requests) < MAX_VERIFY_REQUESTS:
             cookie = cookies.cookie(key, now, context=self._cookie_context())
             request = hello_verify_request(hello, cookie)
@@ -1687,6 +1816,11 @@ class DtlsNegotiation:
             if totals is not None:
                 totals.hello_verify_requests += 1
         return False, None
+
+    def _log_dropped(self, source: Source, reason: str, *, verified: bool, now: float) -> None:
+        """The operator's line naming ``source`` (:class:`DroppedHelloLog`), rate-limited."""
+        if self._settings.dropped_hellos is not None:
+            self._settings.dropped_hellos.dropped(source, reason, verified=verified, now=now)
 
     def _cookie_context(self) -> bytes:
         """What binds our cookies to this port's handshake (:class:`CookieSecrets`): our
@@ -1711,6 +1845,10 @@ class DtlsNegotiation:
             self._by_source.dropped_rate += 1
             if self._settings.totals is not None:
                 self._settings.totals.rate_limited += 1
+            if self._settings.cookies is not None and self.dtls_role == "server":
+                # A ClientHello that returned our cookie (only those reach the bucket). As
+                # DTLS client what a new source sends is a server flight nothing proved.
+                self._log_dropped(key, "rate_limited", verified=True, now=now)
             return False
         self._new_handshakes -= 1.0
         return True
@@ -1841,11 +1979,16 @@ class DtlsNegotiation:
         the call's log lines and metrics)."""
         stats = self._by_source
         if stats.dropped_cookie_out_of_sequence:
+            # What is known: the cookie was ours and valid for that host, the message_seq
+            # wrong. A client asked twice sends 2 (its NAT moved it to another host), but so
+            # can anyone who received a cookie of ours at that host and wrote the ClientHello
+            # itself: the words name both (session 42's blamed the NAT alone).
             return (
-                f" ({stats.dropped_cookie_out_of_sequence} ClientHello(s) returned our DTLS"
-                " cookie only when asked a second time: a NAT that gave the phone another"
-                " public address between its ClientHellos; such a handshake cannot be"
-                " continued, RFC 6347 §4.2.1)"
+                f" ({stats.dropped_cookie_out_of_sequence} ClientHello(s) carried our valid DTLS"
+                " cookie with a message_seq other than 1, RFC 6347 §4.2.2: a client asked"
+                " twice, as one whose NAT gave it another public address between its"
+                " ClientHellos is, or a sender that received our cookie and wrote its own"
+                " ClientHello; such a handshake cannot be continued)"
             )
         if stats.hello_verify_requests and not self._cookies_returned:
             return (
@@ -1918,6 +2061,8 @@ class DtlsKeyExchange:
         """The process's cookie secrets (RFC 6347 §4.2.1), shared by every port."""
         self.totals = DtlsTotals()
         """What every negotiation counted since the start (:meth:`counters`)."""
+        self.dropped_hellos = DroppedHelloLog()
+        """The sources of dropped ClientHellos in the operator's log (docs/operations.md)."""
 
     def __repr__(self) -> str:
         names = ",".join(profile.name for profile in self.profiles)
@@ -2036,6 +2181,7 @@ class DtlsKeyExchange:
             self.sdp_address_only,
             self.cookies,
             self.totals,
+            self.dropped_hellos,
         )
         return DtlsNegotiation(role, settings, _Phase.OFFERED, setup, tls_id)
 

@@ -29,6 +29,7 @@ from gateway.core.media.handshakes import (
     QUEUE,
     QUEUE_KEPT_FOR_PEERS,
     QUEUE_PER_SOURCE,
+    QUEUE_VERIFIED_FIRST,
     CallHandshakes,
 )
 from gateway.core.media.security import StreamSecurity
@@ -1331,6 +1332,144 @@ async def test_a_flood_from_as_many_sources_as_the_room_keeps_its_order(
     await settle()
     assert task.session.dropped("blocked") == 1
     assert [d for d, _ in engine.sources] == [hello(n) for n in range(others)] + [b"\x16peer"]
+
+
+@attrs.define(eq=False)
+class VerifyingEngine(SourcedEngine):
+    """An engine with the optional ``verified_sources`` (the ``dtls`` engine's: the sources
+    whose ClientHello returned its cookie, RFC 6347 §4.2.1)."""
+
+    verified_sources: tuple[object, ...] = ()
+
+
+async def test_a_verified_sources_datagrams_go_first_up_to_their_share(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """Session 43: while fewer than QUEUE_VERIFIED_FIRST datagrams of sources that returned
+    a cookie wait, theirs are never dropped for another's and take any other's place (the
+    newest of the unverified source with the most waiting); past it, every source shares
+    the room fairly as before. Before, a verified source was one like any other: its 16th
+    datagram gave way to the first of a new source, and it waited behind 48 others."""
+    verified = ("127.0.0.1", 6000)
+    engine = VerifyingEngine(timer=None, outgoing=[], verified_sources=(verified,))
+    task, handler = await caller_task(nursery, engine)
+    others = QUEUE - QUEUE_KEPT_FOR_PEERS
+    for n in range(QUEUE_PER_SOURCE):
+        handler(hello(n), verified)
+    strangers = [("127.0.0.1", 5001 + n) for n in range(others - QUEUE_PER_SOURCE)]
+    for source in strangers:
+        handler(hello(100), source)
+    # The room is full: a new source's datagram does not take the verified one's place.
+    handler(hello(101), ("127.0.0.1", 7000))
+    assert task.session.dropped("blocked") == 1
+    await settle()
+    fed = engine.sources
+    assert [d for d, s in fed if s == verified] == [hello(n) for n in range(QUEUE_PER_SOURCE)]
+    assert (hello(101), ("127.0.0.1", 7000)) not in fed
+    # Full again, with one each from new sources: a verified datagram takes a place.
+    engine.sources.clear()
+    for n in range(others):
+        handler(hello(100), ("127.0.0.1", 8001 + n))
+    handler(hello(200), verified)
+    await settle()
+    assert (hello(200), verified) in engine.sources
+    assert task.session.dropped("blocked") == 2
+    # Past their share, verified sources share the room fairly: three verified sources with
+    # 16 each, and a new source's first datagram takes the place of the newest of one.
+    many = [("127.0.0.1", 6000 + n) for n in range(others // QUEUE_PER_SOURCE)]
+    assert len(many) * QUEUE_PER_SOURCE > QUEUE_VERIFIED_FIRST
+    engine.verified_sources = tuple(many)
+    task.handshakes.poke()
+    await settle()
+    engine.sources.clear()
+    for source in many:
+        for n in range(QUEUE_PER_SOURCE):
+            handler(hello(n), source)
+    handler(hello(101), ("127.0.0.1", 7000))
+    await settle()
+    assert (hello(101), ("127.0.0.1", 7000)) in engine.sources
+    assert task.session.dropped("blocked") == 3
+
+
+@attrs.define(eq=False)
+class CookieEngine(SourcedEngine):
+    """An engine with the optional ``returns_cookie_untrusted`` (the ``dtls`` engine's)."""
+
+    returning: bytes = b""
+    raises: bool = False
+    asked: int = 0
+
+    def returns_cookie_untrusted(self, packet: bytes, source: object, *, now: float) -> bool:
+        self.asked += 1
+        if self.raises:
+            raise ValueError("a plugin's bug")
+        return packet == self.returning
+
+
+async def test_a_datagram_returning_a_cookie_takes_a_place_in_a_full_room(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Session 43: a handshake datagram the full room would drop is shown to the port's
+    engine first; one that returns its cookie (the phone's second ClientHello) takes the
+    newest place of an unverified source, whatever its count. Nothing else is asked: not
+    while there is room, not a datagram that is no handshake record. An engine whose check
+    raises (a plugin's bug) is logged once and not asked again; the datagram is dropped."""
+    engine = CookieEngine(timer=None, outgoing=[], returning=hello(200))
+    task, handler = await caller_task(nursery, engine)
+    others = QUEUE - QUEUE_KEPT_FOR_PEERS
+    for n in range(others):
+        handler(hello(100), ("127.0.0.1", 5001 + n))
+    assert engine.asked == 0
+    handler(hello(201), ("127.0.0.1", 6000))
+    handler(b"\x17" + hello(200)[1:], ("127.0.0.1", 6000))  # not a handshake record
+    handler(hello(200), ("127.0.0.1", 6000))
+    assert engine.asked == 2
+    await settle()
+    assert (hello(200), ("127.0.0.1", 6000)) in engine.sources
+    assert (hello(201), ("127.0.0.1", 6000)) not in engine.sources
+    assert task.session.dropped("blocked") == 3
+    engine.raises = True
+    for n in range(others):
+        handler(hello(100), ("127.0.0.1", 7001 + n))
+    handler(hello(200), ("127.0.0.1", 6000))
+    handler(hello(200), ("127.0.0.1", 6000))
+    await settle()
+    assert engine.asked == 3
+    assert len([r for r in caplog.records if "returns_cookie_untrusted" in r.getMessage()]) == 1
+    assert task.session.dropped("blocked") == 5
+    handler(hello(1), PEER)
+    await settle()
+    assert engine.sources[-1] == (hello(1), PEER)  # the task goes on
+
+
+async def test_a_burst_takes_one_round_per_datagram_and_no_empty_round_after_it(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Session 43: a burst is taken one datagram per round, and the queue's emptying is not
+    followed by a round with nothing to do. Before, a datagram queued while the task worked
+    through the queue (between its rounds a checkpoint, not a wait on the Event) left the
+    Event set, and it woke the task once more after the last datagram: one spurious empty
+    round per burst (every stream's engines driven again for nothing)."""
+    engine = RestartingEngine(timer=None)
+    task, handler = await caller_task(nursery, engine)
+    rounds: list[bool] = []
+    take_round = task.handshakes._round
+
+    def counted(item: Any, now: float) -> None:
+        rounds.append(item is not None)
+        if item is not None and item[3] == hello(0):
+            handler(hello(9), PEER)  # comes while the task works through the burst
+        take_round(item, now)
+
+    monkeypatch.setattr(task.handshakes, "_round", counted)
+    for n in range(3):
+        handler(hello(n), PEER)  # the task does not run in between
+    await settle()
+    assert engine.received == [hello(0), hello(1), hello(2), hello(9)]
+    assert rounds == [True, True, True, True]
+    task.handshakes.poke()  # a poke still gets its round
+    await settle()
+    assert rounds == [True, True, True, True, False]
 
 
 # -- a handshake per source (the dtls engine, session 40) ----------------------------------------

@@ -4,7 +4,10 @@ ClientHello gets a HelloVerifyRequest and no handshake; one that returns our coo
 
 from __future__ import annotations
 
+import logging
 import random
+
+import pytest
 
 from gateway.core.interfaces import KeysReady, NegotiationFailed
 from gateway.plugins.keyexchange.dtls_cookies import (
@@ -17,10 +20,13 @@ from gateway.plugins.keyexchange.dtls_cookies import (
 )
 from gateway.plugins.keyexchange.dtls_srtp import (
     DEFAULT_HANDSHAKE_TIMEOUT,
+    DROPPED_HELLO_LOG_HOSTS,
     MAX_NEW_HANDSHAKES_BURST,
+    DroppedHelloLog,
     DtlsNegotiation,
 )
 from tests.unit.keyexchange.dtls_source_pairs import (
+    FIRST_STRANGER,
     NATTED,
     PEER,
     SDP_ADDRESS,
@@ -35,6 +41,14 @@ from tests.unit.keyexchange.dtls_source_pairs import (
 )
 
 HELLO_VERIFY_REQUEST = 3  # RFC 6347 §4.3.2 HandshakeType
+OUT_OF_SEQUENCE_REASON = (
+    "DTLS handshake timed out (1 ClientHello(s) carried our valid DTLS cookie with a"
+    " message_seq other than 1, RFC 6347 §4.2.2: a client asked twice, as one whose NAT gave"
+    " it another public address between its ClientHellos is, or a sender that received our"
+    " cookie and wrote its own ClientHello; such a handshake cannot be continued)"
+)
+"""Session 43: what is known, a cookie of ours valid for that host in a ClientHello of the wrong
+message_seq; session 42's words blamed a NAT even for a sender that wrote it so itself."""
 
 
 def client_hello(ours: DtlsNegotiation) -> bytes:
@@ -108,6 +122,44 @@ def cookie_of(hello: bytes) -> bytes:
     return hello[at + 1 : at + 1 + hello[at]]
 
 
+def test_the_sources_that_returned_our_cookie_are_named_until_one_proves_itself() -> None:
+    # Session 43: the call's handshake task queues their datagrams first. A source only
+    # asked (a spoofed ClientHello) is not named, nor the SDP address (never asked); once a
+    # source's certificate matched, none is (the proven peer's are not counted anyway).
+    ours, peer = ours_and_peer(we_serve=True)
+    assert ours.verified_sources == ()
+    ours.receive_packet_from(client_hello(ours), source=FIRST_STRANGER, now=0.0)
+    ours.addressed_packets_to_send(now=0.0)  # its HelloVerifyRequest
+    assert ours.verified_sources == ()
+    other = ("127.0.0.1", NATTED[1] + 1)
+    ours.receive_packet_from(returned_cookie(ours, other, 0.0), source=other, now=0.0)
+    assert ours.verified_sources == (other,)
+    ours.addressed_packets_to_send(now=0.0)
+    run(ours, {NATTED: peer}, now=0.0)
+    assert ours.peer_source == NATTED and ours.verified_sources == ()
+
+
+def test_a_client_hello_returning_our_cookie_is_told_before_it_is_queued() -> None:
+    # Session 43: the call's handshake task asks before it drops a datagram for a full queue.
+    # Only our valid cookie for that host in message_seq 1 counts; nothing changes state.
+    ours, peer = ours_and_peer(we_serve=True)
+    hello = returned_cookie(ours, NATTED, 0.0)
+    cookie = cookie_of(hello)
+    flipped = hello.replace(cookie, cookie[:-1] + bytes([cookie[-1] ^ 1]))
+    assert ours.returns_cookie_untrusted(hello, NATTED, now=0.1)
+    assert ours.returns_cookie_untrusted(hello, ("127.0.0.1", 1), now=0.1)  # the host's
+    assert not ours.returns_cookie_untrusted(hello, ("::1", NATTED[1]), now=0.1)
+    assert not ours.returns_cookie_untrusted(flipped, NATTED, now=0.1)
+    assert not ours.returns_cookie_untrusted(client_hello(ours), NATTED, now=0.1)
+    forged = with_cookie(client_hello(ours), cookie)  # message_seq 0
+    assert not ours.returns_cookie_untrusted(forged, NATTED, now=0.1)
+    assert not ours.returns_cookie_untrusted(b"\x16" + bytes(30), NATTED, now=0.1)
+    assert ours.statistics().bad_cookies == 0 and ours.addressed_packets_to_send(now=0.1) == []
+    run(ours, {NATTED: peer}, now=0.2)
+    assert ours.peer_source == NATTED
+    assert not ours.returns_cookie_untrusted(hello, NATTED, now=0.3)  # proved: no need
+
+
 def test_a_wrong_cookie_is_refused_with_a_new_hello_verify_request() -> None:
     ours, _ = ours_and_peer(we_serve=True)
     hello = returned_cookie(ours, NATTED, 0.0)
@@ -135,6 +187,72 @@ def test_a_wrong_cookie_is_refused_with_a_new_hello_verify_request() -> None:
     ours.receive_packet_from(hello, source=NATTED, now=0.2)
     ((flight, _), *_) = ours.addressed_packets_to_send(now=0.2)
     assert flight[13] == 2
+
+
+def test_a_dropped_client_hellos_source_is_in_the_operators_log_once_a_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Session 43 (docs/operations.md, dtls-client-hello-dropped): fail2ban and incident
+    # response need the source, which the call's reason (sent to both parties) never names.
+    # One line per host a minute, the drops meanwhile counted in its next; whether the
+    # source proved it receives there is said (a forged address must not be banned blind).
+    caplog.set_level(logging.WARNING, "gateway.plugins.keyexchange.dtls_srtp")
+    ours, _ = ours_and_peer(we_serve=True)
+    assert ours.packets_to_send(now=0.0) == []  # the handshake's clock starts
+    hello = returned_cookie(ours, NATTED, 0.0)
+    cookie = cookie_of(hello)
+    flipped = hello.replace(cookie, cookie[:-1] + bytes([cookie[-1] ^ 1]))
+    for now in (0.1, 0.2, 30.0):
+        ours.receive_packet_from(flipped, source=NATTED, now=now)
+    assert [r.getMessage() for r in caplog.records] == [
+        "DTLS ClientHello from 127.0.0.1:51000 dropped (bad_cookie): 1 from 127.0.0.1 since"
+        " its last such line; never proved to receive there: the address may be forged"
+    ]
+    caplog.clear()
+    ours.addressed_packets_to_send(now=30.0)  # the new cookies sent to it
+    forged = with_cookie(client_hello(ours), cookie_of(returned_cookie(ours, NATTED, 60.0)))
+    ours.receive_packet_from(forged, source=("127.0.0.1", 51007), now=60.1)
+    assert [r.getMessage() for r in caplog.records] == [
+        "DTLS ClientHello from 127.0.0.1:51007 dropped (cookie_out_of_sequence): 3 from"
+        " 127.0.0.1 since its last such line; it returned our cookie, so it receives at that"
+        " host"
+    ]
+    assert all(r.levelname == "WARNING" for r in caplog.records)
+    ours.handle_timer(now=DEFAULT_HANDSHAKE_TIMEOUT + 61.0)
+    (failed,) = [e for e in events(ours) if isinstance(e, NegotiationFailed)]
+    assert "127.0.0.1" not in failed.reason  # never in the reason both parties get
+
+
+def test_the_dropped_client_hello_log_is_bounded_by_hosts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A flood from ever new (forged) hosts writes at most DROPPED_HELLO_LOG_HOSTS lines a
+    # window, remembers no more, and then says how many hosts went unlogged.
+    caplog.set_level(logging.WARNING, "gateway.plugins.keyexchange.dtls_srtp")
+    log = DroppedHelloLog()
+    for n in range(DROPPED_HELLO_LOG_HOSTS + 10):
+        log.dropped((f"10.0.{n >> 8}.{n & 255}", 5004), "bad_cookie", verified=False, now=1.0)
+    assert len(caplog.records) == DROPPED_HELLO_LOG_HOSTS
+    assert len(log._hosts) == DROPPED_HELLO_LOG_HOSTS
+    caplog.clear()
+    log.dropped(("192.0.2.1", 5004), "unreadable", verified=False, now=1.0 + 61.0)
+    assert [r.getMessage() for r in caplog.records] == [
+        "DTLS ClientHellos dropped from 10 more host(s) in the last 61 s were not logged (at"
+        f" most {DROPPED_HELLO_LOG_HOSTS} hosts a window)",
+        "DTLS ClientHello from 192.0.2.1:5004 dropped (unreadable): 1 from 192.0.2.1 since"
+        " its last such line; never proved to receive there: the address may be forged",
+    ]
+    assert len(log._hosts) == 1
+    # IPv6 in brackets (docs/operations.md's <address> and <source>).
+    caplog.clear()
+    log.dropped(("2001:db8::5", 5004), "bad_cookie", verified=False, now=70.0)
+    assert (
+        caplog.records[0]
+        .getMessage()
+        .startswith(
+            "DTLS ClientHello from [2001:db8::5]:5004 dropped (bad_cookie): 1 from [2001:db8::5] "
+        )
+    )
 
 
 def test_a_cookie_of_the_previous_secret_is_taken_an_older_one_refused() -> None:
@@ -200,12 +318,26 @@ def test_a_client_whose_nat_moved_it_to_another_host_is_not_keyed_and_the_reason
     ours.handle_timer(now=DEFAULT_HANDSHAKE_TIMEOUT + 1.0)
     (failed,) = events(ours)
     assert isinstance(failed, NegotiationFailed)
-    assert failed.reason == (
-        "DTLS handshake timed out (1 ClientHello(s) returned our DTLS cookie only when asked a"
-        " second time: a NAT that gave the phone another public address between its"
-        " ClientHellos; such a handshake cannot be continued, RFC 6347 §4.2.1)"
-    )
+    assert failed.reason == OUT_OF_SEQUENCE_REASON
     assert "::1" not in failed.reason and "127.0.0.1" not in failed.reason
+
+
+def test_a_forgers_valid_cookie_out_of_sequence_is_not_blamed_on_a_nat() -> None:
+    # Session 43: a sender that received our cookie at its host writes a ClientHello of
+    # message_seq 0 with it (no client's sequence): dropped as before, and the timeout's
+    # reason says what is known, not "a NAT that gave the phone another public address".
+    ours, _ = ours_and_peer(we_serve=True)
+    assert ours.packets_to_send(now=0.0) == []  # the handshake's clock starts
+    cookie = cookie_of(returned_cookie(ours, NATTED, 0.0))
+    forged = with_cookie(client_hello(ours), cookie)
+    assert forged[17:19] == b"\0\0"
+    ours.receive_packet_from(forged, source=NATTED, now=0.1)
+    assert ours.addressed_packets_to_send(now=0.1) == []
+    assert ours.statistics().dropped_cookie_out_of_sequence == 1
+    ours.handle_timer(now=DEFAULT_HANDSHAKE_TIMEOUT + 1.0)
+    (failed,) = events(ours)
+    assert isinstance(failed, NegotiationFailed) and failed.reason == OUT_OF_SEQUENCE_REASON
+    assert "or a sender that received our cookie" in failed.reason
 
 
 def test_a_timeout_after_cookies_nobody_returned_says_so() -> None:
