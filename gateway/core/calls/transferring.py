@@ -670,6 +670,8 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
         assert leg.final is not None and leg.dialog is not None
         leg.allows_update = allows_update(leg.final.headers)
         leg.session_timer = self._refreshed_by_2xx(leg, leg.final)
+        # The party now on that side is told (or not) by what it says itself (RFC 7866 §6.1).
+        self._note_record_aware(self._leg(transfer.side), leg.final)
         if self.taps is not None:
             # Another party on that side now: its URI, for a recorder's metadata (RFC 7865).
             joined = leg.dialog.remote_uri.uri
