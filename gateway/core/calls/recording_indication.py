@@ -148,13 +148,22 @@ class CallRecordingIndication(CallLocationUpdates, CallMediaKeys):
                 return state
         return "off" if states else None
 
-    def _note_record_aware(self, leg: Leg, message: Request | Response) -> None:
-        """``message`` (the party's INVITE or 2xx) says whether ``leg``'s party is
-        recording-aware (RFC 7866 §6.1)."""
+    def _note_record_aware(
+        self, leg: Leg, message: Request | Response, side: Side | None = None
+    ) -> None:
+        """``message`` (the party's INVITE or 2xx) says whether ``leg``'s party, on ``side``
+        (default: the leg's), is recording-aware (RFC 7866 §6.1): the SDP we send on that
+        side says the recording's state, or nothing (a transfer target that is not aware in
+        place of one that was gets no a=record, its first SDP included)."""
         leg.record_aware = says_record_aware(message.headers)
+        self._indicate_to(leg, side or leg.side)
+
+    def _indicate_to(self, leg: Leg, side: Side) -> None:
+        """The SDP we send on ``side`` says the recording's state where ``leg``, the party
+        there, is recording-aware, else nothing (RFC 7866 §6.1)."""
         if self.media is not None:
             self.media.indicate_recording(
-                leg.side.value, self._wanted_indication() if leg.record_aware else None
+                side.value, self._wanted_indication() if leg.record_aware else None
             )
 
     def _note_recordpref(self, leg: Leg, body: bytes | None) -> None:

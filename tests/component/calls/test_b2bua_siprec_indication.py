@@ -39,6 +39,7 @@ from tests.component.calls.siprec_calls import (
     siprec_env,
     srs_answer,
 )
+from tests.component.calls.transfer_calls import bob_phone
 from tests.interop.harness.pki import Issued, TestCa
 
 AWARE = [("Supported", "record-aware")]
@@ -344,3 +345,30 @@ async def test_an_intercepted_recorded_call_shows_as_a_recorded_one(
     record = gateway_call(b2bua).security_record()  # type: ignore[attr-defined]
     assert record["recording_indication"] == {"a": "on"}
     assert record["taps"]["names"] == ["siprec"]
+
+
+async def test_a_transfer_target_that_is_not_aware_gets_no_indication_of_the_aware_transferor(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    bob = await bob_phone(env, nursery, voipgw_seed)
+    _, alice_leg, _ = await call_between(env, callee_aware=True)
+    await srs_answers(srs)
+    told = await env.alice.next_request("INVITE", timeout=10)
+    assert records(told.request.body) == ["on"]
+    await accept(env.alice, told)
+
+    # alice (aware) transfers the caller to bob (not aware), blind (RFC 3515), and hangs up.
+    exchange = await alice_leg.request(  # type: ignore[attr-defined]
+        "REFER", extra=[("Refer-To", "<sip:bob@127.0.0.1:5060>")]
+    )
+    assert (await exchange.final()).status == 202
+    await eventually(lambda: bool(bob.requests("ACK")))
+    (ack,) = bob.requests("ACK")
+    assert ack.body and b"record" not in ack.body  # our answer to bob's offer
+    assert await next_within(bob, "INVITE", 10) is None or all(
+        b"record" not in r.body for r in bob.requests("INVITE")
+    )
+    assert all(b"record" not in r.body for r in bob.requests("INVITE"))
+    record = gateway_call(env).security_record()  # type: ignore[attr-defined]
+    assert "recording_indication" not in record  # bob, on side B now, was told nothing
