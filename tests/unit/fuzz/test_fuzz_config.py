@@ -352,6 +352,7 @@ def seed_config(f: Files) -> dict[str, Any]:
                 "answer_suite": "offer-order",
                 "session_expires": 1800,
                 "record_video": False,
+                "recordpref": "pause",
             },
             "hep": {
                 "collector": "udp:127.0.0.1:9060",
@@ -686,6 +687,7 @@ def bounds(files: Files) -> tuple[tuple[str, str, Any], ...]:
         ("plugins.mikey", "max_clock_skew", 1e-9),
         ("plugins.siprec", "bye_timeout", 1e-9),
         ("plugins.siprec", "bye_timeout", -1.0),
+        ("plugins.siprec", "recordpref", "honour"),
         ("plugins.stir_shaken", "fetch_timeout", 1e-9),
         ("plugins.stir_shaken", "freshness", 1e-9),
         ("dns", "timeout", 1e-9),
