@@ -1142,9 +1142,12 @@ class SiprecSink:
             self._tell_state()
 
     async def _wake_on_end(self, session: OutboundSession) -> None:
-        """The SRS ended ``session`` (its BYE): the update loop wakes to see it."""
+        """The SRS ended ``session`` (its BYE): the update loop wakes to see it. Not for a
+        session a 481 or a lost session timer ended: the loop is replacing it already
+        (:meth:`_reopen`), and a wake then would re-INVITE the new one for nothing."""
         await session.ended.wait()
-        self._changed.set()
+        if self.session is session:
+            self._changed.set()
 
     async def _follow_session(
         self,
