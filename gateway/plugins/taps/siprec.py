@@ -976,7 +976,7 @@ class SiprecSink:
         .indicate_recording``): never ``off`` before anything else was told, nothing once the
         call ended."""
         state = self._recording_state()
-        tell = self.call.indicate_recording
+        tell = self.call.indicate_recording if self._config.record_indication else None
         if (
             state is None
             or state == self._told
@@ -2111,6 +2111,7 @@ class SiprecConfig:
     session_expires: int = 1800
     record_video: bool = False
     recordpref: str = "ignore"
+    record_indication: bool = True
 
     def __attrs_post_init__(self) -> None:
         # structure() reports a ValueError as a config error of this table; say which key.

@@ -372,3 +372,17 @@ async def test_a_transfer_target_that_is_not_aware_gets_no_indication_of_the_awa
     assert all(b"record" not in r.body for r in bob.requests("INVITE"))
     record = gateway_call(env).security_record()  # type: ignore[attr-defined]
     assert "recording_indication" not in record  # bob, on side B now, was told nothing
+
+
+async def test_record_indication_false_tells_an_aware_party_nothing(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, srs = await siprec_env(
+        nursery, tmp_path, voipgw_seed, alice_auto=None, record_indication=False
+    )
+    _, _, answer = await call_between(env, caller_aware=True)
+    await srs_answers(srs)
+    assert await next_within(env.trunk, "INVITE", 20) is None
+    assert b"record" not in answer
+    record = gateway_call(env).security_record()  # type: ignore[attr-defined]
+    assert record["a"]["record_aware"] is True and "recording_indication" not in record

@@ -353,6 +353,7 @@ def seed_config(f: Files) -> dict[str, Any]:
                 "session_expires": 1800,
                 "record_video": False,
                 "recordpref": "pause",
+                "record_indication": False,
             },
             "hep": {
                 "collector": "udp:127.0.0.1:9060",
