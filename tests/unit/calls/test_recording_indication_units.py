@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from gateway.core.calls.recording_indication import recordpref_of, says_record_aware
+from gateway.core.cli import describe_recording_parties
 from gateway.core.media.session import record_indication_of, with_record_indication
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sdp.serializer import serialize_sdp
@@ -44,3 +45,15 @@ def test_the_indication_replaces_any_record_line_on_each_stream_in_use_only() ->
     assert record_indication_of(told) == "off"
     assert b"a=record:off\r\n" in serialize_sdp(told)
     assert record_indication_of(parse_sdp_untrusted(TWO_STREAMS)) == "paused"
+
+
+def test_voipgw_calls_says_what_the_aware_parties_were_told_and_their_preferences() -> None:
+    assert describe_recording_parties({"a": {}, "b": {}}) == ""
+    security = {
+        "a": {"record_aware": True},
+        "b": {"recordpref": "off"},
+        "recording_indication": {"a": "paused"},
+    }
+    assert describe_recording_parties(security) == (
+        "recording-aware: caller told recording paused, callee prefers recording off"
+    )
