@@ -1304,6 +1304,9 @@ def cmd_calls(args: argparse.Namespace) -> int:
             print(f"  {describe_transcoding(security['transcoding'])}")
         if security.get("taps"):
             print(f"  {describe_taps(security['taps'])}")
+        recording_parties = describe_recording_parties(security)
+        if recording_parties:
+            print(f"  {recording_parties}")
         if security.get("location"):
             print(f"  {describe_location(security['location'])}")
         for described in security.get("caller_identity", ()):
@@ -1393,6 +1396,21 @@ def describe_taps(taps: dict[str, Any]) -> str:
     if taps.get("paused"):
         line += " (paused now)"
     return line
+
+
+def describe_recording_parties(security: dict[str, Any]) -> str:
+    """What the recording-aware parties were told of the call's recording (RFC 7866 §7.1.1,
+    ``a=record``) and the recording preferences the parties stated (§7.2, ``a=recordpref``);
+    "" when neither."""
+    told = security.get("recording_indication") or {}
+    parts = []
+    for side, party in (("a", "caller"), ("b", "callee")):
+        leg = security.get(side) or {}
+        if side in told:
+            parts.append(f"{party} told recording {told[side]}")
+        if leg.get("recordpref"):
+            parts.append(f"{party} prefers recording {leg['recordpref']}")
+    return "recording-aware: " + ", ".join(parts) if parts else ""
 
 
 def describe_failover(failover: dict[str, Any]) -> str:

@@ -416,6 +416,15 @@ class TappedCall:
     party is not the one the call was sent to: the phone that picked the ringing call up
     (RFC 3891 Replaces or a pickup code, ``core/calls/pickup.py``). "" otherwise, and at the
     start."""
+    indicate_recording: Callable[[str], None] | None = attrs.field(
+        default=None, eq=False, repr=False
+    )
+    """For a recording (a tap asked at the answer; never at the start, where interceptions
+    decide): tell the call's recording-aware parties the recording's state, ``"on"`` (the
+    recorder takes the copies), ``"paused"`` or ``"off"`` (ended for good) (RFC 7866 §7.1.1:
+    ``a=record`` in the SDP they get, a re-INVITE at each change; core/calls/
+    recording_indication.py). Callable from any task; repeats are free. A covert sink's word
+    is ignored. None: nobody to tell (unit tests)."""
 
 
 class TapSink(Protocol):

@@ -19,6 +19,7 @@ from gateway.core.calls.base import sdp_body
 from gateway.core.calls.events import warning_header
 from gateway.core.calls.fork_rekey import CallForkRekey
 from gateway.core.calls.leg import BLeg, Side
+from gateway.core.calls.recording_indication import CallRecordingIndication
 from gateway.core.calls.ringing import ANSWERED_ELSEWHERE
 from gateway.core.media.errors import PortsExhausted
 from gateway.core.sdp.errors import SdpError
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from gateway.core.calls.call import Call
 
 
-class CallAnswer(CallForkRekey):
+class CallAnswer(CallForkRekey, CallRecordingIndication):
     """A callee's 2xx and ours to the caller, late offer included (the module's docstring)."""
 
     if TYPE_CHECKING:
@@ -72,6 +73,8 @@ class CallAnswer(CallForkRekey):
             leg.dialog = dialog
             self.b = leg
             self._start_session_timers(leg, response)
+            self._note_record_aware(leg, response)
+            self._note_recordpref(leg, sdp)
             if not sdp:
                 # The answer of a reliable 1xx (RFC 3262 §5), applied then or just now. A 2xx
                 # with SDP was applied, keys included, by _answer_via above: nothing since
@@ -179,6 +182,8 @@ class CallAnswer(CallForkRekey):
             await self._reject_a(failure.status, failure.phrase, failure.warning)
         self.b = leg
         self._start_session_timers(leg, response)
+        self._note_record_aware(leg, response)
+        self._note_recordpref(leg, sdp_body(response))
         self._apply_keys(leg)  # no media before keys: block where a policy needs them
         for other in self.b_legs:
             if other is not leg and other.final is None:

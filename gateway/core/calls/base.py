@@ -226,6 +226,18 @@ class CallBase:
         self._fork_rekey_tries = 0
         # What became of it, for the B leg's security record ("fork_rekey"); None: not needed.
         self._fork_rekey_outcome: str | None = None
+        # The recording indication (recording_indication.py): each recording tap's state as
+        # its sink last said, whether an event to read them is queued, our re-INVITE telling a
+        # recording-aware party (None: none out), when to look again, its 64*T1 deadline, its
+        # 491 retries, and the earliest the next may go (one per INDICATION_INTERVAL).
+        self._recording_states: dict[str, str] = {}
+        self._indication_posted = False
+        self._indication: InDialogRequest | None = None
+        self._indication_again_at = math.inf
+        self._indication_deadline = math.inf
+        self._indication_glare_tries = 0
+        self._indication_glare_side: Side | None = None  # the leg a 491 made us offer again
+        self._indication_not_before = -math.inf
         self._ring_deadline = math.inf  # Timer C, set when the B legs are called
         # Serial failover (RouteDecision.alternates): the trunks still to try, the offer each
         # gets, and the legs of the attempt in progress (the routed targets, then one each).

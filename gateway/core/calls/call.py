@@ -140,6 +140,7 @@ from gateway.core.calls.events import (
     KeyFailureEvent,
     LocatedRequest,
     PickUpEvent,
+    RecordingIndicationEvent,
     ReplacedEvent,
     RequestEvent,
     ResponseEvent,
@@ -400,6 +401,8 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
         self.late_offer = offer is None
         self.a_reliable_1xx = "100rel" in invite.headers.option_tags("Require")
         self.a.allows_update = allows_update(invite.headers)
+        self._note_record_aware(self.a, invite)
+        self._note_recordpref(self.a, invite.body)
         try:
             timer = self._timer_of(invite, self.a)
         except RemoteSipError as err:
@@ -795,6 +798,8 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
         # Silence counts from the last packet, the answer, or the last change into or out of
         # hold: a call resumed after a long silent hold gets the whole inactivity timeout.
         held, silent_since = False, self.answered_at
+        if self._indication_posted:  # a recording's state came before the call was up
+            await self._recording_indication_changed()
         while True:
             transfer = self._transfer
             if transfer is not None and transfer.deferred and not self._offer_in_progress():
@@ -806,6 +811,8 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
                 self._transfer_due(),
                 self._fork_rekey_again_at,
                 self._fork_rekey_deadline,
+                self._indication_again_at,
+                self._indication_deadline,
             )
             event = await self._next_event(wake)
             now = trio.current_time()
@@ -827,6 +834,10 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
                 await self._send_fork_rekey()
             if now >= self._fork_rekey_deadline:
                 await self._fork_rekey_timed_out()
+            if now >= self._indication_again_at:
+                await self._send_indication()
+            if now >= self._indication_deadline:
+                await self._indication_timed_out()
             if event is None:
                 continue
             if isinstance(event, RequestEvent):
@@ -848,6 +859,8 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
                 await self._hang_up("replaced by a transfer")
             elif isinstance(event, HandOverEvent):
                 await self._hand_over(event)
+            elif isinstance(event, RecordingIndicationEvent):
+                await self._recording_indication_changed()
             elif isinstance(event, PickUpEvent):
                 await self._refuse_pickup(event)
 
@@ -978,6 +991,8 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
             await self._refresh_answered(tag, response)
         elif tag.purpose == "fork-rekey":
             await self._fork_rekey_answered(tag, response)
+        elif tag.purpose == "record-indication":
+            await self._indication_answered(tag, response)
         elif tag.purpose == "transfer":
             await self._transferee_answered(tag, response)
         elif tag.purpose == "join":

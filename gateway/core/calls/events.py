@@ -65,7 +65,9 @@ class InDialogRequest:
     # re-INVITE to a transferee with its target's offer) | "notify" (a transfer's progress) |
     # "join" (our re-INVITE without SDP to a trunk leg taken over by an attended transfer) |
     # "location" (our UPDATE with the caller's new location, RFC 6442, answering ``relayed``) |
-    # "fork-rekey" (our re-INVITE with new SDES keys to a forked callee, fork_rekey.py)
+    # "fork-rekey" (our re-INVITE with new SDES keys to a forked callee, fork_rekey.py) |
+    # "record-indication" (our re-INVITE telling a recording-aware party whether the call is
+    # recorded, recording_indication.py)
     purpose: str
     side: Side  # the leg it was sent on
     relayed: tuple[ServerTransaction, Request] | None = None
@@ -166,6 +168,13 @@ class PickUpEvent:
     done: trio.Event = attrs.Factory(trio.Event)
 
 
+@attrs.frozen
+class RecordingIndicationEvent:
+    """A recording of the call changed its state (started, paused, resumed, ended): the
+    recording-aware parties are to be told (recording_indication.py). Carries nothing: the call
+    reads the states as they are when it handles it, so a storm of changes is one event."""
+
+
 CallEventInput = (
     RequestEvent
     | CancelEvent
@@ -177,6 +186,7 @@ CallEventInput = (
     | ReplacedEvent
     | HandOverEvent
     | PickUpEvent
+    | RecordingIndicationEvent
 )
 
 

@@ -72,6 +72,11 @@ class Leg:
     # target sees calling when this party is transferred to it.
     shown_as: str = "anonymous"
     private: bool = False
+    # RFC 7866 §6.1: the party said ``Supported: record-aware`` (its INVITE, or its 2xx to
+    # ours): it is told whether the call is recorded (``a=record``, recording_indication.py).
+    record_aware: bool = False
+    # RFC 7866 §7.2: its last ``a=recordpref`` (on, off, pause, nopreference), None: none said.
+    recordpref: str | None = None
 
     @property
     def established(self) -> bool:

@@ -1248,18 +1248,30 @@ class CallManager:
             for name, tap in taps
             if not callable(getattr(tap, "sink_for_call_start", None))
         ]
-        return self._sinks_for(deciders, tapped, call)
+        return self._sinks_for(deciders, tapped, call, indicate=True)
 
     def _sinks_for(
         self,
         deciders: list[tuple[str, Callable[[TappedCall], TapSink | None]]],
         tapped: TappedCall,
         call: Call,
+        *,
+        indicate: bool = False,
     ) -> list[tuple[str, TapSink]]:
+        """``indicate``: each tap's TappedCall may tell the recording-aware parties of its
+        recording (``indicate_recording``): the taps asked at the answer only, never those
+        deciding at the start (lawful interception, which must never show)."""
         sinks: list[tuple[str, TapSink]] = []
         for name, decide in deciders:
+            told = (
+                attrs.evolve(
+                    tapped, indicate_recording=functools.partial(call.recording_indicated, name)
+                )
+                if indicate
+                else tapped
+            )
             try:
-                sink = decide(tapped)
+                sink = decide(told)
             except Exception:
                 log_exception(log, "media tap %s failed to decide on a call", name)
                 continue

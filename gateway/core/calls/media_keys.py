@@ -130,6 +130,9 @@ class CallMediaKeys(CallBase):
         if sinks:
             assert self.taps is not None
             self.taps.attach()
+            for leg in (self.a, self.b):  # stated before the recordings started (RFC 7866 §7.2)
+                if leg is not None and leg.recordpref is not None:
+                    self.taps.recordpref_changed(leg.side.value, leg.recordpref)
 
     def _drive_handshakes(self) -> None:
         """Start the handshake task at the first stream keyed on the media path (DTLS-SRTP),
@@ -286,6 +289,11 @@ class CallMediaKeys(CallBase):
                     "target": str(target.hop),
                     "attempt": target.index + 1,
                 }
+            # RFC 7866: a recording-aware party (§6.1) and its recording preference (§7.2).
+            if leg.record_aware:
+                entry["record_aware"] = True
+            if leg.recordpref is not None:
+                entry["recordpref"] = leg.recordpref
             record[label] = entry
         b_record = record.get("b")
         if (
@@ -323,6 +331,16 @@ class CallMediaKeys(CallBase):
             record["redirects"] = [dict(entry) for entry in self._redirects.records]
         if self.taps is not None and self.taps.names:
             record["taps"] = self.taps.record()
+        if self.media is not None:
+            # What each recording-aware party was last told (a=record, recording_indication.py).
+            told = {
+                leg.side.value: self.media.recording_indication(leg.side.value)
+                for leg in (self.a, self.b)
+                if leg is not None and leg.record_aware
+            }
+            told = {side: said for side, said in told.items() if said is not None}
+            if told:
+                record["recording_indication"] = told
         if self.identity:
             record["caller_identity"] = [outcome.described for outcome in self.identity]
         if self._dtmf is not None:

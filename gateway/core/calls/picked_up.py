@@ -94,6 +94,7 @@ class CallPickedUp(CallAnswer):
         # The picker's leg is one we answer, as A's: its session timer is what our 2xx states
         # (RFC 4028 §9), refused 400 or 422 as on A's INVITE.
         picker.allows_update = allows_update(request.headers)
+        self._note_record_aware(picker, request)
         try:
             timer = self._timer_of(request, picker)
         except RemoteSipError as err:

@@ -32,8 +32,7 @@ from gateway.core.calls.events import (
 )
 from gateway.core.calls.leg import Leg, Side
 from gateway.core.calls.location import carries_location, location_body, location_headers
-from gateway.core.calls.location_updates import CallLocationUpdates
-from gateway.core.calls.media_keys import CallMediaKeys
+from gateway.core.calls.recording_indication import CallRecordingIndication
 from gateway.core.logs import transport_error_text
 from gateway.core.media.errors import PortsExhausted
 from gateway.core.sdp.body import UnsupportedBody, read_body
@@ -47,7 +46,7 @@ from gateway.core.sip.transaction import ServerTransaction, State
 from gateway.core.sip.usages import ends_session
 
 
-class CallReinvites(CallLocationUpdates, CallMediaKeys):
+class CallReinvites(CallRecordingIndication):
     """Re-INVITE, UPDATE and other requests inside the call (the module's docstring)."""
 
     async def _reinvite(self, event: RequestEvent) -> None:
@@ -82,6 +81,7 @@ class CallReinvites(CallLocationUpdates, CallMediaKeys):
                 else None
             )
             offer = self._reoffer(event.side, parse_sdp_untrusted(sdp)) if sdp else None
+            self._note_recordpref(self._leg(event.side), sdp)
         except SdpError as err:
             # Refused here (by the requester's or the other leg's security): nothing went to
             # the other leg, whose next SDP has the version after its last one (RFC 3264 §8).
@@ -281,6 +281,7 @@ class CallReinvites(CallLocationUpdates, CallMediaKeys):
                 await self._hang_up(f"signalling failed: {transport_error_text(exc)}")
             ack = leg.dialog.create_ack(response.cseq.number, via=via)
             self._reinvite_acks[answered_side] = ack
+            self._note_recordpref(leg, sdp_body(response))
             try:
                 answering = leg.security
                 offering = self._leg(side).security
@@ -466,6 +467,7 @@ class CallReinvites(CallLocationUpdates, CallMediaKeys):
             self._pending_reinvite is not None
             or self._late_reinvite is not None
             or self._fork_rekey is not None  # our re-key of a forked callee (fork_rekey.py)
+            or self._indication is not None  # our recording indication (recording_indication.py)
         )
 
     async def _update(self, event: RequestEvent) -> None:

@@ -508,6 +508,9 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
             return
         transfer.answered = leg
         transfer.deadline = math.inf
+        # Its SDP (our ACK's answer, the re-INVITEs to come) tells it the recording's state
+        # only if it is recording-aware itself (RFC 7866 §6.1), whatever the transferor was.
+        self._note_record_aware(leg, response, transfer.side)
         for other in transfer.legs:
             if other is not leg and other.final is None:
                 await self._cancel_b(other, ANSWERED_ELSEWHERE)
@@ -673,6 +676,8 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
         assert leg.final is not None and leg.dialog is not None
         leg.allows_update = allows_update(leg.final.headers)
         leg.session_timer = self._refreshed_by_2xx(leg, leg.final)
+        # The party now on that side is told (or not) by what it says itself (RFC 7866 §6.1).
+        self._note_record_aware(self._leg(transfer.side), leg.final, transfer.side)
         if self.taps is not None:
             # Another party on that side now: its URI, for a recorder's metadata (RFC 7865).
             joined = leg.dialog.remote_uri.uri
@@ -704,6 +709,8 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
         if transfer.moved_count is not None:
             self.manager.limits.release_one(self, transfer.moved_count)  # that leg is gone
         self._record_transfer(transfer, status, reason)
+        if transfer.answered is not None:  # the transferor's side is its own again
+            self._indicate_to(self._leg(transfer.side), transfer.side)
         if transfer.transferor_left and not call_ends:
             await self._hang_up(f"transfer to {transfer.target} failed: {status} {reason}")
         await self._notify(transfer, status, reason)

@@ -319,6 +319,10 @@ class MediaSession:
         self._received: dict[Side, SessionDescription] = {}
         # (sent before, repeated) of each side's latest repeat_offer, to withdraw it.
         self._repeated: dict[Side, tuple[SessionDescription, SessionDescription]] = {}
+        # RFC 7866 §7.1.1: the recording indication (on, off, paused) our SDP to a
+        # recording-aware party carries (recording_indication.py); no entry: its SDP is as
+        # ever (a=record from the other party passed on as any attribute).
+        self._record_indication: dict[Side, str] = {}
         self._exchange: _Exchange | None = None
         self._totals = _Totals()
         self._closed = False
@@ -438,9 +442,37 @@ class MediaSession:
         if previous is None:
             raise LocalMediaError(f"nothing was sent on side {side} yet")
         repeated = attrs.evolve(previous, origin=previous.origin.bumped())
+        indication = self._record_indication.get(side)
+        if indication is not None:
+            repeated = with_record_indication(repeated, indication)
         self._sent[side] = repeated
         self._repeated[side] = (previous, repeated)
         return repeated
+
+    def indicate_recording(self, side: Side, indication: str | None) -> None:
+        """``side``'s party is recording-aware and is to be told ``indication`` (RFC 7866
+        §7.1.1: ``on``, ``off``, ``paused``) on each of its streams in every SDP we send it from
+        now on, relayed offers and answers as our own; None: nothing added (its SDP as ever)."""
+        side = _check_side(side)
+        if indication is None:
+            self._record_indication.pop(side, None)
+        else:
+            self._record_indication[side] = indication
+
+    def recording_indication(self, side: Side) -> str | None:
+        """The ``a=record`` value of the SDP last sent on ``side``'s leg, None: none."""
+        sent = self._sent.get(_check_side(side))
+        return None if sent is None else record_indication_of(sent)
+
+    def recording_indicated(self, side: Side) -> bool:
+        """Whether the SDP last sent on ``side``'s leg says the indication it is to be told
+        (:meth:`indicate_recording`); True when it is to be told nothing or nothing was sent."""
+        side = _check_side(side)
+        indication = self._record_indication.get(side)
+        sent = self._sent.get(side)
+        if indication is None or sent is None:
+            return True
+        return record_indication_of(sent) == indication
 
     def withdraw_repeated_offer(self, side: Side) -> None:
         """The re-offer :meth:`repeat_offer` just made for ``side`` was not sent after all
@@ -1563,9 +1595,36 @@ class MediaSession:
             attributes=_relayed_attributes(source.attributes, None, None),
             media=tuple(media),
         )
+        indication = self._record_indication.get(side)
+        if indication is not None:
+            new = with_record_indication(new, indication)
         sent = apply_version_rule(previous, new)
         self._sent[side] = sent
         return sent
+
+
+def with_record_indication(sdp: SessionDescription, indication: str) -> SessionDescription:
+    """``sdp`` telling a recording-aware party ``indication`` (RFC 7866 §7.1.1): an
+    ``a=record`` line on each stream in use (port 0 ones are left as they are), in place of any
+    the other party's SDP brought (a recording of its own that is not ours to pass on as if it
+    were: the party hears the state of the recording the gateway makes) and of one at the
+    session level."""
+    media = tuple(
+        m
+        if m.is_rejected
+        else attrs.evolve(m, attributes=m.attributes.remove("record").add("record", indication))
+        for m in sdp.media
+    )
+    return attrs.evolve(sdp, attributes=sdp.attributes.remove("record"), media=media)
+
+
+def record_indication_of(sdp: SessionDescription) -> str | None:
+    """The ``a=record`` value of ``sdp``'s first stream in use (as :func:`with_record_indication`
+    writes it), None when it has none."""
+    for m in sdp.media:
+        if not m.is_rejected:
+            return m.attributes.get("record")
+    return None
 
 
 def _without_repeats(times: tuple[TimeDescription, ...]) -> tuple[TimeDescription, ...]:

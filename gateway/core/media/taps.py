@@ -221,6 +221,27 @@ class CallTaps:
     def paused(self) -> bool:
         return self._paused
 
+    def may_indicate(self, name: str) -> bool:
+        """Whether tap ``name``'s sink may tell the call's recording-aware parties of its
+        recording (RFC 7866 §7.1.1): a sink of the call that is not covert (an interception
+        never shows, whatever it says)."""
+        return any(tap == name and not getattr(sink, "covert", False) for tap, sink in self._sinks)
+
+    def recordpref_changed(self, side: str, preference: str) -> None:
+        """The party on ``side`` ("a", "b") stated a recording preference (RFC 7866 §7.2:
+        ``a=recordpref``): the recordings (never a covert sink) that have
+        ``recordpref_changed(side, preference)`` hear of it; what they do is theirs."""
+        if self._closed:
+            return
+        for name, sink in self.recordings():
+            told = getattr(sink, "recordpref_changed", None)
+            if told is None:
+                continue
+            try:
+                told(side, preference)
+            except Exception:
+                log_exception(log, "media tap %s failed on a recording preference", name)
+
     def pause_recording(self, paused: bool, *, by: str, at: float) -> tuple[list[str], bool]:
         """Pause (``paused``) or resume the call's recordings on ``by``'s request at ``at``
         (Unix time): each of :meth:`recordings` is told (``set_paused(paused, by=)``), and

@@ -153,6 +153,7 @@ from gateway.core.interfaces import (
     TappedCall,
     TappedMedia,
 )
+from gateway.core.logs import log_exception
 from gateway.core.media.srtp import SUPPORTED_SUITES, OutboundSrtpSession
 from gateway.core.sdp.body import body_parts_untrusted, sdp_of
 from gateway.core.sdp.errors import SdpError
@@ -225,6 +226,15 @@ UNRECORDED_REASONS = ("no_port", "too_many_lines")
 """Why a stream of a recorded call was left out of its recording
 (``voipgw_recording_streams_unrecorded_total``): no local port could be had for its copies,
 or the recording session had MAX_RECORDED_LINES m= lines already."""
+
+
+RECORDPREF_POLICIES = ("ignore", "pause")
+"""``recordpref``: what a party's ``a=recordpref:off`` or ``pause`` (RFC 7866 §7.2, a
+preference: the SRC decides) does. ``ignore``: logged and shown, the recording goes on (a
+compliance recording must not stop at a party's word); ``pause``: the recording pauses as an
+operator's pause does until no party on the call prefers it off or paused."""
+
+PAUSING_PREFERENCES = frozenset({"off", "pause"})
 
 
 def update_retry(
@@ -874,6 +884,17 @@ class SiprecSink:
         self._unrecorded: set[int] = set()  # the call's streams said not to be recorded
         self._no_port: set[int] = set()  # streams added that no local port could be had for
         self._paused = False  # voipgw recording pause: no copies, the SRS's streams inactive
+        # Who paused it: an operator (set_paused), the parties' preferences (recordpref_changed
+        # with recordpref = "pause"); _paused is either.
+        self._operator_paused = False
+        self._preferences: dict[str, str] = {}  # each side's last a=recordpref (RFC 7866 §7.2)
+        self._preference_paused = False
+        # What the call's recording-aware parties were last told (RFC 7866 §7.1.1: on, paused,
+        # off; None: nothing yet), whether a new recording session is being opened (the state
+        # is then left as it was), and whether the call ended (nothing more to tell).
+        self._told: str | None = None
+        self._reopening = False
+        self._closing = False
         self._offering = False  # the first INVITE is made: a change needs a re-INVITE
         # Resumes so far, and how many of them the SRS has taken an offer made after: until it
         # takes the resume's (sendonly; with SDES fresh keys, _reoffer) the copies wait.
@@ -898,6 +919,31 @@ class SiprecSink:
         (RFC 7866 §7.1.1: the SRC pauses by making the recorded streams inactive; the
         metadata does not change), sendonly again at the resume; the update is sent, retried
         and given up as any other (one re-INVITE at a time, the state as it is then)."""
+        self._operator_paused = paused
+        self._pause(self._operator_paused or self._preference_paused)
+
+    def recordpref_changed(self, side: str, preference: str) -> None:
+        """The party on ``side`` stated ``a=recordpref:<preference>`` (RFC 7866 §7.2; the core
+        logs it). A preference: with ``recordpref = "ignore"`` nothing changes; with
+        ``"pause"`` the recording pauses while any party on the call prefers ``off`` or
+        ``pause``, as an operator's pause does, and resumes when none does (unless an operator
+        paused it too)."""
+        self._preferences[side] = preference
+        if self._config.recordpref != "pause":
+            return
+        held = any(p in PAUSING_PREFERENCES for p in self._preferences.values())
+        if held != self._preference_paused:
+            self._preference_paused = held
+            log.info(
+                "SIPREC: call %s: recording %s for the parties' preference (a=recordpref:%s, "
+                'recordpref = "pause")',
+                self.call.call_id,
+                "paused" if held else "resumed",
+                preference,
+            )
+        self._pause(self._operator_paused or self._preference_paused)
+
+    def _pause(self, paused: bool) -> None:
         if paused == self._paused:
             return
         self._paused = paused
@@ -909,6 +955,41 @@ class SiprecSink:
             self._resumes += 1
         if self._offering:
             self._changed.set()  # else the first INVITE, not made yet, says it (run)
+        self._tell_state()
+
+    def _recording_state(self) -> str | None:
+        """The recording's state for the call's recording-aware parties (RFC 7866 §7.1.1):
+        ``on`` while the SRS in force has answered and copies go to it, ``paused`` while
+        paused or until the SRS has taken the resume, ``off`` when no recording session is up
+        (it ended, or none took the call); None while a new one is being opened."""
+        if self._reopening:
+            return None
+        session = self.session
+        if session is None or session.ended.is_set():
+            return "off"
+        if self._paused or self._waits_for_resume:
+            return "paused"
+        return "on" if self._destinations else "off"
+
+    def _tell_state(self) -> None:
+        """Tell the call the recording's state when it changed (``TappedCall
+        .indicate_recording``): never ``off`` before anything else was told, nothing once the
+        call ended."""
+        state = self._recording_state()
+        tell = self.call.indicate_recording if self._config.record_indication else None
+        if (
+            state is None
+            or state == self._told
+            or tell is None
+            or self._closing
+            or (state == "off" and self._told is None)
+        ):
+            return
+        self._told = state
+        try:
+            tell(state)
+        except Exception:
+            log_exception(log, "SIPREC: call %s: telling the recording state", self.call.call_id)
 
     @property
     def _waits_for_resume(self) -> bool:
@@ -916,6 +997,7 @@ class SiprecSink:
         return self._resumes != self._answered_resumes
 
     def close(self) -> None:
+        self._closing = True
         self._queue.close()
 
     def streams_changed(self, media: tuple[TappedMedia, ...]) -> None:
@@ -971,6 +1053,7 @@ class SiprecSink:
                         self.session, self._destinations = await self._open(
                             self._current(streams), sockets
                         )
+                        self._tell_state()
                 if self.session is not None:
                     nursery.start_soon(self._follow_changes, streams, sockets, nursery)
                 self._by_stream = {
@@ -1050,10 +1133,37 @@ class SiprecSink:
         no answer, or an interval that runs out (the SRS was to refresh and did not, or our
         refreshes kept failing), means the SRS is gone: BYE (§10) and a new recording session
         (:meth:`_lost`)."""
+        try:
+            await self._follow_session(streams, sockets, nursery)
+        finally:
+            # The recording session is over for good (the SRS hung up, none could be opened
+            # again, its answer took no SRTP) or the call ended: the parties are told "off"
+            # (RFC 7866 §7.1.1; not once the call ended, _closing).
+            self._tell_state()
+
+    async def _wake_on_end(self, session: OutboundSession) -> None:
+        """The SRS ended ``session`` (its BYE): the update loop wakes to see it. Not for a
+        session a 481 or a lost session timer ended: the loop is replacing it already
+        (:meth:`_reopen`), and a wake then would re-INVITE the new one for nothing."""
+        await session.ended.wait()
+        if self.session is session:
+            self._changed.set()
+
+    async def _follow_session(
+        self,
+        streams: list[RecordedStream],
+        sockets: list[trio.socket.SocketType | None],
+        nursery: trio.Nursery,
+    ) -> None:
+        """:meth:`_follow_changes`' loop."""
         glare_retries = 0
         retries = 0
         session = self.session
+        watched: OutboundSession | None = None
         while session is not None and not session.ended.is_set():
+            if session is not watched:
+                watched = session
+                nursery.start_soon(self._wake_on_end, session)
             refresh = False
             timer = session.timer
             if timer is None and self._config.session_expires:
@@ -1075,6 +1185,8 @@ class SiprecSink:
             else:
                 with trio.move_on_at(timer.due):
                     await self._changed.wait()
+            if session.ended.is_set():
+                break  # the SRS hung up (RFC 3261 §15.1.2): the recording is over
             if not self._changed.is_set():
                 # The session timer is due (a refresh of the SRS's may have moved it since).
                 timer = session.timer
@@ -1117,6 +1229,7 @@ class SiprecSink:
                     return
                 self._answered_resumes = resumes
                 self._follow_answer(session, current)
+                self._tell_state()  # a resume the SRS took: on again
                 continue
             # The parties changed all the same: the next re-INVITE says so again.
             self._metadata_changed = self._metadata_changed or with_metadata
@@ -1565,6 +1678,16 @@ class SiprecSink:
         sent until one takes the call; then they go to its addresses. Counted either way:
         ``session_reopened`` or ``session_gone`` (none took the call: it goes on
         unrecorded)."""
+        self._reopening = True
+        try:
+            return await self._reopen_rounds(streams, sockets)
+        finally:
+            self._reopening = False
+            self._tell_state()  # on (or paused) in the new session, or off: none took it
+
+    async def _reopen_rounds(
+        self, streams: list[RecordedStream], sockets: list[trio.socket.SocketType | None]
+    ) -> OutboundSession | None:
         self.session, self._destinations = None, {}
         self._forget_keys()
         round_ = 1
@@ -1987,6 +2110,8 @@ class SiprecConfig:
     answer_suite: str = "policy-order"
     session_expires: int = 1800
     record_video: bool = False
+    recordpref: str = "ignore"
+    record_indication: bool = True
 
     def __attrs_post_init__(self) -> None:
         # structure() reports a ValueError as a config error of this table; say which key.
@@ -2039,6 +2164,11 @@ class SiprecConfig:
             raise ValueError(
                 f"session_expires: expected 0 (no session timer) or {MIN_INTERVAL} to "
                 f"{MAX_INTERVAL} seconds, got {self.session_expires}"
+            )
+        if self.recordpref not in RECORDPREF_POLICIES:
+            raise ValueError(
+                f"recordpref: expected one of {', '.join(map(repr, RECORDPREF_POLICIES))}, "
+                f"got {self.recordpref!r}"
             )
         if self.selection.empty:
             raise ValueError(NOTHING_SELECTED)

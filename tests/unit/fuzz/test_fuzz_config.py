@@ -353,6 +353,8 @@ def seed_config(f: Files) -> dict[str, Any]:
                 "answer_suite": "offer-order",
                 "session_expires": 1800,
                 "record_video": False,
+                "recordpref": "pause",
+                "record_indication": False,
             },
             "hep": {
                 "collector": "udp:127.0.0.1:9060",
@@ -687,6 +689,7 @@ def bounds(files: Files) -> tuple[tuple[str, str, Any], ...]:
         ("plugins.mikey", "max_clock_skew", 1e-9),
         ("plugins.siprec", "bye_timeout", 1e-9),
         ("plugins.siprec", "bye_timeout", -1.0),
+        ("plugins.siprec", "recordpref", "honour"),
         ("plugins.stir_shaken", "fetch_timeout", 1e-9),
         ("plugins.stir_shaken", "freshness", 1e-9),
         ("dns", "timeout", 1e-9),

@@ -1,0 +1,388 @@
+"""The recording indication towards recording-aware parties (RFC 7866 §6.1, §7), through the
+B2BUA with a SIPREC recorder (a SIP agent on the in-memory network), in virtual time:
+
+- a caller or callee that says ``Supported: record-aware`` is told ``a=record:on`` in a
+  re-INVITE once the SRS has answered (never before), ``paused`` at a pause, ``on`` once the
+  SRS took the resume, ``off`` when the SRS hangs up; its o= versions consecutive;
+- an unaware party gets nothing new (no re-INVITE, no a=record);
+- a storm of pauses and resumes is coalesced: at most one re-INVITE per interval, the last
+  state;
+- a refusal is a notice (the call goes on), a 491 is tried again after RFC 3261 §14.1's wait;
+- ``a=recordpref`` is read, logged, in the record, and with ``recordpref = "pause"`` pauses;
+- a lawful interception never shows: an intercepted call's aware caller sees what an
+  unrecorded call's sees, and an intercepted and recorded one what a recorded one's sees.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import trio
+
+import gateway.plugins.taps.siprec as siprec_plugin
+from gateway.core.ids import SeededIds
+from gateway.core.sdp.parser import parse_sdp_untrusted
+from gateway.testing.sip_agent import Received, SipAgent, simple_sdp
+from tests.component.calls.b2bua_env import GW, B2bua, eventually, next_within
+from tests.component.calls.intercept_calls import (
+    activate,
+    intercept_env,
+    pki,  # noqa: F401 (a fixture)
+)
+from tests.component.calls.siprec_calls import (
+    ALICE_DID,
+    CALLEE_PORT,
+    CALLER_PORT,
+    SRS,
+    siprec_env,
+    srs_answer,
+)
+from tests.component.calls.transfer_calls import bob_phone
+from tests.interop.harness.pki import Issued, TestCa
+
+AWARE = [("Supported", "record-aware")]
+
+
+def records(body: bytes) -> list[str | None]:
+    """Each m= line's a=record value (None: none), and the session level's must be none."""
+    sd = parse_sdp_untrusted(body)
+    assert sd.attributes.get("record") is None
+    return [m.attributes.get("record") for m in sd.media]
+
+
+def version(body: bytes) -> int:
+    return parse_sdp_untrusted(body).origin.session_version
+
+
+async def call_between(
+    env: B2bua,
+    *,
+    caller_aware: bool = False,
+    callee_aware: bool = False,
+    caller_sdp: bytes | None = None,
+) -> tuple[object, object, bytes]:
+    """The trunk calls alice, alice answers; (the caller's call, alice's, the 200's SDP)."""
+    call = await env.trunk.invite(
+        env.did_uri(ALICE_DID),
+        sdp=caller_sdp or simple_sdp("127.0.0.1", CALLER_PORT),
+        extra=AWARE if caller_aware else (),
+    )
+    leg_b = await env.alice.next_call()
+    await env.alice.respond(
+        leg_b.incoming,  # type: ignore[arg-type]
+        200,
+        body=simple_sdp("127.0.0.1", CALLEE_PORT),
+        extra=AWARE if callee_aware else (),
+    )
+    final = await call.final()
+    assert final.status == 200
+    return call, leg_b, final.body
+
+
+async def srs_answers(srs: SipAgent) -> Received:
+    recording = await srs.next_call()
+    await recording.answer(200, sdp=srs_answer())
+    await srs.next_request("ACK", timeout=5)
+    return recording  # type: ignore[return-value]
+
+
+async def accept(agent: SipAgent, received: Received) -> None:
+    """Answer a re-INVITE 200 with the agent's answer (an agent with ``auto=None`` does not)."""
+    await agent.respond(received, 200, body=agent.answer_sdp(received.request.body))
+    await agent.next_request("ACK", timeout=5)
+
+
+def gateway_call(env: B2bua) -> object:
+    assert env.gateway.calls is not None
+    (call,) = env.gateway.calls.calls
+    return call
+
+
+async def test_a_record_aware_caller_is_told_on_once_the_srs_answered_the_callee_nothing(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    _, _, answer = await call_between(env, caller_aware=True)
+    # The call's 200 goes before the SRS answered: nothing to say yet (RFC 7866 §7.1.1).
+    assert records(answer) == [None]
+    assert await next_within(env.trunk, "INVITE", 5) is None  # nor while the SRS is silent
+    await srs_answers(srs)
+    told = await env.trunk.next_request("INVITE", timeout=10)
+    assert records(told.request.body) == ["on"]
+    assert version(told.request.body) == version(answer) + 1  # RFC 3264 §8
+    told_sdp = parse_sdp_untrusted(told.request.body)
+    answered_sdp = parse_sdp_untrusted(answer)
+    assert told_sdp.media[0].port == answered_sdp.media[0].port  # nothing else changed
+    assert told_sdp.media[0].formats == answered_sdp.media[0].formats
+    await env.trunk.next_request("ACK", timeout=5)
+    # The callee did not say record-aware: its one INVITE, no a=record ever.
+    assert await next_within(env.alice, "INVITE", 10) is None
+    assert all(records(r.body) == [None] for r in env.alice.requests("INVITE"))
+    assert "telling the A leg's recording-aware party a=record:on" in caplog.text
+    record = gateway_call(env).security_record()  # type: ignore[attr-defined]
+    assert record["recording_indication"] == {"a": "on"}
+    assert record["a"]["record_aware"] is True
+    assert "record_aware" not in record["b"]
+
+
+async def test_a_record_aware_callee_is_told_paused_at_a_pause_and_on_after_the_srs_took_the_resume(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    await call_between(env, callee_aware=True)
+    await srs_answers(srs)
+    told = await env.alice.next_request("INVITE", timeout=10)
+    assert records(told.request.body) == ["on"]
+    first = version(told.request.body)
+    await accept(env.alice, told)
+    assert await next_within(env.trunk, "INVITE", 5) is None  # the caller is unaware
+
+    calls = env.gateway.calls
+    assert calls is not None
+    call = gateway_call(env)
+    calls.pause_recording(call.id, True, by="agent 7")  # type: ignore[attr-defined]
+    # The SRS's inactive re-INVITE; the callee is told paused at once (no copies go).
+    srs_pause = await srs.next_request("INVITE", timeout=10)
+    told = await env.alice.next_request("INVITE", timeout=10)
+    assert records(told.request.body) == ["paused"]
+    assert version(told.request.body) == first + 1
+    await accept(env.alice, told)
+    await srs.respond(srs_pause, 200, body=srs_answer())
+
+    srs.auto = None
+    calls.pause_recording(call.id, False, by="agent 7")  # type: ignore[attr-defined]
+    srs_resume = await srs.next_request("INVITE", timeout=10)
+    # Until the SRS takes the resume, no copy goes: the callee stays told paused.
+    assert await next_within(env.alice, "INVITE", 5) is None
+    await srs.respond(srs_resume, 200, body=srs_answer())
+    told = await env.alice.next_request("INVITE", timeout=10)
+    assert records(told.request.body) == ["on"]
+    assert version(told.request.body) == first + 2
+
+
+async def test_the_srs_hanging_up_tells_the_aware_caller_off(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    call, _, _ = await call_between(env, caller_aware=True)
+    recording = await srs_answers(srs)
+    told = await env.trunk.next_request("INVITE", timeout=10)
+    assert records(told.request.body) == ["on"]
+    await recording.bye()  # type: ignore[attr-defined]
+    told = await env.trunk.next_request("INVITE", timeout=10)
+    assert records(told.request.body) == ["off"]
+    # The call goes on.
+    assert len(env.gateway.calls.calls) == 1  # type: ignore[union-attr]
+    assert (await call.bye()).status == 200  # type: ignore[attr-defined]
+
+
+async def test_a_recording_no_srs_took_tells_the_aware_caller_nothing(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    await call_between(env, caller_aware=True)
+    recording = await srs.next_call()
+    await recording.answer(503)
+    assert await next_within(env.trunk, "INVITE", 20) is None  # never "off" of what never was
+    record = gateway_call(env).security_record()  # type: ignore[attr-defined]
+    assert record["a"]["record_aware"] is True and "recording_indication" not in record
+
+
+async def test_a_storm_of_pauses_and_resumes_is_one_re_invite_per_interval_the_last_state(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    await call_between(env, caller_aware=True)
+    await srs_answers(srs)
+    await env.trunk.next_request("INVITE", timeout=10)  # on
+    calls = env.gateway.calls
+    assert calls is not None
+    call = gateway_call(env)
+    for _ in range(50):
+        calls.pause_recording(call.id, True, by="agent 7")  # type: ignore[attr-defined]
+        calls.pause_recording(call.id, False, by="agent 7")  # type: ignore[attr-defined]
+    calls.pause_recording(call.id, True, by="agent 7")  # type: ignore[attr-defined]
+    await trio.sleep(30)
+    told = [records(r.body) for r in env.trunk.requests("INVITE")[1:]]
+    # 101 changes: at most a couple of re-INVITEs, the last saying the last state.
+    assert 1 <= len(told) <= 3, told
+    assert told[-1] == ["paused"]
+
+
+async def test_a_refused_indication_is_a_notice_a_491_goes_again(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    statuses = [491, 488]
+
+    async def refuse(received: Received) -> bool:
+        if received.request.method != "INVITE" or not statuses:
+            return False
+        await env.trunk.respond(received, statuses.pop(0))
+        return True
+
+    env.trunk.in_dialog = refuse
+    call, _, _ = await call_between(env, caller_aware=True)
+    await srs_answers(srs)
+    crossed = await env.trunk.next_request("INVITE", timeout=10)
+    assert records(crossed.request.body) == ["on"]
+    # RFC 3261 §14.1: again after the wait (0-2 s: the caller chose its dialog's Call-ID), with
+    # the next o= version (the refused offer was sent).
+    again = await env.trunk.next_request("INVITE", timeout=10)
+    assert records(again.request.body) == ["on"]
+    assert version(again.request.body) == version(crossed.request.body) + 1
+    # 488: a notice; the call goes on and is not told again the same state.
+    assert await next_within(env.trunk, "INVITE", 20) is None
+    assert "answered our recording indication re-INVITE 488" in caplog.text
+    assert len(env.gateway.calls.calls) == 1  # type: ignore[union-attr]
+    assert env.trunk.requests("BYE") == []
+    assert (await call.bye()).status == 200  # type: ignore[attr-defined]
+
+
+async def test_recordpref_is_read_logged_and_in_the_record_and_ignored_by_default(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    sdp = simple_sdp("127.0.0.1", CALLER_PORT).replace(
+        b"m=audio", b"a=recordpref:off\r\nm=audio", 1
+    )
+    await call_between(env, caller_aware=True, caller_sdp=sdp)
+    await srs_answers(srs)
+    told = await env.trunk.next_request("INVITE", timeout=10)
+    assert records(told.request.body) == ["on"]  # a preference: the SRC decides (§7.2)
+    assert "the calling party's recording preference is off" in caplog.text
+    record = gateway_call(env).security_record()  # type: ignore[attr-defined]
+    assert record["a"]["recordpref"] == "off"
+    assert await next_within(srs, "INVITE", 5) is None  # not paused
+
+
+async def test_recordpref_pause_policy_pauses_the_recording(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None, recordpref="pause")
+    sdp = simple_sdp("127.0.0.1", CALLER_PORT).replace(
+        b"m=audio", b"a=recordpref:pause\r\nm=audio", 1
+    )
+    await call_between(env, caller_aware=True, caller_sdp=sdp)
+    recording = await srs.next_call()
+    # The first INVITE offers the streams inactive: the recording starts paused.
+    offer = recording.invite.body  # type: ignore[attr-defined]
+    assert offer.count(b"a=inactive") == 2, offer
+    await recording.answer(200, sdp=srs_answer())
+    told = await env.trunk.next_request("INVITE", timeout=10)
+    assert records(told.request.body) == ["paused"]
+
+
+async def test_an_interception_never_shows_to_a_record_aware_caller(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
+) -> None:
+    env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
+    await env.provision(activate(f"<e164Number>{ALICE_DID[1:]}</e164Number>"))
+    b2bua = env.b2bua
+    _, _, answer = await call_between(b2bua, caller_aware=True, callee_aware=True)
+    await eventually(lambda: len(env.x2()) > 0)  # intercepted
+    assert records(answer) == [None]
+    assert b"record" not in answer
+    assert await next_within(b2bua.trunk, "INVITE", 30) is None
+    assert await next_within(b2bua.alice, "INVITE", 1) is None
+    assert all(b"record" not in r.body for r in b2bua.alice.requests("INVITE"))
+    record = gateway_call(b2bua).security_record()  # type: ignore[attr-defined]
+    assert "recording_indication" not in record
+    # Both parties were seen to be record-aware: nothing was said for want of a recording.
+    assert record["a"]["record_aware"] is True and record["b"]["record_aware"] is True
+
+
+async def test_an_intercepted_recorded_call_shows_as_a_recorded_one(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
+) -> None:
+    env = await intercept_env(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        pki,
+        plugins=(("siprec", siprec_plugin),),
+        tables={"siprec": {"srs": "sip:srs@127.0.0.9:5060", "trunks": ["carrier"]}},
+    )
+    srs = SipAgent(
+        env.b2bua.network, SRS, ids=SeededIds(voipgw_seed + 9), user="srs", proxy=GW, auto=None
+    )
+    await nursery.start(srs.serve)
+    await env.provision(activate(f"<e164Number>{ALICE_DID[1:]}</e164Number>"))
+    b2bua = env.b2bua
+    _, _, answer = await call_between(b2bua, caller_aware=True)
+    await eventually(lambda: len(env.x2()) > 0)
+    assert records(answer) == [None]
+    await srs_answers(srs)
+    told = await b2bua.trunk.next_request("INVITE", timeout=10)
+    assert records(told.request.body) == ["on"]
+    assert version(told.request.body) == version(answer) + 1
+    assert await next_within(b2bua.trunk, "INVITE", 30) is None
+    record = gateway_call(b2bua).security_record()  # type: ignore[attr-defined]
+    assert record["recording_indication"] == {"a": "on"}
+    assert record["taps"]["names"] == ["siprec"]
+
+
+async def test_a_transfer_target_that_is_not_aware_gets_no_indication_of_the_aware_transferor(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    bob = await bob_phone(env, nursery, voipgw_seed)
+    _, alice_leg, _ = await call_between(env, callee_aware=True)
+    await srs_answers(srs)
+    told = await env.alice.next_request("INVITE", timeout=10)
+    assert records(told.request.body) == ["on"]
+    await accept(env.alice, told)
+
+    # alice (aware) transfers the caller to bob (not aware), blind (RFC 3515), and hangs up.
+    exchange = await alice_leg.request(  # type: ignore[attr-defined]
+        "REFER", extra=[("Refer-To", "<sip:bob@127.0.0.1:5060>")]
+    )
+    assert (await exchange.final()).status == 202
+    await eventually(lambda: bool(bob.requests("ACK")))
+    (ack,) = bob.requests("ACK")
+    assert ack.body and b"record" not in ack.body  # our answer to bob's offer
+    assert await next_within(bob, "INVITE", 10) is None or all(
+        b"record" not in r.body for r in bob.requests("INVITE")
+    )
+    assert all(b"record" not in r.body for r in bob.requests("INVITE"))
+    record = gateway_call(env).security_record()  # type: ignore[attr-defined]
+    assert "recording_indication" not in record  # bob, on side B now, was told nothing
+
+
+async def test_record_indication_false_tells_an_aware_party_nothing(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, srs = await siprec_env(
+        nursery, tmp_path, voipgw_seed, alice_auto=None, record_indication=False
+    )
+    _, _, answer = await call_between(env, caller_aware=True)
+    await srs_answers(srs)
+    assert await next_within(env.trunk, "INVITE", 20) is None
+    assert b"record" not in answer
+    record = gateway_call(env).security_record()  # type: ignore[attr-defined]
+    assert record["a"]["record_aware"] is True and "recording_indication" not in record

@@ -1,0 +1,59 @@
+"""The pure parts of the recording indication (RFC 7866 §6.1, §7): the record-aware option tag,
+``a=recordpref`` read from SDP bytes, ``a=record`` written into our SDP."""
+
+from __future__ import annotations
+
+from gateway.core.calls.recording_indication import recordpref_of, says_record_aware
+from gateway.core.cli import describe_recording_parties
+from gateway.core.media.session import record_indication_of, with_record_indication
+from gateway.core.sdp.parser import parse_sdp_untrusted
+from gateway.core.sdp.serializer import serialize_sdp
+from gateway.core.sip.message import Headers
+
+TWO_STREAMS = (
+    b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    b"a=record:on\r\n"
+    b"m=audio 4000 RTP/AVP 0\r\na=record:paused\r\na=sendrecv\r\n"
+    b"m=video 0 RTP/AVP 96\r\n"
+)
+
+
+def test_record_aware_is_read_from_supported_or_require_any_case() -> None:
+    assert says_record_aware(Headers.of([("Supported", "timer, Record-Aware")]))
+    assert says_record_aware(Headers.of([("Supported", "100rel"), ("k", "record-aware")]))
+    assert says_record_aware(Headers.of([("Require", "record-aware")]))
+    assert not says_record_aware(Headers.of([("Supported", "timer, siprec")]))
+    assert not says_record_aware(Headers.of([]))
+
+
+def test_recordpref_is_the_last_value_unknown_ones_no_preference() -> None:
+    assert recordpref_of(b"v=0\r\nm=audio 1 RTP/AVP 0\r\n") is None
+    assert recordpref_of(b"a=recordpref:off\r\nm=audio 1 RTP/AVP 0\r\n") == "off"
+    assert recordpref_of(b"a=recordpref:on\r\na=recordpref:Pause\r\n") == "pause"
+    assert recordpref_of(b"a=recordpref:\xff\xfe\r\n") == "nopreference"
+    assert recordpref_of(b"a=recordpref:always\n") == "nopreference"
+
+
+def test_the_indication_replaces_any_record_line_on_each_stream_in_use_only() -> None:
+    sdp = parse_sdp_untrusted(TWO_STREAMS)
+    told = with_record_indication(sdp, "off")
+    assert told.attributes.get("record") is None  # the session level's is not ours to pass on
+    assert told.media[0].attributes.get_all("record") == ("off",)
+    assert told.media[0].attributes.get("sendrecv") is None  # (a flag: present, no value)
+    assert "sendrecv" in told.media[0].attributes
+    assert told.media[1] == sdp.media[1]  # port 0: left as it is
+    assert record_indication_of(told) == "off"
+    assert b"a=record:off\r\n" in serialize_sdp(told)
+    assert record_indication_of(parse_sdp_untrusted(TWO_STREAMS)) == "paused"
+
+
+def test_voipgw_calls_says_what_the_aware_parties_were_told_and_their_preferences() -> None:
+    assert describe_recording_parties({"a": {}, "b": {}}) == ""
+    security = {
+        "a": {"record_aware": True},
+        "b": {"recordpref": "off"},
+        "recording_indication": {"a": "paused"},
+    }
+    assert describe_recording_parties(security) == (
+        "recording-aware: caller told recording paused, callee prefers recording off"
+    )
