@@ -47,9 +47,12 @@ A third (session 43): the media relay's ports. The test module takes its block f
 tests/port_blocks.py, which steps over the units other test processes hold, so on a loaded
 machine two runs got other ports: other digits in every SDP body, other hashes in the parser's
 caches, and runs of one tree counted 0.035-0.045 M per call apart (session 42). The run now
-relays on a fixed block, ``--media-ports`` (default :data:`FIXED_MEDIA_PORTS`), locked as a test
-process locks its block so that no test run binds it meanwhile; a run whose block another
-process holds stops and says so rather than count on other ports.
+relays on a fixed block, locked as a test process locks its block so that no test run binds
+it meanwhile: ``--media-ports FIRST`` names it (a run whose block another process holds stops
+and says so rather than count on other ports); without it, the first free one of
+:data:`FIXED_MEDIA_BLOCKS`, so that runs started together each get one. Each run prints its
+block: compare runs made on the same blocks (a script that starts the N = 20 and N = 70 runs
+together names one for each, as the two might otherwise take them in either order).
 
 Without valgrind it runs in a few seconds and prints the number of calls done.
 
@@ -92,32 +95,46 @@ from gateway.core.sip.transaction import TransactionTimers  # noqa: E402
 from gateway.core.store.sqlite import SqliteStore  # noqa: E402
 from tests import port_blocks  # noqa: E402
 
-# The relay's ports (the module docstring says why one block): the top of the tests' region
-# (tests/port_blocks.py claims from its bottom up), below Linux's ephemeral range. Two runs at
-# once need two blocks: the second one's --media-ports 32200.
-FIXED_MEDIA_PORTS = range(32000, 32200)
-MEDIA_PORT_COUNT = len(FIXED_MEDIA_PORTS)
+# The relay's ports (the module docstring says why fixed blocks): the top of the tests' region
+# (tests/port_blocks.py claims from its bottom up), below Linux's ephemeral range; one block per
+# run that runs at the same time.
+MEDIA_PORT_COUNT = 200
+FIXED_MEDIA_BLOCKS = (32000, 32200, 32400, 31800)
 
 
-def _import_b2bua_env(first: int) -> types.ModuleType:
-    """tests/component/calls/b2bua_env.py with its relay on ``first`` .. ``first + 199``,
-    locked for this process as a test's block is (``port_blocks.lend``): SystemExit naming the
-    block when another process holds it. The module takes its block at import, by
-    ``port_block``, whose tries over units other processes hold (a failed ``flock``, a port
-    that would not bind, each an exception) differed between runs too; it is handed this one
-    instead."""
-    ports = range(first, first + MEDIA_PORT_COUNT)
-    if first % 2 or first < port_blocks.LOW or port_blocks.overlaps_default_media(ports):
+def _import_b2bua_env(first: int | None) -> types.ModuleType:
+    """tests/component/calls/b2bua_env.py with its relay on ``first`` .. ``first + 199`` (None:
+    the first free block of :data:`FIXED_MEDIA_BLOCKS`), locked for this process as a test's
+    block is (``port_blocks.lend``): SystemExit naming the block when another process holds it.
+    The module takes its block at import, by ``port_block``, whose tries over units other
+    processes hold (a failed ``flock``, a port that would not bind, each an exception) differed
+    between runs too; it is handed this one instead."""
+    for start in FIXED_MEDIA_BLOCKS if first is None else (first,):
+        ports = range(start, start + MEDIA_PORT_COUNT)
+        if (
+            start % 2
+            or start < port_blocks.LOW
+            or ports.stop > port_blocks._ephemeral_low()
+            or port_blocks.overlaps_default_media(ports)
+        ):
+            raise SystemExit(
+                f"--media-ports {start}: an even port from {port_blocks.LOW} whose block ends"
+                f" below the kernel's ephemeral ports ({port_blocks._ephemeral_low()}) and misses"
+                f" the gateway's default range {port_blocks.GATEWAY_DEFAULT_MEDIA.start}-"
+                f"{port_blocks.GATEWAY_DEFAULT_MEDIA.stop - 1}"
+            )
+        if port_blocks.lend(ports):
+            break
+    else:
         raise SystemExit(
-            f"--media-ports {first}: an even port from {port_blocks.LOW} up whose block misses"
-            f" the gateway's default range {port_blocks.GATEWAY_DEFAULT_MEDIA.start}-"
-            f"{port_blocks.GATEWAY_DEFAULT_MEDIA.stop - 1}"
+            f"the media port blocks from {', '.join(map(str, FIXED_MEDIA_BLOCKS))} are held"
+            " by other processes (tests/port_blocks.py): name another block with --media-ports,"
+            " or wait"
+            if first is None
+            else f"--media-ports {first}: ports {first}-{first + MEDIA_PORT_COUNT - 1} are held"
+            " by another process (tests/port_blocks.py); name another block, or wait"
         )
-    if not port_blocks.lend(ports):
-        raise SystemExit(
-            f"--media-ports {first}: ports {ports.start}-{ports.stop - 1} are held by another"
-            " process (tests/port_blocks.py); name another block, or wait"
-        )
+    print(f"media ports {ports.start}-{ports.stop - 1}")
 
     def this_block(count: int, *, even: bool = True) -> range:
         assert count == MEDIA_PORT_COUNT and even, "b2bua_env takes one block of 200"
@@ -306,10 +323,10 @@ def main() -> None:
     parser.add_argument(
         "--media-ports",
         type=int,
-        default=FIXED_MEDIA_PORTS.start,
+        default=None,
         metavar="FIRST",
-        help=f"the relay's 200 ports from FIRST (default {FIXED_MEDIA_PORTS.start}; the same"
-        " block in every run, see the module docstring)",
+        help="the relay's 200 ports from FIRST (default: the first free block of"
+        f" {', '.join(map(str, FIXED_MEDIA_BLOCKS))}: see the module docstring)",
     )
     args = parser.parse_args()
     b2bua_env = _import_b2bua_env(args.media_ports)
