@@ -43,6 +43,17 @@ stopped with their last calls' transactions still waiting for Timers D, J and K 
 waits them out at its end, so a call's count holds its transactions' whole life). Figures
 before that change are not comparable with figures after it.
 
+A third (session 43): the media relay's ports. The test module takes its block from
+tests/port_blocks.py, which steps over the units other test processes hold, so on a loaded
+machine two runs got other ports: other digits in every SDP body, other hashes in the parser's
+caches, and runs of one tree counted 0.035-0.045 M per call apart (session 42). The run now
+relays on a fixed block, locked as a test process locks its block so that no test run binds
+it meanwhile: ``--media-ports FIRST`` names it (a run whose block another process holds stops
+and says so rather than count on other ports); without it, the first free one of
+:data:`FIXED_MEDIA_BLOCKS`, so that runs started together each get one. Each run prints its
+block: compare runs made on the same blocks (a script that starts the N = 20 and N = 70 runs
+together names one for each, as the two might otherwise take them in either order).
+
 Without valgrind it runs in a few seconds and prints the number of calls done.
 
 ``--trio-counts`` (no valgrind) prints instead what one call costs in trio's machinery, per
@@ -82,7 +93,61 @@ sys.modules["tests"] = _tests
 
 from gateway.core.sip.transaction import TransactionTimers  # noqa: E402
 from gateway.core.store.sqlite import SqliteStore  # noqa: E402
-from tests.component.calls.b2bua_env import T1, answered_call, eventually, start_b2bua  # noqa: E402
+from tests import port_blocks  # noqa: E402
+
+# The relay's ports (the module docstring says why fixed blocks): the top of the tests' region
+# (tests/port_blocks.py claims from its bottom up), below Linux's ephemeral range; one block per
+# run that runs at the same time.
+MEDIA_PORT_COUNT = 200
+FIXED_MEDIA_BLOCKS = (32000, 32200, 32400, 31800)
+
+
+def _import_b2bua_env(first: int | None) -> types.ModuleType:
+    """tests/component/calls/b2bua_env.py with its relay on ``first`` .. ``first + 199`` (None:
+    the first free block of :data:`FIXED_MEDIA_BLOCKS`), locked for this process as a test's
+    block is (``port_blocks.lend``): SystemExit naming the block when another process holds it.
+    The module takes its block at import, by ``port_block``, whose tries over units other
+    processes hold (a failed ``flock``, a port that would not bind, each an exception) differed
+    between runs too; it is handed this one instead."""
+    for start in FIXED_MEDIA_BLOCKS if first is None else (first,):
+        ports = range(start, start + MEDIA_PORT_COUNT)
+        if (
+            start % 2
+            or start < port_blocks.LOW
+            or ports.stop > port_blocks._ephemeral_low()
+            or port_blocks.overlaps_default_media(ports)
+        ):
+            raise SystemExit(
+                f"--media-ports {start}: an even port from {port_blocks.LOW} whose block ends"
+                f" below the kernel's ephemeral ports ({port_blocks._ephemeral_low()}) and misses"
+                f" the gateway's default range {port_blocks.GATEWAY_DEFAULT_MEDIA.start}-"
+                f"{port_blocks.GATEWAY_DEFAULT_MEDIA.stop - 1}"
+            )
+        if port_blocks.lend(ports):
+            break
+    else:
+        raise SystemExit(
+            f"the media port blocks from {', '.join(map(str, FIXED_MEDIA_BLOCKS))} are held"
+            " by other processes (tests/port_blocks.py): name another block with --media-ports,"
+            " or wait"
+            if first is None
+            else f"--media-ports {first}: ports {first}-{first + MEDIA_PORT_COUNT - 1} are held"
+            " by another process (tests/port_blocks.py); name another block, or wait"
+        )
+    print(f"media ports {ports.start}-{ports.stop - 1}")
+
+    def this_block(count: int, *, even: bool = True) -> range:
+        assert count == MEDIA_PORT_COUNT and even, "b2bua_env takes one block of 200"
+        return ports
+
+    port_block = port_blocks.port_block
+    port_blocks.port_block = this_block
+    try:
+        from tests.component.calls import b2bua_env
+    finally:
+        port_blocks.port_block = port_block
+    assert ports == b2bua_env.MEDIA_PORTS
+    return b2bua_env
 
 
 def _store_in_virtual_time() -> None:
@@ -199,23 +264,27 @@ class TrioCounts(trio.abc.Instrument):
 
 
 async def run_calls(
-    calls: int, state: Path, counts: TrioCounts | None = None, warm_up: int = 0
+    b2bua_env: types.ModuleType,
+    calls: int,
+    state: Path,
+    counts: TrioCounts | None = None,
+    warm_up: int = 0,
 ) -> int:
     done = 0
     async with trio.open_nursery() as nursery:
-        env = await start_b2bua(nursery, state, seed=7)
+        env = await b2bua_env.start_b2bua(nursery, state, seed=7)
         for number in range(warm_up + calls):
             if counts is not None and number == warm_up:
                 counts.counting = True
-            call, _leg_b = await answered_call(env)
+            call, _leg_b = await b2bua_env.answered_call(env)
             bye = await call.bye()
             assert bye.status == 200, bye.reason
-            await eventually(lambda: env.calls == 0)
+            await b2bua_env.eventually(lambda: env.calls == 0)
             done += 1
         # Every transaction of the last calls ends too (Timers D, J and K: RFC 3261 §17), so a
         # run holds the whole life of each of its calls' transactions; otherwise two runs
         # stopped at different points of the last calls' timers.
-        timers = TransactionTimers(t1=T1)
+        timers = TransactionTimers(t1=b2bua_env.T1)
         await trio.sleep(max(timers.timeout, timers.timer_d, timers.t4) + 1)
         if counts is not None:
             counts.counting = False
@@ -251,7 +320,16 @@ def main() -> None:
     parser.add_argument(
         "--warm-up", type=int, default=3, help="with --trio-counts: calls made before counting"
     )
+    parser.add_argument(
+        "--media-ports",
+        type=int,
+        default=None,
+        metavar="FIRST",
+        help="the relay's 200 ports from FIRST (default: the first free block of"
+        f" {', '.join(map(str, FIXED_MEDIA_BLOCKS))}: see the module docstring)",
+    )
     args = parser.parse_args()
+    b2bua_env = _import_b2bua_env(args.media_ports)
     gc.disable()
     _store_in_virtual_time()
     _seed_trios_scheduler()
@@ -262,6 +340,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="call-instructions-") as state:
         done = trio.run(
             run_calls,
+            b2bua_env,
             args.calls,
             Path(state),
             counts,
