@@ -28,6 +28,7 @@ CODECS = {
     "0": "a=rtpmap:0 PCMU/8000",
     "8": "a=rtpmap:8 PCMA/8000",
     "9": "a=rtpmap:9 G722/8000",
+    "97": "a=rtpmap:97 red/8000\r\na=fmtp:97 0/0",
     "96": "a=rtpmap:96 telephone-event/8000",
     "101": "a=rtpmap:101 telephone-event/8000",
 }
@@ -150,9 +151,14 @@ def test_a_repeated_offer_refused_can_no_longer_be_withdrawn(session: MediaSessi
     assert held.origin == repeated.origin.bumped()
 
 
-def answered_with(session: MediaSession, formats: tuple[str, ...]) -> None:
-    """A offers PCMU, PCMA and telephone-event 101; B answers ``formats``."""
-    session.offer_from("a", sdp(20000, formats=("0", "8", "101")))
+def answered_with(
+    session: MediaSession,
+    formats: tuple[str, ...],
+    *,
+    offered: tuple[str, ...] = ("0", "8", "101"),
+) -> None:
+    """A offers ``offered`` (PCMU, PCMA and telephone-event 101); B answers ``formats``."""
+    session.offer_from("a", sdp(20000, formats=offered))
     session.answer_from("b", sdp(30000, formats=formats))
     session.settle()
 
@@ -229,6 +235,46 @@ def test_an_answer_narrowed_to_keep_the_codec_in_use_is_taken(
     session.repeat_offer("b")
     with pytest.raises(SdpError, match="added"):
         session.answer_to_repeated_offer("b", sdp(30010, version=3, formats=before))
+
+
+@pytest.mark.parametrize(
+    ("after", "refused"),
+    [
+        (("97", "0"), None),  # PCMA and telephone-event left out
+        (("97", "0", "8", "101"), None),
+        (("97", "8", "101"), "(the codec in use, 0 PCMU/8000, left out)"),
+        (("0", "8", "101"), "(the codec in use, 97 red/8000, left out)"),
+    ],
+)
+def test_red_listed_before_the_codec_in_use_is_part_of_it(
+    session: MediaSession, after: tuple[str, ...], refused: str | None
+) -> None:
+    """The phone's SDP in force lists RED (RFC 2198) first, wrapping PCMU: the caller sends
+    RED packets carrying PCMU (RFC 3264 §7). An answer to our re-key keeping both may leave
+    out the rest; one leaving out PCMU (RED alone carries nothing the phone could decode) or
+    RED (the phone would drop every packet the caller sends) is refused."""
+    formats = ("97", "0", "8", "101")
+    answered_with(session, formats, offered=formats)
+    session.repeat_offer("b")
+    answer = sdp(30010, version=2, formats=after)
+    if refused is None:
+        session.answer_to_repeated_offer("b", answer)
+        assert stream_of(session).b.rtp_destination == ("127.0.0.1", 30010)
+        return
+    with pytest.raises(SdpError, match="changes the stream's codecs") as error:
+        session.answer_to_repeated_offer("b", answer)
+    assert refused in error.value.reason
+    assert stream_of(session).b.rtp_destination == ("127.0.0.1", 30000)
+
+
+def test_telephone_event_listed_first_is_not_the_codec_in_use(session: MediaSession) -> None:
+    """A phone that lists telephone-event first still takes PCMU from the caller (RFC 4733
+    events are not the stream's media): an answer to our re-key without telephone-event keeps
+    the codec in use and is taken."""
+    answered_with(session, ("101", "0", "8"))
+    session.repeat_offer("b")
+    session.answer_to_repeated_offer("b", sdp(30010, version=2, formats=("0", "8")))
+    assert stream_of(session).b.rtp_destination == ("127.0.0.1", 30010)
 
 
 def test_an_answer_with_the_same_codecs_in_another_order_or_fmtp_is_taken(
