@@ -29,6 +29,8 @@ CODECS = {
     "8": "a=rtpmap:8 PCMA/8000",
     "9": "a=rtpmap:9 G722/8000",
     "97": "a=rtpmap:97 red/8000\r\na=fmtp:97 0/0",
+    "98": "a=rtpmap:98 opus/48000/2",
+    "111": "a=rtpmap:111 opus/48000/2",
     "96": "a=rtpmap:96 telephone-event/8000",
     "101": "a=rtpmap:101 telephone-event/8000",
 }
@@ -275,6 +277,39 @@ def test_telephone_event_listed_first_is_not_the_codec_in_use(session: MediaSess
     session.repeat_offer("b")
     session.answer_to_repeated_offer("b", sdp(30010, version=2, formats=("0", "8")))
     assert stream_of(session).b.rtp_destination == ("127.0.0.1", 30010)
+
+
+@pytest.mark.parametrize(
+    ("after", "refused"),
+    [
+        (("98", "101"), None),  # the codec in use only, under the phone's own number
+        (("98", "0", "101"), None),
+        (("0", "101"), "(the codec in use, 98 opus/48000/2, left out)"),
+        (("111", "0", "101"), "(the codec in use, 98 opus/48000/2, left out)"),
+    ],
+)
+def test_the_codec_in_use_under_a_number_the_phone_gave_it(
+    session: MediaSession, after: tuple[str, ...], refused: str | None
+) -> None:
+    """We offered Opus at 111; the phone answered it at 98 (RFC 3264 §6.1 asks it to keep the
+    offer's number, SHOULD), and the relay renumbers 111 <-> 98. Opus is the codec in use
+    under the phone's number: an answer to our re-key keeping it at 98 is taken, one leaving
+    it out (the caller goes on sending Opus, which the phone would drop), or moving it to
+    another number (the relay sends 98), is refused. Before, a format the offer lacked by
+    number was not looked at: Opus left out was taken, Opus alone refused (PCMU "in use")."""
+    answered_with(session, ("98", "0", "101"), offered=("111", "0", "101"))
+    assert dict(stream_of(session).a_to_b.payload_types) == {111: 98}
+    session.repeat_offer("b")
+    answer = sdp(30010, version=2, formats=after)
+    if refused is None:
+        session.answer_to_repeated_offer("b", answer)
+        assert stream_of(session).b.rtp_destination == ("127.0.0.1", 30010)
+        assert dict(stream_of(session).a_to_b.payload_types) == {111: 98}
+        return
+    with pytest.raises(SdpError, match="changes the stream's codecs") as error:
+        session.answer_to_repeated_offer("b", answer)
+    assert refused in error.value.reason
+    assert stream_of(session).b.rtp_destination == ("127.0.0.1", 30000)
 
 
 def test_an_answer_with_the_same_codecs_in_another_order_or_fmtp_is_taken(
