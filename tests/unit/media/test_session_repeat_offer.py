@@ -32,6 +32,7 @@ CODECS = {
     "98": "a=rtpmap:98 opus/48000/2",
     "111": "a=rtpmap:111 opus/48000/2",
     "96": "a=rtpmap:96 telephone-event/8000",
+    "100": "a=rtpmap:100 telephone-event/8000",
     "101": "a=rtpmap:101 telephone-event/8000",
 }
 
@@ -383,6 +384,22 @@ def test_telephone_event_left_out_makes_the_phone_the_info_leg(
     assert taking is not None and taking.take_payload_type == 101
     injecting = stream.b_to_a.dtmf
     assert injecting is not None and injecting.inject_payload_type == 101
+
+
+def test_telephone_event_the_phone_had_renumbered_left_out_makes_it_the_info_leg(
+    interworking: MediaSession,
+) -> None:
+    """The phone answered our telephone-event 101 at 100 (the relay renumbers the caller's
+    events); its answer to our re-key leaves it out: the caller's events go to it as SIP INFO
+    from then on, as when it kept our number. Before, its telephone-event at 100 was not
+    counted as one it had (100 is not in our offer), and the caller's events went on to a
+    phone that had said it takes none."""
+    session = interworking
+    answered_with(session, ("0", "100"), offered=("0", "101"))
+    assert session.dtmf is None
+    session.repeat_offer("b")
+    session.answer_to_repeated_offer("b", sdp(30000, version=2, formats=("0",)))
+    assert session.dtmf == DtmfPlan(0, "a", "b", 101, 8000)
 
 
 def test_telephone_event_kept_changes_no_dtmf(interworking: MediaSession) -> None:
