@@ -402,6 +402,22 @@ def test_telephone_event_the_phone_had_renumbered_left_out_makes_it_the_info_leg
     assert session.dtmf == DtmfPlan(0, "a", "b", 101, 8000)
 
 
+@pytest.mark.parametrize(("answered", "red"), [(("97", "0", "101"), (97,)), (("0", "101"), ())])
+def test_the_callers_events_inside_red_are_taken_only_where_red_was_agreed(
+    interworking: MediaSession, answered: tuple[str, ...], red: tuple[int, ...]
+) -> None:
+    """The caller offered RED; the phone's answer to our re-key leaves out telephone-event.
+    The caller's events are taken out of RED packets too (RFC 4733 §2.5.1.5) when the phone
+    had taken RED, which our answer to the caller then kept (RFC 3264 §6.1); not when it had
+    not: the caller sends no RED then."""
+    session = interworking
+    answered_with(session, answered, offered=("97", "0", "101"))
+    session.repeat_offer("b")
+    narrowed = tuple(f for f in answered if f != "101")
+    session.answer_to_repeated_offer("b", sdp(30000, version=2, formats=narrowed))
+    assert session.dtmf == DtmfPlan(0, "a", "b", 101, 8000, red)
+
+
 def test_telephone_event_kept_changes_no_dtmf(interworking: MediaSession) -> None:
     session = interworking
     answered_with(session, ("0", "8", "101"))
