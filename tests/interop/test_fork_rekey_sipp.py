@@ -46,15 +46,21 @@ def to_tag(message: str) -> str:
     return found.group(1)
 
 
+@pytest.mark.parametrize(
+    "scenario", ["calls/uas_fork_sdes_rekey.xml", "calls/uas_fork_sdes_rekey_narrowed.xml"]
+)
 def test_a_forked_sdes_callee_answering_after_another_phones_183_is_re_invited_with_new_keys(
-    tmp_path: Path,
+    tmp_path: Path, scenario: str
 ) -> None:
+    """``..._narrowed.xml``: phone 2's 200 takes PCMU, PCMA and telephone-event, its answer to
+    the re-key only PCMU (the codec in use): taken, the call goes on re-keyed (session 42
+    ended it with cause 488)."""
     pki = TestPki(tmp_path / "pki")
     ca = pki.ca("Carrier CA")
     trunk_certificate = ca.issue("trunk.carrier.test")  # names 127.0.0.1
     tunnel_port = free_port("tcp")
     trunk = SippUas(
-        "calls/uas_fork_sdes_rekey.xml",
+        scenario,
         workdir=tmp_path,
         transport="tcp",
         keys={"contact_port": str(tunnel_port)},
@@ -107,3 +113,9 @@ def test_a_forked_sdes_callee_answering_after_another_phones_183_is_re_invited_w
     assert offered_key(again) != offered_key(first)
     assert "another forked phone than the early media keyed by our SDP keys" in log
     assert "the B leg re-keyed: our SRTP key is its phone's alone" in log
+    narrowed = (
+        "the answer to our re-key re-offer on leg b leaves out 8 PCMA/8000, 101 "
+        "telephone-event/8000 and keeps the codec in use: taken"
+    )
+    assert (narrowed in log) == scenario.endswith("_narrowed.xml")
+    assert "changes the stream's codecs" not in log

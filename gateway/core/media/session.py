@@ -1935,11 +1935,16 @@ def _without_telephone_event(media: MediaDescription) -> MediaDescription:
 
 def _offered_event(offered: MediaDescription, media: MediaDescription) -> tuple[int, int] | None:
     """``media``'s telephone-event (:func:`telephone_event`) when ``offered`` (our offer it
-    answers, or answered) lists its number too; None otherwise."""
+    answers, or answered) lists its number too, or one at its clock rate (a peer that answered
+    ours under a number of its own, RFC 3264 §6.1 SHOULD; the relay renumbers); None
+    otherwise."""
     event = telephone_event(media)
-    if event is None or str(event[0]) not in offered.formats:
+    if event is None:
         return None
-    return event
+    if str(event[0]) in offered.formats:
+        return event
+    ours = telephone_event(offered)
+    return event if ours is not None and ours[1] == event[1] else None
 
 
 def _random_ssrc() -> int:

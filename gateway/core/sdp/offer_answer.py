@@ -172,8 +172,11 @@ def codec_change(
     """What ``after``, a peer's answer to our re-offer ``offered`` of a stream whose SDP from
     that peer was ``before``, changes in the codecs the peer uses on it: None when the two
     give every payload type of the offer the same codec (name, rate, channels; order and fmtp
-    aside). Payload types the offer lacks do not count: a peer's own earlier offer listed more
-    than we answered, and the peer sends only what both listed (RFC 3264 §6.1).
+    aside). Formats whose codec the offer lacks do not count: a peer's own earlier offer
+    listed more than we answered, and the peer sends only what both listed (RFC 3264 §6.1). A
+    codec of the offer that the peer answered under another number (§6.1 asks it to keep the
+    offer's, SHOULD; the relay renumbers then, :func:`payload_type_map`) counts under the
+    peer's number, as the relay uses it.
 
     A narrowing (formats left out, none added, none given another codec) that keeps the codec
     in use is not refused (RFC 3264 §6.1 lets an answer list any subset of the offer; phones
@@ -187,9 +190,19 @@ def codec_change(
     type."""
     if not offered.is_rtp or not before.is_rtp or not after.is_rtp:
         return None
-    ours = set(offered.payload_types)
-    was = {pt: c for pt, c in _codecs_by_format(before).items() if pt in ours}
-    now = {pt: c for pt, c in _codecs_by_format(after).items() if pt in ours}
+    offered_codecs = _codecs_by_format(offered)
+    ours = set(offered_codecs)
+    our_codecs = {c.codec_key for c in offered_codecs.values() if c is not None}
+
+    def answered(media: MediaDescription) -> dict[int, RtpMap | None]:
+        # The offer's formats by number, and its codecs the peer gave a number of its own.
+        return {
+            pt: c
+            for pt, c in _codecs_by_format(media).items()
+            if pt in ours or (c is not None and c.codec_key in our_codecs)
+        }
+
+    was, now = answered(before), answered(after)
     was_keys, now_keys = _codec_keys(was), _codec_keys(now)
     if was_keys == now_keys:
         return None

@@ -187,3 +187,41 @@ async def test_a_reliable_183_past_the_bound_never_moves_the_early_media(
     assert "fork-past-the-bound" not in {p.to.tag for p in env.alice.requests("PRACK")}
     await call.cancel()
     await eventually(lambda: env.calls == 0)
+
+
+async def test_the_fork_past_the_bound_may_still_answer_with_its_sdp(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The 33rd fork's reliable 183 reached the caller as 180 without SDP (its answer never
+    completed, RFC 3262 §5); that phone then answers 200 with its SDP (a UAS ought to wait for
+    the PRACK, §3, but some do not): the 2xx's answer is taken (RFC 3261 §13.2.1), the caller
+    gets it in our 200 and the relay sends to that phone, not to the fork it heard ringing."""
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    assert leg_b.incoming is not None and call.exchange is not None
+    first_tag = leg_b.local_tag
+    for fork in range(MAX_EARLY_DIALOGS):
+        leg_b.local_tag = first_tag if fork == 0 else f"fork-{fork}"
+        body = simple_sdp(ALICE[0], 30000 + 2 * fork, version=1)
+        await env.alice.respond(leg_b.incoming, 183, body=body, extra=RELIABLE)
+    await call.exchange.wait_for(lambda _: len(call.exchange.responses) > MAX_EARLY_DIALOGS)  # type: ignore[union-attr]
+    leg_b.local_tag = "fork-past-the-bound"
+    env.alice._by_dialog[(leg_b.call_id, leg_b.local_tag)] = leg_b
+    body = simple_sdp(ALICE[0], 31000, version=1)
+    before = len(call.exchange.responses)
+    await env.alice.respond(leg_b.incoming, 183, body=body, extra=RELIABLE)
+    await call.exchange.wait_for(lambda _: len(call.exchange.responses) > before)  # type: ignore[union-attr]
+    assert call.exchange.responses[-1].status == 180
+    await leg_b.answer(200, sdp=body)
+    ok = await call.final()
+    assert ok.status == 200 and ok.body
+    ack = await env.alice.next_request("ACK")
+    assert ack.request.to.tag == "fork-past-the-bound"
+    gateway_call = b2bua_call(env)
+    assert gateway_call.media is not None
+    (stream,) = gateway_call.media.streams
+    await eventually(lambda: stream.b.rtp_destination == (ALICE[0], 31000))  # type: ignore[attr-defined]
+    assert env.alice.requests("BYE") == [] and env.trunk.requests("BYE") == []
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)

@@ -28,7 +28,11 @@ CODECS = {
     "0": "a=rtpmap:0 PCMU/8000",
     "8": "a=rtpmap:8 PCMA/8000",
     "9": "a=rtpmap:9 G722/8000",
+    "97": "a=rtpmap:97 red/8000\r\na=fmtp:97 0/0",
+    "98": "a=rtpmap:98 opus/48000/2",
+    "111": "a=rtpmap:111 opus/48000/2",
     "96": "a=rtpmap:96 telephone-event/8000",
+    "100": "a=rtpmap:100 telephone-event/8000",
     "101": "a=rtpmap:101 telephone-event/8000",
 }
 
@@ -150,9 +154,14 @@ def test_a_repeated_offer_refused_can_no_longer_be_withdrawn(session: MediaSessi
     assert held.origin == repeated.origin.bumped()
 
 
-def answered_with(session: MediaSession, formats: tuple[str, ...]) -> None:
-    """A offers PCMU, PCMA and telephone-event 101; B answers ``formats``."""
-    session.offer_from("a", sdp(20000, formats=("0", "8", "101")))
+def answered_with(
+    session: MediaSession,
+    formats: tuple[str, ...],
+    *,
+    offered: tuple[str, ...] = ("0", "8", "101"),
+) -> None:
+    """A offers ``offered`` (PCMU, PCMA and telephone-event 101); B answers ``formats``."""
+    session.offer_from("a", sdp(20000, formats=offered))
     session.answer_from("b", sdp(30000, formats=formats))
     session.settle()
 
@@ -231,6 +240,79 @@ def test_an_answer_narrowed_to_keep_the_codec_in_use_is_taken(
         session.answer_to_repeated_offer("b", sdp(30010, version=3, formats=before))
 
 
+@pytest.mark.parametrize(
+    ("after", "refused"),
+    [
+        (("97", "0"), None),  # PCMA and telephone-event left out
+        (("97", "0", "8", "101"), None),
+        (("97", "8", "101"), "(the codec in use, 0 PCMU/8000, left out)"),
+        (("0", "8", "101"), "(the codec in use, 97 red/8000, left out)"),
+    ],
+)
+def test_red_listed_before_the_codec_in_use_is_part_of_it(
+    session: MediaSession, after: tuple[str, ...], refused: str | None
+) -> None:
+    """The phone's SDP in force lists RED (RFC 2198) first, wrapping PCMU: the caller sends
+    RED packets carrying PCMU (RFC 3264 §7). An answer to our re-key keeping both may leave
+    out the rest; one leaving out PCMU (RED alone carries nothing the phone could decode) or
+    RED (the phone would drop every packet the caller sends) is refused."""
+    formats = ("97", "0", "8", "101")
+    answered_with(session, formats, offered=formats)
+    session.repeat_offer("b")
+    answer = sdp(30010, version=2, formats=after)
+    if refused is None:
+        session.answer_to_repeated_offer("b", answer)
+        assert stream_of(session).b.rtp_destination == ("127.0.0.1", 30010)
+        return
+    with pytest.raises(SdpError, match="changes the stream's codecs") as error:
+        session.answer_to_repeated_offer("b", answer)
+    assert refused in error.value.reason
+    assert stream_of(session).b.rtp_destination == ("127.0.0.1", 30000)
+
+
+def test_telephone_event_listed_first_is_not_the_codec_in_use(session: MediaSession) -> None:
+    """A phone that lists telephone-event first still takes PCMU from the caller (RFC 4733
+    events are not the stream's media): an answer to our re-key without telephone-event keeps
+    the codec in use and is taken."""
+    answered_with(session, ("101", "0", "8"))
+    session.repeat_offer("b")
+    session.answer_to_repeated_offer("b", sdp(30010, version=2, formats=("0", "8")))
+    assert stream_of(session).b.rtp_destination == ("127.0.0.1", 30010)
+
+
+@pytest.mark.parametrize(
+    ("after", "refused"),
+    [
+        (("98", "101"), None),  # the codec in use only, under the phone's own number
+        (("98", "0", "101"), None),
+        (("0", "101"), "(the codec in use, 98 opus/48000/2, left out)"),
+        (("111", "0", "101"), "(the codec in use, 98 opus/48000/2, left out)"),
+    ],
+)
+def test_the_codec_in_use_under_a_number_the_phone_gave_it(
+    session: MediaSession, after: tuple[str, ...], refused: str | None
+) -> None:
+    """We offered Opus at 111; the phone answered it at 98 (RFC 3264 §6.1 asks it to keep the
+    offer's number, SHOULD), and the relay renumbers 111 <-> 98. Opus is the codec in use
+    under the phone's number: an answer to our re-key keeping it at 98 is taken, one leaving
+    it out (the caller goes on sending Opus, which the phone would drop), or moving it to
+    another number (the relay sends 98), is refused. Before, a format the offer lacked by
+    number was not looked at: Opus left out was taken, Opus alone refused (PCMU "in use")."""
+    answered_with(session, ("98", "0", "101"), offered=("111", "0", "101"))
+    assert dict(stream_of(session).a_to_b.payload_types) == {111: 98}
+    session.repeat_offer("b")
+    answer = sdp(30010, version=2, formats=after)
+    if refused is None:
+        session.answer_to_repeated_offer("b", answer)
+        assert stream_of(session).b.rtp_destination == ("127.0.0.1", 30010)
+        assert dict(stream_of(session).a_to_b.payload_types) == {111: 98}
+        return
+    with pytest.raises(SdpError, match="changes the stream's codecs") as error:
+        session.answer_to_repeated_offer("b", answer)
+    assert refused in error.value.reason
+    assert stream_of(session).b.rtp_destination == ("127.0.0.1", 30000)
+
+
 def test_an_answer_with_the_same_codecs_in_another_order_or_fmtp_is_taken(
     session: MediaSession,
 ) -> None:
@@ -302,6 +384,38 @@ def test_telephone_event_left_out_makes_the_phone_the_info_leg(
     assert taking is not None and taking.take_payload_type == 101
     injecting = stream.b_to_a.dtmf
     assert injecting is not None and injecting.inject_payload_type == 101
+
+
+def test_telephone_event_the_phone_had_renumbered_left_out_makes_it_the_info_leg(
+    interworking: MediaSession,
+) -> None:
+    """The phone answered our telephone-event 101 at 100 (the relay renumbers the caller's
+    events); its answer to our re-key leaves it out: the caller's events go to it as SIP INFO
+    from then on, as when it kept our number. Before, its telephone-event at 100 was not
+    counted as one it had (100 is not in our offer), and the caller's events went on to a
+    phone that had said it takes none."""
+    session = interworking
+    answered_with(session, ("0", "100"), offered=("0", "101"))
+    assert session.dtmf is None
+    session.repeat_offer("b")
+    session.answer_to_repeated_offer("b", sdp(30000, version=2, formats=("0",)))
+    assert session.dtmf == DtmfPlan(0, "a", "b", 101, 8000)
+
+
+@pytest.mark.parametrize(("answered", "red"), [(("97", "0", "101"), (97,)), (("0", "101"), ())])
+def test_the_callers_events_inside_red_are_taken_only_where_red_was_agreed(
+    interworking: MediaSession, answered: tuple[str, ...], red: tuple[int, ...]
+) -> None:
+    """The caller offered RED; the phone's answer to our re-key leaves out telephone-event.
+    The caller's events are taken out of RED packets too (RFC 4733 §2.5.1.5) when the phone
+    had taken RED, which our answer to the caller then kept (RFC 3264 §6.1); not when it had
+    not: the caller sends no RED then."""
+    session = interworking
+    answered_with(session, answered, offered=("97", "0", "101"))
+    session.repeat_offer("b")
+    narrowed = tuple(f for f in answered if f != "101")
+    session.answer_to_repeated_offer("b", sdp(30000, version=2, formats=narrowed))
+    assert session.dtmf == DtmfPlan(0, "a", "b", 101, 8000, red)
 
 
 def test_telephone_event_kept_changes_no_dtmf(interworking: MediaSession) -> None:
