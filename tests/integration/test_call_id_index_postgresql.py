@@ -664,3 +664,61 @@ def test_migrate_store_says_how_long_the_index_build_on_a_big_table_may_take(
         " node's next start builds it"
     ]
     assert _index_state(postgres_cluster, shifted_database) == [True]
+
+
+def test_a_nodes_background_build_leaves_a_build_by_hand_in_progress_to_finish(
+    postgres_cluster: Cluster,
+    shifted_database: str,
+    opened: list[PostgresStore],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As above, from a big table's background build, which has no statement_timeout: there
+    a DROP INDEX CONCURRENTLY of the index being built by hand would wait for that build to
+    end and then drop what it built (review-o6: the start's bounded try above gave up at
+    statement_timeout whether the guard was there or not)."""
+    import psycopg
+
+    PostgresStore.open(postgres_cluster.dsn(shifted_database), listen=False).close()
+    postgres_cluster.admin(f"DROP INDEX {CALL_ID_INDEX}", shifted_database)
+    postgres_cluster.admin(
+        'CREATE INDEX ops_call_id_c ON call_records ((call_id COLLATE "C"))', shifted_database
+    )
+    caplog.set_level(logging.INFO, logger=pg_module.__name__)
+    monkeypatch.setattr(pg_module, "INLINE_INDEX_BYTES", -1)  # "big": in the thread
+    done: list[BaseException | None] = []
+
+    def by_hand() -> None:
+        try:
+            with psycopg.connect(postgres_cluster.admin_dsn(shifted_database)) as hand:
+                hand.autocommit = True
+                hand.execute(pg_module._CREATE_CALL_ID_INDEX)
+            done.append(None)
+        except BaseException as exc:
+            done.append(exc)
+
+    def dropping() -> bool:
+        rows = postgres_cluster.admin(
+            "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE 'DROP INDEX%'",
+            shifted_database,
+        )
+        return bool(rows[0][0])
+
+    with psycopg.connect(postgres_cluster.admin_dsn(shifted_database)) as writer:
+        writer.execute("LOCK TABLE call_records IN ROW EXCLUSIVE MODE")  # holds the build
+        hand = threading.Thread(target=by_hand, daemon=True)
+        hand.start()
+        _wait_until(lambda: _building(postgres_cluster, shifted_database))
+        store = PostgresStore.open(postgres_cluster.dsn(shifted_database), node="node")
+        opened.append(store)
+        builder = store._builder
+        assert builder is not None
+        _wait_until(lambda: not builder.is_alive() or dropping())
+        writer.rollback()
+    hand.join(30)
+    builder.join(30)
+    assert done == [None]
+    assert _index_state(postgres_cluster, shifted_database) == [True]  # the hand-built one
+    assert not any("dropp" in r.getMessage() for r in caplog.records)
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
