@@ -722,3 +722,37 @@ def test_a_nodes_background_build_leaves_a_build_by_hand_in_progress_to_finish(
     assert not any("dropp" in r.getMessage() for r in caplog.records)
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
 
+
+def test_the_leftover_is_said_dropped_only_once_it_is(
+    postgres_cluster: Cluster,
+    shifted_database: str,
+    opened: list[PostgresStore],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The drop waits for the transactions open on call_records: a start's, bounded by
+    statement_timeout, may give up. The WARNING that says the leftover dropped came before
+    the DROP and stood in the log when it did not happen (review-o6); now an INFO says it is
+    being dropped, and the WARNING comes once it is."""
+    import psycopg
+
+    PostgresStore.open(postgres_cluster.dsn(shifted_database), listen=False).close()
+    postgres_cluster.admin(
+        'CREATE INDEX ops_call_id_c ON call_records ((call_id COLLATE "C"))', shifted_database
+    )
+    _invalidate(postgres_cluster, shifted_database)
+    caplog.set_level(logging.INFO, logger=pg_module.__name__)
+    with psycopg.connect(postgres_cluster.admin_dsn(shifted_database)) as writer:
+        writer.execute("LOCK TABLE call_records IN ROW EXCLUSIVE MODE")  # an open transaction
+        opened.append(PostgresStore.open(postgres_cluster.dsn(shifted_database), listen=False))
+        assert _index_state(postgres_cluster, shifted_database) == [False]  # not dropped
+        said = [(r.levelno, r.getMessage()) for r in caplog.records if "dropp" in r.getMessage()]
+        assert [level for level, _ in said] == [logging.INFO, logging.INFO], said
+        assert f"dropping the index {CALL_ID_INDEX} concurrently" in said[0][1]
+        assert f"the index {CALL_ID_INDEX} not dropped within statement_timeout" in said[1][1]
+        writer.rollback()
+    caplog.clear()
+    opened.append(PostgresStore.open(postgres_cluster.dsn(shifted_database), listen=False))
+    assert _index_state(postgres_cluster, shifted_database) == []
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "which answers in its place: dropped" in warnings[0]

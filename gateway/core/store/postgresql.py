@@ -2267,10 +2267,12 @@ class PostgresStore:
             )
             return None
         valid = next(name for name, ok in indexes if ok)
-        log.warning(
-            "%s: the index %s is invalid (an interrupted build left it) beside the valid index"
-            ' %s on call_id COLLATE "C", which answers in its place: dropped (it answered'
-            " nothing, and every call record save kept it up)",
+        # Said as dropped once it is (a WARNING saying so before the DROP stood in the log
+        # when statement_timeout ended it, or it failed): INFO meanwhile, as the DROP waits
+        # for the transactions open on call_records, which may be long.
+        log.info(
+            "%s: dropping the index %s concurrently (invalid beside the valid index %s;"
+            " it waits for the transactions open on call_records to end)",
             where,
             CALL_ID_INDEX,
             valid,
@@ -2297,6 +2299,14 @@ class PostgresStore:
                 CALL_ID_INDEX,
             )
             return None
+        log.warning(
+            "%s: the index %s is invalid (an interrupted build left it) beside the valid index"
+            ' %s on call_id COLLATE "C", which answers in its place: dropped (it answered'
+            " nothing, and every call record save kept it up)",
+            where,
+            CALL_ID_INDEX,
+            valid,
+        )
         self._call_id_leftover = False
         return None
 
