@@ -1989,6 +1989,13 @@ class PostgresStore:
                 name,
             )
 
+    @property
+    def stale_call_id_index(self) -> bool:
+        """Whether :data:`CALL_ID_INDEX` was last seen invalid beside a valid index on call_id
+        COLLATE "C" of another name and is not dropped yet (:meth:`_drop_stale_call_id_index`;
+        ``voipgw migrate-store`` says so when interrupted)."""
+        return self._call_id_leftover
+
     def wanted_indexes(self) -> list[str]:
         """The names of the indexes :meth:`build_indexes` builds in this database, in order."""
         return [index.name for index in self._wanted_indexes()]
