@@ -817,3 +817,54 @@ def test_migrate_store_interrupted_while_dropping_the_leftover_says_what_is_left
     ) in text, text
     assert "?" not in text.split("interrupted:")[1]
     assert _index_state(postgres_cluster, shifted_database) == [False]  # still there
+
+
+@pytest.mark.parametrize("beside", ["a hand-built index", "none"])
+def test_an_invalid_call_id_index_is_dropped_on_call_records_whatever_the_search_path(
+    postgres_cluster: Cluster,
+    shifted_database: str,
+    opened: list[PostgresStore],
+    caplog: pytest.LogCaptureFixture,
+    beside: str,
+) -> None:
+    """An invalid call_records_call_id_c is found on the call_records the search_path finds
+    (to_regclass), but ``DROP INDEX ... call_records_call_id_c`` by its bare name dropped the
+    first index of that name along the search_path: with ``search_path=aaa,public``
+    (docs/configuration.md shows ``options=-c search_path=...``), an index of that name in
+    aaa, on another table, valid, went, and the invalid one on public.call_records stayed
+    (review-o6): beside a hand-built index, the leftover of session 43's drop; alone, session
+    42's drop before the rebuild, whose ``IF NOT EXISTS`` then kept the invalid one. Each is
+    dropped in call_records' schema."""
+    PostgresStore.open(postgres_cluster.dsn(shifted_database), listen=False).close()
+    if beside != "none":
+        postgres_cluster.admin(
+            'CREATE INDEX ops_call_id_c ON call_records ((call_id COLLATE "C"))', shifted_database
+        )
+    _invalidate(postgres_cluster, shifted_database)
+    for statement in (
+        f"CREATE SCHEMA aaa AUTHORIZATION {STORE_USER}",
+        "CREATE TABLE aaa.notes (call_id text)",
+        f"ALTER TABLE aaa.notes OWNER TO {STORE_USER}",
+        f"CREATE INDEX {CALL_ID_INDEX} ON aaa.notes (call_id)",
+    ):
+        postgres_cluster.admin(statement, shifted_database)
+
+    def index_states() -> list[tuple[object, ...]]:
+        return postgres_cluster.admin(
+            "SELECT n.nspname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid ="
+            " i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+            f" WHERE c.relname = '{CALL_ID_INDEX}' ORDER BY n.nspname",
+            shifted_database,
+        )
+
+    assert index_states() == [("aaa", True), ("public", False)]
+    caplog.set_level(logging.INFO, logger=pg_module.__name__)
+    dsn = postgres_cluster.dsn(shifted_database) + " options='-c search_path=aaa,public'"
+    opened.append(PostgresStore.open(dsn, listen=False))
+    if beside == "none":
+        assert index_states() == [("aaa", True), ("public", True)]  # dropped, built again
+    else:
+        assert index_states() == [("aaa", True)]
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1, warnings
+        assert "which answers in its place: dropped" in warnings[0]

@@ -2285,7 +2285,7 @@ class PostgresStore:
             valid,
         )
         try:
-            db.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {CALL_ID_INDEX}")
+            db.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {_on_call_records(db, CALL_ID_INDEX)}")
         except pg.Error as exc:
             if bounded and isinstance(exc, pg.errors.QueryCanceled):
                 log.info(
@@ -2381,7 +2381,11 @@ class PostgresStore:
                     where,
                     index.name,
                 )
-                db.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {index.name}")
+                # The Call-ID index was found on call_records whatever its schema
+                # (_call_id_indexes): dropped there, not wherever the search_path first finds
+                # its name. The retention index's, found by its name (_index_valid), by name.
+                name = _on_call_records(db, index.name) if index is CALL_ID else index.name
+                db.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
             if self._stopping.is_set():
                 return True
             if deadline is not None:
@@ -2670,6 +2674,18 @@ def _index_valid(db: psycopg.Connection[Any], name: str = RETENTION_INDEX) -> bo
         "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", (name,)
     ).fetchone()
     return None if row is None else bool(row[0])
+
+
+def _on_call_records(db: psycopg.Connection[Any], name: str) -> str:
+    """``name`` (an index's) qualified with the schema of the call_records the search_path
+    finds (to_regclass), where its indexes are: a DROP INDEX of the bare name takes the first
+    relation of that name along the search_path, which may be another schema's, on another
+    table (``options=-c search_path=a,public``)."""
+    row = db.execute(
+        "SELECT quote_ident(n.nspname) FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass('call_records')"
+    ).fetchone()
+    return name if row is None else f"{row[0]}.{name}"
 
 
 def _call_id_indexes(db: psycopg.Connection[Any]) -> list[tuple[str, bool]]:
