@@ -1989,6 +1989,13 @@ class PostgresStore:
                 name,
             )
 
+    @property
+    def stale_call_id_index(self) -> bool:
+        """Whether :data:`CALL_ID_INDEX` was last seen invalid beside a valid index on call_id
+        COLLATE "C" of another name and is not dropped yet (:meth:`_drop_stale_call_id_index`;
+        ``voipgw migrate-store`` says so when interrupted)."""
+        return self._call_id_leftover
+
     def wanted_indexes(self) -> list[str]:
         """The names of the indexes :meth:`build_indexes` builds in this database, in order."""
         return [index.name for index in self._wanted_indexes()]
@@ -2267,16 +2274,18 @@ class PostgresStore:
             )
             return None
         valid = next(name for name, ok in indexes if ok)
-        log.warning(
-            "%s: the index %s is invalid (an interrupted build left it) beside the valid index"
-            ' %s on call_id COLLATE "C", which answers in its place: dropped (it answered'
-            " nothing, and every call record save kept it up)",
+        # Said as dropped once it is (a WARNING saying so before the DROP stood in the log
+        # when statement_timeout ended it, or it failed): INFO meanwhile, as the DROP waits
+        # for the transactions open on call_records, which may be long.
+        log.info(
+            "%s: dropping the index %s concurrently (invalid beside the valid index %s;"
+            " it waits for the transactions open on call_records to end)",
             where,
             CALL_ID_INDEX,
             valid,
         )
         try:
-            db.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {CALL_ID_INDEX}")
+            db.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {_on_call_records(db, CALL_ID_INDEX)}")
         except pg.Error as exc:
             if bounded and isinstance(exc, pg.errors.QueryCanceled):
                 log.info(
@@ -2297,6 +2306,14 @@ class PostgresStore:
                 CALL_ID_INDEX,
             )
             return None
+        log.warning(
+            "%s: the index %s is invalid (an interrupted build left it) beside the valid index"
+            ' %s on call_id COLLATE "C", which answers in its place: dropped (it answered'
+            " nothing, and every call record save kept it up)",
+            where,
+            CALL_ID_INDEX,
+            valid,
+        )
         self._call_id_leftover = False
         return None
 
@@ -2364,7 +2381,11 @@ class PostgresStore:
                     where,
                     index.name,
                 )
-                db.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {index.name}")
+                # The Call-ID index was found on call_records whatever its schema
+                # (_call_id_indexes): dropped there, not wherever the search_path first finds
+                # its name. The retention index's, found by its name (_index_valid), by name.
+                name = _on_call_records(db, index.name) if index is CALL_ID else index.name
+                db.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
             if self._stopping.is_set():
                 return True
             if deadline is not None:
@@ -2653,6 +2674,18 @@ def _index_valid(db: psycopg.Connection[Any], name: str = RETENTION_INDEX) -> bo
         "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", (name,)
     ).fetchone()
     return None if row is None else bool(row[0])
+
+
+def _on_call_records(db: psycopg.Connection[Any], name: str) -> str:
+    """``name`` (an index's) qualified with the schema of the call_records the search_path
+    finds (to_regclass), where its indexes are: a DROP INDEX of the bare name takes the first
+    relation of that name along the search_path, which may be another schema's, on another
+    table (``options=-c search_path=a,public``)."""
+    row = db.execute(
+        "SELECT quote_ident(n.nspname) FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass('call_records')"
+    ).fetchone()
+    return name if row is None else f"{row[0]}.{name}"
 
 
 def _call_id_indexes(db: psycopg.Connection[Any]) -> list[tuple[str, bool]]:
