@@ -25,7 +25,7 @@ import gateway.plugins.taps.siprec as siprec_plugin
 from gateway.core.ids import SeededIds
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.testing.sip_agent import Received, SipAgent, simple_sdp
-from tests.component.calls.b2bua_env import GW, B2bua, eventually, next_within
+from tests.component.calls.b2bua_env import GW, B2bua, eventually, next_within, start_b2bua
 from tests.component.calls.intercept_calls import (
     activate,
     intercept_env,
@@ -386,3 +386,69 @@ async def test_record_indication_false_tells_an_aware_party_nothing(
     assert b"record" not in answer
     record = gateway_call(env).security_record()  # type: ignore[attr-defined]
     assert record["a"]["record_aware"] is True and "recording_indication" not in record
+
+
+class _AnswerTap:
+    """A third-party tap deciding at the answer (so its TappedCall has indicate_recording),
+    whose sink is covert or not: the test calls indicate_recording as its sink would."""
+
+    name = "acme"
+
+    def __init__(self, covert: bool) -> None:
+        self.covert = covert
+        self.told: list[object] = []
+
+    def sink_for_call(self, call: object) -> object:
+        self.told.append(call)
+        return _AnswerSink(self.covert)
+
+
+class _AnswerSink:
+    def __init__(self, covert: bool) -> None:
+        self.covert = covert
+        self.closed = trio.Event()
+
+    def packet(self, stream_id: str, direction: str, rtp: bytes, *, now: float) -> None:
+        pass
+
+    async def run(self) -> None:
+        await self.closed.wait()
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+@pytest.mark.parametrize("covert", [False, True])
+async def test_a_covert_sinks_indicate_recording_is_dropped(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    covert: bool,
+) -> None:
+    """CallTaps.may_indicate: a covert sink (an interception) asked at the answer gets the
+    same TappedCall as any tap, indicate_recording included; what it says through it never
+    reaches the parties (a non-covert one, the control, is heard)."""
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    tap = _AnswerTap(covert)
+    taps = env.gateway.plugins.media_taps
+    taps._current_plugin = "acme"
+    taps.add("acme", tap)
+    taps._current_plugin = "<core>"
+    _, _, answer = await call_between(env, caller_aware=True, callee_aware=True)
+    await eventually(lambda: len(tap.told) == 1)
+    (tapped,) = tap.told
+    indicate = tapped.indicate_recording  # type: ignore[attr-defined]
+    assert indicate is not None
+    indicate("on")
+    if not covert:
+        told = await env.trunk.next_request("INVITE", timeout=10)
+        assert records(told.request.body) == ["on"]
+        return
+    assert await next_within(env.trunk, "INVITE", 30) is None
+    assert await next_within(env.alice, "INVITE", 1) is None
+    assert all(b"record" not in r.body for r in env.alice.requests("INVITE"))
+    record = gateway_call(env).security_record()  # type: ignore[attr-defined]
+    assert "recording_indication" not in record
+    assert "acme" not in str(record)
+
