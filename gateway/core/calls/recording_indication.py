@@ -235,7 +235,10 @@ class CallRecordingIndication(CallLocationUpdates, CallMediaKeys):
         if now < self._indication_not_before:
             self._indication_again_at = self._indication_not_before
             return
-        if self._offer_in_progress():
+        transfer = self._transfer
+        if self._offer_in_progress() or (transfer is not None and transfer.reinvite is not None):
+            # A transfer's re-INVITE with its target's offer is one too (the transferee's,
+            # RFC 3261 §14.1: one re-INVITE at a time on a dialog): look again after it.
             self._indication_again_at = now + OFFER_BUSY_WAIT
             return
         security = leg.security

@@ -452,3 +452,46 @@ async def test_a_covert_sinks_indicate_recording_is_dropped(
     assert "recording_indication" not in record
     assert "acme" not in str(record)
 
+
+async def test_no_indication_re_invite_crosses_a_transfers_re_invite_to_the_transferee(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """A transfer's re-INVITE to the transferee (the target's offer) is an offer in progress:
+    the indication waits for its answer (RFC 3261 §14.1: one re-INVITE at a time on a dialog,
+    RFC 3264 §4), then goes with the state as it is then."""
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    bob = await bob_phone(env, nursery, voipgw_seed)
+    _, alice_leg, _ = await call_between(env, caller_aware=True)
+    await srs_answers(srs)
+    told = await env.trunk.next_request("INVITE", timeout=10)
+    assert records(told.request.body) == ["on"]
+    await env.trunk.next_request("ACK", timeout=5)
+    held: list[Received] = []
+
+    async def hold(received: Received) -> bool:
+        if received.request.method != "INVITE":
+            return False
+        held.append(received)
+        return True
+
+    env.trunk.in_dialog = hold
+    exchange = await alice_leg.request(  # type: ignore[attr-defined]
+        "REFER", extra=[("Refer-To", "<sip:bob@127.0.0.1:5060>")]
+    )
+    assert (await exchange.final()).status == 202
+    await eventually(lambda: len(held) == 1)  # the transfer's, with bob's offer
+    calls = env.gateway.calls
+    assert calls is not None
+    call = gateway_call(env)
+    calls.pause_recording(call.id, True, by="agent 7")  # type: ignore[attr-defined]
+    await trio.sleep(10)
+    assert len(held) == 1, [records(r.request.body) for r in held]
+    env.trunk.in_dialog = None
+    await env.trunk.respond(held[0], 200, body=env.trunk.answer_sdp(held[0].request.body))
+    await eventually(lambda: bool(bob.requests("ACK")))
+    # Once the transfer's offer is answered, the state as it is then: paused (not a warning
+    # and a party left told "on" by the transfer's offer).
+    await eventually(lambda: len(env.trunk.requests("INVITE")) == 3)
+    told_paused = env.trunk.requests("INVITE")[2]
+    assert records(told_paused.body) == ["paused"]
+    assert version(told_paused.body) == version(held[0].request.body) + 1
