@@ -300,6 +300,10 @@ class CallRecordingIndication(CallLocationUpdates, CallMediaKeys):
         self._indication, self._indication_deadline = None, math.inf
         assert leg.security is not None and leg.dialog is not None
         if not response.is_success:
+            # Sent and refused: its o= version stays taken (RFC 3264 §8), withdrawn by nothing
+            # later; the keys in force stay those of the last answer (RFC 3261 §14.1).
+            leg.security.offer_refused()
+            self.media.repeated_offer_refused(tag.side.value)
             if response.status == 491 and self._indication_glare_tries < INDICATION_GLARE_RETRIES:
                 # Its SDP counts as sent (the next has the version after it, RFC 3264 §8) but
                 # the party never took it: that leg is offered again, the state as it is then.

@@ -495,3 +495,38 @@ async def test_no_indication_re_invite_crosses_a_transfers_re_invite_to_the_tran
     told_paused = env.trunk.requests("INVITE")[2]
     assert records(told_paused.body) == ["paused"]
     assert version(told_paused.body) == version(held[0].request.body) + 1
+
+
+async def test_a_refused_indication_is_no_longer_withdrawable(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """keyx-43's contract for a sent offer that was refused (RFC 3261 §14.1): it took its o=
+    version on the wire, so no later withdrawal (of the leg's security offer, of the media
+    session's repeated offer) may give that version back, nor the SDP before it: the next
+    offer has the version after the refused one (RFC 3264 §8), never the refused one's again
+    with other content."""
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    statuses = [488]
+
+    async def refuse(received: Received) -> bool:
+        if received.request.method != "INVITE" or not statuses:
+            return False
+        await env.trunk.respond(received, statuses.pop(0))
+        return True
+
+    env.trunk.in_dialog = refuse
+    await call_between(env, caller_aware=True)
+    await srs_answers(srs)
+    refused = await env.trunk.next_request("INVITE", timeout=10)
+    assert records(refused.request.body) == ["on"]
+    call = gateway_call(env)
+    await eventually(lambda: call._indication is None)  # type: ignore[attr-defined]
+    # What a later path that made no offer of its own would do with a stale one.
+    call.a.security.withdraw_offer()  # type: ignore[attr-defined]
+    call.media.withdraw_repeated_offer("a")  # type: ignore[attr-defined]
+    calls = env.gateway.calls
+    assert calls is not None
+    calls.pause_recording(call.id, True, by="agent 7")  # type: ignore[attr-defined]
+    told = await env.trunk.next_request("INVITE", timeout=10)
+    assert records(told.request.body) == ["paused"]
+    assert version(told.request.body) == version(refused.request.body) + 1
