@@ -132,8 +132,9 @@ class CallRecordingIndication(CallLocationUpdates, CallMediaKeys):
         taps = self.taps
         if taps is None or not taps.may_indicate(tap):
             return
-        if self._recording_states.get(tap) == state:
-            return
+        said = self._recording_states.get(tap)
+        if said == state or (said is None and state == "off"):
+            return  # "off" of a recording that never started says nothing (RFC 7866 §7.1.1)
         self._recording_states[tap] = state
         if not self._indication_posted:
             self._indication_posted = True

@@ -530,3 +530,26 @@ async def test_a_refused_indication_is_no_longer_withdrawable(
     told = await env.trunk.next_request("INVITE", timeout=10)
     assert records(told.request.body) == ["paused"]
     assert version(told.request.body) == version(refused.request.body) + 1
+
+
+async def test_a_taps_off_before_any_on_says_nothing(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """TappedCall.indicate_recording("off") from a tap whose recording never started (none
+    of its own said on or paused) tells the parties nothing (docs/plugin_hooks.md; RFC 7866
+    §7.1.1: no "off" of a recording that never was); its "on" later is told as usual."""
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    tap = _AnswerTap(covert=False)
+    taps = env.gateway.plugins.media_taps
+    taps._current_plugin = "acme"
+    taps.add("acme", tap)
+    taps._current_plugin = "<core>"
+    await call_between(env, caller_aware=True)
+    await eventually(lambda: len(tap.told) == 1)
+    indicate = tap.told[0].indicate_recording  # type: ignore[attr-defined]
+    indicate("off")
+    assert await next_within(env.trunk, "INVITE", 10) is None
+    assert "recording_indication" not in gateway_call(env).security_record()  # type: ignore[attr-defined]
+    indicate("on")
+    told = await env.trunk.next_request("INVITE", timeout=10)
+    assert records(told.request.body) == ["on"]
