@@ -553,3 +553,26 @@ async def test_a_taps_off_before_any_on_says_nothing(
     indicate("on")
     told = await env.trunk.next_request("INVITE", timeout=10)
     assert records(told.request.body) == ["on"]
+
+
+async def test_a_resume_under_a_partys_pausing_preference_answers_still_paused(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """recordpref = "pause": an operator's pause and resume while a party prefers the call
+    not recorded leave it paused; the control socket's answer says so (voipgw recording
+    resume answered "recorded")."""
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None, recordpref="pause")
+    sdp = simple_sdp("127.0.0.1", CALLER_PORT).replace(
+        b"m=audio", b"a=recordpref:off\r\nm=audio", 1
+    )
+    await call_between(env, caller_aware=True, caller_sdp=sdp)
+    await srs_answers(srs)
+    calls = env.gateway.calls
+    assert calls is not None
+    call = gateway_call(env)
+    paused = calls.pause_recording(call.id, True, by="agent 7")  # type: ignore[attr-defined]
+    assert paused["paused_by_preference"] == ["siprec"]
+    resumed = calls.pause_recording(call.id, False, by="agent 7")  # type: ignore[attr-defined]
+    assert resumed["paused"] is False and resumed["changed"] is True
+    assert resumed["paused_by_preference"] == ["siprec"]
+    assert await next_within(srs, "INVITE", 5) is None  # still inactive: nothing to tell it
