@@ -576,3 +576,102 @@ async def test_a_resume_under_a_partys_pausing_preference_answers_still_paused(
     assert resumed["paused"] is False and resumed["changed"] is True
     assert resumed["paused_by_preference"] == ["siprec"]
     assert await next_within(srs, "INVITE", 5) is None  # still inactive: nothing to tell it
+
+
+def _holding(agent: SipAgent, held: list[Received]) -> None:
+    """``agent`` keeps each re-INVITE unanswered (in ``held``) for the test to answer."""
+
+    async def hold(received: Received) -> bool:
+        if received.request.method != "INVITE":
+            return False
+        held.append(received)
+        return True
+
+    agent.in_dialog = hold
+
+
+async def test_a_relayed_offer_crossing_our_indication_gets_491(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """While our indication re-INVITE is out, the other party's re-INVITE is answered 491
+    (RFC 3261 §14.2, RFC 3264 §4: one offer at a time), not relayed to the aware party."""
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    held: list[Received] = []
+    _holding(env.trunk, held)
+    _, alice_leg, _ = await call_between(env, caller_aware=True)
+    await srs_answers(srs)
+    await eventually(lambda: len(held) == 1)  # on, unanswered
+    hold = simple_sdp("127.0.0.1", CALLEE_PORT, direction="sendonly", version=2)
+    exchange = await alice_leg.request(  # type: ignore[attr-defined]
+        "INVITE", body=hold, content_type="application/sdp"
+    )
+    assert (await exchange.final(timeout=5)).status == 491
+    assert len(held) == 1
+
+
+async def test_an_offer_relayed_to_an_aware_party_says_our_indication_in_place_of_the_others(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """Once the recording started, a relayed offer to the aware caller (the callee's hold)
+    carries our a=record (the other party's own a=record replaced: it is not the state of the
+    gateway's recording), with the next o= version; the unaware callee's answer has none added."""
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    _, alice_leg, _ = await call_between(env, caller_aware=True)
+    await srs_answers(srs)
+    told = await env.trunk.next_request("INVITE", timeout=10)  # on, answered by the trunk
+    assert records(told.request.body) == ["on"]
+    await env.trunk.next_request("ACK", timeout=5)
+    hold = simple_sdp("127.0.0.1", CALLEE_PORT, direction="sendonly", version=2) + (
+        b"a=record:off\r\n"
+    )
+    exchange = await alice_leg.request(  # type: ignore[attr-defined]
+        "INVITE", body=hold, content_type="application/sdp"
+    )
+    relayed = await env.trunk.next_request("INVITE", timeout=10)
+    assert records(relayed.request.body) == ["on"]
+    assert b"a=sendonly" in relayed.request.body
+    assert version(relayed.request.body) == version(told.request.body) + 1
+    answered = await exchange.final(timeout=10)
+    assert answered.status == 200
+    assert records(answered.body) == [None]
+
+
+async def test_an_indication_left_in_proceeding_is_cancelled_after_64_t1(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """RFC 3261 §9.1: our indication re-INVITE answered only provisionally is CANCELled after
+    64*T1; the 487 is a refusal like any (the call goes on)."""
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    held: list[Received] = []
+    _holding(env.trunk, held)
+    call, _, _ = await call_between(env, caller_aware=True)
+    await srs_answers(srs)
+    await eventually(lambda: len(held) == 1)
+    await env.trunk.respond(held[0], 183)
+    cancel = await env.trunk.next_request("CANCEL", timeout=64 * 0.5 + 5)
+    assert cancel.request.call_id == held[0].request.call_id
+    await env.trunk.respond(held[0], 487)  # RFC 3261 §9.2 (the agent 487s first INVITEs only)
+    await eventually(lambda: gateway_call(env)._indication is None)  # type: ignore[attr-defined]
+    assert env.trunk.requests("BYE") == [] and len(env.gateway.calls.calls) == 1  # type: ignore[union-attr]
+    assert (await call.bye()).status == 200  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("status", [408, 481])
+async def test_an_indication_answered_408_or_481_ends_the_call(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    status: int,
+) -> None:
+    """RFC 3261 §12.2.1.2: the aware party's dialog is gone; the call ends as for any
+    re-INVITE of ours answered so (the other party gets a BYE)."""
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    held: list[Received] = []
+    _holding(env.trunk, held)
+    await call_between(env, caller_aware=True)
+    await srs_answers(srs)
+    await eventually(lambda: len(held) == 1)
+    await env.trunk.respond(held[0], status)
+    await env.alice.next_request("BYE", timeout=10)
+    await eventually(lambda: not env.gateway.calls.calls)  # type: ignore[union-attr]
