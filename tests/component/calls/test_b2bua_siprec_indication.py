@@ -436,6 +436,7 @@ async def test_a_covert_sinks_indicate_recording_is_dropped(
     taps.add("acme", tap)
     taps._current_plugin = "<core>"
     _, _, answer = await call_between(env, caller_aware=True, callee_aware=True)
+    assert b"record" not in answer
     await eventually(lambda: len(tap.told) == 1)
     (tapped,) = tap.told
     indicate = tapped.indicate_recording  # type: ignore[attr-defined]
