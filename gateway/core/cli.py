@@ -979,6 +979,10 @@ def cmd_recording(args: argparse.Namespace) -> int:
         print(f"call {answer.get('call_id')}: {state} ({already}not recording yet: {kept})")
         return EXIT_OK
     names = ", ".join(str(name) for name in answer.get("recordings") or ())
+    if answer.get("paused_by_preference") and not answer.get("paused"):
+        # Resumed by the operator, still paused while a party prefers it ([plugins.siprec]
+        # recordpref = "pause", RFC 7866 §7.2): not "recorded".
+        state = "resumed, but still paused for a party's recording preference"
     already = "" if answer.get("changed") else " (already)"
     print(f"call {answer.get('call_id')}: {state}{already} ({names})")
     return EXIT_OK

@@ -31,7 +31,9 @@ and reads one JSON object back, until the gateway closes the connection. Queries
   it) and ``"by"`` (who asks, at most :data:`MAX_BY` printable characters, for the log and the
   call record): pause or resume the recordings of that call (``CallManager.pause_recording``;
   an interception is never paused). ``{"call_id": RECORD_ID, "paused": BOOL, "changed": BOOL,
-  "recordings": [NAME, ...]}``; a call that is not live, or not recorded, is an error.
+  "recordings": [NAME, ...]}`` (with ``"paused_by_preference": [NAME, ...]`` when recordings
+  stay paused for a party's ``a=recordpref``, ``[plugins.siprec] recordpref = "pause"``); a
+  call that is not live, or not recorded, is an error.
 
 Anything else is answered ``{"error": REASON}``. Nothing is worked out until asked: a gateway
 that no one asks pays for one listening socket, and a call for nothing.

@@ -1337,12 +1337,16 @@ class CallManager:
                 ", ".join(names),
             )
             self.security_changed(call)
-        return {
+        answer: dict[str, object] = {
             "call_id": call.record_id,
             "paused": taps.paused,
             "changed": changed,
             "recordings": names,
         }
+        held = taps.paused_by_preference()
+        if held:  # still paused for a party's a=recordpref, whatever the operator asked
+            answer["paused_by_preference"] = held
+        return answer
 
     def _records(self) -> bool:
         """Whether a media tap that decides at a call's answer, and is not covert, is

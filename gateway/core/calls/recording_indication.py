@@ -132,8 +132,9 @@ class CallRecordingIndication(CallLocationUpdates, CallMediaKeys):
         taps = self.taps
         if taps is None or not taps.may_indicate(tap):
             return
-        if self._recording_states.get(tap) == state:
-            return
+        said = self._recording_states.get(tap)
+        if said == state or (said is None and state == "off"):
+            return  # "off" of a recording that never started says nothing (RFC 7866 §7.1.1)
         self._recording_states[tap] = state
         if not self._indication_posted:
             self._indication_posted = True
@@ -235,7 +236,10 @@ class CallRecordingIndication(CallLocationUpdates, CallMediaKeys):
         if now < self._indication_not_before:
             self._indication_again_at = self._indication_not_before
             return
-        if self._offer_in_progress():
+        transfer = self._transfer
+        if self._offer_in_progress() or (transfer is not None and transfer.reinvite is not None):
+            # A transfer's re-INVITE with its target's offer is one too (the transferee's,
+            # RFC 3261 §14.1: one re-INVITE at a time on a dialog): look again after it.
             self._indication_again_at = now + OFFER_BUSY_WAIT
             return
         security = leg.security
@@ -297,6 +301,10 @@ class CallRecordingIndication(CallLocationUpdates, CallMediaKeys):
         self._indication, self._indication_deadline = None, math.inf
         assert leg.security is not None and leg.dialog is not None
         if not response.is_success:
+            # Sent and refused: its o= version stays taken (RFC 3264 §8), withdrawn by nothing
+            # later; the keys in force stay those of the last answer (RFC 3261 §14.1).
+            leg.security.offer_refused()
+            self.media.repeated_offer_refused(tag.side.value)
             if response.status == 491 and self._indication_glare_tries < INDICATION_GLARE_RETRIES:
                 # Its SDP counts as sent (the next has the version after it, RFC 3264 §8) but
                 # the party never took it: that leg is offered again, the state as it is then.

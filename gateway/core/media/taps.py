@@ -221,6 +221,16 @@ class CallTaps:
     def paused(self) -> bool:
         return self._paused
 
+    def paused_by_preference(self) -> list[str]:
+        """The recordings that stay paused for a party's recording preference (RFC 7866
+        §7.2; a sink's optional ``paused_by_preference``, ``[plugins.siprec] recordpref =
+        "pause"``), whatever an operator's pause or resume said."""
+        return [
+            name
+            for name, sink in self.recordings()
+            if getattr(sink, "paused_by_preference", False) is True
+        ]
+
     def may_indicate(self, name: str) -> bool:
         """Whether tap ``name``'s sink may tell the call's recording-aware parties of its
         recording (RFC 7866 §7.1.1): a sink of the call that is not covert (an interception

@@ -943,6 +943,12 @@ class SiprecSink:
             )
         self._pause(self._operator_paused or self._preference_paused)
 
+    @property
+    def paused_by_preference(self) -> bool:
+        """Paused for a party's ``a=recordpref`` (``recordpref = "pause"``), whatever an
+        operator asked: ``voipgw recording resume`` says so rather than "recorded"."""
+        return self._preference_paused
+
     def _pause(self, paused: bool) -> None:
         if paused == self._paused:
             return

@@ -25,7 +25,7 @@ import gateway.plugins.taps.siprec as siprec_plugin
 from gateway.core.ids import SeededIds
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.testing.sip_agent import Received, SipAgent, simple_sdp
-from tests.component.calls.b2bua_env import GW, B2bua, eventually, next_within
+from tests.component.calls.b2bua_env import GW, B2bua, eventually, next_within, start_b2bua
 from tests.component.calls.intercept_calls import (
     activate,
     intercept_env,
@@ -386,3 +386,293 @@ async def test_record_indication_false_tells_an_aware_party_nothing(
     assert b"record" not in answer
     record = gateway_call(env).security_record()  # type: ignore[attr-defined]
     assert record["a"]["record_aware"] is True and "recording_indication" not in record
+
+
+class _AnswerTap:
+    """A third-party tap deciding at the answer (so its TappedCall has indicate_recording),
+    whose sink is covert or not: the test calls indicate_recording as its sink would."""
+
+    name = "acme"
+
+    def __init__(self, covert: bool) -> None:
+        self.covert = covert
+        self.told: list[object] = []
+
+    def sink_for_call(self, call: object) -> object:
+        self.told.append(call)
+        return _AnswerSink(self.covert)
+
+
+class _AnswerSink:
+    def __init__(self, covert: bool) -> None:
+        self.covert = covert
+        self.closed = trio.Event()
+
+    def packet(self, stream_id: str, direction: str, rtp: bytes, *, now: float) -> None:
+        pass
+
+    async def run(self) -> None:
+        await self.closed.wait()
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+@pytest.mark.parametrize("covert", [False, True])
+async def test_a_covert_sinks_indicate_recording_is_dropped(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    covert: bool,
+) -> None:
+    """CallTaps.may_indicate: a covert sink (an interception) asked at the answer gets the
+    same TappedCall as any tap, indicate_recording included; what it says through it never
+    reaches the parties (a non-covert one, the control, is heard)."""
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    tap = _AnswerTap(covert)
+    taps = env.gateway.plugins.media_taps
+    taps._current_plugin = "acme"
+    taps.add("acme", tap)
+    taps._current_plugin = "<core>"
+    _, _, answer = await call_between(env, caller_aware=True, callee_aware=True)
+    assert b"record" not in answer
+    await eventually(lambda: len(tap.told) == 1)
+    (tapped,) = tap.told
+    indicate = tapped.indicate_recording  # type: ignore[attr-defined]
+    assert indicate is not None
+    indicate("on")
+    if not covert:
+        told = await env.trunk.next_request("INVITE", timeout=10)
+        assert records(told.request.body) == ["on"]
+        return
+    assert await next_within(env.trunk, "INVITE", 30) is None
+    assert await next_within(env.alice, "INVITE", 1) is None
+    assert all(b"record" not in r.body for r in env.alice.requests("INVITE"))
+    record = gateway_call(env).security_record()  # type: ignore[attr-defined]
+    assert "recording_indication" not in record
+    assert "acme" not in str(record)
+
+
+async def test_no_indication_re_invite_crosses_a_transfers_re_invite_to_the_transferee(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """A transfer's re-INVITE to the transferee (the target's offer) is an offer in progress:
+    the indication waits for its answer (RFC 3261 §14.1: one re-INVITE at a time on a dialog,
+    RFC 3264 §4), then goes with the state as it is then."""
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    bob = await bob_phone(env, nursery, voipgw_seed)
+    _, alice_leg, _ = await call_between(env, caller_aware=True)
+    await srs_answers(srs)
+    told = await env.trunk.next_request("INVITE", timeout=10)
+    assert records(told.request.body) == ["on"]
+    await env.trunk.next_request("ACK", timeout=5)
+    held: list[Received] = []
+
+    async def hold(received: Received) -> bool:
+        if received.request.method != "INVITE":
+            return False
+        held.append(received)
+        return True
+
+    env.trunk.in_dialog = hold
+    exchange = await alice_leg.request(  # type: ignore[attr-defined]
+        "REFER", extra=[("Refer-To", "<sip:bob@127.0.0.1:5060>")]
+    )
+    assert (await exchange.final()).status == 202
+    await eventually(lambda: len(held) == 1)  # the transfer's, with bob's offer
+    calls = env.gateway.calls
+    assert calls is not None
+    call = gateway_call(env)
+    calls.pause_recording(call.id, True, by="agent 7")  # type: ignore[attr-defined]
+    await trio.sleep(10)
+    assert len(held) == 1, [records(r.request.body) for r in held]
+    env.trunk.in_dialog = None
+    await env.trunk.respond(held[0], 200, body=env.trunk.answer_sdp(held[0].request.body))
+    await eventually(lambda: bool(bob.requests("ACK")))
+    # Once the transfer's offer is answered, the state as it is then: paused (not a warning
+    # and a party left told "on" by the transfer's offer).
+    await eventually(lambda: len(env.trunk.requests("INVITE")) == 3)
+    told_paused = env.trunk.requests("INVITE")[2]
+    assert records(told_paused.body) == ["paused"]
+    assert version(told_paused.body) == version(held[0].request.body) + 1
+
+
+async def test_a_refused_indication_is_no_longer_withdrawable(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """keyx-43's contract for a sent offer that was refused (RFC 3261 §14.1): it took its o=
+    version on the wire, so no later withdrawal (of the leg's security offer, of the media
+    session's repeated offer) may give that version back, nor the SDP before it: the next
+    offer has the version after the refused one (RFC 3264 §8), never the refused one's again
+    with other content."""
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    statuses = [488]
+
+    async def refuse(received: Received) -> bool:
+        if received.request.method != "INVITE" or not statuses:
+            return False
+        await env.trunk.respond(received, statuses.pop(0))
+        return True
+
+    env.trunk.in_dialog = refuse
+    await call_between(env, caller_aware=True)
+    await srs_answers(srs)
+    refused = await env.trunk.next_request("INVITE", timeout=10)
+    assert records(refused.request.body) == ["on"]
+    call = gateway_call(env)
+    await eventually(lambda: call._indication is None)  # type: ignore[attr-defined]
+    # What a later path that made no offer of its own would do with a stale one.
+    call.a.security.withdraw_offer()  # type: ignore[attr-defined]
+    call.media.withdraw_repeated_offer("a")  # type: ignore[attr-defined]
+    calls = env.gateway.calls
+    assert calls is not None
+    calls.pause_recording(call.id, True, by="agent 7")  # type: ignore[attr-defined]
+    told = await env.trunk.next_request("INVITE", timeout=10)
+    assert records(told.request.body) == ["paused"]
+    assert version(told.request.body) == version(refused.request.body) + 1
+
+
+async def test_a_taps_off_before_any_on_says_nothing(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """TappedCall.indicate_recording("off") from a tap whose recording never started (none
+    of its own said on or paused) tells the parties nothing (docs/plugin_hooks.md; RFC 7866
+    §7.1.1: no "off" of a recording that never was); its "on" later is told as usual."""
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    tap = _AnswerTap(covert=False)
+    taps = env.gateway.plugins.media_taps
+    taps._current_plugin = "acme"
+    taps.add("acme", tap)
+    taps._current_plugin = "<core>"
+    await call_between(env, caller_aware=True)
+    await eventually(lambda: len(tap.told) == 1)
+    indicate = tap.told[0].indicate_recording  # type: ignore[attr-defined]
+    indicate("off")
+    assert await next_within(env.trunk, "INVITE", 10) is None
+    assert "recording_indication" not in gateway_call(env).security_record()  # type: ignore[attr-defined]
+    indicate("on")
+    told = await env.trunk.next_request("INVITE", timeout=10)
+    assert records(told.request.body) == ["on"]
+
+
+async def test_a_resume_under_a_partys_pausing_preference_answers_still_paused(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """recordpref = "pause": an operator's pause and resume while a party prefers the call
+    not recorded leave it paused; the control socket's answer says so (voipgw recording
+    resume answered "recorded")."""
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None, recordpref="pause")
+    sdp = simple_sdp("127.0.0.1", CALLER_PORT).replace(
+        b"m=audio", b"a=recordpref:off\r\nm=audio", 1
+    )
+    await call_between(env, caller_aware=True, caller_sdp=sdp)
+    await srs_answers(srs)
+    calls = env.gateway.calls
+    assert calls is not None
+    call = gateway_call(env)
+    paused = calls.pause_recording(call.id, True, by="agent 7")  # type: ignore[attr-defined]
+    assert paused["paused_by_preference"] == ["siprec"]
+    resumed = calls.pause_recording(call.id, False, by="agent 7")  # type: ignore[attr-defined]
+    assert resumed["paused"] is False and resumed["changed"] is True
+    assert resumed["paused_by_preference"] == ["siprec"]
+    assert await next_within(srs, "INVITE", 5) is None  # still inactive: nothing to tell it
+
+
+def _holding(agent: SipAgent, held: list[Received]) -> None:
+    """``agent`` keeps each re-INVITE unanswered (in ``held``) for the test to answer."""
+
+    async def hold(received: Received) -> bool:
+        if received.request.method != "INVITE":
+            return False
+        held.append(received)
+        return True
+
+    agent.in_dialog = hold
+
+
+async def test_a_relayed_offer_crossing_our_indication_gets_491(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """While our indication re-INVITE is out, the other party's re-INVITE is answered 491
+    (RFC 3261 §14.2, RFC 3264 §4: one offer at a time), not relayed to the aware party."""
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    held: list[Received] = []
+    _holding(env.trunk, held)
+    _, alice_leg, _ = await call_between(env, caller_aware=True)
+    await srs_answers(srs)
+    await eventually(lambda: len(held) == 1)  # on, unanswered
+    hold = simple_sdp("127.0.0.1", CALLEE_PORT, direction="sendonly", version=2)
+    exchange = await alice_leg.request(  # type: ignore[attr-defined]
+        "INVITE", body=hold, content_type="application/sdp"
+    )
+    assert (await exchange.final(timeout=5)).status == 491
+    assert len(held) == 1
+
+
+async def test_an_offer_relayed_to_an_aware_party_says_our_indication_in_place_of_the_others(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """Once the recording started, a relayed offer to the aware caller (the callee's hold)
+    carries our a=record (the other party's own a=record replaced: it is not the state of the
+    gateway's recording), with the next o= version; the unaware callee's answer has none added."""
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    _, alice_leg, _ = await call_between(env, caller_aware=True)
+    await srs_answers(srs)
+    told = await env.trunk.next_request("INVITE", timeout=10)  # on, answered by the trunk
+    assert records(told.request.body) == ["on"]
+    await env.trunk.next_request("ACK", timeout=5)
+    hold = simple_sdp("127.0.0.1", CALLEE_PORT, direction="sendonly", version=2) + (
+        b"a=record:off\r\n"
+    )
+    exchange = await alice_leg.request(  # type: ignore[attr-defined]
+        "INVITE", body=hold, content_type="application/sdp"
+    )
+    relayed = await env.trunk.next_request("INVITE", timeout=10)
+    assert records(relayed.request.body) == ["on"]
+    assert b"a=sendonly" in relayed.request.body
+    assert version(relayed.request.body) == version(told.request.body) + 1
+    answered = await exchange.final(timeout=10)
+    assert answered.status == 200
+    assert records(answered.body) == [None]
+
+
+async def test_an_indication_left_in_proceeding_is_cancelled_after_64_t1(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """RFC 3261 §9.1: our indication re-INVITE answered only provisionally is CANCELled after
+    64*T1; the 487 is a refusal like any (the call goes on)."""
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    held: list[Received] = []
+    _holding(env.trunk, held)
+    call, _, _ = await call_between(env, caller_aware=True)
+    await srs_answers(srs)
+    await eventually(lambda: len(held) == 1)
+    await env.trunk.respond(held[0], 183)
+    cancel = await env.trunk.next_request("CANCEL", timeout=64 * 0.5 + 5)
+    assert cancel.request.call_id == held[0].request.call_id
+    await env.trunk.respond(held[0], 487)  # RFC 3261 §9.2 (the agent 487s first INVITEs only)
+    await eventually(lambda: gateway_call(env)._indication is None)  # type: ignore[attr-defined]
+    assert env.trunk.requests("BYE") == [] and len(env.gateway.calls.calls) == 1  # type: ignore[union-attr]
+    assert (await call.bye()).status == 200  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("status", [408, 481])
+async def test_an_indication_answered_408_or_481_ends_the_call(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    status: int,
+) -> None:
+    """RFC 3261 §12.2.1.2: the aware party's dialog is gone; the call ends as for any
+    re-INVITE of ours answered so (the other party gets a BYE)."""
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    held: list[Received] = []
+    _holding(env.trunk, held)
+    await call_between(env, caller_aware=True)
+    await srs_answers(srs)
+    await eventually(lambda: len(held) == 1)
+    await env.trunk.respond(held[0], status)
+    await env.alice.next_request("BYE", timeout=10)
+    await eventually(lambda: not env.gateway.calls.calls)  # type: ignore[union-attr]

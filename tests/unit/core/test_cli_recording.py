@@ -212,3 +212,27 @@ def test_voipgw_calls_shows_when_and_by_whom_a_recording_was_paused() -> None:
         "resumed 2023-11-14 22:14:02 UTC by agent 7; recording paused 2023-11-14 22:15:00 "
         "UTC by sup (paused now)"
     )
+
+
+def test_a_resume_while_a_partys_preference_holds_the_pause_says_so(
+    gateway: tuple[str, list[Answer], list[dict[str, object]]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """[plugins.siprec] recordpref = "pause": the operator's resume is taken, but the
+    recording stays paused while a party prefers it (RFC 7866 §7.2): not "recorded"."""
+    state, answers, _ = gateway
+    answers.append(
+        lambda arguments: {
+            "call_id": "a84b4c76e66710@pc33;9a81c01a",
+            "paused": False,
+            "changed": True,
+            "recordings": ["siprec"],
+            "paused_by_preference": ["siprec"],
+        }
+    )
+    code, out, _ = _run(capsys, state, "resume", "a84b4c76e66710@pc33", "--by", "sup")
+    assert (code, out) == (
+        0,
+        "call a84b4c76e66710@pc33;9a81c01a: resumed, but still paused for a party's recording"
+        " preference (siprec)\n",
+    )
