@@ -315,7 +315,9 @@ class CallBase:
 
     # -- feeding events (from the endpoint's task) -------------------------------------------------
 
-    def post(self, event: CallEventInput) -> None:
+    def post(self, event: CallEventInput) -> bool:
+        """Queue ``event`` for the call's task; False when it was dropped (the call has ended,
+        or its queue is full), so that a poster that posts once until handled can post again."""
         request = isinstance(event, RequestEvent)
         events = self._events
         if self._events_closed:
@@ -327,7 +329,7 @@ class CallBase:
             if isinstance(event, RequestEvent):
                 refusal = make_response(event.request, 481, "Call Has Ended")
                 self.manager.start_soon(self._refuse_request, event.transaction, refusal)
-            return
+            return False
         if len(events) >= EVENT_ROOM or (request and self._queued_requests >= EVENT_QUEUE):
             # A call this flooded is misbehaving anyway. A request is answered all the same:
             # UDP peers retransmit a request, but not once its transaction has seen 100 Trying.
@@ -335,7 +337,7 @@ class CallBase:
             if isinstance(event, RequestEvent):
                 refusal = make_response(event.request, 503, "Service Unavailable (call busy)")
                 self.manager.start_soon(self._refuse_request, event.transaction, refusal)
-            return
+            return False
         events.append(event)
         if request:
             self._queued_requests += 1
@@ -345,6 +347,7 @@ class CallBase:
             if self._wait_timer is not None:
                 self.manager.timers.drop(self)  # the event ends the wait before its time
             trio.lowlevel.reschedule(waiter)
+        return True
 
     async def _refuse_request(self, transaction: ServerTransaction, refusal: Response) -> None:
         """:meth:`post`'s answer to a request it cannot queue, a task of the manager's nursery,

@@ -137,8 +137,9 @@ class CallRecordingIndication(CallLocationUpdates, CallMediaKeys):
             return  # "off" of a recording that never started says nothing (RFC 7866 §7.1.1)
         self._recording_states[tap] = state
         if not self._indication_posted:
-            self._indication_posted = True
-            self.post(RecordingIndicationEvent())
+            # One event stands for every change until the call's task reads the states; one
+            # the full queue dropped must not stop the next change from posting again.
+            self._indication_posted = self.post(RecordingIndicationEvent())
 
     def _wanted_indication(self) -> str | None:
         """What the parties are to be told: ``on`` while any recording is on, else ``paused``

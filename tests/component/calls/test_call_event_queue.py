@@ -26,8 +26,14 @@ import trio.testing
 from gateway.core.calls import base as call_base
 from gateway.core.calls import timers as timers_module
 from gateway.core.calls.base import CallBase
-from gateway.core.calls.events import CallEventInput, EndCallEvent, RequestEvent
+from gateway.core.calls.events import (
+    CallEventInput,
+    EndCallEvent,
+    RecordingIndicationEvent,
+    RequestEvent,
+)
 from gateway.core.calls.leg import Side
+from gateway.core.calls.recording_indication import CallRecordingIndication
 from gateway.core.calls.timers import CallTimers
 from gateway.core.sip.message import Request, Response
 from gateway.core.sip.parser import parse_message_untrusted
@@ -355,3 +361,22 @@ async def test_many_calls_waits_ended_moved_or_cancelled_in_any_order_each_woken
         nursery.cancel_scope.cancel()
     assert wrong == []
     assert not len(timers) and timers._live == 0
+
+
+def test_a_recording_indication_the_full_queue_dropped_is_posted_again_at_the_next_change() -> None:
+    """One RecordingIndicationEvent stands for every change of the recordings' states until
+    the call's task reads them (RFC 7866 §7.1.1's a=record). One that a full queue dropped left
+    the call marked as having one queued, and no later change was ever told to the parties."""
+    call = bare_call()
+    call.taps = types.SimpleNamespace(may_indicate=lambda tap: True)  # type: ignore[assignment]
+    call._recording_states = {}
+    call._indication_posted = False
+    for n in range(call_base.EVENT_ROOM):
+        call.post(EndCallEvent(str(n)))
+    CallRecordingIndication.recording_indicated(call, "siprec", "on")  # type: ignore[arg-type]
+    assert not any(isinstance(event, RecordingIndicationEvent) for event in call._events)
+    call._events.clear()  # the call's task caught up
+    CallRecordingIndication.recording_indicated(call, "siprec", "paused")  # type: ignore[arg-type]
+    assert [type(event) for event in call._events] == [RecordingIndicationEvent]
+    CallRecordingIndication.recording_indicated(call, "siprec", "on")  # type: ignore[arg-type]
+    assert len(call._events) == 1  # one queued stands for both changes
