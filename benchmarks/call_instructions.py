@@ -102,13 +102,10 @@ MEDIA_PORT_COUNT = 200
 FIXED_MEDIA_BLOCKS = (32000, 32200, 32400, 31800)
 
 
-def _import_b2bua_env(first: int | None) -> types.ModuleType:
-    """tests/component/calls/b2bua_env.py with its relay on ``first`` .. ``first + 199`` (None:
-    the first free block of :data:`FIXED_MEDIA_BLOCKS`), locked for this process as a test's
-    block is (``port_blocks.lend``): SystemExit naming the block when another process holds it.
-    The module takes its block at import, by ``port_block``, whose tries over units other
-    processes hold (a failed ``flock``, a port that would not bind, each an exception) differed
-    between runs too; it is handed this one instead."""
+def _media_block(first: int | None) -> range:
+    """The relay's ports, ``first`` .. ``first + 199`` (None: the first free block of
+    :data:`FIXED_MEDIA_BLOCKS`), locked for this process as a test's block is
+    (``port_blocks.lend``): SystemExit naming the block when another process holds it."""
     for start in FIXED_MEDIA_BLOCKS if first is None else (first,):
         ports = range(start, start + MEDIA_PORT_COUNT)
         if (
@@ -134,6 +131,15 @@ def _import_b2bua_env(first: int | None) -> types.ModuleType:
             else f"--media-ports {first}: ports {first}-{first + MEDIA_PORT_COUNT - 1} are held"
             " by another process (tests/port_blocks.py); name another block, or wait"
         )
+    return ports
+
+
+def _import_b2bua_env(first: int | None) -> types.ModuleType:
+    """tests/component/calls/b2bua_env.py with its relay on :func:`_media_block`'s ports. The
+    module takes its block at import, by ``port_block``, whose tries over units other
+    processes hold (a failed ``flock``, a port that would not bind, each an exception) differed
+    between runs too; it is handed this one instead."""
+    ports = _media_block(first)
     print(f"media ports {ports.start}-{ports.stop - 1}")
 
     def this_block(count: int, *, even: bool = True) -> range:
