@@ -48,9 +48,10 @@ tests/port_blocks.py, which steps over the units other test processes hold, so o
 machine two runs got other ports: other digits in every SDP body, other hashes in the parser's
 caches, and runs of one tree counted 0.035-0.045 M per call apart (session 42). The run now
 relays on a fixed block, locked as a test process locks its block so that no test run binds
-it meanwhile: ``--media-ports FIRST`` names it (a run whose block another process holds stops
-and says so rather than count on other ports); without it, the first free one of
-:data:`FIXED_MEDIA_BLOCKS`, so that runs started together each get one. Each run prints its
+it meanwhile: ``--media-ports FIRST`` names it (a run whose block another process holds, or
+with a port that will not bind now, stops and says so rather than count on other ports); without
+it, the first free one of :data:`FIXED_MEDIA_BLOCKS` (below the kernel's ephemeral ports, every
+port bindable), so that runs started together each get one. Each run prints its
 block: compare runs made on the same blocks (a script that starts the N = 20 and N = 70 runs
 together names one for each, as the two might otherwise take them in either order).
 
@@ -102,13 +103,13 @@ MEDIA_PORT_COUNT = 200
 FIXED_MEDIA_BLOCKS = (32000, 32200, 32400, 31800)
 
 
-def _import_b2bua_env(first: int | None) -> types.ModuleType:
-    """tests/component/calls/b2bua_env.py with its relay on ``first`` .. ``first + 199`` (None:
-    the first free block of :data:`FIXED_MEDIA_BLOCKS`), locked for this process as a test's
-    block is (``port_blocks.lend``): SystemExit naming the block when another process holds it.
-    The module takes its block at import, by ``port_block``, whose tries over units other
-    processes hold (a failed ``flock``, a port that would not bind, each an exception) differed
-    between runs too; it is handed this one instead."""
+def _media_block(first: int | None) -> range:
+    """The relay's ports, ``first`` .. ``first + 199`` (None: the first usable block of
+    :data:`FIXED_MEDIA_BLOCKS`), locked for this process as a test's block is
+    (``port_blocks.lend``) and each port bindable now, as ``port_block`` probes a test's: the
+    relay skips a pair it cannot bind and would count on other ports. Without ``first`` a block
+    that reaches the kernel's ephemeral ports, that another process holds or with a port that
+    will not bind is stepped over; with it, SystemExit says which of these stops the run."""
     for start in FIXED_MEDIA_BLOCKS if first is None else (first,):
         ports = range(start, start + MEDIA_PORT_COUNT)
         if (
@@ -117,23 +118,44 @@ def _import_b2bua_env(first: int | None) -> types.ModuleType:
             or ports.stop > port_blocks._ephemeral_low()
             or port_blocks.overlaps_default_media(ports)
         ):
+            if first is None:
+                continue
             raise SystemExit(
                 f"--media-ports {start}: an even port from {port_blocks.LOW} whose block ends"
                 f" below the kernel's ephemeral ports ({port_blocks._ephemeral_low()}) and misses"
                 f" the gateway's default range {port_blocks.GATEWAY_DEFAULT_MEDIA.start}-"
                 f"{port_blocks.GATEWAY_DEFAULT_MEDIA.stop - 1}"
             )
-        if port_blocks.lend(ports):
-            break
-    else:
-        raise SystemExit(
-            f"the media port blocks from {', '.join(map(str, FIXED_MEDIA_BLOCKS))} are held"
-            " by other processes (tests/port_blocks.py): name another block with --media-ports,"
-            " or wait"
-            if first is None
-            else f"--media-ports {first}: ports {first}-{first + MEDIA_PORT_COUNT - 1} are held"
-            " by another process (tests/port_blocks.py); name another block, or wait"
-        )
+        if not port_blocks.lend(ports):
+            if first is None:
+                continue
+            raise SystemExit(
+                f"--media-ports {first}: ports {ports.start}-{ports.stop - 1} are held by another"
+                " process (tests/port_blocks.py); name another block, or wait"
+            )
+        busy = next((port for port in ports if not port_blocks._bindable(port)), None)
+        if busy is None:
+            return ports
+        port_blocks.give_back(ports)
+        if first is not None:
+            raise SystemExit(
+                f"--media-ports {first}: port {busy} of {ports.start}-{ports.stop - 1} will not"
+                " bind (a program outside the tests holds it); name another block"
+            )
+    raise SystemExit(
+        f"the media port blocks from {', '.join(map(str, FIXED_MEDIA_BLOCKS))} are held by other"
+        " processes (tests/port_blocks.py), have a port that will not bind, or reach the"
+        f" kernel's ephemeral ports ({port_blocks._ephemeral_low()}): name another block with"
+        " --media-ports, or wait"
+    )
+
+
+def _import_b2bua_env(first: int | None) -> types.ModuleType:
+    """tests/component/calls/b2bua_env.py with its relay on :func:`_media_block`'s ports. The
+    module takes its block at import, by ``port_block``, whose tries over units other
+    processes hold (a failed ``flock``, a port that would not bind, each an exception) differed
+    between runs too; it is handed this one instead."""
+    ports = _media_block(first)
     print(f"media ports {ports.start}-{ports.stop - 1}")
 
     def this_block(count: int, *, even: bool = True) -> range:
