@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -68,6 +70,7 @@ SAMPLE = re.compile(
     rf"^ +\d+(?: +-?{NUMBER}| +nan){{12}}(?:  (idle|load ended|draining|drained))?$"
 )
 FLAGGED = re.compile(r"^(?P<count>\d+) figure\(s\) flagged; logs in \S+$", re.M)
+WORKDIR = re.compile(r"^work directory \(logs, sipp traces\): (?P<path>\S+)$", re.M)
 
 
 def _start(command: list[str], output: Path) -> subprocess.Popen[bytes]:
@@ -183,3 +186,10 @@ def test_sip_calls_and_soak_run_against_the_gateway_and_print_their_figures(
     # The gateway counted a call for each the UACs completed (the drained row's "calls").
     started = int(float(samples[-1].split()[1]))
     assert started == sum(int(uacs[name]["ok"]) for name in kinds if name != "options"), text
+    # The soak keeps its work directory (gateway log, sipp traces) for whoever ran it; the
+    # test's, once it passed, is removed (a failed run's stays, named in the output above).
+    workdir = WORKDIR.search(text)
+    assert workdir is not None, text
+    kept = Path(workdir["path"])
+    assert kept.parent == Path(tempfile.gettempdir()) and kept.name.startswith("soak-"), text
+    shutil.rmtree(kept)
