@@ -1442,6 +1442,34 @@ async def test_a_datagram_returning_a_cookie_takes_a_place_in_a_full_room(
     assert engine.sources[-1] == (hello(1), PEER)  # the task goes on
 
 
+async def test_datagrams_returning_a_cookie_from_many_ports_take_only_the_verified_share(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """Review of session 43: a datagram the engine's ``returns_cookie_untrusted`` vouches for
+    counts in QUEUE_VERIFIED_FIRST's share as a named verified source's does. The dtls
+    engine's cookie is bound to the host, not the port: a sender that received one cookie at
+    its host can return it from as many ports as it likes, none of them named by the engine
+    yet (its bucket starts no handshake for them). Before, those datagrams were counted as
+    no verified source's, so each took the place of another source's and the share never
+    applied: the whole room (48) went to that one host, and a phone's first ClientHello
+    waiting in it was dropped for them."""
+    engine = CookieEngine(timer=None, outgoing=[], returning=hello(200))
+    task, handler = await caller_task(nursery, engine)
+    others = QUEUE - QUEUE_KEPT_FOR_PEERS
+    unverified = [("127.0.0.1", 5001 + n) for n in range(others)]
+    for source in unverified:
+        handler(hello(100), source)
+    returning = [("127.0.0.1", 6001 + n) for n in range(others)]
+    for source in returning:
+        handler(hello(200), source)
+    assert engine.asked == others
+    await settle()
+    fed = engine.sources
+    assert len([s for _, s in fed if s in returning]) == QUEUE_VERIFIED_FIRST
+    assert len([s for _, s in fed if s in unverified]) == others - QUEUE_VERIFIED_FIRST
+    assert task.session.dropped("blocked") == others
+
+
 async def test_a_burst_takes_one_round_per_datagram_and_no_empty_round_after_it(
     nursery: trio.Nursery, autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
