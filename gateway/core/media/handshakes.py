@@ -448,12 +448,14 @@ class CallHandshakes:
         most = max(counts.values())
         if most < waiting + 2:
             return False  # the flood's usual case, ever new sources: no key sought
-        longest = next(key for key, count in counts.items() if count == most)
+        # The newest datagram of a source with that many waiting: of sources tied at one each
+        # (a flood's), the burst's last, not the oldest (the task's next, such
+        # as a phone's ClientHello that came before the flood).
         for at in range(len(self._queue) - 1, -1, -1):
             item, counted = self._queue[at]
-            if counted == longest:
+            if counted is not None and counts.get(counted) == most:
                 del self._queue[at]
-                self._forget_waiting(longest)
+                self._forget_waiting(counted)
                 assert item is not None  # counted ones are datagrams
                 self._drop(item[0], "blocked")
                 return True
