@@ -226,6 +226,30 @@ def test_a_dropped_client_hellos_source_is_in_the_operators_log_once_a_minute(
     assert "127.0.0.1" not in failed.reason  # never in the reason both parties get
 
 
+def test_an_unreadable_and_a_rate_limited_client_hello_are_in_the_operators_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Review of session 43: the two reasons no other test drove. An unreadable ClientHello's
+    # source may be forged; one past the port's bucket (MAX_NEW_HANDSHAKES_BURST new
+    # handshakes at once) returned our cookie first, so its host receives there.
+    caplog.set_level(logging.WARNING, "gateway.plugins.keyexchange.dtls_srtp")
+    ours, _ = ours_and_peer(we_serve=True)
+    assert ours.packets_to_send(now=0.0) == []  # the handshake's clock starts
+    ours.receive_packet_from(cut_short(client_hello(ours)), source=("::1", 5004), now=0.0)
+    sources = [("127.0.0.1", 30000 + n) for n in range(MAX_NEW_HANDSHAKES_BURST + 1)]
+    for source in sources:
+        ours.receive_packet_from(returned_cookie(ours, source, 0.0), source=source, now=0.0)
+        ours.addressed_packets_to_send(now=0.0)  # its handshake's first flight
+    assert ours.statistics().dropped_rate == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        "DTLS ClientHello from [::1]:5004 dropped (unreadable): 1 from [::1] since its last"
+        " such line; never proved to receive there: the address may be forged",
+        f"DTLS ClientHello from 127.0.0.1:{sources[-1][1]} dropped (rate_limited): 1 from"
+        " 127.0.0.1 since its last such line; it returned our cookie, so it receives at that"
+        " host",
+    ]
+
+
 def test_the_documented_ban_filter_takes_only_sources_that_returned_our_cookie(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
