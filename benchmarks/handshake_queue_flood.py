@@ -35,7 +35,8 @@ dropped. Since session 43 a phone that returned our cookie is queued first
 on its place in the burst.
 
 ``--engine N`` (session 43): the price of that check for a flood's dropped ClientHellos, under
-callgrind as above (``with_engine``).
+callgrind as above (``with_engine``); ``--engine-bad-cookie N`` (review-d7) for ClientHellos of
+message_seq 1 carrying a cookie that is not ours, the check's dearest case.
 """
 
 from __future__ import annotations
@@ -105,18 +106,32 @@ def _tests_importable() -> None:
     sys.modules["tests"] = namespace
 
 
-def with_engine(feed: int) -> None:
-    """``--engine N``: N first ClientHellos (message_seq 0), each from a new host, delivered to
-    a queue whose port has the real ``dtls`` engine's ``returns_cookie_untrusted`` (session
+def with_engine(feed: int, *, bad_cookie: bool = False) -> None:
+    """``--engine N``: N first ClientHellos (message_seq 0), each from a new source, delivered
+    to a queue whose port has the real ``dtls`` engine's ``returns_cookie_untrusted`` (session
     43: a datagram the full room would drop is shown to it first); the queue's task never
-    runs. (cg.2100 - cg.100) / 2000: what such a dropped datagram costs with the check."""
+    runs. (cg.2100 - cg.100) / 2000: what such a dropped datagram costs with the check.
+    ``--engine-bad-cookie N`` (review-d7): ClientHellos of message_seq 1 with a cookie that is
+    not ours (the last octet of a real one changed), what a flood that wants the check's
+    price writes: the engine parses each and computes its HMAC(s)."""
     _tests_importable()
     import trio
 
     from tests.unit.keyexchange.dtls_source_pairs import ours_and_peer, stranger_for
 
     ours, _ = ours_and_peer(we_serve=True)
-    hello = stranger_for(ours).packets_to_send(now=0.0)[0]
+    client = stranger_for(ours)
+    hello = client.packets_to_send(now=0.0)[0]
+    if bad_cookie:
+        ours.receive_packet_from(hello, source=("127.0.0.1", 1024), now=0.0)
+        ((request, _),) = ours.addressed_packets_to_send(now=0.0)
+        client.receive_packet(request, now=0.0)
+        (returned,) = client.packets_to_send(now=0.0)
+        assert returned[17:19] == b"\x00\x01"  # message_seq 1, our cookie in it
+        at = 13 + 12 + 2 + 32  # record and handshake headers, client_version, random
+        at += 1 + returned[at]  # session_id
+        end = at + 1 + returned[at]  # the cookie's last octet, + 1
+        hello = returned[: end - 1] + bytes([returned[end - 1] ^ 1]) + returned[end:]
     session = Session()
     handshakes = CallHandshakes(
         session,  # type: ignore[arg-type]
@@ -128,7 +143,7 @@ def with_engine(feed: int) -> None:
 
     async def feed_all() -> None:  # deliver reads trio's clock for the engine
         for n in range(feed):
-            source = (f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}", 5004)
+            source = ("127.0.0.1", 1025 + n % 64000)
             handshakes.deliver("a", 0, hello, source=source)
 
     trio.run(feed_all)
@@ -138,6 +153,9 @@ def with_engine(feed: int) -> None:
 def main() -> None:
     if sys.argv[1:2] == ["--engine"] and len(sys.argv) == 3 and sys.argv[2].isdigit():
         with_engine(int(sys.argv[2]))
+        return
+    if sys.argv[1:2] == ["--engine-bad-cookie"] and len(sys.argv) == 3 and sys.argv[2].isdigit():
+        with_engine(int(sys.argv[2]), bad_cookie=True)
         return
     if sys.argv[1:2] == ["--phone"]:
         args = sys.argv[2:]
@@ -154,6 +172,7 @@ def main() -> None:
     if feed < 0 or sys.argv[2:]:
         raise SystemExit(
             f"usage: {sys.argv[0]} [N] | --phone N [--calls K] [--seed S] | --engine N"
+            " | --engine-bad-cookie N"
         )
     session = Session()
     handshakes = CallHandshakes(

@@ -286,6 +286,12 @@ class CallHandshakes:
         """The sources (host, port) the call's engines said returned a cookie of theirs
         (``verified_sources``), as read at the end of the last round: their datagrams go
         first (:data:`QUEUE_VERIFIED_FIRST`)."""
+        self._returned_cookie: set[tuple[str, int]] = set()
+        """Sources with datagrams waiting that were queued because they returned a cookie
+        (:meth:`_returns_cookie`) though no engine named them: counted in
+        :data:`QUEUE_VERIFIED_FIRST`'s share as :attr:`_verified`'s are (the ``dtls``
+        engine's cookie is the host's: one returned from ever new ports of that host must
+        not take the whole room). Forgotten with their last waiting datagram."""
         self._cookie_checks: dict[tuple[str, int, bool], Callable[..., object]] = {}
         """Per port (side, stream, RTCP port) its engine's optional
         ``returns_cookie_untrusted``, as read in the last round (:meth:`_returns_cookie`)."""
@@ -377,18 +383,17 @@ class CallHandshakes:
             if waiting >= QUEUE_PER_SOURCE:
                 self._drop(side, "blocked")
                 return
-            if sum(self._waiting_from.values()) >= QUEUE - QUEUE_KEPT_FOR_PEERS and not (
-                self._make_room_for(
-                    waiting,
-                    (bool(self._verified) and counted in self._verified)
-                    or (
-                        bool(self._cookie_checks)
-                        and self._returns_cookie(side, index, rtcp, packet, counted)
-                    ),
+            if sum(self._waiting_from.values()) >= QUEUE - QUEUE_KEPT_FOR_PEERS:
+                returned = (
+                    counted not in self._verified
+                    and bool(self._cookie_checks)
+                    and self._returns_cookie(side, index, rtcp, packet, counted)
                 )
-            ):
-                self._drop(side, "blocked")
-                return
+                if not self._make_room_for(waiting, returned or counted in self._verified):
+                    self._drop(side, "blocked")
+                    return
+                if returned:
+                    self._returned_cookie.add(counted)
         if len(self._queue) >= QUEUE:
             self._drop(side, "blocked")
             return
@@ -430,10 +435,10 @@ class CallHandshakes:
         (``verified``: the newcomer is one), theirs are never dropped so, and a newcomer of
         theirs takes the place of any other source's, its count whatever."""
         counts = self._waiting_from
-        if self._verified:
-            first = sum(c for key, c in counts.items() if key in self._verified)
+        if self._verified or self._returned_cookie:
+            first = sum(c for key, c in counts.items() if self._is_verified(key))
             if first < QUEUE_VERIFIED_FIRST:
-                counts = {k: c for k, c in counts.items() if k not in self._verified}
+                counts = {k: c for k, c in counts.items() if not self._is_verified(k)}
             else:
                 verified = False  # past their share: as every other source
         if verified and counts:
@@ -443,12 +448,14 @@ class CallHandshakes:
         most = max(counts.values())
         if most < waiting + 2:
             return False  # the flood's usual case, ever new sources: no key sought
-        longest = next(key for key, count in counts.items() if count == most)
+        # The newest datagram of a source with that many waiting: of sources tied at one each
+        # (a flood's), the burst's last, not the oldest (the task's next, such
+        # as a phone's ClientHello that came before the flood).
         for at in range(len(self._queue) - 1, -1, -1):
             item, counted = self._queue[at]
-            if counted == longest:
+            if counted is not None and counts.get(counted) == most:
                 del self._queue[at]
-                self._forget_waiting(longest)
+                self._forget_waiting(counted)
                 assert item is not None  # counted ones are datagrams
                 self._drop(item[0], "blocked")
                 return True
@@ -477,12 +484,17 @@ class CallHandshakes:
             self._forget_waiting(counted)
         return item
 
+    def _is_verified(self, counted: tuple[str, int]) -> bool:
+        """Whether ``counted``'s waiting datagrams are in :data:`QUEUE_VERIFIED_FIRST`'s share."""
+        return counted in self._verified or counted in self._returned_cookie
+
     def _forget_waiting(self, counted: tuple[str, int]) -> None:
         left = self._waiting_from[counted] - 1
         if left:
             self._waiting_from[counted] = left
         else:
             del self._waiting_from[counted]
+            self._returned_cookie.discard(counted)
 
     def poke(self) -> None:
         """The legs' SDP changed: look at the streams again (new negotiations, new streams).
@@ -594,6 +606,7 @@ class CallHandshakes:
             self._closed = True
             self._queue.clear()
             self._waiting_from.clear()
+            self._returned_cookie.clear()
             # legs, on_keys and on_failure are the call's bound methods, and the call holds
             # this object: kept, they made every ended DTLS-SRTP (and ZRTP) call, its legs,
             # dialogs, messages, media session, task and nursery (~250 objects), cyclic garbage

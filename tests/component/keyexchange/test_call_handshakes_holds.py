@@ -1304,15 +1304,16 @@ async def test_a_flood_from_a_few_sources_leaves_room_for_a_natted_phone(
     await settle()
     fed = engine.sources
     assert (hello(200), natted) in fed and (hello(201), natted) in fed
-    # Each took the place of the flooding source with the most waiting: the last of the
-    # first port's 16, then of the second's; nothing else dropped, the order kept.
+    # Each took the place of the newest datagram of a flooding source with the most waiting:
+    # the last of the third port's 16, then of the second's (review-d7: of tied sources, the
+    # one whose datagram is newest); nothing else dropped, the order kept.
     assert task.session.dropped("blocked") == 2
     assert len(fed) == others
     by_source = {source: [d for d, s in fed if s == source] for source in flood}
-    assert [len(by_source[source]) for source in flood] == [15, 15, 16]
+    assert [len(by_source[source]) for source in flood] == [16, 15, 15]
     # The newest went (a tail drop: what waited longest still goes first, review-d6).
     last = QUEUE_PER_SOURCE - 1
-    assert by_source[flood[0]] == by_source[flood[1]] == [hello(n) for n in range(last)]
+    assert by_source[flood[1]] == by_source[flood[2]] == [hello(n) for n in range(last)]
     assert fed[-2:] == [(hello(200), natted), (hello(201), natted)]
 
 
@@ -1440,6 +1441,57 @@ async def test_a_datagram_returning_a_cookie_takes_a_place_in_a_full_room(
     handler(hello(1), PEER)
     await settle()
     assert engine.sources[-1] == (hello(1), PEER)  # the task goes on
+
+
+async def test_datagrams_returning_a_cookie_from_many_ports_take_only_the_verified_share(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """Review of session 43: a datagram the engine's ``returns_cookie_untrusted`` vouches for
+    counts in QUEUE_VERIFIED_FIRST's share as a named verified source's does. The dtls
+    engine's cookie is bound to the host, not the port: a sender that received one cookie at
+    its host can return it from as many ports as it likes, none of them named by the engine
+    yet (its bucket starts no handshake for them). Before, those datagrams were counted as
+    no verified source's, so each took the place of another source's and the share never
+    applied: the whole room (48) went to that one host, and a phone's first ClientHello
+    waiting in it was dropped for them."""
+    engine = CookieEngine(timer=None, outgoing=[], returning=hello(200))
+    task, handler = await caller_task(nursery, engine)
+    others = QUEUE - QUEUE_KEPT_FOR_PEERS
+    unverified = [("127.0.0.1", 5001 + n) for n in range(others)]
+    for source in unverified:
+        handler(hello(100), source)
+    returning = [("127.0.0.1", 6001 + n) for n in range(others)]
+    for source in returning:
+        handler(hello(200), source)
+    assert engine.asked == others
+    await settle()
+    fed = engine.sources
+    assert len([s for _, s in fed if s in returning]) == QUEUE_VERIFIED_FIRST
+    assert len([s for _, s in fed if s in unverified]) == others - QUEUE_VERIFIED_FIRST
+    assert task.session.dropped("blocked") == others
+
+
+async def test_a_verified_datagram_takes_the_newest_place_not_the_longest_waiting(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """Review of session 43: when every unverified source has one datagram waiting, the one a
+    verified datagram takes the place of is the newest (the burst's last), as the docs say.
+    Before, it was the datagram of the source first in the count's order: the oldest in the
+    queue, next for the task, such as a phone's first ClientHello that came before the
+    flood; a verified sender's datagrams (up to 24) dropped the head of the queue, one each."""
+    engine = CookieEngine(timer=None, outgoing=[], returning=hello(200))
+    task, handler = await caller_task(nursery, engine)
+    others = QUEUE - QUEUE_KEPT_FOR_PEERS
+    phone = ("127.0.0.1", 5000)
+    handler(hello(1), phone)
+    spoofed = [("127.0.0.1", 5001 + n) for n in range(others - 1)]
+    for source in spoofed:
+        handler(hello(100), source)
+    handler(hello(200), ("127.0.0.1", 6000))
+    await settle()
+    assert (hello(1), phone) in engine.sources
+    assert (hello(100), spoofed[-1]) not in engine.sources
+    assert task.session.dropped("blocked") == 1
 
 
 async def test_a_burst_takes_one_round_per_datagram_and_no_empty_round_after_it(

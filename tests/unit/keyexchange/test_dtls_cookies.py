@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import random
+import re
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +27,7 @@ from gateway.plugins.keyexchange.dtls_srtp import (
     DroppedHelloLog,
     DtlsNegotiation,
 )
+from tests.fail2ban_regex import FAIL2BAN_HOST
 from tests.unit.keyexchange.dtls_source_pairs import (
     FIRST_STRANGER,
     NATTED,
@@ -221,6 +224,53 @@ def test_a_dropped_client_hellos_source_is_in_the_operators_log_once_a_minute(
     ours.handle_timer(now=DEFAULT_HANDSHAKE_TIMEOUT + 61.0)
     (failed,) = [e for e in events(ours) if isinstance(e, NegotiationFailed)]
     assert "127.0.0.1" not in failed.reason  # never in the reason both parties get
+
+
+def test_an_unreadable_and_a_rate_limited_client_hello_are_in_the_operators_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Review of session 43: the two reasons no other test drove. An unreadable ClientHello's
+    # source may be forged; one past the port's bucket (MAX_NEW_HANDSHAKES_BURST new
+    # handshakes at once) returned our cookie first, so its host receives there.
+    caplog.set_level(logging.WARNING, "gateway.plugins.keyexchange.dtls_srtp")
+    ours, _ = ours_and_peer(we_serve=True)
+    assert ours.packets_to_send(now=0.0) == []  # the handshake's clock starts
+    ours.receive_packet_from(cut_short(client_hello(ours)), source=("::1", 5004), now=0.0)
+    sources = [("127.0.0.1", 30000 + n) for n in range(MAX_NEW_HANDSHAKES_BURST + 1)]
+    for source in sources:
+        ours.receive_packet_from(returned_cookie(ours, source, 0.0), source=source, now=0.0)
+        ours.addressed_packets_to_send(now=0.0)  # its handshake's first flight
+    assert ours.statistics().dropped_rate == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        "DTLS ClientHello from [::1]:5004 dropped (unreadable): 1 from [::1] since its last"
+        " such line; never proved to receive there: the address may be forged",
+        f"DTLS ClientHello from 127.0.0.1:{sources[-1][1]} dropped (rate_limited): 1 from"
+        " 127.0.0.1 since its last such line; it returned our cookie, so it receives at that"
+        " host",
+    ]
+
+
+def test_the_documented_ban_filter_takes_only_sources_that_returned_our_cookie(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Review of session 43: docs/operations.md's filter for dtls-client-hello-dropped, with
+    # <HOST> as fail2ban 0.10+ expands it, takes the host of a line whose source returned our
+    # cookie (IPv4, and IPv6 in brackets before its port), never of a line whose source may be
+    # forged (a spoofed ClientHello must not get your trunk banned).
+    page = (Path(__file__).parents[3] / "docs" / "operations.md").read_text()
+    (documented,) = re.findall(r"a filter matching `([^`]+)`", page)
+    failregex = re.compile(documented.replace("<HOST>", FAIL2BAN_HOST))
+    caplog.set_level(logging.WARNING, "gateway.plugins.keyexchange.dtls_srtp")
+    log = DroppedHelloLog()
+    log.dropped(("127.0.0.1", 5004), "rate_limited", verified=True, now=0.0)
+    log.dropped(("::1", 5006), "cookie_out_of_sequence", verified=True, now=0.0)
+    proven = [failregex.search(r.getMessage()) for r in caplog.records]
+    assert [m and (m.group("ip4") or m.group("ip6")) for m in proven] == ["127.0.0.1", "::1"]
+    caplog.clear()
+    log.dropped(("127.0.0.1", 5004), "bad_cookie", verified=False, now=61.0)
+    log.dropped(("::1", 5006), "unreadable", verified=False, now=61.0)
+    assert len(caplog.records) == 2
+    assert not any(failregex.search(r.getMessage()) for r in caplog.records)
 
 
 def test_the_dropped_client_hello_log_is_bounded_by_hosts(
