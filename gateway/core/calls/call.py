@@ -169,7 +169,6 @@ from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.message import Request, Response, default_reason, make_response
 from gateway.core.sip.session_timer import IntervalTooSmall, allows_update
 from gateway.core.sip.transaction import State, TransactionStateError
-from gateway.core.sip.usages import ends_session
 
 # Requests relayed as they are inside an established call; anything else gets 501.
 RELAYED_IN_DIALOG = frozenset({"INFO", "OPTIONS", "MESSAGE", "NOTIFY"})
@@ -963,7 +962,7 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
         if tag.purpose == "relay" and tag.relayed is not None:
             self._relaying.discard(tag)
             transaction, request = tag.relayed
-            if ends_session(request.method, response.status):
+            if self._ends_session(request.method, response.status):
                 # RFC 5057 §5.1: the other leg's session is gone (481, 408 or no answer ...):
                 # the requester is answered, then the call ends (BYE, _session_lost).
                 answer = self._lost_answer(request, tag.side, response)
