@@ -1107,7 +1107,18 @@ class CallBase:
         for side, (due, interval, response, give_up) in list(self._retransmit_at.items()):
             if now >= give_up:
                 del self._retransmit_at[side]
-                # §13.3.1.4: no ACK within 64*T1: the session is not established; end it.
+                # §13.3.1.4: no ACK within 64*T1: the session is not established; end it. A
+                # line of its own at WARNING (the transaction layer's Timer H for a failure
+                # response stays at DEBUG, endpoint.py): here a call the phone may think is up
+                # ends, mostly because our 2xx or its ACK does not get through (a NAT, a
+                # firewall, a Contact or Record-Route that does not lead back to us).
+                log.warning(
+                    "call %s: no ACK from the %s leg for our 2xx within %g s (64*T1, RFC 3261 "
+                    "§13.3.1.4): ending the call",
+                    self.id,
+                    side.value.upper(),
+                    64 * self.config.sip.t1,
+                )
                 await self._hang_up(f"no ACK from {side.value.upper()} leg")
             if due > now:
                 continue
