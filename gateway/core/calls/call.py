@@ -27,9 +27,9 @@ every event in that one task keeps the call a plain sequential state machine, wi
    A relayed re-INVITE that the other leg leaves without a final response for 64*T1 (its INVITE
    transaction has no timer once a provisional came) ends the call (§14.1), and so does any
    in-dialog request whose answer says the leg's session is gone (RFC 3261 §12.2.1.2,
-   sip/usages.py: 481, 408 or none): the requester gets 500 or 504 and a BYE saying why, the
-   leg that lost its dialog no BYE (docs/architecture.md "In-dialog failures: what ends a
-   call").
+   sip/usages.py: 481, 408 or none; with ``[sip] in_dialog_failures = "strict"`` RFC 5057
+   §5.1's other endings too): the requester gets 500 or 504 and a BYE saying why, the leg that
+   lost its dialog no BYE (docs/architecture.md "In-dialog failures: what ends a call").
 
 A late offer (an INVITE without SDP, §13.2.1, as PBXs and carriers send with "delayed offer")
 turns the exchange around: the B legs get INVITEs without SDP, the winning 2xx brings the offer,
