@@ -338,6 +338,10 @@ class SipSection:
     # part routed like a dialled number ("route-user"), or the redirect refused ("refuse").
     max_redirects: int = 5
     foreign_redirects: Literal["route-user", "refuse"] = "route-user"
+    # What failure answer to a re-INVITE, UPDATE, INFO ... inside a call ends the call
+    # (gateway/core/sip/usages.py): "lenient" 481 and 408 only (RFC 3261 §12.2.1.2), "strict"
+    # RFC 5057 §5.1's table too (404, 410, 416, 480, 482-485, 502, 604 ...).
+    in_dialog_failures: Literal["lenient", "strict"] = "lenient"
 
 
 @attrs.frozen

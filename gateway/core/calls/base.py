@@ -925,34 +925,50 @@ class CallBase:
             await self._bye(self.b, reason, cause=cause)
         raise CallEnded(reason)
 
-    def _lost_answer(self, request: Request, side: Side, response: Response) -> Response:
+    def _ends_session(self, method: str, status: int) -> bool:
+        """Whether ``status`` to our in-dialog ``method`` ends the call: ``ends_session``, read
+        strictly (RFC 5057 §5.1's whole table) when ``[sip] in_dialog_failures`` says so."""
+        strict = self.config.sip.in_dialog_failures == "strict"
+        return ends_session(method, status, strict=strict)
+
+    def _lost_answer(
+        self,
+        request: Request,
+        side: Side,
+        response: Response,
+        errors: Sequence[tuple[str, str]] = (),
+    ) -> Response:
         """Our answer to ``request``, relayed to ``side``'s leg, when that leg's ``response``
-        ends the session (``ends_session``; :meth:`_session_lost` follows). Not the leg's
+        ends the session (:meth:`_ends_session`; :meth:`_session_lost` follows). Not the leg's
         status itself, which would end the requester's own dialog too (RFC 5057 §5.1: a 481,
         a 408, a 404 ...): our BYE ends it, saying why, and would meet a dialog already gone.
         A timeout (408, the leg's or our Timer F's) is 504 (RFC 3261 §21.5.5; RFC 4320 §4.2:
-        never 408 to a non-INVITE), anything else 500; a Warning names the leg's answer."""
+        never 408 to a non-INVITE), anything else 500; a Warning names the leg's answer.
+        ``errors``: the Geolocation-Error fields of that answer when ``request`` carried the
+        requester's location (RFC 6442 §4.3: they concern the location it sent, and are its
+        to act on, however the request ended)."""
         status = 504 if response.status == 408 else 500
         leg = side.value.upper()
         warning = warning_header(f"the {leg} leg answered {response.status} {response.reason}")
-        return make_response(request, status, extra=[("Warning", warning)])
+        return make_response(request, status, extra=[("Warning", warning), *errors])
 
     async def _session_lost(
         self, side: Side, method: str, response: Response, *, what: str | None = None
     ) -> None:
         """End the call if ``response`` of ``side``'s leg to our in-dialog ``method`` ended
-        that leg's session (``gateway.core.sip.usages.ends_session``: 481, 408 or no answer;
-        RFC 3261 §12.2.1.2). The side still up gets a BYE saying why (RFC 3326);
-        the answering leg gets one too unless it holds no dialog any more (481, a broken
-        target or route: the BYE would only fail the same way). Any other failure (491, 488,
-        500, 501 ...) ends nothing: the call goes on. ``what`` names the request in the
+        that leg's session (:meth:`_ends_session`: 481, 408 or no answer, RFC 3261 §12.2.1.2;
+        with ``[sip] in_dialog_failures = "strict"`` RFC 5057 §5.1's other endings too). The
+        side still up gets a BYE saying why (RFC 3326); the answering leg gets one too unless
+        it holds no dialog any more (481, a broken target or route: the BYE would only fail
+        the same way). Any other failure (491, 488, 500, 501 ...) ends nothing: the call goes
+        on. ``what`` names the request in the
         stated reason (the log's "ended" line, the call record).
 
         A transferor's session lost while its transfer is under way (RFC 3515: it may drop
         its dialog after the 202; its BYE may cross our request) ends only its leg, as its
         BYE would (``Call._in_dialog``): the transfer goes on, and ends the call if it fails.
         Returns then, which the callers heed."""
-        if not ends_session(method, response.status):
+        if not self._ends_session(method, response.status):
             return
         leg = self._leg(side)
         what = what or f"{method} to the {side.value.upper()} leg"
@@ -1091,7 +1107,18 @@ class CallBase:
         for side, (due, interval, response, give_up) in list(self._retransmit_at.items()):
             if now >= give_up:
                 del self._retransmit_at[side]
-                # §13.3.1.4: no ACK within 64*T1: the session is not established; end it.
+                # §13.3.1.4: no ACK within 64*T1: the session is not established; end it. A
+                # line of its own at WARNING (the transaction layer's Timer H for a failure
+                # response stays at DEBUG, endpoint.py): here a call the phone may think is up
+                # ends, mostly because our 2xx or its ACK does not get through (a NAT, a
+                # firewall, a Contact or Record-Route that does not lead back to us).
+                log.warning(
+                    "call %s: no ACK from the %s leg for our 2xx within %g s (64*T1, RFC 3261 "
+                    "§13.3.1.4): ending the call",
+                    self.id,
+                    side.value.upper(),
+                    64 * self.config.sip.t1,
+                )
                 await self._hang_up(f"no ACK from {side.value.upper()} leg")
             if due > now:
                 continue

@@ -27,9 +27,9 @@ every event in that one task keeps the call a plain sequential state machine, wi
    A relayed re-INVITE that the other leg leaves without a final response for 64*T1 (its INVITE
    transaction has no timer once a provisional came) ends the call (§14.1), and so does any
    in-dialog request whose answer says the leg's session is gone (RFC 3261 §12.2.1.2,
-   sip/usages.py: 481, 408 or none): the requester gets 500 or 504 and a BYE saying why, the
-   leg that lost its dialog no BYE (docs/architecture.md "In-dialog failures: what ends a
-   call").
+   sip/usages.py: 481, 408 or none; with ``[sip] in_dialog_failures = "strict"`` RFC 5057
+   §5.1's other endings too): the requester gets 500 or 504 and a BYE saying why, the leg that
+   lost its dialog no BYE (docs/architecture.md "In-dialog failures: what ends a call").
 
 A late offer (an INVITE without SDP, §13.2.1, as PBXs and carriers send with "delayed offer")
 turns the exchange around: the B legs get INVITEs without SDP, the winning 2xx brings the offer,
@@ -169,7 +169,6 @@ from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.message import Request, Response, default_reason, make_response
 from gateway.core.sip.session_timer import IntervalTooSmall, allows_update
 from gateway.core.sip.transaction import State, TransactionStateError
-from gateway.core.sip.usages import ends_session
 
 # Requests relayed as they are inside an established call; anything else gets 501.
 RELAYED_IN_DIALOG = frozenset({"INFO", "OPTIONS", "MESSAGE", "NOTIFY"})
@@ -963,7 +962,7 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
         if tag.purpose == "relay" and tag.relayed is not None:
             self._relaying.discard(tag)
             transaction, request = tag.relayed
-            if ends_session(request.method, response.status):
+            if self._ends_session(request.method, response.status):
                 # RFC 5057 §5.1: the other leg's session is gone (481, 408 or no answer ...):
                 # the requester is answered, then the call ends (BYE, _session_lost).
                 answer = self._lost_answer(request, tag.side, response)

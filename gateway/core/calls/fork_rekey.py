@@ -47,7 +47,6 @@ from gateway.core.sdp.serializer import serialize_sdp
 from gateway.core.sip.dialog import DialogState, glare_wait
 from gateway.core.sip.message import Response, cancel_for
 from gateway.core.sip.transaction import State
-from gateway.core.sip.usages import ends_session
 
 if TYPE_CHECKING:
     from gateway.core.calls.call import Call
@@ -197,7 +196,7 @@ class CallForkRekey(CallLocationUpdates, CallMediaKeys):
             # Sent: its o= version stays taken (RFC 3264 §8), withdrawn by nothing later.
             leg.security.offer_refused()
             self.media.repeated_offer_refused(Side.B.value)
-            if ends_session("INVITE", response.status):
+            if self._ends_session("INVITE", response.status):
                 await self._session_lost(
                     Side.B, "INVITE", response, what="re-key re-INVITE to the B leg"
                 )

@@ -349,7 +349,8 @@ class CallLocationUpdates(CallSessionTimers):
         there (LOCATION_NOT_DELIVERED; in an early dialog also 408 and 481, which end only
         that callee's early dialog) answers the caller's UPDATE as if it had brought none:
         200, logged. In a confirmed dialog 408 and 481 end the call, as for a re-INVITE (RFC
-        3261 §12.2.1.2: that leg's dialog is gone).
+        3261 §12.2.1.2: that leg's dialog is gone; ``_ends_session``), the caller's UPDATE
+        answered 500/504 with the Geolocation-Error (``_lost_answer``).
 
         No answer within the bounded wait (``tag.overdue``, :meth:`_bound_location_wait`) is
         not delivered either: 200 to the caller, the call kept, the trunk noted in the call
@@ -388,14 +389,19 @@ class CallLocationUpdates(CallSessionTimers):
         else:
             errors = self._geolocation_errors(tag.location_to, response)
         if status >= 300:
+            if timer is not None and self._ends_session("UPDATE", status):
+                # A confirmed dialog whose session the answer ended (408, 481; more with
+                # in_dialog_failures = "strict"): the caller's UPDATE is answered and the call
+                # ended as for any relayed request (500/504, never the trunk's 481, which would
+                # end the caller's dialog under our BYE), the Geolocation-Error with it (§4.3).
+                answer = self._lost_answer(request, tag.side, response, errors)
+                await self.endpoint.respond(transaction, answer)
+                what = f"location UPDATE to the {tag.side.value.upper()} leg"
+                await self._session_lost(tag.side, "UPDATE", response, what=what)
+                return
             await self.endpoint.respond(
                 transaction, make_response(request, status, response.reason, extra=errors)
             )
-            if timer is not None and status in (408, 481):
-                await self._hang_up(
-                    f"location UPDATE to the {tag.side.value.upper()} leg answered "
-                    f"{status} {response.reason}"
-                )
             return
         fields = [("Contact", str(caller.contact)), *errors]
         if timer is not None:

@@ -64,7 +64,6 @@ from gateway.core.sdp.serializer import serialize_sdp
 from gateway.core.sip.dialog import DialogState, glare_wait
 from gateway.core.sip.message import Request, Response, cancel_for
 from gateway.core.sip.transaction import State
-from gateway.core.sip.usages import ends_session
 
 if TYPE_CHECKING:
     from gateway.core.calls.call import Call
@@ -316,7 +315,7 @@ class CallRecordingIndication(CallLocationUpdates, CallMediaKeys):
                     leg.dialog.owns_call_id, draw
                 )
                 return
-            if ends_session("INVITE", response.status):
+            if self._ends_session("INVITE", response.status):
                 await self._session_lost(
                     tag.side, "INVITE", response, what="recording indication re-INVITE"
                 )

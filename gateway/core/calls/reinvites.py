@@ -43,7 +43,6 @@ from gateway.core.sdp.serializer import serialize_sdp
 from gateway.core.sip.dialog import DialogState
 from gateway.core.sip.message import Request, Response, cancel_for, make_response
 from gateway.core.sip.transaction import ServerTransaction, State
-from gateway.core.sip.usages import ends_session
 
 
 class CallReinvites(CallRecordingIndication):
@@ -337,12 +336,13 @@ class CallReinvites(CallRecordingIndication):
             self.media.abandon_offer()
             if leg.security is not None:
                 leg.security.offer_refused()  # sent: its o= version stays taken (RFC 3264 §8)
-            if ends_session("INVITE", response.status):
+            if self._ends_session("INVITE", response.status):
                 # RFC 3261 §12.2.1.2: the leg's session is gone (481) or
                 # it did not answer (408, also our own on Timer B): the call ends, the
-                # requester answered without ending its dialog by itself (_lost_answer) and
-                # then BYEd (_session_lost).
-                refused = self._lost_answer(request, answered_side, response)
+                # requester answered without ending its dialog by itself (_lost_answer), the
+                # trunk's word on its location with it (RFC 6442 §4.3), and then BYEd
+                # (_session_lost).
+                refused = self._lost_answer(request, answered_side, response, errors)
                 await self.endpoint.respond(transaction, refused)
                 what = f"re-INVITE to the {answered_side.value.upper()} leg"
                 await self._session_lost(answered_side, "INVITE", response, what=what)

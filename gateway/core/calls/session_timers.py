@@ -33,7 +33,6 @@ from gateway.core.sip.session_timer import (
     request_headers,
     supports_timer,
 )
-from gateway.core.sip.usages import ends_session
 
 
 class CallSessionTimers(CallBase):
@@ -172,7 +171,7 @@ class CallSessionTimers(CallBase):
             timer.asked = min_se
             timer.refreshing = False
             timer.refresh_at = now
-        elif ends_session("UPDATE", response.status):
+        elif self._ends_session("UPDATE", response.status):
             # RFC 4028 §10: 408 or no answer, 481: the leg's session is gone.
             what = f"session refresh of the {tag.side.value.upper()} leg"
             await self._session_lost(tag.side, "UPDATE", response, what=what)

@@ -594,7 +594,7 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
             if response.status == 491 and self._again_after_glare(transfer, "transfer", transferee):
                 return
             await self._end_transfer(response.status, response.reason)
-            if response.status in (408, 481):
+            if self._ends_session("INVITE", response.status):
                 await self._hang_up(
                     f"re-INVITE to the {side} leg answered {response.status} {response.reason}"
                 )

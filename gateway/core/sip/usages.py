@@ -18,7 +18,8 @@ three outcomes, kept here as one table:
   dial), 485, 502, 604.
 
 483 is left a ``TRANSACTION`` failure: §5.1 has the agent retry with a larger Max-Forwards
-before it ends anything.
+before it ends anything (and the dialog only if it does not; the strict reading below, whose
+gateway retries nothing, ends it).
 
 Which usage a request belongs to (:func:`usage_of`): NOTIFY, SUBSCRIBE and REFER a
 subscription's (RFC 6665, RFC 3515 §2.4.4), everything else the invite usage. A B2BUA's call is
@@ -39,6 +40,12 @@ tore down established calls). Those answers pass on to the requester, whose dial
 if it so reads them: a gateway ending the call for them would cut calls that work, for no gain.
 The table stays for :func:`dialog_lost` (whether the answering peer still needs a BYE) and for
 anything that must know what a peer has given up.
+
+``strict`` (``[sip] in_dialog_failures = "strict"``) is the operator's choice of the table over
+that leniency, for networks whose agents send its statuses only when they mean them: every
+``USAGE`` or ``DIALOG`` outcome of a request of the invite usage ends the call, and so does 483
+(§5.1: "if the request isn't retried with an increased Max-Forwards", which the gateway never
+does, the dialog is destroyed).
 """
 
 from __future__ import annotations
@@ -85,12 +92,16 @@ def usage_of(method: str) -> str:
     return "subscription" if method in SUBSCRIPTION_METHODS else "invite"
 
 
-def ends_session(method: str, status: int) -> bool:
+def ends_session(method: str, status: int, *, strict: bool = False) -> bool:
     """Whether ``status`` to ``method`` makes the gateway end the call, the invite usage: 481 or
     408 (a transaction timeout counts as 408) to a request of that usage (a re-INVITE, UPDATE,
     PRACK, INFO, MESSAGE or OPTIONS; never a NOTIFY or REFER, a subscription's). The module's
-    docstring says why the table's other endings do not."""
-    return status in SESSION_GONE and usage_of(method) == "invite"
+    docstring says why the table's other endings do not; ``strict``: they do too (and 483)."""
+    if usage_of(method) != "invite":
+        return False
+    if status in SESSION_GONE:
+        return True
+    return strict and (status == 483 or response_effect(method, status) is not Effect.TRANSACTION)
 
 
 def dialog_lost(method: str, status: int) -> bool:

@@ -30,7 +30,7 @@ import trio
 from gateway.core.sdp.body import sdp_of
 from gateway.core.sip.message import Request, Response
 from gateway.testing.sip_agent import Received
-from tests.component.calls.b2bua_env import B2bua, eventually
+from tests.component.calls.b2bua_env import B2bua, eventually, start_b2bua
 from tests.component.calls.location_calls import (
     BOUNDARY,
     BY_VALUE,
@@ -497,8 +497,9 @@ async def test_a_gone_dialog_ends_the_call_only_once_answered(
 ) -> None:
     """481 to our location UPDATE: before the answer only that early dialog is gone (RFC 3261
     §12.2.1.2), so the caller's UPDATE gets 200 and the call rings on; in the answered call
-    the trunk's dialog is gone, so the caller gets the 481 and the call ends, as for a
-    re-INVITE."""
+    the trunk's dialog is gone, so the call ends, as for a re-INVITE: the caller gets 500 with
+    a Warning naming the 481 (not the 481, which would end its dialog under our BYE), then a
+    BYE saying why."""
     env = await started(nursery, tmp_path, voipgw_seed)
     env.trunk.auto = None
     call = await env.alice.invite(
@@ -518,9 +519,77 @@ async def test_a_gone_dialog_ends_the_call_only_once_answered(
     assert (await early.final()).status == 200
     await leg_b.answer()
     assert (await call.final()).status == 200
-    assert (await update(call, MOVED_ONLY, BY_VALUE)).status == 481
+    lost = await update(call, MOVED_ONLY, BY_VALUE)
+    assert lost.status == 500
+    assert "the B leg answered 481" in (lost.headers.get("Warning") or "")
+    bye = await env.alice.next_request("BYE", timeout=5)
+    assert "cause=481" in (bye.request.headers.get("Reason") or "")
     await eventually(lambda: env.calls == 0)
     assert len(env.trunk.requests("UPDATE")) == 2
+    assert not env.trunk.requests("BYE")  # its dialog is gone: no BYE into it
+
+
+async def test_a_reinvite_with_location_whose_dialog_is_gone_carries_the_geolocation_error(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The caller's re-INVITE with its new location answered 481 by the trunk, with a
+    Geolocation-Error: the call ends (RFC 3261 §12.2.1.2), and the caller's 500 carries the
+    error (RFC 6442 §4.3: it concerns the location the caller sent, however the request
+    ended), as a failure that keeps the call does."""
+    env = await started(nursery, tmp_path, voipgw_seed)
+    call = await located_call(env, "112")
+    error = '300 ;code="Dereference Failure"'
+    trunk_answers(env, "INVITE", 481, error, once=True)
+    lost = await moves(env, call)
+    assert lost.status == 500
+    assert "the B leg answered 481" in (lost.headers.get("Warning") or "")
+    assert lost.headers.get("Geolocation-Error") == error
+    await env.alice.next_request("BYE", timeout=5)
+    await eventually(lambda: env.calls == 0)
+    await eventually(lambda: "errors" in (location_record(env) or {}))
+    assert location_record(env)["errors"] == [{"from": "carrier", "status": 481, "code": "300"}]
+
+
+async def test_strict_a_location_update_answered_404_ends_the_call_with_the_error(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """``[sip] in_dialog_failures = "strict"``: our location UPDATE answered 404 (RFC 5057 §5.1:
+    the trunk's dialog is broken) ends the call; the caller's UPDATE gets 500 with the trunk's
+    Geolocation-Error, then a BYE; the trunk none (its dialog is gone). Lenient, the 404 goes
+    back to the caller as it is and the call goes on."""
+    env = await start_b2bua(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        carrier={"prefixes": ["+1", "112"]},
+        sip={"in_dialog_failures": "strict"},
+    )
+    call = await located_call(env, "112")
+    error = '100 ;code="Cannot Process Location"'
+    trunk_answers(env, "UPDATE", 404, error)
+    lost = await update(call, MOVED_ONLY, BY_VALUE)
+    assert lost.status == 500
+    assert "the B leg answered 404" in (lost.headers.get("Warning") or "")
+    assert lost.headers.get("Geolocation-Error") == error
+    bye = await env.alice.next_request("BYE", timeout=5)
+    assert "cause=404" in (bye.request.headers.get("Reason") or "")
+    await eventually(lambda: env.calls == 0)
+    assert not env.trunk.requests("BYE")
+
+
+async def test_lenient_a_location_update_answered_404_goes_back_and_the_call_goes_on(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await started(nursery, tmp_path, voipgw_seed)
+    call = await located_call(env, "112")
+    error = '100 ;code="Cannot Process Location"'
+    trunk_answers(env, "UPDATE", 404, error)
+    refused = await update(call, MOVED_ONLY, BY_VALUE)
+    assert refused.status == 404 and refused.headers.get("Geolocation-Error") == error
+    await trio.sleep(5)
+    assert env.calls == 1 and not env.alice.requests("BYE")
+    env.trunk.in_dialog = None
+    assert (await call.bye()).status == 200
 
 
 async def test_a_transfer_carries_no_location(

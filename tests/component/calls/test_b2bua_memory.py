@@ -262,16 +262,33 @@ async def test_an_ack_that_arrives_while_a_retransmission_waits_stops_them(
 
 
 async def test_a_200_never_acked_ends_the_call_after_64_t1(
-    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # RFC 3261 §13.3.1.4: no ACK within 64*T1: the session is not established; BYE both legs.
+    # RFC 3261 §13.3.1.4: no ACK within 64*T1: the session is not established; BYE both legs,
+    # and a WARNING naming the call and the leg (docs/operations.md, no-ack-2xx): a call that
+    # ends this way had a phone believing it up, and is worth an operator's look, where the
+    # transaction layer's Timer H for a failure response stays at DEBUG.
+    caplog.set_level(logging.INFO, "gateway.core.calls.call")
     env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=None)
-    _, answered_at = await _answered_while_the_callers_acks_are_lost(env)
+    call, answered_at = await _answered_while_the_callers_acks_are_lost(env)
     bye = await next_within(env.alice, "BYE", 64 * T1 + 5)
     assert bye is not None, "the call was not ended"
     assert 64 * T1 <= bye.at - answered_at < 64 * T1 + 1
     assert "no ACK from A leg" in (bye.request.headers.get("Reason") or "")
     await eventually(lambda: env.calls == 0, timeout=40)
+    warned = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "gateway.core.calls.call" and r.levelno == logging.WARNING
+    ]
+    assert warned == [
+        f"call {call.call_id}: no ACK from the A leg for our 2xx within 32 s (64*T1, RFC 3261 "
+        "§13.3.1.4): ending the call"
+    ]
 
 
 async def test_the_200s_retransmissions_and_their_give_up_come_at_rfc_3261s_times_exactly(

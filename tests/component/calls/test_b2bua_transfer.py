@@ -421,6 +421,43 @@ async def test_a_transferee_refusing_the_targets_media_fails_the_transfer(
     await eventually(lambda: env.calls == 0)
 
 
+@pytest.mark.parametrize("failures", ["lenient", "strict"])
+async def test_a_transferee_answering_404_fails_the_transfer_and_strict_ends_the_call(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    failures: str,
+) -> None:
+    """The transferee answers our re-INVITE towards the target 404 (RFC 5057 §5.1: its dialog is
+    broken): the transfer fails either way (alice's NOTIFY says 404, bob is BYEd); lenient, the
+    call goes on as after a 488; with ``[sip] in_dialog_failures = "strict"`` it ends."""
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, sip={"in_dialog_failures": failures})
+    bob = await bob_phone(env, nursery, voipgw_seed)
+    call, alice_leg = await answered_call(env)
+
+    async def refuse_reinvite(received: object) -> bool:
+        request = received.request  # type: ignore[attr-defined]
+        if request.method != "INVITE":
+            return False
+        await env.trunk.respond(received, 404)  # type: ignore[arg-type]
+        return True
+
+    env.trunk.in_dialog = refuse_reinvite
+    assert await refer(alice_leg, BOB_URI) == 202
+    await eventually_notify(env.alice, "SIP/2.0 404 Not Found")
+    bye = await bob.next_request("BYE")
+    assert bye.request.call_id == bob.calls[0].call_id
+    if failures == "strict":
+        await eventually(lambda: env.calls == 0)
+        return
+    await trio.sleep(5)
+    assert env.calls == 1
+    env.trunk.in_dialog = None
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+
+
 async def test_a_transferee_whose_own_reinvite_crossed_ours_is_reinvited_again(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:

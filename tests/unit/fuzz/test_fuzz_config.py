@@ -183,6 +183,7 @@ def seed_config(f: Files) -> dict[str, Any]:
             "drop_user_agents": ["friendly-scanner"],
             "max_redirects": 5,
             "foreign_redirects": "refuse",
+            "in_dialog_failures": "strict",
         },
         "media": {
             "address": "127.0.0.1",

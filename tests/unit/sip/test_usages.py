@@ -87,3 +87,35 @@ def test_only_481_or_408_ends_the_call(method: str, status: int) -> None:
     assert not ends_session(method, status)
     assert ends_session(method, 481) is (method != "NOTIFY")
     assert ends_session(method, 408) is (method != "NOTIFY")
+
+
+# -- [sip] in_dialog_failures = "strict": RFC 5057 §5.1's table as it stands -------------------
+
+
+@pytest.mark.parametrize("status", [404, 410, 416, 480, 482, 483, 484, 485, 502, 604])
+@pytest.mark.parametrize("method", OPTIONAL + SESSION)
+def test_strict_ends_the_call_on_every_ending_of_the_table(method: str, status: int) -> None:
+    """Read strictly, every status that ends the dialog or the invite usage ends the call, 483
+    too (§5.1: unless retried with a larger Max-Forwards, which the gateway never does); a
+    NOTIFY's never does (its usage is a subscription)."""
+    assert ends_session(method, status, strict=True) is (method != "NOTIFY")
+
+
+def test_strict_ends_the_call_on_405_to_a_reinvite_only() -> None:
+    """405 ends the usage its request holds (§5.1): a re-INVITE's, not an INFO's."""
+    assert ends_session("INVITE", 405, strict=True)
+    assert not ends_session("INFO", 405, strict=True)
+    assert not ends_session("UPDATE", 405, strict=True)
+
+
+@pytest.mark.parametrize("status", [s for s in TRANSACTION_ONLY if s != 483])
+@pytest.mark.parametrize("method", METHODS)
+def test_strict_keeps_the_call_on_transaction_failures(method: str, status: int) -> None:
+    """Glare (491), a refused offer (488, 500), a challenge ... fail the request only, strict or
+    not (RFC 3261 §14.1)."""
+    assert not ends_session(method, status, strict=True)
+
+
+@pytest.mark.parametrize("method", ["NOTIFY", "REFER", "SUBSCRIBE"])
+def test_strict_leaves_subscriptions_alone(method: str) -> None:
+    assert not any(ends_session(method, s, strict=True) for s in (404, 481, 483, 502, 604))
