@@ -28,8 +28,11 @@ One indication re-INVITE at a time, to one leg at a time, each going with the st
 then (a pause and its resume in between cancel out: nothing is sent); the next no sooner than
 :data:`INDICATION_INTERVAL` after the last one's answer, so a storm of pauses and resumes costs
 each aware leg at most one re-INVITE per interval, and the last state always gets through.
-While any other offer is in progress on the call the indication waits (RFC 3264 §4: one offer at
-a time): that offer's own SDP to an aware party carries the indication already.
+While any other offer/answer exchange may be in progress the indication waits and looks again
+(:meth:`CallRecordingIndication._exchange_in_progress`, one check for every kind: the media
+session's offer, any INVITE or UPDATE transaction of that party's dialog still unanswered, ours
+or its own, from the moment it arrives; our 2xx not yet ACKed; RFC 3261 §14.1, RFC 3311 §5.1-5.2,
+RFC 3264 §4): that exchange's own SDP to an aware party carries the indication already.
 
 Its failure is a notice's: RFC 3261 §14.1, a refusal (488, 500, 501 ...) leaves the session as
 it was and the call goes on (logged at INFO; the same state is not offered again, the next
@@ -223,6 +226,21 @@ class CallRecordingIndication(CallLocationUpdates, CallMediaKeys):
                 return leg
         return None
 
+    def _exchange_in_progress(self, leg: Leg) -> bool:
+        """Whether an offer/answer exchange may be in progress on ``leg``'s dialog, whoever
+        started it and for whatever (a re-INVITE or UPDATE relayed or of ours, a session
+        refresh, a fork re-key, a transfer, a location update, a late offer whose answer comes
+        in an ACK): our re-INVITE waits for it. RFC 3261 §14.1: no INVITE while another is in
+        progress on the dialog in either direction; RFC 3311 §5.1-5.2: no offer while one is
+        unanswered; RFC 3264 §4: one offer at a time in the call's one media session."""
+        media = self.media
+        return (
+            self._offer_in_progress()
+            or (media is not None and media.offerer is not None)
+            or leg.side in self._retransmit_at  # our 2xx to its INVITE, not ACKed yet
+            or bool(leg.exchanges_in_progress())
+        )
+
     async def _send_indication(self) -> None:
         """Our indication re-INVITE to the first aware leg that needs one, when none is out,
         no other offer is in progress and the interval since the last one's answer is over."""
@@ -237,11 +255,8 @@ class CallRecordingIndication(CallLocationUpdates, CallMediaKeys):
         if now < self._indication_not_before:
             self._indication_again_at = self._indication_not_before
             return
-        transfer = self._transfer
-        if self._offer_in_progress() or (transfer is not None and transfer.reinvite is not None):
-            # A transfer's re-INVITE with its target's offer is one too (the transferee's,
-            # RFC 3261 §14.1: one re-INVITE at a time on a dialog): look again after it.
-            self._indication_again_at = now + OFFER_BUSY_WAIT
+        if self._exchange_in_progress(leg):
+            self._indication_again_at = now + OFFER_BUSY_WAIT  # it may carry the state itself
             return
         security = leg.security
         assert security is not None

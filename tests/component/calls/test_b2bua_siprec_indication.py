@@ -16,6 +16,7 @@ B2BUA with a SIPREC recorder (a SIP agent on the in-memory network), in virtual 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -62,8 +63,10 @@ async def call_between(
     caller_aware: bool = False,
     callee_aware: bool = False,
     caller_sdp: bytes | None = None,
+    callee_extra: Sequence[tuple[str, str]] = (),
 ) -> tuple[object, object, bytes]:
-    """The trunk calls alice, alice answers; (the caller's call, alice's, the 200's SDP)."""
+    """The trunk calls alice, alice answers (with ``callee_extra`` headers); (the caller's
+    call, alice's, the 200's SDP)."""
     call = await env.trunk.invite(
         env.did_uri(ALICE_DID),
         sdp=caller_sdp or simple_sdp("127.0.0.1", CALLER_PORT),
@@ -74,7 +77,7 @@ async def call_between(
         leg_b.incoming,  # type: ignore[arg-type]
         200,
         body=simple_sdp("127.0.0.1", CALLEE_PORT),
-        extra=AWARE if callee_aware else (),
+        extra=[*(AWARE if callee_aware else ()), *callee_extra],
     )
     final = await call.final()
     assert final.status == 200
@@ -676,3 +679,46 @@ async def test_an_indication_answered_408_or_481_ends_the_call(
     await env.trunk.respond(held[0], status)
     await env.alice.next_request("BYE", timeout=10)
     await eventually(lambda: not env.gateway.calls.calls)  # type: ignore[union-attr]
+
+
+# alice's 200 leaves the session refreshes to the gateway (RFC 4028): an UPDATE every 60 s.
+WE_REFRESH_ALICE = [
+    ("Supported", "timer"),
+    ("Allow", "INVITE, ACK, CANCEL, BYE, UPDATE"),
+    ("Session-Expires", "120;refresher=uac"),
+]
+
+
+async def test_the_indication_waits_for_an_update_in_progress_on_the_partys_dialog(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """Any INVITE or UPDATE of the aware party's dialog still unanswered makes the indication
+    wait (RFC 3261 §14.1, RFC 3311 §5.1), not only the offers the call keeps a note of: here
+    our session refresh UPDATE to the callee (RFC 4028 §10); the new state goes once it is
+    answered."""
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    await call_between(env, callee_aware=True, callee_extra=WE_REFRESH_ALICE)
+    await srs_answers(srs)
+    told = await env.alice.next_request("INVITE", timeout=10)
+    assert records(told.request.body) == ["on"]
+    await accept(env.alice, told)
+    held: list[Received] = []
+
+    async def hold_update(received: Received) -> bool:
+        if received.request.method != "UPDATE":
+            return False
+        held.append(received)
+        return True
+
+    env.alice.in_dialog = hold_update
+    await env.alice.next_request("UPDATE", timeout=70)
+    assert len(held) == 1
+    calls = env.gateway.calls
+    assert calls is not None
+    calls.pause_recording(gateway_call(env).id, True, by="agent 7")  # type: ignore[attr-defined]
+    srs_pause = await srs.next_request("INVITE", timeout=10)
+    await srs.respond(srs_pause, 200, body=srs_answer())
+    assert await next_within(env.alice, "INVITE", 10) is None  # our UPDATE is unanswered
+    await env.alice.respond(held[0], 200)
+    told = await env.alice.next_request("INVITE", timeout=5)
+    assert records(told.request.body) == ["paused"]
