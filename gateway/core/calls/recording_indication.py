@@ -101,6 +101,16 @@ def says_record_aware(headers: Headers) -> bool:
     )
 
 
+def states_record_aware(headers: Headers) -> bool | None:
+    """Whether a later request or response of a party says it is recording-aware: None when
+    it has neither Supported nor Require (it states no extensions either way: many a 2xx to a
+    session refresh carries neither, and a party is not taken to have dropped the tag for
+    that), else :func:`says_record_aware`."""
+    if not headers.get_all("Supported") and not headers.get_all("Require"):
+        return None
+    return says_record_aware(headers)
+
+
 def recordpref_of(body: bytes) -> str | None:
     """The ``a=recordpref`` value an SDP body states (RFC 7866 §7.2, session or media level:
     the last one), lower case; an unknown value counts as ``nopreference``; None: none. Read
@@ -162,6 +172,28 @@ class CallRecordingIndication(CallLocationUpdates, CallMediaKeys):
         place of one that was gets no a=record, its first SDP included)."""
         leg.record_aware = says_record_aware(message.headers)
         self._indicate_to(leg, side or leg.side)
+
+    def _record_aware_restated(self, leg: Leg, message: Request | Response) -> None:
+        """A later re-INVITE or UPDATE of ``leg``'s party, or its 2xx to ours, lists its
+        extensions (:func:`states_record_aware`): one that adds ``record-aware`` is told the
+        recording's state from now on (our answer to its request says it, else a re-INVITE
+        of ours once no exchange is in progress), one that drops it is told nothing more (RFC
+        7866 §6.1: what it supports is what it says; RFC 3261 §20.37)."""
+        aware = states_record_aware(message.headers)
+        if aware is None or aware == leg.record_aware:
+            return
+        leg.record_aware = aware
+        log.info(
+            "call %s: the %s leg's party %s recording-aware (Supported: record-aware, RFC 7866 "
+            "§6.1)",
+            self.id,
+            leg.side.value.upper(),
+            "now says it is" if aware else "no longer says it is",
+        )
+        self._indicate_to(leg, leg.side)
+        if aware:
+            self._indication_again_at = min(self._indication_again_at, trio.current_time())
+        self.manager.security_changed(cast("Call", self))
 
     def _indicate_to(self, leg: Leg, side: Side) -> None:
         """The SDP we send on ``side`` says the recording's state where ``leg``, the party

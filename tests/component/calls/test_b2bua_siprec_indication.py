@@ -722,3 +722,94 @@ async def test_the_indication_waits_for_an_update_in_progress_on_the_partys_dial
     await env.alice.respond(held[0], 200)
     told = await env.alice.next_request("INVITE", timeout=5)
     assert records(told.request.body) == ["paused"]
+
+
+async def test_a_caller_saying_record_aware_in_a_re_invite_is_told_and_dropping_it_is_not(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """RFC 7866 §6.1 read from later messages too: the caller's re-INVITE that adds
+    ``Supported: record-aware`` gets our answer saying the recording's state (no re-INVITE of
+    ours needed); one that lists its extensions without it is told nothing more; one with no
+    Supported at all changes nothing (it states no extensions either way)."""
+    caplog.set_level(logging.INFO)
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    call, _, _ = await call_between(env)
+    await srs_answers(srs)
+    assert await next_within(env.trunk, "INVITE", 5) is None  # unaware: nothing said
+    versions = iter(range(2, 10))
+
+    async def reinvite(extra: Sequence[tuple[str, str]]) -> bytes:
+        offer = simple_sdp("127.0.0.1", CALLER_PORT, version=next(versions))
+        exchange = await call.request(  # type: ignore[attr-defined]
+            "INVITE", body=offer, content_type="application/sdp", extra=extra
+        )
+        await accept(env.alice, await env.alice.next_request("INVITE", timeout=5))
+        final = await exchange.final(timeout=5)
+        assert final.status == 200
+        return final.body
+
+    assert records(await reinvite(AWARE)) == ["on"]
+    assert "the A leg's party now says it is recording-aware" in caplog.text
+    record = gateway_call(env).security_record()  # type: ignore[attr-defined]
+    assert record["a"]["record_aware"] is True
+    assert record["recording_indication"] == {"a": "on"}
+    assert await next_within(env.trunk, "INVITE", 5) is None  # our 200 told it already
+    assert records(await reinvite([])) == ["on"]  # no Supported: nothing changes
+    assert records(await reinvite([("Supported", "timer")])) == [None]
+    assert "the A leg's party no longer says it is recording-aware" in caplog.text
+    record = gateway_call(env).security_record()  # type: ignore[attr-defined]
+    assert "record_aware" not in record["a"] and "recording_indication" not in record
+
+
+async def test_a_callee_saying_record_aware_in_its_2xx_to_a_re_invite_is_told_in_ours(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The callee's 2xx to a relayed re-INVITE adds ``record-aware``: that answer is the
+    other party's, so a re-INVITE of ours tells it the state once the exchange is over."""
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    call, _, _ = await call_between(env)
+    await srs_answers(srs)
+    assert await next_within(env.alice, "INVITE", 5) is None
+    offer = simple_sdp("127.0.0.1", CALLER_PORT, version=2)
+    exchange = await call.request(  # type: ignore[attr-defined]
+        "INVITE", body=offer, content_type="application/sdp"
+    )
+    relayed = await env.alice.next_request("INVITE", timeout=5)
+    await env.alice.respond(
+        relayed, 200, body=env.alice.answer_sdp(relayed.request.body), extra=AWARE
+    )
+    assert (await exchange.final(timeout=5)).status == 200
+    told = await env.alice.next_request("INVITE", timeout=5)
+    assert records(told.request.body) == ["on"]
+    assert version(told.request.body) == version(relayed.request.body) + 1
+
+
+async def test_an_interception_never_shows_to_a_caller_turning_record_aware_mid_call(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
+) -> None:
+    """An intercepted, unrecorded call: a caller whose re-INVITE says record-aware is seen
+    to be so, and told nothing (an interception is no recording, and never shows)."""
+    env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
+    await env.provision(activate(f"<e164Number>{ALICE_DID[1:]}</e164Number>"))
+    b2bua = env.b2bua
+    call, _, _ = await call_between(b2bua)
+    await eventually(lambda: len(env.x2()) > 0)  # intercepted
+    offer = simple_sdp("127.0.0.1", CALLER_PORT, version=2)
+    exchange = await call.request(  # type: ignore[attr-defined]
+        "INVITE", body=offer, content_type="application/sdp", extra=AWARE
+    )
+    relayed = await b2bua.alice.next_request("INVITE", timeout=5)
+    await accept(b2bua.alice, relayed)
+    final = await exchange.final(timeout=5)
+    assert final.status == 200 and b"record" not in final.body
+    assert await next_within(b2bua.trunk, "INVITE", 30) is None
+    record = gateway_call(b2bua).security_record()  # type: ignore[attr-defined]
+    assert record["a"]["record_aware"] is True and "recording_indication" not in record
