@@ -203,12 +203,18 @@ class CallRecordingIndication(CallLocationUpdates, CallMediaKeys):
                 side.value, self._wanted_indication() if leg.record_aware else None
             )
 
-    def _note_recordpref(self, leg: Leg, body: bytes | None) -> None:
+    def _note_recordpref(
+        self, leg: Leg, body: bytes | None, *, replacing: str | None = None
+    ) -> None:
         """Read ``a=recordpref`` from SDP ``leg``'s party sent (RFC 7866 §7.2): a new value is
-        logged at INFO, kept on the leg (the record) and told to the recording sinks."""
-        if not body:
+        logged at INFO, kept on the leg (the record) and told to the recording sinks.
+        ``replacing``: the preference of the party ``leg``'s took the place of (a transfer):
+        one that states none has none, which the sinks hear of."""
+        pref = recordpref_of(body) if body else None
+        if pref is None and replacing not in (None, "nopreference"):
+            if self.taps is not None:
+                self.taps.recordpref_changed(leg.side.value, "nopreference")
             return
-        pref = recordpref_of(body)
         if pref is None or pref == leg.recordpref:
             return
         leg.recordpref = pref

@@ -64,6 +64,7 @@ async def call_between(
     callee_aware: bool = False,
     caller_sdp: bytes | None = None,
     callee_extra: Sequence[tuple[str, str]] = (),
+    callee_sdp: bytes | None = None,
 ) -> tuple[object, object, bytes]:
     """The trunk calls alice, alice answers (with ``callee_extra`` headers); (the caller's
     call, alice's, the 200's SDP)."""
@@ -76,7 +77,7 @@ async def call_between(
     await env.alice.respond(
         leg_b.incoming,  # type: ignore[arg-type]
         200,
-        body=simple_sdp("127.0.0.1", CALLEE_PORT),
+        body=callee_sdp or simple_sdp("127.0.0.1", CALLEE_PORT),
         extra=[*(AWARE if callee_aware else ()), *callee_extra],
     )
     final = await call.final()
@@ -813,3 +814,92 @@ async def test_an_interception_never_shows_to_a_caller_turning_record_aware_mid_
     assert await next_within(b2bua.trunk, "INVITE", 30) is None
     record = gateway_call(b2bua).security_record()  # type: ignore[attr-defined]
     assert record["a"]["record_aware"] is True and "recording_indication" not in record
+
+
+def with_recordpref(sdp: bytes, pref: str) -> bytes:
+    return sdp.replace(b"m=audio", b"a=recordpref:" + pref.encode() + b"\r\nm=audio", 1)
+
+
+async def test_recordpref_is_read_from_a_late_offer_callers_ack(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A caller whose INVITE had no SDP answers our offer in its ACK (RFC 3261 §13.2.1): its
+    a=recordpref there is read as anywhere else (RFC 7866 §7.2)."""
+    caplog.set_level(logging.INFO)
+    env, _ = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=b"")
+    call.ack_answer = lambda offer: with_recordpref(env.trunk.answer_sdp(offer), "off")
+    leg_b = await env.alice.next_call()
+    await env.alice.respond(
+        leg_b.incoming,  # type: ignore[arg-type]
+        200,
+        body=simple_sdp("127.0.0.1", CALLEE_PORT),
+    )
+    assert (await call.final()).status == 200
+    await eventually(lambda: "the calling party's recording preference is off" in caplog.text)
+    assert gateway_call(env).security_record()["a"]["recordpref"] == "off"  # type: ignore[attr-defined]
+
+
+async def test_recordpref_is_read_from_a_late_re_invites_ack(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """A re-INVITE without SDP: the callee's 2xx offers, our 2xx carries that offer to the
+    caller, whose ACK answers (RFC 3261 §14.1): its a=recordpref there is read."""
+    env, _ = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    call, _, _ = await call_between(env)
+    call.ack_answer = lambda offer: with_recordpref(env.trunk.answer_sdp(offer), "pause")  # type: ignore[attr-defined]
+    exchange = await call.request("INVITE")  # type: ignore[attr-defined]
+    relayed = await env.alice.next_request("INVITE", timeout=5)
+    assert relayed.request.body == b""
+    await env.alice.respond(relayed, 200, body=env.alice.offer_sdp())
+    assert (await exchange.final(timeout=5)).status == 200
+    await env.alice.next_request("ACK", timeout=5)
+    await eventually(lambda: gateway_call(env).a.recordpref == "pause")  # type: ignore[attr-defined]
+
+
+async def test_recordpref_is_read_from_a_callees_early_answer(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The callee's 183 with its SDP answer (early media, RFC 3960) states a=recordpref: read
+    then; its 200 stating none leaves it as stated (the last one a party said)."""
+    env, _ = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", CALLER_PORT))
+    leg_b = await env.alice.next_call()
+    incoming = leg_b.incoming
+    assert incoming is not None
+    early = with_recordpref(simple_sdp("127.0.0.1", CALLEE_PORT), "pause")
+    await env.alice.respond(incoming, 183, body=early)
+    await call.exchange.wait_for(lambda r: r.status == 183)  # type: ignore[union-attr]
+    await env.alice.respond(incoming, 200, body=simple_sdp("127.0.0.1", CALLEE_PORT))
+    assert (await call.final()).status == 200
+    assert gateway_call(env).security_record()["b"]["recordpref"] == "pause"  # type: ignore[attr-defined]
+
+
+async def test_a_transfer_target_stating_no_recordpref_lifts_the_transferors_pause(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """``recordpref = "pause"``: the callee prefers the call not recorded (paused from the
+    start); it transfers the caller to bob, who states no preference: bob's is no
+    preference, not alice's (RFC 7866 §7.2), and the recording resumes."""
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None, recordpref="pause")
+    bob = await bob_phone(env, nursery, voipgw_seed)
+    callee_sdp = with_recordpref(simple_sdp("127.0.0.1", CALLEE_PORT), "off")
+    _, alice_leg, _ = await call_between(env, callee_sdp=callee_sdp)
+    recording = await srs.next_call()
+    assert recording.invite.body.count(b"a=inactive") == 2  # type: ignore[attr-defined]
+    await recording.answer(200, sdp=srs_answer())
+    exchange = await alice_leg.request(  # type: ignore[attr-defined]
+        "REFER", extra=[("Refer-To", "<sip:bob@127.0.0.1:5060>")]
+    )
+    assert (await exchange.final()).status == 202
+    await eventually(lambda: bool(bob.requests("ACK")))
+    offers = []
+    while (update := await next_within(srs, "INVITE", 10)) is not None:
+        offers.append(update.request.body)
+        await srs.respond(update, 200, body=srs_answer())
+    assert offers and offers[-1].count(b"a=sendonly") == 2, offers
+    assert gateway_call(env).b.recordpref is None  # type: ignore[attr-defined]
