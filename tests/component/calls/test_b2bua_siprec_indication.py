@@ -23,6 +23,7 @@ import pytest
 import trio
 
 import gateway.plugins.taps.siprec as siprec_plugin
+from gateway.core.cli import describe_recording_parties
 from gateway.core.ids import SeededIds
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.testing.sip_agent import Received, SipAgent, simple_sdp
@@ -903,3 +904,19 @@ async def test_a_transfer_target_stating_no_recordpref_lifts_the_transferors_pau
         await srs.respond(update, 200, body=srs_answer())
     assert offers and offers[-1].count(b"a=sendonly") == 2, offers
     assert gateway_call(env).b.recordpref is None  # type: ignore[attr-defined]
+
+
+async def test_an_a_record_the_other_party_sent_is_not_shown_as_told_by_the_gateway(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The callee records the call itself and says ``a=record:on`` in its SDP; the gateway
+    records nothing. The aware caller gets that attribute passed on as before, but the record
+    (and ``voipgw calls``) shows only what the gateway told: nothing."""
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    callee_sdp = simple_sdp("127.0.0.1", CALLEE_PORT) + b"a=record:on\r\n"
+    _, _, answer = await call_between(env, caller_aware=True, callee_sdp=callee_sdp)
+    assert records(answer) == ["on"]  # the callee's, passed on
+    record = gateway_call(env).security_record()  # type: ignore[attr-defined]
+    assert record["a"]["record_aware"] is True
+    assert "recording_indication" not in record
+    assert describe_recording_parties(record) == ""
