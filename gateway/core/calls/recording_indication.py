@@ -212,8 +212,7 @@ class CallRecordingIndication(CallLocationUpdates, CallMediaKeys):
         one that states none has none, which the sinks hear of."""
         pref = recordpref_of(body) if body else None
         if pref is None and replacing not in (None, "nopreference"):
-            if self.taps is not None:
-                self.taps.recordpref_changed(leg.side.value, "nopreference")
+            self._tell_recordpref(leg.side, "nopreference")
             return
         if pref is None or pref == leg.recordpref:
             return
@@ -224,8 +223,7 @@ class CallRecordingIndication(CallLocationUpdates, CallMediaKeys):
             "calling" if leg.side is Side.A else "called",
             pref,
         )
-        if self.taps is not None:
-            self.taps.recordpref_changed(leg.side.value, pref)
+        self._tell_recordpref(leg.side, pref)
 
     # -- the call's task ---------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ import pytest
 import trio
 
 import gateway.plugins.taps.siprec as siprec_plugin
-from gateway.core.cli import describe_recording_parties
+from gateway.core.cli import describe_recording_parties, describe_taps
 from gateway.core.ids import SeededIds
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.testing.sip_agent import Received, SipAgent, simple_sdp
@@ -920,3 +920,50 @@ async def test_an_a_record_the_other_party_sent_is_not_shown_as_told_by_the_gate
     assert record["a"]["record_aware"] is True
     assert "recording_indication" not in record
     assert describe_recording_parties(record) == ""
+
+
+async def test_a_pause_for_a_partys_preference_is_counted_and_listed_with_the_pauses(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """``recordpref = "pause"``: the pause a party's a=recordpref:off makes is counted where
+    pauses on request are (``voipgw_recording_pauses_total{action="preference_pause"}``, the
+    paused gauge) and listed in the call's pauses (``voipgw calls``); the party's ``on``
+    resumes it, counted and listed too. An operator's resume meanwhile leaves the call in the
+    gauge: it is still paused."""
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None, recordpref="pause")
+    sdp = with_recordpref(simple_sdp("127.0.0.1", CALLER_PORT), "off")
+    call, _, _ = await call_between(env, caller_sdp=sdp)
+    recording = await srs.next_call()
+    await recording.answer(200, sdp=srs_answer())
+    manager = env.gateway.calls
+    assert manager is not None
+    on_call = gateway_call(env)
+    assert manager.recording_pauses["preference_pause"] == 1
+    assert manager.recordings_paused == {on_call}
+    taps = on_call.security_record()["taps"]  # type: ignore[attr-defined]
+    assert taps["paused"] is True and taps["pause_count"] == 1
+    (pause,) = taps["pauses"]
+    assert pause["paused_by"] == "caller a=recordpref:off" and "resumed_at" not in pause
+    assert "by caller a=recordpref:off (paused now)" in describe_taps(taps)
+
+    manager.pause_recording(on_call.id, True, by="agent 7")  # type: ignore[attr-defined]
+    manager.pause_recording(on_call.id, False, by="agent 7")  # type: ignore[attr-defined]
+    assert manager.recordings_paused == {on_call}  # still paused for the preference
+
+    offer = with_recordpref(simple_sdp("127.0.0.1", CALLER_PORT, version=2), "on")
+    exchange = await call.request(  # type: ignore[attr-defined]
+        "INVITE", body=offer, content_type="application/sdp"
+    )
+    await accept(env.alice, await env.alice.next_request("INVITE", timeout=5))
+    assert (await exchange.final(timeout=5)).status == 200
+    assert manager.recording_pauses == {
+        "pause": 1,
+        "resume": 1,
+        "preference_pause": 1,
+        "preference_resume": 1,
+    }
+    assert manager.recordings_paused == set()
+    taps = on_call.security_record()["taps"]  # type: ignore[attr-defined]
+    assert taps["paused"] is False and taps["pause_count"] == 2
+    assert taps["pauses"][0]["resumed_by"] == "caller a=recordpref:on"
+    assert taps["pauses"][1]["resumed_by"] == "agent 7"
