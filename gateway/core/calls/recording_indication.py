@@ -2,8 +2,10 @@
 
 A party whose INVITE (the caller) or 2xx to ours (the callee) says ``Supported: record-aware``
 (RFC 7866 §6.1, the option tag's IANA entry §11.1.2) can show its user whether the call is
-recorded. Once a recording of the call (a tap whose sink reports it: SIPREC, ``indicate_recording``
-of ``interfaces.TappedCall``) has started, every SDP the gateway sends such a party carries
+recorded; a later re-INVITE or UPDATE of its, or its 2xx to ours, that lists its extensions
+adds or drops it (:meth:`CallRecordingIndication._record_aware_restated`). Once a recording
+of the call (a tap whose sink reports it: SIPREC, ``indicate_recording`` of
+``interfaces.TappedCall``) has started, every SDP the gateway sends such a party carries
 ``a=record:on``, ``paused`` or ``off`` on each stream in use (§7.1.1; ``MediaSession``
 writes it, relayed offers and answers included), and each change of the recording's state is
 sent to it in a re-INVITE of ours (§7.1.1: the SRC tells the parties of a change by a new
@@ -42,11 +44,18 @@ is gone (``CallBase._session_lost``); no final response in 64*T1 after a provisi
 (§9.1). While ours is out, an offer from either leg gets 491 (§14.2).
 
 ``a=recordpref`` (§7.2: on, off, pause, nopreference) a party sends is a preference: the SRC
-decides. The core reads it from each SDP a leg sends (its INVITE, its 2xx, its re-INVITEs,
-UPDATEs and their answers), logs each new value at INFO, keeps it on the leg (the call record's
-``recordpref``, ``voipgw calls``) and tells the call's recording sinks that have
-``recordpref_changed``; what a recording does with it is its own (``[plugins.siprec]
-recordpref``). It goes on to the other party as any attribute, as before.
+decides. The core reads it from each SDP of a party's that it takes (its INVITE, 2xx and early
+answers, re-INVITEs, UPDATEs and their answers, the answer in its ACK to a late offer; never a
+PRACK's: the gateway offers in no reliable 1xx), logs each new value at INFO, keeps it on the
+leg (the call record's ``recordpref``, ``voipgw calls``) and tells the call's recording sinks
+that have ``recordpref_changed``; what a recording does with it is its own
+(``[plugins.siprec] recordpref``), and one that pauses or resumes for it is counted and listed
+as a pause (``CallMediaKeys._tell_recordpref``). It goes on to the other party as any
+attribute, as before.
+
+Always a re-INVITE, also to a party that allows UPDATE (RFC 7866 §7.1.1 would take either):
+RFC 3311 §5.1 recommends a re-INVITE in a confirmed dialog, every phone takes one, and phones
+that list UPDATE take an offer in it unevenly there; an UPDATE would save one ACK.
 """
 
 from __future__ import annotations
