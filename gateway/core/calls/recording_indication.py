@@ -111,13 +111,15 @@ def says_record_aware(headers: Headers) -> bool:
 
 
 def states_record_aware(headers: Headers) -> bool | None:
-    """Whether a later request or response of a party says it is recording-aware: None when
-    it has neither Supported nor Require (it states no extensions either way: many a 2xx to a
-    session refresh carries neither, and a party is not taken to have dropped the tag for
-    that), else :func:`says_record_aware`."""
-    if not headers.get_all("Supported") and not headers.get_all("Require"):
+    """Whether a later request or response of a party says it is recording-aware: its
+    Supported lists every extension it supports (RFC 3261 §20.37); None without one (it
+    states nothing either way: many a 2xx to a session refresh carries none, or only
+    ``Require: timer``, which lists what it requires, not all it supports)."""
+    if RECORD_AWARE in headers.option_tags("Require"):
+        return True
+    if not headers.get_all("Supported"):
         return None
-    return says_record_aware(headers)
+    return RECORD_AWARE in headers.option_tags("Supported")
 
 
 def recordpref_of(body: bytes) -> str | None:
