@@ -1128,12 +1128,14 @@ class GatewayStatus(Protocol):
         ``no_port``, ``too_many_lines``); empty without one."""
 
     def recording_pauses(self) -> tuple[tuple[str, int], ...]:
-        """Recordings paused and resumed on request since the start (``voipgw recording``):
-        (``"pause"``, count) and (``"resume"``, count); empty without a media tap that is
-        not covert (nothing to pause) and before calls are taken."""
+        """Recordings paused and resumed since the start: on request (``voipgw recording``),
+        (``"pause"``, count) and (``"resume"``, count), and for the parties' recording
+        preferences (RFC 7866 §7.2), (``"preference_pause"``, count) and
+        (``"preference_resume"``, count); empty without a media tap that is not covert
+        (nothing to pause) and before calls are taken."""
 
     def recordings_paused(self) -> int:
-        """The live calls whose recording is paused now."""
+        """The live calls whose recording is paused now (on request or for a preference)."""
 
     def certificate_reloads(self) -> tuple[tuple[str, str, int], ...]:
         """Certificate reloads (SIGHUP) since the start: (plugin, outcome, count) for every

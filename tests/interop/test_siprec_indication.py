@@ -33,3 +33,24 @@ def test_a_record_aware_phone_is_re_invited_with_a_record_on(tmp_path: Path) -> 
             gw.wait_for_log(r"telling the B leg's recording-aware party a=record:on")
             gw.wait_for_log(r"SIPREC: call \S+: \d+ packets, \d+ sent to the SRS")
         srs.wait(timeout=10).check()
+
+
+def test_a_caller_turning_record_aware_in_its_re_invites_is_told_in_our_answers(
+    tmp_path: Path,
+) -> None:
+    """The trunk (sipp, ``calls/uac_call_turning_record_aware.xml``) says ``record-aware`` and
+    ``a=recordpref:off`` only in its hold and resume re-INVITEs, once the call is recorded:
+    the gateway's 200 to each says ``a=record:on`` (the scenario checks it), and the log says
+    the party turned aware and stated its preference."""
+    with SippUas("calls/uas_siprec_srs_pausing.xml", workdir=tmp_path / "srs") as srs:
+        with recording_gateway(tmp_path, srs) as gw:
+            recorded_call(
+                gw,
+                tmp_path,
+                alice="calls/uas_answer_reinvite.xml",
+                caller="calls/uac_call_turning_record_aware.xml",
+                call_duration_ms=1500,
+            )
+            gw.wait_for_log(r"the A leg's party now says it is recording-aware")
+            gw.wait_for_log(r"the calling party's recording preference is off")
+        srs.wait(timeout=10).check()

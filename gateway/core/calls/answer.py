@@ -217,6 +217,7 @@ class CallAnswer(CallForkRekey, CallRecordingIndication):
         sdp = sdp_body(ack)
         if not sdp:
             raise SdpError("ACK without the SDP answer to our offer")
+        self._note_recordpref(self.a, sdp)
         return self.media.answer_from(
             Side.A.value,
             self.a.security.take_answer(parse_sdp_untrusted(sdp)),

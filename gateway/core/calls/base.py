@@ -95,6 +95,9 @@ ACCEPT_BODIES = ("Accept", ACCEPTED_BODY_TYPES)
 # requests (a relayed request's answer dropped would leave its requester without one).
 EVENT_QUEUE = 64
 EVENT_ROOM = 1024
+# The methods of a dialog that may carry an offer, whose transactions each leg follows while
+# they are unanswered (Leg.exchanges: RFC 3261 §14.1, RFC 3311 §5.1).
+OFFER_METHODS = frozenset({"INVITE", "UPDATE"})
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE, NOTIFY, PRACK, UPDATE, REFER"
 # A peer's Reason values we carry to the other leg, at most (the parser bounds headers anyway).
 MAX_REASONS = 4
@@ -341,6 +344,12 @@ class CallBase:
         events.append(event)
         if request:
             self._queued_requests += 1
+            if isinstance(event, RequestEvent) and event.request.method in OFFER_METHODS:
+                # In progress from its arrival, before the task reads it: a re-INVITE of ours
+                # sent meanwhile would cross it (RFC 3261 §14.1).
+                leg = self.a if event.side is Side.A else self.b
+                if leg is not None:
+                    leg.exchange_started(event.transaction)
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
@@ -653,6 +662,8 @@ class CallBase:
         client = await self._send_on(leg, request, flow)
         if isinstance(tag, InDialogRequest):
             tag.client = client
+        if client is not None and method in OFFER_METHODS:
+            leg.exchange_started(client.transaction)
         if client is not None and forward:
             self._forward(client, tag)
         return client

@@ -127,7 +127,13 @@ import math
 
 import trio
 
-from gateway.core.calls.base import ALLOW, first_final_or_late_2xx, log, reinvite_to_cancel
+from gateway.core.calls.base import (
+    ALLOW,
+    OFFER_METHODS,
+    first_final_or_late_2xx,
+    log,
+    reinvite_to_cancel,
+)
 from gateway.core.calls.dtmf_info import CallDtmfInfo
 from gateway.core.calls.events import (
     AckEvent,
@@ -894,6 +900,9 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
             why = f"BYE from {event.side.value.upper()} leg"
             await self._bye(other, why, reasons=request.headers.get_all("Reason"))
             raise CallEnded(why)
+        if request.method in OFFER_METHODS:
+            # Before it is handled: our answer to it then says the state, if it is to.
+            self._record_aware_restated(leg, request)
         if request.method == "INVITE":
             await self._reinvite(event)
             return
@@ -949,6 +958,16 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
             return
         if not isinstance(tag, InDialogRequest) or response.status < 200 or tag.purpose == "bye":
             return
+        sent, leg = tag.sent, self._leg_or_none(tag.side)
+        if (
+            response.is_success
+            and sent is not None
+            and sent.method in OFFER_METHODS
+            and leg is not None
+            and leg.dialog is not None
+            and sent.call_id == leg.dialog.call_id  # (not a transfer's join of another dialog)
+        ):
+            self._record_aware_restated(leg, response)
         if response.status in (401, 407):
             if await self._answer_in_dialog_challenge(tag, response):
                 return

@@ -38,7 +38,7 @@ import trio
 
 from gateway.core.calls.base import log, sdp_body
 from gateway.core.calls.events import InDialogRequest
-from gateway.core.calls.leg import BLeg, Side
+from gateway.core.calls.leg import BLeg, Leg, Side
 from gateway.core.calls.location_updates import CallLocationUpdates
 from gateway.core.calls.media_keys import CallMediaKeys
 from gateway.core.logs import transport_error_text
@@ -65,6 +65,11 @@ class CallForkRekey(CallLocationUpdates, CallMediaKeys):
         def _offer_in_progress(self) -> bool: ...
 
         async def _resend_reinvite_ack(self, side: Side, response: Response) -> None: ...
+
+        # CallRecordingIndication's (recording_indication.py), likewise.
+        def _note_recordpref(
+            self, leg: Leg, body: bytes | None, *, replacing: str | None = None
+        ) -> None: ...
 
     def _needs_fork_rekey(self, leg: BLeg, response: Response) -> bool:
         """Whether the B leg's keys handed out in SDP keyed another early dialog's answer than
@@ -222,6 +227,7 @@ class CallForkRekey(CallLocationUpdates, CallMediaKeys):
         self._reinvite_acks[Side.B] = ack
         try:
             plain = leg.security.take_answer(parse_sdp_untrusted(sdp_body(response)))
+            self._note_recordpref(leg, sdp_body(response))
             self.media.answer_to_repeated_offer(
                 Side.B.value, plain, rtcp_mux_offered=leg.security.offers_rtcp_mux
             )

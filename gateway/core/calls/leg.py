@@ -20,7 +20,7 @@ from gateway.core.sip.dialog import Dialog
 from gateway.core.sip.headers import NameAddr
 from gateway.core.sip.message import Request, Response
 from gateway.core.sip.session_timer import LegTimer
-from gateway.core.sip.transaction import ServerTransaction
+from gateway.core.sip.transaction import ServerTransaction, State, Transaction
 from gateway.core.transport.flows import Address, Flow
 
 
@@ -32,6 +32,9 @@ class Side(enum.Enum):
     def other(self) -> Side:
         return Side.B if self is Side.A else Side.A
 
+
+_UNANSWERED = frozenset({State.CALLING, State.TRYING, State.PROCEEDING})
+"""Transaction states before a final response (RFC 3261 §17)."""
 
 MAX_EARLY_DIALOGS = 32
 """The early dialogs (RFC 3261 §12.1.2, one per To tag of the callee's 1xx) a B leg keeps:
@@ -77,10 +80,27 @@ class Leg:
     record_aware: bool = False
     # RFC 7866 §7.2: its last ``a=recordpref`` (on, off, pause, nopreference), None: none said.
     recordpref: str | None = None
+    # RFC 3261 §14.1, RFC 3311 §5.1-5.2: the INVITE and UPDATE transactions of the leg's
+    # dialog, ours and its party's, that had no final response when last looked at (those
+    # answered since are dropped at the next look, so it holds a few at most).
+    exchanges: tuple[Transaction, ...] = ()
 
     @property
     def established(self) -> bool:
         return self.dialog is not None
+
+    def exchange_started(self, transaction: Transaction) -> None:
+        """An INVITE or UPDATE ``transaction`` of the leg's dialog, ours or its party's, began."""
+        self.exchanges = (*self.exchanges_in_progress(), transaction)
+
+    def exchanges_in_progress(self) -> tuple[Transaction, ...]:
+        """The leg's INVITE and UPDATE transactions still without a final response: while
+        there is one, an offer may be in progress on its dialog, whoever made it (a re-INVITE,
+        an UPDATE, a session refresh, a late offer, RFC 3261 §14.1, RFC 3311 §5.1)."""
+        exchanges = self.exchanges
+        if exchanges and any(t.state not in _UNANSWERED for t in exchanges):
+            exchanges = self.exchanges = tuple(t for t in exchanges if t.state in _UNANSWERED)
+        return exchanges
 
 
 @attrs.define(eq=False)

@@ -266,10 +266,17 @@ class CallManager:
         self.caller_identity: list[CallerIdentity] = list(gateway.plugins.caller_identity)
         """Caller-identity services (STIR/SHAKEN, calls/identity.py); empty: never asked."""
         self.identity_outcomes: collections.Counter[str] = collections.Counter()
-        self.recording_pauses = {"pause": 0, "resume": 0}
-        """Pauses and resumes of recordings on request since the start (metrics)."""
+        self.recording_pauses = {
+            "pause": 0,
+            "resume": 0,
+            "preference_pause": 0,
+            "preference_resume": 0,
+        }
+        """Pauses and resumes of recordings since the start (metrics): on request, and for
+        the parties' preferences (``preference_*``, RFC 7866 §7.2)."""
         self.recordings_paused: set[Call] = set()
-        """The live calls whose recording is paused now (metrics: one left paused)."""
+        """The live calls whose recording is paused now, on request or for a preference
+        (metrics: one left paused)."""
         self.records = None if store is None else CallRecordBook(store)
         """Call detail records; the gateway saves what is left when it stops."""
         if self.records is not None:
@@ -1325,8 +1332,8 @@ class CallManager:
         names, changed = taps.pause_recording(paused, by=by, at=time.time())
         if changed:
             self.recording_pauses[action] += 1
-            if paused:
-                self.recordings_paused.add(call)
+            if paused or taps.paused_by_preference():
+                self.recordings_paused.add(call)  # (a resume leaves one paused for a preference)
             else:
                 self.recordings_paused.discard(call)
             log.info(
@@ -1347,6 +1354,19 @@ class CallManager:
         if held:  # still paused for a party's a=recordpref, whatever the operator asked
             answer["paused_by_preference"] = held
         return answer
+
+    def recording_paused_for_preference(self, call: Call, paused: bool) -> None:
+        """A recording of ``call`` paused (``paused``) or resumed for its parties' recording
+        preferences (RFC 7866 §7.2, ``[plugins.siprec] recordpref = "pause"``): counted beside
+        the pauses on request (``preference_pause``, ``preference_resume``), and the call is in
+        the paused gauge while it is paused for either."""
+        self.recording_pauses["preference_pause" if paused else "preference_resume"] += 1
+        taps = call.taps
+        if paused or (taps is not None and taps.paused):
+            self.recordings_paused.add(call)
+        else:
+            self.recordings_paused.discard(call)
+        self.security_changed(call)
 
     def _records(self) -> bool:
         """Whether a media tap that decides at a call's answer, and is not covert, is

@@ -11,6 +11,7 @@ call as RFC 3261 §13.2.2.4 has a UAC do (ACK the 2xx, then BYE). The call's sec
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, cast
 
 import trio
@@ -132,7 +133,17 @@ class CallMediaKeys(CallBase):
             self.taps.attach()
             for leg in (self.a, self.b):  # stated before the recordings started (RFC 7866 §7.2)
                 if leg is not None and leg.recordpref is not None:
-                    self.taps.recordpref_changed(leg.side.value, leg.recordpref)
+                    self._tell_recordpref(leg.side, leg.recordpref)
+
+    def _tell_recordpref(self, side: Side, preference: str) -> None:
+        """The call's recordings hear of a party's recording preference (RFC 7866 §7.2); one
+        that pauses or resumes for it is counted and listed as a pause (CallManager
+        .recording_paused_for_preference, the record's pauses)."""
+        if self.taps is None:
+            return
+        held = self.taps.recordpref_changed(side.value, preference, at=time.time())
+        if held is not None:
+            self.manager.recording_paused_for_preference(cast("Call", self), held)
 
     def _drive_handshakes(self) -> None:
         """Start the handshake task at the first stream keyed on the media path (DTLS-SRTP),

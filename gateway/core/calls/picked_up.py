@@ -248,7 +248,9 @@ class CallPickedUp(CallAnswer):
         sdp, _ = read_body(request.content_type, request.body)
         if not sdp:
             raise SdpError("an INVITE picking up a call needs an SDP offer")
-        return picker.security.take_offer(parse_sdp_untrusted(sdp))
+        offer = picker.security.take_offer(parse_sdp_untrusted(sdp))
+        self._note_recordpref(picker, sdp)
+        return offer
 
     async def _refuse_picker(
         self,

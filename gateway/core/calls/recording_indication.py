@@ -2,8 +2,10 @@
 
 A party whose INVITE (the caller) or 2xx to ours (the callee) says ``Supported: record-aware``
 (RFC 7866 §6.1, the option tag's IANA entry §11.1.2) can show its user whether the call is
-recorded. Once a recording of the call (a tap whose sink reports it: SIPREC, ``indicate_recording``
-of ``interfaces.TappedCall``) has started, every SDP the gateway sends such a party carries
+recorded; a later re-INVITE or UPDATE of its, or its 2xx to ours, that lists its extensions
+adds or drops it (:meth:`CallRecordingIndication._record_aware_restated`). Once a recording
+of the call (a tap whose sink reports it: SIPREC, ``indicate_recording`` of
+``interfaces.TappedCall``) has started, every SDP the gateway sends such a party carries
 ``a=record:on``, ``paused`` or ``off`` on each stream in use (§7.1.1; ``MediaSession``
 writes it, relayed offers and answers included), and each change of the recording's state is
 sent to it in a re-INVITE of ours (§7.1.1: the SRC tells the parties of a change by a new
@@ -28,8 +30,11 @@ One indication re-INVITE at a time, to one leg at a time, each going with the st
 then (a pause and its resume in between cancel out: nothing is sent); the next no sooner than
 :data:`INDICATION_INTERVAL` after the last one's answer, so a storm of pauses and resumes costs
 each aware leg at most one re-INVITE per interval, and the last state always gets through.
-While any other offer is in progress on the call the indication waits (RFC 3264 §4: one offer at
-a time): that offer's own SDP to an aware party carries the indication already.
+While any other offer/answer exchange may be in progress the indication waits and looks again
+(:meth:`CallRecordingIndication._exchange_in_progress`, one check for every kind: the media
+session's offer, any INVITE or UPDATE transaction of that party's dialog still unanswered, ours
+or its own, from the moment it arrives; our 2xx not yet ACKed; RFC 3261 §14.1, RFC 3311 §5.1-5.2,
+RFC 3264 §4): that exchange's own SDP to an aware party carries the indication already.
 
 Its failure is a notice's: RFC 3261 §14.1, a refusal (488, 500, 501 ...) leaves the session as
 it was and the call goes on (logged at INFO; the same state is not offered again, the next
@@ -39,11 +44,18 @@ is gone (``CallBase._session_lost``); no final response in 64*T1 after a provisi
 (§9.1). While ours is out, an offer from either leg gets 491 (§14.2).
 
 ``a=recordpref`` (§7.2: on, off, pause, nopreference) a party sends is a preference: the SRC
-decides. The core reads it from each SDP a leg sends (its INVITE, its 2xx, its re-INVITEs,
-UPDATEs and their answers), logs each new value at INFO, keeps it on the leg (the call record's
-``recordpref``, ``voipgw calls``) and tells the call's recording sinks that have
-``recordpref_changed``; what a recording does with it is its own (``[plugins.siprec]
-recordpref``). It goes on to the other party as any attribute, as before.
+decides. The core reads it from each SDP of a party's that it takes (its INVITE, 2xx and early
+answers, re-INVITEs, UPDATEs and their answers, the answer in its ACK to a late offer; never a
+PRACK's: the gateway offers in no reliable 1xx), logs each new value at INFO, keeps it on the
+leg (the call record's ``recordpref``, ``voipgw calls``) and tells the call's recording sinks
+that have ``recordpref_changed``; what a recording does with it is its own
+(``[plugins.siprec] recordpref``), and one that pauses or resumes for it is counted and listed
+as a pause (``CallMediaKeys._tell_recordpref``). It goes on to the other party as any
+attribute, as before.
+
+Always a re-INVITE, also to a party that allows UPDATE (RFC 7866 §7.1.1 would take either):
+RFC 3311 §5.1 recommends a re-INVITE in a confirmed dialog, every phone takes one, and phones
+that list UPDATE take an offer in it unevenly there; an UPDATE would save one ACK.
 """
 
 from __future__ import annotations
@@ -95,6 +107,18 @@ def says_record_aware(headers: Headers) -> bool:
     return RECORD_AWARE in headers.option_tags("Supported") or RECORD_AWARE in (
         headers.option_tags("Require")
     )
+
+
+def states_record_aware(headers: Headers) -> bool | None:
+    """Whether a later request or response of a party says it is recording-aware: its
+    Supported lists every extension it supports (RFC 3261 §20.37); None without one (it
+    states nothing either way: many a 2xx to a session refresh carries none, or only
+    ``Require: timer``, which lists what it requires, not all it supports)."""
+    if RECORD_AWARE in headers.option_tags("Require"):
+        return True
+    if not headers.get_all("Supported"):
+        return None
+    return RECORD_AWARE in headers.option_tags("Supported")
 
 
 def recordpref_of(body: bytes) -> str | None:
@@ -159,6 +183,28 @@ class CallRecordingIndication(CallLocationUpdates, CallMediaKeys):
         leg.record_aware = says_record_aware(message.headers)
         self._indicate_to(leg, side or leg.side)
 
+    def _record_aware_restated(self, leg: Leg, message: Request | Response) -> None:
+        """A later re-INVITE or UPDATE of ``leg``'s party, or its 2xx to ours, lists its
+        extensions (:func:`states_record_aware`): one that adds ``record-aware`` is told the
+        recording's state from now on (our answer to its request says it, else a re-INVITE
+        of ours once no exchange is in progress), one that drops it is told nothing more (RFC
+        7866 §6.1: what it supports is what it says; RFC 3261 §20.37)."""
+        aware = states_record_aware(message.headers)
+        if aware is None or aware == leg.record_aware:
+            return
+        leg.record_aware = aware
+        log.info(
+            "call %s: the %s leg's party %s recording-aware (Supported: record-aware, RFC 7866 "
+            "§6.1)",
+            self.id,
+            leg.side.value.upper(),
+            "now says it is" if aware else "no longer says it is",
+        )
+        self._indicate_to(leg, leg.side)
+        if aware:
+            self._indication_again_at = min(self._indication_again_at, trio.current_time())
+        self.manager.security_changed(cast("Call", self))
+
     def _indicate_to(self, leg: Leg, side: Side) -> None:
         """The SDP we send on ``side`` says the recording's state where ``leg``, the party
         there, is recording-aware, else nothing (RFC 7866 §6.1)."""
@@ -167,12 +213,17 @@ class CallRecordingIndication(CallLocationUpdates, CallMediaKeys):
                 side.value, self._wanted_indication() if leg.record_aware else None
             )
 
-    def _note_recordpref(self, leg: Leg, body: bytes | None) -> None:
+    def _note_recordpref(
+        self, leg: Leg, body: bytes | None, *, replacing: str | None = None
+    ) -> None:
         """Read ``a=recordpref`` from SDP ``leg``'s party sent (RFC 7866 §7.2): a new value is
-        logged at INFO, kept on the leg (the record) and told to the recording sinks."""
-        if not body:
+        logged at INFO, kept on the leg (the record) and told to the recording sinks.
+        ``replacing``: the preference of the party ``leg``'s took the place of (a transfer):
+        one that states none has none, which the sinks hear of."""
+        pref = recordpref_of(body) if body else None
+        if pref is None and replacing not in (None, "nopreference"):
+            self._tell_recordpref(leg.side, "nopreference")
             return
-        pref = recordpref_of(body)
         if pref is None or pref == leg.recordpref:
             return
         leg.recordpref = pref
@@ -182,8 +233,7 @@ class CallRecordingIndication(CallLocationUpdates, CallMediaKeys):
             "calling" if leg.side is Side.A else "called",
             pref,
         )
-        if self.taps is not None:
-            self.taps.recordpref_changed(leg.side.value, pref)
+        self._tell_recordpref(leg.side, pref)
 
     # -- the call's task ---------------------------------------------------------------------------
 
@@ -222,6 +272,21 @@ class CallRecordingIndication(CallLocationUpdates, CallMediaKeys):
                 return leg
         return None
 
+    def _exchange_in_progress(self, leg: Leg) -> bool:
+        """Whether an offer/answer exchange may be in progress on ``leg``'s dialog, whoever
+        started it and for whatever (a re-INVITE or UPDATE relayed or of ours, a session
+        refresh, a fork re-key, a transfer, a location update, a late offer whose answer comes
+        in an ACK): our re-INVITE waits for it. RFC 3261 §14.1: no INVITE while another is in
+        progress on the dialog in either direction; RFC 3311 §5.1-5.2: no offer while one is
+        unanswered; RFC 3264 §4: one offer at a time in the call's one media session."""
+        media = self.media
+        return (
+            self._offer_in_progress()
+            or (media is not None and media.offerer is not None)
+            or leg.side in self._retransmit_at  # our 2xx to its INVITE, not ACKed yet
+            or bool(leg.exchanges_in_progress())
+        )
+
     async def _send_indication(self) -> None:
         """Our indication re-INVITE to the first aware leg that needs one, when none is out,
         no other offer is in progress and the interval since the last one's answer is over."""
@@ -236,11 +301,8 @@ class CallRecordingIndication(CallLocationUpdates, CallMediaKeys):
         if now < self._indication_not_before:
             self._indication_again_at = self._indication_not_before
             return
-        transfer = self._transfer
-        if self._offer_in_progress() or (transfer is not None and transfer.reinvite is not None):
-            # A transfer's re-INVITE with its target's offer is one too (the transferee's,
-            # RFC 3261 §14.1: one re-INVITE at a time on a dialog): look again after it.
-            self._indication_again_at = now + OFFER_BUSY_WAIT
+        if self._exchange_in_progress(leg):
+            self._indication_again_at = now + OFFER_BUSY_WAIT  # it may carry the state itself
             return
         security = leg.security
         assert security is not None

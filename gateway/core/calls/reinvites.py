@@ -387,6 +387,7 @@ class CallReinvites(CallRecordingIndication):
             sdp = sdp_body(response)
             if not sdp:
                 raise SdpError("2xx without SDP offer to our re-INVITE without SDP")
+            self._note_recordpref(answering_leg, sdp)
             plain = self.media.offer_from(
                 answered_side.value,
                 answering.take_offer(parse_sdp_untrusted(sdp)),
@@ -441,6 +442,7 @@ class CallReinvites(CallRecordingIndication):
             sdp = sdp_body(ack)
             if not sdp:
                 raise SdpError("ACK without the SDP answer to our offer")
+            self._note_recordpref(self._leg(answered_side.other), sdp)
             plain = self.media.answer_from(
                 answered_side.other.value,
                 requester.take_answer(parse_sdp_untrusted(sdp)),

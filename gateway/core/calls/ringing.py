@@ -19,7 +19,7 @@ import trio
 
 from gateway.core.calls.base import log, sdp_body
 from gateway.core.calls.events import CallEnded, RequestEvent
-from gateway.core.calls.leg import BLeg
+from gateway.core.calls.leg import BLeg, Leg
 from gateway.core.calls.location_updates import CallLocationUpdates
 from gateway.core.calls.media_keys import CallMediaKeys
 from gateway.core.calls.routing import other_hops_left
@@ -46,6 +46,13 @@ RSEQ_FIRST_MAX = 2**31 - 1
 
 class CallRinging(CallLocationUpdates, CallMediaKeys):
     """The callees' 1xx, PRACK both ways, and the end of ringing (the module's docstring)."""
+
+    if TYPE_CHECKING:
+        # CallRecordingIndication's (recording_indication.py), whose class comes later in
+        # Call's bases. Declared for the type checker only.
+        def _note_recordpref(
+            self, leg: Leg, body: bytes | None, *, replacing: str | None = None
+        ) -> None: ...
 
     async def _give_up(self, leg: BLeg) -> None:
         """Our INVITE to ``leg`` had no response within its trunk's ``response_timeout``: it
@@ -219,6 +226,7 @@ class CallRinging(CallLocationUpdates, CallMediaKeys):
                 )
             elif sdp:
                 answer = parse_sdp_untrusted(sdp)
+                self._note_recordpref(leg, sdp)  # an early answer states one too (RFC 7866 §7.2)
                 body = serialize_sdp(self._answer_via(leg, answer, response.to.tag or ""))
                 self._early_answer = (leg, response)  # early media: whose the caller hears
                 self._early_sdp_a = body

@@ -628,6 +628,7 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
                 transferee.security.take_answer(parse_sdp_untrusted(sdp_body(response))),
                 rtcp_mux_offered=transferee.security.offers_rtcp_mux,
             )
+            self._note_recordpref(transferee, sdp_body(response))
             answer = leg.security.make_answer(plain)
             self.media.settle()
             self._take_over(transfer)
@@ -676,8 +677,12 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
         assert leg.final is not None and leg.dialog is not None
         leg.allows_update = allows_update(leg.final.headers)
         leg.session_timer = self._refreshed_by_2xx(leg, leg.final)
-        # The party now on that side is told (or not) by what it says itself (RFC 7866 §6.1).
-        self._note_record_aware(self._leg(transfer.side), leg.final, transfer.side)
+        # The party now on that side is told (or not) by what it says itself (RFC 7866 §6.1),
+        # and its preference is its own (§7.2): none stated is no preference, not the
+        # transferor's.
+        party = self._leg(transfer.side)
+        self._note_record_aware(party, leg.final, transfer.side)
+        self._note_recordpref(party, sdp_body(leg.final), replacing=departing.recordpref)
         if self.taps is not None:
             # Another party on that side now: its URI, for a recorder's metadata (RFC 7865).
             joined = leg.dialog.remote_uri.uri

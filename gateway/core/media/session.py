@@ -323,6 +323,11 @@ class MediaSession:
         # recording-aware party carries (recording_indication.py); no entry: its SDP is as
         # ever (a=record from the other party passed on as any attribute).
         self._record_indication: dict[Side, str] = {}
+        # The SDPs sent on each side with the indication we wrote in (the last two: a
+        # withdrawn offer gives the one before it back), and what each said: what a party was
+        # told is what the SDP last sent there says only if it is one of them (an a=record
+        # the other party's SDP brought, passed on, is not ours).
+        self._told: dict[Side, tuple[tuple[SessionDescription, str], ...]] = {}
         self._exchange: _Exchange | None = None
         self._totals = _Totals()
         self._closed = False
@@ -445,6 +450,7 @@ class MediaSession:
         indication = self._record_indication.get(side)
         if indication is not None:
             repeated = with_record_indication(repeated, indication)
+            self._wrote_indication(side, repeated, indication)
         self._sent[side] = repeated
         self._repeated[side] = (previous, repeated)
         return repeated
@@ -460,19 +466,28 @@ class MediaSession:
             self._record_indication[side] = indication
 
     def recording_indication(self, side: Side) -> str | None:
-        """The ``a=record`` value of the SDP last sent on ``side``'s leg, None: none."""
-        sent = self._sent.get(_check_side(side))
-        return None if sent is None else record_indication_of(sent)
+        """What the SDP last sent on ``side``'s leg told its party of the recording: the
+        ``a=record`` we wrote in (:meth:`indicate_recording`); None: we wrote none there (an
+        ``a=record`` the other party's SDP brought and we passed on is not ours)."""
+        side = _check_side(side)
+        sent = self._sent.get(side)
+        for sdp, said in self._told.get(side, ()):
+            if sdp is sent:
+                return said
+        return None
 
     def recording_indicated(self, side: Side) -> bool:
         """Whether the SDP last sent on ``side``'s leg says the indication it is to be told
-        (:meth:`indicate_recording`); True when it is to be told nothing or nothing was sent."""
+        (:meth:`indicate_recording`), written by us; True when it is to be told nothing or
+        nothing was sent."""
         side = _check_side(side)
         indication = self._record_indication.get(side)
-        sent = self._sent.get(side)
-        if indication is None or sent is None:
+        if indication is None or side not in self._sent:
             return True
-        return record_indication_of(sent) == indication
+        return self.recording_indication(side) == indication
+
+    def _wrote_indication(self, side: Side, sdp: SessionDescription, indication: str) -> None:
+        self._told[side] = (*self._told.get(side, ())[-1:], (sdp, indication))
 
     def withdraw_repeated_offer(self, side: Side) -> None:
         """The re-offer :meth:`repeat_offer` just made for ``side`` was not sent after all
@@ -1599,6 +1614,8 @@ class MediaSession:
         if indication is not None:
             new = with_record_indication(new, indication)
         sent = apply_version_rule(previous, new)
+        if indication is not None:
+            self._wrote_indication(side, sent, indication)
         self._sent[side] = sent
         return sent
 

@@ -96,6 +96,10 @@ class CallTaps:
         self._paused = False
         self._pauses: list[dict[str, object]] = []  # the last MAX_PAUSES_KEPT, for the record
         self._pause_count = 0
+        # The entries of _pauses still open (not resumed): an operator's, and one for the
+        # parties' preferences (RFC 7866 §7.2, a recording that pauses for them); they overlap.
+        self._operator_pause: dict[str, object] | None = None
+        self._preference_pause: dict[str, object] | None = None
         self.sip_dialogs: set[tuple[str, str | None]] = set()
         """The (Call-ID, tag) keys the endpoint copies SIP messages of to this call's sinks."""
 
@@ -125,13 +129,15 @@ class CallTaps:
             self._tell_changes(self._session)
         self._sinks.extend(sinks)
         self._sip_sinks.extend((name, sink) for name, sink in sinks if _wants_sip(sink))
-        if self._paused:  # a recording that joins a paused call starts paused
+        if self._paused and self._operator_pause is not None:
+            # A recording that joins a paused call starts paused.
+            by = str(self._operator_pause["paused_by"])
             for name, sink in sinks:
                 if callable(getattr(sink, "set_paused", None)) and not getattr(
                     sink, "covert", False
                 ):
                     try:
-                        sink.set_paused(True, by=str(self._pauses[-1]["paused_by"]))  # type: ignore[attr-defined]
+                        sink.set_paused(True, by=by)  # type: ignore[attr-defined]
                     except Exception:
                         log_exception(log, "media tap %s failed to pause", name)
 
@@ -237,12 +243,16 @@ class CallTaps:
         never shows, whatever it says)."""
         return any(tap == name and not getattr(sink, "covert", False) for tap, sink in self._sinks)
 
-    def recordpref_changed(self, side: str, preference: str) -> None:
+    def recordpref_changed(self, side: str, preference: str, *, at: float) -> bool | None:
         """The party on ``side`` ("a", "b") stated a recording preference (RFC 7866 §7.2:
-        ``a=recordpref``): the recordings (never a covert sink) that have
-        ``recordpref_changed(side, preference)`` hear of it; what they do is theirs."""
+        ``a=recordpref``) at ``at`` (Unix time): the recordings (never a covert sink) that
+        have ``recordpref_changed(side, preference)`` hear of it; what they do is theirs. When
+        that paused (True) or resumed (False) a recording for the preferences
+        (:meth:`paused_by_preference` became non-empty, or empty), the record lists it with
+        the operators' pauses, ``paused_by`` the party's preference; else None."""
         if self._closed:
-            return
+            return None
+        held_before = bool(self.paused_by_preference())
         for name, sink in self.recordings():
             told = getattr(sink, "recordpref_changed", None)
             if told is None:
@@ -251,6 +261,24 @@ class CallTaps:
                 told(side, preference)
             except Exception:
                 log_exception(log, "media tap %s failed on a recording preference", name)
+        held = bool(self.paused_by_preference())
+        if held == held_before:
+            return None
+        stated = f"{'caller' if side == 'a' else 'callee'} a=recordpref:{preference}"
+        if held:
+            self._preference_pause = self._pause_entry(at, stated)
+        elif self._preference_pause is not None:
+            self._preference_pause.update(resumed_at=at, resumed_by=stated)
+            self._preference_pause = None
+        return held
+
+    def _pause_entry(self, at: float, by: str) -> dict[str, object]:
+        """A new pause in the record (the last MAX_PAUSES_KEPT are kept, all counted)."""
+        entry: dict[str, object] = {"paused_at": at, "paused_by": by}
+        self._pause_count += 1
+        self._pauses.append(entry)
+        del self._pauses[:-MAX_PAUSES_KEPT]
+        return entry
 
     def pause_recording(self, paused: bool, *, by: str, at: float) -> tuple[list[str], bool]:
         """Pause (``paused``) or resume the call's recordings on ``by``'s request at ``at``
@@ -263,11 +291,10 @@ class CallTaps:
             return names, False
         self._paused = paused
         if paused:
-            self._pause_count += 1
-            self._pauses.append({"paused_at": at, "paused_by": by})
-            del self._pauses[:-MAX_PAUSES_KEPT]
-        else:
-            self._pauses[-1].update(resumed_at=at, resumed_by=by)
+            self._operator_pause = self._pause_entry(at, by)
+        elif self._operator_pause is not None:
+            self._operator_pause.update(resumed_at=at, resumed_by=by)
+            self._operator_pause = None
         for name, sink in recordings:
             try:
                 sink.set_paused(paused, by=by)  # type: ignore[attr-defined]
@@ -314,8 +341,8 @@ class CallTaps:
             "names": list(self.names),
             "untapped_streams": sorted(self._untapped),
         }
-        if self._pauses:  # voipgw recording pause: when, by whom, and resumed when
-            record["paused"] = self._paused
+        if self._pauses:  # voipgw recording pause, a preference: when, by whom, resumed when
+            record["paused"] = self._paused or self._preference_pause is not None
             record["pauses"] = [dict(pause) for pause in self._pauses]
             record["pause_count"] = self._pause_count
         return record

@@ -656,7 +656,9 @@ def _recording(out: Exposition, status: GatewayStatus) -> None:
         out.family(
             "voipgw_recording_pauses_total",
             "counter",
-            "Recordings paused and resumed on request (voipgw recording pause|resume), by action.",
+            "Recordings paused and resumed, by action: on request (voipgw recording "
+            "pause|resume: pause, resume) and for the parties' recording preferences "
+            "(preference_pause, preference_resume).",
         )
         for action, count in pauses:
             out.sample(count, [("action", action)])

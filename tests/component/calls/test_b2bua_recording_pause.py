@@ -250,7 +250,12 @@ async def test_a_pause_asked_while_the_call_rings_applies_when_its_recording_sta
         "pending": True,
     }
     assert manager.recordings_paused == {gateway_call}
-    assert manager.recording_pauses == {"pause": 1, "resume": 0}
+    assert manager.recording_pauses == {
+        "pause": 1,
+        "resume": 0,
+        "preference_pause": 0,
+        "preference_resume": 0,
+    }
     await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))
     final = await call.final()
     assert final.status == 200
@@ -332,7 +337,12 @@ async def test_a_pause_while_an_intercepted_call_rings_gets_the_answer_an_untapp
     }
     assert gateway_call.pause_before_recording is None
     assert manager.recordings_paused == set()
-    assert manager.recording_pauses == {"pause": 0, "resume": 0}
+    assert manager.recording_pauses == {
+        "pause": 0,
+        "resume": 0,
+        "preference_pause": 0,
+        "preference_resume": 0,
+    }
     await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))
     assert (await call.final()).status == 200
     lines = [r.getMessage() for r in caplog.records if r.name.startswith("gateway.core")]

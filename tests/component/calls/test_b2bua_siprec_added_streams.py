@@ -390,7 +390,12 @@ async def test_a_call_that_ends_paused_leaves_the_paused_gauge(
     final = await srs.next_request("INVITE", timeout=10)  # the final snapshot
     assert directions(final) == ["inactive", "inactive"]
     assert manager.recordings_paused == set()  # the gauge: no live call paused
-    assert manager.recording_pauses == {"pause": 1, "resume": 0}
+    assert manager.recording_pauses == {
+        "pause": 1,
+        "resume": 0,
+        "preference_pause": 0,
+        "preference_resume": 0,
+    }
 
 
 async def test_an_srs_answering_a_removed_line_at_a_port_is_not_sent_the_line_s_new_stream(

@@ -16,12 +16,14 @@ B2BUA with a SIPREC recorder (a SIP agent on the in-memory network), in virtual 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 import trio
 
 import gateway.plugins.taps.siprec as siprec_plugin
+from gateway.core.cli import describe_recording_parties, describe_taps
 from gateway.core.ids import SeededIds
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.testing.sip_agent import Received, SipAgent, simple_sdp
@@ -62,8 +64,11 @@ async def call_between(
     caller_aware: bool = False,
     callee_aware: bool = False,
     caller_sdp: bytes | None = None,
+    callee_extra: Sequence[tuple[str, str]] = (),
+    callee_sdp: bytes | None = None,
 ) -> tuple[object, object, bytes]:
-    """The trunk calls alice, alice answers; (the caller's call, alice's, the 200's SDP)."""
+    """The trunk calls alice, alice answers (with ``callee_extra`` headers); (the caller's
+    call, alice's, the 200's SDP)."""
     call = await env.trunk.invite(
         env.did_uri(ALICE_DID),
         sdp=caller_sdp or simple_sdp("127.0.0.1", CALLER_PORT),
@@ -73,8 +78,8 @@ async def call_between(
     await env.alice.respond(
         leg_b.incoming,  # type: ignore[arg-type]
         200,
-        body=simple_sdp("127.0.0.1", CALLEE_PORT),
-        extra=AWARE if callee_aware else (),
+        body=callee_sdp or simple_sdp("127.0.0.1", CALLEE_PORT),
+        extra=[*(AWARE if callee_aware else ()), *callee_extra],
     )
     final = await call.final()
     assert final.status == 200
@@ -676,3 +681,289 @@ async def test_an_indication_answered_408_or_481_ends_the_call(
     await env.trunk.respond(held[0], status)
     await env.alice.next_request("BYE", timeout=10)
     await eventually(lambda: not env.gateway.calls.calls)  # type: ignore[union-attr]
+
+
+# alice's 200 leaves the session refreshes to the gateway (RFC 4028): an UPDATE every 60 s.
+WE_REFRESH_ALICE = [
+    ("Supported", "timer"),
+    ("Allow", "INVITE, ACK, CANCEL, BYE, UPDATE"),
+    ("Session-Expires", "120;refresher=uac"),
+]
+
+
+async def test_the_indication_waits_for_an_update_in_progress_on_the_partys_dialog(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """Any INVITE or UPDATE of the aware party's dialog still unanswered makes the indication
+    wait (RFC 3261 §14.1, RFC 3311 §5.1), not only the offers the call keeps a note of: here
+    our session refresh UPDATE to the callee (RFC 4028 §10); the new state goes once it is
+    answered."""
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    await call_between(env, callee_aware=True, callee_extra=WE_REFRESH_ALICE)
+    await srs_answers(srs)
+    told = await env.alice.next_request("INVITE", timeout=10)
+    assert records(told.request.body) == ["on"]
+    await accept(env.alice, told)
+    held: list[Received] = []
+
+    async def hold_update(received: Received) -> bool:
+        if received.request.method != "UPDATE":
+            return False
+        held.append(received)
+        return True
+
+    env.alice.in_dialog = hold_update
+    await env.alice.next_request("UPDATE", timeout=70)
+    assert len(held) == 1
+    calls = env.gateway.calls
+    assert calls is not None
+    calls.pause_recording(gateway_call(env).id, True, by="agent 7")  # type: ignore[attr-defined]
+    srs_pause = await srs.next_request("INVITE", timeout=10)
+    await srs.respond(srs_pause, 200, body=srs_answer())
+    assert await next_within(env.alice, "INVITE", 10) is None  # our UPDATE is unanswered
+    await env.alice.respond(held[0], 200)
+    told = await env.alice.next_request("INVITE", timeout=5)
+    assert records(told.request.body) == ["paused"]
+
+
+async def test_a_caller_saying_record_aware_in_a_re_invite_is_told_and_dropping_it_is_not(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """RFC 7866 §6.1 read from later messages too: the caller's re-INVITE that adds
+    ``Supported: record-aware`` gets our answer saying the recording's state (no re-INVITE of
+    ours needed); one that lists its extensions without it is told nothing more; one with no
+    Supported at all changes nothing (it states no extensions either way)."""
+    caplog.set_level(logging.INFO)
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    call, _, _ = await call_between(env)
+    await srs_answers(srs)
+    assert await next_within(env.trunk, "INVITE", 5) is None  # unaware: nothing said
+    versions = iter(range(2, 10))
+
+    async def reinvite(extra: Sequence[tuple[str, str]]) -> bytes:
+        offer = simple_sdp("127.0.0.1", CALLER_PORT, version=next(versions))
+        exchange = await call.request(  # type: ignore[attr-defined]
+            "INVITE", body=offer, content_type="application/sdp", extra=extra
+        )
+        await accept(env.alice, await env.alice.next_request("INVITE", timeout=5))
+        final = await exchange.final(timeout=5)
+        assert final.status == 200
+        return final.body
+
+    assert records(await reinvite(AWARE)) == ["on"]
+    assert "the A leg's party now says it is recording-aware" in caplog.text
+    record = gateway_call(env).security_record()  # type: ignore[attr-defined]
+    assert record["a"]["record_aware"] is True
+    assert record["recording_indication"] == {"a": "on"}
+    assert await next_within(env.trunk, "INVITE", 5) is None  # our 200 told it already
+    assert records(await reinvite([])) == ["on"]  # no Supported: nothing changes
+    assert records(await reinvite([("Supported", "timer")])) == [None]
+    assert "the A leg's party no longer says it is recording-aware" in caplog.text
+    record = gateway_call(env).security_record()  # type: ignore[attr-defined]
+    assert "record_aware" not in record["a"] and "recording_indication" not in record
+
+
+async def test_a_callee_saying_record_aware_in_its_2xx_to_a_re_invite_is_told_in_ours(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The callee's 2xx to a relayed re-INVITE adds ``record-aware``: that answer is the
+    other party's, so a re-INVITE of ours tells it the state once the exchange is over."""
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    call, _, _ = await call_between(env)
+    await srs_answers(srs)
+    assert await next_within(env.alice, "INVITE", 5) is None
+    offer = simple_sdp("127.0.0.1", CALLER_PORT, version=2)
+    exchange = await call.request(  # type: ignore[attr-defined]
+        "INVITE", body=offer, content_type="application/sdp"
+    )
+    relayed = await env.alice.next_request("INVITE", timeout=5)
+    await env.alice.respond(
+        relayed, 200, body=env.alice.answer_sdp(relayed.request.body), extra=AWARE
+    )
+    assert (await exchange.final(timeout=5)).status == 200
+    told = await env.alice.next_request("INVITE", timeout=5)
+    assert records(told.request.body) == ["on"]
+    assert version(told.request.body) == version(relayed.request.body) + 1
+
+
+async def test_an_interception_never_shows_to_a_caller_turning_record_aware_mid_call(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
+) -> None:
+    """An intercepted, unrecorded call: a caller whose re-INVITE says record-aware is seen
+    to be so, and told nothing (an interception is no recording, and never shows)."""
+    env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
+    await env.provision(activate(f"<e164Number>{ALICE_DID[1:]}</e164Number>"))
+    b2bua = env.b2bua
+    call, _, _ = await call_between(b2bua)
+    await eventually(lambda: len(env.x2()) > 0)  # intercepted
+    offer = simple_sdp("127.0.0.1", CALLER_PORT, version=2)
+    exchange = await call.request(  # type: ignore[attr-defined]
+        "INVITE", body=offer, content_type="application/sdp", extra=AWARE
+    )
+    relayed = await b2bua.alice.next_request("INVITE", timeout=5)
+    await accept(b2bua.alice, relayed)
+    final = await exchange.final(timeout=5)
+    assert final.status == 200 and b"record" not in final.body
+    assert await next_within(b2bua.trunk, "INVITE", 30) is None
+    record = gateway_call(b2bua).security_record()  # type: ignore[attr-defined]
+    assert record["a"]["record_aware"] is True and "recording_indication" not in record
+
+
+def with_recordpref(sdp: bytes, pref: str) -> bytes:
+    return sdp.replace(b"m=audio", b"a=recordpref:" + pref.encode() + b"\r\nm=audio", 1)
+
+
+async def test_recordpref_is_read_from_a_late_offer_callers_ack(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A caller whose INVITE had no SDP answers our offer in its ACK (RFC 3261 §13.2.1): its
+    a=recordpref there is read as anywhere else (RFC 7866 §7.2)."""
+    caplog.set_level(logging.INFO)
+    env, _ = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=b"")
+    call.ack_answer = lambda offer: with_recordpref(env.trunk.answer_sdp(offer), "off")
+    leg_b = await env.alice.next_call()
+    await env.alice.respond(
+        leg_b.incoming,  # type: ignore[arg-type]
+        200,
+        body=simple_sdp("127.0.0.1", CALLEE_PORT),
+    )
+    assert (await call.final()).status == 200
+    await eventually(lambda: "the calling party's recording preference is off" in caplog.text)
+    assert gateway_call(env).security_record()["a"]["recordpref"] == "off"  # type: ignore[attr-defined]
+
+
+async def test_recordpref_is_read_from_a_late_re_invites_ack(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """A re-INVITE without SDP: the callee's 2xx offers, our 2xx carries that offer to the
+    caller, whose ACK answers (RFC 3261 §14.1): its a=recordpref there is read."""
+    env, _ = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    call, _, _ = await call_between(env)
+    call.ack_answer = lambda offer: with_recordpref(env.trunk.answer_sdp(offer), "pause")  # type: ignore[attr-defined]
+    exchange = await call.request("INVITE")  # type: ignore[attr-defined]
+    relayed = await env.alice.next_request("INVITE", timeout=5)
+    assert relayed.request.body == b""
+    await env.alice.respond(relayed, 200, body=env.alice.offer_sdp())
+    assert (await exchange.final(timeout=5)).status == 200
+    await env.alice.next_request("ACK", timeout=5)
+    await eventually(lambda: gateway_call(env).a.recordpref == "pause")  # type: ignore[attr-defined]
+
+
+async def test_recordpref_is_read_from_a_callees_early_answer(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The callee's 183 with its SDP answer (early media, RFC 3960) states a=recordpref: read
+    then; its 200 stating none leaves it as stated (the last one a party said)."""
+    env, _ = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", CALLER_PORT))
+    leg_b = await env.alice.next_call()
+    incoming = leg_b.incoming
+    assert incoming is not None
+    early = with_recordpref(simple_sdp("127.0.0.1", CALLEE_PORT), "pause")
+    await env.alice.respond(incoming, 183, body=early)
+    await call.exchange.wait_for(lambda r: r.status == 183)  # type: ignore[union-attr]
+    await env.alice.respond(incoming, 200, body=simple_sdp("127.0.0.1", CALLEE_PORT))
+    assert (await call.final()).status == 200
+    assert gateway_call(env).security_record()["b"]["recordpref"] == "pause"  # type: ignore[attr-defined]
+
+
+async def test_a_transfer_target_stating_no_recordpref_lifts_the_transferors_pause(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """``recordpref = "pause"``: the callee prefers the call not recorded (paused from the
+    start); it transfers the caller to bob, who states no preference: bob's is no
+    preference, not alice's (RFC 7866 §7.2), and the recording resumes."""
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None, recordpref="pause")
+    bob = await bob_phone(env, nursery, voipgw_seed)
+    callee_sdp = with_recordpref(simple_sdp("127.0.0.1", CALLEE_PORT), "off")
+    _, alice_leg, _ = await call_between(env, callee_sdp=callee_sdp)
+    recording = await srs.next_call()
+    assert recording.invite.body.count(b"a=inactive") == 2  # type: ignore[attr-defined]
+    await recording.answer(200, sdp=srs_answer())
+    exchange = await alice_leg.request(  # type: ignore[attr-defined]
+        "REFER", extra=[("Refer-To", "<sip:bob@127.0.0.1:5060>")]
+    )
+    assert (await exchange.final()).status == 202
+    await eventually(lambda: bool(bob.requests("ACK")))
+    offers = []
+    while (update := await next_within(srs, "INVITE", 10)) is not None:
+        offers.append(update.request.body)
+        await srs.respond(update, 200, body=srs_answer())
+    assert offers and offers[-1].count(b"a=sendonly") == 2, offers
+    assert gateway_call(env).b.recordpref is None  # type: ignore[attr-defined]
+
+
+async def test_an_a_record_the_other_party_sent_is_not_shown_as_told_by_the_gateway(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The callee records the call itself and says ``a=record:on`` in its SDP; the gateway
+    records nothing. The aware caller gets that attribute passed on as before, but the record
+    (and ``voipgw calls``) shows only what the gateway told: nothing."""
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    callee_sdp = simple_sdp("127.0.0.1", CALLEE_PORT) + b"a=record:on\r\n"
+    _, _, answer = await call_between(env, caller_aware=True, callee_sdp=callee_sdp)
+    assert records(answer) == ["on"]  # the callee's, passed on
+    record = gateway_call(env).security_record()  # type: ignore[attr-defined]
+    assert record["a"]["record_aware"] is True
+    assert "recording_indication" not in record
+    assert describe_recording_parties(record) == ""
+
+
+async def test_a_pause_for_a_partys_preference_is_counted_and_listed_with_the_pauses(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """``recordpref = "pause"``: the pause a party's a=recordpref:off makes is counted where
+    pauses on request are (``voipgw_recording_pauses_total{action="preference_pause"}``, the
+    paused gauge) and listed in the call's pauses (``voipgw calls``); the party's ``on``
+    resumes it, counted and listed too. An operator's resume meanwhile leaves the call in the
+    gauge: it is still paused."""
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None, recordpref="pause")
+    sdp = with_recordpref(simple_sdp("127.0.0.1", CALLER_PORT), "off")
+    call, _, _ = await call_between(env, caller_sdp=sdp)
+    recording = await srs.next_call()
+    await recording.answer(200, sdp=srs_answer())
+    manager = env.gateway.calls
+    assert manager is not None
+    on_call = gateway_call(env)
+    assert manager.recording_pauses["preference_pause"] == 1
+    assert manager.recordings_paused == {on_call}
+    taps = on_call.security_record()["taps"]  # type: ignore[attr-defined]
+    assert taps["paused"] is True and taps["pause_count"] == 1
+    (pause,) = taps["pauses"]
+    assert pause["paused_by"] == "caller a=recordpref:off" and "resumed_at" not in pause
+    assert "by caller a=recordpref:off (paused now)" in describe_taps(taps)
+
+    manager.pause_recording(on_call.id, True, by="agent 7")  # type: ignore[attr-defined]
+    manager.pause_recording(on_call.id, False, by="agent 7")  # type: ignore[attr-defined]
+    assert manager.recordings_paused == {on_call}  # still paused for the preference
+
+    offer = with_recordpref(simple_sdp("127.0.0.1", CALLER_PORT, version=2), "on")
+    exchange = await call.request(  # type: ignore[attr-defined]
+        "INVITE", body=offer, content_type="application/sdp"
+    )
+    await accept(env.alice, await env.alice.next_request("INVITE", timeout=5))
+    assert (await exchange.final(timeout=5)).status == 200
+    assert manager.recording_pauses == {
+        "pause": 1,
+        "resume": 1,
+        "preference_pause": 1,
+        "preference_resume": 1,
+    }
+    assert manager.recordings_paused == set()
+    taps = on_call.security_record()["taps"]  # type: ignore[attr-defined]
+    assert taps["paused"] is False and taps["pause_count"] == 2
+    assert taps["pauses"][0]["resumed_by"] == "caller a=recordpref:on"
+    assert taps["pauses"][1]["resumed_by"] == "agent 7"

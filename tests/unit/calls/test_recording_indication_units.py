@@ -3,7 +3,13 @@
 
 from __future__ import annotations
 
-from gateway.core.calls.recording_indication import recordpref_of, says_record_aware
+import pytest
+
+from gateway.core.calls.recording_indication import (
+    recordpref_of,
+    says_record_aware,
+    states_record_aware,
+)
 from gateway.core.cli import describe_recording_parties
 from gateway.core.media.session import record_indication_of, with_record_indication
 from gateway.core.sdp.parser import parse_sdp_untrusted
@@ -57,3 +63,21 @@ def test_voipgw_calls_says_what_the_aware_parties_were_told_and_their_preference
     assert describe_recording_parties(security) == (
         "recording-aware: caller told recording paused, callee prefers recording off"
     )
+
+
+@pytest.mark.parametrize(
+    ("fields", "stated"),
+    [
+        ([("Supported", "timer, record-aware")], True),
+        ([("Supported", "timer"), ("Supported", "record-aware")], True),
+        ([("Require", "record-aware")], True),
+        ([("Supported", "timer")], False),
+        ([("Supported", "")], False),  # RFC 3261 §20.37: empty, none supported
+        ([("Require", "timer")], None),  # what it requires, not all it supports
+        ([], None),
+    ],
+)
+def test_a_later_message_states_record_aware_only_by_its_supported(
+    fields: list[tuple[str, str]], stated: bool | None
+) -> None:
+    assert states_record_aware(Headers.of(fields)) is stated
