@@ -350,6 +350,8 @@ class CallHandshakes:
         self._proven: dict[tuple[str, int, bool], tuple[KeyNegotiation, Address]] = {}
         """The engine of each port and the source it proved to be its peer, as last told to
         the relay (:meth:`_latch_proven_peer`): a new engine (a re-INVITE's) tells it again."""
+        self._rekeys_seen: dict[tuple[str, int, bool], int] = {}
+        """Per port, the engine's ``peer_rekeys`` as last said in the log (:meth:`_events`)."""
         self._refused: set[tuple[str, int, bool]] = set()
         """Ports that refused another source's datagrams (``sdp_address_only``): said in the
         log once each, and in the reason if their handshake fails."""
@@ -1217,6 +1219,7 @@ class CallHandshakes:
                 else:
                     stream.keys = event.keys
                 changed = True
+                self._say_rekeyed(side, index, rtcp, negotiation)
             elif isinstance(event, SasReady):
                 # Not a secret: the SAS is read aloud by the users (RFC 6189 §7).
                 log.info("leg %s stream %d: ZRTP SAS %s", side, index, event.sas)
@@ -1240,6 +1243,29 @@ class CallHandshakes:
                     leg.failed(stream.key_exchange)
                 self._on_failure(side, reason)
         return changed
+
+    def _say_rekeyed(self, side: str, index: int, rtcp: bool, negotiation: KeyNegotiation) -> None:
+        """The INFO line of a port whose peer re-keyed it by a new handshake on the same
+        address (the engine's optional ``peer_rekeys``, docs/plugin_hooks.md "Media-path
+        engines"; the dtls engine's RFC 6347 §4.2.8 candidate): the call's SRTP of that leg
+        changed keys without any SDP saying so, which an operator tracing lost media needs."""
+        rekeys = getattr(negotiation, "peer_rekeys", 0)
+        port = (side, index, rtcp)
+        if not isinstance(rekeys, int) or rekeys <= self._rekeys_seen.get(port, 0):
+            return
+        self._rekeys_seen[port] = rekeys
+        peer = getattr(negotiation, "peer_source", None)
+        if not isinstance(peer, tuple):
+            peer = self._session.peer_address(index, side, rtcp=rtcp)
+        log.info(
+            "leg %s stream %d %s port: re-keyed by the peer's new DTLS handshake from %s "
+            "(RFC 6347 §4.2.8; %d time(s) in this call): new SRTP contexts both ways",
+            side,
+            index,
+            "RTCP" if rtcp else "RTP",
+            _address_text(peer),
+            rekeys,
+        )
 
     def _next_timer(self, now: float) -> float:
         deadline = math.inf
