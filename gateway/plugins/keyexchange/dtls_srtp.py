@@ -77,6 +77,16 @@ and nothing else; the ClientHello that returns the cookie starts its handshake, 
 OpenSSL's ``DTLSv1_listen`` (:meth:`_Association.accept_verified`). The SDP address is never
 asked.
 
+A restarted peer (RFC 6347 §4.2.8)
+---------------------------------
+As DTLS server with keys, a ClientHello of message_seq 0 from the association's 5-tuple (a phone
+restarted on the same port) is asked for our cookie, the SDP address too, and the one that
+returns it runs on a candidate association (:meth:`DtlsNegotiation._to_candidate`), one at a
+time, within the port's bucket of new handshakes. The association in force keeps its keys until
+the candidate completes with a certificate matching a=fingerprint; then the candidate replaces
+it and its ``KeysReady`` re-keys the leg. A candidate that fails or times out is dropped and
+nothing changes (docs/media_security.md, "A new ClientHello on a kept association").
+
 Media path and time (RFC 7983, RFC 6347 §4.2.4)
 ----------------------------------------------
 :meth:`~DtlsNegotiation.claims_packet` claims first bytes 20..63 (RFC 7983 §7): STUN (0..3) and
