@@ -76,6 +76,7 @@ from gateway.core.interfaces import (
     SasReady,
     SrtpKeys,
 )
+from gateway.core.ip import source_key
 from gateway.core.logs import log_exception
 from gateway.core.media.relay_api import Address, RelaySide, RelayStream
 from gateway.core.media.security import LegSecurity, StreamSecurity
@@ -477,7 +478,9 @@ class CallHandshakes:
         proven = self._proven.get((side, index, rtcp))
         if proven is not None and proven[1][:2] == address:
             return None
-        return address
+        # Keyed as the engines key their sources and cookies (a link-local host with its zone,
+        # RFC 4007 §6): an engine's verified_sources then match (session 44).
+        return source_key(source)
 
     def _take(self) -> _Item:
         """The queue's oldest datagram, taken for the task's round (:meth:`deliver`'s count)."""

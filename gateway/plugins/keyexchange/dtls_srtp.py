@@ -149,6 +149,7 @@ from gateway.core.interfaces import (
     NegotiationFailed,
     SrtpKeys,
 )
+from gateway.core.ip import source_key
 from gateway.core.media.srtp import SUITES, SUPPORTED_SUITES
 from gateway.core.sdp.errors import SdpError
 from gateway.core.transport.flows import format_host_port
@@ -1608,7 +1609,7 @@ class DtlsNegotiation:
             # keys without any source having been told (a kept association): as before.
             self._receive(packet, source, now)
             return
-        key = (source[0], source[1])  # compared by host and port; sent to as given
+        key = source_key(source)  # compared by host (and zone) and port; sent to as given
         self._with_sources = True
         self._queue(self._feed_early(association, now))
         opens = _opens_handshake_untrusted(association.role, packet)
@@ -1689,7 +1690,7 @@ class DtlsNegotiation:
         """The peer's SDP address spoke from ``source`` (told by the call's handshake task):
         its handshake is never dropped for :data:`MAX_HANDSHAKES_PER_PORT`, and its failure
         ends the leg's negotiation at once, as its alert does ("Forged alerts")."""
-        self._sdp_source = (source[0], source[1])
+        self._sdp_source = source_key(source)
 
     def packets_to_send(self, *, now: float) -> list[bytes]:
         """Datagrams for the peer, sent from this stream's media port. The first call after our
@@ -2008,7 +2009,7 @@ class DtlsNegotiation:
             # A resend of the ClientHello that began it (our flight was lost): OpenSSL answers.
             self._settle_candidate(candidate, candidate.receive(packet, now))
             return True
-        key = None if source is None else (source[0], source[1])
+        key = None if source is None else source_key(source)
         cookie: bytes | None = None
         if key is not None and source is not None and self._settings.cookies is not None:
             go_on, cookie = self._cookie_exchange(key, source, packet, now, always=True)

@@ -213,3 +213,27 @@ def test_a_refused_source_and_a_rate_limited_server_flight_are_logged(
         for line in lines
     ), lines
     assert NATTED  # the shared addresses module is the one the other tests use
+
+
+def test_a_link_local_source_is_keyed_with_its_zone_by_the_cookie_and_the_engine() -> None:
+    # RFC 4007 §6: fe80::1 on two links are two hosts. recvfrom gives (host, port, flowinfo,
+    # scope_id), the host without its zone; the call's handshake queue keys a source by
+    # ip.source_key, and the engine's cookie and verified_sources now do too (session 44).
+    from gateway.core.ip import source_key
+    from gateway.plugins.keyexchange.dtls_cookies import CookieSecrets
+    from tests.unit.keyexchange.dtls_source_pairs import send_verified, stranger_for
+
+    secrets = CookieSecrets(lambda n: b"\x07" * n)
+    on_link_4 = ("fe80::1", 5004, 0, 4)
+    cookie = secrets.cookie(on_link_4, 0.0, context=b"port")
+    assert secrets.verifies(("fe80::1%4", 5006), cookie, 0.0, context=b"port")
+    assert not secrets.verifies(("fe80::1", 5004, 0, 5), cookie, 0.0, context=b"port")
+    assert not secrets.verifies(("fe80::1", 5004), cookie, 0.0, context=b"port")
+    assert secrets.verifies(
+        ("::1", 5004, 0, 0), secrets.cookie(("::1", 9), 0.0, context=b"p"), 0.0, context=b"p"
+    )  # no zone: as before
+
+    ours, _ = ours_and_peer(we_serve=True)
+    source = ("fe80::1", 52000, 0, 4)
+    send_verified(stranger_for(ours), ours, source, 0.0)  # type: ignore[arg-type]
+    assert ours.verified_sources == (source_key(source),) == (("fe80::1%4", 52000),)
