@@ -351,8 +351,11 @@ class CallHandshakes:
         self._proven: dict[tuple[str, int, bool], tuple[KeyNegotiation, Address]] = {}
         """The engine of each port and the source it proved to be its peer, as last told to
         the relay (:meth:`_latch_proven_peer`): a new engine (a re-INVITE's) tells it again."""
-        self._rekeys_seen: dict[tuple[str, int, bool], int] = {}
-        """Per port, the engine's ``peer_rekeys`` as last said in the log (:meth:`_events`)."""
+        self._rekeys_seen: dict[tuple[str, int, bool, object], int] = {}
+        """Per port and association (the engine's ``tls_id``: a re-INVITE's new association
+        counts afresh), the engine's ``peer_rekeys`` as last said in the log (:meth:`_events`)."""
+        self._rekeyed: dict[tuple[str, int, bool], int] = {}
+        """Per port, how often its peer re-keyed it so in this call (the INFO line's count)."""
         self._refused: set[tuple[str, int, bool]] = set()
         """Ports that refused another source's datagrams (``sdp_address_only``): said in the
         log once each, and in the reason if their handshake fails."""
@@ -1254,9 +1257,11 @@ class CallHandshakes:
         changed keys without any SDP saying so, which an operator tracing lost media needs."""
         rekeys = getattr(negotiation, "peer_rekeys", 0)
         port = (side, index, rtcp)
-        if not isinstance(rekeys, int) or rekeys <= self._rekeys_seen.get(port, 0):
+        seen = (side, index, rtcp, getattr(negotiation, "tls_id", None))
+        if not isinstance(rekeys, int) or rekeys <= self._rekeys_seen.get(seen, 0):
             return
-        self._rekeys_seen[port] = rekeys
+        self._rekeys_seen[seen] = rekeys
+        self._rekeyed[port] = self._rekeyed.get(port, 0) + 1
         peer = getattr(negotiation, "peer_source", None)
         if not isinstance(peer, tuple):
             peer = self._session.peer_address(index, side, rtcp=rtcp)
@@ -1267,7 +1272,7 @@ class CallHandshakes:
             index,
             "RTCP" if rtcp else "RTP",
             _address_text(peer),
-            rekeys,
+            self._rekeyed[port],
         )
 
     def _next_timer(self, now: float) -> float:
