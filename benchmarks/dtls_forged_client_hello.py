@@ -18,7 +18,10 @@ machine's load)::
 (summary of cg.40 - summary of cg.0) / 40. Not a timed test; no sockets. With ``fragmented``
 after ``N`` each ClientHello is cut in two fragments, two records in its one datagram (RFC 6347
 §4.2.3: what a forger writes to pass for a ClientHello longer than the path MTU; before
-review-d5 that skipped the cookie).
+review-d5 that skipped the cookie). With ``restart`` after ``N`` (session 44) every port's
+association is established first (a whole handshake with the peer, in every run) and each
+ClientHello comes from the peer's own address and port, as a forged restart of the peer's DTLS
+client on the established association would (RFC 6347 §4.2.8: asked for our cookie first).
 """
 
 from __future__ import annotations
@@ -27,7 +30,11 @@ import datetime
 import sys
 
 from gateway.plugins.keyexchange.dtls_certificates import generate_identity
-from gateway.plugins.keyexchange.dtls_srtp import MAX_NEW_HANDSHAKES_BURST, DtlsKeyExchange
+from gateway.plugins.keyexchange.dtls_srtp import (
+    MAX_NEW_HANDSHAKES_BURST,
+    DtlsKeyExchange,
+    DtlsNegotiation,
+)
 
 MADE = 40
 """ClientHellos made in every run (the most that can be fed)."""
@@ -49,8 +56,9 @@ def in_two_fragments(hello: bytes) -> bytes:
 def main() -> None:
     feed = int(sys.argv[1]) if len(sys.argv) > 1 else MADE
     fragmented = sys.argv[2:] == ["fragmented"]
-    if not 0 <= feed <= MADE or sys.argv[2:] not in ([], ["fragmented"]):
-        raise SystemExit(f"usage: {sys.argv[0]} [0..{MADE}] [fragmented]")
+    restart = sys.argv[2:] == ["restart"]
+    if not 0 <= feed <= MADE or sys.argv[2:] not in ([], ["fragmented"], ["restart"]):
+        raise SystemExit(f"usage: {sys.argv[0]} [0..{MADE}] [fragmented|restart]")
     now = datetime.datetime(2026, 12, 2, tzinfo=datetime.UTC)
     ours_id = generate_identity(now=now, max_age=datetime.timedelta(days=30))
     theirs_id = generate_identity(now=now, max_age=datetime.timedelta(days=30))
@@ -62,6 +70,8 @@ def main() -> None:
         )
         assert peer is not None
         ours.remote_sdp_attributes(peer.local_sdp_attributes())  # the peer is active: we serve
+        if restart:
+            established(ours, peer)
         ports.append(ours)
     hellos = []
     for _ in range(MADE):
@@ -74,8 +84,9 @@ def main() -> None:
     answered = 0
     for n, hello in enumerate(hellos[:feed]):
         ours = ports[n // MAX_NEW_HANDSHAKES_BURST]
+        source = PEER if restart else ("127.0.0.1", 20000 + n)
         for datagram in hello:
-            ours.receive_packet_from(datagram, source=("127.0.0.1", 20000 + n), now=0.1)
+            ours.receive_packet_from(datagram, source=source, now=0.1)
         answered += sum(len(d) for d, _ in ours.addressed_packets_to_send(now=0.1))
     stats = [port.statistics() for port in ports]
     started = sum(s.handshakes_by_source for s in stats) + sum(
@@ -83,10 +94,29 @@ def main() -> None:
     )
     dropped = sum(s.dropped_rate for s in stats)
     cookies = sum(getattr(s, "hello_verify_requests", 0) for s in stats)
+    if restart:
+        started = sum(s.peer_restarts for s in stats)
     print(
         f"fed {feed} ClientHellos; {started} handshakes; {dropped} dropped for the rate; "
         f"{cookies} HelloVerifyRequests; answered {answered} octets"
     )
+
+
+PEER = ("127.0.0.1", 40000)
+"""The peer's SDP address, from which its handshake came (``restart``)."""
+
+
+def established(ours: DtlsNegotiation, peer: DtlsNegotiation) -> None:
+    """A whole handshake between ``ours`` (the server) and ``peer`` from :data:`PEER`."""
+    ours.note_sdp_address(PEER)
+    for _ in range(20):
+        for datagram in peer.packets_to_send(now=0.0):
+            ours.receive_packet_from(datagram, source=PEER, now=0.0)
+        for datagram, _ in ours.addressed_packets_to_send(now=0.0):
+            peer.receive_packet(datagram, now=0.0)
+        if ours.state == "established" and peer.state == "established":
+            return
+    raise SystemExit("the handshake did not complete")
 
 
 if __name__ == "__main__":

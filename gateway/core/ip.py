@@ -38,3 +38,18 @@ def ip_facts(text: str) -> IpFacts:
     ValueError for anything but an IPv4 or IPv6 literal; failures are not remembered."""
     ip = ip_literal(text)
     return IpFacts(str(ip), ip.version, ip.is_unspecified, ip.is_multicast)
+
+
+def source_key(source: tuple[object, ...]) -> tuple[str, int]:
+    """A datagram's source as one host and port that tells sources apart: ``(host, port)``,
+    the host with ``%<scope id>`` when the socket gave a nonzero one (RFC 4007 §6, §11: a
+    link-local address names a host only with its zone; ``fe80::1`` on two links are two
+    hosts). recvfrom gives an IPv6 source as (host, port, flowinfo, scope_id), the host without
+    its zone (Python 3.7 on): the call's handshake queue, the DTLS engine's handshakes per
+    source and its cookie all key a source by this, so that they agree (session 44; before,
+    the queue and the cookie could disagree on a link-local source, which then lost the
+    priority a returned cookie gives)."""
+    host = str(source[0])
+    if len(source) >= 4 and source[3] and "%" not in host:
+        host = f"{host}%{source[3]}"
+    return host, int(source[1])  # type: ignore[call-overload]

@@ -114,6 +114,13 @@ def describe_leg(leg: dict[str, Any]) -> str:
                     "this gateway, not to the other party)"
                 )
                 words += _ZRTP_CACHE_WORDS.get(str(stream.get("zrtp_cache")), "")
+            if stream.get("dtls_rekeyed_by_peer"):
+                # RFC 6347 §4.2.8: the phone restarted its DTLS on the same address; the
+                # new handshake's certificate matched its a=fingerprint before it took over.
+                words += (
+                    f" (re-keyed {stream['dtls_rekeyed_by_peer']} time(s) by the phone's new "
+                    "DTLS handshake on the same address, its certificate checked)"
+                )
             if stream.get("mikey_mode"):
                 # The MIKEY mode says what protected the keys: TLS, a pre-shared key, DH.
                 words += f" ({stream['mikey_mode']})"

@@ -76,6 +76,7 @@ from gateway.core.interfaces import (
     SasReady,
     SrtpKeys,
 )
+from gateway.core.ip import source_key
 from gateway.core.logs import log_exception
 from gateway.core.media.relay_api import Address, RelaySide, RelayStream
 from gateway.core.media.security import LegSecurity, StreamSecurity
@@ -350,6 +351,11 @@ class CallHandshakes:
         self._proven: dict[tuple[str, int, bool], tuple[KeyNegotiation, Address]] = {}
         """The engine of each port and the source it proved to be its peer, as last told to
         the relay (:meth:`_latch_proven_peer`): a new engine (a re-INVITE's) tells it again."""
+        self._rekeys_seen: dict[tuple[str, int, bool, object], int] = {}
+        """Per port and association (the engine's ``tls_id``: a re-INVITE's new association
+        counts afresh), the engine's ``peer_rekeys`` as last said in the log (:meth:`_events`)."""
+        self._rekeyed: dict[tuple[str, int, bool], int] = {}
+        """Per port, how often its peer re-keyed it so in this call (the INFO line's count)."""
         self._refused: set[tuple[str, int, bool]] = set()
         """Ports that refused another source's datagrams (``sdp_address_only``): said in the
         log once each, and in the reason if their handshake fails."""
@@ -475,7 +481,9 @@ class CallHandshakes:
         proven = self._proven.get((side, index, rtcp))
         if proven is not None and proven[1][:2] == address:
             return None
-        return address
+        # Keyed as the engines key their sources and cookies (a link-local host with its zone,
+        # RFC 4007 §6): an engine's verified_sources then match (session 44).
+        return source_key(source)
 
     def _take(self) -> _Item:
         """The queue's oldest datagram, taken for the task's round (:meth:`deliver`'s count)."""
@@ -1217,6 +1225,7 @@ class CallHandshakes:
                 else:
                     stream.keys = event.keys
                 changed = True
+                self._say_rekeyed(side, index, rtcp, negotiation)
             elif isinstance(event, SasReady):
                 # Not a secret: the SAS is read aloud by the users (RFC 6189 §7).
                 log.info("leg %s stream %d: ZRTP SAS %s", side, index, event.sas)
@@ -1240,6 +1249,31 @@ class CallHandshakes:
                     leg.failed(stream.key_exchange)
                 self._on_failure(side, reason)
         return changed
+
+    def _say_rekeyed(self, side: str, index: int, rtcp: bool, negotiation: KeyNegotiation) -> None:
+        """The INFO line of a port whose peer re-keyed it by a new handshake on the same
+        address (the engine's optional ``peer_rekeys``, docs/plugin_hooks.md "Media-path
+        engines"; the dtls engine's RFC 6347 §4.2.8 candidate): the call's SRTP of that leg
+        changed keys without any SDP saying so, which an operator tracing lost media needs."""
+        rekeys = getattr(negotiation, "peer_rekeys", 0)
+        port = (side, index, rtcp)
+        seen = (side, index, rtcp, getattr(negotiation, "tls_id", None))
+        if not isinstance(rekeys, int) or rekeys <= self._rekeys_seen.get(seen, 0):
+            return
+        self._rekeys_seen[seen] = rekeys
+        self._rekeyed[port] = self._rekeyed.get(port, 0) + 1
+        peer = getattr(negotiation, "peer_source", None)
+        if not isinstance(peer, tuple):
+            peer = self._session.peer_address(index, side, rtcp=rtcp)
+        log.info(
+            "leg %s stream %d %s port: re-keyed by the peer's new DTLS handshake from %s "
+            "(RFC 6347 §4.2.8; %d time(s) in this call): new SRTP contexts both ways",
+            side,
+            index,
+            "RTCP" if rtcp else "RTP",
+            _address_text(peer),
+            self._rekeyed[port],
+        )
 
     def _next_timer(self, now: float) -> float:
         deadline = math.inf

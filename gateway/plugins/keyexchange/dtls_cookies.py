@@ -40,6 +40,8 @@ from typing import Any
 
 import attrs
 
+from gateway.core.ip import source_key
+
 __all__ = [
     "COOKIE_LENGTH",
     "COOKIE_SECRET_LIFETIME",
@@ -215,8 +217,11 @@ class CookieSecrets:
 
 
 def _mac(secret: bytes, context: bytes, source: tuple[Any, ...]) -> bytes:
-    # The port's context, then the host as the socket gave it (an IPv6 host in its text
-    # form, without its scope); the separator occurs in neither. Not the client's port: see
-    # the module docstring (a NAT that moves a phone to another port between its ClientHellos).
-    message = context + f"|{source[0]}".encode()
+    # The port's context, then the host as the call's handshake queue keys it (ip.source_key:
+    # an IPv6 host in its text form, with "%<scope id>" for a link-local one the socket gave a
+    # zone, RFC 4007 §6; session 44, before without, so a source the queue keyed with its zone
+    # lost the priority its cookie gives); the separator occurs in neither. Not the client's
+    # port: see the module docstring (a NAT that moves a phone to another port between its
+    # ClientHellos).
+    message = context + f"|{source_key(source)[0]}".encode()
     return hmac.new(secret, message, hashlib.sha256).digest()

@@ -77,6 +77,16 @@ and nothing else; the ClientHello that returns the cookie starts its handshake, 
 OpenSSL's ``DTLSv1_listen`` (:meth:`_Association.accept_verified`). The SDP address is never
 asked.
 
+A restarted peer (RFC 6347 §4.2.8)
+---------------------------------
+As DTLS server with keys, a ClientHello of message_seq 0 from the association's 5-tuple (a phone
+restarted on the same port) is asked for our cookie, the SDP address too, and the one that
+returns it runs on a candidate association (:meth:`DtlsNegotiation._to_candidate`), one at a
+time, within the port's bucket of new handshakes. The association in force keeps its keys until
+the candidate completes with a certificate matching a=fingerprint; then the candidate replaces
+it and its ``KeysReady`` re-keys the leg. A candidate that fails or times out is dropped and
+nothing changes (docs/media_security.md, "A new ClientHello on a kept association").
+
 Media path and time (RFC 7983, RFC 6347 §4.2.4)
 ----------------------------------------------
 :meth:`~DtlsNegotiation.claims_packet` claims first bytes 20..63 (RFC 7983 §7): STUN (0..3) and
@@ -139,6 +149,7 @@ from gateway.core.interfaces import (
     NegotiationFailed,
     SrtpKeys,
 )
+from gateway.core.ip import source_key
 from gateway.core.media.srtp import SUITES, SUPPORTED_SUITES
 from gateway.core.sdp.errors import SdpError
 from gateway.core.transport.flows import format_host_port
@@ -665,6 +676,14 @@ def _holds_client_hello_untrusted(packet: bytes) -> bool:
     return False
 
 
+def _client_hello_random(packet: bytes) -> bytes:
+    """The 32-octet random of the ClientHello a datagram begins with (RFC 5246 §7.4.1.2: after
+    the record and handshake headers and client_version); a peer's new handshake has a new
+    one, a resend the same."""
+    start = _RECORD_HEADER + _HANDSHAKE_HEADER + 2
+    return packet[start : start + 32]
+
+
 def _opens_handshake_untrusted(role: Role, packet: bytes) -> bool:
     """Whether a source's datagram can begin a handshake with us in ``role``: a ClientHello to
     our server; a handshake record that is not one to our client (its server's flight)."""
@@ -756,6 +775,14 @@ class DtlsStatistics:
     bad_cookies: int = 0
     """Of those ClientHellos, the ones whose cookie did not verify (wrong, or made with a
     secret older than the previous one)."""
+    peer_restarts: int = 0
+    """New handshakes the peer started on the established association's 5-tuple (RFC 6347
+    §4.2.8: a ClientHello that returned our cookie), each run on a candidate association."""
+    peer_rekeys: int = 0
+    """Of those, the ones that completed with a certificate matching a=fingerprint: the
+    candidate replaced the association and its keys the leg's."""
+    peer_restarts_failed: int = 0
+    """Of those, the ones that failed or timed out: dropped, the association and keys kept."""
 
 
 @attrs.define
@@ -775,6 +802,10 @@ class DtlsTotals:
     """:attr:`DtlsStatistics.dropped_unreadable_hello`, summed."""
     cookies_out_of_sequence: int = 0
     """:attr:`DtlsStatistics.dropped_cookie_out_of_sequence`, summed."""
+    peer_rekeys: int = 0
+    """:attr:`DtlsStatistics.peer_rekeys`, summed (session 44)."""
+    peer_restarts_failed: int = 0
+    """:attr:`DtlsStatistics.peer_restarts_failed`, summed (session 44)."""
 
 
 DROPPED_HELLO_LOG_WINDOW = 60.0
@@ -806,9 +837,18 @@ class DroppedHelloLog:
         self._unlogged_hosts: set[str] = set()
         self._unlogged_since: float | None = None
 
-    def dropped(self, source: Source, reason: str, *, verified: bool, now: float) -> None:
-        """A ClientHello from ``source`` dropped for ``reason`` (the metric's reason name, or
-        ``bad_cookie``/``rate_limited``); ``verified``: the source returned our valid cookie."""
+    def dropped(
+        self,
+        source: Source,
+        reason: str,
+        *,
+        verified: bool,
+        now: float,
+        what: str = "ClientHello",
+    ) -> None:
+        """A ClientHello (or ``what``) from ``source`` dropped for ``reason`` (the metric's
+        reason name, or ``bad_cookie``/``rate_limited``/``refused``); ``verified``: the source
+        returned our valid cookie."""
         host = str(source[0])
         known = self._hosts.get(host)
         if known is not None and now - known[0] < DROPPED_HELLO_LOG_WINDOW:
@@ -836,7 +876,8 @@ class DroppedHelloLog:
         self._hosts.pop(host, None)
         self._hosts[host] = (now, 0)  # the newest last: _forget_quiet reads the oldest first
         log.warning(
-            "DTLS ClientHello from %s dropped (%s): %d from %s since its last such line; %s",
+            "DTLS %s from %s dropped (%s): %d from %s since its last such line; %s",
+            what,
             format_host_port(host, int(source[1])),
             reason,
             count,
@@ -893,6 +934,13 @@ class _Association:
         """Begun by a ClientHello that returned our cookie (:meth:`accept_verified`): its
         source receives at its host (RFC 6347 §4.2.1), read by
         :attr:`DtlsNegotiation.verified_sources`."""
+        self.rekeys = 0
+        """How many of the peer's new handshakes on the 5-tuple (RFC 6347 §4.2.8) replaced the
+        associations before this one: carried over to each replacement."""
+        self.client_random: bytes | None = None
+        """The random of the ClientHello that began this association as a candidate
+        (:meth:`DtlsNegotiation._to_candidate`): a resend of it is its own, another random a
+        new restart."""
         self.address: Source | None = None
         """The source this handshake answers, whole as the socket gave it (an IPv6 link-local
         peer's scope id with it, RFC 4007 §6): where its datagrams go
@@ -1294,6 +1342,15 @@ class DtlsNegotiation:
     _cookies_returned: int = 0
     """ClientHellos that returned our valid cookie (:meth:`_cookie_exchange`): a timeout's
     reason says when sources were asked and none did (:meth:`_fail`)."""
+    _restart: _Association | None = None
+    """The candidate association of the peer's new handshake on the established association's
+    5-tuple (RFC 6347 §4.2.8, :meth:`_to_candidate`): one at a time."""
+    _restart_to: Source | None = None
+    """Where :attr:`_restart`'s datagrams go; None: the core's usual way (no source known)."""
+    _unaddressed: list[bytes] = attrs.Factory(list)
+    """What goes the core's usual way for a restart whose source is not known (its alert)."""
+    _restart_failure_logged: bool = False
+    """Whether a failed restart of this port was said in the log (once, :meth:`_restart_failed`)."""
 
     def __repr__(self) -> str:
         role = self.dtls_role or "role?"
@@ -1427,12 +1484,25 @@ class DtlsNegotiation:
         association = self._association or self._candidate
         return association.peer_certificate_sha256 if association is not None else None
 
+    @property
+    def peer_rekeys(self) -> int:
+        """How often the peer's new handshake on the association's 5-tuple re-keyed this
+        stream's port (RFC 6347 §4.2.8, :meth:`_to_candidate`), across re-offers that kept the
+        association. Read by the call's handshake task for its INFO line (optional,
+        docs/plugin_hooks.md "Media-path engines")."""
+        association = self._association
+        return association.rekeys if association is not None else 0
+
     def security_record(self) -> dict[str, str | None]:
-        """For the leg's security record: our DTLS role, the certificate the peer proved."""
-        return {
+        """For the leg's security record: our DTLS role, the certificate the peer proved, and
+        (only once it happened) how often the peer's new handshake re-keyed the stream."""
+        record = {
             "dtls_role": self.dtls_role,
             "peer_certificate_sha256": self.peer_certificate_sha256,
         }
+        if self.peer_rekeys:
+            record["dtls_rekeyed_by_peer"] = str(self.peer_rekeys)
+        return record
 
     def statistics(self) -> DtlsStatistics:
         association = self._association or self._candidate
@@ -1493,6 +1563,9 @@ class DtlsNegotiation:
     def receive_packet(self, packet: bytes, *, now: float) -> None:
         """A DTLS datagram from the peer. Before our role is known (our offer waits for its
         answer) it is kept, up to :data:`MAX_EARLY_DATAGRAMS`; after a failure it is ignored."""
+        self._receive(packet, None, now)
+
+    def _receive(self, packet: bytes, source: Source | None, now: float) -> None:
         association = self._driven()
         if association is None:
             if self._phase is _Phase.OFFERED and len(self._early) < MAX_EARLY_DATAGRAMS:
@@ -1501,6 +1574,8 @@ class DtlsNegotiation:
                 self._early_dropped += 1
             return
         self._queue(self._feed_early(association, now))
+        if self._to_candidate(association, packet, source, now):
+            return
         self._queue(association.receive(packet, now))
 
     def receive_packet_from(self, packet: bytes, *, source: Source | None, now: float) -> None:
@@ -1532,9 +1607,9 @@ class DtlsNegotiation:
         ):
             # Role not known yet (kept), a re-offer's candidate, or an association that has
             # keys without any source having been told (a kept association): as before.
-            self.receive_packet(packet, now=now)
+            self._receive(packet, source, now)
             return
-        key = (source[0], source[1])  # compared by host and port; sent to as given
+        key = source_key(source)  # compared by host (and zone) and port; sent to as given
         self._with_sources = True
         self._queue(self._feed_early(association, now))
         opens = _opens_handshake_untrusted(association.role, packet)
@@ -1569,6 +1644,8 @@ class DtlsNegotiation:
                 return
         if key == self._source:
             association.address = source
+            if self._to_candidate(association, packet, source, now):
+                return
             self._settle(key, association, association.receive(packet, now), now)
             return
         if self._peer_source is not None or association.phase is not _Phase.HANDSHAKING:
@@ -1576,6 +1653,12 @@ class DtlsNegotiation:
             return
         if key in self._refused:
             self._by_source.dropped_refused += 1
+            # As DTLS server that source's handshake began with our cookie (only the SDP
+            # address is not asked, and its failure ends the leg); as client it proved nothing.
+            verified = association.role is Role.SERVER and self._settings.cookies is not None
+            self._log_dropped(
+                source, "refused", verified=verified, now=now, what="handshake datagram"
+            )
             return
         attempt = self._attempts.get(key)
         if attempt is not None:
@@ -1607,7 +1690,7 @@ class DtlsNegotiation:
         """The peer's SDP address spoke from ``source`` (told by the call's handshake task):
         its handshake is never dropped for :data:`MAX_HANDSHAKES_PER_PORT`, and its failure
         ends the leg's negotiation at once, as its alert does ("Forged alerts")."""
-        self._sdp_source = (source[0], source[1])
+        self._sdp_source = source_key(source)
 
     def packets_to_send(self, *, now: float) -> list[bytes]:
         """Datagrams for the peer, sent from this stream's media port. The first call after our
@@ -1624,9 +1707,12 @@ class DtlsNegotiation:
             return []
         self._queue(self._feed_early(association, now))
         self._queue(association.start(now))
+        out, self._unaddressed = self._unaddressed, []
+        if self._restart is not None and self._restart_to is None:
+            out += self._restart.take_outgoing()
         if self._source is not None and association is self._association:
-            return []
-        return association.take_outgoing()
+            return out
+        return out + association.take_outgoing()
 
     def addressed_packets_to_send(self, *, now: float) -> list[tuple[bytes, Source]]:
         """Datagrams for one source each (:meth:`receive_packet_from`): the association's for
@@ -1643,6 +1729,8 @@ class DtlsNegotiation:
         for key, attempt in self._attempts.items():
             to = attempt.address or key
             out += [(packet, to) for packet in attempt.take_outgoing()]
+        if self._restart is not None and self._restart_to is not None:
+            out += [(packet, self._restart_to) for packet in self._restart.take_outgoing()]
         return out
 
     def get_timer(self) -> float | None:
@@ -1653,6 +1741,8 @@ class DtlsNegotiation:
             return None
         timers = [association.get_timer()]
         timers += [attempt.get_timer() for attempt in self._attempts.values()]
+        if self._restart is not None:
+            timers.append(self._restart.get_timer())
         due = [timer for timer in timers if timer is not None]
         return min(due) if due else None
 
@@ -1672,6 +1762,11 @@ class DtlsNegotiation:
             timer = attempt.get_timer()
             if timer is not None and timer <= now:
                 self._settle(key, attempt, attempt.handle_timer(now), now)
+        restart = self._restart
+        if restart is not None and self._driven() is not None:
+            timer = restart.get_timer()
+            if timer is not None and timer <= now:
+                self._settle_candidate(restart, restart.handle_timer(now))
 
     def next_event(self) -> KeyNegotiationEvent | None:
         """The next ``KeysReady`` or ``NegotiationFailed``, or None."""
@@ -1761,16 +1856,17 @@ class DtlsNegotiation:
         )
 
     def _cookie_exchange(
-        self, key: Source, source: Source, packet: bytes, now: float
+        self, key: Source, source: Source, packet: bytes, now: float, *, always: bool = False
     ) -> tuple[bool, bytes | None]:
         """RFC 6347 §4.2.1 for a ClientHello to our server from ``key``, a source with no
         handshake yet: ``(True, cookie)`` when it returned our valid cookie (start its
         handshake with it, :meth:`_Association.accept_verified`); ``(True, None)`` when no
         cookie is asked (the SDP address: its path is as before); ``(False, None)`` when a
         HelloVerifyRequest answered it, or it was dropped, and nothing else happens
-        (docs/media_security.md, "Cookies for other sources")."""
+        (docs/media_security.md, "Cookies for other sources"). ``always``: the SDP address is
+        asked too (the peer's new handshake on an established association, RFC 6347 §4.2.8)."""
         cookies = self._settings.cookies
-        if cookies is None or key == self._sdp_source:
+        if cookies is None or (key == self._sdp_source and not always):
             return True, None
         hello = parse_client_hello_cookie_untrusted(packet)
         totals = self._settings.totals
@@ -1817,10 +1913,20 @@ class DtlsNegotiation:
                 totals.hello_verify_requests += 1
         return False, None
 
-    def _log_dropped(self, source: Source, reason: str, *, verified: bool, now: float) -> None:
+    def _log_dropped(
+        self,
+        source: Source,
+        reason: str,
+        *,
+        verified: bool,
+        now: float,
+        what: str = "ClientHello",
+    ) -> None:
         """The operator's line naming ``source`` (:class:`DroppedHelloLog`), rate-limited."""
         if self._settings.dropped_hellos is not None:
-            self._settings.dropped_hellos.dropped(source, reason, verified=verified, now=now)
+            self._settings.dropped_hellos.dropped(
+                source, reason, verified=verified, now=now, what=what
+            )
 
     def _cookie_context(self) -> bytes:
         """What binds our cookies to this port's handshake (:class:`CookieSecrets`): our
@@ -1830,10 +1936,12 @@ class DtlsNegotiation:
         other port of the gateway."""
         return f"{self._tls_id}|{'rtcp' if self._rtcp_port else 'rtp'}".encode()
 
-    def _may_start(self, key: Source, now: float) -> bool:
+    def _may_start(self, key: Source | None, now: float, *, always: bool = False) -> bool:
         """Whether ``key`` may start a handshake now (:data:`NEW_HANDSHAKES_PER_SECOND`): the
-        SDP address always; another source while the port's bucket holds one."""
-        if key == self._sdp_source:
+        SDP address always; another source while the port's bucket holds one. ``always``: the
+        bucket bounds the SDP address too (the peer's new handshake on an established
+        association, RFC 6347 §4.2.8; ``key`` None: its source is not known)."""
+        if key == self._sdp_source and not always:
             return True
         if self._new_handshakes_at is not None:
             refill = (now - self._new_handshakes_at) * NEW_HANDSHAKES_PER_SECOND
@@ -1845,13 +1953,137 @@ class DtlsNegotiation:
             self._by_source.dropped_rate += 1
             if self._settings.totals is not None:
                 self._settings.totals.rate_limited += 1
-            if self._settings.cookies is not None and self.dtls_role == "server":
-                # A ClientHello that returned our cookie (only those reach the bucket). As
-                # DTLS client what a new source sends is a server flight nothing proved.
-                self._log_dropped(key, "rate_limited", verified=True, now=now)
+            if key is not None and self._settings.cookies is not None:
+                # As DTLS server a ClientHello that returned our cookie (only those reach the
+                # bucket); as DTLS client a server flight from a new source, which proved
+                # nothing (session 44: before, not logged).
+                if self.dtls_role == "server":
+                    self._log_dropped(key, "rate_limited", verified=True, now=now)
+                else:
+                    what = "server flight"
+                    self._log_dropped(key, "rate_limited", verified=False, now=now, what=what)
             return False
         self._new_handshakes -= 1.0
         return True
+
+    # -- the peer's new handshake on an established association (RFC 6347 §4.2.8) ------------
+
+    def _to_candidate(
+        self, association: _Association, packet: bytes, source: Source | None, now: float
+    ) -> bool:
+        """Whether ``packet`` went to the peer's new handshake on the association in force,
+        ours as DTLS server with keys (RFC 6347 §4.2.8: "a server which receives a ClientHello
+        with message_seq 0 on an existing association ... SHOULD proceed with a new handshake
+        but MUST NOT destroy the existing association until the client has demonstrated
+        reachability"): a phone restarted on the same address and port, an ICE restart that
+        keeps the pair. A ClientHello is asked for our cookie first, from the SDP address too
+        (RFC 6347 §4.2.1: a forged one costs a parse, an HMAC and 60 octets), and the one
+        that returns it (message_seq 1) starts a candidate association, bounded as other
+        sources' handshakes are (:meth:`_may_start`), one at a time (a ClientHello of another
+        random that returns a cookie replaces it). Until the candidate's handshake completes
+        with a certificate matching the peer's a=fingerprint (the SDP in force) everything
+        else of the association stays: its keys (:attr:`keys`), its SRTP. Then it replaces the
+        association and its ``KeysReady`` re-keys the leg (the core builds new SRTP contexts
+        for the new keys, keying.py). A candidate that fails or times out is dropped, nothing
+        changed (:meth:`_restart_failed`). Everything of the 5-tuple's DTLS goes to the
+        candidate while it runs: the restarted client has left the old association."""
+        if (
+            association is not self._association
+            or association.phase is not _Phase.ESTABLISHED
+            or association.role is not Role.SERVER
+            or len(packet) > MAX_DATAGRAM_LENGTH
+            or not dtls_records_valid_untrusted(packet)
+        ):
+            return False
+        candidate = self._restart
+        hello = None
+        if _holds_client_hello_untrusted(packet):
+            hello = parse_client_hello_cookie_untrusted(packet)
+        if hello is None:
+            if candidate is None:
+                return False  # the association's own (a resent Finished, an alert): as before
+            self._settle_candidate(candidate, candidate.receive(packet, now))
+            return True
+        random = _client_hello_random(packet)
+        if candidate is not None and hello.message_seq != 0 and random == candidate.client_random:
+            # A resend of the ClientHello that began it (our flight was lost): OpenSSL answers.
+            self._settle_candidate(candidate, candidate.receive(packet, now))
+            return True
+        key = None if source is None else source_key(source)
+        cookie: bytes | None = None
+        if key is not None and source is not None and self._settings.cookies is not None:
+            go_on, cookie = self._cookie_exchange(key, source, packet, now, always=True)
+            if not go_on:
+                return True  # answered with a HelloVerifyRequest, or dropped (and logged)
+        if not self._may_start(key, now, always=True):
+            return True
+        fresh = self._new_association(Role.SERVER, association.peer)
+        fresh.client_random, fresh.address = random, source
+        self._restart, self._restart_to = fresh, source
+        self._by_source.peer_restarts += 1
+        events = fresh.start(now)
+        if cookie is not None:
+            events += fresh.accept_verified(packet, cookie, now)
+        else:
+            # No source to bind a cookie to (an ICE leg, whose port takes DTLS from the
+            # selected pair only, or a host that feeds no sources): the bucket bounds it.
+            events += fresh.receive(packet, now)
+        self._settle_candidate(fresh, events)
+        return True
+
+    def _settle_candidate(self, candidate: _Association, events: list[KeyNegotiationEvent]) -> None:
+        """Events of the candidate association (:meth:`_to_candidate`): never the leg's
+        failure."""
+        for event in events:
+            if isinstance(event, KeysReady):
+                self._rekeyed(candidate)
+                self._events.append(event)
+            elif isinstance(event, NegotiationFailed):
+                self._restart_failed(candidate, event.reason)
+                return
+            else:
+                self._events.append(event)
+
+    def _rekeyed(self, candidate: _Association) -> None:
+        """The candidate completed with a matching certificate: it is the association now; the
+        old one and its keys are dropped (RFC 6347 §4.2.8)."""
+        previous = self._association
+        if previous is not None:
+            candidate.rtcp_component = previous.rtcp_component
+            candidate.statistics = _added(previous.statistics, candidate.statistics)
+            candidate.rekeys = previous.rekeys + 1
+            candidate.verified = previous.verified
+            candidate.address = candidate.address or previous.address
+        self._association = candidate
+        self._restart = self._restart_to = None
+        self._by_source.peer_rekeys += 1
+        if self._settings.totals is not None:
+            self._settings.totals.peer_rekeys += 1
+
+    def _restart_failed(self, candidate: _Association, reason: str) -> None:
+        """The candidate failed (its certificate did not match a=fingerprint, it timed out, an
+        OpenSSL error): dropped; the association in force and its keys stay. Its alert goes
+        to its source. Said once per port (WARNING); counted always."""
+        to = self._restart_to
+        self._restart = self._restart_to = None
+        parting = candidate.take_outgoing()
+        if to is not None:
+            self._parting += [(packet, to) for packet in parting]
+        else:
+            self._unaddressed += parting
+        self._by_source.peer_restarts_failed += 1
+        if self._settings.totals is not None:
+            self._settings.totals.peer_restarts_failed += 1
+        if not self._restart_failure_logged:
+            self._restart_failure_logged = True
+            where = "an unknown address" if to is None else format_host_port(str(to[0]), int(to[1]))
+            log.warning(
+                "DTLS: a new handshake from %s on the established association (RFC 6347 "
+                "§4.2.8) failed (%s): the association and its keys are kept (further failures "
+                "on this port are only counted)",
+                where,
+                reason,
+            )
 
     def _new_attempt(self, key: Source, association: _Association) -> _Association:
         """A handshake for ``key``, another source than the association's; the oldest other
@@ -1958,6 +2190,7 @@ class DtlsNegotiation:
         self._phase = _Phase.FAILED
         self._early = []
         self._attempts.clear()
+        self._restart = self._restart_to = None
         if reason == HANDSHAKE_TIMEOUT_REASON and self._mismatched:
             # The only certificates seen did not match: the likelier cause (a phone behind a
             # NAT whose SDP a proxy rewrote, a stale fingerprint) said as it was before
@@ -2081,6 +2314,8 @@ class DtlsKeyExchange:
             ("later_fragments", self.totals.later_fragments),
             ("unreadable_hellos", self.totals.unreadable_hellos),
             ("cookies_out_of_sequence", self.totals.cookies_out_of_sequence),
+            ("peer_rekeys", self.totals.peer_rekeys),
+            ("peer_restarts_failed", self.totals.peer_restarts_failed),
         )
 
     def offer(

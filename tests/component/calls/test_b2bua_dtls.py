@@ -850,19 +850,21 @@ async def test_our_client_hello_reaches_the_callers_sdp_address_while_a_stranger
     assert a_leg_keys(env) == mirrored(caller.phone.keys)
 
 
-async def test_a_peer_restarting_its_dtls_client_on_a_kept_association_is_not_rekeyed(
-    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+async def test_a_peer_restarting_its_dtls_client_on_a_kept_association_is_rekeyed(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """What happens today (docs/media_security.md, "A new ClientHello on a kept association"):
-    we are the DTLS server of an established association; the caller re-INVITEs with the same
-    tls-id and fingerprint, which keeps the association (RFC 8842 §5), and restarts its side
-    (a fresh ClientHello, epoch 0, a new random). Before or after our 200 alike (an association
-    the peer has our fingerprint for is never held), the ClientHello goes to the established
-    association: OpenSSL discards a record of epoch 0 there, and the engine
-    answers with its last flight again (ChangeCipherSpec and Finished, at most
-    MAX_FINAL_FLIGHT_RESENDS times), never a ServerHello. The caller's new handshake times
-    out; our keys stay the old ones and the call goes on (no BYE from us). As pjproject and
-    rtpengine do: only a new tls-id, fingerprint or a=setup starts a new association."""
+    """RFC 6347 §4.2.8 (session 44; docs/media_security.md, "A new ClientHello on a kept
+    association"): we are the DTLS server of an established association; the caller
+    re-INVITEs with the same tls-id and fingerprint, which keeps the association (RFC 8842
+    §5), and restarts its side (a fresh ClientHello, epoch 0, message_seq 0, a new random).
+    It is asked for our cookie, then its handshake runs on a candidate association while the
+    old keys stay the leg's; once it completed with the certificate a=fingerprint names, its
+    keys are the leg's, said at INFO and in the call's record. Before session 44 our old last
+    flight was sent again and the caller's new handshake timed out, its media lost one way."""
     env = await with_dtls(nursery, tmp_path, voipgw_seed)
     caller = await dtls_caller(nursery, env, setup="active")
     phone = caller.phone
@@ -887,12 +889,68 @@ async def test_a_peer_restarting_its_dtls_client_on_a_kept_association_is_not_re
     assert restarted is not None and restarted.dtls_role == "client"
     phone.negotiation = restarted  # the phone's loop drives it from the gateway's next datagram
     phone.keys, phone.keyed = None, trio.Event()
-    for datagram in restarted.packets_to_send(now=trio.current_time()):
-        await phone.sock.sendto(datagram, phone.gateway)
+    with caplog.at_level(logging.INFO, logger="gateway.core.media.handshakes"):
+        for datagram in restarted.packets_to_send(now=trio.current_time()):
+            await phone.sock.sendto(datagram, phone.gateway)
+        with trio.fail_after(10):
+            await phone.keyed.wait()
+        assert phone.failure is None and phone.keys is not None
+        await eventually(lambda: a_leg_keys(env) == mirrored(phone.keys))  # type: ignore[arg-type]
+    assert a_leg_keys(env) != first_keys
+    said = [r.getMessage() for r in caplog.records if "re-keyed by the peer" in r.getMessage()]
+    assert said == [
+        "leg a stream 0 RTP port: re-keyed by the peer's new DTLS handshake from "
+        f"127.0.0.1:{PHONE_PORT} (RFC 6347 §4.2.8; 1 time(s) in this call): new SRTP "
+        "contexts both ways"
+    ]
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    record = gateway_call.security_record()["a"]["streams"][0]
+    assert record["dtls_rekeyed_by_peer"] == "1"
+    assert record["peer_certificate_sha256"] == PHONE_ID.sha256_hex()
     await trio.sleep(DEFAULT_HANDSHAKE_TIMEOUT + 5)
-    assert phone.keys is None and phone.failure == HANDSHAKE_TIMEOUT_REASON
-    assert restarted.statistics().datagrams_received >= 1  # our old last flight, resent
+    assert a_leg_keys(env) == mirrored(phone.keys)
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+
+
+async def test_a_restart_with_another_certificate_on_a_kept_association_changes_nothing(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A new handshake from the caller's own address and port (someone on its path, who can
+    return our cookie) with a certificate a=fingerprint does not name: its candidate fails the
+    check (RFC 5763 §5) and is dropped, logged once; the leg keeps its keys and the call goes
+    on (no BYE, no record change)."""
+    env = await with_dtls(nursery, tmp_path, voipgw_seed)
+    caller = await dtls_caller(nursery, env, setup="active")
+    phone = caller.phone
+    with trio.fail_after(30):
+        await phone.keyed.wait()
+    await eventually(lambda: a_leg_keys(env) is not None)
+    first_keys = a_leg_keys(env)
+    attributes = [(a[0], a[1]) for a in caller.answer.attributes]  # ours: passive, our print
+    forger = DtlsKeyExchange(identity=lambda: OTHER_ID).answer(
+        attributes, suites=[], secure_signalling=False
+    )
+    assert forger is not None and forger.dtls_role == "client"
+    phone.negotiation = forger
+    phone.keys, phone.keyed = None, trio.Event()
+    with caplog.at_level(logging.WARNING):
+        for datagram in forger.packets_to_send(now=trio.current_time()):
+            await phone.sock.sendto(datagram, phone.gateway)
+        await trio.sleep(DEFAULT_HANDSHAKE_TIMEOUT + 5)
+    assert phone.keys is None and phone.failure is not None
     assert a_leg_keys(env) == first_keys
+    warnings = [
+        r.getMessage() for r in caplog.records if "established association" in r.getMessage()
+    ]
+    assert len(warnings) == 1 and "DTLS fingerprint mismatch" in warnings[0], warnings
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert "dtls_rekeyed_by_peer" not in gateway_call.security_record()["a"]["streams"][0]
     assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
 
 

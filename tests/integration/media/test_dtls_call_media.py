@@ -499,3 +499,127 @@ async def test_separate_rtcp_port_runs_its_own_handshake_and_keys_srtcp(
             nursery.cancel_scope.cancel()
         call.keying.close()
         call.session.close()
+
+
+async def _keyed_as_server(
+    relay: MediaRelay, nursery: trio.Nursery, a_sock: trio.socket.SocketType
+) -> tuple[Call, Phone, SrtpKeys]:
+    """A call whose DTLS phone offered ``active`` (we are the DTLS server), keyed."""
+    negotiation = exchange(PHONE_ID).offer(suites=[], secure_signalling=False)
+    call = set_up(relay, negotiation, dtls_offer(negotiation, setup="active"), our_setup="passive")
+    phone = Phone(negotiation, a_sock, (ADDRESS, call.a_port))
+    nursery.start_soon(call.handshakes().run)
+    nursery.start_soon(phone.run)
+    with trio.fail_after(10):
+        await call.keyed.wait()
+    await until(lambda: phone.keys is not None)
+    assert phone.keys is not None
+    return call, phone, phone.keys
+
+
+async def _restart(call: Call, phone: Phone, identity: object) -> DtlsNegotiation:
+    """The phone's DTLS client started afresh on the same socket (a restarted softphone with a
+    fixed RTP port), with ``identity``'s certificate: its first ClientHello goes at once."""
+    ours = call.a.media_path_streams()[0].negotiation
+    assert isinstance(ours, DtlsNegotiation)
+    client = exchange(identity).answer(
+        ours.local_sdp_attributes(), suites=[], secure_signalling=False
+    )
+    assert client is not None and client.dtls_role == "client"
+    phone.negotiation, phone.keys, phone.failure = client, None, None
+    for datagram in client.packets_to_send(now=trio.current_time()):
+        await phone.sock.sendto(datagram, phone.gateway)
+    return client
+
+
+async def _media_both_ways(
+    call: Call,
+    phone: Phone,
+    keys: SrtpKeys,
+    b_sock: trio.socket.SocketType,
+    sequence: int,
+) -> None:
+    """B's RTP reaches the phone as SRTP that ``keys`` decrypt to the same packet, and the
+    phone's SRTP under ``keys`` reaches B decrypted."""
+    srtp = SrtpSession(keys)
+    phone.rtp_received.clear()
+    await b_sock.sendto(rtp(sequence), (ADDRESS, call.b_port))
+    await until(lambda: bool(phone.rtp_received))
+    assert srtp.unprotect_rtp(phone.rtp_received[0]) == rtp(sequence)
+    protected = srtp.protect_rtp(rtp(sequence + 1, payload=b"\x42" * 160))
+    assert protected is not None
+    await phone.sock.sendto(protected, (ADDRESS, call.a_port))
+    with trio.fail_after(5):
+        plain, _ = await b_sock.recvfrom(2048)
+    assert plain == rtp(sequence + 1, payload=b"\x42" * 160)
+
+
+async def test_a_phone_restarting_its_dtls_client_on_the_same_port_is_rekeyed_both_ways(
+    relay: MediaRelay,
+) -> None:
+    """RFC 6347 §4.2.8 (session 44): the phone's new handshake from the same address and port
+    (OpenSSL, through pyOpenSSL, on both ends) is asked for our cookie, runs on a candidate
+    association, and once its certificate matched a=fingerprint the leg's SRTP takes its keys:
+    media decrypts both ways under the new keys (new contexts, the sequence going on), and
+    the old keys no longer do. Before, the phone's new handshake timed out and its media
+    under keys we never had was dropped."""
+    a_sock, b_sock = udp_socket(), udp_socket()
+    with a_sock, b_sock:
+        await a_sock.bind((ADDRESS, A_PHONE.first()))
+        await b_sock.bind((ADDRESS, B_PHONE.first()))
+        async with trio.open_nursery() as nursery:
+            call, phone, old = await _keyed_as_server(relay, nursery, a_sock)
+            await _media_both_ways(call, phone, old, b_sock, 10)
+            await _restart(call, phone, PHONE_ID)
+            with trio.fail_after(10):
+                await until(lambda: phone.keys is not None)
+            new = phone.keys
+            assert new is not None and phone.failure is None and new != old
+            await until(
+                lambda: call.a.keys(0) is not None and call.a.keys(0).local_key == new.remote_key
+            )  # type: ignore[union-attr]
+            await _media_both_ways(call, phone, new, b_sock, 20)
+            # The old keys are gone: the phone's SRTP under them is dropped, not relayed.
+            stale = SrtpSession(old).protect_rtp(rtp(40))
+            assert stale is not None
+            await phone.sock.sendto(stale, (ADDRESS, call.a_port))
+            assert await receive(b_sock, 0.2) is None
+            record = call.a.record()["streams"][0]
+            assert record["dtls_rekeyed_by_peer"] == "1"
+            assert record["peer_certificate_sha256"] == PHONE_ID.sha256_hex()
+            assert call.failures == []
+            nursery.cancel_scope.cancel()
+        call.keying.close()
+        call.session.close()
+
+
+async def test_a_forged_restart_with_another_certificate_changes_nothing(
+    relay: MediaRelay,
+) -> None:
+    """A new handshake from the phone's own address and port with a certificate a=fingerprint
+    does not name (someone on its path): its candidate fails the fingerprint check and is
+    dropped; the leg keeps its keys, media goes on both ways under them, the call is not
+    ended."""
+    a_sock, b_sock = udp_socket(), udp_socket()
+    with a_sock, b_sock:
+        await a_sock.bind((ADDRESS, A_PHONE.first()))
+        await b_sock.bind((ADDRESS, B_PHONE.first()))
+        async with trio.open_nursery() as nursery:
+            call, phone, old = await _keyed_as_server(relay, nursery, a_sock)
+            keyed = call.a.keys(0)
+            real = phone.negotiation
+            forger = await _restart(call, phone, OTHER_ID)
+            with trio.fail_after(10):
+                await until(lambda: phone.failure is not None)
+            assert phone.keys is None
+            ours = call.a.media_path_streams()[0].negotiation
+            assert isinstance(ours, DtlsNegotiation)
+            await until(lambda: ours.statistics().peer_restarts_failed == 1)
+            assert ours.statistics().peer_rekeys == 0 and forger.keys is None
+            assert call.a.keys(0) == keyed and call.failures == []
+            phone.negotiation = real
+            await _media_both_ways(call, phone, old, b_sock, 30)
+            assert "dtls_rekeyed_by_peer" not in call.a.record()["streams"][0]
+            nursery.cancel_scope.cancel()
+        call.keying.close()
+        call.session.close()

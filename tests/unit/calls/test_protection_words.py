@@ -179,3 +179,22 @@ def test_the_words_say_whether_a_forked_callees_shared_key_was_replaced() -> Non
         f"{plain}; our offer's SRTP key, which another forked phone got too, NOT replaced "
         "(refused: 488 Not Acceptable Here)"
     )
+
+
+def test_a_dtls_stream_rekeyed_by_the_phones_new_handshake_says_so() -> None:
+    # RFC 6347 §4.2.8 (session 44): the phone restarted its DTLS on the same address and the
+    # leg took its new keys after the certificate check; a record without the field as before.
+    stream = {
+        "key_exchange": "dtls",
+        "suite": "AES_CM_128_HMAC_SHA1_80",
+        "encrypted": True,
+        "dtls_role": "server",
+    }
+    leg = {"signalling": "udp", "streams": [stream]}
+    assert "re-keyed" not in describe_leg(leg)
+    leg["streams"] = [dict(stream, dtls_rekeyed_by_peer="2")]
+    assert describe_leg(leg) == (
+        "signalling UDP; media SRTP AES_CM_128_HMAC_SHA1_80 keyed by dtls "
+        "(re-keyed 2 time(s) by the phone's new DTLS handshake on the same address, its "
+        "certificate checked)"
+    )

@@ -1,0 +1,239 @@
+"""The peer's new handshake on an established association (RFC 6347 §4.2.8; session 44): a
+phone that restarts its DTLS client on the same address and port is asked for our cookie, then
+run on a candidate association; the association in force keeps its keys until the candidate
+completes with a certificate matching the peer's a=fingerprint, and a candidate that fails or
+times out changes nothing."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from gateway.core.interfaces import KeysReady, SrtpKeys
+from gateway.plugins.keyexchange.dtls_srtp import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    MAX_NEW_HANDSHAKES_BURST,
+    DtlsNegotiation,
+)
+from tests.unit.keyexchange.dtls_source_pairs import (
+    NATTED,
+    PEER,
+    SDP_ADDRESS,
+    STRANGER,
+    events,
+    exchange,
+    ours_and_peer,
+    run,
+    send,
+)
+
+_HELLO_VERIFY_REQUEST = 3
+
+
+def keyed_pair() -> tuple[DtlsNegotiation, DtlsNegotiation, SrtpKeys]:
+    """We are the DTLS server of an established association with the peer at its SDP address."""
+    ours, peer = ours_and_peer(we_serve=True)
+    ours.note_sdp_address(SDP_ADDRESS)
+    run(ours, {SDP_ADDRESS: peer}, now=0.0)
+    (ready,) = events(ours)
+    assert isinstance(ready, KeysReady) and ours.keys is not None
+    return ours, peer, ours.keys
+
+
+def restarted(ours: DtlsNegotiation, identity: object = PEER) -> DtlsNegotiation:
+    """A DTLS client started afresh from our SDP (a restarted phone, or a forger with
+    ``identity``'s certificate): its first datagram is a ClientHello of message_seq 0."""
+    client = exchange(identity).answer(  # type: ignore[arg-type]
+        ours.local_sdp_attributes(), suites=[], secure_signalling=True
+    )
+    assert client is not None and client.dtls_role == "client"
+    return client
+
+
+def mirrored(keys: SrtpKeys) -> tuple[bytes, bytes]:
+    return keys.remote_key, keys.local_key
+
+
+def test_a_restarted_client_is_asked_for_a_cookie_then_rekeys_the_leg(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ours, _, old = keyed_pair()
+    phone = restarted(ours)
+    # Its ClientHello (message_seq 0) from the SDP address: a HelloVerifyRequest, nothing
+    # else; no OpenSSL object, no timer (RFC 6347 §4.2.1 before §4.2.8).
+    send(phone, ours, SDP_ADDRESS, 1.0)
+    (answer,) = ours.addressed_packets_to_send(now=1.0)
+    assert answer[1] == SDP_ADDRESS and answer[0][13] == _HELLO_VERIFY_REQUEST
+    assert ours.get_timer() is None and ours.statistics().peer_restarts == 0
+    phone.receive_packet(answer[0], now=1.0)
+    # Its ClientHello with our cookie starts the candidate; the old keys stay meanwhile.
+    send(phone, ours, SDP_ADDRESS, 1.0)
+    assert ours.statistics().peer_restarts == 1
+    assert ours.keys == old and ours.state == "established" and events(ours) == []
+    assert ours.get_timer() is not None  # the candidate's retransmission and timeout
+    with caplog.at_level(logging.INFO):
+        run(ours, {SDP_ADDRESS: phone}, now=1.1)
+    (ready,) = events(ours)
+    assert isinstance(ready, KeysReady) and ours.keys == ready.keys
+    (phone_ready,) = events(phone)
+    assert isinstance(phone_ready, KeysReady)
+    assert (ours.keys.local_key, ours.keys.remote_key) == mirrored(phone_ready.keys)
+    assert ours.keys != old and ours.keys.local_key != old.local_key
+    assert ours.peer_rekeys == 1 and ours.security_record()["dtls_rekeyed_by_peer"] == "1"
+    stats = ours.statistics()
+    assert (stats.peer_restarts, stats.peer_rekeys, stats.peer_restarts_failed) == (1, 1, 0)
+    assert ours.get_timer() is None and ours.peer_source == SDP_ADDRESS
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_restart_whose_certificate_does_not_match_changes_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A forger that receives at the phone's address (it returns the cookie) with a certificate
+    # of its own: its handshake fails the fingerprint check (RFC 5763 §5) and is dropped.
+    ours, _, old = keyed_pair()
+    assert "dtls_rekeyed_by_peer" not in ours.security_record()
+    with caplog.at_level(logging.WARNING):
+        for n in range(2):
+            run(ours, {SDP_ADDRESS: restarted(ours, STRANGER)}, now=1.0 + n)
+    assert events(ours) == [] and ours.keys == old and ours.state == "established"
+    assert ours.peer_rekeys == 0 and "dtls_rekeyed_by_peer" not in ours.security_record()
+    stats = ours.statistics()
+    assert (stats.peer_restarts, stats.peer_rekeys, stats.peer_restarts_failed) == (2, 0, 2)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings  # once per port
+    assert "new handshake from 127.0.0.1:40000" in warnings[0]
+    assert "DTLS fingerprint mismatch" in warnings[0] and "keys are kept" in warnings[0]
+    # The phone's own restart still re-keys afterwards.
+    run(ours, {SDP_ADDRESS: restarted(ours)}, now=3.0)
+    assert isinstance(events(ours)[0], KeysReady) and ours.keys != old
+
+
+def test_a_client_hello_without_our_cookie_costs_nothing() -> None:
+    ours, _, old = keyed_pair()
+    for n in range(20):  # a flood forged with the peer's address
+        send(restarted(ours, STRANGER), ours, SDP_ADDRESS, 1.0 + n / 100)
+    assert len(ours.addressed_packets_to_send(now=1.2)) == 20  # a HelloVerifyRequest each
+    assert ours.statistics().peer_restarts == 0 and ours.get_timer() is None
+    assert ours.keys == old and events(ours) == []
+
+
+def test_a_candidate_that_times_out_is_dropped_and_the_keys_stay() -> None:
+    ours, _, old = keyed_pair()
+    phone = restarted(ours)
+    send(phone, ours, SDP_ADDRESS, 1.0)
+    for datagram, _ in ours.addressed_packets_to_send(now=1.0):
+        phone.receive_packet(datagram, now=1.0)
+    send(phone, ours, SDP_ADDRESS, 1.0)  # the candidate starts; the phone then goes quiet
+    assert ours.addressed_packets_to_send(now=1.0)  # our certificate flight
+    timer = ours.get_timer()
+    while timer is not None:
+        ours.handle_timer(now=timer)
+        timer = ours.get_timer()
+    assert events(ours) == [] and ours.keys == old and ours.state == "established"
+    assert ours.statistics().peer_restarts_failed == 1
+    assert ours.failure is None
+
+
+def test_one_candidate_at_a_time_and_the_port_bucket_bounds_them() -> None:
+    # Each verified ClientHello of a new random replaces the candidate (one at a time), and
+    # each costs a token of the port's bucket, the SDP address's too (MAX_NEW_HANDSHAKES_BURST).
+    ours, _, old = keyed_pair()
+    for _ in range(MAX_NEW_HANDSHAKES_BURST + 2):
+        phone = restarted(ours)
+        send(phone, ours, SDP_ADDRESS, 1.0)
+        for datagram, _ in ours.addressed_packets_to_send(now=1.0):
+            phone.receive_packet(datagram, now=1.0)
+        send(phone, ours, SDP_ADDRESS, 1.0)
+        ours.addressed_packets_to_send(now=1.0)
+    stats = ours.statistics()
+    assert stats.peer_restarts == MAX_NEW_HANDSHAKES_BURST and stats.dropped_rate == 2
+    assert ours.keys == old
+    # The last started candidate was superseded by none of the dropped: the timer is its own.
+    timer = ours.get_timer()
+    assert timer is not None and timer <= 1.0 + DEFAULT_HANDSHAKE_TIMEOUT
+
+
+def test_as_dtls_client_a_client_hello_on_the_association_is_still_dropped() -> None:
+    # We are the client: the peer (server) cannot restart the handshake; a ClientHello is a
+    # stranger's or a role conflict (RFC 5763 §5), dropped as before.
+    ours, peer = ours_and_peer(we_serve=False)
+    ours.note_sdp_address(SDP_ADDRESS)
+    run(ours, {SDP_ADDRESS: peer}, now=0.0)
+    assert isinstance(events(ours)[0], KeysReady)
+    old = ours.keys
+    client = exchange(STRANGER).answer(
+        [("setup", "actpass") if n == "setup" else (n, v) for n, v in ours.local_sdp_attributes()],
+        suites=[],
+        secure_signalling=True,
+    )
+    assert client is not None and client.dtls_role == "client"
+    send(client, ours, SDP_ADDRESS, 1.0)
+    assert ours.addressed_packets_to_send(now=1.0) == [] and ours.keys == old
+    assert ours.statistics().peer_restarts == 0
+
+
+def test_a_refused_source_and_a_rate_limited_server_flight_are_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Session 43 left both out of the dtls-client-hello-dropped family: the same line, with
+    # what was dropped named.
+    from tests.unit.keyexchange.dtls_source_pairs import FIRST_STRANGER, stranger_for
+
+    ours, _ = ours_and_peer(we_serve=True)
+    with caplog.at_level(logging.WARNING):
+        run(ours, {FIRST_STRANGER: stranger_for(ours)}, now=0.0)  # fails the fingerprint
+        send(stranger_for(ours), ours, FIRST_STRANGER, 0.5)
+    assert ours.statistics().dropped_refused == 1
+    lines = [r.getMessage() for r in caplog.records]
+    assert (
+        "DTLS handshake datagram from 127.0.0.1:52000 dropped (refused): 1 from 127.0.0.1 "
+        "since its last such line; it returned our cookie, so it receives at that host"
+    ) in lines
+
+    caplog.clear()
+    ours, peer = ours_and_peer(we_serve=False)
+    hello = ours.packets_to_send(now=0.0)
+    for datagram in hello:
+        peer.receive_packet(datagram, now=0.0)
+    send(peer, ours, SDP_ADDRESS, 0.0)  # the peer's answer takes the association
+    with caplog.at_level(logging.WARNING):
+        for n in range(MAX_NEW_HANDSHAKES_BURST + 2):
+            server = stranger_for(ours)
+            for datagram in hello:
+                server.receive_packet(datagram, now=0.0)
+            send(server, ours, ("127.0.0.2", 53000 + n), 0.0)
+    assert ours.statistics().dropped_rate >= 1
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(
+        line.startswith("DTLS server flight from 127.0.0.2:")
+        and "dropped (rate_limited)" in line
+        and line.endswith("never proved to receive there: the address may be forged")
+        for line in lines
+    ), lines
+    assert NATTED  # the shared addresses module is the one the other tests use
+
+
+def test_a_link_local_source_is_keyed_with_its_zone_by_the_cookie_and_the_engine() -> None:
+    # RFC 4007 §6: fe80::1 on two links are two hosts. recvfrom gives (host, port, flowinfo,
+    # scope_id), the host without its zone; the call's handshake queue keys a source by
+    # ip.source_key, and the engine's cookie and verified_sources now do too (session 44).
+    from gateway.core.ip import source_key
+    from gateway.plugins.keyexchange.dtls_cookies import CookieSecrets
+    from tests.unit.keyexchange.dtls_source_pairs import send_verified, stranger_for
+
+    secrets = CookieSecrets(lambda n: b"\x07" * n)
+    on_link_4 = ("fe80::1", 5004, 0, 4)
+    cookie = secrets.cookie(on_link_4, 0.0, context=b"port")
+    assert secrets.verifies(("fe80::1%4", 5006), cookie, 0.0, context=b"port")
+    assert not secrets.verifies(("fe80::1", 5004, 0, 5), cookie, 0.0, context=b"port")
+    assert not secrets.verifies(("fe80::1", 5004), cookie, 0.0, context=b"port")
+    assert secrets.verifies(
+        ("::1", 5004, 0, 0), secrets.cookie(("::1", 9), 0.0, context=b"p"), 0.0, context=b"p"
+    )  # no zone: as before
+
+    ours, _ = ours_and_peer(we_serve=True)
+    source = ("fe80::1", 52000, 0, 4)
+    send_verified(stranger_for(ours), ours, source, 0.0)  # type: ignore[arg-type]
+    assert ours.verified_sources == (source_key(source),) == (("fe80::1%4", 52000),)
