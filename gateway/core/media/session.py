@@ -928,7 +928,7 @@ class MediaSession:
             transcoding,
         )
         plan = self._plan_dtmf(exchange, numbering or answer, accepted)
-        self._set_dtmf(plan)
+        self._set_dtmf(plan, relayed_until_now=self._events_relayed(plan))
         added = exchange.added_event
         self._set_transcoding(transcoding)
 
@@ -1412,6 +1412,20 @@ class MediaSession:
             payload_type,
         )
         return index, payload_type
+
+    def _events_relayed(self, plan: DtmfPlan | None) -> bool:
+        """Whether ``plan`` (new: no plan is in force) begins where both legs' SDP in force
+        had telephone-event on its line, so the RFC 4733 leg's events went to the other as
+        they came until now (a re-INVITE whose answer leaves it out)."""
+        if plan is None or self.dtmf is not None:
+            return False
+        for side in ("a", "b"):
+            sdp = self._received.get(side)
+            if sdp is None or plan.index >= len(sdp.media):
+                return False
+            if telephone_event(sdp.media[plan.index]) is None:
+                return False
+        return True
 
     def _set_dtmf(self, plan: DtmfPlan | None, *, relayed_until_now: bool = False) -> None:
         """Give the streams ``plan``'s interworking (None: none), if it is not theirs yet.

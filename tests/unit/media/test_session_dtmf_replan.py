@@ -177,3 +177,20 @@ def test_a_plan_made_at_the_first_answer_relayed_nothing_before(session: MediaSe
     interworking(session)
     take = stream_of(session).a_to_b.dtmf
     assert take is not None and not take.relayed_until_now
+
+
+def test_a_re_invite_answered_without_telephone_event_marks_the_events_relayed_until_now(
+    session: MediaSession,
+) -> None:
+    """Both legs had telephone-event; A re-offers with it and B answers without: the same as
+    B's re-key answer leaving it out (A's event in progress began towards B)."""
+    session.offer_from("a", sdp(20000, ("0", "101")))
+    session.answer_from("b", sdp(30000, ("0", "101")))
+    session.settle()
+    assert session.dtmf is None
+    session.offer_from("a", sdp(20000, ("0", "101"), version=2))
+    session.answer_from("b", sdp(30000, ("0",), version=2))
+    session.settle()
+    assert session.dtmf == DtmfPlan(0, "a", "b", 101, 8000)
+    take = stream_of(session).a_to_b.dtmf
+    assert take is not None and take.relayed_until_now
