@@ -54,7 +54,11 @@ address (direction ``a_to_b``), and the reverse.
   Where the sending leg has RED (``DtmfInterworking.red_payload_types``) it is ``_DtmfInRed``
   instead: events may come as RFC 2198 blocks (RFC 4733 §2.5.1.5), read with bounds and handed
   on as plain event packets. Such a direction takes the bytes path; one without is built as
-  before and pays nothing.
+  before and pays nothing. An interworking replaced or removed mid-call ends the event it was
+  injecting (three end packets, §2.5.1.4), and the sequence numbers it moved stay moved
+  (RFC 3711 §3.3.2 would drop numbers the receiver had as replays): the next interworking
+  carries them on, or the direction keeps renumbering alone. One that begins where the
+  receiver heard the sender's events relays the event already in progress to its end.
 - G.711 transcoding (a PCMU-only leg and a PCMA-only leg, :mod:`~gateway.core.media.g711`):
   a direction may have a :class:`~gateway.core.media.g711.G711Transcoding`
   (:attr:`DirectionControl.transcoding`). Its RTP packets of the sending leg's G.711 number
