@@ -2091,7 +2091,9 @@ class _DtmfIn:
                 return None
             packet = result
         state = self.state
-        if packet[1] & 0x7F == state.take_payload_type and not _passes(state, packet):
+        if packet[1] & 0x7F == state.take_payload_type:
+            if _passes(state, packet):
+                return _renumbered_event(state, packet)
             state.taken += 1
             state.seq_offset -= 1  # the receiver must not see it missing
             on_event = state.on_event
@@ -2114,6 +2116,17 @@ class _DtmfIn:
         if offset:
             packet = b"".join((packet[:2], bytes((seq >> 8, seq & 0xFF)), packet[4:]))
         return packet
+
+
+def _renumbered_event(state: DtmfInterworking, packet: bytes) -> bytes:
+    """An event ``packet`` relayed on (:func:`_passes`), numbered on as audio is; its
+    timestamp (the event's start, RFC 4733 §2.5.1.1) is not the audio's clock, which an
+    injected event starts from."""
+    seq = (((packet[2] << 8) | packet[3]) + state.seq_offset) & 0xFFFF
+    state.last_seq = seq
+    if state.seq_offset:
+        packet = b"".join((packet[:2], bytes((seq >> 8, seq & 0xFF)), packet[4:]))
+    return packet
 
 
 def _passes(state: DtmfInterworking, packet: bytes) -> bool:
