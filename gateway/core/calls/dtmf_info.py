@@ -51,7 +51,8 @@ class CallDtmfInfo(CallLocationUpdates):
 
     def _dtmf_heard(self, side: str, digit: Digit) -> None:
         """The media session read a digit of ``side``'s RFC 4733 events (in the relay's loop)."""
-        self.post(DtmfDigitEvent(side, digit))
+        plan = self.media.dtmf if self.media is not None else None
+        self.post(DtmfDigitEvent(side, digit, plan))
 
     def _dtmf_work(self) -> DtmfWork:
         if self._dtmf is None:
@@ -62,9 +63,9 @@ class CallDtmfInfo(CallLocationUpdates):
         """A digit from the RFC 4733 leg: one INFO on the other leg's dialog (confirmed, or
         the early dialog of early media), in order (the next once the previous is answered),
         if that leg's device allows INFO."""
-        plan = self.media.dtmf if self.media is not None else None
+        plan = event.plan
         if plan is None or plan.rfc4733_side != event.side:
-            return  # the interworking ended meanwhile (a re-INVITE, another fork's answer)
+            return  # heard outside an interworking (nothing to carry)
         work = self._dtmf_work()
         target = self._dtmf_info_target(plan)
         if target is None:
@@ -81,7 +82,7 @@ class CallDtmfInfo(CallLocationUpdates):
                     plan.rfc4733_side.upper(),
                 )
             return
-        work.infos.append(event.digit)
+        work.infos.append((event.digit, plan))
         await self._send_dtmf_info(work)
 
     def _early_response_of(self, leg: Leg) -> Response | None:
@@ -129,18 +130,19 @@ class CallDtmfInfo(CallLocationUpdates):
         a dialog the call left (another fork answered) no longer holds the queue: its answer
         is not waited for."""
         while work.infos:
-            plan = self.media.dtmf if self.media is not None else None
-            target = None if plan is None else self._dtmf_info_target(plan)
+            # The INFO leg of the plan the digit was heard under: a change since (RFC 4733
+            # events left out of a re-answer) does not take back a digit already pressed.
+            target = self._dtmf_info_target(work.infos[0][1])
             if target is None:
-                work.info_failed += len(work.infos)  # the interworking or its dialog ended
-                work.infos.clear()
-                return
+                work.info_failed += 1  # its dialog ended
+                work.infos.popleft()
+                continue
             leg, dialog = target
             if work.info_in_flight is not None:
                 if work.info_dialog is dialog:
                     return  # sent on its answer (_dtmf_info_answered)
                 work.info_in_flight = None
-            digit = work.infos.popleft()
+            digit, _ = work.infos.popleft()
             tag = InDialogRequest("dtmf", leg.side)
             sent = await self._send_in_dialog(
                 leg,
@@ -240,6 +242,8 @@ class CallDtmfInfo(CallLocationUpdates):
                 sent = 0
                 for index, packet in enumerate(event_packets(digit, clock_rate=plan.clock_rate)):
                     await trio.sleep_until(started + packet.at)
+                    if self.media is None or self.media.dtmf is not plan:
+                        break  # the plan changed mid-digit: the relay ended the event then
                     if self.media.send_dtmf_event(
                         packet.payload, marker=packet.marker, start=index == 0
                     ):
@@ -277,7 +281,7 @@ class DtmfWork:
     """A call's DTMF interworking in progress (:meth:`Call._dtmf_to_info`,
     :meth:`Call._info_to_dtmf`) and its counts for the call record."""
 
-    infos: deque[Digit] = attrs.Factory(deque)
+    infos: deque[tuple[Digit, DtmfPlan]] = attrs.Factory(deque)
     info_in_flight: InDialogRequest | None = None
     info_dialog: Dialog | None = None  # the dialog the INFO in flight went in
     events: deque[Digit] = attrs.Factory(deque)

@@ -28,6 +28,7 @@ from gateway.core.transport.flows import Flow
 if TYPE_CHECKING:
     from gateway.core.calls.call import Call
     from gateway.core.endpoint import ClientRequest
+    from gateway.core.media.session import DtmfPlan
 
 
 @attrs.frozen
@@ -101,10 +102,13 @@ class LocatedRequest(InDialogRequest):
 class DtmfDigitEvent:
     """Leg ``side`` sent a digit as RFC 4733 events (read in the relay's loop) while the call
     interworks DTMF: for the other leg, as SIP INFO (docs/architecture.md "DTMF
-    interworking")."""
+    interworking"). ``plan``: the interworking it was heard under (the call's at the time),
+    whose INFO leg it goes to even if a change ended that plan meanwhile (an event the
+    change cut is reported then, RFC 4733 §2.5.2)."""
 
     side: str
     digit: Digit
+    plan: DtmfPlan | None = None
 
 
 @attrs.frozen

@@ -206,15 +206,24 @@ class EventDetector:
         is one), with the duration estimated from what was seen (the longest duration a
         packet gave, or the time its packets spanned if longer). Before the timer: nothing."""
         timer = self.get_timer()
+        if timer is None or now < timer:
+            return []
+        self.timed_out += 1
+        return self.end_unfinished()
+
+    def end_unfinished(self) -> list[Digit]:
+        """End the event that has not ended, now (the interworking that reads it is replaced
+        or removed mid-event: its later packets, end packets included, will not come here):
+        its digit (if it is one), once, with the duration known as :meth:`handle_timer`
+        estimates it. Nothing when no event is unfinished."""
         current = self._current
-        if timer is None or current is None or now < timer:
+        if current is None:
             return []
         first, last = self._first_seen, self._last_seen
         duration = current[2]
         if first is not None and last is not None:
             spanned = self._first_duration + int((last - first) * self.clock_rate)
             duration = max(duration, spanned)
-        self.timed_out += 1
         return self._end(self._ssrc, (current[0], current[1], duration))
 
     def _end(self, ssrc: int, event: tuple[int, int, int]) -> list[Digit]:

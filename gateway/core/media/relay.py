@@ -54,7 +54,11 @@ address (direction ``a_to_b``), and the reverse.
   Where the sending leg has RED (``DtmfInterworking.red_payload_types``) it is ``_DtmfInRed``
   instead: events may come as RFC 2198 blocks (RFC 4733 §2.5.1.5), read with bounds and handed
   on as plain event packets. Such a direction takes the bytes path; one without is built as
-  before and pays nothing.
+  before and pays nothing. An interworking replaced or removed mid-call ends the event it was
+  injecting (three end packets, §2.5.1.4), and the sequence numbers it moved stay moved
+  (RFC 3711 §3.3.2 would drop numbers the receiver had as replays): the next interworking
+  carries them on, or the direction keeps renumbering alone. One that begins where the
+  receiver heard the sender's events relays the event already in progress to its end.
 - G.711 transcoding (a PCMU-only leg and a PCMA-only leg, :mod:`~gateway.core.media.g711`):
   a direction may have a :class:`~gateway.core.media.g711.G711Transcoding`
   (:attr:`DirectionControl.transcoding`). Its RTP packets of the sending leg's G.711 number
@@ -191,6 +195,7 @@ import trio
 
 from gateway.core.ip import ip_facts
 from gateway.core.logs import log_exception
+from gateway.core.media.dtmf import END_PACKETS
 from gateway.core.media.errors import LocalMediaError
 from gateway.core.media.g711 import G711Transcoding
 from gateway.core.media.ports import PortAllocator, PortPair
@@ -1111,6 +1116,9 @@ class DirectionControl:
         self._red_malformed = _Count()  # RED packets dropped unparsed; kept across rebuilds
         self._dtmf: DtmfInterworking | None = None
         self._dtmf_taken_before = 0  # event packets taken by earlier interworkings
+        # The numbering an interworking that ended left (RFC 3550 §5.1), kept while it moves
+        # sequence numbers; None: none, or it moved none.
+        self._dtmf_numbering: DtmfInterworking | None = None
         self._transcoding: G711Transcoding | None = None
         self._transcoded = _Count()  # packets transcoded; kept across rebuilds
 
@@ -1194,12 +1202,52 @@ class DirectionControl:
         old = self._dtmf
         if old is value:
             return
+        carried = self._dtmf_numbering
         if old is not None:
             self._dtmf_taken_before += old.taken
-        if value is not None and old is not None:
-            value.carry_on_from(old)  # the stream's numbering goes on where it was
+            self._end_injected_event(old)
+            carried = old
+        self._dtmf_numbering = None
+        if value is not None and carried is not None:
+            value.carry_on_from(carried)  # the stream's numbering goes on where it was
+        elif value is None and carried is not None and carried.seq_offset:
+            # The packets taken or injected moved the receiver's sequence numbers: going back
+            # would number the next packets as ones it already had (an SRTP receiver drops
+            # them as replays, RFC 3711 §3.3.2; RFC 3550 §5.1 numbering goes on by one). The
+            # same SSRC keeps the offset for the stream's life: renumbering only.
+            numbering = DtmfInterworking()
+            numbering.carry_on_from(carried)
+            self._dtmf_numbering = numbering
         self._dtmf = value
         self._on_change()
+
+    def _end_injected_event(self, state: DtmfInterworking) -> None:
+        """End the event ``state`` was injecting, if its end has not gone (RFC 4733 §2.5.1.4:
+        the final packet, with the E bit and the duration reached, three times, the event's
+        timestamp), before the interworking is replaced or removed: the receiver would
+        otherwise play the digit until its own timeout. The three copies go at once: nothing
+        of this interworking is left to time them."""
+        open_event = state.open_event
+        if not open_event:
+            return
+        state.open_event = b""
+        endpoint = self._endpoints[0]
+        stream = endpoint.stream
+        relay = None if stream is None else stream._relay
+        if stream is None or relay is None or self._blocked:
+            return
+        if stream in relay._stale:  # settings changed since the last poll round: apply them now
+            relay._stale.discard(stream)
+            stream._rebuild()
+        elapsed = max(0.0, relay._clock() - state.event_started_at)
+        duration = max((open_event[2] << 8) | open_event[3], int(elapsed * state.inject_clock_rate))
+        # The event's payload (§2.3) with the E bit and the duration reached (at most 0xFFFF).
+        duration = min(duration, 0xFFFF)
+        payload = bytes((open_event[0], open_event[1] | 0x80, duration >> 8, duration & 0xFF))
+        for _ in range(END_PACKETS):
+            if not _send_event(state, endpoint.rtp, payload, marker=False):
+                return
+            state.ended_at_change += 1
 
     @property
     def transcoding(self) -> G711Transcoding | None:
@@ -1424,61 +1472,33 @@ class MediaStream:
         the sequence the receiver hears (later relayed packets move up by one) and leaves
         through the direction's outbound transform (SRTP protect with the receiving leg's
         keys) from the relay's socket. False when it cannot go: no injection, blocked (no keys
-        yet), no destination, or a failure."""
+        yet), no destination, a failure, or a later packet of an event this interworking did
+        not start (it replaced the one that did, which ended the event: see
+        :attr:`DirectionControl.dtmf`)."""
         relay = self._relay
         control = self.a_to_b if direction == "a_to_b" else self.b_to_a
         state = control._dtmf
         if relay is None or state is None or state.inject_payload_type < 0:
             return False
+        if not start and state.event_started_at < 0:
+            return False
         if self in relay._stale:  # settings changed since the last poll round: apply them now
             relay._stale.discard(self)
             self._rebuild()
         source = self.a if direction == "a_to_b" else self.b
-        route = source._rtp.rtp
-        destination = route.destination
-        if control.blocked or destination is None:
+        if control.blocked:
             return False
         if start:
+            now = relay._clock()
             timestamp = state.last_timestamp
             if state.last_at >= 0:
-                elapsed = max(0.0, relay._clock() - state.last_at)
-                timestamp += int(elapsed * state.inject_clock_rate)
+                timestamp += int(max(0.0, now - state.last_at) * state.inject_clock_rate)
             state.event_timestamp = timestamp & 0xFFFFFFFF
-        seq = (state.last_seq + 1) & 0xFFFF
-        header = bytes((0x80, (0x80 if marker else 0) | state.inject_payload_type))
-        packet = b"".join(
-            (
-                header,
-                seq.to_bytes(2, "big"),
-                state.event_timestamp.to_bytes(4, "big"),
-                state.last_ssrc.to_bytes(4, "big"),
-                payload,
-            )
-        )
-        protect = state.protect
-        if protect is not None:
-            try:
-                protected = protect(packet)
-            except Exception:
-                log_exception(logger, "protecting an injected DTMF event failed")
-                return False
-            if protected is None:
-                return False
-            packet = protected
-        try:
-            send = route.send
-            if send is not None:
-                send(packet)
-            else:
-                route.sendto(packet, destination)
-        except OSError:
-            route.dropped_send_error += 1
+            state.event_started_at = now
+        if not _send_event(state, source._rtp.rtp, payload, marker=marker):
             return False
-        state.last_seq = seq
-        state.seq_offset += 1  # later relayed packets follow the injected one
-        state.injected += 1
-        route.packets += 1
-        route.bytes += len(packet)
+        # The event stays open until a packet with the E bit went (§2.5.1.4).
+        state.open_event = b"" if len(payload) < 4 or payload[1] & 0x80 else payload
         return True
 
     def _all_endpoints(self) -> tuple[_Endpoint, ...]:
@@ -1511,6 +1531,8 @@ class MediaStream:
                     continue
                 rtp_in, rtp_out = transforms.rtp_in, transforms.rtp_out
                 dtmf = control._dtmf
+                if dtmf is None:
+                    dtmf = control._dtmf_numbering  # an ended interworking's, renumbering only
                 if dtmf is not None and ep is src._rtp and self._relay is not None:
                     # Innermost on arrival (after SRTP unprotect, before any renumbering): the
                     # sender's own numbers. Injected events are protected with rtp_out alone.
@@ -1964,6 +1986,21 @@ class DtmfInterworking:
     taken, plus the packets added; injected packets carry the SSRC of the media last relayed
     (RFC 4733 §2.1: events share the audio's SSRC and timing), ``ssrc`` before any.
 
+    ``relayed_until_now``: the receiving leg heard the sending leg's events until this
+    interworking (both legs had telephone-event; the receiver's re-answer left it out). An
+    event already in progress then began towards the receiver, which plays it until its end
+    (RFC 4733 §2.5.1.4, §2.5.2): if the first telephone-event packet after the change lacks
+    the marker bit of an event's first packet (§2.5.1.2), it continues such an event, and that
+    event's packets, its end packets with them, are relayed as before, not taken (its digit
+    is not reported again). Audio first: no event was in progress (a sender sends an event's
+    packets instead of the audio it replaces, §2.5.1.1).
+
+    When this interworking is replaced or removed (:attr:`DirectionControl.dtmf`) while an
+    event it injected has not ended, its end goes then: three end packets with the duration
+    reached (:attr:`ended_at_change` counts them). What it took or injected moved the
+    receiver's sequence numbers: the numbering goes on in the next interworking, or alone
+    when none follows (the stream's SSRC is the same).
+
     ``red_payload_types``: the sending leg's RFC 2198 RED numbers (from its own SDP). RFC 4733
     §2.5.1.5 packs consecutive events into one packet only as RED blocks, and §2.6 lets a sender
     add RED redundancy to events: such events may never come as plain telephone-event packets.
@@ -1982,8 +2019,11 @@ class DtmfInterworking:
         inject_clock_rate: int = 8000,
         ssrc: int = 0,
         red_payload_types: tuple[int, ...] = (),
+        relayed_until_now: bool = False,
     ) -> None:
         self.take_payload_type = take_payload_type
+        self.relayed_until_now = relayed_until_now and take_payload_type >= 0
+        self.passing = b""  # timestamp and SSRC (RTP octets 4-11) of the event relayed on
         self.on_event = on_event
         self.red_payload_types = tuple(red_payload_types)
         # Second octet -> 1 for the sending leg's RED (RFC 2198), b"": it has none. Only with
@@ -2002,6 +2042,10 @@ class DtmfInterworking:
         self.last_ssrc = ssrc
         self.last_at = -1.0  # when the last relayed packet arrived; -1: none yet
         self.event_timestamp = 0  # of the event being injected
+        self.event_started_at = -1.0  # when it began (relay clock); -1: none yet
+        self.open_event = b""  # its last payload while its end has not gone; b"": none
+        self.ended_at_change = 0  # end packets sent when this interworking was replaced
+        self.passed = 0  # packets of an event in progress at the change, relayed on
         self.taken = 0
         self.injected = 0
         self.event_errors = 0
@@ -2048,6 +2092,8 @@ class _DtmfIn:
             packet = result
         state = self.state
         if packet[1] & 0x7F == state.take_payload_type:
+            if _passes(state, packet):
+                return _renumbered_event(state, packet)
             state.taken += 1
             state.seq_offset -= 1  # the receiver must not see it missing
             on_event = state.on_event
@@ -2059,6 +2105,8 @@ class _DtmfIn:
                     if state.event_errors == 1:
                         log_exception(logger, "a DTMF event handler failed (further ones counted)")
             return None
+        if state.relayed_until_now:
+            state.relayed_until_now = False  # audio first: no event was in progress
         offset = state.seq_offset
         seq = (((packet[2] << 8) | packet[3]) + offset) & 0xFFFF
         state.last_seq = seq
@@ -2068,6 +2116,31 @@ class _DtmfIn:
         if offset:
             packet = b"".join((packet[:2], bytes((seq >> 8, seq & 0xFF)), packet[4:]))
         return packet
+
+
+def _renumbered_event(state: DtmfInterworking, packet: bytes) -> bytes:
+    """An event ``packet`` relayed on (:func:`_passes`), numbered on as audio is; its
+    timestamp (the event's start, RFC 4733 §2.5.1.1) is not the audio's clock, which an
+    injected event starts from."""
+    seq = (((packet[2] << 8) | packet[3]) + state.seq_offset) & 0xFFFF
+    state.last_seq = seq
+    if state.seq_offset:
+        packet = b"".join((packet[:2], bytes((seq >> 8, seq & 0xFF)), packet[4:]))
+    return packet
+
+
+def _passes(state: DtmfInterworking, packet: bytes) -> bool:
+    """Whether the telephone-event ``packet`` belongs to an event that began before the
+    interworking and is relayed on (:class:`DtmfInterworking`, ``relayed_until_now``)."""
+    if state.relayed_until_now:
+        state.relayed_until_now = False  # the first event packet after the change decides
+        if packet[1] & 0x80:
+            return False  # RFC 4733 §2.5.1.2: an event's first packet; it begins now
+        state.passing = packet[4:12]
+    elif not state.passing or packet[4:12] != state.passing:
+        return False
+    state.passed += 1
+    return True
 
 
 MAX_RED_EVENT_BLOCKS = 8
@@ -2202,6 +2275,51 @@ class _DtmfInRed:
         state.taken += 1
         state.seq_offset -= 1  # the receiver must not see it missing
         return None
+
+
+def _send_event(state: DtmfInterworking, route: _Route, payload: bytes, *, marker: bool) -> bool:
+    """Send one injected RFC 4733 event packet of ``state`` on ``route`` (the direction's RTP
+    route): the next sequence number, the event's timestamp, the SSRC of the media last
+    relayed, protected with ``state.protect``. False when it could not go."""
+    destination = route.destination
+    if destination is None:
+        return False
+    seq = (state.last_seq + 1) & 0xFFFF
+    header = bytes((0x80, (0x80 if marker else 0) | state.inject_payload_type))
+    packet = b"".join(
+        (
+            header,
+            seq.to_bytes(2, "big"),
+            state.event_timestamp.to_bytes(4, "big"),
+            state.last_ssrc.to_bytes(4, "big"),
+            payload,
+        )
+    )
+    protect = state.protect
+    if protect is not None:
+        try:
+            protected = protect(packet)
+        except Exception:
+            log_exception(logger, "protecting an injected DTMF event failed")
+            return False
+        if protected is None:
+            return False
+        packet = protected
+    try:
+        send = route.send
+        if send is not None:
+            send(packet)
+        else:
+            route.sendto(packet, destination)
+    except OSError:
+        route.dropped_send_error += 1
+        return False
+    state.last_seq = seq
+    state.seq_offset += 1  # later relayed packets follow the injected one
+    state.injected += 1
+    route.packets += 1
+    route.bytes += len(packet)
+    return True
 
 
 def _configure(

@@ -577,6 +577,7 @@ class RemoteDirection:
                 value.inject_clock_rate,
                 value.last_ssrc,
                 value.red_payload_types,
+                value.relayed_until_now,
             )
         self._stream._send(message)
 

@@ -565,6 +565,9 @@ class MediaSession:
                 answer, answered, index, rtcp_mux=mux_offered and _rtcp_mux(answered)
             )
         dtmf = self._dtmf_after_narrowing(side, offer, before, answer)
+        # Both legs had telephone-event, relayed as it came, until this answer made one leg
+        # the INFO leg: an event in progress began towards it (DtmfInterworking).
+        relayed = self.dtmf is None and dtmf is not None
         for index, remote in remotes.items():  # all checked first: a refusal changes nothing
             if self._remotes.get((index, side)) != remote:
                 self._set_remote(index, side, remote)
@@ -576,7 +579,7 @@ class MediaSession:
                 side,
                 changed.dropped,
             )
-        self._set_dtmf(dtmf)
+        self._set_dtmf(dtmf, relayed_until_now=relayed)
         self._repeated.pop(side, None)
         self._received[side] = answer
 
@@ -940,7 +943,7 @@ class MediaSession:
             transcoding,
         )
         plan = self._plan_dtmf(exchange, numbering or answer, accepted)
-        self._set_dtmf(plan)
+        self._set_dtmf(plan, relayed_until_now=self._events_relayed(plan))
         added = exchange.added_event
         self._set_transcoding(transcoding)
 
@@ -1425,19 +1428,62 @@ class MediaSession:
         )
         return index, payload_type
 
-    def _set_dtmf(self, plan: DtmfPlan | None) -> None:
+    def _events_relayed(self, plan: DtmfPlan | None) -> bool:
+        """Whether ``plan`` (new: no plan is in force) begins where both legs' SDP in force
+        had telephone-event on its line, so the RFC 4733 leg's events went to the other as
+        they came until now (a re-INVITE whose answer leaves it out)."""
+        if plan is None or self.dtmf is not None:
+            return False
+        for side in ("a", "b"):
+            sdp = self._received.get(side)
+            if sdp is None or plan.index >= len(sdp.media):
+                return False
+            if telephone_event(sdp.media[plan.index]) is None:
+                return False
+        return True
+
+    def _set_dtmf(self, plan: DtmfPlan | None, *, relayed_until_now: bool = False) -> None:
         """Give the streams ``plan``'s interworking (None: none), if it is not theirs yet.
         A plan replaced on the same m= line (the 200 after early media with other numbers or
         the other way round, a re-INVITE) continues each direction's sequence numbering
-        (:meth:`DtmfInterworking.carry_on_from`): the receivers hear one stream."""
+        (:meth:`DtmfInterworking.carry_on_from`): the receivers hear one stream; so does a
+        plan removed (the offset stays, RFC 3711 §3.3.2). What is in progress is finished
+        first (RFC 4733 §2.5.1.4, §2.5.2): an event the old plan was reading is reported
+        once with the duration known (to :attr:`on_dtmf_digit`, while :attr:`dtmf` is still
+        the old plan), an event it was injecting is ended by the relay with end packets.
+        ``relayed_until_now``: the RFC 4733 leg's events reached the other leg as they came
+        until this plan (``DtmfInterworking.relayed_until_now``)."""
         old = self.dtmf
         if plan == old:
             return
+        detector, handler = self._dtmf_detector, self.on_dtmf_digit
+        if old is not None and detector is not None:
+            for digit in detector.end_unfinished():
+                log.info(
+                    "m= line %d: DTMF event %s from leg %s ended as its interworking changed",
+                    old.index + 1,
+                    digit.digit,
+                    old.rfc4733_side,
+                )
+                if handler is not None:
+                    handler(old.rfc4733_side, digit)
         if old is not None and (plan is None or plan.index != old.index):
             stream = self._slots[old.index] if old.index < len(self._slots) else None
             if stream is not None:
                 stream.a_to_b.dtmf = None
                 stream.b_to_a.dtmf = None
+        if old is not None and (
+            plan is None or (plan.index, plan.rfc4733_side) != (old.index, old.rfc4733_side)
+        ):
+            log.info(
+                "m= line %d: DTMF interworking ended, leg %s RFC 4733 (payload type %d/%d), "
+                "leg %s SIP INFO",
+                old.index + 1,
+                old.rfc4733_side,
+                old.payload_type,
+                old.clock_rate,
+                old.info_side,
+            )
         self.dtmf = plan
         self._dtmf_detector = None
         if plan is None:
@@ -1468,7 +1514,10 @@ class MediaSession:
             (stream.a_to_b, stream.b_to_a) if rfc4733 == "a" else (stream.b_to_a, stream.a_to_b)
         )
         from_x.dtmf = DtmfInterworking(
-            take_payload_type=plan.payload_type, on_event=on_event, red_payload_types=plan.red
+            take_payload_type=plan.payload_type,
+            on_event=on_event,
+            red_payload_types=plan.red,
+            relayed_until_now=relayed_until_now,
         )
         to_x.dtmf = DtmfInterworking(
             inject_payload_type=plan.payload_type,

@@ -496,6 +496,7 @@ class Worker:
             inject_clock_rate=message.clock_rate,
             ssrc=message.ssrc,
             red_payload_types=message.red,
+            relayed_until_now=message.relayed,
         )
 
     def _dtls_handler(self, stream_id: int, side: str, rtcp: bool) -> NonRtpHandler:

@@ -66,7 +66,7 @@ from gateway.core.interfaces import SrtpKeys
 from gateway.core.media.relay import DirectionStatistics
 from gateway.core.media.srtp import SrtpStatistics
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 """The version of the channel's messages and of the worker's command line. **Bump it on any
 change to a message's layout** (a field added, removed, reordered or retyped, a default that
 is sent, a type number, a field codec) **or to what a message means, and on any change to the
@@ -346,7 +346,9 @@ class SetDtmf:
     them to the SIP process as :class:`DtmfEvent`; inject events of ``inject_payload_type``
     (-1: none) at ``clock_rate``, with ``ssrc`` before any media. Both -1: none. ``red``:
     the sending leg's RFC 2198 RED payload types, each 0..127, whose packets are read for
-    events too (RFC 4733 §2.5.1.5; empty: none)."""
+    events too (RFC 4733 §2.5.1.5; empty: none). ``relayed``: the receiving leg heard the
+    sending leg's events until now (``DtmfInterworking.relayed_until_now``). Both -1 ends the
+    interworking: an event it injected is ended, the sequence offset kept (version 5)."""
 
     stream: int
     direction: str
@@ -355,6 +357,7 @@ class SetDtmf:
     clock_rate: int
     ssrc: int
     red: tuple[int, ...] = ()
+    relayed: bool = False
 
 
 @attrs.frozen
@@ -777,6 +780,7 @@ _LAYOUTS: dict[int, tuple[type[Any], tuple[_Codec, ...]]] = {
             _STREAM,
             _STREAM,
             (_put_payload_types, _get_payload_types),
+            _BOOL,
         ),
     ),
     15: (SendDtmf, (_STREAM, _DIRECTION, _BOOL, _BOOL, _BYTES)),

@@ -300,3 +300,76 @@ async def test_a_dtmf_info_answered_481_ends_the_call(
     )
     assert env.alice.requests("BYE") == []
     assert leg_b.dialog is not None
+
+
+async def test_a_change_of_plan_mid_digit_finishes_the_digits_in_progress(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """Mid-call the plan ends (alice re-offers with telephone-event: both legs have it) while
+    a digit goes each way. Alice's INFO digit 7 (5 s) being sent to the carrier as events is
+    ended then: three end packets (E bit, the event's timestamp, on in the sequence), nothing
+    of it after (RFC 4733 §2.5.1.4; before, its end never came and the carrier's receiver
+    played 7 until its own timeout). The carrier's digit 3, begun and not ended, is reported
+    once to alice as INFO with the duration known (its later packets now go to her as they
+    come, never to the detector)."""
+    env = await start(nursery, tmp_path, voipgw_seed)
+    _, leg_b, answer = await call_to_alice(env, alice_formats=("0",))
+    to_carrier = parse_sdp_untrusted(answer).media[0].port
+    to_alice = parse_sdp_untrusted(leg_b.invite.body).media[0].port
+
+    async def carrier_answers(received: Received) -> bool:
+        if received.request.method != "INVITE":
+            return False
+        await env.trunk.respond(received, 200, body=simple_sdp("127.0.0.1", TRUNK_PORT, version=2))
+        return True
+
+    env.trunk.in_dialog = carrier_answers
+    trunk_sock, alice_sock = await bind(TRUNK_PORT), await bind(ALICE_PORT)
+    with trunk_sock, alice_sock:
+        trunk_to, alice_to = ("127.0.0.1", to_carrier), ("127.0.0.1", to_alice)
+        await trunk_sock.sendto(audio(1, TRUNK_SSRC), trunk_to)
+        assert await alice_sock.recv(2048) == audio(1, TRUNK_SSRC)
+        await alice_sock.sendto(audio(1, ALICE_SSRC), alice_to)
+        assert await trunk_sock.recv(2048) == audio(1, ALICE_SSRC)
+        # The carrier begins 3 (two packets: taken, no end yet).
+        for sequence, duration in ((2, 0), (3, 400)):
+            payload = event_payload(3, end=False, duration=duration)
+            packet = rtp(sequence, 101, TRUNK_SSRC, payload, marker=sequence == 2, timestamp=320)
+            await trunk_sock.sendto(packet, trunk_to)
+        # Alice's 7 for 5 s: its first packets reach the carrier.
+        exchange = await leg_b.request(
+            "INFO", body=b"Signal=7\r\nDuration=5000\r\n", content_type="application/dtmf-relay"
+        )
+        assert (await exchange.final()).status == 200
+        started = [await trunk_sock.recv(2048) for _ in range(2)]
+        assert [fields(p)[0] for p in started] == [True, False]
+        timestamp = fields(started[0])[3]
+        # Alice re-offers with telephone-event; the carrier answers with it: no interworking.
+        reoffer = simple_sdp("127.0.0.1", ALICE_PORT, version=2, formats=("0", "101"))
+        assert (await leg_b.reinvite(reoffer)).status == 200
+        call = b2bua_call(env)
+        assert call.media is not None and call.media.dtmf is None
+        info = await env.alice.next_request("INFO")
+        assert info.request.body.startswith(b"Signal=3\r\nDuration=")
+        with trio.move_on_after(6):  # longer than the 5 s the digit was to last
+            while True:
+                packet = await trunk_sock.recv(2048)
+                if fields(packet)[1] == 101:
+                    started.append(packet)
+        ends = [p for p in started if parse_event_untrusted(p[12:]).end]
+        assert len(ends) == 3 and started[-3:] == ends  # the last three, nothing after
+        sequences = [fields(p)[2] for p in started]
+        assert sequences == list(range(2, 2 + len(started)))  # on from alice's audio
+        assert {fields(p)[3] for p in started} == {timestamp}
+        assert {parse_event_untrusted(p[12:]).event for p in started} == {7}
+        last = parse_event_untrusted(started[-4][12:]).duration
+        assert {parse_event_untrusted(p[12:]).duration for p in ends} == {
+            parse_event_untrusted(ends[0][12:]).duration
+        }
+        assert parse_event_untrusted(ends[0][12:]).duration >= last
+        assert len(started) < 5000 // 50  # cut short: not the whole digit
+        # Alice's audio follows the injected packets, numbered on.
+        await alice_sock.sendto(audio(2, ALICE_SSRC), alice_to)
+        with trio.fail_after(2):
+            assert fields(await trunk_sock.recv(2048))[1:3] == (0, 2 + len(started))
+    assert env.alice.requests("INFO") == [info.request]

@@ -63,10 +63,12 @@ async def test_events_from_the_rfc4733_leg_are_taken_and_the_gap_closed(
     statistics = stream.a_to_b.statistics()
     assert statistics.dropped_transform == 0  # taken for INFO, not lost
     assert stream.a_to_b.dtmf is not None and stream.a_to_b.dtmf.taken == 2
-    # Interworking off: the direction relays as it did before (seq as sent).
+    # Interworking off: events are relayed again, numbered on from what Bob heard (the two
+    # taken packets moved his sequence; going back would repeat numbers he had: RFC 3711
+    # §3.3.2 replays on an SRTP leg).
     stream.a_to_b.dtmf = None
     await alice.send(rtp(5, 101, event_payload(1, end=False, duration=1)), port)
-    assert fields((await bob.receive())[1])[1:3] == (101, 5)
+    assert fields((await bob.receive())[1])[1:3] == (101, 3)
     assert stream.a_to_b.statistics().dropped_transform == 0
 
 
@@ -181,3 +183,200 @@ async def test_events_inside_red_are_taken_and_handed_on_plain(
     await alice.send(rtp(4, 0, timestamp=800), port)
     await bob.receive()
     assert type(route.transform_in).__name__ == "_DtmfIn"
+
+
+# -- across a change of the interworking (a re-INVITE, a re-key answer) ------------------------
+
+
+@pytest.mark.parametrize(("a_suite", "b_suite"), SUITES)
+async def test_the_sequence_offset_is_kept_across_add_remove_add(
+    stream: MediaStream, phones: tuple[Phone, Phone], a_suite: str | None, b_suite: str | None
+) -> None:
+    """Injected events moved the numbers Alice hears up by two; when the interworking is
+    removed (her re-answer dropped telephone-event) and added again, her stream goes on by one
+    a packet (RFC 3550 §5.1). Going back to Bob's own numbers repeats numbers she had: her
+    SRTP context drops them as replays (RFC 3711 §3.3.2; the phone's unprotect raises)."""
+    alice, bob = phones
+    bridge(stream, alice, bob, a_suite=a_suite, b_suite=b_suite)
+    port = stream.b.ports.rtp_port
+    heard: list[int] = []
+
+    async def audio(sequence: int) -> None:
+        await bob.send(rtp(sequence, 8, ssrc=0xB0B), port)
+        _, plain = await alice.receive()
+        assert fields(plain)[1] == 8
+        heard.append(fields(plain)[2])
+
+    def inject() -> DtmfInterworking:
+        state = DtmfInterworking(inject_payload_type=101, inject_clock_rate=8000, ssrc=1)
+        stream.b_to_a.dtmf = state
+        return state
+
+    inject()
+    await audio(100)
+    start, end = event_payload(4, end=False, duration=160), event_payload(4, end=True, duration=320)
+    assert stream.send_telephone_event("b_to_a", start, marker=True, start=True)
+    assert stream.send_telephone_event("b_to_a", end, marker=False, start=False)
+    assert [fields((await alice.receive())[1])[2] for _ in range(2)] == [101, 102]
+    await audio(101)
+    stream.b_to_a.dtmf = None  # removed
+    await audio(102)
+    await audio(103)
+    again = inject()  # added again
+    await audio(104)
+    assert stream.send_telephone_event("b_to_a", start, marker=True, start=True)
+    assert fields((await alice.receive())[1])[1:3] == (101, 107)
+    assert again.seq_offset == 3
+    await audio(105)
+    assert heard == [100, 103, 104, 105, 106, 108]
+    assert stream.b_to_a.statistics().dropped_transform == 0
+
+
+async def test_packets_taken_keep_the_receivers_numbering_once_the_interworking_ends(
+    stream: MediaStream, phones: tuple[Phone, Phone]
+) -> None:
+    alice, bob = phones
+    bridge(stream, alice, bob, a_suite=None, b_suite="AES_CM_128_HMAC_SHA1_80")
+    port = stream.a.ports.rtp_port
+    stream.a_to_b.dtmf = DtmfInterworking(take_payload_type=101)
+    await alice.send(rtp(1, 0), port)
+    await alice.send(rtp(2, 101, event_payload(1, end=True, duration=160), marker=1), port)
+    await alice.send(rtp(3, 0), port)
+    assert [fields((await bob.receive())[1])[2] for _ in range(2)] == [1, 2]
+    stream.a_to_b.dtmf = None
+    await alice.send(rtp(4, 0), port)
+    assert fields((await bob.receive())[1])[2] == 3  # not 4: no gap in what Bob hears
+    route = stream.a._rtp.rtp  # type: ignore[attr-defined]
+    assert type(route.transform_in).__name__ == "_DtmfIn"  # renumbering only, for good
+
+
+async def test_without_an_offset_the_ended_interworking_leaves_the_plain_route(
+    stream: MediaStream, phones: tuple[Phone, Phone]
+) -> None:
+    alice, bob = phones
+    bridge(stream, alice, bob, a_suite=None, b_suite=None)
+    stream.a_to_b.dtmf = DtmfInterworking(take_payload_type=101)
+    await alice.send(rtp(1, 0), stream.a.ports.rtp_port)
+    await bob.receive()
+    stream.a_to_b.dtmf = None  # nothing taken: nothing to carry
+    await alice.send(rtp(2, 0), stream.a.ports.rtp_port)
+    assert fields((await bob.receive())[1])[2] == 2
+    assert stream.a._rtp.rtp.plain  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("replaced", [False, True])
+@pytest.mark.parametrize(("a_suite", "b_suite"), SUITES[:2])
+async def test_an_event_being_injected_is_ended_when_the_interworking_changes(
+    stream: MediaStream,
+    phones: tuple[Phone, Phone],
+    a_suite: str | None,
+    b_suite: str | None,
+    replaced: bool,
+) -> None:
+    """Bob's INFO digit 7 is being sent to Alice as events (start and one update gone) when
+    the interworking is removed or replaced: its end goes to her then, RFC 4733 §2.5.1.4's
+    final packet three times (E bit, volume 10, the duration reached, the event's timestamp,
+    on in the sequence), not never (she would play 7 until her own timeout, §2.5.2.2)."""
+    alice, bob = phones
+    bridge(stream, alice, bob, a_suite=a_suite, b_suite=b_suite)
+    old = DtmfInterworking(inject_payload_type=101, inject_clock_rate=8000, ssrc=1)
+    stream.b_to_a.dtmf = old
+    await bob.send(rtp(10, 8, ssrc=0xB0B), stream.b.ports.rtp_port)
+    await alice.receive()
+    assert stream.send_telephone_event(
+        "b_to_a", event_payload(7, end=False, duration=400), marker=True, start=True
+    )
+    assert stream.send_telephone_event(
+        "b_to_a", event_payload(7, end=False, duration=800), marker=False, start=False
+    )
+    _, first = await alice.receive()
+    await alice.receive()
+    timestamp = fields(first)[3]
+    new = DtmfInterworking(inject_payload_type=101, inject_clock_rate=8000) if replaced else None
+    stream.b_to_a.dtmf = new
+    ends = [(await alice.receive())[1] for _ in range(3)]
+    for sequence, plain in enumerate(ends, start=13):
+        assert fields(plain) == (False, 101, sequence, timestamp, 0xB0B)
+        assert plain[12:14] == bytes((7, 0x80 | 10))  # digit 7, E, volume 10 (§2.3)
+        assert int.from_bytes(plain[14:16], "big") >= 800  # the duration reached
+    assert ends[0][4:] == ends[1][4:] == ends[2][4:]  # §2.5.1.4: the same final packet
+    assert old.ended_at_change == 3 and old.open_event == b""
+    # The rest of that digit cannot go under the new interworking (no timestamp of its own).
+    late = event_payload(7, end=True, duration=1280)
+    assert not stream.send_telephone_event("b_to_a", late, marker=False, start=False)
+    await bob.send(rtp(11, 8, ssrc=0xB0B), stream.b.ports.rtp_port)
+    assert fields((await alice.receive())[1])[1:3] == (8, 16)
+
+
+async def test_an_injected_event_that_ended_is_not_ended_again(
+    stream: MediaStream, phones: tuple[Phone, Phone]
+) -> None:
+    alice, bob = phones
+    bridge(stream, alice, bob, a_suite=None, b_suite=None)
+    old = DtmfInterworking(inject_payload_type=101, inject_clock_rate=8000, ssrc=1)
+    stream.b_to_a.dtmf = old
+    assert stream.send_telephone_event(
+        "b_to_a", event_payload(3, end=True, duration=320), marker=True, start=True
+    )
+    await alice.receive()
+    stream.b_to_a.dtmf = None
+    await bob.send(rtp(5, 8, ssrc=0xB0B), stream.b.ports.rtp_port)
+    _, plain = await alice.receive()
+    assert fields(plain)[1] == 8  # the audio: no end packets before it
+    assert old.ended_at_change == 0
+
+
+@pytest.mark.parametrize(("a_suite", "b_suite"), SUITES[:2])
+async def test_an_event_relayed_when_the_interworking_begins_is_relayed_to_its_end(
+    stream: MediaStream, phones: tuple[Phone, Phone], a_suite: str | None, b_suite: str | None
+) -> None:
+    """Both legs had telephone-event: Alice's digit 5 began towards Bob (its first packet,
+    marker bit, relayed). Then Bob's re-answer leaves telephone-event out: Alice's events are
+    taken for INFO from now on, but this one's later packets, its three end packets with
+    them, still go to Bob (he plays 5 until its end, RFC 4733 §2.5.2), and it is not read as
+    a digit (he had it). Her next event is taken."""
+    alice, bob = phones
+    bridge(stream, alice, bob, a_suite=a_suite, b_suite=b_suite)
+    port = stream.a.ports.rtp_port
+    await alice.send(rtp(1, 0), port)
+    await bob.receive()
+    first = rtp(2, 101, event_payload(5, end=False, duration=160), marker=1, timestamp=320)
+    await alice.send(first, port)
+    assert (await bob.receive())[1] == first
+    taken: list[bytes] = []
+    state = DtmfInterworking(take_payload_type=101, on_event=taken.append, relayed_until_now=True)
+    stream.a_to_b.dtmf = state
+    rest = [rtp(3, 101, event_payload(5, end=False, duration=320), timestamp=320)]
+    end = event_payload(5, end=True, duration=480)
+    rest += [rtp(n, 101, end, timestamp=320) for n in (4, 5, 6)]
+    for packet in rest:
+        await alice.send(packet, port)
+        assert (await bob.receive())[1] == packet  # relayed as it came
+    assert taken == [] and state.passed == 4
+    following = rtp(7, 101, event_payload(9, end=True, duration=160), marker=1, timestamp=960)
+    await alice.send(following, port)
+    await alice.send(rtp(8, 0, timestamp=1120), port)
+    assert fields((await bob.receive())[1])[1:3] == (0, 7)  # the event taken, no gap
+    assert taken == [following]
+
+
+async def test_audio_first_means_no_event_was_in_progress(
+    stream: MediaStream, phones: tuple[Phone, Phone]
+) -> None:
+    # A sender sends an event's packets in place of audio (RFC 4733 §2.5.1.1): audio after the
+    # change says none was going on; a later event packet without the marker bit (its first
+    # lost) is taken, as for any interworking.
+    alice, bob = phones
+    bridge(stream, alice, bob, a_suite=None, b_suite=None)
+    taken: list[bytes] = []
+    stream.a_to_b.dtmf = DtmfInterworking(
+        take_payload_type=101, on_event=taken.append, relayed_until_now=True
+    )
+    port = stream.a.ports.rtp_port
+    await alice.send(rtp(1, 0), port)
+    await bob.receive()
+    late_start = rtp(2, 101, event_payload(5, end=False, duration=320), timestamp=160)
+    await alice.send(late_start, port)
+    await alice.send(rtp(3, 0, timestamp=480), port)
+    assert fields((await bob.receive())[1])[1:3] == (0, 2)
+    assert taken == [late_start]

@@ -19,8 +19,14 @@ from gateway.core.media.relay import DtmfInterworking
 from gateway.core.media.remote_relay import WorkerPool
 from gateway.core.media.session import MediaSession
 from gateway.core.media.worker_protocol import DTMF_COPIES_PER_SECOND
+from gateway.core.sdp.model import SessionDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
-from tests.integration.media.phone_sockets import ADDRESS, ephemeral_phones, eventually
+from tests.integration.media.phone_sockets import (
+    ADDRESS,
+    EphemeralPhone,
+    ephemeral_phones,
+    eventually,
+)
 from tests.integration.media.relay_fixtures import (
     GATEWAY_KEY_TO_B,
     PHONE_B_KEY,
@@ -97,11 +103,12 @@ async def test_a_worker_takes_and_injects_events_over_srtp(pool: WorkerPool) -> 
     assert fields(b_receives.unprotect(wire))[2] == 42  # after the injected one
     assert not stream.send_telephone_event("b_to_a", start, marker=True, start=True)
 
-    # Off again: B's events are relayed as they come.
+    # Off again: B's events are relayed as they come, numbered on from what A heard (the
+    # event taken moved A's sequence by one: kept, not back to B's numbers).
     stream.b_to_a.dtmf = None
     await pool.sync(stream.worker)
     await b.send(b_sends.protect(packet(4, 96, 0xB0B, start)), stream.b.ports.rtp_port)
-    assert fields((await a.receive())[0])[1:3] == (96, 4)
+    assert fields((await a.receive())[0])[1:3] == (96, 3)
 
 
 async def test_a_flood_of_events_is_copied_within_bounds(pool: WorkerPool) -> None:
@@ -194,3 +201,79 @@ async def test_a_worker_reads_events_inside_red(pool: WorkerPool) -> None:
     await b.send(packet(3, 0, 0xB0B, audio), stream.b.ports.rtp_port)
     assert fields((await a.receive())[0])[1:3] == (0, 2)  # no RED, no gap
     await eventually(lambda: taken == [packet(2, 96, 0xB0B, end)], "the event copied plain")
+
+
+async def test_a_worker_applies_the_re_plans_of_a_call(pool: WorkerPool) -> None:
+    """The DTMF plan changes twice mid-call through a MediaSession on a worker (SetDtmf):
+    B's answer to our re-key leaves telephone-event out (A's events go to B as INFO from then
+    on, but the event in progress goes on to B to its end), then B re-offers with it (relayed
+    again: the event being injected towards A is ended by three end packets, and A's stream
+    keeps its numbering). Each step is checked on the wire: the worker must apply it."""
+    a, b = await ephemeral_phones(2)
+    session = MediaSession(
+        pool.for_call(), media_address=ADDRESS, dtmf_interworking=True, clock=trio.current_time
+    )
+    head = "v=0\r\no=- 1 {} IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    events = "m=audio {} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
+    audio_only = "m=audio {} RTP/AVP 0\r\n"
+
+    def sdp(version: int, media: str, phone: EphemeralPhone) -> SessionDescription:
+        text = head.format(version) + media.format(phone.address[1])
+        return parse_sdp_untrusted(text.encode())
+
+    session.offer_from("a", sdp(1, events, a))
+    session.answer_from("b", sdp(1, events, b))
+    session.settle()
+    assert session.dtmf is None  # both have telephone-event: relayed as it comes
+    heard: list[tuple[str, Digit]] = []
+    session.on_dtmf_digit = lambda side, digit: heard.append((side, digit))
+    (stream,) = session.streams
+    stream.a_to_b.blocked = stream.b_to_a.blocked = False  # the call's keying does this
+    await pool.sync(stream.worker)
+    to_b, to_a = stream.a.ports.rtp_port, stream.b.ports.rtp_port
+    try:
+        # A's digit 4 begins, relayed to B.
+        first = packet(1, 101, 0xA, event_payload(4, end=False, duration=160), timestamp=800)
+        await a.send(first, to_b)
+        assert (await b.receive())[0] == first
+        # B's re-key answer leaves telephone-event out: A's events become INFO to B.
+        session.repeat_offer("b")
+        session.answer_to_repeated_offer("b", sdp(2, audio_only, b))
+        assert session.dtmf is not None and session.dtmf.info_side == "b"
+        await pool.sync(stream.worker)
+        ending = [packet(2, 101, 0xA, event_payload(4, end=False, duration=320), timestamp=800)]
+        end = event_payload(4, end=True, duration=480)
+        ending += [packet(n, 101, 0xA, end, timestamp=800) for n in (3, 4, 5)]
+        for sent in ending:
+            await a.send(sent, to_b)
+            assert (await b.receive())[0] == sent  # the event in progress goes on to B
+        # A's next digit is taken by the worker and read here; B hears only audio, no gap.
+        press = packet(6, 101, 0xA, event_payload(8, end=True, duration=800), marker=1)
+        await a.send(press, to_b)
+        await a.send(packet(7, 0, 0xA, b"\xff" * 160), to_b)
+        assert fields((await b.receive())[0])[1:3] == (0, 6)
+        await eventually(lambda: heard == [("a", Digit("8", 100))], "the digit read")
+        # B's INFO digit 2 is being injected towards A when B re-offers with telephone-event.
+        await b.send(packet(50, 0, 0xB, b"\xff" * 160), to_a)
+        assert fields((await a.receive())[0])[1:3] == (0, 50)
+        start = event_payload(2, end=False, duration=400)
+        assert session.send_dtmf_event(start, marker=True, start=True)
+        marker, payload_type, sequence, timestamp, ssrc = fields((await a.receive())[0])
+        assert (marker, payload_type, sequence, ssrc) == (True, 101, 51, 0xB)
+        session.offer_from("b", sdp(3, events, b))
+        session.answer_from("a", sdp(2, events, a))
+        session.settle()
+        assert session.dtmf is None
+        for n in (52, 53, 54):  # RFC 4733 §2.5.1.4: the final packet, three times
+            plain = (await a.receive())[0]
+            assert fields(plain) == (False, 101, n, timestamp, 0xB)
+            assert plain[12:14] == bytes((2, 0x80 | 10))
+            assert int.from_bytes(plain[14:16], "big") >= 400
+        # A's stream is numbered on (its four injected packets kept): not back to B's 51.
+        await b.send(packet(51, 0, 0xB, b"\xff" * 160), to_a)
+        assert fields((await a.receive())[0])[1:3] == (0, 55)
+        # And B's stream keeps the one taken: A's audio 8 reaches it as 7.
+        await a.send(packet(8, 0, 0xA, b"\xff" * 160), to_b)
+        assert fields((await b.receive())[0])[1:3] == (0, 7)
+    finally:
+        session.close()

@@ -276,7 +276,7 @@ def test_values_that_do_not_fit_their_field_are_our_bug() -> None:
 
 # -- the protocol version ------------------------------------------------------------------------
 
-LAYOUT_VERSION = 4
+LAYOUT_VERSION = 5
 """The PROTOCOL_VERSION whose layouts FRAMES below are. A change to any message's layout fails
 test_each_message_type_has_the_layout_of_its_protocol_version: then bump PROTOCOL_VERSION in
 worker_protocol.py, and this number with the new frames (never new frames under an old number:
@@ -331,8 +331,8 @@ FRAMES: list[tuple[Message, str]] = [
     (SetPayloadTypes(13, "b_to_a", ((101, 96), (0, 8))), "0000000b 0d 0000000d 01 02 6560 0008"),
     (SetRedPayloadTypes(14, "b_to_a", (63, 121)), "00000009 10 0000000e 01 02 3f79"),
     (
-        SetDtmf(15, "b_to_a", 101, -1, 8000, 0x01020304, (63,)),
-        "00000014 0e 0000000f 01 0065 ffff 00001f40 01020304 01 3f",
+        SetDtmf(15, "b_to_a", 101, -1, 8000, 0x01020304, (63,), True),
+        "00000015 0e 0000000f 01 0065 ffff 00001f40 01020304 01 3f 01",
     ),
     (
         SendDtmf(16, "b_to_a", True, False, b"\x05\x0a\x01\x90"),
