@@ -104,9 +104,7 @@ indication itself)."""
 
 def says_record_aware(headers: Headers) -> bool:
     """Whether a request or response's Supported (or Require) lists ``record-aware``."""
-    return RECORD_AWARE in headers.option_tags("Supported") or RECORD_AWARE in (
-        headers.option_tags("Require")
-    )
+    return headers.lists_option_tag(RECORD_AWARE)
 
 
 def states_record_aware(headers: Headers) -> bool | None:

@@ -173,24 +173,32 @@ class Direction(enum.Enum):
     RECVONLY = "recvonly"
     INACTIVE = "inactive"
 
+    # The members compared by identity through module names: on CPython 3.11 reading a member
+    # from the class (``Direction.SENDRECV``) goes through the enum's metaclass and costs about
+    # as much as the rest of the property (docs/benchmarks.md, session 44).
     @property
     def sends(self) -> bool:
-        return self in (Direction.SENDRECV, Direction.SENDONLY)
+        return self is _SENDRECV or self is _SENDONLY
 
     @property
     def receives(self) -> bool:
-        return self in (Direction.SENDRECV, Direction.RECVONLY)
+        return self is _SENDRECV or self is _RECVONLY
 
     @classmethod
     def from_flags(cls, *, sends: bool, receives: bool) -> Direction:
         if sends:
-            return cls.SENDRECV if receives else cls.SENDONLY
-        return cls.RECVONLY if receives else cls.INACTIVE
+            return _SENDRECV if receives else _SENDONLY
+        return _RECVONLY if receives else _INACTIVE
 
     def reversed(self) -> Direction:
         """The same stream seen from the other end: sendonly <-> recvonly."""
         return Direction.from_flags(sends=self.receives, receives=self.sends)
 
+
+_SENDRECV = Direction.SENDRECV
+_SENDONLY = Direction.SENDONLY
+_RECVONLY = Direction.RECVONLY
+_INACTIVE = Direction.INACTIVE
 
 _DIRECTIONS: dict[str, Direction] = {d.value: d for d in Direction}
 

@@ -12,12 +12,14 @@ Build edits with the ``with_*`` methods (they return new values); parse network 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 
 import attrs
 
 from gateway.core.sip import grammar
 from gateway.core.sip.grammar import (
+    PARSE_CACHE_ENTRIES,
     PARSE_CACHE_MAX_TEXT,
     parse_cseq_cached,
     parse_name_addr_cached,
@@ -62,6 +64,20 @@ def _lookup_key(name: str) -> str:
         if len(_LOOKUP_KEYS) < _LOOKUP_KEYS_MAX:
             _LOOKUP_KEYS[name] = key
     return key
+
+
+_NO_TAGS: frozenset[str] = frozenset()
+
+
+def _option_tags(values: tuple[str, ...]) -> frozenset[str]:
+    # RFC 3261 §7.3.1: tokens compare case-insensitively; an empty element (",,") names nothing.
+    return frozenset(tag.strip().lower() for value in values for tag in value.split(",")) - {""}
+
+
+# A message's Supported and Require are asked several times (session timers, 100rel, RFC 7866's
+# record-aware), and a party sends the same lists on every INVITE and 2xx: their tags by the
+# values as stored, bounded as the grammar's parse caches are (short texts only).
+_option_tags_cached = functools.lru_cache(maxsize=PARSE_CACHE_ENTRIES)(_option_tags)
 
 
 @attrs.frozen
@@ -141,9 +157,18 @@ class Headers:
     def option_tags(self, name: str) -> frozenset[str]:
         """The option tags of every ``name`` field, lower case (Require, Supported: RFC 3261
         §20.32, §19.2; a list header, one or more fields)."""
-        return frozenset(
-            tag.strip().lower() for value in self.get_all(name) for tag in value.split(",")
-        ) - {""}
+        values = self.get_all(name)
+        if not values:
+            return _NO_TAGS
+        if len(values) + sum(map(len, values)) > PARSE_CACHE_MAX_TEXT:  # a key's size, bounded
+            return _option_tags(values)
+        return _option_tags_cached(values)
+
+    def lists_option_tag(self, tag: str) -> bool:
+        """Whether Supported or Require lists option tag ``tag`` (lower case): what the sender
+        requires it supports (RFC 3261 §20.32, §20.37; how session timers and RFC 7866's
+        record-aware are told)."""
+        return tag in self.option_tags("Supported") or tag in self.option_tags("Require")
 
     def names(self) -> tuple[str, ...]:
         return tuple(n for n, _ in self.fields)

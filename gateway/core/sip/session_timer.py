@@ -82,7 +82,7 @@ def _delta_seconds(text: str, header: str) -> int:
 
 def supports_timer(headers: Headers) -> bool:
     """Whether the sender says it supports session timers (Supported or Require: timer)."""
-    return "timer" in headers.option_tags("Supported") | headers.option_tags("Require")
+    return headers.lists_option_tag("timer")
 
 
 def allows_update(headers: Headers) -> bool:

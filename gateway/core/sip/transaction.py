@@ -290,6 +290,59 @@ class Effect(enum.Enum):
     GIVE_UP = "no final response will be sent"
 
 
+# The members read at run time, as module names: on CPython 3.11 a member read from its enum
+# class goes through EnumType's __getattr__ hook (slot_tp_getattr_hook), some 900 instructions
+# against a few dozen for a module name, and a call's transactions read some 200 of them (docs/
+# benchmarks.md, session 44). The tables and class declarations above and below keep the
+# enum's own spelling: they are read once, at import.
+_S_ACCEPTED = State.ACCEPTED
+_S_CALLING = State.CALLING
+_S_COMPLETED = State.COMPLETED
+_S_CONFIRMED = State.CONFIRMED
+_S_GIVEN_UP = State.GIVEN_UP
+_S_PROCEEDING = State.PROCEEDING
+_S_TERMINATED = State.TERMINATED
+_S_TRYING = State.TRYING
+_I_ACK = Input.ACK
+_I_GIVEN_UP = Input.GIVEN_UP
+_I_REQUEST = Input.REQUEST
+_I_RESPONSE_1XX = Input.RESPONSE_1XX
+_I_RESPONSE_2XX = Input.RESPONSE_2XX
+_I_RESPONSE_3XX_6XX = Input.RESPONSE_3XX_6XX
+_I_SEND_1XX = Input.SEND_1XX
+_I_SEND_2XX = Input.SEND_2XX
+_I_SEND_3XX_6XX = Input.SEND_3XX_6XX
+_I_TIMER_A = Input.TIMER_A
+_I_TIMER_B = Input.TIMER_B
+_I_TIMER_CANCEL = Input.TIMER_CANCEL
+_I_TIMER_D = Input.TIMER_D
+_I_TIMER_E = Input.TIMER_E
+_I_TIMER_F = Input.TIMER_F
+_I_TIMER_G = Input.TIMER_G
+_I_TIMER_H = Input.TIMER_H
+_I_TIMER_I = Input.TIMER_I
+_I_TIMER_J = Input.TIMER_J
+_I_TIMER_K = Input.TIMER_K
+_I_TIMER_L = Input.TIMER_L
+_I_TIMER_M = Input.TIMER_M
+_I_TRANSPORT_ERROR = Input.TRANSPORT_ERROR
+_I_UNANSWERED = Input.UNANSWERED
+_E_BACK_OFF_A = Effect.BACK_OFF_A
+_E_BACK_OFF_E = Effect.BACK_OFF_E
+_E_BACK_OFF_G = Effect.BACK_OFF_G
+_E_E_AT_T2 = Effect.E_AT_T2
+_E_GIVE_UP = Effect.GIVE_UP
+_E_PASS_ACK = Effect.PASS_ACK
+_E_PASS_RESPONSE = Effect.PASS_RESPONSE
+_E_REPORT_TIMEOUT = Effect.REPORT_TIMEOUT
+_E_REPORT_TRANSPORT_ERROR = Effect.REPORT_TRANSPORT_ERROR
+_E_REPORT_UNANSWERED = Effect.REPORT_UNANSWERED
+_E_RESEND_ACK = Effect.RESEND_ACK
+_E_RESEND_REQUEST = Effect.RESEND_REQUEST
+_E_RESEND_RESPONSE = Effect.RESEND_RESPONSE
+_E_SEND_ACK = Effect.SEND_ACK
+_E_SEND_RESPONSE = Effect.SEND_RESPONSE
+
 _Table = Mapping[tuple[State, Input], tuple[State, tuple[Effect, ...]]]
 
 S, I, E = State, Input, Effect  # noqa: E741 - short names keep the tables readable
@@ -692,7 +745,7 @@ class Transaction:
 
     @property
     def terminated(self) -> bool:
-        return self.state is State.TERMINATED
+        return self.state is _S_TERMINATED
 
     @property
     def running_timers(self) -> frozenset[Input]:
@@ -719,7 +772,7 @@ class Transaction:
 
     def transport_error(self, *, now: float) -> list[Output]:
         """The transport failed to send one of this transaction's messages."""
-        return self.process_input(Input.TRANSPORT_ERROR, now=now)
+        return self.process_input(_I_TRANSPORT_ERROR, now=now)
 
     def process_input(
         self, event: Input, *, now: float, message: Request | Response | None = None
@@ -771,7 +824,7 @@ class Transaction:
 
     def _protocol_error(self, event: Input, now: float) -> NoReturn:
         previous = self.state
-        self._enter(State.TERMINATED, now, [])
+        self._enter(_S_TERMINATED, now, [])
         raise TransactionStateError(f"{event.value} not allowed in {previous.value}")
 
     def _enter(self, state: State, now: float, out: list[Output]) -> None:
@@ -786,7 +839,7 @@ class Transaction:
             self._zero_timers = tuple(t for t in self._zero_timers if t in allowed)
         if self._intervals and not allowed & _RETRANSMIT_TIMERS:
             self._intervals = {}
-        if state is State.TERMINATED:
+        if state is _S_TERMINATED:
             out.append(TransactionTerminated(self))
             return
         self._start_timers(now)
@@ -811,9 +864,9 @@ class Transaction:
         now: float,
         out: list[Output],
     ) -> None:
-        if effect is Effect.REPORT_TIMEOUT:
+        if effect is _E_REPORT_TIMEOUT:
             out.append(TransactionTimeout(self, event.name.removeprefix("TIMER_")))
-        elif effect is Effect.REPORT_TRANSPORT_ERROR:
+        elif effect is _E_REPORT_TRANSPORT_ERROR:
             out.append(TransportFailed(self))
         else:  # pragma: no cover - every table effect is handled by a subclass
             raise AssertionError(f"unhandled effect {effect}")
@@ -880,25 +933,25 @@ class ClientTransaction(Transaction):
         out: list[Output],
     ) -> None:
         t = self.timers
-        if effect is Effect.RESEND_REQUEST:
+        if effect is _E_RESEND_REQUEST:
             assert self.request is not None  # only Calling, Trying and Proceeding re-send it
             out.append(SendRequest(self, self.request, retransmission=True))
-        elif effect is Effect.BACK_OFF_A:
-            self._back_off(Input.TIMER_A, self._intervals[Input.TIMER_A] * 2, now)
-        elif effect is Effect.BACK_OFF_E:
-            self._back_off(Input.TIMER_E, min(self._intervals[Input.TIMER_E] * 2, t.t2), now)
-        elif effect is Effect.E_AT_T2:
-            self._back_off(Input.TIMER_E, t.t2, now)
-        elif effect is Effect.SEND_ACK:
+        elif effect is _E_BACK_OFF_A:
+            self._back_off(_I_TIMER_A, self._intervals[_I_TIMER_A] * 2, now)
+        elif effect is _E_BACK_OFF_E:
+            self._back_off(_I_TIMER_E, min(self._intervals[_I_TIMER_E] * 2, t.t2), now)
+        elif effect is _E_E_AT_T2:
+            self._back_off(_I_TIMER_E, t.t2, now)
+        elif effect is _E_SEND_ACK:
             assert self.request is not None  # leaving Calling or Proceeding, or Given up
             ack = build_ack(self.request, _response(message))
             # Given up ACKs each copy of a late non-2xx: the same ACK again is a retransmission.
             out.append(SendRequest(self, ack, retransmission=ack == self._ack))
             self._ack = ack
-        elif effect is Effect.RESEND_ACK:
+        elif effect is _E_RESEND_ACK:
             assert self._ack is not None
             out.append(SendRequest(self, self._ack, retransmission=True))
-        elif effect is Effect.PASS_RESPONSE:
+        elif effect is _E_PASS_RESPONSE:
             out.append(ResponseReceived(self, _response(message)))
         else:
             super()._apply(effect, event, message, now, out)
@@ -921,13 +974,13 @@ class ClientInviteTransaction(ClientTransaction):
 
     def _entry_timers(self, state: State) -> list[tuple[Input, float]]:
         t = self.timers
-        if state is State.CALLING:
-            timers = [(Input.TIMER_B, t.timeout)]
-            return timers if self.reliable else [(Input.TIMER_A, t.t1), *timers]
-        if state is State.COMPLETED:
-            return [(Input.TIMER_D, self._wait(t.timer_d))]
-        if state is State.ACCEPTED or state is State.GIVEN_UP:
-            return [(Input.TIMER_M, t.timeout)]
+        if state is _S_CALLING:
+            timers = [(_I_TIMER_B, t.timeout)]
+            return timers if self.reliable else [(_I_TIMER_A, t.t1), *timers]
+        if state is _S_COMPLETED:
+            return [(_I_TIMER_D, self._wait(t.timer_d))]
+        if state is _S_ACCEPTED or state is _S_GIVEN_UP:
+            return [(_I_TIMER_M, t.timeout)]
         return []
 
     @property
@@ -936,12 +989,12 @@ class ClientInviteTransaction(ClientTransaction):
         timeout, and a 2xx coming now is a session nobody holds. The request is kept until
         Timer M (Given up is no wait state): the TU's 408 (RFC 3261 §8.1.3.1) and the ACK of a
         late non-2xx (§17.1.1.3) are built from it."""
-        return self.state is State.GIVEN_UP
+        return self.state is _S_GIVEN_UP
 
     @property
     def cancelled(self) -> bool:
         """A CANCEL was sent for it while in Proceeding (:meth:`cancel_sent`)."""
-        return _NAME_OF_TIMER[Input.TIMER_CANCEL] in self._deadlines
+        return _NAME_OF_TIMER[_I_TIMER_CANCEL] in self._deadlines
 
     def cancel_sent(self, *, now: float) -> None:
         """The TU sent a CANCEL for this INVITE. RFC 3261 §9.1: if no final response comes
@@ -951,11 +1004,8 @@ class ClientInviteTransaction(ClientTransaction):
         ignores the CANCEL keeps the transaction, and its request, for ever: Proceeding has no
         timer of its own. Outside Proceeding there is nothing to bound (Calling has Timer B;
         the final response has come otherwise)."""
-        if (
-            self.state is State.PROCEEDING
-            and _NAME_OF_TIMER[Input.TIMER_CANCEL] not in self._deadlines
-        ):
-            self._arm(Input.TIMER_CANCEL, self.timers.timeout, now)
+        if self.state is _S_PROCEEDING and _NAME_OF_TIMER[_I_TIMER_CANCEL] not in self._deadlines:
+            self._arm(_I_TIMER_CANCEL, self.timers.timeout, now)
 
 
 class ClientNonInviteTransaction(ClientTransaction):
@@ -973,11 +1023,11 @@ class ClientNonInviteTransaction(ClientTransaction):
 
     def _entry_timers(self, state: State) -> list[tuple[Input, float]]:
         t = self.timers
-        if state is State.TRYING:
-            timers = [(Input.TIMER_F, t.timeout)]
-            return timers if self.reliable else [(Input.TIMER_E, t.t1), *timers]
-        if state is State.COMPLETED:
-            return [(Input.TIMER_K, self._wait(t.t4))]
+        if state is _S_TRYING:
+            timers = [(_I_TIMER_F, t.timeout)]
+            return timers if self.reliable else [(_I_TIMER_E, t.t1), *timers]
+        if state is _S_COMPLETED:
+            return [(_I_TIMER_K, self._wait(t.t4))]
         return []  # Proceeding keeps E and F running
 
 
@@ -1035,8 +1085,8 @@ class ServerTransaction(Transaction):
     def receive_request(self, request: Request, *, now: float) -> list[Output]:
         """A retransmission of the request, or (INVITE) its ACK, matched by :func:`server_key`."""
         if request.method == "ACK":
-            return self.process_input(Input.ACK, now=now, message=request)
-        return self.process_input(Input.REQUEST, now=now, message=request)
+            return self.process_input(_I_ACK, now=now, message=request)
+        return self.process_input(_I_REQUEST, now=now, message=request)
 
     def send_response(self, response: Response, *, now: float) -> list[Output]:
         """The TU's response to the request (built with ``message.make_response``)."""
@@ -1065,27 +1115,27 @@ class ServerTransaction(Transaction):
         now: float,
         out: list[Output],
     ) -> None:
-        if effect is Effect.SEND_RESPONSE:
+        if effect is _E_SEND_RESPONSE:
             response = _response(message)
             if response.status >= 200 and self.final_status is None:
                 self.final_status = response.status
                 if self.key[KEY_LEGACY] is not None:
                     self._final_to_tag = response.to.tag
-            if self.state is not State.ACCEPTED:
+            if self.state is not _S_ACCEPTED:
                 self._last_response = response
             out.append(SendResponse(self, response))
-        elif effect is Effect.RESEND_RESPONSE:
+        elif effect is _E_RESEND_RESPONSE:
             if self._last_response is not None:
                 out.append(SendResponse(self, self._last_response, retransmission=True))
-        elif effect is Effect.BACK_OFF_G:
-            interval = min(self._intervals[Input.TIMER_G] * 2, self.timers.t2)
-            self._back_off(Input.TIMER_G, interval, now)
-        elif effect is Effect.PASS_ACK:
+        elif effect is _E_BACK_OFF_G:
+            interval = min(self._intervals[_I_TIMER_G] * 2, self.timers.t2)
+            self._back_off(_I_TIMER_G, interval, now)
+        elif effect is _E_PASS_ACK:
             out.append(AckReceived(self, _request(message)))
-        elif effect is Effect.REPORT_UNANSWERED:
+        elif effect is _E_REPORT_UNANSWERED:
             self.unanswered = True
             out.append(TransactionUnanswered(self))
-        elif effect is Effect.GIVE_UP:
+        elif effect is _E_GIVE_UP:
             self.unanswered = True  # a response passed down later is discarded as above
         else:
             super()._apply(effect, event, message, now, out)
@@ -1129,13 +1179,13 @@ class ServerInviteTransaction(ServerTransaction):
 
     def _entry_timers(self, state: State) -> list[tuple[Input, float]]:
         t = self.timers
-        if state is State.COMPLETED:
-            timers = [(Input.TIMER_H, t.timeout)]
-            return timers if self.reliable else [(Input.TIMER_G, t.t1), *timers]
-        if state is State.CONFIRMED:
-            return [(Input.TIMER_I, self._wait(t.t4))]
-        if state is State.ACCEPTED:
-            return [(Input.TIMER_L, t.timeout)]
+        if state is _S_COMPLETED:
+            timers = [(_I_TIMER_H, t.timeout)]
+            return timers if self.reliable else [(_I_TIMER_G, t.t1), *timers]
+        if state is _S_CONFIRMED:
+            return [(_I_TIMER_I, self._wait(t.t4))]
+        if state is _S_ACCEPTED:
+            return [(_I_TIMER_L, t.timeout)]
         return []
 
 
@@ -1149,8 +1199,8 @@ class ServerNonInviteTransaction(ServerTransaction):
     STATE_TIMERS = {State.COMPLETED: frozenset({Input.TIMER_J})}
 
     def _entry_timers(self, state: State) -> list[tuple[Input, float]]:
-        if state is State.COMPLETED:
-            return [(Input.TIMER_J, self._wait(self.timers.timeout))]
+        if state is _S_COMPLETED:
+            return [(_I_TIMER_J, self._wait(self.timers.timeout))]
         return []
 
 
@@ -1163,21 +1213,21 @@ def trying(request: Request) -> Response:
 
 def _received(status: int) -> Input:
     if 100 <= status <= 199:
-        return Input.RESPONSE_1XX
+        return _I_RESPONSE_1XX
     if 200 <= status <= 299:
-        return Input.RESPONSE_2XX
+        return _I_RESPONSE_2XX
     if 300 <= status <= 699:
-        return Input.RESPONSE_3XX_6XX
+        return _I_RESPONSE_3XX_6XX
     raise LocalSipError("status code out of range")
 
 
 def _sent(status: int) -> Input:
     if 100 <= status <= 199:
-        return Input.SEND_1XX
+        return _I_SEND_1XX
     if 200 <= status <= 299:
-        return Input.SEND_2XX
+        return _I_SEND_2XX
     if 300 <= status <= 699:
-        return Input.SEND_3XX_6XX
+        return _I_SEND_3XX_6XX
     raise LocalSipError("status code out of range")
 
 
@@ -1317,7 +1367,7 @@ class TransactionTable:
         terminated only, not as unanswered (nothing is wrong with the TU)."""
         self._unanswered.pop(transaction, None)
         return self._run(
-            transaction, functools.partial(transaction.process_input, Input.GIVEN_UP, now=now)
+            transaction, functools.partial(transaction.process_input, _I_GIVEN_UP, now=now)
         )
 
     def transport_error(self, transaction: Transaction, *, now: float) -> list[Output]:
@@ -1440,9 +1490,7 @@ class TransactionTable:
             if bound > now:
                 break
             del unanswered[txn]
-            outputs += self._run(
-                txn, functools.partial(txn.process_input, Input.UNANSWERED, now=now)
-            )
+            outputs += self._run(txn, functools.partial(txn.process_input, _I_UNANSWERED, now=now))
         return outputs
 
     # -- bookkeeping --

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.core.sip import transaction
 from gateway.core.sip.message import Request, Response
 from gateway.core.sip.transaction import (
     ClientInviteTransaction,
@@ -266,3 +267,13 @@ def test_random_sequences_keep_the_contract(
         assert isinstance(txn, ServerInviteTransaction | ServerNonInviteTransaction) or (
             isinstance(txn, ClientInviteTransaction) and txn.state is State.PROCEEDING
         )
+
+
+def test_the_members_read_at_run_time_are_the_enums_members() -> None:
+    # transaction.py reads its states, inputs and effects through module names (session 44):
+    # each must be the member it is named after, or a transition would take another's branch.
+    names = [name for name in vars(transaction) if name[:3] in ("_S_", "_I_", "_E_")]
+    assert len(names) >= 40
+    enums = {"_S_": transaction.State, "_I_": transaction.Input, "_E_": transaction.Effect}
+    for name in names:
+        assert getattr(transaction, name) is enums[name[:3]][name[3:]], name
