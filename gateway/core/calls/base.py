@@ -984,7 +984,8 @@ class CallBase:
         leg = self._leg(side)
         what = what or f"{method} to the {side.value.upper()} leg"
         reason = f"{what} answered {response.status} {response.reason}"
-        lost = dialog_lost(method, response.status)
+        strict = self.config.sip.in_dialog_failures == "strict"
+        lost = dialog_lost(method, response.status, strict=strict)
         transfer = self._transfer
         if transfer is not None and transfer.transferor is leg:
             if lost and leg.dialog is not None:
