@@ -936,11 +936,27 @@ class CallBase:
             await self._bye(self.b, reason, cause=cause)
         raise CallEnded(reason)
 
+    def _strict_failures(self) -> bool:
+        """Whether this call reads failed in-dialog requests by RFC 5057 §5.1's whole table
+        (``[sip] in_dialog_failures = "strict"``). Never an emergency call (to one of
+        ``[numbering] emergency_numbers``, or a PSAP's callback), which a drain or a revoked
+        certificate does not cut either (gateway.py ``_is_emergency``): an emergency network's
+        404 or 502 to the caller's location update (an ESRP whose location server failed)
+        must not end it; a 481 or 408, the dialog gone (RFC 3261 §12.2.1.2), still does. Asked
+        only when a request failed."""
+        if self.config.sip.in_dialog_failures != "strict":
+            return False
+        invite = self.a.invite
+        emergency = invite is not None and (
+            self.psap_callback or self.manager.calls_emergency_number(invite)
+        )
+        return not emergency
+
     def _ends_session(self, method: str, status: int) -> bool:
         """Whether ``status`` to our in-dialog ``method`` ends the call: ``ends_session``, read
-        strictly (RFC 5057 §5.1's whole table) when ``[sip] in_dialog_failures`` says so."""
-        strict = self.config.sip.in_dialog_failures == "strict"
-        return ends_session(method, status, strict=strict)
+        strictly (RFC 5057 §5.1's whole table) when ``[sip] in_dialog_failures`` says so
+        (:meth:`_strict_failures`)."""
+        return ends_session(method, status, strict=self._strict_failures())
 
     def _lost_answer(
         self,
@@ -984,7 +1000,7 @@ class CallBase:
         leg = self._leg(side)
         what = what or f"{method} to the {side.value.upper()} leg"
         reason = f"{what} answered {response.status} {response.reason}"
-        lost = dialog_lost(method, response.status)
+        lost = dialog_lost(method, response.status, strict=self._strict_failures())
         transfer = self._transfer
         if transfer is not None and transfer.transferor is leg:
             if lost and leg.dialog is not None:

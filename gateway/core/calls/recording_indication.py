@@ -39,8 +39,9 @@ RFC 3264 §4): that exchange's own SDP to an aware party carries the indication 
 Its failure is a notice's: RFC 3261 §14.1, a refusal (488, 500, 501 ...) leaves the session as
 it was and the call goes on (logged at INFO; the same state is not offered again, the next
 change is); 491 (the party's re-INVITE crossed ours) goes again after §14.1's wait, at most
-:data:`INDICATION_GLARE_RETRIES` times; 408 or 481 end the call as for any re-INVITE whose dialog
-is gone (``CallBase._session_lost``); no final response in 64*T1 after a provisional one: CANCEL
+:data:`INDICATION_GLARE_RETRIES` times; 408 or 481 (with ``[sip] in_dialog_failures = "strict"``
+RFC 5057 §5.1's other endings too) end the call as for any re-INVITE whose dialog is gone
+(``CallBase._session_lost``); no final response in 64*T1 after a provisional one: CANCEL
 (§9.1). While ours is out, an offer from either leg gets 491 (§14.2).
 
 ``a=recordpref`` (§7.2: on, off, pause, nopreference) a party sends is a preference: the SRC

@@ -576,7 +576,8 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
     async def _transferee_answered(self, tag: InDialogRequest, response: Response) -> None:
         """The transferee's final response to the re-INVITE with the target's offer: a 2xx
         completes the transfer (its answer goes to the target in our ACK); a refusal fails
-        it and the call goes on as before (408 or 481: the transferee is gone, it ends)."""
+        it and the call goes on as before (408 or 481, more with ``[sip] in_dialog_failures =
+        "strict"``: the transferee is gone, the call ends, :meth:`_session_lost`)."""
         transfer = self._transfer
         if transfer is None or transfer.reinvite is not tag:
             await self._resend_reinvite_ack(tag.side, response)
@@ -594,10 +595,12 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
             if response.status == 491 and self._again_after_glare(transfer, "transfer", transferee):
                 return
             await self._end_transfer(response.status, response.reason)
-            if self._ends_session("INVITE", response.status):
-                await self._hang_up(
-                    f"re-INVITE to the {side} leg answered {response.status} {response.reason}"
-                )
+            # The transferee's session is gone (481, 408; RFC 5057 §5.1's other endings with
+            # in_dialog_failures = "strict"): the call ends as after any in-dialog request so
+            # answered, with the status as the BYE's cause and no BYE into a dialog the
+            # transferee said it no longer has (_session_lost).
+            what = f"re-INVITE to the {side} leg"
+            await self._session_lost(tag.side, "INVITE", response, what=what)
             return
         assert transferee.dialog is not None and transferee.security is not None
         assert leg.security is not None and leg.dialog is not None and leg.final is not None

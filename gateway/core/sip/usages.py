@@ -45,7 +45,8 @@ anything that must know what a peer has given up.
 that leniency, for networks whose agents send its statuses only when they mean them: every
 ``USAGE`` or ``DIALOG`` outcome of a request of the invite usage ends the call, and so does 483
 (§5.1: "if the request isn't retried with an increased Max-Forwards", which the gateway never
-does, the dialog is destroyed).
+does, the dialog is destroyed, as for 482: :func:`dialog_lost` then counts it, and the peer that
+answered gets no BYE along a route that ran out of hops).
 """
 
 from __future__ import annotations
@@ -104,8 +105,13 @@ def ends_session(method: str, status: int, *, strict: bool = False) -> bool:
     return strict and (status == 483 or response_effect(method, status) is not Effect.TRANSACTION)
 
 
-def dialog_lost(method: str, status: int) -> bool:
+def dialog_lost(method: str, status: int, *, strict: bool = False) -> bool:
     """Whether the peer that answered ``status`` holds no dialog a BYE could end: it said so
     (481), or the dialog's target or route is broken (``DIALOG``). A 408, a timeout or a 480
-    leave a peer that may still be there: it gets the BYE (RFC 3261 §15)."""
+    leave a peer that may still be there: it gets the BYE (RFC 3261 §15). ``strict``: a 483
+    too, which ends the call only then (:func:`ends_session`): §5.1 destroys the dialog as for
+    482 when the request is not retried with a larger Max-Forwards, and a BYE along the same
+    route would run out of hops the same way."""
+    if strict and status == 483:
+        return True
     return status == 481 or response_effect(method, status) is Effect.DIALOG

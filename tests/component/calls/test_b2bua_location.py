@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from gateway.core.sdp.body import sdp_of
@@ -556,15 +557,16 @@ async def test_strict_a_location_update_answered_404_ends_the_call_with_the_erro
     """``[sip] in_dialog_failures = "strict"``: our location UPDATE answered 404 (RFC 5057 §5.1:
     the trunk's dialog is broken) ends the call; the caller's UPDATE gets 500 with the trunk's
     Geolocation-Error, then a BYE; the trunk none (its dialog is gone). Lenient, the 404 goes
-    back to the caller as it is and the call goes on."""
+    back to the caller as it is and the call goes on. (A call that is not an emergency call:
+    the trunk takes every caller's location; an emergency call keeps the lenient reading.)"""
     env = await start_b2bua(
         nursery,
         tmp_path,
         voipgw_seed,
-        carrier={"prefixes": ["+1", "112"]},
+        carrier={"prefixes": ["+1", "112"], "location": "all"},
         sip={"in_dialog_failures": "strict"},
     )
-    call = await located_call(env, "112")
+    call = await located_call(env, "+15551234567")
     error = '100 ;code="Cannot Process Location"'
     trunk_answers(env, "UPDATE", 404, error)
     lost = await update(call, MOVED_ONLY, BY_VALUE)
@@ -575,6 +577,41 @@ async def test_strict_a_location_update_answered_404_ends_the_call_with_the_erro
     assert "cause=404" in (bye.request.headers.get("Reason") or "")
     await eventually(lambda: env.calls == 0)
     assert not env.trunk.requests("BYE")
+
+
+@pytest.mark.parametrize(("method", "status"), [("UPDATE", 404), ("UPDATE", 502), ("INVITE", 480)])
+async def test_strict_never_ends_an_emergency_call_for_more_than_a_gone_dialog(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    method: str,
+    status: int,
+) -> None:
+    """An emergency call is read leniently whatever ``[sip] in_dialog_failures`` says, as a
+    drain or a revoked certificate does not cut one: an emergency network's 404, 502 or 480 to
+    the caller's location update (an ESRP whose location server failed) goes back to the
+    caller with its Geolocation-Error and the call goes on; only a 481 or 408 (the trunk's
+    dialog gone, RFC 3261 §12.2.1.2) still ends it."""
+    env = await start_b2bua(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        carrier={"prefixes": ["+1", "112"]},
+        sip={"in_dialog_failures": "strict"},
+    )
+    call = await located_call(env, "112")
+    error = '100 ;code="Cannot Process Location"'
+    trunk_answers(env, method, status, error, once=True)
+    if method == "UPDATE":
+        refused = await update(call, MOVED_ONLY, BY_VALUE)
+    else:
+        refused = await moves(env, call)
+    assert refused.status == status and refused.headers.get("Geolocation-Error") == error
+    await trio.sleep(5)
+    assert env.calls == 1 and not env.alice.requests("BYE") and not env.trunk.requests("BYE")
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
 
 
 async def test_lenient_a_location_update_answered_404_goes_back_and_the_call_goes_on(

@@ -49,6 +49,7 @@ from tests.component.calls.b2bua_env import (
     start_b2bua,
 )
 from tests.component.calls.b2bua_scenarios import ALICE2, second_phone
+from tests.component.calls.reinvite_answers import alice_answers_reinvites
 
 # -- basic calls --------------------------------------------------------------------------------
 
@@ -278,6 +279,48 @@ async def test_a_200_never_acked_ends_the_call_after_64_t1(
     bye = await next_within(env.alice, "BYE", 64 * T1 + 5)
     assert bye is not None, "the call was not ended"
     assert 64 * T1 <= bye.at - answered_at < 64 * T1 + 1
+    assert "no ACK from A leg" in (bye.request.headers.get("Reason") or "")
+    await eventually(lambda: env.calls == 0, timeout=40)
+    warned = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "gateway.core.calls.call" and r.levelno == logging.WARNING
+    ]
+    assert warned == [
+        f"call {call.call_id}: no ACK from the A leg for our 2xx within 32 s (64*T1, RFC 3261 "
+        "§13.3.1.4): ending the call"
+    ]
+
+
+async def test_a_reinvites_200_never_acked_ends_the_call_with_the_same_warning(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # RFC 3261 §14.2: a UAS whose 2xx to a re-INVITE never gets its ACK SHOULD end the dialog
+    # with a BYE (§13.3.1.4's 64*T1); docs/operations.md's no-ack-2xx names it as for the
+    # INVITE's. The trunk's ACKs are lost from alice's 200 to its hold on.
+    caplog.set_level(logging.INFO, "gateway.core.calls.call")
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    call, _ = await answered_call(env)
+    answered_at: list[float] = []
+
+    async def answer_and_lose_the_acks(received: Received) -> None:
+        env.network.set_link(TRUNK, GW, drop=1.0)
+        answered_at.append(trio.current_time())
+        body = env.alice.answer_sdp(received.request.body)
+        await env.alice.respond(received, 200, body=body)
+
+    alice_answers_reinvites(env, answer_and_lose_the_acks)
+    hold = await call.request(
+        "INVITE", body=env.trunk.offer_sdp(direction="sendonly"), content_type=SDP
+    )
+    assert (await hold.final(timeout=5)).status == 200
+    bye = await next_within(env.trunk, "BYE", 64 * T1 + 5)
+    assert bye is not None, "the call was not ended"
+    assert 64 * T1 <= bye.at - answered_at[0] < 64 * T1 + 1
     assert "no ACK from A leg" in (bye.request.headers.get("Reason") or "")
     await eventually(lambda: env.calls == 0, timeout=40)
     warned = [

@@ -458,6 +458,47 @@ async def test_a_transferee_answering_404_fails_the_transfer_and_strict_ends_the
     await eventually(lambda: env.calls == 0)
 
 
+@pytest.mark.parametrize(("failures", "status"), [("lenient", 481), ("strict", 404)])
+async def test_a_transferee_whose_dialog_is_gone_gets_no_bye_and_the_caller_hears_why(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    failures: str,
+    status: int,
+) -> None:
+    """The transferee answers our re-INVITE towards the target with a status that says its
+    dialog is gone (481; 404 read strictly, RFC 5057 §5.1): the call ends as for any other
+    in-dialog request so answered (CallBase._session_lost): no BYE into the transferee's dialog,
+    which could only fail the same way; alice's BYE gives that status as its cause (RFC 3326),
+    not 200; the record says the dialog is gone."""
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, sip={"in_dialog_failures": failures})
+    bob = await bob_phone(env, nursery, voipgw_seed)
+    _, alice_leg = await answered_call(env)
+
+    async def refuse_reinvite(received: object) -> bool:
+        request = received.request  # type: ignore[attr-defined]
+        if request.method != "INVITE":
+            return False
+        await env.trunk.respond(received, status)  # type: ignore[arg-type]
+        return True
+
+    env.trunk.in_dialog = refuse_reinvite
+    assert await refer(alice_leg, BOB_URI) == 202
+    await bob.next_request("BYE")
+    bye = await env.alice.next_request("BYE", timeout=5)
+    assert f"SIP;cause={status};" in (bye.request.headers.get("Reason") or "")
+    await eventually(lambda: env.calls == 0)
+    store = env.gateway.store
+    await eventually(lambda: [r.ended_at for r in store.call_records_recent()] != [None])
+    [record] = store.call_records_recent()
+    assert record.end_reason is not None
+    assert record.end_reason.startswith(f"re-INVITE to the A leg answered {status} ")
+    assert record.end_reason.endswith(": its dialog is gone")
+    await trio.sleep(5)
+    assert env.trunk.requests("BYE") == []
+
+
 async def test_a_transferee_whose_own_reinvite_crossed_ours_is_reinvited_again(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:

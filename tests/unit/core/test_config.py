@@ -204,3 +204,18 @@ def test_auth_block_time_defaults_to_no_ban(
     for text, seconds in (("0", 0.0), ("600", 600.0), ("86400", 86400.0), ("0.5", 0.5)):
         config = cfg.from_toml(write(tmp_path, f"[gateway]\nauth_block_time = {text}\n"))
         assert config.gateway.auth_block_time == seconds
+
+
+@pytest.mark.parametrize("value", ["Strict", "strict ", "rfc5057", 1, True])
+def test_in_dialog_failures_takes_lenient_or_strict_only_and_names_its_key(value: object) -> None:
+    """``[sip] in_dialog_failures``: a bad value is refused naming the file, table and key (a
+    typo must not leave the operator believing RFC 5057's table is applied); default lenient."""
+    assert cfg.from_mapping({}).sip.in_dialog_failures == "lenient"
+    assert cfg.from_mapping({"sip": {"in_dialog_failures": "strict"}}).sip.in_dialog_failures == (
+        "strict"
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"^f\.toml: \[sip\] in_dialog_failures: expected one of 'lenient', 'strict', got ",
+    ):
+        cfg.from_mapping({"sip": {"in_dialog_failures": value}}, file="f.toml")

@@ -116,6 +116,17 @@ def test_strict_keeps_the_call_on_transaction_failures(method: str, status: int)
     assert not ends_session(method, status, strict=True)
 
 
+def test_strict_reads_483_as_a_broken_route() -> None:
+    """§5.1: 483 destroys the dialog as 482 does when the request is not retried with a larger
+    Max-Forwards (the gateway never retries): read strictly, the peer that answered it gets no
+    BYE along the same route, which would run out of hops the same way; lenient, a 483 ends
+    nothing and the table keeps it a transaction failure."""
+    assert dialog_lost("INVITE", 483, strict=True)
+    assert dialog_lost("INFO", 483, strict=True)
+    assert not dialog_lost("INVITE", 483)
+    assert not dialog_lost("INVITE", 480, strict=True)  # the peer may be there: it gets a BYE
+
+
 @pytest.mark.parametrize("method", ["NOTIFY", "REFER", "SUBSCRIBE"])
 def test_strict_leaves_subscriptions_alone(method: str) -> None:
     assert not any(ends_session(method, s, strict=True) for s in (404, 481, 483, 502, 604))
