@@ -478,7 +478,7 @@ def test_call_id_index_false_leaves_an_index_already_there_alone_and_says_so(
         f'call_id_index = false: the index {CALL_ID_INDEX} on call_id COLLATE "C" is there and'
         " left alone"
         in line
-        and f"DROP INDEX CONCURRENTLY {CALL_ID_INDEX}" in line
+        and f"DROP INDEX CONCURRENTLY public.{CALL_ID_INDEX}" in line
         for line in infos
     ), infos
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
@@ -497,7 +497,7 @@ def test_call_id_index_false_leaves_an_index_already_there_alone_and_says_so(
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1, warnings
     assert f'the index {CALL_ID_INDEX} on call_id COLLATE "C" is there invalid' in warnings[0]
-    assert f"DROP INDEX CONCURRENTLY {CALL_ID_INDEX}" in warnings[0]
+    assert f"DROP INDEX CONCURRENTLY public.{CALL_ID_INDEX}" in warnings[0]
 
 
 @pytest.mark.parametrize("where", ["inline", "background", "migrate-store"])
@@ -868,3 +868,171 @@ def test_an_invalid_call_id_index_is_dropped_on_call_records_whatever_the_search
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warnings) == 1, warnings
         assert "which answers in its place: dropped" in warnings[0]
+
+
+def _decoys(cluster: Cluster, database: str, *, valid: bool) -> None:
+    """A schema aaa, first on the search_path of the DSNs below, with an index of each of our
+    names on a table of its own, ``valid`` or not: what ``options=-c search_path=...`` may put
+    before call_records' schema (session 44)."""
+    for statement in (
+        f"CREATE SCHEMA aaa AUTHORIZATION {STORE_USER}",
+        "CREATE TABLE aaa.notes (call_id text, ended_at float8)",
+        f"ALTER TABLE aaa.notes OWNER TO {STORE_USER}",
+        f"CREATE INDEX {CALL_ID_INDEX} ON aaa.notes (call_id)",
+        f"CREATE INDEX {RETENTION_INDEX} ON aaa.notes (ended_at)",
+    ):
+        cluster.admin(statement, database)
+    if not valid:
+        cluster.admin(
+            "UPDATE pg_index SET indisvalid = false WHERE indexrelid IN"
+            f" ('aaa.{CALL_ID_INDEX}'::regclass, 'aaa.{RETENTION_INDEX}'::regclass)",
+            database,
+        )
+
+
+def _states(cluster: Cluster, database: str, name: str) -> list[tuple[object, ...]]:
+    """(schema, valid) of each index named ``name``, by schema."""
+    return cluster.admin(
+        "SELECT n.nspname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid ="
+        " i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+        f" WHERE c.relname = '{name}' ORDER BY n.nspname",
+        database,
+    )
+
+
+@pytest.mark.parametrize("ours", ["invalid", "valid"])
+def test_the_retention_index_is_looked_at_in_call_records_schema_whatever_the_search_path(
+    postgres_cluster: Cluster,
+    postgres_database: str,
+    opened: list[PostgresStore],
+    ours: str,
+) -> None:
+    """The retention index was asked of the catalogue by its bare name (to_regclass), which
+    finds the first of that name along the search_path: with ``search_path=aaa,public`` and
+    an index of that name in aaa, ours left invalid was taken for built (aaa's valid: never
+    built again, every delete then reading the whole table), and ours valid taken for an
+    interrupted build (aaa's invalid: aaa's dropped, by the bare name, and ours kept)."""
+    PostgresStore.open(postgres_cluster.dsn(postgres_database), listen=False).close()
+    if ours == "invalid":
+        _invalidate(postgres_cluster, postgres_database, RETENTION_INDEX)
+    _decoys(postgres_cluster, postgres_database, valid=ours == "invalid")
+    dsn = postgres_cluster.dsn(postgres_database) + " options='-c search_path=aaa,public'"
+    store = PostgresStore.open(dsn, listen=False)
+    opened.append(store)
+    assert store.missing_indexes() == []
+    decoy = ours == "invalid"
+    assert _states(postgres_cluster, postgres_database, RETENTION_INDEX) == [
+        ("aaa", decoy),  # left as it was
+        ("public", True),  # built again, or left
+    ]
+
+
+def test_call_id_index_false_names_every_valid_index_with_the_statement_to_paste(
+    postgres_cluster: Cluster,
+    shifted_database: str,
+    opened: list[PostgresStore],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With the key false, each valid index on call_id COLLATE "C" is named (only the first
+    was), and each DROP INDEX given qualified with call_records' schema and quoted, as psql,
+    whose search_path is not the node's, takes it: the bare name, pasted, dropped aaa's."""
+    PostgresStore.open(postgres_cluster.dsn(shifted_database), listen=False).close()
+    postgres_cluster.admin(
+        'CREATE INDEX "Ops C" ON call_records ((call_id COLLATE "C"))', shifted_database
+    )
+    _decoys(postgres_cluster, shifted_database, valid=True)
+    caplog.set_level(logging.INFO, logger=pg_module.__name__)
+    dsn = postgres_cluster.dsn(shifted_database) + " options='-c search_path=aaa,public'"
+    opened.append(PostgresStore.open(dsn, node="node", call_id_index=False))
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if "left alone" in r.getMessage()]
+    assert [level for level, _ in said] == [logging.INFO, logging.INFO], said
+    assert 'the index Ops C on call_id COLLATE "C" is there and left alone' in said[0][1]
+    assert 'DROP INDEX CONCURRENTLY public."Ops C" drops it' in said[0][1]
+    assert f"the index {CALL_ID_INDEX} on call_id" in said[1][1]
+    assert f"DROP INDEX CONCURRENTLY public.{CALL_ID_INDEX} drops it" in said[1][1]
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+@pytest.mark.parametrize("who", ["the node's role", "another role"])
+def test_call_id_index_false_says_a_build_by_hand_in_progress_is_being_built(
+    postgres_cluster: Cluster,
+    shifted_database: str,
+    opened: list[PostgresStore],
+    caplog: pytest.LogCaptureFixture,
+    who: str,
+) -> None:
+    """The index of an operator's CREATE INDEX CONCURRENTLY in progress is invalid until it
+    is done, as an interrupted build's is: it was warned of as one ("an interrupted build"),
+    with the DROP that would undo the operator's build; it is said being built, at INFO.
+    The node's own role's build is named by pg_stat_progress_create_index; another role's
+    (a superuser's here) is not shown it, and is told by the index not being ready yet."""
+    import psycopg
+
+    PostgresStore.open(postgres_cluster.dsn(shifted_database), listen=False).close()
+    postgres_cluster.admin(f"DROP INDEX {CALL_ID_INDEX}", shifted_database)
+    caplog.set_level(logging.INFO, logger=pg_module.__name__)
+    done: list[BaseException | None] = []
+
+    def by_hand() -> None:
+        try:
+            with psycopg.connect(as_whom) as hand:
+                hand.autocommit = True
+                hand.execute(pg_module._CREATE_CALL_ID_INDEX)
+            done.append(None)
+        except BaseException as exc:
+            done.append(exc)
+
+    own = postgres_cluster.dsn(shifted_database)
+    as_whom = own if who == "the node's role" else postgres_cluster.admin_dsn(shifted_database)
+    with psycopg.connect(postgres_cluster.admin_dsn(shifted_database)) as writer:
+        writer.execute("LOCK TABLE call_records IN ROW EXCLUSIVE MODE")  # holds the build
+        hand = threading.Thread(target=by_hand, daemon=True)
+        hand.start()
+        _wait_until(lambda: _building(postgres_cluster, shifted_database))
+        with psycopg.connect(own) as node_role:
+            shown = node_role.execute(
+                "SELECT index_relid IS NOT NULL FROM pg_stat_progress_create_index"
+            ).fetchall()
+        assert shown == [(who == "the node's role",)]  # what each path is for
+        store = PostgresStore.open(own, node="node", call_id_index=False)
+        opened.append(store)
+        writer.rollback()
+    hand.join(30)
+    assert done == [None]
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert any(
+        f'the index {CALL_ID_INDEX} on call_id COLLATE "C" is being built by another session'
+        " (CREATE INDEX CONCURRENTLY in progress) and left to it" in r.getMessage()
+        for r in caplog.records
+    ), caplog.text
+
+
+def test_a_role_that_may_not_drop_the_leftover_says_what_to_run_and_as_whom(
+    postgres_cluster: Cluster,
+    shifted_database: str,
+    opened: list[PostgresStore],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Ours invalid beside a valid hand-built one, and a node of a role that only reads and
+    writes: it may not drop the leftover, and says so once a start, with the statement (in
+    call_records' schema) and the role that may run it, the owner of call_records."""
+    PostgresStore.open(postgres_cluster.dsn(shifted_database), listen=False).close()
+    postgres_cluster.admin(
+        'CREATE INDEX ops_call_id_c ON call_records ((call_id COLLATE "C"))', shifted_database
+    )
+    _invalidate(postgres_cluster, shifted_database)
+    dsn = _read_write_role(postgres_cluster, shifted_database)
+    caplog.set_level(logging.INFO, logger=pg_module.__name__)
+    node = PostgresStore.open(dsn, node="node")
+    opened.append(node)
+    if node._builder is not None:
+        node._builder.join(30)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "this node's role may not drop it" in warnings[0]
+    assert (
+        f"run, as {STORE_USER}, the owner of call_records, outside a transaction:"
+        f" DROP INDEX CONCURRENTLY public.{CALL_ID_INDEX}"
+    ) in warnings[0]
+    assert postgres_cluster.password not in caplog.text
+    assert _index_state(postgres_cluster, shifted_database) == [False]

@@ -1959,19 +1959,22 @@ class PostgresStore:
             if self._ids_in_code_point_order:
                 return  # the UNIQUE index on call_id answers: nothing is left out
             indexes = _call_id_indexes(db)
+            building = _being_built(db) if any(not ok for _, ok in indexes) else set()
+            qualified = {name: _on_call_records(db, name) for name, _ in indexes}
+            owner = _call_records_owner(db)
         where = f"PostgreSQL {self._server.description}: [store] call_id_index = false"
-        valid = [name for name, ok in indexes if ok]
-        invalid = [name for name, ok in indexes if not ok]
-        if valid:
+        # Every valid one is named, each with the statement that drops it: the operator who
+        # built a second by hand (or kept ours beside one) pays every save's upkeep of both.
+        for name in [name for name, ok in indexes if ok]:
             log.info(
                 '%s: the index %s on call_id COLLATE "C" is there and left alone'
                 " (`voipgw calls --call-id` reads through it; every call record save keeps it"
                 " up: DROP INDEX CONCURRENTLY %s drops it)",
                 where,
-                valid[0],
-                valid[0],
+                name,
+                qualified[name],
             )
-        else:
+        if not any(ok for _, ok in indexes):
             log.info(
                 "%s: the index %s is not built: %s (seconds on millions of records;"
                 " docs/operations.md, 'Calls and log lines')",
@@ -1979,14 +1982,28 @@ class PostgresStore:
                 CALL_ID_INDEX,
                 _WITHOUT_CALL_ID_INDEX,
             )
-        for name in invalid:
+        for name in [name for name, ok in indexes if not ok]:
+            if name in building:
+                # An operator's CREATE INDEX CONCURRENTLY: invalid until it is done, not a
+                # leftover; said, not warned of (it is what the operator asked for).
+                log.info(
+                    '%s: the index %s on call_id COLLATE "C" is being built by another session'
+                    " (CREATE INDEX CONCURRENTLY in progress) and left to it",
+                    where,
+                    name,
+                )
+                continue
+            # Said at each start while it is there (no node drops it with the key false), so
+            # with what ends it: the statement, and the role that may run it.
             log.warning(
                 '%s: the index %s on call_id COLLATE "C" is there invalid (an interrupted'
                 " build) and left alone: it answers nothing, but every call record save keeps"
-                " it up; DROP INDEX CONCURRENTLY %s drops it",
+                " it up; DROP INDEX CONCURRENTLY %s drops it (run as %s, the owner of"
+                " call_records, outside a transaction)",
                 where,
                 name,
-                name,
+                qualified[name],
+                owner,
             )
 
     @property
@@ -2297,13 +2314,33 @@ class PostgresStore:
                 return False
             if self._stopping.is_set():
                 return True
+            dropped_by = _on_call_records(db, CALL_ID_INDEX)
+            owner = _call_records_owner(db)
+            if isinstance(exc, pg.errors.InsufficientPrivilege):
+                # Only the owner may drop it: no start of this node will, and this is said at
+                # each (once), so with what ends it.
+                log.warning(
+                    "%s: the index %s is invalid (an interrupted build left it) beside the"
+                    ' valid index %s on call_id COLLATE "C" and this node\'s role may not drop'
+                    " it (it answers nothing, but every call record save keeps it up): run, as"
+                    " %s, the owner of call_records, outside a transaction: DROP INDEX"
+                    " CONCURRENTLY %s",
+                    where,
+                    CALL_ID_INDEX,
+                    valid,
+                    owner,
+                    dropped_by,
+                )
+                return None
             log.warning(
                 "%s: dropping the index %s failed: %s; the next start tries again (or, as the"
-                " owner of call_records, outside a transaction: DROP INDEX CONCURRENTLY %s)",
+                " owner of call_records (%s), outside a transaction: DROP INDEX CONCURRENTLY"
+                " %s)",
                 where,
                 CALL_ID_INDEX,
                 self._server.say(exc),
-                CALL_ID_INDEX,
+                owner,
+                dropped_by,
             )
             return None
         log.warning(
@@ -2381,11 +2418,9 @@ class PostgresStore:
                     where,
                     index.name,
                 )
-                # The Call-ID index was found on call_records whatever its schema
-                # (_call_id_indexes): dropped there, not wherever the search_path first finds
-                # its name. The retention index's, found by its name (_index_valid), by name.
-                name = _on_call_records(db, index.name) if index is CALL_ID else index.name
-                db.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+                # Each was found in call_records' schema (_call_id_indexes, _index_valid):
+                # dropped there, not wherever the search_path first finds its name.
+                db.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {_on_call_records(db, index.name)}")
             if self._stopping.is_set():
                 return True
             if deadline is not None:
@@ -2669,23 +2704,63 @@ def _schema_version(db: psycopg.Connection[Any]) -> int:
 
 def _index_valid(db: psycopg.Connection[Any], name: str = RETENTION_INDEX) -> bool | None:
     """Whether the index ``name`` (the retention index's) is valid (pg_index.indisvalid: False
-    while a concurrent build runs, or after one was interrupted); None when there is none."""
+    while a concurrent build runs, or after one was interrupted); None when there is none.
+    Looked up in the schema of the call_records the search_path finds, where CREATE INDEX puts
+    it: by its bare name (to_regclass) it was the first of that name along the search_path,
+    another schema's on another table with ``options=-c search_path=a,public``, taken for ours
+    (valid: ours never built; invalid: ours, valid, dropped and built again)."""
     row = db.execute(
-        "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", (name,)
+        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+        " WHERE c.relname = %s AND c.relnamespace ="
+        " (SELECT relnamespace FROM pg_class WHERE oid = to_regclass('call_records'))",
+        (name,),
     ).fetchone()
     return None if row is None else bool(row[0])
 
 
 def _on_call_records(db: psycopg.Connection[Any], name: str) -> str:
     """``name`` (an index's) qualified with the schema of the call_records the search_path
-    finds (to_regclass), where its indexes are: a DROP INDEX of the bare name takes the first
-    relation of that name along the search_path, which may be another schema's, on another
-    table (``options=-c search_path=a,public``)."""
+    finds (to_regclass), where its indexes are, each part quoted as SQL needs (an index built
+    by hand may be named "Calls C"): what DROP INDEX is given, and the log lines' advice, which
+    the operator pastes into psql, whose search_path is not the node's. A DROP INDEX of the
+    bare name takes the first relation of that name along the search_path, which may be
+    another schema's, on another table (``options=-c search_path=a,public``)."""
     row = db.execute(
-        "SELECT quote_ident(n.nspname) FROM pg_class c"
-        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass('call_records')"
+        "SELECT quote_ident(n.nspname) || '.' || quote_ident(%s) FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass('call_records')",
+        (name,),
     ).fetchone()
-    return name if row is None else f"{row[0]}.{name}"
+    return name if row is None else str(row[0])
+
+
+def _call_records_owner(db: psycopg.Connection[Any]) -> str:
+    """The role owning call_records (only it may drop or build its indexes), quoted as SQL
+    needs (``SET ROLE`` or ``psql -U`` takes it as it is shown)."""
+    row = db.execute(
+        "SELECT quote_ident(pg_get_userbyid(relowner)) FROM pg_class"
+        " WHERE oid = to_regclass('call_records')"
+    ).fetchone()
+    return "the owner of call_records" if row is None else str(row[0])
+
+
+def _being_built(db: psycopg.Connection[Any]) -> set[str]:
+    """The names of call_records' invalid indexes another session is building (CREATE INDEX
+    CONCURRENTLY in progress, PostgreSQL 12 and later), not left by an interrupted build.
+    pg_stat_progress_create_index names the index (index_relid) only to a role that may see
+    the building backend's row (its own, or with pg_read_all_stats); to another, with a build
+    on call_records running (:func:`_index_build_running`), the one not yet ready
+    (pg_index.indisready false: the build's first phase, which an interrupted build's
+    leftover of a later phase is not) is taken for it."""
+    if not _index_build_running(db):
+        return set()
+    rows = db.execute(
+        "SELECT c.relname, i.indisready, EXISTS (SELECT 1 FROM pg_stat_progress_create_index p"
+        " WHERE p.index_relid = i.indexrelid AND p.pid <> pg_backend_pid())"
+        " FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+        " WHERE i.indrelid = to_regclass('call_records') AND NOT i.indisvalid"
+    ).fetchall()
+    named = {str(name) for name, _, shown in rows if shown}
+    return named or {str(name) for name, ready, _ in rows if not ready}
 
 
 def _call_id_indexes(db: psycopg.Connection[Any]) -> list[tuple[str, bool]]:
