@@ -1995,6 +1995,14 @@ class DtlsNegotiation:
             or not dtls_records_valid_untrusted(packet)
         ):
             return False
+        bound = association.address
+        if source is not None and bound is not None and source_key(source) != source_key(bound):
+            # Another host than the one the association answers: not the peer restarting on
+            # the association's 5-tuple (§4.2.8). A negotiation that kept the association
+            # (a re-INVITE's, RFC 8842 §5) was told no source yet, so this is its only check;
+            # without it any host that returns a cookie spends the port's bucket on
+            # candidates and crowds out the phone's own restart. As before session 44.
+            return False
         candidate = self._restart
         hello = None
         if _holds_client_hello_untrusted(packet):

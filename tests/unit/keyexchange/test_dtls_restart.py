@@ -21,11 +21,13 @@ from tests.unit.keyexchange.dtls_source_pairs import (
     PEER,
     SDP_ADDRESS,
     STRANGER,
+    US,
     events,
     exchange,
     ours_and_peer,
     run,
     send,
+    send_verified,
 )
 
 _HELLO_VERIFY_REQUEST = 3
@@ -237,3 +239,35 @@ def test_a_link_local_source_is_keyed_with_its_zone_by_the_cookie_and_the_engine
     source = ("fe80::1", 52000, 0, 4)
     send_verified(stranger_for(ours), ours, source, 0.0)  # type: ignore[arg-type]
     assert ours.verified_sources == (source_key(source),) == (("fe80::1%4", 52000),)
+
+
+def test_after_a_reoffer_that_kept_the_association_only_its_address_restarts_it() -> None:
+    # A re-INVITE that keeps the association (a session refresh, hold; RFC 8842 §5) gives the
+    # stream a negotiation that has been told no source yet. RFC 6347 §4.2.8 is about the
+    # association's own 5-tuple: another host that returns our cookie is not the phone
+    # restarting, and must neither start a candidate nor spend the port's bucket on one.
+    ours_exchange, peer_exchange = exchange(US), exchange(PEER)
+    first = ours_exchange.offer(suites=[], secure_signalling=True)
+    peer = peer_exchange.answer(first.local_sdp_attributes(), suites=[], secure_signalling=True)
+    assert peer is not None
+    first.remote_sdp_attributes(peer.local_sdp_attributes())
+    first.note_sdp_address(SDP_ADDRESS)
+    run(first, {SDP_ADDRESS: peer}, now=0.0)
+    assert isinstance(events(first)[0], KeysReady)
+    ours = ours_exchange.offer(suites=[], secure_signalling=True, previous=first)
+    ours.remote_sdp_attributes(peer.local_sdp_attributes())
+    old = ours.keys
+    assert old is not None and old == first.keys
+    elsewhere = ("127.0.0.2", 53000)
+    for n in range(MAX_NEW_HANDSHAKES_BURST + 1):
+        send_verified(restarted(ours, STRANGER), ours, elsewhere, 1.0 + n / 100)
+    assert ours.statistics().peer_restarts == 0 and ours.statistics().dropped_rate == 0
+    assert ours.get_timer() is None and ours.keys == old
+    assert [a for _, a in ours.addressed_packets_to_send(now=1.1) if a == elsewhere] == []
+    ours.packets_to_send(now=1.1)  # the kept association's final flight, the usual way (as before)
+    # The phone's own restart from the association's address still re-keys the leg.
+    phone = restarted(ours)
+    run(ours, {SDP_ADDRESS: phone}, now=2.0)
+    (ready,) = events(ours)
+    assert isinstance(ready, KeysReady) and ours.keys == ready.keys != old
+    assert ours.statistics().peer_rekeys == 1
