@@ -2039,6 +2039,18 @@ class DtlsNegotiation:
         self._settle_candidate(fresh, events)
         return True
 
+    def _take_restart(self, previous: KeyNegotiation | None) -> None:
+        """A re-offer that keeps the association (RFC 8842 §5) goes on with the peer's new
+        handshake under way on it (:meth:`_to_candidate`): the peer's next flight comes to
+        this negotiation, and a candidate left with the previous one would be lost with it
+        (the phone then resends a flight nobody answers until its handshake gives up). The
+        previous negotiation no longer drives it: one candidate at a time."""
+        if not isinstance(previous, DtlsNegotiation) or previous._restart is None:
+            return
+        self._restart, self._restart_to = previous._restart, previous._restart_to
+        self._restart_failure_logged = previous._restart_failure_logged
+        previous._restart = previous._restart_to = None
+
     def _settle_candidate(self, candidate: _Association, events: list[KeyNegotiationEvent]) -> None:
         """Events of the candidate association (:meth:`_to_candidate`): never the leg's
         failure."""
@@ -2345,6 +2357,7 @@ class DtlsKeyExchange:
                 "offerer", kept.identity, kept.profiles, kept.role.setup, kept.local_tls_id
             )
             negotiation._candidate = kept
+            negotiation._take_restart(previous)
             negotiation.signalling_protected = secure_signalling
             return negotiation
         profiles = self._profiles_for(suites)
@@ -2392,6 +2405,7 @@ class DtlsKeyExchange:
                 "answerer", kept.identity, kept.profiles, kept.role.setup, kept.local_tls_id
             )
             negotiation._association = kept
+            negotiation._take_restart(previous)
         else:
             profiles = self._profiles_for(suites)
             negotiation = self._negotiation(

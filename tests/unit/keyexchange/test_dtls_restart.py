@@ -271,3 +271,40 @@ def test_after_a_reoffer_that_kept_the_association_only_its_address_restarts_it(
     (ready,) = events(ours)
     assert isinstance(ready, KeysReady) and ours.keys == ready.keys != old
     assert ours.statistics().peer_rekeys == 1
+
+
+@pytest.mark.parametrize("offerer", ["phone", "gateway"])
+def test_a_reinvite_that_keeps_the_association_keeps_the_candidate_under_way(
+    offerer: str,
+) -> None:
+    # The phone's new handshake is under way when a re-INVITE that keeps the association (a
+    # session refresh, RFC 4028; the phone's or ours) gives the stream a new negotiation: the
+    # phone's next flight goes to that one, which must go on with the candidate.
+    ours, peer, old = keyed_pair()
+    phone = restarted(ours)
+    send(phone, ours, SDP_ADDRESS, 1.0)
+    for datagram, _ in ours.addressed_packets_to_send(now=1.0):
+        phone.receive_packet(datagram, now=1.0)  # our HelloVerifyRequest
+    send(phone, ours, SDP_ADDRESS, 1.0)  # its ClientHello with our cookie: the candidate
+    for datagram, _ in ours.addressed_packets_to_send(now=1.0):
+        phone.receive_packet(datagram, now=1.0)  # our flight; the phone answers next
+    assert ours.statistics().peer_restarts == 1
+    refreshed: DtlsNegotiation | None
+    if offerer == "phone":
+        reoffer = exchange(PEER).offer(suites=[], secure_signalling=True, previous=peer)
+        refreshed = exchange(US).answer(
+            reoffer.local_sdp_attributes(), suites=[], secure_signalling=True, previous=ours
+        )
+    else:
+        refreshed = exchange(US).offer(suites=[], secure_signalling=True, previous=ours)
+        refreshed.remote_sdp_attributes(peer.local_sdp_attributes())
+    assert refreshed is not None and refreshed.keys == old  # the association was kept
+    run(refreshed, {SDP_ADDRESS: phone}, now=1.1)
+    (ready,) = events(refreshed)
+    assert isinstance(ready, KeysReady) and refreshed.keys == ready.keys != old
+    (phone_ready,) = events(phone)
+    assert isinstance(phone_ready, KeysReady)
+    assert (refreshed.keys.local_key, refreshed.keys.remote_key) == mirrored(phone_ready.keys)
+    assert refreshed.peer_rekeys == 1 and refreshed.statistics().peer_rekeys == 1
+    # The negotiation it replaced no longer drives the candidate (one at a time).
+    assert ours.get_timer() is None
