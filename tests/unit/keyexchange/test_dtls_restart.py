@@ -308,3 +308,36 @@ def test_a_reinvite_that_keeps_the_association_keeps_the_candidate_under_way(
     assert refreshed.peer_rekeys == 1 and refreshed.statistics().peer_rekeys == 1
     # The negotiation it replaced no longer drives the candidate (one at a time).
     assert ours.get_timer() is None
+
+
+def _records(datagrams: list[bytes]) -> list[tuple[int, int]]:
+    """(content type, epoch) of each DTLS record (RFC 6347 §4.1)."""
+    found = []
+    for datagram in datagrams:
+        at = 0
+        while at + 13 <= len(datagram):
+            length = int.from_bytes(datagram[at + 11 : at + 13], "big")
+            found.append((datagram[at], int.from_bytes(datagram[at + 3 : at + 5], "big")))
+            at += 13 + length
+    return found
+
+
+def test_a_forged_restart_never_gets_our_finished() -> None:
+    # RFC 5763 §5: the certificate is checked against a=fingerprint as OpenSSL reads it (the
+    # verify callback), before our ChangeCipherSpec and Finished: a forger that returns the
+    # cookie gets our first flight, then an alert of epoch 0, never a handshake it can finish.
+    ours, _, old = keyed_pair()
+    forger = restarted(ours, STRANGER)
+    sent: list[bytes] = []
+    for _ in range(10):
+        send(forger, ours, SDP_ADDRESS, 1.0)
+        out = [p for p, _ in ours.addressed_packets_to_send(now=1.0)]
+        out += ours.packets_to_send(now=1.0)
+        for datagram in out:
+            forger.receive_packet(datagram, now=1.0)
+        sent += out
+    records = _records(sent)
+    assert ours.statistics().peer_restarts_failed == 1 and ours.keys == old
+    assert (21, 0) in records  # the alert
+    assert all(epoch == 0 for _, epoch in records) and 20 not in {t for t, _ in records}
+    assert forger.keys is None and not [e for e in events(forger) if isinstance(e, KeysReady)]
