@@ -341,3 +341,27 @@ def test_a_forged_restart_never_gets_our_finished() -> None:
     assert (21, 0) in records  # the alert
     assert all(epoch == 0 for _, epoch in records) and 20 not in {t for t, _ in records}
     assert forger.keys is None and not [e for e in events(forger) if isinstance(e, KeysReady)]
+
+
+def test_the_rtcp_ports_own_restart_rekeys_srtcp_only() -> None:
+    # Without rtcp-mux each port runs its own association (RFC 5764 §4.1): the phone restarts
+    # each, and a restart on the RTCP port re-keys that port alone, its negotiation still the
+    # one the RTP port's gives (the call's handshake task compares it by identity).
+    ours, peer, old = keyed_pair()
+    ours_rtcp, peer_rtcp = ours.rtcp_component(), peer.rtcp_component()
+    assert ours_rtcp is not None and peer_rtcp is not None
+    rtcp_address = (SDP_ADDRESS[0], SDP_ADDRESS[1] + 1)
+    ours_rtcp.note_sdp_address(rtcp_address)
+    run(ours_rtcp, {rtcp_address: peer_rtcp}, usual=(rtcp_address,), now=0.0)
+    (first,) = events(ours_rtcp)
+    assert isinstance(first, KeysReady)
+    run(ours_rtcp, {rtcp_address: restarted(ours_rtcp)}, usual=(rtcp_address,), now=1.0)
+    (ready,) = events(ours_rtcp)
+    assert isinstance(ready, KeysReady) and ready.keys != first.keys
+    assert ours_rtcp.keys == ready.keys and ours_rtcp.peer_rekeys == 1
+    assert ours.keys == old and events(ours) == [] and ours.peer_rekeys == 0
+    assert ours.rtcp_component() is ours_rtcp
+    # The RTP port's own restart keeps the RTCP port's negotiation and its keys.
+    run(ours, {SDP_ADDRESS: restarted(ours)}, now=2.0)
+    assert isinstance(events(ours)[0], KeysReady) and ours.keys != old
+    assert ours.rtcp_component() is ours_rtcp and ours_rtcp.keys == ready.keys
