@@ -244,8 +244,77 @@ def test_a_restart_from_the_same_port_with_another_certificate_changes_nothing(
     stats = ours.statistics()
     assert stats.peer_restarts == 1 and stats.peer_restarts_failed == 1
     assert stats.peer_rekeys == 0
+    # Our verify callback refused its certificate as OpenSSL read it (RFC 5763 §5), before
+    # our ChangeCipherSpec and Finished: the client read our alert, its handshake unfinished
+    # (test_dtls_restart.py, test_a_forged_restart_never_gets_our_finished, checks the records).
+    assert "SSL alert number" in output, output[-3000:]
     if "Keying material" in output:
-        # OpenSSL's server finishes its side before the final check of the certificate
-        # (DtlsNegotiation._complete): the forger may hold keys of its own, never ours.
+        # s_client prints its session and exporter at exit even so: a master secret of its own
+        # half-done handshake, never a key of ours.
         forger = client_keys(output)
         assert forger.remote_key != first.local_key and forger.local_key != first.remote_key
+
+
+def test_a_failed_restart_does_not_end_the_phones_association(tmp_path: Path) -> None:
+    # A forger on the phone's path (it receives there: it returns the cookie) restarts from
+    # the phone's port with a certificate of its own. What we send its candidate, our flight
+    # and at last our alert, all of epoch 0 (RFC 6347 §4.1), reaches the real phone too, whose
+    # association is of epoch 1: OpenSSL discards them (§4.1.2.7). The phone's association
+    # and ours go on: its data after that still reaches our association.
+    openssl, ours, _, files = established(tmp_path)
+    other = generate_identity(
+        now=datetime.datetime.now(datetime.UTC), max_age=datetime.timedelta(days=1)
+    )
+    forger = DtlsKeyExchange(identity=lambda: other).answer(
+        ours.local_sdp_attributes(), suites=[], secure_signalling=False
+    )
+    assert forger is not None and forger.dtls_role == "client"
+    # -nbio: a phone's socket does not block; s_client's own, blocking, waits in recvfrom
+    # after OpenSSL discarded a record of the wrong epoch, and never reads its stdin again.
+    command = [openssl, "s_client", "-dtls1_2", "-nbio", "-use_srtp", "SRTP_AES128_CM_SHA1_80"]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        phone = FixedPortPhone(sock.getsockname()[:2])
+        address = f"{phone.address[0]}:{phone.address[1]}"
+        client = subprocess.Popen(
+            [*command, "-connect", address, *files],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            events = serve(ours, sock, phone, time.monotonic() + 15.0)
+            assert events and isinstance(events[0], KeysReady)
+            first = ours.keys
+            serve(ours, sock, phone, time.monotonic() + 0.3)  # our last flight to it
+            until = time.monotonic() + 15.0
+            while ours.statistics().peer_restarts_failed == 0 and time.monotonic() < until:
+                for datagram in forger.packets_to_send(now=time.monotonic()):
+                    phone.outside.sendto(datagram, sock.getsockname()[:2])
+                if select.select([sock], [], [], 0.005)[0]:
+                    data, source = sock.recvfrom(65536)
+                    ours.receive_packet_from(data, source=source, now=time.monotonic())
+                for datagram, destination in ours.addressed_packets_to_send(now=time.monotonic()):
+                    sock.sendto(datagram, destination[:2])
+                while select.select([phone.outside], [], [], 0)[0]:
+                    data, _ = phone.outside.recvfrom(65536)
+                    forger.receive_packet(data, now=time.monotonic())
+                    assert phone.client is not None
+                    phone.inside.sendto(data, phone.client)  # the real phone reads it too
+            assert ours.statistics().peer_restarts_failed == 1 and ours.keys == first
+            received = ours.statistics().datagrams_received
+            assert client.stdin is not None
+            client.stdin.write(b"still here\n")
+            client.stdin.flush()  # application data of epoch 1 on its association
+            until = time.monotonic() + 10.0
+            while ours.statistics().datagrams_received == received and time.monotonic() < until:
+                serve(ours, sock, phone, time.monotonic() + 0.05)
+            alive = client.poll()
+            print("DEBUG2", ours.statistics().datagrams_received, received, len(phone.media))
+        finally:
+            stop_process(client)
+            print("DEBUG", alive, client.stdout.read().decode()[-1500:] if client.stdout else "")
+            phone.close()
+    output = client.stdout.read().decode("utf-8", "replace") if client.stdout else ""
+    assert "alert" not in output.lower(), output[-3000:]
+    assert ours.keys == first and ours.state == "established" and ours.failure is None

@@ -1995,6 +1995,14 @@ class DtlsNegotiation:
             or not dtls_records_valid_untrusted(packet)
         ):
             return False
+        bound = association.address
+        if source is not None and bound is not None and source_key(source) != source_key(bound):
+            # Another host than the one the association answers: not the peer restarting on
+            # the association's 5-tuple (§4.2.8). A negotiation that kept the association
+            # (a re-INVITE's, RFC 8842 §5) was told no source yet, so this is its only check;
+            # without it any host that returns a cookie spends the port's bucket on
+            # candidates and crowds out the phone's own restart. As before session 44.
+            return False
         candidate = self._restart
         hello = None
         if _holds_client_hello_untrusted(packet):
@@ -2030,6 +2038,18 @@ class DtlsNegotiation:
             events += fresh.receive(packet, now)
         self._settle_candidate(fresh, events)
         return True
+
+    def _take_restart(self, previous: KeyNegotiation | None) -> None:
+        """A re-offer that keeps the association (RFC 8842 §5) goes on with the peer's new
+        handshake under way on it (:meth:`_to_candidate`): the peer's next flight comes to
+        this negotiation, and a candidate left with the previous one would be lost with it
+        (the phone then resends a flight nobody answers until its handshake gives up). The
+        previous negotiation no longer drives it: one candidate at a time."""
+        if not isinstance(previous, DtlsNegotiation) or previous._restart is None:
+            return
+        self._restart, self._restart_to = previous._restart, previous._restart_to
+        self._restart_failure_logged = previous._restart_failure_logged
+        previous._restart = previous._restart_to = None
 
     def _settle_candidate(self, candidate: _Association, events: list[KeyNegotiationEvent]) -> None:
         """Events of the candidate association (:meth:`_to_candidate`): never the leg's
@@ -2337,6 +2357,7 @@ class DtlsKeyExchange:
                 "offerer", kept.identity, kept.profiles, kept.role.setup, kept.local_tls_id
             )
             negotiation._candidate = kept
+            negotiation._take_restart(previous)
             negotiation.signalling_protected = secure_signalling
             return negotiation
         profiles = self._profiles_for(suites)
@@ -2384,6 +2405,7 @@ class DtlsKeyExchange:
                 "answerer", kept.identity, kept.profiles, kept.role.setup, kept.local_tls_id
             )
             negotiation._association = kept
+            negotiation._take_restart(previous)
         else:
             profiles = self._profiles_for(suites)
             negotiation = self._negotiation(

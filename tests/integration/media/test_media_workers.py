@@ -204,6 +204,54 @@ async def test_rtp_to_srtp_with_keys_sent_over_the_channel(pool: WorkerPool) -> 
     assert "a" not in stream.srtp_statistics()  # leg A is plain RTP
 
 
+async def test_new_keys_on_a_keyed_stream_replace_the_workers_contexts_both_ways(
+    pool: WorkerPool,
+) -> None:
+    """A leg re-keyed mid-call without any SDP (the dtls engine's KeysReady for the phone's new
+    handshake on the same address, RFC 6347 §4.2.8; session 44): the keys cross the channel
+    and the worker builds new contexts both ways. SRTP under the new keys goes through at
+    once, the sequence going on; the phone's SRTP under the old keys is dropped."""
+    a, b = await ephemeral_phones(2)
+    stream = pool.open_stream()
+    await connected(pool, stream, a, b, blocked=True)
+    profile = pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80
+    old_to_b, old_from_b = GATEWAY_KEY_TO_B, PHONE_B_KEY
+    new_to_b, new_from_b = bytes(range(30)), bytes(range(30, 60))
+    payload = bytes(range(160))
+
+    async def both_ways(to_b: bytes, from_b: bytes, sequences: range) -> None:
+        b_receives = pylibsrtp.Session(
+            pylibsrtp.Policy(to_b, pylibsrtp.Policy.SSRC_ANY_INBOUND, srtp_profile=profile)
+        )
+        b_sends = pylibsrtp.Session(
+            pylibsrtp.Policy(from_b, pylibsrtp.Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile)
+        )
+        for sequence in sequences:
+            await a.send(rtp(sequence, payload=payload), stream.a.ports.rtp_port)
+            wire, _ = await b.receive()
+            assert b_receives.unprotect(wire) == rtp(sequence, payload=payload)
+            sent = rtp(sequence, ssrc=7, payload=payload)
+            await b.send(b_sends.protect(sent), stream.b.ports.rtp_port)
+            plain, _ = await a.receive()
+            assert plain == sent
+
+    stream.apply_keys(
+        StreamKeys(None, SrtpKeys(SUITE, local_key=old_to_b, remote_key=old_from_b), False)
+    )
+    await pool.sync(stream.worker)
+    await both_ways(old_to_b, old_from_b, range(1, 4))
+    stream.apply_keys(
+        StreamKeys(None, SrtpKeys(SUITE, local_key=new_to_b, remote_key=new_from_b), False)
+    )
+    await pool.sync(stream.worker)
+    await both_ways(new_to_b, new_from_b, range(4, 7))
+    stale = pylibsrtp.Session(
+        pylibsrtp.Policy(old_from_b, pylibsrtp.Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile)
+    )
+    await b.send(stale.protect(rtp(9, ssrc=8, payload=payload)), stream.b.ports.rtp_port)
+    await eventually(lambda: stream.b_to_a.statistics().dropped_transform == 1, "stale dropped")
+
+
 async def test_payload_types_are_renumbered_by_the_worker_between_unprotect_and_protect(
     pool: WorkerPool,
 ) -> None:

@@ -21,11 +21,13 @@ from tests.unit.keyexchange.dtls_source_pairs import (
     PEER,
     SDP_ADDRESS,
     STRANGER,
+    US,
     events,
     exchange,
     ours_and_peer,
     run,
     send,
+    send_verified,
 )
 
 _HELLO_VERIFY_REQUEST = 3
@@ -237,3 +239,129 @@ def test_a_link_local_source_is_keyed_with_its_zone_by_the_cookie_and_the_engine
     source = ("fe80::1", 52000, 0, 4)
     send_verified(stranger_for(ours), ours, source, 0.0)  # type: ignore[arg-type]
     assert ours.verified_sources == (source_key(source),) == (("fe80::1%4", 52000),)
+
+
+def test_after_a_reoffer_that_kept_the_association_only_its_address_restarts_it() -> None:
+    # A re-INVITE that keeps the association (a session refresh, hold; RFC 8842 §5) gives the
+    # stream a negotiation that has been told no source yet. RFC 6347 §4.2.8 is about the
+    # association's own 5-tuple: another host that returns our cookie is not the phone
+    # restarting, and must neither start a candidate nor spend the port's bucket on one.
+    ours_exchange, peer_exchange = exchange(US), exchange(PEER)
+    first = ours_exchange.offer(suites=[], secure_signalling=True)
+    peer = peer_exchange.answer(first.local_sdp_attributes(), suites=[], secure_signalling=True)
+    assert peer is not None
+    first.remote_sdp_attributes(peer.local_sdp_attributes())
+    first.note_sdp_address(SDP_ADDRESS)
+    run(first, {SDP_ADDRESS: peer}, now=0.0)
+    assert isinstance(events(first)[0], KeysReady)
+    ours = ours_exchange.offer(suites=[], secure_signalling=True, previous=first)
+    ours.remote_sdp_attributes(peer.local_sdp_attributes())
+    old = ours.keys
+    assert old is not None and old == first.keys
+    elsewhere = ("127.0.0.2", 53000)
+    for n in range(MAX_NEW_HANDSHAKES_BURST + 1):
+        send_verified(restarted(ours, STRANGER), ours, elsewhere, 1.0 + n / 100)
+    assert ours.statistics().peer_restarts == 0 and ours.statistics().dropped_rate == 0
+    assert ours.get_timer() is None and ours.keys == old
+    assert [a for _, a in ours.addressed_packets_to_send(now=1.1) if a == elsewhere] == []
+    ours.packets_to_send(now=1.1)  # the kept association's final flight, the usual way (as before)
+    # The phone's own restart from the association's address still re-keys the leg.
+    phone = restarted(ours)
+    run(ours, {SDP_ADDRESS: phone}, now=2.0)
+    (ready,) = events(ours)
+    assert isinstance(ready, KeysReady) and ours.keys == ready.keys != old
+    assert ours.statistics().peer_rekeys == 1
+
+
+@pytest.mark.parametrize("offerer", ["phone", "gateway"])
+def test_a_reinvite_that_keeps_the_association_keeps_the_candidate_under_way(
+    offerer: str,
+) -> None:
+    # The phone's new handshake is under way when a re-INVITE that keeps the association (a
+    # session refresh, RFC 4028; the phone's or ours) gives the stream a new negotiation: the
+    # phone's next flight goes to that one, which must go on with the candidate.
+    ours, peer, old = keyed_pair()
+    phone = restarted(ours)
+    send(phone, ours, SDP_ADDRESS, 1.0)
+    for datagram, _ in ours.addressed_packets_to_send(now=1.0):
+        phone.receive_packet(datagram, now=1.0)  # our HelloVerifyRequest
+    send(phone, ours, SDP_ADDRESS, 1.0)  # its ClientHello with our cookie: the candidate
+    for datagram, _ in ours.addressed_packets_to_send(now=1.0):
+        phone.receive_packet(datagram, now=1.0)  # our flight; the phone answers next
+    assert ours.statistics().peer_restarts == 1
+    refreshed: DtlsNegotiation | None
+    if offerer == "phone":
+        reoffer = exchange(PEER).offer(suites=[], secure_signalling=True, previous=peer)
+        refreshed = exchange(US).answer(
+            reoffer.local_sdp_attributes(), suites=[], secure_signalling=True, previous=ours
+        )
+    else:
+        refreshed = exchange(US).offer(suites=[], secure_signalling=True, previous=ours)
+        refreshed.remote_sdp_attributes(peer.local_sdp_attributes())
+    assert refreshed is not None and refreshed.keys == old  # the association was kept
+    run(refreshed, {SDP_ADDRESS: phone}, now=1.1)
+    (ready,) = events(refreshed)
+    assert isinstance(ready, KeysReady) and refreshed.keys == ready.keys != old
+    (phone_ready,) = events(phone)
+    assert isinstance(phone_ready, KeysReady)
+    assert (refreshed.keys.local_key, refreshed.keys.remote_key) == mirrored(phone_ready.keys)
+    assert refreshed.peer_rekeys == 1 and refreshed.statistics().peer_rekeys == 1
+    # The negotiation it replaced no longer drives the candidate (one at a time).
+    assert ours.get_timer() is None
+
+
+def _records(datagrams: list[bytes]) -> list[tuple[int, int]]:
+    """(content type, epoch) of each DTLS record (RFC 6347 §4.1)."""
+    found = []
+    for datagram in datagrams:
+        at = 0
+        while at + 13 <= len(datagram):
+            length = int.from_bytes(datagram[at + 11 : at + 13], "big")
+            found.append((datagram[at], int.from_bytes(datagram[at + 3 : at + 5], "big")))
+            at += 13 + length
+    return found
+
+
+def test_a_forged_restart_never_gets_our_finished() -> None:
+    # RFC 5763 §5: the certificate is checked against a=fingerprint as OpenSSL reads it (the
+    # verify callback), before our ChangeCipherSpec and Finished: a forger that returns the
+    # cookie gets our first flight, then an alert of epoch 0, never a handshake it can finish.
+    ours, _, old = keyed_pair()
+    forger = restarted(ours, STRANGER)
+    sent: list[bytes] = []
+    for _ in range(10):
+        send(forger, ours, SDP_ADDRESS, 1.0)
+        out = [p for p, _ in ours.addressed_packets_to_send(now=1.0)]
+        out += ours.packets_to_send(now=1.0)
+        for datagram in out:
+            forger.receive_packet(datagram, now=1.0)
+        sent += out
+    records = _records(sent)
+    assert ours.statistics().peer_restarts_failed == 1 and ours.keys == old
+    assert (21, 0) in records  # the alert
+    assert all(epoch == 0 for _, epoch in records) and 20 not in {t for t, _ in records}
+    assert forger.keys is None and not [e for e in events(forger) if isinstance(e, KeysReady)]
+
+
+def test_the_rtcp_ports_own_restart_rekeys_srtcp_only() -> None:
+    # Without rtcp-mux each port runs its own association (RFC 5764 §4.1): the phone restarts
+    # each, and a restart on the RTCP port re-keys that port alone, its negotiation still the
+    # one the RTP port's gives (the call's handshake task compares it by identity).
+    ours, peer, old = keyed_pair()
+    ours_rtcp, peer_rtcp = ours.rtcp_component(), peer.rtcp_component()
+    assert ours_rtcp is not None and peer_rtcp is not None
+    rtcp_address = (SDP_ADDRESS[0], SDP_ADDRESS[1] + 1)
+    ours_rtcp.note_sdp_address(rtcp_address)
+    run(ours_rtcp, {rtcp_address: peer_rtcp}, usual=(rtcp_address,), now=0.0)
+    (first,) = events(ours_rtcp)
+    assert isinstance(first, KeysReady)
+    run(ours_rtcp, {rtcp_address: restarted(ours_rtcp)}, usual=(rtcp_address,), now=1.0)
+    (ready,) = events(ours_rtcp)
+    assert isinstance(ready, KeysReady) and ready.keys != first.keys
+    assert ours_rtcp.keys == ready.keys and ours_rtcp.peer_rekeys == 1
+    assert ours.keys == old and events(ours) == [] and ours.peer_rekeys == 0
+    assert ours.rtcp_component() is ours_rtcp
+    # The RTP port's own restart keeps the RTCP port's negotiation and its keys.
+    run(ours, {SDP_ADDRESS: restarted(ours)}, now=2.0)
+    assert isinstance(events(ours)[0], KeysReady) and ours.keys != old
+    assert ours.rtcp_component() is ours_rtcp and ours_rtcp.keys == ready.keys
