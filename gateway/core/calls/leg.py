@@ -80,6 +80,10 @@ class Leg:
     record_aware: bool = False
     # RFC 7866 §7.2: its last ``a=recordpref`` (on, off, pause, nopreference), None: none said.
     recordpref: str | None = None
+    # The To tag of the early dialog whose early answer stated ``recordpref`` (a B leg before
+    # its 2xx): a proxy downstream may fork (RFC 3261 §16.7), and a phone that answers in
+    # another early dialog did not state it.
+    recordpref_tag: str | None = None
     # RFC 3261 §14.1, RFC 3311 §5.1-5.2: the INVITE and UPDATE transactions of the leg's
     # dialog, ours and its party's, that had no final response when last looked at (those
     # answered since are dropped at the next look, so it holds a few at most).

@@ -235,6 +235,18 @@ class CallRecordingIndication(CallLocationUpdates, CallMediaKeys):
         )
         self._tell_recordpref(leg.side, pref)
 
+    def _note_answer_recordpref(self, leg: Leg, response: Response) -> None:
+        """Read ``a=recordpref`` from the 2xx that answered our INVITE on ``leg``. A preference
+        kept from an early answer of another early dialog (a phone a proxy downstream forked
+        to, RFC 3261 §16.7, §12.1.2) was not this phone's, which has none unless it states
+        one (RFC 7866 §7.2: a party's own preference); the same phone's is kept."""
+        early, leg.recordpref_tag = leg.recordpref_tag, None
+        if early is not None and early != (response.to.tag or ""):
+            replaced, leg.recordpref = leg.recordpref, None
+            self._note_recordpref(leg, sdp_body(response), replacing=replaced)
+            return
+        self._note_recordpref(leg, sdp_body(response))
+
     # -- the call's task ---------------------------------------------------------------------------
 
     async def _recording_indication_changed(self) -> None:

@@ -967,3 +967,32 @@ async def test_a_pause_for_a_partys_preference_is_counted_and_listed_with_the_pa
     assert taps["paused"] is False and taps["pause_count"] == 2
     assert taps["pauses"][0]["resumed_by"] == "caller a=recordpref:on"
     assert taps["pauses"][1]["resumed_by"] == "agent 7"
+
+
+async def test_a_recordpref_in_another_forks_early_answer_is_not_the_answering_phones(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """A proxy downstream forks our INVITE (RFC 3261 §16.7): one phone's 183 prefers the call
+    not recorded, another phone answers in its own early dialog (another To tag, §12.1.2)
+    stating no preference. The preference was the other phone's, which is not on the call:
+    with ``recordpref = "pause"`` the recording is not paused, and the record shows none."""
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None, recordpref="pause")
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", CALLER_PORT))
+    leg_b = await env.alice.next_call()
+    incoming = leg_b.incoming
+    assert incoming is not None
+    early = with_recordpref(simple_sdp("127.0.0.1", CALLEE_PORT), "off")
+    await env.alice.respond(incoming, 183, body=early)
+    await call.exchange.wait_for(lambda r: r.status == 183)  # type: ignore[union-attr]
+    assert gateway_call(env).b_legs[0].recordpref == "off"  # type: ignore[attr-defined]
+    leg_b.local_tag = "fork-2"  # the phone that answers, in an early dialog of its own
+    env.alice._by_dialog[(leg_b.call_id, "fork-2")] = leg_b
+    await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT + 2))
+    assert (await call.final()).status == 200
+    recording = await srs.next_call()
+    assert b"a=inactive" not in recording.invite.body  # type: ignore[attr-defined]
+    await recording.answer(200, sdp=srs_answer())
+    on_call = gateway_call(env)
+    assert on_call.b.recordpref is None  # type: ignore[attr-defined]
+    assert "recordpref" not in on_call.security_record()["b"]  # type: ignore[attr-defined]
+    assert env.gateway.calls.recording_pauses["preference_pause"] == 0  # type: ignore[union-attr]
