@@ -996,3 +996,35 @@ async def test_a_recordpref_in_another_forks_early_answer_is_not_the_answering_p
     assert on_call.b.recordpref is None  # type: ignore[attr-defined]
     assert "recordpref" not in on_call.security_record()["b"]  # type: ignore[attr-defined]
     assert env.gateway.calls.recording_pauses["preference_pause"] == 0  # type: ignore[union-attr]
+
+
+async def test_recordpref_is_read_from_the_transferees_answer_to_the_transfer_re_invite(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The callee transfers the caller to bob: the caller's 2xx to our re-INVITE with bob's
+    offer answers it, and states ``a=recordpref:off`` (RFC 7866 §7.2): read as any SDP of
+    the caller's, and with ``recordpref = "pause"`` the recording pauses."""
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None, recordpref="pause")
+    bob = await bob_phone(env, nursery, voipgw_seed)
+    _, alice_leg, _ = await call_between(env)
+    await srs_answers(srs)
+
+    async def answer_with_pref(received: Received) -> bool:
+        if received.request.method != "INVITE":
+            return False
+        body = with_recordpref(env.trunk.answer_sdp(received.request.body), "off")
+        await env.trunk.respond(received, 200, body=body)
+        return True
+
+    env.trunk.in_dialog = answer_with_pref
+    exchange = await alice_leg.request(  # type: ignore[attr-defined]
+        "REFER", extra=[("Refer-To", "<sip:bob@127.0.0.1:5060>")]
+    )
+    assert (await exchange.final()).status == 202
+    await eventually(lambda: bool(bob.requests("ACK")))
+    on_call = gateway_call(env)
+    await eventually(lambda: on_call.a.recordpref == "off")  # type: ignore[attr-defined]
+    calls = env.gateway.calls
+    assert calls is not None
+    await eventually(lambda: calls.recording_pauses["preference_pause"] == 1)
+    assert calls.recordings_paused == {on_call}
