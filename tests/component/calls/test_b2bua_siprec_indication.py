@@ -1028,3 +1028,66 @@ async def test_recordpref_is_read_from_the_transferees_answer_to_the_transfer_re
     assert calls is not None
     await eventually(lambda: calls.recording_pauses["preference_pause"] == 1)
     assert calls.recordings_paused == {on_call}
+
+
+@pytest.mark.parametrize("strict", [False, True])
+async def test_an_indication_answered_480_ends_the_call_only_with_strict_in_dialog_failures(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    strict: bool,
+) -> None:
+    """``[sip] in_dialog_failures = "strict"`` (RFC 5057 §5.1: 480 ends the invite usage)
+    applies to our indication re-INVITE as to any of ours: the call ends, the other party
+    gets a BYE naming it; lenient (the default), the refusal is a notice and the call goes
+    on (docs/configuration.md "The recording indication")."""
+    sip = {"in_dialog_failures": "strict" if strict else "lenient"}
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None, sip=sip)
+    held: list[Received] = []
+    _holding(env.trunk, held)
+    await call_between(env, caller_aware=True)
+    await srs_answers(srs)
+    await eventually(lambda: len(held) == 1)
+    await env.trunk.respond(held[0], 480)
+    if strict:
+        bye = await env.alice.next_request("BYE", timeout=10)
+        assert "cause=480" in str(bye.request.headers.get("Reason"))
+        await eventually(lambda: not env.gateway.calls.calls)  # type: ignore[union-attr]
+    else:
+        await eventually(lambda: gateway_call(env)._indication is None)  # type: ignore[attr-defined]
+        assert await next_within(env.alice, "BYE", 10) is None
+        assert len(env.gateway.calls.calls) == 1  # type: ignore[union-attr]
+
+
+async def test_a_strict_ending_while_the_indication_waits_sends_no_indication(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The indication to the aware caller waits while the callee's re-INVITE to it is in
+    progress (RFC 3261 §14.1); the caller answers it 404, which with ``in_dialog_failures =
+    "strict"`` ends the call (RFC 5057 §5.1): the callee gets 500 and a BYE, the caller a
+    BYE, and no indication re-INVITE follows into the ended call."""
+    env, srs = await siprec_env(
+        nursery, tmp_path, voipgw_seed, alice_auto=None, sip={"in_dialog_failures": "strict"}
+    )
+    held: list[Received] = []
+    _holding(env.trunk, held)
+    _, alice_leg, _ = await call_between(env, caller_aware=True)
+    hold = simple_sdp("127.0.0.1", CALLEE_PORT, direction="sendonly", version=2)
+    exchange = await alice_leg.request(  # type: ignore[attr-defined]
+        "INVITE", body=hold, content_type="application/sdp"
+    )
+    relayed = await env.trunk.next_request("INVITE", timeout=5)  # unanswered
+    assert held == [relayed]
+    await srs_answers(srs)
+    assert await next_within(env.trunk, "INVITE", 5) is None  # waits: an exchange in progress
+    await env.trunk.respond(held[0], 404)
+    assert (await exchange.final(timeout=5)).status == 500
+    await env.alice.next_request("BYE", timeout=10)
+    await eventually(lambda: not env.gateway.calls.calls)  # type: ignore[union-attr]
+    assert len(held) == 1 and env.trunk.requests("INVITE") == [held[0].request]
+    assert "cannot make the recording indication offer" not in caplog.text  # it waited
