@@ -49,15 +49,17 @@ async def siprec_env(
     *,
     alice_auto: AutoAnswer | None = None,
     sip: Mapping[str, object] | None = None,
+    carrier: Mapping[str, object] | None = None,
     **table: object,
 ) -> tuple[B2bua, SipAgent]:
     """A B2BUA recording the carrier's calls with SIPREC (``table``: more of ``[plugins.siprec]``,
-    ``sip``: of ``[sip]``) and its SRS agent."""
+    ``sip``: of ``[sip]``, ``carrier``: of the carrier trunk) and its SRS agent."""
     env = await start_b2bua(
         nursery,
         tmp_path,
         seed,
         sip=sip,
+        carrier=carrier,
         plugins=[("siprec", siprec_plugin)],
         plugin_tables={
             "enable": ["siprec"],

@@ -33,6 +33,7 @@ from tests.component.calls.intercept_calls import (
     intercept_env,
     pki,  # noqa: F401 (a fixture)
 )
+from tests.component.calls.location_calls import BY_VALUE, MIXED, MOVED_ONLY, located_body
 from tests.component.calls.siprec_calls import (
     ALICE_DID,
     CALLEE_PORT,
@@ -1091,3 +1092,42 @@ async def test_a_strict_ending_while_the_indication_waits_sends_no_indication(
     await eventually(lambda: not env.gateway.calls.calls)  # type: ignore[union-attr]
     assert len(held) == 1 and env.trunk.requests("INVITE") == [held[0].request]
     assert "cannot make the recording indication offer" not in caplog.text  # it waited
+
+
+async def test_the_indication_waits_for_the_partys_own_update_relayed_and_unanswered(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The aware caller's own UPDATE (its new location, no offer: RFC 6442 §4) is relayed to the
+    trunk, which has not answered it: the caller's UPDATE is in progress on its dialog from
+    the moment it arrived (the call keeps no offer of it), so the indication waits for its
+    answer (RFC 3311 §5.1), then goes."""
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, carrier={"prefixes": ["+1", "112"]})
+    held: list[Received] = []
+
+    async def hold_update(received: Received) -> bool:
+        if received.request.method != "UPDATE":
+            return False
+        held.append(received)
+        return True
+
+    env.trunk.in_dialog = hold_update
+    call = await env.alice.invite(
+        "sip:112@127.0.0.1:5060",
+        sdp=located_body(env.alice.offer_sdp()),
+        content_type=MIXED,
+        extra=[*BY_VALUE, *AWARE],
+    )
+    assert (await call.final()).status == 407
+    await call.authenticate()
+    assert (await call.final()).status == 200
+    recording = await srs.next_call()
+    exchange = await call.request("UPDATE", body=MOVED_ONLY, content_type=MIXED, extra=BY_VALUE)
+    await eventually(lambda: len(held) == 1)
+    await recording.answer(200, sdp=srs_answer())
+    await srs.next_request("ACK", timeout=5)
+    # (Within the 4 s the carrier's response_timeout gives the caller's UPDATE to wait.)
+    assert await next_within(env.alice, "INVITE", 3) is None  # its UPDATE is unanswered
+    await env.trunk.respond(held[0], 200)
+    assert (await exchange.final(timeout=5)).status == 200
+    told = await env.alice.next_request("INVITE", timeout=5)
+    assert records(told.request.body) == ["on"]
