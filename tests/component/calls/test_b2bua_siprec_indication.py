@@ -1131,3 +1131,35 @@ async def test_the_indication_waits_for_the_partys_own_update_relayed_and_unansw
     assert (await exchange.final(timeout=5)).status == 200
     told = await env.alice.next_request("INVITE", timeout=5)
     assert records(told.request.body) == ["on"]
+
+
+async def test_the_aware_partys_answer_to_our_indication_states_its_recordpref(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Told ``a=record:on``, the aware caller's phone answers our indication re-INVITE with
+    ``a=recordpref:off`` (RFC 7866 §7.2: its preference in an SDP answer, the user's word on
+    hearing it is recorded): read as any SDP of the party's, and with ``recordpref =
+    "pause"`` the recording pauses (and the caller is told ``paused``)."""
+    caplog.set_level(logging.INFO)
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None, recordpref="pause")
+    held: list[Received] = []
+    _holding(env.trunk, held)
+    await call_between(env, caller_aware=True)
+    await srs_answers(srs)
+    await eventually(lambda: len(held) == 1)
+    assert records(held[0].request.body) == ["on"]
+    body = with_recordpref(env.trunk.answer_sdp(held[0].request.body), "off")
+    await env.trunk.respond(held[0], 200, body=body)
+    await env.trunk.next_request("ACK", timeout=5)
+    await eventually(lambda: "the calling party's recording preference is off" in caplog.text)
+    on_call = gateway_call(env)
+    assert on_call.a.recordpref == "off"  # type: ignore[attr-defined]
+    paused = await srs.next_request("INVITE", timeout=10)  # the recording pauses
+    assert paused.request.body.count(b"a=inactive") == 2
+    await srs.respond(paused, 200, body=srs_answer())
+    await eventually(lambda: len(held) == 2)  # the caller is told
+    assert records(held[1].request.body) == ["paused"]
