@@ -1163,3 +1163,45 @@ async def test_the_aware_partys_answer_to_our_indication_states_its_recordpref(
     await srs.respond(paused, 200, body=srs_answer())
     await eventually(lambda: len(held) == 2)  # the caller is told
     assert records(held[1].request.body) == ["paused"]
+
+
+async def test_a_party_flipping_record_aware_while_our_indication_is_out_is_told_by_its_last_word(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The aware caller's UPDATEs (session refreshes, RFC 4028 §10, no offer) drop then
+    restate ``record-aware`` while our indication re-INVITE to it is out: each is answered
+    200, nothing crosses (one INVITE at a time, RFC 3261 §14.1); its last word (aware) holds:
+    a pause is told to it once our re-INVITE is answered. Dropping it for good, the next
+    change tells it nothing and the record shows it untold."""
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    held: list[Received] = []
+    _holding(env.trunk, held)
+    call, _, _ = await call_between(env, caller_aware=True)
+    await srs_answers(srs)
+    assert held == [await env.trunk.next_request("INVITE", timeout=10)]  # on, unanswered
+
+    async def refresh(extra: Sequence[tuple[str, str]]) -> None:
+        exchange = await call.request("UPDATE", extra=extra)  # type: ignore[attr-defined]
+        assert (await exchange.final(timeout=5)).status == 200
+
+    await refresh([("Supported", "timer")])
+    await refresh([("Supported", "timer, record-aware")])
+    on_call = gateway_call(env)
+    calls = env.gateway.calls
+    assert calls is not None
+    calls.pause_recording(on_call.id, True, by="agent 7")  # type: ignore[attr-defined]
+    srs_pause = await srs.next_request("INVITE", timeout=10)
+    await srs.respond(srs_pause, 200, body=srs_answer())
+    assert await next_within(env.trunk, "INVITE", 1) is None and len(held) == 1
+    await accept(env.trunk, held[0])
+    told = await env.trunk.next_request("INVITE", timeout=5)  # after ours, and the interval
+    assert held[1] is told and records(told.request.body) == ["paused"]
+    await accept(env.trunk, held[1])
+
+    await refresh([("Supported", "timer")])
+    calls.pause_recording(on_call.id, False, by="agent 7")  # type: ignore[attr-defined]
+    srs_resume = await srs.next_request("INVITE", timeout=10)
+    await srs.respond(srs_resume, 200, body=srs_answer())
+    assert await next_within(env.trunk, "INVITE", 10) is None and len(held) == 2
+    record = on_call.security_record()  # type: ignore[attr-defined]
+    assert "record_aware" not in record["a"] and "recording_indication" not in record
