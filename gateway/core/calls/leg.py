@@ -80,10 +80,6 @@ class Leg:
     record_aware: bool = False
     # RFC 7866 §7.2: its last ``a=recordpref`` (on, off, pause, nopreference), None: none said.
     recordpref: str | None = None
-    # The To tag of the early dialog whose early answer stated ``recordpref`` (a B leg before
-    # its 2xx): a proxy downstream may fork (RFC 3261 §16.7), and a phone that answers in
-    # another early dialog did not state it.
-    recordpref_tag: str | None = None
     # RFC 3261 §14.1, RFC 3311 §5.1-5.2: the INVITE and UPDATE transactions of the leg's
     # dialog, ours and its party's, that had no final response when last looked at (those
     # answered since are dropped at the next look, so it holds a few at most).
@@ -163,6 +159,11 @@ class BLeg(Leg):
     # (a 1xx CANCELled, a 2xx ACKed and BYEd).
     response_deadline: float = math.inf
     given_up: Response | None = None
+    # The a=recordpref each early dialog's early answer stated (RFC 7866 §7.2), by the callee's
+    # To tag, until the 2xx: a proxy downstream may fork (RFC 3261 §16.7), and the phone that
+    # answers has its own preference, not another's (CallRecordingIndication
+    # ._note_answer_recordpref). At most MAX_EARLY_DIALOGS tags.
+    early_recordprefs: dict[str, str] = attrs.field(factory=dict)
     # The caller's location went in our INVITE (RFC 6442, location.py): a Geolocation-Error
     # in its responses is relayed to the caller (§4.3).
     location_passed: bool = False

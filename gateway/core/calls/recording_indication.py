@@ -67,7 +67,7 @@ import trio
 
 from gateway.core.calls.base import log, sdp_body
 from gateway.core.calls.events import InDialogRequest, RecordingIndicationEvent
-from gateway.core.calls.leg import Leg, Side
+from gateway.core.calls.leg import BLeg, Leg, Side
 from gateway.core.calls.location_updates import CallLocationUpdates
 from gateway.core.calls.media_keys import CallMediaKeys
 from gateway.core.logs import transport_error_text
@@ -235,16 +235,17 @@ class CallRecordingIndication(CallLocationUpdates, CallMediaKeys):
         )
         self._tell_recordpref(leg.side, pref)
 
-    def _note_answer_recordpref(self, leg: Leg, response: Response) -> None:
-        """Read ``a=recordpref`` from the 2xx that answered our INVITE on ``leg``. A preference
-        kept from an early answer of another early dialog (a phone a proxy downstream forked
-        to, RFC 3261 §16.7, §12.1.2) was not this phone's, which has none unless it states
-        one (RFC 7866 §7.2: a party's own preference); the same phone's is kept."""
-        early, leg.recordpref_tag = leg.recordpref_tag, None
-        if early is not None and early != (response.to.tag or ""):
-            replaced, leg.recordpref = leg.recordpref, None
-            self._note_recordpref(leg, sdp_body(response), replacing=replaced)
-            return
+    def _note_answer_recordpref(self, leg: BLeg, response: Response) -> None:
+        """Read ``a=recordpref`` from the 2xx that answered our INVITE on ``leg``. Until then
+        the leg kept the last one any early answer stated; a proxy downstream may have forked
+        (RFC 3261 §16.7), and the phone that answers, in its own early dialog (§12.1.2), has
+        the preference it stated itself there, or none (RFC 7866 §7.2), not another phone's."""
+        early, leg.early_recordprefs = leg.early_recordprefs, {}
+        if early:
+            own = early.get(response.to.tag or "")
+            if own != leg.recordpref:
+                leg.recordpref = own
+                self._tell_recordpref(leg.side, own or "nopreference")
         self._note_recordpref(leg, sdp_body(response))
 
     # -- the call's task ---------------------------------------------------------------------------

@@ -1205,3 +1205,32 @@ async def test_a_party_flipping_record_aware_while_our_indication_is_out_is_told
     assert await next_within(env.trunk, "INVITE", 10) is None and len(held) == 2
     record = on_call.security_record()  # type: ignore[attr-defined]
     assert "record_aware" not in record["a"] and "recording_indication" not in record
+
+
+async def test_the_answering_phones_own_early_recordpref_holds_over_another_forks_later_one(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """Two forked phones' 183s (RFC 3261 §16.7): the first prefers ``off``, the second, later,
+    ``on``; the first answers, its 200 stating none. Its own preference, from its early
+    answer, is the one the call keeps (RFC 7866 §7.2): with ``recordpref = "pause"`` the
+    recording starts paused."""
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None, recordpref="pause")
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", CALLER_PORT))
+    leg_b = await env.alice.next_call()
+    incoming = leg_b.incoming
+    assert incoming is not None
+    first_tag = leg_b.local_tag
+    off = with_recordpref(simple_sdp("127.0.0.1", CALLEE_PORT), "off")
+    await env.alice.respond(incoming, 183, body=off)
+    await call.exchange.wait_for(lambda r: r.status == 183)  # type: ignore[union-attr]
+    leg_b.local_tag = "fork-2"
+    env.alice._by_dialog[(leg_b.call_id, "fork-2")] = leg_b
+    on = with_recordpref(simple_sdp("127.0.0.1", CALLEE_PORT + 2), "on")
+    await env.alice.respond(incoming, 183, body=on)
+    await eventually(lambda: gateway_call(env).b_legs[0].recordpref == "on")  # type: ignore[attr-defined]
+    leg_b.local_tag = first_tag  # the first phone answers
+    await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))
+    assert (await call.final()).status == 200
+    recording = await srs.next_call()
+    assert recording.invite.body.count(b"a=inactive") == 2  # type: ignore[attr-defined]
+    assert gateway_call(env).b.recordpref == "off"  # type: ignore[attr-defined]
