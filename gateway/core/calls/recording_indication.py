@@ -245,6 +245,12 @@ class CallRecordingIndication(CallLocationUpdates, CallMediaKeys):
             own = early.get(response.to.tag or "")
             if own != leg.recordpref:
                 leg.recordpref = own
+                log.info(
+                    "call %s: the called party's recording preference is %s (a=recordpref, "
+                    "RFC 7866 §7.2)",
+                    self.id,
+                    own or "nopreference",
+                )
                 self._tell_recordpref(leg.side, own or "nopreference")
         self._note_recordpref(leg, sdp_body(response))
 

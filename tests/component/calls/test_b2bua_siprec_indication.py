@@ -971,12 +971,17 @@ async def test_a_pause_for_a_partys_preference_is_counted_and_listed_with_the_pa
 
 
 async def test_a_recordpref_in_another_forks_early_answer_is_not_the_answering_phones(
-    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A proxy downstream forks our INVITE (RFC 3261 §16.7): one phone's 183 prefers the call
     not recorded, another phone answers in its own early dialog (another To tag, §12.1.2)
     stating no preference. The preference was the other phone's, which is not on the call:
     with ``recordpref = "pause"`` the recording is not paused, and the record shows none."""
+    caplog.set_level(logging.INFO)
     env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None, recordpref="pause")
     call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", CALLER_PORT))
     leg_b = await env.alice.next_call()
@@ -997,6 +1002,8 @@ async def test_a_recordpref_in_another_forks_early_answer_is_not_the_answering_p
     assert on_call.b.recordpref is None  # type: ignore[attr-defined]
     assert "recordpref" not in on_call.security_record()["b"]  # type: ignore[attr-defined]
     assert env.gateway.calls.recording_pauses["preference_pause"] == 0  # type: ignore[union-attr]
+    # The log said the early phone's; it says the change too (docs/operations.md recordpref).
+    assert "the called party's recording preference is nopreference" in caplog.text
 
 
 async def test_recordpref_is_read_from_the_transferees_answer_to_the_transfer_re_invite(
