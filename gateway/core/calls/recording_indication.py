@@ -392,9 +392,13 @@ class CallRecordingIndication(CallLocationUpdates, CallMediaKeys):
                 self._indication_glare_tries += 1
                 self._indication_glare_side = tag.side
                 draw = int(self.manager.gateway.ids.token_hex(2), 16)
-                self._indication_again_at = trio.current_time() + glare_wait(
+                # Not before the wait, whatever wakes _send_indication meanwhile (a change of
+                # the recording's state, a party turning aware, the busy poll): sent sooner,
+                # it would cross the party's own retry again.
+                self._indication_not_before = trio.current_time() + glare_wait(
                     leg.dialog.owns_call_id, draw
                 )
+                self._indication_again_at = self._indication_not_before
                 return
             if self._ends_session("INVITE", response.status):
                 await self._session_lost(

@@ -1241,3 +1241,30 @@ async def test_the_answering_phones_own_early_recordpref_holds_over_another_fork
     recording = await srs.next_call()
     assert recording.invite.body.count(b"a=inactive") == 2  # type: ignore[attr-defined]
     assert gateway_call(env).b.recordpref == "off"  # type: ignore[attr-defined]
+
+
+async def test_a_change_of_state_during_the_wait_after_a_491_does_not_cut_the_wait_short(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """Our indication to the aware callee got 491: RFC 3261 §14.1 has us wait 2.1 to 4 s (we
+    own the dialog's Call-ID) before the next re-INVITE on that dialog. A pause of the
+    recording meanwhile is told after that wait, not at once (which would cross the
+    callee's own retry again)."""
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    held: list[Received] = []
+    _holding(env.alice, held)
+    await call_between(env, callee_aware=True)
+    await srs_answers(srs)
+    first = await env.alice.next_request("INVITE", timeout=10)
+    assert held == [first] and records(first.request.body) == ["on"]
+    await env.alice.respond(first, 491)
+    refused_at = trio.current_time()
+    await eventually(lambda: gateway_call(env)._indication is None)  # type: ignore[attr-defined]
+    calls = env.gateway.calls
+    assert calls is not None
+    calls.pause_recording(gateway_call(env).id, True, by="agent 7")  # type: ignore[attr-defined]
+    srs_pause = await srs.next_request("INVITE", timeout=10)
+    await srs.respond(srs_pause, 200, body=srs_answer())
+    again = await env.alice.next_request("INVITE", timeout=10)
+    assert trio.current_time() - refused_at >= 2.1
+    assert records(again.request.body) == ["paused"]
