@@ -74,7 +74,7 @@ class CallAnswer(CallForkRekey, CallRecordingIndication):
             self.b = leg
             self._start_session_timers(leg, response)
             self._note_record_aware(leg, response)
-            self._note_recordpref(leg, sdp)
+            self._note_answer_recordpref(leg, response)
             if not sdp:
                 # The answer of a reliable 1xx (RFC 3262 §5), applied then or just now. A 2xx
                 # with SDP was applied, keys included, by _answer_via above: nothing since
@@ -183,7 +183,7 @@ class CallAnswer(CallForkRekey, CallRecordingIndication):
         self.b = leg
         self._start_session_timers(leg, response)
         self._note_record_aware(leg, response)
-        self._note_recordpref(leg, sdp_body(response))
+        self._note_answer_recordpref(leg, response)
         self._apply_keys(leg)  # no media before keys: block where a policy needs them
         for other in self.b_legs:
             if other is not leg and other.final is None:

@@ -159,6 +159,11 @@ class BLeg(Leg):
     # (a 1xx CANCELled, a 2xx ACKed and BYEd).
     response_deadline: float = math.inf
     given_up: Response | None = None
+    # The a=recordpref each early dialog's early answer stated (RFC 7866 §7.2), by the callee's
+    # To tag, until the 2xx: a proxy downstream may fork (RFC 3261 §16.7), and the phone that
+    # answers has its own preference, not another's (CallRecordingIndication
+    # ._note_answer_recordpref). At most MAX_EARLY_DIALOGS tags.
+    early_recordprefs: dict[str, str] = attrs.field(factory=dict)
     # The caller's location went in our INVITE (RFC 6442, location.py): a Geolocation-Error
     # in its responses is relayed to the caller (§4.3).
     location_passed: bool = False

@@ -68,7 +68,7 @@ import trio
 
 from gateway.core.calls.base import log, sdp_body
 from gateway.core.calls.events import InDialogRequest, RecordingIndicationEvent
-from gateway.core.calls.leg import Leg, Side
+from gateway.core.calls.leg import BLeg, Leg, Side
 from gateway.core.calls.location_updates import CallLocationUpdates
 from gateway.core.calls.media_keys import CallMediaKeys
 from gateway.core.logs import transport_error_text
@@ -234,6 +234,25 @@ class CallRecordingIndication(CallLocationUpdates, CallMediaKeys):
         )
         self._tell_recordpref(leg.side, pref)
 
+    def _note_answer_recordpref(self, leg: BLeg, response: Response) -> None:
+        """Read ``a=recordpref`` from the 2xx that answered our INVITE on ``leg``. Until then
+        the leg kept the last one any early answer stated; a proxy downstream may have forked
+        (RFC 3261 §16.7), and the phone that answers, in its own early dialog (§12.1.2), has
+        the preference it stated itself there, or none (RFC 7866 §7.2), not another phone's."""
+        early, leg.early_recordprefs = leg.early_recordprefs, {}
+        if early:
+            own = early.get(response.to.tag or "")
+            if own != leg.recordpref:
+                leg.recordpref = own
+                log.info(
+                    "call %s: the called party's recording preference is %s (a=recordpref, "
+                    "RFC 7866 §7.2)",
+                    self.id,
+                    own or "nopreference",
+                )
+                self._tell_recordpref(leg.side, own or "nopreference")
+        self._note_recordpref(leg, sdp_body(response))
+
     # -- the call's task ---------------------------------------------------------------------------
 
     async def _recording_indication_changed(self) -> None:
@@ -372,9 +391,13 @@ class CallRecordingIndication(CallLocationUpdates, CallMediaKeys):
                 self._indication_glare_tries += 1
                 self._indication_glare_side = tag.side
                 draw = int(self.manager.gateway.ids.token_hex(2), 16)
-                self._indication_again_at = trio.current_time() + glare_wait(
+                # Not before the wait, whatever wakes _send_indication meanwhile (a change of
+                # the recording's state, a party turning aware, the busy poll): sent sooner,
+                # it would cross the party's own retry again.
+                self._indication_not_before = trio.current_time() + glare_wait(
                     leg.dialog.owns_call_id, draw
                 )
+                self._indication_again_at = self._indication_not_before
                 return
             if self._ends_session("INVITE", response.status):
                 await self._session_lost(

@@ -19,9 +19,10 @@ import trio
 
 from gateway.core.calls.base import log, sdp_body
 from gateway.core.calls.events import CallEnded, RequestEvent
-from gateway.core.calls.leg import BLeg, Leg
+from gateway.core.calls.leg import MAX_EARLY_DIALOGS, BLeg, Leg
 from gateway.core.calls.location_updates import CallLocationUpdates
 from gateway.core.calls.media_keys import CallMediaKeys
+from gateway.core.calls.recording_indication import recordpref_of
 from gateway.core.calls.routing import other_hops_left
 from gateway.core.logs import transport_error_text
 from gateway.core.sdp.errors import SdpError
@@ -226,7 +227,12 @@ class CallRinging(CallLocationUpdates, CallMediaKeys):
                 )
             elif sdp:
                 answer = parse_sdp_untrusted(sdp)
-                self._note_recordpref(leg, sdp)  # an early answer states one too (RFC 7866 §7.2)
+                # An early answer states one too (RFC 7866 §7.2), that early dialog's phone's.
+                self._note_recordpref(leg, sdp)
+                stated, tag = recordpref_of(sdp), response.to.tag or ""
+                prefs = leg.early_recordprefs
+                if stated is not None and (tag in prefs or len(prefs) < MAX_EARLY_DIALOGS):
+                    prefs[tag] = stated
                 body = serialize_sdp(self._answer_via(leg, answer, response.to.tag or ""))
                 self._early_answer = (leg, response)  # early media: whose the caller hears
                 self._early_sdp_a = body

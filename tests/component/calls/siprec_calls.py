@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import struct
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from pathlib import Path
 
 import trio
@@ -47,12 +48,18 @@ async def siprec_env(
     seed: int,
     *,
     alice_auto: AutoAnswer | None = None,
+    sip: Mapping[str, object] | None = None,
+    carrier: Mapping[str, object] | None = None,
     **table: object,
 ) -> tuple[B2bua, SipAgent]:
+    """A B2BUA recording the carrier's calls with SIPREC (``table``: more of ``[plugins.siprec]``,
+    ``sip``: of ``[sip]``, ``carrier``: of the carrier trunk) and its SRS agent."""
     env = await start_b2bua(
         nursery,
         tmp_path,
         seed,
+        sip=sip,
+        carrier=carrier,
         plugins=[("siprec", siprec_plugin)],
         plugin_tables={
             "enable": ["siprec"],

@@ -822,3 +822,32 @@ async def test_a_rekey_offer_the_b_leg_cannot_be_sent_takes_no_o_version_nor_key
     assert parse_sdp_untrusted(relayed.body).origin.session_version == first.session_version + 1
     assert crypto_key(relayed.body) == offered_key
     assert (await call.bye()).status == 200
+
+
+async def test_the_answering_phones_recordpref_in_its_answer_to_the_rekey_is_read(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    tls_signalling: None,  # noqa: F811
+) -> None:
+    """The 2xx to our re-key re-INVITE is an SDP of the answering phone's like any: its
+    a=recordpref (RFC 7866 §7.2) is read, the leg's preference from then on."""
+    env = await with_sdes(nursery, tmp_path, voipgw_seed)
+
+    async def answer_reinvite(received: Any) -> bool:
+        if received.request.method != "INVITE":
+            return False
+        body = phone_answer(received.request.body, 30002, ANSWERING_PHONE_NEW_KEY, version=2)
+        body = body.replace(b"m=audio", b"a=recordpref:off\r\nm=audio", 1)
+        await env.alice.respond(received, 200, body=body)
+        return True
+
+    env.alice.in_dialog = answer_reinvite
+    call, _, _ = await forked_call(env)
+    await env.alice.next_request("ACK", timeout=5)
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    await eventually(lambda: gateway_call.b.recordpref == "off")
+    assert gateway_call.security_record()["b"]["recordpref"] == "off"
+    assert (await call.bye()).status == 200

@@ -33,6 +33,7 @@ from tests.component.calls.intercept_calls import (
     intercept_env,
     pki,  # noqa: F401 (a fixture)
 )
+from tests.component.calls.location_calls import BY_VALUE, MIXED, MOVED_ONLY, located_body
 from tests.component.calls.siprec_calls import (
     ALICE_DID,
     CALLEE_PORT,
@@ -967,3 +968,303 @@ async def test_a_pause_for_a_partys_preference_is_counted_and_listed_with_the_pa
     assert taps["paused"] is False and taps["pause_count"] == 2
     assert taps["pauses"][0]["resumed_by"] == "caller a=recordpref:on"
     assert taps["pauses"][1]["resumed_by"] == "agent 7"
+
+
+async def test_a_recordpref_in_another_forks_early_answer_is_not_the_answering_phones(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A proxy downstream forks our INVITE (RFC 3261 §16.7): one phone's 183 prefers the call
+    not recorded, another phone answers in its own early dialog (another To tag, §12.1.2)
+    stating no preference. The preference was the other phone's, which is not on the call:
+    with ``recordpref = "pause"`` the recording is not paused, and the record shows none."""
+    caplog.set_level(logging.INFO)
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None, recordpref="pause")
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", CALLER_PORT))
+    leg_b = await env.alice.next_call()
+    incoming = leg_b.incoming
+    assert incoming is not None
+    early = with_recordpref(simple_sdp("127.0.0.1", CALLEE_PORT), "off")
+    await env.alice.respond(incoming, 183, body=early)
+    await call.exchange.wait_for(lambda r: r.status == 183)  # type: ignore[union-attr]
+    assert gateway_call(env).b_legs[0].recordpref == "off"  # type: ignore[attr-defined]
+    leg_b.local_tag = "fork-2"  # the phone that answers, in an early dialog of its own
+    env.alice._by_dialog[(leg_b.call_id, "fork-2")] = leg_b
+    await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT + 2))
+    assert (await call.final()).status == 200
+    recording = await srs.next_call()
+    assert b"a=inactive" not in recording.invite.body  # type: ignore[attr-defined]
+    await recording.answer(200, sdp=srs_answer())
+    on_call = gateway_call(env)
+    assert on_call.b.recordpref is None  # type: ignore[attr-defined]
+    assert "recordpref" not in on_call.security_record()["b"]  # type: ignore[attr-defined]
+    assert env.gateway.calls.recording_pauses["preference_pause"] == 0  # type: ignore[union-attr]
+    # The log said the early phone's; it says the change too (docs/operations.md recordpref).
+    assert "the called party's recording preference is nopreference" in caplog.text
+
+
+async def test_recordpref_is_read_from_the_transferees_answer_to_the_transfer_re_invite(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The callee transfers the caller to bob: the caller's 2xx to our re-INVITE with bob's
+    offer answers it, and states ``a=recordpref:off`` (RFC 7866 §7.2): read as any SDP of
+    the caller's, and with ``recordpref = "pause"`` the recording pauses."""
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None, recordpref="pause")
+    bob = await bob_phone(env, nursery, voipgw_seed)
+    _, alice_leg, _ = await call_between(env)
+    await srs_answers(srs)
+
+    async def answer_with_pref(received: Received) -> bool:
+        if received.request.method != "INVITE":
+            return False
+        body = with_recordpref(env.trunk.answer_sdp(received.request.body), "off")
+        await env.trunk.respond(received, 200, body=body)
+        return True
+
+    env.trunk.in_dialog = answer_with_pref
+    exchange = await alice_leg.request(  # type: ignore[attr-defined]
+        "REFER", extra=[("Refer-To", "<sip:bob@127.0.0.1:5060>")]
+    )
+    assert (await exchange.final()).status == 202
+    await eventually(lambda: bool(bob.requests("ACK")))
+    on_call = gateway_call(env)
+    await eventually(lambda: on_call.a.recordpref == "off")  # type: ignore[attr-defined]
+    calls = env.gateway.calls
+    assert calls is not None
+    await eventually(lambda: calls.recording_pauses["preference_pause"] == 1)
+    assert calls.recordings_paused == {on_call}
+
+
+@pytest.mark.parametrize("strict", [False, True])
+async def test_an_indication_answered_480_ends_the_call_only_with_strict_in_dialog_failures(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    strict: bool,
+) -> None:
+    """``[sip] in_dialog_failures = "strict"`` (RFC 5057 §5.1: 480 ends the invite usage)
+    applies to our indication re-INVITE as to any of ours: the call ends, the other party
+    gets a BYE naming it; lenient (the default), the refusal is a notice and the call goes
+    on (docs/configuration.md "The recording indication")."""
+    sip = {"in_dialog_failures": "strict" if strict else "lenient"}
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None, sip=sip)
+    held: list[Received] = []
+    _holding(env.trunk, held)
+    await call_between(env, caller_aware=True)
+    await srs_answers(srs)
+    await eventually(lambda: len(held) == 1)
+    await env.trunk.respond(held[0], 480)
+    if strict:
+        bye = await env.alice.next_request("BYE", timeout=10)
+        assert "cause=480" in str(bye.request.headers.get("Reason"))
+        await eventually(lambda: not env.gateway.calls.calls)  # type: ignore[union-attr]
+    else:
+        await eventually(lambda: gateway_call(env)._indication is None)  # type: ignore[attr-defined]
+        assert await next_within(env.alice, "BYE", 10) is None
+        assert len(env.gateway.calls.calls) == 1  # type: ignore[union-attr]
+
+
+async def test_a_strict_ending_while_the_indication_waits_sends_no_indication(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The indication to the aware caller waits while the callee's re-INVITE to it is in
+    progress (RFC 3261 §14.1); the caller answers it 404, which with ``in_dialog_failures =
+    "strict"`` ends the call (RFC 5057 §5.1): the callee gets 500 and a BYE, the caller a
+    BYE, and no indication re-INVITE follows into the ended call."""
+    env, srs = await siprec_env(
+        nursery, tmp_path, voipgw_seed, alice_auto=None, sip={"in_dialog_failures": "strict"}
+    )
+    held: list[Received] = []
+    _holding(env.trunk, held)
+    _, alice_leg, _ = await call_between(env, caller_aware=True)
+    hold = simple_sdp("127.0.0.1", CALLEE_PORT, direction="sendonly", version=2)
+    exchange = await alice_leg.request(  # type: ignore[attr-defined]
+        "INVITE", body=hold, content_type="application/sdp"
+    )
+    relayed = await env.trunk.next_request("INVITE", timeout=5)  # unanswered
+    assert held == [relayed]
+    await srs_answers(srs)
+    assert await next_within(env.trunk, "INVITE", 5) is None  # waits: an exchange in progress
+    await env.trunk.respond(held[0], 404)
+    assert (await exchange.final(timeout=5)).status == 500
+    await env.alice.next_request("BYE", timeout=10)
+    await eventually(lambda: not env.gateway.calls.calls)  # type: ignore[union-attr]
+    assert len(held) == 1 and env.trunk.requests("INVITE") == [held[0].request]
+    assert "cannot make the recording indication offer" not in caplog.text  # it waited
+
+
+async def test_the_indication_waits_for_the_partys_own_update_relayed_and_unanswered(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The aware caller's own UPDATE (its new location, no offer: RFC 6442 §4) is relayed to the
+    trunk, which has not answered it: the caller's UPDATE is in progress on its dialog from
+    the moment it arrived (the call keeps no offer of it), so the indication waits for its
+    answer (RFC 3311 §5.1), then goes."""
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, carrier={"prefixes": ["+1", "112"]})
+    held: list[Received] = []
+
+    async def hold_update(received: Received) -> bool:
+        if received.request.method != "UPDATE":
+            return False
+        held.append(received)
+        return True
+
+    env.trunk.in_dialog = hold_update
+    call = await env.alice.invite(
+        "sip:112@127.0.0.1:5060",
+        sdp=located_body(env.alice.offer_sdp()),
+        content_type=MIXED,
+        extra=[*BY_VALUE, *AWARE],
+    )
+    assert (await call.final()).status == 407
+    await call.authenticate()
+    assert (await call.final()).status == 200
+    recording = await srs.next_call()
+    exchange = await call.request("UPDATE", body=MOVED_ONLY, content_type=MIXED, extra=BY_VALUE)
+    await eventually(lambda: len(held) == 1)
+    await recording.answer(200, sdp=srs_answer())
+    await srs.next_request("ACK", timeout=5)
+    # (Within the 4 s the carrier's response_timeout gives the caller's UPDATE to wait.)
+    assert await next_within(env.alice, "INVITE", 3) is None  # its UPDATE is unanswered
+    await env.trunk.respond(held[0], 200)
+    assert (await exchange.final(timeout=5)).status == 200
+    told = await env.alice.next_request("INVITE", timeout=5)
+    assert records(told.request.body) == ["on"]
+
+
+async def test_the_aware_partys_answer_to_our_indication_states_its_recordpref(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Told ``a=record:on``, the aware caller's phone answers our indication re-INVITE with
+    ``a=recordpref:off`` (RFC 7866 §7.2: its preference in an SDP answer, the user's word on
+    hearing it is recorded): read as any SDP of the party's, and with ``recordpref =
+    "pause"`` the recording pauses (and the caller is told ``paused``)."""
+    caplog.set_level(logging.INFO)
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None, recordpref="pause")
+    held: list[Received] = []
+    _holding(env.trunk, held)
+    await call_between(env, caller_aware=True)
+    await srs_answers(srs)
+    await eventually(lambda: len(held) == 1)
+    assert records(held[0].request.body) == ["on"]
+    body = with_recordpref(env.trunk.answer_sdp(held[0].request.body), "off")
+    await env.trunk.respond(held[0], 200, body=body)
+    await env.trunk.next_request("ACK", timeout=5)
+    await eventually(lambda: "the calling party's recording preference is off" in caplog.text)
+    on_call = gateway_call(env)
+    assert on_call.a.recordpref == "off"  # type: ignore[attr-defined]
+    paused = await srs.next_request("INVITE", timeout=10)  # the recording pauses
+    assert paused.request.body.count(b"a=inactive") == 2
+    await srs.respond(paused, 200, body=srs_answer())
+    await eventually(lambda: len(held) == 2)  # the caller is told
+    assert records(held[1].request.body) == ["paused"]
+
+
+async def test_a_party_flipping_record_aware_while_our_indication_is_out_is_told_by_its_last_word(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The aware caller's UPDATEs (session refreshes, RFC 4028 §10, no offer) drop then
+    restate ``record-aware`` while our indication re-INVITE to it is out: each is answered
+    200, nothing crosses (one INVITE at a time, RFC 3261 §14.1); its last word (aware) holds:
+    a pause is told to it once our re-INVITE is answered. Dropping it for good, the next
+    change tells it nothing and the record shows it untold."""
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    held: list[Received] = []
+    _holding(env.trunk, held)
+    call, _, _ = await call_between(env, caller_aware=True)
+    await srs_answers(srs)
+    assert held == [await env.trunk.next_request("INVITE", timeout=10)]  # on, unanswered
+
+    async def refresh(extra: Sequence[tuple[str, str]]) -> None:
+        exchange = await call.request("UPDATE", extra=extra)  # type: ignore[attr-defined]
+        assert (await exchange.final(timeout=5)).status == 200
+
+    await refresh([("Supported", "timer")])
+    await refresh([("Supported", "timer, record-aware")])
+    on_call = gateway_call(env)
+    calls = env.gateway.calls
+    assert calls is not None
+    calls.pause_recording(on_call.id, True, by="agent 7")  # type: ignore[attr-defined]
+    srs_pause = await srs.next_request("INVITE", timeout=10)
+    await srs.respond(srs_pause, 200, body=srs_answer())
+    assert await next_within(env.trunk, "INVITE", 1) is None and len(held) == 1
+    await accept(env.trunk, held[0])
+    told = await env.trunk.next_request("INVITE", timeout=5)  # after ours, and the interval
+    assert held[1] is told and records(told.request.body) == ["paused"]
+    await accept(env.trunk, held[1])
+
+    await refresh([("Supported", "timer")])
+    calls.pause_recording(on_call.id, False, by="agent 7")  # type: ignore[attr-defined]
+    srs_resume = await srs.next_request("INVITE", timeout=10)
+    await srs.respond(srs_resume, 200, body=srs_answer())
+    assert await next_within(env.trunk, "INVITE", 10) is None and len(held) == 2
+    record = on_call.security_record()  # type: ignore[attr-defined]
+    assert "record_aware" not in record["a"] and "recording_indication" not in record
+
+
+async def test_the_answering_phones_own_early_recordpref_holds_over_another_forks_later_one(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """Two forked phones' 183s (RFC 3261 §16.7): the first prefers ``off``, the second, later,
+    ``on``; the first answers, its 200 stating none. Its own preference, from its early
+    answer, is the one the call keeps (RFC 7866 §7.2): with ``recordpref = "pause"`` the
+    recording starts paused."""
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None, recordpref="pause")
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", CALLER_PORT))
+    leg_b = await env.alice.next_call()
+    incoming = leg_b.incoming
+    assert incoming is not None
+    first_tag = leg_b.local_tag
+    off = with_recordpref(simple_sdp("127.0.0.1", CALLEE_PORT), "off")
+    await env.alice.respond(incoming, 183, body=off)
+    await call.exchange.wait_for(lambda r: r.status == 183)  # type: ignore[union-attr]
+    leg_b.local_tag = "fork-2"
+    env.alice._by_dialog[(leg_b.call_id, "fork-2")] = leg_b
+    on = with_recordpref(simple_sdp("127.0.0.1", CALLEE_PORT + 2), "on")
+    await env.alice.respond(incoming, 183, body=on)
+    await eventually(lambda: gateway_call(env).b_legs[0].recordpref == "on")  # type: ignore[attr-defined]
+    leg_b.local_tag = first_tag  # the first phone answers
+    await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))
+    assert (await call.final()).status == 200
+    recording = await srs.next_call()
+    assert recording.invite.body.count(b"a=inactive") == 2  # type: ignore[attr-defined]
+    assert gateway_call(env).b.recordpref == "off"  # type: ignore[attr-defined]
+
+
+async def test_a_change_of_state_during_the_wait_after_a_491_does_not_cut_the_wait_short(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """Our indication to the aware callee got 491: RFC 3261 §14.1 has us wait 2.1 to 4 s (we
+    own the dialog's Call-ID) before the next re-INVITE on that dialog. A pause of the
+    recording meanwhile is told after that wait, not at once (which would cross the
+    callee's own retry again)."""
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    held: list[Received] = []
+    _holding(env.alice, held)
+    await call_between(env, callee_aware=True)
+    await srs_answers(srs)
+    first = await env.alice.next_request("INVITE", timeout=10)
+    assert held == [first] and records(first.request.body) == ["on"]
+    await env.alice.respond(first, 491)
+    refused_at = trio.current_time()
+    await eventually(lambda: gateway_call(env)._indication is None)  # type: ignore[attr-defined]
+    calls = env.gateway.calls
+    assert calls is not None
+    calls.pause_recording(gateway_call(env).id, True, by="agent 7")  # type: ignore[attr-defined]
+    srs_pause = await srs.next_request("INVITE", timeout=10)
+    await srs.respond(srs_pause, 200, body=srs_answer())
+    again = await env.alice.next_request("INVITE", timeout=10)
+    assert trio.current_time() - refused_at >= 2.1
+    assert records(again.request.body) == ["paused"]

@@ -14,10 +14,10 @@ import trio
 
 import gateway.plugins.taps.siprec as siprec_plugin
 from gateway.core.ids import SeededIds
-from gateway.testing.sip_agent import SipAgent
+from gateway.testing.sip_agent import SipAgent, simple_sdp
 from tests.component.calls.b2bua_env import GW, eventually
 from tests.component.calls.dialog_event_watch import start
-from tests.component.calls.pickup_calls import PICKUP
+from tests.component.calls.pickup_calls import BOB_PORT, PICKUP
 from tests.component.calls.pickup_feature_calls import dial_call, ring_alice
 from tests.component.calls.siprec_calls import (
     NS,
@@ -91,3 +91,43 @@ async def test_a_picked_up_call_is_recorded_with_the_picker_and_stops_at_its_han
     bye = await srs.next_request("BYE", timeout=10)
     assert bye.request.call_id == recording.invite.call_id
     await eventually(lambda: env.calls == 0)
+
+
+async def test_the_pickers_recordpref_in_its_invite_pauses_the_recording_from_its_start(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The picker's INVITE is the called party's first SDP (RFC 7866 §7.2): its
+    ``a=recordpref:off`` is read, and with ``recordpref = "pause"`` the recording that starts
+    at the answer starts paused (both of its streams ``a=inactive``)."""
+    env, bob = await start(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        groups=[PICKUP],
+        plugins=[("siprec", siprec_plugin)],
+        plugin_tables={
+            "enable": ["siprec"],
+            "siprec": {
+                "srs": "sip:srs@127.0.0.9:5060",
+                "trunks": ["carrier"],
+                "recordpref": "pause",
+            },
+        },
+    )
+    srs = SipAgent(
+        env.network, SRS, ids=SeededIds(voipgw_seed + 9), user="srs", proxy=GW, auto=None
+    )
+    await nursery.start(srs.serve)
+    incoming, _ = await ring_alice(env)
+    offer = simple_sdp("127.0.0.1", BOB_PORT).replace(b"m=audio", b"a=recordpref:off\r\nm=audio", 1)
+    picked = await bob.invite("sip:*8@127.0.0.1:5060", sdp=offer)
+    await picked.exchange.wait_for(lambda r: r.status == 407)  # type: ignore[union-attr]
+    await picked.authenticate()
+    assert (await picked.final()).status == 200
+    assert (await incoming.final()).status == 200
+    recording = await srs.next_call(timeout=5)
+    assert recording.invite.body.count(b"a=inactive") == 2  # type: ignore[attr-defined]
+    assert env.gateway.calls is not None
+    (call,) = env.gateway.calls.calls
+    assert call.b.recordpref == "off"
+    assert call.security_record()["b"]["recordpref"] == "off"

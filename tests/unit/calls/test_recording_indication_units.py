@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.core.calls.leg import Leg, Side
 from gateway.core.calls.recording_indication import (
     recordpref_of,
     says_record_aware,
@@ -15,6 +16,7 @@ from gateway.core.media.session import record_indication_of, with_record_indicat
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sdp.serializer import serialize_sdp
 from gateway.core.sip.message import Headers
+from gateway.core.sip.transaction import State
 
 TWO_STREAMS = (
     b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
@@ -81,3 +83,35 @@ def test_a_later_message_states_record_aware_only_by_its_supported(
     fields: list[tuple[str, str]], stated: bool | None
 ) -> None:
     assert states_record_aware(Headers.of(fields)) is stated
+
+
+class _Transaction:
+    """A transaction's state only (Leg.exchanges reads nothing else)."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+
+def test_a_legs_exchanges_are_those_without_a_final_response_and_answered_ones_are_dropped() -> (
+    None
+):
+    """RFC 3261 §17: Calling, Trying and Proceeding are before a final response; every other
+    state (Completed after a failure, Accepted after a 2xx, Terminated, Given up after a CANCEL
+    with no answer) ends the exchange, and the leg keeps none of them."""
+    leg = Leg(Side.A, None, "udp", ("127.0.0.1", 5060), None)  # type: ignore[arg-type]
+    ours, theirs = _Transaction(State.CALLING), _Transaction(State.TRYING)
+    leg.exchange_started(ours)  # type: ignore[arg-type]
+    leg.exchange_started(theirs)  # type: ignore[arg-type]
+    assert leg.exchanges_in_progress() == (ours, theirs)
+    ours.state = State.PROCEEDING
+    assert leg.exchanges_in_progress() == (ours, theirs)
+    for ended in (State.COMPLETED, State.ACCEPTED, State.TERMINATED, State.GIVEN_UP):
+        ours.state = ended
+        assert leg.exchanges_in_progress() == (theirs,), ended
+        assert leg.exchanges == (theirs,)  # dropped, not kept for ever
+        ours = _Transaction(State.CALLING)
+        leg.exchange_started(ours)  # type: ignore[arg-type]
+        assert leg.exchanges == (theirs, ours)
+    theirs.state = ours.state = State.COMPLETED
+    assert leg.exchanges_in_progress() == ()
+    assert leg.exchanges == ()
