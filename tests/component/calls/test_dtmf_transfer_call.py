@@ -18,7 +18,13 @@ from gateway.testing.sip_agent import AutoAnswer, Received, simple_sdp
 from tests.component.calls.b2bua_env import ALICE_DID, eventually, start_b2bua
 from tests.component.calls.dtls_phone import bind
 from tests.component.calls.dtmf_calls import audio, b2bua_call, rtp
-from tests.component.calls.transfer_calls import BOB_URI, bob_phone, eventually_notify, refer
+from tests.component.calls.transfer_calls import (
+    BOB_URI,
+    alice_calls,
+    bob_phone,
+    eventually_notify,
+    refer,
+)
 from tests.port_blocks import port_bases
 
 (TRUNK_PORT,) = port_bases(1)  # this process's own ports (tests/port_blocks.py)
@@ -85,3 +91,39 @@ async def test_a_digit_pressed_to_the_transferor_never_reaches_the_transfer_targ
         await trio.sleep(5)
     assert bob.requests("INFO") == []
     assert [r.body for r in env.alice.requests("INFO")] == [b"Signal=1\r\nDuration=100\r\n"]
+
+
+async def test_a_digit_from_info_for_the_transferor_never_goes_to_the_transfer_target(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The other way: alice (leg A, telephone-event) calls a number on the carrier, which
+    answers without it (SIP INFO). The carrier's INFO digits go to alice as events, one
+    after the other (7 for 2 s, then 8 waiting). Alice transfers the carrier to bob, who
+    takes her place on leg A; the carrier's answer to bob's offer leaves telephone-event out
+    again, so the interworking goes on, unchanged. The 8 was keyed for alice: not for bob."""
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    await bob_phone(env, nursery, voipgw_seed)
+    versions = iter(range(1, 100))
+
+    def carrier_answer(offer: bytes) -> bytes:  # an older PBX: no telephone-event
+        return simple_sdp("127.0.0.1", 40000, version=next(versions), formats=("0",))
+
+    env.trunk.answer_sdp = carrier_answer  # type: ignore[method-assign]
+    call_a = await alice_calls(env, "sip:+15550123@127.0.0.1:5060")
+    trunk_leg = await env.trunk.next_call()
+    call = b2bua_call(env)
+    plan = call.media.dtmf if call.media is not None else None
+    assert plan is not None and plan.rfc4733_side == "a"
+    alice = call.a
+    for body in (b"Signal=7\r\nDuration=2000\r\n", b"Signal=8\r\nDuration=100\r\n"):
+        exchange = await trunk_leg.request("INFO", body=body, content_type="application/dtmf-relay")
+        assert (await exchange.final()).status == 200
+    assert await refer(call_a, BOB_URI) == 202
+    await eventually_notify(env.alice, "SIP/2.0 200 OK")
+    assert call.a is not alice  # bob's leg now
+    assert call.media is not None and call.media.dtmf == plan  # the interworking goes on
+    await trio.sleep(5)
+    work = call._dtmf
+    assert work is not None and not work.events and not work.injecting
+    assert work.to_rfc4733 == 1  # the 7 (begun towards alice)
+    assert work.events_dropped == 1  # the 8: not to bob
