@@ -82,7 +82,7 @@ class CallDtmfInfo(CallLocationUpdates):
         work = self._dtmf_work()
         target = self._dtmf_info_target(plan)
         if target is None or target[0] is not event.party:
-            work.info_failed += 1  # no dialog to send it in (the early one ended)
+            work.info_failed += 1  # no dialog to send it in, or another party there now
             if target is not None:
                 self._dtmf_party_left(plan.info_side)
             return
