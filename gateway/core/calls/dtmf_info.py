@@ -52,7 +52,20 @@ class CallDtmfInfo(CallLocationUpdates):
     def _dtmf_heard(self, side: str, digit: Digit) -> None:
         """The media session read a digit of ``side``'s RFC 4733 events (in the relay's loop)."""
         plan = self.media.dtmf if self.media is not None else None
-        self.post(DtmfDigitEvent(side, digit, plan))
+        party = None if plan is None else self._dtmf_party(plan.info_side)
+        self.post(DtmfDigitEvent(side, digit, plan, party))
+
+    def _dtmf_party(self, side: str) -> Leg | None:
+        """The leg on ``side`` now, whose party a digit pressed now is for: before the answer
+        on B, the leg whose early media the call relays. A leg that takes its place later (a
+        transfer's target, :meth:`_take_over`; another fork) is another party: a digit
+        pressed for this one (a PIN keyed to an IVR) must never reach it."""
+        if side == Side.A.value:
+            return self.a
+        if self.b is not None:
+            return self.b
+        early = self._early_answer
+        return None if early is None else early[0]
 
     def _dtmf_work(self) -> DtmfWork:
         if self._dtmf is None:
@@ -68,8 +81,10 @@ class CallDtmfInfo(CallLocationUpdates):
             return  # heard outside an interworking (nothing to carry)
         work = self._dtmf_work()
         target = self._dtmf_info_target(plan)
-        if target is None:
-            work.info_failed += 1  # no dialog to send it in (the early one ended)
+        if target is None or target[0] is not event.party:
+            work.info_failed += 1  # no dialog to send it in, or another party there now
+            if target is not None:
+                self._dtmf_party_left(plan.info_side)
             return
         if not _allows_info(target[0], self._early_response_of(target[0])):
             work.not_carried += 1
@@ -82,7 +97,7 @@ class CallDtmfInfo(CallLocationUpdates):
                     plan.rfc4733_side.upper(),
                 )
             return
-        work.infos.append((event.digit, plan))
+        work.infos.append((event.digit, plan, event.party))
         await self._send_dtmf_info(work)
 
     def _early_response_of(self, leg: Leg) -> Response | None:
@@ -132,17 +147,20 @@ class CallDtmfInfo(CallLocationUpdates):
         while work.infos:
             # The INFO leg of the plan the digit was heard under: a change since (RFC 4733
             # events left out of a re-answer) does not take back a digit already pressed.
-            target = self._dtmf_info_target(work.infos[0][1])
-            if target is None:
-                work.info_failed += 1  # its dialog ended
+            _, plan, party = work.infos[0]
+            target = self._dtmf_info_target(plan)
+            if target is None or target[0] is not party:
+                work.info_failed += 1  # its dialog ended, or another party is there now
                 work.infos.popleft()
+                if target is not None:
+                    self._dtmf_party_left(plan.info_side)
                 continue
             leg, dialog = target
             if work.info_in_flight is not None:
                 if work.info_dialog is dialog:
                     return  # sent on its answer (_dtmf_info_answered)
                 work.info_in_flight = None
-            digit, _ = work.infos.popleft()
+            digit, _, _ = work.infos.popleft()
             tag = InDialogRequest("dtmf", leg.side)
             sent = await self._send_in_dialog(
                 leg,
@@ -158,6 +176,16 @@ class CallDtmfInfo(CallLocationUpdates):
                 work.to_info += 1
                 return
             work.info_failed += 1
+
+    def _dtmf_party_left(self, side: str) -> None:
+        """A digit for the party that was on ``side`` when it was pressed is not sent: another
+        party is there now. Not the digit itself (it may be a PIN)."""
+        log.info(
+            "call %s: a DTMF digit pressed while another party was on the %s leg is not sent "
+            "to the party there now",
+            self.id,
+            side.upper(),
+        )
 
     async def _dtmf_info_answered(self, tag: InDialogRequest, response: Response) -> None:
         work = self._dtmf
@@ -222,7 +250,10 @@ class CallDtmfInfo(CallLocationUpdates):
         if len(work.events) >= _DTMF_QUEUE:
             work.events_dropped += 1  # a flood of INFOs: the digits would arrive too late
             return
-        work.events.append(digit)
+        # The party on the RFC 4733 leg now is the one the digit is for (_dtmf_party).
+        work.events.append(
+            (digit, self._dtmf_party(Side.B.value if event.side is Side.A else Side.A.value))
+        )
         if not work.injecting and self.manager.start_child(self, self._inject_dtmf, work):
             work.injecting = True
 
@@ -233,10 +264,14 @@ class CallDtmfInfo(CallLocationUpdates):
         between digits (a new event takes a new timestamp, §2.5.1.2)."""
         try:
             while work.events and self.media is not None:
-                digit = work.events.popleft()
+                digit, party = work.events.popleft()
                 plan = self.media.dtmf
                 if plan is None:
                     work.events_dropped += 1
+                    continue
+                if self._dtmf_party(plan.rfc4733_side) is not party:
+                    work.events_dropped += 1
+                    self._dtmf_party_left(plan.rfc4733_side)
                     continue
                 started = trio.current_time()
                 sent = 0
@@ -281,10 +316,11 @@ class DtmfWork:
     """A call's DTMF interworking in progress (:meth:`Call._dtmf_to_info`,
     :meth:`Call._info_to_dtmf`) and its counts for the call record."""
 
-    infos: deque[tuple[Digit, DtmfPlan]] = attrs.Factory(deque)
+    # Each digit with the plan it was heard under and the INFO leg's party then.
+    infos: deque[tuple[Digit, DtmfPlan, Leg | None]] = attrs.Factory(deque)
     info_in_flight: InDialogRequest | None = None
     info_dialog: Dialog | None = None  # the dialog the INFO in flight went in
-    events: deque[Digit] = attrs.Factory(deque)
+    events: deque[tuple[Digit, Leg | None]] = attrs.Factory(deque)  # and the party it is for
     injecting: bool = False
     to_info: int = 0
     info_failed: int = 0

@@ -104,11 +104,14 @@ class DtmfDigitEvent:
     interworks DTMF: for the other leg, as SIP INFO (docs/architecture.md "DTMF
     interworking"). ``plan``: the interworking it was heard under (the call's at the time),
     whose INFO leg it goes to even if a change ended that plan meanwhile (an event the
-    change cut is reported then, RFC 4733 §2.5.2)."""
+    change cut is reported then, RFC 4733 §2.5.2). ``party``: that INFO leg's party when the
+    digit was heard; a party that took its place since (a transfer, another fork's answer)
+    never gets it."""
 
     side: str
     digit: Digit
     plan: DtmfPlan | None = None
+    party: Leg | None = None
 
 
 @attrs.frozen

@@ -226,6 +226,13 @@ class EventDetector:
             duration = max(duration, spanned)
         return self._end(self._ssrc, (current[0], current[1], duration))
 
+    def follow(self, earlier: EventDetector) -> None:
+        """Read on from ``earlier``, which read the same sender's events under the plan this
+        detector's replaces: the event it ended last stays ended, so its later packets (its
+        other end copies, §2.5.1.4; copies a media worker took under the old plan) are not
+        read as a new event whose start was lost, a second digit."""
+        self._ended = earlier._ended
+
     def _end(self, ssrc: int, event: tuple[int, int, int]) -> list[Digit]:
         """``event`` (timestamp, event, duration) of source ``ssrc`` is over: its digit."""
         self._current = None

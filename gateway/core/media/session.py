@@ -1492,8 +1492,10 @@ class MediaSession:
         if stream is None:
             self.dtmf = None
             return
-        detector = EventDetector(plan.clock_rate)
-        self._dtmf_detector = detector
+        fresh = EventDetector(plan.clock_rate)
+        if detector is not None and old is not None and old.rfc4733_side == plan.rfc4733_side:
+            fresh.follow(detector)  # the same sender: what ended stays ended
+        detector = self._dtmf_detector = fresh
         rfc4733 = plan.rfc4733_side
         clock = self._clock
 

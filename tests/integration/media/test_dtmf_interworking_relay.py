@@ -380,3 +380,53 @@ async def test_audio_first_means_no_event_was_in_progress(
     await alice.send(rtp(3, 0, timestamp=480), port)
     assert fields((await bob.receive())[1])[1:3] == (0, 2)
     assert taken == [late_start]
+
+
+@pytest.mark.parametrize(("a_suite", "b_suite"), SUITES)
+async def test_a_kept_offset_wraps_the_sequence_with_the_receivers_roc(
+    stream: MediaStream, phones: tuple[Phone, Phone], a_suite: str | None, b_suite: str | None
+) -> None:
+    """Near the wrap (RFC 3711 §3.3.1): injected events moved the numbers Alice hears up by
+    two, so her stream wraps two packets before Bob's does, across add -> remove -> add of the
+    interworking. The relay's SRTP context towards her must move its ROC where the numbers it
+    sends wrap, as her receiver (pylibsrtp, independent of ours) estimates it: every packet
+    unprotects, and the numbers go on by one through 65535 -> 0 (not back)."""
+    alice, bob = phones
+    bridge(stream, alice, bob, a_suite=a_suite, b_suite=b_suite)
+    port = stream.b.ports.rtp_port
+    heard: list[int] = []
+
+    async def audio(sequence: int) -> None:
+        await bob.send(rtp(sequence, 8, ssrc=0xB0B, timestamp=160 * sequence), port)
+        _, plain = await alice.receive()
+        assert fields(plain)[1] == 8
+        heard.append(fields(plain)[2])
+
+    async def digit() -> None:
+        start = event_payload(4, end=False, duration=160)
+        end = event_payload(4, end=True, duration=320)
+        assert stream.send_telephone_event("b_to_a", start, marker=True, start=True)
+        assert stream.send_telephone_event("b_to_a", end, marker=False, start=False)
+        for _ in range(2):
+            heard.append(fields((await alice.receive())[1])[2])
+
+    def inject() -> None:
+        stream.b_to_a.dtmf = DtmfInterworking(
+            inject_payload_type=101, inject_clock_rate=8000, ssrc=1
+        )
+
+    inject()
+    await audio(65529)
+    await digit()  # 65530, 65531: Bob's numbers are two behind from here
+    stream.b_to_a.dtmf = None
+    for sequence in (65530, 65531, 65532, 65533, 65534):  # 65532 .. 65535, 0: wraps first
+        await audio(sequence)
+    inject()
+    await audio(65535)  # 1
+    await digit()  # 2, 3
+    stream.b_to_a.dtmf = None
+    for sequence in range(6):  # Bob wraps now; Alice hears 4 .. 9
+        await audio(sequence)
+    expected = [(65529 + n) & 0xFFFF for n in range(len(heard))]
+    assert heard == expected
+    assert stream.b_to_a.statistics().dropped_transform == 0

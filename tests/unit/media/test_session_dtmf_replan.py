@@ -194,3 +194,44 @@ def test_a_re_invite_answered_without_telephone_event_marks_the_events_relayed_u
     assert session.dtmf == DtmfPlan(0, "a", "b", 101, 8000)
     take = stream_of(session).a_to_b.dtmf
     assert take is not None and take.relayed_until_now
+
+
+@pytest.mark.parametrize("ended_before", [False, True])
+def test_an_event_is_not_read_again_by_the_plan_that_replaces_its_own(
+    session: MediaSession, ended_before: bool
+) -> None:
+    """A's digit 6 is reported (by its first end packet, or at the change as unfinished) when
+    a re-offer renumbers telephone-event: a new plan on the same legs. The event's later
+    packets that reach the new plan's detector (its other end copies, RFC 4733 §2.5.1.4;
+    with media workers the copies taken under the old plan still in the channel) are of an
+    event that ended: not a second 6 (before, the new detector read them as a new event
+    whose start was lost, and the INFO leg got 66)."""
+    interworking(session)
+    heard: list[tuple[str, Digit]] = []
+    session.on_dtmf_digit = lambda side, digit: heard.append((side, digit))
+    take = stream_of(session).a_to_b.dtmf
+    assert take is not None and take.on_event is not None
+    end = EVENT_HEADER + event_payload(6, end=True, duration=800)
+    if ended_before:
+        take.on_event(end)
+    else:
+        take.on_event(EVENT_HEADER + event_payload(6, end=False, duration=400))
+    reoffer = parse_sdp_untrusted(
+        b"v=0\r\no=- 7 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+        b"m=audio 20000 RTP/AVP 0 96\r\na=rtpmap:0 PCMU/8000\r\n"
+        b"a=rtpmap:96 telephone-event/8000\r\n"
+    )
+    session.offer_from("a", reoffer)
+    session.answer_from("b", sdp(30000, ("0",), version=2))
+    assert session.dtmf == DtmfPlan(0, "a", "b", 96, 8000)
+    assert [digit.digit for _, digit in heard] == ["6"]
+    renewed = stream_of(session).a_to_b.dtmf
+    assert renewed is not None and renewed is not take and renewed.on_event is not None
+    for _ in range(2):
+        renewed.on_event(end)
+    assert [digit.digit for _, digit in heard] == ["6"]
+    # The sender's next event (a later timestamp) is read as ever.
+    later = bytearray(EVENT_HEADER)
+    later[4:8] = (2000).to_bytes(4, "big")
+    renewed.on_event(bytes(later) + event_payload(1, end=True, duration=800))
+    assert [digit.digit for _, digit in heard] == ["6", "1"]
