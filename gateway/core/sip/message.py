@@ -84,7 +84,7 @@ def _option_tags(values: tuple[str, ...]) -> frozenset[str]:
 _option_tags_cached = functools.lru_cache(maxsize=PARSE_CACHE_ENTRIES)(_option_tags)
 OPTION_TAGS_CACHE_MAX_TAGS = 16
 """Longer lists (elements, empty ones too) are parsed every time and never held by the cache: a
-party lists a handful (sipp 2, FreeSWITCH 3-6, a Polycom phone 9)."""
+party lists a handful."""
 
 
 @attrs.frozen
