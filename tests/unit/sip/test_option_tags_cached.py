@@ -8,13 +8,18 @@ same values asked again through another message."""
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.core.calls.recording_indication import says_record_aware
+from gateway.core.sip import message
 from gateway.core.sip.errors import SipParseError
-from gateway.core.sip.grammar import PARSE_CACHE_MAX_TEXT
-from gateway.core.sip.message import Headers
+from gateway.core.sip.grammar import PARSE_CACHE_ENTRIES, PARSE_CACHE_MAX_TEXT
+from gateway.core.sip.message import OPTION_TAGS_CACHE_MAX_TAGS, Headers
 from gateway.core.sip.parser import parse_message_untrusted
 from gateway.core.sip.session_timer import supports_timer
 
@@ -136,3 +141,72 @@ def test_tags_of_one_message_are_not_another_messages() -> None:
     assert Headers.of([("Require", "timer")]).lists_option_tag("timer")
     assert not Headers.of([("Unsupported", "timer")]).lists_option_tag("timer")
     assert Headers().option_tags("Supported") == frozenset()
+
+
+def _cache_info() -> tuple[int, int]:
+    info = message._option_tags_cached.cache_info()
+    return info.currsize, info.misses
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        # Past the text bound, as the grammar's parse caches (PARSE_CACHE_MAX_TEXT).
+        [("Supported", "timer, x-" + "a" * PARSE_CACHE_MAX_TEXT)],
+        # Short, but more tags than a party lists: each is a string and a set slot held.
+        [("Supported", f"t{n}") for n in range(OPTION_TAGS_CACHE_MAX_TAGS + 1)],
+        # One field built by code with the commas in it counts its elements too.
+        [("Supported", ",".join(f"t{n}" for n in range(OPTION_TAGS_CACHE_MAX_TAGS + 1)))],
+        [("k", ",,,,"), ("Supported", "," * OPTION_TAGS_CACHE_MAX_TAGS)],
+    ],
+    ids=["long text", "many fields", "one field of many tags", "empty elements"],
+)
+def test_a_list_past_the_bounds_is_parsed_and_not_held(fields: list[tuple[str, str]]) -> None:
+    headers = Headers.of(fields)
+    held, misses = _cache_info()
+    assert headers.option_tags("Supported") == _option_tags_before(headers, "Supported")
+    assert _cache_info() == (held, misses)  # the cache was not asked
+
+
+def _held_after(lists: list[list[str]]) -> int:
+    """Bytes still allocated after each list was sent as a new INVITE's Supported and asked."""
+    message._option_tags_cached.cache_clear()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for tags in lists:
+            request = parse_message_untrusted(_request_bytes([("Supported", ",".join(tags))]))
+            request.headers.lists_option_tag("timer")
+            del request
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+        return sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    finally:
+        tracemalloc.stop()
+        message._option_tags_cached.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("tags", "width"),
+    [
+        (PARSE_CACHE_MAX_TEXT // 3, 2),
+        (OPTION_TAGS_CACHE_MAX_TAGS, PARSE_CACHE_MAX_TEXT // OPTION_TAGS_CACHE_MAX_TAGS - 1),
+    ],
+    ids=["many short tags", "the most tags of the longest the cache takes"],
+)
+def test_a_peers_new_lists_hold_a_few_mb_at_most(tags: int, width: int) -> None:
+    # A peer sending a new list in every message (a few thousand INVITEs at line rate) fills
+    # the cache; an entry holds its key's strings, its tags' and a set, so the bounds keep the
+    # whole as small as the grammar's caches (a few MB, grammar.py): 170 tags of two characters
+    # a list held 27 MB (session 44's review).
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    pairs = [a + b for a in alphabet for b in alphabet]  # 1,296: list n's first tag is pairs[n]
+    lists = [
+        [pairs[(n + 7 * i) % len(pairs)].rjust(width, "t") for i in range(tags)]
+        for n in range(PARSE_CACHE_ENTRIES)
+    ]
+    # Each within the text bound (its values and their separators), each list another key.
+    assert all(len(tags) + sum(map(len, tags)) <= PARSE_CACHE_MAX_TEXT for tags in lists)
+    assert len({tuple(tags) for tags in lists}) == len(lists)
+    held = _held_after(lists)
+    assert held < 5_000_000, held
