@@ -1036,3 +1036,44 @@ def test_a_role_that_may_not_drop_the_leftover_says_what_to_run_and_as_whom(
     ) in warnings[0]
     assert postgres_cluster.password not in caplog.text
     assert _index_state(postgres_cluster, shifted_database) == [False]
+
+
+@pytest.mark.parametrize("theirs", ["invalid", "valid"])
+def test_a_retention_index_name_on_another_table_of_the_schema_is_not_taken_for_ours(
+    postgres_cluster: Cluster,
+    postgres_database: str,
+    opened: list[PostgresStore],
+    caplog: pytest.LogCaptureFixture,
+    theirs: str,
+) -> None:
+    """An index named call_records_kept_by on another table of call_records' own schema (an
+    operator's, by hand) was taken for ours by its name alone (_index_valid): invalid, it was
+    "an interrupted build" and dropped, the operator's index on their own table; valid, it was
+    taken for built and every retention delete read the whole table. Only call_records'
+    indexes are ours: IF NOT EXISTS then keeps theirs and the node says so."""
+    PostgresStore.open(postgres_cluster.dsn(postgres_database), listen=False).close()
+    postgres_cluster.admin(f"DROP INDEX {RETENTION_INDEX}", postgres_database)
+    for statement in (
+        "CREATE TABLE public.ops_notes (ended_at float8)",
+        f"CREATE INDEX {RETENTION_INDEX} ON public.ops_notes (ended_at)",
+    ):
+        postgres_cluster.admin(statement, postgres_database)
+    if theirs == "invalid":
+        _invalidate(postgres_cluster, postgres_database, RETENTION_INDEX)
+    caplog.set_level(logging.INFO, logger=pg_module.__name__)
+    store = PostgresStore.open(postgres_cluster.dsn(postgres_database), listen=False)
+    opened.append(store)
+    if store._builder is not None:
+        store._builder.join(30)
+    assert postgres_cluster.admin(
+        "SELECT t.relname, i.indisvalid FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid"
+        f" WHERE i.indexrelid = to_regclass('{RETENTION_INDEX}')",
+        postgres_database,
+    ) == [("ops_notes", theirs == "valid")]  # theirs, as it was: not dropped
+    assert RETENTION_INDEX in store.missing_indexes()
+    assert any(
+        f"an index named {RETENTION_INDEX} is there, but not the one voipgw builds under that"
+        " name" in r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING
+    ), caplog.text

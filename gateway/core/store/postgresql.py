@@ -2708,11 +2708,13 @@ def _index_valid(db: psycopg.Connection[Any], name: str = RETENTION_INDEX) -> bo
     Looked up in the schema of the call_records the search_path finds, where CREATE INDEX puts
     it: by its bare name (to_regclass) it was the first of that name along the search_path,
     another schema's on another table with ``options=-c search_path=a,public``, taken for ours
-    (valid: ours never built; invalid: ours, valid, dropped and built again)."""
+    (valid: ours never built; invalid: ours, valid, dropped and built again). On call_records
+    itself: one of that name on another table of its schema (by hand) is not ours, and was
+    taken for it (valid: every delete reading the whole table; invalid: dropped as an
+    interrupted build's); ``IF NOT EXISTS`` keeps it, and the build says so."""
     row = db.execute(
         "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
-        " WHERE c.relname = %s AND c.relnamespace ="
-        " (SELECT relnamespace FROM pg_class WHERE oid = to_regclass('call_records'))",
+        " WHERE c.relname = %s AND i.indrelid = to_regclass('call_records')",
         (name,),
     ).fetchone()
     return None if row is None else bool(row[0])
