@@ -1925,8 +1925,9 @@ class PostgresStore:
             if _index_valid(db) is True:
                 self._indexed.add(RETENTION_INDEX)
                 return
-        if self._index_refused:
-            raise StoreError(f"PostgreSQL {self._server.description}: {_NOT_OWNER}")
+            refused = _in_schema(db, _NOT_OWNER) if self._index_refused else None
+        if refused is not None:
+            raise StoreError(f"PostgreSQL {self._server.description}: {refused}")
         raise StoreIndexing(
             f"PostgreSQL {self._server.description}: the index {RETENTION_INDEX} is being"
             " built (CREATE INDEX CONCURRENTLY, by the first node to start with it missing"
@@ -2437,7 +2438,7 @@ class PostgresStore:
                     " name (%s): drop or rename it; %s",
                     where,
                     index.name,
-                    index.create,
+                    _in_schema(db, index.create),
                     index.failed,
                 )
                 return None
@@ -2466,7 +2467,11 @@ class PostgresStore:
                 if index is RETENTION:
                     self._index_refused = True
                 log.log(
-                    index.failed_level, "%s: %s: %s", where, index.not_owner, self._server.say(exc)
+                    index.failed_level,
+                    "%s: %s: %s",
+                    where,
+                    _in_schema(db, index.not_owner),
+                    self._server.say(exc),
                 )
             else:
                 log.log(
@@ -2733,6 +2738,14 @@ def _on_call_records(db: psycopg.Connection[Any], name: str) -> str:
         (name,),
     ).fetchone()
     return name if row is None else str(row[0])
+
+
+def _in_schema(db: psycopg.Connection[Any], advice: str) -> str:
+    """``advice`` (one of this module's texts) with the ``CREATE INDEX ... ON call_records``
+    it gives qualified with call_records' schema, quoted as SQL needs (:func:`_on_call_records`):
+    the operator pastes it into psql, whose search_path is not the node's, and the bare table
+    name there may be another schema's call_records (the index goes in its table's schema)."""
+    return advice.replace(" ON call_records (", f" ON {_on_call_records(db, 'call_records')} (")
 
 
 def _call_records_owner(db: psycopg.Connection[Any]) -> str:
