@@ -1081,3 +1081,46 @@ def test_a_retention_index_name_on_another_table_of_the_schema_is_not_taken_for_
         for r in caplog.records
         if r.levelno == logging.WARNING
     ), caplog.text
+
+
+@pytest.mark.parametrize(
+    ("schema", "said"),
+    [("select", '"select"'), ('Voip "Ops"', '"Voip ""Ops"""'), ("ops_2", "ops_2")],
+)
+def test_the_advice_names_are_quoted_as_psql_takes_them(
+    postgres_cluster: Cluster, shifted_database: str, schema: str, said: str
+) -> None:
+    """What the advice lines give to paste (quote_ident): a schema named like a keyword, in
+    upper case, with a space or a double quote, an index named so, and the owning role, each
+    as SQL takes it; pasted where the search_path does not find call_records' schema, the
+    DROP drops that index and the CREATE builds on that table."""
+    import psycopg
+
+    quoted = '"' + schema.replace('"', '""') + '"'
+    for statement in (
+        f"CREATE SCHEMA {quoted}",
+        f"CREATE TABLE {quoted}.call_records (call_id text)",
+        f'CREATE INDEX "We""ird C" ON {quoted}.call_records (call_id)',
+        'DROP ROLE IF EXISTS "Ops Owner"',
+        'CREATE ROLE "Ops Owner"',
+        f'ALTER TABLE {quoted}.call_records OWNER TO "Ops Owner"',
+    ):
+        postgres_cluster.admin(statement, shifted_database)
+    try:
+        with psycopg.connect(postgres_cluster.admin_dsn(shifted_database)) as db:
+            db.autocommit = True
+            db.execute(f"SET search_path = {quoted}")
+            index = pg_module._on_call_records(db, 'We"ird C')
+            assert index == f'{said}."We""ird C"'
+            assert pg_module._call_records_owner(db) == '"Ops Owner"'
+            create = pg_module._in_schema(db, pg_module._CREATE_RETENTION_INDEX)
+            assert f" ON {said}.call_records (" in create
+            db.execute("SET search_path = public")  # psql's, where it is pasted
+            db.execute(f"DROP INDEX CONCURRENTLY {index}")
+            db.execute(create.replace("COALESCE(ended_at, started_at)", "call_id"))
+            db.execute(f"SET search_path = {quoted}")
+            assert pg_module._index_valid(db, 'We"ird C') is None  # that one dropped
+            assert pg_module._index_valid(db) is True  # built on that call_records
+    finally:
+        postgres_cluster.admin(f"DROP SCHEMA {quoted} CASCADE", shifted_database)
+        postgres_cluster.admin('DROP ROLE "Ops Owner"', shifted_database)
