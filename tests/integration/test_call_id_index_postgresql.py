@@ -1124,3 +1124,51 @@ def test_the_advice_names_are_quoted_as_psql_takes_them(
     finally:
         postgres_cluster.admin(f"DROP SCHEMA {quoted} CASCADE", shifted_database)
         postgres_cluster.admin('DROP ROLE "Ops Owner"', shifted_database)
+
+
+def test_a_drop_of_the_leftover_whose_connection_is_lost_says_so(
+    postgres_cluster: Cluster,
+    shifted_database: str,
+    opened: list[PostgresStore],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The drop's failure line asked the catalogue for the names it gives (the schema, the
+    owner) over the session the failure was on: one cut (the server restarted, a pooler or
+    the watchdog closing it) failed again there, and the node said instead that building the
+    retention index failed, with the second error. They are asked before the DROP."""
+    import psycopg
+
+    PostgresStore.open(postgres_cluster.dsn(shifted_database), listen=False).close()
+    postgres_cluster.admin(
+        'CREATE INDEX ops_call_id_c ON call_records ((call_id COLLATE "C"))', shifted_database
+    )
+    _invalidate(postgres_cluster, shifted_database)
+
+    def dropping() -> list[tuple[object, ...]]:
+        return postgres_cluster.admin(
+            "SELECT pid FROM pg_stat_activity WHERE query LIKE 'DROP INDEX CONCURRENTLY%'"
+            " AND state = 'active'",
+            shifted_database,
+        )
+
+    caplog.set_level(logging.INFO, logger=pg_module.__name__)
+    with psycopg.connect(postgres_cluster.admin_dsn(shifted_database)) as writer:
+        writer.execute("LOCK TABLE call_records IN ROW EXCLUSIVE MODE")  # holds the DROP
+        store = PostgresStore.open(postgres_cluster.dsn(shifted_database), node="node")
+        opened.append(store)
+        builder = store._builder
+        assert builder is not None
+        caplog.clear()  # the start's bounded try, given up at statement_timeout
+        _wait_until(lambda: bool(dropping()))
+        postgres_cluster.admin(f"SELECT pg_terminate_backend({dropping()[0][0]})", shifted_database)
+        builder.join(30)
+        writer.rollback()
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(said) == 1, said
+    assert said[0][0] == logging.WARNING
+    assert f"dropping the index {CALL_ID_INDEX} failed: " in said[0][1]
+    assert (
+        f"as the owner of call_records ({STORE_USER}), outside a transaction:"
+        f" DROP INDEX CONCURRENTLY public.{CALL_ID_INDEX})"
+    ) in said[0][1]
+    assert postgres_cluster.password not in caplog.text

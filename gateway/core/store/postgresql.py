@@ -2302,8 +2302,12 @@ class PostgresStore:
             CALL_ID_INDEX,
             valid,
         )
+        # Asked before the DROP: its failure may be the session's end (the server restarted,
+        # the watchdog cutting it), over which the failure's line could then ask nothing.
+        dropped_by = _on_call_records(db, CALL_ID_INDEX)
+        owner = _call_records_owner(db)
         try:
-            db.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {_on_call_records(db, CALL_ID_INDEX)}")
+            db.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {dropped_by}")
         except pg.Error as exc:
             if bounded and isinstance(exc, pg.errors.QueryCanceled):
                 log.info(
@@ -2315,8 +2319,6 @@ class PostgresStore:
                 return False
             if self._stopping.is_set():
                 return True
-            dropped_by = _on_call_records(db, CALL_ID_INDEX)
-            owner = _call_records_owner(db)
             if isinstance(exc, pg.errors.InsufficientPrivilege):
                 # Only the owner may drop it: no start of this node will, and this is said at
                 # each (once), so with what ends it.
