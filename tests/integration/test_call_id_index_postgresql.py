@@ -300,7 +300,10 @@ def test_a_node_that_may_not_build_it_says_so_and_migrate_store_builds_it(
     said = [(r.levelno, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(said) == 1 and said[0][0] == logging.WARNING, said
     assert f"this node's role may not build the index {CALL_ID_INDEX}" in said[0][1]
-    assert "voipgw migrate-store" in said[0][1] and pg_module._CREATE_CALL_ID_INDEX in said[0][1]
+    assert "voipgw migrate-store" in said[0][1]
+    # In call_records' schema: psql, where it is pasted, has a search_path of its own.
+    paste = pg_module._CREATE_CALL_ID_INDEX.replace(" ON call_records ", " ON public.call_records ")
+    assert paste in said[0][1]
     assert postgres_cluster.password not in caplog.text
     queries = _Queries(monkeypatch)
     assert _found(node, CALL_ID) == [f"{CALL_ID};zz", f"{CALL_ID};t1"]
@@ -1036,3 +1039,136 @@ def test_a_role_that_may_not_drop_the_leftover_says_what_to_run_and_as_whom(
     ) in warnings[0]
     assert postgres_cluster.password not in caplog.text
     assert _index_state(postgres_cluster, shifted_database) == [False]
+
+
+@pytest.mark.parametrize("theirs", ["invalid", "valid"])
+def test_a_retention_index_name_on_another_table_of_the_schema_is_not_taken_for_ours(
+    postgres_cluster: Cluster,
+    postgres_database: str,
+    opened: list[PostgresStore],
+    caplog: pytest.LogCaptureFixture,
+    theirs: str,
+) -> None:
+    """An index named call_records_kept_by on another table of call_records' own schema (an
+    operator's, by hand) was taken for ours by its name alone (_index_valid): invalid, it was
+    "an interrupted build" and dropped, the operator's index on their own table; valid, it was
+    taken for built and every retention delete read the whole table. Only call_records'
+    indexes are ours: IF NOT EXISTS then keeps theirs and the node says so."""
+    PostgresStore.open(postgres_cluster.dsn(postgres_database), listen=False).close()
+    postgres_cluster.admin(f"DROP INDEX {RETENTION_INDEX}", postgres_database)
+    for statement in (
+        "CREATE TABLE public.ops_notes (ended_at float8)",
+        f"CREATE INDEX {RETENTION_INDEX} ON public.ops_notes (ended_at)",
+    ):
+        postgres_cluster.admin(statement, postgres_database)
+    if theirs == "invalid":
+        _invalidate(postgres_cluster, postgres_database, RETENTION_INDEX)
+    caplog.set_level(logging.INFO, logger=pg_module.__name__)
+    store = PostgresStore.open(postgres_cluster.dsn(postgres_database), listen=False)
+    opened.append(store)
+    if store._builder is not None:
+        store._builder.join(30)
+    assert postgres_cluster.admin(
+        "SELECT t.relname, i.indisvalid FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid"
+        f" WHERE i.indexrelid = to_regclass('{RETENTION_INDEX}')",
+        postgres_database,
+    ) == [("ops_notes", theirs == "valid")]  # theirs, as it was: not dropped
+    assert RETENTION_INDEX in store.missing_indexes()
+    assert any(
+        f"an index named {RETENTION_INDEX} is there, but not the one voipgw builds under that"
+        f" name (CREATE INDEX CONCURRENTLY IF NOT EXISTS {RETENTION_INDEX}"
+        " ON public.call_records (" in r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING
+    ), caplog.text
+
+
+@pytest.mark.parametrize(
+    ("schema", "said"),
+    [("select", '"select"'), ('Voip "Ops"', '"Voip ""Ops"""'), ("ops_2", "ops_2")],
+)
+def test_the_advice_names_are_quoted_as_psql_takes_them(
+    postgres_cluster: Cluster, shifted_database: str, schema: str, said: str
+) -> None:
+    """What the advice lines give to paste (quote_ident): a schema named like a keyword, in
+    upper case, with a space or a double quote, an index named so, and the owning role, each
+    as SQL takes it; pasted where the search_path does not find call_records' schema, the
+    DROP drops that index and the CREATE builds on that table."""
+    import psycopg
+
+    quoted = '"' + schema.replace('"', '""') + '"'
+    for statement in (
+        f"CREATE SCHEMA {quoted}",
+        f"CREATE TABLE {quoted}.call_records (call_id text)",
+        f'CREATE INDEX "We""ird C" ON {quoted}.call_records (call_id)',
+        'DROP ROLE IF EXISTS "Ops Owner"',
+        'CREATE ROLE "Ops Owner"',
+        f'ALTER TABLE {quoted}.call_records OWNER TO "Ops Owner"',
+    ):
+        postgres_cluster.admin(statement, shifted_database)
+    try:
+        with psycopg.connect(postgres_cluster.admin_dsn(shifted_database)) as db:
+            db.autocommit = True
+            db.execute(f"SET search_path = {quoted}")
+            index = pg_module._on_call_records(db, 'We"ird C')
+            assert index == f'{said}."We""ird C"'
+            assert pg_module._call_records_owner(db) == '"Ops Owner"'
+            create = pg_module._in_schema(db, pg_module._CREATE_RETENTION_INDEX)
+            assert f" ON {said}.call_records (" in create
+            db.execute("SET search_path = public")  # psql's, where it is pasted
+            db.execute(f"DROP INDEX CONCURRENTLY {index}")
+            db.execute(create.replace("COALESCE(ended_at, started_at)", "call_id"))
+            db.execute(f"SET search_path = {quoted}")
+            assert pg_module._index_valid(db, 'We"ird C') is None  # that one dropped
+            assert pg_module._index_valid(db) is True  # built on that call_records
+    finally:
+        postgres_cluster.admin(f"DROP SCHEMA {quoted} CASCADE", shifted_database)
+        postgres_cluster.admin('DROP ROLE "Ops Owner"', shifted_database)
+
+
+def test_a_drop_of_the_leftover_whose_connection_is_lost_says_so(
+    postgres_cluster: Cluster,
+    shifted_database: str,
+    opened: list[PostgresStore],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The drop's failure line asked the catalogue for the names it gives (the schema, the
+    owner) over the session the failure was on: one cut (the server restarted, a pooler or
+    the watchdog closing it) failed again there, and the node said instead that building the
+    retention index failed, with the second error. They are asked before the DROP."""
+    import psycopg
+
+    PostgresStore.open(postgres_cluster.dsn(shifted_database), listen=False).close()
+    postgres_cluster.admin(
+        'CREATE INDEX ops_call_id_c ON call_records ((call_id COLLATE "C"))', shifted_database
+    )
+    _invalidate(postgres_cluster, shifted_database)
+
+    def dropping() -> list[tuple[object, ...]]:
+        return postgres_cluster.admin(
+            "SELECT pid FROM pg_stat_activity WHERE query LIKE 'DROP INDEX CONCURRENTLY%'"
+            " AND state = 'active'",
+            shifted_database,
+        )
+
+    caplog.set_level(logging.INFO, logger=pg_module.__name__)
+    with psycopg.connect(postgres_cluster.admin_dsn(shifted_database)) as writer:
+        writer.execute("LOCK TABLE call_records IN ROW EXCLUSIVE MODE")  # holds the DROP
+        store = PostgresStore.open(postgres_cluster.dsn(shifted_database), node="node")
+        opened.append(store)
+        builder = store._builder
+        assert builder is not None
+        caplog.clear()  # the start's bounded try, given up at statement_timeout
+        _wait_until(lambda: bool(dropping()))
+        postgres_cluster.admin(f"SELECT pg_terminate_backend({dropping()[0][0]})", shifted_database)
+        builder.join(30)
+        writer.rollback()
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(said) == 1, said
+    assert said[0][0] == logging.WARNING
+    assert f"dropping the index {CALL_ID_INDEX} failed: " in said[0][1]
+    assert (
+        f"as the owner of call_records ({STORE_USER}), outside a transaction:"
+        f" DROP INDEX CONCURRENTLY public.{CALL_ID_INDEX})"
+    ) in said[0][1]
+    assert postgres_cluster.password not in caplog.text

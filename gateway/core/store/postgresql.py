@@ -1925,8 +1925,9 @@ class PostgresStore:
             if _index_valid(db) is True:
                 self._indexed.add(RETENTION_INDEX)
                 return
-        if self._index_refused:
-            raise StoreError(f"PostgreSQL {self._server.description}: {_NOT_OWNER}")
+            refused = _in_schema(db, _NOT_OWNER) if self._index_refused else None
+        if refused is not None:
+            raise StoreError(f"PostgreSQL {self._server.description}: {refused}")
         raise StoreIndexing(
             f"PostgreSQL {self._server.description}: the index {RETENTION_INDEX} is being"
             " built (CREATE INDEX CONCURRENTLY, by the first node to start with it missing"
@@ -2301,8 +2302,12 @@ class PostgresStore:
             CALL_ID_INDEX,
             valid,
         )
+        # Asked before the DROP: its failure may be the session's end (the server restarted,
+        # the watchdog cutting it), over which the failure's line could then ask nothing.
+        dropped_by = _on_call_records(db, CALL_ID_INDEX)
+        owner = _call_records_owner(db)
         try:
-            db.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {_on_call_records(db, CALL_ID_INDEX)}")
+            db.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {dropped_by}")
         except pg.Error as exc:
             if bounded and isinstance(exc, pg.errors.QueryCanceled):
                 log.info(
@@ -2314,8 +2319,6 @@ class PostgresStore:
                 return False
             if self._stopping.is_set():
                 return True
-            dropped_by = _on_call_records(db, CALL_ID_INDEX)
-            owner = _call_records_owner(db)
             if isinstance(exc, pg.errors.InsufficientPrivilege):
                 # Only the owner may drop it: no start of this node will, and this is said at
                 # each (once), so with what ends it.
@@ -2437,7 +2440,7 @@ class PostgresStore:
                     " name (%s): drop or rename it; %s",
                     where,
                     index.name,
-                    index.create,
+                    _in_schema(db, index.create),
                     index.failed,
                 )
                 return None
@@ -2466,7 +2469,11 @@ class PostgresStore:
                 if index is RETENTION:
                     self._index_refused = True
                 log.log(
-                    index.failed_level, "%s: %s: %s", where, index.not_owner, self._server.say(exc)
+                    index.failed_level,
+                    "%s: %s: %s",
+                    where,
+                    _in_schema(db, index.not_owner),
+                    self._server.say(exc),
                 )
             else:
                 log.log(
@@ -2708,11 +2715,13 @@ def _index_valid(db: psycopg.Connection[Any], name: str = RETENTION_INDEX) -> bo
     Looked up in the schema of the call_records the search_path finds, where CREATE INDEX puts
     it: by its bare name (to_regclass) it was the first of that name along the search_path,
     another schema's on another table with ``options=-c search_path=a,public``, taken for ours
-    (valid: ours never built; invalid: ours, valid, dropped and built again)."""
+    (valid: ours never built; invalid: ours, valid, dropped and built again). On call_records
+    itself: one of that name on another table of its schema (by hand) is not ours, and was
+    taken for it (valid: every delete reading the whole table; invalid: dropped as an
+    interrupted build's); ``IF NOT EXISTS`` keeps it, and the build says so."""
     row = db.execute(
         "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
-        " WHERE c.relname = %s AND c.relnamespace ="
-        " (SELECT relnamespace FROM pg_class WHERE oid = to_regclass('call_records'))",
+        " WHERE c.relname = %s AND i.indrelid = to_regclass('call_records')",
         (name,),
     ).fetchone()
     return None if row is None else bool(row[0])
@@ -2731,6 +2740,14 @@ def _on_call_records(db: psycopg.Connection[Any], name: str) -> str:
         (name,),
     ).fetchone()
     return name if row is None else str(row[0])
+
+
+def _in_schema(db: psycopg.Connection[Any], advice: str) -> str:
+    """``advice`` (one of this module's texts) with the ``CREATE INDEX ... ON call_records``
+    it gives qualified with call_records' schema, quoted as SQL needs (:func:`_on_call_records`):
+    the operator pastes it into psql, whose search_path is not the node's, and the bare table
+    name there may be another schema's call_records (the index goes in its table's schema)."""
+    return advice.replace(" ON call_records (", f" ON {_on_call_records(db, 'call_records')} (")
 
 
 def _call_records_owner(db: psycopg.Connection[Any]) -> str:
