@@ -28,7 +28,9 @@ PASSWORDS = {"alice": "wonderland-f0rk", "bob": "builder-f0rk"}
 def client_hello_ports(pcap: Path) -> list[int]:
     """The UDP source port of every datagram starting a DTLS handshake (ClientHello, RFC 6347
     §4.2: handshake type 1), in capture order."""
-    rows = _tshark_fields(pcap, [], ["udp.srcport"], "dtls.handshake.type == 1")
+    rows = _tshark_fields(
+        pcap, [], ["udp.srcport"], "dtls.handshake.type == 1", heuristics_first=True
+    )
     return [int(port) for (port,) in rows]
 
 

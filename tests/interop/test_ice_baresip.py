@@ -43,14 +43,22 @@ Address = tuple[str, int]
 def _stun(pcap: Path) -> Counter[tuple[Address, Address, str]]:
     """STUN messages per (source, destination, message type) in ``pcap``."""
     rows = _tshark_fields(
-        pcap, [], ["ip.src", "udp.srcport", "ip.dst", "udp.dstport", "stun.type"], "stun"
+        pcap,
+        [],
+        ["ip.src", "udp.srcport", "ip.dst", "udp.dstport", "stun.type"],
+        "stun",
+        heuristics_first=True,
     )
     return Counter(((s, int(sp)), (d, int(dp)), kind) for s, sp, d, dp, kind in rows)
 
 
 def _flows(pcap: Path, display_filter: str) -> Counter[tuple[Address, Address]]:
     rows = _tshark_fields(
-        pcap, [], ["ip.src", "udp.srcport", "ip.dst", "udp.dstport"], display_filter
+        pcap,
+        [],
+        ["ip.src", "udp.srcport", "ip.dst", "udp.dstport"],
+        display_filter,
+        heuristics_first=True,
     )
     return Counter(((s, int(sp)), (d, int(dp))) for s, sp, d, dp in rows)
 

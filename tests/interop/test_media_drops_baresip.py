@@ -44,7 +44,7 @@ from gateway.core.media.relay import DROP_REASONS
 from tests.conftest import require_peer
 from tests.integration.prometheus_scrape import curl, parser, value
 from tests.interop.harness import Baresip, GatewayProcess, tone_wav
-from tests.interop.harness.capture import Capture, udp_filter
+from tests.interop.harness.capture import HEURISTICS_FIRST, Capture, udp_filter
 
 pytestmark = pytest.mark.interop
 
@@ -80,6 +80,7 @@ def _to_caller(pcap: Path, gw: GatewayProcess, alice: Baresip) -> list[str]:
         f"udp.dstport <= {high})"
     )
     args = [require_peer("tshark"), "-n", "-r", str(pcap), "-d", f"udp.port=={gw.port},sip"]
+    args += HEURISTICS_FIRST  # a ClientHello to a port tshark gives another protocol
     args += ["-Y", display, "-T", "fields", "-e", "sip.Status-Code", "-e", "dtls.handshake.type"]
     result = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr

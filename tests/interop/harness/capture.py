@@ -204,12 +204,30 @@ class Capture:
         self.stop(check=exc_type is None)
 
 
+#: tshark options that let its heuristic dissectors (DTLS, STUN) look at a UDP datagram before
+#: the dissector registered for its port. Our ports are picked at random and tshark registers
+#: dissectors on hundreds of UDP ports (``tshark -G decodes``): a phone's RTCP port 19999 is
+#: GPRS-NS's, and its DTLS ClientHello there was read as "GPRS-NS Unknown PDU type".
+HEURISTICS_FIRST = ["-o", "udp.try_heuristic_first:TRUE"]
+
+
 def _tshark_fields(
-    pcap: Path, ports: Iterable[int], fields: list[str], display_filter: str = "rtp"
+    pcap: Path,
+    ports: Iterable[int],
+    fields: list[str],
+    display_filter: str = "rtp",
+    *,
+    heuristics_first: bool = False,
 ) -> list[list[str]]:
+    """tshark's ``fields`` for each packet of ``pcap`` matching ``display_filter``, UDP on
+    ``ports`` decoded as RTP. Pass ``heuristics_first`` when the filter is about a protocol
+    tshark finds by content (``dtls``, ``stun``); RTP has no default heuristic, so it is left
+    off for RTP, where another protocol's heuristic could claim a packet."""
     decode = []
     for port in sorted(set(ports)):
         decode += ["-d", f"udp.port=={port},rtp"]
+    if heuristics_first:
+        decode += HEURISTICS_FIRST
     args = [require_peer("tshark"), "-n", "-r", str(pcap), *decode, "-Y", display_filter]
     args += ["-T", "fields"]
     for field in fields:
