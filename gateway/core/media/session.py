@@ -119,6 +119,10 @@ from gateway.core.sdp.offer_answer import (
 
 log = logging.getLogger(__name__)
 
+DIGIT_WITHHELD = "withheld"
+"""What log lines at INFO and above say in place of a DTMF digit (it may be a card number's or
+a PIN's, PCI DSS requirement 3.3) unless ``[gateway] log_dtmf_digits`` is on."""
+
 Side = Literal["a", "b"]
 """A leg of the call: ``"a"`` faces the caller (stream side A), ``"b"`` the callee."""
 
@@ -298,6 +302,7 @@ class MediaSession:
         dtmf_interworking: bool = False,
         clock: Callable[[], float] | None = None,
         g711_transcoding: bool = False,
+        log_dtmf_digits: bool = False,
     ) -> None:
         try:
             address = ip_facts(media_address)
@@ -334,6 +339,10 @@ class MediaSession:
         self._faxed = False  # a stream went T.38 (UDPTL): statistics() count its datagrams
         # DTMF interworking (docs/architecture.md "DTMF interworking"): on, when the relay can.
         self._interworks_dtmf = dtmf_interworking and relay.interworks_dtmf
+        # Digits pressed in a call are card numbers and PINs (PCI DSS requirement 3.3: no
+        # sensitive authentication data kept after authorisation, and a log is kept): the INFO
+        # lines below name the event, never the digit, unless [gateway] log_dtmf_digits.
+        self._log_dtmf_digits = log_dtmf_digits
         self.dtmf: DtmfPlan | None = None
         """The call's DTMF interworking, decided by each answer; None: none (both legs carry
         DTMF alike, or it is off)."""
@@ -1462,7 +1471,7 @@ class MediaSession:
                 log.info(
                     "m= line %d: DTMF event %s from leg %s ended as its interworking changed",
                     old.index + 1,
-                    digit.digit,
+                    self._logged_digit(digit),
                     old.rfc4733_side,
                 )
                 if handler is not None:
@@ -1535,6 +1544,11 @@ class MediaSession:
             plan.info_side,
         )
 
+    def _logged_digit(self, digit: Digit) -> str:
+        """What a log line says for ``digit``: :data:`DIGIT_WITHHELD` unless the operator
+        asked for digits in the log (``[gateway] log_dtmf_digits``)."""
+        return digit.digit if self._log_dtmf_digits else DIGIT_WITHHELD
+
     def dtmf_timer(self) -> float | None:
         """When an RFC 4733 event of :attr:`dtmf` that has not ended times out (none of its
         end packets came, RFC 4733 §2.5.2.2: :meth:`dtmf_timeout` then); None: nothing to
@@ -1555,7 +1569,7 @@ class MediaSession:
             log.info(
                 "m= line %d: DTMF event %s from leg %s ended by timeout (end packets lost)",
                 plan.index + 1,
-                digit.digit,
+                self._logged_digit(digit),
                 plan.rfc4733_side,
             )
             if handler is not None:
