@@ -370,6 +370,16 @@ class DirectionStatistics:
     transcoded_packets: int = 0
     """RTP packets whose G.711 law this direction converted (:attr:`DirectionControl.
     transcoding`), also counted in ``rtp_packets``."""
+    dtmf_taken: int = 0
+    """RFC 4733 event packets DTMF interworking took from this direction for SIP INFO (every
+    interworking it had, :meth:`DirectionControl.dtmf_counts`); not in ``rtp_packets``."""
+    dtmf_injected: int = 0
+    """Event packets it added for digits from SIP INFO, the end copies below included."""
+    dtmf_ended_at_change: int = 0
+    """End packets it sent for an injected event a change of interworking cut short (RFC 4733
+    §2.5.1.4: three an event)."""
+    dtmf_passed: int = 0
+    """Event packets of an event begun before the interworking, relayed on to its end."""
 
     @property
     def packets(self) -> int:
@@ -1218,6 +1228,8 @@ class DirectionControl:
             self._end_injected_event(old)
             self._dtmf_injected_before += old.injected
             carried = old
+        if self._dtmf_numbering is not None:  # end copies it sent after an interworking ended
+            self._dtmf_injected_before += self._dtmf_numbering.injected
         self._dtmf_numbering = None
         if value is not None and carried is not None:
             value.carry_on_from(carried)  # the stream's numbering goes on where it was
@@ -1421,10 +1433,9 @@ class DirectionControl:
             dropped_send_error += route.dropped_send_error
             dropped_no_destination += route.dropped_no_destination
             transform_errors += route.transform_errors
-        if self._dtmf is not None or self._dtmf_taken_before:
-            # Event packets taken for SIP INFO are no loss: they left as INFO.
-            taken = self._dtmf_taken_before + (self._dtmf.taken if self._dtmf else 0)
-            dropped_transform -= taken
+        taken, injected, ended_at_change, passed = self.dtmf_counts()
+        # Event packets taken for SIP INFO are no loss: they left as INFO.
+        dropped_transform -= taken
         # RED packets whose block headers do not parse: malformed, not the transform's loss.
         red_malformed = self._red_malformed.value
         dropped_transform -= red_malformed
@@ -1449,6 +1460,10 @@ class DirectionControl:
             udptl_packets=rtp_ep.udptl_packets,  # (only the RTP socket relays UDPTL)
             udptl_bytes=rtp_ep.udptl_bytes,
             transcoded_packets=self._transcoded.value,
+            dtmf_taken=taken,
+            dtmf_injected=injected,
+            dtmf_ended_at_change=ended_at_change,
+            dtmf_passed=passed,
         )
 
 

@@ -130,7 +130,7 @@ async def test_digits_cross_between_rfc4733_and_sip_info(
     assert record["digits_to_info"] == 1
     assert record["digits_to_rfc4733"] == 1
     assert record["rfc4733_leg"] == "a" and record["info_leg"] == "b"
-    assert record["packets"] == {"taken": 5, "injected": 4}
+    assert record["packets"] == {"taken": 5, "injected": 4, "ended_at_change": 0, "passed": 0}
 
 
 async def test_a_bad_dtmf_info_is_refused(
@@ -373,3 +373,14 @@ async def test_a_change_of_plan_mid_digit_finishes_the_digits_in_progress(
         with trio.fail_after(2):
             assert fields(await trunk_sock.recv(2048))[1:3] == (0, 2 + len(started))
     assert env.alice.requests("INFO") == [info.request]
+    # The record counts what the ended interworking did, its end packets at the change with
+    # it (its plan is gone: the counters are the stream's, kept for the call's life).
+    record = call.security_record()["dtmf"]
+    assert "rfc4733_leg" not in record  # no interworking now
+    assert record["packets"] == {
+        "taken": 2,  # the carrier's 3, read as INFO
+        "injected": len(started),  # alice's 7, its three end packets included
+        "ended_at_change": 3,
+        "passed": 0,
+    }
+    assert call.media.statistics()["dtmf_ended_at_change"] == 3  # the metrics' source

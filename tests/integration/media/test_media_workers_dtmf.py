@@ -281,5 +281,9 @@ async def test_a_worker_applies_the_re_plans_of_a_call(pool: WorkerPool) -> None
         # And B's stream keeps the one taken: A's audio 8 reaches it as 7.
         await a.send(packet(8, 0, 0xA, b"\xff" * 160), to_b)
         assert fields((await b.receive())[0])[1:3] == (0, 7)
+        # The worker's counts reach the call record (Stats): its end packets are injected
+        # packets the SIP process never sent, the four of 4 relayed on at the first change.
+        expected = {"taken": 1, "injected": 4, "ended_at_change": 3, "passed": 4}
+        await eventually(lambda: session.dtmf_statistics() == expected, "the worker's counts")
     finally:
         session.close()
