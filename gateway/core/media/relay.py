@@ -2393,7 +2393,15 @@ async def _send_end_copies(control: DirectionControl, ended: DtmfInterworking) -
     while True:
         await trio.sleep(UPDATE_INTERVAL)
         pending = control._end_copies
-        if pending is None or pending[0] is not ended or not control._send_end_copy():
+        if pending is None or pending[0] is not ended:
+            return
+        try:
+            sent = control._send_end_copy()
+        except Exception:  # never the relay's nursery: it would stop every call's media
+            control._end_copies = None
+            log_exception(logger, "sending the end of an injected DTMF event failed")
+            return
+        if not sent:
             return
 
 

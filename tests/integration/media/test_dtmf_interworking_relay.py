@@ -354,6 +354,36 @@ async def test_the_end_copies_of_an_event_ended_at_a_change_are_spaced(
     assert fields((await alice.receive())[1])[1:3] == (8, 16)
 
 
+async def test_a_failure_sending_an_end_copy_leaves_the_relay_serving(
+    stream: MediaStream,
+    phones: tuple[Phone, Phone],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The end copies go from a task of the relay's nursery: a bug there must cost the rest
+    of that digit's end, logged, never the relay (every call's media)."""
+    alice, bob = phones
+    bridge(stream, alice, bob, a_suite=None, b_suite=None)
+    stream.b_to_a.dtmf = DtmfInterworking(inject_payload_type=101, inject_clock_rate=8000)
+    await bob.send(rtp(10, 8, ssrc=0xB0B), stream.b.ports.rtp_port)
+    await alice.receive()
+    assert stream.send_telephone_event(
+        "b_to_a", event_payload(7, end=False, duration=400), marker=True, start=True
+    )
+    await alice.receive()
+
+    def broken() -> bool:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(stream.b_to_a, "_send_end_copy", broken)
+    stream.b_to_a.dtmf = None
+    assert fields((await alice.receive())[1])[1] == 101  # the first copy, at the change
+    await trio.sleep(UPDATE_INTERVAL * 3)  # the task ran and failed
+    assert "sending the end of an injected DTMF event failed" in caplog.text
+    await bob.send(rtp(11, 8, ssrc=0xB0B), stream.b.ports.rtp_port)
+    assert fields((await alice.receive())[1])[1:3] == (8, 13)  # still relaying, numbered on
+
+
 async def test_an_injected_event_that_ended_is_not_ended_again(
     stream: MediaStream, phones: tuple[Phone, Phone]
 ) -> None:
