@@ -17,8 +17,8 @@ import pytest
 import trio
 
 from gateway.core.config import PortRange
-from gateway.core.media.dtmf import UPDATE_INTERVAL, event_payload
 from gateway.core.media import relay as relay_module
+from gateway.core.media.dtmf import UPDATE_INTERVAL, event_payload
 from gateway.core.media.relay import DtmfInterworking, MediaStream
 from tests.integration.media.phone_sockets import Phone
 from tests.integration.media.relay_fixtures import SUITES, bridge, in_process_fixtures
