@@ -284,6 +284,9 @@ class GatewaySection:
     # Whether logged tracebacks show the text of exceptions raised in plugin code (it may hold
     # keys: gateway/core/logs.py); for debugging a plugin only. Read at start-up.
     log_plugin_exception_text: bool = False
+    # Whether log lines at INFO and above name the DTMF digit they are about (a card number's
+    # or a PIN's, PCI DSS 3.3): off, they say `withheld`. For troubleshooting only.
+    log_dtmf_digits: bool = False
     gc_thresholds: tuple[int, ...] = (10_000, 10, 10)
     # Seconds SIGTERM/SIGINT waits for calls in progress to end while refusing new ones
     # (Gateway.drain); 0 stops at once.

@@ -1316,6 +1316,7 @@ class Gateway:
             media_address=self.config.media.address,
             quality=quality,
             dtmf_interworking=self.config.media.dtmf_interworking,
+            log_dtmf_digits=self.config.gateway.log_dtmf_digits,
             g711_transcoding=self.config.media.g711_transcoding,
             clock=trio.current_time,
         )

@@ -930,6 +930,10 @@ class MediaCounts:
     dropped_by_reason: tuple[tuple[str, int], ...] = ()
     """``dropped`` split by reason: (reason, packets) for each of
     :data:`gateway.core.media.relay.DROP_REASONS`, in that order (docs/metrics.md)."""
+    dtmf_event_packets: tuple[tuple[str, int], ...] = ()
+    """DTMF interworking's RFC 4733 event packets: (action, packets) for each of
+    :data:`gateway.core.media.session.DTMF_COUNTS` (``taken`` for SIP INFO, ``injected`` from
+    it, ``ended_at_change``, ``passed``), both directions (docs/metrics.md)."""
 
 
 @attrs.frozen

@@ -115,6 +115,11 @@ class MediaTotals:
     udptl_packets: int = 0
     udptl_bytes: int = 0
     transcoded_packets: int = 0
+    # DTMF interworking's event packets (gateway.core.media.session.DTMF_COUNTS).
+    dtmf_taken: int = 0
+    dtmf_injected: int = 0
+    dtmf_ended_at_change: int = 0
+    dtmf_passed: int = 0
     # ``dropped`` by reason (gateway.core.media.relay.DROP_REASONS): ints, not a list, so that
     # attrs.evolve makes a copy that adding to leaves the original alone.
     dropped_unlatched_source: int = 0
@@ -152,6 +157,11 @@ class MediaTotals:
             if "a_to_b_transcoded_packets" in stats:  # a call that transcoded G.711
                 self.transcoded_packets += int(stats["a_to_b_transcoded_packets"] or 0)
                 self.transcoded_packets += int(stats["b_to_a_transcoded_packets"] or 0)
+            if "dtmf_taken" in stats:  # a call that interworked DTMF
+                self.dtmf_taken += int(stats["dtmf_taken"] or 0)
+                self.dtmf_injected += int(stats["dtmf_injected"] or 0)
+                self.dtmf_ended_at_change += int(stats["dtmf_ended_at_change"] or 0)
+                self.dtmf_passed += int(stats["dtmf_passed"] or 0)
             quality = call.media.quality
             if quality is not None:
                 for figures in quality.legs.values():
@@ -181,6 +191,10 @@ class MediaTotals:
         self.udptl_packets += sign * other.udptl_packets
         self.udptl_bytes += sign * other.udptl_bytes
         self.transcoded_packets += sign * other.transcoded_packets
+        self.dtmf_taken += sign * other.dtmf_taken
+        self.dtmf_injected += sign * other.dtmf_injected
+        self.dtmf_ended_at_change += sign * other.dtmf_ended_at_change
+        self.dtmf_passed += sign * other.dtmf_passed
 
 
 class CallStatistics:
@@ -416,6 +430,12 @@ class StatusView:
             udptl_packets=totals.udptl_packets,
             udptl_bytes=totals.udptl_bytes,
             transcoded_packets=totals.transcoded_packets,
+            dtmf_event_packets=(
+                ("taken", totals.dtmf_taken),
+                ("injected", totals.dtmf_injected),
+                ("ended_at_change", totals.dtmf_ended_at_change),
+                ("passed", totals.dtmf_passed),
+            ),
         )
 
     def sip(self) -> SipCounts:

@@ -13,9 +13,12 @@ from tests.interop.harness import (
 )
 
 
-def events_to(pcap: Path, ports: list[int], port: int) -> list[list[str]]:
+def events_to(
+    pcap: Path, ports: list[int], port: int, *, extra: tuple[str, ...] = ()
+) -> list[list[str]]:
     """RFC 4733 packets (payload type 101) the relay sent to ``port``: marker, seq, timestamp,
-    SSRC, event, end bit, duration, as tshark's rtpevent decodes them."""
+    SSRC, event, end bit, duration, as tshark's rtpevent decodes them, then the ``extra``
+    tshark fields (e.g. ``frame.time_relative``)."""
     args = [require_peer("tshark"), "-n", "-r", str(pcap)]
     for p in ports:
         args += ["-d", f"udp.port=={p},rtp"]
@@ -29,6 +32,7 @@ def events_to(pcap: Path, ports: list[int], port: int) -> list[list[str]]:
         "rtpevent.event_id",
         "rtpevent.end_of_event",
         "rtpevent.duration",
+        *extra,
     ):
         args += ["-e", field]
     result = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)

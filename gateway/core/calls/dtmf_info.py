@@ -337,7 +337,10 @@ class DtmfWork:
         if plan is not None:
             record["rfc4733_leg"] = plan.rfc4733_side
             record["info_leg"] = plan.info_side
-            record["packets"] = media.dtmf_statistics() if media is not None else {}
+        packets = media.dtmf_statistics() if media is not None else {}
+        if packets or plan is not None:
+            # Every interworking of the call's (a plan that ended mid-call too).
+            record["packets"] = packets
         if self.not_carried:
             record["not_carried"] = self.not_carried
             record["why"] = "the INFO leg does not allow INFO"

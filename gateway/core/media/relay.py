@@ -195,7 +195,7 @@ import trio
 
 from gateway.core.ip import ip_facts
 from gateway.core.logs import log_exception
-from gateway.core.media.dtmf import END_PACKETS
+from gateway.core.media.dtmf import END_PACKETS, UPDATE_INTERVAL
 from gateway.core.media.errors import LocalMediaError
 from gateway.core.media.g711 import G711Transcoding
 from gateway.core.media.ports import PortAllocator, PortPair
@@ -370,6 +370,16 @@ class DirectionStatistics:
     transcoded_packets: int = 0
     """RTP packets whose G.711 law this direction converted (:attr:`DirectionControl.
     transcoding`), also counted in ``rtp_packets``."""
+    dtmf_taken: int = 0
+    """RFC 4733 event packets DTMF interworking took from this direction for SIP INFO (every
+    interworking it had, :meth:`DirectionControl.dtmf_counts`); not in ``rtp_packets``."""
+    dtmf_injected: int = 0
+    """Event packets it added for digits from SIP INFO, the end copies below included."""
+    dtmf_ended_at_change: int = 0
+    """End packets it sent for an injected event a change of interworking cut short (RFC 4733
+    §2.5.1.4: three an event)."""
+    dtmf_passed: int = 0
+    """Event packets of an event begun before the interworking, relayed on to its end."""
 
     @property
     def packets(self) -> int:
@@ -1116,6 +1126,15 @@ class DirectionControl:
         self._red_malformed = _Count()  # RED packets dropped unparsed; kept across rebuilds
         self._dtmf: DtmfInterworking | None = None
         self._dtmf_taken_before = 0  # event packets taken by earlier interworkings
+        # The counters of earlier interworkings of this direction (DirectionStatistics'
+        # dtmf_*), so that the call record has the stream's life whatever the changes.
+        self._dtmf_injected_before = 0
+        self._dtmf_passed_before = 0
+        self._dtmf_ended_at_change = 0  # end packets sent for events a change ended
+        # The end copies of an injected event a change ended that are still to go, spaced by
+        # the update interval (RFC 4733 §2.5.1.4): (the ended interworking, the final payload,
+        # the event's payload type, its timestamp, copies left); None: none.
+        self._end_copies: tuple[DtmfInterworking, bytes, int, int, int] | None = None
         # The numbering an interworking that ended left (RFC 3550 §5.1), kept while it moves
         # sequence numbers; None: none, or it moved none.
         self._dtmf_numbering: DtmfInterworking | None = None
@@ -1205,8 +1224,12 @@ class DirectionControl:
         carried = self._dtmf_numbering
         if old is not None:
             self._dtmf_taken_before += old.taken
+            self._dtmf_passed_before += old.passed
             self._end_injected_event(old)
+            self._dtmf_injected_before += old.injected
             carried = old
+        if self._dtmf_numbering is not None:  # end copies it sent after an interworking ended
+            self._dtmf_injected_before += self._dtmf_numbering.injected
         self._dtmf_numbering = None
         if value is not None and carried is not None:
             value.carry_on_from(carried)  # the stream's numbering goes on where it was
@@ -1225,8 +1248,12 @@ class DirectionControl:
         """End the event ``state`` was injecting, if its end has not gone (RFC 4733 §2.5.1.4:
         the final packet, with the E bit and the duration reached, three times, the event's
         timestamp), before the interworking is replaced or removed: the receiver would
-        otherwise play the digit until its own timeout. The three copies go at once: nothing
-        of this interworking is left to time them."""
+        otherwise play the digit until its own timeout. The first copy goes at once; §2.5.1.4
+        sends the other two "at the interval used by the source for updates" (50 ms,
+        :data:`UPDATE_INTERVAL`), so that a burst of loss does not take all three: the
+        relay's task sends them then (:func:`_send_end_copies`), numbered on in the stream
+        the next interworking (or the numbering alone) continues. A relay that is not
+        serving sends them at once."""
         open_event = state.open_event
         if not open_event:
             return
@@ -1236,6 +1263,8 @@ class DirectionControl:
         relay = None if stream is None else stream._relay
         if stream is None or relay is None or self._blocked:
             return
+        if self._end_copies is not None:
+            self._flush_end_copies()  # an earlier change's: they go before this event's end
         if stream in relay._stale:  # settings changed since the last poll round: apply them now
             relay._stale.discard(stream)
             stream._rebuild()
@@ -1244,10 +1273,84 @@ class DirectionControl:
         # The event's payload (§2.3) with the E bit and the duration reached (at most 0xFFFF).
         duration = min(duration, 0xFFFF)
         payload = bytes((open_event[0], open_event[1] | 0x80, duration >> 8, duration & 0xFF))
-        for _ in range(END_PACKETS):
-            if not _send_event(state, endpoint.rtp, payload, marker=False):
-                return
-            state.ended_at_change += 1
+        if not _send_event(state, endpoint.rtp, payload, marker=False):
+            return
+        state.ended_at_change += 1
+        self._dtmf_ended_at_change += 1
+        copies = END_PACKETS - 1
+        nursery = relay._nursery
+        if nursery is None:
+            for _ in range(copies):
+                if not _send_event(state, endpoint.rtp, payload, marker=False):
+                    return
+                state.ended_at_change += 1
+                self._dtmf_ended_at_change += 1
+            return
+        self._end_copies = (
+            state,
+            payload,
+            state.inject_payload_type,
+            state.event_timestamp,
+            copies,
+        )
+        nursery.start_soon(_send_end_copies, self, state)
+
+    def _send_end_copy(self) -> bool:
+        """Send the next end copy of :attr:`_end_copies` (see :meth:`_end_injected_event`)
+        through the direction's numbering now; False when none is left or it cannot go (the
+        stream closed, blocked, no destination): the rest are dropped."""
+        pending = self._end_copies
+        if pending is None:
+            return False
+        ended, payload, payload_type, timestamp, left = pending
+        self._end_copies = None
+        endpoint = self._endpoints[0]
+        stream = endpoint.stream
+        relay = None if stream is None else stream._relay
+        if stream is None or relay is None or self._blocked:
+            return False
+        numbering = self._dtmf if self._dtmf is not None else self._dtmf_numbering
+        if numbering is None:
+            # The interworking ended without moving the numbers: the copies move them now.
+            numbering = DtmfInterworking()
+            numbering.carry_on_from(ended)
+            self._dtmf_numbering = numbering
+            self._on_change()
+        if stream in relay._stale:  # settings changed since the last poll round: apply them now
+            relay._stale.discard(stream)
+            stream._rebuild()
+        if not _send_event(
+            numbering,
+            endpoint.rtp,
+            payload,
+            marker=False,
+            payload_type=payload_type,
+            timestamp=timestamp,
+        ):
+            return False
+        ended.ended_at_change += 1
+        self._dtmf_ended_at_change += 1
+        if left > 1:
+            self._end_copies = (ended, payload, payload_type, timestamp, left - 1)
+        return True
+
+    def _flush_end_copies(self) -> None:
+        """Send the end copies still to go at once: a new event begins in this direction,
+        which must not come between an older event's end packets."""
+        while self._send_end_copy():
+            pass
+
+    def dtmf_counts(self) -> tuple[int, int, int, int]:
+        """Event packets (taken, injected, ended at a change, relayed on at a change) of every
+        interworking this direction had (:class:`DtmfInterworking`), for the call record."""
+        dtmf = self._dtmf
+        taken = self._dtmf_taken_before + (dtmf.taken if dtmf is not None else 0)
+        injected = self._dtmf_injected_before + (dtmf.injected if dtmf is not None else 0)
+        numbering = self._dtmf_numbering
+        if numbering is not None:
+            injected += numbering.injected  # end copies sent after the interworking ended
+        passed = self._dtmf_passed_before + (dtmf.passed if dtmf is not None else 0)
+        return taken, injected, self._dtmf_ended_at_change, passed
 
     @property
     def transcoding(self) -> G711Transcoding | None:
@@ -1330,10 +1433,9 @@ class DirectionControl:
             dropped_send_error += route.dropped_send_error
             dropped_no_destination += route.dropped_no_destination
             transform_errors += route.transform_errors
-        if self._dtmf is not None or self._dtmf_taken_before:
-            # Event packets taken for SIP INFO are no loss: they left as INFO.
-            taken = self._dtmf_taken_before + (self._dtmf.taken if self._dtmf else 0)
-            dropped_transform -= taken
+        taken, injected, ended_at_change, passed = self.dtmf_counts()
+        # Event packets taken for SIP INFO are no loss: they left as INFO.
+        dropped_transform -= taken
         # RED packets whose block headers do not parse: malformed, not the transform's loss.
         red_malformed = self._red_malformed.value
         dropped_transform -= red_malformed
@@ -1358,6 +1460,10 @@ class DirectionControl:
             udptl_packets=rtp_ep.udptl_packets,  # (only the RTP socket relays UDPTL)
             udptl_bytes=rtp_ep.udptl_bytes,
             transcoded_packets=self._transcoded.value,
+            dtmf_taken=taken,
+            dtmf_injected=injected,
+            dtmf_ended_at_change=ended_at_change,
+            dtmf_passed=passed,
         )
 
 
@@ -1489,6 +1595,8 @@ class MediaStream:
         if control.blocked:
             return False
         if start:
+            if control._end_copies is not None:
+                control._flush_end_copies()  # an older event's end goes before this one
             now = relay._clock()
             timestamp = state.last_timestamp
             if state.last_at >= 0:
@@ -2277,20 +2385,54 @@ class _DtmfInRed:
         return None
 
 
-def _send_event(state: DtmfInterworking, route: _Route, payload: bytes, *, marker: bool) -> bool:
+async def _send_end_copies(control: DirectionControl, ended: DtmfInterworking) -> None:
+    """The relay's task for the end copies of the event ``ended`` injected, which a change
+    of interworking left on ``control`` (:meth:`DirectionControl._end_injected_event`): one
+    every :data:`UPDATE_INTERVAL` (RFC 4733 §2.5.1.4), until none is left, one cannot go, or
+    they went at once (a new event began: :meth:`DirectionControl._flush_end_copies`)."""
+    while True:
+        await trio.sleep(UPDATE_INTERVAL)
+        pending = control._end_copies
+        if pending is None or pending[0] is not ended:
+            return
+        try:
+            sent = control._send_end_copy()
+        except Exception:  # never the relay's nursery: it would stop every call's media
+            control._end_copies = None
+            log_exception(logger, "sending the end of an injected DTMF event failed")
+            return
+        if not sent:
+            return
+
+
+def _send_event(
+    state: DtmfInterworking,
+    route: _Route,
+    payload: bytes,
+    *,
+    marker: bool,
+    payload_type: int = -1,
+    timestamp: int = -1,
+) -> bool:
     """Send one injected RFC 4733 event packet of ``state`` on ``route`` (the direction's RTP
     route): the next sequence number, the event's timestamp, the SSRC of the media last
-    relayed, protected with ``state.protect``. False when it could not go."""
+    relayed, protected with ``state.protect``. ``payload_type`` and ``timestamp`` (-1: the
+    state's): an event another interworking began (its end copies after a change). False
+    when it could not go."""
     destination = route.destination
     if destination is None:
         return False
     seq = (state.last_seq + 1) & 0xFFFF
-    header = bytes((0x80, (0x80 if marker else 0) | state.inject_payload_type))
+    if payload_type < 0:
+        payload_type = state.inject_payload_type
+    if timestamp < 0:
+        timestamp = state.event_timestamp
+    header = bytes((0x80, (0x80 if marker else 0) | payload_type))
     packet = b"".join(
         (
             header,
             seq.to_bytes(2, "big"),
-            state.event_timestamp.to_bytes(4, "big"),
+            timestamp.to_bytes(4, "big"),
             state.last_ssrc.to_bytes(4, "big"),
             payload,
         )
@@ -2405,6 +2547,9 @@ class MediaRelay:
         self._wakeups = 0
         self._serving = False
         self._closed = False
+        # While serving: where timed sends run (the end copies of an event a change of DTMF
+        # interworking ended, DirectionControl._end_injected_event), off the packet path.
+        self._nursery: trio.Nursery | None = None
 
     def sizes(self) -> dict[str, int]:
         """Entries of the relay's tables, for leak hunting (``StatusView.tables``): its
@@ -2501,19 +2646,25 @@ class MediaRelay:
         self._serving = True
         epoll_fd = self._epoll.fileno()
         try:
-            task_status.started()
-            while not self._closed:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
                 try:
-                    if self._backlogged:
-                        # Datagrams read at a connect wait for no epoll report: go on serving
-                        # them after letting other tasks run.
-                        await trio.lowlevel.checkpoint()
-                    else:
-                        await trio.lowlevel.wait_readable(epoll_fd)
-                except trio.ClosedResourceError:  # close() was called
-                    return
-                self._wakeups += 1
-                self._relay_ready(self._clock())
+                    while not self._closed:
+                        try:
+                            if self._backlogged:
+                                # Datagrams read at a connect wait for no epoll report: go on
+                                # serving them after letting other tasks run.
+                                await trio.lowlevel.checkpoint()
+                            else:
+                                await trio.lowlevel.wait_readable(epoll_fd)
+                        except trio.ClosedResourceError:  # close() was called
+                            return
+                        self._wakeups += 1
+                        self._relay_ready(self._clock())
+                finally:
+                    self._nursery = None
+                    nursery.cancel_scope.cancel()  # timed sends of a closed relay: none
         finally:
             self._serving = False
             self.close()

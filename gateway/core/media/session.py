@@ -119,6 +119,15 @@ from gateway.core.sdp.offer_answer import (
 
 log = logging.getLogger(__name__)
 
+DTMF_COUNTS = ("taken", "injected", "ended_at_change", "passed")
+"""The event packet counters of a call's DTMF interworking (:meth:`MediaSession.
+dtmf_statistics`): the call record's ``dtmf.packets``, the media summary's ``dtmf_*`` and
+``voipgw_media_dtmf_event_packets_total{action=...}``."""
+
+DIGIT_WITHHELD = "withheld"
+"""What log lines at INFO and above say in place of a DTMF digit (it may be a card number's or
+a PIN's, PCI DSS requirement 3.3) unless ``[gateway] log_dtmf_digits`` is on."""
+
 Side = Literal["a", "b"]
 """A leg of the call: ``"a"`` faces the caller (stream side A), ``"b"`` the callee."""
 
@@ -298,6 +307,7 @@ class MediaSession:
         dtmf_interworking: bool = False,
         clock: Callable[[], float] | None = None,
         g711_transcoding: bool = False,
+        log_dtmf_digits: bool = False,
     ) -> None:
         try:
             address = ip_facts(media_address)
@@ -334,6 +344,10 @@ class MediaSession:
         self._faxed = False  # a stream went T.38 (UDPTL): statistics() count its datagrams
         # DTMF interworking (docs/architecture.md "DTMF interworking"): on, when the relay can.
         self._interworks_dtmf = dtmf_interworking and relay.interworks_dtmf
+        # Digits pressed in a call are card numbers and PINs (PCI DSS requirement 3.3: no
+        # sensitive authentication data kept after authorisation, and a log is kept): the INFO
+        # lines below name the event, never the digit, unless [gateway] log_dtmf_digits.
+        self._log_dtmf_digits = log_dtmf_digits
         self.dtmf: DtmfPlan | None = None
         """The call's DTMF interworking, decided by each answer; None: none (both legs carry
         DTMF alike, or it is off)."""
@@ -357,6 +371,10 @@ class MediaSession:
         # Packets transcoded by the streams closed so far, and the open streams that have
         # transcoded (a stream's counter runs on across its transcodings).
         self._transcoded_closed = {"a_to_b": 0, "b_to_a": 0}
+        # DTMF interworking's event packets (DtmfCounts keys) of the lines it ran on, closed
+        # streams included: for the call record and the metrics, whatever plans came and went.
+        self._dtmf_lines: set[int] = set()
+        self._dtmf_closed = dict.fromkeys(DTMF_COUNTS, 0)
         self._transcoded_lines: set[int] = set()
         self._transcoded_last: TranscodingPlan | None = None  # the latest plan, for the record
         self._clash_warned = False  # a number clash stopped a transcoding: WARNING once
@@ -689,6 +707,9 @@ class MediaSession:
             counts = self._transcoded_counts()
             summary["a_to_b_transcoded_packets"] = counts["a_to_b"]
             summary["b_to_a_transcoded_packets"] = counts["b_to_a"]
+        if self._dtmf_lines or any(self._dtmf_closed.values()):  # a call that interworked DTMF
+            for name, count in self.dtmf_statistics().items():
+                summary[f"dtmf_{name}"] = count
         return summary
 
     def _dropped_by_reason(self) -> dict[str, list[int]]:
@@ -1462,7 +1483,7 @@ class MediaSession:
                 log.info(
                     "m= line %d: DTMF event %s from leg %s ended as its interworking changed",
                     old.index + 1,
-                    digit.digit,
+                    self._logged_digit(digit),
                     old.rfc4733_side,
                 )
                 if handler is not None:
@@ -1492,6 +1513,7 @@ class MediaSession:
         if stream is None:
             self.dtmf = None
             return
+        self._dtmf_lines.add(plan.index)
         fresh = EventDetector(plan.clock_rate)
         if detector is not None and old is not None and old.rfc4733_side == plan.rfc4733_side:
             fresh.follow(detector)  # the same sender: what ended stays ended
@@ -1535,6 +1557,11 @@ class MediaSession:
             plan.info_side,
         )
 
+    def _logged_digit(self, digit: Digit) -> str:
+        """What a log line says for ``digit``: :data:`DIGIT_WITHHELD` unless the operator
+        asked for digits in the log (``[gateway] log_dtmf_digits``)."""
+        return digit.digit if self._log_dtmf_digits else DIGIT_WITHHELD
+
     def dtmf_timer(self) -> float | None:
         """When an RFC 4733 event of :attr:`dtmf` that has not ended times out (none of its
         end packets came, RFC 4733 §2.5.2.2: :meth:`dtmf_timeout` then); None: nothing to
@@ -1555,7 +1582,7 @@ class MediaSession:
             log.info(
                 "m= line %d: DTMF event %s from leg %s ended by timeout (end packets lost)",
                 plan.index + 1,
-                digit.digit,
+                self._logged_digit(digit),
                 plan.rfc4733_side,
             )
             if handler is not None:
@@ -1575,17 +1602,20 @@ class MediaSession:
         return stream.send_telephone_event(direction, payload, marker=marker, start=start)
 
     def dtmf_statistics(self) -> dict[str, int]:
-        """Event packets taken for SIP INFO and injected from it, for the call record."""
-        plan = self.dtmf
-        stream = None if plan is None else self._slots[plan.index]
-        if stream is None:
+        """The event packets of every DTMF interworking the call had (:data:`DTMF_COUNTS`),
+        both directions, closed streams included: taken for SIP INFO, injected from it (end
+        copies included), end packets sent when a change cut an injected event short, and
+        packets of an event begun before the interworking relayed on to its end. Read from
+        the relay's counters (``DirectionStatistics.dtmf_*``; a media worker's as it last
+        pushed them, at most about a second old); empty for a call that never interworked."""
+        if not self._dtmf_lines and not any(self._dtmf_closed.values()):
             return {}
-        counts = {"taken": 0, "injected": 0}
-        for control in (stream.a_to_b, stream.b_to_a):
-            state = control.dtmf
-            if state is not None:
-                counts["taken"] += state.taken
-                counts["injected"] += state.injected
+        counts = dict(self._dtmf_closed)
+        for index in self._dtmf_lines:
+            stream = self.stream_at(index)
+            if stream is not None:
+                for name, count in _dtmf_counts(stream).items():
+                    counts[name] += count
         return counts
 
     def _set_remote(self, index: int, side: Side, remote: _Remote) -> None:
@@ -1605,6 +1635,10 @@ class MediaSession:
         self._renumbered.pop((index, "b_to_a"), None)
         if self.dtmf is not None and self.dtmf.index == index:
             self.dtmf = self._dtmf_detector = None
+        if index in self._dtmf_lines:
+            self._dtmf_lines.discard(index)
+            for name, count in _dtmf_counts(stream).items():
+                self._dtmf_closed[name] += count
         if index in self._transcoded_lines:
             self._transcoded_lines.discard(index)
             self._transcoded_closed["a_to_b"] += stream.a_to_b.statistics().transcoded_packets
@@ -2013,6 +2047,17 @@ def _offered_event(offered: MediaDescription, media: MediaDescription) -> tuple[
         return event
     ours = telephone_event(offered)
     return event if ours is not None and ours[1] == event[1] else None
+
+
+def _dtmf_counts(stream: RelayStream) -> dict[str, int]:
+    """The DTMF interworking counters of ``stream``'s two directions, added up."""
+    a_to_b, b_to_a = stream.a_to_b.statistics(), stream.b_to_a.statistics()
+    return {
+        "taken": a_to_b.dtmf_taken + b_to_a.dtmf_taken,
+        "injected": a_to_b.dtmf_injected + b_to_a.dtmf_injected,
+        "ended_at_change": a_to_b.dtmf_ended_at_change + b_to_a.dtmf_ended_at_change,
+        "passed": a_to_b.dtmf_passed + b_to_a.dtmf_passed,
+    }
 
 
 def _random_ssrc() -> int:

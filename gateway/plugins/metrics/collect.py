@@ -438,6 +438,15 @@ def _media(out: Exposition, media: MediaCounts) -> None:
         "RTP packets converted between G.711 A-law and mu-law, both directions.",
     )
     out.sample(media.transcoded_packets)
+    if media.dtmf_event_packets:
+        out.family(
+            "voipgw_media_dtmf_event_packets_total",
+            "counter",
+            "RFC 4733 event packets of DTMF interworking: taken for SIP INFO, injected from it, "
+            "end packets sent when a change ended an injected event, relayed on at a change.",
+        )
+        for action, count in media.dtmf_event_packets:
+            out.sample(count, [("action", action)])
     out.family(
         "voipgw_media_dropped_packets_total",
         "counter",

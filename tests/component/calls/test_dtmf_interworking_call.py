@@ -9,8 +9,10 @@ In-memory signalling, virtual time; RTP on real 127.0.0.1 sockets through the re
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import pytest
 import trio
 
 from gateway.core.media.dtmf import event_payload, parse_event_untrusted
@@ -130,7 +132,7 @@ async def test_digits_cross_between_rfc4733_and_sip_info(
     assert record["digits_to_info"] == 1
     assert record["digits_to_rfc4733"] == 1
     assert record["rfc4733_leg"] == "a" and record["info_leg"] == "b"
-    assert record["packets"] == {"taken": 5, "injected": 4}
+    assert record["packets"] == {"taken": 5, "injected": 4, "ended_at_change": 0, "passed": 0}
 
 
 async def test_a_bad_dtmf_info_is_refused(
@@ -373,3 +375,53 @@ async def test_a_change_of_plan_mid_digit_finishes_the_digits_in_progress(
         with trio.fail_after(2):
             assert fields(await trunk_sock.recv(2048))[1:3] == (0, 2 + len(started))
     assert env.alice.requests("INFO") == [info.request]
+    # The record counts what the ended interworking did, its end packets at the change with
+    # it (its plan is gone: the counters are the stream's, kept for the call's life).
+    record = call.security_record()["dtmf"]
+    assert "rfc4733_leg" not in record  # no interworking now
+    assert record["packets"] == {
+        "taken": 2,  # the carrier's 3, read as INFO
+        "injected": len(started),  # alice's 7, its three end packets included
+        "ended_at_change": 3,
+        "passed": 0,
+    }
+    assert call.media.statistics()["dtmf_ended_at_change"] == 3  # the metrics' source
+
+
+@pytest.mark.parametrize("log_digits", [False, True], ids=["default", "log_dtmf_digits"])
+async def test_the_timeout_line_names_the_digit_only_when_the_operator_asks(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+    log_digits: bool,
+) -> None:
+    """The carrier's 6 loses its end packets: the timeout ends it and logs it at INFO. A
+    digit may be a card number's or a PIN's (PCI DSS 3.3): the line says ``withheld`` unless
+    ``[gateway] log_dtmf_digits = true`` (read by the gateway, handed to each call's media)."""
+    gateway_table = {"log_dtmf_digits": True} if log_digits else None
+    env = await start_b2bua(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        alice_auto=AutoAnswer(ring=False, status=None),
+        gateway_table=gateway_table,
+    )
+    _, _, answer = await call_to_alice(env, alice_formats=("0",))
+    to_carrier = parse_sdp_untrusted(answer).media[0].port
+    caplog.set_level(logging.INFO, logger="gateway")
+    trunk_sock = await bind(TRUNK_PORT)
+    with trunk_sock:
+        trunk_to = ("127.0.0.1", to_carrier)
+        await trunk_sock.sendto(audio(1, TRUNK_SSRC), trunk_to)
+        for sequence, duration in ((2, 0), (3, 400)):
+            payload = event_payload(6, end=False, duration=duration)
+            packet = rtp(sequence, 101, TRUNK_SSRC, payload, marker=sequence == 2, timestamp=320)
+            await trunk_sock.sendto(packet, trunk_to)
+        info = await env.alice.next_request("INFO")  # after the timeout: all ends were lost
+    assert info.request.body.startswith(b"Signal=6\r\n")  # the digit itself still goes on
+    lines = [r.getMessage() for r in caplog.records if "ended by timeout" in r.getMessage()]
+    shown = "6" if log_digits else "withheld"
+    expected = f"m= line 1: DTMF event {shown} from leg a ended by timeout (end packets lost)"
+    assert lines == [expected]

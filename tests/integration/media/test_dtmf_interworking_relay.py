@@ -10,12 +10,15 @@ Real UDP sockets on 127.0.0.1: the relay allocates from RELAY_PORTS, the phones 
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 import pytest
+import trio
 
 from gateway.core.config import PortRange
-from gateway.core.media.dtmf import event_payload
+from gateway.core.media import relay as relay_module
+from gateway.core.media.dtmf import UPDATE_INTERVAL, event_payload
 from gateway.core.media.relay import DtmfInterworking, MediaStream
 from tests.integration.media.phone_sockets import Phone
 from tests.integration.media.relay_fixtures import SUITES, bridge, in_process_fixtures
@@ -306,6 +309,83 @@ async def test_an_event_being_injected_is_ended_when_the_interworking_changes(
     assert not stream.send_telephone_event("b_to_a", late, marker=False, start=False)
     await bob.send(rtp(11, 8, ssrc=0xB0B), stream.b.ports.rtp_port)
     assert fields((await alice.receive())[1])[1:3] == (8, 16)
+
+
+@pytest.mark.parametrize("replaced", [False, True])
+async def test_the_end_copies_of_an_event_ended_at_a_change_are_spaced(
+    stream: MediaStream, phones: tuple[Phone, Phone], replaced: bool
+) -> None:
+    """RFC 4733 §2.5.1.4: the final packet is sent three times "at the interval used by the
+    source for updates" (50 ms), so that one burst of loss does not take all three. The first
+    goes at the change, the other two from the relay's task, numbered on in the stream the
+    relayed audio continues: Bob's audio sent at the change reaches Alice between them, and
+    every number comes once, in order (RFC 3550 §5.1)."""
+    alice, bob = phones
+    bridge(stream, alice, bob, a_suite="AES_CM_128_HMAC_SHA1_80", b_suite=None)
+    old = DtmfInterworking(inject_payload_type=101, inject_clock_rate=8000, ssrc=1)
+    stream.b_to_a.dtmf = old
+    await bob.send(rtp(10, 8, ssrc=0xB0B), stream.b.ports.rtp_port)
+    await alice.receive()
+    assert stream.send_telephone_event(
+        "b_to_a", event_payload(7, end=False, duration=400), marker=True, start=True
+    )
+    timestamp = fields((await alice.receive())[1])[3]
+    new = DtmfInterworking(inject_payload_type=101, inject_clock_rate=8000) if replaced else None
+    stream.b_to_a.dtmf = new
+    ends: list[tuple[float, bytes]] = [(trio.current_time(), (await alice.receive())[1])]
+    await bob.send(rtp(11, 8, ssrc=0xB0B), stream.b.ports.rtp_port)  # audio, at the change
+    heard = []
+    for _ in range(3):
+        plain = (await alice.receive())[1]
+        heard.append((trio.current_time(), plain))
+    audio = [plain for _, plain in heard if fields(plain)[1] == 8]
+    assert len(audio) == 1 and fields(audio[0])[2] == 13  # before the copies still to go
+    ends += [(at, plain) for at, plain in heard if fields(plain)[1] == 101]
+    assert len(ends) == 3
+    for sequence, (_, plain) in zip((12, 14, 15), ends, strict=True):
+        assert fields(plain) == (False, 101, sequence, timestamp, 0xB0B)
+        assert plain[12:14] == bytes((7, 0x80 | 10))
+    assert ends[0][1][12:] == ends[1][1][12:] == ends[2][1][12:]  # the same final packet
+    # Spaced by the update interval, not back to back (the relay's sleeps last at least it).
+    gaps = [later - earlier for (earlier, _), (later, _) in itertools.pairwise(ends)]
+    assert min(gaps) >= UPDATE_INTERVAL * 0.6, gaps
+    assert old.ended_at_change == 3
+    assert stream.b_to_a.dtmf_counts()[2] == 3
+    await bob.send(rtp(12, 8, ssrc=0xB0B), stream.b.ports.rtp_port)
+    assert fields((await alice.receive())[1])[1:3] == (8, 16)
+
+
+@pytest.mark.skipif(
+    relay_module.COMPILED, reason="a mypyc-compiled class cannot be patched to fail"
+)
+async def test_a_failure_sending_an_end_copy_leaves_the_relay_serving(
+    stream: MediaStream,
+    phones: tuple[Phone, Phone],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The end copies go from a task of the relay's nursery: a bug there must cost the rest
+    of that digit's end, logged, never the relay (every call's media)."""
+    alice, bob = phones
+    bridge(stream, alice, bob, a_suite=None, b_suite=None)
+    stream.b_to_a.dtmf = DtmfInterworking(inject_payload_type=101, inject_clock_rate=8000)
+    await bob.send(rtp(10, 8, ssrc=0xB0B), stream.b.ports.rtp_port)
+    await alice.receive()
+    assert stream.send_telephone_event(
+        "b_to_a", event_payload(7, end=False, duration=400), marker=True, start=True
+    )
+    await alice.receive()
+
+    def broken() -> bool:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(stream.b_to_a, "_send_end_copy", broken)
+    stream.b_to_a.dtmf = None
+    assert fields((await alice.receive())[1])[1] == 101  # the first copy, at the change
+    await trio.sleep(UPDATE_INTERVAL * 3)  # the task ran and failed
+    assert "sending the end of an injected DTMF event failed" in caplog.text
+    await bob.send(rtp(11, 8, ssrc=0xB0B), stream.b.ports.rtp_port)
+    assert fields((await alice.receive())[1])[1:3] == (8, 13)  # still relaying, numbered on
 
 
 async def test_an_injected_event_that_ended_is_not_ended_again(

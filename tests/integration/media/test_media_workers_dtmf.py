@@ -6,6 +6,7 @@ receiving leg's SSRC and sequence, protected with that leg's keys. Two real work
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 import pylibsrtp
@@ -13,7 +14,7 @@ import trio
 
 from gateway.core.config import PortRange
 from gateway.core.interfaces import SrtpKeys
-from gateway.core.media.dtmf import END_TIMEOUT, Digit, event_payload
+from gateway.core.media.dtmf import END_TIMEOUT, UPDATE_INTERVAL, Digit, event_payload
 from gateway.core.media.keying import StreamKeys
 from gateway.core.media.relay import DtmfInterworking
 from gateway.core.media.remote_relay import WorkerPool
@@ -264,16 +265,25 @@ async def test_a_worker_applies_the_re_plans_of_a_call(pool: WorkerPool) -> None
         session.answer_from("a", sdp(2, events, a))
         session.settle()
         assert session.dtmf is None
+        arrived = []
         for n in (52, 53, 54):  # RFC 4733 §2.5.1.4: the final packet, three times
             plain = (await a.receive())[0]
+            arrived.append(trio.current_time())
             assert fields(plain) == (False, 101, n, timestamp, 0xB)
             assert plain[12:14] == bytes((2, 0x80 | 10))
             assert int.from_bytes(plain[14:16], "big") >= 400
+        # "at the interval used by the source for updates": the worker's relay spaces them.
+        gaps = [later - earlier for earlier, later in itertools.pairwise(arrived)]
+        assert min(gaps) >= UPDATE_INTERVAL * 0.6, gaps
         # A's stream is numbered on (its four injected packets kept): not back to B's 51.
         await b.send(packet(51, 0, 0xB, b"\xff" * 160), to_a)
         assert fields((await a.receive())[0])[1:3] == (0, 55)
         # And B's stream keeps the one taken: A's audio 8 reaches it as 7.
         await a.send(packet(8, 0, 0xA, b"\xff" * 160), to_b)
         assert fields((await b.receive())[0])[1:3] == (0, 7)
+        # The worker's counts reach the call record (Stats): its end packets are injected
+        # packets the SIP process never sent, the four of 4 relayed on at the first change.
+        expected = {"taken": 1, "injected": 4, "ended_at_change": 3, "passed": 4}
+        await eventually(lambda: session.dtmf_statistics() == expected, "the worker's counts")
     finally:
         session.close()

@@ -151,6 +151,7 @@ def seed_config(f: Files) -> dict[str, Any]:
             "digest_algorithms": ["SHA-256", "MD5"],
             "log_level": "info",
             "log_plugin_exception_text": False,
+            "log_dtmf_digits": False,
             "gc_thresholds": [10000, 10, 10],
             "drain_timeout": 30.0,
             "auth_max_failures": 5,

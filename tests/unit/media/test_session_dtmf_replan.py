@@ -110,7 +110,7 @@ def test_an_event_being_read_when_the_plan_ends_is_reported_once_with_its_durati
     take.on_event(EVENT_HEADER + event_payload(9, end=True, duration=960))  # a late copy
     assert len(heard) == 1
     messages = [record.getMessage() for record in caplog.records]
-    assert "m= line 1: DTMF event 9 from leg a ended as its interworking changed" in messages
+    assert "m= line 1: DTMF event withheld from leg a ended as its interworking changed" in messages
     assert f"m= line 1: {ENDED}" in messages
 
 

@@ -10,13 +10,14 @@ from typing import Any
 import pytest
 
 from gateway.core.calls.limits import NO_LIMIT, CallLimits, Limit
-from gateway.core.interfaces import SrtpKeys
+from gateway.core.interfaces import MediaCounts, SrtpKeys
 from gateway.core.media.keying import StreamKeys, StreamSrtp
 from gateway.core.media.srtp import SrtpSession
 from gateway.core.status import SETUP_BUCKETS, CallStatistics, MediaTotals, end_outcome
 from gateway.core.store.interface import Binding, BindingFlow
 from gateway.core.store.sqlite import SqliteStore
-from gateway.plugins.metrics import MetricsConfig
+from gateway.plugins.metrics import MetricsConfig, collect
+from gateway.plugins.metrics.exposition import Exposition
 
 SUITE = "AES_CM_128_HMAC_SHA1_80"
 
@@ -160,6 +161,45 @@ def test_a_transcoding_calls_packets_are_summed() -> None:
         session = SimpleNamespace(statistics=lambda f=figures: f, quality=None)
         totals.add_call(SimpleNamespace(media=session, keying=None))  # type: ignore[arg-type]
     assert (totals.packets, totals.transcoded_packets) == (14, 6)
+
+
+def test_a_dtmf_interworking_calls_event_packets_are_summed_and_exported() -> None:
+    """A call record's ``dtmf_*`` (DTMF interworking's event packets, every plan the call had)
+    go to their own totals and out as voipgw_media_dtmf_event_packets_total by action, the
+    end packets of digits a change cut short among them; a call without them adds nothing."""
+    media = dict.fromkeys(("a_to_b_bytes", "b_to_a_bytes", "a_to_b_dropped", "b_to_a_dropped"), 0)
+    media.update(streams=1, a_to_b_packets=3, b_to_a_packets=4)
+    dtmf = {**media, "dtmf_taken": 5, "dtmf_injected": 7, "dtmf_ended_at_change": 3}
+    dtmf["dtmf_passed"] = 2
+    totals = MediaTotals()
+    for figures in (media, dtmf, dtmf):
+        session = SimpleNamespace(statistics=lambda f=figures: f, quality=None)
+        totals.add_call(SimpleNamespace(media=session, keying=None))  # type: ignore[arg-type]
+    assert (totals.dtmf_taken, totals.dtmf_injected) == (10, 14)
+    assert (totals.dtmf_ended_at_change, totals.dtmf_passed) == (6, 4)
+    ended = MediaTotals()
+    ended.add(totals)
+    assert ended.dtmf_ended_at_change == 6
+    out = Exposition()
+    counts = MediaCounts(
+        streams=0,
+        packets=0,
+        bytes=0,
+        dropped=0,
+        srtp_auth_failures=0,
+        srtp_replays=0,
+        dtmf_event_packets=(
+            ("taken", 10),
+            ("injected", 14),
+            ("ended_at_change", 6),
+            ("passed", 4),
+        ),
+    )
+    collect._media(out, counts)
+    text = out.render().decode()
+    assert "# TYPE voipgw_media_dtmf_event_packets_total counter" in text
+    assert 'voipgw_media_dtmf_event_packets_total{action="ended_at_change"} 6' in text
+    assert 'voipgw_media_dtmf_event_packets_total{action="taken"} 10' in text
 
 
 def test_call_limits_count_their_refusals_by_key_and_why() -> None:
