@@ -33,6 +33,13 @@ from gateway.core.transport.flows import TLS_TRANSPORTS
 if TYPE_CHECKING:
     from gateway.core.calls.call import Call
 
+# Enum members read at run time, as module names: on CPython 3.11 a member read from its
+# class goes through EnumType's __getattr__ hook, ~900 instructions (docs/benchmarks.md,
+# sessions 44 and 45).
+_S_A = Side.A
+_S_B = Side.B
+_D_EARLY = DialogState.EARLY
+
 
 class CallAnswer(CallForkRekey, CallRecordingIndication):
     """A callee's 2xx and ours to the caller, late offer included (the module's docstring)."""
@@ -131,7 +138,7 @@ class CallAnswer(CallForkRekey, CallRecordingIndication):
         assert self.media is not None and self.a.invite is not None
         over_tls = self.a.transport in TLS_TRANSPORTS
         early = self._a_early
-        if early is not None and early.state is DialogState.EARLY:
+        if early is not None and early.state is _D_EARLY:
             # A DTMF INFO went to A in our early dialog: the 2xx confirms that dialog, whose
             # CSeq goes on from it (RFC 3261 §12.2.1.1).
             early.send_response(ok)
@@ -143,7 +150,7 @@ class CallAnswer(CallForkRekey, CallRecordingIndication):
         self._stop_reliable_1xx()
         # Timed before it is sent: its ACK is taken from the endpoint's task as soon as it
         # arrives (ack_received), even while this task still waits to send.
-        self._start_2xx_retransmission(Side.A, ok)
+        self._start_2xx_retransmission(_S_A, ok)
         await self._respond_a(ok)
         self.media.settle()
         self.a.answered = True
@@ -167,7 +174,7 @@ class CallAnswer(CallForkRekey, CallRecordingIndication):
             if not sdp:
                 raise SdpError("2xx without SDP offer to our INVITE without SDP")
             plain = self.media.offer_from(
-                Side.B.value,
+                _S_B.value,
                 leg.security.take_offer(parse_sdp_untrusted(sdp)),
                 dtmf_info=leg.security.dtmf_info,
             )
@@ -205,8 +212,8 @@ class CallAnswer(CallForkRekey, CallRecordingIndication):
         self.a.dialog = Dialog.create_uas(self.a.invite, ok, over_tls=over_tls)  # type: ignore[arg-type]
         # Set before the 200 goes out: its ACK may arrive while this task still waits to send.
         self.state = "offered"
-        self._answer_in_ack = Side.A
-        self._start_2xx_retransmission(Side.A, ok)
+        self._answer_in_ack = _S_A
+        self._start_2xx_retransmission(_S_A, ok)
         await self._respond_a(ok)
         self.a.answered = True  # a 2xx went to A: from here on the call ends with BYE
 
@@ -219,7 +226,7 @@ class CallAnswer(CallForkRekey, CallRecordingIndication):
             raise SdpError("ACK without the SDP answer to our offer")
         self._note_recordpref(self.a, sdp)
         return self.media.answer_from(
-            Side.A.value,
+            _S_A.value,
             self.a.security.take_answer(parse_sdp_untrusted(sdp)),
             rtcp_mux_offered=self.a.security.offers_rtcp_mux,
         )

@@ -83,6 +83,13 @@ if TYPE_CHECKING:
     from gateway.core.endpoint import ClientRequest
     from gateway.core.media.session import MediaSession
 
+# Enum members read at run time, as module names: on CPython 3.11 a member read from its
+# class goes through EnumType's __getattr__ hook, ~900 instructions (docs/benchmarks.md,
+# sessions 44 and 45).
+_S_A = Side.A
+_D_EARLY = DialogState.EARLY
+_S_PROCEEDING = State.PROCEEDING
+
 # The call's logger, whichever of its modules logs: operators' settings and filters name it.
 log = logging.getLogger("gateway.core.calls.call")
 
@@ -143,7 +150,7 @@ class CallBase:
         # A sips: INVITE over another transport never gets here (CallManager.invite).
         self.secure = flow.secure and is_sips(invite.uri)
         self.a = ALeg(
-            side=Side.A,
+            side=_S_A,
             flow=flow,
             transport=flow.transport,
             address=flow.remote,
@@ -347,7 +354,7 @@ class CallBase:
             if isinstance(event, RequestEvent) and event.request.method in OFFER_METHODS:
                 # In progress from its arrival, before the task reads it: a re-INVITE of ours
                 # sent meanwhile would cross it (RFC 3261 §14.1).
-                leg = self.a if event.side is Side.A else self.b
+                leg = self.a if event.side is _S_A else self.b
                 if leg is not None:
                     leg.exchange_started(event.transaction)
         waiter = self._waiter
@@ -476,7 +483,7 @@ class CallBase:
     # -- legs and dialogs --------------------------------------------------------------------------
 
     def _leg(self, side: Side) -> Leg:
-        if side is Side.A:
+        if side is _S_A:
             return self.a
         assert self.b is not None
         return self.b
@@ -501,7 +508,7 @@ class CallBase:
         """The dialog a callee's 2xx confirms (RFC 3261 §13.2.2.4): the early one we PRACKed
         in, whose CSeq has moved on with the PRACKs, or a new one."""
         early = leg.early_dialogs.get(response.to.tag or "")
-        if early is not None and early.state is DialogState.EARLY:
+        if early is not None and early.state is _D_EARLY:
             early.receive_response(response)
             return early
         assert leg.invite is not None
@@ -544,7 +551,7 @@ class CallBase:
         if response.body:
             # Our SDP answer (a 183's, a 200's) went to A: A's handshakes may start now, never
             # ahead of it (CallAnswer._answer_via holds them; docs/architecture.md).
-            self._answer_went(Side.A)
+            self._answer_went(_S_A)
 
     def _hold_answer(self, side: Side) -> None:
         """Our SDP answer to ``side`` is made, not sent yet: the handshakes of the associations
@@ -1162,7 +1169,7 @@ def reinvite_to_cancel(client: ClientRequest) -> Request | None:
     """The re-INVITE of ours that ``client`` still waits for a final response to, and that
     :meth:`CallBase._cancel_pending_reinvites` CANCELs at the call's end; None for any other."""
     txn = client.transaction
-    if not isinstance(txn, ClientInviteTransaction) or txn.state is not State.PROCEEDING:
+    if not isinstance(txn, ClientInviteTransaction) or txn.state is not _S_PROCEEDING:
         return None
     if txn.cancelled:  # a re-INVITE that timed out (_reinvite_timed_out)
         return None

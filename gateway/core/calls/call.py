@@ -176,6 +176,14 @@ from gateway.core.sip.message import Request, Response, default_reason, make_res
 from gateway.core.sip.session_timer import IntervalTooSmall, allows_update
 from gateway.core.sip.transaction import State, TransactionStateError
 
+# Enum members read at run time, as module names: on CPython 3.11 a member read from its
+# class goes through EnumType's __getattr__ hook, ~900 instructions (docs/benchmarks.md,
+# sessions 44 and 45).
+_S_A = Side.A
+_S_B = Side.B
+_S_TRYING = State.TRYING
+_S_PROCEEDING = State.PROCEEDING
+
 # Requests relayed as they are inside an established call; anything else gets 501.
 RELAYED_IN_DIALOG = frozenset({"INFO", "OPTIONS", "MESSAGE", "NOTIFY"})
 
@@ -343,7 +351,7 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
             return
         if isinstance(event, PickUpEvent):
             event.done.set()  # answered here: the manager does not answer it 481
-        if event.transaction.state not in (State.TRYING, State.PROCEEDING):
+        if event.transaction.state not in (_S_TRYING, _S_PROCEEDING):
             return
         try:
             await self.endpoint.respond(
@@ -465,7 +473,7 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
         self.manager.routed(self, targets)  # taps deciding at the start: whom it reaches
         self.a.security = self.manager.leg_security(
             self,
-            Side.A,
+            _S_A,
             kind=caller.kind,
             name=caller.name,
             flow=self.a.flow,
@@ -489,7 +497,7 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
         if offer is not None:
             try:
                 offer_b = self.media.offer_from(
-                    Side.A.value,
+                    _S_A.value,
                     self.a.security.take_offer(offer),
                     dtmf_info=self.a.security.dtmf_info,
                 )
@@ -753,7 +761,7 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
             self._up_with(leg)
             # B offered in its 2xx; our answer goes in the ACK: when it makes us active (RFC
             # 5763 §5), our ClientHello follows the ACK, which carries our fingerprint.
-            self._hold_answer(Side.B)
+            self._hold_answer(_S_B)
             # B, the offerer, may send as soon as our ACK brings it the answer: keys first.
             await self.media.applied()
         except Exception as exc:
@@ -763,14 +771,14 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
             # B's 2xx is ACKed with an answer refusing its offer, then BYEd (_bye).
             await self._hang_up(failure.reason, cause=failure.status)
         await self._ack_b(leg, leg.dialog, leg.final, body=serialize_sdp(answer_b))
-        self._answer_went(Side.B)
+        self._answer_went(_S_B)
 
     # -- requests and responses before the answer --------------------------------------------------
 
     async def _early_request(self, event: RequestEvent) -> None:
         # Before the call is answered only the B side can send in-dialog requests (on its early
         # dialog); nothing we relay yet. A's PRACK is ours to answer.
-        if event.request.method == "PRACK" and event.side is Side.A:
+        if event.request.method == "PRACK" and event.side is _S_A:
             await self._prack(event)
             return
         if event.request.method == "UPDATE":
@@ -906,7 +914,7 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
         if request.method == "INVITE":
             await self._reinvite(event)
             return
-        if request.method == "PRACK" and event.side is Side.A and self.a.invite is not None:
+        if request.method == "PRACK" and event.side is _S_A and self.a.invite is not None:
             await self._prack(event)  # a late one, after our 2xx (RFC 3262 §3)
             return
         if request.method == "UPDATE":

@@ -30,8 +30,14 @@ class Side(enum.Enum):
 
     @property
     def other(self) -> Side:
-        return Side.B if self is Side.A else Side.A
+        return _S_B if self is _S_A else _S_A
 
+
+# Enum members read at run time, as module names: on CPython 3.11 a member read from its
+# class goes through EnumType's __getattr__ hook, ~900 instructions (docs/benchmarks.md,
+# sessions 44 and 45).
+_S_A = Side.A
+_S_B = Side.B
 
 _UNANSWERED = frozenset({State.CALLING, State.TRYING, State.PROCEEDING})
 """Transaction states before a final response (RFC 3261 §17)."""

@@ -86,6 +86,11 @@ if TYPE_CHECKING:
     from gateway.core.media.session import MediaSession
     from gateway.core.store.interface import Binding
 
+# Enum members read at run time, as module names: on CPython 3.11 a member read from its
+# class goes through EnumType's __getattr__ hook, ~900 instructions (docs/benchmarks.md,
+# sessions 44 and 45).
+_S_A = Side.A
+
 log = logging.getLogger(__name__)
 
 PICKUP_WAIT = 4.0
@@ -451,7 +456,7 @@ class CallManager:
         self.calls.add(call)
         self._by_invite[transaction] = call
         key = (request.call_id, call.a.local_tag)
-        self._by_dialog[key] = (call, Side.A)
+        self._by_dialog[key] = (call, _S_A)
         self._keys_of[call] = (transaction, [key])
         if self._start_taps:
             try:
@@ -1218,8 +1223,8 @@ class CallManager:
     def _copy_a_leg(self, taps: CallTaps, call: Call, invite: Request) -> None:
         """The caller's dialog: by our tag, and by the caller's From tag for the messages of
         its INVITE transaction that carry no tag of ours (the INVITE, 100 Trying, CANCEL)."""
-        self._copy_sip(taps, (invite.call_id, call.a.local_tag), Side.A)
-        self._copy_sip(taps, (invite.call_id, invite.from_.tag), Side.A)
+        self._copy_sip(taps, (invite.call_id, call.a.local_tag), _S_A)
+        self._copy_sip(taps, (invite.call_id, invite.from_.tag), _S_A)
 
     def _copy_sip(self, taps: CallTaps, key: tuple[str, str | None], side: Side) -> None:
         """The endpoint copies every SIP message of the dialog ``key`` (Call-ID, tag) to
@@ -1245,7 +1250,7 @@ class CallManager:
             callee_kind=b_leg.peer_kind if b_leg is not None else "",
             callee_name=b_leg.peer_name if b_leg is not None else None,
             media=tapped_media(
-                call.media.last_sent(Side.A.value) if call.media is not None else None
+                call.media.last_sent(_S_A.value) if call.media is not None else None
             ),
             sessions=self.outbound,
             answered_by=_picker_uri(call),

@@ -30,6 +30,12 @@ from gateway.core.sdp.model import SessionDescription
 if TYPE_CHECKING:
     from gateway.core.calls.call import Call
 
+# Enum members read at run time, as module names: on CPython 3.11 a member read from its
+# class goes through EnumType's __getattr__ hook, ~900 instructions (docs/benchmarks.md,
+# sessions 44 and 45).
+_S_A = Side.A
+_S_B = Side.B
+
 
 MAX_SDP_KEYED_TAGS = 8
 """The early dialogs' To tags a B leg remembers as keyed by our SDP keys
@@ -47,7 +53,7 @@ class CallMediaKeys(CallBase):
         assert self.media is not None and leg.security is not None
         assert self.a.security is not None
         plain = self.media.answer_from(
-            Side.B.value,
+            _S_B.value,
             leg.security.take_answer(answer),
             rtcp_mux_offered=leg.security.offers_rtcp_mux,
         )
@@ -66,7 +72,7 @@ class CallMediaKeys(CallBase):
         # our 200 was ignored by the caller (baresip) and resent 1 s later (RFC 6347
         # §4.2.4.1), clipping a second of the call; with media workers it always came first,
         # while our 200 waited for MediaSession.applied().
-        self._hold_answer(Side.A)
+        self._hold_answer(_S_A)
         return answer_a
 
     def _answer_failed(self, exc: Exception, what: str, *, ends_call: bool = True) -> AnswerFailure:
@@ -122,7 +128,7 @@ class CallMediaKeys(CallBase):
             if self.taps is not None:  # taps that decided at the start are there already
                 self.taps.add(sinks)
             else:
-                media = tapped_media(self.media.last_sent(Side.A.value))
+                media = tapped_media(self.media.last_sent(_S_A.value))
                 self.taps = CallTaps(
                     self.id, self.media, sinks, clock=trio.current_time, media=media
                 )

@@ -57,6 +57,11 @@ from gateway.core.transport.flows import TLS_TRANSPORTS
 if TYPE_CHECKING:
     from gateway.core.calls.call import Call
 
+# Enum members read at run time, as module names: on CPython 3.11 a member read from its
+# class goes through EnumType's __getattr__ hook, ~900 instructions (docs/benchmarks.md,
+# sessions 44 and 45).
+_S_B = Side.B
+
 
 # RFC 3323 §4.1.1.3: the From of a caller who asked for privacy.
 ANONYMOUS_URI = SipUri("sip", "anonymous.invalid", user="anonymous")
@@ -162,7 +167,7 @@ class CallTargets(CallLocationUpdates, CallMediaKeys):
         reason when its media policy refuses the call."""
         invite_a = self.a.invite
         assert invite_a is not None and self.caller is not None
-        made = self._new_b_leg(target, Side.B, late_offer=offer is None)
+        made = self._new_b_leg(target, _S_B, late_offer=offer is None)
         if made is None:
             return None
         leg, uri = made

@@ -272,6 +272,13 @@ class Direction(enum.Enum):
     B_TO_A = "b_to_a"
 
 
+# The members read at run time, as module names: on CPython 3.11 a member read from its enum
+# class goes through EnumType's __getattr__ hook, ~900 instructions (docs/benchmarks.md,
+# sessions 44 and 45).
+_A_TO_B = Direction.A_TO_B
+_B_TO_A = Direction.B_TO_A
+
+
 Tap = Callable[[Direction, bytes], None]
 """Called with every forwarded packet of a direction, after ``rtp_in``/``rtcp_in`` and before
 ``rtp_out``/``rtcp_out``. A tap runs inside the relay's packet loop and MUST NOT block or do slow
@@ -547,7 +554,7 @@ class _Endpoint:
         self.rtp = _Route(RTP_HEADER_LENGTH)
         self.rtcp = _Route(RTCP_MIN_LENGTH)
         self.stream: MediaStream | None = stream  # None once the stream is closed
-        self.direction = Direction.A_TO_B
+        self.direction = _A_TO_B
         self.source: Address | None = None  # latched source address
         self.last_received = now
         self.latched_at = now  # when ``source`` latched (_latch): media since, if last_received
@@ -1493,8 +1500,8 @@ class MediaStream:
             rtcp = _Endpoint(ports.rtcp_socket, _ALWAYS_RTCP, self, now)
             sides.append(StreamSide(ports, family, rtp, rtcp, self._changed))
         self.a, self.b = sides
-        self.a_to_b = DirectionControl(Direction.A_TO_B, (self.a._rtp, self.a._rtcp), self._changed)
-        self.b_to_a = DirectionControl(Direction.B_TO_A, (self.b._rtp, self.b._rtcp), self._changed)
+        self.a_to_b = DirectionControl(_A_TO_B, (self.a._rtp, self.a._rtcp), self._changed)
+        self.b_to_a = DirectionControl(_B_TO_A, (self.b._rtp, self.b._rtcp), self._changed)
         self.created = now
         self._relay = relay
         self._opaque = False
@@ -1652,7 +1659,7 @@ class MediaStream:
                     else:
                         rtp_in = _DtmfIn(dtmf, rtp_in, self._relay._clock)
                 transcoding = control._transcoding
-                if transcoding is not None and control.direction is Direction.B_TO_A:
+                if transcoding is not None and control.direction is _B_TO_A:
                     # On the plain packet in the sender's numbers (after SRTP unprotect and
                     # DTMF, before renumbering), so taps see leg A's law both ways.
                     rtp_in = _Transcoded(transcoding, control._transcoded, rtp_in, inbound=True)
@@ -1662,18 +1669,18 @@ class MediaStream:
                     # of its own, so that a direction without RED runs the plain one below.
                     red = red_octets(control._red_payload_types)
                     count = control._red_malformed
-                    if control.direction is Direction.A_TO_B:
+                    if control.direction is _A_TO_B:
                         rtp_out = _RenumberedRed(table, red, count, rtp_out, inbound=False)
                     else:
                         rtp_in = _RenumberedRed(table, red, count, rtp_in, inbound=True)
                 elif table is not None:
                     # Renumbered on the plain packet, where taps see leg A's numbers in both
                     # directions: A->B before the rewrite, B->A after it.
-                    if control.direction is Direction.A_TO_B:
+                    if control.direction is _A_TO_B:
                         rtp_out = _Renumbered(table, rtp_out, inbound=False)
                     else:
                         rtp_in = _Renumbered(table, rtp_in, inbound=True)
-                if transcoding is not None and control.direction is Direction.A_TO_B:
+                if transcoding is not None and control.direction is _A_TO_B:
                     # Outermost on the way out: runs first, before renumbering and protect.
                     rtp_out = _Transcoded(transcoding, control._transcoded, rtp_out, inbound=False)
                 _configure(ep.rtp, dst._rtp, dst.rtp_destination, rtp_in, rtp_out, ep.taps, buffer)

@@ -70,6 +70,14 @@ class DialogState(enum.Enum):
     TERMINATED = "terminated"
 
 
+# The members read at run time, as module names: on CPython 3.11 a member read from its enum
+# class goes through EnumType's __getattr__ hook, some 900 instructions against a few dozen for
+# a module name, and a call's dialogs read 15 (docs/benchmarks.md, sessions 44 and 45).
+_D_EARLY = DialogState.EARLY
+_D_CONFIRMED = DialogState.CONFIRMED
+_D_TERMINATED = DialogState.TERMINATED
+
+
 @attrs.frozen
 class DialogId:
     """Call-ID, local tag and remote tag (RFC 3261 §12). A remote tag is None when an RFC 2543
@@ -172,7 +180,7 @@ class Dialog:
             local_seq=request.cseq.number,
             remote_seq=None,
             secure=over_tls and _is_sips(request.uri),
-            state=DialogState.EARLY if response.status < 200 else DialogState.CONFIRMED,
+            state=_D_EARLY if response.status < 200 else _D_CONFIRMED,
             owns_call_id=True,
         )
 
@@ -195,7 +203,7 @@ class Dialog:
             local_seq=response.cseq.number,
             remote_seq=None,
             secure=False,
-            state=DialogState.CONFIRMED,
+            state=_D_CONFIRMED,
             owns_call_id=True,
         )
 
@@ -225,7 +233,7 @@ class Dialog:
             local_seq=None,
             remote_seq=request.cseq.number,
             secure=over_tls and _is_sips(request.uri),
-            state=DialogState.EARLY if response.status < 200 else DialogState.CONFIRMED,
+            state=_D_EARLY if response.status < 200 else _D_CONFIRMED,
         )
 
     # -- what we receive --
@@ -239,7 +247,7 @@ class Dialog:
         remote target.
         """
         self._check_request_ids(request)
-        if self.state is DialogState.TERMINATED:
+        if self.state is _D_TERMINATED:
             raise RemoteSipError("Call/Transaction Does Not Exist", status=481)
         if request.method in ("ACK", "CANCEL"):
             return
@@ -259,26 +267,26 @@ class Dialog:
         481 and 408 end the dialog (§12.2.1.2); any final response to BYE ends it (§15.1.1).
         """
         self._check_response_ids(response)
-        if self.state is DialogState.TERMINATED:
+        if self.state is _D_TERMINATED:
             return
         method = response.cseq.method
         status = response.status
         if method == "INVITE" and status < 200:
-            if self.state is DialogState.EARLY:
+            if self.state is _D_EARLY:
                 self._refresh_target(response)
         elif method == "INVITE" and status < 300:
-            if self.state is DialogState.EARLY:
-                self.state = DialogState.CONFIRMED
+            if self.state is _D_EARLY:
+                self.state = _D_CONFIRMED
                 self.route_set = tuple(reversed(response.record_routes))
             self._refresh_target(response)
-        elif method == "INVITE" and self.state is DialogState.EARLY:
-            self.state = DialogState.TERMINATED
+        elif method == "INVITE" and self.state is _D_EARLY:
+            self.state = _D_TERMINATED
         elif 200 <= status < 300 and method in TARGET_REFRESH_METHODS:
             self._refresh_target(response)
         if status in (408, 481) and method != "CANCEL":
-            self.state = DialogState.TERMINATED
+            self.state = _D_TERMINATED
         if method == "BYE" and status >= 200:
-            self.state = DialogState.TERMINATED
+            self.state = _D_TERMINATED
 
     # -- what we send --
 
@@ -286,17 +294,17 @@ class Dialog:
         """A response we send to a request received in this dialog (including the creating
         one): 2xx to INVITE confirms, a non-2xx final to the INVITE of an early dialog ends it
         (§12.3), 2xx to BYE ends the dialog (§15.1.2)."""
-        if self.state is DialogState.TERMINATED:
+        if self.state is _D_TERMINATED:
             return
         method = response.cseq.method
         status = response.status
         if method == "INVITE" and 200 <= status < 300:
-            self.state = DialogState.CONFIRMED
+            self.state = _D_CONFIRMED
             return
-        rejected_early = method == "INVITE" and status >= 300 and self.state is DialogState.EARLY
+        rejected_early = method == "INVITE" and status >= 300 and self.state is _D_EARLY
         bye_accepted = method == "BYE" and 200 <= status < 300
         if rejected_early or bye_accepted:
-            self.state = DialogState.TERMINATED
+            self.state = _D_TERMINATED
 
     def create_request(
         self,
@@ -317,7 +325,7 @@ class Dialog:
         """
         if method in ("ACK", "CANCEL"):
             raise LocalSipError(f"{method} is not built with create_request")
-        if self.state is DialogState.TERMINATED:
+        if self.state is _D_TERMINATED:
             raise LocalSipError("the dialog is terminated")
         number = self.take_cseq()
         return self._build(method, number, via, contact, max_forwards, extra, body, content_type)
@@ -351,7 +359,7 @@ class Dialog:
 
     def terminate(self) -> None:
         """End the dialog (BYE sent or timed out, the session torn down)."""
-        self.state = DialogState.TERMINATED
+        self.state = _D_TERMINATED
 
     # -- helpers --
 

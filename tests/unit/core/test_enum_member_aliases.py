@@ -1,9 +1,9 @@
 """Module-level names for enum members (``_S_TERMINATED = State.TERMINATED``, ``_SENDRECV =
 Direction.SENDRECV``): CPython 3.11 reads a member from its class through EnumType's hook, so
-code read on every call takes a module name instead (docs/benchmarks.md, session 44). A name
-bound to another member than the one it says would send a transaction or a stream down another
-branch, and read as right. Every such name in gateway/, found in the source (so a new one is
-checked the day it is written), is the member its name spells: ``_<MEMBER>``, or
+code read on every call takes a module name instead (docs/benchmarks.md, sessions 44 and 45). A
+name bound to another member than the one it says would send a transaction or a stream down
+another branch, and read as right. Every such name in gateway/, found in the source (so a new one
+is checked the day it is written), is the member its name spells: ``_<MEMBER>``, or
 ``_<initial of the enum>_<MEMBER>`` (State, Input, Effect in sip/transaction.py)."""
 
 from __future__ import annotations
@@ -51,6 +51,19 @@ def test_the_session_44_aliases_are_found() -> None:
     modules = {module for module, *_ in ALIASES}
     assert {"gateway.core.sip.transaction", "gateway.core.sdp.model"} <= modules
     assert sum(module == "gateway.core.sip.transaction" for module, *_ in ALIASES) >= 40
+
+
+def test_the_session_45_aliases_are_found() -> None:
+    """The dialogs' states, the call legs' sides and the relay's directions (session 45)."""
+    found = {(module, name) for module, name, *_ in ALIASES}
+    assert {
+        ("gateway.core.sip.dialog", "_D_TERMINATED"),
+        ("gateway.core.calls.leg", "_S_B"),
+        ("gateway.core.calls.base", "_S_A"),
+        ("gateway.core.calls.call", "_S_B"),
+        ("gateway.core.media.relay", "_A_TO_B"),
+        ("gateway.core.sdp.offer_answer", "_INACTIVE"),
+    } <= found
 
 
 @pytest.mark.parametrize(
