@@ -285,6 +285,10 @@ MAX_VERIFY_REQUESTS = 64
 ClientHello; the handshake task takes them after each datagram); more are not sent."""
 
 _DTLS1_2_VERSION = 0xFEFD  # RFC 6347 §4.1: {254, 253}; pyOpenSSL has no constant for it
+MAX_HELD_DATAGRAMS = 8
+"""Datagrams kept of a held candidate (:meth:`DtlsNegotiation._held`): the client's flight from
+its Certificate on (RFC 6347 §4.2.4: flight 5), and its resends; more are dropped."""
+
 _RECORD_HEADER = 13  # RFC 6347 §4.1: type, version, epoch, sequence_number (48 bits), length
 _HANDSHAKE_HEADER = 12  # RFC 6347 §4.2.2: msg_type, length, message_seq, fragment offset+length
 _CHANGE_CIPHER_SPEC, _ALERT, _HANDSHAKE = 20, 21, 22  # RFC 5246 §6.2.1 ContentType
@@ -684,6 +688,42 @@ def _client_hello_random(packet: bytes) -> bytes:
     return packet[start : start + 32]
 
 
+_CERTIFICATE = 11  # RFC 5246 §7.4: HandshakeType certificate
+
+
+def presented_certificate_untrusted(packet: bytes) -> bytes | None:
+    """The DER of the first certificate (the peer's own, RFC 5246 §7.4.2) of a Certificate
+    message a well-formed datagram (:func:`dtls_records_valid_untrusted`) holds whole in one
+    plaintext record (epoch 0, one fragment: a self-signed certificate in a datagram, as
+    browsers and softphones send it); None otherwise (none, fragmented, malformed). Read
+    before OpenSSL sees the datagram (:meth:`DtlsNegotiation._held`)."""
+    offset = 0
+    while offset + _RECORD_HEADER + _HANDSHAKE_HEADER <= len(packet):
+        length = int.from_bytes(packet[offset + 11 : offset + 13], "big")
+        body = offset + _RECORD_HEADER
+        end = min(body + length, len(packet))
+        if packet[offset] == _HANDSHAKE and packet[offset + 3 : offset + 5] == b"\0\0":
+            header = packet[body : body + _HANDSHAKE_HEADER]
+            message_length = int.from_bytes(header[1:4], "big")
+            whole = header[6:9] == b"\0\0\0" and int.from_bytes(header[9:12], "big") == (
+                message_length
+            )
+            if header[0] == _CERTIFICATE:
+                if not whole:
+                    return None
+                message = packet[body + _HANDSHAKE_HEADER : end]
+                if len(message) < 6 or len(message) != message_length:
+                    return None
+                first = int.from_bytes(message[3:6], "big")
+                if first == 0 or 6 + first > min(
+                    len(message), 3 + int.from_bytes(message[:3], "big")
+                ):
+                    return None
+                return message[6 : 6 + first]
+        offset = body + length
+    return None
+
+
 def _opens_handshake_untrusted(role: Role, packet: bytes) -> bool:
     """Whether a source's datagram can begin a handshake with us in ``role``: a ClientHello to
     our server; a handshake record that is not one to our client (its server's flight)."""
@@ -783,6 +823,12 @@ class DtlsStatistics:
     candidate replaced the association and its keys the leg's."""
     peer_restarts_failed: int = 0
     """Of those, the ones that failed or timed out: dropped, the association and keys kept."""
+    peer_restarts_held: int = 0
+    """Of those, the ones whose certificate the SDP in force does not name, held for a
+    re-offer that names it (:meth:`DtlsNegotiation._held`; session 45)."""
+    peer_restarts_adopted: int = 0
+    """Held candidates a re-offer naming their certificate made its new association
+    (:meth:`DtlsNegotiation._adopt`; session 45)."""
 
 
 @attrs.define
@@ -806,6 +852,10 @@ class DtlsTotals:
     """:attr:`DtlsStatistics.peer_rekeys`, summed (session 44)."""
     peer_restarts_failed: int = 0
     """:attr:`DtlsStatistics.peer_restarts_failed`, summed (session 44)."""
+    peer_restarts_held: int = 0
+    """:attr:`DtlsStatistics.peer_restarts_held`, summed (session 45)."""
+    peer_restarts_adopted: int = 0
+    """:attr:`DtlsStatistics.peer_restarts_adopted`, summed (session 45)."""
 
 
 DROPPED_HELLO_LOG_WINDOW = 60.0
@@ -941,6 +991,13 @@ class _Association:
         """The random of the ClientHello that began this association as a candidate
         (:meth:`DtlsNegotiation._to_candidate`): a resend of it is its own, another random a
         new restart."""
+        self.held_certificate: bytes | None = None
+        """The certificate (DER) a candidate presented that the SDP in force does not name,
+        read before OpenSSL saw it (:meth:`DtlsNegotiation._held`): its handshake waits for a
+        re-offer whose a=fingerprint names it (RFC 8842 §5: a new certificate, a new
+        association), until its timeout."""
+        self.held: list[bytes] = []
+        """The datagrams held back from OpenSSL with :attr:`held_certificate`."""
         self.address: Source | None = None
         """The source this handshake answers, whole as the socket gave it (an IPv6 link-local
         peer's scope id with it, RFC 4007 §6): where its datagrams go
@@ -1270,6 +1327,20 @@ class _Association:
 # The negotiation of one stream on one leg
 
 
+@attrs.define
+class _Restarts:
+    """The peer's new handshake on an established association (RFC 6347 §4.2.8,
+    :meth:`DtlsNegotiation._to_candidate`): shared by the negotiations of one association
+    (:meth:`DtlsNegotiation._take_restart`)."""
+
+    candidate: _Association | None = None
+    """Its candidate association: one at a time."""
+    to: Source | None = None
+    """Where the candidate's datagrams go; None: the core's usual way (no source known)."""
+    failure_logged: bool = False
+    """Whether a failed restart of this port was said in the log (once)."""
+
+
 @attrs.frozen
 class _Settings:
     identity: DtlsIdentity
@@ -1342,15 +1413,12 @@ class DtlsNegotiation:
     _cookies_returned: int = 0
     """ClientHellos that returned our valid cookie (:meth:`_cookie_exchange`): a timeout's
     reason says when sources were asked and none did (:meth:`_fail`)."""
-    _restart: _Association | None = None
-    """The candidate association of the peer's new handshake on the established association's
-    5-tuple (RFC 6347 §4.2.8, :meth:`_to_candidate`): one at a time."""
-    _restart_to: Source | None = None
-    """Where :attr:`_restart`'s datagrams go; None: the core's usual way (no source known)."""
+    _restarts: _Restarts = attrs.Factory(lambda: _Restarts())
+    """The peer's new handshake on the established association's 5-tuple (RFC 6347 §4.2.8,
+    :meth:`_to_candidate`), shared with the negotiations of re-offers that keep the
+    association (:meth:`_take_restart`)."""
     _unaddressed: list[bytes] = attrs.Factory(list)
     """What goes the core's usual way for a restart whose source is not known (its alert)."""
-    _restart_failure_logged: bool = False
-    """Whether a failed restart of this port was said in the log (once, :meth:`_restart_failed`)."""
 
     def __repr__(self) -> str:
         role = self.dtls_role or "role?"
@@ -1708,8 +1776,8 @@ class DtlsNegotiation:
         self._queue(self._feed_early(association, now))
         self._queue(association.start(now))
         out, self._unaddressed = self._unaddressed, []
-        if self._restart is not None and self._restart_to is None:
-            out += self._restart.take_outgoing()
+        if self._restarts.candidate is not None and self._restarts.to is None:
+            out += self._restarts.candidate.take_outgoing()
         if self._source is not None and association is self._association:
             return out
         return out + association.take_outgoing()
@@ -1729,8 +1797,9 @@ class DtlsNegotiation:
         for key, attempt in self._attempts.items():
             to = attempt.address or key
             out += [(packet, to) for packet in attempt.take_outgoing()]
-        if self._restart is not None and self._restart_to is not None:
-            out += [(packet, self._restart_to) for packet in self._restart.take_outgoing()]
+        if self._restarts.candidate is not None and self._restarts.to is not None:
+            restart = self._restarts.candidate
+            out += [(packet, self._restarts.to) for packet in restart.take_outgoing()]
         return out
 
     def get_timer(self) -> float | None:
@@ -1741,8 +1810,8 @@ class DtlsNegotiation:
             return None
         timers = [association.get_timer()]
         timers += [attempt.get_timer() for attempt in self._attempts.values()]
-        if self._restart is not None:
-            timers.append(self._restart.get_timer())
+        if self._restarts.candidate is not None:
+            timers.append(self._restarts.candidate.get_timer())
         due = [timer for timer in timers if timer is not None]
         return min(due) if due else None
 
@@ -1762,7 +1831,7 @@ class DtlsNegotiation:
             timer = attempt.get_timer()
             if timer is not None and timer <= now:
                 self._settle(key, attempt, attempt.handle_timer(now), now)
-        restart = self._restart
+        restart = self._restarts.candidate
         if restart is not None and self._driven() is not None:
             timer = restart.get_timer()
             if timer is not None and timer <= now:
@@ -2003,14 +2072,15 @@ class DtlsNegotiation:
             # without it any host that returns a cookie spends the port's bucket on
             # candidates and crowds out the phone's own restart. As before session 44.
             return False
-        candidate = self._restart
+        candidate = self._restarts.candidate
         hello = None
         if _holds_client_hello_untrusted(packet):
             hello = parse_client_hello_cookie_untrusted(packet)
         if hello is None:
             if candidate is None:
                 return False  # the association's own (a resent Finished, an alert): as before
-            self._settle_candidate(candidate, candidate.receive(packet, now))
+            if not self._held(candidate, packet):
+                self._settle_candidate(candidate, candidate.receive(packet, now))
             return True
         random = _client_hello_random(packet)
         if candidate is not None and hello.message_seq != 0 and random == candidate.client_random:
@@ -2027,7 +2097,7 @@ class DtlsNegotiation:
             return True
         fresh = self._new_association(Role.SERVER, association.peer)
         fresh.client_random, fresh.address = random, source
-        self._restart, self._restart_to = fresh, source
+        self._restarts.candidate, self._restarts.to = fresh, source
         self._by_source.peer_restarts += 1
         events = fresh.start(now)
         if cookie is not None:
@@ -2044,12 +2114,65 @@ class DtlsNegotiation:
         handshake under way on it (:meth:`_to_candidate`): the peer's next flight comes to
         this negotiation, and a candidate left with the previous one would be lost with it
         (the phone then resends a flight nobody answers until its handshake gives up). The
-        previous negotiation no longer drives it: one candidate at a time."""
-        if not isinstance(previous, DtlsNegotiation) or previous._restart is None:
-            return
-        self._restart, self._restart_to = previous._restart, previous._restart_to
-        self._restart_failure_logged = previous._restart_failure_logged
-        previous._restart = previous._restart_to = None
+        two share it, one candidate for both: whichever the core goes on feeding drives it,
+        this one once the re-offer is answered, the previous one again when the re-offer is
+        rolled back (a 488 from the other leg, RFC 3261 §14.1; before session 45 a rollback
+        lost the restart under way)."""
+        if isinstance(previous, DtlsNegotiation) and previous._phase is not _Phase.FAILED:
+            self._restarts = previous._restarts
+
+    def _held(self, candidate: _Association, packet: bytes) -> bool:
+        """Whether the candidate's ``packet`` is held back from OpenSSL: it presents a
+        certificate the SDP in force does not name (read here, before the verify callback
+        would alert), or one already was. RFC 8842 §5 and RFC 5763 §5: a changed certificate
+        comes with a new a=fingerprint, and a browser or softphone that regenerated its own
+        may restart its handshake before its re-INVITE says so (the re-offer crosses the
+        handshake). Held, the candidate waits for that re-offer (:meth:`_adopt`) until its
+        ``handshake_timeout``, then fails as it did before session 45; nothing of it keys
+        anything meanwhile, and its certificate is checked again, by OpenSSL, against the
+        re-offer's fingerprint. A certificate in more than one fragment cannot be read here:
+        OpenSSL's check fails it at once, as before."""
+        if candidate.held_certificate is not None:
+            if len(candidate.held) < MAX_HELD_DATAGRAMS:
+                candidate.held.append(packet)
+            else:
+                candidate.statistics.ignored += 1
+            return True
+        certificate = presented_certificate_untrusted(packet)
+        if certificate is None or candidate.peer.matches(certificate):
+            return False
+        candidate.held_certificate, candidate.held = certificate, [packet]
+        self._by_source.peer_restarts_held += 1
+        if self._settings.totals is not None:
+            self._settings.totals.peer_restarts_held += 1
+        to = self._restarts.to
+        log.info(
+            "DTLS: a new handshake from %s on the established association presented a "
+            "certificate the SDP in force does not name (sha-256 %s): held until a re-offer "
+            "names it, at most until its handshake_timeout (RFC 8842 §5)",
+            "an unknown address" if to is None else format_host_port(str(to[0]), int(to[1])),
+            certificate_digest(certificate, "sha-256").hex(),
+        )
+        return True
+
+    def _adopt(
+        self, candidate: _Association, peer: PeerDtlsParameters, previous: DtlsNegotiation
+    ) -> None:
+        """A re-offer whose a=fingerprint names the held candidate's certificate
+        (:meth:`_held`, :func:`_held_restart`) takes the candidate as its new association: its
+        datagrams held back go to OpenSSL now (at the first clock, :meth:`_feed_early`), whose
+        verify callback checks the certificate against this offer's fingerprint before our
+        ChangeCipherSpec and Finished; its ``KeysReady`` keys the leg as a new association's
+        would. The previous negotiation no longer holds it."""
+        previous._restarts.candidate = previous._restarts.to = None
+        candidate.peer, candidate.local_tls_id = peer, self._tls_id
+        self._association = candidate
+        if candidate.address is not None:
+            self._source = self._peer_source = source_key(candidate.address)
+        self._early, candidate.held = candidate.held, []
+        self._by_source.peer_restarts_adopted += 1
+        if self._settings.totals is not None:
+            self._settings.totals.peer_restarts_adopted += 1
 
     def _settle_candidate(self, candidate: _Association, events: list[KeyNegotiationEvent]) -> None:
         """Events of the candidate association (:meth:`_to_candidate`): never the leg's
@@ -2075,7 +2198,7 @@ class DtlsNegotiation:
             candidate.verified = previous.verified
             candidate.address = candidate.address or previous.address
         self._association = candidate
-        self._restart = self._restart_to = None
+        self._restarts.candidate = self._restarts.to = None
         self._by_source.peer_rekeys += 1
         if self._settings.totals is not None:
             self._settings.totals.peer_rekeys += 1
@@ -2084,8 +2207,13 @@ class DtlsNegotiation:
         """The candidate failed (its certificate did not match a=fingerprint, it timed out, an
         OpenSSL error): dropped; the association in force and its keys stay. Its alert goes
         to its source. Said once per port (WARNING); counted always."""
-        to = self._restart_to
-        self._restart = self._restart_to = None
+        to = self._restarts.to
+        self._restarts.candidate = self._restarts.to = None
+        if candidate.held_certificate is not None:
+            reason = (
+                f"{FINGERPRINT_MISMATCH_REASON}: held for a re-offer naming its certificate, "
+                "none came"
+            )
         parting = candidate.take_outgoing()
         if to is not None:
             self._parting += [(packet, to) for packet in parting]
@@ -2094,8 +2222,8 @@ class DtlsNegotiation:
         self._by_source.peer_restarts_failed += 1
         if self._settings.totals is not None:
             self._settings.totals.peer_restarts_failed += 1
-        if not self._restart_failure_logged:
-            self._restart_failure_logged = True
+        if not self._restarts.failure_logged:
+            self._restarts.failure_logged = True
             where = "an unknown address" if to is None else format_host_port(str(to[0]), int(to[1]))
             log.warning(
                 "DTLS: a new handshake from %s on the established association (RFC 6347 "
@@ -2210,7 +2338,9 @@ class DtlsNegotiation:
         self._phase = _Phase.FAILED
         self._early = []
         self._attempts.clear()
-        self._restart = self._restart_to = None
+        # Its own hold only: a re-offer's failure leaves the restart to the negotiation it
+        # shares it with (:meth:`_take_restart`).
+        self._restarts = _Restarts()
         if reason == HANDSHAKE_TIMEOUT_REASON and self._mismatched:
             # The only certificates seen did not match: the likelier cause (a phone behind a
             # NAT whose SDP a proxy rewrote, a stale fingerprint) said as it was before
@@ -2336,6 +2466,8 @@ class DtlsKeyExchange:
             ("cookies_out_of_sequence", self.totals.cookies_out_of_sequence),
             ("peer_rekeys", self.totals.peer_rekeys),
             ("peer_restarts_failed", self.totals.peer_restarts_failed),
+            ("peer_restarts_held", self.totals.peer_restarts_held),
+            ("peer_restarts_adopted", self.totals.peer_restarts_adopted),
         )
 
     def offer(
@@ -2406,6 +2538,17 @@ class DtlsKeyExchange:
             )
             negotiation._association = kept
             negotiation._take_restart(previous)
+        elif (held := _held_restart(previous, peer)) is not None:
+            # The phone restarted with the certificate this offer names, before the offer
+            # came (:meth:`DtlsNegotiation._held`): its handshake, held, is the new
+            # association, we its DTLS server as we were (a=setup:passive, which RFC 5763 §5
+            # allows an answer to actpass).
+            assert isinstance(previous, DtlsNegotiation)
+            negotiation = self._negotiation(
+                "answerer", held.identity, held.profiles, Setup.PASSIVE, self._fresh_tls_id()
+            )
+            negotiation._keys_before = previous_keys(previous)
+            negotiation._adopt(held, peer, previous)
         else:
             profiles = self._profiles_for(suites)
             negotiation = self._negotiation(
@@ -2459,6 +2602,27 @@ class DtlsKeyExchange:
 
 
 _NO_PROFILE_REASON = "no SRTP suite of the leg's policy has a DTLS-SRTP profile here"
+
+
+def _held_restart(previous: KeyNegotiation | None, peer: PeerDtlsParameters) -> _Association | None:
+    """The previous negotiation's held candidate (:meth:`DtlsNegotiation._held`) an offer
+    with new DTLS parameters ``peer`` may take as its new association: only one whose
+    certificate, already presented, ``peer``'s a=fingerprint names, and whose offer lets the
+    peer stay the DTLS client (a=setup active or actpass). Never a candidate whose certificate
+    was not seen: a re-offer's new association must not go on with a handshake nobody
+    checked (someone on the phone's path may have started it)."""
+    if not isinstance(previous, DtlsNegotiation) or previous._phase is _Phase.FAILED:
+        return None
+    candidate = previous._restarts.candidate
+    if (
+        candidate is None
+        or candidate.held_certificate is None
+        or candidate.phase is not _Phase.HANDSHAKING
+        or peer.effective_setup not in _SETUPS_KEEPING[Role.SERVER]
+        or not peer.matches(candidate.held_certificate)
+    ):
+        return None
+    return candidate
 
 
 def _keeps(association: _Association, peer: PeerDtlsParameters) -> bool:
