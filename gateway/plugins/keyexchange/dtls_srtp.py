@@ -285,6 +285,10 @@ MAX_VERIFY_REQUESTS = 64
 ClientHello; the handshake task takes them after each datagram); more are not sent."""
 
 _DTLS1_2_VERSION = 0xFEFD  # RFC 6347 §4.1: {254, 253}; pyOpenSSL has no constant for it
+_NO_SOURCE = ("", 0)
+"""What a cookie covers when the ClientHello's source is not known (:meth:`DtlsNegotiation.
+_cookie_exchange`): no host's text, so no source's cookie verifies for it, nor its for one."""
+
 MAX_HELD_DATAGRAMS = 8
 """Datagrams kept of a held candidate (:meth:`DtlsNegotiation._held`): the client's flight from
 its Certificate on (RFC 6347 §4.2.4: flight 5), and its resends; more are dropped."""
@@ -1925,7 +1929,13 @@ class DtlsNegotiation:
         )
 
     def _cookie_exchange(
-        self, key: Source, source: Source, packet: bytes, now: float, *, always: bool = False
+        self,
+        key: Source | None,
+        source: Source | None,
+        packet: bytes,
+        now: float,
+        *,
+        always: bool = False,
     ) -> tuple[bool, bytes | None]:
         """RFC 6347 §4.2.1 for a ClientHello to our server from ``key``, a source with no
         handshake yet: ``(True, cookie)`` when it returned our valid cookie (start its
@@ -1933,10 +1943,14 @@ class DtlsNegotiation:
         cookie is asked (the SDP address: its path is as before); ``(False, None)`` when a
         HelloVerifyRequest answered it, or it was dropped, and nothing else happens
         (docs/media_security.md, "Cookies for other sources"). ``always``: the SDP address is
-        asked too (the peer's new handshake on an established association, RFC 6347 §4.2.8)."""
+        asked too (the peer's new handshake on an established association, RFC 6347 §4.2.8).
+        ``source`` None: not known (:meth:`_to_candidate` on an ICE leg, or fed without
+        sources): the cookie covers :data:`_NO_SOURCE` and the HelloVerifyRequest goes the
+        core's usual way (:meth:`packets_to_send`); nothing is logged (no address to name)."""
         cookies = self._settings.cookies
         if cookies is None or (key == self._sdp_source and not always):
             return True, None
+        bound = _NO_SOURCE if key is None else key
         hello = parse_client_hello_cookie_untrusted(packet)
         totals = self._settings.totals
         if hello is None:
@@ -1955,7 +1969,7 @@ class DtlsNegotiation:
                 self._log_dropped(source, "unreadable", verified=False, now=now)
             return False, None
         if hello.cookie:
-            if cookies.verifies(key, hello.cookie, now, context=self._cookie_context()):
+            if cookies.verifies(bound, hello.cookie, now, context=self._cookie_context()):
                 if hello.message_seq == 1:
                     self._cookies_returned += 1
                     return True, hello.cookie
@@ -1973,10 +1987,14 @@ class DtlsNegotiation:
             if totals is not None:
                 totals.bad_cookies += 1
             self._log_dropped(source, "bad_cookie", verified=False, now=now)
-        if len(self._verify_requests) < MAX_VERIFY_REQUESTS:
-            cookie = cookies.cookie(key, now, context=self._cookie_context())
+        waiting = self._unaddressed if source is None else self._verify_requests
+        if len(waiting) < MAX_VERIFY_REQUESTS:
+            cookie = cookies.cookie(bound, now, context=self._cookie_context())
             request = hello_verify_request(hello, cookie)
-            self._verify_requests.append((request, source))
+            if source is None:
+                self._unaddressed.append(request)
+            else:
+                self._verify_requests.append((request, source))
             self._by_source.hello_verify_requests += 1
             if totals is not None:
                 totals.hello_verify_requests += 1
@@ -1984,15 +2002,16 @@ class DtlsNegotiation:
 
     def _log_dropped(
         self,
-        source: Source,
+        source: Source | None,
         reason: str,
         *,
         verified: bool,
         now: float,
         what: str = "ClientHello",
     ) -> None:
-        """The operator's line naming ``source`` (:class:`DroppedHelloLog`), rate-limited."""
-        if self._settings.dropped_hellos is not None:
+        """The operator's line naming ``source`` (:class:`DroppedHelloLog`), rate-limited;
+        none without a source to name (:meth:`_cookie_exchange` on an ICE leg)."""
+        if source is not None and self._settings.dropped_hellos is not None:
             self._settings.dropped_hellos.dropped(
                 source, reason, verified=verified, now=now, what=what
             )
@@ -2089,7 +2108,12 @@ class DtlsNegotiation:
             return True
         key = None if source is None else source_key(source)
         cookie: bytes | None = None
-        if key is not None and source is not None and self._settings.cookies is not None:
+        if self._settings.cookies is not None:
+            # Without its source too (session 45: an ICE leg, whose port takes DTLS from the
+            # selected pair only, or a host that feeds no sources): our HelloVerifyRequest
+            # goes the core's usual way, to the address the association answers, so only who
+            # receives there returns the cookie; before, one ClientHello forged with that
+            # address started a candidate and its flights to the real phone.
             go_on, cookie = self._cookie_exchange(key, source, packet, now, always=True)
             if not go_on:
                 return True  # answered with a HelloVerifyRequest, or dropped (and logged)
@@ -2103,9 +2127,7 @@ class DtlsNegotiation:
         if cookie is not None:
             events += fresh.accept_verified(packet, cookie, now)
         else:
-            # No source to bind a cookie to (an ICE leg, whose port takes DTLS from the
-            # selected pair only, or a host that feeds no sources): the bucket bounds it.
-            events += fresh.receive(packet, now)
+            events += fresh.receive(packet, now)  # no cookie asked (none configured)
         self._settle_candidate(fresh, events)
         return True
 

@@ -517,3 +517,50 @@ def test_a_certificate_is_read_only_whole_from_one_record() -> None:
         presented_certificate_untrusted(record[:3] + b"\x00\x01" + record[5:] + handshake) is None
     )
     assert presented_certificate_untrusted((record + handshake)[:40]) is None
+
+
+# -- a restart whose source is not known (an ICE leg, a host that feeds none; session 45) -----
+
+
+def run_unaddressed(ours: DtlsNegotiation, phone: DtlsNegotiation, now: float) -> None:
+    """Move datagrams until quiet, without sources, ours the core's usual way to the phone."""
+    for _ in range(60):
+        moved = False
+        for datagram in phone.packets_to_send(now=now):
+            moved = True
+            ours.receive_packet(datagram, now=now)
+        for datagram in ours.packets_to_send(now=now):
+            moved = True
+            phone.receive_packet(datagram, now=now)
+        if not moved:
+            return
+    raise AssertionError("never quiet")
+
+
+def test_a_restart_fed_without_its_source_is_asked_for_a_cookie_too() -> None:
+    # On an ICE leg the port takes DTLS from the selected pair only and feeds it without its
+    # source. Before session 45 no cookie was asked there: one ClientHello forged with the
+    # pair's address started a candidate (an OpenSSL object, ~1 KB flights to the real phone
+    # until handshake_timeout). Our HelloVerifyRequest goes the usual way, to that address.
+    ours, peer = ours_and_peer(we_serve=True)
+    run_unaddressed(ours, peer, now=0.0)
+    (first,) = events(ours)
+    assert isinstance(first, KeysReady)
+    old = ours.keys
+    for n in range(20):  # a flood forged with the selected pair's address
+        hello = restarted(ours, STRANGER).packets_to_send(now=1.0)
+        for datagram in hello:
+            ours.receive_packet(datagram, now=1.0 + n / 100)
+        answers = ours.packets_to_send(now=1.0 + n / 100)
+        assert [a[13] for a in answers] == [_HELLO_VERIFY_REQUEST]
+    assert ours.statistics().peer_restarts == 0 and ours.get_timer() is None
+    assert ours.keys == old and events(ours) == []
+    # The phone's own restart returns the cookie and re-keys the leg.
+    phone = restarted(ours)
+    run_unaddressed(ours, phone, now=2.0)
+    (ready,) = events(ours)
+    assert isinstance(ready, KeysReady) and ours.keys == ready.keys != old
+    (phone_ready,) = events(phone)
+    assert isinstance(phone_ready, KeysReady)
+    assert (ready.keys.local_key, ready.keys.remote_key) == mirrored(phone_ready.keys)
+    assert ours.statistics().hello_verify_requests == 21
