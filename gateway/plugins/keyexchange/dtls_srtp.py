@@ -85,7 +85,12 @@ returns it runs on a candidate association (:meth:`DtlsNegotiation._to_candidate
 time, within the port's bucket of new handshakes. The association in force keeps its keys until
 the candidate completes with a certificate matching a=fingerprint; then the candidate replaces
 it and its ``KeysReady`` re-keys the leg. A candidate that fails or times out is dropped and
-nothing changes (docs/media_security.md, "A new ClientHello on a kept association").
+nothing changes (docs/media_security.md, "A new ClientHello on a kept association"). Since
+session 45 a ClientHello fed without its source (an ICE leg) is asked for the cookie too, the
+HelloVerifyRequest going the usual way; a candidate whose certificate the SDP in force does not
+name is held, read before OpenSSL sees it (:meth:`DtlsNegotiation._held`), until a re-offer
+naming it takes it as its new association (:meth:`DtlsNegotiation._adopt`) or its timeout; and
+re-offers that keep the association share the candidate with the negotiation in force.
 
 Media path and time (RFC 7983, RFC 6347 §4.2.4)
 ----------------------------------------------
