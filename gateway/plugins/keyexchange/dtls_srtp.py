@@ -907,8 +907,10 @@ class DroppedHelloLog:
     ) -> None:
         """A ClientHello (or ``what``) from ``source`` dropped for ``reason`` (the metric's
         reason name, or ``bad_cookie``/``rate_limited``/``refused``); ``verified``: the source
-        returned our valid cookie."""
-        host = str(source[0])
+        returned our valid cookie. A host is keyed as the cookie and the handshake queue key it
+        (ip.source_key: an IPv6 link-local host with its zone, RFC 4007 §6; session 45, before
+        ``fe80::1`` on two links shared one line, the second never named)."""
+        host = source_key(source)[0]
         known = self._hosts.get(host)
         if known is not None and now - known[0] < DROPPED_HELLO_LOG_WINDOW:
             self._hosts[host] = (known[0], known[1] + 1)
@@ -2126,6 +2128,8 @@ class DtlsNegotiation:
             return True
         fresh = self._new_association(Role.SERVER, association.peer)
         fresh.client_random, fresh.address = random, source
+        if candidate is not None:  # replaced (one at a time): its datagrams stay counted
+            self._by_source = _added(self._by_source, candidate.statistics)
         self._restarts.candidate, self._restarts.to = fresh, source
         self._by_source.peer_restarts += 1
         events = fresh.start(now)
@@ -2246,6 +2250,8 @@ class DtlsNegotiation:
             self._parting += [(packet, to) for packet in parting]
         else:
             self._unaddressed += parting
+        # Its datagrams stay in the port's counters (session 45: before, they went with it).
+        self._by_source = _added(self._by_source, candidate.statistics)
         self._by_source.peer_restarts_failed += 1
         if self._settings.totals is not None:
             self._settings.totals.peer_restarts_failed += 1

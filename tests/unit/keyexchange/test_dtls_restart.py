@@ -564,3 +564,41 @@ def test_a_restart_fed_without_its_source_is_asked_for_a_cookie_too() -> None:
     assert isinstance(phone_ready, KeysReady)
     assert (ready.keys.local_key, ready.keys.remote_key) == mirrored(phone_ready.keys)
     assert ours.statistics().hello_verify_requests == 21
+
+
+# -- what session 44 left in the counters and the log (session 45) ---------------------------
+
+
+def test_a_failed_or_replaced_candidates_datagrams_stay_in_the_ports_counters() -> None:
+    ours, _, _ = keyed_pair()
+    before = ours.statistics()
+    for n in range(2):  # the first replaced by the second, which then times out
+        phone = restarted(ours)
+        send(phone, ours, SDP_ADDRESS, 1.0 + n)
+        for datagram, _ in ours.addressed_packets_to_send(now=1.0 + n):
+            phone.receive_packet(datagram, now=1.0 + n)
+        send(phone, ours, SDP_ADDRESS, 1.0 + n)  # its ClientHello with our cookie
+        ours.addressed_packets_to_send(now=1.0 + n)  # our flight
+    expire(ours)
+    after = ours.statistics()
+    assert after.peer_restarts == 2 and after.peer_restarts_failed == 1
+    assert after.datagrams_received == before.datagrams_received + 2
+    assert after.datagrams_sent >= before.datagrams_sent + 2 + after.retransmissions
+    assert after.retransmissions >= 3  # the second candidate's flight, resent until it failed
+
+
+def test_the_dropped_line_keys_a_link_local_host_with_its_zone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # RFC 4007 §6: fe80::1 on link 4 and on link 5 are two hosts; each gets its own line (before
+    # session 45 the second was counted under the first's, never named).
+    from gateway.plugins.keyexchange.dtls_srtp import DroppedHelloLog
+
+    dropped = DroppedHelloLog()
+    with caplog.at_level(logging.WARNING):
+        dropped.dropped(("fe80::1", 5004, 0, 4), "bad_cookie", verified=False, now=0.0)
+        dropped.dropped(("fe80::1", 5004, 0, 5), "bad_cookie", verified=False, now=1.0)
+        dropped.dropped(("fe80::1", 5006, 0, 4), "bad_cookie", verified=False, now=2.0)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert "from [fe80::1%4]:5004 dropped" in lines[0] and "from [fe80::1%5]:5004" in lines[1]
