@@ -2199,7 +2199,10 @@ class DtlsNegotiation:
         candidate.peer, candidate.local_tls_id = peer, self._tls_id
         self._association = candidate
         if candidate.address is not None:
+            # Its datagrams came with their source, which returned our cookie: the handshake
+            # is that source's (never started afresh for another, :meth:`restart_handshake`).
             self._source = self._peer_source = source_key(candidate.address)
+            self._with_sources = True
         self._early, candidate.held = candidate.held, []
         self._by_source.peer_restarts_adopted += 1
         if self._settings.totals is not None:
