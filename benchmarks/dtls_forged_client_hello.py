@@ -22,6 +22,10 @@ review-d5 that skipped the cookie). With ``restart`` after ``N`` (session 44) ev
 association is established first (a whole handshake with the peer, in every run) and each
 ClientHello comes from the peer's own address and port, as a forged restart of the peer's DTLS
 client on the established association would (RFC 6347 §4.2.8: asked for our cookie first).
+With ``restart-unaddressed`` (session 45) the same without sources, as on an ICE leg (the port
+takes DTLS from the selected pair only and feeds it without its source): the association is
+established so and each ClientHello fed with ``receive_packet``; before session 45 each started
+a candidate (no cookie could be asked), now each gets a HelloVerifyRequest the usual way.
 """
 
 from __future__ import annotations
@@ -56,9 +60,13 @@ def in_two_fragments(hello: bytes) -> bytes:
 def main() -> None:
     feed = int(sys.argv[1]) if len(sys.argv) > 1 else MADE
     fragmented = sys.argv[2:] == ["fragmented"]
-    restart = sys.argv[2:] == ["restart"]
-    if not 0 <= feed <= MADE or sys.argv[2:] not in ([], ["fragmented"], ["restart"]):
-        raise SystemExit(f"usage: {sys.argv[0]} [0..{MADE}] [fragmented|restart]")
+    unaddressed = sys.argv[2:] == ["restart-unaddressed"]
+    restart = sys.argv[2:] == ["restart"] or unaddressed
+    modes = ([], ["fragmented"], ["restart"], ["restart-unaddressed"])
+    if not 0 <= feed <= MADE or sys.argv[2:] not in modes:
+        raise SystemExit(
+            f"usage: {sys.argv[0]} [0..{MADE}] [fragmented|restart|restart-unaddressed]"
+        )
     now = datetime.datetime(2026, 12, 2, tzinfo=datetime.UTC)
     ours_id = generate_identity(now=now, max_age=datetime.timedelta(days=30))
     theirs_id = generate_identity(now=now, max_age=datetime.timedelta(days=30))
@@ -71,7 +79,7 @@ def main() -> None:
         assert peer is not None
         ours.remote_sdp_attributes(peer.local_sdp_attributes())  # the peer is active: we serve
         if restart:
-            established(ours, peer)
+            established(ours, peer, unaddressed=unaddressed)
         ports.append(ours)
     hellos = []
     for _ in range(MADE):
@@ -86,8 +94,13 @@ def main() -> None:
         ours = ports[n // MAX_NEW_HANDSHAKES_BURST]
         source = PEER if restart else ("127.0.0.1", 20000 + n)
         for datagram in hello:
-            ours.receive_packet_from(datagram, source=source, now=0.1)
+            if unaddressed:
+                ours.receive_packet(datagram, now=0.1)
+            else:
+                ours.receive_packet_from(datagram, source=source, now=0.1)
         answered += sum(len(d) for d, _ in ours.addressed_packets_to_send(now=0.1))
+        if unaddressed:  # the core's usual way: to the selected pair
+            answered += sum(len(d) for d in ours.packets_to_send(now=0.1))
     stats = [port.statistics() for port in ports]
     started = sum(s.handshakes_by_source for s in stats) + sum(
         1 for s in stats if s.datagrams_received
@@ -106,13 +119,18 @@ PEER = ("127.0.0.1", 40000)
 """The peer's SDP address, from which its handshake came (``restart``)."""
 
 
-def established(ours: DtlsNegotiation, peer: DtlsNegotiation) -> None:
-    """A whole handshake between ``ours`` (the server) and ``peer`` from :data:`PEER`."""
+def established(ours: DtlsNegotiation, peer: DtlsNegotiation, *, unaddressed: bool) -> None:
+    """A whole handshake between ``ours`` (the server) and ``peer`` from :data:`PEER` (fed
+    without its source when ``unaddressed``)."""
     ours.note_sdp_address(PEER)
     for _ in range(20):
         for datagram in peer.packets_to_send(now=0.0):
-            ours.receive_packet_from(datagram, source=PEER, now=0.0)
-        for datagram, _ in ours.addressed_packets_to_send(now=0.0):
+            if unaddressed:
+                ours.receive_packet(datagram, now=0.0)
+            else:
+                ours.receive_packet_from(datagram, source=PEER, now=0.0)
+        out = [datagram for datagram, _ in ours.addressed_packets_to_send(now=0.0)]
+        for datagram in out + ours.packets_to_send(now=0.0):
             peer.receive_packet(datagram, now=0.0)
         if ours.state == "established" and peer.state == "established":
             return

@@ -85,7 +85,12 @@ returns it runs on a candidate association (:meth:`DtlsNegotiation._to_candidate
 time, within the port's bucket of new handshakes. The association in force keeps its keys until
 the candidate completes with a certificate matching a=fingerprint; then the candidate replaces
 it and its ``KeysReady`` re-keys the leg. A candidate that fails or times out is dropped and
-nothing changes (docs/media_security.md, "A new ClientHello on a kept association").
+nothing changes (docs/media_security.md, "A new ClientHello on a kept association"). Since
+session 45 a ClientHello fed without its source (an ICE leg) is asked for the cookie too, the
+HelloVerifyRequest going the usual way; a candidate whose certificate the SDP in force does not
+name is held, read before OpenSSL sees it (:meth:`DtlsNegotiation._held`), until a re-offer
+naming it takes it as its new association (:meth:`DtlsNegotiation._adopt`) or its timeout; and
+re-offers that keep the association share the candidate with the negotiation in force.
 
 Media path and time (RFC 7983, RFC 6347 §4.2.4)
 ----------------------------------------------
@@ -285,6 +290,14 @@ MAX_VERIFY_REQUESTS = 64
 ClientHello; the handshake task takes them after each datagram); more are not sent."""
 
 _DTLS1_2_VERSION = 0xFEFD  # RFC 6347 §4.1: {254, 253}; pyOpenSSL has no constant for it
+_NO_SOURCE = ("", 0)
+"""What a cookie covers when the ClientHello's source is not known (:meth:`DtlsNegotiation.
+_cookie_exchange`): no host's text, so no source's cookie verifies for it, nor its for one."""
+
+MAX_HELD_DATAGRAMS = 8
+"""Datagrams kept of a held candidate (:meth:`DtlsNegotiation._held`): the client's flight from
+its Certificate on (RFC 6347 §4.2.4: flight 5), and its resends; more are dropped."""
+
 _RECORD_HEADER = 13  # RFC 6347 §4.1: type, version, epoch, sequence_number (48 bits), length
 _HANDSHAKE_HEADER = 12  # RFC 6347 §4.2.2: msg_type, length, message_seq, fragment offset+length
 _CHANGE_CIPHER_SPEC, _ALERT, _HANDSHAKE = 20, 21, 22  # RFC 5246 §6.2.1 ContentType
@@ -684,6 +697,42 @@ def _client_hello_random(packet: bytes) -> bytes:
     return packet[start : start + 32]
 
 
+_CERTIFICATE = 11  # RFC 5246 §7.4: HandshakeType certificate
+
+
+def presented_certificate_untrusted(packet: bytes) -> bytes | None:
+    """The DER of the first certificate (the peer's own, RFC 5246 §7.4.2) of a Certificate
+    message a well-formed datagram (:func:`dtls_records_valid_untrusted`) holds whole in one
+    plaintext record (epoch 0, one fragment: a self-signed certificate in a datagram, as
+    browsers and softphones send it); None otherwise (none, fragmented, malformed). Read
+    before OpenSSL sees the datagram (:meth:`DtlsNegotiation._held`)."""
+    offset = 0
+    while offset + _RECORD_HEADER + _HANDSHAKE_HEADER <= len(packet):
+        length = int.from_bytes(packet[offset + 11 : offset + 13], "big")
+        body = offset + _RECORD_HEADER
+        end = min(body + length, len(packet))
+        if packet[offset] == _HANDSHAKE and packet[offset + 3 : offset + 5] == b"\0\0":
+            header = packet[body : body + _HANDSHAKE_HEADER]
+            message_length = int.from_bytes(header[1:4], "big")
+            whole = header[6:9] == b"\0\0\0" and int.from_bytes(header[9:12], "big") == (
+                message_length
+            )
+            if header[0] == _CERTIFICATE:
+                if not whole:
+                    return None
+                message = packet[body + _HANDSHAKE_HEADER : end]
+                if len(message) < 6 or len(message) != message_length:
+                    return None
+                first = int.from_bytes(message[3:6], "big")
+                if first == 0 or 6 + first > min(
+                    len(message), 3 + int.from_bytes(message[:3], "big")
+                ):
+                    return None
+                return message[6 : 6 + first]
+        offset = body + length
+    return None
+
+
 def _opens_handshake_untrusted(role: Role, packet: bytes) -> bool:
     """Whether a source's datagram can begin a handshake with us in ``role``: a ClientHello to
     our server; a handshake record that is not one to our client (its server's flight)."""
@@ -783,6 +832,12 @@ class DtlsStatistics:
     candidate replaced the association and its keys the leg's."""
     peer_restarts_failed: int = 0
     """Of those, the ones that failed or timed out: dropped, the association and keys kept."""
+    peer_restarts_held: int = 0
+    """Of those, the ones whose certificate the SDP in force does not name, held for a
+    re-offer that names it (:meth:`DtlsNegotiation._held`; session 45)."""
+    peer_restarts_adopted: int = 0
+    """Held candidates a re-offer naming their certificate made its new association
+    (:meth:`DtlsNegotiation._adopt`; session 45)."""
 
 
 @attrs.define
@@ -806,6 +861,10 @@ class DtlsTotals:
     """:attr:`DtlsStatistics.peer_rekeys`, summed (session 44)."""
     peer_restarts_failed: int = 0
     """:attr:`DtlsStatistics.peer_restarts_failed`, summed (session 44)."""
+    peer_restarts_held: int = 0
+    """:attr:`DtlsStatistics.peer_restarts_held`, summed (session 45)."""
+    peer_restarts_adopted: int = 0
+    """:attr:`DtlsStatistics.peer_restarts_adopted`, summed (session 45)."""
 
 
 DROPPED_HELLO_LOG_WINDOW = 60.0
@@ -848,8 +907,10 @@ class DroppedHelloLog:
     ) -> None:
         """A ClientHello (or ``what``) from ``source`` dropped for ``reason`` (the metric's
         reason name, or ``bad_cookie``/``rate_limited``/``refused``); ``verified``: the source
-        returned our valid cookie."""
-        host = str(source[0])
+        returned our valid cookie. A host is keyed as the cookie and the handshake queue key it
+        (ip.source_key: an IPv6 link-local host with its zone, RFC 4007 §6; session 45, before
+        ``fe80::1`` on two links shared one line, the second never named)."""
+        host = source_key(source)[0]
         known = self._hosts.get(host)
         if known is not None and now - known[0] < DROPPED_HELLO_LOG_WINDOW:
             self._hosts[host] = (known[0], known[1] + 1)
@@ -941,6 +1002,13 @@ class _Association:
         """The random of the ClientHello that began this association as a candidate
         (:meth:`DtlsNegotiation._to_candidate`): a resend of it is its own, another random a
         new restart."""
+        self.held_certificate: bytes | None = None
+        """The certificate (DER) a candidate presented that the SDP in force does not name,
+        read before OpenSSL saw it (:meth:`DtlsNegotiation._held`): its handshake waits for a
+        re-offer whose a=fingerprint names it (RFC 8842 §5: a new certificate, a new
+        association), until its timeout."""
+        self.held: list[bytes] = []
+        """The datagrams held back from OpenSSL with :attr:`held_certificate`."""
         self.address: Source | None = None
         """The source this handshake answers, whole as the socket gave it (an IPv6 link-local
         peer's scope id with it, RFC 4007 §6): where its datagrams go
@@ -1270,6 +1338,20 @@ class _Association:
 # The negotiation of one stream on one leg
 
 
+@attrs.define
+class _Restarts:
+    """The peer's new handshake on an established association (RFC 6347 §4.2.8,
+    :meth:`DtlsNegotiation._to_candidate`): shared by the negotiations of one association
+    (:meth:`DtlsNegotiation._take_restart`)."""
+
+    candidate: _Association | None = None
+    """Its candidate association: one at a time."""
+    to: Source | None = None
+    """Where the candidate's datagrams go; None: the core's usual way (no source known)."""
+    failure_logged: bool = False
+    """Whether a failed restart of this port was said in the log (once)."""
+
+
 @attrs.frozen
 class _Settings:
     identity: DtlsIdentity
@@ -1342,15 +1424,12 @@ class DtlsNegotiation:
     _cookies_returned: int = 0
     """ClientHellos that returned our valid cookie (:meth:`_cookie_exchange`): a timeout's
     reason says when sources were asked and none did (:meth:`_fail`)."""
-    _restart: _Association | None = None
-    """The candidate association of the peer's new handshake on the established association's
-    5-tuple (RFC 6347 §4.2.8, :meth:`_to_candidate`): one at a time."""
-    _restart_to: Source | None = None
-    """Where :attr:`_restart`'s datagrams go; None: the core's usual way (no source known)."""
+    _restarts: _Restarts = attrs.Factory(lambda: _Restarts())
+    """The peer's new handshake on the established association's 5-tuple (RFC 6347 §4.2.8,
+    :meth:`_to_candidate`), shared with the negotiations of re-offers that keep the
+    association (:meth:`_take_restart`)."""
     _unaddressed: list[bytes] = attrs.Factory(list)
     """What goes the core's usual way for a restart whose source is not known (its alert)."""
-    _restart_failure_logged: bool = False
-    """Whether a failed restart of this port was said in the log (once, :meth:`_restart_failed`)."""
 
     def __repr__(self) -> str:
         role = self.dtls_role or "role?"
@@ -1708,8 +1787,8 @@ class DtlsNegotiation:
         self._queue(self._feed_early(association, now))
         self._queue(association.start(now))
         out, self._unaddressed = self._unaddressed, []
-        if self._restart is not None and self._restart_to is None:
-            out += self._restart.take_outgoing()
+        if self._restarts.candidate is not None and self._restarts.to is None:
+            out += self._restarts.candidate.take_outgoing()
         if self._source is not None and association is self._association:
             return out
         return out + association.take_outgoing()
@@ -1729,8 +1808,9 @@ class DtlsNegotiation:
         for key, attempt in self._attempts.items():
             to = attempt.address or key
             out += [(packet, to) for packet in attempt.take_outgoing()]
-        if self._restart is not None and self._restart_to is not None:
-            out += [(packet, self._restart_to) for packet in self._restart.take_outgoing()]
+        if self._restarts.candidate is not None and self._restarts.to is not None:
+            restart = self._restarts.candidate
+            out += [(packet, self._restarts.to) for packet in restart.take_outgoing()]
         return out
 
     def get_timer(self) -> float | None:
@@ -1741,8 +1821,8 @@ class DtlsNegotiation:
             return None
         timers = [association.get_timer()]
         timers += [attempt.get_timer() for attempt in self._attempts.values()]
-        if self._restart is not None:
-            timers.append(self._restart.get_timer())
+        if self._restarts.candidate is not None:
+            timers.append(self._restarts.candidate.get_timer())
         due = [timer for timer in timers if timer is not None]
         return min(due) if due else None
 
@@ -1762,7 +1842,7 @@ class DtlsNegotiation:
             timer = attempt.get_timer()
             if timer is not None and timer <= now:
                 self._settle(key, attempt, attempt.handle_timer(now), now)
-        restart = self._restart
+        restart = self._restarts.candidate
         if restart is not None and self._driven() is not None:
             timer = restart.get_timer()
             if timer is not None and timer <= now:
@@ -1856,7 +1936,13 @@ class DtlsNegotiation:
         )
 
     def _cookie_exchange(
-        self, key: Source, source: Source, packet: bytes, now: float, *, always: bool = False
+        self,
+        key: Source | None,
+        source: Source | None,
+        packet: bytes,
+        now: float,
+        *,
+        always: bool = False,
     ) -> tuple[bool, bytes | None]:
         """RFC 6347 §4.2.1 for a ClientHello to our server from ``key``, a source with no
         handshake yet: ``(True, cookie)`` when it returned our valid cookie (start its
@@ -1864,10 +1950,14 @@ class DtlsNegotiation:
         cookie is asked (the SDP address: its path is as before); ``(False, None)`` when a
         HelloVerifyRequest answered it, or it was dropped, and nothing else happens
         (docs/media_security.md, "Cookies for other sources"). ``always``: the SDP address is
-        asked too (the peer's new handshake on an established association, RFC 6347 §4.2.8)."""
+        asked too (the peer's new handshake on an established association, RFC 6347 §4.2.8).
+        ``source`` None: not known (:meth:`_to_candidate` on an ICE leg, or fed without
+        sources): the cookie covers :data:`_NO_SOURCE` and the HelloVerifyRequest goes the
+        core's usual way (:meth:`packets_to_send`); nothing is logged (no address to name)."""
         cookies = self._settings.cookies
         if cookies is None or (key == self._sdp_source and not always):
             return True, None
+        bound = _NO_SOURCE if key is None else key
         hello = parse_client_hello_cookie_untrusted(packet)
         totals = self._settings.totals
         if hello is None:
@@ -1886,7 +1976,7 @@ class DtlsNegotiation:
                 self._log_dropped(source, "unreadable", verified=False, now=now)
             return False, None
         if hello.cookie:
-            if cookies.verifies(key, hello.cookie, now, context=self._cookie_context()):
+            if cookies.verifies(bound, hello.cookie, now, context=self._cookie_context()):
                 if hello.message_seq == 1:
                     self._cookies_returned += 1
                     return True, hello.cookie
@@ -1904,10 +1994,14 @@ class DtlsNegotiation:
             if totals is not None:
                 totals.bad_cookies += 1
             self._log_dropped(source, "bad_cookie", verified=False, now=now)
-        if len(self._verify_requests) < MAX_VERIFY_REQUESTS:
-            cookie = cookies.cookie(key, now, context=self._cookie_context())
+        waiting = self._unaddressed if source is None else self._verify_requests
+        if len(waiting) < MAX_VERIFY_REQUESTS:
+            cookie = cookies.cookie(bound, now, context=self._cookie_context())
             request = hello_verify_request(hello, cookie)
-            self._verify_requests.append((request, source))
+            if source is None:
+                self._unaddressed.append(request)
+            else:
+                self._verify_requests.append((request, source))
             self._by_source.hello_verify_requests += 1
             if totals is not None:
                 totals.hello_verify_requests += 1
@@ -1915,15 +2009,16 @@ class DtlsNegotiation:
 
     def _log_dropped(
         self,
-        source: Source,
+        source: Source | None,
         reason: str,
         *,
         verified: bool,
         now: float,
         what: str = "ClientHello",
     ) -> None:
-        """The operator's line naming ``source`` (:class:`DroppedHelloLog`), rate-limited."""
-        if self._settings.dropped_hellos is not None:
+        """The operator's line naming ``source`` (:class:`DroppedHelloLog`), rate-limited;
+        none without a source to name (:meth:`_cookie_exchange` on an ICE leg)."""
+        if source is not None and self._settings.dropped_hellos is not None:
             self._settings.dropped_hellos.dropped(
                 source, reason, verified=verified, now=now, what=what
             )
@@ -2003,14 +2098,15 @@ class DtlsNegotiation:
             # without it any host that returns a cookie spends the port's bucket on
             # candidates and crowds out the phone's own restart. As before session 44.
             return False
-        candidate = self._restart
+        candidate = self._restarts.candidate
         hello = None
         if _holds_client_hello_untrusted(packet):
             hello = parse_client_hello_cookie_untrusted(packet)
         if hello is None:
             if candidate is None:
                 return False  # the association's own (a resent Finished, an alert): as before
-            self._settle_candidate(candidate, candidate.receive(packet, now))
+            if not self._held(candidate, packet):
+                self._settle_candidate(candidate, candidate.receive(packet, now))
             return True
         random = _client_hello_random(packet)
         if candidate is not None and hello.message_seq != 0 and random == candidate.client_random:
@@ -2019,7 +2115,12 @@ class DtlsNegotiation:
             return True
         key = None if source is None else source_key(source)
         cookie: bytes | None = None
-        if key is not None and source is not None and self._settings.cookies is not None:
+        if self._settings.cookies is not None:
+            # Without its source too (session 45: an ICE leg, whose port takes DTLS from the
+            # selected pair only, or a host that feeds no sources): our HelloVerifyRequest
+            # goes the core's usual way, to the address the association answers, so only who
+            # receives there returns the cookie; before, one ClientHello forged with that
+            # address started a candidate and its flights to the real phone.
             go_on, cookie = self._cookie_exchange(key, source, packet, now, always=True)
             if not go_on:
                 return True  # answered with a HelloVerifyRequest, or dropped (and logged)
@@ -2027,15 +2128,15 @@ class DtlsNegotiation:
             return True
         fresh = self._new_association(Role.SERVER, association.peer)
         fresh.client_random, fresh.address = random, source
-        self._restart, self._restart_to = fresh, source
+        if candidate is not None:  # replaced (one at a time): its datagrams stay counted
+            self._by_source = _added(self._by_source, candidate.statistics)
+        self._restarts.candidate, self._restarts.to = fresh, source
         self._by_source.peer_restarts += 1
         events = fresh.start(now)
         if cookie is not None:
             events += fresh.accept_verified(packet, cookie, now)
         else:
-            # No source to bind a cookie to (an ICE leg, whose port takes DTLS from the
-            # selected pair only, or a host that feeds no sources): the bucket bounds it.
-            events += fresh.receive(packet, now)
+            events += fresh.receive(packet, now)  # no cookie asked (none configured)
         self._settle_candidate(fresh, events)
         return True
 
@@ -2044,12 +2145,68 @@ class DtlsNegotiation:
         handshake under way on it (:meth:`_to_candidate`): the peer's next flight comes to
         this negotiation, and a candidate left with the previous one would be lost with it
         (the phone then resends a flight nobody answers until its handshake gives up). The
-        previous negotiation no longer drives it: one candidate at a time."""
-        if not isinstance(previous, DtlsNegotiation) or previous._restart is None:
-            return
-        self._restart, self._restart_to = previous._restart, previous._restart_to
-        self._restart_failure_logged = previous._restart_failure_logged
-        previous._restart = previous._restart_to = None
+        two share it, one candidate for both: whichever the core goes on feeding drives it,
+        this one once the re-offer is answered, the previous one again when the re-offer is
+        rolled back (a 488 from the other leg, RFC 3261 §14.1; before session 45 a rollback
+        lost the restart under way)."""
+        if isinstance(previous, DtlsNegotiation) and previous._phase is not _Phase.FAILED:
+            self._restarts = previous._restarts
+
+    def _held(self, candidate: _Association, packet: bytes) -> bool:
+        """Whether the candidate's ``packet`` is held back from OpenSSL: it presents a
+        certificate the SDP in force does not name (read here, before the verify callback
+        would alert), or one already was. RFC 8842 §5 and RFC 5763 §5: a changed certificate
+        comes with a new a=fingerprint, and a browser or softphone that regenerated its own
+        may restart its handshake before its re-INVITE says so (the re-offer crosses the
+        handshake). Held, the candidate waits for that re-offer (:meth:`_adopt`) until its
+        ``handshake_timeout``, then fails as it did before session 45; nothing of it keys
+        anything meanwhile, and its certificate is checked again, by OpenSSL, against the
+        re-offer's fingerprint. A certificate in more than one fragment cannot be read here:
+        OpenSSL's check fails it at once, as before."""
+        if candidate.held_certificate is not None:
+            if len(candidate.held) < MAX_HELD_DATAGRAMS:
+                candidate.held.append(packet)
+            else:
+                candidate.statistics.ignored += 1
+            return True
+        certificate = presented_certificate_untrusted(packet)
+        if certificate is None or candidate.peer.matches(certificate):
+            return False
+        candidate.held_certificate, candidate.held = certificate, [packet]
+        self._by_source.peer_restarts_held += 1
+        if self._settings.totals is not None:
+            self._settings.totals.peer_restarts_held += 1
+        to = self._restarts.to
+        log.info(
+            "DTLS: a new handshake from %s on the established association presented a "
+            "certificate the SDP in force does not name (sha-256 %s): held until a re-offer "
+            "names it, at most until its handshake_timeout (RFC 8842 §5)",
+            "an unknown address" if to is None else format_host_port(str(to[0]), int(to[1])),
+            certificate_digest(certificate, "sha-256").hex(),
+        )
+        return True
+
+    def _adopt(
+        self, candidate: _Association, peer: PeerDtlsParameters, previous: DtlsNegotiation
+    ) -> None:
+        """A re-offer whose a=fingerprint names the held candidate's certificate
+        (:meth:`_held`, :func:`_held_restart`) takes the candidate as its new association: its
+        datagrams held back go to OpenSSL now (at the first clock, :meth:`_feed_early`), whose
+        verify callback checks the certificate against this offer's fingerprint before our
+        ChangeCipherSpec and Finished; its ``KeysReady`` keys the leg as a new association's
+        would. The previous negotiation no longer holds it."""
+        previous._restarts.candidate = previous._restarts.to = None
+        candidate.peer, candidate.local_tls_id = peer, self._tls_id
+        self._association = candidate
+        if candidate.address is not None:
+            # Its datagrams came with their source, which returned our cookie: the handshake
+            # is that source's (never started afresh for another, :meth:`restart_handshake`).
+            self._source = self._peer_source = source_key(candidate.address)
+            self._with_sources = True
+        self._early, candidate.held = candidate.held, []
+        self._by_source.peer_restarts_adopted += 1
+        if self._settings.totals is not None:
+            self._settings.totals.peer_restarts_adopted += 1
 
     def _settle_candidate(self, candidate: _Association, events: list[KeyNegotiationEvent]) -> None:
         """Events of the candidate association (:meth:`_to_candidate`): never the leg's
@@ -2075,7 +2232,7 @@ class DtlsNegotiation:
             candidate.verified = previous.verified
             candidate.address = candidate.address or previous.address
         self._association = candidate
-        self._restart = self._restart_to = None
+        self._restarts.candidate = self._restarts.to = None
         self._by_source.peer_rekeys += 1
         if self._settings.totals is not None:
             self._settings.totals.peer_rekeys += 1
@@ -2084,18 +2241,25 @@ class DtlsNegotiation:
         """The candidate failed (its certificate did not match a=fingerprint, it timed out, an
         OpenSSL error): dropped; the association in force and its keys stay. Its alert goes
         to its source. Said once per port (WARNING); counted always."""
-        to = self._restart_to
-        self._restart = self._restart_to = None
+        to = self._restarts.to
+        self._restarts.candidate = self._restarts.to = None
+        if candidate.held_certificate is not None:
+            reason = (
+                f"{FINGERPRINT_MISMATCH_REASON}: held for a re-offer naming its certificate, "
+                "none came"
+            )
         parting = candidate.take_outgoing()
         if to is not None:
             self._parting += [(packet, to) for packet in parting]
         else:
             self._unaddressed += parting
+        # Its datagrams stay in the port's counters (session 45: before, they went with it).
+        self._by_source = _added(self._by_source, candidate.statistics)
         self._by_source.peer_restarts_failed += 1
         if self._settings.totals is not None:
             self._settings.totals.peer_restarts_failed += 1
-        if not self._restart_failure_logged:
-            self._restart_failure_logged = True
+        if not self._restarts.failure_logged:
+            self._restarts.failure_logged = True
             where = "an unknown address" if to is None else format_host_port(str(to[0]), int(to[1]))
             log.warning(
                 "DTLS: a new handshake from %s on the established association (RFC 6347 "
@@ -2210,7 +2374,9 @@ class DtlsNegotiation:
         self._phase = _Phase.FAILED
         self._early = []
         self._attempts.clear()
-        self._restart = self._restart_to = None
+        # Its own hold only: a re-offer's failure leaves the restart to the negotiation it
+        # shares it with (:meth:`_take_restart`).
+        self._restarts = _Restarts()
         if reason == HANDSHAKE_TIMEOUT_REASON and self._mismatched:
             # The only certificates seen did not match: the likelier cause (a phone behind a
             # NAT whose SDP a proxy rewrote, a stale fingerprint) said as it was before
@@ -2336,6 +2502,8 @@ class DtlsKeyExchange:
             ("cookies_out_of_sequence", self.totals.cookies_out_of_sequence),
             ("peer_rekeys", self.totals.peer_rekeys),
             ("peer_restarts_failed", self.totals.peer_restarts_failed),
+            ("peer_restarts_held", self.totals.peer_restarts_held),
+            ("peer_restarts_adopted", self.totals.peer_restarts_adopted),
         )
 
     def offer(
@@ -2406,6 +2574,17 @@ class DtlsKeyExchange:
             )
             negotiation._association = kept
             negotiation._take_restart(previous)
+        elif (held := _held_restart(previous, peer)) is not None:
+            # The phone restarted with the certificate this offer names, before the offer
+            # came (:meth:`DtlsNegotiation._held`): its handshake, held, is the new
+            # association, we its DTLS server as we were (a=setup:passive, which RFC 5763 §5
+            # allows an answer to actpass).
+            assert isinstance(previous, DtlsNegotiation)
+            negotiation = self._negotiation(
+                "answerer", held.identity, held.profiles, Setup.PASSIVE, self._fresh_tls_id()
+            )
+            negotiation._keys_before = previous_keys(previous)
+            negotiation._adopt(held, peer, previous)
         else:
             profiles = self._profiles_for(suites)
             negotiation = self._negotiation(
@@ -2459,6 +2638,27 @@ class DtlsKeyExchange:
 
 
 _NO_PROFILE_REASON = "no SRTP suite of the leg's policy has a DTLS-SRTP profile here"
+
+
+def _held_restart(previous: KeyNegotiation | None, peer: PeerDtlsParameters) -> _Association | None:
+    """The previous negotiation's held candidate (:meth:`DtlsNegotiation._held`) an offer
+    with new DTLS parameters ``peer`` may take as its new association: only one whose
+    certificate, already presented, ``peer``'s a=fingerprint names, and whose offer lets the
+    peer stay the DTLS client (a=setup active or actpass). Never a candidate whose certificate
+    was not seen: a re-offer's new association must not go on with a handshake nobody
+    checked (someone on the phone's path may have started it)."""
+    if not isinstance(previous, DtlsNegotiation) or previous._phase is _Phase.FAILED:
+        return None
+    candidate = previous._restarts.candidate
+    if (
+        candidate is None
+        or candidate.held_certificate is None
+        or candidate.phase is not _Phase.HANDSHAKING
+        or peer.effective_setup not in _SETUPS_KEEPING[Role.SERVER]
+        or not peer.matches(candidate.held_certificate)
+    ):
+        return None
+    return candidate
 
 
 def _keeps(association: _Association, peer: PeerDtlsParameters) -> bool:

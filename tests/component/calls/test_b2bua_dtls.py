@@ -37,7 +37,7 @@ from gateway.plugins.keyexchange.dtls_srtp import (
     DtlsNegotiation,
 )
 from gateway.testing.network import Address
-from gateway.testing.sip_agent import Call, SipAgent
+from gateway.testing.sip_agent import Call, Received, SipAgent
 from tests.component.calls.b2bua_env import (
     ALICE_DID,
     ALICE_PASSWORD,
@@ -59,6 +59,7 @@ from tests.component.calls.dtls_phone import (
     wrong_fingerprint,
 )
 from tests.component.calls.redirect_phones import start_bob
+from tests.component.calls.reinvite_answers import alice_answers_reinvites
 
 ALICE2: Address = ("127.0.0.5", 5060)  # alice's second phone
 
@@ -922,8 +923,9 @@ async def test_a_restart_with_another_certificate_on_a_kept_association_changes_
 ) -> None:
     """A new handshake from the caller's own address and port (someone on its path, who can
     return our cookie) with a certificate a=fingerprint does not name: its candidate fails the
-    check (RFC 5763 §5) and is dropped, logged once; the leg keeps its keys and the call goes
-    on (no BYE, no record change)."""
+    check (RFC 5763 §5; held for a re-offer naming it since session 45, none comes) and is
+    dropped at its timeout, logged once; the leg keeps its keys and the call goes on (no BYE,
+    no record change)."""
     env = await with_dtls(nursery, tmp_path, voipgw_seed)
     caller = await dtls_caller(nursery, env, setup="active")
     phone = caller.phone
@@ -951,6 +953,141 @@ async def test_a_restart_with_another_certificate_on_a_kept_association_changes_
     assert env.gateway.calls is not None
     (gateway_call,) = env.gateway.calls.calls
     assert "dtls_rekeyed_by_peer" not in gateway_call.security_record()["a"]["streams"][0]
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+
+
+async def test_a_restart_with_a_new_certificate_before_its_reinvite_is_keyed_by_it(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Session 45 (docs/media_security.md, "A new ClientHello on a kept association"): the
+    caller regenerated its certificate (a browser's new RTCPeerConnection certificate, RFC
+    8842 §5: a new association) and restarts its DTLS client on the same port before its
+    re-INVITE with the new a=fingerprint reaches us. Its candidate presents a certificate the
+    SDP in force does not name: held, not alerted; the re-INVITE names it, our answer keeps
+    us its server (a=setup:passive, a new a=tls-id) and the held handshake completes as the
+    leg's new association. Before, our alert ended the caller's handshake and the re-INVITE's
+    association waited for a ClientHello the caller never sent again."""
+    env = await with_dtls(nursery, tmp_path, voipgw_seed)
+    caller = await dtls_caller(nursery, env, setup="active")
+    phone = caller.phone
+    with trio.fail_after(30):
+        await phone.keyed.wait()
+    await eventually(lambda: a_leg_keys(env) is not None)
+    first_keys = a_leg_keys(env)
+    attributes = [(a[0], a[1]) for a in caller.answer.attributes]  # ours: passive, our print
+    renewed = DtlsKeyExchange(identity=lambda: OTHER_ID).answer(
+        attributes, suites=[], secure_signalling=False
+    )
+    assert renewed is not None and renewed.dtls_role == "client"
+    phone.negotiation = renewed
+    phone.keys, phone.keyed = None, trio.Event()
+    with caplog.at_level(logging.INFO):
+        for datagram in renewed.packets_to_send(now=trio.current_time()):
+            await phone.sock.sendto(datagram, phone.gateway)
+        await eventually(
+            lambda: any("held until a re-offer" in r.getMessage() for r in caplog.records)
+        )
+        assert phone.keys is None and phone.failure is None  # no alert came
+        assert a_leg_keys(env) == first_keys
+        reoffer = DtlsKeyExchange(identity=lambda: OTHER_ID).offer(
+            suites=[], secure_signalling=False
+        )
+        ok = await caller.call.reinvite(dtls_sdp(reoffer, setup="actpass"))
+        assert ok.status == 200
+        media = parse_sdp_untrusted(ok.body).media[0]
+        assert media.attributes.get("setup") == "passive"
+        assert media.attributes.get("tls-id") != caller.answer.attributes.get("tls-id")
+        assert media.attributes.get("fingerprint") == caller.answer.attributes.get("fingerprint")
+        with trio.fail_after(10):
+            await phone.keyed.wait()
+    assert phone.failure is None and phone.keys is not None
+    await eventually(lambda: a_leg_keys(env) == mirrored(phone.keys))  # type: ignore[arg-type]
+    assert a_leg_keys(env) != first_keys
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    record = gateway_call.security_record()["a"]["streams"][0]
+    assert record["peer_certificate_sha256"] == OTHER_ID.sha256_hex()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    await trio.sleep(DEFAULT_HANDSHAKE_TIMEOUT + 5)
+    assert a_leg_keys(env) == mirrored(phone.keys)
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+
+
+@attrs.define
+class HeldBack:
+    """A phone's DTLS engine whose datagrams after its first ``passed`` ClientHellos are kept
+    back until :attr:`release` (a flight the network delays)."""
+
+    negotiation: DtlsNegotiation
+    passed: int = 2
+    release: bool = False
+    kept: list[bytes] = attrs.Factory(list)
+
+    def packets_to_send(self, *, now: float) -> list[bytes]:
+        out = []
+        for datagram in self.negotiation.packets_to_send(now=now):
+            if self.passed and is_client_hello(datagram):
+                self.passed -= 1
+                out.append(datagram)
+            else:
+                self.kept.append(datagram)
+        if self.release:
+            out, self.kept = out + self.kept, []
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.negotiation, name)
+
+
+async def test_a_reinvite_refused_by_the_other_leg_keeps_the_restart_under_way(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+) -> None:
+    """Session 45: the caller restarts its DTLS client (RFC 6347 §4.2.8) and, while its new
+    handshake is under way, re-INVITEs keeping the association (a session refresh); the
+    callee refuses the relayed re-INVITE (488), so the call goes back to the session it had
+    (RFC 3261 §14.1), and the caller's next flight must still reach the candidate. Session 44
+    moved the candidate to the re-offer's negotiation, which the refusal dropped: the
+    caller's handshake then went unanswered until it gave up."""
+    env = await with_dtls(nursery, tmp_path, voipgw_seed)
+    caller = await dtls_caller(nursery, env, setup="active")
+    phone = caller.phone
+    with trio.fail_after(30):
+        await phone.keyed.wait()
+    await eventually(lambda: a_leg_keys(env) is not None)
+    first_keys = a_leg_keys(env)
+    attributes = [(a[0], a[1]) for a in caller.answer.attributes]
+    restarted = DtlsKeyExchange(identity=lambda: PHONE_ID).answer(
+        attributes, suites=[], secure_signalling=False
+    )
+    assert restarted is not None
+    # The re-INVITE keeps the association: the tls-id and fingerprint of the one in force.
+    kept = caller.exchange.offer(suites=[], secure_signalling=False, previous=phone.negotiation)
+    held = HeldBack(restarted)
+    phone.negotiation = held  # type: ignore[assignment]
+    phone.keys, phone.keyed = None, trio.Event()
+    for datagram in held.packets_to_send(now=trio.current_time()):
+        await phone.sock.sendto(datagram, phone.gateway)
+    await eventually(lambda: bool(held.kept))  # the candidate answered; its flight 5 waits
+
+    async def refuse(received: Received) -> None:
+        await env.alice.respond(received, 488)
+
+    alice_answers_reinvites(env, refuse)
+    refused = await caller.call.reinvite(dtls_sdp(kept, setup="active"))
+    assert refused.status == 488
+    held.release = True
+    with trio.fail_after(10):
+        await phone.keyed.wait()
+    assert phone.failure is None and phone.keys is not None
+    await eventually(lambda: a_leg_keys(env) == mirrored(phone.keys))  # type: ignore[arg-type]
+    assert a_leg_keys(env) != first_keys
     assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
 
 

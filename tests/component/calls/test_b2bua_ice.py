@@ -29,7 +29,7 @@ from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.plugins.keyexchange.dtls_srtp import DtlsKeyExchange, DtlsNegotiation
 from gateway.testing.sip_agent import Call
 from tests.component.calls.b2bua_env import ALICE, ALICE_DID, B2bua, start_b2bua
-from tests.component.calls.dtls_phone import PHONE_ID, Phone
+from tests.component.calls.dtls_phone import OTHER_ID, PHONE_ID, Phone
 from tests.port_blocks import port_bases
 
 CALLER_HOST = "127.0.0.2"
@@ -439,3 +439,48 @@ def answered_and_relayed(phone: Phone, tid: bytes, packets: int) -> bool:
     """The phone got the response to check ``tid``, and ``packets`` SRTP packets in all."""
     answered = tid in [message.transaction_id for message in stuns(phone)]
     return answered and len(srtp(phone)) >= packets
+
+
+async def test_a_client_hello_forged_with_the_selected_pair_is_asked_for_a_cookie(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """Session 45: on an ICE leg where the gateway is the DTLS server (the caller offered
+    a=setup:active), a ClientHello forged with the selected pair's address on the established
+    association is asked for our cookie (RFC 6347 §4.2.1): one 60-octet HelloVerifyRequest to
+    the browser, which discards it (another epoch, RFC 6347 §4.1.2.7), and nothing else.
+    Before, no cookie could be asked there (the port takes DTLS from the selected pair only,
+    fed without its source): the forged ClientHello started a candidate whose ~1 KB flight
+    went to the browser, resent until handshake_timeout."""
+    env = await start_b2bua(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        plugins=[("dtls", dtls_plugin)],
+        carrier={"media_policy": "dtls"},
+    )
+    negotiation = browser_dtls()
+    offer = browser_offer(negotiation).replace(b"a=setup:actpass", b"a=setup:active")
+    _, media, body, _ = await ice_call(env, offer)
+    assert media.attributes.get("setup") == "passive"
+    answer = parse_sdp_untrusted(body)
+    answered = [(a.name, a.value) for a in media.attributes]
+    negotiation.remote_sdp_attributes(answered + [(a.name, a.value) for a in answer.attributes])
+    assert negotiation.dtls_role == "client"
+    gateway_a = ("127.0.0.1", media.port)
+    sock = await bind(CALLER_HOST, CALLER_PORTS[0])
+    await ask(sock, gateway_a, check(media, use_candidate=True, tid=b"nominate-002"))
+    browser = Phone(negotiation, sock, gateway_a)
+    nursery.start_soon(browser.run)
+    with trio.fail_after(5):
+        await browser.keyed.wait()
+    await trio.sleep(1)
+    before = browser.dtls_received
+    forger = DtlsKeyExchange(identity=lambda: OTHER_ID).answer(
+        answered, suites=[], secure_signalling=False
+    )
+    assert forger is not None and forger.dtls_role == "client"
+    for datagram in forger.packets_to_send(now=trio.current_time()):
+        await sock.sendto(datagram, gateway_a)  # the selected pair's address, as forged
+    await trio.sleep(30)  # past handshake_timeout: every resend a candidate would make
+    assert browser.dtls_received - before == 1  # our HelloVerifyRequest, once
+    assert browser.keys is not None and browser.failure is None

@@ -11,13 +11,16 @@ import logging
 import pytest
 
 from gateway.core.interfaces import KeysReady, SrtpKeys
+from gateway.plugins.keyexchange.dtls_certificates import generate_identity
 from gateway.plugins.keyexchange.dtls_srtp import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     MAX_NEW_HANDSHAKES_BURST,
     DtlsNegotiation,
 )
 from tests.unit.keyexchange.dtls_source_pairs import (
+    MONTH,
     NATTED,
+    NOW,
     PEER,
     SDP_ADDRESS,
     STRANGER,
@@ -89,26 +92,44 @@ def test_a_restarted_client_is_asked_for_a_cookie_then_rekeys_the_leg(
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
+def expire(ours: DtlsNegotiation) -> None:
+    """Let every timer of ``ours`` run out (retransmissions, then timeouts)."""
+    timer = ours.get_timer()
+    while timer is not None:
+        ours.handle_timer(now=timer)
+        ours.addressed_packets_to_send(now=timer)
+        ours.packets_to_send(now=timer)
+        timer = ours.get_timer()
+
+
 def test_a_restart_whose_certificate_does_not_match_changes_nothing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # A forger that receives at the phone's address (it returns the cookie) with a certificate
-    # of its own: its handshake fails the fingerprint check (RFC 5763 §5) and is dropped.
+    # of its own: its handshake is held (session 45: a re-offer naming that certificate may
+    # yet come) and fails at its timeout; the keys in force stay throughout.
     ours, _, old = keyed_pair()
     assert "dtls_rekeyed_by_peer" not in ours.security_record()
-    with caplog.at_level(logging.WARNING):
-        for n in range(2):
-            run(ours, {SDP_ADDRESS: restarted(ours, STRANGER)}, now=1.0 + n)
+    with caplog.at_level(logging.INFO):
+        run(ours, {SDP_ADDRESS: restarted(ours, STRANGER)}, now=1.0)
+        assert ours.statistics().peer_restarts_held == 1
+        held = [r.getMessage() for r in caplog.records if "held until a re-offer" in r.getMessage()]
+        assert len(held) == 1 and "127.0.0.1:40000" in held[0]
+        expire(ours)
+        run(ours, {SDP_ADDRESS: restarted(ours, STRANGER)}, now=100.0)
+        expire(ours)
     assert events(ours) == [] and ours.keys == old and ours.state == "established"
     assert ours.peer_rekeys == 0 and "dtls_rekeyed_by_peer" not in ours.security_record()
     stats = ours.statistics()
     assert (stats.peer_restarts, stats.peer_rekeys, stats.peer_restarts_failed) == (2, 0, 2)
+    assert stats.peer_restarts_held == 2 and stats.peer_restarts_adopted == 0
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1, warnings  # once per port
     assert "new handshake from 127.0.0.1:40000" in warnings[0]
     assert "DTLS fingerprint mismatch" in warnings[0] and "keys are kept" in warnings[0]
+    assert "held for a re-offer naming its certificate, none came" in warnings[0]
     # The phone's own restart still re-keys afterwards.
-    run(ours, {SDP_ADDRESS: restarted(ours)}, now=3.0)
+    run(ours, {SDP_ADDRESS: restarted(ours)}, now=200.0)
     assert isinstance(events(ours)[0], KeysReady) and ours.keys != old
 
 
@@ -323,22 +344,25 @@ def _records(datagrams: list[bytes]) -> list[tuple[int, int]]:
 
 
 def test_a_forged_restart_never_gets_our_finished() -> None:
-    # RFC 5763 §5: the certificate is checked against a=fingerprint as OpenSSL reads it (the
-    # verify callback), before our ChangeCipherSpec and Finished: a forger that returns the
-    # cookie gets our first flight, then an alert of epoch 0, never a handshake it can finish.
+    # RFC 5763 §5: the certificate is read before OpenSSL sees it (session 45: held, not
+    # alerted) and checked again by the verify callback, before our ChangeCipherSpec and
+    # Finished: a forger that returns the cookie gets our first flight, never a handshake it
+    # can finish, nor an alert that would end the real phone's handshake on that address.
     ours, _, old = keyed_pair()
     forger = restarted(ours, STRANGER)
     sent: list[bytes] = []
-    for _ in range(10):
-        send(forger, ours, SDP_ADDRESS, 1.0)
-        out = [p for p, _ in ours.addressed_packets_to_send(now=1.0)]
-        out += ours.packets_to_send(now=1.0)
+    for n in range(10):
+        send(forger, ours, SDP_ADDRESS, 1.0 + n)
+        out = [p for p, _ in ours.addressed_packets_to_send(now=1.0 + n)]
+        out += ours.packets_to_send(now=1.0 + n)
         for datagram in out:
-            forger.receive_packet(datagram, now=1.0)
+            forger.receive_packet(datagram, now=1.0 + n)
         sent += out
+        ours.handle_timer(now=1.0 + n)
+    expire(ours)
+    sent += [p for p, _ in ours.addressed_packets_to_send(now=100.0)]
     records = _records(sent)
     assert ours.statistics().peer_restarts_failed == 1 and ours.keys == old
-    assert (21, 0) in records  # the alert
     assert all(epoch == 0 for _, epoch in records) and 20 not in {t for t, _ in records}
     assert forger.keys is None and not [e for e in events(forger) if isinstance(e, KeysReady)]
 
@@ -365,3 +389,216 @@ def test_the_rtcp_ports_own_restart_rekeys_srtcp_only() -> None:
     run(ours, {SDP_ADDRESS: restarted(ours)}, now=2.0)
     assert isinstance(events(ours)[0], KeysReady) and ours.keys != old
     assert ours.rtcp_component() is ours_rtcp and ours_rtcp.keys == ready.keys
+
+
+# -- a restart with a new certificate before the re-INVITE that names it (session 45) ---------
+
+
+def held_restart(identity: object) -> tuple[DtlsNegotiation, DtlsNegotiation, SrtpKeys]:
+    """Our keyed association whose phone restarted with ``identity``'s certificate: its
+    handshake reached its Certificate and is held (the SDP in force names the old one)."""
+    ours, _, old = keyed_pair()
+    phone = restarted(ours, identity)
+    run(ours, {SDP_ADDRESS: phone}, now=1.0)
+    assert ours.statistics().peer_restarts_held == 1 and ours.keys == old
+    assert events(ours) == [] and phone.keys is None
+    return ours, phone, old
+
+
+def reoffer(identity: object, **changes: str) -> list[tuple[str, str | None]]:
+    """The phone's re-INVITE offer with ``identity``'s fingerprint and a new tls-id."""
+    attributes = exchange(identity).offer(suites=[], secure_signalling=True)  # type: ignore[arg-type]
+    return [(n, changes.get(n, v)) for n, v in attributes.local_sdp_attributes()]
+
+
+@pytest.mark.parametrize("setup", ["actpass", "active"])
+def test_a_restart_with_a_new_certificate_completes_when_the_reoffer_names_it(
+    caplog: pytest.LogCaptureFixture, setup: str
+) -> None:
+    # A browser that regenerated its certificate restarts its handshake on the same address
+    # before its re-INVITE with the new a=fingerprint (RFC 8842 §5) reaches us: the candidate
+    # is held, not alerted, and the re-offer naming its certificate completes it as the new
+    # association; our answer keeps us its DTLS server (a=setup:passive).
+    renewed = generate_identity(now=NOW, max_age=MONTH)
+    with caplog.at_level(logging.WARNING):
+        ours, phone, old = held_restart(renewed)
+        answered = exchange(US).answer(
+            reoffer(renewed, setup=setup), suites=[], secure_signalling=True, previous=ours
+        )
+        assert answered is not None and answered.dtls_role == "server"
+        assert ("setup", "passive") in answered.local_sdp_attributes()
+        assert answered.keys == old  # the keys in force until the new ones are ready
+        run(answered, {SDP_ADDRESS: phone}, now=1.5)
+    (ready,) = events(answered)
+    assert isinstance(ready, KeysReady) and answered.keys == ready.keys != old
+    (phone_ready,) = events(phone)
+    assert isinstance(phone_ready, KeysReady)
+    assert (ready.keys.local_key, ready.keys.remote_key) == mirrored(phone_ready.keys)
+    assert answered.statistics().peer_restarts_adopted == 1
+    assert ours.get_timer() is None  # the previous negotiation no longer holds it
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_reoffer_naming_another_certificate_never_takes_the_held_candidate() -> None:
+    # RFC 5763 §5: a new association goes on only with a certificate its a=fingerprint names.
+    renewed = generate_identity(now=NOW, max_age=MONTH)
+    ours, _, old = held_restart(renewed)
+    answered = exchange(US).answer(
+        reoffer(STRANGER, setup="active"), suites=[], secure_signalling=True, previous=ours
+    )
+    assert answered is not None and answered.statistics().peer_restarts_adopted == 0
+    assert answered.keys == old and ours.get_timer() is not None  # still held there
+    # A fresh association: the held candidate's datagrams are not its own.
+    assert events(answered) == [] and answered.packets_to_send(now=1.5) == []
+
+
+def test_a_reoffer_never_takes_a_candidate_whose_certificate_was_not_seen() -> None:
+    # A candidate still waiting for the client's Certificate is nobody's yet (someone on the
+    # phone's path may have started it): a re-offer with a new fingerprint starts afresh.
+    ours, _, old = keyed_pair()
+    phone = restarted(ours, STRANGER)
+    send(phone, ours, SDP_ADDRESS, 1.0)
+    for datagram, _ in ours.addressed_packets_to_send(now=1.0):
+        phone.receive_packet(datagram, now=1.0)
+    send(phone, ours, SDP_ADDRESS, 1.0)  # the candidate starts; our flight not answered yet
+    assert ours.statistics().peer_restarts == 1
+    answered = exchange(US).answer(
+        reoffer(STRANGER, setup="active"), suites=[], secure_signalling=True, previous=ours
+    )
+    assert answered is not None and answered.statistics().peer_restarts_adopted == 0
+    assert answered.keys == old and answered.packets_to_send(now=1.5) == []
+    run(answered, {SDP_ADDRESS: phone}, now=1.5)  # the phone's next flight: not a ClientHello
+    assert events(answered) == [] and phone.keys is None
+
+
+def test_a_rolled_back_reoffer_keeps_the_restart_under_way() -> None:
+    # The phone's re-INVITE that keeps the association crosses its restart, and the other leg
+    # refuses it (488, RFC 3261 §14.1): the stream goes back to the negotiation in force,
+    # which must still drive the candidate (session 44 moved it to the re-offer's and lost it).
+    ours, peer, old = keyed_pair()
+    phone = restarted(ours)
+    send(phone, ours, SDP_ADDRESS, 1.0)
+    for datagram, _ in ours.addressed_packets_to_send(now=1.0):
+        phone.receive_packet(datagram, now=1.0)
+    send(phone, ours, SDP_ADDRESS, 1.0)  # its ClientHello with our cookie: the candidate
+    for datagram, _ in ours.addressed_packets_to_send(now=1.0):
+        phone.receive_packet(datagram, now=1.0)
+    refreshed = exchange(US).answer(
+        exchange(PEER)
+        .offer(suites=[], secure_signalling=True, previous=peer)
+        .local_sdp_attributes(),
+        suites=[],
+        secure_signalling=True,
+        previous=ours,
+    )
+    assert refreshed is not None and refreshed.keys == old
+    del refreshed  # rolled back: the core goes on with ours
+    run(ours, {SDP_ADDRESS: phone}, now=1.1)
+    (ready,) = events(ours)
+    assert isinstance(ready, KeysReady) and ours.keys == ready.keys != old
+    assert ours.peer_rekeys == 1
+
+
+def test_a_certificate_is_read_only_whole_from_one_record() -> None:
+    from gateway.plugins.keyexchange.dtls_srtp import presented_certificate_untrusted
+
+    der = b"\x30\x82" + bytes(100)
+    body = (len(der) + 3).to_bytes(3, "big") + len(der).to_bytes(3, "big") + der
+    handshake = bytes([11]) + len(body).to_bytes(3, "big") + b"\x00\x02" + b"\x00\x00\x00"
+    handshake += len(body).to_bytes(3, "big") + body
+    record = bytes([22, 0xFE, 0xFD, 0, 0]) + bytes(6) + len(handshake).to_bytes(2, "big")
+    assert presented_certificate_untrusted(record + handshake) == der
+    # Another fragment, a certificate longer than its list, epoch 1, cut short: nothing.
+    fragment = handshake[:6] + b"\x00\x00\x01" + handshake[9:]
+    assert presented_certificate_untrusted(record + fragment) is None
+    bad = handshake[:12] + body[:3] + (len(der) + 1).to_bytes(3, "big") + der
+    assert presented_certificate_untrusted(record + bad) is None
+    assert (
+        presented_certificate_untrusted(record[:3] + b"\x00\x01" + record[5:] + handshake) is None
+    )
+    assert presented_certificate_untrusted((record + handshake)[:40]) is None
+
+
+# -- a restart whose source is not known (an ICE leg, a host that feeds none; session 45) -----
+
+
+def run_unaddressed(ours: DtlsNegotiation, phone: DtlsNegotiation, now: float) -> None:
+    """Move datagrams until quiet, without sources, ours the core's usual way to the phone."""
+    for _ in range(60):
+        moved = False
+        for datagram in phone.packets_to_send(now=now):
+            moved = True
+            ours.receive_packet(datagram, now=now)
+        for datagram in ours.packets_to_send(now=now):
+            moved = True
+            phone.receive_packet(datagram, now=now)
+        if not moved:
+            return
+    raise AssertionError("never quiet")
+
+
+def test_a_restart_fed_without_its_source_is_asked_for_a_cookie_too() -> None:
+    # On an ICE leg the port takes DTLS from the selected pair only and feeds it without its
+    # source. Before session 45 no cookie was asked there: one ClientHello forged with the
+    # pair's address started a candidate (an OpenSSL object, ~1 KB flights to the real phone
+    # until handshake_timeout). Our HelloVerifyRequest goes the usual way, to that address.
+    ours, peer = ours_and_peer(we_serve=True)
+    run_unaddressed(ours, peer, now=0.0)
+    (first,) = events(ours)
+    assert isinstance(first, KeysReady)
+    old = ours.keys
+    for n in range(20):  # a flood forged with the selected pair's address
+        hello = restarted(ours, STRANGER).packets_to_send(now=1.0)
+        for datagram in hello:
+            ours.receive_packet(datagram, now=1.0 + n / 100)
+        answers = ours.packets_to_send(now=1.0 + n / 100)
+        assert [a[13] for a in answers] == [_HELLO_VERIFY_REQUEST]
+    assert ours.statistics().peer_restarts == 0 and ours.get_timer() is None
+    assert ours.keys == old and events(ours) == []
+    # The phone's own restart returns the cookie and re-keys the leg.
+    phone = restarted(ours)
+    run_unaddressed(ours, phone, now=2.0)
+    (ready,) = events(ours)
+    assert isinstance(ready, KeysReady) and ours.keys == ready.keys != old
+    (phone_ready,) = events(phone)
+    assert isinstance(phone_ready, KeysReady)
+    assert (ready.keys.local_key, ready.keys.remote_key) == mirrored(phone_ready.keys)
+    assert ours.statistics().hello_verify_requests == 21
+
+
+# -- what session 44 left in the counters and the log (session 45) ---------------------------
+
+
+def test_a_failed_or_replaced_candidates_datagrams_stay_in_the_ports_counters() -> None:
+    ours, _, _ = keyed_pair()
+    before = ours.statistics()
+    for n in range(2):  # the first replaced by the second, which then times out
+        phone = restarted(ours)
+        send(phone, ours, SDP_ADDRESS, 1.0 + n)
+        for datagram, _ in ours.addressed_packets_to_send(now=1.0 + n):
+            phone.receive_packet(datagram, now=1.0 + n)
+        send(phone, ours, SDP_ADDRESS, 1.0 + n)  # its ClientHello with our cookie
+        ours.addressed_packets_to_send(now=1.0 + n)  # our flight
+    expire(ours)
+    after = ours.statistics()
+    assert after.peer_restarts == 2 and after.peer_restarts_failed == 1
+    assert after.datagrams_received == before.datagrams_received + 2
+    assert after.datagrams_sent >= before.datagrams_sent + 2 + after.retransmissions
+    assert after.retransmissions >= 3  # the second candidate's flight, resent until it failed
+
+
+def test_the_dropped_line_keys_a_link_local_host_with_its_zone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # RFC 4007 §6: fe80::1 on link 4 and on link 5 are two hosts; each gets its own line (before
+    # session 45 the second was counted under the first's, never named).
+    from gateway.plugins.keyexchange.dtls_srtp import DroppedHelloLog
+
+    dropped = DroppedHelloLog()
+    with caplog.at_level(logging.WARNING):
+        dropped.dropped(("fe80::1", 5004, 0, 4), "bad_cookie", verified=False, now=0.0)
+        dropped.dropped(("fe80::1", 5004, 0, 5), "bad_cookie", verified=False, now=1.0)
+        dropped.dropped(("fe80::1", 5006, 0, 4), "bad_cookie", verified=False, now=2.0)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert "from [fe80::1%4]:5004 dropped" in lines[0] and "from [fe80::1%5]:5004" in lines[1]
