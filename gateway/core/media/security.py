@@ -191,7 +191,12 @@ class StreamSecurity:
     @property
     def fax(self) -> bool:
         """A T.38 fax stream over UDPTL: passed through, never encrypted."""
-        return self.peer_proto.upper() == "UDPTL"
+        return self.fax_proto(self.peer_proto)
+
+    @staticmethod
+    def fax_proto(proto: str) -> bool:
+        """Whether ``proto`` is T.38's UDPTL (:attr:`fax`, for a profile not yet taken)."""
+        return proto.upper() == "UDPTL"
 
 
 class _PluginCall:
@@ -290,6 +295,11 @@ class LegSecurity:
         self._before_offer: (
             tuple[list[StreamSecurity], bool, tuple[SessionDescription, int] | None] | None
         ) = None
+        # Keys a negotiation of ours reported (KeysReady) on an answer that take_answer then
+        # refused, by id(negotiation): not in force, but the plugin holds them as the peer's
+        # (an SDES negotiation given the same answer again reports nothing new), so the next
+        # answer that repeats that stream's part takes them. Few: one per offered stream.
+        self._unapplied: dict[int, tuple[KeyNegotiation, SrtpKeys]] = {}
 
     # -- the peer offers ------------------------------------------------------------------------
 
@@ -374,16 +384,22 @@ class LegSecurity:
 
     def make_answer(self, answer: SessionDescription) -> SessionDescription:
         """Our answer to the peer's offer (from the session's plain answer): the peer's profile
-        and our keys per stream. Raises :class:`KeyExchangeFailed` (a plugin's bug)."""
+        and our keys per stream. Raises :class:`KeyExchangeFailed` (a plugin's bug).
+
+        All or nothing, as :meth:`make_offer`: the plugins are asked first, and the streams'
+        state, :attr:`streams` and the o= version last made change only once nothing can
+        raise (an answer that fails leaves the leg as it was)."""
         media_out: list[MediaDescription] = []
+        rejected: list[tuple[StreamSecurity, bool]] = []
+        fax_passed = self._fax_passed
         for index, media in enumerate(answer.media):
             stream = self._offered[index] if index < len(self._offered) else StreamSecurity()
             # Set on every answer to this offer: a fork's 183 may reject a line its 200 takes.
-            stream.rejected = media.port == 0
+            rejected.append((stream, media.port == 0))
             if media.port == 0:
                 media_out.append(media.with_proto(stream.peer_proto))
                 continue
-            self._fax_passed = self._fax_passed or stream.fax
+            fax_passed = fax_passed or stream.fax
             attributes: list[tuple[str, str | None]] = list(media.attributes)
             if stream.negotiation is not None:
                 with self._plugin(stream.key_exchange):
@@ -392,6 +408,10 @@ class LegSecurity:
             else:
                 proto = _PLAIN_OF.get(stream.peer_proto.upper(), stream.peer_proto)
             media_out.append(media.with_attributes(attributes, proto))
+        made, last_made = self._version_of(self.ice.add_to_answer(answer.with_media(media_out)))
+        for stream, is_rejected in rejected:
+            stream.rejected = is_rejected
+        self._fax_passed = fax_passed
         for index, stream in enumerate(self._offered):
             previous = self._previous(index)
             if (
@@ -407,7 +427,8 @@ class LegSecurity:
                 stream.keys = previous.keys
         self.streams = self._offered
         self._answer_pending = False
-        return self._versioned(self.ice.add_to_answer(answer.with_media(media_out)))
+        self._last_made = last_made
+        return made
 
     # -- we offer -------------------------------------------------------------------------------
 
@@ -518,6 +539,7 @@ class LegSecurity:
         self._offered = streams
         self._answer_pending = False
         self._last_made = last_made
+        self._unapplied = {}  # another offer's negotiations: its answers are new
         return made
 
     def withdraw_offer(self) -> None:
@@ -706,43 +728,90 @@ class LegSecurity:
     def take_answer(self, answer: SessionDescription) -> SessionDescription:
         """The peer's answer to our offer: complete each negotiation; the answer as the session
         must see it. Raises :class:`MediaSecurityRefused` (the peer's answer is unusable), or
-        :class:`KeyExchangeFailed` (a plugin raised anything else on it)."""
+        :class:`KeyExchangeFailed` (a plugin raised anything else on it).
+
+        All or nothing: what each stream becomes is worked out first, and the leg's streams,
+        ICE state and :attr:`streams` change only once every m= line and the ICE step passed.
+        A refused answer leaves the keys in force as they were: a fork's 183 whose second line
+        is refused after its first took a key is ignored and the call goes on with the early
+        media it had (CallRinging), which an answer later taken, or our ACK's keying, must not
+        find replaced by the refused fork's key. A key exchange plugin's negotiation may have
+        read the refused answer (plugins keep no undo): the keys it reported then are kept
+        aside (``_unapplied``) for an answer that repeats that line, for which it reports
+        nothing new."""
+        taken: list[tuple[StreamSecurity, dict[str, Any]]] = []
+        reported: dict[int, tuple[KeyNegotiation, SrtpKeys]] = {}
+        try:
+            media_out = self._answer_streams(answer, taken, reported)
+            self.ice.take_remote(answer, offer=False)  # its last step that may raise
+        except BaseException:
+            self._unapplied.update(reported)
+            raise
+        for key in reported:
+            self._unapplied.pop(key, None)
+        for stream, change in taken:
+            for field, value in change.items():
+                setattr(stream, field, value)
+        self._fax_passed = self._fax_passed or any(
+            [media.port != 0 and StreamSecurity.fax_proto(media.proto) for media in answer.media]
+        )
+        self.streams = self._offered
+        self._before_offer = None
+        return _without_session_keys(answer.with_media(media_out))
+
+    def _answer_streams(
+        self,
+        answer: SessionDescription,
+        taken: list[tuple[StreamSecurity, dict[str, Any]]],
+        reported: dict[int, tuple[KeyNegotiation, SrtpKeys]],
+    ) -> list[MediaDescription]:
+        """:meth:`take_answer`'s reading of each m= line: the plain media for the session;
+        each stream's changes go in ``taken``, the keys its negotiations reported in
+        ``reported``, and nothing of the leg's changes."""
         media_out: list[MediaDescription] = []
         session_attributes = _pairs(answer.attributes)
         for index, media in enumerate(answer.media):
             stream = self._offered[index] if index < len(self._offered) else StreamSecurity()
-            stream.rejected = media.port == 0
+            change: dict[str, Any] = {"rejected": media.port == 0, "peer_proto": media.proto}
             session_proto = None
             if media.port != 0 and index < len(self._offered):
                 session_proto = self._answered_profile(index, stream.peer_proto, media)
             if media.port != 0 and stream.negotiation is not None:
                 attributes = _pairs(media.attributes) + session_attributes
                 picked = self._picked(stream, media, {name.lower() for name, _ in attributes})
-                stream.alternatives = []
+                change["alternatives"] = []
                 if picked is not None:
                     name, negotiation = picked
+                    keys = stream.keys
                     if name != stream.key_exchange:
-                        stream.negotiation, stream.key_exchange = negotiation, name
-                        stream.media_path = bool(getattr(self._by_name[name], "media_path", False))
-                        stream.keys = None
+                        change["negotiation"], change["key_exchange"] = negotiation, name
+                        change["media_path"] = _on_media_path(self._by_name[name])
+                        keys = None
+                    drained = StreamSecurity()
                     with self._plugin(name):
                         # A failure is queued as NegotiationFailed too, which _drain reports.
                         with contextlib.suppress(SdpError):
                             negotiation.remote_sdp_attributes(attributes)
-                        failed = _drain(negotiation, stream)
+                        failed = _drain(negotiation, drained)
                     if failed is not None:
                         self.failed(name)
                         raise MediaSecurityRefused(f"the answer's keys are unusable: {failed}")
+                    earlier = self._unapplied.get(id(negotiation))
+                    if drained.keys is not None:
+                        reported[id(negotiation)] = (negotiation, drained.keys)
+                    elif earlier is not None:
+                        reported[id(negotiation)] = earlier
+                    if id(negotiation) in reported:
+                        keys = reported[id(negotiation)][1]
+                    change["keys"] = keys
                 elif self.policy.allow_cleartext:
-                    stream.negotiation, stream.key_exchange = None, None  # declined: cleartext
-                    stream.media_path = False
+                    change["negotiation"], change["key_exchange"] = None, None  # cleartext
+                    change["media_path"] = False
                 else:
                     raise MediaSecurityRefused(
                         f"policy {self.policy.name} requires encrypted media; the answer "
                         f"declined it ({media.proto})"
                     )
-            stream.peer_proto = media.proto
-            self._fax_passed = self._fax_passed or (media.port != 0 and stream.fax)
             plain = _plain(media)
             if session_proto is not None:
                 # A feedback profile answered for a plain one or the reverse (tolerated, see
@@ -754,10 +823,8 @@ class LegSecurity:
             elif stream.session_proto is not None:
                 plain = plain.with_proto(stream.session_proto)
             media_out.append(plain)
-        self.streams = self._offered
-        self._before_offer = None
-        self.ice.take_remote(answer, offer=False)
-        return _without_session_keys(answer.with_media(media_out))
+            taken.append((stream, change))
+        return media_out
 
     def _answered_profile(self, index: int, offered: str, media: MediaDescription) -> str | None:
         """Check the transport protocol the peer answered stream ``index`` with against the
