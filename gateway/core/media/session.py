@@ -900,17 +900,6 @@ class MediaSession:
                 answer, answered, index, rtcp_mux=mux_offered and _rtcp_mux(answered)
             )
 
-        for index, stream in enumerate(self._slots):
-            if stream is None:
-                continue
-            if index in accepted:
-                # The answer settles what the line carries: RTP, or T.38 datagrams.
-                self._set_opaque(index, is_udptl_t38(exchange.sent_offer.media[index]))
-                self._set_remote(index, answerer, accepted[index])
-                self._set_remote(index, offerer, exchange.offerer_remotes[index])
-            else:
-                self._set_remote(index, answerer, _NO_REMOTE)
-                self._set_remote(index, offerer, _NO_REMOTE)
         # Streams whose answer numbers every codec as the offer does (the usual case): nothing
         # to renumber in the relay or in our answer, found without parsing a=rtpmap.
         alike = {
@@ -934,7 +923,7 @@ class MediaSession:
                     transcoding = None
         # The renumbering carries transcoded packets to the receiver's number where the
         # conversion alone cannot (through_renumbering); None when it cannot at all.
-        transcoding = self._renumber(
+        transcoding, renumbering = self._renumbering(
             exchange.offer,
             offerer,
             numbering or answer,
@@ -943,9 +932,7 @@ class MediaSession:
             transcoding,
         )
         plan = self._plan_dtmf(exchange, numbering or answer, accepted)
-        self._set_dtmf(plan, relayed_until_now=self._events_relayed(plan))
         added = exchange.added_event
-        self._set_transcoding(transcoding)
 
         media_out: list[MediaDescription] = []
         for index, (offered, answered) in enumerate(
@@ -978,6 +965,24 @@ class MediaSession:
                 media_out.append(rewritten)
             else:
                 media_out.append(rejected_media(offered))
+        # All or nothing: everything above only reads; the relay and the session change from
+        # here, once nothing can raise (an answer refused half way, a fork's 183 whose second
+        # line cannot be relayed, leaves the early media of before as it was).
+        for index, stream in enumerate(self._slots):
+            if stream is None:
+                continue
+            if index in accepted:
+                # The answer settles what the line carries: RTP, or T.38 datagrams.
+                self._set_opaque(index, is_udptl_t38(exchange.sent_offer.media[index]))
+                self._set_remote(index, answerer, accepted[index])
+                self._set_remote(index, offerer, exchange.offerer_remotes[index])
+            else:
+                self._set_remote(index, answerer, _NO_REMOTE)
+                self._set_remote(index, offerer, _NO_REMOTE)
+        for (index, direction), (table, red) in renumbering.items():
+            self._set_renumbered(index, direction, table, red)
+        self._set_dtmf(plan, relayed_until_now=self._events_relayed(plan))
+        self._set_transcoding(transcoding)
         # RFC 3264 §6: the answer's t= line is the offer's.
         sent = self._send(offerer, answer, media_out, times=exchange.offer.times)
         exchange.answer = answer
@@ -1197,7 +1202,7 @@ class MediaSession:
                 stream.a_to_b.rtcp_observer = quality.observer("a", index)
                 stream.b_to_a.rtcp_observer = quality.observer("b", index)
 
-    def _renumber(
+    def _renumbering(
         self,
         offer: SessionDescription,
         offerer: Side,
@@ -1205,17 +1210,20 @@ class MediaSession:
         accepted: dict[int, _Remote],
         alike: set[int],
         transcoding: TranscodingPlan | None = None,
-    ) -> TranscodingPlan | None:
-        """Set each accepted RTP stream's payload type renumbering from the offerer's own SDP
-        and the answerer's (RFC 3264 §5.1: a peer receives, and prefers to send, a codec with
-        the number its own SDP gives it). Passing one leg's SDP to the other, as every plain
-        call does, leaves nothing to renumber: the streams in ``alike`` (``numbered_alike``).
+    ) -> tuple[TranscodingPlan | None, dict[tuple[int, str], _Renumbering]]:
+        """Each accepted RTP stream's payload type renumbering, by (m= line, direction), from
+        the offerer's own SDP and the answerer's (RFC 3264 §5.1: a peer receives, and prefers
+        to send, a codec with the number its own SDP gives it). Passing one leg's SDP to the
+        other, as every plain call does, leaves nothing to renumber: the streams in ``alike``
+        (``numbered_alike``).
 
         ``transcoding``: the G.711 transcoding the answer makes; its stream's renumbering is
         made to agree with it (:func:`through_renumbering`). Returns it as the relay must run
-        it, or None when the two cannot agree (logged: the stream is not transcoded)."""
+        it, or None when the two cannot agree (logged: the stream is not transcoded), with the
+        renumbering. Changes nothing (``answer_from`` sets it once nothing can raise)."""
         forward = "a_to_b" if offerer == "a" else "b_to_a"
         backward = "b_to_a" if offerer == "a" else "a_to_b"
+        found: dict[tuple[int, str], _Renumbering] = {}
         for index in accepted:
             offered = offer.media[index]
             answered = answer.media[index] if index < len(answer.media) else None
@@ -1239,9 +1247,9 @@ class MediaSession:
                     transcoding = None
                 else:
                     transcoding, there, back = agreed[0], agreed[1][forward], agreed[1][backward]
-            self._set_renumbered(index, forward, there, there_red)
-            self._set_renumbered(index, backward, back, back_red)
-        return transcoding
+            found[(index, forward)] = (there, there_red)
+            found[(index, backward)] = (back, back_red)
+        return transcoding, found
 
     def _set_renumbered(
         self, index: int, direction: str, renumbered: dict[int, int], red: tuple[int, ...] = ()
