@@ -686,6 +686,37 @@ async def test_an_answer_to_our_rekey_keeping_only_the_codec_in_use_is_taken(
     assert (await call.bye()).status == 200
 
 
+async def test_an_answer_to_our_rekey_adding_a_codec_the_caller_offered_is_taken(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    tls_signalling: None,  # noqa: F811
+) -> None:
+    """The phone's 2xx took PCMU and telephone-event of the caller's PCMU, PCMA and
+    telephone-event; its answer to our re-key lists PCMA too (RFC 3264 §6.1: any of the
+    offer's formats; §8.3.2). The caller offered PCMA, so it takes PCMA should the phone send
+    it (RFC 3264 §5.1): the call goes on re-keyed. Sessions 42-44 ended it (ACK, BYE both
+    legs, cause 488, "8 PCMA/8000 added")."""
+    env = await with_sdes(nursery, tmp_path, voipgw_seed)
+    env.alice.in_dialog = narrowing_to(env, ("0", "8", "101"))
+    call, _, _ = await forked_call(
+        env, early_media_across_a_wrap=False, answer_formats=("0", "101")
+    )
+    rekey = await env.alice.next_request("INVITE", timeout=5)
+    ack = await env.alice.next_request("ACK", timeout=5)
+    assert ack.request.cseq.number == rekey.request.cseq.number
+    await trio.sleep(5)
+    assert env.alice.requests("BYE") == [] and env.trunk.requests("BYE") == []
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert gateway_call.security_record()["b"]["fork_rekey"] == "re-keyed"
+    phone = SrtpSession(SrtpKeys(SUITE, ANSWERING_PHONE_NEW_KEY, crypto_key(rekey.request.body)))
+    assert phone.unprotect_rtp(relay_transforms(env).rtp_out(rtp(1))) == rtp(1)
+    phone.close()
+    assert (await call.bye()).status == 200
+
+
 async def test_after_telephone_event_left_out_the_callers_digits_reach_the_phone_as_info(
     nursery: trio.Nursery,
     tmp_path: Path,
