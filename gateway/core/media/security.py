@@ -322,6 +322,7 @@ class LegSecurity:
             media_out.append(self._fax_checked(index, media, stream, "offer from"))
         self._refuse_if_nothing_left(offer.media, media_out)
         self._offered = streams
+        self._unapplied = {}  # answers to our offers are over: the peer offers now
         self._answer_pending = True
         self._before_offer = None  # an offer of ours before it went, answered or refused
         self.ice.take_remote(offer, offer=True)
