@@ -525,9 +525,16 @@ class MediaSession:
         peer that had taken the telephone-event we added for the other leg's INFO gets those
         digits as INFO again (docs/media_security.md "Forked SDES callees").
 
+        An answer may also list formats of the offer that the peer's SDP in force did not (RFC
+        3264 §6.1, §8.3.2): taken when the other leg takes each of them, its own SDP in force
+        listing the codec (§5.1), the relay renumbering it both ways where the legs number it
+        apart; a telephone-event added on the DTMF line changes the interworking as an answer
+        with it would at the first exchange (:meth:`_dtmf_after_adding`).
+
         Raises :class:`SdpError` for an answer that does not fit the offer, or one that rejects
-        (port 0) a stream the relay carries, or leaves out the codec in use, adds a codec or
-        gives a payload type of the offer another codec than the peer's SDP in force did: a
+        (port 0) a stream the relay carries, or leaves out the codec in use, adds a codec the
+        other leg does not take (or one to renumber on a G.711-transcoded line) or gives a
+        payload type of the offer another codec than the peer's SDP in force did: a
         change of the session that only a new exchange on both legs could make (the other leg
         agreed on the codecs, payload numbers, G.711 transcoding and DTMF interworking the
         relay applies), and the caller ends the call, as for any answer to a re-INVITE it
