@@ -82,7 +82,8 @@ from gateway.core.interfaces import (
     NegotiationFailed,
     SrtpKeys,
 )
-from gateway.core.media.ice import LegIce
+from gateway.core.media.errors import LocalMediaError
+from gateway.core.media.ice import IceCredentials, LegIce
 from gateway.core.media.t38 import is_udptl_t38
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import MediaDescription, SessionDescription
@@ -197,6 +198,25 @@ class StreamSecurity:
     def fax_proto(proto: str) -> bool:
         """Whether ``proto`` is T.38's UDPTL (:attr:`fax`, for a profile not yet taken)."""
         return proto.upper() == "UDPTL"
+
+
+@attrs.frozen(eq=False)
+class AnswerRead:
+    """A peer's answer that :meth:`LegSecurity.read_answer` read and
+    :meth:`LegSecurity.apply_answer` puts in force."""
+
+    offered: list[StreamSecurity]
+    """The offer's streams it answers (the leg's ``_offered`` when it was read)."""
+    plain: SessionDescription
+    """The answer as the session must see it: plain profiles, no key attributes."""
+    changes: tuple[tuple[StreamSecurity, dict[str, Any]], ...]
+    """Each stream's new field values."""
+    reported: tuple[int, ...]
+    """The negotiations (by id) whose reported keys it takes out of ``_unapplied``."""
+    ice: dict[int, IceCredentials]
+    """The peer's ICE credentials per m= line."""
+    fax: bool
+    """It accepts a T.38 stream (the leg's record says so from then on)."""
 
 
 class _PluginCall:
@@ -731,34 +751,56 @@ class LegSecurity:
         must see it. Raises :class:`MediaSecurityRefused` (the peer's answer is unusable), or
         :class:`KeyExchangeFailed` (a plugin raised anything else on it).
 
-        All or nothing: what each stream becomes is worked out first, and the leg's streams,
-        ICE state and :attr:`streams` change only once every m= line and the ICE step passed.
-        A refused answer leaves the keys in force as they were: a fork's 183 whose second line
-        is refused after its first took a key is ignored and the call goes on with the early
-        media it had (CallRinging), which an answer later taken, or our ACK's keying, must not
-        find replaced by the refused fork's key. A key exchange plugin's negotiation may have
-        read the refused answer (plugins keep no undo): the keys it reported then are kept
-        aside (``_unapplied``) for an answer that repeats that line, for which it reports
-        nothing new."""
+        All or nothing: :meth:`read_answer`, then :meth:`apply_answer`. A caller whose next
+        step may refuse the same answer (the media session's, for an early answer) calls the
+        two itself, around that step."""
+        read = self.read_answer(answer)
+        self.apply_answer(read)
+        return read.plain
+
+    def read_answer(self, answer: SessionDescription) -> AnswerRead:
+        """The peer's answer to our offer read, each negotiation completed, and nothing of the
+        leg changed: what each stream becomes is in the result, which :meth:`apply_answer`
+        puts in force. Raises as :meth:`take_answer`.
+
+        A refused answer (here, or by a later step before :meth:`apply_answer`) leaves the
+        keys in force as they were: a fork's 183 whose second line is refused after its first
+        took a key is ignored and the call goes on with the early media it had (CallRinging),
+        which an answer later taken, or our ACK's keying, must not find replaced by the
+        refused fork's key. A key exchange plugin's negotiation has read the answer all the
+        same (plugins keep no undo): the keys it reported are kept aside (``_unapplied``) for
+        an answer that repeats that line, for which it reports nothing new."""
         taken: list[tuple[StreamSecurity, dict[str, Any]]] = []
         reported: dict[int, tuple[KeyNegotiation, SrtpKeys]] = {}
         try:
             media_out = self._answer_streams(answer, taken, reported)
-            self.ice.take_remote(answer, offer=False)  # its last step that may raise
-        except BaseException:
+            ice = self.ice.read_remote(answer)
+        finally:
             self._unapplied.update(reported)
-            raise
-        for key in reported:
+        return AnswerRead(
+            offered=self._offered,
+            plain=_without_session_keys(answer.with_media(media_out)),
+            changes=tuple(taken),
+            reported=tuple(reported),
+            ice=ice,
+            fax=any([m.port != 0 and StreamSecurity.fax_proto(m.proto) for m in answer.media]),
+        )
+
+    def apply_answer(self, read: AnswerRead) -> None:
+        """Put the answer :meth:`read_answer` read in force: its streams' keys, profiles and
+        key exchanges, its ICE credentials; the offer's streams are the leg's. Raises nothing
+        of the peer's; :class:`LocalMediaError` when another offer or answer came between."""
+        if read.offered is not self._offered:
+            raise LocalMediaError("the answer read is not to the offer in progress on the leg")
+        for key in read.reported:
             self._unapplied.pop(key, None)
-        for stream, change in taken:
+        for stream, change in read.changes:
             for field, value in change.items():
                 setattr(stream, field, value)
-        self._fax_passed = self._fax_passed or any(
-            [media.port != 0 and StreamSecurity.fax_proto(media.proto) for media in answer.media]
-        )
+        self.ice.take_answer(read.ice)
+        self._fax_passed = self._fax_passed or read.fax
         self.streams = self._offered
         self._before_offer = None
-        return _without_session_keys(answer.with_media(media_out))
 
     def _answer_streams(
         self,

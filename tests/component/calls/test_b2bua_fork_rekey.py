@@ -884,10 +884,13 @@ async def test_the_answering_phones_recordpref_in_its_answer_to_the_rekey_is_rea
     assert (await call.bye()).status == 200
 
 
-def two_line_answer(offer: bytes, port: int, keys: tuple[bytes, bytes | None]) -> bytes:
+def two_line_answer(
+    offer: bytes, port: int, keys: tuple[bytes, bytes | None], *, host_name: bool = False
+) -> bytes:
     """A phone's answer to our two-line best-effort SDES ``offer``: each line PCMU with its
     key of ``keys`` on our line of :data:`SUITE`; a second key of None answers that line
-    RTP/SAVP without a=crypto (refused: RFC 3264 §6, RFC 4568 §7.1.2)."""
+    RTP/SAVP without a=crypto (refused: RFC 3264 §6, RFC 4568 §7.1.2). ``host_name``: the
+    second line's c= names a host (the relay resolves none: refused by the media session)."""
     lines = []
     for media in parse_sdp_untrusted(offer).media:
         for name, value in media.attributes:
@@ -898,23 +901,30 @@ def two_line_answer(offer: bytes, port: int, keys: tuple[bytes, bytes | None]) -
     for index, key in enumerate(keys):
         if index:
             proto = "RTP/AVP" if key is not None else "RTP/SAVP"
-            text += f"m=audio {port + 2 * index} {proto} 0\r\na=rtpmap:0 PCMU/8000\r\n"
+            text += f"m=audio {port + 2 * index} {proto} 0\r\n"
+            if host_name:
+                text += "c=IN IP4 phone2.example.net\r\n"
+            text += "a=rtpmap:0 PCMU/8000\r\n"
         if key is not None:
             inline = base64.b64encode(key).decode()
             text += f"a=crypto:{lines[index]} {SUITE} inline:{inline}\r\n"
     return text.encode()
 
 
+@pytest.mark.parametrize("refused_by", ["security", "media"])
 async def test_another_forks_183_refused_at_its_second_line_changes_no_key(
     nursery: trio.Nursery,
     tmp_path: Path,
     autojump_clock: trio.abc.Clock,
     voipgw_seed: int,
     tls_signalling: None,  # noqa: F811
+    refused_by: str,
 ) -> None:
     """Two streams; the first phone's 183 keys both. Another forked phone's 183 answers line 1
-    with its own key and line 2 RTP/SAVP without keys: refused, so ignored (the caller gets a
-    180) and the early media stays the first phone's. The first phone's 183 was reliable, so
+    with its own key and line 2 RTP/SAVP without keys (the leg's security refuses it), or
+    with a host name in line 2's c= (the media session refuses it, after the leg's security
+    read it): refused, so ignored (the caller gets a 180) and the early media stays the first
+    phone's. The first phone's 183 was reliable, so
     its 200 carries no SDP (RFC 3262 §5) and the relay is keyed from the keys in force: the
     first phone's on both lines. Before session 45 the refused 183 had already put the other
     phone's key on line 1's stream in force (take_answer was not all or nothing), and the 200
@@ -946,7 +956,11 @@ async def test_another_forks_183_refused_at_its_second_line_changes_no_key(
     await eventually(lambda: any(r.request.method == "PRACK" for r in env.alice.received))
     early_tag = leg_b.local_tag
     leg_b.local_tag = ANSWERING_TAG
-    refused = two_line_answer(offer, 30010, (ANSWERING_PHONE_KEY, None))
+    if refused_by == "security":
+        refused = two_line_answer(offer, 30010, (ANSWERING_PHONE_KEY, None))
+    else:
+        keys = (ANSWERING_PHONE_KEY, ANSWERING_PHONE_KEY)
+        refused = two_line_answer(offer, 30010, keys, host_name=True)
     await env.alice.respond(leg_b.incoming, 183, body=refused)  # type: ignore[arg-type]
     await call.exchange.wait_for(lambda r: r.status == 180)  # type: ignore[union-attr]
     leg_b.local_tag = early_tag

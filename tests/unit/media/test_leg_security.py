@@ -552,7 +552,7 @@ def test_a_first_answer_refused_half_way_keys_nothing(monkeypatch: pytest.Monkey
         raise SdpError("unreadable ICE credentials")
 
     with monkeypatch.context() as patched:
-        patched.setattr(ours.ice, "take_remote", broken)
+        patched.setattr(ours.ice, "read_remote", broken)
         with pytest.raises(SdpError):
             ours.take_answer(first)
     assert ours.streams is before
@@ -601,3 +601,18 @@ def test_the_refused_forks_next_answer_takes_its_key() -> None:
     assert keys[0] is not None and keys[1] is not None
     assert keys[0].remote_key == inline_keys(second)[0]
     assert keys[0] != firsts[0] and keys[1] != firsts[1]
+
+
+def test_an_answer_read_but_not_applied_changes_nothing() -> None:
+    """read_answer changes nothing of the leg: an early answer whose next step (the media
+    session) refuses it is never applied, and the keys in force stay; the plugin's keys for
+    it are kept aside for an answer repeating it."""
+    ours, first, second = _forked_answers()
+    ours.take_answer(first)
+    in_force = [ours.keys(0), ours.keys(1)]
+    read = ours.read_answer(second)
+    assert read.plain.media[0].proto == "RTP/AVP" and not read.plain.media[0].crypto
+    assert [ours.keys(0), ours.keys(1)] == in_force
+    ours.apply_answer(ours.read_answer(second))  # its 200, the same answer: its keys
+    keys = ours.keys(0)
+    assert keys is not None and keys.remote_key == inline_keys(second)[0]
