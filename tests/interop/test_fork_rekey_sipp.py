@@ -47,14 +47,21 @@ def to_tag(message: str) -> str:
 
 
 @pytest.mark.parametrize(
-    "scenario", ["calls/uas_fork_sdes_rekey.xml", "calls/uas_fork_sdes_rekey_narrowed.xml"]
+    "scenario",
+    [
+        "calls/uas_fork_sdes_rekey.xml",
+        "calls/uas_fork_sdes_rekey_narrowed.xml",
+        "calls/uas_fork_sdes_rekey_widened.xml",
+    ],
 )
 def test_a_forked_sdes_callee_answering_after_another_phones_183_is_re_invited_with_new_keys(
     tmp_path: Path, scenario: str
 ) -> None:
     """``..._narrowed.xml``: phone 2's 200 takes PCMU, PCMA and telephone-event, its answer to
     the re-key only PCMU (the codec in use): taken, the call goes on re-keyed (session 42
-    ended it with cause 488)."""
+    ended it with cause 488). ``..._widened.xml``: phone 2's 200 takes PCMU only, its answer
+    to the re-key PCMU, PCMA and telephone-event, which baresip offered: taken (sessions 42-44
+    ended it with cause 488, "8 PCMA/8000, 101 telephone-event/8000 added")."""
     pki = TestPki(tmp_path / "pki")
     ca = pki.ca("Carrier CA")
     trunk_certificate = ca.issue("trunk.carrier.test")  # names 127.0.0.1
@@ -118,4 +125,9 @@ def test_a_forked_sdes_callee_answering_after_another_phones_183_is_re_invited_w
         "telephone-event/8000 and keeps the codec in use: taken"
     )
     assert (narrowed in log) == scenario.endswith("_narrowed.xml")
+    widened = (
+        "the answer to our re-key re-offer on leg b adds 8 PCMA/8000, 101 "
+        "telephone-event/8000, which leg a takes too: taken"
+    )
+    assert (widened in log) == scenario.endswith("_widened.xml")
     assert "changes the stream's codecs" not in log

@@ -52,11 +52,14 @@ class CallMediaKeys(CallBase):
         its keys, the relay, and our answer for A."""
         assert self.media is not None and leg.security is not None
         assert self.a.security is not None
+        # Each step all or nothing, the leg's keys in force only once the relay took the
+        # answer too: an early answer refused there (a fork's 183 whose second line cannot be
+        # relayed, CallRinging ignores it) leaves the early media as it was.
+        read = leg.security.read_answer(answer)
         plain = self.media.answer_from(
-            _S_B.value,
-            leg.security.take_answer(answer),
-            rtcp_mux_offered=leg.security.offers_rtcp_mux,
+            _S_B.value, read.plain, rtcp_mux_offered=leg.security.offers_rtcp_mux
         )
+        leg.security.apply_answer(read)
         if leg.security.keys_handed_out_in_sdp():
             # This dialog's phone holds the keys our offer handed out (CallForkRekey).
             if leg.sdp_keyed_tags is None:

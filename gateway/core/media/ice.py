@@ -265,7 +265,28 @@ class LegIce:
         which is plain latching."""
         if not self.enabled:
             return
+        found = self.read_remote(sd)
+        if not offer:
+            self.take_answer(found)
+            return
+        restart = any(
+            index in self._streams and self._streams[index].remote != credentials
+            for index, credentials in found.items()
+        )
+        local = self.local
+        if found and (local is None or restart):
+            local = self._mint()
+            if restart:
+                log.info("ICE restart by the peer: new local ufrag %s", local.ufrag)
+        self._offered = (local, found)
+
+    def read_remote(self, sd: SessionDescription) -> dict[int, IceCredentials]:
+        """The peer's credentials per m= line of ``sd``, changing nothing (:meth:`take_remote`'s
+        reading: an answer read first and taken once the rest of it passed, ``LegSecurity``).
+        Raises :class:`~gateway.core.sdp.errors.SdpError` for unreadable ones."""
         found: dict[int, IceCredentials] = {}
+        if not self.enabled:
+            return found
         session_ice = sd.attributes.has("ice-ufrag") or sd.attributes.has("ice-pwd")
         if not sd.attributes.has("ice-lite"):
             for index, media in enumerate(sd.media):
@@ -274,17 +295,11 @@ class LegIce:
                 credentials = remote_credentials_untrusted(sd, media)
                 if credentials is not None:
                     found[index] = credentials
-        if offer:
-            restart = any(
-                index in self._streams and self._streams[index].remote != credentials
-                for index, credentials in found.items()
-            )
-            local = self.local
-            if found and (local is None or restart):
-                local = self._mint()
-                if restart:
-                    log.info("ICE restart by the peer: new local ufrag %s", local.ufrag)
-            self._offered = (local, found)
+        return found
+
+    def take_answer(self, found: dict[int, IceCredentials]) -> None:
+        """The peer's answer's credentials (:meth:`read_remote`) in force."""
+        if not self.enabled:
             return
         if self.local is None:
             found = {}  # ICE in an answer to an offer without it: not ours to start

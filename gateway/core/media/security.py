@@ -82,7 +82,8 @@ from gateway.core.interfaces import (
     NegotiationFailed,
     SrtpKeys,
 )
-from gateway.core.media.ice import LegIce
+from gateway.core.media.errors import LocalMediaError
+from gateway.core.media.ice import IceCredentials, LegIce
 from gateway.core.media.t38 import is_udptl_t38
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import MediaDescription, SessionDescription
@@ -191,7 +192,31 @@ class StreamSecurity:
     @property
     def fax(self) -> bool:
         """A T.38 fax stream over UDPTL: passed through, never encrypted."""
-        return self.peer_proto.upper() == "UDPTL"
+        return self.fax_proto(self.peer_proto)
+
+    @staticmethod
+    def fax_proto(proto: str) -> bool:
+        """Whether ``proto`` is T.38's UDPTL (:attr:`fax`, for a profile not yet taken)."""
+        return proto.upper() == "UDPTL"
+
+
+@attrs.frozen(eq=False)
+class AnswerRead:
+    """A peer's answer that :meth:`LegSecurity.read_answer` read and
+    :meth:`LegSecurity.apply_answer` puts in force."""
+
+    offered: list[StreamSecurity]
+    """The offer's streams it answers (the leg's ``_offered`` when it was read)."""
+    plain: SessionDescription
+    """The answer as the session must see it: plain profiles, no key attributes."""
+    changes: tuple[tuple[StreamSecurity, dict[str, Any]], ...]
+    """Each stream's new field values."""
+    reported: tuple[int, ...]
+    """The negotiations (by id) whose reported keys it takes out of ``_unapplied``."""
+    ice: dict[int, IceCredentials]
+    """The peer's ICE credentials per m= line."""
+    fax: bool
+    """It accepts a T.38 stream (the leg's record says so from then on)."""
 
 
 class _PluginCall:
@@ -290,6 +315,11 @@ class LegSecurity:
         self._before_offer: (
             tuple[list[StreamSecurity], bool, tuple[SessionDescription, int] | None] | None
         ) = None
+        # Keys a negotiation of ours reported (KeysReady) on an answer that take_answer then
+        # refused, by id(negotiation): not in force, but the plugin holds them as the peer's
+        # (an SDES negotiation given the same answer again reports nothing new), so the next
+        # answer that repeats that stream's part takes them. Few: one per offered stream.
+        self._unapplied: dict[int, tuple[KeyNegotiation, SrtpKeys]] = {}
 
     # -- the peer offers ------------------------------------------------------------------------
 
@@ -312,6 +342,7 @@ class LegSecurity:
             media_out.append(self._fax_checked(index, media, stream, "offer from"))
         self._refuse_if_nothing_left(offer.media, media_out)
         self._offered = streams
+        self._unapplied = {}  # answers to our offers are over: the peer offers now
         self._answer_pending = True
         self._before_offer = None  # an offer of ours before it went, answered or refused
         self.ice.take_remote(offer, offer=True)
@@ -374,16 +405,22 @@ class LegSecurity:
 
     def make_answer(self, answer: SessionDescription) -> SessionDescription:
         """Our answer to the peer's offer (from the session's plain answer): the peer's profile
-        and our keys per stream. Raises :class:`KeyExchangeFailed` (a plugin's bug)."""
+        and our keys per stream. Raises :class:`KeyExchangeFailed` (a plugin's bug).
+
+        All or nothing, as :meth:`make_offer`: the plugins are asked first, and the streams'
+        state, :attr:`streams` and the o= version last made change only once nothing can
+        raise (an answer that fails leaves the leg as it was)."""
         media_out: list[MediaDescription] = []
+        rejected: list[tuple[StreamSecurity, bool]] = []
+        fax_passed = self._fax_passed
         for index, media in enumerate(answer.media):
             stream = self._offered[index] if index < len(self._offered) else StreamSecurity()
             # Set on every answer to this offer: a fork's 183 may reject a line its 200 takes.
-            stream.rejected = media.port == 0
+            rejected.append((stream, media.port == 0))
             if media.port == 0:
                 media_out.append(media.with_proto(stream.peer_proto))
                 continue
-            self._fax_passed = self._fax_passed or stream.fax
+            fax_passed = fax_passed or stream.fax
             attributes: list[tuple[str, str | None]] = list(media.attributes)
             if stream.negotiation is not None:
                 with self._plugin(stream.key_exchange):
@@ -392,6 +429,10 @@ class LegSecurity:
             else:
                 proto = _PLAIN_OF.get(stream.peer_proto.upper(), stream.peer_proto)
             media_out.append(media.with_attributes(attributes, proto))
+        made, last_made = self._version_of(self.ice.add_to_answer(answer.with_media(media_out)))
+        for stream, is_rejected in rejected:
+            stream.rejected = is_rejected
+        self._fax_passed = fax_passed
         for index, stream in enumerate(self._offered):
             previous = self._previous(index)
             if (
@@ -407,7 +448,8 @@ class LegSecurity:
                 stream.keys = previous.keys
         self.streams = self._offered
         self._answer_pending = False
-        return self._versioned(self.ice.add_to_answer(answer.with_media(media_out)))
+        self._last_made = last_made
+        return made
 
     # -- we offer -------------------------------------------------------------------------------
 
@@ -518,6 +560,7 @@ class LegSecurity:
         self._offered = streams
         self._answer_pending = False
         self._last_made = last_made
+        self._unapplied = {}  # another offer's negotiations: its answers are new
         return made
 
     def withdraw_offer(self) -> None:
@@ -706,43 +749,112 @@ class LegSecurity:
     def take_answer(self, answer: SessionDescription) -> SessionDescription:
         """The peer's answer to our offer: complete each negotiation; the answer as the session
         must see it. Raises :class:`MediaSecurityRefused` (the peer's answer is unusable), or
-        :class:`KeyExchangeFailed` (a plugin raised anything else on it)."""
+        :class:`KeyExchangeFailed` (a plugin raised anything else on it).
+
+        All or nothing: :meth:`read_answer`, then :meth:`apply_answer`. A caller whose next
+        step may refuse the same answer (the media session's, for an early answer) calls the
+        two itself, around that step."""
+        read = self.read_answer(answer)
+        self.apply_answer(read)
+        return read.plain
+
+    def read_answer(self, answer: SessionDescription) -> AnswerRead:
+        """The peer's answer to our offer read, each negotiation completed, and nothing of the
+        leg changed: what each stream becomes is in the result, which :meth:`apply_answer`
+        puts in force. Raises as :meth:`take_answer`.
+
+        A refused answer (here, or by a later step before :meth:`apply_answer`) leaves the
+        keys in force as they were: a fork's 183 whose second line is refused after its first
+        took a key is ignored and the call goes on with the early media it had (CallRinging),
+        which an answer later taken, or our ACK's keying, must not find replaced by the
+        refused fork's key. A key exchange plugin's negotiation has read the answer all the
+        same (plugins keep no undo): the keys it reported are kept aside (``_unapplied``) for
+        an answer that repeats that line, for which it reports nothing new."""
+        taken: list[tuple[StreamSecurity, dict[str, Any]]] = []
+        reported: dict[int, tuple[KeyNegotiation, SrtpKeys]] = {}
+        try:
+            media_out = self._answer_streams(answer, taken, reported)
+            ice = self.ice.read_remote(answer)
+        finally:
+            self._unapplied.update(reported)
+        return AnswerRead(
+            offered=self._offered,
+            plain=_without_session_keys(answer.with_media(media_out)),
+            changes=tuple(taken),
+            reported=tuple(reported),
+            ice=ice,
+            fax=any([m.port != 0 and StreamSecurity.fax_proto(m.proto) for m in answer.media]),
+        )
+
+    def apply_answer(self, read: AnswerRead) -> None:
+        """Put the answer :meth:`read_answer` read in force: its streams' keys, profiles and
+        key exchanges, its ICE credentials; the offer's streams are the leg's. Raises nothing
+        of the peer's; :class:`LocalMediaError` when another offer or answer came between."""
+        if read.offered is not self._offered:
+            raise LocalMediaError("the answer read is not to the offer in progress on the leg")
+        for key in read.reported:
+            self._unapplied.pop(key, None)
+        for stream, change in read.changes:
+            for field, value in change.items():
+                setattr(stream, field, value)
+        self.ice.take_answer(read.ice)
+        self._fax_passed = self._fax_passed or read.fax
+        self.streams = self._offered
+        self._before_offer = None
+
+    def _answer_streams(
+        self,
+        answer: SessionDescription,
+        taken: list[tuple[StreamSecurity, dict[str, Any]]],
+        reported: dict[int, tuple[KeyNegotiation, SrtpKeys]],
+    ) -> list[MediaDescription]:
+        """:meth:`take_answer`'s reading of each m= line: the plain media for the session;
+        each stream's changes go in ``taken``, the keys its negotiations reported in
+        ``reported``, and nothing of the leg's changes."""
         media_out: list[MediaDescription] = []
         session_attributes = _pairs(answer.attributes)
         for index, media in enumerate(answer.media):
             stream = self._offered[index] if index < len(self._offered) else StreamSecurity()
-            stream.rejected = media.port == 0
+            change: dict[str, Any] = {"rejected": media.port == 0, "peer_proto": media.proto}
             session_proto = None
             if media.port != 0 and index < len(self._offered):
                 session_proto = self._answered_profile(index, stream.peer_proto, media)
             if media.port != 0 and stream.negotiation is not None:
                 attributes = _pairs(media.attributes) + session_attributes
                 picked = self._picked(stream, media, {name.lower() for name, _ in attributes})
-                stream.alternatives = []
+                change["alternatives"] = []
                 if picked is not None:
                     name, negotiation = picked
+                    keys = stream.keys
                     if name != stream.key_exchange:
-                        stream.negotiation, stream.key_exchange = negotiation, name
-                        stream.media_path = bool(getattr(self._by_name[name], "media_path", False))
-                        stream.keys = None
+                        change["negotiation"], change["key_exchange"] = negotiation, name
+                        change["media_path"] = _on_media_path(self._by_name[name])
+                        keys = None
+                    drained = StreamSecurity()
                     with self._plugin(name):
                         # A failure is queued as NegotiationFailed too, which _drain reports.
                         with contextlib.suppress(SdpError):
                             negotiation.remote_sdp_attributes(attributes)
-                        failed = _drain(negotiation, stream)
+                        failed = _drain(negotiation, drained)
                     if failed is not None:
                         self.failed(name)
                         raise MediaSecurityRefused(f"the answer's keys are unusable: {failed}")
+                    earlier = self._unapplied.get(id(negotiation))
+                    if drained.keys is not None:
+                        reported[id(negotiation)] = (negotiation, drained.keys)
+                    elif earlier is not None:
+                        reported[id(negotiation)] = earlier
+                    if id(negotiation) in reported:
+                        keys = reported[id(negotiation)][1]
+                    change["keys"] = keys
                 elif self.policy.allow_cleartext:
-                    stream.negotiation, stream.key_exchange = None, None  # declined: cleartext
-                    stream.media_path = False
+                    change["negotiation"], change["key_exchange"] = None, None  # cleartext
+                    change["media_path"] = False
                 else:
                     raise MediaSecurityRefused(
                         f"policy {self.policy.name} requires encrypted media; the answer "
                         f"declined it ({media.proto})"
                     )
-            stream.peer_proto = media.proto
-            self._fax_passed = self._fax_passed or (media.port != 0 and stream.fax)
             plain = _plain(media)
             if session_proto is not None:
                 # A feedback profile answered for a plain one or the reverse (tolerated, see
@@ -754,10 +866,8 @@ class LegSecurity:
             elif stream.session_proto is not None:
                 plain = plain.with_proto(stream.session_proto)
             media_out.append(plain)
-        self.streams = self._offered
-        self._before_offer = None
-        self.ice.take_remote(answer, offer=False)
-        return _without_session_keys(answer.with_media(media_out))
+            taken.append((stream, change))
+        return media_out
 
     def _answered_profile(self, index: int, offered: str, media: MediaDescription) -> str | None:
         """Check the transport protocol the peer answered stream ``index`` with against the

@@ -94,6 +94,7 @@ from gateway.core.media.transcoding import (
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import (
     RTP_PROTOS,
+    STATIC_PAYLOAD_TYPES,
     Attribute,
     Attributes,
     Connection,
@@ -110,6 +111,7 @@ from gateway.core.sdp.offer_answer import (
     codec_change,
     keep_leg_numbers,
     numbered_alike,
+    offered_formats,
     payload_type_map,
     red_payload_types,
     rejected_media,
@@ -541,9 +543,16 @@ class MediaSession:
         peer that had taken the telephone-event we added for the other leg's INFO gets those
         digits as INFO again (docs/media_security.md "Forked SDES callees").
 
+        An answer may also list formats of the offer that the peer's SDP in force did not (RFC
+        3264 §6.1, §8.3.2): taken when the other leg takes each of them, its own SDP in force
+        listing the codec (§5.1), the relay renumbering it both ways where the legs number it
+        apart; a telephone-event added on the DTMF line changes the interworking as an answer
+        with it would at the first exchange (:meth:`_dtmf_after_adding`).
+
         Raises :class:`SdpError` for an answer that does not fit the offer, or one that rejects
-        (port 0) a stream the relay carries, or leaves out the codec in use, adds a codec or
-        gives a payload type of the offer another codec than the peer's SDP in force did: a
+        (port 0) a stream the relay carries, or leaves out the codec in use, adds a codec the
+        other leg does not take (or one to renumber on a G.711-transcoded line) or gives a
+        payload type of the offer another codec than the peer's SDP in force did: a
         change of the session that only a new exchange on both legs could make (the other leg
         agreed on the codecs, payload numbers, G.711 transcoding and DTMF interworking the
         relay applies), and the caller ends the call, as for any answer to a re-INVITE it
@@ -553,8 +562,12 @@ class MediaSession:
         offer = self._sent[side]
         validate_answer(offer, answer)
         before = self._received.get(side)
+        other = _other(side)
+        theirs = self._received.get(other)
+        dtmf_line = self._dtmf_line(offer)
         remotes: dict[int, _Remote] = {}
         narrowed: dict[int, CodecChange] = {}
+        renumbering: dict[tuple[int, str], _Renumbering] = {}
         for index, (offered, answered) in enumerate(zip(offer.media, answer.media, strict=True)):
             stream = self._slots[index] if index < len(self._slots) else None
             if stream is None or offered.is_rejected:
@@ -563,8 +576,16 @@ class MediaSession:
                 raise SdpError(
                     f"m= line {index + 1}: the answer to our re-key re-offer rejects the stream"
                 )
+            theirs_line = (
+                theirs.media[index] if theirs is not None and index < len(theirs.media) else None
+            )
             changed = (
-                codec_change(offered, before.media[index], answered)
+                codec_change(
+                    offered,
+                    before.media[index],
+                    answered,
+                    receivable=self._receivable(theirs_line, answered, index == dtmf_line),
+                )
                 if before is not None and index < len(before.media)
                 else None
             )
@@ -578,25 +599,43 @@ class MediaSession:
                 )
             if changed is not None:
                 narrowed[index] = changed
+                if changed.added_payload_types and theirs_line is not None:
+                    renumbering.update(
+                        self._added_renumbered(index, side, changed, answered, theirs_line)
+                    )
             mux_offered = _rtcp_mux(offered) or (rtcp_mux_offered and not is_udptl_t38(offered))
             remotes[index] = self._remote_of(
                 answer, answered, index, rtcp_mux=mux_offered and _rtcp_mux(answered)
             )
         dtmf = self._dtmf_after_narrowing(side, offer, before, answer)
         # Both legs had telephone-event, relayed as it came, until this answer made one leg
-        # the INFO leg: an event in progress began towards it (DtmfInterworking).
-        relayed = self.dtmf is None and dtmf is not None
+        # the INFO leg: an event in progress began towards it (DtmfInterworking). A plan
+        # whose RFC 4733 leg is this phone (it added the telephone-event we had offered for
+        # the other leg's INFO) starts with nothing of its in progress.
+        relayed = self.dtmf is None and dtmf is not None and dtmf.rfc4733_side != side
         for index, remote in remotes.items():  # all checked first: a refusal changes nothing
             if self._remotes.get((index, side)) != remote:
                 self._set_remote(index, side, remote)
+        for (index, direction), (table, red) in renumbering.items():
+            self._set_renumbered(index, direction, table, red)
         for index, changed in narrowed.items():
-            log.info(
-                "m= line %d: the answer to our re-key re-offer on leg %s leaves out %s and keeps "
-                "the codec in use: taken (the other leg's codecs stay as agreed)",
-                index + 1,
-                side,
-                changed.dropped,
-            )
+            if changed.dropped:
+                log.info(
+                    "m= line %d: the answer to our re-key re-offer on leg %s leaves out %s and "
+                    "keeps the codec in use: taken (the other leg's codecs stay as agreed)",
+                    index + 1,
+                    side,
+                    changed.dropped,
+                )
+            if changed.added:
+                log.info(
+                    "m= line %d: the answer to our re-key re-offer on leg %s adds %s, which leg "
+                    "%s takes too: taken (the other leg's codecs stay as agreed)",
+                    index + 1,
+                    side,
+                    changed.added,
+                    other,
+                )
         self._set_dtmf(dtmf, relayed_until_now=relayed)
         self._repeated.pop(side, None)
         self._received[side] = answer
@@ -624,10 +663,12 @@ class MediaSession:
             return plan
         had = _offered_event(offer.media[index], before.media[index])
         has = _offered_event(offer.media[index], answer.media[index])
-        if had == has or has is not None:
+        if had == has or (had is not None and has is not None):
             # Unchanged; or a telephone-event at another clock rate kept (dropping the one at
             # 8000 beside Opus's at 48000): both legs still have one, relayed as it comes.
             return plan
+        if has is not None:
+            return self._dtmf_after_adding(side, index, answer, plan)
         if plan is not None:
             # The peer was the RFC 4733 leg of the other's INFO, or the INFO leg already.
             return None if plan.rfc4733_side == side else plan
@@ -643,6 +684,103 @@ class MediaSession:
         red = red_payload_types(theirs.media[index])
         red = red if red_payload_types(before.media[index]) else ()
         return DtmfPlan(index, other, side, *event, red)
+
+    def _dtmf_after_adding(
+        self, side: Side, index: int, answer: SessionDescription, plan: DtmfPlan | None
+    ) -> DtmfPlan | None:
+        """:meth:`_dtmf_after_narrowing` for an answer that adds telephone-event on the DTMF
+        line (RFC 3264 §6.1: an answer may list any of the offer's formats), as an answer
+        with it would at the first exchange (:meth:`_plan_dtmf`): where the other leg has one
+        too, both do now and events are relayed as they come (a phone that was the INFO leg is
+        no longer); where it has none (the one we added for its INFO), this phone becomes the
+        RFC 4733 leg of its digits, with the number and clock rate of its own answer."""
+        other = _other(side)
+        theirs = self._received.get(other)
+        if (
+            theirs is not None
+            and index < len(theirs.media)
+            and telephone_event(theirs.media[index]) is not None
+        ):
+            return None if plan is not None and plan.info_side == side else plan
+        if plan is not None:
+            return plan
+        event = telephone_event(answer.media[index])
+        if event is None:
+            return None
+        return DtmfPlan(index, side, other, *event, red_payload_types(answer.media[index]))
+
+    def _dtmf_line(self, offer: SessionDescription) -> int | None:
+        """The m= line DTMF interworking reads (RFC 4733 §2.1: the first relayed audio line),
+        when it is on; None otherwise."""
+        if not self._interworks_dtmf:
+            return None
+        plan = self.dtmf
+        return plan.index if plan is not None else _first_audio(offer, self._open_lines())
+
+    @staticmethod
+    def _receivable(
+        theirs: MediaDescription | None, answered: MediaDescription, dtmf_line: bool
+    ) -> frozenset[tuple[str, int, int]]:
+        """The codecs the other leg takes on a line (``codec_change``'s ``receivable``): those
+        its own SDP in force lists (``theirs``; RFC 3264 §5.1, §6.1), and on the DTMF line with
+        the interworking on the answer's telephone-event too: a telephone-event the other leg
+        lacks (the one we added for its INFO) makes this phone the RFC 4733 leg of its digits
+        (``_dtmf_after_narrowing``), as at a first answer."""
+        found = {codec.codec_key for codec in offered_formats(theirs)} if theirs else set()
+        if dtmf_line:
+            found.update(
+                codec.codec_key
+                for codec in offered_formats(answered)
+                if codec.encoding.lower() == "telephone-event"
+            )
+        return frozenset(found)
+
+    def _added_renumbered(
+        self,
+        index: int,
+        side: Side,
+        changed: CodecChange,
+        answered: MediaDescription,
+        theirs: MediaDescription,
+    ) -> dict[tuple[int, str], _Renumbering]:
+        """The renumbering of line ``index``, by direction, once ``side``'s phone takes the
+        codecs it added (``changed.added_payload_types``) where the other leg numbers them
+        otherwise: each peer sends and receives a codec with its own SDP's number (RFC 3264
+        §5.1; :func:`payload_type_map`), both ways (the other leg sends telephone-event to a
+        phone that adds it, relayed once neither is the INFO leg); empty when nothing changes.
+        Raises :class:`SdpError` when that line is G.711-transcoded (its renumbering agrees with
+        the transcoding, made for the codecs both legs agreed: ``through_renumbering``)."""
+        codecs = answered.rtpmaps()
+        keys = {
+            codec.codec_key
+            for pt in changed.added_payload_types
+            if (codec := codecs.get(pt) or STATIC_PAYLOAD_TYPES.get(pt)) is not None
+        }
+        theirs_codecs = theirs.rtpmaps()
+        tables: dict[tuple[int, str], _Renumbering] = {}
+        for direction, sender, receiver, numbers in (
+            (_direction_from(side), answered, theirs, codecs),
+            (_direction_from(_other(side)), theirs, answered, theirs_codecs),
+        ):
+            current, red = self._renumbered.get((index, direction), ({}, ()))
+            added = {
+                pt: to
+                for pt, to in payload_type_map(sender, receiver).items()
+                if (codec := numbers.get(pt) or STATIC_PAYLOAD_TYPES.get(pt)) is not None
+                and codec.codec_key in keys
+                and current.get(pt) != to
+            }
+            if added:
+                tables[(index, direction)] = (
+                    {**current, **added},
+                    red or red_payload_types(sender),
+                )
+        if tables and self.transcoding is not None and self.transcoding.index == index:
+            raise SdpError(
+                f"m= line {index + 1}: the answer to our re-key re-offer adds {changed.added}, "
+                "which the relay would renumber on a G.711-transcoded stream"
+            )
+        return tables
 
     def _open_lines(self) -> dict[int, RelayStream]:
         """The m= lines that have a stream, and their streams."""
@@ -921,17 +1059,6 @@ class MediaSession:
                 answer, answered, index, rtcp_mux=mux_offered and _rtcp_mux(answered)
             )
 
-        for index, stream in enumerate(self._slots):
-            if stream is None:
-                continue
-            if index in accepted:
-                # The answer settles what the line carries: RTP, or T.38 datagrams.
-                self._set_opaque(index, is_udptl_t38(exchange.sent_offer.media[index]))
-                self._set_remote(index, answerer, accepted[index])
-                self._set_remote(index, offerer, exchange.offerer_remotes[index])
-            else:
-                self._set_remote(index, answerer, _NO_REMOTE)
-                self._set_remote(index, offerer, _NO_REMOTE)
         # Streams whose answer numbers every codec as the offer does (the usual case): nothing
         # to renumber in the relay or in our answer, found without parsing a=rtpmap.
         alike = {
@@ -955,7 +1082,7 @@ class MediaSession:
                     transcoding = None
         # The renumbering carries transcoded packets to the receiver's number where the
         # conversion alone cannot (through_renumbering); None when it cannot at all.
-        transcoding = self._renumber(
+        transcoding, renumbering = self._renumbering(
             exchange.offer,
             offerer,
             numbering or answer,
@@ -964,9 +1091,7 @@ class MediaSession:
             transcoding,
         )
         plan = self._plan_dtmf(exchange, numbering or answer, accepted)
-        self._set_dtmf(plan, relayed_until_now=self._events_relayed(plan))
         added = exchange.added_event
-        self._set_transcoding(transcoding)
 
         media_out: list[MediaDescription] = []
         for index, (offered, answered) in enumerate(
@@ -999,6 +1124,24 @@ class MediaSession:
                 media_out.append(rewritten)
             else:
                 media_out.append(rejected_media(offered))
+        # All or nothing: everything above only reads; the relay and the session change from
+        # here, once nothing can raise (an answer refused half way, a fork's 183 whose second
+        # line cannot be relayed, leaves the early media of before as it was).
+        for index, stream in enumerate(self._slots):
+            if stream is None:
+                continue
+            if index in accepted:
+                # The answer settles what the line carries: RTP, or T.38 datagrams.
+                self._set_opaque(index, is_udptl_t38(exchange.sent_offer.media[index]))
+                self._set_remote(index, answerer, accepted[index])
+                self._set_remote(index, offerer, exchange.offerer_remotes[index])
+            else:
+                self._set_remote(index, answerer, _NO_REMOTE)
+                self._set_remote(index, offerer, _NO_REMOTE)
+        for (index, direction), (table, red) in renumbering.items():
+            self._set_renumbered(index, direction, table, red)
+        self._set_dtmf(plan, relayed_until_now=self._events_relayed(plan))
+        self._set_transcoding(transcoding)
         # RFC 3264 §6: the answer's t= line is the offer's.
         sent = self._send(offerer, answer, media_out, times=exchange.offer.times)
         exchange.answer = answer
@@ -1218,7 +1361,7 @@ class MediaSession:
                 stream.a_to_b.rtcp_observer = quality.observer("a", index)
                 stream.b_to_a.rtcp_observer = quality.observer("b", index)
 
-    def _renumber(
+    def _renumbering(
         self,
         offer: SessionDescription,
         offerer: Side,
@@ -1226,17 +1369,20 @@ class MediaSession:
         accepted: dict[int, _Remote],
         alike: set[int],
         transcoding: TranscodingPlan | None = None,
-    ) -> TranscodingPlan | None:
-        """Set each accepted RTP stream's payload type renumbering from the offerer's own SDP
-        and the answerer's (RFC 3264 §5.1: a peer receives, and prefers to send, a codec with
-        the number its own SDP gives it). Passing one leg's SDP to the other, as every plain
-        call does, leaves nothing to renumber: the streams in ``alike`` (``numbered_alike``).
+    ) -> tuple[TranscodingPlan | None, dict[tuple[int, str], _Renumbering]]:
+        """Each accepted RTP stream's payload type renumbering, by (m= line, direction), from
+        the offerer's own SDP and the answerer's (RFC 3264 §5.1: a peer receives, and prefers
+        to send, a codec with the number its own SDP gives it). Passing one leg's SDP to the
+        other, as every plain call does, leaves nothing to renumber: the streams in ``alike``
+        (``numbered_alike``).
 
         ``transcoding``: the G.711 transcoding the answer makes; its stream's renumbering is
         made to agree with it (:func:`through_renumbering`). Returns it as the relay must run
-        it, or None when the two cannot agree (logged: the stream is not transcoded)."""
+        it, or None when the two cannot agree (logged: the stream is not transcoded), with the
+        renumbering. Changes nothing (``answer_from`` sets it once nothing can raise)."""
         forward = "a_to_b" if offerer == "a" else "b_to_a"
         backward = "b_to_a" if offerer == "a" else "a_to_b"
+        found: dict[tuple[int, str], _Renumbering] = {}
         for index in accepted:
             offered = offer.media[index]
             answered = answer.media[index] if index < len(answer.media) else None
@@ -1260,9 +1406,9 @@ class MediaSession:
                     transcoding = None
                 else:
                     transcoding, there, back = agreed[0], agreed[1][forward], agreed[1][backward]
-            self._set_renumbered(index, forward, there, there_red)
-            self._set_renumbered(index, backward, back, back_red)
-        return transcoding
+            found[(index, forward)] = (there, there_red)
+            found[(index, backward)] = (back, back_red)
+        return transcoding, found
 
     def _set_renumbered(
         self, index: int, direction: str, renumbered: dict[int, int], red: tuple[int, ...] = ()
@@ -1744,6 +1890,11 @@ def _check_side(side: str) -> Side:
     if side == "b":
         return "b"
     raise LocalMediaError(f"side must be 'a' or 'b', not {side!r}")
+
+
+def _direction_from(side: Side) -> str:
+    """The relay direction of the packets ``side``'s peer sends."""
+    return "a_to_b" if side == "a" else "b_to_a"
 
 
 def _other(side: Side) -> Side:

@@ -162,6 +162,11 @@ class CodecChange:
     described: str
     refused: str | None
     dropped: str = ""
+    added: str = ""
+    """The formats it adds that the other leg takes (``codec_change``'s ``receivable``), in
+    words, as the peer numbers them; empty when it adds none."""
+    added_payload_types: tuple[int, ...] = ()
+    """Those formats' payload types, as the peer numbers them."""
 
 
 # Formats that never carry the stream's media themselves (RFC 4733 events, RFC 3389 comfort
@@ -170,27 +175,36 @@ _NEVER_IN_USE = frozenset({"telephone-event", "cn"})
 
 
 def codec_change(
-    offered: MediaDescription, before: MediaDescription, after: MediaDescription
+    offered: MediaDescription,
+    before: MediaDescription,
+    after: MediaDescription,
+    *,
+    receivable: Collection[tuple[str, int, int]] = frozenset(),
 ) -> CodecChange | None:
     """What ``after``, a peer's answer to our re-offer ``offered`` of a stream whose SDP from
     that peer was ``before``, changes in the codecs the peer uses on it: None when the two
     give every payload type of the offer the same codec (name, rate, channels; order and fmtp
-    aside). Formats whose codec the offer lacks do not count: a peer's own earlier offer
-    listed more than we answered, and the peer sends only what both listed (RFC 3264 §6.1). A
-    codec of the offer that the peer answered under another number (§6.1 asks it to keep the
-    offer's, SHOULD; the relay renumbers then, :func:`payload_type_map`) counts under the
-    peer's number, as the relay uses it.
+    aside). ``receivable``: the codecs (``RtpMap.codec_key``) the other leg takes on that
+    stream, which its own SDP in force lists (RFC 3264 §5.1, §6.1: an SDP lists the formats
+    its author is willing to receive). Formats whose codec the offer lacks do not count: a
+    peer's own earlier offer listed more than we answered, and the peer sends only what both
+    listed (RFC 3264 §6.1). A codec of the offer that the peer answered under another number
+    (§6.1 asks it to keep the offer's, SHOULD; the relay renumbers then,
+    :func:`payload_type_map`) counts under the peer's number, as the relay uses it.
 
-    A narrowing (formats left out, none added, none given another codec) that keeps the codec
-    in use is not refused (RFC 3264 §6.1 lets an answer list any subset of the offer; phones
+    A narrowing (formats left out, none given another codec) that keeps the codec in use is
+    not refused (RFC 3264 §6.1 lets an answer list any subset of the offer; phones
     answer a re-INVITE with only the codec they use, or without telephone-event). The codec in
     use is the first format of ``before``'s (of those the offer has) that is not
     telephone-event or comfort noise, with those listed before it (RED or FEC wrapping it): the
     other peer sends it (RFC 3264 §7: the offerer sends the answer's first format; §6.1: the
     answerer the offer's first that it answered), and it stays agreed on that leg. Refused: a
-    payload type given another codec, a codec added (the other leg never agreed to it), the
-    codec in use left out. Raises :class:`SdpError` for an unreadable a=rtpmap or payload
-    type."""
+    payload type given another codec, the codec in use left out, a codec added that the other
+    leg does not take (the G.711 law we added for transcoding, say): the peer may send a
+    codec of the offer that its answer lists (RFC 3264 §6.1), and the other leg could not
+    play it. A codec added that the other leg takes is not refused (``added``: RFC 3264 §6.1
+    lets the answer list any of the offer's formats, §8.3.2 a re-offer's answer change the
+    set). Raises :class:`SdpError` for an unreadable a=rtpmap or payload type."""
     if not offered.is_rtp or not before.is_rtp or not after.is_rtp:
         return None
     offered_codecs = _codecs_by_format(offered)
@@ -218,10 +232,18 @@ def codec_change(
         words = _codec_words({pt: was[pt] for pt in gone_in_use})
         return CodecChange(described, f"the codec in use, {words}, left out")
     added = sorted(pt for pt in now_keys if pt not in was_keys)
-    if added:
-        return CodecChange(described, f"{_codec_words({pt: now[pt] for pt in added})} added")
+    unplayable = [pt for pt in added if now_keys[pt] not in receivable]
+    if unplayable:
+        words = _codec_words({pt: now[pt] for pt in unplayable})
+        return CodecChange(described, f"{words} added, which the other leg does not take")
     dropped = [pt for pt in was if pt not in now_keys]
-    return CodecChange(described, None, _codec_words({pt: was[pt] for pt in dropped}))
+    return CodecChange(
+        described,
+        None,
+        _codec_words({pt: was[pt] for pt in dropped}) if dropped else "",
+        _codec_words({pt: now[pt] for pt in added}) if added else "",
+        tuple(added),
+    )
 
 
 def _in_use(codecs: Mapping[int, RtpMap | None]) -> list[int]:

@@ -16,7 +16,7 @@ SECRET = "c2VjcmV0LWtleS1tYXRlcmlhbA"  # stands for key material in the exceptio
 
 def fail_next(
     monkeypatch: pytest.MonkeyPatch,
-    method: str = "take_answer",
+    method: str = "read_answer",
     error: Callable[[], Exception] = lambda: RuntimeError(f"a bug holding {SECRET}"),
 ) -> Callable[[], None]:
     """Make the next call of LegSecurity's ``method`` (in whichever call comes first) raise

@@ -328,7 +328,7 @@ async def test_a_key_exchange_plugins_bug_on_the_answer_is_said_as_such(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A key-exchange plugin raising something other than SdpError on the callee's answer
-    (LegSecurity.take_answer makes it KeyExchangeFailed): 500 "key exchange failed", the
+    (LegSecurity.read_answer makes it KeyExchangeFailed): 500 "key exchange failed", the
     record naming the plugin and the exception's type."""
     caplog.set_level(logging.INFO, logger="gateway")
     env = await start_b2bua(nursery, tmp_path, voipgw_seed)

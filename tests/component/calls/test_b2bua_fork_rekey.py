@@ -686,6 +686,37 @@ async def test_an_answer_to_our_rekey_keeping_only_the_codec_in_use_is_taken(
     assert (await call.bye()).status == 200
 
 
+async def test_an_answer_to_our_rekey_adding_a_codec_the_caller_offered_is_taken(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    tls_signalling: None,  # noqa: F811
+) -> None:
+    """The phone's 2xx took PCMU and telephone-event of the caller's PCMU, PCMA and
+    telephone-event; its answer to our re-key lists PCMA too (RFC 3264 §6.1: any of the
+    offer's formats; §8.3.2). The caller offered PCMA, so it takes PCMA should the phone send
+    it (RFC 3264 §5.1): the call goes on re-keyed. Sessions 42-44 ended it (ACK, BYE both
+    legs, cause 488, "8 PCMA/8000 added")."""
+    env = await with_sdes(nursery, tmp_path, voipgw_seed)
+    env.alice.in_dialog = narrowing_to(env, ("0", "8", "101"))
+    call, _, _ = await forked_call(
+        env, early_media_across_a_wrap=False, answer_formats=("0", "101")
+    )
+    rekey = await env.alice.next_request("INVITE", timeout=5)
+    ack = await env.alice.next_request("ACK", timeout=5)
+    assert ack.request.cseq.number == rekey.request.cseq.number
+    await trio.sleep(5)
+    assert env.alice.requests("BYE") == [] and env.trunk.requests("BYE") == []
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert gateway_call.security_record()["b"]["fork_rekey"] == "re-keyed"
+    phone = SrtpSession(SrtpKeys(SUITE, ANSWERING_PHONE_NEW_KEY, crypto_key(rekey.request.body)))
+    assert phone.unprotect_rtp(relay_transforms(env).rtp_out(rtp(1))) == rtp(1)
+    phone.close()
+    assert (await call.bye()).status == 200
+
+
 async def test_after_telephone_event_left_out_the_callers_digits_reach_the_phone_as_info(
     nursery: trio.Nursery,
     tmp_path: Path,
@@ -850,4 +881,100 @@ async def test_the_answering_phones_recordpref_in_its_answer_to_the_rekey_is_rea
     (gateway_call,) = env.gateway.calls.calls
     await eventually(lambda: gateway_call.b.recordpref == "off")
     assert gateway_call.security_record()["b"]["recordpref"] == "off"
+    assert (await call.bye()).status == 200
+
+
+def two_line_answer(
+    offer: bytes, port: int, keys: tuple[bytes, bytes | None], *, host_name: bool = False
+) -> bytes:
+    """A phone's answer to our two-line best-effort SDES ``offer``: each line PCMU with its
+    key of ``keys`` on our line of :data:`SUITE`; a second key of None answers that line
+    RTP/SAVP without a=crypto (refused: RFC 3264 §6, RFC 4568 §7.1.2). ``host_name``: the
+    second line's c= names a host (the relay resolves none: refused by the media session)."""
+    lines = []
+    for media in parse_sdp_untrusted(offer).media:
+        for name, value in media.attributes:
+            if name == "crypto" and value is not None and value.split()[1] == SUITE:
+                lines.append(value.split()[0])
+                break
+    text = simple_sdp(ALICE[0], port, formats=("0",)).decode()
+    for index, key in enumerate(keys):
+        if index:
+            proto = "RTP/AVP" if key is not None else "RTP/SAVP"
+            text += f"m=audio {port + 2 * index} {proto} 0\r\n"
+            if host_name:
+                text += "c=IN IP4 phone2.example.net\r\n"
+            text += "a=rtpmap:0 PCMU/8000\r\n"
+        if key is not None:
+            inline = base64.b64encode(key).decode()
+            text += f"a=crypto:{lines[index]} {SUITE} inline:{inline}\r\n"
+    return text.encode()
+
+
+@pytest.mark.parametrize("refused_by", ["security", "media"])
+async def test_another_forks_183_refused_at_its_second_line_changes_no_key(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    tls_signalling: None,  # noqa: F811
+    refused_by: str,
+) -> None:
+    """Two streams; the first phone's 183 keys both. Another forked phone's 183 answers line 1
+    with its own key and line 2 RTP/SAVP without keys (the leg's security refuses it), or
+    with a host name in line 2's c= (the media session refuses it, after the leg's security
+    read it): refused, so ignored (the caller gets a 180) and the early media stays the first
+    phone's. The first phone's 183 was reliable, so
+    its 200 carries no SDP (RFC 3262 §5) and the relay is keyed from the keys in force: the
+    first phone's on both lines. Before session 45 the refused 183 had already put the other
+    phone's key on line 1's stream in force (take_answer was not all or nothing), and the 200
+    keyed the relay with it: the answering phone authenticated nothing of ours on line 1."""
+    env = await with_sdes(nursery, tmp_path, voipgw_seed)
+    (trunk_port,) = port_bases(1)
+    two = simple_sdp("127.0.0.1", trunk_port, formats=("0",)) + (
+        f"m=audio {trunk_port + 2} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n".encode()
+    )
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=two)
+    leg_b = await env.alice.next_call()
+    offer = leg_b.invite.body
+    ours = [
+        base64.b64decode(value.split()[2].removeprefix("inline:").split("|")[0])
+        for media in parse_sdp_untrusted(offer).media
+        for name, value in media.attributes
+        if name == "crypto" and value is not None and value.split()[1] == SUITE
+    ]
+    assert len(ours) == 2
+    early = two_line_answer(offer, 30000, (EARLY_PHONE_KEY, EARLY_PHONE_KEY))
+    reliable = [("Require", "100rel"), ("RSeq", "1")]
+    await env.alice.respond(
+        leg_b.incoming,  # type: ignore[arg-type]
+        183,
+        body=early,
+        extra=reliable,
+    )
+    await call.exchange.wait_for(lambda r: r.status == 183)  # type: ignore[union-attr]
+    await eventually(lambda: any(r.request.method == "PRACK" for r in env.alice.received))
+    early_tag = leg_b.local_tag
+    leg_b.local_tag = ANSWERING_TAG
+    if refused_by == "security":
+        refused = two_line_answer(offer, 30010, (ANSWERING_PHONE_KEY, None))
+    else:
+        keys = (ANSWERING_PHONE_KEY, ANSWERING_PHONE_KEY)
+        refused = two_line_answer(offer, 30010, keys, host_name=True)
+    await env.alice.respond(leg_b.incoming, 183, body=refused)  # type: ignore[arg-type]
+    await call.exchange.wait_for(lambda r: r.status == 180)  # type: ignore[union-attr]
+    leg_b.local_tag = early_tag
+    # RFC 3262 §5: the reliable 183's answer completed the exchange; the 2xx repeats none.
+    await env.alice.respond(leg_b.incoming, 200)  # type: ignore[arg-type]
+    assert (await call.final()).status == 200
+    await env.alice.next_request("ACK")
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert gateway_call.media is not None
+    for index, stream in enumerate(gateway_call.media.streams):
+        phone = SrtpSession(SrtpKeys(SUITE, EARLY_PHONE_KEY, ours[index]))
+        assert phone.unprotect_rtp(stream.a_to_b.transforms.rtp_out(rtp(1))) == rtp(1)
+        # The phone's packets, under its own key, are taken on both lines.
+        assert stream.b_to_a.transforms.rtp_in(phone.protect_rtp(rtp(2))) == rtp(2)
+        phone.close()
     assert (await call.bye()).status == 200

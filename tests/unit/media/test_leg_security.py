@@ -490,3 +490,129 @@ def test_an_offer_that_fails_at_its_last_step_changes_nothing(
     assert again == first  # the version and key of the last offer made, nothing skipped
     assert inline_keys(again) == [in_force.local_key]
     assert ours.keys(0) == in_force
+
+
+TWO_LINES = PLAIN + "m=audio 20002 RTP/AVP 0\na=rtpmap:0 PCMU/8000\n"
+
+
+def _forked_answers() -> tuple[LegSecurity, SessionDescription, SessionDescription]:
+    """Our SDES offer of two lines, answered by two forked phones (each its own key)."""
+    ours = leg("sdes", tls=True)
+    offered = ours.make_offer(sdp(TWO_LINES))
+    answers = []
+    for _ in range(2):
+        phone = leg("sdes", tls=True, side="a")
+        phone.take_offer(offered)
+        answers.append(phone.make_answer(sdp(TWO_LINES)))
+    return ours, answers[0], answers[1]
+
+
+def _second_line_plain(answer: SessionDescription) -> SessionDescription:
+    """``answer`` with its second line answered RTP/AVP without keys: refused (RFC 3264 §6)."""
+    text = serialize_sdp(answer).decode()
+    head, _, second = text.rpartition("m=audio")
+    second = second.replace("RTP/SAVP", "RTP/AVP")
+    second = "\r\n".join(line for line in second.split("\r\n") if "crypto" not in line)
+    return parse_sdp_untrusted((head + "m=audio" + second).encode())
+
+
+def test_an_answer_refused_at_its_second_line_leaves_the_keys_in_force() -> None:
+    """take_answer is all or nothing: a fork's 183 whose first line took the phone's key and
+    whose second line is then refused (CallRinging ignores it, the call goes on with the early
+    media it had) leaves the first fork's keys, profiles and record in force. Before session 45
+    the refused fork's key had replaced the first fork's on line 1 (the stream objects are the
+    ones in force after a first answer), and the next keying of the relay (the first fork's
+    200, our ACK) would have used it."""
+    ours, first, second = _forked_answers()
+    ours.take_answer(first)
+    in_force = [ours.keys(0), ours.keys(1)]
+    record = ours.record()
+    with pytest.raises(MediaSecurityRefused, match="m= line 2"):
+        ours.take_answer(_second_line_plain(second))
+    assert [ours.keys(0), ours.keys(1)] == in_force
+    assert ours.record() == record
+    assert [s.peer_proto for s in ours.streams] == ["RTP/SAVP", "RTP/SAVP"]
+    ours.take_answer(first)  # the first fork's 200 repeating its answer: as before
+    assert [ours.keys(0), ours.keys(1)] == in_force
+
+
+def test_a_first_answer_refused_half_way_keys_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same for the first answer to an offer, and for its last step (the ICE step): the
+    offered streams keep no key of the refused answer, the leg's streams stay those of
+    before."""
+    ours, first, second = _forked_answers()
+    before = ours.streams
+    with pytest.raises(MediaSecurityRefused):
+        ours.take_answer(_second_line_plain(second))
+    assert ours.streams is before
+    assert [s.keys for s in ours._offered] == [None, None]
+    assert [s.rejected for s in ours._offered] == [False, False]
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise SdpError("unreadable ICE credentials")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ours.ice, "read_remote", broken)
+        with pytest.raises(SdpError):
+            ours.take_answer(first)
+    assert ours.streams is before
+    assert [s.keys for s in ours._offered] == [None, None]
+    ours.take_answer(first)
+    assert ours.keys(0) is not None and ours.keys(1) is not None
+
+
+def test_our_answer_that_fails_half_way_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """make_answer is all or nothing: a key exchange plugin raising on the second line (our
+    answer to the phone's re-offer, line 1 rejected) leaves the streams in force, their
+    rejected flags and the o= version last made as they were."""
+    ours, peer = leg("sdes", tls=True, side="a"), leg("sdes", tls=True)
+    offered = peer.make_offer(sdp(TWO_LINES))
+    ours.take_offer(offered)
+    first = ours.make_answer(sdp(TWO_LINES))
+    in_force = ours.streams
+    keys = [ours.keys(0), ours.keys(1)]
+    ours.take_offer(peer.make_offer(sdp(TWO_LINES.replace(" 1 1 ", " 1 2 "))))
+    offered_streams = list(ours._offered)
+
+    def broken(self: SdesNegotiation) -> list[tuple[str, str | None]]:
+        raise RuntimeError("plugin bug")
+
+    monkeypatch.setattr(SdesNegotiation, "local_sdp_attributes", broken)
+    answer = sdp(TWO_LINES.replace(" 1 1 ", " 1 2 ").replace("20000 RTP", "0 RTP"))
+    with pytest.raises(KeyExchangeFailed):
+        ours.make_answer(answer)
+    assert ours.streams is in_force
+    assert [ours.keys(0), ours.keys(1)] == keys
+    assert [s.rejected for s in offered_streams] == [False, False]
+    assert ours._last_made is not None and ours._last_made[0].origin == first.origin
+
+
+def test_the_refused_forks_next_answer_takes_its_key() -> None:
+    """After the refused 183, the same fork's 200 answers with its line 1 as before (the SDES
+    negotiation, which read it then, reports nothing new for it) and a usable line 2: its
+    line 1 key is the one in force, not the first fork's."""
+    ours, first, second = _forked_answers()
+    ours.take_answer(first)
+    firsts = [ours.keys(0), ours.keys(1)]
+    with pytest.raises(MediaSecurityRefused):
+        ours.take_answer(_second_line_plain(second))
+    ours.take_answer(second)
+    keys = [ours.keys(0), ours.keys(1)]
+    assert keys[0] is not None and keys[1] is not None
+    assert keys[0].remote_key == inline_keys(second)[0]
+    assert keys[0] != firsts[0] and keys[1] != firsts[1]
+
+
+def test_an_answer_read_but_not_applied_changes_nothing() -> None:
+    """read_answer changes nothing of the leg: an early answer whose next step (the media
+    session) refuses it is never applied, and the keys in force stay; the plugin's keys for
+    it are kept aside for an answer repeating it."""
+    ours, first, second = _forked_answers()
+    ours.take_answer(first)
+    in_force = [ours.keys(0), ours.keys(1)]
+    read = ours.read_answer(second)
+    assert read.plain.media[0].proto == "RTP/AVP" and not read.plain.media[0].crypto
+    assert [ours.keys(0), ours.keys(1)] == in_force
+    ours.apply_answer(ours.read_answer(second))  # its 200, the same answer: its keys
+    keys = ours.keys(0)
+    assert keys is not None and keys.remote_key == inline_keys(second)[0]

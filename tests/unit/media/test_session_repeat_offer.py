@@ -175,7 +175,6 @@ def answered_with(
             "(0 PCMU/8000, 101 telephone-event/8000 -> 8 PCMA/8000, 101 telephone-event/8000),"
             " which the other leg did not agree to (the codec in use, 0 PCMU/8000, left out)",
         ),
-        (("0", "101"), ("0", "8", "101"), "(8 PCMA/8000 added)"),
         (("0", "8", "101"), ("8", "101"), "(the codec in use, 0 PCMU/8000, left out)"),
         (("8", "0", "101"), ("0",), "(the codec in use, 8 PCMA/8000, left out)"),
         (("101", "0", "8"), ("101", "8"), "(the codec in use, 0 PCMU/8000, left out)"),
@@ -187,9 +186,10 @@ def test_an_answer_changing_the_codecs_in_use_is_refused_and_changes_nothing(
     """A re-key re-offer changes keys only: the caller's leg, and the relay's renumbering,
     transcoding and DTMF plan, agreed on the codecs the phone's answer in force gave. The
     codec in use (the first of the phone's SDP in force that is not telephone-event or CN:
-    the caller sends it, RFC 3264 §7) left out, or a codec added, would need a new exchange on
-    both legs: refused (the call ends, as for an answer rejecting the stream). Before session
-    42 only the addresses and keys were taken, and the relay went on as for the old codecs."""
+    the caller sends it, RFC 3264 §7) left out, or a payload type given another codec, would
+    need a new exchange on both legs: refused (the call ends, as for an answer rejecting the
+    stream). Before session 42 only the addresses and keys were taken, and the relay went on
+    as for the old codecs. A codec added that the caller takes is taken since session 45."""
     answered_with(session, before)
     session.repeat_offer("b")
     with pytest.raises(SdpError, match="changes the stream's codecs") as refused:
@@ -234,10 +234,10 @@ def test_an_answer_narrowed_to_keep_the_codec_in_use_is_taken(
     assert stream_of(session).b.rtp_destination == ("127.0.0.1", 30010)
     for direction, table in renumbered.items():
         assert getattr(stream_of(session), direction).payload_types == table
-    # The narrowed SDP is the one in force: the next re-key's answer is judged against it.
+    # The narrowed SDP is the one in force: the next re-key's answer is judged against it
+    # (what it left out, listed again, is a codec added, which the caller takes: taken).
     session.repeat_offer("b")
-    with pytest.raises(SdpError, match="added"):
-        session.answer_to_repeated_offer("b", sdp(30010, version=3, formats=before))
+    session.answer_to_repeated_offer("b", sdp(30010, version=3, formats=before))
 
 
 @pytest.mark.parametrize(
@@ -501,3 +501,88 @@ def test_the_transcoded_law_in_use_left_out_is_refused(transcoding: MediaSession
     with pytest.raises(SdpError, match=r"the codec in use, 8 PCMA/8000, left out"):
         session.answer_to_repeated_offer("b", sdp(30000, version=2, formats=("9", "101")))
     assert session.transcoding == plan
+
+
+def test_a_codec_added_that_the_caller_takes_is_taken(
+    session: MediaSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The phone answered the caller's PCMU, PCMA and telephone-event with PCMU and
+    telephone-event; its answer to our re-key adds PCMA (RFC 3264 §6.1: an answer may list any
+    of the offer's formats; §8.3.2: a re-offer's answer may change the set). The caller listed
+    PCMA in its own SDP, so it takes PCMA should the phone send it: taken (INFO line), where
+    session 42 and 43 ended the call (ACK, BYE cause 488)."""
+    answered_with(session, ("0", "101"))
+    session.repeat_offer("b")
+    with caplog.at_level("INFO", logger="gateway.core.media.session"):
+        session.answer_to_repeated_offer("b", sdp(30010, version=2, formats=("0", "8", "101")))
+    assert stream_of(session).b.rtp_destination == ("127.0.0.1", 30010)
+    assert (
+        "m= line 1: the answer to our re-key re-offer on leg b adds 8 PCMA/8000, which leg a "
+        "takes too: taken (the other leg's codecs stay as agreed)"
+    ) in caplog.messages
+    # Its SDP is the one in force now: PCMA left out again is a narrowing, taken.
+    session.repeat_offer("b")
+    session.answer_to_repeated_offer("b", sdp(30010, version=3, formats=("0", "101")))
+
+
+def test_a_codec_added_under_the_phones_own_number_is_renumbered(session: MediaSession) -> None:
+    """The caller offered Opus at 111; the phone had answered PCMU only, and its answer to our
+    re-key adds Opus at 98 (its own number, RFC 3264 §6.1 SHOULD keep ours): the phone sends
+    Opus as 98, the caller takes it as 111 (RFC 3264 §5.1), so the relay renumbers both ways."""
+    answered_with(session, ("0", "101"), offered=("111", "0", "101"))
+    assert dict(stream_of(session).b_to_a.payload_types) == {}
+    session.repeat_offer("b")
+    session.answer_to_repeated_offer("b", sdp(30000, version=2, formats=("0", "98", "101")))
+    assert dict(stream_of(session).b_to_a.payload_types) == {98: 111}
+    assert dict(stream_of(session).a_to_b.payload_types) == {111: 98}
+
+
+def test_the_law_added_for_transcoding_added_by_the_phone_is_refused(
+    transcoding: MediaSession,
+) -> None:
+    """The caller offered PCMU only; we added PCMA for transcoding and the phone answered
+    PCMU (nothing transcoded). Its answer to our re-key adds PCMA: the phone may send PCMA
+    (RFC 3264 §6.1), which the caller never listed and the relay does not convert on an
+    untranscoded stream: refused, saying so (the call ends, as before session 45)."""
+    session = transcoding
+    session.offer_from("a", sdp(20000, formats=("0", "101")))
+    session.answer_from("b", sdp(30000, formats=("0", "101")))
+    session.settle()
+    assert session.transcoding is None
+    session.repeat_offer("b")
+    with pytest.raises(SdpError, match=r"8 PCMA/8000 added, which the other leg does not take"):
+        session.answer_to_repeated_offer("b", sdp(30010, version=2, formats=("0", "8", "101")))
+    assert stream_of(session).b.rtp_destination == ("127.0.0.1", 30000)
+
+
+def test_telephone_event_added_for_an_info_caller_starts_the_interworking(
+    interworking: MediaSession,
+) -> None:
+    """The caller does DTMF by INFO (declared): we offered the phone telephone-event, which
+    its first answer declined (the caller's INFO relayed as INFO). Its answer to our re-key
+    adds it: the phone becomes the RFC 4733 leg of the caller's digits, as if its first answer
+    had taken it (its events go to the caller as INFO, the caller's INFO to it as events)."""
+    session = interworking
+    session.offer_from("a", sdp(20000, formats=("0", "8")), dtmf_info=True)
+    session.answer_from("b", sdp(30000, formats=("0",)))
+    session.settle()
+    assert session.dtmf is None
+    session.repeat_offer("b")
+    session.answer_to_repeated_offer("b", sdp(30000, version=2, formats=("0", "101")))
+    assert session.dtmf == DtmfPlan(0, "b", "a", 101, 8000)
+    taking = stream_of(session).b_to_a.dtmf
+    assert taking is not None and taking.take_payload_type == 101
+
+
+def test_telephone_event_added_by_the_info_phone_ends_the_interworking(
+    interworking: MediaSession,
+) -> None:
+    """The phone had answered without telephone-event (the caller's events went to it as
+    INFO); its answer to our re-key adds it: both legs have it, events relayed as they come."""
+    session = interworking
+    answered_with(session, ("0", "8"))
+    assert session.dtmf == DtmfPlan(0, "a", "b", 101, 8000)
+    session.repeat_offer("b")
+    session.answer_to_repeated_offer("b", sdp(30000, version=2, formats=("0", "101")))
+    assert session.dtmf is None
+    assert stream_of(session).a_to_b.dtmf is None
