@@ -231,7 +231,7 @@ def test_a_bad_signal_is_not_echoed_in_the_answer() -> None:
     with pytest.raises(DtmfError) as caught:
         parse_dtmf_info_untrusted("application/dtmf-relay", b"Signal=4111111111111111\r\n")
     assert "4111" not in caught.value.reason and "4111" not in str(caught.value)
-    assert caught.value.reason == "DTMF signal of 16 characters is not one digit"
+    assert caught.value.reason == "DTMF signal is not a digit (16 characters)"
 
 
 def test_not_dtmf_content_types() -> None:
