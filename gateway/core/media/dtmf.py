@@ -329,7 +329,9 @@ def parse_dtmf_info_untrusted(content_type: str, body: bytes) -> Digit:
         raise DtmfError("DTMF body has no Signal")
     signal = {"10": "*", "11": "#"}.get(signal, signal.upper())
     if len(signal) != 1 or signal not in DIGITS:
-        raise DtmfError(f"DTMF signal {signal[:16]!r} is not a digit")
+        # Not echoed: the reason is the 400's phrase, which the SIP trace logs, and a Signal of
+        # several digits may be a whole PIN or card number (PCI DSS 3.3).
+        raise DtmfError(f"DTMF signal is not a digit ({len(signal)} characters)")
     return Digit(signal, max(MIN_DURATION_MS, min(duration, MAX_DURATION_MS)))
 
 

@@ -1140,8 +1140,9 @@ class DirectionControl:
         self._dtmf_ended_at_change = 0  # end packets sent for events a change ended
         # The end copies of an injected event a change ended that are still to go, spaced by
         # the update interval (RFC 4733 §2.5.1.4): (the ended interworking, the final payload,
-        # the event's payload type, its timestamp, copies left); None: none.
-        self._end_copies: tuple[DtmfInterworking, bytes, int, int, int] | None = None
+        # the event's payload type, its timestamp, the SSRC it went with, copies left); None:
+        # none.
+        self._end_copies: tuple[DtmfInterworking, bytes, int, int, int, int] | None = None
         # The numbering an interworking that ended left (RFC 3550 §5.1), kept while it moves
         # sequence numbers; None: none, or it moved none.
         self._dtmf_numbering: DtmfInterworking | None = None
@@ -1298,6 +1299,7 @@ class DirectionControl:
             payload,
             state.inject_payload_type,
             state.event_timestamp,
+            state.last_ssrc,
             copies,
         )
         nursery.start_soon(_send_end_copies, self, state)
@@ -1305,11 +1307,12 @@ class DirectionControl:
     def _send_end_copy(self) -> bool:
         """Send the next end copy of :attr:`_end_copies` (see :meth:`_end_injected_event`)
         through the direction's numbering now; False when none is left or it cannot go (the
-        stream closed, blocked, no destination): the rest are dropped."""
+        stream closed, blocked, no destination, another source's media relayed since the
+        first): the rest are dropped."""
         pending = self._end_copies
         if pending is None:
             return False
-        ended, payload, payload_type, timestamp, left = pending
+        ended, payload, payload_type, timestamp, ssrc, left = pending
         self._end_copies = None
         endpoint = self._endpoints[0]
         stream = endpoint.stream
@@ -1323,6 +1326,12 @@ class DirectionControl:
             numbering.carry_on_from(ended)
             self._dtmf_numbering = numbering
             self._on_change()
+        if numbering.last_ssrc != ssrc:
+            # Another source's media came since the first copy (a transfer's new party, RFC
+            # 3550 §8): sent now they would carry its SSRC and numbers with this event's
+            # timestamp, an end of an event that source never began, which a receiver may
+            # play as a digit of its own. The first copy went with the event's source.
+            return False
         if stream in relay._stale:  # settings changed since the last poll round: apply them now
             relay._stale.discard(stream)
             stream._rebuild()
@@ -1338,7 +1347,7 @@ class DirectionControl:
         ended.ended_at_change += 1
         self._dtmf_ended_at_change += 1
         if left > 1:
-            self._end_copies = (ended, payload, payload_type, timestamp, left - 1)
+            self._end_copies = (ended, payload, payload_type, timestamp, ssrc, left - 1)
         return True
 
     def _flush_end_copies(self) -> None:

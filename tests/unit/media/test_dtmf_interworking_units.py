@@ -223,6 +223,17 @@ def test_bad_info_bodies(content_type: str, body: bytes) -> None:
         parse_dtmf_info_untrusted(content_type, body)
 
 
+def test_a_bad_signal_is_not_echoed_in_the_answer() -> None:
+    """A peer that puts several digits in one Signal (a whole PIN or card number) is answered
+    400 with ``reason`` as its phrase, which the SIP trace logs as the answer's first line
+    (docs/operations.md "DTMF digits and the log": no digit there); so the reason says what
+    is wrong, not what was sent."""
+    with pytest.raises(DtmfError) as caught:
+        parse_dtmf_info_untrusted("application/dtmf-relay", b"Signal=4111111111111111\r\n")
+    assert "4111" not in caught.value.reason and "4111" not in str(caught.value)
+    assert caught.value.reason == "DTMF signal is not a digit (16 characters)"
+
+
 def test_not_dtmf_content_types() -> None:
     assert not is_dtmf_info(None)
     assert not is_dtmf_info("application/sdp")
