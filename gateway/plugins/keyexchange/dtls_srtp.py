@@ -1430,6 +1430,9 @@ class DtlsNegotiation:
     association (:meth:`_take_restart`)."""
     _unaddressed: list[bytes] = attrs.Factory(list)
     """What goes the core's usual way for a restart whose source is not known (its alert)."""
+    _rtcp_restart_of: DtlsNegotiation | None = None
+    """An adopted association's (:meth:`_adopt`) previous RTCP port's negotiation, whose held
+    candidate the new RTCP port's negotiation takes (:meth:`rtcp_component`; session 46)."""
 
     def __repr__(self) -> str:
         role = self.dtls_role or "role?"
@@ -1913,7 +1916,16 @@ class DtlsNegotiation:
                 signalling_protected=self.signalling_protected,
                 rtcp_port=True,
             )
-            component._association = self._new_association(association.role, association.peer)
+            previous, self._rtcp_restart_of = self._rtcp_restart_of, None
+            held = _held_restart(previous, association.peer)
+            if held is not None and previous is not None:
+                # The phone restarted its RTCP port's association with the new certificate
+                # too, before the re-offer (:meth:`_adopt`): that handshake, held, is the new
+                # RTCP port's. A fresh one would wait for a ClientHello the phone already
+                # sent, and fail the call at handshake_timeout (session 46).
+                component._adopt(held, association.peer, previous)
+            else:
+                component._association = self._new_association(association.role, association.peer)
             association.rtcp_component = component
         return association.rtcp_component
 
@@ -2196,6 +2208,10 @@ class DtlsNegotiation:
         ChangeCipherSpec and Finished; its ``KeysReady`` keys the leg as a new association's
         would. The previous negotiation no longer holds it."""
         previous._restarts.candidate = previous._restarts.to = None
+        if previous._association is not None and not self._rtcp_port:
+            # Its separate RTCP port (no rtcp-mux, RFC 5764 §4.1) restarted as well: the
+            # new RTCP port's negotiation takes that held handshake (:meth:`rtcp_component`).
+            self._rtcp_restart_of = previous._association.rtcp_component
         candidate.peer, candidate.local_tls_id = peer, self._tls_id
         self._association = candidate
         if candidate.address is not None:

@@ -439,6 +439,49 @@ def test_a_restart_with_a_new_certificate_completes_when_the_reoffer_names_it(
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
+def test_the_rtcp_ports_held_restart_is_taken_with_the_rtp_ports() -> None:
+    # Without rtcp-mux the phone restarts each port's association (RFC 5764 §4.1) with its
+    # new certificate, both before its re-INVITE: both are held. The re-offer naming it takes
+    # the RTCP port's held handshake too. Before session 46 the new association's RTCP port
+    # got a fresh handshake waiting for a ClientHello the phone had already sent (its flight
+    # 5 went unanswered) and failed at handshake_timeout: the call ended (the RTCP port's
+    # failure ends it like the RTP port's).
+    renewed = generate_identity(now=NOW, max_age=MONTH)
+    ours, peer, old = keyed_pair()
+    ours_rtcp, peer_rtcp = ours.rtcp_component(), peer.rtcp_component()
+    assert ours_rtcp is not None and peer_rtcp is not None
+    rtcp_address = (SDP_ADDRESS[0], SDP_ADDRESS[1] + 1)
+    ours_rtcp.note_sdp_address(rtcp_address)
+    run(ours_rtcp, {rtcp_address: peer_rtcp}, usual=(rtcp_address,), now=0.0)
+    (first,) = events(ours_rtcp)
+    assert isinstance(first, KeysReady)
+    phone = restarted(ours, renewed)
+    phone_rtcp = phone.rtcp_component()
+    assert phone_rtcp is not None
+    run(ours, {SDP_ADDRESS: phone}, now=1.0)
+    run(ours_rtcp, {rtcp_address: phone_rtcp}, usual=(rtcp_address,), now=1.0)
+    assert ours.statistics().peer_restarts_held == 1
+    assert ours_rtcp.statistics().peer_restarts_held == 1 and events(ours_rtcp) == []
+    answered = exchange(US).answer(
+        reoffer(renewed, setup="actpass"), suites=[], secure_signalling=True, previous=ours
+    )
+    assert answered is not None
+    run(answered, {SDP_ADDRESS: phone}, now=1.5)
+    assert isinstance(events(answered)[0], KeysReady) and answered.keys != old
+    answered_rtcp = answered.rtcp_component()
+    assert answered_rtcp is not None and answered_rtcp is not ours_rtcp
+    answered_rtcp.note_sdp_address(rtcp_address)
+    run(answered_rtcp, {rtcp_address: phone_rtcp}, usual=(rtcp_address,), now=1.5)
+    (ready,) = events(answered_rtcp)
+    assert isinstance(ready, KeysReady) and ready.keys != first.keys
+    (phone_ready,) = events(phone_rtcp)
+    assert isinstance(phone_ready, KeysReady)
+    assert (ready.keys.local_key, ready.keys.remote_key) == mirrored(phone_ready.keys)
+    assert answered_rtcp.statistics().peer_restarts_adopted == 1
+    assert ours_rtcp.get_timer() is None  # the previous RTCP negotiation no longer holds it
+    assert answered.rtcp_component() is answered_rtcp
+
+
 def test_a_reoffer_naming_another_certificate_never_takes_the_held_candidate() -> None:
     # RFC 5763 §5: a new association goes on only with a certificate its a=fingerprint names.
     renewed = generate_identity(now=NOW, max_age=MONTH)
