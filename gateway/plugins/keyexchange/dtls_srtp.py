@@ -2206,8 +2206,11 @@ class DtlsNegotiation:
         datagrams held back go to OpenSSL now (at the first clock, :meth:`_feed_early`), whose
         verify callback checks the certificate against this offer's fingerprint before our
         ChangeCipherSpec and Finished; its ``KeysReady`` keys the leg as a new association's
-        would. The previous negotiation no longer holds it."""
-        previous._restarts.candidate = previous._restarts.to = None
+        would. The previous negotiation still holds it, undriven while the core feeds this
+        one: should the re-offer be refused (a 488 from the other leg, RFC 3261 §14.1) the
+        stream goes back to it, and there the candidate, still held (its certificate not
+        named by the SDP in force), fails at its timeout, said and counted
+        (:meth:`_restart_failed`; session 46: before, the refusal lost it unsaid)."""
         if previous._association is not None and not self._rtcp_port:
             # Its separate RTCP port (no rtcp-mux, RFC 5764 §4.1) restarted as well: the
             # new RTCP port's negotiation takes that held handshake (:meth:`rtcp_component`).

@@ -435,7 +435,7 @@ def test_a_restart_with_a_new_certificate_completes_when_the_reoffer_names_it(
     assert isinstance(phone_ready, KeysReady)
     assert (ready.keys.local_key, ready.keys.remote_key) == mirrored(phone_ready.keys)
     assert answered.statistics().peer_restarts_adopted == 1
-    assert ours.get_timer() is None  # the previous negotiation no longer holds it
+    assert ours.get_timer() is None and ours.keys == old  # the previous: nothing due, its keys
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
@@ -478,7 +478,7 @@ def test_the_rtcp_ports_held_restart_is_taken_with_the_rtp_ports() -> None:
     assert isinstance(phone_ready, KeysReady)
     assert (ready.keys.local_key, ready.keys.remote_key) == mirrored(phone_ready.keys)
     assert answered_rtcp.statistics().peer_restarts_adopted == 1
-    assert ours_rtcp.get_timer() is None  # the previous RTCP negotiation no longer holds it
+    assert ours_rtcp.get_timer() is None and ours_rtcp.keys == first.keys  # nothing due there
     assert answered.rtcp_component() is answered_rtcp
 
 
@@ -540,6 +540,31 @@ def test_a_rolled_back_reoffer_keeps_the_restart_under_way() -> None:
     (ready,) = events(ours)
     assert isinstance(ready, KeysReady) and ours.keys == ready.keys != old
     assert ours.peer_rekeys == 1
+
+
+def test_a_refused_reoffer_that_took_the_held_candidate_leaves_it_to_fail_where_it_was(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The re-INVITE naming the held certificate is refused by the other leg (488, RFC 3261
+    # §14.1): the stream goes back to the negotiation in force, whose keys stay, and the held
+    # handshake there fails at its timeout, said and counted (docs/operations.md,
+    # dtls-restart-failed: "whose re-INVITE never came or was refused"). Before session 46
+    # the refused re-offer took it away: no line, no count, the restart simply vanished.
+    renewed = generate_identity(now=NOW, max_age=MONTH)
+    ours, phone, old = held_restart(renewed)
+    answered = exchange(US).answer(
+        reoffer(renewed, setup="actpass"), suites=[], secure_signalling=True, previous=ours
+    )
+    assert answered is not None and answered.statistics().peer_restarts_adopted == 1
+    del answered  # refused: the core goes on with ours, the re-offer's never clocked
+    with caplog.at_level(logging.WARNING):
+        run(ours, {SDP_ADDRESS: phone}, now=2.0)  # the phone resends its flight: held still
+        expire(ours)
+    assert events(ours) == [] and ours.keys == old and ours.state == "established"
+    assert phone.keys is None
+    assert ours.statistics().peer_restarts_failed == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "none came" in warnings[0], warnings
 
 
 def test_a_certificate_is_read_only_whole_from_one_record() -> None:
