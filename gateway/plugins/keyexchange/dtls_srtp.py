@@ -1430,6 +1430,8 @@ class DtlsNegotiation:
     association (:meth:`_take_restart`)."""
     _unaddressed: list[bytes] = attrs.Factory(list)
     """What goes the core's usual way for a restart whose source is not known (its alert)."""
+    _adopting: bool = False
+    """Whether :attr:`_association` is an adopted held candidate not yet keyed (:meth:`_adopt`)."""
     _rtcp_restart_of: DtlsNegotiation | None = None
     """An adopted association's (:meth:`_adopt`) previous RTCP port's negotiation, whose held
     candidate the new RTCP port's negotiation takes (:meth:`rtcp_component`; session 46)."""
@@ -2223,6 +2225,16 @@ class DtlsNegotiation:
             self._source = self._peer_source = source_key(candidate.address)
             self._with_sources = True
         self._early, candidate.held = candidate.held, []
+        self._adopting = True  # counted once it has keys (:meth:`_count_adopted`)
+
+    def _count_adopted(self) -> None:
+        """The adopted candidate (:meth:`_adopt`) has keys: now it is the leg's association
+        (``peer_restarts_adopted``). Counted here, not as the re-offer took it: a re-offer
+        refused by the other leg made nothing the leg's (session 46; before, it was counted
+        and then counted again as failed, :meth:`_restart_failed`)."""
+        if not self._adopting:
+            return
+        self._adopting = False
         self._by_source.peer_restarts_adopted += 1
         if self._settings.totals is not None:
             self._settings.totals.peer_restarts_adopted += 1
@@ -2316,6 +2328,7 @@ class DtlsNegotiation:
             if isinstance(event, KeysReady):
                 if key is not None:
                     self._proven(key, association)
+                self._count_adopted()
                 self._events.append(event)
             elif isinstance(event, NegotiationFailed):
                 if key is None or not self._ends_attempt_only(key, association, event):
@@ -2385,6 +2398,8 @@ class DtlsNegotiation:
             if isinstance(event, NegotiationFailed):
                 self._fail(event.reason)
             else:
+                if isinstance(event, KeysReady):
+                    self._count_adopted()
                 self._events.append(event)
 
     def _fail(self, reason: str) -> None:

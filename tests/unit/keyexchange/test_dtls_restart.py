@@ -552,10 +552,11 @@ def test_a_refused_reoffer_that_took_the_held_candidate_leaves_it_to_fail_where_
     # the refused re-offer took it away: no line, no count, the restart simply vanished.
     renewed = generate_identity(now=NOW, max_age=MONTH)
     ours, phone, old = held_restart(renewed)
-    answered = exchange(US).answer(
+    answering = exchange(US)
+    answered = answering.answer(
         reoffer(renewed, setup="actpass"), suites=[], secure_signalling=True, previous=ours
     )
-    assert answered is not None and answered.statistics().peer_restarts_adopted == 1
+    assert answered is not None and answered.statistics().peer_restarts_adopted == 0
     del answered  # refused: the core goes on with ours, the re-offer's never clocked
     with caplog.at_level(logging.WARNING):
         run(ours, {SDP_ADDRESS: phone}, now=2.0)  # the phone resends its flight: held still
@@ -563,6 +564,7 @@ def test_a_refused_reoffer_that_took_the_held_candidate_leaves_it_to_fail_where_
     assert events(ours) == [] and ours.keys == old and ours.state == "established"
     assert phone.keys is None
     assert ours.statistics().peer_restarts_failed == 1
+    assert answering.totals.peer_restarts_adopted == 0  # nothing was made the leg's
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "none came" in warnings[0], warnings
 
