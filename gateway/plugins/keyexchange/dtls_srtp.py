@@ -712,25 +712,36 @@ def presented_certificate_untrusted(packet: bytes) -> bytes | None:
         body = offset + _RECORD_HEADER
         end = min(body + length, len(packet))
         if packet[offset] == _HANDSHAKE and packet[offset + 3 : offset + 5] == b"\0\0":
-            header = packet[body : body + _HANDSHAKE_HEADER]
-            message_length = int.from_bytes(header[1:4], "big")
-            whole = header[6:9] == b"\0\0\0" and int.from_bytes(header[9:12], "big") == (
-                message_length
-            )
-            if header[0] == _CERTIFICATE:
-                if not whole:
-                    return None
-                message = packet[body + _HANDSHAKE_HEADER : end]
-                if len(message) < 6 or len(message) != message_length:
-                    return None
-                first = int.from_bytes(message[3:6], "big")
-                if first == 0 or 6 + first > min(
-                    len(message), 3 + int.from_bytes(message[:3], "big")
-                ):
-                    return None
-                return message[6 : 6 + first]
+            # A record may carry more than one handshake message (RFC 6347 §4.2.3: several
+            # in one record; a stack that packs its flight puts ClientKeyExchange and
+            # CertificateVerify after the Certificate). Session 46: before, only a Certificate
+            # alone in its record was read, and a packed one failed at once, not held.
+            start = body
+            while start + _HANDSHAKE_HEADER <= end:
+                header = packet[start : start + _HANDSHAKE_HEADER]
+                fragment_length = int.from_bytes(header[9:12], "big")
+                if header[0] == _CERTIFICATE:
+                    return _whole_certificate_message(packet[start:end])
+                start += _HANDSHAKE_HEADER + fragment_length
         offset = body + length
     return None
+
+
+def _whole_certificate_message(fragment: bytes) -> bytes | None:
+    """The first certificate's DER of ``fragment`` (a Certificate message's handshake header
+    and body, perhaps more after it in its record), when it holds the message whole (one
+    fragment, RFC 6347 §4.2.2); None otherwise."""
+    header = fragment[:_HANDSHAKE_HEADER]
+    message_length = int.from_bytes(header[1:4], "big")
+    if header[6:9] != b"\0\0\0" or int.from_bytes(header[9:12], "big") != message_length:
+        return None
+    message = fragment[_HANDSHAKE_HEADER : _HANDSHAKE_HEADER + message_length]
+    if len(message) < 6 or len(message) != message_length:
+        return None
+    first = int.from_bytes(message[3:6], "big")
+    if first == 0 or 6 + first > min(len(message), 3 + int.from_bytes(message[:3], "big")):
+        return None
+    return message[6 : 6 + first]
 
 
 def _opens_handshake_untrusted(role: Role, packet: bytes) -> bool:

@@ -587,6 +587,16 @@ def test_a_certificate_is_read_only_whole_from_one_record() -> None:
         presented_certificate_untrusted(record[:3] + b"\x00\x01" + record[5:] + handshake) is None
     )
     assert presented_certificate_untrusted((record + handshake)[:40]) is None
+    # Session 46: more handshake messages after it in the same record (RFC 6347 §4.2.3, a
+    # stack that packs its flight 5), and the Certificate after another message in it.
+    key_exchange = bytes([16]) + b"\x00\x00\x05" + b"\x00\x03" + bytes(3) + b"\x00\x00\x05"
+    key_exchange += bytes(5)
+    for packed in (handshake + key_exchange, key_exchange + handshake):
+        header = record[:11] + len(packed).to_bytes(2, "big")
+        assert presented_certificate_untrusted(header + packed) == der
+    # A Certificate message longer than its record (what follows is another record's): nothing.
+    header = record[:11] + (len(handshake) - 1).to_bytes(2, "big")
+    assert presented_certificate_untrusted(header + handshake + key_exchange) is None
 
 
 # -- a restart whose source is not known (an ICE leg, a host that feeds none; session 45) -----
