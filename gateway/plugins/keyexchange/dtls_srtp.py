@@ -1835,6 +1835,8 @@ class DtlsNegotiation:
         association = self._driven()
         if association is None:
             return None
+        if self._adopting and association.phase is _Phase.FAILED:
+            return 0.0  # failed where it was held (:meth:`_adopt`): said at once
         timers = [association.get_timer()]
         timers += [attempt.get_timer() for attempt in self._attempts.values()]
         if self._restarts.candidate is not None:
@@ -1847,6 +1849,12 @@ class DtlsNegotiation:
         :meth:`packets_to_send` and :meth:`next_event`."""
         association = self._driven()
         if association is None:
+            return
+        if self._adopting and association.phase is _Phase.FAILED:
+            # The negotiation it was held by timed it out (or OpenSSL failed it there) while
+            # this re-offer waited for its answer (:meth:`_adopt`): this association's end.
+            failure = association.failure
+            self._fail(HANDSHAKE_TIMEOUT_REASON if failure is None else failure.reason)
             return
         self._queue(self._feed_early(association, now))
         self._settle(self._source, association, association.handle_timer(now), now)
@@ -2223,7 +2231,9 @@ class DtlsNegotiation:
         one: should the re-offer be refused (a 488 from the other leg, RFC 3261 §14.1) the
         stream goes back to it, and there the candidate, still held (its certificate not
         named by the SDP in force), fails at its timeout, said and counted
-        (:meth:`_restart_failed`; session 46: before, the refusal lost it unsaid)."""
+        (:meth:`_restart_failed`; session 46: before, the refusal lost it unsaid). Should it
+        fail there while this re-offer waits for its answer, this negotiation fails at its
+        next timer (:meth:`handle_timer`), as a new association that times out does."""
         if previous._association is not None and not self._rtcp_port:
             # Its separate RTCP port (no rtcp-mux, RFC 5764 §4.1) restarted as well: the
             # new RTCP port's negotiation takes that held handshake (:meth:`rtcp_component`).

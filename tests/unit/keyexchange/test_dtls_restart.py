@@ -10,7 +10,7 @@ import logging
 
 import pytest
 
-from gateway.core.interfaces import KeysReady, SrtpKeys
+from gateway.core.interfaces import KeysReady, NegotiationFailed, SrtpKeys
 from gateway.plugins.keyexchange.dtls_certificates import generate_identity
 from gateway.plugins.keyexchange.dtls_srtp import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -567,6 +567,31 @@ def test_a_refused_reoffer_that_took_the_held_candidate_leaves_it_to_fail_where_
     assert answering.totals.peer_restarts_adopted == 0  # nothing was made the leg's
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "none came" in warnings[0], warnings
+
+
+def test_an_adopted_candidate_that_failed_where_it_was_held_fails_the_reoffers_negotiation() -> (
+    None
+):
+    # The negotiation in force still holds the candidate the re-offer took (for a refusal),
+    # and may be clocked while the re-offer waits for the other leg: should the candidate
+    # time out there, the re-offer's negotiation, whose association it is, fails too (its
+    # reason said, the call ended as a new association's timeout ends it) rather than
+    # waiting for ever with neither keys nor a failure.
+    renewed = generate_identity(now=NOW, max_age=MONTH)
+    ours, _, old = held_restart(renewed)
+    answered = exchange(US).answer(
+        reoffer(renewed, setup="actpass"), suites=[], secure_signalling=True, previous=ours
+    )
+    assert answered is not None
+    expire(ours)  # the candidate's timeout, where it was held
+    assert ours.statistics().peer_restarts_failed == 1 and ours.keys == old
+    timer = answered.get_timer()
+    assert timer is not None
+    answered.handle_timer(now=timer)
+    (failed,) = events(answered)
+    assert isinstance(failed, NegotiationFailed) and answered.failure is failed
+    assert failed.reason.startswith("DTLS handshake timed out"), failed.reason
+    assert answered.statistics().peer_restarts_adopted == 0
 
 
 def test_a_certificate_is_read_only_whole_from_one_record() -> None:
