@@ -1017,6 +1017,63 @@ async def test_a_restart_with_a_new_certificate_before_its_reinvite_is_keyed_by_
     assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
 
 
+async def test_a_refused_reinvite_naming_the_new_certificate_leaves_the_call_as_it_was(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Session 46: the caller restarts with a new certificate (held), and its re-INVITE naming
+    it is refused by the callee (488, RFC 3261 §14.1). The call goes back to the session it
+    had: its keys stay, no BYE, and the held handshake fails at its timeout, said once
+    (dtls-restart-failed) and counted. Before, the refused re-offer took the held handshake
+    away with it: nothing was said or counted, and the restart vanished."""
+    env = await with_dtls(nursery, tmp_path, voipgw_seed)
+    caller = await dtls_caller(nursery, env, setup="active")
+    phone = caller.phone
+    with trio.fail_after(30):
+        await phone.keyed.wait()
+    await eventually(lambda: a_leg_keys(env) is not None)
+    first_keys = a_leg_keys(env)
+    attributes = [(a[0], a[1]) for a in caller.answer.attributes]
+    renewed = DtlsKeyExchange(identity=lambda: OTHER_ID).answer(
+        attributes, suites=[], secure_signalling=False
+    )
+    assert renewed is not None
+    phone.negotiation = renewed
+    phone.keys, phone.keyed = None, trio.Event()
+    with caplog.at_level(logging.INFO):
+        for datagram in renewed.packets_to_send(now=trio.current_time()):
+            await phone.sock.sendto(datagram, phone.gateway)
+        await eventually(
+            lambda: any("held until a re-offer" in r.getMessage() for r in caplog.records)
+        )
+
+        async def refuse(received: Received) -> None:
+            await env.alice.respond(received, 488)
+
+        alice_answers_reinvites(env, refuse)
+        reoffer = DtlsKeyExchange(identity=lambda: OTHER_ID).offer(
+            suites=[], secure_signalling=False
+        )
+        refused = await caller.call.reinvite(dtls_sdp(reoffer, setup="actpass"))
+        assert refused.status == 488
+        await eventually(
+            lambda: any("none came" in r.getMessage() for r in caplog.records),
+            timeout=DEFAULT_HANDSHAKE_TIMEOUT + 10,
+        )
+    assert phone.keys is None and a_leg_keys(env) == first_keys
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "keys are kept" in warnings[0], warnings
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert gateway_call.security_record()["a"]["streams"][0]["peer_certificate_sha256"] != (
+        OTHER_ID.sha256_hex()
+    )
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+
+
 @attrs.define
 class HeldBack:
     """A phone's DTLS engine whose datagrams after its first ``passed`` ClientHellos are kept
