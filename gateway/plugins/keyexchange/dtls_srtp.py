@@ -2251,8 +2251,8 @@ class DtlsNegotiation:
     def _count_adopted(self) -> None:
         """The adopted candidate (:meth:`_adopt`) has keys: now it is the leg's association
         (``peer_restarts_adopted``). Counted here, not as the re-offer took it: a re-offer
-        refused by the other leg made nothing the leg's (session 46; before, it was counted
-        and then counted again as failed, :meth:`_restart_failed`)."""
+        refused by the other leg made nothing the leg's (session 46; before, such a refused
+        re-offer counted it adopted)."""
         if not self._adopting:
             return
         self._adopting = False
