@@ -712,25 +712,36 @@ def presented_certificate_untrusted(packet: bytes) -> bytes | None:
         body = offset + _RECORD_HEADER
         end = min(body + length, len(packet))
         if packet[offset] == _HANDSHAKE and packet[offset + 3 : offset + 5] == b"\0\0":
-            header = packet[body : body + _HANDSHAKE_HEADER]
-            message_length = int.from_bytes(header[1:4], "big")
-            whole = header[6:9] == b"\0\0\0" and int.from_bytes(header[9:12], "big") == (
-                message_length
-            )
-            if header[0] == _CERTIFICATE:
-                if not whole:
-                    return None
-                message = packet[body + _HANDSHAKE_HEADER : end]
-                if len(message) < 6 or len(message) != message_length:
-                    return None
-                first = int.from_bytes(message[3:6], "big")
-                if first == 0 or 6 + first > min(
-                    len(message), 3 + int.from_bytes(message[:3], "big")
-                ):
-                    return None
-                return message[6 : 6 + first]
+            # A record may carry more than one handshake message (RFC 6347 §4.2.3: several
+            # in one record; a stack that packs its flight puts ClientKeyExchange and
+            # CertificateVerify after the Certificate). Session 46: before, only a Certificate
+            # alone in its record was read, and a packed one failed at once, not held.
+            start = body
+            while start + _HANDSHAKE_HEADER <= end:
+                header = packet[start : start + _HANDSHAKE_HEADER]
+                fragment_length = int.from_bytes(header[9:12], "big")
+                if header[0] == _CERTIFICATE:
+                    return _whole_certificate_message(packet[start:end])
+                start += _HANDSHAKE_HEADER + fragment_length
         offset = body + length
     return None
+
+
+def _whole_certificate_message(fragment: bytes) -> bytes | None:
+    """The first certificate's DER of ``fragment`` (a Certificate message's handshake header
+    and body, perhaps more after it in its record), when it holds the message whole (one
+    fragment, RFC 6347 §4.2.2); None otherwise."""
+    header = fragment[:_HANDSHAKE_HEADER]
+    message_length = int.from_bytes(header[1:4], "big")
+    if header[6:9] != b"\0\0\0" or int.from_bytes(header[9:12], "big") != message_length:
+        return None
+    message = fragment[_HANDSHAKE_HEADER : _HANDSHAKE_HEADER + message_length]
+    if len(message) < 6 or len(message) != message_length:
+        return None
+    first = int.from_bytes(message[3:6], "big")
+    if first == 0 or 6 + first > min(len(message), 3 + int.from_bytes(message[:3], "big")):
+        return None
+    return message[6 : 6 + first]
 
 
 def _opens_handshake_untrusted(role: Role, packet: bytes) -> bool:
@@ -1430,6 +1441,11 @@ class DtlsNegotiation:
     association (:meth:`_take_restart`)."""
     _unaddressed: list[bytes] = attrs.Factory(list)
     """What goes the core's usual way for a restart whose source is not known (its alert)."""
+    _adopting: bool = False
+    """Whether :attr:`_association` is an adopted held candidate not yet keyed (:meth:`_adopt`)."""
+    _rtcp_restart_of: DtlsNegotiation | None = None
+    """An adopted association's (:meth:`_adopt`) previous RTCP port's negotiation, whose held
+    candidate the new RTCP port's negotiation takes (:meth:`rtcp_component`; session 46)."""
 
     def __repr__(self) -> str:
         role = self.dtls_role or "role?"
@@ -1819,6 +1835,8 @@ class DtlsNegotiation:
         association = self._driven()
         if association is None:
             return None
+        if self._adopting and association.phase is _Phase.FAILED:
+            return 0.0  # failed where it was held (:meth:`_adopt`): said at once
         timers = [association.get_timer()]
         timers += [attempt.get_timer() for attempt in self._attempts.values()]
         if self._restarts.candidate is not None:
@@ -1831,6 +1849,12 @@ class DtlsNegotiation:
         :meth:`packets_to_send` and :meth:`next_event`."""
         association = self._driven()
         if association is None:
+            return
+        if self._adopting and association.phase is _Phase.FAILED:
+            # The negotiation it was held by timed it out (or OpenSSL failed it there) while
+            # this re-offer waited for its answer (:meth:`_adopt`): this association's end.
+            failure = association.failure
+            self._fail(HANDSHAKE_TIMEOUT_REASON if failure is None else failure.reason)
             return
         self._queue(self._feed_early(association, now))
         self._settle(self._source, association, association.handle_timer(now), now)
@@ -1913,7 +1937,16 @@ class DtlsNegotiation:
                 signalling_protected=self.signalling_protected,
                 rtcp_port=True,
             )
-            component._association = self._new_association(association.role, association.peer)
+            previous, self._rtcp_restart_of = self._rtcp_restart_of, None
+            held = _held_restart(previous, association.peer)
+            if held is not None and previous is not None:
+                # The phone restarted its RTCP port's association with the new certificate
+                # too, before the re-offer (:meth:`_adopt`): that handshake, held, is the new
+                # RTCP port's. A fresh one would wait for a ClientHello the phone already
+                # sent, and fail the call at handshake_timeout (session 46).
+                component._adopt(held, association.peer, previous)
+            else:
+                component._association = self._new_association(association.role, association.peer)
             association.rtcp_component = component
         return association.rtcp_component
 
@@ -2194,8 +2227,17 @@ class DtlsNegotiation:
         datagrams held back go to OpenSSL now (at the first clock, :meth:`_feed_early`), whose
         verify callback checks the certificate against this offer's fingerprint before our
         ChangeCipherSpec and Finished; its ``KeysReady`` keys the leg as a new association's
-        would. The previous negotiation no longer holds it."""
-        previous._restarts.candidate = previous._restarts.to = None
+        would. The previous negotiation still holds it, undriven while the core feeds this
+        one: should the re-offer be refused (a 488 from the other leg, RFC 3261 §14.1) the
+        stream goes back to it, and there the candidate, still held (its certificate not
+        named by the SDP in force), fails at its timeout, said and counted
+        (:meth:`_restart_failed`; session 46: before, the refusal lost it unsaid). Should it
+        fail there while this re-offer waits for its answer, this negotiation fails at its
+        next timer (:meth:`handle_timer`), as a new association that times out does."""
+        if previous._association is not None and not self._rtcp_port:
+            # Its separate RTCP port (no rtcp-mux, RFC 5764 §4.1) restarted as well: the
+            # new RTCP port's negotiation takes that held handshake (:meth:`rtcp_component`).
+            self._rtcp_restart_of = previous._association.rtcp_component
         candidate.peer, candidate.local_tls_id = peer, self._tls_id
         self._association = candidate
         if candidate.address is not None:
@@ -2204,6 +2246,16 @@ class DtlsNegotiation:
             self._source = self._peer_source = source_key(candidate.address)
             self._with_sources = True
         self._early, candidate.held = candidate.held, []
+        self._adopting = True  # counted once it has keys (:meth:`_count_adopted`)
+
+    def _count_adopted(self) -> None:
+        """The adopted candidate (:meth:`_adopt`) has keys: now it is the leg's association
+        (``peer_restarts_adopted``). Counted here, not as the re-offer took it: a re-offer
+        refused by the other leg made nothing the leg's (session 46; before, such a refused
+        re-offer counted it adopted)."""
+        if not self._adopting:
+            return
+        self._adopting = False
         self._by_source.peer_restarts_adopted += 1
         if self._settings.totals is not None:
             self._settings.totals.peer_restarts_adopted += 1
@@ -2297,6 +2349,7 @@ class DtlsNegotiation:
             if isinstance(event, KeysReady):
                 if key is not None:
                     self._proven(key, association)
+                self._count_adopted()
                 self._events.append(event)
             elif isinstance(event, NegotiationFailed):
                 if key is None or not self._ends_attempt_only(key, association, event):
@@ -2366,6 +2419,8 @@ class DtlsNegotiation:
             if isinstance(event, NegotiationFailed):
                 self._fail(event.reason)
             else:
+                if isinstance(event, KeysReady):
+                    self._count_adopted()
                 self._events.append(event)
 
     def _fail(self, reason: str) -> None:

@@ -1017,6 +1017,133 @@ async def test_a_restart_with_a_new_certificate_before_its_reinvite_is_keyed_by_
     assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
 
 
+async def test_a_refused_reinvite_naming_the_new_certificate_leaves_the_call_as_it_was(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Session 46: the caller restarts with a new certificate (held), and its re-INVITE naming
+    it is refused by the callee (488, RFC 3261 §14.1). The call goes back to the session it
+    had: its keys stay, no BYE, and the held handshake fails at its timeout, said once
+    (dtls-restart-failed) and counted. Before, the refused re-offer took the held handshake
+    away with it: nothing was said or counted, and the restart vanished."""
+    env = await with_dtls(nursery, tmp_path, voipgw_seed)
+    caller = await dtls_caller(nursery, env, setup="active")
+    phone = caller.phone
+    with trio.fail_after(30):
+        await phone.keyed.wait()
+    await eventually(lambda: a_leg_keys(env) is not None)
+    first_keys = a_leg_keys(env)
+    attributes = [(a[0], a[1]) for a in caller.answer.attributes]
+    renewed = DtlsKeyExchange(identity=lambda: OTHER_ID).answer(
+        attributes, suites=[], secure_signalling=False
+    )
+    assert renewed is not None
+    phone.negotiation = renewed
+    phone.keys, phone.keyed = None, trio.Event()
+    with caplog.at_level(logging.INFO):
+        for datagram in renewed.packets_to_send(now=trio.current_time()):
+            await phone.sock.sendto(datagram, phone.gateway)
+        await eventually(
+            lambda: any("held until a re-offer" in r.getMessage() for r in caplog.records)
+        )
+
+        async def refuse(received: Received) -> None:
+            await env.alice.respond(received, 488)
+
+        alice_answers_reinvites(env, refuse)
+        reoffer = DtlsKeyExchange(identity=lambda: OTHER_ID).offer(
+            suites=[], secure_signalling=False
+        )
+        refused = await caller.call.reinvite(dtls_sdp(reoffer, setup="actpass"))
+        assert refused.status == 488
+        await eventually(
+            lambda: any("none came" in r.getMessage() for r in caplog.records),
+            timeout=DEFAULT_HANDSHAKE_TIMEOUT + 10,
+        )
+    assert phone.keys is None and a_leg_keys(env) == first_keys
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "keys are kept" in warnings[0], warnings
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert gateway_call.security_record()["a"]["streams"][0]["peer_certificate_sha256"] != (
+        OTHER_ID.sha256_hex()
+    )
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+
+
+async def test_a_restart_with_a_new_certificate_without_rtcp_mux_takes_both_ports(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Session 46: a caller without rtcp-mux (RFC 5764 §4.1: a handshake per port) restarts
+    both ports with a new certificate before its re-INVITE naming it: both are held, and the
+    re-offer takes both, keying RTP and RTCP. Before, the RTCP port got a fresh handshake that
+    waited for a ClientHello the caller had already sent, and the call ended with a BYE at
+    handshake_timeout."""
+    env = await with_dtls(nursery, tmp_path, voipgw_seed)
+    negotiation = DtlsKeyExchange(identity=lambda: PHONE_ID).offer(
+        suites=[], secure_signalling=False
+    )
+    call = await env.trunk.invite(
+        env.did_uri(ALICE_DID), sdp=dtls_sdp(negotiation, setup="active", rtcp_mux=False)
+    )
+    final = await call.final()
+    assert final.status == 200, final.reason
+    answer = parse_sdp_untrusted(final.body)
+    media = answer.media[0]
+    assert not media.rtcp_mux
+    negotiation.remote_sdp_attributes(pairs(answer, media))
+    leg_b = await env.alice.next_call()
+    assert leg_b.incoming is not None
+    phone, rtcp_phone = await phones(nursery, negotiation, PHONE_PORT, media.port)
+    with trio.fail_after(30):
+        await phone.keyed.wait()
+        await rtcp_phone.keyed.wait()
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    security = gateway_call.a.security
+    await eventually(lambda: security.rtcp_keys(0) is not None and security.keys(0) is not None)
+    first = (security.keys(0), security.rtcp_keys(0))
+    renewed = DtlsKeyExchange(identity=lambda: OTHER_ID).answer(
+        [(a[0], a[1]) for a in media.attributes], suites=[], secure_signalling=False
+    )
+    assert renewed is not None and renewed.dtls_role == "client"
+    renewed_rtcp = renewed.rtcp_component()
+    assert renewed_rtcp is not None
+    with caplog.at_level(logging.INFO):
+        for engine, held in ((phone, renewed), (rtcp_phone, renewed_rtcp)):
+            engine.negotiation = held
+            engine.keys, engine.keyed = None, trio.Event()
+            for datagram in held.packets_to_send(now=trio.current_time()):
+                await engine.sock.sendto(datagram, engine.gateway)
+        await eventually(
+            lambda: (
+                len([r for r in caplog.records if "held until a re-offer" in r.getMessage()]) == 2
+            )
+        )
+        reoffer = DtlsKeyExchange(identity=lambda: OTHER_ID).offer(
+            suites=[], secure_signalling=False
+        )
+        ok = await call.reinvite(dtls_sdp(reoffer, setup="actpass", rtcp_mux=False))
+        assert ok.status == 200
+        with trio.fail_after(10):
+            await phone.keyed.wait()
+            await rtcp_phone.keyed.wait()
+    assert phone.keys is not None and rtcp_phone.keys is not None
+    await eventually(lambda: security.keys(0) == mirrored(phone.keys))  # type: ignore[arg-type]
+    await eventually(lambda: security.rtcp_keys(0) == mirrored(rtcp_phone.keys))  # type: ignore[arg-type]
+    assert (security.keys(0), security.rtcp_keys(0)) != first
+    await trio.sleep(DEFAULT_HANDSHAKE_TIMEOUT + 5)
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
 @attrs.define
 class HeldBack:
     """A phone's DTLS engine whose datagrams after its first ``passed`` ClientHellos are kept

@@ -10,7 +10,7 @@ import logging
 
 import pytest
 
-from gateway.core.interfaces import KeysReady, SrtpKeys
+from gateway.core.interfaces import KeysReady, NegotiationFailed, SrtpKeys
 from gateway.plugins.keyexchange.dtls_certificates import generate_identity
 from gateway.plugins.keyexchange.dtls_srtp import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -435,8 +435,51 @@ def test_a_restart_with_a_new_certificate_completes_when_the_reoffer_names_it(
     assert isinstance(phone_ready, KeysReady)
     assert (ready.keys.local_key, ready.keys.remote_key) == mirrored(phone_ready.keys)
     assert answered.statistics().peer_restarts_adopted == 1
-    assert ours.get_timer() is None  # the previous negotiation no longer holds it
+    assert ours.get_timer() is None and ours.keys == old  # the previous: nothing due, its keys
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_the_rtcp_ports_held_restart_is_taken_with_the_rtp_ports() -> None:
+    # Without rtcp-mux the phone restarts each port's association (RFC 5764 §4.1) with its
+    # new certificate, both before its re-INVITE: both are held. The re-offer naming it takes
+    # the RTCP port's held handshake too. Before session 46 the new association's RTCP port
+    # got a fresh handshake waiting for a ClientHello the phone had already sent (its flight
+    # 5 went unanswered) and failed at handshake_timeout: the call ended (the RTCP port's
+    # failure ends it like the RTP port's).
+    renewed = generate_identity(now=NOW, max_age=MONTH)
+    ours, peer, old = keyed_pair()
+    ours_rtcp, peer_rtcp = ours.rtcp_component(), peer.rtcp_component()
+    assert ours_rtcp is not None and peer_rtcp is not None
+    rtcp_address = (SDP_ADDRESS[0], SDP_ADDRESS[1] + 1)
+    ours_rtcp.note_sdp_address(rtcp_address)
+    run(ours_rtcp, {rtcp_address: peer_rtcp}, usual=(rtcp_address,), now=0.0)
+    (first,) = events(ours_rtcp)
+    assert isinstance(first, KeysReady)
+    phone = restarted(ours, renewed)
+    phone_rtcp = phone.rtcp_component()
+    assert phone_rtcp is not None
+    run(ours, {SDP_ADDRESS: phone}, now=1.0)
+    run(ours_rtcp, {rtcp_address: phone_rtcp}, usual=(rtcp_address,), now=1.0)
+    assert ours.statistics().peer_restarts_held == 1
+    assert ours_rtcp.statistics().peer_restarts_held == 1 and events(ours_rtcp) == []
+    answered = exchange(US).answer(
+        reoffer(renewed, setup="actpass"), suites=[], secure_signalling=True, previous=ours
+    )
+    assert answered is not None
+    run(answered, {SDP_ADDRESS: phone}, now=1.5)
+    assert isinstance(events(answered)[0], KeysReady) and answered.keys != old
+    answered_rtcp = answered.rtcp_component()
+    assert answered_rtcp is not None and answered_rtcp is not ours_rtcp
+    answered_rtcp.note_sdp_address(rtcp_address)
+    run(answered_rtcp, {rtcp_address: phone_rtcp}, usual=(rtcp_address,), now=1.5)
+    (ready,) = events(answered_rtcp)
+    assert isinstance(ready, KeysReady) and ready.keys != first.keys
+    (phone_ready,) = events(phone_rtcp)
+    assert isinstance(phone_ready, KeysReady)
+    assert (ready.keys.local_key, ready.keys.remote_key) == mirrored(phone_ready.keys)
+    assert answered_rtcp.statistics().peer_restarts_adopted == 1
+    assert ours_rtcp.get_timer() is None and ours_rtcp.keys == first.keys  # nothing due there
+    assert answered.rtcp_component() is answered_rtcp
 
 
 def test_a_reoffer_naming_another_certificate_never_takes_the_held_candidate() -> None:
@@ -499,6 +542,58 @@ def test_a_rolled_back_reoffer_keeps_the_restart_under_way() -> None:
     assert ours.peer_rekeys == 1
 
 
+def test_a_refused_reoffer_that_took_the_held_candidate_leaves_it_to_fail_where_it_was(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The re-INVITE naming the held certificate is refused by the other leg (488, RFC 3261
+    # §14.1): the stream goes back to the negotiation in force, whose keys stay, and the held
+    # handshake there fails at its timeout, said and counted (docs/operations.md,
+    # dtls-restart-failed: "whose re-INVITE never came or was refused"). Before session 46
+    # the refused re-offer took it away: no line, no count, the restart simply vanished.
+    renewed = generate_identity(now=NOW, max_age=MONTH)
+    ours, phone, old = held_restart(renewed)
+    answering = exchange(US)
+    answered = answering.answer(
+        reoffer(renewed, setup="actpass"), suites=[], secure_signalling=True, previous=ours
+    )
+    assert answered is not None and answered.statistics().peer_restarts_adopted == 0
+    del answered  # refused: the core goes on with ours, the re-offer's never clocked
+    with caplog.at_level(logging.WARNING):
+        run(ours, {SDP_ADDRESS: phone}, now=2.0)  # the phone resends its flight: held still
+        expire(ours)
+    assert events(ours) == [] and ours.keys == old and ours.state == "established"
+    assert phone.keys is None
+    assert ours.statistics().peer_restarts_failed == 1
+    assert answering.totals.peer_restarts_adopted == 0  # nothing was made the leg's
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "none came" in warnings[0], warnings
+
+
+def test_an_adopted_candidate_that_failed_where_it_was_held_fails_the_reoffers_negotiation() -> (
+    None
+):
+    # The negotiation in force still holds the candidate the re-offer took (for a refusal),
+    # and may be clocked while the re-offer waits for the other leg: should the candidate
+    # time out there, the re-offer's negotiation, whose association it is, fails too (its
+    # reason said, the call ended as a new association's timeout ends it) rather than
+    # waiting for ever with neither keys nor a failure.
+    renewed = generate_identity(now=NOW, max_age=MONTH)
+    ours, _, old = held_restart(renewed)
+    answered = exchange(US).answer(
+        reoffer(renewed, setup="actpass"), suites=[], secure_signalling=True, previous=ours
+    )
+    assert answered is not None
+    expire(ours)  # the candidate's timeout, where it was held
+    assert ours.statistics().peer_restarts_failed == 1 and ours.keys == old
+    timer = answered.get_timer()
+    assert timer is not None
+    answered.handle_timer(now=timer)
+    (failed,) = events(answered)
+    assert isinstance(failed, NegotiationFailed) and answered.failure is failed
+    assert failed.reason.startswith("DTLS handshake timed out"), failed.reason
+    assert answered.statistics().peer_restarts_adopted == 0
+
+
 def test_a_certificate_is_read_only_whole_from_one_record() -> None:
     from gateway.plugins.keyexchange.dtls_srtp import presented_certificate_untrusted
 
@@ -517,6 +612,16 @@ def test_a_certificate_is_read_only_whole_from_one_record() -> None:
         presented_certificate_untrusted(record[:3] + b"\x00\x01" + record[5:] + handshake) is None
     )
     assert presented_certificate_untrusted((record + handshake)[:40]) is None
+    # Session 46: more handshake messages after it in the same record (RFC 6347 §4.2.3, a
+    # stack that packs its flight 5), and the Certificate after another message in it.
+    key_exchange = bytes([16]) + b"\x00\x00\x05" + b"\x00\x03" + bytes(3) + b"\x00\x00\x05"
+    key_exchange += bytes(5)
+    for packed in (handshake + key_exchange, key_exchange + handshake):
+        header = record[:11] + len(packed).to_bytes(2, "big")
+        assert presented_certificate_untrusted(header + packed) == der
+    # A Certificate message longer than its record (what follows is another record's): nothing.
+    header = record[:11] + (len(handshake) - 1).to_bytes(2, "big")
+    assert presented_certificate_untrusted(header + handshake + key_exchange) is None
 
 
 # -- a restart whose source is not known (an ICE leg, a host that feeds none; session 45) -----
