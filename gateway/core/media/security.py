@@ -320,6 +320,12 @@ class LegSecurity:
         # (an SDES negotiation given the same answer again reports nothing new), so the next
         # answer that repeats that stream's part takes them. Few: one per offered stream.
         self._unapplied: dict[int, tuple[KeyNegotiation, SrtpKeys]] = {}
+        # Negotiations of ours that failed on an answer to our offer (the answer refused), by
+        # id(negotiation), with the plugin's reason: a plugin keeps a failed negotiation failed
+        # and quiet (SDES), so another forked phone's answer to the same offer would get no
+        # keys from it and, taken, leave that line blocked for the whole call. Refused too,
+        # saying why. Few: one per offered stream.
+        self._failed_on_answer: dict[int, tuple[KeyNegotiation, str]] = {}
 
     # -- the peer offers ------------------------------------------------------------------------
 
@@ -343,6 +349,7 @@ class LegSecurity:
         self._refuse_if_nothing_left(offer.media, media_out)
         self._offered = streams
         self._unapplied = {}  # answers to our offers are over: the peer offers now
+        self._failed_on_answer = {}
         self._answer_pending = True
         self._before_offer = None  # an offer of ours before it went, answered or refused
         self.ice.take_remote(offer, offer=True)
@@ -561,6 +568,7 @@ class LegSecurity:
         self._answer_pending = False
         self._last_made = last_made
         self._unapplied = {}  # another offer's negotiations: its answers are new
+        self._failed_on_answer = {}
         return made
 
     def withdraw_offer(self) -> None:
@@ -838,6 +846,7 @@ class LegSecurity:
                         failed = _drain(negotiation, drained)
                     if failed is not None:
                         self.failed(name)
+                        self._failed_on_answer[id(negotiation)] = (negotiation, failed)
                         raise MediaSecurityRefused(f"the answer's keys are unusable: {failed}")
                     earlier = self._unapplied.get(id(negotiation))
                     if drained.keys is not None:
@@ -846,6 +855,16 @@ class LegSecurity:
                         reported[id(negotiation)] = earlier
                     if id(negotiation) in reported:
                         keys = reported[id(negotiation)][1]
+                    earlier_failure = self._failed_on_answer.get(id(negotiation))
+                    if earlier_failure is not None and keys is None:
+                        # It failed on an earlier answer to this offer (another forked phone's
+                        # 183, refused) and stays failed: this answer's keys reach nothing,
+                        # and taken, the line would stay blocked, silent, the whole call.
+                        raise MediaSecurityRefused(
+                            f"the answer's keys are unusable: m= line {index + 1}'s {name} key "
+                            "exchange failed on an earlier answer to this offer (another forked "
+                            f"phone's): {earlier_failure[1]}"
+                        )
                     change["keys"] = keys
                 elif self.policy.allow_cleartext:
                     change["negotiation"], change["key_exchange"] = None, None  # cleartext

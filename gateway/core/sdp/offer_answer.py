@@ -199,12 +199,13 @@ def codec_change(
     telephone-event or comfort noise, with those listed before it (RED or FEC wrapping it): the
     other peer sends it (RFC 3264 §7: the offerer sends the answer's first format; §6.1: the
     answerer the offer's first that it answered), and it stays agreed on that leg. Refused: a
-    payload type given another codec, the codec in use left out, a codec added that the other
-    leg does not take (the G.711 law we added for transcoding, say): the peer may send a
-    codec of the offer that its answer lists (RFC 3264 §6.1), and the other leg could not
-    play it. A codec added that the other leg takes is not refused (``added``: RFC 3264 §6.1
-    lets the answer list any of the offer's formats, §8.3.2 a re-offer's answer change the
-    set). Raises :class:`SdpError` for an unreadable a=rtpmap or payload type."""
+    payload type given another codec, the codec in use left out, a codec added that the offer
+    does not list (a payload type of the offer answered with another codec), a codec added
+    that the other leg does not take (the G.711 law we added for transcoding, say): the peer
+    may send a codec of the offer that its answer lists (RFC 3264 §6.1), and the other leg
+    could not play it. A codec added that the other leg takes is not refused (``added``: RFC
+    3264 §6.1 lets the answer list any of the offer's formats, §8.3.2 a re-offer's answer
+    change the set). Raises :class:`SdpError` for an unreadable a=rtpmap or payload type."""
     if not offered.is_rtp or not before.is_rtp or not after.is_rtp:
         return None
     offered_codecs = _codecs_by_format(offered)
@@ -232,6 +233,13 @@ def codec_change(
         words = _codec_words({pt: was[pt] for pt in gone_in_use})
         return CodecChange(described, f"the codec in use, {words}, left out")
     added = sorted(pt for pt in now_keys if pt not in was_keys)
+    # A payload type of the offer answered with a codec the offer does not list (our Opus's
+    # 96 answered AMR-WB): not a format of the offer (RFC 3264 §6.1, an answer lists the
+    # offer's formats and keeps a number's codec), never taken, whatever the other leg takes.
+    unoffered = [pt for pt in added if now_keys[pt] not in our_codecs]
+    if unoffered:
+        words = _codec_words({pt: now[pt] for pt in unoffered})
+        return CodecChange(described, f"{words} added, which our offer did not list")
     unplayable = [pt for pt in added if now_keys[pt] not in receivable]
     if unplayable:
         words = _codec_words({pt: now[pt] for pt in unplayable})

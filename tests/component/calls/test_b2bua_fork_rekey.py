@@ -978,3 +978,50 @@ async def test_another_forks_183_refused_at_its_second_line_changes_no_key(
         assert stream.b_to_a.transforms.rtp_in(phone.protect_rtp(rtp(2))) == rtp(2)
         phone.close()
     assert (await call.bye()).status == 200
+
+
+async def test_a_forks_200_after_another_forks_183_failed_a_lines_keys_is_refused_not_silent(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    tls_signalling: None,  # noqa: F811
+) -> None:
+    """Two streams. One forked phone's 183 answers line 2 with our own key copied back (a
+    peer bug the SDES negotiation refuses, RFC 4568 §5.1.2): refused (the caller gets a 180),
+    and line 2's negotiation stays failed (plugins keep no undo). The other phone, which sent
+    no early answer, answers 200 with good keys: line 2's failed negotiation has nothing for
+    them. Before session 46's review that 200 was taken, the call answered, and line 2 stayed
+    blocked (no key), silent, for the whole call, nothing logged; now the answer is refused
+    saying why: ACK and BYE to the phone, 488 to the caller."""
+    env = await with_sdes(nursery, tmp_path, voipgw_seed)
+    (trunk_port,) = port_bases(1)
+    two = simple_sdp("127.0.0.1", trunk_port, formats=("0",)) + (
+        f"m=audio {trunk_port + 2} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n".encode()
+    )
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=two)
+    leg_b = await env.alice.next_call()
+    offer = leg_b.invite.body
+    ours = [
+        base64.b64decode(value.split()[2].removeprefix("inline:").split("|")[0])
+        for media in parse_sdp_untrusted(offer).media
+        for name, value in media.attributes
+        if name == "crypto" and value is not None and value.split()[1] == SUITE
+    ]
+    assert len(ours) == 2
+    answering_tag = leg_b.local_tag
+    leg_b.local_tag = ANSWERING_TAG  # the other forked phone
+    copying = two_line_answer(offer, 30010, (ANSWERING_PHONE_KEY, ours[1]))
+    await env.alice.respond(leg_b.incoming, 183, body=copying)  # type: ignore[arg-type]
+    await call.exchange.wait_for(lambda r: r.status == 180)  # type: ignore[union-attr]
+    leg_b.local_tag = answering_tag
+    good = two_line_answer(offer, 30000, (EARLY_PHONE_KEY, EARLY_PHONE_KEY))
+    await env.alice.respond(leg_b.incoming, 200, body=good)  # type: ignore[arg-type]
+    assert (await call.final()).status == 488
+    await env.alice.next_request("ACK", timeout=5)
+    bye = await env.alice.next_request("BYE", timeout=5)
+    reason = bye.request.headers.get("Reason") or ""
+    assert "cause=488" in reason
+    assert "m= line 2's sdes key exchange failed on an earlier answer" in reason
+    for key in (*ours, ANSWERING_PHONE_KEY, EARLY_PHONE_KEY):
+        assert base64.b64encode(key).decode()[:12] not in reason

@@ -616,3 +616,53 @@ def test_an_answer_read_but_not_applied_changes_nothing() -> None:
     ours.apply_answer(ours.read_answer(second))  # its 200, the same answer: its keys
     keys = ours.keys(0)
     assert keys is not None and keys.remote_key == inline_keys(second)[0]
+
+
+def _second_line_copying_our_key(
+    ours: LegSecurity, answer: SessionDescription
+) -> SessionDescription:
+    """``answer`` with its second line's a=crypto carrying our own key back (a peer bug the
+    SDES negotiation refuses, RFC 4568 §5.1.2): that line's negotiation fails, and stays failed."""
+    negotiation = ours._offered[1].negotiation
+    assert negotiation is not None
+    our_key = str(negotiation.local_sdp_attributes()[0][1]).split()[2]
+    text = serialize_sdp(answer).decode()
+    head, _, second = text.rpartition("m=audio")
+    lines = [
+        " ".join([*line.split()[:2], our_key]) if line.startswith("a=crypto:") else line
+        for line in second.split("\r\n")
+    ]
+    return parse_sdp_untrusted((head + "m=audio" + "\r\n".join(lines)).encode())
+
+
+def test_another_forks_answer_after_a_failed_negotiation_is_refused_not_taken_keyless() -> None:
+    """A fork's 183 whose line 2 key fails that line's SDES negotiation is refused; the
+    negotiation stays failed (plugins keep no undo) and reports nothing for the other fork's
+    200. Taken, that answer keyed nothing on line 2, which stayed blocked, silent, for the
+    whole call (before session 46); now it is refused saying why, a stated end of the call."""
+    ours, first, second = _forked_answers()
+    with pytest.raises(MediaSecurityRefused, match="copied the key"):
+        ours.take_answer(_second_line_copying_our_key(ours, second))
+    with pytest.raises(MediaSecurityRefused) as refused:
+        ours.take_answer(first)
+    assert "m= line 2's sdes key exchange failed on an earlier answer" in refused.value.reason
+    assert "copied the key" in refused.value.reason
+    assert ours.keys(0) is None and ours.keys(1) is None
+    # The next offer's negotiations are new: nothing of the failure is left.
+    phone = leg("sdes", tls=True, side="a")
+    phone.take_offer(ours.make_offer(sdp(TWO_LINES)))
+    ours.take_answer(phone.make_answer(sdp(TWO_LINES)))
+    assert ours.keys(0) is not None and ours.keys(1) is not None
+
+
+def test_a_fork_whose_keys_are_in_force_repeats_its_answer_after_another_failed() -> None:
+    """The first fork's 183 keyed both lines; another fork's 183 then failed line 2's
+    negotiation. The first fork's 200, repeating its answer, keeps the keys in force: taken
+    (refusing it would end a call whose media flows)."""
+    ours, first, second = _forked_answers()
+    ours.take_answer(first)
+    in_force = [ours.keys(0), ours.keys(1)]
+    with pytest.raises(MediaSecurityRefused, match="copied the key"):
+        ours.take_answer(_second_line_copying_our_key(ours, second))
+    ours.take_answer(first)
+    assert [ours.keys(0), ours.keys(1)] == in_force

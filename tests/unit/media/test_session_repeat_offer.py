@@ -586,3 +586,26 @@ def test_telephone_event_added_by_the_info_phone_ends_the_interworking(
     session.answer_to_repeated_offer("b", sdp(30000, version=2, formats=("0", "101")))
     assert session.dtmf is None
     assert stream_of(session).a_to_b.dtmf is None
+
+
+def test_telephone_event_under_a_number_our_offer_gave_opus_is_refused(
+    interworking: MediaSession,
+) -> None:
+    """Our re-key re-offer lists PCMU and Opus at 98 and no telephone-event (the caller has
+    none and does not do INFO). The phone's answer lists 98 as telephone-event: not a format
+    of our offer (RFC 3264 §6.1: an answer lists the offer's formats, a number keeping its
+    codec). Session 45 took it (a payload type of the offer, and on the DTMF line every
+    telephone-event of the answer counted as one the caller takes), making the phone the RFC
+    4733 leg under Opus's number; refused now, saying so, the session as it was."""
+    session = interworking
+    session.offer_from("a", sdp(20000, formats=("0", "98")))
+    session.answer_from("b", sdp(30000, formats=("0",)))
+    session.settle()
+    offered = session.repeat_offer("b")
+    assert [m.payload_types for m in offered.media] == [(0, 98)]
+    assert session.dtmf is None
+    answer = sdp(30000, version=2, formats=("0", "98"))
+    text = serialize_sdp(answer).decode().replace("98 opus/48000/2", "98 telephone-event/8000")
+    with pytest.raises(SdpError, match=r"98 telephone-event/8000 added, which our offer did not"):
+        session.answer_to_repeated_offer("b", parse_sdp_untrusted(text.encode()))
+    assert session.dtmf is None
