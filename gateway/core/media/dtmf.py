@@ -321,7 +321,10 @@ def parse_dtmf_info_untrusted(content_type: str, body: bytes) -> Digit:
                 signal = value
             elif key == "duration":
                 if not value.isdigit() or len(value) > 6:
-                    raise DtmfError(f"DTMF duration {value[:16]!r} is not a number")
+                    # Its length, not its text: the reason is the 400's phrase (SIP trace, and
+                    # back on the wire), and a misformatted body may carry a card number here
+                    # as in Signal= (PCI DSS 3.3).
+                    raise DtmfError(f"DTMF duration is not a number ({len(value)} characters)")
                 duration = int(value)
     else:
         raise DtmfError(f"{kind!r} is not a DTMF body")

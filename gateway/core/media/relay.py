@@ -387,6 +387,10 @@ class DirectionStatistics:
     §2.5.1.4: three an event)."""
     dtmf_passed: int = 0
     """Event packets of an event begun before the interworking, relayed on to its end."""
+    dtmf_end_copies_dropped: int = 0
+    """Delayed end copies of such an event not sent because the interworking in force when
+    each was due no longer sends telephone-event to this receiver, or at another clock rate
+    (:meth:`DirectionControl._send_end_copy`)."""
 
     @property
     def packets(self) -> int:
@@ -1138,6 +1142,7 @@ class DirectionControl:
         self._dtmf_injected_before = 0
         self._dtmf_passed_before = 0
         self._dtmf_ended_at_change = 0  # end packets sent for events a change ended
+        self._dtmf_end_copies_dropped = 0  # their delayed copies the new plan could not carry
         # The end copies of an injected event a change ended that are still to go, spaced by
         # the update interval (RFC 4733 §2.5.1.4): (the ended interworking, the final payload,
         # the event's payload type, its timestamp, the SSRC it went with, copies left); None:
@@ -1332,6 +1337,22 @@ class DirectionControl:
             # timestamp, an end of an event that source never began, which a receiver may
             # play as a digit of its own. The first copy went with the event's source.
             return False
+        current = self._dtmf
+        if current is not None and current is not ended:
+            # The plan in force now numbers telephone-event towards this receiver: a re-offer
+            # or re-answer may map numbers anew (RFC 3264 §8.3.2), so the old number may now
+            # be another codec's, or nothing. The copies take the number in force; when the
+            # receiver has no telephone-event any more, or it has another clock rate (the
+            # event's timestamp and duration count the old one's units, RFC 4733 §2.3, §2.5.1.4:
+            # they would end another event, or none), the copies are dropped, counted. The
+            # first copy went at the change, under the number then in force.
+            if (
+                current.inject_payload_type < 0
+                or current.inject_clock_rate != ended.inject_clock_rate
+            ):
+                self._dtmf_end_copies_dropped += left
+                return False
+            payload_type = current.inject_payload_type
         if stream in relay._stale:  # settings changed since the last poll round: apply them now
             relay._stale.discard(stream)
             stream._rebuild()
@@ -1480,6 +1501,7 @@ class DirectionControl:
             dtmf_injected=injected,
             dtmf_ended_at_change=ended_at_change,
             dtmf_passed=passed,
+            dtmf_end_copies_dropped=self._dtmf_end_copies_dropped,
         )
 
 

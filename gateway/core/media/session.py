@@ -121,7 +121,7 @@ from gateway.core.sdp.offer_answer import (
 
 log = logging.getLogger(__name__)
 
-DTMF_COUNTS = ("taken", "injected", "ended_at_change", "passed")
+DTMF_COUNTS = ("taken", "injected", "ended_at_change", "passed", "end_copies_dropped")
 """The event packet counters of a call's DTMF interworking (:meth:`MediaSession.
 dtmf_statistics`): the call record's ``dtmf.packets``, the media summary's ``dtmf_*`` and
 ``voipgw_media_dtmf_event_packets_total{action=...}``."""
@@ -2208,6 +2208,7 @@ def _dtmf_counts(stream: RelayStream) -> dict[str, int]:
         "injected": a_to_b.dtmf_injected + b_to_a.dtmf_injected,
         "ended_at_change": a_to_b.dtmf_ended_at_change + b_to_a.dtmf_ended_at_change,
         "passed": a_to_b.dtmf_passed + b_to_a.dtmf_passed,
+        "end_copies_dropped": a_to_b.dtmf_end_copies_dropped + b_to_a.dtmf_end_copies_dropped,
     }
 
 

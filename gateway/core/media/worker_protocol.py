@@ -66,7 +66,7 @@ from gateway.core.interfaces import SrtpKeys
 from gateway.core.media.relay import DirectionStatistics
 from gateway.core.media.srtp import SrtpStatistics
 
-PROTOCOL_VERSION = 6
+PROTOCOL_VERSION = 7
 """The version of the channel's messages and of the worker's command line. **Bump it on any
 change to a message's layout** (a field added, removed, reordered or retyped, a default that
 is sent, a type number, a field codec) **or to what a message means, and on any change to the
@@ -86,7 +86,8 @@ socket address (an IPv6 scope id), :class:`SetDtls` its ``proves_peer`` (session
 (session 40, dtls-40: a DTLS handshake per source). 5: :class:`SetDtmf` its ``relayed``
 (session 44). 6: :class:`Stats`' direction counters gain the DTMF interworking's
 (``DirectionStatistics.dtmf_*``: the worker's counts of the event packets it took,
-injected, ended at a change and relayed on; session 45)."""
+injected, ended at a change and relayed on; session 45). 7: they gain
+``dtmf_end_copies_dropped`` (session 46)."""
 
 SocketAddress = tuple[str, int] | tuple[str, int, int, int]
 """A peer's address as a socket gives it: (host, port), or for IPv6 (host, port, flow info,

@@ -132,7 +132,13 @@ async def test_digits_cross_between_rfc4733_and_sip_info(
     assert record["digits_to_info"] == 1
     assert record["digits_to_rfc4733"] == 1
     assert record["rfc4733_leg"] == "a" and record["info_leg"] == "b"
-    assert record["packets"] == {"taken": 5, "injected": 4, "ended_at_change": 0, "passed": 0}
+    assert record["packets"] == {
+        "taken": 5,
+        "injected": 4,
+        "ended_at_change": 0,
+        "passed": 0,
+        "end_copies_dropped": 0,
+    }
 
 
 async def test_a_bad_dtmf_info_is_refused(
@@ -384,6 +390,7 @@ async def test_a_change_of_plan_mid_digit_finishes_the_digits_in_progress(
         "injected": len(started),  # alice's 7, its three end packets included
         "ended_at_change": 3,
         "passed": 0,
+        "end_copies_dropped": 0,
     }
     assert call.media.statistics()["dtmf_ended_at_change"] == 3  # the metrics' source
 

@@ -355,6 +355,66 @@ async def test_the_end_copies_of_an_event_ended_at_a_change_are_spaced(
     assert fields((await alice.receive())[1])[1:3] == (8, 16)
 
 
+@pytest.mark.parametrize(
+    ("new", "copies_payload_type"),
+    [
+        # A re-answer renumbers telephone-event towards Alice (RFC 3264 §8.3.2): 96 now.
+        ((96, 8000, -1), 96),
+        # Alice has telephone-event no more: the interworking now takes Bob's, injects none.
+        ((-1, 8000, 101), None),
+        # telephone-event/16000 now: the event's timestamp and duration count 8 kHz units.
+        ((101, 16000, -1), None),
+    ],
+)
+async def test_the_end_copies_take_the_telephone_event_number_in_force(
+    stream: MediaStream,
+    phones: tuple[Phone, Phone],
+    new: tuple[int, int, int],
+    copies_payload_type: int | None,
+) -> None:
+    """The delayed end copies of an event a change cut short go under the telephone-event
+    number the new interworking sends to Alice when each is due, not the old one, which the
+    new plan may give another codec; with no telephone-event towards her at the old clock
+    rate they are dropped, and counted (docs/architecture.md "When the plan changes
+    mid-call")."""
+    alice, bob = phones
+    bridge(stream, alice, bob, a_suite=None, b_suite=None)
+    stream.b_to_a.dtmf = DtmfInterworking(inject_payload_type=101, inject_clock_rate=8000)
+    await bob.send(rtp(10, 8, ssrc=0xB0B), stream.b.ports.rtp_port)
+    await alice.receive()
+    assert stream.send_telephone_event(
+        "b_to_a", event_payload(7, end=False, duration=400), marker=True, start=True
+    )
+    timestamp = fields((await alice.receive())[1])[3]
+    inject, rate, take = new
+    stream.b_to_a.dtmf = DtmfInterworking(
+        inject_payload_type=inject, inject_clock_rate=rate, take_payload_type=take
+    )
+    assert fields((await alice.receive())[1]) == (False, 101, 12, timestamp, 0xB0B)
+    await trio.sleep(UPDATE_INTERVAL * 3)  # the copies' time has come
+    await bob.send(rtp(11, 8, ssrc=0xB0B), stream.b.ports.rtp_port)
+    heard = []
+    while True:
+        plain = (await alice.receive())[1]
+        if fields(plain)[1] == 8:
+            break
+        heard.append(plain)
+    statistics = stream.b_to_a.statistics()
+    if copies_payload_type is None:
+        assert heard == []
+        assert statistics.dtmf_end_copies_dropped == 2
+        assert statistics.dtmf_ended_at_change == 1
+        assert fields(plain)[2] == 13  # numbered on after the one copy sent
+    else:
+        assert [fields(p) for p in heard] == [
+            (False, copies_payload_type, sequence, timestamp, 0xB0B) for sequence in (13, 14)
+        ]
+        assert all(p[12:14] == bytes((7, 0x80 | 10)) for p in heard)
+        assert statistics.dtmf_end_copies_dropped == 0
+        assert statistics.dtmf_ended_at_change == 3
+        assert fields(plain)[2] == 15
+
+
 async def test_the_end_copies_still_to_go_are_dropped_when_the_source_changes(
     stream: MediaStream, phones: tuple[Phone, Phone]
 ) -> None:

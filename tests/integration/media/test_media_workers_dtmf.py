@@ -283,7 +283,64 @@ async def test_a_worker_applies_the_re_plans_of_a_call(pool: WorkerPool) -> None
         assert fields((await b.receive())[0])[1:3] == (0, 7)
         # The worker's counts reach the call record (Stats): its end packets are injected
         # packets the SIP process never sent, the four of 4 relayed on at the first change.
-        expected = {"taken": 1, "injected": 4, "ended_at_change": 3, "passed": 4}
+        expected = {
+            "taken": 1,
+            "injected": 4,
+            "ended_at_change": 3,
+            "passed": 4,
+            "end_copies_dropped": 0,
+        }
         await eventually(lambda: session.dtmf_statistics() == expected, "the worker's counts")
+    finally:
+        session.close()
+
+
+async def test_a_workers_end_copies_take_the_renumbered_telephone_event(
+    pool: WorkerPool,
+) -> None:
+    """A's re-offer renumbers telephone-event (101 -> 96, RFC 3264 §8.3.2) while B's INFO
+    digit is being injected towards A: the worker sends the first end packet at the change,
+    the two delayed copies under 96, the number in force towards A when each is due (as the
+    in-process relay does: docs/architecture.md "When the plan changes mid-call")."""
+    a, b = await ephemeral_phones(2)
+    session = MediaSession(
+        pool.for_call(), media_address=ADDRESS, dtmf_interworking=True, clock=trio.current_time
+    )
+    head = "v=0\r\no=- 1 {} IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    events = "m=audio {} RTP/AVP 0 {pt}\r\na=rtpmap:{pt} telephone-event/8000\r\n"
+    audio_only = "m=audio {} RTP/AVP 0\r\n"
+
+    def sdp(version: int, media: str, phone: EphemeralPhone, pt: int = 101) -> SessionDescription:
+        text = head.format(version) + media.format(phone.address[1], pt=pt)
+        return parse_sdp_untrusted(text.encode())
+
+    session.offer_from("a", sdp(1, events, a))
+    session.answer_from("b", sdp(1, audio_only, b))
+    session.settle()
+    assert session.dtmf is not None and session.dtmf.payload_type == 101
+    (stream,) = session.streams
+    stream.a_to_b.blocked = stream.b_to_a.blocked = False  # the call's keying does this
+    await pool.sync(stream.worker)
+    to_a = stream.b.ports.rtp_port
+    try:
+        await b.send(packet(50, 0, 0xB, b"\xff" * 160), to_a)
+        assert fields((await a.receive())[0])[1:3] == (0, 50)
+        start = event_payload(2, end=False, duration=400)
+        assert session.send_dtmf_event(start, marker=True, start=True)
+        timestamp = fields((await a.receive())[0])[3]
+        session.offer_from("a", sdp(2, events, a, pt=96))
+        session.answer_from("b", sdp(2, audio_only, b))
+        session.settle()
+        assert session.dtmf is not None and session.dtmf.payload_type == 96
+        ends = [fields((await a.receive())[0]) for _ in range(3)]
+        assert ends == [
+            (False, 101, 52, timestamp, 0xB),  # at the change, the number then in force
+            (False, 96, 53, timestamp, 0xB),
+            (False, 96, 54, timestamp, 0xB),
+        ]
+        await eventually(
+            lambda: session.dtmf_statistics()["ended_at_change"] == 3, "the worker's counts"
+        )
+        assert session.dtmf_statistics()["end_copies_dropped"] == 0
     finally:
         session.close()

@@ -234,6 +234,37 @@ def test_a_bad_signal_is_not_echoed_in_the_answer() -> None:
     assert caught.value.reason == "DTMF signal is not a digit (16 characters)"
 
 
+def test_a_bad_duration_is_not_echoed_in_the_answer() -> None:
+    """A ``Duration=`` that is no number (a card number misplaced by a broken IVR peer) is
+    answered 400 with a reason that says its length, not its text (docs/operations.md "DTMF
+    digits and the log")."""
+    with pytest.raises(DtmfError) as caught:
+        parse_dtmf_info_untrusted(
+            "application/dtmf-relay", b"Signal=5\r\nDuration=4111-1111-1111-1111\r\n"
+        )
+    assert "4111" not in caught.value.reason and "4111" not in str(caught.value)
+    assert caught.value.reason == "DTMF duration is not a number (19 characters)"
+
+
+def test_no_reason_of_a_bad_info_body_quotes_the_body() -> None:
+    """Every 400 reason of the INFO path says what is wrong without the body's text."""
+    secret = b"4111111111111111"
+    for body in (
+        b"Signal=" + secret + b"\r\n",
+        b"Signal=5\r\nDuration=" + secret + b"\r\n",
+        b"Signal=5\r\nDuration=x" + secret + b"\r\n",
+        b"Duration=160\r\n" + secret,
+        b"Signal=5\r\n" + secret * 20,
+        secret + b"\xff",
+    ):
+        with pytest.raises(DtmfError) as caught:
+            parse_dtmf_info_untrusted("application/dtmf-relay", body)
+        assert "4111" not in caught.value.reason, body
+    with pytest.raises(DtmfError) as caught:
+        parse_dtmf_info_untrusted("application/dtmf", secret)
+    assert "4111" not in caught.value.reason
+
+
 def test_not_dtmf_content_types() -> None:
     assert not is_dtmf_info(None)
     assert not is_dtmf_info("application/sdp")

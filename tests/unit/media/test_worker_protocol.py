@@ -276,7 +276,7 @@ def test_values_that_do_not_fit_their_field_are_our_bug() -> None:
 
 # -- the protocol version ------------------------------------------------------------------------
 
-LAYOUT_VERSION = 6
+LAYOUT_VERSION = 7
 """The PROTOCOL_VERSION whose layouts FRAMES below are. A change to any message's layout fails
 test_each_message_type_has_the_layout_of_its_protocol_version: then bump PROTOCOL_VERSION in
 worker_protocol.py, and this number with the new frames (never new frames under an old number:
@@ -348,12 +348,12 @@ FRAMES: list[tuple[Message, str]] = [
         Stats(
             22,
             0.25,
-            DirectionStatistics(*range(1, 21)),
-            DirectionStatistics(*range(21, 41)),
+            DirectionStatistics(*range(1, 22)),
+            DirectionStatistics(*range(22, 43)),
             None,
             SrtpStatistics(*range(1, 8)),
         ),
-        f"00000187 16 00000016 3fd0000000000000 {counters(1, 20)} {counters(21, 20)}"
+        f"00000197 16 00000016 3fd0000000000000 {counters(1, 21)} {counters(22, 21)}"
         f" 00 01 {counters(1, 7)}",
     ),
     (StreamFailed(23, "no"), "00000009 17 00000017 0002 6e6f"),
