@@ -1020,12 +1020,19 @@ class _Association:
         association), until its timeout."""
         self.held: list[bytes] = []
         """The datagrams held back from OpenSSL with :attr:`held_certificate`."""
+        self.held_outcome: str | None = None
+        """What became of the re-offer that named the held certificate, said should the held
+        handshake fail where it was held (:meth:`DtlsNegotiation._restart_failed`; session
+        46: before, every such failure said no re-offer came). None: none named it."""
         self.address: Source | None = None
         """The source this handshake answers, whole as the socket gave it (an IPv6 link-local
         peer's scope id with it, RFC 4007 §6): where its datagrams go
         (:meth:`DtlsNegotiation.addressed_packets_to_send`). None: none bound."""
         self._fingerprint_mismatch = False
+        self._extend_at_clock = False
+        """Whether a re-offer took it (:meth:`adopt`): its deadline moves at its next clock."""
         self._started = False
+        self._started_at: float | None = None
         self._deadline: float | None = None
         self._flight: list[bytes] = []
         self._last_message_seq = -1
@@ -1132,13 +1139,44 @@ class _Association:
         replaces another keeps its timeout)."""
         if self._started or self.phase is not _Phase.HANDSHAKING:
             return []
-        self._started = True
+        self._started, self._started_at = True, now
         self._deadline = now + self.timing.handshake_timeout if deadline is None else deadline
         if self.role is Role.CLIENT:
             return self._drive(now)
         return []
 
+    @property
+    def negotiated_profile(self) -> str | None:
+        """The use_srtp profile OpenSSL chose for our ServerHello (RFC 5764 §4.1.2: the server
+        picks one of the client's list), once it answered the ClientHello; None before, or
+        when none was common (§4.1.1: use_srtp left out)."""
+        try:
+            selected = self._connection.get_selected_srtp_profile()
+        except SSL.Error:
+            return None
+        return selected.decode("ascii", "replace") or None
+
+    def adopt(self) -> None:
+        """A re-offer took this held handshake (:meth:`DtlsNegotiation._adopt`): at its next
+        clock its deadline becomes ``handshake_timeout`` from then, as a new association's
+        handshake gets (a re-INVITE that came late left it little of the first one), bounded
+        by twice ``handshake_timeout`` from its start: a peer cannot keep it alive by
+        re-offering (:meth:`_clock`; session 46)."""
+        self._extend_at_clock = True
+
+    def _clock(self, now: float) -> None:
+        if not self._extend_at_clock:
+            return
+        self._extend_at_clock = False
+        if self.phase is not _Phase.HANDSHAKING or self._deadline is None:
+            return
+        assert self._started_at is not None
+        timeout = self.timing.handshake_timeout
+        extended = min(now + timeout, self._started_at + 2 * timeout)
+        self._deadline = max(self._deadline, extended)
+
     def receive(self, packet: bytes, now: float) -> list[KeyNegotiationEvent]:
+        self._clock(now)
         events = self.start(now)
         if self.phase is _Phase.FAILED:
             self.statistics.ignored += 1
@@ -1199,6 +1237,7 @@ class _Association:
         return min(self._deadline, self._retransmit_at)
 
     def handle_timer(self, now: float) -> list[KeyNegotiationEvent]:
+        self._clock(now)
         events = self.start(now)
         if self.phase is not _Phase.HANDSHAKING:
             return events
@@ -1938,7 +1977,7 @@ class DtlsNegotiation:
                 rtcp_port=True,
             )
             previous, self._rtcp_restart_of = self._rtcp_restart_of, None
-            held = _held_restart(previous, association.peer)
+            held = _held_restart(previous, association.peer, self._settings.profiles)
             if held is not None and previous is not None:
                 # The phone restarted its RTCP port's association with the new certificate
                 # too, before the re-offer (:meth:`_adopt`): that handshake, held, is the new
@@ -1947,6 +1986,11 @@ class DtlsNegotiation:
                 component._adopt(held, association.peer, previous)
             else:
                 component._association = self._new_association(association.role, association.peer)
+                if previous is not None:
+                    # An adopted association (:meth:`_adopt`): its RTCP port's restart may
+                    # still come to the previous RTCP port's negotiation (the answer not sent
+                    # yet, the core feeding that one): taken then (:meth:`_driven`).
+                    component._rtcp_restart_of = previous
             association.rtcp_component = component
         return association.rtcp_component
 
@@ -1955,7 +1999,30 @@ class DtlsNegotiation:
     def _driven(self) -> _Association | None:
         if self._phase is _Phase.FAILED:
             return None
+        if self._rtcp_port and self._rtcp_restart_of is not None:
+            self._take_late_rtcp_restart(self._rtcp_restart_of)
         return self._association or self._candidate
+
+    def _take_late_rtcp_restart(self, previous: DtlsNegotiation) -> None:
+        """The new RTCP port's negotiation of an adopted association (:meth:`rtcp_component`)
+        whose phone's RTCP restart was held by the previous RTCP port's negotiation after
+        this one was made (it came while the re-offer's answer was pending and the core still
+        fed the previous port's): take it, as :meth:`rtcp_component` takes one held before.
+        Only while our fresh association has received nothing (once it has, the phone's
+        handshake came here). Session 46: before, the fresh one waited for a ClientHello the
+        phone had sent, and its failure at handshake_timeout ended the call."""
+        association = self._association
+        if association is None or association.statistics.datagrams_received or self._adopting:
+            self._rtcp_restart_of = None
+            return
+        held = _held_restart(previous, association.peer, self._settings.profiles)
+        if held is None:
+            return  # not held (yet): asked again at the next datagram or clock
+        self._rtcp_restart_of = None
+        statistics = association.statistics
+        self._association = None
+        self._adopt(held, association.peer, previous)
+        held.statistics = _added(statistics, held.statistics)
 
     def _new_association(self, role: Role, peer: PeerDtlsParameters) -> _Association:
         return _Association(
@@ -2239,6 +2306,10 @@ class DtlsNegotiation:
             # new RTCP port's negotiation takes that held handshake (:meth:`rtcp_component`).
             self._rtcp_restart_of = previous._association.rtcp_component
         candidate.peer, candidate.local_tls_id = peer, self._tls_id
+        candidate.adopt()  # a new deadline at its next clock (:meth:`_Association.adopt`)
+        candidate.held_outcome = (
+            "the re-offer naming it took it, and was refused or not answered before it timed out"
+        )
         self._association = candidate
         if candidate.address is not None:
             # Its datagrams came with their source, which returned our cookie: the handshake
@@ -2296,9 +2367,10 @@ class DtlsNegotiation:
         to = self._restarts.to
         self._restarts.candidate = self._restarts.to = None
         if candidate.held_certificate is not None:
+            outcome = candidate.held_outcome or "none came"
             reason = (
                 f"{FINGERPRINT_MISMATCH_REASON}: held for a re-offer naming its certificate, "
-                "none came"
+                f"{outcome}"
             )
         parting = candidate.take_outgoing()
         if to is not None:
@@ -2629,14 +2701,25 @@ class DtlsKeyExchange:
             )
             negotiation._association = kept
             negotiation._take_restart(previous)
-        elif (held := _held_restart(previous, peer)) is not None:
+        elif (held := _held_named(previous, peer)) is not None:
             # The phone restarted with the certificate this offer names, before the offer
             # came (:meth:`DtlsNegotiation._held`): its handshake, held, is the new
             # association, we its DTLS server as we were (a=setup:passive, which RFC 5763 §5
-            # allows an answer to actpass).
+            # allows an answer to actpass), under this offer's terms or not at all.
             assert isinstance(previous, DtlsNegotiation)
+            profiles = self._profiles_for(suites)
+            refusal = _adoption_refusal(held, peer, profiles)
+            if refusal is not None:
+                # 488 saying why (RFC 3261 §14.1: the session in force stays); the held
+                # handshake fails where it was held, saying this (:meth:`_restart_failed`).
+                held.held_outcome = f"the re-offer naming it was refused: {refusal}"
+                negotiation = self._negotiation(
+                    "answerer", self._identity(), profiles, role.setup, self._fresh_tls_id()
+                )
+                negotiation._fail(refusal)
+                return negotiation
             negotiation = self._negotiation(
-                "answerer", held.identity, held.profiles, Setup.PASSIVE, self._fresh_tls_id()
+                "answerer", held.identity, profiles, Setup.PASSIVE, self._fresh_tls_id()
             )
             negotiation._keys_before = previous_keys(previous)
             negotiation._adopt(held, peer, previous)
@@ -2695,13 +2778,13 @@ class DtlsKeyExchange:
 _NO_PROFILE_REASON = "no SRTP suite of the leg's policy has a DTLS-SRTP profile here"
 
 
-def _held_restart(previous: KeyNegotiation | None, peer: PeerDtlsParameters) -> _Association | None:
+def _held_named(previous: KeyNegotiation | None, peer: PeerDtlsParameters) -> _Association | None:
     """The previous negotiation's held candidate (:meth:`DtlsNegotiation._held`) an offer
-    with new DTLS parameters ``peer`` may take as its new association: only one whose
-    certificate, already presented, ``peer``'s a=fingerprint names, and whose offer lets the
-    peer stay the DTLS client (a=setup active or actpass). Never a candidate whose certificate
-    was not seen: a re-offer's new association must not go on with a handshake nobody
-    checked (someone on the phone's path may have started it)."""
+    with new DTLS parameters ``peer`` names: only one whose certificate, already presented,
+    ``peer``'s a=fingerprint names. Never a candidate whose certificate was not seen: a
+    re-offer's new association must not go on with a handshake nobody checked (someone on
+    the phone's path may have started it). Taken as the new association unless
+    :func:`_adoption_refusal` says why not."""
     if not isinstance(previous, DtlsNegotiation) or previous._phase is _Phase.FAILED:
         return None
     candidate = previous._restarts.candidate
@@ -2709,11 +2792,62 @@ def _held_restart(previous: KeyNegotiation | None, peer: PeerDtlsParameters) -> 
         candidate is None
         or candidate.held_certificate is None
         or candidate.phase is not _Phase.HANDSHAKING
-        or peer.effective_setup not in _SETUPS_KEEPING[Role.SERVER]
         or not peer.matches(candidate.held_certificate)
     ):
         return None
     return candidate
+
+
+SETUP_CONFLICT_REASON = (
+    "the re-offer's a=fingerprint names the certificate of the phone's new DTLS handshake, "
+    "begun as DTLS client (its ClientHello came), but its a=setup:passive makes us the "
+    "client (RFC 5763 §5, RFC 8842 §5)"
+)
+"""Why a re-offer naming a held certificate with a=setup:passive is refused (488)."""
+
+
+def _adoption_refusal(
+    held: _Association, peer: PeerDtlsParameters, profiles: Sequence[DtlsProfile]
+) -> str | None:
+    """Why an offer naming ``held``'s certificate (:func:`_held_named`) cannot take it as
+    its new association, or None when it can. The phone sent the ClientHello, so it is the
+    DTLS client: an offer saying a=setup:passive contradicts that (RFC 5763 §5: passive
+    waits for our ClientHello, which the phone would never answer, having begun its own).
+    And our ServerHello has already chosen the handshake's SRTP protection profile (RFC 5764
+    §4.1.2, from the profiles in force when it began): a profile ``profiles`` (the leg's
+    policy for this offer) does not allow cannot be changed now (session 46: before, the
+    adopted handshake kept the old negotiation's choice unchecked)."""
+    if peer.effective_setup not in _SETUPS_KEEPING[Role.SERVER]:
+        return SETUP_CONFLICT_REASON
+    selected = held.negotiated_profile
+    if selected is None:
+        return (
+            "the phone's new DTLS handshake its a=fingerprint names agreed no SRTP protection "
+            "profile (RFC 5764 §4.1.2)"
+        )
+    if selected not in {profile.name for profile in profiles}:
+        return (
+            f"the phone's new DTLS handshake its a=fingerprint names already chose SRTP "
+            f"protection profile {selected} (RFC 5764 §4.1.2), which the leg's policy does "
+            "not allow"
+        )
+    return None
+
+
+def _held_restart(
+    previous: KeyNegotiation | None, peer: PeerDtlsParameters, profiles: Sequence[DtlsProfile]
+) -> _Association | None:
+    """The held candidate an offer with ``peer`` names and may take (:func:`_held_named`,
+    :func:`_adoption_refusal`); one it names but may not take is marked with why, for its
+    failure where it was held."""
+    held = _held_named(previous, peer)
+    if held is None:
+        return None
+    refusal = _adoption_refusal(held, peer, profiles)
+    if refusal is not None:
+        held.held_outcome = f"the re-offer naming it was refused: {refusal}"
+        return None
+    return held
 
 
 def _keeps(association: _Association, peer: PeerDtlsParameters) -> bool:

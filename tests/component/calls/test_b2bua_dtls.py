@@ -1060,7 +1060,7 @@ async def test_a_refused_reinvite_naming_the_new_certificate_leaves_the_call_as_
         refused = await caller.call.reinvite(dtls_sdp(reoffer, setup="actpass"))
         assert refused.status == 488
         await eventually(
-            lambda: any("none came" in r.getMessage() for r in caplog.records),
+            lambda: any("the re-offer naming it took it" in r.getMessage() for r in caplog.records),
             timeout=DEFAULT_HANDSHAKE_TIMEOUT + 10,
         )
     assert phone.keys is None and a_leg_keys(env) == first_keys
@@ -1071,6 +1071,59 @@ async def test_a_refused_reinvite_naming_the_new_certificate_leaves_the_call_as_
     assert gateway_call.security_record()["a"]["streams"][0]["peer_certificate_sha256"] != (
         OTHER_ID.sha256_hex()
     )
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+
+
+async def test_a_reinvite_naming_the_held_certificate_as_passive_is_refused_saying_why(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Session 46: the caller restarted with a new certificate (held: its ClientHello makes it
+    the DTLS client), then re-INVITEs naming it with a=setup:passive, which would make us the
+    client (RFC 5763 §5). Refused with 488 naming the conflict, the call goes on under the
+    keys it had, no BYE, and the held handshake's failure says the re-offer was refused.
+    Before, the re-offer's fresh association sent our ClientHello to a phone that never
+    answered it, and the held handshake failed saying no re-offer naming it had come."""
+    env = await with_dtls(nursery, tmp_path, voipgw_seed)
+    caller = await dtls_caller(nursery, env, setup="active")
+    phone = caller.phone
+    with trio.fail_after(30):
+        await phone.keyed.wait()
+    await eventually(lambda: a_leg_keys(env) is not None)
+    first_keys = a_leg_keys(env)
+    attributes = [(a[0], a[1]) for a in caller.answer.attributes]
+    renewed = DtlsKeyExchange(identity=lambda: OTHER_ID).answer(
+        attributes, suites=[], secure_signalling=False
+    )
+    assert renewed is not None
+    phone.negotiation = renewed
+    phone.keys, phone.keyed = None, trio.Event()
+    with caplog.at_level(logging.INFO):
+        for datagram in renewed.packets_to_send(now=trio.current_time()):
+            await phone.sock.sendto(datagram, phone.gateway)
+        await eventually(
+            lambda: any("held until a re-offer" in r.getMessage() for r in caplog.records)
+        )
+        reoffer = DtlsKeyExchange(identity=lambda: OTHER_ID).offer(
+            suites=[], secure_signalling=False
+        )
+        refused = await caller.call.reinvite(dtls_sdp(reoffer, setup="passive"))
+        assert refused.status == 488
+        assert "a=setup:passive" in (refused.headers.get("Warning") or ""), refused.headers
+        await eventually(
+            lambda: any(
+                "the re-offer naming it was refused" in r.getMessage() for r in caplog.records
+            ),
+            timeout=DEFAULT_HANDSHAKE_TIMEOUT + 10,
+        )
+    assert phone.keys is None and a_leg_keys(env) == first_keys
+    warnings = [r.getMessage() for r in caplog.records if "keys are kept" in r.getMessage()]
+    assert len(warnings) == 1 and "a=setup:passive" in warnings[0], warnings
+    assert not any("none came" in r.getMessage() for r in caplog.records)
+    assert env.alice.requests("INVITE")[1:] == []  # the other leg was not asked
     assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
 
 

@@ -566,7 +566,8 @@ def test_a_refused_reoffer_that_took_the_held_candidate_leaves_it_to_fail_where_
     assert ours.statistics().peer_restarts_failed == 1
     assert answering.totals.peer_restarts_adopted == 0  # nothing was made the leg's
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "none came" in warnings[0], warnings
+    # Said as it happened (session 46: before, "none came", though one had and was refused).
+    assert len(warnings) == 1 and "the re-offer naming it took it" in warnings[0], warnings
 
 
 def test_an_adopted_candidate_that_failed_where_it_was_held_fails_the_reoffers_negotiation() -> (
@@ -707,3 +708,203 @@ def test_the_dropped_line_keys_a_link_local_host_with_its_zone(
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2, lines
     assert "from [fe80::1%4]:5004 dropped" in lines[0] and "from [fe80::1%5]:5004" in lines[1]
+
+
+# -- session 46: a re-offer naming the held certificate takes it on its own terms -----------
+
+
+@pytest.mark.parametrize(
+    ("suites", "taken"),
+    [(["AES_CM_128_HMAC_SHA1_80"], False), (["AEAD_AES_256_GCM", "AES_CM_128_HMAC_SHA1_80"], True)],
+)
+def test_a_reoffer_whose_policy_refuses_the_held_handshakes_profile_does_not_take_it(
+    caplog: pytest.LogCaptureFixture, suites: list[str], taken: bool
+) -> None:
+    # Our ServerHello chose the held handshake's SRTP protection profile (RFC 5764 §4.1.2)
+    # from the profiles in force when it began: AEAD_AES_256_GCM, our first. A re-offer whose
+    # leg's policy no longer allows it cannot change that now: 488 saying which profile,
+    # rather than keying the leg with a suite its policy refuses (before session 46 the
+    # adopted handshake kept the old choice unchecked).
+    renewed = generate_identity(now=NOW, max_age=MONTH)
+    ours, phone, old = held_restart(renewed)
+    answered = exchange(US).answer(
+        reoffer(renewed, setup="actpass"), suites=suites, secure_signalling=True, previous=ours
+    )
+    assert answered is not None
+    if taken:
+        run(answered, {SDP_ADDRESS: phone}, now=1.5)
+        (ready,) = events(answered)
+        assert isinstance(ready, KeysReady) and ready.keys.suite == "AEAD_AES_256_GCM"
+        return
+    failure = answered.failure
+    assert failure is not None and failure.sip_status == 488
+    assert "SRTP_AEAD_AES_256_GCM" in failure.reason and "policy" in failure.reason
+    assert answered.local_sdp_attributes() == [] and answered.keys is None
+    with caplog.at_level(logging.WARNING):
+        run(ours, {SDP_ADDRESS: phone}, now=2.0)
+        expire(ours)  # the held handshake fails where it was held, saying why
+    assert ours.keys == old and ours.statistics().peer_restarts_failed == 1
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "the re-offer naming it was refused" in warning and "none came" not in warning
+
+
+def test_a_reoffer_naming_the_held_certificate_as_passive_is_refused_saying_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The phone sent the ClientHello: it is the DTLS client. A re-offer naming that
+    # handshake's certificate with a=setup:passive asks us to be the client (RFC 5763 §5),
+    # which it would never answer: 488 naming the conflict, and the held handshake's failure
+    # says so. Before session 46 a fresh association sent our ClientHello to a phone that
+    # never answered it, and the held one failed saying no re-offer had come.
+    renewed = generate_identity(now=NOW, max_age=MONTH)
+    ours, _phone, old = held_restart(renewed)
+    answered = exchange(US).answer(
+        reoffer(renewed, setup="passive"), suites=[], secure_signalling=True, previous=ours
+    )
+    assert answered is not None
+    failure = answered.failure
+    assert failure is not None and failure.sip_status == 488
+    assert "a=setup:passive" in failure.reason and "RFC 5763" in failure.reason
+    assert answered.packets_to_send(now=1.5) == []  # no ClientHello of ours
+    with caplog.at_level(logging.WARNING):
+        expire(ours)
+    assert ours.keys == old and ours.statistics().peer_restarts_failed == 1
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "refused" in warning and "a=setup:passive" in warning, warning
+    assert "none came" not in warning
+
+
+def _split_records(datagram: bytes) -> list[bytes]:
+    """The DTLS records of one datagram (RFC 6347 §4.1: 13 octets of header, then the
+    length's octets), each alone."""
+    found = []
+    while len(datagram) >= 13:
+        end = 13 + int.from_bytes(datagram[11:13], "big")
+        found.append(datagram[:end])
+        datagram = datagram[end:]
+    return found
+
+
+_CERTIFICATE = 11
+
+
+def _is_certificate(record: bytes) -> bool:
+    """A handshake record of epoch 0 holding a Certificate (RFC 6347 §4.1, §4.2.2)."""
+    return record[0] == 22 and record[3:5] == b"\x00\x00" and record[13] == _CERTIFICATE
+
+
+def held_at_its_certificate(
+    identity: object,
+) -> tuple[DtlsNegotiation, DtlsNegotiation, list[bytes]]:
+    """As :func:`held_restart` at 1.0, but only the phone's Certificate record reached us:
+    the rest of its flight (ClientKeyExchange .. Finished) is returned, to come later."""
+    ours, _, old = keyed_pair()
+    phone = restarted(ours, identity)
+    rest: list[bytes] = []
+    for _ in range(20):
+        moved = False
+        for datagram in phone.packets_to_send(now=1.0):
+            moved = True
+            records = _split_records(datagram)
+            starts = [
+                r[0] == 22 and r[3:5] == b"\x00\x00" and r[13] == _CERTIFICATE for r in records
+            ]
+            if any(starts):
+                cut = starts.index(True) + 1
+                ours.receive_packet_from(b"".join(records[:cut]), source=SDP_ADDRESS, now=1.0)
+                rest += [b"".join(records[cut:])] if records[cut:] else []
+            else:
+                ours.receive_packet_from(datagram, source=SDP_ADDRESS, now=1.0)
+        for datagram, _address in ours.addressed_packets_to_send(now=1.0):
+            moved = True
+            phone.receive_packet(datagram, now=1.0)
+        if not moved:
+            break
+    assert ours.statistics().peer_restarts_held == 1 and ours.keys == old and rest
+    return ours, phone, rest
+
+
+def test_an_adopted_held_handshake_gets_a_handshake_timeout_from_its_adoption() -> None:
+    # Held at 1.0, its handshake_timeout (20 s) ends at 21.0. The re-INVITE naming it comes
+    # late, at 20.5: the new association it becomes gets handshake_timeout from then, as a
+    # fresh one's handshake would, so the phone's flight at 21.5 completes it (before
+    # session 46 it kept the held deadline and failed at 21.0, ending the call).
+    renewed = generate_identity(now=NOW, max_age=MONTH)
+    ours, _phone, rest = held_at_its_certificate(renewed)
+    answered = exchange(US).answer(
+        reoffer(renewed, setup="actpass"), suites=[], secure_signalling=True, previous=ours
+    )
+    assert answered is not None
+    answered.packets_to_send(now=20.5)  # its first clock: the held Certificate fed
+    answered.handle_timer(now=21.0)
+    ours.handle_timer(now=21.0)  # where it was held, too: the same new deadline
+    assert events(answered) == [] and ours.statistics().peer_restarts_failed == 0
+    for datagram in rest:
+        answered.receive_packet_from(datagram, source=SDP_ADDRESS, now=21.5)
+    (ready,) = events(answered)
+    assert isinstance(ready, KeysReady)
+
+
+def test_an_adopted_held_handshakes_deadline_is_bounded_by_twice_the_timeout() -> None:
+    # A re-offer refused by the other leg leaves the handshake held where it was, with the
+    # deadline its adoption gave it; a second re-offer naming it moves it again, but never
+    # past twice handshake_timeout from its start (1.0 + 40 s): re-offering cannot keep a
+    # handshake alive for ever.
+    renewed = generate_identity(now=NOW, max_age=MONTH)
+    ours, _phone, _rest = held_at_its_certificate(renewed)
+    first = exchange(US).answer(
+        reoffer(renewed, setup="actpass"), suites=[], secure_signalling=True, previous=ours
+    )
+    assert first is not None
+    first.packets_to_send(now=20.5)
+    del first  # refused: the core goes on with ours
+    second = exchange(US).answer(
+        reoffer(renewed, setup="actpass"), suites=[], secure_signalling=True, previous=ours
+    )
+    assert second is not None
+    second.packets_to_send(now=40.0)
+    second.handle_timer(now=40.9)  # past the first adoption's 40.5: moved again
+    assert events(second) == []
+    second.handle_timer(now=1.0 + 2 * DEFAULT_HANDSHAKE_TIMEOUT)  # but not past 41.0
+    (failed,) = events(second)
+    assert isinstance(failed, NegotiationFailed)
+    assert failed.reason.startswith("DTLS handshake timed out"), failed.reason
+
+
+def test_the_rtcp_ports_restart_held_while_the_answer_is_pending_is_taken() -> None:
+    # Without rtcp-mux: the re-offer took the RTP port's held handshake, and its RTCP port's
+    # negotiation was made before the phone's RTCP restart came; that restart reached the
+    # previous RTCP port's negotiation (the answer not sent yet) and was held there. The new
+    # RTCP port's negotiation takes it (before session 46 it waited for a ClientHello the
+    # phone had sent, and its failure at handshake_timeout ended the call).
+    renewed = generate_identity(now=NOW, max_age=MONTH)
+    ours, peer, old = keyed_pair()
+    ours_rtcp, peer_rtcp = ours.rtcp_component(), peer.rtcp_component()
+    assert ours_rtcp is not None and peer_rtcp is not None
+    rtcp_address = (SDP_ADDRESS[0], SDP_ADDRESS[1] + 1)
+    ours_rtcp.note_sdp_address(rtcp_address)
+    run(ours_rtcp, {rtcp_address: peer_rtcp}, usual=(rtcp_address,), now=0.0)
+    (first,) = events(ours_rtcp)
+    assert isinstance(first, KeysReady)
+    phone = restarted(ours, renewed)
+    phone_rtcp = phone.rtcp_component()
+    assert phone_rtcp is not None
+    run(ours, {SDP_ADDRESS: phone}, now=1.0)  # the RTP port's restart: held
+    answered = exchange(US).answer(
+        reoffer(renewed, setup="actpass"), suites=[], secure_signalling=True, previous=ours
+    )
+    assert answered is not None
+    answered_rtcp = answered.rtcp_component()  # made now: nothing held on RTCP yet
+    assert answered_rtcp is not None
+    answered_rtcp.note_sdp_address(rtcp_address)
+    run(ours_rtcp, {rtcp_address: phone_rtcp}, usual=(rtcp_address,), now=1.2)
+    assert ours_rtcp.statistics().peer_restarts_held == 1
+    run(answered, {SDP_ADDRESS: phone}, now=1.5)
+    assert isinstance(events(answered)[0], KeysReady) and answered.keys != old
+    run(answered_rtcp, {rtcp_address: phone_rtcp}, usual=(rtcp_address,), now=1.5)
+    (ready,) = events(answered_rtcp)
+    assert isinstance(ready, KeysReady) and ready.keys != first.keys
+    (phone_ready,) = events(phone_rtcp)
+    assert isinstance(phone_ready, KeysReady)
+    assert (ready.keys.local_key, ready.keys.remote_key) == mirrored(phone_ready.keys)
+    assert answered_rtcp.statistics().peer_restarts_adopted == 1
