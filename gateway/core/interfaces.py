@@ -933,7 +933,8 @@ class MediaCounts:
     dtmf_event_packets: tuple[tuple[str, int], ...] = ()
     """DTMF interworking's RFC 4733 event packets: (action, packets) for each of
     :data:`gateway.core.media.session.DTMF_COUNTS` (``taken`` for SIP INFO, ``injected`` from
-    it, ``ended_at_change``, ``passed``), both directions (docs/metrics.md)."""
+    it, ``ended_at_change``, ``passed``, ``end_copies_dropped``), both directions
+    (docs/metrics.md)."""
 
 
 @attrs.frozen

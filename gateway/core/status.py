@@ -43,6 +43,7 @@ from gateway.core.ip import ip_facts, ip_literal
 from gateway.core.logs import log_exception
 from gateway.core.media.relay import DROP_REASONS
 from gateway.core.media.remote_relay import WORKER_STATES
+from gateway.core.media.session import DTMF_COUNTS
 from gateway.core.sip.uri import redact_password
 
 if TYPE_CHECKING:
@@ -120,6 +121,7 @@ class MediaTotals:
     dtmf_injected: int = 0
     dtmf_ended_at_change: int = 0
     dtmf_passed: int = 0
+    dtmf_end_copies_dropped: int = 0
     # ``dropped`` by reason (gateway.core.media.relay.DROP_REASONS): ints, not a list, so that
     # attrs.evolve makes a copy that adding to leaves the original alone.
     dropped_unlatched_source: int = 0
@@ -132,6 +134,11 @@ class MediaTotals:
     def dropped_by_reason(self) -> tuple[tuple[str, int], ...]:
         """``dropped`` split by reason, in DROP_REASONS order."""
         return tuple((reason, getattr(self, f"dropped_{reason}")) for reason in DROP_REASONS)
+
+    def dtmf_event_packets(self) -> tuple[tuple[str, int], ...]:
+        """DTMF interworking's event packets by action, in DTMF_COUNTS order: every count the
+        call records' ``dtmf.packets`` have, so that the metric sums what the records say."""
+        return tuple((action, getattr(self, f"dtmf_{action}")) for action in DTMF_COUNTS)
 
     def add_call(self, call: Call) -> int:
         """Add ``call``'s counters so far (closed streams and replaced SRTP sessions
@@ -158,10 +165,9 @@ class MediaTotals:
                 self.transcoded_packets += int(stats["a_to_b_transcoded_packets"] or 0)
                 self.transcoded_packets += int(stats["b_to_a_transcoded_packets"] or 0)
             if "dtmf_taken" in stats:  # a call that interworked DTMF
-                self.dtmf_taken += int(stats["dtmf_taken"] or 0)
-                self.dtmf_injected += int(stats["dtmf_injected"] or 0)
-                self.dtmf_ended_at_change += int(stats["dtmf_ended_at_change"] or 0)
-                self.dtmf_passed += int(stats["dtmf_passed"] or 0)
+                for action in DTMF_COUNTS:
+                    name = f"dtmf_{action}"
+                    setattr(self, name, getattr(self, name) + int(stats.get(name) or 0))
             quality = call.media.quality
             if quality is not None:
                 for figures in quality.legs.values():
@@ -195,6 +201,7 @@ class MediaTotals:
         self.dtmf_injected += sign * other.dtmf_injected
         self.dtmf_ended_at_change += sign * other.dtmf_ended_at_change
         self.dtmf_passed += sign * other.dtmf_passed
+        self.dtmf_end_copies_dropped += sign * other.dtmf_end_copies_dropped
 
 
 class CallStatistics:
@@ -430,12 +437,7 @@ class StatusView:
             udptl_packets=totals.udptl_packets,
             udptl_bytes=totals.udptl_bytes,
             transcoded_packets=totals.transcoded_packets,
-            dtmf_event_packets=(
-                ("taken", totals.dtmf_taken),
-                ("injected", totals.dtmf_injected),
-                ("ended_at_change", totals.dtmf_ended_at_change),
-                ("passed", totals.dtmf_passed),
-            ),
+            dtmf_event_packets=totals.dtmf_event_packets(),
         )
 
     def sip(self) -> SipCounts:

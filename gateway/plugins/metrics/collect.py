@@ -443,7 +443,8 @@ def _media(out: Exposition, media: MediaCounts) -> None:
             "voipgw_media_dtmf_event_packets_total",
             "counter",
             "RFC 4733 event packets of DTMF interworking: taken for SIP INFO, injected from it, "
-            "end packets sent when a change ended an injected event, relayed on at a change.",
+            "end packets sent when a change ended an injected event, relayed on at a change, "
+            "end copies dropped at a change.",
         )
         for action, count in media.dtmf_event_packets:
             out.sample(count, [("action", action)])

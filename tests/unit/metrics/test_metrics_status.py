@@ -12,6 +12,7 @@ import pytest
 from gateway.core.calls.limits import NO_LIMIT, CallLimits, Limit
 from gateway.core.interfaces import MediaCounts, SrtpKeys
 from gateway.core.media.keying import StreamKeys, StreamSrtp
+from gateway.core.media.session import DTMF_COUNTS
 from gateway.core.media.srtp import SrtpSession
 from gateway.core.status import SETUP_BUCKETS, CallStatistics, MediaTotals, end_outcome
 from gateway.core.store.interface import Binding, BindingFlow
@@ -200,6 +201,41 @@ def test_a_dtmf_interworking_calls_event_packets_are_summed_and_exported() -> No
     assert "# TYPE voipgw_media_dtmf_event_packets_total counter" in text
     assert 'voipgw_media_dtmf_event_packets_total{action="ended_at_change"} 6' in text
     assert 'voipgw_media_dtmf_event_packets_total{action="taken"} 10' in text
+
+
+def test_every_dtmf_count_of_the_call_record_is_a_metric_action() -> None:
+    """voipgw_media_dtmf_event_packets_total has an action for each of the call records'
+    ``dtmf.packets`` (DTMF_COUNTS), ``end_copies_dropped`` among them (docs/architecture.md:
+    "the same packets, summed over calls"), summed and taken away like the others."""
+    media = dict.fromkeys(("a_to_b_bytes", "b_to_a_bytes", "a_to_b_dropped", "b_to_a_dropped"), 0)
+    media.update(streams=1, a_to_b_packets=3, b_to_a_packets=4)
+    dtmf = {**media, **{f"dtmf_{action}": 1 for action in DTMF_COUNTS}}
+    dtmf["dtmf_end_copies_dropped"] = 2
+    totals = MediaTotals()
+    for figures in (media, dtmf, dtmf):
+        session = SimpleNamespace(statistics=lambda f=figures: f, quality=None)
+        totals.add_call(SimpleNamespace(media=session, keying=None))  # type: ignore[arg-type]
+    ended = MediaTotals()
+    ended.add(totals)
+    ended.add(totals, -1)
+    ended.add(totals)
+    exported = ended.dtmf_event_packets()
+    assert [action for action, _ in exported] == list(DTMF_COUNTS)
+    assert dict(exported)["end_copies_dropped"] == 4
+    assert dict(exported)["taken"] == 2
+    out = Exposition()
+    counts = MediaCounts(
+        streams=0,
+        packets=0,
+        bytes=0,
+        dropped=0,
+        srtp_auth_failures=0,
+        srtp_replays=0,
+        dtmf_event_packets=exported,
+    )
+    collect._media(out, counts)
+    text = out.render().decode()
+    assert 'voipgw_media_dtmf_event_packets_total{action="end_copies_dropped"} 4' in text
 
 
 def test_call_limits_count_their_refusals_by_key_and_why() -> None:
