@@ -538,6 +538,10 @@ class SdesNegotiation:
     first acceptable line (for the record)."""
     _accept_mki: bool = True
     """False with ``[plugins.sdes] mki = "refuse"``: a peer key with an MKI is refused."""
+    _last_read: tuple[tuple[str, ...], tuple[CryptoAttribute, CryptoAttribute] | str] | None = None
+    """The a=crypto values of the last answer read and what :meth:`_read_answer` made of them:
+    the core checks an answer (:meth:`check_remote_sdp_attributes`) then takes it, and a 2xx
+    repeats its 183's answer; each is parsed once."""
 
     def __repr__(self) -> str:
         suite = self._keys.suite if self._keys is not None else None
@@ -640,7 +644,18 @@ class SdesNegotiation:
     ) -> tuple[CryptoAttribute, CryptoAttribute] | str:
         """The peer's answer read against our offer, changing nothing: our offered line and
         its answer line, or the reason the answer is unacceptable (never a key)."""
-        values = crypto_values(attributes)
+        values = tuple(crypto_values(attributes))
+        last = self._last_read
+        if last is not None and last[0] == values:
+            return last[1]  # our offer's lines and limits are the same: so is the result
+        read = self._read_values(values)
+        self._last_read = (values, read)
+        return read
+
+    def _read_values(
+        self, values: tuple[str, ...]
+    ) -> tuple[CryptoAttribute, CryptoAttribute] | str:
+        """:meth:`_read_answer` of the answer's a=crypto values."""
         if not values:
             return "the answer has no a=crypto line"
         if len(values) > 1:
