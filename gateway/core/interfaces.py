@@ -192,6 +192,13 @@ class KeyNegotiation(Protocol):
     # (the call record, ``voipgw calls``) should say of this exchange beyond its name and suite:
     # ``dtls_role`` and ``peer_certificate_sha256`` (dtls), ``zrtp_sas``, ``zrtp_cache`` ... (zrtp).
     # Values that are None are left out.
+    #
+    # Optional: ``check_remote_sdp_attributes(attributes) -> str | None``, for an offerer's
+    # negotiation: the reason ``remote_sdp_attributes`` would refuse the same answer, or None,
+    # changing nothing. The core then checks each line of an answer with it and gives the answer
+    # to ``remote_sdp_attributes`` only once it took the whole answer, so a refused answer (a
+    # forked phone's 183) binds nothing for another phone's answer to the same offer
+    # (docs/plugin_hooks.md). Without it the answer is given as it is read, as before.
 
 
 class KeyExchange(Protocol):

@@ -180,6 +180,10 @@ class StreamSecurity:
     ZRTP's a=zrtp-hash in RTP/AVP), by name: the peer's answer picks one (``take_answer``)."""
     refused: str | None = None
     """Why this leg's policy refused the stream (T.38 in cleartext): it went at port 0."""
+    answered_with: tuple[tuple[str, str | None], ...] | None = None
+    """The key exchange's part of the peer's answer taken last for this stream (its
+    ``sdp_attribute`` lines, or all its attributes): whether another answer repeats it, for a
+    negotiation that failed on a refused answer in between (``LegSecurity._answer_streams``)."""
     rejected: bool = False
     """The latest answer (ours or the peer's) put this stream at port 0: it ended there (RFC
     3264 §6, §8.2). An offer that brings its m= line back starts a new stream, keyed afresh,
@@ -217,6 +221,14 @@ class AnswerRead:
     """The peer's ICE credentials per m= line."""
     fax: bool
     """It accepts a T.38 stream (the leg's record says so from then on)."""
+    binds: tuple[tuple[StreamSecurity, str, KeyNegotiation, AttributePairs], ...] = ()
+    """The negotiations that checked their part of the answer without taking it
+    (``check_remote_sdp_attributes``), with the key exchange's name and that part: they take
+    it in :meth:`LegSecurity.apply_answer`, so an answer refused first binds nothing."""
+
+
+AttributePairs = list[tuple[str, str | None]]
+"""An m= line's attributes then the session's, as a negotiation reads an answer."""
 
 
 class _PluginCall:
@@ -780,8 +792,9 @@ class LegSecurity:
         an answer that repeats that line, for which it reports nothing new."""
         taken: list[tuple[StreamSecurity, dict[str, Any]]] = []
         reported: dict[int, tuple[KeyNegotiation, SrtpKeys]] = {}
+        binds: list[tuple[StreamSecurity, str, KeyNegotiation, AttributePairs]] = []
         try:
-            media_out = self._answer_streams(answer, taken, reported)
+            media_out = self._answer_streams(answer, taken, reported, binds)
             ice = self.ice.read_remote(answer)
         finally:
             self._unapplied.update(reported)
@@ -792,6 +805,7 @@ class LegSecurity:
             reported=tuple(reported),
             ice=ice,
             fax=any([m.port != 0 and StreamSecurity.fax_proto(m.proto) for m in answer.media]),
+            binds=tuple(binds),
         )
 
     def apply_answer(self, read: AnswerRead) -> None:
@@ -800,11 +814,34 @@ class LegSecurity:
         of the peer's; :class:`LocalMediaError` when another offer or answer came between."""
         if read.offered is not self._offered:
             raise LocalMediaError("the answer read is not to the offer in progress on the leg")
+        # The negotiations that only checked the answer take it now that nothing refused it
+        # (an answer refused before this, a fork's 183, bound none of them: another fork's
+        # answer to the same offer is read on its own merits, RFC 3261 §16.7, §12.1.2).
+        bound: list[tuple[StreamSecurity, SrtpKeys]] = []
+        for stream, name, negotiation, attributes in read.binds:
+            drained = StreamSecurity()
+            refusal: SdpError | None = None
+            with self._plugin(name):
+                try:
+                    negotiation.remote_sdp_attributes(attributes)
+                except SdpError as exc:
+                    refusal = exc
+                failed = _drain(negotiation, drained)
+            if refusal is not None or failed is not None:
+                # Its check took what it then refused: the plugin's bug, not the peer's.
+                self.failed(name)
+                raise KeyExchangeFailed(
+                    name, refusal or LocalMediaError("refused an answer it had checked")
+                )
+            if drained.keys is not None:
+                bound.append((stream, drained.keys))
         for key in read.reported:
             self._unapplied.pop(key, None)
         for stream, change in read.changes:
             for field, value in change.items():
                 setattr(stream, field, value)
+        for stream, keys in bound:
+            stream.keys = keys
         self.ice.take_answer(read.ice)
         self._fax_passed = self._fax_passed or read.fax
         self.streams = self._offered
@@ -815,10 +852,12 @@ class LegSecurity:
         answer: SessionDescription,
         taken: list[tuple[StreamSecurity, dict[str, Any]]],
         reported: dict[int, tuple[KeyNegotiation, SrtpKeys]],
+        binds: list[tuple[StreamSecurity, str, KeyNegotiation, AttributePairs]],
     ) -> list[MediaDescription]:
         """:meth:`take_answer`'s reading of each m= line: the plain media for the session;
         each stream's changes go in ``taken``, the keys its negotiations reported in
-        ``reported``, and nothing of the leg's changes."""
+        ``reported``, the negotiations that take their part only once the whole answer is
+        taken in ``binds``, and nothing of the leg's changes."""
         media_out: list[MediaDescription] = []
         session_attributes = _pairs(answer.attributes)
         for index, media in enumerate(answer.media):
@@ -838,6 +877,27 @@ class LegSecurity:
                         change["negotiation"], change["key_exchange"] = negotiation, name
                         change["media_path"] = _on_media_path(self._by_name[name])
                         keys = None
+                    check = getattr(negotiation, "check_remote_sdp_attributes", None)
+                    if callable(check):
+                        # A negotiation that can check an answer without taking it takes it
+                        # only in apply_answer: a refused answer (this line's keys, another
+                        # line, the media session's check after this) binds nothing, so the
+                        # negotiation is as before it for another forked phone's answer
+                        # (docs/media_security.md, "Forked SDES callees").
+                        with self._plugin(name):
+                            try:
+                                refused = check(attributes)
+                            except SdpError as exc:
+                                refused = exc.reason
+                        if refused is not None:
+                            self.failed(name)
+                            raise MediaSecurityRefused(f"the answer's keys are unusable: {refused}")
+                        binds.append((stream, name, negotiation, attributes))
+                        change["keys"] = keys
+                        change["answered_with"] = _key_part(self._by_name.get(name), attributes)
+                        taken.append((stream, change))
+                        media_out.append(self._session_media(media, stream, session_proto))
+                        continue
                     drained = StreamSecurity()
                     with self._plugin(name):
                         # A failure is queued as NegotiationFailed too, which _drain reports.
@@ -856,16 +916,25 @@ class LegSecurity:
                     if id(negotiation) in reported:
                         keys = reported[id(negotiation)][1]
                     earlier_failure = self._failed_on_answer.get(id(negotiation))
-                    if earlier_failure is not None and keys is None:
-                        # It failed on an earlier answer to this offer (another forked phone's
-                        # 183, refused) and stays failed: this answer's keys reach nothing,
-                        # and taken, the line would stay blocked, silent, the whole call.
+                    part = _key_part(self._by_name.get(name), attributes)
+                    if earlier_failure is not None and (
+                        keys is None or stream.answered_with != part
+                    ):
+                        # A plugin without check_remote_sdp_attributes: its negotiation failed
+                        # on an earlier answer to this offer (another forked phone's 183,
+                        # refused) and stays failed. This answer's keys reach nothing: taken,
+                        # the line would stay blocked (no key in force), or keep the keys of
+                        # the phone that answered before, which this one does not have
+                        # (another phone's new keys: its SRTP would fail to authenticate).
+                        # Silent either way, the whole call: refused, saying why. Only the
+                        # answer in force repeated (that phone's 200) is taken.
                         raise MediaSecurityRefused(
                             f"the answer's keys are unusable: m= line {index + 1}'s {name} key "
                             "exchange failed on an earlier answer to this offer (another forked "
                             f"phone's): {earlier_failure[1]}"
                         )
                     change["keys"] = keys
+                    change["answered_with"] = part
                 elif self.policy.allow_cleartext:
                     change["negotiation"], change["key_exchange"] = None, None  # cleartext
                     change["media_path"] = False
@@ -874,19 +943,26 @@ class LegSecurity:
                         f"policy {self.policy.name} requires encrypted media; the answer "
                         f"declined it ({media.proto})"
                     )
-            plain = _plain(media)
-            if session_proto is not None:
-                # A feedback profile answered for a plain one or the reverse (tolerated, see
-                # _answered_profile): the session gets its own, a=rtcp-fb only with a
-                # feedback profile (RFC 4585 §4.2).
-                plain = plain.with_proto(session_proto)
-                if session_proto.upper() not in _WITHOUT_FEEDBACK:
-                    plain = _without_feedback_attributes(plain)
-            elif stream.session_proto is not None:
-                plain = plain.with_proto(stream.session_proto)
-            media_out.append(plain)
+            media_out.append(self._session_media(media, stream, session_proto))
             taken.append((stream, change))
         return media_out
+
+    @staticmethod
+    def _session_media(
+        media: MediaDescription, stream: StreamSecurity, session_proto: str | None
+    ) -> MediaDescription:
+        """An answer's m= line as the media session must see it (:meth:`_answer_streams`)."""
+        plain = _plain(media)
+        if session_proto is not None:
+            # A feedback profile answered for a plain one or the reverse (tolerated, see
+            # _answered_profile): the session gets its own, a=rtcp-fb only with a
+            # feedback profile (RFC 4585 §4.2).
+            plain = plain.with_proto(session_proto)
+            if session_proto.upper() not in _WITHOUT_FEEDBACK:
+                plain = _without_feedback_attributes(plain)
+        elif stream.session_proto is not None:
+            plain = plain.with_proto(stream.session_proto)
+        return plain
 
     def _answered_profile(self, index: int, offered: str, media: MediaDescription) -> str | None:
         """Check the transport protocol the peer answered stream ``index`` with against the
@@ -1071,6 +1147,16 @@ def _drain(negotiation: KeyNegotiation, stream: StreamSecurity) -> str | None:
         elif isinstance(event, NegotiationFailed):
             failure = event.reason
     return failure
+
+
+def _key_part(exchange: object, attributes: AttributePairs) -> tuple[tuple[str, str | None], ...]:
+    """A key exchange's part of an answer's m= line (``StreamSecurity.answered_with``): the
+    lines of its ``sdp_attribute`` (a=crypto, a=fingerprint ...), or every attribute for a
+    plugin that names none."""
+    attribute = getattr(exchange, "sdp_attribute", None)
+    if not isinstance(attribute, str):
+        return tuple(attributes)
+    return tuple((name, value) for name, value in attributes if name.lower() == attribute)
 
 
 def _on_media_path(exchange: object) -> bool:

@@ -1689,6 +1689,32 @@ class DtlsNegotiation:
             self._association = self._new_association(role, peer)
         self._phase = _Phase.HANDSHAKING
 
+    def check_remote_sdp_attributes(
+        self, attributes: Iterable[tuple[str, str | None]]
+    ) -> str | None:
+        """Why :meth:`remote_sdp_attributes` would refuse the peer's answer, or None; changes
+        nothing (``interfaces.KeyNegotiation``'s optional check). The core gives the answer to
+        :meth:`remote_sdp_attributes` only once it took the whole answer: a forked phone's
+        refused 183 binds nothing, so another phone's answer to the same offer (its own
+        certificate, RFC 5763 §5) is read on its own merits, not as "a second answer"."""
+        if self.role != "offerer":
+            raise LocalDtlsError(
+                "an answering DTLS negotiation takes the offer in DtlsKeyExchange.answer()"
+            )
+        if self._phase is _Phase.FAILED:
+            return None  # remote_sdp_attributes does nothing on it
+        try:
+            peer = parse_dtls_attributes_untrusted(attributes)
+            role = offerer_role(self._setup, peer.setup)
+        except DtlsError as exc:
+            return f"the answer: {exc.reason}"
+        association = self._association
+        if association is not None and not (
+            association.peer.same_identity(peer) and association.role is role
+        ):
+            return "a second answer changes the DTLS parameters"
+        return None
+
     def claims_packet(self, first_byte: int, packet: bytes) -> bool:
         """DTLS datagrams: first byte 20..63 (RFC 7983 §7). STUN (0..3), ZRTP (16..19) and
         RTP/RTCP (128..191) are left to others."""

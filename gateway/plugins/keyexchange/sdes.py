@@ -538,6 +538,10 @@ class SdesNegotiation:
     first acceptable line (for the record)."""
     _accept_mki: bool = True
     """False with ``[plugins.sdes] mki = "refuse"``: a peer key with an MKI is refused."""
+    _last_read: tuple[tuple[str, ...], tuple[CryptoAttribute, CryptoAttribute] | str] | None = None
+    """The a=crypto values of the last answer read and what :meth:`_read_answer` made of them:
+    the core checks an answer (:meth:`check_remote_sdp_attributes`) then takes it, and a 2xx
+    repeats its 183's answer; each is parsed once."""
 
     def __repr__(self) -> str:
         suite = self._keys.suite if self._keys is not None else None
@@ -594,43 +598,13 @@ class SdesNegotiation:
 
         An answering negotiation took its offer in :meth:`SdesKeyExchange.answer`; calling this
         on it is a :class:`LocalSdesError`. On a failed negotiation it does nothing."""
-        if self.role != "offerer":
-            raise LocalSdesError(
-                "an answering SDES negotiation takes the offer in SdesKeyExchange.answer(); "
-                "a new offer needs SdesKeyExchange.answer(..., previous=...)"
-            )
+        self._offerer_only()
         if self._state is _State.FAILED:
             return
-        values = crypto_values(attributes)
-        if not values:
-            self._fail_and_raise("the answer has no a=crypto line")
-        if len(values) > 1:
-            self._fail_and_raise("the answer has more than one a=crypto line (RFC 4568 §5.1.2)")
-        try:
-            answer = parse_crypto_untrusted(values[0])
-        except SdesError as exc:
-            self._fail_and_raise(f"the answer's {exc.reason}")
-        offered = next((line for line in self._local_lines if line.tag == answer.tag), None)
-        if offered is None:
-            self._fail_and_raise(f"the answer's a=crypto tag {answer.tag} was not offered")
-        if answer.suite != offered.suite:
-            self._fail_and_raise(
-                f"the answer's a=crypto tag {answer.tag} changes the crypto-suite (RFC 4568 §5.1.2)"
-            )
-        problem = _unsupported_params(answer, self._min_peer_lifetime, accept_mki=self._accept_mki)
-        if problem is not None:
-            self._fail_and_raise(f"the answer's a=crypto: {problem}")
-        if hmac.compare_digest(answer.keys[0].key_salt, offered.keys[0].key_salt):
-            # RFC 4568 §5.1.2, §7.1.2: the answer carries the answerer's own key. Ours echoed
-            # back (a peer that copies the offer, or a reflected SDP) would key both directions
-            # alike: every SRTP packet we send would then authenticate when sent back to us
-            # (a reflection, RFC 3711 §9.1), so such an answer is refused.
-            self._fail_and_raise(
-                f"the peer's answer copied the key of our offer's a=crypto tag {answer.tag} "
-                "instead of sending a key of its own: each side must send its own key (RFC 4568 "
-                "§5.1.2), and one key both ways would let our own SRTP sent back to us "
-                "authenticate (RFC 3711 §9.1); a peer bug, refused"
-            )
+        read = self._read_answer(attributes)
+        if isinstance(read, str):
+            self._fail_and_raise(read)
+        offered, answer = read
         self._line_in_force = offered
         self._peer_lifetime = answer.keys[0].lifetime
         self._establish(
@@ -642,6 +616,76 @@ class SdesNegotiation:
                 remote_mki=_mki_bytes(answer.keys[0]),  # RFC 4568 §6.1: in the peer's packets
             )
         )
+
+    def check_remote_sdp_attributes(
+        self, attributes: Iterable[tuple[str, str | None]]
+    ) -> str | None:
+        """Why :meth:`remote_sdp_attributes` would refuse the peer's answer, or None; changes
+        nothing (``interfaces.KeyNegotiation``'s optional check). The core checks each line of
+        an answer so, and gives it to :meth:`remote_sdp_attributes` only once it took the
+        whole answer: a forked phone's refused 183 (our own key copied back, an unknown suite)
+        leaves this negotiation as it was for another phone's answer to the same offer (RFC
+        3261 §16.7), which is read on its own merits."""
+        self._offerer_only()
+        if self._state is _State.FAILED:
+            return None  # remote_sdp_attributes does nothing on it
+        read = self._read_answer(attributes)
+        return read if isinstance(read, str) else None
+
+    def _offerer_only(self) -> None:
+        if self.role != "offerer":
+            raise LocalSdesError(
+                "an answering SDES negotiation takes the offer in SdesKeyExchange.answer(); "
+                "a new offer needs SdesKeyExchange.answer(..., previous=...)"
+            )
+
+    def _read_answer(
+        self, attributes: Iterable[tuple[str, str | None]]
+    ) -> tuple[CryptoAttribute, CryptoAttribute] | str:
+        """The peer's answer read against our offer, changing nothing: our offered line and
+        its answer line, or the reason the answer is unacceptable (never a key)."""
+        values = tuple(crypto_values(attributes))
+        last = self._last_read
+        if last is not None and last[0] == values:
+            return last[1]  # our offer's lines and limits are the same: so is the result
+        read = self._read_values(values)
+        self._last_read = (values, read)
+        return read
+
+    def _read_values(
+        self, values: tuple[str, ...]
+    ) -> tuple[CryptoAttribute, CryptoAttribute] | str:
+        """:meth:`_read_answer` of the answer's a=crypto values."""
+        if not values:
+            return "the answer has no a=crypto line"
+        if len(values) > 1:
+            return "the answer has more than one a=crypto line (RFC 4568 §5.1.2)"
+        try:
+            answer = parse_crypto_untrusted(values[0])
+        except SdesError as exc:
+            return f"the answer's {exc.reason}"
+        offered = next((line for line in self._local_lines if line.tag == answer.tag), None)
+        if offered is None:
+            return f"the answer's a=crypto tag {answer.tag} was not offered"
+        if answer.suite != offered.suite:
+            return (
+                f"the answer's a=crypto tag {answer.tag} changes the crypto-suite (RFC 4568 §5.1.2)"
+            )
+        problem = _unsupported_params(answer, self._min_peer_lifetime, accept_mki=self._accept_mki)
+        if problem is not None:
+            return f"the answer's a=crypto: {problem}"
+        if hmac.compare_digest(answer.keys[0].key_salt, offered.keys[0].key_salt):
+            # RFC 4568 §5.1.2, §7.1.2: the answer carries the answerer's own key. Ours echoed
+            # back (a peer that copies the offer, or a reflected SDP) would key both directions
+            # alike: every SRTP packet we send would then authenticate when sent back to us
+            # (a reflection, RFC 3711 §9.1), so such an answer is refused.
+            return (
+                f"the peer's answer copied the key of our offer's a=crypto tag {answer.tag} "
+                "instead of sending a key of its own: each side must send its own key (RFC 4568 "
+                "§5.1.2), and one key both ways would let our own SRTP sent back to us "
+                "authenticate (RFC 3711 §9.1); a peer bug, refused"
+            )
+        return offered, answer
 
     def claims_packet(self, first_byte: int, packet: bytes) -> bool:
         """Always False: SDES exchanges nothing on the media path."""

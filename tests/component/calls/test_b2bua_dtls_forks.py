@@ -23,7 +23,14 @@ from gateway.testing.sip_agent import Call
 from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, start_b2bua
 from tests.component.calls.b2bua_scenarios import second_phone
 from tests.component.calls.dtls_pairs import pairs
-from tests.component.calls.dtls_phone import PHONE_ID, PHONE_PORT, Phone, bind, dtls_sdp
+from tests.component.calls.dtls_phone import (
+    PHONE_ID,
+    PHONE_PORT,
+    Phone,
+    bind,
+    dtls_sdp,
+    wrong_fingerprint,
+)
 
 
 async def two_ringing_forks(
@@ -238,3 +245,56 @@ async def test_a_lone_callee_behind_a_nat_is_keyed_by_the_client_hello_it_sent_r
     assert phone.failure is None and rtcp_phone.failure is None
     for engine in (phone.negotiation, rtcp_phone.negotiation):
         assert engine.statistics().retransmissions == 0  # type: ignore[attr-defined]
+
+
+async def test_a_forks_refused_183_binds_nothing_for_the_phone_that_answers(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+) -> None:
+    """A proxy downstream forks our one offer (one B leg, two To tags, RFC 3261 §12.1.2).
+    The other phone's 183 (its own certificate) names a host in c=, which the relay resolves
+    none of: the media session refuses it after the leg's security read it, so it is ignored
+    (the caller gets no 183). The phone that rang answers 200 with its own certificate: taken,
+    and its handshake keys the call. Before session 46 the refused 183 had bound the line's
+    DTLS negotiation to its fingerprint: the 200 failed with "a second answer changes the
+    DTLS parameters", 488 to the caller and BYE to the phone that answered."""
+    env = await start_b2bua(
+        nursery, tmp_path, voipgw_seed, plugins=[("dtls", dtls_plugin)], alice_auto=None
+    )
+    assert env.gateway.store is not None
+    env.gateway.store.accounts_set("alice", media_policy="dtls")
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    await leg_b.ring()
+    phone, rtcp_phone, answer = await start_phones(nursery, leg_b, PHONE_PORT)
+    refused = dtls_sdp(
+        phone.negotiation,  # type: ignore[arg-type]
+        port=PHONE_PORT + 2,
+        fingerprint=wrong_fingerprint(),  # the other phone's certificate
+        rtcp_mux=False,
+    ).replace(b"c=IN IP4 127.0.0.1", b"c=IN IP4 phone2.example.net")
+    answering_tag = leg_b.local_tag
+    leg_b.local_tag = "fork-2"  # the other phone's early dialog
+    await env.alice.respond(leg_b.incoming, 183, body=refused)  # type: ignore[arg-type]
+    await trio.sleep(0.05)
+    leg_b.local_tag = answering_tag
+    assert call.exchange is not None
+    assert 183 not in [r.status for r in call.exchange.responses]
+    await leg_b.answer(200, sdp=answer)
+    final = await call.final()
+    assert final.status == 200, final.reason
+
+    with trio.fail_after(30):
+        await phone.keyed.wait()
+        await rtcp_phone.keyed.wait()
+    assert phone.failure is None and rtcp_phone.failure is None
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert gateway_call.b is not None and gateway_call.b.security is not None
+    security = gateway_call.b.security
+    await eventually(lambda: security.rtcp_keys(0) is not None)
+    assert security.keys(0) is not None
+    await trio.sleep(30)
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []

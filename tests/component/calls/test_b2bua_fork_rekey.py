@@ -980,35 +980,82 @@ async def test_another_forks_183_refused_at_its_second_line_changes_no_key(
     assert (await call.bye()).status == 200
 
 
-async def test_a_forks_200_after_another_forks_183_failed_a_lines_keys_is_refused_not_silent(
-    nursery: trio.Nursery,
-    tmp_path: Path,
-    autojump_clock: trio.abc.Clock,
-    voipgw_seed: int,
-    tls_signalling: None,  # noqa: F811
-) -> None:
-    """Two streams. One forked phone's 183 answers line 2 with our own key copied back (a
-    peer bug the SDES negotiation refuses, RFC 4568 §5.1.2): refused (the caller gets a 180),
-    and line 2's negotiation stays failed (plugins keep no undo). The other phone, which sent
-    no early answer, answers 200 with good keys: line 2's failed negotiation has nothing for
-    them. Before session 46's review that 200 was taken, the call answered, and line 2 stayed
-    blocked (no key), silent, for the whole call, nothing logged; now the answer is refused
-    saying why: ACK and BYE to the phone, 488 to the caller."""
-    env = await with_sdes(nursery, tmp_path, voipgw_seed)
+async def two_line_call(env: B2bua) -> tuple[Call, Call, list[bytes]]:
+    """trunk -> alice, two audio lines, our best-effort SDES offer: (leg A, alice's INVITE,
+    our offer's key of :data:`SUITE` on each line)."""
     (trunk_port,) = port_bases(1)
     two = simple_sdp("127.0.0.1", trunk_port, formats=("0",)) + (
         f"m=audio {trunk_port + 2} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n".encode()
     )
     call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=two)
     leg_b = await env.alice.next_call()
-    offer = leg_b.invite.body
     ours = [
         base64.b64decode(value.split()[2].removeprefix("inline:").split("|")[0])
-        for media in parse_sdp_untrusted(offer).media
+        for media in parse_sdp_untrusted(leg_b.invite.body).media
         for name, value in media.attributes
         if name == "crypto" and value is not None and value.split()[1] == SUITE
     ]
     assert len(ours) == 2
+    return call, leg_b, ours
+
+
+def without_the_check(monkeypatch: pytest.MonkeyPatch, plugin: str) -> None:
+    """``plugin`` "without-check": the SDES negotiation as a key exchange plugin written
+    before ``check_remote_sdp_attributes`` (docs/plugin_hooks.md) is."""
+    if plugin == "without-check":
+        monkeypatch.delattr(sdes_plugin.SdesNegotiation, "check_remote_sdp_attributes")
+
+
+async def refused_not_silent(env: B2bua, call: Call, keys: list[bytes]) -> None:
+    """The 2xx refused saying why (a plugin without the check): ACK and BYE to the phone, 488
+    to the caller, no key in the reason."""
+    assert (await call.final()).status == 488
+    await env.alice.next_request("ACK", timeout=5)
+    bye = await env.alice.next_request("BYE", timeout=5)
+    reason = bye.request.headers.get("Reason") or ""
+    assert "cause=488" in reason
+    assert "m= line 2's sdes key exchange failed on an earlier answer" in reason
+    for key in keys:
+        assert base64.b64encode(key).decode()[:12] not in reason
+
+
+def phones_packets_taken(
+    env: B2bua, phone_key: bytes, ours: list[bytes], sequence: int = 2
+) -> None:
+    """The relay takes the phone's SRTP packet ``sequence`` under ``phone_key`` on both
+    lines."""
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert gateway_call.media is not None
+    for index, stream in enumerate(gateway_call.media.streams):
+        phone = SrtpSession(SrtpKeys(SUITE, phone_key, ours[index]))
+        sent = phone.protect_rtp(rtp(sequence))
+        assert stream.b_to_a.transforms.rtp_in(sent) == rtp(sequence), index
+        phone.close()
+
+
+@pytest.mark.parametrize("plugin", ["with-check", "without-check"])
+async def test_a_forks_200_after_another_forks_refused_183_is_keyed_with_its_own_keys(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    tls_signalling: None,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    plugin: str,
+) -> None:
+    """Two streams. One forked phone's 183 answers line 2 with our own key copied back (a
+    peer bug the SDES negotiation refuses, RFC 4568 §5.1.2): refused (the caller gets a 180).
+    The other phone, which sent no early answer, answers 200 with good keys: taken, both
+    lines keyed with its keys, both ways. The refused 183 bound nothing: the SDES negotiation
+    only checked it (``check_remote_sdp_attributes``). Before session 46 it failed line 2's
+    negotiation for the whole offer: the 200 was taken with line 2 silent (session 45), then
+    refused (session 46's review), as it still is with a key exchange plugin without the
+    check, saying why."""
+    without_the_check(monkeypatch, plugin)
+    env = await with_sdes(nursery, tmp_path, voipgw_seed)
+    call, leg_b, ours = await two_line_call(env)
+    offer = leg_b.invite.body
     answering_tag = leg_b.local_tag
     leg_b.local_tag = ANSWERING_TAG  # the other forked phone
     copying = two_line_answer(offer, 30010, (ANSWERING_PHONE_KEY, ours[1]))
@@ -1017,11 +1064,78 @@ async def test_a_forks_200_after_another_forks_183_failed_a_lines_keys_is_refuse
     leg_b.local_tag = answering_tag
     good = two_line_answer(offer, 30000, (EARLY_PHONE_KEY, EARLY_PHONE_KEY))
     await env.alice.respond(leg_b.incoming, 200, body=good)  # type: ignore[arg-type]
-    assert (await call.final()).status == 488
+    if plugin == "without-check":
+        await refused_not_silent(env, call, [*ours, ANSWERING_PHONE_KEY, EARLY_PHONE_KEY])
+        return
+    final = await call.final()
+    assert final.status == 200, final.reason
     await env.alice.next_request("ACK", timeout=5)
-    bye = await env.alice.next_request("BYE", timeout=5)
-    reason = bye.request.headers.get("Reason") or ""
-    assert "cause=488" in reason
-    assert "m= line 2's sdes key exchange failed on an earlier answer" in reason
-    for key in (*ours, ANSWERING_PHONE_KEY, EARLY_PHONE_KEY):
-        assert base64.b64encode(key).decode()[:12] not in reason
+    phones_packets_taken(env, EARLY_PHONE_KEY, ours)
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert gateway_call.media is not None
+    for index, stream in enumerate(gateway_call.media.streams):
+        phone = SrtpSession(SrtpKeys(SUITE, EARLY_PHONE_KEY, ours[index]))
+        assert phone.unprotect_rtp(stream.a_to_b.transforms.rtp_out(rtp(1))) == rtp(1)
+        phone.close()
+    # No phone's early media was keyed by our keys: no re-key re-INVITE.
+    await trio.sleep(5)
+    assert reinvites_to(env, answering_tag) == []
+    assert (await call.bye()).status == 200
+
+
+@pytest.mark.parametrize("plugin", ["with-check", "without-check"])
+async def test_a_third_forks_200_after_a_refused_183_is_keyed_with_its_own_keys(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    tls_signalling: None,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    plugin: str,
+) -> None:
+    """Three forked phones, two streams. Phone 1's 183 keys both lines (early media); phone
+    2's 183 copies our key back on line 2: refused; phone 3 answers 200 with keys of its own.
+    Its packets are taken on both lines under its keys. Before session 46 line 2, whose
+    negotiation phone 2's 183 had failed, kept phone 1's key: phone 3's SRTP failed to
+    authenticate there, the line silent, nothing said. A plugin without the check cannot
+    take phone 3's keys on line 2: that 200 is refused saying why, never taken with phone 1's
+    keys."""
+    without_the_check(monkeypatch, plugin)
+    env = await with_sdes(nursery, tmp_path, voipgw_seed)
+
+    async def refuse_reinvite(received: Any) -> bool:
+        if received.request.method != "INVITE":
+            return False
+        await env.alice.respond(received, 488)  # our re-key: the 200's keys stay in force
+        return True
+
+    env.alice.in_dialog = refuse_reinvite
+    call, leg_b, ours = await two_line_call(env)
+    offer = leg_b.invite.body
+    early = two_line_answer(offer, 30000, (EARLY_PHONE_KEY, EARLY_PHONE_KEY))
+    await env.alice.respond(leg_b.incoming, 183, body=early)  # type: ignore[arg-type]
+    await call.exchange.wait_for(lambda r: r.status == 183)  # type: ignore[union-attr]
+    leg_b.local_tag = ANSWERING_TAG
+    copying = two_line_answer(offer, 30010, (ANSWERING_PHONE_KEY, ours[1]))
+    await env.alice.respond(leg_b.incoming, 183, body=copying)  # type: ignore[arg-type]
+    await call.exchange.wait_for(lambda r: r.status == 180)  # type: ignore[union-attr]
+    third_tag = "fork-3"
+    leg_b.local_tag = third_tag
+    env.alice._by_dialog[(leg_b.call_id, third_tag)] = leg_b
+    third = two_line_answer(offer, 30020, (ANSWERING_PHONE_NEW_KEY, ANSWERING_PHONE_NEW_KEY))
+    await env.alice.respond(leg_b.incoming, 200, body=third)  # type: ignore[arg-type]
+    if plugin == "without-check":
+        await refused_not_silent(env, call, [*ours, ANSWERING_PHONE_NEW_KEY, EARLY_PHONE_KEY])
+        return
+    final = await call.final()
+    assert final.status == 200, final.reason
+    await env.alice.next_request("ACK", timeout=5)
+    phones_packets_taken(env, ANSWERING_PHONE_NEW_KEY, ours)
+    # Phone 1's early media was keyed by our keys: phone 3 is re-keyed (and refuses here).
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    await eventually(lambda: gateway_call.security_record()["b"].get("fork_rekey") != "pending")
+    assert str(gateway_call.security_record()["b"].get("fork_rekey")).startswith("refused")
+    phones_packets_taken(env, ANSWERING_PHONE_NEW_KEY, ours, sequence=3)
+    assert (await call.bye()).status == 200

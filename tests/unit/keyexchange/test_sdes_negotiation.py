@@ -428,41 +428,41 @@ def test_every_leg_and_direction_gets_its_own_key() -> None:
 # -- answers the offerer refuses ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("answer", "reason"),
-    [
-        ([], "the answer has no a=crypto line"),
-        ([("rtpmap", "0 PCMU/8000")], "the answer has no a=crypto line"),
-        (
-            [line(1, CM128_80, 9), line(2, GCM256, 9)],
-            "the answer has more than one a=crypto line (RFC 4568 §5.1.2)",
-        ),
-        ([line(3, CM128_80, 9)], "the answer's a=crypto tag 3 was not offered"),
-        (
-            [line(2, CM128_80, 9)],
-            "the answer's a=crypto tag 2 changes the crypto-suite (RFC 4568 §5.1.2)",
-        ),
-        (
-            [
-                (
-                    "crypto",
-                    f"1 {CM128_80} inline:{key_b64(CM128_80, 9)}|1:1;inline:{SDES_KEY_80}|2:1",
-                )
-            ],
-            "the answer's a=crypto: 2 master keys in one line are not supported "
-            "(one key, with or without an MKI, is)",
-        ),
-        (
-            [line(1, CM128_80, 9, " UNENCRYPTED_SRTCP")],
-            "the answer's a=crypto: UNENCRYPTED_SRTCP is not supported",
-        ),
-        (
-            [("crypto", f"1 {CM128_80} inline:{key_b64(GCM256, 9)}")],
-            "the answer's AES_CM_128_HMAC_SHA1_80 needs a 30-octet key and salt, "
-            "the inline key has 44 octets",
-        ),
-    ],
-)
+UNACCEPTABLE_ANSWERS: list[tuple[Attrs, str]] = [
+    ([], "the answer has no a=crypto line"),
+    ([("rtpmap", "0 PCMU/8000")], "the answer has no a=crypto line"),
+    (
+        [line(1, CM128_80, 9), line(2, GCM256, 9)],
+        "the answer has more than one a=crypto line (RFC 4568 §5.1.2)",
+    ),
+    ([line(3, CM128_80, 9)], "the answer's a=crypto tag 3 was not offered"),
+    (
+        [line(2, CM128_80, 9)],
+        "the answer's a=crypto tag 2 changes the crypto-suite (RFC 4568 §5.1.2)",
+    ),
+    (
+        [
+            (
+                "crypto",
+                f"1 {CM128_80} inline:{key_b64(CM128_80, 9)}|1:1;inline:{SDES_KEY_80}|2:1",
+            )
+        ],
+        "the answer's a=crypto: 2 master keys in one line are not supported "
+        "(one key, with or without an MKI, is)",
+    ),
+    (
+        [line(1, CM128_80, 9, " UNENCRYPTED_SRTCP")],
+        "the answer's a=crypto: UNENCRYPTED_SRTCP is not supported",
+    ),
+    (
+        [("crypto", f"1 {CM128_80} inline:{key_b64(GCM256, 9)}")],
+        "the answer's AES_CM_128_HMAC_SHA1_80 needs a 30-octet key and salt, "
+        "the inline key has 44 octets",
+    ),
+]
+
+
+@pytest.mark.parametrize(("answer", "reason"), UNACCEPTABLE_ANSWERS)
 def test_unacceptable_answers_raise_and_fail(answer: Attrs, reason: str) -> None:
     ke, _ = exchange(1)
     a = ke.offer(suites=[CM128_80, GCM256], secure_signalling=True)
@@ -477,6 +477,36 @@ def test_unacceptable_answers_raise_and_fail(answer: Attrs, reason: str) -> None
     # A failed negotiation stays failed and quiet.
     a.remote_sdp_attributes([line(1, CM128_80, 9)])
     assert events(a) == [] and a.state == "failed"
+
+
+@pytest.mark.parametrize(("answer", "reason"), UNACCEPTABLE_ANSWERS)
+def test_the_check_of_an_answer_says_why_it_is_refused_and_changes_nothing(
+    answer: Attrs, reason: str
+) -> None:
+    """``check_remote_sdp_attributes``: the reason :meth:`remote_sdp_attributes` would give,
+    nothing queued, nothing changed: a forked phone's refused answer leaves the negotiation
+    able to take another phone's (docs/media_security.md, "Forked SDES callees")."""
+    ke, _ = exchange(1)
+    a = ke.offer(suites=[CM128_80, GCM256], secure_signalling=True)
+    assert a.check_remote_sdp_attributes(answer) == reason
+    assert events(a) == [] and a.state == "offered" and a.failure is None
+    assert a.check_remote_sdp_attributes([line(1, CM128_80, 9)]) is None
+    assert events(a) == [] and a.state == "offered"
+    a.remote_sdp_attributes([line(1, CM128_80, 9)])
+    assert keys_of(a).remote_key == base64.b64decode(key_b64(CM128_80, 9))
+
+
+def test_the_check_refuses_our_own_key_copied_back_and_keeps_the_keys_in_force() -> None:
+    """Another forked phone's answer copying our key back, after a first phone's answer put
+    keys in force: refused by the check, the keys in force and the state kept."""
+    ke, _ = exchange(1)
+    a = ke.offer(suites=[CM128_80], secure_signalling=True)
+    a.remote_sdp_attributes([line(1, CM128_80, 20)])
+    in_force = keys_of(a)
+    ours = a.local_sdp_attributes()
+    reason = a.check_remote_sdp_attributes(ours)
+    assert reason is not None and "copied the key of our offer's a=crypto tag 1" in reason
+    assert a.keys == in_force and a.state == "established" and events(a) == []
 
 
 def test_the_same_answer_twice_changes_nothing_a_new_one_replaces_the_peer_key() -> None:

@@ -635,11 +635,40 @@ def _second_line_copying_our_key(
     return parse_sdp_untrusted((head + "m=audio" + "\r\n".join(lines)).encode())
 
 
-def test_another_forks_answer_after_a_failed_negotiation_is_refused_not_taken_keyless() -> None:
-    """A fork's 183 whose line 2 key fails that line's SDES negotiation is refused; the
-    negotiation stays failed (plugins keep no undo) and reports nothing for the other fork's
-    200. Taken, that answer keyed nothing on line 2, which stayed blocked, silent, for the
-    whole call (before session 46); now it is refused saying why, a stated end of the call."""
+def _answer_keys(answer: SessionDescription) -> list[bytes]:
+    """The key and salt of the a=crypto line of each m= line of an answer."""
+    return [
+        base64.b64decode(media.crypto[0].split()[2].removeprefix("inline:").split("|")[0])
+        for media in answer.media
+    ]
+
+
+def test_another_forks_answer_after_a_refused_one_is_read_on_its_own_merits() -> None:
+    """A fork's 183 whose line 2 copies our key back is refused, and binds nothing: the SDES
+    negotiation only checked it (``check_remote_sdp_attributes``). The other fork's 200,
+    with good keys, is taken and keys both lines with its own keys. Before session 46 the
+    refused 183 failed line 2's negotiation for the whole offer: the 200 was taken with line
+    2 silent (session 45), then refused, 488 (session 46's review)."""
+    failures: collections.Counter[str] = collections.Counter()
+    ours, first, second = _forked_answers()
+    ours.failures = failures
+    with pytest.raises(MediaSecurityRefused, match="copied the key"):
+        ours.take_answer(_second_line_copying_our_key(ours, second))
+    assert failures == {"sdes": 1}  # the refused answer is counted, as before
+    ours.take_answer(first)
+    keys = [ours.keys(0), ours.keys(1)]
+    assert keys[0] is not None and keys[1] is not None
+    assert [k.remote_key for k in keys] == _answer_keys(first)
+
+
+def test_a_plugin_without_the_check_keeps_refusing_the_other_forks_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A key exchange plugin without ``check_remote_sdp_attributes`` (written before it): its
+    negotiation fails on the refused 183 and stays failed (plugins keep no undo), so it has
+    nothing for the other fork's 200, which is refused saying why (session 46's review: a
+    stated end of the call, never a line left silent)."""
+    monkeypatch.delattr(SdesNegotiation, "check_remote_sdp_attributes")
     ours, first, second = _forked_answers()
     with pytest.raises(MediaSecurityRefused, match="copied the key"):
         ours.take_answer(_second_line_copying_our_key(ours, second))
@@ -653,6 +682,67 @@ def test_another_forks_answer_after_a_failed_negotiation_is_refused_not_taken_ke
     phone.take_offer(ours.make_offer(sdp(TWO_LINES)))
     ours.take_answer(phone.make_answer(sdp(TWO_LINES)))
     assert ours.keys(0) is not None and ours.keys(1) is not None
+
+
+def _third_fork(ours: LegSecurity) -> SessionDescription:
+    """A third forked phone's answer to our offer in progress (its own keys)."""
+    offered = ours._last_made
+    assert offered is not None
+    phone = leg("sdes", tls=True, side="a")
+    phone.take_offer(offered[0])
+    return phone.make_answer(sdp(TWO_LINES))
+
+
+def test_a_third_forks_answer_after_a_refused_one_is_keyed_with_its_own_keys() -> None:
+    """Fork 1's 183 keyed both lines; fork 2's 183 (our key copied back on line 2) is
+    refused; fork 3's 200 comes with keys of its own: both lines take its keys. Before
+    session 46 line 2, whose negotiation fork 2 had failed, kept fork 1's keys, which fork 3
+    does not have: its SRTP failed to authenticate, the line silent, nothing said."""
+    ours, first, second = _forked_answers()
+    third = _third_fork(ours)
+    ours.take_answer(first)
+    with pytest.raises(MediaSecurityRefused, match="copied the key"):
+        ours.take_answer(_second_line_copying_our_key(ours, second))
+    ours.take_answer(third)
+    keys = [ours.keys(0), ours.keys(1)]
+    assert keys[0] is not None and keys[1] is not None
+    assert [k.remote_key for k in keys] == _answer_keys(third)
+
+
+def test_without_the_check_a_third_forks_new_keys_are_refused_not_taken_with_old_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same with a plugin without ``check_remote_sdp_attributes``: line 2's failed
+    negotiation cannot take fork 3's keys, and keeping fork 1's would leave fork 3's line
+    silent; so fork 3's answer is refused saying why. Fork 1's own 200, repeating the answer
+    in force, is still taken."""
+    monkeypatch.delattr(SdesNegotiation, "check_remote_sdp_attributes")
+    ours, first, second = _forked_answers()
+    third = _third_fork(ours)
+    ours.take_answer(first)
+    in_force = [ours.keys(0), ours.keys(1)]
+    with pytest.raises(MediaSecurityRefused, match="copied the key"):
+        ours.take_answer(_second_line_copying_our_key(ours, second))
+    with pytest.raises(MediaSecurityRefused) as refused:
+        ours.take_answer(third)
+    assert "m= line 2's sdes key exchange failed on an earlier answer" in refused.value.reason
+    assert [ours.keys(0), ours.keys(1)] == in_force
+    ours.take_answer(first)
+    assert [ours.keys(0), ours.keys(1)] == in_force
+
+
+def test_a_plugin_whose_check_took_what_it_then_refuses_is_its_bug(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``check_remote_sdp_attributes`` said the answer was good and ``remote_sdp_attributes``
+    refused it: the plugin's bug (500, KeyExchangeFailed), not the peer's; nothing of the
+    leg changed."""
+    monkeypatch.setattr(SdesNegotiation, "check_remote_sdp_attributes", lambda self, a: None)
+    ours, _, second = _forked_answers()
+    before = ours.streams
+    with pytest.raises(KeyExchangeFailed, match="the sdes key exchange raised SdesError"):
+        ours.take_answer(_second_line_copying_our_key(ours, second))
+    assert ours.streams is before and [s.keys for s in ours._offered] == [None, None]
 
 
 def test_a_fork_whose_keys_are_in_force_repeats_its_answer_after_another_failed() -> None:

@@ -552,6 +552,16 @@ class ZrtpNegotiation:
         self.bind_peer_hello(attributes)
         self.start()
 
+    def check_remote_sdp_attributes(
+        self, attributes: Iterable[tuple[str, str | None]]
+    ) -> str | None:
+        """None: ZRTP refuses no answer in SDP (a=zrtp-hash is a binding, not a requirement,
+        RFC 6189 §8.1). Its presence makes the core give the answer to
+        :meth:`remote_sdp_attributes` only once it took the whole answer, so a forked phone's
+        refused 183 binds nothing: not its Hello hash, which the answering phone's Hello would
+        not match (``interfaces.KeyNegotiation``'s optional check)."""
+        return None
+
     def same_peer(self, hello_hashes: set[bytes]) -> bool:
         """Whether a new offer's a=zrtp-hash values name the peer Hello this exchange is bound
         to (or name none: the peer does not bind its Hello)."""
