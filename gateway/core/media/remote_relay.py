@@ -52,8 +52,10 @@ threads, but as processes so that each has its own interpreter lock. :class:`Wor
 
 Counters and activity are pushed by the workers (``Stats``: once per second for a stream that
 received something, every 5 s for one whose counters changed otherwise), so ``last_activity``
-is at most about a second old and ``statistics()`` a few seconds; a call's record, written as
-the call ends, can miss the last second of its packets. ``sync(worker)`` is a barrier (a
+is at most about a second old and ``statistics()`` a few seconds. A call's record, written as
+the call ends, would miss the last second of its packets: the call's end first asks for its
+streams' counters (:meth:`CallRelay.final_counters`: ``SendStats``, answered with a ``Stats``
+never dropped, then a ``sync``; bounded by its caller). ``sync(worker)`` is a barrier (a
 ``Ping``/``Pong`` round trip) for tests and benchmarks, and for calls: a call that applied an
 answer awaits :meth:`CallRelay.applied` (a ``sync`` of its streams' workers) before its ACK
 lets the callee send and its 2xx lets the caller send. Without it the callee's first packets,
