@@ -264,6 +264,12 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
             self._forwarded.clear()
             if self.keying is not None:
                 self.keying.block_all()
+            if self.media is not None:
+                # A media worker's counters are pushed about once a second: brought up to date
+                # (a round trip, bounded) before the record and the metrics read them. The
+                # BYE was answered and sent before this; a stuck worker's are said partial.
+                with trio.CancelScope(shield=True):
+                    await self.media.final_counters()
             # Recorded before the streams close, so the record keeps their final counters.
             # One security record (it reads every stream's counters) for the call record and
             # the protection line; none for a digest challenge nobody logs or records.

@@ -2610,6 +2610,11 @@ class MediaRelay:
         they are made in this process, before the relay's task reads the next packet
         (:meth:`gateway.core.media.relay_api.Relay.applied`)."""
 
+    async def final_counters(self) -> bool:
+        """True at once: the streams' counters are this process's own
+        (:meth:`gateway.core.media.relay_api.Relay.final_counters`)."""
+        return True
+
     def open_stream(self) -> MediaStream:
         """Allocate a port pair for each leg and start relaying between them.
 

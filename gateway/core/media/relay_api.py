@@ -210,6 +210,15 @@ class Relay(Protocol):
         round trip over its channel (:meth:`gateway.core.media.remote_relay.CallRelay.applied`)."""
         ...
 
+    async def final_counters(self) -> bool:
+        """Return once the counters of the open streams (``statistics()``, ``totals()``,
+        ``srtp_statistics()``) are those of now: a call awaits it before it writes its record
+        and its metrics. True when they are; False when some could not be brought up to date
+        (they are the last known). The in-process relay's are at once (True); a media worker's
+        take a round trip (:meth:`gateway.core.media.remote_relay.CallRelay.final_counters`),
+        and the caller bounds the wait."""
+        ...
+
 
 __all__ = [
     "Address",

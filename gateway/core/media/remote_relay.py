@@ -52,8 +52,10 @@ threads, but as processes so that each has its own interpreter lock. :class:`Wor
 
 Counters and activity are pushed by the workers (``Stats``: once per second for a stream that
 received something, every 5 s for one whose counters changed otherwise), so ``last_activity``
-is at most about a second old and ``statistics()`` a few seconds; a call's record, written as
-the call ends, can miss the last second of its packets. ``sync(worker)`` is a barrier (a
+is at most about a second old and ``statistics()`` a few seconds. A call's record, written as
+the call ends, would miss the last second of its packets: the call's end first asks for its
+streams' counters (:meth:`CallRelay.final_counters`: ``SendStats``, answered with a ``Stats``
+never dropped, then a ``sync``; bounded by its caller). ``sync(worker)`` is a barrier (a
 ``Ping``/``Pong`` round trip) for tests and benchmarks, and for calls: a call that applied an
 answer awaits :meth:`CallRelay.applied` (a ``sync`` of its streams' workers) before its ACK
 lets the callee send and its 2xx lets the caller send. Without it the callee's first packets,
@@ -114,6 +116,7 @@ from gateway.core.media.worker_protocol import (
     Rtcp,
     SendDatagram,
     SendDtmf,
+    SendStats,
     SetBlocked,
     SetDtls,
     SetDtmf,
@@ -753,6 +756,12 @@ class RemoteStream:
         """SRTP counters per leg with keys, as last pushed by the worker."""
         return dict(self._srtp)
 
+    def request_statistics(self) -> bool:
+        """Ask the worker for the stream's counters now (``SendStats``: a ``Stats`` it never
+        drops); they are here once a :meth:`WorkerPool.sync` sent after this returns. False
+        when they cannot come: the stream is closed, or its worker gone."""
+        return self.failure is None and self._send(SendStats(self.id))
+
     def close(self) -> None:
         """Stop relaying and release the ports (in the worker). Closing twice is harmless."""
         channel, self._channel = self._channel, None
@@ -805,6 +814,9 @@ class CallRelay:
         self._told = False
         self._worker: int | None = None
         self._workers: set[int] = set()  # of every stream it opened
+        # Open ones and those their worker lost (their counters stay partial), and those
+        # closed since the last open.
+        self._streams: list[RemoteStream] = []
 
     @property
     def allocator(self) -> _Address:
@@ -826,7 +838,29 @@ class CallRelay:
         stream = self._pool.open_stream(prefer=self._worker, on_lost=self._lost)
         self._worker = stream.worker
         self._workers.add(stream.worker)
+        self._streams = [s for s in self._streams if _counted_at_end(s)]
+        self._streams.append(stream)
         return stream
+
+    async def final_counters(self) -> bool:
+        """Bring the counters of the call's open streams up to date (:meth:`gateway.core.media.
+        relay_api.Relay.final_counters`): each stream's worker is asked for them
+        (:meth:`RemoteStream.request_statistics`), then synced (:meth:`WorkerPool.sync`), so
+        its answers are here when this returns. A worker pushes them about once a second by
+        itself: read without this, a call's record missed the last second of its packets.
+        False when some could not come (a worker exited or is not running, a stream failed):
+        those counters are the last pushed. Not bounded here: a worker that does not answer
+        is waited for until the caller gives up (:meth:`gateway.core.media.session.
+        MediaSession.final_counters`)."""
+        streams = [s for s in self._streams if _counted_at_end(s)]
+        asked = [s for s in streams if s.request_statistics()]
+        complete = len(asked) == len(streams)
+        for index in sorted({s.worker for s in asked}):
+            try:
+                await self._pool.sync(index)
+            except LocalMediaError:
+                complete = False  # not running, or exited meanwhile: its calls hear on_lost
+        return complete
 
     async def applied(self) -> None:
         """Return once the workers of the call's streams have applied every message sent so
@@ -855,6 +889,13 @@ class CallRelay:
             self._told = True
             if self._on_lost is not None:
                 self._on_lost(reason)
+
+
+def _counted_at_end(stream: RemoteStream) -> bool:
+    """Whether a call's :meth:`CallRelay.final_counters` asks for ``stream``'s counters: it is
+    open, or its worker lost it (they cannot come: the call's are partial). Not one the call
+    closed: its counters were added to the call's as they were then."""
+    return not stream.closed or stream.failure is not None
 
 
 class WorkerPool:

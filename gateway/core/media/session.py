@@ -73,6 +73,7 @@ from collections.abc import Callable, Mapping
 from typing import Literal
 
 import attrs
+import trio
 
 from gateway.core.ids import RandomIds
 from gateway.core.ip import ip_facts
@@ -125,6 +126,12 @@ DTMF_COUNTS = ("taken", "injected", "ended_at_change", "passed", "end_copies_dro
 """The event packet counters of a call's DTMF interworking (:meth:`MediaSession.
 dtmf_statistics`): the call record's ``dtmf.packets``, the media summary's ``dtmf_*`` and
 ``voipgw_media_dtmf_event_packets_total{action=...}``."""
+
+FINAL_COUNTERS_WAIT = 0.5
+"""Seconds a call's end waits for its streams' counters to be brought up to date
+(:meth:`MediaSession.final_counters`) before its record is written with the last known ones,
+said partial: a media worker answers within a round trip (well under a millisecond); one that
+does not is stuck or gone, and must not hold the call's end."""
 
 DIGIT_WITHHELD = "withheld"
 """What log lines at INFO and above say in place of a DTMF digit (it may be a card number's or
@@ -343,6 +350,10 @@ class MediaSession:
         self._exchange: _Exchange | None = None
         self._totals = _Totals()
         self._closed = False
+        self.counters_partial = False
+        """The counters of the call's end could not all be brought up to date
+        (:meth:`final_counters`): they are the last a media worker pushed, up to about a
+        second old."""
         self._faxed = False  # a stream went T.38 (UDPTL): statistics() count its datagrams
         # DTMF interworking (docs/architecture.md "DTMF interworking"): on, when the relay can.
         self._interworks_dtmf = dtmf_interworking and relay.interworks_dtmf
@@ -848,6 +859,8 @@ class MediaSession:
         if self._dtmf_lines or any(self._dtmf_closed.values()):  # a call that interworked DTMF
             for name, count in self.dtmf_statistics().items():
                 summary[f"dtmf_{name}"] = count
+        if self.counters_partial:  # final_counters gave up: a media worker stuck or gone
+            summary["counters_partial"] = True
         return summary
 
     def _dropped_by_reason(self) -> dict[str, list[int]]:
@@ -1147,6 +1160,21 @@ class MediaSession:
         exchange.answer = answer
         exchange.answer_own = numbering or answer
         return sent
+
+    async def final_counters(self) -> None:
+        """Bring the counters of the call's open streams up to date before its record and
+        metrics read them (:meth:`gateway.core.media.relay_api.Relay.final_counters`): at once
+        in process; a media worker pushes its counters about once a second, and is asked for
+        them now (a round trip). At most :data:`FINAL_COUNTERS_WAIT` seconds: a worker that is
+        stuck or gone leaves the last counters it pushed, and :attr:`counters_partial` set
+        (``statistics()`` says ``counters_partial``)."""
+        if self._closed:
+            return
+        complete = False
+        with trio.move_on_after(FINAL_COUNTERS_WAIT):
+            complete = await self._relay.final_counters()
+        if not complete:
+            self.counters_partial = True
 
     async def applied(self) -> None:
         """Return once the relay applies every change made so far (the latest answer's remote

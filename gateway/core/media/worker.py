@@ -30,7 +30,8 @@ gateway (one trio task owning an epoll; its hot path is unchanged), plus:
   (the RFC 2198 RED payload types whose blocks it rewrites too), ``SetDtmf`` and
   ``SendDtmf`` (DTMF interworking: a direction's taken telephone-event packets go back as
   ``DtmfEvent``, bounded; events injected as the SIP process times them), ``SetTranscoding``
-  (a direction's G.711 A-law <-> mu-law transcoding), ``Close``.
+  (a direction's G.711 A-law <-> mu-law transcoding), ``Close``, ``SendStats`` (the stream's
+  counters now, in a ``Stats`` never dropped: the SIP process asks before a call's record).
   A request it cannot honour ends the stream's call
   (``StreamFailed`` with the reason); keys never appear in that reason;
 - a statistics task that pushes each stream's counters and idle time once per
@@ -71,6 +72,7 @@ from gateway.core.media.relay import (
     Address,
     Direction,
     DirectionControl,
+    DirectionStatistics,
     DtmfInterworking,
     MediaRelay,
     MediaStream,
@@ -78,6 +80,7 @@ from gateway.core.media.relay import (
     RtcpObserver,
     Tap,
 )
+from gateway.core.media.srtp import SrtpStatistics
 from gateway.core.media.worker_protocol import (
     DTMF_COPIES_PER_SECOND,
     EXIT_PROTOCOL_MISMATCH,
@@ -100,6 +103,7 @@ from gateway.core.media.worker_protocol import (
     Rtcp,
     SendDatagram,
     SendDtmf,
+    SendStats,
     SetBlocked,
     SetDtls,
     SetDtmf,
@@ -139,6 +143,12 @@ OUT_BUFFER_LIMIT = 4 * 1024 * 1024
 (and counted) instead of queued: the SIP process is not reading."""
 
 
+_Counters = tuple[
+    DirectionStatistics, DirectionStatistics, SrtpStatistics | None, SrtpStatistics | None
+]
+"""A stream's counters as ``Stats`` carries them."""
+
+
 _STREAM_REQUESTS = (
     SetRemote,
     SetBlocked,
@@ -155,6 +165,7 @@ _STREAM_REQUESTS = (
     SetTranscoding,
     SetDtmf,
     SendDtmf,
+    SendStats,
     Close,
 )
 
@@ -245,7 +256,7 @@ class Worker:
         self._taps: dict[int, list[tuple[DirectionControl, Tap]]] = {}
         # What was last reported per stream id: its last activity, and its counters.
         self._activity: dict[int, float] = {}
-        self._counters: dict[int, tuple[object, ...]] = {}
+        self._counters: dict[int, _Counters] = {}
 
     async def run(self) -> None:
         """Serve until the channel ends."""
@@ -383,6 +394,11 @@ class Worker:
                 stream.send_telephone_event(
                     message.direction, message.payload, marker=message.marker, start=message.start
                 )
+            elif isinstance(message, SendStats):
+                # Never dropped: the SIP process waits for it to write a call's record.
+                counters = _counters(stream, srtp)
+                now = trio.current_time()
+                self._send_statistics(message.stream, stream, counters, now, droppable=False)
             elif isinstance(message, SetRtcpWatch):
                 control = stream.a_to_b if message.direction == "a_to_b" else stream.b_to_a
                 control.rtcp_observer = (
@@ -523,20 +539,31 @@ class Worker:
                 active = self._activity.get(stream_id) != activity
                 if not active and not full:
                     continue
-                sides = srtp.statistics()
-                counters = (
-                    stream.a_to_b.statistics(),
-                    stream.b_to_a.statistics(),
-                    sides.get("a"),
-                    sides.get("b"),
-                )
+                counters = _counters(stream, srtp)
                 if not active and self._counters.get(stream_id) == counters:
                     continue
-                self._activity[stream_id] = activity
-                self._counters[stream_id] = counters
-                self.outbox.send(
-                    Stats(stream_id, max(0.0, now - activity), *counters), droppable=True
-                )
+                self._send_statistics(stream_id, stream, counters, now, droppable=True)
+
+    def _send_statistics(
+        self,
+        stream_id: int,
+        stream: MediaStream,
+        counters: _Counters,
+        now: float,
+        *,
+        droppable: bool,
+    ) -> None:
+        """Send the stream's ``counters`` and idle time as ``Stats``; remembered as reported."""
+        activity = stream.last_activity
+        self._activity[stream_id] = activity
+        self._counters[stream_id] = counters
+        self.outbox.send(Stats(stream_id, max(0.0, now - activity), *counters), droppable=droppable)
+
+
+def _counters(stream: MediaStream, srtp: StreamSrtp) -> _Counters:
+    """A stream's counters as ``Stats`` carries them: each direction's, each leg's SRTP."""
+    sides = srtp.statistics()
+    return (stream.a_to_b.statistics(), stream.b_to_a.statistics(), sides.get("a"), sides.get("b"))
 
 
 def _responder(message: SetIce) -> IceLiteResponder | None:

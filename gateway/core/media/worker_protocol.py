@@ -39,7 +39,8 @@ and no error message quotes a frame's bytes. The same holds for ICE passwords (:
 SIP process -> worker: :class:`Open`, :class:`SetRemote`, :class:`SetBlocked`, :class:`SetKeys`,
 :class:`SetDtls`, :class:`SendDatagram`, :class:`LatchPeer`, :class:`Close`, :class:`Ping`,
 :class:`SetTap`, :class:`SetOpaque`, :class:`SetIce`, :class:`SetPayloadTypes`,
-:class:`SetRedPayloadTypes`, :class:`SetDtmf`, :class:`SendDtmf`, :class:`SetTranscoding`.
+:class:`SetRedPayloadTypes`, :class:`SetDtmf`, :class:`SendDtmf`, :class:`SetTranscoding`,
+:class:`SendStats`.
 Worker -> SIP process: :class:`Hello` (first), :class:`PairsReady`, :class:`Datagram`,
 :class:`Stats`, :class:`StreamFailed`, :class:`Pong`, :class:`Tapped`, :class:`TappedDatagram`,
 :class:`DtmfEvent`.
@@ -66,7 +67,7 @@ from gateway.core.interfaces import SrtpKeys
 from gateway.core.media.relay import DirectionStatistics
 from gateway.core.media.srtp import SrtpStatistics
 
-PROTOCOL_VERSION = 7
+PROTOCOL_VERSION = 8
 """The version of the channel's messages and of the worker's command line. **Bump it on any
 change to a message's layout** (a field added, removed, reordered or retyped, a default that
 is sent, a type number, a field codec) **or to what a message means, and on any change to the
@@ -87,7 +88,8 @@ socket address (an IPv6 scope id), :class:`SetDtls` its ``proves_peer`` (session
 (session 44). 6: :class:`Stats`' direction counters gain the DTMF interworking's
 (``DirectionStatistics.dtmf_*``: the worker's counts of the event packets it took,
 injected, ended at a change and relayed on; session 45). 7: they gain
-``dtmf_end_copies_dropped`` (session 46)."""
+``dtmf_end_copies_dropped`` (session 46). 8: :class:`SendStats`, answered by a :class:`Stats`
+that is never dropped (a call's final counters, session 46)."""
 
 SocketAddress = tuple[str, int] | tuple[str, int, int, int]
 """A peer's address as a socket gives it: (host, port), or for IPv6 (host, port, flow info,
@@ -376,6 +378,17 @@ class SendDtmf:
 
 
 @attrs.frozen
+class SendStats:
+    """Send the stream's :class:`Stats` now, whatever changed, and never drop it as a periodic
+    one is dropped when the channel is full: the SIP process asks before it reads a call's
+    final counters (its record, its metrics), then waits for a :class:`Pong` to a
+    :class:`Ping` sent after it. A periodic ``Stats`` is about a second old: without this the
+    last second of every call was missing from its record."""
+
+    stream: int
+
+
+@attrs.frozen
 class Ping:
     """Answer with :class:`Pong` once every message sent before this one is applied."""
 
@@ -523,6 +536,7 @@ Message = (
     | SetDtmf
     | SendDtmf
     | DtmfEvent
+    | SendStats
 )
 
 # -- field codecs -------------------------------------------------------------------------------
@@ -792,6 +806,7 @@ _LAYOUTS: dict[int, tuple[type[Any], tuple[_Codec, ...]]] = {
     16: (SetRedPayloadTypes, (_STREAM, _DIRECTION, (_put_payload_types, _get_payload_types))),
     17: (SetTranscoding, (_STREAM, _DIRECTION, _LAW, _PAYLOAD_TYPE, _PAYLOAD_TYPE)),
     18: (LatchPeer, (_STREAM, _SIDE, _BOOL, _SOCKET_ADDRESS)),
+    19: (SendStats, (_STREAM,)),
 }
 _TYPES = {cls: (code, codecs) for code, (cls, codecs) in _LAYOUTS.items()}
 

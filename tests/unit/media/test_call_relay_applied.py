@@ -1,14 +1,20 @@
 """``CallRelay.applied`` when a media worker does not answer its ``Ping`` in time: the call goes
-on, and the ping it gave up on leaves nothing behind in the worker's slot."""
+on, and the ping it gave up on leaves nothing behind in the worker's slot. A call's final
+counters (``CallRelay.final_counters``, ``MediaSession.final_counters``): a worker that answers
+gives them at once, one that does not is given up on after ``FINAL_COUNTERS_WAIT`` and the
+counters are said partial."""
 
 from __future__ import annotations
 
+import attrs
 import trio
 import trio.testing
 
 from gateway.core.config import PortRange
+from gateway.core.media.relay import DirectionStatistics
 from gateway.core.media.remote_relay import APPLIED_WAIT, CallRelay, WorkerPool
-from gateway.core.media.worker_protocol import Message, Ping, Pong
+from gateway.core.media.session import FINAL_COUNTERS_WAIT, MediaSession
+from gateway.core.media.worker_protocol import Message, Open, Ping, Pong, SendStats, Stats
 from tests.port_blocks import PortLease
 
 
@@ -18,8 +24,9 @@ class _StuckChannel:
     def __init__(self) -> None:
         self.sent: list[Message] = []
 
-    def send(self, message: Message) -> None:
+    def send(self, message: Message) -> bool:
         self.sent.append(message)
+        return True
 
 
 async def test_a_ping_given_up_on_is_forgotten(
@@ -44,3 +51,87 @@ async def test_a_ping_given_up_on_is_forgotten(
         assert isinstance(message, Ping)
         pool._handle(slot, Pong(message.token))
     assert slot.pongs == {}
+
+
+# -- a call's final counters (CallRelay.final_counters, MediaSession.final_counters) -----------
+
+
+class _AnsweringChannel:
+    """A worker's channel whose worker answers at once: a ``Stats`` for each ``SendStats``
+    (``packets`` RTP packets each way), a ``Pong`` for each ``Ping``."""
+
+    def __init__(self, pool: WorkerPool, packets: int) -> None:
+        self.sent: list[Message] = []
+        self._pool = pool
+        self._packets = packets
+
+    def send(self, message: Message) -> bool:
+        self.sent.append(message)
+        slot = self._pool._workers[0]
+        if isinstance(message, SendStats):
+            counts = attrs.evolve(NO_COUNTS, rtp_packets=self._packets, rtp_bytes=172)
+            self._pool._handle(slot, Stats(message.stream, 0.0, counts, counts, None, None))
+        elif isinstance(message, Ping):
+            self._pool._handle(slot, Pong(message.token))
+        return True
+
+
+NO_COUNTS = DirectionStatistics(*(0 for _ in attrs.fields(DirectionStatistics)))
+
+
+def _pool_with(port_lease: PortLease, channel: object) -> tuple[WorkerPool, CallRelay]:
+    """A pool never started whose one worker slot has ``channel`` and two pairs ready."""
+    pool = WorkerPool("127.0.0.1", PortRange.parse(port_lease.text(10)), 1)
+    slot = pool._workers[0]
+    slot.channel = channel  # type: ignore[assignment]
+    slot.ready.extend((slot.ports.low, slot.ports.low + 2))
+    return pool, CallRelay(pool, None)
+
+
+async def test_final_counters_of_a_stuck_worker_are_given_up_on_and_said_partial(
+    port_lease: PortLease, autojump_clock: trio.testing.MockClock
+) -> None:
+    channel = _StuckChannel()
+    pool, relay = _pool_with(port_lease, channel)
+    relay.open_stream()
+    session = MediaSession(relay, media_address="127.0.0.1")
+    started = trio.current_time()
+    await session.final_counters()
+    # The call's end waits the bound, not for ever, and its record says so.
+    assert trio.current_time() - started == FINAL_COUNTERS_WAIT
+    assert session.counters_partial
+    assert session.statistics()["counters_partial"] is True
+    assert [type(message) for message in channel.sent] == [Open, SendStats, Ping]
+    assert pool._workers[0].pongs == {}  # the ping given up on is forgotten
+
+
+async def test_final_counters_a_worker_answers_are_the_streams(
+    port_lease: PortLease, autojump_clock: trio.testing.MockClock
+) -> None:
+    pool, relay = _pool_with(port_lease, None)
+    channel = _AnsweringChannel(pool, packets=3)
+    pool._workers[0].channel = channel  # type: ignore[assignment]
+    stream = relay.open_stream()
+    session = MediaSession(relay, media_address="127.0.0.1")
+    started = trio.current_time()
+    await session.final_counters()
+    assert trio.current_time() == started
+    assert not session.counters_partial
+    assert stream.a_to_b.totals() == (3, 172, 0)
+    assert "counters_partial" not in session.statistics()
+    assert [type(message) for message in channel.sent] == [Open, SendStats, Ping]
+
+
+async def test_final_counters_of_a_lost_stream_are_partial_without_a_wait(
+    port_lease: PortLease, autojump_clock: trio.testing.MockClock
+) -> None:
+    channel = _StuckChannel()
+    _, relay = _pool_with(port_lease, channel)
+    stream = relay.open_stream()
+    # Its worker exited (WorkerPool._supervise): the stream is closed and failed.
+    stream._channel = None
+    stream._lost("media worker exited")
+    started = trio.current_time()
+    assert not await relay.final_counters()
+    assert trio.current_time() == started
+    assert [type(message) for message in channel.sent] == [Open]

@@ -39,6 +39,7 @@ from gateway.core.media.worker_protocol import (
     Rtcp,
     SendDatagram,
     SendDtmf,
+    SendStats,
     SetBlocked,
     SetDtls,
     SetDtmf,
@@ -102,6 +103,7 @@ EVERY_MESSAGE: list[Message] = [
     LatchPeer(6, "a", False, ("::1", 5004, 0, 0)),
     LatchPeer(6, "a", False, ("::1", 5004, 0xFFFF_FFFF, 0xFFFF_FFFF)),  # flow info, scope id
     Close(2**32 - 1),
+    SendStats(2**32 - 1),
     Ping(17),
     Pong(17),
     PairsReady((30000, 30002, 30004)),
@@ -276,7 +278,7 @@ def test_values_that_do_not_fit_their_field_are_our_bug() -> None:
 
 # -- the protocol version ------------------------------------------------------------------------
 
-LAYOUT_VERSION = 7
+LAYOUT_VERSION = 8
 """The PROTOCOL_VERSION whose layouts FRAMES below are. A change to any message's layout fails
 test_each_message_type_has_the_layout_of_its_protocol_version: then bump PROTOCOL_VERSION in
 worker_protocol.py, and this number with the new frames (never new frames under an old number:
@@ -323,6 +325,7 @@ FRAMES: list[tuple[Message, str]] = [
         LatchPeer(18, "b", True, ("::1", 5004, 0, 7)),
         "00000018 12 00000012 01 01 01 0003 3a3a31 138c 02 00000000 00000007",
     ),
+    (SendStats(19), "00000005 13 00000013"),
     (Close(8), "00000005 07 00000008"),
     (Ping(9), "00000005 08 00000009"),
     (SetTap(10, True), "00000006 09 0000000a 01"),

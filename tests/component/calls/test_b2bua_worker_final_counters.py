@@ -1,0 +1,71 @@
+"""A call's end waits for its final media counters (``MediaSession.final_counters``: with media
+workers a round trip that brings the counters up to date, docs/architecture.md "A call's final
+counters") at most ``FINAL_COUNTERS_WAIT``: a media worker that never answers neither holds the
+BYE's answer nor the call's end for longer, and the record then says its counters are partial.
+Signalling on the in-memory network, virtual time; the relay's answer is the stand-in (the
+in-process relay's ``final_counters`` made to hang, as a stuck worker's round trip does)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+import trio
+
+from gateway.core.calls.manager import CallManager
+from gateway.core.media.relay import MediaRelay
+from gateway.core.media.session import FINAL_COUNTERS_WAIT
+from tests.component.calls.b2bua_env import answered_call, eventually, start_b2bua
+
+
+@pytest.mark.parametrize("worker_answers", [True, False])
+async def test_a_stuck_media_worker_holds_the_calls_end_no_longer_than_the_bound(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    monkeypatch: pytest.MonkeyPatch,
+    worker_answers: bool,
+) -> None:
+    ended: list[tuple[float, Mapping[str, object] | None]] = []
+    event = CallManager.event
+
+    def recorded(
+        self: CallManager,
+        call: object,
+        kind: str,
+        reason: str | None,
+        *,
+        security: Mapping[str, object] | None = None,
+    ) -> None:
+        if kind == "ended":
+            ended.append((trio.current_time(), security))
+        event(self, call, kind, reason, security=security)  # type: ignore[arg-type]
+
+    async def never_answers(self: MediaRelay) -> bool:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    monkeypatch.setattr(CallManager, "event", recorded)
+    if not worker_answers:
+        monkeypatch.setattr(MediaRelay, "final_counters", never_answers)
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    call, _ = await answered_call(env)
+    asked = trio.current_time()
+    ok = await call.bye()
+    assert ok.status == 200
+    answered = trio.current_time()
+    await eventually(lambda: env.calls == 0)
+    ((at, security),) = ended
+    assert security is not None
+    media = security["media"]
+    assert isinstance(media, dict)
+    if worker_answers:
+        assert at - asked < FINAL_COUNTERS_WAIT
+        assert "counters_partial" not in media
+    else:
+        # Answered before the wait; the record written once it was given up on.
+        assert answered - asked < FINAL_COUNTERS_WAIT
+        assert FINAL_COUNTERS_WAIT <= at - asked < 2 * FINAL_COUNTERS_WAIT
+        assert media["counters_partial"] is True
