@@ -180,10 +180,11 @@ class StreamSecurity:
     ZRTP's a=zrtp-hash in RTP/AVP), by name: the peer's answer picks one (``take_answer``)."""
     refused: str | None = None
     """Why this leg's policy refused the stream (T.38 in cleartext): it went at port 0."""
-    answered_with: tuple[tuple[str, str | None], ...] | None = None
+    answered_with: AnswerPart | None = None
     """The key exchange's part of the peer's answer taken last for this stream (its
     ``sdp_attribute`` lines, or all its attributes): whether another answer repeats it, for a
-    negotiation that failed on a refused answer in between (``LegSecurity._answer_streams``)."""
+    negotiation that failed on a refused answer in between (``LegSecurity._answer_streams``).
+    An :class:`AnswerPart`, whose repr shows no key (a=crypto carries the peer's)."""
     rejected: bool = False
     """The latest answer (ours or the peer's) put this stream at port 0: it ended there (RFC
     3264 §6, §8.2). An offer that brings its m= line back starts a new stream, keyed afresh,
@@ -221,14 +222,30 @@ class AnswerRead:
     """The peer's ICE credentials per m= line."""
     fax: bool
     """It accepts a T.38 stream (the leg's record says so from then on)."""
-    binds: tuple[tuple[StreamSecurity, str, KeyNegotiation, AttributePairs], ...] = ()
-    """The negotiations that checked their part of the answer without taking it
+    binds: tuple[tuple[StreamSecurity, str, KeyNegotiation, AttributePairs], ...] = attrs.field(
+        default=(), repr=False
+    )
+    """Left out of the repr: the parts are the answer's lines, a=crypto with the peer's key.
+    The negotiations that checked their part of the answer without taking it
     (``check_remote_sdp_attributes``), with the key exchange's name and that part: they take
     it in :meth:`LegSecurity.apply_answer`, so an answer refused first binds nothing."""
 
 
 AttributePairs = list[tuple[str, str | None]]
 """An m= line's attributes then the session's, as a negotiation reads an answer."""
+
+
+@attrs.frozen(repr=False)
+class AnswerPart:
+    """A key exchange's part of an answer's m= line (:attr:`StreamSecurity.answered_with`),
+    compared with another answer's. Its repr shows how many lines, never them: SDES's a=crypto
+    carries the peer's master key, which must not reach a log or an exception's text through
+    the repr of a stream or of an :class:`AnswerRead`."""
+
+    lines: tuple[tuple[str, str | None], ...]
+
+    def __repr__(self) -> str:
+        return f"<AnswerPart {len(self.lines)} lines>"
 
 
 class _PluginCall:
@@ -1149,14 +1166,16 @@ def _drain(negotiation: KeyNegotiation, stream: StreamSecurity) -> str | None:
     return failure
 
 
-def _key_part(exchange: object, attributes: AttributePairs) -> tuple[tuple[str, str | None], ...]:
+def _key_part(exchange: object, attributes: AttributePairs) -> AnswerPart:
     """A key exchange's part of an answer's m= line (``StreamSecurity.answered_with``): the
     lines of its ``sdp_attribute`` (a=crypto, a=fingerprint ...), or every attribute for a
     plugin that names none."""
     attribute = getattr(exchange, "sdp_attribute", None)
     if not isinstance(attribute, str):
-        return tuple(attributes)
-    return tuple((name, value) for name, value in attributes if name.lower() == attribute)
+        return AnswerPart(tuple(attributes))
+    return AnswerPart(
+        tuple((name, value) for name, value in attributes if name.lower() == attribute)
+    )
 
 
 def _on_media_path(exchange: object) -> bool:

@@ -121,6 +121,22 @@ def test_negotiated_keys_mirror_each_other() -> None:
     assert "inline" not in repr(record) and k1.local_key.hex() not in repr(record)
 
 
+def test_the_answer_read_and_its_streams_show_no_key_in_their_repr() -> None:
+    # The answer's a=crypto carries the peer's master key: kept to tell whether a fork's answer
+    # repeats the one in force (StreamSecurity.answered_with) and for the negotiations to take
+    # once the whole answer is (AnswerRead.binds), never shown by a repr (a log, an exception).
+    ours, peer = leg("sdes", tls=True), leg("sdes", tls=True, side="a")
+    peer.take_offer(ours.make_offer(sdp(PLAIN)))
+    answer = peer.make_answer(sdp(PLAIN))
+    inline = answer.media[0].crypto[0].split("inline:")[1].split("|")[0]
+    read = ours.read_answer(answer)
+    assert inline not in repr(read) and "inline" not in repr(read)
+    ours.apply_answer(read)
+    assert ours.streams[0].answered_with is not None
+    shown = repr(ours.streams[0])
+    assert inline not in shown and "inline" not in shown
+
+
 def test_answer_declining_keys_is_refused_when_encryption_is_required() -> None:
     ours = leg("sdes", tls=True)
     ours.make_offer(sdp(PLAIN))
