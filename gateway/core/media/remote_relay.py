@@ -842,6 +842,11 @@ class CallRelay:
         self._streams.append(stream)
         return stream
 
+    @property
+    def counters_pushed(self) -> bool:
+        """True: a worker pushes its streams' counters about once a second (``Stats``)."""
+        return True
+
     async def final_counters(self) -> bool:
         """Bring the counters of the call's open streams up to date (:meth:`gateway.core.media.
         relay_api.Relay.final_counters`): each stream's worker is asked for them
