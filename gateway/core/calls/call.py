@@ -268,8 +268,9 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
                 # A media worker's counters are pushed about once a second: brought up to date
                 # (a round trip, bounded) before the record and the metrics read them. The
                 # BYE was answered and sent before this; a stuck worker's are said partial.
-                with trio.CancelScope(shield=True):
-                    await self.media.final_counters()
+                # Shielded from a shutdown's cancellation and bounded inside; in process at
+                # once, without a cancel scope.
+                await self.media.final_counters()
             # Recorded before the streams close, so the record keeps their final counters.
             # One security record (it reads every stream's counters) for the call record and
             # the protection line; none for a digest challenge nobody logs or records.

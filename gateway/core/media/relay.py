@@ -2610,6 +2610,11 @@ class MediaRelay:
         they are made in this process, before the relay's task reads the next packet
         (:meth:`gateway.core.media.relay_api.Relay.applied`)."""
 
+    @property
+    def counters_pushed(self) -> bool:
+        """False: the streams' counters are this process's own, always of now."""
+        return False
+
     async def final_counters(self) -> bool:
         """True at once: the streams' counters are this process's own
         (:meth:`gateway.core.media.relay_api.Relay.final_counters`)."""

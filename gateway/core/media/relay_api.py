@@ -210,6 +210,14 @@ class Relay(Protocol):
         round trip over its channel (:meth:`gateway.core.media.remote_relay.CallRelay.applied`)."""
         ...
 
+    @property
+    def counters_pushed(self) -> bool:
+        """Whether its streams' counters are pushed to this process from elsewhere (media
+        workers), so that a call's end awaits :meth:`final_counters`; False for the
+        in-process relay, whose counters are always those of now: its calls skip the wait
+        and its cancel scope (docs/architecture.md "A call's final counters")."""
+        ...
+
     async def final_counters(self) -> bool:
         """Return once the counters of the open streams (``statistics()``, ``totals()``,
         ``srtp_statistics()``) are those of now: a call awaits it before it writes its record

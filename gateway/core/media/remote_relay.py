@@ -842,6 +842,11 @@ class CallRelay:
         self._streams.append(stream)
         return stream
 
+    @property
+    def counters_pushed(self) -> bool:
+        """True: a worker pushes its streams' counters about once a second (``Stats``)."""
+        return True
+
     async def final_counters(self) -> bool:
         """Bring the counters of the call's open streams up to date (:meth:`gateway.core.media.
         relay_api.Relay.final_counters`): each stream's worker is asked for them
@@ -860,7 +865,10 @@ class CallRelay:
                 await self._pool.sync(index)
             except LocalMediaError:
                 complete = False  # not running, or exited meanwhile: its calls hear on_lost
-        return complete
+        # A stream failed meanwhile (its StreamFailed was on the way when SendStats went, or
+        # its worker restarted during another worker's sync) had no Stats before the Pong:
+        # the worker answers nothing for a stream it no longer has.
+        return complete and all(s.failure is None for s in asked)
 
     async def applied(self) -> None:
         """Return once the workers of the call's streams have applied every message sent so

@@ -1167,11 +1167,13 @@ class MediaSession:
         in process; a media worker pushes its counters about once a second, and is asked for
         them now (a round trip). At most :data:`FINAL_COUNTERS_WAIT` seconds: a worker that is
         stuck or gone leaves the last counters it pushed, and :attr:`counters_partial` set
-        (``statistics()`` says ``counters_partial``)."""
-        if self._closed:
+        (``statistics()`` says ``counters_partial``). Shielded from cancellation (a shutdown
+        still gets the counters of its calls' ends), hence the bound. In process it returns
+        at once, without a checkpoint or a cancel scope (a call's end is a hot path)."""
+        if self._closed or not self._relay.counters_pushed:
             return
         complete = False
-        with trio.move_on_after(FINAL_COUNTERS_WAIT):
+        with trio.CancelScope(deadline=trio.current_time() + FINAL_COUNTERS_WAIT, shield=True):
             complete = await self._relay.final_counters()
         if not complete:
             self.counters_partial = True

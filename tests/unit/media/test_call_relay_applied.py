@@ -7,14 +7,24 @@ counters are said partial."""
 from __future__ import annotations
 
 import attrs
+import pytest
 import trio
 import trio.testing
 
 from gateway.core.config import PortRange
-from gateway.core.media.relay import DirectionStatistics
+from gateway.core.media.ports import PortAllocator
+from gateway.core.media.relay import DirectionStatistics, MediaRelay
 from gateway.core.media.remote_relay import APPLIED_WAIT, CallRelay, WorkerPool
 from gateway.core.media.session import FINAL_COUNTERS_WAIT, MediaSession
-from gateway.core.media.worker_protocol import Message, Open, Ping, Pong, SendStats, Stats
+from gateway.core.media.worker_protocol import (
+    Message,
+    Open,
+    Ping,
+    Pong,
+    SendStats,
+    Stats,
+    StreamFailed,
+)
 from tests.port_blocks import PortLease
 
 
@@ -135,3 +145,70 @@ async def test_final_counters_of_a_lost_stream_are_partial_without_a_wait(
     assert not await relay.final_counters()
     assert trio.current_time() == started
     assert [type(message) for message in channel.sent] == [Open]
+
+
+class _FailingChannel:
+    """A worker's channel whose worker had failed the stream (its ``StreamFailed`` still on
+    the way when ``SendStats`` was sent): it answers no ``Stats`` (the stream is gone from
+    it), only the ``Pong``."""
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self.sent: list[Message] = []
+        self._pool = pool
+
+    def send(self, message: Message) -> bool:
+        self.sent.append(message)
+        slot = self._pool._workers[0]
+        if isinstance(message, SendStats):
+            self._pool._handle(slot, StreamFailed(message.stream, "keys refused"))
+        elif isinstance(message, Ping):
+            self._pool._handle(slot, Pong(message.token))
+        return True
+
+
+async def test_final_counters_of_a_stream_failed_meanwhile_are_partial(
+    port_lease: PortLease, autojump_clock: trio.testing.MockClock
+) -> None:
+    pool, relay = _pool_with(port_lease, None)
+    channel = _FailingChannel(pool)
+    pool._workers[0].channel = channel  # type: ignore[assignment]
+    stream = relay.open_stream()
+    session = MediaSession(relay, media_address="127.0.0.1")
+    await session.final_counters()
+    # The Pong came, but no Stats before it: the stream's counters are the last pushed.
+    assert stream.failure == "keys refused"
+    assert session.counters_partial
+    assert [type(message) for message in channel.sent] == [Open, SendStats, Ping]
+
+
+async def test_final_counters_in_process_are_not_waited_for(
+    port_lease: PortLease, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The in-process relay's counters are of now: a call's end neither asks for them nor
+    # enters a cancel scope (its hot path).
+    async def asked(self: MediaRelay) -> bool:
+        raise AssertionError("the in-process relay was asked for its final counters")
+
+    monkeypatch.setattr(MediaRelay, "final_counters", asked)
+    relay = MediaRelay(PortAllocator("127.0.0.1", PortRange.parse(port_lease.text(10))))
+    session = MediaSession(relay, media_address="127.0.0.1")
+    await session.final_counters()
+    assert not session.counters_partial
+
+
+async def test_final_counters_are_awaited_through_a_cancellation_within_the_bound(
+    port_lease: PortLease, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The gateway stopping cancels the call's task: the record still gets the counters, and
+    # the wait stays bounded.
+    channel = _StuckChannel()
+    _, relay = _pool_with(port_lease, channel)
+    relay.open_stream()
+    session = MediaSession(relay, media_address="127.0.0.1")
+    started = trio.current_time()
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await session.final_counters()
+    assert trio.current_time() - started == FINAL_COUNTERS_WAIT
+    assert [type(message) for message in channel.sent] == [Open, SendStats, Ping]
+    assert session.counters_partial
