@@ -101,7 +101,10 @@ class Linphone:
         zrtp_key_agreements: Sequence[str] = (),
         auto_answer: bool = False,
         video: bool = False,
-        start_timeout: float = 10.0,
+        # linphonec loads every mediastreamer plugin before its prompt; with the suite's two
+        # halves running, one (libmsqogl.so) once took over 5 s and the prompt missed 10 s.
+        # Readiness is polled, so a longer bound costs nothing when it starts fast.
+        start_timeout: float = 30.0,
     ) -> None:
         if media_encryption not in MEDIA_ENCRYPTIONS:
             raise ValueError(f"media_encryption must be one of {MEDIA_ENCRYPTIONS}")
