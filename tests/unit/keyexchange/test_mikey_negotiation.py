@@ -17,6 +17,7 @@ from gateway.core.media.srtp import SUITES, SUPPORTED_SUITES, SrtpSession
 from gateway.plugins.keyexchange.mikey import MikeyKeyExchange
 from gateway.plugins.keyexchange.mikey.crypto import kemac_keys, mac
 from gateway.plugins.keyexchange.mikey.engine import (
+    MAX_VERIFIED_ANSWERS,
     TLS_REQUIRED_REASON,
     MikeyNegotiation,
     keymgmt_value,
@@ -29,6 +30,7 @@ from gateway.plugins.keyexchange.mikey.payloads import (
     Header,
     Kemac,
     KeyData,
+    LocalMikeyError,
     MikeyError,
     Rand,
     SecurityPolicy,
@@ -627,3 +629,59 @@ def test_our_own_offers_do_not_make_a_peer_with_a_slower_clock_look_like_a_repla
         ours.local_sdp_attributes(), suites=[], secure_signalling=False, leg=CARRIER
     )
     assert reflected is not None and "replay" in failure_of(reflected)
+
+
+def test_checking_an_answer_binds_nothing_and_says_why_it_would_be_refused() -> None:
+    """``check_remote_sdp_attributes`` (session 48): a forked phone's bad answer is refused
+    with the reason ``remote_sdp_attributes`` gives, and the negotiation stays as it was (no
+    event, not failed, no keys); a good answer checked is then taken with its keys."""
+    offerer = exchange(1, offer_modes=("dh-hmac",))
+    offer = offerer.offer(suites=[], secure_signalling=False, leg=ALICE)
+    phones = [
+        exchange(seed).answer(
+            offer.local_sdp_attributes(), suites=[], secure_signalling=False, leg=CARRIER
+        )
+        for seed in (2, 3)
+    ]
+    assert phones[0] is not None and phones[1] is not None
+    data = bytearray(message(phones[1]))
+    data[-30] ^= 1
+    bad: Attrs = [("key-mgmt", keymgmt_value(bytes(data)))]
+    reason = offer.check_remote_sdp_attributes(bad)
+    assert reason is not None and "MAC is wrong" in reason
+    assert offer.check_remote_sdp_attributes([]) == (
+        "the answer's a=key-mgmt is missing: a DH-HMAC exchange needs a response"
+    )
+    assert events(offer) == [] and offer.state == "offered" and offer.keys is None
+    good = phones[0].local_sdp_attributes()
+    assert offer.check_remote_sdp_attributes(good) is None
+    assert events(offer) == [] and offer.keys is None  # checked, not taken
+    offer.remote_sdp_attributes(good)  # not refused as a replay of the checked message
+    assert keys_of(offer) == mirrored(keys_of(phones[0]))
+
+
+def test_the_answers_a_negotiation_remembers_as_checked_are_bounded() -> None:
+    """A stream of answers from ever new forks does not grow what a negotiation keeps: the
+    oldest checked answer is forgotten past ``MAX_VERIFIED_ANSWERS`` (taken again, its T is
+    then a replay, RFC 3830 §5.4), the newest are still taken."""
+    offerer = exchange(1, offer_modes=("dh-hmac",))
+    offer = offerer.offer(suites=[], secure_signalling=False, leg=ALICE)
+    answers = []
+    for seed in range(2, 3 + MAX_VERIFIED_ANSWERS):
+        phone = exchange(seed).answer(
+            offer.local_sdp_attributes(), suites=[], secure_signalling=False, leg=CARRIER
+        )
+        assert phone is not None
+        answers.append(phone.local_sdp_attributes())
+        assert offer.check_remote_sdp_attributes(answers[-1]) is None
+    assert len(offer._verified_answers) == MAX_VERIFIED_ANSWERS
+    reason = offer.check_remote_sdp_attributes(answers[0])
+    assert reason is not None and "replay" in reason
+    offer.remote_sdp_attributes(answers[-1])
+    assert keys_of(offer).suite == CM80
+
+
+def test_only_the_offerer_checks_an_answer() -> None:
+    _, answer = run(exchange(1), exchange(2))
+    with pytest.raises(LocalMikeyError):
+        answer.check_remote_sdp_attributes([])

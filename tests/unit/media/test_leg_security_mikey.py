@@ -5,6 +5,7 @@ hold keeping the keys."""
 
 from __future__ import annotations
 
+import base64
 import os
 
 import attrs
@@ -183,3 +184,56 @@ def test_a_session_level_key_mgmt_over_two_streams_is_refused_saying_why() -> No
         gateway_leg = leg(MIKEY_ONLY, tls=tls, side="a", info=attrs.evolve(CARRIER, side="a"))
         with pytest.raises(MediaSecurityRefused, match="session-level MIKEY message for several"):
             gateway_leg.take_offer(parse_sdp_untrusted(text.encode()))
+
+
+def _forked_dh_hmac_answers() -> tuple[LegSecurity, SessionDescription, SessionDescription]:
+    """Our DH-HMAC offer to the carrier, answered by two forked phones behind it (RFC 3261
+    §16.7): each answers with its own DH value, so each has its own keys."""
+    ours = leg(MIKEY_ONLY, tls=False, exchange=mikey(offer_modes=("dh-hmac",)), info=CARRIER)
+    offered = ours.make_offer(sdp(PLAIN))
+    answers = []
+    for _ in range(2):
+        phone = leg(MIKEY_ONLY, tls=False, side="a", info=attrs.evolve(CARRIER, side="a"))
+        phone.take_offer(offered)
+        answers.append(phone.make_answer(sdp(PLAIN)))
+    return ours, answers[0], answers[1]
+
+
+def _tampered(answer: SessionDescription) -> SessionDescription:
+    """``answer`` with one bit of its R_MSG's DH value flipped: its MAC fails."""
+    (value,) = [v for n, v in answer.media[0].attributes if n == "key-mgmt"]
+    assert value is not None
+    data = bytearray(base64.b64decode(value.removeprefix("mikey ")))
+    data[-30] ^= 1
+    bad = "mikey " + base64.b64encode(bytes(data)).decode()
+    return parse_sdp_untrusted(serialize_sdp(answer).replace(value.encode(), bad.encode()))
+
+
+def test_another_forks_answer_after_a_refused_one_is_keyed_with_its_own_keys() -> None:
+    """One forked phone's 183 with a broken R_MSG is refused and binds nothing: the MIKEY
+    negotiation only checked it (``check_remote_sdp_attributes``, session 48). The other
+    phone's 200 is taken with its own DH keys. Before, the 183 failed the negotiation for the
+    whole offer and the 200 was refused, 488, costing the call the other phone answered."""
+    ours, first, second = _forked_dh_hmac_answers()
+    with pytest.raises(MediaSecurityRefused, match="MAC is wrong"):
+        ours.take_answer(_tampered(second))
+    assert ours.keys(0) is None
+    ours.take_answer(first)
+    keys = ours.keys(0)
+    assert keys is not None
+    assert ours.record()["streams"][0]["mikey_mode"] == "mikey-dhhmac"
+
+
+def test_a_fork_checked_first_is_taken_later_not_refused_as_a_replay() -> None:
+    """Two phones' good 183s are read (each R_MSG's T goes into the replay cache, RFC 3830
+    §5.4), and the first phone's 200 repeats its 183: taken with that phone's keys, not
+    refused as a replay of itself, and not with the second phone's keys."""
+    ours, first, second = _forked_dh_hmac_answers()
+    ours.take_answer(first)
+    first_keys = ours.keys(0)
+    ours.take_answer(second)
+    second_keys = ours.keys(0)
+    assert first_keys is not None and second_keys is not None
+    assert first_keys.remote_key != second_keys.remote_key  # each phone its own DH keys
+    ours.take_answer(first)
+    assert ours.keys(0) == first_keys

@@ -130,6 +130,9 @@ DEFAULT_OFFER_SUITES = ("AES_CM_128_HMAC_SHA1_80",)
 """What we offer when the leg's policy lists no suites (the §6.10.1 default profile, the one
 every MIKEY implementation takes)."""
 MAX_KEYMGMT_LENGTH = 4 * (MAX_MESSAGE_SIZE // 3 + 1) + 16
+MAX_VERIFIED_ANSWERS = 8
+"""The peers' answers to one I_MSG a negotiation remembers as checked (``_verified_answers``):
+forked phones answer one offer each, a handful at most (as ``MAX_SDP_KEYED_TAGS``)."""
 TGK_LENGTH = 32  # 256 bits: as strong as the strongest suite's key
 RAND_LENGTH = 16  # RFC 3830 §6.11: at least 128 bits (what we send and the least we take)
 _ERROR_NAMES = {
@@ -237,8 +240,11 @@ class MikeyNegotiation:
     _answer_message: bytes | None = None
     """The R_MSG (ours or the peer's), None when the mode has none."""
     _keys: SrtpKeys | None = None
-    _verified_answer: tuple[bytes | None, SrtpKeys] | None = None
-    """The peer's answer (None: no a=key-mgmt) to our I_MSG once checked, and its keys."""
+    _verified_answers: dict[bytes | None, SrtpKeys] = attrs.Factory(dict)
+    """The peers' answers (None: no a=key-mgmt) to our I_MSG once checked, and their keys, at
+    most :data:`MAX_VERIFIED_ANSWERS`, oldest first: each R_MSG's T is in the replay cache
+    from its check on, so an answer checked before (a forked phone's 183 then its 200, our
+    re-offer's answer repeated) is taken from here, not refused as a replay of itself."""
     _failure: NegotiationFailed | None = None
     _events: deque[KeyNegotiationEvent] = attrs.Factory(deque)
 
@@ -292,18 +298,46 @@ class MikeyNegotiation:
         assert context is not None
         try:
             received = mikey_message_of(attributes)
-            if self._verified_answer is not None and received == self._verified_answer[0]:
-                # The answer to our repeated I_MSG, checked before: the keys go on (its T
-                # would now look like a replay).
-                self._answer_message = received
-                self._establish(self._verified_answer[1])
-                return
-            self._answer_message = received
-            keys = self._complete(context, received)
+            keys = self._verified(context, received)
         except MikeyError as exc:
             self._fail_and_raise(f"the answer's {exc.reason}")
-        self._verified_answer = (received, keys)
+        self._answer_message = received
         self._establish(keys)
+
+    def check_remote_sdp_attributes(
+        self, attributes: Iterable[tuple[str, str | None]]
+    ) -> str | None:
+        """Why :meth:`remote_sdp_attributes` would refuse the peer's answer, or None, binding
+        nothing (``interfaces.KeyNegotiation``'s optional check; docs/plugin_hooks.md). The
+        core checks each line of an answer so and gives it to :meth:`remote_sdp_attributes`
+        only once it took the whole answer: a forked phone's refused 183 leaves this
+        negotiation as it was for another phone's answer to the same offer (RFC 3261 §16.7),
+        which is read on its own merits. The answer checked is remembered with its keys (its
+        T is in the replay cache now, RFC 3830 §5.4), so taking it later is no replay."""
+        if self.role != "offerer":
+            raise LocalMikeyError("an answering MIKEY negotiation takes its offer in answer()")
+        if self._state is _State.FAILED:
+            return None  # remote_sdp_attributes does nothing on it
+        context = self._context
+        assert context is not None
+        try:
+            self._verified(context, mikey_message_of(attributes))
+        except MikeyError as exc:
+            return f"the answer's {exc.reason}"
+        return None
+
+    def _verified(self, context: _Context, received: bytes | None) -> SrtpKeys:
+        """The keys of the peer's answer ``received`` (None: no a=key-mgmt) to our I_MSG,
+        checked once (MAC, then freshness) and remembered; raises :class:`MikeyError`."""
+        keys = self._verified_answers.get(received)
+        if keys is not None:
+            return keys
+        keys = self._complete(context, received)
+        if len(self._verified_answers) >= MAX_VERIFIED_ANSWERS:
+            # Bounded (STYLE.md habit 7): a stream of 183s from ever new forks must not grow it.
+            del self._verified_answers[next(iter(self._verified_answers))]
+        self._verified_answers[received] = keys
+        return keys
 
     def claims_packet(self, first_byte: int, packet: bytes) -> bool:
         """Always False: MIKEY in SDP carries nothing on the media path."""
@@ -394,7 +428,7 @@ class MikeyNegotiation:
         self._offer_message = previous._offer_message
         self.mode, self.suite = previous.mode, previous.suite
         self._keys = previous._keys
-        self._verified_answer = previous._verified_answer
+        self._verified_answers = dict(previous._verified_answers)
 
     def _complete(self, context: _Context, received: bytes | None) -> SrtpKeys:
         """Check the peer's R_MSG (None: no a=key-mgmt) and return the keys."""
