@@ -2738,7 +2738,7 @@ class DtlsKeyExchange:
             if refusal is not None:
                 # 488 saying why (RFC 3261 §14.1: the session in force stays); the held
                 # handshake fails where it was held, saying this (:meth:`_restart_failed`).
-                held.held_outcome = f"the re-offer naming it was refused: {refusal}"
+                _refuse_held(previous, held, refusal)
                 negotiation = self._negotiation(
                     "answerer", self._identity(), profiles, role.setup, self._fresh_tls_id()
                 )
@@ -2871,9 +2871,34 @@ def _held_restart(
         return None
     refusal = _adoption_refusal(held, peer, profiles)
     if refusal is not None:
-        held.held_outcome = f"the re-offer naming it was refused: {refusal}"
+        assert isinstance(previous, DtlsNegotiation)  # _held_named found its candidate
+        _refuse_held(previous, held, refusal)
         return None
     return held
+
+
+def _refuse_held(previous: DtlsNegotiation, held: _Association, refusal: str) -> None:
+    """A re-offer named ``held``'s certificate but may not take it (:func:`_adoption_refusal`):
+    marked for its failure where it was held, and said once now (INFO ``dtls-restart-refused``),
+    when the operator looks for why the phone's re-INVITE got 488, not at the held
+    handshake's timeout up to ``handshake_timeout`` later (session 48). The address, the
+    certificate's digest and the reason only: nothing of the keys."""
+    outcome = f"the re-offer naming it was refused: {refusal}"
+    if held.held_outcome == outcome:
+        return  # the late RTCP restart's check asks again at each datagram
+    held.held_outcome = outcome
+    to = previous._restarts.to
+    log.info(
+        "DTLS: a re-offer naming the certificate (sha-256 %s) of the new handshake from %s "
+        "held on the %s port was refused (488): %s; the association and its keys are kept, "
+        "the held handshake fails at its handshake_timeout",
+        "unknown"
+        if held.held_certificate is None
+        else certificate_digest(held.held_certificate, "sha-256").hex(),
+        "an unknown address" if to is None else format_host_port(str(to[0]), int(to[1])),
+        "RTCP" if previous._rtcp_port else "RTP",
+        refusal,
+    )
 
 
 def _keeps(association: _Association, peer: PeerDtlsParameters) -> bool:

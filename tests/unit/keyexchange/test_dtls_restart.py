@@ -774,6 +774,31 @@ def test_a_reoffer_naming_the_held_certificate_as_passive_is_refused_saying_why(
     assert "none came" not in warning
 
 
+def test_a_refused_reoffer_naming_the_held_certificate_is_said_when_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Session 48: the 488 to a re-offer naming the held handshake's certificate was said in
+    # the log only at that handshake's timeout, up to handshake_timeout later. Now an INFO
+    # line (dtls-restart-refused) says it at once: the held handshake's source, its
+    # certificate's digest, the port and why; once, and nothing of the keys.
+    renewed = generate_identity(now=NOW, max_age=MONTH)
+    ours, _phone, old = held_restart(renewed)
+    with caplog.at_level(logging.INFO):
+        for _ in range(2):  # the phone's re-INVITE, and its retransmission's new offer
+            answered = exchange(US).answer(
+                reoffer(renewed, setup="passive"), suites=[], secure_signalling=True, previous=ours
+            )
+            assert answered is not None and answered.failure is not None
+    (record,) = [r for r in caplog.records if "re-offer naming" in r.getMessage()]
+    line = record.getMessage()
+    assert record.levelno == logging.INFO
+    assert f"from {SDP_ADDRESS[0]}:{SDP_ADDRESS[1]}" in line
+    assert renewed.sha256_hex().replace(":", "").lower() in line
+    assert "RTP port" in line and "refused (488)" in line and "a=setup:passive" in line
+    assert old.local_key.hex() not in line and old.remote_key.hex() not in line
+    assert ours.keys == old  # the association and its keys are kept
+
+
 def _split_records(datagram: bytes) -> list[bytes]:
     """The DTLS records of one datagram (RFC 6347 §4.1: 13 octets of header, then the
     length's octets), each alone."""
