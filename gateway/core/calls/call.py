@@ -271,6 +271,16 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
                 # Shielded from a shutdown's cancellation and bounded inside; in process at
                 # once, without a cancel scope.
                 await self.media.final_counters()
+                why = self.media.counters_partial_why
+                if why is not None:
+                    # Once per call, before its "ended" line: the record's and the metrics'
+                    # counters of this call lack up to about a second of packets, and why.
+                    log.warning(
+                        "call %s: media counters partial (the last second of packets may be "
+                        "missing from its record and metrics): %s",
+                        self.id,
+                        why,
+                    )
             # Recorded before the streams close, so the record keeps their final counters.
             # One security record (it reads every stream's counters) for the call record and
             # the protection line; none for a digest challenge nobody logs or records.

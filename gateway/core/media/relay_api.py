@@ -11,6 +11,7 @@ in-process stream takes transform callables, a worker's stream takes the keys th
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from gateway.core.media.g711 import G711Transcoding
@@ -21,6 +22,22 @@ from gateway.core.media.relay import (
     NonRtpHandler,
     RtcpObserver,
 )
+
+COUNTERS_NO_ANSWER = "no answer"
+"""Why a worker's counters are missing from a call's final counters
+(:attr:`Relay.counters_missing`): it was asked and had not answered when the caller gave up
+(:data:`gateway.core.media.session.FINAL_COUNTERS_WAIT`): stuck, or too loaded."""
+
+COUNTERS_WORKER_EXITED = "worker exited"
+"""A worker's counters are missing: it exited (or its channel failed) before it answered."""
+
+COUNTERS_POOL_STOPPED = "stopped with the gateway"
+"""A worker's counters are missing: the pool stopped (the gateway shutting down) and closed its
+channel."""
+
+COUNTERS_STREAM_FAILED = "stream failed"
+"""A worker's counters are missing: it failed one of the call's streams (``StreamFailed``), which
+it answers no more for."""
 
 
 class LocalPorts(Protocol):
@@ -227,8 +244,22 @@ class Relay(Protocol):
         and the caller bounds the wait."""
         ...
 
+    @property
+    def counters_missing(self) -> Mapping[int, str]:
+        """Why the last :meth:`final_counters` could not bring some counters up to date, by
+        media worker index, one of :data:`COUNTERS_NO_ANSWER` (asked, and not answered when
+        the caller gave up), :data:`COUNTERS_WORKER_EXITED`, :data:`COUNTERS_POOL_STOPPED`,
+        :data:`COUNTERS_STREAM_FAILED`. Empty when
+        they all were, and always for the in-process relay. Read for the call's
+        ``media-counters-partial`` line (docs/operations.md)."""
+        ...
+
 
 __all__ = [
+    "COUNTERS_NO_ANSWER",
+    "COUNTERS_POOL_STOPPED",
+    "COUNTERS_STREAM_FAILED",
+    "COUNTERS_WORKER_EXITED",
     "Address",
     "HasAddress",
     "LocalPorts",

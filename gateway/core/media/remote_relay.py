@@ -48,7 +48,9 @@ threads, but as processes so that each has its own interpreter lock. :class:`Wor
   :meth:`WorkerPool.worker_restarts`);
 - on shutdown (cancellation) closes every channel, on which the workers exit, and kills any
   that has not exited within :data:`STOP_GRACE` seconds: no worker outlives the gateway. A worker
-  also exits when the SIP process dies, since its channel then reads end of file.
+  also exits when the SIP process dies, since its channel then reads end of file. A channel that
+  closes (exit, channel error, shutdown: :attr:`WorkerPool.stopping`) wakes at once whoever
+  awaits that worker's ``Pong`` (a call's final counters), without waiting for the process.
 
 Counters and activity are pushed by the workers (``Stats``: once per second for a stream that
 received something, every 5 s for one whose counters changed otherwise), so ``last_activity``
@@ -97,6 +99,12 @@ from gateway.core.media.relay import (
     Tap,
     payload_type_table,
     red_octets,
+)
+from gateway.core.media.relay_api import (
+    COUNTERS_NO_ANSWER,
+    COUNTERS_POOL_STOPPED,
+    COUNTERS_STREAM_FAILED,
+    COUNTERS_WORKER_EXITED,
 )
 from gateway.core.media.srtp import SrtpStatistics
 from gateway.core.media.worker_protocol import (
@@ -201,6 +209,15 @@ APPLIED_WAIT = 1.0
 """Seconds a call waits for its worker to confirm that it applied an answer
 (:meth:`CallRelay.applied`) before it sends its ACK anyway: a round trip takes well under a
 millisecond; a worker that takes this long is stuck, and its calls would not be relayed either."""
+
+_COUNTERS_MISSING_RANK = {
+    COUNTERS_STREAM_FAILED: 0,
+    COUNTERS_NO_ANSWER: 1,
+    COUNTERS_WORKER_EXITED: 2,
+    COUNTERS_POOL_STOPPED: 3,
+}
+"""One reason per worker: the one that took the most of its counters (a channel closed takes
+all its streams', a failed stream only its own)."""
 
 SEND_BUFFER_LIMIT = 16 * 1024 * 1024
 """Octets queued towards a worker that does not read; past this it is declared dead."""
@@ -817,6 +834,10 @@ class CallRelay:
         # Open ones and those their worker lost (their counters stay partial), and those
         # closed since the last open.
         self._streams: list[RemoteStream] = []
+        # Of the last final_counters(): why a worker's are missing, and the workers it had
+        # asked that had not answered yet (all of them when the caller gave up on it).
+        self._missing: dict[int, str] = {}
+        self._unanswered: set[int] = set()
 
     @property
     def allocator(self) -> _Address:
@@ -857,18 +878,48 @@ class CallRelay:
         those counters are the last pushed. Not bounded here: a worker that does not answer
         is waited for until the caller gives up (:meth:`gateway.core.media.session.
         MediaSession.final_counters`)."""
-        streams = [s for s in self._streams if _counted_at_end(s)]
-        asked = [s for s in streams if s.request_statistics()]
-        complete = len(asked) == len(streams)
-        for index in sorted({s.worker for s in asked}):
+        self._missing = {}
+        asked: list[RemoteStream] = []
+        for stream in (s for s in self._streams if _counted_at_end(s)):
+            if stream.request_statistics():
+                asked.append(stream)
+            else:
+                self._note_missing(stream.worker, self._pool._why_unasked(stream))
+        workers = sorted({s.worker for s in asked})
+        self._unanswered = set(workers)
+        for index in workers:
             try:
                 await self._pool.sync(index)
             except LocalMediaError:
-                complete = False  # not running, or exited meanwhile: its calls hear on_lost
+                # Not running, or its channel closed meanwhile (it exited: its calls hear
+                # on_lost; or the pool is stopping): the wait is woken at once.
+                self._note_missing(index, self._pool._why_gone())
+            self._unanswered.discard(index)
         # A stream failed meanwhile (its StreamFailed was on the way when SendStats went, or
         # its worker restarted during another worker's sync) had no Stats before the Pong:
         # the worker answers nothing for a stream it no longer has.
-        return complete and all(s.failure is None for s in asked)
+        for stream in asked:
+            if stream.failure is not None:
+                self._note_missing(stream.worker, _failure_why(stream.failure))
+        return not self._missing
+
+    @property
+    def counters_missing(self) -> dict[int, str]:
+        """Why the last :meth:`final_counters` could not bring some counters up to date, by
+        worker index (:meth:`gateway.core.media.relay_api.Relay.counters_missing`): one of
+        :data:`COUNTERS_NO_ANSWER` (a worker asked that had not answered when the caller gave
+        up), :data:`COUNTERS_WORKER_EXITED`, :data:`COUNTERS_POOL_STOPPED`,
+        :data:`COUNTERS_STREAM_FAILED`. Empty when they all were."""
+        missing = dict.fromkeys(self._unanswered, COUNTERS_NO_ANSWER)
+        for index, why in self._missing.items():
+            if index not in missing or _outranks(why, missing[index]):
+                missing[index] = why
+        return dict(sorted(missing.items()))
+
+    def _note_missing(self, worker: int, why: str) -> None:
+        known = self._missing.get(worker)
+        if known is None or _outranks(why, known):
+            self._missing[worker] = why
 
     async def applied(self) -> None:
         """Return once the workers of the call's streams have applied every message sent so
@@ -897,6 +948,16 @@ class CallRelay:
             self._told = True
             if self._on_lost is not None:
                 self._on_lost(reason)
+
+
+def _outranks(why: str, other: str) -> bool:
+    return _COUNTERS_MISSING_RANK[why] > _COUNTERS_MISSING_RANK[other]
+
+
+def _failure_why(failure: str) -> str:
+    """A lost stream's reason (:attr:`RemoteStream.failure`) as a reason its counters are
+    missing: its worker exited, or the worker failed that stream."""
+    return COUNTERS_WORKER_EXITED if failure == WORKER_EXITED else COUNTERS_STREAM_FAILED
 
 
 def _counted_at_end(stream: RemoteStream) -> bool:
@@ -938,6 +999,14 @@ class WorkerPool:
         self._ready_within = ready_within
         self._ids = itertools.count(1)
         self._serving = False
+        self._stopping = False
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the pool is stopping or stopped (:meth:`serve` cancelled, the gateway
+        shutting down, or failed): its workers' channels close and are not opened again, and a
+        call's end asks them nothing more."""
+        return self._stopping
 
     @property
     def allocator(self) -> _Address:
@@ -1088,6 +1157,18 @@ class WorkerPool:
     def _forget(self, stream: RemoteStream) -> None:
         self._workers[stream.worker].streams.pop(stream.id, None)
 
+    def _why_gone(self) -> str:
+        """Why a worker that was to be asked for counters cannot answer: its channel is closed
+        or was never open (:data:`COUNTERS_POOL_STOPPED` while the pool stops)."""
+        return COUNTERS_POOL_STOPPED if self._stopping else COUNTERS_WORKER_EXITED
+
+    def _why_unasked(self, stream: RemoteStream) -> str:
+        """Why ``stream``'s worker could not be asked for its counters
+        (:meth:`RemoteStream.request_statistics` said no)."""
+        if stream.failure is not None:
+            return _failure_why(stream.failure)
+        return self._why_gone()  # its channel closed; its on_lost, if any, still to come
+
     # -- supervision --------------------------------------------------------------------------
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -1130,6 +1211,8 @@ class WorkerPool:
                     first = first.exceptions[0]
                 raise first from None
             raise
+        finally:
+            self._stopping = True  # also for a slot that was restarting or stopped
 
     async def _supervise(
         self, worker: _Worker, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -1168,9 +1251,6 @@ class WorkerPool:
             worker.restarts[worker.ended] += 1
             streams = list(worker.streams.values())
             worker.streams.clear()
-            for event in worker.pongs.values():
-                event.set()  # sync() sees its token gone: the worker exited
-            worker.pongs.clear()
             worker.ready.clear()
             log.error(
                 "media worker %d (ports %s) exited (%s): ending its %d stream(s) with %r; "
@@ -1297,9 +1377,21 @@ class WorkerPool:
                         transport_error_text(exc),
                     )
                 nursery.cancel_scope.cancel()
+        except BaseException:
+            # Cancelled: the pool stops (the gateway shutting down); anything else ends it too.
+            # Set before the waits below are woken, which read it (CallRelay.final_counters).
+            self._stopping = True
+            raise
         finally:
             worker.channel = None
             channel.close()
+            # Wake whoever awaits this worker's Pong (a call's final counters, a call's
+            # applied) now: sync() sees its token gone and raises. Not after the process has
+            # exited (_stop: up to STOP_GRACE), nor never when the pool stops (supervision
+            # ends here): each call's end would wait out FINAL_COUNTERS_WAIT.
+            for event in worker.pongs.values():
+                event.set()
+            worker.pongs.clear()
             returncode = await _stop(worker.process)
             worker.process = None
         if mismatch is not None:

@@ -81,7 +81,7 @@ from gateway.core.media.dtmf import Digit, EventDetector
 from gateway.core.media.errors import LocalMediaError
 from gateway.core.media.quality import CallQuality
 from gateway.core.media.relay import DROP_REASONS, DtmfInterworking
-from gateway.core.media.relay_api import Relay, RelaySide, RelayStream
+from gateway.core.media.relay_api import COUNTERS_NO_ANSWER, Relay, RelaySide, RelayStream
 from gateway.core.media.t38 import is_udptl_t38, t38_problem_untrusted
 from gateway.core.media.transcoding import (
     AddedLaw,
@@ -132,6 +132,20 @@ FINAL_COUNTERS_WAIT = 0.5
 (:meth:`MediaSession.final_counters`) before its record is written with the last known ones,
 said partial: a media worker answers within a round trip (well under a millisecond); one that
 does not is stuck or gone, and must not hold the call's end."""
+
+
+def _counters_partial_why(missing: Mapping[int, str]) -> str:
+    """What :attr:`MediaSession.counters_partial_why` says: each worker's reason, a worker
+    asked and not answered within the bound as ``timed out after 0.5 s``."""
+    timed_out = f"timed out after {FINAL_COUNTERS_WAIT:g} s"
+    return (
+        "; ".join(
+            f"media worker {index}: {timed_out if why == COUNTERS_NO_ANSWER else why}"
+            for index, why in missing.items()
+        )
+        or timed_out
+    )
+
 
 DIGIT_WITHHELD = "withheld"
 """What log lines at INFO and above say in place of a DTMF digit (it may be a card number's or
@@ -354,6 +368,10 @@ class MediaSession:
         """The counters of the call's end could not all be brought up to date
         (:meth:`final_counters`): they are the last a media worker pushed, up to about a
         second old."""
+        self.counters_partial_why: str | None = None
+        """Why they could not, per media worker (``media worker 0: timed out after 0.5 s;
+        media worker 1: worker exited``) when :attr:`counters_partial`: the call's
+        ``media-counters-partial`` line (docs/operations.md). None otherwise."""
         self._faxed = False  # a stream went T.38 (UDPTL): statistics() count its datagrams
         # DTMF interworking (docs/architecture.md "DTMF interworking"): on, when the relay can.
         self._interworks_dtmf = dtmf_interworking and relay.interworks_dtmf
@@ -1177,6 +1195,7 @@ class MediaSession:
             complete = await self._relay.final_counters()
         if not complete:
             self.counters_partial = True
+            self.counters_partial_why = _counters_partial_why(self._relay.counters_missing)
 
     async def applied(self) -> None:
         """Return once the relay applies every change made so far (the latest answer's remote

@@ -7,6 +7,7 @@ in-process relay's ``final_counters`` made to hang, as a stuck worker's round tr
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import trio
 
 from gateway.core.calls.manager import CallManager
 from gateway.core.media.relay import MediaRelay
+from gateway.core.media.relay_api import COUNTERS_NO_ANSWER
 from gateway.core.media.session import FINAL_COUNTERS_WAIT
 from tests.component.calls.b2bua_env import answered_call, eventually, start_b2bua
 
@@ -26,8 +28,10 @@ async def test_a_stuck_media_worker_holds_the_calls_end_no_longer_than_the_bound
     autojump_clock: trio.abc.Clock,
     voipgw_seed: int,
     monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
     worker_answers: bool,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.core.calls.call")
     ended: list[tuple[float, Mapping[str, object] | None]] = []
     event = CallManager.event
 
@@ -52,6 +56,8 @@ async def test_a_stuck_media_worker_holds_the_calls_end_no_longer_than_the_bound
         monkeypatch.setattr(MediaRelay, "final_counters", never_answers)
         # As a media worker's: the in-process relay's counters are not waited for.
         monkeypatch.setattr(MediaRelay, "counters_pushed", True)
+        # What a call's relay on media worker 0 says of a worker that never answered.
+        monkeypatch.setattr(MediaRelay, "counters_missing", {0: COUNTERS_NO_ANSWER})
     env = await start_b2bua(nursery, tmp_path, voipgw_seed)
     call, _ = await answered_call(env)
     asked = trio.current_time()
@@ -63,11 +69,26 @@ async def test_a_stuck_media_worker_holds_the_calls_end_no_longer_than_the_bound
     assert security is not None
     media = security["media"]
     assert isinstance(media, dict)
+    lines = [
+        (r.levelno, r.getMessage())
+        for r in caplog.records
+        if r.name == "gateway.core.calls.call"
+        and ("media counters partial" in r.getMessage() or " ended: " in r.getMessage())
+    ]
     if worker_answers:
         assert at - asked < FINAL_COUNTERS_WAIT
         assert "counters_partial" not in media
+        assert [level for level, _ in lines] == [logging.INFO]  # its "ended" line alone
     else:
         # Answered before the wait; the record written once it was given up on.
         assert answered - asked < FINAL_COUNTERS_WAIT
         assert FINAL_COUNTERS_WAIT <= at - asked < 2 * FINAL_COUNTERS_WAIT
         assert media["counters_partial"] is True
+        # Once, before the call's "ended" line, saying which worker and why.
+        ((level, partial), (_, ended_line)) = lines
+        call_id = ended_line.removeprefix("call ").split(" ended: ")[0]
+        assert (level, partial) == (
+            logging.WARNING,
+            f"call {call_id}: media counters partial (the last second of packets may be "
+            "missing from its record and metrics): media worker 0: timed out after 0.5 s",
+        )

@@ -19,9 +19,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 import trio
+import trio.testing
 
 from gateway.core.config import PortRange
+from gateway.core.media import remote_relay
 from gateway.core.media.remote_relay import WorkerPool
+from gateway.core.media.session import FINAL_COUNTERS_WAIT, MediaSession
 from tests.integration.media.phone_sockets import (
     ADDRESS,
     WORKER_TIMEOUT,
@@ -95,3 +98,91 @@ async def test_final_counters_of_a_worker_that_exited_are_said_incomplete(
         assert not await call.final_counters()
         while pool.worker_starts()[stream_worker] == starts:
             await trio.sleep(0.01)
+
+
+# -- a call's end is not held by a worker whose channel closed (session 48) -------------------
+#
+# The worker is frozen (SIGSTOP), so it answers nothing: the call's end waits for its Pong.
+# Before session 48 that wait was woken only once the worker's process had exited (after
+# STOP_GRACE, 2 s, for one that hangs), or never when the pool stopped: each call's end then
+# waited out FINAL_COUNTERS_WAIT (0.5 s).
+
+
+async def _end_waiting_for_a_frozen_worker(
+    nursery: trio.Nursery, pool: WorkerPool
+) -> tuple[MediaSession, int, int, list[float]]:
+    """A call with one stream whose worker is frozen, its end started and waiting for the
+    worker's Pong. Returns the call's media session, the worker's index and pid, and a list
+    that gets how long the end's final counters took once they return."""
+    relay = pool.for_call()
+    stream = relay.open_stream()
+    with trio.fail_after(WORKER_TIMEOUT):
+        await pool.sync(stream.worker)
+    pid = pool.worker_pids()[stream.worker]
+    assert pid is not None
+    session = MediaSession(relay, media_address=ADDRESS)
+    took: list[float] = []
+
+    async def end() -> None:
+        started = trio.current_time()
+        await session.final_counters()
+        took.append(trio.current_time() - started)
+
+    os.kill(pid, signal.SIGSTOP)
+    nursery.start_soon(end)
+    await trio.testing.wait_all_tasks_blocked()
+    assert pool._workers[stream.worker].pongs  # its Ping sent, unanswered
+    return session, stream.worker, pid, took
+
+
+async def _returned(took: list[float]) -> None:
+    with trio.fail_after(WORKER_TIMEOUT):
+        while not took:
+            await trio.sleep(0.001)
+
+
+async def test_a_pool_stopping_wakes_a_calls_final_counters_at_once() -> None:
+    pool = WorkerPool(ADDRESS, PORTS.get(), 2, stats_interval=60.0)
+    async with trio.open_nursery() as nursery:
+        pool_scope = trio.CancelScope()
+
+        async def serve(*, task_status: trio.TaskStatus[None]) -> None:
+            with pool_scope:
+                await pool.serve(task_status=task_status)
+
+        with trio.fail_after(WORKER_TIMEOUT):
+            await nursery.start(serve)
+        pids = [pid for pid in pool.worker_pids() if pid is not None]
+        session, index, pid, took = await _end_waiting_for_a_frozen_worker(nursery, pool)
+        try:
+            assert not pool.stopping
+            pool_scope.cancel()  # the gateway shutting down
+            await _returned(took)
+        finally:
+            os.kill(pid, signal.SIGCONT)  # it reads its channel's end and exits
+    assert pool.stopping
+    (seconds,) = took
+    assert seconds < FINAL_COUNTERS_WAIT / 2
+    assert session.counters_partial
+    assert session.counters_partial_why == f"media worker {index}: stopped with the gateway"
+    assert all(process_gone(pid) for pid in pids)
+
+
+async def test_a_channel_closed_wakes_a_calls_final_counters_at_once(
+    pool: WorkerPool, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session, index, pid, took = await _end_waiting_for_a_frozen_worker(nursery, pool)
+    try:
+        # The frozen worker reads nothing: what is queued for it passes the limit, and the
+        # channel is closed here (a channel error) while its process lives on.
+        monkeypatch.setattr(remote_relay, "SEND_BUFFER_LIMIT", 0)
+        slot = pool._workers[index]
+        assert slot.channel is not None
+        assert not slot.channel.send(remote_relay.Ping(0))
+        await _returned(took)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    (seconds,) = took
+    assert seconds < FINAL_COUNTERS_WAIT / 2
+    assert session.counters_partial_why == f"media worker {index}: worker exited"
+    assert not pool.stopping

@@ -14,6 +14,11 @@ import trio.testing
 from gateway.core.config import PortRange
 from gateway.core.media.ports import PortAllocator
 from gateway.core.media.relay import DirectionStatistics, MediaRelay
+from gateway.core.media.relay_api import (
+    COUNTERS_NO_ANSWER,
+    COUNTERS_POOL_STOPPED,
+    COUNTERS_WORKER_EXITED,
+)
 from gateway.core.media.remote_relay import APPLIED_WAIT, CallRelay, WorkerPool
 from gateway.core.media.session import FINAL_COUNTERS_WAIT, MediaSession
 from gateway.core.media.worker_protocol import (
@@ -33,8 +38,11 @@ class _StuckChannel:
 
     def __init__(self) -> None:
         self.sent: list[Message] = []
+        self.closed = False
 
     def send(self, message: Message) -> bool:
+        if self.closed:
+            return False
         self.sent.append(message)
         return True
 
@@ -113,6 +121,9 @@ async def test_final_counters_of_a_stuck_worker_are_given_up_on_and_said_partial
     assert session.statistics()["counters_partial"] is True
     assert [type(message) for message in channel.sent] == [Open, SendStats, Ping]
     assert pool._workers[0].pongs == {}  # the ping given up on is forgotten
+    # The call's media-counters-partial line says which worker, and why.
+    assert relay.counters_missing == {0: COUNTERS_NO_ANSWER}
+    assert session.counters_partial_why == "media worker 0: timed out after 0.5 s"
 
 
 async def test_final_counters_a_worker_answers_are_the_streams(
@@ -127,6 +138,8 @@ async def test_final_counters_a_worker_answers_are_the_streams(
     await session.final_counters()
     assert trio.current_time() == started
     assert not session.counters_partial
+    assert session.counters_partial_why is None
+    assert relay.counters_missing == {}
     assert stream.a_to_b.totals() == (3, 172, 0)
     assert "counters_partial" not in session.statistics()
     assert [type(message) for message in channel.sent] == [Open, SendStats, Ping]
@@ -145,6 +158,7 @@ async def test_final_counters_of_a_lost_stream_are_partial_without_a_wait(
     assert not await relay.final_counters()
     assert trio.current_time() == started
     assert [type(message) for message in channel.sent] == [Open]
+    assert relay.counters_missing == {0: COUNTERS_WORKER_EXITED}
 
 
 class _FailingChannel:
@@ -179,6 +193,7 @@ async def test_final_counters_of_a_stream_failed_meanwhile_are_partial(
     assert stream.failure == "keys refused"
     assert session.counters_partial
     assert [type(message) for message in channel.sent] == [Open, SendStats, Ping]
+    assert session.counters_partial_why == "media worker 0: stream failed"
 
 
 async def test_final_counters_in_process_are_not_waited_for(
@@ -194,6 +209,7 @@ async def test_final_counters_in_process_are_not_waited_for(
     session = MediaSession(relay, media_address="127.0.0.1")
     await session.final_counters()
     assert not session.counters_partial
+    assert session.counters_partial_why is None
 
 
 async def test_final_counters_are_awaited_through_a_cancellation_within_the_bound(
@@ -212,3 +228,57 @@ async def test_final_counters_are_awaited_through_a_cancellation_within_the_boun
     assert trio.current_time() - started == FINAL_COUNTERS_WAIT
     assert [type(message) for message in channel.sent] == [Open, SendStats, Ping]
     assert session.counters_partial
+
+
+def _two_worker_pool(port_lease: PortLease) -> WorkerPool:
+    """A pool never started with two worker slots, each with two pairs ready and a channel
+    whose worker answers nothing (yet)."""
+    pool = WorkerPool("127.0.0.1", PortRange.parse(port_lease.text(20)), 2)
+    for slot in pool._workers:
+        slot.channel = _StuckChannel()  # type: ignore[assignment]
+        slot.ready.extend((slot.ports.low, slot.ports.low + 2))
+    return pool
+
+
+async def test_why_final_counters_are_partial_is_said_per_worker(
+    port_lease: PortLease, autojump_clock: trio.testing.MockClock
+) -> None:
+    # A call with a stream on each of two workers: worker 0 stuck, worker 1's exited (its
+    # stream lost): one reason each, in worker order, as the call's line says them.
+    pool = _two_worker_pool(port_lease)
+    relay = CallRelay(pool, None)
+    on_0 = pool.open_stream(prefer=0, on_lost=relay._lost)
+    on_1 = pool.open_stream(prefer=1, on_lost=relay._lost)
+    relay._streams.extend((on_0, on_1))
+    relay._workers.update((0, 1))
+    on_1._channel = None
+    on_1._lost("media worker exited")
+    session = MediaSession(relay, media_address="127.0.0.1")
+    await session.final_counters()
+    assert relay.counters_missing == {0: COUNTERS_NO_ANSWER, 1: COUNTERS_WORKER_EXITED}
+    assert session.counters_partial_why == (
+        "media worker 0: timed out after 0.5 s; media worker 1: worker exited"
+    )
+
+
+async def test_final_counters_while_the_pool_stops_are_said_stopped_with_the_gateway(
+    port_lease: PortLease, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The gateway shutting down: the pool closed the worker's channel (WorkerPool._run_once),
+    # its stream not lost (no worker exited): the call's end asks nothing and waits not.
+    pool = _two_worker_pool(port_lease)
+    relay = CallRelay(pool, None)
+    stream = relay.open_stream()
+    pool._stopping = True
+    slot = pool._workers[stream.worker]
+    assert isinstance(slot.channel, _StuckChannel)
+    slot.channel.closed = True
+    slot.channel = None
+    session = MediaSession(relay, media_address="127.0.0.1")
+    started = trio.current_time()
+    await session.final_counters()
+    assert trio.current_time() == started
+    assert relay.counters_missing == {stream.worker: COUNTERS_POOL_STOPPED}
+    assert session.counters_partial_why == (
+        f"media worker {stream.worker}: stopped with the gateway"
+    )
