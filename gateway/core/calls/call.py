@@ -272,7 +272,14 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
                 # once, without a cancel scope.
                 await self.media.final_counters()
                 why = self.media.counters_partial_why
-                if why is not None:
+                if why is not None and self.media.counters_partial_at_stop:
+                    # Every call still up at a shutdown has them: no alert, one INFO each.
+                    log.info(
+                        "call %s: media counters partial (the gateway is stopping: the last "
+                        "second of packets may be missing from its record and metrics)",
+                        self.id,
+                    )
+                elif why is not None:
                     # Once per call, before its "ended" line: the record's and the metrics'
                     # counters of this call lack up to about a second of packets, and why.
                     log.warning(

@@ -81,7 +81,13 @@ from gateway.core.media.dtmf import Digit, EventDetector
 from gateway.core.media.errors import LocalMediaError
 from gateway.core.media.quality import CallQuality
 from gateway.core.media.relay import DROP_REASONS, DtmfInterworking
-from gateway.core.media.relay_api import COUNTERS_NO_ANSWER, Relay, RelaySide, RelayStream
+from gateway.core.media.relay_api import (
+    COUNTERS_NO_ANSWER,
+    COUNTERS_POOL_STOPPED,
+    Relay,
+    RelaySide,
+    RelayStream,
+)
 from gateway.core.media.t38 import is_udptl_t38, t38_problem_untrusted
 from gateway.core.media.transcoding import (
     AddedLaw,
@@ -372,6 +378,10 @@ class MediaSession:
         """Why they could not, per media worker (``media worker 0: timed out after 0.5 s;
         media worker 1: worker exited``) when :attr:`counters_partial`: the call's
         ``media-counters-partial`` line (docs/operations.md). None otherwise."""
+        self.counters_partial_at_stop = False
+        """:attr:`counters_partial` only because the gateway is stopping (every worker's reason
+        ``stopped with the gateway``): expected then, one per call still up, so the call says
+        it at INFO (``media-counters-partial-at-stop``), not as a WARNING to alert on."""
         self._faxed = False  # a stream went T.38 (UDPTL): statistics() count its datagrams
         # DTMF interworking (docs/architecture.md "DTMF interworking"): on, when the relay can.
         self._interworks_dtmf = dtmf_interworking and relay.interworks_dtmf
@@ -1195,7 +1205,11 @@ class MediaSession:
             complete = await self._relay.final_counters()
         if not complete:
             self.counters_partial = True
-            self.counters_partial_why = _counters_partial_why(self._relay.counters_missing)
+            missing = self._relay.counters_missing
+            self.counters_partial_why = _counters_partial_why(missing)
+            self.counters_partial_at_stop = bool(missing) and all(
+                why == COUNTERS_POOL_STOPPED for why in missing.values()
+            )
 
     async def applied(self) -> None:
         """Return once the relay applies every change made so far (the latest answer's remote

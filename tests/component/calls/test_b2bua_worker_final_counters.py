@@ -16,7 +16,11 @@ import trio
 
 from gateway.core.calls.manager import CallManager
 from gateway.core.media.relay import MediaRelay
-from gateway.core.media.relay_api import COUNTERS_NO_ANSWER
+from gateway.core.media.relay_api import (
+    COUNTERS_NO_ANSWER,
+    COUNTERS_POOL_STOPPED,
+    COUNTERS_WORKER_EXITED,
+)
 from gateway.core.media.session import FINAL_COUNTERS_WAIT
 from tests.component.calls.b2bua_env import answered_call, eventually, start_b2bua
 
@@ -92,3 +96,57 @@ async def test_a_stuck_media_worker_holds_the_calls_end_no_longer_than_the_bound
             f"call {call_id}: media counters partial (the last second of packets may be "
             "missing from its record and metrics): media worker 0: timed out after 0.5 s",
         )
+
+
+@pytest.mark.parametrize(
+    ("missing", "level", "says"),
+    [
+        # A shutdown: every call still up has them; expected, so not a WARNING to alert on.
+        (
+            {0: COUNTERS_POOL_STOPPED},
+            logging.INFO,
+            "media counters partial (the gateway is stopping: the last second of packets may "
+            "be missing from its record and metrics)",
+        ),
+        # A worker that exited as the gateway stopped is still news.
+        (
+            {0: COUNTERS_POOL_STOPPED, 1: COUNTERS_WORKER_EXITED},
+            logging.WARNING,
+            "media counters partial (the last second of packets may be missing from its "
+            "record and metrics): media worker 0: stopped with the gateway; media worker 1: "
+            "worker exited",
+        ),
+    ],
+)
+async def test_counters_cut_by_a_shutdown_alone_are_said_at_info(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    missing: Mapping[int, str],
+    level: int,
+    says: str,
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.core.calls.call")
+
+    async def cut(self: MediaRelay) -> bool:
+        return False  # as a worker pool's whose channels closed: at once, incomplete
+
+    monkeypatch.setattr(MediaRelay, "final_counters", cut)
+    monkeypatch.setattr(MediaRelay, "counters_pushed", True)
+    monkeypatch.setattr(MediaRelay, "counters_missing", missing)
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    call, _ = await answered_call(env)
+    ok = await call.bye()
+    assert ok.status == 200
+    await eventually(lambda: env.calls == 0)
+    partial = [
+        (r.levelno, r.getMessage())
+        for r in caplog.records
+        if r.name == "gateway.core.calls.call" and "media counters partial" in r.getMessage()
+    ]
+    ((logged_at, line),) = partial
+    assert logged_at == level
+    assert line.split(": ", 1)[1] == says

@@ -165,6 +165,7 @@ async def test_a_pool_stopping_wakes_a_calls_final_counters_at_once() -> None:
     assert seconds < FINAL_COUNTERS_WAIT / 2
     assert session.counters_partial
     assert session.counters_partial_why == f"media worker {index}: stopped with the gateway"
+    assert session.counters_partial_at_stop
     assert all(process_gone(pid) for pid in pids)
 
 

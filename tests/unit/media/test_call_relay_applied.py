@@ -259,6 +259,7 @@ async def test_why_final_counters_are_partial_is_said_per_worker(
     assert session.counters_partial_why == (
         "media worker 0: timed out after 0.5 s; media worker 1: worker exited"
     )
+    assert not session.counters_partial_at_stop
 
 
 async def test_final_counters_while_the_pool_stops_are_said_stopped_with_the_gateway(
@@ -282,3 +283,4 @@ async def test_final_counters_while_the_pool_stops_are_said_stopped_with_the_gat
     assert session.counters_partial_why == (
         f"media worker {stream.worker}: stopped with the gateway"
     )
+    assert session.counters_partial_at_stop  # said at INFO: a shutdown's, expected
