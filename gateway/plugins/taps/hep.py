@@ -37,6 +37,14 @@ method, uri): whoever reads the copy can try a dictionary against it offline, at
 own hardware, where the gateway's failure limits cannot see them; so can a carrier's ``rspauth``
 (``Authentication-Info``, RFC 7616 §3.5). Each is overwritten the same way (as many ``*``), so
 the collector still shows who authenticated, with which algorithm and nonce.
+
+DTMF digits (``redact_dtmf_digits = true``, the default): a digit sent as SIP INFO (ours when
+the call interworks DTMF, or a phone's: ``application/dtmf-relay``'s ``Signal=5``, or the bare
+digit of ``application/dtmf``) is often a payment card number's or a PIN's, which PCI DSS
+requirement 3.3 forbids keeping after authorisation; the log already withholds it (``[gateway]
+log_dtmf_digits``), and a collector's database is a log kept for weeks. Each digit is overwritten
+by as many ``x`` (not ``*``: that is a DTMF key), so the collector still shows that a digit went,
+when, which way, and its ``Duration``.
 """
 
 from __future__ import annotations
@@ -84,6 +92,16 @@ _DIGEST_HEADER = re.compile(
 _DIGEST_PROOF = re.compile(
     rb'(?<![A-Za-z0-9_.!%*+`\'~-])(?:response|rspauth)[ \t]*=[ \t]*"([^"\r\n]*)"', re.IGNORECASE
 )
+
+# RFC 3261 §7.3.1, §20.15: Content-Type, or "c" in compact form, any case; a parameter may follow.
+_DTMF_CONTENT_TYPE = re.compile(
+    rb"^(?:Content-Type|c)[ \t]*:[ \t]*application/(dtmf-relay|dtmf)[ \t]*(?:;[^\r\n]*)?\r?$",
+    re.MULTILINE | re.IGNORECASE,
+)
+# The de-facto application/dtmf-relay body (Cisco's, as FreeSWITCH and Asterisk send it): one
+# "key=value" a line, keys in any case; only Signal's value is the digit.
+_DTMF_SIGNAL = re.compile(rb"^([ \t]*signal[ \t]*=)([^\r\n]*)", re.MULTILINE | re.IGNORECASE)
+_NOT_BLANK = re.compile(rb"[^ \t\r\n]")
 
 
 def _chunk(kind: int, value: bytes) -> bytes:
@@ -192,6 +210,36 @@ def redact_credentials(message: bytes) -> bytes:
     return redacted if head_end < 0 else redacted + message[head_end:]
 
 
+def _exes(found: re.Match[bytes]) -> bytes:
+    return b"x" * (found.end() - found.start())
+
+
+def _redact_signal(line: re.Match[bytes]) -> bytes:
+    return line.group(1) + _NOT_BLANK.sub(_exes, line.group(2))
+
+
+def redact_dtmf_digits(message: bytes) -> bytes:
+    """``message`` with the DTMF digit of its body overwritten by ``x`` (same length) when its
+    Content-Type is ``application/dtmf-relay`` (the value of each ``Signal=`` line) or
+    ``application/dtmf`` (every character of the body but white space). Other messages, a
+    multipart body included, are returned as they were."""
+    head_end = message.find(b"\r\n\r\n")
+    if head_end < 0:
+        return message
+    head = message[:head_end]
+    # One substring test for the messages without (every one but a DTMF INFO).
+    content_type = _DTMF_CONTENT_TYPE.search(head) if b"dtmf" in head.lower() else None
+    if content_type is None:
+        return message
+    body_start = head_end + 4
+    body = message[body_start:]
+    if content_type.group(1).lower() == b"dtmf-relay":
+        redacted = _DTMF_SIGNAL.sub(_redact_signal, body)
+    else:
+        redacted = _NOT_BLANK.sub(_exes, body)
+    return message[:body_start] + redacted
+
+
 class HepCapture:
     """``interfaces.SipCapture``: encodes each message, queues it, and sends it from its task."""
 
@@ -212,6 +260,8 @@ class HepCapture:
             data = redact_keys(data)
         if self.config.redact_credentials:
             data = redact_credentials(data)
+        if self.config.redact_dtmf_digits:
+            data = redact_dtmf_digits(data)
         try:
             packet = encode_hep3(
                 data,
@@ -292,6 +342,7 @@ class HepConfig:
     rtcp: bool = True
     redact_keys: bool = True
     redact_credentials: bool = True
+    redact_dtmf_digits: bool = True
 
     def __attrs_post_init__(self) -> None:
         # structure() reports a ValueError as a config error of this table; say which key.

@@ -366,6 +366,7 @@ def seed_config(f: Files) -> dict[str, Any]:
                 "queue": 10000,
                 "rtcp": True,
                 "redact_keys": True,
+                "redact_dtmf_digits": True,
                 "redact_credentials": True,
             },
             "intercept": {

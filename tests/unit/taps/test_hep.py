@@ -255,3 +255,53 @@ def test_only_the_header_section_and_digest_proofs_are_touched() -> None:
 def test_credentials_are_kept_only_when_the_operator_asks() -> None:
     copy = copied(REGISTER_WITH_CREDENTIALS, redact_credentials=False)
     assert copy == REGISTER_WITH_CREDENTIALS
+
+
+INFO_DTMF_RELAY = (
+    b"INFO sip:bob@192.0.2.9:5060 SIP/2.0\r\n"
+    b"Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-7\r\n"
+    b"Call-ID: dtmf-1@192.0.2.1\r\n"
+    b"CSeq: 3 INFO\r\n"
+    b"Content-Type: application/dtmf-relay\r\n"
+    b"Content-Length: 26\r\n\r\n"
+    b"Signal=7\r\nDuration=160\r\n"
+)
+
+
+def test_an_info_digit_is_overwritten_and_its_duration_kept() -> None:
+    copy = copied(INFO_DTMF_RELAY)
+    # Same length (Content-Length stays right); not "*", which is a key of its own.
+    assert copy == INFO_DTMF_RELAY.replace(b"Signal=7", b"Signal=x")
+    assert copied(INFO_DTMF_RELAY.replace(b"Signal=7", b"Signal=*")) == copy
+
+
+def test_every_form_of_an_info_digit_is_overwritten() -> None:
+    # Compact "c", any case, a parameter; "signal" in any case, spaces, a two-digit Signal
+    # (10 for *, as older gateways send), LF lines; and application/dtmf's bare digit.
+    relay = (
+        b"INFO sip:bob@192.0.2.9 SIP/2.0\r\ni: d-2\r\n"
+        b"c: Application/DTMF-Relay; charset=us-ascii\r\nl: 27\r\n\r\n"
+        b"SIGNAL = 10 \nduration=250\n"
+    )
+    assert hep_plugin.redact_dtmf_digits(relay) == relay.replace(b"= 10 ", b"= xx ")
+    bare = (
+        b"INFO sip:bob@192.0.2.9 SIP/2.0\r\nCall-ID: d-3\r\n"
+        b"Content-Type: application/dtmf\r\nContent-Length: 3\r\n\r\n#\r\n"
+    )
+    assert hep_plugin.redact_dtmf_digits(bare) == bare.replace(b"\r\n\r\n#", b"\r\n\r\nx")
+
+
+def test_other_bodies_and_headers_that_name_dtmf_are_left_alone() -> None:
+    # A text body that reads like one, a header naming the type, an INVITE with SDP.
+    note = (
+        b"MESSAGE sip:bob@192.0.2.9 SIP/2.0\r\nCall-ID: d-4\r\n"
+        b"Subject: Content-Type: application/dtmf-relay\r\n"
+        b"Content-Type: text/plain\r\nContent-Length: 9\r\n\r\nSignal=5\n"
+    )
+    assert hep_plugin.redact_dtmf_digits(note) is note
+    assert hep_plugin.redact_dtmf_digits(INVITE_WITH_KEYS) is INVITE_WITH_KEYS
+    assert hep_plugin.redact_dtmf_digits(b"INFO sip:x SIP/2.0\r\n") == b"INFO sip:x SIP/2.0\r\n"
+
+
+def test_info_digits_are_kept_only_when_the_operator_asks() -> None:
+    assert copied(INFO_DTMF_RELAY, redact_dtmf_digits=False) == INFO_DTMF_RELAY
