@@ -289,6 +289,9 @@ def test_every_form_of_an_info_digit_is_overwritten() -> None:
         b"Content-Type: application/dtmf\r\nContent-Length: 3\r\n\r\n#\r\n"
     )
     assert hep_plugin.redact_dtmf_digits(bare) == bare.replace(b"\r\n\r\n#", b"\r\n\r\nx")
+    # Bare LF line ends (answered 400, copied all the same).
+    lf = INFO_DTMF_RELAY.replace(b"\r\n", b"\n")
+    assert hep_plugin.redact_dtmf_digits(lf) == lf.replace(b"Signal=7", b"Signal=x")
 
 
 def test_other_bodies_and_headers_that_name_dtmf_are_left_alone() -> None:
