@@ -144,6 +144,16 @@ class RelayDirection(Protocol):
     @dtmf.setter
     def dtmf(self, value: DtmfInterworking | None) -> None: ...
 
+    @property
+    def receiver_telephone_event(self) -> tuple[int, int] | None:
+        """(payload type, clock rate) of the receiving leg's telephone-event in force, (-1, 0):
+        none, None: not told (:attr:`gateway.core.media.relay.DirectionControl.
+        receiver_telephone_event`)."""
+        ...
+
+    @receiver_telephone_event.setter
+    def receiver_telephone_event(self, value: tuple[int, int] | None) -> None: ...
+
     def statistics(self) -> DirectionStatistics: ...
 
     def totals(self) -> tuple[int, int, int]:

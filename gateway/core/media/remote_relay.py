@@ -97,6 +97,7 @@ from gateway.core.media.relay import (
     NonRtpHandler,
     RtcpObserver,
     Tap,
+    checked_receiver_event,
     payload_type_table,
     red_octets,
 )
@@ -109,6 +110,7 @@ from gateway.core.media.relay_api import (
 from gateway.core.media.srtp import SrtpStatistics
 from gateway.core.media.worker_protocol import (
     PROTOCOL_VERSION,
+    RECEIVER_EVENT_NOT_TOLD,
     ChannelError,
     Close,
     Datagram,
@@ -132,6 +134,7 @@ from gateway.core.media.worker_protocol import (
     SetKeys,
     SetOpaque,
     SetPayloadTypes,
+    SetReceiverEvent,
     SetRedPayloadTypes,
     SetRemote,
     SetRtcpWatch,
@@ -509,6 +512,7 @@ class RemoteDirection:
     _red_payload_types: tuple[int, ...] = attrs.field(default=(), repr=False)
     _dtmf: DtmfInterworking | None = attrs.field(default=None, repr=False)
     _transcoding: G711Transcoding | None = attrs.field(default=None, repr=False)
+    _receiver_event: tuple[int, int] | None = attrs.field(default=None, repr=False)
 
     @property
     def blocked(self) -> bool:
@@ -600,6 +604,24 @@ class RemoteDirection:
                 value.relayed_until_now,
             )
         self._stream._send(message)
+
+    @property
+    def receiver_telephone_event(self) -> tuple[int, int] | None:
+        """The receiving leg's telephone-event in force, for the worker's delayed DTMF end
+        copies (``SetReceiverEvent``; :attr:`gateway.core.media.relay.DirectionControl.
+        receiver_telephone_event`)."""
+        return self._receiver_event
+
+    @receiver_telephone_event.setter
+    def receiver_telephone_event(self, value: tuple[int, int] | None) -> None:
+        value = checked_receiver_event(value)  # out of range: LocalMediaError here
+        if value == self._receiver_event:
+            return
+        self._receiver_event = value
+        payload_type, clock_rate = (RECEIVER_EVENT_NOT_TOLD, 0) if value is None else value
+        self._stream._send(
+            SetReceiverEvent(self._stream.id, self.direction.value, payload_type, clock_rate)
+        )
 
     def _dtmf_event(self, packet: bytes) -> None:
         state = self._dtmf

@@ -280,6 +280,9 @@ class _Exchange:
     """The payload type renumbering of each stream direction before the offer."""
     dtmf_before: DtmfPlan | None = None
     """The DTMF interworking before the offer."""
+    receiver_events_before: dict[tuple[int, str], tuple[int, int]] = attrs.field(factory=dict)
+    """What the streams of the DTMF lines were told of their receivers' telephone-event
+    before the offer (:meth:`MediaSession._tell_receiver_events`)."""
     added_event: tuple[int, int] | None = None
     """(m= line, payload type) of the telephone-event we added to the offer we sent for an
     offerer declared to do DTMF by SIP INFO (:func:`with_telephone_event`); None: none."""
@@ -416,6 +419,9 @@ class MediaSession:
         # streams included: for the call record and the metrics, whatever plans came and went.
         self._dtmf_lines: set[int] = set()
         self._dtmf_closed = dict.fromkeys(DTMF_COUNTS, 0)
+        # (m= line, direction) -> the receiving leg's telephone-event in force ((-1, 0): none)
+        # as told to the stream of each line in _dtmf_lines (_tell_receiver_events).
+        self._receiver_events: dict[tuple[int, str], tuple[int, int]] = {}
         self._transcoded_lines: set[int] = set()
         self._transcoded_last: TranscodingPlan | None = None  # the latest plan, for the record
         self._clash_warned = False  # a number clash stopped a transcoding: WARNING once
@@ -676,6 +682,12 @@ class MediaSession:
                     other,
                 )
         self._set_dtmf(dtmf, relayed_until_now=relayed)
+        towards = "b_to_a" if side == "a" else "a_to_b"
+        for index in self._dtmf_lines:
+            if index in remotes:  # what this peer takes now, in its numbers
+                self._tell_receiver_event(
+                    index, towards, _telephone_event_in_force(answer.media[index])
+                )
         self._repeated.pop(side, None)
         self._received[side] = answer
 
@@ -1042,6 +1054,7 @@ class MediaSession:
             opaque_before=opaque_before,
             renumbered_before=dict(self._renumbered),
             dtmf_before=self.dtmf,
+            receiver_events_before=dict(self._receiver_events),
             added_event=added_event,
             transcoding_before=self.transcoding,
             added_law=added_law,
@@ -1182,6 +1195,17 @@ class MediaSession:
         for (index, direction), (table, red) in renumbering.items():
             self._set_renumbered(index, direction, table, red)
         self._set_dtmf(plan, relayed_until_now=self._events_relayed(plan))
+        own = numbering or answer
+        forward = "a_to_b" if offerer == "a" else "b_to_a"
+        backward = "b_to_a" if offerer == "a" else "a_to_b"
+        for index in self._dtmf_lines:
+            # The answerer takes what its own SDP lists (in its numbers); the offerer what our
+            # answer to it keeps, in the offerer's numbers (RFC 3264 §6.1).
+            relayed_line = index in accepted and index < len(own.media)
+            answerer_line = own.media[index] if relayed_line else None
+            offerer_line = media_out[index] if relayed_line else None
+            self._tell_receiver_event(index, forward, _telephone_event_in_force(answerer_line))
+            self._tell_receiver_event(index, backward, _telephone_event_in_force(offerer_line))
         self._set_transcoding(transcoding)
         # RFC 3264 §6: the answer's t= line is the offer's.
         sent = self._send(offerer, answer, media_out, times=exchange.offer.times)
@@ -1261,6 +1285,9 @@ class MediaSession:
                     before, red = exchange.renumbered_before.get((index, name), ({}, ()))
                     self._set_renumbered(index, name, before, red)
         self._set_dtmf(exchange.dtmf_before)
+        for index, direction in list(self._receiver_events):
+            told = exchange.receiver_events_before.get((index, direction))
+            self._tell_receiver_event(index, direction, told)
         self._set_transcoding(exchange.transcoding_before)
         for index, stream in enumerate(self._slots):
             if stream is not None:
@@ -1766,6 +1793,27 @@ class MediaSession:
             plan.info_side,
         )
 
+    def _tell_receiver_event(
+        self, index: int, direction: str, event: tuple[int, int] | None
+    ) -> None:
+        """Tell stream ``index``'s ``direction`` the receiving leg's telephone-event in force
+        (``RelayDirection.receiver_telephone_event``; None: not told), if it is not what it
+        was told already: the delayed end copies of an event a change ended (RFC 4733
+        §2.5.1.4) take its number, or are dropped when the receiver takes none any more (a
+        change that ended the interworking, or moved the line to T.38)."""
+        key = (index, direction)
+        if self._receiver_events.get(key) == event:
+            return
+        stream = self._slots[index] if index < len(self._slots) else None
+        if stream is None:
+            return
+        control = stream.a_to_b if direction == "a_to_b" else stream.b_to_a
+        control.receiver_telephone_event = event
+        if event is None:
+            self._receiver_events.pop(key, None)
+        else:
+            self._receiver_events[key] = event
+
     def _logged_digit(self, digit: Digit) -> str:
         """What a log line says for ``digit``: :data:`DIGIT_WITHHELD` unless the operator
         asked for digits in the log (``[gateway] log_dtmf_digits``)."""
@@ -1844,6 +1892,8 @@ class MediaSession:
         self._renumbered.pop((index, "b_to_a"), None)
         if self.dtmf is not None and self.dtmf.index == index:
             self.dtmf = self._dtmf_detector = None
+        self._receiver_events.pop((index, "a_to_b"), None)
+        self._receiver_events.pop((index, "b_to_a"), None)
         if index in self._dtmf_lines:
             self._dtmf_lines.discard(index)
             for name, count in _dtmf_counts(stream).items():
@@ -2159,6 +2209,16 @@ def telephone_event(media: MediaDescription) -> tuple[int, int] | None:
         except SdpError:
             return None
     return None
+
+
+def _telephone_event_in_force(media: MediaDescription | None) -> tuple[int, int]:
+    """(payload type, clock rate) of the telephone-event a peer takes on a line whose SDP in
+    force is ``media`` (None: the line is not relayed); (-1, 0) when none (a T.38 line has
+    none)."""
+    if media is None or media.is_rejected:
+        return (-1, 0)
+    event = telephone_event(media)
+    return (-1, 0) if event is None else event
 
 
 def _dtmf_answer(
