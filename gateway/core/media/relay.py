@@ -1596,8 +1596,10 @@ class MediaStream:
             last_activity=self.last_activity,
         )
 
-    def close(self) -> None:
-        """Stop relaying and release both port pairs. Closing twice is harmless."""
+    def close(self, on_final_counters: Callable[[], None] | None = None) -> None:
+        """Stop relaying and release both port pairs. Closing twice is harmless. The counters
+        are final here: ``on_final_counters`` (for a media worker's streams, relay_api) is
+        never called."""
         relay, self._relay = self._relay, None
         if relay is None:
             return

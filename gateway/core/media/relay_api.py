@@ -11,7 +11,7 @@ in-process stream takes transform callables, a worker's stream takes the keys th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from gateway.core.media.g711 import G711Transcoding
@@ -205,7 +205,12 @@ class RelayStream(Protocol):
         send_telephone_event`); False when it cannot go."""
         ...
 
-    def close(self) -> None: ...
+    def close(self, on_final_counters: Callable[[], None] | None = None) -> None:
+        """Stop relaying and release the ports. ``on_final_counters``: called once if the
+        stream's counters change with its close (a media worker sends its last ones then,
+        :meth:`gateway.core.media.remote_relay.RemoteStream.close`); the in-process relay's are
+        final at close and never call it."""
+        ...
 
 
 class Relay(Protocol):

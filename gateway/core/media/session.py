@@ -297,6 +297,43 @@ class _Exchange:
     ``numbering``, else the answer)."""
 
 
+@attrs.frozen
+class _ClosedCounts:
+    """What a closed stream adds to a call's counters: :class:`_Totals`' per direction, and
+    those of the DTMF interworking and G.711 transcoding of a line that had them."""
+
+    totals: tuple[tuple[str, tuple[int, int, int]], ...]
+    dropped_by_reason: tuple[tuple[str, tuple[int, ...]], ...]
+    udptl: dict[str, int] | None
+    dtmf: tuple[tuple[str, int], ...]
+    transcoded: tuple[tuple[str, int], ...]
+    last_activity: float
+
+    @classmethod
+    def of(cls, stream: RelayStream, *, faxed: bool, dtmf: bool, transcoded: bool) -> _ClosedCounts:
+        """``stream``'s counters now; UDPTL ones for a call that had fax (``faxed``), DTMF
+        and transcoding ones for a line that had them."""
+        directions = (("a_to_b", stream.a_to_b), ("b_to_a", stream.b_to_a))
+        udptl = None
+        if faxed:
+            udptl = dict.fromkeys(_UDPTL_KEYS, 0)
+            _add_udptl(udptl, stream)
+        return cls(
+            totals=tuple(_direction_statistics(stream)),
+            dropped_by_reason=tuple(
+                (name, tuple(control.dropped_by_reason())) for name, control in directions
+            ),
+            udptl=udptl,
+            dtmf=tuple(_dtmf_counts(stream).items()) if dtmf else (),
+            transcoded=tuple(
+                (name, control.statistics().transcoded_packets) for name, control in directions
+            )
+            if transcoded
+            else (),
+            last_activity=stream.last_activity,
+        )
+
+
 @attrs.define
 class _Totals:
     """Counters of the streams closed so far (an open stream keeps its own)."""
@@ -1322,7 +1359,7 @@ class MediaSession:
         self._closed = True
         self._exchange = None
         for index in range(len(self._slots)):
-            self._close_slot(index)
+            self._close_slot(index, final_counters_later=False)
         if self.quality is not None:
             self.quality.listeners = ()  # they may hold the call: no cycle left behind
         # The call's DTMF handlers are its bound methods, and the call holds this session:
@@ -1881,7 +1918,12 @@ class MediaSession:
         remote.apply(_side(stream, side))
         self._remotes[(index, side)] = remote
 
-    def _close_slot(self, index: int) -> None:
+    def _close_slot(self, index: int, *, final_counters_later: bool = True) -> None:
+        """Close stream ``index``, its counters added to the call's (:class:`_Totals`).
+        ``final_counters_later``: a media worker sends the stream's last counters as it
+        closes it, which then replace those added now (a stream a re-INVITE removed: else
+        the call's totals missed up to its last second, the worker's push interval); False
+        at the call's end, whose counters were asked for first (:meth:`final_counters`)."""
         stream = self._slots[index]
         if stream is None:
             return
@@ -1894,30 +1936,50 @@ class MediaSession:
             self.dtmf = self._dtmf_detector = None
         self._receiver_events.pop((index, "a_to_b"), None)
         self._receiver_events.pop((index, "b_to_a"), None)
-        if index in self._dtmf_lines:
-            self._dtmf_lines.discard(index)
-            for name, count in _dtmf_counts(stream).items():
-                self._dtmf_closed[name] += count
-        if index in self._transcoded_lines:
-            self._transcoded_lines.discard(index)
-            self._transcoded_closed["a_to_b"] += stream.a_to_b.statistics().transcoded_packets
-            self._transcoded_closed["b_to_a"] += stream.b_to_a.statistics().transcoded_packets
+        dtmf, transcoded = index in self._dtmf_lines, index in self._transcoded_lines
+        self._dtmf_lines.discard(index)
+        self._transcoded_lines.discard(index)
         if self.transcoding is not None and self.transcoding.index == index:
             self.transcoding = None
+        faxed = self._faxed
+        counts = _ClosedCounts.of(stream, faxed=faxed, dtmf=dtmf, transcoded=transcoded)
+        self._add_closed(counts, 1)
+        if not final_counters_later:
+            stream.close()
+            return
+
+        def final_counters() -> None:
+            # A media worker's last counters of the stream (up to a second newer than those
+            # added above): they replace them.
+            final = _ClosedCounts.of(stream, faxed=faxed, dtmf=dtmf, transcoded=transcoded)
+            self._add_closed(counts, -1)
+            self._add_closed(final, 1)
+
+        stream.close(on_final_counters=final_counters)
+
+    def _add_closed(self, counts: _ClosedCounts, sign: int) -> None:
+        """Add (``sign`` 1) or take back (-1) a closed stream's counters to the call's."""
         totals = self._totals
-        for name, counters in _direction_statistics(stream):
-            totals.packets[name] += counters[0]
-            totals.bytes[name] += counters[1]
-            totals.dropped[name] += counters[2]
-        _add_drop_reasons(totals.dropped_by_reason, stream)
-        if self._faxed:
+        for name, (packets, octets, dropped) in counts.totals:
+            totals.packets[name] += sign * packets
+            totals.bytes[name] += sign * octets
+            totals.dropped[name] += sign * dropped
+        for name, reasons in counts.dropped_by_reason:
+            found = totals.dropped_by_reason[name]
+            for i, count in enumerate(reasons):
+                found[i] += sign * count
+        if counts.udptl is not None:
             if totals.udptl is None:
                 totals.udptl = dict.fromkeys(_UDPTL_KEYS, 0)
-            _add_udptl(totals.udptl, stream)
-        activity = stream.last_activity
+            for key, count in counts.udptl.items():
+                totals.udptl[key] += sign * count
+        for key, count in counts.dtmf:
+            self._dtmf_closed[key] += sign * count
+        for name, count in counts.transcoded:
+            self._transcoded_closed[name] += sign * count
+        activity = counts.last_activity
         if totals.last_activity is None or activity > totals.last_activity:
             totals.last_activity = activity
-        stream.close()
 
     def _send(
         self,

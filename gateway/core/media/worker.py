@@ -419,6 +419,11 @@ class Worker:
                     else None
                 )
             else:
+                if message.final_counters:
+                    # Never dropped: the SIP process adds them to the call's totals.
+                    counters = _counters(stream, srtp)
+                    now = trio.current_time()
+                    self._send_statistics(message.stream, stream, counters, now, droppable=False)
                 self._close(message.stream)
         except LocalMediaError as exc:
             # Our messages never contain key material (srtp.py's rule), so this can be sent.

@@ -90,7 +90,8 @@ socket address (an IPv6 scope id), :class:`SetDtls` its ``proves_peer`` (session
 injected, ended at a change and relayed on; session 45). 7: they gain
 ``dtmf_end_copies_dropped`` (session 46). 8: :class:`SendStats`, answered by a :class:`Stats`
 that is never dropped (a call's final counters, session 46). 9: :class:`SetReceiverEvent` (the
-receiving leg's telephone-event in force, for the delayed DTMF end copies; session 50)."""
+receiving leg's telephone-event in force, for the delayed DTMF end copies) and :class:`Close`
+its ``final_counters`` (session 50)."""
 
 SocketAddress = tuple[str, int] | tuple[str, int, int, int]
 """A peer's address as a socket gives it: (host, port), or for IPv6 (host, port, flow info,
@@ -278,9 +279,12 @@ class LatchPeer:
 
 @attrs.frozen
 class Close:
-    """Stop relaying the stream and release its ports."""
+    """Stop relaying the stream and release its ports. ``final_counters``: send its counters
+    first, in a :class:`Stats` that is never dropped (a stream a re-INVITE removed: its last
+    second of packets goes into the call's totals; version 9)."""
 
     stream: int
+    final_counters: bool = False
 
 
 @attrs.frozen
@@ -792,7 +796,7 @@ _LAYOUTS: dict[int, tuple[type[Any], tuple[_Codec, ...]]] = {
     4: (SetKeys, (_STREAM, _BOOL, _KEYS, _KEYS, _BOOL, _KEYS, _BOOL, _KEYS)),
     5: (SetDtls, (_STREAM, _SIDE, _BOOL, _BOOL, _BOOL, _BOOL, _BOOL)),
     6: (SendDatagram, (_STREAM, _SIDE, _BOOL, _BYTES, _BOOL, _SOCKET_ADDRESS)),
-    7: (Close, (_STREAM,)),
+    7: (Close, (_STREAM, _BOOL)),
     8: (Ping, (_STREAM,)),
     20: (PairsReady, ((_put_ports, _get_ports),)),
     21: (Datagram, (_STREAM, _SIDE, _BOOL, _SOCKET_ADDRESS, _BYTES)),

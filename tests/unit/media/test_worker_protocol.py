@@ -105,6 +105,7 @@ EVERY_MESSAGE: list[Message] = [
     LatchPeer(6, "a", False, ("::1", 5004, 0, 0)),
     LatchPeer(6, "a", False, ("::1", 5004, 0xFFFF_FFFF, 0xFFFF_FFFF)),  # flow info, scope id
     Close(2**32 - 1),
+    Close(1, final_counters=True),
     SendStats(2**32 - 1),
     Ping(17),
     Pong(17),
@@ -227,7 +228,7 @@ def test_keys_never_appear_in_reprs() -> None:
         (b"", "empty frame"),
         (b"\xff", "unknown message type 255"),
         (b"\x07\x00\x00", "truncated frame"),  # Close needs a 4-octet stream id
-        (b"\x07\x00\x00\x00\x01\x00", "1 octets after the last field"),
+        (b"\x07\x00\x00\x00\x01\x00\x00", "1 octets after the last field"),
         (b"\x03\x00\x00\x00\x01\x02\x01", "value 2 is not one of a_to_b, b_to_a"),
         (b"\x05\x00\x00\x00\x01\x00\x00\x02", "boolean field holds 2"),
         (b"\x17\x00\x00\x00\x01\x00\x02\xff\xfe", "string field is not UTF-8"),
@@ -331,7 +332,7 @@ FRAMES: list[tuple[Message, str]] = [
         "00000018 12 00000012 01 01 01 0003 3a3a31 138c 02 00000000 00000007",
     ),
     (SendStats(19), "00000005 13 00000013"),
-    (Close(8), "00000005 07 00000008"),
+    (Close(8, final_counters=True), "00000006 07 00000008 01"),
     (Ping(9), "00000005 08 00000009"),
     (SetTap(10, True), "00000006 09 0000000a 01"),
     (SetOpaque(11, True), "00000006 0a 0000000b 01"),
