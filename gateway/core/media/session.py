@@ -1944,8 +1944,8 @@ class MediaSession:
         faxed = self._faxed
         counts = _ClosedCounts.of(stream, faxed=faxed, dtmf=dtmf, transcoded=transcoded)
         self._add_closed(counts, 1)
-        if not final_counters_later:
-            stream.close()
+        if not final_counters_later or not self._relay.counters_pushed:
+            stream.close()  # in process: final now
             return
 
         def final_counters() -> None:
