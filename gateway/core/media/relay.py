@@ -1151,6 +1151,9 @@ class DirectionControl:
         # The numbering an interworking that ended left (RFC 3550 §5.1), kept while it moves
         # sequence numbers; None: none, or it moved none.
         self._dtmf_numbering: DtmfInterworking | None = None
+        # (payload type, clock rate) of the telephone-event the receiver takes in the plan in
+        # force, (-1, 0): none; None: not told (:attr:`receiver_telephone_event`).
+        self._receiver_telephone_event: tuple[int, int] | None = None
         self._transcoding: G711Transcoding | None = None
         self._transcoded = _Count()  # packets transcoded; kept across rebuilds
 
@@ -1257,6 +1260,20 @@ class DirectionControl:
         self._dtmf = value
         self._on_change()
 
+    @property
+    def receiver_telephone_event(self) -> tuple[int, int] | None:
+        """(payload type, clock rate) of the telephone-event (RFC 4733) the receiving leg takes
+        in the SDP in force, (-1, 0) when it takes none; None: not told. Only the delayed end
+        copies of an event a change ended read it (:meth:`_send_end_copy`): the plan that
+        ended the event may have ended the interworking too, or moved the line to T.38, and
+        given the old number another codec (RFC 3264 §8.3.2). The session tells the
+        directions of the lines that had DTMF interworking; no packet pays for it."""
+        return self._receiver_telephone_event
+
+    @receiver_telephone_event.setter
+    def receiver_telephone_event(self, value: tuple[int, int] | None) -> None:
+        self._receiver_telephone_event = checked_receiver_event(value)
+
     def _end_injected_event(self, state: DtmfInterworking) -> None:
         """End the event ``state`` was injecting, if its end has not gone (RFC 4733 §2.5.1.4:
         the final packet, with the E bit and the duration reached, three times, the event's
@@ -1337,22 +1354,24 @@ class DirectionControl:
             # timestamp, an end of an event that source never began, which a receiver may
             # play as a digit of its own. The first copy went with the event's source.
             return False
+        # A re-offer or re-answer may map numbers anew (RFC 3264 §8.3.2), end the interworking
+        # or move the line to T.38: the old number may now be another codec's, or nothing.
+        # The copies take the receiver's telephone-event number in force (as the session told
+        # it; else the one an interworking in force injects with); when the receiver has no
+        # telephone-event any more, or it has another clock rate (the event's timestamp and
+        # duration count the old one's units, RFC 4733 §2.3, §2.5.1.4: they would end another
+        # event, or none), the copies are dropped, counted. The first copy went at the
+        # change, under the number then in force. Not told and no interworking in force: the
+        # event's own number (a relay whose owner does not say).
+        receiver = self._receiver_telephone_event
         current = self._dtmf
-        if current is not None and current is not ended:
-            # The plan in force now numbers telephone-event towards this receiver: a re-offer
-            # or re-answer may map numbers anew (RFC 3264 §8.3.2), so the old number may now
-            # be another codec's, or nothing. The copies take the number in force; when the
-            # receiver has no telephone-event any more, or it has another clock rate (the
-            # event's timestamp and duration count the old one's units, RFC 4733 §2.3, §2.5.1.4:
-            # they would end another event, or none), the copies are dropped, counted. The
-            # first copy went at the change, under the number then in force.
-            if (
-                current.inject_payload_type < 0
-                or current.inject_clock_rate != ended.inject_clock_rate
-            ):
+        if receiver is None and current is not None and current is not ended:
+            receiver = (current.inject_payload_type, current.inject_clock_rate)
+        if receiver is not None:
+            if receiver[0] < 0 or receiver[1] != ended.inject_clock_rate:
                 self._dtmf_end_copies_dropped += left
                 return False
-            payload_type = current.inject_payload_type
+            payload_type = receiver[0]
         if stream in relay._stale:  # settings changed since the last poll round: apply them now
             relay._stale.discard(stream)
             stream._rebuild()
@@ -1577,8 +1596,10 @@ class MediaStream:
             last_activity=self.last_activity,
         )
 
-    def close(self) -> None:
-        """Stop relaying and release both port pairs. Closing twice is harmless."""
+    def close(self, on_final_counters: Callable[[], None] | None = None) -> None:
+        """Stop relaying and release both port pairs. Closing twice is harmless. The counters
+        are final here: ``on_final_counters`` (for a media worker's streams, relay_api) is
+        never called."""
         relay, self._relay = self._relay, None
         if relay is None:
             return
@@ -2114,6 +2135,22 @@ def _observed(transform_in: Transform | None, observer: RtcpObserver) -> Transfo
         return packet
 
     return observe
+
+
+def checked_receiver_event(value: tuple[int, int] | None) -> tuple[int, int] | None:
+    """``value`` as :attr:`DirectionControl.receiver_telephone_event` keeps it: (-1, 0) for
+    any "none". Raises :class:`LocalMediaError` for a payload type outside -1..127 or a
+    telephone-event without a positive clock rate."""
+    if value is None:
+        return None
+    payload_type, clock_rate = value
+    if payload_type < -1 or payload_type > 127:
+        raise LocalMediaError(f"telephone-event payload type {payload_type} is not 0..127")
+    if payload_type < 0:
+        return (-1, 0)
+    if clock_rate <= 0:
+        raise LocalMediaError(f"telephone-event clock rate {clock_rate} is not positive")
+    return (payload_type, clock_rate)
 
 
 class DtmfInterworking:

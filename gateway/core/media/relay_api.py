@@ -11,7 +11,7 @@ in-process stream takes transform callables, a worker's stream takes the keys th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from gateway.core.media.g711 import G711Transcoding
@@ -144,6 +144,16 @@ class RelayDirection(Protocol):
     @dtmf.setter
     def dtmf(self, value: DtmfInterworking | None) -> None: ...
 
+    @property
+    def receiver_telephone_event(self) -> tuple[int, int] | None:
+        """(payload type, clock rate) of the receiving leg's telephone-event in force, (-1, 0):
+        none, None: not told (:attr:`gateway.core.media.relay.DirectionControl.
+        receiver_telephone_event`)."""
+        ...
+
+    @receiver_telephone_event.setter
+    def receiver_telephone_event(self, value: tuple[int, int] | None) -> None: ...
+
     def statistics(self) -> DirectionStatistics: ...
 
     def totals(self) -> tuple[int, int, int]:
@@ -195,7 +205,12 @@ class RelayStream(Protocol):
         send_telephone_event`); False when it cannot go."""
         ...
 
-    def close(self) -> None: ...
+    def close(self, on_final_counters: Callable[[], None] | None = None) -> None:
+        """Stop relaying and release the ports. ``on_final_counters``: called once if the
+        stream's counters change with its close (a media worker sends its last ones then,
+        :meth:`gateway.core.media.remote_relay.RemoteStream.close`); the in-process relay's are
+        final at close and never call it."""
+        ...
 
 
 class Relay(Protocol):

@@ -97,6 +97,7 @@ from gateway.core.media.relay import (
     NonRtpHandler,
     RtcpObserver,
     Tap,
+    checked_receiver_event,
     payload_type_table,
     red_octets,
 )
@@ -109,6 +110,7 @@ from gateway.core.media.relay_api import (
 from gateway.core.media.srtp import SrtpStatistics
 from gateway.core.media.worker_protocol import (
     PROTOCOL_VERSION,
+    RECEIVER_EVENT_NOT_TOLD,
     ChannelError,
     Close,
     Datagram,
@@ -132,6 +134,7 @@ from gateway.core.media.worker_protocol import (
     SetKeys,
     SetOpaque,
     SetPayloadTypes,
+    SetReceiverEvent,
     SetRedPayloadTypes,
     SetRemote,
     SetRtcpWatch,
@@ -509,6 +512,7 @@ class RemoteDirection:
     _red_payload_types: tuple[int, ...] = attrs.field(default=(), repr=False)
     _dtmf: DtmfInterworking | None = attrs.field(default=None, repr=False)
     _transcoding: G711Transcoding | None = attrs.field(default=None, repr=False)
+    _receiver_event: tuple[int, int] | None = attrs.field(default=None, repr=False)
 
     @property
     def blocked(self) -> bool:
@@ -601,6 +605,24 @@ class RemoteDirection:
             )
         self._stream._send(message)
 
+    @property
+    def receiver_telephone_event(self) -> tuple[int, int] | None:
+        """The receiving leg's telephone-event in force, for the worker's delayed DTMF end
+        copies (``SetReceiverEvent``; :attr:`gateway.core.media.relay.DirectionControl.
+        receiver_telephone_event`)."""
+        return self._receiver_event
+
+    @receiver_telephone_event.setter
+    def receiver_telephone_event(self, value: tuple[int, int] | None) -> None:
+        value = checked_receiver_event(value)  # out of range: LocalMediaError here
+        if value == self._receiver_event:
+            return
+        self._receiver_event = value
+        payload_type, clock_rate = (RECEIVER_EVENT_NOT_TOLD, 0) if value is None else value
+        self._stream._send(
+            SetReceiverEvent(self._stream.id, self.direction.value, payload_type, clock_rate)
+        )
+
     def _dtmf_event(self, packet: bytes) -> None:
         state = self._dtmf
         if state is None or state.on_event is None:
@@ -655,6 +677,7 @@ class RemoteStream:
     _tap: Tap | None = attrs.field(repr=False)
     _datagram_tap: DatagramTap | None = attrs.field(repr=False)
     _opaque: bool = attrs.field(repr=False)
+    _on_final_counters: Callable[[], None] | None = attrs.field(repr=False)
 
     def __init__(
         self,
@@ -679,10 +702,16 @@ class RemoteStream:
         self._tap = None
         self._datagram_tap = None
         self._opaque = False
+        self._on_final_counters = None
 
     @property
     def closed(self) -> bool:
         return self._channel is None
+
+    @property
+    def final_counters_pending(self) -> bool:
+        """Closed with ``on_final_counters`` (:meth:`close`), whose counters have not come yet."""
+        return self._on_final_counters is not None
 
     @property
     def last_activity(self) -> float:
@@ -779,13 +808,37 @@ class RemoteStream:
         when they cannot come: the stream is closed, or its worker gone."""
         return self.failure is None and self._send(SendStats(self.id))
 
-    def close(self) -> None:
-        """Stop relaying and release the ports (in the worker). Closing twice is harmless."""
+    def close(self, on_final_counters: Callable[[], None] | None = None) -> None:
+        """Stop relaying and release the ports (in the worker). Closing twice is harmless.
+
+        ``on_final_counters``: the worker sends the stream's counters as it closes it
+        (``Close.final_counters``: up to a second newer than the last pushed, a stream a
+        re-INVITE removed mid-call); they update this stream, then ``on_final_counters`` is
+        called, once. Never called when they cannot come (the worker exits first): the
+        counters stay the last pushed. A call's end asks for them before it closes
+        (:meth:`CallRelay.final_counters`) and passes none."""
         channel, self._channel = self._channel, None
         if channel is None:
             return
-        channel.send(Close(self.id))
+        if on_final_counters is not None and self.failure is None:
+            if channel.send(Close(self.id, final_counters=True)):
+                self._on_final_counters = on_final_counters  # _final_counters forgets it
+                return
+        else:
+            channel.send(Close(self.id))
         self._pool._forget(self)
+
+    def _final_counters(self, stats: Stats, now: float) -> None:
+        """The counters the worker sent as it closed the stream (:meth:`close`)."""
+        callback, self._on_final_counters = self._on_final_counters, None
+        self._pool._forget(self)
+        if callback is None:
+            return
+        self._update(stats, now)
+        try:
+            callback()
+        except Exception:
+            log_exception(log, "media stream %d: the final counters callback failed", self.id)
 
     def __enter__(self) -> RemoteStream:
         return self
@@ -880,12 +933,15 @@ class CallRelay:
         MediaSession.final_counters`)."""
         self._missing = {}
         asked: list[RemoteStream] = []
+        closing: list[RemoteStream] = []  # closed mid-call, their final Stats on the way
         for stream in (s for s in self._streams if _counted_at_end(s)):
-            if stream.request_statistics():
+            if stream.final_counters_pending:
+                closing.append(stream)
+            elif stream.request_statistics():
                 asked.append(stream)
             else:
                 self._note_missing(stream.worker, self._pool._why_unasked(stream))
-        workers = sorted({s.worker for s in asked})
+        workers = sorted({s.worker for s in (*asked, *closing)})
         self._unanswered = set(workers)
         for index in workers:
             try:
@@ -900,6 +956,9 @@ class CallRelay:
         # the worker answers nothing for a stream it no longer has.
         for stream in asked:
             if stream.failure is not None:
+                self._note_missing(stream.worker, _failure_why(stream.failure))
+        for stream in closing:
+            if stream.failure is not None:  # its worker exited before sending them
                 self._note_missing(stream.worker, _failure_why(stream.failure))
         return not self._missing
 
@@ -962,9 +1021,10 @@ def _failure_why(failure: str) -> str:
 
 def _counted_at_end(stream: RemoteStream) -> bool:
     """Whether a call's :meth:`CallRelay.final_counters` asks for ``stream``'s counters: it is
-    open, or its worker lost it (they cannot come: the call's are partial). Not one the call
-    closed: its counters were added to the call's as they were then."""
-    return not stream.closed or stream.failure is not None
+    open, or its worker lost it (they cannot come: the call's are partial), or the call closed
+    it mid-call and its final counters are on the way (:meth:`RemoteStream.close`: waited for
+    with the worker's sync). Not one whose counters were final when the call closed it."""
+    return not stream.closed or stream.failure is not None or stream.final_counters_pending
 
 
 class WorkerPool:
@@ -1263,6 +1323,13 @@ class WorkerPool:
                 delay,
             )
             for stream in streams:
+                if stream.closed:
+                    # Closed mid-call, its final counters never came: the last pushed stay,
+                    # partial (CallRelay.final_counters says so). The call is not told: it
+                    # closed that stream.
+                    stream._on_final_counters = None
+                    stream.failure = WORKER_EXITED
+                    continue
                 stream._channel = None
                 stream._lost(WORKER_EXITED)
             await trio.sleep(delay)
@@ -1468,6 +1535,10 @@ class WorkerPool:
             stream = worker.streams.get(message.stream)
             if stream is None:
                 return  # closed here meanwhile
+            if stream.closed:  # closed here, its final counters to come (RemoteStream.close)
+                if isinstance(message, Stats):
+                    stream._final_counters(message, trio.current_time())
+                return
             if isinstance(message, DtmfEvent):
                 (stream.a_to_b if message.direction == "a_to_b" else stream.b_to_a)._dtmf_event(
                     message.packet

@@ -280,6 +280,9 @@ class _Exchange:
     """The payload type renumbering of each stream direction before the offer."""
     dtmf_before: DtmfPlan | None = None
     """The DTMF interworking before the offer."""
+    receiver_events_before: dict[tuple[int, str], tuple[int, int]] = attrs.field(factory=dict)
+    """What the streams of the DTMF lines were told of their receivers' telephone-event
+    before the offer (:meth:`MediaSession._tell_receiver_events`)."""
     added_event: tuple[int, int] | None = None
     """(m= line, payload type) of the telephone-event we added to the offer we sent for an
     offerer declared to do DTMF by SIP INFO (:func:`with_telephone_event`); None: none."""
@@ -292,6 +295,43 @@ class _Exchange:
     answer_own: SessionDescription | None = None
     """The latest answer in the numbers its peer really uses (``answer_from``'s
     ``numbering``, else the answer)."""
+
+
+@attrs.frozen
+class _ClosedCounts:
+    """What a closed stream adds to a call's counters: :class:`_Totals`' per direction, and
+    those of the DTMF interworking and G.711 transcoding of a line that had them."""
+
+    totals: tuple[tuple[str, tuple[int, int, int]], ...]
+    dropped_by_reason: tuple[tuple[str, tuple[int, ...]], ...]
+    udptl: dict[str, int] | None
+    dtmf: tuple[tuple[str, int], ...]
+    transcoded: tuple[tuple[str, int], ...]
+    last_activity: float
+
+    @classmethod
+    def of(cls, stream: RelayStream, *, faxed: bool, dtmf: bool, transcoded: bool) -> _ClosedCounts:
+        """``stream``'s counters now; UDPTL ones for a call that had fax (``faxed``), DTMF
+        and transcoding ones for a line that had them."""
+        directions = (("a_to_b", stream.a_to_b), ("b_to_a", stream.b_to_a))
+        udptl = None
+        if faxed:
+            udptl = dict.fromkeys(_UDPTL_KEYS, 0)
+            _add_udptl(udptl, stream)
+        return cls(
+            totals=tuple(_direction_statistics(stream)),
+            dropped_by_reason=tuple(
+                (name, tuple(control.dropped_by_reason())) for name, control in directions
+            ),
+            udptl=udptl,
+            dtmf=tuple(_dtmf_counts(stream).items()) if dtmf else (),
+            transcoded=tuple(
+                (name, control.statistics().transcoded_packets) for name, control in directions
+            )
+            if transcoded
+            else (),
+            last_activity=stream.last_activity,
+        )
 
 
 @attrs.define
@@ -416,6 +456,9 @@ class MediaSession:
         # streams included: for the call record and the metrics, whatever plans came and went.
         self._dtmf_lines: set[int] = set()
         self._dtmf_closed = dict.fromkeys(DTMF_COUNTS, 0)
+        # (m= line, direction) -> the receiving leg's telephone-event in force ((-1, 0): none)
+        # as told to the stream of each line in _dtmf_lines (_tell_receiver_events).
+        self._receiver_events: dict[tuple[int, str], tuple[int, int]] = {}
         self._transcoded_lines: set[int] = set()
         self._transcoded_last: TranscodingPlan | None = None  # the latest plan, for the record
         self._clash_warned = False  # a number clash stopped a transcoding: WARNING once
@@ -676,6 +719,12 @@ class MediaSession:
                     other,
                 )
         self._set_dtmf(dtmf, relayed_until_now=relayed)
+        towards = "b_to_a" if side == "a" else "a_to_b"
+        for index in self._dtmf_lines:
+            if index in remotes:  # what this peer takes now, in its numbers
+                self._tell_receiver_event(
+                    index, towards, _telephone_event_in_force(answer.media[index])
+                )
         self._repeated.pop(side, None)
         self._received[side] = answer
 
@@ -1042,6 +1091,7 @@ class MediaSession:
             opaque_before=opaque_before,
             renumbered_before=dict(self._renumbered),
             dtmf_before=self.dtmf,
+            receiver_events_before=dict(self._receiver_events),
             added_event=added_event,
             transcoding_before=self.transcoding,
             added_law=added_law,
@@ -1182,6 +1232,17 @@ class MediaSession:
         for (index, direction), (table, red) in renumbering.items():
             self._set_renumbered(index, direction, table, red)
         self._set_dtmf(plan, relayed_until_now=self._events_relayed(plan))
+        own = numbering or answer
+        forward = "a_to_b" if offerer == "a" else "b_to_a"
+        backward = "b_to_a" if offerer == "a" else "a_to_b"
+        for index in self._dtmf_lines:
+            # The answerer takes what its own SDP lists (in its numbers); the offerer what our
+            # answer to it keeps, in the offerer's numbers (RFC 3264 §6.1).
+            relayed_line = index in accepted and index < len(own.media)
+            answerer_line = own.media[index] if relayed_line else None
+            offerer_line = media_out[index] if relayed_line else None
+            self._tell_receiver_event(index, forward, _telephone_event_in_force(answerer_line))
+            self._tell_receiver_event(index, backward, _telephone_event_in_force(offerer_line))
         self._set_transcoding(transcoding)
         # RFC 3264 §6: the answer's t= line is the offer's.
         sent = self._send(offerer, answer, media_out, times=exchange.offer.times)
@@ -1261,6 +1322,9 @@ class MediaSession:
                     before, red = exchange.renumbered_before.get((index, name), ({}, ()))
                     self._set_renumbered(index, name, before, red)
         self._set_dtmf(exchange.dtmf_before)
+        for index, direction in list(self._receiver_events):
+            told = exchange.receiver_events_before.get((index, direction))
+            self._tell_receiver_event(index, direction, told)
         self._set_transcoding(exchange.transcoding_before)
         for index, stream in enumerate(self._slots):
             if stream is not None:
@@ -1295,7 +1359,7 @@ class MediaSession:
         self._closed = True
         self._exchange = None
         for index in range(len(self._slots)):
-            self._close_slot(index)
+            self._close_slot(index, final_counters_later=False)
         if self.quality is not None:
             self.quality.listeners = ()  # they may hold the call: no cycle left behind
         # The call's DTMF handlers are its bound methods, and the call holds this session:
@@ -1766,6 +1830,27 @@ class MediaSession:
             plan.info_side,
         )
 
+    def _tell_receiver_event(
+        self, index: int, direction: str, event: tuple[int, int] | None
+    ) -> None:
+        """Tell stream ``index``'s ``direction`` the receiving leg's telephone-event in force
+        (``RelayDirection.receiver_telephone_event``; None: not told), if it is not what it
+        was told already: the delayed end copies of an event a change ended (RFC 4733
+        §2.5.1.4) take its number, or are dropped when the receiver takes none any more (a
+        change that ended the interworking, or moved the line to T.38)."""
+        key = (index, direction)
+        if self._receiver_events.get(key) == event:
+            return
+        stream = self._slots[index] if index < len(self._slots) else None
+        if stream is None:
+            return
+        control = stream.a_to_b if direction == "a_to_b" else stream.b_to_a
+        control.receiver_telephone_event = event
+        if event is None:
+            self._receiver_events.pop(key, None)
+        else:
+            self._receiver_events[key] = event
+
     def _logged_digit(self, digit: Digit) -> str:
         """What a log line says for ``digit``: :data:`DIGIT_WITHHELD` unless the operator
         asked for digits in the log (``[gateway] log_dtmf_digits``)."""
@@ -1833,7 +1918,12 @@ class MediaSession:
         remote.apply(_side(stream, side))
         self._remotes[(index, side)] = remote
 
-    def _close_slot(self, index: int) -> None:
+    def _close_slot(self, index: int, *, final_counters_later: bool = True) -> None:
+        """Close stream ``index``, its counters added to the call's (:class:`_Totals`).
+        ``final_counters_later``: a media worker sends the stream's last counters as it
+        closes it, which then replace those added now (a stream a re-INVITE removed: else
+        the call's totals missed up to its last second, the worker's push interval); False
+        at the call's end, whose counters were asked for first (:meth:`final_counters`)."""
         stream = self._slots[index]
         if stream is None:
             return
@@ -1844,30 +1934,52 @@ class MediaSession:
         self._renumbered.pop((index, "b_to_a"), None)
         if self.dtmf is not None and self.dtmf.index == index:
             self.dtmf = self._dtmf_detector = None
-        if index in self._dtmf_lines:
-            self._dtmf_lines.discard(index)
-            for name, count in _dtmf_counts(stream).items():
-                self._dtmf_closed[name] += count
-        if index in self._transcoded_lines:
-            self._transcoded_lines.discard(index)
-            self._transcoded_closed["a_to_b"] += stream.a_to_b.statistics().transcoded_packets
-            self._transcoded_closed["b_to_a"] += stream.b_to_a.statistics().transcoded_packets
+        self._receiver_events.pop((index, "a_to_b"), None)
+        self._receiver_events.pop((index, "b_to_a"), None)
+        dtmf, transcoded = index in self._dtmf_lines, index in self._transcoded_lines
+        self._dtmf_lines.discard(index)
+        self._transcoded_lines.discard(index)
         if self.transcoding is not None and self.transcoding.index == index:
             self.transcoding = None
+        faxed = self._faxed
+        counts = _ClosedCounts.of(stream, faxed=faxed, dtmf=dtmf, transcoded=transcoded)
+        self._add_closed(counts, 1)
+        if not final_counters_later or not self._relay.counters_pushed:
+            stream.close()  # in process: final now
+            return
+
+        def final_counters() -> None:
+            # A media worker's last counters of the stream (up to a second newer than those
+            # added above): they replace them.
+            final = _ClosedCounts.of(stream, faxed=faxed, dtmf=dtmf, transcoded=transcoded)
+            self._add_closed(counts, -1)
+            self._add_closed(final, 1)
+
+        stream.close(on_final_counters=final_counters)
+
+    def _add_closed(self, counts: _ClosedCounts, sign: int) -> None:
+        """Add (``sign`` 1) or take back (-1) a closed stream's counters to the call's."""
         totals = self._totals
-        for name, counters in _direction_statistics(stream):
-            totals.packets[name] += counters[0]
-            totals.bytes[name] += counters[1]
-            totals.dropped[name] += counters[2]
-        _add_drop_reasons(totals.dropped_by_reason, stream)
-        if self._faxed:
+        for name, (packets, octets, dropped) in counts.totals:
+            totals.packets[name] += sign * packets
+            totals.bytes[name] += sign * octets
+            totals.dropped[name] += sign * dropped
+        for name, reasons in counts.dropped_by_reason:
+            found = totals.dropped_by_reason[name]
+            for i, count in enumerate(reasons):
+                found[i] += sign * count
+        if counts.udptl is not None:
             if totals.udptl is None:
                 totals.udptl = dict.fromkeys(_UDPTL_KEYS, 0)
-            _add_udptl(totals.udptl, stream)
-        activity = stream.last_activity
+            for key, count in counts.udptl.items():
+                totals.udptl[key] += sign * count
+        for key, count in counts.dtmf:
+            self._dtmf_closed[key] += sign * count
+        for name, count in counts.transcoded:
+            self._transcoded_closed[name] += sign * count
+        activity = counts.last_activity
         if totals.last_activity is None or activity > totals.last_activity:
             totals.last_activity = activity
-        stream.close()
 
     def _send(
         self,
@@ -2159,6 +2271,16 @@ def telephone_event(media: MediaDescription) -> tuple[int, int] | None:
         except SdpError:
             return None
     return None
+
+
+def _telephone_event_in_force(media: MediaDescription | None) -> tuple[int, int]:
+    """(payload type, clock rate) of the telephone-event a peer takes on a line whose SDP in
+    force is ``media`` (None: the line is not relayed); (-1, 0) when none (a T.38 line has
+    none)."""
+    if media is None or media.is_rejected:
+        return (-1, 0)
+    event = telephone_event(media)
+    return (-1, 0) if event is None else event
 
 
 def _dtmf_answer(

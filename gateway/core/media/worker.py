@@ -29,7 +29,9 @@ gateway (one trio task owning an epoll; its hot path is unchanged), plus:
   ``SetPayloadTypes`` (a direction's RTP payload type renumbering) and ``SetRedPayloadTypes``
   (the RFC 2198 RED payload types whose blocks it rewrites too), ``SetDtmf`` and
   ``SendDtmf`` (DTMF interworking: a direction's taken telephone-event packets go back as
-  ``DtmfEvent``, bounded; events injected as the SIP process times them), ``SetTranscoding``
+  ``DtmfEvent``, bounded; events injected as the SIP process times them), ``SetReceiverEvent``
+  (the receiving leg's telephone-event in force, for the delayed end copies of an event a
+  change ended), ``SetTranscoding``
   (a direction's G.711 A-law <-> mu-law transcoding), ``Close``, ``SendStats`` (the stream's
   counters now, in a ``Stats`` never dropped: the SIP process asks before a call's record).
   A request it cannot honour ends the stream's call
@@ -87,6 +89,7 @@ from gateway.core.media.worker_protocol import (
     MAX_DTMF_COPY,
     MAX_RTCP_COPY,
     PROTOCOL_VERSION,
+    RECEIVER_EVENT_NOT_TOLD,
     RTCP_COPY_INTERVAL,
     ChannelError,
     Close,
@@ -111,6 +114,7 @@ from gateway.core.media.worker_protocol import (
     SetKeys,
     SetOpaque,
     SetPayloadTypes,
+    SetReceiverEvent,
     SetRedPayloadTypes,
     SetRemote,
     SetRtcpWatch,
@@ -164,6 +168,7 @@ _STREAM_REQUESTS = (
     SetRedPayloadTypes,
     SetTranscoding,
     SetDtmf,
+    SetReceiverEvent,
     SendDtmf,
     SendStats,
     Close,
@@ -390,6 +395,13 @@ class Worker:
             elif isinstance(message, SetDtmf):
                 control = stream.a_to_b if message.direction == "a_to_b" else stream.b_to_a
                 control.dtmf = self._dtmf(message)
+            elif isinstance(message, SetReceiverEvent):
+                control = stream.a_to_b if message.direction == "a_to_b" else stream.b_to_a
+                control.receiver_telephone_event = (
+                    None
+                    if message.payload_type == RECEIVER_EVENT_NOT_TOLD
+                    else (message.payload_type, message.clock_rate)
+                )
             elif isinstance(message, SendDtmf):
                 stream.send_telephone_event(
                     message.direction, message.payload, marker=message.marker, start=message.start
@@ -407,6 +419,11 @@ class Worker:
                     else None
                 )
             else:
+                if message.final_counters:
+                    # Never dropped: the SIP process adds them to the call's totals.
+                    counters = _counters(stream, srtp)
+                    now = trio.current_time()
+                    self._send_statistics(message.stream, stream, counters, now, droppable=False)
                 self._close(message.stream)
         except LocalMediaError as exc:
             # Our messages never contain key material (srtp.py's rule), so this can be sent.

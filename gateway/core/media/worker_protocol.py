@@ -40,7 +40,7 @@ SIP process -> worker: :class:`Open`, :class:`SetRemote`, :class:`SetBlocked`, :
 :class:`SetDtls`, :class:`SendDatagram`, :class:`LatchPeer`, :class:`Close`, :class:`Ping`,
 :class:`SetTap`, :class:`SetOpaque`, :class:`SetIce`, :class:`SetPayloadTypes`,
 :class:`SetRedPayloadTypes`, :class:`SetDtmf`, :class:`SendDtmf`, :class:`SetTranscoding`,
-:class:`SendStats`.
+:class:`SendStats`, :class:`SetReceiverEvent`.
 Worker -> SIP process: :class:`Hello` (first), :class:`PairsReady`, :class:`Datagram`,
 :class:`Stats`, :class:`StreamFailed`, :class:`Pong`, :class:`Tapped`, :class:`TappedDatagram`,
 :class:`DtmfEvent`.
@@ -67,7 +67,7 @@ from gateway.core.interfaces import SrtpKeys
 from gateway.core.media.relay import DirectionStatistics
 from gateway.core.media.srtp import SrtpStatistics
 
-PROTOCOL_VERSION = 8
+PROTOCOL_VERSION = 9
 """The version of the channel's messages and of the worker's command line. **Bump it on any
 change to a message's layout** (a field added, removed, reordered or retyped, a default that
 is sent, a type number, a field codec) **or to what a message means, and on any change to the
@@ -89,7 +89,9 @@ socket address (an IPv6 scope id), :class:`SetDtls` its ``proves_peer`` (session
 (``DirectionStatistics.dtmf_*``: the worker's counts of the event packets it took,
 injected, ended at a change and relayed on; session 45). 7: they gain
 ``dtmf_end_copies_dropped`` (session 46). 8: :class:`SendStats`, answered by a :class:`Stats`
-that is never dropped (a call's final counters, session 46)."""
+that is never dropped (a call's final counters, session 46). 9: :class:`SetReceiverEvent` (the
+receiving leg's telephone-event in force, for the delayed DTMF end copies) and :class:`Close`
+its ``final_counters`` (session 50)."""
 
 SocketAddress = tuple[str, int] | tuple[str, int, int, int]
 """A peer's address as a socket gives it: (host, port), or for IPv6 (host, port, flow info,
@@ -277,9 +279,12 @@ class LatchPeer:
 
 @attrs.frozen
 class Close:
-    """Stop relaying the stream and release its ports."""
+    """Stop relaying the stream and release its ports. ``final_counters``: send its counters
+    first, in a :class:`Stats` that is never dropped (a stream a re-INVITE removed: its last
+    second of packets goes into the call's totals; version 9)."""
 
     stream: int
+    final_counters: bool = False
 
 
 @attrs.frozen
@@ -364,6 +369,23 @@ class SetDtmf:
     ssrc: int
     red: tuple[int, ...] = ()
     relayed: bool = False
+
+
+RECEIVER_EVENT_NOT_TOLD = -2
+""":class:`SetReceiverEvent`'s ``payload_type`` for "not told" (the relay's own rule)."""
+
+
+@attrs.frozen
+class SetReceiverEvent:
+    """``DirectionControl.receiver_telephone_event`` of ``direction``: the receiving leg takes
+    telephone-event as ``payload_type`` at ``clock_rate`` in the SDP in force; -1 (clock rate
+    0): it takes none; :data:`RECEIVER_EVENT_NOT_TOLD`: not told. The delayed end copies of
+    a DTMF event a change ended take that number, or are dropped (version 9)."""
+
+    stream: int
+    direction: str
+    payload_type: int
+    clock_rate: int
 
 
 @attrs.frozen
@@ -537,6 +559,7 @@ Message = (
     | SendDtmf
     | DtmfEvent
     | SendStats
+    | SetReceiverEvent
 )
 
 # -- field codecs -------------------------------------------------------------------------------
@@ -773,7 +796,7 @@ _LAYOUTS: dict[int, tuple[type[Any], tuple[_Codec, ...]]] = {
     4: (SetKeys, (_STREAM, _BOOL, _KEYS, _KEYS, _BOOL, _KEYS, _BOOL, _KEYS)),
     5: (SetDtls, (_STREAM, _SIDE, _BOOL, _BOOL, _BOOL, _BOOL, _BOOL)),
     6: (SendDatagram, (_STREAM, _SIDE, _BOOL, _BYTES, _BOOL, _SOCKET_ADDRESS)),
-    7: (Close, (_STREAM,)),
+    7: (Close, (_STREAM, _BOOL)),
     8: (Ping, (_STREAM,)),
     20: (PairsReady, ((_put_ports, _get_ports),)),
     21: (Datagram, (_STREAM, _SIDE, _BOOL, _SOCKET_ADDRESS, _BYTES)),
@@ -807,6 +830,7 @@ _LAYOUTS: dict[int, tuple[type[Any], tuple[_Codec, ...]]] = {
     17: (SetTranscoding, (_STREAM, _DIRECTION, _LAW, _PAYLOAD_TYPE, _PAYLOAD_TYPE)),
     18: (LatchPeer, (_STREAM, _SIDE, _BOOL, _SOCKET_ADDRESS)),
     19: (SendStats, (_STREAM,)),
+    29: (SetReceiverEvent, (_STREAM, _DIRECTION, _PAYLOAD_TYPE, _STREAM)),
 }
 _TYPES = {cls: (code, codecs) for code, (cls, codecs) in _LAYOUTS.items()}
 

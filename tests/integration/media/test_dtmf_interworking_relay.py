@@ -19,6 +19,7 @@ import trio
 from gateway.core.config import PortRange
 from gateway.core.media import relay as relay_module
 from gateway.core.media.dtmf import UPDATE_INTERVAL, event_payload
+from gateway.core.media.errors import LocalMediaError
 from gateway.core.media.relay import DtmfInterworking, MediaStream
 from tests.integration.media.phone_sockets import Phone
 from tests.integration.media.relay_fixtures import SUITES, bridge, in_process_fixtures
@@ -415,6 +416,83 @@ async def test_the_end_copies_take_the_telephone_event_number_in_force(
         assert statistics.dtmf_end_copies_dropped == 0
         assert statistics.dtmf_ended_at_change == 3
         assert fields(plain)[2] == 15
+
+
+@pytest.mark.parametrize(
+    ("receiver", "copies_payload_type"),
+    [
+        # The change ended the interworking and renumbered telephone-event towards Alice
+        # (RFC 3264 §8.3.2: both legs have it now, relayed as it comes): 96.
+        ((96, 8000), 96),
+        # Alice takes telephone-event no more (her re-offer left it out, or the line is T.38).
+        ((-1, 0), None),
+        # telephone-event/16000 now: the event's timestamp and duration count 8 kHz units.
+        ((101, 16000), None),
+        # Not told (the session tells every DTMF line's streams): the event's own number.
+        (None, 101),
+    ],
+)
+async def test_the_end_copies_after_the_interworking_ended_take_the_receivers_number(
+    stream: MediaStream,
+    phones: tuple[Phone, Phone],
+    receiver: tuple[int, int] | None,
+    copies_payload_type: int | None,
+) -> None:
+    """A change that ends the interworking altogether leaves no interworking to number the
+    delayed end copies: they take the telephone-event the receiver takes in the plan in
+    force (DirectionControl.receiver_telephone_event), or are dropped and counted when it
+    takes none, or at another clock rate (docs/architecture.md "When the plan changes
+    mid-call")."""
+    alice, bob = phones
+    bridge(stream, alice, bob, a_suite=None, b_suite=None)
+    stream.b_to_a.dtmf = DtmfInterworking(inject_payload_type=101, inject_clock_rate=8000)
+    stream.b_to_a.receiver_telephone_event = (101, 8000)
+    await bob.send(rtp(10, 8, ssrc=0xB0B), stream.b.ports.rtp_port)
+    await alice.receive()
+    assert stream.send_telephone_event(
+        "b_to_a", event_payload(7, end=False, duration=400), marker=True, start=True
+    )
+    timestamp = fields((await alice.receive())[1])[3]
+    stream.b_to_a.dtmf = None
+    stream.b_to_a.receiver_telephone_event = receiver
+    assert fields((await alice.receive())[1]) == (False, 101, 12, timestamp, 0xB0B)
+    with trio.fail_after(5):  # both delayed copies sent or dropped (polled: a sleep proves nothing)
+        while stream.b_to_a._end_copies is not None:  # the relay's task has run out
+            await trio.sleep(UPDATE_INTERVAL / 5)
+    await bob.send(rtp(11, 8, ssrc=0xB0B), stream.b.ports.rtp_port)
+    heard = []
+    while True:
+        plain = (await alice.receive())[1]
+        if fields(plain)[1] == 8:
+            break
+        heard.append(plain)
+    statistics = stream.b_to_a.statistics()
+    if copies_payload_type is None:
+        assert heard == []
+        assert statistics.dtmf_end_copies_dropped == 2
+        assert statistics.dtmf_ended_at_change == 1
+        assert fields(plain)[2] == 13  # numbered on after the one copy sent
+    else:
+        assert [fields(p) for p in heard] == [
+            (False, copies_payload_type, sequence, timestamp, 0xB0B) for sequence in (13, 14)
+        ]
+        assert statistics.dtmf_end_copies_dropped == 0
+        assert statistics.dtmf_ended_at_change == 3
+        assert fields(plain)[2] == 15
+
+
+async def test_a_receivers_telephone_event_out_of_range_is_refused(stream: MediaStream) -> None:
+    """The session's own numbers, checked where they are set (a worker gets only valid
+    ones): -1 and any clock rate are "none", kept as (-1, 0)."""
+    control = stream.a_to_b
+    for bad in [(128, 8000), (-2, 0), (101, 0)]:
+        with pytest.raises(LocalMediaError):
+            control.receiver_telephone_event = bad
+        assert control.receiver_telephone_event is None  # unchanged
+    control.receiver_telephone_event = (-1, 8000)
+    assert control.receiver_telephone_event == (-1, 0)
+    control.receiver_telephone_event = (0, 8000)
+    assert control.receiver_telephone_event == (0, 8000)
 
 
 async def test_the_end_copies_still_to_go_are_dropped_when_the_source_changes(

@@ -10,6 +10,7 @@ import itertools
 import struct
 
 import pylibsrtp
+import pytest
 import trio
 
 from gateway.core.config import PortRange
@@ -342,5 +343,83 @@ async def test_a_workers_end_copies_take_the_renumbered_telephone_event(
             lambda: session.dtmf_statistics()["ended_at_change"] == 3, "the worker's counts"
         )
         assert session.dtmf_statistics()["end_copies_dropped"] == 0
+    finally:
+        session.close()
+
+
+@pytest.mark.parametrize(
+    ("a_again", "b_again", "copies_payload_type"),
+    [
+        # B's re-answer takes telephone-event too: both legs have it, relayed as it comes (no
+        # interworking), and A's re-offer numbers it 96 (RFC 3264 §8.3.2).
+        ("events", "events", 96),
+        # A's re-offer leaves telephone-event out: A takes none any more.
+        ("audio_only", "audio_only", None),
+        # The line becomes T.38 (RFC 3264 §8.3.3: the same m= line, another media type).
+        ("t38", "t38", None),
+    ],
+)
+async def test_a_workers_end_copies_after_the_interworking_ended_take_the_receivers_number(
+    pool: WorkerPool, a_again: str, b_again: str, copies_payload_type: int | None
+) -> None:
+    """A change that ends the interworking while B's INFO digit is being injected towards A:
+    the first end packet goes at the change, the two delayed copies under the
+    telephone-event A takes in the plan in force (``SetReceiverEvent``), or, when A takes
+    none, they are dropped and counted (docs/architecture.md "When the plan changes
+    mid-call")."""
+    a, b = await ephemeral_phones(2)
+    session = MediaSession(
+        pool.for_call(), media_address=ADDRESS, dtmf_interworking=True, clock=trio.current_time
+    )
+    head = "v=0\r\no=- 1 {} IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    lines = {
+        "events": "m=audio {} RTP/AVP 0 {pt}\r\na=rtpmap:{pt} telephone-event/8000\r\n",
+        "audio_only": "m=audio {} RTP/AVP 0\r\n",
+        "t38": "m=image {} udptl t38\r\na=T38FaxRateManagement:transferredTCF\r\n",
+    }
+
+    def sdp(version: int, media: str, phone: EphemeralPhone, pt: int = 101) -> SessionDescription:
+        text = head.format(version) + lines[media].format(phone.address[1], pt=pt)
+        return parse_sdp_untrusted(text.encode())
+
+    session.offer_from("a", sdp(1, "events", a))
+    session.answer_from("b", sdp(1, "audio_only", b))
+    session.settle()
+    assert session.dtmf is not None and session.dtmf.payload_type == 101
+    (stream,) = session.streams
+    stream.a_to_b.blocked = stream.b_to_a.blocked = False  # the call's keying does this
+    await pool.sync(stream.worker)
+    to_a = stream.b.ports.rtp_port
+    try:
+        await b.send(packet(50, 0, 0xB, b"\xff" * 160), to_a)
+        assert fields((await a.receive())[0])[1:3] == (0, 50)
+        start = event_payload(2, end=False, duration=400)
+        assert session.send_dtmf_event(start, marker=True, start=True)
+        timestamp = fields((await a.receive())[0])[3]
+        session.offer_from("a", sdp(2, a_again, a, pt=96))
+        session.answer_from("b", sdp(2, b_again, b, pt=97))
+        session.settle()
+        assert session.dtmf is None
+        # At the change, the number then in force.
+        assert fields((await a.receive())[0]) == (False, 101, 52, timestamp, 0xB)
+        if copies_payload_type is not None:
+            ends = [fields((await a.receive())[0]) for _ in range(2)]
+            assert ends == [(False, 96, n, timestamp, 0xB) for n in (53, 54)]
+            await eventually(
+                lambda: session.dtmf_statistics()["ended_at_change"] == 3, "the worker's counts"
+            )
+            assert session.dtmf_statistics()["end_copies_dropped"] == 0
+            return
+        await eventually(
+            lambda: session.dtmf_statistics()["end_copies_dropped"] == 2, "the worker's counts"
+        )
+        assert session.dtmf_statistics()["ended_at_change"] == 1
+        # Nothing else went to A: the next datagram it gets is B's.
+        if a_again == "t38":
+            await b.send(b"\x00\x01udptl", to_a)  # relayed as it is (SetOpaque)
+            assert (await a.receive())[0] == b"\x00\x01udptl"
+        else:
+            await b.send(packet(51, 0, 0xB, b"\xff" * 160), to_a)
+            assert fields((await a.receive())[0])[1:3] == (0, 53)  # after the one copy sent
     finally:
         session.close()

@@ -25,9 +25,12 @@ from gateway.core.config import PortRange
 from gateway.core.media import remote_relay
 from gateway.core.media.remote_relay import WorkerPool
 from gateway.core.media.session import FINAL_COUNTERS_WAIT, MediaSession
+from gateway.core.sdp.model import SessionDescription
+from gateway.core.sdp.parser import parse_sdp_untrusted
 from tests.integration.media.phone_sockets import (
     ADDRESS,
     WORKER_TIMEOUT,
+    EphemeralPhone,
     ephemeral_phones,
     rtp,
 )
@@ -187,3 +190,77 @@ async def test_a_channel_closed_wakes_a_calls_final_counters_at_once(
     assert seconds < FINAL_COUNTERS_WAIT / 2
     assert session.counters_partial_why == f"media worker {index}: worker exited"
     assert not pool.stopping
+
+
+# -- a stream a re-INVITE removes (session 50) -------------------------------------------------
+#
+# Its counters were added to the call's as the worker had last pushed them: with the push
+# interval of 60 s here, none of its packets; in service up to its last second's.
+
+
+def _two_lines(
+    version: int, first: EphemeralPhone, second: EphemeralPhone | None
+) -> SessionDescription:
+    """Two audio lines (RFC 3264 §8.2: a second one removed is answered port 0)."""
+    port = 0 if second is None else second.address[1]
+    text = (
+        f"v=0\r\no=- 1 {version} IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+        f"m=audio {first.address[1]} RTP/AVP 0\r\nm=audio {port} RTP/AVP 0\r\n"
+    )
+    return parse_sdp_untrusted(text.encode())
+
+
+async def test_a_stream_a_reinvite_removes_counts_to_its_last_packet(pool: WorkerPool) -> None:
+    a, b, a2, b2 = await ephemeral_phones(4)
+    session = MediaSession(pool.for_call(), media_address=ADDRESS)
+    try:
+        session.offer_from("a", _two_lines(1, a, a2))
+        session.answer_from("b", _two_lines(1, b, b2))
+        session.settle()
+        first, second = session.streams
+        for stream in (first, second):
+            stream.a_to_b.blocked = stream.b_to_a.blocked = False  # the call's keying does this
+        with trio.fail_after(WORKER_TIMEOUT):
+            await pool.sync(second.worker)
+            for sequence in range(PACKETS):
+                await a2.send(rtp(sequence), second.a.ports.rtp_port)
+                await b2.receive()
+            assert session.statistics()["a_to_b_packets"] == 0  # relayed, none pushed yet
+            session.offer_from("a", _two_lines(2, a, None))
+            session.answer_from("b", _two_lines(2, b, None))
+            session.settle()
+            assert session.streams == (first,)
+            await session.final_counters()
+        assert not session.counters_partial
+        statistics = session.statistics()
+        assert statistics["a_to_b_packets"] == PACKETS
+        assert statistics["a_to_b_bytes"] == PACKETS * len(rtp(0))
+        assert statistics["b_to_a_packets"] == 0
+    finally:
+        session.close()
+
+
+async def test_a_removed_streams_counters_lost_with_its_worker_are_said_partial(
+    pool: WorkerPool,
+) -> None:
+    """Its worker exits before it sends them: the call's counters are partial, and the call
+    is not told its (closed) stream failed."""
+    a, b = await ephemeral_phones(2)
+    lost: list[str] = []
+    call = pool.for_call(on_lost=lost.append)
+    stream = call.open_stream()
+    await connected(pool, stream, a, b)
+    pid = pool.worker_pids()[stream.worker]
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # it reads nothing: the Close stays in its channel
+    finals: list[int] = []
+    stream.close(on_final_counters=lambda: finals.append(1))
+    assert stream.final_counters_pending
+    os.kill(pid, signal.SIGKILL)
+    with trio.fail_after(WORKER_TIMEOUT):
+        while stream.failure is None:
+            await trio.sleep(0.01)
+        assert not await call.final_counters()
+    assert call.counters_missing == {stream.worker: remote_relay.COUNTERS_WORKER_EXITED}
+    assert finals == []
+    assert lost == []

@@ -255,3 +255,68 @@ def test_red_the_answer_declined_is_not_read(session: MediaSession) -> None:
     assert session.dtmf == DtmfPlan(0, "a", "b", 101, 8000, ())
     take = stream_of(session).a_to_b.dtmf
     assert take is not None and not take.red
+
+
+def receivers(session: MediaSession) -> tuple[object, object]:
+    """What the stream's directions were told their receivers take (a_to_b: B, b_to_a: A)."""
+    stream = stream_of(session)
+    return stream.a_to_b.receiver_telephone_event, stream.b_to_a.receiver_telephone_event
+
+
+def test_a_dtmf_lines_directions_are_told_what_each_receiver_takes(
+    session: MediaSession,
+) -> None:
+    """The delayed end copies of an event a change ended need the telephone-event the
+    receiver takes in the plan in force, interworking or not (relay.DirectionControl.
+    receiver_telephone_event): told at every answer on a line that had interworking, put
+    back when an offer is abandoned."""
+    session.offer_from("a", sdp(20000, *WITH_EVENTS, formats="0 101"))
+    session.answer_from("b", INFO_ONLY)
+    session.settle()
+    assert receivers(session) == ((-1, 0), (101, 8000))  # B does INFO, A takes 101
+    # The callee re-offers with telephone-event 96, the caller answers with its own 100
+    # (RFC 3264 §6.1 lets it number it otherwise): no interworking, both take events.
+    session.offer_from(
+        "b", sdp(30000, "a=rtpmap:96 telephone-event/8000", formats="0 96", version=2)
+    )
+    session.answer_from(
+        "a", sdp(20000, "a=rtpmap:100 telephone-event/8000", formats="0 100", version=2)
+    )
+    session.settle()
+    assert session.dtmf is None
+    assert receivers(session) == ((96, 8000), (100, 8000))
+    # The caller re-offers without telephone-event; the callee's early answer is taken, then
+    # the offer fails: what was told before it is told again.
+    session.offer_from("a", sdp(20000, formats="0", version=3))
+    session.answer_from("b", sdp(30000, formats="0", version=3))
+    assert receivers(session) == ((-1, 0), (-1, 0))
+    session.abandon_offer()
+    assert receivers(session) == ((96, 8000), (100, 8000))
+
+
+def test_a_line_that_never_interworked_is_not_told(session: MediaSession) -> None:
+    """Only the lines that had interworking can have end copies to go: a call whose legs
+    both have telephone-event (most calls) sets nothing on its streams."""
+    session.offer_from("a", CALLER)
+    session.answer_from("b", CALLEE_WITH_EVENTS)
+    session.settle()
+    assert session.dtmf is None
+    assert receivers(session) == (None, None)
+
+
+def test_an_answer_to_our_re_key_that_leaves_telephone_event_out_is_told(
+    session: MediaSession,
+) -> None:
+    """A's INFO digits reach B as events we added to our offer (B took them); B's answer to our
+    re-key re-offer leaves telephone-event out: the interworking ends and B takes none."""
+    session.offer_from("a", INFO_ONLY, dtmf_info=True)
+    session.answer_from("b", sdp(30000, *WITH_EVENTS, formats="0 101"))
+    session.settle()
+    assert session.dtmf is not None and session.dtmf.rfc4733_side == "b"
+    assert receivers(session)[0] == (101, 8000)
+    session.repeat_offer("b")
+    session.answer_to_repeated_offer(
+        "b", sdp(30010, "a=rtpmap:0 PCMU/8000", formats="0", version=2)
+    )
+    assert session.dtmf is None
+    assert receivers(session)[0] == (-1, 0)

@@ -222,6 +222,7 @@ class RtpOnlyRelay:
         self._relay = relay
         self.allocator = relay.allocator
         self.carries_opaque = False
+        self.counters_pushed = False  # Relay.counters_pushed: its streams' counters are of now
 
     def open_stream(self) -> MediaStream:
         return self._relay.open_stream()

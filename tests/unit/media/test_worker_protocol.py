@@ -23,6 +23,7 @@ from gateway.core.media.srtp import SrtpStatistics
 from gateway.core.media.worker_protocol import (
     MAX_FRAME,
     PROTOCOL_VERSION,
+    RECEIVER_EVENT_NOT_TOLD,
     ChannelError,
     Close,
     Datagram,
@@ -47,6 +48,7 @@ from gateway.core.media.worker_protocol import (
     SetKeys,
     SetOpaque,
     SetPayloadTypes,
+    SetReceiverEvent,
     SetRedPayloadTypes,
     SetRemote,
     SetRtcpWatch,
@@ -103,6 +105,7 @@ EVERY_MESSAGE: list[Message] = [
     LatchPeer(6, "a", False, ("::1", 5004, 0, 0)),
     LatchPeer(6, "a", False, ("::1", 5004, 0xFFFF_FFFF, 0xFFFF_FFFF)),  # flow info, scope id
     Close(2**32 - 1),
+    Close(1, final_counters=True),
     SendStats(2**32 - 1),
     Ping(17),
     Pong(17),
@@ -148,6 +151,9 @@ EVERY_MESSAGE: list[Message] = [
     SetTranscoding(17, "a_to_b", "PCMU", 0, 8),
     SetTranscoding(17, "b_to_a", "PCMA", 8, 0),
     SetTranscoding(17, "b_to_a", "", -1, -1),
+    SetReceiverEvent(18, "a_to_b", 101, 8000),
+    SetReceiverEvent(18, "b_to_a", -1, 0),
+    SetReceiverEvent(18, "b_to_a", RECEIVER_EVENT_NOT_TOLD, 0),
 ]
 
 
@@ -222,7 +228,7 @@ def test_keys_never_appear_in_reprs() -> None:
         (b"", "empty frame"),
         (b"\xff", "unknown message type 255"),
         (b"\x07\x00\x00", "truncated frame"),  # Close needs a 4-octet stream id
-        (b"\x07\x00\x00\x00\x01\x00", "1 octets after the last field"),
+        (b"\x07\x00\x00\x00\x01\x00\x00", "1 octets after the last field"),
         (b"\x03\x00\x00\x00\x01\x02\x01", "value 2 is not one of a_to_b, b_to_a"),
         (b"\x05\x00\x00\x00\x01\x00\x00\x02", "boolean field holds 2"),
         (b"\x17\x00\x00\x00\x01\x00\x02\xff\xfe", "string field is not UTF-8"),
@@ -278,7 +284,7 @@ def test_values_that_do_not_fit_their_field_are_our_bug() -> None:
 
 # -- the protocol version ------------------------------------------------------------------------
 
-LAYOUT_VERSION = 8
+LAYOUT_VERSION = 9
 """The PROTOCOL_VERSION whose layouts FRAMES below are. A change to any message's layout fails
 test_each_message_type_has_the_layout_of_its_protocol_version: then bump PROTOCOL_VERSION in
 worker_protocol.py, and this number with the new frames (never new frames under an old number:
@@ -326,7 +332,7 @@ FRAMES: list[tuple[Message, str]] = [
         "00000018 12 00000012 01 01 01 0003 3a3a31 138c 02 00000000 00000007",
     ),
     (SendStats(19), "00000005 13 00000013"),
-    (Close(8), "00000005 07 00000008"),
+    (Close(8, final_counters=True), "00000006 07 00000008 01"),
     (Ping(9), "00000005 08 00000009"),
     (SetTap(10, True), "00000006 09 0000000a 01"),
     (SetOpaque(11, True), "00000006 0a 0000000b 01"),
@@ -342,6 +348,7 @@ FRAMES: list[tuple[Message, str]] = [
         "00000010 0f 00000010 01 01 00 00000004 050a0190",
     ),
     (SetTranscoding(17, "b_to_a", "PCMA", 8, 0), "0000000b 11 00000011 01 02 0008 0000"),
+    (SetReceiverEvent(29, "b_to_a", 101, 8000), "0000000c 1d 0000001d 01 0065 00001f40"),
     (PairsReady((30000, 30002)), "00000007 14 0002 7530 7532"),
     (
         Datagram(21, "b", True, ("127.0.0.1", 5004), b"\x16\xfe\xff"),
