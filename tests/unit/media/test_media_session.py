@@ -661,6 +661,17 @@ def test_a_new_dialogs_offer_with_fewer_lines_removes_the_others(session: MediaS
     to_target = session.answer_from("a", offer(AUDIO + "a=recvonly\n", "m=video 0 RTP/AVP 96\n"))
     assert len(to_target.media) == 1
     session.settle()
+    # The caller's re-offer carries the removed line to the target at port 0 (§8.1 lets an
+    # offer add lines); the target answers it at port 0.
+    to_target = session.offer_from("a", offer(AUDIO, "m=video 0 RTP/AVP 96\n"))
+    assert [(m.media, m.port) for m in to_target.media] == [
+        ("audio", ports(audio, "b")[0]),
+        ("video", 0),
+    ]
+    answer = offer(ANSWER_AUDIO, "m=video 0 RTP/AVP 96\n", connection="127.0.0.7")
+    assert len(session.answer_from("b", answer).media) == 2
+    session.settle()
+    assert session.streams == (audio,)
     # The caller's own leg still may not drop a line (its dialog has two).
     with pytest.raises(SdpError, match=r"offer has 1 m= lines, the session has 2"):
         session.offer_from("a", offer(AUDIO))
