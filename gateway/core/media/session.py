@@ -1004,8 +1004,9 @@ class MediaSession:
         out of the answer to ``side`` (§6: as many m= lines as its offer).
 
         Raises :class:`SdpError` (488) when the offer cannot be relayed (fewer m= lines than
-        its dialog's SDP in force, no usable c= line, a host name or an address of the wrong family, nothing
-        relayable), :class:`EncryptedMediaNotSupported` (488) when only SRTP is offered,
+        its dialog's SDP in force, no usable c= line, a host name or an address of the wrong
+        family, nothing relayable), :class:`EncryptedMediaNotSupported` (488) when only SRTP
+        is offered,
         ``PortsExhausted`` (503), and :class:`LocalMediaError` when an earlier offer still awaits
         its answer.
         """

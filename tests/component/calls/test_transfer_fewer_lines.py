@@ -65,9 +65,7 @@ async def test_a_video_call_is_transferred_to_a_phone_without_video(
     assert lines_of(ack.request.body) == [("audio", True)]  # as many as bob's offer (§6)
     (offer,) = offers_to_trunk
     assert lines_of(offer) == [("audio", True), ("video", False)]  # video removed (§8.2)
-    await eventually(
-        lambda: any(b"SIP/2.0 200" in r.body for r in env.alice.requests("NOTIFY"))
-    )
+    await eventually(lambda: any(b"SIP/2.0 200" in r.body for r in env.alice.requests("NOTIFY")))
     assert (await alice_leg.bye()).status == 200
 
     # bob holds: one m= line, his dialog's count, is no offer with "fewer lines".
