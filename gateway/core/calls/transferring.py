@@ -534,10 +534,13 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
             sdp = sdp_body(leg.final)
             if not sdp:
                 raise SdpError("2xx without SDP offer to our INVITE without SDP")
+            # The target's dialog is its own (RFC 3264 §8 counts m= lines per dialog): a
+            # phone without video takes a video call's transfer, its video line removed.
             plain = self.media.offer_from(
                 transfer.side.value,
                 leg.security.take_offer(parse_sdp_untrusted(sdp)),
                 dtmf_info=leg.security.dtmf_info,
+                new_dialog=True,
             )
             offer = transferee.security.make_offer(plain)
         except (SdpError, PortsExhausted) as err:

@@ -270,6 +270,9 @@ class _Exchange:
     makes it the last one again)."""
     offerer_remotes: dict[int, _Remote]
     """The offerer's addresses of the streams we relay, by m= line."""
+    offered_lines: int
+    """The m= lines of the offer as its peer sent it: ``offer`` has the call's lines beyond
+    them at port 0 (:meth:`MediaSession._padded`)."""
     opened: tuple[int, ...]
     """m= lines whose stream this offer opened."""
     slot_count_before: int
@@ -396,6 +399,9 @@ class MediaSession:
         # The SDP each leg's peer last settled on, as it numbers its codecs (its offer or its
         # answer): what a repeated offer's answer must keep (answer_to_repeated_offer).
         self._received: dict[Side, SessionDescription] = {}
+        # The m= lines of each leg's dialog in force (RFC 3264 §8: its offers keep as many),
+        # set as an exchange settles; a transfer target's dialog may have fewer than the call.
+        self._dialog_lines: dict[Side, int] = {}
         # (sent before, repeated) of each side's latest repeat_offer, to withdraw it.
         self._repeated: dict[Side, tuple[SessionDescription, SessionDescription]] = {}
         # RFC 7866 §7.1.1: the recording indication (on, off, paused) our SDP to a
@@ -970,7 +976,12 @@ class MediaSession:
     # -- offer/answer --------------------------------------------------------------------------
 
     def offer_from(
-        self, side: Side, offer: SessionDescription, *, dtmf_info: bool = False
+        self,
+        side: Side,
+        offer: SessionDescription,
+        *,
+        dtmf_info: bool = False,
+        new_dialog: bool = False,
     ) -> SessionDescription:
         """Relay an offer received on ``side``'s leg; returns the offer for the other leg.
 
@@ -985,9 +996,17 @@ class MediaSession:
         relayed stream at the addresses in ``offer``. A previous exchange that has an answer is
         settled first (:meth:`settle`).
 
+        ``new_dialog``: ``side``'s peer is a new party in a dialog of its own (a transfer
+        target's 2xx offering), whose first SDP may have fewer m= lines than the call (a video
+        call transferred to a phone without video). RFC 3264 §8 counts m= lines per dialog:
+        an offer needs as many as its dialog's SDP in force, and no more. Lines the call
+        has beyond the offer's are offered to the other leg at port 0 (§8.2: removed) and left
+        out of the answer to ``side`` (§6: as many m= lines as its offer).
+
         Raises :class:`SdpError` (488) when the offer cannot be relayed (fewer m= lines than
-        before, no usable c= line, a host name or an address of the wrong family, nothing
-        relayable), :class:`EncryptedMediaNotSupported` (488) when only SRTP is offered,
+        its dialog's SDP in force, no usable c= line, a host name or an address of the wrong
+        family, nothing relayable), :class:`EncryptedMediaNotSupported` (488) when only SRTP
+        is offered,
         ``PortsExhausted`` (503), and :class:`LocalMediaError` when an earlier offer still awaits
         its answer.
         """
@@ -998,11 +1017,14 @@ class MediaSession:
             if self._exchange.answer is None:
                 raise LocalMediaError("an offer is still waiting for its answer")
             self.settle()
-        if len(offer.media) < len(self._slots):
+        in_force = 0 if new_dialog else self._dialog_lines.get(offerer, 0)
+        if len(offer.media) < in_force:
             raise SdpError(
-                f"offer has {len(offer.media)} m= lines, the session has {len(self._slots)} "
-                "(RFC 3264 §8)"
+                f"offer has {len(offer.media)} m= lines, the session has {in_force} (RFC 3264 §8)"
             )
+        offered_lines = len(offer.media)
+        if offered_lines < len(self._slots):
+            offer = self._padded(offer, answerer)
 
         # Decide everything before changing anything, so a refused offer changes nothing.
         relayed: dict[int, _Remote] = {}
@@ -1082,6 +1104,7 @@ class MediaSession:
         self._exchange = _Exchange(
             offerer=offerer,
             offer=offer,
+            offered_lines=offered_lines,
             sent_offer=sent,
             sent_before=previous,
             offerer_remotes=relayed,
@@ -1245,6 +1268,9 @@ class MediaSession:
             self._tell_receiver_event(index, backward, _telephone_event_in_force(offerer_line))
         self._set_transcoding(transcoding)
         # RFC 3264 §6: the answer's t= line is the offer's.
+        # As many m= lines as the offer its peer sent (RFC 3264 §6): the call's lines beyond
+        # them went to the answerer at port 0 (_padded), and are rejected in its answer.
+        del media_out[exchange.offered_lines :]
         sent = self._send(offerer, answer, media_out, times=exchange.offer.times)
         exchange.answer = answer
         exchange.answer_own = numbering or answer
@@ -1299,6 +1325,8 @@ class MediaSession:
         self._received[exchange.offerer] = exchange.offer
         if exchange.answer_own is not None:
             self._received[_other(exchange.offerer)] = exchange.answer_own
+        self._dialog_lines[exchange.offerer] = exchange.offered_lines
+        self._dialog_lines[_other(exchange.offerer)] = len(exchange.answer.media)
         self._exchange = None
 
     def abandon_offer(self) -> None:
@@ -1829,6 +1857,20 @@ class MediaSession:
             plan.clock_rate,
             plan.info_side,
         )
+
+    def _padded(self, offer: SessionDescription, answerer: Side) -> SessionDescription:
+        """``offer`` from a new dialog's peer with the call's m= lines beyond its own at
+        port 0, each as the last SDP sent to ``answerer`` has it (RFC 3264 §8.2: a stream
+        removed keeps its m= line, with its media type). Raises :class:`SdpError` when that SDP
+        does not have them all (never for a call's own legs)."""
+        last = self._sent.get(answerer)
+        count = len(self._slots)
+        if last is None or len(last.media) < count:
+            raise SdpError(
+                f"offer has {len(offer.media)} m= lines, the session has {count} (RFC 3264 §8)"
+            )
+        removed = tuple(rejected_media(media) for media in last.media[len(offer.media) : count])
+        return attrs.evolve(offer, media=offer.media + removed)
 
     def _tell_receiver_event(
         self, index: int, direction: str, event: tuple[int, int] | None

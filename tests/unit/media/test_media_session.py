@@ -632,6 +632,65 @@ def test_reoffer_with_fewer_lines_is_refused_and_changes_nothing(session: MediaS
     assert session.offerer is None  # the earlier exchange was settled
 
 
+def test_a_new_dialogs_offer_with_fewer_lines_removes_the_others(session: MediaSession):
+    """A transfer target's 2xx offers in a dialog of its own (RFC 3264 §8 counts m= lines
+    per dialog): an audio-only phone taking a video call. The other leg is offered the video
+    line at port 0 (§8.2), the target's answer has its one line (§6), the video stream
+    closes; the target's next re-offer is judged against its own dialog's SDP."""
+    session.offer_to_b(offer(AUDIO, VIDEO))
+    session.answer_from_b(offer(ANSWER_AUDIO, ANSWER_VIDEO))
+    session.settle()
+    audio, video = session.streams
+    to_a = session.offer_from("b", offer(ANSWER_AUDIO, connection="127.0.0.7"), new_dialog=True)
+    assert [(m.media, m.port) for m in to_a.media] == [
+        ("audio", ports(audio, "a")[0]),
+        ("video", 0),
+    ]
+    to_target = session.answer_from("a", offer(AUDIO, "m=video 0 RTP/AVP 96\n"))
+    assert [(m.media, m.port) for m in to_target.media] == [("audio", ports(audio, "b")[0])]
+    session.settle()
+    assert session.streams == (audio,)
+    assert video.closed
+    assert audio.b.rtp_destination == ("127.0.0.7", 30000)
+    # The target holds: its one line is its dialog's count.
+    to_a = session.offer_from("b", offer(ANSWER_AUDIO + "a=sendonly\n", connection="127.0.0.7"))
+    assert [(m.media, m.port) for m in to_a.media] == [
+        ("audio", ports(audio, "a")[0]),
+        ("video", 0),
+    ]
+    to_target = session.answer_from("a", offer(AUDIO + "a=recvonly\n", "m=video 0 RTP/AVP 96\n"))
+    assert len(to_target.media) == 1
+    session.settle()
+    # The caller's re-offer carries the removed line to the target at port 0 (§8.1 lets an
+    # offer add lines); the target answers it at port 0.
+    to_target = session.offer_from("a", offer(AUDIO, "m=video 0 RTP/AVP 96\n"))
+    assert [(m.media, m.port) for m in to_target.media] == [
+        ("audio", ports(audio, "b")[0]),
+        ("video", 0),
+    ]
+    answer = offer(ANSWER_AUDIO, "m=video 0 RTP/AVP 96\n", connection="127.0.0.7")
+    assert len(session.answer_from("b", answer).media) == 2
+    session.settle()
+    assert session.streams == (audio,)
+    # The caller's own leg still may not drop a line (its dialog has two).
+    with pytest.raises(SdpError, match=r"offer has 1 m= lines, the session has 2"):
+        session.offer_from("a", offer(AUDIO))
+
+
+def test_a_new_dialogs_offer_abandoned_leaves_the_call_as_it_was(session: MediaSession):
+    session.offer_to_b(offer(AUDIO, VIDEO))
+    session.answer_from_b(offer(ANSWER_AUDIO, ANSWER_VIDEO))
+    session.settle()
+    before = session.last_sent("b")
+    session.offer_from("b", offer(ANSWER_AUDIO, connection="127.0.0.7"), new_dialog=True)
+    session.abandon_offer()
+    assert len(session.streams) == 2
+    assert session.last_sent("b") == before
+    # The old party's own re-offer is still judged against its two lines.
+    with pytest.raises(SdpError, match=r"offer has 1 m= lines, the session has 2"):
+        session.offer_from("b", offer(ANSWER_AUDIO))
+
+
 def test_reoffer_removing_a_stream_closes_it_when_settled(session: MediaSession, relay: MediaRelay):
     session.offer_to_b(offer(AUDIO, VIDEO))
     session.answer_from_b(offer(ANSWER_AUDIO, ANSWER_VIDEO))
