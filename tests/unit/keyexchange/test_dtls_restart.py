@@ -933,3 +933,30 @@ def test_the_rtcp_ports_restart_held_while_the_answer_is_pending_is_taken() -> N
     assert isinstance(phone_ready, KeysReady)
     assert (ready.keys.local_key, ready.keys.remote_key) == mirrored(phone_ready.keys)
     assert answered_rtcp.statistics().peer_restarts_adopted == 1
+
+
+def _failed_at(ours: DtlsNegotiation, until: float) -> float | None:
+    """Run ``ours``'s timers up to ``until``: when its held candidate failed (None: not yet)."""
+    timer = ours.get_timer()
+    while timer is not None and timer <= until:
+        ours.handle_timer(now=timer)
+        ours.addressed_packets_to_send(now=timer)
+        if ours.statistics().peer_restarts_failed:
+            return timer
+        timer = ours.get_timer()
+    return None
+
+
+def test_pin_a_refused_reoffer_that_took_the_held_handshake_today() -> None:
+    # PIN (today's behaviour, session 50): held at 1.0, taken at 18.0 by a re-offer the
+    # other leg then refuses; the engine is never told, so the held handshake keeps the
+    # deadline the adoption gave it at its next clock: 41.0 (twice the timeout from 1.0).
+    renewed = generate_identity(now=NOW, max_age=MONTH)
+    ours, _phone, _rest = held_at_its_certificate(renewed)
+    assert _failed_at(ours, 18.0) is None  # its resends until the re-offer comes
+    answered = exchange(US).answer(
+        reoffer(renewed, setup="actpass"), suites=[], secure_signalling=True, previous=ours
+    )
+    assert answered is not None
+    del answered  # refused at 18.5: the core goes on with ours
+    assert _failed_at(ours, 60.0) == 1.0 + 2 * DEFAULT_HANDSHAKE_TIMEOUT
