@@ -1031,6 +1031,9 @@ class _Association:
         self._fingerprint_mismatch = False
         self._extend_at_clock = False
         """Whether a re-offer took it (:meth:`adopt`): its deadline moves at its next clock."""
+        self._deadline_when_held: float | None = None
+        """Its deadline before a re-offer took it (:meth:`adopt`), given back should that
+        re-offer be refused (:meth:`adoption_refused`). None: no re-offer has it."""
         self._started = False
         self._started_at: float | None = None
         self._deadline: float | None = None
@@ -1162,7 +1165,21 @@ class _Association:
         handshake gets (a re-INVITE that came late left it little of the first one), bounded
         by twice ``handshake_timeout`` from its start: a peer cannot keep it alive by
         re-offering (:meth:`_clock`; session 46)."""
+        if self._deadline_when_held is None:
+            self._deadline_when_held = self._deadline
         self._extend_at_clock = True
+
+    def adoption_refused(self) -> None:
+        """The re-offer that took it (:meth:`adopt`) was refused (RFC 3261 §14.1: the session
+        in force stays, and with it the negotiation where it was held): back on the deadline
+        it had there, whether or not its next clock moved it meanwhile. A refused re-offer
+        gives it no more time (session 50: before, the move stayed, up to twice
+        ``handshake_timeout`` from its first datagram). Past that deadline, it fails at its
+        next timer, due at once."""
+        self._extend_at_clock = False
+        held, self._deadline_when_held = self._deadline_when_held, None
+        if held is not None and self.phase is _Phase.HANDSHAKING and self._deadline is not None:
+            self._deadline = held
 
     def _clock(self, now: float) -> None:
         if not self._extend_at_clock:
@@ -1940,6 +1957,33 @@ class DtlsNegotiation:
     def next_event(self) -> KeyNegotiationEvent | None:
         """The next ``KeysReady`` or ``NegotiationFailed``, or None."""
         return self._events.popleft() if self._events else None
+
+    def abandon(self) -> None:
+        """The offer this negotiation answers was refused, and the stream goes on with the
+        negotiation in force (RFC 3261 §14.1: a 488 from the other leg, or ours; the core's
+        ``LegSecurity.peer_offer_refused``, docs/plugin_hooks.md): it is never driven again.
+        A held handshake it took (:meth:`_adopt`), and its RTCP port's, goes back, still
+        held, to the negotiation in force, on the deadline it had there
+        (:meth:`_Association.adoption_refused`), and its failure there says the re-offer was
+        refused (session 50: before, the refused re-offer's extension stayed, up to twice
+        ``handshake_timeout`` from its first datagram). Nothing is queued; once is enough."""
+        if self._phase is _Phase.FAILED:
+            return
+        self._phase = _Phase.FAILED
+        self._rtcp_restart_of = None
+        early, self._early = self._early, []
+        association = self._association
+        if not self._adopting or association is None:
+            return
+        self._adopting = False
+        association.adoption_refused()
+        association.held_outcome = "the re-offer naming it took it, and was refused"
+        if association.phase is _Phase.HANDSHAKING and early:
+            # Its datagrams held back, not yet fed (:meth:`_feed_early`): held there again.
+            association.held = (early + association.held)[:MAX_HELD_DATAGRAMS]
+        component, association.rtcp_component = association.rtcp_component, None
+        if component is not None:
+            component.abandon()
 
     def restart_handshake(self, *, now: float) -> bool | None:
         """As DTLS server, start the handshake under way afresh: a new association with the

@@ -871,10 +871,11 @@ def test_an_adopted_held_handshake_gets_a_handshake_timeout_from_its_adoption() 
 
 
 def test_an_adopted_held_handshakes_deadline_is_bounded_by_twice_the_timeout() -> None:
-    # A re-offer refused by the other leg leaves the handshake held where it was, with the
-    # deadline its adoption gave it; a second re-offer naming it moves it again, but never
-    # past twice handshake_timeout from its start (1.0 + 40 s): re-offering cannot keep a
-    # handshake alive for ever.
+    # A re-offer that took it and whose end the engine was never told (refused without
+    # abandon(), session 50) leaves the handshake held where it was, with the deadline its
+    # adoption gave it; a second re-offer naming it moves it again, but never past twice
+    # handshake_timeout from its start (1.0 + 40 s): re-offering cannot keep a handshake
+    # alive for ever.
     renewed = generate_identity(now=NOW, max_age=MONTH)
     ours, _phone, _rest = held_at_its_certificate(renewed)
     first = exchange(US).answer(
@@ -882,7 +883,7 @@ def test_an_adopted_held_handshakes_deadline_is_bounded_by_twice_the_timeout() -
     )
     assert first is not None
     first.packets_to_send(now=20.5)
-    del first  # refused: the core goes on with ours
+    del first  # refused, not said: the core goes on with ours
     second = exchange(US).answer(
         reoffer(renewed, setup="actpass"), suites=[], secure_signalling=True, previous=ours
     )
@@ -947,16 +948,34 @@ def _failed_at(ours: DtlsNegotiation, until: float) -> float | None:
     return None
 
 
-def test_pin_a_refused_reoffer_that_took_the_held_handshake_today() -> None:
-    # PIN (today's behaviour, session 50): held at 1.0, taken at 18.0 by a re-offer the
-    # other leg then refuses; the engine is never told, so the held handshake keeps the
-    # deadline the adoption gave it at its next clock: 41.0 (twice the timeout from 1.0).
+@pytest.mark.parametrize("refused_at", [18.5, 25.0])
+def test_a_refused_reoffer_puts_the_held_handshake_back_on_its_deadline(
+    caplog: pytest.LogCaptureFixture, refused_at: float
+) -> None:
+    # Held at 1.0 (its deadline 21.0), taken at 18.0 by the phone's re-INVITE naming its
+    # certificate, which the other leg then refuses (488, RFC 3261 §14.1): the core says so
+    # (LegSecurity.peer_offer_refused -> abandon()), and the held handshake is back on 21.0,
+    # refused before its next clock (18.5) or after it moved its deadline (25.0: fails at
+    # once). Before session 50 the refused re-offer's extension stayed: it failed at 41.0.
     renewed = generate_identity(now=NOW, max_age=MONTH)
     ours, _phone, _rest = held_at_its_certificate(renewed)
     assert _failed_at(ours, 18.0) is None  # its resends until the re-offer comes
-    answered = exchange(US).answer(
+    answering = exchange(US)
+    answered = answering.answer(
         reoffer(renewed, setup="actpass"), suites=[], secure_signalling=True, previous=ours
     )
     assert answered is not None
-    del answered  # refused at 18.5: the core goes on with ours
-    assert _failed_at(ours, 60.0) == 1.0 + 2 * DEFAULT_HANDSHAKE_TIMEOUT
+    # While the re-offer waits for the other leg, its next clock where it was held gives it
+    # handshake_timeout from then (session 46): alive past 21.0.
+    assert _failed_at(ours, refused_at) is None
+    answered.abandon()
+    assert ours.get_timer() == 1.0 + DEFAULT_HANDSHAKE_TIMEOUT
+    with caplog.at_level(logging.WARNING):
+        ours.handle_timer(now=max(refused_at, 1.0 + DEFAULT_HANDSHAKE_TIMEOUT))
+    assert ours.statistics().peer_restarts_failed == 1
+    assert ours.state == "established" and events(ours) == []
+    assert answered.state == "failed" and answered.get_timer() is None
+    assert events(answered) == [] and answering.totals.peer_restarts_adopted == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "the re-offer naming it took it, and was refused)" in warnings[0], warnings
