@@ -203,10 +203,14 @@ class CallReinvites(CallRecordingIndication):
         in force stays): the negotiations its leg's security started for it are told
         (``LegSecurity.peer_offer_refused``; the dtls engine gives back a held handshake it
         took, docs/media_security.md). After the response went: a plugin that raises here
-        (``KeyExchangeFailed``) ends the call, the requester answered first."""
+        (``KeyExchangeFailed``) ends the call, the requester answered first. The call's
+        handshake task then reads its timers again: a held handshake given back is due at its
+        own deadline, maybe at once, not at the later one the task waits for."""
         security = self._leg(side).security
         if security is not None:
             security.peer_offer_refused()
+        if self.handshakes is not None:
+            self.handshakes.poke()
 
     def _reoffer(self, side: Side, offer: SessionDescription) -> SessionDescription:
         """A re-offer from ``side``: through its security, the session, the other's security."""

@@ -1074,6 +1074,66 @@ async def test_a_refused_reinvite_naming_the_new_certificate_leaves_the_call_as_
     assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
 
 
+async def test_a_late_refused_reinvite_gives_the_held_handshake_no_more_time(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Session 50: the caller restarts with a new certificate (held), re-INVITEs naming it 17 s
+    later, and the callee refuses that re-INVITE (488) only after the held handshake's own
+    deadline (handshake_timeout from its first datagram) passed: while the re-offer waited
+    its deadline moved (session 46), and the refusal puts it back, so it fails as the 488
+    goes, saying the re-offer was refused. Before, the engine was never told of the refusal
+    and the held handshake lived on for up to twice handshake_timeout."""
+    env = await with_dtls(nursery, tmp_path, voipgw_seed)
+    caller = await dtls_caller(nursery, env, setup="active")
+    phone = caller.phone
+    with trio.fail_after(30):
+        await phone.keyed.wait()
+    await eventually(lambda: a_leg_keys(env) is not None)
+    first_keys = a_leg_keys(env)
+    attributes = [(a[0], a[1]) for a in caller.answer.attributes]
+    renewed = DtlsKeyExchange(identity=lambda: OTHER_ID).answer(
+        attributes, suites=[], secure_signalling=False
+    )
+    assert renewed is not None
+    phone.negotiation = renewed
+    phone.keys, phone.keyed = None, trio.Event()
+    failed_words = "the re-offer naming it took it, and was refused)"
+    with caplog.at_level(logging.INFO):
+        for datagram in renewed.packets_to_send(now=trio.current_time()):
+            await phone.sock.sendto(datagram, phone.gateway)
+        await eventually(
+            lambda: any("held until a re-offer" in r.getMessage() for r in caplog.records)
+        )
+        held_at = trio.current_time()
+        alive_when_refused: list[bool] = []
+
+        async def refuse_late(received: Received) -> None:
+            await trio.sleep_until(held_at + DEFAULT_HANDSHAKE_TIMEOUT + 3)
+            alive_when_refused.append(
+                not any(failed_words in r.getMessage() for r in caplog.records)
+            )
+            await env.alice.respond(received, 488)
+
+        alice_answers_reinvites(env, refuse_late)
+        await trio.sleep(DEFAULT_HANDSHAKE_TIMEOUT - 3)
+        reoffer = DtlsKeyExchange(identity=lambda: OTHER_ID).offer(
+            suites=[], secure_signalling=False
+        )
+        refused = await caller.call.reinvite(dtls_sdp(reoffer, setup="actpass"))
+        assert refused.status == 488
+        assert alive_when_refused == [True]  # past its own deadline while the re-offer waited
+        await eventually(lambda: any(failed_words in r.getMessage() for r in caplog.records))
+        assert trio.current_time() < held_at + DEFAULT_HANDSHAKE_TIMEOUT + 4
+    assert phone.keys is None and a_leg_keys(env) == first_keys
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "keys are kept" in warnings[0], warnings
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+
+
 async def test_a_reinvite_naming_the_held_certificate_as_passive_is_refused_saying_why(
     nursery: trio.Nursery,
     tmp_path: Path,
