@@ -28,6 +28,7 @@ import gateway.plugins.keyexchange.dtls_srtp as dtls_plugin
 from gateway.core.ids import SeededIds
 from gateway.core.interfaces import SrtpKeys
 from gateway.core.media.handshakes import INTERNAL_ERROR_REASON
+from gateway.core.media.srtp import SrtpSession
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.plugins.keyexchange.dtls_srtp import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -60,6 +61,7 @@ from tests.component.calls.dtls_phone import (
 )
 from tests.component.calls.redirect_phones import start_bob
 from tests.component.calls.reinvite_answers import alice_answers_reinvites
+from tests.component.calls.rtcp_reports import sender_report
 
 ALICE2: Address = ("127.0.0.5", 5060)  # alice's second phone
 
@@ -1259,6 +1261,145 @@ async def test_a_restart_with_a_new_certificate_without_rtcp_mux_takes_both_port
     await eventually(lambda: security.keys(0) == mirrored(phone.keys))  # type: ignore[arg-type]
     await eventually(lambda: security.rtcp_keys(0) == mirrored(rtcp_phone.keys))  # type: ignore[arg-type]
     assert (security.keys(0), security.rtcp_keys(0)) != first
+    await trio.sleep(DEFAULT_HANDSHAKE_TIMEOUT + 5)
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_an_rtcp_restart_arriving_while_the_reinvite_waits_is_taken_and_keys_srtcp(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Session 50: a caller without rtcp-mux (RFC 5764 §4.1: a handshake per port) restarts
+    its RTP port with a new certificate (held), re-INVITEs naming it, and restarts its RTCP
+    port only while that re-INVITE waits for the callee's answer (late). Once the callee
+    answers, the re-offer's new association keys both ports with the new certificate, the
+    call goes on, and SRTCP flows both ways under the RTCP port's new keys, the old ones
+    refused. Through the call's handshake task the late RTCP restart is not held where the
+    session in force is: its datagrams are kept for the re-offer's new association and begin
+    its RTCP port's handshake (the engine's late take, session 46, is tested sans-IO in
+    test_dtls_restart.py)."""
+    alice_port = PHONE_PORT + 8  # alice's RTP; her RTCP on + 1 (RFC 3605 default)
+    env = await with_dtls(nursery, tmp_path, voipgw_seed, alice_media_port=alice_port)
+    negotiation = DtlsKeyExchange(identity=lambda: PHONE_ID).offer(
+        suites=[], secure_signalling=False
+    )
+    call = await env.trunk.invite(
+        env.did_uri(ALICE_DID), sdp=dtls_sdp(negotiation, setup="active", rtcp_mux=False)
+    )
+    final = await call.final()
+    assert final.status == 200, final.reason
+    answer = parse_sdp_untrusted(final.body)
+    media = answer.media[0]
+    assert not media.rtcp_mux
+    negotiation.remote_sdp_attributes(pairs(answer, media))
+    leg_b = await env.alice.next_call()
+    assert leg_b.incoming is not None
+    offer_b = parse_sdp_untrusted(leg_b.incoming.request.body)
+    phone, rtcp_phone = await phones(nursery, negotiation, PHONE_PORT, media.port)
+    with trio.fail_after(30):
+        await phone.keyed.wait()
+        await rtcp_phone.keyed.wait()
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    security = gateway_call.a.security
+    assert security is not None
+    await eventually(lambda: security.rtcp_keys(0) is not None)
+    old_rtcp_keys = rtcp_phone.keys
+    assert old_rtcp_keys is not None and security.rtcp_keys(0) == mirrored(old_rtcp_keys)
+    renewed = DtlsKeyExchange(identity=lambda: OTHER_ID).answer(
+        [(a[0], a[1]) for a in media.attributes], suites=[], secure_signalling=False
+    )
+    assert renewed is not None and renewed.dtls_role == "client"
+    renewed_rtcp = renewed.rtcp_component()
+    assert renewed_rtcp is not None
+
+    def held_lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "held until a re-offer" in r.getMessage()]
+
+    reinvite_came = trio.Event()
+    answer_now = trio.Event()
+
+    async def answer_late(received: Received) -> None:
+        reinvite_came.set()
+        await answer_now.wait()
+        await env.alice.respond(received, 200, body=env.alice.answer_sdp(received.request.body))
+
+    alice_answers_reinvites(env, answer_late)
+    statuses: list[int] = []
+
+    async def reinvite() -> None:
+        reoffer = DtlsKeyExchange(identity=lambda: OTHER_ID).offer(
+            suites=[], secure_signalling=False
+        )
+        response = await call.reinvite(dtls_sdp(reoffer, setup="actpass", rtcp_mux=False))
+        statuses.append(response.status)
+
+    with caplog.at_level(logging.INFO):
+        phone.negotiation, phone.keys, phone.keyed = renewed, None, trio.Event()
+        for datagram in renewed.packets_to_send(now=trio.current_time()):
+            await phone.sock.sendto(datagram, phone.gateway)
+        await eventually(lambda: len(held_lines()) == 1)  # the RTP port's restart
+        nursery.start_soon(reinvite)
+        with trio.fail_after(10):
+            await reinvite_came.wait()
+        # Late: the RTCP port restarts while the re-INVITE waits for the callee.
+        rtcp_phone.negotiation, rtcp_phone.keys = renewed_rtcp, None
+        rtcp_phone.keyed = trio.Event()
+        for datagram in renewed_rtcp.packets_to_send(now=trio.current_time()):
+            await rtcp_phone.sock.sendto(datagram, rtcp_phone.gateway)
+        await trio.sleep(3)  # its flights go back and forth; the answer is still pending
+        assert statuses == [] and rtcp_phone.failure is None
+        answer_now.set()
+        await eventually(lambda: statuses == [200])
+        with trio.fail_after(10):
+            await phone.keyed.wait()
+            await rtcp_phone.keyed.wait()
+    new_rtcp_keys = rtcp_phone.keys
+    assert phone.keys is not None and new_rtcp_keys is not None
+    assert phone.failure is None and rtcp_phone.failure is None
+    await eventually(lambda: security.keys(0) == mirrored(phone.keys))  # type: ignore[arg-type]
+    await eventually(lambda: security.rtcp_keys(0) == mirrored(new_rtcp_keys))
+    assert new_rtcp_keys != old_rtcp_keys
+
+    # SRTCP both ways under the RTCP port's new keys (RFC 5764 §4.1): the caller's sender
+    # report reaches alice's RTCP port in the clear; hers reaches the caller, which only the
+    # new keys open; one under the old keys is dropped.
+    (stream,) = gateway_call.media.streams  # type: ignore[union-attr]
+    gateway_rtcp_b = offer_b.media[0].port + 1
+    alice_rtcp = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await alice_rtcp.bind(("127.0.0.3", alice_port + 1))
+    with alice_rtcp:
+        caller_srtcp = SrtpSession(new_rtcp_keys)
+        old_srtcp = SrtpSession(old_rtcp_keys)
+        report = sender_report(0x1111, 5)
+        dropped = stream.a_to_b.statistics().dropped_transform
+        stale = old_srtcp.protect_rtcp(sender_report(0x1111, 4))
+        protected = caller_srtcp.protect_rtcp(report)
+        assert stale is not None and protected is not None
+        await rtcp_phone.sock.sendto(stale, rtcp_phone.gateway)
+        await rtcp_phone.sock.sendto(protected, rtcp_phone.gateway)
+        with trio.fail_after(5):
+            data, _ = await alice_rtcp.recvfrom(2048)
+        assert data == report
+        await eventually(lambda: stream.a_to_b.statistics().dropped_transform == dropped + 1)
+        alice_report = sender_report(0x2222, 7)
+        await alice_rtcp.sendto(alice_report, ("127.0.0.1", gateway_rtcp_b))
+        await eventually(lambda: bool(rtcp_phone.media))
+        (srtcp,) = rtcp_phone.media
+        assert srtcp != alice_report
+        assert SrtpSession(new_rtcp_keys).unprotect_rtcp(srtcp) == alice_report
+        assert old_srtcp.unprotect_rtcp(srtcp) is None
+    # Only the RTP port's restart was held (and taken): the RTCP port's late one was kept by
+    # the call's handshake task for the re-offer's new association (epoch 0 records while
+    # our answer is pending, handshakes.py) and began its RTCP port's handshake there.
+    (dtls,) = [e for n, e in env.gateway.plugins.key_exchanges.items() if n == "dtls"]
+    counters = dict(dtls.counters())
+    assert (counters["peer_restarts_held"], counters["peer_restarts_adopted"]) == (1, 1)
+    assert counters["peer_restarts_failed"] == 0 and len(held_lines()) == 1
     await trio.sleep(DEFAULT_HANDSHAKE_TIMEOUT + 5)
     assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
