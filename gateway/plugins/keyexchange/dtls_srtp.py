@@ -1740,6 +1740,8 @@ class DtlsNegotiation:
     def receive_packet(self, packet: bytes, *, now: float) -> None:
         """A DTLS datagram from the peer. Before our role is known (our offer waits for its
         answer) it is kept, up to :data:`MAX_EARLY_DATAGRAMS`; after a failure it is ignored."""
+        if self._to_previous_rtcp_restart(packet, None, now):
+            return
         self._receive(packet, None, now)
 
     def _receive(self, packet: bytes, source: Source | None, now: float) -> None:
@@ -1775,6 +1777,8 @@ class DtlsNegotiation:
         attempt, unless it is the SDP address's or its certificate matched; the leg still fails
         at ``handshake_timeout`` if no source proves itself. A host that calls this reads
         :meth:`addressed_packets_to_send` as well as :meth:`packets_to_send`."""
+        if self._to_previous_rtcp_restart(packet, source, now):
+            return
         association = self._driven()
         if (
             source is None
@@ -2093,6 +2097,48 @@ class DtlsNegotiation:
         self._association = None
         self._adopt(held, association.peer, previous)
         held.statistics = _added(statistics, held.statistics)
+
+    def _to_previous_rtcp_restart(self, packet: bytes, source: Source | None, now: float) -> bool:
+        """Whether ``packet`` went on to the phone's RTCP restart under way at the previous RTCP
+        port's negotiation (:meth:`_take_late_rtcp_restart`), which then holds it and, its
+        certificate named by our re-offer, this negotiation takes. So when that restart began
+        before the re-offer (its ClientHello returned our cookie there) and the rest of its
+        flight came while our answer was pending: the call's handshake task kept that for the
+        re-offer's new association (epoch 0, handshakes.py) and hands it here. Session 50:
+        before, the flight went to our fresh association, which waited for a ClientHello the
+        phone had sent to the other, and its failure at handshake_timeout ended the call.
+        Only while our fresh association has received nothing, and never a ClientHello that
+        does not resend the candidate's own (a new handshake is ours): the certificate is
+        still read first, and taken only if the re-offer's a=fingerprint names it."""
+        previous = self._rtcp_restart_of
+        association = self._association
+        if (
+            previous is None
+            or association is None
+            or self._adopting
+            or association.statistics.datagrams_received
+            or previous._phase is _Phase.FAILED
+        ):
+            return False
+        candidate = previous._restarts.candidate
+        if (
+            candidate is None
+            or candidate.held_certificate is not None
+            or candidate.phase is not _Phase.HANDSHAKING
+            or len(packet) > MAX_DATAGRAM_LENGTH
+            or not dtls_records_valid_untrusted(packet)
+        ):
+            return False
+        bound = candidate.address
+        if source is not None and bound is not None and source_key(source) != source_key(bound):
+            return False  # another host: not the phone's restart on the 5-tuple
+        if _holds_client_hello_untrusted(packet) and (
+            _client_hello_random(packet) != candidate.client_random
+        ):
+            return False
+        previous.receive_packet_from(packet, source=source, now=now)
+        self._driven()  # takes it once held and named (:meth:`_take_late_rtcp_restart`)
+        return True
 
     def _new_association(self, role: Role, peer: PeerDtlsParameters) -> _Association:
         return _Association(

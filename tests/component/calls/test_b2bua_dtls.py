@@ -1431,6 +1431,106 @@ class HeldBack:
         return getattr(self.negotiation, name)
 
 
+async def test_an_rtcp_restart_begun_before_the_reinvite_and_finished_after_it_is_taken(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Session 50: a caller without rtcp-mux restarts both ports with a new certificate and
+    re-INVITEs naming it at once. The RTP port's Certificate reached us before the re-INVITE
+    (held), the RTCP port's restart had only begun (its ClientHello returned our cookie and got
+    our server flight): the rest of that flight comes while the re-INVITE waits for the
+    callee, and the call's handshake task keeps it for the re-offer's new association. Handed
+    to the new RTCP port's negotiation after our answer, it goes on to the restart under way
+    at the previous one, is held there, and is taken: both ports keyed by the new certificate,
+    the call goes on. Before, the new RTCP port's fresh handshake waited for a ClientHello the
+    caller had sent to the other, and the call ended at handshake_timeout ("DTLS handshake
+    timed out (RTCP port)", BYE on both legs)."""
+    env = await with_dtls(nursery, tmp_path, voipgw_seed)
+    negotiation = DtlsKeyExchange(identity=lambda: PHONE_ID).offer(
+        suites=[], secure_signalling=False
+    )
+    call = await env.trunk.invite(
+        env.did_uri(ALICE_DID), sdp=dtls_sdp(negotiation, setup="active", rtcp_mux=False)
+    )
+    final = await call.final()
+    assert final.status == 200, final.reason
+    answer = parse_sdp_untrusted(final.body)
+    media = answer.media[0]
+    negotiation.remote_sdp_attributes(pairs(answer, media))
+    await env.alice.next_call()
+    phone, rtcp_phone = await phones(nursery, negotiation, PHONE_PORT, media.port)
+    with trio.fail_after(30):
+        await phone.keyed.wait()
+        await rtcp_phone.keyed.wait()
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    security = gateway_call.a.security
+    assert security is not None
+    await eventually(lambda: security.rtcp_keys(0) is not None)
+    first_rtcp_keys = security.rtcp_keys(0)
+    renewed = DtlsKeyExchange(identity=lambda: OTHER_ID).answer(
+        [(a[0], a[1]) for a in media.attributes], suites=[], secure_signalling=False
+    )
+    assert renewed is not None
+    renewed_rtcp = renewed.rtcp_component()
+    assert renewed_rtcp is not None
+    reinvite_came, answer_now = trio.Event(), trio.Event()
+
+    async def answer_late(received: Received) -> None:
+        reinvite_came.set()
+        await answer_now.wait()
+        await env.alice.respond(received, 200, body=env.alice.answer_sdp(received.request.body))
+
+    alice_answers_reinvites(env, answer_late)
+    statuses: list[int] = []
+
+    async def reinvite() -> None:
+        reoffer = DtlsKeyExchange(identity=lambda: OTHER_ID).offer(
+            suites=[], secure_signalling=False
+        )
+        response = await call.reinvite(dtls_sdp(reoffer, setup="actpass", rtcp_mux=False))
+        statuses.append(response.status)
+
+    with caplog.at_level(logging.INFO):
+        phone.negotiation, phone.keys, phone.keyed = renewed, None, trio.Event()
+        for datagram in renewed.packets_to_send(now=trio.current_time()):
+            await phone.sock.sendto(datagram, phone.gateway)
+        # The RTCP port's ClientHellos (the first, the one returning our cookie) go; the
+        # rest of its flight (Certificate ... Finished) waits until the re-INVITE is in.
+        held = HeldBack(renewed_rtcp)
+        rtcp_phone.negotiation = held  # type: ignore[assignment]
+        rtcp_phone.keys, rtcp_phone.keyed = None, trio.Event()
+        for datagram in held.packets_to_send(now=trio.current_time()):
+            await rtcp_phone.sock.sendto(datagram, rtcp_phone.gateway)
+        await eventually(lambda: bool(held.kept))
+        nursery.start_soon(reinvite)
+        with trio.fail_after(10):
+            await reinvite_came.wait()
+        held.release = True  # at its next retransmission, while the re-INVITE waits
+        await trio.sleep(3)
+        assert statuses == []
+        answer_now.set()
+        await eventually(lambda: statuses == [200])
+        with trio.fail_after(10):
+            await phone.keyed.wait()
+            await rtcp_phone.keyed.wait()
+    assert phone.keys is not None and rtcp_phone.keys is not None
+    assert phone.failure is None and rtcp_phone.failure is None
+    await eventually(lambda: security.keys(0) == mirrored(phone.keys))  # type: ignore[arg-type]
+    await eventually(lambda: security.rtcp_keys(0) == mirrored(rtcp_phone.keys))  # type: ignore[arg-type]
+    assert security.rtcp_keys(0) != first_rtcp_keys
+    (dtls,) = [e for n, e in env.gateway.plugins.key_exchanges.items() if n == "dtls"]
+    counters = dict(dtls.counters())
+    assert (counters["peer_restarts_held"], counters["peer_restarts_adopted"]) == (2, 2)
+    assert counters["peer_restarts_failed"] == 0
+    await trio.sleep(DEFAULT_HANDSHAKE_TIMEOUT + 5)
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
 async def test_a_reinvite_refused_by_the_other_leg_keeps_the_restart_under_way(
     nursery: trio.Nursery,
     tmp_path: Path,

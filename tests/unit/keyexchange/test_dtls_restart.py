@@ -979,3 +979,52 @@ def test_a_refused_reoffer_puts_the_held_handshake_back_on_its_deadline(
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1, warnings
     assert "the re-offer naming it took it, and was refused)" in warnings[0], warnings
+
+
+def test_the_rtcp_ports_restart_begun_before_the_reoffer_is_taken_with_the_rest_of_its_flight() -> (
+    None
+):
+    # Without rtcp-mux: the RTP port's restart is held before the re-offer; the RTCP port's
+    # had only begun (its ClientHello returned our cookie and got our server flight) when the
+    # re-offer came, and the rest of its flight (its Certificate ...) was kept by the call's
+    # handshake task for the re-offer's new association. Handed to the new RTCP port's
+    # negotiation, it goes on to the restart under way at the previous one, is held there
+    # and taken (session 50: before, it went to the new port's fresh association, which
+    # waited for a ClientHello, and the call ended at handshake_timeout).
+    renewed = generate_identity(now=NOW, max_age=MONTH)
+    ours, peer, old = keyed_pair()
+    ours_rtcp, peer_rtcp = ours.rtcp_component(), peer.rtcp_component()
+    assert ours_rtcp is not None and peer_rtcp is not None
+    rtcp_address = (SDP_ADDRESS[0], SDP_ADDRESS[1] + 1)
+    ours_rtcp.note_sdp_address(rtcp_address)
+    run(ours_rtcp, {rtcp_address: peer_rtcp}, usual=(rtcp_address,), now=0.0)
+    (first,) = events(ours_rtcp)
+    assert isinstance(first, KeysReady)
+    phone = restarted(ours, renewed)
+    phone_rtcp = phone.rtcp_component()
+    assert phone_rtcp is not None
+    run(ours, {SDP_ADDRESS: phone}, now=1.0)  # the RTP port's restart: held
+    for _ in range(2):  # its ClientHello, our HelloVerifyRequest; then ours returned
+        send(phone_rtcp, ours_rtcp, rtcp_address, 1.0)
+        for datagram, _address in ours_rtcp.addressed_packets_to_send(now=1.0):
+            phone_rtcp.receive_packet(datagram, now=1.0)
+    assert ours_rtcp.statistics().peer_restarts == 1
+    assert ours_rtcp.statistics().peer_restarts_held == 0  # its certificate not seen yet
+    answered = exchange(US).answer(
+        reoffer(renewed, setup="actpass"), suites=[], secure_signalling=True, previous=ours
+    )
+    assert answered is not None
+    answered_rtcp = answered.rtcp_component()
+    assert answered_rtcp is not None and answered_rtcp is not ours_rtcp
+    answered_rtcp.note_sdp_address(rtcp_address)
+    run(answered, {SDP_ADDRESS: phone}, now=1.5)
+    assert isinstance(events(answered)[0], KeysReady) and answered.keys != old
+    run(answered_rtcp, {rtcp_address: phone_rtcp}, usual=(rtcp_address,), now=1.5)
+    assert ours_rtcp.statistics().peer_restarts_held == 1
+    (ready,) = events(answered_rtcp)
+    assert isinstance(ready, KeysReady) and ready.keys != first.keys
+    (phone_ready,) = events(phone_rtcp)
+    assert isinstance(phone_ready, KeysReady)
+    assert (ready.keys.local_key, ready.keys.remote_key) == mirrored(phone_ready.keys)
+    assert answered_rtcp.statistics().peer_restarts_adopted == 1
+    assert ours_rtcp.keys == first.keys  # the previous port's: unchanged
