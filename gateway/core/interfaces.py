@@ -199,6 +199,11 @@ class KeyNegotiation(Protocol):
     # to ``remote_sdp_attributes`` only once it took the whole answer, so a refused answer (a
     # forked phone's 183) binds nothing for another phone's answer to the same offer
     # (docs/plugin_hooks.md). Without it the answer is given as it is read, as before.
+    #
+    # Optional: ``abandon() -> None``, for a negotiation answering the peer's offer: that offer
+    # was refused (an error response to it, RFC 3261 §14.1), and the stream goes on with the
+    # negotiation in force; this one is never driven again (``LegSecurity.peer_offer_refused``;
+    # the dtls engine gives back a held handshake the offer took, docs/media_security.md).
 
 
 class KeyExchange(Protocol):

@@ -95,6 +95,7 @@ class CallReinvites(CallRecordingIndication):
                 ],
             )
             await self.endpoint.respond(event.transaction, refusal)
+            self._peer_offer_refused(event.side)
             return
         except PortsExhausted:
             await self.endpoint.respond(
@@ -103,6 +104,7 @@ class CallReinvites(CallRecordingIndication):
                     request, 503, extra=[("Warning", warning_header("no free media ports"))]
                 ),
             )
+            self._peer_offer_refused(event.side)
             return
         except Exception as exc:
             # Our bug or a key-exchange plugin's, taking the offer or making ours for the other
@@ -150,6 +152,7 @@ class CallReinvites(CallRecordingIndication):
             self.media.withdraw_offer()
             self._pending_reinvite = None
             await self.endpoint.respond(event.transaction, make_response(request, 503))
+            self._peer_offer_refused(event.side)
             return
         self._reinvite_sent = sent
         self._reinvite_deadline = trio.current_time() + 64 * self.config.sip.t1
@@ -194,6 +197,20 @@ class CallReinvites(CallRecordingIndication):
         await self._hang_up(
             f"re-INVITE to the {sent.side.value.upper()} leg got no final response in {seconds:g} s"
         )
+
+    def _peer_offer_refused(self, side: Side) -> None:
+        """The re-offer from ``side`` was answered with an error (RFC 3261 §14.1: the session
+        in force stays): the negotiations its leg's security started for it are told
+        (``LegSecurity.peer_offer_refused``; the dtls engine gives back a held handshake it
+        took, docs/media_security.md). After the response went: a plugin that raises here
+        (``KeyExchangeFailed``) ends the call, the requester answered first. The call's
+        handshake task then reads its timers again: a held handshake given back is due at its
+        own deadline, maybe at once, not at the later one the task waits for."""
+        security = self._leg(side).security
+        if security is not None:
+            security.peer_offer_refused()
+        if self.handshakes is not None:
+            self.handshakes.poke()
 
     def _reoffer(self, side: Side, offer: SessionDescription) -> SessionDescription:
         """A re-offer from ``side``: through its security, the session, the other's security."""
@@ -344,11 +361,13 @@ class CallReinvites(CallRecordingIndication):
                 # (_session_lost).
                 refused = self._lost_answer(request, answered_side, response, errors)
                 await self.endpoint.respond(transaction, refused)
+                self._peer_offer_refused(side)
                 what = f"re-INVITE to the {answered_side.value.upper()} leg"
                 await self._session_lost(answered_side, "INVITE", response, what=what)
                 return  # a transferor's: the call goes on (_session_lost)
             refused = make_response(request, response.status, response.reason, extra=errors)
             await self.endpoint.respond(transaction, refused)
+            self._peer_offer_refused(side)
 
     async def _resend_reinvite_ack(self, side: Side, response: Response) -> None:
         """A 2xx to a re-INVITE of ours on ``side``'s leg that we ACKed already: our ACK was

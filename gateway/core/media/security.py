@@ -368,14 +368,21 @@ class LegSecurity:
         media_out: list[MediaDescription] = []
         session_attributes = _pairs(offer.attributes)
         _one_session_level_mikey_stream(offer)
-        for index, media in enumerate(offer.media):
-            previous = self._previous(index)
-            stream = StreamSecurity(peer_proto=media.proto)
-            if media.port != 0 and media.proto.upper() in _RTP_PROFILES:
-                self._answer_stream(media, stream, previous, session_attributes)
-            streams.append(stream)
-            media_out.append(self._fax_checked(index, media, stream, "offer from"))
-        self._refuse_if_nothing_left(offer.media, media_out)
+        try:
+            for index, media in enumerate(offer.media):
+                previous = self._previous(index)
+                stream = StreamSecurity(peer_proto=media.proto)
+                streams.append(stream)
+                if media.port != 0 and media.proto.upper() in _RTP_PROFILES:
+                    self._answer_stream(media, stream, previous, session_attributes)
+                media_out.append(self._fax_checked(index, media, stream, "offer from"))
+            self._refuse_if_nothing_left(offer.media, media_out)
+        except Exception:
+            # Refused (488) or a plugin's bug: the negotiations it started for the streams
+            # before are the refused offer's too (a DTLS answer that took a held handshake,
+            # docs/media_security.md), told so as for a refusal after it was taken.
+            self._abandon(streams)
+            raise
         self._offered = streams
         self._unapplied = {}  # answers to our offers are over: the peer offers now
         self._failed_on_answer = {}
@@ -620,6 +627,29 @@ class LegSecurity:
         which would make the next SDP repeat a version the peer saw with other content (RFC
         3264 §8). The keys in force stay those of the last answer (:attr:`streams`)."""
         self._before_offer = None
+
+    def peer_offer_refused(self) -> None:
+        """The peer's offer :meth:`take_offer` took was refused (an error response to it: the
+        other leg's 488, ours; RFC 3261 §14.1: the session in force stays): each negotiation
+        it started is told, by its optional ``abandon()`` (docs/plugin_hooks.md; the ``dtls``
+        engine gives back a held handshake the offer took, session 50). No-op when no offer
+        of the peer waits for our answer; a second call tells them again, which they ignore.
+        Raises :class:`KeyExchangeFailed` (a plugin's bug)."""
+        if self._answer_pending:
+            self._abandon(self._offered)
+
+    def _abandon(self, streams: Iterable[StreamSecurity]) -> None:
+        """Tell the negotiations of ``streams`` that are not in force that their offer or
+        answer is abandoned (:meth:`peer_offer_refused`)."""
+        in_force = {id(stream.negotiation) for stream in self.streams}
+        for stream in streams:
+            negotiation = stream.negotiation
+            if negotiation is None or id(negotiation) in in_force:
+                continue
+            with self._plugin(stream.key_exchange):
+                abandon = getattr(negotiation, "abandon", None)
+                if abandon is not None:
+                    abandon()
 
     def _versioned(self, sdp: SessionDescription) -> SessionDescription:
         """``sdp``, made on this leg from the session's plain SDP, with the o= version RFC 3264

@@ -1031,6 +1031,9 @@ class _Association:
         self._fingerprint_mismatch = False
         self._extend_at_clock = False
         """Whether a re-offer took it (:meth:`adopt`): its deadline moves at its next clock."""
+        self._deadline_when_held: float | None = None
+        """Its deadline before a re-offer took it (:meth:`adopt`), given back should that
+        re-offer be refused (:meth:`adoption_refused`). None: no re-offer has it."""
         self._started = False
         self._started_at: float | None = None
         self._deadline: float | None = None
@@ -1162,7 +1165,21 @@ class _Association:
         handshake gets (a re-INVITE that came late left it little of the first one), bounded
         by twice ``handshake_timeout`` from its start: a peer cannot keep it alive by
         re-offering (:meth:`_clock`; session 46)."""
+        if self._deadline_when_held is None:
+            self._deadline_when_held = self._deadline
         self._extend_at_clock = True
+
+    def adoption_refused(self) -> None:
+        """The re-offer that took it (:meth:`adopt`) was refused (RFC 3261 §14.1: the session
+        in force stays, and with it the negotiation where it was held): back on the deadline
+        it had there, whether or not its next clock moved it meanwhile. A refused re-offer
+        gives it no more time (session 50: before, the move stayed, up to twice
+        ``handshake_timeout`` from its first datagram). Past that deadline, it fails at its
+        next timer, due at once."""
+        self._extend_at_clock = False
+        held, self._deadline_when_held = self._deadline_when_held, None
+        if held is not None and self.phase is _Phase.HANDSHAKING and self._deadline is not None:
+            self._deadline = held
 
     def _clock(self, now: float) -> None:
         if not self._extend_at_clock:
@@ -1723,6 +1740,8 @@ class DtlsNegotiation:
     def receive_packet(self, packet: bytes, *, now: float) -> None:
         """A DTLS datagram from the peer. Before our role is known (our offer waits for its
         answer) it is kept, up to :data:`MAX_EARLY_DATAGRAMS`; after a failure it is ignored."""
+        if self._to_previous_rtcp_restart(packet, None, now):
+            return
         self._receive(packet, None, now)
 
     def _receive(self, packet: bytes, source: Source | None, now: float) -> None:
@@ -1758,6 +1777,8 @@ class DtlsNegotiation:
         attempt, unless it is the SDP address's or its certificate matched; the leg still fails
         at ``handshake_timeout`` if no source proves itself. A host that calls this reads
         :meth:`addressed_packets_to_send` as well as :meth:`packets_to_send`."""
+        if self._to_previous_rtcp_restart(packet, source, now):
+            return
         association = self._driven()
         if (
             source is None
@@ -1941,6 +1962,33 @@ class DtlsNegotiation:
         """The next ``KeysReady`` or ``NegotiationFailed``, or None."""
         return self._events.popleft() if self._events else None
 
+    def abandon(self) -> None:
+        """The offer this negotiation answers was refused, and the stream goes on with the
+        negotiation in force (RFC 3261 §14.1: a 488 from the other leg, or ours; the core's
+        ``LegSecurity.peer_offer_refused``, docs/plugin_hooks.md): it is never driven again.
+        A held handshake it took (:meth:`_adopt`), and its RTCP port's, goes back, still
+        held, to the negotiation in force, on the deadline it had there
+        (:meth:`_Association.adoption_refused`), and its failure there says the re-offer was
+        refused (session 50: before, the refused re-offer's extension stayed, up to twice
+        ``handshake_timeout`` from its first datagram). Nothing is queued; once is enough."""
+        if self._phase is _Phase.FAILED:
+            return
+        self._phase = _Phase.FAILED
+        self._rtcp_restart_of = None
+        early, self._early = self._early, []
+        association = self._association
+        if not self._adopting or association is None:
+            return
+        self._adopting = False
+        association.adoption_refused()
+        association.held_outcome = "the re-offer naming it took it, and was refused"
+        if association.phase is _Phase.HANDSHAKING and early:
+            # Its datagrams held back, not yet fed (:meth:`_feed_early`): held there again.
+            association.held = (early + association.held)[:MAX_HELD_DATAGRAMS]
+        component, association.rtcp_component = association.rtcp_component, None
+        if component is not None:
+            component.abandon()
+
     def restart_handshake(self, *, now: float) -> bool | None:
         """As DTLS server, start the handshake under way afresh: a new association with the
         same role, peer parameters (fingerprints, a=setup, tls-id) and certificate, its clock
@@ -2049,6 +2097,48 @@ class DtlsNegotiation:
         self._association = None
         self._adopt(held, association.peer, previous)
         held.statistics = _added(statistics, held.statistics)
+
+    def _to_previous_rtcp_restart(self, packet: bytes, source: Source | None, now: float) -> bool:
+        """Whether ``packet`` went on to the phone's RTCP restart under way at the previous RTCP
+        port's negotiation (:meth:`_take_late_rtcp_restart`), which then holds it and, its
+        certificate named by our re-offer, this negotiation takes. So when that restart began
+        before the re-offer (its ClientHello returned our cookie there) and the rest of its
+        flight came while our answer was pending: the call's handshake task kept that for the
+        re-offer's new association (epoch 0, handshakes.py) and hands it here. Session 50:
+        before, the flight went to our fresh association, which waited for a ClientHello the
+        phone had sent to the other, and its failure at handshake_timeout ended the call.
+        Only while our fresh association has received nothing, and never a ClientHello that
+        does not resend the candidate's own (a new handshake is ours): the certificate is
+        still read first, and taken only if the re-offer's a=fingerprint names it."""
+        previous = self._rtcp_restart_of
+        association = self._association
+        if (
+            previous is None
+            or association is None
+            or self._adopting
+            or association.statistics.datagrams_received
+            or previous._phase is _Phase.FAILED
+        ):
+            return False
+        candidate = previous._restarts.candidate
+        if (
+            candidate is None
+            or candidate.held_certificate is not None
+            or candidate.phase is not _Phase.HANDSHAKING
+            or len(packet) > MAX_DATAGRAM_LENGTH
+            or not dtls_records_valid_untrusted(packet)
+        ):
+            return False
+        bound = candidate.address
+        if source is not None and bound is not None and source_key(source) != source_key(bound):
+            return False  # another host: not the phone's restart on the 5-tuple
+        if _holds_client_hello_untrusted(packet) and (
+            _client_hello_random(packet) != candidate.client_random
+        ):
+            return False
+        previous.receive_packet_from(packet, source=source, now=now)
+        self._driven()  # takes it once held and named (:meth:`_take_late_rtcp_restart`)
+        return True
 
     def _new_association(self, role: Role, peer: PeerDtlsParameters) -> _Association:
         return _Association(

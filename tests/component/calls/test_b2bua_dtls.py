@@ -28,6 +28,7 @@ import gateway.plugins.keyexchange.dtls_srtp as dtls_plugin
 from gateway.core.ids import SeededIds
 from gateway.core.interfaces import SrtpKeys
 from gateway.core.media.handshakes import INTERNAL_ERROR_REASON
+from gateway.core.media.srtp import SrtpSession
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.plugins.keyexchange.dtls_srtp import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -60,6 +61,7 @@ from tests.component.calls.dtls_phone import (
 )
 from tests.component.calls.redirect_phones import start_bob
 from tests.component.calls.reinvite_answers import alice_answers_reinvites
+from tests.component.calls.rtcp_reports import sender_report
 
 ALICE2: Address = ("127.0.0.5", 5060)  # alice's second phone
 
@@ -1074,6 +1076,66 @@ async def test_a_refused_reinvite_naming_the_new_certificate_leaves_the_call_as_
     assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
 
 
+async def test_a_late_refused_reinvite_gives_the_held_handshake_no_more_time(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Session 50: the caller restarts with a new certificate (held), re-INVITEs naming it 17 s
+    later, and the callee refuses that re-INVITE (488) only after the held handshake's own
+    deadline (handshake_timeout from its first datagram) passed: while the re-offer waited
+    its deadline moved (session 46), and the refusal puts it back, so it fails as the 488
+    goes, saying the re-offer was refused. Before, the engine was never told of the refusal
+    and the held handshake lived on for up to twice handshake_timeout."""
+    env = await with_dtls(nursery, tmp_path, voipgw_seed)
+    caller = await dtls_caller(nursery, env, setup="active")
+    phone = caller.phone
+    with trio.fail_after(30):
+        await phone.keyed.wait()
+    await eventually(lambda: a_leg_keys(env) is not None)
+    first_keys = a_leg_keys(env)
+    attributes = [(a[0], a[1]) for a in caller.answer.attributes]
+    renewed = DtlsKeyExchange(identity=lambda: OTHER_ID).answer(
+        attributes, suites=[], secure_signalling=False
+    )
+    assert renewed is not None
+    phone.negotiation = renewed
+    phone.keys, phone.keyed = None, trio.Event()
+    failed_words = "the re-offer naming it took it, and was refused)"
+    with caplog.at_level(logging.INFO):
+        for datagram in renewed.packets_to_send(now=trio.current_time()):
+            await phone.sock.sendto(datagram, phone.gateway)
+        await eventually(
+            lambda: any("held until a re-offer" in r.getMessage() for r in caplog.records)
+        )
+        held_at = trio.current_time()
+        alive_when_refused: list[bool] = []
+
+        async def refuse_late(received: Received) -> None:
+            await trio.sleep_until(held_at + DEFAULT_HANDSHAKE_TIMEOUT + 3)
+            alive_when_refused.append(
+                not any(failed_words in r.getMessage() for r in caplog.records)
+            )
+            await env.alice.respond(received, 488)
+
+        alice_answers_reinvites(env, refuse_late)
+        await trio.sleep(DEFAULT_HANDSHAKE_TIMEOUT - 3)
+        reoffer = DtlsKeyExchange(identity=lambda: OTHER_ID).offer(
+            suites=[], secure_signalling=False
+        )
+        refused = await caller.call.reinvite(dtls_sdp(reoffer, setup="actpass"))
+        assert refused.status == 488
+        assert alive_when_refused == [True]  # past its own deadline while the re-offer waited
+        await eventually(lambda: any(failed_words in r.getMessage() for r in caplog.records))
+        assert trio.current_time() < held_at + DEFAULT_HANDSHAKE_TIMEOUT + 4
+    assert phone.keys is None and a_leg_keys(env) == first_keys
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "keys are kept" in warnings[0], warnings
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+
+
 async def test_a_reinvite_naming_the_held_certificate_as_passive_is_refused_saying_why(
     nursery: trio.Nursery,
     tmp_path: Path,
@@ -1204,6 +1266,145 @@ async def test_a_restart_with_a_new_certificate_without_rtcp_mux_takes_both_port
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
+async def test_an_rtcp_restart_arriving_while_the_reinvite_waits_is_taken_and_keys_srtcp(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Session 50: a caller without rtcp-mux (RFC 5764 §4.1: a handshake per port) restarts
+    its RTP port with a new certificate (held), re-INVITEs naming it, and restarts its RTCP
+    port only while that re-INVITE waits for the callee's answer (late). Once the callee
+    answers, the re-offer's new association keys both ports with the new certificate, the
+    call goes on, and SRTCP flows both ways under the RTCP port's new keys, the old ones
+    refused. Through the call's handshake task the late RTCP restart is not held where the
+    session in force is: its datagrams are kept for the re-offer's new association and begin
+    its RTCP port's handshake (the engine's late take, session 46, is tested sans-IO in
+    test_dtls_restart.py)."""
+    alice_port = PHONE_PORT + 8  # alice's RTP; her RTCP on + 1 (RFC 3605 default)
+    env = await with_dtls(nursery, tmp_path, voipgw_seed, alice_media_port=alice_port)
+    negotiation = DtlsKeyExchange(identity=lambda: PHONE_ID).offer(
+        suites=[], secure_signalling=False
+    )
+    call = await env.trunk.invite(
+        env.did_uri(ALICE_DID), sdp=dtls_sdp(negotiation, setup="active", rtcp_mux=False)
+    )
+    final = await call.final()
+    assert final.status == 200, final.reason
+    answer = parse_sdp_untrusted(final.body)
+    media = answer.media[0]
+    assert not media.rtcp_mux
+    negotiation.remote_sdp_attributes(pairs(answer, media))
+    leg_b = await env.alice.next_call()
+    assert leg_b.incoming is not None
+    offer_b = parse_sdp_untrusted(leg_b.incoming.request.body)
+    phone, rtcp_phone = await phones(nursery, negotiation, PHONE_PORT, media.port)
+    with trio.fail_after(30):
+        await phone.keyed.wait()
+        await rtcp_phone.keyed.wait()
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    security = gateway_call.a.security
+    assert security is not None
+    await eventually(lambda: security.rtcp_keys(0) is not None)
+    old_rtcp_keys = rtcp_phone.keys
+    assert old_rtcp_keys is not None and security.rtcp_keys(0) == mirrored(old_rtcp_keys)
+    renewed = DtlsKeyExchange(identity=lambda: OTHER_ID).answer(
+        [(a[0], a[1]) for a in media.attributes], suites=[], secure_signalling=False
+    )
+    assert renewed is not None and renewed.dtls_role == "client"
+    renewed_rtcp = renewed.rtcp_component()
+    assert renewed_rtcp is not None
+
+    def held_lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "held until a re-offer" in r.getMessage()]
+
+    reinvite_came = trio.Event()
+    answer_now = trio.Event()
+
+    async def answer_late(received: Received) -> None:
+        reinvite_came.set()
+        await answer_now.wait()
+        await env.alice.respond(received, 200, body=env.alice.answer_sdp(received.request.body))
+
+    alice_answers_reinvites(env, answer_late)
+    statuses: list[int] = []
+
+    async def reinvite() -> None:
+        reoffer = DtlsKeyExchange(identity=lambda: OTHER_ID).offer(
+            suites=[], secure_signalling=False
+        )
+        response = await call.reinvite(dtls_sdp(reoffer, setup="actpass", rtcp_mux=False))
+        statuses.append(response.status)
+
+    with caplog.at_level(logging.INFO):
+        phone.negotiation, phone.keys, phone.keyed = renewed, None, trio.Event()
+        for datagram in renewed.packets_to_send(now=trio.current_time()):
+            await phone.sock.sendto(datagram, phone.gateway)
+        await eventually(lambda: len(held_lines()) == 1)  # the RTP port's restart
+        nursery.start_soon(reinvite)
+        with trio.fail_after(10):
+            await reinvite_came.wait()
+        # Late: the RTCP port restarts while the re-INVITE waits for the callee.
+        rtcp_phone.negotiation, rtcp_phone.keys = renewed_rtcp, None
+        rtcp_phone.keyed = trio.Event()
+        for datagram in renewed_rtcp.packets_to_send(now=trio.current_time()):
+            await rtcp_phone.sock.sendto(datagram, rtcp_phone.gateway)
+        await trio.sleep(3)  # its flights go back and forth; the answer is still pending
+        assert statuses == [] and rtcp_phone.failure is None
+        answer_now.set()
+        await eventually(lambda: statuses == [200])
+        with trio.fail_after(10):
+            await phone.keyed.wait()
+            await rtcp_phone.keyed.wait()
+    new_rtcp_keys = rtcp_phone.keys
+    assert phone.keys is not None and new_rtcp_keys is not None
+    assert phone.failure is None and rtcp_phone.failure is None
+    await eventually(lambda: security.keys(0) == mirrored(phone.keys))  # type: ignore[arg-type]
+    await eventually(lambda: security.rtcp_keys(0) == mirrored(new_rtcp_keys))
+    assert new_rtcp_keys != old_rtcp_keys
+
+    # SRTCP both ways under the RTCP port's new keys (RFC 5764 §4.1): the caller's sender
+    # report reaches alice's RTCP port in the clear; hers reaches the caller, which only the
+    # new keys open; one under the old keys is dropped.
+    (stream,) = gateway_call.media.streams  # type: ignore[union-attr]
+    gateway_rtcp_b = offer_b.media[0].port + 1
+    alice_rtcp = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await alice_rtcp.bind(("127.0.0.3", alice_port + 1))
+    with alice_rtcp:
+        caller_srtcp = SrtpSession(new_rtcp_keys)
+        old_srtcp = SrtpSession(old_rtcp_keys)
+        report = sender_report(0x1111, 5)
+        dropped = stream.a_to_b.statistics().dropped_transform
+        stale = old_srtcp.protect_rtcp(sender_report(0x1111, 4))
+        protected = caller_srtcp.protect_rtcp(report)
+        assert stale is not None and protected is not None
+        await rtcp_phone.sock.sendto(stale, rtcp_phone.gateway)
+        await rtcp_phone.sock.sendto(protected, rtcp_phone.gateway)
+        with trio.fail_after(5):
+            data, _ = await alice_rtcp.recvfrom(2048)
+        assert data == report
+        await eventually(lambda: stream.a_to_b.statistics().dropped_transform == dropped + 1)
+        alice_report = sender_report(0x2222, 7)
+        await alice_rtcp.sendto(alice_report, ("127.0.0.1", gateway_rtcp_b))
+        await eventually(lambda: bool(rtcp_phone.media))
+        (srtcp,) = rtcp_phone.media
+        assert srtcp != alice_report
+        assert SrtpSession(new_rtcp_keys).unprotect_rtcp(srtcp) == alice_report
+        assert old_srtcp.unprotect_rtcp(srtcp) is None
+    # Only the RTP port's restart was held (and taken): the RTCP port's late one was kept by
+    # the call's handshake task for the re-offer's new association (epoch 0 records while
+    # our answer is pending, handshakes.py) and began its RTCP port's handshake there.
+    (dtls,) = [e for n, e in env.gateway.plugins.key_exchanges.items() if n == "dtls"]
+    counters = dict(dtls.counters())
+    assert (counters["peer_restarts_held"], counters["peer_restarts_adopted"]) == (1, 1)
+    assert counters["peer_restarts_failed"] == 0 and len(held_lines()) == 1
+    await trio.sleep(DEFAULT_HANDSHAKE_TIMEOUT + 5)
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
 @attrs.define
 class HeldBack:
     """A phone's DTLS engine whose datagrams after its first ``passed`` ClientHellos are kept
@@ -1228,6 +1429,106 @@ class HeldBack:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.negotiation, name)
+
+
+async def test_an_rtcp_restart_begun_before_the_reinvite_and_finished_after_it_is_taken(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Session 50: a caller without rtcp-mux restarts both ports with a new certificate and
+    re-INVITEs naming it at once. The RTP port's Certificate reached us before the re-INVITE
+    (held), the RTCP port's restart had only begun (its ClientHello returned our cookie and got
+    our server flight): the rest of that flight comes while the re-INVITE waits for the
+    callee, and the call's handshake task keeps it for the re-offer's new association. Handed
+    to the new RTCP port's negotiation after our answer, it goes on to the restart under way
+    at the previous one, is held there, and is taken: both ports keyed by the new certificate,
+    the call goes on. Before, the new RTCP port's fresh handshake waited for a ClientHello the
+    caller had sent to the other, and the call ended at handshake_timeout ("DTLS handshake
+    timed out (RTCP port)", BYE on both legs)."""
+    env = await with_dtls(nursery, tmp_path, voipgw_seed)
+    negotiation = DtlsKeyExchange(identity=lambda: PHONE_ID).offer(
+        suites=[], secure_signalling=False
+    )
+    call = await env.trunk.invite(
+        env.did_uri(ALICE_DID), sdp=dtls_sdp(negotiation, setup="active", rtcp_mux=False)
+    )
+    final = await call.final()
+    assert final.status == 200, final.reason
+    answer = parse_sdp_untrusted(final.body)
+    media = answer.media[0]
+    negotiation.remote_sdp_attributes(pairs(answer, media))
+    await env.alice.next_call()
+    phone, rtcp_phone = await phones(nursery, negotiation, PHONE_PORT, media.port)
+    with trio.fail_after(30):
+        await phone.keyed.wait()
+        await rtcp_phone.keyed.wait()
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    security = gateway_call.a.security
+    assert security is not None
+    await eventually(lambda: security.rtcp_keys(0) is not None)
+    first_rtcp_keys = security.rtcp_keys(0)
+    renewed = DtlsKeyExchange(identity=lambda: OTHER_ID).answer(
+        [(a[0], a[1]) for a in media.attributes], suites=[], secure_signalling=False
+    )
+    assert renewed is not None
+    renewed_rtcp = renewed.rtcp_component()
+    assert renewed_rtcp is not None
+    reinvite_came, answer_now = trio.Event(), trio.Event()
+
+    async def answer_late(received: Received) -> None:
+        reinvite_came.set()
+        await answer_now.wait()
+        await env.alice.respond(received, 200, body=env.alice.answer_sdp(received.request.body))
+
+    alice_answers_reinvites(env, answer_late)
+    statuses: list[int] = []
+
+    async def reinvite() -> None:
+        reoffer = DtlsKeyExchange(identity=lambda: OTHER_ID).offer(
+            suites=[], secure_signalling=False
+        )
+        response = await call.reinvite(dtls_sdp(reoffer, setup="actpass", rtcp_mux=False))
+        statuses.append(response.status)
+
+    with caplog.at_level(logging.INFO):
+        phone.negotiation, phone.keys, phone.keyed = renewed, None, trio.Event()
+        for datagram in renewed.packets_to_send(now=trio.current_time()):
+            await phone.sock.sendto(datagram, phone.gateway)
+        # The RTCP port's ClientHellos (the first, the one returning our cookie) go; the
+        # rest of its flight (Certificate ... Finished) waits until the re-INVITE is in.
+        held = HeldBack(renewed_rtcp)
+        rtcp_phone.negotiation = held  # type: ignore[assignment]
+        rtcp_phone.keys, rtcp_phone.keyed = None, trio.Event()
+        for datagram in held.packets_to_send(now=trio.current_time()):
+            await rtcp_phone.sock.sendto(datagram, rtcp_phone.gateway)
+        await eventually(lambda: bool(held.kept))
+        nursery.start_soon(reinvite)
+        with trio.fail_after(10):
+            await reinvite_came.wait()
+        held.release = True  # at its next retransmission, while the re-INVITE waits
+        await trio.sleep(3)
+        assert statuses == []
+        answer_now.set()
+        await eventually(lambda: statuses == [200])
+        with trio.fail_after(10):
+            await phone.keyed.wait()
+            await rtcp_phone.keyed.wait()
+    assert phone.keys is not None and rtcp_phone.keys is not None
+    assert phone.failure is None and rtcp_phone.failure is None
+    await eventually(lambda: security.keys(0) == mirrored(phone.keys))  # type: ignore[arg-type]
+    await eventually(lambda: security.rtcp_keys(0) == mirrored(rtcp_phone.keys))  # type: ignore[arg-type]
+    assert security.rtcp_keys(0) != first_rtcp_keys
+    (dtls,) = [e for n, e in env.gateway.plugins.key_exchanges.items() if n == "dtls"]
+    counters = dict(dtls.counters())
+    assert (counters["peer_restarts_held"], counters["peer_restarts_adopted"]) == (2, 2)
+    assert counters["peer_restarts_failed"] == 0
+    await trio.sleep(DEFAULT_HANDSHAKE_TIMEOUT + 5)
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 async def test_a_reinvite_refused_by_the_other_leg_keeps_the_restart_under_way(

@@ -871,10 +871,11 @@ def test_an_adopted_held_handshake_gets_a_handshake_timeout_from_its_adoption() 
 
 
 def test_an_adopted_held_handshakes_deadline_is_bounded_by_twice_the_timeout() -> None:
-    # A re-offer refused by the other leg leaves the handshake held where it was, with the
-    # deadline its adoption gave it; a second re-offer naming it moves it again, but never
-    # past twice handshake_timeout from its start (1.0 + 40 s): re-offering cannot keep a
-    # handshake alive for ever.
+    # A re-offer that took it and whose end the engine was never told (refused without
+    # abandon(), session 50) leaves the handshake held where it was, with the deadline its
+    # adoption gave it; a second re-offer naming it moves it again, but never past twice
+    # handshake_timeout from its start (1.0 + 40 s): re-offering cannot keep a handshake
+    # alive for ever.
     renewed = generate_identity(now=NOW, max_age=MONTH)
     ours, _phone, _rest = held_at_its_certificate(renewed)
     first = exchange(US).answer(
@@ -882,7 +883,7 @@ def test_an_adopted_held_handshakes_deadline_is_bounded_by_twice_the_timeout() -
     )
     assert first is not None
     first.packets_to_send(now=20.5)
-    del first  # refused: the core goes on with ours
+    del first  # refused, not said: the core goes on with ours
     second = exchange(US).answer(
         reoffer(renewed, setup="actpass"), suites=[], secure_signalling=True, previous=ours
     )
@@ -933,3 +934,97 @@ def test_the_rtcp_ports_restart_held_while_the_answer_is_pending_is_taken() -> N
     assert isinstance(phone_ready, KeysReady)
     assert (ready.keys.local_key, ready.keys.remote_key) == mirrored(phone_ready.keys)
     assert answered_rtcp.statistics().peer_restarts_adopted == 1
+
+
+def _failed_at(ours: DtlsNegotiation, until: float) -> float | None:
+    """Run ``ours``'s timers up to ``until``: when its held candidate failed (None: not yet)."""
+    timer = ours.get_timer()
+    while timer is not None and timer <= until:
+        ours.handle_timer(now=timer)
+        ours.addressed_packets_to_send(now=timer)
+        if ours.statistics().peer_restarts_failed:
+            return timer
+        timer = ours.get_timer()
+    return None
+
+
+@pytest.mark.parametrize("refused_at", [18.5, 25.0])
+def test_a_refused_reoffer_puts_the_held_handshake_back_on_its_deadline(
+    caplog: pytest.LogCaptureFixture, refused_at: float
+) -> None:
+    # Held at 1.0 (its deadline 21.0), taken at 18.0 by the phone's re-INVITE naming its
+    # certificate, which the other leg then refuses (488, RFC 3261 §14.1): the core says so
+    # (LegSecurity.peer_offer_refused -> abandon()), and the held handshake is back on 21.0,
+    # refused before its next clock (18.5) or after it moved its deadline (25.0: fails at
+    # once). Before session 50 the refused re-offer's extension stayed: it failed at 41.0.
+    renewed = generate_identity(now=NOW, max_age=MONTH)
+    ours, _phone, _rest = held_at_its_certificate(renewed)
+    assert _failed_at(ours, 18.0) is None  # its resends until the re-offer comes
+    answering = exchange(US)
+    answered = answering.answer(
+        reoffer(renewed, setup="actpass"), suites=[], secure_signalling=True, previous=ours
+    )
+    assert answered is not None
+    # While the re-offer waits for the other leg, its next clock where it was held gives it
+    # handshake_timeout from then (session 46): alive past 21.0.
+    assert _failed_at(ours, refused_at) is None
+    answered.abandon()
+    assert ours.get_timer() == 1.0 + DEFAULT_HANDSHAKE_TIMEOUT
+    with caplog.at_level(logging.WARNING):
+        ours.handle_timer(now=max(refused_at, 1.0 + DEFAULT_HANDSHAKE_TIMEOUT))
+    assert ours.statistics().peer_restarts_failed == 1
+    assert ours.state == "established" and events(ours) == []
+    assert answered.state == "failed" and answered.get_timer() is None
+    assert events(answered) == [] and answering.totals.peer_restarts_adopted == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "the re-offer naming it took it, and was refused)" in warnings[0], warnings
+
+
+def test_the_rtcp_ports_restart_begun_before_the_reoffer_is_taken_with_the_rest_of_its_flight() -> (
+    None
+):
+    # Without rtcp-mux: the RTP port's restart is held before the re-offer; the RTCP port's
+    # had only begun (its ClientHello returned our cookie and got our server flight) when the
+    # re-offer came, and the rest of its flight (its Certificate ...) was kept by the call's
+    # handshake task for the re-offer's new association. Handed to the new RTCP port's
+    # negotiation, it goes on to the restart under way at the previous one, is held there
+    # and taken (session 50: before, it went to the new port's fresh association, which
+    # waited for a ClientHello, and the call ended at handshake_timeout).
+    renewed = generate_identity(now=NOW, max_age=MONTH)
+    ours, peer, old = keyed_pair()
+    ours_rtcp, peer_rtcp = ours.rtcp_component(), peer.rtcp_component()
+    assert ours_rtcp is not None and peer_rtcp is not None
+    rtcp_address = (SDP_ADDRESS[0], SDP_ADDRESS[1] + 1)
+    ours_rtcp.note_sdp_address(rtcp_address)
+    run(ours_rtcp, {rtcp_address: peer_rtcp}, usual=(rtcp_address,), now=0.0)
+    (first,) = events(ours_rtcp)
+    assert isinstance(first, KeysReady)
+    phone = restarted(ours, renewed)
+    phone_rtcp = phone.rtcp_component()
+    assert phone_rtcp is not None
+    run(ours, {SDP_ADDRESS: phone}, now=1.0)  # the RTP port's restart: held
+    for _ in range(2):  # its ClientHello, our HelloVerifyRequest; then ours returned
+        send(phone_rtcp, ours_rtcp, rtcp_address, 1.0)
+        for datagram, _address in ours_rtcp.addressed_packets_to_send(now=1.0):
+            phone_rtcp.receive_packet(datagram, now=1.0)
+    assert ours_rtcp.statistics().peer_restarts == 1
+    assert ours_rtcp.statistics().peer_restarts_held == 0  # its certificate not seen yet
+    answered = exchange(US).answer(
+        reoffer(renewed, setup="actpass"), suites=[], secure_signalling=True, previous=ours
+    )
+    assert answered is not None
+    answered_rtcp = answered.rtcp_component()
+    assert answered_rtcp is not None and answered_rtcp is not ours_rtcp
+    answered_rtcp.note_sdp_address(rtcp_address)
+    run(answered, {SDP_ADDRESS: phone}, now=1.5)
+    assert isinstance(events(answered)[0], KeysReady) and answered.keys != old
+    run(answered_rtcp, {rtcp_address: phone_rtcp}, usual=(rtcp_address,), now=1.5)
+    assert ours_rtcp.statistics().peer_restarts_held == 1
+    (ready,) = events(answered_rtcp)
+    assert isinstance(ready, KeysReady) and ready.keys != first.keys
+    (phone_ready,) = events(phone_rtcp)
+    assert isinstance(phone_ready, KeysReady)
+    assert (ready.keys.local_key, ready.keys.remote_key) == mirrored(phone_ready.keys)
+    assert answered_rtcp.statistics().peer_restarts_adopted == 1
+    assert ours_rtcp.keys == first.keys  # the previous port's: unchanged

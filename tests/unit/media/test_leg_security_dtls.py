@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import datetime
+from typing import Any
+
+import pytest
 
 from gateway.core.interfaces import KeysReady
 from gateway.core.media.policy import BUILTIN_POLICIES
-from gateway.core.media.security import LegSecurity
+from gateway.core.media.security import LegSecurity, MediaSecurityRefused
 from gateway.core.sdp.model import SessionDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
+from gateway.core.sdp.serializer import serialize_sdp
 from gateway.plugins.keyexchange.dtls_certificates import generate_identity
 from gateway.plugins.keyexchange.dtls_srtp import DtlsKeyExchange, DtlsNegotiation
 
@@ -156,3 +160,66 @@ def test_a_rekey_re_offer_keeps_a_dtls_association_and_hands_out_no_keys() -> No
     reoffer = gateway.make_offer(sdp(PLAIN_ANSWER), rekey=True).media[0]
     assert reoffer.attributes.get("tls-id") == media.attributes.get("tls-id")
     assert reoffer.attributes.get("fingerprint") == media.attributes.get("fingerprint")
+
+
+class _Recording(DtlsKeyExchange):
+    """The dtls engine, keeping every negotiation its answer() returns."""
+
+    def __init__(self) -> None:
+        super().__init__(identity=lambda: GATEWAY_ID)
+        self.answers: list[DtlsNegotiation] = []
+
+    def answer(self, *args: Any, **kwargs: Any) -> DtlsNegotiation | None:
+        negotiation = super().answer(*args, **kwargs)
+        if negotiation is not None:
+            self.answers.append(negotiation)
+        return negotiation
+
+
+def _answered_leg() -> tuple[LegSecurity, _Recording, DtlsNegotiation]:
+    """A leg keyed by the phone's first offer (its handshake not run: not needed here)."""
+    engine = _Recording()
+    gateway = LegSecurity(
+        side="a",
+        policy=BUILTIN_POLICIES["dtls"],
+        secure_signalling=False,
+        key_exchanges={"dtls": engine},
+        signalling="udp",
+    )
+    phone = DtlsKeyExchange(identity=lambda: PHONE_ID).offer(suites=[], secure_signalling=False)
+    gateway.take_offer(phone_offer(phone, 1))
+    gateway.make_answer(sdp(PLAIN_ANSWER))
+    return gateway, engine, phone
+
+
+def test_a_refused_re_offers_negotiations_are_told_and_the_ones_in_force_are_not() -> None:
+    """RFC 3261 §14.1: the phone's re-offer refused (the other leg's 488), the session in force
+    stays; the negotiations the re-offer started are told (``abandon()``), so the dtls engine
+    gives back a held handshake the re-offer took (docs/media_security.md, session 50)."""
+    gateway, engine, _phone = _answered_leg()
+    (in_force,) = engine.answers
+    renewed = DtlsKeyExchange(identity=lambda: generate_identity(now=NOW, max_age=MONTH))
+    gateway.take_offer(phone_offer(renewed.offer(suites=[], secure_signalling=False), 2))
+    _, refused = engine.answers
+    assert refused.state == "handshaking"
+    gateway.peer_offer_refused()
+    assert refused.state == "failed" and refused.next_event() is None
+    assert in_force.state == "handshaking"  # ours: untouched
+    (stream,) = gateway.media_path_streams().values()
+    assert stream.negotiation is in_force
+    gateway.peer_offer_refused()  # again: nothing more
+    assert in_force.state == "handshaking"
+
+
+def test_a_re_offer_refused_half_way_by_our_policy_tells_what_it_started() -> None:
+    """Our own 488 to a re-offer whose second m= line the leg's policy refuses (cleartext on a
+    ``dtls`` leg): the negotiation its first line started is told as well."""
+    gateway, engine, phone = _answered_leg()
+    offer = phone_offer(phone, 2)
+    plain_line = "m=audio 20002 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+    two_lines = parse_sdp_untrusted(serialize_sdp(offer) + plain_line.encode())
+    with pytest.raises(MediaSecurityRefused):
+        gateway.take_offer(two_lines)
+    _, started = engine.answers
+    assert started.state == "failed"
+    assert engine.answers[0].state == "handshaking"
