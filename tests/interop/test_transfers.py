@@ -249,3 +249,56 @@ def test_an_attended_transfer_to_a_carriers_call_joins_the_carrier_leg(tmp_path:
     assert len(joined.received("BYE ")) == 1
     (reoffer,) = [m for m in transferee.received("INVITE ") if "a=sendrecv" in m]
     assert "m=audio" in reoffer
+
+
+@pytest.mark.interop
+def test_a_video_call_is_transferred_to_a_phone_without_video(tmp_path: Path) -> None:
+    """A carrier's call with audio and video (sipp) to alice (baresip, no video: she answers
+    the video line at port 0), transferred by alice to carol (baresip), whose 200 offers one
+    m= line. RFC 3264 §8 counts m= lines per dialog, and carol's dialog is her own: the
+    carrier is re-INVITEd with carol's audio and the video line at port 0 (its scenario
+    checks it), carol gets an answer of her one line. Before session 50 carol's offer was
+    refused for having fewer m= lines than the call (488 in alice's NOTIFY)."""
+    did = "+4930123456"
+    trunk = (
+        "[[trunks]]\n"
+        'name = "pbx"\n'
+        'address = "udp:127.0.0.2:5060"\n'
+        'allowed_sources = ["127.0.0.2"]\n'
+        f'dids = {{"{did}" = "alice"}}\n'
+    )
+    accounts = {name: PASSWORDS[name] for name in ("alice", "carol")}
+    with (
+        GatewayProcess(
+            tmp_path,
+            accounts=accounts,
+            digest_algorithms=("MD5",),  # baresip 1.0.0 answers MD5 only
+            settings={"gateway": {"realm": REALM, "log_level": "debug"}},
+            extra_toml=trunk,
+        ) as gw,
+        Baresip(tmp_path, "alice") as alice,
+        Baresip(tmp_path, "carol") as carol,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        for phone in (alice, carol):
+            phone.register(gw.uri(phone.name), PASSWORDS[phone.name])
+        caller = pool.submit(
+            run_sipp_uac,
+            "calls/uac_video_call_transferred.xml",
+            gw.address,
+            workdir=tmp_path,
+            service=did,
+            caller="+4940777",
+            local_ip="127.0.0.2",
+            call_duration_ms=2000,
+            timeout=40,
+        )
+        alice.wait_established()
+        alice.command("transfer", gw.uri("carol"))
+        carol.wait_established()
+        gw.wait_for_log(r"transfer of the B leg to .*: 200 OK", timeout=15)
+        transferee = caller.result(timeout=60)
+        transferee.check()
+        carol.wait_closed(timeout=15)
+    (reoffer,) = transferee.received("INVITE ")  # the transfer's re-INVITE
+    assert "m=video 0 " in reoffer
