@@ -1326,7 +1326,10 @@ class MediaSession:
         if exchange.answer_own is not None:
             self._received[_other(exchange.offerer)] = exchange.answer_own
         self._dialog_lines[exchange.offerer] = exchange.offered_lines
-        self._dialog_lines[_other(exchange.offerer)] = len(exchange.answer.media)
+        # The answerer's own SDP: a picker's is its INVITE's offer (answer_from's
+        # ``numbering``), whose lines may be fewer than the call's (a phone without video).
+        answerers_own = exchange.answer_own or exchange.answer
+        self._dialog_lines[_other(exchange.offerer)] = len(answerers_own.media)
         self._exchange = None
 
     def abandon_offer(self) -> None:
