@@ -632,11 +632,16 @@ class LegSecurity:
         """The peer's offer :meth:`take_offer` took was refused (an error response to it: the
         other leg's 488, ours; RFC 3261 §14.1: the session in force stays): each negotiation
         it started is told, by its optional ``abandon()`` (docs/plugin_hooks.md; the ``dtls``
-        engine gives back a held handshake the offer took, session 50). No-op when no offer
-        of the peer waits for our answer; a second call tells them again, which they ignore.
+        engine gives back a held handshake the offer took, session 50), and the leg is as
+        before that offer: no offer of the peer waits for our answer. No-op when none did.
         Raises :class:`KeyExchangeFailed` (a plugin's bug)."""
         if self._answer_pending:
             self._abandon(self._offered)
+            # The session in force stays (RFC 3261 §14.1): no offer of the peer's waits now,
+            # so the call's handshake task stops keeping datagrams for the refused one
+            # (offered_media_path_streams) and media_path_streams are those in force again.
+            self._offered = self.streams
+            self._answer_pending = False
 
     def _abandon(self, streams: Iterable[StreamSecurity]) -> None:
         """Tell the negotiations of ``streams`` that are not in force that their offer or

@@ -211,6 +211,23 @@ def test_a_refused_re_offers_negotiations_are_told_and_the_ones_in_force_are_not
     assert in_force.state == "handshaking"
 
 
+def test_after_a_refused_re_offer_no_offer_of_the_peer_waits() -> None:
+    """The leg is as before the refused re-offer: the call's handshake task keeps no datagram
+    for it (``offered_media_path_streams``), and an offer of ours withdrawn later (its leg
+    unreachable) gives back the state before that offer, not the refused one's."""
+    gateway, engine, _phone = _answered_leg()
+    renewed = DtlsKeyExchange(identity=lambda: generate_identity(now=NOW, max_age=MONTH))
+    gateway.take_offer(phone_offer(renewed.offer(suites=[], secure_signalling=False), 2))
+    assert gateway.offered_media_path_streams()  # kept for the re-offer while it waits
+    gateway.peer_offer_refused()
+    assert gateway.offered_media_path_streams() == {}
+    gateway.make_offer(sdp(PLAIN_ANSWER.replace(" 1 1 ", " 1 3 ")))
+    gateway.withdraw_offer()
+    assert gateway.offered_media_path_streams() == {}
+    (stream,) = gateway.media_path_streams().values()
+    assert stream.negotiation is engine.answers[0]
+
+
 def test_a_re_offer_refused_half_way_by_our_policy_tells_what_it_started() -> None:
     """Our own 488 to a re-offer whose second m= line the leg's policy refuses (cleartext on a
     ``dtls`` leg): the negotiation its first line started is told as well."""
