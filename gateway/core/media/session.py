@@ -1862,17 +1862,21 @@ class MediaSession:
         )
 
     def _padded(self, offer: SessionDescription, answerer: Side) -> SessionDescription:
-        """``offer`` from a new dialog's peer with the call's m= lines beyond its own at
-        port 0, each as the last SDP sent to ``answerer`` has it (RFC 3264 §8.2: a stream
-        removed keeps its m= line, with its media type). Raises :class:`SdpError` when that SDP
-        does not have them all (never for a call's own legs)."""
+        """``offer`` from a new dialog's peer with the m= lines beyond its own that the last
+        SDP sent to ``answerer`` has, at port 0 (RFC 3264 §8: that dialog's offers keep every
+        line; §8.2: a stream removed keeps its m= line, with its media type). The call's lines
+        beyond both are closed streams of dialogs that are gone (both parties transferred to
+        phones with fewer lines): left out. Raises :class:`SdpError` when one of those is
+        still open (never for a call's own legs)."""
         last = self._sent.get(answerer)
-        count = len(self._slots)
-        if last is None or len(last.media) < count:
+        sent = last.media if last is not None else ()
+        count = min(len(self._slots), max(len(sent), len(offer.media)))
+        if any(stream is not None for stream in self._slots[count:]):
             raise SdpError(
-                f"offer has {len(offer.media)} m= lines, the session has {count} (RFC 3264 §8)"
+                f"offer has {len(offer.media)} m= lines, the session has "
+                f"{len(self._slots)} (RFC 3264 §8)"
             )
-        removed = tuple(rejected_media(media) for media in last.media[len(offer.media) : count])
+        removed = tuple(rejected_media(media) for media in sent[len(offer.media) : count])
         return attrs.evolve(offer, media=offer.media + removed)
 
     def _tell_receiver_event(

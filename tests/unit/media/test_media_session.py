@@ -677,6 +677,31 @@ def test_a_new_dialogs_offer_with_fewer_lines_removes_the_others(session: MediaS
         session.offer_from("a", offer(AUDIO))
 
 
+def test_both_parties_of_a_video_call_transferred_to_phones_without_video(session: MediaSession):
+    """Each side's new party offers one m= line in a dialog of its own: the first transfer
+    removes the video line (port 0 to the other leg), the second finds the other leg's dialog
+    with one line too and offers it one; the video slot, closed, is on no dialog's line."""
+    session.offer_to_b(offer(AUDIO, VIDEO))
+    session.answer_from_b(offer(ANSWER_AUDIO, ANSWER_VIDEO))
+    session.settle()
+    audio, _video = session.streams
+    session.offer_from("b", offer(ANSWER_AUDIO, connection="127.0.0.7"), new_dialog=True)
+    session.answer_from("a", offer(AUDIO, "m=video 0 RTP/AVP 96\n"))
+    session.settle()
+    to_b = session.offer_from("a", offer(AUDIO, connection="127.0.0.8"), new_dialog=True)
+    assert [(m.media, m.port) for m in to_b.media] == [("audio", ports(audio, "b")[0])]
+    to_a = session.answer_from("b", offer(ANSWER_AUDIO, connection="127.0.0.7"))
+    assert [(m.media, m.port) for m in to_a.media] == [("audio", ports(audio, "a")[0])]
+    session.settle()
+    assert session.streams == (audio,)
+    assert audio.a.rtp_destination == ("127.0.0.8", 20000)
+    # Either party may add video again: a new stream on the second line.
+    to_b = session.offer_from("a", offer(AUDIO, VIDEO, connection="127.0.0.8"))
+    assert [m.media for m in to_b.media] == ["audio", "video"]
+    assert to_b.media[1].port != 0
+    assert len(session.streams) == 2
+
+
 def test_a_new_dialogs_offer_abandoned_leaves_the_call_as_it_was(session: MediaSession):
     session.offer_to_b(offer(AUDIO, VIDEO))
     session.answer_from_b(offer(ANSWER_AUDIO, ANSWER_VIDEO))
