@@ -29,6 +29,7 @@ from gateway.core.ids import SeededIds
 from gateway.core.interfaces import SrtpKeys
 from gateway.core.media.handshakes import INTERNAL_ERROR_REASON
 from gateway.core.media.srtp import SrtpSession
+from gateway.core.sdp.model import MediaDescription, SessionDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.plugins.keyexchange.dtls_srtp import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -1266,24 +1267,61 @@ async def test_a_restart_with_a_new_certificate_without_rtcp_mux_takes_both_port
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
-async def test_an_rtcp_restart_arriving_while_the_reinvite_waits_is_taken_and_keys_srtcp(
-    nursery: trio.Nursery,
-    tmp_path: Path,
-    autojump_clock: trio.abc.Clock,
-    voipgw_seed: int,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """Session 50: a caller without rtcp-mux (RFC 5764 §4.1: a handshake per port) restarts
-    its RTP port with a new certificate (held), re-INVITEs naming it, and restarts its RTCP
-    port only while that re-INVITE waits for the callee's answer (late). Once the callee
-    answers, the re-offer's new association keys both ports with the new certificate, the
-    call goes on, and SRTCP flows both ways under the RTCP port's new keys, the old ones
-    refused. Through the call's handshake task the late RTCP restart is not held where the
-    session in force is: its datagrams are kept for the re-offer's new association and begin
-    its RTCP port's handshake (the engine's late take, session 46, is tested sans-IO in
-    test_dtls_restart.py)."""
-    alice_port = PHONE_PORT + 8  # alice's RTP; her RTCP on + 1 (RFC 3605 default)
-    env = await with_dtls(nursery, tmp_path, voipgw_seed, alice_media_port=alice_port)
+@attrs.define
+class LateReinvite:
+    """A call from a caller without rtcp-mux (RFC 5764 §4.1: a DTLS handshake per port), keyed
+    on both ports, with the caller's renewed certificate ready for both ports, and a
+    re-INVITE naming it (:meth:`reinvite`) that alice answers only once :attr:`answer_now`
+    is set."""
+
+    env: B2bua
+    call: Call
+    media: MediaDescription
+    offer_b: SessionDescription
+    phone: Phone
+    rtcp_phone: Phone
+    gateway_call: Any
+    security: Any
+    renewed: DtlsNegotiation
+    renewed_rtcp: DtlsNegotiation
+    reinvite_came: trio.Event = attrs.Factory(trio.Event)
+    answer_now: trio.Event = attrs.Factory(trio.Event)
+    statuses: list[int] = attrs.Factory(list)
+
+    async def answer_late(self, received: Received) -> None:
+        self.reinvite_came.set()
+        await self.answer_now.wait()
+        alice = self.env.alice
+        await alice.respond(received, 200, body=alice.answer_sdp(received.request.body))
+
+    async def reinvite(self) -> None:
+        reoffer = DtlsKeyExchange(identity=lambda: OTHER_ID).offer(
+            suites=[], secure_signalling=False
+        )
+        response = await self.call.reinvite(dtls_sdp(reoffer, setup="actpass", rtcp_mux=False))
+        self.statuses.append(response.status)
+
+    async def restart_rtp_port(self) -> None:
+        """The caller's RTP port restarts with the renewed certificate (held: no re-offer
+        names it yet)."""
+        phone = self.phone
+        phone.negotiation, phone.keys, phone.keyed = self.renewed, None, trio.Event()
+        for datagram in self.renewed.packets_to_send(now=trio.current_time()):
+            await phone.sock.sendto(datagram, phone.gateway)
+
+    async def answered_and_keyed(self) -> None:
+        """Let alice answer the re-INVITE; both ports keyed by the renewed certificate."""
+        self.answer_now.set()
+        await eventually(lambda: self.statuses == [200])
+        with trio.fail_after(10):
+            await self.phone.keyed.wait()
+            await self.rtcp_phone.keyed.wait()
+
+
+async def late_reinvite(
+    nursery: trio.Nursery, tmp_path: Path, seed: int, **env_kwargs: object
+) -> LateReinvite:
+    env = await with_dtls(nursery, tmp_path, seed, **env_kwargs)
     negotiation = DtlsKeyExchange(identity=lambda: PHONE_ID).offer(
         suites=[], secure_signalling=False
     )
@@ -1308,56 +1346,77 @@ async def test_an_rtcp_restart_arriving_while_the_reinvite_waits_is_taken_and_ke
     security = gateway_call.a.security
     assert security is not None
     await eventually(lambda: security.rtcp_keys(0) is not None)
-    old_rtcp_keys = rtcp_phone.keys
-    assert old_rtcp_keys is not None and security.rtcp_keys(0) == mirrored(old_rtcp_keys)
     renewed = DtlsKeyExchange(identity=lambda: OTHER_ID).answer(
         [(a[0], a[1]) for a in media.attributes], suites=[], secure_signalling=False
     )
     assert renewed is not None and renewed.dtls_role == "client"
     renewed_rtcp = renewed.rtcp_component()
     assert renewed_rtcp is not None
+    late = LateReinvite(
+        env, call, media, offer_b, phone, rtcp_phone, gateway_call, security, renewed, renewed_rtcp
+    )
+    alice_answers_reinvites(env, late.answer_late)
+    return late
+
+
+async def assert_restarts_taken_and_the_call_goes_on(
+    env: B2bua, caplog: pytest.LogCaptureFixture, restarts: int
+) -> None:
+    """``restarts`` held and adopted, none failed; the call outlives the handshake timeout
+    with no BYE and no WARNING."""
+    (dtls,) = [e for n, e in env.gateway.plugins.key_exchanges.items() if n == "dtls"]
+    counters = dict(dtls.counters())
+    assert (counters["peer_restarts_held"], counters["peer_restarts_adopted"]) == (
+        restarts,
+        restarts,
+    )
+    assert counters["peer_restarts_failed"] == 0
+    await trio.sleep(DEFAULT_HANDSHAKE_TIMEOUT + 5)
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_an_rtcp_restart_arriving_while_the_reinvite_waits_is_taken_and_keys_srtcp(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Session 50: a caller without rtcp-mux (RFC 5764 §4.1: a handshake per port) restarts
+    its RTP port with a new certificate (held), re-INVITEs naming it, and restarts its RTCP
+    port only while that re-INVITE waits for the callee's answer (late). Once the callee
+    answers, the re-offer's new association keys both ports with the new certificate, the
+    call goes on, and SRTCP flows both ways under the RTCP port's new keys, the old ones
+    refused. Through the call's handshake task the late RTCP restart is not held where the
+    session in force is: its datagrams are kept for the re-offer's new association and begin
+    its RTCP port's handshake (the engine's late take, session 46, is tested sans-IO in
+    test_dtls_restart.py)."""
+    alice_port = PHONE_PORT + 8  # alice's RTP; her RTCP on + 1 (RFC 3605 default)
+    late = await late_reinvite(nursery, tmp_path, voipgw_seed, alice_media_port=alice_port)
+    phone, rtcp_phone, security = late.phone, late.rtcp_phone, late.security
+    old_rtcp_keys = rtcp_phone.keys
+    assert old_rtcp_keys is not None and security.rtcp_keys(0) == mirrored(old_rtcp_keys)
 
     def held_lines() -> list[str]:
         return [r.getMessage() for r in caplog.records if "held until a re-offer" in r.getMessage()]
 
-    reinvite_came = trio.Event()
-    answer_now = trio.Event()
-
-    async def answer_late(received: Received) -> None:
-        reinvite_came.set()
-        await answer_now.wait()
-        await env.alice.respond(received, 200, body=env.alice.answer_sdp(received.request.body))
-
-    alice_answers_reinvites(env, answer_late)
-    statuses: list[int] = []
-
-    async def reinvite() -> None:
-        reoffer = DtlsKeyExchange(identity=lambda: OTHER_ID).offer(
-            suites=[], secure_signalling=False
-        )
-        response = await call.reinvite(dtls_sdp(reoffer, setup="actpass", rtcp_mux=False))
-        statuses.append(response.status)
-
     with caplog.at_level(logging.INFO):
-        phone.negotiation, phone.keys, phone.keyed = renewed, None, trio.Event()
-        for datagram in renewed.packets_to_send(now=trio.current_time()):
-            await phone.sock.sendto(datagram, phone.gateway)
+        await late.restart_rtp_port()
         await eventually(lambda: len(held_lines()) == 1)  # the RTP port's restart
-        nursery.start_soon(reinvite)
+        nursery.start_soon(late.reinvite)
         with trio.fail_after(10):
-            await reinvite_came.wait()
+            await late.reinvite_came.wait()
         # Late: the RTCP port restarts while the re-INVITE waits for the callee.
-        rtcp_phone.negotiation, rtcp_phone.keys = renewed_rtcp, None
+        rtcp_phone.negotiation, rtcp_phone.keys = late.renewed_rtcp, None
         rtcp_phone.keyed = trio.Event()
-        for datagram in renewed_rtcp.packets_to_send(now=trio.current_time()):
+        for datagram in late.renewed_rtcp.packets_to_send(now=trio.current_time()):
             await rtcp_phone.sock.sendto(datagram, rtcp_phone.gateway)
-        await trio.sleep(3)  # its flights go back and forth; the answer is still pending
-        assert statuses == [] and rtcp_phone.failure is None
-        answer_now.set()
-        await eventually(lambda: statuses == [200])
-        with trio.fail_after(10):
-            await phone.keyed.wait()
-            await rtcp_phone.keyed.wait()
+        # Virtual time (autojump): its flights go back and forth on their retransmission
+        # timers while the answer is still pending.
+        await trio.sleep(3)
+        assert late.statuses == [] and rtcp_phone.failure is None
+        await late.answered_and_keyed()
     new_rtcp_keys = rtcp_phone.keys
     assert phone.keys is not None and new_rtcp_keys is not None
     assert phone.failure is None and rtcp_phone.failure is None
@@ -1368,8 +1427,8 @@ async def test_an_rtcp_restart_arriving_while_the_reinvite_waits_is_taken_and_ke
     # SRTCP both ways under the RTCP port's new keys (RFC 5764 §4.1): the caller's sender
     # report reaches alice's RTCP port in the clear; hers reaches the caller, which only the
     # new keys open; one under the old keys is dropped.
-    (stream,) = gateway_call.media.streams  # type: ignore[union-attr]
-    gateway_rtcp_b = offer_b.media[0].port + 1
+    (stream,) = late.gateway_call.media.streams
+    gateway_rtcp_b = late.offer_b.media[0].port + 1
     alice_rtcp = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     await alice_rtcp.bind(("127.0.0.3", alice_port + 1))
     with alice_rtcp:
@@ -1396,13 +1455,8 @@ async def test_an_rtcp_restart_arriving_while_the_reinvite_waits_is_taken_and_ke
     # Only the RTP port's restart was held (and taken): the RTCP port's late one was kept by
     # the call's handshake task for the re-offer's new association (epoch 0 records while
     # our answer is pending, handshakes.py) and began its RTCP port's handshake there.
-    (dtls,) = [e for n, e in env.gateway.plugins.key_exchanges.items() if n == "dtls"]
-    counters = dict(dtls.counters())
-    assert (counters["peer_restarts_held"], counters["peer_restarts_adopted"]) == (1, 1)
-    assert counters["peer_restarts_failed"] == 0 and len(held_lines()) == 1
-    await trio.sleep(DEFAULT_HANDSHAKE_TIMEOUT + 5)
-    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(held_lines()) == 1
+    await assert_restarts_taken_and_the_call_goes_on(late.env, caplog, restarts=1)
 
 
 @attrs.define
@@ -1448,87 +1502,34 @@ async def test_an_rtcp_restart_begun_before_the_reinvite_and_finished_after_it_i
     the call goes on. Before, the new RTCP port's fresh handshake waited for a ClientHello the
     caller had sent to the other, and the call ended at handshake_timeout ("DTLS handshake
     timed out (RTCP port)", BYE on both legs)."""
-    env = await with_dtls(nursery, tmp_path, voipgw_seed)
-    negotiation = DtlsKeyExchange(identity=lambda: PHONE_ID).offer(
-        suites=[], secure_signalling=False
-    )
-    call = await env.trunk.invite(
-        env.did_uri(ALICE_DID), sdp=dtls_sdp(negotiation, setup="active", rtcp_mux=False)
-    )
-    final = await call.final()
-    assert final.status == 200, final.reason
-    answer = parse_sdp_untrusted(final.body)
-    media = answer.media[0]
-    negotiation.remote_sdp_attributes(pairs(answer, media))
-    await env.alice.next_call()
-    phone, rtcp_phone = await phones(nursery, negotiation, PHONE_PORT, media.port)
-    with trio.fail_after(30):
-        await phone.keyed.wait()
-        await rtcp_phone.keyed.wait()
-    assert env.gateway.calls is not None
-    (gateway_call,) = env.gateway.calls.calls
-    security = gateway_call.a.security
-    assert security is not None
-    await eventually(lambda: security.rtcp_keys(0) is not None)
+    late = await late_reinvite(nursery, tmp_path, voipgw_seed)
+    phone, rtcp_phone, security = late.phone, late.rtcp_phone, late.security
     first_rtcp_keys = security.rtcp_keys(0)
-    renewed = DtlsKeyExchange(identity=lambda: OTHER_ID).answer(
-        [(a[0], a[1]) for a in media.attributes], suites=[], secure_signalling=False
-    )
-    assert renewed is not None
-    renewed_rtcp = renewed.rtcp_component()
-    assert renewed_rtcp is not None
-    reinvite_came, answer_now = trio.Event(), trio.Event()
-
-    async def answer_late(received: Received) -> None:
-        reinvite_came.set()
-        await answer_now.wait()
-        await env.alice.respond(received, 200, body=env.alice.answer_sdp(received.request.body))
-
-    alice_answers_reinvites(env, answer_late)
-    statuses: list[int] = []
-
-    async def reinvite() -> None:
-        reoffer = DtlsKeyExchange(identity=lambda: OTHER_ID).offer(
-            suites=[], secure_signalling=False
-        )
-        response = await call.reinvite(dtls_sdp(reoffer, setup="actpass", rtcp_mux=False))
-        statuses.append(response.status)
-
     with caplog.at_level(logging.INFO):
-        phone.negotiation, phone.keys, phone.keyed = renewed, None, trio.Event()
-        for datagram in renewed.packets_to_send(now=trio.current_time()):
-            await phone.sock.sendto(datagram, phone.gateway)
+        await late.restart_rtp_port()
         # The RTCP port's ClientHellos (the first, the one returning our cookie) go; the
         # rest of its flight (Certificate ... Finished) waits until the re-INVITE is in.
-        held = HeldBack(renewed_rtcp)
+        held = HeldBack(late.renewed_rtcp)
         rtcp_phone.negotiation = held  # type: ignore[assignment]
         rtcp_phone.keys, rtcp_phone.keyed = None, trio.Event()
         for datagram in held.packets_to_send(now=trio.current_time()):
             await rtcp_phone.sock.sendto(datagram, rtcp_phone.gateway)
         await eventually(lambda: bool(held.kept))
-        nursery.start_soon(reinvite)
+        nursery.start_soon(late.reinvite)
         with trio.fail_after(10):
-            await reinvite_came.wait()
+            await late.reinvite_came.wait()
         held.release = True  # at its next retransmission, while the re-INVITE waits
+        # Virtual time (autojump): that retransmission timer fires while the answer is
+        # still pending.
         await trio.sleep(3)
-        assert statuses == []
-        answer_now.set()
-        await eventually(lambda: statuses == [200])
-        with trio.fail_after(10):
-            await phone.keyed.wait()
-            await rtcp_phone.keyed.wait()
+        assert late.statuses == []
+        await late.answered_and_keyed()
     assert phone.keys is not None and rtcp_phone.keys is not None
     assert phone.failure is None and rtcp_phone.failure is None
     await eventually(lambda: security.keys(0) == mirrored(phone.keys))  # type: ignore[arg-type]
     await eventually(lambda: security.rtcp_keys(0) == mirrored(rtcp_phone.keys))  # type: ignore[arg-type]
     assert security.rtcp_keys(0) != first_rtcp_keys
-    (dtls,) = [e for n, e in env.gateway.plugins.key_exchanges.items() if n == "dtls"]
-    counters = dict(dtls.counters())
-    assert (counters["peer_restarts_held"], counters["peer_restarts_adopted"]) == (2, 2)
-    assert counters["peer_restarts_failed"] == 0
-    await trio.sleep(DEFAULT_HANDSHAKE_TIMEOUT + 5)
-    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    await assert_restarts_taken_and_the_call_goes_on(late.env, caplog, restarts=2)
 
 
 async def test_a_reinvite_refused_by_the_other_leg_keeps_the_restart_under_way(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import struct
+from collections.abc import Callable
 
 import pytest
 import trio
@@ -20,7 +21,7 @@ from gateway.core.config import PortRange
 from gateway.core.media import relay as relay_module
 from gateway.core.media.dtmf import UPDATE_INTERVAL, event_payload
 from gateway.core.media.errors import LocalMediaError
-from gateway.core.media.relay import DtmfInterworking, MediaStream
+from gateway.core.media.relay import DirectionControl, DtmfInterworking, MediaStream
 from tests.integration.media.phone_sockets import Phone
 from tests.integration.media.relay_fixtures import SUITES, bridge, in_process_fixtures
 from tests.port_blocks import ModuleBlock
@@ -356,41 +357,30 @@ async def test_the_end_copies_of_an_event_ended_at_a_change_are_spaced(
     assert fields((await alice.receive())[1])[1:3] == (8, 16)
 
 
-@pytest.mark.parametrize(
-    ("new", "copies_payload_type"),
-    [
-        # A re-answer renumbers telephone-event towards Alice (RFC 3264 §8.3.2): 96 now.
-        ((96, 8000, -1), 96),
-        # Alice has telephone-event no more: the interworking now takes Bob's, injects none.
-        ((-1, 8000, 101), None),
-        # telephone-event/16000 now: the event's timestamp and duration count 8 kHz units.
-        ((101, 16000, -1), None),
-    ],
-)
-async def test_the_end_copies_take_the_telephone_event_number_in_force(
+async def end_copies_after_a_change(
     stream: MediaStream,
     phones: tuple[Phone, Phone],
-    new: tuple[int, int, int],
+    change: Callable[[DirectionControl], None],
     copies_payload_type: int | None,
+    *,
+    told: tuple[int, int] | None = None,
 ) -> None:
-    """The delayed end copies of an event a change cut short go under the telephone-event
-    number the new interworking sends to Alice when each is due, not the old one, which the
-    new plan may give another codec; with no telephone-event towards her at the old clock
-    rate they are dropped, and counted (docs/architecture.md "When the plan changes
-    mid-call")."""
+    """Bob's INFO digit is being injected towards Alice (telephone-event 101/8000, the receiver
+    ``told`` so or not) when ``change`` changes the direction's plan: the first end copy goes
+    at once under 101; the two delayed ones under ``copies_payload_type``, or, None, dropped
+    and counted; the audio after them numbered on either way."""
     alice, bob = phones
     bridge(stream, alice, bob, a_suite=None, b_suite=None)
     stream.b_to_a.dtmf = DtmfInterworking(inject_payload_type=101, inject_clock_rate=8000)
+    if told is not None:
+        stream.b_to_a.receiver_telephone_event = told
     await bob.send(rtp(10, 8, ssrc=0xB0B), stream.b.ports.rtp_port)
     await alice.receive()
     assert stream.send_telephone_event(
         "b_to_a", event_payload(7, end=False, duration=400), marker=True, start=True
     )
     timestamp = fields((await alice.receive())[1])[3]
-    inject, rate, take = new
-    stream.b_to_a.dtmf = DtmfInterworking(
-        inject_payload_type=inject, inject_clock_rate=rate, take_payload_type=take
-    )
+    change(stream.b_to_a)
     assert fields((await alice.receive())[1]) == (False, 101, 12, timestamp, 0xB0B)
     with trio.fail_after(5):  # both delayed copies sent or dropped (polled: a sleep proves nothing)
         while stream.b_to_a._end_copies is not None:  # the relay's task has run out
@@ -419,6 +409,38 @@ async def test_the_end_copies_take_the_telephone_event_number_in_force(
 
 
 @pytest.mark.parametrize(
+    ("new", "copies_payload_type"),
+    [
+        # A re-answer renumbers telephone-event towards Alice (RFC 3264 §8.3.2): 96 now.
+        ((96, 8000, -1), 96),
+        # Alice has telephone-event no more: the interworking now takes Bob's, injects none.
+        ((-1, 8000, 101), None),
+        # telephone-event/16000 now: the event's timestamp and duration count 8 kHz units.
+        ((101, 16000, -1), None),
+    ],
+)
+async def test_the_end_copies_take_the_telephone_event_number_in_force(
+    stream: MediaStream,
+    phones: tuple[Phone, Phone],
+    new: tuple[int, int, int],
+    copies_payload_type: int | None,
+) -> None:
+    """The delayed end copies of an event a change cut short go under the telephone-event
+    number the new interworking sends to Alice when each is due, not the old one, which the
+    new plan may give another codec; with no telephone-event towards her at the old clock
+    rate they are dropped, and counted (docs/architecture.md "When the plan changes
+    mid-call")."""
+    inject, rate, take = new
+
+    def change(control: DirectionControl) -> None:
+        control.dtmf = DtmfInterworking(
+            inject_payload_type=inject, inject_clock_rate=rate, take_payload_type=take
+        )
+
+    await end_copies_after_a_change(stream, phones, change, copies_payload_type)
+
+
+@pytest.mark.parametrize(
     ("receiver", "copies_payload_type"),
     [
         # The change ended the interworking and renumbered telephone-event towards Alice
@@ -443,42 +465,12 @@ async def test_the_end_copies_after_the_interworking_ended_take_the_receivers_nu
     force (DirectionControl.receiver_telephone_event), or are dropped and counted when it
     takes none, or at another clock rate (docs/architecture.md "When the plan changes
     mid-call")."""
-    alice, bob = phones
-    bridge(stream, alice, bob, a_suite=None, b_suite=None)
-    stream.b_to_a.dtmf = DtmfInterworking(inject_payload_type=101, inject_clock_rate=8000)
-    stream.b_to_a.receiver_telephone_event = (101, 8000)
-    await bob.send(rtp(10, 8, ssrc=0xB0B), stream.b.ports.rtp_port)
-    await alice.receive()
-    assert stream.send_telephone_event(
-        "b_to_a", event_payload(7, end=False, duration=400), marker=True, start=True
-    )
-    timestamp = fields((await alice.receive())[1])[3]
-    stream.b_to_a.dtmf = None
-    stream.b_to_a.receiver_telephone_event = receiver
-    assert fields((await alice.receive())[1]) == (False, 101, 12, timestamp, 0xB0B)
-    with trio.fail_after(5):  # both delayed copies sent or dropped (polled: a sleep proves nothing)
-        while stream.b_to_a._end_copies is not None:  # the relay's task has run out
-            await trio.sleep(UPDATE_INTERVAL / 5)
-    await bob.send(rtp(11, 8, ssrc=0xB0B), stream.b.ports.rtp_port)
-    heard = []
-    while True:
-        plain = (await alice.receive())[1]
-        if fields(plain)[1] == 8:
-            break
-        heard.append(plain)
-    statistics = stream.b_to_a.statistics()
-    if copies_payload_type is None:
-        assert heard == []
-        assert statistics.dtmf_end_copies_dropped == 2
-        assert statistics.dtmf_ended_at_change == 1
-        assert fields(plain)[2] == 13  # numbered on after the one copy sent
-    else:
-        assert [fields(p) for p in heard] == [
-            (False, copies_payload_type, sequence, timestamp, 0xB0B) for sequence in (13, 14)
-        ]
-        assert statistics.dtmf_end_copies_dropped == 0
-        assert statistics.dtmf_ended_at_change == 3
-        assert fields(plain)[2] == 15
+
+    def change(control: DirectionControl) -> None:
+        control.dtmf = None
+        control.receiver_telephone_event = receiver
+
+    await end_copies_after_a_change(stream, phones, change, copies_payload_type, told=(101, 8000))
 
 
 async def test_a_receivers_telephone_event_out_of_range_is_refused(stream: MediaStream) -> None:

@@ -6,9 +6,12 @@ receiving leg's SSRC and sequence, protected with that leg's keys. Two real work
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import struct
+from collections.abc import AsyncIterator
 
+import attrs
 import pylibsrtp
 import pytest
 import trio
@@ -296,27 +299,40 @@ async def test_a_worker_applies_the_re_plans_of_a_call(pool: WorkerPool) -> None
         session.close()
 
 
-async def test_a_workers_end_copies_take_the_renumbered_telephone_event(
-    pool: WorkerPool,
-) -> None:
-    """A's re-offer renumbers telephone-event (101 -> 96, RFC 3264 §8.3.2) while B's INFO
-    digit is being injected towards A: the worker sends the first end packet at the change,
-    the two delayed copies under 96, the number in force towards A when each is due (as the
-    in-process relay does: docs/architecture.md "When the plan changes mid-call")."""
+SDP_HEAD = "v=0\r\no=- 1 {} IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+MEDIA_LINES = {
+    "events": "m=audio {} RTP/AVP 0 {pt}\r\na=rtpmap:{pt} telephone-event/8000\r\n",
+    "audio_only": "m=audio {} RTP/AVP 0\r\n",
+    "t38": "m=image {} udptl t38\r\na=T38FaxRateManagement:transferredTCF\r\n",
+}
+
+
+def phone_sdp(version: int, media: str, phone: EphemeralPhone, pt: int = 101) -> SessionDescription:
+    """A phone's SDP of one m= line (a MEDIA_LINES key) at its own port."""
+    text = SDP_HEAD.format(version) + MEDIA_LINES[media].format(phone.address[1], pt=pt)
+    return parse_sdp_untrusted(text.encode())
+
+
+@attrs.define
+class Injecting:
+    """A call through a worker whose A leg has telephone-event 101 and B leg does INFO, while
+    B's digit is being injected towards A (its start sent, at ``timestamp``)."""
+
+    session: MediaSession
+    a: EphemeralPhone
+    b: EphemeralPhone
+    to_a: int  # the gateway's port B sends to
+    timestamp: int
+
+
+@contextlib.asynccontextmanager
+async def injecting_a_digit(pool: WorkerPool) -> AsyncIterator[Injecting]:
     a, b = await ephemeral_phones(2)
     session = MediaSession(
         pool.for_call(), media_address=ADDRESS, dtmf_interworking=True, clock=trio.current_time
     )
-    head = "v=0\r\no=- 1 {} IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-    events = "m=audio {} RTP/AVP 0 {pt}\r\na=rtpmap:{pt} telephone-event/8000\r\n"
-    audio_only = "m=audio {} RTP/AVP 0\r\n"
-
-    def sdp(version: int, media: str, phone: EphemeralPhone, pt: int = 101) -> SessionDescription:
-        text = head.format(version) + media.format(phone.address[1], pt=pt)
-        return parse_sdp_untrusted(text.encode())
-
-    session.offer_from("a", sdp(1, events, a))
-    session.answer_from("b", sdp(1, audio_only, b))
+    session.offer_from("a", phone_sdp(1, "events", a))
+    session.answer_from("b", phone_sdp(1, "audio_only", b))
     session.settle()
     assert session.dtmf is not None and session.dtmf.payload_type == 101
     (stream,) = session.streams
@@ -329,8 +345,22 @@ async def test_a_workers_end_copies_take_the_renumbered_telephone_event(
         start = event_payload(2, end=False, duration=400)
         assert session.send_dtmf_event(start, marker=True, start=True)
         timestamp = fields((await a.receive())[0])[3]
-        session.offer_from("a", sdp(2, events, a, pt=96))
-        session.answer_from("b", sdp(2, audio_only, b))
+        yield Injecting(session, a, b, to_a, timestamp)
+    finally:
+        session.close()
+
+
+async def test_a_workers_end_copies_take_the_renumbered_telephone_event(
+    pool: WorkerPool,
+) -> None:
+    """A's re-offer renumbers telephone-event (101 -> 96, RFC 3264 §8.3.2) while B's INFO
+    digit is being injected towards A: the worker sends the first end packet at the change,
+    the two delayed copies under 96, the number in force towards A when each is due (as the
+    in-process relay does: docs/architecture.md "When the plan changes mid-call")."""
+    async with injecting_a_digit(pool) as call:
+        session, a, b, timestamp = call.session, call.a, call.b, call.timestamp
+        session.offer_from("a", phone_sdp(2, "events", a, pt=96))
+        session.answer_from("b", phone_sdp(2, "audio_only", b))
         session.settle()
         assert session.dtmf is not None and session.dtmf.payload_type == 96
         ends = [fields((await a.receive())[0]) for _ in range(3)]
@@ -343,8 +373,6 @@ async def test_a_workers_end_copies_take_the_renumbered_telephone_event(
             lambda: session.dtmf_statistics()["ended_at_change"] == 3, "the worker's counts"
         )
         assert session.dtmf_statistics()["end_copies_dropped"] == 0
-    finally:
-        session.close()
 
 
 @pytest.mark.parametrize(
@@ -367,37 +395,10 @@ async def test_a_workers_end_copies_after_the_interworking_ended_take_the_receiv
     telephone-event A takes in the plan in force (``SetReceiverEvent``), or, when A takes
     none, they are dropped and counted (docs/architecture.md "When the plan changes
     mid-call")."""
-    a, b = await ephemeral_phones(2)
-    session = MediaSession(
-        pool.for_call(), media_address=ADDRESS, dtmf_interworking=True, clock=trio.current_time
-    )
-    head = "v=0\r\no=- 1 {} IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-    lines = {
-        "events": "m=audio {} RTP/AVP 0 {pt}\r\na=rtpmap:{pt} telephone-event/8000\r\n",
-        "audio_only": "m=audio {} RTP/AVP 0\r\n",
-        "t38": "m=image {} udptl t38\r\na=T38FaxRateManagement:transferredTCF\r\n",
-    }
-
-    def sdp(version: int, media: str, phone: EphemeralPhone, pt: int = 101) -> SessionDescription:
-        text = head.format(version) + lines[media].format(phone.address[1], pt=pt)
-        return parse_sdp_untrusted(text.encode())
-
-    session.offer_from("a", sdp(1, "events", a))
-    session.answer_from("b", sdp(1, "audio_only", b))
-    session.settle()
-    assert session.dtmf is not None and session.dtmf.payload_type == 101
-    (stream,) = session.streams
-    stream.a_to_b.blocked = stream.b_to_a.blocked = False  # the call's keying does this
-    await pool.sync(stream.worker)
-    to_a = stream.b.ports.rtp_port
-    try:
-        await b.send(packet(50, 0, 0xB, b"\xff" * 160), to_a)
-        assert fields((await a.receive())[0])[1:3] == (0, 50)
-        start = event_payload(2, end=False, duration=400)
-        assert session.send_dtmf_event(start, marker=True, start=True)
-        timestamp = fields((await a.receive())[0])[3]
-        session.offer_from("a", sdp(2, a_again, a, pt=96))
-        session.answer_from("b", sdp(2, b_again, b, pt=97))
+    async with injecting_a_digit(pool) as call:
+        session, a, b, timestamp = call.session, call.a, call.b, call.timestamp
+        session.offer_from("a", phone_sdp(2, a_again, a, pt=96))
+        session.answer_from("b", phone_sdp(2, b_again, b, pt=97))
         session.settle()
         assert session.dtmf is None
         # At the change, the number then in force.
@@ -416,10 +417,8 @@ async def test_a_workers_end_copies_after_the_interworking_ended_take_the_receiv
         assert session.dtmf_statistics()["ended_at_change"] == 1
         # Nothing else went to A: the next datagram it gets is B's.
         if a_again == "t38":
-            await b.send(b"\x00\x01udptl", to_a)  # relayed as it is (SetOpaque)
+            await b.send(b"\x00\x01udptl", call.to_a)  # relayed as it is (SetOpaque)
             assert (await a.receive())[0] == b"\x00\x01udptl"
         else:
-            await b.send(packet(51, 0, 0xB, b"\xff" * 160), to_a)
+            await b.send(packet(51, 0, 0xB, b"\xff" * 160), call.to_a)
             assert fields((await a.receive())[0])[1:3] == (0, 53)  # after the one copy sent
-    finally:
-        session.close()
