@@ -407,10 +407,8 @@ class Worker:
                     message.direction, message.payload, marker=message.marker, start=message.start
                 )
             elif isinstance(message, SendStats):
-                # Never dropped: the SIP process waits for it to write a call's record.
-                counters = _counters(stream, srtp)
-                now = trio.current_time()
-                self._send_statistics(message.stream, stream, counters, now, droppable=False)
+                # The SIP process waits for it to write a call's record.
+                self._send_counters_now(message.stream, stream, srtp)
             elif isinstance(message, SetRtcpWatch):
                 control = stream.a_to_b if message.direction == "a_to_b" else stream.b_to_a
                 control.rtcp_observer = (
@@ -419,11 +417,8 @@ class Worker:
                     else None
                 )
             else:
-                if message.final_counters:
-                    # Never dropped: the SIP process adds them to the call's totals.
-                    counters = _counters(stream, srtp)
-                    now = trio.current_time()
-                    self._send_statistics(message.stream, stream, counters, now, droppable=False)
+                if message.final_counters:  # the SIP process adds them to the call's totals
+                    self._send_counters_now(message.stream, stream, srtp)
                 self._close(message.stream)
         except LocalMediaError as exc:
             # Our messages never contain key material (srtp.py's rule), so this can be sent.
@@ -560,6 +555,12 @@ class Worker:
                 if not active and self._counters.get(stream_id) == counters:
                     continue
                 self._send_statistics(stream_id, stream, counters, now, droppable=True)
+
+    def _send_counters_now(self, stream_id: int, stream: MediaStream, srtp: StreamSrtp) -> None:
+        """The stream's counters now, in a ``Stats`` that is never dropped (``SendStats``,
+        ``Close.final_counters``)."""
+        counters = _counters(stream, srtp)
+        self._send_statistics(stream_id, stream, counters, trio.current_time(), droppable=False)
 
     def _send_statistics(
         self,
