@@ -40,12 +40,8 @@ from gateway.plugins.keyexchange.zrtp.packets import (
     message,
 )
 from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, start_b2bua
-from tests.component.calls.dtls_phone import PHONE_PORT, Phone, bind
+from tests.component.calls.dtls_phone import PHONE_PORT, Phone, bind, mirrored
 from tests.component.calls.zrtp_pairs import forged_hello, pairs, phone_exchange, zrtp_sdp
-
-
-def mirrored(keys: SrtpKeys) -> SrtpKeys:
-    return attrs.evolve(keys, local_key=keys.remote_key, remote_key=keys.local_key)
 
 
 async def with_zrtp(nursery: trio.Nursery, tmp_path: Path, seed: int, **kwargs: object) -> B2bua:
