@@ -207,3 +207,39 @@ def test_a_forks_answer_refused_after_it_was_read_binds_no_zrtp_hello_hash() -> 
     assert isinstance(stream.negotiation, ZrtpNegotiation)
     assert stream.negotiation.same_peer({hashes[0]})
     assert not stream.negotiation.same_peer({hashes[1]})
+
+
+def test_another_phones_final_answer_gets_a_fresh_zrtp_exchange_with_the_offered_hello() -> None:
+    """A fork's early answer taken (its a=zrtp-hash bound, RFC 6189 §8.1), then another phone's
+    2xx (``another_phone``): the line gets a fresh exchange, bound to the answering phone's
+    Hello hash, whose Hello is the one our offer's a=zrtp-hash names (a new one would not
+    match it), and whose leg session is not the early exchange's. Before session 51 the 2xx
+    was "a repeated answer" to the early exchange, bound to the early phone's Hello."""
+    security = LegSecurity(
+        side="b",
+        policy=BUILTIN_POLICIES["best-effort"],
+        secure_signalling=False,
+        key_exchanges={"zrtp": ZrtpKeyExchange(zid=lambda: bytes(range(12)))},
+        signalling="udp",
+    )
+    security.make_offer(sdp(PLAIN))
+    hashes, answers = [], []
+    for zid in (b"\x01" * 12, b"\x02" * 12):
+        phone = ZrtpKeyExchange(zid=lambda zid=zid: zid).offer(suites=(), secure_signalling=False)
+        ((_, value),) = phone.local_sdp_attributes()
+        assert value is not None
+        hashes.append(bytes.fromhex(value.split()[1]))
+        answers.append(sdp(PLAIN + f"a=zrtp-hash:{value}\n"))
+    security.take_answer(answers[0])
+    (stream,) = security.streams
+    early = stream.negotiation
+    assert isinstance(early, ZrtpNegotiation) and early.same_peer({hashes[0]})
+
+    security.apply_answer(security.read_answer(answers[1], another_phone=True))
+    fresh = stream.negotiation
+    assert isinstance(fresh, ZrtpNegotiation) and fresh is not early
+    assert fresh.local_sdp_attributes() == early.local_sdp_attributes()
+    assert fresh.same_peer({hashes[1]}) and not fresh.same_peer({hashes[0]})
+    assert early.same_peer({hashes[0]})  # the early exchange is as it was, never driven again
+    assert fresh._session is not early._session
+    assert security.keys(0) is None
