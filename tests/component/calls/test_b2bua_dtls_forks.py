@@ -11,12 +11,14 @@ other fork's never reach it (its certificate would fail the fingerprint check an
 from __future__ import annotations
 
 import functools
+import struct
 from pathlib import Path
 
 import pytest
 import trio
 
 import gateway.plugins.keyexchange.dtls_srtp as dtls_plugin
+from gateway.core.media.srtp import SrtpSession
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.plugins.keyexchange.dtls_certificates import DtlsIdentity
 from gateway.plugins.keyexchange.dtls_srtp import DtlsKeyExchange
@@ -363,5 +365,20 @@ async def test_another_phones_200_after_a_taken_early_answer_is_keyed_by_its_own
     assert record["peer_certificate_sha256"] == PHONE_ID.sha256_hex()
     assert gateway_call.media is not None
     assert gateway_call.media.peer_address(0, "b") == ("127.0.0.1", PHONE_PORT)
+
+    # The answering phone's SRTP is relayed; the early phone's, under its keys, is not.
+    (stream,) = gateway_call.media.streams
+    relayed = stream.b_to_a.statistics().rtp_packets
+    packets = [struct.pack("!BBHII", 0x80, 0, n, 160 * n, 0x1234ABCD) + bytes(160) for n in (1, 2)]
+    with SrtpSession(phone.keys) as srtp, SrtpSession(early.keys) as early_srtp:
+        protected = [srtp.protect_rtp(packet) for packet in packets]
+        stale = early_srtp.protect_rtp(packets[0])
+    assert None not in protected and stale is not None
+    await phone.sock.sendto(protected[0], phone.gateway)
+    await eventually(lambda: stream.b_to_a.statistics().rtp_packets == relayed + 1)
+    await early.sock.sendto(stale, early.gateway)
+    await phone.sock.sendto(protected[1], phone.gateway)  # after the early phone's, in order
+    await eventually(lambda: stream.b_to_a.statistics().rtp_packets >= relayed + 2)
+    assert stream.b_to_a.statistics().rtp_packets == relayed + 2
     await trio.sleep(30)
     assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
