@@ -204,6 +204,11 @@ class KeyNegotiation(Protocol):
     # was refused (an error response to it, RFC 3261 §14.1), and the stream goes on with the
     # negotiation in force; this one is never driven again (``LegSecurity.peer_offer_refused``;
     # the dtls engine gives back a held handshake the offer took, docs/media_security.md).
+    #
+    # Optional: ``for_another_phone() -> KeyNegotiation``, for an offerer's negotiation on the
+    # media path: a fresh negotiation of the same offer (the same local SDP attributes) holding
+    # nothing of the answer in force, for another phone's 2xx after an early answer was taken
+    # (a proxy downstream forked our offer; ``LegSecurity.read_answer``'s ``another_phone``).
 
 
 class KeyExchange(Protocol):

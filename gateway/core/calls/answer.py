@@ -74,7 +74,8 @@ class CallAnswer(CallForkRekey, CallRecordingIndication):
             sdp = sdp_body(response)
             if sdp:
                 answer = parse_sdp_untrusted(sdp)
-                body = serialize_sdp(self._answer_via(leg, answer, response.to.tag or ""))
+                tag = response.to.tag or ""
+                body = serialize_sdp(self._answer_via(leg, answer, tag, final=True))
             else:
                 body = self._answer_taken_in_1xx(leg, response)
             leg.dialog = dialog
@@ -130,7 +131,7 @@ class CallAnswer(CallForkRekey, CallRecordingIndication):
             return self._early_sdp_a  # the answer the media session holds: nothing to redo
         # Another early dialog's SDP (a fork's 183) came since: the relay goes back to the one
         # this 2xx confirms, as when a 2xx repeats its answer.
-        return serialize_sdp(self._answer_via(leg, answer, response.to.tag or ""))
+        return serialize_sdp(self._answer_via(leg, answer, response.to.tag or "", final=True))
 
     async def _answer_a(self, ok: Response) -> None:
         """Send the caller our 2xx (a callee answered, or a phone picked the call up): its

@@ -47,15 +47,24 @@ class CallMediaKeys(CallBase):
     """Answers applied, keys, DTLS handshakes and taps of the call's media (the module's
     docstring)."""
 
-    def _answer_via(self, leg: BLeg, answer: SessionDescription, tag: str) -> SessionDescription:
+    def _answer_via(
+        self, leg: BLeg, answer: SessionDescription, tag: str, *, final: bool = False
+    ) -> SessionDescription:
         """B leg ``leg`` answered our offer in its dialog (early or confirmed) of To tag ``tag``:
-        its keys, the relay, and our answer for A."""
+        its keys, the relay, and our answer for A. ``final``: the answer of its 2xx."""
         assert self.media is not None and leg.security is not None
         assert self.a.security is not None
+        # A 2xx from another early dialog than the early answer in force: a proxy downstream
+        # forked our offer and another phone answered (RFC 3261 §12.1.2). Its handshake on the
+        # media path is its own (RFC 5763 §5): LegSecurity.read_answer begins it afresh.
+        early = self._early_answer
+        another_phone = (
+            final and early is not None and early[0] is leg and (early[1].to.tag or "") != tag
+        )
         # Each step all or nothing, the leg's keys in force only once the relay took the
         # answer too: an early answer refused there (a fork's 183 whose second line cannot be
         # relayed, CallRinging ignores it) leaves the early media as it was.
-        read = leg.security.read_answer(answer)
+        read = leg.security.read_answer(answer, another_phone=another_phone)
         plain = self.media.answer_from(
             _S_B.value, read.plain, rtcp_mux_offered=leg.security.offers_rtcp_mux
         )

@@ -830,10 +830,20 @@ class LegSecurity:
         self.apply_answer(read)
         return read.plain
 
-    def read_answer(self, answer: SessionDescription) -> AnswerRead:
+    def read_answer(self, answer: SessionDescription, *, another_phone: bool = False) -> AnswerRead:
         """The peer's answer to our offer read, each negotiation completed, and nothing of the
         leg changed: what each stream becomes is in the result, which :meth:`apply_answer`
         puts in force. Raises as :meth:`take_answer`.
+
+        ``another_phone``: the answer is a final one (a 2xx) from another early dialog than
+        the early answer in force (a proxy downstream forked our offer, RFC 3261 §16.7,
+        §12.1.2): another phone answered. A stream keyed on the media path whose negotiation
+        offers ``for_another_phone()`` (the ``dtls`` engine's, docs/plugin_hooks.md) gets a
+        fresh negotiation of the same offer for that phone, its keys none until its own
+        handshake gives them (RFC 5763 §5: an association per answering phone; the early
+        phone's keys are not that phone's). Without it, such an answer is read as before (a
+        DTLS answer with another certificate refused: "a second answer changes the DTLS
+        parameters").
 
         A refused answer (here, or by a later step before :meth:`apply_answer`) leaves the
         keys in force as they were: a fork's 183 whose second line is refused after its first
@@ -846,7 +856,7 @@ class LegSecurity:
         reported: dict[int, tuple[KeyNegotiation, SrtpKeys]] = {}
         binds: list[tuple[StreamSecurity, str, KeyNegotiation, AttributePairs]] = []
         try:
-            media_out = self._answer_streams(answer, taken, reported, binds)
+            media_out = self._answer_streams(answer, taken, reported, binds, another_phone)
             ice = self.ice.read_remote(answer)
         finally:
             self._unapplied.update(reported)
@@ -905,11 +915,13 @@ class LegSecurity:
         taken: list[tuple[StreamSecurity, dict[str, Any]]],
         reported: dict[int, tuple[KeyNegotiation, SrtpKeys]],
         binds: list[tuple[StreamSecurity, str, KeyNegotiation, AttributePairs]],
+        another_phone: bool,
     ) -> list[MediaDescription]:
         """:meth:`take_answer`'s reading of each m= line: the plain media for the session;
         each stream's changes go in ``taken``, the keys its negotiations reported in
         ``reported``, the negotiations that take their part only once the whole answer is
-        taken in ``binds``, and nothing of the leg's changes."""
+        taken in ``binds``, and nothing of the leg's changes. ``another_phone`` as for
+        :meth:`read_answer`."""
         media_out: list[MediaDescription] = []
         session_attributes = _pairs(answer.attributes)
         for index, media in enumerate(answer.media):
@@ -929,6 +941,12 @@ class LegSecurity:
                         change["negotiation"], change["key_exchange"] = negotiation, name
                         change["media_path"] = _on_media_path(self._by_name[name])
                         keys = None
+                    if another_phone and name == stream.key_exchange:
+                        fresh = self._for_another_phone(name, negotiation)
+                        if fresh is not None:
+                            negotiation = change["negotiation"] = fresh
+                            change["rtcp_negotiation"] = None  # the handshake task's, anew
+                            change["rtcp_keys"] = keys = None
                     check = getattr(negotiation, "check_remote_sdp_attributes", None)
                     if callable(check):
                         # A negotiation that can check an answer without taking it takes it
@@ -998,6 +1016,16 @@ class LegSecurity:
             media_out.append(self._session_media(media, stream, session_proto))
             taken.append((stream, change))
         return media_out
+
+    def _for_another_phone(self, name: str, negotiation: KeyNegotiation) -> KeyNegotiation | None:
+        """A fresh negotiation of our offer for another phone's final answer (:meth:`read_answer`),
+        from the engine's optional ``for_another_phone()``; None without it."""
+        fresh = getattr(negotiation, "for_another_phone", None)
+        if not callable(fresh):
+            return None
+        with self._plugin(name):
+            made: KeyNegotiation = fresh()
+        return made
 
     @staticmethod
     def _session_media(

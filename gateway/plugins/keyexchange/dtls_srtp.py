@@ -1732,6 +1732,26 @@ class DtlsNegotiation:
             return "a second answer changes the DTLS parameters"
         return None
 
+    def for_another_phone(self) -> DtlsNegotiation:
+        """A fresh negotiation of the offer this one made, for another phone's final answer to
+        it (``interfaces.KeyNegotiation``'s optional method): a proxy downstream forked our
+        offer (RFC 3261 §16.7), one phone's early answer (a 183 with SDP) was taken and keyed
+        by its handshake here, and another phone answered with its 200 (RFC 3261 §12.1.2).
+        That phone has its own certificate and association (RFC 5763 §5): the fresh one says
+        what our offer said (our certificate, a=setup, a=tls-id, RFC 8842 §5: the association
+        that phone knows of is ours to begin) and holds nothing of the early phone's: no
+        association, no source, no keys. The core drives it in this one's place once it took
+        the answer (``LegSecurity.read_answer``); this one is never driven again. Session 51:
+        before, that 200 was refused ("a second answer changes the DTLS parameters"), 488 to
+        the caller and BYE to the phone that answered."""
+        if self.role != "offerer":
+            raise LocalDtlsError("only an offering DTLS negotiation takes another phone's answer")
+        fresh = DtlsNegotiation(
+            self.role, self._settings, _Phase.OFFERED, self._setup, self._tls_id
+        )
+        fresh.signalling_protected = self.signalling_protected
+        return fresh
+
     def claims_packet(self, first_byte: int, packet: bytes) -> bool:
         """DTLS datagrams: first byte 20..63 (RFC 7983 §7). STUN (0..3), ZRTP (16..19) and
         RTP/RTCP (128..191) are left to others."""

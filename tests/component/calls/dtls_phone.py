@@ -66,6 +66,11 @@ def is_zrtp_exchange_message(datagram: bytes) -> bool:
     return datagram[4:8] == b"ZRTP" and datagram[16:24] in ZRTP_EXCHANGE_MESSAGES
 
 
+def mirrored(keys: SrtpKeys) -> SrtpKeys:
+    """The keys as the other end of the association holds them (the gateway's of the phone's)."""
+    return attrs.evolve(keys, local_key=keys.remote_key, remote_key=keys.local_key)
+
+
 def wrong_fingerprint() -> str:
     """A well-formed a=fingerprint of another certificate than the phone presents."""
     return "sha-256 " + ":".join(f"{b:02X}" for b in OTHER_ID.digest("sha-256"))

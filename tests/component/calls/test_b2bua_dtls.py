@@ -58,6 +58,7 @@ from tests.component.calls.dtls_phone import (
     bind,
     dtls_sdp,
     is_client_hello,
+    mirrored,
     wrong_fingerprint,
 )
 from tests.component.calls.redirect_phones import start_bob
@@ -65,11 +66,6 @@ from tests.component.calls.reinvite_answers import alice_answers_reinvites
 from tests.component.calls.rtcp_reports import sender_report
 
 ALICE2: Address = ("127.0.0.5", 5060)  # alice's second phone
-
-
-def mirrored(keys: SrtpKeys) -> SrtpKeys:
-    """The keys as the other end of the association holds them."""
-    return attrs.evolve(keys, local_key=keys.remote_key, remote_key=keys.local_key)
 
 
 async def with_dtls(nursery: trio.Nursery, tmp_path: Path, seed: int, **kwargs: object) -> B2bua:

@@ -11,24 +11,29 @@ other fork's never reach it (its certificate would fail the fingerprint check an
 from __future__ import annotations
 
 import functools
+import struct
 from pathlib import Path
 
 import pytest
 import trio
 
 import gateway.plugins.keyexchange.dtls_srtp as dtls_plugin
+from gateway.core.media.srtp import SrtpSession
 from gateway.core.sdp.parser import parse_sdp_untrusted
+from gateway.plugins.keyexchange.dtls_certificates import DtlsIdentity
 from gateway.plugins.keyexchange.dtls_srtp import DtlsKeyExchange
 from gateway.testing.sip_agent import Call
 from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, start_b2bua
 from tests.component.calls.b2bua_scenarios import second_phone
 from tests.component.calls.dtls_pairs import pairs
 from tests.component.calls.dtls_phone import (
+    OTHER_ID,
     PHONE_ID,
     PHONE_PORT,
     Phone,
     bind,
     dtls_sdp,
+    mirrored,
     wrong_fingerprint,
 )
 
@@ -49,13 +54,16 @@ async def two_ringing_forks(
     return env, call, forks
 
 
-async def start_phones(nursery: trio.Nursery, fork: Call, port: int) -> tuple[Phone, Phone, bytes]:
+async def start_phones(
+    nursery: trio.Nursery, fork: Call, port: int, identity: DtlsIdentity = PHONE_ID
+) -> tuple[Phone, Phone, bytes]:
     """Fork ``fork``'s phone (the DTLS client, no rtcp-mux) on ``port`` and ``port`` + 1, its
-    handshakes begun towards the gateway's B ports; and the answer it will send."""
+    handshakes begun towards the gateway's B ports; and the answer it will send. The phone's
+    certificate is ``identity``'s."""
     offer = parse_sdp_untrusted(fork.invite.body)
     offered = offer.media[0]
     assert not offered.rtcp_mux
-    negotiation = DtlsKeyExchange(identity=lambda: PHONE_ID).answer(
+    negotiation = DtlsKeyExchange(identity=lambda: identity).answer(
         pairs(offer, offered), suites=[], secure_signalling=False
     )
     assert negotiation is not None and negotiation.dtls_role == "client"
@@ -296,5 +304,81 @@ async def test_a_forks_refused_183_binds_nothing_for_the_phone_that_answers(
     security = gateway_call.b.security
     await eventually(lambda: security.rtcp_keys(0) is not None)
     assert security.keys(0) is not None
+    await trio.sleep(30)
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+
+
+async def test_another_phones_200_after_a_taken_early_answer_is_keyed_by_its_own_handshake(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+) -> None:
+    """A proxy downstream forks our one offer (one B leg, two To tags, RFC 3261 §12.1.2). One
+    phone's 183 answers early with its own certificate: taken, its handshake keys the early
+    media. Then the other phone answers 200 with its certificate: another phone, another
+    association (RFC 5763 §5), begun afresh for it with what our offer said (our certificate,
+    a=setup, a=tls-id), the early phone's keys no longer in force. Before session 51 the 200
+    failed with "a second answer changes the DTLS parameters": 488 to the caller, BYE to the
+    phone that answered."""
+    env = await start_b2bua(
+        nursery, tmp_path, voipgw_seed, plugins=[("dtls", dtls_plugin)], alice_auto=None
+    )
+    assert env.gateway.store is not None
+    env.gateway.store.accounts_set("alice", media_policy="dtls")
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    await leg_b.ring()
+    early, early_rtcp, early_answer = await start_phones(
+        nursery, leg_b, PHONE_PORT + 2, identity=OTHER_ID
+    )
+    answering_tag = leg_b.local_tag
+    leg_b.local_tag = "fork-2"  # the early phone's dialog
+    await env.alice.respond(leg_b.incoming, 183, body=early_answer)  # type: ignore[arg-type]
+    with trio.fail_after(30):
+        await early.keyed.wait()
+        await early_rtcp.keyed.wait()
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    leg = gateway_call.b_legs[0]
+    assert leg.security is not None
+    security = leg.security
+    assert early.keys is not None
+    await eventually(lambda: security.keys(0) == mirrored(early.keys))  # type: ignore[arg-type]
+
+    leg_b.local_tag = answering_tag
+    phone, rtcp_phone, answer = await start_phones(nursery, leg_b, PHONE_PORT)
+    await leg_b.answer(200, sdp=answer)
+    final = await call.final()
+    assert final.status == 200, final.reason
+    # Its ClientHellos sent as it rang went to the early phone's negotiation (a stranger's
+    # there); the fresh one is keyed by their first resend (1 s, RFC 6347 §4.2.4.1).
+    with trio.fail_after(1.5):
+        await phone.keyed.wait()
+        await rtcp_phone.keyed.wait()
+    assert phone.failure is None and rtcp_phone.failure is None
+    assert phone.keys is not None and rtcp_phone.keys is not None
+    await eventually(lambda: security.rtcp_keys(0) is not None)
+    assert security.keys(0) == mirrored(phone.keys)
+    assert security.rtcp_keys(0) == mirrored(rtcp_phone.keys)
+    record = gateway_call.security_record()["b"]["streams"][0]
+    assert record["peer_certificate_sha256"] == PHONE_ID.sha256_hex()
+    assert gateway_call.media is not None
+    assert gateway_call.media.peer_address(0, "b") == ("127.0.0.1", PHONE_PORT)
+
+    # The answering phone's SRTP is relayed; the early phone's, under its keys, is not.
+    (stream,) = gateway_call.media.streams
+    relayed = stream.b_to_a.statistics().rtp_packets
+    packets = [struct.pack("!BBHII", 0x80, 0, n, 160 * n, 0x1234ABCD) + bytes(160) for n in (1, 2)]
+    with SrtpSession(phone.keys) as srtp, SrtpSession(early.keys) as early_srtp:
+        protected = [srtp.protect_rtp(packet) for packet in packets]
+        stale = early_srtp.protect_rtp(packets[0])
+    assert None not in protected and stale is not None
+    await phone.sock.sendto(protected[0], phone.gateway)
+    await eventually(lambda: stream.b_to_a.statistics().rtp_packets == relayed + 1)
+    await early.sock.sendto(stale, early.gateway)
+    await phone.sock.sendto(protected[1], phone.gateway)  # after the early phone's, in order
+    await eventually(lambda: stream.b_to_a.statistics().rtp_packets >= relayed + 2)
+    assert stream.b_to_a.statistics().rtp_packets == relayed + 2
     await trio.sleep(30)
     assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []

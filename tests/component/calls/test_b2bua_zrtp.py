@@ -28,6 +28,7 @@ import gateway.plugins.keyexchange.zrtp as zrtp_plugin
 from gateway.core.interfaces import SrtpKeys
 from gateway.core.sdp.model import MediaDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
+from gateway.plugins.keyexchange.zrtp import ZrtpKeyExchange
 from gateway.plugins.keyexchange.zrtp.engine import ZrtpNegotiation
 from gateway.plugins.keyexchange.zrtp.packets import (
     COMMIT,
@@ -40,12 +41,8 @@ from gateway.plugins.keyexchange.zrtp.packets import (
     message,
 )
 from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, start_b2bua
-from tests.component.calls.dtls_phone import PHONE_PORT, Phone, bind
+from tests.component.calls.dtls_phone import PHONE_PORT, Phone, bind, mirrored
 from tests.component.calls.zrtp_pairs import forged_hello, pairs, phone_exchange, zrtp_sdp
-
-
-def mirrored(keys: SrtpKeys) -> SrtpKeys:
-    return attrs.evolve(keys, local_key=keys.remote_key, remote_key=keys.local_key)
 
 
 async def with_zrtp(nursery: trio.Nursery, tmp_path: Path, seed: int, **kwargs: object) -> B2bua:
@@ -161,6 +158,59 @@ async def test_a_callee_offered_zrtp_answers_with_it_and_is_keyed(
     record = gateway_stream(env, "b")
     assert record["key_exchange"] == "zrtp" and record["zrtp_sas"] == negotiation.sas
     assert gateway_stream(env, "a")["key_exchange"] == "none"
+
+
+async def test_another_phones_200_after_a_taken_early_answer_is_keyed_by_its_own_exchange(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """A proxy downstream forks our one offer (one B leg, two To tags, RFC 3261 §12.1.2). One
+    phone's 183 answers early: taken, its ZRTP exchange (bound to its a=zrtp-hash, RFC 6189
+    §8.1) keys the early media. Then the other phone answers 200 with its own a=zrtp-hash:
+    the line's exchange begins afresh for it, with the Hello our offer's a=zrtp-hash names,
+    and keys the leg with that phone's keys. Before session 51 the 200 was "a repeated
+    answer" to the early phone's exchange: the answering phone's Hellos were dropped (not the
+    bound peer's), and the leg stayed keyed with the early phone's keys, which the phone that
+    answered does not have: a call up with no audio, and no error said."""
+    env = await with_zrtp(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    offer = parse_sdp_untrusted(leg_b.invite.body)
+    offered = offer.media[0]
+    gateway_port = ("127.0.0.1", offered.port)
+    early_engine = ZrtpKeyExchange(zid=lambda: b"\x02" * 12).answer(
+        pairs(offer, offered), suites=[], secure_signalling=False
+    )
+    assert early_engine is not None
+    early = Phone(early_engine, await bind(PHONE_PORT + 2), gateway_port)
+    nursery.start_soon(early.run)
+    answering_tag = leg_b.local_tag
+    leg_b.local_tag = "fork-2"  # the early phone's dialog
+    await env.alice.respond(leg_b.incoming, 183, body=zrtp_sdp(early_engine, port=PHONE_PORT + 2))  # type: ignore[arg-type]
+    with trio.fail_after(10):
+        await early.keyed.wait()
+    assert early.keys is not None
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    security = gateway_call.b_legs[0].security
+    assert security is not None
+    await eventually(lambda: security.keys(0) == mirrored(early.keys))  # type: ignore[arg-type]
+
+    leg_b.local_tag = answering_tag
+    negotiation = phone_exchange().answer(pairs(offer, offered), suites=[], secure_signalling=False)
+    assert negotiation is not None
+    phone = Phone(negotiation, await bind(), gateway_port)
+    nursery.start_soon(phone.run)
+    await leg_b.answer(200, sdp=zrtp_sdp(negotiation))
+    final = await call.final()
+    assert final.status == 200, final.reason
+    with trio.fail_after(10):
+        await phone.keyed.wait()
+    assert phone.keys is not None and phone.failure is None
+    await eventually(lambda: leg_keys(env, "b") == mirrored(phone.keys))  # type: ignore[arg-type]
+    record = gateway_stream(env, "b")
+    assert record["key_exchange"] == "zrtp" and record["zrtp_sas"] == negotiation.sas
+    await trio.sleep(30)
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
 
 
 async def test_a_callee_answering_without_zrtp_hash_gets_cleartext_and_no_zrtp_packet(

@@ -16,7 +16,7 @@ from gateway.core.media.security import LegSecurity, MediaSecurityRefused
 from gateway.core.sdp.model import SessionDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.plugins.keyexchange.dtls_certificates import generate_identity
-from gateway.plugins.keyexchange.dtls_srtp import DtlsKeyExchange, DtlsNegotiation
+from gateway.plugins.keyexchange.dtls_srtp import DtlsKeyExchange, DtlsNegotiation, LocalDtlsError
 from gateway.plugins.keyexchange.zrtp import ZrtpKeyExchange
 from gateway.plugins.keyexchange.zrtp.engine import ZrtpNegotiation
 
@@ -122,10 +122,11 @@ def test_a_forks_answer_refused_for_its_fingerprint_binds_nothing() -> None:
 
 
 def test_a_taken_early_answer_then_another_forks_certificate_is_still_refused() -> None:
-    """Not changed: a fork's early answer TAKEN (its early media keyed by its handshake), then
-    another fork's answer with another certificate: refused ("a second answer changes the
-    DTLS parameters", docs/media_security.md "Forked callees"). Now that refusal binds nothing
-    either: the early fork's negotiation goes on, not failed."""
+    """A fork's early answer TAKEN (its early media keyed by its handshake), then another
+    fork's early answer (a 183: not ``another_phone``, which only a final answer is) with
+    another certificate: refused ("a second answer changes the DTLS parameters",
+    docs/media_security.md "Forked callees"); the early media stays with the first phone.
+    That refusal binds nothing either: the early fork's negotiation goes on, not failed."""
     security = dtls_leg()
     phones = dtls_phones(security.make_offer(sdp(PLAIN)))
     security.take_answer(dtls_answer(phones[0]))
@@ -133,6 +134,47 @@ def test_a_taken_early_answer_then_another_forks_certificate_is_still_refused() 
         security.take_answer(dtls_answer(phones[1]))
     drive(security, phones[0])
     assert security.keys(0) is not None
+
+
+def test_another_phones_final_answer_after_a_taken_early_one_gets_a_fresh_dtls_negotiation() -> (
+    None
+):
+    """A fork's early answer taken and keyed by its handshake, then another phone's 2xx
+    (``another_phone``: another early dialog's final answer): the line gets a fresh
+    negotiation of the same offer (our certificate, a=setup, a=tls-id as offered), no keys
+    until its own handshake, which keys the leg with that phone's keys, not the early
+    phone's. Before session 51 that answer was refused ("a second answer changes the DTLS
+    parameters")."""
+    security = dtls_leg()
+    phones = dtls_phones(security.make_offer(sdp(PLAIN)))
+    security.take_answer(dtls_answer(phones[0]))
+    drive(security, phones[0])
+    early_keys = security.keys(0)
+    assert early_keys is not None
+    (stream,) = security.streams
+    early = stream.negotiation
+    assert early is not None
+
+    read = security.read_answer(dtls_answer(phones[1]), another_phone=True)
+    assert stream.negotiation is early and security.keys(0) == early_keys  # read, not applied
+    security.apply_answer(read)
+    fresh = stream.negotiation
+    assert isinstance(fresh, DtlsNegotiation) and fresh is not early
+    assert fresh.local_sdp_attributes() == early.local_sdp_attributes()
+    assert security.keys(0) is None and stream.rtcp_keys is None
+    drive(security, phones[1])
+    keys = security.keys(0)
+    assert keys is not None and keys != early_keys
+    assert phones[1].keys is not None and phones[1].keys.remote_key == keys.local_key
+    assert fresh.peer_certificate_sha256 == PHONE_IDS[1].sha256_hex()
+
+
+def test_a_fresh_dtls_negotiation_for_another_phone_is_an_offerers_only() -> None:
+    """An answering negotiation (the peer's offer taken) has no offer for another phone."""
+    security = dtls_leg()
+    (phone, _) = dtls_phones(security.make_offer(sdp(PLAIN)))
+    with pytest.raises(LocalDtlsError, match="only an offering DTLS negotiation"):
+        phone.for_another_phone()
 
 
 def test_a_forks_answer_refused_after_it_was_read_binds_no_zrtp_hello_hash() -> None:
@@ -165,3 +207,39 @@ def test_a_forks_answer_refused_after_it_was_read_binds_no_zrtp_hello_hash() -> 
     assert isinstance(stream.negotiation, ZrtpNegotiation)
     assert stream.negotiation.same_peer({hashes[0]})
     assert not stream.negotiation.same_peer({hashes[1]})
+
+
+def test_another_phones_final_answer_gets_a_fresh_zrtp_exchange_with_the_offered_hello() -> None:
+    """A fork's early answer taken (its a=zrtp-hash bound, RFC 6189 §8.1), then another phone's
+    2xx (``another_phone``): the line gets a fresh exchange, bound to the answering phone's
+    Hello hash, whose Hello is the one our offer's a=zrtp-hash names (a new one would not
+    match it), and whose leg session is not the early exchange's. Before session 51 the 2xx
+    was "a repeated answer" to the early exchange, bound to the early phone's Hello."""
+    security = LegSecurity(
+        side="b",
+        policy=BUILTIN_POLICIES["best-effort"],
+        secure_signalling=False,
+        key_exchanges={"zrtp": ZrtpKeyExchange(zid=lambda: bytes(range(12)))},
+        signalling="udp",
+    )
+    security.make_offer(sdp(PLAIN))
+    hashes, answers = [], []
+    for zid in (b"\x01" * 12, b"\x02" * 12):
+        phone = ZrtpKeyExchange(zid=lambda zid=zid: zid).offer(suites=(), secure_signalling=False)
+        ((_, value),) = phone.local_sdp_attributes()
+        assert value is not None
+        hashes.append(bytes.fromhex(value.split()[1]))
+        answers.append(sdp(PLAIN + f"a=zrtp-hash:{value}\n"))
+    security.take_answer(answers[0])
+    (stream,) = security.streams
+    early = stream.negotiation
+    assert isinstance(early, ZrtpNegotiation) and early.same_peer({hashes[0]})
+
+    security.apply_answer(security.read_answer(answers[1], another_phone=True))
+    fresh = stream.negotiation
+    assert isinstance(fresh, ZrtpNegotiation) and fresh is not early
+    assert fresh.local_sdp_attributes() == early.local_sdp_attributes()
+    assert fresh.same_peer({hashes[1]}) and not fresh.same_peer({hashes[0]})
+    assert early.same_peer({hashes[0]})  # the early exchange is as it was, never driven again
+    assert fresh._session is not early._session
+    assert security.keys(0) is None

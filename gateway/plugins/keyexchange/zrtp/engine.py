@@ -250,6 +250,9 @@ class ZrtpLegSession:
     def __init__(self) -> None:
         self.dh_stream: ZrtpNegotiation | None = None
         """The stream that runs (or ran) the leg's DH exchange."""
+        self._another_phone: ZrtpLegSession | None = None
+        """The session of this leg's exchanges begun afresh for another phone
+        (:meth:`for_another_phone`)."""
         self.peer_zid: bytes | None = None
         self._session_key: bytes | None = None
         self.algorithms: tuple[str, str, str, str, str] | None = None
@@ -311,6 +314,15 @@ class ZrtpLegSession:
         if stream is self.dh_stream and not self.secure:
             self.dh_stream = self.peer_zid = None
             self._session_key = self.algorithms = self.sas = None
+
+    def for_another_phone(self) -> ZrtpLegSession:
+        """The session the leg's streams share once another phone's answer replaced the early
+        phone's (:meth:`ZrtpNegotiation.for_another_phone`): a new one, the same for each
+        stream of the leg that asks, so that phone's streams key in Multistream mode from its
+        own DH exchange, never from ZRTPSess agreed with the early phone (§4.4.3)."""
+        if self._another_phone is None:
+            self._another_phone = ZrtpLegSession()
+        return self._another_phone
 
     def established(self, stream: ZrtpNegotiation) -> None:
         """The DH stream is secure: later streams may commit in Multistream mode."""
@@ -561,6 +573,35 @@ class ZrtpNegotiation:
         refused 183 binds nothing: not its Hello hash, which the answering phone's Hello would
         not match (``interfaces.KeyNegotiation``'s optional check)."""
         return None
+
+    def for_another_phone(self) -> ZrtpNegotiation:
+        """A fresh exchange of the offer this one made, for another phone's final answer to it
+        (``interfaces.KeyNegotiation``'s optional method): a proxy downstream forked our offer
+        (RFC 3261 §16.7), one phone's early answer (a 183 with SDP) was taken and this
+        exchange ran with it, bound to its Hello (§8.1), and another phone answered with its
+        200 (RFC 3261 §12.1.2). The fresh one holds nothing of the early phone's (no peer
+        Hello, no keys, no DH stream of the leg: :meth:`ZrtpLegSession.for_another_phone`) and
+        sends the Hello our offer's a=zrtp-hash names, whose H0..H3 chain (§9) it keeps: a
+        new chain would be a new Hello, which the answering phone would find not to match
+        that a=zrtp-hash and drop. The early phone holds the links our exchange with it
+        revealed, as a stranger does after :meth:`restart_handshake`: it could make messages
+        that pass the answering phone's chain checks of ours, never the keys, nor a man in
+        the middle that the SAS (§7) would not show. Session 51: before, that 200 was "a
+        repeated answer" here, the answering phone's Hellos were dropped (not the bound
+        peer's), and the leg stayed keyed with the early phone's keys: no audio, no error."""
+        if self.sdp_role != "offerer":
+            raise RuntimeError("only an offering ZRTP negotiation takes another phone's answer")
+        fresh = ZrtpNegotiation(
+            "offerer",
+            self._settings,
+            random_bytes=self._random,
+            suites=self._policy_order,
+            secure_signalling=self.signalling_protected,
+            session=self._session.for_another_phone(),
+        )
+        fresh._h0, fresh._h1, fresh._h2, fresh._h3 = self._h0, self._h1, self._h2, self._h3
+        fresh._hello = self._hello
+        return fresh
 
     def same_peer(self, hello_hashes: set[bytes]) -> bool:
         """Whether a new offer's a=zrtp-hash values name the peer Hello this exchange is bound
