@@ -233,16 +233,22 @@ class CallRinging(CallLocationUpdates, CallMediaKeys):
                 prefs = leg.early_recordprefs
                 if stated is not None and (tag in prefs or len(prefs) < MAX_EARLY_DIALOGS):
                     prefs[tag] = stated
-                body = serialize_sdp(self._answer_via(leg, answer, response.to.tag or ""))
-                self._early_answer = (leg, response)  # early media: whose the caller hears
-                self._early_sdp_a = body
                 if _prack_sent(leg, response):
                     # RFC 3262 §5: an answer in a reliable 1xx completes the offer/answer
-                    # exchange; the 2xx of its early dialog need not repeat it.
+                    # exchange; the 2xx of its early dialog need not repeat it. Kept before it
+                    # is taken as early media, and so also when refused there: another phone's
+                    # answer (a proxy downstream forked our offer) with its own DTLS certificate
+                    # or ZRTP Hello, which the early phone's exchange refuses, and which that
+                    # phone's 2xx, confirming its dialog, takes with an exchange begun afresh
+                    # for it (CallMediaKeys._answer_via; session 51: before, that 2xx failed
+                    # "2xx without SDP answer"). A refused answer that is bad stays refused then.
                     answers = leg.answers_in_1xx
                     if answers is None:
                         answers = leg.answers_in_1xx = {}
                     answers[response.to.tag or ""] = answer
+                body = serialize_sdp(self._answer_via(leg, answer, response.to.tag or ""))
+                self._early_answer = (leg, response)  # early media: whose the caller hears
+                self._early_sdp_a = body
         except SdpError as err:
             log.info("call %s: ignoring bad early SDP from B: %s", self.id, err.reason)
         status = 183 if body else 180

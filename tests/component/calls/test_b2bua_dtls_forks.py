@@ -382,3 +382,60 @@ async def test_another_phones_200_after_a_taken_early_answer_is_keyed_by_its_own
     assert stream.b_to_a.statistics().rtp_packets == relayed + 2
     await trio.sleep(30)
     assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+
+
+async def test_another_phones_answer_in_a_reliable_183_is_taken_by_its_bare_200(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+) -> None:
+    """The same fork with 100rel (RFC 3262): each phone answers in a reliable 183, which we
+    PRACK, and the phone that answers sends its 200 without SDP (§5: its 183's answer
+    completed the offer/answer exchange of its early dialog). The early phone's answer is
+    taken first; the other phone's, with its own certificate, is refused as early media (the
+    early media stays with the first phone), but kept for its dialog: its bare 200 takes it,
+    another phone's answer, keyed by its own handshake. Before session 51 that 200 failed with
+    "2xx without SDP answer": 488 to the caller, BYE to the phone that answered."""
+    env = await start_b2bua(
+        nursery, tmp_path, voipgw_seed, plugins=[("dtls", dtls_plugin)], alice_auto=None
+    )
+    assert env.gateway.store is not None
+    env.gateway.store.accounts_set("alice", media_policy="dtls")
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    assert leg_b.incoming is not None
+    early, early_rtcp, early_answer = await start_phones(
+        nursery, leg_b, PHONE_PORT + 2, identity=OTHER_ID
+    )
+    reliable = [("Require", "100rel"), ("RSeq", "1")]
+    answering_tag = leg_b.local_tag
+    leg_b.local_tag = "fork-2"  # the early phone's dialog
+    await env.alice.respond(leg_b.incoming, 183, body=early_answer, extra=reliable)
+    await env.alice.next_request("PRACK")
+    with trio.fail_after(30):
+        await early.keyed.wait()
+        await early_rtcp.keyed.wait()
+
+    leg_b.local_tag = answering_tag
+    phone, rtcp_phone, answer = await start_phones(nursery, leg_b, PHONE_PORT)
+    await env.alice.respond(leg_b.incoming, 183, body=answer, extra=reliable)
+    assert (await env.alice.next_request("PRACK")).request.to.tag == answering_tag
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    security = gateway_call.b_legs[0].security
+    assert security is not None
+    assert early.keys is not None
+    assert security.keys(0) == mirrored(early.keys)  # the early media stays with the first
+    await env.alice.respond(leg_b.incoming, 200)  # no SDP: its 183's answer stands
+    final = await call.final()
+    assert final.status == 200, final.reason
+    with trio.fail_after(1.5):
+        await phone.keyed.wait()
+        await rtcp_phone.keyed.wait()
+    assert phone.keys is not None and rtcp_phone.keys is not None
+    await eventually(lambda: security.rtcp_keys(0) is not None)
+    assert security.keys(0) == mirrored(phone.keys)
+    assert security.rtcp_keys(0) == mirrored(rtcp_phone.keys)
+    await trio.sleep(30)
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
