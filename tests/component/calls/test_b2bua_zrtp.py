@@ -41,6 +41,7 @@ from gateway.plugins.keyexchange.zrtp.packets import (
     message,
 )
 from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, start_b2bua
+from tests.component.calls.b2bua_scenarios import second_phone
 from tests.component.calls.dtls_phone import PHONE_PORT, Phone, bind, mirrored
 from tests.component.calls.zrtp_pairs import forged_hello, pairs, phone_exchange, zrtp_sdp
 
@@ -211,6 +212,56 @@ async def test_another_phones_200_after_a_taken_early_answer_is_keyed_by_its_own
     assert record["key_exchange"] == "zrtp" and record["zrtp_sas"] == negotiation.sas
     await trio.sleep(30)
     assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+
+
+@pytest.mark.parametrize("early_fork", [0, 1], ids=["first-phone-early", "second-phone-early"])
+async def test_of_two_forked_zrtp_phones_the_one_that_answers_after_the_others_183_is_keyed(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    early_fork: int,
+) -> None:
+    """The gateway forks the call to alice's two registered ZRTP phones (RFC 3261 §16.7: the
+    same B ports, each leg's offer with its own a=zrtp-hash). One phone's 183 answers early
+    and its exchange keys the early media; the other phone answers 200 with its own
+    a=zrtp-hash: its exchange keys the leg, with its keys and its SAS, and the call stays
+    up."""
+    env = await with_zrtp(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    alice2 = await second_phone(env, nursery, voipgw_seed)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    forks = [await env.alice.next_call(), await alice2.next_call()]
+    for fork in forks:
+        await fork.ring()
+    phones = []
+    for index, zid in enumerate((b"\x02" * 12, b"\x03" * 12)):
+        offer = parse_sdp_untrusted(forks[index].invite.body)
+        offered = offer.media[0]
+        engine = ZrtpKeyExchange(zid=lambda zid=zid: zid).answer(
+            pairs(offer, offered), suites=[], secure_signalling=False
+        )
+        assert engine is not None
+        phone = Phone(engine, await bind(PHONE_PORT + 2 * index), ("127.0.0.1", offered.port))
+        nursery.start_soon(phone.run)
+        phones.append(phone)
+    early, answering = phones[early_fork], phones[1 - early_fork]
+    early_sdp = zrtp_sdp(early.negotiation, port=PHONE_PORT + 2 * early_fork)  # type: ignore[arg-type]
+    await forks[early_fork].agent.respond(forks[early_fork].incoming, 183, body=early_sdp)  # type: ignore[arg-type]
+    with trio.fail_after(10):
+        await early.keyed.wait()
+    answer = zrtp_sdp(answering.negotiation, port=PHONE_PORT + 2 * (1 - early_fork))  # type: ignore[arg-type]
+    await forks[1 - early_fork].answer(200, sdp=answer)
+    final = await call.final()
+    assert final.status == 200, final.reason
+    with trio.fail_after(10):
+        await answering.keyed.wait()
+    assert answering.keys is not None and answering.failure is None
+    await eventually(lambda: leg_keys(env, "b") == mirrored(answering.keys))  # type: ignore[arg-type]
+    record = gateway_stream(env, "b")
+    assert record["zrtp_sas"] == answering.negotiation.sas  # type: ignore[attr-defined]
+    await trio.sleep(30)
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+    assert alice2.requests("BYE") == []
 
 
 async def test_a_callee_answering_without_zrtp_hash_gets_cleartext_and_no_zrtp_packet(
