@@ -838,12 +838,13 @@ class LegSecurity:
         ``another_phone``: the answer is a final one (a 2xx) from another early dialog than
         the early answer in force (a proxy downstream forked our offer, RFC 3261 §16.7,
         §12.1.2): another phone answered. A stream keyed on the media path whose negotiation
-        offers ``for_another_phone()`` (the ``dtls`` engine's, docs/plugin_hooks.md) gets a
-        fresh negotiation of the same offer for that phone, its keys none until its own
-        handshake gives them (RFC 5763 §5: an association per answering phone; the early
-        phone's keys are not that phone's). Without it, such an answer is read as before (a
-        DTLS answer with another certificate refused: "a second answer changes the DTLS
-        parameters").
+        offers ``for_another_phone()`` (the ``dtls`` and ``zrtp`` engines',
+        docs/plugin_hooks.md) gets a fresh negotiation of the same offer for that phone, its
+        keys none until its own exchange gives them (RFC 5763 §5: an association per
+        answering phone; RFC 6189 §8.1: an exchange bound to that phone's Hello; the early
+        phone's keys are not that phone's). Without it, such an answer is read as any other
+        (before session 51, a DTLS answer with another certificate was refused so, "a second
+        answer changes the DTLS parameters", and a ZRTP one taken as a repeated answer).
 
         A refused answer (here, or by a later step before :meth:`apply_answer`) leaves the
         keys in force as they were: a fork's 183 whose second line is refused after its first
