@@ -838,10 +838,10 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
             transfer.subscribed_until = trio.current_time() + granted
             state = subscription_state(False, expires=granted)
         log.info(
-            "call %s: the %s leg %s the subscription to its transfer's progress",
+            "call %s: the %s leg %s its subscription to the transfer's progress",
             self.id,
             event.side.value.upper(),
-            "ended" if granted == 0 else f"refreshed for {granted} s",
+            "ended" if granted == 0 else f"refreshed ({granted} s)",
         )
         await self._send_transfer_notify(transfer, state)
 
