@@ -947,6 +947,9 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
         if request.method == "REFER":
             await self._refer(event)
             return
+        if request.method == "SUBSCRIBE":
+            await self._refer_subscribe(event)  # the transferor's refresh of its REFER's
+            return
         if (
             request.method == "INFO"
             and self.media is not None

@@ -81,6 +81,11 @@ class Transfer:
     glare_retry_at: float = math.inf
     glare_retries: int = 0
     notified: int = 0  # the last status a NOTIFY reported
+    notified_reason: str = ""  # and its reason phrase (a refreshing SUBSCRIBE's NOTIFY repeats it)
+    # When the implicit subscription (RFC 3515 §2.4.4) runs out: SUBSCRIPTION_SECONDS after
+    # the REFER, or after the transferor's last refreshing SUBSCRIBE (RFC 6665 §4.1.2.2). Each
+    # NOTIFY's Subscription-State says what is left of it.
+    subscribed_until: float = math.inf
     transferor_left: bool = False  # it sent BYE before the transfer ended
     # A blind transfer to a number several trunks serve: the trunks still to try, one at a
     # time, when the one called fails with a failover status (RouteDecision.alternates), and

@@ -43,10 +43,12 @@ from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sdp.serializer import serialize_sdp
 from gateway.core.sip.dialog import DialogState, glare_wait
 from gateway.core.sip.errors import RemoteSipError
+from gateway.core.sip.events import parse_event_untrusted, parse_expires_untrusted
 from gateway.core.sip.headers import NameAddr
 from gateway.core.sip.message import Headers, Request, Response, default_reason, make_response
 from gateway.core.sip.refer import (
     SIPFRAG,
+    SUBSCRIPTION_SECONDS,
     Replaces,
     parse_refer,
     sipfrag,
@@ -96,6 +98,7 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
             target=redact_password(str(refer_to.uri)),
         )
         self._transfer = transfer
+        transfer.subscribed_until = trio.current_time() + SUBSCRIPTION_SECONDS
         extra = [("Contact", str(transferor.contact))]
         if not transfer.notify:
             extra.append(("Refer-Sub", "false"))  # RFC 4488 §4
@@ -766,19 +769,81 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
             return
         if leg.dialog.state is DialogState.TERMINATED or status <= transfer.notified:
             return
-        transfer.notified = status
+        transfer.notified, transfer.notified_reason = status, reason
+        left = math.ceil(transfer.subscribed_until - trio.current_time())
+        state = subscription_state(status >= 200, expires=max(left, 1))
+        await self._send_transfer_notify(transfer, state)
+
+    async def _send_transfer_notify(self, transfer: Transfer, state: str) -> None:
+        """A NOTIFY of the transfer's latest status (:attr:`Transfer.notified`) to the
+        transferor, with Subscription-State ``state``."""
+        leg = transfer.transferor
         await self._send_in_dialog(
             leg,
             "NOTIFY",
-            body=sipfrag(status, reason),
+            body=sipfrag(transfer.notified, transfer.notified_reason),
             content_type=SIPFRAG,
             tag=InDialogRequest("notify", leg.side),
             extra=[
                 ("Event", f"refer;id={transfer.refer_cseq}"),
-                ("Subscription-State", subscription_state(status >= 200)),
+                ("Subscription-State", state),
             ],
             forward=False,  # nothing waits for its answer
         )
+
+    async def _refer_subscribe(self, event: RequestEvent) -> None:
+        """A SUBSCRIBE in a leg's dialog: the transferor refreshing the implicit subscription
+        of its REFER (RFC 3515 §2.4.4; RFC 6665 §4.1.2.2: before it runs out, which our
+        NOTIFYs say, SUBSCRIPTION_SECONDS, while a target may ring for ``[sip] ring_timeout``)
+        or ending it (``Expires: 0``, §4.1.2.3). 200 with the Expires granted (at most
+        SUBSCRIPTION_SECONDS), then a NOTIFY with the transfer's latest status (§4.2.1.2: a
+        notifier that accepts a SUBSCRIBE sends one); an ended subscription's says
+        ``terminated`` and no NOTIFY follows it, while the transfer goes on (ending the
+        subscription ends nothing of the referenced request). 489 Bad Event (with
+        ``Allow-Events: refer``) for another package; 481 when no transfer of that leg's is in
+        progress with its subscription (done, refused NOTIFYs with ``Refer-Sub: false``, or
+        another REFER's ``id``). Before session 51: 501, and a transferor that refreshed as
+        it should while the target rang past a minute was told its subscription was gone."""
+        request = event.request
+        transferor = self._leg(event.side)
+        try:
+            package = parse_event_untrusted(request.headers.get("Event"))
+            asked = parse_expires_untrusted(
+                request.headers.get("Expires"), default=SUBSCRIPTION_SECONDS
+            )
+        except RemoteSipError as err:
+            refused = make_response(request, err.status or 400, err.reason)
+            await self.endpoint.respond(event.transaction, refused)
+            return
+        if package.package != "refer":
+            refused = make_response(request, 489, extra=[("Allow-Events", "refer")])
+            await self.endpoint.respond(event.transaction, refused)
+            return
+        transfer = self._transfer
+        if (
+            transfer is None
+            or transfer.transferor is not transferor
+            or not transfer.notify
+            or (package.id is not None and package.id != str(transfer.refer_cseq))
+        ):
+            await self.endpoint.respond(event.transaction, make_response(request, 481))
+            return
+        granted = min(asked, SUBSCRIPTION_SECONDS)
+        extra = [("Expires", str(granted)), ("Contact", str(transferor.contact))]
+        await self.endpoint.respond(event.transaction, make_response(request, 200, extra=extra))
+        if granted == 0:
+            transfer.notify = False  # no NOTIFY after the one that ends it
+            state = "terminated"
+        else:
+            transfer.subscribed_until = trio.current_time() + granted
+            state = subscription_state(False, expires=granted)
+        log.info(
+            "call %s: the %s leg %s its subscription to the transfer's progress",
+            self.id,
+            event.side.value.upper(),
+            "ended" if granted == 0 else f"refreshed ({granted} s)",
+        )
+        await self._send_transfer_notify(transfer, state)
 
     def _transfer_due(self) -> float:
         """When a transfer's target has rung or its re-INVITE waited long enough, one of its
