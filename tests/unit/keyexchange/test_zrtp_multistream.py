@@ -567,3 +567,40 @@ def test_a_confirm_whose_h0_is_not_the_senders_is_refused(checker: str) -> None:
     assert f"does not hash to the {image}" in failure_of(victim)
     (error,) = victim.packets_to_send(now=link.now)
     assert p.parse_error_untrusted(error[12:-4]) == 0x70
+
+
+# -- another forked phone answers the same offers ------------------------------------------------
+
+
+def test_another_phones_answer_keys_both_streams_afresh_from_its_own_dh_exchange() -> None:
+    """A proxy downstream forked our audio+video offer: phone B's early answer keyed both
+    streams (DH, then Multistream), then phone C answered our same offers. The fresh exchanges
+    of ``for_another_phone()`` send the Hellos our offers named (C, which answered those
+    offers, takes them), share one new leg session, and key audio by a DH exchange with C and
+    video in Multistream mode from that exchange's ZRTPSess: keys and SAS not B's."""
+    ends = Ends(key_agreements=("DH3k",))
+    a0, b0, a1, b1 = audio_then_video(ends, Link())
+    audio_b, sas_b = dh_keys(a0, b0)
+    video_b = multistream_keys(a1, b1)
+    phone_c = ZrtpKeyExchange(zid=lambda: bytes(range(12)), random_bytes=random.Random(3).randbytes)
+    state_c: dict[str, Any] = {}
+    link = Link()
+    fresh = []
+    for index, offerer in enumerate((a0, a1)):
+        answerer = phone_c.answer(
+            offerer.local_sdp_attributes(), suites=(), secure_signalling=False, leg_state=state_c
+        )
+        assert answerer is not None
+        again = offerer.for_another_phone()
+        assert again.local_sdp_attributes() == offerer.local_sdp_attributes()
+        again.remote_sdp_attributes(answerer.local_sdp_attributes())
+        link.add(index, again, answerer)
+        fresh.append((again, answerer))
+    (c0_ours, c0), (c1_ours, c1) = fresh
+    assert c0_ours._session is c1_ours._session is not ends.session("a")
+    link.run()
+    audio_c, sas_c = dh_keys(c0_ours, c0)
+    video_c = multistream_keys(c1_ours, c1)
+    assert c0.statistics().hello_mismatches == c1.statistics().hello_mismatches == 0
+    assert {audio_c.local_key, video_c.local_key}.isdisjoint({audio_b.local_key, video_b.local_key})
+    assert c1_ours.zrtp_sas == sas_c and sas_c != sas_b
