@@ -61,6 +61,10 @@ class Transfer:
     refer_cseq: int  # the REFER's CSeq: the ``id`` of its NOTIFYs' Event (RFC 3515 §2.4.6)
     notify: bool  # False: ``Refer-Sub: false`` (RFC 4488), no NOTIFYs
     target: str  # the Refer-To URI, for the log and the call record
+    # When the implicit subscription (RFC 3515 §2.4.4) runs out: SUBSCRIPTION_SECONDS after
+    # the REFER, or after the transferor's last refreshing SUBSCRIBE (RFC 6665 §4.1.2.2). Each
+    # NOTIFY's Subscription-State says what is left of it.
+    subscribed_until: float
     replaces: Replaces | None = None  # what our INVITE to the target replaces (attended)
     legs: list[BLeg] = attrs.Factory(list)  # our INVITEs to the target's devices
     answered: BLeg | None = None  # the device that answered first
@@ -82,10 +86,6 @@ class Transfer:
     glare_retries: int = 0
     notified: int = 0  # the last status a NOTIFY reported
     notified_reason: str = ""  # and its reason phrase (a refreshing SUBSCRIBE's NOTIFY repeats it)
-    # When the implicit subscription (RFC 3515 §2.4.4) runs out: SUBSCRIPTION_SECONDS after
-    # the REFER, or after the transferor's last refreshing SUBSCRIBE (RFC 6665 §4.1.2.2). Each
-    # NOTIFY's Subscription-State says what is left of it.
-    subscribed_until: float = math.inf
     transferor_left: bool = False  # it sent BYE before the transfer ended
     # A blind transfer to a number several trunks serve: the trunks still to try, one at a
     # time, when the one called fails with a failover status (RouteDecision.alternates), and

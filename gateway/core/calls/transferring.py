@@ -96,9 +96,9 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
             notify=wants_subscription(request.headers),
             # Shown only (logs, the call record, events): a Refer-To may carry a password.
             target=redact_password(str(refer_to.uri)),
+            subscribed_until=trio.current_time() + SUBSCRIPTION_SECONDS,
         )
         self._transfer = transfer
-        transfer.subscribed_until = trio.current_time() + SUBSCRIPTION_SECONDS
         extra = [("Contact", str(transferor.contact))]
         if not transfer.notify:
             extra.append(("Refer-Sub", "false"))  # RFC 4488 §4

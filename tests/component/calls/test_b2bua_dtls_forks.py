@@ -18,6 +18,7 @@ import pytest
 import trio
 
 import gateway.plugins.keyexchange.dtls_srtp as dtls_plugin
+from gateway.core.media.security import LegSecurity
 from gateway.core.media.srtp import SrtpSession
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.plugins.keyexchange.dtls_certificates import DtlsIdentity
@@ -76,6 +77,37 @@ async def start_phones(
     await eventually(lambda: rtcp_phone.negotiation.statistics().datagrams_sent >= 1)  # type: ignore[attr-defined]
     await trio.sleep(0.2)  # its ClientHellos reached the gateway
     return phone, rtcp_phone, dtls_sdp(negotiation, port=port, rtcp_mux=False)
+
+
+async def forked_by_a_proxy(
+    nursery: trio.Nursery, tmp_path: Path, seed: int
+) -> tuple[B2bua, Call, Call]:
+    """The trunk calls alice, whose policy is dtls: one B leg, which a proxy downstream forks
+    (the test answers it under two To tags, RFC 3261 §12.1.2). The env, the trunk's call and
+    the B leg at alice's agent."""
+    env = await start_b2bua(
+        nursery, tmp_path, seed, plugins=[("dtls", dtls_plugin)], alice_auto=None
+    )
+    assert env.gateway.store is not None
+    env.gateway.store.accounts_set("alice", media_policy="dtls")
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    return env, call, await env.alice.next_call()
+
+
+async def keyed_within_its_first_resend(
+    security: LegSecurity, phone: Phone, rtcp_phone: Phone
+) -> None:
+    """The phone that answered after another's early answer is keyed, both ports, by its
+    first resend (1 s, RFC 6347 §4.2.4.1: its ClientHellos sent as it rang went to the early
+    phone's negotiation), and the leg holds its keys."""
+    with trio.fail_after(1.5):
+        await phone.keyed.wait()
+        await rtcp_phone.keyed.wait()
+    assert phone.failure is None and rtcp_phone.failure is None
+    assert phone.keys is not None and rtcp_phone.keys is not None
+    await eventually(lambda: security.rtcp_keys(0) is not None)
+    assert security.keys(0) == mirrored(phone.keys)
+    assert security.rtcp_keys(0) == mirrored(rtcp_phone.keys)
 
 
 @pytest.mark.parametrize("answering", [0, 1], ids=["first-to-send-answers", "second-answers"])
@@ -268,13 +300,7 @@ async def test_a_forks_refused_183_binds_nothing_for_the_phone_that_answers(
     and its handshake keys the call. Before session 46 the refused 183 had bound the line's
     DTLS negotiation to its fingerprint: the 200 failed with "a second answer changes the
     DTLS parameters", 488 to the caller and BYE to the phone that answered."""
-    env = await start_b2bua(
-        nursery, tmp_path, voipgw_seed, plugins=[("dtls", dtls_plugin)], alice_auto=None
-    )
-    assert env.gateway.store is not None
-    env.gateway.store.accounts_set("alice", media_policy="dtls")
-    call = await env.trunk.invite(env.did_uri(ALICE_DID))
-    leg_b = await env.alice.next_call()
+    env, call, leg_b = await forked_by_a_proxy(nursery, tmp_path, voipgw_seed)
     await leg_b.ring()
     phone, rtcp_phone, answer = await start_phones(nursery, leg_b, PHONE_PORT)
     refused = dtls_sdp(
@@ -321,13 +347,7 @@ async def test_another_phones_200_after_a_taken_early_answer_is_keyed_by_its_own
     a=setup, a=tls-id), the early phone's keys no longer in force. Before session 51 the 200
     failed with "a second answer changes the DTLS parameters": 488 to the caller, BYE to the
     phone that answered."""
-    env = await start_b2bua(
-        nursery, tmp_path, voipgw_seed, plugins=[("dtls", dtls_plugin)], alice_auto=None
-    )
-    assert env.gateway.store is not None
-    env.gateway.store.accounts_set("alice", media_policy="dtls")
-    call = await env.trunk.invite(env.did_uri(ALICE_DID))
-    leg_b = await env.alice.next_call()
+    env, call, leg_b = await forked_by_a_proxy(nursery, tmp_path, voipgw_seed)
     await leg_b.ring()
     early, early_rtcp, early_answer = await start_phones(
         nursery, leg_b, PHONE_PORT + 2, identity=OTHER_ID
@@ -351,16 +371,7 @@ async def test_another_phones_200_after_a_taken_early_answer_is_keyed_by_its_own
     await leg_b.answer(200, sdp=answer)
     final = await call.final()
     assert final.status == 200, final.reason
-    # Its ClientHellos sent as it rang went to the early phone's negotiation (a stranger's
-    # there); the fresh one is keyed by their first resend (1 s, RFC 6347 §4.2.4.1).
-    with trio.fail_after(1.5):
-        await phone.keyed.wait()
-        await rtcp_phone.keyed.wait()
-    assert phone.failure is None and rtcp_phone.failure is None
-    assert phone.keys is not None and rtcp_phone.keys is not None
-    await eventually(lambda: security.rtcp_keys(0) is not None)
-    assert security.keys(0) == mirrored(phone.keys)
-    assert security.rtcp_keys(0) == mirrored(rtcp_phone.keys)
+    await keyed_within_its_first_resend(security, phone, rtcp_phone)
     record = gateway_call.security_record()["b"]["streams"][0]
     assert record["peer_certificate_sha256"] == PHONE_ID.sha256_hex()
     assert gateway_call.media is not None
@@ -397,13 +408,7 @@ async def test_another_phones_answer_in_a_reliable_183_is_taken_by_its_bare_200(
     early media stays with the first phone), but kept for its dialog: its bare 200 takes it,
     another phone's answer, keyed by its own handshake. Before session 51 that 200 failed with
     "2xx without SDP answer": 488 to the caller, BYE to the phone that answered."""
-    env = await start_b2bua(
-        nursery, tmp_path, voipgw_seed, plugins=[("dtls", dtls_plugin)], alice_auto=None
-    )
-    assert env.gateway.store is not None
-    env.gateway.store.accounts_set("alice", media_policy="dtls")
-    call = await env.trunk.invite(env.did_uri(ALICE_DID))
-    leg_b = await env.alice.next_call()
+    env, call, leg_b = await forked_by_a_proxy(nursery, tmp_path, voipgw_seed)
     assert leg_b.incoming is not None
     early, early_rtcp, early_answer = await start_phones(
         nursery, leg_b, PHONE_PORT + 2, identity=OTHER_ID
@@ -430,12 +435,6 @@ async def test_another_phones_answer_in_a_reliable_183_is_taken_by_its_bare_200(
     await env.alice.respond(leg_b.incoming, 200)  # no SDP: its 183's answer stands
     final = await call.final()
     assert final.status == 200, final.reason
-    with trio.fail_after(1.5):
-        await phone.keyed.wait()
-        await rtcp_phone.keyed.wait()
-    assert phone.keys is not None and rtcp_phone.keys is not None
-    await eventually(lambda: security.rtcp_keys(0) is not None)
-    assert security.keys(0) == mirrored(phone.keys)
-    assert security.rtcp_keys(0) == mirrored(rtcp_phone.keys)
+    await keyed_within_its_first_resend(security, phone, rtcp_phone)
     await trio.sleep(30)
     assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []

@@ -72,6 +72,18 @@ def leg_keys(env: B2bua, side: str) -> SrtpKeys | None:
     return leg.security.keys(0)
 
 
+async def b_leg_keyed_by(env: B2bua, phone: Phone) -> None:
+    """The phone that answered is keyed by its exchange, and the B leg holds its keys and its
+    SAS."""
+    with trio.fail_after(10):
+        await phone.keyed.wait()
+    assert phone.keys is not None and phone.failure is None
+    await eventually(lambda: leg_keys(env, "b") == mirrored(phone.keys))  # type: ignore[arg-type]
+    record = gateway_stream(env, "b")
+    assert isinstance(phone.negotiation, ZrtpNegotiation)
+    assert record["key_exchange"] == "zrtp" and record["zrtp_sas"] == phone.negotiation.sas
+
+
 @attrs.define
 class ZrtpCaller:
     phone: Phone
@@ -204,12 +216,7 @@ async def test_another_phones_200_after_a_taken_early_answer_is_keyed_by_its_own
     await leg_b.answer(200, sdp=zrtp_sdp(negotiation))
     final = await call.final()
     assert final.status == 200, final.reason
-    with trio.fail_after(10):
-        await phone.keyed.wait()
-    assert phone.keys is not None and phone.failure is None
-    await eventually(lambda: leg_keys(env, "b") == mirrored(phone.keys))  # type: ignore[arg-type]
-    record = gateway_stream(env, "b")
-    assert record["key_exchange"] == "zrtp" and record["zrtp_sas"] == negotiation.sas
+    await b_leg_keyed_by(env, phone)
     await trio.sleep(30)
     assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
 
@@ -253,12 +260,7 @@ async def test_of_two_forked_zrtp_phones_the_one_that_answers_after_the_others_1
     await forks[1 - early_fork].answer(200, sdp=answer)
     final = await call.final()
     assert final.status == 200, final.reason
-    with trio.fail_after(10):
-        await answering.keyed.wait()
-    assert answering.keys is not None and answering.failure is None
-    await eventually(lambda: leg_keys(env, "b") == mirrored(answering.keys))  # type: ignore[arg-type]
-    record = gateway_stream(env, "b")
-    assert record["zrtp_sas"] == answering.negotiation.sas  # type: ignore[attr-defined]
+    await b_leg_keyed_by(env, answering)
     await trio.sleep(30)
     assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
     assert alice2.requests("BYE") == []

@@ -74,6 +74,31 @@ def dtls_answer(phone: DtlsNegotiation, *, fingerprint: str | None = None) -> Se
     )
 
 
+def zrtp_leg() -> LegSecurity:
+    return LegSecurity(
+        side="b",
+        policy=BUILTIN_POLICIES["best-effort"],
+        secure_signalling=False,
+        key_exchanges={"zrtp": ZrtpKeyExchange(zid=lambda: bytes(range(12)))},
+        signalling="udp",
+    )
+
+
+def zrtp_phones_answers(*, port: int) -> tuple[list[bytes], list[SessionDescription]]:
+    """Two forked ZRTP phones' Hello hashes and their answers at ``port``, each with its own
+    a=zrtp-hash (RFC 6189 §8.1)."""
+    hashes, answers = [], []
+    for zid in (b"\x01" * 12, b"\x02" * 12):
+        phone = ZrtpKeyExchange(zid=lambda zid=zid: zid).offer(suites=(), secure_signalling=False)
+        ((_, value),) = phone.local_sdp_attributes()
+        assert value is not None
+        hashes.append(bytes.fromhex(value.split()[1]))
+        answers.append(
+            sdp(PLAIN.replace("m=audio 40000", f"m=audio {port}") + f"a=zrtp-hash:{value}\n")
+        )
+    return hashes, answers
+
+
 def drive(gateway: LegSecurity, phone: DtlsNegotiation) -> None:
     """Datagrams both ways as the call's handshake task moves them; KeysReady into the stream."""
     for _ in range(20):
@@ -182,25 +207,9 @@ def test_a_forks_answer_refused_after_it_was_read_binds_no_zrtp_hello_hash() -> 
     read then refused, must not bind its hash, or fork 1's Hello (the phone that answered)
     would not match it. Before session 46 the read bound it, and fork 1's 200 (a "repeated
     answer" to the engine) left it bound."""
-    security = LegSecurity(
-        side="b",
-        policy=BUILTIN_POLICIES["best-effort"],
-        secure_signalling=False,
-        key_exchanges={"zrtp": ZrtpKeyExchange(zid=lambda: bytes(range(12)))},
-        signalling="udp",
-    )
+    security = zrtp_leg()
     offer = security.make_offer(sdp(PLAIN))
-    hashes = []
-    answers = []
-    for zid in (b"\x01" * 12, b"\x02" * 12):
-        phone = ZrtpKeyExchange(zid=lambda zid=zid: zid).offer(suites=(), secure_signalling=False)
-        ((_, value),) = phone.local_sdp_attributes()
-        assert value is not None
-        hashes.append(bytes.fromhex(value.split()[1]))
-        port = offer.media[0].port + 2
-        answers.append(
-            sdp(PLAIN.replace("m=audio 40000", f"m=audio {port}") + f"a=zrtp-hash:{value}\n")
-        )
+    hashes, answers = zrtp_phones_answers(port=offer.media[0].port + 2)
     security.read_answer(answers[1])  # never applied
     security.take_answer(answers[0])
     (stream,) = security.streams
@@ -215,21 +224,9 @@ def test_another_phones_final_answer_gets_a_fresh_zrtp_exchange_with_the_offered
     Hello hash, whose Hello is the one our offer's a=zrtp-hash names (a new one would not
     match it), and whose leg session is not the early exchange's. Before session 51 the 2xx
     was "a repeated answer" to the early exchange, bound to the early phone's Hello."""
-    security = LegSecurity(
-        side="b",
-        policy=BUILTIN_POLICIES["best-effort"],
-        secure_signalling=False,
-        key_exchanges={"zrtp": ZrtpKeyExchange(zid=lambda: bytes(range(12)))},
-        signalling="udp",
-    )
+    security = zrtp_leg()
     security.make_offer(sdp(PLAIN))
-    hashes, answers = [], []
-    for zid in (b"\x01" * 12, b"\x02" * 12):
-        phone = ZrtpKeyExchange(zid=lambda zid=zid: zid).offer(suites=(), secure_signalling=False)
-        ((_, value),) = phone.local_sdp_attributes()
-        assert value is not None
-        hashes.append(bytes.fromhex(value.split()[1]))
-        answers.append(sdp(PLAIN + f"a=zrtp-hash:{value}\n"))
+    hashes, answers = zrtp_phones_answers(port=40000)
     security.take_answer(answers[0])
     (stream,) = security.streams
     early = stream.negotiation
