@@ -1207,6 +1207,20 @@ class LegSecurity:
         stream = self._stream(index)
         return None if stream is None or stream.rejected else stream
 
+    def answer_confirmed(self) -> None:
+        """A 2xx confirmed the answer to our offer in force (RFC 3261 §13.2.2.4: it makes the
+        call; a forking proxy's later 2xx are BYEd, never taken): each stream's negotiation
+        that offers the optional ``answer_confirmed()`` (the ``dtls`` engine's: it kept other
+        phones' handshakes for another phone's answer to our forked offer, RFC 3261 §16.7,
+        docs/plugin_hooks.md) is told, its RTCP port's too. A plugin's exception is its bug:
+        raised as :class:`KeyExchangeFailed` (:meth:`_plugin`)."""
+        for stream in self.streams:
+            for negotiation in (stream.negotiation, stream.rtcp_negotiation):
+                confirmed = getattr(negotiation, "answer_confirmed", None)
+                if callable(confirmed):
+                    with self._plugin(stream.key_exchange):
+                        confirmed()
+
     def failed(self, key_exchange: str | None) -> None:
         """Count a failed negotiation of ``key_exchange`` (from SDP here, from the media path
         by the call's handshakes)."""
