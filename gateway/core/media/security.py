@@ -825,9 +825,11 @@ class LegSecurity:
 
         All or nothing: :meth:`read_answer`, then :meth:`apply_answer`. A caller whose next
         step may refuse the same answer (the media session's, for an early answer) calls the
-        two itself, around that step."""
+        two itself, around that step. The answer is final (a 2xx's, or an ACK's: every
+        caller's but the early answer's): :meth:`answer_confirmed` follows."""
         read = self.read_answer(answer)
         self.apply_answer(read)
+        self.answer_confirmed()
         return read.plain
 
     def read_answer(self, answer: SessionDescription, *, another_phone: bool = False) -> AnswerRead:
