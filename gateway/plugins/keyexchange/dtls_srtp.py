@@ -92,6 +92,19 @@ name is held, read before OpenSSL sees it (:meth:`DtlsNegotiation._held`), until
 naming it takes it as its new association (:meth:`DtlsNegotiation._adopt`) or its timeout; and
 re-offers that keep the association share the candidate with the negotiation in force.
 
+Another phone's answer to our forked offer (RFC 3261 §16.7, RFC 5763 §5)
+-----------------------------------------------------------------------
+A proxy downstream may give our first offer to several phones, each with its own certificate.
+One phone's early answer keys the line; another phone's 200 begins that phone's own
+association on a fresh negotiation (:meth:`DtlsNegotiation.for_another_phone`). Until a 2xx
+confirms the answer in force (:meth:`DtlsNegotiation.answer_confirmed`) the negotiation keeps,
+bounded, what other sources send (:class:`_KeptForAnotherPhone`): the last ClientHello of each
+(the answering phone sends its own as it sends its 200, and it arrives first), and their
+handshakes under way, a certificate of another source than the SDP address that a=fingerprint
+does not name held rather than refused with a fatal alert. The fresh negotiation takes them at
+that phone's answer, checked against its a=fingerprint: keyed at once, not at its first resend
+(1 s, RFC 6347 §4.2.4.1); a stranger's matches no phone's and keys nothing.
+
 Media path and time (RFC 7983, RFC 6347 §4.2.4)
 ----------------------------------------------
 :meth:`~DtlsNegotiation.claims_packet` claims first bytes 20..63 (RFC 7983 §7): STUN (0..3) and
@@ -1801,10 +1814,13 @@ class DtlsNegotiation:
         That phone has its own certificate and association (RFC 5763 §5): the fresh one says
         what our offer said (our certificate, a=setup, a=tls-id, RFC 8842 §5: the association
         that phone knows of is ours to begin) and holds nothing of the early phone's: no
-        association, no source, no keys. The core drives it in this one's place once it took
-        the answer (``LegSecurity.read_answer``); this one is never driven again. Session 51:
-        before, that 200 was refused ("a second answer changes the DTLS parameters"), 488 to
-        the caller and BYE to the phone that answered."""
+        association, no source, no keys. It takes what this one kept of other sources for
+        another phone's answer (session 52, :meth:`_take_handed`): that phone's ClientHello,
+        which came before its 200, and its handshake begun while the early phone's ran. The
+        core drives it in this one's place once it took the answer
+        (``LegSecurity.read_answer``); this one is never driven again. Session 51: before,
+        that 200 was refused ("a second answer changes the DTLS parameters"), 488 to the
+        caller and BYE to the phone that answered."""
         if self.role != "offerer":
             raise LocalDtlsError("only an offering DTLS negotiation takes another phone's answer")
         fresh = DtlsNegotiation(
@@ -1907,7 +1923,12 @@ class DtlsNegotiation:
         handshake that fails (the fingerprint check, an OpenSSL error) ends only its source's
         attempt, unless it is the SDP address's or its certificate matched; the leg still fails
         at ``handshake_timeout`` if no source proves itself. A host that calls this reads
-        :meth:`addressed_packets_to_send` as well as :meth:`packets_to_send`."""
+        :meth:`addressed_packets_to_send` as well as :meth:`packets_to_send`.
+
+        While our offer may have been forked (:attr:`keeps_other_phones`), what other sources
+        send once one proved itself is kept for another phone's answer, and a certificate
+        from another source than the SDP address that does not match is held, not refused
+        (:meth:`_held_for_another_phone`, :meth:`_keep_for_another_phone`)."""
         if self._to_previous_rtcp_restart(packet, source, now):
             return
         self._replay_handed(now)  # what came before it, handed by another negotiation
