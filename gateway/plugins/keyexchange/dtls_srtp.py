@@ -2037,6 +2037,7 @@ class DtlsNegotiation:
         failure: the alert telling the peer, once. Once the association answers a known source
         (:meth:`receive_packet_from`) its datagrams come from :meth:`addressed_packets_to_send`
         instead."""
+        self._replay_handed(now)  # handed by the negotiation this one replaces, at its answer
         association = self._driven()
         if association is None:
             if self._phase is _Phase.FAILED and self._association is not None:
@@ -2045,7 +2046,6 @@ class DtlsNegotiation:
                 return self._association.take_outgoing()
             return []
         self._queue(self._feed_early(association, now))
-        self._replay_handed(now)
         self._queue(association.start(now))
         out, self._unaddressed = self._unaddressed, []
         if self._restarts.candidate is not None and self._restarts.to is None:
@@ -2094,6 +2094,7 @@ class DtlsNegotiation:
     def handle_timer(self, *, now: float) -> None:
         """Retransmit the last flight or fail the handshake, as due; then read
         :meth:`packets_to_send` and :meth:`next_event`."""
+        self._replay_handed(now)  # handed by the negotiation this one replaces, at its answer
         association = self._driven()
         if association is None:
             return
@@ -2104,10 +2105,6 @@ class DtlsNegotiation:
             self._fail(HANDSHAKE_TIMEOUT_REASON if failure is None else failure.reason)
             return
         self._queue(self._feed_early(association, now))
-        self._replay_handed(now)
-        association = self._driven()  # an adopted handshake may have proved itself meanwhile
-        if association is None:
-            return
         self._settle(self._source, association, association.handle_timer(now), now)
         for key, attempt in list(self._attempts.items()):
             if self._driven() is None:
