@@ -209,6 +209,10 @@ class KeyNegotiation(Protocol):
     # media path: a fresh negotiation of the same offer (the same local SDP attributes) holding
     # nothing of the answer in force, for another phone's 2xx after an early answer was taken
     # (a proxy downstream forked our offer; ``LegSecurity.read_answer``'s ``another_phone``).
+    #
+    # Optional: ``answer_confirmed() -> None``, for an offerer's negotiation: a 2xx made the call
+    # with the answer in force, and no other phone's answer to our offer is taken from now on
+    # (``LegSecurity.answer_confirmed``; the dtls engine drops what it kept for one). Idempotent.
 
 
 class KeyExchange(Protocol):

@@ -80,6 +80,13 @@ class CallAnswer(CallForkRekey, CallRecordingIndication):
                 body = self._answer_taken_in_1xx(leg, response)
             leg.dialog = dialog
             self.b = leg
+            if leg.security is not None:
+                # No other phone's answer to our offer is taken from now on (RFC 3261
+                # §13.2.2.4): the dtls engine drops what it kept for one (our offer may have
+                # been forked downstream, §16.7), and the relay connects the keyed sockets.
+                leg.security.answer_confirmed()
+                if self.handshakes is not None:
+                    self.handshakes.poke()
             self._start_session_timers(leg, response)
             self._note_record_aware(leg, response)
             self._note_answer_recordpref(leg, response)

@@ -302,7 +302,7 @@ class CallHandshakes:
         """Set when a datagram was queued or :meth:`poke` asked for a round."""
         self._closed = False
         """The task ended: nothing is queued any more."""
-        self._hooked: dict[tuple[str, int, bool], tuple[RelayStream, bool, bool, bool]] = {}
+        self._hooked: dict[tuple[str, int, bool], tuple[RelayStream, bool, bool, bool, bool]] = {}
         """The relay streams whose sockets hand on to this task, per (side, stream, RTCP port),
         whether that socket takes only the SDP address before keys and whether its engine
         proves its peer (:meth:`_hook`)."""
@@ -1323,11 +1323,20 @@ class CallHandshakes:
         per_source = not strict and any(
             getattr(n, "handshake_per_source", False) is True for _, n in engines
         )
+        # The engine keeps other phones' handshakes for another phone's answer to our offer,
+        # which a proxy downstream may have forked (the dtls engine's keeps_other_phones,
+        # optional; RFC 3261 §16.7): the callee's socket, keyed by the early answer's phone,
+        # hands it other sources' DTLS and is not connected until a 2xx confirms the answer.
+        other_phones = (
+            side == "b"
+            and per_source
+            and any(getattr(n, "keeps_other_phones", False) is True for _, n in engines)
+        )
         hooked = self._hooked.get((side, index, rtcp))
         if (
             hooked is not None
             and hooked[0] is stream
-            and hooked[1:] == (strict, proves, per_source)
+            and hooked[1:] == (strict, proves, per_source, other_phones)
         ):
             return
         relay_side = stream.a if side == "a" else stream.b
@@ -1341,12 +1350,13 @@ class CallHandshakes:
             sdp_address_only=strict,
             proves_peer=proves,
             handshake_per_source=per_source,
+            other_phones=other_phones,
         )
-        self._hooked[(side, index, rtcp)] = (stream, strict, proves, per_source)
+        self._hooked[(side, index, rtcp)] = (stream, strict, proves, per_source, other_phones)
 
     def _unhook(self) -> None:
         streams = self._streams()
-        for (side, index, rtcp), (stream, _, _, _) in self._hooked.items():
+        for (side, index, rtcp), (stream, *_) in self._hooked.items():
             if not stream.closed:
                 found = streams.get(side, {}).get(index)
                 engines = () if found is None else tuple(n for _, n in self._negotiations(found))

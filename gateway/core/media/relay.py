@@ -522,6 +522,7 @@ class _Endpoint:
         "latched_at",
         "non_rtp",
         "only_from_source",
+        "other_phones",
         "previous_source",
         "previous_until",
         "proven_peer",
@@ -589,6 +590,10 @@ class _Endpoint:
         # Its key exchange runs a handshake per source before keys (StreamSide.
         # set_non_rtp_handler): DTLS datagrams from other sources go to it beside the latch.
         self.handshake_per_source = False
+        # Its key exchange keeps other phones' handshakes for another phone's answer to our
+        # offer, which may have been forked (StreamSide.set_non_rtp_handler's other_phones):
+        # DTLS from other sources goes to it after keys too, and the socket is not connected.
+        self.other_phones = False
         # The latched source was proved to be the peer by its key exchange before keys
         # (StreamSide.latch_peer): neither the SDP address takes it over nor other sources'
         # ZRTP is handed on beside it.
@@ -745,6 +750,18 @@ def _dtls_beside_unproven_latch(ep: _Endpoint, packet: bytes, source: Address) -
         and _not_from_sdp_address(ep, source)
         and not _unaddressed(ep)
     )
+
+
+def _dtls_for_another_phone(ep: _Endpoint, packet: bytes) -> bool:
+    """Whether ``packet``, from a source that is not the latched one, is a DTLS datagram (RFC
+    7983: first byte 20..63) that goes to the callee's key exchange without latching, keys or
+    not: it keeps other phones' handshakes for another phone's answer to our offer
+    (``other_phones``, :meth:`StreamSide.set_non_rtp_handler`). A proxy downstream may have
+    forked our offer (RFC 3261 §16.7): the phone that answers with its 200 after another's
+    early media sends its ClientHello straight here, usually before its 200 reaches us, and
+    dropped, its handshake waited for its resend (1 s, RFC 6347 §4.2.4.1). The engine keys
+    nothing with it but under that phone's answer (its a=fingerprint, RFC 5763 §5)."""
+    return ep.other_phones and ep.source is not None and 20 <= packet[0] <= 63
 
 
 def _unlatch(ep: _Endpoint) -> None:
@@ -927,6 +944,7 @@ class StreamSide:
         sdp_address_only: bool = False,
         proves_peer: bool = False,
         handshake_per_source: bool = False,
+        other_phones: bool = False,
     ) -> None:
         """Hand datagrams that are not RTP/RTCP (RFC 7983: first byte outside 128..191, e.g.
         DTLS 20..63, ZRTP 16..19, STUN 0..3) arriving on this side's RTP socket (``rtcp``: its
@@ -946,6 +964,12 @@ class StreamSide:
         ``handshake_per_source`` (the ``dtls`` engine: a handshake per source until one proved
         itself) DTLS datagrams from other sources than the latched one and the SDP address are
         handed on too before keys, latching nothing (:func:`_dtls_beside_unproven_latch`).
+        With ``other_phones`` as well (the callee's side, whose ``dtls`` engine keeps other
+        phones' handshakes for another phone's answer to our offer, which a proxy downstream
+        may have forked, RFC 3261 §16.7) DTLS datagrams from other sources than the latched
+        one are handed on after keys too, latching nothing, and the socket is not connected
+        (the kernel would refuse them) until a handler without it is set
+        (:func:`_dtls_for_another_phone`; docs/media_security.md "Forked callees").
 
         The RTCP socket has its own handshake when the leg does not use rtcp-mux: RFC 5764 §4.1
         keys SRTCP on that port from a DTLS association of its own."""
@@ -955,6 +979,12 @@ class StreamSide:
         ep.proves_peer = proves_peer and handler is not None
         ep.handshake_per_source = handshake_per_source and handler is not None
         ep.hands_on = handler is not None or ep.ice is not None
+        other_phones = other_phones and ep.handshake_per_source and ep.ice is None
+        if other_phones != ep.other_phones:
+            ep.other_phones = other_phones
+            if other_phones:
+                _disconnect(ep)
+            self._on_change()  # no longer: keys connect the latch again (_connect_keyed)
 
     def set_ice_handler(self, handler: IceHandler | None, *, rtcp: bool = False) -> None:
         """Answer STUN connectivity checks on this side's RTP socket (``rtcp``: its RTCP socket)
@@ -1020,7 +1050,7 @@ class StreamSide:
         once keyed or connected that is the peer's, and an ICE leg sends only to the address
         a check selected, RFC 8445 §12). False when the send failed."""
         ep = self._rtcp if rtcp else self._rtp
-        if ep.keyed or ep.connected or ep.ice is not None:
+        if (ep.keyed and not ep.other_phones) or ep.connected or ep.ice is not None:
             return self.send(packet, rtcp=rtcp, copy_to_sdp_address=False)
         try:
             ep.sock.sendto(packet, destination)
@@ -3099,6 +3129,11 @@ class MediaRelay:
                 # certificate matches the peer's a=fingerprint (RFC 5763 §5) is the peer, and
                 # takes the latch (StreamSide.latch_peer).
                 pass
+            elif _dtls_for_another_phone(ep, packet):
+                # The callee's engine keeps other phones' handshakes until a 2xx confirms the
+                # answer in force (our offer may have been forked): handed on, latching
+                # nothing, keys or not (session 52).
+                pass
             elif not self._latch(ep, source, now):
                 return
         handler = ep.non_rtp
@@ -3188,11 +3223,16 @@ class MediaRelay:
     def _connect(self, ep: _Endpoint, source: Address) -> None:
         """Connect the socket to its new latched source: only the source can reach it now, and the
         relay reads and sends without addresses (see udp_association). Not when re-latching is
-        on: the kernel would refuse the datagrams that re-latch. Datagrams queued before come
+        on: the kernel would refuse the datagrams that re-latch; nor while the socket's key
+        exchange keeps other phones' handshakes (``other_phones``): the kernel would refuse
+        theirs (keys connect it once that ends, :meth:`MediaStream._connect_keyed`). Datagrams
+        queued before come
         from anyone, and the kernel keeps them: they are read now into the endpoint's backlog,
         relayed from there (source checked) before anything that arrives later. Reading them
         now rather than when epoll next reports the socket makes the switch to recv_into
         independent of load: a relay that is behind may not find the queue empty for long."""
+        if ep.other_phones:
+            return
         try:
             ep.sock.connect(source)
         except OSError:

@@ -81,6 +81,7 @@ class RelaySide(Protocol):
         sdp_address_only: bool = False,
         proves_peer: bool = False,
         handshake_per_source: bool = False,
+        other_phones: bool = False,
     ) -> None: ...
 
     def send(

@@ -422,11 +422,12 @@ class RemoteSide:
         sdp_address_only: bool = False,
         proves_peer: bool = False,
         handshake_per_source: bool = False,
+        other_phones: bool = False,
     ) -> None:
         """Datagrams that are not RTP/RTCP (RFC 7983: DTLS, ...) from this leg's peer on the RTP
         socket (``rtcp``: the RTCP socket) go to ``handler``, forwarded by the worker; as
         :meth:`gateway.core.media.relay.StreamSide.set_non_rtp_handler`, ``sdp_address_only``
-        ``proves_peer`` and ``handshake_per_source`` included."""
+        ``proves_peer``, ``handshake_per_source`` and ``other_phones`` included."""
         self._handlers[rtcp] = handler
         self._stream._send(
             SetDtls(
@@ -437,6 +438,7 @@ class RemoteSide:
                 sdp_address_only,
                 proves_peer,
                 handshake_per_source,
+                other_phones,
             )
         )
 

@@ -825,9 +825,11 @@ class LegSecurity:
 
         All or nothing: :meth:`read_answer`, then :meth:`apply_answer`. A caller whose next
         step may refuse the same answer (the media session's, for an early answer) calls the
-        two itself, around that step."""
+        two itself, around that step. The answer is final (a 2xx's, or an ACK's: every
+        caller's but the early answer's): :meth:`answer_confirmed` follows."""
         read = self.read_answer(answer)
         self.apply_answer(read)
+        self.answer_confirmed()
         return read.plain
 
     def read_answer(self, answer: SessionDescription, *, another_phone: bool = False) -> AnswerRead:
@@ -1206,6 +1208,20 @@ class LegSecurity:
         the latest answer rejected it (:attr:`StreamSecurity.rejected`: keyed afresh)."""
         stream = self._stream(index)
         return None if stream is None or stream.rejected else stream
+
+    def answer_confirmed(self) -> None:
+        """A 2xx confirmed the answer to our offer in force (RFC 3261 §13.2.2.4: it makes the
+        call; a forking proxy's later 2xx are BYEd, never taken): each stream's negotiation
+        that offers the optional ``answer_confirmed()`` (the ``dtls`` engine's: it kept other
+        phones' handshakes for another phone's answer to our forked offer, RFC 3261 §16.7,
+        docs/plugin_hooks.md) is told, its RTCP port's too. A plugin's exception is its bug:
+        raised as :class:`KeyExchangeFailed` (:meth:`_plugin`)."""
+        for stream in self.streams:
+            for negotiation in (stream.negotiation, stream.rtcp_negotiation):
+                confirmed = getattr(negotiation, "answer_confirmed", None)
+                if callable(confirmed):
+                    with self._plugin(stream.key_exchange):
+                        confirmed()
 
     def failed(self, key_exchange: str | None) -> None:
         """Count a failed negotiation of ``key_exchange`` (from SDP here, from the media path

@@ -362,6 +362,7 @@ class Worker:
                     sdp_address_only=message.sdp_address_only,
                     proves_peer=message.proves_peer,
                     handshake_per_source=message.handshake_per_source,
+                    other_phones=message.other_phones,
                 )
             elif isinstance(message, SetIce):
                 side = stream.a if message.side == "a" else stream.b

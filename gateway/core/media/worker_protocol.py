@@ -67,7 +67,7 @@ from gateway.core.interfaces import SrtpKeys
 from gateway.core.media.relay import DirectionStatistics
 from gateway.core.media.srtp import SrtpStatistics
 
-PROTOCOL_VERSION = 10
+PROTOCOL_VERSION = 11
 """The version of the channel's messages and of the worker's command line. **Bump it on any
 change to a message's layout** (a field added, removed, reordered or retyped, a default that
 is sent, a type number, a field codec) **or to what a message means, and on any change to the
@@ -91,8 +91,9 @@ injected, ended at a change and relayed on; session 45). 7: they gain
 ``dtmf_end_copies_dropped`` (session 46). 8: :class:`SendStats`, answered by a :class:`Stats`
 that is never dropped (a call's final counters, session 46). 9: :class:`SetReceiverEvent` (the
 receiving leg's telephone-event in force, for the delayed DTMF end copies) and :class:`Close`
-its ``final_counters`` (session 50). 10: :class:`PlayTone` (a transferee's ringing tone, session
-52)."""
+its ``final_counters`` (session 50). 10: :class:`SetDtls` its ``other_phones`` (session 52:
+the callee's DTLS engine keeps other phones' handshakes for another phone's answer). 11:
+:class:`PlayTone` (a transferee's ringing tone, session 52)."""
 
 SocketAddress = tuple[str, int] | tuple[str, int, int, int]
 """A peer's address as a socket gives it: (host, port), or for IPv6 (host, port, flow info,
@@ -230,6 +231,9 @@ class SetDtls:
     handshake_per_source: bool = False
     """Before keys, DTLS from other sources too: the engine runs a handshake per source
     (relay's set_non_rtp_handler)."""
+    other_phones: bool = False
+    """After keys too, DTLS from other sources, the socket not connected: the engine keeps
+    other phones' handshakes for another phone's answer (relay's set_non_rtp_handler)."""
 
 
 @attrs.frozen
@@ -409,7 +413,7 @@ Append only, as the type numbers."""
 class PlayTone:
     """``MediaStream.play_tone`` in ``direction``: the tone ``plan`` (empty: stop playing) in
     G.711 ``law`` (``PCMU``, ``PCMA``; empty with no plan) as ``payload_type`` (-1 with no
-    plan). The worker draws the tone's SSRC and computes its frames itself (version 10)."""
+    plan). The worker draws the tone's SSRC and computes its frames itself (version 11)."""
 
     stream: int
     direction: str
@@ -815,7 +819,7 @@ _LAYOUTS: dict[int, tuple[type[Any], tuple[_Codec, ...]]] = {
     2: (SetRemote, (_STREAM, _SIDE, _ADDRESS, _ADDRESS, _BOOL)),
     3: (SetBlocked, (_STREAM, _DIRECTION, _BOOL)),
     4: (SetKeys, (_STREAM, _BOOL, _KEYS, _KEYS, _BOOL, _KEYS, _BOOL, _KEYS)),
-    5: (SetDtls, (_STREAM, _SIDE, _BOOL, _BOOL, _BOOL, _BOOL, _BOOL)),
+    5: (SetDtls, (_STREAM, _SIDE, _BOOL, _BOOL, _BOOL, _BOOL, _BOOL, _BOOL)),
     6: (SendDatagram, (_STREAM, _SIDE, _BOOL, _BYTES, _BOOL, _SOCKET_ADDRESS)),
     7: (Close, (_STREAM, _BOOL)),
     8: (Ping, (_STREAM,)),

@@ -92,6 +92,19 @@ name is held, read before OpenSSL sees it (:meth:`DtlsNegotiation._held`), until
 naming it takes it as its new association (:meth:`DtlsNegotiation._adopt`) or its timeout; and
 re-offers that keep the association share the candidate with the negotiation in force.
 
+Another phone's answer to our forked offer (RFC 3261 §16.7, RFC 5763 §5)
+-----------------------------------------------------------------------
+A proxy downstream may give our first offer to several phones, each with its own certificate.
+One phone's early answer keys the line; another phone's 200 begins that phone's own
+association on a fresh negotiation (:meth:`DtlsNegotiation.for_another_phone`). Until a 2xx
+confirms the answer in force (:meth:`DtlsNegotiation.answer_confirmed`) the negotiation keeps,
+bounded, what other sources send (:class:`_KeptForAnotherPhone`): the last ClientHello of each
+(the answering phone sends its own as it sends its 200, and it arrives first), and their
+handshakes under way, a certificate of another source than the SDP address that a=fingerprint
+does not name held rather than refused with a fatal alert. The fresh negotiation takes them at
+that phone's answer, checked against its a=fingerprint: keyed at once, not at its first resend
+(1 s, RFC 6347 §4.2.4.1); a stranger's matches no phone's and keys nothing.
+
 Media path and time (RFC 7983, RFC 6347 §4.2.4)
 ----------------------------------------------
 :meth:`~DtlsNegotiation.claims_packet` claims first bytes 20..63 (RFC 7983 §7): STUN (0..3) and
@@ -194,6 +207,7 @@ __all__ = [
     "MAX_FINGERPRINTS",
     "MAX_FINGERPRINT_LENGTH",
     "MAX_HANDSHAKES_PER_PORT",
+    "MAX_KEPT_FOR_ANOTHER_PHONE",
     "MAX_NEW_HANDSHAKES_BURST",
     "MAX_RECORDS",
     "NEW_HANDSHAKES_PER_SECOND",
@@ -293,6 +307,11 @@ _DTLS1_2_VERSION = 0xFEFD  # RFC 6347 §4.1: {254, 253}; pyOpenSSL has no consta
 _NO_SOURCE = ("", 0)
 """What a cookie covers when the ClientHello's source is not known (:meth:`DtlsNegotiation.
 _cookie_exchange`): no host's text, so no source's cookie verifies for it, nor its for one."""
+
+MAX_KEPT_FOR_ANOTHER_PHONE = 4
+"""Sources other than the peer whose handshake an offerer's negotiation that may have been
+forked keeps for another phone's answer (:class:`_KeptForAnotherPhone`): their last
+ClientHello each, and as many handshakes under way; the oldest source's goes first."""
 
 MAX_HELD_DATAGRAMS = 8
 """Datagrams kept of a held candidate (:meth:`DtlsNegotiation._held`): the client's flight from
@@ -1020,6 +1039,9 @@ class _Association:
         association), until its timeout."""
         self.held: list[bytes] = []
         """The datagrams held back from OpenSSL with :attr:`held_certificate`."""
+        self.held_for_another_phone = False
+        """Whether :attr:`held_certificate` was held for another phone's answer to our offer
+        (:meth:`DtlsNegotiation._held_for_another_phone`), not for a re-offer."""
         self.held_outcome: str | None = None
         """What became of the re-offer that named the held certificate, said should the held
         handshake fail where it was held (:meth:`DtlsNegotiation._restart_failed`; session
@@ -1419,6 +1441,29 @@ class _Restarts:
     """Whether a failed restart of this port was said in the log (once)."""
 
 
+@attrs.define
+class _KeptForAnotherPhone:
+    """What an offerer's negotiation that may have been forked keeps of sources other than its
+    peer, for another phone's final answer to the same offer (:meth:`DtlsNegotiation.
+    for_another_phone`). A proxy downstream may give our one offer to several phones (RFC 3261
+    §16.7), each with its own certificate (RFC 5763 §5); the phone that answers a=setup:active
+    sends its ClientHello as it sends its 200, straight to our port, and it usually arrives
+    before the 200, which goes through the proxy. Dropped, its handshake waited for its first
+    resend (1 s, RFC 6347 §4.2.4.1). Nothing kept here is fed to OpenSSL under the answer in
+    force: the negotiation of the phone that answers takes it, checked against that phone's
+    a=fingerprint, or nobody does."""
+
+    client_hellos: dict[Source, tuple[bytes, Source]] = attrs.Factory(dict)
+    """The last datagram holding a ClientHello of each source (by source key, with the whole
+    source), at most :data:`MAX_KEPT_FOR_ANOTHER_PHONE`, oldest first."""
+    handshakes: dict[Source, _Association] = attrs.Factory(dict)
+    """Other sources' handshakes under way whose certificate was not checked against the
+    peer's a=fingerprint, or was held because it does not match it
+    (:meth:`DtlsNegotiation._held_for_another_phone`), at most
+    :data:`MAX_KEPT_FOR_ANOTHER_PHONE`, oldest first. Not driven (no timer, nothing sent);
+    what their sources send next is held with them (:attr:`_Association.held`)."""
+
+
 @attrs.frozen
 class _Settings:
     identity: DtlsIdentity
@@ -1502,6 +1547,23 @@ class DtlsNegotiation:
     _rtcp_restart_of: DtlsNegotiation | None = None
     """An adopted association's (:meth:`_adopt`) previous RTCP port's negotiation, whose held
     candidate the new RTCP port's negotiation takes (:meth:`rtcp_component`; session 46)."""
+    _forkable: bool = False
+    """Whether our offer may have been forked (RFC 3261 §16.7) and no 2xx confirmed its answer
+    yet: our first offer (:meth:`DtlsKeyExchange.offer`, a re-offer goes in a dialog, which
+    no proxy forks) until :meth:`answer_confirmed`. Meanwhile other sources' handshakes are
+    kept for another phone's answer (:attr:`_kept`), and a certificate of another source
+    than the SDP address that does not match a=fingerprint is held, not refused at once."""
+    _kept: _KeptForAnotherPhone = attrs.Factory(_KeptForAnotherPhone)
+    """What this negotiation keeps for another phone's answer (:attr:`keeps_other_phones`)."""
+    _handed: _KeptForAnotherPhone | None = None
+    """What the negotiation this one replaces kept for another phone (:meth:`for_another_phone`):
+    taken at the answer (:meth:`_take_handed`), checked against that phone's a=fingerprint."""
+    _handed_rtcp: DtlsNegotiation | None = None
+    """The replaced negotiation's RTCP port's negotiation (no rtcp-mux, RFC 5764 §4.1), whose
+    kept datagrams and handshakes the new RTCP port's negotiation takes (:meth:`rtcp_component`)."""
+    _replays: list[tuple[bytes, Source]] = attrs.Factory(list)
+    """Handed datagrams (:meth:`_take_handed`) fed through :meth:`receive_packet_from`, with
+    their sources, at the first clock once our role is known (:meth:`_replay_handed`)."""
 
     def __repr__(self) -> str:
         role = self.dtls_role or "role?"
@@ -1547,6 +1609,17 @@ class DtlsNegotiation:
         the peer (:attr:`peer_source`). Read by the call's handshake task (docs/plugin_hooks.md
         "Media-path engines"); not with ``sdp_address_only``, which takes no other source."""
         return True
+
+    @property
+    def keeps_other_phones(self) -> bool:
+        """Whether this is an offerer's negotiation whose offer may have been forked (RFC 3261
+        §16.7: our first offer, no 2xx confirmed its answer yet, :meth:`answer_confirmed`):
+        it keeps, bounded, the handshakes of sources other than its peer for another phone's
+        final answer (:meth:`for_another_phone`), its keys or not. Read by the call's handshake
+        task, which has the relay hand it DTLS from other sources after keys too, its socket
+        not connected to the peer meanwhile (docs/plugin_hooks.md "Media-path engines";
+        docs/media_security.md "Forked callees")."""
+        return self._forkable and self._phase is not _Phase.FAILED
 
     @property
     def peer_source(self) -> Source | None:
@@ -1704,6 +1777,7 @@ class DtlsNegotiation:
             if candidate is not None:
                 self._keys_before = candidate.keys
             self._association = self._new_association(role, peer)
+            self._take_handed(role, peer)
         self._phase = _Phase.HANDSHAKING
 
     def check_remote_sdp_attributes(
@@ -1740,17 +1814,70 @@ class DtlsNegotiation:
         That phone has its own certificate and association (RFC 5763 §5): the fresh one says
         what our offer said (our certificate, a=setup, a=tls-id, RFC 8842 §5: the association
         that phone knows of is ours to begin) and holds nothing of the early phone's: no
-        association, no source, no keys. The core drives it in this one's place once it took
-        the answer (``LegSecurity.read_answer``); this one is never driven again. Session 51:
-        before, that 200 was refused ("a second answer changes the DTLS parameters"), 488 to
-        the caller and BYE to the phone that answered."""
+        association, no source, no keys. It takes what this one kept of other sources for
+        another phone's answer (session 52, :meth:`_take_handed`): that phone's ClientHello,
+        which came before its 200, and its handshake begun while the early phone's ran. The
+        core drives it in this one's place once it took the answer
+        (``LegSecurity.read_answer``); this one is never driven again. Session 51: before,
+        that 200 was refused ("a second answer changes the DTLS parameters"), 488 to the
+        caller and BYE to the phone that answered."""
         if self.role != "offerer":
             raise LocalDtlsError("only an offering DTLS negotiation takes another phone's answer")
         fresh = DtlsNegotiation(
             self.role, self._settings, _Phase.OFFERED, self._setup, self._tls_id
         )
         fresh.signalling_protected = self.signalling_protected
+        if self.keeps_other_phones:
+            # Session 52: what other sources sent (that phone's ClientHello, which came
+            # straight to our port before its 200 came through the proxy) goes to the fresh
+            # one, taken only once the answer is (:meth:`_take_handed`): this one is as it was
+            # should the answer be refused. Before, that phone waited for its resend (1 s).
+            fresh._handed = self._for_another_phone()
+            association = self._association
+            fresh._handed_rtcp = association.rtcp_component if association is not None else None
         return fresh
+
+    def answer_confirmed(self) -> None:
+        """A 2xx confirmed the answer in force (RFC 3261 §13.2.2.4: the first 2xx makes the
+        call; a proxy's later 2xx from other phones are BYEd, never answers to this offer):
+        our offer is no longer one another phone may answer (:attr:`keeps_other_phones`).
+        What was kept for another phone's answer is dropped, and handshakes held because
+        their certificate matched neither the peer nor, so far, another phone are refused
+        (:meth:`_held_for_another_phone`); the RTCP port's negotiation likewise. Called by the
+        core (``LegSecurity.answer_confirmed``; optional, docs/plugin_hooks.md); idempotent."""
+        self._forkable = False
+        self._kept = _KeptForAnotherPhone()
+        for key, attempt in list(self._attempts.items()):
+            if attempt.held_for_another_phone:
+                # Its certificate matched no phone's a=fingerprint: it failed the check
+                # (RFC 5763 §5), as it would have at once had the offer not been forkable.
+                del self._attempts[key]
+                self._by_source.handshakes_failed += 1
+                self._mismatched += 1
+                if key not in self._refused:
+                    self._refused.append(key)
+        association = self._association
+        if association is not None and association.rtcp_component is not None:
+            association.rtcp_component.answer_confirmed()
+
+    def _for_another_phone(self) -> _KeptForAnotherPhone:
+        """What another phone's negotiation takes of this one (:meth:`for_another_phone`): the
+        ClientHellos kept, and the handshakes of other sources under way whose certificate
+        was not found to match the peer's a=fingerprint: those kept since a source proved
+        itself, and, while none has, each source's (the phone that answers may have begun its
+        own while the early phone's ran, RFC 5763 §5), its own association's too. A snapshot:
+        nothing here changes until the answer is taken."""
+        handshakes = dict(self._kept.handshakes)
+        if self._peer_source is None:
+            candidates = list(self._attempts.items())
+            if self._source is not None and self._association is not None:
+                candidates.insert(0, (self._source, self._association))
+            for key, association in candidates:
+                if association.phase is _Phase.HANDSHAKING and not association.keys:
+                    handshakes.setdefault(key, association)
+        while len(handshakes) > MAX_KEPT_FOR_ANOTHER_PHONE:
+            del handshakes[next(iter(handshakes))]
+        return _KeptForAnotherPhone(dict(self._kept.client_hellos), handshakes)
 
     def claims_packet(self, first_byte: int, packet: bytes) -> bool:
         """DTLS datagrams: first byte 20..63 (RFC 7983 §7). STUN (0..3), ZRTP (16..19) and
@@ -1796,9 +1923,15 @@ class DtlsNegotiation:
         handshake that fails (the fingerprint check, an OpenSSL error) ends only its source's
         attempt, unless it is the SDP address's or its certificate matched; the leg still fails
         at ``handshake_timeout`` if no source proves itself. A host that calls this reads
-        :meth:`addressed_packets_to_send` as well as :meth:`packets_to_send`."""
+        :meth:`addressed_packets_to_send` as well as :meth:`packets_to_send`.
+
+        While our offer may have been forked (:attr:`keeps_other_phones`), what other sources
+        send once one proved itself is kept for another phone's answer, and a certificate
+        from another source than the SDP address that does not match is held, not refused
+        (:meth:`_held_for_another_phone`, :meth:`_keep_for_another_phone`)."""
         if self._to_previous_rtcp_restart(packet, source, now):
             return
+        self._replay_handed(now)  # what came before it, handed by another negotiation
         association = self._driven()
         if (
             source is None
@@ -1847,10 +1980,13 @@ class DtlsNegotiation:
             association.address = source
             if self._to_candidate(association, packet, source, now):
                 return
+            if self._held_for_another_phone(key, association, packet):
+                return
             self._settle(key, association, association.receive(packet, now), now)
             return
         if self._peer_source is not None or association.phase is not _Phase.HANDSHAKING:
             self._by_source.ignored += 1
+            self._keep_for_another_phone(key, source, packet)
             return
         if key in self._refused:
             self._by_source.dropped_refused += 1
@@ -1864,6 +2000,8 @@ class DtlsNegotiation:
         attempt = self._attempts.get(key)
         if attempt is not None:
             attempt.address = source
+            if self._held_for_another_phone(key, attempt, packet):
+                return
             self._settle(key, attempt, attempt.receive(packet, now), now)
             return
         if not opens:
@@ -1899,6 +2037,7 @@ class DtlsNegotiation:
         failure: the alert telling the peer, once. Once the association answers a known source
         (:meth:`receive_packet_from`) its datagrams come from :meth:`addressed_packets_to_send`
         instead."""
+        self._replay_handed(now)  # handed by the negotiation this one replaces, at its answer
         association = self._driven()
         if association is None:
             if self._phase is _Phase.FAILED and self._association is not None:
@@ -1943,6 +2082,8 @@ class DtlsNegotiation:
             return None
         if self._adopting and association.phase is _Phase.FAILED:
             return 0.0  # failed where it was held (:meth:`_adopt`): said at once
+        if self._replays and association is self._association:
+            return 0.0  # handed datagrams to feed (:meth:`_replay_handed`)
         timers = [association.get_timer()]
         timers += [attempt.get_timer() for attempt in self._attempts.values()]
         if self._restarts.candidate is not None:
@@ -1953,6 +2094,7 @@ class DtlsNegotiation:
     def handle_timer(self, *, now: float) -> None:
         """Retransmit the last flight or fail the handshake, as due; then read
         :meth:`packets_to_send` and :meth:`next_event`."""
+        self._replay_handed(now)  # handed by the negotiation this one replaces, at its answer
         association = self._driven()
         if association is None:
             return
@@ -2070,6 +2212,7 @@ class DtlsNegotiation:
                 signalling_protected=self.signalling_protected,
                 rtcp_port=True,
             )
+            component._forkable = self._forkable
             previous, self._rtcp_restart_of = self._rtcp_restart_of, None
             held = _held_restart(previous, association.peer, self._settings.profiles)
             if held is not None and previous is not None:
@@ -2080,6 +2223,13 @@ class DtlsNegotiation:
                 component._adopt(held, association.peer, previous)
             else:
                 component._association = self._new_association(association.role, association.peer)
+                handed, self._handed_rtcp = self._handed_rtcp, None
+                if handed is not None and handed._phase is not _Phase.FAILED:
+                    # Another phone's answer replaced the negotiation (:meth:`for_another_phone`):
+                    # what that one's RTCP port kept of other sources is this port's, checked
+                    # against this phone's a=fingerprint (RFC 5764 §4.1: a handshake per port).
+                    component._handed = handed._for_another_phone()
+                    component._take_handed(association.role, association.peer)
                 if previous is not None:
                     # An adopted association (:meth:`_adopt`): its RTCP port's restart may
                     # still come to the previous RTCP port's negotiation (the answer not sent
@@ -2191,9 +2341,25 @@ class DtlsNegotiation:
         sources): the cookie covers :data:`_NO_SOURCE` and the HelloVerifyRequest goes the
         core's usual way (:meth:`packets_to_send`); nothing is logged (no address to name)."""
         cookies = self._settings.cookies
-        if cookies is None or (key == self._sdp_source and not always):
+        if cookies is None:
             return True, None
         bound = _NO_SOURCE if key is None else key
+        if key == self._sdp_source and not always:
+            # Not asked; but one that was asked before it was known as the SDP address (a
+            # ClientHello kept for another phone's answer, replayed at that answer before the
+            # phone's next datagram told its address, :meth:`_take_handed`) returns our cookie
+            # in a ClientHello of message_seq 1, which only DTLSv1_listen begins with (fed to
+            # a fresh connection, OpenSSL waits for message 0 for ever, RFC 6347 §4.2.2).
+            returned = parse_client_hello_cookie_untrusted(packet)
+            if (
+                returned is not None
+                and returned.message_seq == 1
+                and returned.cookie
+                and cookies.verifies(bound, returned.cookie, now, context=self._cookie_context())
+            ):
+                self._cookies_returned += 1
+                return True, returned.cookie
+            return True, None
         hello = parse_client_hello_cookie_untrusted(packet)
         totals = self._settings.totals
         if hello is None:
@@ -2583,8 +2749,10 @@ class DtlsNegotiation:
     def _attempt_failed(self, key: Source, association: _Association, now: float) -> None:
         self._by_source.handshakes_failed += 1
         failure = association.failure
-        if failure is not None and failure.reason == FINGERPRINT_MISMATCH_REASON:
-            self._mismatched += 1
+        if association.held_for_another_phone or (
+            failure is not None and failure.reason == FINGERPRINT_MISMATCH_REASON
+        ):
+            self._mismatched += 1  # held (:meth:`_held_for_another_phone`), or refused at once
         if key not in self._refused:
             self._refused.append(key)
         to = association.address or key
@@ -2610,8 +2778,138 @@ class DtlsNegotiation:
             if previous is not None:
                 association.rtcp_component = previous.rtcp_component
                 association.statistics = _added(previous.statistics, association.statistics)
+                if self._source is not None:
+                    self._keep_handshake(self._source, previous)
             self._association, self._source = association, key
+        for other, attempt in self._attempts.items():
+            if attempt is not association:
+                self._keep_handshake(other, attempt)
         self._attempts.clear()
+
+    def _held_for_another_phone(self, key: Source, attempt: _Association, packet: bytes) -> bool:
+        """Whether ``key``'s ``packet`` to its handshake ``attempt`` is held back from OpenSSL
+        for another phone's answer: while our offer may have been forked
+        (:attr:`keeps_other_phones`), a source other than the SDP address presents a
+        certificate that a=fingerprint does not name (read here, before the verify callback
+        would fail the handshake with a fatal alert, RFC 5763 §5), or one already was. That
+        source may be a phone our offer also reached, ringing or answering with its own
+        certificate (RFC 3261 §16.7): its handshake waits, held (at most
+        :data:`MAX_HELD_DATAGRAMS`), for that phone's 2xx (:meth:`_take_handed` checks it
+        against its a=fingerprint) until its timeout or :meth:`answer_confirmed`. Before
+        session 52 the alert ended that phone's handshake, and its call. Nothing of it keys
+        anything meanwhile; the SDP address's mismatch still fails the leg at once ("Forged
+        alerts"). A certificate in more than one fragment cannot be read here: OpenSSL's
+        check fails it at once, as before (as :meth:`_held`)."""
+        if attempt.held_for_another_phone:
+            if len(attempt.held) < MAX_HELD_DATAGRAMS:
+                attempt.held.append(packet)
+            else:
+                attempt.statistics.ignored += 1
+            return True
+        if not self.keeps_other_phones or key == self._sdp_source:
+            return False
+        certificate = presented_certificate_untrusted(packet)
+        if certificate is None or attempt.peer.matches(certificate):
+            return False
+        attempt.held_certificate, attempt.held = certificate, [packet]
+        attempt.held_for_another_phone = True
+        return True
+
+    def _keep_for_another_phone(self, key: Source, source: Source, packet: bytes) -> None:
+        """A datagram from ``key`` (``source`` whole) that this negotiation ignores (another
+        source proved itself the peer): kept for another phone's answer while our offer may
+        have been forked (:attr:`keeps_other_phones`). The next flight of a handshake kept
+        (:meth:`_keep_handshake`) is held with it; of any other source, the last ClientHello
+        (RFC 6347 §4.2.1: what opens a handshake with our server), at most
+        :data:`MAX_KEPT_FOR_ANOTHER_PHONE` sources, the oldest forgotten first."""
+        if not self.keeps_other_phones:
+            return
+        kept = self._kept.handshakes.get(key)
+        if kept is not None:
+            if len(kept.held) < MAX_HELD_DATAGRAMS:
+                kept.held.append(packet)
+            else:
+                kept.statistics.ignored += 1
+            return
+        if (
+            len(packet) > MAX_DATAGRAM_LENGTH
+            or not dtls_records_valid_untrusted(packet)
+            or not _holds_client_hello_untrusted(packet)
+        ):
+            return
+        hellos = self._kept.client_hellos
+        hellos.pop(key, None)
+        while len(hellos) >= MAX_KEPT_FOR_ANOTHER_PHONE:
+            del hellos[next(iter(hellos))]
+        hellos[key] = (packet, source)
+
+    def _keep_handshake(self, key: Source, association: _Association) -> None:
+        """``key``'s handshake ends here (another source proved itself, :meth:`_proven`): kept,
+        undriven, for another phone's answer while our offer may have been forked and its
+        certificate was not found to match a=fingerprint, at most
+        :data:`MAX_KEPT_FOR_ANOTHER_PHONE` (the oldest forgotten first)."""
+        if (
+            not self.keeps_other_phones
+            or association.phase is not _Phase.HANDSHAKING
+            or association.keys is not None
+        ):
+            return
+        kept = self._kept.handshakes
+        kept.pop(key, None)
+        while len(kept) >= MAX_KEPT_FOR_ANOTHER_PHONE:
+            del kept[next(iter(kept))]
+        kept[key] = association
+
+    def _take_handed(self, role: Role, peer: PeerDtlsParameters) -> None:
+        """Another phone's answer to our offer was taken (:meth:`for_another_phone`): what the
+        negotiation it replaces kept of other sources is this one's now. A handshake under way
+        in our ``role`` becomes this negotiation's attempt for its source, its peer parameters
+        this answer's: its certificate is checked against this phone's a=fingerprint
+        (:meth:`_Association._verify` reads :attr:`_Association.peer` when the Certificate
+        comes, RFC 5763 §5), and it gets a new deadline at its next clock
+        (:meth:`_Association.adopt`). One held for a certificate this answer does not name
+        either (a stranger's: it matches no phone's) is dropped and keys nothing. Its held
+        datagrams and the kept ClientHellos (as DTLS server only: RFC 5763 §5, the
+        ClientHello opens our server's handshake) are fed at the first clock through
+        :meth:`receive_packet_from` (:meth:`_replay_handed`), with every check of a source's
+        datagram: cookies, the port's caps and bucket."""
+        handed, self._handed = self._handed, None
+        if handed is None:
+            return
+        for key, attempt in handed.handshakes.items():
+            if attempt.role is not role or attempt.phase is not _Phase.HANDSHAKING:
+                continue
+            held = attempt.held_certificate if attempt.held_for_another_phone else None
+            if held is not None and not peer.matches(held):
+                self._by_source.handshakes_failed += 1
+                self._mismatched += 1
+                continue
+            if 1 + len(self._attempts) >= MAX_HANDSHAKES_PER_PORT:
+                break
+            attempt.peer, attempt.local_tls_id = peer, self._tls_id
+            attempt.rtcp_component = None  # the early phone's RTCP port's, not this one's
+            attempt.held_certificate, attempt.held_for_another_phone = None, False
+            attempt.adopt()
+            datagrams, attempt.held = attempt.held, []
+            self._attempts[key] = attempt
+            self._by_source.handshakes_by_source += 1
+            self._replays += [(packet, attempt.address or key) for packet in datagrams]
+            self._with_sources = True
+        if role is Role.SERVER:
+            self._replays += [
+                (packet, source)
+                for key, (packet, source) in handed.client_hellos.items()
+                if key not in self._attempts
+            ]
+
+    def _replay_handed(self, now: float) -> None:
+        """Feed the datagrams another negotiation handed this one (:meth:`_take_handed`), as if
+        they came now, once our role is known."""
+        if not self._replays or self._association is None or self._phase is _Phase.FAILED:
+            return
+        replays, self._replays = self._replays, []
+        for packet, source in replays:
+            self.receive_packet_from(packet, source=source, now=now)
 
     def _feed_early(self, association: _Association, now: float) -> list[KeyNegotiationEvent]:
         if not self._early or association is not self._association:
@@ -2636,7 +2934,17 @@ class DtlsNegotiation:
             return
         self._phase = _Phase.FAILED
         self._early = []
+        # Held for another phone's answer (:meth:`_held_for_another_phone`) until now: their
+        # certificates matched no phone's a=fingerprint.
+        held = [*self._attempts.values(), *([self._association] if self._association else [])]
+        self._mismatched += sum(a.held_for_another_phone for a in held)
         self._attempts.clear()
+        self._kept, self._handed, self._handed_rtcp, self._replays = (
+            _KeptForAnotherPhone(),
+            None,
+            None,
+            [],
+        )
         # Its own hold only: a re-offer's failure leaves the restart to the negotiation it
         # shares it with (:meth:`_take_restart`).
         self._restarts = _Restarts()
@@ -2796,6 +3104,9 @@ class DtlsKeyExchange:
             "offerer", self._identity(), profiles, Setup.ACTPASS, self._fresh_tls_id()
         )
         negotiation.signalling_protected = secure_signalling
+        # A first offer may be forked downstream (RFC 3261 §16.7) until a 2xx confirms its
+        # answer; a re-offer goes in a dialog, to the one phone of that dialog.
+        negotiation._forkable = previous is None
         if previous is not None:
             negotiation._keys_before = previous_keys(previous)
         if not profiles:

@@ -95,12 +95,12 @@ async def forked_by_a_proxy(
 
 
 async def keyed_within_its_first_resend(
-    security: LegSecurity, phone: Phone, rtcp_phone: Phone
+    security: LegSecurity, phone: Phone, rtcp_phone: Phone, *, within: float = 1.5
 ) -> None:
     """The phone that answered after another's early answer is keyed, both ports, by its
-    first resend (1 s, RFC 6347 §4.2.4.1: its ClientHellos sent as it rang went to the early
-    phone's negotiation), and the leg holds its keys."""
-    with trio.fail_after(1.5):
+    first resend (1 s, RFC 6347 §4.2.4.1) at the latest, ``within`` seconds, and the leg
+    holds its keys."""
+    with trio.fail_after(within):
         await phone.keyed.wait()
         await rtcp_phone.keyed.wait()
     assert phone.failure is None and rtcp_phone.failure is None
@@ -108,6 +108,18 @@ async def keyed_within_its_first_resend(
     await eventually(lambda: security.rtcp_keys(0) is not None)
     assert security.keys(0) == mirrored(phone.keys)
     assert security.rtcp_keys(0) == mirrored(rtcp_phone.keys)
+
+
+async def keyed_by_the_client_hellos_of_its_200(
+    security: LegSecurity, phone: Phone, rtcp_phone: Phone
+) -> None:
+    """The phone that answered after another's early answer is keyed, both ports, by the
+    ClientHellos it sent before its 200 reached us (the early phone's negotiation kept them
+    for another phone's answer, session 52): well within its first resend (1 s, RFC 6347
+    §4.2.4.1), none needed. Before, it was keyed at that resend."""
+    await keyed_within_its_first_resend(security, phone, rtcp_phone, within=0.5)
+    for engine in (phone.negotiation, rtcp_phone.negotiation):
+        assert engine.statistics().retransmissions == 0  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("answering", [0, 1], ids=["first-to-send-answers", "second-answers"])
@@ -371,7 +383,7 @@ async def test_another_phones_200_after_a_taken_early_answer_is_keyed_by_its_own
     await leg_b.answer(200, sdp=answer)
     final = await call.final()
     assert final.status == 200, final.reason
-    await keyed_within_its_first_resend(security, phone, rtcp_phone)
+    await keyed_by_the_client_hellos_of_its_200(security, phone, rtcp_phone)
     record = gateway_call.security_record()["b"]["streams"][0]
     assert record["peer_certificate_sha256"] == PHONE_ID.sha256_hex()
     assert gateway_call.media is not None
@@ -435,6 +447,67 @@ async def test_another_phones_answer_in_a_reliable_183_is_taken_by_its_bare_200(
     await env.alice.respond(leg_b.incoming, 200)  # no SDP: its 183's answer stands
     final = await call.final()
     assert final.status == 200, final.reason
-    await keyed_within_its_first_resend(security, phone, rtcp_phone)
+    await keyed_by_the_client_hellos_of_its_200(security, phone, rtcp_phone)
+    await trio.sleep(30)
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+
+
+async def test_the_client_hellos_another_phone_sends_with_its_200_key_it_at_once(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+) -> None:
+    """A proxy downstream forks our one offer (one B leg, two To tags, RFC 3261 §12.1.2); one
+    phone's 183 is taken and its handshake keys the early media. The other phone answers
+    a=setup:active and sends its ClientHellos (RTP and RTCP ports) as it sends its 200: they
+    come straight to the gateway's B ports, which the early phone's keys hold, ahead of the
+    200 (which a proxy delays). The early phone's negotiation keeps them, and the relay hands
+    them to it while no 2xx confirmed the early answer (its sockets not connected to the
+    early phone meanwhile); the 200 hands them to the answering phone's own association (RFC
+    5763 §5). Keyed at the 200, no resend needed; before session 52 the kernel refused them
+    at the early phone's connected sockets and the phone was keyed at its first resend, 1 s
+    of the call's audio lost. Once the 200 confirmed the answer, the sockets are connected
+    to the answering phone again."""
+    env, call, leg_b = await forked_by_a_proxy(nursery, tmp_path, voipgw_seed)
+    await leg_b.ring()
+    early, early_rtcp, early_answer = await start_phones(
+        nursery, leg_b, PHONE_PORT + 2, identity=OTHER_ID
+    )
+    answering_tag = leg_b.local_tag
+    leg_b.local_tag = "fork-2"  # the early phone's dialog
+    await env.alice.respond(leg_b.incoming, 183, body=early_answer)  # type: ignore[arg-type]
+    with trio.fail_after(30):
+        await early.keyed.wait()
+        await early_rtcp.keyed.wait()
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    security = gateway_call.b_legs[0].security
+    assert security is not None and gateway_call.media is not None
+    (stream,) = gateway_call.media.streams
+    await eventually(lambda: security.rtcp_keys(0) is not None)
+    # Keyed by the early phone, whose sockets are not connected to it: another phone may
+    # still answer (the early phone latched them from its SDP address, which connected them
+    # at once before session 52).
+    for socket in (stream.b._rtp, stream.b._rtcp):
+        assert socket.other_phones and not socket.connected
+        assert socket.source == ("127.0.0.1", PHONE_PORT + 2 + (socket is stream.b._rtcp))
+    await trio.sleep(5)  # the other phone rings a while
+
+    leg_b.local_tag = answering_tag
+    phone, rtcp_phone, answer = await start_phones(nursery, leg_b, PHONE_PORT)
+    answered_at = trio.current_time()
+    await leg_b.answer(200, sdp=answer)
+    final = await call.final()
+    assert final.status == 200, final.reason
+    await keyed_by_the_client_hellos_of_its_200(security, phone, rtcp_phone)
+    assert trio.current_time() - answered_at < 0.5
+    record = gateway_call.security_record()["b"]["streams"][0]
+    assert record["peer_certificate_sha256"] == PHONE_ID.sha256_hex()
+    assert early.failure is None and early.dtls_received == early_rtcp.dtls_received == 2
+    # The 200 confirmed the answer: keys connect the answering phone's sockets (the kernel
+    # refuses everyone else's datagrams again, as on every keyed call).
+    await eventually(lambda: stream.b._rtp.connected and stream.b._rtcp.connected)
+    assert not stream.b._rtp.other_phones and not stream.b._rtcp.other_phones
     await trio.sleep(30)
     assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []

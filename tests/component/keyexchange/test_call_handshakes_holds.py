@@ -101,6 +101,7 @@ class Side:
         sdp_address_only: bool = False,
         proves_peer: bool = False,
         handshake_per_source: bool = False,
+        other_phones: bool = False,
     ) -> None:
         self.handlers[rtcp] = handler
         self.sdp_address_only[rtcp] = sdp_address_only

@@ -1506,6 +1506,45 @@ async def test_dtls_beside_a_strangers_latch_goes_to_a_handshake_per_source_engi
     assert await natted.receive() == (b"\x16final", (ADDRESS, port))
 
 
+async def test_while_another_phone_may_answer_a_keyed_socket_hands_its_dtls_on_unconnected(
+    connected: MediaStream, alice: PlainPhone, make_phone: Callable[[], PlainPhone]
+):
+    # docs/media_security.md, "Forked callees" (session 52): our offer may have been forked,
+    # and alice's early answer keyed the port. Another phone that answers sends its ClientHello
+    # here before its 200 reaches us: with other_phones (the dtls engine keeps it for that
+    # phone's answer) it is handed on with its source after keys too, latching nothing, and
+    # the socket is not connected (the kernel would refuse it). Its RTP is not handed on. Once
+    # a 2xx confirmed the answer (other_phones no longer), keys connect the socket (#7).
+    stream = connected
+    other = make_phone()
+    taken: list[tuple[bytes, Any]] = []
+
+    def handler(packet: bytes, source: Any) -> None:
+        taken.append((packet, source))
+
+    stream.a.set_non_rtp_handler(handler, handshake_per_source=True, other_phones=True)
+    port = stream.a.ports.rtp_port
+    await alice.send(CLIENT_HELLO, port)  # from her SDP address: latched, not connected
+    await until(lambda: len(taken) == 1)
+    stream.a_to_b.transforms = Transforms(rtp_in=lambda packet: packet)  # her keys
+    await alice.send(rtp(1), port)
+    await until(lambda: stream.a_to_b.statistics().rtp_packets == 1)
+    assert stream.a._rtp.keyed and not stream.a._rtp.connected
+    await other.send(CLIENT_HELLO + b"\x02", port)
+    await until(lambda: len(taken) == 2)
+    assert taken[1] == (CLIENT_HELLO + b"\x02", other.rtp_address)
+    assert stream.a.rtp_source == alice.rtp_address
+    await other.send(rtp(2), port)
+    await until(lambda: stream.a_to_b.statistics().dropped_unlatched_source == 1)
+    assert stream.a.send_to(b"\x16request", other.rtp_address)  # our answer to its own
+    assert await other.receive() == (b"\x16request", (ADDRESS, port))
+
+    stream.a.set_non_rtp_handler(handler, handshake_per_source=True)  # a 2xx confirmed it
+    await alice.send(rtp(3), port)
+    await until(lambda: stream.a._rtp.connected)
+    await assert_refused_by_the_kernel(CLIENT_HELLO, port)
+
+
 async def test_without_handshake_per_source_a_third_sources_dtls_is_dropped_as_before(
     connected: MediaStream, make_phone: Callable[[], PlainPhone]
 ):

@@ -205,6 +205,7 @@ def test_a_refused_source_and_a_rate_limited_server_flight_are_logged(
     from tests.unit.keyexchange.dtls_source_pairs import FIRST_STRANGER, stranger_for
 
     ours, _ = ours_and_peer(we_serve=True)
+    ours.answer_confirmed()  # a 2xx's answer: the stranger's certificate is refused at once
     with caplog.at_level(logging.WARNING):
         run(ours, {FIRST_STRANGER: stranger_for(ours)}, now=0.0)  # fails the fingerprint
         send(stranger_for(ours), ours, FIRST_STRANGER, 0.5)

@@ -288,7 +288,7 @@ def test_values_that_do_not_fit_their_field_are_our_bug() -> None:
 
 # -- the protocol version ------------------------------------------------------------------------
 
-LAYOUT_VERSION = 10
+LAYOUT_VERSION = 11
 """The PROTOCOL_VERSION whose layouts FRAMES below are. A change to any message's layout fails
 test_each_message_type_has_the_layout_of_its_protocol_version: then bump PROTOCOL_VERSION in
 worker_protocol.py, and this number with the new frames (never new frames under an old number:
@@ -322,7 +322,10 @@ FRAMES: list[tuple[Message, str]] = [
         " 00000001 01 00000000"
         " 00 01 00 00 00",
     ),
-    (SetDtls(5, "b", True, True, True, True, True), "0000000b 05 00000005 01 01 01 01 01 01"),
+    (
+        SetDtls(5, "b", True, True, True, True, True, True),
+        "0000000c 05 00000005 01 01 01 01 01 01 01",
+    ),
     (
         SetIce(6, "a", True, True, "gw01", "pw", "ph", "pp"),
         "0000001a 0b 00000006 00 01 01 0004 67773031 0002 7077 0002 7068 0002 7070",
