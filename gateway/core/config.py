@@ -10,7 +10,8 @@ The file layout::
 
     [gateway]   state_dir, realm, domains, log_level
     [sip]       listen, user_agent, timers, message limits, session timers
-    [media]     address, ports, inactivity_timeout, hold_timeout, workers, worker_ready_timeout
+    [media]     address, ports, inactivity_timeout, hold_timeout, workers, worker_ready_timeout,
+                ringback_tone
     [store]     backend (sqlite, postgresql), dsn, password_file, timeouts
     [dns]       how trunks named by DNS are resolved: servers, timeout, TTL clamps
     [plugins]   enable = [...]; one [plugins.NAME] table per enabled plugin
@@ -368,6 +369,9 @@ class MediaSection:
     # G.711 A-law <-> mu-law between a PCMU-only leg and a PCMA-only leg (docs/architecture.md
     # "G.711 transcoding"); off: legs without a common codec fail as ever (488).
     g711_transcoding: bool = False
+    # The ringing tone a transferee hears while a transfer's target rings (docs/transfers.md
+    # "Media", gateway/core/media/tones.py): a national plan, or "none" for silence.
+    ringback_tone: Literal["us", "uk", "eu", "fr", "none"] = "us"
 
 
 @attrs.frozen

@@ -21,6 +21,7 @@ gateway; attended with Replaces, RFC 3891).
 from __future__ import annotations
 
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from tests.interop.harness import LOOPBACK, Baresip, Capture, GatewayProcess, an
 from tests.interop.harness.audio import g711_wav
 from tests.interop.harness.capture import (
     inside,
+    rtp_packets,
     rtp_payloads,
     rtp_streams,
     sip_requests,
@@ -113,6 +115,82 @@ def test_a_blind_transfer_puts_the_caller_through_to_the_target_with_media_both_
         assert heard.power_share > 0.9
     # bob is out of the media path: nothing went to him in that window.
     assert not [s for s in streams if inside(s[1], bob.rtp_ports)], streams
+
+
+def gateway_to(
+    phone: Baresip, gw: GatewayProcess, pcap: Path, ports: list[int]
+) -> tuple[tuple[str, int], tuple[str, int]]:
+    """The one RTP flow from the gateway to ``phone`` in ``pcap``."""
+    [flow] = [
+        (src, dst)
+        for src, dst in rtp_streams(pcap, ports)
+        if inside(src, gw.media_ports) and inside(dst, phone.rtp_ports)
+    ]
+    return flow
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("workers", [1, 2], ids=["in-process-relay", "two-media-workers"])
+def test_the_caller_hears_the_ringing_tone_while_a_blind_transfers_target_rings(
+    tmp_path: Path, workers: int
+) -> None:
+    # alice calls bob, bob transfers her to carol, whose phone rings until the test answers.
+    # Until then alice hears the gateway's ringing tone (the eu plan: 425 Hz), not bob's
+    # 440 Hz; with two media workers the tone is paced by the worker that relays the call.
+    tones = {name: tone_wav(tmp_path / f"{name}.wav", hz) for name, hz in TONES.items()}
+    with (
+        GatewayProcess(
+            tmp_path,
+            accounts=PASSWORDS,
+            digest_algorithms=("MD5",),  # baresip 1.0.0 answers MD5 only
+            settings={
+                "gateway": {"realm": REALM, "log_level": "debug"},
+                "media": {"workers": workers, "ringback_tone": "eu"},
+            },
+        ) as gw,
+        Baresip(tmp_path, "alice", source=tones["alice"]) as alice,
+        Baresip(tmp_path, "bob", source=tones["bob"]) as bob,
+        Baresip(tmp_path, "carol", source=tones["carol"]) as carol,
+    ):
+        alice.register(gw.uri("alice"), PASSWORDS["alice"])
+        bob.register(gw.uri("bob"), PASSWORDS["bob"])
+        carol.register(gw.uri("carol"), PASSWORDS["carol"], answermode="manual")
+        ports = [gw.media_ports, alice.rtp_ports, bob.rtp_ports, carol.rtp_ports]
+        even = [p for low, high in ports for p in range(low, high + 1) if p % 2 == 0]
+        alice.dial(gw.uri("bob"))
+        call = alice.wait_established()
+        bob.wait_established()
+        alice.wait_audio(AUDIO_SECONDS)
+
+        bob.command("transfer", gw.uri("carol"))
+        carol.wait_event("CALL_INCOMING", timeout=10)
+        gw.wait_for_log(rf"call {re.escape(call['id'])}: ringing tone \(eu\) to the A leg")
+        with Capture(tmp_path / "ringing.pcap", udp_filter(*ports)) as ringing:
+            # A second of the tone's burst (1 s on, 4 s off): poll the capture for it.
+            deadline = time.monotonic() + 10
+            while sum(rtp_streams(ringing.path, even).values()) < 50:
+                assert time.monotonic() < deadline, "no media reached the capture"
+        carol.accept()
+        carol.wait_established()
+        gw.wait_for_log(rf"call {re.escape(call['id'])}: transfer of the B leg to .*: 200 OK")
+        bob.wait_closed(timeout=40)
+        alice.hangup()
+        alice.wait_closed()
+        carol.wait_closed()
+
+    source, destination = gateway_to(alice, gw, ringing.path, even)
+    payload = rtp_payloads(ringing.path, even, source, destination)[PCMU]
+    heard = analyse_tone(g711_wav(payload, tmp_path / "alice-ringing.wav"))
+    assert heard.dominant_frequency == pytest.approx(425.0, abs=3)
+    assert heard.power_share > 0.9
+    # One stream of the gateway's own: not bob's, relayed.
+    ssrcs = {
+        packet["ssrc"]
+        for packet in rtp_packets(ringing.path, even)
+        if (packet["src"], int(packet["srcport"])) == source
+        and (packet["dst"], int(packet["dstport"])) == destination
+    }
+    assert len(ssrcs) == 1, ssrcs
 
 
 @pytest.mark.interop

@@ -87,6 +87,9 @@ class Transfer:
     notified: int = 0  # the last status a NOTIFY reported
     notified_reason: str = ""  # and its reason phrase (a refreshing SUBSCRIBE's NOTIFY repeats it)
     transferor_left: bool = False  # it sent BYE before the transfer ended
+    # The ringing tone the transferee hears while the target rings (transferring.py,
+    # media/tones.py): None before the target's first 1xx, then whether it plays.
+    ringing_tone: bool | None = None
     # A blind transfer to a number several trunks serve: the trunks still to try, one at a
     # time, when the one called fails with a failover status (RouteDecision.alternates), and
     # the headers each of our INVITEs to the target carries (Referred-By).

@@ -486,6 +486,7 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
             elif calling:
                 assert transfer is not None
                 transfer.deadline = trio.current_time() + self.config.sip.ring_timeout
+                self._ring_transferee(transfer)
                 await self._notify(transfer, response.status, response.reason)
             return
         if await self._asked_again(leg, response):
@@ -500,6 +501,41 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
                 if not await self._fail_over_transfer(transfer):
                     await self._end_transfer(*(self._transfer_targets_failed() or failure))
 
+    def _ring_transferee(self, transfer: Transfer) -> None:
+        """A device of the target rings (its first 1xx but 100): the transferee hears the
+        ringing tone ``[media] ringback_tone`` in place of the transferor's media, until the
+        target answers or the transfer fails (:mod:`gateway.core.media.tones`: its dialog is
+        confirmed, no 180 of the target can reach it, RFC 3261 §13.2.2.4). Once per transfer;
+        where it cannot play (a held leg that said inactive, no G.711) the log says why."""
+        plan = self.config.media.ringback_tone
+        if transfer.ringing_tone is not None or self.media is None or plan == "none":
+            return
+        side = transfer.side.other
+        why_not = self.media.play_ringback(side.value, plan)
+        transfer.ringing_tone = why_not is None
+        if why_not is None:
+            log.info(
+                "call %s: ringing tone (%s) to the %s leg while the transfer target rings",
+                self.id,
+                plan,
+                side.value.upper(),
+            )
+        else:
+            log.info(
+                "call %s: no ringing tone to the %s leg: %s", self.id, side.value.upper(), why_not
+            )
+
+    def _stop_ringing_tone(self, transfer: Transfer, why: str) -> None:
+        """The transfer's ringing tone, if it plays, stops: the transferee hears what the
+        other side sends again (the target's media once its re-INVITE is through, or the
+        transferor's if the transfer failed)."""
+        if not transfer.ringing_tone or self.media is None:
+            return
+        transfer.ringing_tone = False
+        if self.media.stop_tone():
+            side = transfer.side.other.value.upper()
+            log.info("call %s: ringing tone to the %s leg stopped: %s", self.id, side, why)
+
     async def _target_answered(self, leg: BLeg, response: Response) -> None:
         """A target's device answered with its offer: the first one is offered to the
         transferee (now, or once the re-INVITE in progress is over); any other is ACKed and
@@ -511,6 +547,7 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
             return
         transfer.answered = leg
         transfer.deadline = math.inf
+        self._stop_ringing_tone(transfer, "the target answered")
         # Its SDP (our ACK's answer, the re-INVITEs to come) tells it the recording's state
         # only if it is recording-aware itself (RFC 7866 §6.1), whatever the transferor was.
         self._note_record_aware(leg, response, transfer.side)
@@ -715,6 +752,7 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
         if transfer is None:
             return
         self._transfer = None
+        self._stop_ringing_tone(transfer, f"the transfer failed ({status})")
         for leg in transfer.legs:
             if leg.final is None:
                 await self._cancel_b(leg)

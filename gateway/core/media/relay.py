@@ -183,6 +183,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
+import secrets
 import select
 import socket
 from collections.abc import Callable, Mapping
@@ -206,6 +207,7 @@ from gateway.core.media.rtp import (
     VERSION_BITS,
     VERSION_MASK,
 )
+from gateway.core.media.tones import Tone, TonePlayer
 from gateway.core.media.udp_association import dissolve
 
 logger = logging.getLogger(__name__)
@@ -1186,6 +1188,9 @@ class DirectionControl:
         self._receiver_telephone_event: tuple[int, int] | None = None
         self._transcoding: G711Transcoding | None = None
         self._transcoded = _Count()  # packets transcoded; kept across rebuilds
+        # The tone played to this direction's receiver in place of what its sender sends
+        # (MediaStream.play_tone); None: none.
+        self._tone: TonePlayer | None = None
 
     def __repr__(self) -> str:
         return (
@@ -1698,6 +1703,43 @@ class MediaStream:
         state.open_event = b"" if len(payload) < 4 or payload[1] & 0x80 else payload
         return True
 
+    def play_tone(self, direction: str, tone: Tone | None) -> bool:
+        """Play ``tone`` (:mod:`gateway.core.media.tones`) to the leg that ``direction``
+        (``"a_to_b"``/``"b_to_a"``) sends to, in place of what the other leg sends that way:
+        its RTP and RTCP are dropped meanwhile (counted as ``dropped_blocked``), and the
+        tone's packets, an RTP stream of their own (RFC 3550 §8: a new random SSRC, sequence
+        number and timestamp), leave every 20 ms through the direction's outbound transform
+        (SRTP protect with the receiving leg's keys) from the relay's socket, to where relayed
+        packets would go. None stops it, and the leg's packets are relayed again. Playing
+        another tone replaces the first. False when it cannot play: the stream is closed or
+        relays T.38, or the relay is not serving. While the direction is blocked for want of
+        keys, the tone's time passes and nothing goes."""
+        control = self.a_to_b if direction == "a_to_b" else self.b_to_a
+        if tone is None:
+            if control._tone is not None:
+                control._tone = None
+                self._changed()
+            return True
+        relay = self._relay
+        if relay is None or self._opaque or relay._nursery is None:
+            return False
+        player = TonePlayer(
+            tone,
+            ssrc=secrets.randbits(32),
+            sequence=secrets.randbits(16),
+            timestamp=secrets.randbits(32),
+            now=relay._clock(),
+        )
+        control._tone = player
+        self._changed()
+        relay._nursery.start_soon(_play_tone, self, control, player)
+        return True
+
+    def playing_tone(self, direction: str) -> TonePlayer | None:
+        """The tone ``direction``'s receiver hears (:meth:`play_tone`), or None."""
+        control = self.a_to_b if direction == "a_to_b" else self.b_to_a
+        return control._tone
+
     def _all_endpoints(self) -> tuple[_Endpoint, ...]:
         return (self.a._rtp, self.a._rtcp, self.b._rtp, self.b._rtcp)
 
@@ -1718,7 +1760,9 @@ class MediaStream:
             buffer = None if self._relay is None else self._relay._buffer
             for ep in (src._rtp, src._rtcp):
                 ep.direction = control.direction
-                ep.blocked = control.blocked
+                # A tone plays in place of the sender's packets (play_tone): dropped, counted
+                # as blocked, the hot path unchanged.
+                ep.blocked = control._blocked or control._tone is not None
                 ep.taps = control.taps
                 if self._opaque:
                     # T.38 UDPTL: one port, no transforms; the RTCP socket relays nothing.
@@ -2508,6 +2552,61 @@ async def _send_end_copies(control: DirectionControl, ended: DtmfInterworking) -
             return
         if not sent:
             return
+
+
+async def _play_tone(stream: MediaStream, control: DirectionControl, player: TonePlayer) -> None:
+    """The relay's task for one tone (:meth:`MediaStream.play_tone`): the packets due every
+    20 ms, until the tone is stopped or replaced, or the stream closes or turns to T.38."""
+    source = stream.a if control is stream.a_to_b else stream.b
+    while True:
+        relay = stream._relay
+        if relay is None or control._tone is not player or stream._opaque:
+            return
+        await trio.sleep(max(0.0, player.next_due() - relay._clock()))
+        relay = stream._relay
+        if relay is None or control._tone is not player or stream._opaque:
+            return
+        if stream in relay._stale:  # settings changed since the last poll round: apply them
+            relay._stale.discard(stream)
+            stream._rebuild()
+        packets = player.due(relay._clock())
+        if control._blocked:
+            continue  # no keys for the receiving leg yet: its time passes, nothing goes
+        try:
+            _send_tone(source._rtp.rtp, control._transforms.rtp_out, packets)
+        except Exception:  # never the relay's nursery: it would stop every call's media
+            control._tone = None
+            stream._changed()
+            log_exception(logger, "playing a tone failed")
+            return
+
+
+def _send_tone(route: _Route, protect: Transform | None, packets: list[bytes]) -> None:
+    """Send a tone's ``packets`` on ``route`` (the direction's RTP route: its destination and
+    socket), each protected with ``protect`` (the receiving leg's SRTP, None: plain). A packet
+    the transform refuses or the socket fails is counted as a relayed one would be."""
+    destination = route.destination
+    if destination is None:
+        route.dropped_no_destination += len(packets)
+        return
+    for packet in packets:
+        if protect is not None:
+            protected = protect(packet)
+            if protected is None:
+                route.dropped_transform += 1
+                continue
+            packet = protected
+        try:
+            send = route.send
+            if send is not None:
+                send(packet)
+            else:
+                route.sendto(packet, destination)
+        except OSError:
+            route.dropped_send_error += 1
+            continue
+        route.packets += 1
+        route.bytes += len(packet)
 
 
 def _send_event(

@@ -22,6 +22,7 @@ from gateway.core.media.relay import (
     NonRtpHandler,
     RtcpObserver,
 )
+from gateway.core.media.tones import Tone
 
 COUNTERS_NO_ANSWER = "no answer"
 """Why a worker's counters are missing from a call's final counters
@@ -204,6 +205,12 @@ class RelayStream(Protocol):
     ) -> bool:
         """Inject one RFC 4733 event packet (:meth:`gateway.core.media.relay.MediaStream.
         send_telephone_event`); False when it cannot go."""
+        ...
+
+    def play_tone(self, direction: str, tone: Tone | None) -> bool:
+        """Play ``tone`` to the leg ``direction`` sends to, in place of the other leg's media
+        that way, or stop (None) (:meth:`gateway.core.media.relay.MediaStream.play_tone`);
+        False when it cannot play."""
         ...
 
     def close(self, on_final_counters: Callable[[], None] | None = None) -> None:

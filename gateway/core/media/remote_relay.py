@@ -108,6 +108,7 @@ from gateway.core.media.relay_api import (
     COUNTERS_WORKER_EXITED,
 )
 from gateway.core.media.srtp import SrtpStatistics
+from gateway.core.media.tones import Tone
 from gateway.core.media.worker_protocol import (
     PROTOCOL_VERSION,
     RECEIVER_EVENT_NOT_TOLD,
@@ -121,6 +122,7 @@ from gateway.core.media.worker_protocol import (
     Open,
     PairsReady,
     Ping,
+    PlayTone,
     Pong,
     ProtocolMismatch,
     Rtcp,
@@ -741,6 +743,19 @@ class RemoteStream:
             return False
         state.injected += 1
         return True
+
+    def play_tone(self, direction: str, tone: Tone | None) -> bool:
+        """Ask the worker to play ``tone`` to the leg ``direction`` sends to, or to stop (None)
+        (``PlayTone``; its relay paces and protects the packets as :meth:`gateway.core.media.
+        relay.MediaStream.play_tone` does). False when it cannot play: the stream is closed or
+        relays T.38; True once asked."""
+        if tone is None:
+            message = PlayTone(self.id, direction, "", "", -1)
+        elif self._opaque:
+            return False
+        else:
+            message = PlayTone(self.id, direction, tone.plan, tone.law.value, tone.payload_type)
+        return self._send(message)
 
     def set_opaque(self, opaque: bool) -> None:
         """As :meth:`gateway.core.media.relay.MediaStream.set_opaque`; the worker applies it

@@ -89,10 +89,12 @@ from gateway.core.media.relay_api import (
     RelayStream,
 )
 from gateway.core.media.t38 import is_udptl_t38, t38_problem_untrusted
+from gateway.core.media.tones import Tone
 from gateway.core.media.transcoding import (
     AddedLaw,
     TranscodingPlan,
     answer_in_offerers_law,
+    g711_laws,
     number_clash,
     plan_for_answer,
     through_renumbering,
@@ -468,6 +470,9 @@ class MediaSession:
         self._transcoded_lines: set[int] = set()
         self._transcoded_last: TranscodingPlan | None = None  # the latest plan, for the record
         self._clash_warned = False  # a number clash stopped a transcoding: WARNING once
+        # The tone a leg hears in place of the other's media (play_ringback): its m= line and
+        # the relay direction towards it; None: none.
+        self._tone: tuple[int, str] | None = None
         self.quality = quality
         """Reads the legs' RTCP (:mod:`gateway.core.media.quality`) when given: every stream's
         RTCP observers feed it. None: RTCP is only relayed."""
@@ -1944,6 +1949,60 @@ class MediaSession:
         direction = "b_to_a" if plan.rfc4733_side == "a" else "a_to_b"
         return stream.send_telephone_event(direction, payload, marker=marker, start=start)
 
+    def play_ringback(self, side: str, plan: str) -> str | None:
+        """Play the ringing tone ``plan`` (:data:`gateway.core.media.tones.RINGBACK_PLANS`) to
+        leg ``side`` in place of the other leg's media, on its first audio line (a transferee
+        while the target rings: docs/transfers.md "Media"); None when it plays, else why not,
+        for the log. It goes as G.711 in the first law the leg's SDP in force lists, with its
+        number (RFC 3264 §5.1: the numbers a party writes are those it receives), and only
+        where that SDP and ours let the leg receive (sendrecv or recvonly on its side, RFC 3264
+        §6.1: a held party that said inactive must get no media). One tone at a time: another
+        replaces it."""
+        to = _check_side(side)
+        self.stop_tone()
+        if self._closed:
+            return "the call's media is closed"
+        theirs, ours = self._received.get(to), self._sent.get(to)
+        if theirs is None or ours is None:
+            return "no SDP in force with that leg"
+        for index, media in enumerate(theirs.media):
+            if media.media.lower() != "audio" or media.port == 0 or not media.is_rtp:
+                continue
+            stream = self.stream_at(index)
+            if stream is None or stream.opaque or index >= len(ours.media):
+                continue
+            if theirs.effective_direction(media) not in _RECEIVING:
+                return f"its SDP says {theirs.effective_direction(media).value}"
+            if ours.effective_direction(ours.media[index]) not in _SENDING:
+                return f"our SDP to it says {ours.effective_direction(ours.media[index]).value}"
+            laws = g711_laws(media)
+            if not laws:
+                return "it takes neither PCMU nor PCMA"
+            law, payload_type = next(iter(laws.items()))
+            direction = "b_to_a" if to == "a" else "a_to_b"
+            if not stream.play_tone(direction, Tone(plan, law, payload_type)):
+                return "the relay cannot play it"
+            self._tone = (index, direction)
+            return None
+        return "no audio line to play it on"
+
+    def stop_tone(self) -> bool:
+        """Stop the tone :meth:`play_ringback` started, if any: the other leg's media is
+        relayed to that leg again. True when one was playing."""
+        tone, self._tone = self._tone, None
+        if tone is None:
+            return False
+        index, direction = tone
+        stream = self.stream_at(index)
+        if stream is not None and not stream.closed:
+            stream.play_tone(direction, None)
+        return True
+
+    @property
+    def playing_tone(self) -> bool:
+        """Whether a tone plays (:meth:`play_ringback`)."""
+        return self._tone is not None
+
     def dtmf_statistics(self) -> dict[str, int]:
         """The event packets of every DTMF interworking the call had (:data:`DTMF_COUNTS`),
         both directions, closed streams included: taken for SIP INFO, injected from it (end
@@ -2106,6 +2165,10 @@ def _without_repeats(times: tuple[TimeDescription, ...]) -> tuple[TimeDescriptio
         if t.repeats or t.zone is not None:
             return tuple([TimeDescription(t.start, t.stop) for t in times])
     return times
+
+
+_RECEIVING = frozenset({Direction.SENDRECV, Direction.RECVONLY})
+_SENDING = frozenset({Direction.SENDRECV, Direction.SENDONLY})
 
 
 def _check_side(side: str) -> Side:

@@ -32,7 +32,9 @@ gateway (one trio task owning an epoll; its hot path is unchanged), plus:
   ``DtmfEvent``, bounded; events injected as the SIP process times them), ``SetReceiverEvent``
   (the receiving leg's telephone-event in force, for the delayed end copies of an event a
   change ended), ``SetTranscoding``
-  (a direction's G.711 A-law <-> mu-law transcoding), ``Close``, ``SendStats`` (the stream's
+  (a direction's G.711 A-law <-> mu-law transcoding), ``PlayTone`` (a tone the worker plays
+  to one leg in place of the other's media, paced by its own relay: a transferee's ringing
+  tone), ``Close``, ``SendStats`` (the stream's
   counters now, in a ``Stats`` never dropped: the SIP process asks before a call's record).
   A request it cannot honour ends the stream's call
   (``StreamFailed`` with the reason); keys never appear in that reason;
@@ -83,6 +85,7 @@ from gateway.core.media.relay import (
     Tap,
 )
 from gateway.core.media.srtp import SrtpStatistics
+from gateway.core.media.tones import Tone
 from gateway.core.media.worker_protocol import (
     DTMF_COPIES_PER_SECOND,
     EXIT_PROTOCOL_MISMATCH,
@@ -102,6 +105,7 @@ from gateway.core.media.worker_protocol import (
     Open,
     PairsReady,
     Ping,
+    PlayTone,
     Pong,
     Rtcp,
     SendDatagram,
@@ -171,6 +175,7 @@ _STREAM_REQUESTS = (
     SetReceiverEvent,
     SendDtmf,
     SendStats,
+    PlayTone,
     Close,
 )
 
@@ -407,6 +412,13 @@ class Worker:
                 stream.send_telephone_event(
                     message.direction, message.payload, marker=message.marker, start=message.start
                 )
+            elif isinstance(message, PlayTone):
+                tone = (
+                    Tone(message.plan, Law(message.law), message.payload_type)
+                    if message.plan
+                    else None
+                )
+                stream.play_tone(message.direction, tone)
             elif isinstance(message, SendStats):
                 # The SIP process waits for it to write a call's record.
                 self._send_counters_now(message.stream, stream, srtp)

@@ -40,7 +40,7 @@ SIP process -> worker: :class:`Open`, :class:`SetRemote`, :class:`SetBlocked`, :
 :class:`SetDtls`, :class:`SendDatagram`, :class:`LatchPeer`, :class:`Close`, :class:`Ping`,
 :class:`SetTap`, :class:`SetOpaque`, :class:`SetIce`, :class:`SetPayloadTypes`,
 :class:`SetRedPayloadTypes`, :class:`SetDtmf`, :class:`SendDtmf`, :class:`SetTranscoding`,
-:class:`SendStats`, :class:`SetReceiverEvent`.
+:class:`SendStats`, :class:`SetReceiverEvent`, :class:`PlayTone`.
 Worker -> SIP process: :class:`Hello` (first), :class:`PairsReady`, :class:`Datagram`,
 :class:`Stats`, :class:`StreamFailed`, :class:`Pong`, :class:`Tapped`, :class:`TappedDatagram`,
 :class:`DtmfEvent`.
@@ -67,7 +67,7 @@ from gateway.core.interfaces import SrtpKeys
 from gateway.core.media.relay import DirectionStatistics
 from gateway.core.media.srtp import SrtpStatistics
 
-PROTOCOL_VERSION = 10
+PROTOCOL_VERSION = 11
 """The version of the channel's messages and of the worker's command line. **Bump it on any
 change to a message's layout** (a field added, removed, reordered or retyped, a default that
 is sent, a type number, a field codec) **or to what a message means, and on any change to the
@@ -92,7 +92,8 @@ injected, ended at a change and relayed on; session 45). 7: they gain
 that is never dropped (a call's final counters, session 46). 9: :class:`SetReceiverEvent` (the
 receiving leg's telephone-event in force, for the delayed DTMF end copies) and :class:`Close`
 its ``final_counters`` (session 50). 10: :class:`SetDtls` its ``other_phones`` (session 52:
-the callee's DTLS engine keeps other phones' handshakes for another phone's answer)."""
+the callee's DTLS engine keeps other phones' handshakes for another phone's answer). 11:
+:class:`PlayTone` (a transferee's ringing tone, session 52)."""
 
 SocketAddress = tuple[str, int] | tuple[str, int, int, int]
 """A peer's address as a socket gives it: (host, port), or for IPv6 (host, port, flow info,
@@ -403,6 +404,24 @@ class SendDtmf:
     payload: bytes
 
 
+TONE_PLANS = ("", "us", "uk", "eu", "fr")
+""":class:`PlayTone`'s plans (:data:`gateway.core.media.tones.RINGBACK_PLANS`); empty: stop.
+Append only, as the type numbers."""
+
+
+@attrs.frozen
+class PlayTone:
+    """``MediaStream.play_tone`` in ``direction``: the tone ``plan`` (empty: stop playing) in
+    G.711 ``law`` (``PCMU``, ``PCMA``; empty with no plan) as ``payload_type`` (-1 with no
+    plan). The worker draws the tone's SSRC and computes its frames itself (version 11)."""
+
+    stream: int
+    direction: str
+    plan: str
+    law: str
+    payload_type: int
+
+
 @attrs.frozen
 class SendStats:
     """Send the stream's :class:`Stats` now, whatever changed, and never drop it as a periodic
@@ -564,6 +583,7 @@ Message = (
     | DtmfEvent
     | SendStats
     | SetReceiverEvent
+    | PlayTone
 )
 
 # -- field codecs -------------------------------------------------------------------------------
@@ -788,6 +808,7 @@ _SRTP: _Codec = _optional(_put_srtp, _get_srtp)
 _SECONDS: _Codec = _struct(_F64)
 _PAYLOAD_TYPE: _Codec = _struct(_I16)  # -1: none
 _LAW: _Codec = (_put_choice(LAWS), _get_choice(LAWS))
+_TONE_PLAN: _Codec = (_put_choice(TONE_PLANS), _get_choice(TONE_PLANS))
 _VERSION: _Codec = _struct(_U32)
 
 # type octet -> (class, the codec of each field in attrs order). Append only: never renumber.
@@ -835,6 +856,7 @@ _LAYOUTS: dict[int, tuple[type[Any], tuple[_Codec, ...]]] = {
     18: (LatchPeer, (_STREAM, _SIDE, _BOOL, _SOCKET_ADDRESS)),
     19: (SendStats, (_STREAM,)),
     29: (SetReceiverEvent, (_STREAM, _DIRECTION, _PAYLOAD_TYPE, _STREAM)),
+    30: (PlayTone, (_STREAM, _DIRECTION, _TONE_PLAN, _LAW, _PAYLOAD_TYPE)),
 }
 _TYPES = {cls: (code, codecs) for code, (cls, codecs) in _LAYOUTS.items()}
 

@@ -197,6 +197,7 @@ def seed_config(f: Files) -> dict[str, Any]:
             "rtcp_quality": True,
             "dtmf_interworking": True,
             "g711_transcoding": True,
+            "ringback_tone": "eu",
         },
         "store": {
             "backend": "postgresql",

@@ -1,0 +1,214 @@
+"""Call progress tones the gateway plays itself, as G.711 RTP. Sans-IO.
+
+Theory of operation
+-------------------
+A transferee hears nothing of a blind transfer's target ringing: the target was called
+without SDP, and the dialog the transferee is in is already confirmed, so no 180 can reach it
+(RFC 3261 §13.2.2.4 ends early responses at the 2xx). What a caller hears while a call rings
+is the network's *ringing tone* (ITU-T E.180 §2.2; often called ringback), and a PBX or SBC
+that takes the transfer over plays it itself, as Asterisk and FreeSWITCH do. The gateway
+plays it towards the transferee, in place of the transferor's media, from the target's first
+provisional response until the target answers or the transfer fails
+(``gateway.core.calls.transferring``, docs/transfers.md "Media").
+
+The tone is national (E.180's Supplement 2 lists each network's): ``[media] ringback_tone``
+names the plan (:data:`RINGBACK_PLANS`; ``"none"`` plays nothing). Each plan is one or two
+frequencies summed, at a level per frequency, switched on and off by a cadence repeated for as
+long as it plays.
+
+It goes as G.711 (RFC 3551 §4.5.14: 8000 samples a second, an octet a sample, 20 ms per
+packet), in the law and payload type number the receiving leg's SDP in force lists first (RFC
+3264 §5.1: the numbers a party writes are those it expects to receive); a leg without PCMU or
+PCMA hears nothing (the gateway encodes no other codec). The packets are an RTP stream of their
+own (RFC 3550 §8: a new SSRC, random sequence number and timestamp): the receiver's jitter
+buffer starts afresh with it, as it does when the target's media replaces it.
+
+Cost: nothing per packet of any other call. A plan's frames are computed once per process and
+law (:func:`tone_frames`): sums of sines whose frequencies divide into a short repeating unit
+(at most a few 20 ms frames: 440 + 480 Hz repeat every 25 ms, so every 100 ms on a 20 ms grid),
+so the first ringback of a process computes a few hundred samples, not seconds of them.
+:class:`TonePlayer` paces a tone's packets from float time; the relay's task sends them
+(:meth:`gateway.core.media.relay.MediaStream.play_tone`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import attrs
+
+from gateway.core.media.g711 import Law, lin2alaw, lin2ulaw
+
+SAMPLE_RATE = 8000
+"""G.711's sampling rate, and its RTP clock rate (RFC 3551 §4.5.14)."""
+FRAME_SECONDS = 0.02
+"""Audio per packet: RFC 3551 §4.5.14's default packetization for G.711 (ptime 20)."""
+FRAME_SAMPLES = 160
+"""Samples (and octets) per packet: 20 ms at 8000 Hz."""
+FULL_SCALE_DBM0 = 3.14
+"""The level of a sine at the 16-bit full scale: ITU-T G.711's A-law maximum is +3.14 dBm0
+(mu-law's +3.17): the reference :func:`_amplitude` converts from."""
+MAX_CATCH_UP = 3
+"""Most packets one :meth:`TonePlayer.due` sends for frames whose time has passed: a relay that
+was held up longer skips the rest (their time goes by in the RTP timestamp, not as a burst that
+would overflow the receiver's jitter buffer)."""
+
+
+@attrs.frozen
+class TonePlan:
+    """One national tone: ``frequencies`` (Hz) summed, each at ``level_dbm0``, on and off by
+    ``cadence`` (seconds, on first, then off, ... repeated; each a whole number of 20 ms
+    frames)."""
+
+    name: str
+    frequencies: tuple[float, ...]
+    level_dbm0: float
+    cadence: tuple[float, ...]
+    standard: str
+    """Where the plan comes from, for the documentation."""
+
+
+RINGBACK_PLANS: dict[str, TonePlan] = {
+    plan.name: plan
+    for plan in (
+        # North America's precise tone plan (ANSI T1.401, E.180 Supplement 2): 440 + 480 Hz at
+        # -19 dBm0 each, 2 s on, 4 s off.
+        TonePlan("us", (440.0, 480.0), -19.0, (2.0, 4.0), "ANSI T1.401, E.180 Suppl. 2"),
+        # The United Kingdom's (BT SIN 350, E.180 Supplement 2): 400 + 450 Hz, twice 0.4 s
+        # with 0.2 s between, then 2 s off.
+        TonePlan("uk", (400.0, 450.0), -19.0, (0.4, 0.2, 0.4, 2.0), "BT SIN 350, E.180 Suppl. 2"),
+        # The European one most networks use (ETSI TR 101 041, E.180 §2.2's recommended
+        # 425 Hz): 1 s on, 4 s off.
+        TonePlan("eu", (425.0,), -16.0, (1.0, 4.0), "ETSI TR 101 041, E.180"),
+        # France's (E.180 Supplement 2): 440 Hz, 1.5 s on, 3.5 s off.
+        TonePlan("fr", (440.0,), -16.0, (1.5, 3.5), "E.180 Suppl. 2"),
+    )
+}
+"""The ringing tones ``[media] ringback_tone`` names (besides ``"none"``). Levels per
+frequency: the North American plan's for two frequencies, 3 dB more for one, so that every
+plan is about as loud."""
+
+
+@attrs.frozen
+class Tone:
+    """What to play on one direction of a stream: the plan's name, the G.711 law and the
+    payload type number the receiving leg takes it as. Crosses to a media worker as it is
+    (``worker_protocol.PlayTone``): each process computes the frames itself."""
+
+    plan: str
+    law: Law
+    payload_type: int
+
+    def __attrs_post_init__(self) -> None:
+        if self.plan not in RINGBACK_PLANS:
+            raise ValueError(f"no tone plan {self.plan!r}")
+        if not 0 <= self.payload_type <= 127:
+            raise ValueError(f"payload type {self.payload_type} is out of range")
+
+
+def _amplitude(level_dbm0: float) -> float:
+    return 32767.0 * math.pow(10.0, (level_dbm0 - FULL_SCALE_DBM0) / 20.0)
+
+
+def _repeating_frames(plan: TonePlan) -> int:
+    """How many 20 ms frames the summed sines take to repeat exactly: each frequency repeats
+    every ``SAMPLE_RATE / gcd(f, SAMPLE_RATE)`` samples (whole-Hz frequencies), the sum every
+    least common multiple of those, and a frame grid every multiple of 160 samples."""
+    samples = FRAME_SAMPLES
+    for frequency in plan.frequencies:
+        hz = round(frequency)
+        samples = math.lcm(samples, SAMPLE_RATE // math.gcd(hz, SAMPLE_RATE))
+    return samples // FRAME_SAMPLES
+
+
+@functools.cache
+def tone_frames(plan_name: str, law: Law) -> tuple[bytes, ...]:
+    """One whole cadence of ``plan_name`` as G.711 ``law`` payloads of 20 ms each, in order.
+    Each burst starts at phase 0; silence is the law's code for 0. Computed once per process
+    (the frames of a burst repeat every :func:`_repeating_frames`, and every silent frame is
+    the same object)."""
+    plan = RINGBACK_PLANS[plan_name]
+    encode = lin2ulaw if law is Law.PCMU else lin2alaw
+    amplitude = _amplitude(plan.level_dbm0)
+    unit = _repeating_frames(plan)
+    samples = []
+    for n in range(unit * FRAME_SAMPLES):
+        value = sum(
+            math.sin(2.0 * math.pi * frequency * n / SAMPLE_RATE) for frequency in plan.frequencies
+        )
+        samples.append(encode(round(amplitude * value)))
+    burst = [bytes(samples[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]) for i in range(unit)]
+    silence = bytes([encode(0)]) * FRAME_SAMPLES
+    frames: list[bytes] = []
+    for index, seconds in enumerate(plan.cadence):
+        count = round(seconds / FRAME_SECONDS)
+        if index % 2 == 0:
+            frames += [burst[i % unit] for i in range(count)]
+        else:
+            frames += [silence] * count
+    return tuple(frames)
+
+
+class TonePlayer:
+    """The RTP packets of one :class:`Tone`, paced from float time (sans-IO): a new RTP
+    stream (RFC 3550 §5.1: ``ssrc``, and a random first ``sequence`` and ``timestamp``, which
+    the caller draws), one packet per 20 ms from ``now``, the first with the marker bit (RFC
+    3551 §4.1: the start of a talkspurt). Unprotected: the sender protects each packet with the
+    receiving leg's keys."""
+
+    def __init__(self, tone: Tone, *, ssrc: int, sequence: int, timestamp: int, now: float) -> None:
+        self.tone = tone
+        self._frames = tone_frames(tone.plan, tone.law)
+        self._ssrc = ssrc.to_bytes(4, "big")
+        self._sequence = sequence & 0xFFFF
+        self._timestamp = timestamp & 0xFFFFFFFF
+        self._started = now
+        self._frame = 0  # frames whose time has gone, sent or skipped
+        self.packets = 0
+        """Packets made so far."""
+        self.skipped = 0
+        """Frames skipped because their time had passed (:data:`MAX_CATCH_UP`)."""
+
+    @property
+    def ssrc(self) -> int:
+        return int.from_bytes(self._ssrc, "big")
+
+    def next_due(self) -> float:
+        """When the next packet is due."""
+        return self._started + self._frame * FRAME_SECONDS
+
+    def due(self, now: float) -> list[bytes]:
+        """The packets due by ``now`` (at most :data:`MAX_CATCH_UP`; frames older than those
+        are skipped)."""
+        # A frame is due at its start; the small epsilon keeps float steps of 0.02 on time.
+        due_frames = math.floor((now - self._started) / FRAME_SECONDS + 1e-6) + 1
+        behind = due_frames - self._frame
+        if behind <= 0:
+            return []
+        if behind > MAX_CATCH_UP:
+            self.skipped += behind - MAX_CATCH_UP
+            self._frame += behind - MAX_CATCH_UP
+            behind = MAX_CATCH_UP
+        packets = []
+        frames = self._frames
+        for _ in range(behind):
+            frame = self._frame
+            marker = 0x80 if self.packets == 0 else 0
+            sequence = (self._sequence + self.packets) & 0xFFFF
+            timestamp = (self._timestamp + frame * FRAME_SAMPLES) & 0xFFFFFFFF
+            header = bytes((0x80, marker | self.tone.payload_type))
+            packets.append(
+                b"".join(
+                    (
+                        header,
+                        sequence.to_bytes(2, "big"),
+                        timestamp.to_bytes(4, "big"),
+                        self._ssrc,
+                        frames[frame % len(frames)],
+                    )
+                )
+            )
+            self._frame += 1
+            self.packets += 1
+        return packets

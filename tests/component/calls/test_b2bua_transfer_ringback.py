@@ -1,0 +1,205 @@
+"""The ringing tone a transferee hears while a blind transfer's target rings (docs/transfers.md
+"Media", gateway/core/media/tones.py): from the target's 180 the gateway plays ``[media]
+ringback_tone`` to the transferee in place of the transferor's media, until the target answers
+or the transfer fails; ``"none"`` leaves the transferor's media as it was. Before session 52
+the transferee heard the transferor's media (or, once it hung up, silence) until the target
+answered.
+
+Set-up as b2bua_env.py: the trunk calls alice's DID, alice (the callee, leg B) transfers the
+trunk (the transferee, leg A) to bob. The trunk's and alice's media ports are real sockets of
+this process's block; alice sends RTP throughout, the trunk's socket reads what reaches it."""
+
+from __future__ import annotations
+
+import math
+import socket
+import struct
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from gateway.core.media.g711 import ulaw2lin
+from gateway.testing.sip_agent import AutoAnswer, sdp_connection, simple_sdp
+from tests.component.calls.b2bua_env import ALICE_DID, B2bua, start_b2bua
+from tests.component.calls.transfer_calls import (
+    BOB_URI,
+    bob_phone,
+    eventually_notify,
+    refer,
+)
+from tests.port_blocks import port_bases
+
+TRUNK_PORT, ALICE_PORT = port_bases(2)  # this process's own ports (tests/port_blocks.py)
+ALICE_SSRC = 0x0A11CE00
+
+
+def alice_rtp(sequence: int) -> bytes:
+    """One of alice's PCMU packets: her own SSRC, 20 ms of a quiet mu-law pattern."""
+    header = struct.pack("!BBHII", 0x80, 0, sequence & 0xFFFF, 160 * sequence, ALICE_SSRC)
+    return header + b"\xfe\x7e" * 80
+
+
+async def alice_talks(sock: trio.socket.SocketType, to: tuple[str, int]) -> None:
+    for sequence in range(1_000_000):
+        await sock.sendto(alice_rtp(sequence), to)
+        await trio.sleep(0.02)
+
+
+class Listener:
+    """What reaches one of the test's sockets, with when (virtual time)."""
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self.sock = sock
+        self.received: list[tuple[float, bytes]] = []
+
+    async def listen(self) -> None:
+        while True:
+            packet = await self.sock.recv(2048)
+            self.received.append((trio.current_time(), packet))
+
+    async def heard_for(self, seconds: float) -> list[bytes]:
+        """What arrives in the next ``seconds``."""
+        start = trio.current_time()
+        await trio.sleep(seconds)
+        return [packet for at, packet in self.received if at >= start]
+
+
+def ssrc(packet: bytes) -> int:
+    return int.from_bytes(packet[8:12], "big")
+
+
+def tone_power(payloads: list[bytes], frequency: float) -> float:
+    """Goertzel power of ``frequency`` in the PCMU ``payloads``, per sample squared."""
+    samples = [ulaw2lin(octet) for payload in payloads for octet in payload]
+    coefficient = 2.0 * math.cos(2.0 * math.pi * frequency / 8000)
+    s1 = s2 = 0.0
+    for sample in samples:
+        s1, s2 = sample + coefficient * s1 - s2, s1
+    return (s1 * s1 + s2 * s2 - coefficient * s1 * s2) / len(samples) ** 2
+
+
+async def bind(port: int) -> trio.socket.SocketType:
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await sock.bind(("127.0.0.1", port))
+    return sock
+
+
+async def transfer_call(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    seed: int,
+    sockets: tuple[trio.socket.SocketType, trio.socket.SocketType],
+    bob_auto: AutoAnswer,
+    media_table: dict[str, Any] | None = None,
+) -> tuple[B2bua, Listener]:
+    """The trunk's call to alice, answered, alice talking from her socket (``sockets``: the
+    trunk's and alice's); then alice's REFER to bob (202). Returns the set-up and what listens
+    on the trunk's socket."""
+    env = await start_b2bua(
+        nursery,
+        tmp_path,
+        seed,
+        alice_auto=None,
+        trunk_media_port=TRUNK_PORT,
+        alice_media_port=ALICE_PORT,
+        media_table=media_table,
+    )
+    await bob_phone(env, nursery, seed, auto=bob_auto)
+    trunk_media, alice_media = sockets
+    trunk = Listener(trunk_media)
+    nursery.start_soon(trunk.listen)
+    # The phones' media on this host's loopback address, where the test's sockets are.
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", TRUNK_PORT))
+    alice_leg = await env.alice.next_call()
+    await alice_leg.answer(200, sdp=simple_sdp("127.0.0.1", ALICE_PORT))
+    assert (await call.final()).status == 200
+    await env.alice.next_request("ACK")
+    port_to_alice = sdp_connection(env.alice.requests("INVITE")[0].body)[1]
+    nursery.start_soon(alice_talks, alice_media, ("127.0.0.1", port_to_alice))
+    before = await trunk.heard_for(0.5)
+    assert before and {ssrc(p) for p in before} == {ALICE_SSRC}  # relayed, as any call
+    assert await refer(alice_leg, BOB_URI) == 202
+    return env, trunk
+
+
+async def test_the_transferee_hears_the_ringing_tone_while_the_target_rings(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    sockets = await bind(TRUNK_PORT), await bind(ALICE_PORT)
+    with sockets[0], sockets[1]:
+        env, trunk = await transfer_call(
+            nursery, tmp_path, voipgw_seed, sockets, AutoAnswer(ring=True, status=200, delay=3.0)
+        )
+        await eventually_notify(env.alice, "SIP/2.0 180 Ringing")
+        await trio.sleep(0.1)
+        ringing = await trunk.heard_for(1.0)
+        # The US plan (the default): 440 + 480 Hz for 2 s, as PCMU, the trunk's first law, in
+        # place of alice's packets: one new RTP stream, a packet every 20 ms.
+        assert 49 <= len(ringing) <= 51
+        [tone_ssrc] = {ssrc(p) for p in ringing}
+        assert tone_ssrc != ALICE_SSRC
+        assert {p[1] for p in ringing} == {0}  # PCMU, no marker after the first packet
+        assert {len(p) for p in ringing} == {12 + 160}
+        sequences = [int.from_bytes(p[2:4], "big") for p in ringing]
+        assert sequences == [(sequences[0] + n) & 0xFFFF for n in range(len(ringing))]
+        stamps = [int.from_bytes(p[4:8], "big") for p in ringing]
+        assert stamps == [(stamps[0] + 160 * n) & 0xFFFFFFFF for n in range(len(ringing))]
+        payloads = [p[12:] for p in ringing]
+        for frequency in (440.0, 480.0):
+            assert tone_power(payloads, frequency) > 1000 * tone_power(payloads, 1000.0)
+        assert env.gateway.calls is not None
+        [call] = env.gateway.calls.calls
+        assert call.media is not None and call.media.playing_tone
+
+        # bob answers: the tone stops before the trunk is re-INVITEd with bob's media.
+        await eventually_notify(env.alice, "SIP/2.0 200 OK")
+        assert not call.media.playing_tone
+        after = await trunk.heard_for(1.0)
+        assert tone_ssrc not in {ssrc(p) for p in after}
+
+
+async def test_a_failed_transfer_stops_the_tone_and_the_transferors_media_comes_back(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    sockets = await bind(TRUNK_PORT), await bind(ALICE_PORT)
+    with sockets[0], sockets[1]:
+        env, trunk = await transfer_call(
+            nursery,
+            tmp_path,
+            voipgw_seed,
+            sockets,
+            AutoAnswer(ring=True, status=486, delay=2.0),
+            media_table={"ringback_tone": "eu"},
+        )
+        await eventually_notify(env.alice, "SIP/2.0 180 Ringing")
+        await trio.sleep(0.1)
+        ringing = await trunk.heard_for(0.5)
+        assert ringing and ALICE_SSRC not in {ssrc(p) for p in ringing}
+        payloads = [p[12:] for p in ringing]
+        assert tone_power(payloads, 425.0) > 100 * tone_power(payloads, 440.0)  # the eu plan
+
+        await eventually_notify(env.alice, "SIP/2.0 486 Busy Here")
+        await trio.sleep(0.1)
+        after = await trunk.heard_for(0.5)
+        assert after and {ssrc(p) for p in after} == {ALICE_SSRC}  # the call goes on
+        assert env.calls == 1
+
+
+async def test_no_ringing_tone_leaves_the_transferors_media_as_it_was(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    sockets = await bind(TRUNK_PORT), await bind(ALICE_PORT)
+    with sockets[0], sockets[1]:
+        env, trunk = await transfer_call(
+            nursery,
+            tmp_path,
+            voipgw_seed,
+            sockets,
+            AutoAnswer(ring=True, status=200, delay=3.0),
+            media_table={"ringback_tone": "none"},
+        )
+        await eventually_notify(env.alice, "SIP/2.0 180 Ringing")
+        ringing = await trunk.heard_for(1.0)
+        assert ringing and {ssrc(p) for p in ringing} == {ALICE_SSRC}
+        await eventually_notify(env.alice, "SIP/2.0 200 OK")

@@ -1,0 +1,153 @@
+"""A ringing tone played to one leg on real sockets (MediaSession.play_ringback, the relay's
+play_tone; docs/transfers.md "Media"): it goes through the leg's SRTP keys in the law and number
+its SDP lists first, the other leg's media that way is dropped while it plays and relayed again
+once it stops; a leg whose SDP lets it receive nothing, or that takes no G.711, gets none and
+the reason says why (ports of this process, tests/port_blocks.py)."""
+
+from __future__ import annotations
+
+import os
+
+import trio
+
+from gateway.core.config import PortRange
+from gateway.core.interfaces import SrtpKeys
+from gateway.core.media.g711 import Law
+from gateway.core.media.keying import CallKeying
+from gateway.core.media.policy import BUILTIN_POLICIES
+from gateway.core.media.relay import MediaRelay, MediaStream
+from gateway.core.media.security import LegSecurity
+from gateway.core.media.session import MediaSession
+from gateway.core.media.srtp import SrtpSession
+from gateway.core.media.tones import Tone, tone_frames
+from gateway.core.sdp.parser import parse_sdp_untrusted
+from tests.integration.media.phone_sockets import ADDRESS, rtp, udp_socket, until
+from tests.integration.media.relay_fixtures import relay_fixture
+from tests.port_blocks import ModuleBlock
+
+RELAY_PORTS = ModuleBlock(100, parse=PortRange.parse)
+A_PHONE = ModuleBlock(10)
+B_PHONE = ModuleBlock(10)
+SUITE = "AES_CM_128_HMAC_SHA1_80"
+
+relay = relay_fixture(RELAY_PORTS)
+
+
+class FakeLeg(LegSecurity):
+    """A leg whose keys the test sets directly (the negotiation is tested elsewhere)."""
+
+    def __init__(self, policy: str) -> None:
+        super().__init__(
+            side="a",
+            policy=BUILTIN_POLICIES[policy],
+            secure_signalling=True,
+            key_exchanges={},
+            signalling="tls",
+        )
+        self.fake_keys: SrtpKeys | None = None
+
+    def keys(self, index: int) -> SrtpKeys | None:
+        return self.fake_keys
+
+
+def sdp_for(port: int, formats: str, *lines: str) -> bytes:
+    text = [
+        "v=0",
+        f"o=- 1 1 IN IP4 {ADDRESS}",
+        "s=-",
+        f"c=IN IP4 {ADDRESS}",
+        "t=0 0",
+        f"m=audio {port} RTP/AVP {formats}",
+        *lines,
+        "a=rtcp-mux",
+        "",
+    ]
+    return "\r\n".join(text).encode()
+
+
+async def test_the_tone_goes_through_the_legs_keys_in_place_of_the_other_legs_media(
+    relay: MediaRelay,
+) -> None:
+    session = MediaSession(relay, media_address=ADDRESS)
+    keying = CallKeying(session)
+    leg_a, leg_b = FakeLeg("sdes"), FakeLeg("best-effort")
+    ours, theirs = os.urandom(30), os.urandom(30)
+    leg_a.fake_keys = SrtpKeys(SUITE, ours, theirs)
+    a_side = SrtpSession(SrtpKeys(SUITE, theirs, ours))
+    a_phone, b_phone = udp_socket(), udp_socket()
+    with a_phone, b_phone:
+        await a_phone.bind((ADDRESS, A_PHONE.first()))
+        await b_phone.bind((ADDRESS, B_PHONE.first()))
+        # A's phone lists PCMA first (as 8) and PCMU: the tone goes as PCMA.
+        offer_b = session.offer_from(
+            "a", parse_sdp_untrusted(sdp_for(A_PHONE.first(), "8 0", "a=rtpmap:8 PCMA/8000"))
+        )
+        session.answer_from("b", parse_sdp_untrusted(sdp_for(B_PHONE.first(), "8 0")))
+        session.settle()
+        keying.apply(leg_a, leg_b)
+        b_port = offer_b.media[0].port
+        stream = session.streams[0]
+        assert isinstance(stream, MediaStream)
+
+        await b_phone.sendto(rtp(1), (ADDRESS, b_port))
+        with trio.fail_after(5):
+            relayed, _ = await a_phone.recvfrom(2048)
+        assert a_side.unprotect_rtp(relayed) == rtp(1)
+
+        assert session.play_ringback("a", "eu") is None
+        assert session.playing_tone
+        player = stream.playing_tone("b_to_a")
+        assert player is not None and player.tone == Tone("eu", Law.PCMA, 8)
+        await until(lambda: player.packets >= 10)
+        dropped_before = stream.b_to_a.statistics().dropped
+        await b_phone.sendto(rtp(2), (ADDRESS, b_port))  # dropped: the tone plays instead
+        await until(lambda: stream.b_to_a.statistics().dropped == dropped_before + 1)
+        frames = tone_frames("eu", Law.PCMA)
+        heard = []
+        while len(heard) < 10:
+            with trio.fail_after(5):
+                packet, _ = await a_phone.recvfrom(2048)
+            plain = a_side.unprotect_rtp(packet)  # A's keys decrypt it
+            assert plain is not None
+            if int.from_bytes(plain[8:12], "big") == player.ssrc:
+                heard.append(plain)
+        assert {p[1] & 0x7F for p in heard} == {8}
+        assert all(p[12:] in frames for p in heard)
+        assert rtp(2) not in heard
+
+        assert session.stop_tone()
+        assert not session.playing_tone and stream.playing_tone("b_to_a") is None
+        await b_phone.sendto(rtp(3), (ADDRESS, b_port))
+        with trio.fail_after(5):
+            while True:  # tone packets sent before the stop may still be queued
+                packet, _ = await a_phone.recvfrom(2048)
+                if a_side.unprotect_rtp(packet) == rtp(3):
+                    break
+        assert not session.stop_tone()  # none playing
+        keying.close()
+        session.close()
+
+
+async def test_a_leg_that_receives_nothing_or_takes_no_g711_gets_no_tone(
+    relay: MediaRelay,
+) -> None:
+    session = MediaSession(relay, media_address=ADDRESS)
+    assert session.play_ringback("a", "us") == "no SDP in force with that leg"
+    # A's phone holds the call with a=sendonly: it receives nothing (RFC 3264 §6.1).
+    session.offer_from("a", parse_sdp_untrusted(sdp_for(A_PHONE.first(), "0", "a=sendonly")))
+    session.answer_from("b", parse_sdp_untrusted(sdp_for(B_PHONE.first(), "0", "a=recvonly")))
+    session.settle()
+    assert session.play_ringback("a", "us") == "its SDP says sendonly"
+    # B was told sendonly by us: it may receive, and does (the usual hold is the other way).
+    assert session.play_ringback("b", "us") is None
+    assert session.stop_tone()
+    session.close()
+
+    session = MediaSession(relay, media_address=ADDRESS)
+    g729 = sdp_for(A_PHONE.first(), "18", "a=rtpmap:18 G729/8000")
+    session.offer_from("a", parse_sdp_untrusted(g729))
+    session.answer_from("b", parse_sdp_untrusted(sdp_for(B_PHONE.first(), "18")))
+    session.settle()
+    assert session.play_ringback("a", "us") == "it takes neither PCMU nor PCMA"
+    assert not session.playing_tone
+    session.close()
