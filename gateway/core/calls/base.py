@@ -105,7 +105,7 @@ EVENT_ROOM = 1024
 # The methods of a dialog that may carry an offer, whose transactions each leg follows while
 # they are unanswered (Leg.exchanges: RFC 3261 §14.1, RFC 3311 §5.1).
 OFFER_METHODS = frozenset({"INVITE", "UPDATE"})
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE, NOTIFY, PRACK, UPDATE, REFER"
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE, NOTIFY, PRACK, UPDATE, REFER, SUBSCRIBE"
 # A peer's Reason values we carry to the other leg, at most (the parser bounds headers anyway).
 MAX_REASONS = 4
 # The ISUP release cause of a hang-up (Q.850 16, "normal call clearing": RFC 3398 §7.2.4.1 turns

@@ -891,6 +891,8 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
         transfer = self._transfer
         if transfer is None:
             return due
+        if self._notifies(transfer):
+            due = min(due, transfer.subscribed_until)
         if transfer.answered is None:
             due = min(due, min((leg.response_deadline for leg in transfer.legs), default=due))
         return min(due, transfer.deadline, transfer.glare_retry_at)
@@ -900,6 +902,8 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
             self._departed.remove(departed)
             await self._bye(departed[0], "call transferred")
         transfer = self._transfer
+        if transfer is not None and self._notifies(transfer) and now >= transfer.subscribed_until:
+            await self._subscription_expired(transfer)
         if transfer is not None and now >= transfer.glare_retry_at:
             await self._again_after_glare_due(transfer)
             return
@@ -926,6 +930,32 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
         await self._end_transfer(408, "Request Timeout")
         seconds = 64 * self.config.sip.t1
         await self._hang_up(f"re-INVITE to the {side} leg got no final response in {seconds:g} s")
+
+    def _notifies(self, transfer: Transfer) -> bool:
+        """Whether the transferor's subscription to the transfer's progress is still on: it
+        asked for one (RFC 4488), has not ended it or hung up, and its dialog is up."""
+        leg = transfer.transferor
+        return (
+            transfer.notify
+            and not transfer.transferor_left
+            and leg.dialog is not None
+            and leg.dialog.state is not DialogState.TERMINATED
+        )
+
+    async def _subscription_expired(self, transfer: Transfer) -> None:
+        """The transferor did not refresh its subscription in time (RFC 6665 §4.1.2.2; it
+        runs SUBSCRIPTION_SECONDS from the REFER or the last refreshing SUBSCRIBE): a last
+        NOTIFY with the latest status says ``terminated;reason=timeout`` (§4.2.2), and none
+        follows it; the transfer goes on (ending the subscription ends nothing of the
+        referenced request, RFC 3515 §2.4.4). Before session 52 the NOTIFYs went on until the
+        final one, minutes after the subscription had run out."""
+        transfer.notify = False
+        log.info(
+            "call %s: the %s leg's subscription to the transfer's progress ran out",
+            self.id,
+            transfer.side.value.upper(),
+        )
+        await self._send_transfer_notify(transfer, "terminated;reason=timeout")
 
     async def _other_dialog_request(self, event: RequestEvent) -> None:
         """A request in a dialog of this call that is not its leg's on that side: a departed

@@ -27,12 +27,21 @@ from tests.component.calls.transfer_calls import (
 
 
 async def transfer_ringing(
-    nursery: trio.Nursery, tmp_path: Path, seed: int, **sip: object
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    seed: int,
+    bob_answers_after: float | None = None,
+    **sip: object,
 ) -> tuple[B2bua, Call, int]:
-    """alice's transfer of the call to bob, whose phone rings without answering: the env,
-    alice's leg and her REFER's CSeq (the ``id`` of its subscription)."""
+    """alice's transfer of the call to bob, whose phone rings without answering (or answers
+    ``bob_answers_after`` seconds later): the env, alice's leg and her REFER's CSeq (the
+    ``id`` of its subscription)."""
     env = await start_b2bua(nursery, tmp_path, seed, sip=sip or None)
-    await bob_phone(env, nursery, seed, auto=AutoAnswer(status=None))
+    if bob_answers_after is None:
+        auto = AutoAnswer(status=None)
+    else:
+        auto = AutoAnswer(status=200, delay=bob_answers_after)
+    await bob_phone(env, nursery, seed, auto=auto)
     _, alice_leg = await answered_call(env)
     assert await refer(alice_leg, BOB_URI) == 202
     assert alice_leg.dialog is not None
@@ -61,9 +70,14 @@ async def test_a_refresh_before_the_subscription_runs_out_gets_200_and_the_lates
     assert sipfrag_of(notify.request) == "SIP/2.0 180 Ringing"
     assert notify.request.headers.get("Event") == f"refer;id={refer_cseq}"
     assert notify.request.headers.get("Subscription-State") == "active;expires=60"
-    # The transfer goes on until bob's ring timeout (180 s), told in the refreshed
-    # subscription, which then ends.
-    await trio.sleep(135)
+    # The transfer goes on until bob's ring timeout (180 s), told in the subscription alice
+    # keeps refreshing before it runs out (each refresh gets the latest status again).
+    for _ in range(2):
+        await trio.sleep(50)
+        assert (await subscribe(alice_leg, f"refer;id={refer_cseq}", 60)).status == 200
+        again = await env.alice.next_request("NOTIFY")
+        assert again.request.headers.get("Subscription-State") == "active;expires=60"
+    await trio.sleep(30)
     failed = await eventually_notify(env.alice, "SIP/2.0 408 Request Timeout")
     assert failed.headers.get("Subscription-State") == "terminated;reason=noresource"
     assert env.calls == 1
@@ -128,3 +142,28 @@ async def test_a_subscribe_without_a_transfer_gets_481(
     assert (await subscribe(alice_leg, "refer", 60)).status == 481
     assert (await subscribe(call, "refer", 60)).status == 481  # the trunk's leg: none either
     assert env.calls == 1
+
+
+async def test_a_subscription_not_refreshed_ends_with_a_timeout_and_the_transfer_goes_on(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # RFC 6665 §4.2.2: a subscription that runs out gets a last NOTIFY, terminated with
+    # reason=timeout. Before session 52 the NOTIFYs went on until the transfer's end.
+    env, alice_leg, refer_cseq = await transfer_ringing(
+        nursery, tmp_path, voipgw_seed, bob_answers_after=75
+    )
+    notifies = len(env.alice.requests("NOTIFY"))
+    await trio.sleep(55)
+    assert len(env.alice.requests("NOTIFY")) == notifies  # 60 s from the REFER: not yet
+    expired = await env.alice.next_request("NOTIFY", timeout=10)
+    assert trio.current_time() >= 60
+    assert expired.request.headers.get("Subscription-State") == "terminated;reason=timeout"
+    assert expired.request.headers.get("Event") == f"refer;id={refer_cseq}"
+    assert sipfrag_of(expired.request) == "SIP/2.0 180 Ringing"  # the latest status
+    # bob answers at 75 s: the transfer completes (the trunk gets bob's media), untold.
+    reinvite = await env.trunk.next_request("INVITE", timeout=30)
+    assert reinvite.request.to.tag is not None
+    await trio.sleep(5)
+    assert len(env.alice.requests("NOTIFY")) == notifies + 1
+    # Over: nothing left to refresh.
+    assert (await subscribe(alice_leg, f"refer;id={refer_cseq}", 60)).status == 481
