@@ -24,10 +24,12 @@ def gateway_config(
     gateway_lines: str = "",
     sections: str = "",
     sip_lines: str = "",
+    media_lines: str = "",
 ) -> str:
     """voipgw's configuration file. ``listen``: the ``[sip] listen`` entries; ``carrier_port``:
     the UDP port of the ``carrier`` trunk's UAS on 127.0.0.1. ``gateway_lines`` and
-    ``sip_lines`` (each line ending in a newline) go at the end of ``[gateway]`` and ``[sip]``;
+    ``sip_lines`` (each line ending in a newline) go at the end of ``[gateway]`` and ``[sip]``,
+    ``media_lines`` at the end of ``[media]``;
     ``sections`` (whole tables: ``[store]``, ``[plugins]`` ...) between them."""
     listeners = ", ".join(f'"{entry}"' for entry in listen)
     return f"""\
@@ -41,7 +43,7 @@ listen = [{listeners}]
 [media]
 address = "{LOOPBACK}"
 ports = "{media_ports}"
-
+{media_lines}
 [[trunks]]
 name = "carrier"
 address = "udp:{LOOPBACK}:{carrier_port}"

@@ -160,11 +160,15 @@ SIPP_TIMEOUT_SLACK = 20.0  # seconds a step may run past its nominal length befo
 
 
 def voipgw_config(
-    state_dir: Path, sip: SipPorts, media_ports: str, gc_thresholds: str | None
+    state_dir: Path,
+    sip: SipPorts,
+    media_ports: str,
+    gc_thresholds: str | None,
+    media_workers: int = 1,
 ) -> str:
     """voipgw's configuration (benchmarks/gateway_config.py): UDP only, the trunk ``carrier``
     served by the voipgw system's UAS; ``gc_thresholds`` ("G0,G1,G2") replaces the shipped
-    collector thresholds."""
+    collector thresholds; ``media_workers`` is ``[media] workers``."""
     gc_line = f"gc_thresholds = [{gc_thresholds}]\n" if gc_thresholds else ""
     return gateway_config(
         state_dir,
@@ -172,6 +176,7 @@ def voipgw_config(
         media_ports=media_ports,
         carrier_port=sip.of("voipgw").uas,
         gateway_lines=gc_line,
+        media_lines=f"workers = {media_workers}\n",
     )
 
 
@@ -191,6 +196,20 @@ def schedstat(pid: int) -> tuple[float, float]:
         run += int(fields[0])
         wait += int(fields[1])
     return run / 1e9, wait / 1e9
+
+
+def children_schedstat(pid: int) -> float:
+    """Seconds on a CPU of the child processes of ``pid`` (its media workers), summed over
+    their threads (0 without children)."""
+    total = 0.0
+    for path in glob.glob(f"/proc/{pid}/task/*/children"):
+        try:
+            with open(path) as f:
+                children = [int(child) for child in f.read().split()]
+        except OSError:
+            continue
+        total += sum(schedstat(child)[0] for child in children)
+    return total
 
 
 def rss_kib(pid: int) -> int:
@@ -412,7 +431,9 @@ class System:
         state = self.workdir / "state"
         config = self.workdir / "voipgw.toml"
         require_free(self.sip.b2bua, self.sip.of("voipgw").phone)
-        config.write_text(voipgw_config(state, self.sip, args.media_ports, args.gateway_gc))
+        config.write_text(
+            voipgw_config(state, self.sip, args.media_ports, args.gateway_gc, args.media_workers)
+        )
         command = [sys.executable, "-m", "gateway"]
         subprocess.run(
             [*command, "accounts", "add", ACCOUNT, "--password", PASSWORD, "--config", str(config)],
@@ -537,6 +558,7 @@ class Step:
     uac_load: float
     uas_load: float
     b2bua_wait: float
+    workers_load: float  # the B2BUA's child processes (voipgw's media workers), not in b2bua_load
     window: float
     note: str
     rss_idle_kib: int = 0
@@ -691,6 +713,7 @@ def run_step(system: System, mode: str, rate: float, args: argparse.Namespace) -
         wait_udp_port(uas_port, uas)
         b2bua_pid = system.pid if system.pid is not None else uas.pid
         cpu0, wait0 = schedstat(b2bua_pid)
+        workers0 = children_schedstat(b2bua_pid) if system.pid is not None else 0.0
         # Memory: the B2BUA's RSS before the step and its peak while the UAC runs. With
         # --hold-ms longer than the step every call of the step is up at the end of sending,
         # so (peak - idle) / calls is the memory of an active call, SIP and media state alike.
@@ -716,8 +739,10 @@ def run_step(system: System, mode: str, rate: float, args: argparse.Namespace) -
         if system.pid is not None:
             uas_rc, uas_cpu = wait_child(uas, 5.0)
             cpu1, wait1 = schedstat(b2bua_pid)
+            workers1 = children_schedstat(b2bua_pid)
         else:
             cpu1, wait1 = schedstat(b2bua_pid)  # the floor's "B2BUA" figure is the UAS itself
+            workers1 = 0.0
             uas_rc, uas_cpu = wait_child(uas, 5.0)
     finally:
         for process in (uac, uas):
@@ -762,6 +787,7 @@ def run_step(system: System, mode: str, rate: float, args: argparse.Namespace) -
         uac_load=100 * uac_cpu / window,
         uas_load=100 * uas_cpu / window,
         b2bua_wait=100 * (wait1 - wait0) / window,
+        workers_load=100 * (workers1 - workers0) / window,
         window=window,
         note="; ".join(notes) + (f" (logs: {rundir})" if notes else ""),
         rss_idle_kib=rss[0],
@@ -784,7 +810,8 @@ def print_step(s: Step) -> None:
         f"set-up p50 {s.p50_ms:4.0f} p99 {s.p99_ms:4.0f} max {s.max_ms:5.0f} ms  "
         f"CPU {s.cpu_us:5.0f} us/call  load: b2bua {s.b2bua_load:5.1f} % "
         f"uac {s.uac_load:5.1f} % uas {s.uas_load:5.1f} %  b2bua wait {s.b2bua_wait:4.1f} %  "
-        f"RSS {s.rss_idle_kib / 1024:.1f} -> {s.rss_peak_kib / 1024:.1f} MiB "
+        + (f"media workers {s.workers_load:5.1f} %  " if s.workers_load else "")
+        + f"RSS {s.rss_idle_kib / 1024:.1f} -> {s.rss_peak_kib / 1024:.1f} MiB "
         f"({(s.rss_peak_kib - s.rss_idle_kib) / s.calls:.1f} KiB/call)"
         + (f"  {s.note}" if s.note else ""),
         flush=True,
@@ -972,6 +999,15 @@ def main() -> None:
         metavar="G0,G1,G2",
         help="run voipgw with [gateway] gc_thresholds = [G0, G1, G2] (default: as shipped, "
         "10000,10,10; 700,10,10 is Python's own)",
+    )
+    parser.add_argument(
+        "--media-workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run voipgw with [media] workers = N (default 1: the relay in the SIP process); "
+        "with N >= 2 the CPU per call and the b2bua load are the SIP process's, and the "
+        "workers' load is printed beside them",
     )
     parser.add_argument(
         "--gc-stats",
