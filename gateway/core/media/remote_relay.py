@@ -525,6 +525,7 @@ class RemoteDirection:
     @blocked.setter
     def blocked(self, value: bool) -> None:
         self._blocked = value
+        self._stream._keys_sent = None  # the worker's flags are no longer the last SetKeys'
         self._stream._send(SetBlocked(self._stream.id, self.direction.value, value))
 
     @property
@@ -682,6 +683,7 @@ class RemoteStream:
     _datagram_tap: DatagramTap | None = attrs.field(repr=False)
     _opaque: bool = attrs.field(repr=False)
     _on_final_counters: Callable[[], None] | None = attrs.field(repr=False)
+    _keys_sent: StreamKeys | None = attrs.field(repr=False)
 
     def __init__(
         self,
@@ -707,6 +709,7 @@ class RemoteStream:
         self._datagram_tap = None
         self._opaque = False
         self._on_final_counters = None
+        self._keys_sent = None
 
     @property
     def closed(self) -> bool:
@@ -768,9 +771,15 @@ class RemoteStream:
 
     def apply_keys(self, keys: StreamKeys) -> None:
         """Each leg's SRTP keys and the block flag, to the worker, which builds the SRTP
-        contexts (:class:`gateway.core.media.keying.StreamSrtp`)."""
+        contexts (:class:`gateway.core.media.keying.StreamSrtp`). Not when the worker has
+        these already (the last ``SetKeys``, no ``SetBlocked`` since): a call applies its keys
+        at each step of its set-up (three times for a plain call), and the worker would take
+        the same keys again for nothing (session 52)."""
         self.a_to_b._blocked = keys.blocked
         self.b_to_a._blocked = keys.blocked
+        if keys == self._keys_sent:
+            return
+        self._keys_sent = keys
         self._send(
             SetKeys(
                 self.id,
