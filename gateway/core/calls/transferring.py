@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import attrs
 import trio
@@ -351,6 +351,15 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
         if response.status == 491 and self._again_after_glare(transfer, "join", leg):
             return
         if not response.is_success:
+            if not self._ends_session("INVITE", response.status) and response.status not in (
+                401,
+                407,
+            ):
+                # A carrier that takes no re-INVITE without SDP (488, 400, 500 ...): offer it
+                # the call's media ourselves.
+                failure = await self._join_with_our_offer(transfer, leg, response)
+                if failure is None:
+                    return
             await self._end_transfer(response.status, response.reason)
             return
         leg.final, leg.ack = response, None  # ACKed with the transferee's answer
@@ -358,6 +367,111 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
             transfer.deferred = True
             return
         await self._offer_target_to_transferee()
+
+    async def _join_with_our_offer(
+        self, transfer: Transfer, leg: BLeg, refusal: Response | None
+    ) -> tuple[int, str] | None:
+        """The carrier refused our re-INVITE without SDP (``refusal``; None: its 491 sent
+        again), as some carriers refuse every late offer: re-INVITE it with an offer of our
+        own instead, the SDP last sent on the transferor's side with the next o= version
+        (``MediaSession.repeat_offer``: the call's media as the transferee has it, on the
+        ports the carrier takes over), through the carrier leg's keys. Its answer must keep
+        the codec in use (:meth:`_joined_leg_took_offer`): the transferee is not re-INVITEd,
+        its session does not change. None when sent; else the failure to report (an offer of
+        the call's in progress, or ours could not be made or sent)."""
+        assert self.media is not None and leg.security is not None
+        side: Literal["a", "b"] = "a" if transfer.side is Side.A else "b"
+        if refusal is not None:
+            log.info(
+                "call %s: the carrier leg refused our re-INVITE without SDP (%d %s): "
+                "offering it the call's media",
+                self.id,
+                refusal.status,
+                refusal.reason,
+            )
+        plain = None
+        try:
+            plain = self.media.repeat_offer(side)
+            offer = leg.security.make_offer(plain)
+        except Exception as exc:
+            if plain is not None:
+                self.media.withdraw_repeated_offer(side)  # not sent: its o= version is free
+            log.info(
+                "call %s: cannot offer the carrier leg the call's media (%s)",
+                self.id,
+                type(exc).__name__,  # never the text: a key exchange's may hold keys
+            )
+            return (refusal.status, refusal.reason) if refusal else (500, "Server Internal Error")
+        tag = InDialogRequest("join-offer", leg.side)
+        sent = await self._send_in_dialog(
+            leg,
+            "INVITE",
+            body=serialize_sdp(offer),
+            tag=tag,
+            extra=[("Supported", "timer"), *self._refresh_headers(leg)],
+        )
+        if sent is None:
+            leg.security.withdraw_offer()
+            self.media.withdraw_repeated_offer(side)
+            return 503, "Service Unavailable"
+        transfer.join_offer = tag
+        transfer.deadline = trio.current_time() + 64 * self.config.sip.t1
+        return None
+
+    async def _joined_leg_took_offer(self, tag: InDialogRequest, response: Response) -> None:
+        """The carrier's final response to our re-INVITE with our offer
+        (:meth:`_join_with_our_offer`). A 2xx whose answer keeps the codec in use
+        (``MediaSession.answer_to_repeated_offer``) completes the transfer: ACKed, the
+        carrier's leg takes the transferor's place, the transferee hears of nothing. An answer
+        that does not fit fails the transfer (ACKed, then BYEd, RFC 3261 §13.2.2.4), as does a
+        refusal (the session stays as it was, §14.1)."""
+        transfer = self._transfer
+        if transfer is None or transfer.join_offer is not tag:
+            current = self._leg(tag.side)  # its 2xx again, once the leg took its place
+            if (
+                isinstance(current, BLeg)
+                and current.ack is not None
+                and response.is_success
+                and current.ack.cseq.number == response.cseq.number
+            ):
+                await self._resend_ack(current)
+            return
+        leg = transfer.answered
+        assert leg is not None and leg.security is not None and self.media is not None
+        assert leg.dialog is not None
+        side: Literal["a", "b"] = "a" if transfer.side is Side.A else "b"
+        transfer.join_offer, transfer.deadline = None, math.inf
+        if not response.is_success:
+            # Sent: its o= version stays taken (RFC 3264 §8).
+            leg.security.offer_refused()
+            self.media.repeated_offer_refused(side)
+            if response.status == 491 and self._again_after_glare(transfer, "join-offer", leg):
+                return
+            await self._end_transfer(response.status, response.reason)
+            return
+        leg.final, leg.ack = response, None
+        try:
+            plain = leg.security.take_answer(parse_sdp_untrusted(sdp_body(response)))
+            self.media.answer_to_repeated_offer(
+                side, plain, rtcp_mux_offered=leg.security.offers_rtcp_mux
+            )
+            self._note_recordpref(leg, sdp_body(response))
+            self.media.settle()
+            self._take_over(transfer)
+            # The carrier may send under its answer once our ACK reaches it: the relay (and
+            # its media workers) carries the answer and its keys first.
+            await self.media.applied()
+        except Exception as exc:
+            # A 2xx's answer cannot be refused (RFC 3264 §8): ACKed, then BYEd with the
+            # transfer's failure (_end_transfer); the transferee's session never changed.
+            failure = self._answer_failed(exc, "the carrier leg's answer to our offer")
+            self.media.repeated_offer_refused(side)
+            await self._ack_b(leg, leg.dialog, response)
+            await self._end_transfer(failure.status, failure.phrase)
+            return
+        await self._ack_b(leg, leg.dialog, response)
+        self._answer_went(transfer.side)
+        await self._complete_transfer()
 
     def _again_after_glare(self, transfer: Transfer, purpose: str, leg: Leg) -> bool:
         """Our re-INVITE ``purpose`` on ``leg`` got 491: another re-INVITE crossed it. Send it
@@ -383,6 +497,11 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
         if purpose == "join":
             assert transfer.answered is not None
             failure = await self._send_join(transfer, transfer.answered)
+            if failure is not None:
+                await self._end_transfer(*failure)
+        elif purpose == "join-offer":
+            assert transfer.answered is not None
+            failure = await self._join_with_our_offer(transfer, transfer.answered, None)
             if failure is not None:
                 await self._end_transfer(*failure)
         elif self._offer_in_progress():
@@ -920,6 +1039,12 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
         if transfer is None or now < transfer.deadline:
             return
         if transfer.reinvite is None:  # the target's devices rang for [sip] ring_timeout
+            carrier = transfer.answered
+            if transfer.join_offer is not None and carrier and carrier.security is not None:
+                # Our offer to a joined carrier got no final response: as refused (§14.1).
+                assert self.media is not None
+                carrier.security.offer_refused()
+                self.media.repeated_offer_refused("a" if transfer.side is Side.A else "b")
             await self._end_transfer(408, "Request Timeout")
             return
         # As a relayed re-INVITE without a final response (_reinvite_timed_out).
