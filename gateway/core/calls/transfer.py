@@ -78,6 +78,9 @@ class Transfer:
     # The carrier refused that re-INVITE without SDP: our re-INVITE to it with an offer of the
     # call's media as its side had it (transferring.py, ``_join_with_our_offer``), once sent.
     join_offer: InDialogRequest | None = None
+    # Once that carrier's answer joined it: our re-INVITE taking the held transferee off hold
+    # (the transferee gets no offer of the carrier's, so nothing else would), once sent.
+    join_resume: InDialogRequest | None = None
     # The trunk whose count that leg brought to this call (it counted only in the consultation
     # call): given back if the transfer fails and the leg is hung up.
     moved_count: tuple[str, str] | None = None

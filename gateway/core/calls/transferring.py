@@ -39,6 +39,7 @@ from gateway.core.interfaces import Caller, RouteTarget
 from gateway.core.logs import log_exception, transport_error_text
 from gateway.core.media.errors import PortsExhausted
 from gateway.core.sdp.errors import SdpError
+from gateway.core.sdp.model import Direction
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sdp.serializer import serialize_sdp
 from gateway.core.sip.dialog import DialogState, glare_wait
@@ -61,6 +62,8 @@ from gateway.core.sip.uri import Uri, redact_password
 if TYPE_CHECKING:
     from gateway.core.calls.call import Call
 
+
+_SENDRECV = Direction.SENDRECV
 
 # How long an attended transfer to a trunk's call waits for the consultation call to hand its
 # trunk leg over (one turn of that call's task; it answers at once unless it is ending).
@@ -391,7 +394,8 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
             )
         plain = None
         try:
-            plain = self.media.repeat_offer(side)
+            # Un-held: the transferor held the transferee while it consulted (RFC 3264 §8.4).
+            plain = self.media.repeat_offer(side, direction=_SENDRECV)
             offer = leg.security.make_offer(plain)
         except Exception as exc:
             if plain is not None:
@@ -470,7 +474,108 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
             await self._end_transfer(failure.status, failure.phrase)
             return
         await self._ack_b(leg, leg.dialog, response)
-        self._answer_went(transfer.side)
+        if not await self._resume_transferee(transfer):
+            await self._complete_transfer()
+
+    async def _resume_transferee(self, transfer: Transfer) -> bool:
+        """A carrier joined with our offer (:meth:`_joined_leg_took_offer`): the transferee,
+        which the transferor held while it consulted, gets no offer of the carrier's that
+        would take it off hold, so we re-INVITE it ourselves with the SDP last sent to it,
+        sendrecv (RFC 3264 §8.4), as the transferor's phone would have. True when sent (the
+        transfer completes with its answer, :meth:`_transferee_resumed`); False when it is not
+        held, or the re-INVITE could not be made or sent (it stays as it is)."""
+        assert self.media is not None
+        transferee = self._leg(transfer.side.other)
+        side: Literal["a", "b"] = "b" if transfer.side is Side.A else "a"
+        last = self.media.last_sent(side)
+        if transferee.security is None or last is None:
+            return False
+        if all(m.port == 0 or last.effective_direction(m) is _SENDRECV for m in last.media):
+            return False
+        plain = None
+        try:
+            plain = self.media.repeat_offer(side, direction=_SENDRECV)
+            offer = transferee.security.make_offer(plain)
+        except Exception as exc:
+            if plain is not None:
+                self.media.withdraw_repeated_offer(side)
+            log.info(
+                "call %s: cannot take the %s leg off hold (%s)",
+                self.id,
+                side.upper(),
+                type(exc).__name__,  # never the text: a key exchange's may hold keys
+            )
+            return False
+        tag = InDialogRequest("join-resume", transferee.side)
+        sent = await self._send_in_dialog(
+            transferee,
+            "INVITE",
+            body=serialize_sdp(offer),
+            tag=tag,
+            extra=[("Supported", "timer"), *self._refresh_headers(transferee)],
+        )
+        if sent is None:
+            transferee.security.withdraw_offer()
+            self.media.withdraw_repeated_offer(side)
+            return False
+        transfer.join_resume = tag
+        transfer.deadline = trio.current_time() + 64 * self.config.sip.t1
+        return True
+
+    async def _transferee_resumed(self, tag: InDialogRequest, response: Response) -> None:
+        """The transferee's final response to our re-INVITE taking it off hold
+        (:meth:`_resume_transferee`): the carrier is joined either way, so the transfer
+        completes; a refusal leaves the transferee as it was (RFC 3261 §14.1), said in the
+        log, and one that says its dialog is gone ends the call (:meth:`_session_lost`)."""
+        transfer = self._transfer
+        if transfer is None or transfer.join_resume is not tag:
+            await self._resend_reinvite_ack(tag.side, response)
+            return
+        assert self.media is not None
+        transfer.join_resume, transfer.deadline = None, math.inf
+        transferee = self._leg(tag.side)
+        assert transferee.security is not None and transferee.dialog is not None
+        side: Literal["a", "b"] = "a" if tag.side is Side.A else "b"
+        if not response.is_success:
+            transferee.security.offer_refused()
+            self.media.repeated_offer_refused(side)
+            log.info(
+                "call %s: the %s leg refused to be taken off hold: %d %s",
+                self.id,
+                side.upper(),
+                response.status,
+                response.reason,
+            )
+            await self._complete_transfer()
+            what = f"re-INVITE to the {side.upper()} leg"
+            await self._session_lost(tag.side, "INVITE", response, what=what)
+            return
+        transferee.session_timer = self._refreshed_by_2xx(transferee, response)
+        try:
+            flow = await self.endpoint.flow_to(
+                transferee.transport, transferee.address, transferee.flow
+            )
+            via = self.endpoint.new_via(flow)  # OSError: no listener of its transport left
+        except OSError as exc:
+            await self._complete_transfer()
+            await self._hang_up(f"signalling failed: {transport_error_text(exc)}")
+        ack = transferee.dialog.create_ack(response.cseq.number, via=via)
+        self._reinvite_acks[tag.side] = ack
+        try:
+            plain = transferee.security.take_answer(parse_sdp_untrusted(sdp_body(response)))
+            self._note_recordpref(transferee, sdp_body(response))
+            self.media.answer_to_repeated_offer(
+                side, plain, rtcp_mux_offered=transferee.security.offers_rtcp_mux
+            )
+            self._apply_keys(self.b)
+            await self.media.applied()
+        except Exception as exc:
+            # A 2xx's answer cannot be refused (RFC 3264 §8): ACK, then BYE (§13.2.2.4).
+            failure = self._answer_failed(exc, "answer to re-INVITE")
+            await self.endpoint.send_ack(ack, flow)
+            await self._complete_transfer()
+            await self._hang_up(failure.reason, cause=failure.status)
+        await self.endpoint.send_ack(ack, flow)
         await self._complete_transfer()
 
     def _again_after_glare(self, transfer: Transfer, purpose: str, leg: Leg) -> bool:
@@ -1037,6 +1142,18 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
                     await self._end_transfer(*(self._transfer_targets_failed() or failure))
                 return
         if transfer is None or now < transfer.deadline:
+            return
+        if transfer.join_resume is not None:
+            # Our re-INVITE taking the transferee off hold got no final response: the carrier
+            # is joined all the same (as refused, §14.1).
+            resumed: Literal["a", "b"] = "a" if transfer.join_resume.side is Side.A else "b"
+            transferee = self._leg(transfer.join_resume.side)
+            transfer.join_resume = None
+            assert self.media is not None
+            if transferee.security is not None:
+                transferee.security.offer_refused()
+            self.media.repeated_offer_refused(resumed)
+            await self._complete_transfer()
             return
         if transfer.reinvite is None:  # the target's devices rang for [sip] ring_timeout
             carrier = transfer.answered
