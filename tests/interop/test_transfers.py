@@ -38,7 +38,7 @@ from tests.interop.harness.capture import (
     udp_filter,
 )
 from tests.interop.harness.linphone import Linphone, LinphoneAccount
-from tests.interop.harness.sipp import SippUas, run_sipp_uac
+from tests.interop.harness.sipp import SippResult, SippUas, run_sipp_uac
 
 REALM = "interop.voipgw.test"
 PASSWORDS = {"alice": "wonderland-7f3a", "bob": "builder-c29e", "carol": "carolling-81d0"}
@@ -269,10 +269,14 @@ def test_an_attended_transfer_replaces_the_consultation_call_at_the_target(
     assert not [s for s in streams if inside(s[1], alice.rtp_ports)], streams
 
 
-@pytest.mark.interop
-def test_an_attended_transfer_to_a_carriers_call_joins_the_carrier_leg(tmp_path: Path) -> None:
+def attended_transfer_to_a_carriers_call(
+    tmp_path: Path, carrier_scenario: str
+) -> tuple[SippResult, SippResult, str]:
+    """A sipp trunk calls alice (linphonec); alice holds it, calls an outside number through a
+    second sipp trunk (``carrier_scenario``) and transfers: the carrier's and the transferee's
+    sipp runs, checked, and the gateway's log."""
     did, outside = "+4930123456", "+4989555"
-    with SippUas("calls/uas_answer_late_reinvite.xml", workdir=tmp_path) as carrier:
+    with SippUas(carrier_scenario, workdir=tmp_path) as carrier:
         trunks = (
             "[[trunks]]\n"
             'name = "pbx"\n'
@@ -320,13 +324,37 @@ def test_an_attended_transfer_to_a_carriers_call_joins_the_carrier_leg(tmp_path:
             transferee.check()
             joined = carrier.wait(timeout=15)
             joined.check()
-        assert "transferred: the callee joined the transferred call" in gw.log_text()
+            return joined, transferee, gw.log_text()
+
+
+@pytest.mark.interop
+def test_an_attended_transfer_to_a_carriers_call_joins_the_carrier_leg(tmp_path: Path) -> None:
+    joined, transferee, log = attended_transfer_to_a_carriers_call(
+        tmp_path, "calls/uas_answer_late_reinvite.xml"
+    )
+    assert "transferred: the callee joined the transferred call" in log
     # The carrier saw one call: its INVITE, the join's re-INVITE without SDP (checked by its
     # scenario), the ACK with the transferee's answer, and the transferee's BYE.
     assert len(joined.received("INVITE ")) == 2
     assert len(joined.received("BYE ")) == 1
     (reoffer,) = [m for m in transferee.received("INVITE ") if "a=sendrecv" in m]
     assert "m=audio" in reoffer
+
+
+@pytest.mark.interop
+def test_a_carrier_that_refuses_a_late_offer_is_joined_with_our_offer(tmp_path: Path) -> None:
+    # Session 52: the carrier answers the join's re-INVITE without SDP 488 (its scenario
+    # checks it had none); the gateway re-INVITEs it with an offer of its own, sendrecv (the
+    # scenario checks m=audio and a=sendrecv), whose answer joins it; the transferee, held by
+    # alice while she consulted, is taken off hold by a re-INVITE of the gateway's, sendrecv.
+    joined, transferee, log = attended_transfer_to_a_carriers_call(
+        tmp_path, "calls/uas_answer_refuse_late_reinvite.xml"
+    )
+    assert "refused our re-INVITE without SDP (488 Not Acceptable Here)" in log
+    assert len(joined.received("INVITE ")) == 3
+    assert len(joined.received("BYE ")) == 1
+    (resume,) = [m for m in transferee.received("INVITE ") if "a=sendrecv" in m]
+    assert "m=audio" in resume
 
 
 @pytest.mark.interop

@@ -1050,3 +1050,7 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
             await self._transferee_answered(tag, response)
         elif tag.purpose == "join":
             await self._joined_leg_answered(tag, response)
+        elif tag.purpose == "join-offer":
+            await self._joined_leg_took_offer(tag, response)
+        elif tag.purpose == "join-resume":
+            await self._transferee_resumed(tag, response)

@@ -65,6 +65,8 @@ class InDialogRequest:
     # "relay" | "reinvite" | "bye" | "refresh" (our UPDATE, RFC 4028) | "transfer" (our
     # re-INVITE to a transferee with its target's offer) | "notify" (a transfer's progress) |
     # "join" (our re-INVITE without SDP to a trunk leg taken over by an attended transfer) |
+    # "join-offer" (our re-INVITE with our offer to that leg, when it refused the one without) |
+    # "join-resume" (then our re-INVITE taking the held transferee off hold) |
     # "location" (our UPDATE with the caller's new location, RFC 6442, answering ``relayed``) |
     # "fork-rekey" (our re-INVITE with new SDES keys to a forked callee, fork_rekey.py) |
     # "record-indication" (our re-INVITE telling a recording-aware party whether the call is

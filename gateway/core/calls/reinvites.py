@@ -61,6 +61,8 @@ class CallReinvites(CallRecordingIndication):
         transfer = self._transfer
         transfer_busy = transfer is not None and (
             transfer.reinvite is not None
+            or transfer.join_offer is not None  # our offer to a joined carrier (session 52)
+            or transfer.join_resume is not None  # and the transferee's resume after it
             or (transfer.answered is not None and transfer.transferor_left)
         )
         if self._offer_in_progress() or transfer_busy:

@@ -75,13 +75,19 @@ class Transfer:
     # An attended transfer to a trunk's call: our re-INVITE without SDP to the target's leg,
     # taken over from the consultation call (its 2xx brings the offer, as a target's 2xx does).
     join: InDialogRequest | None = None
+    # The carrier refused that re-INVITE without SDP: our re-INVITE to it with an offer of the
+    # call's media as its side had it (transferring.py, ``_join_with_our_offer``), once sent.
+    join_offer: InDialogRequest | None = None
+    # Once that carrier's answer joined it: our re-INVITE taking the held transferee off hold
+    # (the transferee gets no offer of the carrier's, so nothing else would), once sent.
+    join_resume: InDialogRequest | None = None
     # The trunk whose count that leg brought to this call (it counted only in the consultation
     # call): given back if the transfer fails and the leg is hung up.
     moved_count: tuple[str, str] | None = None
     deadline: float = math.inf  # while ringing: [sip] ring_timeout; then 64*T1 for the re-INVITE
     # Our re-INVITE (``reinvite`` or ``join``) met glare (491, RFC 3261 §14.1): sent again at
     # this time, at most ``GLARE_RETRIES`` times (gateway.core.calls.transferring).
-    glare_retry: str = ""  # "transfer" or "join": which of the two to send again
+    glare_retry: str = ""  # "transfer", "join" or "join-offer": which to send again
     glare_retry_at: float = math.inf
     glare_retries: int = 0
     notified: int = 0  # the last status a NOTIFY reported

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import attrs
 import trio
@@ -39,6 +39,7 @@ from gateway.core.interfaces import Caller, RouteTarget
 from gateway.core.logs import log_exception, transport_error_text
 from gateway.core.media.errors import PortsExhausted
 from gateway.core.sdp.errors import SdpError
+from gateway.core.sdp.model import Direction
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sdp.serializer import serialize_sdp
 from gateway.core.sip.dialog import DialogState, glare_wait
@@ -61,6 +62,8 @@ from gateway.core.sip.uri import Uri, redact_password
 if TYPE_CHECKING:
     from gateway.core.calls.call import Call
 
+
+_SENDRECV = Direction.SENDRECV
 
 # How long an attended transfer to a trunk's call waits for the consultation call to hand its
 # trunk leg over (one turn of that call's task; it answers at once unless it is ending).
@@ -351,6 +354,15 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
         if response.status == 491 and self._again_after_glare(transfer, "join", leg):
             return
         if not response.is_success:
+            if not self._ends_session("INVITE", response.status) and response.status not in (
+                401,
+                407,
+            ):
+                # A carrier that takes no re-INVITE without SDP (488, 400, 500 ...): offer it
+                # the call's media ourselves.
+                failure = await self._join_with_our_offer(transfer, leg, response)
+                if failure is None:
+                    return
             await self._end_transfer(response.status, response.reason)
             return
         leg.final, leg.ack = response, None  # ACKed with the transferee's answer
@@ -358,6 +370,213 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
             transfer.deferred = True
             return
         await self._offer_target_to_transferee()
+
+    async def _join_with_our_offer(
+        self, transfer: Transfer, leg: BLeg, refusal: Response | None
+    ) -> tuple[int, str] | None:
+        """The carrier refused our re-INVITE without SDP (``refusal``; None: its 491 sent
+        again), as some carriers refuse every late offer: re-INVITE it with an offer of our
+        own instead, the SDP last sent on the transferor's side with the next o= version
+        (``MediaSession.repeat_offer``: the call's media as the transferee has it, on the
+        ports the carrier takes over), through the carrier leg's keys. Its answer must keep
+        the codec in use (:meth:`_joined_leg_took_offer`): the transferee is not re-INVITEd,
+        its session does not change. None when sent; else the failure to report (an offer of
+        the call's in progress, or ours could not be made or sent)."""
+        assert self.media is not None and leg.security is not None
+        side: Literal["a", "b"] = "a" if transfer.side is Side.A else "b"
+        if refusal is not None:
+            log.info(
+                "call %s: the carrier leg refused our re-INVITE without SDP (%d %s): "
+                "offering it the call's media",
+                self.id,
+                refusal.status,
+                refusal.reason,
+            )
+        plain = None
+        try:
+            # Un-held: the transferor held the transferee while it consulted (RFC 3264 §8.4).
+            plain = self.media.repeat_offer(side, direction=_SENDRECV)
+            offer = leg.security.make_offer(plain)
+        except Exception as exc:
+            if plain is not None:
+                self.media.withdraw_repeated_offer(side)  # not sent: its o= version is free
+            log.info(
+                "call %s: cannot offer the carrier leg the call's media (%s)",
+                self.id,
+                type(exc).__name__,  # never the text: a key exchange's may hold keys
+            )
+            return (refusal.status, refusal.reason) if refusal else (500, "Server Internal Error")
+        tag = InDialogRequest("join-offer", leg.side)
+        sent = await self._send_in_dialog(
+            leg,
+            "INVITE",
+            body=serialize_sdp(offer),
+            tag=tag,
+            extra=[("Supported", "timer"), *self._refresh_headers(leg)],
+        )
+        if sent is None:
+            leg.security.withdraw_offer()
+            self.media.withdraw_repeated_offer(side)
+            return 503, "Service Unavailable"
+        transfer.join_offer = tag
+        transfer.deadline = trio.current_time() + 64 * self.config.sip.t1
+        return None
+
+    async def _joined_leg_took_offer(self, tag: InDialogRequest, response: Response) -> None:
+        """The carrier's final response to our re-INVITE with our offer
+        (:meth:`_join_with_our_offer`). A 2xx whose answer keeps the codec in use
+        (``MediaSession.answer_to_repeated_offer``) completes the transfer: ACKed, the
+        carrier's leg takes the transferor's place, the transferee hears of nothing. An answer
+        that does not fit fails the transfer (ACKed, then BYEd, RFC 3261 §13.2.2.4), as does a
+        refusal (the session stays as it was, §14.1)."""
+        transfer = self._transfer
+        if transfer is None or transfer.join_offer is not tag:
+            current = self._leg(tag.side)  # its 2xx again, once the leg took its place
+            if (
+                isinstance(current, BLeg)
+                and current.ack is not None
+                and response.is_success
+                and current.ack.cseq.number == response.cseq.number
+            ):
+                await self._resend_ack(current)
+            return
+        leg = transfer.answered
+        assert leg is not None and leg.security is not None and self.media is not None
+        assert leg.dialog is not None
+        side: Literal["a", "b"] = "a" if transfer.side is Side.A else "b"
+        transfer.join_offer, transfer.deadline = None, math.inf
+        if not response.is_success:
+            # Sent: its o= version stays taken (RFC 3264 §8).
+            leg.security.offer_refused()
+            self.media.repeated_offer_refused(side)
+            if response.status == 491 and self._again_after_glare(transfer, "join-offer", leg):
+                return
+            await self._end_transfer(response.status, response.reason)
+            return
+        leg.final, leg.ack = response, None
+        try:
+            plain = leg.security.take_answer(parse_sdp_untrusted(sdp_body(response)))
+            self.media.answer_to_repeated_offer(
+                side, plain, rtcp_mux_offered=leg.security.offers_rtcp_mux
+            )
+            self._note_recordpref(leg, sdp_body(response))
+            self.media.settle()
+            self._take_over(transfer)
+            # The carrier may send under its answer once our ACK reaches it: the relay (and
+            # its media workers) carries the answer and its keys first.
+            await self.media.applied()
+        except Exception as exc:
+            # A 2xx's answer cannot be refused (RFC 3264 §8): ACKed, then BYEd with the
+            # transfer's failure (_end_transfer); the transferee's session never changed.
+            failure = self._answer_failed(exc, "the carrier leg's answer to our offer")
+            self.media.repeated_offer_refused(side)
+            await self._ack_b(leg, leg.dialog, response)
+            await self._end_transfer(failure.status, failure.phrase)
+            return
+        await self._ack_b(leg, leg.dialog, response)
+        if not await self._resume_transferee(transfer):
+            await self._complete_transfer()
+
+    async def _resume_transferee(self, transfer: Transfer) -> bool:
+        """A carrier joined with our offer (:meth:`_joined_leg_took_offer`): the transferee,
+        which the transferor held while it consulted, gets no offer of the carrier's that
+        would take it off hold, so we re-INVITE it ourselves with the SDP last sent to it,
+        sendrecv (RFC 3264 §8.4), as the transferor's phone would have. True when sent (the
+        transfer completes with its answer, :meth:`_transferee_resumed`); False when it is not
+        held, or the re-INVITE could not be made or sent (it stays as it is)."""
+        assert self.media is not None
+        transferee = self._leg(transfer.side.other)
+        side: Literal["a", "b"] = "b" if transfer.side is Side.A else "a"
+        last = self.media.last_sent(side)
+        if transferee.security is None or last is None:
+            return False
+        if all(m.port == 0 or last.effective_direction(m) is _SENDRECV for m in last.media):
+            return False
+        plain = None
+        try:
+            plain = self.media.repeat_offer(side, direction=_SENDRECV)
+            offer = transferee.security.make_offer(plain)
+        except Exception as exc:
+            if plain is not None:
+                self.media.withdraw_repeated_offer(side)
+            log.info(
+                "call %s: cannot take the %s leg off hold (%s)",
+                self.id,
+                side.upper(),
+                type(exc).__name__,  # never the text: a key exchange's may hold keys
+            )
+            return False
+        tag = InDialogRequest("join-resume", transferee.side)
+        sent = await self._send_in_dialog(
+            transferee,
+            "INVITE",
+            body=serialize_sdp(offer),
+            tag=tag,
+            extra=[("Supported", "timer"), *self._refresh_headers(transferee)],
+        )
+        if sent is None:
+            transferee.security.withdraw_offer()
+            self.media.withdraw_repeated_offer(side)
+            return False
+        transfer.join_resume = tag
+        transfer.deadline = trio.current_time() + 64 * self.config.sip.t1
+        return True
+
+    async def _transferee_resumed(self, tag: InDialogRequest, response: Response) -> None:
+        """The transferee's final response to our re-INVITE taking it off hold
+        (:meth:`_resume_transferee`): the carrier is joined either way, so the transfer
+        completes; a refusal leaves the transferee as it was (RFC 3261 §14.1), said in the
+        log, and one that says its dialog is gone ends the call (:meth:`_session_lost`)."""
+        transfer = self._transfer
+        if transfer is None or transfer.join_resume is not tag:
+            await self._resend_reinvite_ack(tag.side, response)
+            return
+        assert self.media is not None
+        transfer.join_resume, transfer.deadline = None, math.inf
+        transferee = self._leg(tag.side)
+        assert transferee.security is not None and transferee.dialog is not None
+        side: Literal["a", "b"] = "a" if tag.side is Side.A else "b"
+        if not response.is_success:
+            transferee.security.offer_refused()
+            self.media.repeated_offer_refused(side)
+            log.info(
+                "call %s: the %s leg refused to be taken off hold: %d %s",
+                self.id,
+                side.upper(),
+                response.status,
+                response.reason,
+            )
+            await self._complete_transfer()
+            what = f"re-INVITE to the {side.upper()} leg"
+            await self._session_lost(tag.side, "INVITE", response, what=what)
+            return
+        transferee.session_timer = self._refreshed_by_2xx(transferee, response)
+        try:
+            flow = await self.endpoint.flow_to(
+                transferee.transport, transferee.address, transferee.flow
+            )
+            via = self.endpoint.new_via(flow)  # OSError: no listener of its transport left
+        except OSError as exc:
+            await self._complete_transfer()
+            await self._hang_up(f"signalling failed: {transport_error_text(exc)}")
+        ack = transferee.dialog.create_ack(response.cseq.number, via=via)
+        self._reinvite_acks[tag.side] = ack
+        try:
+            plain = transferee.security.take_answer(parse_sdp_untrusted(sdp_body(response)))
+            self._note_recordpref(transferee, sdp_body(response))
+            self.media.answer_to_repeated_offer(
+                side, plain, rtcp_mux_offered=transferee.security.offers_rtcp_mux
+            )
+            self._apply_keys(self.b)
+            await self.media.applied()
+        except Exception as exc:
+            # A 2xx's answer cannot be refused (RFC 3264 §8): ACK, then BYE (§13.2.2.4).
+            failure = self._answer_failed(exc, "answer to re-INVITE")
+            await self.endpoint.send_ack(ack, flow)
+            await self._complete_transfer()
+            await self._hang_up(failure.reason, cause=failure.status)
+        await self.endpoint.send_ack(ack, flow)
+        await self._complete_transfer()
 
     def _again_after_glare(self, transfer: Transfer, purpose: str, leg: Leg) -> bool:
         """Our re-INVITE ``purpose`` on ``leg`` got 491: another re-INVITE crossed it. Send it
@@ -383,6 +602,11 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
         if purpose == "join":
             assert transfer.answered is not None
             failure = await self._send_join(transfer, transfer.answered)
+            if failure is not None:
+                await self._end_transfer(*failure)
+        elif purpose == "join-offer":
+            assert transfer.answered is not None
+            failure = await self._join_with_our_offer(transfer, transfer.answered, None)
             if failure is not None:
                 await self._end_transfer(*failure)
         elif self._offer_in_progress():
@@ -919,7 +1143,25 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
                 return
         if transfer is None or now < transfer.deadline:
             return
+        if transfer.join_resume is not None:
+            # Our re-INVITE taking the transferee off hold got no final response: the carrier
+            # is joined all the same (as refused, §14.1).
+            resumed: Literal["a", "b"] = "a" if transfer.join_resume.side is Side.A else "b"
+            transferee = self._leg(transfer.join_resume.side)
+            transfer.join_resume = None
+            assert self.media is not None
+            if transferee.security is not None:
+                transferee.security.offer_refused()
+            self.media.repeated_offer_refused(resumed)
+            await self._complete_transfer()
+            return
         if transfer.reinvite is None:  # the target's devices rang for [sip] ring_timeout
+            carrier = transfer.answered
+            if transfer.join_offer is not None and carrier and carrier.security is not None:
+                # Our offer to a joined carrier got no final response: as refused (§14.1).
+                assert self.media is not None
+                carrier.security.offer_refused()
+                self.media.repeated_offer_refused("a" if transfer.side is Side.A else "b")
             await self._end_transfer(408, "Request Timeout")
             return
         # As a relayed re-INVITE without a final response (_reinvite_timed_out).

@@ -544,11 +544,13 @@ class MediaSession:
         self._check_open()
         self._sent[_check_side(side)] = sdp
 
-    def repeat_offer(self, side: Side) -> SessionDescription:
+    def repeat_offer(self, side: Side, *, direction: Direction | None = None) -> SessionDescription:
         """The SDP last sent on ``side``'s leg again, with the next o= version (RFC 3264 §8:
         the re-offer changes the session there, its keys if nothing else), recorded as sent:
         a re-offer of ours that changes nothing the session holds (a re-key, whose keys the
-        leg's security adds). Its answer is :meth:`answer_to_repeated_offer`'s.
+        leg's security adds). Its answer is :meth:`answer_to_repeated_offer`'s. With
+        ``direction``, every line in use says that instead (RFC 3264 §8.4: ``sendrecv`` takes
+        a held party off hold; a joined carrier's leg is offered the call un-held).
 
         Raises :class:`LocalMediaError` when nothing was sent on that leg yet or an offer is
         in progress (one offer at a time, RFC 3264 §4)."""
@@ -560,6 +562,14 @@ class MediaSession:
         if previous is None:
             raise LocalMediaError(f"nothing was sent on side {side} yet")
         repeated = attrs.evolve(previous, origin=previous.origin.bumped())
+        if direction is not None:
+            repeated = attrs.evolve(
+                repeated,
+                media=tuple(
+                    media if media.port == 0 else media.with_direction(direction)
+                    for media in repeated.media
+                ),
+            )
         indication = self._record_indication.get(side)
         if indication is not None:
             repeated = with_record_indication(repeated, indication)

@@ -906,6 +906,121 @@ async def test_a_carrier_leg_whose_reinvite_crossed_our_join_is_joined_again(
     await eventually(lambda: env.calls == 0 and env.call_lookups == 0)
 
 
+def refuse_late_offers(env: B2bua, call_id: str, *, refuse_offers: bool = False) -> list[Request]:
+    """The carrier refuses every re-INVITE without SDP on ``call_id`` with 488 (some carriers
+    take no late offer in a re-INVITE), and with ``refuse_offers`` those with SDP too; the
+    re-INVITEs it got there, in order."""
+    got: list[Request] = []
+
+    async def refuse(received: Received) -> bool:
+        request = received.request
+        if request.method != "INVITE" or request.call_id != call_id:
+            return False
+        got.append(request)
+        if request.body and not refuse_offers:
+            return False  # answered as usual
+        await env.trunk.respond(received, 488)
+        return True
+
+    env.trunk.in_dialog = refuse
+    return got
+
+
+async def test_a_carrier_that_refuses_a_late_offer_is_joined_with_our_offer(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # Session 52: the carrier answers our re-INVITE without SDP 488. Before, the join failed
+    # and its leg was BYEd. Now the gateway offers it the call's media itself (the SDP it
+    # last sent on the transferor's side, the next o= version, on the ports the carrier takes
+    # over); the carrier's answer keeps the codec in use, so the transferee (the trunk's first
+    # call) is not re-INVITEd at all.
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    call, alice_leg = await answered_call(env)
+    port_to_alice = sdp_connection(env.alice.requests("INVITE")[0].body)[1]
+    _, replaces = await consultation(env, "sip:+15550199@127.0.0.1:5060")
+    trunk_consult = await env.trunk.next_call()
+    await env.trunk.next_request("ACK")
+    reinvites = refuse_late_offers(env, trunk_consult.call_id)
+    assert await refer(alice_leg, f"<sip:+15550199@127.0.0.1:5060?Replaces={replaces}>") == 202
+    await eventually_notify(env.alice, "SIP/2.0 200 OK")
+    late, offered = reinvites
+    assert late.body == b""
+    assert_media_via_gateway(offered.body)
+    assert sdp_connection(offered.body)[1] == port_to_alice  # the transferor's side's port
+    assert not [r for r in env.trunk.requests("INVITE") if r.call_id == call.call_id]
+    assert [r for r in env.trunk.requests("ACK") if r.call_id == trunk_consult.call_id][
+        -1
+    ].body == b""
+    assert (await alice_leg.bye()).status == 200
+    await eventually(lambda: env.calls == 1)
+    # The two carrier legs are the call now: one hangs up, the other gets BYE.
+    assert (await call.bye()).status == 200
+    bye = await env.trunk.next_request("BYE")
+    assert bye.request.call_id == trunk_consult.call_id
+    await eventually(lambda: env.calls == 0 and env.call_lookups == 0)
+    store = env.gateway.store
+    assert store is not None
+    await eventually(lambda: [r.ended_at for r in store.call_records_recent()][:1] != [None])
+    records = [r for r in store.call_records_recent() if r.security and r.security.get("transfers")]
+    assert records[0].security["transfers"][0]["status"] == 200  # type: ignore[index]
+
+
+async def test_a_held_transferee_is_taken_off_hold_when_the_carrier_is_joined_with_our_offer(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # As above, but alice held the caller while she consulted (a=sendonly, RFC 3264 §8.4), as
+    # receptionists' phones do. The carrier's offer, which would have taken the caller off
+    # hold, never comes: our offer to the carrier is sendrecv, and the caller gets a
+    # re-INVITE of ours, sendrecv, before alice hears "200 OK".
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    call, alice_leg = await answered_call(env)
+    held = await alice_leg.reinvite(env.alice.offer_sdp(direction="sendonly"))
+    assert held.status == 200
+    [hold] = [r for r in env.trunk.requests("INVITE") if r.call_id == call.call_id]
+    assert b"a=sendonly" in hold.body
+    _, replaces = await consultation(env, "sip:+15550199@127.0.0.1:5060")
+    trunk_consult = await env.trunk.next_call()
+    await env.trunk.next_request("ACK")
+    reinvites = refuse_late_offers(env, trunk_consult.call_id)
+    assert await refer(alice_leg, f"<sip:+15550199@127.0.0.1:5060?Replaces={replaces}>") == 202
+    await eventually_notify(env.alice, "SIP/2.0 200 OK")
+    late, offered = reinvites
+    assert late.body == b"" and b"a=sendrecv" in offered.body and b"a=sendonly" not in offered.body
+    [_, resume] = [r for r in env.trunk.requests("INVITE") if r.call_id == call.call_id]
+    assert b"a=sendrecv" in resume.body
+    assert sdp_connection(resume.body) == sdp_connection(hold.body)  # its port kept
+    assert env.gateway.calls is not None
+    [gateway_call] = env.gateway.calls.calls
+    assert gateway_call.media is not None and not gateway_call.media.on_hold
+    assert (await alice_leg.bye()).status == 200
+    await eventually(lambda: env.calls == 1)
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0 and env.call_lookups == 0)
+
+
+async def test_a_carrier_that_refuses_our_offer_too_fails_the_join_and_the_call_goes_on(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    call, alice_leg = await answered_call(env)
+    _, replaces = await consultation(env, "sip:+15550199@127.0.0.1:5060")
+    trunk_consult = await env.trunk.next_call()
+    await env.trunk.next_request("ACK")
+    reinvites = refuse_late_offers(env, trunk_consult.call_id, refuse_offers=True)
+    assert await refer(alice_leg, f"<sip:+15550199@127.0.0.1:5060?Replaces={replaces}>") == 202
+    failed = await eventually_notify(env.alice, "SIP/2.0 488 Not Acceptable Here")
+    assert failed.headers.get("Subscription-State") == "terminated;reason=noresource"
+    assert [bool(r.body) for r in reinvites] == [False, True]
+    bye = await env.trunk.next_request("BYE")  # the carrier's leg: its consultation is over
+    assert bye.request.call_id == trunk_consult.call_id
+    # The call goes on between the trunk's caller and alice, as after any failed transfer.
+    await trio.sleep(1)
+    assert env.calls == 1
+    assert (await alice_leg.bye()).status == 200
+    await eventually(lambda: env.calls == 0 and env.call_lookups == 0)
+    assert not [r for r in env.trunk.requests("INVITE") if r.call_id == call.call_id]
+
+
 @pytest.mark.parametrize("impairment", [0, 1, 2, 3])
 async def test_a_join_over_a_lossy_network_completes(
     nursery: trio.Nursery,
