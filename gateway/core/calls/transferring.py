@@ -378,9 +378,10 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
         again), as some carriers refuse every late offer: re-INVITE it with an offer of our
         own instead, the SDP last sent on the transferor's side with the next o= version
         (``MediaSession.repeat_offer``: the call's media as the transferee has it, on the
-        ports the carrier takes over), through the carrier leg's keys. Its answer must keep
-        the codec in use (:meth:`_joined_leg_took_offer`): the transferee is not re-INVITEd,
-        its session does not change. None when sent; else the failure to report (an offer of
+        ports the carrier takes over), every line in use sendrecv, through the carrier leg's
+        keys. Its answer must keep the codec in use (:meth:`_joined_leg_took_offer`): the
+        transferee's session does not change, but for being taken off hold
+        (:meth:`_resume_transferee`). None when sent; else the failure to report (an offer of
         the call's in progress, or ours could not be made or sent)."""
         assert self.media is not None and leg.security is not None
         side: Literal["a", "b"] = "a" if transfer.side is Side.A else "b"
@@ -425,8 +426,9 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
     async def _joined_leg_took_offer(self, tag: InDialogRequest, response: Response) -> None:
         """The carrier's final response to our re-INVITE with our offer
         (:meth:`_join_with_our_offer`). A 2xx whose answer keeps the codec in use
-        (``MediaSession.answer_to_repeated_offer``) completes the transfer: ACKed, the
-        carrier's leg takes the transferor's place, the transferee hears of nothing. An answer
+        (``MediaSession.answer_to_repeated_offer``) joins it: ACKed, the carrier's leg takes
+        the transferor's place, and the transferee, if held, is taken off hold before the
+        transfer completes (:meth:`_resume_transferee`). An answer
         that does not fit fails the transfer (ACKed, then BYEd, RFC 3261 §13.2.2.4), as does a
         refusal (the session stays as it was, §14.1)."""
         transfer = self._transfer
