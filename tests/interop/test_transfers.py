@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -47,6 +49,27 @@ AUDIO_SECONDS = 1.0
 PCMU = 0
 
 
+@contextmanager
+def three_phones(
+    tmp_path: Path, media: dict[str, object]
+) -> Iterator[tuple[GatewayProcess, Baresip, Baresip, Baresip]]:
+    """The gateway with ``media`` as its ``[media]`` table, and alice, bob and carol (baresip,
+    each sending its tone of TONES), not yet registered."""
+    tones = {name: tone_wav(tmp_path / f"{name}.wav", hz) for name, hz in TONES.items()}
+    with (
+        GatewayProcess(
+            tmp_path,
+            accounts=PASSWORDS,
+            digest_algorithms=("MD5",),  # baresip 1.0.0 answers MD5 only
+            settings={"gateway": {"realm": REALM, "log_level": "debug"}, "media": media},
+        ) as gw,
+        Baresip(tmp_path, "alice", source=tones["alice"]) as alice,
+        Baresip(tmp_path, "bob", source=tones["bob"]) as bob,
+        Baresip(tmp_path, "carol", source=tones["carol"]) as carol,
+    ):
+        yield gw, alice, bob, carol
+
+
 @pytest.mark.interop
 @pytest.mark.parametrize("workers", [1, 2], ids=["in-process-relay", "two-media-workers"])
 def test_a_blind_transfer_puts_the_caller_through_to_the_target_with_media_both_ways(
@@ -54,21 +77,7 @@ def test_a_blind_transfer_puts_the_caller_through_to_the_target_with_media_both_
 ) -> None:
     # With [media] workers = 2 the call's streams live in a worker process: the transfer's
     # re-pointing of the transferor's side crosses the process boundary (worker_protocol).
-    tones = {name: tone_wav(tmp_path / f"{name}.wav", hz) for name, hz in TONES.items()}
-    with (
-        GatewayProcess(
-            tmp_path,
-            accounts=PASSWORDS,
-            digest_algorithms=("MD5",),  # baresip 1.0.0 answers MD5 only
-            settings={
-                "gateway": {"realm": REALM, "log_level": "debug"},
-                "media": {"workers": workers},
-            },
-        ) as gw,
-        Baresip(tmp_path, "alice", source=tones["alice"]) as alice,
-        Baresip(tmp_path, "bob", source=tones["bob"]) as bob,
-        Baresip(tmp_path, "carol", source=tones["carol"]) as carol,
-    ):
+    with three_phones(tmp_path, {"workers": workers}) as (gw, alice, bob, carol):
         for phone in (alice, bob, carol):
             phone.register(gw.uri(phone.name), PASSWORDS[phone.name])
         ports = [gw.media_ports, alice.rtp_ports, bob.rtp_ports, carol.rtp_ports]
@@ -137,20 +146,11 @@ def test_the_caller_hears_the_ringing_tone_while_a_blind_transfers_target_rings(
     # alice calls bob, bob transfers her to carol, whose phone rings until the test answers.
     # Until then alice hears the gateway's ringing tone (the eu plan: 425 Hz), not bob's
     # 440 Hz; with two media workers the tone is paced by the worker that relays the call.
-    tones = {name: tone_wav(tmp_path / f"{name}.wav", hz) for name, hz in TONES.items()}
-    with (
-        GatewayProcess(
-            tmp_path,
-            accounts=PASSWORDS,
-            digest_algorithms=("MD5",),  # baresip 1.0.0 answers MD5 only
-            settings={
-                "gateway": {"realm": REALM, "log_level": "debug"},
-                "media": {"workers": workers, "ringback_tone": "eu"},
-            },
-        ) as gw,
-        Baresip(tmp_path, "alice", source=tones["alice"]) as alice,
-        Baresip(tmp_path, "bob", source=tones["bob"]) as bob,
-        Baresip(tmp_path, "carol", source=tones["carol"]) as carol,
+    with three_phones(tmp_path, {"workers": workers, "ringback_tone": "eu"}) as (
+        gw,
+        alice,
+        bob,
+        carol,
     ):
         alice.register(gw.uri("alice"), PASSWORDS["alice"])
         bob.register(gw.uri("bob"), PASSWORDS["bob"])

@@ -333,20 +333,25 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
         transfer.deadline = trio.current_time() + 64 * self.config.sip.t1
         return None
 
+    async def _ack_joined_leg_again(self, tag: InDialogRequest, response: Response) -> None:
+        """A joined carrier leg's 2xx to our re-INVITE again, once that leg took its place in
+        the call: our ACK again (RFC 3261 §13.2.2.4)."""
+        current = self._leg(tag.side)
+        if (
+            isinstance(current, BLeg)
+            and current.ack is not None
+            and response.is_success
+            and current.ack.cseq.number == response.cseq.number
+        ):
+            await self._resend_ack(current)
+
     async def _joined_leg_answered(self, tag: InDialogRequest, response: Response) -> None:
         """The final response to our re-INVITE without SDP to a taken-over trunk leg: a 2xx
         brings its offer for the transferee; a refusal fails the transfer (and ends that leg:
         its consultation call is over already)."""
         transfer = self._transfer
         if transfer is None or transfer.join is not tag:
-            current = self._leg(tag.side)  # its 2xx again, once the leg took its place
-            if (
-                isinstance(current, BLeg)
-                and current.ack is not None
-                and response.is_success
-                and current.ack.cseq.number == response.cseq.number
-            ):
-                await self._resend_ack(current)
+            await self._ack_joined_leg_again(tag, response)
             return
         leg = transfer.answered
         assert leg is not None
@@ -433,14 +438,7 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
         refusal (the session stays as it was, §14.1)."""
         transfer = self._transfer
         if transfer is None or transfer.join_offer is not tag:
-            current = self._leg(tag.side)  # its 2xx again, once the leg took its place
-            if (
-                isinstance(current, BLeg)
-                and current.ack is not None
-                and response.is_success
-                and current.ack.cseq.number == response.cseq.number
-            ):
-                await self._resend_ack(current)
+            await self._ack_joined_leg_again(tag, response)
             return
         leg = transfer.answered
         assert leg is not None and leg.security is not None and self.media is not None

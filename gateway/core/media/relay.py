@@ -2596,17 +2596,25 @@ def _send_tone(route: _Route, protect: Transform | None, packets: list[bytes]) -
                 route.dropped_transform += 1
                 continue
             packet = protected
-        try:
-            send = route.send
-            if send is not None:
-                send(packet)
-            else:
-                route.sendto(packet, destination)
-        except OSError:
-            route.dropped_send_error += 1
-            continue
-        route.packets += 1
-        route.bytes += len(packet)
+        if _send_on(route, packet, destination):
+            route.packets += 1
+            route.bytes += len(packet)
+
+
+def _send_on(route: _Route, packet: bytes, destination: Address) -> bool:
+    """Send a packet the relay made itself (an injected DTMF event, a tone's) on ``route``,
+    from its socket to ``destination``; False, counted as ``dropped_send_error``, when the
+    socket refused it. The per-packet loop keeps its own inlined copy of these lines."""
+    try:
+        send = route.send
+        if send is not None:
+            send(packet)
+        else:
+            route.sendto(packet, destination)
+    except OSError:
+        route.dropped_send_error += 1
+        return False
+    return True
 
 
 def _send_event(
@@ -2651,14 +2659,7 @@ def _send_event(
         if protected is None:
             return False
         packet = protected
-    try:
-        send = route.send
-        if send is not None:
-            send(packet)
-        else:
-            route.sendto(packet, destination)
-    except OSError:
-        route.dropped_send_error += 1
+    if not _send_on(route, packet, destination):
         return False
     state.last_seq = seq
     state.seq_offset += 1  # later relayed packets follow the injected one

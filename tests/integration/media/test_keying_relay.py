@@ -11,12 +11,11 @@ import trio
 from gateway.core.config import PortRange
 from gateway.core.interfaces import SrtpKeys
 from gateway.core.media.keying import CallKeying
-from gateway.core.media.policy import BUILTIN_POLICIES
 from gateway.core.media.relay import MediaRelay
-from gateway.core.media.security import LegSecurity
 from gateway.core.media.session import MediaSession
 from gateway.core.media.srtp import SrtpSession
 from gateway.core.sdp.parser import parse_sdp_untrusted
+from tests.integration.media.keyed_legs import FakeLeg
 from tests.integration.media.phone_sockets import (
     ADDRESS,
     receive,
@@ -38,23 +37,6 @@ def sdp_for(port: int) -> bytes:
         f"v=0\r\no=- 1 1 IN IP4 {ADDRESS}\r\ns=-\r\nc=IN IP4 {ADDRESS}\r\nt=0 0\r\n"
         f"m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=rtcp-mux\r\n"
     ).encode()
-
-
-class FakeLeg(LegSecurity):
-    """A leg whose keys the test sets directly (the negotiation is tested elsewhere)."""
-
-    def __init__(self, policy: str) -> None:
-        super().__init__(
-            side="a",
-            policy=BUILTIN_POLICIES[policy],
-            secure_signalling=True,
-            key_exchanges={},
-            signalling="tls",
-        )
-        self.fake_keys: SrtpKeys | None = None
-
-    def keys(self, index: int) -> SrtpKeys | None:
-        return self.fake_keys
 
 
 relay = relay_fixture(RELAY_PORTS)

@@ -14,13 +14,12 @@ from gateway.core.config import PortRange
 from gateway.core.interfaces import SrtpKeys
 from gateway.core.media.g711 import Law
 from gateway.core.media.keying import CallKeying
-from gateway.core.media.policy import BUILTIN_POLICIES
 from gateway.core.media.relay import MediaRelay, MediaStream
-from gateway.core.media.security import LegSecurity
 from gateway.core.media.session import MediaSession
 from gateway.core.media.srtp import SrtpSession
 from gateway.core.media.tones import Tone, tone_frames
 from gateway.core.sdp.parser import parse_sdp_untrusted
+from tests.integration.media.keyed_legs import FakeLeg
 from tests.integration.media.phone_sockets import ADDRESS, rtp, udp_socket, until
 from tests.integration.media.relay_fixtures import relay_fixture
 from tests.port_blocks import ModuleBlock
@@ -31,23 +30,6 @@ B_PHONE = ModuleBlock(10)
 SUITE = "AES_CM_128_HMAC_SHA1_80"
 
 relay = relay_fixture(RELAY_PORTS)
-
-
-class FakeLeg(LegSecurity):
-    """A leg whose keys the test sets directly (the negotiation is tested elsewhere)."""
-
-    def __init__(self, policy: str) -> None:
-        super().__init__(
-            side="a",
-            policy=BUILTIN_POLICIES[policy],
-            secure_signalling=True,
-            key_exchanges={},
-            signalling="tls",
-        )
-        self.fake_keys: SrtpKeys | None = None
-
-    def keys(self, index: int) -> SrtpKeys | None:
-        return self.fake_keys
 
 
 def sdp_for(port: int, formats: str, *lines: str) -> bytes:
