@@ -185,6 +185,10 @@ class StreamSecurity:
     ``sdp_attribute`` lines, or all its attributes): whether another answer repeats it, for a
     negotiation that failed on a refused answer in between (``LegSecurity._answer_streams``).
     An :class:`AnswerPart`, whose repr shows no key (a=crypto carries the peer's)."""
+    declined: list[tuple[str, KeyNegotiation]] = attrs.Factory(list)
+    """Our offer's key exchanges on this line that the answer in force declined (best effort: a
+    cleartext answer), by name, as offered: another forked phone's final answer may still take
+    one (``LegSecurity.read_answer``'s ``another_phone``). Emptied by the next answer."""
     rejected: bool = False
     """The latest answer (ours or the peer's) put this stream at port 0: it ended there (RFC
     3264 §6, §8.2). An offer that brings its m= line back starts a new stream, keyed afresh,
@@ -800,13 +804,11 @@ class LegSecurity:
         return self._offer_proto(stream, "RTP/AVP") == "RTP/AVP"
 
     def _picked(
-        self, stream: StreamSecurity, media: MediaDescription, names: set[str]
+        self, offered: list[tuple[str, KeyNegotiation]], media: MediaDescription, names: set[str]
     ) -> tuple[str, KeyNegotiation] | None:
-        """Which of our offered key exchanges the answer took: the first whose attribute it
+        """Which of our ``offered`` key exchanges the answer took: the first whose attribute it
         carries (a=crypto, a=fingerprint, a=zrtp-hash), or, for methods with keys in SDP or
         DTLS, an SRTP profile answered without it (which then fails with the reason why)."""
-        assert stream.negotiation is not None and stream.key_exchange is not None
-        offered = [(stream.key_exchange, stream.negotiation), *stream.alternatives]
         for name, negotiation in offered:
             exchange = self._by_name.get(name)
             attribute = getattr(exchange, "sdp_attribute", None)
@@ -930,21 +932,27 @@ class LegSecurity:
         for index, media in enumerate(answer.media):
             stream = self._offered[index] if index < len(self._offered) else StreamSecurity()
             change: dict[str, Any] = {"rejected": media.port == 0, "peer_proto": media.proto}
+            offered = _offered_exchanges(stream, another_phone)
+            if stream.declined:
+                change["declined"] = []
             session_proto = None
             if media.port != 0 and index < len(self._offered):
-                session_proto = self._answered_profile(index, stream.peer_proto, media)
-            if media.port != 0 and stream.negotiation is not None:
+                session_proto = self._answered_profile(index, stream, offered, media)
+            if media.port != 0 and offered:
                 attributes = _pairs(media.attributes) + session_attributes
-                picked = self._picked(stream, media, {name.lower() for name, _ in attributes})
+                picked = self._picked(offered, media, {name.lower() for name, _ in attributes})
                 change["alternatives"] = []
                 if picked is not None:
                     name, negotiation = picked
                     keys = stream.keys
+                    # Declined by the early answer in force, in clear (best effort): taken up
+                    # by another phone's final answer, so that phone's call is encrypted too.
+                    taken_up = stream.negotiation is None
                     if name != stream.key_exchange:
                         change["negotiation"], change["key_exchange"] = negotiation, name
                         change["media_path"] = _on_media_path(self._by_name[name])
                         keys = None
-                    if another_phone and name == stream.key_exchange:
+                    if another_phone and (name == stream.key_exchange or taken_up):
                         fresh = self._for_another_phone(name, negotiation)
                         if fresh is not None:
                             negotiation = change["negotiation"] = fresh
@@ -1011,6 +1019,15 @@ class LegSecurity:
                 elif self.policy.allow_cleartext:
                     change["negotiation"], change["key_exchange"] = None, None  # cleartext
                     change["media_path"] = False
+                    # No key of another phone's exchange stays in force for this one (its
+                    # packets would fail to authenticate, or ours be sent under a key it
+                    # does not have: a call up without audio).
+                    change["keys"], change["rtcp_negotiation"], change["rtcp_keys"] = (
+                        None,
+                        None,
+                        None,
+                    )
+                    change["declined"] = offered
                 else:
                     raise MediaSecurityRefused(
                         f"policy {self.policy.name} requires encrypted media; the answer "
@@ -1047,9 +1064,16 @@ class LegSecurity:
             plain = plain.with_proto(stream.session_proto)
         return plain
 
-    def _answered_profile(self, index: int, offered: str, media: MediaDescription) -> str | None:
+    def _answered_profile(
+        self,
+        index: int,
+        stream: StreamSecurity,
+        exchanges: list[tuple[str, KeyNegotiation]],
+        media: MediaDescription,
+    ) -> str | None:
         """Check the transport protocol the peer answered stream ``index`` with against the
-        one our offer gave it (``offered``). RFC 3264 §6 (and §5.1, RFC 4568 §7.1.2 for SDES,
+        one our offer gave it (the stream's ``peer_proto``), ``exchanges`` the key exchanges our
+        offer made there that the answer may take. RFC 3264 §6 (and §5.1, RFC 4568 §7.1.2 for SDES,
         RFC 5764 §8 for DTLS-SRTP): an accepted stream's answer uses the offer's protocol.
 
         None when they are the same (or either is no RTP profile: T.38's UDPTL and the like are
@@ -1066,19 +1090,18 @@ class LegSecurity:
         a=crypto: RFC 8643's OSRTP, whose answerer should keep RTP/AVP): the peer took the keys
         we offered and gives its own, nothing is weaker, and refusing would fail calls that
         encrypt."""
-        answered = media.proto
+        answered, offered = media.proto, stream.peer_proto
         if offered.upper() == answered.upper():
             return None
         offered_family = _FAMILY_OF.get(offered.upper())
         answered_family = _FAMILY_OF.get(answered.upper())
         if offered_family is None or answered_family is None:
             return None
-        stream = self._offered[index]
         if offered_family != answered_family and not (
             offered_family == "rtp"
             and answered_family == "srtp"
             and media.attributes.has("crypto")
-            and _offered_keys_in_sdp(stream)
+            and any(name == "sdes" for name, _ in exchanges)
         ):
             raise MediaSecurityRefused(
                 f"m= line {index + 1}: the answer's {answered[:32]} "
@@ -1230,9 +1253,16 @@ class LegSecurity:
             self.failures[key_exchange or "unknown"] += 1
 
 
-def _offered_keys_in_sdp(stream: StreamSecurity) -> bool:
-    """Whether our offer of ``stream`` carried SDES keys (alone, or beside ZRTP's hash)."""
-    return stream.key_exchange == "sdes" or any(name == "sdes" for name, _ in stream.alternatives)
+def _offered_exchanges(
+    stream: StreamSecurity, another_phone: bool
+) -> list[tuple[str, KeyNegotiation]]:
+    """The key exchanges our offer made on ``stream`` that an answer may take, by name: the one
+    in force and those beside it; with none in force (an answer in clear was taken), those it
+    declined, for another phone's final answer only (``LegSecurity.read_answer``)."""
+    if stream.negotiation is not None:
+        assert stream.key_exchange is not None
+        return [(stream.key_exchange, stream.negotiation), *stream.alternatives]
+    return list(stream.declined) if another_phone else []
 
 
 def _drain(negotiation: KeyNegotiation, stream: StreamSecurity) -> str | None:

@@ -11,6 +11,10 @@ transport stands in). alice's agent is the forking proxy's phones: its first To 
 of the early media, a second one (set by hand) the phone that answers. The SRTP transforms the
 relay uses are called directly, with bytes, and checked against phones' SrtpSessions: which
 key, which roll-over counter.
+
+With best effort one forked phone may answer in clear and another with SDES, either first
+(docs/media_security.md "Forked SDES callees"): the leg is keyed as the phone that answers
+200 answered, whatever the early answer was.
 """
 
 from __future__ import annotations
@@ -1138,4 +1142,88 @@ async def test_a_third_forks_200_after_a_refused_183_is_keyed_with_its_own_keys(
     await eventually(lambda: gateway_call.security_record()["b"].get("fork_rekey") != "pending")
     assert str(gateway_call.security_record()["b"].get("fork_rekey")).startswith("refused")
     phones_packets_taken(env, ANSWERING_PHONE_NEW_KEY, ours, sequence=3)
+    assert (await call.bye()).status == 200
+
+
+def gateway_call_of(env: B2bua) -> GatewayCall:
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    return gateway_call
+
+
+async def test_a_forked_callee_answering_with_sdes_after_another_phones_early_media_in_clear(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    tls_signalling: None,  # noqa: F811
+) -> None:
+    """One phone answers early in clear (its 183 has no a=crypto: best effort takes it, the
+    early media is cleartext), then another phone answers 200 with a=crypto in its own early
+    dialog: the relay protects for it with our offer's key and takes its packets under its
+    key; the record says SDES. No re-key: no packet of ours went under our key to the early
+    phone. Before session 53 the call stayed in clear, although the phone that answered had
+    taken our key and sent its own (its SRTP was dropped, ours sent to it in clear)."""
+    env = await with_sdes(nursery, tmp_path, voipgw_seed)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    offered_key = crypto_key(leg_b.invite.body)
+    early_sdp = simple_sdp(ALICE[0], 30000)
+    await env.alice.respond(leg_b.incoming, 183, body=early_sdp)  # type: ignore[arg-type]
+    await call.exchange.wait_for(lambda r: r.status == 183)  # type: ignore[union-attr]
+    assert relay_transforms(env).rtp_out is None  # cleartext early media
+    leg_b.local_tag = ANSWERING_TAG
+    env.alice._by_dialog[(leg_b.call_id, ANSWERING_TAG)] = leg_b
+    await leg_b.answer(200, sdp=phone_answer(leg_b.invite.body, 30002, ANSWERING_PHONE_KEY))
+    assert (await call.final()).status == 200
+    await env.alice.next_request("ACK")
+    await trio.sleep(10)
+    phone = SrtpSession(SrtpKeys(SUITE, ANSWERING_PHONE_KEY, offered_key))
+    assert phone.unprotect_rtp(relay_transforms(env).rtp_out(rtp(1))) == rtp(1)
+    gateway_call = gateway_call_of(env)
+    (stream,) = gateway_call.media.streams
+    assert stream.b_to_a.transforms.rtp_in(phone.protect_rtp(rtp(2))) == rtp(2)
+    phone.close()
+    assert env.alice.requests("INVITE") == [leg_b.invite]  # no re-key
+    record = gateway_call.security_record()["b"]
+    assert record["streams"][0]["key_exchange"] == "sdes"
+    assert record["streams"][0]["encrypted"] is True
+    assert "fork_rekey" not in record
+    assert (await call.bye()).status == 200
+
+
+async def test_a_forked_callee_answering_in_clear_after_another_phones_keyed_early_media(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    tls_signalling: None,  # noqa: F811
+) -> None:
+    """One phone's 183 with a=crypto keys the early media; another phone answers 200 in
+    clear: the relay sends and takes plain RTP for it, and the record says cleartext. Before
+    session 53 the early phone's keys stayed in force: the relay protected for a phone that
+    expects RTP and dropped its RTP as failing authentication, a call up with no audio."""
+    env = await with_sdes(nursery, tmp_path, voipgw_seed)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    await env.alice.respond(
+        leg_b.incoming, 183, body=phone_answer(leg_b.invite.body, 30000, EARLY_PHONE_KEY)
+    )  # type: ignore[arg-type]
+    await call.exchange.wait_for(lambda r: r.status == 183)  # type: ignore[union-attr]
+    assert relay_transforms(env).rtp_out is not None  # the early media is keyed
+    leg_b.local_tag = ANSWERING_TAG
+    env.alice._by_dialog[(leg_b.call_id, ANSWERING_TAG)] = leg_b
+    await leg_b.answer(200, sdp=simple_sdp(ALICE[0], 30002))
+    assert (await call.final()).status == 200
+    await env.alice.next_request("ACK")
+    await trio.sleep(10)
+    transforms = relay_transforms(env)
+    assert transforms.rtp_out is None and transforms.rtcp_out is None
+    gateway_call = gateway_call_of(env)
+    (stream,) = gateway_call.media.streams
+    assert stream.b_to_a.transforms.rtp_in is None
+    record = gateway_call.security_record()["b"]
+    assert record["streams"][0]["key_exchange"] == "none"
+    assert record["streams"][0]["encrypted"] is False
+    assert env.alice.requests("INVITE") == [leg_b.invite] and env.alice.requests("BYE") == []
     assert (await call.bye()).status == 200

@@ -8,6 +8,8 @@ engine (with a ZID of its own), in virtual time.
   a=zrtp-hash, and one who answers without it (cleartext, no ZRTP packet sent to it);
 - a phone that never speaks ZRTP ends the answered call with the stated reason;
 - a re-INVITE from the same phone keeps the exchange and its keys;
+- a proxy downstream forks our offer: another phone's 200 after a taken early answer is keyed by
+  its own exchange, also when one of the two answered in clear (best effort);
 - a callee with audio and video: one DH exchange, the other stream keyed in Multistream mode
   from its session key (RFC 6189 §4.4.3), one SAS for the leg;
 - forged messages before keys (docs/media_security.md, "Forged handshakes"): a stranger's Error
@@ -218,6 +220,86 @@ async def test_another_phones_200_after_a_taken_early_answer_is_keyed_by_its_own
     assert final.status == 200, final.reason
     await b_leg_keyed_by(env, phone)
     await trio.sleep(30)
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+
+
+async def test_another_phones_zrtp_200_after_an_early_answer_in_clear_is_keyed_by_zrtp(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """A proxy downstream forks our one offer. One phone's 183 answers in clear (no
+    a=zrtp-hash: best effort takes it, the early media is cleartext), then the other phone
+    answers 200 with its a=zrtp-hash: the line takes up the exchange our offer made and that
+    phone's exchange keys the leg, its SAS in the record. Before session 53 the early answer
+    had dropped the offer's exchange: the call stayed in clear with a phone that speaks ZRTP,
+    was offered it and answered with it."""
+    env = await with_zrtp(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    offer = parse_sdp_untrusted(leg_b.invite.body)
+    offered = offer.media[0]
+    answering_tag = leg_b.local_tag
+    leg_b.local_tag = "fork-2"  # the early phone's dialog
+    await env.alice.respond(leg_b.incoming, 183, body=zrtp_sdp(None, port=PHONE_PORT + 2))  # type: ignore[arg-type]
+    await call.exchange.wait_for(lambda r: r.status == 183)  # type: ignore[union-attr]
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    early_security = gateway_call.b_legs[0].security
+    assert early_security is not None
+    assert early_security.record()["streams"][0]["key_exchange"] == "none"
+
+    leg_b.local_tag = answering_tag
+    negotiation = phone_exchange().answer(pairs(offer, offered), suites=[], secure_signalling=False)
+    assert negotiation is not None
+    phone = Phone(negotiation, await bind(), ("127.0.0.1", offered.port))
+    nursery.start_soon(phone.run)
+    await leg_b.answer(200, sdp=zrtp_sdp(negotiation))
+    final = await call.final()
+    assert final.status == 200, final.reason
+    await b_leg_keyed_by(env, phone)
+    await trio.sleep(30)
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+
+
+async def test_another_phones_200_in_clear_after_a_zrtp_keyed_early_answer_is_cleartext(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The other way round: one phone's 183 with a=zrtp-hash, its exchange keying the early
+    media; the other phone answers 200 in clear. The leg holds no key and says cleartext,
+    and no ZRTP packet goes to the phone that answered. Before session 53 the early phone's
+    keys stayed in force: SRTP sent to a phone that plays RTP, its RTP dropped."""
+    env = await with_zrtp(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    offer = parse_sdp_untrusted(leg_b.invite.body)
+    offered = offer.media[0]
+    early_engine = ZrtpKeyExchange(zid=lambda: b"\x02" * 12).answer(
+        pairs(offer, offered), suites=[], secure_signalling=False
+    )
+    assert early_engine is not None
+    early = Phone(early_engine, await bind(PHONE_PORT + 2), ("127.0.0.1", offered.port))
+    nursery.start_soon(early.run)
+    answering_tag = leg_b.local_tag
+    leg_b.local_tag = "fork-2"
+    await env.alice.respond(leg_b.incoming, 183, body=zrtp_sdp(early_engine, port=PHONE_PORT + 2))  # type: ignore[arg-type]
+    with trio.fail_after(10):
+        await early.keyed.wait()
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    early_security = gateway_call.b_legs[0].security
+    assert early_security is not None
+    await eventually(lambda: early_security.keys(0) == mirrored(early.keys))  # type: ignore[arg-type]
+
+    leg_b.local_tag = answering_tag
+    with await bind() as sock:
+        await leg_b.answer(200, sdp=zrtp_sdp(None))
+        final = await call.final()
+        assert final.status == 200, final.reason
+        await eventually(lambda: leg_keys(env, "b") is None)
+        record = gateway_stream(env, "b")
+        assert record["key_exchange"] == "none" and record["encrypted"] is False
+        with trio.move_on_after(5):
+            data, _ = await sock.recvfrom(2048)
+            assert not is_zrtp_packet(data)
     assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
 
 

@@ -7,6 +7,7 @@ SDES callees"). Sans-IO, the real DTLS and ZRTP engines."""
 from __future__ import annotations
 
 import datetime
+import os
 
 import pytest
 
@@ -17,6 +18,7 @@ from gateway.core.sdp.model import SessionDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.plugins.keyexchange.dtls_certificates import generate_identity
 from gateway.plugins.keyexchange.dtls_srtp import DtlsKeyExchange, DtlsNegotiation, LocalDtlsError
+from gateway.plugins.keyexchange.sdes import SdesKeyExchange
 from gateway.plugins.keyexchange.zrtp import ZrtpKeyExchange
 from gateway.plugins.keyexchange.zrtp.engine import ZrtpNegotiation
 
@@ -240,3 +242,124 @@ def test_another_phones_final_answer_gets_a_fresh_zrtp_exchange_with_the_offered
     assert early.same_peer({hashes[0]})  # the early exchange is as it was, never driven again
     assert fresh._session is not early._session
     assert security.keys(0) is None
+
+
+def best_effort_leg() -> LegSecurity:
+    """A best-effort B leg over TLS: RTP/AVP offering SDES's a=crypto beside ZRTP's
+    a=zrtp-hash (RFC 8643), cleartext taken from a phone that can do neither."""
+    return LegSecurity(
+        side="b",
+        policy=BUILTIN_POLICIES["best-effort"],
+        secure_signalling=True,
+        key_exchanges={
+            "sdes": SdesKeyExchange(random_bytes=os.urandom),
+            "zrtp": ZrtpKeyExchange(zid=lambda: bytes(range(12))),
+        },
+        signalling="tls",
+    )
+
+
+def sdes_phones_answer(offer: SessionDescription, *, port: int) -> SessionDescription:
+    """A phone's answer taking our offer's SDES keys and giving its own (a gateway leg over
+    TLS plays it), at ``port``."""
+    phone = LegSecurity(
+        side="a",
+        policy=BUILTIN_POLICIES["sdes"],
+        secure_signalling=True,
+        key_exchanges={"sdes": SdesKeyExchange(random_bytes=os.urandom)},
+        signalling="tls",
+    )
+    phone.take_offer(offer)
+    answer = phone.make_answer(sdp(PLAIN.replace("m=audio 40000", f"m=audio {port}")))
+    assert answer.media[0].crypto
+    return answer
+
+
+def in_clear(*, port: int) -> SessionDescription:
+    return sdp(PLAIN.replace("m=audio 40000", f"m=audio {port}"))
+
+
+def early_answer(security: LegSecurity, answer: SessionDescription) -> None:
+    """An early answer (a 183's) taken as CallMediaKeys takes it: read, then applied."""
+    security.apply_answer(security.read_answer(answer))
+
+
+def test_another_phones_final_zrtp_answer_after_an_early_answer_in_clear_is_keyed_by_zrtp() -> None:
+    """Best effort, a proxy downstream forks our offer: one phone's 183 answers in clear
+    (taken: the early media is cleartext), then another phone's 200 with its a=zrtp-hash
+    (``another_phone``): the line takes up the ZRTP exchange our offer made, bound to that
+    phone's Hello hash (RFC 6189 §8.1), on the media path, no keys until it completes; the
+    leg's record says zrtp. Before session 53 the early answer had dropped the offer's
+    exchanges and the 200 was read as cleartext: a phone that speaks ZRTP, offered it,
+    answering with it, and a call in clear."""
+    security = zrtp_leg()
+    security.make_offer(sdp(PLAIN))
+    hashes, answers = zrtp_phones_answers(port=40002)
+    early_answer(security, in_clear(port=40004))
+    (stream,) = security.streams
+    assert stream.negotiation is None and stream.key_exchange is None
+    assert security.record()["streams"][0]["key_exchange"] == "none"
+
+    security.apply_answer(security.read_answer(answers[1], another_phone=True))
+    security.answer_confirmed()
+    assert isinstance(stream.negotiation, ZrtpNegotiation) and stream.key_exchange == "zrtp"
+    assert stream.negotiation.same_peer({hashes[1]}) and not stream.negotiation.same_peer(
+        {hashes[0]}
+    )
+    assert security.media_path_streams() == {0: stream}
+    assert security.keys(0) is None
+    assert security.record()["streams"][0]["key_exchange"] == "zrtp"
+    assert stream.declined == []  # the offer's negotiations are not kept past it
+
+
+def test_the_same_phones_final_answer_in_clear_keeps_the_line_in_clear() -> None:
+    """Only another phone's final answer takes up what an early answer in clear declined:
+    the early phone's own 200 in clear leaves the line as it was, and nothing of the offer's
+    exchanges is kept after it."""
+    security = zrtp_leg()
+    security.make_offer(sdp(PLAIN))
+    early_answer(security, in_clear(port=40004))
+    (stream,) = security.streams
+    assert [name for name, _ in stream.declined] == ["zrtp"]
+    security.take_answer(in_clear(port=40004))
+    assert stream.negotiation is None and stream.declined == []
+    assert security.media_path_streams() == {}
+
+
+def test_another_phones_final_sdes_answer_after_an_early_answer_in_clear_is_keyed_by_sdes() -> None:
+    """The same with SDES (our offer's a=crypto beside a=zrtp-hash): the 200's a=crypto keys
+    the line with that phone's key and ours as offered."""
+    security = best_effort_leg()
+    offer = security.make_offer(sdp(PLAIN))
+    assert offer.media[0].proto == "RTP/AVP" and offer.media[0].crypto
+    assert offer.media[0].attributes.has("zrtp-hash")
+    early_answer(security, in_clear(port=40004))
+    assert security.keys(0) is None
+    answer = sdes_phones_answer(offer, port=40002)
+
+    security.apply_answer(security.read_answer(answer, another_phone=True))
+    security.answer_confirmed()
+    (stream,) = security.streams
+    assert stream.key_exchange == "sdes" and not stream.media_path
+    keys = security.keys(0)
+    assert keys is not None
+    assert security.record()["streams"][0]["key_exchange"] == "sdes"
+    assert security.record()["streams"][0]["encrypted"] is True
+
+
+def test_another_phones_final_answer_in_clear_after_a_keyed_early_answer_drops_its_keys() -> None:
+    """The other way round: one phone's 183 with a=crypto keys the early media, then another
+    phone answers 200 in clear. The line is cleartext and holds no key: before session 53 the
+    early phone's keys stayed in force, the relay protecting for a phone that sends and
+    expects RTP (a call up, no audio either way, and a record saying cleartext)."""
+    security = best_effort_leg()
+    offer = security.make_offer(sdp(PLAIN))
+    early_answer(security, sdes_phones_answer(offer, port=40002))
+    assert security.keys(0) is not None
+
+    security.apply_answer(security.read_answer(in_clear(port=40004), another_phone=True))
+    security.answer_confirmed()
+    (stream,) = security.streams
+    assert stream.negotiation is None
+    assert security.keys(0) is None and security.rtcp_keys(0) is None
+    assert security.record()["streams"][0]["encrypted"] is False
