@@ -20,6 +20,7 @@ import trio
 from gateway.core.calls.leg import BLeg, Leg, Side
 from gateway.core.interfaces import Caller
 from gateway.core.media.dtmf import Digit
+from gateway.core.sdp.model import SessionDescription
 from gateway.core.sip.message import Request, Response, make_response
 from gateway.core.sip.session_timer import UasAnswer
 from gateway.core.sip.transaction import ServerTransaction
@@ -153,13 +154,16 @@ class HandOverEvent:
     """Another call's attended transfer takes over this call's leg on side ``give`` (a
     trunk's: carriers take no Replaces): this call hands it to ``taker`` for its ``side`` and
     ends, BYE to its other leg (the transferor) only. ``leg`` is set and ``done`` fired once
-    handed over; ``done`` without a leg: not now (the call is not simply established)."""
+    handed over; ``done`` without a leg: not now (the call is not simply established).
+    ``sent``: the SDP (plain) this call last sent in that leg's dialog, whose o= line the
+    taker's SDP there continues (RFC 3264 §8)."""
 
     taker: Call
     side: Side
     give: Side
     done: trio.Event = attrs.Factory(trio.Event)
     leg: BLeg | None = None
+    sent: SessionDescription | None = None
 
 
 @attrs.define(eq=False)

@@ -47,6 +47,7 @@ import attrs
 
 from gateway.core.calls.leg import BLeg, Leg, Side
 from gateway.core.interfaces import RouteTarget
+from gateway.core.sdp.model import SessionDescription
 from gateway.core.sip.refer import Replaces
 
 if TYPE_CHECKING:
@@ -75,6 +76,9 @@ class Transfer:
     # An attended transfer to a trunk's call: our re-INVITE without SDP to the target's leg,
     # taken over from the consultation call (its 2xx brings the offer, as a target's 2xx does).
     join: InDialogRequest | None = None
+    # The SDP (plain) the consultation call last sent in that leg's dialog: ours there
+    # continues its o= line, the same session to the carrier (RFC 3264 §8).
+    joined_sent: SessionDescription | None = None
     # The carrier refused that re-INVITE without SDP: our re-INVITE to it with an offer of the
     # call's media as its side had it (transferring.py, ``_join_with_our_offer``), once sent.
     join_offer: InDialogRequest | None = None

@@ -303,6 +303,7 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
             return 481, "Call/Transaction Does Not Exist"
         transfer.replaces = replaces
         transfer.answered = leg
+        transfer.joined_sent = event.sent
         self.b_legs.append(leg)  # BYEd with the call's other leftovers if the transfer fails
         if leg.peer_kind == "trunk" and leg.peer_name is not None:
             # The carrier's channel the consultation call held is this call's now: its count
@@ -381,9 +382,10 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
     ) -> tuple[int, str] | None:
         """The carrier refused our re-INVITE without SDP (``refusal``; None: its 491 sent
         again), as some carriers refuse every late offer: re-INVITE it with an offer of our
-        own instead, the SDP last sent on the transferor's side with the next o= version
-        (``MediaSession.repeat_offer``: the call's media as the transferee has it, on the
-        ports the carrier takes over), every line in use sendrecv, through the carrier leg's
+        own instead, the SDP last sent on the transferor's side under the o= line of the
+        consultation call's SDP in that dialog, one version on (``MediaSession.repeat_offer``:
+        the call's media as the transferee has it, on the ports the carrier takes over, in the
+        carrier's session as it knows it), every line in use sendrecv, through the carrier leg's
         keys. Its answer must keep the codec in use (:meth:`_joined_leg_took_offer`): the
         transferee's session does not change, but for being taken off hold
         (:meth:`_resume_transferee`). None when sent; else the failure to report (an offer of
@@ -400,8 +402,11 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
             )
         plain = None
         try:
-            # Un-held: the transferor held the transferee while it consulted (RFC 3264 §8.4).
-            plain = self.media.repeat_offer(side, direction=_SENDRECV)
+            # Un-held: the transferor held the transferee while it consulted (RFC 3264 §8.4);
+            # the o= line the consultation call's SDP had in that dialog, one version on (§8).
+            plain = self.media.repeat_offer(
+                side, direction=_SENDRECV, dialog_sent=transfer.joined_sent
+            )
             offer = leg.security.make_offer(plain)
         except Exception as exc:
             if plain is not None:
@@ -633,6 +638,7 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
         self._retransmit_at.pop(event.give, None)
         self._reinvite_acks.pop(event.give, None)
         event.leg = leg
+        event.sent = self.media.last_sent(event.give.value) if self.media is not None else None
         event.done.set()
         who = "callee" if event.give is Side.B else "caller"
         self.end_reason = f"transferred: the {who} joined the transferred call"
@@ -799,12 +805,15 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
             if not sdp:
                 raise SdpError("2xx without SDP offer to our INVITE without SDP")
             # The target's dialog is its own (RFC 3264 §8 counts m= lines per dialog): a
-            # phone without video takes a video call's transfer, its video line removed.
+            # phone without video takes a video call's transfer, its video line removed. A
+            # joined carrier's dialog had the consultation call's SDP of ours: our answer
+            # there goes on from its o= line.
             plain = self.media.offer_from(
                 transfer.side.value,
                 leg.security.take_offer(parse_sdp_untrusted(sdp)),
                 dtmf_info=leg.security.dtmf_info,
                 new_dialog=True,
+                dialog_sent=transfer.joined_sent,
             )
             offer = transferee.security.make_offer(plain)
         except (SdpError, PortsExhausted) as err:

@@ -295,6 +295,10 @@ class _Exchange:
     """The G.711 transcoding before the offer."""
     added_law: AddedLaw | None = None
     """The G.711 law we added to the offer we sent (:func:`with_other_law`); None: none."""
+    offerer_dialog_sent: SessionDescription | None = None
+    """The SDP we last sent in the offerer's dialog before this call had that dialog (a joined
+    carrier's: what the consultation call sent there), which our answer's o= line continues;
+    None once an answer went, or for a dialog whose SDP of ours was this call's."""
     answer: SessionDescription | None = None
     """The latest answer received."""
     answer_own: SessionDescription | None = None
@@ -404,8 +408,9 @@ class MediaSession:
         # The m= lines of each leg's dialog in force (RFC 3264 §8: its offers keep as many),
         # set as an exchange settles; a transfer target's dialog may have fewer than the call.
         self._dialog_lines: dict[Side, int] = {}
-        # (sent before, repeated) of each side's latest repeat_offer, to withdraw it.
-        self._repeated: dict[Side, tuple[SessionDescription, SessionDescription]] = {}
+        # (sent before, repeated, sent in another dialog) of each side's latest repeat_offer,
+        # to withdraw it.
+        self._repeated: dict[Side, tuple[SessionDescription, SessionDescription, bool]] = {}
         # RFC 7866 §7.1.1: the recording indication (on, off, paused) our SDP to a
         # recording-aware party carries (recording_indication.py); no entry: its SDP is as
         # ever (a=record from the other party passed on as any attribute).
@@ -544,13 +549,25 @@ class MediaSession:
         self._check_open()
         self._sent[_check_side(side)] = sdp
 
-    def repeat_offer(self, side: Side, *, direction: Direction | None = None) -> SessionDescription:
+    def repeat_offer(
+        self,
+        side: Side,
+        *,
+        direction: Direction | None = None,
+        dialog_sent: SessionDescription | None = None,
+    ) -> SessionDescription:
         """The SDP last sent on ``side``'s leg again, with the next o= version (RFC 3264 §8:
         the re-offer changes the session there, its keys if nothing else), recorded as sent:
         a re-offer of ours that changes nothing the session holds (a re-key, whose keys the
         leg's security adds). Its answer is :meth:`answer_to_repeated_offer`'s. With
         ``direction``, every line in use says that instead (RFC 3264 §8.4: ``sendrecv`` takes
         a held party off hold; a joined carrier's leg is offered the call un-held).
+
+        ``dialog_sent``: the offer goes in another dialog than the one ``side``'s SDP went in
+        so far, where we last sent that (a carrier's leg joined from a consultation call,
+        which sent it): the offer has its o= line, one version on (§8: the same session to
+        that peer). Refused there (:meth:`repeated_offer_refused`), the SDP last sent on
+        ``side`` is the one before again: the leg's own dialog never saw the offer.
 
         Raises :class:`LocalMediaError` when nothing was sent on that leg yet or an offer is
         in progress (one offer at a time, RFC 3264 §4)."""
@@ -561,7 +578,8 @@ class MediaSession:
         previous = self._sent.get(side)
         if previous is None:
             raise LocalMediaError(f"nothing was sent on side {side} yet")
-        repeated = attrs.evolve(previous, origin=previous.origin.bumped())
+        origin = (dialog_sent if dialog_sent is not None else previous).origin
+        repeated = attrs.evolve(previous, origin=origin.bumped())
         if direction is not None:
             repeated = attrs.evolve(
                 repeated,
@@ -575,7 +593,7 @@ class MediaSession:
             repeated = with_record_indication(repeated, indication)
             self._wrote_indication(side, repeated, indication)
         self._sent[side] = repeated
-        self._repeated[side] = (previous, repeated)
+        self._repeated[side] = (previous, repeated, dialog_sent is not None)
         return repeated
 
     def indicate_recording(self, side: Side, indication: str | None) -> None:
@@ -627,8 +645,13 @@ class MediaSession:
     def repeated_offer_refused(self, side: Side) -> None:
         """The re-offer :meth:`repeat_offer` made for ``side`` was sent and refused (an error
         response, RFC 3261 §14.1): the session stays as it was, and the re-offer's o= version
-        stays taken (RFC 3264 §8), so no later :meth:`withdraw_repeated_offer` gives it back."""
-        self._repeated.pop(_check_side(side), None)
+        stays taken (RFC 3264 §8), so no later :meth:`withdraw_repeated_offer` gives it back.
+        One sent in another dialog (``dialog_sent``) took a version of that dialog only: the
+        SDP sent on ``side`` before it is the last one there again."""
+        side = _check_side(side)
+        made = self._repeated.pop(side, None)
+        if made is not None and made[2] and self._sent.get(side) is made[1]:
+            self._sent[side] = made[0]
 
     def answer_to_repeated_offer(
         self, side: Side, answer: SessionDescription, *, rtcp_mux_offered: bool = False
@@ -997,6 +1020,7 @@ class MediaSession:
         *,
         dtmf_info: bool = False,
         new_dialog: bool = False,
+        dialog_sent: SessionDescription | None = None,
     ) -> SessionDescription:
         """Relay an offer received on ``side``'s leg; returns the offer for the other leg.
 
@@ -1016,7 +1040,11 @@ class MediaSession:
         call transferred to a phone without video). RFC 3264 §8 counts m= lines per dialog:
         an offer needs as many as its dialog's SDP in force, and no more. Lines the call
         has beyond the offer's are offered to the other leg at port 0 (§8.2: removed) and left
-        out of the answer to ``side`` (§6: as many m= lines as its offer).
+        out of the answer to ``side`` (§6: as many m= lines as its offer). ``dialog_sent``
+        (with ``new_dialog``): that dialog is not new to us but to this call (a carrier's leg
+        joined from a consultation call), and the SDP we last sent in it was that: our
+        answer continues its o= line, one version on (§8: the same session to that peer),
+        not the o= line ``side``'s SDP had in the dialog this call had there before.
 
         Raises :class:`SdpError` (488) when the offer cannot be relayed (fewer m= lines than
         its dialog's SDP in force, no usable c= line, a host name or an address of the wrong
@@ -1032,6 +1060,8 @@ class MediaSession:
             if self._exchange.answer is None:
                 raise LocalMediaError("an offer is still waiting for its answer")
             self.settle()
+        if dialog_sent is not None and not new_dialog:
+            raise LocalMediaError("dialog_sent names a dialog new to the call: new_dialog too")
         in_force = 0 if new_dialog else self._dialog_lines.get(offerer, 0)
         if len(offer.media) < in_force:
             raise SdpError(
@@ -1133,6 +1163,7 @@ class MediaSession:
             added_event=added_event,
             transcoding_before=self.transcoding,
             added_law=added_law,
+            offerer_dialog_sent=dialog_sent,
         )
         return sent
 
@@ -1286,7 +1317,14 @@ class MediaSession:
         # As many m= lines as the offer its peer sent (RFC 3264 §6): the call's lines beyond
         # them went to the answerer at port 0 (_padded), and are rejected in its answer.
         del media_out[exchange.offered_lines :]
-        sent = self._send(offerer, answer, media_out, times=exchange.offer.times)
+        sent = self._send(
+            offerer,
+            answer,
+            media_out,
+            times=exchange.offer.times,
+            after=exchange.offerer_dialog_sent,
+        )
+        exchange.offerer_dialog_sent = None  # sent: the next answer goes on from this one
         exchange.answer = answer
         exchange.answer_own = numbering or answer
         return sent
@@ -2106,10 +2144,13 @@ class MediaSession:
         media: list[MediaDescription],
         *,
         times: tuple[TimeDescription, ...],
+        after: SessionDescription | None = None,
     ) -> SessionDescription:
         """Our SDP for ``side``'s leg, built from ``source``'s session level, with our o= line
-        and the version rule of RFC 3264 §8; recorded as the last SDP sent on that leg."""
-        previous = self._sent.get(side)
+        and the version rule of RFC 3264 §8; recorded as the last SDP sent on that leg.
+        ``after``: what we last sent in that leg's dialog, when not the SDP last sent on
+        ``side`` (a dialog this call took over)."""
+        previous = after if after is not None else self._sent.get(side)
         if previous is None:
             session_id = self._session_id_source()
             origin = Origin(

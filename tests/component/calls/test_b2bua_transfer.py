@@ -16,6 +16,8 @@ import trio
 
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import CallEvent, OutboundMessage
+from gateway.core.sdp.model import Origin
+from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sip.message import Request
 from gateway.testing.sip_agent import AutoAnswer, Call, Received, sdp_connection
 from tests.component.calls.b2bua_env import (
@@ -858,6 +860,9 @@ async def test_an_attended_transfer_to_a_trunks_call_joins_its_leg_to_the_transf
     while ack.call_id != trunk_consult.call_id:
         ack = (await env.trunk.next_request("ACK")).request
     assert b"m=audio" in ack.body  # the transferee's answer
+    # In the carrier's dialog, under the o= line the consultation call's offer had there:
+    # before session 53 it had the transferred call's own, another session to the carrier.
+    assert_goes_on_from(trunk_consult.invite.body, ack.body)
     await eventually_notify(env.alice, "SIP/2.0 200 OK")
     assert not [r for r in env.trunk.requests("BYE") if r.call_id == trunk_consult.call_id]
     assert (await alice_leg.bye()).status == 200
@@ -906,6 +911,18 @@ async def test_a_carrier_leg_whose_reinvite_crossed_our_join_is_joined_again(
     await eventually(lambda: env.calls == 0 and env.call_lookups == 0)
 
 
+def origin(body: bytes) -> Origin:
+    return parse_sdp_untrusted(body).origin
+
+
+def assert_goes_on_from(previous: bytes, sent: bytes) -> None:
+    """Our SDP ``sent`` in a dialog where we last sent ``previous``: the same o= line, one
+    version on (RFC 3264 §8: the same session to that peer)."""
+    before, now = origin(previous), origin(sent)
+    assert (now.username, now.session_id) == (before.username, before.session_id)
+    assert now.session_version == before.session_version + 1
+
+
 def refuse_late_offers(env: B2bua, call_id: str, *, refuse_offers: bool = False) -> list[Request]:
     """The carrier refuses every re-INVITE without SDP on ``call_id`` with 488 (some carriers
     take no late offer in a re-INVITE), and with ``refuse_offers`` those with SDP too; the
@@ -947,6 +964,7 @@ async def test_a_carrier_that_refuses_a_late_offer_is_joined_with_our_offer(
     assert late.body == b""
     assert_media_via_gateway(offered.body)
     assert sdp_connection(offered.body)[1] == port_to_alice  # the transferor's side's port
+    assert_goes_on_from(trunk_consult.invite.body, offered.body)  # the carrier's session
     assert not [r for r in env.trunk.requests("INVITE") if r.call_id == call.call_id]
     assert [r for r in env.trunk.requests("ACK") if r.call_id == trunk_consult.call_id][
         -1
@@ -1013,9 +1031,15 @@ async def test_a_carrier_that_refuses_our_offer_too_fails_the_join_and_the_call_
     assert [bool(r.body) for r in reinvites] == [False, True]
     bye = await env.trunk.next_request("BYE")  # the carrier's leg: its consultation is over
     assert bye.request.call_id == trunk_consult.call_id
-    # The call goes on between the trunk's caller and alice, as after any failed transfer.
+    # The call goes on between the trunk's caller and alice, as after any failed transfer,
+    # our SDP to alice going on from the last she got (the refused offer went in the
+    # carrier's dialog only).
     await trio.sleep(1)
     assert env.calls == 1
+    assert (await call.reinvite(env.trunk.offer_sdp(direction="sendonly"))).status == 200
+    to_alice = [r.body for r in env.alice.requests("INVITE") if r.call_id == alice_leg.call_id]
+    assert len(to_alice) == 2
+    assert_goes_on_from(to_alice[0], to_alice[1])
     assert (await alice_leg.bye()).status == 200
     await eventually(lambda: env.calls == 0 and env.call_lookups == 0)
     assert not [r for r in env.trunk.requests("INVITE") if r.call_id == call.call_id]
@@ -1067,6 +1091,9 @@ async def test_an_attended_transfer_joins_a_carrier_that_called_the_transferor(
     reoffer = (await bob.next_request("INVITE")).request
     assert reoffer.call_id == bob_leg.call_id
     await eventually_notify(env.alice, "SIP/2.0 200 OK")
+    # Our answer in the ACK goes on from the consultation call's 200 to the carrier.
+    [ack] = [r for r in env.trunk.requests("ACK") if r.call_id == from_carrier.call_id and r.body]
+    assert_goes_on_from((await from_carrier.final()).body, ack.body)
     assert (await to_bob.bye()).status == 200
     await eventually(lambda: env.calls == 1)
     # The carrier, the consultation's caller, now talks to bob: its BYE reaches him.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import attrs
 import pytest
 
 from gateway.core.config import PortRange
@@ -152,6 +153,72 @@ def test_a_repeated_offer_refused_can_no_longer_be_withdrawn(session: MediaSessi
     assert session.last_sent("b") == repeated
     held = session.offer_from("a", sdp(20000, version=2, extra=("a=sendonly",)))
     assert held.origin == repeated.origin.bumped()
+
+
+def consultations_sdp(session: MediaSession) -> SessionDescription:
+    """What another call (a consultation) last sent in the dialog of a carrier's leg that this
+    call takes over on side B: its own o= line (another session id), a later version, its
+    own relay port."""
+    ours = session.last_sent("b")
+    assert ours is not None
+    return attrs.evolve(
+        ours,
+        origin=attrs.evolve(ours.origin, session_id=ours.origin.session_id + 1, session_version=41),
+        media=tuple(attrs.evolve(m, port=m.port + 100) for m in ours.media),
+    )
+
+
+def test_a_repeated_offer_in_a_joined_dialog_goes_on_from_the_sdp_sent_there(
+    session: MediaSession,
+) -> None:
+    """``dialog_sent``: the offer goes in the carrier's dialog, where the consultation call's
+    SDP was the last of ours: its o= line, one version on (RFC 3264 §8), the call's media."""
+    answered(session)
+    sent = session.last_sent("b")
+    consultation = consultations_sdp(session)
+    assert sent is not None
+    repeated = session.repeat_offer("b", dialog_sent=consultation)
+    assert repeated.origin == consultation.origin.bumped()
+    assert repeated.media == sent.media
+    session.answer_to_repeated_offer("b", sdp(30010, version=2))
+    held = session.offer_from("a", sdp(20000, version=2, extra=("a=sendonly",)))
+    assert held.origin == repeated.origin.bumped()  # that dialog's SDP from then on
+
+
+def test_a_repeated_offer_refused_in_a_joined_dialog_leaves_the_legs_own_version(
+    session: MediaSession,
+) -> None:
+    """Refused there, the offer took a version of the carrier's dialog only: the next SDP on
+    side B (the transferor's dialog, the transfer failed) goes on from the last one sent in
+    it, its own o= line, one version on. Withdrawn, likewise."""
+    answered(session)
+    sent = session.last_sent("b")
+    assert sent is not None
+    session.repeat_offer("b", dialog_sent=consultations_sdp(session))
+    session.repeated_offer_refused("b")
+    assert session.last_sent("b") == sent
+    session.repeat_offer("b", dialog_sent=consultations_sdp(session))
+    session.withdraw_repeated_offer("b")
+    assert session.last_sent("b") == sent
+    held = session.offer_from("a", sdp(20000, version=2, extra=("a=sendonly",)))
+    assert held.origin == sent.origin.bumped()
+
+
+def test_an_answer_in_a_joined_dialog_goes_on_from_the_sdp_sent_there(
+    session: MediaSession,
+) -> None:
+    """A joined carrier's 2xx offers (``new_dialog`` with ``dialog_sent``): our answer to it
+    has the o= line of the consultation call's SDP in that dialog, one version on; a second
+    answer to the same offer goes on from the first."""
+    answered(session)
+    consultation = consultations_sdp(session)
+    with pytest.raises(LocalMediaError, match="new_dialog"):
+        session.offer_from("b", sdp(30020), dialog_sent=consultation)
+    session.offer_from("b", sdp(30020), new_dialog=True, dialog_sent=consultation)
+    answer = session.answer_from("a", sdp(20000, version=2))
+    assert answer.origin == consultation.origin.bumped()
+    again = session.answer_from("a", sdp(20000, version=3, extra=("a=sendonly",)))
+    assert again.origin == answer.origin.bumped()
 
 
 def answered_with(
