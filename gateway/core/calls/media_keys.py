@@ -64,7 +64,7 @@ class CallMediaKeys(CallBase):
         # Each step all or nothing, the leg's keys in force only once the relay took the
         # answer too: an early answer refused there (a fork's 183 whose second line cannot be
         # relayed, CallRinging ignores it) leaves the early media as it was.
-        read = leg.security.read_answer(answer, another_phone=another_phone)
+        read = leg.security.read_answer(answer, final=final, another_phone=another_phone)
         plain = self.media.answer_from(
             _S_B.value, read.plain, rtcp_mux_offered=leg.security.offers_rtcp_mux
         )

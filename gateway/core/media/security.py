@@ -187,8 +187,8 @@ class StreamSecurity:
     An :class:`AnswerPart`, whose repr shows no key (a=crypto carries the peer's)."""
     declined: list[tuple[str, KeyNegotiation]] = attrs.Factory(list)
     """Our offer's key exchanges on this line that the answer in force declined (best effort: a
-    cleartext answer), by name, as offered: another forked phone's final answer may still take
-    one (``LegSecurity.read_answer``'s ``another_phone``). Emptied by the next answer."""
+    cleartext answer, an early one), by name, as offered: the final answer may still take one
+    (``LegSecurity.read_answer``'s ``final``). Emptied by the next answer."""
     rejected: bool = False
     """The latest answer (ours or the peer's) put this stream at port 0: it ended there (RFC
     3264 §6, §8.2). An offer that brings its m= line back starts a new stream, keyed afresh,
@@ -834,10 +834,19 @@ class LegSecurity:
         self.answer_confirmed()
         return read.plain
 
-    def read_answer(self, answer: SessionDescription, *, another_phone: bool = False) -> AnswerRead:
+    def read_answer(
+        self, answer: SessionDescription, *, final: bool = True, another_phone: bool = False
+    ) -> AnswerRead:
         """The peer's answer to our offer read, each negotiation completed, and nothing of the
         leg changed: what each stream becomes is in the result, which :meth:`apply_answer`
         puts in force. Raises as :meth:`take_answer`.
+
+        ``final``: the exchange's last answer (a 2xx's, an ACK's), not an early one (a 183's).
+        Where an early answer in clear was taken (best effort: the stream's ``declined``), it
+        may take up a key exchange our offer made there: the 2xx of another forked phone, or
+        of the same dialog when its SDP is not the 183's (a PBX's early media in clear from
+        its own media server, then its phone's answer with keys; RFC 3261 §13.2.1 wants the
+        two the same, and the 2xx's is the one the phone uses).
 
         ``another_phone``: the answer is a final one (a 2xx) from another early dialog than
         the early answer in force (a proxy downstream forked our offer, RFC 3261 §16.7,
@@ -861,7 +870,9 @@ class LegSecurity:
         reported: dict[int, tuple[KeyNegotiation, SrtpKeys]] = {}
         binds: list[tuple[StreamSecurity, str, KeyNegotiation, AttributePairs]] = []
         try:
-            media_out = self._answer_streams(answer, taken, reported, binds, another_phone)
+            media_out = self._answer_streams(
+                answer, taken, reported, binds, final=final, another_phone=another_phone
+            )
             ice = self.ice.read_remote(answer)
         finally:
             self._unapplied.update(reported)
@@ -920,21 +931,25 @@ class LegSecurity:
         taken: list[tuple[StreamSecurity, dict[str, Any]]],
         reported: dict[int, tuple[KeyNegotiation, SrtpKeys]],
         binds: list[tuple[StreamSecurity, str, KeyNegotiation, AttributePairs]],
+        *,
+        final: bool,
         another_phone: bool,
     ) -> list[MediaDescription]:
         """:meth:`take_answer`'s reading of each m= line: the plain media for the session;
         each stream's changes go in ``taken``, the keys its negotiations reported in
         ``reported``, the negotiations that take their part only once the whole answer is
-        taken in ``binds``, and nothing of the leg's changes. ``another_phone`` as for
-        :meth:`read_answer`."""
+        taken in ``binds``, and nothing of the leg's changes. ``final`` and ``another_phone``
+        as for :meth:`read_answer`."""
         media_out: list[MediaDescription] = []
         session_attributes = _pairs(answer.attributes)
         for index, media in enumerate(answer.media):
             stream = self._offered[index] if index < len(self._offered) else StreamSecurity()
             change: dict[str, Any] = {"rejected": media.port == 0, "peer_proto": media.proto}
-            offered = _offered_exchanges(stream, another_phone)
-            if stream.declined:
-                change["declined"] = []
+            offered = _offered_exchanges(stream, final)
+            if stream.declined and final:
+                change["declined"] = []  # the exchange's last answer: nothing left to take up
+            elif stream.declined and media.port != 0:
+                self._refuse_keys_early(index, stream, media, session_attributes)
             session_proto = None
             if media.port != 0 and index < len(self._offered):
                 session_proto = self._answered_profile(index, stream, offered, media)
@@ -946,7 +961,7 @@ class LegSecurity:
                     name, negotiation = picked
                     keys = stream.keys
                     # Declined by the early answer in force, in clear (best effort): taken up
-                    # by another phone's final answer, so that phone's call is encrypted too.
+                    # by the final answer, so that the call is encrypted after all.
                     taken_up = stream.negotiation is None
                     if name != stream.key_exchange:
                         change["negotiation"], change["key_exchange"] = negotiation, name
@@ -1027,7 +1042,7 @@ class LegSecurity:
                         None,
                         None,
                     )
-                    change["declined"] = offered
+                    change["declined"] = [] if final else offered
                 else:
                     raise MediaSecurityRefused(
                         f"policy {self.policy.name} requires encrypted media; the answer "
@@ -1036,6 +1051,26 @@ class LegSecurity:
             media_out.append(self._session_media(media, stream, session_proto))
             taken.append((stream, change))
         return media_out
+
+    def _refuse_keys_early(
+        self,
+        index: int,
+        stream: StreamSecurity,
+        media: MediaDescription,
+        session_attributes: AttributePairs,
+    ) -> None:
+        """An early answer with keys (a=crypto, a=zrtp-hash) after an early answer in clear
+        was taken (``stream.declined``): refused, so ignored as any refused early answer (the
+        early media stays as it was). Read as cleartext, the relay would pass the phone's
+        SRTP to the caller as RTP (noise) and send it RTP; taken, the early media would change
+        phones, which only the final answer does (it takes the keys up, :meth:`read_answer`)."""
+        attributes = _pairs(media.attributes) + session_attributes
+        if self._picked(stream.declined, media, {name.lower() for name, _ in attributes}) is None:
+            return
+        raise MediaSecurityRefused(
+            f"m= line {index + 1}: an early answer with keys after an early answer in clear: "
+            "the keys are taken from the final answer only"
+        )
 
     def _for_another_phone(self, name: str, negotiation: KeyNegotiation) -> KeyNegotiation | None:
         """A fresh negotiation of our offer for another phone's final answer (:meth:`read_answer`),
@@ -1253,16 +1288,14 @@ class LegSecurity:
             self.failures[key_exchange or "unknown"] += 1
 
 
-def _offered_exchanges(
-    stream: StreamSecurity, another_phone: bool
-) -> list[tuple[str, KeyNegotiation]]:
+def _offered_exchanges(stream: StreamSecurity, final: bool) -> list[tuple[str, KeyNegotiation]]:
     """The key exchanges our offer made on ``stream`` that an answer may take, by name: the one
-    in force and those beside it; with none in force (an answer in clear was taken), those it
-    declined, for another phone's final answer only (``LegSecurity.read_answer``)."""
+    in force and those beside it; with none in force (an early answer in clear was taken),
+    those it declined, for the final answer only (``LegSecurity.read_answer``)."""
     if stream.negotiation is not None:
         assert stream.key_exchange is not None
         return [(stream.key_exchange, stream.negotiation), *stream.alternatives]
-    return list(stream.declined) if another_phone else []
+    return list(stream.declined) if final else []
 
 
 def _drain(negotiation: KeyNegotiation, stream: StreamSecurity) -> str | None:

@@ -1227,3 +1227,34 @@ async def test_a_forked_callee_answering_in_clear_after_another_phones_keyed_ear
     assert record["streams"][0]["encrypted"] is False
     assert env.alice.requests("INVITE") == [leg_b.invite] and env.alice.requests("BYE") == []
     assert (await call.bye()).status == 200
+
+
+async def test_a_callee_whose_200_has_keys_after_its_own_183_in_clear_is_keyed(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    tls_signalling: None,  # noqa: F811
+) -> None:
+    """A PBX answers early in clear from its own media server (a 183 without a=crypto), then
+    its phone answers: the 200, in the same dialog, has a=crypto (RFC 3261 §13.2.1 wants the
+    two answers the same; the phone uses the 2xx's). The relay protects for it with our
+    offer's key and takes its packets under its key. Before session 53 the call stayed in
+    clear: the phone's SRTP reached the caller as RTP, ours went to it in clear."""
+    env = await with_sdes(nursery, tmp_path, voipgw_seed)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    offered_key = crypto_key(leg_b.invite.body)
+    await env.alice.respond(leg_b.incoming, 183, body=simple_sdp(ALICE[0], 30000))  # type: ignore[arg-type]
+    await call.exchange.wait_for(lambda r: r.status == 183)  # type: ignore[union-attr]
+    assert relay_transforms(env).rtp_out is None
+    await leg_b.answer(200, sdp=phone_answer(leg_b.invite.body, 30002, ANSWERING_PHONE_KEY))
+    assert (await call.final()).status == 200
+    await env.alice.next_request("ACK")
+    phone = SrtpSession(SrtpKeys(SUITE, ANSWERING_PHONE_KEY, offered_key))
+    assert phone.unprotect_rtp(relay_transforms(env).rtp_out(rtp(1))) == rtp(1)
+    (stream,) = gateway_call_of(env).media.streams
+    assert stream.b_to_a.transforms.rtp_in(phone.protect_rtp(rtp(2))) == rtp(2)
+    phone.close()
+    assert gateway_call_of(env).security_record()["b"]["streams"][0]["key_exchange"] == "sdes"
+    assert (await call.bye()).status == 200

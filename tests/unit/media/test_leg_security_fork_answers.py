@@ -281,7 +281,7 @@ def in_clear(*, port: int) -> SessionDescription:
 
 def early_answer(security: LegSecurity, answer: SessionDescription) -> None:
     """An early answer (a 183's) taken as CallMediaKeys takes it: read, then applied."""
-    security.apply_answer(security.read_answer(answer))
+    security.apply_answer(security.read_answer(answer, final=False))
 
 
 def test_another_phones_final_zrtp_answer_after_an_early_answer_in_clear_is_keyed_by_zrtp() -> None:
@@ -313,9 +313,8 @@ def test_another_phones_final_zrtp_answer_after_an_early_answer_in_clear_is_keye
 
 
 def test_the_same_phones_final_answer_in_clear_keeps_the_line_in_clear() -> None:
-    """Only another phone's final answer takes up what an early answer in clear declined:
-    the early phone's own 200 in clear leaves the line as it was, and nothing of the offer's
-    exchanges is kept after it."""
+    """The early phone's own 200 in clear leaves the line as it was, and nothing of the
+    offer's exchanges is kept after it."""
     security = zrtp_leg()
     security.make_offer(sdp(PLAIN))
     early_answer(security, in_clear(port=40004))
@@ -363,3 +362,41 @@ def test_another_phones_final_answer_in_clear_after_a_keyed_early_answer_drops_i
     assert stream.negotiation is None
     assert security.keys(0) is None and security.rtcp_keys(0) is None
     assert security.record()["streams"][0]["encrypted"] is False
+
+
+def test_the_same_dialogs_final_answer_with_zrtp_after_its_early_answer_in_clear_is_keyed() -> None:
+    """A PBX's 183 in clear (its own media server's early media), then its 200 with its
+    phone's a=zrtp-hash in the same dialog (RFC 3261 §13.2.1 wants the two answers the same;
+    the 2xx's is the one the phone uses): the line takes up the exchange our offer made,
+    bound to that Hello hash. Before session 53 the line stayed in clear, with a phone that
+    speaks ZRTP answering with it."""
+    security = zrtp_leg()
+    security.make_offer(sdp(PLAIN))
+    hashes, answers = zrtp_phones_answers(port=40002)
+    early_answer(security, in_clear(port=40004))
+    (stream,) = security.streams
+    declined = stream.declined[0][1]
+    security.take_answer(answers[0])
+    assert stream.negotiation is declined and stream.key_exchange == "zrtp"
+    assert isinstance(declined, ZrtpNegotiation) and declined.same_peer({hashes[0]})
+    assert security.media_path_streams() == {0: stream}
+
+
+def test_an_early_answer_with_keys_after_one_in_clear_is_refused() -> None:
+    """Only the final answer takes up what an early answer in clear declined: a second 183
+    (another phone's, or the same dialog's) with keys is refused, so ignored (the early
+    media stays in clear), as another fork's 183 leaves the early media with the first
+    phone's keys. Read as cleartext, its phone's SRTP would reach the caller as RTP. The
+    final answer still takes the keys up; a second 183 in clear is taken as before."""
+    security = best_effort_leg()
+    offer = security.make_offer(sdp(PLAIN))
+    early_answer(security, in_clear(port=40004))
+    with pytest.raises(MediaSecurityRefused, match="the keys are taken from the final answer"):
+        early_answer(security, sdes_phones_answer(offer, port=40002))
+    (stream,) = security.streams
+    assert stream.negotiation is None and security.keys(0) is None
+    assert sorted(name for name, _ in stream.declined) == ["sdes", "zrtp"]
+    early_answer(security, in_clear(port=40006))
+    security.take_answer(sdes_phones_answer(offer, port=40002))
+    assert stream.key_exchange == "sdes" and security.keys(0) is not None
+    assert stream.declined == []
