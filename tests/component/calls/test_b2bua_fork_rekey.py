@@ -1258,3 +1258,46 @@ async def test_a_callee_whose_200_has_keys_after_its_own_183_in_clear_is_keyed(
     phone.close()
     assert gateway_call_of(env).security_record()["b"]["streams"][0]["key_exchange"] == "sdes"
     assert (await call.bye()).status == 200
+
+
+async def test_a_callee_whose_answer_to_a_re_invite_is_in_clear_gets_plain_rtp(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    tls_signalling: None,  # noqa: F811
+) -> None:
+    """No fork: alice's phone answers our best-effort offer with a=crypto, then the trunk's
+    re-INVITE reaches it as our re-offer (with keys of ours again) and it answers in clear (a
+    PBX that moved the call to a device without SRTP; RFC 8643 lets an answer decline the
+    keys). The relay sends it plain RTP and takes its RTP, the record says cleartext. Before
+    session 53 the first answer's keys stayed in force: SRTP to a device that plays RTP."""
+    env = await with_sdes(nursery, tmp_path, voipgw_seed)
+
+    async def answer_in_clear(received: Any) -> bool:
+        if received.request.method != "INVITE":
+            return False
+        await env.alice.respond(received, 200, body=simple_sdp(ALICE[0], 30000, version=2))
+        return True
+
+    env.alice.in_dialog = answer_in_clear
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    offered_key = crypto_key(leg_b.invite.body)
+    await leg_b.answer(200, sdp=phone_answer(leg_b.invite.body, 30000, ANSWERING_PHONE_KEY))
+    assert (await call.final()).status == 200
+    await env.alice.next_request("ACK")
+    phone = SrtpSession(SrtpKeys(SUITE, ANSWERING_PHONE_KEY, offered_key))
+    assert phone.unprotect_rtp(relay_transforms(env).rtp_out(rtp(1))) == rtp(1)
+    phone.close()
+    assert (await call.reinvite(env.trunk.offer_sdp())).status == 200
+    reoffer = (await env.alice.next_request("INVITE")).request
+    assert b"a=crypto:" in reoffer.body
+    await env.alice.next_request("ACK")
+    transforms = relay_transforms(env)
+    assert transforms.rtp_out is None and transforms.rtcp_out is None
+    (stream,) = gateway_call_of(env).media.streams
+    assert stream.b_to_a.transforms.rtp_in is None
+    record = gateway_call_of(env).security_record()["b"]
+    assert record["streams"][0]["key_exchange"] == "none"
+    assert (await call.bye()).status == 200

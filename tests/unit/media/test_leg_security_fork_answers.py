@@ -400,3 +400,19 @@ def test_an_early_answer_with_keys_after_one_in_clear_is_refused() -> None:
     security.take_answer(sdes_phones_answer(offer, port=40002))
     assert stream.key_exchange == "sdes" and security.keys(0) is not None
     assert stream.declined == []
+
+
+def test_a_re_offer_answered_in_clear_drops_the_keys_the_line_had() -> None:
+    """Best effort, no fork: a line keyed by SDES, then our re-offer (a hold relayed, say)
+    answered in clear (the peer's device behind a PBX changed to one without SRTP, RFC 8643
+    lets an answer decline the keys). The line holds no key from then on: before session 53
+    the keys of the first answer stayed in force, the relay protecting for a peer that now
+    sends and expects RTP."""
+    security = best_effort_leg()
+    offer = security.make_offer(sdp(PLAIN))
+    security.take_answer(sdes_phones_answer(offer, port=40002))
+    assert security.keys(0) is not None
+    assert security.make_offer(sdp(PLAIN)).media[0].crypto  # still offered
+    security.take_answer(in_clear(port=40002))
+    assert security.keys(0) is None and security.rtcp_keys(0) is None
+    assert security.record()["streams"][0]["encrypted"] is False
