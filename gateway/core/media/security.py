@@ -189,6 +189,11 @@ class StreamSecurity:
     """Our offer's key exchanges on this line that the answer in force declined (best effort: a
     cleartext answer, an early one), by name, as offered: the final answer may still take one
     (``LegSecurity.read_answer``'s ``final``). Emptied by the next answer."""
+    declined_keys: SrtpKeys | None = None
+    """The keys in force when the answer in clear was taken (an earlier early answer's, of the
+    first of :attr:`declined`): a final answer that takes that negotiation up again, repeating
+    the answer it had (the early phone's 200 after another phone's 183 in clear), gets them
+    back, as that answer's repetition reports no keys anew. Emptied with :attr:`declined`."""
     rejected: bool = False
     """The latest answer (ours or the peer's) put this stream at port 0: it ended there (RFC
     3264 §6, §8.2). An offer that brings its m= line back starts a new stream, keyed afresh,
@@ -947,7 +952,8 @@ class LegSecurity:
             change: dict[str, Any] = {"rejected": media.port == 0, "peer_proto": media.proto}
             offered = _offered_exchanges(stream, final)
             if stream.declined and final:
-                change["declined"] = []  # the exchange's last answer: nothing left to take up
+                # The exchange's last answer: nothing left to take up.
+                change["declined"], change["declined_keys"] = [], None
             elif stream.declined and media.port != 0:
                 self._refuse_keys_early(index, stream, media, session_attributes)
             session_proto = None
@@ -967,6 +973,14 @@ class LegSecurity:
                         change["negotiation"], change["key_exchange"] = negotiation, name
                         change["media_path"] = _on_media_path(self._by_name[name])
                         keys = None
+                    if (
+                        taken_up
+                        and negotiation is stream.declined[0][1]
+                        and _key_part(self._by_name.get(name), attributes) == stream.answered_with
+                    ):
+                        # The negotiation the early answer in clear replaced, its answer
+                        # repeated: the keys it had (a new answer reports its own).
+                        keys = stream.declined_keys
                     if another_phone and (name == stream.key_exchange or taken_up):
                         fresh = self._for_another_phone(name, negotiation)
                         if fresh is not None:
@@ -1043,6 +1057,8 @@ class LegSecurity:
                         None,
                     )
                     change["declined"] = [] if final else offered
+                    kept = stream.keys if stream.negotiation is not None else stream.declined_keys
+                    change["declined_keys"] = None if final else kept
                 else:
                     raise MediaSecurityRefused(
                         f"policy {self.policy.name} requires encrypted media; the answer "

@@ -1301,3 +1301,38 @@ async def test_a_callee_whose_answer_to_a_re_invite_is_in_clear_gets_plain_rtp(
     record = gateway_call_of(env).security_record()["b"]
     assert record["streams"][0]["key_exchange"] == "none"
     assert (await call.bye()).status == 200
+
+
+async def test_the_early_phone_answering_after_another_phones_183_in_clear_has_its_keys(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    tls_signalling: None,  # noqa: F811
+) -> None:
+    """Phone 1's 183 keys the early media, phone 2's 183 in clear takes the early media over,
+    then phone 1 answers 200 repeating its 183: the relay protects for phone 1 with our
+    offer's key and takes its packets under its key again. Before, the line was taken as
+    SDES with no key at all: a call up with nothing relayed either way."""
+    env = await with_sdes(nursery, tmp_path, voipgw_seed)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    offered_key = crypto_key(leg_b.invite.body)
+    early_phone_tag = leg_b.local_tag
+    phone1_sdp = phone_answer(leg_b.invite.body, 30000, EARLY_PHONE_KEY)
+    await env.alice.respond(leg_b.incoming, 183, body=phone1_sdp)  # type: ignore[arg-type]
+    await call.exchange.wait_for(lambda r: r.status == 183)  # type: ignore[union-attr]
+    leg_b.local_tag = ANSWERING_TAG  # phone 2's early dialog, in clear
+    await env.alice.respond(leg_b.incoming, 183, body=simple_sdp(ALICE[0], 30002))  # type: ignore[arg-type]
+    await trio.sleep(1)
+    assert relay_transforms(env).rtp_out is None
+    leg_b.local_tag = early_phone_tag
+    await leg_b.answer(200, sdp=phone1_sdp)
+    assert (await call.final()).status == 200
+    await env.alice.next_request("ACK")
+    phone = SrtpSession(SrtpKeys(SUITE, EARLY_PHONE_KEY, offered_key))
+    assert phone.unprotect_rtp(relay_transforms(env).rtp_out(rtp(1))) == rtp(1)
+    (stream,) = gateway_call_of(env).media.streams
+    assert stream.b_to_a.transforms.rtp_in(phone.protect_rtp(rtp(2))) == rtp(2)
+    phone.close()
+    assert (await call.bye()).status == 200

@@ -416,3 +416,35 @@ def test_a_re_offer_answered_in_clear_drops_the_keys_the_line_had() -> None:
     security.take_answer(in_clear(port=40002))
     assert security.keys(0) is None and security.rtcp_keys(0) is None
     assert security.record()["streams"][0]["encrypted"] is False
+
+
+def test_the_early_phones_200_after_another_phones_183_in_clear_has_its_keys_again() -> None:
+    """Phone 1's 183 keys the early media (SDES), phone 2's 183 in clear takes it over (the
+    latest early answer, cleartext), then phone 1 answers 200 repeating its 183: the line has
+    phone 1's keys again. Its SDES negotiation reports nothing anew for a repeated answer, so
+    before this the line was taken keyless (SDES, no key: nothing relayed). Another phone's
+    200 with a key of its own gets that key, not phone 1's."""
+    security = best_effort_leg()
+    offer = security.make_offer(sdp(PLAIN))
+    phone1 = sdes_phones_answer(offer, port=40002)
+    early_answer(security, phone1)
+    phone1_keys = security.keys(0)
+    assert phone1_keys is not None
+    early_answer(security, in_clear(port=40004))
+    assert security.keys(0) is None
+    security.apply_answer(security.read_answer(phone1, another_phone=True))
+    assert security.keys(0) == phone1_keys
+    (stream,) = security.streams
+    assert stream.declined == [] and stream.declined_keys is None
+
+    security = best_effort_leg()
+    offer = security.make_offer(sdp(PLAIN))
+    early_answer(security, sdes_phones_answer(offer, port=40002))
+    phone1_keys = security.keys(0)
+    early_answer(security, in_clear(port=40004))
+    security.apply_answer(
+        security.read_answer(sdes_phones_answer(offer, port=40006), another_phone=True)
+    )
+    keys = security.keys(0)
+    assert keys is not None and phone1_keys is not None
+    assert keys.remote_key != phone1_keys.remote_key  # phone 3's own key
