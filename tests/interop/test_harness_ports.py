@@ -16,7 +16,7 @@ import pgcluster
 import pytest
 
 from tests import port_blocks
-from tests.interop.harness import GatewayProcess, ports
+from tests.interop.harness import GatewayProcess, chromium, ports
 from tests.port_blocks import UNIT, PortLease
 
 ROOT = Path(__file__).parents[2]
@@ -193,3 +193,16 @@ def test_single_ports_are_handed_out_one_by_one_from_one_unit(
     finally:
         for fd in held.values():
             os.close(fd)
+
+
+def test_a_port_a_browser_page_connects_to_is_never_a_fetch_bad_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Chromium refuses 10080 (and 5060, 5061, ...) before a packet leaves: the page's
+    WebSocket to a gateway listening there failed in CI with nothing but "WebSocket error".
+    10080 is in the tests' port units, so the browser harness steps over such ports."""
+    handed_out = iter([10080, 5060, 10081])
+    monkeypatch.setattr(chromium, "free_port", lambda kind: next(handed_out))
+    assert chromium.page_port() == 10081
+    assert {10080, 5060, 5061, 6000} <= chromium.BAD_PORTS
+    assert 10081 not in chromium.BAD_PORTS

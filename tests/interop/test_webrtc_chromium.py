@@ -36,14 +36,13 @@ from tests.interop.harness import (
     GatewayProcess,
     SippUas,
     TestPki,
-    free_port,
     free_port_pair,
     rtp_streams,
     run_sipp_uac,
     tone_ulaw,
     udp_filter,
 )
-from tests.interop.harness.chromium import Chromium, PageServer, chromium_binary
+from tests.interop.harness.chromium import Chromium, PageServer, chromium_binary, page_port
 from tests.interop.harness.ports import LOOPBACK
 from tests.interop.pickup_sipp import _until_ringing as until_ringing
 from tests.interop.sipp_calls import header
@@ -68,7 +67,7 @@ def browser_gateway(
     """A gateway with a ``transport`` (ws or wss) listener that accepts the pages' origins; and
     that listener's URL. wss has a certificate of a test CA, which Chromium is told to accept
     (``--ignore-certificate-errors``): a browser's trust store is not the test's business."""
-    ws_port = free_port("tcp")
+    ws_port = page_port()
     port = free_port_pair()
     listen = [
         f"udp:{LOOPBACK}:{port}",

@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from tests.conftest import require_peer
-from tests.interop.harness.ports import LOOPBACK
+from tests.interop.harness.ports import LOOPBACK, free_port
 from tests.interop.harness.processes import die_with_parent, tail
 
 #: The softphone page and its script.
@@ -60,6 +60,26 @@ CHROMIUM_FLAGS = (
     "--enable-logging=stderr",
     "--v=0",
 )
+
+
+#: The Fetch standard's "bad ports" (§2.9, port blocking): a browser refuses a connection to
+#: any of them before a packet leaves, and the page sees only "WebSocket error". 10080 is among
+#: the tests' port units (tests/port_blocks.py, 10000 up): a CI run failed on it once.
+BAD_PORTS = frozenset(
+    {1, 7, 9, 11, 13, 15, 17, 19, 20, 21, 22, 23, 25, 37, 42, 43, 53, 69, 77, 79, 87, 95}
+    | {101, 102, 103, 104, 109, 110, 111, 113, 115, 117, 119, 123, 135, 137, 139, 143, 161}
+    | {179, 389, 427, 465, 512, 513, 514, 515, 526, 530, 531, 532, 540, 548, 554, 556, 563}
+    | {587, 601, 636, 989, 990, 993, 995, 1719, 1720, 1723, 2049, 3659, 4045, 4190, 5060}
+    | {5061, 6000, 6566, 6665, 6666, 6667, 6668, 6669, 6679, 6697, 10080}
+)
+
+
+def page_port() -> int:
+    """A TCP port (``free_port``) for a listener the page connects to (the gateway's ws or
+    wss): never one of :data:`BAD_PORTS`."""
+    while (port := free_port("tcp")) in BAD_PORTS:
+        pass  # handed out now, never again: the next one is another port
+    return port
 
 
 def chromium_binary() -> str:
