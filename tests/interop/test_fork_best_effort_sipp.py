@@ -25,16 +25,12 @@ from pathlib import Path
 import pylibsrtp
 import pytest
 
-from tests.interop.harness import LOOPBACK, Baresip, SippUas, tone_wav
-from tests.interop.harness.pki import TestPki
-from tests.interop.harness.ports import free_port, free_port_block
-from tests.interop.harness.stunnel import StunnelServer
-from tests.interop.harness.tls_gateway import TlsGatewayProcess
+from tests.interop.harness import LOOPBACK
+from tests.interop.harness.ports import free_port_block
+from tests.interop.sdes_tls_trunk import alice_calls_the_tls_trunk
 
 pytestmark = pytest.mark.interop
 
-ALICE_PASSWORD = "wonderland-5e1f"
-TRUNK_NUMBER = "+4989555"
 SUITE = "AES_CM_128_HMAC_SHA1_80"
 PCMU_PAYLOAD = 160  # 20 ms of G.711 (baresip's ptime)
 TAG = 10  # AES_CM_128_HMAC_SHA1_80's authentication tag (RFC 4568 §6.2)
@@ -75,58 +71,23 @@ def received(sock: socket.socket, count: int, timeout: float) -> list[bytes]:
 def test_the_phone_that_answers_200_gets_media_as_its_own_answer_says(
     tmp_path: Path, scenario: str, phone2_encrypted: bool
 ) -> None:
-    pki = TestPki(tmp_path / "pki")
-    ca = pki.ca("Carrier CA")
-    trunk_certificate = ca.issue("trunk.carrier.test")  # names 127.0.0.1
-    tunnel_port = free_port("tcp")
     # Each phone's RTP port and the RTCP port after it (RFC 3605 §2.1: neither answer has
     # rtcp-mux or a=rtcp): phone 1's early RTCP must not reach phone 2's RTP socket.
     phones = free_port_block(4)
-    with media_socket(phones + 2) as phone2:
-        trunk = SippUas(
-            scenario,
-            workdir=tmp_path,
-            transport="tcp",
-            keys={
-                "contact_port": str(tunnel_port),
-                "phone1_port": str(phones),
-                "phone2_port": str(phones + 2),
-            },
-        )
-        trunk_toml = (
-            "[[trunks]]\n"
-            'name = "carrier"\n'
-            f'address = "tls:{LOOPBACK}:{tunnel_port}"\n'
-            'prefixes = ["+49"]\n'
-            "allowed_sources = []\n"
-            'media_policy = "best-effort"\n'
-        )
-        gateway = TlsGatewayProcess(
-            tmp_path / "gw",
-            plugins=("udp", "tcp", "tls", "sdes"),
-            tls={"ca_bundles": [str(ca.certificate)]},
-            accounts={"alice": ALICE_PASSWORD},
-            digest_algorithms=("MD5",),
-            settings={"gateway": {"domains": [LOOPBACK]}},
-            extra_toml=trunk_toml,
-        )
-        source = tone_wav(tmp_path / "alice.wav", 1000.0)
-        with (
+    ports = {"phone1_port": str(phones), "phone2_port": str(phones + 2)}
+    with (
+        media_socket(phones + 2) as phone2,
+        alice_calls_the_tls_trunk(tmp_path, scenario, media_policy="best-effort", keys=ports) as (
+            gw,
+            alice,
             trunk,
-            StunnelServer(
-                trunk.address, workdir=tmp_path, certificate=trunk_certificate, port=tunnel_port
-            ),
-            gateway as gw,
-            Baresip(tmp_path, "alice", source=source, mediaenc="srtp-mand") as alice,
-        ):
-            alice.register_over_tls(LOOPBACK, gw.tls_port, ALICE_PASSWORD, mediaenc="srtp-mand")
-            alice.dial(f"sip:{TRUNK_NUMBER}@{LOOPBACK}:{gw.tls_port};transport=tls")
-            alice.wait_established(timeout=15)
-            to_phone2 = received(phone2, PACKETS, timeout=10)
-            alice.hangup()
-            alice.wait_closed()
-            result = trunk.wait(timeout=15)
-            log = gw.log_text()
+        ),
+    ):
+        to_phone2 = received(phone2, PACKETS, timeout=10)
+        alice.hangup()
+        alice.wait_closed()
+        result = trunk.wait(timeout=15)
+        log = gw.log_text()
     result.check()  # phone 2's 200 was ACKed, then the caller's BYE came
     (invite,) = result.received("INVITE ")
     assert " RTP/AVP " in invite and f" {SUITE} " in invite  # best effort: RFC 8643's offer

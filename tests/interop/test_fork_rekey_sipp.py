@@ -20,16 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.interop.harness import LOOPBACK, Baresip, SippUas, tone_wav
-from tests.interop.harness.pki import TestPki
-from tests.interop.harness.ports import free_port
-from tests.interop.harness.stunnel import StunnelServer
-from tests.interop.harness.tls_gateway import TlsGatewayProcess
+from tests.interop.sdes_tls_trunk import alice_calls_the_tls_trunk
 
 pytestmark = pytest.mark.interop
 
-ALICE_PASSWORD = "wonderland-5e1f"
-TRUNK_NUMBER = "+4989555"
 SUITE = "AES_CM_128_HMAC_SHA1_80"
 
 
@@ -62,45 +56,9 @@ def test_a_forked_sdes_callee_answering_after_another_phones_183_is_re_invited_w
     ended it with cause 488). ``..._widened.xml``: phone 2's 200 takes PCMU only, its answer
     to the re-key PCMU, PCMA and telephone-event, which baresip offered: taken (sessions 42-44
     ended it with cause 488, "8 PCMA/8000, 101 telephone-event/8000 added")."""
-    pki = TestPki(tmp_path / "pki")
-    ca = pki.ca("Carrier CA")
-    trunk_certificate = ca.issue("trunk.carrier.test")  # names 127.0.0.1
-    tunnel_port = free_port("tcp")
-    trunk = SippUas(
-        scenario,
-        workdir=tmp_path,
-        transport="tcp",
-        keys={"contact_port": str(tunnel_port)},
-    )
-    trunk_toml = (
-        "[[trunks]]\n"
-        'name = "carrier"\n'
-        f'address = "tls:{LOOPBACK}:{tunnel_port}"\n'
-        'prefixes = ["+49"]\n'
-        "allowed_sources = []\n"
-        'media_policy = "sdes"\n'
-    )
-    gateway = TlsGatewayProcess(
-        tmp_path / "gw",
-        plugins=("udp", "tcp", "tls", "sdes"),
-        tls={"ca_bundles": [str(ca.certificate)]},
-        accounts={"alice": ALICE_PASSWORD},
-        digest_algorithms=("MD5",),
-        settings={"gateway": {"log_level": "debug", "domains": [LOOPBACK]}},
-        extra_toml=trunk_toml,
-    )
-    source = tone_wav(tmp_path / "alice.wav", 1000.0)
-    with (
-        trunk,
-        StunnelServer(
-            trunk.address, workdir=tmp_path, certificate=trunk_certificate, port=tunnel_port
-        ),
-        gateway as gw,
-        Baresip(tmp_path, "alice", source=source, mediaenc="srtp-mand", sip_trace=True) as alice,
-    ):
-        alice.register_over_tls(LOOPBACK, gw.tls_port, ALICE_PASSWORD, mediaenc="srtp-mand")
-        alice.dial(f"sip:{TRUNK_NUMBER}@{LOOPBACK}:{gw.tls_port};transport=tls")
-        alice.wait_established(timeout=15)
+    with alice_calls_the_tls_trunk(
+        tmp_path, scenario, media_policy="sdes", log_level="debug", sip_trace=True
+    ) as (gw, alice, trunk):
         deadline = time.monotonic() + 15
         while "the B leg re-keyed" not in gw.log_text() and time.monotonic() < deadline:
             time.sleep(0.1)

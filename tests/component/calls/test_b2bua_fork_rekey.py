@@ -97,6 +97,39 @@ def relay_transforms(env: B2bua) -> Any:
     return stream.a_to_b.transforms
 
 
+def gateway_call_of(env: B2bua) -> GatewayCall:
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    return gateway_call
+
+
+def answering_from_another_dialog(env: B2bua, leg_b: Call) -> None:
+    """alice's agent answers as the forking proxy's other phone: the To tag
+    :data:`ANSWERING_TAG` (another early dialog, RFC 3261 §12.1.2)."""
+    leg_b.local_tag = ANSWERING_TAG
+    env.alice._by_dialog[(leg_b.call_id, ANSWERING_TAG)] = leg_b
+
+
+def assert_relay_keyed_for(env: B2bua, phone_key: bytes, offered_key: bytes) -> None:
+    """The relay protects what goes to the phone with our offer's key and takes the phone's
+    packets under ``phone_key``: bytes through its SRTP transforms, both ways."""
+    phone = SrtpSession(SrtpKeys(SUITE, phone_key, offered_key))
+    assert phone.unprotect_rtp(relay_transforms(env).rtp_out(rtp(1))) == rtp(1)
+    (stream,) = gateway_call_of(env).media.streams
+    assert stream.b_to_a.transforms.rtp_in(phone.protect_rtp(rtp(2))) == rtp(2)
+    phone.close()
+
+
+def assert_relay_in_clear(env: B2bua) -> None:
+    """The B leg's line is plain RTP both ways, and its record says so."""
+    transforms = relay_transforms(env)
+    assert transforms.rtp_out is None and transforms.rtcp_out is None
+    (stream,) = gateway_call_of(env).media.streams
+    assert stream.b_to_a.transforms.rtp_in is None
+    record = gateway_call_of(env).security_record()["b"]
+    assert record["streams"][0]["key_exchange"] == "none"
+
+
 async def forked_call(
     env: B2bua,
     *,
@@ -122,8 +155,7 @@ async def forked_call(
             assert early_phone.unprotect_rtp(sent) == rtp(sequence)
         early_phone.close()
     # The other phone answers in an early dialog of its own (another To tag, RFC 3261 §12.1.2).
-    leg_b.local_tag = ANSWERING_TAG
-    env.alice._by_dialog[(leg_b.call_id, ANSWERING_TAG)] = leg_b
+    answering_from_another_dialog(env, leg_b)
     answer = phone_answer(leg_b.invite.body, 30002, ANSWERING_PHONE_KEY, formats=answer_formats)
     await leg_b.answer(200, sdp=answer)
     final = await call.final()
@@ -1145,12 +1177,6 @@ async def test_a_third_forks_200_after_a_refused_183_is_keyed_with_its_own_keys(
     assert (await call.bye()).status == 200
 
 
-def gateway_call_of(env: B2bua) -> GatewayCall:
-    assert env.gateway.calls is not None
-    (gateway_call,) = env.gateway.calls.calls
-    return gateway_call
-
-
 async def test_a_forked_callee_answering_with_sdes_after_another_phones_early_media_in_clear(
     nursery: trio.Nursery,
     tmp_path: Path,
@@ -1172,20 +1198,14 @@ async def test_a_forked_callee_answering_with_sdes_after_another_phones_early_me
     await env.alice.respond(leg_b.incoming, 183, body=early_sdp)  # type: ignore[arg-type]
     await call.exchange.wait_for(lambda r: r.status == 183)  # type: ignore[union-attr]
     assert relay_transforms(env).rtp_out is None  # cleartext early media
-    leg_b.local_tag = ANSWERING_TAG
-    env.alice._by_dialog[(leg_b.call_id, ANSWERING_TAG)] = leg_b
+    answering_from_another_dialog(env, leg_b)
     await leg_b.answer(200, sdp=phone_answer(leg_b.invite.body, 30002, ANSWERING_PHONE_KEY))
     assert (await call.final()).status == 200
     await env.alice.next_request("ACK")
-    await trio.sleep(10)
-    phone = SrtpSession(SrtpKeys(SUITE, ANSWERING_PHONE_KEY, offered_key))
-    assert phone.unprotect_rtp(relay_transforms(env).rtp_out(rtp(1))) == rtp(1)
-    gateway_call = gateway_call_of(env)
-    (stream,) = gateway_call.media.streams
-    assert stream.b_to_a.transforms.rtp_in(phone.protect_rtp(rtp(2))) == rtp(2)
-    phone.close()
+    await trio.sleep(10)  # virtual time: a re-key re-INVITE would have gone by now
+    assert_relay_keyed_for(env, ANSWERING_PHONE_KEY, offered_key)
     assert env.alice.requests("INVITE") == [leg_b.invite]  # no re-key
-    record = gateway_call.security_record()["b"]
+    record = gateway_call_of(env).security_record()["b"]
     assert record["streams"][0]["key_exchange"] == "sdes"
     assert record["streams"][0]["encrypted"] is True
     assert "fork_rekey" not in record
@@ -1211,20 +1231,13 @@ async def test_a_forked_callee_answering_in_clear_after_another_phones_keyed_ear
     )  # type: ignore[arg-type]
     await call.exchange.wait_for(lambda r: r.status == 183)  # type: ignore[union-attr]
     assert relay_transforms(env).rtp_out is not None  # the early media is keyed
-    leg_b.local_tag = ANSWERING_TAG
-    env.alice._by_dialog[(leg_b.call_id, ANSWERING_TAG)] = leg_b
+    answering_from_another_dialog(env, leg_b)
     await leg_b.answer(200, sdp=simple_sdp(ALICE[0], 30002))
     assert (await call.final()).status == 200
     await env.alice.next_request("ACK")
-    await trio.sleep(10)
-    transforms = relay_transforms(env)
-    assert transforms.rtp_out is None and transforms.rtcp_out is None
-    gateway_call = gateway_call_of(env)
-    (stream,) = gateway_call.media.streams
-    assert stream.b_to_a.transforms.rtp_in is None
-    record = gateway_call.security_record()["b"]
-    assert record["streams"][0]["key_exchange"] == "none"
-    assert record["streams"][0]["encrypted"] is False
+    await trio.sleep(10)  # virtual time: a re-key re-INVITE or a BYE would have gone by now
+    assert_relay_in_clear(env)
+    assert gateway_call_of(env).security_record()["b"]["streams"][0]["encrypted"] is False
     assert env.alice.requests("INVITE") == [leg_b.invite] and env.alice.requests("BYE") == []
     assert (await call.bye()).status == 200
 
@@ -1251,11 +1264,7 @@ async def test_a_callee_whose_200_has_keys_after_its_own_183_in_clear_is_keyed(
     await leg_b.answer(200, sdp=phone_answer(leg_b.invite.body, 30002, ANSWERING_PHONE_KEY))
     assert (await call.final()).status == 200
     await env.alice.next_request("ACK")
-    phone = SrtpSession(SrtpKeys(SUITE, ANSWERING_PHONE_KEY, offered_key))
-    assert phone.unprotect_rtp(relay_transforms(env).rtp_out(rtp(1))) == rtp(1)
-    (stream,) = gateway_call_of(env).media.streams
-    assert stream.b_to_a.transforms.rtp_in(phone.protect_rtp(rtp(2))) == rtp(2)
-    phone.close()
+    assert_relay_keyed_for(env, ANSWERING_PHONE_KEY, offered_key)
     assert gateway_call_of(env).security_record()["b"]["streams"][0]["key_exchange"] == "sdes"
     assert (await call.bye()).status == 200
 
@@ -1287,19 +1296,12 @@ async def test_a_callee_whose_answer_to_a_re_invite_is_in_clear_gets_plain_rtp(
     await leg_b.answer(200, sdp=phone_answer(leg_b.invite.body, 30000, ANSWERING_PHONE_KEY))
     assert (await call.final()).status == 200
     await env.alice.next_request("ACK")
-    phone = SrtpSession(SrtpKeys(SUITE, ANSWERING_PHONE_KEY, offered_key))
-    assert phone.unprotect_rtp(relay_transforms(env).rtp_out(rtp(1))) == rtp(1)
-    phone.close()
+    assert_relay_keyed_for(env, ANSWERING_PHONE_KEY, offered_key)
     assert (await call.reinvite(env.trunk.offer_sdp())).status == 200
     reoffer = (await env.alice.next_request("INVITE")).request
     assert b"a=crypto:" in reoffer.body
     await env.alice.next_request("ACK")
-    transforms = relay_transforms(env)
-    assert transforms.rtp_out is None and transforms.rtcp_out is None
-    (stream,) = gateway_call_of(env).media.streams
-    assert stream.b_to_a.transforms.rtp_in is None
-    record = gateway_call_of(env).security_record()["b"]
-    assert record["streams"][0]["key_exchange"] == "none"
+    assert_relay_in_clear(env)
     assert (await call.bye()).status == 200
 
 
@@ -1330,9 +1332,5 @@ async def test_the_early_phone_answering_after_another_phones_183_in_clear_has_i
     await leg_b.answer(200, sdp=phone1_sdp)
     assert (await call.final()).status == 200
     await env.alice.next_request("ACK")
-    phone = SrtpSession(SrtpKeys(SUITE, EARLY_PHONE_KEY, offered_key))
-    assert phone.unprotect_rtp(relay_transforms(env).rtp_out(rtp(1))) == rtp(1)
-    (stream,) = gateway_call_of(env).media.streams
-    assert stream.b_to_a.transforms.rtp_in(phone.protect_rtp(rtp(2))) == rtp(2)
-    phone.close()
+    assert_relay_keyed_for(env, EARLY_PHONE_KEY, offered_key)
     assert (await call.bye()).status == 200

@@ -28,7 +28,7 @@ import trio
 
 import gateway.plugins.keyexchange.zrtp as zrtp_plugin
 from gateway.core.interfaces import SrtpKeys
-from gateway.core.sdp.model import MediaDescription
+from gateway.core.sdp.model import MediaDescription, SessionDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.plugins.keyexchange.zrtp import ZrtpKeyExchange
 from gateway.plugins.keyexchange.zrtp.engine import ZrtpNegotiation
@@ -42,6 +42,7 @@ from gateway.plugins.keyexchange.zrtp.packets import (
     is_zrtp_packet,
     message,
 )
+from gateway.testing.sip_agent import Call
 from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, start_b2bua
 from tests.component.calls.b2bua_scenarios import second_phone
 from tests.component.calls.dtls_phone import PHONE_PORT, Phone, bind, mirrored
@@ -175,6 +176,34 @@ async def test_a_callee_offered_zrtp_answers_with_it_and_is_keyed(
     assert gateway_stream(env, "a")["key_exchange"] == "none"
 
 
+async def zrtp_early_answer(
+    nursery: trio.Nursery, env: B2bua, leg_b: Call, offer: SessionDescription
+) -> Phone:
+    """A proxy downstream forked our offer: one phone (a ZID of its own, To tag ``fork-2``)
+    answers early with its a=zrtp-hash, and its exchange keys the early media, the B leg
+    holding its keys. ``leg_b`` answers in its own dialog again after it."""
+    offered = offer.media[0]
+    early_engine = ZrtpKeyExchange(zid=lambda: b"\x02" * 12).answer(
+        pairs(offer, offered), suites=[], secure_signalling=False
+    )
+    assert early_engine is not None
+    early = Phone(early_engine, await bind(PHONE_PORT + 2), ("127.0.0.1", offered.port))
+    nursery.start_soon(early.run)
+    answering_tag = leg_b.local_tag
+    leg_b.local_tag = "fork-2"
+    await env.alice.respond(leg_b.incoming, 183, body=zrtp_sdp(early_engine, port=PHONE_PORT + 2))  # type: ignore[arg-type]
+    with trio.fail_after(10):
+        await early.keyed.wait()
+    assert early.keys is not None
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    security = gateway_call.b_legs[0].security
+    assert security is not None
+    await eventually(lambda: security.keys(0) == mirrored(early.keys))  # type: ignore[arg-type]
+    leg_b.local_tag = answering_tag
+    return early
+
+
 async def test_another_phones_200_after_a_taken_early_answer_is_keyed_by_its_own_exchange(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
@@ -191,29 +220,11 @@ async def test_another_phones_200_after_a_taken_early_answer_is_keyed_by_its_own
     leg_b = await env.alice.next_call()
     offer = parse_sdp_untrusted(leg_b.invite.body)
     offered = offer.media[0]
-    gateway_port = ("127.0.0.1", offered.port)
-    early_engine = ZrtpKeyExchange(zid=lambda: b"\x02" * 12).answer(
-        pairs(offer, offered), suites=[], secure_signalling=False
-    )
-    assert early_engine is not None
-    early = Phone(early_engine, await bind(PHONE_PORT + 2), gateway_port)
-    nursery.start_soon(early.run)
-    answering_tag = leg_b.local_tag
-    leg_b.local_tag = "fork-2"  # the early phone's dialog
-    await env.alice.respond(leg_b.incoming, 183, body=zrtp_sdp(early_engine, port=PHONE_PORT + 2))  # type: ignore[arg-type]
-    with trio.fail_after(10):
-        await early.keyed.wait()
-    assert early.keys is not None
-    assert env.gateway.calls is not None
-    (gateway_call,) = env.gateway.calls.calls
-    security = gateway_call.b_legs[0].security
-    assert security is not None
-    await eventually(lambda: security.keys(0) == mirrored(early.keys))  # type: ignore[arg-type]
+    await zrtp_early_answer(nursery, env, leg_b, offer)
 
-    leg_b.local_tag = answering_tag
     negotiation = phone_exchange().answer(pairs(offer, offered), suites=[], secure_signalling=False)
     assert negotiation is not None
-    phone = Phone(negotiation, await bind(), gateway_port)
+    phone = Phone(negotiation, await bind(), ("127.0.0.1", offered.port))
     nursery.start_soon(phone.run)
     await leg_b.answer(200, sdp=zrtp_sdp(negotiation))
     final = await call.final()
@@ -270,26 +281,7 @@ async def test_another_phones_200_in_clear_after_a_zrtp_keyed_early_answer_is_cl
     env = await with_zrtp(nursery, tmp_path, voipgw_seed, alice_auto=None)
     call = await env.trunk.invite(env.did_uri(ALICE_DID))
     leg_b = await env.alice.next_call()
-    offer = parse_sdp_untrusted(leg_b.invite.body)
-    offered = offer.media[0]
-    early_engine = ZrtpKeyExchange(zid=lambda: b"\x02" * 12).answer(
-        pairs(offer, offered), suites=[], secure_signalling=False
-    )
-    assert early_engine is not None
-    early = Phone(early_engine, await bind(PHONE_PORT + 2), ("127.0.0.1", offered.port))
-    nursery.start_soon(early.run)
-    answering_tag = leg_b.local_tag
-    leg_b.local_tag = "fork-2"
-    await env.alice.respond(leg_b.incoming, 183, body=zrtp_sdp(early_engine, port=PHONE_PORT + 2))  # type: ignore[arg-type]
-    with trio.fail_after(10):
-        await early.keyed.wait()
-    assert env.gateway.calls is not None
-    (gateway_call,) = env.gateway.calls.calls
-    early_security = gateway_call.b_legs[0].security
-    assert early_security is not None
-    await eventually(lambda: early_security.keys(0) == mirrored(early.keys))  # type: ignore[arg-type]
-
-    leg_b.local_tag = answering_tag
+    await zrtp_early_answer(nursery, env, leg_b, parse_sdp_untrusted(leg_b.invite.body))
     with await bind() as sock:
         await leg_b.answer(200, sdp=zrtp_sdp(None))
         final = await call.final()
