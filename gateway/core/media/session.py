@@ -307,6 +307,19 @@ class _Exchange:
 
 
 @attrs.frozen
+class _RepeatedOffer:
+    """A side's latest :meth:`MediaSession.repeat_offer`, to withdraw it."""
+
+    previous: SessionDescription
+    """The SDP sent on that side before it."""
+    repeated: SessionDescription
+    elsewhere: bool
+    """Sent in another dialog (``dialog_sent``), which took a version of that dialog only."""
+    slot_count_before: int
+    """The m= lines the session had: the other dialog's lines beyond them grew it."""
+
+
+@attrs.frozen
 class _ClosedCounts:
     """What a closed stream adds to a call's counters: :class:`_Totals`' per direction, and
     those of the DTMF interworking and G.711 transcoding of a line that had them."""
@@ -408,9 +421,7 @@ class MediaSession:
         # The m= lines of each leg's dialog in force (RFC 3264 §8: its offers keep as many),
         # set as an exchange settles; a transfer target's dialog may have fewer than the call.
         self._dialog_lines: dict[Side, int] = {}
-        # (sent before, repeated, sent in another dialog) of each side's latest repeat_offer,
-        # to withdraw it.
-        self._repeated: dict[Side, tuple[SessionDescription, SessionDescription, bool]] = {}
+        self._repeated: dict[Side, _RepeatedOffer] = {}
         # RFC 7866 §7.1.1: the recording indication (on, off, paused) our SDP to a
         # recording-aware party carries (recording_indication.py); no entry: its SDP is as
         # ever (a=record from the other party passed on as any attribute).
@@ -566,8 +577,9 @@ class MediaSession:
         ``dialog_sent``: the offer goes in another dialog than the one ``side``'s SDP went in
         so far, where we last sent that (a carrier's leg joined from a consultation call,
         which sent it): the offer has its o= line, one version on (§8: the same session to
-        that peer). Refused there (:meth:`repeated_offer_refused`), the SDP last sent on
-        ``side`` is the one before again: the leg's own dialog never saw the offer.
+        that peer), and its m= lines beyond the call's at port 0 (§8: no fewer). Refused
+        there (:meth:`repeated_offer_refused`), the SDP last sent on ``side`` is the one before
+        again: the leg's own dialog never saw the offer.
 
         Raises :class:`LocalMediaError` when nothing was sent on that leg yet or an offer is
         in progress (one offer at a time, RFC 3264 §4)."""
@@ -588,13 +600,34 @@ class MediaSession:
                     for media in repeated.media
                 ),
             )
+        slot_count_before = len(self._slots)
+        if dialog_sent is not None and len(dialog_sent.media) > len(repeated.media):
+            # That dialog's SDP had lines beyond the call's (a consultation call with video
+            # joined to an audio call): an offer there keeps every one (RFC 3264 §8), these at
+            # port 0 (§8.2: removed, with their media type), and so do the call's later offers
+            # there (_padded), as lines of closed streams.
+            removed = dialog_sent.media[len(repeated.media) :]
+            repeated = attrs.evolve(
+                repeated, media=repeated.media + tuple(rejected_media(m) for m in removed)
+            )
+            self._slots.extend([None] * (len(repeated.media) - slot_count_before))
         indication = self._record_indication.get(side)
         if indication is not None:
             repeated = with_record_indication(repeated, indication)
             self._wrote_indication(side, repeated, indication)
         self._sent[side] = repeated
-        self._repeated[side] = (previous, repeated, dialog_sent is not None)
+        self._repeated[side] = _RepeatedOffer(
+            previous, repeated, dialog_sent is not None, slot_count_before
+        )
         return repeated
+
+    def _take_back_repeated(self, made: _RepeatedOffer, side: Side) -> None:
+        """``made`` never changed ``side``'s dialog: the SDP sent before it is the last one
+        there again, and the lines it added for another dialog are gone (all closed)."""
+        if self._sent.get(side) is made.repeated:
+            self._sent[side] = made.previous
+            last_open = max(self._open_lines(), default=-1)
+            del self._slots[max(made.slot_count_before, last_open + 1) :]
 
     def indicate_recording(self, side: Side, indication: str | None) -> None:
         """``side``'s party is recording-aware and is to be told ``indication`` (RFC 7866
@@ -639,8 +672,8 @@ class MediaSession:
         there since."""
         side = _check_side(side)
         made = self._repeated.pop(side, None)
-        if made is not None and self._sent.get(side) is made[1]:
-            self._sent[side] = made[0]
+        if made is not None:
+            self._take_back_repeated(made, side)
 
     def repeated_offer_refused(self, side: Side) -> None:
         """The re-offer :meth:`repeat_offer` made for ``side`` was sent and refused (an error
@@ -650,8 +683,8 @@ class MediaSession:
         SDP sent on ``side`` before it is the last one there again."""
         side = _check_side(side)
         made = self._repeated.pop(side, None)
-        if made is not None and made[2] and self._sent.get(side) is made[1]:
-            self._sent[side] = made[0]
+        if made is not None and made.elsewhere:
+            self._take_back_repeated(made, side)
 
     def answer_to_repeated_offer(
         self, side: Side, answer: SessionDescription, *, rtcp_mux_offered: bool = False
@@ -771,6 +804,8 @@ class MediaSession:
                 )
         self._repeated.pop(side, None)
         self._received[side] = answer
+        # Its dialog's SDP in force now: a joined carrier's has the lines of its own.
+        self._dialog_lines[side] = len(offer.media)
 
     def _dtmf_after_narrowing(
         self,

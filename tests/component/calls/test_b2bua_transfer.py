@@ -983,6 +983,65 @@ async def test_a_carrier_that_refuses_a_late_offer_is_joined_with_our_offer(
     assert records[0].security["transfers"][0]["status"] == 200  # type: ignore[index]
 
 
+def with_video(sdp: bytes, port: int) -> bytes:
+    """``sdp`` with a video m= line after its audio (``port`` 0: rejected)."""
+    return sdp + f"m=video {port} RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\n".encode()
+
+
+async def test_a_carrier_joined_with_our_offer_keeps_the_consultation_calls_video_line(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # Session 54: alice's consultation call had video (the carrier declined it), the call she
+    # transfers has audio only. Our offer in the carrier's dialog keeps that dialog's video
+    # line, at port 0 (RFC 3264 §8: no fewer m= lines than its previous SDP; §8.2): before,
+    # it had the transferred call's one line.
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    call, alice_leg = await answered_call(env)
+    env.trunk.auto = None
+    consult = await env.alice.invite(
+        "sip:+15550199@127.0.0.1:5060", sdp=with_video(env.alice.offer_sdp(), 4002)
+    )
+    assert (await consult.final()).status == 407
+    await consult.authenticate()
+    trunk_consult = await env.trunk.next_call()
+    assert b"m=video" in trunk_consult.invite.body
+    await trunk_consult.answer(sdp=with_video(env.trunk.answer_sdp(trunk_consult.invite.body), 0))
+    assert (await consult.final(timeout=30)).status == 200
+    await env.trunk.next_request("ACK")
+    env.trunk.auto = AutoAnswer()
+    offers: list[bytes] = []
+
+    async def join(received: Received) -> bool:
+        request = received.request
+        if request.method != "INVITE" or request.call_id != trunk_consult.call_id:
+            return False
+        if not request.body:
+            await env.trunk.respond(received, 488)  # no late offers here
+            return True
+        offers.append(request.body)
+        if len(parse_sdp_untrusted(request.body).media) < 2:
+            await env.trunk.respond(received, 488)  # a strict carrier: fewer lines than before
+            return True
+        answer = with_video(env.trunk.answer_sdp(request.body), 0)
+        await env.trunk.respond(received, 200, body=answer, content_type="application/sdp")
+        return True
+
+    env.trunk.in_dialog = join
+    replaces = replaces_of(consult)
+    assert await refer(alice_leg, f"<sip:+15550199@127.0.0.1:5060?Replaces={replaces}>") == 202
+    await eventually(lambda: offers)
+    media = parse_sdp_untrusted(offers[0]).media
+    assert [(m.media, m.port == 0) for m in media] == [("audio", False), ("video", True)]
+    assert_goes_on_from(trunk_consult.invite.body, offers[0])
+    await eventually_notify(env.alice, "SIP/2.0 200 OK")
+    assert (await alice_leg.bye()).status == 200
+    await eventually(lambda: env.calls == 1)
+    assert (await call.bye()).status == 200
+    bye = await env.trunk.next_request("BYE")
+    assert bye.request.call_id == trunk_consult.call_id
+    await eventually(lambda: env.calls == 0 and env.call_lookups == 0)
+
+
 async def test_a_held_transferee_is_taken_off_hold_when_the_carrier_is_joined_with_our_offer(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:

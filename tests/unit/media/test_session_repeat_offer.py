@@ -204,6 +204,56 @@ def test_a_repeated_offer_refused_in_a_joined_dialog_leaves_the_legs_own_version
     assert held.origin == sent.origin.bumped()
 
 
+def with_video_line(sdp_: SessionDescription, port: int) -> SessionDescription:
+    """``sdp_`` with a second m= line, video (the consultation call's, or its answer)."""
+    video = parse_sdp_untrusted(
+        (
+            "v=0\r\no=- 7 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+            f"m=video {port} RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\n"
+        ).encode()
+    ).media
+    return attrs.evolve(sdp_, media=sdp_.media + video)
+
+
+def test_a_repeated_offer_in_a_joined_dialog_keeps_that_dialogs_extra_lines(
+    session: MediaSession,
+) -> None:
+    """The consultation call's SDP in the carrier's dialog had a video line this audio call
+    lacks: our offer there keeps it, at port 0 (RFC 3264 §8: no fewer m= lines than the
+    previous SDP in that dialog; §8.2: a removed stream keeps its line and media type), the
+    carrier's answer rejecting it is taken, and the call's later offers there keep it too."""
+    answered(session)
+    consultation = with_video_line(consultations_sdp(session), 30102)
+    repeated = session.repeat_offer("b", dialog_sent=consultation)
+    assert [(m.media, m.port == 0) for m in repeated.media] == [("audio", False), ("video", True)]
+    assert repeated.media[1].formats == ("96",)
+    answer = with_video_line(sdp(30010, version=2), 0)
+    session.answer_to_repeated_offer("b", answer)
+    held = session.offer_from("a", sdp(20000, version=2, extra=("a=sendonly",)))
+    assert [(m.media, m.port == 0) for m in held.media] == [("audio", False), ("video", True)]
+    # The carrier's own offers there need both lines as well (RFC 3264 §8).
+    session.answer_from("b", with_video_line(sdp(30010, version=3, extra=("a=recvonly",)), 0))
+    session.settle()
+    with pytest.raises(SdpError, match="2"):
+        session.offer_from("b", sdp(30010, version=4))
+
+
+def test_the_extra_lines_of_a_joined_dialog_go_when_the_offer_there_is_refused(
+    session: MediaSession,
+) -> None:
+    """Refused or withdrawn, the offer in the carrier's dialog leaves the call as it was: the
+    transferor's dialog still gets offers of the call's one line."""
+    answered(session)
+    for take_back in (session.repeated_offer_refused, session.withdraw_repeated_offer):
+        consultation = with_video_line(consultations_sdp(session), 30102)
+        assert len(session.repeat_offer("b", dialog_sent=consultation).media) == 2
+        take_back("b")
+        held = session.offer_from("a", sdp(20000, version=2, extra=("a=sendonly",)))
+        assert len(held.media) == 1
+        session.answer_from("b", sdp(30000, version=2, extra=("a=recvonly",)))
+        session.settle()
+
+
 def test_an_answer_in_a_joined_dialog_goes_on_from_the_sdp_sent_there(
     session: MediaSession,
 ) -> None:
