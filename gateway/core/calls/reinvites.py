@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -47,6 +48,11 @@ from gateway.core.sip.transaction import ServerTransaction, State
 
 class CallReinvites(CallRecordingIndication):
     """Re-INVITE, UPDATE and other requests inside the call (the module's docstring)."""
+
+    if TYPE_CHECKING:
+        # CallTransfers' (transferring.py), whose class derives from this one. Declared for
+        # the type checker only.
+        def _ringing_tone_after_change(self) -> None: ...
 
     async def _reinvite(self, event: RequestEvent) -> None:
         request = event.request
@@ -312,6 +318,7 @@ class CallReinvites(CallRecordingIndication):
                 answer = offering.make_answer(plain)
                 self.media.settle()
                 self._apply_keys(self.b)
+                self._ringing_tone_after_change()
                 # A new DTLS association (RFC 8842 §5) starts with our answer: our
                 # ClientHello of it follows our 2xx (RFC 5763 §5); one kept goes on.
                 self._hold_answer(side)
@@ -472,6 +479,7 @@ class CallReinvites(CallRecordingIndication):
             answer = answering.make_answer(plain)
             self.media.settle()
             self._apply_keys(self.b)
+            self._ringing_tone_after_change()
             self._hold_answer(answered_side)  # our ClientHello follows the ACK (RFC 5763 §5)
             # The offering leg may send under the new SDP once our ACK brings it the answer
             # (RFC 3264 §8): the relay (and its media workers) carries that answer first.

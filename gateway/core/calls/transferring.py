@@ -759,6 +759,26 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
                 "call %s: no ringing tone to the %s leg: %s", self.id, side.value.upper(), why_not
             )
 
+    def _ringing_tone_after_change(self) -> None:
+        """A relayed re-INVITE's exchange settled: if the transfer's ringing tone plays, it
+        follows the transferee's SDP in force (:meth:`MediaSession.replan_ringback`): again,
+        as a new RTP stream, in the law and number a new offer or answer gives; or it stops,
+        for this transfer, where that SDP says the transferee receives nothing (a hold that
+        says inactive, RFC 3264 §6.1) or takes no G.711 any more, and the transferor's media
+        is relayed to it again."""
+        transfer = self._transfer
+        if transfer is None or not transfer.ringing_tone or self.media is None:
+            return
+        changed, why_not = self.media.replan_ringback()
+        if not changed:
+            return
+        side = transfer.side.other.value.upper()
+        if why_not is None:
+            log.info("call %s: ringing tone to the %s leg again: its SDP changed", self.id, side)
+        else:
+            transfer.ringing_tone = False
+            log.info("call %s: ringing tone to the %s leg stopped: %s", self.id, side, why_not)
+
     def _stop_ringing_tone(self, transfer: Transfer, why: str) -> None:
         """The transfer's ringing tone, if it plays, stops: the transferee hears what the
         other side sends again (the target's media once its re-INVITE is through, or the

@@ -79,6 +79,7 @@ from gateway.core.ids import RandomIds
 from gateway.core.ip import ip_facts
 from gateway.core.media.dtmf import Digit, EventDetector
 from gateway.core.media.errors import LocalMediaError
+from gateway.core.media.g711 import Law
 from gateway.core.media.quality import CallQuality
 from gateway.core.media.relay import DROP_REASONS, DtmfInterworking
 from gateway.core.media.relay_api import (
@@ -489,6 +490,9 @@ class MediaSession:
         # The tone a leg hears in place of the other's media (play_ringback): its m= line and
         # the relay direction towards it; None: none.
         self._tone: tuple[int, str] | None = None
+        # The ringing tone's leg, plan and what it plays as there (_ringback_choice): what
+        # replan_ringback compares that leg's SDP in force against.
+        self._ringback: tuple[Side, str, tuple[int, Law, int]] | None = None
         self.quality = quality
         """Reads the legs' RTCP (:mod:`gateway.core.media.quality`) when given: every stream's
         RTCP observers feed it. None: RTCP is only relayed."""
@@ -2045,6 +2049,21 @@ class MediaSession:
         self.stop_tone()
         if self._closed:
             return "the call's media is closed"
+        choice = self._ringback_choice(to)
+        if isinstance(choice, str):
+            return choice
+        index, law, payload_type = choice
+        stream = self.stream_at(index)
+        direction = "b_to_a" if to == "a" else "a_to_b"
+        if stream is None or not stream.play_tone(direction, Tone(plan, law, payload_type)):
+            return "the relay cannot play it"
+        self._tone = (index, direction)
+        self._ringback = (to, plan, choice)
+        return None
+
+    def _ringback_choice(self, to: Side) -> tuple[int, Law, int] | str:
+        """Where and how a ringing tone to leg ``to`` plays as the SDP in force with it says
+        (:meth:`play_ringback`): its m= line, law and payload type; else why it cannot."""
         theirs, ours = self._received.get(to), self._sent.get(to)
         if theirs is None or ours is None:
             return "no SDP in force with that leg"
@@ -2062,17 +2081,27 @@ class MediaSession:
             if not laws:
                 return "it takes neither PCMU nor PCMA"
             law, payload_type = next(iter(laws.items()))
-            direction = "b_to_a" if to == "a" else "a_to_b"
-            if not stream.play_tone(direction, Tone(plan, law, payload_type)):
-                return "the relay cannot play it"
-            self._tone = (index, direction)
-            return None
+            return index, law, payload_type
         return "no audio line to play it on"
+
+    def replan_ringback(self) -> tuple[bool, str | None]:
+        """An exchange settled while a ringing tone plays (:meth:`play_ringback`): the SDP in
+        force with its leg may say otherwise now (a hold that says inactive, another law or
+        number, RFC 3264 §8). (changed, why not): (False, None) when it plays on as it was, or
+        none plays; (True, None) when it plays again as that SDP says (a new RTP stream); (True,
+        why) when it stopped, the other leg's media relayed to that leg again."""
+        if self._ringback is None or self._tone is None:
+            return False, None
+        to, plan, choice = self._ringback
+        if self._ringback_choice(to) == choice:
+            return False, None
+        return True, self.play_ringback(to, plan)
 
     def stop_tone(self) -> bool:
         """Stop the tone :meth:`play_ringback` started, if any: the other leg's media is
         relayed to that leg again. True when one was playing."""
         tone, self._tone = self._tone, None
+        self._ringback = None
         if tone is None:
             return False
         index, direction = tone

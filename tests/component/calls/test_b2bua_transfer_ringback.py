@@ -11,12 +11,14 @@ this process's block; alice sends RTP throughout, the trunk's socket reads what 
 
 from __future__ import annotations
 
+import logging
 import math
 import socket
 import struct
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from gateway.core.media.g711 import ulaw2lin
@@ -202,4 +204,41 @@ async def test_no_ringing_tone_leaves_the_transferors_media_as_it_was(
         await eventually_notify(env.alice, "SIP/2.0 180 Ringing")
         ringing = await trunk.heard_for(1.0)
         assert ringing and {ssrc(p) for p in ringing} == {ALICE_SSRC}
+        await eventually_notify(env.alice, "SIP/2.0 200 OK")
+
+
+async def test_a_transferee_that_holds_while_the_target_rings_gets_the_tone_no_more(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Session 54: the trunk re-INVITEs with a=inactive while bob rings (relayed to alice, the
+    # transferor, still in the call): it receives nothing now (RFC 3264 §6.1), so the tone
+    # stops. Before, it played on until bob answered, whatever the trunk's SDP said.
+    caplog.set_level(logging.INFO, logger="gateway")
+    sockets = await bind(TRUNK_PORT), await bind(ALICE_PORT)
+    with sockets[0], sockets[1]:
+        env, trunk = await transfer_call(
+            nursery, tmp_path, voipgw_seed, sockets, AutoAnswer(ring=True, status=200, delay=5.0)
+        )
+        await eventually_notify(env.alice, "SIP/2.0 180 Ringing")
+        assert env.gateway.calls is not None
+        [call] = env.gateway.calls.calls
+        assert call.media is not None and call.media.playing_tone
+        trunk_call = env.trunk.calls[0]
+
+        async def alice_holds_too() -> None:
+            reinvite = await env.alice.next_request("INVITE")
+            answer = simple_sdp("127.0.0.1", ALICE_PORT, direction="inactive", version=2)
+            await env.alice.respond(reinvite, 200, body=answer, content_type="application/sdp")
+
+        nursery.start_soon(alice_holds_too)
+        hold = simple_sdp("127.0.0.1", TRUNK_PORT, direction="inactive", version=2)
+        assert (await trunk_call.reinvite(hold)).status == 200
+        assert not call.media.playing_tone
+        assert "ringing tone to the A leg stopped: its SDP says inactive" in caplog.text
+        held = await trunk.heard_for(1.0)
+        assert not held or {ssrc(p) for p in held} == {ALICE_SSRC}  # no tone any more
         await eventually_notify(env.alice, "SIP/2.0 200 OK")

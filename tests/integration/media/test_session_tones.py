@@ -32,10 +32,10 @@ SUITE = "AES_CM_128_HMAC_SHA1_80"
 relay = relay_fixture(RELAY_PORTS)
 
 
-def sdp_for(port: int, formats: str, *lines: str) -> bytes:
+def sdp_for(port: int, formats: str, *lines: str, version: int = 1) -> bytes:
     text = [
         "v=0",
-        f"o=- 1 1 IN IP4 {ADDRESS}",
+        f"o=- 1 {version} IN IP4 {ADDRESS}",
         "s=-",
         f"c=IN IP4 {ADDRESS}",
         "t=0 0",
@@ -132,4 +132,44 @@ async def test_a_leg_that_receives_nothing_or_takes_no_g711_gets_no_tone(
     session.settle()
     assert session.play_ringback("a", "us") == "it takes neither PCMU nor PCMA"
     assert not session.playing_tone
+    session.close()
+
+
+async def test_the_tone_follows_the_legs_sdp_as_exchanges_change_it(relay: MediaRelay) -> None:
+    """replan_ringback, after each exchange that settles while the tone plays (a transferee's
+    re-INVITE while the target rings): the same SDP again leaves the tone as it plays; another
+    law plays it again in that law and number; a hold that says inactive stops it."""
+    session = MediaSession(relay, media_address=ADDRESS)
+
+    def exchange(version: int, formats: str, *lines: str) -> None:
+        session.offer_from(
+            "a", parse_sdp_untrusted(sdp_for(A_PHONE.first(), formats, *lines, version=version))
+        )
+        session.answer_from(
+            "b", parse_sdp_untrusted(sdp_for(B_PHONE.first(), formats, *lines, version=version))
+        )
+        session.settle()
+
+    exchange(1, "0 8")
+    assert session.replan_ringback() == (False, None)  # none plays
+    assert session.play_ringback("a", "us") is None
+    stream = session.streams[0]
+    assert isinstance(stream, MediaStream)
+    first = stream.playing_tone("b_to_a")
+    assert first is not None and first.tone == Tone("us", Law.PCMU, 0)
+
+    exchange(2, "0 8")  # a session refresh: nothing changes
+    assert session.replan_ringback() == (False, None)
+    assert stream.playing_tone("b_to_a") is first
+
+    exchange(3, "8")  # A takes PCMA only now (RFC 3264 §8.3.2)
+    assert session.replan_ringback() == (True, None)
+    again = stream.playing_tone("b_to_a")
+    assert again is not None and again is not first
+    assert again.tone == Tone("us", Law.PCMA, 8)
+
+    exchange(4, "8", "a=inactive")  # A holds, receiving nothing (RFC 3264 §6.1)
+    assert session.replan_ringback() == (True, "its SDP says inactive")
+    assert not session.playing_tone and stream.playing_tone("b_to_a") is None
+    assert session.replan_ringback() == (False, None)
     session.close()
