@@ -835,6 +835,20 @@ async def test_a_transfer_while_the_consultation_call_rings_calls_the_target_afr
     await eventually(lambda: env.calls == 0)
 
 
+async def the_carrier_legs_are_the_call(
+    env: B2bua, alice_leg: Call, call: Call, trunk_consult: Call
+) -> None:
+    """A join done: alice hangs up her leg of the transferred call, and the two carrier legs
+    (the trunk's ``call`` and the consultation's ``trunk_consult``) are the call now, talking
+    through the gateway: one hangs up, the other gets BYE, and nothing of the call is left."""
+    assert (await alice_leg.bye()).status == 200
+    await eventually(lambda: env.calls == 1)
+    assert (await call.bye()).status == 200
+    bye = await env.trunk.next_request("BYE")
+    assert bye.request.call_id == trunk_consult.call_id
+    await eventually(lambda: env.calls == 0 and env.call_lookups == 0)
+
+
 async def test_an_attended_transfer_to_a_trunks_call_joins_its_leg_to_the_transferred_call(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
@@ -865,14 +879,7 @@ async def test_an_attended_transfer_to_a_trunks_call_joins_its_leg_to_the_transf
     assert_goes_on_from(trunk_consult.invite.body, ack.body)
     await eventually_notify(env.alice, "SIP/2.0 200 OK")
     assert not [r for r in env.trunk.requests("BYE") if r.call_id == trunk_consult.call_id]
-    assert (await alice_leg.bye()).status == 200
-    await eventually(lambda: env.calls == 1)
-
-    # The two carrier legs talk through the gateway; one hangs up, the other gets BYE.
-    assert (await call.bye()).status == 200
-    bye = await env.trunk.next_request("BYE")
-    assert bye.request.call_id == trunk_consult.call_id
-    await eventually(lambda: env.calls == 0 and env.call_lookups == 0)
+    await the_carrier_legs_are_the_call(env, alice_leg, call, trunk_consult)
 
 
 async def test_a_carrier_leg_whose_reinvite_crossed_our_join_is_joined_again(
@@ -903,12 +910,7 @@ async def test_a_carrier_leg_whose_reinvite_crossed_our_join_is_joined_again(
     await eventually_notify(env.alice, "SIP/2.0 200 OK")
     assert len(joins_at) == 2
     assert 2.1 <= joins_at[1] - joins_at[0] <= 4.05  # RFC 3261 §14.1: the Call-ID's owner
-    assert (await alice_leg.bye()).status == 200
-    await eventually(lambda: env.calls == 1)
-    assert (await call.bye()).status == 200
-    bye = await env.trunk.next_request("BYE")
-    assert bye.request.call_id == trunk_consult.call_id
-    await eventually(lambda: env.calls == 0 and env.call_lookups == 0)
+    await the_carrier_legs_are_the_call(env, alice_leg, call, trunk_consult)
 
 
 def origin(body: bytes) -> Origin:
@@ -969,13 +971,7 @@ async def test_a_carrier_that_refuses_a_late_offer_is_joined_with_our_offer(
     assert [r for r in env.trunk.requests("ACK") if r.call_id == trunk_consult.call_id][
         -1
     ].body == b""
-    assert (await alice_leg.bye()).status == 200
-    await eventually(lambda: env.calls == 1)
-    # The two carrier legs are the call now: one hangs up, the other gets BYE.
-    assert (await call.bye()).status == 200
-    bye = await env.trunk.next_request("BYE")
-    assert bye.request.call_id == trunk_consult.call_id
-    await eventually(lambda: env.calls == 0 and env.call_lookups == 0)
+    await the_carrier_legs_are_the_call(env, alice_leg, call, trunk_consult)
     store = env.gateway.store
     assert store is not None
     await eventually(lambda: [r.ended_at for r in store.call_records_recent()][:1] != [None])
@@ -1034,12 +1030,7 @@ async def test_a_carrier_joined_with_our_offer_keeps_the_consultation_calls_vide
     assert [(m.media, m.port == 0) for m in media] == [("audio", False), ("video", True)]
     assert_goes_on_from(trunk_consult.invite.body, offers[0])
     await eventually_notify(env.alice, "SIP/2.0 200 OK")
-    assert (await alice_leg.bye()).status == 200
-    await eventually(lambda: env.calls == 1)
-    assert (await call.bye()).status == 200
-    bye = await env.trunk.next_request("BYE")
-    assert bye.request.call_id == trunk_consult.call_id
-    await eventually(lambda: env.calls == 0 and env.call_lookups == 0)
+    await the_carrier_legs_are_the_call(env, alice_leg, call, trunk_consult)
 
 
 async def test_a_held_transferee_is_taken_off_hold_when_the_carrier_is_joined_with_our_offer(
