@@ -385,7 +385,9 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
         own instead, the SDP last sent on the transferor's side under the o= line of the
         consultation call's SDP in that dialog, one version on (``MediaSession.repeat_offer``:
         the call's media as the transferee has it, on the ports the carrier takes over, in the
-        carrier's session as it knows it), every line in use sendrecv, through the carrier leg's
+        carrier's session as it knows it), every line in use sendrecv and listing only the codec
+        in use (the carrier chose among its own codecs with the consultation call; among the
+        call's it could choose one the transferee does not send), through the carrier leg's
         keys. Its answer must keep the codec in use (:meth:`_joined_leg_took_offer`): the
         transferee's session does not change, but for being taken off hold
         (:meth:`_resume_transferee`). None when sent; else the failure to report (an offer of
@@ -405,7 +407,10 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
             # Un-held: the transferor held the transferee while it consulted (RFC 3264 §8.4);
             # the o= line the consultation call's SDP had in that dialog, one version on (§8).
             plain = self.media.repeat_offer(
-                side, direction=_SENDRECV, dialog_sent=transfer.joined_sent
+                side,
+                direction=_SENDRECV,
+                dialog_sent=transfer.joined_sent,
+                keep_codec_in_use=True,
             )
             offer = leg.security.make_offer(plain)
         except Exception as exc:

@@ -119,6 +119,7 @@ from gateway.core.sdp.offer_answer import (
     CodecChange,
     apply_version_rule,
     codec_change,
+    codec_in_use_only,
     keep_leg_numbers,
     numbered_alike,
     offered_formats,
@@ -570,6 +571,7 @@ class MediaSession:
         *,
         direction: Direction | None = None,
         dialog_sent: SessionDescription | None = None,
+        keep_codec_in_use: bool = False,
     ) -> SessionDescription:
         """The SDP last sent on ``side``'s leg again, with the next o= version (RFC 3264 §8:
         the re-offer changes the session there, its keys if nothing else), recorded as sent:
@@ -584,6 +586,12 @@ class MediaSession:
         that peer), and its m= lines beyond the call's at port 0 (§8: no fewer). Refused
         there (:meth:`repeated_offer_refused`), the SDP last sent on ``side`` is the one before
         again: the leg's own dialog never saw the offer.
+
+        ``keep_codec_in_use``: each line the relay carries lists only the codec in use on it
+        (:func:`codec_in_use_only`, as the leg's SDP in force has it), so that an answer
+        (:meth:`answer_to_repeated_offer`) keeps it: for a peer that had another session
+        before (a joined carrier), whose choice among the call's codecs could fall on one the
+        other leg does not send.
 
         Raises :class:`LocalMediaError` when nothing was sent on that leg yet or an offer is
         in progress (one offer at a time, RFC 3264 §4)."""
@@ -602,6 +610,17 @@ class MediaSession:
                 media=tuple(
                     media if media.port == 0 else media.with_direction(direction)
                     for media in repeated.media
+                ),
+            )
+        theirs = self._received.get(side)
+        if keep_codec_in_use and theirs is not None:
+            repeated = attrs.evolve(
+                repeated,
+                media=tuple(
+                    codec_in_use_only(media, theirs.media[index])
+                    if self.stream_at(index) is not None and index < len(theirs.media)
+                    else media
+                    for index, media in enumerate(repeated.media)
                 ),
             )
         slot_count_before = len(self._slots)

@@ -345,6 +345,33 @@ def only_codecs(
     )
 
 
+def codec_in_use_only(offered: MediaDescription, before: MediaDescription) -> MediaDescription:
+    """``offered``, a re-offer of ours on a stream whose SDP in force from its peer is
+    ``before``, with only the codec in use there (:func:`codec_change`'s: ``before``'s first
+    format of the offer's that carries media, with RED or FEC listed before it wrapping it),
+    and telephone-event and CN at its clock rate, their attribute lines with them
+    (:func:`only_codecs`): an answer to it keeps that codec or refuses the offer (RFC 3264
+    §6.1: an answer lists formats of the offer; §8.3.2: a re-offer may change the set).
+    ``offered`` as it is where no codec in use can be told (not RTP, rejected, an a=rtpmap
+    unread, none of ``before``'s codecs in it)."""
+    if offered.is_rejected or not offered.is_rtp or not before.is_rtp:
+        return offered
+    try:
+        ours = _codecs_by_format(offered)
+        keys = {codec.codec_key for codec in ours.values() if codec is not None}
+        theirs = {
+            pt: codec
+            for pt, codec in _codecs_by_format(before).items()
+            if pt in ours or (codec is not None and codec.codec_key in keys)
+        }
+    except SdpError:
+        return offered
+    names = [codec.encoding for pt in _in_use(theirs) if (codec := theirs[pt]) is not None]
+    if not names:
+        return offered
+    return only_codecs(offered, [*names, "telephone-event", "CN"], reorder=False) or offered
+
+
 def intersect_codecs(
     offered: MediaDescription, local_caps: Sequence[Codec], *, prefer: Preference = "offerer"
 ) -> tuple[NegotiatedFormat, ...]:

@@ -19,7 +19,7 @@ from gateway.core.interfaces import CallEvent, OutboundMessage
 from gateway.core.sdp.model import Origin
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sip.message import Request
-from gateway.testing.sip_agent import AutoAnswer, Call, Received, sdp_connection
+from gateway.testing.sip_agent import AutoAnswer, Call, Received, sdp_connection, simple_sdp
 from tests.component.calls.b2bua_env import (
     ALICE,
     ALICE_DID,
@@ -977,6 +977,47 @@ async def test_a_carrier_that_refuses_a_late_offer_is_joined_with_our_offer(
     await eventually(lambda: [r.ended_at for r in store.call_records_recent()][:1] != [None])
     records = [r for r in store.call_records_recent() if r.security and r.security.get("transfers")]
     assert records[0].security["transfers"][0]["status"] == 200  # type: ignore[index]
+
+
+async def test_a_carrier_joined_with_our_offer_is_offered_only_the_codec_in_use(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # Session 54: the trunk's caller offered PCMU and PCMA, alice answered PCMA. The carrier
+    # answers our join offer with only its own choice among what we list, the first it takes
+    # (as many do). Before, our offer listed both laws, PCMU first: its answer left out PCMA,
+    # which the caller sends, and the join failed ("the codec in use, 8 PCMA/8000, left
+    # out"). Now the offer lists only PCMA (and telephone-event): the carrier keeps it.
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    alice_leg = await env.alice.next_call()
+    pcma = simple_sdp("127.0.0.1", env.alice.media_port, formats=("8", "101"))
+    await alice_leg.answer(200, sdp=pcma)
+    assert (await call.final()).status == 200
+    await env.alice.next_request("ACK")
+    _, replaces = await consultation(env, "sip:+15550199@127.0.0.1:5060")
+    trunk_consult = await env.trunk.next_call()
+    await env.trunk.next_request("ACK")
+    offers: list[bytes] = []
+
+    async def join(received: Received) -> bool:
+        request = received.request
+        if request.method != "INVITE" or request.call_id != trunk_consult.call_id:
+            return False
+        if not request.body:
+            await env.trunk.respond(received, 488)  # no late offers here
+            return True
+        offers.append(request.body)
+        first = parse_sdp_untrusted(request.body).media[0].formats[0]
+        answer = simple_sdp("127.0.0.1", env.trunk.media_port, version=9, formats=(first, "101"))
+        await env.trunk.respond(received, 200, body=answer, content_type="application/sdp")
+        return True
+
+    env.trunk.in_dialog = join
+    assert await refer(alice_leg, f"<sip:+15550199@127.0.0.1:5060?Replaces={replaces}>") == 202
+    await eventually_notify(env.alice, "SIP/2.0 200 OK")
+    [offered] = offers
+    assert parse_sdp_untrusted(offered).media[0].formats == ("8", "101")
+    await the_carrier_legs_are_the_call(env, alice_leg, call, trunk_consult)
 
 
 def with_video(sdp: bytes, port: int) -> bytes:

@@ -726,3 +726,15 @@ def test_telephone_event_under_a_number_our_offer_gave_opus_is_refused(
     with pytest.raises(SdpError, match=r"98 telephone-event/8000 added, which our offer did not"):
         session.answer_to_repeated_offer("b", parse_sdp_untrusted(text.encode()))
     assert session.dtmf is None
+
+
+def test_a_repeated_offer_can_list_only_the_codec_in_use(session: MediaSession) -> None:
+    """``keep_codec_in_use`` (a joined carrier's offer): each relayed line lists only the codec
+    the leg's SDP in force uses, so an answer cannot pick another; without it, as sent."""
+    session.offer_from("a", sdp(20000, formats=("0", "8")))
+    session.answer_from("b", sdp(30000, formats=("8",)))
+    session.settle()
+    narrowed = session.repeat_offer("b", keep_codec_in_use=True)
+    assert narrowed.media[0].formats == ("8",)
+    session.withdraw_repeated_offer("b")
+    assert session.repeat_offer("b").media[0].formats == ("0", "8")
