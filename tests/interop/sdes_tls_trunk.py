@@ -21,6 +21,19 @@ ALICE_PASSWORD = "wonderland-5e1f"
 TRUNK_NUMBER = "+4989555"
 
 
+def tls_trunk_toml(tunnel_port: int, media_policy: str) -> str:
+    """The ``[[trunks]]`` table of the carrier behind stunnel on ``tunnel_port``: TLS, serving
+    +49, calling from nowhere (it only answers), with ``media_policy``."""
+    return (
+        "[[trunks]]\n"
+        'name = "carrier"\n'
+        f'address = "tls:{LOOPBACK}:{tunnel_port}"\n'
+        'prefixes = ["+49"]\n'
+        "allowed_sources = []\n"
+        f'media_policy = "{media_policy}"\n'
+    )
+
+
 @contextlib.contextmanager
 def alice_calls_the_tls_trunk(
     tmp_path: Path,
@@ -43,14 +56,6 @@ def alice_calls_the_tls_trunk(
         transport="tcp",
         keys={"contact_port": str(tunnel_port), **(keys or {})},
     )
-    trunk_toml = (
-        "[[trunks]]\n"
-        'name = "carrier"\n'
-        f'address = "tls:{LOOPBACK}:{tunnel_port}"\n'
-        'prefixes = ["+49"]\n'
-        "allowed_sources = []\n"
-        f'media_policy = "{media_policy}"\n'
-    )
     gateway = TlsGatewayProcess(
         tmp_path / "gw",
         plugins=("udp", "tcp", "tls", "sdes"),
@@ -60,7 +65,7 @@ def alice_calls_the_tls_trunk(
         settings={
             "gateway": {"domains": [LOOPBACK], **({"log_level": log_level} if log_level else {})}
         },
-        extra_toml=trunk_toml,
+        extra_toml=tls_trunk_toml(tunnel_port, media_policy),
     )
     source = tone_wav(tmp_path / "alice.wav", 1000.0)
     with (

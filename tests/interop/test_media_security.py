@@ -51,6 +51,7 @@ from tests.interop.harness.sip_text import audio_media_line
 from tests.interop.harness.sipp import RTP_STREAM_FILE
 from tests.interop.harness.stunnel import StunnelClient, StunnelServer
 from tests.interop.harness.tls_gateway import TlsGatewayProcess
+from tests.interop.sdes_tls_trunk import tls_trunk_toml
 
 pytestmark = pytest.mark.interop
 
@@ -560,14 +561,6 @@ def test_callee_whose_keys_fail_after_early_media_gets_no_media_through(
         keys={"contact_port": str(tunnel_port)},
     )
     tone_ulaw(trunk.rundir / RTP_STREAM_FILE, TONES["carol"], seconds=2.0)
-    trunk_toml = (
-        "[[trunks]]\n"
-        'name = "carrier"\n'
-        f'address = "tls:{LOOPBACK}:{tunnel_port}"\n'
-        'prefixes = ["+49"]\n'
-        "allowed_sources = []\n"
-        'media_policy = "sdes"\n'
-    )
     gateway = TlsGatewayProcess(
         tmp_path / "gw",
         plugins=("udp", "tcp", "tls", "sdes"),
@@ -575,7 +568,7 @@ def test_callee_whose_keys_fail_after_early_media_gets_no_media_through(
         accounts={"alice": PASSWORDS["alice"]},
         digest_algorithms=("MD5",),
         settings={"gateway": {"log_level": "debug", "domains": [LOOPBACK]}},
-        extra_toml=trunk_toml,
+        extra_toml=tls_trunk_toml(tunnel_port, "sdes"),
     )
     with (
         trunk,
