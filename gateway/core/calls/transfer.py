@@ -100,6 +100,9 @@ class Transfer:
     # The ringing tone the transferee hears while the target rings (transferring.py,
     # media/tones.py): None before the target's first 1xx, then whether it plays.
     ringing_tone: bool | None = None
+    # The target rings, but the transferee's SDP in force lets no tone play (a hold that says
+    # inactive, no G.711): tried again each time a relayed re-INVITE changes it.
+    ringing_tone_waits: bool = False
     # A blind transfer to a number several trunks serve: the trunks still to try, one at a
     # time, when the one called fails with a failover status (RouteDecision.alternates), and
     # the headers each of our INVITEs to the target carries (Referred-By).

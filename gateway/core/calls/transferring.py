@@ -745,13 +745,15 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
         ringing tone ``[media] ringback_tone`` in place of the transferor's media, until the
         target answers or the transfer fails (:mod:`gateway.core.media.tones`: its dialog is
         confirmed, no 180 of the target can reach it, RFC 3261 §13.2.2.4). Once per transfer;
-        where it cannot play (a held leg that said inactive, no G.711) the log says why."""
+        where it cannot play (a held leg that said inactive, no G.711) the log says why, and
+        it waits for a re-INVITE that changes that (:meth:`_ringing_tone_after_change`)."""
         plan = self.config.media.ringback_tone
         if transfer.ringing_tone is not None or self.media is None or plan == "none":
             return
         side = transfer.side.other
         why_not = self.media.play_ringback(side.value, plan)
         transfer.ringing_tone = why_not is None
+        transfer.ringing_tone_waits = why_not is not None
         if why_not is None:
             log.info(
                 "call %s: ringing tone (%s) to the %s leg while the transfer target rings",
@@ -765,29 +767,45 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
             )
 
     def _ringing_tone_after_change(self) -> None:
-        """A relayed re-INVITE's exchange settled: if the transfer's ringing tone plays, it
-        follows the transferee's SDP in force (:meth:`MediaSession.replan_ringback`): again,
-        as a new RTP stream, in the law and number a new offer or answer gives; or it stops,
-        for this transfer, where that SDP says the transferee receives nothing (a hold that
-        says inactive, RFC 3264 §6.1) or takes no G.711 any more, and the transferor's media
-        is relayed to it again."""
+        """A relayed re-INVITE's exchange settled: while the target rings, the transfer's
+        ringing tone follows the transferee's SDP in force (:meth:`MediaSession.replan_ringback`).
+        Playing, it plays again, as a new RTP stream, in the law and number a new offer or
+        answer gives; or it stops where that SDP says the transferee receives nothing (a hold
+        that says inactive, RFC 3264 §6.1) or takes no G.711 any more, the transferor's media
+        relayed to it again. Stopped so, or never started so, it starts once that SDP lets it
+        (the transferee resumed)."""
         transfer = self._transfer
-        if transfer is None or not transfer.ringing_tone or self.media is None:
+        if transfer is None or self.media is None:
+            return
+        side = transfer.side.other
+        if transfer.ringing_tone_waits:
+            plan = self.config.media.ringback_tone
+            if self.media.play_ringback(side.value, plan) is None:
+                transfer.ringing_tone, transfer.ringing_tone_waits = True, False
+                log.info(
+                    "call %s: ringing tone (%s) to the %s leg now: its SDP changed",
+                    self.id,
+                    plan,
+                    side.value.upper(),
+                )
+            return
+        if not transfer.ringing_tone:
             return
         changed, why_not = self.media.replan_ringback()
         if not changed:
             return
-        side = transfer.side.other.value.upper()
+        leg = side.value.upper()
         if why_not is None:
-            log.info("call %s: ringing tone to the %s leg again: its SDP changed", self.id, side)
+            log.info("call %s: ringing tone to the %s leg again: its SDP changed", self.id, leg)
         else:
-            transfer.ringing_tone = False
-            log.info("call %s: ringing tone to the %s leg stopped: %s", self.id, side, why_not)
+            transfer.ringing_tone, transfer.ringing_tone_waits = False, True
+            log.info("call %s: ringing tone to the %s leg stopped: %s", self.id, leg, why_not)
 
     def _stop_ringing_tone(self, transfer: Transfer, why: str) -> None:
         """The transfer's ringing tone, if it plays, stops: the transferee hears what the
         other side sends again (the target's media once its re-INVITE is through, or the
         transferor's if the transfer failed)."""
+        transfer.ringing_tone_waits = False  # the target rings no more
         if not transfer.ringing_tone or self.media is None:
             return
         transfer.ringing_tone = False

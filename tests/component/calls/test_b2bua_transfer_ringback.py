@@ -207,7 +207,7 @@ async def test_no_ringing_tone_leaves_the_transferors_media_as_it_was(
         await eventually_notify(env.alice, "SIP/2.0 200 OK")
 
 
-async def test_a_transferee_that_holds_while_the_target_rings_gets_the_tone_no_more(
+async def test_a_transferee_that_holds_while_the_target_rings_hears_the_tone_when_it_resumes(
     nursery: trio.Nursery,
     tmp_path: Path,
     autojump_clock: trio.abc.Clock,
@@ -216,12 +216,13 @@ async def test_a_transferee_that_holds_while_the_target_rings_gets_the_tone_no_m
 ) -> None:
     # Session 54: the trunk re-INVITEs with a=inactive while bob rings (relayed to alice, the
     # transferor, still in the call): it receives nothing now (RFC 3264 §6.1), so the tone
-    # stops. Before, it played on until bob answered, whatever the trunk's SDP said.
+    # stops; it resumes (a=sendrecv) while bob still rings, and the tone plays again. Before,
+    # the tone played on until bob answered, whatever the trunk's SDP said.
     caplog.set_level(logging.INFO, logger="gateway")
     sockets = await bind(TRUNK_PORT), await bind(ALICE_PORT)
     with sockets[0], sockets[1]:
         env, trunk = await transfer_call(
-            nursery, tmp_path, voipgw_seed, sockets, AutoAnswer(ring=True, status=200, delay=5.0)
+            nursery, tmp_path, voipgw_seed, sockets, AutoAnswer(ring=True, status=200, delay=8.0)
         )
         await eventually_notify(env.alice, "SIP/2.0 180 Ringing")
         assert env.gateway.calls is not None
@@ -229,16 +230,28 @@ async def test_a_transferee_that_holds_while_the_target_rings_gets_the_tone_no_m
         assert call.media is not None and call.media.playing_tone
         trunk_call = env.trunk.calls[0]
 
-        async def alice_holds_too() -> None:
+        async def alice_answers(direction: str, version: int) -> None:
             reinvite = await env.alice.next_request("INVITE")
-            answer = simple_sdp("127.0.0.1", ALICE_PORT, direction="inactive", version=2)
+            answer = simple_sdp("127.0.0.1", ALICE_PORT, direction=direction, version=version)
             await env.alice.respond(reinvite, 200, body=answer, content_type="application/sdp")
 
-        nursery.start_soon(alice_holds_too)
+        nursery.start_soon(alice_answers, "inactive", 2)
         hold = simple_sdp("127.0.0.1", TRUNK_PORT, direction="inactive", version=2)
         assert (await trunk_call.reinvite(hold)).status == 200
         assert not call.media.playing_tone
         assert "ringing tone to the A leg stopped: its SDP says inactive" in caplog.text
         held = await trunk.heard_for(1.0)
         assert not held or {ssrc(p) for p in held} == {ALICE_SSRC}  # no tone any more
+
+        nursery.start_soon(alice_answers, "sendrecv", 3)
+        resume = simple_sdp("127.0.0.1", TRUNK_PORT, version=3)
+        assert (await trunk_call.reinvite(resume)).status == 200
+        assert call.media.playing_tone
+        assert "ringing tone (us) to the A leg now: its SDP changed" in caplog.text
+        await trio.sleep(0.1)
+        ringing = await trunk.heard_for(1.0)
+        assert ringing and ALICE_SSRC not in {ssrc(p) for p in ringing}
+        payloads = [p[12:] for p in ringing]
+        assert tone_power(payloads, 440.0) > 1000 * tone_power(payloads, 1000.0)
         await eventually_notify(env.alice, "SIP/2.0 200 OK")
+        assert not call.media.playing_tone
