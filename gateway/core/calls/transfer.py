@@ -41,7 +41,7 @@ ends.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import attrs
 
@@ -98,11 +98,11 @@ class Transfer:
     notified_reason: str = ""  # and its reason phrase (a refreshing SUBSCRIBE's NOTIFY repeats it)
     transferor_left: bool = False  # it sent BYE before the transfer ended
     # The ringing tone the transferee hears while the target rings (transferring.py,
-    # media/tones.py): None before the target's first 1xx, then whether it plays.
-    ringing_tone: bool | None = None
-    # The target rings, but the transferee's SDP in force lets no tone play (a hold that says
-    # inactive, no G.711): tried again each time a relayed re-INVITE changes it.
-    ringing_tone_waits: bool = False
+    # media/tones.py): None before the target's first 1xx; "playing"; "waiting" while the
+    # target rings but the transferee's SDP in force lets no tone play (a hold that says
+    # inactive, no G.711), tried again each time a relayed re-INVITE changes it; "over" once
+    # the target answered or the transfer failed.
+    ringing_tone: Literal["playing", "waiting", "over"] | None = None
     # A blind transfer to a number several trunks serve: the trunks still to try, one at a
     # time, when the one called fails with a failover status (RouteDecision.alternates), and
     # the headers each of our INVITEs to the target carries (Referred-By).

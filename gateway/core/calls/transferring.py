@@ -752,8 +752,7 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
             return
         side = transfer.side.other
         why_not = self.media.play_ringback(side.value, plan)
-        transfer.ringing_tone = why_not is None
-        transfer.ringing_tone_waits = why_not is not None
+        transfer.ringing_tone = "playing" if why_not is None else "waiting"
         if why_not is None:
             log.info(
                 "call %s: ringing tone (%s) to the %s leg while the transfer target rings",
@@ -778,10 +777,10 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
         if transfer is None or self.media is None:
             return
         side = transfer.side.other
-        if transfer.ringing_tone_waits:
+        if transfer.ringing_tone == "waiting":
             plan = self.config.media.ringback_tone
             if self.media.play_ringback(side.value, plan) is None:
-                transfer.ringing_tone, transfer.ringing_tone_waits = True, False
+                transfer.ringing_tone = "playing"
                 log.info(
                     "call %s: ringing tone (%s) to the %s leg now: its SDP changed",
                     self.id,
@@ -789,7 +788,7 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
                     side.value.upper(),
                 )
             return
-        if not transfer.ringing_tone:
+        if transfer.ringing_tone != "playing":
             return
         changed, why_not = self.media.replan_ringback()
         if not changed:
@@ -798,17 +797,18 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
         if why_not is None:
             log.info("call %s: ringing tone to the %s leg again: its SDP changed", self.id, leg)
         else:
-            transfer.ringing_tone, transfer.ringing_tone_waits = False, True
+            transfer.ringing_tone = "waiting"
             log.info("call %s: ringing tone to the %s leg stopped: %s", self.id, leg, why_not)
 
     def _stop_ringing_tone(self, transfer: Transfer, why: str) -> None:
         """The transfer's ringing tone, if it plays, stops: the transferee hears what the
         other side sends again (the target's media once its re-INVITE is through, or the
         transferor's if the transfer failed)."""
-        transfer.ringing_tone_waits = False  # the target rings no more
-        if not transfer.ringing_tone or self.media is None:
+        playing = transfer.ringing_tone == "playing"
+        if transfer.ringing_tone is not None:
+            transfer.ringing_tone = "over"  # the target rings no more
+        if not playing or self.media is None:
             return
-        transfer.ringing_tone = False
         if self.media.stop_tone():
             side = transfer.side.other.value.upper()
             log.info("call %s: ringing tone to the %s leg stopped: %s", self.id, side, why)

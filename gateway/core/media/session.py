@@ -488,11 +488,9 @@ class MediaSession:
         self._transcoded_lines: set[int] = set()
         self._transcoded_last: TranscodingPlan | None = None  # the latest plan, for the record
         self._clash_warned = False  # a number clash stopped a transcoding: WARNING once
-        # The tone a leg hears in place of the other's media (play_ringback): its m= line and
-        # the relay direction towards it; None: none.
-        self._tone: tuple[int, str] | None = None
-        # The ringing tone's leg, plan and what it plays as there (_ringback_choice): what
-        # replan_ringback compares that leg's SDP in force against.
+        # The ringing tone a leg hears in place of the other's media (play_ringback): that
+        # leg, the plan and what it plays as there (_ringback_choice: m= line, law, payload
+        # type), which replan_ringback compares the leg's SDP in force against; None: none.
         self._ringback: tuple[Side, str, tuple[int, Law, int]] | None = None
         self.quality = quality
         """Reads the legs' RTCP (:mod:`gateway.core.media.quality`) when given: every stream's
@@ -2076,7 +2074,6 @@ class MediaSession:
         direction = "b_to_a" if to == "a" else "a_to_b"
         if stream is None or not stream.play_tone(direction, Tone(plan, law, payload_type)):
             return "the relay cannot play it"
-        self._tone = (index, direction)
         self._ringback = (to, plan, choice)
         return None
 
@@ -2109,7 +2106,7 @@ class MediaSession:
         number, RFC 3264 §8). (changed, why not): (False, None) when it plays on as it was, or
         none plays; (True, None) when it plays again as that SDP says (a new RTP stream); (True,
         why) when it stopped, the other leg's media relayed to that leg again."""
-        if self._ringback is None or self._tone is None:
+        if self._ringback is None:
             return False, None
         to, plan, choice = self._ringback
         if self._ringback_choice(to) == choice:
@@ -2119,11 +2116,11 @@ class MediaSession:
     def stop_tone(self) -> bool:
         """Stop the tone :meth:`play_ringback` started, if any: the other leg's media is
         relayed to that leg again. True when one was playing."""
-        tone, self._tone = self._tone, None
-        self._ringback = None
-        if tone is None:
+        ringback, self._ringback = self._ringback, None
+        if ringback is None:
             return False
-        index, direction = tone
+        to, _, (index, _, _) = ringback
+        direction = "b_to_a" if to == "a" else "a_to_b"
         stream = self.stream_at(index)
         if stream is not None and not stream.closed:
             stream.play_tone(direction, None)
@@ -2132,7 +2129,7 @@ class MediaSession:
     @property
     def playing_tone(self) -> bool:
         """Whether a tone plays (:meth:`play_ringback`)."""
-        return self._tone is not None
+        return self._ringback is not None
 
     def dtmf_statistics(self) -> dict[str, int]:
         """The event packets of every DTMF interworking the call had (:data:`DTMF_COUNTS`),

@@ -1323,10 +1323,10 @@ async def test_the_early_phone_answering_after_another_phones_183_in_clear_has_i
     early_phone_tag = leg_b.local_tag
     phone1_sdp = phone_answer(leg_b.invite.body, 30000, EARLY_PHONE_KEY)
     await env.alice.respond(leg_b.incoming, 183, body=phone1_sdp)  # type: ignore[arg-type]
-    await call.exchange.wait_for(lambda r: r.status == 183)  # type: ignore[union-attr]
+    first = await call.exchange.wait_for(lambda r: r.status == 183)  # type: ignore[union-attr]
     leg_b.local_tag = ANSWERING_TAG  # phone 2's early dialog, in clear
     await env.alice.respond(leg_b.incoming, 183, body=simple_sdp(ALICE[0], 30002))  # type: ignore[arg-type]
-    await trio.sleep(1)
+    await call.exchange.wait_for(lambda r: r.status == 183 and r is not first)  # type: ignore[union-attr]
     assert relay_transforms(env).rtp_out is None
     leg_b.local_tag = early_phone_tag
     await leg_b.answer(200, sdp=phone1_sdp)

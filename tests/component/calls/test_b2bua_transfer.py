@@ -9,6 +9,7 @@ alice's DID; bob, another account, registers a phone at 127.0.0.4.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -925,10 +926,17 @@ def assert_goes_on_from(previous: bytes, sent: bytes) -> None:
     assert now.session_version == before.session_version + 1
 
 
-def refuse_late_offers(env: B2bua, call_id: str, *, refuse_offers: bool = False) -> list[Request]:
+def refuse_late_offers(
+    env: B2bua,
+    call_id: str,
+    *,
+    refuse_offers: bool = False,
+    answer: Callable[[bytes], bytes | None] | None = None,
+) -> list[Request]:
     """The carrier refuses every re-INVITE without SDP on ``call_id`` with 488 (some carriers
     take no late offer in a re-INVITE), and with ``refuse_offers`` those with SDP too; the
-    re-INVITEs it got there, in order."""
+    re-INVITEs it got there, in order. ``answer``: the carrier's own answer to an offer (its
+    SDP in a 200), or None to refuse that offer with 488; without it, answered as usual."""
     got: list[Request] = []
 
     async def refuse(received: Received) -> bool:
@@ -936,7 +944,10 @@ def refuse_late_offers(env: B2bua, call_id: str, *, refuse_offers: bool = False)
         if request.method != "INVITE" or request.call_id != call_id:
             return False
         got.append(request)
-        if request.body and not refuse_offers:
+        if request.body and answer is not None and (body := answer(request.body)) is not None:
+            await env.trunk.respond(received, 200, body=body, content_type="application/sdp")
+            return True
+        if request.body and answer is None and not refuse_offers:
             return False  # answered as usual
         await env.trunk.respond(received, 488)
         return True
@@ -997,26 +1008,17 @@ async def test_a_carrier_joined_with_our_offer_is_offered_only_the_codec_in_use(
     _, replaces = await consultation(env, "sip:+15550199@127.0.0.1:5060")
     trunk_consult = await env.trunk.next_call()
     await env.trunk.next_request("ACK")
-    offers: list[bytes] = []
 
-    async def join(received: Received) -> bool:
-        request = received.request
-        if request.method != "INVITE" or request.call_id != trunk_consult.call_id:
-            return False
-        if not request.body:
-            await env.trunk.respond(received, 488)  # no late offers here
-            return True
-        offers.append(request.body)
-        first = parse_sdp_untrusted(request.body).media[0].formats[0]
-        answer = simple_sdp("127.0.0.1", env.trunk.media_port, version=9, formats=(first, "101"))
-        await env.trunk.respond(received, 200, body=answer, content_type="application/sdp")
-        return True
+    def its_first_codec(offer: bytes) -> bytes:
+        first = parse_sdp_untrusted(offer).media[0].formats[0]
+        return simple_sdp("127.0.0.1", env.trunk.media_port, version=9, formats=(first, "101"))
 
-    env.trunk.in_dialog = join
+    reinvites = refuse_late_offers(env, trunk_consult.call_id, answer=its_first_codec)
     assert await refer(alice_leg, f"<sip:+15550199@127.0.0.1:5060?Replaces={replaces}>") == 202
     await eventually_notify(env.alice, "SIP/2.0 200 OK")
-    [offered] = offers
-    assert parse_sdp_untrusted(offered).media[0].formats == ("8", "101")
+    late, offered = reinvites
+    assert late.body == b""
+    assert parse_sdp_untrusted(offered.body).media[0].formats == ("8", "101")
     await the_carrier_legs_are_the_call(env, alice_leg, call, trunk_consult)
 
 
@@ -1046,27 +1048,17 @@ async def test_a_carrier_joined_with_our_offer_keeps_the_consultation_calls_vide
     assert (await consult.final(timeout=30)).status == 200
     await env.trunk.next_request("ACK")
     env.trunk.auto = AutoAnswer()
-    offers: list[bytes] = []
 
-    async def join(received: Received) -> bool:
-        request = received.request
-        if request.method != "INVITE" or request.call_id != trunk_consult.call_id:
-            return False
-        if not request.body:
-            await env.trunk.respond(received, 488)  # no late offers here
-            return True
-        offers.append(request.body)
-        if len(parse_sdp_untrusted(request.body).media) < 2:
-            await env.trunk.respond(received, 488)  # a strict carrier: fewer lines than before
-            return True
-        answer = with_video(env.trunk.answer_sdp(request.body), 0)
-        await env.trunk.respond(received, 200, body=answer, content_type="application/sdp")
-        return True
+    def strictly(offer: bytes) -> bytes | None:
+        if len(parse_sdp_untrusted(offer).media) < 2:
+            return None  # a strict carrier: fewer lines than before, 488
+        return with_video(env.trunk.answer_sdp(offer), 0)
 
-    env.trunk.in_dialog = join
+    reinvites = refuse_late_offers(env, trunk_consult.call_id, answer=strictly)
     replaces = replaces_of(consult)
     assert await refer(alice_leg, f"<sip:+15550199@127.0.0.1:5060?Replaces={replaces}>") == 202
-    await eventually(lambda: offers)
+    await eventually(lambda: len(reinvites) >= 2)
+    offers = [r.body for r in reinvites if r.body]
     media = parse_sdp_untrusted(offers[0]).media
     assert [(m.media, m.port == 0) for m in media] == [("audio", False), ("video", True)]
     assert_goes_on_from(trunk_consult.invite.body, offers[0])

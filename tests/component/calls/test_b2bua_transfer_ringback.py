@@ -240,15 +240,16 @@ async def test_a_transferee_that_holds_while_the_target_rings_hears_the_tone_whe
         assert (await trunk_call.reinvite(hold)).status == 200
         assert not call.media.playing_tone
         assert "ringing tone to the A leg stopped: its SDP says inactive" in caplog.text
+        await trio.sleep(0.1)  # tone packets paced before the stop may still be on their way
         held = await trunk.heard_for(1.0)
-        assert not held or {ssrc(p) for p in held} == {ALICE_SSRC}  # no tone any more
+        assert held and {ssrc(p) for p in held} == {ALICE_SSRC}  # alice's media, no tone
 
         nursery.start_soon(alice_answers, "sendrecv", 3)
         resume = simple_sdp("127.0.0.1", TRUNK_PORT, version=3)
         assert (await trunk_call.reinvite(resume)).status == 200
         assert call.media.playing_tone
         assert "ringing tone (us) to the A leg now: its SDP changed" in caplog.text
-        await trio.sleep(0.1)
+        await trio.sleep(0.1)  # alice's packets relayed before the tone may still be on their way
         ringing = await trunk.heard_for(1.0)
         assert ringing and ALICE_SSRC not in {ssrc(p) for p in ringing}
         payloads = [p[12:] for p in ringing]
