@@ -46,8 +46,11 @@ datagrams and time (RFC 5764 §5.1.2 and RFC 6189 §5: both share the 5-tuple of
   §5). At the answer, the datagrams from its address go to its handshake and the others are
   dropped (:meth:`CallHandshakes._settle_unanswered`): the fingerprint check of the answering
   fork's handshake would fail on another fork's ClientHello and end the call, and a forged one
-  from a stranger must not take the callee's place either. An early answer (a 183 with SDP)
-  is not the last word while another fork rings (RFC 3261 §12.1.2): the other sources'
+  from a stranger must not take the callee's place either (but one B leg whose engine keeps
+  other phones' handshakes, a proxy downstream having maybe forked our offer, takes the other
+  sources' too, after the answer's own, each with its source: the dtls engine's
+  ``keeps_other_phones``, which keeps them for another phone's answer). An early answer (a
+  183 with SDP) is not the last word while another fork rings (RFC 3261 §12.1.2): the other sources'
   datagrams stay kept until a final answer (:meth:`CallHandshakes._settle_early`), so a fork
   answering after another's early media has its ClientHellos too. The relay hands such datagrams on
   from every source while that side has no address (relay.py, ``_hand_on``);
@@ -836,10 +839,19 @@ class CallHandshakes:
             # Another fork still ringing may yet answer with a 200 (this answer was early,
             # a 183 with SDP): what the other sources sent is kept for that answer.
             rivals = self._forked and self._rivals_ring()
+            # One B leg whose engine keeps other phones' handshakes (a proxy downstream may
+            # have forked our offer, RFC 3261 §16.7; the dtls engine's keeps_other_phones):
+            # it takes the other sources' datagrams too, after the answer's own, each with
+            # its source, and keeps them for another phone's answer (session 55: dropped,
+            # the answering phone's handshake waited for its resend, 1 s of audio).
+            to_engine = not self._forked and self._b_keeps_other_phones(streams, index)
+            given = [(packet, chosen) for packet in by_source[chosen]] if chosen else []
             for source, kept in by_source.items():
                 if source != chosen:
                     if rivals:
                         self._early_losers.setdefault((index, rtcp), {})[source] = kept
+                    elif to_engine:
+                        given += [(packet, source) for packet in kept]
                     else:
                         self._drop("b", "blocked", len(kept))
                     if self._forked and chosen is not None:
@@ -847,19 +859,31 @@ class CallHandshakes:
                         # may be the answering fork's, and its resends must reach it.
                         self._losers.setdefault((index, rtcp), set()).add(source)
                         self._losers_of = self._legs().get("b")
-            if chosen is not None:
-                self._give_b(index, rtcp, chosen, by_source[chosen])
+            self._give_b(index, rtcp, given)
         self._settle_early()
 
-    def _give_b(self, index: int, rtcp: bool, source: Address, kept: list[bytes]) -> None:
-        """Datagrams kept from B's answering source: to its handshake before anything newer,
-        in the order they came (the RTCP port's waits for that port's handshake to exist)."""
+    @staticmethod
+    def _b_keeps_other_phones(
+        streams: Mapping[str, Mapping[int, StreamSecurity]], index: int
+    ) -> bool:
+        """Whether B's stream ``index`` has an engine that keeps other phones' handshakes for
+        another phone's answer to our offer (``keeps_other_phones``, optional: the dtls
+        engine's, docs/plugin_hooks.md "Media-path engines")."""
+        stream = streams.get("b", {}).get(index)
+        negotiation = stream.negotiation if stream is not None else None
+        return getattr(negotiation, "keeps_other_phones", False) is True
+
+    def _give_b(self, index: int, rtcp: bool, given: list[tuple[bytes, Address]]) -> None:
+        """Datagrams kept from B's sources: to its handshake before anything newer, in the
+        order given (the RTCP port's waits for that port's handshake to exist)."""
+        if not given:
+            return
         if rtcp:
             early = self._early_rtcp.setdefault(("b", index), [])
-            early[:0] = [(packet, source) for packet in kept]
+            early[:0] = given
         else:
             held = self._held_datagrams.setdefault(("b", index, False), [])
-            held[:0] = [(packet, source) for packet in kept]
+            held[:0] = given
 
     def _rivals_ring(self) -> bool:
         """Whether a fork other than B's leg still rings (no final answer chose B yet)."""
@@ -886,7 +910,7 @@ class CallHandshakes:
                     # Behind a NAT: which source is this fork's is not known; none is kept
                     # out of its handshake (as _from_loser does for another B leg).
                     continue
-                self._give_b(index, rtcp, chosen, by_source.pop(chosen))
+                self._give_b(index, rtcp, [(packet, chosen) for packet in by_source.pop(chosen)])
                 # The other sources lost to this answer as they did to the first.
                 self._losers[(index, rtcp)] = losers.get((index, rtcp), set()) - {chosen}
             self._losers_of = b

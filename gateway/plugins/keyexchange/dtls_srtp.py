@@ -1562,8 +1562,11 @@ class DtlsNegotiation:
     """The replaced negotiation's RTCP port's negotiation (no rtcp-mux, RFC 5764 §4.1), whose
     kept datagrams and handshakes the new RTCP port's negotiation takes (:meth:`rtcp_component`)."""
     _replays: list[tuple[bytes, Source]] = attrs.Factory(list)
-    """Handed datagrams (:meth:`_take_handed`) fed through :meth:`receive_packet_from`, with
-    their sources, at the first clock once our role is known (:meth:`_replay_handed`)."""
+    """Datagrams fed through :meth:`receive_packet_from`, with their sources, at the first
+    clock once our role is known (:meth:`_replay_handed`): those handed by the negotiation
+    this one replaces (:meth:`_take_handed`), and those that came with their source while our
+    offer waited for its answer (:meth:`_receive`; with :attr:`_early`, at most
+    :data:`MAX_EARLY_DATAGRAMS` of those)."""
 
     def __repr__(self) -> str:
         role = self.dtls_role or "role?"
@@ -1894,10 +1897,18 @@ class DtlsNegotiation:
     def _receive(self, packet: bytes, source: Source | None, now: float) -> None:
         association = self._driven()
         if association is None:
-            if self._phase is _Phase.OFFERED and len(self._early) < MAX_EARLY_DATAGRAMS:
-                self._early.append(packet)
-            else:
+            kept = len(self._early) + len(self._replays)
+            if self._phase is not _Phase.OFFERED or kept >= MAX_EARLY_DATAGRAMS:
                 self._early_dropped += 1
+            elif source is not None:
+                # Kept with its source, and fed with it once the answer says our role
+                # (:meth:`_replay_handed`): our offer may have been forked (RFC 3261 §16.7),
+                # and two phones answering active each send their ClientHello ahead of their
+                # answers (RFC 5763 §5). Without it, phone 2's went into phone 1's handshake,
+                # which failed (session 55).
+                self._replays.append((packet, source))
+            else:
+                self._early.append(packet)
             return
         self._queue(self._feed_early(association, now))
         if self._to_candidate(association, packet, source, now):

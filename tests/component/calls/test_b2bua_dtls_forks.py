@@ -407,6 +407,52 @@ async def test_another_phones_200_after_a_taken_early_answer_is_keyed_by_its_own
     assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
 
 
+async def test_both_phones_hellos_before_any_answer_key_the_early_phone_then_the_answering_one(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+) -> None:
+    """A proxy downstream forks our one offer (one B leg, two To tags) and both phones begin
+    their handshakes as they ring, before either answer has reached us (RFC 5763 §5). One
+    phone's 183 then answers early, the other phone's 200 finally. Each phone's ClientHellos
+    go to its own handshake: the early phone's keys the early media, the answering phone's
+    keys the call, no resend needed. Before session 55 both phones' were kept without their
+    sources and all fed to the early phone's handshake at its 183: that handshake failed
+    ("decrypt error"), which ended the call."""
+    env, call, leg_b = await forked_by_a_proxy(nursery, tmp_path, voipgw_seed)
+    await leg_b.ring()
+    early, early_rtcp, early_answer = await start_phones(
+        nursery, leg_b, PHONE_PORT + 2, identity=OTHER_ID
+    )
+    phone, rtcp_phone, answer = await start_phones(nursery, leg_b, PHONE_PORT)
+    answering_tag = leg_b.local_tag
+    leg_b.local_tag = "fork-2"  # the early phone's dialog
+    await env.alice.respond(leg_b.incoming, 183, body=early_answer)  # type: ignore[arg-type]
+    with trio.fail_after(30):
+        await early.keyed.wait()
+        await early_rtcp.keyed.wait()
+    for engine in (early.negotiation, early_rtcp.negotiation):
+        assert engine.statistics().retransmissions == 0  # type: ignore[attr-defined]
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    leg = gateway_call.b_legs[0]
+    assert leg.security is not None
+    security = leg.security
+    assert early.keys is not None
+    await eventually(lambda: security.keys(0) == mirrored(early.keys))  # type: ignore[arg-type]
+
+    leg_b.local_tag = answering_tag
+    await leg_b.answer(200, sdp=answer)
+    final = await call.final()
+    assert final.status == 200, final.reason
+    await keyed_by_the_client_hellos_of_its_200(security, phone, rtcp_phone)
+    record = gateway_call.security_record()["b"]["streams"][0]
+    assert record["peer_certificate_sha256"] == PHONE_ID.sha256_hex()
+    await trio.sleep(30)
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+
+
 async def test_another_phones_answer_in_a_reliable_183_is_taken_by_its_bare_200(
     nursery: trio.Nursery,
     tmp_path: Path,

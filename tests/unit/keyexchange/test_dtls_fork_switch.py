@@ -149,6 +149,67 @@ def test_phone_2s_handshake_begun_while_phone_1s_ran_gets_no_alert_and_keys_it(
     assert phone_2.failure is None and phone_2.statistics().retransmissions == 0
 
 
+@pytest.mark.parametrize("phone_2_first", [False, True], ids=["phone-1-first", "phone-2-first"])
+def test_client_hellos_of_both_phones_before_any_answer_key_each_at_its_answer(
+    phone_2_first: bool,
+) -> None:
+    # Both phones answer a=setup:active and send their ClientHello as they send their 183 and
+    # 200, straight to our port: both arrive before either answer has come through the proxy
+    # (RFC 5763 §5: the offerer may get the handshake before the answer). Kept with their
+    # sources, each goes to its own phone's handshake once an answer says our role: phone
+    # 1's keys the line at its 183, phone 2's is kept for another phone's answer and keys it
+    # at phone 2's 200. Before session 55 they were kept without their sources and all fed
+    # to phone 1's handshake at its 183: phone 2's was lost, and phone 2 was keyed only at
+    # its first resend (1 s, RFC 6347 §4.2.4.1), a second of its audio.
+    ours = exchange(US).offer(suites=[], secure_signalling=True)
+    phone_1, phone_2 = phone(ours, PEER), phone(ours, PHONE_2)
+    firsts = [(phone_1, PHONE_1_ADDRESS), (phone_2, PHONE_2_ADDRESS)]
+    for sender, address in reversed(firsts) if phone_2_first else firsts:
+        send(sender, ours, address, 0.0)
+    assert ours.packets_to_send(now=0.0) == [] and ours.addressed_packets_to_send(now=0.0) == []
+
+    ours.remote_sdp_attributes(phone_1.local_sdp_attributes())  # phone 1's 183
+    ours.note_sdp_address(PHONE_1_ADDRESS)
+    assert ours.keeps_other_phones
+    # Phone 1 (the 183's SDP address) gets its handshake's next flight; phone 2, as any
+    # source other than the SDP address while no source proved itself, our cookie first
+    # (RFC 6347 §4.2.1), then a handshake of its own, whose certificate (not the one the 183
+    # names) is held for another phone's answer: no alert.
+    to_phone_2: list[bytes] = []
+    record = _Recorder(phone_2, to_phone_2)
+    run(
+        ours,
+        {PHONE_1_ADDRESS: phone_1, PHONE_2_ADDRESS: record},  # type: ignore[dict-item]
+        usual=(PHONE_1_ADDRESS,),
+        now=0.1,
+    )
+    (ready,) = events(ours)
+    assert isinstance(ready, KeysReady) and ours.peer_source == PHONE_1_ADDRESS
+    assert ours.peer_certificate_sha256 == PEER.sha256_hex()
+    assert phone_1.statistics().retransmissions == 0
+    assert to_phone_2 and [d for d in to_phone_2 if d[0] == _ALERT] == []
+
+    fresh = phone_2s_200(ours, phone_2)
+    fresh.note_sdp_address(PHONE_2_ADDRESS)
+    run(fresh, {PHONE_2_ADDRESS: phone_2}, usual=(PHONE_2_ADDRESS,), now=0.2)
+    assert_keyed_together(fresh, phone_2)
+    assert phone_2.failure is None and phone_2.statistics().retransmissions == 0
+
+
+class _Recorder:
+    """A phone whose datagrams from us are also written down (``got``)."""
+
+    def __init__(self, phone: DtlsNegotiation, got: list[bytes]) -> None:
+        self.phone, self.got = phone, got
+
+    def packets_to_send(self, *, now: float) -> list[bytes]:
+        return self.phone.packets_to_send(now=now)
+
+    def receive_packet(self, packet: bytes, *, now: float) -> None:
+        self.got.append(packet)
+        self.phone.receive_packet(packet, now=now)
+
+
 def test_a_stranger_whose_certificate_matches_neither_phone_never_keys_the_line() -> None:
     # A stranger read our offer: its handshake begun while phone 1's ran is held like phone
     # 2's would be, and its ClientHello sent after phone 1 keyed is kept; neither keys
