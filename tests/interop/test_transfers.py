@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 import time
+import wave
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.plugins.taps.g722 import G722Decoder
 from tests.interop.harness import LOOPBACK, Baresip, Capture, GatewayProcess, analyse_tone, tone_wav
 from tests.interop.harness.audio import g711_wav
 from tests.interop.harness.capture import (
@@ -47,6 +49,7 @@ PASSWORDS = {"alice": "wonderland-7f3a", "bob": "builder-c29e", "carol": "caroll
 TONES = {"alice": 1000.0, "bob": 440.0, "carol": 700.0}
 AUDIO_SECONDS = 1.0
 PCMU = 0
+G722 = 9
 
 
 @contextmanager
@@ -138,51 +141,39 @@ def gateway_to(
     return flow
 
 
-@pytest.mark.interop
-@pytest.mark.parametrize("workers", [1, 2], ids=["in-process-relay", "two-media-workers"])
-def test_the_caller_hears_the_ringing_tone_while_a_blind_transfers_target_rings(
-    tmp_path: Path, workers: int
-) -> None:
-    # alice calls bob, bob transfers her to carol, whose phone rings until the test answers.
-    # Until then alice hears the gateway's ringing tone (the eu plan: 425 Hz), not bob's
-    # 440 Hz; with two media workers the tone is paced by the worker that relays the call.
-    with three_phones(tmp_path, {"workers": workers, "ringback_tone": "eu"}) as (
-        gw,
-        alice,
-        bob,
-        carol,
-    ):
-        alice.register(gw.uri("alice"), PASSWORDS["alice"])
-        bob.register(gw.uri("bob"), PASSWORDS["bob"])
-        carol.register(gw.uri("carol"), PASSWORDS["carol"], answermode="manual")
-        ports = [gw.media_ports, alice.rtp_ports, bob.rtp_ports, carol.rtp_ports]
-        even = [p for low, high in ports for p in range(low, high + 1) if p % 2 == 0]
-        alice.dial(gw.uri("bob"))
-        call = alice.wait_established()
-        bob.wait_established()
-        alice.wait_audio(AUDIO_SECONDS)
+def ring_through_a_transfer(
+    tmp_path: Path, gw: GatewayProcess, alice: Baresip, bob: Baresip, carol: Baresip
+) -> tuple[Path, tuple[str, int], tuple[str, int], list[int]]:
+    """alice calls bob, bob transfers her to carol, whose phone rings until carol accepts
+    after a second of the ringing tone's burst (the eu plan, 1 s on); then all hang up. The
+    capture of the ringing, what sent the gateway's media to alice (source, destination) and
+    the even ports of the calls' media."""
+    alice.register(gw.uri("alice"), PASSWORDS["alice"])
+    bob.register(gw.uri("bob"), PASSWORDS["bob"])
+    carol.register(gw.uri("carol"), PASSWORDS["carol"], answermode="manual")
+    ports = [gw.media_ports, alice.rtp_ports, bob.rtp_ports, carol.rtp_ports]
+    even = [p for low, high in ports for p in range(low, high + 1) if p % 2 == 0]
+    alice.dial(gw.uri("bob"))
+    call = alice.wait_established()
+    bob.wait_established()
+    alice.wait_audio(AUDIO_SECONDS)
 
-        bob.command("transfer", gw.uri("carol"))
-        carol.wait_event("CALL_INCOMING", timeout=10)
-        gw.wait_for_log(rf"call {re.escape(call['id'])}: ringing tone \(eu\) to the A leg")
-        with Capture(tmp_path / "ringing.pcap", udp_filter(*ports)) as ringing:
-            # A second of the tone's burst (1 s on, 4 s off): poll the capture for it.
-            deadline = time.monotonic() + 10
-            while sum(rtp_streams(ringing.path, even).values()) < 50:
-                assert time.monotonic() < deadline, "no media reached the capture"
-        carol.accept()
-        carol.wait_established()
-        gw.wait_for_log(rf"call {re.escape(call['id'])}: transfer of the B leg to .*: 200 OK")
-        bob.wait_closed(timeout=40)
-        alice.hangup()
-        alice.wait_closed()
-        carol.wait_closed()
-
+    bob.command("transfer", gw.uri("carol"))
+    carol.wait_event("CALL_INCOMING", timeout=10)
+    gw.wait_for_log(rf"call {re.escape(call['id'])}: ringing tone \(eu\) to the A leg")
+    with Capture(tmp_path / "ringing.pcap", udp_filter(*ports)) as ringing:
+        # A second of the tone's burst (1 s on, 4 s off): poll the capture for it.
+        deadline = time.monotonic() + 10
+        while sum(rtp_streams(ringing.path, even).values()) < 50:
+            assert time.monotonic() < deadline, "no media reached the capture"
+    carol.accept()
+    carol.wait_established()
+    gw.wait_for_log(rf"call {re.escape(call['id'])}: transfer of the B leg to .*: 200 OK")
+    bob.wait_closed(timeout=40)
+    alice.hangup()
+    alice.wait_closed()
+    carol.wait_closed()
     source, destination = gateway_to(alice, gw, ringing.path, even)
-    payload = rtp_payloads(ringing.path, even, source, destination)[PCMU]
-    heard = analyse_tone(g711_wav(payload, tmp_path / "alice-ringing.wav"))
-    assert heard.dominant_frequency == pytest.approx(425.0, abs=3)
-    assert heard.power_share > 0.9
     # One stream of the gateway's own: not bob's, relayed.
     ssrcs = {
         packet["ssrc"]
@@ -191,6 +182,61 @@ def test_the_caller_hears_the_ringing_tone_while_a_blind_transfers_target_rings(
         and (packet["dst"], int(packet["dstport"])) == destination
     }
     assert len(ssrcs) == 1, ssrcs
+    return ringing.path, source, destination, even
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("workers", [1, 2], ids=["in-process-relay", "two-media-workers"])
+def test_the_caller_hears_the_ringing_tone_while_a_blind_transfers_target_rings(
+    tmp_path: Path, workers: int
+) -> None:
+    # alice calls bob, bob transfers her to carol, whose phone rings until the test answers.
+    # Until then alice hears the gateway's ringing tone (the eu plan: 425 Hz), not bob's
+    # 440 Hz; with two media workers the tone is paced by the worker that relays the call.
+    with three_phones(tmp_path, {"workers": workers, "ringback_tone": "eu"}) as phones:
+        ringing, source, destination, even = ring_through_a_transfer(tmp_path, *phones)
+    payload = rtp_payloads(ringing, even, source, destination)[PCMU]
+    heard = analyse_tone(g711_wav(payload, tmp_path / "alice-ringing.wav"))
+    assert heard.dominant_frequency == pytest.approx(425.0, abs=3)
+    assert heard.power_share > 0.9
+
+
+@pytest.mark.interop
+def test_an_hd_caller_hears_the_ringing_tone_in_g722(tmp_path: Path) -> None:
+    # The three phones offer G.722 only (baresip's g722 module, RFC 3551 payload type 9): the
+    # ringing tone goes to alice as G.722 (before session 55 she heard silence), paced by a
+    # media worker (the tone's codec crosses worker_protocol's PlayTone). bob and carol send
+    # silence, so what alice's baresip decoded and recorded (its own G.722 decoder, 16 kHz) is
+    # the tone; and the captured payloads decode to it with the recorder's decoder too.
+    settings = {"gateway": {"realm": REALM}, "media": {"workers": 2, "ringback_tone": "eu"}}
+    alice_tone = tone_wav(tmp_path / "alice.wav", TONES["alice"], rate=16000)
+    with (
+        GatewayProcess(
+            tmp_path, accounts=PASSWORDS, digest_algorithms=("MD5",), settings=settings
+        ) as gw,
+        Baresip(tmp_path, "alice", source=alice_tone, codecs=("g722",)) as alice,
+        Baresip(tmp_path, "bob", codecs=("g722",)) as bob,
+        Baresip(tmp_path, "carol", codecs=("g722",)) as carol,
+    ):
+        ringing, source, destination, even = ring_through_a_transfer(
+            tmp_path, gw, alice, bob, carol
+        )
+        recorded = alice.received_audio()
+    payloads = rtp_payloads(ringing, even, source, destination)
+    assert set(payloads) == {G722}, set(payloads)
+    pcm = G722Decoder().decode(payloads[G722])
+    captured = tmp_path / "alice-ringing.wav"
+    with wave.open(str(captured), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(16000)
+        wav.writeframes(pcm)
+    for path in (captured, recorded):
+        with wave.open(str(path)) as wav:
+            assert wav.getframerate() == 16000, path  # wideband: G.722, not G.711
+        heard = analyse_tone(path)
+        assert heard.dominant_frequency == pytest.approx(425.0, abs=3), path
+        assert heard.power_share > 0.8, path
 
 
 @pytest.mark.interop

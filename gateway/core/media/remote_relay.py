@@ -757,7 +757,7 @@ class RemoteStream:
         elif self._opaque:
             return False
         else:
-            message = PlayTone(self.id, direction, tone.plan, tone.law.value, tone.payload_type)
+            message = PlayTone(self.id, direction, tone.plan, tone.codec.value, tone.payload_type)
         return self._send(message)
 
     def set_opaque(self, opaque: bool) -> None:

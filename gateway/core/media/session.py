@@ -79,7 +79,6 @@ from gateway.core.ids import RandomIds
 from gateway.core.ip import ip_facts
 from gateway.core.media.dtmf import Digit, EventDetector
 from gateway.core.media.errors import LocalMediaError
-from gateway.core.media.g711 import Law
 from gateway.core.media.quality import CallQuality
 from gateway.core.media.relay import DROP_REASONS, DtmfInterworking
 from gateway.core.media.relay_api import (
@@ -90,12 +89,11 @@ from gateway.core.media.relay_api import (
     RelayStream,
 )
 from gateway.core.media.t38 import is_udptl_t38, t38_problem_untrusted
-from gateway.core.media.tones import Tone
+from gateway.core.media.tones import Tone, ToneCodec, tone_codecs
 from gateway.core.media.transcoding import (
     AddedLaw,
     TranscodingPlan,
     answer_in_offerers_law,
-    g711_laws,
     number_clash,
     plan_for_answer,
     through_renumbering,
@@ -491,7 +489,7 @@ class MediaSession:
         # The ringing tone a leg hears in place of the other's media (play_ringback): that
         # leg, the plan and what it plays as there (_ringback_choice: m= line, law, payload
         # type), which replan_ringback compares the leg's SDP in force against; None: none.
-        self._ringback: tuple[Side, str, tuple[int, Law, int]] | None = None
+        self._ringback: tuple[Side, str, tuple[int, ToneCodec, int]] | None = None
         self.quality = quality
         """Reads the legs' RTCP (:mod:`gateway.core.media.quality`) when given: every stream's
         RTCP observers feed it. None: RTCP is only relayed."""
@@ -2057,8 +2055,8 @@ class MediaSession:
         """Play the ringing tone ``plan`` (:data:`gateway.core.media.tones.RINGBACK_PLANS`) to
         leg ``side`` in place of the other leg's media, on its first audio line (a transferee
         while the target rings: docs/transfers.md "Media"); None when it plays, else why not,
-        for the log. It goes as G.711 in the first law the leg's SDP in force lists, with its
-        number (RFC 3264 §5.1: the numbers a party writes are those it receives), and only
+        for the log. It goes in the first of PCMU, PCMA and G722 the leg's SDP in force lists,
+        with its number (RFC 3264 §5.1: the numbers a party writes are those it receives), and only
         where that SDP and ours let the leg receive (sendrecv or recvonly on its side, RFC 3264
         §6.1: a held party that said inactive must get no media). One tone at a time: another
         replaces it."""
@@ -2069,17 +2067,17 @@ class MediaSession:
         choice = self._ringback_choice(to)
         if isinstance(choice, str):
             return choice
-        index, law, payload_type = choice
+        index, codec, payload_type = choice
         stream = self.stream_at(index)
         direction = "b_to_a" if to == "a" else "a_to_b"
-        if stream is None or not stream.play_tone(direction, Tone(plan, law, payload_type)):
+        if stream is None or not stream.play_tone(direction, Tone(plan, codec, payload_type)):
             return "the relay cannot play it"
         self._ringback = (to, plan, choice)
         return None
 
-    def _ringback_choice(self, to: Side) -> tuple[int, Law, int] | str:
+    def _ringback_choice(self, to: Side) -> tuple[int, ToneCodec, int] | str:
         """Where and how a ringing tone to leg ``to`` plays as the SDP in force with it says
-        (:meth:`play_ringback`): its m= line, law and payload type; else why it cannot."""
+        (:meth:`play_ringback`): its m= line, codec and payload type; else why it cannot."""
         theirs, ours = self._received.get(to), self._sent.get(to)
         if theirs is None or ours is None:
             return "no SDP in force with that leg"
@@ -2093,11 +2091,11 @@ class MediaSession:
                 return f"its SDP says {theirs.effective_direction(media).value}"
             if ours.effective_direction(ours.media[index]) not in _SENDING:
                 return f"our SDP to it says {ours.effective_direction(ours.media[index]).value}"
-            laws = g711_laws(media)
-            if not laws:
-                return "it takes neither PCMU nor PCMA"
-            law, payload_type = next(iter(laws.items()))
-            return index, law, payload_type
+            codecs = tone_codecs(media)
+            if not codecs:
+                return "it takes none of PCMU, PCMA and G722"
+            codec, payload_type = next(iter(codecs.items()))
+            return index, codec, payload_type
         return "no audio line to play it on"
 
     def replan_ringback(self) -> tuple[bool, str | None]:

@@ -1,4 +1,4 @@
-"""Call progress tones the gateway plays itself, as G.711 RTP. Sans-IO.
+"""Call progress tones the gateway plays itself, as G.711 or G.722 RTP. Sans-IO.
 
 Theory of operation
 -------------------
@@ -16,36 +16,54 @@ names the plan (:data:`RINGBACK_PLANS`; ``"none"`` plays nothing). Each plan is 
 frequencies summed, at a level per frequency, switched on and off by a cadence repeated for as
 long as it plays.
 
-It goes as G.711 (RFC 3551 §4.5.14: 8000 samples a second, an octet a sample, 20 ms per
-packet), in the law and payload type number the receiving leg's SDP in force lists first (RFC
-3264 §5.1: the numbers a party writes are those it expects to receive); a leg without PCMU or
-PCMA hears nothing (the gateway encodes no other codec). The packets are an RTP stream of their
+It goes in the first of PCMU, PCMA and G722 that the receiving leg's SDP in force lists, with
+the payload type number it gives (RFC 3264 §5.1: the numbers a party writes are those it
+expects to receive); a leg that takes none of them hears nothing (the gateway encodes no other
+codec). G.711 (RFC 3551 §4.5.14): 8000 samples a second, an octet a sample. G.722 (ITU-T
+G.722 at 64 kbit/s, RFC 3551 §4.5.2): 16000 samples a second in 4 bits each, so 160 octets per
+20 ms as well, and its RTP clock runs at 8000 Hz, as G.711's (RFC 1890's mistake, which RFC
+3551 keeps for compatibility): the timestamps step the same 160 per packet. HD phones (G.722
+first, often alone when an administrator narrowed their codec list) hear the tone too; before
+session 55 they heard silence while the target rang. The packets are an RTP stream of their
 own (RFC 3550 §8: a new SSRC, random sequence number and timestamp): the receiver's jitter
 buffer starts afresh with it, as it does when the target's media replaces it.
 
 Cost: nothing per packet of any other call. A plan's frames are computed once per process and
-law (:func:`tone_frames`): sums of sines whose frequencies divide into a short repeating unit
+codec (:func:`tone_frames`): sums of sines whose frequencies divide into a short repeating unit
 (at most a few 20 ms frames: 440 + 480 Hz repeat every 25 ms, so every 100 ms on a 20 ms grid),
-so the first ringback of a process computes a few hundred samples, not seconds of them.
+so the first ringback of a process computes a few hundred samples, not seconds of them. G.722
+is adaptive (its ADPCM predictors carry state from sample to sample), so its frames are a whole
+cadence encoded by libg722 (the ``G722`` package: bit-exact to the ITU-T reference), after the
+same cadence once before it: the encoder then starts the kept cadence in the state it ends it
+in (a silence), and the cadence repeats seamlessly. A few milliseconds, once per plan.
 :class:`TonePlayer` paces a tone's packets from float time; the relay's task sends them
 (:meth:`gateway.core.media.relay.MediaStream.play_tone`).
 """
 
 from __future__ import annotations
 
+import array
+import enum
 import functools
 import math
 
 import attrs
+from G722 import G722
 
-from gateway.core.media.g711 import Law, lin2alaw, lin2ulaw
+from gateway.core.media.g711 import lin2alaw, lin2ulaw
+from gateway.core.sdp.errors import SdpError
+from gateway.core.sdp.model import STATIC_PAYLOAD_TYPES, MediaDescription
 
 SAMPLE_RATE = 8000
-"""G.711's sampling rate, and its RTP clock rate (RFC 3551 §4.5.14)."""
+"""G.711's sampling rate, and the RTP clock rate of both codecs (RFC 3551 §4.5.14, §4.5.2)."""
+G722_SAMPLE_RATE = 16000
+"""G.722's sampling rate (ITU-T G.722 §1)."""
+G722_BIT_RATE = 64000
+"""G.722's mode 1, the one RTP carries (RFC 3551 §4.5.2: 64 kbit/s)."""
 FRAME_SECONDS = 0.02
 """Audio per packet: RFC 3551 §4.5.14's default packetization for G.711 (ptime 20)."""
 FRAME_SAMPLES = 160
-"""Samples (and octets) per packet: 20 ms at 8000 Hz."""
+"""RTP timestamp units and payload octets per packet (20 ms), for either codec."""
 FULL_SCALE_DBM0 = 3.14
 """The level of a sine at the 16-bit full scale: ITU-T G.711's A-law maximum is +3.14 dBm0
 (mu-law's +3.17): the reference :func:`_amplitude` converts from."""
@@ -90,14 +108,22 @@ frequency: the North American plan's for two frequencies, 3 dB more for one, so 
 plan is about as loud."""
 
 
+class ToneCodec(enum.Enum):
+    """What a tone is encoded as, by its RTP encoding name (RFC 3551 §6)."""
+
+    PCMU = "PCMU"
+    PCMA = "PCMA"
+    G722 = "G722"
+
+
 @attrs.frozen
 class Tone:
-    """What to play on one direction of a stream: the plan's name, the G.711 law and the
-    payload type number the receiving leg takes it as. Crosses to a media worker as it is
+    """What to play on one direction of a stream: the plan's name, the codec and the payload
+    type number the receiving leg takes it as. Crosses to a media worker as it is
     (``worker_protocol.PlayTone``): each process computes the frames itself."""
 
     plan: str
-    law: Law
+    codec: ToneCodec
     payload_type: int
 
     def __attrs_post_init__(self) -> None:
@@ -107,37 +133,72 @@ class Tone:
             raise ValueError(f"payload type {self.payload_type} is out of range")
 
 
+_TONE_CODECS = {(codec.value.lower(), SAMPLE_RATE, 1): codec for codec in ToneCodec}
+"""The codecs a tone goes in, by ``RtpMap.codec_key``: each at the RTP clock rate 8000, one
+channel (RFC 3551 §4.5.2, §4.5.14)."""
+
+
+def tone_codecs(media: MediaDescription) -> dict[ToneCodec, int]:
+    """The codecs a tone can go in among ``media``'s formats, in the order it lists them, each
+    with the first number it has (by a=rtpmap or RFC 3551 static number); empty when its
+    rtpmaps cannot be read."""
+    try:
+        rtpmaps = media.rtpmaps()
+        payload_types = media.payload_types
+    except SdpError:
+        return {}
+    found: dict[ToneCodec, int] = {}
+    for payload_type in payload_types:
+        rtpmap = rtpmaps.get(payload_type) or STATIC_PAYLOAD_TYPES.get(payload_type)
+        codec = _TONE_CODECS.get(rtpmap.codec_key) if rtpmap is not None else None
+        if codec is not None:
+            found.setdefault(codec, payload_type)
+    return found
+
+
 def _amplitude(level_dbm0: float) -> float:
     return 32767.0 * math.pow(10.0, (level_dbm0 - FULL_SCALE_DBM0) / 20.0)
 
 
-def _repeating_frames(plan: TonePlan) -> int:
-    """How many 20 ms frames the summed sines take to repeat exactly: each frequency repeats
-    every ``SAMPLE_RATE / gcd(f, SAMPLE_RATE)`` samples (whole-Hz frequencies), the sum every
-    least common multiple of those, and a frame grid every multiple of 160 samples."""
-    samples = FRAME_SAMPLES
+def _repeating_frames(plan: TonePlan, rate: int = SAMPLE_RATE) -> int:
+    """How many 20 ms frames the summed sines take to repeat exactly at ``rate`` samples a
+    second: each frequency repeats every ``rate / gcd(f, rate)`` samples (whole-Hz
+    frequencies), the sum every least common multiple of those, and a frame grid every
+    multiple of a frame's samples."""
+    frame = rate // 50
+    samples = frame
     for frequency in plan.frequencies:
         hz = round(frequency)
-        samples = math.lcm(samples, SAMPLE_RATE // math.gcd(hz, SAMPLE_RATE))
-    return samples // FRAME_SAMPLES
+        samples = math.lcm(samples, rate // math.gcd(hz, rate))
+    return samples // frame
+
+
+def _burst_samples(plan: TonePlan, rate: int) -> list[int]:
+    """The linear samples of :func:`_repeating_frames` frames of ``plan``'s burst at ``rate``,
+    from phase 0."""
+    amplitude = _amplitude(plan.level_dbm0)
+    count = _repeating_frames(plan, rate) * (rate // 50)
+    return [
+        round(
+            amplitude
+            * sum(math.sin(2.0 * math.pi * frequency * n / rate) for frequency in plan.frequencies)
+        )
+        for n in range(count)
+    ]
 
 
 @functools.cache
-def tone_frames(plan_name: str, law: Law) -> tuple[bytes, ...]:
-    """One whole cadence of ``plan_name`` as G.711 ``law`` payloads of 20 ms each, in order.
-    Each burst starts at phase 0; silence is the law's code for 0. Computed once per process
-    (the frames of a burst repeat every :func:`_repeating_frames`, and every silent frame is
-    the same object)."""
+def tone_frames(plan_name: str, codec: ToneCodec) -> tuple[bytes, ...]:
+    """One whole cadence of ``plan_name`` as ``codec`` payloads of 20 ms each, in order.
+    Each burst starts at phase 0. Computed once per process. G.711: silence is the law's code
+    for 0, the frames of a burst repeat every :func:`_repeating_frames` and every silent frame
+    is the same object. G.722: :func:`_g722_frames`."""
     plan = RINGBACK_PLANS[plan_name]
-    encode = lin2ulaw if law is Law.PCMU else lin2alaw
-    amplitude = _amplitude(plan.level_dbm0)
+    if codec is ToneCodec.G722:
+        return _g722_frames(plan)
+    encode = lin2ulaw if codec is ToneCodec.PCMU else lin2alaw
     unit = _repeating_frames(plan)
-    samples = []
-    for n in range(unit * FRAME_SAMPLES):
-        value = sum(
-            math.sin(2.0 * math.pi * frequency * n / SAMPLE_RATE) for frequency in plan.frequencies
-        )
-        samples.append(encode(round(amplitude * value)))
+    samples = [encode(sample) for sample in _burst_samples(plan, SAMPLE_RATE)]
     burst = [bytes(samples[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]) for i in range(unit)]
     silence = bytes([encode(0)]) * FRAME_SAMPLES
     frames: list[bytes] = []
@@ -150,6 +211,27 @@ def tone_frames(plan_name: str, law: Law) -> tuple[bytes, ...]:
     return tuple(frames)
 
 
+def _g722_frames(plan: TonePlan) -> tuple[bytes, ...]:
+    """One whole cadence of ``plan`` in G.722 at 64 kbit/s, 20 ms (320 samples at 16000 Hz,
+    160 octets) a frame: the cadence encoded twice by one encoder, the second time kept. The
+    encoder's adaptive state at the start of the kept cadence is the one it has at its end,
+    after the cadence's last silence: played again and again, each repetition decodes as the
+    first did, with no step at the joins."""
+    frame = G722_SAMPLE_RATE // 50
+    burst = _burst_samples(plan, G722_SAMPLE_RATE)
+    cadence = array.array("h")
+    for index, seconds in enumerate(plan.cadence):
+        count = round(seconds / FRAME_SECONDS) * frame
+        if index % 2 == 0:
+            cadence.extend(burst[n % len(burst)] for n in range(count))
+        else:
+            cadence.frombytes(bytes(2 * count))  # silence: zero samples
+    encoder = G722(G722_SAMPLE_RATE, G722_BIT_RATE)
+    encoder.encode(cadence)  # the adaptive state the cadence ends in
+    encoded: bytes = encoder.encode(cadence)
+    return tuple(encoded[i : i + FRAME_SAMPLES] for i in range(0, len(encoded), FRAME_SAMPLES))
+
+
 class TonePlayer:
     """The RTP packets of one :class:`Tone`, paced from float time (sans-IO): a new RTP
     stream (RFC 3550 §5.1: ``ssrc``, and a random first ``sequence`` and ``timestamp``, which
@@ -159,7 +241,7 @@ class TonePlayer:
 
     def __init__(self, tone: Tone, *, ssrc: int, sequence: int, timestamp: int, now: float) -> None:
         self.tone = tone
-        self._frames = tone_frames(tone.plan, tone.law)
+        self._frames = tone_frames(tone.plan, tone.codec)
         self._ssrc = ssrc.to_bytes(4, "big")
         self._sequence = sequence & 0xFFFF
         self._timestamp = timestamp & 0xFFFFFFFF

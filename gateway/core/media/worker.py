@@ -85,7 +85,7 @@ from gateway.core.media.relay import (
     Tap,
 )
 from gateway.core.media.srtp import SrtpStatistics
-from gateway.core.media.tones import Tone
+from gateway.core.media.tones import Tone, ToneCodec
 from gateway.core.media.worker_protocol import (
     DTMF_COPIES_PER_SECOND,
     EXIT_PROTOCOL_MISMATCH,
@@ -414,7 +414,7 @@ class Worker:
                 )
             elif isinstance(message, PlayTone):
                 tone = (
-                    Tone(message.plan, Law(message.law), message.payload_type)
+                    Tone(message.plan, ToneCodec(message.codec), message.payload_type)
                     if message.plan
                     else None
                 )

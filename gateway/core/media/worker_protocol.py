@@ -68,7 +68,7 @@ from gateway.core.interfaces import SrtpKeys
 from gateway.core.media.relay import DirectionStatistics
 from gateway.core.media.srtp import SrtpStatistics
 
-PROTOCOL_VERSION = 11
+PROTOCOL_VERSION = 12
 """The version of the channel's messages and of the worker's command line. **Bump it on any
 change to a message's layout** (a field added, removed, reordered or retyped, a default that
 is sent, a type number, a field codec) **or to what a message means, and on any change to the
@@ -94,7 +94,8 @@ that is never dropped (a call's final counters, session 46). 9: :class:`SetRecei
 receiving leg's telephone-event in force, for the delayed DTMF end copies) and :class:`Close`
 its ``final_counters`` (session 50). 10: :class:`SetDtls` its ``other_phones`` (session 52:
 the callee's DTLS engine keeps other phones' handshakes for another phone's answer). 11:
-:class:`PlayTone` (a transferee's ringing tone, session 52)."""
+:class:`PlayTone` (a transferee's ringing tone, session 52). 12: :class:`PlayTone` its ``codec``
+(G.722 beside the G.711 laws, session 55)."""
 
 SocketAddress = tuple[str, int] | tuple[str, int, int, int]
 """A peer's address as a socket gives it: (host, port), or for IPv6 (host, port, flow info,
@@ -408,18 +409,22 @@ class SendDtmf:
 TONE_PLANS = ("", "us", "uk", "eu", "fr")
 """:class:`PlayTone`'s plans (:data:`gateway.core.media.tones.RINGBACK_PLANS`); empty: stop.
 Append only, as the type numbers."""
+TONE_CODECS = ("", "PCMU", "PCMA", "G722")
+""":class:`PlayTone`'s codecs (:class:`gateway.core.media.tones.ToneCodec`); empty with no
+plan. Append only."""
 
 
 @attrs.frozen
 class PlayTone:
     """``MediaStream.play_tone`` in ``direction``: the tone ``plan`` (empty: stop playing) in
-    G.711 ``law`` (``PCMU``, ``PCMA``; empty with no plan) as ``payload_type`` (-1 with no
-    plan). The worker draws the tone's SSRC and computes its frames itself (version 11)."""
+    ``codec`` (``PCMU``, ``PCMA``, ``G722``; empty with no plan) as ``payload_type`` (-1 with
+    no plan). The worker draws the tone's SSRC and computes its frames itself (version 11;
+    G722 since version 12)."""
 
     stream: int
     direction: str
     plan: str
-    law: str
+    codec: str
     payload_type: int
 
 
@@ -810,6 +815,7 @@ _SECONDS: _Codec = _struct(_F64)
 _PAYLOAD_TYPE: _Codec = _struct(_I16)  # -1: none
 _LAW: _Codec = (_put_choice(LAWS), _get_choice(LAWS))
 _TONE_PLAN: _Codec = (_put_choice(TONE_PLANS), _get_choice(TONE_PLANS))
+_TONE_CODEC: _Codec = (_put_choice(TONE_CODECS), _get_choice(TONE_CODECS))
 _VERSION: _Codec = _struct(_U32)
 
 # type octet -> (class, the codec of each field in attrs order). Append only: never renumber.
@@ -857,7 +863,7 @@ _LAYOUTS: dict[int, tuple[type[Any], tuple[_Codec, ...]]] = {
     18: (LatchPeer, (_STREAM, _SIDE, _BOOL, _SOCKET_ADDRESS)),
     19: (SendStats, (_STREAM,)),
     29: (SetReceiverEvent, (_STREAM, _DIRECTION, _PAYLOAD_TYPE, _STREAM)),
-    30: (PlayTone, (_STREAM, _DIRECTION, _TONE_PLAN, _LAW, _PAYLOAD_TYPE)),
+    30: (PlayTone, (_STREAM, _DIRECTION, _TONE_PLAN, _TONE_CODEC, _PAYLOAD_TYPE)),
 }
 _TYPES = {cls: (code, codecs) for code, (cls, codecs) in _LAYOUTS.items()}
 

@@ -22,6 +22,7 @@ import pytest
 import trio
 
 from gateway.core.media.g711 import ulaw2lin
+from gateway.plugins.taps.g722 import G722Decoder
 from gateway.testing.sip_agent import AutoAnswer, sdp_connection, simple_sdp
 from tests.component.calls.b2bua_env import ALICE_DID, B2bua, start_b2bua
 from tests.component.calls.transfer_calls import (
@@ -73,8 +74,12 @@ def ssrc(packet: bytes) -> int:
 
 def tone_power(payloads: list[bytes], frequency: float) -> float:
     """Goertzel power of ``frequency`` in the PCMU ``payloads``, per sample squared."""
-    samples = [ulaw2lin(octet) for payload in payloads for octet in payload]
-    coefficient = 2.0 * math.cos(2.0 * math.pi * frequency / 8000)
+    return goertzel([ulaw2lin(octet) for payload in payloads for octet in payload], frequency)
+
+
+def goertzel(samples: list[int], frequency: float, rate: int = 8000) -> float:
+    """Goertzel power of ``frequency`` in ``samples`` at ``rate``, per sample squared."""
+    coefficient = 2.0 * math.cos(2.0 * math.pi * frequency / rate)
     s1 = s2 = 0.0
     for sample in samples:
         s1, s2 = sample + coefficient * s1 - s2, s1
@@ -94,10 +99,11 @@ async def transfer_call(
     sockets: tuple[trio.socket.SocketType, trio.socket.SocketType],
     bob_auto: AutoAnswer,
     media_table: dict[str, Any] | None = None,
+    formats: tuple[str, ...] = ("0", "8", "101"),
 ) -> tuple[B2bua, Listener]:
     """The trunk's call to alice, answered, alice talking from her socket (``sockets``: the
     trunk's and alice's); then alice's REFER to bob (202). Returns the set-up and what listens
-    on the trunk's socket."""
+    on the trunk's socket. ``formats``: what the trunk offers and alice answers."""
     env = await start_b2bua(
         nursery,
         tmp_path,
@@ -112,9 +118,11 @@ async def transfer_call(
     trunk = Listener(trunk_media)
     nursery.start_soon(trunk.listen)
     # The phones' media on this host's loopback address, where the test's sockets are.
-    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", TRUNK_PORT))
+    call = await env.trunk.invite(
+        env.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", TRUNK_PORT, formats=formats)
+    )
     alice_leg = await env.alice.next_call()
-    await alice_leg.answer(200, sdp=simple_sdp("127.0.0.1", ALICE_PORT))
+    await alice_leg.answer(200, sdp=simple_sdp("127.0.0.1", ALICE_PORT, formats=formats))
     assert (await call.final()).status == 200
     await env.alice.next_request("ACK")
     port_to_alice = sdp_connection(env.alice.requests("INVITE")[0].body)[1]
@@ -159,6 +167,40 @@ async def test_the_transferee_hears_the_ringing_tone_while_the_target_rings(
         assert not call.media.playing_tone
         after = await trunk.heard_for(1.0)
         assert tone_ssrc not in {ssrc(p) for p in after}
+
+
+async def test_an_hd_transferee_hears_the_ringing_tone_in_g722(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # The trunk lists G722 first (an HD line, RFC 3551 §4.5.2, static number 9), then PCMU:
+    # the tone goes as G.722. Before session 55 it went as the first G.711 law the line
+    # listed, and to a line with G722 alone not at all.
+    sockets = await bind(TRUNK_PORT), await bind(ALICE_PORT)
+    with sockets[0], sockets[1]:
+        env, trunk = await transfer_call(
+            nursery,
+            tmp_path,
+            voipgw_seed,
+            sockets,
+            AutoAnswer(ring=True, status=200, delay=3.0),
+            formats=("9", "0", "101"),
+        )
+        await eventually_notify(env.alice, "SIP/2.0 180 Ringing")
+        await trio.sleep(0.1)
+        ringing = await trunk.heard_for(1.0)
+        assert 49 <= len(ringing) <= 51
+        [tone_ssrc] = {ssrc(p) for p in ringing}
+        assert tone_ssrc != ALICE_SSRC
+        assert {p[1] for p in ringing} == {9}  # G722, no marker after the first packet
+        assert {len(p) for p in ringing} == {12 + 160}  # 20 ms at 64 kbit/s
+        stamps = [int.from_bytes(p[4:8], "big") for p in ringing]
+        # RFC 3551 §4.5.2: G.722's RTP clock runs at 8000 Hz, 160 per 20 ms.
+        assert stamps == [(stamps[0] + 160 * n) & 0xFFFFFFFF for n in range(len(ringing))]
+        pcm = G722Decoder().decode(b"".join(p[12:] for p in ringing))
+        samples = list(struct.unpack(f"<{len(pcm) // 2}h", pcm))[1600:]
+        for frequency in (440.0, 480.0):
+            heard = goertzel(samples, frequency, 16000)
+            assert heard > 1000 * goertzel(samples, 1000.0, 16000)
 
 
 async def test_a_failed_transfer_stops_the_tone_and_the_transferors_media_comes_back(

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import trio
 
 from gateway.core.config import PortRange
 from gateway.core.interfaces import SrtpKeys
-from gateway.core.media.g711 import Law
 from gateway.core.media.keying import CallKeying
 from gateway.core.media.relay import MediaRelay, MediaStream
 from gateway.core.media.session import MediaSession
 from gateway.core.media.srtp import SrtpSession
-from gateway.core.media.tones import Tone, tone_frames
+from gateway.core.media.tones import Tone, ToneCodec, tone_frames
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from tests.integration.media.keyed_legs import FakeLeg
 from tests.integration.media.phone_sockets import ADDRESS, rtp, udp_socket, until
@@ -47,8 +47,13 @@ def sdp_for(port: int, formats: str, *lines: str, version: int = 1) -> bytes:
     return "\r\n".join(text).encode()
 
 
+@pytest.mark.parametrize(
+    ("formats", "codec", "payload_type"),
+    [("8 0", ToneCodec.PCMA, 8), ("9 0 8", ToneCodec.G722, 9)],
+    ids=["pcma", "g722"],
+)
 async def test_the_tone_goes_through_the_legs_keys_in_place_of_the_other_legs_media(
-    relay: MediaRelay,
+    relay: MediaRelay, formats: str, codec: ToneCodec, payload_type: int
 ) -> None:
     session = MediaSession(relay, media_address=ADDRESS)
     keying = CallKeying(session)
@@ -60,11 +65,10 @@ async def test_the_tone_goes_through_the_legs_keys_in_place_of_the_other_legs_me
     with a_phone, b_phone:
         await a_phone.bind((ADDRESS, A_PHONE.first()))
         await b_phone.bind((ADDRESS, B_PHONE.first()))
-        # A's phone lists PCMA first (as 8) and PCMU: the tone goes as PCMA.
-        offer_b = session.offer_from(
-            "a", parse_sdp_untrusted(sdp_for(A_PHONE.first(), "8 0", "a=rtpmap:8 PCMA/8000"))
-        )
-        session.answer_from("b", parse_sdp_untrusted(sdp_for(B_PHONE.first(), "8 0")))
+        # A's phone lists PCMA first (as 8) and PCMU: the tone goes as PCMA. An HD phone
+        # lists G722 first (as 9): as G.722.
+        offer_b = session.offer_from("a", parse_sdp_untrusted(sdp_for(A_PHONE.first(), formats)))
+        session.answer_from("b", parse_sdp_untrusted(sdp_for(B_PHONE.first(), formats)))
         session.settle()
         keying.apply(leg_a, leg_b)
         b_port = offer_b.media[0].port
@@ -79,12 +83,12 @@ async def test_the_tone_goes_through_the_legs_keys_in_place_of_the_other_legs_me
         assert session.play_ringback("a", "eu") is None
         assert session.playing_tone
         player = stream.playing_tone("b_to_a")
-        assert player is not None and player.tone == Tone("eu", Law.PCMA, 8)
+        assert player is not None and player.tone == Tone("eu", codec, payload_type)
         await until(lambda: player.packets >= 10)
         dropped_before = stream.b_to_a.statistics().dropped
         await b_phone.sendto(rtp(2), (ADDRESS, b_port))  # dropped: the tone plays instead
         await until(lambda: stream.b_to_a.statistics().dropped == dropped_before + 1)
-        frames = tone_frames("eu", Law.PCMA)
+        frames = tone_frames("eu", codec)
         heard = []
         while len(heard) < 10:
             with trio.fail_after(5):
@@ -93,7 +97,7 @@ async def test_the_tone_goes_through_the_legs_keys_in_place_of_the_other_legs_me
             assert plain is not None
             if int.from_bytes(plain[8:12], "big") == player.ssrc:
                 heard.append(plain)
-        assert {p[1] & 0x7F for p in heard} == {8}
+        assert {p[1] & 0x7F for p in heard} == {payload_type}
         assert all(p[12:] in frames for p in heard)
         assert rtp(2) not in heard
 
@@ -110,7 +114,7 @@ async def test_the_tone_goes_through_the_legs_keys_in_place_of_the_other_legs_me
         session.close()
 
 
-async def test_a_leg_that_receives_nothing_or_takes_no_g711_gets_no_tone(
+async def test_a_leg_that_receives_nothing_or_takes_none_of_the_tones_codecs_gets_no_tone(
     relay: MediaRelay,
 ) -> None:
     session = MediaSession(relay, media_address=ADDRESS)
@@ -130,7 +134,7 @@ async def test_a_leg_that_receives_nothing_or_takes_no_g711_gets_no_tone(
     session.offer_from("a", parse_sdp_untrusted(g729))
     session.answer_from("b", parse_sdp_untrusted(sdp_for(B_PHONE.first(), "18")))
     session.settle()
-    assert session.play_ringback("a", "us") == "it takes neither PCMU nor PCMA"
+    assert session.play_ringback("a", "us") == "it takes none of PCMU, PCMA and G722"
     assert not session.playing_tone
     session.close()
 
@@ -156,7 +160,7 @@ async def test_the_tone_follows_the_legs_sdp_as_exchanges_change_it(relay: Media
     stream = session.streams[0]
     assert isinstance(stream, MediaStream)
     first = stream.playing_tone("b_to_a")
-    assert first is not None and first.tone == Tone("us", Law.PCMU, 0)
+    assert first is not None and first.tone == Tone("us", ToneCodec.PCMU, 0)
 
     exchange(2, "0 8")  # a session refresh: nothing changes
     assert session.replan_ringback() == (False, None)
@@ -166,7 +170,7 @@ async def test_the_tone_follows_the_legs_sdp_as_exchanges_change_it(relay: Media
     assert session.replan_ringback() == (True, None)
     again = stream.playing_tone("b_to_a")
     assert again is not None and again is not first
-    assert again.tone == Tone("us", Law.PCMA, 8)
+    assert again.tone == Tone("us", ToneCodec.PCMA, 8)
 
     exchange(4, "8", "a=inactive")  # A holds, receiving nothing (RFC 3264 §6.1)
     assert session.replan_ringback() == (True, "its SDP says inactive")

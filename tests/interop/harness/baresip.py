@@ -50,7 +50,12 @@ Event = dict[str, Any]
 
 MODULE_PATH = "/usr/lib/baresip/modules"
 # No stdio.so: without a tty on stdin it fails ("fd_listen: fd=0 Operation not permitted").
-MODULES = ("g711.so", "alsa.so", "aufile.so", "sndfile.so", "srtp.so", "dtls_srtp.so")
+# The audio codecs' modules come first (``Baresip(codecs=)``): baresip offers its codecs in the
+# order their modules were loaded.
+MODULES = ("alsa.so", "aufile.so", "sndfile.so", "srtp.so", "dtls_srtp.so")
+# The sampling rate of each codec module's audio: aufile's source WAV must have the codec's
+# ("aufile: input file ... must have sample-rate 16000 Hz"), and sndfile records at it.
+CODEC_RATES = {"g711": 8000, "g722": 16000}
 # netstrings carry ctrl_tcp messages; bound what a misbehaving peer can make us buffer.
 MAX_CTRL_MESSAGE = 1 << 20
 
@@ -77,8 +82,10 @@ class BaresipError(RuntimeError):
 class Baresip:
     """One baresip process with its own config directory under ``workdir``.
 
-    ``source`` is the WAV it sends (16-bit mono 8000 Hz, see ``tone_wav``; the call ends when
-    the file does), or None for 60 s of silence. ``mediaenc`` is the local account's media
+    ``source`` is the WAV it sends (16-bit mono at the rate of the first of ``codecs``: 8000 Hz
+    for G.711, 16000 for G.722; see ``tone_wav``; the call ends when the file does), or None for
+    60 s of silence. ``codecs`` are its audio codec modules, in the order it offers them
+    (default G.711 alone). ``mediaenc`` is the local account's media
     encryption (srtp, srtp-mand, srtp-mandf, dtls_srtp). ``tls_certificate`` (key and
     certificate in one PEM) turns on the TLS listener on ``sip_port + 1``. ``extra_config``
     lines are appended to the generated config. ``sip_trace`` adds baresip's ``-s``: every SIP
@@ -105,6 +112,7 @@ class Baresip:
         rtcp_mux: bool = False,
         account: str | None = None,
         contacts: str = "",
+        codecs: tuple[str, ...] = ("g711",),
     ) -> None:
         self.name = name
         self.dir = workdir / f"baresip-{name}"
@@ -125,6 +133,12 @@ class Baresip:
         self.rtcp_mux = rtcp_mux
         self.account = account
         self.contacts = contacts
+        self.codecs = codecs
+        """baresip's audio codec modules, in the order it offers them (``g722``: G.722,
+        recorded at 16 kHz)."""
+        self.sample_rate = CODEC_RATES[codecs[0]]
+        """The first codec's sampling rate: its source's (``source`` must have it) and its
+        recordings' when that codec is the call's."""
         self.start_timeout = start_timeout
         self.process: subprocess.Popen[bytes] | None = None
         #: Every ctrl_tcp event so far, oldest first.
@@ -152,6 +166,7 @@ class Baresip:
             ("rtcp_mux", "yes" if self.rtcp_mux else "no"),
             ("rtp_stats", "yes"),
             ("module_path", MODULE_PATH),
+            *(("module", f"{codec}.so") for codec in self.codecs),
             *(("module", module) for module in MODULES),
             ("module_tmp", "account.so"),
             ("module_app", "menu.so"),
@@ -169,8 +184,8 @@ class Baresip:
         with wave.open(str(path), "wb") as wav:
             wav.setnchannels(1)
             wav.setsampwidth(2)
-            wav.setframerate(8000)
-            wav.writeframes(bytes(2 * 8000 * seconds))
+            wav.setframerate(self.sample_rate)
+            wav.writeframes(bytes(2 * self.sample_rate * seconds))
         return path
 
     def _account_params(self, mediaenc: str | None, answermode: str = "auto") -> str:
@@ -498,18 +513,18 @@ class Baresip:
         pass by the phone's own audio clock.
         """
         files = self.recordings(kind)
-        return max(0, files[-1].stat().st_size - 44) / (2 * 8000) if files else 0.0
+        return max(0, files[-1].stat().st_size - 44) / (2 * self.sample_rate) if files else 0.0
 
     def wait_audio(self, seconds: float, timeout: float = 10.0, *, kind: str = "dec") -> Path:
         """Poll until the newest recording ("dec": received) holds ``seconds`` s of audio.
 
         This is how a test lets a call carry audio for a while without a fixed sleep. The
-        recordings are 16-bit mono at the codec rate (8000 Hz for G.711).
+        recordings are 16-bit mono at the codec rate (8000 Hz for G.711, 16000 for G.722).
         """
         deadline = time.monotonic() + timeout
         while True:
             files = self.recordings(kind)
-            if files and (files[-1].stat().st_size - 44) / (2 * 8000) >= seconds:
+            if files and (files[-1].stat().st_size - 44) / (2 * self.sample_rate) >= seconds:
                 return files[-1]
             if time.monotonic() > deadline:
                 sizes = {file.name: file.stat().st_size for file in files}

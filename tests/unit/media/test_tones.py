@@ -1,48 +1,55 @@
 """The ringing tones the gateway plays itself (gateway/core/media/tones.py): each plan's frames
-are its frequencies at its level, on and off by its cadence, in either G.711 law, the same as a
-sine computed sample by sample over the whole burst; TonePlayer paces RTP packets of a stream
-of its own from float time."""
+are its frequencies at its level, on and off by its cadence, in either G.711 law or G.722, the
+same as a sine computed sample by sample over the whole burst; TonePlayer paces RTP packets of a
+stream of its own from float time."""
 
 from __future__ import annotations
 
 import math
+import struct
 
 import pytest
 
-from gateway.core.media.g711 import Law, alaw2lin, lin2alaw, lin2ulaw, ulaw2lin
+from gateway.core.media.g711 import alaw2lin, lin2alaw, lin2ulaw, ulaw2lin
 from gateway.core.media.tones import (
     FRAME_SAMPLES,
     FRAME_SECONDS,
+    G722_SAMPLE_RATE,
     MAX_CATCH_UP,
     RINGBACK_PLANS,
     SAMPLE_RATE,
     Tone,
+    ToneCodec,
     TonePlayer,
+    tone_codecs,
     tone_frames,
 )
-from gateway.core.media.worker_protocol import TONE_PLANS
+from gateway.core.media.worker_protocol import TONE_CODECS, TONE_PLANS
+from gateway.core.sdp.parser import parse_sdp_untrusted
+from gateway.plugins.taps.g722 import G722Decoder
 
-DECODE = {Law.PCMU: ulaw2lin, Law.PCMA: alaw2lin}
-ENCODE = {Law.PCMU: lin2ulaw, Law.PCMA: lin2alaw}
+G711 = (ToneCodec.PCMU, ToneCodec.PCMA)
+DECODE = {ToneCodec.PCMU: ulaw2lin, ToneCodec.PCMA: alaw2lin}
+ENCODE = {ToneCodec.PCMU: lin2ulaw, ToneCodec.PCMA: lin2alaw}
 
 
-def goertzel_power(samples: list[int], frequency: float) -> float:
+def goertzel_power(samples: list[int], frequency: float, rate: int = SAMPLE_RATE) -> float:
     """The power of ``frequency`` in ``samples`` (the Goertzel algorithm), per sample squared."""
-    coefficient = 2.0 * math.cos(2.0 * math.pi * frequency / SAMPLE_RATE)
+    coefficient = 2.0 * math.cos(2.0 * math.pi * frequency / rate)
     s1 = s2 = 0.0
     for sample in samples:
         s1, s2 = sample + coefficient * s1 - s2, s1
     return (s1 * s1 + s2 * s2 - coefficient * s1 * s2) / len(samples) ** 2
 
 
-def decoded(frames: tuple[bytes, ...] | list[bytes], law: Law) -> list[int]:
+def decoded(frames: tuple[bytes, ...] | list[bytes], law: ToneCodec) -> list[int]:
     return [DECODE[law](octet) for frame in frames for octet in frame]
 
 
-@pytest.mark.parametrize("law", list(Law))
+@pytest.mark.parametrize("law", G711)
 @pytest.mark.parametrize("name", sorted(RINGBACK_PLANS))
 def test_a_plans_frames_follow_its_cadence_with_its_frequencies_on_and_silence_off(
-    name: str, law: Law
+    name: str, law: ToneCodec
 ) -> None:
     plan = RINGBACK_PLANS[name]
     frames = tone_frames(name, law)
@@ -73,7 +80,7 @@ def test_a_burst_is_the_sine_computed_sample_by_sample_across_frames(name: str) 
     # The frames repeat a short unit; that must be the same as computing every sample of the
     # burst, or the joins would click.
     plan = RINGBACK_PLANS[name]
-    frames = tone_frames(name, Law.PCMU)
+    frames = tone_frames(name, ToneCodec.PCMU)
     burst = b"".join(frames[: round(plan.cadence[0] / FRAME_SECONDS)])
     amplitude = 32767.0 * 10 ** ((plan.level_dbm0 - 3.14) / 20)
     direct = bytes(
@@ -89,8 +96,110 @@ def test_a_burst_is_the_sine_computed_sample_by_sample_across_frames(name: str) 
     assert differing <= len(burst) // 1000  # float rounding of a sample now and then
 
 
+def g722_decoded(frames: tuple[bytes, ...], times: int = 1) -> list[list[int]]:
+    """Each of ``times`` repetitions of the cadence ``frames``, decoded in a row by one G.722
+    decoder, as linear samples at 16000 Hz. The recorder's decoder (gateway/plugins/taps/
+    g722.py, pure Python, checked sample for sample against spandsp's in
+    tests/unit/taps/test_g722.py): another implementation than the libg722 that encoded them."""
+    decoder = G722Decoder()
+    cadence = b"".join(frames)
+    out = []
+    for _ in range(times):
+        pcm = decoder.decode(cadence)
+        out.append(list(struct.unpack(f"<{len(pcm) // 2}h", pcm)))
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(RINGBACK_PLANS))
+def test_a_plans_g722_frames_decode_to_its_frequencies_on_and_silence_off(name: str) -> None:
+    plan = RINGBACK_PLANS[name]
+    frames = tone_frames(name, ToneCodec.G722)
+    # 20 ms a frame: 320 samples at 16000 Hz in 4 bits each (ITU-T G.722 mode 1).
+    assert len(frames) == round(sum(plan.cadence) / FRAME_SECONDS)
+    assert all(len(frame) == FRAME_SAMPLES for frame in frames)
+    _, samples = g722_decoded(frames, 2)  # the second time round: as a receiver hears it
+    per_frame = G722_SAMPLE_RATE // 50
+    start = 0
+    expected = 32767.0 * 10 ** ((plan.level_dbm0 - 3.14) / 20)
+    for index, seconds in enumerate(plan.cadence):
+        count = round(seconds / FRAME_SECONDS) * per_frame
+        part = samples[start : start + count]
+        start += count
+        if index % 2:
+            # The codec's idle noise, not a tone: under -70 dBm0.
+            assert max(abs(sample) for sample in part[per_frame:]) <= 16
+            continue
+        # From its second frame (the adaptive predictors settle within a few ms).
+        part = part[per_frame:]
+        heard = [goertzel_power(part, f, G722_SAMPLE_RATE) for f in plan.frequencies]
+        off_tone = goertzel_power(part, 1000.0, G722_SAMPLE_RATE)
+        assert min(heard) > 1000 * max(off_tone, 1.0)
+        for power in heard:
+            assert 2 * math.sqrt(power) == pytest.approx(expected, rel=0.1)
+
+
+@pytest.mark.parametrize("name", sorted(RINGBACK_PLANS))
+def test_a_g722_cadence_repeats_seamlessly(name: str) -> None:
+    # The frames are the cadence encoded after the same cadence once: the encoder's state at
+    # their start is the one at their end, so a receiver decoding them again and again gets
+    # the same samples every time round, with no step where the cadence starts over.
+    first, second, third = g722_decoded(tone_frames(name, ToneCodec.G722), 3)
+    assert second == third
+    # A decoder that starts with them (a fresh one, at the transferee: a new RTP stream)
+    # differs from the steady one while its adaptive state catches up, as at the start of any
+    # G.722 stream: over the first tens of milliseconds of the first burst only.
+    differing = [n for n, (a, b) in enumerate(zip(first, second, strict=True)) if a != b]
+    burst = round(RINGBACK_PLANS[name].cadence[0] * G722_SAMPLE_RATE)
+    assert differing and max(differing) < burst
+    settled = G722_SAMPLE_RATE // 5  # 200 ms
+    peak = max(map(abs, second))
+    after = zip(first[settled:], second[settled:], strict=True)
+    assert max(abs(a - b) for a, b in after) < 0.01 * peak
+
+
+def test_the_codecs_a_tone_goes_in_are_found_in_the_order_the_sdp_lists_them() -> None:
+    def media(formats: str, *attributes: str) -> object:
+        lines = [
+            "v=0",
+            "o=- 1 1 IN IP4 127.0.0.1",
+            "s=-",
+            "c=IN IP4 127.0.0.1",
+            "t=0 0",
+            f"m=audio 4000 RTP/AVP {formats}",
+            *attributes,
+        ]
+        return parse_sdp_untrusted(("\r\n".join(lines) + "\r\n").encode()).media[0]
+
+    assert tone_codecs(media("9 0 8 101")) == {  # type: ignore[arg-type]
+        ToneCodec.G722: 9,
+        ToneCodec.PCMU: 0,
+        ToneCodec.PCMA: 8,
+    }
+    assert list(tone_codecs(media("8 9"))) == [ToneCodec.PCMA, ToneCodec.G722]  # type: ignore[arg-type]
+    assert tone_codecs(media("96 0", "a=rtpmap:96 g722/8000")) == {  # type: ignore[arg-type]
+        ToneCodec.G722: 96,
+        ToneCodec.PCMU: 0,
+    }
+    # Not at RTP clock 8000 (RFC 3551 §4.5.2): not the G.722 a tone can go as.
+    assert tone_codecs(media("96", "a=rtpmap:96 G722/16000")) == {}  # type: ignore[arg-type]
+    assert tone_codecs(media("18 111", "a=rtpmap:111 opus/48000/2")) == {}  # type: ignore[arg-type]
+
+
+def test_every_tone_codec_crosses_to_a_media_worker() -> None:
+    assert [codec.value for codec in ToneCodec] == list(TONE_CODECS[1:])
+    assert TONE_CODECS[0] == ""  # no plan
+
+
+def test_a_g722_player_steps_the_rtp_clock_at_8000_hz() -> None:
+    # RFC 3551 §4.5.2: G.722's RTP clock rate is 8000 Hz though it samples at 16000.
+    player = TonePlayer(Tone("uk", ToneCodec.G722, 9), ssrc=7, sequence=0, timestamp=0, now=0.0)
+    packets = player.due(0.0) + player.due(0.02) + player.due(0.04)
+    assert [header(p)[1:4] for p in packets] == [(9, 0, 0), (9, 1, 160), (9, 2, 320)]
+    assert [p[12:] for p in packets] == list(tone_frames("uk", ToneCodec.G722)[:3])
+
+
 def test_the_frames_are_computed_once_per_process() -> None:
-    assert tone_frames("us", Law.PCMA) is tone_frames("us", Law.PCMA)
+    assert tone_frames("us", ToneCodec.PCMA) is tone_frames("us", ToneCodec.PCMA)
 
 
 def test_every_plan_crosses_to_a_media_worker() -> None:
@@ -106,7 +215,7 @@ def test_a_tone_needs_a_known_plan_and_a_payload_type(
     plan: str, payload_type: int, error: str
 ) -> None:
     with pytest.raises(ValueError, match=error):
-        Tone(plan, Law.PCMU, payload_type)
+        Tone(plan, ToneCodec.PCMU, payload_type)
 
 
 def header(packet: bytes) -> tuple[int, int, int, int, int]:
@@ -121,13 +230,13 @@ def header(packet: bytes) -> tuple[int, int, int, int, int]:
 
 
 def test_a_player_sends_one_packet_per_20_ms_of_a_new_stream() -> None:
-    tone = Tone("eu", Law.PCMA, 8)
+    tone = Tone("eu", ToneCodec.PCMA, 8)
     player = TonePlayer(tone, ssrc=0x1234ABCD, sequence=65534, timestamp=2**32 - 160, now=10.0)
     assert player.next_due() == 10.0
     [first] = player.due(10.0)
     assert first[0] == 0x80  # RTP version 2, no padding, extension or CSRC
     assert header(first) == (1, 8, 65534, 2**32 - 160, 0x1234ABCD)
-    assert first[12:] == tone_frames("eu", Law.PCMA)[0]
+    assert first[12:] == tone_frames("eu", ToneCodec.PCMA)[0]
     assert player.due(10.019) == []
     assert player.next_due() == pytest.approx(10.02)
     [second] = player.due(10.02)
@@ -142,13 +251,13 @@ def test_a_player_sends_one_packet_per_20_ms_of_a_new_stream() -> None:
     assert [header(p)[3] for p in packets] == [160 * n for n in range(1, 301)]
     assert {header(p)[0] for p in packets} == {0}
     # The cadence repeats: 250 frames of eu's 5 s, then from its start again.
-    frames = tone_frames("eu", Law.PCMA)
+    frames = tone_frames("eu", ToneCodec.PCMA)
     assert [p[12:] for p in packets] == [frames[n % 250] for n in range(2, 302)]
     assert player.packets == 302 and player.skipped == 0
 
 
 def test_a_player_held_up_skips_what_it_cannot_send_in_time() -> None:
-    player = TonePlayer(Tone("us", Law.PCMU, 0), ssrc=1, sequence=0, timestamp=0, now=0.0)
+    player = TonePlayer(Tone("us", ToneCodec.PCMU, 0), ssrc=1, sequence=0, timestamp=0, now=0.0)
     assert len(player.due(0.0)) == 1
     late = player.due(0.2)  # frames 1..10 were due: the last MAX_CATCH_UP go
     assert len(late) == MAX_CATCH_UP
