@@ -8,7 +8,8 @@ Run from the repository root::
 The ``recorder`` tap (``format = "wav"``) decodes what it records in its own task, not the
 relay's, but one process records many calls: each recorded G.722 direction costs this figure 50
 times a second. Rows: G.711 (PCMU, a table look-up per octet), G.722 (the pure-Python sub-band
-ADPCM decoder, gateway/plugins/taps/g722.py) on speech-like input (a 1 kHz tone with a
+ADPCM decoder, gateway/plugins/taps/g722.py; libg722, the recorder's default since session 55;
+and spandsp when installed) on speech-like input (a 1 kHz tone with a
 300 Hz one, encoded by Debian's libspandsp2 when it is installed) and on random octets (every
 code, the worst case for the saturating paths), and Opus (not decoded: the Ogg page writer's
 cost per packet). The figure is the best of ``--repeats`` runs of ``--packets`` payloads, one
@@ -36,6 +37,7 @@ if importlib.util.find_spec("gateway") is None:
 
 from gateway.plugins.taps import g722 as g722_module
 from gateway.plugins.taps.g722 import G722Decoder
+from gateway.plugins.taps.g722_libg722 import LibG722Decoder
 from gateway.plugins.taps.g722_spandsp import SpandspG722Decoder, load_spandsp
 from gateway.plugins.taps.oggopus import OggOpusWriter
 from gateway.plugins.taps.recorder import PCMU, g711_to_linear
@@ -91,9 +93,15 @@ def main() -> None:
 
     spandsp = load_spandsp()
 
-    def decode_g722(payloads: list[bytes], *, in_c: bool = False) -> Callable[[], None]:
+    def decode_g722(payloads: list[bytes], *, by: str = "python") -> Callable[[], None]:
         def run() -> None:
-            decoder = SpandspG722Decoder(spandsp) if spandsp and in_c else G722Decoder()
+            decoder: G722Decoder | SpandspG722Decoder | LibG722Decoder
+            if by == "spandsp" and spandsp is not None:
+                decoder = SpandspG722Decoder(spandsp)
+            elif by == "libg722":
+                decoder = LibG722Decoder()
+            else:
+                decoder = G722Decoder()
             for payload in payloads:
                 decoder.decode(payload)
 
@@ -121,10 +129,15 @@ def main() -> None:
     else:
         print("(no libspandsp2: G.722 on speech-like input not measured)")
     rows.append(("G.722 -> 16 kHz PCM, random octets", decode_g722(noise)))
+    if speech is not None:
+        rows.append(
+            ("G.722 by libg722 (the default), two tones", decode_g722(speech, by="libg722"))
+        )
+    rows.append(("G.722 by libg722 (the default), random", decode_g722(noise, by="libg722")))
     if spandsp is not None:
         if speech is not None:
-            rows.append(("G.722 by spandsp (ctypes), two tones", decode_g722(speech, in_c=True)))
-        rows.append(("G.722 by spandsp (ctypes), random", decode_g722(noise, in_c=True)))
+            rows.append(("G.722 by spandsp (ctypes), two tones", decode_g722(speech, by="spandsp")))
+        rows.append(("G.722 by spandsp (ctypes), random", decode_g722(noise, by="spandsp")))
     rows.append(("Opus -> Ogg pages (not decoded)", opus_run))
     for label, run in rows:
         micros = _best(run, packets, repeats)

@@ -4,8 +4,10 @@ Why. The pure-Python decoder (:mod:`.g722`) costs about 0.8 ms of CPU per 20 ms 
 SIP process's event loop where the recorder's task runs: some 4 % of a core per recorded G.722
 direction, so a few dozen recorded G.722 calls would take the core SIP needs. spandsp (the DSP
 library FreeSWITCH and Asterisk use for G.722, fax and tones) decodes the same packet in a few
-microseconds. It is looked up once, when the recorder is configured; without it the recorder
-falls back to the Python decoder and says so (``[plugins.recorder] g722_decoder``).
+microseconds. Since session 55 the recorder decodes with libg722 (g722_libg722.py: installed
+with the gateway, the same speed, saturating as G.722 says) unless ``[plugins.recorder]
+g722_decoder = "spandsp"`` chooses this one; it is looked up once, when the recorder is
+configured.
 
 One difference: at full scale spandsp 0.0.6 wraps its 16-bit output where G.722 saturates (its
 receive QMF casts without LIMIT), so clipped input gives a click where the Python decoder gives a

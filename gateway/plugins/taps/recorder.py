@@ -10,8 +10,9 @@ it (bounded: a full queue drops and counts, the relay never waits) and its own t
 
   * G.711 (PCMU, PCMA: static payload types 0 and 8, RFC 3551) decoded to linear PCM, a mono
     8 kHz 16-bit WAV file;
-  * G.722 (payload type 9, or a dynamic one named G722) decoded by spandsp (g722_spandsp.py)
-    or, without libspandsp2, by g722.py (pure Python), one decoder per source, reset on a new
+  * G.722 (payload type 9, or a dynamic one named G722) decoded by libg722 (g722_libg722.py,
+    installed with the gateway since session 55; ``g722_decoder`` may choose spandsp,
+    g722_spandsp.py, or g722.py, pure Python), one decoder per source, reset on a new
     SSRC or a re-base, into a mono 16 kHz 16-bit WAV file: the audio is 16 kHz although its
     RTP clock is 8 kHz (RFC 3551 §4.5.2);
   * Opus (a dynamic payload type, named ``opus/48000/2`` by the SDP: the sink reads the call's
@@ -29,7 +30,8 @@ it (bounded: a full queue drops and counts, the relay never waits) and its own t
   framing is broken (no decoder can decode them); RTCP, comfort noise and telephone events are
   not audio; other codecs (G.729, iLBC ...) are counted by name in the end-of-call log line, not
   written (use ``pcap`` for them). Decoding runs in the sink's task, not the relay's: G.722
-  costs about 10 us per 20 ms packet by spandsp and 0.8-1.1 ms in Python
+  costs a few microseconds per 20 ms packet by libg722, about 10 us by spandsp and 0.8-1.1 ms
+  in Python
   (benchmarks/recorder_decode.py), G.711 and Opus a few microseconds.
 - ``format = "pcap"``: every packet of the call as it was forwarded, in one pcap file
   (``<call>.pcap``) with made-up IPv4/UDP headers (caller 192.0.2.1, callee 192.0.2.2, ports
@@ -61,6 +63,7 @@ from gateway.core.config import NAMES_TRUNKS
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import TappedCall, TappedMedia
 from gateway.plugins.taps.g722 import G722Decoder
+from gateway.plugins.taps.g722_libg722 import LibG722Decoder
 from gateway.plugins.taps.g722_spandsp import SpandspG722Decoder, load_spandsp
 from gateway.plugins.taps.oggopus import OggOpusWriter, concealment, opus_samples_untrusted
 from gateway.plugins.taps.queue import CopyQueue
@@ -215,7 +218,9 @@ def codecs_of(media: Sequence[TappedMedia]) -> dict[str, dict[int, str]]:
 # packets into Ogg Opus. A speaker gets one file of each kind it uses (see WavRecording).
 _KINDS = {"pcmu": "g711", "pcma": "g711", "g722": "g722", "opus": "opus"}
 
-NewG722Decoder = Callable[[], "G722Decoder | SpandspG722Decoder"]
+NewG722Decoder = Callable[[], "G722Decoder | SpandspG722Decoder | LibG722Decoder"]
+G722_DECODERS = ("auto", "libg722", "spandsp", "python")
+"""``[plugins.recorder] g722_decoder``'s values (:func:`g722_decoder_factory`)."""
 """Makes the decoder of one G.722 source (each follows one encoder's state)."""
 
 
@@ -225,7 +230,7 @@ class _Track:
     def __init__(self, path: Path, kind: str, new_g722: NewG722Decoder) -> None:
         self.kind = kind
         self.writer: WavTrack | OggOpusWriter
-        self.g722: G722Decoder | SpandspG722Decoder | None = None
+        self.g722: G722Decoder | SpandspG722Decoder | LibG722Decoder | None = None
         self.previous_toc: int | None = None  # Opus: the last packet's, for concealment
         if kind == "opus":
             # RFC 7587 §4.1: the RTP clock of Opus is 48 kHz, whatever the audio's bandwidth.
@@ -592,21 +597,21 @@ class Recorder:
 
 
 def g722_decoder_factory(choice: str) -> NewG722Decoder:
-    """What makes each G.722 source's decoder, by ``[plugins.recorder] g722_decoder``: spandsp
-    when it loads (``"spandsp"`` without it is a config error: RecorderConfig), else the Python
-    decoder, with a warning of what it costs (g722_spandsp.py says why)."""
+    """What makes each G.722 source's decoder, by ``[plugins.recorder] g722_decoder``:
+    ``"auto"`` and ``"libg722"`` libg722, installed with the gateway (g722_libg722.py says
+    why; before session 55 ``"auto"`` was spandsp when it loaded, else the Python decoder);
+    ``"spandsp"`` spandsp (without it a config error: RecorderConfig); ``"python"`` the
+    Python decoder."""
     if choice == "python":
         return G722Decoder
-    spandsp = load_spandsp()
-    if spandsp is not None:
+    if choice == "spandsp":
+        spandsp = load_spandsp()
+        if spandsp is None:  # RecorderConfig checked it was there: it went meanwhile
+            raise ValueError('g722_decoder: "spandsp", but libspandsp cannot be loaded')
         log.info("recorder: G.722 decoded by spandsp (%s)", spandsp.name)
         return lambda: SpandspG722Decoder(spandsp)
-    log.warning(
-        "recorder: libspandsp not found (apt-get install libspandsp2): G.722 recordings are "
-        "decoded in Python, about 0.8 ms of CPU per 20 ms packet in the SIP process (some 4 %% "
-        "of a core per recorded G.722 direction)"
-    )
-    return G722Decoder
+    log.info("recorder: G.722 decoded by libg722")
+    return LibG722Decoder
 
 
 # -- plugin configuration and registration (entry point ``recorder``) -----------------------------
@@ -632,9 +637,10 @@ class RecorderConfig:
             raise ValueError(f'format: expected "wav" or "pcap", not {self.format!r}')
         if not 10 <= self.queue <= 1_000_000:
             raise ValueError(f"queue: expected 10 to 1000000 packets, got {self.queue}")
-        if self.g722_decoder not in ("auto", "spandsp", "python"):
+        if self.g722_decoder not in G722_DECODERS:
             raise ValueError(
-                f'g722_decoder: expected "auto", "spandsp" or "python", not {self.g722_decoder!r}'
+                'g722_decoder: expected "auto", "libg722", "spandsp" or "python", not '
+                f"{self.g722_decoder!r}"
             )
         if self.g722_decoder == "spandsp" and load_spandsp() is None:
             raise ValueError(

@@ -14,6 +14,7 @@ import pytest
 
 from gateway.plugins.taps import g722_spandsp
 from gateway.plugins.taps.g722 import G722Decoder
+from gateway.plugins.taps.g722_libg722 import LibG722Decoder
 from tests.unit.taps.spandsp import Spandsp, load_spandsp
 
 
@@ -95,4 +96,23 @@ def test_the_recorders_spandsp_decoder_gives_the_python_decoders_samples(
     assert pcm == G722Decoder().decode(octets)
     in_c.reset()
     assert in_c.decode(octets[:160]) == G722Decoder().decode(octets[:160])
+    assert in_c.decode(b"") == b""
+
+
+def test_the_recorders_libg722_decoder_gives_the_python_decoders_samples(
+    spandsp: Spandsp,
+) -> None:
+    """The recorder's decoder since session 55 (libg722, g722_libg722.py): the Python
+    decoder's samples, speech-like input and every code (random octets) alike, full scale
+    included, where spandsp wraps (the test above) and both saturate; the state carried across
+    payloads, reset for a new source."""
+    octets = spandsp.encode(tones(0.5))
+    noise = random.Random(722).randbytes(16000)
+    for payloads in (octets, noise):
+        in_c = LibG722Decoder()
+        pcm = b"".join(in_c.decode(payloads[i : i + 160]) for i in range(0, len(payloads), 160))
+        assert pcm == G722Decoder().decode(payloads)
+    assert min(ours(noise)) == -32768 and max(ours(noise)) == 32767  # it did saturate
+    in_c.reset()
+    assert in_c.decode(noise[:160]) == G722Decoder().decode(noise[:160])
     assert in_c.decode(b"") == b""

@@ -529,20 +529,25 @@ def test_a_source_faster_than_real_time_is_not_written_beyond_the_clock(tmp_path
     assert recording.counts.late == 2000 - written // 320
 
 
-def test_g722_is_decoded_by_spandsp_when_it_loads_and_by_python_when_told(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+def test_g722_is_decoded_by_libg722_unless_told_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # libg722 is installed with the gateway (session 55): "auto" no longer depends on
+    # libspandsp2 being there, and never falls back to the Python decoder's 0.8 ms a packet.
     from gateway.plugins.taps import recorder
     from gateway.plugins.taps.g722 import G722Decoder
+    from gateway.plugins.taps.g722_libg722 import LibG722Decoder
     from gateway.plugins.taps.g722_spandsp import SpandspG722Decoder
 
     assert recorder.g722_decoder_factory("python") is G722Decoder
-    if recorder.load_spandsp() is None:
-        missing("libspandsp is not installed (apt-get install libspandsp2)")
-    assert isinstance(recorder.g722_decoder_factory("auto")(), SpandspG722Decoder)
+    assert recorder.g722_decoder_factory("libg722") is LibG722Decoder
+    assert RecorderConfig(all_calls=True, g722_decoder="libg722").g722_decoder == "libg722"
     monkeypatch.setattr(recorder, "load_spandsp", lambda: None)
-    with caplog.at_level(logging.WARNING, logger=recorder.__name__):
-        assert recorder.g722_decoder_factory("auto") is G722Decoder
-    assert "libspandsp not found (apt-get install libspandsp2)" in caplog.text
+    assert recorder.g722_decoder_factory("auto") is LibG722Decoder
     with pytest.raises(ValueError, match='g722_decoder: "spandsp", but libspandsp cannot'):
         RecorderConfig(all_calls=True, g722_decoder="spandsp")
+    monkeypatch.undo()
+    if recorder.load_spandsp() is None:
+        missing("libspandsp is not installed (apt-get install libspandsp2)")
+    assert recorder.g722_decoder_factory("auto") is LibG722Decoder
+    assert isinstance(recorder.g722_decoder_factory("spandsp")(), SpandspG722Decoder)
