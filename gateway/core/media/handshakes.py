@@ -46,14 +46,15 @@ datagrams and time (RFC 5764 §5.1.2 and RFC 6189 §5: both share the 5-tuple of
   §5). At the answer, the datagrams from its address go to its handshake and the others are
   dropped (:meth:`CallHandshakes._settle_unanswered`): the fingerprint check of the answering
   fork's handshake would fail on another fork's ClientHello and end the call, and a forged one
-  from a stranger must not take the callee's place either (but one B leg whose engine keeps
-  other phones' handshakes, a proxy downstream having maybe forked our offer, takes the other
-  sources' too, after the answer's own, each with its source: the dtls engine's
-  ``keeps_other_phones``, which keeps them for another phone's answer). An early answer (a
-  183 with SDP) is not the last word while another fork rings (RFC 3261 §12.1.2): the other sources'
-  datagrams stay kept until a final answer (:meth:`CallHandshakes._settle_early`), so a fork
-  answering after another's early media has its ClientHellos too. The relay hands such datagrams on
-  from every source while that side has no address (relay.py, ``_hand_on``);
+  from a stranger must not take the callee's place either. One B leg whose engine keeps other
+  phones' handshakes (the dtls engine's ``keeps_other_phones``: a proxy downstream may have
+  forked our offer) is the exception: its engine takes the other sources' datagrams too, after
+  the answer's own, each with its source, and keeps them for another phone's answer (session
+  55). An early answer (a 183 with SDP) is not the last word while another fork rings (RFC 3261
+  §12.1.2): the other sources' datagrams stay kept until a final answer
+  (:meth:`CallHandshakes._settle_early`), so a fork answering after another's early media has
+  its ClientHellos too. The relay hands such datagrams on from every source while that side
+  has no address (relay.py, ``_hand_on``);
 - which streams are driven is read afresh from each leg's
   :meth:`~gateway.core.media.security.LegSecurity.media_path_streams` on every round, so a
   re-INVITE's new negotiation is picked up; the call calls :meth:`poke` after SDP changes.

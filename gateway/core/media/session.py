@@ -487,7 +487,7 @@ class MediaSession:
         self._transcoded_last: TranscodingPlan | None = None  # the latest plan, for the record
         self._clash_warned = False  # a number clash stopped a transcoding: WARNING once
         # The ringing tone a leg hears in place of the other's media (play_ringback): that
-        # leg, the plan and what it plays as there (_ringback_choice: m= line, law, payload
+        # leg, the plan and what it plays as there (_ringback_choice: m= line, codec, payload
         # type), which replan_ringback compares the leg's SDP in force against; None: none.
         self._ringback: tuple[Side, str, tuple[int, ToneCodec, int]] | None = None
         self.quality = quality
@@ -2056,10 +2056,10 @@ class MediaSession:
         leg ``side`` in place of the other leg's media, on its first audio line (a transferee
         while the target rings: docs/transfers.md "Media"); None when it plays, else why not,
         for the log. It goes in the first of PCMU, PCMA and G722 the leg's SDP in force lists,
-        with its number (RFC 3264 §5.1: the numbers a party writes are those it receives), and only
-        where that SDP and ours let the leg receive (sendrecv or recvonly on its side, RFC 3264
-        §6.1: a held party that said inactive must get no media). One tone at a time: another
-        replaces it."""
+        with its number (RFC 3264 §5.1: the numbers a party writes are those it receives), and
+        only where that SDP and ours let the leg receive (sendrecv or recvonly on its side, RFC
+        3264 §6.1: a held party that said inactive must get no media). One tone at a time:
+        another replaces it."""
         to = _check_side(side)
         self.stop_tone()
         if self._closed:

@@ -160,12 +160,17 @@ def _amplitude(level_dbm0: float) -> float:
     return 32767.0 * math.pow(10.0, (level_dbm0 - FULL_SCALE_DBM0) / 20.0)
 
 
+def _frame_samples(rate: int) -> int:
+    """Samples in one 20 ms frame at ``rate`` samples a second."""
+    return round(rate * FRAME_SECONDS)
+
+
 def _repeating_frames(plan: TonePlan, rate: int = SAMPLE_RATE) -> int:
     """How many 20 ms frames the summed sines take to repeat exactly at ``rate`` samples a
     second: each frequency repeats every ``rate / gcd(f, rate)`` samples (whole-Hz
     frequencies), the sum every least common multiple of those, and a frame grid every
     multiple of a frame's samples."""
-    frame = rate // 50
+    frame = _frame_samples(rate)
     samples = frame
     for frequency in plan.frequencies:
         hz = round(frequency)
@@ -177,7 +182,7 @@ def _burst_samples(plan: TonePlan, rate: int) -> list[int]:
     """The linear samples of :func:`_repeating_frames` frames of ``plan``'s burst at ``rate``,
     from phase 0."""
     amplitude = _amplitude(plan.level_dbm0)
-    count = _repeating_frames(plan, rate) * (rate // 50)
+    count = _repeating_frames(plan, rate) * _frame_samples(rate)
     return [
         round(
             amplitude
@@ -215,9 +220,10 @@ def _g722_frames(plan: TonePlan) -> tuple[bytes, ...]:
     """One whole cadence of ``plan`` in G.722 at 64 kbit/s, 20 ms (320 samples at 16000 Hz,
     160 octets) a frame: the cadence encoded twice by one encoder, the second time kept. The
     encoder's adaptive state at the start of the kept cadence is the one it has at its end,
-    after the cadence's last silence: played again and again, each repetition decodes as the
-    first did, with no step at the joins."""
-    frame = G722_SAMPLE_RATE // 50
+    after the cadence's last silence: played again and again, every repetition decodes the
+    same, with no step at the joins (a receiver's fresh decoder settles within some 50 ms of
+    the first burst, as at the start of any G.722 stream)."""
+    frame = _frame_samples(G722_SAMPLE_RATE)
     burst = _burst_samples(plan, G722_SAMPLE_RATE)
     cadence = array.array("h")
     for index, seconds in enumerate(plan.cadence):

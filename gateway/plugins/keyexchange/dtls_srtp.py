@@ -2914,8 +2914,9 @@ class DtlsNegotiation:
             ]
 
     def _replay_handed(self, now: float) -> None:
-        """Feed the datagrams another negotiation handed this one (:meth:`_take_handed`), as if
-        they came now, once our role is known."""
+        """Feed :attr:`_replays` (what another negotiation handed this one, :meth:`_take_handed`,
+        and what came with its source before our role was known) as if it came now, once our
+        role is known."""
         if not self._replays or self._association is None or self._phase is _Phase.FAILED:
             return
         replays, self._replays = self._replays, []

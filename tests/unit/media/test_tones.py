@@ -25,6 +25,7 @@ from gateway.core.media.tones import (
     tone_frames,
 )
 from gateway.core.media.worker_protocol import TONE_CODECS, TONE_PLANS
+from gateway.core.sdp.model import MediaDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.plugins.taps.g722 import G722Decoder
 
@@ -158,7 +159,7 @@ def test_a_g722_cadence_repeats_seamlessly(name: str) -> None:
 
 
 def test_the_codecs_a_tone_goes_in_are_found_in_the_order_the_sdp_lists_them() -> None:
-    def media(formats: str, *attributes: str) -> object:
+    def media(formats: str, *attributes: str) -> MediaDescription:
         lines = [
             "v=0",
             "o=- 1 1 IN IP4 127.0.0.1",
@@ -170,19 +171,19 @@ def test_the_codecs_a_tone_goes_in_are_found_in_the_order_the_sdp_lists_them() -
         ]
         return parse_sdp_untrusted(("\r\n".join(lines) + "\r\n").encode()).media[0]
 
-    assert tone_codecs(media("9 0 8 101")) == {  # type: ignore[arg-type]
+    assert tone_codecs(media("9 0 8 101")) == {
         ToneCodec.G722: 9,
         ToneCodec.PCMU: 0,
         ToneCodec.PCMA: 8,
     }
-    assert list(tone_codecs(media("8 9"))) == [ToneCodec.PCMA, ToneCodec.G722]  # type: ignore[arg-type]
-    assert tone_codecs(media("96 0", "a=rtpmap:96 g722/8000")) == {  # type: ignore[arg-type]
+    assert list(tone_codecs(media("8 9"))) == [ToneCodec.PCMA, ToneCodec.G722]
+    assert tone_codecs(media("96 0", "a=rtpmap:96 g722/8000")) == {
         ToneCodec.G722: 96,
         ToneCodec.PCMU: 0,
     }
     # Not at RTP clock 8000 (RFC 3551 §4.5.2): not the G.722 a tone can go as.
-    assert tone_codecs(media("96", "a=rtpmap:96 G722/16000")) == {}  # type: ignore[arg-type]
-    assert tone_codecs(media("18 111", "a=rtpmap:111 opus/48000/2")) == {}  # type: ignore[arg-type]
+    assert tone_codecs(media("96", "a=rtpmap:96 G722/16000")) == {}
+    assert tone_codecs(media("18 111", "a=rtpmap:111 opus/48000/2")) == {}
 
 
 def test_every_tone_codec_crosses_to_a_media_worker() -> None:
