@@ -18,6 +18,7 @@ import pytest
 import trio
 
 import gateway.plugins.keyexchange.dtls_srtp as dtls_plugin
+from gateway.core.calls.call import Call as GatewayCall
 from gateway.core.media.security import LegSecurity
 from gateway.core.media.srtp import SrtpSession
 from gateway.core.sdp.parser import parse_sdp_untrusted
@@ -92,6 +93,26 @@ async def forked_by_a_proxy(
     env.gateway.store.accounts_set("alice", media_policy="dtls")
     call = await env.trunk.invite(env.did_uri(ALICE_DID))
     return env, call, await env.alice.next_call()
+
+
+async def early_phone_keyed(
+    env: B2bua, leg_b: Call, early: Phone, early_rtcp: Phone, early_answer: bytes
+) -> tuple[GatewayCall, LegSecurity]:
+    """The early phone's 183 (another To tag, RFC 3261 §12.1.2) answering with ``early_answer``
+    taken, its handshakes done on both ports, and the B leg keyed by them: the gateway's call
+    and the B leg's security."""
+    leg_b.local_tag = "fork-2"  # the early phone's dialog
+    await env.alice.respond(leg_b.incoming, 183, body=early_answer)  # type: ignore[arg-type]
+    with trio.fail_after(30):
+        await early.keyed.wait()
+        await early_rtcp.keyed.wait()
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    security = gateway_call.b_legs[0].security
+    assert security is not None and early.keys is not None
+    keys = mirrored(early.keys)
+    await eventually(lambda: security.keys(0) == keys)
+    return gateway_call, security
 
 
 async def keyed_within_its_first_resend(
@@ -365,18 +386,7 @@ async def test_another_phones_200_after_a_taken_early_answer_is_keyed_by_its_own
         nursery, leg_b, PHONE_PORT + 2, identity=OTHER_ID
     )
     answering_tag = leg_b.local_tag
-    leg_b.local_tag = "fork-2"  # the early phone's dialog
-    await env.alice.respond(leg_b.incoming, 183, body=early_answer)  # type: ignore[arg-type]
-    with trio.fail_after(30):
-        await early.keyed.wait()
-        await early_rtcp.keyed.wait()
-    assert env.gateway.calls is not None
-    (gateway_call,) = env.gateway.calls.calls
-    leg = gateway_call.b_legs[0]
-    assert leg.security is not None
-    security = leg.security
-    assert early.keys is not None
-    await eventually(lambda: security.keys(0) == mirrored(early.keys))  # type: ignore[arg-type]
+    gateway_call, security = await early_phone_keyed(env, leg_b, early, early_rtcp, early_answer)
 
     leg_b.local_tag = answering_tag
     phone, rtcp_phone, answer = await start_phones(nursery, leg_b, PHONE_PORT)
@@ -427,20 +437,9 @@ async def test_both_phones_hellos_before_any_answer_key_the_early_phone_then_the
     )
     phone, rtcp_phone, answer = await start_phones(nursery, leg_b, PHONE_PORT)
     answering_tag = leg_b.local_tag
-    leg_b.local_tag = "fork-2"  # the early phone's dialog
-    await env.alice.respond(leg_b.incoming, 183, body=early_answer)  # type: ignore[arg-type]
-    with trio.fail_after(30):
-        await early.keyed.wait()
-        await early_rtcp.keyed.wait()
+    gateway_call, security = await early_phone_keyed(env, leg_b, early, early_rtcp, early_answer)
     for engine in (early.negotiation, early_rtcp.negotiation):
         assert engine.statistics().retransmissions == 0  # type: ignore[attr-defined]
-    assert env.gateway.calls is not None
-    (gateway_call,) = env.gateway.calls.calls
-    leg = gateway_call.b_legs[0]
-    assert leg.security is not None
-    security = leg.security
-    assert early.keys is not None
-    await eventually(lambda: security.keys(0) == mirrored(early.keys))  # type: ignore[arg-type]
 
     leg_b.local_tag = answering_tag
     await leg_b.answer(200, sdp=answer)

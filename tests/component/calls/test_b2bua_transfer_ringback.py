@@ -72,6 +72,22 @@ def ssrc(packet: bytes) -> int:
     return int.from_bytes(packet[8:12], "big")
 
 
+def one_tone_stream(ringing: list[bytes], *, payload_type: int) -> tuple[int, list[bytes]]:
+    """The ringing tone in a second of what the trunk heard: one new RTP stream (not alice's)
+    of ``payload_type``, a 160-octet packet every 20 ms (no marker after the first), its
+    sequence numbers and timestamps (160 a packet) in step. Its SSRC and payloads."""
+    assert 49 <= len(ringing) <= 51
+    [tone_ssrc] = {ssrc(p) for p in ringing}
+    assert tone_ssrc != ALICE_SSRC
+    assert {p[1] for p in ringing} == {payload_type}
+    assert {len(p) for p in ringing} == {12 + 160}
+    sequences = [int.from_bytes(p[2:4], "big") for p in ringing]
+    assert sequences == [(sequences[0] + n) & 0xFFFF for n in range(len(ringing))]
+    stamps = [int.from_bytes(p[4:8], "big") for p in ringing]
+    assert stamps == [(stamps[0] + 160 * n) & 0xFFFFFFFF for n in range(len(ringing))]
+    return tone_ssrc, [p[12:] for p in ringing]
+
+
 def tone_power(payloads: list[bytes], frequency: float) -> float:
     """Goertzel power of ``frequency`` in the PCMU ``payloads``, per sample squared."""
     return goertzel([ulaw2lin(octet) for payload in payloads for octet in payload], frequency)
@@ -145,17 +161,8 @@ async def test_the_transferee_hears_the_ringing_tone_while_the_target_rings(
         await trio.sleep(0.1)
         ringing = await trunk.heard_for(1.0)
         # The US plan (the default): 440 + 480 Hz for 2 s, as PCMU, the trunk's first law, in
-        # place of alice's packets: one new RTP stream, a packet every 20 ms.
-        assert 49 <= len(ringing) <= 51
-        [tone_ssrc] = {ssrc(p) for p in ringing}
-        assert tone_ssrc != ALICE_SSRC
-        assert {p[1] for p in ringing} == {0}  # PCMU, no marker after the first packet
-        assert {len(p) for p in ringing} == {12 + 160}
-        sequences = [int.from_bytes(p[2:4], "big") for p in ringing]
-        assert sequences == [(sequences[0] + n) & 0xFFFF for n in range(len(ringing))]
-        stamps = [int.from_bytes(p[4:8], "big") for p in ringing]
-        assert stamps == [(stamps[0] + 160 * n) & 0xFFFFFFFF for n in range(len(ringing))]
-        payloads = [p[12:] for p in ringing]
+        # place of alice's packets.
+        tone_ssrc, payloads = one_tone_stream(ringing, payload_type=0)
         for frequency in (440.0, 480.0):
             assert tone_power(payloads, frequency) > 1000 * tone_power(payloads, 1000.0)
         assert env.gateway.calls is not None
@@ -188,15 +195,10 @@ async def test_an_hd_transferee_hears_the_ringing_tone_in_g722(
         await eventually_notify(env.alice, "SIP/2.0 180 Ringing")
         await trio.sleep(0.1)
         ringing = await trunk.heard_for(1.0)
-        assert 49 <= len(ringing) <= 51
-        [tone_ssrc] = {ssrc(p) for p in ringing}
-        assert tone_ssrc != ALICE_SSRC
-        assert {p[1] for p in ringing} == {9}  # G722, no marker after the first packet
-        assert {len(p) for p in ringing} == {12 + 160}  # 20 ms at 64 kbit/s
-        stamps = [int.from_bytes(p[4:8], "big") for p in ringing]
-        # RFC 3551 §4.5.2: G.722's RTP clock runs at 8000 Hz, 160 per 20 ms.
-        assert stamps == [(stamps[0] + 160 * n) & 0xFFFFFFFF for n in range(len(ringing))]
-        pcm = G722Decoder().decode(b"".join(p[12:] for p in ringing))
+        # 160 octets per 20 ms at 64 kbit/s; RFC 3551 §4.5.2: G.722's RTP clock runs at 8000
+        # Hz, 160 per 20 ms, as G.711's.
+        _, payloads = one_tone_stream(ringing, payload_type=9)
+        pcm = G722Decoder().decode(b"".join(payloads))
         samples = list(struct.unpack(f"<{len(pcm) // 2}h", pcm))[1600:]
         for frequency in (440.0, 480.0):
             heard = goertzel(samples, frequency, 16000)
