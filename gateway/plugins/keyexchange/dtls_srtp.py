@@ -201,6 +201,7 @@ __all__ = [
     "EXPORTER_LABEL",
     "FINGERPRINT_MISMATCH_REASON",
     "HANDSHAKE_TIMEOUT_REASON",
+    "MAX_CERTIFICATE_MESSAGE",
     "MAX_DATAGRAM_LENGTH",
     "MAX_EARLY_DATAGRAMS",
     "MAX_FINAL_FLIGHT_RESENDS",
@@ -313,6 +314,9 @@ MAX_KEPT_FOR_ANOTHER_PHONE = 4
 forked keeps for another phone's answer (:class:`_KeptForAnotherPhone`): their last
 ClientHello each, and as many handshakes under way; the oldest source's goes first."""
 
+MAX_CERTIFICATE_MESSAGE = 32768
+"""Longest Certificate message gathered from fragments to be read before OpenSSL sees it
+(:meth:`_Association.take_certificate`): a few certificates' chain."""
 MAX_HELD_DATAGRAMS = 8
 """Datagrams kept of a held candidate (:meth:`DtlsNegotiation._held`): the client's flight from
 its Certificate on (RFC 6347 §4.2.4: flight 5), and its resends; more are dropped."""
@@ -763,6 +767,61 @@ def _whole_certificate_message(fragment: bytes) -> bytes | None:
     return message[6 : 6 + first]
 
 
+def certificate_fragment_untrusted(packet: bytes) -> tuple[int, int, int, bytes] | None:
+    """The first fragment of a Certificate message in a well-formed datagram's plaintext
+    records (epoch 0, :func:`dtls_records_valid_untrusted`): (message_seq, the message's length,
+    the fragment's offset, its octets), RFC 6347 §4.2.2; None when it holds none."""
+    offset = 0
+    while offset + _RECORD_HEADER + _HANDSHAKE_HEADER <= len(packet):
+        length = int.from_bytes(packet[offset + 11 : offset + 13], "big")
+        body = offset + _RECORD_HEADER
+        end = min(body + length, len(packet))
+        if packet[offset] == _HANDSHAKE and packet[offset + 3 : offset + 5] == b"\0\0":
+            start = body
+            while start + _HANDSHAKE_HEADER <= end:
+                header = packet[start : start + _HANDSHAKE_HEADER]
+                fragment_length = int.from_bytes(header[9:12], "big")
+                if header[0] == _CERTIFICATE:
+                    first = start + _HANDSHAKE_HEADER
+                    data = packet[first : first + fragment_length]
+                    return (
+                        int.from_bytes(header[4:6], "big"),
+                        int.from_bytes(header[1:4], "big"),
+                        int.from_bytes(header[6:9], "big"),
+                        data,
+                    )
+                start += _HANDSHAKE_HEADER + fragment_length
+        offset = body + length
+    return None
+
+
+class _CertificateFragments:
+    """A peer's Certificate message arriving in fragments across datagrams (RFC 6347 §4.2.3: a
+    certificate longer than the path MTU, or a chain), gathered so that it is read before
+    OpenSSL sees it (:meth:`_Association.take_certificate`): the datagrams that carry it, and
+    those after them, are held meanwhile."""
+
+    def __init__(self, message_seq: int, length: int) -> None:
+        self.message_seq = message_seq
+        self.message = bytearray(length)
+        self._have = bytearray(length)  # 1 where an octet arrived
+        self.datagrams: list[bytes] = []
+
+    def add(self, offset: int, data: bytes) -> bool:
+        """Take one fragment (consistent with the message: :func:`dtls_records_valid_untrusted`
+        checked its bounds); whether the message is whole now."""
+        self.message[offset : offset + len(data)] = data
+        self._have[offset : offset + len(data)] = b"\1" * len(data)
+        return all(self._have)
+
+    def certificate(self) -> bytes | None:
+        """The first certificate's DER of the whole message (the peer's own, RFC 5246 §7.4.2)."""
+        length = len(self.message)
+        header = bytes([_CERTIFICATE]) + length.to_bytes(3, "big")
+        header += self.message_seq.to_bytes(2, "big") + bytes(3) + length.to_bytes(3, "big")
+        return _whole_certificate_message(header + bytes(self.message))
+
+
 def _opens_handshake_untrusted(role: Role, packet: bytes) -> bool:
     """Whether a source's datagram can begin a handshake with us in ``role``: a ClientHello to
     our server; a handshake record that is not one to our client (its server's flight)."""
@@ -1039,6 +1098,9 @@ class _Association:
         association), until its timeout."""
         self.held: list[bytes] = []
         """The datagrams held back from OpenSSL with :attr:`held_certificate`."""
+        self.certificate_fragments: _CertificateFragments | None = None
+        """The peer's Certificate message being gathered from its fragments
+        (:meth:`take_certificate`); None when none is."""
         self.held_for_another_phone = False
         """Whether :attr:`held_certificate` was held for another phone's answer to our offer
         (:meth:`DtlsNegotiation._held_for_another_phone`), not for a re-offer."""
@@ -1213,6 +1275,42 @@ class _Association:
         timeout = self.timing.handshake_timeout
         extended = min(now + timeout, self._started_at + 2 * timeout)
         self._deadline = max(self._deadline, extended)
+
+    def take_certificate(self, packet: bytes) -> tuple[bytes | None, list[bytes]]:
+        """Read the peer's certificate from ``packet`` before OpenSSL sees it (for
+        :meth:`DtlsNegotiation._held` and :meth:`DtlsNegotiation._held_for_another_phone`):
+        (its DER, every datagram to go on with it, this one last) once the Certificate message
+        is whole; (None, [packet]) when ``packet`` holds none and none is being gathered;
+        (None, []) while fragments are gathered (RFC 6347 §4.2.3: a certificate longer than
+        the path MTU comes in several datagrams), this datagram held with them. Before session
+        55 a fragmented certificate was not read here, so OpenSSL's check of it ended the
+        handshake with a fatal alert where a whole one was held. At most
+        :data:`MAX_HELD_DATAGRAMS` are held for it, and a message longer than
+        :data:`MAX_CERTIFICATE_MESSAGE` is not gathered: then they all go on unread."""
+        whole = presented_certificate_untrusted(packet)
+        if whole is not None and self.certificate_fragments is None:
+            return whole, [packet]
+        gathering = self.certificate_fragments
+        fragment = None
+        if len(packet) <= MAX_DATAGRAM_LENGTH and dtls_records_valid_untrusted(packet):
+            fragment = certificate_fragment_untrusted(packet)  # its bounds checked there
+        if gathering is None:
+            if fragment is None or fragment[1] > MAX_CERTIFICATE_MESSAGE:
+                return None, [packet]
+            gathering = self.certificate_fragments = _CertificateFragments(*fragment[:2])
+        gathering.datagrams.append(packet)
+        if (
+            fragment is not None
+            and fragment[0] == gathering.message_seq
+            and fragment[1] == len(gathering.message)
+            and gathering.add(fragment[2], fragment[3])
+        ):
+            self.certificate_fragments = None
+            return gathering.certificate(), gathering.datagrams
+        if len(gathering.datagrams) >= MAX_HELD_DATAGRAMS:
+            self.certificate_fragments = None  # never whole: OpenSSL decides, as before
+            return None, gathering.datagrams
+        return None, []
 
     def receive(self, packet: bytes, now: float) -> list[KeyNegotiationEvent]:
         self._clock(now)
@@ -1991,9 +2089,10 @@ class DtlsNegotiation:
             association.address = source
             if self._to_candidate(association, packet, source, now):
                 return
-            if self._held_for_another_phone(key, association, packet):
-                return
-            self._settle(key, association, association.receive(packet, now), now)
+            for datagram in self._held_for_another_phone(key, association, packet):
+                if association.phase is _Phase.FAILED:
+                    break
+                self._settle(key, association, association.receive(datagram, now), now)
             return
         if self._peer_source is not None or association.phase is not _Phase.HANDSHAKING:
             self._by_source.ignored += 1
@@ -2011,9 +2110,10 @@ class DtlsNegotiation:
         attempt = self._attempts.get(key)
         if attempt is not None:
             attempt.address = source
-            if self._held_for_another_phone(key, attempt, packet):
-                return
-            self._settle(key, attempt, attempt.receive(packet, now), now)
+            for datagram in self._held_for_another_phone(key, attempt, packet):
+                if attempt.phase is _Phase.FAILED:
+                    break
+                self._settle(key, attempt, attempt.receive(datagram, now), now)
             return
         if not opens:
             self._by_source.dropped_malformed += 1
@@ -2518,8 +2618,10 @@ class DtlsNegotiation:
         if hello is None:
             if candidate is None:
                 return False  # the association's own (a resent Finished, an alert): as before
-            if not self._held(candidate, packet):
-                self._settle_candidate(candidate, candidate.receive(packet, now))
+            for datagram in self._held(candidate, packet):
+                if candidate.phase is _Phase.FAILED:
+                    break
+                self._settle_candidate(candidate, candidate.receive(datagram, now))
             return True
         random = _client_hello_random(packet)
         if candidate is not None and hello.message_seq != 0 and random == candidate.client_random:
@@ -2565,27 +2667,29 @@ class DtlsNegotiation:
         if isinstance(previous, DtlsNegotiation) and previous._phase is not _Phase.FAILED:
             self._restarts = previous._restarts
 
-    def _held(self, candidate: _Association, packet: bytes) -> bool:
-        """Whether the candidate's ``packet`` is held back from OpenSSL: it presents a
-        certificate the SDP in force does not name (read here, before the verify callback
-        would alert), or one already was. RFC 8842 §5 and RFC 5763 §5: a changed certificate
-        comes with a new a=fingerprint, and a browser or softphone that regenerated its own
+    def _held(self, candidate: _Association, packet: bytes) -> list[bytes]:
+        """What of the candidate's ``packet`` goes to OpenSSL now, in order; empty when it is
+        held back (or gathered with its certificate's other fragments,
+        :meth:`_Association.take_certificate`): the candidate presents a certificate the SDP
+        in force does not name (read here, before the verify callback would alert), or one
+        already was. RFC 8842 §5 and RFC 5763 §5: a changed certificate comes with a new
+        a=fingerprint, and a browser or softphone that regenerated its own
         may restart its handshake before its re-INVITE says so (the re-offer crosses the
         handshake). Held, the candidate waits for that re-offer (:meth:`_adopt`) until its
         ``handshake_timeout``, then fails as it did before session 45; nothing of it keys
         anything meanwhile, and its certificate is checked again, by OpenSSL, against the
-        re-offer's fingerprint. A certificate in more than one fragment cannot be read here:
-        OpenSSL's check fails it at once, as before."""
+        re-offer's fingerprint. A certificate in more than one fragment is read once it is
+        whole (session 55; before, OpenSSL's check failed it at once)."""
         if candidate.held_certificate is not None:
             if len(candidate.held) < MAX_HELD_DATAGRAMS:
                 candidate.held.append(packet)
             else:
                 candidate.statistics.ignored += 1
-            return True
-        certificate = presented_certificate_untrusted(packet)
+            return []
+        certificate, datagrams = candidate.take_certificate(packet)
         if certificate is None or candidate.peer.matches(certificate):
-            return False
-        candidate.held_certificate, candidate.held = certificate, [packet]
+            return datagrams
+        candidate.held_certificate, candidate.held = certificate, datagrams[:MAX_HELD_DATAGRAMS]
         self._by_source.peer_restarts_held += 1
         if self._settings.totals is not None:
             self._settings.totals.peer_restarts_held += 1
@@ -2597,7 +2701,7 @@ class DtlsNegotiation:
             "an unknown address" if to is None else format_host_port(str(to[0]), int(to[1])),
             certificate_digest(certificate, "sha-256").hex(),
         )
-        return True
+        return []
 
     def _adopt(
         self, candidate: _Association, peer: PeerDtlsParameters, previous: DtlsNegotiation
@@ -2797,10 +2901,14 @@ class DtlsNegotiation:
                 self._keep_handshake(other, attempt)
         self._attempts.clear()
 
-    def _held_for_another_phone(self, key: Source, attempt: _Association, packet: bytes) -> bool:
-        """Whether ``key``'s ``packet`` to its handshake ``attempt`` is held back from OpenSSL
-        for another phone's answer: while our offer may have been forked
-        (:attr:`keeps_other_phones`), a source other than the SDP address presents a
+    def _held_for_another_phone(
+        self, key: Source, attempt: _Association, packet: bytes
+    ) -> list[bytes]:
+        """What of ``key``'s ``packet`` to its handshake ``attempt`` goes to OpenSSL now, in
+        order; empty when it is held back for another phone's answer (or gathered with its
+        certificate's other fragments, :meth:`_Association.take_certificate`): while our offer
+        may have been forked (:attr:`keeps_other_phones`), a source other than the SDP address
+        presents a
         certificate that a=fingerprint does not name (read here, before the verify callback
         would fail the handshake with a fatal alert, RFC 5763 §5), or one already was. That
         source may be a phone our offer also reached, ringing or answering with its own
@@ -2809,22 +2917,22 @@ class DtlsNegotiation:
         against its a=fingerprint) until its timeout or :meth:`answer_confirmed`. Before
         session 52 the alert ended that phone's handshake, and its call. Nothing of it keys
         anything meanwhile; the SDP address's mismatch still fails the leg at once ("Forged
-        alerts"). A certificate in more than one fragment cannot be read here: OpenSSL's
-        check fails it at once, as before (as :meth:`_held`)."""
+        alerts"). A certificate in more than one fragment is read once it is whole (session
+        55; before, OpenSSL's check failed it at once)."""
         if attempt.held_for_another_phone:
             if len(attempt.held) < MAX_HELD_DATAGRAMS:
                 attempt.held.append(packet)
             else:
                 attempt.statistics.ignored += 1
-            return True
+            return []
         if not self.keeps_other_phones or key == self._sdp_source:
-            return False
-        certificate = presented_certificate_untrusted(packet)
+            return [packet]
+        certificate, datagrams = attempt.take_certificate(packet)
         if certificate is None or attempt.peer.matches(certificate):
-            return False
-        attempt.held_certificate, attempt.held = certificate, [packet]
+            return datagrams
+        attempt.held_certificate, attempt.held = certificate, datagrams[:MAX_HELD_DATAGRAMS]
         attempt.held_for_another_phone = True
-        return True
+        return []
 
     def _keep_for_another_phone(self, key: Source, source: Source, packet: bytes) -> None:
         """A datagram from ``key`` (``source`` whole) that this negotiation ignores (another

@@ -8,6 +8,11 @@ import datetime
 import itertools
 from collections.abc import Mapping, Sequence
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
 from gateway.plugins.keyexchange.dtls_certificates import DtlsIdentity, generate_identity
 from gateway.plugins.keyexchange.dtls_srtp import DtlsKeyExchange, DtlsNegotiation
 
@@ -16,6 +21,31 @@ MONTH = datetime.timedelta(days=30)
 US = generate_identity(now=NOW, max_age=MONTH)
 PEER = generate_identity(now=NOW, max_age=MONTH)
 STRANGER = generate_identity(now=NOW, max_age=MONTH)
+
+
+def long_certificate_identity(names: int = 80) -> DtlsIdentity:
+    """A self-signed certificate of about 3 KB (``names`` subjectAltName entries, as a phone
+    provisioned with its many host names might carry): longer than the engine's MTU (1200), so
+    its Certificate message goes in fragments across datagrams (RFC 6347 §4.2.3)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a phone with a long certificate")])
+    hosts = [x509.DNSName(f"phone-{n}.provisioning.example.net") for n in range(names)]
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - datetime.timedelta(days=1))
+        .not_valid_after(NOW + MONTH)
+        .add_extension(x509.SubjectAlternativeName(hosts), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return DtlsIdentity(certificate, key)
+
+
+LONG = long_certificate_identity()
+"""A certificate in three datagrams (:func:`long_certificate_identity`)."""
 
 SDP_ADDRESS = ("127.0.0.1", 40000)
 """Where the peer's SDP says it is."""

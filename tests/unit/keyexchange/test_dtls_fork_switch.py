@@ -14,12 +14,13 @@ from __future__ import annotations
 import pytest
 
 from gateway.core.interfaces import KeysReady
-from gateway.plugins.keyexchange.dtls_certificates import generate_identity
+from gateway.plugins.keyexchange.dtls_certificates import DtlsIdentity, generate_identity
 from gateway.plugins.keyexchange.dtls_srtp import (
     MAX_KEPT_FOR_ANOTHER_PHONE,
     DtlsNegotiation,
 )
 from tests.unit.keyexchange.dtls_source_pairs import (
+    LONG,
     MONTH,
     NOW,
     PEER,
@@ -54,10 +55,12 @@ def phone(ours: DtlsNegotiation, identity: object) -> DtlsNegotiation:
     return answer
 
 
-def early_answer() -> tuple[DtlsNegotiation, DtlsNegotiation, DtlsNegotiation]:
+def early_answer(
+    phone_2_identity: DtlsIdentity = PHONE_2,
+) -> tuple[DtlsNegotiation, DtlsNegotiation, DtlsNegotiation]:
     """Our first offer, phone 1's 183 taken (we are the DTLS server), and phone 2 ringing."""
     ours = exchange(US).offer(suites=[], secure_signalling=True)
-    phone_1, phone_2 = phone(ours, PEER), phone(ours, PHONE_2)
+    phone_1, phone_2 = phone(ours, PEER), phone(ours, phone_2_identity)
     ours.remote_sdp_attributes(phone_1.local_sdp_attributes())
     ours.note_sdp_address(PHONE_1_ADDRESS)
     assert ours.keeps_other_phones
@@ -76,7 +79,9 @@ def to_phone(ours: DtlsNegotiation, address: tuple[str, int], now: float) -> lis
     return [d for d, a in ours.addressed_packets_to_send(now=now) if a == address]
 
 
-def assert_keyed_together(fresh: DtlsNegotiation, phone_2: DtlsNegotiation) -> None:
+def assert_keyed_together(
+    fresh: DtlsNegotiation, phone_2: DtlsNegotiation, identity: DtlsIdentity = PHONE_2
+) -> None:
     (ready,) = events(fresh)
     assert isinstance(ready, KeysReady)
     (phone_ready,) = events(phone_2)
@@ -85,7 +90,7 @@ def assert_keyed_together(fresh: DtlsNegotiation, phone_2: DtlsNegotiation) -> N
         phone_ready.keys.remote_key,
         phone_ready.keys.local_key,
     )
-    assert fresh.peer_certificate_sha256 == PHONE_2.sha256_hex()
+    assert fresh.peer_certificate_sha256 == identity.sha256_hex()
     assert fresh.peer_source == PHONE_2_ADDRESS
 
 
@@ -116,16 +121,20 @@ def test_phone_2s_client_hello_before_its_200_keys_it_without_a_resend(
     assert fresh.get_timer() is None
 
 
+@pytest.mark.parametrize("certificate", ["short", "long"])
 @pytest.mark.parametrize("phone_1_keyed_first", [True, False], ids=["then-keyed", "still-running"])
 def test_phone_2s_handshake_begun_while_phone_1s_ran_gets_no_alert_and_keys_it(
-    phone_1_keyed_first: bool,
+    phone_1_keyed_first: bool, certificate: str
 ) -> None:
     # Phone 2's ClientHello reaches our port while phone 1's handshake runs: a handshake of its
     # own (its source's attempt), whose peer parameters are phone 1's. Its Certificate does not
     # match phone 1's a=fingerprint: held, no fatal alert (before session 52, the alert ended
     # phone 2's handshake and its call). Its 200 hands it to the fresh negotiation, which
-    # checks it against phone 2's a=fingerprint and completes it.
-    ours, phone_1, phone_2 = early_answer()
+    # checks it against phone 2's a=fingerprint and completes it. A long certificate comes in
+    # three datagrams (RFC 6347 §4.2.3): read once whole and held the same (before session 55
+    # it was not read, and OpenSSL's check sent phone 2 the fatal alert).
+    identity = PHONE_2 if certificate == "short" else LONG
+    ours, phone_1, phone_2 = early_answer(identity)
     send(phone_1, ours, PHONE_1_ADDRESS, 0.0)  # phone 1's ClientHello; our flight waits
     to_phone_1 = to_phone(ours, PHONE_1_ADDRESS, 0.0)
     assert to_phone_1
@@ -145,7 +154,7 @@ def test_phone_2s_handshake_begun_while_phone_1s_ran_gets_no_alert_and_keys_it(
     fresh = phone_2s_200(ours, phone_2)
     fresh.note_sdp_address(PHONE_2_ADDRESS)
     run(fresh, {PHONE_2_ADDRESS: phone_2}, usual=(PHONE_2_ADDRESS,), now=0.2)
-    assert_keyed_together(fresh, phone_2)
+    assert_keyed_together(fresh, phone_2, identity)
     assert phone_2.failure is None and phone_2.statistics().retransmissions == 0
 
 

@@ -6,6 +6,7 @@ times out changes nothing."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import pytest
@@ -18,6 +19,7 @@ from gateway.plugins.keyexchange.dtls_srtp import (
     DtlsNegotiation,
 )
 from tests.unit.keyexchange.dtls_source_pairs import (
+    LONG,
     MONTH,
     NATTED,
     NOW,
@@ -412,15 +414,18 @@ def reoffer(identity: object, **changes: str) -> list[tuple[str, str | None]]:
     return [(n, changes.get(n, v)) for n, v in attributes.local_sdp_attributes()]
 
 
+@pytest.mark.parametrize("certificate", ["short", "long"])
 @pytest.mark.parametrize("setup", ["actpass", "active"])
 def test_a_restart_with_a_new_certificate_completes_when_the_reoffer_names_it(
-    caplog: pytest.LogCaptureFixture, setup: str
+    caplog: pytest.LogCaptureFixture, setup: str, certificate: str
 ) -> None:
     # A browser that regenerated its certificate restarts its handshake on the same address
     # before its re-INVITE with the new a=fingerprint (RFC 8842 §5) reaches us: the candidate
     # is held, not alerted, and the re-offer naming its certificate completes it as the new
-    # association; our answer keeps us its DTLS server (a=setup:passive).
-    renewed = generate_identity(now=NOW, max_age=MONTH)
+    # association; our answer keeps us its DTLS server (a=setup:passive). A long certificate
+    # comes in three datagrams (RFC 6347 §4.2.3): read once whole, held the same (before
+    # session 55 it was not read, and OpenSSL's check ended the restart with a fatal alert).
+    renewed = generate_identity(now=NOW, max_age=MONTH) if certificate == "short" else LONG
     with caplog.at_level(logging.WARNING):
         ours, phone, old = held_restart(renewed)
         answered = exchange(US).answer(
@@ -624,6 +629,59 @@ def test_a_certificate_is_read_only_whole_from_one_record() -> None:
     # A Certificate message longer than its record (what follows is another record's): nothing.
     header = record[:11] + (len(handshake) - 1).to_bytes(2, "big")
     assert presented_certificate_untrusted(header + handshake + key_exchange) is None
+
+
+def certificate_fragments(der: bytes, cuts: list[int], message_seq: int = 2) -> list[bytes]:
+    """A Certificate message holding ``der`` cut at ``cuts`` (offsets into its body), each
+    fragment in a datagram of its own (RFC 6347 §4.2.2 headers: message_seq, offset, length)."""
+    body = (len(der) + 3).to_bytes(3, "big") + len(der).to_bytes(3, "big") + der
+    bounds = [0, *cuts, len(body)]
+    datagrams = []
+    for number, (start, end) in enumerate(itertools.pairwise(bounds)):
+        handshake = bytes([11]) + len(body).to_bytes(3, "big") + message_seq.to_bytes(2, "big")
+        handshake += start.to_bytes(3, "big") + (end - start).to_bytes(3, "big") + body[start:end]
+        record = bytes([22, 0xFE, 0xFD, 0, 0]) + number.to_bytes(6, "big")
+        datagrams.append(record + len(handshake).to_bytes(2, "big") + handshake)
+    return datagrams
+
+
+def test_a_certificate_in_fragments_is_read_once_whole_and_bounded() -> None:
+    # RFC 6347 §4.2.3: a certificate longer than the path MTU comes in several datagrams.
+    # Session 55: they are gathered (held from OpenSSL) until the message is whole, in any
+    # order; before, only a certificate whole in one record was read.
+    from gateway.plugins.keyexchange.dtls_srtp import (
+        MAX_CERTIFICATE_MESSAGE,
+        MAX_HELD_DATAGRAMS,
+        certificate_fragment_untrusted,
+    )
+
+    ours, _ = ours_and_peer(we_serve=True)
+    association = ours._association
+    assert association is not None
+    der = b"\x30\x82" + bytes(2000)
+    first, second, third = certificate_fragments(der, [700, 1400])
+    assert certificate_fragment_untrusted(second)[:3] == (2, len(der) + 6, 700)  # type: ignore[index]
+    assert certificate_fragment_untrusted(bytes([22, 0xFE, 0xFD]) + bytes(10)) is None
+    assert association.take_certificate(third) == (None, [])  # held, gathered
+    assert association.take_certificate(first) == (None, [])
+    assert association.take_certificate(second) == (der, [third, first, second])
+    assert association.certificate_fragments is None  # done with it
+    # Nothing of a certificate, nothing gathered: the datagram goes on as it is.
+    alert = bytes([21, 0xFE, 0xFD, 0, 1]) + bytes(6) + b"\x00\x02\x02\x28"
+    assert association.take_certificate(alert) == (None, [alert])
+    # A forger's fragment that never completes: held up to MAX_HELD_DATAGRAMS datagrams, then
+    # all go on, OpenSSL deciding as before (and the handshake timeout bounding it in time).
+    lone = certificate_fragments(der, [700])[0]
+    held = [association.take_certificate(lone) for _ in range(MAX_HELD_DATAGRAMS - 1)]
+    assert held == [(None, [])] * (MAX_HELD_DATAGRAMS - 1)
+    assert association.take_certificate(alert) == (None, [lone] * 7 + [alert])
+    # A fragment past its message's end is not well formed (RFC 6347 §4.2.2): not gathered.
+    past = bytearray(first)
+    past[13 + 6 : 13 + 9] = (len(der) + 6).to_bytes(3, "big")  # its offset
+    assert association.take_certificate(bytes(past)) == (None, [bytes(past)])
+    # A message longer than MAX_CERTIFICATE_MESSAGE is not gathered.
+    huge = certificate_fragments(b"\x30\x82" + bytes(MAX_CERTIFICATE_MESSAGE), [700])[0]
+    assert association.take_certificate(huge) == (None, [huge])
 
 
 # -- a restart whose source is not known (an ICE leg, a host that feeds none; session 45) -----
