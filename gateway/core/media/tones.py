@@ -52,7 +52,8 @@ from G722 import G722
 
 from gateway.core.media.g711 import lin2alaw, lin2ulaw
 from gateway.core.sdp.errors import SdpError
-from gateway.core.sdp.model import STATIC_PAYLOAD_TYPES, MediaDescription
+from gateway.core.sdp.model import MediaDescription
+from gateway.core.sdp.offer_answer import codecs_by_format
 
 SAMPLE_RATE = 8000
 """G.711's sampling rate, and the RTP clock rate of both codecs (RFC 3551 §4.5.14, §4.5.2)."""
@@ -143,13 +144,11 @@ def tone_codecs(media: MediaDescription) -> dict[ToneCodec, int]:
     with the first number it has (by a=rtpmap or RFC 3551 static number); empty when its
     rtpmaps cannot be read."""
     try:
-        rtpmaps = media.rtpmaps()
-        payload_types = media.payload_types
+        formats = codecs_by_format(media)
     except SdpError:
         return {}
     found: dict[ToneCodec, int] = {}
-    for payload_type in payload_types:
-        rtpmap = rtpmaps.get(payload_type) or STATIC_PAYLOAD_TYPES.get(payload_type)
+    for payload_type, rtpmap in formats.items():
         codec = _TONE_CODECS.get(rtpmap.codec_key) if rtpmap is not None else None
         if codec is not None:
             found.setdefault(codec, payload_type)

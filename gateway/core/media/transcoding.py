@@ -49,6 +49,7 @@ import attrs
 from gateway.core.media.g711 import PCMA_PAYLOAD_TYPE, PCMU_PAYLOAD_TYPE, G711Transcoding, Law
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import STATIC_PAYLOAD_TYPES, MediaDescription, RtpMap
+from gateway.core.sdp.offer_answer import codecs_by_format
 
 STATIC_NUMBER = {Law.PCMU: PCMU_PAYLOAD_TYPE, Law.PCMA: PCMA_PAYLOAD_TYPE}
 """RFC 3551 §6: the number the gateway gives the law it adds."""
@@ -100,13 +101,11 @@ def g711_laws(media: MediaDescription) -> dict[Law, int]:
     """The G.711 laws among ``media``'s formats (8000 Hz, one channel) and the first number
     each has, by a=rtpmap or RFC 3551 static number; empty when its rtpmaps cannot be read."""
     try:
-        rtpmaps = media.rtpmaps()
-        payload_types = media.payload_types
+        formats = codecs_by_format(media)
     except SdpError:
         return {}
     found: dict[Law, int] = {}
-    for payload_type in payload_types:
-        rtpmap = rtpmaps.get(payload_type) or STATIC_PAYLOAD_TYPES.get(payload_type)
+    for payload_type, rtpmap in formats.items():
         law = _law_of(rtpmap)
         if law is not None:
             found.setdefault(law, payload_type)

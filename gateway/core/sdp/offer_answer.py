@@ -148,7 +148,7 @@ def offered_formats(media: MediaDescription) -> tuple[RtpMap, ...]:
     A dynamic payload type without a=rtpmap, or an unassigned static one, names no codec we could
     match, so it is left out rather than guessed.
     """
-    return tuple(r for r in _codecs_by_format(media).values() if r is not None)
+    return tuple(r for r in codecs_by_format(media).values() if r is not None)
 
 
 @attrs.frozen
@@ -208,7 +208,7 @@ def codec_change(
     change the set). Raises :class:`SdpError` for an unreadable a=rtpmap or payload type."""
     if not offered.is_rtp or not before.is_rtp or not after.is_rtp:
         return None
-    offered_codecs = _codecs_by_format(offered)
+    offered_codecs = codecs_by_format(offered)
     ours = set(offered_codecs)
     our_codecs = {c.codec_key for c in offered_codecs.values() if c is not None}
 
@@ -216,7 +216,7 @@ def codec_change(
         # The offer's formats by number, and its codecs the peer gave a number of its own.
         return {
             pt: c
-            for pt, c in _codecs_by_format(media).items()
+            for pt, c in codecs_by_format(media).items()
             if pt in ours or (c is not None and c.codec_key in our_codecs)
         }
 
@@ -278,8 +278,9 @@ def _codec_words(codecs: Mapping[int, RtpMap | None]) -> str:
     return ", ".join(str(pt) if c is None else str(c) for pt, c in sorted(codecs.items()))
 
 
-def _codecs_by_format(media: MediaDescription) -> dict[int, RtpMap | None]:
-    # Payload type -> codec (explicit a=rtpmap, else RFC 3551 static, else None), m= line order.
+def codecs_by_format(media: MediaDescription) -> dict[int, RtpMap | None]:
+    """Payload type -> codec (explicit a=rtpmap, else RFC 3551 static, else None), in m= line
+    order. Raises :class:`SdpError` when the line's rtpmaps or formats cannot be read."""
     rtpmaps = media.rtpmaps()
     return {pt: rtpmaps.get(pt) or STATIC_PAYLOAD_TYPES.get(pt) for pt in media.payload_types}
 
@@ -310,7 +311,7 @@ def only_codecs(
     kept: list[tuple[int, int, int]] = []  # (rank, position, payload type)
     clocked: list[tuple[int, int, int, int]] = []  # telephone-event and CN, with clock rate
     rates: set[int] = set()  # the clock rates of the codecs kept
-    for position, (pt, rtpmap) in enumerate(_codecs_by_format(media).items()):
+    for position, (pt, rtpmap) in enumerate(codecs_by_format(media).items()):
         if rtpmap is None:
             continue
         name = rtpmap.encoding.upper()
@@ -357,11 +358,11 @@ def codec_in_use_only(offered: MediaDescription, before: MediaDescription) -> Me
     if offered.is_rejected or not offered.is_rtp or not before.is_rtp:
         return offered
     try:
-        ours = _codecs_by_format(offered)
+        ours = codecs_by_format(offered)
         keys = {codec.codec_key for codec in ours.values() if codec is not None}
         theirs = {
             pt: codec
-            for pt, codec in _codecs_by_format(before).items()
+            for pt, codec in codecs_by_format(before).items()
             if pt in ours or (codec is not None and codec.codec_key in keys)
         }
     except SdpError:
@@ -414,7 +415,7 @@ def has_common_codec(formats: Sequence[NegotiatedFormat]) -> bool:
 def _shares_format(offer: MediaDescription, answer: MediaDescription) -> bool:
     if not offer.is_rtp:
         return bool(set(offer.formats) & set(answer.formats))
-    offered = _codecs_by_format(offer)
+    offered = codecs_by_format(offer)
     # Both sections' a=rtpmap lines are parsed whole first, so that a malformed one is refused
     # whichever format matches. The answer's formats are then looked at in order, each against
     # the offer's format of its own number first: an answer reuses the offer's numbers (RFC 3264
@@ -473,13 +474,13 @@ def payload_type_map(sender: MediaDescription, receiver: MediaDescription) -> di
     Raises :class:`SdpError` for an unreadable a=rtpmap or payload type."""
     if not sender.is_rtp or not receiver.is_rtp:
         return {}
-    theirs = _codecs_by_format(receiver)
+    theirs = codecs_by_format(receiver)
     by_codec: dict[tuple[str, int, int], list[int]] = {}
     for payload_type, rtpmap in theirs.items():
         if rtpmap is not None:
             by_codec.setdefault(rtpmap.codec_key, []).append(payload_type)
     renumbered: dict[int, int] = {}
-    for payload_type, rtpmap in _codecs_by_format(sender).items():
+    for payload_type, rtpmap in codecs_by_format(sender).items():
         if rtpmap is None:
             continue
         candidates = by_codec.get(rtpmap.codec_key)
@@ -505,13 +506,13 @@ def keep_leg_numbers(previous: MediaDescription, offer: MediaDescription) -> dic
         return {}
     known = {
         pt: None if rtpmap is None else rtpmap.codec_key
-        for pt, rtpmap in _codecs_by_format(previous).items()
+        for pt, rtpmap in codecs_by_format(previous).items()
     }
     numbers_of: dict[tuple[str, int, int], list[int]] = {}
     for payload_type, known_key in known.items():
         if known_key is not None:
             numbers_of.setdefault(known_key, []).append(payload_type)
-    offered = _codecs_by_format(offer)
+    offered = codecs_by_format(offer)
     targets: dict[int, int | None] = {}
     taken: set[int] = set()
     for payload_type, rtpmap in offered.items():

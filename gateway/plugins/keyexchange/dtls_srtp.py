@@ -723,31 +723,37 @@ def _client_hello_random(packet: bytes) -> bytes:
 _CERTIFICATE = 11  # RFC 5246 §7.4: HandshakeType certificate
 
 
-def presented_certificate_untrusted(packet: bytes) -> bytes | None:
-    """The DER of the first certificate (the peer's own, RFC 5246 §7.4.2) of a Certificate
-    message a well-formed datagram (:func:`dtls_records_valid_untrusted`) holds whole in one
-    plaintext record (epoch 0, one fragment: a self-signed certificate in a datagram, as
-    browsers and softphones send it); None otherwise (none, fragmented, malformed). Read
-    before OpenSSL sees the datagram (:meth:`DtlsNegotiation._held`)."""
+def _first_certificate_untrusted(packet: bytes) -> tuple[int, int] | None:
+    """Where the first Certificate handshake fragment of a datagram's plaintext records (epoch
+    0) is: (the offset of its handshake header, the end of its record); None when it holds
+    none. A record may carry more than one handshake message (RFC 6347 §4.2.3: several in one
+    record; a stack that packs its flight puts ClientKeyExchange and CertificateVerify after
+    the Certificate). Session 46: before, only a Certificate alone in its record was read, and
+    a packed one failed at once, not held."""
     offset = 0
     while offset + _RECORD_HEADER + _HANDSHAKE_HEADER <= len(packet):
         length = int.from_bytes(packet[offset + 11 : offset + 13], "big")
         body = offset + _RECORD_HEADER
         end = min(body + length, len(packet))
         if packet[offset] == _HANDSHAKE and packet[offset + 3 : offset + 5] == b"\0\0":
-            # A record may carry more than one handshake message (RFC 6347 §4.2.3: several
-            # in one record; a stack that packs its flight puts ClientKeyExchange and
-            # CertificateVerify after the Certificate). Session 46: before, only a Certificate
-            # alone in its record was read, and a packed one failed at once, not held.
             start = body
             while start + _HANDSHAKE_HEADER <= end:
-                header = packet[start : start + _HANDSHAKE_HEADER]
-                fragment_length = int.from_bytes(header[9:12], "big")
-                if header[0] == _CERTIFICATE:
-                    return _whole_certificate_message(packet[start:end])
+                if packet[start] == _CERTIFICATE:
+                    return start, end
+                fragment_length = int.from_bytes(packet[start + 9 : start + 12], "big")
                 start += _HANDSHAKE_HEADER + fragment_length
         offset = body + length
     return None
+
+
+def presented_certificate_untrusted(packet: bytes) -> bytes | None:
+    """The DER of the first certificate (the peer's own, RFC 5246 §7.4.2) of a Certificate
+    message a well-formed datagram (:func:`dtls_records_valid_untrusted`) holds whole in one
+    plaintext record (epoch 0, one fragment: a self-signed certificate in a datagram, as
+    browsers and softphones send it); None otherwise (none, fragmented, malformed). Read
+    before OpenSSL sees the datagram (:meth:`DtlsNegotiation._held`)."""
+    found = _first_certificate_untrusted(packet)
+    return None if found is None else _whole_certificate_message(packet[found[0] : found[1]])
 
 
 def _whole_certificate_message(fragment: bytes) -> bytes | None:
@@ -771,28 +777,17 @@ def certificate_fragment_untrusted(packet: bytes) -> tuple[int, int, int, bytes]
     """The first fragment of a Certificate message in a well-formed datagram's plaintext
     records (epoch 0, :func:`dtls_records_valid_untrusted`): (message_seq, the message's length,
     the fragment's offset, its octets), RFC 6347 §4.2.2; None when it holds none."""
-    offset = 0
-    while offset + _RECORD_HEADER + _HANDSHAKE_HEADER <= len(packet):
-        length = int.from_bytes(packet[offset + 11 : offset + 13], "big")
-        body = offset + _RECORD_HEADER
-        end = min(body + length, len(packet))
-        if packet[offset] == _HANDSHAKE and packet[offset + 3 : offset + 5] == b"\0\0":
-            start = body
-            while start + _HANDSHAKE_HEADER <= end:
-                header = packet[start : start + _HANDSHAKE_HEADER]
-                fragment_length = int.from_bytes(header[9:12], "big")
-                if header[0] == _CERTIFICATE:
-                    first = start + _HANDSHAKE_HEADER
-                    data = packet[first : first + fragment_length]
-                    return (
-                        int.from_bytes(header[4:6], "big"),
-                        int.from_bytes(header[1:4], "big"),
-                        int.from_bytes(header[6:9], "big"),
-                        data,
-                    )
-                start += _HANDSHAKE_HEADER + fragment_length
-        offset = body + length
-    return None
+    found = _first_certificate_untrusted(packet)
+    if found is None:
+        return None
+    header = packet[found[0] : found[0] + _HANDSHAKE_HEADER]
+    first = found[0] + _HANDSHAKE_HEADER
+    return (
+        int.from_bytes(header[4:6], "big"),
+        int.from_bytes(header[1:4], "big"),
+        int.from_bytes(header[6:9], "big"),
+        packet[first : first + int.from_bytes(header[9:12], "big")],
+    )
 
 
 class _CertificateFragments:

@@ -67,6 +67,19 @@ class Listener:
         await trio.sleep(seconds)
         return [packet for at, packet in self.received if at >= start]
 
+    async def heard_after_a_change(self, seconds: float) -> list[bytes]:
+        """What arrives in ``seconds`` from 0.1 s (virtual) after now: the packets sent before
+        a change (a tone started or stopped) that are still on their way land first."""
+        await trio.sleep(0.1)
+        return await self.heard_for(seconds)
+
+
+async def ringing_heard(env: B2bua, trunk: Listener, seconds: float) -> list[bytes]:
+    """What the trunk hears in ``seconds`` once bob's 180 reached alice in a NOTIFY (the
+    tone starts at the target's first 1xx)."""
+    await eventually_notify(env.alice, "SIP/2.0 180 Ringing")
+    return await trunk.heard_after_a_change(seconds)
+
 
 def ssrc(packet: bytes) -> int:
     return int.from_bytes(packet[8:12], "big")
@@ -157,9 +170,7 @@ async def test_the_transferee_hears_the_ringing_tone_while_the_target_rings(
         env, trunk = await transfer_call(
             nursery, tmp_path, voipgw_seed, sockets, AutoAnswer(ring=True, status=200, delay=3.0)
         )
-        await eventually_notify(env.alice, "SIP/2.0 180 Ringing")
-        await trio.sleep(0.1)
-        ringing = await trunk.heard_for(1.0)
+        ringing = await ringing_heard(env, trunk, 1.0)
         # The US plan (the default): 440 + 480 Hz for 2 s, as PCMU, the trunk's first law, in
         # place of alice's packets.
         tone_ssrc, payloads = one_tone_stream(ringing, payload_type=0)
@@ -192,9 +203,7 @@ async def test_an_hd_transferee_hears_the_ringing_tone_in_g722(
             AutoAnswer(ring=True, status=200, delay=3.0),
             formats=("9", "0", "101"),
         )
-        await eventually_notify(env.alice, "SIP/2.0 180 Ringing")
-        await trio.sleep(0.1)
-        ringing = await trunk.heard_for(1.0)
+        ringing = await ringing_heard(env, trunk, 1.0)
         # 160 octets per 20 ms at 64 kbit/s; RFC 3551 §4.5.2: G.722's RTP clock runs at 8000
         # Hz, 160 per 20 ms, as G.711's.
         _, payloads = one_tone_stream(ringing, payload_type=9)
@@ -218,16 +227,13 @@ async def test_a_failed_transfer_stops_the_tone_and_the_transferors_media_comes_
             AutoAnswer(ring=True, status=486, delay=2.0),
             media_table={"ringback_tone": "eu"},
         )
-        await eventually_notify(env.alice, "SIP/2.0 180 Ringing")
-        await trio.sleep(0.1)
-        ringing = await trunk.heard_for(0.5)
+        ringing = await ringing_heard(env, trunk, 0.5)
         assert ringing and ALICE_SSRC not in {ssrc(p) for p in ringing}
         payloads = [p[12:] for p in ringing]
         assert tone_power(payloads, 425.0) > 100 * tone_power(payloads, 440.0)  # the eu plan
 
         await eventually_notify(env.alice, "SIP/2.0 486 Busy Here")
-        await trio.sleep(0.1)
-        after = await trunk.heard_for(0.5)
+        after = await trunk.heard_after_a_change(0.5)
         assert after and {ssrc(p) for p in after} == {ALICE_SSRC}  # the call goes on
         assert env.calls == 1
 
@@ -284,8 +290,7 @@ async def test_a_transferee_that_holds_while_the_target_rings_hears_the_tone_whe
         assert (await trunk_call.reinvite(hold)).status == 200
         assert not call.media.playing_tone
         assert "ringing tone to the A leg stopped: its SDP says inactive" in caplog.text
-        await trio.sleep(0.1)  # tone packets paced before the stop may still be on their way
-        held = await trunk.heard_for(1.0)
+        held = await trunk.heard_after_a_change(1.0)  # tone packets before the stop land first
         assert held and {ssrc(p) for p in held} == {ALICE_SSRC}  # alice's media, no tone
 
         nursery.start_soon(alice_answers, "sendrecv", 3)
@@ -293,8 +298,7 @@ async def test_a_transferee_that_holds_while_the_target_rings_hears_the_tone_whe
         assert (await trunk_call.reinvite(resume)).status == 200
         assert call.media.playing_tone
         assert "ringing tone (us) to the A leg now: its SDP changed" in caplog.text
-        await trio.sleep(0.1)  # alice's packets relayed before the tone may still be on their way
-        ringing = await trunk.heard_for(1.0)
+        ringing = await trunk.heard_after_a_change(1.0)  # alice's packets before it land first
         assert ringing and ALICE_SSRC not in {ssrc(p) for p in ringing}
         payloads = [p[12:] for p in ringing]
         assert tone_power(payloads, 440.0) > 1000 * tone_power(payloads, 1000.0)
