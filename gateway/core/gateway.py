@@ -97,6 +97,7 @@ from gateway.core.media.relay import MediaRelay
 from gateway.core.media.relay_api import Relay
 from gateway.core.media.remote_relay import WorkerPool
 from gateway.core.media.session import MediaSession
+from gateway.core.media.tones import prepare_tone_frames
 from gateway.core.nat_keepalive import NatKeepalive
 from gateway.core.plugins import PluginError, Plugins
 from gateway.core.registration import RegistrationService, local_domains
@@ -1719,9 +1720,11 @@ class Gateway:
                 log_level=self.config.gateway.log_level,
                 plugin_exception_text=self.config.gateway.log_plugin_exception_text,
                 ready_within=media.worker_ready_timeout,
+                ringback_tone=media.ringback_tone,
             )
             await nursery.start(self.media_workers.serve)
         else:
+            prepare_tone_frames(media.ringback_tone)  # this process plays them
             self.relay = MediaRelay(PortAllocator(media.address, self.config.media_ports))
             await nursery.start(self.relay.serve)
         nursery.start_soon(self._housekeeping)

@@ -1057,6 +1057,7 @@ class WorkerPool:
     """``workers`` media worker processes relaying on ``address``, each on its slice of
     ``ports``. Run :meth:`serve` (``await nursery.start(pool.serve)``: returns once every worker
     is ready); open streams with :meth:`open_stream` or per call with :meth:`for_call`.
+    ``ringback_tone``: ``[media] ringback_tone``, whose frames each worker makes as it starts.
     """
 
     def __init__(
@@ -1070,6 +1071,7 @@ class WorkerPool:
         restart_delay: float = RESTART_DELAY,
         stats_interval: float = 1.0,
         ready_within: float = READY_WITHIN,
+        ringback_tone: str = "none",
     ) -> None:
         try:
             ip = ipaddress.ip_address(address)
@@ -1083,6 +1085,7 @@ class WorkerPool:
         self._restart_delay = restart_delay
         self._stats_interval = stats_interval
         self._ready_within = ready_within
+        self._ringback_tone = ringback_tone
         self._ids = itertools.count(1)
         self._serving = False
         self._stopping = False
@@ -1543,6 +1546,8 @@ class WorkerPool:
             self._log_level,
             "--stats-interval",
             str(self._stats_interval),
+            "--ringback-tone",
+            self._ringback_tone,
             *(["--plugin-exception-text"] if self._plugin_exception_text else []),
         ]
 

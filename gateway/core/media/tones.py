@@ -35,7 +35,11 @@ so the first ringback of a process computes a few hundred samples, not seconds o
 is adaptive (its ADPCM predictors carry state from sample to sample), so its frames are a whole
 cadence encoded by libg722 (the ``G722`` package: bit-exact to the ITU-T reference), after the
 same cadence once before it: the encoder then starts the kept cadence in the state it ends it
-in (a silence), and the cadence repeats seamlessly. A few milliseconds, once per plan.
+in (a silence), and the cadence repeats seamlessly. That costs 5-15 ms per plan (``"us"``, the
+longest cadence, the most), which on the event loop would hold every call's media that long at
+the first G.722 ringback: so the process that plays the tones makes the configured plan's frames
+before it relays anything (:func:`prepare_tone_frames`: the SIP process's relay, or each media
+worker from its ``--ringback-tone``; since session 56).
 :class:`TonePlayer` paces a tone's packets from float time; the relay's task sends them
 (:meth:`gateway.core.media.relay.MediaStream.play_tone`).
 """
@@ -213,6 +217,15 @@ def tone_frames(plan_name: str, codec: ToneCodec) -> tuple[bytes, ...]:
         else:
             frames += [silence] * count
     return tuple(frames)
+
+
+def prepare_tone_frames(plan_name: str) -> None:
+    """Make ``plan_name``'s frames in every codec now (``"none"``: nothing), so that no
+    ringback computes them on the event loop, where relayed media waits for it."""
+    if plan_name == "none":
+        return
+    for codec in ToneCodec:
+        tone_frames(plan_name, codec)
 
 
 def _g722_frames(plan: TonePlan) -> tuple[bytes, ...]:

@@ -85,7 +85,7 @@ from gateway.core.media.relay import (
     Tap,
 )
 from gateway.core.media.srtp import SrtpStatistics
-from gateway.core.media.tones import Tone, ToneCodec
+from gateway.core.media.tones import RINGBACK_PLANS, Tone, ToneCodec, prepare_tone_frames
 from gateway.core.media.worker_protocol import (
     DTMF_COPIES_PER_SECOND,
     EXIT_PROTOCOL_MISMATCH,
@@ -670,6 +670,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--stats-interval", type=float, default=1.0)
     parser.add_argument(
+        "--ringback-tone",
+        choices=("none", *RINGBACK_PLANS),
+        default="none",
+        help="([media] ringback_tone) the plan whose frames to make before relaying",
+    )
+    parser.add_argument(
         "--plugin-exception-text", action="store_true", help="([gateway] log_plugin_exception_text)"
     )
     return parser
@@ -689,6 +695,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     _log_to_stderr(str(args.index), args.log_level)
     show_plugin_exception_text(args.plugin_exception_text)
+    prepare_tone_frames(args.ringback_tone)  # before any call's media waits on the loop for it
 
     async def serve() -> None:
         worker = Worker(

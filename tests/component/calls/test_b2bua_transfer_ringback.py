@@ -22,6 +22,7 @@ import pytest
 import trio
 
 from gateway.core.media.g711 import ulaw2lin
+from gateway.core.media.tones import ToneCodec, tone_frames
 from gateway.plugins.taps.g722 import G722Decoder
 from gateway.testing.sip_agent import AutoAnswer, sdp_connection, simple_sdp
 from tests.component.calls.b2bua_env import ALICE_DID, B2bua, start_b2bua
@@ -212,6 +213,20 @@ async def test_an_hd_transferee_hears_the_ringing_tone_in_g722(
         for frequency in (440.0, 480.0):
             heard = goertzel(samples, frequency, 16000)
             assert heard > 1000 * goertzel(samples, 1000.0, 16000)
+
+
+async def test_the_configured_plans_frames_are_made_as_the_gateway_starts(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # Session 56: the relay's process makes them before it relays anything; before, the first
+    # ringback of a process made them on the event loop (a G.722 cadence: 5-15 ms during which
+    # every call's media waited).
+    tone_frames.cache_clear()
+    await start_b2bua(nursery, tmp_path, voipgw_seed, media_table={"ringback_tone": "fr"})
+    assert tone_frames.cache_info().currsize == len(ToneCodec)
+    for codec in ToneCodec:
+        tone_frames("fr", codec)
+    assert tone_frames.cache_info().misses == len(ToneCodec)  # each made once, at the start
 
 
 async def test_a_failed_transfer_stops_the_tone_and_the_transferors_media_comes_back(

@@ -21,6 +21,7 @@ from gateway.core.media.tones import (
     Tone,
     ToneCodec,
     TonePlayer,
+    prepare_tone_frames,
     tone_codecs,
     tone_frames,
 )
@@ -267,3 +268,19 @@ def test_a_player_held_up_skips_what_it_cannot_send_in_time() -> None:
     assert player.skipped == 10 - MAX_CATCH_UP
     assert player.next_due() == pytest.approx(0.22)
     assert player.due(0.21) == []
+
+
+@pytest.mark.parametrize("name", sorted(RINGBACK_PLANS))
+def test_a_plan_prepared_has_its_frames_in_every_codec_made_once(name: str) -> None:
+    tone_frames.cache_clear()
+    prepare_tone_frames(name)
+    made = tone_frames.cache_info().misses
+    assert made == len(ToneCodec)
+    assert all(tone_frames(name, codec) for codec in ToneCodec)
+    assert tone_frames.cache_info().misses == made
+
+
+def test_no_plan_prepares_nothing() -> None:
+    tone_frames.cache_clear()
+    prepare_tone_frames("none")
+    assert tone_frames.cache_info().currsize == 0

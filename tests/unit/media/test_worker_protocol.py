@@ -289,7 +289,7 @@ def test_values_that_do_not_fit_their_field_are_our_bug() -> None:
 
 # -- the protocol version ------------------------------------------------------------------------
 
-LAYOUT_VERSION = 12
+LAYOUT_VERSION = 13
 """The PROTOCOL_VERSION whose layouts FRAMES below are. A change to any message's layout fails
 test_each_message_type_has_the_layout_of_its_protocol_version: then bump PROTOCOL_VERSION in
 worker_protocol.py, and this number with the new frames (never new frames under an old number:
@@ -458,6 +458,7 @@ WORKER_OPTIONS = {
     "--ports": True,
     "--log-level": False,
     "--stats-interval": False,
+    "--ringback-tone": False,
     "--plugin-exception-text": False,
 }
 """The worker's options in protocol version LAYOUT_VERSION."""
@@ -483,3 +484,20 @@ def test_the_worker_command_line_is_that_of_its_protocol_version() -> None:
         "worker_protocol.py (and LAYOUT_VERSION, FRAMES and WORKER_OPTIONS here)"
     )
     assert worker._parser().parse_args(command[3:]).protocol_version == PROTOCOL_VERSION
+
+
+@pytest.mark.parametrize("plan", ["us", "fr", "none"])
+def test_each_worker_is_told_the_ringing_tone_plan_to_make_frames_for(plan: str) -> None:
+    pool = WorkerPool("127.0.0.1", PortRange(40000, 40019), 2, ringback_tone=plan)
+    for slot in pool._workers:
+        command = pool._command(slot, 7)
+        assert worker._parser().parse_args(command[3:]).ringback_tone == plan
+
+
+def test_a_worker_refuses_a_ringing_tone_plan_it_does_not_know(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pool = WorkerPool("127.0.0.1", PortRange(40000, 40019), 2, ringback_tone="xx")
+    with pytest.raises(SystemExit):
+        worker._parser().parse_args(pool._command(pool._workers[0], 7)[3:])
+    assert "--ringback-tone: invalid choice: 'xx'" in capsys.readouterr().err
