@@ -43,7 +43,6 @@ from gateway.core.calls.location_updates import CallLocationUpdates
 from gateway.core.calls.media_keys import CallMediaKeys
 from gateway.core.logs import transport_error_text
 from gateway.core.sdp.parser import parse_sdp_untrusted
-from gateway.core.sdp.serializer import serialize_sdp
 from gateway.core.sip.dialog import DialogState, glare_wait
 from gateway.core.sip.message import Response, cancel_for
 from gateway.core.sip.transaction import State
@@ -135,18 +134,11 @@ class CallForkRekey(CallLocationUpdates, CallMediaKeys):
             )
             self._fork_rekey_outcome = f"not sent: internal error ({type(exc).__name__})"
             return
-        tag = InDialogRequest("fork-rekey", Side.B)
-        extra = [("Supported", "timer"), *self._refresh_headers(leg)]
-        sent = await self._send_in_dialog(
-            leg, "INVITE", body=serialize_sdp(offer), tag=tag, extra=extra
-        )
-        if sent is not None:
+        tag = await self._reinvite_with_repeated_offer(leg, Side.B.value, offer, "fork-rekey")
+        if tag is not None:
             self._fork_rekey = tag
             self._fork_rekey_deadline = trio.current_time() + 64 * self.config.sip.t1
         else:
-            # Nothing went: our keys and o= version stay those last sent (RFC 3264 §8).
-            leg.security.withdraw_offer()
-            self.media.withdraw_repeated_offer(Side.B.value)
             self._fork_rekey_outcome = "not sent: the B leg cannot be reached"
 
     def _fork_rekey_later(self, leg: BLeg) -> bool:

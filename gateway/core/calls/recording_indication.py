@@ -73,7 +73,6 @@ from gateway.core.calls.location_updates import CallLocationUpdates
 from gateway.core.calls.media_keys import CallMediaKeys
 from gateway.core.logs import transport_error_text
 from gateway.core.sdp.parser import parse_sdp_untrusted
-from gateway.core.sdp.serializer import serialize_sdp
 from gateway.core.sip.dialog import DialogState, glare_wait
 from gateway.core.sip.message import Request, Response, cancel_for
 from gateway.core.sip.transaction import State
@@ -340,15 +339,8 @@ class CallRecordingIndication(CallLocationUpdates, CallMediaKeys):
                 type(exc).__name__,
             )
             return
-        tag = InDialogRequest("record-indication", side)
-        extra = [("Supported", "timer"), *self._refresh_headers(leg)]
-        sent = await self._send_in_dialog(
-            leg, "INVITE", body=serialize_sdp(offer), tag=tag, extra=extra
-        )
-        if sent is None:
-            # Nothing went: keys and o= version stay those last sent (RFC 3264 §8).
-            security.withdraw_offer()
-            self.media.withdraw_repeated_offer(side.value)
+        tag = await self._reinvite_with_repeated_offer(leg, side.value, offer, "record-indication")
+        if tag is None:
             return
         self._indication, self._indication_glare_side = tag, None
         self._indication_deadline = now + 64 * self.config.sip.t1

@@ -11,12 +11,15 @@ media). The timers themselves are sans-IO: ``gateway.core.sip.session_timer``.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import trio
 
 from gateway.core.calls.base import CallBase, log
 from gateway.core.calls.events import InDialogRequest, RequestEvent
 from gateway.core.calls.leg import BLeg, Leg
+from gateway.core.sdp.model import SessionDescription
+from gateway.core.sdp.serializer import serialize_sdp
 from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.message import Request, Response, make_response
 from gateway.core.sip.session_timer import (
@@ -62,6 +65,30 @@ class CallSessionTimers(CallBase):
             await self.endpoint.respond(event.transaction, refusal)
             return None
         return timer
+
+    async def _reinvite_with_repeated_offer(
+        self, leg: Leg, side: Literal["a", "b"], offer: SessionDescription, purpose: str
+    ) -> InDialogRequest | None:
+        """Our re-INVITE on ``leg`` with ``offer`` (its security's keyed form of the media
+        session's :meth:`MediaSession.repeat_offer` for ``side``), tagged ``purpose``, asking
+        for our session timer (RFC 4028 §7.4); None when it cannot be sent: the leg's security
+        and the session take the offer back, so the next SDP there has the version after the
+        last one sent (RFC 3264 §8). Every re-INVITE the gateway makes of its own (a
+        transfer's join, a forked callee's re-key, a recording indication) goes this way."""
+        assert leg.security is not None and self.media is not None
+        tag = InDialogRequest(purpose, leg.side)
+        sent = await self._send_in_dialog(
+            leg,
+            "INVITE",
+            body=serialize_sdp(offer),
+            tag=tag,
+            extra=[("Supported", "timer"), *self._refresh_headers(leg)],
+        )
+        if sent is None:
+            leg.security.withdraw_offer()
+            self.media.withdraw_repeated_offer(side)
+            return None
+        return tag
 
     def _refresh_headers(self, leg: Leg) -> list[tuple[str, str]]:
         """What our INVITE or re-INVITE to ``leg`` asks of session timers (§7.1, §7.4; beside

@@ -39,7 +39,7 @@ from gateway.core.interfaces import Caller, RouteTarget
 from gateway.core.logs import log_exception, transport_error_text
 from gateway.core.media.errors import PortsExhausted
 from gateway.core.sdp.errors import SdpError
-from gateway.core.sdp.model import Direction, SessionDescription
+from gateway.core.sdp.model import Direction
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sdp.serializer import serialize_sdp
 from gateway.core.sip.dialog import DialogState, glare_wait
@@ -513,28 +513,6 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
         transfer.join_resume = tag
         transfer.deadline = trio.current_time() + 64 * self.config.sip.t1
         return True
-
-    async def _reinvite_with_repeated_offer(
-        self, leg: Leg, side: Literal["a", "b"], offer: SessionDescription, purpose: str
-    ) -> InDialogRequest | None:
-        """Our re-INVITE on ``leg`` with ``offer`` (its security's keyed form of the media
-        session's :meth:`MediaSession.repeat_offer` for ``side``), tagged ``purpose``; None
-        when it cannot be sent: the leg's security and the session take the offer back, so
-        the next SDP there has the version after the last one sent (RFC 3264 §8)."""
-        assert leg.security is not None and self.media is not None
-        tag = InDialogRequest(purpose, leg.side)
-        sent = await self._send_in_dialog(
-            leg,
-            "INVITE",
-            body=serialize_sdp(offer),
-            tag=tag,
-            extra=[("Supported", "timer"), *self._refresh_headers(leg)],
-        )
-        if sent is None:
-            leg.security.withdraw_offer()
-            self.media.withdraw_repeated_offer(side)
-            return None
-        return tag
 
     async def _transferee_resumed(self, tag: InDialogRequest, response: Response) -> None:
         """The transferee's final response to our re-INVITE taking it off hold
