@@ -36,11 +36,17 @@ from pathlib import Path
 if importlib.util.find_spec("gateway") is None:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from gateway.core.media.g729 import (
+    FRAME_SAMPLES,
+    Bcg729,
+    Bcg729Decoder,
+    Bcg729Encoder,
+    load_bcg729,
+)
 from gateway.plugins.taps import g722 as g722_module
 from gateway.plugins.taps.g722 import G722Decoder
 from gateway.plugins.taps.g722_libg722 import LibG722Decoder
 from gateway.plugins.taps.g722_spandsp import SpandspG722Decoder, load_spandsp
-from gateway.plugins.taps.g729_bcg729 import FRAME_SAMPLES, Bcg729, Bcg729Decoder, load_bcg729
 from gateway.plugins.taps.oggopus import OggOpusWriter
 from gateway.plugins.taps.recorder import PCMU, g711_to_linear
 
@@ -75,27 +81,13 @@ def _speech_like_g722(packets: int) -> list[bytes] | None:
 
 def _speech_like_g729(bcg729: Bcg729, packets: int) -> list[bytes]:
     """20 ms G.729 payloads (two 10-octet frames) of a two-tone signal, from bcg729's encoder."""
-    lib = bcg729.lib
-    lib.initBcg729EncoderChannel.restype = ctypes.c_void_p
-    lib.initBcg729EncoderChannel.argtypes = [ctypes.c_uint8]
-    lib.bcg729Encoder.argtypes = [ctypes.c_void_p] * 4
-    lib.closeBcg729EncoderChannel.argtypes = [ctypes.c_void_p]
-    channel = lib.initBcg729EncoderChannel(0)
-    frames = []
-    for index in range(2 * packets):
-        pcm = (ctypes.c_int16 * FRAME_SAMPLES)(
-            *(
-                int(9000 * math.sin(2 * math.pi * 1000 * i / 8000))
-                + int(6000 * math.sin(2 * math.pi * 300 * i / 8000))
-                for i in range(index * FRAME_SAMPLES, (index + 1) * FRAME_SAMPLES)
-            )
-        )
-        out = (ctypes.c_uint8 * 10)()
-        length = ctypes.c_uint8()
-        lib.bcg729Encoder(channel, pcm, out, ctypes.byref(length))
-        frames.append(bytes(out)[: length.value])
-    lib.closeBcg729EncoderChannel(channel)
-    return [frames[i] + frames[i + 1] for i in range(0, len(frames), 2)]
+    signal = [
+        int(9000 * math.sin(2 * math.pi * 1000 * i / 8000))
+        + int(6000 * math.sin(2 * math.pi * 300 * i / 8000))
+        for i in range(2 * FRAME_SAMPLES * packets)
+    ]
+    octets = Bcg729Encoder(bcg729).encode(signal)
+    return [octets[i : i + 20] for i in range(0, len(octets), 20)]
 
 
 def _best(run: Callable[[], None], packets: int, repeats: int) -> float:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.plugins.taps.g729_bcg729 import Bcg729Decoder
+from gateway.core.media.g729 import Bcg729Decoder
 from tests.interop.harness import SCENARIOS, GatewayProcess, SippUas, analyse_tone, run_sipp_uac
 from tests.interop.sipp_calls import ACCOUNTS, DID, TRUNK_IP, inbound_trunk, register
 from tests.interop.t38_pcaps import pcap_of

@@ -16,10 +16,11 @@ it (bounded: a full queue drops and counts, the relay never waits) and its own t
     SSRC or a re-base, into a mono 16 kHz 16-bit WAV file: the audio is 16 kHz although its
     RTP clock is 8 kHz (RFC 3551 §4.5.2);
   * G.729 (payload type 18, or a dynamic one named G729; Annex A's bitstream is the same, and
-    Annex B's comfort noise frames are decoded as noise) decoded by bcg729 (g729_bcg729.py,
-    Debian's ``libbcg729-0``, when it is installed; since session 56), one decoder per source
-    as for G.722, into a mono 8 kHz 16-bit WAV file; without the library its packets are
-    counted as another codec, as before, and the recorder says so as it starts;
+    Annex B's comfort noise frames are decoded as noise) decoded by bcg729
+    (gateway/core/media/g729.py: Debian's ``libbcg729-0``, when it is installed; since session
+    56), one decoder per source as for G.722, into a mono 8 kHz 16-bit WAV file; without the
+    library its packets are counted as another codec, as before, and the recorder says so as
+    it starts;
   * Opus (a dynamic payload type, named ``opus/48000/2`` by the SDP: the sink reads the call's
     rtpmap attributes from ``TappedCall.media`` and ``streams_changed``) not decoded: its packets
     go into an Ogg Opus file (``.opus``, RFC 7845, oggopus.py) as they came.
@@ -67,10 +68,10 @@ import attrs
 from gateway.core.config import NAMES_TRUNKS
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import TappedCall, TappedMedia
+from gateway.core.media.g729 import Bcg729Decoder, G729PayloadError, load_bcg729
 from gateway.plugins.taps.g722 import G722Decoder
 from gateway.plugins.taps.g722_libg722 import LibG722Decoder
 from gateway.plugins.taps.g722_spandsp import SpandspG722Decoder, load_spandsp
-from gateway.plugins.taps.g729_bcg729 import Bcg729Decoder, G729PayloadError, load_bcg729
 from gateway.plugins.taps.oggopus import OggOpusWriter, concealment, opus_samples_untrusted
 from gateway.plugins.taps.queue import CopyQueue
 from gateway.plugins.taps.selection import NOTHING_SELECTED, CallSelection
@@ -658,8 +659,9 @@ def g722_decoder_factory(choice: str) -> NewG722Decoder:
 
 
 def g729_decoder_factory() -> NewG729Decoder | None:
-    """What makes each G.729 source's decoder: bcg729 where it is installed (g729_bcg729.py),
-    else None, and G.729 is counted, not written. Said once, as the recorder starts."""
+    """What makes each G.729 source's decoder: bcg729 where it is installed
+    (gateway/core/media/g729.py), else None, and G.729 is counted, not written. Said once, as
+    the recorder starts."""
     bcg729 = load_bcg729()
     if bcg729 is None:
         log.warning(

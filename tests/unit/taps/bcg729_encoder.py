@@ -1,12 +1,13 @@
-"""bcg729's G.729 encoder for the recorder's G.729 tests (the gateway only decodes): frames as a
-G.729 phone sends them, from a signal we know."""
+"""bcg729's G.729 encoder for the recorder's G.729 tests: frames as a G.729 phone sends them,
+from a signal we know, with Annex B's voice activity detection if asked (the gateway's own
+encoder, for the ringing tone, has none)."""
 
 from __future__ import annotations
 
 import ctypes
 import math
 
-from gateway.plugins.taps.g729_bcg729 import FRAME_SAMPLES, Bcg729, load_bcg729
+from gateway.core.media.g729 import FRAME_SAMPLES, Bcg729, load_bcg729
 from tests.conftest import missing
 
 
@@ -20,12 +21,7 @@ def bcg729_or_missing() -> Bcg729:
 def g729_encode(bcg729: Bcg729, samples: list[int], *, vad: bool = False) -> list[bytes]:
     """Each 10 ms frame of ``samples`` (8 kHz) as bcg729/encoder.h encodes it: 10 octets, or
     with ``vad`` (Annex B) 2 for a SID frame and none for a frame not sent."""
-    lib = bcg729.lib
-    lib.initBcg729EncoderChannel.restype = ctypes.c_void_p
-    lib.initBcg729EncoderChannel.argtypes = [ctypes.c_uint8]
-    lib.bcg729Encoder.restype = None
-    lib.bcg729Encoder.argtypes = [ctypes.c_void_p] * 4
-    lib.closeBcg729EncoderChannel.argtypes = [ctypes.c_void_p]
+    lib = bcg729.lib  # typed by Bcg729; the gateway's own encoder has no VAD
     channel = lib.initBcg729EncoderChannel(int(vad))
     frames = []
     try:

@@ -18,10 +18,10 @@ import trio
 
 from gateway.core.config import ConfigError, from_mapping
 from gateway.core.interfaces import TappedCall, TappedMedia
+from gateway.core.media.g729 import Bcg729Decoder
 from gateway.core.plugins import load_plugins
 from gateway.plugins.taps import recorder as recorder_plugin
 from gateway.plugins.taps.g722 import G722Decoder
-from gateway.plugins.taps.g729_bcg729 import Bcg729Decoder
 from gateway.plugins.taps.oggopus import PRE_SKIP, opus_samples_untrusted
 from gateway.plugins.taps.recorder import (
     PCMA,

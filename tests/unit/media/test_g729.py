@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.plugins.taps.g729_bcg729 import G729PayloadError, g729_frames_untrusted
+from gateway.core.media.g729 import G729PayloadError, g729_frames_untrusted
 
 
 def test_voice_frames_then_one_sid_frame() -> None:
