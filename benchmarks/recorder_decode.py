@@ -11,10 +11,11 @@ times a second. Rows: G.711 (PCMU, a table look-up per octet), G.722 (the pure-P
 ADPCM decoder, gateway/plugins/taps/g722.py; libg722, the recorder's default since session 55;
 and spandsp when installed) on speech-like input (a 1 kHz tone with a
 300 Hz one, encoded by Debian's libspandsp2 when it is installed) and on random octets (every
-code, the worst case for the saturating paths), and Opus (not decoded: the Ogg page writer's
-cost per packet). The figure is the best of ``--repeats`` runs of ``--packets`` payloads, one
-decoder across the run (as for one call), divided by the number of payloads; the last column is
-how many recorded directions would fill one core.
+code, the worst case for the saturating paths), G.729 by bcg729 when installed (payloads of
+two-tone speech-like input its own encoder made; session 56), and Opus (not decoded: the Ogg
+page writer's cost per packet). The figure is the best of ``--repeats`` runs of ``--packets``
+payloads, one decoder across the run (as for one call), divided by the number of payloads; the
+last column is how many recorded directions would fill one core.
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ from pathlib import Path
 if importlib.util.find_spec("gateway") is None:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from gateway.core.media.g729 import (
+    FRAME_SAMPLES,
+    Bcg729,
+    Bcg729Decoder,
+    Bcg729Encoder,
+    load_bcg729,
+)
 from gateway.plugins.taps import g722 as g722_module
 from gateway.plugins.taps.g722 import G722Decoder
 from gateway.plugins.taps.g722_libg722 import LibG722Decoder
@@ -69,6 +77,17 @@ def _speech_like_g722(packets: int) -> list[bytes] | None:
     lib.g722_encode_free(state)
     data = out.raw[:written]
     return [data[i : i + OCTETS] for i in range(0, written, OCTETS)]
+
+
+def _speech_like_g729(bcg729: Bcg729, packets: int) -> list[bytes]:
+    """20 ms G.729 payloads (two 10-octet frames) of a two-tone signal, from bcg729's encoder."""
+    signal = [
+        int(9000 * math.sin(2 * math.pi * 1000 * i / 8000))
+        + int(6000 * math.sin(2 * math.pi * 300 * i / 8000))
+        for i in range(2 * FRAME_SAMPLES * packets)
+    ]
+    octets = Bcg729Encoder(bcg729).encode(signal)
+    return [octets[i : i + 20] for i in range(0, len(octets), 20)]
 
 
 def _best(run: Callable[[], None], packets: int, repeats: int) -> float:
@@ -138,6 +157,18 @@ def main() -> None:
         if speech is not None:
             rows.append(("G.722 by spandsp (ctypes), two tones", decode_g722(speech, by="spandsp")))
         rows.append(("G.722 by spandsp (ctypes), random", decode_g722(noise, by="spandsp")))
+    bcg729 = load_bcg729()
+    if bcg729 is not None:
+        g729 = _speech_like_g729(bcg729, packets)
+
+        def g729_run() -> None:
+            decoder = Bcg729Decoder(bcg729)
+            for payload in g729:
+                decoder.decode(payload)
+
+        rows.append(("G.729 by bcg729 -> 8 kHz PCM, two tones", g729_run))
+    else:
+        print("(no libbcg729: G.729 not measured)")
     rows.append(("Opus -> Ogg pages (not decoded)", opus_run))
     for label, run in rows:
         micros = _best(run, packets, repeats)

@@ -89,7 +89,7 @@ from gateway.core.media.relay_api import (
     RelayStream,
 )
 from gateway.core.media.t38 import is_udptl_t38, t38_problem_untrusted
-from gateway.core.media.tones import Tone, ToneCodec, tone_codecs
+from gateway.core.media.tones import Tone, ToneCodec, codec_available, tone_codecs
 from gateway.core.media.transcoding import (
     AddedLaw,
     TranscodingPlan,
@@ -207,6 +207,13 @@ def is_leg_specific(attribute: Attribute) -> bool:
     if name == "group":  # RFC 5888 a=group:<semantics> <mid>...: only BUNDLE is transport
         return (attribute.value or "").split()[:1] == ["BUNDLE"]
     return False
+
+
+def _tone_codec_names() -> str:
+    """The codecs a ringing tone can go in on this install, for the log ("PCMU, PCMA, G722
+    and G729"; G729 only where bcg729 is installed)."""
+    names = [codec.value for codec in ToneCodec if codec_available(codec)]
+    return ", ".join(names[:-1]) + " and " + names[-1]
 
 
 class EncryptedMediaNotSupported(SdpError):
@@ -2055,7 +2062,8 @@ class MediaSession:
         """Play the ringing tone ``plan`` (:data:`gateway.core.media.tones.RINGBACK_PLANS`) to
         leg ``side`` in place of the other leg's media, on its first audio line (a transferee
         while the target rings: docs/transfers.md "Media"); None when it plays, else why not,
-        for the log. It goes in the first of PCMU, PCMA and G722 the leg's SDP in force lists,
+        for the log. It goes in the first of PCMU, PCMA, G722 and G729 (where bcg729 is installed)
+        the leg's SDP in force lists,
         with its number (RFC 3264 §5.1: the numbers a party writes are those it receives), and
         only where that SDP and ours let the leg receive (sendrecv or recvonly on its side, RFC
         3264 §6.1: a held party that said inactive must get no media). One tone at a time:
@@ -2093,7 +2101,7 @@ class MediaSession:
                 return f"our SDP to it says {ours.effective_direction(ours.media[index]).value}"
             codecs = tone_codecs(media)
             if not codecs:
-                return "it takes none of PCMU, PCMA and G722"
+                return "it takes none of " + _tone_codec_names()
             codec, payload_type = next(iter(codecs.items()))
             return index, codec, payload_type
         return "no audio line to play it on"

@@ -1,4 +1,4 @@
-"""Call progress tones the gateway plays itself, as G.711 or G.722 RTP. Sans-IO.
+"""Call progress tones the gateway plays itself, as G.711, G.722 or G.729 RTP. Sans-IO.
 
 Theory of operation
 -------------------
@@ -16,17 +16,22 @@ names the plan (:data:`RINGBACK_PLANS`; ``"none"`` plays nothing). Each plan is 
 frequencies summed, at a level per frequency, switched on and off by a cadence repeated for as
 long as it plays.
 
-It goes in the first of PCMU, PCMA and G722 that the receiving leg's SDP in force lists, with
-the payload type number it gives (RFC 3264 §5.1: the numbers a party writes are those it
+It goes in the first of PCMU, PCMA, G722 and G729 that the receiving leg's SDP in force lists,
+with the payload type number it gives (RFC 3264 §5.1: the numbers a party writes are those it
 expects to receive); a leg that takes none of them hears nothing (the gateway encodes no other
 codec). G.711 (RFC 3551 §4.5.14): 8000 samples a second, an octet a sample. G.722 (ITU-T
 G.722 at 64 kbit/s, RFC 3551 §4.5.2): 16000 samples a second in 4 bits each, so 160 octets per
 20 ms as well, and its RTP clock runs at 8000 Hz, as G.711's (RFC 1890's mistake, which RFC
 3551 keeps for compatibility): the timestamps step the same 160 per packet. HD phones (G.722
 first, often alone when an administrator narrowed their codec list) hear the tone too; before
-session 55 they heard silence while the target rang. The packets are an RTP stream of their
-own (RFC 3550 §8: a new SSRC, random sequence number and timestamp): the receiver's jitter
-buffer starts afresh with it, as it does when the target's media replaces it.
+session 55 they heard silence while the target rang. G.729 (RFC 3551 §4.5.6), only where
+bcg729 is installed (gateway/core/media/g729.py; since session 56, before which low-bandwidth
+trunks and branch lines that take G.729 alone heard silence): 8000 samples a second in 10 ms
+frames of 10 octets, two a packet; the timestamps step 160 as G.711's. Without Annex B's
+comfort noise: the cadence's gaps go as encoded silence, which a receiver that said
+``annexb=no`` (RFC 4856 §2.1.9) takes too. The packets are an RTP stream of their own (RFC
+3550 §8: a new SSRC, random sequence number and timestamp): the receiver's jitter buffer starts
+afresh with it, as it does when the target's media replaces it.
 
 Cost: nothing per packet of any other call. A plan's frames are computed once per process and
 codec (:func:`tone_frames`): sums of sines whose frequencies divide into a short repeating unit
@@ -35,11 +40,13 @@ so the first ringback of a process computes a few hundred samples, not seconds o
 is adaptive (its ADPCM predictors carry state from sample to sample), so its frames are a whole
 cadence encoded by libg722 (the ``G722`` package: bit-exact to the ITU-T reference), after the
 same cadence once before it: the encoder then starts the kept cadence in the state it ends it
-in (a silence), and the cadence repeats seamlessly. That costs 5-15 ms per plan (``"us"``, the
-longest cadence, the most), which on the event loop would hold every call's media that long at
-the first G.722 ringback: so the process that plays the tones makes the configured plan's frames
-before it relays anything (:func:`prepare_tone_frames`: the SIP process's relay, or each media
-worker from its ``--ringback-tone``; since session 56).
+in (a silence), and the cadence repeats seamlessly. G.729's encoder carries state too (its
+prediction and pitch memories), and its frames are made the same way by bcg729. That costs
+5-15 ms per plan for G.722 and 14-31 ms for G.729 (``"us"``, the longest cadence, the most),
+which on the event loop would hold every call's media that long at the first such ringback:
+so the process that plays the tones makes the configured plan's frames before it relays
+anything (:func:`prepare_tone_frames`: the SIP process's relay, or each media worker from its
+``--ringback-tone``; since session 56).
 :class:`TonePlayer` paces a tone's packets from float time; the relay's task sends them
 (:meth:`gateway.core.media.relay.MediaStream.play_tone`).
 """
@@ -54,6 +61,7 @@ import math
 import attrs
 from G722 import G722
 
+from gateway.core.media import g729
 from gateway.core.media.g711 import lin2alaw, lin2ulaw
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import MediaDescription
@@ -119,6 +127,7 @@ class ToneCodec(enum.Enum):
     PCMU = "PCMU"
     PCMA = "PCMA"
     G722 = "G722"
+    G729 = "G729"
 
 
 @attrs.frozen
@@ -154,9 +163,14 @@ def tone_codecs(media: MediaDescription) -> dict[ToneCodec, int]:
     found: dict[ToneCodec, int] = {}
     for payload_type, rtpmap in formats.items():
         codec = _TONE_CODECS.get(rtpmap.codec_key) if rtpmap is not None else None
-        if codec is not None:
+        if codec is not None and codec_available(codec):
             found.setdefault(codec, payload_type)
     return found
+
+
+def codec_available(codec: ToneCodec) -> bool:
+    """Whether this install can encode ``codec``: G.729 needs bcg729 (a system library)."""
+    return codec is not ToneCodec.G729 or g729.load_bcg729() is not None
 
 
 def _amplitude(level_dbm0: float) -> float:
@@ -204,6 +218,8 @@ def tone_frames(plan_name: str, codec: ToneCodec) -> tuple[bytes, ...]:
     plan = RINGBACK_PLANS[plan_name]
     if codec is ToneCodec.G722:
         return _g722_frames(plan)
+    if codec is ToneCodec.G729:
+        return _g729_frames(plan)
     encode = lin2ulaw if codec is ToneCodec.PCMU else lin2alaw
     unit = _repeating_frames(plan)
     samples = [encode(sample) for sample in _burst_samples(plan, SAMPLE_RATE)]
@@ -225,7 +241,8 @@ def prepare_tone_frames(plan_name: str) -> None:
     if plan_name == "none":
         return
     for codec in ToneCodec:
-        tone_frames(plan_name, codec)
+        if codec_available(codec):
+            tone_frames(plan_name, codec)
 
 
 def _g722_frames(plan: TonePlan) -> tuple[bytes, ...]:
@@ -248,6 +265,29 @@ def _g722_frames(plan: TonePlan) -> tuple[bytes, ...]:
     encoder.encode(cadence)  # the adaptive state the cadence ends in
     encoded: bytes = encoder.encode(cadence)
     return tuple(encoded[i : i + FRAME_SAMPLES] for i in range(0, len(encoded), FRAME_SAMPLES))
+
+
+def _g729_frames(plan: TonePlan) -> tuple[bytes, ...]:
+    """One whole cadence of ``plan`` in G.729, 20 ms (two 10-octet frames) a packet: the
+    cadence encoded twice by one bcg729 encoder, the second time kept, as for G.722
+    (:func:`_g722_frames`: every repetition starts in the state the cadence ends in)."""
+    bcg729 = g729.load_bcg729()
+    if bcg729 is None:
+        raise ValueError("G.729 tone frames need bcg729 (apt-get install libbcg729-0)")
+    frame = _frame_samples(SAMPLE_RATE)
+    burst = _burst_samples(plan, SAMPLE_RATE)
+    cadence: list[int] = []
+    for index, seconds in enumerate(plan.cadence):
+        count = round(seconds / FRAME_SECONDS) * frame
+        if index % 2 == 0:
+            cadence += [burst[n % len(burst)] for n in range(count)]
+        else:
+            cadence += [0] * count
+    encoder = g729.Bcg729Encoder(bcg729)
+    encoder.encode(cadence)  # the state the cadence ends in
+    encoded = encoder.encode(cadence)
+    octets = 2 * g729.FRAME_OCTETS
+    return tuple(encoded[i : i + octets] for i in range(0, len(encoded), octets))
 
 
 class TonePlayer:

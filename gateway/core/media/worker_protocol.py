@@ -68,7 +68,7 @@ from gateway.core.interfaces import SrtpKeys
 from gateway.core.media.relay import DirectionStatistics
 from gateway.core.media.srtp import SrtpStatistics
 
-PROTOCOL_VERSION = 13
+PROTOCOL_VERSION = 14
 """The version of the channel's messages and of the worker's command line. **Bump it on any
 change to a message's layout** (a field added, removed, reordered or retyped, a default that
 is sent, a type number, a field codec) **or to what a message means, and on any change to the
@@ -96,7 +96,8 @@ its ``final_counters`` (session 50). 10: :class:`SetDtls` its ``other_phones`` (
 the callee's DTLS engine keeps other phones' handshakes for another phone's answer). 11:
 :class:`PlayTone` (a transferee's ringing tone, session 52). 12: :class:`PlayTone` its ``codec``
 (G.722 beside the G.711 laws, session 55). 13: the worker's ``--ringback-tone`` (it makes that
-plan's frames as it starts, session 56)."""
+plan's frames as it starts, session 56). 14: :class:`PlayTone`'s codec may be ``G729``
+(session 56)."""
 
 SocketAddress = tuple[str, int] | tuple[str, int, int, int]
 """A peer's address as a socket gives it: (host, port), or for IPv6 (host, port, flow info,
@@ -410,7 +411,7 @@ class SendDtmf:
 TONE_PLANS = ("", "us", "uk", "eu", "fr")
 """:class:`PlayTone`'s plans (:data:`gateway.core.media.tones.RINGBACK_PLANS`); empty: stop.
 Append only, as the type numbers."""
-TONE_CODECS = ("", "PCMU", "PCMA", "G722")
+TONE_CODECS = ("", "PCMU", "PCMA", "G722", "G729")
 """:class:`PlayTone`'s codecs (:class:`gateway.core.media.tones.ToneCodec`); empty with no
 plan. Append only."""
 

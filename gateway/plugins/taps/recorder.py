@@ -15,6 +15,12 @@ it (bounded: a full queue drops and counts, the relay never waits) and its own t
     g722_spandsp.py, or g722.py, pure Python), one decoder per source, reset on a new
     SSRC or a re-base, into a mono 16 kHz 16-bit WAV file: the audio is 16 kHz although its
     RTP clock is 8 kHz (RFC 3551 §4.5.2);
+  * G.729 (payload type 18, or a dynamic one named G729; Annex A's bitstream is the same, and
+    Annex B's comfort noise frames are decoded as noise) decoded by bcg729
+    (gateway/core/media/g729.py: Debian's ``libbcg729-0``, when it is installed; since session
+    56), one decoder per source as for G.722, into a mono 8 kHz 16-bit WAV file; without the
+    library its packets are counted as another codec, as before, and the recorder says so as
+    it starts;
   * Opus (a dynamic payload type, named ``opus/48000/2`` by the SDP: the sink reads the call's
     rtpmap attributes from ``TappedCall.media`` and ``streams_changed``) not decoded: its packets
     go into an Ogg Opus file (``.opus``, RFC 7845, oggopus.py) as they came.
@@ -27,12 +33,12 @@ it (bounded: a full queue drops and counts, the relay never waits) and its own t
   ``REBASE_AFTER`` ahead of it. A re-INVITE that switches a direction to a codec of another
   kind moves it to its file of that kind (``...-caller-2.wav``: see :class:`WavRecording`).
   Late packets (behind what is written) are dropped and counted, and so are Opus packets whose
-  framing is broken (no decoder can decode them); RTCP, comfort noise and telephone events are
-  not audio; other codecs (G.729, iLBC ...) are counted by name in the end-of-call log line, not
-  written (use ``pcap`` for them). Decoding runs in the sink's task, not the relay's: G.722
-  costs a few microseconds per 20 ms packet by libg722, about 10 us by spandsp and 0.8-1.1 ms
-  in Python
-  (benchmarks/recorder_decode.py), G.711 and Opus a few microseconds.
+  framing is broken and G.729 payloads of a length it does not have (no decoder can decode
+  them; counted malformed); RTCP, comfort noise (RFC 3389) and telephone events are
+  not audio; other codecs (iLBC, GSM ...) are counted by name in the end-of-call log line, not
+  written (use ``pcap`` for them). Decoding runs in the sink's task, not the relay's, per 20 ms
+  packet (benchmarks/recorder_decode.py): G.722 about 10 us by libg722 or spandsp and 0.8-1.1 ms
+  in Python, G.729 about 12 us by bcg729, G.711 and Opus a few microseconds.
 - ``format = "pcap"``: every packet of the call as it was forwarded, in one pcap file
   (``<call>.pcap``) with made-up IPv4/UDP headers (caller 192.0.2.1, callee 192.0.2.2, ports
   40000 + 2 * stream): any codec, for Wireshark's RTP player or ``tshark``.
@@ -62,6 +68,7 @@ import attrs
 from gateway.core.config import NAMES_TRUNKS
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import TappedCall, TappedMedia
+from gateway.core.media.g729 import Bcg729Decoder, G729PayloadError, load_bcg729
 from gateway.plugins.taps.g722 import G722Decoder
 from gateway.plugins.taps.g722_libg722 import LibG722Decoder
 from gateway.plugins.taps.g722_spandsp import SpandspG722Decoder, load_spandsp
@@ -216,21 +223,33 @@ def codecs_of(media: Sequence[TappedMedia]) -> dict[str, dict[int, str]]:
 
 # The kinds of file, by encoding name: G.711 and G.722 decoded into WAV (8 and 16 kHz), Opus
 # packets into Ogg Opus. A speaker gets one file of each kind it uses (see WavRecording).
-_KINDS = {"pcmu": "g711", "pcma": "g711", "g722": "g722", "opus": "opus"}
+_KINDS = {
+    "pcmu": "g711",
+    "pcma": "g711",
+    "g722": "g722",
+    "g729": "g729",
+    "g729a": "g729",  # Annex A's name in some devices' rtpmap: the same bitstream
+    "opus": "opus",
+}
 
 NewG722Decoder = Callable[[], "G722Decoder | SpandspG722Decoder | LibG722Decoder"]
 G722_DECODERS = ("auto", "libg722", "spandsp", "python")
 """``[plugins.recorder] g722_decoder``'s values (:func:`g722_decoder_factory`)."""
 """Makes the decoder of one G.722 source (each follows one encoder's state)."""
+NewG729Decoder = Callable[[], Bcg729Decoder]
+"""Makes the decoder of one G.729 source; None where bcg729 is not installed."""
 
 
 class _Track:
     """One file of one speaker, and where its source's RTP timestamps put samples in it."""
 
-    def __init__(self, path: Path, kind: str, new_g722: NewG722Decoder) -> None:
+    def __init__(
+        self, path: Path, kind: str, new_g722: NewG722Decoder, new_g729: NewG729Decoder | None
+    ) -> None:
         self.kind = kind
         self.writer: WavTrack | OggOpusWriter
         self.g722: G722Decoder | SpandspG722Decoder | LibG722Decoder | None = None
+        self.g729: Bcg729Decoder | None = None
         self.previous_toc: int | None = None  # Opus: the last packet's, for concealment
         if kind == "opus":
             # RFC 7587 §4.1: the RTP clock of Opus is 48 kHz, whatever the audio's bandwidth.
@@ -244,6 +263,9 @@ class _Track:
         else:
             self.writer = WavTrack(path, SAMPLE_RATE)
             self.rate, self.per_tick = SAMPLE_RATE, 1
+            if kind == "g729":
+                assert new_g729 is not None  # WavRecording.add: no track without a decoder
+                self.g729 = new_g729()
         self.ssrc = -1
         self.base_timestamp = 0
         self.base_position = 0
@@ -256,8 +278,8 @@ class _Track:
         """Where (in the file's samples) this packet starts: by its RTP timestamp from the
         source's first packet, or by the call's clock (``seconds`` since its first packet) for
         a new source, or one whose timestamps left the clock (a new source behind the same SSRC,
-        a re-INVITE): a re-base, which also resets the G.722 decoder (it must follow one
-        encoder). -1 (late) when a re-base would put it more than REBASE_AFTER ahead of the
+        a re-INVITE): a re-base, which also resets the G.722 or G.729 decoder (it must follow
+        one encoder). -1 (late) when a re-base would put it more than REBASE_AFTER ahead of the
         clock: a source sending faster than real time (a flood of new SSRCs) is not written, so
         neither a file nor the decoding (G.722's costs CPU) outruns the call."""
         by_clock = round(seconds * self.rate)
@@ -271,6 +293,8 @@ class _Track:
             self.base_position = position = max(by_clock, self.written)
             if self.g722 is not None:
                 self.g722.reset()
+            if self.g729 is not None:
+                self.g729.reset()
         return position
 
     def write(self, position: int, name: str, payload: bytes, counts: RecordingCounts) -> None:
@@ -286,6 +310,15 @@ class _Track:
                 writer.write(filler, duration)
             writer.write(payload, samples)
             self.previous_toc = payload[0]
+            return
+        if self.g729 is not None:
+            try:
+                pcm = self.g729.decode(payload)
+            except G729PayloadError:
+                counts.malformed += 1  # its time is silence, as a gap's
+                return
+            writer.silence(position - writer.samples)
+            writer.write(pcm)
             return
         writer.silence(position - writer.samples)
         if self.g722 is not None:
@@ -315,8 +348,9 @@ class RecordingCounts:
     late: int = 0
     """Packets behind what was already written (reordered, duplicated)."""
     malformed: int = 0
-    """Opus packets whose framing breaks RFC 6716 §3.4: no decoder can decode them, so they
-    are left out (their time is concealed like a gap)."""
+    """Opus packets whose framing breaks RFC 6716 §3.4, G.729 payloads of a length RFC 3551
+    §4.5.6 does not allow: no decoder can decode them, so they are left out (their time is
+    concealed or silent like a gap's)."""
     other: dict[str, int] = attrs.Factory(dict)
     """Audio in codecs the WAV format does not write, by name (WAV only)."""
 
@@ -340,11 +374,13 @@ class WavRecording:
         call_id: str,
         codecs: Mapping[str, Mapping[int, str]] | None = None,
         new_g722: NewG722Decoder = G722Decoder,
+        new_g729: NewG729Decoder | None = None,
     ) -> None:
         self._directory = directory
         self._call_id = call_id
         self._codecs = {} if codecs is None else codecs
         self._new_g722 = new_g722
+        self._new_g729 = new_g729
         self._speakers: dict[tuple[str, str], _Speaker] = {}
         self._zero: float | None = None
         self.counts = RecordingCounts()
@@ -365,6 +401,8 @@ class WavRecording:
         pt = fields.payload_type
         name = self._codecs.get(stream_id, {}).get(pt) or STATIC_CODECS.get(pt, f"pt{pt}")
         kind = _KINDS.get(name)
+        if kind == "g729" and self._new_g729 is None:
+            kind = None  # no decoder installed: counted as another codec
         if kind is None:
             if name not in NOT_AUDIO:
                 self.counts.other[name] = self.counts.other.get(name, 0) + 1
@@ -383,7 +421,7 @@ class WavRecording:
             suffix = f"-{len(speaker.tracks) + 1}" if speaker.tracks else ""
             extension = "opus" if kind == "opus" else "wav"
             path = self._directory / f"{speaker.name}{suffix}.{extension}"
-            track = speaker.tracks[kind] = _Track(path, kind, self._new_g722)
+            track = speaker.tracks[kind] = _Track(path, kind, self._new_g722, self._new_g729)
         if speaker.current != kind:
             speaker.current = kind
             track.ssrc = -1  # a switch of codec: re-based on the clock (place)
@@ -478,9 +516,11 @@ class RecordingSink:
         min_free: int = 0,
         free_space: Callable[[Path], int] = lambda path: shutil.disk_usage(path).free,
         new_g722: NewG722Decoder = G722Decoder,
+        new_g729: NewG729Decoder | None = None,
     ) -> None:
         self.call = call
         self._new_g722 = new_g722
+        self._new_g729 = new_g729
         self._directory = directory
         self._format = file_format
         self._queue = CopyQueue(queue)
@@ -555,7 +595,9 @@ class RecordingSink:
     def _open(self) -> WavRecording | PcapRecording:
         if self._format == "pcap":
             return PcapRecording(self._directory, self.call.call_id)
-        return WavRecording(self._directory, self.call.call_id, self._codecs, self._new_g722)
+        return WavRecording(
+            self._directory, self.call.call_id, self._codecs, self._new_g722, self._new_g729
+        )
 
     def _report(self, recording: WavRecording | PcapRecording) -> None:
         counts = recording.counts
@@ -581,6 +623,7 @@ class Recorder:
     def __init__(self, config: RecorderConfig) -> None:
         self.config = config
         self.new_g722 = g722_decoder_factory(config.g722_decoder)
+        self.new_g729 = g729_decoder_factory() if config.format == "wav" else None
 
     def sink_for_call(self, call: TappedCall) -> RecordingSink | None:
         if not self.config.selection.wants(call):
@@ -593,6 +636,7 @@ class Recorder:
             self.config.queue,
             min_free=self.config.min_free_mb * 2**20,
             new_g722=self.new_g722,
+            new_g729=self.new_g729,
         )
 
 
@@ -612,6 +656,21 @@ def g722_decoder_factory(choice: str) -> NewG722Decoder:
         return lambda: SpandspG722Decoder(spandsp)
     log.info("recorder: G.722 decoded by libg722")
     return LibG722Decoder
+
+
+def g729_decoder_factory() -> NewG729Decoder | None:
+    """What makes each G.729 source's decoder: bcg729 where it is installed
+    (gateway/core/media/g729.py), else None, and G.729 is counted, not written. Said once, as
+    the recorder starts."""
+    bcg729 = load_bcg729()
+    if bcg729 is None:
+        log.warning(
+            "recorder: G.729 is not decoded (libbcg729 not found; Debian: apt-get install "
+            'libbcg729-0): its packets are counted, not written (format = "pcap" keeps them)'
+        )
+        return None
+    log.info("recorder: G.729 decoded by bcg729 (%s)", bcg729.name)
+    return lambda: Bcg729Decoder(bcg729)
 
 
 # -- plugin configuration and registration (entry point ``recorder``) -----------------------------

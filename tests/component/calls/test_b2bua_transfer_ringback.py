@@ -22,7 +22,8 @@ import pytest
 import trio
 
 from gateway.core.media.g711 import ulaw2lin
-from gateway.core.media.tones import ToneCodec, tone_frames
+from gateway.core.media.g729 import Bcg729Decoder, load_bcg729
+from gateway.core.media.tones import ToneCodec, codec_available, tone_frames
 from gateway.plugins.taps.g722 import G722Decoder
 from gateway.testing.sip_agent import AutoAnswer, sdp_connection, simple_sdp
 from tests.component.calls.b2bua_env import ALICE_DID, B2bua, start_b2bua
@@ -32,10 +33,14 @@ from tests.component.calls.transfer_calls import (
     eventually_notify,
     refer,
 )
+from tests.conftest import missing
 from tests.port_blocks import port_bases
 
 TRUNK_PORT, ALICE_PORT = port_bases(2)  # this process's own ports (tests/port_blocks.py)
 ALICE_SSRC = 0x0A11CE00
+
+INSTALLED_TONE_CODECS = [codec for codec in ToneCodec if codec_available(codec)]
+"""What this install encodes a tone in (G.729 only with bcg729)."""
 
 
 def alice_rtp(sequence: int) -> bytes:
@@ -86,15 +91,17 @@ def ssrc(packet: bytes) -> int:
     return int.from_bytes(packet[8:12], "big")
 
 
-def one_tone_stream(ringing: list[bytes], *, payload_type: int) -> tuple[int, list[bytes]]:
+def one_tone_stream(
+    ringing: list[bytes], *, payload_type: int, octets: int = 160
+) -> tuple[int, list[bytes]]:
     """The ringing tone in a second of what the trunk heard: one new RTP stream (not alice's)
-    of ``payload_type``, a 160-octet packet every 20 ms (no marker after the first), its
+    of ``payload_type``, a packet of ``octets`` every 20 ms (no marker after the first), its
     sequence numbers and timestamps (160 a packet) in step. Its SSRC and payloads."""
     assert 49 <= len(ringing) <= 51
     [tone_ssrc] = {ssrc(p) for p in ringing}
     assert tone_ssrc != ALICE_SSRC
     assert {p[1] for p in ringing} == {payload_type}
-    assert {len(p) for p in ringing} == {12 + 160}
+    assert {len(p) for p in ringing} == {12 + octets}
     sequences = [int.from_bytes(p[2:4], "big") for p in ringing]
     assert sequences == [(sequences[0] + n) & 0xFFFF for n in range(len(ringing))]
     stamps = [int.from_bytes(p[4:8], "big") for p in ringing]
@@ -215,6 +222,35 @@ async def test_an_hd_transferee_hears_the_ringing_tone_in_g722(
             assert heard > 1000 * goertzel(samples, 1000.0, 16000)
 
 
+async def test_a_low_bandwidth_transferee_hears_the_ringing_tone_in_g729(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # The trunk lists G729 first (static number 18; a carrier saving bandwidth), then PCMU:
+    # the tone goes as G.729 (session 56), two 10-octet frames a packet (RFC 3551 §4.5.6).
+    # Before, it went as PCMU, and to a line with G729 alone not at all.
+    bcg729 = load_bcg729()
+    if bcg729 is None:
+        missing("libbcg729 is not installed (apt-get install libbcg729-0)")
+    sockets = await bind(TRUNK_PORT), await bind(ALICE_PORT)
+    with sockets[0], sockets[1]:
+        env, trunk = await transfer_call(
+            nursery,
+            tmp_path,
+            voipgw_seed,
+            sockets,
+            AutoAnswer(ring=True, status=200, delay=3.0),
+            formats=("18", "0", "101"),
+        )
+        ringing = await ringing_heard(env, trunk, 1.0)
+        _, payloads = one_tone_stream(ringing, payload_type=18, octets=20)
+        decoder = Bcg729Decoder(bcg729)  # the recorder's
+        pcm = b"".join(decoder.decode(payload) for payload in payloads)
+        samples = list(struct.unpack(f"<{len(pcm) // 2}h", pcm))[800:]
+        for frequency in (440.0, 480.0):
+            heard = goertzel(samples, frequency)
+            assert heard > 1000 * goertzel(samples, 1000.0)
+
+
 async def test_the_configured_plans_frames_are_made_as_the_gateway_starts(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
@@ -223,10 +259,12 @@ async def test_the_configured_plans_frames_are_made_as_the_gateway_starts(
     # every call's media waited).
     tone_frames.cache_clear()
     await start_b2bua(nursery, tmp_path, voipgw_seed, media_table={"ringback_tone": "fr"})
-    assert tone_frames.cache_info().currsize == len(ToneCodec)
-    for codec in ToneCodec:
+    assert tone_frames.cache_info().currsize == len(INSTALLED_TONE_CODECS)
+    for codec in INSTALLED_TONE_CODECS:
         tone_frames("fr", codec)
-    assert tone_frames.cache_info().misses == len(ToneCodec)  # each made once, at the start
+    assert tone_frames.cache_info().misses == len(
+        INSTALLED_TONE_CODECS
+    )  # each made once, at the start
 
 
 async def test_a_failed_transfer_stops_the_tone_and_the_transferors_media_comes_back(

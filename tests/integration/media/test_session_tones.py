@@ -13,12 +13,14 @@ import trio
 
 from gateway.core.config import PortRange
 from gateway.core.interfaces import SrtpKeys
+from gateway.core.media.g729 import load_bcg729
 from gateway.core.media.keying import CallKeying
 from gateway.core.media.relay import MediaRelay, MediaStream
 from gateway.core.media.session import MediaSession
 from gateway.core.media.srtp import SrtpSession
 from gateway.core.media.tones import Tone, ToneCodec, tone_frames
 from gateway.core.sdp.parser import parse_sdp_untrusted
+from tests.conftest import missing
 from tests.integration.media.keyed_legs import FakeLeg
 from tests.integration.media.phone_sockets import ADDRESS, rtp, udp_socket, until
 from tests.integration.media.relay_fixtures import relay_fixture
@@ -49,12 +51,14 @@ def sdp_for(port: int, formats: str, *lines: str, version: int = 1) -> bytes:
 
 @pytest.mark.parametrize(
     ("formats", "codec", "payload_type"),
-    [("8 0", ToneCodec.PCMA, 8), ("9 0 8", ToneCodec.G722, 9)],
-    ids=["pcma", "g722"],
+    [("8 0", ToneCodec.PCMA, 8), ("9 0 8", ToneCodec.G722, 9), ("18 0", ToneCodec.G729, 18)],
+    ids=["pcma", "g722", "g729"],
 )
 async def test_the_tone_goes_through_the_legs_keys_in_place_of_the_other_legs_media(
     relay: MediaRelay, formats: str, codec: ToneCodec, payload_type: int
 ) -> None:
+    if codec is ToneCodec.G729 and load_bcg729() is None:
+        missing("libbcg729 is not installed (apt-get install libbcg729-0)")
     session = MediaSession(relay, media_address=ADDRESS)
     keying = CallKeying(session)
     leg_a, leg_b = FakeLeg("sdes"), FakeLeg("best-effort")
@@ -66,7 +70,7 @@ async def test_the_tone_goes_through_the_legs_keys_in_place_of_the_other_legs_me
         await a_phone.bind((ADDRESS, A_PHONE.first()))
         await b_phone.bind((ADDRESS, B_PHONE.first()))
         # A's phone lists PCMA first (as 8) and PCMU: the tone goes as PCMA. An HD phone
-        # lists G722 first (as 9): as G.722.
+        # lists G722 first (as 9): as G.722. A low-bandwidth line G729 (18): as G.729.
         offer_b = session.offer_from("a", parse_sdp_untrusted(sdp_for(A_PHONE.first(), formats)))
         session.answer_from("b", parse_sdp_untrusted(sdp_for(B_PHONE.first(), formats)))
         session.settle()
@@ -130,11 +134,17 @@ async def test_a_leg_that_receives_nothing_or_takes_none_of_the_tones_codecs_get
     session.close()
 
     session = MediaSession(relay, media_address=ADDRESS)
-    g729 = sdp_for(A_PHONE.first(), "18", "a=rtpmap:18 G729/8000")
-    session.offer_from("a", parse_sdp_untrusted(g729))
-    session.answer_from("b", parse_sdp_untrusted(sdp_for(B_PHONE.first(), "18")))
+    ilbc = sdp_for(A_PHONE.first(), "97", "a=rtpmap:97 iLBC/8000")
+    session.offer_from("a", parse_sdp_untrusted(ilbc))
+    session.answer_from(
+        "b", parse_sdp_untrusted(sdp_for(B_PHONE.first(), "97", "a=rtpmap:97 iLBC/8000"))
+    )
     session.settle()
-    assert session.play_ringback("a", "us") == "it takes none of PCMU, PCMA and G722"
+    assert session.play_ringback("a", "us") == (
+        "it takes none of PCMU, PCMA, G722 and G729"
+        if load_bcg729() is not None
+        else "it takes none of PCMU, PCMA and G722"
+    )
     assert not session.playing_tone
     session.close()
 

@@ -11,8 +11,11 @@ from collections.abc import Iterator
 import pytest
 
 from gateway.core.media import worker as worker_mod
-from gateway.core.media.tones import ToneCodec, tone_frames
+from gateway.core.media.tones import ToneCodec, codec_available, tone_frames
 from gateway.core.media.worker_protocol import PROTOCOL_VERSION
+
+INSTALLED_TONE_CODECS = [codec for codec in ToneCodec if codec_available(codec)]
+"""What this install encodes a tone in (G.729 only with bcg729)."""
 
 
 class RecordingWorker:
@@ -49,10 +52,10 @@ def run_worker(channel: socket.socket, *flags: str) -> int:
 
 def test_the_plan_s_frames_are_made_before_the_worker_relays(channel: socket.socket) -> None:
     assert run_worker(channel, "--ringback-tone", "uk") == 0
-    assert RecordingWorker.made_at_start == [len(ToneCodec)]
-    for codec in ToneCodec:
+    assert RecordingWorker.made_at_start == [len(INSTALLED_TONE_CODECS)]
+    for codec in INSTALLED_TONE_CODECS:
         tone_frames("uk", codec)
-    assert tone_frames.cache_info().misses == len(ToneCodec)  # none made again
+    assert tone_frames.cache_info().misses == len(INSTALLED_TONE_CODECS)  # none made again
 
 
 def test_no_plan_makes_no_frames(channel: socket.socket) -> None:

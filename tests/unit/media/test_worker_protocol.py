@@ -159,6 +159,7 @@ EVERY_MESSAGE: list[Message] = [
     PlayTone(19, "b_to_a", "uk", "PCMA", 96),
     PlayTone(19, "a_to_b", "", "", -1),
     PlayTone(19, "b_to_a", "fr", "G722", 9),
+    PlayTone(19, "a_to_b", "eu", "G729", 18),
 ]
 
 
@@ -289,7 +290,7 @@ def test_values_that_do_not_fit_their_field_are_our_bug() -> None:
 
 # -- the protocol version ------------------------------------------------------------------------
 
-LAYOUT_VERSION = 13
+LAYOUT_VERSION = 14
 """The PROTOCOL_VERSION whose layouts FRAMES below are. A change to any message's layout fails
 test_each_message_type_has_the_layout_of_its_protocol_version: then bump PROTOCOL_VERSION in
 worker_protocol.py, and this number with the new frames (never new frames under an old number:

@@ -18,6 +18,7 @@ import trio
 
 from gateway.core.config import ConfigError, from_mapping
 from gateway.core.interfaces import TappedCall, TappedMedia
+from gateway.core.media.g729 import Bcg729Decoder
 from gateway.core.plugins import load_plugins
 from gateway.plugins.taps import recorder as recorder_plugin
 from gateway.plugins.taps.g722 import G722Decoder
@@ -34,6 +35,7 @@ from gateway.plugins.taps.recorder import (
     rtp_fields,
 )
 from tests.conftest import missing
+from tests.unit.taps.bcg729_encoder import bcg729_or_missing, g729_encode, power, tone
 from tests.unit.taps.ogg_reader import read_ogg
 
 CALL = TappedCall("rec-1", "sip:alice@gw", "sip:+4930@gw", "account", "alice", "trunk", "carrier")
@@ -500,7 +502,13 @@ def test_a_reinvite_teaches_the_sink_a_new_dynamic_payload_type(tmp_path: Path) 
 
 def test_random_packets_of_every_codec_never_raise(tmp_path: Path) -> None:
     rng = random.Random(17)
-    recording = WavRecording(tmp_path, "rec-12", {"0": {111: "opus"}, "1": {111: "opus"}})
+    bcg729 = bcg729_or_missing()
+    recording = WavRecording(
+        tmp_path,
+        "rec-12",
+        {"0": {111: "opus"}, "1": {111: "opus"}},
+        new_g729=lambda: Bcg729Decoder(bcg729),
+    )
     for i in range(3000):
         payload = rng.randbytes(rng.randrange(0, 300))
         pt = rng.choice([0, 8, 9, 13, 111, 18])
@@ -551,3 +559,110 @@ def test_g722_is_decoded_by_libg722_unless_told_otherwise(
         missing("libspandsp is not installed (apt-get install libspandsp2)")
     assert recorder.g722_decoder_factory("auto") is LibG722Decoder
     assert isinstance(recorder.g722_decoder_factory("spandsp")(), SpandspG722Decoder)
+
+
+# -- G.729 (bcg729) -------------------------------------------------------------------------------
+
+
+def g729_packets(frames: list[bytes], per_packet: int = 2) -> list[bytes]:
+    """20 ms payloads (RFC 3551 §4.5.6: frames back to back, a SID frame last)."""
+    return [b"".join(frames[i : i + per_packet]) for i in range(0, len(frames), per_packet)]
+
+
+def test_g729_is_decoded_into_an_8_khz_file_placed_by_its_timestamps(tmp_path: Path) -> None:
+    bcg729 = bcg729_or_missing()
+    payloads = g729_packets(g729_encode(bcg729, tone(425.0, 1.0)))
+    assert len(payloads) == 50 and {len(p) for p in payloads} == {20}  # 8 kbit/s
+    recording = WavRecording(tmp_path, "rec-20", new_g729=lambda: Bcg729Decoder(bcg729))
+    for seq, payload in enumerate(payloads):
+        if seq != 10:  # lost: 20 ms of silence
+            recording.add("0", "a_to_b", rtp(seq, 800 + 160 * seq, payload, pt=18), 0.02 * seq)
+    recording.close()
+    decoder = Bcg729Decoder(bcg729)  # one decoder: its state runs across the gap
+    expected: list[int] = []
+    for seq, payload in enumerate(payloads):
+        pcm = bytes(320) if seq == 10 else decoder.decode(payload)
+        expected += struct.unpack("<160h", pcm)
+    written = samples(tmp_path / "rec-20-0-caller.wav")
+    assert written == expected
+    heard = written[1760:]  # after the gap and the decoder's first frames
+    assert power(heard, 425.0) > 1000 * power(heard, 1000.0)
+    assert recording.counts.other == {}
+
+
+def test_a_dynamic_g729_and_annex_b_comfort_noise_are_decoded_too(tmp_path: Path) -> None:
+    bcg729 = bcg729_or_missing()
+    # Annex B (VAD): the tone, then silence the encoder sends as a SID frame and then nothing.
+    frames = g729_encode(bcg729, tone(425.0, 0.4) + [0] * 3200, vad=True)
+    sid = [frame for frame in frames if len(frame) == 2]
+    assert sid and frames.count(b"") > len(sid)  # SID frames, and frames not sent at all
+    voice = [frame for frame in frames if len(frame) == 10]
+    recording = WavRecording(
+        tmp_path, "rec-21", {"0": {97: "g729"}}, new_g729=lambda: Bcg729Decoder(bcg729)
+    )
+    payloads = [voice[0] + voice[1], voice[2] + sid[0], sid[0]]  # RFC 3551 §4.5.6
+    for seq, payload in enumerate(payloads):
+        recording.add("0", "b_to_a", rtp(seq, 160 * seq, payload, pt=97), 0.02 * seq)
+    recording.close()
+    written = samples(tmp_path / "rec-21-0-callee.wav")
+    # 2 voice frames; a voice frame and a SID frame; a SID frame, then the file ends.
+    assert len(written) == 160 + 160 + 80
+    assert any(written[240:320])  # comfort noise, not silence
+
+
+def test_a_g729_payload_of_another_length_is_counted_malformed_and_its_time_is_silent(
+    tmp_path: Path,
+) -> None:
+    bcg729 = bcg729_or_missing()
+    payloads = g729_packets(g729_encode(bcg729, tone(425.0, 0.1)))
+    recording = WavRecording(tmp_path, "rec-22", new_g729=lambda: Bcg729Decoder(bcg729))
+    recording.add("0", "a_to_b", rtp(0, 0, payloads[0], pt=18), 0.0)
+    recording.add("0", "a_to_b", rtp(1, 160, payloads[1][:15], pt=18), 0.02)  # not G.729
+    recording.add("0", "a_to_b", rtp(2, 320, payloads[2], pt=18), 0.04)
+    recording.close()
+    assert recording.counts.malformed == 1
+    written = samples(tmp_path / "rec-22-0-caller.wav")
+    assert len(written) == 480 and not any(written[160:320])
+
+
+def test_a_new_g729_source_gets_a_fresh_decoder(tmp_path: Path) -> None:
+    bcg729 = bcg729_or_missing()
+    payload = g729_packets(g729_encode(bcg729, tone(425.0, 0.02)))[0]
+    recording = WavRecording(tmp_path, "rec-23", new_g729=lambda: Bcg729Decoder(bcg729))
+    recording.add("0", "a_to_b", rtp(0, 0, payload, pt=18), 0.0)
+    recording.add("0", "a_to_b", rtp(7, 5555, payload, pt=18, ssrc=99), 0.02)  # a transfer
+    recording.close()
+    written = samples(tmp_path / "rec-23-0-caller.wav")
+    assert written[:160] == written[160:]  # the same octets from a reset decoder
+    again = Bcg729Decoder(bcg729)
+    again.decode(payload)
+    assert written[:160] != list(struct.unpack("<160h", again.decode(payload)))
+
+
+def test_without_bcg729_g729_is_counted_and_the_recorder_says_so_as_it_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(recorder_plugin, "load_bcg729", lambda: None)
+    with caplog.at_level(logging.INFO):
+        tap = Recorder(RecorderConfig(all_calls=True, directory=str(tmp_path)))
+    assert tap.new_g729 is None
+    assert "recorder: G.729 is not decoded (libbcg729 not found" in caplog.text
+    sink = tap.sink_for_call(CALL)
+    assert sink is not None
+    sink.packet("0", "a_to_b", rtp(0, 0, bytes(20), pt=18), now=0.0)
+    sink.close()
+    with caplog.at_level(logging.INFO):
+        trio.run(sink.run)
+    assert "not written, other codecs: 1 g729" in caplog.text
+
+
+def test_with_bcg729_the_recorder_decodes_g729_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bcg729_or_missing()
+    with caplog.at_level(logging.INFO):
+        tap = Recorder(RecorderConfig(all_calls=True, directory=str(tmp_path)))
+    assert tap.new_g729 is not None and isinstance(tap.new_g729(), Bcg729Decoder)
+    assert "recorder: G.729 decoded by bcg729 (libbcg729" in caplog.text
+    pcap = Recorder(RecorderConfig(all_calls=True, directory=str(tmp_path), format="pcap"))
+    assert pcap.new_g729 is None  # every packet as it came: nothing to decode
