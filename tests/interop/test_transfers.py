@@ -32,7 +32,7 @@ import pytest
 
 from gateway.plugins.taps.g722 import G722Decoder
 from tests.interop.harness import LOOPBACK, Baresip, Capture, GatewayProcess, analyse_tone, tone_wav
-from tests.interop.harness.audio import g711_wav
+from tests.interop.harness.audio import g711_wav, tone_share_per_window
 from tests.interop.harness.capture import (
     inside,
     rtp_packets,
@@ -234,9 +234,14 @@ def test_an_hd_caller_hears_the_ringing_tone_in_g722(tmp_path: Path) -> None:
     for path in (captured, recorded):
         with wave.open(str(path)) as wav:
             assert wav.getframerate() == 16000, path  # wideband: G.722, not G.711
-        heard = analyse_tone(path)
-        assert heard.dominant_frequency == pytest.approx(425.0, abs=3), path
-        assert heard.power_share > 0.8, path
+    heard = analyse_tone(captured)
+    assert heard.dominant_frequency == pytest.approx(425.0, abs=3)
+    assert heard.power_share > 0.8
+    # baresip's recording runs across the call: bob's silence, the tone, carol's stream, with
+    # its decoder's transients where one stream gives way to another (one in a CI run held
+    # half the file's power). The tone's windows: at least half a second of it, clean.
+    shares = tone_share_per_window(recorded, 425.0)
+    assert len([share for share in shares if share > 0.9]) >= 5, shares
 
 
 @pytest.mark.interop

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 import subprocess
 import wave
 from collections import defaultdict
@@ -164,3 +165,31 @@ def _interpolate_peak(spectrum: list[tuple[float, float]], peak: float) -> float
 def dominant_frequency(path: Path) -> float:
     """The strongest frequency in a WAV, in Hz (see ``analyse_tone``)."""
     return analyse_tone(path).dominant_frequency
+
+
+def tone_share_per_window(path: Path, frequency: float, window: float = 0.1) -> list[float]:
+    """For each ``window`` seconds of the WAV at ``path`` that is not quiet (its RMS at least a
+    tenth of the loudest window's), the share of its power at ``frequency`` (Goertzel), in
+    order. What a phone decoded and recorded across a whole call also holds its decoder's
+    transients where one RTP stream gives way to another (a new SSRC, another encoder's state),
+    which can outweigh a second of tone in one ``analyse_tone`` sum; a window at a time, the
+    tone's windows show it whole."""
+    with wave.open(str(path)) as wav:
+        rate, count = wav.getframerate(), wav.getnframes()
+        samples = struct.unpack(f"<{count}h", wav.readframes(count))
+    size = round(rate * window)
+    windows = [samples[i : i + size] for i in range(0, count - size + 1, size)]
+    energies = [sum(s * s for s in part) / size for part in windows]
+    if not energies or max(energies) == 0:
+        return []
+    coefficient = 2.0 * math.cos(2.0 * math.pi * frequency / rate)
+    shares = []
+    for part, energy in zip(windows, energies, strict=True):
+        if energy < max(energies) / 100:  # RMS under a tenth of the loudest
+            continue
+        s1 = s2 = 0.0
+        for sample in part:
+            s1, s2 = sample + coefficient * s1 - s2, s1
+        power = (s1 * s1 + s2 * s2 - coefficient * s1 * s2) / size**2
+        shares.append(2 * power / energy)  # a sine of amplitude A: power A²/4, energy A²/2
+    return shares
