@@ -30,7 +30,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.core.media.g729 import Bcg729Decoder, load_bcg729
 from gateway.plugins.taps.g722 import G722Decoder
+from tests.conftest import missing
 from tests.interop.harness import LOOPBACK, Baresip, Capture, GatewayProcess, analyse_tone, tone_wav
 from tests.interop.harness.audio import g711_wav, tone_share_per_window
 from tests.interop.harness.capture import (
@@ -50,6 +52,7 @@ TONES = {"alice": 1000.0, "bob": 440.0, "carol": 700.0}
 AUDIO_SECONDS = 1.0
 PCMU = 0
 G722 = 9
+G729 = 18
 
 
 @contextmanager
@@ -240,6 +243,85 @@ def test_an_hd_caller_hears_the_ringing_tone_in_g722(tmp_path: Path) -> None:
     # baresip's recording runs across the call: bob's silence, the tone, carol's stream, with
     # its decoder's transients where one stream gives way to another (one in a CI run held
     # half the file's power). The tone's windows: at least half a second of it, clean.
+    shares = tone_share_per_window(recorded, 425.0)
+    assert len([share for share in shares if share > 0.9]) >= 5, shares
+
+
+@pytest.mark.interop
+def test_a_g729_caller_hears_the_ringing_tone_in_g729(tmp_path: Path) -> None:
+    # alice, bob and carol are linphonec with G.729 alone (mediastreamer2's, bcg729): a
+    # low-bandwidth line. bob transfers alice to carol, whose phone rings; meanwhile the
+    # ringing tone goes to alice as G.729, two 10-octet frames a packet (RFC 3551 §4.5.6;
+    # before session 56 she heard silence), in the G.729 her phone's SDP offered with
+    # linphone's own fmtp (annexb=yes). What the capture shows the gateway sent her decodes to
+    # the tone (bcg729, the recorder's decoder), and so does what her phone decoded and
+    # recorded itself (mediastreamer2's G.729).
+    bcg729 = load_bcg729()
+    if bcg729 is None:
+        missing("libbcg729 is not installed (apt-get install libbcg729-0)")
+    settings = {
+        # linphonec drops the port from its identity: 127.0.0.1 must be one of our domains.
+        "gateway": {"realm": REALM, "domains": [LOOPBACK]},
+        "media": {"ringback_tone": "eu"},
+    }
+    with GatewayProcess(
+        tmp_path, accounts=PASSWORDS, digest_algorithms=("MD5",), settings=settings
+    ) as gw:
+
+        def phone(name: str, **options: bool) -> Linphone:
+            account = LinphoneAccount(
+                f"sip:{LOOPBACK}:{gw.port}", f"sip:{name}@{LOOPBACK}", PASSWORDS[name]
+            )
+            # Unencrypted media allowed: with media_encryption none made mandatory, linphonec
+            # neither sends nor takes any RTP.
+            return Linphone(
+                tmp_path,
+                name,
+                account=account,
+                codecs=(("G729", 8000),),
+                mandatory=False,
+                **options,
+            )
+
+        with (
+            phone("alice") as alice,
+            phone("bob", auto_answer=True) as bob,
+            phone("carol") as carol,
+        ):
+            for each in (alice, bob, carol):
+                each.wait_registered()
+            ports = [gw.media_ports, alice.rtp_ports, bob.rtp_ports, carol.rtp_ports]
+            even = [p for low, high in ports for p in range(low, high + 1) if p % 2 == 0]
+            alice.call(gw.uri("bob"))
+            alice.wait_connected()
+            bob.wait_connected()
+            bob.command(f"transfer 1 {gw.uri('carol')}")
+            gw.wait_for_log(r"ringing tone \(eu\) to the A leg", timeout=15)
+            with Capture(tmp_path / "ringing.pcap", udp_filter(*ports)) as ringing:
+                deadline = time.monotonic() + 10
+                while sum(rtp_streams(ringing.path, even).values()) < 50:
+                    assert time.monotonic() < deadline, "no media reached the capture"
+            alice.terminate()
+            alice.wait_ended()
+        recorded = alice.received_audio()
+    [(source, destination)] = [
+        (src, dst)
+        for src, dst in rtp_streams(ringing.path, even)
+        if inside(src, gw.media_ports) and inside(dst, alice.rtp_ports)
+    ]
+    payloads = rtp_payloads(ringing.path, even, source, destination)
+    assert set(payloads) == {G729}, set(payloads)
+    pcm = Bcg729Decoder(bcg729).decode(payloads[G729])
+    captured = tmp_path / "alice-ringing.wav"
+    with wave.open(str(captured), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(8000)
+        wav.writeframes(pcm)
+    heard = analyse_tone(captured)
+    assert heard.dominant_frequency == pytest.approx(425.0, abs=3)
+    assert heard.power_share > 0.8
+    assert len(payloads[G729]) % 20 == 0  # two 10-octet frames a packet, no SID frame
     shares = tone_share_per_window(recorded, 425.0)
     assert len([share for share in shares if share > 0.9]) >= 5, shares
 

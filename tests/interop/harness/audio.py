@@ -175,8 +175,10 @@ def tone_share_per_window(path: Path, frequency: float, window: float = 0.1) -> 
     which can outweigh a second of tone in one ``analyse_tone`` sum; a window at a time, the
     tone's windows show it whole."""
     with wave.open(str(path)) as wav:
-        rate, count = wav.getframerate(), wav.getnframes()
-        samples = struct.unpack(f"<{count}h", wav.readframes(count))
+        rate = wav.getframerate()
+        data = wav.readframes(wav.getnframes())  # a header written early may promise more
+    count = len(data) // 2
+    samples = struct.unpack(f"<{count}h", data[: 2 * count])
     size = round(rate * window)
     windows = [samples[i : i + size] for i in range(0, count - size + 1, size)]
     energies = [sum(s * s for s in part) / size for part in windows]

@@ -84,8 +84,10 @@ class Linphone:
     ``zrtp_key_agreements`` lists the ZRTP key agreements it offers ([sip]
     zrtp_key_agreements_suites: "X255", "DH3k", "DH2k"...); empty means linphone's default
     (DH3k). ``auto_answer`` answers incoming calls (``-a``). Only PCMU is enabled, so the tone
-    survives every hop unchanged in shape. ``video`` adds a VP8 video stream to every call, sent
-    from mediastreamer's static picture (no camera needed) and not displayed (``-V -C``).
+    survives every hop unchanged in shape, unless ``codecs`` names others ((mime, rate), in
+    order; e.g. ``(("G729", 8000),)``: mediastreamer2's bcg729). ``video`` adds a VP8 video
+    stream to every call, sent from mediastreamer's static picture (no camera needed) and not
+    displayed (``-V -C``).
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class Linphone:
         zrtp_key_agreements: Sequence[str] = (),
         auto_answer: bool = False,
         video: bool = False,
+        codecs: Sequence[tuple[str, int]] = (("PCMU", 8000),),
         # linphonec loads every mediastreamer plugin before its prompt; with the suite's two
         # halves running, one (libmsqogl.so) once took over 5 s and the prompt missed 10 s.
         # Readiness is polled, so a longer bound costs nothing when it starts fast.
@@ -123,6 +126,7 @@ class Linphone:
         self.zrtp_key_agreements = tuple(zrtp_key_agreements)
         self.auto_answer = auto_answer
         self.video = video
+        self.codecs = tuple(codecs)
         self.start_timeout = start_timeout
         # RTP on the first port, RTCP on the next (RFC 3550 §11).
         self.rtp_port = free_port_block(2)
@@ -167,8 +171,27 @@ class Linphone:
             },
             "video": {"display": "0", "capture": "0"},
             "sound": {"echocancellation": "0"},
-            "audio_codec_0": {"mime": "PCMU", "rate": "8000", "channels": "1", "enabled": "1"},
         }
+        enabled = [(mime, rate, 1) for mime, rate in self.codecs]
+        disabled = [
+            codec
+            for codec in [
+                ("PCMU", 8000, 1),
+                ("opus", 48000, 2),
+                ("speex", 16000, 1),
+                ("speex", 8000, 1),
+                ("PCMA", 8000, 1),
+                ("G729", 8000, 1),
+            ]
+            if codec[:2] not in self.codecs
+        ]
+        for index, (mime, rate, channels) in enumerate(enabled + disabled):
+            sections[f"audio_codec_{index}"] = {
+                "mime": mime,
+                "rate": str(rate),
+                "channels": str(channels),
+                "enabled": "1" if index < len(enabled) else "0",
+            }
         if self.video_rtp_port is not None:
             sections["rtp"]["video_rtp_port"] = str(self.video_rtp_port)
             sections["video"] = {
@@ -182,16 +205,6 @@ class Linphone:
                 "size": "qcif",
             }
             sections["video_codec_0"] = {"mime": "VP8", "rate": "90000", "enabled": "1"}
-        for index, (mime, rate, channels) in enumerate(
-            [("opus", 48000, 2), ("speex", 16000, 1), ("speex", 8000, 1), ("PCMA", 8000, 1)],
-            start=1,
-        ):
-            sections[f"audio_codec_{index}"] = {
-                "mime": mime,
-                "rate": str(rate),
-                "channels": str(channels),
-                "enabled": "0",
-            }
         if self.account is not None:
             sections["proxy_0"] = {
                 "reg_proxy": f"<{self.account.proxy}>",
