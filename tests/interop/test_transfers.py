@@ -224,7 +224,8 @@ def test_an_hd_caller_hears_the_ringing_tone_in_g722(tmp_path: Path) -> None:
         ringing, source, destination, even = ring_through_a_transfer(
             tmp_path, gw, alice, bob, carol
         )
-        recorded = alice.received_audio()
+        alice.received_audio()  # the newest finished
+        recordings = alice.recordings("dec")
     payloads = rtp_payloads(ringing, even, source, destination)
     assert set(payloads) == {G722}, set(payloads)
     pcm = G722Decoder().decode(payloads[G722])
@@ -234,17 +235,18 @@ def test_an_hd_caller_hears_the_ringing_tone_in_g722(tmp_path: Path) -> None:
         wav.setsampwidth(2)
         wav.setframerate(16000)
         wav.writeframes(pcm)
-    for path in (captured, recorded):
+    for path in (captured, *recordings):
         with wave.open(str(path)) as wav:
             assert wav.getframerate() == 16000, path  # wideband: G.722, not G.711
     heard = analyse_tone(captured)
     assert heard.dominant_frequency == pytest.approx(425.0, abs=3)
     assert heard.power_share > 0.8
-    # baresip's recording runs across the call: bob's silence, the tone, carol's stream, with
+    # baresip's recordings run across the call: bob's silence, the tone, carol's stream, with
     # its decoder's transients where one stream gives way to another (one in a CI run held
-    # half the file's power). The tone's windows: at least half a second of it, clean.
-    shares = tone_share_per_window(recorded, 425.0)
-    assert len([share for share in shares if share > 0.9]) >= 5, shares
+    # half the file's power), and a stream restarted by the re-INVITE may open a file of its
+    # own. The tone's windows, in one of them: at least half a second of it, clean.
+    shares = [tone_share_per_window(path, 425.0) for path in recordings]
+    assert any(len([share for share in each if share > 0.9]) >= 5 for each in shares), shares
 
 
 @pytest.mark.interop
