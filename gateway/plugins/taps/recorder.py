@@ -664,7 +664,7 @@ def g729_decoder_factory() -> NewG729Decoder | None:
     the recorder starts."""
     bcg729 = load_bcg729()
     if bcg729 is None:
-        log.warning(
+        log.info(  # an install without it is not a fault: most see no G.729
             "recorder: G.729 is not decoded (libbcg729 not found; Debian: apt-get install "
             'libbcg729-0): its packets are counted, not written (format = "pcap" keeps them)'
         )
