@@ -237,7 +237,8 @@ G722_DECODERS = ("auto", "libg722", "spandsp", "python")
 """``[plugins.recorder] g722_decoder``'s values (:func:`g722_decoder_factory`)."""
 """Makes the decoder of one G.722 source (each follows one encoder's state)."""
 NewG729Decoder = Callable[[], Bcg729Decoder]
-"""Makes the decoder of one G.729 source; None where bcg729 is not installed."""
+"""Makes the decoder of one G.729 source (a recorder has none where bcg729 is not installed:
+:func:`g729_decoder_factory`)."""
 
 
 class _Track:
