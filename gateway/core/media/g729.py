@@ -7,7 +7,8 @@ packets as another codec and wrote nothing), and a transferee on a G.729-only li
 silence while the transfer's target rang. bcg729 is the codec linphone (mediastreamer2),
 rtpengine and Wireshark link; Debian installs it with any of them. Without it (the README's
 set-up installs none of them) both stay as they were, and the recorder says so as it starts.
-Since session 56.
+Since session 56. bcg729 is GPL-3.0-or-later: voipgw (Apache-2.0) does not ship it, only
+loads it at run time where the operator installed it.
 
 The payload (RFC 3551 §4.5.6): zero or more 10-octet frames (10 ms, 80 samples each), then at
 most one 2-octet Annex B SID frame (comfort noise: the encoder's description of the background

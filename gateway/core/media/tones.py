@@ -245,6 +245,22 @@ def prepare_tone_frames(plan_name: str) -> None:
             tone_frames(plan_name, codec)
 
 
+def _cadence_samples(plan: TonePlan, rate: int) -> list[int]:
+    """One whole cadence of ``plan`` as linear samples at ``rate``: each burst from phase 0
+    (:func:`_burst_samples` repeated), each gap zeros. For the adaptive codecs, which encode it
+    whole (:func:`_g722_frames`, :func:`_g729_frames`)."""
+    frame = _frame_samples(rate)
+    burst = _burst_samples(plan, rate)
+    cadence: list[int] = []
+    for index, seconds in enumerate(plan.cadence):
+        count = round(seconds / FRAME_SECONDS) * frame
+        if index % 2 == 0:
+            cadence += [burst[n % len(burst)] for n in range(count)]
+        else:
+            cadence += [0] * count
+    return cadence
+
+
 def _g722_frames(plan: TonePlan) -> tuple[bytes, ...]:
     """One whole cadence of ``plan`` in G.722 at 64 kbit/s, 20 ms (320 samples at 16000 Hz,
     160 octets) a frame: the cadence encoded twice by one encoder, the second time kept. The
@@ -252,15 +268,7 @@ def _g722_frames(plan: TonePlan) -> tuple[bytes, ...]:
     after the cadence's last silence: played again and again, every repetition decodes the
     same, with no step at the joins (a receiver's fresh decoder settles within some 50 ms of
     the first burst, as at the start of any G.722 stream)."""
-    frame = _frame_samples(G722_SAMPLE_RATE)
-    burst = _burst_samples(plan, G722_SAMPLE_RATE)
-    cadence = array.array("h")
-    for index, seconds in enumerate(plan.cadence):
-        count = round(seconds / FRAME_SECONDS) * frame
-        if index % 2 == 0:
-            cadence.extend(burst[n % len(burst)] for n in range(count))
-        else:
-            cadence.frombytes(bytes(2 * count))  # silence: zero samples
+    cadence = array.array("h", _cadence_samples(plan, G722_SAMPLE_RATE))
     encoder = G722(G722_SAMPLE_RATE, G722_BIT_RATE)
     encoder.encode(cadence)  # the adaptive state the cadence ends in
     encoded: bytes = encoder.encode(cadence)
@@ -274,15 +282,7 @@ def _g729_frames(plan: TonePlan) -> tuple[bytes, ...]:
     bcg729 = g729.load_bcg729()
     if bcg729 is None:
         raise ValueError("G.729 tone frames need bcg729 (apt-get install libbcg729-0)")
-    frame = _frame_samples(SAMPLE_RATE)
-    burst = _burst_samples(plan, SAMPLE_RATE)
-    cadence: list[int] = []
-    for index, seconds in enumerate(plan.cadence):
-        count = round(seconds / FRAME_SECONDS) * frame
-        if index % 2 == 0:
-            cadence += [burst[n % len(burst)] for n in range(count)]
-        else:
-            cadence += [0] * count
+    cadence = _cadence_samples(plan, SAMPLE_RATE)
     encoder = g729.Bcg729Encoder(bcg729)
     encoder.encode(cadence)  # the state the cadence ends in
     encoded = encoder.encode(cadence)

@@ -237,7 +237,8 @@ G722_DECODERS = ("auto", "libg722", "spandsp", "python")
 """``[plugins.recorder] g722_decoder``'s values (:func:`g722_decoder_factory`)."""
 """Makes the decoder of one G.722 source (each follows one encoder's state)."""
 NewG729Decoder = Callable[[], Bcg729Decoder]
-"""Makes the decoder of one G.729 source; None where bcg729 is not installed."""
+"""Makes the decoder of one G.729 source (a recorder has none where bcg729 is not installed:
+:func:`g729_decoder_factory`)."""
 
 
 class _Track:
@@ -664,7 +665,7 @@ def g729_decoder_factory() -> NewG729Decoder | None:
     the recorder starts."""
     bcg729 = load_bcg729()
     if bcg729 is None:
-        log.warning(
+        log.info(  # an install without it is not a fault: most see no G.729
             "recorder: G.729 is not decoded (libbcg729 not found; Debian: apt-get install "
             'libbcg729-0): its packets are counted, not written (format = "pcap" keeps them)'
         )

@@ -195,31 +195,43 @@ async def test_the_transferee_hears_the_ringing_tone_while_the_target_rings(
         assert tone_ssrc not in {ssrc(p) for p in after}
 
 
+async def ringing_on_a_trunk_listing(
+    nursery: trio.Nursery, tmp_path: Path, seed: int, formats: tuple[str, ...]
+) -> list[bytes]:
+    """A second of what the trunk (the transferee, its SDP listing ``formats``) hears while
+    the blind transfer's target rings."""
+    sockets = await bind(TRUNK_PORT), await bind(ALICE_PORT)
+    with sockets[0], sockets[1]:
+        env, trunk = await transfer_call(
+            nursery,
+            tmp_path,
+            seed,
+            sockets,
+            AutoAnswer(ring=True, status=200, delay=3.0),
+            formats=formats,
+        )
+        return await ringing_heard(env, trunk, 1.0)
+
+
+def assert_the_us_tone(pcm: bytes, rate: int) -> None:
+    """``pcm`` (16-bit little-endian at ``rate``), from its 100th millisecond, is 440 + 480
+    Hz (the us plan) and not 1000 Hz."""
+    samples = list(struct.unpack(f"<{len(pcm) // 2}h", pcm))[rate // 10 :]
+    for frequency in (440.0, 480.0):
+        assert goertzel(samples, frequency, rate) > 1000 * goertzel(samples, 1000.0, rate)
+
+
 async def test_an_hd_transferee_hears_the_ringing_tone_in_g722(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
     # The trunk lists G722 first (an HD line, RFC 3551 §4.5.2, static number 9), then PCMU:
     # the tone goes as G.722. Before session 55 it went as the first G.711 law the line
     # listed, and to a line with G722 alone not at all.
-    sockets = await bind(TRUNK_PORT), await bind(ALICE_PORT)
-    with sockets[0], sockets[1]:
-        env, trunk = await transfer_call(
-            nursery,
-            tmp_path,
-            voipgw_seed,
-            sockets,
-            AutoAnswer(ring=True, status=200, delay=3.0),
-            formats=("9", "0", "101"),
-        )
-        ringing = await ringing_heard(env, trunk, 1.0)
-        # 160 octets per 20 ms at 64 kbit/s; RFC 3551 §4.5.2: G.722's RTP clock runs at 8000
-        # Hz, 160 per 20 ms, as G.711's.
-        _, payloads = one_tone_stream(ringing, payload_type=9)
-        pcm = G722Decoder().decode(b"".join(payloads))
-        samples = list(struct.unpack(f"<{len(pcm) // 2}h", pcm))[1600:]
-        for frequency in (440.0, 480.0):
-            heard = goertzel(samples, frequency, 16000)
-            assert heard > 1000 * goertzel(samples, 1000.0, 16000)
+    ringing = await ringing_on_a_trunk_listing(nursery, tmp_path, voipgw_seed, ("9", "0", "101"))
+    # 160 octets per 20 ms at 64 kbit/s; RFC 3551 §4.5.2: G.722's RTP clock runs at 8000 Hz,
+    # 160 per 20 ms, as G.711's.
+    _, payloads = one_tone_stream(ringing, payload_type=9)
+    assert_the_us_tone(G722Decoder().decode(b"".join(payloads)), 16000)
 
 
 async def test_a_low_bandwidth_transferee_hears_the_ringing_tone_in_g729(
@@ -231,24 +243,10 @@ async def test_a_low_bandwidth_transferee_hears_the_ringing_tone_in_g729(
     bcg729 = load_bcg729()
     if bcg729 is None:
         missing("libbcg729 is not installed (apt-get install libbcg729-0)")
-    sockets = await bind(TRUNK_PORT), await bind(ALICE_PORT)
-    with sockets[0], sockets[1]:
-        env, trunk = await transfer_call(
-            nursery,
-            tmp_path,
-            voipgw_seed,
-            sockets,
-            AutoAnswer(ring=True, status=200, delay=3.0),
-            formats=("18", "0", "101"),
-        )
-        ringing = await ringing_heard(env, trunk, 1.0)
-        _, payloads = one_tone_stream(ringing, payload_type=18, octets=20)
-        decoder = Bcg729Decoder(bcg729)  # the recorder's
-        pcm = b"".join(decoder.decode(payload) for payload in payloads)
-        samples = list(struct.unpack(f"<{len(pcm) // 2}h", pcm))[800:]
-        for frequency in (440.0, 480.0):
-            heard = goertzel(samples, frequency)
-            assert heard > 1000 * goertzel(samples, 1000.0)
+    ringing = await ringing_on_a_trunk_listing(nursery, tmp_path, voipgw_seed, ("18", "0", "101"))
+    _, payloads = one_tone_stream(ringing, payload_type=18, octets=20)
+    decoder = Bcg729Decoder(bcg729)  # the recorder's
+    assert_the_us_tone(b"".join(decoder.decode(payload) for payload in payloads), 8000)
 
 
 async def test_the_configured_plans_frames_are_made_as_the_gateway_starts(
