@@ -133,7 +133,7 @@ def test_a_blind_transfer_puts_the_caller_through_to_the_target_with_media_both_
 
 
 def gateway_to(
-    phone: Baresip, gw: GatewayProcess, pcap: Path, ports: list[int]
+    phone: Baresip | Linphone, gw: GatewayProcess, pcap: Path, ports: list[int]
 ) -> tuple[tuple[str, int], tuple[str, int]]:
     """The one RTP flow from the gateway to ``phone`` in ``pcap``."""
     [flow] = [
@@ -142,6 +142,32 @@ def gateway_to(
         if inside(src, gw.media_ports) and inside(dst, phone.rtp_ports)
     ]
     return flow
+
+
+def capture_a_second_of_ringing(
+    tmp_path: Path,
+    gw: GatewayProcess,
+    transferee: Baresip | Linphone,
+    ports: list[tuple[int, int]],
+    even: list[int],
+) -> Path:
+    """A capture of the calls' media (``ports``) from now, once the tone plays, until it holds
+    a second of the ringing tone's burst (the eu plan, 1 s on, 4 s off): 50 RTP packets from
+    the gateway to ``transferee`` on the ``even`` ports, polled for. Only those count: the
+    other phones' packets in the capture would end it after half a second of tone or less,
+    and the transferee's own recording of it with it."""
+    with Capture(tmp_path / "ringing.pcap", udp_filter(*ports)) as ringing:
+        deadline = time.monotonic() + 10
+        while True:
+            streams = rtp_streams(ringing.path, even)
+            heard = sum(
+                count
+                for (source, destination), count in streams.items()
+                if inside(source, gw.media_ports) and inside(destination, transferee.rtp_ports)
+            )
+            if heard >= 50:
+                return ringing.path
+            assert time.monotonic() < deadline, f"no second of tone reached the capture: {streams}"
 
 
 def ring_through_a_transfer(
@@ -164,11 +190,7 @@ def ring_through_a_transfer(
     bob.command("transfer", gw.uri("carol"))
     carol.wait_event("CALL_INCOMING", timeout=10)
     gw.wait_for_log(rf"call {re.escape(call['id'])}: ringing tone \(eu\) to the A leg")
-    with Capture(tmp_path / "ringing.pcap", udp_filter(*ports)) as ringing:
-        # A second of the tone's burst (1 s on, 4 s off): poll the capture for it.
-        deadline = time.monotonic() + 10
-        while sum(rtp_streams(ringing.path, even).values()) < 50:
-            assert time.monotonic() < deadline, "no media reached the capture"
+    ringing = capture_a_second_of_ringing(tmp_path, gw, alice, ports, even)
     carol.accept()
     carol.wait_established()
     gw.wait_for_log(rf"call {re.escape(call['id'])}: transfer of the B leg to .*: 200 OK")
@@ -176,16 +198,16 @@ def ring_through_a_transfer(
     alice.hangup()
     alice.wait_closed()
     carol.wait_closed()
-    source, destination = gateway_to(alice, gw, ringing.path, even)
+    source, destination = gateway_to(alice, gw, ringing, even)
     # One stream of the gateway's own: not bob's, relayed.
     ssrcs = {
         packet["ssrc"]
-        for packet in rtp_packets(ringing.path, even)
+        for packet in rtp_packets(ringing, even)
         if (packet["src"], int(packet["srcport"])) == source
         and (packet["dst"], int(packet["dstport"])) == destination
     }
     assert len(ssrcs) == 1, ssrcs
-    return ringing.path, source, destination, even
+    return ringing, source, destination, even
 
 
 @pytest.mark.interop
@@ -299,19 +321,12 @@ def test_a_g729_caller_hears_the_ringing_tone_in_g729(tmp_path: Path) -> None:
             bob.wait_connected()
             bob.command(f"transfer 1 {gw.uri('carol')}")
             gw.wait_for_log(r"ringing tone \(eu\) to the A leg", timeout=15)
-            with Capture(tmp_path / "ringing.pcap", udp_filter(*ports)) as ringing:
-                deadline = time.monotonic() + 10
-                while sum(rtp_streams(ringing.path, even).values()) < 50:
-                    assert time.monotonic() < deadline, "no media reached the capture"
+            ringing = capture_a_second_of_ringing(tmp_path, gw, alice, ports, even)
             alice.terminate()
             alice.wait_ended()
         recorded = alice.received_audio()
-    [(source, destination)] = [
-        (src, dst)
-        for src, dst in rtp_streams(ringing.path, even)
-        if inside(src, gw.media_ports) and inside(dst, alice.rtp_ports)
-    ]
-    payloads = rtp_payloads(ringing.path, even, source, destination)
+    source, destination = gateway_to(alice, gw, ringing, even)
+    payloads = rtp_payloads(ringing, even, source, destination)
     assert set(payloads) == {G729}, set(payloads)
     pcm = Bcg729Decoder(bcg729).decode(payloads[G729])
     captured = tmp_path / "alice-ringing.wav"
