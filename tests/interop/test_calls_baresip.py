@@ -29,7 +29,7 @@ from tests.interop.harness import (
     udp_filter,
 )
 from tests.interop.harness.audio import ToneReport, g711_wav
-from tests.interop.harness.capture import Address, rtp_payloads, sip_requests
+from tests.interop.harness.capture import Address, even_ports, rtp_payloads, sip_requests
 
 REALM = "interop.voipgw.test"
 PASSWORDS = {"alice": "wonderland-7f3a", "bob": "builder-c29e"}
@@ -98,10 +98,7 @@ def _assert_no_secrets(*gateways: GatewayProcess) -> None:
 
 
 def _rtp_ports(gw: GatewayProcess, *phones: Baresip) -> list[int]:
-    # RTP on the even port, RTCP on the next odd one (RFC 3550 §11; the gateway and baresip
-    # both do so): decoding only the even ports as RTP keeps RTCP out of the counts.
-    ranges = [gw.media_ports, *(phone.rtp_ports for phone in phones)]
-    return [port for low, high in ranges for port in range(low, high + 1) if port % 2 == 0]
+    return even_ports(gw.media_ports, *(phone.rtp_ports for phone in phones))
 
 
 def _media_filter(gw: GatewayProcess, *phones: Baresip) -> str:

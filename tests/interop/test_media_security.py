@@ -43,7 +43,7 @@ from tests.interop.harness import (
     udp_flows,
 )
 from tests.interop.harness.audio import ToneReport, g711_wav
-from tests.interop.harness.capture import inside, one_flow, rtp_payloads_by_seq
+from tests.interop.harness.capture import even_ports, inside, one_flow, rtp_payloads_by_seq
 from tests.interop.harness.linphone import Linphone, LinphoneAccount
 from tests.interop.harness.pki import TestPki
 from tests.interop.harness.ports import free_port
@@ -113,12 +113,6 @@ def _tls_uri(gw: TlsGatewayProcess, user: str) -> str:
 
 
 # -- reading what happened -------------------------------------------------------------------
-
-
-def _even_ports(*ranges: tuple[int, int]) -> list[int]:
-    # RTP on even ports, RTCP on the next odd one (RFC 3550 §11): decoding only the even ones as
-    # RTP keeps (S)RTCP out.
-    return [port for low, high in ranges for port in range(low, high + 1) if port % 2 == 0]
 
 
 def _assert_tone(report: ToneReport, frequency: float, *, share: float = 0.9) -> None:
@@ -223,7 +217,7 @@ def test_srtp_phone_over_tls_calls_a_plain_rtp_trunk(tmp_path: Path, trunk_polic
     # The same packets on both sides of the relay: SRTP on the phone's, the plain tone on the
     # trunk's, in both directions (the trunk echoes what it gets).
     flows = rtp_payloads_by_seq(
-        capture.path, [*_even_ports(gw.media_ports, alice.rtp_ports), trunk.media_port]
+        capture.path, [*even_ports(gw.media_ports, alice.rtp_ports), trunk.media_port]
     )
     phone_to_gw = one_flow(flows, alice.rtp_ports, gw.media_ports)
     gw_to_trunk = one_flow(flows, gw.media_ports, trunk_media)
@@ -359,7 +353,7 @@ def test_linphone_aes256_cm_to_baresip_aead_gcm_carries_audio_both_ways(tmp_path
 
     # On the wire: SRTP on both legs, each with its own suite's tag, neither the same bytes.
     flows = rtp_payloads_by_seq(
-        capture.path, _even_ports(gw.media_ports, bob.rtp_ports, carol.rtp_ports)
+        capture.path, even_ports(gw.media_ports, bob.rtp_ports, carol.rtp_ports)
     )
     bob_to_gw = one_flow(flows, bob.rtp_ports, gw.media_ports)
     gw_to_carol = one_flow(flows, gw.media_ports, carol.rtp_ports)
@@ -491,7 +485,7 @@ def test_best_effort_over_udp_goes_on_in_plain_rtp_when_the_phone_allows_it(
     assert audio_media_line(answer.message).split()[2] == "RTP/AVP"
     assert "a=crypto" not in answer.message
     assert "SRTP is Enabled" not in alice.output()
-    flows = rtp_payloads_by_seq(capture.path, _even_ports(gw.media_ports, alice.rtp_ports))
+    flows = rtp_payloads_by_seq(capture.path, even_ports(gw.media_ports, alice.rtp_ports))
     to_phone = one_flow(flows, gw.media_ports, alice.rtp_ports)
     assert len(to_phone) >= MIN_PACKETS
     assert {len(payload) for payload in to_phone.values()} == {PCMU_PAYLOAD}
@@ -603,7 +597,7 @@ def test_callee_whose_keys_fail_after_early_media_gets_no_media_through(
     payload_sizes = {
         flow: sorted({len(payload) for payload in packets.values()})
         for flow, packets in rtp_payloads_by_seq(
-            capture.path, _even_ports(gw.media_ports, alice.rtp_ports)
+            capture.path, even_ports(gw.media_ports, alice.rtp_ports)
         ).items()
         if inside(flow[0], gw.media_ports)
     }

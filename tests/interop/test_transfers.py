@@ -36,6 +36,7 @@ from tests.conftest import missing
 from tests.interop.harness import LOOPBACK, Baresip, Capture, GatewayProcess, analyse_tone, tone_wav
 from tests.interop.harness.audio import g711_wav, tone_share_per_window
 from tests.interop.harness.capture import (
+    even_ports,
     inside,
     rtp_packets,
     rtp_payloads,
@@ -116,7 +117,7 @@ def test_a_blind_transfer_puts_the_caller_through_to_the_target_with_media_both_
     assert sum(notifies.values()) >= 2, notifies  # 100 Trying ... 200 OK
 
     # After the transfer, what the gateway sends alice is carol's tone, and carol's alice's.
-    even = [p for low, high in ports for p in range(low, high + 1) if p % 2 == 0]
+    even = even_ports(*ports)
     streams = rtp_streams(transferred.path, even)
     for phone, far_end in ((alice, "carol"), (carol, "alice")):
         [(source, destination)] = [
@@ -181,7 +182,7 @@ def ring_through_a_transfer(
     bob.register(gw.uri("bob"), PASSWORDS["bob"])
     carol.register(gw.uri("carol"), PASSWORDS["carol"], answermode="manual")
     ports = [gw.media_ports, alice.rtp_ports, bob.rtp_ports, carol.rtp_ports]
-    even = [p for low, high in ports for p in range(low, high + 1) if p % 2 == 0]
+    even = even_ports(*ports)
     alice.dial(gw.uri("bob"))
     call = alice.wait_established()
     bob.wait_established()
@@ -315,7 +316,7 @@ def test_a_g729_caller_hears_the_ringing_tone_in_g729(tmp_path: Path) -> None:
             for each in (alice, bob, carol):
                 each.wait_registered()
             ports = [gw.media_ports, alice.rtp_ports, bob.rtp_ports, carol.rtp_ports]
-            even = [p for low, high in ports for p in range(low, high + 1) if p % 2 == 0]
+            even = even_ports(*ports)
             alice.call(gw.uri("bob"))
             alice.wait_connected()
             bob.wait_connected()
@@ -398,7 +399,7 @@ def test_an_attended_transfer_replaces_the_consultation_call_at_the_target(
         log = gw.log_text()
         assert "(attended)" in log
 
-    even = [p for low, high in ports for p in range(low, high + 1) if p % 2 == 0]
+    even = even_ports(*ports)
     streams = rtp_streams(transferred.path, even)
     # What the gateway sends bob's phone on its new call (a port of its own, not the one of its
     # first call) is carol's tone. The other way is not measured: linphonec 5.1.65 sends no RTP

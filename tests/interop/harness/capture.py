@@ -238,6 +238,13 @@ def _tshark_fields(
     return [line.split("\t") for line in result.stdout.splitlines() if line]
 
 
+def even_ports(*ranges: tuple[int, int]) -> list[int]:
+    """The even ports of ``ranges`` (inclusive (low, high) pairs): where the gateway and the
+    phones put RTP, RTCP going to the next odd one (RFC 3550 §11). Decoding only these as RTP
+    keeps (S)RTCP out of the counts."""
+    return [port for low, high in ranges for port in range(low, high + 1) if port % 2 == 0]
+
+
 def rtp_streams(pcap: Path, ports: Iterable[int]) -> dict[tuple[Address, Address], int]:
     """RTP packets per (source, destination) in ``pcap``, UDP on ``ports`` decoded as RTP.
 
