@@ -10,7 +10,7 @@ import struct
 
 import pytest
 
-from gateway.core.media import g729
+from gateway.core.media import g729, opus
 from gateway.core.media.g711 import alaw2lin, lin2alaw, lin2ulaw, ulaw2lin
 from gateway.core.media.tones import (
     FRAME_SAMPLES,
@@ -189,7 +189,18 @@ def test_the_codecs_a_tone_goes_in_are_found_in_the_order_the_sdp_lists_them(
     }
     # Not at RTP clock 8000 (RFC 3551 §4.5.2): not the G.722 a tone can go as.
     assert tone_codecs(media("96", "a=rtpmap:96 G722/16000")) == {}
-    assert tone_codecs(media("97 111", "a=rtpmap:97 iLBC/8000", "a=rtpmap:111 opus/48000/2")) == {}
+    assert tone_codecs(media("97", "a=rtpmap:97 iLBC/8000")) == {}
+    # Opus (RFC 7587 §7: opus/48000/2, any number), where libopus is installed; "opus/48000"
+    # without channels as well; never at another clock, never where libopus is not.
+    opus_line = media("97 111 0", "a=rtpmap:97 iLBC/8000", "a=rtpmap:111 opus/48000/2")
+    with_opus = opus.load_libopus() is not None
+    assert tone_codecs(opus_line) == (
+        {ToneCodec.OPUS: 111, ToneCodec.PCMU: 0} if with_opus else {ToneCodec.PCMU: 0}
+    )
+    assert tone_codecs(media("96", "a=rtpmap:96 OPUS/48000")) == (
+        {ToneCodec.OPUS: 96} if with_opus else {}
+    )
+    assert tone_codecs(media("96", "a=rtpmap:96 opus/8000")) == {}
     # G.729, static or dynamic, where bcg729 is installed; never where it is not.
     g729_line = media("18 96 0", "a=rtpmap:96 G729/8000")
     assert tone_codecs(g729_line) == (
@@ -200,6 +211,9 @@ def test_the_codecs_a_tone_goes_in_are_found_in_the_order_the_sdp_lists_them(
     monkeypatch.setattr(g729, "load_bcg729", lambda: None)
     assert tone_codecs(g729_line) == {ToneCodec.PCMU: 0}
     assert not codec_available(ToneCodec.G729) and codec_available(ToneCodec.G722)
+    monkeypatch.setattr(opus, "load_libopus", lambda: None)
+    assert tone_codecs(opus_line) == {ToneCodec.PCMU: 0}
+    assert not codec_available(ToneCodec.OPUS)
 
 
 def test_every_tone_codec_crosses_to_a_media_worker() -> None:
@@ -302,9 +316,20 @@ def test_without_bcg729_a_plan_prepares_every_codec_but_g729(
     monkeypatch.setattr(g729, "load_bcg729", lambda: None)
     tone_frames.cache_clear()
     prepare_tone_frames("eu")
-    assert tone_frames.cache_info().currsize == 3
+    assert tone_frames.cache_info().currsize == 3 + codec_available(ToneCodec.OPUS)
     with pytest.raises(ValueError, match=r"G\.729 tone frames need bcg729"):
         tone_frames("eu", ToneCodec.G729)
+
+
+def test_without_libopus_a_plan_prepares_every_codec_but_opus(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(opus, "load_libopus", lambda: None)
+    tone_frames.cache_clear()
+    prepare_tone_frames("eu")
+    assert tone_frames.cache_info().currsize == 3 + codec_available(ToneCodec.G729)
+    with pytest.raises(ValueError, match=r"Opus tone frames need libopus"):
+        tone_frames("eu", ToneCodec.OPUS)
 
 
 def bcg729() -> g729.Bcg729:
@@ -378,3 +403,68 @@ def test_no_plan_prepares_nothing() -> None:
     tone_frames.cache_clear()
     prepare_tone_frames("none")
     assert tone_frames.cache_info().currsize == 0
+
+
+def libopus() -> opus.LibOpus:
+    found = opus.load_libopus()
+    if found is None:
+        missing("libopus is not installed (apt-get install libopus0)")
+    return found
+
+
+def opus_decoded(frames: tuple[bytes, ...], times: int) -> list[list[int]]:
+    """Each of ``times`` repetitions of the cadence ``frames``, decoded in a row by one libopus
+    decoder at 8000 Hz, as linear samples."""
+    decoder = opus.OpusDecoder(libopus(), SAMPLE_RATE)
+    out = []
+    for _ in range(times):
+        pcm = b"".join(decoder.decode(frame) for frame in frames)
+        out.append(list(struct.unpack(f"<{len(pcm) // 2}h", pcm)))
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(RINGBACK_PLANS))
+def test_a_plans_opus_frames_decode_to_its_frequencies_on_and_near_silence_off(
+    name: str,
+) -> None:
+    plan = RINGBACK_PLANS[name]
+    frames = tone_frames(name, ToneCodec.OPUS)
+    _, samples = opus_decoded(frames, 2)  # the second time round: as a receiver hears it
+    # One packet per 20 ms, each a few dozen octets at most (narrowband, 12 kbit/s: 30 octets
+    # on average; VBR, so the bursts take more than the gaps).
+    assert len(frames) == round(sum(plan.cadence) / FRAME_SECONDS)
+    assert max(map(len, frames)) <= 80
+    assert len(samples) == len(frames) * FRAME_SAMPLES
+    expected = 32767.0 * 10 ** ((plan.level_dbm0 - 3.14) / 20)
+    start = 0
+    for index, seconds in enumerate(plan.cadence):
+        count = round(seconds / FRAME_SECONDS) * FRAME_SAMPLES
+        part = samples[start + 2 * FRAME_SAMPLES : start + count]  # past the codec's lookahead
+        start += count
+        rms = math.sqrt(sum(s * s for s in part) / len(part))
+        if index % 2:
+            assert rms < 0.03 * expected  # 30 dB down: no tone in the gaps
+            continue
+        heard = [goertzel_power(part, f) for f in plan.frequencies]
+        off_tone = goertzel_power(part, 1000.0)
+        assert min(heard) > 1000 * max(off_tone, 1e-9)
+        for power in heard:
+            assert 2 * math.sqrt(power) == pytest.approx(expected, rel=0.15)
+
+
+@pytest.mark.parametrize("name", sorted(RINGBACK_PLANS))
+def test_an_opus_cadence_repeats_seamlessly(name: str) -> None:
+    # As for G.722 and G.729: the encoder's state at the frames' start is the one at their
+    # end, so a decoder playing them again and again hears the same every time round.
+    _, second, third = opus_decoded(tone_frames(name, ToneCodec.OPUS), 3)
+    peak = max(map(abs, second))
+    assert max(abs(a - b) for a, b in zip(second, third, strict=True)) <= 0.01 * peak
+
+
+def test_an_opus_player_steps_the_rtp_clock_at_48000_hz() -> None:
+    # RFC 7587 §4.1: Opus's RTP clock is 48000 Hz at any sampling rate: 960 per 20 ms.
+    libopus()
+    player = TonePlayer(Tone("eu", ToneCodec.OPUS, 111), ssrc=7, sequence=9, timestamp=0, now=0.0)
+    packets = player.due(0.0) + player.due(0.02) + player.due(0.04)
+    assert [header(p)[1:4] for p in packets] == [(111, 9, 0), (111, 10, 960), (111, 11, 1920)]
+    assert [p[12:] for p in packets] == list(tone_frames("eu", ToneCodec.OPUS)[:3])
