@@ -20,6 +20,7 @@ gateway; attended with Replaces, RFC 3891).
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 import wave
@@ -31,6 +32,7 @@ from pathlib import Path
 import pytest
 
 from gateway.core.media.g729 import Bcg729Decoder, load_bcg729
+from gateway.core.media.opus import OpusDecoder, load_libopus
 from gateway.plugins.taps.g722 import G722Decoder
 from tests.conftest import missing
 from tests.interop.harness import LOOPBACK, Baresip, Capture, GatewayProcess, analyse_tone, tone_wav
@@ -40,6 +42,7 @@ from tests.interop.harness.capture import (
     inside,
     rtp_packets,
     rtp_payloads,
+    rtp_payloads_by_seq,
     rtp_streams,
     sip_requests,
     udp_filter,
@@ -268,6 +271,65 @@ def test_an_hd_caller_hears_the_ringing_tone_in_g722(tmp_path: Path) -> None:
     # its decoder's transients where one stream gives way to another (one in a CI run held
     # half the file's power), and a stream restarted by the re-INVITE may open a file of its
     # own. The tone's windows, in one of them: at least half a second of it, clean.
+    shares = [tone_share_per_window(path, 425.0) for path in recordings]
+    assert any(len([share for share in each if share > 0.9]) >= 5 for each in shares), shares
+
+
+@pytest.mark.interop
+def test_an_opus_caller_hears_the_ringing_tone_in_opus(tmp_path: Path) -> None:
+    # The three phones offer Opus alone (baresip's opus module, opus/48000/2, RFC 7587), as a
+    # WebRTC client narrowed to it: the ringing tone goes to alice as Opus (before session 57
+    # she heard silence), on Opus's 48 kHz RTP clock (960 a packet, RFC 7587 §4.1), paced by a
+    # media worker (the codec crosses worker_protocol's PlayTone). What the capture shows the
+    # gateway sent her decodes to the tone (libopus), and so does what her own baresip decoded
+    # and recorded (its opus module, at 48 kHz in stereo).
+    libopus = load_libopus()
+    if libopus is None:
+        missing("libopus is not installed (apt-get install libopus0)")
+    settings = {"gateway": {"realm": REALM}, "media": {"workers": 2, "ringback_tone": "eu"}}
+    alice_tone = tone_wav(tmp_path / "alice.wav", TONES["alice"], rate=48000, channels=2)
+    with (
+        GatewayProcess(
+            tmp_path, accounts=PASSWORDS, digest_algorithms=("MD5",), settings=settings
+        ) as gw,
+        Baresip(tmp_path, "alice", source=alice_tone, codecs=("opus",)) as alice,
+        Baresip(tmp_path, "bob", codecs=("opus",)) as bob,
+        Baresip(tmp_path, "carol", codecs=("opus",)) as carol,
+    ):
+        ringing, source, destination, even = ring_through_a_transfer(
+            tmp_path, gw, alice, bob, carol
+        )
+        alice.received_audio()  # the newest finished
+        recordings = alice.recordings("dec")
+    tone = [
+        packet
+        for packet in rtp_packets(ringing, even)
+        if (packet["src"], int(packet["srcport"])) == source
+        and (packet["dst"], int(packet["dstport"])) == destination
+    ]
+    [payload_type] = {int(packet["payload_type"]) for packet in tone}
+    assert payload_type >= 96  # dynamic, the number alice's SDP gave opus
+    stamps = [int(packet["timestamp"]) for packet in tone]
+    steps = {(later - earlier) % 2**32 for earlier, later in itertools.pairwise(stamps)}
+    assert steps == {960}, steps
+    payloads = rtp_payloads_by_seq(ringing, even)[(source, destination)]
+    # Decoded at 8 kHz (any rate decodes any Opus packet, RFC 6716 §2): sox's 4096-point
+    # spectra then have 2 Hz bins, at 48 kHz 12 Hz, where even a pure 425 Hz sine puts a
+    # fifth of its power more than analyse_tone's 10 Hz from its peak.
+    decoder = OpusDecoder(libopus, 8000)
+    pcm = b"".join(decoder.decode(payloads[int(packet["seq"])]) for packet in tone)
+    captured = tmp_path / "alice-ringing.wav"
+    with wave.open(str(captured), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(8000)
+        wav.writeframes(pcm)
+    heard = analyse_tone(captured)
+    assert heard.dominant_frequency == pytest.approx(425.0, abs=3)
+    assert heard.power_share > 0.8
+    for path in recordings:
+        with wave.open(str(path)) as wav:
+            assert wav.getframerate() == 48000, path  # Opus, not G.711
     shares = [tone_share_per_window(path, 425.0) for path in recordings]
     assert any(len([share for share in each if share > 0.9]) >= 5 for each in shares), shares
 
