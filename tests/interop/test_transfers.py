@@ -230,6 +230,31 @@ def test_the_caller_hears_the_ringing_tone_while_a_blind_transfers_target_rings(
     assert heard.power_share > 0.9
 
 
+def the_eu_tone(pcm: bytes, rate: int, tmp_path: Path) -> Path:
+    """``pcm`` (16-bit mono at ``rate``: what the capture shows the gateway sent, decoded) as
+    a WAV, which must be the eu plan's 425 Hz with over 80 % of its power. The WAV's path."""
+    captured = tmp_path / "alice-ringing.wav"
+    with wave.open(str(captured), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(pcm)
+    heard = analyse_tone(captured)
+    assert heard.dominant_frequency == pytest.approx(425.0, abs=3)
+    assert heard.power_share > 0.8
+    return captured
+
+
+def one_holds_the_eu_tone(recordings: list[Path]) -> None:
+    """What the transferee's phone decoded and recorded itself holds at least half a second
+    of the eu plan's 425 Hz, clean, in one of ``recordings``. A phone's recordings run across
+    the call: bob's silence, the tone, carol's stream, with its decoder's transients where one
+    stream gives way to another (one in a CI run held half the file's power), and a stream
+    restarted by the re-INVITE may open a file of its own; so a window at a time."""
+    shares = [tone_share_per_window(path, 425.0) for path in recordings]
+    assert any(len([share for share in each if share > 0.9]) >= 5 for each in shares), shares
+
+
 @pytest.mark.interop
 def test_an_hd_caller_hears_the_ringing_tone_in_g722(tmp_path: Path) -> None:
     # The three phones offer G.722 only (baresip's g722 module, RFC 3551 payload type 9): the
@@ -254,25 +279,11 @@ def test_an_hd_caller_hears_the_ringing_tone_in_g722(tmp_path: Path) -> None:
         recordings = alice.recordings("dec")
     payloads = rtp_payloads(ringing, even, source, destination)
     assert set(payloads) == {G722}, set(payloads)
-    pcm = G722Decoder().decode(payloads[G722])
-    captured = tmp_path / "alice-ringing.wav"
-    with wave.open(str(captured), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(16000)
-        wav.writeframes(pcm)
+    captured = the_eu_tone(G722Decoder().decode(payloads[G722]), 16000, tmp_path)
     for path in (captured, *recordings):
         with wave.open(str(path)) as wav:
             assert wav.getframerate() == 16000, path  # wideband: G.722, not G.711
-    heard = analyse_tone(captured)
-    assert heard.dominant_frequency == pytest.approx(425.0, abs=3)
-    assert heard.power_share > 0.8
-    # baresip's recordings run across the call: bob's silence, the tone, carol's stream, with
-    # its decoder's transients where one stream gives way to another (one in a CI run held
-    # half the file's power), and a stream restarted by the re-INVITE may open a file of its
-    # own. The tone's windows, in one of them: at least half a second of it, clean.
-    shares = [tone_share_per_window(path, 425.0) for path in recordings]
-    assert any(len([share for share in each if share > 0.9]) >= 5 for each in shares), shares
+    one_holds_the_eu_tone(recordings)
 
 
 @pytest.mark.interop
@@ -318,20 +329,11 @@ def test_an_opus_caller_hears_the_ringing_tone_in_opus(tmp_path: Path) -> None:
     # fifth of its power more than analyse_tone's 10 Hz from its peak.
     decoder = OpusDecoder(libopus, 8000)
     pcm = b"".join(decoder.decode(payloads[int(packet["seq"])]) for packet in tone)
-    captured = tmp_path / "alice-ringing.wav"
-    with wave.open(str(captured), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(8000)
-        wav.writeframes(pcm)
-    heard = analyse_tone(captured)
-    assert heard.dominant_frequency == pytest.approx(425.0, abs=3)
-    assert heard.power_share > 0.8
+    the_eu_tone(pcm, 8000, tmp_path)
     for path in recordings:
         with wave.open(str(path)) as wav:
             assert wav.getframerate() == 48000, path  # Opus, not G.711
-    shares = [tone_share_per_window(path, 425.0) for path in recordings]
-    assert any(len([share for share in each if share > 0.9]) >= 5 for each in shares), shares
+    one_holds_the_eu_tone(recordings)
 
 
 @pytest.mark.interop
@@ -391,19 +393,9 @@ def test_a_g729_caller_hears_the_ringing_tone_in_g729(tmp_path: Path) -> None:
     source, destination = gateway_to(alice, gw, ringing, even)
     payloads = rtp_payloads(ringing, even, source, destination)
     assert set(payloads) == {G729}, set(payloads)
-    pcm = Bcg729Decoder(bcg729).decode(payloads[G729])
-    captured = tmp_path / "alice-ringing.wav"
-    with wave.open(str(captured), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(8000)
-        wav.writeframes(pcm)
-    heard = analyse_tone(captured)
-    assert heard.dominant_frequency == pytest.approx(425.0, abs=3)
-    assert heard.power_share > 0.8
+    the_eu_tone(Bcg729Decoder(bcg729).decode(payloads[G729]), 8000, tmp_path)
     assert len(payloads[G729]) % 20 == 0  # two 10-octet frames a packet, no SID frame
-    shares = tone_share_per_window(recorded, 425.0)
-    assert len([share for share in shares if share > 0.9]) >= 5, shares
+    one_holds_the_eu_tone([recorded])
 
 
 @pytest.mark.interop
