@@ -46,7 +46,7 @@ cadence encoded by libg722 (the ``G722`` package: bit-exact to the ITU-T referen
 same cadence once before it: the encoder then starts the kept cadence in the state it ends it
 in (a silence), and the cadence repeats seamlessly. G.729's encoder carries state too (its
 prediction and pitch memories), and its frames are made the same way by bcg729, Opus's by
-libopus. That costs 5-15 ms per plan for G.722, 14-31 ms for G.729 and about as much for Opus
+libopus. That costs 5-15 ms per plan for G.722, 14-31 ms for G.729 and 26-58 ms for Opus
 (``"us"``, the longest cadence, the most),
 which on the event loop would hold every call's media that long at the first such ringback:
 so the process that plays the tones makes the configured plan's frames before it relays
