@@ -20,6 +20,7 @@ gateway; attended with Replaces, RFC 3891).
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 import wave
@@ -31,6 +32,7 @@ from pathlib import Path
 import pytest
 
 from gateway.core.media.g729 import Bcg729Decoder, load_bcg729
+from gateway.core.media.opus import OpusDecoder, load_libopus
 from gateway.plugins.taps.g722 import G722Decoder
 from tests.conftest import missing
 from tests.interop.harness import LOOPBACK, Baresip, Capture, GatewayProcess, analyse_tone, tone_wav
@@ -40,6 +42,7 @@ from tests.interop.harness.capture import (
     inside,
     rtp_packets,
     rtp_payloads,
+    rtp_payloads_by_seq,
     rtp_streams,
     sip_requests,
     udp_filter,
@@ -227,6 +230,31 @@ def test_the_caller_hears_the_ringing_tone_while_a_blind_transfers_target_rings(
     assert heard.power_share > 0.9
 
 
+def the_eu_tone(pcm: bytes, rate: int, tmp_path: Path) -> Path:
+    """``pcm`` (16-bit mono at ``rate``: what the capture shows the gateway sent, decoded) as
+    a WAV, which must be the eu plan's 425 Hz with over 80 % of its power. The WAV's path."""
+    captured = tmp_path / "alice-ringing.wav"
+    with wave.open(str(captured), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(pcm)
+    heard = analyse_tone(captured)
+    assert heard.dominant_frequency == pytest.approx(425.0, abs=3)
+    assert heard.power_share > 0.8
+    return captured
+
+
+def one_holds_the_eu_tone(recordings: list[Path]) -> None:
+    """What the transferee's phone decoded and recorded itself holds at least half a second
+    of the eu plan's 425 Hz, clean, in one of ``recordings``. A phone's recordings run across
+    the call: bob's silence, the tone, carol's stream, with its decoder's transients where one
+    stream gives way to another (one in a CI run held half the file's power), and a stream
+    restarted by the re-INVITE may open a file of its own; so a window at a time."""
+    shares = [tone_share_per_window(path, 425.0) for path in recordings]
+    assert any(len([share for share in each if share > 0.9]) >= 5 for each in shares), shares
+
+
 @pytest.mark.interop
 def test_an_hd_caller_hears_the_ringing_tone_in_g722(tmp_path: Path) -> None:
     # The three phones offer G.722 only (baresip's g722 module, RFC 3551 payload type 9): the
@@ -251,25 +279,61 @@ def test_an_hd_caller_hears_the_ringing_tone_in_g722(tmp_path: Path) -> None:
         recordings = alice.recordings("dec")
     payloads = rtp_payloads(ringing, even, source, destination)
     assert set(payloads) == {G722}, set(payloads)
-    pcm = G722Decoder().decode(payloads[G722])
-    captured = tmp_path / "alice-ringing.wav"
-    with wave.open(str(captured), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(16000)
-        wav.writeframes(pcm)
+    captured = the_eu_tone(G722Decoder().decode(payloads[G722]), 16000, tmp_path)
     for path in (captured, *recordings):
         with wave.open(str(path)) as wav:
             assert wav.getframerate() == 16000, path  # wideband: G.722, not G.711
-    heard = analyse_tone(captured)
-    assert heard.dominant_frequency == pytest.approx(425.0, abs=3)
-    assert heard.power_share > 0.8
-    # baresip's recordings run across the call: bob's silence, the tone, carol's stream, with
-    # its decoder's transients where one stream gives way to another (one in a CI run held
-    # half the file's power), and a stream restarted by the re-INVITE may open a file of its
-    # own. The tone's windows, in one of them: at least half a second of it, clean.
-    shares = [tone_share_per_window(path, 425.0) for path in recordings]
-    assert any(len([share for share in each if share > 0.9]) >= 5 for each in shares), shares
+    one_holds_the_eu_tone(recordings)
+
+
+@pytest.mark.interop
+def test_an_opus_caller_hears_the_ringing_tone_in_opus(tmp_path: Path) -> None:
+    # The three phones offer Opus alone (baresip's opus module, opus/48000/2, RFC 7587), as a
+    # WebRTC client narrowed to it: the ringing tone goes to alice as Opus (before session 57
+    # she heard silence), on Opus's 48 kHz RTP clock (960 a packet, RFC 7587 §4.1), paced by a
+    # media worker (the codec crosses worker_protocol's PlayTone). What the capture shows the
+    # gateway sent her decodes to the tone (libopus), and so does what her own baresip decoded
+    # and recorded (its opus module, at 48 kHz in stereo).
+    libopus = load_libopus()
+    if libopus is None:
+        missing("libopus is not installed (apt-get install libopus0)")
+    settings = {"gateway": {"realm": REALM}, "media": {"workers": 2, "ringback_tone": "eu"}}
+    alice_tone = tone_wav(tmp_path / "alice.wav", TONES["alice"], rate=48000, channels=2)
+    with (
+        GatewayProcess(
+            tmp_path, accounts=PASSWORDS, digest_algorithms=("MD5",), settings=settings
+        ) as gw,
+        Baresip(tmp_path, "alice", source=alice_tone, codecs=("opus",)) as alice,
+        Baresip(tmp_path, "bob", codecs=("opus",)) as bob,
+        Baresip(tmp_path, "carol", codecs=("opus",)) as carol,
+    ):
+        ringing, source, destination, even = ring_through_a_transfer(
+            tmp_path, gw, alice, bob, carol
+        )
+        alice.received_audio()  # the newest finished
+        recordings = alice.recordings("dec")
+    tone = [
+        packet
+        for packet in rtp_packets(ringing, even)
+        if (packet["src"], int(packet["srcport"])) == source
+        and (packet["dst"], int(packet["dstport"])) == destination
+    ]
+    [payload_type] = {int(packet["payload_type"]) for packet in tone}
+    assert payload_type >= 96  # dynamic, the number alice's SDP gave opus
+    stamps = [int(packet["timestamp"]) for packet in tone]
+    steps = {(later - earlier) % 2**32 for earlier, later in itertools.pairwise(stamps)}
+    assert steps == {960}, steps
+    payloads = rtp_payloads_by_seq(ringing, even)[(source, destination)]
+    # Decoded at 8 kHz (any rate decodes any Opus packet, RFC 6716 §2): sox's 4096-point
+    # spectra then have 2 Hz bins, at 48 kHz 12 Hz, where even a pure 425 Hz sine puts a
+    # fifth of its power more than analyse_tone's 10 Hz from its peak.
+    decoder = OpusDecoder(libopus, 8000)
+    pcm = b"".join(decoder.decode(payloads[int(packet["seq"])]) for packet in tone)
+    the_eu_tone(pcm, 8000, tmp_path)
+    for path in recordings:
+        with wave.open(str(path)) as wav:
+            assert wav.getframerate() == 48000, path  # Opus, not G.711
+    one_holds_the_eu_tone(recordings)
 
 
 @pytest.mark.interop
@@ -329,19 +393,9 @@ def test_a_g729_caller_hears_the_ringing_tone_in_g729(tmp_path: Path) -> None:
     source, destination = gateway_to(alice, gw, ringing, even)
     payloads = rtp_payloads(ringing, even, source, destination)
     assert set(payloads) == {G729}, set(payloads)
-    pcm = Bcg729Decoder(bcg729).decode(payloads[G729])
-    captured = tmp_path / "alice-ringing.wav"
-    with wave.open(str(captured), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(8000)
-        wav.writeframes(pcm)
-    heard = analyse_tone(captured)
-    assert heard.dominant_frequency == pytest.approx(425.0, abs=3)
-    assert heard.power_share > 0.8
+    the_eu_tone(Bcg729Decoder(bcg729).decode(payloads[G729]), 8000, tmp_path)
     assert len(payloads[G729]) % 20 == 0  # two 10-octet frames a packet, no SID frame
-    shares = tone_share_per_window(recorded, 425.0)
-    assert len([share for share in shares if share > 0.9]) >= 5, shares
+    one_holds_the_eu_tone([recorded])
 
 
 @pytest.mark.interop

@@ -210,8 +210,8 @@ def is_leg_specific(attribute: Attribute) -> bool:
 
 
 def _tone_codec_names() -> str:
-    """The codecs a ringing tone can go in on this install, for the log ("PCMU, PCMA, G722
-    and G729"; G729 only where bcg729 is installed)."""
+    """The codecs a ringing tone can go in on this install, for the log ("PCMU, PCMA, G722,
+    G729 and opus"; G729 only where bcg729 is installed, opus where libopus is)."""
     names = [codec.value for codec in ToneCodec if codec_available(codec)]
     return ", ".join(names[:-1]) + " and " + names[-1]
 
@@ -2062,8 +2062,8 @@ class MediaSession:
         """Play the ringing tone ``plan`` (:data:`gateway.core.media.tones.RINGBACK_PLANS`) to
         leg ``side`` in place of the other leg's media, on its first audio line (a transferee
         while the target rings: docs/transfers.md "Media"); None when it plays, else why not,
-        for the log. It goes in the first of PCMU, PCMA, G722 and G729 (where bcg729 is installed)
-        the leg's SDP in force lists,
+        for the log. It goes in the first of PCMU, PCMA, G722, G729 (where bcg729 is installed)
+        and opus (where libopus is) the leg's SDP in force lists,
         with its number (RFC 3264 §5.1: the numbers a party writes are those it receives), and
         only where that SDP and ours let the leg receive (sendrecv or recvonly on its side, RFC
         3264 §6.1: a held party that said inactive must get no media). One tone at a time:

@@ -1,4 +1,4 @@
-"""Call progress tones the gateway plays itself, as G.711, G.722 or G.729 RTP. Sans-IO.
+"""Call progress tones the gateway plays itself, as G.711, G.722, G.729 or Opus RTP. Sans-IO.
 
 Theory of operation
 -------------------
@@ -16,7 +16,7 @@ names the plan (:data:`RINGBACK_PLANS`; ``"none"`` plays nothing). Each plan is 
 frequencies summed, at a level per frequency, switched on and off by a cadence repeated for as
 long as it plays.
 
-It goes in the first of PCMU, PCMA, G722 and G729 that the receiving leg's SDP in force lists,
+It goes in the first of PCMU, PCMA, G722, G729 and opus that the receiving leg's SDP in force lists,
 with the payload type number it gives (RFC 3264 §5.1: the numbers a party writes are those it
 expects to receive); a leg that takes none of them hears nothing (the gateway encodes no other
 codec). G.711 (RFC 3551 §4.5.14): 8000 samples a second, an octet a sample. G.722 (ITU-T
@@ -29,7 +29,11 @@ bcg729 is installed (gateway/core/media/g729.py; since session 56, before which 
 trunks and branch lines that take G.729 alone heard silence): 8000 samples a second in 10 ms
 frames of 10 octets, two a packet; the timestamps step 160 as G.711's. Without Annex B's
 comfort noise: the cadence's gaps go as encoded silence, which a receiver that said
-``annexb=no`` (RFC 4856 §2.1.9) takes too. The packets are an RTP stream of their own (RFC
+``annexb=no`` (RFC 4856 §2.1.9) takes too. Opus (RFC 7587), only where libopus is installed
+(gateway/core/media/opus.py; since session 57, before which a line that takes Opus alone, as a
+WebRTC client narrowed to it, heard silence): the same 8 kHz cadence encoded narrowband, one
+packet of a few dozen octets per 20 ms, and the timestamps step 960 (the RTP clock of Opus is
+48000 Hz at any sampling rate, RFC 7587 §4.1). The packets are an RTP stream of their own (RFC
 3550 §8: a new SSRC, random sequence number and timestamp): the receiver's jitter buffer starts
 afresh with it, as it does when the target's media replaces it.
 
@@ -41,8 +45,9 @@ is adaptive (its ADPCM predictors carry state from sample to sample), so its fra
 cadence encoded by libg722 (the ``G722`` package: bit-exact to the ITU-T reference), after the
 same cadence once before it: the encoder then starts the kept cadence in the state it ends it
 in (a silence), and the cadence repeats seamlessly. G.729's encoder carries state too (its
-prediction and pitch memories), and its frames are made the same way by bcg729. That costs
-5-15 ms per plan for G.722 and 14-31 ms for G.729 (``"us"``, the longest cadence, the most),
+prediction and pitch memories), and its frames are made the same way by bcg729, Opus's by
+libopus. That costs 5-15 ms per plan for G.722, 14-31 ms for G.729 and 26-58 ms for Opus
+(``"us"``, the longest cadence, the most),
 which on the event loop would hold every call's media that long at the first such ringback:
 so the process that plays the tones makes the configured plan's frames before it relays
 anything (:func:`prepare_tone_frames`: the SIP process's relay, or each media worker from its
@@ -61,7 +66,7 @@ import math
 import attrs
 from G722 import G722
 
-from gateway.core.media import g729
+from gateway.core.media import g729, opus
 from gateway.core.media.g711 import lin2alaw, lin2ulaw
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import MediaDescription
@@ -76,7 +81,10 @@ G722_BIT_RATE = 64000
 FRAME_SECONDS = 0.02
 """Audio per packet: RFC 3551 §4.5.14's default packetization for G.711 (ptime 20)."""
 FRAME_SAMPLES = 160
-"""RTP timestamp units and payload octets per packet (20 ms), for either codec."""
+"""Samples per 20 ms packet at 8000 Hz: G.711's payload octets, and the RTP timestamp step of
+every tone codec but Opus."""
+OPUS_FRAME_TICKS = 960
+"""Opus's RTP timestamp step per 20 ms packet (its 48000 Hz clock, RFC 7587 §4.1)."""
 FULL_SCALE_DBM0 = 3.14
 """The level of a sine at the 16-bit full scale: ITU-T G.711's A-law maximum is +3.14 dBm0
 (mu-law's +3.17): the reference :func:`_amplitude` converts from."""
@@ -128,6 +136,7 @@ class ToneCodec(enum.Enum):
     PCMA = "PCMA"
     G722 = "G722"
     G729 = "G729"
+    OPUS = "opus"
 
 
 @attrs.frozen
@@ -147,9 +156,18 @@ class Tone:
             raise ValueError(f"payload type {self.payload_type} is out of range")
 
 
-_TONE_CODECS = {(codec.value.lower(), SAMPLE_RATE, 1): codec for codec in ToneCodec}
+_TONE_CODECS = {
+    **{
+        (codec.value.lower(), SAMPLE_RATE, 1): codec
+        for codec in ToneCodec
+        if codec is not ToneCodec.OPUS
+    },
+    ("opus", opus.RTP_CLOCK_RATE, 2): ToneCodec.OPUS,
+    ("opus", opus.RTP_CLOCK_RATE, 1): ToneCodec.OPUS,
+}
 """The codecs a tone goes in, by ``RtpMap.codec_key``: each at the RTP clock rate 8000, one
-channel (RFC 3551 §4.5.2, §4.5.14)."""
+channel (RFC 3551 §4.5.2, §4.5.14), and Opus at 48000 (RFC 7587 §7: ``opus/48000/2``; a
+``opus/48000`` without channels taken as well)."""
 
 
 def tone_codecs(media: MediaDescription) -> dict[ToneCodec, int]:
@@ -169,8 +187,13 @@ def tone_codecs(media: MediaDescription) -> dict[ToneCodec, int]:
 
 
 def codec_available(codec: ToneCodec) -> bool:
-    """Whether this install can encode ``codec``: G.729 needs bcg729 (a system library)."""
-    return codec is not ToneCodec.G729 or g729.load_bcg729() is not None
+    """Whether this install can encode ``codec``: G.729 needs bcg729, Opus libopus (system
+    libraries)."""
+    if codec is ToneCodec.G729:
+        return g729.load_bcg729() is not None
+    if codec is ToneCodec.OPUS:
+        return opus.load_libopus() is not None
+    return True
 
 
 def _amplitude(level_dbm0: float) -> float:
@@ -220,6 +243,8 @@ def tone_frames(plan_name: str, codec: ToneCodec) -> tuple[bytes, ...]:
         return _g722_frames(plan)
     if codec is ToneCodec.G729:
         return _g729_frames(plan)
+    if codec is ToneCodec.OPUS:
+        return _opus_frames(plan)
     encode = lin2ulaw if codec is ToneCodec.PCMU else lin2alaw
     unit = _repeating_frames(plan)
     samples = [encode(sample) for sample in _burst_samples(plan, SAMPLE_RATE)]
@@ -290,6 +315,19 @@ def _g729_frames(plan: TonePlan) -> tuple[bytes, ...]:
     return tuple(encoded[i : i + octets] for i in range(0, len(encoded), octets))
 
 
+def _opus_frames(plan: TonePlan) -> tuple[bytes, ...]:
+    """One whole cadence of ``plan`` in Opus, a packet per 20 ms: the 8 kHz cadence encoded
+    twice by one libopus encoder, the second time kept, as for G.722 (:func:`_g722_frames`:
+    every repetition starts in the state the cadence ends in)."""
+    libopus = opus.load_libopus()
+    if libopus is None:
+        raise ValueError("Opus tone frames need libopus (apt-get install libopus0)")
+    cadence = _cadence_samples(plan, SAMPLE_RATE)
+    encoder = opus.OpusEncoder(libopus, SAMPLE_RATE)
+    encoder.encode(cadence)  # the state the cadence ends in
+    return tuple(encoder.encode(cadence))
+
+
 class TonePlayer:
     """The RTP packets of one :class:`Tone`, paced from float time (sans-IO): a new RTP
     stream (RFC 3550 §5.1: ``ssrc``, and a random first ``sequence`` and ``timestamp``, which
@@ -300,6 +338,7 @@ class TonePlayer:
     def __init__(self, tone: Tone, *, ssrc: int, sequence: int, timestamp: int, now: float) -> None:
         self.tone = tone
         self._frames = tone_frames(tone.plan, tone.codec)
+        self._step = OPUS_FRAME_TICKS if tone.codec is ToneCodec.OPUS else FRAME_SAMPLES
         self._ssrc = ssrc.to_bytes(4, "big")
         self._sequence = sequence & 0xFFFF
         self._timestamp = timestamp & 0xFFFFFFFF
@@ -336,7 +375,7 @@ class TonePlayer:
             frame = self._frame
             marker = 0x80 if self.packets == 0 else 0
             sequence = (self._sequence + self.packets) & 0xFFFF
-            timestamp = (self._timestamp + frame * FRAME_SAMPLES) & 0xFFFFFFFF
+            timestamp = (self._timestamp + frame * self._step) & 0xFFFFFFFF
             header = bytes((0x80, marker | self.tone.payload_type))
             packets.append(
                 b"".join(

@@ -23,6 +23,7 @@ import trio
 
 from gateway.core.media.g711 import ulaw2lin
 from gateway.core.media.g729 import Bcg729Decoder, load_bcg729
+from gateway.core.media.opus import OpusDecoder, load_libopus
 from gateway.core.media.tones import ToneCodec, codec_available, tone_frames
 from gateway.plugins.taps.g722 import G722Decoder
 from gateway.testing.sip_agent import AutoAnswer, sdp_connection, simple_sdp
@@ -40,7 +41,7 @@ TRUNK_PORT, ALICE_PORT = port_bases(2)  # this process's own ports (tests/port_b
 ALICE_SSRC = 0x0A11CE00
 
 INSTALLED_TONE_CODECS = [codec for codec in ToneCodec if codec_available(codec)]
-"""What this install encodes a tone in (G.729 only with bcg729)."""
+"""What this install encodes a tone in (G.729 only with bcg729, Opus with libopus)."""
 
 
 def alice_rtp(sequence: int) -> bytes:
@@ -92,20 +93,22 @@ def ssrc(packet: bytes) -> int:
 
 
 def one_tone_stream(
-    ringing: list[bytes], *, payload_type: int, octets: int = 160
+    ringing: list[bytes], *, payload_type: int, octets: int | None = 160, step: int = 160
 ) -> tuple[int, list[bytes]]:
     """The ringing tone in a second of what the trunk heard: one new RTP stream (not alice's)
-    of ``payload_type``, a packet of ``octets`` every 20 ms (no marker after the first), its
-    sequence numbers and timestamps (160 a packet) in step. Its SSRC and payloads."""
+    of ``payload_type``, a packet of ``octets`` (None: any number) every 20 ms (no marker
+    after the first), its sequence numbers and timestamps (``step`` a packet) in step. Its
+    SSRC and payloads."""
     assert 49 <= len(ringing) <= 51
     [tone_ssrc] = {ssrc(p) for p in ringing}
     assert tone_ssrc != ALICE_SSRC
     assert {p[1] for p in ringing} == {payload_type}
-    assert {len(p) for p in ringing} == {12 + octets}
+    if octets is not None:
+        assert {len(p) for p in ringing} == {12 + octets}
     sequences = [int.from_bytes(p[2:4], "big") for p in ringing]
     assert sequences == [(sequences[0] + n) & 0xFFFF for n in range(len(ringing))]
     stamps = [int.from_bytes(p[4:8], "big") for p in ringing]
-    assert stamps == [(stamps[0] + 160 * n) & 0xFFFFFFFF for n in range(len(ringing))]
+    assert stamps == [(stamps[0] + step * n) & 0xFFFFFFFF for n in range(len(ringing))]
     return tone_ssrc, [p[12:] for p in ringing]
 
 
@@ -246,6 +249,21 @@ async def test_a_low_bandwidth_transferee_hears_the_ringing_tone_in_g729(
     ringing = await ringing_on_a_trunk_listing(nursery, tmp_path, voipgw_seed, ("18", "0", "101"))
     _, payloads = one_tone_stream(ringing, payload_type=18, octets=20)
     decoder = Bcg729Decoder(bcg729)  # the recorder's
+    assert_the_us_tone(b"".join(decoder.decode(payload) for payload in payloads), 8000)
+
+
+async def test_an_opus_transferee_hears_the_ringing_tone_in_opus(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # The trunk lists opus alone (a WebRTC client narrowed to it, RFC 7587 §7: opus/48000/2
+    # as 111) but for telephone-event: the tone goes as Opus (session 57), a packet per 20 ms
+    # and 960 on the 48 kHz RTP clock (RFC 7587 §4.1). Before, that line heard nothing.
+    libopus = load_libopus()
+    if libopus is None:
+        missing("libopus is not installed (apt-get install libopus0)")
+    ringing = await ringing_on_a_trunk_listing(nursery, tmp_path, voipgw_seed, ("111", "101"))
+    _, payloads = one_tone_stream(ringing, payload_type=111, octets=None, step=960)
+    decoder = OpusDecoder(libopus, 8000)
     assert_the_us_tone(b"".join(decoder.decode(payload) for payload in payloads), 8000)
 
 

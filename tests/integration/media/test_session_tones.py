@@ -6,6 +6,7 @@ the reason says why (ports of this process, tests/port_blocks.py)."""
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import pytest
@@ -15,6 +16,7 @@ from gateway.core.config import PortRange
 from gateway.core.interfaces import SrtpKeys
 from gateway.core.media.g729 import load_bcg729
 from gateway.core.media.keying import CallKeying
+from gateway.core.media.opus import load_libopus
 from gateway.core.media.relay import MediaRelay, MediaStream
 from gateway.core.media.session import MediaSession
 from gateway.core.media.srtp import SrtpSession
@@ -50,15 +52,27 @@ def sdp_for(port: int, formats: str, *lines: str, version: int = 1) -> bytes:
 
 
 @pytest.mark.parametrize(
-    ("formats", "codec", "payload_type"),
-    [("8 0", ToneCodec.PCMA, 8), ("9 0 8", ToneCodec.G722, 9), ("18 0", ToneCodec.G729, 18)],
-    ids=["pcma", "g722", "g729"],
+    ("formats", "rtpmaps", "codec", "payload_type", "step"),
+    [
+        ("8 0", (), ToneCodec.PCMA, 8, 160),
+        ("9 0 8", (), ToneCodec.G722, 9, 160),
+        ("18 0", (), ToneCodec.G729, 18, 160),
+        ("111 0", ("a=rtpmap:111 opus/48000/2",), ToneCodec.OPUS, 111, 960),
+    ],
+    ids=["pcma", "g722", "g729", "opus"],
 )
 async def test_the_tone_goes_through_the_legs_keys_in_place_of_the_other_legs_media(
-    relay: MediaRelay, formats: str, codec: ToneCodec, payload_type: int
+    relay: MediaRelay,
+    formats: str,
+    rtpmaps: tuple[str, ...],
+    codec: ToneCodec,
+    payload_type: int,
+    step: int,
 ) -> None:
     if codec is ToneCodec.G729 and load_bcg729() is None:
         missing("libbcg729 is not installed (apt-get install libbcg729-0)")
+    if codec is ToneCodec.OPUS and load_libopus() is None:
+        missing("libopus is not installed (apt-get install libopus0)")
     session = MediaSession(relay, media_address=ADDRESS)
     keying = CallKeying(session)
     leg_a, leg_b = FakeLeg("sdes"), FakeLeg("best-effort")
@@ -70,9 +84,12 @@ async def test_the_tone_goes_through_the_legs_keys_in_place_of_the_other_legs_me
         await a_phone.bind((ADDRESS, A_PHONE.first()))
         await b_phone.bind((ADDRESS, B_PHONE.first()))
         # A's phone lists PCMA first (as 8) and PCMU: the tone goes as PCMA. An HD phone
-        # lists G722 first (as 9): as G.722. A low-bandwidth line G729 (18): as G.729.
-        offer_b = session.offer_from("a", parse_sdp_untrusted(sdp_for(A_PHONE.first(), formats)))
-        session.answer_from("b", parse_sdp_untrusted(sdp_for(B_PHONE.first(), formats)))
+        # lists G722 first (as 9): as G.722. A low-bandwidth line G729 (18): as G.729. A
+        # WebRTC client opus (111, RFC 7587 §7): as Opus, its timestamps on a 48 kHz clock.
+        offer_b = session.offer_from(
+            "a", parse_sdp_untrusted(sdp_for(A_PHONE.first(), formats, *rtpmaps))
+        )
+        session.answer_from("b", parse_sdp_untrusted(sdp_for(B_PHONE.first(), formats, *rtpmaps)))
         session.settle()
         keying.apply(leg_a, leg_b)
         b_port = offer_b.media[0].port
@@ -103,6 +120,9 @@ async def test_the_tone_goes_through_the_legs_keys_in_place_of_the_other_legs_me
                 heard.append(plain)
         assert {p[1] & 0x7F for p in heard} == {payload_type}
         assert all(p[12:] in frames for p in heard)
+        timestamps = [int.from_bytes(p[4:8], "big") for p in heard]
+        steps = {(later - earlier) % 2**32 for earlier, later in itertools.pairwise(timestamps)}
+        assert step in steps and all(each % step == 0 for each in steps), steps
         assert rtp(2) not in heard
 
         assert session.stop_tone()
@@ -140,10 +160,11 @@ async def test_a_leg_that_receives_nothing_or_takes_none_of_the_tones_codecs_get
         "b", parse_sdp_untrusted(sdp_for(B_PHONE.first(), "97", "a=rtpmap:97 iLBC/8000"))
     )
     session.settle()
+    codecs = ["PCMU", "PCMA", "G722"]
+    codecs += ["G729"] if load_bcg729() is not None else []
+    codecs += ["opus"] if load_libopus() is not None else []
     assert session.play_ringback("a", "us") == (
-        "it takes none of PCMU, PCMA, G722 and G729"
-        if load_bcg729() is not None
-        else "it takes none of PCMU, PCMA and G722"
+        f"it takes none of {', '.join(codecs[:-1])} and {codecs[-1]}"
     )
     assert not session.playing_tone
     session.close()

@@ -36,8 +36,10 @@ def _sox(*args: str) -> subprocess.CompletedProcess[str]:
     return result
 
 
-def tone_wav(path: Path, frequency: float, seconds: float = 30.0, *, rate: int = G711_RATE) -> Path:
-    """A sine WAV (16-bit signed, mono, half scale) at ``path``; returns ``path``.
+def tone_wav(
+    path: Path, frequency: float, seconds: float = 30.0, *, rate: int = G711_RATE, channels: int = 1
+) -> Path:
+    """A sine WAV (16-bit signed, half scale, ``channels`` alike) at ``path``; returns ``path``.
 
     baresip's aufile source ends the call when the file ends, so the default is longer than
     any test call.
@@ -47,7 +49,7 @@ def tone_wav(path: Path, frequency: float, seconds: float = 30.0, *, rate: int =
         "-r",
         str(rate),
         "-c",
-        "1",
+        str(channels),
         "-b",
         "16",
         "-e",
@@ -168,17 +170,19 @@ def dominant_frequency(path: Path) -> float:
 
 
 def tone_share_per_window(path: Path, frequency: float, window: float = 0.1) -> list[float]:
-    """For each ``window`` seconds of the WAV at ``path`` that is not quiet (its RMS at least a
-    tenth of the loudest window's), the share of its power at ``frequency`` (Goertzel), in
-    order. What a phone decoded and recorded across a whole call also holds its decoder's
-    transients where one RTP stream gives way to another (a new SSRC, another encoder's state),
-    which can outweigh a second of tone in one ``analyse_tone`` sum; a window at a time, the
-    tone's windows show it whole."""
+    """For each ``window`` seconds of the WAV at ``path`` (its first channel) that is not quiet
+    (its RMS at least a tenth of the loudest window's), the share of its power at
+    ``frequency`` (Goertzel), in order. What a phone decoded and recorded across a whole call
+    also holds its decoder's transients where one RTP stream gives way to another (a new SSRC,
+    another encoder's state), which can outweigh a second of tone in one ``analyse_tone`` sum;
+    a window at a time, the tone's windows show it whole."""
     with wave.open(str(path)) as wav:
         rate = wav.getframerate()
+        channels = wav.getnchannels()
         data = wav.readframes(wav.getnframes())  # a header written early may promise more
-    count = len(data) // 2
-    samples = struct.unpack(f"<{count}h", data[: 2 * count])
+    count = len(data) // (2 * channels) * channels
+    samples = struct.unpack(f"<{count}h", data[: 2 * count])[::channels]  # the first channel
+    count = len(samples)
     size = round(rate * window)
     windows = [samples[i : i + size] for i in range(0, count - size + 1, size)]
     energies = [sum(s * s for s in part) / size for part in windows]

@@ -55,7 +55,10 @@ MODULE_PATH = "/usr/lib/baresip/modules"
 MODULES = ("alsa.so", "aufile.so", "sndfile.so", "srtp.so", "dtls_srtp.so")
 # The sampling rate of each codec module's audio: aufile's source WAV must have the codec's
 # ("aufile: input file ... must have sample-rate 16000 Hz"), and sndfile records at it.
-CODEC_RATES = {"g711": 8000, "g722": 16000}
+CODEC_RATES = {"g711": 8000, "g722": 16000, "opus": 48000}
+# And its channels: baresip's opus module is opus/48000/2 and runs its audio in stereo
+# ("aufile: input file ... must have channels = 2"); the others mono.
+CODEC_CHANNELS = {"opus": 2}
 # netstrings carry ctrl_tcp messages; bound what a misbehaving peer can make us buffer.
 MAX_CTRL_MESSAGE = 1 << 20
 
@@ -83,8 +86,9 @@ class Baresip:
     """One baresip process with its own config directory under ``workdir``.
 
     ``source`` is the WAV it sends (16-bit mono at the rate of the first of ``codecs``: 8000 Hz
-    for G.711, 16000 for G.722; see ``tone_wav``; the call ends when the file does), or None for
-    60 s of silence. ``codecs`` are its audio codec modules, in the order it offers them
+    for G.711, 16000 for G.722, 48000 for Opus; see ``tone_wav``; the call ends when the file
+    does), or None for 60 s of silence. ``codecs`` are its audio codec modules, in the order it
+    offers them
     (default G.711 alone). ``mediaenc`` is the local account's media
     encryption (srtp, srtp-mand, srtp-mandf, dtls_srtp). ``tls_certificate`` (key and
     certificate in one PEM) turns on the TLS listener on ``sip_port + 1``. ``extra_config``
@@ -139,6 +143,8 @@ class Baresip:
         self.sample_rate = CODEC_RATES[codecs[0]]
         """The first codec's sampling rate: its source's (``source`` must have it) and its
         recordings' when that codec is the call's."""
+        self.channels = CODEC_CHANNELS.get(codecs[0], 1)
+        """The first codec's channels, as ``sample_rate``."""
         self.start_timeout = start_timeout
         self.process: subprocess.Popen[bytes] | None = None
         #: Every ctrl_tcp event so far, oldest first.
@@ -182,10 +188,10 @@ class Baresip:
     def _silence(self, seconds: int = 60) -> Path:
         path = self.dir / "silence.wav"
         with wave.open(str(path), "wb") as wav:
-            wav.setnchannels(1)
+            wav.setnchannels(self.channels)
             wav.setsampwidth(2)
             wav.setframerate(self.sample_rate)
-            wav.writeframes(bytes(2 * self.sample_rate * seconds))
+            wav.writeframes(bytes(2 * self.channels * self.sample_rate * seconds))
         return path
 
     def _account_params(self, mediaenc: str | None, answermode: str = "auto") -> str:
@@ -513,18 +519,24 @@ class Baresip:
         pass by the phone's own audio clock.
         """
         files = self.recordings(kind)
-        return max(0, files[-1].stat().st_size - 44) / (2 * self.sample_rate) if files else 0.0
+        return self._seconds_in(files[-1]) if files else 0.0
+
+    def _seconds_in(self, recording: Path) -> float:
+        """Seconds of audio in one of its recordings (a 44-octet header, then 16-bit samples
+        at the first codec's rate and channels)."""
+        return max(0, recording.stat().st_size - 44) / (2 * self.channels * self.sample_rate)
 
     def wait_audio(self, seconds: float, timeout: float = 10.0, *, kind: str = "dec") -> Path:
         """Poll until the newest recording ("dec": received) holds ``seconds`` s of audio.
 
         This is how a test lets a call carry audio for a while without a fixed sleep. The
-        recordings are 16-bit mono at the codec rate (8000 Hz for G.711, 16000 for G.722).
+        recordings are 16-bit at the codec's rate and channels (8000 Hz for G.711, 16000 for
+        G.722, mono; 48000 Hz stereo for Opus).
         """
         deadline = time.monotonic() + timeout
         while True:
             files = self.recordings(kind)
-            if files and (files[-1].stat().st_size - 44) / (2 * self.sample_rate) >= seconds:
+            if files and self._seconds_in(files[-1]) >= seconds:
                 return files[-1]
             if time.monotonic() > deadline:
                 sizes = {file.name: file.stat().st_size for file in files}

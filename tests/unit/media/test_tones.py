@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Callable
 
 import pytest
 
-from gateway.core.media import g729
+from gateway.core.media import g729, opus
 from gateway.core.media.g711 import alaw2lin, lin2alaw, lin2ulaw, ulaw2lin
 from gateway.core.media.tones import (
     FRAME_SAMPLES,
@@ -21,6 +22,7 @@ from gateway.core.media.tones import (
     SAMPLE_RATE,
     Tone,
     ToneCodec,
+    TonePlan,
     TonePlayer,
     codec_available,
     prepare_tone_frames,
@@ -189,7 +191,18 @@ def test_the_codecs_a_tone_goes_in_are_found_in_the_order_the_sdp_lists_them(
     }
     # Not at RTP clock 8000 (RFC 3551 §4.5.2): not the G.722 a tone can go as.
     assert tone_codecs(media("96", "a=rtpmap:96 G722/16000")) == {}
-    assert tone_codecs(media("97 111", "a=rtpmap:97 iLBC/8000", "a=rtpmap:111 opus/48000/2")) == {}
+    assert tone_codecs(media("97", "a=rtpmap:97 iLBC/8000")) == {}
+    # Opus (RFC 7587 §7: opus/48000/2, any number), where libopus is installed; "opus/48000"
+    # without channels as well; never at another clock, never where libopus is not.
+    opus_line = media("97 111 0", "a=rtpmap:97 iLBC/8000", "a=rtpmap:111 opus/48000/2")
+    with_opus = opus.load_libopus() is not None
+    assert tone_codecs(opus_line) == (
+        {ToneCodec.OPUS: 111, ToneCodec.PCMU: 0} if with_opus else {ToneCodec.PCMU: 0}
+    )
+    assert tone_codecs(media("96", "a=rtpmap:96 OPUS/48000")) == (
+        {ToneCodec.OPUS: 96} if with_opus else {}
+    )
+    assert tone_codecs(media("96", "a=rtpmap:96 opus/8000")) == {}
     # G.729, static or dynamic, where bcg729 is installed; never where it is not.
     g729_line = media("18 96 0", "a=rtpmap:96 G729/8000")
     assert tone_codecs(g729_line) == (
@@ -200,6 +213,9 @@ def test_the_codecs_a_tone_goes_in_are_found_in_the_order_the_sdp_lists_them(
     monkeypatch.setattr(g729, "load_bcg729", lambda: None)
     assert tone_codecs(g729_line) == {ToneCodec.PCMU: 0}
     assert not codec_available(ToneCodec.G729) and codec_available(ToneCodec.G722)
+    monkeypatch.setattr(opus, "load_libopus", lambda: None)
+    assert tone_codecs(opus_line) == {ToneCodec.PCMU: 0}
+    assert not codec_available(ToneCodec.OPUS)
 
 
 def test_every_tone_codec_crosses_to_a_media_worker() -> None:
@@ -302,9 +318,20 @@ def test_without_bcg729_a_plan_prepares_every_codec_but_g729(
     monkeypatch.setattr(g729, "load_bcg729", lambda: None)
     tone_frames.cache_clear()
     prepare_tone_frames("eu")
-    assert tone_frames.cache_info().currsize == 3
+    assert tone_frames.cache_info().currsize == 3 + codec_available(ToneCodec.OPUS)
     with pytest.raises(ValueError, match=r"G\.729 tone frames need bcg729"):
         tone_frames("eu", ToneCodec.G729)
+
+
+def test_without_libopus_a_plan_prepares_every_codec_but_opus(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(opus, "load_libopus", lambda: None)
+    tone_frames.cache_clear()
+    prepare_tone_frames("eu")
+    assert tone_frames.cache_info().currsize == 3 + codec_available(ToneCodec.G729)
+    with pytest.raises(ValueError, match=r"Opus tone frames need libopus"):
+        tone_frames("eu", ToneCodec.OPUS)
 
 
 def bcg729() -> g729.Bcg729:
@@ -314,15 +341,21 @@ def bcg729() -> g729.Bcg729:
     return found
 
 
-def g729_decoded(frames: tuple[bytes, ...], times: int) -> list[list[int]]:
-    """Each of ``times`` repetitions of the cadence ``frames``, decoded in a row by one bcg729
-    decoder (the recorder's), as linear samples at 8000 Hz."""
-    decoder = g729.Bcg729Decoder(bcg729())
+def decoded_in_a_row(
+    decode: Callable[[bytes], bytes], frames: tuple[bytes, ...], times: int
+) -> list[list[int]]:
+    """Each of ``times`` repetitions of the cadence ``frames``, decoded in a row by one
+    decoder's ``decode`` (16-bit little-endian PCM out), as linear samples."""
     out = []
     for _ in range(times):
-        pcm = b"".join(decoder.decode(frame) for frame in frames)
+        pcm = b"".join(decode(frame) for frame in frames)
         out.append(list(struct.unpack(f"<{len(pcm) // 2}h", pcm)))
     return out
+
+
+def g729_decoded(frames: tuple[bytes, ...], times: int) -> list[list[int]]:
+    """:func:`decoded_in_a_row` by one bcg729 decoder (the recorder's), at 8000 Hz."""
+    return decoded_in_a_row(g729.Bcg729Decoder(bcg729()).decode, frames, times)
 
 
 @pytest.mark.parametrize("name", sorted(RINGBACK_PLANS))
@@ -337,22 +370,29 @@ def test_a_plans_g729_frames_decode_to_its_frequencies_on_and_near_silence_off(
     assert len(frames) == round(sum(plan.cadence) / FRAME_SECONDS)
     assert {len(frame) for frame in frames} == {20}
     assert len(samples) == len(frames) * FRAME_SAMPLES
+    assert_a_speech_codecs_cadence(plan, samples, settle_packets=1)
+
+
+def assert_a_speech_codecs_cadence(plan: TonePlan, samples: list[int], settle_packets: int) -> None:
+    """``samples`` (8000 Hz, a whole cadence of ``plan`` decoded) hold each burst's
+    frequencies at the plan's level within 15 % (a speech codec's tone is within a dB or so of
+    it: CELP, not waveform) and nothing at 1000 Hz, and each gap at least 30 dB down (the
+    synthesis filter's tail and the codec's noise, not a tone); each part from its
+    ``settle_packets``-th 20 ms packet on."""
     expected = 32767.0 * 10 ** ((plan.level_dbm0 - 3.14) / 20)
     start = 0
     for index, seconds in enumerate(plan.cadence):
         count = round(seconds / FRAME_SECONDS) * FRAME_SAMPLES
-        part = samples[start + FRAME_SAMPLES : start + count]  # from its second packet
+        part = samples[start + settle_packets * FRAME_SAMPLES : start + count]
         start += count
         rms = math.sqrt(sum(s * s for s in part) / len(part))
         if index % 2:
-            # The synthesis filter's tail and the codec's noise, not a tone: 30 dB down.
             assert rms < 0.03 * expected
             continue
         heard = [goertzel_power(part, f) for f in plan.frequencies]
         off_tone = goertzel_power(part, 1000.0)
         assert min(heard) > 1000 * max(off_tone, 1e-9)
         for power in heard:
-            # A speech codec's tone is within a dB or so of the level (CELP, not waveform).
             assert 2 * math.sqrt(power) == pytest.approx(expected, rel=0.15)
 
 
@@ -378,3 +418,48 @@ def test_no_plan_prepares_nothing() -> None:
     tone_frames.cache_clear()
     prepare_tone_frames("none")
     assert tone_frames.cache_info().currsize == 0
+
+
+def libopus() -> opus.LibOpus:
+    found = opus.load_libopus()
+    if found is None:
+        missing("libopus is not installed (apt-get install libopus0)")
+    return found
+
+
+def opus_decoded(frames: tuple[bytes, ...], times: int) -> list[list[int]]:
+    """:func:`decoded_in_a_row` by one libopus decoder, at 8000 Hz."""
+    return decoded_in_a_row(opus.OpusDecoder(libopus(), SAMPLE_RATE).decode, frames, times)
+
+
+@pytest.mark.parametrize("name", sorted(RINGBACK_PLANS))
+def test_a_plans_opus_frames_decode_to_its_frequencies_on_and_near_silence_off(
+    name: str,
+) -> None:
+    plan = RINGBACK_PLANS[name]
+    frames = tone_frames(name, ToneCodec.OPUS)
+    _, samples = opus_decoded(frames, 2)  # the second time round: as a receiver hears it
+    # One packet per 20 ms, each a few dozen octets at most (narrowband, 12 kbit/s: 30 octets
+    # on average; VBR, so the bursts take more than the gaps).
+    assert len(frames) == round(sum(plan.cadence) / FRAME_SECONDS)
+    assert max(map(len, frames)) <= 80
+    assert len(samples) == len(frames) * FRAME_SAMPLES
+    assert_a_speech_codecs_cadence(plan, samples, settle_packets=2)  # past Opus's lookahead
+
+
+@pytest.mark.parametrize("name", sorted(RINGBACK_PLANS))
+def test_an_opus_cadence_repeats_seamlessly(name: str) -> None:
+    # As for G.722 and G.729: the encoder's state at the frames' start is the one at their
+    # end, so a decoder playing them again and again hears the same every time round.
+    _, second, third = opus_decoded(tone_frames(name, ToneCodec.OPUS), 3)
+    peak = max(map(abs, second))
+    assert max(abs(a - b) for a, b in zip(second, third, strict=True)) <= 0.01 * peak
+
+
+def test_an_opus_player_steps_the_rtp_clock_at_48000_hz() -> None:
+    # RFC 7587 §4.1: Opus's RTP clock is 48000 Hz at any sampling rate: 960 per 20 ms.
+    libopus()
+    player = TonePlayer(Tone("eu", ToneCodec.OPUS, 111), ssrc=7, sequence=9, timestamp=0, now=0.0)
+    packets = player.due(0.0) + player.due(0.02) + player.due(0.04)
+    assert [header(p)[1:4] for p in packets] == [(111, 9, 0), (111, 10, 960), (111, 11, 1920)]
+    assert [p[12:] for p in packets] == list(tone_frames("eu", ToneCodec.OPUS)[:3])

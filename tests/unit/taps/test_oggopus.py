@@ -7,8 +7,6 @@ peer skips; in CI (VOIPGW_REQUIRE_PEERS=1) it fails."""
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import math
 import random
 import struct
@@ -18,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.core.media import opus
 from gateway.plugins.taps.oggopus import (
     MAX_SAMPLES,
     PRE_SKIP,
@@ -119,43 +118,16 @@ def test_gaps_are_concealed_with_empty_frames(gap: int, previous: int | None, wr
 
 
 def _libopus_packets(seconds: float) -> list[bytes]:
-    """20 ms Opus packets of a 440 Hz tone from libopus (mono, 48 kHz, VoIP application)."""
-    name = ctypes.util.find_library("opus")
-    if name is None:
+    """20 ms Opus packets of a 440 Hz tone from libopus (mono, 48 kHz, VoIP application, its
+    own bit rate and bandwidth)."""
+    libopus = opus.load_libopus()
+    if libopus is None:
         missing("libopus is not installed (apt-get install libopus0)")
-    lib = ctypes.CDLL(name)
-    lib.opus_encoder_create.restype = ctypes.c_void_p
-    lib.opus_encoder_create.argtypes = [
-        ctypes.c_int32,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.POINTER(ctypes.c_int),
-    ]
-    lib.opus_encode.argtypes = [
-        ctypes.c_void_p,
-        ctypes.c_void_p,
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_int32,
-    ]
-    lib.opus_encoder_destroy.argtypes = [ctypes.c_void_p]
-    error = ctypes.c_int()
-    encoder = lib.opus_encoder_create(48000, 1, 2048, ctypes.byref(error))  # OPUS_APPLICATION_VOIP
-    assert error.value == 0
-    packets = []
-    for frame in range(int(seconds * 50)):
-        pcm = (ctypes.c_int16 * 960)(
-            *(
-                int(8000 * math.sin(2 * math.pi * 440 * (frame * 960 + i) / 48000))
-                for i in range(960)
-            )
-        )
-        out = ctypes.create_string_buffer(1500)
-        size = lib.opus_encode(encoder, pcm, 960, out, 1500)
-        assert size > 0
-        packets.append(out.raw[:size])
-    lib.opus_encoder_destroy(encoder)
-    return packets
+    encoder = opus.OpusEncoder(libopus, 48000, bit_rate=None, max_bandwidth=None)
+    count = int(seconds * 48000)
+    return encoder.encode(
+        [int(8000 * math.sin(2 * math.pi * 440 * n / 48000)) for n in range(count)]
+    )
 
 
 def test_opusinfo_and_opusdec_accept_a_file_with_a_concealed_gap(tmp_path: Path) -> None:
