@@ -97,7 +97,7 @@ from gateway.core.media.relay import MediaRelay
 from gateway.core.media.relay_api import Relay
 from gateway.core.media.remote_relay import WorkerPool
 from gateway.core.media.session import MediaSession
-from gateway.core.media.tones import prepare_tone_frames
+from gateway.core.media.tones import prepare_tone_frames, ringback_summary
 from gateway.core.nat_keepalive import NatKeepalive
 from gateway.core.plugins import PluginError, Plugins
 from gateway.core.registration import RegistrationService, local_domains
@@ -1776,6 +1776,7 @@ class Gateway:
             ", ".join(f"{lst.transport}:{format_address(lst.address)}" for lst in self.listeners),
         )
         log.info("media relay: %s", relay_build())
+        log.info("transfer ringing tone: %s", ringback_summary(self.config.media.ringback_tone))
 
     async def drain(self, timeout: float) -> None:
         """Stop taking calls and wait, at most ``timeout`` seconds, for those in progress to end

@@ -89,7 +89,7 @@ from gateway.core.media.relay_api import (
     RelayStream,
 )
 from gateway.core.media.t38 import is_udptl_t38, t38_problem_untrusted
-from gateway.core.media.tones import Tone, ToneCodec, codec_available, tone_codecs
+from gateway.core.media.tones import Tone, ToneCodec, tone_codec_names, tone_codecs
 from gateway.core.media.transcoding import (
     AddedLaw,
     TranscodingPlan,
@@ -207,13 +207,6 @@ def is_leg_specific(attribute: Attribute) -> bool:
     if name == "group":  # RFC 5888 a=group:<semantics> <mid>...: only BUNDLE is transport
         return (attribute.value or "").split()[:1] == ["BUNDLE"]
     return False
-
-
-def _tone_codec_names() -> str:
-    """The codecs a ringing tone can go in on this install, for the log ("PCMU, PCMA, G722,
-    G729 and opus"; G729 only where bcg729 is installed, opus where libopus is)."""
-    names = [codec.value for codec in ToneCodec if codec_available(codec)]
-    return ", ".join(names[:-1]) + " and " + names[-1]
 
 
 class EncryptedMediaNotSupported(SdpError):
@@ -2101,7 +2094,7 @@ class MediaSession:
                 return f"our SDP to it says {ours.effective_direction(ours.media[index]).value}"
             codecs = tone_codecs(media)
             if not codecs:
-                return "it takes none of " + _tone_codec_names()
+                return "it takes none of " + tone_codec_names()
             codec, payload_type = next(iter(codecs.items()))
             return index, codec, payload_type
         return "no audio line to play it on"

@@ -196,6 +196,22 @@ def codec_available(codec: ToneCodec) -> bool:
     return True
 
 
+def tone_codec_names() -> str:
+    """The codecs a ringing tone can go in on this install, in the order they are looked for,
+    for the log ("PCMU, PCMA, G722, G729 and opus"; G729 only where bcg729 is installed, opus
+    where libopus is)."""
+    names = [codec.value for codec in ToneCodec if codec_available(codec)]
+    return ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def ringback_summary(plan_name: str) -> str:
+    """``[media] ringback_tone`` as the gateway's start says it: the plan and the codecs this
+    install can play it in, so that an operator sees whether bcg729 and libopus were found."""
+    if plan_name == "none":
+        return "none (a transferee hears the transferor's media until the target answers)"
+    return f"{plan_name}, in the first of {tone_codec_names()} the transferee's line lists"
+
+
 def _amplitude(level_dbm0: float) -> float:
     return 32767.0 * math.pow(10.0, (level_dbm0 - FULL_SCALE_DBM0) / 20.0)
 

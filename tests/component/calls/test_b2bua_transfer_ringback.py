@@ -268,13 +268,24 @@ async def test_an_opus_transferee_hears_the_ringing_tone_in_opus(
 
 
 async def test_the_configured_plans_frames_are_made_as_the_gateway_starts(
-    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Session 56: the relay's process makes them before it relays anything; before, the first
     # ringback of a process made them on the event loop (a G.722 cadence: 5-15 ms during which
     # every call's media waited).
     tone_frames.cache_clear()
-    await start_b2bua(nursery, tmp_path, voipgw_seed, media_table={"ringback_tone": "fr"})
+    with caplog.at_level(logging.INFO, logger="gateway.core.gateway"):
+        await start_b2bua(nursery, tmp_path, voipgw_seed, media_table={"ringback_tone": "fr"})
+    # And the start says in which codecs: whether bcg729 and libopus were found (session 57).
+    names = [codec.value for codec in INSTALLED_TONE_CODECS]
+    assert (
+        f"transfer ringing tone: fr, in the first of {', '.join(names[:-1])} and {names[-1]}"
+        " the transferee's line lists"
+    ) in caplog.messages
     assert tone_frames.cache_info().currsize == len(INSTALLED_TONE_CODECS)
     for codec in INSTALLED_TONE_CODECS:
         tone_frames("fr", codec)

@@ -26,6 +26,7 @@ from gateway.core.media.tones import (
     TonePlayer,
     codec_available,
     prepare_tone_frames,
+    ringback_summary,
     tone_codecs,
     tone_frames,
 )
@@ -463,3 +464,24 @@ def test_an_opus_player_steps_the_rtp_clock_at_48000_hz() -> None:
     packets = player.due(0.0) + player.due(0.02) + player.due(0.04)
     assert [header(p)[1:4] for p in packets] == [(111, 9, 0), (111, 10, 960), (111, 11, 1920)]
     assert [p[12:] for p in packets] == list(tone_frames("eu", ToneCodec.OPUS)[:3])
+
+
+def test_the_start_says_which_plan_plays_in_which_codecs_this_install_has(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert ringback_summary("none") == (
+        "none (a transferee hears the transferor's media until the target answers)"
+    )
+    monkeypatch.setattr(g729, "load_bcg729", lambda: object())
+    monkeypatch.setattr(opus, "load_libopus", lambda: object())
+    assert ringback_summary("eu") == (
+        "eu, in the first of PCMU, PCMA, G722, G729 and opus the transferee's line lists"
+    )
+    monkeypatch.setattr(opus, "load_libopus", lambda: None)
+    assert ringback_summary("us") == (
+        "us, in the first of PCMU, PCMA, G722 and G729 the transferee's line lists"
+    )
+    monkeypatch.setattr(g729, "load_bcg729", lambda: None)
+    assert ringback_summary("fr") == (
+        "fr, in the first of PCMU, PCMA and G722 the transferee's line lists"
+    )
