@@ -37,6 +37,7 @@ from gateway.plugins.taps.g722 import G722Decoder
 from tests.conftest import missing
 from tests.interop.harness import LOOPBACK, Baresip, Capture, GatewayProcess, analyse_tone, tone_wav
 from tests.interop.harness.audio import g711_wav, tone_share_per_window
+from tests.interop.harness.baresip import CODEC_CHANNELS, CODEC_RATES
 from tests.interop.harness.capture import (
     even_ports,
     inside,
@@ -61,11 +62,20 @@ G729 = 18
 
 @contextmanager
 def three_phones(
-    tmp_path: Path, media: dict[str, object]
+    tmp_path: Path,
+    media: dict[str, object],
+    *,
+    codec: str = "g711",
+    talking: tuple[str, ...] = tuple(TONES),
 ) -> Iterator[tuple[GatewayProcess, Baresip, Baresip, Baresip]]:
-    """The gateway with ``media`` as its ``[media]`` table, and alice, bob and carol (baresip,
-    each sending its tone of TONES), not yet registered."""
-    tones = {name: tone_wav(tmp_path / f"{name}.wav", hz) for name, hz in TONES.items()}
+    """The gateway with ``media`` as its ``[media]`` table, and alice, bob and carol (baresip
+    offering ``codec`` alone, one of its modules; those in ``talking`` each sending its tone of
+    TONES, the others silence), not yet registered."""
+    rate, channels = CODEC_RATES[codec], CODEC_CHANNELS.get(codec, 1)
+    tones = {
+        name: tone_wav(tmp_path / f"{name}.wav", TONES[name], rate=rate, channels=channels)
+        for name in talking
+    }
     with (
         GatewayProcess(
             tmp_path,
@@ -73,9 +83,9 @@ def three_phones(
             digest_algorithms=("MD5",),  # baresip 1.0.0 answers MD5 only
             settings={"gateway": {"realm": REALM, "log_level": "debug"}, "media": media},
         ) as gw,
-        Baresip(tmp_path, "alice", source=tones["alice"]) as alice,
-        Baresip(tmp_path, "bob", source=tones["bob"]) as bob,
-        Baresip(tmp_path, "carol", source=tones["carol"]) as carol,
+        Baresip(tmp_path, "alice", source=tones.get("alice"), codecs=(codec,)) as alice,
+        Baresip(tmp_path, "bob", source=tones.get("bob"), codecs=(codec,)) as bob,
+        Baresip(tmp_path, "carol", source=tones.get("carol"), codecs=(codec,)) as carol,
     ):
         yield gw, alice, bob, carol
 
@@ -230,6 +240,22 @@ def test_the_caller_hears_the_ringing_tone_while_a_blind_transfers_target_rings(
     assert heard.power_share > 0.9
 
 
+def ring_baresip_through_a_transfer(
+    tmp_path: Path, codec: str
+) -> tuple[Path, tuple[str, int], tuple[str, int], list[int], list[Path]]:
+    """:func:`ring_through_a_transfer` with three baresip phones offering ``codec`` alone (a
+    module of theirs), the tone the eu plan, played by a media worker (the tone's codec crosses
+    worker_protocol's PlayTone): its results, and the recordings of what alice's phone
+    decoded. bob and carol send silence, so what alice decoded while carol rang is the tone."""
+    media = {"workers": 2, "ringback_tone": "eu"}
+    with three_phones(tmp_path, media, codec=codec, talking=("alice",)) as phones:
+        ringing, source, destination, even = ring_through_a_transfer(tmp_path, *phones)
+        alice = phones[1]
+        alice.received_audio()  # the newest finished
+        recordings = alice.recordings("dec")
+    return ringing, source, destination, even, recordings
+
+
 def the_eu_tone(pcm: bytes, rate: int, tmp_path: Path) -> Path:
     """``pcm`` (16-bit mono at ``rate``: what the capture shows the gateway sent, decoded) as
     a WAV, which must be the eu plan's 425 Hz with over 80 % of its power. The WAV's path."""
@@ -258,25 +284,12 @@ def one_holds_the_eu_tone(recordings: list[Path]) -> None:
 @pytest.mark.interop
 def test_an_hd_caller_hears_the_ringing_tone_in_g722(tmp_path: Path) -> None:
     # The three phones offer G.722 only (baresip's g722 module, RFC 3551 payload type 9): the
-    # ringing tone goes to alice as G.722 (before session 55 she heard silence), paced by a
-    # media worker (the tone's codec crosses worker_protocol's PlayTone). bob and carol send
-    # silence, so what alice's baresip decoded and recorded (its own G.722 decoder, 16 kHz) is
-    # the tone; and the captured payloads decode to it with the recorder's decoder too.
-    settings = {"gateway": {"realm": REALM}, "media": {"workers": 2, "ringback_tone": "eu"}}
-    alice_tone = tone_wav(tmp_path / "alice.wav", TONES["alice"], rate=16000)
-    with (
-        GatewayProcess(
-            tmp_path, accounts=PASSWORDS, digest_algorithms=("MD5",), settings=settings
-        ) as gw,
-        Baresip(tmp_path, "alice", source=alice_tone, codecs=("g722",)) as alice,
-        Baresip(tmp_path, "bob", codecs=("g722",)) as bob,
-        Baresip(tmp_path, "carol", codecs=("g722",)) as carol,
-    ):
-        ringing, source, destination, even = ring_through_a_transfer(
-            tmp_path, gw, alice, bob, carol
-        )
-        alice.received_audio()  # the newest finished
-        recordings = alice.recordings("dec")
+    # ringing tone goes to alice as G.722 (before session 55 she heard silence). What alice's
+    # baresip decoded and recorded (its own G.722 decoder, 16 kHz) is the tone; and the
+    # captured payloads decode to it with the recorder's decoder too.
+    ringing, source, destination, even, recordings = ring_baresip_through_a_transfer(
+        tmp_path, "g722"
+    )
     payloads = rtp_payloads(ringing, even, source, destination)
     assert set(payloads) == {G722}, set(payloads)
     captured = the_eu_tone(G722Decoder().decode(payloads[G722]), 16000, tmp_path)
@@ -297,21 +310,9 @@ def test_an_opus_caller_hears_the_ringing_tone_in_opus(tmp_path: Path) -> None:
     libopus = load_libopus()
     if libopus is None:
         missing("libopus is not installed (apt-get install libopus0)")
-    settings = {"gateway": {"realm": REALM}, "media": {"workers": 2, "ringback_tone": "eu"}}
-    alice_tone = tone_wav(tmp_path / "alice.wav", TONES["alice"], rate=48000, channels=2)
-    with (
-        GatewayProcess(
-            tmp_path, accounts=PASSWORDS, digest_algorithms=("MD5",), settings=settings
-        ) as gw,
-        Baresip(tmp_path, "alice", source=alice_tone, codecs=("opus",)) as alice,
-        Baresip(tmp_path, "bob", codecs=("opus",)) as bob,
-        Baresip(tmp_path, "carol", codecs=("opus",)) as carol,
-    ):
-        ringing, source, destination, even = ring_through_a_transfer(
-            tmp_path, gw, alice, bob, carol
-        )
-        alice.received_audio()  # the newest finished
-        recordings = alice.recordings("dec")
+    ringing, source, destination, even, recordings = ring_baresip_through_a_transfer(
+        tmp_path, "opus"
+    )
     tone = [
         packet
         for packet in rtp_packets(ringing, even)

@@ -133,12 +133,14 @@ class Bcg729Decoder:
 
 
 class Bcg729Encoder:
-    """Encodes one source's 8 kHz samples, 80 at a time, into 10-octet frames (no Annex B: its
-    voice activity detection off), keeping the encoder's state from call to call."""
+    """Encodes one source's 8 kHz samples, 80 at a time, into 10-octet frames, keeping the
+    encoder's state from call to call. ``vad`` turns on Annex B's voice activity detection (a
+    frame is then 10 octets, a 2-octet SID frame or none); the ringing tone's encoder has it
+    off, so that ``annexb=no`` receivers take every frame."""
 
-    def __init__(self, bcg729: Bcg729) -> None:
+    def __init__(self, bcg729: Bcg729, *, vad: bool = False) -> None:
         self._lib = bcg729.lib
-        channel: int | None = self._lib.initBcg729EncoderChannel(0)
+        channel: int | None = self._lib.initBcg729EncoderChannel(int(vad))
         if not channel:
             raise MemoryError("bcg729 could not make a G.729 encoder")
         self._channel = channel
@@ -148,14 +150,19 @@ class Bcg729Encoder:
         self._length = ctypes.c_uint8()
 
     def encode(self, samples: Sequence[int]) -> bytes:
-        """``samples`` (a whole number of 80) as 10-octet frames back to back."""
+        """``samples`` (a whole number of 80) as their frames back to back."""
+        return b"".join(self.encode_frames(samples))
+
+    def encode_frames(self, samples: Sequence[int]) -> list[bytes]:
+        """``samples`` (a whole number of 80) as one frame per 10 ms, in order (with ``vad``, a
+        frame not sent is empty)."""
         if len(samples) % FRAME_SAMPLES:
             raise ValueError(f"{len(samples)} samples: not a whole number of G.729 frames")
-        out = bytearray()
+        frames = []
         for start in range(0, len(samples), FRAME_SAMPLES):
             self._input[:] = list(samples[start : start + FRAME_SAMPLES])
             self._lib.bcg729Encoder(
                 self._channel, self._input, self._output, ctypes.byref(self._length)
             )
-            out += bytes(self._output)[: self._length.value]
-        return bytes(out)
+            frames.append(bytes(self._output)[: self._length.value])
+        return frames

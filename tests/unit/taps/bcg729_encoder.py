@@ -1,13 +1,12 @@
 """bcg729's G.729 encoder for the recorder's G.729 tests: frames as a G.729 phone sends them,
-from a signal we know, with Annex B's voice activity detection if asked (the gateway's own
-encoder, for the ringing tone, has none)."""
+from a signal we know, with Annex B's voice activity detection if asked (the ringing tone's
+encoder has it off)."""
 
 from __future__ import annotations
 
-import ctypes
 import math
 
-from gateway.core.media.g729 import FRAME_SAMPLES, Bcg729, load_bcg729
+from gateway.core.media.g729 import Bcg729, Bcg729Encoder, load_bcg729
 from tests.conftest import missing
 
 
@@ -19,21 +18,9 @@ def bcg729_or_missing() -> Bcg729:
 
 
 def g729_encode(bcg729: Bcg729, samples: list[int], *, vad: bool = False) -> list[bytes]:
-    """Each 10 ms frame of ``samples`` (8 kHz) as bcg729/encoder.h encodes it: 10 octets, or
-    with ``vad`` (Annex B) 2 for a SID frame and none for a frame not sent."""
-    lib = bcg729.lib  # typed by Bcg729; the gateway's own encoder has no VAD
-    channel = lib.initBcg729EncoderChannel(int(vad))
-    frames = []
-    try:
-        for start in range(0, len(samples) - FRAME_SAMPLES + 1, FRAME_SAMPLES):
-            pcm = (ctypes.c_int16 * FRAME_SAMPLES)(*samples[start : start + FRAME_SAMPLES])
-            out = (ctypes.c_uint8 * 10)()
-            length = ctypes.c_uint8()
-            lib.bcg729Encoder(channel, pcm, out, ctypes.byref(length))
-            frames.append(bytes(out)[: length.value])
-    finally:
-        lib.closeBcg729EncoderChannel(channel)
-    return frames
+    """Each 10 ms frame of ``samples`` (8 kHz) as bcg729 encodes it: 10 octets, or with ``vad``
+    (Annex B) 2 for a SID frame and none for a frame not sent."""
+    return Bcg729Encoder(bcg729, vad=vad).encode_frames(samples)
 
 
 def tone(frequency: float, seconds: float, amplitude: int = 8000) -> list[int]:
