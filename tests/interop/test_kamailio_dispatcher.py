@@ -9,7 +9,9 @@ rotation; each call's dialog runs through kamailio both ways (the node returns k
 Record-Route in its answer and sends its own requests to the caller along it); a node drained
 for maintenance (SIGTERM, ``[gateway] drain_timeout``) answers the probes 503, leaves the
 rotation and finishes the calls it holds; an INVITE that reaches a draining node before a probe
-has taken it out is refused 503 and failed over by kamailio to the other node.
+has taken it out is refused 503 and failed over by kamailio to the other node. And the other
+direction, kamailio in front of the carriers as a node's outbound trunk: the callee leg's ACK
+and BYE follow kamailio's Record-Route.
 """
 
 from __future__ import annotations
@@ -26,7 +28,14 @@ import pytest
 from tests.interop.harness import LOOPBACK, GatewayProcess, SippResult, SippUas, run_sipp_uac
 from tests.interop.harness.kamailio import ADDRESS, KamailioDispatcher
 from tests.interop.harness.ports import free_port_pair
-from tests.interop.sipp_calls import ACCOUNTS, DID, TRUNK_IP, register
+from tests.interop.sipp_calls import (
+    ACCOUNTS,
+    CALLER_ID,
+    DID,
+    TRUNK_IP,
+    account_call,
+    register,
+)
 
 pytestmark = pytest.mark.interop
 
@@ -244,3 +253,39 @@ def test_the_nodes_own_bye_reaches_the_caller_through_kamailio(tmp_path: Path) -
         rf"in-dialog BYE \S+ from {re.escape(target)} to sip:{re.escape(CALLER)}@{TRUNK_IP}:",
         proxy.log_text(),
     ), proxy.log_text()
+
+
+def test_a_call_out_through_kamailio_follows_its_record_route(tmp_path: Path) -> None:
+    """The other direction: kamailio in front of the carriers, as the node's outbound trunk.
+    The node builds the callee leg's route set from kamailio's Record-Route in the 2xx
+    (RFC 3261 §12.1.2), so its ACK and its BYE (the caller hangs up) go through kamailio too."""
+    with SippUas("uas_answer.xml", workdir=tmp_path) as carrier:
+        proxy = KamailioDispatcher(tmp_path, [carrier.address])
+        gateway = GatewayProcess(
+            tmp_path / "node",
+            accounts=ACCOUNTS,
+            extra_toml=(
+                "[[trunks]]\n"
+                'name = "edge"\n'
+                f'address = "udp:{proxy.address}"\n'
+                'prefixes = ["+49"]\n'
+                "allowed_sources = []\n"
+                f'caller_id = "{CALLER_ID}"\n'
+            ),
+        )
+        with proxy, gateway:
+            caller = account_call("uac_call_auth.xml", gateway, tmp_path, service="+4989555")
+            caller.check()
+            callee = carrier.wait(timeout=10)
+    callee.check()
+    (invite,) = callee.received("INVITE ")
+    assert re.search(rf"^Record-Route: <sip:{re.escape(proxy.address)};lr", invite, re.M), invite
+    node = f"{LOOPBACK}:{gateway.port}"
+    requests = callee.received("ACK ") + callee.received("BYE ")
+    assert len(requests) == 2, callee.describe()
+    for request in requests:
+        vias = re.findall(r"^Via: SIP/2.0/UDP ([\d.]+:\d+)", request, re.M)
+        assert vias == [proxy.address, node], request
+    log = proxy.log_text()
+    for method in ("ACK", "BYE"):
+        assert re.search(rf"in-dialog {method} \S+ from {re.escape(node)} to ", log), log
