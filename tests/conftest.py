@@ -62,6 +62,8 @@ PEER_PACKAGES = {
     "initdb": "postgresql",
     # /usr/sbin: found there when PATH lacks it (require_peer).
     "dnsmasq": "dnsmasq-base",
+    "kamailio": "kamailio",
+    "kamcmd": "kamailio",
 }
 
 

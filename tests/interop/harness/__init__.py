@@ -16,6 +16,8 @@ pytest process. Missing peers skip locally and fail in CI (``require_peer``).
 - tls_gateway: ``TlsGatewayProcess`` (``GatewayProcess`` with a TLS listener too)
 - openssl: ``s_client(...)``, ``SClientResult``, ``SServer`` (a TLS trunk)
 - stunnel: ``StunnelClient`` (TLS for sipp, which has none)
+- kamailio: ``KamailioDispatcher`` (kamailio's dispatcher in front of gateway nodes; imported
+  from its module)
 - ws_client: ``WsSipClient`` (a SIP-over-WebSocket softphone on the ``websockets`` package;
   imported from its module, so tests without that package still import the harness)
 - chromium: ``Chromium`` (headless, showing the softphone page of tests/interop/browser/) and

@@ -1,0 +1,247 @@
+"""kamailio in front of gateway nodes: its dispatcher module spreads calls over them, as an
+operator's edge proxy does (../shared/peers.md §5).
+
+:class:`KamailioDispatcher` writes a kamailio.cfg and dispatcher.list into its run directory,
+starts ``kamailio -DD -E`` (foreground, logging to its log file) on ``ADDRESS:port`` over UDP,
+polls until it answers OPTIONS, and stops it on the way out. Its routing is the usual
+load balancer's: a new INVITE is Record-Routed and relayed to the next node round robin
+(``ds_select_dst(1, 4)``); a 5xx or a node that does not answer sends it on to the next
+(``failure_route``, ``ds_next_dst``); in-dialog requests follow their Route headers
+(``loose_route``). With ``ping_interval`` it sends OPTIONS to every node that often and takes
+a node out of rotation when it answers other than 200 or not at all (``ds_probing_mode`` 1,
+thresholds of 1), back when it answers 200 again. Every routing decision is logged as a line
+the tests read (:meth:`dispatched_to`).
+"""
+
+from __future__ import annotations
+
+import glob
+import re
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from tests.conftest import require_peer
+from tests.interop.harness.ports import free_port
+from tests.interop.harness.processes import start_process, stop_process, tail
+
+#: kamailio binds another loopback address than the gateway nodes and phones on 127.0.0.1,
+#: so the nodes tell it apart by source address (their trunk's ``allowed_sources``).
+ADDRESS = "127.0.0.3"
+
+#: Destination flags in dispatcher.list (kamailio's dispatcher module): probed, and starting
+#: inactive until a first OPTIONS is answered 200.
+INACTIVE_PROBING = 1 | 8
+
+_CONFIG = """\
+#!KAMAILIO
+debug=2
+log_stderror=yes
+children=2
+disable_tcp=yes
+auto_aliases=no
+dns=no
+rev_dns=no
+use_dns_cache=off
+listen=udp:{address}:{port}
+alias="{address}:{port}"
+mpath="{modules}"
+loadmodule "kex.so"
+loadmodule "corex.so"
+loadmodule "tm.so"
+loadmodule "tmx.so"
+loadmodule "sl.so"
+loadmodule "rr.so"
+loadmodule "pv.so"
+loadmodule "maxfwd.so"
+loadmodule "textops.so"
+loadmodule "siputils.so"
+loadmodule "xlog.so"
+loadmodule "ctl.so"
+loadmodule "dispatcher.so"
+modparam("ctl", "binrpc", "unix:{rundir}/kamailio_ctl")
+modparam("dispatcher", "list_file", "{rundir}/dispatcher.list")
+modparam("dispatcher", "flags", 2)
+modparam("dispatcher", "xavp_dst", "_dsdst_")
+modparam("dispatcher", "ds_ping_from", "sip:dispatcher@{address}")
+modparam("dispatcher", "ds_ping_interval", {ping_interval})
+modparam("dispatcher", "ds_probing_mode", 1)
+modparam("dispatcher", "ds_probing_threshold", 1)
+modparam("dispatcher", "ds_inactive_threshold", 1)
+
+request_route {{
+  if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
+  if (is_method("OPTIONS") && uri == myself && $rU == $null) {{
+    sl_send_reply("200", "Keepalive"); exit;
+  }}
+  if (has_totag()) {{
+    if (loose_route()) {{
+      xlog("L_INFO", "in-dialog $rm $ci from $si:$sp to $ru\\n");
+      t_relay(); exit;
+    }}
+    if (is_method("ACK")) {{ if (t_check_trans()) t_relay(); exit; }}
+    sl_send_reply("404", "Not here"); exit;
+  }}
+  if (is_method("CANCEL")) {{ if (t_check_trans()) t_relay(); exit; }}
+  t_check_trans();
+  if (is_method("INVITE")) record_route();
+  if (!ds_select_dst("1", "4")) {{ sl_send_reply("503", "No backend"); exit; }}
+  xlog("L_INFO", "dispatching $rm $ci to $du\\n");
+  t_on_failure("DS_FAIL");
+  if (!t_relay()) sl_reply_error();
+  exit;
+}}
+
+failure_route[DS_FAIL] {{
+  if (t_is_canceled()) exit;
+  if (t_check_status("5[0-9][0-9]") || (t_branch_timeout() && !t_branch_replied())) {{
+    if (ds_next_dst()) {{
+      xlog("L_INFO", "dispatching $rm $ci to $du after $T_reply_code\\n");
+      t_on_failure("DS_FAIL");
+      t_relay();
+      exit;
+    }}
+  }}
+}}
+"""
+
+
+def _modules_dir() -> str:
+    """Debian's multiarch directory of kamailio's modules (/usr/lib/<triplet>/kamailio/modules)."""
+    found = sorted(glob.glob("/usr/lib/*/kamailio/modules/dispatcher.so"))
+    if not found:
+        raise RuntimeError(
+            "kamailio's dispatcher module is not installed (apt-get install kamailio)"
+        )
+    return str(Path(found[0]).parent)
+
+
+class KamailioDispatcher:
+    """kamailio on ``ADDRESS:port`` (UDP) dispatching to ``nodes`` (``host:port`` each, UDP),
+    all inactive until each answers OPTIONS when ``ping_interval`` (seconds) is given, all active
+    from the start without it (no OPTIONS sent)."""
+
+    def __init__(self, workdir: Path, nodes: Sequence[str], *, ping_interval: int = 0) -> None:
+        self.binary = require_peer("kamailio")
+        self.kamcmd = require_peer("kamcmd")
+        self.rundir = workdir / "kamailio"
+        self.port = free_port("udp")
+        self.nodes = tuple(nodes)
+        self.ping_interval = ping_interval
+        self.log_path = self.rundir / "kamailio.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        """``127.0.0.3:PORT``, the target for sipp and the nodes' trunk."""
+        return f"{ADDRESS}:{self.port}"
+
+    def start(self) -> None:
+        """Write the config and list, start kamailio, poll until it answers OPTIONS."""
+        self.rundir.mkdir(parents=True, exist_ok=True)
+        flags = INACTIVE_PROBING if self.ping_interval else 0
+        (self.rundir / "dispatcher.list").write_text(
+            "".join(f"1 sip:{node} {flags} 0\n" for node in self.nodes)
+        )
+        config = self.rundir / "kamailio.cfg"
+        config.write_text(
+            _CONFIG.format(
+                address=ADDRESS,
+                port=self.port,
+                modules=_modules_dir(),
+                rundir=self.rundir,
+                ping_interval=self.ping_interval,
+            )
+        )
+        check = subprocess.run(
+            [self.binary, "-c", "-f", str(config)], capture_output=True, text=True, check=False
+        )
+        if check.returncode != 0:
+            raise RuntimeError(f"kamailio refused its config:\n{check.stdout}{check.stderr}")
+        # -DD: in the foreground with its children forked; -E: its log to standard error.
+        command = [self.binary, "-f", str(config), "-DD", "-E", "-Y", str(self.rundir)]
+        command += ["-P", str(self.rundir / "kamailio.pid"), "-m", "64", "-M", "8"]
+        self.process = start_process(command, log=self.log_path, cwd=self.rundir)
+        deadline = time.monotonic() + 15
+        while not self._answers_options():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"kamailio exited at start-up:\n{tail(self.log_path)}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"kamailio did not answer OPTIONS:\n{tail(self.log_path)}")
+            time.sleep(0.05)
+
+    def _answers_options(self) -> bool:
+        probe = (
+            f"OPTIONS sip:{self.address} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKkam{time.monotonic_ns()};rport\r\n"
+            f"From: <sip:ready@127.0.0.1>;tag=r\r\nTo: <sip:{self.address}>\r\n"
+            f"Call-ID: kam{time.monotonic_ns()}@127.0.0.1\r\nCSeq: 1 OPTIONS\r\n"
+            "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(0.2)
+            sock.bind(("127.0.0.1", 0))
+            sock.sendto(probe, (ADDRESS, self.port))
+            try:
+                return sock.recv(65535).startswith(b"SIP/2.0 200")
+            except OSError:
+                return False
+
+    def states(self) -> dict[str, str]:
+        """Each node's dispatcher flags, from ``kamcmd dispatcher.list``: ``AP`` active and
+        probed, ``IP`` inactive (not answering 200) and probed, ``AX`` active and not probed."""
+        out = subprocess.run(
+            [self.kamcmd, "-s", f"unix:{self.rundir}/kamailio_ctl", "dispatcher.list"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+        return {uri: flags for uri, flags in re.findall(r"URI: sip:(\S+)\s+FLAGS: (\S+)", out)}
+
+    def wait_for_states(self, wanted: dict[str, str], timeout: float = 15.0) -> None:
+        """Poll :meth:`states` until each node in ``wanted`` has its flags."""
+        deadline = time.monotonic() + timeout
+        while True:
+            states = self.states()
+            if all(states.get(node) == flags for node, flags in wanted.items()):
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"dispatcher states {states}, wanted {wanted}:\n{tail(self.log_path)}"
+                )
+            time.sleep(0.1)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_for_log(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
+        """Poll kamailio's log until ``pattern`` (a regular expression, multi-line) matches."""
+        deadline = time.monotonic() + timeout
+        while True:
+            match = re.search(pattern, self.log_text(), re.M)
+            if match is not None:
+                return match
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {pattern!r} in kamailio's log:\n{tail(self.log_path)}")
+            time.sleep(0.05)
+
+    def dispatched_to(self) -> list[str]:
+        """The node (``host:port``) each INVITE was sent to, in order, failovers included."""
+        return re.findall(
+            r"dispatching INVITE \S+ to sip:(\S+?)(?: after \d+)?$", self.log_text(), re.M
+        )
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process, timeout=5.0)
+            self.process = None
+
+    def __enter__(self) -> KamailioDispatcher:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,291 @@
+"""Two gateway nodes behind kamailio's dispatcher, the edge proxy operators put in front of a
+pool of SBCs (../shared/peers.md §5; harness/kamailio.py has its routing).
+
+The calling trunk (sipp on 127.0.0.2) calls alice's DID at kamailio (127.0.0.3), which
+Record-Routes the INVITE and relays it to a node round robin; the nodes know kamailio as their
+trunk by its source address, and alice (one sipp UAS) is registered at both. What an operator
+relies on here: the nodes answer the dispatcher's OPTIONS probes, so kamailio takes them into
+rotation; each call's dialog runs through kamailio both ways (the node returns kamailio's
+Record-Route in its answer and sends its own requests to the caller along it); a node drained
+for maintenance (SIGTERM, ``[gateway] drain_timeout``) answers the probes 503, leaves the
+rotation and finishes the calls it holds; an INVITE that reaches a draining node before a probe
+has taken it out is refused 503 and failed over by kamailio to the other node. And the other
+direction, kamailio in front of the carriers as a node's outbound trunk: the callee leg's ACK
+and BYE follow kamailio's Record-Route.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.interop.harness import LOOPBACK, GatewayProcess, SippResult, SippUas, run_sipp_uac
+from tests.interop.harness.kamailio import ADDRESS, KamailioDispatcher
+from tests.interop.harness.ports import free_port_pair
+from tests.interop.sipp_calls import (
+    ACCOUNTS,
+    CALLER_ID,
+    DID,
+    TRUNK_IP,
+    account_call,
+    register,
+)
+
+pytestmark = pytest.mark.interop
+
+CALLER = "+4940777"
+
+
+def node(
+    tmp_path: Path, name: str, port: int, proxy_port: int, drain_timeout: float
+) -> GatewayProcess:
+    """A gateway node whose trunk is kamailio: calls from 127.0.0.3 to the DID go to alice."""
+    return GatewayProcess(
+        tmp_path / name,
+        port=port,
+        accounts=ACCOUNTS,
+        extra_toml=(
+            "[[trunks]]\n"
+            'name = "edge"\n'
+            f'address = "udp:{ADDRESS}:{proxy_port}"\n'
+            f'allowed_sources = ["{ADDRESS}"]\n'
+            f'dids = {{"{DID}" = "alice"}}\n'
+        ),
+        settings={"gateway": {"drain_timeout": drain_timeout}},
+        allowed_warnings=[r"drain_timeout reached: ending \d+ call\(s\)"],
+    )
+
+
+@contextmanager
+def pool(
+    tmp_path: Path,
+    *,
+    ping_interval: int = 0,
+    drain_timeout: float = 60,
+    calls: int = 1,
+    call_duration_ms: int = 500,
+) -> Iterator[tuple[KamailioDispatcher, list[GatewayProcess], SippUas]]:
+    """kamailio dispatching to two nodes, alice registered at both and answering ``calls``."""
+    ports = [free_port_pair(), free_port_pair()]
+    proxy = KamailioDispatcher(
+        tmp_path, [f"{LOOPBACK}:{port}" for port in ports], ping_interval=ping_interval
+    )
+    nodes = [
+        node(tmp_path, f"node{index}", port, proxy.port, drain_timeout)
+        for index, port in enumerate(ports)
+    ]
+    alice = SippUas(
+        "uas_answer.xml",
+        workdir=tmp_path,
+        calls=calls,
+        timeout=60,
+        call_duration_ms=call_duration_ms,
+    )
+    with ExitStack() as stack:
+        for gateway in nodes:
+            stack.enter_context(gateway)
+            register(gateway, tmp_path / gateway.workdir.name, "udp", alice.port)
+        stack.enter_context(alice)
+        stack.enter_context(proxy)
+        yield proxy, nodes, alice
+
+
+def call(
+    proxy: KamailioDispatcher,
+    tmp_path: Path,
+    scenario: str = "uac_call.xml",
+    *,
+    calls: int = 1,
+    rate: float | None = None,
+    call_duration_ms: int | None = None,
+    timeout: float = 15.0,
+) -> SippResult:
+    """The trunk (sipp on 127.0.0.2) calls the DID at kamailio."""
+    return run_sipp_uac(
+        scenario,
+        proxy.address,
+        workdir=tmp_path,
+        service=DID,
+        caller=CALLER,
+        local_ip=TRUNK_IP,
+        calls=calls,
+        rate=rate,
+        call_duration_ms=call_duration_ms,
+        timeout=timeout,
+    )
+
+
+def end_reasons(gateway: GatewayProcess) -> list[str]:
+    """Why each call of the node ended, from its ``call-ended`` lines, in order."""
+    return re.findall(r"call \S+ ended: (.*)$", gateway.log_text(), re.M)
+
+
+def test_kamailio_probes_both_nodes_and_spreads_calls_routed_through_itself(tmp_path: Path) -> None:
+    with pool(tmp_path, ping_interval=1, calls=4) as (proxy, nodes, alice):
+        # Listed inactive: only a 200 to the dispatcher's OPTIONS brings a node in.
+        proxy.wait_for_states({f"{LOOPBACK}:{gw.port}": "AP" for gw in nodes})
+        result = call(proxy, tmp_path, calls=4, rate=10)
+        result.check()
+        callee = alice.wait(timeout=20)
+    callee.check()
+    assert sorted(proxy.dispatched_to()) == sorted([f"{LOOPBACK}:{gw.port}" for gw in nodes] * 2)
+    for gateway in nodes:
+        assert end_reasons(gateway) == ["BYE from A leg"] * 2, gateway.log_text()
+    # The nodes answered with kamailio's Record-Route, so the caller's ACK and BYE went back
+    # through kamailio to the node that took each call.
+    record_route = re.compile(rf"^Record-Route: <sip:{re.escape(proxy.address)};lr", re.M)
+    answers = [
+        a for a in result.received("SIP/2.0 200") if re.search(r"^CSeq: \d+ INVITE", a, re.M)
+    ]
+    assert len(answers) == 4 and all(record_route.search(a) for a in answers), answers
+    for request in result.sent("ACK ") + result.sent("BYE "):
+        assert re.search(rf"^Route: <sip:{re.escape(proxy.address)};lr", request, re.M), request
+    log = proxy.log_text()
+    assert (
+        len(re.findall(r"in-dialog ACK ", log)) == 4
+        and len(re.findall(r"in-dialog BYE ", log)) == 4
+    ), log
+
+
+def sigterm(gateway: GatewayProcess) -> None:
+    assert gateway.process is not None
+    gateway.process.send_signal(signal.SIGTERM)
+
+
+def exit_code(gateway: GatewayProcess, timeout: float) -> int:
+    assert gateway.process is not None
+    return gateway.process.wait(timeout=timeout)
+
+
+def first_call_answered(proxy: KamailioDispatcher) -> str:
+    """The node kamailio sent the first call to, once the caller's ACK went through it."""
+    proxy.wait_for_log(r"in-dialog ACK ")
+    return proxy.dispatched_to()[0]
+
+
+def test_a_drained_node_leaves_the_rotation_at_the_next_probe_and_finishes_its_call(
+    tmp_path: Path,
+) -> None:
+    with pool(tmp_path, ping_interval=1, calls=4) as (proxy, nodes, alice):
+        by_target = {f"{LOOPBACK}:{gw.port}": gw for gw in nodes}
+        proxy.wait_for_states(dict.fromkeys(by_target, "AP"))
+        with ThreadPoolExecutor(1) as executor:
+            first = executor.submit(call, proxy, tmp_path, call_duration_ms=8000, timeout=30)
+            drained_target = first_call_answered(proxy)
+            (other_target,) = set(by_target) - {drained_target}
+            drained = by_target[drained_target]
+            sigterm(drained)
+            drained.wait_for_log(r"draining: .* waiting up to 60 s for 1 call")
+            # Its 503 to the next OPTIONS takes it out of rotation (inactive, still probed).
+            proxy.wait_for_states({drained_target: "IP", other_target: "AP"})
+            later = call(proxy, tmp_path, calls=3, rate=10)
+            later.check()
+            assert first.result(timeout=40).ok, first.result().describe()
+        # The call it held ended as its caller hung up, through kamailio; then it stopped.
+        assert exit_code(drained, timeout=15) == 0
+        callee = alice.wait(timeout=20)
+    callee.check()
+    assert proxy.dispatched_to() == [drained_target] + [other_target] * 3
+    assert end_reasons(drained) == ["BYE from A leg"]
+    assert "drained: no calls in progress" in drained.log_text()
+    assert end_reasons(by_target[other_target]) == ["BYE from A leg"] * 3
+
+
+def test_an_invite_reaching_a_draining_node_is_refused_503_and_kamailio_fails_it_over(
+    tmp_path: Path,
+) -> None:
+    """Without probes (or before the next one) kamailio still sends calls to a draining node:
+    its 503 makes kamailio's failure route try the other node, and no call is lost."""
+    with pool(tmp_path, calls=4) as (proxy, nodes, alice):
+        by_target = {f"{LOOPBACK}:{gw.port}": gw for gw in nodes}
+        with ThreadPoolExecutor(1) as executor:
+            first = executor.submit(call, proxy, tmp_path, call_duration_ms=8000, timeout=30)
+            drained_target = first_call_answered(proxy)
+            (other_target,) = set(by_target) - {drained_target}
+            drained = by_target[drained_target]
+            sigterm(drained)
+            drained.wait_for_log(r"draining: .* waiting up to 60 s for 1 call")
+            later = call(proxy, tmp_path, calls=3, rate=10)
+            later.check()
+            assert first.result(timeout=40).ok, first.result().describe()
+        assert exit_code(drained, timeout=15) == 0
+        callee = alice.wait(timeout=20)
+    callee.check()
+    log = proxy.log_text()
+    after_drain = proxy.dispatched_to()[1:]
+    # Round robin sent at least one of the three to the draining node, and each such INVITE
+    # was answered 503 and sent on to the other node.
+    refused = after_drain.count(drained_target)
+    assert refused >= 1, log
+    assert len(re.findall(rf"to sip:{re.escape(other_target)} after 503$", log, re.M)) == refused
+    assert after_drain.count(other_target) == 3  # where every one of them was answered
+    assert end_reasons(drained) == ["BYE from A leg"]
+    assert end_reasons(by_target[other_target]) == ["BYE from A leg"] * 3
+
+
+def test_the_nodes_own_bye_reaches_the_caller_through_kamailio(tmp_path: Path) -> None:
+    """A call still up when the drain runs out gets the node's BYE: towards the caller it
+    follows the route set kamailio's Record-Route made (RFC 3261 §12.2.1.1), so kamailio
+    relays it, and the caller sees kamailio's Via above the node's."""
+    with pool(tmp_path, drain_timeout=1) as (proxy, nodes, alice):
+        by_target = {f"{LOOPBACK}:{gw.port}": gw for gw in nodes}
+        with ThreadPoolExecutor(1) as executor:
+            caller = executor.submit(call, proxy, tmp_path, "uac_call_remote_bye.xml", timeout=30)
+            target = first_call_answered(proxy)
+            gateway = by_target[target]
+            sigterm(gateway)
+            result = caller.result(timeout=40)
+        result.check()  # the BYE reached it and its 200 went back
+        assert exit_code(gateway, timeout=15) == 0
+        callee = alice.wait(timeout=20)
+    callee.check()
+    (bye,) = result.received("BYE ")
+    vias = re.findall(r"^Via: SIP/2.0/UDP ([\d.]+:\d+)", bye, re.M)
+    assert vias == [proxy.address, target], bye
+    assert "cause=503" in bye, bye
+    assert re.search(
+        rf"in-dialog BYE \S+ from {re.escape(target)} to sip:{re.escape(CALLER)}@{TRUNK_IP}:",
+        proxy.log_text(),
+    ), proxy.log_text()
+
+
+def test_a_call_out_through_kamailio_follows_its_record_route(tmp_path: Path) -> None:
+    """The other direction: kamailio in front of the carriers, as the node's outbound trunk.
+    The node builds the callee leg's route set from kamailio's Record-Route in the 2xx
+    (RFC 3261 §12.1.2), so its ACK and its BYE (the caller hangs up) go through kamailio too."""
+    with SippUas("uas_answer.xml", workdir=tmp_path) as carrier:
+        proxy = KamailioDispatcher(tmp_path, [carrier.address])
+        gateway = GatewayProcess(
+            tmp_path / "node",
+            accounts=ACCOUNTS,
+            extra_toml=(
+                "[[trunks]]\n"
+                'name = "edge"\n'
+                f'address = "udp:{proxy.address}"\n'
+                'prefixes = ["+49"]\n'
+                "allowed_sources = []\n"
+                f'caller_id = "{CALLER_ID}"\n'
+            ),
+        )
+        with proxy, gateway:
+            caller = account_call("uac_call_auth.xml", gateway, tmp_path, service="+4989555")
+            caller.check()
+            callee = carrier.wait(timeout=10)
+    callee.check()
+    (invite,) = callee.received("INVITE ")
+    assert re.search(rf"^Record-Route: <sip:{re.escape(proxy.address)};lr", invite, re.M), invite
+    node = f"{LOOPBACK}:{gateway.port}"
+    requests = callee.received("ACK ") + callee.received("BYE ")
+    assert len(requests) == 2, callee.describe()
+    for request in requests:
+        vias = re.findall(r"^Via: SIP/2.0/UDP ([\d.]+:\d+)", request, re.M)
+        assert vias == [proxy.address, node], request
+    log = proxy.log_text()
+    for method in ("ACK", "BYE"):
+        assert re.search(rf"in-dialog {method} \S+ from {re.escape(node)} to ", log), log
