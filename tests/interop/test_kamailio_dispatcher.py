@@ -30,11 +30,14 @@ from tests.interop.harness.kamailio import ADDRESS, KamailioDispatcher
 from tests.interop.harness.ports import free_port_pair
 from tests.interop.sipp_calls import (
     ACCOUNTS,
+    ALICE,
     CALLER_ID,
     DID,
     TRUNK_IP,
     account_call,
+    inbound_trunk,
     register,
+    trunk_call,
 )
 
 pytestmark = pytest.mark.interop
@@ -289,3 +292,60 @@ def test_a_call_out_through_kamailio_follows_its_record_route(tmp_path: Path) ->
     log = proxy.log_text()
     for method in ("ACK", "BYE"):
         assert re.search(rf"in-dialog {method} \S+ from {re.escape(node)} to ", log), log
+
+
+def test_a_phone_registered_through_kamailio_with_a_path_is_called_through_it(
+    tmp_path: Path,
+) -> None:
+    """kamailio as the phones' edge (NAT, TCP and TLS flows end there): it adds a Path to each
+    REGISTER (``add_path_received()``, RFC 3327); the node stores it, echoes it in its 200 and
+    sends a call for the phone to kamailio with the Path as its Route (§5.3), where kamailio's
+    path module finds the phone's address again (its ``received`` parameter)."""
+    alice = SippUas("uas_answer.xml", workdir=tmp_path)
+    node_port = free_port_pair()
+    proxy = KamailioDispatcher(tmp_path, [f"{LOOPBACK}:{node_port}"])
+    gateway = GatewayProcess(
+        tmp_path / "node",
+        port=node_port,
+        accounts=ACCOUNTS,
+        # The phone registers alice@kamailio: its domain is the node's too.
+        settings={"gateway": {"domains": [proxy.address]}},
+        extra_toml=inbound_trunk(),
+    )
+    with proxy, gateway:
+        registration = run_sipp_uac(
+            "register_auth.xml",
+            proxy.address,
+            workdir=tmp_path,
+            service="alice",
+            auth=ALICE,
+            port=alice.port,
+        )
+        registration.check()
+        gateway.wait_for_log(r"registered: 1 binding\(s\) for sip:alice@")
+        with alice:
+            trunk_call("uac_call.xml", gateway, tmp_path).check()
+            callee = alice.wait(timeout=10)
+    callee.check()
+    # The phone did not say "Supported: path", so the Path is stored but not echoed (§5.3).
+    (ok,) = registration.received("SIP/2.0 200")
+    assert not re.search(r"^Path:", ok, re.M), ok
+    node = f"{LOOPBACK}:{node_port}"
+    (invite,) = callee.received("INVITE ")
+    assert invite.startswith(f"INVITE sip:alice@{LOOPBACK}:{alice.port}"), invite
+    # kamailio took its own Route off; its Record-Route keeps the dialog through it.
+    assert not re.search(r"^Route:", invite, re.M), invite
+    assert re.findall(r"^Via: SIP/2.0/UDP ([\d.]+:\d+)", invite, re.M) == [proxy.address, node]
+    (bye,) = callee.received("BYE ")
+    assert re.findall(r"^Via: SIP/2.0/UDP ([\d.]+:\d+)", bye, re.M) == [proxy.address, node]
+    log = proxy.log_text()
+    # The node sent the INVITE to kamailio with the Path as its Route.
+    along = re.search(
+        r"along its Route INVITE \S+ to sip:alice@\S+ via (\S+) \(Route: (.*)\)$", log, re.M
+    )
+    assert along is not None, log
+    assert along[1] == f"sip:{LOOPBACK}:{alice.port}", log
+    assert along[2] == f"<sip:{proxy.address};lr;received=sip:{LOOPBACK}:{alice.port}>", log
+    to_alice = rf"to sip:\S*{re.escape(LOOPBACK)}:{alice.port}"  # her Contact
+    for method in ("ACK", "BYE"):
+        assert re.search(rf"in-dialog {method} \S+ from {re.escape(node)} {to_alice}", log), log

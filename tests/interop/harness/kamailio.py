@@ -7,10 +7,12 @@ polls until it answers OPTIONS, and stops it on the way out. Its routing is the 
 load balancer's: a new INVITE is Record-Routed and relayed to the next node round robin
 (``ds_select_dst(1, 4)``); a 5xx or a node that does not answer sends it on to the next
 (``failure_route``, ``ds_next_dst``); in-dialog requests follow their Route headers
-(``loose_route``). With ``ping_interval`` it sends OPTIONS to every node that often and takes
-a node out of rotation when it answers other than 200 or not at all (``ds_probing_mode`` 1,
-thresholds of 1), back when it answers 200 again. Every routing decision is logged as a line
-the tests read (:meth:`dispatched_to`).
+(``loose_route``). As the phones' edge it adds a Path to each REGISTER it relays
+(``add_path_received()``, RFC 3327) and sends a node's request along that Path to the phone's
+address (the path module's ``use_received``). With ``ping_interval`` it sends OPTIONS to
+every node that often and takes a node out of rotation when it answers other than 200 or not
+at all (``ds_probing_mode`` 1, thresholds of 1), back when it answers 200 again. Every
+routing decision is logged as a line the tests read (:meth:`dispatched_to`).
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ loadmodule "siputils.so"
 loadmodule "xlog.so"
 loadmodule "ctl.so"
 loadmodule "dispatcher.so"
+loadmodule "path.so"
 modparam("ctl", "binrpc", "unix:{rundir}/kamailio_ctl")
 modparam("dispatcher", "list_file", "{rundir}/dispatcher.list")
 modparam("dispatcher", "flags", 2)
@@ -70,6 +73,7 @@ modparam("dispatcher", "ds_ping_interval", {ping_interval})
 modparam("dispatcher", "ds_probing_mode", 1)
 modparam("dispatcher", "ds_probing_threshold", 1)
 modparam("dispatcher", "ds_inactive_threshold", 1)
+modparam("path", "use_received", 1)
 
 request_route {{
   if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
@@ -86,6 +90,19 @@ request_route {{
   }}
   if (is_method("CANCEL")) {{ if (t_check_trans()) t_relay(); exit; }}
   t_check_trans();
+  if (is_method("REGISTER")) {{
+    add_path_received();
+  }} else {{
+    # A request from a node to a phone registered through us, its Route our Path: with our
+    # Route alone loose_route() removes it and says false (a preloaded local route), and the
+    # path module has set $du to the phone's address from its "received" parameter.
+    loose_route();
+    if ($du != $null) {{
+      xlog("L_INFO", "along its Route $rm $ci to $ru via $du (Route: $hdr(Route))\\n");
+      if (is_method("INVITE")) record_route();
+      t_relay(); exit;
+    }}
+  }}
   if (is_method("INVITE")) record_route();
   if (!ds_select_dst("1", "4")) {{ sl_send_reply("503", "No backend"); exit; }}
   xlog("L_INFO", "dispatching $rm $ci to $du\\n");
