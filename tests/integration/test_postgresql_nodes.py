@@ -107,6 +107,49 @@ def test_a_call_through_node_b_rings_the_phone_registered_through_node_a(
     assert "binding(s) for" not in node_b.log_text()  # B took no REGISTER
 
 
+def test_an_answer_to_another_nodes_challenge_gets_a_fresh_one_not_a_failure(
+    tmp_path: Path, postgres_cluster: Cluster, postgres_database: str
+) -> None:
+    """A load balancer that sends a REGISTER's retry with credentials to another node than the
+    one that challenged it (round robin, or the first node gone): the credentials prove the
+    password, but the nonce and opaque are another node's (each node has its own secret). The
+    node asks again with stale=true (RFC 7616 §3.3), and counts no failed authentication: the
+    balancer's address is every phone's, and auth_max_failures would block them all."""
+    store = postgres_cluster.store_table(postgres_database, tmp_path)
+    settings = {"store": store, "gateway": {"domains": ["cluster.example"]}}
+    node_a = GatewayProcess(
+        tmp_path / "a",
+        accounts={"alice": ACCOUNTS["alice"]},
+        settings=settings,
+        digest_algorithms=("MD5",),
+    )
+    node_b = GatewayProcess(tmp_path / "b", settings=settings, digest_algorithms=("MD5",))
+    registrar = "sip:cluster.example"
+    with node_a, node_b, udp_socket() as phone:
+        phone.sendto(request("REGISTER", registrar, phone, "alice", 1), address_of(node_a))
+        challenge = final_response(phone)
+        assert challenge.status == 401
+        auth = digest(
+            challenge.headers.get_all("WWW-Authenticate")[0], "alice", "REGISTER", registrar
+        )
+        assert 'opaque=""' not in auth  # the client returns node A's opaque, as clients do
+        phone.sendto(
+            request("REGISTER", registrar, phone, "alice", 2, f"Authorization: {auth}"),
+            address_of(node_b),
+        )
+        again = final_response(phone)
+        assert again.status == 401
+        (fresh,) = again.headers.get_all("WWW-Authenticate")
+        assert "stale=true" in fresh, fresh
+        auth = digest(fresh, "alice", "REGISTER", registrar)
+        phone.sendto(
+            request("REGISTER", registrar, phone, "alice", 3, f"Authorization: {auth}"),
+            address_of(node_b),
+        )
+        assert final_response(phone).status == 200
+        assert "authentication failed" not in node_b.log_text()
+
+
 def test_an_account_added_with_the_cli_is_taken_by_a_running_node(
     two_nodes: tuple[GatewayProcess, GatewayProcess],
 ) -> None:

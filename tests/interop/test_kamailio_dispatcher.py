@@ -24,6 +24,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
+from pgcluster import Cluster
 
 from tests.interop.harness import LOOPBACK, GatewayProcess, SippResult, SippUas, run_sipp_uac
 from tests.interop.harness.kamailio import ADDRESS, KamailioDispatcher
@@ -45,6 +46,17 @@ pytestmark = pytest.mark.interop
 CALLER = "+4940777"
 
 
+def edge_trunk(proxy_port: int) -> str:
+    """kamailio as the node's trunk: calls from 127.0.0.3 to the DID go to alice."""
+    return (
+        "[[trunks]]\n"
+        'name = "edge"\n'
+        f'address = "udp:{ADDRESS}:{proxy_port}"\n'
+        f'allowed_sources = ["{ADDRESS}"]\n'
+        f'dids = {{"{DID}" = "alice"}}\n'
+    )
+
+
 def node(
     tmp_path: Path, name: str, port: int, proxy_port: int, drain_timeout: float
 ) -> GatewayProcess:
@@ -53,13 +65,7 @@ def node(
         tmp_path / name,
         port=port,
         accounts=ACCOUNTS,
-        extra_toml=(
-            "[[trunks]]\n"
-            'name = "edge"\n'
-            f'address = "udp:{ADDRESS}:{proxy_port}"\n'
-            f'allowed_sources = ["{ADDRESS}"]\n'
-            f'dids = {{"{DID}" = "alice"}}\n'
-        ),
+        extra_toml=edge_trunk(proxy_port),
         settings={"gateway": {"drain_timeout": drain_timeout}},
         allowed_warnings=[r"drain_timeout reached: ending \d+ call\(s\)"],
     )
@@ -349,3 +355,55 @@ def test_a_phone_registered_through_kamailio_with_a_path_is_called_through_it(
     to_alice = rf"to sip:\S*{re.escape(LOOPBACK)}:{alice.port}"  # her Contact
     for method in ("ACK", "BYE"):
         assert re.search(rf"in-dialog {method} \S+ from {re.escape(node)} {to_alice}", log), log
+
+
+def test_nodes_sharing_a_store_reach_a_phone_registered_through_kamailio_from_either_node(
+    tmp_path: Path, postgres_cluster: Cluster, postgres_database: str
+) -> None:
+    """The cluster of docs/architecture.md ("Reaching a phone registered through another
+    node"): two nodes on one PostgreSQL store behind one kamailio, the trunks' dispatcher and
+    the phones' edge at once. alice registers through kamailio, reaching one node; a call for
+    her that kamailio hands to either node finds her binding in the store, with its Path, and
+    goes to her through kamailio, which holds her flow."""
+    store = postgres_cluster.store_table(postgres_database, tmp_path)
+    alice = SippUas("uas_answer.xml", workdir=tmp_path, calls=2)
+    ports = [free_port_pair(), free_port_pair()]
+    proxy = KamailioDispatcher(tmp_path, [f"{LOOPBACK}:{port}" for port in ports])
+    nodes = [
+        GatewayProcess(
+            tmp_path / f"node{index}",
+            port=port,
+            accounts=ACCOUNTS if index == 0 else {},  # in the shared store
+            settings={"store": store, "gateway": {"domains": [proxy.address]}},
+            extra_toml=edge_trunk(proxy.port),
+        )
+        for index, port in enumerate(ports)
+    ]
+    with proxy, nodes[0], nodes[1]:
+        run_sipp_uac(
+            "register_auth.xml",
+            proxy.address,
+            workdir=tmp_path,
+            service="alice",
+            auth=ALICE,
+            port=alice.port,
+        ).check()
+        with alice:
+            result = call(proxy, tmp_path, calls=2, rate=10)
+            result.check()
+            callee = alice.wait(timeout=20)
+    callee.check()
+    # Both REGISTERs (challenged, then with credentials) went to one node, whose challenge
+    # the second answered; the calls went one to each node.
+    registered_at = [
+        gw for gw in nodes if re.search(r"registered: 1 binding\(s\) for sip:alice@", gw.log_text())
+    ]
+    assert len(registered_at) == 1, [gw.log_text() for gw in nodes]
+    for gateway in nodes:
+        assert end_reasons(gateway) == ["BYE from A leg"], gateway.log_text()
+    # Each node sent its INVITE for alice to kamailio, along her Path, and kamailio to her.
+    vias = [
+        re.findall(r"^Via: SIP/2.0/UDP ([\d.]+:\d+)", invite, re.M)
+        for invite in callee.received("INVITE ")
+    ]
+    assert sorted(vias) == sorted([[proxy.address, f"{LOOPBACK}:{port}"] for port in ports])

@@ -12,9 +12,10 @@ looks up the stored HA1 for (username, realm, algorithm) and checks::
     KD(s, d) = H(s ":" d)
 
 RFC 2069 style answers without qop (``KD(HA1, nonce ":" HA2)``) are accepted only when configured.
-The response is checked before the nonce: a correct response over an expired or unknown nonce
-means the client knows the secret and just needs a fresh nonce (``stale=true``, RFC 7616 §3.3);
-anything else is bad credentials. Outcomes are values, never exceptions: the peer's bad input is
+The response is checked before the nonce and the opaque: a correct response over an expired or
+unknown nonce, or with another node's (or an earlier start's) opaque, means the client knows the
+secret and just needs a fresh challenge (``stale=true``, RFC 7616 §3.3); anything else is bad
+credentials. Outcomes are values, never exceptions: the peer's bad input is
 an ordinary result that carries the challenge to send back.
 """
 
@@ -271,10 +272,6 @@ class DigestAuthenticator:
             return bad("algorithm not offered")
         if credentials.userhash:
             return bad("userhash not supported")
-        if credentials.opaque is not None and not hmac.compare_digest(
-            credentials.opaque.encode("utf-8"), self._opaque.encode("ascii")
-        ):
-            return bad("opaque does not match")
         qop = credentials.qop
         if qop is None:
             if not self.config.allow_rfc2069:
@@ -294,6 +291,16 @@ class DigestAuthenticator:
         ):
             return bad("response does not match")
 
+        # The opaque is checked with the nonce, after the response: both are ours only if this
+        # start of this node issued them. A client answering another node's challenge (a load
+        # balancer that sent its retry elsewhere) or one from before our restart returns that
+        # challenge's opaque (RFC 7616 §3.3: unchanged), with a response that proves it knows
+        # the password: it needs a fresh challenge (stale=true), not a failed authentication
+        # counted against its address (auth_max_failures: a proxy's address is all its phones').
+        if credentials.opaque is not None and not hmac.compare_digest(
+            credentials.opaque.encode("utf-8"), self._opaque.encode("ascii")
+        ):
+            return Stale(kind, self.challenge_values(now=now, stale=True), username)
         check = self._nonces.check(credentials.nonce, self.config.realm, now=now)
         if check.status is not NonceStatus.VALID or check.issued_at is None:
             return Stale(kind, self.challenge_values(now=now, stale=True), username)

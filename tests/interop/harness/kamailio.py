@@ -3,16 +3,21 @@ operator's edge proxy does (../shared/peers.md §5).
 
 :class:`KamailioDispatcher` writes a kamailio.cfg and dispatcher.list into its run directory,
 starts ``kamailio -DD -E`` (foreground, logging to its log file) on ``ADDRESS:port`` over UDP,
-polls until it answers OPTIONS, and stops it on the way out. Its routing is the usual
-load balancer's: a new INVITE is Record-Routed and relayed to the next node round robin
-(``ds_select_dst(1, 4)``); a 5xx or a node that does not answer sends it on to the next
-(``failure_route``, ``ds_next_dst``); in-dialog requests follow their Route headers
-(``loose_route``). As the phones' edge it adds a Path to each REGISTER it relays
-(``add_path_received()``, RFC 3327) and sends a node's request along that Path to the phone's
-address (the path module's ``use_received``). With ``ping_interval`` it sends OPTIONS to
-every node that often and takes a node out of rotation when it answers other than 200 or not
-at all (``ds_probing_mode`` 1, thresholds of 1), back when it answers 200 again. Every
-routing decision is logged as a line the tests read (:meth:`dispatched_to`).
+polls until it answers OPTIONS, and stops it on the way out. Its routing is the usual load
+balancer's:
+
+- a new INVITE is Record-Routed and relayed to the next node round robin
+  (``ds_select_dst(1, 4)``), a REGISTER to the node its Call-ID hashes to (algorithm 0); a 5xx
+  or a node that does not answer sends it on to the next (``failure_route``, ``ds_next_dst``);
+- in-dialog requests follow their Route headers (``loose_route``);
+- as the phones' edge it adds a Path to each REGISTER it relays (``add_path_received()``,
+  RFC 3327) and sends a node's request along that Path to the phone's address (the path
+  module's ``use_received``);
+- with ``ping_interval`` it sends OPTIONS to every node that often and takes a node out of
+  rotation when it answers other than 200 or not at all (``ds_probing_mode`` 1, thresholds of
+  1), back when it answers 200 again.
+
+Every routing decision is logged as a line the tests read (:meth:`dispatched_to`).
 """
 
 from __future__ import annotations
@@ -104,7 +109,11 @@ request_route {{
     }}
   }}
   if (is_method("INVITE")) record_route();
-  if (!ds_select_dst("1", "4")) {{ sl_send_reply("503", "No backend"); exit; }}
+  # A REGISTER goes to the node its Call-ID hashes to (algorithm 0), so that its retry with
+  # credentials reaches the node whose challenge it answers (nonces are per node); the rest
+  # round robin (algorithm 4).
+  if (is_method("REGISTER")) $var(algorithm) = 0; else $var(algorithm) = 4;
+  if (!ds_select_dst("1", "$var(algorithm)")) {{ sl_send_reply("503", "No backend"); exit; }}
   xlog("L_INFO", "dispatching $rm $ci to $du\\n");
   t_on_failure("DS_FAIL");
   if (!t_relay()) sl_reply_error();
