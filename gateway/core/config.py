@@ -302,6 +302,10 @@ class GatewaySection:
     # IPv6 sources' failures and bans are counted per prefix of this many bits (128: per
     # address, as before the key); IPv4 per address. A guesser holds a /64 at least.
     auth_ipv6_prefix_length: int = 128
+    # Edge proxies (addresses or CIDRs) whose relayed requests' failures count against the
+    # address the proxy received them from (its Via below), not the proxy's
+    # (gateway/core/auth/proxied_source.py).
+    auth_proxies: tuple[str, ...] = ()
     # RFC 7090 PSAP callbacks (gateway/core/calls/psap_callback.py): how long after an
     # emergency call a marked call to the number it presented is served like one; 0: never.
     psap_callback_window: float = 1800.0
@@ -1493,6 +1497,26 @@ def _validate(config: GatewayConfig, file: str) -> None:
             f"expected an IPv6 prefix length from {MIN_AUTH_IPV6_PREFIX_LENGTH} (a site) to "
             f"{MAX_AUTH_IPV6_PREFIX_LENGTH} (one address), got {prefix_length}",
         )
+    for proxy in config.gateway.auth_proxies:
+        try:
+            # strict: "192.0.2.10/24" is refused rather than silently widened to a /24.
+            network = ipaddress.ip_network(proxy, strict=True)
+        except ValueError as exc:
+            raise ConfigError(
+                file, "gateway", "auth_proxies", f"expected IP addresses or CIDRs: {exc}"
+            ) from None
+        # Whoever is listed is believed about who sent what: a network as wide as the
+        # internet's would let any guesser have its failures counted against an address of
+        # its choosing (another phone's, to block it).
+        widest = 8 if network.version == 4 else 32
+        if network.prefixlen < widest:
+            raise ConfigError(
+                file,
+                "gateway",
+                "auth_proxies",
+                f"{proxy} is wider than any proxy farm (/{widest} at most): every address in it"
+                " would be believed about which phone sent a request",
+            )
     if not 0 <= config.gateway.psap_callback_window <= MAX_PSAP_CALLBACK_WINDOW:
         raise ConfigError(
             file,

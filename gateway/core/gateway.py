@@ -27,6 +27,7 @@ import attrs
 import trio
 
 from gateway.core.auth.failures import FailurePolicy
+from gateway.core.auth.proxied_source import AuthProxies
 from gateway.core.calls.call import Call
 from gateway.core.calls.dialog_events import DialogEvents
 from gateway.core.calls.manager import CallManager
@@ -1668,6 +1669,7 @@ class Gateway:
             ),
             # Monotonic: a ban of auth_block_time lasts that long whatever NTP does.
             failure_clock=trio.current_time,
+            auth_proxies=AuthProxies(self.config.gateway.auth_proxies),
         )
         if any(trunk.enabled and trunk.by_name for trunk in self.config.trunks):
             dns = self.config.dns

@@ -29,6 +29,7 @@ from gateway.core.auth.digest import (
     UnknownUser,
 )
 from gateway.core.auth.failures import FailureCounter, FailurePolicy
+from gateway.core.auth.proxied_source import AuthProxies, proxied_source
 from gateway.core.failure_log import FailureLog
 from gateway.core.interfaces import Listener
 from gateway.core.registrar import Registrar, RegistrarPolicy
@@ -70,6 +71,7 @@ class RegistrationService:
         on_registered: Callable[[str, tuple[Binding, ...]], None] | None = None,
         failure_policy: FailurePolicy | None = None,
         failure_clock: Callable[[], float] | None = None,
+        auth_proxies: AuthProxies | None = None,
     ) -> None:
         self.store = store
         self.on_registered = on_registered  # told each accepted REGISTER's AOR and bindings
@@ -86,6 +88,8 @@ class RegistrationService:
             entropy=os.urandom,
         )
         self.failures = FailureCounter(failure_policy or FailurePolicy())
+        # [gateway] auth_proxies: failures of what they relay count against the phone's address.
+        self.auth_proxies = auth_proxies or AuthProxies()
         self.refused_blocked = 0
         """Requests refused with 403 because their source was blocked, since the start."""
         self.failed = 0
@@ -127,7 +131,9 @@ class RegistrationService:
     ) -> Authenticated | Response:
         now = self.clock()
         elapsed = self.failure_clock()
-        source = flow.remote[0]
+        # Counted against the phone's address, also behind a listed edge proxy.
+        client = proxied_source(request, flow.remote, self.auth_proxies)
+        source = client[0]
         if self.failures.is_blocked(source, now=elapsed):
             self._log_blocked(request, source, elapsed)
             return self._reply(request, 403, "Too Many Failed Authentications")
@@ -183,7 +189,7 @@ class RegistrationService:
             log.warning(
                 "%s from %s: authentication failed for user %r%s",
                 request.method,
-                format_address(flow.remote),
+                format_address(client),
                 outcome.username or "?",
                 said,
             )

@@ -44,6 +44,8 @@ from tests.interop.sipp_calls import (
 pytestmark = pytest.mark.interop
 
 CALLER = "+4940777"
+#: Where the guesser of the auth_proxies test sends from: a phone apart from alice's 127.0.0.1.
+GUESSER_IP = "127.0.0.4"
 
 
 def edge_trunk(proxy_port: int) -> str:
@@ -407,3 +409,51 @@ def test_nodes_sharing_a_store_reach_a_phone_registered_through_kamailio_from_ei
         for invite in callee.received("INVITE ")
     ]
     assert sorted(vias) == sorted([[proxy.address, f"{LOOPBACK}:{port}"] for port in ports])
+
+
+@pytest.mark.parametrize("listed", [True, False], ids=["auth_proxies", "without"])
+def test_a_guesser_behind_kamailio_is_blocked_alone_when_kamailio_is_an_auth_proxy(
+    tmp_path: Path, listed: bool
+) -> None:
+    """Every phone behind kamailio comes from kamailio's address. With kamailio in
+    ``[gateway] auth_proxies`` the node counts a failed authentication against the address
+    kamailio received it from (the Via below kamailio's): a guesser on 127.0.0.4 is blocked and
+    alice on 127.0.0.1 registers through the same kamailio. Without it (as before the key) the
+    guesser blocks kamailio's address, and alice with it."""
+    node_port = free_port_pair()
+    proxy = KamailioDispatcher(tmp_path, [f"{LOOPBACK}:{node_port}"])
+    gateway = GatewayProcess(
+        tmp_path / "node",
+        port=node_port,
+        accounts=ACCOUNTS,
+        settings={
+            "gateway": {
+                "domains": [proxy.address],
+                "auth_max_failures": 2,
+                "auth_proxies": [ADDRESS] if listed else [],
+            }
+        },
+        allowed_warnings=[r"authentication failed for user", r"too many failed authentications"],
+    )
+
+    def register_through_kamailio(password: str, local_ip: str) -> SippResult:
+        return run_sipp_uac(
+            "register_auth.xml",
+            proxy.address,
+            workdir=tmp_path,
+            service="alice",
+            auth=("alice", password),
+            local_ip=local_ip,
+        )
+
+    with proxy, gateway:
+        for _ in range(2):
+            assert not register_through_kamailio("guess", GUESSER_IP).ok
+        blocked = r"authentication failed for user 'alice' \(source now blocked\)"
+        line = gateway.wait_for_log(rf"REGISTER from (\S+): {blocked}")
+        assert line[1].startswith(f"{GUESSER_IP}:" if listed else f"{ADDRESS}:{proxy.port}")
+        result = register_through_kamailio(ALICE[1], LOOPBACK)
+    if listed:
+        result.check()
+    else:
+        assert "SIP/2.0 403 Too Many Failed Authentications" in result.messages(), result.describe()

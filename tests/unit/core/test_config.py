@@ -113,6 +113,11 @@ receive_buffer = 4096
             "auth_ipv6_prefix_length",
             "int",
         ),
+        ('[gateway]\nauth_proxies = ["192.0.2.1/24"]\n', "gateway", "auth_proxies", "CIDRs"),
+        ('[gateway]\nauth_proxies = ["proxy.example"]\n', "gateway", "auth_proxies", "CIDRs"),
+        ('[gateway]\nauth_proxies = "192.0.2.1"\n', "gateway", "auth_proxies", "list"),
+        ('[gateway]\nauth_proxies = ["0.0.0.0/0"]\n', "gateway", "auth_proxies", "/8 at most"),
+        ('[gateway]\nauth_proxies = ["2000::/3"]\n', "gateway", "auth_proxies", "/32 at most"),
         ("[gateway]\npsap_callback_window = -1\n", "gateway", "psap_callback_window", "from 0"),
         ("[gateway]\npsap_callback_window = 1e6\n", "gateway", "psap_callback_window", "86400"),
     ],
@@ -193,6 +198,15 @@ def test_auth_ipv6_prefix_length_defaults_to_one_address(tmp_path: Path) -> None
     for length in (48, 56, 64, 128):
         config = cfg.from_toml(write(tmp_path, f"[gateway]\nauth_ipv6_prefix_length = {length}\n"))
         assert config.gateway.auth_ipv6_prefix_length == length
+
+
+def test_auth_proxies_default_to_none(tmp_path: Path) -> None:
+    assert cfg.from_toml(write(tmp_path, "")).gateway.auth_proxies == ()
+    text = '[gateway]\nauth_proxies = ["192.0.2.1", "2001:db8::/64"]\n'
+    assert cfg.from_toml(write(tmp_path, text)).gateway.auth_proxies == (
+        "192.0.2.1",
+        "2001:db8::/64",
+    )
 
 
 def test_auth_block_time_defaults_to_no_ban(

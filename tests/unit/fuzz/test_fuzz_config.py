@@ -158,6 +158,7 @@ def seed_config(f: Files) -> dict[str, Any]:
             "auth_failure_window": 60.0,
             "auth_block_time": 600.0,
             "auth_ipv6_prefix_length": 64,
+            "auth_proxies": ["192.0.2.10", "2001:db8:5::/64"],
             "psap_callback_window": 1800.0,
         },
         "sip": {
