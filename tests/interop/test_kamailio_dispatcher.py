@@ -81,11 +81,16 @@ def pool(
     drain_timeout: float = 60,
     calls: int = 1,
     call_duration_ms: int = 500,
+    node_transport: str = "udp",
 ) -> Iterator[tuple[KamailioDispatcher, list[GatewayProcess], SippUas]]:
-    """kamailio dispatching to two nodes, alice registered at both and answering ``calls``."""
+    """kamailio dispatching to two nodes (over ``node_transport``), alice registered at both
+    and answering ``calls``."""
     ports = [free_port_pair(), free_port_pair()]
     proxy = KamailioDispatcher(
-        tmp_path, [f"{LOOPBACK}:{port}" for port in ports], ping_interval=ping_interval
+        tmp_path,
+        [f"{LOOPBACK}:{port}" for port in ports],
+        ping_interval=ping_interval,
+        node_transport=node_transport,
     )
     nodes = [
         node(tmp_path, f"node{index}", port, proxy.port, drain_timeout)
@@ -235,11 +240,16 @@ def test_an_invite_reaching_a_draining_node_is_refused_503_and_kamailio_fails_it
     assert after_drain.count(other_target) == 3  # where every one of them was answered
 
 
-def test_the_nodes_own_bye_reaches_the_caller_through_kamailio(tmp_path: Path) -> None:
+@pytest.mark.parametrize("node_transport", ["udp", "tcp"])
+def test_the_nodes_own_bye_reaches_the_caller_through_kamailio(
+    tmp_path: Path, node_transport: str
+) -> None:
     """A call still up when the drain runs out gets the node's BYE: towards the caller it
     follows the route set kamailio's Record-Route made (RFC 3261 §12.2.1.1), so kamailio
-    relays it, and the caller sees kamailio's Via above the node's."""
-    with pool(tmp_path, drain_timeout=1) as (proxy, nodes, alice):
+    relays it, and the caller sees kamailio's Via above the node's. Over TCP to the nodes
+    (UDP from the caller) kamailio Record-Routes twice, once per side (RFC 5658): the node
+    keeps both in the caller's 200 and sends its BYE to the first, kamailio's TCP side."""
+    with pool(tmp_path, drain_timeout=1, node_transport=node_transport) as (proxy, nodes, alice):
         by_target = {f"{LOOPBACK}:{gw.port}": gw for gw in nodes}
         with ThreadPoolExecutor(1) as executor:
             caller = executor.submit(call, proxy, tmp_path, "uac_call_remote_bye.xml", timeout=30)
@@ -251,12 +261,18 @@ def test_the_nodes_own_bye_reaches_the_caller_through_kamailio(tmp_path: Path) -
         assert exit_code(gateway, timeout=15) == 0
         callee = alice.wait(timeout=20)
     callee.check()
+    (answer,) = [
+        a for a in result.received("SIP/2.0 200") if re.search(r"^CSeq: 1 INVITE", a, re.M)
+    ]
+    record_routes = re.findall(r"^Record-Route: (.*)$", answer, re.M)
+    assert len(record_routes) == (1 if node_transport == "udp" else 2), answer
+    assert all(f"sip:{proxy.address};" in rr for rr in record_routes), answer
     (bye,) = result.received("BYE ")
-    vias = re.findall(r"^Via: SIP/2.0/UDP ([\d.]+:\d+)", bye, re.M)
-    assert vias == [proxy.address, target], bye
+    vias = re.findall(r"^Via: SIP/2.0/(\w+) ([\d.]+:\d+)", bye, re.M)
+    assert vias == [("UDP", proxy.address), (node_transport.upper(), target)], bye
     assert "cause=503" in bye, bye
     assert re.search(
-        rf"in-dialog BYE \S+ from {re.escape(target)} to sip:{re.escape(CALLER)}@{TRUNK_IP}:",
+        rf"in-dialog BYE \S+ from {re.escape(LOOPBACK)}:\d+ to sip:{re.escape(CALLER)}@{TRUNK_IP}:",
         proxy.log_text(),
     ), proxy.log_text()
 

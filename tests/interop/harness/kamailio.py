@@ -2,9 +2,9 @@
 operator's edge proxy does (../shared/peers.md §5).
 
 :class:`KamailioDispatcher` writes a kamailio.cfg and dispatcher.list into its run directory,
-starts ``kamailio -DD -E`` (foreground, logging to its log file) on ``ADDRESS:port`` over UDP,
-polls until it answers OPTIONS, and stops it on the way out. Its routing is the usual load
-balancer's:
+starts ``kamailio -DD -E`` (foreground, logging to its log file) on ``ADDRESS:port`` over UDP
+and TCP (it reaches the nodes over ``node_transport``), polls until it answers OPTIONS, and
+stops it on the way out. Its routing is the usual load balancer's:
 
 - a new INVITE is Record-Routed and relayed to the next node round robin
   (``ds_select_dst(1, 4)``), a REGISTER to the node its Call-ID hashes to (algorithm 0); a 5xx
@@ -47,12 +47,16 @@ _CONFIG = """\
 debug=2
 log_stderror=yes
 children=2
-disable_tcp=yes
+tcp_children=1
+# Its TCP connections to the nodes come from its own address, as on a host with one, so the
+# nodes know it by source address over TCP too (the kernel would pick 127.0.0.1).
+tcp_source_ipv4={address}
 auto_aliases=no
 dns=no
 rev_dns=no
 use_dns_cache=off
 listen=udp:{address}:{port}
+listen=tcp:{address}:{port}
 alias="{address}:{port}"
 mpath="{modules}"
 loadmodule "kex.so"
@@ -149,13 +153,21 @@ class KamailioDispatcher:
     all inactive until each answers OPTIONS when ``ping_interval`` (seconds) is given, all active
     from the start without it (no OPTIONS sent)."""
 
-    def __init__(self, workdir: Path, nodes: Sequence[str], *, ping_interval: int = 0) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        nodes: Sequence[str],
+        *,
+        ping_interval: int = 0,
+        node_transport: str = "udp",
+    ) -> None:
         self.binary = require_peer("kamailio")
         self.kamcmd = require_peer("kamcmd")
         self.rundir = workdir / "kamailio"
-        self.port = free_port("udp")
+        self.port = free_port("both")  # it listens on UDP and TCP
         self.nodes = tuple(nodes)
         self.ping_interval = ping_interval
+        self.node_transport = node_transport
         self.log_path = self.rundir / "kamailio.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -168,8 +180,9 @@ class KamailioDispatcher:
         """Write the config and list, start kamailio, poll until it answers OPTIONS."""
         self.rundir.mkdir(parents=True, exist_ok=True)
         flags = INACTIVE_PROBING if self.ping_interval else 0
+        params = "" if self.node_transport == "udp" else f";transport={self.node_transport}"
         (self.rundir / "dispatcher.list").write_text(
-            "".join(f"1 sip:{node} {flags} 0\n" for node in self.nodes)
+            "".join(f"1 sip:{node}{params} {flags} 0\n" for node in self.nodes)
         )
         config = self.rundir / "kamailio.cfg"
         config.write_text(
@@ -225,7 +238,9 @@ class KamailioDispatcher:
             timeout=10,
             check=True,
         ).stdout
-        return {uri: flags for uri, flags in re.findall(r"URI: sip:(\S+)\s+FLAGS: (\S+)", out)}
+        return {
+            uri: flags for uri, flags in re.findall(r"URI: sip:([^;\s]+)\S*\s+FLAGS: (\S+)", out)
+        }
 
     def wait_for_states(self, wanted: dict[str, str], timeout: float = 15.0) -> None:
         """Poll :meth:`states` until each node in ``wanted`` has its flags."""
@@ -257,7 +272,7 @@ class KamailioDispatcher:
     def dispatched_to(self) -> list[str]:
         """The node (``host:port``) each INVITE was sent to, in order, failovers included."""
         return re.findall(
-            r"dispatching INVITE \S+ to sip:(\S+?)(?: after \d+)?$", self.log_text(), re.M
+            r"dispatching INVITE \S+ to sip:([^;\s]+)\S*?(?: after \d+)?$", self.log_text(), re.M
         )
 
     def stop(self) -> None:
