@@ -32,6 +32,7 @@ from tests.interop.harness.ports import free_port_pair
 from tests.interop.sipp_calls import (
     ACCOUNTS,
     ALICE,
+    BOB,
     CALLER_ID,
     DID,
     TRUNK_IP,
@@ -468,3 +469,44 @@ def test_a_guesser_behind_kamailio_is_blocked_alone_when_kamailio_is_an_auth_pro
         result.check()
     else:
         assert "SIP/2.0 403 Too Many Failed Authentications" in result.messages(), result.describe()
+
+
+def test_a_watchers_notifies_come_through_kamailio(tmp_path: Path) -> None:
+    """A buddy list through kamailio: bob's SUBSCRIBE to alice's presence is Record-Routed,
+    so the node's NOTIFYs (the first, and the one ending the subscription as the node stops)
+    follow that route set back through kamailio (RFC 6665 §4.1.3, RFC 3261 §12.1.1), as a
+    phone behind the edge's NAT or TLS connection needs."""
+    node_port = free_port_pair()
+    proxy = KamailioDispatcher(tmp_path, [f"{LOOPBACK}:{node_port}"])
+    gateway = GatewayProcess(
+        tmp_path / "node",
+        port=node_port,
+        accounts=ACCOUNTS,
+        settings={"gateway": {"domains": [proxy.address]}},
+        extra_toml='[presence]\nallow = "all-accounts"\n',
+    )
+    with proxy, gateway, ThreadPoolExecutor(1) as executor:
+        register(gateway, tmp_path, "udp", free_port_pair())  # alice: present
+        watching = executor.submit(
+            run_sipp_uac,
+            "calls/uac_subscribe_presence_stop.xml",
+            proxy.address,
+            workdir=tmp_path,
+            service="alice",
+            caller="bob",
+            auth=BOB,
+            timeout=20,
+        )
+        gateway.wait_for_log(r"bob watches the presence of alice for 600 s")
+        proxy.wait_for_log(r"in-dialog NOTIFY ")
+        assert gateway.stop() == 0
+        watcher = watching.result(timeout=30)
+    watcher.check()
+    notifies = watcher.received("NOTIFY ")
+    assert len(notifies) == 2, watcher.describe()
+    assert "<basic>open</basic>" in notifies[0]
+    assert "Subscription-State: terminated;reason=deactivated\n" in notifies[1]
+    node = f"{LOOPBACK}:{node_port}"
+    for notify in notifies:
+        vias = re.findall(r"^Via: SIP/2.0/UDP ([\d.]+:\d+)", notify, re.M)
+        assert vias == [proxy.address, node], notify

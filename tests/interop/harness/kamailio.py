@@ -6,7 +6,7 @@ starts ``kamailio -DD -E`` (foreground, logging to its log file) on ``ADDRESS:po
 and TCP (it reaches the nodes over ``node_transport``), polls until it answers OPTIONS, and
 stops it on the way out. Its routing is the usual load balancer's:
 
-- a new INVITE is Record-Routed and relayed to the next node round robin
+- a new INVITE (or SUBSCRIBE) is Record-Routed and relayed to the next node round robin
   (``ds_select_dst(1, 4)``), a REGISTER to the node its Call-ID hashes to (algorithm 0); a 5xx
   or a node that does not answer sends it on to the next (``failure_route``, ``ds_next_dst``);
 - in-dialog requests follow their Route headers (``loose_route``);
@@ -108,11 +108,11 @@ request_route {{
     loose_route();
     if ($du != $null) {{
       xlog("L_INFO", "along its Route $rm $ci to $ru via $du (Route: $hdr(Route))\\n");
-      if (is_method("INVITE")) record_route();
+      if (is_method("INVITE|SUBSCRIBE")) record_route();
       t_relay(); exit;
     }}
   }}
-  if (is_method("INVITE")) record_route();
+  if (is_method("INVITE|SUBSCRIBE")) record_route();
   # A REGISTER goes to the node its Call-ID hashes to (algorithm 0), so that its retry with
   # credentials reaches the node whose challenge it answers (nonces are per node); the rest
   # round robin (algorithm 4).
