@@ -83,6 +83,7 @@ def pool(
     calls: int = 1,
     call_duration_ms: int = 500,
     node_transport: str = "udp",
+    alice_scenario: str = "uas_answer.xml",
 ) -> Iterator[tuple[KamailioDispatcher, list[GatewayProcess], SippUas]]:
     """kamailio dispatching to two nodes (over ``node_transport``), alice registered at both
     and answering ``calls``."""
@@ -98,7 +99,7 @@ def pool(
         for index, port in enumerate(ports)
     ]
     alice = SippUas(
-        "uas_answer.xml",
+        alice_scenario,
         workdir=tmp_path,
         calls=calls,
         timeout=60,
@@ -510,3 +511,20 @@ def test_a_watchers_notifies_come_through_kamailio(tmp_path: Path) -> None:
     for notify in notifies:
         vias = re.findall(r"^Via: SIP/2.0/UDP ([\d.]+:\d+)", notify, re.M)
         assert vias == [proxy.address, node], notify
+
+
+def test_a_caller_cancelling_through_kamailio_stops_the_phone_ringing(tmp_path: Path) -> None:
+    """The carrier's CANCEL reaches the node through kamailio (hop by hop, RFC 3261 §16.10):
+    the node matches it to the INVITE kamailio relayed, answers 487, and cancels alice's
+    ringing leg."""
+    with pool(tmp_path, alice_scenario="uas_ring_forever.xml") as (proxy, nodes, alice):
+        result = call(proxy, tmp_path, "uac_cancel.xml")
+        result.check()
+        callee = alice.wait(timeout=20)
+    callee.check()
+    assert result.received("SIP/2.0 487"), result.describe()
+    (target,) = proxy.dispatched_to()
+    (node,) = [gw for gw in nodes if target == f"{LOOPBACK}:{gw.port}"]
+    (cancel,) = callee.received("CANCEL ")
+    assert re.findall(r"^Via: SIP/2.0/UDP ([\d.]+:\d+)", cancel, re.M) == [target], cancel
+    assert end_reasons(node) == ["cancelled by caller"], node.log_text()
