@@ -1694,6 +1694,8 @@ def cmd_registrations(args: argparse.Namespace) -> int:
                         "user_agent": binding.user_agent,
                         "device": device.name if device is not None else None,
                         "behind_nat": is_behind_nat(binding),
+                        # RFC 3327: registered through an edge proxy, which calls reach first.
+                        "path": list(binding.path),
                     }
                 )
     finally:
@@ -1707,9 +1709,11 @@ def cmd_registrations(args: argparse.Namespace) -> int:
     for row in rows:
         extra = f"  device {row['device']}" if row["device"] else ""
         nat = "  behind NAT" if row["behind_nat"] else ""
+        path = f"  via {', '.join(row['path'])}" if row["path"] else ""
         print(
             f"{row['account']}  {row['contact']}  from {row['transport']} {row['source']}  "
             f"{row['expires_in']} s left  {row['user_agent'] or '(no User-Agent)'}{extra}{nat}"
+            f"{path}"
         )
     return EXIT_OK
 

@@ -612,9 +612,10 @@ def test_registrations_lists_each_binding_with_where_it_came_from(tmp_path: Path
         store.accounts_add("alice", "pw", "voipgw.local")
         store.accounts_add("bob", "pw", "voipgw.local")
         now = time.time()
-        for account, contact, remote, agent in (
-            ("alice", "sip:alice@10.0.0.5:5060", "203.0.113.7:40000", "Yealink SIP-T46U"),
-            ("bob", "sip:bob@198.51.100.9:5062", "198.51.100.9:5062", None),
+        edge = "<sip:192.0.2.1:5060;lr;received=sip:198.51.100.9:5062>"
+        for account, contact, remote, agent, path in (
+            ("alice", "sip:alice@10.0.0.5:5060", "203.0.113.7:40000", "Yealink SIP-T46U", ()),
+            ("bob", "sip:bob@198.51.100.9:5062", "192.0.2.1:5060", None, (edge,)),
         ):
             store.upsert_binding(
                 Binding(
@@ -627,6 +628,7 @@ def test_registrations_lists_each_binding_with_where_it_came_from(tmp_path: Path
                     cseq=1,
                     flow=BindingFlow("udp", "127.0.0.1:5060", remote),
                     user_agent=agent,
+                    path=path,
                 )
             )
     finally:
@@ -637,12 +639,13 @@ def test_registrations_lists_each_binding_with_where_it_came_from(tmp_path: Path
     assert len(lines) == 2
     assert lines[0].startswith("alice  sip:alice@10.0.0.5:5060  from udp 203.0.113.7:40000  ")
     assert lines[0].endswith("s left  Yealink SIP-T46U  behind NAT")
-    assert lines[1].endswith("s left  (no User-Agent)")
+    # bob registered through an edge proxy (RFC 3327 Path): calls reach it there first.
+    assert lines[1].endswith(f"s left  (no User-Agent)  via {edge}")
     only_bob = json.loads(
         voipgw("registrations", "bob", "--json", "--state-dir", str(state)).stdout
     )
-    assert [(r["account"], r["behind_nat"], r["device"]) for r in only_bob] == [
-        ("bob", False, None)
+    assert [(r["account"], r["behind_nat"], r["device"], r["path"]) for r in only_bob] == [
+        ("bob", False, None, [edge])
     ]
     # What is left is 600 s less the time since the binding was written: two CLI runs, each
     # an interpreter start (seconds on a loaded machine, not a fixed 10 s margin).

@@ -16,6 +16,7 @@ and BYE follow kamailio's Record-Route.
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 from collections.abc import Iterator
@@ -344,10 +345,15 @@ def test_a_phone_registered_through_kamailio_with_a_path_is_called_through_it(
         )
         registration.check()
         gateway.wait_for_log(r"registered: 1 binding\(s\) for sip:alice@")
+        (binding,) = json.loads(gateway.cli("registrations", "alice", "--json").stdout)
         with alice:
             trunk_call("uac_call.xml", gateway, tmp_path).check()
             callee = alice.wait(timeout=10)
     callee.check()
+    # The operator sees the Path: calls to alice go to kamailio first.
+    assert binding["path"] == [f"<sip:{proxy.address};lr;received=sip:{LOOPBACK}:{alice.port}>"], (
+        binding
+    )
     # The phone did not say "Supported: path", so the Path is stored but not echoed (§5.3).
     (ok,) = registration.received("SIP/2.0 200")
     assert not re.search(r"^Path:", ok, re.M), ok
