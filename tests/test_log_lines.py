@@ -544,6 +544,8 @@ SOURCE_ONLY = sorted(name for name, row in documented().items() if row[3])
 # (and escapes what is not printable), %X and %x write a number in hexadecimal. Every other
 # <name> of a row checked in the source is written with %s, %d, %i, %f or %g (%.0f...).
 CONVERSIONS = {
+    # <user>: quoted as Python quotes a string, as in auth-failed (the client's to choose).
+    ("auth-credentials-not-taken", "<user>"): "r",
     ("tls-revoked", "<serial>"): "X",
     ("tls-ocsp-revoked", "<serial>"): "X",
 }

@@ -21,6 +21,7 @@ import attrs
 from gateway.core.auth.algorithms import DigestAlgorithm
 from gateway.core.auth.device_binding import check_device
 from gateway.core.auth.digest import (
+    WRONG_RESPONSE,
     Authenticated,
     AuthKind,
     BadCredentials,
@@ -193,6 +194,18 @@ class RegistrationService:
                 outcome.username or "?",
                 said,
             )
+            if isinstance(outcome, BadCredentials) and outcome.reason != WRONG_RESPONSE:
+                # Not a wrong password: a client that does digest otherwise than we do, or a
+                # proxy in its path that rewrote the Request-URI its digest names (kamailio's
+                # ds_select_domain, operations.md). The line above cannot say which (its text
+                # is an interface), so this one does: the reason never holds a secret.
+                log.info(
+                    "%s from %s: credentials of user %r not taken: %s",
+                    request.method,
+                    format_address(client),
+                    outcome.username or "?",
+                    outcome.reason,
+                )
             if blocked:
                 return self._reply(request, 403, "Too Many Failed Authentications")
         return make_response(

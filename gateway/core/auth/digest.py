@@ -37,6 +37,7 @@ from gateway.core.auth.credentials import (
 from gateway.core.auth.nonce import NcVerdict, NonceCounts, NonceIssuer, NonceStatus
 
 __all__ = [
+    "WRONG_RESPONSE",
     "AuthKind",
     "AuthOutcome",
     "AuthRejection",
@@ -142,6 +143,11 @@ class Stale(AuthRejection):
     §3.3). Not a failure."""
 
     username: str
+
+
+WRONG_RESPONSE = "response does not match"
+""":class:`BadCredentials` reason of a wrong password (or a guess): every other reason is a
+client (or a proxy in its path) that does digest differently from us."""
 
 
 @attrs.frozen
@@ -289,7 +295,7 @@ class DigestAuthenticator:
         if not hmac.compare_digest(
             credentials.response.lower().encode("utf-8"), expected.encode("ascii")
         ):
-            return bad("response does not match")
+            return bad(WRONG_RESPONSE)
 
         # The opaque is checked with the nonce, after the response: both are ours only if this
         # start of this node issued them. A client answering another node's challenge (a load

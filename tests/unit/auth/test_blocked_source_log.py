@@ -479,3 +479,45 @@ def test_the_documented_refusals_filter_takes_no_address_from_a_user_name(
     assert [re.search(failregex, line) for line in lines] == [None, None, None]
     unanchored = re.search(r"(?:REGISTER|INVITE) from " + FAIL2BAN_HOST + " refused", lines[0])
     assert unanchored is not None and unanchored["ip4"] == "203.0.113.9"
+
+
+def test_credentials_refused_for_another_reason_than_the_password_say_why(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The auth-failed WARNING reads alike for a wrong password and for credentials a client
+    or a proxy in its path got otherwise wrong (its text is an interface). The second kind
+    also gets an INFO line with the reason: a proxy that rewrote the Request-URI the digest
+    names (kamailio's ds_select_domain) showed only as 'authentication failed'."""
+    caplog.set_level(logging.INFO, "gateway.core.registration")
+    clock = [1000.0]
+    service = _service(tmp_path, clock, FailurePolicy(max_failures=10, window=5.0))
+    # The phone sent its REGISTER to the proxy's address and answered for that Request-URI.
+    sent = request("REGISTER", uri="sip:edge.example", sent_by="192.0.2.7:5060")
+    challenge = service.authenticate(sent, _flow(PHONE), AuthKind.WWW)
+    assert isinstance(challenge, Response) and challenge.status == 401
+    right = authorize(sent, challenge, username="1000", password="secret1000", cnonce="c1")
+    wrong = authorize(sent, challenge, username="1000", password="guess", cnonce="c2")
+    assert right is not None and wrong is not None
+    for credentials in (right, wrong):  # the Request-URI is checked before the password
+        caplog.clear()
+        # ... and the proxy rewrote the Request-URI to the node's.
+        rewritten = request(
+            "REGISTER",
+            uri="sip:127.0.0.1:5060",
+            sent_by="192.0.2.7:5060",
+            extra=(f"Authorization: {credentials.headers.get('Authorization')}",),
+        )
+        answer = service.authenticate(rewritten, _flow(PHONE), AuthKind.WWW)
+        assert isinstance(answer, Response) and answer.status == 401
+        lines = [r.getMessage() for r in caplog.records]
+        assert lines[0] == "REGISTER from 192.0.2.7:5060: authentication failed for user '1000'"
+        assert lines[1:] == [
+            "REGISTER from 192.0.2.7:5060: credentials of user '1000' not taken: digest "
+            "uri does not match the Request-URI"
+        ]
+    # A wrong password over the right Request-URI: the WARNING alone, as before.
+    caplog.clear()
+    assert isinstance(service.authenticate(wrong, _flow(PHONE), AuthKind.WWW), Response)
+    assert [r.getMessage() for r in caplog.records] == [
+        "REGISTER from 192.0.2.7:5060: authentication failed for user '1000'"
+    ]
