@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -28,6 +28,7 @@ import pytest
 from pgcluster import Cluster
 
 from tests.interop.harness import LOOPBACK, GatewayProcess, SippResult, SippUas, run_sipp_uac
+from tests.interop.harness.gateway import TomlValue
 from tests.interop.harness.kamailio import ADDRESS, KamailioDispatcher
 from tests.interop.harness.ports import free_port_pair
 from tests.interop.sipp_calls import (
@@ -316,6 +317,49 @@ def test_a_call_out_through_kamailio_follows_its_record_route(tmp_path: Path) ->
         assert re.search(rf"in-dialog {method} \S+ from {re.escape(node)} to ", log), log
 
 
+def edge_and_node(
+    tmp_path: Path,
+    *,
+    gateway: dict[str, TomlValue] | None = None,
+    extra_toml: str = "",
+    allowed_warnings: Sequence[str] = (),
+) -> tuple[KamailioDispatcher, GatewayProcess]:
+    """kamailio as the phones' edge in front of one node, whose domains include kamailio's
+    address (phones register alice@kamailio); ``gateway`` adds ``[gateway]`` keys."""
+    node_port = free_port_pair()
+    proxy = KamailioDispatcher(tmp_path, [f"{LOOPBACK}:{node_port}"])
+    node = GatewayProcess(
+        tmp_path / "node",
+        port=node_port,
+        accounts=ACCOUNTS,
+        settings={"gateway": {"domains": [proxy.address], **(gateway or {})}},
+        extra_toml=extra_toml,
+        allowed_warnings=allowed_warnings,
+    )
+    return proxy, node
+
+
+def register_through(
+    proxy: KamailioDispatcher,
+    tmp_path: Path,
+    *,
+    password: str = ALICE[1],
+    port: int | None = None,
+    local_ip: str = LOOPBACK,
+) -> SippResult:
+    """alice's REGISTER (answering the challenge with ``password``) sent to kamailio, with her
+    Contact on ``port`` (default: sipp's own)."""
+    return run_sipp_uac(
+        "register_auth.xml",
+        proxy.address,
+        workdir=tmp_path,
+        service="alice",
+        auth=("alice", password),
+        port=port,
+        local_ip=local_ip,
+    )
+
+
 def test_a_phone_registered_through_kamailio_with_a_path_is_called_through_it(
     tmp_path: Path,
 ) -> None:
@@ -324,25 +368,9 @@ def test_a_phone_registered_through_kamailio_with_a_path_is_called_through_it(
     sends a call for the phone to kamailio with the Path as its Route (§5.3), where kamailio's
     path module finds the phone's address again (its ``received`` parameter)."""
     alice = SippUas("uas_answer.xml", workdir=tmp_path)
-    node_port = free_port_pair()
-    proxy = KamailioDispatcher(tmp_path, [f"{LOOPBACK}:{node_port}"])
-    gateway = GatewayProcess(
-        tmp_path / "node",
-        port=node_port,
-        accounts=ACCOUNTS,
-        # The phone registers alice@kamailio: its domain is the node's too.
-        settings={"gateway": {"domains": [proxy.address]}},
-        extra_toml=inbound_trunk(),
-    )
+    proxy, gateway = edge_and_node(tmp_path, extra_toml=inbound_trunk())
     with proxy, gateway:
-        registration = run_sipp_uac(
-            "register_auth.xml",
-            proxy.address,
-            workdir=tmp_path,
-            service="alice",
-            auth=ALICE,
-            port=alice.port,
-        )
+        registration = register_through(proxy, tmp_path, port=alice.port)
         registration.check()
         gateway.wait_for_log(r"registered: 1 binding\(s\) for sip:alice@")
         (binding,) = json.loads(gateway.cli("registrations", "alice", "--json").stdout)
@@ -357,7 +385,7 @@ def test_a_phone_registered_through_kamailio_with_a_path_is_called_through_it(
     # The phone did not say "Supported: path", so the Path is stored but not echoed (§5.3).
     (ok,) = registration.received("SIP/2.0 200")
     assert not re.search(r"^Path:", ok, re.M), ok
-    node = f"{LOOPBACK}:{node_port}"
+    node = f"{LOOPBACK}:{gateway.port}"
     (invite,) = callee.received("INVITE ")
     assert invite.startswith(f"INVITE sip:alice@{LOOPBACK}:{alice.port}"), invite
     # kamailio took its own Route off; its Record-Route keeps the dialog through it.
@@ -401,14 +429,7 @@ def test_nodes_sharing_a_store_reach_a_phone_registered_through_kamailio_from_ei
         for index, port in enumerate(ports)
     ]
     with proxy, nodes[0], nodes[1]:
-        run_sipp_uac(
-            "register_auth.xml",
-            proxy.address,
-            workdir=tmp_path,
-            service="alice",
-            auth=ALICE,
-            port=alice.port,
-        ).check()
+        register_through(proxy, tmp_path, port=alice.port).check()
         with alice:
             result = call(proxy, tmp_path, calls=2, rate=10)
             result.check()
@@ -439,39 +460,18 @@ def test_a_guesser_behind_kamailio_is_blocked_alone_when_kamailio_is_an_auth_pro
     kamailio received it from (the Via below kamailio's): a guesser on 127.0.0.4 is blocked and
     alice on 127.0.0.1 registers through the same kamailio. Without it (as before the key) the
     guesser blocks kamailio's address, and alice with it."""
-    node_port = free_port_pair()
-    proxy = KamailioDispatcher(tmp_path, [f"{LOOPBACK}:{node_port}"])
-    gateway = GatewayProcess(
-        tmp_path / "node",
-        port=node_port,
-        accounts=ACCOUNTS,
-        settings={
-            "gateway": {
-                "domains": [proxy.address],
-                "auth_max_failures": 2,
-                "auth_proxies": [ADDRESS] if listed else [],
-            }
-        },
+    proxy, gateway = edge_and_node(
+        tmp_path,
+        gateway={"auth_max_failures": 2, "auth_proxies": [ADDRESS] if listed else []},
         allowed_warnings=[r"authentication failed for user", r"too many failed authentications"],
     )
-
-    def register_through_kamailio(password: str, local_ip: str) -> SippResult:
-        return run_sipp_uac(
-            "register_auth.xml",
-            proxy.address,
-            workdir=tmp_path,
-            service="alice",
-            auth=("alice", password),
-            local_ip=local_ip,
-        )
-
     with proxy, gateway:
         for _ in range(2):
-            assert not register_through_kamailio("guess", GUESSER_IP).ok
+            assert not register_through(proxy, tmp_path, password="guess", local_ip=GUESSER_IP).ok
         blocked = r"authentication failed for user 'alice' \(source now blocked\)"
         line = gateway.wait_for_log(rf"REGISTER from (\S+): {blocked}")
         assert line[1].startswith(f"{GUESSER_IP}:" if listed else f"{ADDRESS}:{proxy.port}")
-        result = register_through_kamailio(ALICE[1], LOOPBACK)
+        result = register_through(proxy, tmp_path)
     if listed:
         result.check()
     else:
@@ -483,15 +483,7 @@ def test_a_watchers_notifies_come_through_kamailio(tmp_path: Path) -> None:
     so the node's NOTIFYs (the first, and the one ending the subscription as the node stops)
     follow that route set back through kamailio (RFC 6665 §4.1.3, RFC 3261 §12.1.1), as a
     phone behind the edge's NAT or TLS connection needs."""
-    node_port = free_port_pair()
-    proxy = KamailioDispatcher(tmp_path, [f"{LOOPBACK}:{node_port}"])
-    gateway = GatewayProcess(
-        tmp_path / "node",
-        port=node_port,
-        accounts=ACCOUNTS,
-        settings={"gateway": {"domains": [proxy.address]}},
-        extra_toml='[presence]\nallow = "all-accounts"\n',
-    )
+    proxy, gateway = edge_and_node(tmp_path, extra_toml='[presence]\nallow = "all-accounts"\n')
     with proxy, gateway, ThreadPoolExecutor(1) as executor:
         register(gateway, tmp_path, "udp", free_port_pair())  # alice: present
         watching = executor.submit(
@@ -513,7 +505,7 @@ def test_a_watchers_notifies_come_through_kamailio(tmp_path: Path) -> None:
     assert len(notifies) == 2, watcher.describe()
     assert "<basic>open</basic>" in notifies[0]
     assert "Subscription-State: terminated;reason=deactivated\n" in notifies[1]
-    node = f"{LOOPBACK}:{node_port}"
+    node = f"{LOOPBACK}:{gateway.port}"
     for notify in notifies:
         vias = re.findall(r"^Via: SIP/2.0/UDP ([\d.]+:\d+)", notify, re.M)
         assert vias == [proxy.address, node], notify
