@@ -23,14 +23,18 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
+import attrs
 import pytest
 from pgcluster import Cluster
 
 from tests.interop.harness import LOOPBACK, GatewayProcess, SippResult, SippUas, run_sipp_uac
 from tests.interop.harness.gateway import TomlValue
-from tests.interop.harness.kamailio import ADDRESS, KamailioDispatcher
-from tests.interop.harness.ports import free_port_pair
+from tests.interop.harness.kamailio import ADDRESS, KamailioDispatcher, KamailioTls
+from tests.interop.harness.pki import TestPki
+from tests.interop.harness.ports import free_port, free_port_pair
+from tests.interop.harness.tls_gateway import TlsGatewayProcess
 from tests.interop.sipp_calls import (
     ACCOUNTS,
     ALICE,
@@ -51,29 +55,89 @@ CALLER = "+4940777"
 GUESSER_IP = "127.0.0.4"
 
 
-def edge_trunk(proxy_port: int) -> str:
+def edge_trunk(proxy_address: str, transport: str = "udp") -> str:
     """kamailio as the node's trunk: calls from 127.0.0.3 to the DID go to alice."""
     return (
         "[[trunks]]\n"
         'name = "edge"\n'
-        f'address = "udp:{ADDRESS}:{proxy_port}"\n'
+        f'address = "{transport}:{proxy_address}"\n'
         f'allowed_sources = ["{ADDRESS}"]\n'
         f'dids = {{"{DID}" = "alice"}}\n'
     )
 
 
+@attrs.frozen
+class EdgeTls:
+    """Mutual TLS between kamailio and the nodes, as across a data centre: one operator CA
+    issues kamailio's certificate (for 127.0.0.3) and the nodes' (for 127.0.0.1)."""
+
+    kamailio: KamailioTls
+    #: The nodes' ``[plugins.tls]``: their certificate, and kamailio's required and verified
+    #: (it must chain to the CA and, towards kamailio as their trunk, name 127.0.0.3).
+    node: dict[str, TomlValue]
+
+    @classmethod
+    def issue(cls, directory: Path, kamailio_names: Sequence[str] = (ADDRESS,)) -> EdgeTls:
+        ca = TestPki(directory).ca("Operator Internal CA")
+        edge = ca.issue("edge", hosts=kamailio_names)
+        node = ca.issue("node", hosts=[LOOPBACK])
+        return cls(
+            KamailioTls(edge.certificate, edge.key, ca.certificate),
+            {
+                "mode": "mutual",
+                "certificate": str(node.certificate),
+                "private_key": str(node.key),
+                "ca_bundles": [str(ca.certificate)],
+                "system_ca_for_trunks": False,
+            },
+        )
+
+
 def node(
-    tmp_path: Path, name: str, port: int, proxy_port: int, drain_timeout: float
+    tmp_path: Path,
+    name: str,
+    proxy: KamailioDispatcher,
+    port: int,
+    drain_timeout: float,
+    *,
+    tls: EdgeTls | None = None,
+    tls_port: int | None = None,
+    allowed_warnings: Sequence[str] = (),
+    idle_timeout: float | None = None,
 ) -> GatewayProcess:
-    """A gateway node whose trunk is kamailio: calls from 127.0.0.3 to the DID go to alice."""
-    return GatewayProcess(
+    """A gateway node whose trunk is kamailio: calls from 127.0.0.3 to the DID go to alice.
+    With ``tls`` it listens on TLS at ``tls_port`` too and reaches kamailio over TLS.
+    ``idle_timeout``: of its TCP (and TLS) connections."""
+    settings: dict[str, dict[str, TomlValue]] = {"gateway": {"drain_timeout": drain_timeout}}
+    if idle_timeout is not None:
+        settings["plugins.tcp"] = {"idle_timeout": idle_timeout}
+    allowed_warnings = [r"drain_timeout reached: ending \d+ call\(s\)", *allowed_warnings]
+    if tls is None:
+        return GatewayProcess(
+            tmp_path / name,
+            port=port,
+            accounts=ACCOUNTS,
+            extra_toml=edge_trunk(proxy.address),
+            settings=settings,
+            allowed_warnings=allowed_warnings,
+        )
+    return TlsGatewayProcess(
         tmp_path / name,
         port=port,
+        tls_port=tls_port,
+        tls=tls.node if idle_timeout is None else {**tls.node, "idle_timeout": idle_timeout},
         accounts=ACCOUNTS,
-        extra_toml=edge_trunk(proxy_port),
-        settings={"gateway": {"drain_timeout": drain_timeout}},
-        allowed_warnings=[r"drain_timeout reached: ending \d+ call\(s\)"],
+        extra_toml=edge_trunk(proxy.tls_address, "tls"),
+        settings=settings,
+        allowed_warnings=allowed_warnings,
     )
+
+
+def target(gateway: GatewayProcess) -> str:
+    """The node as kamailio's dispatcher list names it: its TLS listener, or UDP's and TCP's."""
+    if isinstance(gateway, TlsGatewayProcess):
+        return gateway.tls_address
+    return f"{LOOPBACK}:{gateway.port}"
 
 
 @contextmanager
@@ -85,20 +149,38 @@ def pool(
     calls: int = 1,
     call_duration_ms: int = 500,
     node_transport: str = "udp",
+    tls: EdgeTls | None = None,
     alice_scenario: str = "uas_answer.xml",
+    allowed_warnings: Sequence[str] = (),
+    idle_timeout: float | None = None,
 ) -> Iterator[tuple[KamailioDispatcher, list[GatewayProcess], SippUas]]:
-    """kamailio dispatching to two nodes (over ``node_transport``), alice registered at both
-    and answering ``calls``."""
+    """kamailio dispatching to two nodes (over ``node_transport``; over TLS with ``tls``, by
+    default certificates as :meth:`EdgeTls.issue` makes them), alice registered at both and
+    answering ``calls``. ``allowed_warnings`` and ``idle_timeout`` are the nodes'."""
     ports = [free_port_pair(), free_port_pair()]
+    if node_transport == "tls" and tls is None:
+        tls = EdgeTls.issue(tmp_path / "pki")
+    tls_ports = [free_port("tcp"), free_port("tcp")] if tls is not None else [None, None]
     proxy = KamailioDispatcher(
         tmp_path,
-        [f"{LOOPBACK}:{port}" for port in ports],
+        [f"{LOOPBACK}:{tls_port or port}" for port, tls_port in zip(ports, tls_ports, strict=True)],
         ping_interval=ping_interval,
         node_transport=node_transport,
+        tls=tls.kamailio if tls is not None else None,
     )
     nodes = [
-        node(tmp_path, f"node{index}", port, proxy.port, drain_timeout)
-        for index, port in enumerate(ports)
+        node(
+            tmp_path,
+            f"node{index}",
+            proxy,
+            port,
+            drain_timeout,
+            tls=tls,
+            tls_port=tls_port,
+            allowed_warnings=allowed_warnings,
+            idle_timeout=idle_timeout,
+        )
+        for index, (port, tls_port) in enumerate(zip(ports, tls_ports, strict=True))
     ]
     alice = SippUas(
         alice_scenario,
@@ -149,12 +231,12 @@ def end_reasons(gateway: GatewayProcess) -> list[str]:
 def test_kamailio_probes_both_nodes_and_spreads_calls_routed_through_itself(tmp_path: Path) -> None:
     with pool(tmp_path, ping_interval=1, calls=4) as (proxy, nodes, alice):
         # Listed inactive: only a 200 to the dispatcher's OPTIONS brings a node in.
-        proxy.wait_for_states({f"{LOOPBACK}:{gw.port}": "AP" for gw in nodes})
+        proxy.wait_for_states({target(gw): "AP" for gw in nodes})
         result = call(proxy, tmp_path, calls=4, rate=10)
         result.check()
         callee = alice.wait(timeout=20)
     callee.check()
-    assert sorted(proxy.dispatched_to()) == sorted([f"{LOOPBACK}:{gw.port}" for gw in nodes] * 2)
+    assert sorted(proxy.dispatched_to()) == sorted([target(gw) for gw in nodes] * 2)
     for gateway in nodes:
         assert end_reasons(gateway) == ["BYE from A leg"] * 2, gateway.log_text()
     # The nodes answered with kamailio's Record-Route, so the caller's ACK and BYE went back
@@ -197,7 +279,7 @@ def three_calls_while_a_node_drains(
     through kamailio; the first ends as its caller hangs up and the drained node exits 0.
     Returns kamailio, the drained node's dispatcher target and the other node's."""
     with pool(tmp_path, ping_interval=ping_interval, calls=4) as (proxy, nodes, alice):
-        by_target = {f"{LOOPBACK}:{gw.port}": gw for gw in nodes}
+        by_target = {target(gw): gw for gw in nodes}
         if ping_interval:
             proxy.wait_for_states(dict.fromkeys(by_target, "AP"))
         with ThreadPoolExecutor(1) as executor:
@@ -244,41 +326,131 @@ def test_an_invite_reaching_a_draining_node_is_refused_503_and_kamailio_fails_it
     assert after_drain.count(other_target) == 3  # where every one of them was answered
 
 
-@pytest.mark.parametrize("node_transport", ["udp", "tcp"])
+def the_node_hangs_up(
+    tmp_path: Path, node_transport: str, *, caller_timeout: float = 30, **options: Any
+) -> tuple[KamailioDispatcher, GatewayProcess, str, SippResult]:
+    """A call through kamailio still up when its node's drain runs out (``drain_timeout``,
+    3 s), so that the node sends its own BYE to the caller; returns kamailio, that node, its
+    dispatcher target and the caller's sipp, which waits ``caller_timeout`` for the BYE
+    (check it). ``options`` go to :func:`pool`."""
+    with pool(tmp_path, drain_timeout=3, node_transport=node_transport, **options) as (
+        proxy,
+        nodes,
+        alice,
+    ):
+        by_target = {target(gw): gw for gw in nodes}
+        with ThreadPoolExecutor(1) as executor:
+            caller = executor.submit(
+                call, proxy, tmp_path, "uac_call_remote_bye.xml", timeout=caller_timeout
+            )
+            answered_by = first_call_answered(proxy)
+            gateway = by_target[answered_by]
+            sigterm(gateway)
+            result = caller.result(timeout=caller_timeout + 10)
+        assert exit_code(gateway, timeout=15) == 0
+        alice.wait(timeout=20).check()
+    return proxy, gateway, answered_by, result
+
+
+@pytest.mark.parametrize("node_transport", ["udp", "tcp", "tls"])
 def test_the_nodes_own_bye_reaches_the_caller_through_kamailio(
     tmp_path: Path, node_transport: str
 ) -> None:
     """A call still up when the drain runs out gets the node's BYE: towards the caller it
     follows the route set kamailio's Record-Route made (RFC 3261 §12.2.1.1), so kamailio
-    relays it, and the caller sees kamailio's Via above the node's. Over TCP to the nodes
-    (UDP from the caller) kamailio Record-Routes twice, once per side (RFC 5658): the node
-    keeps both in the caller's 200 and sends its BYE to the first, kamailio's TCP side."""
-    with pool(tmp_path, drain_timeout=1, node_transport=node_transport) as (proxy, nodes, alice):
-        by_target = {f"{LOOPBACK}:{gw.port}": gw for gw in nodes}
-        with ThreadPoolExecutor(1) as executor:
-            caller = executor.submit(call, proxy, tmp_path, "uac_call_remote_bye.xml", timeout=30)
-            target = first_call_answered(proxy)
-            gateway = by_target[target]
-            sigterm(gateway)
-            result = caller.result(timeout=40)
-        result.check()  # the BYE reached it and its 200 went back
-        assert exit_code(gateway, timeout=15) == 0
-        callee = alice.wait(timeout=20)
-    callee.check()
+    relays it, and the caller sees kamailio's Via above the node's. Over TCP or TLS to the
+    nodes (UDP from the caller) kamailio Record-Routes twice, once per side (RFC 5658): the
+    node keeps both in the caller's 200 and sends its BYE to kamailio over the connection
+    kamailio opened for the INVITE, still open. Over TLS kamailio and the node each verify the
+    other's certificate (mutual TLS, one operator CA)."""
+    proxy, gateway, answered_by, result = the_node_hangs_up(tmp_path, node_transport)
+    result.check()  # the BYE reached it and its 200 went back
     (answer,) = [
         a for a in result.received("SIP/2.0 200") if re.search(r"^CSeq: 1 INVITE", a, re.M)
     ]
-    record_routes = re.findall(r"^Record-Route: (.*)$", answer, re.M)
-    assert len(record_routes) == (1 if node_transport == "udp" else 2), answer
-    assert all(f"sip:{proxy.address};" in rr for rr in record_routes), answer
+    record_routes = re.findall(r"^Record-Route: <sip:([\d.]+:\d+)([^>]*)>", answer, re.M)
+    hops = [hop for hop, _ in record_routes]
+    if node_transport == "udp":
+        assert hops == [proxy.address], answer
+    else:
+        # The node's side first (kamailio's last hop to it), then the caller's.
+        node_side = proxy.tls_address if node_transport == "tls" else proxy.address
+        assert hops == [node_side, proxy.address], answer
+        assert f";transport={node_transport}" in record_routes[0][1], answer
     (bye,) = result.received("BYE ")
     vias = re.findall(r"^Via: SIP/2.0/(\w+) ([\d.]+:\d+)", bye, re.M)
-    assert vias == [("UDP", proxy.address), (node_transport.upper(), target)], bye
+    assert vias == [("UDP", proxy.address), (node_transport.upper(), answered_by)], bye
     assert "cause=503" in bye, bye
+    log = proxy.log_text()
+    # From the node's listening port: over kamailio's own connection to it (or over UDP).
     assert re.search(
-        rf"in-dialog BYE \S+ from {re.escape(LOOPBACK)}:\d+ to sip:{re.escape(CALLER)}@{TRUNK_IP}:",
-        proxy.log_text(),
-    ), proxy.log_text()
+        rf"in-dialog BYE \S+ from {re.escape(answered_by)} to sip:{re.escape(CALLER)}@{TRUNK_IP}:",
+        log,
+    ), log
+    if node_transport == "tls":
+        # kamailio required and verified the node's certificate on its connection (tls.cfg).
+        assert re.search(r"TLS BYE from \S+ verified=1 cn=node$", log, re.M), log
+        assert re.search(
+            r"^\S+ \S+ INFO \S+ call \S+ protection: caller leg: signalling TLS, trunk's "
+            r"certificate verified;",
+            gateway.log_text(),
+            re.M,
+        ), gateway.log_text()
+
+
+@pytest.mark.parametrize("node_transport", ["tcp", "tls"])
+def test_the_nodes_bye_reaches_the_caller_once_kamailios_connection_is_closed(
+    tmp_path: Path, node_transport: str
+) -> None:
+    """kamailio's connection to the node closes while the call goes on (here the node's
+    ``idle_timeout``, 1 s; kamailio's own ``tcp_connection_lifetime`` is two minutes by
+    default): the node's BYE then goes over a new connection to where kamailio listens, its
+    Record-Route hop (the trunk's address over TLS, where the trunk is configured so),
+    never to the port kamailio's connection came from, which takes no connections. Over TLS
+    the node verifies that kamailio's certificate names 127.0.0.3. Until session 59 the node
+    connected to that port, was refused, and the caller was never told the call had ended."""
+    proxy, gateway, answered_by, result = the_node_hangs_up(
+        tmp_path, node_transport, idle_timeout=1.0
+    )
+    result.check()
+    log = gateway.log_text()
+    closed = log.index(f"{node_transport}: closing idle connection")
+    assert closed < log.index("drain_timeout reached"), log
+    assert "cannot reach" not in log, log
+    # From a port of the node's own choosing: the new connection.
+    kamailio_log = proxy.log_text()
+    bye = re.search(rf"in-dialog BYE \S+ from ({re.escape(LOOPBACK)}:\d+) to ", kamailio_log)
+    assert bye is not None and bye[1] != answered_by, kamailio_log
+    if node_transport == "tls":
+        assert re.search(r"TLS BYE from \S+ verified=1 cn=node$", kamailio_log, re.M)
+
+
+def test_a_node_sends_no_bye_to_a_record_route_hop_whose_certificate_names_another_address(
+    tmp_path: Path,
+) -> None:
+    """kamailio's certificate chains to the operator's CA but names 127.0.0.9, not the
+    127.0.0.3 where its Record-Route and the node's trunk send the node: once kamailio's own
+    connection is closed, the node, as TLS client, refuses the new one (RFC 5922 §7.2: an
+    IP-addressed hop is matched against the certificate's iPAddress entries) and its BYE goes
+    nowhere, rather than to whoever holds that CA's certificate for another host. kamailio's
+    connection to the node (the INVITE) was a client's, whose certificate only has to chain
+    to the CA in mutual mode."""
+    refused = (
+        rf"tls: handshake to {re.escape(ADDRESS)}:\d+ failed \(mutual mode\): "
+        r"certificate does not name 127\.0\.0\.3 \(it names IP:127\.0\.0\.9\)"
+    )
+    _, gateway, _, result = the_node_hangs_up(
+        tmp_path,
+        "tls",
+        idle_timeout=1.0,
+        tls=EdgeTls.issue(tmp_path / "pki", kamailio_names=["127.0.0.9"]),
+        caller_timeout=8,
+        allowed_warnings=[refused, r"tls: connection to \S+ failed"],
+    )
+    assert not result.ok and not result.received("BYE "), result.describe()
+    log = gateway.log_text()
+    assert re.search(refused, log), log
+    assert re.search(rf"cannot reach a leg: .*{re.escape(ADDRESS)}", log), log
 
 
 def test_a_call_out_through_kamailio_follows_its_record_route(tmp_path: Path) -> None:
@@ -424,7 +596,7 @@ def test_nodes_sharing_a_store_reach_a_phone_registered_through_kamailio_from_ei
             port=port,
             accounts=ACCOUNTS if index == 0 else {},  # in the shared store
             settings={"store": store, "gateway": {"domains": [proxy.address]}},
-            extra_toml=edge_trunk(proxy.port),
+            extra_toml=edge_trunk(proxy.address),
         )
         for index, port in enumerate(ports)
     ]
@@ -521,8 +693,8 @@ def test_a_caller_cancelling_through_kamailio_stops_the_phone_ringing(tmp_path: 
         callee = alice.wait(timeout=20)
     callee.check()
     assert result.received("SIP/2.0 487"), result.describe()
-    (target,) = proxy.dispatched_to()
-    (node,) = [gw for gw in nodes if target == f"{LOOPBACK}:{gw.port}"]
+    (dispatched_to,) = proxy.dispatched_to()
+    (node,) = [gw for gw in nodes if target(gw) == dispatched_to]
     (cancel,) = callee.received("CANCEL ")
-    assert re.findall(r"^Via: SIP/2.0/UDP ([\d.]+:\d+)", cancel, re.M) == [target], cancel
+    assert re.findall(r"^Via: SIP/2.0/UDP ([\d.]+:\d+)", cancel, re.M) == [dispatched_to], cancel
     assert end_reasons(node) == ["cancelled by caller"], node.log_text()

@@ -48,6 +48,7 @@ from gateway.core.calls.events import (
 from gateway.core.calls.leg import ALeg, BLeg, Leg, Side
 from gateway.core.calls.location import Location
 from gateway.core.calls.redirect import Diverted
+from gateway.core.calls.routing import reconnect_destination
 from gateway.core.calls.transfer import Transfer
 from gateway.core.interfaces import Caller, IdentityOutcome, RouteTarget
 from gateway.core.logs import transport_error_text
@@ -618,6 +619,31 @@ class CallBase:
         client.forward_to(forward)
         self._forwarded.append(client)
 
+    async def _leg_flow(self, leg: Leg) -> Flow:
+        """The flow to ``leg``'s party (OSError when there is none to be had): the one the leg
+        was set up on while it is open; once that connection is closed, a new one to where
+        the party takes connections (:meth:`_reconnect_to`)."""
+        flow = leg.flow
+        if flow is not None and flow.closed and flow.reliable:
+            return await self.endpoint.flow_to(*self._reconnect_to(leg))
+        return await self.endpoint.flow_to(leg.transport, leg.address, flow)
+
+    def _reconnect_to(self, leg: Leg) -> tuple[str, Address]:
+        """Where a new connection to ``leg``'s party goes once its connection is closed (our
+        ``idle_timeout``, or the party's: kamailio closes idle connections after two minutes
+        by default, long before many calls end): :func:`reconnect_destination`. A B leg to a
+        trunk goes back to the trunk target that took its INVITE, its address."""
+        if leg.peer_kind == "trunk" and leg.side is not _S_A:
+            return leg.transport, leg.address
+        directory = self.manager.gateway.directory
+        trunk = (
+            directory.trunk_hop(leg.peer_name)
+            if leg.peer_kind == "trunk" and leg.peer_name is not None and directory is not None
+            else None
+        )
+        next_hop = leg.dialog.next_hop_uri() if leg.dialog is not None else None
+        return reconnect_destination(leg.transport, leg.address, trunk=trunk, next_hop=next_hop)
+
     async def _send_in_dialog(
         self,
         leg: Leg,
@@ -636,7 +662,7 @@ class CallBase:
         dialog = dialog or leg.dialog
         assert dialog is not None
         try:
-            flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
+            flow = await self._leg_flow(leg)
             via = self.endpoint.new_via(flow)  # OSError: no listener of its transport left
         except OSError as exc:
             # Not sent: the caller answers the request in hand 503 (RFC 3261 §21.5.4) and the
@@ -682,7 +708,7 @@ class CallBase:
         None (logged) when it cannot be sent."""
         try:
             if flow is None:
-                flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
+                flow = await self._leg_flow(leg)
             client = await self.endpoint.send_request(
                 request, transport=flow.transport, address=flow.remote, flow=flow
             )
@@ -820,10 +846,8 @@ class CallBase:
     ) -> None:
         """ACK B's 2xx. In a late-offer call the 2xx carried an offer and the ACK must carry an
         answer: ``body``, or by default one rejecting every stream (a 2xx we BYE at once)."""
-        flow = leg.flow
         try:
-            if flow is None or flow.closed:
-                flow = await self.endpoint.flow_to(leg.transport, leg.address, None)
+            flow = await self._leg_flow(leg)
             via = self.endpoint.new_via(flow)  # OSError: no listener of its transport left
         except OSError as exc:
             # As an ACK lost on the way: the callee re-sends its 2xx, then gives up and ends
@@ -849,7 +873,7 @@ class CallBase:
         # dialog and BYEd by the endpoint, never passed up (ClientRequest._another_dialog).
         assert leg.ack is not None
         try:
-            flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
+            flow = await self._leg_flow(leg)
         except OSError as exc:
             log.info("call %s: cannot resend ACK: %s", self.id, transport_error_text(exc))
             return
@@ -867,7 +891,7 @@ class CallBase:
         if body is None:
             body = self._refusing_answer(leg, response)
         try:
-            flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
+            flow = await self._leg_flow(leg)
             via = self.endpoint.new_via(flow)  # OSError: no listener of its transport left
         except OSError as exc:
             # Nothing we received is in hand (the requester's ACK gets no answer). An ACK

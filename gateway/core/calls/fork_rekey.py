@@ -209,7 +209,7 @@ class CallForkRekey(CallLocationUpdates, CallMediaKeys):
             return
         leg.session_timer = self._refreshed_by_2xx(leg, response)
         try:
-            flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
+            flow = await self._leg_flow(leg)
             via = self.endpoint.new_via(flow)  # OSError: no listener of its transport left
         except OSError as exc:
             # The phone took our new keys but cannot be ACKed: it ends its dialog after 64*T1

@@ -412,7 +412,7 @@ class CallRecordingIndication(CallLocationUpdates, CallMediaKeys):
         self._indication_glare_tries = 0
         leg.session_timer = self._refreshed_by_2xx(leg, response)
         try:
-            flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
+            flow = await self._leg_flow(leg)
             via = self.endpoint.new_via(flow)
         except OSError as exc:
             await self._hang_up(f"signalling failed: {transport_error_text(exc)}")

@@ -291,7 +291,7 @@ class CallReinvites(CallRecordingIndication):
         elif response.is_success:
             leg.session_timer = self._refreshed_by_2xx(leg, response)
             try:
-                flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
+                flow = await self._leg_flow(leg)
                 via = self.endpoint.new_via(flow)  # OSError: no listener of its transport left
             except OSError as exc:
                 # The leg took the offer but cannot be ACKed: the legs would disagree, so the
@@ -385,7 +385,7 @@ class CallReinvites(CallRecordingIndication):
         if response.is_success and last is not None and last.cseq.number == response.cseq.number:
             leg = self._leg(side)
             try:
-                flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
+                flow = await self._leg_flow(leg)
             except OSError as exc:
                 log.info("call %s: cannot resend ACK: %s", self.id, transport_error_text(exc))
                 return

@@ -192,7 +192,7 @@ class CallRinging(CallLocationUpdates, CallMediaKeys):
             dialog.receive_response(response)  # its Contact may move the remote target
         leg.last_rseq[tag] = rseq
         try:
-            flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
+            flow = await self._leg_flow(leg)
             via = self.endpoint.new_via(flow)  # OSError: no listener of its transport left
         except OSError as exc:
             # As a PRACK lost on the way: the callee re-sends its 1xx, then gives up on its

@@ -337,6 +337,43 @@ def destination_for(target: RouteTarget) -> Destination:
     return uri_destination
 
 
+RECONNECTING_TRANSPORTS = frozenset({"tcp", "tls"})
+"""Transports whose legs a new connection can reach when theirs is gone: WebSocket clients
+(browsers) take no connections, and UDP has none to lose."""
+
+
+def reconnect_destination(
+    transport: str,
+    address: Address,
+    *,
+    trunk: Destination | None,
+    next_hop: Uri | None,
+) -> tuple[str, Address]:
+    """Where a new connection goes to the party of a leg over ``transport`` from ``address``
+    whose connection, one the party opened, is closed: that connection came from a port of
+    the party's choosing, which takes no connections.
+
+    ``trunk``: for the caller's leg of a trunk call, the trunk's address (the leg's outbound
+    proxy, as for calls to it; a TLS certificate is then checked against the trunk's name),
+    used when it is over the leg's transport. Else ``next_hop``, the dialog's first
+    Record-Route or its Contact (RFC 3261 §12.2.1.1), when it is an IP address over the leg's
+    transport: a name is not looked up on the call path, and a leg keeps its transport (a
+    secure dialog its TLS, RFC 5630 §3.1.3). Otherwise ``(transport, address)`` as given."""
+    where = (transport, address)
+    if transport not in RECONNECTING_TRANSPORTS:
+        return where
+    if trunk is not None and trunk.transport == transport:
+        return transport, trunk.address
+    if next_hop is None:
+        return where
+    try:
+        hop = destination_for(RouteTarget(str(next_hop)))
+        ip_literal(hop.host)
+    except (UnroutableTarget, ValueError):
+        return where
+    return (transport, hop.address) if hop.transport == transport else where
+
+
 def over_tls_only(targets: Iterable[RouteTarget]) -> tuple[RouteTarget, ...]:
     """The targets among ``targets`` that :func:`destination_for` reaches over TLS (``tls``,
     or ``wss``, which is TLS all the way, RFC 7118 §5), in order: where a call whose caller
@@ -518,6 +555,23 @@ class GatewayDirectory:
             for trunk in trunks_by_prefix((t for t in self.trunks if t.enabled), number)
             if self.trunk_up(trunk.name)
         )
+
+    def trunk_hop(self, trunk: str) -> Destination | None:
+        """Where a new connection to ``trunk`` goes: its address, or for a trunk named by DNS
+        its first target in this call's order (RFC 3263 §4.3); None for a trunk we do not know
+        or whose name has not resolved. What a call the trunk sent us over a connection of its
+        own reaches it by once that connection is closed: the connection came from a port of
+        the trunk's choosing, which takes no connections."""
+        config = self.trunk(trunk)
+        if config is None:
+            return None
+        parts = config.address_parts
+        if parts.is_name:
+            targets = self.dns_targets
+            hops = targets.hops(trunk, 1) if targets is not None and trunk in targets else ()
+            return Destination(hops[0].transport, hops[0].host, hops[0].port) if hops else None
+        assert parts.port is not None  # TRANSPORT:IP:PORT, its port required (config.py)
+        return Destination(parts.transport, parts.host, parts.port)
 
     def trunk_resolved(self, trunk: str) -> bool:
         """Whether ``trunk`` has targets: True for a trunk with an address, for one named by

@@ -3,7 +3,8 @@ operator's edge proxy does (../shared/peers.md §5).
 
 :class:`KamailioDispatcher` writes a kamailio.cfg and dispatcher.list into its run directory,
 starts ``kamailio -DD -E`` (foreground, logging to its log file) on ``ADDRESS:port`` over UDP
-and TCP (it reaches the nodes over ``node_transport``), polls until it answers OPTIONS, and
+and TCP, and on ``ADDRESS:tls_port`` over TLS when it reaches the nodes over TLS
+(``node_transport="tls"``, with a :class:`KamailioTls`), polls until it answers OPTIONS, and
 stops it on the way out. Its routing is the usual load balancer's:
 
 - a new INVITE (or SUBSCRIBE) is Record-Routed and relayed to the next node round robin
@@ -13,6 +14,9 @@ stops it on the way out. Its routing is the usual load balancer's:
 - as the phones' edge it adds a Path to each REGISTER it relays (``add_path_received()``,
   RFC 3327) and sends a node's request along that Path to the phone's address (the path
   module's ``use_received``);
+- over TLS it presents its certificate both ways and requires and verifies the nodes' against
+  its CA (mutual TLS between proxy and nodes, as operators run it across a data centre),
+  logging each TLS request with what it verified;
 - with ``ping_interval`` it sends OPTIONS to every node that often and takes a node out of
   rotation when it answers other than 200 or not at all (``ds_probing_mode`` 1, thresholds of
   1), back when it answers 200 again.
@@ -30,7 +34,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from tests.conftest import require_peer
+import attrs
+
+from tests.conftest import missing, require_peer
 from tests.interop.harness.ports import free_port
 from tests.interop.harness.processes import start_process, stop_process, tail
 
@@ -42,8 +48,40 @@ ADDRESS = "127.0.0.3"
 #: inactive until a first OPTIONS is answered 200.
 INACTIVE_PROBING = 1 | 8
 
+
+@attrs.frozen
+class KamailioTls:
+    """kamailio's certificate and key (PEM files), presented as TLS server and as TLS client,
+    and the CA its peers' certificates must chain to."""
+
+    certificate: Path
+    private_key: Path
+    ca_list: Path
+
+
+# kamailio's tls module (Debian's kamailio-tls-modules): the same certificate as server and as
+# client, and the peer's required and verified both ways.
+_TLS_CONFIG = """\
+[server:default]
+method = TLSv1.2+
+verify_certificate = yes
+require_certificate = yes
+certificate = {certificate}
+private_key = {private_key}
+ca_list = {ca_list}
+
+[client:default]
+method = TLSv1.2+
+verify_certificate = yes
+require_certificate = yes
+certificate = {certificate}
+private_key = {private_key}
+ca_list = {ca_list}
+"""
+
 _CONFIG = """\
 #!KAMAILIO
+{defines}
 debug=2
 log_stderror=yes
 children=2
@@ -57,6 +95,10 @@ rev_dns=no
 use_dns_cache=off
 listen=udp:{address}:{port}
 listen=tcp:{address}:{port}
+#!ifdef WITH_TLS
+enable_tls=yes
+listen=tls:{address}:{tls_port}
+#!endif
 alias="{address}:{port}"
 mpath="{modules}"
 loadmodule "kex.so"
@@ -73,6 +115,10 @@ loadmodule "xlog.so"
 loadmodule "ctl.so"
 loadmodule "dispatcher.so"
 loadmodule "path.so"
+#!ifdef WITH_TLS
+loadmodule "tls.so"
+modparam("tls", "config", "{rundir}/tls.cfg")
+#!endif
 modparam("ctl", "binrpc", "unix:{rundir}/kamailio_ctl")
 modparam("dispatcher", "list_file", "{rundir}/dispatcher.list")
 modparam("dispatcher", "flags", 2)
@@ -89,6 +135,11 @@ request_route {{
   if (is_method("OPTIONS") && uri == myself && $rU == $null) {{
     sl_send_reply("200", "Keepalive"); exit;
   }}
+#!ifdef WITH_TLS
+  if ($pr == "tls") {{
+    xlog("L_INFO", "TLS $rm from $si:$sp verified=$tls_peer_verified cn=$tls_peer_subject_cn\\n");
+  }}
+#!endif
   if (has_totag()) {{
     if (loose_route()) {{
       xlog("L_INFO", "in-dialog $rm $ci from $si:$sp to $ru\\n");
@@ -148,10 +199,18 @@ def _modules_dir() -> str:
     return str(Path(found[0]).parent)
 
 
+def _require_tls_module(modules: str) -> None:
+    """Debian ships kamailio's tls module apart (kamailio-tls-modules); in CI a missing one
+    fails the test, as any missing peer does."""
+    if not (Path(modules) / "tls.so").exists():
+        missing("kamailio's tls module is not installed (apt-get install kamailio-tls-modules)")
+
+
 class KamailioDispatcher:
-    """kamailio on ``ADDRESS:port`` (UDP) dispatching to ``nodes`` (``host:port`` each, UDP),
-    all inactive until each answers OPTIONS when ``ping_interval`` (seconds) is given, all active
-    from the start without it (no OPTIONS sent)."""
+    """kamailio on ``ADDRESS:port`` (UDP and TCP) dispatching to ``nodes`` (``host:port`` each,
+    over ``node_transport``), all inactive until each answers OPTIONS when ``ping_interval``
+    (seconds) is given, all active from the start without it (no OPTIONS sent). With
+    ``node_transport="tls"`` it also listens on ``ADDRESS:tls_port`` with ``tls``."""
 
     def __init__(
         self,
@@ -160,11 +219,16 @@ class KamailioDispatcher:
         *,
         ping_interval: int = 0,
         node_transport: str = "udp",
+        tls: KamailioTls | None = None,
     ) -> None:
+        if (node_transport == "tls") != (tls is not None):
+            raise ValueError("kamailio reaches its nodes over TLS with certificates, or neither")
         self.binary = require_peer("kamailio")
         self.kamcmd = require_peer("kamcmd")
         self.rundir = workdir / "kamailio"
         self.port = free_port("both")  # it listens on UDP and TCP
+        self.tls = tls
+        self.tls_port = free_port("tcp") if tls is not None else None
         self.nodes = tuple(nodes)
         self.ping_interval = ping_interval
         self.node_transport = node_transport
@@ -176,6 +240,13 @@ class KamailioDispatcher:
         """``127.0.0.3:PORT``, the target for sipp and the nodes' trunk."""
         return f"{ADDRESS}:{self.port}"
 
+    @property
+    def tls_address(self) -> str:
+        """``127.0.0.3:TLS_PORT``, where the nodes reach it over TLS."""
+        if self.tls_port is None:
+            raise ValueError("this kamailio does not listen on TLS")
+        return f"{ADDRESS}:{self.tls_port}"
+
     def start(self) -> None:
         """Write the config and list, start kamailio, poll until it answers OPTIONS."""
         self.rundir.mkdir(parents=True, exist_ok=True)
@@ -184,12 +255,24 @@ class KamailioDispatcher:
         (self.rundir / "dispatcher.list").write_text(
             "".join(f"1 sip:{node}{params} {flags} 0\n" for node in self.nodes)
         )
+        modules = _modules_dir()
+        if self.tls is not None:
+            _require_tls_module(modules)
+            (self.rundir / "tls.cfg").write_text(
+                _TLS_CONFIG.format(
+                    certificate=self.tls.certificate,
+                    private_key=self.tls.private_key,
+                    ca_list=self.tls.ca_list,
+                )
+            )
         config = self.rundir / "kamailio.cfg"
         config.write_text(
             _CONFIG.format(
+                defines="#!define WITH_TLS" if self.tls is not None else "",
                 address=ADDRESS,
                 port=self.port,
-                modules=_modules_dir(),
+                tls_port=self.tls_port,
+                modules=modules,
                 rundir=self.rundir,
                 ping_interval=self.ping_interval,
             )

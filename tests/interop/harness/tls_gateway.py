@@ -40,11 +40,12 @@ class TlsGatewayProcess(GatewayProcess):
         settings: Mapping[str, Mapping[str, TomlValue]] | None = None,
         extra_toml: str = "",
         port: int | None = None,
+        tls_port: int | None = None,
         plugins: Sequence[str] = ("udp", "tcp", "tls"),
         **kwargs: Any,
     ) -> None:
         port = free_port_pair() if port is None else port
-        self.tls_port = free_port("tcp")
+        self.tls_port = free_port("tcp") if tls_port is None else tls_port
         merged: dict[str, dict[str, TomlValue]] = {
             table: dict(keys) for table, keys in (settings or {}).items()
         }

@@ -1,0 +1,123 @@
+"""Where a new connection goes to a leg's party once the connection it opened is closed
+(``routing.reconnect_destination``, ``GatewayDirectory.trunk_hop``): never back to the port
+the party's connection came from, which takes no connections. The interop test with kamailio
+(tests/interop/test_kamailio_dispatcher.py) is where the reason shows."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.core.calls.routing import Destination, GatewayDirectory, reconnect_destination
+from gateway.core.calls.trunk_dns import Resolution, TrunkHop, TrunkTargets
+from gateway.core.config import DnsSection, TrunkConfig
+from gateway.core.sip.grammar import parse_uri_untrusted
+from gateway.core.sip.uri import Uri
+from gateway.core.store.sqlite import SqliteStore
+from gateway.core.transport.flows import FlowTable
+from gateway.testing.fake_dns import FakeResolver
+
+#: Where the party's connection came from: an ephemeral port of its own.
+SOURCE = ("192.0.2.3", 41234)
+EDGE_TLS = Destination("tls", "192.0.2.3", 5061)
+
+
+def uri(text: str) -> Uri:
+    return parse_uri_untrusted(text)
+
+
+def test_a_trunk_is_reached_at_its_address_over_the_legs_transport() -> None:
+    assert reconnect_destination(
+        "tls", SOURCE, trunk=EDGE_TLS, next_hop=uri("sip:192.0.2.99:5071;transport=tls;lr")
+    ) == ("tls", ("192.0.2.3", 5061))
+
+
+def test_a_trunk_configured_over_another_transport_is_reached_at_its_record_route() -> None:
+    """kamailio as a UDP trunk that relays over TCP: its Record-Route names its TCP side."""
+    udp_trunk = Destination("udp", "192.0.2.3", 5060)
+    assert reconnect_destination(
+        "tcp", SOURCE, trunk=udp_trunk, next_hop=uri("sip:192.0.2.3:5060;transport=tcp;r2=on;lr")
+    ) == ("tcp", ("192.0.2.3", 5060))
+
+
+@pytest.mark.parametrize(
+    ("transport", "next_hop", "expected"),
+    [
+        # The dialog's next hop over the leg's transport, its default port (RFC 3263 §4.2).
+        ("tcp", "sip:alice@198.51.100.20:5070;transport=tcp", ("198.51.100.20", 5070)),
+        ("tls", "sips:alice@198.51.100.20", ("198.51.100.20", 5061)),
+        ("tls", "sip:[2001:db8::7];transport=tls;lr", ("2001:db8::7", 5061)),
+        # A name is not looked up on the call path: the leg's address, as before.
+        ("tcp", "sip:alice@pbx.example;transport=tcp", SOURCE),
+        # Another transport than the leg's: a leg keeps its own (TLS above all).
+        ("tls", "sip:alice@198.51.100.20:5060;transport=tcp", SOURCE),
+        ("tcp", "sip:alice@198.51.100.20:5060", SOURCE),
+        # Nothing to send to.
+        ("tcp", "tel:+4930123456", SOURCE),
+    ],
+)
+def test_any_other_party_is_reached_at_the_dialogs_next_hop_when_it_is_an_ip_address(
+    transport: str, next_hop: str, expected: tuple[str, int]
+) -> None:
+    assert reconnect_destination(transport, SOURCE, trunk=None, next_hop=uri(next_hop)) == (
+        transport,
+        expected,
+    )
+
+
+@pytest.mark.parametrize("transport", ["udp", "ws", "wss"])
+def test_only_tcp_and_tls_legs_are_reconnected_elsewhere(transport: str) -> None:
+    """UDP has no connection to lose; a browser takes no connections."""
+    hop = uri(f"sip:198.51.100.20:5070;transport={transport}")
+    trunk = Destination(transport, "192.0.2.3", 5070)
+    assert reconnect_destination(transport, SOURCE, trunk=trunk, next_hop=hop) == (
+        transport,
+        SOURCE,
+    )
+
+
+def test_without_a_dialog_the_leg_keeps_its_address() -> None:
+    assert reconnect_destination("tcp", SOURCE, trunk=None, next_hop=None) == ("tcp", SOURCE)
+
+
+@pytest.fixture
+def directory(tmp_path: Path) -> Iterator[GatewayDirectory]:
+    trunks = [
+        TrunkConfig(name="edge", address="tls:192.0.2.3:5061"),
+        TrunkConfig(name="pbx", address="tcp:192.0.2.4:5080"),
+        TrunkConfig(name="named", address="tls:sip.carrier.example"),
+        TrunkConfig(name="pending", address="tcp:sip.pending.example"),
+    ]
+    targets = TrunkTargets(
+        trunks,
+        DnsSection(),
+        FakeResolver(),
+        rng=random.Random(1),
+        on_unresolved=lambda trunk, why: None,
+        on_resolved=lambda trunk: None,
+        on_change=lambda trunk, resolution: None,
+    )
+    first, second = TrunkHop("tls", "198.51.100.1", 5061), TrunkHop("tls", "198.51.100.2", 5061)
+    targets._resolved["named"] = Resolution(groups=(((0, (first, second)),),), ttl=300)
+    store = SqliteStore.open(tmp_path)
+    yield GatewayDirectory(
+        store,
+        FlowTable(),
+        trunks,
+        frozenset({"gw.example"}),
+        now=lambda: 0.0,
+        trunk_targets=targets,
+    )
+    store.close()
+
+
+def test_a_trunks_hop_is_its_address_or_its_first_dns_target(directory: GatewayDirectory) -> None:
+    assert directory.trunk_hop("edge") == Destination("tls", "192.0.2.3", 5061)
+    assert directory.trunk_hop("pbx") == Destination("tcp", "192.0.2.4", 5080)
+    assert directory.trunk_hop("named") == Destination("tls", "198.51.100.1", 5061)
+    # Not resolved yet, or no such trunk: nowhere better than the leg's address.
+    assert directory.trunk_hop("pending") is None
+    assert directory.trunk_hop("nobody") is None
