@@ -43,6 +43,7 @@ from tests.interop.sipp_calls import (
     DID,
     TRUNK_IP,
     account_call,
+    header,
     inbound_trunk,
     register,
     trunk_call,
@@ -423,6 +424,32 @@ def test_the_nodes_bye_reaches_the_caller_once_kamailios_connection_is_closed(
     assert bye is not None and bye[1] != answered_by, kamailio_log
     if node_transport == "tls":
         assert re.search(r"TLS BYE from \S+ verified=1 cn=node$", kamailio_log, re.M)
+
+
+def test_the_nodes_session_refresh_reaches_the_caller_through_kamailio_over_a_new_connection(
+    tmp_path: Path,
+) -> None:
+    """RFC 4028 through kamailio over TCP, in real time (about 46 s): the carrier asks the
+    node to refresh a 90 s session and refreshes once itself (its UPDATE reaches the node
+    through kamailio); kamailio's connection to the node is closed while the call goes on
+    (the node's ``idle_timeout``, 1 s), and the node's own UPDATE at half the interval goes
+    over a new connection to kamailio's TCP side in the Record-Route, and on to the carrier.
+    Before session 59 that UPDATE went to the port kamailio's connection came from and was
+    never sent ("cannot reach a leg"), and the carrier, unrefreshed, would end the call."""
+    with pool(tmp_path, node_transport="tcp", idle_timeout=1.0) as (proxy, nodes, alice):
+        result = call(proxy, tmp_path, "calls/uac_call_session_timer.xml", timeout=80)
+        result.check()  # the 200s stated the timer; the node's UPDATE came within 60 s
+        alice.wait(timeout=20).check()
+    (update,) = result.received("UPDATE ")
+    assert header(update, "Session-Expires") == "90;refresher=uac", update
+    (answered_by,) = proxy.dispatched_to()
+    (gateway,) = [gw for gw in nodes if target(gw) == answered_by]
+    log = gateway.log_text()
+    assert "tcp: closing idle connection" in log and "cannot reach" not in log, log
+    assert end_reasons(gateway) == ["BYE from A leg"], log
+    # The node's UPDATE left from a port of its own choosing: its new connection.
+    sent = re.search(r"in-dialog UPDATE \S+ from (\S+) to sip:\+", proxy.log_text())
+    assert sent is not None and sent[1] != answered_by, proxy.log_text()
 
 
 def test_a_node_sends_no_bye_to_a_record_route_hop_whose_certificate_names_another_address(
