@@ -43,6 +43,7 @@ from tests.interop.sipp_calls import (
     DID,
     TRUNK_IP,
     account_call,
+    header,
     inbound_trunk,
     register,
     trunk_call,
@@ -425,6 +426,32 @@ def test_the_nodes_bye_reaches_the_caller_once_kamailios_connection_is_closed(
         assert re.search(r"TLS BYE from \S+ verified=1 cn=node$", kamailio_log, re.M)
 
 
+def test_the_nodes_session_refresh_reaches_the_caller_through_kamailio_over_a_new_connection(
+    tmp_path: Path,
+) -> None:
+    """RFC 4028 through kamailio over TCP, in real time (about 46 s): the carrier asks the
+    node to refresh a 90 s session and refreshes once itself (its UPDATE reaches the node
+    through kamailio); kamailio's connection to the node is closed while the call goes on
+    (the node's ``idle_timeout``, 1 s), and the node's own UPDATE at half the interval goes
+    over a new connection to kamailio's TCP side in the Record-Route, and on to the carrier.
+    Before session 59 that UPDATE went to the port kamailio's connection came from and was
+    never sent ("cannot reach a leg"), and the carrier, unrefreshed, would end the call."""
+    with pool(tmp_path, node_transport="tcp", idle_timeout=1.0) as (proxy, nodes, alice):
+        result = call(proxy, tmp_path, "calls/uac_call_session_timer.xml", timeout=80)
+        result.check()  # the 200s stated the timer; the node's UPDATE came within 60 s
+        alice.wait(timeout=20).check()
+    (update,) = result.received("UPDATE ")
+    assert header(update, "Session-Expires") == "90;refresher=uac", update
+    (answered_by,) = proxy.dispatched_to()
+    (gateway,) = [gw for gw in nodes if target(gw) == answered_by]
+    log = gateway.log_text()
+    assert "tcp: closing idle connection" in log and "cannot reach" not in log, log
+    assert end_reasons(gateway) == ["BYE from A leg"], log
+    # The node's UPDATE left from a port of its own choosing: its new connection.
+    sent = re.search(r"in-dialog UPDATE \S+ from (\S+) to sip:\+", proxy.log_text())
+    assert sent is not None and sent[1] != answered_by, proxy.log_text()
+
+
 def test_a_node_sends_no_bye_to_a_record_route_hop_whose_certificate_names_another_address(
     tmp_path: Path,
 ) -> None:
@@ -495,16 +522,24 @@ def edge_and_node(
     gateway: dict[str, TomlValue] | None = None,
     extra_toml: str = "",
     allowed_warnings: Sequence[str] = (),
+    node_transport: str = "udp",
+    idle_timeout: float | None = None,
 ) -> tuple[KamailioDispatcher, GatewayProcess]:
-    """kamailio as the phones' edge in front of one node, whose domains include kamailio's
-    address (phones register alice@kamailio); ``gateway`` adds ``[gateway]`` keys."""
+    """kamailio as the phones' edge in front of one node (reached over ``node_transport``,
+    UDP or TCP), whose domains include kamailio's address (phones register alice@kamailio);
+    ``gateway`` adds ``[gateway]`` keys, ``idle_timeout`` is the node's TCP one."""
     node_port = free_port_pair()
-    proxy = KamailioDispatcher(tmp_path, [f"{LOOPBACK}:{node_port}"])
+    proxy = KamailioDispatcher(tmp_path, [f"{LOOPBACK}:{node_port}"], node_transport=node_transport)
+    settings: dict[str, dict[str, TomlValue]] = {
+        "gateway": {"domains": [proxy.address], **(gateway or {})}
+    }
+    if idle_timeout is not None:
+        settings["plugins.tcp"] = {"idle_timeout": idle_timeout}
     node = GatewayProcess(
         tmp_path / "node",
         port=node_port,
         accounts=ACCOUNTS,
-        settings={"gateway": {"domains": [proxy.address], **(gateway or {})}},
+        settings=settings,
         extra_toml=extra_toml,
         allowed_warnings=allowed_warnings,
     )
@@ -650,12 +685,22 @@ def test_a_guesser_behind_kamailio_is_blocked_alone_when_kamailio_is_an_auth_pro
         assert "SIP/2.0 403 Too Many Failed Authentications" in result.messages(), result.describe()
 
 
-def test_a_watchers_notifies_come_through_kamailio(tmp_path: Path) -> None:
+@pytest.mark.parametrize("node_transport", ["udp", "tcp"])
+def test_a_watchers_notifies_come_through_kamailio(tmp_path: Path, node_transport: str) -> None:
     """A buddy list through kamailio: bob's SUBSCRIBE to alice's presence is Record-Routed,
     so the node's NOTIFYs (the first, and the one ending the subscription as the node stops)
     follow that route set back through kamailio (RFC 6665 §4.1.3, RFC 3261 §12.1.1), as a
-    phone behind the edge's NAT or TLS connection needs."""
-    proxy, gateway = edge_and_node(tmp_path, extra_toml='[presence]\nallow = "all-accounts"\n')
+    phone behind the edge's NAT or TLS connection needs. Over TCP kamailio's connection to
+    the node is closed (the node's ``idle_timeout``, 1 s here; kamailio's own lifetime is two
+    minutes) before the last NOTIFY, which goes over a new connection to kamailio's TCP side
+    in its Record-Route; before session 59 it went to the port kamailio's connection came
+    from, was refused, and bob's lamp kept showing alice present."""
+    proxy, gateway = edge_and_node(
+        tmp_path,
+        extra_toml='[presence]\nallow = "all-accounts"\n',
+        node_transport=node_transport,
+        idle_timeout=1.0 if node_transport == "tcp" else None,
+    )
     with proxy, gateway, ThreadPoolExecutor(1) as executor:
         register(gateway, tmp_path, "udp", free_port_pair())  # alice: present
         watching = executor.submit(
@@ -670,6 +715,8 @@ def test_a_watchers_notifies_come_through_kamailio(tmp_path: Path) -> None:
         )
         gateway.wait_for_log(r"bob watches the presence of alice for 600 s")
         proxy.wait_for_log(r"in-dialog NOTIFY ")
+        if node_transport == "tcp":
+            gateway.wait_for_log(r"tcp: closing idle connection .*<->127\.0\.0\.3:")
         assert gateway.stop() == 0
         watcher = watching.result(timeout=30)
     watcher.check()
@@ -679,8 +726,13 @@ def test_a_watchers_notifies_come_through_kamailio(tmp_path: Path) -> None:
     assert "Subscription-State: terminated;reason=deactivated\n" in notifies[1]
     node = f"{LOOPBACK}:{gateway.port}"
     for notify in notifies:
-        vias = re.findall(r"^Via: SIP/2.0/UDP ([\d.]+:\d+)", notify, re.M)
-        assert vias == [proxy.address, node], notify
+        vias = re.findall(r"^Via: SIP/2.0/(\w+) ([\d.]+:\d+)", notify, re.M)
+        assert vias == [("UDP", proxy.address), (node_transport.upper(), node)], notify
+    if node_transport == "tcp":
+        # The first over kamailio's connection (from the node's listening port), the last
+        # over the node's own.
+        sources = re.findall(r"in-dialog NOTIFY \S+ from (\S+) to ", proxy.log_text())
+        assert len(sources) == 2 and sources[0] == node and sources[1] != node, sources
 
 
 def test_a_caller_cancelling_through_kamailio_stops_the_phone_ringing(tmp_path: Path) -> None:

@@ -544,9 +544,7 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
             return
         transferee.session_timer = self._refreshed_by_2xx(transferee, response)
         try:
-            flow = await self.endpoint.flow_to(
-                transferee.transport, transferee.address, transferee.flow
-            )
+            flow = await self._leg_flow(transferee)
             via = self.endpoint.new_via(flow)  # OSError: no listener of its transport left
         except OSError as exc:
             await self._complete_transfer()
@@ -906,9 +904,7 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
         assert transferee.dialog is not None and transferee.security is not None
         assert leg.security is not None and leg.dialog is not None and leg.final is not None
         try:
-            flow = await self.endpoint.flow_to(
-                transferee.transport, transferee.address, transferee.flow
-            )
+            flow = await self._leg_flow(transferee)
             via = self.endpoint.new_via(flow)  # OSError: no listener of its transport left
         except OSError as exc:
             # Nothing we received is in hand (the REFER has its 202; the transferor hears of
