@@ -61,16 +61,7 @@ class KamailioTls:
 
 # kamailio's tls module (Debian's kamailio-tls-modules): the same certificate as server and as
 # client, and the peer's required and verified both ways.
-_TLS_CONFIG = """\
-[server:default]
-method = TLSv1.2+
-verify_certificate = yes
-require_certificate = yes
-certificate = {certificate}
-private_key = {private_key}
-ca_list = {ca_list}
-
-[client:default]
+_TLS_DOMAIN = """\
 method = TLSv1.2+
 verify_certificate = yes
 require_certificate = yes
@@ -78,6 +69,7 @@ certificate = {certificate}
 private_key = {private_key}
 ca_list = {ca_list}
 """
+_TLS_CONFIG = f"[server:default]\n{_TLS_DOMAIN}\n[client:default]\n{_TLS_DOMAIN}"
 
 _CONFIG = """\
 #!KAMAILIO

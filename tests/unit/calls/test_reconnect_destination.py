@@ -1,24 +1,16 @@
 """Where a new connection goes to a leg's party once the connection it opened is closed
-(``routing.reconnect_destination``, ``GatewayDirectory.trunk_hop``): never back to the port
-the party's connection came from, which takes no connections. The interop test with kamailio
-(tests/interop/test_kamailio_dispatcher.py) is where the reason shows."""
+(``routing.reconnect_destination``; the trunk's address, ``GatewayDirectory.trunk_hop``, is
+tested in test_trunk_dns_naptr.py): never back to the port the party's connection came from,
+which takes no connections. The interop tests with kamailio
+(tests/interop/test_kamailio_dispatcher.py) are where the reason shows."""
 
 from __future__ import annotations
 
-import random
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
-from gateway.core.calls.routing import Destination, GatewayDirectory, reconnect_destination
-from gateway.core.calls.trunk_dns import Resolution, TrunkHop, TrunkTargets
-from gateway.core.config import DnsSection, TrunkConfig
+from gateway.core.calls.routing import Destination, reconnect_destination
 from gateway.core.sip.grammar import parse_uri_untrusted
 from gateway.core.sip.uri import Uri
-from gateway.core.store.sqlite import SqliteStore
-from gateway.core.transport.flows import FlowTable
-from gateway.testing.fake_dns import FakeResolver
 
 #: Where the party's connection came from: an ephemeral port of its own.
 SOURCE = ("192.0.2.3", 41234)
@@ -81,43 +73,3 @@ def test_only_tcp_and_tls_legs_are_reconnected_elsewhere(transport: str) -> None
 
 def test_without_a_dialog_the_leg_keeps_its_address() -> None:
     assert reconnect_destination("tcp", SOURCE, trunk=None, next_hop=None) == ("tcp", SOURCE)
-
-
-@pytest.fixture
-def directory(tmp_path: Path) -> Iterator[GatewayDirectory]:
-    trunks = [
-        TrunkConfig(name="edge", address="tls:192.0.2.3:5061"),
-        TrunkConfig(name="pbx", address="tcp:192.0.2.4:5080"),
-        TrunkConfig(name="named", address="tls:sip.carrier.example"),
-        TrunkConfig(name="pending", address="tcp:sip.pending.example"),
-    ]
-    targets = TrunkTargets(
-        trunks,
-        DnsSection(),
-        FakeResolver(),
-        rng=random.Random(1),
-        on_unresolved=lambda trunk, why: None,
-        on_resolved=lambda trunk: None,
-        on_change=lambda trunk, resolution: None,
-    )
-    first, second = TrunkHop("tls", "198.51.100.1", 5061), TrunkHop("tls", "198.51.100.2", 5061)
-    targets._resolved["named"] = Resolution(groups=(((0, (first, second)),),), ttl=300)
-    store = SqliteStore.open(tmp_path)
-    yield GatewayDirectory(
-        store,
-        FlowTable(),
-        trunks,
-        frozenset({"gw.example"}),
-        now=lambda: 0.0,
-        trunk_targets=targets,
-    )
-    store.close()
-
-
-def test_a_trunks_hop_is_its_address_or_its_first_dns_target(directory: GatewayDirectory) -> None:
-    assert directory.trunk_hop("edge") == Destination("tls", "192.0.2.3", 5061)
-    assert directory.trunk_hop("pbx") == Destination("tcp", "192.0.2.4", 5080)
-    assert directory.trunk_hop("named") == Destination("tls", "198.51.100.1", 5061)
-    # Not resolved yet, or no such trunk: nowhere better than the leg's address.
-    assert directory.trunk_hop("pending") is None
-    assert directory.trunk_hop("nobody") is None

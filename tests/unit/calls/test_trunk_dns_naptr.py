@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.core.calls.routing import GatewayDirectory, TrunkHopTarget, trunk_uri
+from gateway.core.calls.routing import Destination, GatewayDirectory, TrunkHopTarget, trunk_uri
 from gateway.core.calls.trunk_dns import (
     NaptrRecord,
     Resolution,
@@ -173,3 +173,15 @@ def test_an_unresolved_named_trunk_has_no_targets(tmp_path: Path) -> None:
     directory = _directory(tmp_path, None)
     assert directory.trunk_targets("named", "+15551234") == ()
     assert directory.trunk_target("named", "+15551234") is None
+
+
+def test_a_trunks_hop_is_its_address_or_its_first_dns_target(tmp_path: Path) -> None:
+    """Where a new connection to the trunk goes once a call's connection from it is closed
+    (routing.reconnect_destination; tests/unit/calls/test_reconnect_destination.py)."""
+    first, second = TrunkHop("tls", "192.0.2.1", 5061), TrunkHop("tcp", "192.0.2.2", 5060)
+    directory = _directory(tmp_path, Resolution(groups=(((0, (first, second)),),), ttl=60.0))
+    assert directory.trunk_hop("named") == Destination("tls", "192.0.2.1", 5061)
+    assert directory.trunk_hop("ip") == Destination("udp", "192.0.2.50", 5060)
+    assert directory.trunk_hop("nobody") is None
+    # Not resolved yet: nowhere better than the leg's address.
+    assert _directory(tmp_path / "unresolved", None).trunk_hop("named") is None
