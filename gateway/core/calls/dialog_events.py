@@ -70,7 +70,7 @@ import trio
 
 from gateway.core.calls.leg import BLeg
 from gateway.core.calls.messages import send_and_wait
-from gateway.core.calls.routing import Destination, called_user, reconnect_destination
+from gateway.core.calls.routing import called_user, subscriber_destination
 from gateway.core.failure_log import FailureLog
 from gateway.core.logs import log_exception
 from gateway.core.sip.dialog import Dialog, require_contact
@@ -608,7 +608,7 @@ class DialogEvents:
         _, final = await send_and_wait(
             self.endpoint,
             request.with_headers(request.headers.remove("Via")),
-            _notify_destination(watch, flow),
+            subscriber_destination(flow, watch.dialog),
             trunk=None,
             cnonce=lambda: self.gateway.ids.token_hex(8),
             next_cseq=watch.dialog.take_cseq,
@@ -952,16 +952,3 @@ def _accepts(accept: Sequence[str], body_type: str) -> bool:
         return True
     types = {item.split(";")[0].strip().lower() for value in accept for item in value.split(",")}
     return bool(types & {body_type, "application/*", "*/*"})
-
-
-def _notify_destination(watch: Watch, flow: Flow) -> Destination:
-    """Where a NOTIFY goes: over the flow of the subscriber's latest request; once that is a
-    closed connection (an edge proxy's, closed after its idle lifetime), over a new one to
-    the subscription dialog's next hop (:func:`reconnect_destination`), not to the port the
-    closed one came from."""
-    if flow.closed and flow.reliable:
-        transport, (host, port) = reconnect_destination(
-            flow.transport, flow.remote, trunk=None, next_hop=watch.dialog.next_hop_uri()
-        )
-        return Destination(transport, host, port)
-    return Destination(flow.transport, flow.remote[0], flow.remote[1], flow)

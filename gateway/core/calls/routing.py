@@ -55,6 +55,7 @@ from gateway.core.ip import ip_literal
 from gateway.core.logs import shown_text
 from gateway.core.plugins import PluginHookError, raising_plugin
 from gateway.core.registrar import RegistrarPolicy
+from gateway.core.sip.dialog import Dialog
 from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.grammar import parse_name_addr_untrusted, parse_uri_untrusted
 from gateway.core.sip.message import Request
@@ -372,6 +373,20 @@ def reconnect_destination(
     except (UnroutableTarget, ValueError):
         return where
     return (transport, hop.address) if hop.transport == transport else where
+
+
+def subscriber_destination(flow: Flow, dialog: Dialog) -> Destination:
+    """Where a NOTIFY in a subscription's ``dialog`` goes: over ``flow``, the one the
+    subscriber's latest request came on (the way through its NAT); once that is a closed
+    connection (an edge proxy's, closed after its idle lifetime), over a new one to the
+    dialog's next hop (:func:`reconnect_destination`), not to the port the closed one came
+    from."""
+    if flow.closed and flow.reliable:
+        transport, (host, port) = reconnect_destination(
+            flow.transport, flow.remote, trunk=None, next_hop=dialog.next_hop_uri()
+        )
+        return Destination(transport, host, port)
+    return Destination(flow.transport, flow.remote[0], flow.remote[1], flow)
 
 
 def over_tls_only(targets: Iterable[RouteTarget]) -> tuple[RouteTarget, ...]:

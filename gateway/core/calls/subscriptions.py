@@ -72,6 +72,7 @@ from gateway.core.calls.routing import (
     UnroutableTarget,
     called_user,
     destination_for,
+    subscriber_destination,
     trunk_uri,
 )
 from gateway.core.calls.targets import NO_TIMELY_RESPONSE
@@ -823,7 +824,8 @@ class Subscriptions:
         body: bytes = b"",
         content_type: str | None = None,
     ) -> Response:
-        """A NOTIFY to the phone in its dialog, over the flow its SUBSCRIBE came on."""
+        """A NOTIFY to the phone in its dialog, over the flow its SUBSCRIBE came on (once
+        that is a closed connection, to the dialog's next hop: subscriber_destination)."""
         dialog = subscription.phone_dialog
         assert dialog is not None
         flow = subscription.phone_flow
@@ -838,7 +840,7 @@ class Subscriptions:
         _, final = await send_and_wait(
             self.endpoint,
             request.with_headers(request.headers.remove("Via")),
-            Destination(flow.transport, flow.remote[0], flow.remote[1], flow),
+            subscriber_destination(flow, dialog),
             trunk=None,
             cnonce=lambda: self.gateway.ids.token_hex(8),
             next_cseq=dialog.take_cseq,

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.core.calls.routing import Destination, reconnect_destination
-from gateway.core.sip.grammar import parse_uri_untrusted
+from gateway.core.calls.routing import Destination, reconnect_destination, subscriber_destination
+from gateway.core.sip.dialog import Dialog, DialogState
+from gateway.core.sip.grammar import parse_name_addr_untrusted, parse_uri_untrusted
 from gateway.core.sip.uri import Uri
+from gateway.core.transport.flows import Flow, FlowKey
 
 #: Where the party's connection came from: an ephemeral port of its own.
 SOURCE = ("192.0.2.3", 41234)
@@ -73,3 +75,45 @@ def test_only_tcp_and_tls_legs_are_reconnected_elsewhere(transport: str) -> None
 
 def test_without_a_dialog_the_leg_keeps_its_address() -> None:
     assert reconnect_destination("tcp", SOURCE, trunk=None, next_hop=None) == ("tcp", SOURCE)
+
+
+async def _never_sent(data: bytes) -> None:
+    raise AssertionError("nothing is sent here")
+
+
+def subscription_dialog(route: str | None) -> Dialog:
+    """A watcher's subscription dialog, its SUBSCRIBE Record-Routed by ``route`` (or none)."""
+    return Dialog(
+        call_id="sub-1",
+        local_tag="ours",
+        remote_tag="theirs",
+        local_uri=parse_name_addr_untrusted("<sip:alice@gw.example>"),
+        remote_uri=parse_name_addr_untrusted("<sip:bob@gw.example>"),
+        remote_target=uri("sip:bob@10.0.0.7:5060;transport=tcp"),
+        route_set=() if route is None else (parse_name_addr_untrusted(route),),
+        local_seq=None,
+        remote_seq=1,
+        secure=False,
+        state=DialogState.CONFIRMED,
+    )
+
+
+def test_a_notify_goes_over_the_subscribers_flow_while_it_is_open() -> None:
+    flow = Flow(FlowKey("tcp", ("192.0.2.1", 5060), SOURCE), _never_sent, reliable=True)
+    route = "<sip:192.0.2.3:5060;transport=tcp;lr>"
+    destination = subscriber_destination(flow, subscription_dialog(route))
+    assert destination.address == SOURCE and destination.flow is flow
+    # A closed UDP flow is only an address: the same address, as ever.
+    udp = Flow(FlowKey("udp", ("192.0.2.1", 5060), SOURCE), _never_sent, reliable=False)
+    udp.closed = True
+    assert subscriber_destination(udp, subscription_dialog(route)).address == SOURCE
+
+
+def test_a_notify_after_the_edges_connection_closed_goes_to_its_record_route() -> None:
+    flow = Flow(FlowKey("tcp", ("192.0.2.1", 5060), SOURCE), _never_sent, reliable=True)
+    flow.closed = True
+    route = "<sip:192.0.2.3:5060;transport=tcp;lr>"
+    destination = subscriber_destination(flow, subscription_dialog(route))
+    assert destination == Destination("tcp", "192.0.2.3", 5060) and destination.flow is None
+    # Without a Record-Route: the subscriber's Contact.
+    assert subscriber_destination(flow, subscription_dialog(None)).address == ("10.0.0.7", 5060)
