@@ -622,6 +622,31 @@ def test_a_phone_registered_through_kamailio_with_a_path_is_called_through_it(
         assert re.search(rf"in-dialog {method} \S+ from {re.escape(node)} {to_alice}", log), log
 
 
+def test_a_phone_registered_through_kamailio_over_tcp_is_called_after_its_connection_closed(
+    tmp_path: Path,
+) -> None:
+    """kamailio relays alice's REGISTER to the node over TCP, so her Path names kamailio's TCP
+    side; that connection is closed (the node's ``idle_timeout``, 1 s) before a call for her,
+    which the node sends along the Path over a new connection of its own, not the REGISTER's
+    closed one (RFC 3327 §5.3: the Path is the way to the contact)."""
+    alice = SippUas("uas_answer.xml", workdir=tmp_path)
+    proxy, gateway = edge_and_node(
+        tmp_path, extra_toml=inbound_trunk(), node_transport="tcp", idle_timeout=1.0
+    )
+    with proxy, gateway:
+        register_through(proxy, tmp_path, port=alice.port).check()
+        gateway.wait_for_log(r"registered: 1 binding\(s\) for sip:alice@")
+        gateway.wait_for_log(r"tcp: closing idle connection .*<->127\.0\.0\.3:")
+        with alice:
+            trunk_call("uac_call.xml", gateway, tmp_path).check()
+            alice.wait(timeout=10).check()
+    log = proxy.log_text()
+    along = re.search(r"along its Route INVITE \S+ to \S+ via \S+ \(Route: (.*)\)$", log, re.M)
+    assert along is not None and f"<sip:{proxy.address};transport=tcp;lr;" in along[1], log
+    ack = re.search(r"in-dialog ACK \S+ from (\S+) to ", log)
+    assert ack is not None and ack[1] != f"{LOOPBACK}:{gateway.port}", log
+
+
 def test_nodes_sharing_a_store_reach_a_phone_registered_through_kamailio_from_either_node(
     tmp_path: Path, postgres_cluster: Cluster, postgres_database: str
 ) -> None:
