@@ -1773,12 +1773,15 @@ class Gateway:
             nursery.start_soon(registration.run, name=f"registration with {trunk.name}")
         # What `voipgw calls` asks a running gateway: its live calls' quality now.
         await nursery.start(serve_control, socket_path(self.state_dir), self.control_answer)
+        # Before "ready", which operators' scripts and our tests wait for: finding bcg729 and
+        # libopus runs ldconfig (ctypes.util.find_library), a child process nobody expects
+        # once the gateway says it is up.
+        log.info("media relay: %s", relay_build())
+        log.info("transfer ringing tone: %s", ringback_summary(self.config.media.ringback_tone))
         log.info(
             "voipgw ready: %s",
             ", ".join(f"{lst.transport}:{format_address(lst.address)}" for lst in self.listeners),
         )
-        log.info("media relay: %s", relay_build())
-        log.info("transfer ringing tone: %s", ringback_summary(self.config.media.ringback_tone))
 
     async def drain(self, timeout: float) -> None:
         """Stop taking calls and wait, at most ``timeout`` seconds, for those in progress to end

@@ -113,24 +113,20 @@ def node(
     if idle_timeout is not None:
         settings["plugins.tcp"] = {"idle_timeout": idle_timeout}
     allowed_warnings = [r"drain_timeout reached: ending \d+ call\(s\)", *allowed_warnings]
+    common: dict[str, Any] = {
+        "port": port,
+        "accounts": ACCOUNTS,
+        "settings": settings,
+        "allowed_warnings": allowed_warnings,
+    }
     if tls is None:
-        return GatewayProcess(
-            tmp_path / name,
-            port=port,
-            accounts=ACCOUNTS,
-            extra_toml=edge_trunk(proxy.address),
-            settings=settings,
-            allowed_warnings=allowed_warnings,
-        )
+        return GatewayProcess(tmp_path / name, extra_toml=edge_trunk(proxy.address), **common)
     return TlsGatewayProcess(
         tmp_path / name,
-        port=port,
         tls_port=tls_port,
         tls=tls.node if idle_timeout is None else {**tls.node, "idle_timeout": idle_timeout},
-        accounts=ACCOUNTS,
         extra_toml=edge_trunk(proxy.tls_address, "tls"),
-        settings=settings,
-        allowed_warnings=allowed_warnings,
+        **common,
     )
 
 
