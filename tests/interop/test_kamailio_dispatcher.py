@@ -105,11 +105,14 @@ def node(
     tls_port: int | None = None,
     allowed_warnings: Sequence[str] = (),
     idle_timeout: float | None = None,
+    gateway: dict[str, TomlValue] | None = None,
 ) -> GatewayProcess:
     """A gateway node whose trunk is kamailio: calls from 127.0.0.3 to the DID go to alice.
     With ``tls`` it listens on TLS at ``tls_port`` too and reaches kamailio over TLS.
-    ``idle_timeout``: of its TCP (and TLS) connections."""
-    settings: dict[str, dict[str, TomlValue]] = {"gateway": {"drain_timeout": drain_timeout}}
+    ``idle_timeout``: of its TCP (and TLS) connections; ``gateway``: more ``[gateway]`` keys."""
+    settings: dict[str, dict[str, TomlValue]] = {
+        "gateway": {"drain_timeout": drain_timeout, **(gateway or {})}
+    }
     if idle_timeout is not None:
         settings["plugins.tcp"] = {"idle_timeout": idle_timeout}
     allowed_warnings = [r"drain_timeout reached: ending \d+ call\(s\)", *allowed_warnings]
@@ -150,10 +153,12 @@ def pool(
     alice_scenario: str = "uas_answer.xml",
     allowed_warnings: Sequence[str] = (),
     idle_timeout: float | None = None,
+    gateway: dict[str, TomlValue] | None = None,
 ) -> Iterator[tuple[KamailioDispatcher, list[GatewayProcess], SippUas]]:
     """kamailio dispatching to two nodes (over ``node_transport``; over TLS with ``tls``, by
     default certificates as :meth:`EdgeTls.issue` makes them), alice registered at both and
-    answering ``calls``. ``allowed_warnings`` and ``idle_timeout`` are the nodes'."""
+    answering ``calls``. ``allowed_warnings``, ``idle_timeout`` and ``gateway`` (more
+    ``[gateway]`` keys) are the nodes'."""
     ports = [free_port_pair(), free_port_pair()]
     if node_transport == "tls" and tls is None:
         tls = EdgeTls.issue(tmp_path / "pki")
@@ -176,6 +181,7 @@ def pool(
             tls_port=tls_port,
             allowed_warnings=allowed_warnings,
             idle_timeout=idle_timeout,
+            gateway=gateway,
         )
         for index, (port, tls_port) in enumerate(zip(ports, tls_ports, strict=True))
     ]
@@ -368,8 +374,12 @@ def test_the_nodes_own_bye_reaches_the_caller_through_kamailio(
     nodes (UDP from the caller) kamailio Record-Routes twice, once per side (RFC 5658): the
     node keeps both in the caller's 200 and sends its BYE to kamailio over the connection
     kamailio opened for the INVITE, still open. Over TLS kamailio and the node each verify the
-    other's certificate (mutual TLS, one operator CA)."""
-    proxy, gateway, answered_by, result = the_node_hangs_up(tmp_path, node_transport)
+    other's certificate (mutual TLS, one operator CA). kamailio is listed in ``[gateway]
+    auth_proxies``: the caller's protection line says its own hop to kamailio (UDP, not
+    encrypted), from kamailio's Via below its own, whatever kamailio's hop to the node is."""
+    proxy, gateway, answered_by, result = the_node_hangs_up(
+        tmp_path, node_transport, gateway={"auth_proxies": [ADDRESS]}
+    )
     result.check()  # the BYE reached it and its 200 went back
     (answer,) = [
         a for a in result.received("SIP/2.0 200") if re.search(r"^CSeq: 1 INVITE", a, re.M)
@@ -393,15 +403,18 @@ def test_the_nodes_own_bye_reaches_the_caller_through_kamailio(
         rf"in-dialog BYE \S+ from {re.escape(answered_by)} to sip:{re.escape(CALLER)}@{TRUNK_IP}:",
         log,
     ), log
+    our_hop = node_transport.upper()
     if node_transport == "tls":
         # kamailio required and verified the node's certificate on its connection (tls.cfg).
         assert re.search(r"TLS BYE from \S+ verified=1 cn=node$", log, re.M), log
-        assert re.search(
-            r"^\S+ \S+ INFO \S+ call \S+ protection: caller leg: signalling TLS, trunk's "
-            r"certificate verified;",
-            gateway.log_text(),
-            re.M,
-        ), gateway.log_text()
+        our_hop += ", trunk's certificate verified"
+    assert re.search(
+        rf"^\S+ \S+ INFO \S+ call \S+ protection: caller leg: signalling {our_hop}, relayed by "
+        rf"edge proxy {re.escape(ADDRESS)}:\d+, which received it over UDP \(NOT encrypted\) "
+        rf"from {re.escape(TRUNK_IP)}:\d+;",
+        gateway.log_text(),
+        re.M,
+    ), gateway.log_text()
 
 
 @pytest.mark.parametrize("node_transport", ["tcp", "tls"])

@@ -13,6 +13,11 @@ another listed proxy's.
 Only the listed proxies are believed: below them the Vias are the sender's to write, so a
 request from any other address is counted against that address, whatever its Vias say. A
 listed proxy's own requests (one Via: its OPTIONS, say) are counted against the proxy.
+
+The same walk says how such a request reached the proxy (:func:`relayed_hops`): the Via below a
+proxy's names the transport its sender sent it over (RFC 3261 §18.1.1, §20.42), so a call's
+protection line can say that a phone behind kamailio sent its INVITE (and its SDES keys) over
+UDP, though kamailio's hop to the node is TLS.
 """
 
 from __future__ import annotations
@@ -20,12 +25,15 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
+import attrs
+
 from gateway.core.ip import ip_literal
 from gateway.core.sip.headers import Via
 from gateway.core.sip.message import Request
 from gateway.core.sip.via import default_port
+from gateway.core.transport.flows import format_address
 
-__all__ = ["AuthProxies", "proxied_source"]
+__all__ = ["AuthProxies", "RelayedHop", "proxied_source", "relayed_hops"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -52,25 +60,54 @@ class AuthProxies:
         return any(address in network for network in self.networks)
 
 
-def proxied_source(
+@attrs.frozen
+class RelayedHop:
+    """One listed proxy's hop: ``proxy`` received the request over ``transport`` (lower case,
+    as the sender's Via names it) from ``source``."""
+
+    proxy: tuple[str, int]
+    transport: str
+    source: tuple[str, int]
+
+    def record(self) -> dict[str, str]:
+        """The call record's form (a leg's ``relayed_by``, docs/media_security.md)."""
+        return {
+            "proxy": format_address(self.proxy),
+            "transport": self.transport,
+            "from": format_address(self.source),
+        }
+
+
+def relayed_hops(
     request: Request, source: tuple[str, int], proxies: AuthProxies
-) -> tuple[str, int]:
-    """The address ``request``'s failed authentication is counted against: ``source`` (host,
-    port), or, when that is a listed proxy, the address the proxy says the request came from
-    (see the module's docstring). A proxy's Via that names no address (a host name without
-    ``received``, which a proxy that follows RFC 3261 §18.2.1 does not leave) ends the walk at
-    the proxy."""
-    if not proxies or source[0] not in proxies:
-        return source
+) -> tuple[RelayedHop, ...]:
+    """The hops of ``request`` below the listed proxies it came through, the nearest first:
+    empty when ``source`` (host, port) is no listed proxy. A proxy's Via that names no
+    address (a host name without ``received``, which a proxy that follows RFC 3261 §18.2.1
+    does not leave) ends the walk at the proxy."""
+    if not proxies:
+        return ()
     vias = request.vias  # every Via parsed already: a garbled one got the request a 400
+    hops: list[RelayedHop] = []
     depth = 1
     while source[0] in proxies and depth < len(vias):
         below = _received_from(vias[depth])
         if below is None:
             break
+        hops.append(RelayedHop(source, vias[depth].transport.lower(), below))
         source = below
         depth += 1
-    return source
+    return tuple(hops)
+
+
+def proxied_source(
+    request: Request, source: tuple[str, int], proxies: AuthProxies
+) -> tuple[str, int]:
+    """The address ``request``'s failed authentication is counted against: ``source`` (host,
+    port), or, when that is a listed proxy, the address the proxy says the request came from
+    (see the module's docstring and :func:`relayed_hops`)."""
+    hops = relayed_hops(request, source, proxies)
+    return hops[-1].source if hops else source
 
 
 def _received_from(via: Via) -> tuple[str, int] | None:

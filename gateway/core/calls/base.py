@@ -167,6 +167,7 @@ class CallBase:
             peer_kind=caller.kind,
             peer_name=caller.name,
             auth=caller.auth,
+            relayed_by=manager.relayed_by(invite, flow),
             shown_as=_shown_caller(invite, caller),
             private=wants_privacy(invite),
         )

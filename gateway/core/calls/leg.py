@@ -13,6 +13,7 @@ import math
 
 import attrs
 
+from gateway.core.auth.proxied_source import RelayedHop
 from gateway.core.interfaces import CallerAuth, RouteTarget
 from gateway.core.media.security import LegSecurity
 from gateway.core.sdp.model import SessionDescription
@@ -76,6 +77,10 @@ class Leg:
     # How the party authenticated to us, for a leg whose INVITE it sent (the caller's, a
     # picker's); None on a leg we called: it proved nothing to us (the call record's "auth").
     auth: CallerAuth | None = None
+    # Behind listed edge proxies ([gateway] auth_proxies): how its INVITE reached them, the
+    # nearest first (the call record's "relayed_by"): its own hop's transport, which ours
+    # (kamailio's to us) does not say.
+    relayed_by: tuple[RelayedHop, ...] = ()
     # How this party is shown to the others it talks to through us (a number or an account
     # name), and whether it asked for its identity to be withheld (RFC 3323): what a transfer
     # target sees calling when this party is transferred to it.

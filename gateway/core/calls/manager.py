@@ -18,6 +18,7 @@ import attrs
 import trio
 
 from gateway.core.auth.digest import Authenticated, AuthKind
+from gateway.core.auth.proxied_source import RelayedHop, relayed_hops
 from gateway.core.calls.call import Call
 from gateway.core.calls.events import CancelEvent, PickUpEvent, RequestEvent
 from gateway.core.calls.leg import ALeg, BLeg, Leg, Side
@@ -861,6 +862,14 @@ class CallManager:
         registration = self.gateway.registration
         assert registration is not None
         return registration.authenticate(request, flow, kind)
+
+    def relayed_by(self, request: Request, flow: Flow) -> tuple[RelayedHop, ...]:
+        """How ``request`` reached the listed edge proxies it came through (none: it came
+        straight from its sender, or [gateway] auth_proxies lists nobody)."""
+        registration = self.gateway.registration
+        if registration is None:
+            return ()
+        return relayed_hops(request, flow.remote, registration.auth_proxies)
 
     def trunk_for_source(self, address: str) -> str | None:
         return self.gateway.trunk_for_source(address)

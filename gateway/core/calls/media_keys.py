@@ -304,6 +304,10 @@ class CallMediaKeys(CallBase):
             entry["peer_name"] = leg.peer_name
             # How it proved who it is (null: a leg we called): never a secret (CallerAuth).
             entry["auth"] = leg.auth.record() if leg.auth is not None else None
+            if leg.relayed_by:
+                # Through listed edge proxies: each one's hop, the nearest first (protection.py
+                # says the phone's own transport, which the leg's does not).
+                entry["relayed_by"] = [hop.record() for hop in leg.relayed_by]
             if leg.flow is not None and leg.flow.secure:
                 server_name = certificate.server_name if certificate is not None else None
                 entry["tls"] = {

@@ -80,6 +80,7 @@ class CallPickedUp(CallAnswer):
             peer_kind="account",
             peer_name=name,
             auth=event.caller.auth,  # its own INVITE's credentials
+            relayed_by=self.manager.relayed_by(request, flow),
             shown_as=name or "anonymous",
             private=wants_privacy(request),
         )

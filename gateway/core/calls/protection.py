@@ -59,6 +59,40 @@ def describe_signalling(leg: dict[str, Any]) -> str:
     return f"{signalling}, {who}'s certificate presented but NOT verified against our CAs"
 
 
+# Transports that carry SIP encrypted (RFC 3261 §26.2.1; RFC 7118 §5 for WSS).
+_ENCRYPTED_TRANSPORTS = ("tls", "wss")
+
+
+def describe_relay(leg: dict[str, Any]) -> str | None:
+    """How a leg's request reached the listed edge proxies it came through (the record's
+    ``relayed_by``, nearest first), after the signalling's words; None when it came straight
+    from its sender. The leg's own transport is the last proxy's hop to us: a phone that sent
+    its INVITE, and the SDES keys in it, over UDP to kamailio is on a "TLS" leg when kamailio
+    talks TLS to the node, and this says so."""
+    hops = leg.get("relayed_by")
+    if not isinstance(hops, list) or not hops:
+        return None
+    words = f"relayed by edge proxy {hops[0].get('proxy')}"
+    for hop in hops:
+        transport = str(hop.get("transport", "?"))
+        over = transport.upper()
+        if transport not in _ENCRYPTED_TRANSPORTS:
+            over += " (NOT encrypted)"
+        words += f", which received it over {over} from {hop.get('from')}"
+    return words
+
+
+def _sdes_over_clear_relay(leg: dict[str, Any]) -> bool:
+    """An SDES-keyed stream whose keys crossed an unencrypted hop below an edge proxy."""
+    hops = leg.get("relayed_by") or []
+    clear = any(str(hop.get("transport")) not in _ENCRYPTED_TRANSPORTS for hop in hops)
+    sdes = any(
+        stream.get("encrypted") and stream.get("key_exchange") == "sdes"
+        for stream in leg.get("streams") or []
+    )
+    return clear and sdes
+
+
 def describe_auth(leg: dict[str, Any]) -> str | None:
     """How the party of a leg that sent us its INVITE proved who it is (the record's ``auth``,
     interfaces.CallerAuth), after "authenticated:"; None for a leg we called and for records
@@ -84,6 +118,9 @@ def describe_auth(leg: dict[str, Any]) -> str | None:
 def describe_leg(leg: dict[str, Any]) -> str:
     """One line, in plain words, of how a leg is protected."""
     signalling = describe_signalling(leg)
+    relay = describe_relay(leg)
+    if relay is not None:
+        signalling += f", {relay}"
     streams = leg.get("streams") or []
     media = []
     for stream in streams:
@@ -136,6 +173,9 @@ def describe_leg(leg: dict[str, Any]) -> str:
         else:
             media.append("RTP, not encrypted")
     line = f"signalling {signalling}; media " + (", ".join(media) or "none")
+    if _sdes_over_clear_relay(leg):
+        # RFC 4568 §8.3: SDES keys are only as secret as every hop of the SDP that carries them.
+        line += "; its SDES keys crossed an unencrypted hop before the edge proxy"
     if leg.get("fax_t38") and not any(s.get("media") == "t38" for s in streams):
         # The call went back to audio after a fax: its fax was still not encrypted.
         line += "; its fax (T.38) was passed through NOT encrypted"

@@ -13,7 +13,7 @@ import pytest
 from gateway.core.auth.client import authorize
 from gateway.core.auth.digest import AuthKind
 from gateway.core.auth.failures import FailurePolicy
-from gateway.core.auth.proxied_source import AuthProxies, proxied_source
+from gateway.core.auth.proxied_source import AuthProxies, RelayedHop, proxied_source, relayed_hops
 from gateway.core.registration import RegistrationService
 from gateway.core.sip.message import Request, Response
 from gateway.core.sip.parser import parse_message_untrusted
@@ -93,6 +93,28 @@ def test_a_chain_of_listed_proxies_is_walked_down_to_the_phone() -> None:
     )
     # The edge not listed: its Via is as far as the balancer's word goes.
     assert proxied_source(request, PROXY, AuthProxies(["192.0.2.1"])) == ("192.0.2.2", 5060)
+
+
+def test_the_hops_below_listed_proxies_say_each_ones_transport_nearest_first() -> None:
+    # A phone sent over TLS to the edge (192.0.2.2), which sent over UDP to the balancer
+    # (192.0.2.1), which sent to us: what each Via's sent-protocol says (RFC 3261 §18.1.1).
+    edge = "SIP/2.0/UDP 192.0.2.2:5060;branch=z9hG4bKe"
+    phone = f"SIP/2.0/TLS 10.0.0.5:5061;branch=z9hG4bKa;received={PHONE};rport=40001"
+    request = register(PROXY_VIA, edge, phone)
+    hops = relayed_hops(request, PROXY, AuthProxies(["192.0.2.1", "192.0.2.2"]))
+    assert hops == (
+        RelayedHop(PROXY, "udp", ("192.0.2.2", 5060)),
+        RelayedHop(("192.0.2.2", 5060), "tls", (PHONE, 40001)),
+    )
+    assert [hop.record() for hop in hops] == [
+        {"proxy": "192.0.2.1:5060", "transport": "udp", "from": "192.0.2.2:5060"},
+        {"proxy": "192.0.2.2:5060", "transport": "tls", "from": f"{PHONE}:40001"},
+    ]
+    # Only the listed proxies' word is taken, and a request straight from its sender has none.
+    assert relayed_hops(request, PROXY, AuthProxies(["192.0.2.1"])) == hops[:1]
+    assert relayed_hops(request, ("203.0.113.9", 5060), AuthProxies(["192.0.2.1"])) == ()
+    assert relayed_hops(request, PROXY, AuthProxies()) == ()
+    assert relayed_hops(register(PROXY_VIA), PROXY, AuthProxies(["192.0.2.1"])) == ()
 
 
 def test_proxies_match_by_network_and_by_a_dual_stack_sockets_ipv4_peer() -> None:

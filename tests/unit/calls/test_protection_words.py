@@ -198,3 +198,50 @@ def test_a_dtls_stream_rekeyed_by_the_phones_new_handshake_says_so() -> None:
         "(re-keyed 2 time(s) by the phone's new DTLS handshake on the same address, its "
         "certificate checked)"
     )
+
+
+# --- A leg relayed by listed edge proxies (describe_relay) -------------------------------------
+
+
+def test_a_leg_relayed_by_an_edge_proxy_says_the_phones_own_hop() -> None:
+    # kamailio talks TLS to the node, the phone talked UDP to kamailio: its SDES keys crossed
+    # that hop in clear, which the leg's own "signalling TLS" does not show.
+    record = tls_leg(opened_by="peer", certificate=None, kind="trunk", name="edge")
+    record["streams"] = [
+        {"key_exchange": "sdes", "suite": "AES_CM_128_HMAC_SHA1_80", "encrypted": True}
+    ]
+    record["relayed_by"] = [
+        {"proxy": "192.0.2.1:5061", "transport": "udp", "from": "198.51.100.7:40001"}
+    ]
+    assert describe_leg(record) == (
+        "signalling TLS (trunk not authenticated by certificate), relayed by edge proxy "
+        "192.0.2.1:5061, which received it over UDP (NOT encrypted) from 198.51.100.7:40001; "
+        "media SRTP AES_CM_128_HMAC_SHA1_80 keyed by sdes; its SDES keys crossed an "
+        "unencrypted hop before the edge proxy"
+    )
+
+
+def test_a_chain_of_edge_proxies_is_said_hop_by_hop_and_tls_all_the_way_is_not_flagged() -> None:
+    record = leg({"key_exchange": "sdes", "suite": "AEAD_AES_128_GCM", "encrypted": True})
+    record["relayed_by"] = [
+        {"proxy": "192.0.2.1:5060", "transport": "tls", "from": "192.0.2.2:5061"},
+        {"proxy": "192.0.2.2:5061", "transport": "wss", "from": "[2001:db8::7]:443"},
+    ]
+    assert describe_leg(record) == (
+        "signalling UDP, relayed by edge proxy 192.0.2.1:5060, which received it over TLS from "
+        "192.0.2.2:5061, which received it over WSS from [2001:db8::7]:443; media SRTP "
+        "AEAD_AES_128_GCM keyed by sdes"
+    )
+
+
+def test_a_relayed_leg_keyed_on_the_media_path_has_no_sdes_warning() -> None:
+    record = leg({"key_exchange": "dtls", "suite": "AEAD_AES_128_GCM", "encrypted": True})
+    record["relayed_by"] = [
+        {"proxy": "192.0.2.1:5060", "transport": "udp", "from": "198.51.100.7:5060"}
+    ]
+    line = describe_leg(record)
+    assert line.startswith(
+        "signalling UDP, relayed by edge proxy 192.0.2.1:5060, which received it over UDP "
+        "(NOT encrypted) from 198.51.100.7:5060; media SRTP AEAD_AES_128_GCM keyed by dtls"
+    )
+    assert "SDES" not in line
