@@ -203,16 +203,25 @@ def test_a_dtls_stream_rekeyed_by_the_phones_new_handshake_says_so() -> None:
 # --- A leg relayed by listed edge proxies (describe_relay) -------------------------------------
 
 
+def relayed(record: dict[str, object], *hops: tuple[str, str, str]) -> dict[str, object]:
+    """``record`` with the ``relayed_by`` hops (proxy, transport, from), the nearest first."""
+    record["relayed_by"] = [
+        {"proxy": proxy, "transport": transport, "from": source}
+        for proxy, transport, source in hops
+    ]
+    return record
+
+
+def srtp(key_exchange: str, suite: str) -> dict[str, object]:
+    return {"key_exchange": key_exchange, "suite": suite, "encrypted": True}
+
+
 def test_a_leg_relayed_by_an_edge_proxy_says_the_phones_own_hop() -> None:
     # kamailio talks TLS to the node, the phone talked UDP to kamailio: its SDES keys crossed
     # that hop in clear, which the leg's own "signalling TLS" does not show.
     record = tls_leg(opened_by="peer", certificate=None, kind="trunk", name="edge")
-    record["streams"] = [
-        {"key_exchange": "sdes", "suite": "AES_CM_128_HMAC_SHA1_80", "encrypted": True}
-    ]
-    record["relayed_by"] = [
-        {"proxy": "192.0.2.1:5061", "transport": "udp", "from": "198.51.100.7:40001"}
-    ]
+    record["streams"] = [srtp("sdes", "AES_CM_128_HMAC_SHA1_80")]
+    relayed(record, ("192.0.2.1:5061", "udp", "198.51.100.7:40001"))
     assert describe_leg(record) == (
         "signalling TLS (trunk not authenticated by certificate), relayed by edge proxy "
         "192.0.2.1:5061, which received it over UDP (NOT encrypted) from 198.51.100.7:40001; "
@@ -222,11 +231,11 @@ def test_a_leg_relayed_by_an_edge_proxy_says_the_phones_own_hop() -> None:
 
 
 def test_a_chain_of_edge_proxies_is_said_hop_by_hop_and_tls_all_the_way_is_not_flagged() -> None:
-    record = leg({"key_exchange": "sdes", "suite": "AEAD_AES_128_GCM", "encrypted": True})
-    record["relayed_by"] = [
-        {"proxy": "192.0.2.1:5060", "transport": "tls", "from": "192.0.2.2:5061"},
-        {"proxy": "192.0.2.2:5061", "transport": "wss", "from": "[2001:db8::7]:443"},
-    ]
+    record = relayed(
+        leg(srtp("sdes", "AEAD_AES_128_GCM")),
+        ("192.0.2.1:5060", "tls", "192.0.2.2:5061"),
+        ("192.0.2.2:5061", "wss", "[2001:db8::7]:443"),
+    )
     assert describe_leg(record) == (
         "signalling UDP, relayed by edge proxy 192.0.2.1:5060, which received it over TLS from "
         "192.0.2.2:5061, which received it over WSS from [2001:db8::7]:443; media SRTP "
@@ -235,10 +244,9 @@ def test_a_chain_of_edge_proxies_is_said_hop_by_hop_and_tls_all_the_way_is_not_f
 
 
 def test_a_relayed_leg_keyed_on_the_media_path_has_no_sdes_warning() -> None:
-    record = leg({"key_exchange": "dtls", "suite": "AEAD_AES_128_GCM", "encrypted": True})
-    record["relayed_by"] = [
-        {"proxy": "192.0.2.1:5060", "transport": "udp", "from": "198.51.100.7:5060"}
-    ]
+    record = relayed(
+        leg(srtp("dtls", "AEAD_AES_128_GCM")), ("192.0.2.1:5060", "udp", "198.51.100.7:5060")
+    )
     line = describe_leg(record)
     assert line.startswith(
         "signalling UDP, relayed by edge proxy 192.0.2.1:5060, which received it over UDP "
