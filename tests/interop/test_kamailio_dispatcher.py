@@ -629,6 +629,13 @@ def test_a_phone_registered_through_kamailio_with_a_path_is_called_through_it(
     to_alice = rf"to sip:\S*{re.escape(LOOPBACK)}:{alice.port}"  # her Contact
     for method in ("ACK", "BYE"):
         assert re.search(rf"in-dialog {method} \S+ from {re.escape(node)} {to_alice}", log), log
+    # Its protection line does not pass kamailio's hop to alice off as the node's.
+    path = re.escape(f"<sip:{proxy.address};lr;received=sip:{LOOPBACK}:{alice.port}>")
+    assert re.search(
+        rf" protection: .*; callee leg: signalling UDP, through edge proxy {path} \(its "
+        r"registered Path\), whose hop to the phone the gateway does not see; media ",
+        gateway.log_text(),
+    ), gateway.log_text()
 
 
 def test_a_phone_registered_through_kamailio_over_tcp_is_called_after_its_connection_closed(

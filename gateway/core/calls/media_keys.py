@@ -19,7 +19,7 @@ import trio
 from gateway.core.calls.base import CallBase, log
 from gateway.core.calls.events import AnswerFailure, CallEnded, EndCallEvent, KeyFailureEvent
 from gateway.core.calls.leg import BLeg, Side
-from gateway.core.calls.routing import TrunkHopTarget
+from gateway.core.calls.routing import ContactTarget, TrunkHopTarget
 from gateway.core.logs import log_exception
 from gateway.core.media.handshakes import CallHandshakes
 from gateway.core.media.security import KeyExchangeFailed, LegSecurity
@@ -322,6 +322,10 @@ class CallMediaKeys(CallBase):
                     "target": str(target.hop),
                     "attempt": target.index + 1,
                 }
+            if isinstance(target, ContactTarget) and target.binding.path:
+                # A phone registered through edge proxies (RFC 3327 Path): our INVITE went
+                # to the first of them; their hops to the phone are not ours to see.
+                entry["registered_path"] = list(target.binding.path)
             # RFC 7866: a recording-aware party (§6.1) and its recording preference (§7.2).
             if leg.record_aware:
                 entry["record_aware"] = True

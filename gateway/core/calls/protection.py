@@ -65,11 +65,20 @@ _ENCRYPTED_TRANSPORTS = ("tls", "wss")
 
 def describe_relay(leg: dict[str, Any]) -> str | None:
     """How a leg's request reached the listed edge proxies it came through (the record's
-    ``relayed_by``, nearest first), after the signalling's words; None when it came straight
-    from its sender. The leg's own transport is the last proxy's hop to us: a phone that sent
-    its INVITE, and the SDES keys in it, over UDP to kamailio is on a "TLS" leg when kamailio
-    talks TLS to the node, and this says so."""
+    ``relayed_by``, nearest first), or for a leg we called through a registered Path that
+    its phone is beyond it, after the signalling's words; None when neither. The leg's own
+    transport is the last proxy's hop to us: a phone that sent its INVITE, and the SDES keys
+    in it, over UDP to kamailio is on a "TLS" leg when kamailio talks TLS to the node, and
+    this says so."""
     hops = leg.get("relayed_by")
+    path = leg.get("registered_path")
+    if isinstance(path, list) and path:
+        # A leg we called through the Path its phone registered with (RFC 3327 §5.3): the
+        # proxies' hops to the phone never reach us, so nothing can be said of them.
+        return (
+            f"through edge proxy {path[0]} (its registered Path), whose hop to the phone the "
+            "gateway does not see"
+        )
     if not isinstance(hops, list) or not hops:
         return None
     words = f"relayed by edge proxy {hops[0].get('proxy')}"

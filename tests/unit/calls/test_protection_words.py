@@ -253,3 +253,13 @@ def test_a_relayed_leg_keyed_on_the_media_path_has_no_sdes_warning() -> None:
         "(NOT encrypted) from 198.51.100.7:5060; media SRTP AEAD_AES_128_GCM keyed by dtls"
     )
     assert "SDES" not in line
+
+
+def test_a_leg_called_through_a_registered_path_says_the_phones_hop_is_unseen() -> None:
+    record = leg(srtp("sdes", "AES_CM_128_HMAC_SHA1_80"))
+    record["registered_path"] = ["<sip:192.0.2.1:5060;lr;received=sip:198.51.100.7:40001>"]
+    assert describe_leg(record) == (
+        "signalling UDP, through edge proxy <sip:192.0.2.1:5060;lr;received=sip:"
+        "198.51.100.7:40001> (its registered Path), whose hop to the phone the gateway does not "
+        "see; media SRTP AES_CM_128_HMAC_SHA1_80 keyed by sdes"
+    )
