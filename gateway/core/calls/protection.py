@@ -70,7 +70,6 @@ def describe_relay(leg: dict[str, Any]) -> str | None:
     transport is the last proxy's hop to us: a phone that sent its INVITE, and the SDES keys
     in it, over UDP to kamailio is on a "TLS" leg when kamailio talks TLS to the node, and
     this says so."""
-    hops = leg.get("relayed_by")
     path = leg.get("registered_path")
     if isinstance(path, list) and path:
         # A leg we called through the Path its phone registered with (RFC 3327 §5.3): the
@@ -79,6 +78,7 @@ def describe_relay(leg: dict[str, Any]) -> str | None:
             f"through edge proxy {path[0]} (its registered Path), whose hop to the phone the "
             "gateway does not see"
         )
+    hops = leg.get("relayed_by")
     if not isinstance(hops, list) or not hops:
         return None
     words = f"relayed by edge proxy {hops[0].get('proxy')}"
