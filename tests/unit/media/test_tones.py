@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from gateway.core.media import g729, opus
+from gateway.core.media import amr, g729, opus
 from gateway.core.media.g711 import alaw2lin, lin2alaw, lin2ulaw, ulaw2lin
 from gateway.core.media.tones import (
     FRAME_SAMPLES,
@@ -24,6 +24,7 @@ from gateway.core.media.tones import (
     ToneCodec,
     TonePlan,
     TonePlayer,
+    _amr_frames,
     codec_available,
     prepare_tone_frames,
     ringback_summary,
@@ -165,21 +166,23 @@ def test_a_g722_cadence_repeats_seamlessly(name: str) -> None:
     assert max(abs(a - b) for a, b in after) < 0.01 * peak
 
 
+def media_description(formats: str, *attributes: str) -> MediaDescription:
+    lines = [
+        "v=0",
+        "o=- 1 1 IN IP4 127.0.0.1",
+        "s=-",
+        "c=IN IP4 127.0.0.1",
+        "t=0 0",
+        f"m=audio 4000 RTP/AVP {formats}",
+        *attributes,
+    ]
+    return parse_sdp_untrusted(("\r\n".join(lines) + "\r\n").encode()).media[0]
+
+
 def test_the_codecs_a_tone_goes_in_are_found_in_the_order_the_sdp_lists_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def media(formats: str, *attributes: str) -> MediaDescription:
-        lines = [
-            "v=0",
-            "o=- 1 1 IN IP4 127.0.0.1",
-            "s=-",
-            "c=IN IP4 127.0.0.1",
-            "t=0 0",
-            f"m=audio 4000 RTP/AVP {formats}",
-            *attributes,
-        ]
-        return parse_sdp_untrusted(("\r\n".join(lines) + "\r\n").encode()).media[0]
-
+    media = media_description
     assert tone_codecs(media("9 0 8 101")) == {
         ToneCodec.G722: 9,
         ToneCodec.PCMU: 0,
@@ -217,6 +220,40 @@ def test_the_codecs_a_tone_goes_in_are_found_in_the_order_the_sdp_lists_them(
     monkeypatch.setattr(opus, "load_libopus", lambda: None)
     assert tone_codecs(opus_line) == {ToneCodec.PCMU: 0}
     assert not codec_available(ToneCodec.OPUS)
+
+
+def test_an_amr_line_takes_the_tone_packed_as_its_fmtp_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # RFC 4867 §8.1: bandwidth-efficient unless octet-align=1; parameter names in any case.
+    amrnb()
+
+    def line(*fmtp: str) -> MediaDescription:
+        attributes = ["a=rtpmap:96 AMR/8000", *(f"a=fmtp:96 {f}" for f in fmtp)]
+        return media_description("96 0", *attributes)
+
+    assert tone_codecs(line()) == {ToneCodec.AMR: 96, ToneCodec.PCMU: 0}
+    assert tone_codecs(line("octet-align=0")) == {ToneCodec.AMR: 96, ToneCodec.PCMU: 0}
+    assert tone_codecs(line("OCTET-ALIGN=1; mode-set=0,2,4,7")) == {
+        ToneCodec.AMR_OCTET_ALIGNED: 96,
+        ToneCodec.PCMU: 0,
+    }
+    assert tone_codecs(media_description("97", "a=rtpmap:97 amr/8000/1")) == {ToneCodec.AMR: 97}
+    # What the tone does not make, or cannot tell: the next codec the line lists.
+    for fmtp in (
+        "mode-set=0,2,4",  # no 12.2 kbit/s
+        "octet-align=1; crc=1",
+        "octet-align=1; robust-sorting=1",
+        "octet-align=1; interleaving=4",
+        "mode-set=seven",
+        "octet-align=yes",
+    ):
+        assert tone_codecs(line(fmtp)) == {ToneCodec.PCMU: 0}, fmtp
+    assert tone_codecs(media_description("96", "a=rtpmap:96 AMR/8000/2")) == {}  # stereo
+    assert tone_codecs(media_description("96", "a=rtpmap:96 AMR-WB/16000")) == {}
+    monkeypatch.setattr(amr, "load_amrnb", lambda: None)
+    assert tone_codecs(line()) == {ToneCodec.PCMU: 0}
+    assert not codec_available(ToneCodec.AMR) and not codec_available(ToneCodec.AMR_OCTET_ALIGNED)
 
 
 def test_every_tone_codec_crosses_to_a_media_worker() -> None:
@@ -319,7 +356,8 @@ def test_without_bcg729_a_plan_prepares_every_codec_but_g729(
     monkeypatch.setattr(g729, "load_bcg729", lambda: None)
     tone_frames.cache_clear()
     prepare_tone_frames("eu")
-    assert tone_frames.cache_info().currsize == 3 + codec_available(ToneCodec.OPUS)
+    others = codec_available(ToneCodec.OPUS) + 2 * codec_available(ToneCodec.AMR)
+    assert tone_frames.cache_info().currsize == 3 + others
     with pytest.raises(ValueError, match=r"G\.729 tone frames need bcg729"):
         tone_frames("eu", ToneCodec.G729)
 
@@ -330,9 +368,24 @@ def test_without_libopus_a_plan_prepares_every_codec_but_opus(
     monkeypatch.setattr(opus, "load_libopus", lambda: None)
     tone_frames.cache_clear()
     prepare_tone_frames("eu")
-    assert tone_frames.cache_info().currsize == 3 + codec_available(ToneCodec.G729)
+    others = codec_available(ToneCodec.G729) + 2 * codec_available(ToneCodec.AMR)
+    assert tone_frames.cache_info().currsize == 3 + others
     with pytest.raises(ValueError, match=r"Opus tone frames need libopus"):
         tone_frames("eu", ToneCodec.OPUS)
+
+
+def test_without_opencore_amr_a_plan_prepares_every_codec_but_amr(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(amr, "load_amrnb", lambda: None)
+    tone_frames.cache_clear()
+    _amr_frames.cache_clear()
+    prepare_tone_frames("eu")
+    others = codec_available(ToneCodec.G729) + codec_available(ToneCodec.OPUS)
+    assert tone_frames.cache_info().currsize == 3 + others
+    for codec in (ToneCodec.AMR, ToneCodec.AMR_OCTET_ALIGNED):
+        with pytest.raises(ValueError, match=r"AMR tone frames need opencore-amr"):
+            tone_frames("eu", codec)
 
 
 def bcg729() -> g729.Bcg729:
@@ -474,6 +527,12 @@ def test_the_start_says_which_plan_plays_in_which_codecs_this_install_has(
     )
     monkeypatch.setattr(g729, "load_bcg729", lambda: object())
     monkeypatch.setattr(opus, "load_libopus", lambda: object())
+    monkeypatch.setattr(amr, "load_amrnb", lambda: object())
+    # AMR once, though it has two packings (two tone codecs).
+    assert ringback_summary("uk") == (
+        "uk, in the first of PCMU, PCMA, G722, G729, opus and AMR the transferee's line lists"
+    )
+    monkeypatch.setattr(amr, "load_amrnb", lambda: None)
     assert ringback_summary("eu") == (
         "eu, in the first of PCMU, PCMA, G722, G729 and opus the transferee's line lists"
     )
@@ -485,3 +544,61 @@ def test_the_start_says_which_plan_plays_in_which_codecs_this_install_has(
     assert ringback_summary("fr") == (
         "fr, in the first of PCMU, PCMA and G722 the transferee's line lists"
     )
+
+
+def amrnb() -> amr.LibAmrNb:
+    found = amr.load_amrnb()
+    if found is None:
+        missing("opencore-amr is not installed (apt-get install libopencore-amrnb0)")
+    return found
+
+
+def amr_decoded(frames: tuple[bytes, ...], times: int, *, octet_aligned: bool) -> list[list[int]]:
+    """:func:`decoded_in_a_row` of the payloads ``frames`` by one opencore-amr decoder."""
+    decoder = amr.AmrDecoder(amrnb())
+
+    def decode(payload: bytes) -> bytes:
+        return decoder.decode(amr.storage_frame(payload, octet_aligned=octet_aligned))
+
+    return decoded_in_a_row(decode, frames, times)
+
+
+@pytest.mark.parametrize("name", sorted(RINGBACK_PLANS))
+def test_a_plans_amr_frames_decode_to_its_frequencies_on_and_near_silence_off(
+    name: str,
+) -> None:
+    plan = RINGBACK_PLANS[name]
+    amrnb()
+    frames = tone_frames(name, ToneCodec.AMR)
+    _, samples = amr_decoded(frames, 2, octet_aligned=False)  # as a receiver hears it
+    # 12.2 kbit/s, one frame a packet: 4 + 6 + 244 bits, 32 octets (RFC 4867 §4.3).
+    assert len(frames) == round(sum(plan.cadence) / FRAME_SECONDS)
+    assert {len(frame) for frame in frames} == {32}
+    assert len(samples) == len(frames) * FRAME_SAMPLES
+    assert_a_speech_codecs_cadence(plan, samples, settle_packets=1)
+    # Octet-aligned (§4.4): the same speech bits, one octet more, decoding to the same.
+    aligned = tone_frames(name, ToneCodec.AMR_OCTET_ALIGNED)
+    assert {len(frame) for frame in aligned} == {33}
+    assert (
+        amr_decoded(aligned, 1, octet_aligned=True)[0]
+        == amr_decoded(frames, 1, octet_aligned=False)[0]
+    )
+
+
+@pytest.mark.parametrize("name", sorted(RINGBACK_PLANS))
+def test_an_amr_cadence_repeats_seamlessly(name: str) -> None:
+    # As for G.722, G.729 and Opus: the encoder's state at the frames' start is the one at
+    # their end, so a decoder playing them again and again hears the same every time round.
+    amrnb()
+    _, second, third = amr_decoded(tone_frames(name, ToneCodec.AMR), 3, octet_aligned=False)
+    peak = max(map(abs, second))
+    assert max(abs(a - b) for a, b in zip(second, third, strict=True)) <= 0.01 * peak
+
+
+def test_an_amr_player_steps_the_rtp_clock_at_8000_hz() -> None:
+    # RFC 4867 §4.1: AMR's RTP clock is 8000 Hz, 160 per 20 ms frame.
+    amrnb()
+    player = TonePlayer(Tone("us", ToneCodec.AMR, 96), ssrc=7, sequence=3, timestamp=0, now=0.0)
+    packets = player.due(0.0) + player.due(0.02) + player.due(0.04)
+    assert [header(p)[1:4] for p in packets] == [(96, 3, 0), (96, 4, 160), (96, 5, 320)]
+    assert [p[12:] for p in packets] == list(tone_frames("us", ToneCodec.AMR)[:3])
