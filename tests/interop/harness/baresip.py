@@ -55,7 +55,10 @@ MODULE_PATH = "/usr/lib/baresip/modules"
 MODULES = ("alsa.so", "aufile.so", "sndfile.so", "srtp.so", "dtls_srtp.so")
 # The sampling rate of each codec module's audio: aufile's source WAV must have the codec's
 # ("aufile: input file ... must have sample-rate 16000 Hz"), and sndfile records at it.
-CODEC_RATES = {"g711": 8000, "g722": 16000, "opus": 48000}
+CODEC_RATES = {"g711": 8000, "g722": 16000, "opus": 48000, "amr": 8000}
+# The codecs of a module an account is narrowed to (its ``audio_codecs``): baresip's amr
+# module offers AMR-WB/16000 before AMR/8000, and its phones would agree on the wideband one.
+ACCOUNT_AUDIO_CODECS = {"amr": "AMR/8000/1"}
 # And its channels: baresip's opus module is opus/48000/2 and runs its audio in stereo
 # ("aufile: input file ... must have channels = 2"); the others mono.
 CODEC_CHANNELS = {"opus": 2}
@@ -198,6 +201,9 @@ class Baresip:
         params = f";answermode={answermode}"
         if mediaenc is not None:
             params += f";mediaenc={mediaenc}"
+        narrowed = [ACCOUNT_AUDIO_CODECS[c] for c in self.codecs if c in ACCOUNT_AUDIO_CODECS]
+        if narrowed:
+            params += f";audio_codecs={','.join(narrowed)}"
         return params
 
     def start(self) -> None:
