@@ -2102,7 +2102,7 @@ class MediaSession:
             if not codecs and amr_not_taken(media):
                 return (
                     "it takes none of " + tone_codec_names() + " (its AMR asks for CRCs, robust"
-                    " sorting, interleaving or a mode-set without 12.2 kbit/s, RFC 4867 §8.1)"
+                    " sorting, interleaving or a mode-set without the tone's mode, RFC 4867 §8.1)"
                 )
             if not codecs:
                 return "it takes none of " + tone_codec_names()

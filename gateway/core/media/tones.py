@@ -1,4 +1,6 @@
-"""Call progress tones the gateway plays itself, as G.711, G.722, G.729, Opus or AMR RTP. Sans-IO.
+"""Call progress tones the gateway plays itself, as G.711, G.722, G.729, Opus or AMR RTP.
+
+Sans-IO.
 
 Theory of operation
 -------------------
@@ -16,7 +18,7 @@ names the plan (:data:`RINGBACK_PLANS`; ``"none"`` plays nothing). Each plan is 
 frequencies summed, at a level per frequency, switched on and off by a cadence repeated for as
 long as it plays.
 
-It goes in the first of PCMU, PCMA, G722, G729, opus and AMR that the receiving leg's SDP in
+It goes in the first of PCMU, PCMA, G722, G729, opus, AMR and AMR-WB that the receiving leg's SDP in
 force lists, with the payload type number it gives (RFC 3264 §5.1: the numbers a party writes
 are those it expects to receive); a leg that takes none of them hears nothing (the gateway
 encodes no other codec). G.711 (RFC 3551 §4.5.14): 8000 samples a second, an octet a sample.
@@ -35,12 +37,13 @@ WebRTC client narrowed to it, heard silence): the same 8 kHz cadence encoded nar
 packet of a few dozen octets per 20 ms, and the timestamps step 960 (the RTP clock of Opus is
 48000 Hz at any sampling rate, RFC 7587 §4.1). The packets are an RTP stream of their own (RFC
 3550 §8: a new SSRC, random sequence number and timestamp): the receiver's jitter buffer starts
-afresh with it, as it does when the target's media replaces it. AMR (RFC 4867), only where
-opencore-amr is installed (gateway/core/media/amr.py; since session 62, before which a line
-that takes AMR alone, a mobile operator's trunk, heard silence): 12.2 kbit/s, a frame a packet,
-packed bandwidth-efficient or octet-aligned as the receiver's fmtp says (a line asking for
-CRCs, robust sorting, interleaving or a mode-set without 12.2 takes no AMR tone); the
-timestamps step 160 as G.711's.
+afresh with it, as it does when the target's media replaces it. AMR and AMR-WB (RFC 4867),
+only where their encoders are installed (gateway/core/media/amr.py: opencore-amr, vo-amrwbenc;
+since session 62, before which a line that takes AMR alone, a mobile operator's trunk, heard
+silence): 12.2 kbit/s (AMR, 8 kHz) or 12.65 kbit/s (AMR-WB, 16 kHz), a frame a packet, packed
+bandwidth-efficient or octet-aligned as the receiver's fmtp says (a line asking for CRCs,
+robust sorting, interleaving or a mode-set without that mode takes no AMR tone); the
+timestamps step 160 (AMR) or 320 (AMR-WB: its RTP clock is 16000 Hz, RFC 4867 §4.1).
 
 Cost: nothing per packet of any other call. A plan's frames are computed once per process and
 codec (:func:`tone_frames`): sums of sines whose frequencies divide into a short repeating unit
@@ -51,8 +54,9 @@ cadence encoded by libg722 (the ``G722`` package: bit-exact to the ITU-T referen
 same cadence once before it: the encoder then starts the kept cadence in the state it ends it
 in (a silence), and the cadence repeats seamlessly. G.729's encoder carries state too (its
 prediction and pitch memories), and its frames are made the same way by bcg729, Opus's by
-libopus, AMR's by opencore-amr (one encoding serves both packings). That costs 5-15 ms per
-plan for G.722, 14-31 ms for G.729, 26-58 ms for Opus and 17-37 ms for AMR
+libopus, AMR's by opencore-amr and AMR-WB's by vo-amrwbenc (one encoding serves both
+packings). That costs 5-15 ms per plan for G.722, 14-31 ms for G.729, 26-58 ms for Opus,
+17-37 ms for AMR and 45-94 ms for AMR-WB
 (``"us"``, the longest cadence, the most),
 which on the event loop would hold every call's media that long at the first such ringback:
 so the process that plays the tones makes the configured plan's frames before it relays
@@ -147,11 +151,33 @@ class ToneCodec(enum.Enum):
     """AMR 12.2 kbit/s, bandwidth-efficient (RFC 4867 §4.3, its default)."""
     AMR_OCTET_ALIGNED = "AMR octet-aligned"
     """AMR 12.2 kbit/s, octet-aligned (RFC 4867 §4.4: the receiver's ``octet-align=1``)."""
+    AMR_WB = "AMR-WB"
+    """AMR-WB 12.65 kbit/s, bandwidth-efficient."""
+    AMR_WB_OCTET_ALIGNED = "AMR-WB octet-aligned"
+    """AMR-WB 12.65 kbit/s, octet-aligned."""
 
     @property
     def encoding(self) -> str:
         """The RTP encoding name (RFC 3551 §6, RFC 4867 §8.1): AMR's two packings are one."""
-        return "AMR" if self is ToneCodec.AMR_OCTET_ALIGNED else self.value
+        amr_packing = _AMR_PACKINGS.get(self)
+        return self.value if amr_packing is None else amr_packing[0].name
+
+    @property
+    def frame_ticks(self) -> int:
+        """The RTP timestamp step of a 20 ms packet: the codec's RTP clock rate / 50."""
+        if self is ToneCodec.OPUS:
+            return OPUS_FRAME_TICKS
+        amr_packing = _AMR_PACKINGS.get(self)
+        return FRAME_SAMPLES if amr_packing is None else amr_packing[0].frame_samples
+
+
+_AMR_PACKINGS: dict[ToneCodec, tuple[amr.AmrCodec, bool]] = {
+    ToneCodec.AMR: (amr.AMR, False),
+    ToneCodec.AMR_OCTET_ALIGNED: (amr.AMR, True),
+    ToneCodec.AMR_WB: (amr.AMR_WB, False),
+    ToneCodec.AMR_WB_OCTET_ALIGNED: (amr.AMR_WB, True),
+}
+"""The AMR tone codecs: which of the two codecs, and whether octet-aligned."""
 
 
 @attrs.frozen
@@ -178,12 +204,14 @@ _TONE_CODECS = {
     },
     ("opus", opus.RTP_CLOCK_RATE, 2): ToneCodec.OPUS,
     ("opus", opus.RTP_CLOCK_RATE, 1): ToneCodec.OPUS,
-    ("amr", amr.SAMPLE_RATE, 1): ToneCodec.AMR,
+    ("amr", amr.AMR.sample_rate, 1): ToneCodec.AMR,
+    ("amr-wb", amr.AMR_WB.sample_rate, 1): ToneCodec.AMR_WB,
 }
 """The codecs a tone goes in, by ``RtpMap.codec_key``: each at the RTP clock rate 8000, one
 channel (RFC 3551 §4.5.2, §4.5.14), Opus at 48000 (RFC 7587 §7: ``opus/48000/2``; a
-``opus/48000`` without channels taken as well), and AMR at 8000 (RFC 4867 §8.1: ``AMR/8000``,
-one channel), packed as its fmtp says (:func:`_amr_codec`)."""
+``opus/48000`` without channels taken as well), AMR at 8000 and AMR-WB at 16000 (RFC 4867
+§8.1, §8.2: ``AMR/8000``, ``AMR-WB/16000``, one channel), packed as the fmtp says
+(:func:`_amr_codec`)."""
 
 
 def tone_codecs(media: MediaDescription) -> dict[ToneCodec, int]:
@@ -197,57 +225,65 @@ def tone_codecs(media: MediaDescription) -> dict[ToneCodec, int]:
     found: dict[ToneCodec, int] = {}
     for payload_type, rtpmap in formats.items():
         codec = _TONE_CODECS.get(rtpmap.codec_key) if rtpmap is not None else None
-        if codec is ToneCodec.AMR:
-            codec = _amr_codec(media.fmtp(payload_type))
+        if codec in (ToneCodec.AMR, ToneCodec.AMR_WB):
+            codec = _amr_codec(codec, media.fmtp(payload_type))
         if codec is not None and codec_available(codec):
             found.setdefault(codec, payload_type)
     return found
 
 
 def amr_not_taken(media: MediaDescription) -> bool:
-    """Whether ``media`` lists AMR that this install could play a tone in but for its fmtp
-    (:func:`_amr_codec` says None): the log's reason then says so, not only "it takes none"."""
-    if not codec_available(ToneCodec.AMR):
-        return False
+    """Whether ``media`` lists AMR or AMR-WB that this install could play a tone in but for its
+    fmtp (:func:`_amr_codec` says None): the log's reason then says so, not only "it takes
+    none"."""
     try:
         formats = codecs_by_format(media)
     except SdpError:
         return False
-    return any(
-        rtpmap is not None
-        and _TONE_CODECS.get(rtpmap.codec_key) is ToneCodec.AMR
-        and _amr_codec(media.fmtp(payload_type)) is None
-        for payload_type, rtpmap in formats.items()
-    )
+    for payload_type, rtpmap in formats.items():
+        codec = _TONE_CODECS.get(rtpmap.codec_key) if rtpmap is not None else None
+        if (
+            codec in (ToneCodec.AMR, ToneCodec.AMR_WB)
+            and codec_available(codec)
+            and _amr_codec(codec, media.fmtp(payload_type)) is None
+        ):
+            return True
+    return False
 
 
-def _amr_codec(fmtp: str | None) -> ToneCodec | None:
-    """The AMR tone codec a format whose fmtp parameters are ``fmtp`` takes, or None (RFC 4867
-    §8.1 options the tone does not make: :func:`gateway.core.media.amr.tone_packing`)."""
-    packing = amr.tone_packing(fmtp)
-    if packing == "octet-aligned":
-        return ToneCodec.AMR_OCTET_ALIGNED
+def _amr_codec(codec: ToneCodec, fmtp: str | None) -> ToneCodec | None:
+    """The tone codec (``codec``, bandwidth-efficient, or its octet-aligned twin) a format of
+    AMR or AMR-WB whose fmtp parameters are ``fmtp`` takes, or None (RFC 4867 §8.1 options the
+    tone does not make: :func:`gateway.core.media.amr.tone_packing`)."""
+    packing = amr.tone_packing(_AMR_PACKINGS[codec][0], fmtp)
     if packing == "bandwidth-efficient":
-        return ToneCodec.AMR
+        return codec
+    if packing == "octet-aligned":
+        return (
+            ToneCodec.AMR_OCTET_ALIGNED
+            if codec is ToneCodec.AMR
+            else ToneCodec.AMR_WB_OCTET_ALIGNED
+        )
     return None
 
 
 def codec_available(codec: ToneCodec) -> bool:
     """Whether this install can encode ``codec``: G.729 needs bcg729, Opus libopus, AMR
-    opencore-amr (system libraries)."""
+    opencore-amr, AMR-WB vo-amrwbenc (system libraries)."""
     if codec is ToneCodec.G729:
         return g729.load_bcg729() is not None
     if codec is ToneCodec.OPUS:
         return opus.load_libopus() is not None
-    if codec in (ToneCodec.AMR, ToneCodec.AMR_OCTET_ALIGNED):
-        return amr.load_amrnb() is not None
+    amr_packing = _AMR_PACKINGS.get(codec)
+    if amr_packing is not None:
+        return amr.load_encoder(amr_packing[0]) is not None
     return True
 
 
 def tone_codec_names() -> str:
     """The codecs a ringing tone can go in on this install, for the log ("PCMU, PCMA, G722,
-    G729, opus and AMR"; G729 only where bcg729 is installed, opus where libopus is, AMR where
-    opencore-amr is)."""
+    G729, opus, AMR and AMR-WB"; G729 only where bcg729 is installed, opus where libopus is, AMR
+    where opencore-amr is, AMR-WB where vo-amrwbenc is)."""
     names = list(dict.fromkeys(codec.encoding for codec in ToneCodec if codec_available(codec)))
     return ", ".join(names[:-1]) + " and " + names[-1]
 
@@ -309,10 +345,13 @@ def tone_frames(plan_name: str, codec: ToneCodec) -> tuple[bytes, ...]:
         return _g729_frames(plan)
     if codec is ToneCodec.OPUS:
         return _opus_frames(plan)
-    if codec is ToneCodec.AMR:
-        return tuple(amr.bandwidth_efficient_payload(f) for f in _amr_frames(plan_name))
-    if codec is ToneCodec.AMR_OCTET_ALIGNED:
-        return tuple(amr.octet_aligned_payload(f) for f in _amr_frames(plan_name))
+    amr_packing = _AMR_PACKINGS.get(codec)
+    if amr_packing is not None:
+        amr_codec, octet_aligned = amr_packing
+        stored = _amr_frames(plan_name, amr_codec)
+        if octet_aligned:
+            return tuple(amr.octet_aligned_payload(frame) for frame in stored)
+        return tuple(amr.bandwidth_efficient_payload(amr_codec, frame) for frame in stored)
     encode = lin2ulaw if codec is ToneCodec.PCMU else lin2alaw
     unit = _repeating_frames(plan)
     samples = [encode(sample) for sample in _burst_samples(plan, SAMPLE_RATE)]
@@ -397,15 +436,17 @@ def _opus_frames(plan: TonePlan) -> tuple[bytes, ...]:
 
 
 @functools.cache
-def _amr_frames(plan_name: str) -> tuple[bytes, ...]:
-    """One whole cadence of ``plan_name`` in AMR 12.2 kbit/s as storage frames (RFC 4867
-    §5.3), one per 20 ms: the cadence encoded twice by one opencore-amr encoder, the second time
-    kept, as for G.722 (:func:`_g722_frames`). Both packings are made from these, once."""
-    amrnb = amr.load_amrnb()
-    if amrnb is None:
-        raise ValueError("AMR tone frames need opencore-amr (apt-get install libopencore-amrnb0)")
-    cadence = _cadence_samples(RINGBACK_PLANS[plan_name], SAMPLE_RATE)
-    encoder = amr.AmrEncoder(amrnb, amr.TONE_MODE)
+def _amr_frames(plan_name: str, codec: amr.AmrCodec) -> tuple[bytes, ...]:
+    """One whole cadence of ``plan_name`` in ``codec`` (AMR or AMR-WB, in its tone mode) as
+    storage frames (RFC 4867 §5.3), one per 20 ms: the cadence encoded twice by one encoder,
+    the second time kept, as for G.722 (:func:`_g722_frames`). Both packings are made from
+    these, once."""
+    library = amr.load_encoder(codec)
+    if library is None:
+        package = "libopencore-amrnb0" if codec == amr.AMR else "libvo-amrwbenc0"
+        raise ValueError(f"{codec.name} tone frames need its encoder (apt-get install {package})")
+    cadence = _cadence_samples(RINGBACK_PLANS[plan_name], codec.sample_rate)
+    encoder = amr.AmrEncoder(library)
     encoder.encode(cadence)  # the state the cadence ends in
     return tuple(encoder.encode(cadence))
 
@@ -420,7 +461,7 @@ class TonePlayer:
     def __init__(self, tone: Tone, *, ssrc: int, sequence: int, timestamp: int, now: float) -> None:
         self.tone = tone
         self._frames = tone_frames(tone.plan, tone.codec)
-        self._step = OPUS_FRAME_TICKS if tone.codec is ToneCodec.OPUS else FRAME_SAMPLES
+        self._step = tone.codec.frame_ticks
         self._ssrc = ssrc.to_bytes(4, "big")
         self._sequence = sequence & 0xFFFF
         self._timestamp = timestamp & 0xFFFFFFFF

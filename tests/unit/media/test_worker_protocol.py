@@ -163,6 +163,8 @@ EVERY_MESSAGE: list[Message] = [
     PlayTone(19, "b_to_a", "us", "opus", 111),
     PlayTone(19, "a_to_b", "uk", "AMR", 96),
     PlayTone(19, "b_to_a", "fr", "AMR octet-aligned", 97),
+    PlayTone(19, "a_to_b", "eu", "AMR-WB", 98),
+    PlayTone(19, "b_to_a", "us", "AMR-WB octet-aligned", 99),
 ]
 
 
