@@ -308,6 +308,31 @@ def test_an_hd_caller_hears_the_ringing_tone_in_g722(tmp_path: Path) -> None:
     one_holds_the_eu_tone(recordings)
 
 
+def dynamic_tone_packets(
+    ringing: Path,
+    even: list[int],
+    source: tuple[str, int],
+    destination: tuple[str, int],
+    *,
+    step: int,
+) -> list[dict[str, str]]:
+    """The tone's packets the capture shows the gateway sent (``source`` to ``destination``):
+    one dynamic payload type (the number alice's SDP gave the codec), and timestamps stepping
+    ``step`` a packet (the codec's RTP clock / 50)."""
+    tone = [
+        packet
+        for packet in rtp_packets(ringing, even)
+        if (packet["src"], int(packet["srcport"])) == source
+        and (packet["dst"], int(packet["dstport"])) == destination
+    ]
+    [payload_type] = {int(packet["payload_type"]) for packet in tone}
+    assert payload_type >= 96
+    stamps = [int(packet["timestamp"]) for packet in tone]
+    steps = {(later - earlier) % 2**32 for earlier, later in itertools.pairwise(stamps)}
+    assert steps == {step}, steps
+    return tone
+
+
 @pytest.mark.interop
 def test_an_opus_caller_hears_the_ringing_tone_in_opus(tmp_path: Path) -> None:
     # The three phones offer Opus alone (baresip's opus module, opus/48000/2, RFC 7587), as a
@@ -322,17 +347,7 @@ def test_an_opus_caller_hears_the_ringing_tone_in_opus(tmp_path: Path) -> None:
     ringing, source, destination, even, recordings = ring_baresip_through_a_transfer(
         tmp_path, "opus"
     )
-    tone = [
-        packet
-        for packet in rtp_packets(ringing, even)
-        if (packet["src"], int(packet["srcport"])) == source
-        and (packet["dst"], int(packet["dstport"])) == destination
-    ]
-    [payload_type] = {int(packet["payload_type"]) for packet in tone}
-    assert payload_type >= 96  # dynamic, the number alice's SDP gave opus
-    stamps = [int(packet["timestamp"]) for packet in tone]
-    steps = {(later - earlier) % 2**32 for earlier, later in itertools.pairwise(stamps)}
-    assert steps == {960}, steps
+    tone = dynamic_tone_packets(ringing, even, source, destination, step=960)
     payloads = rtp_payloads_by_seq(ringing, even)[(source, destination)]
     # Decoded at 8 kHz (any rate decodes any Opus packet, RFC 6716 §2): sox's 4096-point
     # spectra then have 2 Hz bins, at 48 kHz 12 Hz, where even a pure 425 Hz sine puts a
@@ -368,17 +383,7 @@ def test_an_amr_caller_hears_the_ringing_tone_in_amr(
     ringing, source, destination, even, recordings = ring_baresip_through_a_transfer(
         tmp_path, module
     )
-    tone = [
-        packet
-        for packet in rtp_packets(ringing, even)
-        if (packet["src"], int(packet["srcport"])) == source
-        and (packet["dst"], int(packet["dstport"])) == destination
-    ]
-    [payload_type] = {int(packet["payload_type"]) for packet in tone}
-    assert payload_type >= 96  # dynamic, the number alice's SDP gave the codec
-    stamps = [int(packet["timestamp"]) for packet in tone]
-    steps = {(later - earlier) % 2**32 for earlier, later in itertools.pairwise(stamps)}
-    assert steps == {codec.frame_samples}, steps
+    tone = dynamic_tone_packets(ringing, even, source, destination, step=codec.frame_samples)
     payloads = rtp_payloads_by_seq(ringing, even)[(source, destination)]
     # Octet-aligned: the CMR octet, the table of contents entry (FT, Q = 1), the speech octets.
     assert {len(payloads[int(packet["seq"])]) for packet in tone} == {octets}
