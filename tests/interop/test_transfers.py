@@ -31,6 +31,15 @@ from pathlib import Path
 
 import pytest
 
+from gateway.core.media.amr import (
+    AMR,
+    AMR_WB,
+    AmrCodec,
+    AmrDecoder,
+    load_decoder,
+    load_encoder,
+    storage_frame,
+)
 from gateway.core.media.g729 import Bcg729Decoder, load_bcg729
 from gateway.core.media.opus import OpusDecoder, load_libopus
 from gateway.plugins.taps.g722 import G722Decoder
@@ -299,6 +308,31 @@ def test_an_hd_caller_hears_the_ringing_tone_in_g722(tmp_path: Path) -> None:
     one_holds_the_eu_tone(recordings)
 
 
+def dynamic_tone_packets(
+    ringing: Path,
+    even: list[int],
+    source: tuple[str, int],
+    destination: tuple[str, int],
+    *,
+    step: int,
+) -> list[dict[str, str]]:
+    """The tone's packets the capture shows the gateway sent (``source`` to ``destination``):
+    one dynamic payload type (the number alice's SDP gave the codec), and timestamps stepping
+    ``step`` a packet (the codec's RTP clock / 50)."""
+    tone = [
+        packet
+        for packet in rtp_packets(ringing, even)
+        if (packet["src"], int(packet["srcport"])) == source
+        and (packet["dst"], int(packet["dstport"])) == destination
+    ]
+    [payload_type] = {int(packet["payload_type"]) for packet in tone}
+    assert payload_type >= 96
+    stamps = [int(packet["timestamp"]) for packet in tone]
+    steps = {(later - earlier) % 2**32 for earlier, later in itertools.pairwise(stamps)}
+    assert steps == {step}, steps
+    return tone
+
+
 @pytest.mark.interop
 def test_an_opus_caller_hears_the_ringing_tone_in_opus(tmp_path: Path) -> None:
     # The three phones offer Opus alone (baresip's opus module, opus/48000/2, RFC 7587), as a
@@ -313,17 +347,7 @@ def test_an_opus_caller_hears_the_ringing_tone_in_opus(tmp_path: Path) -> None:
     ringing, source, destination, even, recordings = ring_baresip_through_a_transfer(
         tmp_path, "opus"
     )
-    tone = [
-        packet
-        for packet in rtp_packets(ringing, even)
-        if (packet["src"], int(packet["srcport"])) == source
-        and (packet["dst"], int(packet["dstport"])) == destination
-    ]
-    [payload_type] = {int(packet["payload_type"]) for packet in tone}
-    assert payload_type >= 96  # dynamic, the number alice's SDP gave opus
-    stamps = [int(packet["timestamp"]) for packet in tone]
-    steps = {(later - earlier) % 2**32 for earlier, later in itertools.pairwise(stamps)}
-    assert steps == {960}, steps
+    tone = dynamic_tone_packets(ringing, even, source, destination, step=960)
     payloads = rtp_payloads_by_seq(ringing, even)[(source, destination)]
     # Decoded at 8 kHz (any rate decodes any Opus packet, RFC 6716 §2): sox's 4096-point
     # spectra then have 2 Hz bins, at 48 kHz 12 Hz, where even a pure 425 Hz sine puts a
@@ -334,6 +358,44 @@ def test_an_opus_caller_hears_the_ringing_tone_in_opus(tmp_path: Path) -> None:
     for path in recordings:
         with wave.open(str(path)) as wav:
             assert wav.getframerate() == 48000, path  # Opus, not G.711
+    one_holds_the_eu_tone(recordings)
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize(
+    ("module", "codec", "octets"),
+    [("amr", AMR, 1 + 1 + 31), ("amr-wb", AMR_WB, 1 + 1 + 32)],
+    ids=["amr", "amr-wb"],
+)
+def test_an_amr_caller_hears_the_ringing_tone_in_amr(
+    tmp_path: Path, module: str, codec: AmrCodec, octets: int
+) -> None:
+    # The three phones offer AMR (or AMR-WB) alone (baresip's amr module, with octet-align=1,
+    # the only packing it takes), as a mobile operator's line: the ringing tone goes to alice
+    # as AMR at 12.2 kbit/s (AMR-WB at 12.65), octet-aligned as her fmtp asks (RFC 4867 §4.4;
+    # before session 62 she heard silence), on the codec's RTP clock (§4.1: 160 or 320 a
+    # packet), paced by a media worker (the codec crosses worker_protocol's PlayTone). What
+    # the capture shows the gateway sent her decodes to the tone (opencore-amr), and so does
+    # what her own baresip decoded and recorded (its amr module).
+    decoder_library = load_decoder(codec)
+    if load_encoder(codec) is None or decoder_library is None:
+        missing(f"{codec.name} is not installed (libopencore-amrnb0, libvo-amrwbenc0, ...)")
+    ringing, source, destination, even, recordings = ring_baresip_through_a_transfer(
+        tmp_path, module
+    )
+    tone = dynamic_tone_packets(ringing, even, source, destination, step=codec.frame_samples)
+    payloads = rtp_payloads_by_seq(ringing, even)[(source, destination)]
+    # Octet-aligned: the CMR octet, the table of contents entry (FT, Q = 1), the speech octets.
+    assert {len(payloads[int(packet["seq"])]) for packet in tone} == {octets}
+    decoder = AmrDecoder(decoder_library)
+    pcm = b"".join(
+        decoder.decode(storage_frame(codec, payloads[int(packet["seq"])], octet_aligned=True))
+        for packet in tone
+    )
+    the_eu_tone(pcm, codec.sample_rate, tmp_path)
+    for path in recordings:
+        with wave.open(str(path)) as wav:
+            assert wav.getframerate() == codec.sample_rate, path
     one_holds_the_eu_tone(recordings)
 
 

@@ -89,7 +89,13 @@ from gateway.core.media.relay_api import (
     RelayStream,
 )
 from gateway.core.media.t38 import is_udptl_t38, t38_problem_untrusted
-from gateway.core.media.tones import Tone, ToneCodec, tone_codec_names, tone_codecs
+from gateway.core.media.tones import (
+    Tone,
+    ToneCodec,
+    amr_not_taken,
+    tone_codec_names,
+    tone_codecs,
+)
 from gateway.core.media.transcoding import (
     AddedLaw,
     TranscodingPlan,
@@ -2093,6 +2099,11 @@ class MediaSession:
             if ours.effective_direction(ours.media[index]) not in _SENDING:
                 return f"our SDP to it says {ours.effective_direction(ours.media[index]).value}"
             codecs = tone_codecs(media)
+            if not codecs and amr_not_taken(media):
+                return (
+                    "it takes none of " + tone_codec_names() + " (its AMR asks for CRCs, robust"
+                    " sorting, interleaving or a mode-set without the tone's mode, RFC 4867 §8.1)"
+                )
             if not codecs:
                 return "it takes none of " + tone_codec_names()
             codec, payload_type = next(iter(codecs.items()))

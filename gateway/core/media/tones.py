@@ -1,4 +1,6 @@
-"""Call progress tones the gateway plays itself, as G.711, G.722, G.729 or Opus RTP. Sans-IO.
+"""Call progress tones the gateway plays itself, as G.711, G.722, G.729, Opus or AMR RTP.
+
+Sans-IO.
 
 Theory of operation
 -------------------
@@ -16,26 +18,32 @@ names the plan (:data:`RINGBACK_PLANS`; ``"none"`` plays nothing). Each plan is 
 frequencies summed, at a level per frequency, switched on and off by a cadence repeated for as
 long as it plays.
 
-It goes in the first of PCMU, PCMA, G722, G729 and opus that the receiving leg's SDP in force lists,
-with the payload type number it gives (RFC 3264 §5.1: the numbers a party writes are those it
-expects to receive); a leg that takes none of them hears nothing (the gateway encodes no other
-codec). G.711 (RFC 3551 §4.5.14): 8000 samples a second, an octet a sample. G.722 (ITU-T
-G.722 at 64 kbit/s, RFC 3551 §4.5.2): 16000 samples a second in 4 bits each, so 160 octets per
-20 ms as well, and its RTP clock runs at 8000 Hz, as G.711's (RFC 1890's mistake, which RFC
-3551 keeps for compatibility): the timestamps step the same 160 per packet. HD phones (G.722
-first, often alone when an administrator narrowed their codec list) hear the tone too; before
-session 55 they heard silence while the target rang. G.729 (RFC 3551 §4.5.6), only where
-bcg729 is installed (gateway/core/media/g729.py; since session 56, before which low-bandwidth
-trunks and branch lines that take G.729 alone heard silence): 8000 samples a second in 10 ms
-frames of 10 octets, two a packet; the timestamps step 160 as G.711's. Without Annex B's
-comfort noise: the cadence's gaps go as encoded silence, which a receiver that said
+It goes in the first of PCMU, PCMA, G722, G729, opus, AMR and AMR-WB that the receiving leg's SDP in
+force lists, with the payload type number it gives (RFC 3264 §5.1: the numbers a party writes
+are those it expects to receive); a leg that takes none of them hears nothing (the gateway
+encodes no other codec). G.711 (RFC 3551 §4.5.14): 8000 samples a second, an octet a sample.
+G.722 (ITU-T G.722 at 64 kbit/s, RFC 3551 §4.5.2): 16000 samples a second in 4 bits each, so
+160 octets per 20 ms as well, and its RTP clock runs at 8000 Hz, as G.711's (RFC 1890's
+mistake, which RFC 3551 keeps for compatibility): the timestamps step the same 160 per packet.
+HD phones (G.722 first, often alone when an administrator narrowed their codec list) hear the
+tone too; before session 55 they heard silence while the target rang. G.729 (RFC 3551 §4.5.6),
+only where bcg729 is installed (gateway/core/media/g729.py; since session 56, before which
+low-bandwidth trunks and branch lines that take G.729 alone heard silence): 8000 samples a
+second in 10 ms frames of 10 octets, two a packet; the timestamps step 160 as G.711's. Without
+Annex B's comfort noise: the cadence's gaps go as encoded silence, which a receiver that said
 ``annexb=no`` (RFC 4856 §2.1.9) takes too. Opus (RFC 7587), only where libopus is installed
 (gateway/core/media/opus.py; since session 57, before which a line that takes Opus alone, as a
 WebRTC client narrowed to it, heard silence): the same 8 kHz cadence encoded narrowband, one
 packet of a few dozen octets per 20 ms, and the timestamps step 960 (the RTP clock of Opus is
 48000 Hz at any sampling rate, RFC 7587 §4.1). The packets are an RTP stream of their own (RFC
 3550 §8: a new SSRC, random sequence number and timestamp): the receiver's jitter buffer starts
-afresh with it, as it does when the target's media replaces it.
+afresh with it, as it does when the target's media replaces it. AMR and AMR-WB (RFC 4867),
+only where their encoders are installed (gateway/core/media/amr.py: opencore-amr, vo-amrwbenc;
+since session 62, before which a line that takes AMR alone, a mobile operator's trunk, heard
+silence): 12.2 kbit/s (AMR, 8 kHz) or 12.65 kbit/s (AMR-WB, 16 kHz), a frame a packet, packed
+bandwidth-efficient or octet-aligned as the receiver's fmtp says (a line asking for CRCs,
+robust sorting, interleaving or a mode-set without that mode takes no AMR tone); the
+timestamps step 160 (AMR) or 320 (AMR-WB: its RTP clock is 16000 Hz, RFC 4867 §4.1).
 
 Cost: nothing per packet of any other call. A plan's frames are computed once per process and
 codec (:func:`tone_frames`): sums of sines whose frequencies divide into a short repeating unit
@@ -46,7 +54,9 @@ cadence encoded by libg722 (the ``G722`` package: bit-exact to the ITU-T referen
 same cadence once before it: the encoder then starts the kept cadence in the state it ends it
 in (a silence), and the cadence repeats seamlessly. G.729's encoder carries state too (its
 prediction and pitch memories), and its frames are made the same way by bcg729, Opus's by
-libopus. That costs 5-15 ms per plan for G.722, 14-31 ms for G.729 and 26-58 ms for Opus
+libopus, AMR's by opencore-amr and AMR-WB's by vo-amrwbenc (one encoding serves both
+packings). That costs 5-15 ms per plan for G.722, 14-31 ms for G.729, 26-58 ms for Opus,
+17-37 ms for AMR and 45-94 ms for AMR-WB
 (``"us"``, the longest cadence, the most),
 which on the event loop would hold every call's media that long at the first such ringback:
 so the process that plays the tones makes the configured plan's frames before it relays
@@ -66,7 +76,7 @@ import math
 import attrs
 from G722 import G722
 
-from gateway.core.media import g729, opus
+from gateway.core.media import amr, g729, opus
 from gateway.core.media.g711 import lin2alaw, lin2ulaw
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import MediaDescription
@@ -137,6 +147,37 @@ class ToneCodec(enum.Enum):
     G722 = "G722"
     G729 = "G729"
     OPUS = "opus"
+    AMR = "AMR"
+    """AMR 12.2 kbit/s, bandwidth-efficient (RFC 4867 §4.3, its default)."""
+    AMR_OCTET_ALIGNED = "AMR octet-aligned"
+    """AMR 12.2 kbit/s, octet-aligned (RFC 4867 §4.4: the receiver's ``octet-align=1``)."""
+    AMR_WB = "AMR-WB"
+    """AMR-WB 12.65 kbit/s, bandwidth-efficient."""
+    AMR_WB_OCTET_ALIGNED = "AMR-WB octet-aligned"
+    """AMR-WB 12.65 kbit/s, octet-aligned."""
+
+    @property
+    def encoding(self) -> str:
+        """The RTP encoding name (RFC 3551 §6, RFC 4867 §8.1): AMR's two packings are one."""
+        amr_packing = _AMR_PACKINGS.get(self)
+        return self.value if amr_packing is None else amr_packing[0].name
+
+    @property
+    def frame_ticks(self) -> int:
+        """The RTP timestamp step of a 20 ms packet: the codec's RTP clock rate / 50."""
+        if self is ToneCodec.OPUS:
+            return OPUS_FRAME_TICKS
+        amr_packing = _AMR_PACKINGS.get(self)
+        return FRAME_SAMPLES if amr_packing is None else amr_packing[0].frame_samples
+
+
+_AMR_PACKINGS: dict[ToneCodec, tuple[amr.AmrCodec, bool]] = {
+    ToneCodec.AMR: (amr.AMR, False),
+    ToneCodec.AMR_OCTET_ALIGNED: (amr.AMR, True),
+    ToneCodec.AMR_WB: (amr.AMR_WB, False),
+    ToneCodec.AMR_WB_OCTET_ALIGNED: (amr.AMR_WB, True),
+}
+"""The AMR tone codecs: which of the two codecs, and whether octet-aligned."""
 
 
 @attrs.frozen
@@ -159,15 +200,18 @@ class Tone:
 _TONE_CODECS = {
     **{
         (codec.value.lower(), SAMPLE_RATE, 1): codec
-        for codec in ToneCodec
-        if codec is not ToneCodec.OPUS
+        for codec in (ToneCodec.PCMU, ToneCodec.PCMA, ToneCodec.G722, ToneCodec.G729)
     },
     ("opus", opus.RTP_CLOCK_RATE, 2): ToneCodec.OPUS,
     ("opus", opus.RTP_CLOCK_RATE, 1): ToneCodec.OPUS,
+    ("amr", amr.AMR.sample_rate, 1): ToneCodec.AMR,
+    ("amr-wb", amr.AMR_WB.sample_rate, 1): ToneCodec.AMR_WB,
 }
 """The codecs a tone goes in, by ``RtpMap.codec_key``: each at the RTP clock rate 8000, one
-channel (RFC 3551 §4.5.2, §4.5.14), and Opus at 48000 (RFC 7587 §7: ``opus/48000/2``; a
-``opus/48000`` without channels taken as well)."""
+channel (RFC 3551 §4.5.2, §4.5.14), Opus at 48000 (RFC 7587 §7: ``opus/48000/2``; a
+``opus/48000`` without channels taken as well), AMR at 8000 and AMR-WB at 16000 (RFC 4867
+§8.1, §8.2: ``AMR/8000``, ``AMR-WB/16000``, one channel), packed as the fmtp says
+(:func:`_amr_codec`)."""
 
 
 def tone_codecs(media: MediaDescription) -> dict[ToneCodec, int]:
@@ -181,26 +225,66 @@ def tone_codecs(media: MediaDescription) -> dict[ToneCodec, int]:
     found: dict[ToneCodec, int] = {}
     for payload_type, rtpmap in formats.items():
         codec = _TONE_CODECS.get(rtpmap.codec_key) if rtpmap is not None else None
+        if codec in (ToneCodec.AMR, ToneCodec.AMR_WB):
+            codec = _amr_codec(codec, media.fmtp(payload_type))
         if codec is not None and codec_available(codec):
             found.setdefault(codec, payload_type)
     return found
 
 
+def amr_not_taken(media: MediaDescription) -> bool:
+    """Whether ``media`` lists AMR or AMR-WB that this install could play a tone in but for its
+    fmtp (:func:`_amr_codec` says None): the log's reason then says so, not only "it takes
+    none"."""
+    try:
+        formats = codecs_by_format(media)
+    except SdpError:
+        return False
+    for payload_type, rtpmap in formats.items():
+        codec = _TONE_CODECS.get(rtpmap.codec_key) if rtpmap is not None else None
+        if (
+            codec in (ToneCodec.AMR, ToneCodec.AMR_WB)
+            and codec_available(codec)
+            and _amr_codec(codec, media.fmtp(payload_type)) is None
+        ):
+            return True
+    return False
+
+
+def _amr_codec(codec: ToneCodec, fmtp: str | None) -> ToneCodec | None:
+    """The tone codec (``codec``, bandwidth-efficient, or its octet-aligned twin) a format of
+    AMR or AMR-WB whose fmtp parameters are ``fmtp`` takes, or None (RFC 4867 §8.1 options the
+    tone does not make: :func:`gateway.core.media.amr.tone_packing`)."""
+    packing = amr.tone_packing(_AMR_PACKINGS[codec][0], fmtp)
+    if packing == "bandwidth-efficient":
+        return codec
+    if packing == "octet-aligned":
+        return (
+            ToneCodec.AMR_OCTET_ALIGNED
+            if codec is ToneCodec.AMR
+            else ToneCodec.AMR_WB_OCTET_ALIGNED
+        )
+    return None
+
+
 def codec_available(codec: ToneCodec) -> bool:
-    """Whether this install can encode ``codec``: G.729 needs bcg729, Opus libopus (system
-    libraries)."""
+    """Whether this install can encode ``codec``: G.729 needs bcg729, Opus libopus, AMR
+    opencore-amr, AMR-WB vo-amrwbenc (system libraries)."""
     if codec is ToneCodec.G729:
         return g729.load_bcg729() is not None
     if codec is ToneCodec.OPUS:
         return opus.load_libopus() is not None
+    amr_packing = _AMR_PACKINGS.get(codec)
+    if amr_packing is not None:
+        return amr.load_encoder(amr_packing[0]) is not None
     return True
 
 
 def tone_codec_names() -> str:
-    """The codecs a ringing tone can go in on this install, in the order they are looked for,
-    for the log ("PCMU, PCMA, G722, G729 and opus"; G729 only where bcg729 is installed, opus
-    where libopus is)."""
-    names = [codec.value for codec in ToneCodec if codec_available(codec)]
+    """The codecs a ringing tone can go in on this install, for the log ("PCMU, PCMA, G722,
+    G729, opus, AMR and AMR-WB"; G729 only where bcg729 is installed, opus where libopus is, AMR
+    where opencore-amr is, AMR-WB where vo-amrwbenc is)."""
+    names = list(dict.fromkeys(codec.encoding for codec in ToneCodec if codec_available(codec)))
     return ", ".join(names[:-1]) + " and " + names[-1]
 
 
@@ -261,6 +345,13 @@ def tone_frames(plan_name: str, codec: ToneCodec) -> tuple[bytes, ...]:
         return _g729_frames(plan)
     if codec is ToneCodec.OPUS:
         return _opus_frames(plan)
+    amr_packing = _AMR_PACKINGS.get(codec)
+    if amr_packing is not None:
+        amr_codec, octet_aligned = amr_packing
+        stored = _amr_frames(plan_name, amr_codec)
+        if octet_aligned:
+            return tuple(amr.octet_aligned_payload(frame) for frame in stored)
+        return tuple(amr.bandwidth_efficient_payload(amr_codec, frame) for frame in stored)
     encode = lin2ulaw if codec is ToneCodec.PCMU else lin2alaw
     unit = _repeating_frames(plan)
     samples = [encode(sample) for sample in _burst_samples(plan, SAMPLE_RATE)]
@@ -344,6 +435,22 @@ def _opus_frames(plan: TonePlan) -> tuple[bytes, ...]:
     return tuple(encoder.encode(cadence))
 
 
+@functools.cache
+def _amr_frames(plan_name: str, codec: amr.AmrCodec) -> tuple[bytes, ...]:
+    """One whole cadence of ``plan_name`` in ``codec`` (AMR or AMR-WB, in its tone mode) as
+    storage frames (RFC 4867 §5.3), one per 20 ms: the cadence encoded twice by one encoder,
+    the second time kept, as for G.722 (:func:`_g722_frames`). Both packings are made from
+    these, once."""
+    library = amr.load_encoder(codec)
+    if library is None:
+        package = "libopencore-amrnb0" if codec == amr.AMR else "libvo-amrwbenc0"
+        raise ValueError(f"{codec.name} tone frames need its encoder (apt-get install {package})")
+    cadence = _cadence_samples(RINGBACK_PLANS[plan_name], codec.sample_rate)
+    encoder = amr.AmrEncoder(library)
+    encoder.encode(cadence)  # the state the cadence ends in
+    return tuple(encoder.encode(cadence))
+
+
 class TonePlayer:
     """The RTP packets of one :class:`Tone`, paced from float time (sans-IO): a new RTP
     stream (RFC 3550 §5.1: ``ssrc``, and a random first ``sequence`` and ``timestamp``, which
@@ -354,7 +461,7 @@ class TonePlayer:
     def __init__(self, tone: Tone, *, ssrc: int, sequence: int, timestamp: int, now: float) -> None:
         self.tone = tone
         self._frames = tone_frames(tone.plan, tone.codec)
-        self._step = OPUS_FRAME_TICKS if tone.codec is ToneCodec.OPUS else FRAME_SAMPLES
+        self._step = tone.codec.frame_ticks
         self._ssrc = ssrc.to_bytes(4, "big")
         self._sequence = sequence & 0xFFFF
         self._timestamp = timestamp & 0xFFFFFFFF

@@ -68,7 +68,7 @@ from gateway.core.interfaces import SrtpKeys
 from gateway.core.media.relay import DirectionStatistics
 from gateway.core.media.srtp import SrtpStatistics
 
-PROTOCOL_VERSION = 15
+PROTOCOL_VERSION = 16
 """The version of the channel's messages and of the worker's command line. **Bump it on any
 change to a message's layout** (a field added, removed, reordered or retyped, a default that
 is sent, a type number, a field codec) **or to what a message means, and on any change to the
@@ -97,7 +97,8 @@ the callee's DTLS engine keeps other phones' handshakes for another phone's answ
 :class:`PlayTone` (a transferee's ringing tone, session 52). 12: :class:`PlayTone` its ``codec``
 (G.722 beside the G.711 laws, session 55). 13: the worker's ``--ringback-tone`` (it makes that
 plan's frames as it starts, session 56). 14: :class:`PlayTone`'s codec may be ``G729``
-(session 56). 15: and ``opus`` (session 57)."""
+(session 56). 15: and ``opus`` (session 57). 16: and ``AMR``, ``AMR-WB`` and their
+``octet-aligned`` packings (session 62)."""
 
 SocketAddress = tuple[str, int] | tuple[str, int, int, int]
 """A peer's address as a socket gives it: (host, port), or for IPv6 (host, port, flow info,
@@ -411,7 +412,18 @@ class SendDtmf:
 TONE_PLANS = ("", "us", "uk", "eu", "fr")
 """:class:`PlayTone`'s plans (:data:`gateway.core.media.tones.RINGBACK_PLANS`); empty: stop.
 Append only, as the type numbers."""
-TONE_CODECS = ("", "PCMU", "PCMA", "G722", "G729", "opus")
+TONE_CODECS = (
+    "",
+    "PCMU",
+    "PCMA",
+    "G722",
+    "G729",
+    "opus",
+    "AMR",
+    "AMR octet-aligned",
+    "AMR-WB",
+    "AMR-WB octet-aligned",
+)
 """:class:`PlayTone`'s codecs (:class:`gateway.core.media.tones.ToneCodec`); empty with no
 plan. Append only."""
 

@@ -14,13 +14,14 @@ import trio
 
 from gateway.core.config import PortRange
 from gateway.core.interfaces import SrtpKeys
+from gateway.core.media import amr
 from gateway.core.media.g729 import load_bcg729
 from gateway.core.media.keying import CallKeying
 from gateway.core.media.opus import load_libopus
 from gateway.core.media.relay import MediaRelay, MediaStream
 from gateway.core.media.session import MediaSession
 from gateway.core.media.srtp import SrtpSession
-from gateway.core.media.tones import Tone, ToneCodec, tone_frames
+from gateway.core.media.tones import Tone, ToneCodec, codec_available, tone_frames
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from tests.conftest import missing
 from tests.integration.media.keyed_legs import FakeLeg
@@ -58,8 +59,23 @@ def sdp_for(port: int, formats: str, *lines: str, version: int = 1) -> bytes:
         ("9 0 8", (), ToneCodec.G722, 9, 160),
         ("18 0", (), ToneCodec.G729, 18, 160),
         ("111 0", ("a=rtpmap:111 opus/48000/2",), ToneCodec.OPUS, 111, 960),
+        ("96 0", ("a=rtpmap:96 AMR/8000", "a=fmtp:96 mode-set=0,2,4,7"), ToneCodec.AMR, 96, 160),
+        (
+            "97 0",
+            ("a=rtpmap:97 AMR/8000", "a=fmtp:97 octet-align=1"),
+            ToneCodec.AMR_OCTET_ALIGNED,
+            97,
+            160,
+        ),
+        (
+            "98 0",
+            ("a=rtpmap:98 AMR-WB/16000", "a=fmtp:98 mode-set=0,1,2; octet-align=1"),
+            ToneCodec.AMR_WB_OCTET_ALIGNED,
+            98,
+            320,
+        ),
     ],
-    ids=["pcma", "g722", "g729", "opus"],
+    ids=["pcma", "g722", "g729", "opus", "amr", "amr-octet-aligned", "amr-wb-octet-aligned"],
 )
 async def test_the_tone_goes_through_the_legs_keys_in_place_of_the_other_legs_media(
     relay: MediaRelay,
@@ -73,6 +89,8 @@ async def test_the_tone_goes_through_the_legs_keys_in_place_of_the_other_legs_me
         missing("libbcg729 is not installed (apt-get install libbcg729-0)")
     if codec is ToneCodec.OPUS and load_libopus() is None:
         missing("libopus is not installed (apt-get install libopus0)")
+    if codec.encoding in ("AMR", "AMR-WB") and not codec_available(codec):
+        missing(f"{codec.encoding}'s encoder is not installed (libopencore-amrnb0, ...)")
     session = MediaSession(relay, media_address=ADDRESS)
     keying = CallKeying(session)
     leg_a, leg_b = FakeLeg("sdes"), FakeLeg("best-effort")
@@ -85,7 +103,9 @@ async def test_the_tone_goes_through_the_legs_keys_in_place_of_the_other_legs_me
         await b_phone.bind((ADDRESS, B_PHONE.first()))
         # A's phone lists PCMA first (as 8) and PCMU: the tone goes as PCMA. An HD phone
         # lists G722 first (as 9): as G.722. A low-bandwidth line G729 (18): as G.729. A
-        # WebRTC client opus (111, RFC 7587 §7): as Opus, its timestamps on a 48 kHz clock.
+        # WebRTC client opus (111, RFC 7587 §7): as Opus, its timestamps on a 48 kHz clock. A
+        # mobile operator's line AMR (RFC 4867), packed as its fmtp says; an HD one AMR-WB, its
+        # timestamps on a 16 kHz clock.
         offer_b = session.offer_from(
             "a", parse_sdp_untrusted(sdp_for(A_PHONE.first(), formats, *rtpmaps))
         )
@@ -163,8 +183,25 @@ async def test_a_leg_that_receives_nothing_or_takes_none_of_the_tones_codecs_get
     codecs = ["PCMU", "PCMA", "G722"]
     codecs += ["G729"] if load_bcg729() is not None else []
     codecs += ["opus"] if load_libopus() is not None else []
+    codecs += ["AMR"] if amr.load_encoder(amr.AMR) is not None else []
+    codecs += ["AMR-WB"] if amr.load_encoder(amr.AMR_WB) is not None else []
     assert session.play_ringback("a", "us") == (
         f"it takes none of {', '.join(codecs[:-1])} and {codecs[-1]}"
+    )
+    assert not session.playing_tone
+    session.close()
+
+    # AMR the tone could go in but for what the line's fmtp asks: the reason says so.
+    if amr.load_encoder(amr.AMR) is None:
+        return
+    session = MediaSession(relay, media_address=ADDRESS)
+    amr_crc = ("a=rtpmap:96 AMR/8000", "a=fmtp:96 octet-align=1; crc=1")
+    session.offer_from("a", parse_sdp_untrusted(sdp_for(A_PHONE.first(), "96", *amr_crc)))
+    session.answer_from("b", parse_sdp_untrusted(sdp_for(B_PHONE.first(), "96", *amr_crc)))
+    session.settle()
+    assert session.play_ringback("a", "us") == (
+        f"it takes none of {', '.join(codecs[:-1])} and {codecs[-1]} (its AMR asks for CRCs,"
+        " robust sorting, interleaving or a mode-set without the tone's mode, RFC 4867 §8.1)"
     )
     assert not session.playing_tone
     session.close()

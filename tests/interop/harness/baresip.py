@@ -55,7 +55,12 @@ MODULE_PATH = "/usr/lib/baresip/modules"
 MODULES = ("alsa.so", "aufile.so", "sndfile.so", "srtp.so", "dtls_srtp.so")
 # The sampling rate of each codec module's audio: aufile's source WAV must have the codec's
 # ("aufile: input file ... must have sample-rate 16000 Hz"), and sndfile records at it.
-CODEC_RATES = {"g711": 8000, "g722": 16000, "opus": 48000}
+CODEC_RATES = {"g711": 8000, "g722": 16000, "opus": 48000, "amr": 8000, "amr-wb": 16000}
+# The codecs of a module an account is narrowed to (its ``audio_codecs``): baresip's amr
+# module offers AMR-WB/16000 before AMR/8000, and its phones would agree on the wideband one;
+# "amr-wb" is that module narrowed to AMR-WB.
+ACCOUNT_AUDIO_CODECS = {"amr": "AMR/8000/1", "amr-wb": "AMR-WB/16000/1"}
+CODEC_MODULES = {"amr-wb": "amr"}
 # And its channels: baresip's opus module is opus/48000/2 and runs its audio in stereo
 # ("aufile: input file ... must have channels = 2"); the others mono.
 CODEC_CHANNELS = {"opus": 2}
@@ -172,7 +177,7 @@ class Baresip:
             ("rtcp_mux", "yes" if self.rtcp_mux else "no"),
             ("rtp_stats", "yes"),
             ("module_path", MODULE_PATH),
-            *(("module", f"{codec}.so") for codec in self.codecs),
+            *(("module", f"{CODEC_MODULES.get(codec, codec)}.so") for codec in self.codecs),
             *(("module", module) for module in MODULES),
             ("module_tmp", "account.so"),
             ("module_app", "menu.so"),
@@ -198,6 +203,9 @@ class Baresip:
         params = f";answermode={answermode}"
         if mediaenc is not None:
             params += f";mediaenc={mediaenc}"
+        narrowed = [ACCOUNT_AUDIO_CODECS[c] for c in self.codecs if c in ACCOUNT_AUDIO_CODECS]
+        if narrowed:
+            params += f";audio_codecs={','.join(narrowed)}"
         return params
 
     def start(self) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from gateway.core.media import g729, opus
+from gateway.core.media import amr, g729, opus
 from gateway.core.media.g711 import alaw2lin, lin2alaw, lin2ulaw, ulaw2lin
 from gateway.core.media.tones import (
     FRAME_SAMPLES,
@@ -24,6 +24,7 @@ from gateway.core.media.tones import (
     ToneCodec,
     TonePlan,
     TonePlayer,
+    _amr_frames,
     codec_available,
     prepare_tone_frames,
     ringback_summary,
@@ -165,21 +166,23 @@ def test_a_g722_cadence_repeats_seamlessly(name: str) -> None:
     assert max(abs(a - b) for a, b in after) < 0.01 * peak
 
 
+def media_description(formats: str, *attributes: str) -> MediaDescription:
+    lines = [
+        "v=0",
+        "o=- 1 1 IN IP4 127.0.0.1",
+        "s=-",
+        "c=IN IP4 127.0.0.1",
+        "t=0 0",
+        f"m=audio 4000 RTP/AVP {formats}",
+        *attributes,
+    ]
+    return parse_sdp_untrusted(("\r\n".join(lines) + "\r\n").encode()).media[0]
+
+
 def test_the_codecs_a_tone_goes_in_are_found_in_the_order_the_sdp_lists_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def media(formats: str, *attributes: str) -> MediaDescription:
-        lines = [
-            "v=0",
-            "o=- 1 1 IN IP4 127.0.0.1",
-            "s=-",
-            "c=IN IP4 127.0.0.1",
-            "t=0 0",
-            f"m=audio 4000 RTP/AVP {formats}",
-            *attributes,
-        ]
-        return parse_sdp_untrusted(("\r\n".join(lines) + "\r\n").encode()).media[0]
-
+    media = media_description
     assert tone_codecs(media("9 0 8 101")) == {
         ToneCodec.G722: 9,
         ToneCodec.PCMU: 0,
@@ -217,6 +220,55 @@ def test_the_codecs_a_tone_goes_in_are_found_in_the_order_the_sdp_lists_them(
     monkeypatch.setattr(opus, "load_libopus", lambda: None)
     assert tone_codecs(opus_line) == {ToneCodec.PCMU: 0}
     assert not codec_available(ToneCodec.OPUS)
+
+
+@pytest.mark.parametrize(
+    ("rtpmap", "efficient", "aligned", "tone_mode"),
+    [
+        ("AMR/8000", ToneCodec.AMR, ToneCodec.AMR_OCTET_ALIGNED, 7),
+        ("AMR-WB/16000", ToneCodec.AMR_WB, ToneCodec.AMR_WB_OCTET_ALIGNED, 2),
+    ],
+    ids=["amr", "amr-wb"],
+)
+def test_an_amr_line_takes_the_tone_packed_as_its_fmtp_says(
+    monkeypatch: pytest.MonkeyPatch,
+    rtpmap: str,
+    efficient: ToneCodec,
+    aligned: ToneCodec,
+    tone_mode: int,
+) -> None:
+    # RFC 4867 §8.1: bandwidth-efficient unless octet-align=1; parameter names in any case.
+    amr_encoder(efficient)
+
+    def line(*fmtp: str) -> MediaDescription:
+        attributes = [f"a=rtpmap:96 {rtpmap}", *(f"a=fmtp:96 {f}" for f in fmtp)]
+        return media_description("96 0", *attributes)
+
+    assert tone_codecs(line()) == {efficient: 96, ToneCodec.PCMU: 0}
+    assert tone_codecs(line("octet-align=0")) == {efficient: 96, ToneCodec.PCMU: 0}
+    assert tone_codecs(line(f"OCTET-ALIGN=1; mode-set=0,{tone_mode}")) == {
+        aligned: 96,
+        ToneCodec.PCMU: 0,
+    }
+    lower = rtpmap.lower() + "/1"
+    assert tone_codecs(media_description("97", f"a=rtpmap:97 {lower}")) == {efficient: 97}
+    # What the tone does not make, or cannot tell: the next codec the line lists.
+    for fmtp in (
+        f"mode-set={tone_mode + 1}",  # not the tone's mode
+        "octet-align=1; crc=1",
+        "octet-align=1; robust-sorting=1",
+        "octet-align=1; interleaving=4",
+        "mode-set=seven",
+        "octet-align=yes",
+    ):
+        assert tone_codecs(line(fmtp)) == {ToneCodec.PCMU: 0}, fmtp
+    assert tone_codecs(media_description("96", f"a=rtpmap:96 {rtpmap}/2")) == {}  # stereo
+    name, rate = rtpmap.split("/")
+    other_rate = 16000 if rate == "8000" else 8000
+    assert tone_codecs(media_description("96", f"a=rtpmap:96 {name}/{other_rate}")) == {}
+    monkeypatch.setattr(amr, "load_encoder", lambda codec: None)
+    assert tone_codecs(line()) == {ToneCodec.PCMU: 0}
+    assert not codec_available(efficient) and not codec_available(aligned)
 
 
 def test_every_tone_codec_crosses_to_a_media_worker() -> None:
@@ -319,7 +371,8 @@ def test_without_bcg729_a_plan_prepares_every_codec_but_g729(
     monkeypatch.setattr(g729, "load_bcg729", lambda: None)
     tone_frames.cache_clear()
     prepare_tone_frames("eu")
-    assert tone_frames.cache_info().currsize == 3 + codec_available(ToneCodec.OPUS)
+    others = codec_available(ToneCodec.OPUS) + AMR_TONE_CODECS_INSTALLED
+    assert tone_frames.cache_info().currsize == 3 + others
     with pytest.raises(ValueError, match=r"G\.729 tone frames need bcg729"):
         tone_frames("eu", ToneCodec.G729)
 
@@ -330,9 +383,29 @@ def test_without_libopus_a_plan_prepares_every_codec_but_opus(
     monkeypatch.setattr(opus, "load_libopus", lambda: None)
     tone_frames.cache_clear()
     prepare_tone_frames("eu")
-    assert tone_frames.cache_info().currsize == 3 + codec_available(ToneCodec.G729)
+    others = codec_available(ToneCodec.G729) + AMR_TONE_CODECS_INSTALLED
+    assert tone_frames.cache_info().currsize == 3 + others
     with pytest.raises(ValueError, match=r"Opus tone frames need libopus"):
         tone_frames("eu", ToneCodec.OPUS)
+
+
+def test_without_the_amr_encoders_a_plan_prepares_every_codec_but_amr(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(amr, "load_encoder", lambda codec: None)
+    tone_frames.cache_clear()
+    _amr_frames.cache_clear()
+    prepare_tone_frames("eu")
+    others = codec_available(ToneCodec.G729) + codec_available(ToneCodec.OPUS)
+    assert tone_frames.cache_info().currsize == 3 + others
+    for codec, package in (
+        (ToneCodec.AMR, "libopencore-amrnb0"),
+        (ToneCodec.AMR_OCTET_ALIGNED, "libopencore-amrnb0"),
+        (ToneCodec.AMR_WB, "libvo-amrwbenc0"),
+        (ToneCodec.AMR_WB_OCTET_ALIGNED, "libvo-amrwbenc0"),
+    ):
+        with pytest.raises(ValueError, match=f"tone frames need its encoder .*{package}"):
+            tone_frames("eu", codec)
 
 
 def bcg729() -> g729.Bcg729:
@@ -474,6 +547,13 @@ def test_the_start_says_which_plan_plays_in_which_codecs_this_install_has(
     )
     monkeypatch.setattr(g729, "load_bcg729", lambda: object())
     monkeypatch.setattr(opus, "load_libopus", lambda: object())
+    monkeypatch.setattr(amr, "load_encoder", lambda codec: object())
+    # AMR and AMR-WB once each, though each has two packings (two tone codecs).
+    assert ringback_summary("uk") == (
+        "uk, in the first of PCMU, PCMA, G722, G729, opus, AMR and AMR-WB the transferee's"
+        " line lists"
+    )
+    monkeypatch.setattr(amr, "load_encoder", lambda codec: None)
     assert ringback_summary("eu") == (
         "eu, in the first of PCMU, PCMA, G722, G729 and opus the transferee's line lists"
     )
@@ -485,3 +565,106 @@ def test_the_start_says_which_plan_plays_in_which_codecs_this_install_has(
     assert ringback_summary("fr") == (
         "fr, in the first of PCMU, PCMA and G722 the transferee's line lists"
     )
+
+
+AMR_TONE_CODECS_INSTALLED = sum(
+    codec_available(codec)
+    for codec in (
+        ToneCodec.AMR,
+        ToneCodec.AMR_OCTET_ALIGNED,
+        ToneCodec.AMR_WB,
+        ToneCodec.AMR_WB_OCTET_ALIGNED,
+    )
+)
+"""The AMR tone codecs this install has: two packings for each encoder found."""
+
+AMR_CODECS = pytest.mark.parametrize(
+    ("efficient", "aligned"),
+    [
+        (ToneCodec.AMR, ToneCodec.AMR_OCTET_ALIGNED),
+        (ToneCodec.AMR_WB, ToneCodec.AMR_WB_OCTET_ALIGNED),
+    ],
+    ids=["amr", "amr-wb"],
+)
+
+
+def amr_codec_of(codec: ToneCodec) -> amr.AmrCodec:
+    return amr.AMR if codec.encoding == "AMR" else amr.AMR_WB
+
+
+def amr_encoder(codec: ToneCodec) -> None:
+    """Skip unless ``codec``'s encoder is installed."""
+    if amr.load_encoder(amr_codec_of(codec)) is None:
+        missing(f"{codec.encoding}'s encoder is not installed (libopencore-amrnb0, ...)")
+
+
+def amr_decoded(
+    codec: ToneCodec, frames: tuple[bytes, ...], times: int, *, octet_aligned: bool
+) -> tuple[list[list[int]], int]:
+    """:func:`decoded_in_a_row` of the payloads ``frames`` by one opencore-amr decoder of
+    ``codec``, and the rate it decodes at."""
+    amr_codec = amr_codec_of(codec)
+    library = amr.load_decoder(amr_codec)
+    if library is None:
+        missing(f"{amr_codec.name}'s decoder is not installed (libopencore-amr*0)")
+    decoder = amr.AmrDecoder(library)
+
+    def decode(payload: bytes) -> bytes:
+        return decoder.decode(amr.storage_frame(amr_codec, payload, octet_aligned=octet_aligned))
+
+    return decoded_in_a_row(decode, frames, times), amr_codec.sample_rate
+
+
+@AMR_CODECS
+@pytest.mark.parametrize("name", sorted(RINGBACK_PLANS))
+def test_a_plans_amr_frames_decode_to_its_frequencies_on_and_near_silence_off(
+    name: str, efficient: ToneCodec, aligned: ToneCodec
+) -> None:
+    plan = RINGBACK_PLANS[name]
+    amr_encoder(efficient)
+    frames = tone_frames(name, efficient)
+    (_, samples), rate = amr_decoded(efficient, frames, 2, octet_aligned=False)
+    # One frame a packet: 4 + 6 + 244 bits (AMR at 12.2 kbit/s), 32 octets, or 4 + 6 + 253
+    # (AMR-WB at 12.65), 33 (RFC 4867 §4.3).
+    assert len(frames) == round(sum(plan.cadence) / FRAME_SECONDS)
+    assert {len(frame) for frame in frames} == ({32} if efficient is ToneCodec.AMR else {33})
+    assert len(samples) == len(frames) * rate // 50
+    # The cadence checked at 8 kHz: every other sample of AMR-WB's 16 kHz.
+    assert_a_speech_codecs_cadence(plan, samples[:: rate // SAMPLE_RATE], settle_packets=1)
+    # Octet-aligned (§4.4): the same speech bits, one octet more, decoding to the same.
+    packed = tone_frames(name, aligned)
+    assert {len(frame) for frame in packed} == {len(frames[0]) + 1}
+    assert (
+        amr_decoded(aligned, packed, 1, octet_aligned=True)[0]
+        == amr_decoded(efficient, frames, 1, octet_aligned=False)[0]
+    )
+
+
+@AMR_CODECS
+@pytest.mark.parametrize("name", sorted(RINGBACK_PLANS))
+def test_an_amr_cadence_repeats_seamlessly(
+    name: str, efficient: ToneCodec, aligned: ToneCodec
+) -> None:
+    # As for G.722, G.729 and Opus: the encoder's state at the frames' start is the one at
+    # their end, so a decoder playing them again and again hears the same every time round.
+    amr_encoder(efficient)
+    (_, second, third), _ = amr_decoded(
+        efficient, tone_frames(name, efficient), 3, octet_aligned=False
+    )
+    peak = max(map(abs, second))
+    assert max(abs(a - b) for a, b in zip(second, third, strict=True)) <= 0.01 * peak
+
+
+@pytest.mark.parametrize(
+    ("codec", "step"), [(ToneCodec.AMR, 160), (ToneCodec.AMR_WB_OCTET_ALIGNED, 320)]
+)
+def test_an_amr_player_steps_the_rtp_clock_at_the_sampling_rate(
+    codec: ToneCodec, step: int
+) -> None:
+    # RFC 4867 §4.1: the RTP clock is AMR's 8000 Hz or AMR-WB's 16000 Hz: 160 or 320 per
+    # 20 ms frame.
+    amr_encoder(codec)
+    player = TonePlayer(Tone("us", codec, 96), ssrc=7, sequence=3, timestamp=0, now=0.0)
+    packets = player.due(0.0) + player.due(0.02) + player.due(0.04)
+    assert [header(p)[1:4] for p in packets] == [(96, 3, 0), (96, 4, step), (96, 5, 2 * step)]
+    assert [p[12:] for p in packets] == list(tone_frames("us", codec)[:3])
