@@ -1726,7 +1726,16 @@ class Gateway:
             )
             await nursery.start(self.media_workers.serve)
         else:
-            prepare_tone_frames(media.ringback_tone)  # this process plays them
+            # This process plays them.
+            for encoding, why in prepare_tone_frames(media.ringback_tone).items():
+                log.warning(
+                    "transfer ringing tone: its %s frames could not be made (%s): never played"
+                    " in %s; a line that takes no other tone codec hears nothing while a"
+                    " transfer's target rings",
+                    encoding,
+                    why,
+                    encoding,
+                )
             self.relay = MediaRelay(PortAllocator(media.address, self.config.media_ports))
             await nursery.start(self.relay.serve)
         nursery.start_soon(self._housekeeping)

@@ -207,7 +207,7 @@ from gateway.core.media.rtp import (
     VERSION_BITS,
     VERSION_MASK,
 )
-from gateway.core.media.tones import Tone, TonePlayer
+from gateway.core.media.tones import Tone, TonePlayer, codec_available
 from gateway.core.media.udp_association import dissolve
 
 logger = logging.getLogger(__name__)
@@ -1712,8 +1712,11 @@ class MediaStream:
         (SRTP protect with the receiving leg's keys) from the relay's socket, to where relayed
         packets would go. None stops it, and the leg's packets are relayed again. Playing
         another tone replaces the first. False when it cannot play: the stream is closed or
-        relays T.38, or the relay is not serving. While the direction is blocked for want of
-        keys, the tone's time passes and nothing goes."""
+        relays T.38, the relay is not serving, or the tone's codec is none this process can
+        play (:func:`gateway.core.media.tones.codec_available`: its library failed at the
+        start, in a media worker told to play it by the SIP process, which did not try it).
+        While the direction is blocked for want of keys, the tone's time passes and nothing
+        goes."""
         control = self.a_to_b if direction == "a_to_b" else self.b_to_a
         if tone is None:
             if control._tone is not None:
@@ -1722,6 +1725,8 @@ class MediaStream:
             return True
         relay = self._relay
         if relay is None or self._opaque or relay._nursery is None:
+            return False
+        if not codec_available(tone.codec):
             return False
         player = TonePlayer(
             tone,

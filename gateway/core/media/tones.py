@@ -269,7 +269,10 @@ def _amr_codec(codec: ToneCodec, fmtp: str | None) -> ToneCodec | None:
 
 def codec_available(codec: ToneCodec) -> bool:
     """Whether this install can encode ``codec``: G.729 needs bcg729, Opus libopus, AMR
-    opencore-amr, AMR-WB vo-amrwbenc (system libraries)."""
+    opencore-amr, AMR-WB vo-amrwbenc (system libraries); none whose frames could not be made
+    (:func:`prepare_tone_frames`)."""
+    if codec in _UNUSABLE:
+        return False
     if codec is ToneCodec.G729:
         return g729.load_bcg729() is not None
     if codec is ToneCodec.OPUS:
@@ -367,14 +370,31 @@ def tone_frames(plan_name: str, codec: ToneCodec) -> tuple[bytes, ...]:
     return tuple(frames)
 
 
-def prepare_tone_frames(plan_name: str) -> None:
+_UNUSABLE: dict[ToneCodec, str] = {}
+"""The codecs whose library is installed but failed to make a plan's frames
+(:func:`prepare_tone_frames`), and why: no tone codec of this process from then on."""
+
+
+def prepare_tone_frames(plan_name: str) -> dict[str, str]:
     """Make ``plan_name``'s frames in every codec now (``"none"``: nothing), so that no
-    ringback computes them on the event loop, where relayed media waits for it."""
+    ringback computes them on the event loop, where relayed media waits for it.
+
+    The encoders of G.729, Opus and AMR are system libraries found by name: one that fails (a
+    build of another interface under the expected name, a broken install) makes its codec no
+    tone codec of this process (:func:`codec_available` says so from then on) instead of
+    keeping the gateway or a media worker from starting. Returns what failed, by RTP encoding
+    name, with why, for the caller's start-up WARNING."""
+    failed: dict[str, str] = {}
     if plan_name == "none":
-        return
+        return failed
     for codec in ToneCodec:
-        if codec_available(codec):
+        if not codec_available(codec):
+            continue
+        try:
             tone_frames(plan_name, codec)
+        except Exception as exc:  # whatever a foreign library's binding raises
+            _UNUSABLE[codec] = failed[codec.encoding] = f"{type(exc).__name__}: {exc}"
+    return failed
 
 
 def _cadence_samples(plan: TonePlan, rate: int) -> list[int]:

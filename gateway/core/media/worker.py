@@ -695,7 +695,16 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     _log_to_stderr(str(args.index), args.log_level)
     show_plugin_exception_text(args.plugin_exception_text)
-    prepare_tone_frames(args.ringback_tone)  # before any call's media waits on the loop for it
+    # Before any call's media waits on the loop for them.
+    for encoding, why in prepare_tone_frames(args.ringback_tone).items():
+        log.warning(
+            "transfer ringing tone: its %s frames could not be made (%s): never played in %s"
+            " by this worker; a line that takes no other tone codec hears the transferor's"
+            " media while a transfer's target rings",
+            encoding,
+            why,
+            encoding,
+        )
 
     async def serve() -> None:
         worker = Worker(

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import trio
 
+from gateway.core.media import amr, tones
 from gateway.core.media.g711 import ulaw2lin
 from gateway.core.media.g729 import Bcg729Decoder, load_bcg729
 from gateway.core.media.opus import OpusDecoder, load_libopus
@@ -385,3 +386,40 @@ async def test_a_transferee_that_holds_while_the_target_rings_hears_the_tone_whe
         assert tone_power(payloads, 440.0) > 1000 * tone_power(payloads, 1000.0)
         await eventually_notify(env.alice, "SIP/2.0 200 OK")
         assert not call.media.playing_tone
+
+
+async def test_an_encoder_that_fails_at_the_start_is_left_out_with_a_warning(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A system library found by name that fails (another build's interface): the gateway
+    # starts all the same, says so, and does not offer that codec's tone.
+    if not codec_available(ToneCodec.AMR):
+        missing("opencore-amr is not installed (apt-get install libopencore-amrnb0)")
+    monkeypatch.setattr(tones, "_UNUSABLE", {})
+
+    def broken(self: amr.AmrEncoder, samples: object) -> list[bytes]:
+        raise amr.AmrError("opencore-amrnb: a frame of 0 octets, not 32")
+
+    monkeypatch.setattr(amr.AmrEncoder, "encode", broken)
+    tone_frames.cache_clear()
+    tones._amr_frames.cache_clear()
+    try:
+        with caplog.at_level(logging.INFO, logger="gateway.core.gateway"):
+            await start_b2bua(nursery, tmp_path, voipgw_seed, media_table={"ringback_tone": "eu"})
+    finally:
+        tone_frames.cache_clear()
+        tones._amr_frames.cache_clear()
+    warning = (
+        "transfer ringing tone: its AMR frames could not be made (AmrError: opencore-amrnb: a"
+        " frame of 0 octets, not 32): never played in AMR; a line that takes no other tone"
+        " codec hears nothing while a transfer's target rings"
+    )
+    assert [r.levelname for r in caplog.records if r.getMessage() == warning] == ["WARNING"]
+    summary = next(m for m in caplog.messages if m.startswith("transfer ringing tone: eu"))
+    assert ", AMR" not in summary and " AMR " not in summary
+    assert any(m.startswith("voipgw ready") for m in caplog.messages)

@@ -14,7 +14,7 @@ import trio
 
 from gateway.core.config import PortRange
 from gateway.core.interfaces import SrtpKeys
-from gateway.core.media import amr
+from gateway.core.media import amr, tones
 from gateway.core.media.g729 import load_bcg729
 from gateway.core.media.keying import CallKeying
 from gateway.core.media.opus import load_libopus
@@ -204,6 +204,27 @@ async def test_a_leg_that_receives_nothing_or_takes_none_of_the_tones_codecs_get
         " robust sorting, interleaving or a mode-set without the tone's mode, RFC 4867 §8.1)"
     )
     assert not session.playing_tone
+    session.close()
+
+
+async def test_a_relay_told_to_play_a_codec_it_cannot_make_relays_on(
+    relay: MediaRelay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A media worker whose encoder failed at its start is still told to play that codec by the
+    # SIP process, which did not try it (it plays nothing itself): the stream says it cannot,
+    # and the other leg's media goes on being relayed, as before a tone.
+    session = MediaSession(relay, media_address=ADDRESS)
+    session.offer_from("a", parse_sdp_untrusted(sdp_for(A_PHONE.first(), "8")))
+    session.answer_from("b", parse_sdp_untrusted(sdp_for(B_PHONE.first(), "8")))
+    session.settle()
+    stream = session.streams[0]
+    assert isinstance(stream, MediaStream)
+    monkeypatch.setattr(tones, "_UNUSABLE", {ToneCodec.PCMA: "OSError: a broken build"})
+    assert not stream.play_tone("b_to_a", Tone("eu", ToneCodec.PCMA, 8))
+    assert stream.playing_tone("b_to_a") is None
+    monkeypatch.setattr(tones, "_UNUSABLE", {})
+    assert stream.play_tone("b_to_a", Tone("eu", ToneCodec.PCMA, 8))
+    assert stream.playing_tone("b_to_a") is not None
     session.close()
 
 

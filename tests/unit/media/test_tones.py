@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from gateway.core.media import amr, g729, opus
+from gateway.core.media import amr, g729, opus, tones
 from gateway.core.media.g711 import alaw2lin, lin2alaw, lin2ulaw, ulaw2lin
 from gateway.core.media.tones import (
     FRAME_SAMPLES,
@@ -668,3 +668,33 @@ def test_an_amr_player_steps_the_rtp_clock_at_the_sampling_rate(
     packets = player.due(0.0) + player.due(0.02) + player.due(0.04)
     assert [header(p)[1:4] for p in packets] == [(96, 3, 0), (96, 4, step), (96, 5, 2 * step)]
     assert [p[12:] for p in packets] == list(tone_frames("us", codec)[:3])
+
+
+def test_a_codec_whose_library_fails_at_the_start_is_no_tone_codec_of_the_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An encoder found by name that fails (another build's interface, a broken install): the
+    # start goes on without that codec, and says why, rather than stopping the gateway or
+    # restarting a media worker over and over.
+    amr_encoder(ToneCodec.AMR)
+    monkeypatch.setattr(tones, "_UNUSABLE", {})
+
+    def broken(self: amr.AmrEncoder, samples: object) -> list[bytes]:
+        raise amr.AmrError("opencore-amrnb: a frame of 0 octets, not 32")
+
+    monkeypatch.setattr(amr.AmrEncoder, "encode", broken)
+    tone_frames.cache_clear()
+    _amr_frames.cache_clear()
+    failed = prepare_tone_frames("eu")
+    assert "AMR" in failed and failed["AMR"] == (
+        "AmrError: opencore-amrnb: a frame of 0 octets, not 32"
+    )
+    assert set(failed) <= {"AMR", "AMR-WB"}  # the two packings of each, said once
+    assert not codec_available(ToneCodec.AMR) and not codec_available(ToneCodec.AMR_OCTET_ALIGNED)
+    assert codec_available(ToneCodec.PCMU) and codec_available(ToneCodec.G722)
+    line = media_description("96 0", "a=rtpmap:96 AMR/8000")
+    assert tone_codecs(line) == {ToneCodec.PCMU: 0}
+    assert ", AMR" not in ringback_summary("eu")
+    assert prepare_tone_frames("eu") == {}  # not tried again
+    tone_frames.cache_clear()
+    _amr_frames.cache_clear()
