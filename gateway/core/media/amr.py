@@ -352,8 +352,8 @@ def frames_untrusted(codec: AmrCodec, payload: bytes, *, octet_aligned: bool) ->
     session's ``octet-align`` says; without CRCs, robust sorting or interleaving), as storage
     frames (§5.3) in order: speech, SID and NO_DATA alike, for a decoder. None when the
     payload is not one: a reserved frame type, a table of contents without its last entry
-    (F = 0) within :data:`MAX_FRAMES`, or fewer (or, octet-aligned, more) octets than its
-    entries say. The CMR, a request to our encoder, is ignored: the recorder encodes nothing."""
+    (F = 0) within :data:`MAX_FRAMES`, or other than the octets its entries fill (and pad).
+    The CMR, a request to our encoder, is ignored: the recorder encodes nothing."""
     value = int.from_bytes(payload, "big")
     width = 8 * len(payload)
     position = 8 if octet_aligned else 4  # past the CMR (and, octet-aligned, its 4 R bits)
@@ -378,6 +378,8 @@ def frames_untrusted(codec: AmrCodec, payload: bytes, *, octet_aligned: bool) ->
         frames.append(bytes((header,)) + (speech << (8 * octets - bits)).to_bytes(octets, "big"))
     if octet_aligned and position != width:
         return None  # §4.4.2: nothing follows the last frame's padding
+    if width - position >= 8:
+        return None  # §4.3.2: padding only up to the next octet
     return frames
 
 

@@ -218,6 +218,7 @@ def test_what_the_gateway_packs_is_read_back(codec: amr.AmrCodec, octet_aligned:
         ("1111" + ("1" + "0000" + "1") * 17, False, "no last entry within 16"),
         ("1111", False, "no table of contents"),
         ("11110000" + "0" + "0111" + "1" + "00" + "1" * 244 + "0000" + "1" * 8, True, "more"),
+        ("1111" + "0" + "0111" + "1" + "1" * 244 + "000000" + "0" * 8, False, "an octet more"),
         ("", True, "nothing"),
     ],
 )
