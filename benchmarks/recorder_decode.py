@@ -12,7 +12,9 @@ ADPCM decoder, gateway/plugins/taps/g722.py; libg722, the recorder's default sin
 and spandsp when installed) on speech-like input (a 1 kHz tone with a
 300 Hz one, encoded by Debian's libspandsp2 when it is installed) and on random octets (every
 code, the worst case for the saturating paths), G.729 by bcg729 when installed (payloads of
-two-tone speech-like input its own encoder made; session 56), and Opus (not decoded: the Ogg
+two-tone speech-like input its own encoder made; session 56), AMR and AMR-WB by opencore-amr
+when installed (the payloads read and decoded, of two tones the tone's encoders made; session
+62), and Opus (not decoded: the Ogg
 page writer's cost per packet). The figure is the best of ``--repeats`` runs of ``--packets``
 payloads, one decoder across the run (as for one call), divided by the number of payloads; the
 last column is how many recorded directions would fill one core.
@@ -36,6 +38,7 @@ from pathlib import Path
 if importlib.util.find_spec("gateway") is None:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from gateway.core.media import amr
 from gateway.core.media.g729 import (
     FRAME_SAMPLES,
     Bcg729,
@@ -88,6 +91,29 @@ def _speech_like_g729(bcg729: Bcg729, packets: int) -> list[bytes]:
     ]
     octets = Bcg729Encoder(bcg729).encode(signal)
     return [octets[i : i + 20] for i in range(0, len(octets), 20)]
+
+
+def _amr_run(codec: amr.AmrCodec, packets: int) -> Callable[[], None]:
+    """What the recorder does with each of ``packets`` bandwidth-efficient payloads (RFC 4867
+    §4.3) of a two-tone signal the tone's encoder made: read the frame, decode it."""
+    encoder, decoder = amr.load_encoder(codec), amr.load_decoder(codec)
+    assert encoder is not None and decoder is not None
+    rate = codec.sample_rate
+    signal = [
+        int(9000 * math.sin(2 * math.pi * 1000 * i / rate))
+        + int(6000 * math.sin(2 * math.pi * 300 * i / rate))
+        for i in range(codec.frame_samples * packets)
+    ]
+    frames = amr.AmrEncoder(encoder).encode(signal)
+    payloads = [amr.bandwidth_efficient_payload(codec, frame) for frame in frames]
+
+    def run() -> None:
+        decoding = amr.AmrDecoder(decoder)
+        for payload in payloads:
+            for frame in amr.frames_untrusted(codec, payload, octet_aligned=False) or ():
+                decoding.decode(frame)
+
+    return run
 
 
 def _best(run: Callable[[], None], packets: int, repeats: int) -> float:
@@ -169,6 +195,12 @@ def main() -> None:
         rows.append(("G.729 by bcg729 -> 8 kHz PCM, two tones", g729_run))
     else:
         print("(no libbcg729: G.729 not measured)")
+    for codec in (amr.AMR, amr.AMR_WB):
+        encoder, decoder = amr.load_encoder(codec), amr.load_decoder(codec)
+        if encoder is None or decoder is None:
+            print(f"(no opencore-amr or vo-amrwbenc: {codec.name} not measured)")
+            continue
+        rows.append((f"{codec.name} by opencore-amr, two tones", _amr_run(codec, packets)))
     rows.append(("Opus -> Ogg pages (not decoded)", opus_run))
     for label, run in rows:
         micros = _best(run, packets, repeats)

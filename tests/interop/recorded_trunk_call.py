@@ -16,13 +16,15 @@ _PCMU = "m=audio [media_port] RTP/AVP 0\n      a=rtpmap:0 PCMU/8000"
 _RTP_STREAM = '<exec rtp_stream="rtp_stream.ulaw,1,0"/>'
 
 
-def rtp_packets(payload_type: int, payloads: list[bytes], ssrc: int) -> list[bytes]:
+def rtp_packets(
+    payload_type: int, payloads: list[bytes], ssrc: int, *, step: int = 160
+) -> list[bytes]:
     """One RTP packet a payload, 20 ms apart on an 8 kHz clock (160 a packet: G.711, G.722's
-    RTP clock, G.729; RFC 3551 §4.5)."""
+    RTP clock, G.729, AMR; RFC 3551 §4.5), or ``step`` a packet (AMR-WB's 16 kHz: 320)."""
     return [
         bytes([0x80, payload_type])
         + (100 + n).to_bytes(2, "big")
-        + (4000 + 160 * n).to_bytes(4, "big")
+        + (4000 + step * n).to_bytes(4, "big")
         + ssrc.to_bytes(4, "big")
         + payload
         for n, payload in enumerate(payloads)

@@ -69,6 +69,8 @@ class AmrCodec:
     """The bits of a speech frame in each mode, from mode 0 (RFC 4867 §3.6)."""
     tone_mode: int
     """The mode the ringing tone goes in."""
+    sid_bits: int
+    """The bits of its comfort noise (SID) frame, whose frame type follows the last mode's."""
 
     @property
     def frame_samples(self) -> int:
@@ -79,11 +81,25 @@ class AmrCodec:
         """The octets of a storage frame of ``mode``: the header and the bits padded."""
         return 1 + (self.speech_bits[mode] + 7) // 8
 
+    def frame_bits(self, frame_type: int) -> int | None:
+        """The bits a frame of ``frame_type`` carries (RFC 4867 §3.6, §4.3.2): a mode's speech,
+        SID's comfort noise, none for NO_DATA (15); None for the reserved types."""
+        if frame_type < len(self.speech_bits):
+            return self.speech_bits[frame_type]
+        if frame_type == len(self.speech_bits):
+            return self.sid_bits
+        return 0 if frame_type == NO_DATA else None
 
-AMR = AmrCodec("AMR", 8000, (95, 103, 118, 134, 148, 159, 204, 244), 7)
-"""AMR (narrowband): the tone at 12.2 kbit/s (TS 26.101 Table 1a, frame type 7)."""
-AMR_WB = AmrCodec("AMR-WB", 16000, (132, 177, 253, 285, 317, 365, 397, 461, 477), 2)
-"""AMR-WB: the tone at 12.65 kbit/s (TS 26.201 Table 1a, frame type 2)."""
+
+NO_DATA = 15
+"""The frame type of a frame that was not sent (RFC 4867 §4.3.2: lost, or DTX's silence)."""
+AMR = AmrCodec("AMR", 8000, (95, 103, 118, 134, 148, 159, 204, 244), 7, 39)
+"""AMR (narrowband): the tone at 12.2 kbit/s (TS 26.101 Table 1a, frame type 7); SID is 8."""
+AMR_WB = AmrCodec("AMR-WB", 16000, (132, 177, 253, 285, 317, 365, 397, 461, 477), 2, 40)
+"""AMR-WB: the tone at 12.65 kbit/s (TS 26.201 Table 1a, frame type 2); SID is 9."""
+MAX_FRAMES = 16
+"""The most frames :func:`frames_untrusted` takes from one payload: 320 ms, past any ptime a
+phone sends (RFC 4867 §8.1's maxptime is usually 240)."""
 
 
 class AmrError(RuntimeError):
@@ -245,20 +261,31 @@ class AmrDecoder:
         if not state:
             raise AmrError(f"{library.name}: no decoder")
         self._state = state
-        weakref.finalize(self, library.destroy, state)
+        self._finalizer = weakref.finalize(self, library.destroy, state)
         self._pcm = (ctypes.c_int16 * self.codec.frame_samples)()
 
     def decode(self, frame: bytes) -> bytes:
-        """16-bit little-endian PCM, one 20 ms frame. Raises :class:`AmrError` for a frame that
-        is not a whole speech frame of its mode (the library would read past it)."""
-        mode = _speech_mode(self.codec, frame[0] if frame else 0xFF)
-        if len(frame) != self.codec.storage_octets(mode):
-            raise AmrError(f"a storage frame of {len(frame)} octets is not one of mode {mode}")
+        """16-bit little-endian PCM, one 20 ms frame: speech, comfort noise (SID) or, for
+        NO_DATA, the decoder's concealment. Raises :class:`AmrError` for a frame that is not
+        whole (the library would read past it) or of a reserved type."""
+        frame_type = (frame[0] >> 3) & 0x0F if frame else -1
+        bits = self.codec.frame_bits(frame_type) if frame else None
+        if bits is None or len(frame) != 1 + (bits + 7) // 8:
+            raise AmrError(f"a storage frame of {len(frame)} octets, frame type {frame_type}")
         self._library.decode(self._state, frame, self._pcm)
         pcm = array.array("h", self._pcm)
         if sys.byteorder == "big":  # host order from the library; WAV is little-endian
             pcm.byteswap()
         return pcm.tobytes()
+
+    def reset(self) -> None:
+        """Start again from a fresh state: a new source (the decoder must follow one encoder)."""
+        self._finalizer()
+        state = self._library.create()
+        if not state:
+            raise AmrError(f"{self._library.name}: no decoder")
+        self._state = state
+        self._finalizer = weakref.finalize(self, self._library.destroy, state)
 
 
 def _speech_mode(codec: AmrCodec, header: int) -> int:
@@ -320,6 +347,70 @@ def storage_frame(codec: AmrCodec, payload: bytes, *, octet_aligned: bool) -> by
     )
 
 
+def frames_untrusted(codec: AmrCodec, payload: bytes, *, octet_aligned: bool) -> list[bytes] | None:
+    """The frames of a ``codec`` payload from the network (RFC 4867 §4.3 or §4.4, as the
+    session's ``octet-align`` says; without CRCs, robust sorting or interleaving), as storage
+    frames (§5.3) in order: speech, SID and NO_DATA alike, for a decoder. None when the
+    payload is not one: a reserved frame type, a table of contents without its last entry
+    (F = 0) within :data:`MAX_FRAMES`, or other than the octets its entries fill (and pad).
+    The CMR, a request to our encoder, is ignored: the recorder encodes nothing."""
+    value = int.from_bytes(payload, "big")
+    width = 8 * len(payload)
+    position = 8 if octet_aligned else 4  # past the CMR (and, octet-aligned, its 4 R bits)
+    entries: list[tuple[int, int]] = []  # (frame type, Q)
+    while True:
+        if len(entries) == MAX_FRAMES or position + 6 > width:
+            return None
+        entry = (value >> (width - position - 6)) & 0x3F  # F, FT, Q
+        position += 8 if octet_aligned else 6  # octet-aligned: two padding bits follow
+        entries.append(((entry >> 1) & 0x0F, entry & 1))
+        if not entry & 0x20:
+            break
+    frames = []
+    for frame_type, quality in entries:
+        bits = codec.frame_bits(frame_type)
+        if bits is None or position + bits > width:
+            return None
+        speech = (value >> (width - position - bits)) & ((1 << bits) - 1)
+        position += (bits + 7) // 8 * 8 if octet_aligned else bits
+        octets = (bits + 7) // 8
+        header = frame_type << 3 | (QUALITY_BIT if quality else 0)
+        frames.append(bytes((header,)) + (speech << (8 * octets - bits)).to_bytes(octets, "big"))
+    if octet_aligned and position != width:
+        return None  # §4.4.2: nothing follows the last frame's padding
+    if width - position >= 8:
+        return None  # §4.3.2: padding only up to the next octet
+    return frames
+
+
+def payload_packing(fmtp: str | None) -> str | None:
+    """How a session whose ``a=fmtp`` parameters are ``fmtp`` (None: none) packs AMR or AMR-WB
+    payloads: ``"octet-aligned"`` or ``"bandwidth-efficient"``; None for what
+    :func:`frames_untrusted` cannot read (crc, robust sorting, interleaving) or parameters that
+    cannot be read. RFC 4867 §8.1: parameter names are case-insensitive, and each absent one
+    has its default (bandwidth-efficient)."""
+    parameters = _fmtp_parameters(fmtp)
+    if "interleaving" in parameters:
+        return None
+    if parameters.get("crc", "0") != "0" or parameters.get("robust-sorting", "0") != "0":
+        return None
+    octet_align = parameters.get("octet-align", "0")
+    if octet_align == "1":
+        return "octet-aligned"
+    if octet_align == "0":
+        return "bandwidth-efficient"
+    return None
+
+
+def _fmtp_parameters(fmtp: str | None) -> dict[str, str]:
+    parameters: dict[str, str] = {}
+    for item in (fmtp or "").split(";"):
+        name, _, value = item.strip().partition("=")
+        if name:
+            parameters[name.strip().lower()] = value.strip()
+    return parameters
+
+
 def tone_packing(codec: AmrCodec, fmtp: str | None) -> str | None:
     """How a receiver of ``codec`` whose ``a=fmtp`` parameters are ``fmtp`` (None: none) takes
     a tone in the codec's tone mode, one frame a packet: ``"octet-aligned"`` or
@@ -327,24 +418,10 @@ def tone_packing(codec: AmrCodec, fmtp: str | None) -> str | None:
     robust sorting, interleaving, a mode-set without the tone's mode) or its parameters cannot
     be read. RFC 4867 §8.1: parameter names are case-insensitive, and each absent one has its
     default (bandwidth-efficient, any mode)."""
-    parameters: dict[str, str] = {}
-    for item in (fmtp or "").split(";"):
-        name, _, value = item.strip().partition("=")
-        if name:
-            parameters[name.strip().lower()] = value.strip()
+    modes = _fmtp_parameters(fmtp).get("mode-set")
     try:
-        if "interleaving" in parameters:
-            return None
-        if parameters.get("crc", "0") != "0" or parameters.get("robust-sorting", "0") != "0":
-            return None
-        modes = parameters.get("mode-set")
         if modes is not None and codec.tone_mode not in {int(mode) for mode in modes.split(",")}:
             return None
-        octet_align = parameters.get("octet-align", "0")
     except ValueError:
         return None
-    if octet_align == "1":
-        return "octet-aligned"
-    if octet_align == "0":
-        return "bandwidth-efficient"
-    return None
+    return payload_packing(fmtp)

@@ -21,6 +21,13 @@ it (bounded: a full queue drops and counts, the relay never waits) and its own t
     56), one decoder per source as for G.722, into a mono 8 kHz 16-bit WAV file; without the
     library its packets are counted as another codec, as before, and the recorder says so as
     it starts;
+  * AMR and AMR-WB (dynamic payload types named ``AMR/8000`` and ``AMR-WB/16000``, packed
+    bandwidth-efficient or octet-aligned as the stream's a=fmtp says, RFC 4867 §4.3, §4.4)
+    decoded by opencore-amr (gateway/core/media/amr.py: Debian's ``libopencore-amrnb0`` and
+    ``libopencore-amrwb0``, when installed; since session 62), every frame of a packet (speech,
+    comfort noise, NO_DATA's concealment) 20 ms of a mono 8 or 16 kHz 16-bit WAV file, one
+    decoder per source as for G.722; without the library, or for a stream whose fmtp asks for
+    CRCs, robust sorting or interleaving, counted as another codec;
   * Opus (a dynamic payload type, named ``opus/48000/2`` by the SDP: the sink reads the call's
     rtpmap attributes from ``TappedCall.media`` and ``streams_changed``) not decoded: its packets
     go into an Ogg Opus file (``.opus``, RFC 7845, oggopus.py) as they came.
@@ -33,12 +40,14 @@ it (bounded: a full queue drops and counts, the relay never waits) and its own t
   ``REBASE_AFTER`` ahead of it. A re-INVITE that switches a direction to a codec of another
   kind moves it to its file of that kind (``...-caller-2.wav``: see :class:`WavRecording`).
   Late packets (behind what is written) are dropped and counted, and so are Opus packets whose
-  framing is broken and G.729 payloads of a length it does not have (no decoder can decode
-  them; counted malformed); RTCP, comfort noise (RFC 3389) and telephone events are
-  not audio; other codecs (iLBC, GSM ...) are counted by name in the end-of-call log line, not
-  written (use ``pcap`` for them). Decoding runs in the sink's task, not the relay's, per 20 ms
-  packet (benchmarks/recorder_decode.py): G.722 about 10 us by libg722 or spandsp and 0.8-1.1 ms
-  in Python, G.729 about 12 us by bcg729, G.711 and Opus a few microseconds.
+  framing is broken, G.729 payloads of a length it does not have and AMR payloads whose table
+  of contents does not add up (no decoder can decode them; counted malformed); RTCP, comfort
+  noise (RFC 3389) and telephone events are not audio; other codecs (iLBC, GSM ...) are
+  counted by name in the end-of-call log line, not written (use ``pcap`` for them). Decoding
+  runs in the sink's task, not the relay's, per 20 ms packet (benchmarks/recorder_decode.py):
+  G.722 about 10 us by libg722 or spandsp and 0.8-1.1 ms in Python, G.729 about 12 us by
+  bcg729, AMR about 30 us and AMR-WB about 60 us by opencore-amr (the payload read and its
+  frames decoded), G.711 and Opus a few microseconds.
 - ``format = "pcap"``: every packet of the call as it was forwarded, in one pcap file
   (``<call>.pcap``) with made-up IPv4/UDP headers (caller 192.0.2.1, callee 192.0.2.2, ports
   40000 + 2 * stream): any codec, for Wireshark's RTP player or ``tshark``.
@@ -53,6 +62,7 @@ through Python's buffered files from the sink's task; a disk that fails ends tha
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -68,6 +78,8 @@ import attrs
 from gateway.core.config import NAMES_TRUNKS
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import TappedCall, TappedMedia
+from gateway.core.media import amr
+from gateway.core.media.amr import AmrDecoder
 from gateway.core.media.g729 import Bcg729Decoder, G729PayloadError, load_bcg729
 from gateway.plugins.taps.g722 import G722Decoder
 from gateway.plugins.taps.g722_libg722 import LibG722Decoder
@@ -209,16 +221,40 @@ class WavTrack:
 
 def codecs_of(media: Sequence[TappedMedia]) -> dict[str, dict[int, str]]:
     """Each stream's dynamic payload types by encoding name, lower case (``"opus"``, ``"g722"``,
-    ``"telephone-event"``), from the SDP's rtpmap attributes (RFC 4566 §6: ``PT name/rate``)."""
+    ``"telephone-event"``), from the SDP's rtpmap attributes (RFC 4566 §6: ``PT name/rate``).
+    AMR and AMR-WB are named with their packing, which the stream's a=fmtp says (RFC 4867
+    §8.1): ``"amr"`` (bandwidth-efficient), ``"amr octet-aligned"``, or, for what the recorder
+    does not read, ``"amr with crc, robust sorting or interleaving"`` (counted, not written)."""
     codecs: dict[str, dict[int, str]] = {}
     for stream in media:
         names: dict[int, str] = {}
         for rtpmap in stream.rtpmaps:
             number, _, encoding = rtpmap.partition(" ")
             if number.isdigit() and 96 <= int(number) <= 127:  # RFC 3551 §6: dynamic range
-                names[int(number)] = encoding.split("/", 1)[0].strip().lower()
+                name = encoding.split("/", 1)[0].strip().lower()
+                if name in ("amr", "amr-wb"):
+                    name = _amr_name(name, _fmtp_of(stream, number))
+                names[int(number)] = name
         codecs[str(stream.index)] = names
     return codecs
+
+
+def _fmtp_of(stream: TappedMedia, number: str) -> str | None:
+    """The parameters of ``stream``'s a=fmtp for payload type ``number``, or None."""
+    for fmtp in stream.fmtps:
+        format_, _, parameters = fmtp.partition(" ")
+        if format_ == number:
+            return parameters
+    return None
+
+
+def _amr_name(name: str, fmtp: str | None) -> str:
+    packing = amr.payload_packing(fmtp)
+    if packing == "bandwidth-efficient":
+        return name
+    if packing == "octet-aligned":
+        return f"{name} octet-aligned"
+    return f"{name} with crc, robust sorting or interleaving"
 
 
 # The kinds of file, by encoding name: G.711 and G.722 decoded into WAV (8 and 16 kHz), Opus
@@ -230,7 +266,13 @@ _KINDS = {
     "g729": "g729",
     "g729a": "g729",  # Annex A's name in some devices' rtpmap: the same bitstream
     "opus": "opus",
+    "amr": "amr",
+    "amr octet-aligned": "amr",
+    "amr-wb": "amr-wb",
+    "amr-wb octet-aligned": "amr-wb",
 }
+_AMR_CODECS = {"amr": amr.AMR, "amr-wb": amr.AMR_WB}
+"""The AMR kinds' codecs (RFC 4867): decoded into 8 and 16 kHz WAV files."""
 
 NewG722Decoder = Callable[[], "G722Decoder | SpandspG722Decoder | LibG722Decoder"]
 G722_DECODERS = ("auto", "libg722", "spandsp", "python")
@@ -239,18 +281,27 @@ G722_DECODERS = ("auto", "libg722", "spandsp", "python")
 NewG729Decoder = Callable[[], Bcg729Decoder]
 """Makes the decoder of one G.729 source (a recorder has none where bcg729 is not installed:
 :func:`g729_decoder_factory`)."""
+NewAmrDecoders = Mapping[str, Callable[[], AmrDecoder]]
+"""Make the decoder of one AMR or AMR-WB source, by kind (``"amr"``, ``"amr-wb"``): only the
+kinds whose decoder is installed (:func:`amr_decoder_factories`)."""
 
 
 class _Track:
     """One file of one speaker, and where its source's RTP timestamps put samples in it."""
 
     def __init__(
-        self, path: Path, kind: str, new_g722: NewG722Decoder, new_g729: NewG729Decoder | None
+        self,
+        path: Path,
+        kind: str,
+        new_g722: NewG722Decoder,
+        new_g729: NewG729Decoder | None,
+        new_amr: NewAmrDecoders,
     ) -> None:
         self.kind = kind
         self.writer: WavTrack | OggOpusWriter
         self.g722: G722Decoder | SpandspG722Decoder | LibG722Decoder | None = None
         self.g729: Bcg729Decoder | None = None
+        self.amr: AmrDecoder | None = None
         self.previous_toc: int | None = None  # Opus: the last packet's, for concealment
         if kind == "opus":
             # RFC 7587 §4.1: the RTP clock of Opus is 48 kHz, whatever the audio's bandwidth.
@@ -261,6 +312,11 @@ class _Track:
             self.writer = WavTrack(path, 16000)
             self.rate, self.per_tick = 16000, 2
             self.g722 = new_g722()
+        elif kind in _AMR_CODECS:
+            # RFC 4867 §4.1: the RTP clock is the sampling rate, AMR's 8 kHz or AMR-WB's 16.
+            self.amr = new_amr[kind]()  # WavRecording.add: no track without a decoder
+            self.writer = WavTrack(path, self.amr.codec.sample_rate)
+            self.rate, self.per_tick = self.amr.codec.sample_rate, 1
         else:
             self.writer = WavTrack(path, SAMPLE_RATE)
             self.rate, self.per_tick = SAMPLE_RATE, 1
@@ -296,6 +352,8 @@ class _Track:
                 self.g722.reset()
             if self.g729 is not None:
                 self.g729.reset()
+            if self.amr is not None:
+                self.amr.reset()
         return position
 
     def write(self, position: int, name: str, payload: bytes, counts: RecordingCounts) -> None:
@@ -320,6 +378,16 @@ class _Track:
                 return
             writer.silence(position - writer.samples)
             writer.write(pcm)
+            return
+        if self.amr is not None:
+            aligned = name.endswith("octet-aligned")
+            frames = amr.frames_untrusted(self.amr.codec, payload, octet_aligned=aligned)
+            if frames is None:
+                counts.malformed += 1  # its time is silence, as a gap's
+                return
+            writer.silence(position - writer.samples)
+            for frame in frames:  # each 20 ms: speech, comfort noise or concealment
+                writer.write(self.amr.decode(frame))
             return
         writer.silence(position - writer.samples)
         if self.g722 is not None:
@@ -350,8 +418,9 @@ class RecordingCounts:
     """Packets behind what was already written (reordered, duplicated)."""
     malformed: int = 0
     """Opus packets whose framing breaks RFC 6716 §3.4, G.729 payloads of a length RFC 3551
-    §4.5.6 does not allow: no decoder can decode them, so they are left out (their time is
-    concealed or silent like a gap's)."""
+    §4.5.6 does not allow, AMR payloads whose table of contents RFC 4867 §4.3 or §4.4 cannot
+    read: no decoder can decode them, so they are left out (their time is concealed or silent
+    like a gap's)."""
     other: dict[str, int] = attrs.Factory(dict)
     """Audio in codecs the WAV format does not write, by name (WAV only)."""
 
@@ -376,12 +445,14 @@ class WavRecording:
         codecs: Mapping[str, Mapping[int, str]] | None = None,
         new_g722: NewG722Decoder = G722Decoder,
         new_g729: NewG729Decoder | None = None,
+        new_amr: NewAmrDecoders | None = None,
     ) -> None:
         self._directory = directory
         self._call_id = call_id
         self._codecs = {} if codecs is None else codecs
         self._new_g722 = new_g722
         self._new_g729 = new_g729
+        self._new_amr = {} if new_amr is None else new_amr
         self._speakers: dict[tuple[str, str], _Speaker] = {}
         self._zero: float | None = None
         self.counts = RecordingCounts()
@@ -404,6 +475,8 @@ class WavRecording:
         kind = _KINDS.get(name)
         if kind == "g729" and self._new_g729 is None:
             kind = None  # no decoder installed: counted as another codec
+        if kind in _AMR_CODECS and kind not in self._new_amr:
+            kind = None
         if kind is None:
             if name not in NOT_AUDIO:
                 self.counts.other[name] = self.counts.other.get(name, 0) + 1
@@ -422,7 +495,9 @@ class WavRecording:
             suffix = f"-{len(speaker.tracks) + 1}" if speaker.tracks else ""
             extension = "opus" if kind == "opus" else "wav"
             path = self._directory / f"{speaker.name}{suffix}.{extension}"
-            track = speaker.tracks[kind] = _Track(path, kind, self._new_g722, self._new_g729)
+            track = speaker.tracks[kind] = _Track(
+                path, kind, self._new_g722, self._new_g729, self._new_amr
+            )
         if speaker.current != kind:
             speaker.current = kind
             track.ssrc = -1  # a switch of codec: re-based on the clock (place)
@@ -518,10 +593,12 @@ class RecordingSink:
         free_space: Callable[[Path], int] = lambda path: shutil.disk_usage(path).free,
         new_g722: NewG722Decoder = G722Decoder,
         new_g729: NewG729Decoder | None = None,
+        new_amr: NewAmrDecoders | None = None,
     ) -> None:
         self.call = call
         self._new_g722 = new_g722
         self._new_g729 = new_g729
+        self._new_amr = new_amr
         self._directory = directory
         self._format = file_format
         self._queue = CopyQueue(queue)
@@ -597,7 +674,12 @@ class RecordingSink:
         if self._format == "pcap":
             return PcapRecording(self._directory, self.call.call_id)
         return WavRecording(
-            self._directory, self.call.call_id, self._codecs, self._new_g722, self._new_g729
+            self._directory,
+            self.call.call_id,
+            self._codecs,
+            self._new_g722,
+            self._new_g729,
+            self._new_amr,
         )
 
     def _report(self, recording: WavRecording | PcapRecording) -> None:
@@ -625,6 +707,7 @@ class Recorder:
         self.config = config
         self.new_g722 = g722_decoder_factory(config.g722_decoder)
         self.new_g729 = g729_decoder_factory() if config.format == "wav" else None
+        self.new_amr = amr_decoder_factories() if config.format == "wav" else {}
 
     def sink_for_call(self, call: TappedCall) -> RecordingSink | None:
         if not self.config.selection.wants(call):
@@ -638,6 +721,7 @@ class Recorder:
             min_free=self.config.min_free_mb * 2**20,
             new_g722=self.new_g722,
             new_g729=self.new_g729,
+            new_amr=self.new_amr,
         )
 
 
@@ -672,6 +756,28 @@ def g729_decoder_factory() -> NewG729Decoder | None:
         return None
     log.info("recorder: G.729 decoded by bcg729 (%s)", bcg729.name)
     return lambda: Bcg729Decoder(bcg729)
+
+
+def amr_decoder_factories() -> dict[str, Callable[[], AmrDecoder]]:
+    """What makes each AMR and AMR-WB source's decoder, by kind: opencore-amr's where it is
+    installed (gateway/core/media/amr.py), and a codec without its decoder is counted, not
+    written. Said once, as the recorder starts."""
+    factories: dict[str, Callable[[], AmrDecoder]] = {}
+    for kind, codec in _AMR_CODECS.items():
+        library = amr.load_decoder(codec)
+        if library is None:
+            package = "libopencore-amrnb0" if codec == amr.AMR else "libopencore-amrwb0"
+            log.info(  # an install without it is not a fault: most see no AMR
+                "recorder: %s is not decoded (%s not found; Debian: apt-get install %s): its"
+                ' packets are counted, not written (format = "pcap" keeps them)',
+                codec.name,
+                "opencore-amr" if codec == amr.AMR else "opencore-amrwb",
+                package,
+            )
+            continue
+        log.info("recorder: %s decoded by opencore-amr (%s)", codec.name, library.name)
+        factories[kind] = functools.partial(AmrDecoder, library)
+    return factories
 
 
 # -- plugin configuration and registration (entry point ``recorder``) -----------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 
-from gateway.core.media import rtcp, stun
+from gateway.core.media import amr, rtcp, stun
 from gateway.core.media.errors import RtpParseError
 from gateway.core.media.rtp import parse_rtcp_header_untrusted, parse_rtp_header_untrusted
 from gateway.plugins.keyexchange.dtls_srtp import dtls_records_valid_untrusted
@@ -136,3 +136,22 @@ def test_opus_packet_framing() -> None:
         b"\x7f\x83\x05" + bytes(40),
     )
     fuzz("opus framing", opus_samples_untrusted, seeds, ())
+
+
+def test_amr_payloads() -> None:
+    # What the recorder reads of each AMR or AMR-WB payload a phone sends (RFC 4867 §4.3,
+    # §4.4): storage frames or None, never an error, whatever the octets; and every frame it
+    # gives is one a decoder takes whole (its header's frame type and its length agree).
+    tone = amr.octet_aligned_payload(bytes((7 << 3 | 4,)) + bytes(31))
+    for codec in (amr.AMR, amr.AMR_WB):
+        for octet_aligned in (False, True):
+
+            def read(payload: bytes, codec: amr.AmrCodec = codec, aligned: bool = octet_aligned):
+                frames = amr.frames_untrusted(codec, payload, octet_aligned=aligned)
+                for frame in frames or ():
+                    bits = codec.frame_bits((frame[0] >> 3) & 0x0F)
+                    assert bits is not None and len(frame) == 1 + (bits + 7) // 8
+                return frames
+
+            seeds = (tone, tone[1:], b"\xf4" + bytes(40), b"\xf0\xbc\x3c" + bytes(62))
+            fuzz(f"{codec.name} payloads", read, seeds, ())

@@ -155,5 +155,88 @@ def test_the_encoder_makes_storage_frames_of_its_mode_that_the_decoder_takes(
     with pytest.raises(ValueError, match=f"{codec.name} mode {last} is not one of 0-{last - 1}"):
         amr.AmrEncoder(encoder_library, last)
     # A frame shorter than its mode says would make the library read past it.
-    with pytest.raises(amr.AmrError, match=f"{octets - 1} octets is not one of mode"):
+    with pytest.raises(amr.AmrError, match=f"a storage frame of {octets - 1} octets"):
         amr.AmrDecoder(decoder_library).decode(frames[0][:-1])
+    with pytest.raises(amr.AmrError, match="frame type 12"):
+        amr.AmrDecoder(decoder_library).decode(bytes((12 << 3,)))  # reserved
+    # SID (comfort noise) and NO_DATA (nothing sent) decode to a frame of samples too.
+    sid_type = len(codec.speech_bits)
+    decoder = amr.AmrDecoder(decoder_library)
+    decoder.decode(frames[0])
+    sid = bytes((sid_type << 3 | amr.QUALITY_BIT,)) + bytes((codec.sid_bits + 7) // 8)
+    assert len(decoder.decode(sid)) == 2 * codec.frame_samples
+    assert len(decoder.decode(bytes((amr.NO_DATA << 3,)))) == 2 * codec.frame_samples
+    decoder.reset()
+    assert decoder.decode(frames[0]) == amr.AmrDecoder(decoder_library).decode(frames[0])
+
+
+def bits_to_payload(bits: str) -> bytes:
+    padded = bits + "0" * (-len(bits) % 8)
+    return int(padded or "0", 2).to_bytes(len(padded) // 8, "big")
+
+
+def test_a_bandwidth_efficient_payload_of_several_frames_is_read_frame_by_frame() -> None:
+    # RFC 4867 §4.3.5.2's layout: a CMR, then every table of contents entry (F = 1 but for the
+    # last), then the frames' bits one after another. Here 12.2 kbit/s speech, SID (8) and
+    # NO_DATA (15), a CMR asking for mode 5 (ignored: the recorder encodes nothing).
+    speech, sid = pattern(244), pattern(39)
+    bits = "0101" + "1" + "0111" + "1" + "1" + "1000" + "1" + "0" + "1111" + "0" + speech + sid
+    frames = amr.frames_untrusted(amr.AMR, bits_to_payload(bits), octet_aligned=False)
+    assert frames == [
+        storage_frame(amr.AMR, 7, speech),
+        bytes((8 << 3 | amr.QUALITY_BIT,)) + int(sid + "0", 2).to_bytes(5, "big"),
+        bytes((amr.NO_DATA << 3,)),  # Q = 0 kept
+    ]
+
+
+def test_an_octet_aligned_payload_of_several_frames_is_read_frame_by_frame() -> None:
+    # §4.4.5.2: each table of contents entry in an octet, each frame from an octet's start.
+    wide = pattern(253)
+    toc = ["1" + "0010" + "1" + "00", "0" + "1111" + "1" + "00"]
+    octets = "1111" + "0000" + "".join(toc) + wide + "000"
+    frames = amr.frames_untrusted(amr.AMR_WB, bits_to_payload(octets), octet_aligned=True)
+    assert frames == [storage_frame(amr.AMR_WB, 2, wide), bytes((amr.NO_DATA << 3 | 4,))]
+
+
+@CODECS
+@pytest.mark.parametrize("octet_aligned", [False, True], ids=["bandwidth-efficient", "octet"])
+def test_what_the_gateway_packs_is_read_back(codec: amr.AmrCodec, octet_aligned: bool) -> None:
+    for mode, bits in enumerate(codec.speech_bits):
+        frame = storage_frame(codec, mode, pattern(bits))
+        if octet_aligned:
+            payload = amr.octet_aligned_payload(frame)
+        else:
+            payload = amr.bandwidth_efficient_payload(codec, frame)
+        assert amr.frames_untrusted(codec, payload, octet_aligned=octet_aligned) == [frame]
+
+
+@pytest.mark.parametrize(
+    ("bits", "octet_aligned", "why"),
+    [
+        ("1111" + "0" + "1100" + "1", False, "a reserved frame type (12)"),
+        ("1111" + "0" + "0111" + "1" + "1" * 100, False, "fewer bits than 12.2 kbit/s has"),
+        ("1111" + ("1" + "0000" + "1") * 17, False, "no last entry within 16"),
+        ("1111", False, "no table of contents"),
+        ("11110000" + "0" + "0111" + "1" + "00" + "1" * 244 + "0000" + "1" * 8, True, "more"),
+        ("1111" + "0" + "0111" + "1" + "1" * 244 + "000000" + "0" * 8, False, "an octet more"),
+        ("", True, "nothing"),
+    ],
+)
+def test_a_payload_that_is_none_gives_none(bits: str, octet_aligned: bool, why: str) -> None:
+    payload = bits_to_payload(bits)
+    assert amr.frames_untrusted(amr.AMR, payload, octet_aligned=octet_aligned) is None, why
+
+
+@pytest.mark.parametrize(
+    ("fmtp", "packing"),
+    [
+        (None, "bandwidth-efficient"),
+        ("octet-align=1; mode-set=0,1,2", "octet-aligned"),  # any modes: it is read, not made
+        ("octet-align=1; crc=1", None),
+        ("robust-sorting=1; octet-align=1", None),
+        ("interleaving=2; octet-align=1", None),
+        ("octet-align=2", None),
+    ],
+)
+def test_what_a_session_packs_is_read_from_its_fmtp(fmtp: str | None, packing: str | None) -> None:
+    assert amr.payload_packing(fmtp) == packing

@@ -5,6 +5,7 @@ sink and its configuration. Time is passed in (``now``); no sockets."""
 from __future__ import annotations
 
 import logging
+import math
 import random
 import stat
 import struct
@@ -18,6 +19,7 @@ import trio
 
 from gateway.core.config import ConfigError, from_mapping
 from gateway.core.interfaces import TappedCall, TappedMedia
+from gateway.core.media import amr
 from gateway.core.media.g729 import Bcg729Decoder
 from gateway.core.plugins import load_plugins
 from gateway.plugins.taps import recorder as recorder_plugin
@@ -503,15 +505,17 @@ def test_a_reinvite_teaches_the_sink_a_new_dynamic_payload_type(tmp_path: Path) 
 def test_random_packets_of_every_codec_never_raise(tmp_path: Path) -> None:
     rng = random.Random(17)
     bcg729 = bcg729_or_missing()
+    dynamic = {111: "opus", 97: "amr", 98: "amr-wb octet-aligned"}
     recording = WavRecording(
         tmp_path,
         "rec-12",
-        {"0": {111: "opus"}, "1": {111: "opus"}},
+        {"0": dynamic, "1": dynamic},
         new_g729=lambda: Bcg729Decoder(bcg729),
+        new_amr=recorder_plugin.amr_decoder_factories(),
     )
     for i in range(3000):
         payload = rng.randbytes(rng.randrange(0, 300))
-        pt = rng.choice([0, 8, 9, 13, 111, 18])
+        pt = rng.choice([0, 8, 9, 13, 111, 18, 97, 98])
         ts = rng.choice([160 * i, rng.randrange(2**32)])
         packet = rtp(i, ts, payload, pt=pt, ssrc=rng.choice([1, 2]))
         recording.add(str(rng.randrange(2)), rng.choice(["a_to_b", "b_to_a"]), packet, i * 0.02)
@@ -666,3 +670,142 @@ def test_with_bcg729_the_recorder_decodes_g729_and_says_so(
     assert "recorder: G.729 decoded by bcg729 (libbcg729" in caplog.text
     pcap = Recorder(RecorderConfig(all_calls=True, directory=str(tmp_path), format="pcap"))
     assert pcap.new_g729 is None  # every packet as it came: nothing to decode
+
+
+# -- AMR and AMR-WB (opencore-amr) ----------------------------------------------------------------
+
+
+def amr_libraries(codec: amr.AmrCodec) -> tuple[amr.AmrEncoderLibrary, amr.AmrDecoderLibrary]:
+    encoder, decoder = amr.load_encoder(codec), amr.load_decoder(codec)
+    if encoder is None or decoder is None:
+        missing(f"{codec.name} is not installed (libopencore-amrnb0, libvo-amrwbenc0, ...)")
+    return encoder, decoder
+
+
+def amr_frames(codec: amr.AmrCodec, seconds: float) -> list[bytes]:
+    """A 425 Hz tone as ``codec``'s storage frames, 20 ms each, by the tone's encoder."""
+    encoder, _ = amr_libraries(codec)
+    rate = codec.sample_rate
+    samples = [
+        round(8000 * math.sin(2 * math.pi * 425.0 * n / rate)) for n in range(int(rate * seconds))
+    ]
+    return amr.AmrEncoder(encoder).encode(samples)
+
+
+def wav_of(path: Path, rate: int) -> list[int]:
+    with wave.open(str(path)) as wav:
+        assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (1, 2, rate)
+        frames = wav.readframes(wav.getnframes())
+    return list(struct.unpack(f"<{len(frames) // 2}h", frames))
+
+
+@pytest.mark.parametrize(
+    ("codec", "name", "octet_aligned"),
+    [
+        (amr.AMR, "amr", False),
+        (amr.AMR, "amr octet-aligned", True),
+        (amr.AMR_WB, "amr-wb", False),
+        (amr.AMR_WB, "amr-wb octet-aligned", True),
+    ],
+)
+def test_amr_is_decoded_into_a_file_at_its_rate_placed_by_its_timestamps(
+    tmp_path: Path, codec: amr.AmrCodec, name: str, octet_aligned: bool
+) -> None:
+    _, decoder_library = amr_libraries(codec)
+    frames = amr_frames(codec, 1.0)
+    if octet_aligned:
+        payloads = [amr.octet_aligned_payload(frame) for frame in frames]
+    else:
+        payloads = [amr.bandwidth_efficient_payload(codec, frame) for frame in frames]
+    step = codec.frame_samples  # RFC 4867 §4.1: the RTP clock is the sampling rate
+    recording = WavRecording(
+        tmp_path,
+        "rec-30",
+        {"0": {97: name}},
+        new_amr=recorder_plugin.amr_decoder_factories(),
+    )
+    for seq, payload in enumerate(payloads):
+        if seq != 10:  # lost: 20 ms of silence
+            recording.add("0", "a_to_b", rtp(seq, 900 + step * seq, payload, pt=97), 0.02 * seq)
+    recording.close()
+    decoder = amr.AmrDecoder(decoder_library)  # one decoder: its state runs across the gap
+    expected: list[int] = []
+    for seq, frame in enumerate(frames):
+        pcm = bytes(2 * step) if seq == 10 else decoder.decode(frame)
+        expected += struct.unpack(f"<{step}h", pcm)
+    written = wav_of(tmp_path / "rec-30-0-caller.wav", codec.sample_rate)
+    assert written == expected
+    heard = written[12 * step :: codec.sample_rate // 8000]  # at 8 kHz, after the gap
+    assert power(heard, 425.0) > 1000 * power(heard, 1000.0)
+    assert recording.counts.other == {} and recording.counts.malformed == 0
+
+
+def test_an_amr_payload_of_several_frames_comfort_noise_and_no_data_fills_its_time(
+    tmp_path: Path,
+) -> None:
+    # A phone sending 40 ms a packet (two frames, RFC 4867 §4.3.2), then a SID frame (DTX's
+    # comfort noise), then NO_DATA: each frame is 20 ms of the file.
+    frames = amr_frames(amr.AMR, 0.04)
+    sid = bytes((8 << 3 | amr.QUALITY_BIT,)) + bytes(5)
+    two = b"\xf0" + bytes((0x80 | frames[0][0], frames[1][0])) + frames[0][1:] + frames[1][1:]
+    recording = WavRecording(
+        tmp_path,
+        "rec-31",
+        {"0": {98: "amr octet-aligned"}},
+        new_amr=recorder_plugin.amr_decoder_factories(),
+    )
+    recording.add("0", "b_to_a", rtp(0, 0, two, pt=98), 0.0)
+    recording.add("0", "b_to_a", rtp(1, 320, amr.octet_aligned_payload(sid), pt=98), 0.04)
+    recording.add("0", "b_to_a", rtp(2, 480, b"\xf0\x7c", pt=98), 0.06)  # NO_DATA
+    recording.add("0", "b_to_a", rtp(3, 640, b"\xf0\x7c\x00", pt=98), 0.08)  # one octet more
+    recording.close()
+    assert len(wav_of(tmp_path / "rec-31-0-callee.wav", 8000)) == 4 * 160
+    assert recording.counts.malformed == 1
+
+
+def test_amr_a_recorder_cannot_read_or_decode_is_counted_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    media = TappedMedia(
+        0,
+        "audio",
+        ("96", "97", "98"),
+        ("96 AMR/8000", "97 AMR-WB/16000", "98 AMR/8000"),
+        ("96 octet-align=1", "98 octet-align=1; crc=1"),
+    )
+    assert recorder_plugin.codecs_of((media,)) == {
+        "0": {
+            96: "amr octet-aligned",
+            97: "amr-wb",
+            98: "amr with crc, robust sorting or interleaving",
+        }
+    }
+    amr_libraries(amr.AMR)
+    load = amr.load_decoder
+    monkeypatch.setattr(
+        amr, "load_decoder", lambda codec: None if codec == amr.AMR_WB else load(codec)
+    )
+    factories = recorder_plugin.amr_decoder_factories()
+    assert set(factories) == {"amr"}
+    recording = WavRecording(tmp_path, "rec-32", recorder_plugin.codecs_of((media,)), new_amr={})
+    for pt in (96, 97, 98):
+        recording.add("0", "a_to_b", rtp(pt, 0, b"\xf0\x3c" + bytes(31), pt=pt), 0.0)
+    recording.close()
+    assert recording.counts.other == {
+        "amr octet-aligned": 1,
+        "amr-wb": 1,
+        "amr with crc, robust sorting or interleaving": 1,
+    }
+    assert recording.files == []
+
+
+def test_a_new_amr_source_gets_a_fresh_decoder(tmp_path: Path) -> None:
+    payload = amr.bandwidth_efficient_payload(amr.AMR, amr_frames(amr.AMR, 0.02)[0])
+    recording = WavRecording(
+        tmp_path, "rec-33", {"0": {96: "amr"}}, new_amr=recorder_plugin.amr_decoder_factories()
+    )
+    recording.add("0", "a_to_b", rtp(0, 0, payload, pt=96), 0.0)
+    recording.add("0", "a_to_b", rtp(7, 5555, payload, pt=96, ssrc=99), 0.02)  # a transfer
+    recording.close()
+    written = wav_of(tmp_path / "rec-33-0-caller.wav", 8000)
+    assert written[:160] == written[160:]  # the same frame from a reset decoder
