@@ -1621,17 +1621,17 @@ class Gateway:
             wait,
         )
 
-    async def _start(self, nursery: trio.Nursery) -> None:
-        assert self.store is not None
+    def _prepare_tones(self) -> str:
+        """Make the ringing tone's frames (this process plays them when no media workers do)
+        and say which codecs it plays them in: the start-up line's words. Before any listener
+        is bound: it holds the event loop 0.1-0.3 s (AMR-WB's frames the most) and finds
+        bcg729, libopus and opencore-amr through ldconfig, and a request that waited meanwhile
+        in a socket buffer would be answered late (an OPTIONS probe's 200 after its sender
+        gave up, session 62's CI) or taken for an overload backlog ([sip]
+        overload_queue_delay)."""
         media = self.config.media
-        # The ringing tone's frames (this process plays them without media workers) and the
-        # codecs it says it plays them in are made before any listener is bound: making them
-        # holds the event loop 0.1-0.3 s (AMR-WB's the most) and finds bcg729, libopus and
-        # opencore-amr through ldconfig, and SIP that waited meanwhile in a socket buffer would
-        # be taken for an overload backlog ([sip] overload_queue_delay) and refused with 503.
-        tone_failures = prepare_tone_frames(media.ringback_tone) if media.workers <= 1 else {}
-        tone_summary = ringback_summary(media.ringback_tone)
-        for encoding, why in tone_failures.items():
+        failures = prepare_tone_frames(media.ringback_tone) if media.workers <= 1 else {}
+        for encoding, why in failures.items():
             log.warning(
                 "transfer ringing tone: its %s frames could not be made (%s): never played"
                 " in %s; a line that takes no other tone codec hears nothing while a"
@@ -1640,6 +1640,12 @@ class Gateway:
                 why,
                 encoding,
             )
+        return ringback_summary(media.ringback_tone)
+
+    async def _start(self, nursery: trio.Nursery) -> None:
+        assert self.store is not None
+        media = self.config.media
+        tone_summary = self._prepare_tones()
         # Calls a previous run left "live" (it was killed) ended when it did.
         ended = self.store.call_records_end_unfinished(time.time(), "gateway stopped")
         if ended:
