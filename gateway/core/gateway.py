@@ -1621,8 +1621,31 @@ class Gateway:
             wait,
         )
 
+    def _prepare_tones(self) -> str:
+        """Make the ringing tone's frames (this process plays them when no media workers do)
+        and say which codecs it plays them in: the start-up line's words. Before any listener
+        is bound: it holds the event loop 0.1-0.3 s (AMR-WB's frames the most) and finds
+        bcg729, libopus and opencore-amr through ldconfig, and a request that waited meanwhile
+        in a socket buffer would be answered late (an OPTIONS probe's 200 after its sender
+        gave up, session 62's CI) or taken for an overload backlog ([sip]
+        overload_queue_delay)."""
+        media = self.config.media
+        failures = prepare_tone_frames(media.ringback_tone) if media.workers <= 1 else {}
+        for encoding, why in failures.items():
+            log.warning(
+                "transfer ringing tone: its %s frames could not be made (%s): never played"
+                " in %s; a line that takes no other tone codec hears nothing while a"
+                " transfer's target rings",
+                encoding,
+                why,
+                encoding,
+            )
+        return ringback_summary(media.ringback_tone)
+
     async def _start(self, nursery: trio.Nursery) -> None:
         assert self.store is not None
+        media = self.config.media
+        tone_summary = self._prepare_tones()
         # Calls a previous run left "live" (it was killed) ended when it did.
         ended = self.store.call_records_end_unfinished(time.time(), "gateway stopped")
         if ended:
@@ -1713,7 +1736,6 @@ class Gateway:
             trunk_up=self.trunk_health.is_up,
             trunk_targets=self.trunk_targets,
         )
-        media = self.config.media
         if media.workers > 1:
             self.media_workers = WorkerPool(
                 media.address,
@@ -1726,16 +1748,6 @@ class Gateway:
             )
             await nursery.start(self.media_workers.serve)
         else:
-            # This process plays them.
-            for encoding, why in prepare_tone_frames(media.ringback_tone).items():
-                log.warning(
-                    "transfer ringing tone: its %s frames could not be made (%s): never played"
-                    " in %s; a line that takes no other tone codec hears nothing while a"
-                    " transfer's target rings",
-                    encoding,
-                    why,
-                    encoding,
-                )
             self.relay = MediaRelay(PortAllocator(media.address, self.config.media_ports))
             await nursery.start(self.relay.serve)
         nursery.start_soon(self._housekeeping)
@@ -1782,11 +1794,11 @@ class Gateway:
             nursery.start_soon(registration.run, name=f"registration with {trunk.name}")
         # What `voipgw calls` asks a running gateway: its live calls' quality now.
         await nursery.start(serve_control, socket_path(self.state_dir), self.control_answer)
-        # Before "ready", which operators' scripts and our tests wait for: finding bcg729 and
-        # libopus runs ldconfig (ctypes.util.find_library), a child process nobody expects
-        # once the gateway says it is up.
+        # Before "ready", which operators' scripts and our tests wait for: finding the tone's
+        # codec libraries runs ldconfig (ctypes.util.find_library), a child process nobody
+        # expects once the gateway says it is up (they were found before the listeners).
         log.info("media relay: %s", relay_build())
-        log.info("transfer ringing tone: %s", ringback_summary(self.config.media.ringback_tone))
+        log.info("transfer ringing tone: %s", tone_summary)
         log.info(
             "voipgw ready: %s",
             ", ".join(f"{lst.transport}:{format_address(lst.address)}" for lst in self.listeners),

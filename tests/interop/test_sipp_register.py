@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_peer
-from tests.interop.harness.gateway import startup_problems
+from tests.interop.harness.gateway import options_ok, startup_problems
 from tests.interop.harness.ports import free_port_pair
 from tests.port_blocks import ModuleBlock
 
@@ -27,22 +26,6 @@ SCENARIOS = Path(__file__).parent / "scenarios"
 # The relay's ports: this process's own (tests/port_blocks.py), not the gateway's default range,
 # which another test run's gateway may bind as well (tests/media_range_guard.py).
 MEDIA_PORTS = ModuleBlock(20)
-
-
-def _options_ok(port: int) -> bool:
-    probe = (
-        f"OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKready"
-        f"{time.monotonic_ns()};rport\r\nFrom: <sip:ready@127.0.0.1>;tag=r\r\n"
-        f"To: <sip:127.0.0.1:{port}>\r\nCall-ID: ready@127.0.0.1\r\nCSeq: 1 OPTIONS\r\n"
-        "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-    ).encode()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(0.2)
-        sock.sendto(probe, ("127.0.0.1", port))
-        try:
-            return sock.recv(65535).startswith(b"SIP/2.0 200")
-        except OSError:
-            return False
 
 
 @pytest.fixture
@@ -84,11 +67,14 @@ def gateway_process(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         )
     try:
         deadline = time.monotonic() + 20
-        while not _options_ok(port):
+        while not options_ok(port):
             assert proc.poll() is None, log.read_text()
             assert time.monotonic() < deadline, (
                 "gateway did not answer OPTIONS:\n" + log.read_text()
             )
+            # Not a tight loop: an answer other than 200 (a 503) comes back at once, and a
+            # probe a millisecond would then be a flood of its own (session 62's CI).
+            time.sleep(0.05)
         # As GatewayProcess: a warning at start-up is a test config that is wrong.
         assert startup_problems(log.read_text()) == []
         yield port, log

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import trio
 
+from gateway.core.gateway import Gateway
 from gateway.core.media import amr, tones
 from gateway.core.media.g711 import ulaw2lin
 from gateway.core.media.g729 import Bcg729Decoder, load_bcg729
@@ -274,13 +275,25 @@ async def test_the_configured_plans_frames_are_made_as_the_gateway_starts(
     autojump_clock: trio.abc.Clock,
     voipgw_seed: int,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Session 56: the relay's process makes them before it relays anything; before, the first
     # ringback of a process made them on the event loop (a G.722 cadence: 5-15 ms during which
     # every call's media waited).
     tone_frames.cache_clear()
+    # Before any listener is bound (session 62): a request waiting behind them in a socket
+    # buffer would be answered late.
+    listeners_then: list[int] = []
+    prepare = Gateway._prepare_tones
+
+    def spy(gateway: Gateway) -> str:
+        listeners_then.append(len(gateway.listeners))
+        return prepare(gateway)
+
+    monkeypatch.setattr(Gateway, "_prepare_tones", spy)
     with caplog.at_level(logging.INFO, logger="gateway.core.gateway"):
         await start_b2bua(nursery, tmp_path, voipgw_seed, media_table={"ringback_tone": "fr"})
+    assert listeners_then == [0]
     # And the start says in which codecs: whether bcg729 and libopus were found (session 57).
     # AMR once for its two packings (session 62).
     names = list(dict.fromkeys(codec.encoding for codec in INSTALLED_TONE_CODECS))
