@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_peer
-from tests.interop.harness.gateway import options_ok, startup_problems
+from tests.interop.harness.gateway import startup_problems, wait_until_answering
 from tests.interop.harness.ports import free_port_pair
 from tests.port_blocks import ModuleBlock
 
@@ -66,15 +66,7 @@ def gateway_process(tmp_path: Path) -> Iterator[tuple[int, Path]]:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     try:
-        deadline = time.monotonic() + 20
-        while not options_ok(port):
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, (
-                "gateway did not answer OPTIONS:\n" + log.read_text()
-            )
-            # Not a tight loop: an answer other than 200 (a 503) comes back at once, and a
-            # probe a millisecond would then be a flood of its own (session 62's CI).
-            time.sleep(0.05)
+        wait_until_answering(port, proc, 20, log)
         # As GatewayProcess: a warning at start-up is a test config that is wrong.
         assert startup_problems(log.read_text()) == []
         yield port, log

@@ -321,30 +321,14 @@ def storage_frame(codec: AmrCodec, payload: bytes, *, octet_aligned: bool) -> by
     """The storage frame (RFC 4867 §5.3) of a ``codec`` payload that carries one speech frame,
     packed as :func:`octet_aligned_payload` or :func:`bandwidth_efficient_payload` pack it (any
     CMR): for checking what the gateway sends. :class:`AmrError` for another kind of payload."""
-    if len(payload) < 2:
-        raise AmrError(f"an {codec.name} payload of {len(payload)} octets")
-    if octet_aligned:
-        frame = payload[1:]
-        if frame[0] & 0x80:
-            raise AmrError("more than one frame in the payload")
-        mode = _speech_mode(codec, frame[0])
-        if len(frame) != codec.storage_octets(mode):
-            raise AmrError(f"{len(frame) - 1} speech octets for mode {mode}")
-        return bytes((frame[0] & 0x7C,)) + frame[1:]
-    value = int.from_bytes(payload, "big")
-    width = 8 * len(payload)
-    toc = (value >> (width - 10)) & 0x3F
-    if toc & 0x20:
-        raise AmrError("more than one frame in the payload")
-    mode = _speech_mode(codec, toc << 2)
-    bits = codec.speech_bits[mode]
-    if len(payload) != (10 + bits + 7) // 8:
-        raise AmrError(f"{len(payload)} octets for one frame of mode {mode}")
-    speech = (value >> (width - 10 - bits)) & ((1 << bits) - 1)
-    speech_octets = (bits + 7) // 8
-    return bytes((toc << 2,)) + (speech << (8 * speech_octets - bits)).to_bytes(
-        speech_octets, "big"
-    )
+    frames = frames_untrusted(codec, payload, octet_aligned=octet_aligned)
+    if frames is None:
+        packing = "octet-aligned" if octet_aligned else "bandwidth-efficient"
+        raise AmrError(f"{len(payload)} octets are no {packing} {codec.name} payload")
+    if len(frames) != 1:
+        raise AmrError(f"{len(frames)} frames in the payload, not one")
+    _speech_mode(codec, frames[0][0])
+    return frames[0]
 
 
 def frames_untrusted(codec: AmrCodec, payload: bytes, *, octet_aligned: bool) -> list[bytes] | None:

@@ -218,17 +218,10 @@ def tone_codecs(media: MediaDescription) -> dict[ToneCodec, int]:
     """The codecs a tone can go in among ``media``'s formats, in the order it lists them, each
     with the first number it has (by a=rtpmap or RFC 3551 static number); empty when its
     rtpmaps cannot be read."""
-    try:
-        formats = codecs_by_format(media)
-    except SdpError:
-        return {}
     found: dict[ToneCodec, int] = {}
-    for payload_type, rtpmap in formats.items():
-        codec = _TONE_CODECS.get(rtpmap.codec_key) if rtpmap is not None else None
-        if codec in (ToneCodec.AMR, ToneCodec.AMR_WB):
-            codec = _amr_codec(codec, media.fmtp(payload_type))
-        if codec is not None and codec_available(codec):
-            found.setdefault(codec, payload_type)
+    for payload_type, _, taken in _tone_formats(media):
+        if taken is not None and codec_available(taken):
+            found.setdefault(taken, payload_type)
     return found
 
 
@@ -236,19 +229,25 @@ def amr_not_taken(media: MediaDescription) -> bool:
     """Whether ``media`` lists AMR or AMR-WB that this install could play a tone in but for its
     fmtp (:func:`_amr_codec` says None): the log's reason then says so, not only "it takes
     none"."""
+    return any(taken is None and codec_available(named) for _, named, taken in _tone_formats(media))
+
+
+def _tone_formats(media: MediaDescription) -> list[tuple[int, ToneCodec, ToneCodec | None]]:
+    """The formats of ``media`` whose rtpmap names a tone codec, in its order: the payload
+    type, the codec named, and the one the format takes (AMR's and AMR-WB's by the fmtp,
+    None for a packing the tone does not make); empty when its rtpmaps cannot be read."""
     try:
         formats = codecs_by_format(media)
     except SdpError:
-        return False
+        return []
+    listed: list[tuple[int, ToneCodec, ToneCodec | None]] = []
     for payload_type, rtpmap in formats.items():
-        codec = _TONE_CODECS.get(rtpmap.codec_key) if rtpmap is not None else None
-        if (
-            codec in (ToneCodec.AMR, ToneCodec.AMR_WB)
-            and codec_available(codec)
-            and _amr_codec(codec, media.fmtp(payload_type)) is None
-        ):
-            return True
-    return False
+        named = _TONE_CODECS.get(rtpmap.codec_key) if rtpmap is not None else None
+        if named in (ToneCodec.AMR, ToneCodec.AMR_WB):
+            listed.append((payload_type, named, _amr_codec(named, media.fmtp(payload_type))))
+        elif named is not None:
+            listed.append((payload_type, named, named))
+    return listed
 
 
 def _amr_codec(codec: ToneCodec, fmtp: str | None) -> ToneCodec | None:

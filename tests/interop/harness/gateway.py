@@ -149,6 +149,24 @@ def options_ok(port: int, timeout: float = 0.2) -> bool:
             return False
 
 
+def wait_until_answering(
+    port: int, process: subprocess.Popen[bytes], timeout: float, log_path: Path
+) -> None:
+    """Poll the gateway on ``port`` with OPTIONS until it answers 200: RuntimeError, with the
+    end of its log, when ``process`` exits first or ``timeout`` s pass. 50 ms between probes:
+    an answer other than 200 comes back at once, and probing again at once would be a flood
+    (a 482 for each merged probe did that in session 62's CI)."""
+    deadline = time.monotonic() + timeout
+    while not options_ok(port):
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"gateway exited with {process.returncode} at start-up:\n" + tail(log_path)
+            )
+        if time.monotonic() > deadline:
+            raise RuntimeError("gateway did not answer OPTIONS:\n" + tail(log_path))
+        time.sleep(0.05)
+
+
 class GatewayProcess:
     """A running ``voipgw`` listening on UDP and TCP 127.0.0.1:``port``.
 
@@ -302,16 +320,7 @@ class GatewayProcess:
         # 1-3 s, but with `[media] workers = 2` on a loaded 2-CPU machine it was seen listening
         # after 14 s with its workers still starting at 20 s (session 36); polled, so the bound
         # costs nothing when the start is quick.
-        deadline = time.monotonic() + self.start_timeout
-        while not options_ok(self.port):
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"gateway exited with {self.process.returncode} at start-up:\n"
-                    + self.log_text()
-                )
-            if time.monotonic() > deadline:
-                raise RuntimeError("gateway did not answer OPTIONS:\n" + tail(self.log_path))
-            time.sleep(0.05)
+        wait_until_answering(self.port, self.process, self.start_timeout, self.log_path)
         started = self.log_path.read_bytes()[log_start:].decode(errors="replace")
         problems = startup_problems(started, self.allowed_warnings)
         if problems:

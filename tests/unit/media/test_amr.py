@@ -78,16 +78,17 @@ def test_a_payload_the_gateway_does_not_make_is_refused_by_name() -> None:
     frame = storage_frame(amr.AMR, 7, pattern(244))
     efficient = amr.bandwidth_efficient_payload(amr.AMR, frame)
     aligned = amr.octet_aligned_payload(frame)
-    with pytest.raises(amr.AmrError, match="octets for one frame of mode 7"):
+    with pytest.raises(amr.AmrError, match="31 octets are no bandwidth-efficient AMR payload"):
         amr.storage_frame(amr.AMR, efficient[:-1], octet_aligned=False)
-    with pytest.raises(amr.AmrError, match="speech octets for mode 7"):
+    with pytest.raises(amr.AmrError, match="34 octets are no octet-aligned AMR payload"):
         amr.storage_frame(amr.AMR, aligned + b"\0", octet_aligned=True)
-    # F = 1: another frame follows (§4.3.2): not one frame a packet.
-    with pytest.raises(amr.AmrError, match="more than one frame"):
-        followed = bytes((efficient[0] | 0x08,)) + efficient[1:]
-        amr.storage_frame(amr.AMR, followed, octet_aligned=False)
-    with pytest.raises(amr.AmrError, match="more than one frame"):
-        followed = aligned[:1] + bytes((aligned[1] | 0x80,)) + aligned[2:]
+    # F = 1: another frame follows (§4.3.2, §4.4.2): not one frame a packet.
+    speech = pattern(244)
+    two = "1111" + "1" + "0111" + "1" + "0" + "0111" + "1" + speech + speech
+    with pytest.raises(amr.AmrError, match="2 frames in the payload, not one"):
+        amr.storage_frame(amr.AMR, bits_to_payload(two), octet_aligned=False)
+    followed = aligned[:1] + bytes((aligned[1] | 0x80, aligned[1])) + aligned[2:] + aligned[2:]
+    with pytest.raises(amr.AmrError, match="2 frames in the payload, not one"):
         amr.storage_frame(amr.AMR, followed, octet_aligned=True)
     # FT = 8, AMR's SID frame (comfort noise) but AMR-WB's 23.85 kbit/s, and FT = 15, no
     # data: no speech to pack.
@@ -99,7 +100,7 @@ def test_a_payload_the_gateway_does_not_make_is_refused_by_name() -> None:
         amr.bandwidth_efficient_payload(amr.AMR_WB, bytes((9 << 3 | amr.QUALITY_BIT,)) + bytes(5))
     with pytest.raises(amr.AmrError, match="frame type 15 is no AMR speech frame"):
         amr.storage_frame(amr.AMR, b"\xf0\x7c", octet_aligned=True)
-    with pytest.raises(amr.AmrError, match="an AMR-WB payload of 1 octets"):
+    with pytest.raises(amr.AmrError, match="1 octets are no octet-aligned AMR-WB payload"):
         amr.storage_frame(amr.AMR_WB, b"\xf0", octet_aligned=True)
 
 
