@@ -1622,15 +1622,18 @@ class Gateway:
         )
 
     def _prepare_tones(self) -> str:
-        """Make the ringing tone's frames (this process plays them when no media workers do)
-        and say which codecs it plays them in: the start-up line's words. Before any listener
-        is bound: it holds the event loop 0.1-0.3 s (AMR-WB's frames the most) and finds
-        bcg729, libopus and opencore-amr through ldconfig, and a request that waited meanwhile
-        in a socket buffer would be answered late (an OPTIONS probe's 200 after its sender
-        gave up, session 62's CI) or taken for an overload backlog ([sip]
-        overload_queue_delay)."""
+        """Make the ringing tone's frames and say which codecs it plays them in: the start-up
+        line's words. This process plays them when no media workers do; with workers it makes
+        them all the same, to learn which codecs' libraries fail as each worker's will (the
+        same libraries on the same host): a codec that fails is then never chosen for a
+        ringback, which a worker would decline, leaving the transferee with the transferor's
+        media. Before any listener is bound: it holds the event loop 0.1-0.3 s (AMR-WB's
+        frames the most) and finds bcg729, libopus and opencore-amr through ldconfig, and a
+        request that waited meanwhile in a socket buffer would be answered late (an OPTIONS
+        probe's 200 after its sender gave up, session 62's CI) or taken for an overload
+        backlog ([sip] overload_queue_delay)."""
         media = self.config.media
-        failures = prepare_tone_frames(media.ringback_tone) if media.workers <= 1 else {}
+        failures = prepare_tone_frames(media.ringback_tone)
         for encoding, why in failures.items():
             log.warning(
                 "transfer ringing tone: its %s frames could not be made (%s): never played"

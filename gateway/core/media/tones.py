@@ -61,7 +61,9 @@ packings). That costs 5-15 ms per plan for G.722, 14-31 ms for G.729, 26-58 ms f
 which on the event loop would hold every call's media that long at the first such ringback:
 so the process that plays the tones makes the configured plan's frames before it relays
 anything (:func:`prepare_tone_frames`: the SIP process's relay, or each media worker from its
-``--ringback-tone``; since session 56).
+``--ringback-tone``; since session 56). With media workers the SIP process makes them as well,
+though it plays none: a codec whose library fails there fails in the workers too, and is then
+never chosen (session 63).
 :class:`TonePlayer` paces a tone's packets from float time; the relay's task sends them
 (:meth:`gateway.core.media.relay.MediaStream.play_tone`).
 """

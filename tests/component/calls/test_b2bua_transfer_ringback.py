@@ -15,6 +15,7 @@ import logging
 import math
 import socket
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +23,18 @@ import pytest
 import trio
 
 from gateway.core.gateway import Gateway
+from gateway.core.ids import SeededIds
 from gateway.core.media import amr, tones
 from gateway.core.media.g711 import ulaw2lin
 from gateway.core.media.g729 import Bcg729Decoder, load_bcg729
 from gateway.core.media.opus import OpusDecoder, load_libopus
-from gateway.core.media.tones import ToneCodec, codec_available, tone_frames
+from gateway.core.media.tones import ToneCodec, codec_available, tone_codecs, tone_frames
+from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.plugins.taps.g722 import G722Decoder
+from gateway.testing.memory_transport import memory_plugins
+from gateway.testing.network import MemoryNetwork
 from gateway.testing.sip_agent import AutoAnswer, sdp_connection, simple_sdp
-from tests.component.calls.b2bua_env import ALICE_DID, B2bua, start_b2bua
+from tests.component.calls.b2bua_env import ALICE_DID, B2bua, gateway_config, start_b2bua
 from tests.component.calls.transfer_calls import (
     BOB_URI,
     bob_phone,
@@ -401,16 +406,17 @@ async def test_a_transferee_that_holds_while_the_target_rings_hears_the_tone_whe
         assert not call.media.playing_tone
 
 
-async def test_an_encoder_that_fails_at_the_start_is_left_out_with_a_warning(
-    nursery: trio.Nursery,
-    tmp_path: Path,
-    autojump_clock: trio.abc.Clock,
-    voipgw_seed: int,
-    caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # A system library found by name that fails (another build's interface): the gateway
-    # starts all the same, says so, and does not offer that codec's tone.
+BROKEN_AMR_WARNING = (
+    "transfer ringing tone: its AMR frames could not be made (AmrError: opencore-amrnb: a"
+    " frame of 0 octets, not 32): never played in AMR; a line that takes no other tone"
+    " codec hears nothing while a transfer's target rings"
+)
+
+
+@pytest.fixture
+def broken_amr_encoder(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A system library found by name that fails (another build's interface): opencore-amrnb's
+    encoder raising, with no codec of the process marked unusable yet."""
     if not codec_available(ToneCodec.AMR):
         missing("opencore-amr is not installed (apt-get install libopencore-amrnb0)")
     monkeypatch.setattr(tones, "_UNUSABLE", {})
@@ -421,18 +427,52 @@ async def test_an_encoder_that_fails_at_the_start_is_left_out_with_a_warning(
     monkeypatch.setattr(amr.AmrEncoder, "encode", broken)
     tone_frames.cache_clear()
     tones._amr_frames.cache_clear()
-    try:
-        with caplog.at_level(logging.INFO, logger="gateway.core.gateway"):
-            await start_b2bua(nursery, tmp_path, voipgw_seed, media_table={"ringback_tone": "eu"})
-    finally:
-        tone_frames.cache_clear()
-        tones._amr_frames.cache_clear()
-    warning = (
-        "transfer ringing tone: its AMR frames could not be made (AmrError: opencore-amrnb: a"
-        " frame of 0 octets, not 32): never played in AMR; a line that takes no other tone"
-        " codec hears nothing while a transfer's target rings"
-    )
-    assert [r.levelname for r in caplog.records if r.getMessage() == warning] == ["WARNING"]
+    yield
+    tone_frames.cache_clear()
+    tones._amr_frames.cache_clear()
+
+
+async def test_an_encoder_that_fails_at_the_start_is_left_out_with_a_warning(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+    broken_amr_encoder: None,
+) -> None:
+    # The gateway starts all the same, says so, and does not offer that codec's tone.
+    with caplog.at_level(logging.INFO, logger="gateway.core.gateway"):
+        await start_b2bua(nursery, tmp_path, voipgw_seed, media_table={"ringback_tone": "eu"})
+    assert [r.levelname for r in caplog.records if r.getMessage() == BROKEN_AMR_WARNING] == [
+        "WARNING"
+    ]
     summary = next(m for m in caplog.messages if m.startswith("transfer ringing tone: eu"))
     assert ", AMR" not in summary and " AMR " not in summary
     assert any(m.startswith("voipgw ready") for m in caplog.messages)
+
+
+def test_with_media_workers_the_sip_process_leaves_a_failing_encoder_out_too(
+    tmp_path: Path, voipgw_seed: int, caplog: pytest.LogCaptureFixture, broken_amr_encoder: None
+) -> None:
+    # With [media] workers the SIP process chooses a ringback's codec and a worker plays it.
+    # Before session 63 only the workers made the frames: the SIP process still chose AMR for
+    # an AMR line, the worker declined to play it, and the transferee heard the transferor's
+    # media. The SIP process now makes them too and learns the same failure (the same library
+    # on the same host).
+    config = gateway_config(tmp_path / "state", media={"ringback_tone": "eu", "workers": 2})
+    gateway = Gateway(
+        config,
+        memory_plugins(config, MemoryNetwork(voipgw_seed)),
+        ids=SeededIds(voipgw_seed),
+    )
+    with caplog.at_level(logging.INFO, logger="gateway.core.gateway"):
+        summary = gateway._prepare_tones()
+    assert [r.levelname for r in caplog.records if r.getMessage() == BROKEN_AMR_WARNING] == [
+        "WARNING"
+    ]
+    assert ", AMR" not in summary and " AMR " not in summary
+    amr_line = parse_sdp_untrusted(
+        b"v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\n"
+        b"m=audio 40000 RTP/AVP 96\r\na=rtpmap:96 AMR/8000\r\n"
+    ).media[0]
+    assert tone_codecs(amr_line) == {}  # so no ringback asks a worker for AMR
