@@ -1,4 +1,4 @@
-"""Call progress tones the gateway plays itself, as G.711, G.722, G.729, Opus or AMR RTP.
+"""Call progress tones the gateway plays itself, as G.711, G.722, G.729, Opus, AMR or GSM RTP.
 
 Sans-IO.
 
@@ -18,8 +18,8 @@ names the plan (:data:`RINGBACK_PLANS`; ``"none"`` plays nothing). Each plan is 
 frequencies summed, at a level per frequency, switched on and off by a cadence repeated for as
 long as it plays.
 
-It goes in the first of PCMU, PCMA, G722, G729, opus, AMR and AMR-WB that the receiving leg's SDP in
-force lists, with the payload type number it gives (RFC 3264 §5.1: the numbers a party writes
+It goes in the first of PCMU, PCMA, G722, G729, opus, AMR, AMR-WB and GSM that the receiving leg's
+SDP in force lists, with the payload type number it gives (RFC 3264 §5.1: the numbers a party writes
 are those it expects to receive); a leg that takes none of them hears nothing (the gateway
 encodes no other codec). G.711 (RFC 3551 §4.5.14): 8000 samples a second, an octet a sample.
 G.722 (ITU-T G.722 at 64 kbit/s, RFC 3551 §4.5.2): 16000 samples a second in 4 bits each, so
@@ -43,7 +43,10 @@ since session 62, before which a line that takes AMR alone, a mobile operator's 
 silence): 12.2 kbit/s (AMR, 8 kHz) or 12.65 kbit/s (AMR-WB, 16 kHz), a frame a packet, packed
 bandwidth-efficient or octet-aligned as the receiver's fmtp says (a line asking for CRCs,
 robust sorting, interleaving or a mode-set without that mode takes no AMR tone); the
-timestamps step 160 (AMR) or 320 (AMR-WB: its RTP clock is 16000 Hz, RFC 4867 §4.1).
+timestamps step 160 (AMR) or 320 (AMR-WB: its RTP clock is 16000 Hz, RFC 4867 §4.1). GSM
+full rate (RFC 3551 §4.5.8), only where libgsm is installed (gateway/core/media/gsm.py; since
+session 63, before which a line that takes GSM alone, an older PBX or PSTN gateway, heard
+silence): a 33-octet frame per 20 ms packet, the timestamps stepping 160.
 
 Cost: nothing per packet of any other call. A plan's frames are computed once per process and
 codec (:func:`tone_frames`): sums of sines whose frequencies divide into a short repeating unit
@@ -55,8 +58,8 @@ same cadence once before it: the encoder then starts the kept cadence in the sta
 in (a silence), and the cadence repeats seamlessly. G.729's encoder carries state too (its
 prediction and pitch memories), and its frames are made the same way by bcg729, Opus's by
 libopus, AMR's by opencore-amr and AMR-WB's by vo-amrwbenc (one encoding serves both
-packings). That costs 5-15 ms per plan for G.722, 14-31 ms for G.729, 26-58 ms for Opus,
-17-37 ms for AMR and 45-94 ms for AMR-WB
+packings), GSM's by libgsm. That costs 5-15 ms per plan for G.722, 14-31 ms for G.729, 26-58 ms
+for Opus, 17-37 ms for AMR, 45-94 ms for AMR-WB and 4-11 ms for GSM
 (``"us"``, the longest cadence, the most),
 which on the event loop would hold every call's media that long at the first such ringback:
 so the process that plays the tones makes the configured plan's frames before it relays
@@ -78,7 +81,7 @@ import math
 import attrs
 from G722 import G722
 
-from gateway.core.media import amr, g729, opus
+from gateway.core.media import amr, g729, gsm, opus
 from gateway.core.media.g711 import lin2alaw, lin2ulaw
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import MediaDescription
@@ -100,6 +103,8 @@ OPUS_FRAME_TICKS = 960
 FULL_SCALE_DBM0 = 3.14
 """The level of a sine at the 16-bit full scale: ITU-T G.711's A-law maximum is +3.14 dBm0
 (mu-law's +3.17): the reference :func:`_amplitude` converts from."""
+GSM_FALL_SAMPLES = 40
+"""The fall at the end of each burst of a GSM tone: 5 ms at 8000 Hz (:func:`_gsm_frames`)."""
 MAX_CATCH_UP = 3
 """Most packets one :meth:`TonePlayer.due` sends for frames whose time has passed: a relay that
 was held up longer skips the rest (their time goes by in the RTP timestamp, not as a burst that
@@ -157,6 +162,8 @@ class ToneCodec(enum.Enum):
     """AMR-WB 12.65 kbit/s, bandwidth-efficient."""
     AMR_WB_OCTET_ALIGNED = "AMR-WB octet-aligned"
     """AMR-WB 12.65 kbit/s, octet-aligned."""
+    GSM = "GSM"
+    """GSM 06.10 full rate, 13 kbit/s (RFC 3551 §4.5.8, static payload type 3)."""
 
     @property
     def encoding(self) -> str:
@@ -202,7 +209,13 @@ class Tone:
 _TONE_CODECS = {
     **{
         (codec.value.lower(), SAMPLE_RATE, 1): codec
-        for codec in (ToneCodec.PCMU, ToneCodec.PCMA, ToneCodec.G722, ToneCodec.G729)
+        for codec in (
+            ToneCodec.PCMU,
+            ToneCodec.PCMA,
+            ToneCodec.G722,
+            ToneCodec.G729,
+            ToneCodec.GSM,
+        )
     },
     ("opus", opus.RTP_CLOCK_RATE, 2): ToneCodec.OPUS,
     ("opus", opus.RTP_CLOCK_RATE, 1): ToneCodec.OPUS,
@@ -210,7 +223,7 @@ _TONE_CODECS = {
     ("amr-wb", amr.AMR_WB.sample_rate, 1): ToneCodec.AMR_WB,
 }
 """The codecs a tone goes in, by ``RtpMap.codec_key``: each at the RTP clock rate 8000, one
-channel (RFC 3551 §4.5.2, §4.5.14), Opus at 48000 (RFC 7587 §7: ``opus/48000/2``; a
+channel (RFC 3551 §4.5.2, §4.5.6, §4.5.8, §4.5.14), Opus at 48000 (RFC 7587 §7: ``opus/48000/2``; a
 ``opus/48000`` without channels taken as well), AMR at 8000 and AMR-WB at 16000 (RFC 4867
 §8.1, §8.2: ``AMR/8000``, ``AMR-WB/16000``, one channel), packed as the fmtp says
 (:func:`_amr_codec`)."""
@@ -270,7 +283,8 @@ def _amr_codec(codec: ToneCodec, fmtp: str | None) -> ToneCodec | None:
 
 def codec_available(codec: ToneCodec) -> bool:
     """Whether this install can encode ``codec``: G.729 needs bcg729, Opus libopus, AMR
-    opencore-amr, AMR-WB vo-amrwbenc (system libraries); none whose frames could not be made
+    opencore-amr, AMR-WB vo-amrwbenc, GSM libgsm (system libraries); none whose frames could
+    not be made
     (:func:`prepare_tone_frames`)."""
     if codec in _UNUSABLE:
         return False
@@ -278,6 +292,8 @@ def codec_available(codec: ToneCodec) -> bool:
         return g729.load_bcg729() is not None
     if codec is ToneCodec.OPUS:
         return opus.load_libopus() is not None
+    if codec is ToneCodec.GSM:
+        return gsm.load_libgsm() is not None
     amr_packing = _AMR_PACKINGS.get(codec)
     if amr_packing is not None:
         return amr.load_encoder(amr_packing[0]) is not None
@@ -286,15 +302,16 @@ def codec_available(codec: ToneCodec) -> bool:
 
 def tone_codec_names() -> str:
     """The codecs a ringing tone can go in on this install, for the log ("PCMU, PCMA, G722,
-    G729, opus, AMR and AMR-WB"; G729 only where bcg729 is installed, opus where libopus is, AMR
-    where opencore-amr is, AMR-WB where vo-amrwbenc is)."""
+    G729, opus, AMR, AMR-WB and GSM"; G729 only where bcg729 is installed, opus where libopus
+    is, AMR where opencore-amr is, AMR-WB where vo-amrwbenc is, GSM where libgsm is)."""
     names = list(dict.fromkeys(codec.encoding for codec in ToneCodec if codec_available(codec)))
     return ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def ringback_summary(plan_name: str) -> str:
     """``[media] ringback_tone`` as the gateway's start says it: the plan and the codecs this
-    install can play it in, so that an operator sees whether bcg729 and libopus were found."""
+    install can play it in, so that an operator sees whether bcg729, libopus, opencore-amr,
+    vo-amrwbenc and libgsm were found."""
     if plan_name == "none":
         return "none (a transferee hears the transferor's media until the target answers)"
     return f"{plan_name}, in the first of {tone_codec_names()} the transferee's line lists"
@@ -349,6 +366,8 @@ def tone_frames(plan_name: str, codec: ToneCodec) -> tuple[bytes, ...]:
         return _g729_frames(plan)
     if codec is ToneCodec.OPUS:
         return _opus_frames(plan)
+    if codec is ToneCodec.GSM:
+        return _gsm_frames(plan)
     amr_packing = _AMR_PACKINGS.get(codec)
     if amr_packing is not None:
         amr_codec, octet_aligned = amr_packing
@@ -454,6 +473,31 @@ def _opus_frames(plan: TonePlan) -> tuple[bytes, ...]:
     encoder = opus.OpusEncoder(libopus, SAMPLE_RATE)
     encoder.encode(cadence)  # the state the cadence ends in
     return tuple(encoder.encode(cadence))
+
+
+def _gsm_frames(plan: TonePlan) -> tuple[bytes, ...]:
+    """One whole cadence of ``plan`` in GSM full rate, one 33-octet frame (20 ms) a packet: the
+    cadence encoded twice by one libgsm encoder, the second time kept, as for G.722
+    (:func:`_g722_frames`: every repetition starts in the state the cadence ends in)."""
+    libgsm = gsm.load_libgsm()
+    if libgsm is None:
+        raise ValueError("GSM tone frames need libgsm (apt-get install libgsm1)")
+    cadence = _cadence_samples(plan, SAMPLE_RATE)
+    # Each burst fades out over its last 5 ms. Cut off mid-cycle at the plans' level, the
+    # encoder's analysis of the step made frames that decoded to 100-140 ms of sound in the gap
+    # up to 4 dB under the tone (a smear across the uk plan's 0.2 s gap); faded, the gap
+    # decodes to the codec's noise floor from its first packet (session 63, measured).
+    frame = _frame_samples(SAMPLE_RATE)
+    end = 0
+    for index, seconds in enumerate(plan.cadence):
+        end += round(seconds / FRAME_SECONDS) * frame
+        if index % 2 == 0:
+            for k in range(GSM_FALL_SAMPLES):
+                n = end - GSM_FALL_SAMPLES + k
+                cadence[n] = round(cadence[n] * (GSM_FALL_SAMPLES - k) / GSM_FALL_SAMPLES)
+    encoder = gsm.GsmEncoder(libgsm)
+    encoder.encode_frames(cadence)  # the state the cadence ends in
+    return tuple(encoder.encode_frames(cadence))
 
 
 @functools.cache

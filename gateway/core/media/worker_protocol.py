@@ -68,7 +68,7 @@ from gateway.core.interfaces import SrtpKeys
 from gateway.core.media.relay import DirectionStatistics
 from gateway.core.media.srtp import SrtpStatistics
 
-PROTOCOL_VERSION = 16
+PROTOCOL_VERSION = 17
 """The version of the channel's messages and of the worker's command line. **Bump it on any
 change to a message's layout** (a field added, removed, reordered or retyped, a default that
 is sent, a type number, a field codec) **or to what a message means, and on any change to the
@@ -98,7 +98,7 @@ the callee's DTLS engine keeps other phones' handshakes for another phone's answ
 (G.722 beside the G.711 laws, session 55). 13: the worker's ``--ringback-tone`` (it makes that
 plan's frames as it starts, session 56). 14: :class:`PlayTone`'s codec may be ``G729``
 (session 56). 15: and ``opus`` (session 57). 16: and ``AMR``, ``AMR-WB`` and their
-``octet-aligned`` packings (session 62)."""
+``octet-aligned`` packings (session 62). 17: and ``GSM`` (session 63)."""
 
 SocketAddress = tuple[str, int] | tuple[str, int, int, int]
 """A peer's address as a socket gives it: (host, port), or for IPv6 (host, port, flow info,
@@ -423,6 +423,7 @@ TONE_CODECS = (
     "AMR octet-aligned",
     "AMR-WB",
     "AMR-WB octet-aligned",
+    "GSM",
 )
 """:class:`PlayTone`'s codecs (:class:`gateway.core.media.tones.ToneCodec`); empty with no
 plan. Append only."""

@@ -16,6 +16,7 @@ from gateway.core.config import PortRange
 from gateway.core.interfaces import SrtpKeys
 from gateway.core.media import amr, tones
 from gateway.core.media.g729 import load_bcg729
+from gateway.core.media.gsm import load_libgsm
 from gateway.core.media.keying import CallKeying
 from gateway.core.media.opus import load_libopus
 from gateway.core.media.relay import MediaRelay, MediaStream
@@ -74,8 +75,9 @@ def sdp_for(port: int, formats: str, *lines: str, version: int = 1) -> bytes:
             98,
             320,
         ),
+        ("3 0", (), ToneCodec.GSM, 3, 160),
     ],
-    ids=["pcma", "g722", "g729", "opus", "amr", "amr-octet-aligned", "amr-wb-octet-aligned"],
+    ids=["pcma", "g722", "g729", "opus", "amr", "amr-octet-aligned", "amr-wb-octet-aligned", "gsm"],
 )
 async def test_the_tone_goes_through_the_legs_keys_in_place_of_the_other_legs_media(
     relay: MediaRelay,
@@ -89,6 +91,8 @@ async def test_the_tone_goes_through_the_legs_keys_in_place_of_the_other_legs_me
         missing("libbcg729 is not installed (apt-get install libbcg729-0)")
     if codec is ToneCodec.OPUS and load_libopus() is None:
         missing("libopus is not installed (apt-get install libopus0)")
+    if codec is ToneCodec.GSM and not codec_available(codec):
+        missing("libgsm is not installed (apt-get install libgsm1)")
     if codec.encoding in ("AMR", "AMR-WB") and not codec_available(codec):
         missing(f"{codec.encoding}'s encoder is not installed (libopencore-amrnb0, ...)")
     session = MediaSession(relay, media_address=ADDRESS)
@@ -185,6 +189,7 @@ async def test_a_leg_that_receives_nothing_or_takes_none_of_the_tones_codecs_get
     codecs += ["opus"] if load_libopus() is not None else []
     codecs += ["AMR"] if amr.load_encoder(amr.AMR) is not None else []
     codecs += ["AMR-WB"] if amr.load_encoder(amr.AMR_WB) is not None else []
+    codecs += ["GSM"] if load_libgsm() is not None else []
     assert session.play_ringback("a", "us") == (
         f"it takes none of {', '.join(codecs[:-1])} and {codecs[-1]}"
     )

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from gateway.core.media import amr, g729, opus, tones
+from gateway.core.media import amr, g729, gsm, opus, tones
 from gateway.core.media.g711 import alaw2lin, lin2alaw, lin2ulaw, ulaw2lin
 from gateway.core.media.tones import (
     FRAME_SAMPLES,
@@ -214,6 +214,19 @@ def test_the_codecs_a_tone_goes_in_are_found_in_the_order_the_sdp_lists_them(
         if g729.load_bcg729() is not None
         else {ToneCodec.PCMU: 0}
     )
+    # GSM, static 3 (RFC 3551 §4.5.8) or dynamic, where libgsm is installed.
+    gsm_line = media("3 96 0", "a=rtpmap:96 GSM/8000")
+    assert tone_codecs(gsm_line) == (
+        {ToneCodec.GSM: 3, ToneCodec.PCMU: 0}
+        if gsm.load_libgsm() is not None
+        else {ToneCodec.PCMU: 0}
+    )
+    assert tone_codecs(media("96", "a=rtpmap:96 gsm/8000")) == (
+        {ToneCodec.GSM: 96} if gsm.load_libgsm() is not None else {}
+    )
+    assert tone_codecs(media("96", "a=rtpmap:96 GSM-EFR/8000")) == {}  # another codec
+    monkeypatch.setattr(gsm, "load_libgsm", lambda: None)
+    assert tone_codecs(gsm_line) == {ToneCodec.PCMU: 0}
     monkeypatch.setattr(g729, "load_bcg729", lambda: None)
     assert tone_codecs(g729_line) == {ToneCodec.PCMU: 0}
     assert not codec_available(ToneCodec.G729) and codec_available(ToneCodec.G722)
@@ -372,6 +385,7 @@ def test_without_bcg729_a_plan_prepares_every_codec_but_g729(
     tone_frames.cache_clear()
     prepare_tone_frames("eu")
     others = codec_available(ToneCodec.OPUS) + AMR_TONE_CODECS_INSTALLED
+    others += codec_available(ToneCodec.GSM)
     assert tone_frames.cache_info().currsize == 3 + others
     with pytest.raises(ValueError, match=r"G\.729 tone frames need bcg729"):
         tone_frames("eu", ToneCodec.G729)
@@ -384,6 +398,7 @@ def test_without_libopus_a_plan_prepares_every_codec_but_opus(
     tone_frames.cache_clear()
     prepare_tone_frames("eu")
     others = codec_available(ToneCodec.G729) + AMR_TONE_CODECS_INSTALLED
+    others += codec_available(ToneCodec.GSM)
     assert tone_frames.cache_info().currsize == 3 + others
     with pytest.raises(ValueError, match=r"Opus tone frames need libopus"):
         tone_frames("eu", ToneCodec.OPUS)
@@ -397,6 +412,7 @@ def test_without_the_amr_encoders_a_plan_prepares_every_codec_but_amr(
     _amr_frames.cache_clear()
     prepare_tone_frames("eu")
     others = codec_available(ToneCodec.G729) + codec_available(ToneCodec.OPUS)
+    others += codec_available(ToneCodec.GSM)
     assert tone_frames.cache_info().currsize == 3 + others
     for codec, package in (
         (ToneCodec.AMR, "libopencore-amrnb0"),
@@ -406,6 +422,22 @@ def test_without_the_amr_encoders_a_plan_prepares_every_codec_but_amr(
     ):
         with pytest.raises(ValueError, match=f"tone frames need its encoder .*{package}"):
             tone_frames("eu", codec)
+
+
+def test_without_libgsm_a_plan_prepares_every_codec_but_gsm(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(gsm, "load_libgsm", lambda: None)
+    tone_frames.cache_clear()
+    prepare_tone_frames("eu")
+    others = codec_available(ToneCodec.G729) + codec_available(ToneCodec.OPUS)
+    others += AMR_TONE_CODECS_INSTALLED
+    assert tone_frames.cache_info().currsize == 3 + others
+    assert not codec_available(ToneCodec.GSM)
+    with pytest.raises(
+        ValueError, match=r"GSM tone frames need libgsm \(apt-get install libgsm1\)"
+    ):
+        tone_frames("eu", ToneCodec.GSM)
 
 
 def bcg729() -> g729.Bcg729:
@@ -488,6 +520,49 @@ def test_a_g729_player_sends_two_frames_a_packet_on_the_8000_hz_clock() -> None:
     assert [p[12:] for p in packets] == list(tone_frames("fr", ToneCodec.G729)[:3])
 
 
+def libgsm() -> gsm.LibGsm:
+    found = gsm.load_libgsm()
+    if found is None:
+        missing("libgsm is not installed (apt-get install libgsm1)")
+    return found
+
+
+def gsm_decoded(frames: tuple[bytes, ...], times: int) -> list[list[int]]:
+    """:func:`decoded_in_a_row` by one libgsm decoder (the recorder's), at 8000 Hz."""
+    return decoded_in_a_row(gsm.GsmDecoder(libgsm()).decode, frames, times)
+
+
+@pytest.mark.parametrize("name", sorted(RINGBACK_PLANS))
+def test_a_plans_gsm_frames_decode_to_its_frequencies_on_and_near_silence_off(
+    name: str,
+) -> None:
+    plan = RINGBACK_PLANS[name]
+    frames = tone_frames(name, ToneCodec.GSM)
+    _, samples = gsm_decoded(frames, 2)  # the second time round: as a receiver hears it
+    # 20 ms a packet: one 33-octet frame with the 0xD signature (RFC 3551 §4.5.8).
+    assert len(frames) == round(sum(plan.cadence) / FRAME_SECONDS)
+    assert {len(frame) for frame in frames} == {33}
+    assert {frame[0] >> 4 for frame in frames} == {0xD}
+    assert len(samples) == len(frames) * FRAME_SAMPLES
+    assert_a_speech_codecs_cadence(plan, samples, settle_packets=1)
+
+
+@pytest.mark.parametrize("name", sorted(RINGBACK_PLANS))
+def test_a_gsm_cadence_repeats_seamlessly(name: str) -> None:
+    # As for G.722 and G.729: the encoder's state at the frames' start is the one at their
+    # end, so a decoder playing them again and again hears the same every time round.
+    _, second, third = gsm_decoded(tone_frames(name, ToneCodec.GSM), 3)
+    assert max(abs(a - b) for a, b in zip(second, third, strict=True)) <= 2
+
+
+def test_a_gsm_player_sends_a_frame_a_packet_on_the_8000_hz_clock() -> None:
+    libgsm()
+    player = TonePlayer(Tone("us", ToneCodec.GSM, 3), ssrc=7, sequence=5, timestamp=0, now=0.0)
+    packets = player.due(0.0) + player.due(0.02) + player.due(0.04)
+    assert [header(p)[1:4] for p in packets] == [(3, 5, 0), (3, 6, 160), (3, 7, 320)]
+    assert [p[12:] for p in packets] == list(tone_frames("us", ToneCodec.GSM)[:3])
+
+
 def test_no_plan_prepares_nothing() -> None:
     tone_frames.cache_clear()
     prepare_tone_frames("none")
@@ -548,7 +623,13 @@ def test_the_start_says_which_plan_plays_in_which_codecs_this_install_has(
     monkeypatch.setattr(g729, "load_bcg729", lambda: object())
     monkeypatch.setattr(opus, "load_libopus", lambda: object())
     monkeypatch.setattr(amr, "load_encoder", lambda codec: object())
+    monkeypatch.setattr(gsm, "load_libgsm", lambda: object())
     # AMR and AMR-WB once each, though each has two packings (two tone codecs).
+    assert ringback_summary("uk") == (
+        "uk, in the first of PCMU, PCMA, G722, G729, opus, AMR, AMR-WB and GSM the"
+        " transferee's line lists"
+    )
+    monkeypatch.setattr(gsm, "load_libgsm", lambda: None)
     assert ringback_summary("uk") == (
         "uk, in the first of PCMU, PCMA, G722, G729, opus, AMR and AMR-WB the transferee's"
         " line lists"

@@ -165,6 +165,7 @@ EVERY_MESSAGE: list[Message] = [
     PlayTone(19, "b_to_a", "fr", "AMR octet-aligned", 97),
     PlayTone(19, "a_to_b", "eu", "AMR-WB", 98),
     PlayTone(19, "b_to_a", "us", "AMR-WB octet-aligned", 99),
+    PlayTone(19, "a_to_b", "eu", "GSM", 3),
 ]
 
 
@@ -295,7 +296,7 @@ def test_values_that_do_not_fit_their_field_are_our_bug() -> None:
 
 # -- the protocol version ------------------------------------------------------------------------
 
-LAYOUT_VERSION = 16
+LAYOUT_VERSION = 17
 """The PROTOCOL_VERSION whose layouts FRAMES below are. A change to any message's layout fails
 test_each_message_type_has_the_layout_of_its_protocol_version: then bump PROTOCOL_VERSION in
 worker_protocol.py, and this number with the new frames (never new frames under an old number:
@@ -363,7 +364,7 @@ FRAMES: list[tuple[Message, str]] = [
     ),
     (SetTranscoding(17, "b_to_a", "PCMA", 8, 0), "0000000b 11 00000011 01 02 0008 0000"),
     (SetReceiverEvent(29, "b_to_a", 101, 8000), "0000000c 1d 0000001d 01 0065 00001f40"),
-    (PlayTone(30, "b_to_a", "eu", "AMR octet-aligned", 96), "0000000a 1e 0000001e 01 03 07 0060"),
+    (PlayTone(30, "a_to_b", "us", "GSM", 3), "0000000a 1e 0000001e 00 01 0a 0003"),
     (PairsReady((30000, 30002)), "00000007 14 0002 7530 7532"),
     (
         Datagram(21, "b", True, ("127.0.0.1", 5004), b"\x16\xfe\xff"),
