@@ -14,7 +14,7 @@ and spandsp when installed) on speech-like input (a 1 kHz tone with a
 code, the worst case for the saturating paths), G.729 by bcg729 when installed (payloads of
 two-tone speech-like input its own encoder made; session 56), AMR and AMR-WB by opencore-amr
 when installed (the payloads read and decoded, of two tones the tone's encoders made; session
-62), and Opus (not decoded: the Ogg
+62), GSM by libgsm when installed (likewise; session 63), and Opus (not decoded: the Ogg
 page writer's cost per packet). The figure is the best of ``--repeats`` runs of ``--packets``
 payloads, one decoder across the run (as for one call), divided by the number of payloads; the
 last column is how many recorded directions would fill one core.
@@ -38,7 +38,7 @@ from pathlib import Path
 if importlib.util.find_spec("gateway") is None:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gateway.core.media import amr
+from gateway.core.media import amr, gsm
 from gateway.core.media.g729 import (
     FRAME_SAMPLES,
     Bcg729,
@@ -112,6 +112,24 @@ def _amr_run(codec: amr.AmrCodec, packets: int) -> Callable[[], None]:
         for payload in payloads:
             for frame in amr.frames_untrusted(codec, payload, octet_aligned=False) or ():
                 decoding.decode(frame)
+
+    return run
+
+
+def _gsm_run(libgsm: gsm.LibGsm, packets: int) -> Callable[[], None]:
+    """What the recorder does with each of ``packets`` 33-octet GSM payloads (RFC 3551 §4.5.8)
+    of a two-tone signal libgsm's encoder made: check the frame, decode it."""
+    signal = [
+        int(9000 * math.sin(2 * math.pi * 1000 * i / 8000))
+        + int(6000 * math.sin(2 * math.pi * 300 * i / 8000))
+        for i in range(gsm.FRAME_SAMPLES * packets)
+    ]
+    payloads = gsm.GsmEncoder(libgsm).encode_frames(signal)
+
+    def run() -> None:
+        decoder = gsm.GsmDecoder(libgsm)
+        for payload in payloads:
+            decoder.decode(payload)
 
     return run
 
@@ -201,6 +219,11 @@ def main() -> None:
             print(f"(no opencore-amr or vo-amrwbenc: {codec.name} not measured)")
             continue
         rows.append((f"{codec.name} by opencore-amr, two tones", _amr_run(codec, packets)))
+    libgsm = gsm.load_libgsm()
+    if libgsm is not None:
+        rows.append(("GSM by libgsm -> 8 kHz PCM, two tones", _gsm_run(libgsm, packets)))
+    else:
+        print("(no libgsm: GSM not measured)")
     rows.append(("Opus -> Ogg pages (not decoded)", opus_run))
     for label, run in rows:
         micros = _best(run, packets, repeats)

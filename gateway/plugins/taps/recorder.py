@@ -28,6 +28,10 @@ it (bounded: a full queue drops and counts, the relay never waits) and its own t
     comfort noise, NO_DATA's concealment) 20 ms of a mono 8 or 16 kHz 16-bit WAV file, one
     decoder per source as for G.722; without the library, or for a stream whose fmtp asks for
     CRCs, robust sorting or interleaving, counted as another codec;
+  * GSM full rate (payload type 3, or a dynamic one named GSM: RFC 3551 §4.5.8) decoded by
+    libgsm (gateway/core/media/gsm.py: Debian's ``libgsm1``, when installed; since session 63),
+    one decoder per source as for G.722, into a mono 8 kHz 16-bit WAV file; without the library
+    counted as another codec;
   * Opus (a dynamic payload type, named ``opus/48000/2`` by the SDP: the sink reads the call's
     rtpmap attributes from ``TappedCall.media`` and ``streams_changed``) not decoded: its packets
     go into an Ogg Opus file (``.opus``, RFC 7845, oggopus.py) as they came.
@@ -40,14 +44,15 @@ it (bounded: a full queue drops and counts, the relay never waits) and its own t
   ``REBASE_AFTER`` ahead of it. A re-INVITE that switches a direction to a codec of another
   kind moves it to its file of that kind (``...-caller-2.wav``: see :class:`WavRecording`).
   Late packets (behind what is written) are dropped and counted, and so are Opus packets whose
-  framing is broken, G.729 payloads of a length it does not have and AMR payloads whose table
-  of contents does not add up (no decoder can decode them; counted malformed); RTCP, comfort
-  noise (RFC 3389) and telephone events are not audio; other codecs (iLBC, GSM ...) are
+  framing is broken, G.729 payloads of a length it does not have, GSM payloads that are not
+  whole 33-octet frames with their signature and AMR payloads whose table of contents does not
+  add up (no decoder can decode them; counted malformed); RTCP, comfort noise (RFC 3389) and
+  telephone events are not audio; other codecs (iLBC, G.726 ...) are
   counted by name in the end-of-call log line, not written (use ``pcap`` for them). Decoding
   runs in the sink's task, not the relay's, per 20 ms packet (benchmarks/recorder_decode.py):
   G.722 about 10 us by libg722 or spandsp and 0.8-1.1 ms in Python, G.729 about 12 us by
   bcg729, AMR about 30 us and AMR-WB about 60 us by opencore-amr (the payload read and its
-  frames decoded), G.711 and Opus a few microseconds.
+  frames decoded), GSM about 5 us by libgsm, G.711 and Opus a few microseconds.
 - ``format = "pcap"``: every packet of the call as it was forwarded, in one pcap file
   (``<call>.pcap``) with made-up IPv4/UDP headers (caller 192.0.2.1, callee 192.0.2.2, ports
   40000 + 2 * stream): any codec, for Wireshark's RTP player or ``tshark``.
@@ -81,6 +86,7 @@ from gateway.core.interfaces import TappedCall, TappedMedia
 from gateway.core.media import amr
 from gateway.core.media.amr import AmrDecoder
 from gateway.core.media.g729 import Bcg729Decoder, G729PayloadError, load_bcg729
+from gateway.core.media.gsm import GsmDecoder, GsmPayloadError, load_libgsm
 from gateway.plugins.taps.g722 import G722Decoder
 from gateway.plugins.taps.g722_libg722 import LibG722Decoder
 from gateway.plugins.taps.g722_spandsp import SpandspG722Decoder, load_spandsp
@@ -265,6 +271,7 @@ _KINDS = {
     "g722": "g722",
     "g729": "g729",
     "g729a": "g729",  # Annex A's name in some devices' rtpmap: the same bitstream
+    "gsm": "gsm",
     "opus": "opus",
     "amr": "amr",
     "amr octet-aligned": "amr",
@@ -281,6 +288,9 @@ G722_DECODERS = ("auto", "libg722", "spandsp", "python")
 NewG729Decoder = Callable[[], Bcg729Decoder]
 """Makes the decoder of one G.729 source (a recorder has none where bcg729 is not installed:
 :func:`g729_decoder_factory`)."""
+NewGsmDecoder = Callable[[], GsmDecoder]
+"""Makes the decoder of one GSM source (a recorder has none where libgsm is not installed:
+:func:`gsm_decoder_factory`)."""
 NewAmrDecoders = Mapping[str, Callable[[], AmrDecoder]]
 """Make the decoder of one AMR or AMR-WB source, by kind (``"amr"``, ``"amr-wb"``): only the
 kinds whose decoder is installed (:func:`amr_decoder_factories`)."""
@@ -296,11 +306,13 @@ class _Track:
         new_g722: NewG722Decoder,
         new_g729: NewG729Decoder | None,
         new_amr: NewAmrDecoders,
+        new_gsm: NewGsmDecoder | None,
     ) -> None:
         self.kind = kind
         self.writer: WavTrack | OggOpusWriter
         self.g722: G722Decoder | SpandspG722Decoder | LibG722Decoder | None = None
-        self.g729: Bcg729Decoder | None = None
+        self.framed: Bcg729Decoder | GsmDecoder | None = None
+        """G.729's or GSM's decoder: payloads of whole frames into an 8 kHz file."""
         self.amr: AmrDecoder | None = None
         self.previous_toc: int | None = None  # Opus: the last packet's, for concealment
         if kind == "opus":
@@ -322,7 +334,10 @@ class _Track:
             self.rate, self.per_tick = SAMPLE_RATE, 1
             if kind == "g729":
                 assert new_g729 is not None  # WavRecording.add: no track without a decoder
-                self.g729 = new_g729()
+                self.framed = new_g729()
+            elif kind == "gsm":
+                assert new_gsm is not None  # likewise
+                self.framed = new_gsm()
         self.ssrc = -1
         self.base_timestamp = 0
         self.base_position = 0
@@ -335,7 +350,7 @@ class _Track:
         """Where (in the file's samples) this packet starts: by its RTP timestamp from the
         source's first packet, or by the call's clock (``seconds`` since its first packet) for
         a new source, or one whose timestamps left the clock (a new source behind the same SSRC,
-        a re-INVITE): a re-base, which also resets the G.722 or G.729 decoder (it must follow
+        a re-INVITE): a re-base, which also resets the source's decoder (it must follow
         one encoder). -1 (late) when a re-base would put it more than REBASE_AFTER ahead of the
         clock: a source sending faster than real time (a flood of new SSRCs) is not written, so
         neither a file nor the decoding (G.722's costs CPU) outruns the call."""
@@ -350,8 +365,8 @@ class _Track:
             self.base_position = position = max(by_clock, self.written)
             if self.g722 is not None:
                 self.g722.reset()
-            if self.g729 is not None:
-                self.g729.reset()
+            if self.framed is not None:
+                self.framed.reset()
             if self.amr is not None:
                 self.amr.reset()
         return position
@@ -370,10 +385,10 @@ class _Track:
             writer.write(payload, samples)
             self.previous_toc = payload[0]
             return
-        if self.g729 is not None:
+        if self.framed is not None:
             try:
-                pcm = self.g729.decode(payload)
-            except G729PayloadError:
+                pcm = self.framed.decode(payload)
+            except (G729PayloadError, GsmPayloadError):
                 counts.malformed += 1  # its time is silence, as a gap's
                 return
             writer.silence(position - writer.samples)
@@ -418,9 +433,9 @@ class RecordingCounts:
     """Packets behind what was already written (reordered, duplicated)."""
     malformed: int = 0
     """Opus packets whose framing breaks RFC 6716 §3.4, G.729 payloads of a length RFC 3551
-    §4.5.6 does not allow, AMR payloads whose table of contents RFC 4867 §4.3 or §4.4 cannot
-    read: no decoder can decode them, so they are left out (their time is concealed or silent
-    like a gap's)."""
+    §4.5.6 does not allow, GSM payloads that are not RFC 3551 §4.5.8's frames, AMR payloads
+    whose table of contents RFC 4867 §4.3 or §4.4 cannot read: no decoder can decode them, so
+    they are left out (their time is concealed or silent like a gap's)."""
     other: dict[str, int] = attrs.Factory(dict)
     """Audio in codecs the WAV format does not write, by name (WAV only)."""
 
@@ -446,6 +461,7 @@ class WavRecording:
         new_g722: NewG722Decoder = G722Decoder,
         new_g729: NewG729Decoder | None = None,
         new_amr: NewAmrDecoders | None = None,
+        new_gsm: NewGsmDecoder | None = None,
     ) -> None:
         self._directory = directory
         self._call_id = call_id
@@ -453,6 +469,7 @@ class WavRecording:
         self._new_g722 = new_g722
         self._new_g729 = new_g729
         self._new_amr = {} if new_amr is None else new_amr
+        self._new_gsm = new_gsm
         self._speakers: dict[tuple[str, str], _Speaker] = {}
         self._zero: float | None = None
         self.counts = RecordingCounts()
@@ -473,7 +490,7 @@ class WavRecording:
         pt = fields.payload_type
         name = self._codecs.get(stream_id, {}).get(pt) or STATIC_CODECS.get(pt, f"pt{pt}")
         kind = _KINDS.get(name)
-        if kind == "g729" and self._new_g729 is None:
+        if (kind == "g729" and self._new_g729 is None) or (kind == "gsm" and self._new_gsm is None):
             kind = None  # no decoder installed: counted as another codec
         if kind in _AMR_CODECS and kind not in self._new_amr:
             kind = None
@@ -496,7 +513,7 @@ class WavRecording:
             extension = "opus" if kind == "opus" else "wav"
             path = self._directory / f"{speaker.name}{suffix}.{extension}"
             track = speaker.tracks[kind] = _Track(
-                path, kind, self._new_g722, self._new_g729, self._new_amr
+                path, kind, self._new_g722, self._new_g729, self._new_amr, self._new_gsm
             )
         if speaker.current != kind:
             speaker.current = kind
@@ -594,11 +611,13 @@ class RecordingSink:
         new_g722: NewG722Decoder = G722Decoder,
         new_g729: NewG729Decoder | None = None,
         new_amr: NewAmrDecoders | None = None,
+        new_gsm: NewGsmDecoder | None = None,
     ) -> None:
         self.call = call
         self._new_g722 = new_g722
         self._new_g729 = new_g729
         self._new_amr = new_amr
+        self._new_gsm = new_gsm
         self._directory = directory
         self._format = file_format
         self._queue = CopyQueue(queue)
@@ -680,6 +699,7 @@ class RecordingSink:
             self._new_g722,
             self._new_g729,
             self._new_amr,
+            self._new_gsm,
         )
 
     def _report(self, recording: WavRecording | PcapRecording) -> None:
@@ -708,6 +728,7 @@ class Recorder:
         self.new_g722 = g722_decoder_factory(config.g722_decoder)
         self.new_g729 = g729_decoder_factory() if config.format == "wav" else None
         self.new_amr = amr_decoder_factories() if config.format == "wav" else {}
+        self.new_gsm = gsm_decoder_factory() if config.format == "wav" else None
 
     def sink_for_call(self, call: TappedCall) -> RecordingSink | None:
         if not self.config.selection.wants(call):
@@ -722,6 +743,7 @@ class Recorder:
             new_g722=self.new_g722,
             new_g729=self.new_g729,
             new_amr=self.new_amr,
+            new_gsm=self.new_gsm,
         )
 
 
@@ -756,6 +778,21 @@ def g729_decoder_factory() -> NewG729Decoder | None:
         return None
     log.info("recorder: G.729 decoded by bcg729 (%s)", bcg729.name)
     return lambda: Bcg729Decoder(bcg729)
+
+
+def gsm_decoder_factory() -> NewGsmDecoder | None:
+    """What makes each GSM source's decoder: libgsm where it is installed
+    (gateway/core/media/gsm.py), else None, and GSM is counted, not written. Said once, as the
+    recorder starts."""
+    libgsm = load_libgsm()
+    if libgsm is None:
+        log.info(  # an install without it is not a fault: most see no GSM
+            "recorder: GSM is not decoded (libgsm not found; Debian: apt-get install libgsm1):"
+            ' its packets are counted, not written (format = "pcap" keeps them)'
+        )
+        return None
+    log.info("recorder: GSM decoded by libgsm (%s)", libgsm.name)
+    return functools.partial(GsmDecoder, libgsm)
 
 
 def amr_decoder_factories() -> dict[str, Callable[[], AmrDecoder]]:

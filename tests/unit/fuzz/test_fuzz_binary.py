@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 
-from gateway.core.media import amr, rtcp, stun
+from gateway.core.media import amr, gsm, rtcp, stun
 from gateway.core.media.errors import RtpParseError
 from gateway.core.media.rtp import parse_rtcp_header_untrusted, parse_rtp_header_untrusted
 from gateway.plugins.keyexchange.dtls_srtp import dtls_records_valid_untrusted
@@ -155,3 +155,15 @@ def test_amr_payloads() -> None:
 
             seeds = (tone, tone[1:], b"\xf4" + bytes(40), b"\xf0\xbc\x3c" + bytes(62))
             fuzz(f"{codec.name} payloads", read, seeds, ())
+
+
+def test_gsm_payloads() -> None:
+    # What the recorder reads of each GSM payload a phone sends (RFC 3551 §4.5.8): whole
+    # 33-octet frames with the 0xD signature, or GsmPayloadError; never another error.
+    def read(payload: bytes) -> list[bytes]:
+        frames = gsm.gsm_frames_untrusted(payload)
+        assert all(len(frame) == 33 and frame[0] >> 4 == 0xD for frame in frames)
+        return frames
+
+    frame = b"\xd8" + bytes(32)
+    fuzz("gsm payloads", read, (frame, frame * 2, frame * 3), (gsm.GsmPayloadError,))

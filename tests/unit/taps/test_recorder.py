@@ -19,7 +19,7 @@ import trio
 
 from gateway.core.config import ConfigError, from_mapping
 from gateway.core.interfaces import TappedCall, TappedMedia
-from gateway.core.media import amr
+from gateway.core.media import amr, gsm
 from gateway.core.media.g729 import Bcg729Decoder
 from gateway.core.plugins import load_plugins
 from gateway.plugins.taps import recorder as recorder_plugin
@@ -512,10 +512,13 @@ def test_random_packets_of_every_codec_never_raise(tmp_path: Path) -> None:
         {"0": dynamic, "1": dynamic},
         new_g729=lambda: Bcg729Decoder(bcg729),
         new_amr=recorder_plugin.amr_decoder_factories(),
+        new_gsm=recorder_plugin.gsm_decoder_factory(),
     )
     for i in range(3000):
         payload = rng.randbytes(rng.randrange(0, 300))
-        pt = rng.choice([0, 8, 9, 13, 111, 18, 97, 98])
+        if rng.random() < 0.1:  # GSM's signature, so some are decoded, not only refused
+            payload = b"".join(b"\xd0" + rng.randbytes(32) for _ in range(2))
+        pt = rng.choice([0, 8, 9, 13, 111, 18, 97, 98, 3])
         ts = rng.choice([160 * i, rng.randrange(2**32)])
         packet = rtp(i, ts, payload, pt=pt, ssrc=rng.choice([1, 2]))
         recording.add(str(rng.randrange(2)), rng.choice(["a_to_b", "b_to_a"]), packet, i * 0.02)
@@ -670,6 +673,126 @@ def test_with_bcg729_the_recorder_decodes_g729_and_says_so(
     assert "recorder: G.729 decoded by bcg729 (libbcg729" in caplog.text
     pcap = Recorder(RecorderConfig(all_calls=True, directory=str(tmp_path), format="pcap"))
     assert pcap.new_g729 is None  # every packet as it came: nothing to decode
+
+
+# -- GSM (libgsm) ---------------------------------------------------------------------------------
+
+
+def libgsm_or_missing() -> gsm.LibGsm:
+    libgsm = gsm.load_libgsm()
+    if libgsm is None:
+        missing("libgsm is not installed (apt-get install libgsm1)")
+    return libgsm
+
+
+def gsm_payloads(libgsm: gsm.LibGsm, signal: list[int]) -> list[bytes]:
+    """20 ms payloads, one 33-octet frame each (RFC 3551 §4.5.8), as a GSM phone sends them."""
+    return gsm.GsmEncoder(libgsm).encode_frames(signal)
+
+
+def test_gsm_is_decoded_into_an_8_khz_file_placed_by_its_timestamps(tmp_path: Path) -> None:
+    libgsm = libgsm_or_missing()
+    payloads = gsm_payloads(libgsm, tone(425.0, 1.0))
+    assert len(payloads) == 50 and {len(p) for p in payloads} == {33}  # 13.2 kbit/s
+    recording = WavRecording(tmp_path, "rec-60", new_gsm=lambda: gsm.GsmDecoder(libgsm))
+    for seq, payload in enumerate(payloads):
+        if seq != 10:  # lost: 20 ms of silence
+            recording.add("0", "a_to_b", rtp(seq, 800 + 160 * seq, payload, pt=3), 0.02 * seq)
+    recording.close()
+    decoder = gsm.GsmDecoder(libgsm)  # one decoder: its state runs across the gap
+    expected: list[int] = []
+    for seq, payload in enumerate(payloads):
+        pcm = bytes(320) if seq == 10 else decoder.decode(payload)
+        expected += struct.unpack("<160h", pcm)
+    written = samples(tmp_path / "rec-60-0-caller.wav")
+    assert written == expected
+    with wave.open(str(tmp_path / "rec-60-0-caller.wav")) as wav:
+        assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (8000, 1, 2)
+    heard = written[1760:]  # after the gap and the decoder's first frames
+    assert power(heard, 425.0) > 1000 * power(heard, 1000.0)
+    assert recording.counts.other == {}
+
+
+def test_a_dynamic_gsm_with_two_frames_a_packet_is_decoded_too(tmp_path: Path) -> None:
+    libgsm = libgsm_or_missing()
+    frames = gsm_payloads(libgsm, tone(425.0, 0.12))
+    recording = WavRecording(
+        tmp_path, "rec-61", {"0": {97: "gsm"}}, new_gsm=lambda: gsm.GsmDecoder(libgsm)
+    )
+    for seq in range(3):  # 40 ms a packet: the timestamps step 320
+        payload = frames[2 * seq] + frames[2 * seq + 1]
+        recording.add("0", "b_to_a", rtp(seq, 320 * seq, payload, pt=97), 0.04 * seq)
+    recording.close()
+    decoder = gsm.GsmDecoder(libgsm)
+    expected = list(struct.unpack("<960h", decoder.decode(b"".join(frames))))
+    assert samples(tmp_path / "rec-61-0-callee.wav") == expected
+
+
+def test_a_payload_that_is_not_gsm_is_counted_malformed_and_its_time_is_silent(
+    tmp_path: Path,
+) -> None:
+    libgsm = libgsm_or_missing()
+    payloads = gsm_payloads(libgsm, tone(425.0, 0.06))
+    recording = WavRecording(tmp_path, "rec-62", new_gsm=lambda: gsm.GsmDecoder(libgsm))
+    recording.add("0", "a_to_b", rtp(0, 0, payloads[0], pt=3), 0.0)
+    recording.add("0", "a_to_b", rtp(1, 160, payloads[1][:32], pt=3), 0.02)  # a frame cut short
+    recording.add("0", "a_to_b", rtp(2, 320, b"\x00" + payloads[2][1:], pt=3), 0.04)  # no 0xD
+    recording.add("0", "a_to_b", rtp(3, 480, payloads[2], pt=3), 0.06)
+    recording.close()
+    assert recording.counts.malformed == 2
+    written = samples(tmp_path / "rec-62-0-caller.wav")
+    assert len(written) == 640 and not any(written[160:480])
+
+
+def test_a_new_gsm_source_gets_a_fresh_decoder(tmp_path: Path) -> None:
+    libgsm = libgsm_or_missing()
+    payload = gsm_payloads(libgsm, tone(425.0, 0.02))[0]
+    recording = WavRecording(tmp_path, "rec-63", new_gsm=lambda: gsm.GsmDecoder(libgsm))
+    recording.add("0", "a_to_b", rtp(0, 0, payload, pt=3), 0.0)
+    recording.add("0", "a_to_b", rtp(7, 5555, payload, pt=3, ssrc=99), 0.02)  # a transfer
+    recording.close()
+    written = samples(tmp_path / "rec-63-0-caller.wav")
+    assert written[:160] == written[160:]  # the same octets from a reset decoder
+    again = gsm.GsmDecoder(libgsm)
+    again.decode(payload)
+    assert written[:160] != list(struct.unpack("<160h", again.decode(payload)))
+
+
+def test_without_libgsm_gsm_is_counted_and_the_recorder_says_so_as_it_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(recorder_plugin, "load_libgsm", lambda: None)
+    with caplog.at_level(logging.INFO):
+        tap = Recorder(RecorderConfig(all_calls=True, directory=str(tmp_path)))
+    assert tap.new_gsm is None
+    assert "recorder: GSM is not decoded (libgsm not found; Debian: apt-get install" in caplog.text
+    sink = tap.sink_for_call(CALL)
+    assert sink is not None
+    sink.packet("0", "a_to_b", rtp(0, 0, b"\xd8" + bytes(32), pt=3), now=0.0)
+    sink.close()
+    with caplog.at_level(logging.INFO):
+        trio.run(sink.run)
+    assert "not written, other codecs: 1 gsm" in caplog.text
+
+
+def test_with_libgsm_the_recorder_decodes_gsm_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    libgsm_or_missing()
+    with caplog.at_level(logging.INFO):
+        tap = Recorder(RecorderConfig(all_calls=True, directory=str(tmp_path)))
+    assert tap.new_gsm is not None and isinstance(tap.new_gsm(), gsm.GsmDecoder)
+    assert "recorder: GSM decoded by libgsm (libgsm" in caplog.text
+    sink = tap.sink_for_call(CALL)
+    assert sink is not None
+    sink.packet("0", "a_to_b", rtp(0, 0, b"\xd8" + bytes(32), pt=3), now=0.0)
+    sink.close()
+    with caplog.at_level(logging.INFO):
+        trio.run(sink.run)
+    assert "other codecs" not in caplog.text
+    assert [p.name for p in tmp_path.rglob("*.wav")] == ["rec-1-0-caller.wav"]
+    pcap = Recorder(RecorderConfig(all_calls=True, directory=str(tmp_path), format="pcap"))
+    assert pcap.new_gsm is None  # every packet as it came: nothing to decode
 
 
 # -- AMR and AMR-WB (opencore-amr) ----------------------------------------------------------------
