@@ -41,6 +41,7 @@ from gateway.core.media.amr import (
     storage_frame,
 )
 from gateway.core.media.g729 import Bcg729Decoder, load_bcg729
+from gateway.core.media.gsm import GsmDecoder, load_libgsm
 from gateway.core.media.opus import OpusDecoder, load_libopus
 from gateway.plugins.taps.g722 import G722Decoder
 from tests.conftest import missing
@@ -66,6 +67,7 @@ TONES = {"alice": 1000.0, "bob": 440.0, "carol": 700.0}
 AUDIO_SECONDS = 1.0
 PCMU = 0
 G722 = 9
+GSM = 3
 G729 = 18
 
 
@@ -396,6 +398,29 @@ def test_an_amr_caller_hears_the_ringing_tone_in_amr(
     for path in recordings:
         with wave.open(str(path)) as wav:
             assert wav.getframerate() == codec.sample_rate, path
+    one_holds_the_eu_tone(recordings)
+
+
+@pytest.mark.interop
+def test_a_gsm_caller_hears_the_ringing_tone_in_gsm(tmp_path: Path) -> None:
+    # The three phones offer GSM alone (baresip's gsm module, RFC 3551 payload type 3), as an
+    # older PBX or PSTN gateway: the ringing tone goes to alice as GSM full rate, a 33-octet
+    # frame a packet (RFC 3551 §4.5.8; before session 63 she heard silence), paced by a media
+    # worker (the codec crosses worker_protocol's PlayTone). What the capture shows the gateway
+    # sent her decodes to the tone (libgsm, the recorder's decoder), and so does what her own
+    # baresip decoded and recorded (its gsm module, libgsm too).
+    libgsm = load_libgsm()
+    if libgsm is None:
+        missing("libgsm is not installed (apt-get install libgsm1)")
+    ringing, source, destination, even, recordings = ring_baresip_through_a_transfer(
+        tmp_path, "gsm"
+    )
+    payloads = rtp_payloads(ringing, even, source, destination)
+    assert set(payloads) == {GSM}, set(payloads)
+    the_eu_tone(GsmDecoder(libgsm).decode(payloads[GSM]), 8000, tmp_path)
+    for path in recordings:
+        with wave.open(str(path)) as wav:
+            assert wav.getframerate() == 8000, path
     one_holds_the_eu_tone(recordings)
 
 

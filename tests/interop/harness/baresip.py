@@ -55,7 +55,14 @@ MODULE_PATH = "/usr/lib/baresip/modules"
 MODULES = ("alsa.so", "aufile.so", "sndfile.so", "srtp.so", "dtls_srtp.so")
 # The sampling rate of each codec module's audio: aufile's source WAV must have the codec's
 # ("aufile: input file ... must have sample-rate 16000 Hz"), and sndfile records at it.
-CODEC_RATES = {"g711": 8000, "g722": 16000, "opus": 48000, "amr": 8000, "amr-wb": 16000}
+CODEC_RATES = {
+    "g711": 8000,
+    "g722": 16000,
+    "opus": 48000,
+    "amr": 8000,
+    "amr-wb": 16000,
+    "gsm": 8000,
+}
 # The codecs of a module an account is narrowed to (its ``audio_codecs``): baresip's amr
 # module offers AMR-WB/16000 before AMR/8000, and its phones would agree on the wideband one;
 # "amr-wb" is that module narrowed to AMR-WB.
