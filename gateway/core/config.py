@@ -2488,7 +2488,13 @@ def from_toml(
             file, "", None, f"not UTF-8 text (at line {line}, column {column})"
         ) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(file, "", None, f"not valid TOML: {exc}") from None
+        message = str(exc)
+        if message.endswith(" (at end of document)"):
+            # tomllib names no line where the text ran out inside something left open (an
+            # array, an inline table): the last line that has anything is where to look.
+            last = raw.rstrip().count(b"\n") + 1
+            message = message.removesuffix(")") + f", after line {last})"
+        raise ConfigError(file, "", None, f"not valid TOML: {message}") from None
     return from_mapping(data, file=file, misplaced=misplaced)
 
 

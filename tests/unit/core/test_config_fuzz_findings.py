@@ -4,6 +4,7 @@ value accepted that the gateway could not run with."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import attrs
@@ -249,3 +250,40 @@ def test_a_state_dir_too_long_is_a_config_error_not_a_traceback(tmp_path: Path) 
     with pytest.raises(ConfigError, match="longer than 255 bytes") as caught:
         check(path)
     assert (caught.value.table, caught.value.key) == ("gateway", "state_dir")
+
+
+def test_the_intercept_plugins_state_dir_too_long_is_a_config_error(tmp_path: Path) -> None:
+    # Was (session 63's longer fuzzing, VOIPGW_FUZZ_SEED=6301): "plugin 'intercept' failed in
+    # gateway_register_media_taps: OSError at .../intercept/tasks.py" with its text withheld:
+    # the tap looked for its task file with Path.exists(), which raises "File name too long"
+    # on Python 3.11 before check() could name the key.
+    ca = TestPki(tmp_path / "pki").ca("CA")
+    server = ca.issue("server")
+    table = {
+        "x1_listen": "127.0.0.1:8443",
+        "x1_certificate": str(server.certificate),
+        "x1_private_key": str(server.key),
+        "x1_ca": str(ca.certificate),
+        "ne_identifier": "node-1",
+        "admf_identifiers": ["admf-1"],
+        "delivery_tls": False,
+        "state_dir": str(tmp_path / ("x" * 300)),
+    }
+    lines = "".join(f"{key} = {json.dumps(value)}\n" for key, value in table.items())
+    path = write(
+        tmp_path, f'[plugins]\nenable = ["udp", "intercept"]\n[plugins.intercept]\n{lines}'
+    )
+    with pytest.raises(ConfigError, match="longer than 255 bytes") as caught:
+        check(path)
+    assert (caught.value.table, caught.value.key) == ("plugins.intercept", "state_dir")
+
+
+def test_toml_that_ends_inside_an_open_array_names_the_last_line(tmp_path: Path) -> None:
+    # Was (session 63's longer fuzzing): "not valid TOML: Invalid value (at end of document)",
+    # with no line to look at in a file of 144 lines.
+    path = write(tmp_path, '[sip]\nuser_agent = "gw"\n\n[media]\nports = [1,\n\n')
+    with pytest.raises(ConfigError) as caught:
+        cfg.from_toml(path)
+    assert str(caught.value) == (
+        f"{path}: not valid TOML: Invalid value (at end of document, after line 5)"
+    )

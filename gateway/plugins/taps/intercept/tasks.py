@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import uuid
 from pathlib import Path
@@ -99,7 +100,9 @@ class Provisioning:
         """Counts changes to the destinations: the delivery links follow it."""
         self.task_generation = 0
         """Counts tasks activated or modified: calls in progress are matched again."""
-        if path is not None and path.exists():
+        # os.path: False for a name too long, which check() then names as [plugins.intercept]
+        # state_dir's; Path.exists raises OSError (Python 3.11) before check() could.
+        if path is not None and os.path.exists(path):
             self._load()  # a missing file is made at the first change: check-config writes nothing
 
     # -- matching -------------------------------------------------------------------------------
