@@ -18,10 +18,10 @@ names the plan (:data:`RINGBACK_PLANS`; ``"none"`` plays nothing). Each plan is 
 frequencies summed, at a level per frequency, switched on and off by a cadence repeated for as
 long as it plays.
 
-It goes in the first of PCMU, PCMA, G722, G729, opus, AMR, AMR-WB and GSM that the receiving leg's
-SDP in force lists, with the payload type number it gives (RFC 3264 §5.1: the numbers a party writes
-are those it expects to receive); a leg that takes none of them hears nothing (the gateway
-encodes no other codec). G.711 (RFC 3551 §4.5.14): 8000 samples a second, an octet a sample.
+It goes in the first of PCMU, PCMA, G722, G729, opus, AMR, AMR-WB and GSM that the receiving
+leg's SDP in force lists, with the payload type number it gives (RFC 3264 §5.1: the numbers a
+party writes are those it expects to receive); a leg that takes none of them hears nothing (the
+gateway encodes no other codec). G.711 (RFC 3551 §4.5.14): 8000 samples a second, an octet a sample.
 G.722 (ITU-T G.722 at 64 kbit/s, RFC 3551 §4.5.2): 16000 samples a second in 4 bits each, so
 160 octets per 20 ms as well, and its RTP clock runs at 8000 Hz, as G.711's (RFC 1890's
 mistake, which RFC 3551 keeps for compatibility): the timestamps step the same 160 per packet.
@@ -284,8 +284,7 @@ def _amr_codec(codec: ToneCodec, fmtp: str | None) -> ToneCodec | None:
 def codec_available(codec: ToneCodec) -> bool:
     """Whether this install can encode ``codec``: G.729 needs bcg729, Opus libopus, AMR
     opencore-amr, AMR-WB vo-amrwbenc, GSM libgsm (system libraries); none whose frames could
-    not be made
-    (:func:`prepare_tone_frames`)."""
+    not be made (:func:`prepare_tone_frames`)."""
     if codec in _UNUSABLE:
         return False
     if codec is ToneCodec.G729:
