@@ -10,6 +10,7 @@ The caller is a trunk (sipp on 127.0.0.2) calling alice's DID; alice is a regist
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -55,12 +56,12 @@ def status_of(
 REFUSED = "SIP/2.0 503 Service Unavailable (shutting down)"
 
 
-def gateway(tmp_path: Path, drain_timeout: float) -> GatewayProcess:
+def gateway(tmp_path: Path, drain_timeout: float, *, workers: int = 1) -> GatewayProcess:
     return GatewayProcess(
         tmp_path,
         accounts=ACCOUNTS,
         extra_toml=inbound_trunk(),
-        settings={"gateway": {"drain_timeout": drain_timeout}},
+        settings={"gateway": {"drain_timeout": drain_timeout}, "media": {"workers": workers}},
         # The tests stop the gateway themselves (SIGTERM) with a call up: the drain running
         # out is what they provoke, and read.
         allowed_warnings=[r"drain_timeout reached: ending \d+ call\(s\)"],
@@ -132,6 +133,57 @@ def test_sigterm_waits_for_the_call_in_progress_then_exits(tmp_path: Path) -> No
     callee.check()
     (bye,) = callee.received("BYE ")
     assert "cause=503" not in bye  # the caller's BYE, relayed: not ended by the gateway
+
+
+def children_of(pid: int) -> list[int]:
+    """The live processes ``pid`` started (its media workers), from /proc."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if fields[0] != "Z" and int(fields[1]) == pid:
+            children.append(int(entry.name))
+    return sorted(children)
+
+
+def test_sigterm_to_every_process_of_the_service_drains_with_media_workers_too(
+    tmp_path: Path,
+) -> None:
+    # systemd's stop (KillMode=control-group, its default and the README unit's) sends SIGTERM
+    # to every process of the service at once: the media workers too, as `kill -TERM -PGID`
+    # does. Before session 63 a worker died of it: the SIP process logged "media worker ...
+    # exited", ended the call it relayed with BYE on both legs and restarted the worker, in
+    # the middle of the drain meant to keep that call. A worker's life follows its channel to
+    # the SIP process, which closes it as it stops: the worker now ignores SIGTERM.
+    gw = gateway(tmp_path, drain_timeout=60, workers=2)
+    with gw:
+        assert gw.process is not None
+        workers = children_of(gw.process.pid)
+        assert len(workers) == 2, workers
+        alice = SippUas("uas_answer.xml", workdir=tmp_path, timeout=40)
+        register(gw, tmp_path, "udp", alice.port)
+        with alice, ThreadPoolExecutor(1) as pool:
+            caller = call_alice(pool, gw, tmp_path, "uac_call.xml", call_duration_ms=5000)
+            call_answered(gw)
+            for pid in (gw.process.pid, *workers):
+                os.kill(pid, signal.SIGTERM)
+            gw.wait_for_log(r"draining: .* refused \(503\); waiting up to 60 s for 1 call")
+            assert exit_code(gw, timeout=0.5) is None  # still serving the call
+            assert children_of(gw.process.pid) == workers  # the same workers, still there
+            result = caller.result(timeout=45)
+            result.check()  # its own BYE went through and was answered: not cut
+            assert exit_code(gw, timeout=15) == 0
+            assert "drained: no calls in progress" in gw.log_text()
+            assert "exited" not in gw.log_text()
+            callee = alice.wait(timeout=10)
+    callee.check()
+    (bye,) = callee.received("BYE ")
+    assert "cause=503" not in bye and "media worker" not in bye, bye
+    assert children_of(gw.process.pid) == []  # the workers ended with the gateway
 
 
 def test_a_call_still_up_when_the_drain_runs_out_gets_the_gateways_bye(tmp_path: Path) -> None:

@@ -689,10 +689,15 @@ def main(argv: list[str] | None = None) -> int:
         _log_to_stderr(first.index, "error")
         return _refuse_protocol(first)
     args = _parser().parse_args(argv)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # SIGHUP asks the SIP process to reload its certificates; sent to the whole process group (a
-    # terminal's hangup, kill -HUP -PGID) it must not end a worker and the calls it relays.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # A worker lives as long as its channel: the SIP process closes it as it stops (after its
+    # drain), and the kernel closes it if that process dies. Signals meant for the SIP process
+    # reach the workers too, and must not end them and the calls they relay: Ctrl-C's SIGINT
+    # (the terminal's process group); SIGTERM, which systemd's stop sends to every process of
+    # the service at once (KillMode=control-group, its default; and kill -TERM -PGID), so that
+    # a worker dying of it cut the calls `[gateway] drain_timeout` waits for (session 63); and
+    # SIGHUP, which asks the SIP process to reload its certificates (a terminal's hangup too).
+    for ignored in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(ignored, signal.SIG_IGN)
     _log_to_stderr(str(args.index), args.log_level)
     show_plugin_exception_text(args.plugin_exception_text)
     # Before any call's media waits on the loop for them.

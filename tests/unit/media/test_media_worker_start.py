@@ -32,7 +32,7 @@ class RecordingWorker:
 
 @pytest.fixture
 def channel(monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
-    # main() ignores SIGINT and SIGHUP for its process: not for the test run's.
+    # main() ignores SIGINT, SIGTERM and SIGHUP for its process: not for the test run's.
     monkeypatch.setattr(signal, "signal", lambda *args: None)
     monkeypatch.setattr(worker_mod, "Worker", RecordingWorker)
     RecordingWorker.made_at_start.clear()
