@@ -19,6 +19,7 @@ from typing import Any
 
 from gateway import __version__
 from gateway.core import config as config_mod
+from gateway.core import open_files
 from gateway.core.calls.protection import describe_auth, describe_leg
 from gateway.core.config import ConfigError, GatewayConfig, TrunkAddress
 from gateway.core.interfaces import MediaPolicy
@@ -555,6 +556,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     handler = logging.StreamHandler()
     handler.setFormatter(LineFormatter())  # "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=config.gateway.log_level.upper(), handlers=[handler])
+    open_files.apply(config)  # before any socket or media worker
     plugins = _load_plugins(config, args)
     for warning in config_mod.listener_warnings(config, plugins.transports.names()):
         log.warning("configuration: %s", warning)

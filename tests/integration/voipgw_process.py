@@ -29,14 +29,16 @@ def voipgw_running(
     new_session: bool = False,
     timeout: float = 30.0,
     args: Sequence[str] = (),
+    prefix: Sequence[str] = (),
 ) -> Iterator[tuple[subprocess.Popen[bytes], list[re.Match[str]]]]:
     """The process and the match of each ``ready`` pattern, once all are in the log. On the way
     out: SIGTERM (SIGKILL after 20 s), then exit code 0 and no traceback in the log are
     asserted. ``new_session``: its own process group, as a service's. ``args``: more options
-    of ``voipgw run`` (``--log-level debug``)."""
+    of ``voipgw run`` (``--log-level debug``). ``prefix``: a command that execs it (``prlimit
+    --nofile=...``: the same process)."""
     with log.open("w") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "--config", str(config), *args],
+            [*prefix, sys.executable, "-m", "gateway", "run", "--config", str(config), *args],
             stdout=subprocess.DEVNULL,
             stderr=stderr,
             start_new_session=new_session,

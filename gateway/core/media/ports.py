@@ -22,12 +22,21 @@ from __future__ import annotations
 import collections
 import errno
 import ipaddress
+import logging
+import os
 import socket
+import time
 
 import attrs
 
 from gateway.core.config import PortRange
 from gateway.core.media.errors import LocalMediaError, PortsExhausted
+
+log = logging.getLogger(__name__)
+
+OUT_OF_DESCRIPTORS_LOG_EVERY = 60.0
+"""Seconds between two WARNINGs that media sockets cannot be made for want of descriptors
+(each call refused meanwhile is counted into the next)."""
 
 _SOCK_NONBLOCK: int = getattr(socket, "SOCK_NONBLOCK", 0)
 """socket(2)'s flag for a non-blocking socket; 0 where the platform has none (setblocking then)."""
@@ -94,6 +103,8 @@ class PortAllocator:
         self.ports = ports
         self._free: collections.deque[int] = collections.deque(rtp_ports(ports))
         self._in_use: set[int] = set()
+        self._out_of_descriptors_said = -OUT_OF_DESCRIPTORS_LOG_EVERY
+        self._out_of_descriptors_unsaid = 0
 
     @property
     def in_use(self) -> int:
@@ -109,8 +120,11 @@ class PortAllocator:
         """Bind the next free pair. Raises :class:`PortsExhausted` when none can be bound.
 
         Pairs that another process holds (EADDRINUSE) are moved to the back and tried again
-        later. Any other bind error (e.g. the address is not local) is a configuration error and
-        propagates.
+        later. A process out of descriptors (EMFILE, ENFILE: the open-files limit,
+        gateway/core/open_files.py) cannot make the sockets whatever the port: PortsExhausted
+        too, so that the call is refused 503 as for no ports, not 500 with a traceback as our
+        bug, and a WARNING says why, at most once a minute. Any other bind error (e.g. the
+        address is not local) is a configuration error and propagates.
         """
         for _ in range(len(self._free)):
             rtp_port = self._free.popleft()
@@ -125,6 +139,11 @@ class PortAllocator:
                 self._free.append(rtp_port)
                 if exc.errno in (errno.EADDRINUSE, errno.EACCES):
                     continue
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    self._out_of_descriptors(exc.errno)
+                    raise PortsExhausted(
+                        f"no media sockets on {self.address}: {os.strerror(exc.errno)}"
+                    ) from None
                 raise
             except BaseException:
                 self._free.append(rtp_port)
@@ -135,6 +154,25 @@ class PortAllocator:
             f"no free media port pair in {self.ports.low}-{self.ports.high} on {self.address} "
             f"({len(self._in_use)} in use)"
         )
+
+    def _out_of_descriptors(self, code: int) -> None:
+        self._out_of_descriptors_unsaid += 1
+        now = time.monotonic()
+        if now - self._out_of_descriptors_said < OUT_OF_DESCRIPTORS_LOG_EVERY:
+            return
+        log.warning(
+            "media ports: %d port pair(s) not bound since the last such line, their calls"
+            " refused (503): no socket could be made (%s) with %d of %d pairs of %s in use: the"
+            " process's open-files limit (see 'open files:' at the start; systemd:"
+            " LimitNOFILE=)",
+            self._out_of_descriptors_unsaid,
+            errno.errorcode.get(code, str(code)),
+            len(self._in_use),
+            len(self._in_use) + len(self._free),
+            self.ports,
+        )
+        self._out_of_descriptors_said = now
+        self._out_of_descriptors_unsaid = 0
 
     def _bind(self, port: int) -> socket.socket:
         # Non-blocking from socket(2) itself (SOCK_NONBLOCK, Linux): setblocking(False) would be

@@ -8,7 +8,9 @@ tests assert properties, not exact port numbers, except where they control the w
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 from gateway.core.config import PortRange
+from gateway.core.media import ports
 from gateway.core.media.errors import LocalMediaError, MediaError, PortsExhausted
 from gateway.core.media.ports import PortAllocator, PortPair, rtp_ports
 from tests.port_blocks import ModuleBlock
@@ -200,3 +203,44 @@ def test_ipv6_loopback() -> None:
     with pair:
         assert pair.rtp_socket.family == socket.AF_INET6
         assert pair.address == "::1"
+
+
+def test_out_of_descriptors_is_a_503_not_our_bug_with_a_warning_a_minute(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Session 63: at a service's 1024 open files the 251st call's bind raised OSError (EMFILE)
+    # out of the allocator: "internal error", 500 and a traceback per call. Out of descriptors
+    # is out of ports for the call (503), said once a minute with how many were refused.
+    allocator = PortAllocator(ADDRESS, RANGE.get())
+    held = allocator.allocate()
+    free = allocator.available
+
+    def no_descriptors(*args: object) -> socket.socket:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    clock = [1000.0]
+    monkeypatch.setattr(ports.socket, "socket", no_descriptors)
+    monkeypatch.setattr(ports.time, "monotonic", lambda: clock[0])
+    with caplog.at_level(logging.WARNING, logger="gateway.core.media.ports"):
+        for _ in range(3):
+            with pytest.raises(
+                PortsExhausted, match=r"^no media sockets on 127\.0\.0\.1: Too many"
+            ):
+                allocator.allocate()
+        clock[0] += ports.OUT_OF_DESCRIPTORS_LOG_EVERY
+        with pytest.raises(PortsExhausted):
+            allocator.allocate()
+    said = (
+        " not bound since the last such line, their calls refused (503): no socket could be made"
+        f" (EMFILE) with 1 of {free + 1} pairs of {RANGE.get()} in use: the process's open-files"
+        " limit (see 'open files:' at the start; systemd: LimitNOFILE=)"
+    )
+    assert [record.getMessage() for record in caplog.records] == [
+        f"media ports: 1 port pair(s){said}",
+        f"media ports: 3 port pair(s){said}",
+    ]
+    assert (allocator.in_use, allocator.available) == (1, free)  # nothing taken, nothing lost
+    monkeypatch.undo()
+    pair = allocator.allocate()  # descriptors back: ports again
+    pair.close()
+    held.close()
