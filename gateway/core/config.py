@@ -1803,7 +1803,9 @@ def _structure_trunks(value: Any, file: str) -> tuple[TrunkConfig, ...]:
         if not isinstance(table, dict):
             raise ConfigError(file, table_name, None, f"expected a table, got {table!r}")
         name = table.get("name")
-        if isinstance(name, str) and name.strip():
+        if isinstance(name, str) and name.strip() and name.isprintable():
+            # Not a name with control characters (a NUL): the error about it would name a
+            # table "[trunks.a\x00b]" no editor finds; "[trunks[1]]" is found by counting.
             table_name = f"trunks.{name}"
         trunk = structure(TrunkConfig, table, file=file, table_name=table_name)
         _validate_trunk(trunk, file, table_name)
@@ -1838,7 +1840,7 @@ def _structure_watch_groups(value: Any, file: str) -> tuple[DialogWatchGroup, ..
         if not isinstance(table, dict):
             raise ConfigError(file, table_name, None, f"expected a table, got {table!r}")
         name = table.get("name")
-        if isinstance(name, str) and name.strip():
+        if isinstance(name, str) and name.strip() and name.isprintable():  # as a trunk's
             table_name = f"{what}.{name}"
         group = structure(DialogWatchGroup, table, file=file, table_name=table_name)
         if not group.name.strip() or group.name != group.name.strip():

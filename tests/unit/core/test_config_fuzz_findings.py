@@ -287,3 +287,17 @@ def test_toml_that_ends_inside_an_open_array_names_the_last_line(tmp_path: Path)
     assert str(caught.value) == (
         f"{path}: not valid TOML: Invalid value (at end of document, after line 5)"
     )
+
+
+def test_a_trunk_named_with_a_control_character_is_named_by_its_index(tmp_path: Path) -> None:
+    # Was (session 63's longer fuzzing, seed 6302): "[trunks.a\x00b] name: expected text
+    # without NUL characters": a table no editor finds. By its place in the file instead.
+    path = write(
+        tmp_path,
+        '[[trunks]]\nname = "carrier"\naddress = "udp:192.0.2.1:5060"\n'
+        '[[trunks]]\nname = "a\\u0000b"\naddress = "udp:192.0.2.2:5060"\n',
+    )
+    with pytest.raises(ConfigError) as caught:
+        cfg.from_toml(path)
+    assert (caught.value.table, caught.value.key) == ("trunks[1]", "name")
+    assert str(caught.value) == f"{path}: [trunks[1]] name: expected text without NUL characters"

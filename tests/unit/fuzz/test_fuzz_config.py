@@ -934,6 +934,15 @@ def judge(mutation: Mutation, path: Path, run: Callable[[Path], None]) -> str | 
         ):
             # A trunk renamed: a plugin key that named it (sign_trunks ...) names nothing now.
             return None
+        if (
+            mutation.key == "voicemail"
+            and exc.key == "voicemail"
+            and exc.table.startswith("trunks.")
+            and f"trunk {mutation.table.removeprefix('trunks.')!r} is the voicemail" in exc.message
+        ):
+            # A second voicemail trunk: refused at the later of the two in the file, whose
+            # error names the other, the one the mutation made voicemail.
+            return None
         if mutation.line is not None:
             late = 3 if mutation.late else 1  # an open array is found where it fails to go on
             lines = set(range(mutation.line, mutation.line + late))
