@@ -6,8 +6,8 @@ port), every phone registered over TCP, TLS or WebSocket a connection, the store
 their files. A Linux process starts with a soft limit of 1024 open files (systemd's default for
 services, ``DefaultLimitNOFILE=1024:524288``, and a login shell's), kept low for programs that
 wait with select(2), which cannot watch a descriptor past 1023; the hard limit is far higher.
-With 1024, the default 1000 media ports and the gateway's own descriptors ran out together:
-calls past some 240 failed to bind their sockets (EMFILE) with ports still free. The gateway
+With 1024, calls past about 250 at once failed to bind their sockets (EMFILE) with most media
+ports still free, each an "internal error" (docs/benchmarks.md, session 63). The gateway
 waits with epoll (trio, the relay) and poll (psycopg), never select, so it raises its soft
 limit to the hard one, as Go programs do since Go 1.19; rtpengine's and FreeSWITCH's units set
 ``LimitNOFILE`` for the same reason. Media workers are its children: they inherit the limit.
