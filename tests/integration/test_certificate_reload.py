@@ -37,6 +37,7 @@ from gateway.core.store.sqlite import SqliteStore
 from tests.integration.prometheus_scrape import curl, parser, value
 from tests.integration.voipgw_process import voipgw_running
 from tests.interop.harness.pki import Issued, TestCa, TestPki
+from tests.interop.harness.processes import children_of
 from tests.interop.harness.ws_client import WsSipClient
 from tests.port_blocks import PortLease
 
@@ -315,12 +316,7 @@ def test_a_hangup_sent_to_the_whole_process_group_reloads_and_ends_no_media_work
     tls_ready = re.compile(r"voipgw ready: .*tls:127\.0\.0\.1:(\d+)")
     with voipgw_running(config, log, [tls_ready], new_session=True) as (process, (ready,)):
         tls_port = int(ready[1])
-        # Children of any of its threads (a subprocess may be spawned from a worker thread).
-        workers = [
-            int(pid)
-            for task in Path(f"/proc/{process.pid}/task").iterdir()
-            for pid in (task / "children").read_text().split()
-        ]
+        workers = children_of(process.pid)  # of any of its threads
         assert len(workers) == 2, workers
         # Nothing of the start-up is left once it says ready (finding the tone's codec libraries
         # used to run ldconfig, a third child, just after it).

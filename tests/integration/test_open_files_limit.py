@@ -6,14 +6,18 @@ with 1024: calls past about 250 at once were refused with "internal error" and a
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import missing
 from tests.integration.voipgw_process import voipgw_running
+from tests.interop.harness.processes import children_of
 from tests.port_blocks import ModuleBlock
 
 MEDIA_PORTS = ModuleBlock(40)
@@ -37,18 +41,10 @@ def prlimit(nofile: str) -> list[str]:
     return [found, f"--nofile={nofile}"]
 
 
-def children_of(pid: int) -> list[int]:
-    return [
-        int(child)
-        for task in Path(f"/proc/{pid}/task").iterdir()
-        for child in (task / "children").read_text().split()
-    ]
-
-
-@pytest.mark.parametrize("workers", [1, 2])
-def test_a_service_soft_limit_is_raised_to_the_hard_limit_for_the_workers_too(
-    tmp_path: Path, workers: int
-) -> None:
+@contextlib.contextmanager
+def running_under(tmp_path: Path, nofile: str, workers: int) -> Iterator[subprocess.Popen[bytes]]:
+    """``voipgw run`` on MEDIA_PORTS with ``[media] workers``, started under ``prlimit
+    --nofile=SOFT:HARD``, once it says it is ready; its log is ``tmp_path / "voipgw.log"``."""
     config = tmp_path / "voipgw.toml"
     config.write_text(
         f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n'
@@ -56,9 +52,18 @@ def test_a_service_soft_limit_is_raised_to_the_hard_limit_for_the_workers_too(
         f'[media]\naddress = "127.0.0.1"\nports = "{MEDIA_PORTS.text()}"\nworkers = {workers}\n'
         '[plugins]\nenable = ["udp"]\n'
     )
-    log = tmp_path / "voipgw.log"
     ready = [re.compile(r"voipgw ready: ")]
-    with voipgw_running(config, log, ready, prefix=prlimit("1024:4096")) as (process, _):
+    log = tmp_path / "voipgw.log"
+    with voipgw_running(config, log, ready, prefix=prlimit(nofile)) as (process, _):
+        yield process
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_service_soft_limit_is_raised_to_the_hard_limit_for_the_workers_too(
+    tmp_path: Path, workers: int
+) -> None:
+    log = tmp_path / "voipgw.log"
+    with running_under(tmp_path, "1024:4096", workers) as process:
         assert open_files_limits(process.pid) == (4096, 4096)
         started = log.read_text()
         assert "open files: limit raised from 1024 to 4096 (the hard limit)" in started
@@ -72,16 +77,8 @@ def test_a_service_soft_limit_is_raised_to_the_hard_limit_for_the_workers_too(
 
 
 def test_a_hard_limit_under_what_the_media_ports_need_is_a_warning(tmp_path: Path) -> None:
-    config = tmp_path / "voipgw.toml"
-    config.write_text(
-        f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n'
-        '[sip]\nlisten = ["udp:127.0.0.1:0"]\n'
-        f'[media]\naddress = "127.0.0.1"\nports = "{MEDIA_PORTS.text()}"\n'
-        '[plugins]\nenable = ["udp"]\n'
-    )
     log = tmp_path / "voipgw.log"
-    ready = [re.compile(r"voipgw ready: ")]
-    with voipgw_running(config, log, ready, prefix=prlimit("256:512")) as (process, _):
+    with running_under(tmp_path, "256:512", workers=1) as process:
         assert open_files_limits(process.pid) == (512, 512)
         started = log.read_text()
     assert "open files: limit raised from 256 to 512 (the hard limit)" in started

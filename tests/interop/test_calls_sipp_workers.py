@@ -25,6 +25,7 @@ from tests.interop.harness import (
     tone_ulaw,
     udp_filter,
 )
+from tests.interop.harness.processes import process_gone
 
 pytestmark = pytest.mark.interop
 
@@ -54,14 +55,6 @@ def children(pid: int) -> dict[int, str]:
         if int(fields[1]) == pid and fields[0] != "Z":
             found[int(entry.name)] = cmdline
     return found
-
-
-def process_gone(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def test_a_call_with_two_media_workers_relays_rtp(tmp_path: Path) -> None:

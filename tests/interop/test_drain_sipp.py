@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.interop.harness import LOOPBACK, GatewayProcess, SippResult, SippUas, run_sipp_uac
+from tests.interop.harness.processes import children_of, process_gone
 from tests.interop.sipp_calls import ACCOUNTS, DID, TRUNK_IP, inbound_trunk, register
 
 pytestmark = pytest.mark.interop
@@ -135,21 +136,6 @@ def test_sigterm_waits_for_the_call_in_progress_then_exits(tmp_path: Path) -> No
     assert "cause=503" not in bye  # the caller's BYE, relayed: not ended by the gateway
 
 
-def children_of(pid: int) -> list[int]:
-    """The live processes ``pid`` started (its media workers), from /proc."""
-    children = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # gone meanwhile
-        if fields[0] != "Z" and int(fields[1]) == pid:
-            children.append(int(entry.name))
-    return sorted(children)
-
-
 def test_sigterm_to_every_process_of_the_service_drains_with_media_workers_too(
     tmp_path: Path,
 ) -> None:
@@ -183,7 +169,7 @@ def test_sigterm_to_every_process_of_the_service_drains_with_media_workers_too(
     callee.check()
     (bye,) = callee.received("BYE ")
     assert "cause=503" not in bye and "media worker" not in bye, bye
-    assert children_of(gw.process.pid) == []  # the workers ended with the gateway
+    assert all(process_gone(pid) for pid in workers)  # they ended with the gateway
 
 
 def test_a_call_still_up_when_the_drain_runs_out_gets_the_gateways_bye(tmp_path: Path) -> None:

@@ -61,6 +61,31 @@ def start_process(
         )
 
 
+def children_of(pid: int) -> list[int]:
+    """The processes ``pid`` started and has not reaped, from any of its threads (a subprocess
+    may be spawned from a worker thread); empty once ``pid`` is gone."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:
+        return []
+    children: list[int] = []
+    for task in tasks:
+        try:
+            children += [int(child) for child in (task / "children").read_text().split()]
+        except FileNotFoundError:
+            continue  # the thread ended meanwhile
+    return sorted(children)
+
+
+def process_gone(pid: int) -> bool:
+    """True when ``pid`` has exited (reaped, or a zombie waiting for its parent)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
 def stop_process(
     process: subprocess.Popen[bytes], *, sig: int = signal.SIGTERM, timeout: float = 10.0
 ) -> int:
