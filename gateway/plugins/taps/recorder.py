@@ -291,6 +291,11 @@ NewG729Decoder = Callable[[], Bcg729Decoder]
 NewGsmDecoder = Callable[[], GsmDecoder]
 """Makes the decoder of one GSM source (a recorder has none where libgsm is not installed:
 :func:`gsm_decoder_factory`)."""
+NewFramedDecoders = Mapping[str, Callable[[], "Bcg729Decoder | GsmDecoder"]]
+"""Make the decoder of one G.729 or GSM source, by kind (``"g729"``, ``"gsm"``): codecs whose
+payload is whole frames back to back, each decoded into 8 kHz samples. Only the kinds whose
+library is installed (:func:`framed_decoder_factories`)."""
+_FRAMED_KINDS = frozenset({"g729", "gsm"})
 NewAmrDecoders = Mapping[str, Callable[[], AmrDecoder]]
 """Make the decoder of one AMR or AMR-WB source, by kind (``"amr"``, ``"amr-wb"``): only the
 kinds whose decoder is installed (:func:`amr_decoder_factories`)."""
@@ -304,9 +309,8 @@ class _Track:
         path: Path,
         kind: str,
         new_g722: NewG722Decoder,
-        new_g729: NewG729Decoder | None,
+        new_framed: NewFramedDecoders,
         new_amr: NewAmrDecoders,
-        new_gsm: NewGsmDecoder | None,
     ) -> None:
         self.kind = kind
         self.writer: WavTrack | OggOpusWriter
@@ -332,12 +336,8 @@ class _Track:
         else:
             self.writer = WavTrack(path, SAMPLE_RATE)
             self.rate, self.per_tick = SAMPLE_RATE, 1
-            if kind == "g729":
-                assert new_g729 is not None  # WavRecording.add: no track without a decoder
-                self.framed = new_g729()
-            elif kind == "gsm":
-                assert new_gsm is not None  # likewise
-                self.framed = new_gsm()
+            if kind in _FRAMED_KINDS:
+                self.framed = new_framed[kind]()  # WavRecording.add: no track without one
         self.ssrc = -1
         self.base_timestamp = 0
         self.base_position = 0
@@ -459,17 +459,15 @@ class WavRecording:
         call_id: str,
         codecs: Mapping[str, Mapping[int, str]] | None = None,
         new_g722: NewG722Decoder = G722Decoder,
-        new_g729: NewG729Decoder | None = None,
+        new_framed: NewFramedDecoders | None = None,
         new_amr: NewAmrDecoders | None = None,
-        new_gsm: NewGsmDecoder | None = None,
     ) -> None:
         self._directory = directory
         self._call_id = call_id
         self._codecs = {} if codecs is None else codecs
         self._new_g722 = new_g722
-        self._new_g729 = new_g729
+        self._new_framed = {} if new_framed is None else new_framed
         self._new_amr = {} if new_amr is None else new_amr
-        self._new_gsm = new_gsm
         self._speakers: dict[tuple[str, str], _Speaker] = {}
         self._zero: float | None = None
         self.counts = RecordingCounts()
@@ -490,10 +488,10 @@ class WavRecording:
         pt = fields.payload_type
         name = self._codecs.get(stream_id, {}).get(pt) or STATIC_CODECS.get(pt, f"pt{pt}")
         kind = _KINDS.get(name)
-        if (kind == "g729" and self._new_g729 is None) or (kind == "gsm" and self._new_gsm is None):
+        if (kind in _FRAMED_KINDS and kind not in self._new_framed) or (
+            kind in _AMR_CODECS and kind not in self._new_amr
+        ):
             kind = None  # no decoder installed: counted as another codec
-        if kind in _AMR_CODECS and kind not in self._new_amr:
-            kind = None
         if kind is None:
             if name not in NOT_AUDIO:
                 self.counts.other[name] = self.counts.other.get(name, 0) + 1
@@ -513,7 +511,7 @@ class WavRecording:
             extension = "opus" if kind == "opus" else "wav"
             path = self._directory / f"{speaker.name}{suffix}.{extension}"
             track = speaker.tracks[kind] = _Track(
-                path, kind, self._new_g722, self._new_g729, self._new_amr, self._new_gsm
+                path, kind, self._new_g722, self._new_framed, self._new_amr
             )
         if speaker.current != kind:
             speaker.current = kind
@@ -609,15 +607,13 @@ class RecordingSink:
         min_free: int = 0,
         free_space: Callable[[Path], int] = lambda path: shutil.disk_usage(path).free,
         new_g722: NewG722Decoder = G722Decoder,
-        new_g729: NewG729Decoder | None = None,
+        new_framed: NewFramedDecoders | None = None,
         new_amr: NewAmrDecoders | None = None,
-        new_gsm: NewGsmDecoder | None = None,
     ) -> None:
         self.call = call
         self._new_g722 = new_g722
-        self._new_g729 = new_g729
+        self._new_framed = new_framed
         self._new_amr = new_amr
-        self._new_gsm = new_gsm
         self._directory = directory
         self._format = file_format
         self._queue = CopyQueue(queue)
@@ -697,9 +693,8 @@ class RecordingSink:
             self.call.call_id,
             self._codecs,
             self._new_g722,
-            self._new_g729,
+            self._new_framed,
             self._new_amr,
-            self._new_gsm,
         )
 
     def _report(self, recording: WavRecording | PcapRecording) -> None:
@@ -726,9 +721,8 @@ class Recorder:
     def __init__(self, config: RecorderConfig) -> None:
         self.config = config
         self.new_g722 = g722_decoder_factory(config.g722_decoder)
-        self.new_g729 = g729_decoder_factory() if config.format == "wav" else None
+        self.new_framed = framed_decoder_factories() if config.format == "wav" else {}
         self.new_amr = amr_decoder_factories() if config.format == "wav" else {}
-        self.new_gsm = gsm_decoder_factory() if config.format == "wav" else None
 
     def sink_for_call(self, call: TappedCall) -> RecordingSink | None:
         if not self.config.selection.wants(call):
@@ -741,9 +735,8 @@ class Recorder:
             self.config.queue,
             min_free=self.config.min_free_mb * 2**20,
             new_g722=self.new_g722,
-            new_g729=self.new_g729,
+            new_framed=self.new_framed,
             new_amr=self.new_amr,
-            new_gsm=self.new_gsm,
         )
 
 
@@ -763,6 +756,19 @@ def g722_decoder_factory(choice: str) -> NewG722Decoder:
         return lambda: SpandspG722Decoder(spandsp)
     log.info("recorder: G.722 decoded by libg722")
     return LibG722Decoder
+
+
+def framed_decoder_factories() -> dict[str, Callable[[], Bcg729Decoder | GsmDecoder]]:
+    """What makes each G.729 and GSM source's decoder, by kind: only those whose library is
+    installed (each said once, as the recorder starts)."""
+    factories: dict[str, Callable[[], Bcg729Decoder | GsmDecoder]] = {}
+    new_g729 = g729_decoder_factory()
+    if new_g729 is not None:
+        factories["g729"] = new_g729
+    new_gsm = gsm_decoder_factory()
+    if new_gsm is not None:
+        factories["gsm"] = new_gsm
+    return factories
 
 
 def g729_decoder_factory() -> NewG729Decoder | None:

@@ -504,15 +504,14 @@ def test_a_reinvite_teaches_the_sink_a_new_dynamic_payload_type(tmp_path: Path) 
 
 def test_random_packets_of_every_codec_never_raise(tmp_path: Path) -> None:
     rng = random.Random(17)
-    bcg729 = bcg729_or_missing()
+    bcg729_or_missing()  # G.729 decoded, not only counted
     dynamic = {111: "opus", 97: "amr", 98: "amr-wb octet-aligned"}
     recording = WavRecording(
         tmp_path,
         "rec-12",
         {"0": dynamic, "1": dynamic},
-        new_g729=lambda: Bcg729Decoder(bcg729),
+        new_framed=recorder_plugin.framed_decoder_factories(),
         new_amr=recorder_plugin.amr_decoder_factories(),
-        new_gsm=recorder_plugin.gsm_decoder_factory(),
     )
     for i in range(3000):
         payload = rng.randbytes(rng.randrange(0, 300))
@@ -580,7 +579,7 @@ def test_g729_is_decoded_into_an_8_khz_file_placed_by_its_timestamps(tmp_path: P
     bcg729 = bcg729_or_missing()
     payloads = g729_packets(g729_encode(bcg729, tone(425.0, 1.0)))
     assert len(payloads) == 50 and {len(p) for p in payloads} == {20}  # 8 kbit/s
-    recording = WavRecording(tmp_path, "rec-20", new_g729=lambda: Bcg729Decoder(bcg729))
+    recording = WavRecording(tmp_path, "rec-20", new_framed={"g729": lambda: Bcg729Decoder(bcg729)})
     for seq, payload in enumerate(payloads):
         if seq != 10:  # lost: 20 ms of silence
             recording.add("0", "a_to_b", rtp(seq, 800 + 160 * seq, payload, pt=18), 0.02 * seq)
@@ -605,7 +604,7 @@ def test_a_dynamic_g729_and_annex_b_comfort_noise_are_decoded_too(tmp_path: Path
     assert sid and frames.count(b"") > len(sid)  # SID frames, and frames not sent at all
     voice = [frame for frame in frames if len(frame) == 10]
     recording = WavRecording(
-        tmp_path, "rec-21", {"0": {97: "g729"}}, new_g729=lambda: Bcg729Decoder(bcg729)
+        tmp_path, "rec-21", {"0": {97: "g729"}}, new_framed={"g729": lambda: Bcg729Decoder(bcg729)}
     )
     payloads = [voice[0] + voice[1], voice[2] + sid[0], sid[0]]  # RFC 3551 §4.5.6
     for seq, payload in enumerate(payloads):
@@ -622,7 +621,7 @@ def test_a_g729_payload_of_another_length_is_counted_malformed_and_its_time_is_s
 ) -> None:
     bcg729 = bcg729_or_missing()
     payloads = g729_packets(g729_encode(bcg729, tone(425.0, 0.1)))
-    recording = WavRecording(tmp_path, "rec-22", new_g729=lambda: Bcg729Decoder(bcg729))
+    recording = WavRecording(tmp_path, "rec-22", new_framed={"g729": lambda: Bcg729Decoder(bcg729)})
     recording.add("0", "a_to_b", rtp(0, 0, payloads[0], pt=18), 0.0)
     recording.add("0", "a_to_b", rtp(1, 160, payloads[1][:15], pt=18), 0.02)  # not G.729
     recording.add("0", "a_to_b", rtp(2, 320, payloads[2], pt=18), 0.04)
@@ -635,7 +634,7 @@ def test_a_g729_payload_of_another_length_is_counted_malformed_and_its_time_is_s
 def test_a_new_g729_source_gets_a_fresh_decoder(tmp_path: Path) -> None:
     bcg729 = bcg729_or_missing()
     payload = g729_packets(g729_encode(bcg729, tone(425.0, 0.02)))[0]
-    recording = WavRecording(tmp_path, "rec-23", new_g729=lambda: Bcg729Decoder(bcg729))
+    recording = WavRecording(tmp_path, "rec-23", new_framed={"g729": lambda: Bcg729Decoder(bcg729)})
     recording.add("0", "a_to_b", rtp(0, 0, payload, pt=18), 0.0)
     recording.add("0", "a_to_b", rtp(7, 5555, payload, pt=18, ssrc=99), 0.02)  # a transfer
     recording.close()
@@ -652,7 +651,7 @@ def test_without_bcg729_g729_is_counted_and_the_recorder_says_so_as_it_starts(
     monkeypatch.setattr(recorder_plugin, "load_bcg729", lambda: None)
     with caplog.at_level(logging.INFO):
         tap = Recorder(RecorderConfig(all_calls=True, directory=str(tmp_path)))
-    assert tap.new_g729 is None
+    assert "g729" not in tap.new_framed
     assert "recorder: G.729 is not decoded (libbcg729 not found" in caplog.text
     sink = tap.sink_for_call(CALL)
     assert sink is not None
@@ -669,10 +668,10 @@ def test_with_bcg729_the_recorder_decodes_g729_and_says_so(
     bcg729_or_missing()
     with caplog.at_level(logging.INFO):
         tap = Recorder(RecorderConfig(all_calls=True, directory=str(tmp_path)))
-    assert tap.new_g729 is not None and isinstance(tap.new_g729(), Bcg729Decoder)
+    assert isinstance(tap.new_framed["g729"](), Bcg729Decoder)
     assert "recorder: G.729 decoded by bcg729 (libbcg729" in caplog.text
     pcap = Recorder(RecorderConfig(all_calls=True, directory=str(tmp_path), format="pcap"))
-    assert pcap.new_g729 is None  # every packet as it came: nothing to decode
+    assert pcap.new_framed == {}  # every packet as it came: nothing to decode
 
 
 # -- GSM (libgsm) ---------------------------------------------------------------------------------
@@ -694,7 +693,7 @@ def test_gsm_is_decoded_into_an_8_khz_file_placed_by_its_timestamps(tmp_path: Pa
     libgsm = libgsm_or_missing()
     payloads = gsm_payloads(libgsm, tone(425.0, 1.0))
     assert len(payloads) == 50 and {len(p) for p in payloads} == {33}  # 13.2 kbit/s
-    recording = WavRecording(tmp_path, "rec-60", new_gsm=lambda: gsm.GsmDecoder(libgsm))
+    recording = WavRecording(tmp_path, "rec-60", new_framed={"gsm": lambda: gsm.GsmDecoder(libgsm)})
     for seq, payload in enumerate(payloads):
         if seq != 10:  # lost: 20 ms of silence
             recording.add("0", "a_to_b", rtp(seq, 800 + 160 * seq, payload, pt=3), 0.02 * seq)
@@ -717,7 +716,7 @@ def test_a_dynamic_gsm_with_two_frames_a_packet_is_decoded_too(tmp_path: Path) -
     libgsm = libgsm_or_missing()
     frames = gsm_payloads(libgsm, tone(425.0, 0.12))
     recording = WavRecording(
-        tmp_path, "rec-61", {"0": {97: "gsm"}}, new_gsm=lambda: gsm.GsmDecoder(libgsm)
+        tmp_path, "rec-61", {"0": {97: "gsm"}}, new_framed={"gsm": lambda: gsm.GsmDecoder(libgsm)}
     )
     for seq in range(3):  # 40 ms a packet: the timestamps step 320
         payload = frames[2 * seq] + frames[2 * seq + 1]
@@ -733,7 +732,7 @@ def test_a_payload_that_is_not_gsm_is_counted_malformed_and_its_time_is_silent(
 ) -> None:
     libgsm = libgsm_or_missing()
     payloads = gsm_payloads(libgsm, tone(425.0, 0.06))
-    recording = WavRecording(tmp_path, "rec-62", new_gsm=lambda: gsm.GsmDecoder(libgsm))
+    recording = WavRecording(tmp_path, "rec-62", new_framed={"gsm": lambda: gsm.GsmDecoder(libgsm)})
     recording.add("0", "a_to_b", rtp(0, 0, payloads[0], pt=3), 0.0)
     recording.add("0", "a_to_b", rtp(1, 160, payloads[1][:32], pt=3), 0.02)  # a frame cut short
     recording.add("0", "a_to_b", rtp(2, 320, b"\x00" + payloads[2][1:], pt=3), 0.04)  # no 0xD
@@ -747,7 +746,7 @@ def test_a_payload_that_is_not_gsm_is_counted_malformed_and_its_time_is_silent(
 def test_a_new_gsm_source_gets_a_fresh_decoder(tmp_path: Path) -> None:
     libgsm = libgsm_or_missing()
     payload = gsm_payloads(libgsm, tone(425.0, 0.02))[0]
-    recording = WavRecording(tmp_path, "rec-63", new_gsm=lambda: gsm.GsmDecoder(libgsm))
+    recording = WavRecording(tmp_path, "rec-63", new_framed={"gsm": lambda: gsm.GsmDecoder(libgsm)})
     recording.add("0", "a_to_b", rtp(0, 0, payload, pt=3), 0.0)
     recording.add("0", "a_to_b", rtp(7, 5555, payload, pt=3, ssrc=99), 0.02)  # a transfer
     recording.close()
@@ -764,7 +763,7 @@ def test_without_libgsm_gsm_is_counted_and_the_recorder_says_so_as_it_starts(
     monkeypatch.setattr(recorder_plugin, "load_libgsm", lambda: None)
     with caplog.at_level(logging.INFO):
         tap = Recorder(RecorderConfig(all_calls=True, directory=str(tmp_path)))
-    assert tap.new_gsm is None
+    assert "gsm" not in tap.new_framed
     assert "recorder: GSM is not decoded (libgsm not found; Debian: apt-get install" in caplog.text
     sink = tap.sink_for_call(CALL)
     assert sink is not None
@@ -781,7 +780,7 @@ def test_with_libgsm_the_recorder_decodes_gsm_and_says_so(
     libgsm_or_missing()
     with caplog.at_level(logging.INFO):
         tap = Recorder(RecorderConfig(all_calls=True, directory=str(tmp_path)))
-    assert tap.new_gsm is not None and isinstance(tap.new_gsm(), gsm.GsmDecoder)
+    assert isinstance(tap.new_framed["gsm"](), gsm.GsmDecoder)
     assert "recorder: GSM decoded by libgsm (libgsm" in caplog.text
     sink = tap.sink_for_call(CALL)
     assert sink is not None
@@ -792,7 +791,7 @@ def test_with_libgsm_the_recorder_decodes_gsm_and_says_so(
     assert "other codecs" not in caplog.text
     assert [p.name for p in tmp_path.rglob("*.wav")] == ["rec-1-0-caller.wav"]
     pcap = Recorder(RecorderConfig(all_calls=True, directory=str(tmp_path), format="pcap"))
-    assert pcap.new_gsm is None  # every packet as it came: nothing to decode
+    assert pcap.new_framed == {}  # every packet as it came: nothing to decode
 
 
 # -- AMR and AMR-WB (opencore-amr) ----------------------------------------------------------------
