@@ -688,6 +688,12 @@ class SipEndpoint:
         # The clock itself: trio.current_time() reaches it through two more Python calls, and
         # this loop reads the time after every message.
         clock = trio.lowlevel.current_clock()
+        # The listeners are bound before the rest of the start (a port taken stops it at once),
+        # which can take seconds: trunks named by DNS resolved (up to [dns] timeout), media
+        # workers started. What came meanwhile waited for the start, not behind a backlog of
+        # ours: overload control (RFC 6357 §4) counts its wait from here. Before, every
+        # phone's REGISTER in that window got 503 "overloaded" and a WARNING said so.
+        serving_since = clock.current_time()
         transactions = self.transactions
         while True:
             # One cancel scope for every wait until a transaction timer falls due, not one per
@@ -733,7 +739,7 @@ class SipEndpoint:
                         await trio.lowlevel.checkpoint()
                     data, flow, arrived = item
                     self.statistics.received += 1
-                    waited = clock.current_time() - arrived
+                    waited = clock.current_time() - max(arrived, serving_since)
                     await self._guarded(self.handle(data, flow, waited=waited), flow)
                     now = clock.current_time()
                     deadline = transactions.get_timer()

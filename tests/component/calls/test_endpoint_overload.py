@@ -7,16 +7,35 @@ endpoint gets to take them, as if it had been busy for that long.
 
 from __future__ import annotations
 
+import logging
+import random
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 
 from gateway.core.endpoint import EMERGENCY_PASSES_PER_SECOND
+from gateway.core.gateway import Gateway
+from gateway.core.ids import SeededIds
 from gateway.core.sip.message import Request, Response
 from gateway.core.sip.parser import parse_message_untrusted
+from gateway.core.store.sqlite import SqliteStore
 from gateway.core.transport.flows import Flow, FlowKey
-from tests.component.calls.b2bua_env import GW, B2bua, eventually, start_b2bua
+from gateway.testing.fake_dns import FakeResolver
+from gateway.testing.memory_transport import memory_plugins
+from gateway.testing.network import MemoryNetwork
+from gateway.testing.sip_agent import SipAgent
+from tests.component.calls.b2bua_env import (
+    ALICE,
+    ALICE_PASSWORD,
+    GW,
+    REALM,
+    TRUNK,
+    eventually,
+    gateway_config,
+    start_b2bua,
+)
 
 PEER = ("127.0.0.9", 5099)
 
@@ -46,8 +65,8 @@ def request(method: str, n: int, *, to_tag: str = "", credentials: bool = False)
 class Peer:
     """A flow the test queues messages on directly, and the responses it got, by Call-ID."""
 
-    def __init__(self, env: B2bua) -> None:
-        self.env = env
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
         self.responses: list[Response] = []
 
         async def send(data: bytes) -> None:
@@ -59,7 +78,7 @@ class Peer:
 
     def queue(self, *messages: bytes) -> None:
         for data in messages:
-            self.env.gateway.deliver(data, self.flow)
+            self.gateway.deliver(data, self.flow)
 
     def status_of(self, call_id: str) -> list[int]:
         """The final responses for ``call_id`` (retransmissions included), in order."""
@@ -78,7 +97,7 @@ async def test_late_new_invites_and_registers_are_refused_and_the_rest_served(
 ) -> None:
     env = await start_b2bua(nursery, tmp_path, voipgw_seed)
     endpoint = env.gateway.endpoint
-    peer = Peer(env)
+    peer = Peer(env.gateway)
     calls_before = env.calls
 
     # Queued, then taken 0.35 s later: over the 0.3 s default limit.
@@ -124,7 +143,7 @@ async def test_a_retransmission_of_a_request_being_served_is_not_refused(
     voipgw_seed: int,
 ) -> None:
     env = await start_b2bua(nursery, tmp_path, voipgw_seed)
-    peer = Peer(env)
+    peer = Peer(env.gateway)
     invite = request("INVITE", 1)
     peer.queue(invite)
     await peer.finals(1)
@@ -149,7 +168,7 @@ async def test_retry_after_when_configured(
     voipgw_seed: int,
 ) -> None:
     env = await start_b2bua(nursery, tmp_path, voipgw_seed, sip={"overload_retry_after": 7})
-    peer = Peer(env)
+    peer = Peer(env.gateway)
     peer.queue(request("INVITE", 1))
     autojump_clock.jump(0.35)
     await peer.finals(1)
@@ -165,7 +184,7 @@ async def test_limit_zero_never_refuses(
     voipgw_seed: int,
 ) -> None:
     env = await start_b2bua(nursery, tmp_path, voipgw_seed, sip={"overload_queue_delay": 0})
-    peer = Peer(env)
+    peer = Peer(env.gateway)
     peer.queue(request("INVITE", 1), request("REGISTER", 2))
     autojump_clock.jump(2.0)
     await peer.finals(1, 2)
@@ -182,7 +201,7 @@ async def test_a_wait_within_the_limit_refuses_nothing(
     voipgw_seed: int,
 ) -> None:
     env = await start_b2bua(nursery, tmp_path, voipgw_seed)
-    peer = Peer(env)
+    peer = Peer(env.gateway)
     peer.queue(request("INVITE", 1), request("REGISTER", 2))
     autojump_clock.jump(0.29)  # a pause just under the 0.3 s limit
     await peer.finals(1, 2)
@@ -200,7 +219,7 @@ async def test_a_request_with_credentials_gets_until_t1(
     """The second half of a challenged set-up is not thrown away at the first limit (its
     credentials are wrong here: it is answered, not refused, which is the point)."""
     env = await start_b2bua(nursery, tmp_path, voipgw_seed)
-    peer = Peer(env)
+    peer = Peer(env.gateway)
     peer.queue(request("INVITE", 1, credentials=True), request("INVITE", 2))
     autojump_clock.jump(0.4)  # past the 0.3 s limit, within T1 (0.5 s)
     await peer.finals(1, 2)
@@ -228,7 +247,7 @@ async def test_a_late_invite_to_an_emergency_number_is_served_within_a_bound(
     INVITEs to 112 cannot switch overload control off."""
     env = await start_b2bua(nursery, tmp_path, voipgw_seed)
     endpoint = env.gateway.endpoint
-    peer = Peer(env)
+    peer = Peer(env.gateway)
     bound = int(EMERGENCY_PASSES_PER_SECOND)
     flood = range(1, bound + 4)
     peer.queue(*(emergency_invite(n) for n in flood), request("INVITE", 100))
@@ -249,3 +268,57 @@ async def test_a_late_invite_to_an_emergency_number_is_served_within_a_bound(
     await peer.finals(200)
     assert peer.status_of("overload-200@127.0.0.9") == [407]
     assert endpoint.statistics.emergency_overload_passes == bound + 1
+
+
+async def test_requests_that_came_while_the_gateway_started_are_served_not_refused(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The listeners are bound first and the rest of the start can take seconds: here the
+    carrier's name resolving for 2 s (trunks named by DNS are resolved before calls are taken);
+    media workers starting take about a second. A phone's REGISTER that came meanwhile waited
+    for the start, not behind a backlog: it is served, and once serving the limit holds again.
+    Found by ``benchmarks/soak.py --media-workers 2``: its phones' first REGISTERs got 503
+    "overloaded" and a WARNING said the gateway was overloaded as it started."""
+    state = tmp_path / "state"
+    store = SqliteStore.open(state)
+    store.accounts_add("alice", ALICE_PASSWORD, REALM)
+    store.close()
+    network = MemoryNetwork(voipgw_seed, delay=0.01)
+    await nursery.start(network.serve)
+    config = gateway_config(state, carrier={"address": "udp:sip.carrier.example:5060"})
+    resolver = FakeResolver(hosts={"sip.carrier.example": [TRUNK[0]]}, delay=2.0)
+    gateway = Gateway(
+        config,
+        memory_plugins(config, network),
+        ids=SeededIds(voipgw_seed),
+        dns_resolver=resolver,
+        dns_rng=random.Random(voipgw_seed),
+    )
+    alice = SipAgent(
+        network,
+        ALICE,
+        ids=SeededIds(voipgw_seed + 1),
+        user="alice",
+        password=ALICE_PASSWORD,
+        proxy=GW,
+    )
+    await nursery.start(alice.serve)
+    nursery.start_soon(gateway.serve)
+    await eventually(lambda: resolver.queries > 0)  # listening, resolving, not serving yet
+    with caplog.at_level(logging.WARNING):
+        registered = await alice.register()
+    assert registered.status == 200, registered.reason
+    assert trio.current_time() >= 2.0  # it did wait for the start
+    assert gateway.endpoint.statistics.rejected_overload == 0
+    assert "SIP overloaded" not in caplog.text
+
+    # Serving, a wait over the limit is overload again.
+    peer = Peer(gateway)
+    peer.queue(request("INVITE", 1))
+    autojump_clock.jump(0.35)
+    await peer.finals(1)
+    assert peer.status_of("overload-1@127.0.0.9") == [503]
