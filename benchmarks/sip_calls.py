@@ -198,18 +198,22 @@ def schedstat(pid: int) -> tuple[float, float]:
     return run / 1e9, wait / 1e9
 
 
-def children_schedstat(pid: int) -> float:
-    """Seconds on a CPU of the child processes of ``pid`` (its media workers), summed over
-    their threads (0 without children)."""
-    total = 0.0
+def child_pids(pid: int) -> list[int]:
+    """The child processes of ``pid`` now (voipgw's: its media workers)."""
+    children: list[int] = []
     for path in glob.glob(f"/proc/{pid}/task/*/children"):
         try:
             with open(path) as f:
-                children = [int(child) for child in f.read().split()]
+                children += [int(child) for child in f.read().split()]
         except OSError:
-            continue
-        total += sum(schedstat(child)[0] for child in children)
-    return total
+            continue  # the thread ended meanwhile
+    return children
+
+
+def children_schedstat(pid: int) -> float:
+    """Seconds on a CPU of the child processes of ``pid`` (its media workers), summed over
+    their threads (0 without children)."""
+    return sum(schedstat(child)[0] for child in child_pids(pid))
 
 
 def rss_kib(pid: int) -> int:

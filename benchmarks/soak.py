@@ -5,6 +5,7 @@ Run from the repository root (sipp from the distribution: ``apt-get install sip-
     python benchmarks/soak.py                          # 10 minutes at 50 calls/s
     python benchmarks/soak.py --minutes 30 --rate 80
     python benchmarks/soak.py --minutes 0.2            # a smoke run
+    python benchmarks/soak.py --media-workers 2        # the relay in two worker processes
 
 It starts ``python -m gateway run`` from this script's own tree (UDP and TLS on 127.0.0.1, the
 metrics plugin on the loopback, Timer C ``[sip] ring_timeout`` = ``--ring-timeout``, 5 s),
@@ -29,7 +30,10 @@ each at a tenth of ``--rate``. Every ``--sample-seconds`` it reads the gateway's
 open file descriptors (/proc/PID/fd), the size of its state directory (the SQLite store) and the
 metrics exporter's ``voipgw_internal_entries`` (calls, SIP transactions and their timers, flows,
 media streams and port pairs, dialog maps, call-limit tables, digest nonces, IP caches, trio
-tasks, the interpreter's allocated blocks: docs/metrics.md). It prints a row per sample and at
+tasks, the interpreter's allocated blocks: docs/metrics.md); with ``--media-workers N`` (``[media]
+workers``, 2 or more) also the workers' RSS and open files, summed over them, and
+``voipgw_media_worker_restarts_total`` (a restart ends that worker's calls: flagged; the
+workers' own tables are not exported). It prints a row per sample and at
 the end the growth of each figure per 1000 calls (slope of a least-squares fit against calls
 started over the second half of the samples taken while every load generator ran, past the
 warm-up), the idle value before the load and the value once drained (the calls ended,
@@ -67,6 +71,7 @@ from bench_children import die_with_parent
 from gateway_config import LOOPBACK, TRUNK_IP, gateway_config
 from sip_calls import (
     REPO_ROOT,
+    child_pids,
     register_phone,
     require_free,
     rss_kib,
@@ -130,7 +135,13 @@ BOUNDED = {
     "store_kib",
 }
 # Process figures: flagged when their growth per 1000 calls is above this.
-THRESHOLDS = {"rss_kib": 64.0, "fds": 0.5, "python_allocated_blocks": 500.0}
+THRESHOLDS = {
+    "rss_kib": 64.0,
+    "fds": 0.5,
+    "python_allocated_blocks": 500.0,
+    "workers_rss_kib": 64.0,  # --media-workers: summed over the workers
+    "workers_fds": 0.5,
+}
 # The columns of the table printed over time (all figures are in the final summary).
 COLUMNS = (
     ("calls", "calls_started"),
@@ -145,6 +156,12 @@ COLUMNS = (
     ("blocks k", "python_allocated_blocks"),
     ("store KiB", "store_kib"),
     ("regs", "registrations"),
+)
+# With --media-workers N (N >= 2): the worker processes' figures, summed over them.
+WORKER_COLUMNS = (
+    ("workers", "workers"),
+    ("wRSS MiB", "workers_rss_kib"),
+    ("wFDs", "workers_fds"),
 )
 
 
@@ -191,9 +208,10 @@ def voipgw_config(
     users: int,
     call_record_days: float | None = None,
     ring_timeout: float = RING_TIMEOUT,
+    media_workers: int = 1,
 ) -> str:
     """voipgw's configuration (benchmarks/gateway_config.py): UDP and TLS, the metrics plugin,
-    Timer C at ``ring_timeout`` seconds."""
+    Timer C at ``ring_timeout`` seconds, ``[media] workers`` = ``media_workers``."""
     # [store] call_record_days: the default (0: for ever) unless asked; a fraction of a day
     # shows within a run that the store stops growing once the housekeeping deletes records.
     store = (
@@ -214,6 +232,7 @@ listen = "{LOOPBACK}:{ports.metrics}"
         carrier_port=ports.uas["carrier"],
         sections=f"{store}\n{plugins}",
         sip_lines=f"ring_timeout = {ring_timeout}\n",
+        media_lines=f"workers = {media_workers}\n",
     )
 
 
@@ -294,6 +313,7 @@ class Soak:
                 self.args.users,
                 self.args.call_record_days,
                 self.args.ring_timeout,
+                self.args.media_workers,
             )
         )
         require_free(self.ports.gateway, self.ports.metrics, *self.ports.uas.values())
@@ -628,6 +648,7 @@ def _digest(challenge: str, user: str, password: str, method: str, uri: str) -> 
 # -- samples ----------------------------------------------------------------------------------
 
 _SAMPLE = re.compile(r'^(voipgw_[a-z_]+)(?:\{table="([a-z_]+)"\})? ([0-9.e+-]+)$')
+_RESTARTS = re.compile(r'^voipgw_media_worker_restarts_total\{reason="[a-z_]+"\} ([0-9.e+-]+)$')
 
 
 def sample(soak: Soak, started: float) -> dict[str, float]:
@@ -635,16 +656,23 @@ def sample(soak: Soak, started: float) -> dict[str, float]:
     assert soak.gateway is not None
     pid = soak.gateway.pid
     found: dict[str, float] = {"t": time.monotonic() - started, "rss_kib": rss_kib(pid)}
-    try:
-        found["fds"] = len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        found["fds"] = float("nan")
+    found["fds"] = open_files(pid)
+    if soak.args.media_workers > 1:
+        workers = child_pids(pid)
+        found["workers"] = len(workers)
+        found["workers_rss_kib"] = sum(rss_kib(worker) for worker in workers)
+        found["workers_fds"] = sum(open_files(worker) for worker in workers)
+        found["worker_restarts"] = 0.0
     state = soak.workdir / "state"
     found["store_kib"] = sum(p.stat().st_size for p in state.rglob("*") if p.is_file()) / 1024
     url = f"http://{LOOPBACK}:{soak.ports.metrics}/metrics"
     with urllib.request.urlopen(url, timeout=10) as answer:
         text = answer.read().decode()
     for line in text.splitlines():
+        restarts = _RESTARTS.match(line)
+        if restarts is not None:
+            found["worker_restarts"] += float(restarts.group(1))  # each ended its calls
+            continue
         match = _SAMPLE.match(line)
         if match is None:
             continue
@@ -661,20 +689,34 @@ def sample(soak: Soak, started: float) -> dict[str, float]:
     return found
 
 
-def print_header() -> None:
-    print(f"{'t s':>6s} " + " ".join(f"{name:>9s}" for name, _ in COLUMNS), flush=True)
+def open_files(pid: int) -> float:
+    """How many file descriptors ``pid`` has open (NaN if it is gone)."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return float("nan")
+
+
+def columns(row: dict[str, float]) -> tuple[tuple[str, str], ...]:
+    return COLUMNS + (WORKER_COLUMNS if "workers" in row else ())
+
+
+def print_header(row: dict[str, float]) -> None:
+    print(f"{'t s':>6s} " + " ".join(f"{name:>9s}" for name, _ in columns(row)), flush=True)
 
 
 def print_row(row: dict[str, float], note: str = "") -> None:
     cells = []
-    for _, key in COLUMNS:
+    for _, key in columns(row):
         value = row.get(key, float("nan"))
-        if key == "rss_kib":
+        if key in ("rss_kib", "workers_rss_kib"):
             value /= 1024
         elif key == "python_allocated_blocks":
             value /= 1000
         cells.append(
-            f"{value:9.1f}" if key in ("rss_kib", "python_allocated_blocks") else f"{value:9.0f}"
+            f"{value:9.1f}"
+            if key in ("rss_kib", "workers_rss_kib", "python_allocated_blocks")
+            else f"{value:9.0f}"
         )
     print(f"{row['t']:6.0f} " + " ".join(cells) + (f"  {note}" if note else ""), flush=True)
 
@@ -802,7 +844,7 @@ def run(args: argparse.Namespace) -> int:
         idle = quiet(soak, started, args.drain_seconds)  # the set-up's REGISTERs' transactions
         before = soak.snapshot() if args.tracemalloc else None
         print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-        print_header()
+        print_header(idle)
         print_row(idle, "idle")
         soak.start_load()
         load_started = time.monotonic()
@@ -879,6 +921,14 @@ def main() -> None:
         action="store_true",
         help="trace the gateway's allocations (benchmarks/tracemalloc_hook/; it runs about "
         "twice as slow) and print where what it holds drained, and not idle, was allocated",
+    )
+    parser.add_argument(
+        "--media-workers",
+        type=int,
+        default=1,
+        help="run voipgw with [media] workers = N (default 1: the relay in the gateway's "
+        "process); with 2 or more the workers' RSS and open files are sampled too, summed, "
+        "and a worker restart (each ends its calls) is flagged",
     )
     args = parser.parse_args()
     print(f"soak: {versions()}", flush=True)

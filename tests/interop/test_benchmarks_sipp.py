@@ -14,12 +14,15 @@ shared cores, the soak's set-up and its 2.5 s Timer C call being the longest par
   Its SIP and sipp ports (100 from ``--sip-port-base``) and voipgw's media range are blocks of
   this test process (tests/port_blocks.py), not its defaults above the ephemeral range, which a
   benchmark run on the machine may hold.
-- soak.py, every kind of call once or a few times (0.02 minutes at 25 calls/s, Timer C 2.5 s):
-  every sipp UAC exits 0 with no failed call, the REGISTER pool none failed, and every row of the
-  samples and of the growth table parses. The soak takes its own blocks under the same lock. Its
-  leak verdicts are not asserted: with a 1 s drain the SIP transactions' 32 s timers are still
-  running (Timers J, L, M), so those tables are flagged by design (exit status 1, "N figure(s)
-  flagged").
+- soak.py, every kind of call once or a few times (0.02 minutes at 25 calls/s, Timer C 2.5 s),
+  with two media workers (``--media-workers 2``, the relay in worker processes as a multi-core
+  deployment runs it): every sipp UAC exits 0 with no failed call, the REGISTER pool none
+  failed, every row of the samples and of the growth table parses, and no worker restarted.
+  (Its phones register as soon as the gateway's UDP port is bound, while the workers start:
+  until session 64 overload control refused those REGISTERs with 503.) The soak takes its own
+  blocks under the same lock. Its leak verdicts are not asserted: with a 1 s drain the SIP
+  transactions' 32 s timers are still running (Timers J, L, M), so those tables are flagged by
+  design (exit status 1, "N figure(s) flagged").
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ GROWTH = re.compile(
     re.M,
 )
 SAMPLE = re.compile(
-    rf"^ +\d+(?: +-?{NUMBER}| +nan){{12}}(?:  (idle|load ended|draining|drained))?$"
+    rf"^ +\d+(?: +-?{NUMBER}| +nan){{15}}(?:  (idle|load ended|draining|drained))?$"
 )
 FLAGGED = re.compile(r"^(?P<count>\d+) figure\(s\) flagged; logs in \S+$", re.M)
 WORKDIR = re.compile(r"^work directory \(logs, sipp traces\): (?P<path>\S+)$", re.M)
@@ -128,6 +131,7 @@ def test_sip_calls_and_soak_run_against_the_gateway_and_print_their_figures(
                     str(BENCHMARKS / "soak.py"),
                     *("--minutes", "0.02", "--rate", "25", "--users", "1", "--hold-ms", "200"),
                     *("--ring-timeout", "2.5", "--sample-seconds", "1", "--drain-seconds", "1"),
+                    *("--media-workers", "2"),
                 ],
                 soak_output,
             )
@@ -180,9 +184,12 @@ def test_sip_calls_and_soak_run_against_the_gateway_and_print_their_figures(
         "drained",
     ], text
     growth = {m["figure"]: m for m in GROWTH.finditer(text)}
-    for figure in ("calls", "rss_kib", "fds", "sip_transactions", "media_port_pairs", "flows"):
+    for figure in ("calls", "rss_kib", "fds", "sip_transactions", "flows", "workers_rss_kib"):
         assert figure in growth, (figure, text)
     assert float(growth["calls"]["drained"]) == 0, text  # every call ended
+    assert float(growth["workers"]["drained"]) == 2, text
+    assert float(growth["workers_fds"]["drained"]) > 0, text
+    assert float(growth["worker_restarts"]["drained"]) == 0, text
     # The gateway counted a call for each the UACs completed (the drained row's "calls").
     started = int(float(samples[-1].split()[1]))
     assert started == sum(int(uacs[name]["ok"]) for name in kinds if name != "options"), text
