@@ -121,6 +121,7 @@ from gateway.core.store.interface import (
     Store,
 )
 from gateway.core.store.sqlite import DB_FILENAME, DEFAULT_BUSY_TIMEOUT
+from gateway.core.systemd_notify import SystemdNotifier
 from gateway.core.transport.flows import Flow, FlowTable, format_address
 from gateway.core.transport.inbound import InboundQueue, kernel_receive_drops
 
@@ -1802,10 +1803,11 @@ class Gateway:
         # expects once the gateway says it is up (they were found before the listeners).
         log.info("media relay: %s", relay_build())
         log.info("transfer ringing tone: %s", tone_summary)
-        log.info(
-            "voipgw ready: %s",
-            ", ".join(f"{lst.transport}:{format_address(lst.address)}" for lst in self.listeners),
-        )
+        log.info("voipgw ready: %s", self.listening())
+
+    def listening(self) -> str:
+        """The listeners, as the ready line says them: ``udp:127.0.0.1:5060, ...``."""
+        return ", ".join(f"{lst.transport}:{format_address(lst.address)}" for lst in self.listeners)
 
     async def drain(self, timeout: float) -> None:
         """Stop taking calls and wait, at most ``timeout`` seconds, for those in progress to end
@@ -1950,14 +1952,18 @@ def run_until_signal(gateway: Gateway) -> int:
     stops once no call is left or the time ran out; a second signal stops it at once. Calls
     still up are ended with BYE (:meth:`Gateway.end_calls`) before the gateway stops. SIGHUP
     reloads the plugins' certificates (systemd's ``ExecReload=/bin/kill -HUP $MAINPID``) and
-    never stops the gateway, nor starts or ends a drain."""
+    never stops the gateway, nor starts or ends a drain. Under systemd each of these is told to
+    it too (systemd_notify.py: ready, reloading, stopping, and the watchdog's pings)."""
 
     drain_timeout = gateway.config.gateway.drain_timeout
+    systemd = SystemdNotifier()
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
                 await nursery.start(gateway.serve)
+                systemd.ready(f"ready: {gateway.listening()}")
+                nursery.start_soon(systemd.run_watchdog)
                 stop = trio.Event()
 
                 async def drain_then_stop() -> None:
@@ -1972,14 +1978,23 @@ def run_until_signal(gateway: Gateway) -> int:
                             log.info(
                                 "received SIGHUP: reloading certificates (not the config file)"
                             )
+                            # A draining gateway told systemd it stops: not "reloading".
+                            # (Signals are taken one at a time: no drain starts meanwhile.)
+                            serving = not gateway.draining
+                            if serving:
+                                systemd.reloading()
                             # Awaited: a second SIGHUP reloads after this one ended.
                             await gateway.reload_certificates_async()
+                            if serving:
+                                systemd.ready(f"ready: {gateway.listening()}")
                             continue
                         if drain_timeout and not gateway.draining:
                             log.info("received %s: draining before the stop", name)
+                            systemd.stopping(f"draining, up to {drain_timeout:g} s")
                             nursery.start_soon(drain_then_stop)
                             continue
                         log.info("received %s: shutting down", name)
+                        systemd.stopping("stopping")
                         stop.set()
                         return
 

@@ -9,12 +9,13 @@ from its log.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from tests.interop.harness.processes import die_with_parent
@@ -30,18 +31,20 @@ def voipgw_running(
     timeout: float = 30.0,
     args: Sequence[str] = (),
     prefix: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[tuple[subprocess.Popen[bytes], list[re.Match[str]]]]:
     """The process and the match of each ``ready`` pattern, once all are in the log. On the way
     out: SIGTERM (SIGKILL after 20 s), then exit code 0 and no traceback in the log are
     asserted. ``new_session``: its own process group, as a service's. ``args``: more options
     of ``voipgw run`` (``--log-level debug``). ``prefix``: a command that execs it (``prlimit
-    --nofile=...``: the same process)."""
+    --nofile=...``: the same process). ``env``: variables added to its environment."""
     with log.open("w") as stderr:
         process = subprocess.Popen(
             [*prefix, sys.executable, "-m", "gateway", "run", "--config", str(config), *args],
             stdout=subprocess.DEVNULL,
             stderr=stderr,
             start_new_session=new_session,
+            env=None if env is None else {**os.environ, **env},
             preexec_fn=die_with_parent,  # in a session of its own, no group signal reaches it
         )
     try:
