@@ -770,8 +770,11 @@ def parse_cseq_untrusted(text: str) -> CSeq:
     digits = cur.take(_DIGIT)
     if not digits:
         cur.fail("missing sequence number")
-    significant = digits.lstrip("0")
-    if len(significant) > 10 or int(digits) > _MAX_CSEQ:
+    # Leading zeros are 1*DIGIT too, and int() refuses over 4300 digits (CPython's limit on
+    # decimal conversion): converted without them, or a CSeq of 5000 zeros was an internal
+    # error with a traceback, and no 400, per datagram (fuzz seed 6306).
+    significant = digits.lstrip("0") or "0"
+    if len(significant) > 10 or int(significant) > _MAX_CSEQ:
         cur.fail("sequence number must be below 2**31")
     if not cur.skip_ws():
         cur.fail("expected whitespace after the sequence number")
@@ -779,7 +782,7 @@ def parse_cseq_untrusted(text: str) -> CSeq:
     if not method:
         cur.fail("missing method")
     cur.end()
-    return CSeq(number=int(digits), method=method)
+    return CSeq(number=int(significant), method=method)
 
 
 parse_cseq_cached = cast("Callable[[str], CSeq]", _LRU_CACHES["parse_cseq_untrusted"])
@@ -795,10 +798,10 @@ def parse_uint_untrusted(text: str, name: str, maximum: int) -> int:
     match = _UINT.fullmatch(unfold(text))
     if match is None:
         raise SipParseError(f"bad {name}: not a decimal number")
-    digits = match[1]
-    if len(digits.lstrip("0")) > len(str(maximum)) or int(digits) > maximum:
+    significant = match[1].lstrip("0") or "0"  # as parse_cseq_untrusted: int() of few digits
+    if len(significant) > len(str(maximum)) or int(significant) > maximum:
         raise SipParseError(f"bad {name}: larger than {maximum}")
-    return int(digits)
+    return int(significant)
 
 
 def is_call_id(text: str) -> bool:
