@@ -691,7 +691,7 @@ class SipEndpoint:
         # The listeners are bound before the rest of the start (a port taken stops it at once),
         # which can take seconds: trunks named by DNS resolved (up to [dns] timeout), media
         # workers started. What came meanwhile waited for the start, not behind a backlog of
-        # ours: overload control (RFC 6357 §4) counts its wait from here. Before, every
+        # ours: overload control (sip/overload.py) counts its wait from here. Before, every
         # phone's REGISTER in that window got 503 "overloaded" and a WARNING said so.
         serving_since = clock.current_time()
         transactions = self.transactions
