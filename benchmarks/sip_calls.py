@@ -579,7 +579,7 @@ class Step:
         )
 
 
-def _gc_snapshot(path: Path | None) -> dict[str, Any] | None:
+def gc_snapshot(path: Path | None) -> dict[str, Any] | None:
     if path is None:
         return None
     try:
@@ -589,7 +589,7 @@ def _gc_snapshot(path: Path | None) -> dict[str, Any] | None:
     return snapshot
 
 
-def _gc_note(
+def gc_note(
     before: dict[str, Any] | None,
     after: dict[str, Any] | None,
     start: float,
@@ -726,7 +726,7 @@ def run_step(system: System, mode: str, rate: float, args: argparse.Namespace) -
         def sample_rss() -> None:
             rss[1] = max(rss[1], rss_kib(b2bua_pid))
 
-        gc_before = _gc_snapshot(system.gc_stats)
+        gc_before = gc_snapshot(system.gc_stats)
         started = time.monotonic()
         with open(uac_dir / "screen.log", "wb") as screen:
             uac = subprocess.Popen(
@@ -755,7 +755,7 @@ def run_step(system: System, mode: str, rate: float, args: argparse.Namespace) -
     gc_after = None
     if system.gc_stats is not None:
         time.sleep(0.3)  # the hook writes its totals every 0.2 s
-        gc_after = _gc_snapshot(system.gc_stats)
+        gc_after = gc_snapshot(system.gc_stats)
     stats = _last_stats(uac_dir / "stats.csv") if (uac_dir / "stats.csv").exists() else {}
     setups: list[float] = []
     stamps: list[float] = []
@@ -796,7 +796,7 @@ def run_step(system: System, mode: str, rate: float, args: argparse.Namespace) -
         note="; ".join(notes) + (f" (logs: {rundir})" if notes else ""),
         rss_idle_kib=rss[0],
         rss_peak_kib=rss[1],
-        gc=_gc_note(gc_before, gc_after, started, cpu, calls),
+        gc=gc_note(gc_before, gc_after, started, cpu, calls),
     )
 
 

@@ -39,6 +39,9 @@ started over the second half of the samples taken while every load generator ran
 warm-up), the idle value before the load and the value once drained (the calls ended,
 transactions gone: up to ``--drain-seconds`` after the load). ``--tracemalloc`` traces the
 gateway's allocations and prints where what it holds drained, and not idle, was allocated.
+``--gc-stats`` times the cyclic collector's collections in the gateway (benchmarks/gc_stats/, as
+``sip_calls.py --gc-stats``) and prints their totals per generation and every pause of
+``GC_PAUSE_SHOWN`` or longer, with when it ended, to set beside overload refusals and lost ACKs.
 A table that is larger drained than idle before, or a process figure (RSS, FDs, allocated
 blocks) whose growth per 1000 calls is above its threshold, is flagged LEAK?.
 
@@ -70,8 +73,10 @@ import attrs
 from bench_children import die_with_parent
 from gateway_config import LOOPBACK, TRUNK_IP, gateway_config
 from sip_calls import (
+    GC_STATS_HOOK,
     REPO_ROOT,
     child_pids,
+    gc_snapshot,
     register_phone,
     require_free,
     rss_kib,
@@ -88,6 +93,9 @@ TRACEMALLOC_HOOK = Path(__file__).resolve().parent / "tracemalloc_hook"
 ALICE, PASSWORD = "alice", "wonderland"
 CARRIER_NUMBER = "+4989555"
 RING_TIMEOUT = 5.0  # [sip] ring_timeout (--ring-timeout): how long a "timeout" call rings
+# --gc-stats lists the collector's pauses this long or longer: a sixth of [sip]
+# overload_queue_delay's default, well above a young collection's few milliseconds.
+GC_PAUSE_SHOWN = 0.05
 
 
 @attrs.frozen
@@ -275,6 +283,11 @@ class Soak:
     registrar_client: RegisterPool | None = None
     _media: list[int] = attrs.field(factory=list)
     _snapshots: int = 0
+    # --gc-stats: the collector's totals per generation (collections, clock s, CPU s, objects
+    # walked) and its long pauses by when they ended (time.monotonic, system-wide on Linux):
+    # (generation, clock s, CPU s, objects walked).
+    gc_totals: list[list[float]] | None = None
+    gc_pauses: dict[float, tuple[int, float, float, int]] = attrs.field(factory=dict)
 
     def media_port(self) -> int:
         if not self._media:
@@ -284,6 +297,21 @@ class Soak:
     @property
     def config(self) -> Path:
         return self.workdir / "voipgw.toml"
+
+    @property
+    def gc_stats_path(self) -> Path:
+        return self.workdir / "gc-stats.json"
+
+    def read_gc_stats(self) -> None:
+        """Keep the hook's latest totals and the long pauses it remembers (it keeps the last
+        2000 of 1 ms or more, so this runs at every sample)."""
+        snapshot = gc_snapshot(self.gc_stats_path if self.args.gc_stats else None)
+        if snapshot is None:
+            return
+        self.gc_totals = snapshot["totals"]
+        for end, generation, took, cpu, walked in snapshot["pauses"]:
+            if took >= GC_PAUSE_SHOWN:
+                self.gc_pauses[end] = (generation, took, cpu, walked)
 
     def add_accounts(self, names: list[str]) -> None:
         """``voipgw accounts add NAME --password ...`` for each name, all in one interpreter:
@@ -325,6 +353,10 @@ class Soak:
             path = [str(TRACEMALLOC_HOOK), env.get("PYTHONPATH", "")]
             env["PYTHONPATH"] = os.pathsep.join(p for p in path if p)
             env["VOIPGW_TRACEMALLOC"] = str(self.workdir / "tracemalloc")
+        if self.args.gc_stats:
+            path = [str(GC_STATS_HOOK), env.get("PYTHONPATH", "")]
+            env["PYTHONPATH"] = os.pathsep.join(p for p in path if p)
+            env["VOIPGW_GC_STATS"] = str(self.gc_stats_path)
         with open(self.workdir / "gateway.log", "wb") as log:
             self.gateway = subprocess.Popen(
                 [sys.executable, "-m", "gateway", "run", "--config", str(self.config)],
@@ -815,6 +847,28 @@ def print_growth(
             print(f"      {line}")
 
 
+def gc_report(soak: Soak, load_started: float) -> None:
+    """--gc-stats: the collector's totals per generation and its pauses of GC_PAUSE_SHOWN or
+    longer, each with the second of the load it ended in (the clock time counts waits for a
+    CPU; the CPU time is the collector's own work)."""
+    if soak.gc_totals is None:
+        return
+    print()
+    totals = ", ".join(
+        f"gen{generation} {n:.0f}x {clock:.1f} s (CPU {cpu:.1f} s)"
+        for generation, (n, clock, cpu, _) in enumerate(soak.gc_totals)
+    )
+    print(f"cyclic collector in the gateway: {totals}")
+    print(f"its pauses of {1000 * GC_PAUSE_SHOWN:.0f} ms or more (s into the load: generation,")
+    print("clock ms, CPU ms, objects walked):")
+    for end in sorted(soak.gc_pauses):
+        generation, took, cpu, walked = soak.gc_pauses[end]
+        print(
+            f"  {end - load_started:8.1f}: gen{generation} {1000 * took:5.0f} ms "
+            f"(CPU {1000 * cpu:4.0f}) {walked / 1000:5.0f}k objects"
+        )
+
+
 def uac_report(soak: Soak) -> None:
     print()
     print("sipp UACs: successful / failed (failures: see the work directory's errors.log)")
@@ -860,6 +914,7 @@ def run(args: argparse.Namespace) -> int:
                 raise RuntimeError(f"the gateway exited ({soak.gateway.returncode})")
             if time.monotonic() >= next_at:
                 load.append(sample(soak, started))
+                soak.read_gc_stats()
                 print_row(load[-1])
                 if soak.load_full():
                     full.append(load[-1])
@@ -869,11 +924,13 @@ def run(args: argparse.Namespace) -> int:
                         warm_calls = load[-1]["calls_started"]
                 next_at += args.sample_seconds
         load.append(sample(soak, started))
+        soak.read_gc_stats()
         print_row(load[-1], "load ended")
         print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         drained = quiet(soak, started, args.drain_seconds, every=args.sample_seconds)
         print_row(drained, "drained")
         uac_report(soak)
+        gc_report(soak, load_started)
         if before is not None:
             end = soak.snapshot()
             print_growth("drained minus idle", before, end, drained["calls_started"])
@@ -922,6 +979,12 @@ def main() -> None:
         action="store_true",
         help="trace the gateway's allocations (benchmarks/tracemalloc_hook/; it runs about "
         "twice as slow) and print where what it holds drained, and not idle, was allocated",
+    )
+    parser.add_argument(
+        "--gc-stats",
+        action="store_true",
+        help="time the cyclic collector's collections in the gateway (benchmarks/gc_stats/) "
+        f"and list its pauses of {1000 * GC_PAUSE_SHOWN:.0f} ms or more",
     )
     parser.add_argument(
         "--media-workers",

@@ -5,7 +5,8 @@ the gateway's ``PYTHONPATH`` and names a file in ``VOIPGW_GC_STATS``. Every coll
 through ``gc.callbacks``, by the clock and by the thread's CPU time; a thread writes the totals
 per generation and the recent pauses (1 ms or longer, with their ``time.monotonic()`` end, which
 is system-wide on Linux) to that file every 0.2 s, as JSON. Nothing here runs unless the
-variable is set.
+variable is set. The variable is taken out of the environment as it is read, so the media
+workers (``[media] workers``), which inherit the gateway's environment, do not write the same file.
 
 The clock counts what the process waited for a CPU too: on a machine shared with the UAC and
 UAS (two vCPUs) a collection's clock time was 3-7 times its CPU time (session 36). The CPU
@@ -25,7 +26,7 @@ import os
 import threading
 import time
 
-_PATH = os.environ.get("VOIPGW_GC_STATS")
+_PATH = os.environ.pop("VOIPGW_GC_STATS", None)
 
 if _PATH:
     # Per generation: collections, clock seconds, CPU seconds, objects walked.
