@@ -2797,6 +2797,10 @@ class MediaRelay:
         """Empty: no counter is ever missing (:meth:`final_counters` is always complete)."""
         return {}
 
+    def session_closed(self) -> None:
+        """Nothing to drop: this relay holds no call's callbacks
+        (:meth:`gateway.core.media.relay_api.Relay.session_closed`)."""
+
     def open_stream(self) -> MediaStream:
         """Allocate a port pair for each leg and start relaying between them.
 

@@ -277,6 +277,13 @@ class Relay(Protocol):
         ``media-counters-partial`` line (docs/operations.md)."""
         ...
 
+    def session_closed(self) -> None:
+        """The call's media session closed (its streams too): a relay of one call drops what
+        it holds of the call (``on_lost``, a bound method of the call, which holds the
+        session, which holds the relay: kept, a cycle that made every call with media
+        workers cyclic garbage). The in-process relay serves every call and holds none."""
+        ...
+
 
 __all__ = [
     "COUNTERS_NO_ANSWER",

@@ -384,11 +384,31 @@ class _Worker:
 
 
 @attrs.define(eq=False)
+class _StreamLink:
+    """What a stream's sides and directions need of it to tell its worker something: its id,
+    its channel (None once closed) and the last keys sent (a block flag sent makes them stale).
+
+    They hold this, not the stream: a side or direction that held its stream would make a
+    reference cycle with it, and the stream holds its call's ``on_lost``, so every call would
+    be left to the cyclic garbage collector (a full collection per minute of 300-590 ms at 80
+    calls/s, each refusing the requests behind it as overload: docs/benchmarks.md "Soak")."""
+
+    stream_id: int
+    channel: _Channel | None
+    keys_sent: StreamKeys | None = None
+
+    def send(self, message: Message) -> bool:
+        if self.channel is None:
+            return False
+        return self.channel.send(message)
+
+
+@attrs.define(eq=False)
 class RemoteSide:
     """A worker stream's side facing one leg (as :class:`~gateway.core.media.relay.StreamSide`)."""
 
     ports: RemotePorts
-    _stream: RemoteStream = attrs.field(repr=False)
+    _link: _StreamLink = attrs.field(repr=False)
     _name: str = attrs.field(repr=False)
     _rtcp_mux: bool = False
     _handlers: dict[bool, NonRtpHandler | None] = attrs.field(factory=dict, repr=False)
@@ -406,8 +426,8 @@ class RemoteSide:
         remote_rtp = _checked_remote(rtp, version)
         remote_rtcp = _checked_remote(rtcp, version)
         self._rtcp_mux = rtcp_mux
-        self._stream._send(
-            SetRemote(self._stream.id, self._name, remote_rtp, remote_rtcp, rtcp_mux)
+        self._link.send(
+            SetRemote(self._link.stream_id, self._name, remote_rtp, remote_rtcp, rtcp_mux)
         )
 
     @property
@@ -429,9 +449,9 @@ class RemoteSide:
         :meth:`gateway.core.media.relay.StreamSide.set_non_rtp_handler`, ``sdp_address_only``
         ``proves_peer``, ``handshake_per_source`` and ``other_phones`` included."""
         self._handlers[rtcp] = handler
-        self._stream._send(
+        self._link.send(
             SetDtls(
-                self._stream.id,
+                self._link.stream_id,
                 self._name,
                 rtcp,
                 handler is not None,
@@ -450,11 +470,11 @@ class RemoteSide:
             return
         self._ice[rtcp] = handler
         if handler is None:
-            message = SetIce(self._stream.id, self._name, rtcp, False, "", "", "", "")
+            message = SetIce(self._link.stream_id, self._name, rtcp, False, "", "", "", "")
         else:
             local, remote = handler.local, handler.remote
             message = SetIce(
-                self._stream.id,
+                self._link.stream_id,
                 self._name,
                 rtcp,
                 True,
@@ -463,23 +483,23 @@ class RemoteSide:
                 remote.ufrag if remote is not None else "",
                 remote.pwd if remote is not None else "",
             )
-        self._stream._send(message)
+        self._link.send(message)
 
     def send(self, packet: bytes, *, rtcp: bool = False, copy_to_sdp_address: bool = True) -> bool:
         """A key exchange's datagram to this leg's peer from the worker's RTP socket (``rtcp``:
         RTCP socket). True when queued (the worker sends it if the leg has an address, or, on an
         ICE leg, once a check selected one: :meth:`~gateway.core.media.relay.StreamSide.send`,
         which also says what ``copy_to_sdp_address`` does)."""
-        return self._stream._send(
-            SendDatagram(self._stream.id, self._name, rtcp, packet, copy_to_sdp_address)
+        return self._link.send(
+            SendDatagram(self._link.stream_id, self._name, rtcp, packet, copy_to_sdp_address)
         )
 
     def send_to(self, packet: bytes, destination: tuple[Any, ...], *, rtcp: bool = False) -> bool:
         """The worker sends ``packet`` to ``destination``
         (:meth:`~gateway.core.media.relay.StreamSide.send_to`)."""
-        return self._stream._send(
+        return self._link.send(
             SendDatagram(
-                self._stream.id,
+                self._link.stream_id,
                 self._name,
                 rtcp,
                 packet,
@@ -491,7 +511,7 @@ class RemoteSide:
     def latch_peer(self, source: tuple[Any, ...], *, rtcp: bool = False, now: float) -> None:
         """The worker's socket latches ``source``, proved to be this leg's peer before keys
         (:meth:`~gateway.core.media.relay.StreamSide.latch_peer`)."""
-        self._stream._send(LatchPeer(self._stream.id, self._name, rtcp, socket_address(source)))
+        self._link.send(LatchPeer(self._link.stream_id, self._name, rtcp, socket_address(source)))
 
     def _deliver(self, packet: bytes, source: SocketAddress | None, rtcp: bool) -> None:
         handler = self._handlers.get(rtcp)
@@ -508,7 +528,7 @@ class RemoteDirection:
     """One direction of a worker stream (as :class:`~gateway.core.media.relay.DirectionControl`)."""
 
     direction: Direction
-    _stream: RemoteStream = attrs.field(repr=False)
+    _link: _StreamLink = attrs.field(repr=False)
     _blocked: bool = True  # see WorkerPool.open_stream
     _counts: DirectionStatistics = attrs.field(default=_NO_COUNTS, repr=False)
     _rtcp_observer: RtcpObserver | None = attrs.field(default=None, repr=False)
@@ -525,8 +545,8 @@ class RemoteDirection:
     @blocked.setter
     def blocked(self, value: bool) -> None:
         self._blocked = value
-        self._stream._keys_sent = None  # the worker's flags are no longer the last SetKeys'
-        self._stream._send(SetBlocked(self._stream.id, self.direction.value, value))
+        self._link.keys_sent = None  # the worker's flags are no longer the last SetKeys'
+        self._link.send(SetBlocked(self._link.stream_id, self.direction.value, value))
 
     @property
     def rtcp_observer(self) -> RtcpObserver | None:
@@ -538,7 +558,7 @@ class RemoteDirection:
     @rtcp_observer.setter
     def rtcp_observer(self, value: RtcpObserver | None) -> None:
         self._rtcp_observer = value
-        self._stream._send(SetRtcpWatch(self._stream.id, self.direction.value, value is not None))
+        self._link.send(SetRtcpWatch(self._link.stream_id, self.direction.value, value is not None))
 
     @property
     def payload_types(self) -> dict[int, int]:
@@ -549,7 +569,7 @@ class RemoteDirection:
         payload_type_table(value)  # out of range: LocalMediaError here, not in the worker
         self._payload_types = dict(value)
         renumbered = tuple(sorted(value.items()))
-        self._stream._send(SetPayloadTypes(self._stream.id, self.direction.value, renumbered))
+        self._link.send(SetPayloadTypes(self._link.stream_id, self.direction.value, renumbered))
 
     @property
     def red_payload_types(self) -> tuple[int, ...]:
@@ -559,7 +579,9 @@ class RemoteDirection:
     def red_payload_types(self, value: tuple[int, ...]) -> None:
         red_octets(value)  # out of range: LocalMediaError here, not in the worker
         self._red_payload_types = tuple(value)
-        self._stream._send(SetRedPayloadTypes(self._stream.id, self.direction.value, tuple(value)))
+        self._link.send(
+            SetRedPayloadTypes(self._link.stream_id, self.direction.value, tuple(value))
+        )
 
     @property
     def transcoding(self) -> G711Transcoding | None:
@@ -572,16 +594,16 @@ class RemoteDirection:
             return
         self._transcoding = value
         if value is None:
-            message = SetTranscoding(self._stream.id, self.direction.value, "", -1, -1)
+            message = SetTranscoding(self._link.stream_id, self.direction.value, "", -1, -1)
         else:
             message = SetTranscoding(
-                self._stream.id,
+                self._link.stream_id,
                 self.direction.value,
                 value.law.value,
                 value.payload_type,
                 value.to_payload_type,
             )
-        self._stream._send(message)
+        self._link.send(message)
 
     @property
     def dtmf(self) -> DtmfInterworking | None:
@@ -596,10 +618,10 @@ class RemoteDirection:
             return
         self._dtmf = value
         if value is None:
-            message = SetDtmf(self._stream.id, self.direction.value, -1, -1, 0, 0)
+            message = SetDtmf(self._link.stream_id, self.direction.value, -1, -1, 0, 0)
         else:
             message = SetDtmf(
-                self._stream.id,
+                self._link.stream_id,
                 self.direction.value,
                 value.take_payload_type,
                 value.inject_payload_type,
@@ -608,7 +630,7 @@ class RemoteDirection:
                 value.red_payload_types,
                 value.relayed_until_now,
             )
-        self._stream._send(message)
+        self._link.send(message)
 
     @property
     def receiver_telephone_event(self) -> tuple[int, int] | None:
@@ -624,8 +646,8 @@ class RemoteDirection:
             return
         self._receiver_event = value
         payload_type, clock_rate = (RECEIVER_EVENT_NOT_TOLD, 0) if value is None else value
-        self._stream._send(
-            SetReceiverEvent(self._stream.id, self.direction.value, payload_type, clock_rate)
+        self._link.send(
+            SetReceiverEvent(self._link.stream_id, self.direction.value, payload_type, clock_rate)
         )
 
     def _dtmf_event(self, packet: bytes) -> None:
@@ -674,7 +696,7 @@ class RemoteStream:
     b_to_a: RemoteDirection
     failure: str | None
     """Why the stream stopped relaying (its worker exited, the worker refused a request)."""
-    _channel: _Channel | None = attrs.field(repr=False)
+    _link: _StreamLink = attrs.field(repr=False)
     _pool: WorkerPool = attrs.field(repr=False)
     _on_lost: Callable[[str], None] | None = attrs.field(repr=False)
     _last_activity: float = attrs.field(repr=False)
@@ -683,7 +705,6 @@ class RemoteStream:
     _datagram_tap: DatagramTap | None = attrs.field(repr=False)
     _opaque: bool = attrs.field(repr=False)
     _on_final_counters: Callable[[], None] | None = attrs.field(repr=False)
-    _keys_sent: StreamKeys | None = attrs.field(repr=False)
 
     def __init__(
         self,
@@ -695,12 +716,13 @@ class RemoteStream:
     ) -> None:
         self.id = stream_id
         self.worker = worker.index
-        self.a = RemoteSide(ports[0], self, "a")
-        self.b = RemoteSide(ports[1], self, "b")
-        self.a_to_b = RemoteDirection(Direction.A_TO_B, self)
-        self.b_to_a = RemoteDirection(Direction.B_TO_A, self)
+        link = _StreamLink(stream_id, worker.channel)
+        self.a = RemoteSide(ports[0], link, "a")
+        self.b = RemoteSide(ports[1], link, "b")
+        self.a_to_b = RemoteDirection(Direction.A_TO_B, link)
+        self.b_to_a = RemoteDirection(Direction.B_TO_A, link)
         self.failure = None
-        self._channel = worker.channel
+        self._link = link
         self._pool = pool
         self._on_lost = on_lost
         self._last_activity = trio.current_time()
@@ -709,11 +731,10 @@ class RemoteStream:
         self._datagram_tap = None
         self._opaque = False
         self._on_final_counters = None
-        self._keys_sent = None
 
     @property
     def closed(self) -> bool:
-        return self._channel is None
+        return self._link.channel is None
 
     @property
     def final_counters_pending(self) -> bool:
@@ -764,7 +785,7 @@ class RemoteStream:
         """As :meth:`gateway.core.media.relay.MediaStream.set_opaque`; the worker applies it
         after every message queued before it (remote addresses, keys, taps), as the in-process
         relay would have. A closed stream or no change: nothing is sent."""
-        if self._channel is None or opaque == self._opaque:
+        if self._link.channel is None or opaque == self._opaque:
             return
         self._opaque = opaque
         self._send(SetOpaque(self.id, opaque))
@@ -777,9 +798,9 @@ class RemoteStream:
         the same keys again for nothing (session 52)."""
         self.a_to_b._blocked = keys.blocked
         self.b_to_a._blocked = keys.blocked
-        if keys == self._keys_sent:
+        if keys == self._link.keys_sent:
             return
-        self._keys_sent = keys
+        self._link.keys_sent = keys
         self._send(
             SetKeys(
                 self.id,
@@ -842,8 +863,12 @@ class RemoteStream:
         re-INVITE removed mid-call); they update this stream, then ``on_final_counters`` is
         called, once. Never called when they cannot come (the worker exits first): the
         counters stay the last pushed. A call's end asks for them before it closes
-        (:meth:`CallRelay.final_counters`) and passes none."""
-        channel, self._channel = self._channel, None
+        (:meth:`CallRelay.final_counters`) and passes none.
+
+        A closed stream no longer tells its call it was lost: ``on_lost`` (its CallRelay's,
+        which holds this stream) is dropped, so the two make no reference cycle."""
+        self._on_lost = None
+        channel, self._link.channel = self._link.channel, None
         if channel is None:
             return
         if on_final_counters is not None and self.failure is None:
@@ -873,9 +898,7 @@ class RemoteStream:
         self.close()
 
     def _send(self, message: Message) -> bool:
-        if self._channel is None:
-            return False
-        return self._channel.send(message)
+        return self._link.send(message)
 
     def _update(self, stats: Stats, now: float) -> None:
         self.a_to_b._counts = stats.a_to_b
@@ -1027,6 +1050,11 @@ class CallRelay:
                     index,
                     APPLIED_WAIT,
                 )
+
+    def session_closed(self) -> None:
+        """The call's media session closed: ``on_lost`` (the call's) is dropped, as the
+        session holds this relay (:meth:`gateway.core.media.relay_api.Relay.session_closed`)."""
+        self._on_lost = None
 
     def _lost(self, reason: str) -> None:
         if not self._told:
@@ -1359,7 +1387,7 @@ class WorkerPool:
                     stream._on_final_counters = None
                     stream.failure = WORKER_EXITED
                     continue
-                stream._channel = None
+                stream._link.channel = None
                 stream._lost(WORKER_EXITED)
             await trio.sleep(delay)
 

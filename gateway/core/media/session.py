@@ -1511,6 +1511,7 @@ class MediaSession:
         # session, its task and nursery) cyclic garbage that only the collector could free.
         self.on_dtmf_digit = None
         self.on_dtmf_timer = None
+        self._relay.session_closed()  # a worker pool's CallRelay holds the call's on_lost
 
     # -- helpers -------------------------------------------------------------------------------
 

@@ -152,7 +152,7 @@ async def test_final_counters_of_a_lost_stream_are_partial_without_a_wait(
     _, relay = _pool_with(port_lease, channel)
     stream = relay.open_stream()
     # Its worker exited (WorkerPool._supervise): the stream is closed and failed.
-    stream._channel = None
+    stream._link.channel = None
     stream._lost("media worker exited")
     started = trio.current_time()
     assert not await relay.final_counters()
@@ -251,7 +251,7 @@ async def test_why_final_counters_are_partial_is_said_per_worker(
     on_1 = pool.open_stream(prefer=1, on_lost=relay._lost)
     relay._streams.extend((on_0, on_1))
     relay._workers.update((0, 1))
-    on_1._channel = None
+    on_1._link.channel = None
     on_1._lost("media worker exited")
     session = MediaSession(relay, media_address="127.0.0.1")
     await session.final_counters()

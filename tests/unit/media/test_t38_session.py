@@ -227,6 +227,9 @@ class RtpOnlyRelay:
     def open_stream(self) -> MediaStream:
         return self._relay.open_stream()
 
+    def session_closed(self) -> None:
+        pass
+
 
 def test_relay_without_opaque_mode_refuses_t38_saying_why(
     relay: MediaRelay, caplog: pytest.LogCaptureFixture

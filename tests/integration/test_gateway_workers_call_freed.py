@@ -1,0 +1,68 @@
+"""With ``[media] workers = 2`` an ended call is freed by reference counting, as in-process.
+
+tests/component/calls/test_b2bua_call_freed.py runs each call shape (call_shapes.py) against the
+in-process relay. Here the same shapes run against a gateway whose relay is two real worker
+processes on 127.0.0.1 (ports of this process, tests/port_blocks.py), in real time, signalling
+on the in-memory SIP network: what the SIP process keeps of a worker's streams (``CallRelay``,
+``RemoteStream`` and their sides and directions) must not hold the call in a reference cycle.
+A 25-minute soak with two workers found every call cyclic garbage (docs/benchmarks.md "Soak"):
+the SIP process's heap grew to a million blocks between full collections, and each full
+collection (300-590 ms) held the event loop long enough that the requests behind it were
+refused as overload, every 71 s at 80 calls/s.
+
+Left out: the ring timeout (30 s of real time) and the DTLS-SRTP caller (its handshake travels
+the in-memory network, which a worker's real sockets do not reach).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from gateway.core.calls.call import Call
+from gateway.core.calls.transfer import Transfer
+from gateway.core.media.remote_relay import CallRelay, RemoteStream
+from gateway.core.media.session import MediaSession
+from tests.component.calls.b2bua_env import eventually
+from tests.component.calls.call_shapes import (
+    SHAPES,
+    alive,
+    cyclic_garbage,
+    no_collector,  # noqa: F401 (a fixture: pytestmark)
+    record_made,
+    start_shapes_b2bua,
+)
+from tests.port_blocks import ModuleBlock
+
+# Only reference counting frees anything while a test runs.
+pytestmark = pytest.mark.usefixtures("no_collector")
+MEDIA_PORTS = ModuleBlock(100)  # this process's own ports (tests/port_blocks.py)
+REAL_TIME = ("ring-timeout", "dtls-srtp")
+
+
+@pytest.mark.parametrize("shape", [shape for shape in SHAPES if shape not in REAL_TIME])
+async def test_an_ended_call_through_media_workers_is_freed_by_reference_counting(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    voipgw_seed: int,
+    monkeypatch: pytest.MonkeyPatch,
+    shape: str,
+) -> None:
+    env = await start_shapes_b2bua(
+        nursery, tmp_path, voipgw_seed, media_table={"workers": 2, "ports": MEDIA_PORTS.text()}
+    )
+    assert env.gateway.media_workers is not None and env.gateway.relay is None
+    cyclic_garbage()  # nothing from the start counts
+    made = record_made(monkeypatch, (Call, MediaSession, Transfer, CallRelay, RemoteStream))
+    await SHAPES[shape](env, nursery, voipgw_seed)
+    await eventually(lambda: env.calls == 0, timeout=30)
+    # A call's last wait is its streams' final counters from the worker (Close with
+    # final_counters); once they came, nothing of the call is left, unless in a cycle.
+    with trio.move_on_after(5):
+        while alive(made):
+            await trio.sleep(0.05)
+    assert alive(made) == []
+    assert {"Call", "MediaSession", "CallRelay", "RemoteStream"} <= {name for name, _ in made}
+    assert cyclic_garbage() == []
