@@ -278,10 +278,12 @@ class Relay(Protocol):
         ...
 
     def session_closed(self) -> None:
-        """The call's media session closed (its streams too): a relay of one call drops what
-        it holds of the call (``on_lost``, a bound method of the call, which holds the
-        session, which holds the relay: kept, a cycle that made every call with media
-        workers cyclic garbage). The in-process relay serves every call and holds none."""
+        """The call's media session closed (its streams too), after its final counters: a
+        relay of one call drops what it holds of the call: ``on_lost``, a bound method of the
+        call, and the closed streams, whose sides and directions still hold the call's
+        handlers (the session holds the relay: kept, either is a cycle, and with media
+        workers every call was cyclic garbage). The in-process relay serves every call and
+        holds none of them."""
         ...
 
 

@@ -1052,9 +1052,13 @@ class CallRelay:
                 )
 
     def session_closed(self) -> None:
-        """The call's media session closed: ``on_lost`` (the call's) is dropped, as the
-        session holds this relay (:meth:`gateway.core.media.relay_api.Relay.session_closed`)."""
+        """The call's media session closed (:meth:`gateway.core.media.relay_api.Relay.
+        session_closed`), after its final counters: ``on_lost`` (the call's) and the streams
+        are dropped. The session holds this relay, and a closed stream's sides and directions
+        still hold what the call hung on them (a DTLS datagram handler over the session, a
+        quality observer): kept, either would be a cycle through the session and the call."""
         self._on_lost = None
+        self._streams = []
 
     def _lost(self, reason: str) -> None:
         if not self._told:
