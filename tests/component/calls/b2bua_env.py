@@ -114,7 +114,7 @@ def gateway_config(
     )
 
 
-async def start_b2bua(
+async def build_b2bua(
     nursery: trio.Nursery,
     tmp_path: Path,
     seed: int,
@@ -123,9 +123,6 @@ async def start_b2bua(
     duplicate: float = 0.0,
     reorder: float = 0.0,
     delay: float | tuple[float, float] = 0.01,
-    alice_auto: AutoAnswer | None = RING_AND_ANSWER,
-    alice_media_port: int = 30000,
-    trunk_media_port: int = 40000,
     plugins: Sequence[tuple[str, object]] = (),
     inactivity_timeout: float = 3600,
     hold_timeout: float = 3600,
@@ -144,7 +141,10 @@ async def start_b2bua(
     dns: Mapping[str, Any] | None = None,
     dns_resolver: Resolver | None = None,
     store_table: Mapping[str, Any] | None = None,
-) -> B2bua:
+) -> tuple[MemoryNetwork, Gateway]:
+    """alice's and bob's accounts in the store, the in-memory network serving, and the gateway
+    made but not started: for a test that starts it itself (:func:`start_b2bua` does, and
+    registers alice)."""
     state = tmp_path / "state"
     store = SqliteStore.open(state)
     if store.get_account("alice") is None:  # else a gateway restarted on its state directory
@@ -179,6 +179,22 @@ async def start_b2bua(
         dns_resolver=dns_resolver,
         dns_rng=random.Random(seed),
     )
+    return network, gateway
+
+
+async def start_b2bua(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    seed: int,
+    *,
+    alice_auto: AutoAnswer | None = RING_AND_ANSWER,
+    alice_media_port: int = 30000,
+    trunk_media_port: int = 40000,
+    **options: Any,
+) -> B2bua:
+    """The gateway of :func:`build_b2bua` (``options``: its keywords) started, with alice's
+    phone registered and the carrier trunk's agent serving."""
+    network, gateway = await build_b2bua(nursery, tmp_path, seed, **options)
     await nursery.start(gateway.serve)
     alice = SipAgent(
         network,

@@ -8,7 +8,6 @@ endpoint gets to take them, as if it had been busy for that long.
 from __future__ import annotations
 
 import logging
-import random
 from pathlib import Path
 
 import pytest
@@ -20,20 +19,16 @@ from gateway.core.gateway import Gateway
 from gateway.core.ids import SeededIds
 from gateway.core.sip.message import Request, Response
 from gateway.core.sip.parser import parse_message_untrusted
-from gateway.core.store.sqlite import SqliteStore
 from gateway.core.transport.flows import Flow, FlowKey
 from gateway.testing.fake_dns import FakeResolver
-from gateway.testing.memory_transport import memory_plugins
-from gateway.testing.network import MemoryNetwork
 from gateway.testing.sip_agent import SipAgent
 from tests.component.calls.b2bua_env import (
     ALICE,
     ALICE_PASSWORD,
     GW,
-    REALM,
     TRUNK,
+    build_b2bua,
     eventually,
-    gateway_config,
     start_b2bua,
 )
 
@@ -283,20 +278,13 @@ async def test_requests_that_came_while_the_gateway_started_are_served_not_refus
     for the start, not behind a backlog: it is served, and once serving the limit holds again.
     Found by ``benchmarks/soak.py --media-workers 2``: its phones' first REGISTERs got 503
     "overloaded" and a WARNING said the gateway was overloaded as it started."""
-    state = tmp_path / "state"
-    store = SqliteStore.open(state)
-    store.accounts_add("alice", ALICE_PASSWORD, REALM)
-    store.close()
-    network = MemoryNetwork(voipgw_seed, delay=0.01)
-    await nursery.start(network.serve)
-    config = gateway_config(state, carrier={"address": "udp:sip.carrier.example:5060"})
     resolver = FakeResolver(hosts={"sip.carrier.example": [TRUNK[0]]}, delay=2.0)
-    gateway = Gateway(
-        config,
-        memory_plugins(config, network),
-        ids=SeededIds(voipgw_seed),
+    network, gateway = await build_b2bua(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        carrier={"address": "udp:sip.carrier.example:5060"},
         dns_resolver=resolver,
-        dns_rng=random.Random(voipgw_seed),
     )
     alice = SipAgent(
         network,
