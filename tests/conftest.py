@@ -14,8 +14,10 @@ random examples for a campaign (docs/testing.md).
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from typing import NoReturn
 
@@ -82,6 +84,24 @@ def missing(message: str) -> NoReturn:
     if os.environ.get("VOIPGW_REQUIRE_PEERS") == "1":
         pytest.fail(message + "; VOIPGW_REQUIRE_PEERS=1 requires every peer")
     pytest.skip(message)
+
+
+@pytest.fixture
+def no_collector() -> Iterator[None]:
+    """Only reference counting frees anything while the test runs."""
+    # pytest keeps the last failure's traceback (sys.last_value, for post-mortem debugging)
+    # until the next test runs: an earlier test's failure must not become this one's garbage.
+    for name in ("last_type", "last_value", "last_traceback", "last_exc"):
+        if hasattr(sys, name):
+            delattr(sys, name)
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @pytest.fixture

@@ -30,13 +30,12 @@ from tests.component.calls.call_shapes import (
     SHAPES,
     alive,
     cyclic_garbage,
-    no_collector,  # noqa: F401 (a fixture: pytestmark)
     record_made,
     start_shapes_b2bua,
 )
 from tests.port_blocks import ModuleBlock
 
-# Only reference counting frees anything while a test runs.
+# Only reference counting frees anything while a test runs (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("no_collector")
 MEDIA_PORTS = ModuleBlock(100)  # this process's own ports (tests/port_blocks.py)
 REAL_TIME = ("ring-timeout", "dtls-srtp")

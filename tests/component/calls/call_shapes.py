@@ -4,18 +4,17 @@ tests/integration/test_gateway_workers_call_freed.py (two media workers).
 
 Each shape drives one kind of call (or a request outside a call) through a gateway started by
 :func:`start_shapes_b2bua`; :func:`record_made` keeps a weak reference to every instance of the
-classes asked for; :func:`no_collector` leaves only reference counting to free anything; and
-:func:`cyclic_garbage` names the gateway's and trio's types the collector then finds
-unreachable.
+classes asked for; with the ``no_collector`` fixture (tests/conftest.py) only reference
+counting frees anything; and :func:`cyclic_garbage` names the gateway's and trio's types the
+collector then finds unreachable.
 """
 
 from __future__ import annotations
 
 import base64
 import gc
-import sys
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,24 +58,6 @@ def record_made(monkeypatch: pytest.MonkeyPatch, classes: tuple[type, ...]) -> M
 
         monkeypatch.setattr(cls, "__init__", recording)
     return refs
-
-
-@pytest.fixture
-def no_collector() -> Iterator[None]:
-    """Only reference counting frees anything while the test runs."""
-    # pytest keeps the last failure's traceback (sys.last_value, for post-mortem debugging)
-    # until the next test runs: an earlier test's failure must not become this one's garbage.
-    for name in ("last_type", "last_value", "last_traceback", "last_exc"):
-        if hasattr(sys, name):
-            delattr(sys, name)
-    enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def alive(refs: Made) -> list[str]:

@@ -41,13 +41,12 @@ from tests.component.calls.call_shapes import (
     Made,
     cyclic_garbage,
     ended,
-    no_collector,  # noqa: F401 (a fixture: pytestmark)
     record_made,
     start_shapes_b2bua,
 )
 from tests.port_blocks import port_bases
 
-# Only reference counting frees anything while a test runs.
+# Only reference counting frees anything while a test runs (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("no_collector")
 TRACKED = (Call, MediaSession, Transfer)
 DIGITS_FROM, DIGITS_TO = port_bases(2)  # real ports the relay sends to (tests/port_blocks.py)

@@ -12,11 +12,8 @@ tests/integration/test_gateway_workers_call_freed.py runs whole calls against re
 
 from __future__ import annotations
 
-import gc
 import weakref
-from collections.abc import Callable, Iterator
-
-import pytest
+from collections.abc import Callable
 
 from gateway.core.config import PortRange
 from gateway.core.media.remote_relay import CallRelay, WorkerPool
@@ -30,18 +27,6 @@ class _Channel:
 
     def send(self, message: Message) -> bool:
         return True
-
-
-@pytest.fixture
-def no_collector() -> Iterator[None]:
-    enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _call_relay(port_lease: PortLease) -> CallRelay:
