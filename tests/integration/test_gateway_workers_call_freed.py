@@ -8,7 +8,10 @@ on the in-memory SIP network: what the SIP process keeps of a worker's streams (
 A 25-minute soak with two workers found every call cyclic garbage (docs/benchmarks.md "Soak"):
 the SIP process's heap grew to a million blocks between full collections, and each full
 collection (300-590 ms) held the event loop long enough that the requests behind it were
-refused as overload, every 71 s at 80 calls/s.
+refused as overload, every 71 s at 80 calls/s. The recorded call (the worker sends the SIP
+process a copy of every packet it relays, for the recorder's sink there) was cyclic garbage in
+process and with workers alike: the sink held the call (its recording indication), the call its
+taps, the taps the sink.
 
 Left out: the ring timeout (30 s of real time) and the DTLS-SRTP caller (its handshake travels
 the in-memory network, which a worker's real sockets do not reach).

@@ -1649,9 +1649,14 @@ class MediaStream:
         """Drop the references back to this stream (its sockets' endpoints, the sides' and
         controls' change callbacks). They make reference cycles, which only the cyclic
         garbage collector frees: ~40 objects and four sockets per call, walked by every
-        collection until then. A closed stream ignores changes either way."""
+        collection until then. A closed stream ignores changes either way.
+
+        Its sockets' taps too: a tap removed just before the close (CallTaps.close, at the
+        call's end) is still in the endpoints, whose rebuild never came, and a tap is a
+        closure over the call's taps, which hold the media session, which holds this."""
         for ep in self._all_endpoints():
             ep.stream = None
+            ep.taps = ()
         for part in (self.a, self.b, self.a_to_b, self.b_to_a):
             part._on_change = _ignore_change
 

@@ -92,6 +92,7 @@ class CallTaps:
         self._tapped: dict[int, _Tapped] = {}
         self._untapped: set[int] = set()
         self._closed = False
+        self._names_at_close: tuple[str, ...] = ()
         self._fax_logged = False
         self._paused = False
         self._pauses: list[dict[str, object]] = []  # the last MAX_PAUSES_KEPT, for the record
@@ -106,6 +107,8 @@ class CallTaps:
     @property
     def names(self) -> tuple[str, ...]:
         """The taps that may be named (in the record, in logs): covert ones are left out."""
+        if self._closed:
+            return self._names_at_close
         return tuple(name for name, sink in self._sinks if not getattr(sink, "covert", False))
 
     @property
@@ -306,6 +309,7 @@ class CallTaps:
         """The call ended: take the taps off its streams and close every sink."""
         if self._closed:
             return
+        self._names_at_close = self.names
         self._closed = True
         for tapped in self._tapped.values():
             stream = tapped.stream
@@ -320,6 +324,10 @@ class CallTaps:
         self._sip_sinks.clear()
         for name, sink in self._sinks:
             _close(self._call_id, name, sink)
+        # A sink may hold the call (its TappedCall's indicate_recording is the call's bound
+        # method), and the call holds this: let go of them, so that the call is freed by
+        # reference counting once the sinks' tasks have written what they had queued.
+        self._sinks.clear()
 
     def _tell_changes(self, session: MediaSession) -> None:
         media = tapped_media(session.last_sent("a"))

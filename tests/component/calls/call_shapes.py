@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import gc
+import socket
 import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -23,7 +24,9 @@ import trio
 
 import gateway.plugins.keyexchange.dtls_srtp as dtls_plugin
 import gateway.plugins.keyexchange.sdes as sdes_plugin
+import gateway.plugins.taps.recorder as recorder_plugin
 from gateway.core.ids import SeededIds
+from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.testing.sip_agent import AutoAnswer, Received, SipAgent, simple_sdp
 from tests.component.calls.b2bua_env import (
     ALICE_DID,
@@ -34,6 +37,7 @@ from tests.component.calls.b2bua_env import (
     start_b2bua,
 )
 from tests.component.calls.dtls_callers import dtls_caller
+from tests.component.calls.recorder_calls import rtp
 from tests.component.calls.sips_phones import BOB, TLS_TRUNK, tls_phone
 from tests.component.calls.transfer_calls import BOB_URI, bob_phone, refer
 
@@ -41,6 +45,8 @@ BACKUP = ("127.0.0.5", 5060)
 NUMBER = "+15551234"
 SECURE_NUMBER = "+25551234"  # only the TLS trunk serves +2
 SUITE = "AES_CM_128_HMAC_SHA1_80"
+RECORDED_TRUNK = ("127.0.0.7", 5060)
+RECORDED_NUMBER = "+35551234"  # only the recorded trunk serves +3
 
 
 Made = list[tuple[str, weakref.ref[object]]]
@@ -223,6 +229,57 @@ async def dtls_srtp(env: B2bua, nursery: trio.Nursery, seed: int) -> None:
     assert (await caller.call.bye()).status == 200
 
 
+async def _bound() -> trio.socket.SocketType:
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+async def _relayed(
+    sock: trio.socket.SocketType, to: tuple[str, int], peer: trio.socket.SocketType, seq: int
+) -> None:
+    """One PCMU packet from ``sock`` to the gateway's port ``to`` arrives at ``peer``."""
+    packet = rtp(seq, 0x55, 0x3333 + sock.getsockname()[1])
+    with trio.fail_after(10):
+        while True:  # the first packets of a stream may come before its far end is latched
+            await sock.sendto(packet, to)
+            with trio.move_on_after(0.2):
+                if await peer.recv(2048) == packet:
+                    return
+
+
+async def recorded(env: B2bua, nursery: trio.Nursery, seed: int) -> None:
+    """alice calls the trunk the recorder records (start_shapes_b2bua): RTP each way through
+    the relay, whose taps hand a copy of every packet to the recording."""
+    with await _bound() as phone, await _bound() as far_end:
+        trunk = SipAgent(
+            env.network, RECORDED_TRUNK, ids=SeededIds(seed + 9), user="recorded", auto=None
+        )
+        await nursery.start(trunk.serve)
+        call = await env.alice.invite(
+            f"sip:{RECORDED_NUMBER}@127.0.0.1:5060",
+            sdp=simple_sdp("127.0.0.1", phone.getsockname()[1]),
+        )
+        assert (await call.final()).status == 407
+        await call.authenticate()
+        rung = await trunk.next_call()
+        await rung.answer(200, sdp=simple_sdp("127.0.0.1", far_end.getsockname()[1]))
+        final = await call.final()
+        assert final.status == 200
+        to_trunk = ("127.0.0.1", parse_sdp_untrusted(final.body).media[0].port)
+        to_phone = ("127.0.0.1", parse_sdp_untrusted(rung.invite.body).media[0].port)
+        assert env.gateway.calls is not None
+        (gateway_call,) = env.gateway.calls.calls
+        assert gateway_call.security_record()["taps"]["names"] == ["recorder"]
+        del gateway_call
+        for seq in range(3):
+            await _relayed(phone, to_trunk, far_end, seq)
+            await _relayed(far_end, to_phone, phone, seq)
+        assert (await call.bye()).status == 200
+    directory = Path(env.gateway.config.plugin_tables["recorder"]["directory"])
+    await eventually(lambda: len(list(directory.glob("*/*.wav"))) == 2)
+
+
 SHAPES: dict[str, Callable[[B2bua, trio.Nursery, int], Awaitable[None]]] = {
     "answered": plain,
     "refused-486": refused,
@@ -234,6 +291,7 @@ SHAPES: dict[str, Callable[[B2bua, trio.Nursery, int], Awaitable[None]]] = {
     "blind-transfer": blind_transfer,
     "sdes-both-legs": sdes_both_legs,
     "dtls-srtp": dtls_srtp,
+    "recorded": recorded,
 }
 
 
@@ -253,7 +311,15 @@ async def start_shapes_b2bua(
         seed,
         sip={"ring_timeout": 30, "listen": ["udp:127.0.0.1:5060", "tls:127.0.0.1:5061"]},
         tls_stand_in=True,
-        plugins=[("sdes", sdes_plugin), ("dtls", dtls_plugin)],
+        plugins=[("sdes", sdes_plugin), ("dtls", dtls_plugin), ("recorder", recorder_plugin)],
+        plugin_tables={
+            "enable": ["recorder"],
+            "recorder": {
+                "directory": str(tmp_path / "rec"),
+                "min_free_mb": 0,  # whatever the test machine's free disk
+                "trunks": ["recorded"],
+            },
+        },
         extra_trunks=[
             {
                 "name": "backup",
@@ -262,6 +328,11 @@ async def start_shapes_b2bua(
                 "allowed_sources": [],
             },
             {"name": "secure-carrier", "address": "tls:127.0.0.6:5061", "prefixes": ["+2"]},
+            {
+                "name": "recorded",
+                "address": f"udp:{RECORDED_TRUNK[0]}:{RECORDED_TRUNK[1]}",
+                "prefixes": ["+3"],
+            },
         ],
         **options,
     )

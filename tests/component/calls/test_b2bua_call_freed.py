@@ -8,8 +8,8 @@ off while the call runs and ends, so only reference counting can free it.
 
 Each call shape operators run in volume, or that makes objects of its own (a refusal, a CANCEL,
 the ring timeout, a digest challenge, a hold and resume, a failover, a blind transfer, SDES-SRTP
-on both legs re-keyed and switched to RTP and back, a DTLS-SRTP caller, a call whose child
-task failed), is run
+on both legs re-keyed and switched to RTP and back, a DTLS-SRTP caller, a recorded call whose
+RTP each way went through the relay's taps, a call whose child task failed), is run
 with every Call, MediaSession and Transfer the gateway makes recorded (a weak reference each);
 once the call has ended they must all be dead. A REGISTER (refreshed, then left to expire) and an
 OPTIONS make no call. For every shape the collector, run once everything has ended and its
