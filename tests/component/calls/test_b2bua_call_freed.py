@@ -9,7 +9,8 @@ off while the call runs and ends, so only reference counting can free it.
 Each call shape operators run in volume, or that makes objects of its own (a refusal, a CANCEL,
 the ring timeout, a digest challenge, a hold and resume, a failover, a blind transfer, SDES-SRTP
 on both legs re-keyed and switched to RTP and back, a DTLS-SRTP caller, a recorded call whose
-RTP each way went through the relay's taps, a call whose child task failed), is run
+RTP each way went through the relay's taps, an intercepted call, a call whose child task
+failed), is run
 with every Call, MediaSession and Transfer the gateway makes recorded (a weak reference each);
 once the call has ended they must all be dead. A REGISTER (refreshed, then left to expire) and an
 OPTIONS make no call. For every shape the collector, run once everything has ended and its
@@ -34,6 +35,7 @@ from gateway.testing.sip_agent import AutoAnswer, simple_sdp
 from tests.component.calls.b2bua_env import (
     ALICE_DID,
     B2bua,
+    eventually,
 )
 from tests.component.calls.call_shapes import (
     NO_CALL,
@@ -44,6 +46,13 @@ from tests.component.calls.call_shapes import (
     record_made,
     start_shapes_b2bua,
 )
+from tests.component.calls.intercept_calls import (
+    activate,
+    answered_with_media,
+    intercept_env,
+    pki,  # noqa: F401 (the fixture)
+)
+from tests.interop.harness.pki import Issued, TestCa
 from tests.port_blocks import port_bases
 
 # Only reference counting frees anything while a test runs (tests/conftest.py).
@@ -119,6 +128,31 @@ async def test_a_call_whose_child_failed_is_freed_by_reference_counting(
     assert env.gateway.store is not None
     (record,) = env.gateway.store.call_records_recent()
     assert record.end_reason == "internal error: RuntimeError"  # the child's failure ended it
+    await trio.sleep(40)  # its transactions are gone too (64*T1, RFC 3261 §17)
+    assert cyclic_garbage() == []
+
+
+async def test_an_intercepted_call_is_freed_by_reference_counting(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    made: Made,
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
+) -> None:
+    """Lawful interception's sink is made at the call's start, not at its answer as a
+    recording's, and queues X2 and X3 PDUs to the mediation function's link, which outlives
+    the call."""
+    env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
+    await env.provision(activate(f"<e164Number>{ALICE_DID[1:]}</e164Number>"))
+    await trio.sleep(40)  # the start's transactions are gone
+    cyclic_garbage()  # nothing from before the call counts
+    call, talk = await answered_with_media(env)
+    with talk.caller, talk.callee:
+        await talk.packets(0)
+        assert (await call.bye()).status == 200
+    await eventually(lambda: len(env.x3()) == 20)  # the tap had each packet
+    await ended(env.b2bua, made)
     await trio.sleep(40)  # its transactions are gone too (64*T1, RFC 3261 §17)
     assert cyclic_garbage() == []
 
