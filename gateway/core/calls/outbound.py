@@ -159,6 +159,11 @@ class OutboundSession:
             return
         self._closed = True
         self._owner._forget(self)
+        # A closed session takes no more requests. Its handlers are its owner's bound methods
+        # (a SIPREC sink's), and the owner holds the session: let go of them, so that the
+        # owner, and the call its TappedCall names, are freed by reference counting.
+        self.on_request = None
+        self.on_ack_answer = None
         if self.ended.is_set():
             return
         self.ended.set()

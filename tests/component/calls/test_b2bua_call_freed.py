@@ -9,8 +9,8 @@ off while the call runs and ends, so only reference counting can free it.
 Each call shape operators run in volume, or that makes objects of its own (a refusal, a CANCEL,
 the ring timeout, a digest challenge, a hold and resume, a failover, a blind transfer, SDES-SRTP
 on both legs re-keyed and switched to RTP and back, a DTLS-SRTP caller, a recorded call whose
-RTP each way went through the relay's taps, an intercepted call, a call whose child task
-failed), is run
+RTP each way went through the relay's taps, an intercepted call, a call recorded by SIPREC, a
+call whose child task failed), is run
 with every Call, MediaSession and Transfer the gateway makes recorded (a weak reference each);
 once the call has ended they must all be dead. A REGISTER (refreshed, then left to expire) and an
 OPTIONS make no call. For every shape the collector, run once everything has ended and its
@@ -46,12 +46,22 @@ from tests.component.calls.call_shapes import (
     record_made,
     start_shapes_b2bua,
 )
+from tests.component.calls.dtls_phone import bind
 from tests.component.calls.intercept_calls import (
     activate,
     answered_with_media,
     intercept_env,
     pki,  # noqa: F401 (the fixture)
 )
+from tests.component.calls.siprec_calls import (
+    CALLEE_PORT,
+    CALLER_PORT,
+    SRS_PORT,
+    rtp,
+    siprec_env,
+    srs_answer,
+)
+from tests.component.calls.siprec_calls import answered_call as siprec_answered_call
 from tests.interop.harness.pki import Issued, TestCa
 from tests.port_blocks import port_bases
 
@@ -153,6 +163,40 @@ async def test_an_intercepted_call_is_freed_by_reference_counting(
         assert (await call.bye()).status == 200
     await eventually(lambda: len(env.x3()) == 20)  # the tap had each packet
     await ended(env.b2bua, made)
+    await trio.sleep(40)  # its transactions are gone too (64*T1, RFC 3261 §17)
+    assert cyclic_garbage() == []
+
+
+async def test_a_siprec_recorded_call_is_freed_by_reference_counting(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    made: Made,
+) -> None:
+    """A SIPREC recording is a SIP session of the gateway's own to the SRS (RFC 7866), with
+    its own streams from the relay: it ends with the call (a BYE), and nothing of it or of
+    the call may be left in a cycle."""
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed)
+    await trio.sleep(40)  # the start's transactions are gone
+    cyclic_garbage()  # nothing from before the call counts
+    call, to_caller_side, to_callee_side = await siprec_answered_call(env)
+    recording = await srs.next_call()
+    await recording.answer(200, sdp=srs_answer())
+    with (
+        await bind(CALLER_PORT) as caller,
+        await bind(CALLEE_PORT) as callee,
+        await bind(SRS_PORT) as srs_caller,
+    ):
+        for seq in range(10):
+            await caller.sendto(rtp(seq, 0x11, 0x1111), to_caller_side)
+            await callee.sendto(rtp(seq, 0x22, 0x2222), to_callee_side)
+            await trio.sleep(0.02)
+        with trio.fail_after(2):  # the caller's audio reached the SRS
+            assert await srs_caller.recv(2048) == rtp(0, 0x11, 0x1111)
+    await call.bye()  # type: ignore[attr-defined]
+    await srs.next_request("BYE", timeout=10)
+    await ended(env, made)
     await trio.sleep(40)  # its transactions are gone too (64*T1, RFC 3261 §17)
     assert cyclic_garbage() == []
 
