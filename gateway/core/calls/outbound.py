@@ -159,11 +159,7 @@ class OutboundSession:
             return
         self._closed = True
         self._owner._forget(self)
-        # A closed session takes no more requests. Its handlers are its owner's bound methods
-        # (a SIPREC sink's), and the owner holds the session: let go of them, so that the
-        # owner, and the call its TappedCall names, are freed by reference counting.
-        self.on_request = None
-        self.on_ack_answer = None
+        self._drop_handlers()
         if self.ended.is_set():
             return
         self.ended.set()
@@ -437,6 +433,15 @@ class OutboundSession:
         self._dialog.terminate()
         self.ended.set()
         self._owner._forget(self)
+        self._drop_handlers()
+
+    def _drop_handlers(self) -> None:
+        """A session that ended (closed by us, or by the far end's BYE) takes no more
+        requests. Its handlers are its plugin's bound methods (a SIPREC sink's), and the
+        plugin holds the session: let go of them, so that the plugin, and the call its
+        TappedCall names, are freed by reference counting."""
+        self.on_request = None
+        self.on_ack_answer = None
 
 
 MAX_RETRY_AFTER_DIGITS = 10

@@ -167,22 +167,26 @@ async def test_an_intercepted_call_is_freed_by_reference_counting(
     assert cyclic_garbage() == []
 
 
+@pytest.mark.parametrize("srs_hangs_up", [False, True], ids=["call-ends", "srs-hangs-up"])
 async def test_a_siprec_recorded_call_is_freed_by_reference_counting(
     nursery: trio.Nursery,
     tmp_path: Path,
     autojump_clock: trio.abc.Clock,
     voipgw_seed: int,
     made: Made,
+    srs_hangs_up: bool,
 ) -> None:
     """A SIPREC recording is a SIP session of the gateway's own to the SRS (RFC 7866), with
-    its own streams from the relay: it ends with the call (a BYE), and nothing of it or of
-    the call may be left in a cycle."""
+    its own streams from the relay. It ends with the call (our BYE), or before it (the SRS's
+    BYE, the call going on unrecorded); either way nothing of it or of the call may be left
+    in a cycle."""
     env, srs = await siprec_env(nursery, tmp_path, voipgw_seed)
     await trio.sleep(40)  # the start's transactions are gone
     cyclic_garbage()  # nothing from before the call counts
     call, to_caller_side, to_callee_side = await siprec_answered_call(env)
     recording = await srs.next_call()
     await recording.answer(200, sdp=srs_answer())
+    await srs.next_request("ACK", timeout=5)
     with (
         await bind(CALLER_PORT) as caller,
         await bind(CALLEE_PORT) as callee,
@@ -194,8 +198,13 @@ async def test_a_siprec_recorded_call_is_freed_by_reference_counting(
             await trio.sleep(0.02)
         with trio.fail_after(2):  # the caller's audio reached the SRS
             assert await srs_caller.recv(2048) == rtp(0, 0x11, 0x1111)
+    if srs_hangs_up:
+        assert (await recording.bye()).status == 200
+        await trio.sleep(1)  # the call goes on
+        assert env.calls == 1
     await call.bye()  # type: ignore[attr-defined]
-    await srs.next_request("BYE", timeout=10)
+    if not srs_hangs_up:
+        await srs.next_request("BYE", timeout=10)
     await ended(env, made)
     await trio.sleep(40)  # its transactions are gone too (64*T1, RFC 3261 §17)
     assert cyclic_garbage() == []
