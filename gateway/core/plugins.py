@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -65,6 +66,13 @@ class PluginHookError(PluginError):
         self.hook = hook
         who = f"plugin {plugin!r}" if plugin is not None else "a plugin"
         super().__init__(f"{who} raised {type(exc).__name__} in {hook}", plugin=plugin)
+        # pluggy's hook call keeps the plugin's exception in a local of its frame, which the
+        # exception's traceback holds: a reference cycle through every frame the exception
+        # left, the caller's among them (a call's setup: the whole call), that only the
+        # cyclic collector frees. Those frames have returned; their locals go, the traceback
+        # (code and line numbers, all the log renders) stays. The frame raising this one is
+        # still running and is left as it is.
+        traceback.clear_frames(exc.__traceback__)
 
 
 class PluginConfigError(ConfigError, PluginError):

@@ -10,7 +10,7 @@ Each call shape operators run in volume, or that makes objects of its own (a ref
 the ring timeout, a digest challenge, a hold and resume, a failover, a blind transfer, SDES-SRTP
 on both legs re-keyed and switched to RTP and back, a DTLS-SRTP caller, a recorded call whose
 RTP each way went through the relay's taps, an intercepted call, a call recorded by SIPREC, a
-call whose child task failed), is run
+call whose child task failed, a call a plugin's hook failed), is run
 with every Call, MediaSession and Transfer the gateway makes recorded (a weak reference each);
 once the call has ended they must all be dead. A REGISTER (refreshed, then left to expire) and an
 OPTIONS make no call. For every shape the collector, run once everything has ended and its
@@ -30,12 +30,16 @@ import trio
 
 from gateway.core.calls.call import Call
 from gateway.core.calls.transfer import Transfer
+from gateway.core.hookspecs import hookimpl
+from gateway.core.interfaces import Caller, Directory, RouteDecision
 from gateway.core.media.session import MediaSession
+from gateway.core.sip.message import Request
 from gateway.testing.sip_agent import AutoAnswer, simple_sdp
 from tests.component.calls.b2bua_env import (
     ALICE_DID,
     B2bua,
     eventually,
+    start_b2bua,
 )
 from tests.component.calls.call_shapes import (
     NO_CALL,
@@ -205,6 +209,36 @@ async def test_a_siprec_recorded_call_is_freed_by_reference_counting(
     await call.bye()  # type: ignore[attr-defined]
     if not srs_hangs_up:
         await srs.next_request("BYE", timeout=10)
+    await ended(env, made)
+    await trio.sleep(40)  # its transactions are gone too (64*T1, RFC 3261 §17)
+    assert cyclic_garbage() == []
+
+
+class FailingRouter:
+    @hookimpl
+    def gateway_route_call(
+        self, request: Request, caller: Caller, directory: Directory
+    ) -> RouteDecision | None:
+        raise RuntimeError("router bug")
+
+
+async def test_a_call_a_plugins_hook_failed_is_freed_by_reference_counting(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    made: Made,
+) -> None:
+    """A plugin's exception ends its call (PluginHookError). pluggy keeps the exception in a
+    local of its hook call's frame, which the exception's traceback holds: with the call's
+    setup among those frames, a buggy plugin made every call it failed cyclic garbage."""
+    env = await start_b2bua(
+        nursery, tmp_path, voipgw_seed, plugins=[("failing-router", FailingRouter())]
+    )
+    await trio.sleep(40)  # the start's transactions are gone
+    cyclic_garbage()  # nothing from before the call counts
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    assert (await call.final()).status == 500
     await ended(env, made)
     await trio.sleep(40)  # its transactions are gone too (64*T1, RFC 3261 §17)
     assert cyclic_garbage() == []
