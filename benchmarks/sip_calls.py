@@ -165,17 +165,27 @@ def voipgw_config(
     media_ports: str,
     gc_thresholds: str | None,
     media_workers: int = 1,
+    recordings: Path | None = None,
 ) -> str:
     """voipgw's configuration (benchmarks/gateway_config.py): UDP only, the trunk ``carrier``
     served by the voipgw system's UAS; ``gc_thresholds`` ("G0,G1,G2") replaces the shipped
-    collector thresholds; ``media_workers`` is ``[media] workers``."""
+    collector thresholds; ``media_workers`` is ``[media] workers``; ``recordings``: the
+    ``recorder`` tap records every call into that directory (the calls carry no RTP, so no
+    file is written: what a recorded call costs the SIP side)."""
     gc_line = f"gc_thresholds = [{gc_thresholds}]\n" if gc_thresholds else ""
+    plugins = ""
+    if recordings is not None:
+        plugins = (
+            '[plugins]\nenable = ["udp", "tcp", "tls", "sdes", "dtls", "recorder"]\n\n'
+            f'[plugins.recorder]\nall_calls = true\ndirectory = "{recordings}"\n\n'
+        )
     return gateway_config(
         state_dir,
         listen=[f"udp:{LOOPBACK}:{sip.b2bua}"],
         media_ports=media_ports,
         carrier_port=sip.of("voipgw").uas,
         gateway_lines=gc_line,
+        sections=plugins,
         media_lines=f"workers = {media_workers}\n",
     )
 
@@ -436,7 +446,14 @@ class System:
         config = self.workdir / "voipgw.toml"
         require_free(self.sip.b2bua, self.sip.of("voipgw").phone)
         config.write_text(
-            voipgw_config(state, self.sip, args.media_ports, args.gateway_gc, args.media_workers)
+            voipgw_config(
+                state,
+                self.sip,
+                args.media_ports,
+                args.gateway_gc,
+                args.media_workers,
+                recordings=self.workdir / "recordings" if args.record else None,
+            )
         )
         command = [sys.executable, "-m", "gateway"]
         subprocess.run(
@@ -1014,6 +1031,12 @@ def main() -> None:
         "workers' load is printed beside them",
     )
     parser.add_argument(
+        "--record",
+        action="store_true",
+        help="run voipgw with the recorder tap recording every call ([plugins.recorder] "
+        "all_calls = true; no RTP flows, so no file is written): what recording costs a call",
+    )
+    parser.add_argument(
         "--gc-stats",
         action="store_true",
         help="time voipgw's garbage collections and print their share and longest pause per step",
@@ -1038,7 +1061,9 @@ def main() -> None:
     print(
         f"UDP on {LOOPBACK}, INVITE-100-200-ACK-BYE-200 held {args.hold_ms} ms, "
         f"{args.step_seconds:g} s per step, rates {' '.join(f'{r:g}' for r in args.rates)} "
-        f"calls/s" + (f", voipgw GC {args.gateway_gc}" if args.gateway_gc else ""),
+        f"calls/s"
+        + (f", voipgw GC {args.gateway_gc}" if args.gateway_gc else "")
+        + (", every call recorded" if args.record else ""),
         flush=True,
     )
     steps = run(args)
