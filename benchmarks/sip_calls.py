@@ -399,13 +399,25 @@ def sipp_command(
 
 
 def register_phone(
-    sipp: list[str], *, target: str, account: str, password: str, rundir: Path
+    sipp: list[str],
+    *,
+    target: str,
+    account: str,
+    password: str,
+    rundir: Path,
+    expires: int = 3600,
 ) -> None:
     """One REGISTER of ``account`` to ``target`` with digest authentication: ``sipp``, a command
     line for register.xml and one call, from the port the phone's UAS answers on afterwards (the
-    gateway reaches a registered contact over the flow its REGISTER came from). Also soak.py's."""
+    gateway reaches a registered contact over the flow its REGISTER came from), for ``expires``
+    seconds: the UAS holds the port, so nothing refreshes the binding. Also soak.py's."""
     register = subprocess.run(
-        [*sipp, target, "-s", account, "-au", account, "-ap", password],
+        [
+            *sipp,
+            target,
+            *("-s", account, "-au", account, "-ap", password),
+            *("-key", "expires", str(expires)),
+        ],
         cwd=rundir,
         capture_output=True,
         timeout=30,

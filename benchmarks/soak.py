@@ -121,6 +121,11 @@ MIX = (
     Kind("sdes", 0.20, "soak_uac_srtp.xml", "srtp", "srtp", tls=True),
     Kind("timeout", 0.04, "soak_uac_timeout.xml", "ring", "ring"),
 )
+# The callees' phones REGISTER once, before their UASes bind the port the binding names, and
+# nothing refreshes them: for the registrar's longest expiry (gateway/core/registrar.py
+# Registrar max_expires), which bounds how long a soak can run. (Expires 3600, as sip_calls.py
+# registers, lost every callee an hour into the first 90-minute soak: every call to them 480.)
+CALLEE_EXPIRES = 7200
 # Callees: UAS name -> (scenario, account registered from its port, or None for the trunk).
 UAS = {
     "ans": ("uas_answer.xml", "ans"),
@@ -391,6 +396,7 @@ class Soak:
                     account=account,
                     password=PASSWORD,
                     rundir=rundir,
+                    expires=CALLEE_EXPIRES,
                 )
             self.processes.append(
                 self.spawn(
@@ -995,6 +1001,13 @@ def main() -> None:
         "and a worker restart (each ends its calls) is flagged",
     )
     args = parser.parse_args()
+    # Set-up (up to a minute with --tracemalloc), the idle drain, the load, the drain after it.
+    longest = (CALLEE_EXPIRES - 120 - 2 * args.drain_seconds) / 60
+    if args.minutes > longest:
+        parser.error(
+            f"--minutes: at most {longest:g} with --drain-seconds {args.drain_seconds:g}: the "
+            f"callees' phones register once, for {CALLEE_EXPIRES} s (the registrar's longest)"
+        )
     print(f"soak: {versions()}", flush=True)
     mix = ", ".join(f"{k.name} {100 * k.share:.0f} %" for k in MIX)
     print(
