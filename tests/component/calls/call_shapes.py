@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import gc
-import socket
 import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -37,6 +36,7 @@ from tests.component.calls.b2bua_env import (
     start_b2bua,
 )
 from tests.component.calls.dtls_callers import dtls_caller
+from tests.component.calls.dtls_phone import bind
 from tests.component.calls.recorder_calls import rtp
 from tests.component.calls.sips_phones import BOB, TLS_TRUNK, tls_phone
 from tests.component.calls.transfer_calls import BOB_URI, bob_phone, refer
@@ -232,12 +232,6 @@ async def dtls_srtp(env: B2bua, nursery: trio.Nursery, seed: int) -> None:
     assert (await caller.call.bye()).status == 200
 
 
-async def _bound() -> trio.socket.SocketType:
-    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    await sock.bind(("127.0.0.1", 0))
-    return sock
-
-
 async def _relayed(
     sock: trio.socket.SocketType, to: tuple[str, int], peer: trio.socket.SocketType, seq: int
 ) -> None:
@@ -254,7 +248,7 @@ async def _relayed(
 async def recorded(env: B2bua, nursery: trio.Nursery, seed: int) -> None:
     """alice calls the trunk the recorder records (start_shapes_b2bua): RTP each way through
     the relay, whose taps hand a copy of every packet to the recording."""
-    with await _bound() as phone, await _bound() as far_end:
+    with await bind(0) as phone, await bind(0) as far_end:
         trunk = SipAgent(
             env.network, RECORDED_TRUNK, ids=SeededIds(seed + 9), user="recorded", auto=None
         )

@@ -81,10 +81,16 @@ def made(monkeypatch: pytest.MonkeyPatch) -> Made:
     return record_made(monkeypatch, TRACKED)
 
 
+async def started() -> None:
+    """The gateway's start is over: its transactions (alice's REGISTERs, an ADMF's X1) are
+    gone, and no garbage from before (an earlier test's failure) counts."""
+    await trio.sleep(40)
+    cyclic_garbage()
+
+
 async def b2bua(nursery: trio.Nursery, tmp_path: Path, seed: int) -> B2bua:
     env = await start_shapes_b2bua(nursery, tmp_path, seed)
-    await trio.sleep(40)  # the start's transactions (alice's REGISTERs) are gone
-    cyclic_garbage()  # nothing from before the shape (an earlier test's failure) counts
+    await started()
     return env
 
 
@@ -159,8 +165,7 @@ async def test_an_intercepted_call_is_freed_by_reference_counting(
     the call."""
     env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
     await env.provision(activate(f"<e164Number>{ALICE_DID[1:]}</e164Number>"))
-    await trio.sleep(40)  # the start's transactions are gone
-    cyclic_garbage()  # nothing from before the call counts
+    await started()
     call, talk = await answered_with_media(env)
     with talk.caller, talk.callee:
         await talk.packets(0)
@@ -185,8 +190,7 @@ async def test_a_siprec_recorded_call_is_freed_by_reference_counting(
     BYE, the call going on unrecorded); either way nothing of it or of the call may be left
     in a cycle."""
     env, srs = await siprec_env(nursery, tmp_path, voipgw_seed)
-    await trio.sleep(40)  # the start's transactions are gone
-    cyclic_garbage()  # nothing from before the call counts
+    await started()
     call, to_caller_side, to_callee_side = await siprec_answered_call(env)
     recording = await srs.next_call()
     await recording.answer(200, sdp=srs_answer())
@@ -235,8 +239,7 @@ async def test_a_call_a_plugins_hook_failed_is_freed_by_reference_counting(
     env = await start_b2bua(
         nursery, tmp_path, voipgw_seed, plugins=[("failing-router", FailingRouter())]
     )
-    await trio.sleep(40)  # the start's transactions are gone
-    cyclic_garbage()  # nothing from before the call counts
+    await started()
     call = await env.trunk.invite(env.did_uri(ALICE_DID))
     assert (await call.final()).status == 500
     await ended(env, made)

@@ -9,6 +9,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ ROOT = Path(__file__).parents[3]
 BENCHMARKS = ROOT / "benchmarks"
 
 
-def _sip_calls():  # type: ignore[no-untyped-def]
+def _sip_calls() -> types.ModuleType:
     sys.path.insert(0, str(BENCHMARKS))  # its own imports (gateway_config, bench_ports)
     try:
         spec = importlib.util.spec_from_file_location("sip_calls", BENCHMARKS / "sip_calls.py")
