@@ -127,7 +127,7 @@ async def cancelled(env: B2bua, nursery: trio.Nursery, seed: int) -> None:
 
 
 async def ring_timeout(env: B2bua, nursery: trio.Nursery, seed: int) -> None:
-    env.alice.auto = AutoAnswer(ring=True, status=None)  # rings, never answers: [sip] 30 s
+    env.alice.auto = AutoAnswer(ring=True, status=None)  # rings, never answers: Timer C
     call = await env.trunk.invite(env.did_uri(ALICE_DID))
     assert (await call.final(timeout=60)).status == 408
 
@@ -299,14 +299,15 @@ NO_CALL: dict[str, Callable[[B2bua, trio.Nursery, int], Awaitable[None]]] = {
 
 
 async def start_shapes_b2bua(
-    nursery: trio.Nursery, tmp_path: Path, seed: int, **options: Any
+    nursery: trio.Nursery, tmp_path: Path, seed: int, *, ring_timeout: float = 30, **options: Any
 ) -> B2bua:
-    """The gateway every shape runs against (``options``: more of start_b2bua's)."""
+    """The gateway every shape runs against (``ring_timeout``: its Timer C, which the
+    ``ring-timeout`` shape waits out; ``options``: more of start_b2bua's)."""
     return await start_b2bua(
         nursery,
         tmp_path,
         seed,
-        sip={"ring_timeout": 30, "listen": ["udp:127.0.0.1:5060", "tls:127.0.0.1:5061"]},
+        sip={"ring_timeout": ring_timeout, "listen": ["udp:127.0.0.1:5060", "tls:127.0.0.1:5061"]},
         tls_stand_in=True,
         plugins=[("sdes", sdes_plugin), ("dtls", dtls_plugin), ("recorder", recorder_plugin)],
         plugin_tables={
