@@ -199,9 +199,10 @@ async def intercept_env(
     table: dict[str, Any] | None = None,
     plugins: tuple[tuple[str, object], ...] = (),
     tables: dict[str, Any] | None = None,
+    media_table: dict[str, Any] | None = None,
 ) -> Env:
     """``plugins`` and their ``tables`` (name -> table) beside the intercept's: each is
-    enabled too."""
+    enabled too; ``media_table``: the gateway's ``[media]``."""
     ca, server, client = pki
     mediation = Mediation()
     await nursery.start(mediation.serve)
@@ -226,6 +227,7 @@ async def intercept_env(
         },
         alice_auto=None,
         numbering=numbering,
+        media_table=media_table,
     )
     tap = b2bua.gateway.plugins.media_taps.get("intercept")
     assert isinstance(tap, Interception)

@@ -50,10 +50,12 @@ async def siprec_env(
     alice_auto: AutoAnswer | None = None,
     sip: Mapping[str, object] | None = None,
     carrier: Mapping[str, object] | None = None,
+    media_table: Mapping[str, object] | None = None,
     **table: object,
 ) -> tuple[B2bua, SipAgent]:
     """A B2BUA recording the carrier's calls with SIPREC (``table``: more of ``[plugins.siprec]``,
-    ``sip``: of ``[sip]``, ``carrier``: of the carrier trunk) and its SRS agent."""
+    ``sip``: of ``[sip]``, ``carrier``: of the carrier trunk, ``media_table``: ``[media]``) and
+    its SRS agent."""
     env = await start_b2bua(
         nursery,
         tmp_path,
@@ -66,6 +68,7 @@ async def siprec_env(
             "siprec": {"srs": "sip:srs@127.0.0.9:5060", "trunks": ["carrier"], **table},
         },
         alice_auto=alice_auto,
+        media_table=media_table,
     )
     # The recorder answers as each test says (auto=None), never by itself.
     srs = SipAgent(env.network, SRS, ids=SeededIds(seed + 9), user="srs", proxy=GW, auto=None)
