@@ -808,6 +808,61 @@ class PresenceSection:
     from_registration: bool = True
 
 
+# [registrar]: what a phone's REGISTER may ask. A week bounds how long a phone that vanished
+# without removing its binding (unplugged, its address given to another device) keeps being
+# rung; 10000 contacts bound what one account can hold in the store.
+MAX_REGISTRAR_EXPIRES = 604800
+MAX_REGISTRAR_BINDINGS = 10000
+DEFAULT_REGISTRAR_EXPIRES = 3600
+
+
+@attrs.frozen
+class RegistrarSection:
+    """``[registrar]``: the expiries the registrar grants phones (RFC 3261 §10.3 steps 6-7): a
+    REGISTER without an expiry gets :attr:`default`, one asking less than ``min_expires``
+    (but 0, a removal) gets ``423 Interval Too Brief`` with that ``Min-Expires``, one asking
+    more than ``max_expires`` is granted ``max_expires``; at most ``max_bindings`` contacts per
+    account (403 past it). The defaults are what the registrar always granted."""
+
+    min_expires: int = 60
+    default_expires: int | None = None
+    """None: :data:`DEFAULT_REGISTRAR_EXPIRES`, or the nearer bound when it lies outside them."""
+    max_expires: int = 7200
+    max_bindings: int = 10
+
+    def __attrs_post_init__(self) -> None:
+        # from_mapping names the key before the first ": ".
+        for key in ("min_expires", "default_expires", "max_expires"):
+            value = getattr(self, key)
+            if value is not None and not 1 <= value <= MAX_REGISTRAR_EXPIRES:
+                raise ValueError(
+                    f"{key}: expected 1 to {MAX_REGISTRAR_EXPIRES} s (a week), got {value}"
+                )
+        if self.min_expires > self.max_expires:
+            raise ValueError(
+                f"min_expires: expected at most max_expires ({self.max_expires}), "
+                f"got {self.min_expires}"
+            )
+        if self.default_expires is not None and not (
+            self.min_expires <= self.default_expires <= self.max_expires
+        ):
+            raise ValueError(
+                f"default_expires: expected from min_expires ({self.min_expires}) to "
+                f"max_expires ({self.max_expires}), got {self.default_expires}"
+            )
+        if not 1 <= self.max_bindings <= MAX_REGISTRAR_BINDINGS:
+            raise ValueError(
+                f"max_bindings: expected 1 to {MAX_REGISTRAR_BINDINGS}, got {self.max_bindings}"
+            )
+
+    @property
+    def default(self) -> int:
+        """The expiry granted to a REGISTER that asks none."""
+        if self.default_expires is not None:
+            return self.default_expires
+        return min(max(DEFAULT_REGISTRAR_EXPIRES, self.min_expires), self.max_expires)
+
+
 @attrs.frozen
 class GatewayConfig:
     """The whole configuration. ``plugin_tables`` holds the raw ``[plugins.NAME]`` tables until
@@ -824,6 +879,7 @@ class GatewayConfig:
     dialog_watch_groups: tuple[DialogWatchGroup, ...] = ()
     feature_codes: FeatureCodes = FeatureCodes()
     presence: PresenceSection = PresenceSection()
+    registrar: RegistrarSection = RegistrarSection()
     plugin_tables: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
     source: str = "<embedded defaults>"
 
@@ -2407,6 +2463,7 @@ def from_mapping(
         "feature_codes": FeatureCodes,
         "dns": DnsSection,
         "presence": PresenceSection,
+        "registrar": RegistrarSection,
     }
     unknown = sorted(set(data) - set(sections) - {"plugins", "trunks", "dialog_watch_groups"})
     if unknown:
@@ -2415,7 +2472,7 @@ def from_mapping(
             unknown[0],
             None,
             "unknown table; known tables: gateway, sip, media, numbering, store, dns, "
-            "plugins, trunks, dialog_watch_groups, feature_codes, presence",
+            "plugins, trunks, dialog_watch_groups, feature_codes, presence, registrar",
         )
     values: dict[str, Any] = {}
     for name, cls in sections.items():
@@ -2425,9 +2482,8 @@ def from_mapping(
         try:
             values[name] = structure(cls, table, file=file, table_name=name)
         except ConfigError as exc:
-            # NumberingPlan's, FeatureCodes' and DnsSection's own checks start their message with
-            # the key:
-            # name it as such.
+            # NumberingPlan's, FeatureCodes', DnsSection's and RegistrarSection's own checks
+            # start their message with the key: name it as such.
             key, _, message = exc.message.partition(": ")
             if exc.key is not None or key not in table:
                 raise

@@ -1697,6 +1697,7 @@ class Gateway:
             # Monotonic: a ban of auth_block_time lasts that long whatever NTP does.
             failure_clock=trio.current_time,
             auth_proxies=AuthProxies(self.config.gateway.auth_proxies),
+            limits=self.config.registrar,
         )
         if any(trunk.enabled and trunk.by_name for trunk in self.config.trunks):
             dns = self.config.dns

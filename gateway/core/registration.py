@@ -31,6 +31,7 @@ from gateway.core.auth.digest import (
 )
 from gateway.core.auth.failures import FailureCounter, FailurePolicy
 from gateway.core.auth.proxied_source import AuthProxies, proxied_source
+from gateway.core.config import RegistrarSection
 from gateway.core.failure_log import FailureLog
 from gateway.core.interfaces import Listener
 from gateway.core.registrar import Registrar, RegistrarPolicy
@@ -73,6 +74,7 @@ class RegistrationService:
         failure_policy: FailurePolicy | None = None,
         failure_clock: Callable[[], float] | None = None,
         auth_proxies: AuthProxies | None = None,
+        limits: RegistrarSection | None = None,
     ) -> None:
         self.store = store
         self.on_registered = on_registered  # told each accepted REGISTER's AOR and bindings
@@ -106,7 +108,19 @@ class RegistrationService:
         """Requests the store failed (busy, out of reach, not answering): one WARNING when it
         starts, a summary every 300 s while it goes on, one INFO at the next REGISTER it takes,
         not a line per REGISTER: every phone of the node retries, hundreds a minute."""
-        self.registrar = Registrar(store, RegistrarPolicy(local_domains=domains), new_tag=new_tag)
+        # [registrar]: the expiries granted and the contacts an account may hold.
+        limits = limits or RegistrarSection()
+        self.registrar = Registrar(
+            store,
+            RegistrarPolicy(
+                local_domains=domains,
+                min_expires=limits.min_expires,
+                default_expires=limits.default,
+                max_expires=limits.max_expires,
+                max_bindings=limits.max_bindings,
+            ),
+            new_tag=new_tag,
+        )
         self._new_tag = new_tag
 
     def _ha1(self, username: str, realm: str, algorithm: DigestAlgorithm) -> str | None:

@@ -81,10 +81,12 @@ def gateway_config(
     media: Mapping[str, Any] | None = None,
     dns: Mapping[str, Any] | None = None,
     store: Mapping[str, Any] | None = None,
+    registrar: Mapping[str, Any] | None = None,
 ) -> GatewayConfig:
     return from_mapping(
         {
             "dns": dict(dns or {}),
+            "registrar": dict(registrar or {}),
             "store": dict(store or {}),
             "dialog_watch_groups": [dict(group) for group in dialog_watch_groups],
             "numbering": dict(numbering or {}),
@@ -141,6 +143,7 @@ async def build_b2bua(
     dns: Mapping[str, Any] | None = None,
     dns_resolver: Resolver | None = None,
     store_table: Mapping[str, Any] | None = None,
+    registrar: Mapping[str, Any] | None = None,
 ) -> tuple[MemoryNetwork, Gateway]:
     """alice's and bob's accounts in the store, the in-memory network serving, and the gateway
     made but not started: for a test that starts it itself (:func:`start_b2bua` does, and
@@ -169,6 +172,7 @@ async def build_b2bua(
         media=media_table,
         dns=dns,
         store=store_table,
+        registrar=registrar,
     )
     gateway = Gateway(
         config,

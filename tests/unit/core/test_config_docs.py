@@ -24,6 +24,7 @@ TABLES = {
     "feature_codes": cfg.FeatureCodes,
     "dns": cfg.DnsSection,
     "presence": cfg.PresenceSection,
+    "registrar": cfg.RegistrarSection,
     "plugins.udp": udp.UdpConfig,
     "plugins.tcp": tcp.TcpConfig,
     "plugins.tls": tls.TlsConfig,

@@ -272,6 +272,7 @@ CORE_TABLES: dict[str, type] = {
     "feature_codes": cfg.FeatureCodes,
     "dns": cfg.DnsSection,
     "presence": cfg.PresenceSection,
+    "registrar": cfg.RegistrarSection,
     "trunks": cfg.TrunkConfig,  # also `[trunks.NAME] key`, as errors name a trunk's table
     "dialog_watch_groups": cfg.DialogWatchGroup,
 }

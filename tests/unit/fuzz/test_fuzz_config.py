@@ -230,6 +230,12 @@ def seed_config(f: Files) -> dict[str, Any]:
         },
         "feature_codes": {"pickup": "*8", "directed_pickup": "**"},
         "presence": {"allow": "same-group", "from_registration": True},
+        "registrar": {
+            "min_expires": 60,
+            "default_expires": 3600,
+            "max_expires": 7200,
+            "max_bindings": 10,
+        },
         "plugins": {
             "enable": [
                 "udp",
@@ -1014,6 +1020,7 @@ def test_the_seed_sets_every_key_of_every_table(files: Files, tmp_path: Path) ->
         "dns": cfg.DnsSection,
         "feature_codes": cfg.FeatureCodes,
         "presence": cfg.PresenceSection,
+        "registrar": cfg.RegistrarSection,
         "trunks": cfg.TrunkConfig,
         "dialog_watch_groups": cfg.DialogWatchGroup,
     }
