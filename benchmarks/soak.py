@@ -122,10 +122,10 @@ MIX = (
     Kind("timeout", 0.04, "soak_uac_timeout.xml", "ring", "ring"),
 )
 # The callees' phones REGISTER once, before their UASes bind the port the binding names, and
-# nothing refreshes them: for the registrar's longest expiry (gateway/core/registrar.py
-# Registrar max_expires), which bounds how long a soak can run. (Expires 3600, as sip_calls.py
-# registers, lost every callee an hour into the first 90-minute soak: every call to them 480.)
-CALLEE_EXPIRES = 7200
+# nothing refreshes them: for a day, which the gateway's [registrar] max_expires is raised to
+# (its default, 7200 s, bounded a soak to 116 minutes; Expires 3600, as sip_calls.py registers,
+# lost every callee an hour into the first 90-minute soak: every call to them 480).
+CALLEE_EXPIRES = 86400
 # Callees: UAS name -> (scenario, account registered from its port, or None for the trunk).
 UAS = {
     "ans": ("uas_answer.xml", "ans"),
@@ -225,13 +225,17 @@ def voipgw_config(
     media_workers: int = 1,
 ) -> str:
     """voipgw's configuration (benchmarks/gateway_config.py): UDP and TLS, the metrics plugin,
-    Timer C at ``ring_timeout`` seconds, ``[media] workers`` = ``media_workers``."""
+    Timer C at ``ring_timeout`` seconds, ``[media] workers`` = ``media_workers``, and
+    registrations granted up to :data:`CALLEE_EXPIRES`."""
     # [store] call_record_days: the default (0: for ever) unless asked; a fraction of a day
     # shows within a run that the store stops growing once the housekeeping deletes records.
     store = (
         "" if call_record_days is None else f"[store]\ncall_record_days = {call_record_days!r}\n"
     )
-    plugins = f"""\
+    tables = f"""\
+[registrar]
+max_expires = {CALLEE_EXPIRES}
+
 [plugins]
 enable = ["udp", "tls", "sdes", "metrics"]
 
@@ -244,7 +248,7 @@ listen = "{LOOPBACK}:{ports.metrics}"
         listen=[f"udp:{LOOPBACK}:{ports.gateway}", f"tls:{LOOPBACK}:{ports.gateway_tls}"],
         media_ports=ports.media,
         carrier_port=ports.uas["carrier"],
-        sections=f"{store}\n{plugins}",
+        sections=f"{store}\n{tables}",
         sip_lines=f"ring_timeout = {ring_timeout}\n",
         media_lines=f"workers = {media_workers}\n",
     )
@@ -1006,7 +1010,7 @@ def main() -> None:
     if args.minutes > longest:
         parser.error(
             f"--minutes: at most {longest:g} with --drain-seconds {args.drain_seconds:g}: the "
-            f"callees' phones register once, for {CALLEE_EXPIRES} s (the registrar's longest)"
+            f"callees' phones register once, for {CALLEE_EXPIRES} s ([registrar] max_expires)"
         )
     print(f"soak: {versions()}", flush=True)
     mix = ", ".join(f"{k.name} {100 * k.share:.0f} %" for k in MIX)
