@@ -363,9 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Show each media worker process of the running gateway ([media] workers >= "
         "2; asked over <state_dir>/control.sock): its port slice, whether it is running, "
         "starting, restarting or stopped (and why), its process id, how long it has run, the "
-        "streams it relays, the port pairs it has ready for new calls, and its restarts by "
-        "reason. Exit status 0 when the gateway answered, whatever the workers' states (read "
-        "the states, or --json, to alert).",
+        "streams it relays, the port pairs it has ready for new calls, its restarts by "
+        "reason and its process's resident memory. Exit status 0 when the gateway answered, "
+        "whatever the workers' states (read the states, or --json, to alert).",
     )
     workers.add_argument("--config", metavar="FILE", help="read [gateway] state_dir here")
     workers.add_argument("--state-dir", metavar="DIR", help="state directory (default: as run)")
@@ -1013,10 +1013,13 @@ def describe_media_worker(worker: dict[str, Any]) -> str:
         if isinstance(restarts, dict)
         else []
     )
+    resident = worker.get("resident_bytes")
+    # Last, after what the line said before it (scripts may read the line up to its restarts).
+    memory = f"  memory {resident / 1048576:.1f} MiB" if isinstance(resident, int) else ""
     return (
         f"worker {worker.get('index')}  ports {worker.get('ports')}  {shown}  "
         f"streams {worker.get('streams')}  ready port pairs {worker.get('ready_pairs')}  "
-        f"restarts: {', '.join(counted) if counted else 'none'}"
+        f"restarts: {', '.join(counted) if counted else 'none'}{memory}"
     )
 
 

@@ -24,8 +24,9 @@ and reads one JSON object back, until the gateway closes the connection. Queries
   and is resolved next.
 - ``media_workers``: ``{"workers": [WORKER, ...] | null, "address": ADDRESS | null}``, each media
   worker slot as ``WorkerPool.describe_workers`` describes it (``voipgw media-workers``): its
-  port slice, state, process id, open streams, restarts by reason and why it is stopped; null
-  when the relay runs inside the gateway's process (``[media] workers = 1``).
+  port slice, state, process id, open streams, restarts by reason, why it is stopped and its
+  process's resident memory; null when the relay runs inside the gateway's process (``[media]
+  workers = 1``).
 - ``recording``, with ``"action"`` (``"pause"`` or ``"resume"``), ``"call_id"`` (a live call's
   record id, ``Call-ID;tag`` as ``voipgw calls`` shows it, or its SIP Call-ID as log lines name
   it) and ``"by"`` (who asks, at most :data:`MAX_BY` printable characters, for the log and the

@@ -965,10 +965,13 @@ class MediaWorkerCounts:
     ``stopped`` (:data:`gateway.core.media.remote_relay.WORKER_STATES`), 0 included;
     ``restarts``, (reason, processes started again) for each of ``exited``, ``not_ready``,
     ``channel_error`` and ``not_started``
-    (:data:`gateway.core.media.remote_relay.RESTART_REASONS`)."""
+    (:data:`gateway.core.media.remote_relay.RESTART_REASONS`); by worker index, each worker's
+    open ``streams`` and its process's ``resident_bytes`` (None without a process)."""
 
     states: tuple[tuple[str, int], ...]
     restarts: tuple[tuple[str, int], ...]
+    streams: tuple[int, ...] = ()
+    resident_bytes: tuple[int | None, ...] = ()
 
 
 @attrs.frozen

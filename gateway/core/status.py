@@ -419,6 +419,8 @@ class StatusView:
         return MediaWorkerCounts(
             states=tuple((state, states.count(state)) for state in WORKER_STATES),
             restarts=tuple(pool.worker_restarts().items()),
+            streams=tuple(pool.worker_streams()),
+            resident_bytes=tuple(pool.worker_resident_bytes()),
         )
 
     def _media_counts(self, totals: MediaTotals, streams: int) -> MediaCounts:

@@ -188,17 +188,23 @@ async def test_a_worker_exit_ends_its_calls_only_and_the_worker_comes_back(
         assert (worker_1["pid"], worker_1["starts"], worker_1["last_ended"]) == (pid_1, 1, None)
         assert sum(worker_1["restarts"].values()) == 0 and worker_1["streams"] == 0
         assert worker_1["running_for"] >= worker_0["running_for"] >= 0
+        # Each worker's own process's memory: an interpreter with the relay loaded, tens of MiB.
+        assert all(20 << 20 < w["resident_bytes"] < 500 << 20 for w in (worker_0, worker_1))
+        scraped = scrape()
+        assert 'voipgw_media_worker_streams{worker="0"} 1\n' in scraped
+        assert 'voipgw_media_worker_streams{worker="1"} 0\n' in scraped
+        assert 'voipgw_media_worker_resident_bytes{worker="1"} ' in scraped
         text = await voipgw_media_workers(state)
         assert text.splitlines()[0] == "2 media workers on 127.0.0.1, 2 running"
         line_0, line_1 = text.splitlines()[1:]
         assert line_0.startswith(
             f"worker 0  ports {pool.slices[0]}  running, pid {pool.worker_pids()[0]}, for "
         )
-        assert line_0.endswith(
-            "streams 1  ready port pairs " + str(worker_0["ready_pairs"]) + "  restarts: exited 1"
-        )
+        assert "streams 1  ready port pairs " + str(worker_0["ready_pairs"]) + (
+            "  restarts: exited 1  memory "
+        ) in line_0 and line_0.endswith(" MiB")
         assert line_1.startswith(f"worker 1  ports {pool.slices[1]}  running, pid {pid_1}, for ")
-        assert line_1.endswith("  restarts: none")
+        assert "  restarts: none  memory " in line_1
         assert (await call_3.bye()).status == 200
 
         assert gateway.store is not None

@@ -383,6 +383,21 @@ class _Worker:
         return None if self.process is None else self.process.pid
 
 
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _resident_bytes(pid: int | None) -> int | None:
+    """The resident set of process ``pid`` (/proc/PID/statm's second field, in pages), or None
+    when there is no such process (any more) or no /proc to read it from."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE_SIZE
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 @attrs.define(eq=False)
 class _StreamLink:
     """What a stream's sides and directions need of it to tell its worker something: its id,
@@ -1191,6 +1206,11 @@ class WorkerPool:
         """Open streams per worker, by worker index."""
         return [len(w.streams) for w in self._workers]
 
+    def worker_resident_bytes(self) -> list[int | None]:
+        """Resident memory of each worker's process now, by worker index (None for a slot with
+        no process, or one whose /proc entry cannot be read: it just ended)."""
+        return [_resident_bytes(w.pid) for w in self._workers]
+
     def worker_ready(self) -> list[int]:
         """Bound port pairs ready for new streams, by worker index."""
         return [len(w.ready) if w.channel is not None else 0 for w in self._workers]
@@ -1218,8 +1238,9 @@ class WorkerPool:
         ``media_workers`` answer), by worker index: its port slice, state
         (:data:`WORKER_STATES`), process id, open streams, bound port pairs ready, processes
         started, restarts by reason, how its last process ended (once one has: one of
-        :data:`RESTART_REASONS`), why it is stopped, and for a running one the seconds since it
-        became ready (``now``: the trio clock, as ``ready_at``)."""
+        :data:`RESTART_REASONS`), why it is stopped, for a running one the seconds since it
+        became ready (``now``: the trio clock, as ``ready_at``), and its process's resident
+        memory (None without one)."""
         described: list[dict[str, object]] = []
         for w in self._workers:
             one_ended = w.starts > 1 or w.state in ("restarting", "stopped")
@@ -1234,6 +1255,7 @@ class WorkerPool:
                     "pid": w.pid,
                     "streams": len(w.streams),
                     "ready_pairs": len(w.ready) if w.channel is not None else 0,
+                    "resident_bytes": _resident_bytes(w.pid),
                     "starts": w.starts,
                     "restarts": dict(w.restarts),
                     "last_ended": w.ended if one_ended and w.stopped is None else None,

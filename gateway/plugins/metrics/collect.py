@@ -527,6 +527,23 @@ def _media_workers(out: Exposition, status: GatewayStatus) -> None:
     )
     for reason, count in workers.restarts:
         out.sample(count, [("reason", reason)])
+    out.family(
+        "voipgw_media_worker_streams",
+        "gauge",
+        "Media streams each media worker relays now, by worker index (the SIP process gives a "
+        "new call's streams to the least loaded).",
+    )
+    for index, streams in enumerate(workers.streams):
+        out.sample(streams, [("worker", str(index))])
+    out.family(
+        "voipgw_media_worker_resident_bytes",
+        "gauge",
+        "Resident memory of each media worker's process now, by worker index; no series for a "
+        "worker without a process (restarting, stopped).",
+    )
+    for index, resident in enumerate(workers.resident_bytes):
+        if resident is not None:
+            out.sample(resident, [("worker", str(index))])
 
 
 def _key_exchanges(out: Exposition, status: GatewayStatus) -> tuple[tuple[str, str, int], ...]:

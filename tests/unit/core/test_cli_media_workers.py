@@ -7,7 +7,9 @@ as supervision sets them."""
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 from gateway.core import cli
 from gateway.core.config import PortRange
 from gateway.core.control import SOCKET_NAME, respond
+from gateway.core.media import remote_relay
 from gateway.core.media.remote_relay import RESTART_REASONS, WorkerPool
 
 RUNNING = {
@@ -31,6 +34,7 @@ RUNNING = {
     "last_ended": None,
     "stopped": None,
     "running_for": 11_100.0,
+    "resident_bytes": 54_840_115,  # 52.3 MiB
 }
 
 
@@ -94,6 +98,7 @@ def test_each_worker_is_one_line_in_plain_words(
                     restarts={**RUNNING["restarts"], "exited": 2, "not_ready": 1},  # type: ignore[dict-item]
                     last_ended="not_ready",
                     running_for=None,
+                    resident_bytes=None,
                 ),
                 _slot(index=2, state="starting", pid=4343, streams=0, ready_pairs=0, starts=2),
                 _slot(
@@ -102,6 +107,7 @@ def test_each_worker_is_one_line_in_plain_words(
                     pid=None,
                     stopped="its worker speaks protocol version 3, this process 2",
                     running_for=None,
+                    resident_bytes=None,
                 ),
             ],
         }
@@ -111,11 +117,11 @@ def test_each_worker_is_one_line_in_plain_words(
     assert out.splitlines() == [
         "4 media workers on 127.0.0.1, 1 running",
         "worker 0  ports 40000-40499  running, pid 4242, for 3 h 5 min  streams 3  "
-        "ready port pairs 64  restarts: none",
+        "ready port pairs 64  restarts: none  memory 52.3 MiB",
         "worker 1  ports 40500-40999  restarting (its last process: not_ready)  streams 0  "
         "ready port pairs 0  restarts: exited 2, not_ready 1",
         "worker 2  ports 40000-40499  starting, pid 4343  streams 0  ready port pairs 0  "
-        "restarts: none",
+        "restarts: none  memory 52.3 MiB",
         "worker 3  ports 40000-40499  stopped until the service restarts: its worker speaks "
         "protocol version 3, this process 2  streams 3  ready port pairs 64  restarts: none",
     ]
@@ -178,6 +184,7 @@ def test_the_pool_describes_each_slot_as_supervision_left_it() -> None:
         (1, str(pool.slices[1]), "starting"),
     ]
     assert all(w["pid"] is None and w["running_for"] is None for w in described)
+    assert all(w["resident_bytes"] is None for w in described)  # no process, no memory
     assert all(w["last_ended"] is None and w["stopped"] is None for w in described)
 
     # Slot 0 ran, died, and runs again since 40.0; slot 1's first process is being restarted.
@@ -202,3 +209,18 @@ def test_the_pool_describes_each_slot_as_supervision_left_it() -> None:
     # The description is a copy: the caller cannot change the pool's counts.
     running["restarts"]["exited"] = 99  # type: ignore[index]
     assert first.restarts["exited"] == 1
+
+
+def test_a_workers_memory_is_its_processs_resident_set() -> None:
+    """/proc/PID/statm's resident pages, in bytes: this process's agrees with what the kernel
+    says in /proc/self/status (VmRSS, in KiB) to within what the process allocates between the
+    two reads."""
+    with open("/proc/self/status") as status:
+        (vm_rss,) = [line for line in status if line.startswith("VmRSS:")]
+    resident = remote_relay._resident_bytes(os.getpid())
+    assert resident is not None
+    assert abs(resident - int(vm_rss.split()[1]) * 1024) < 1048576
+    assert remote_relay._resident_bytes(None) is None
+    ended = subprocess.Popen(["true"])
+    ended.wait()  # reaped: its pid names no process now
+    assert remote_relay._resident_bytes(ended.pid) is None

@@ -1,5 +1,6 @@
-"""The media worker families (``[media] workers >= 2``): how many workers are in each state and
-how often they were restarted, by reason, as the pool counts them (docs/metrics.md)."""
+"""The media worker families (``[media] workers >= 2``): how many workers are in each state, how
+often they were restarted, by reason, and each worker's streams and resident memory, as the pool
+counts them (docs/metrics.md)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ def test_every_state_and_reason_is_a_series_zero_included() -> None:
     pool = types.SimpleNamespace(
         worker_states=lambda: ["running", "stopped", "running", "restarting"],
         worker_restarts=lambda: {"exited": 3, "not_ready": 1, "channel_error": 0, "not_started": 0},
+        worker_streams=lambda: [12, 0, 7, 0],
+        worker_resident_bytes=lambda: [52_428_800, None, 50_331_648, None],
     )
     lines = [line for line in scraped(pool).splitlines() if not line.startswith("#")]
     assert lines == [
@@ -38,6 +41,14 @@ def test_every_state_and_reason_is_a_series_zero_included() -> None:
         'voipgw_media_worker_restarts_total{reason="not_ready"} 1',
         'voipgw_media_worker_restarts_total{reason="channel_error"} 0',
         'voipgw_media_worker_restarts_total{reason="not_started"} 0',
+        'voipgw_media_worker_streams{worker="0"} 12',
+        'voipgw_media_worker_streams{worker="1"} 0',
+        'voipgw_media_worker_streams{worker="2"} 7',
+        'voipgw_media_worker_streams{worker="3"} 0',
+        # None: the slot has no process (restarting, stopped): no series rather than a 0.
+        'voipgw_media_worker_resident_bytes{worker="0"} 52428800',
+        'voipgw_media_worker_resident_bytes{worker="2"} 50331648',
     ]
     assert "# TYPE voipgw_media_workers gauge" in scraped(pool)
     assert "# TYPE voipgw_media_worker_restarts_total counter" in scraped(pool)
+    assert "# TYPE voipgw_media_worker_resident_bytes gauge" in scraped(pool)
