@@ -42,7 +42,6 @@ from tests.component.calls.call_shapes import (
     record_made,
     start_shapes_b2bua,
 )
-from tests.component.calls.dtls_phone import bind
 from tests.component.calls.intercept_calls import (
     activate,
     answered_with_media,
@@ -50,14 +49,10 @@ from tests.component.calls.intercept_calls import (
     pki,  # noqa: F401 (the fixture)
 )
 from tests.component.calls.siprec_calls import (
-    CALLEE_PORT,
-    CALLER_PORT,
-    SRS_PORT,
-    rtp,
+    hang_up_recorded_call,
+    recorded_call_with_media,
     siprec_env,
-    srs_answer,
 )
-from tests.component.calls.siprec_calls import answered_call as siprec_answered_call
 from tests.interop.harness.pki import Issued, TestCa
 from tests.port_blocks import ModuleBlock
 
@@ -140,29 +135,6 @@ async def test_a_siprec_recorded_call_through_media_workers_is_freed_by_referenc
     assert env.gateway.media_workers is not None
     cyclic_garbage()  # nothing from the start counts
     made = record_made(monkeypatch, TRACKED)
-    call, to_caller_side, to_callee_side = await siprec_answered_call(env)
-    recording = await srs.next_call()
-    await recording.answer(200, sdp=srs_answer())
-    await srs.next_request("ACK", timeout=5)
-    with (
-        await bind(CALLER_PORT) as caller,
-        await bind(CALLEE_PORT) as callee,
-        await bind(SRS_PORT) as srs_caller,
-    ):
-        with trio.fail_after(10):  # the caller's audio reached the SRS, through a worker
-            seq = 0
-            while True:
-                await caller.sendto(rtp(seq, 0x11, 0x1111), to_caller_side)
-                await callee.sendto(rtp(seq, 0x22, 0x2222), to_callee_side)
-                seq += 1
-                with trio.move_on_after(0.2):
-                    if (await srs_caller.recv(2048))[12:] == rtp(0, 0x11, 0x1111)[12:]:
-                        break
-    if srs_hangs_up:
-        assert (await recording.bye()).status == 200
-        await trio.sleep(1)  # the call goes on
-        assert env.calls == 1
-    await call.bye()  # type: ignore[attr-defined]
-    if not srs_hangs_up:
-        await srs.next_request("BYE", timeout=10)
+    call, recording = await recorded_call_with_media(env, srs)
+    await hang_up_recorded_call(env, srs, call, recording, srs_first=srs_hangs_up)
     await freed(made, lambda: env.calls)

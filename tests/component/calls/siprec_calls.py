@@ -3,11 +3,13 @@ here from test_b2bua_siprec.py so that no test module imports another."""
 
 from __future__ import annotations
 
+import itertools
 import re
 import struct
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -15,13 +17,14 @@ import gateway.plugins.taps.siprec as siprec_plugin
 from gateway.core.ids import SeededIds
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.plugins.taps.siprec import NAMESPACE
-from gateway.testing.sip_agent import AutoAnswer, SipAgent, simple_sdp
+from gateway.testing.sip_agent import AutoAnswer, Call, SipAgent, simple_sdp
 from tests.component.calls.b2bua_env import (
     ALICE_DID,
     GW,
     B2bua,
     start_b2bua,
 )
+from tests.component.calls.dtls_phone import bind
 from tests.port_blocks import port_bases
 
 SRS = ("127.0.0.9", 5060)
@@ -85,6 +88,44 @@ async def answered_call(env: B2bua) -> tuple[object, tuple[str, int], tuple[str,
     assert final.status == 200
     answered = parse_sdp_untrusted(final.body).media[0]
     return call, ("127.0.0.1", answered.port), ("127.0.0.1", offered.port)
+
+
+async def recorded_call_with_media(env: B2bua, srs: SipAgent) -> tuple[Any, Call]:
+    """An answered call whose recording the SRS answered, and RTP each way until the caller's
+    audio reached the SRS (sent again every 0.2 s: a stream's first packets may come before
+    its far end is latched, and with media workers before the worker has its streams): the
+    call and the recording's session at the SRS."""
+    call, to_caller_side, to_callee_side = await answered_call(env)
+    recording = await srs.next_call()
+    await recording.answer(200, sdp=srs_answer())
+    await srs.next_request("ACK", timeout=5)
+    with (
+        await bind(CALLER_PORT) as caller,
+        await bind(CALLEE_PORT) as callee,
+        await bind(SRS_PORT) as srs_caller,
+        trio.fail_after(10),
+    ):
+        for seq in itertools.count():
+            await caller.sendto(rtp(seq, 0x11, 0x1111), to_caller_side)
+            await callee.sendto(rtp(seq, 0x22, 0x2222), to_callee_side)
+            with trio.move_on_after(0.2):
+                if (await srs_caller.recv(2048))[12:] == rtp(0, 0x11, 0x1111)[12:]:
+                    break  # the caller's payload, whatever its header
+    return call, recording
+
+
+async def hang_up_recorded_call(
+    env: B2bua, srs: SipAgent, call: Any, recording: Call, *, srs_first: bool
+) -> None:
+    """The call ends with the caller's BYE, which ends its recording (our BYE to the SRS); or,
+    ``srs_first``, the SRS hangs up first and the call goes on unrecorded until then."""
+    if srs_first:
+        assert (await recording.bye()).status == 200
+        await trio.sleep(1)  # the call goes on
+        assert env.calls == 1
+    await call.bye()
+    if not srs_first:
+        await srs.next_request("BYE", timeout=10)
 
 
 NS = {"r": NAMESPACE}

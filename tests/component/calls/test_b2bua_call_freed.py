@@ -50,7 +50,6 @@ from tests.component.calls.call_shapes import (
     record_made,
     start_shapes_b2bua,
 )
-from tests.component.calls.dtls_phone import bind
 from tests.component.calls.intercept_calls import (
     activate,
     answered_with_media,
@@ -58,14 +57,10 @@ from tests.component.calls.intercept_calls import (
     pki,  # noqa: F401 (the fixture)
 )
 from tests.component.calls.siprec_calls import (
-    CALLEE_PORT,
-    CALLER_PORT,
-    SRS_PORT,
-    rtp,
+    hang_up_recorded_call,
+    recorded_call_with_media,
     siprec_env,
-    srs_answer,
 )
-from tests.component.calls.siprec_calls import answered_call as siprec_answered_call
 from tests.interop.harness.pki import Issued, TestCa
 from tests.port_blocks import port_bases
 
@@ -191,28 +186,8 @@ async def test_a_siprec_recorded_call_is_freed_by_reference_counting(
     in a cycle."""
     env, srs = await siprec_env(nursery, tmp_path, voipgw_seed)
     await started()
-    call, to_caller_side, to_callee_side = await siprec_answered_call(env)
-    recording = await srs.next_call()
-    await recording.answer(200, sdp=srs_answer())
-    await srs.next_request("ACK", timeout=5)
-    with (
-        await bind(CALLER_PORT) as caller,
-        await bind(CALLEE_PORT) as callee,
-        await bind(SRS_PORT) as srs_caller,
-    ):
-        for seq in range(10):
-            await caller.sendto(rtp(seq, 0x11, 0x1111), to_caller_side)
-            await callee.sendto(rtp(seq, 0x22, 0x2222), to_callee_side)
-            await trio.sleep(0.02)
-        with trio.fail_after(2):  # the caller's audio reached the SRS
-            assert await srs_caller.recv(2048) == rtp(0, 0x11, 0x1111)
-    if srs_hangs_up:
-        assert (await recording.bye()).status == 200
-        await trio.sleep(1)  # the call goes on
-        assert env.calls == 1
-    await call.bye()  # type: ignore[attr-defined]
-    if not srs_hangs_up:
-        await srs.next_request("BYE", timeout=10)
+    call, recording = await recorded_call_with_media(env, srs)
+    await hang_up_recorded_call(env, srs, call, recording, srs_first=srs_hangs_up)
     await ended(env, made)
     await trio.sleep(40)  # its transactions are gone too (64*T1, RFC 3261 §17)
     assert cyclic_garbage() == []
