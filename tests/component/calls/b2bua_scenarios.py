@@ -31,6 +31,16 @@ def assert_no_media_ports_held(env: B2bua) -> None:
 
 async def second_phone(env: B2bua, nursery: trio.Nursery, seed: int) -> SipAgent:
     """Alice's second phone, registered from ALICE2 (the test answers its calls)."""
+    phone = await unregistered_second_phone(env, nursery, seed)
+    registered = await phone.register()
+    assert registered.status == 200, registered.reason
+    assert env.gateway.directory is not None
+    assert len(env.gateway.directory.contacts("alice")) == 2
+    return phone
+
+
+async def unregistered_second_phone(env: B2bua, nursery: trio.Nursery, seed: int) -> SipAgent:
+    """Alice's second phone at ALICE2, serving, not registered yet."""
     phone = SipAgent(
         env.network,
         ALICE2,
@@ -42,8 +52,4 @@ async def second_phone(env: B2bua, nursery: trio.Nursery, seed: int) -> SipAgent
         media_port=30010,
     )
     await nursery.start(phone.serve)
-    registered = await phone.register()
-    assert registered.status == 200, registered.reason
-    assert env.gateway.directory is not None
-    assert len(env.gateway.directory.contacts("alice")) == 2
     return phone

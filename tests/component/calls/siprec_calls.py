@@ -91,10 +91,10 @@ async def answered_call(env: B2bua) -> tuple[object, tuple[str, int], tuple[str,
 
 
 async def recorded_call_with_media(env: B2bua, srs: SipAgent) -> tuple[Any, Call]:
-    """An answered call whose recording the SRS answered, and RTP each way until the caller's
-    audio reached the SRS (sent again every 0.2 s: a stream's first packets may come before
-    its far end is latched, and with media workers before the worker has its streams): the
-    call and the recording's session at the SRS."""
+    """An answered call whose recording the SRS answered, and RTP each way until one of the
+    caller's packets reached the SRS as it was sent (sent again every 0.2 s: a stream's first
+    packets may come before its far end is latched, and with media workers before the worker
+    has its streams): the call and the recording's session at the SRS."""
     call, to_caller_side, to_callee_side = await answered_call(env)
     recording = await srs.next_call()
     await recording.answer(200, sdp=srs_answer())
@@ -105,12 +105,14 @@ async def recorded_call_with_media(env: B2bua, srs: SipAgent) -> tuple[Any, Call
         await bind(SRS_PORT) as srs_caller,
         trio.fail_after(10),
     ):
+        sent: set[bytes] = set()
         for seq in itertools.count():
+            sent.add(rtp(seq, 0x11, 0x1111))
             await caller.sendto(rtp(seq, 0x11, 0x1111), to_caller_side)
             await callee.sendto(rtp(seq, 0x22, 0x2222), to_callee_side)
             with trio.move_on_after(0.2):
-                if (await srs_caller.recv(2048))[12:] == rtp(0, 0x11, 0x1111)[12:]:
-                    break  # the caller's payload, whatever its header
+                if await srs_caller.recv(2048) in sent:
+                    break
     return call, recording
 
 

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import trio
 
-from gateway.core.ids import SeededIds
 from gateway.core.sip.message import Response
 from gateway.testing.sip_agent import SipAgent
-from tests.component.calls.b2bua_env import ALICE_PASSWORD, GW, B2bua, start_b2bua
+from tests.component.calls.b2bua_env import B2bua, start_b2bua
+from tests.component.calls.b2bua_scenarios import unregistered_second_phone
 
-OTHER_PHONE = ("127.0.0.13", 5060)  # alice's second phone
 LIMITS = {"min_expires": 120, "default_expires": 600, "max_expires": 900, "max_bindings": 1}
 
 
@@ -65,15 +64,7 @@ async def test_a_contact_past_max_bindings_is_refused(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
     env = await gateway(nursery, tmp_path, voipgw_seed)
-    second = SipAgent(
-        env.network,
-        OTHER_PHONE,
-        ids=SeededIds(voipgw_seed + 13),
-        user="alice",
-        password=ALICE_PASSWORD,
-        proxy=GW,
-    )
-    await nursery.start(second.serve)
+    second = await unregistered_second_phone(env, nursery, voipgw_seed)
     refused = await second.register()
     assert (refused.status, refused.reason) == (403, "Too Many Registrations")
     # The first phone's binding is untouched, and once it is removed the second one fits.
