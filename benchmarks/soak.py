@@ -32,8 +32,9 @@ metrics exporter's ``voipgw_internal_entries`` (calls, SIP transactions and thei
 media streams and port pairs, dialog maps, call-limit tables, digest nonces, IP caches, trio
 tasks, the interpreter's allocated blocks: docs/metrics.md); with ``--media-workers N`` (``[media]
 workers``, 2 or more) also the workers' RSS and open files, summed over them, and
-``voipgw_media_worker_restarts_total`` (a restart ends that worker's calls: flagged; the
-workers' own tables are not exported). It prints a row per sample and at
+``voipgw_media_worker_restarts_total`` (a restart ends that worker's calls: flagged) and the
+workers' own tables (``voipgw_media_worker_internal_entries``, each summed over the workers as
+``workers_<table>``). It prints a row per sample and at
 the end the growth of each figure per 1000 calls (slope of a least-squares fit against calls
 started over the second half of the samples taken while every load generator ran, past the
 warm-up), the idle value before the load and the value once drained (the calls ended,
@@ -146,6 +147,7 @@ BOUNDED = {
     "flows",
     "flows_by_remote",
     "store_kib",
+    "workers_reserved_port_pairs",  # --media-workers: up to 64 a worker, refilled
 }
 # Process figures: flagged when their growth per 1000 calls is above this.
 THRESHOLDS = {
@@ -153,6 +155,7 @@ THRESHOLDS = {
     "fds": 0.5,
     "python_allocated_blocks": 500.0,
     "workers_rss_kib": 64.0,  # --media-workers: summed over the workers
+    "workers_python_allocated_blocks": 500.0,
 }
 # (The workers' open files are nearly all the calls' media sockets, up and down with the calls
 # sampled: flagged as a table is, when more are open drained than idle.)
@@ -692,6 +695,9 @@ def _digest(challenge: str, user: str, password: str, method: str, uri: str) -> 
 
 _SAMPLE = re.compile(r'^(voipgw_[a-z_]+)(?:\{table="([a-z_]+)"\})? ([0-9.e+-]+)$')
 _RESTARTS = re.compile(r'^voipgw_media_worker_restarts_total\{reason="[a-z_]+"\} ([0-9.e+-]+)$')
+_WORKER_TABLE = re.compile(
+    r'^voipgw_media_worker_internal_entries\{worker="[0-9]+",table="([a-z_]+)"\} ([0-9.e+-]+)$'
+)
 
 
 def sample(soak: Soak, started: float) -> dict[str, float]:
@@ -715,6 +721,11 @@ def sample(soak: Soak, started: float) -> dict[str, float]:
         restarts = _RESTARTS.match(line)
         if restarts is not None:
             found["worker_restarts"] += float(restarts.group(1))  # each ended its calls
+            continue
+        worker_table = _WORKER_TABLE.match(line)
+        if worker_table is not None:  # summed over the workers, as their RSS
+            key = f"workers_{worker_table.group(1)}"
+            found[key] = found.get(key, 0.0) + float(worker_table.group(2))
             continue
         match = _SAMPLE.match(line)
         if match is None:
@@ -798,9 +809,9 @@ def summary(idle: dict[str, float], load: list[dict[str, float]], drained: dict[
         f"calls {calls[0]:.0f} to {calls[-1]:.0f}); idle before the load, drained after it."
     )
     print(
-        f"| {'figure':28s} | {'per 1000 calls':>14s} | {'idle':>10s} | {'drained':>10s} | verdict |"
+        f"| {'figure':31s} | {'per 1000 calls':>14s} | {'idle':>10s} | {'drained':>10s} | verdict |"
     )
-    print(f"|{'-' * 30}|{'-' * 16}|{'-' * 12}|{'-' * 12}|---------|")
+    print(f"|{'-' * 33}|{'-' * 16}|{'-' * 12}|{'-' * 12}|---------|")
     flagged = 0
     for key in keys:
         ys = [row.get(key, float("nan")) for row in half]
@@ -815,7 +826,7 @@ def summary(idle: dict[str, float], load: list[dict[str, float]], drained: dict[
         else:
             verdict = "LEAK?" if after > before else "ok"
         flagged += verdict == "LEAK?"
-        print(f"| {key:28s} | {growth:14.2f} | {before:10.0f} | {after:10.0f} | {verdict:7s} |")
+        print(f"| {key:31s} | {growth:14.2f} | {before:10.0f} | {after:10.0f} | {verdict:7s} |")
     return flagged
 
 

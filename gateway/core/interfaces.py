@@ -966,12 +966,15 @@ class MediaWorkerCounts:
     ``restarts``, (reason, processes started again) for each of ``exited``, ``not_ready``,
     ``channel_error`` and ``not_started``
     (:data:`gateway.core.media.remote_relay.RESTART_REASONS`); by worker index, each worker's
-    open ``streams`` and its process's ``resident_bytes`` (None without a process)."""
+    open ``streams``, its process's ``resident_bytes`` (None without a process) and the
+    entries of its internal ``tables`` as (table, entries) it last reported (empty when not
+    running)."""
 
     states: tuple[tuple[str, int], ...]
     restarts: tuple[tuple[str, int], ...]
     streams: tuple[int, ...] = ()
     resident_bytes: tuple[int | None, ...] = ()
+    tables: tuple[tuple[tuple[str, int], ...], ...] = ()
 
 
 @attrs.frozen

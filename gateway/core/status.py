@@ -421,6 +421,7 @@ class StatusView:
             restarts=tuple(pool.worker_restarts().items()),
             streams=tuple(pool.worker_streams()),
             resident_bytes=tuple(pool.worker_resident_bytes()),
+            tables=tuple(pool.worker_tables()),
         )
 
     def _media_counts(self, totals: MediaTotals, streams: int) -> MediaCounts:

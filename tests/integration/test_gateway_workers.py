@@ -194,6 +194,20 @@ async def test_a_worker_exit_ends_its_calls_only_and_the_worker_comes_back(
         assert 'voipgw_media_worker_streams{worker="0"} 1\n' in scraped
         assert 'voipgw_media_worker_streams{worker="1"} 0\n' in scraped
         assert 'voipgw_media_worker_resident_bytes{worker="1"} ' in scraped
+        # Each worker's own tables, as it reports them every 5 s: call 3's stream on worker 0.
+        await eventually(
+            lambda: (
+                'voipgw_media_worker_internal_entries{worker="0",table="worker_streams"} 1\n'
+                in scrape()
+            )
+        )
+        scraped = scrape()
+        assert 'voipgw_media_worker_internal_entries{worker="0",table="media_streams"} 1\n' in (
+            scraped
+        )
+        assert 'voipgw_media_worker_internal_entries{worker="1",table="worker_streams"} 0\n' in (
+            scraped
+        )
         text = await voipgw_media_workers(state)
         assert text.splitlines()[0] == "2 media workers on 127.0.0.1, 2 running"
         line_0, line_1 = text.splitlines()[1:]

@@ -145,6 +145,7 @@ from gateway.core.media.worker_protocol import (
     SocketAddress,
     Stats,
     StreamFailed,
+    Tables,
     Tapped,
     TappedDatagram,
     check_hello,
@@ -377,6 +378,9 @@ class _Worker:
     """How the process now (or last) serving the slot ended, one of :data:`RESTART_REASONS`."""
     restarts: dict[str, int] = attrs.Factory(lambda: dict.fromkeys(RESTART_REASONS, 0))
     """Restarts of the slot by reason (:data:`RESTART_REASONS`)."""
+    tables: tuple[tuple[str, int], ...] = ()
+    """The entries of the process's internal tables it last reported (:class:`Tables`, every
+    few seconds); none before its first report."""
 
     @property
     def pid(self) -> int | None:
@@ -1211,6 +1215,12 @@ class WorkerPool:
         no process, or one whose /proc entry cannot be read: it just ended)."""
         return [_resident_bytes(w.pid) for w in self._workers]
 
+    def worker_tables(self) -> list[tuple[tuple[str, int], ...]]:
+        """The entries of each running worker's internal tables as it last reported them
+        (:class:`Tables`, every few seconds), by worker index; empty for a worker that is not
+        running or has not reported yet."""
+        return [w.tables if w.state == "running" else () for w in self._workers]
+
     def worker_ready(self) -> list[int]:
         """Bound port pairs ready for new streams, by worker index."""
         return [len(w.ready) if w.channel is not None else 0 for w in self._workers]
@@ -1459,6 +1469,7 @@ class WorkerPool:
             return None
         worker.starts += 1
         worker.ready_at = None
+        worker.tables = ()
         worker.state = "starting"
         worker.ended = "exited"
         channel = _Channel(trio.socket.from_stdlib_socket(ours))
@@ -1613,6 +1624,9 @@ class WorkerPool:
             pong = worker.pongs.get(message.token)
             if pong is not None:
                 pong.set()
+            return
+        if isinstance(message, Tables):
+            worker.tables = message.entries
             return
         if isinstance(
             message, Stats | Datagram | StreamFailed | Tapped | TappedDatagram | Rtcp | DtmfEvent

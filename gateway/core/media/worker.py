@@ -126,6 +126,7 @@ from gateway.core.media.worker_protocol import (
     SetTranscoding,
     Stats,
     StreamFailed,
+    Tables,
     Tapped,
     TappedDatagram,
     encode,
@@ -213,6 +214,11 @@ class ReservedPorts(PortAllocator):
         if not self._claimed:
             raise LocalMediaError("no claimed port pair (the SIP process names every pair)")
         return self._claimed.pop(0)
+
+    @property
+    def reserved(self) -> int:
+        """Pairs bound and kept for the SIP process's next ``Open`` (claimed ones included)."""
+        return len(self._reserve) + len(self._claimed)
 
     def close(self) -> None:
         for pair in self._reserve.values():
@@ -550,14 +556,34 @@ class Worker:
 
         return handler
 
+    def sizes(self) -> dict[str, int]:
+        """Entries of the worker's internal tables now (:class:`Tables`): the relay's streams
+        and the port pairs they use, the worker's maps by stream id (streams, taps, last activity
+        and counters reported), the pairs in reserve, the trio tasks alive and the interpreter's
+        allocated memory blocks. Once the calls have ended, each is back to its idle size."""
+        found = self.relay.sizes()
+        # The relay's allocator counts every pair bound, the reserve included: the streams'.
+        found["media_port_pairs"] -= self.ports.reserved
+        found["worker_streams"] = len(self._streams)
+        found["worker_taps"] = len(self._taps)
+        found["worker_activity"] = len(self._activity)
+        found["worker_counters"] = len(self._counters)
+        found["reserved_port_pairs"] = self.ports.reserved
+        found["trio_tasks"] = trio.lowlevel.current_statistics().tasks_living
+        found["python_allocated_blocks"] = sys.getallocatedblocks()
+        return found
+
     async def _push_statistics(self) -> None:
         """Every interval, report the streams that received something; every
         :data:`FULL_EVERY` intervals also those whose counters changed without activity (drops
-        of packets that do not count as activity: malformed, from an unlatched source)."""
+        of packets that do not count as activity: malformed, from an unlatched source), and the
+        worker's internal tables (:meth:`sizes`)."""
         for round_number in itertools.count(1):
             await trio.sleep(self._stats_interval)
             self._report_new_pairs()  # pairs other processes held may be free again
             full = round_number % FULL_EVERY == 0
+            if full:
+                self.outbox.send(Tables(tuple(self.sizes().items())), droppable=True)
             now = trio.current_time()
             for stream_id, (stream, srtp) in list(self._streams.items()):
                 activity = stream.last_activity

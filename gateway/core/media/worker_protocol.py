@@ -43,7 +43,7 @@ SIP process -> worker: :class:`Open`, :class:`SetRemote`, :class:`SetBlocked`, :
 :class:`SendStats`, :class:`SetReceiverEvent`, :class:`PlayTone`.
 Worker -> SIP process: :class:`Hello` (first), :class:`PairsReady`, :class:`Datagram`,
 :class:`Stats`, :class:`StreamFailed`, :class:`Pong`, :class:`Tapped`, :class:`TappedDatagram`,
-:class:`DtmfEvent`.
+:class:`DtmfEvent`, :class:`Tables`.
 
 Decrypted media crosses this channel too (:class:`Tapped`, :class:`TappedDatagram`, for a call's
 media taps: recording, interception), under the same rule: it is a socketpair between two
@@ -68,7 +68,7 @@ from gateway.core.interfaces import SrtpKeys
 from gateway.core.media.relay import DirectionStatistics
 from gateway.core.media.srtp import SrtpStatistics
 
-PROTOCOL_VERSION = 17
+PROTOCOL_VERSION = 18
 """The version of the channel's messages and of the worker's command line. **Bump it on any
 change to a message's layout** (a field added, removed, reordered or retyped, a default that
 is sent, a type number, a field codec) **or to what a message means, and on any change to the
@@ -98,7 +98,8 @@ the callee's DTLS engine keeps other phones' handshakes for another phone's answ
 (G.722 beside the G.711 laws, session 55). 13: the worker's ``--ringback-tone`` (it makes that
 plan's frames as it starts, session 56). 14: :class:`PlayTone`'s codec may be ``G729``
 (session 56). 15: and ``opus`` (session 57). 16: and ``AMR``, ``AMR-WB`` and their
-``octet-aligned`` packings (session 62). 17: and ``GSM`` (session 63)."""
+``octet-aligned`` packings (session 62). 17: and ``GSM`` (session 63). 18: :class:`Tables`
+(a worker's internal tables, session 68)."""
 
 SocketAddress = tuple[str, int] | tuple[str, int, int, int]
 """A peer's address as a socket gives it: (host, port), or for IPv6 (host, port, flow info,
@@ -557,6 +558,17 @@ class DtmfEvent:
     packet: bytes = attrs.field(repr=lambda p: f"<{len(p)} octets>")
 
 
+@attrs.frozen
+class Tables:
+    """Entries of the worker's internal tables now, by name (the relay's streams and sockets,
+    the worker's maps by stream id, its reserve of port pairs, its tasks, the interpreter's
+    allocated blocks), sent every few seconds for leak hunting: the SIP process exports them as
+    ``voipgw_media_worker_internal_entries`` beside its own ``voipgw_internal_entries``. Names
+    are ``[a-z_]`` (a metric's label value as written); counts fit in 64 bits."""
+
+    entries: tuple[tuple[str, int], ...]
+
+
 MAX_DTMF_COPY = 256
 """The longest event packet copied (an RFC 4733 packet is 16 octets plus any CSRCs and header
 extension)."""
@@ -605,6 +617,7 @@ Message = (
     | SendStats
     | SetReceiverEvent
     | PlayTone
+    | Tables
 )
 
 # -- field codecs -------------------------------------------------------------------------------
@@ -636,6 +649,7 @@ class _Reader:
 _U8 = struct.Struct(">B")
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
 _F64 = struct.Struct(">d")
 _I16 = struct.Struct(">h")
 _DIRECTION_FIELDS = tuple(f.name for f in attrs.fields(DirectionStatistics))
@@ -793,6 +807,15 @@ def _get_payload_types(reader: _Reader) -> tuple[int, ...]:
     return tuple(data)
 
 
+def _put_entries(value: tuple[tuple[str, int], ...]) -> bytes:
+    return _U16.pack(len(value)) + b"".join(_put_str(name) + _U64.pack(n) for name, n in value)
+
+
+def _get_entries(reader: _Reader) -> tuple[tuple[str, int], ...]:
+    (count,) = reader.unpack(_U16)
+    return tuple((_get_str(reader), int(reader.unpack(_U64)[0])) for _ in range(count))
+
+
 def _put_direction(value: DirectionStatistics) -> bytes:
     return _DIRECTION_COUNTERS.pack(*(getattr(value, name) for name in _DIRECTION_FIELDS))
 
@@ -879,6 +902,7 @@ _LAYOUTS: dict[int, tuple[type[Any], tuple[_Codec, ...]]] = {
     19: (SendStats, (_STREAM,)),
     29: (SetReceiverEvent, (_STREAM, _DIRECTION, _PAYLOAD_TYPE, _STREAM)),
     30: (PlayTone, (_STREAM, _DIRECTION, _TONE_PLAN, _TONE_CODEC, _PAYLOAD_TYPE)),
+    31: (Tables, ((_put_entries, _get_entries),)),
 }
 _TYPES = {cls: (code, codecs) for code, (cls, codecs) in _LAYOUTS.items()}
 

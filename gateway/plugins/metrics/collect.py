@@ -544,6 +544,16 @@ def _media_workers(out: Exposition, status: GatewayStatus) -> None:
     for index, resident in enumerate(workers.resident_bytes):
         if resident is not None:
             out.sample(resident, [("worker", str(index))])
+    out.family(
+        "voipgw_media_worker_internal_entries",
+        "gauge",
+        "Entries of each media worker's internal tables, by worker index and table, as the "
+        "worker last reported them (every 5 s): as voipgw_internal_entries for the gateway's "
+        "own, each returns to its idle size once calls end; one that keeps growing is a leak.",
+    )
+    for index, tables in enumerate(workers.tables):
+        for table, entries in tables:
+            out.sample(entries, [("worker", str(index)), ("table", table)])
 
 
 def _key_exchanges(out: Exposition, status: GatewayStatus) -> tuple[tuple[str, str, int], ...]:

@@ -153,6 +153,61 @@ async def test_each_worker_relays_rtp_and_pushes_its_counters(pool: WorkerPool) 
     assert pool.worker_streams() == [0, 1]
 
 
+PER_STREAM_TABLES = (
+    "media_streams",
+    "media_port_pairs",
+    "worker_streams",
+    "worker_taps",
+    "worker_activity",
+    "worker_counters",
+)
+
+
+def tables_of(pool: WorkerPool, worker: int) -> dict[str, int]:
+    return dict(pool.worker_tables()[worker])
+
+
+async def test_each_worker_reports_its_tables_which_drain_when_its_streams_close(
+    pool: WorkerPool,
+) -> None:
+    """What ``voipgw_media_worker_internal_entries`` shows: each worker's own tables, pushed
+    every FULL_EVERY statistics intervals, back to their idle size once its streams closed."""
+    await eventually(lambda: all(pool.worker_tables()), "both workers reported")
+    idle = tables_of(pool, 0)
+    assert set(idle) == {
+        *PER_STREAM_TABLES,
+        "reserved_port_pairs",
+        "trio_tasks",
+        "python_allocated_blocks",
+    }
+    assert [idle[name] for name in PER_STREAM_TABLES] == [0] * len(PER_STREAM_TABLES)
+    assert idle["reserved_port_pairs"] == 10  # its slice's 20 ports, all bound ahead
+    assert idle["trio_tasks"] > 0 and idle["python_allocated_blocks"] > 10_000
+
+    a, b = await ephemeral_phones(2)
+    stream = pool.open_stream()
+    assert stream.worker == 0
+    stream.set_tap(lambda *_: None)
+    await connected(pool, stream, a, b)
+    await relayed(stream, a, b, 1)
+    await eventually(
+        # Its two legs' port pairs; the rest of the slice still bound ahead.
+        lambda: [tables_of(pool, 0)[name] for name in PER_STREAM_TABLES] == [1, 2, 1, 1, 1, 1],
+        "worker 0's tables hold its stream",
+    )
+    assert tables_of(pool, 0)["reserved_port_pairs"] == 8
+    assert [tables_of(pool, 1)[name] for name in PER_STREAM_TABLES] == [0] * 6
+
+    stream.close()
+    await eventually(
+        lambda: [tables_of(pool, 0)[name] for name in PER_STREAM_TABLES] == [0] * 6,
+        "worker 0's tables drained",
+    )
+    await eventually(
+        lambda: tables_of(pool, 0)["reserved_port_pairs"] == 10, "its pairs bound again ahead"
+    )
+
+
 async def test_rtp_to_srtp_with_keys_sent_over_the_channel(pool: WorkerPool) -> None:
     """Leg A plain RTP, leg B SDES-SRTP: the worker protects A->B and unprotects B->A with
     contexts it built from the keys the SIP side sent."""
@@ -557,6 +612,7 @@ async def test_a_killed_worker_ends_its_calls_and_is_restarted(
         "not_started": 0,
     }
 
+    await eventually(lambda: tables_of(pool, 0).get("worker_streams") == 1, "s0 reported")
     with caplog.at_level(logging.ERROR, logger="gateway.core.media.remote_relay"):
         os.kill(pid0, signal.SIGKILL)
         await eventually(lambda: bool(lost[0]), "the dead worker's call told")
@@ -575,6 +631,9 @@ async def test_a_killed_worker_ends_its_calls_and_is_restarted(
     assert pool.worker_pids()[1] == pid1
     assert process_gone(pid0)
     await eventually(lambda: pool.worker_ready()[0] == 10, "worker 0 ready again")
+    # The new process's tables, never its predecessor's (which held s0's stream).
+    await eventually(lambda: bool(pool.worker_tables()[0]), "worker 0 reported again")
+    assert tables_of(pool, 0)["worker_streams"] == 0
     # What the metrics show (voipgw_media_workers, voipgw_media_worker_restarts_total).
     assert pool.worker_states() == ["running", "running"]
     assert pool.worker_restarts() == {

@@ -57,6 +57,7 @@ from gateway.core.media.worker_protocol import (
     SetTranscoding,
     Stats,
     StreamFailed,
+    Tables,
     Tapped,
     TappedDatagram,
     check_hello,
@@ -166,6 +167,8 @@ EVERY_MESSAGE: list[Message] = [
     PlayTone(19, "a_to_b", "eu", "AMR-WB", 98),
     PlayTone(19, "b_to_a", "us", "AMR-WB octet-aligned", 99),
     PlayTone(19, "a_to_b", "eu", "GSM", 3),
+    Tables((("media_streams", 0), ("python_allocated_blocks", 2**64 - 1))),
+    Tables(()),
 ]
 
 
@@ -257,6 +260,8 @@ def test_keys_never_appear_in_reprs() -> None:
         (b"\x0d\x00\x00\x00\x01\x01\x02\x65\x60", "truncated frame"),  # 2 pairs, 1 sent
         (b"\x10\x00\x00\x00\x01\x00\x02\x3f\x80", "payload type over 127"),  # RED 63, 128
         (b"\x10\x00\x00\x00\x01\x00\x02\x3f", "truncated frame"),  # 2 RED types, 1 sent
+        (b"\x1f\x00\x02\x00\x01a" + bytes(8), "truncated frame"),  # 2 tables, 1 sent
+        (b"\x1f\x00\x01\x00\x01a" + bytes(7), "truncated frame"),  # a 7-octet count
     ],
 )
 def test_malformed_frames_are_clear_errors(frame: bytes, problem: str) -> None:
@@ -296,7 +301,7 @@ def test_values_that_do_not_fit_their_field_are_our_bug() -> None:
 
 # -- the protocol version ------------------------------------------------------------------------
 
-LAYOUT_VERSION = 17
+LAYOUT_VERSION = 18
 """The PROTOCOL_VERSION whose layouts FRAMES below are. A change to any message's layout fails
 test_each_message_type_has_the_layout_of_its_protocol_version: then bump PROTOCOL_VERSION in
 worker_protocol.py, and this number with the new frames (never new frames under an old number:
@@ -391,6 +396,11 @@ FRAMES: list[tuple[Message, str]] = [
     ),
     (Rtcp(27, "b_to_a", b"\x81\xc9"), "0000000c 1b 0000001b 01 00000002 81c9"),
     (DtmfEvent(28, "b_to_a", b"\x80\xe5"), "0000000c 1c 0000001c 01 00000002 80e5"),
+    (
+        Tables((("trio_tasks", 9), ("media_streams", 2**40))),
+        "0000002e 1f 0002 000a 7472696f5f7461736b73 0000000000000009"
+        " 000d 6d656469615f73747265616d73 0000010000000000",
+    ),
 ]
 
 
