@@ -13,7 +13,8 @@ port default in the tests' region or the ephemeral range.
 
 tests/port_blocks.py is loaded from its file, not imported as ``tests.port_blocks``: the relay
 benchmarks must import ``gateway`` from where it is installed (a build compiled with mypyc), so
-the repository root is not put in front of ``sys.path`` for them.
+the repository root is not put in front of ``sys.path`` for them; and in the benchmark
+virtualenv ``tests`` is sippy's own top-level package, which shadows this repository's.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ PORT_BLOCKS = Path(__file__).resolve().parents[1] / "tests" / "port_blocks.py"
 @functools.cache
 def _port_blocks() -> ModuleType:
     loaded = sys.modules.get("tests.port_blocks")
-    if loaded is not None:  # soak.py imports it: one module, one set of held units
+    if loaded is not None:  # a script imported it: one module, one set of held units
         return loaded
     spec = importlib.util.spec_from_file_location("voipgw_bench_port_blocks", PORT_BLOCKS)
     assert spec is not None and spec.loader is not None
@@ -39,10 +40,15 @@ def _port_blocks() -> ModuleType:
     return module
 
 
-def media_ports(count: int) -> range:
+def port_block(count: int) -> range:
     """``count`` consecutive ports (the first even) locked for this process until it exits."""
     block: range = _port_blocks().port_block(count)
     return block
+
+
+def media_ports(count: int) -> range:
+    """:func:`port_block`, for a relay's media ports."""
+    return port_block(count)
 
 
 def media_ports_text(count: int) -> str:

@@ -72,6 +72,7 @@ from pathlib import Path
 
 import attrs
 from bench_children import die_with_parent
+from bench_ports import port_block
 from gateway_config import LOOPBACK, TRUNK_IP, gateway_config
 from sip_calls import (
     GC_STATS_HOOK,
@@ -86,9 +87,6 @@ from sip_calls import (
     versions,
     wait_udp_port,
 )
-
-sys.path.insert(0, str(REPO_ROOT))
-from tests.port_blocks import port_block  # the repository root, just above
 
 TRACEMALLOC_HOOK = Path(__file__).resolve().parent / "tracemalloc_hook"
 ALICE, PASSWORD = "alice", "wonderland"
