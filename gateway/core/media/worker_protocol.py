@@ -562,9 +562,10 @@ class DtmfEvent:
 class Tables:
     """Entries of the worker's internal tables now, by name (the relay's streams and the port
     pairs they use, the worker's maps by stream id, its reserve of port pairs, its tasks, the
-    interpreter's allocated blocks: ``Worker.sizes``), sent every few seconds for leak hunting: the SIP process exports them as
-    ``voipgw_media_worker_internal_entries`` beside its own ``voipgw_internal_entries``. Names
-    are ``[a-z_]`` (a metric's label value as written); counts fit in 64 bits."""
+    interpreter's allocated blocks: ``Worker.sizes``), sent every few seconds for leak hunting:
+    the SIP process exports them as ``voipgw_media_worker_internal_entries`` beside its own
+    ``voipgw_internal_entries``. Names are ``[a-z_]`` (a metric's label value as written);
+    counts fit in 64 bits."""
 
     entries: tuple[tuple[str, int], ...]
 
