@@ -30,7 +30,8 @@ each at a tenth of ``--rate``. Every ``--sample-seconds`` it reads the gateway's
 open file descriptors (/proc/PID/fd), the size of its state directory (the SQLite store) and the
 metrics exporter's ``voipgw_internal_entries`` (calls, SIP transactions and their timers, flows,
 media streams and port pairs, dialog maps, call-limit tables, digest nonces, IP caches, trio
-tasks, the interpreter's allocated blocks: docs/metrics.md); with ``--media-workers N`` (``[media]
+tasks, the interpreter's allocated blocks, the C allocator's bytes in use and free:
+docs/metrics.md); with ``--media-workers N`` (``[media]
 workers``, 2 or more) also the workers' RSS and open files, summed over them, and
 ``voipgw_media_worker_restarts_total`` (a restart ends that worker's calls: flagged) and the
 workers' own tables (``voipgw_media_worker_internal_entries``, each summed over the workers as
@@ -44,7 +45,9 @@ gateway's allocations and prints where what it holds drained, and not idle, was 
 ``sip_calls.py --gc-stats``) and prints their totals per generation and every pause of
 ``GC_PAUSE_SHOWN`` or longer, with when it ended, to set beside overload refusals and lost ACKs.
 A table that is larger drained than idle before, or a process figure (RSS, FDs, allocated
-blocks) whose growth per 1000 calls is above its threshold, is flagged LEAK?.
+blocks, the C allocator's bytes in use) whose growth per 1000 calls is above its threshold, is
+flagged LEAK?; the allocator's free bytes are marked ``free`` (kept by glibc, not held by the
+gateway: they show whether a growing RSS is fragmentation).
 
 Ports: one block of real ports from tests/port_blocks.py (the lock the tests use, so a test run
 or another benchmark on the machine never takes them). Every process started is stopped at the
@@ -154,7 +157,13 @@ THRESHOLDS = {
     "python_allocated_blocks": 500.0,
     "workers_rss_kib": 64.0,  # --media-workers: summed over the workers
     "workers_python_allocated_blocks": 500.0,
+    "malloc_in_use_bytes": 65536.0,  # the C allocator's bytes handed out, as RSS's 64 KiB
+    "workers_malloc_in_use_bytes": 65536.0,
 }
+# The C allocator's free bytes inside its heap: memory freed below a chunk still in use, which
+# glibc keeps (fragmentation); not a leak by itself, printed to explain an RSS that grows while
+# the bytes in use do not (gateway/core/c_heap.py).
+ALLOCATOR_FREE = {"malloc_free_bytes", "workers_malloc_free_bytes"}
 # (The workers' open files are nearly all the calls' media sockets, up and down with the calls
 # sampled: flagged as a table is, when more are open drained than idle.)
 # The columns of the table printed over time (all figures are in the final summary).
@@ -817,6 +826,8 @@ def summary(idle: dict[str, float], load: list[dict[str, float]], drained: dict[
         before, after = idle.get(key, float("nan")), drained.get(key, float("nan"))
         if key in BOUNDED:
             verdict = "bounded"
+        elif key in ALLOCATOR_FREE:
+            verdict = "free"
         elif key in THRESHOLDS:
             verdict = "LEAK?" if growth > THRESHOLDS[key] else "ok"
         elif key == "registrations":

@@ -28,6 +28,7 @@ import attrs
 import trio
 
 from gateway import __version__
+from gateway.core.c_heap import c_heap_figures
 from gateway.core.interfaces import (
     CallCounts,
     CallRecordRetention,
@@ -577,8 +578,9 @@ class StatusView:
         """Entries of the gateway's internal tables and caches now, by name, for leak hunting
         (benchmarks/soak.py): call manager, call limits, SIP endpoint and transactions, flows,
         the media relay's streams and ports, tracked digest nonces, failing and banned sources,
-        the IP literal caches, trio tasks, and the interpreter's allocated memory blocks. Each
-        returns to its idle size once the calls have ended, or stops at its bound (the caches)."""
+        the IP literal caches, trio tasks, the interpreter's allocated memory blocks and the C
+        allocator's bytes in use and free (:mod:`gateway.core.c_heap`). Each table returns to its
+        idle size once the calls have ended, or stops at its bound (the caches)."""
         found: dict[str, int] = {}
         gateway = self._gateway
         if gateway.calls is not None:
@@ -596,6 +598,7 @@ class StatusView:
         found["ip_facts_cache"] = ip_facts.cache_info().currsize
         found["trio_tasks"] = trio.lowlevel.current_statistics().tasks_living
         found["python_allocated_blocks"] = sys.getallocatedblocks()
+        found.update(c_heap_figures())
         return tuple(found.items())
 
     def caller_identity(self) -> tuple[tuple[str, int], ...]:

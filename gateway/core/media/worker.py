@@ -60,6 +60,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from gateway.core.c_heap import c_heap_figures
 from gateway.core.config import PortRange
 from gateway.core.logs import (
     LineFormatter,
@@ -559,8 +560,10 @@ class Worker:
     def sizes(self) -> dict[str, int]:
         """Entries of the worker's internal tables now (:class:`Tables`): the relay's streams
         and the port pairs they use, the worker's maps by stream id (streams, taps, last activity
-        and counters reported), the pairs in reserve, the trio tasks alive and the interpreter's
-        allocated memory blocks. Once the calls have ended, each is back to its idle size."""
+        and counters reported), the pairs in reserve, the trio tasks alive, the interpreter's
+        allocated memory blocks and the C allocator's bytes in use and free
+        (:mod:`gateway.core.c_heap`). Once the calls have ended, each table is back to its idle
+        size."""
         found = self.relay.sizes()
         # The relay's allocator counts every pair bound, the reserve included: the streams'.
         found["media_port_pairs"] -= self.ports.reserved
@@ -571,6 +574,7 @@ class Worker:
         found["reserved_port_pairs"] = self.ports.reserved
         found["trio_tasks"] = trio.lowlevel.current_statistics().tasks_living
         found["python_allocated_blocks"] = sys.getallocatedblocks()
+        found.update(c_heap_figures())
         return found
 
     async def _push_statistics(self) -> None:

@@ -27,6 +27,7 @@ import gateway.plugins.keyexchange.dtls_srtp as dtls_plugin
 import gateway.plugins.keyexchange.sdes as sdes_plugin
 import gateway.plugins.keyexchange.zrtp as zrtp_plugin
 import gateway.plugins.metrics as metrics_plugin
+from gateway.core.c_heap import c_heap_figures
 from gateway.core.gateway import HOUSEKEEPING_INTERVAL
 from gateway.core.ids import SeededIds
 from gateway.core.media.relay import DROP_REASONS
@@ -171,8 +172,8 @@ def tables(samples: dict[str, float]) -> dict[str, float]:
     return {k[len(prefix) : -2]: v for k, v in samples.items() if k.startswith(prefix)}
 
 
-# Grow with anything the process does once (caches up to their bound, the interpreter's heap),
-# or per peer address (flows: the trunk's, forgotten when idle).
+# Grow with anything the process does once (caches up to their bound, the interpreter's heap,
+# the C allocator's), or per peer address (flows: the trunk's, forgotten when idle).
 NOT_PER_CALL = {
     "flows",
     "flows_by_remote",
@@ -180,6 +181,8 @@ NOT_PER_CALL = {
     "ip_facts_cache",
     "digest_nonces_tracked",
     "python_allocated_blocks",
+    "malloc_in_use_bytes",
+    "malloc_free_bytes",
 }
 
 
@@ -192,6 +195,7 @@ async def test_internal_tables_are_back_to_their_idle_size_once_calls_have_ended
     idle = tables(await scrape(address))
     assert idle["sip_server_transactions"] == 0
     assert idle["trio_tasks"] > 0
+    assert {"malloc_in_use_bytes", "malloc_free_bytes"} & idle.keys() == set(c_heap_figures())
     # Answered, with media ports, then ended by the caller.
     call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", CALLER_PORT))
     leg_b = await env.alice.next_call()

@@ -26,6 +26,7 @@ import pylibsrtp
 import pytest
 import trio
 
+from gateway.core.c_heap import c_heap_figures
 from gateway.core.config import PortRange
 from gateway.core.interfaces import SrtpKeys
 from gateway.core.media import remote_relay, stun
@@ -179,10 +180,14 @@ async def test_each_worker_reports_its_tables_which_drain_when_its_streams_close
         "reserved_port_pairs",
         "trio_tasks",
         "python_allocated_blocks",
+        *c_heap_figures(),  # malloc_in_use_bytes and malloc_free_bytes, with glibc
     }
     assert [idle[name] for name in PER_STREAM_TABLES] == [0] * len(PER_STREAM_TABLES)
     assert idle["reserved_port_pairs"] == 10  # its slice's 20 ports, all bound ahead
     assert idle["trio_tasks"] > 0 and idle["python_allocated_blocks"] > 10_000
+    if c_heap_figures():
+        # An interpreter with libsrtp and OpenSSL loaded holds megabytes of malloc's memory.
+        assert idle["malloc_in_use_bytes"] > 1_000_000 and idle["malloc_free_bytes"] > 0
 
     a, b = await ephemeral_phones(2)
     stream = pool.open_stream()
