@@ -79,3 +79,21 @@ def test_a_table_larger_drained_than_idle_is_flagged(capsys: pytest.CaptureFixtu
     flagged, found = run_summary({"sip_transactions": 1.0}, capsys)
     assert found == {"sip_transactions": "LEAK?"}
     assert flagged == 1
+
+
+def test_an_rss_is_judged_by_its_growth_less_the_allocators_free_bytes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Session 69's workers: RSS +76 KiB per 1000 calls, all of it the heap's free bytes."""
+    flagged, found = run_summary(
+        {
+            "workers_rss_kib": 76.0,
+            "workers_malloc_free_bytes": 76.0 * 1024,
+            "rss_kib": 76.0,  # no free bytes grew beside it: held by the gateway
+            "malloc_free_bytes": 0.0,
+        },
+        capsys,
+    )
+    assert found["workers_rss_kib"] == "ok"
+    assert found["rss_kib"] == "LEAK?"
+    assert flagged == 1
