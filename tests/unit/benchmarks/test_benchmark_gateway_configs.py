@@ -9,32 +9,17 @@ through a long soak."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
 
 from gateway.core.config import from_toml
+from tests.unit.benchmarks.benchmark_modules import load_benchmark
 
 ROOT = Path(__file__).parents[3]
-BENCHMARKS = ROOT / "benchmarks"
-
-
-def _benchmark(name: str) -> types.ModuleType:
-    """benchmarks/NAME.py, imported."""
-    sys.path.insert(0, str(BENCHMARKS))  # its own imports (gateway_config, bench_ports, ...)
-    try:
-        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCHMARKS))
 
 
 def _check_config(tmp_path: Path, text: str) -> Path:
@@ -55,7 +40,7 @@ def _check_config(tmp_path: Path, text: str) -> Path:
 
 @pytest.mark.parametrize("record", [False, True], ids=["plain", "record"])
 def test_sip_calls_configuration_passes_check_config(tmp_path: Path, record: bool) -> None:
-    sip_calls = _benchmark("sip_calls")
+    sip_calls = load_benchmark("sip_calls")
     recordings = tmp_path / "recordings" if record else None
     text = sip_calls.voipgw_config(
         tmp_path / "state",
@@ -73,7 +58,7 @@ def test_sip_calls_configuration_passes_check_config(tmp_path: Path, record: boo
 def test_soak_configuration_passes_check_config_and_grants_the_callees_a_day(
     tmp_path: Path,
 ) -> None:
-    soak = _benchmark("soak")
+    soak = load_benchmark("soak")
     uas = {name: 62100 + 2 * index for index, name in enumerate(soak.UAS)}
     ports = soak.Ports(62060, 62062, 62064, 62066, uas, {}, 62070, 62072, "20000-20099", [])
     config = _check_config(tmp_path, soak.voipgw_config(tmp_path / "state", ports, users=10))

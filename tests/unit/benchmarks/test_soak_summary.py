@@ -5,29 +5,11 @@ process figure like RSS. Checked on hand-made samples, no gateway started."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-import types
-from pathlib import Path
-
 import pytest
 
-BENCHMARKS = Path(__file__).parents[3] / "benchmarks"
+from tests.unit.benchmarks.benchmark_modules import load_benchmark
 
-
-def _soak() -> types.ModuleType:
-    sys.path.insert(0, str(BENCHMARKS))  # its own imports (bench_ports, sip_calls, ...)
-    try:
-        spec = importlib.util.spec_from_file_location("soak", BENCHMARKS / "soak.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-
-
-soak = _soak()
+soak = load_benchmark("soak")
 
 
 def verdicts(output: str, figures: set[str]) -> dict[str, str]:
