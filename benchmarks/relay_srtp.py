@@ -85,6 +85,7 @@ import os
 import platform
 import select
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -837,6 +838,8 @@ class Capacity:
     """The lowest step that failed: what the relay relays once past its capacity."""
     generator_bound: bool
     """The search stopped because the generator could not offer more."""
+    round: int = 0
+    """Which of ``--capacity-rounds`` it was (0: the first)."""
 
 
 def step_passes(r: Result) -> bool:
@@ -878,8 +881,27 @@ async def find_capacity(
     return Capacity(scenario, relay, passed, failed, generator_bound=False)
 
 
+def _capacity_kpps(search: Capacity) -> float | None:
+    """What the search found the relay relays without loss; None: not even its lowest step."""
+    return search.passed.relayed_kpps if search.passed is not None else None
+
+
+def _median_search(searches: list[Capacity]) -> Capacity | None:
+    """The search whose capacity is the median of ``searches`` (the lower of the middle two;
+    one that found none only when all did); None for no search."""
+    found = [c for c in searches if c.passed is not None]
+    if not found:
+        return searches[0] if searches else None
+    found.sort(key=lambda c: c.passed.relayed_kpps if c.passed is not None else 0.0)
+    return found[(len(found) - 1) // 2]
+
+
 def print_capacity_table(capacities: list[Capacity]) -> None:
-    by_key = {(c.scenario.name, c.relay): c for c in capacities}
+    """One row per scenario. With several rounds (``--capacity-rounds``) each relay's cells are
+    its median search's and the ratio is the median of the rounds' own ratios, each listed."""
+    by_key: dict[tuple[str, str], list[Capacity]] = {}
+    for c in capacities:
+        by_key.setdefault((c.scenario.name, c.relay), []).append(c)
     print()
     print("Capacity: the highest load relayed with < 0.1 % loss (kpps, and CPU us per packet")
     print("there); 'past it': what the relay relayed at the lowest load it failed. 1/x = voipgw's")
@@ -905,11 +927,19 @@ def print_capacity_table(capacities: list[Capacity]) -> None:
         return shown, past, kpps
 
     for name in [n for n in SCENARIOS if any(c.scenario.name == n for c in capacities)]:
-        v_shown, v_past, v = cells(by_key.get((name, "voipgw")))
-        e_shown, e_past, e = cells(by_key.get((name, "rtpengine")))
+        voipgw, rtpengine = by_key.get((name, "voipgw"), []), by_key.get((name, "rtpengine"), [])
+        v_shown, v_past, v = cells(_median_search(voipgw))
+        e_shown, e_past, e = cells(_median_search(rtpengine))
         runs = [r for c in capacities if c.scenario.name == name for r in (c.passed, c.failed)]
         calls = next((str(r.calls) for r in runs if r is not None), "-")
         ratio = f"{v / e:.2f}" if v is not None and e is not None else "-"
+        if max(len(voipgw), len(rtpengine)) > 1:
+            # Each round's own ratio (its two searches ran one after the other); the median.
+            engine_by_round = {c.round: _capacity_kpps(c) for c in rtpengine}
+            pairs = [(_capacity_kpps(c), engine_by_round.get(c.round)) for c in voipgw]
+            rounds = [a / b for a, b in pairs if a is not None and b is not None]
+            each = " / ".join(f"{r:.2f}" for r in rounds)
+            ratio = f"{statistics.median(rounds):.2f} ({each})" if rounds else "-"
         print(
             f"| {SCENARIOS[name].title} | {calls} | {v_shown} | {v_past} "
             f"| {e_shown} | {e_past} | {ratio} |",
@@ -946,19 +976,38 @@ def _rtpengine(args: argparse.Namespace, *, runs: int) -> Rtpengine | None:
 async def run_capacity(args: argparse.Namespace) -> list[Capacity]:
     calls = max(args.calls)
     capacities: list[Capacity] = []
-    engine = _rtpengine(args, runs=len(args.scenarios) * (args.capacity_steps + 1))
+    rounds = args.capacity_rounds
+    engine = _rtpengine(args, runs=len(args.scenarios) * rounds * (args.capacity_steps + 1))
     with running(engine) as client:
         for index, name in enumerate(args.scenarios):
             scenario = SCENARIOS[name]
-            print(f"{scenario.title}, {calls} calls, capacity:", flush=True)
-            # Alternate which relay goes first, so a drift in the machine hits both alike.
-            for relay in args.relays if index % 2 == 0 else args.relays[::-1]:
-                run = functools.partial(_run_step, scenario, calls, relay, engine, client)
-                try:
-                    capacities.append(await find_capacity(scenario, relay, args, run))
-                except (RuntimeError, OSError, NgError) as exc:
-                    print(f"    {relay:9s} RUN FAILED: {exc}", flush=True)
+            for round_ in range(rounds):
+                shown = f", round {round_ + 1} of {rounds}" if rounds > 1 else ""
+                print(f"{scenario.title}, {calls} calls, capacity{shown}:", flush=True)
+                # Alternate which relay goes first, so a drift in the machine hits both alike.
+                first = args.relays if (index + round_) % 2 == 0 else args.relays[::-1]
+                searches = await _search_each(scenario, calls, first, engine, client, args)
+                capacities += [attrs.evolve(c, round=round_) for c in searches]
     return capacities
+
+
+async def _search_each(
+    scenario: Scenario,
+    calls: int,
+    relays: list[str],
+    engine: Rtpengine | None,
+    client: NgClient | None,
+    args: argparse.Namespace,
+) -> list[Capacity]:
+    """One capacity search of each relay in ``relays``, in that order (one that raised: none)."""
+    searches = []
+    for relay in relays:
+        run = functools.partial(_run_step, scenario, calls, relay, engine, client)
+        try:
+            searches.append(await find_capacity(scenario, relay, args, run))
+        except (RuntimeError, OSError, NgError) as exc:
+            print(f"    {relay:9s} RUN FAILED: {exc}", flush=True)
+    return searches
 
 
 async def run_all(args: argparse.Namespace) -> list[Result]:
@@ -1025,9 +1074,19 @@ def main() -> None:
     parser.add_argument(
         "--capacity-steps", type=int, default=10, help="most steps per relay before bracketing"
     )
+    parser.add_argument(
+        "--capacity-rounds",
+        type=int,
+        default=1,
+        help="capacity searches per relay and scenario, the relays alternating; the table gives "
+        "each relay's median and the median of the rounds' ratios (on a shared VM one search's "
+        "capacity moves by a fifth from minute to minute)",
+    )
     args = parser.parse_args()
     if args.capacity_step <= 1.0:
         parser.error("--capacity-step must be above 1")
+    if args.capacity_rounds < 1:
+        parser.error("--capacity-rounds must be at least 1")
     if max(args.calls) > 1000 or min(args.calls) < 1:
         parser.error("--calls: 1..1000 (the port ranges hold 1250 calls)")
     for name in args.scenarios:

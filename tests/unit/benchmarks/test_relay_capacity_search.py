@@ -127,3 +127,44 @@ def test_the_ratio_is_voipgws_capacity_over_rtpengines(capsys: pytest.CaptureFix
     row = capsys.readouterr().out.splitlines()[-1]
     expected = voipgw.passed.relayed_kpps / rtpengine.passed.relayed_kpps
     assert row.endswith(f"| {expected:.2f} |")
+
+
+def _as(relay: str, search: Any, round_: int) -> Any:
+    return relay_srtp.Capacity(
+        search.scenario, relay, search.passed, search.failed, generator_bound=False, round=round_
+    )
+
+
+def test_with_rounds_each_relay_shows_its_median_and_the_ratio_is_the_rounds_median(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--capacity-rounds: a host whose speed drifts moves rtpengine's capacity between rounds;
+    each round's ratio is of its own two searches, and the row gives their median."""
+    voipgw = [_as("voipgw", _search(ModelRelay(capacity=k)), i) for i, k in enumerate((80, 84))]
+    voipgw.append(_as("voipgw", _search(ModelRelay(capacity=78.0)), 2))
+    rtpengine = [
+        _as("rtpengine", _search(ModelRelay(capacity=k)), i) for i, k in enumerate((120, 100, 110))
+    ]
+    relay_srtp.print_capacity_table([*voipgw, *rtpengine])
+    row = capsys.readouterr().out.splitlines()[-1]
+    kpps = [c.passed.relayed_kpps for c in voipgw]
+    engine = [c.passed.relayed_kpps for c in rtpengine]
+    each = [v / e for v, e in zip(kpps, engine, strict=True)]
+    assert f"| {sorted(kpps)[1]:.1f} (" in row  # voipgw's median search
+    assert f"| {sorted(engine)[1]:.1f} (" in row
+    shown = " / ".join(f"{r:.2f}" for r in each)
+    assert row.endswith(f"| {sorted(each)[1]:.2f} ({shown}) |")
+
+
+def test_a_round_whose_search_failed_is_left_out_of_the_ratios(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    voipgw = [_as("voipgw", _search(ModelRelay(capacity=80.0)), i) for i in (0, 2)]  # 1 raised
+    rtpengine = [
+        _as("rtpengine", _search(ModelRelay(capacity=k)), i) for i, k in enumerate((120, 100, 110))
+    ]
+    relay_srtp.print_capacity_table([*voipgw, *rtpengine])
+    row = capsys.readouterr().out.splitlines()[-1]
+    v = voipgw[0].passed.relayed_kpps
+    first, third = v / rtpengine[0].passed.relayed_kpps, v / rtpengine[2].passed.relayed_kpps
+    assert row.endswith(f"({first:.2f} / {third:.2f}) |")
