@@ -7,8 +7,8 @@ to the kernel only from the heap's top or at malloc_trim(3). libsrtp's and OpenS
 come and go with every SRTP call, so a media worker's RSS grows for an hour while what it holds
 does not (docs/benchmarks.md, "Soak", session 69: each worker's bytes in use flat at 7.2-7.3 MB
 for 20 minutes while an untrimmed one's free bytes went 3.7 -> 8.3 MB, and malloc_trim(0) took
-a trimmed one's RSS back to the same 48 MB every time). With both figures beside the RSS an
-operator can tell the two apart: RSS that grows while ``malloc_in_use_bytes``,
+a trimmed one's RSS back to the same 47,920-48,032 KiB each time). With both figures beside
+the RSS an operator can tell the two apart: RSS that grows while ``malloc_in_use_bytes``,
 ``python_allocated_blocks`` and every table stay flat is the allocator's free memory, not a
 leak.
 
