@@ -302,6 +302,7 @@ class ClientRequest:
         "_orphan_bye",
         "_receive",
         "_send",
+        "_sent_early_answered",
         "_sink",
         "flow",
         "transaction",
@@ -315,6 +316,9 @@ class ClientRequest:
         self._receive: trio.MemoryReceiveChannel[Response] | None = None
         self._sink: Callable[[Response], None] | None = None
         self._closed = False
+        # The request, when its final response came while the endpoint was still sending it
+        # (SipEndpoint.send_request): the transaction let it go before its owner could read it.
+        self._sent_early_answered: Request | None = None
         # To tags (at most MAX_LATE_ANSWERS) as tuples, not frozensets: a ClientRequest lives as
         # long as its transaction (64*T1 after an answered INVITE: RFC 6026 Timer M), and the
         # cyclic collector walks every frozenset, an empty one too, while a tuple of strings is
@@ -367,8 +371,9 @@ class ClientRequest:
 
     @property
     def request(self) -> Request:
-        """The request sent; kept by its transaction until a final response (RFC 3261 §17.1)."""
-        request = self.transaction.request
+        """The request sent; kept by its transaction until a final response (RFC 3261 §17.1),
+        and here for good when that response came before the send returned."""
+        request = self.transaction.request or self._sent_early_answered
         if request is None:
             raise LocalSipError("the transaction has completed and no longer keeps its request")
         return request
@@ -1387,6 +1392,13 @@ class SipEndpoint:
                 if tag is not None:
                     invite._note_cseq(tag, request.cseq.number)
         await self._act(outputs)
+        if txn.request is None:
+            # Answered during the send (a peer on a fast connection answers before our write
+            # returns, and the endpoint's task takes the response meanwhile): the owner reads
+            # the request as sent right after this returns (its CSeq, a retry with
+            # credentials). Kept only then: otherwise the transaction holds it, and lets it go
+            # at the final response, not 64*T1 later (Timers K, D, M).
+            client._sent_early_answered = request
         return client
 
     @staticmethod
