@@ -1397,7 +1397,9 @@ class SipEndpoint:
             # returns, and the endpoint's task takes the response meanwhile): the owner reads
             # the request as sent right after this returns (its CSeq, a retry with
             # credentials). Kept only then: otherwise the transaction holds it, and lets it go
-            # at the final response, not 64*T1 later (Timers K, D, M).
+            # at the final response, not when the transaction ends (Timer K's T4 for a
+            # non-INVITE, Timer D's 32 s or Timer M's 64*T1 for an INVITE; RFC 3261 §17.1,
+            # RFC 6026 §8.4).
             client._sent_early_answered = request
         return client
 
