@@ -26,6 +26,12 @@ from tests.unit.sip.sip_builders import request
 PEER = ("127.0.0.9", 5099)
 
 
+def _options_to_peer(call_id: str) -> Request:
+    """A request the gateway sends as its own, without a Via yet (the endpoint adds ours)."""
+    options = request("OPTIONS", uri="sip:peer@127.0.0.9:5099", call_id=call_id)
+    return options.with_headers(options.headers.remove("Via"))
+
+
 async def test_a_request_answered_before_its_send_returns_is_still_readable(
     nursery: trio.Nursery,
     tmp_path: Path,
@@ -45,8 +51,7 @@ async def test_a_request_answered_before_its_send_returns_is_still_readable(
         await trio.sleep(0.1)
 
     flow = Flow(key=FlowKey("udp", GW, PEER), send=answer_at_once, reliable=False)
-    notify = request("OPTIONS", uri="sip:peer@127.0.0.9:5099", call_id="answered-early@gw")
-    notify = notify.with_headers(notify.headers.remove("Via"))
+    notify = _options_to_peer("answered-early@gw")
 
     client = await endpoint.send_request(notify, transport="udp", address=PEER, flow=flow)
 
@@ -63,7 +68,7 @@ async def test_a_request_still_unanswered_when_its_send_returns_is_the_transacti
     voipgw_seed: int,
 ) -> None:
     """The usual order: the owner reads the transaction's request, and once the final response
-    came it is let go (no second reference keeps it for the transaction's last 64*T1)."""
+    came it is let go (no second reference keeps it through Timer K, RFC 3261 §17.1.2.2)."""
     env = await start_b2bua(nursery, tmp_path, voipgw_seed)
     endpoint = env.gateway.endpoint
     sent: list[Request] = []
@@ -74,8 +79,7 @@ async def test_a_request_still_unanswered_when_its_send_returns_is_the_transacti
         sent.append(parsed)
 
     flow = Flow(key=FlowKey("udp", GW, PEER), send=keep, reliable=False)
-    notify = request("OPTIONS", uri="sip:peer@127.0.0.9:5099", call_id="answered-late@gw")
-    notify = notify.with_headers(notify.headers.remove("Via"))
+    notify = _options_to_peer("answered-late@gw")
 
     client = await endpoint.send_request(notify, transport="udp", address=PEER, flow=flow)
     assert client.request is client.transaction.request
