@@ -597,6 +597,7 @@ class Step:
     rss_idle_kib: int = 0
     rss_peak_kib: int = 0
     gc: str = ""  # with --gc-stats: the collector's work in the step
+    round: int = 1  # with --rounds: which climb of the ladder this step belongs to
 
     @property
     def passed(self) -> bool:
@@ -861,6 +862,56 @@ def print_summary(steps: list[Step], args: argparse.Namespace) -> None:
         "the system's first failing rate (under ~80 % of a core: sipp was not the limit). "
         f"'@{args.rates[0]:g}' columns: the first rate, the same load for every system."
     )
+    for round_number in range(1, args.rounds + 1):
+        if args.rounds > 1:
+            print(f"\nRound {round_number} of {args.rounds}:")
+        print_table([s for s in steps if s.round == round_number], args)
+    print("('max cps' ending in + : passed every rate tried; floor's CPU is the UAS's)")
+    if args.rounds > 1:
+        print()
+        for line in rounds_summary(steps, args.modes, args.systems, args.rates, args.rounds):
+            print(line)
+
+
+def rounds_summary(
+    steps: Sequence[Step],
+    modes: Sequence[str],
+    systems: Sequence[str],
+    rates: Sequence[float],
+    rounds: int,
+) -> list[str]:
+    """Per mode and system over ``rounds`` climbs: in how many rounds each rate passed (a rate
+    above a round's first failure counts as not passed: that round did not reach it), each
+    round's max cps, and their median (the lower middle one for an even count: a rate that
+    was run). One climb on a shared VM says more about the host's hour than about the B2BUA."""
+    lines = [
+        f"Over {rounds} rounds: per rate, the rounds it passed in; max cps, each round's and "
+        "their median."
+    ]
+    for mode in modes:
+        for name in systems:
+            mine = [s for s in steps if s.system == name and s.mode == mode]
+            if not mine:
+                continue
+            passes = [sum(1 for s in mine if s.rate == rate and s.passed) for rate in rates]
+            maxima = [
+                max((s.rate for s in mine if s.round == r and s.passed), default=0.0)
+                for r in range(1, rounds + 1)
+            ]
+            median = statistics.median_low(maxima)
+            per_rate = ", ".join(
+                f"{rate:g} {count}/{rounds}" for rate, count in zip(rates, passes, strict=True)
+            )
+            each = " / ".join(f"{m:g}" if m else f"<{rates[0]:g}" for m in maxima)
+            lines.append(
+                f"  {mode:6s} {name:6s} passed: {per_rate}; max cps {each}, median "
+                + (f"{median:g}" if median else f"<{rates[0]:g}")
+            )
+    return lines
+
+
+def print_table(steps: list[Step], args: argparse.Namespace) -> None:
+    """The summary table of one climb of the ladder."""
     columns = [
         ("mode", 6),
         ("system", 6),
@@ -913,7 +964,6 @@ def print_summary(steps: list[Step], args: argparse.Namespace) -> None:
                 + " |",
                 flush=True,
             )
-    print("('max cps' ending in + : passed every rate tried; floor's CPU is the UAS's)")
 
 
 def versions() -> str:
@@ -950,36 +1000,9 @@ def run(args: argparse.Namespace) -> list[Step]:
     for system in systems.values():
         system.workdir.mkdir()
     try:
-        for mode in args.modes:
-            climbing = [s for s in systems.values() if s.supports(mode)]
-            for name in args.systems:
-                if not systems[name].supports(mode):
-                    print(f"{mode}: {name} not run (its B2BUA checks digest only via RADIUS)")
-            for system in climbing:
-                if system.process is None:
-                    system.start(args)
-            for rate in args.rates:
-                if not climbing:
-                    break
-                print(
-                    f"{mode}, {rate:g} calls/s, load average {os.getloadavg()[0]:.2f}:", flush=True
-                )
-                for system in list(climbing):
-                    if system.process is not None and system.process.poll() is not None:
-                        print(f"  {system.name} exited ({system.process.returncode})")
-                        climbing.remove(system)
-                        continue
-                    try:
-                        step = run_step(system, mode, rate, args)
-                    except (RuntimeError, OSError) as exc:  # report, go on with the others
-                        print(f"  {system.name:6s} {mode:6s} rate {rate:5g}  STEP FAILED: {exc}")
-                        climbing.remove(system)
-                        continue
-                    print_step(step)
-                    steps.append(step)
-                    if not step.passed:
-                        climbing.remove(system)
-                    time.sleep(args.pause)  # let the B2BUA drain its transaction timers
+        for round_number in range(1, args.rounds + 1):
+            for mode in args.modes:
+                steps += climb(systems, mode, round_number, args)
     finally:
         for system in systems.values():
             system.stop()
@@ -987,6 +1010,51 @@ def run(args: argparse.Namespace) -> list[Step]:
         shutil.rmtree(workdir, ignore_errors=True)
     else:
         print(f"logs and traces kept in {workdir}", flush=True)
+    return steps
+
+
+def climb(
+    systems: dict[str, System], mode: str, round_number: int, args: argparse.Namespace
+) -> list[Step]:
+    """One climb of the rate ladder in ``mode``: each system runs each rate until its first
+    failing step. With ``--rounds N`` the ladder is climbed N times, the systems' order turned
+    by one each round, so that none always runs right after another's step (the host's load
+    drifts within minutes on a shared VM: docs/benchmarks.md, session 69)."""
+    steps: list[Step] = []
+    names = [name for name in args.systems if systems[name].supports(mode)]
+    turn = (round_number - 1) % len(names) if names else 0
+    climbing = [systems[name] for name in names[turn:] + names[:turn]]
+    if round_number == 1:
+        for name in args.systems:
+            if not systems[name].supports(mode):
+                print(f"{mode}: {name} not run (its B2BUA checks digest only via RADIUS)")
+    for system in climbing:
+        if system.process is None:
+            system.start(args)
+    of_rounds = f", round {round_number} of {args.rounds}" if args.rounds > 1 else ""
+    for rate in args.rates:
+        if not climbing:
+            break
+        print(
+            f"{mode}, {rate:g} calls/s{of_rounds}, load average {os.getloadavg()[0]:.2f}:",
+            flush=True,
+        )
+        for system in list(climbing):
+            if system.process is not None and system.process.poll() is not None:
+                print(f"  {system.name} exited ({system.process.returncode})")
+                climbing.remove(system)
+                continue
+            try:
+                step = attrs.evolve(run_step(system, mode, rate, args), round=round_number)
+            except (RuntimeError, OSError) as exc:  # report, go on with the others
+                print(f"  {system.name:6s} {mode:6s} rate {rate:5g}  STEP FAILED: {exc}")
+                climbing.remove(system)
+                continue
+            print_step(step)
+            steps.append(step)
+            if not step.passed:
+                climbing.remove(system)
+            time.sleep(args.pause)  # let the B2BUA drain its transaction timers
     return steps
 
 
@@ -1005,6 +1073,15 @@ def main() -> None:
     )
     parser.add_argument("--step-seconds", type=float, default=5.0, help="calls = rate x this")
     parser.add_argument("--pause", type=float, default=1.0, help="seconds between steps")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="climb the ladder N times, the systems' order turned each round; the summary "
+        "gives each round's table, then per rate the rounds it passed in and the median max "
+        "cps (default 1: one climb, as before)",
+    )
     parser.add_argument(
         "--hold-ms",
         type=int,
@@ -1064,6 +1141,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.rates = sorted(args.rates)
+    if args.rounds < 1:
+        parser.error("--rounds: at least 1")
     if args.media_ports is None:
         args.media_ports = media_ports_text(MEDIA_PORTS)
     if shutil.which("sipp") is None:
@@ -1075,7 +1154,8 @@ def main() -> None:
         f"{args.step_seconds:g} s per step, rates {' '.join(f'{r:g}' for r in args.rates)} "
         f"calls/s"
         + (f", voipgw GC {args.gateway_gc}" if args.gateway_gc else "")
-        + (", every call recorded" if args.record else ""),
+        + (", every call recorded" if args.record else "")
+        + (f", {args.rounds} rounds" if args.rounds > 1 else ""),
         flush=True,
     )
     steps = run(args)
