@@ -37,8 +37,11 @@ For each rate in ``--rates`` (ascending) and each system still passing, one step
 step's calls, then the UAC with ``-r RATE -m RATE*STEP_SECONDS``. A step passes when every call
 succeeded at both ends, no request or response was retransmitted (a retransmission means a reply
 took over 500 ms: T1, RFC 3261 §17.1.1.2) and set-ups completed at >= 90 % of the rate. A system
-stops climbing at its first failed step; its figure is the highest passing rate. Past its rate
-voipgw refuses new calls with 503 rather than letting them time out (``[sip]
+stops climbing at its first failed step; its figure is the highest passing rate. ``--rounds N``
+climbs the whole ladder N times (the systems' order turned each round; each B2BUA runs on
+through all of them) and ends with, per rate, the rounds it passed in and the median of the
+rounds' figures: on a shared VM one climb can pass or fail a rate with the host's hour. Past
+its rate voipgw refuses new calls with 503 rather than letting them time out (``[sip]
 overload_queue_delay``): a failing step shows those as ``failed N (refused M)``, M being the calls
 sipp saw end with a reply its scenario does not expect.
 
