@@ -55,6 +55,7 @@ from gateway.core.sip.transaction import (
     ClientTransaction,
     Output,
     RequestReceived,
+    ResendResponse,
     ResponseReceived,
     SendRequest,
     SendResponse,
@@ -1079,7 +1080,16 @@ class SipEndpoint:
                 # G's re-sends of that final response go out too (dropped at its end).
                 flow = self._server_flows[output.transaction] = arrival
             if flow is not None:
-                await self.send_response(output.response, flow)
+                sent = await self._send_response(output.response, flow)
+                if sent is not None and not output.retransmission:
+                    data, sent_over = sent
+                    if output.transaction.sent_as(output.response, data):
+                        # Its retransmissions (ResendResponse) go where it went.
+                        self._server_flows[output.transaction] = sent_over
+        elif isinstance(output, ResendResponse):
+            flow = self._server_flows.get(output.transaction)
+            if flow is not None:
+                await self._resend_response(output.data, flow)
         elif isinstance(output, SendRequest):
             client = self._client_requests.get(output.transaction)
             if client is not None:
@@ -1792,6 +1802,12 @@ class SipEndpoint:
     async def send_response(self, response: Response, flow: Flow) -> None:
         """Send ``response`` where RFC 3261 §18.2.2 and RFC 3581 say: over the request's
         connection on reliable transports, else to received/rport (or the sent-by)."""
+        await self._send_response(response, flow)
+
+    async def _send_response(self, response: Response, flow: Flow) -> tuple[bytes, Flow] | None:
+        """:meth:`send_response`, returning the bytes sent and the flow they went over, for
+        its transaction to re-send; None when nothing was sent, and when an interception
+        copied it (so that its retransmissions are copied too, which needs the message)."""
         try:
             flow = await self._response_flow(response, flow)
         except OSError as exc:
@@ -1799,10 +1815,10 @@ class SipEndpoint:
             log.info(
                 "cannot route %d for %s: %s", response.status, flow.key, transport_error_text(exc)
             )
-            return
+            return None
         message = self._outbound(response, flow)
         if message is NOT_SENT:
-            return  # a raising hook's; as a message lost on the way
+            return None  # a raising hook's; as a message lost on the way
         if not isinstance(message, Request | Response):
             raise SipError(
                 "a gateway_outbound_message hook replaced the message with a non-message"
@@ -1816,9 +1832,22 @@ class SipEndpoint:
             log.info(
                 "cannot send %d to %s: %s", response.status, flow.key, transport_error_text(exc)
             )
-        else:
-            if self.sip_taps:
-                self._copy_to_call(message, data, flow.transport, flow.local, flow.remote, False)
+            return None
+        if self.sip_taps and self._copy_to_call(
+            message, data, flow.transport, flow.local, flow.remote, False
+        ):
+            return None
+        return data, flow
+
+    async def _resend_response(self, data: bytes, flow: Flow) -> None:
+        """A final response again, as the bytes first sent (:class:`ResendResponse`): the
+        outbound hooks saw it then, and capture agents see each copy (:meth:`_send_bytes`)."""
+        try:
+            await self._send_bytes(data, flow)
+            self.statistics.sent += 1
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.statistics.send_errors += 1
+            log.info("cannot re-send a response to %s: %s", flow.key, transport_error_text(exc))
 
     async def _send_bytes(self, data: bytes, flow: Flow) -> None:
         await flow.send(data)
@@ -1846,15 +1875,16 @@ class SipEndpoint:
         source: Address,
         destination: Address,
         inbound: bool,
-    ) -> None:
-        """A copy of a message on a tapped call's dialog for its taps (an interception)."""
+    ) -> bool:
+        """A copy of a message on a tapped call's dialog for its taps (an interception).
+        Whether it was on one."""
         dialogs, call_id = self.sip_taps, message.call_id
         to_tag = message.to.tag
         found = dialogs.get((call_id, to_tag)) if to_tag is not None else None
         if found is None:
             found = dialogs.get((call_id, message.from_.tag))
         if found is None:
-            return
+            return False
         taps, leg = found
         taps.sip_message(
             data,
@@ -1865,6 +1895,7 @@ class SipEndpoint:
             destination=destination,
             at=time.time(),
         )
+        return True
 
     def _outbound(self, message: Request | Response, flow: Flow) -> object:
         """``message`` as the ``gateway_outbound_message`` hooks leave it (they may replace it);

@@ -56,7 +56,8 @@ no such bound: a call may ring for as long as provisional responses come (§13.3
 owner, the call, answers it on every way out (calls/manager.py).
 
 Everything is sans-IO: methods take ``now`` and return lists of outputs - messages to send
-(:class:`SendRequest`, :class:`SendResponse`) and events for the TU - and
+(:class:`SendRequest`, :class:`SendResponse`, and :class:`ResendResponse` once the transport has
+handed back a final response's bytes) and events for the TU - and
 ``get_timer()``/``handle_timer(now=)`` expose the clock (aioquic's shape). Matching messages to
 transactions (§17.1.3, §17.2.3, with the RFC 2543 fallback) is :class:`TransactionTable`'s job.
 """
@@ -93,6 +94,7 @@ __all__ = [
     "MergeKey",
     "Output",
     "RequestReceived",
+    "ResendResponse",
     "ResponseReceived",
     "SendRequest",
     "SendResponse",
@@ -490,6 +492,17 @@ class SendResponse:
 
 
 @attrs.frozen
+class ResendResponse:
+    """Pass ``data`` to the transport again: the final response as it was sent, which the
+    transport handed back (:meth:`ServerTransaction.sent_as`). A retransmitted request is
+    answered with the response already sent (RFC 3261 §17.2.1, §17.2.2), so the bytes are all
+    that is kept for Timers G and J."""
+
+    transaction: ServerTransaction
+    data: bytes
+
+
+@attrs.frozen
 class ResponseReceived:
     """TU event: a response for the TU's client transaction."""
 
@@ -564,6 +577,7 @@ class UnmatchedResponse:
 Output = (
     SendRequest
     | SendResponse
+    | ResendResponse
     | ResponseReceived
     | RequestReceived
     | AckReceived
@@ -1034,7 +1048,14 @@ class ClientNonInviteTransaction(ClientTransaction):
 class ServerTransaction(Transaction):
     """The server side: passes the request up, sends the TU's responses (RFC 3261 §17.2)."""
 
-    __slots__ = ("_final_to_tag", "_last_response", "final_status", "merge_key", "unanswered")
+    __slots__ = (
+        "_final_to_tag",
+        "_last_response",
+        "_last_sent",
+        "final_status",
+        "merge_key",
+        "unanswered",
+    )
 
     def __init__(
         self,
@@ -1048,6 +1069,8 @@ class ServerTransaction(Transaction):
         # Kept while a state can re-send it (Proceeding, Completed); Accepted and Confirmed
         # re-send nothing (the TU re-sends its 2xx), so there it is let go like the request.
         self._last_response: Response | None = None
+        # Or, once the transport has sent the final response, the bytes it sent (sent_as).
+        self._last_sent: bytes | None = None
         self.final_status: int | None = None  # the status of the final response sent
         self._final_to_tag: str | None = None  # RFC 2543 ACK matching only (_ack_matches)
         # Its entry in the table's merged-request index (RFC 3261 §8.2.2.2), removed with it.
@@ -1074,8 +1097,25 @@ class ServerTransaction(Transaction):
     @property
     def last_response(self) -> Response | None:
         """The last response sent, while request retransmissions are answered with it (None in
-        Accepted and Confirmed)."""
+        Accepted and Confirmed, and once :meth:`sent_as` has its bytes instead)."""
         return self._last_response
+
+    def sent_as(self, response: Response, data: bytes) -> bool:
+        """The transport sent ``response``, this transaction's final response, as ``data``:
+        from now on a retransmitted request is answered with ``data`` (:class:`ResendResponse`)
+        and the Response is let go. Whether it was kept: nothing changes for a response that
+        is not the one kept (a provisional one, a 2xx to an INVITE, which the TU re-sends
+        itself).
+
+        Why: a completed non-INVITE transaction lives 64*T1 (Timer J, 32 s) after its answer,
+        the BYE's 200 of every call among them, and a Response is some two dozen objects the
+        cyclic collector walks (its Headers and their fields) where bytes are one it does not
+        (docs/benchmarks.md, session 71)."""
+        if self.final_status is None or response is not self._last_response:
+            return False
+        self._last_response = None
+        self._last_sent = data
+        return True
 
     @property
     def final_to_tag(self) -> str | None:
@@ -1106,6 +1146,7 @@ class ServerTransaction(Transaction):
         super()._enter(state, now, out)
         if state in _RESPONSE_LET_GO:
             self._last_response = None
+            self._last_sent = None
 
     def _apply(
         self,
@@ -1127,6 +1168,8 @@ class ServerTransaction(Transaction):
         elif effect is _E_RESEND_RESPONSE:
             if self._last_response is not None:
                 out.append(SendResponse(self, self._last_response, retransmission=True))
+            elif self._last_sent is not None:
+                out.append(ResendResponse(self, self._last_sent))
         elif effect is _E_BACK_OFF_G:
             interval = min(self._intervals[_I_TIMER_G] * 2, self.timers.t2)
             self._back_off(_I_TIMER_G, interval, now)

@@ -14,6 +14,7 @@ from gateway.core.sip.transaction import (
     ClientNonInviteTransaction,
     Output,
     RequestReceived,
+    ResendResponse,
     ResponseReceived,
     SendRequest,
     SendResponse,
@@ -473,6 +474,57 @@ def test_completed_server_keeps_the_final_response_it_re_sends_but_not_the_reque
     assert txn.state is State.COMPLETED
     assert (txn.request, txn.last_response) == (None, ok)
     assert txn.receive_request(options, now=2.0) == [SendResponse(txn, ok, True)]
+
+
+def test_completed_server_keeps_the_bytes_sent_instead_of_the_response() -> None:
+    # RFC 3261 §17.2.2: a retransmitted request is answered with the response already sent, so
+    # once the transport hands back the bytes it sent, those are what Timer J keeps.
+    options = request("OPTIONS")
+    txn, _ = ServerNonInviteTransaction.start(options, peer=UDP_PEER, now=0.0)
+    ok = response(options, 200)
+    txn.send_response(ok, now=1.0)
+    assert txn.sent_as(ok, b"SIP/2.0 200 OK...") is True
+    assert txn.last_response is None
+    assert txn.receive_request(options, now=2.0) == [ResendResponse(txn, b"SIP/2.0 200 OK...")]
+    assert txn.send_response(response(options, 500), now=3.0) == []  # still discarded
+    assert txn.receive_request(options, now=4.0) == [ResendResponse(txn, b"SIP/2.0 200 OK...")]
+    ok_ref = weakref.ref(ok)
+    del ok
+    assert ok_ref() is None
+    assert txn.handle_timer(now=33.0) == [TransactionTerminated(txn)]
+
+
+def test_only_the_final_response_kept_is_replaced_by_its_bytes() -> None:
+    options = request("OPTIONS")
+    txn, _ = ServerNonInviteTransaction.start(options, peer=UDP_PEER, now=0.0)
+    trying_ = response(options, 100)
+    txn.send_response(trying_, now=0.1)
+    assert txn.sent_as(trying_, b"100") is False  # Proceeding: a provisional one
+    assert txn.receive_request(options, now=0.5) == [SendResponse(txn, trying_, True)]
+    ok = response(options, 200)
+    txn.send_response(ok, now=1.0)
+    assert txn.sent_as(response(options, 200), b"another") is False  # not the one kept
+    assert txn.last_response is ok
+    invite = request()
+    accepted, _ = ServerInviteTransaction.start(invite, peer=UDP_PEER, now=0.0)
+    answer = response(invite, 200, to_tag="ours")
+    accepted.send_response(answer, now=1.0)
+    assert accepted.sent_as(answer, b"200") is False  # a 2xx to an INVITE: the TU re-sends it
+    assert accepted.receive_request(invite, now=2.0) == []
+
+
+def test_timer_g_re_sends_the_bytes_until_the_ack_lets_them_go() -> None:
+    invite = request()
+    txn, _ = ServerInviteTransaction.start(invite, peer=UDP_PEER, now=0.0)
+    busy = response(invite, 486, to_tag="ours")
+    txn.send_response(busy, now=1.0)
+    assert txn.sent_as(busy, b"486") is True
+    assert txn.handle_timer(now=1.5) == [ResendResponse(txn, b"486")]
+    assert txn.receive_request(invite, now=1.6) == [ResendResponse(txn, b"486")]
+    txn.receive_request(ack_for(invite, busy), now=1.7)
+    assert txn.state is State.CONFIRMED
+    assert txn.receive_request(invite, now=1.8) == []  # absorbed, nothing kept to re-send
+    assert txn._last_sent is None
 
 
 def test_confirmed_server_invite_lets_go_of_its_non_2xx() -> None:
