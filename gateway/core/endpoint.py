@@ -1081,7 +1081,13 @@ class SipEndpoint:
                 flow = self._server_flows[output.transaction] = arrival
             if flow is not None:
                 sent = await self._send_response(output.response, flow)
-                if sent is not None and not output.retransmission:
+                # Not for a transaction that ended while the send waited (_forget ran): its
+                # entry would stay for good.
+                if (
+                    sent is not None
+                    and not output.retransmission
+                    and output.transaction in self._server_flows
+                ):
                     data, sent_over = sent
                     if output.transaction.sent_as(output.response, data):
                         # Its retransmissions (ResendResponse) go where it went.

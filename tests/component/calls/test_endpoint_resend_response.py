@@ -17,9 +17,10 @@ import trio.testing
 
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import OutboundMessage
-from gateway.core.sip.message import Response
+from gateway.core.sip.message import Response, make_response
 from gateway.core.sip.serializer import serialize_message
-from gateway.core.sip.transaction import ServerNonInviteTransaction
+from gateway.core.sip.transaction import RequestReceived, ServerNonInviteTransaction, State
+from gateway.core.sip.via import Hop
 from gateway.core.transport.flows import Flow, FlowKey
 from tests.component.calls.b2bua_env import GW, B2bua, eventually, start_b2bua
 from tests.unit.sip.sip_builders import request
@@ -123,3 +124,36 @@ async def test_a_tapped_dialogs_retransmitted_answer_is_copied_to_its_taps_again
     responses = [copy for copy in copies.copies if copy.startswith(b"SIP/2.0 200 ")]
     assert responses == [sent[0], sent[0]]
     assert _options_transaction(env).last_response is not None
+
+
+async def test_a_transaction_that_ends_while_its_answer_is_sent_leaves_no_entry(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    voipgw_seed: int,
+) -> None:
+    """A TU's final response whose send outlasts Timer J (a socket that stays full): the
+    endpoint's own task forgets the transaction meanwhile, and the bytes sent must not bring
+    its entry back for good."""
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    await trio.sleep(40)  # the start's transactions (alice's REGISTERs) are gone
+    endpoint = env.gateway.endpoint
+    sent: list[bytes] = []
+
+    async def slow(data: bytes) -> None:
+        await trio.sleep(40)
+        sent.append(data)
+
+    # A transaction of the table, answered by a task of its own as a call answers its BYE.
+    outputs = endpoint.transactions.receive_request(
+        OPTIONS, source=Hop("UDP", *PEER), now=trio.current_time()
+    )
+    (received,) = outputs
+    assert isinstance(received, RequestReceived)
+    txn = received.transaction
+    endpoint._server_flows[txn] = Flow(key=FlowKey("udp", GW, PEER), send=slow, reliable=False)
+    nursery.start_soon(endpoint.respond, txn, make_response(OPTIONS, 200))
+    await eventually(lambda: len(sent) == 1, timeout=60)
+    await trio.sleep(1)
+    assert txn.state is State.TERMINATED  # Timer J fired during the send
+    assert dict(endpoint._server_flows) == {}
