@@ -1107,10 +1107,10 @@ class ServerTransaction(Transaction):
         is not the one kept (a provisional one, a 2xx to an INVITE, which the TU re-sends
         itself).
 
-        Why: a completed non-INVITE transaction lives 64*T1 (Timer J, 32 s) after its answer,
-        the BYE's 200 of every call among them, and a Response is some two dozen objects the
-        cyclic collector walks (its Headers and their fields) where bytes are one it does not
-        (docs/benchmarks.md, session 71)."""
+        Why: a completed non-INVITE transaction lives 64*T1 (Timer J, 32 s on UDP) after its
+        answer, every call's BYE's 200 among them, and a Response is some two dozen objects
+        the cyclic collector walks (its Headers and their fields), where bytes are one object
+        it never walks (docs/benchmarks.md, session 71)."""
         if self.final_status is None or response is not self._last_response:
             return False
         self._last_response = None
