@@ -243,8 +243,7 @@ class TestCa:
                 crl_issuer=None,
             )
             builder = builder.add_extension(x509.CRLDistributionPoints([point]), critical=False)
-        certificate = builder.sign(self._key, hashes.SHA256())
-        return self.pki._write(_file_name(common_name), certificate, key)
+        return self.pki._write(_file_name(common_name), self._sign(builder), key)
 
     def responder(self, common_name: str, *, ocsp_signing: bool = True) -> Issued:
         """A certificate this CA delegates OCSP signing to (RFC 6960 §4.2.2.2): its
@@ -255,13 +254,20 @@ class TestCa:
         usage = (
             ExtendedKeyUsageOID.OCSP_SIGNING if ocsp_signing else ExtendedKeyUsageOID.SERVER_AUTH
         )
-        certificate = (
+        builder = (
             self.pki._builder(subject, self.issued.x509.subject, key.public_key(), days=30)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .sign(self._key, hashes.SHA256())
         )
-        return self.pki._write(_file_name(common_name), certificate, key)
+        return self.pki._write(_file_name(common_name), self._sign(builder), key)
+
+    def _sign(self, builder: x509.CertificateBuilder) -> x509.Certificate:
+        # RFC 5280 §4.2.1.1: a certificate names the key that signed it (only a self-signed one
+        # may leave it out). OpenSSL's X509_STRICT checks it, and Python 3.13's
+        # ssl.create_default_context sets that flag: without it every chain these CAs issue
+        # fails to verify there (CERTIFICATE_VERIFY_FAILED).
+        authority = x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key())
+        return builder.add_extension(authority, critical=False).sign(self._key, hashes.SHA256())
 
     def ocsp_index(
         self, path: Path, *, good: Sequence[Issued] = (), revoked: Sequence[Issued] = ()
