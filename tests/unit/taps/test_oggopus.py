@@ -175,6 +175,8 @@ def test_opusinfo_and_opusdec_accept_a_file_with_a_concealed_gap(tmp_path: Path)
         chunk = pcm[int(start * 48000) : int(end * 48000)]
         return sum(sample * sample for sample in chunk) / len(chunk)
 
-    # The tone before and after; in the gap the concealment fades to silence.
+    # The tone before and after; in the gap (0.8-1.2 s) the concealment fades to silence. How
+    # fast is the decoder's: libopus 1.3 (Debian 12) is under 1 % of the tone's power from 1.0 s,
+    # 1.5 (Debian 13) from 1.1 s, so the gap's last 100 ms are what both must have silent.
     assert power(0.3, 0.7) > 1e6 and power(1.3, 1.7) > 1e6
-    assert power(1.0, 1.2) < 0.01 * power(0.3, 0.7)
+    assert power(1.1, 1.2) < 0.01 * power(0.3, 0.7)
