@@ -101,7 +101,7 @@ async def test_a_retransmitted_request_gets_the_same_bytes_without_the_hooks_aga
     txn = _options_transaction(env)
     assert txn.last_response is None  # the Response itself is not kept for Timer J
     await trio.sleep(40)  # past Timer J: the transaction and its bytes are gone
-    assert [t for t in env.gateway.endpoint.transactions._server.values()] == []
+    assert list(env.gateway.endpoint.transactions._server.values()) == []
     env.gateway.deliver(OPTIONS_BYTES, flow)
     await eventually(lambda: len(sent) == 3)
     assert sent[2] != sent[0]  # a new request now: answered anew (its own stamp)
@@ -154,6 +154,6 @@ async def test_a_transaction_that_ends_while_its_answer_is_sent_leaves_no_entry(
     endpoint._server_flows[txn] = Flow(key=FlowKey("udp", GW, PEER), send=slow, reliable=False)
     nursery.start_soon(endpoint.respond, txn, make_response(OPTIONS, 200))
     await eventually(lambda: len(sent) == 1, timeout=60)
-    await trio.sleep(1)
+    await trio.sleep(1)  # virtual: the responding task runs on past its send to its end
     assert txn.state is State.TERMINATED  # Timer J fired during the send
     assert dict(endpoint._server_flows) == {}
