@@ -20,6 +20,18 @@ The rows marked "(MKI 1:1)" give both directions a 1-octet MKI (RFC 3711 §3.1),
 srtp.MkiTransform inserts after, or checks and removes before, libsrtp. The rows marked
 "(python)" run srtp_python's SrtpSender/SrtpReceiver directly for AES-128 and AES-256 (which
 libsrtp does right), to compare the Python path with libsrtp on the same suite.
+
+``--contexts N [N ...]`` adds what the relay sees at N / 2 calls: AES_CM_128_HMAC_SHA1_80 over
+N sessions at once, one packet for each in turn (``--packets`` in all), so that each packet
+finds its session's state gone from the caches as a relay's does at 1000 calls (docs/benchmarks.md,
+session 61: libsrtp's cost per operation doubles from 200 to 1000 calls). Three ways: libsrtp
+on the relay's own receive buffer (``SrtpTransform.in_buffer``, what the relay runs), libsrtp
+on bytes (``SrtpSession.protect_rtp(packet)``), and srtp_python's contexts: the same SRTP made
+of OpenSSL's pre-keyed AES-ECB and HMAC contexts through ``cryptography``, as rtpengine keeps
+its own (compiled with mypyc or not: the first line says which; ``mypyc
+gateway/core/media/srtp_python.py`` in a checkout builds it in place)::
+
+    python benchmarks/srtp_protect.py --contexts 1 200 2000 4000 --packets 40000
 """
 
 from __future__ import annotations
@@ -40,13 +52,16 @@ if importlib.util.find_spec("gateway") is None:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gateway.core.interfaces import SrtpKeys
+from gateway.core.media import srtp_python
 from gateway.core.media.srtp import COMPILED as SRTP_COMPILED
 from gateway.core.media.srtp import (
     PYTHON_SUITES,
     SUITES,
     SUPPORTED_SUITES,
+    TRAILER_ROOM,
     UNSUPPORTED_SUITES,
     SrtpSession,
+    SrtpTransform,
     libsrtp_version,
 )
 from gateway.core.media.srtp_python import SrtpReceiver, SrtpSender
@@ -178,16 +193,133 @@ def measure_python_path(name: str, count: int, repeats: int) -> list[float | Non
     ]
 
 
+CONTEXTS_SUITE = "AES_CM_128_HMAC_SHA1_80"
+
+
+def context_key(index: int) -> bytes:
+    """A master key and salt of its own for the session at ``index``."""
+    length = SUITES[CONTEXTS_SUITE].key_salt_length
+    return bytes((index * 7 + octet) & 0xFF for octet in range(length))
+
+
+def contexts_packets(contexts: int, per_context: int) -> list[list[bytes]]:
+    """``per_context`` RTP packets for each session, an SSRC of its own each."""
+    return [
+        [
+            struct.pack("!BBHII", 0x80, 0, sequence, 160 * sequence, 0x10000 + index) + PAYLOAD
+            for sequence in range(per_context)
+        ]
+        for index in range(contexts)
+    ]
+
+
+def round_robin(
+    make: Callable[[int], Callable[[bytes], object]], packets: list[list[bytes]], repeats: int
+) -> float:
+    """Best time per packet in microseconds: one transform per session (made outside the timed
+    loop), then round after round, one packet for each session in turn. A first, untimed run
+    must pass every packet (a dropped one costs less and the figure would lie)."""
+    contexts, per_context = len(packets), len(packets[0])
+    transforms = [make(index) for index in range(contexts)]
+    for sequence in range(per_context):
+        for index in range(contexts):
+            result = transforms[index](packets[index][sequence])
+            if result is None or isinstance(result, srtp_python.Drop) or result == -1:
+                raise SystemExit(
+                    f"session {index} dropped packet {sequence}: the figures would lie"
+                )
+    best = float("inf")
+    for _ in range(repeats):
+        transforms = [make(index) for index in range(contexts)]
+        start = time.perf_counter()
+        for sequence in range(per_context):
+            for index in range(contexts):
+                transforms[index](packets[index][sequence])
+        best = min(best, time.perf_counter() - start)
+    return best / (contexts * per_context) * 1e6
+
+
+def measure_contexts(contexts: int, total: int, repeats: int) -> list[tuple[str, float, float]]:
+    """(way, protect µs, unprotect µs) for ``contexts`` sessions of CONTEXTS_SUITE."""
+    per_context = max(2, min(65536, total // contexts))
+    suite = SUITES[CONTEXTS_SUITE]
+    plain = contexts_packets(contexts, per_context)
+
+    def session(index: int) -> SrtpSession:
+        # Both directions under one key, so what one protects the other unprotects.
+        key = context_key(index)
+        return SrtpSession(SrtpKeys(CONTEXTS_SUITE, local_key=key, remote_key=key))
+
+    protected = [check(session(index).protect_rtp, plain[index]) for index in range(contexts)]
+    buffer = bytearray(2048)  # the relay's receive buffer: every session's step works in it
+
+    def in_place(transform: object) -> Callable[[bytes], object]:
+        assert isinstance(transform, SrtpTransform)
+        step = transform.in_buffer(buffer)
+        assert step is not None
+
+        def run(packet: bytes) -> int:
+            size = len(packet)
+            buffer[:size] = packet  # what recv_into does in the relay
+            return step(size)
+
+        return run
+
+    options = {"master_key_length": suite.master_key_length, "rtp_tag_length": suite.rtp_tag_length}
+    assert len(buffer) >= len(plain[0][0]) + TRAILER_ROOM
+    return [
+        (
+            "libsrtp, in place (the relay's)",
+            round_robin(lambda index: in_place(session(index).protect_rtp), plain, repeats),
+            round_robin(lambda index: in_place(session(index).unprotect_rtp), protected, repeats),
+        ),
+        (
+            "libsrtp, bytes",
+            round_robin(lambda index: session(index).protect_rtp, plain, repeats),
+            round_robin(lambda index: session(index).unprotect_rtp, protected, repeats),
+        ),
+        (
+            "srtp_python (pre-keyed contexts)",
+            round_robin(
+                lambda index: SrtpSender(context_key(index), **options).protect_rtp,
+                plain,
+                repeats,
+            ),
+            round_robin(
+                lambda index: SrtpReceiver(context_key(index), **options).unprotect_rtp,
+                protected,
+                repeats,
+            ),
+        ),
+    ]
+
+
+def compiled(module: object) -> bool:
+    """Whether ``module`` was imported from a C extension (mypyc's build), not its .py."""
+    return not str(getattr(module, "__file__", "")).endswith(".py")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--packets", type=int, default=20000, help="packets per run (<= 65536)")
     parser.add_argument("--repeats", type=int, default=5, help="runs per figure; the best counts")
+    parser.add_argument(
+        "--contexts",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help=f"also {CONTEXTS_SUITE} over N sessions at once, one packet each in turn",
+    )
     args = parser.parse_args()
     count = min(args.packets, 65536)
 
+    def build(module_compiled: bool) -> str:
+        return "compiled with mypyc" if module_compiled else "pure Python"
+
     print(
         f"{libsrtp_version()}, pylibsrtp {pylibsrtp.__version__}, Python {sys.version.split()[0]}, "
-        f"gateway.core.media.srtp {'compiled with mypyc' if SRTP_COMPILED else 'pure Python'}"
+        f"gateway.core.media.srtp {build(SRTP_COMPILED)}, "
+        f"gateway.core.media.srtp_python {build(compiled(srtp_python))}"
     )
     print(f"{count} packets x {args.repeats} runs, best run; RTP 172 octets, RTCP RR 32 octets")
     print("microseconds per packet")
@@ -209,6 +341,14 @@ def main() -> None:
             show(f"{name} (python)", "python", measure_python_path(name, count, args.repeats))
     for name, reason in UNSUPPORTED_SUITES.items():
         print(f"{name:<26}  not available: {reason}")
+    for contexts in args.contexts or ():
+        print(
+            f"\n{CONTEXTS_SUITE} over {contexts} session(s), one packet each in turn "
+            f"({max(2, min(65536, args.packets // contexts))} each), microseconds per packet"
+        )
+        print(f"{'way':<35}{'protect':>12}{'unprotect':>12}")
+        for way, protect, unprotect in measure_contexts(contexts, args.packets, args.repeats):
+            print(f"{way:<35}{protect:>12.2f}{unprotect:>12.2f}")
 
 
 if __name__ == "__main__":
