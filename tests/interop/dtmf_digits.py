@@ -11,6 +11,7 @@ from tests.interop.harness import (
     LOOPBACK,
     rtp_packets,
 )
+from tests.interop.harness.capture import tshark_rows
 
 
 def events_to(
@@ -37,7 +38,7 @@ def events_to(
         args += ["-e", field]
     result = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
-    return [line.split("\t") for line in result.stdout.splitlines() if line]
+    return tshark_rows(result.stdout)  # the marker and end bits as "1" and "0"
 
 
 def assert_digits_crossed(

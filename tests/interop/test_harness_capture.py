@@ -23,7 +23,7 @@ from tests.interop.harness import (
     udp_filter,
     udp_flows,
 )
-from tests.interop.harness.capture import PROBE, _tshark_fields, sip_requests
+from tests.interop.harness.capture import PROBE, _tshark_fields, sip_requests, tshark_rows
 from tests.port_blocks import PortLease
 
 LOCAL = "127.0.0.1"
@@ -32,6 +32,14 @@ LOCAL = "127.0.0.1"
 def test_udp_filter() -> None:
     assert udp_filter(5060, (30000, 30099)) == "udp and (port 5060 or portrange 30000-30099)"
     assert udp_filter() == "udp"
+
+
+def test_tshark_rows_spell_booleans_as_tshark_4_0_does() -> None:
+    # tshark 4.4 (Debian 13) prints a boolean field as True or False, 4.0 (Debian 12) as 1 or 0.
+    newer = "1\t4711\tTrue\n0\t4712\tFalse\n\n"
+    assert tshark_rows(newer) == [["1", "4711", "1"], ["0", "4712", "0"]]
+    assert tshark_rows("1\t4711\t1\n") == [["1", "4711", "1"]]
+    assert tshark_rows("True|AES-CM|Trueish", "|") == [["1", "AES-CM", "Trueish"]]
 
 
 @pytest.mark.interop

@@ -28,6 +28,7 @@ from gateway.plugins.keyexchange.mikey import MikeyKeyExchange
 from gateway.plugins.keyexchange.mikey.engine import MikeyNegotiation, MikeySettings
 from gateway.plugins.keyexchange.mikey.psk import PskStore
 from tests.conftest import require_peer
+from tests.interop.harness.capture import tshark_rows
 
 pytestmark = pytest.mark.interop
 
@@ -225,7 +226,7 @@ def tshark_mikey(tmp_path: Path, packets: list[bytes]) -> list[dict[str, str]]:
         args += ["-e", field]
     result = subprocess.run(args, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    return [dict(zip(FIELDS, line.split("|"), strict=True)) for line in result.stdout.splitlines()]
+    return [dict(zip(FIELDS, row, strict=True)) for row in tshark_rows(result.stdout, "|")]
 
 
 def exchange(**settings: object) -> MikeyKeyExchange:

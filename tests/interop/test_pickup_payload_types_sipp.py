@@ -43,7 +43,7 @@ def arrived(packets: list[dict[str, str]], ssrc: int, port: int) -> list[tuple[i
 
 
 def expected(payload_type: int) -> list[tuple[int, str]]:
-    markers = ["1"] + ["0"] * (EVENT_PACKETS - 1)  # tshark prints rtp.marker as 1 or 0
+    markers = ["1"] + ["0"] * (EVENT_PACKETS - 1)  # rtp.marker, as rtp_packets gives it
     return [(0, "0")] * AUDIO_PACKETS + [(payload_type, m) for m in markers]
 
 

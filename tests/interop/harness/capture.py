@@ -211,6 +211,18 @@ class Capture:
 HEURISTICS_FIRST = ["-o", "udp.try_heuristic_first:TRUE"]
 
 
+def tshark_rows(output: str, separator: str = "\t") -> list[list[str]]:
+    """The rows of tshark's ``-T fields`` ``output``, each a list of its fields, with boolean
+    fields as ``"1"`` and ``"0"``: tshark 4.0 (Debian 12) prints them so, 4.2 and later (Debian
+    13's 4.4) print ``True`` and ``False``. No other field we read is ever exactly either."""
+    spelled = {"True": "1", "False": "0"}
+    return [
+        [spelled.get(field, field) for field in line.split(separator)]
+        for line in output.splitlines()
+        if line
+    ]
+
+
 def _tshark_fields(
     pcap: Path,
     ports: Iterable[int],
@@ -235,7 +247,7 @@ def _tshark_fields(
     result = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"tshark failed on {pcap}:\n{result.stderr}")
-    return [line.split("\t") for line in result.stdout.splitlines() if line]
+    return tshark_rows(result.stdout)
 
 
 def even_ports(*ranges: tuple[int, int]) -> list[int]:
@@ -258,7 +270,8 @@ def rtp_streams(pcap: Path, ports: Iterable[int]) -> dict[tuple[Address, Address
 
 def rtp_packets(pcap: Path, ports: Iterable[int]) -> list[dict[str, str]]:
     """Every RTP packet in ``pcap`` as tshark fields: src, srcport, dst, dstport, ssrc, seq,
-    timestamp, payload_type, marker (strings as tshark prints them; ssrc in hex)."""
+    timestamp, payload_type, marker (strings as tshark prints them, the marker "1" or "0"; ssrc in
+    hex)."""
     names = [
         "src",
         "srcport",
