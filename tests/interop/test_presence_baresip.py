@@ -82,7 +82,7 @@ def test_bob_sees_alice_go_online_and_offline(tmp_path: Path) -> None:
             account=f"<{alice_aor}>;auth_pass=wonderland;regint=600;pubint=600",
         ) as alice:
             bob.wait_for(CHANGED.format("Offline", "Online"), timeout=15)
-            alice.command("presence_offline")
+            alice.presence_offline()
             # Before alice quits: her removal (Expires: 0) may bring back a second
             # publication of hers, open, that baresip made racing its own registration. And
             # bob's display turns Offline on the first NOTIFY that is not open: on a loaded

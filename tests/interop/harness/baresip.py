@@ -500,6 +500,17 @@ class Baresip:
         """Take the current call off hold: a re-INVITE offering ``a=sendrecv`` again."""
         self.command("resume")
 
+    def presence_offline(self) -> None:
+        """Publish (and notify) the account's presence as closed, with the presence module:
+        ``presence_offline`` in baresip 1.0 (Debian 12), ``presence offline`` from 1.1 (Debian
+        13), which dropped the former."""
+        try:
+            self.command("presence_offline")
+        except BaresipError as error:
+            if "command not found" not in str(error):
+                raise
+            self.command("presence", "offline")
+
     def wait_established(self, timeout: float = 10.0) -> Event:
         """The next CALL_ESTABLISHED; BaresipError if the call closes first."""
         return self.wait_event("CALL_ESTABLISHED", timeout, fail_on=("CALL_CLOSED",))
