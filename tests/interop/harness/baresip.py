@@ -497,8 +497,26 @@ class Baresip:
         self.command("hold")
 
     def resume(self) -> None:
-        """Take the current call off hold: a re-INVITE offering ``a=sendrecv`` again."""
-        self.command("resume")
+        """Take the current call off hold: a re-INVITE offering ``a=sendrecv`` again.
+
+        baresip 1.1 (Debian 13) answers a bare ``resume`` after ``hold`` with "Invalid
+        argument" and resumes when given the call's id; 1.0 takes the bare command.
+        """
+        try:
+            self.command("resume")
+        except BaresipError as error:
+            call_id = self._established_call_id()
+            if "Invalid argument" not in str(error) or call_id is None:
+                raise
+            self.command("resume", call_id)
+
+    def _established_call_id(self) -> str | None:
+        """The id of the newest established call that has not closed, or None."""
+        closed = {e.get("id") for e in self.events if e.get("type") == "CALL_CLOSED"}
+        for event in reversed(self.events):
+            if event.get("type") == "CALL_ESTABLISHED" and event.get("id") not in closed:
+                return str(event.get("id"))
+        return None
 
     def presence_offline(self) -> None:
         """Publish (and notify) the account's presence as closed, with the presence module:
