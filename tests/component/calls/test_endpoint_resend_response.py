@@ -152,8 +152,15 @@ async def test_a_transaction_that_ends_while_its_answer_is_sent_leaves_no_entry(
     assert isinstance(received, RequestReceived)
     txn = received.transaction
     endpoint._server_flows[txn] = Flow(key=FlowKey("udp", GW, PEER), send=slow, reliable=False)
-    nursery.start_soon(endpoint.respond, txn, make_response(OPTIONS, 200))
+    responded = trio.Event()
+
+    async def respond() -> None:
+        await endpoint.respond(txn, make_response(OPTIONS, 200))
+        responded.set()
+
+    nursery.start_soon(respond)
     await eventually(lambda: len(sent) == 1, timeout=60)
-    await trio.sleep(1)  # virtual: the responding task runs on past its send to its end
+    with trio.fail_after(1):
+        await responded.wait()  # the responding task has run on past its send to its end
     assert txn.state is State.TERMINATED  # Timer J fired during the send
     assert dict(endpoint._server_flows) == {}
